@@ -1,0 +1,99 @@
+/* buf: fixed-size read buffers from a free list (see buf.h). */
+#include "buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t block_size = 16384;
+
+/* Free blocks are chained through their first bytes. A bounded cache: past it, blocks go back to
+ * malloc so a storm's peak does not stay resident for ever. */
+struct free_block {
+    struct free_block *next;
+};
+static struct free_block *free_blocks;
+static unsigned nfree;
+#define MAX_CACHED_BLOCKS 256
+
+void buf_set_block_size(uint32_t size)
+{
+    buf_free_cache();
+    block_size = size;
+}
+
+uint32_t buf_block_size(void)
+{
+    return block_size;
+}
+
+void buf_free_cache(void)
+{
+    while (free_blocks) {
+        struct free_block *f = free_blocks;
+        free_blocks = f->next;
+        free(f);
+    }
+    nfree = 0;
+}
+
+bool buf_attach(struct buf *b)
+{
+    if (b->data)
+        return true;
+    if (free_blocks) {
+        b->data = (uint8_t *)free_blocks;
+        free_blocks = free_blocks->next;
+        nfree--;
+    } else {
+        b->data = malloc(block_size);
+        if (!b->data)
+            return false;
+    }
+    b->rpos = b->scan = b->wpos = 0;
+    return true;
+}
+
+void buf_release(struct buf *b)
+{
+    if (!b->data)
+        return;
+    if (nfree < MAX_CACHED_BLOCKS) {
+        struct free_block *f = (struct free_block *)b->data;
+        f->next = free_blocks;
+        free_blocks = f;
+        nfree++;
+    } else {
+        free(b->data);
+    }
+    b->data = NULL;
+    b->rpos = b->scan = b->wpos = 0;
+}
+
+void buf_detach_if_empty(struct buf *b)
+{
+    if (b->data && b->rpos == b->wpos)
+        buf_release(b);
+}
+
+uint32_t buf_make_room(struct buf *b)
+{
+    if (!b->data)
+        return 0;
+    if (b->rpos == b->wpos) {
+        b->rpos = b->scan = b->wpos = 0;
+    } else if (b->wpos == block_size && b->rpos > 0) {
+        uint32_t held = b->wpos - b->rpos;
+        memmove(b->data, b->data + b->rpos, held);
+        b->scan -= b->rpos;
+        b->wpos = held;
+        b->rpos = 0;
+    }
+    return block_size - b->wpos;
+}
+
+void buf_consume(struct buf *b, uint32_t n)
+{
+    b->rpos += n;
+    if (b->rpos == b->wpos)
+        b->rpos = b->scan = b->wpos = 0;
+}

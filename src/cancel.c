@@ -1,0 +1,184 @@
+/* cancel: BackendKeyData handed to clients and CancelRequest routing (see cancel.h).
+ *
+ * The race this guards against: a cancel for client A's query must not land on the backend after
+ * it has been given to client B. So the target server counts the cancel as in flight, and a
+ * server with a cancel in flight goes to RESETTING instead of the idle list when released; it is
+ * reused only after PQcancel has returned, by which time the postmaster has signalled the backend
+ * and a backend that is idle ignores the signal (postgres.c: cancel while DoingCommandRead). */
+#include "cancel.h"
+
+#include <errno.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <uv.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+
+struct cancel_map {
+    struct client **buckets;
+    uint32_t nbuckets; /* power of two */
+    uint32_t count;
+};
+
+struct cancel_map *cancel_map_new(void)
+{
+    struct cancel_map *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->nbuckets = 1024;
+    m->buckets = calloc(m->nbuckets, sizeof(*m->buckets));
+    if (!m->buckets) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void cancel_map_free(struct cancel_map *m)
+{
+    if (!m)
+        return;
+    free(m->buckets);
+    free(m);
+}
+
+static uint32_t bucket_of(const struct cancel_map *m, uint32_t pid)
+{
+    return (pid * 2654435761u) & (m->nbuckets - 1);
+}
+
+static struct client *find(const struct cancel_map *m, uint32_t pid)
+{
+    for (struct client *c = m->buckets[bucket_of(m, pid)]; c; c = c->cancel_next)
+        if (c->cancel_pid == pid)
+            return c;
+    return NULL;
+}
+
+static void grow(struct cancel_map *m)
+{
+    uint32_t n = m->nbuckets * 2;
+    struct client **b = calloc(n, sizeof(*b));
+    if (!b)
+        return; /* longer chains, still correct */
+    struct client **old = m->buckets;
+    uint32_t oldn = m->nbuckets;
+    m->buckets = b;
+    m->nbuckets = n;
+    for (uint32_t i = 0; i < oldn; i++) {
+        struct client *c = old[i];
+        while (c) {
+            struct client *next = c->cancel_next;
+            uint32_t k = bucket_of(m, c->cancel_pid);
+            c->cancel_next = b[k];
+            b[k] = c;
+            c = next;
+        }
+    }
+    free(old);
+}
+
+int cancel_register(struct cancel_map *m, struct client *c)
+{
+    uint32_t rnd[2];
+    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+        return -EIO;
+    /* The "pid" only has to be unique among connected clients; the key is the secret. */
+    uint32_t pid = (rnd[0] & 0x3fffffff) | 0x40000000;
+    while (pid == 0 || find(m, pid))
+        pid = ((pid + 1) & 0x3fffffff) | 0x40000000;
+    c->cancel_pid = pid;
+    c->cancel_key = rnd[1];
+    if (m->count >= m->nbuckets)
+        grow(m);
+    uint32_t k = bucket_of(m, pid);
+    c->cancel_next = m->buckets[k];
+    m->buckets[k] = c;
+    m->count++;
+    return 0;
+}
+
+void cancel_unregister(struct cancel_map *m, struct client *c)
+{
+    struct client **pp = &m->buckets[bucket_of(m, c->cancel_pid)];
+    for (; *pp; pp = &(*pp)->cancel_next) {
+        if (*pp == c) {
+            *pp = c->cancel_next;
+            m->count--;
+            break;
+        }
+    }
+    c->cancel_pid = 0;
+    c->cancel_next = NULL;
+}
+
+struct cancel_job {
+    uv_work_t req;
+    PGcancel *cancel;
+    struct server *server;
+    int ok;
+    char err[256];
+};
+
+static void cancel_work(uv_work_t *req)
+{
+    struct cancel_job *job = container_of(req, struct cancel_job, req);
+    job->ok = PQcancel(job->cancel, job->err, sizeof(job->err));
+}
+
+static void cancel_done(uv_work_t *req, int status)
+{
+    struct cancel_job *job = container_of(req, struct cancel_job, req);
+    struct server *s = job->server;
+    PQfreeCancel(job->cancel);
+    s->cancels_in_flight--;
+    if (status == 0 && !job->ok)
+        log_msg(LOG_WARNING, "S-%llu: cancel request failed: %s", (unsigned long long)s->id,
+                job->err);
+    free(job);
+    if (s->state == SERVER_CLOSED) {
+        /* server_close left the struct for us (see on_reaper_check). */
+        return;
+    }
+    server_maybe_done_resetting(s);
+}
+
+void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
+{
+    struct client *c = find(app->cancel_map, pid);
+    /* Compare the key in constant time: it is the only secret in a cancel request. */
+    if (!c || CRYPTO_memcmp(&c->cancel_key, &key, sizeof(key)) != 0) {
+        log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
+        return;
+    }
+    struct server *s = c->server;
+    if (!s || s->state != SERVER_ACTIVE || !s->conn) {
+        log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
+        return;
+    }
+    struct cancel_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return;
+    job->cancel = PQgetCancel(s->conn);
+    job->server = s;
+    if (!job->cancel) {
+        free(job);
+        return;
+    }
+    s->cancels_in_flight++;
+    if (uv_queue_work(app->loop, &job->req, cancel_work, cancel_done) < 0) {
+        s->cancels_in_flight--;
+        PQfreeCancel(job->cancel);
+        free(job);
+        return;
+    }
+    log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
+               (unsigned long long)s->id, s->backend_pid);
+}

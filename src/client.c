@@ -1,0 +1,611 @@
+/* client: one client connection, its state machine and its handlers (see client.h).
+ *
+ *   STARTUP --startup packet--> AUTH --password ok--> LOGIN_WAIT --first server--> ACTIVE
+ *      |   (SSLRequest: 'N')      |                       |  (pool already knows the
+ *      |   (CancelRequest: gone)  +--trust / known params-+---> IDLE <------------+  welcome)
+ *      |                                                       |  ^               |
+ *      |                                         a message --->|  | released      |
+ *      |                                                       v  |               |
+ *      |                                                  WAITING --server--> ACTIVE
+ *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
+ *
+ * Each state has its own list (login list, the pool's waiting FIFO, idle, active), so the
+ * background timer and SHOW commands walk only the clients they are about. */
+#include "client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "cancel.h"
+#include "listener.h"
+#include "log.h"
+#include "pool.h"
+#include "pool_mode.h"
+#include "server.h"
+#include "sluice.h"
+
+static const char *const state_names[] = {
+    [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
+    [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
+    [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
+};
+
+const char *client_state_name(enum client_state s)
+{
+    return state_names[s];
+}
+
+static struct list *list_for(struct client *c, enum client_state st)
+{
+    switch (st) {
+    case CLIENT_STARTUP:
+    case CLIENT_AUTH:
+        return &c->app->login_clients;
+    case CLIENT_LOGIN_WAIT:
+    case CLIENT_WAITING:
+        return &c->pool->waiting;
+    case CLIENT_IDLE:
+        return &c->pool->idle_clients;
+    case CLIENT_ACTIVE:
+        return &c->pool->active_clients;
+    case CLIENT_CLOSING:
+        return &c->app->closing_clients;
+    case CLIENT_CLOSED:
+        return &c->app->dead_clients;
+    }
+    return NULL;
+}
+
+static bool transition_ok(enum client_state from, enum client_state to)
+{
+    if (to == CLIENT_CLOSED)
+        return from != CLIENT_CLOSED;
+    if (to == CLIENT_CLOSING)
+        return from != CLIENT_CLOSED && from != CLIENT_CLOSING;
+    switch (from) {
+    case CLIENT_STARTUP:
+        return to == CLIENT_AUTH;
+    case CLIENT_AUTH:
+        return to == CLIENT_LOGIN_WAIT || to == CLIENT_IDLE;
+    case CLIENT_LOGIN_WAIT:
+        return to == CLIENT_ACTIVE;
+    case CLIENT_IDLE:
+        return to == CLIENT_WAITING;
+    case CLIENT_WAITING:
+        return to == CLIENT_ACTIVE;
+    case CLIENT_ACTIVE:
+        return to == CLIENT_IDLE;
+    default:
+        return false;
+    }
+}
+
+void client_set_state(struct client *c, enum client_state next)
+{
+    if (!transition_ok(c->state, next)) {
+        log_client(LOG_ERROR, c, "BUG: client state %s -> %s", client_state_name(c->state),
+                   client_state_name(next));
+        abort();
+    }
+    list_remove(list_for(c, c->state), &c->node);
+    c->state = next;
+    c->state_since_ms = sluice_now(c->app);
+    list_append(list_for(c, next), &c->node);
+}
+
+static void on_client_io(struct sockio *io, int status, int events);
+
+void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
+{
+    struct client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->app = app;
+    c->id = ++app->next_id;
+    c->addr = *addr;
+    c->connect_ms = sluice_now(app);
+    c->state_since_ms = c->connect_ms;
+    c->state = CLIENT_STARTUP;
+    codec_out_init(&c->out);
+    params_init(&c->params);
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        snprintf(c->addr_text, sizeof(c->addr_text), "%s:%d", ip, ntohs(a->sin_port));
+    } else if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+        char ip[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        snprintf(c->addr_text, sizeof(c->addr_text), "[%s]:%d", ip, ntohs(a->sin6_port));
+    } else {
+        snprintf(c->addr_text, sizeof(c->addr_text), "unix");
+    }
+    if (addr->ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (app->cfg->tcp_keepalive)
+            setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    }
+    list_append(&app->login_clients, &c->node);
+    app->nclients++;
+    if (sockio_open(&c->io, app->loop, fd, c, on_client_io) < 0) {
+        c->io.fd = fd;
+        client_close(c, "cannot watch the socket");
+        return;
+    }
+    sockio_want(&c->io, UV_READABLE);
+}
+
+int client_read(struct client *c)
+{
+    if (!buf_attach(&c->in)) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return -1;
+    }
+    uint32_t room = buf_make_room(&c->in);
+    if (room == 0)
+        return 0;
+    ssize_t n = sockio_read(&c->io, c->in.data + c->in.wpos, room);
+    if (n > 0) {
+        c->in.wpos += (uint32_t)n;
+        return (int)n;
+    }
+    if (n == SOCKIO_AGAIN) {
+        buf_detach_if_empty(&c->in);
+        return 0;
+    }
+    client_close(c, n == 0 ? "client closed the connection" : strerror((int)-n));
+    return -1;
+}
+
+/* ---- sending ---- */
+
+void client_send(struct client *c)
+{
+    if (c->out_pos < c->out.len && c->state != CLIENT_CLOSED) {
+        if (c->out.oom) {
+            client_close(c, "out of memory building a message");
+            return;
+        }
+        ssize_t n = sockio_write(&c->io, c->out.data + c->out_pos, c->out.len - c->out_pos);
+        if (n < 0) {
+            client_close(c, "write to client failed");
+            return;
+        }
+        c->out_pos += (size_t)n;
+        if (c->out_pos >= c->out.len) {
+            codec_out_reset(&c->out);
+            c->out_pos = 0;
+        }
+    }
+    if (c->state == CLIENT_CLOSING && c->out_pos >= c->out.len) {
+        client_close(c, NULL);
+        return;
+    }
+    if (c->server)
+        return; /* the relay sets a linked pair's interest */
+    relay_client_interest(c);
+}
+
+void client_fail_with_state(struct client *c, enum failure f, const char *detail,
+                            const char *sqlstate)
+{
+    if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
+        return;
+    const struct failure_info *fi = failure_info(f);
+    if (c->app->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c, "%s: %s%s", failure_name(f),
+                   fi->severity == SEVERITY_FATAL ? "closing: " : "", detail ? detail : "");
+    error_build(&c->out, f, detail, sqlstate);
+    if (fi->severity != SEVERITY_FATAL) {
+        client_send(c);
+        return;
+    }
+    if (c->server) {
+        struct server *s = c->server;
+        c->server = NULL;
+        server_client_gone(s);
+    }
+    client_set_state(c, CLIENT_CLOSING);
+    buf_release(&c->in);
+    client_send(c);
+}
+
+void client_fail(struct client *c, enum failure f, const char *detail)
+{
+    client_fail_with_state(c, f, detail, NULL);
+}
+
+void client_close(struct client *c, const char *reason)
+{
+    if (c->state == CLIENT_CLOSED)
+        return;
+    struct sluice *app = c->app;
+    if (reason && c->state >= CLIENT_LOGIN_WAIT && app->cfg->log_disconnections)
+        log_client(LOG_INFO, c, "closing: %s", reason);
+    else if (reason)
+        log_client(LOG_DEBUG, c, "closing: %s", reason);
+    if (c->server) {
+        struct server *s = c->server;
+        c->server = NULL;
+        server_client_gone(s);
+    }
+    if (c->cancel_pid)
+        cancel_unregister(app->cancel_map, c);
+    list_remove(list_for(c, c->state), &c->node);
+    c->state = CLIENT_CLOSED;
+    list_append(&app->dead_clients, &c->node);
+    sockio_detach(&c->io);
+    if (c->io.fd >= 0)
+        close(c->io.fd);
+    c->io.fd = -1;
+    buf_release(&c->in);
+    codec_out_free(&c->out);
+    params_free(&c->params);
+    app->nclients--;
+    listener_maybe_resume(app);
+}
+
+/* ---- login ---- */
+
+static bool param_is_protocol_level(const char *name)
+{
+    return strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
+           strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
+}
+
+static void handle_login(struct client *c, const struct startup_packet *sp)
+{
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    const char *user = codec_startup_get(sp, "user");
+    const char *database = codec_startup_get(sp, "database");
+    const char *replication = codec_startup_get(sp, "replication");
+    if (!user || !user[0]) {
+        client_fail(c, FAIL_NO_USER, "");
+        return;
+    }
+    if (!database || !database[0])
+        database = user;
+    c->user = strdup(user);
+    c->database = strdup(database);
+    if (!c->user || !c->database) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    if (replication && strcmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
+        strcmp(replication, "off") != 0 && strcmp(replication, "no") != 0) {
+        client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
+        return;
+    }
+    if (app->phase != PHASE_RUNNING) {
+        client_fail(c, FAIL_SHUTDOWN, "");
+        return;
+    }
+    if (app->nclients > cfg->max_client_conn) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
+                 (long long)cfg->max_client_conn);
+        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
+        return;
+    }
+    if (!config_find_db(cfg, database)) {
+        client_fail(c, FAIL_UNKNOWN_DATABASE, database);
+        return;
+    }
+    for (int i = 0; i < sp->nparams; i++) {
+        const char *name = sp->params[i].name;
+        if (param_is_protocol_level(name) ||
+            config_list_contains(cfg->ignore_startup_parameters, name))
+            continue;
+        if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {
+            client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
+            return;
+        }
+        if (params_set(&c->params, name, sp->params[i].value) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
+    const char *options = codec_startup_get(sp, "options");
+    if (options && params_parse_options(&c->params, options) < 0) {
+        client_fail(c, FAIL_BAD_STARTUP, "cannot parse \"options\": use -c name=value pairs");
+        return;
+    }
+    client_set_state(c, CLIENT_AUTH);
+    auth_start(c);
+}
+
+/* Fill in what the client did not ask for with what the server has, for the parameters a client
+ * may set: from now on these are the values this client's session must see on any server. */
+static int adopt_server_params(struct client *c, const struct param_set *server)
+{
+    for (int i = 0; i < server->n; i++) {
+        const struct param *p = &server->items[i];
+        if (params_is_client_settable(p->name) && !params_get(&c->params, p->name)) {
+            int rc = params_set(&c->params, p->name, p->value);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+void client_send_welcome(struct client *c, const struct param_set *server_params)
+{
+    for (int i = 0; i < server_params->n; i++) {
+        const struct param *p = &server_params->items[i];
+        const char *mine = params_get(&c->params, p->name);
+        codec_put_parameter_status(&c->out, p->name, mine ? mine : p->value);
+    }
+    codec_put_backend_key(&c->out, c->cancel_pid, c->cancel_key);
+    codec_put_ready(&c->out, 'I');
+}
+
+void client_login_ok(struct client *c)
+{
+    struct sluice *app = c->app;
+    const struct db_entry *db = config_find_db(app->cfg, c->database);
+    if (!db) {
+        client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
+        return;
+    }
+    c->pool = pool_get(app, db, c->user, c->database);
+    if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
+    if (app->cfg->log_connections)
+        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
+    if (c->pool->have_welcome) {
+        if (adopt_server_params(c, &c->pool->welcome) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        client_send_welcome(c, &c->pool->welcome);
+        client_set_state(c, CLIENT_IDLE);
+        client_send(c);
+        if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+            client_on_data(c);
+        return;
+    }
+    /* The first client of a pool waits for a server to learn what to report (server_version,
+     * encodings, ...), as every later client gets it from the pool. */
+    client_set_state(c, CLIENT_LOGIN_WAIT);
+    client_send(c);
+    if (c->state == CLIENT_LOGIN_WAIT)
+        pool_lease(c->pool, c);
+}
+
+void client_on_linked(struct client *c, struct server *s)
+{
+    bool login = c->state == CLIENT_LOGIN_WAIT;
+    client_set_state(c, CLIENT_ACTIVE);
+    if (login) {
+        if (adopt_server_params(c, &s->params) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        client_send_welcome(c, &s->params);
+    } else if (s->synced_client != c->id || s->synced_gen != c->params.generation) {
+        struct msg_out sql;
+        codec_out_init(&sql);
+        int n = params_build_sync(&c->params, &s->params, &sql);
+        codec_put_u8(&sql, 0);
+        if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
+            codec_out_free(&sql);
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        if (n > 0) {
+            log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, (char *)sql.data);
+            server_queue_internal(s, (const char *)sql.data);
+        }
+        codec_out_free(&sql);
+        s->synced_client = c->id;
+        s->synced_gen = c->params.generation;
+    }
+    relay_kick(s);
+}
+
+/* ---- messages by state ---- */
+
+static void handle_startup_bytes(struct client *c)
+{
+    for (;;) {
+        struct buf *b = &c->in;
+        uint32_t total;
+        enum frame_result fr = codec_frame_startup(b->data + b->scan, buf_unframed(b), &total);
+        if (fr == FRAME_NEED_MORE)
+            return;
+        if (fr == FRAME_BAD_LENGTH) {
+            client_fail(c, FAIL_BAD_STARTUP, "length outside 8..10000 bytes");
+            return;
+        }
+        if (buf_unframed(b) < total)
+            return;
+        /* Parse a copy and consume the packet first: the login it starts may go on to read the
+         * client's next message from the same buffer. */
+        uint8_t packet[CODEC_MAX_STARTUP_LEN];
+        memcpy(packet, b->data + b->scan, total);
+        b->scan += total;
+        buf_consume(b, total);
+        struct startup_packet sp;
+        codec_parse_startup(packet, total, &sp);
+        switch (sp.kind) {
+        case STARTUP_SSL_REQUEST:
+        case STARTUP_GSSENC_REQUEST:
+            /* Protocol section 55.2.10: 'N' and the client goes on unencrypted (or gives up). */
+            codec_put_u8(&c->out, 'N');
+            client_send(c);
+            if (c->state != CLIENT_STARTUP)
+                return;
+            continue;
+        case STARTUP_CANCEL:
+            cancel_request(c->app, sp.cancel_pid, sp.cancel_key);
+            client_close(c, "cancel request handled");
+            return;
+        case STARTUP_BAD_PROTOCOL: {
+            char version[32];
+            snprintf(version, sizeof(version), "%u.%u", sp.code >> 16, sp.code & 0xffff);
+            client_fail(c, FAIL_UNSUPPORTED_PROTOCOL, version);
+            return;
+        }
+        case STARTUP_MALFORMED:
+            client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
+            return;
+        case STARTUP_V3:
+            handle_login(c, &sp);
+            return;
+        }
+    }
+}
+
+static void handle_auth_bytes(struct client *c)
+{
+    struct buf *b = &c->in;
+    uint8_t type;
+    uint32_t body_len;
+    enum frame_result fr =
+        codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
+    if (fr == FRAME_NEED_MORE)
+        return;
+    if (fr == FRAME_BAD_LENGTH) {
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
+        return;
+    }
+    uint32_t whole = CODEC_HEADER_LEN + body_len;
+    if (buf_unframed(b) < whole)
+        return;
+    uint8_t body[8192];
+    memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
+    b->scan += whole;
+    buf_consume(b, whole);
+    auth_on_message(c, type, body, body_len);
+}
+
+static bool frontend_type_ok(uint8_t t)
+{
+    switch (t) {
+    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E':
+    case 'H': case 'F': case 'P': case 'Q': case 'S': case 'X':
+        return true;
+    default:
+        return false;
+    }
+}
+
+void client_on_data(struct client *c)
+{
+    switch (c->state) {
+    case CLIENT_STARTUP:
+        handle_startup_bytes(c);
+        break;
+    case CLIENT_AUTH:
+        handle_auth_bytes(c);
+        break;
+    case CLIENT_IDLE: {
+        if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
+            break;
+        uint8_t type = c->in.data[c->in.scan];
+        if (type == 'X') {
+            client_close(c, NULL);
+            return;
+        }
+        if (!frontend_type_ok(type)) {
+            char detail[64];
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            return;
+        }
+        client_set_state(c, CLIENT_WAITING);
+        pool_lease(c->pool, c);
+        return;
+    }
+    default:
+        break;
+    }
+    if (c->state != CLIENT_CLOSED && c->state != CLIENT_ACTIVE)
+        relay_client_interest(c);
+}
+
+static void on_client_io(struct sockio *io, int status, int events)
+{
+    struct client *c = io->owner;
+    if (status < 0) {
+        client_close(c, uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        relay_client_writable(c);
+        if (c->state == CLIENT_CLOSED)
+            return;
+    }
+    if (!(events & (UV_READABLE | UV_DISCONNECT)))
+        return;
+    switch (c->state) {
+    case CLIENT_ACTIVE:
+        relay_client_readable(c);
+        return;
+    case CLIENT_CLOSING:
+    case CLIENT_CLOSED:
+        return;
+    default:
+        if (client_read(c) < 0)
+            return;
+        client_on_data(c);
+        return;
+    }
+}
+
+void client_check_timeouts(struct client *c, uint64_t now)
+{
+    const struct config *cfg = c->app->cfg;
+    char detail[64];
+    switch (c->state) {
+    case CLIENT_STARTUP:
+    case CLIENT_AUTH:
+        if (cfg->client_login_timeout > 0 &&
+            now - c->connect_ms >= (uint64_t)cfg->client_login_timeout) {
+            snprintf(detail, sizeof(detail), "%.1f s", (double)cfg->client_login_timeout / 1000);
+            client_fail(c, FAIL_LOGIN_TIMEOUT, detail);
+        }
+        break;
+    case CLIENT_IDLE:
+        if (cfg->client_idle_timeout > 0 &&
+            now - c->state_since_ms >= (uint64_t)cfg->client_idle_timeout) {
+            snprintf(detail, sizeof(detail), "%.1f s", (double)cfg->client_idle_timeout / 1000);
+            client_fail(c, FAIL_CLIENT_IDLE_TIMEOUT, detail);
+        }
+        break;
+    case CLIENT_ACTIVE: {
+        const struct server *s = c->server;
+        if (cfg->idle_transaction_timeout > 0 && s && s->txn_status != 'I' && s->inflight == 0 &&
+            s->swallow == 0 && buf_pending(&c->in) == 0 && c->rx.remain == 0 &&
+            now - s->last_ready_ms >= (uint64_t)cfg->idle_transaction_timeout) {
+            snprintf(detail, sizeof(detail), "%.1f s",
+                     (double)cfg->idle_transaction_timeout / 1000);
+            client_fail(c, FAIL_IDLE_TRANSACTION_TIMEOUT, detail);
+        }
+        break;
+    }
+    case CLIENT_CLOSING:
+        /* A client that does not read its last error does not get to keep the socket. */
+        if (now - c->state_since_ms >= 5000)
+            client_close(c, "did not read its error message");
+        break;
+    default:
+        break;
+    }
+}

@@ -1,0 +1,151 @@
+/* config: INI file (inih, PgBouncer's pgbouncer.ini layout) + environment -> one validated
+ * struct config. Parsing never touches the running proxy: a reload parses into a fresh struct,
+ * validates it whole, and the caller swaps it in only when it is valid. */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
+enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
+
+const char *pool_mode_name(enum pool_mode m);
+const char *auth_type_name(enum auth_type t);
+const char *log_format_name(enum log_format f);
+
+/* A cap that is either a count or a share of the server's usable connections. */
+struct limit {
+    int value;    /* count, or percent when is_percent */
+    bool is_percent;
+};
+/* Resolve against the server's max_connections - superuser_reserved_connections; 0 = no limit.
+ * A percent with server_usable <= 0 (not yet known) resolves to 0 (no limit yet). */
+int limit_resolve(struct limit l, int server_usable);
+
+/* Where a value came from, for SHOW CONFIG and `sluice --check`. */
+enum config_source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_ADMIN_SET };
+const char *config_source_name(enum config_source s);
+
+/* One [databases] entry: client-visible name -> upstream. Upstream settings are kept as libpq
+ * keywords so anything libpq accepts (sslmode, sslrootcert, several hosts, target_session_attrs)
+ * works; sluice's own per-database keys are pulled out into fields. */
+struct db_entry {
+    char *name;            /* "*" is the fallback entry */
+    int nkeys;
+    char **pq_keywords;    /* NULL-terminated arrays of nkeys entries, for PQconnectStartParams */
+    char **pq_values;
+    int pool_size;         /* -1: default_pool_size */
+    int min_pool_size;     /* -1: min_pool_size */
+    int reserve_pool;      /* -1: reserve_pool_size */
+    enum pool_mode pool_mode; /* POOL_MODE_UNSET: the main section's */
+    struct limit max_db_connections; /* value 0: the main section's */
+    char *auth_user;       /* NULL unless set */
+    int line;              /* line in the file, 0 for environment */
+};
+
+/* One [users] entry. */
+struct user_entry {
+    char *name;
+    enum pool_mode pool_mode;  /* POOL_MODE_UNSET: not overridden */
+    int pool_size;             /* -1: not overridden */
+    struct limit max_user_connections; /* value 0: the main section's */
+    int line;
+};
+
+/* One userlist.txt entry (auth_file), or the user/password of DATABASE_URL. */
+struct auth_entry {
+    char *user;
+    char *secret; /* plain password, "md5<32 hex>", or "SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>" */
+};
+
+/* One [budgets] entry: name = app=<glob> user=<name> addr=<cidr> max_servers=N max_clients=M
+ * min_servers=K. A client belongs to the first budget (in file order) whose every given
+ * matcher matches it; clients matching none belong to the built-in "default" budget. */
+struct budget_entry {
+    char *name;
+    char *app_pattern;  /* glob on application_name, NULL = any */
+    char *user;         /* NULL = any */
+    char *addr_cidr;    /* NULL = any; "10.0.0.0/8", "::1/128", "127.0.0.1" */
+    int max_servers;    /* 0 = no limit of its own */
+    int max_clients;    /* 0 = no limit of its own */
+    int min_servers;    /* guaranteed share; 0 = none */
+    int line;
+};
+
+struct config {
+#define KEY(name, type, def, reload, doc) KEY_FIELD_##type(name)
+#define KEY_FIELD_STR(name) char *name;
+#define KEY_FIELD_INT(name) int64_t name;
+#define KEY_FIELD_BOOL(name) bool name;
+#define KEY_FIELD_TIME(name) int64_t name; /* milliseconds */
+#define KEY_FIELD_LIMIT(name) struct limit name;
+#define KEY_FIELD_POOL_MODE(name) enum pool_mode name;
+#define KEY_FIELD_AUTH_TYPE(name) enum auth_type name;
+#define KEY_FIELD_LOG_FORMAT(name) enum log_format name;
+#include "config_keys.def"
+#undef KEY
+
+    /* where each main-section key's value came from, in config_keys.def order */
+    enum config_source *sources;
+
+    struct db_entry *dbs;
+    int ndbs;
+    struct user_entry *users;
+    int nusers;
+    struct auth_entry *auth; /* auth_file entries, then the DATABASE_URL user if any */
+    int nauth;
+    struct budget_entry *budgets;
+    int nbudgets;
+
+    char *path; /* the file read, NULL when configured by environment only */
+};
+
+/* Describes each main-section key (for SHOW CONFIG, --help, the README table). */
+struct config_key_info {
+    const char *name;
+    const char *type;     /* "STR", "INT", ... */
+    const char *def;      /* default as written in config_keys.def */
+    bool reloadable;
+    const char *doc;
+};
+extern const struct config_key_info config_keys[];
+extern const int config_nkeys;
+
+/* Collected problems: each names the file line (or the environment variable) and what is wrong.
+ * Warnings (unknown PgBouncer keys that sluice does not use) do not make a config invalid.
+ * Start it zeroed ({0}); a load appends to it; config_diag_free() empties it for reuse. */
+struct config_diag {
+    char **errors;
+    int nerrors;
+    char **warnings;
+    int nwarnings;
+};
+void config_diag_free(struct config_diag *d);
+
+/* Build a config: defaults, then the file at path (may be NULL), then the environment
+ * (DATABASE_URL, SLUICE_<KEY> for any main-section key, e.g. SLUICE_POOL_MODE). Returns NULL and
+ * fills diag->errors when the result is invalid. env is a NULL-terminated "K=V" array (environ).
+ * Reads the file and auth_file with blocking I/O; not for two threads at once (inih's options
+ * are process-wide). */
+struct config *config_load(const char *path, char *const *env, struct config_diag *diag);
+/* The same from a string (tests, fuzzing). */
+struct config *config_load_string(const char *ini_text, char *const *env, struct config_diag *diag);
+void config_free(struct config *c);
+
+/* Look-ups used by the proxy. */
+const struct db_entry *config_find_db(const struct config *c, const char *name); /* exact, then "*" */
+const struct user_entry *config_find_user(const struct config *c, const char *name);
+const struct auth_entry *config_find_auth(const struct config *c, const char *user);
+/* A main-section key's current value as text (SHOW CONFIG); secrets are never among them. */
+void config_format_value(const struct config *c, int key_index, char *out, size_t outlen);
+/* Set one main-section key from text (admin SET, environment). 0 or a negative errno;
+ * err gets a message fit for a person. */
+int config_set_key(struct config *c, const char *name, const char *value, enum config_source src,
+                   char *err, size_t errlen);
+/* Is name in the comma-separated list (admin_users, stats_users, ignore_startup_parameters)? */
+bool config_list_contains(const char *list, const char *name);
+
+#endif

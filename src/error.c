@@ -1,0 +1,110 @@
+/* error: the failure table (see error.h). Messages name the limit, the key that sets it and what
+ * to do, so the person reading them does not need the source. */
+#include "error.h"
+
+#include <stdio.h>
+
+static const char *const sqlstate_codes[] = {
+#define SQLSTATE(sym, code) code,
+#include "sqlstate.def"
+#undef SQLSTATE
+};
+
+const char *sqlstate_code(enum sqlstate_id id)
+{
+    return sqlstate_codes[id];
+}
+
+#define F(sev, state, msg, hint) {SEVERITY_##sev, SQLSTATE_##state, msg, hint}
+static const struct failure_info table[] = {
+    [FAIL_PROTOCOL_VIOLATION] = F(FATAL, PROTOCOL_VIOLATION, "protocol violation: %s", NULL),
+    [FAIL_BAD_STARTUP] = F(FATAL, PROTOCOL_VIOLATION, "invalid startup packet: %s", NULL),
+    [FAIL_UNSUPPORTED_PROTOCOL] =
+        F(FATAL, FEATURE_NOT_SUPPORTED, "unsupported frontend protocol %s",
+          "sluice speaks protocol 3.0, which every current client library uses."),
+    [FAIL_REPLICATION_UNSUPPORTED] =
+        F(FATAL, FEATURE_NOT_SUPPORTED, "replication connections are not supported%s",
+          "Connect replication clients to the database directly."),
+    [FAIL_NO_USER] = F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
+                       "no user name given in the startup packet%s", NULL),
+    [FAIL_UNKNOWN_DATABASE] =
+        F(FATAL, INVALID_CATALOG_NAME, "database \"%s\" is not configured in sluice",
+          "Add it to [databases] (or a \"*\" entry), or connect to a database that is listed."),
+    [FAIL_AUTH_FAILED] = F(FATAL, INVALID_PASSWORD, "password authentication failed for user \"%s\"",
+                           NULL),
+    [FAIL_AUTH_METHOD] = F(FATAL, PROTOCOL_VIOLATION, "authentication failed: %s", NULL),
+    [FAIL_MAX_CLIENT_CONN] =
+        F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
+          "Raise max_client_conn, or close idle connections in the application."),
+    [FAIL_WAIT_TIMEOUT] = F(FATAL, TOO_MANY_CONNECTIONS, "%s", NULL),
+    [FAIL_LOGIN_TIMEOUT] = F(FATAL, PROTOCOL_VIOLATION, "login not completed within %s",
+                             "client_login_timeout limits how long a login may take."),
+    [FAIL_CLIENT_IDLE_TIMEOUT] =
+        F(FATAL, IDLE_SESSION_TIMEOUT, "client idle for longer than client_idle_timeout (%s)",
+          "Reconnect; the application should close connections it does not use."),
+    [FAIL_IDLE_TRANSACTION_TIMEOUT] =
+        F(FATAL, IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+          "idle in transaction for longer than idle_transaction_timeout (%s); the transaction was "
+          "rolled back",
+          "Commit or roll back transactions promptly; they hold a server the whole time."),
+    [FAIL_SERVER_LOST] = F(FATAL, CONNECTION_FAILURE, "server connection lost: %s",
+                           "The transaction in progress, if any, was rolled back by the server."),
+    [FAIL_SERVER_LOGIN] = F(FATAL, CONNECTION_FAILURE, "%s", NULL),
+    [FAIL_STATEMENT_MODE_TXN] =
+        F(FATAL, FEATURE_NOT_SUPPORTED, "transaction blocks are not allowed in statement pooling mode%s",
+          "Use pool_mode = transaction for this database or user, or run statements without BEGIN."),
+    [FAIL_SHUTDOWN] = F(FATAL, ADMIN_SHUTDOWN, "sluice is shutting down%s", "Reconnect shortly."),
+    [FAIL_OUT_OF_MEMORY] = F(FATAL, OUT_OF_MEMORY, "out of memory%s", NULL),
+    [FAIL_PACKET_TOO_LARGE] =
+        F(FATAL, PROGRAM_LIMIT_EXCEEDED, "message too large: %s",
+          "max_packet_size limits the size of one client message."),
+    [FAIL_ADMIN_DENIED] = F(FATAL, INSUFFICIENT_PRIVILEGE, "not allowed to use the admin console%s",
+                            "Only users in admin_users or stats_users may connect to it."),
+    [FAIL_ADMIN_KILLED] = F(FATAL, ADMIN_SHUTDOWN, "connection closed by the administrator%s", NULL),
+};
+#undef F
+
+static const char *const names[] = {
+    [FAIL_PROTOCOL_VIOLATION] = "protocol_violation",
+    [FAIL_BAD_STARTUP] = "bad_startup",
+    [FAIL_UNSUPPORTED_PROTOCOL] = "unsupported_protocol",
+    [FAIL_REPLICATION_UNSUPPORTED] = "replication_unsupported",
+    [FAIL_NO_USER] = "no_user",
+    [FAIL_UNKNOWN_DATABASE] = "unknown_database",
+    [FAIL_AUTH_FAILED] = "auth_failed",
+    [FAIL_AUTH_METHOD] = "auth_method",
+    [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
+    [FAIL_WAIT_TIMEOUT] = "wait_timeout",
+    [FAIL_LOGIN_TIMEOUT] = "login_timeout",
+    [FAIL_CLIENT_IDLE_TIMEOUT] = "client_idle_timeout",
+    [FAIL_IDLE_TRANSACTION_TIMEOUT] = "idle_transaction_timeout",
+    [FAIL_SERVER_LOST] = "server_lost",
+    [FAIL_SERVER_LOGIN] = "server_login",
+    [FAIL_STATEMENT_MODE_TXN] = "statement_mode_transaction",
+    [FAIL_SHUTDOWN] = "shutdown",
+    [FAIL_OUT_OF_MEMORY] = "out_of_memory",
+    [FAIL_PACKET_TOO_LARGE] = "packet_too_large",
+    [FAIL_ADMIN_DENIED] = "admin_denied",
+    [FAIL_ADMIN_KILLED] = "admin_killed",
+};
+
+const struct failure_info *failure_info(enum failure f)
+{
+    return &table[f];
+}
+
+const char *failure_name(enum failure f)
+{
+    return names[f];
+}
+
+void error_build(struct msg_out *out, enum failure f, const char *detail,
+                 const char *sqlstate_override)
+{
+    const struct failure_info *fi = &table[f];
+    char message[1024];
+    snprintf(message, sizeof(message), fi->message, detail ? detail : "");
+    codec_put_error(out, 'E', fi->severity == SEVERITY_FATAL ? "FATAL" : "ERROR",
+                    sqlstate_override ? sqlstate_override : sqlstate_code(fi->sqlstate), message,
+                    NULL, fi->hint);
+}

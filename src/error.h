@@ -1,0 +1,56 @@
+/* error: every failure a client can see, as one enum. Each reason maps, in one table, to a
+ * severity, a SQLSTATE, a message template and a hint; client_fail() is the only place that
+ * turns one into an ErrorResponse. */
+#ifndef SLUICE_ERROR_H
+#define SLUICE_ERROR_H
+
+#include "codec.h"
+
+enum sqlstate_id {
+#define SQLSTATE(sym, code) SQLSTATE_##sym,
+#include "sqlstate.def"
+#undef SQLSTATE
+};
+const char *sqlstate_code(enum sqlstate_id id);
+
+enum failure {
+    FAIL_PROTOCOL_VIOLATION,   /* detail: what was wrong */
+    FAIL_BAD_STARTUP,          /* detail: what was wrong */
+    FAIL_UNSUPPORTED_PROTOCOL, /* detail: the version */
+    FAIL_REPLICATION_UNSUPPORTED,
+    FAIL_NO_USER,
+    FAIL_UNKNOWN_DATABASE,     /* detail: the name */
+    FAIL_AUTH_FAILED,          /* detail: user name */
+    FAIL_AUTH_METHOD,          /* detail: what the client sent */
+    FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
+    FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
+    FAIL_LOGIN_TIMEOUT,
+    FAIL_CLIENT_IDLE_TIMEOUT,
+    FAIL_IDLE_TRANSACTION_TIMEOUT,
+    FAIL_SERVER_LOST,          /* detail: why */
+    FAIL_SERVER_LOGIN,         /* detail: the server's message; sqlstate passed separately */
+    FAIL_STATEMENT_MODE_TXN,
+    FAIL_SHUTDOWN,
+    FAIL_OUT_OF_MEMORY,
+    FAIL_PACKET_TOO_LARGE,     /* detail: size and limit */
+    FAIL_ADMIN_DENIED,
+    FAIL_ADMIN_KILLED,
+};
+
+enum severity { SEVERITY_ERROR, SEVERITY_FATAL };
+
+struct failure_info {
+    enum severity severity;
+    enum sqlstate_id sqlstate;
+    const char *message; /* printf template with one %s for the detail */
+    const char *hint;    /* NULL or a sentence saying what to do */
+};
+const struct failure_info *failure_info(enum failure f);
+const char *failure_name(enum failure f);
+
+/* Append an ErrorResponse for f to out. sqlstate_override (may be NULL) replaces the table's
+ * SQLSTATE, for errors relayed from the server at login. */
+void error_build(struct msg_out *out, enum failure f, const char *detail,
+                 const char *sqlstate_override);
+
+#endif

@@ -1,0 +1,255 @@
+/* listener: listening sockets and accept (see listener.h). */
+#include "listener.h"
+
+#include <errno.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "log.h"
+#include "sluice.h"
+
+#define MAX_LISTEN_SOCKETS 16
+#define ACCEPT_BATCH 64
+
+struct listen_socket {
+    uv_poll_t poll;
+    int fd;
+    struct sluice *app;
+    char path[108]; /* unix socket path, to unlink */
+};
+
+struct listener {
+    struct listen_socket socks[MAX_LISTEN_SOCKETS];
+    int nsocks;
+    int port;
+    bool paused;
+};
+
+/* Excess connections over max_client_conn are still accepted (to be told why they are refused)
+ * up to this margin; beyond it sluice stops accepting until clients leave. */
+static int accept_limit(const struct sluice *app)
+{
+    int max = (int)app->cfg->max_client_conn;
+    int margin = max / 10 > 100 ? max / 10 : 100;
+    return max + margin;
+}
+
+static void set_paused(struct listener *l, bool paused);
+
+static void on_listen_readable(uv_poll_t *p, int status, int events)
+{
+    (void)events;
+    struct listen_socket *ls = p->data;
+    struct sluice *app = ls->app;
+    if (status < 0)
+        return;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (app->nclients >= accept_limit(app)) {
+            set_paused(app->listener, true);
+            log_msg(LOG_WARNING, "%d client connections: not accepting more until some leave "
+                                 "(max_client_conn = %lld)",
+                    app->nclients, (long long)app->cfg->max_client_conn);
+            return;
+        }
+        struct sockaddr_storage addr;
+        socklen_t alen = sizeof(addr);
+        int fd = accept4(ls->fd, (struct sockaddr *)&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+                errno == ECONNABORTED)
+                return;
+            /* EMFILE/ENFILE: out of descriptors. Pause briefly rather than spin. */
+            log_msg(LOG_ERROR, "accept failed: %s", strerror(errno));
+            set_paused(app->listener, true);
+            return;
+        }
+        if (ls->path[0])
+            addr.ss_family = AF_UNIX;
+        client_accept(app, fd, &addr);
+    }
+}
+
+static void set_paused(struct listener *l, bool paused)
+{
+    if (l->paused == paused)
+        return;
+    l->paused = paused;
+    for (int i = 0; i < l->nsocks; i++) {
+        if (paused)
+            uv_poll_stop(&l->socks[i].poll);
+        else
+            uv_poll_start(&l->socks[i].poll, UV_READABLE, on_listen_readable);
+    }
+}
+
+void listener_maybe_resume(struct sluice *app)
+{
+    struct listener *l = app->listener;
+    if (l && l->paused && app->phase == PHASE_RUNNING && app->nclients < accept_limit(app) * 9 / 10)
+        set_paused(l, false);
+}
+
+static int add_socket(struct sluice *app, int fd, const char *path)
+{
+    struct listener *l = app->listener;
+    if (l->nsocks == MAX_LISTEN_SOCKETS) {
+        close(fd);
+        return UV_EMFILE;
+    }
+    struct listen_socket *ls = &l->socks[l->nsocks];
+    ls->fd = fd;
+    ls->app = app;
+    snprintf(ls->path, sizeof(ls->path), "%s", path ? path : "");
+    int rc = uv_poll_init(app->loop, &ls->poll, fd);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    ls->poll.data = ls;
+    l->nsocks++;
+    return uv_poll_start(&ls->poll, UV_READABLE, on_listen_readable);
+}
+
+static int listen_tcp(struct sluice *app, const char *host, int port)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int gai = getaddrinfo(strcmp(host, "*") == 0 ? NULL : host, portstr, &hints, &res);
+    if (gai != 0) {
+        log_msg(LOG_ERROR, "cannot resolve listen_addr %s: %s", host, gai_strerror(gai));
+        return UV_EINVAL;
+    }
+    int opened = 0, rc = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        /* With port 0 the first socket picks the port and the others use the same one. */
+        if (app->listener->port > 0) {
+            if (ai->ai_family == AF_INET)
+                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)app->listener->port);
+            else if (ai->ai_family == AF_INET6)
+                ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port =
+                    htons((uint16_t)app->listener->port);
+        }
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+            listen(fd, (int)app->cfg->listen_backlog) < 0) {
+            rc = -errno;
+            log_msg(LOG_ERROR, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+            close(fd);
+            continue;
+        }
+        struct sockaddr_storage bound;
+        socklen_t blen = sizeof(bound);
+        getsockname(fd, (struct sockaddr *)&bound, &blen);
+        int bport = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                                                : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        app->listener->port = bport;
+        char ip[INET6_ADDRSTRLEN] = "?";
+        if (bound.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&bound)->sin6_addr, ip, sizeof(ip));
+        else
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&bound)->sin_addr, ip, sizeof(ip));
+        rc = add_socket(app, fd, NULL);
+        if (rc < 0)
+            break;
+        log_msg(LOG_INFO, bound.ss_family == AF_INET6 ? "listening on [%s]:%d" : "listening on %s:%d",
+                ip, bport);
+        opened++;
+    }
+    freeaddrinfo(res);
+    return opened > 0 ? 0 : (rc ? rc : UV_EADDRNOTAVAIL);
+}
+
+static int listen_unix(struct sluice *app, const char *dir, int port)
+{
+    struct sockaddr_un sa = {0};
+    sa.sun_family = AF_UNIX;
+    int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/.s.PGSQL.%d", dir, port);
+    if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
+        log_msg(LOG_ERROR, "unix_socket_dir %s is too long", dir);
+        return UV_ENAMETOOLONG;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    unlink(sa.sun_path);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(fd, (int)app->cfg->listen_backlog) < 0) {
+        int err = errno;
+        log_msg(LOG_ERROR, "cannot listen on %s: %s", sa.sun_path, strerror(err));
+        close(fd);
+        return -err;
+    }
+    chmod(sa.sun_path, 0777);
+    log_msg(LOG_INFO, "listening on unix socket %s", sa.sun_path);
+    return add_socket(app, fd, sa.sun_path);
+}
+
+int listener_start(struct sluice *app)
+{
+    const struct config *cfg = app->cfg;
+    app->listener = calloc(1, sizeof(*app->listener));
+    if (!app->listener)
+        return UV_ENOMEM;
+    app->listener->port = (int)cfg->listen_port;
+    char *addrs = strdup(cfg->listen_addr);
+    if (!addrs)
+        return UV_ENOMEM;
+    int rc = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(addrs, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        rc = listen_tcp(app, tok, app->listener->port);
+        if (rc < 0)
+            break;
+    }
+    free(addrs);
+    if (rc == 0 && cfg->unix_socket_dir[0])
+        rc = listen_unix(app, cfg->unix_socket_dir, app->listener->port);
+    if (rc == 0 && app->listener->nsocks == 0) {
+        log_msg(LOG_ERROR, "nothing to listen on: set listen_addr or unix_socket_dir");
+        rc = UV_EINVAL;
+    }
+    return rc;
+}
+
+static void on_listen_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void listener_stop(struct sluice *app)
+{
+    struct listener *l = app->listener;
+    if (!l)
+        return;
+    for (int i = 0; i < l->nsocks; i++) {
+        struct listen_socket *ls = &l->socks[i];
+        uv_close((uv_handle_t *)&ls->poll, on_listen_closed);
+        close(ls->fd);
+        if (ls->path[0])
+            unlink(ls->path);
+    }
+    l->nsocks = 0;
+}
+
+int listener_port(const struct sluice *app)
+{
+    return app->listener ? app->listener->port : 0;
+}

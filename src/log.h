@@ -1,0 +1,33 @@
+/* log: one line per event, carrying the identity of the connection it concerns
+ * (C-<id> db/user@addr, S-<id> db/user), as text or JSON, to stderr and optionally a file. */
+#ifndef SLUICE_LOG_H
+#define SLUICE_LOG_H
+
+#include <stdbool.h>
+
+enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+
+struct client;
+struct server;
+
+int log_level_parse(const char *s, enum log_level *out);
+void log_configure(enum log_level level, bool json, const char *logfile);
+void log_close(void);
+bool log_enabled(enum log_level level);
+
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...)                                                                             \
+    do {                                                                                           \
+        if (log_enabled(LOG_DEBUG))                                                                \
+            log_msg(LOG_DEBUG, __VA_ARGS__);                                                       \
+    } while (0)
+
+#endif

@@ -1,0 +1,119 @@
+/* main: command line, loading the config, running the loop until shutdown. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "sluice.h"
+
+extern char **environ;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "sluice %s - a PostgreSQL connection pooler\n"
+            "\n"
+            "Usage:\n"
+            "  sluice [CONFIG.ini]        run (config file optional: DATABASE_URL and SLUICE_*\n"
+            "                             environment variables configure it without one)\n"
+            "  sluice -c CONFIG.ini       the same\n"
+            "  sluice --check [CONFIG]    validate the configuration, print every problem, exit\n"
+            "  sluice --version           print the version\n"
+            "  sluice --help              this text\n"
+            "\n"
+            "Environment:\n"
+            "  DATABASE_URL=postgres://user:pass@host:port/db?sslmode=require\n"
+            "                             the upstream database; clients log in with the same\n"
+            "                             user and password\n"
+            "  SLUICE_<KEY>=value         any main-section key, e.g. SLUICE_POOL_MODE=transaction,\n"
+            "                             SLUICE_DEFAULT_POOL_SIZE=10, SLUICE_MAX_DB_CONNECTIONS=80%%\n"
+            "                             (environment overrides the file; the file overrides\n"
+            "                             defaults)\n"
+            "\n"
+            "Signals: SIGHUP reloads the config, SIGINT shuts down gracefully (transactions\n"
+            "finish, up to shutdown_timeout), SIGTERM shuts down promptly. Both exit 0.\n",
+            SLUICE_VERSION);
+}
+
+static void print_diag(const struct config_diag *d)
+{
+    for (int i = 0; i < d->nwarnings; i++)
+        fprintf(stderr, "warning: %s\n", d->warnings[i]);
+    for (int i = 0; i < d->nerrors; i++)
+        fprintf(stderr, "error: %s\n", d->errors[i]);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+            printf("sluice %s\n", SLUICE_VERSION);
+            return 0;
+        } else if (strcmp(a, "--check") == 0) {
+            check = true;
+        } else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "sluice: %s needs a file name\n", a);
+                return 64;
+            }
+            path = argv[i];
+        } else if (a[0] == '-') {
+            fprintf(stderr, "sluice: unknown option %s (see --help)\n", a);
+            return 64;
+        } else if (!path) {
+            path = a;
+        } else {
+            fprintf(stderr, "sluice: more than one config file given\n");
+            return 64;
+        }
+    }
+    if (!path) {
+        const char *env_path = getenv("SLUICE_CONFIG");
+        if (env_path && env_path[0])
+            path = env_path;
+    }
+
+    struct config_diag diag = {0};
+    struct config *cfg = config_load(path, environ, &diag);
+    print_diag(&diag);
+    config_diag_free(&diag);
+    if (check) {
+        if (cfg) {
+            printf("%s: configuration is valid\n", path ? path : "environment");
+            config_free(cfg);
+            return 0;
+        }
+        return 1;
+    }
+    if (!cfg) {
+        fprintf(stderr, "sluice: invalid configuration; not starting\n");
+        return 1;
+    }
+
+    uv_loop_t *loop = uv_default_loop();
+    struct sluice app;
+    int rc = sluice_start(&app, loop, cfg);
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "cannot start: %s", uv_strerror(rc));
+        sluice_shutdown(&app, PHASE_SHUTDOWN_NOW);
+        uv_run(loop, UV_RUN_DEFAULT);
+        sluice_free(&app);
+        uv_loop_close(loop);
+        return 1;
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    int exit_code = app.exit_code;
+    sluice_free(&app);
+    rc = uv_loop_close(loop);
+    if (rc != 0)
+        fprintf(stderr, "sluice: loop not empty at exit: %s\n", uv_strerror(rc));
+    return exit_code;
+}

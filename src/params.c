@@ -1,0 +1,248 @@
+/* params: session parameter sets and the SETs that reconcile them (see params.h). Names compare
+ * case-insensitively, as GUC names do. */
+#include "params.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *const reported[] = {
+    "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+    "in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding",
+    "server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+};
+static const char *const client_settable[] = {
+    "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+    "IntervalStyle", "standard_conforming_strings", "TimeZone",
+};
+
+static bool in_list(const char *const *list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(list[i], name) == 0)
+            return true;
+    return false;
+}
+
+bool params_is_reported(const char *name)
+{
+    return in_list(reported, sizeof(reported) / sizeof(reported[0]), name);
+}
+
+bool params_is_client_settable(const char *name)
+{
+    return in_list(client_settable, sizeof(client_settable) / sizeof(client_settable[0]), name);
+}
+
+void params_init(struct param_set *p)
+{
+    memset(p, 0, sizeof(*p));
+}
+
+void params_free(struct param_set *p)
+{
+    for (int i = 0; i < p->n; i++) {
+        free(p->items[i].name);
+        free(p->items[i].value);
+    }
+    free(p->items);
+    params_init(p);
+}
+
+static int find(const struct param_set *p, const char *name)
+{
+    for (int i = 0; i < p->n; i++)
+        if (strcasecmp(p->items[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+const char *params_get(const struct param_set *p, const char *name)
+{
+    int i = find(p, name);
+    return i < 0 ? NULL : p->items[i].value;
+}
+
+int params_set(struct param_set *p, const char *name, const char *value)
+{
+    int i = find(p, name);
+    if (!value) {
+        if (i >= 0) {
+            free(p->items[i].name);
+            free(p->items[i].value);
+            p->items[i] = p->items[--p->n];
+            p->generation++;
+        }
+        return 0;
+    }
+    if (i >= 0) {
+        if (strcmp(p->items[i].value, value) == 0)
+            return 0;
+        char *v = strdup(value);
+        if (!v)
+            return -ENOMEM;
+        free(p->items[i].value);
+        p->items[i].value = v;
+        p->generation++;
+        return 0;
+    }
+    if (p->n == p->cap) {
+        uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 8;
+        struct param *items = realloc(p->items, cap * sizeof(*items));
+        if (!items)
+            return -ENOMEM;
+        p->items = items;
+        p->cap = cap;
+    }
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return -ENOMEM;
+    }
+    p->items[p->n].name = n;
+    p->items[p->n].value = v;
+    p->n++;
+    p->generation++;
+    return 0;
+}
+
+int params_copy(struct param_set *dst, const struct param_set *src)
+{
+    for (int i = 0; i < src->n; i++) {
+        int rc = params_set(dst, src->items[i].name, src->items[i].value);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void put_str(struct msg_out *o, const char *s)
+{
+    codec_put_bytes(o, s, strlen(s));
+}
+
+/* A string literal: standard_conforming_strings may be off on the server, so use the E'' form
+ * with both quote and backslash escaped, which means the same under either setting. */
+static void put_literal(struct msg_out *o, const char *v)
+{
+    put_str(o, "E'");
+    for (; *v; v++) {
+        if (*v == '\'' || *v == '\\')
+            codec_put_u8(o, (uint8_t)*v);
+        codec_put_u8(o, (uint8_t)*v);
+    }
+    codec_put_u8(o, '\'');
+}
+
+int params_build_sync(const struct param_set *want, const struct param_set *server,
+                      struct msg_out *sql)
+{
+    int n = 0;
+    for (int i = 0; i < want->n; i++) {
+        const char *have = params_get(server, want->items[i].name);
+        if (have && strcmp(have, want->items[i].value) == 0)
+            continue;
+        put_str(sql, "SET ");
+        put_str(sql, want->items[i].name);
+        put_str(sql, " TO ");
+        put_literal(sql, want->items[i].value);
+        put_str(sql, ";");
+        n++;
+    }
+    for (int i = 0; i < server->n; i++) {
+        const char *name = server->items[i].name;
+        if (params_is_reported(name) || params_get(want, name))
+            continue;
+        put_str(sql, "RESET ");
+        put_str(sql, name);
+        put_str(sql, ";");
+        n++;
+    }
+    return n;
+}
+
+int params_note_sync(struct param_set *server, const struct param_set *want)
+{
+    for (int i = 0; i < want->n; i++) {
+        if (params_is_reported(want->items[i].name))
+            continue;
+        int rc = params_set(server, want->items[i].name, want->items[i].value);
+        if (rc < 0)
+            return rc;
+    }
+    for (int i = server->n - 1; i >= 0; i--) {
+        const char *name = server->items[i].name;
+        if (!params_is_reported(name) && !params_get(want, name)) {
+            int rc = params_set(server, name, NULL);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+bool params_valid_name(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
+            return false;
+    return true;
+}
+
+int params_parse_options(struct param_set *p, const char *options)
+{
+    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. */
+    const char *s = options;
+    char word[1024];
+    bool expect_c_value = false;
+    while (*s) {
+        while (isspace((unsigned char)*s))
+            s++;
+        if (!*s)
+            break;
+        size_t w = 0;
+        while (*s && !isspace((unsigned char)*s)) {
+            if (*s == '\\' && s[1])
+                s++;
+            if (w + 1 >= sizeof(word))
+                return -EINVAL;
+            word[w++] = *s++;
+        }
+        word[w] = '\0';
+        const char *setting;
+        if (expect_c_value) {
+            setting = word;
+            expect_c_value = false;
+        } else if (strcmp(word, "-c") == 0) {
+            expect_c_value = true;
+            continue;
+        } else if (strncmp(word, "-c", 2) == 0) {
+            setting = word + 2;
+        } else if (strncmp(word, "--", 2) == 0) {
+            setting = word + 2;
+        } else {
+            return -EINVAL;
+        }
+        const char *eq = strchr(setting, '=');
+        if (!eq || !params_valid_name(setting, (size_t)(eq - setting)))
+            return -EINVAL;
+        char name[256];
+        size_t nlen = (size_t)(eq - setting);
+        if (nlen >= sizeof(name))
+            return -EINVAL;
+        memcpy(name, setting, nlen);
+        name[nlen] = '\0';
+        /* "--name=value" allows '-' for '_' (postgres -c parsing does the same). */
+        for (char *c = name; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        if (params_set(p, name, eq + 1) < 0)
+            return -ENOMEM;
+    }
+    return expect_c_value ? -EINVAL : 0;
+}

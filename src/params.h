@@ -1,0 +1,60 @@
+/* params: session parameters as name/value pairs. A client keeps what it asked for (its startup
+ * packet, and every ParameterStatus its own SETs produced); a server keeps what its backend
+ * currently has. When a client gets a server whose values differ, params builds the SETs that
+ * make the backend match, sent ahead of the client's own bytes. */
+#ifndef SLUICE_PARAMS_H
+#define SLUICE_PARAMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+
+struct param {
+    char *name;
+    char *value;
+};
+
+struct param_set {
+    struct param *items;
+    uint16_t n, cap;
+    uint32_t generation; /* bumped on every change: lets a server skip the compare */
+};
+
+void params_init(struct param_set *p);
+void params_free(struct param_set *p);
+const char *params_get(const struct param_set *p, const char *name);
+/* 0 or -ENOMEM. A NULL value removes the name. */
+int params_set(struct param_set *p, const char *name, const char *value)
+    __attribute__((warn_unused_result));
+int params_copy(struct param_set *dst, const struct param_set *src)
+    __attribute__((warn_unused_result));
+
+/* Parameters Postgres 15 reports with ParameterStatus (GUC_REPORT): the server tells us when they
+ * change, so they are tracked without parsing SQL. */
+bool params_is_reported(const char *name);
+/* Which of them a client may have its own value for (the rest, like server_version, are the
+ * server's facts). */
+bool params_is_client_settable(const char *name);
+
+/* Append to sql (a growable query string in out->data form, NUL-terminated at the end) the
+ * statements that move `server` to `want`: SET for every differing value, RESET for a value the
+ * server has that `want` lacks among `resettable` names. Returns the number of statements. */
+int params_build_sync(const struct param_set *want, const struct param_set *server,
+                      struct msg_out *sql);
+
+/* A GUC name safe to put into SQL unquoted: letters, digits, '_', '.', '-' ('-' only as
+ * spelled in options, where it means '_'). */
+bool params_valid_name(const char *s, size_t len);
+
+/* After the SETs of params_build_sync were sent: record in `server` the values of names the
+ * server does not report (it will report the others itself). */
+int params_note_sync(struct param_set *server, const struct param_set *want)
+    __attribute__((warn_unused_result));
+
+/* The startup packet's "options" (-c name=value / --name=value): parse into p. 0, or -EINVAL
+ * when the options cannot be understood. */
+int params_parse_options(struct param_set *p, const char *options)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,66 @@
+/* pool: the servers and waiting clients of one (database, user) pair. Leases a server to a
+ * client (an idle one, or a new connection when the caps allow), queues clients FIFO when none
+ * is free, takes servers back and hands them to the next waiter. */
+#ifndef SLUICE_POOL_H
+#define SLUICE_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "list.h"
+#include "params.h"
+
+struct sluice;
+struct client;
+struct server;
+
+struct pool {
+    struct list_node node;
+    struct sluice *app;
+    char *db_name;     /* client-visible database name */
+    char *user_name;   /* client user */
+    char *target_db;   /* the upstream dbname (the client's name for a "*" entry) */
+
+    /* Effective settings, recomputed on reload. */
+    enum pool_mode mode;
+    int size;
+    int min_size;
+
+    /* Servers by state. */
+    struct list connecting, idle, active, resetting;
+    /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
+    struct list waiting, idle_clients, active_clients;
+
+    struct param_set welcome; /* what a server reported at login: sent to new clients */
+    bool have_welcome;
+
+    /* Connect failures: backoff instead of a reconnect storm. */
+    int connect_failures;
+    uint64_t next_connect_ms;
+    char *last_connect_error;
+
+    /* Counters (SHOW STATS). */
+    uint64_t xact_count, query_count, wait_us_total, bytes_in, bytes_out;
+};
+
+/* Find or create the pool for a client's login. NULL: out of memory. */
+struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
+                      const char *database);
+/* Recompute settings from the current config (reload). */
+void pool_apply_config(struct pool *p);
+int pool_server_count(const struct pool *p);
+
+/* A client needs a server: link one now or queue the client. */
+void pool_lease(struct pool *p, struct client *c);
+/* A linked server is free again (client released it). */
+void pool_release(struct server *s);
+/* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
+void pool_server_ready(struct server *s);
+/* A connect attempt failed; message from libpq. */
+void pool_connect_failed(struct pool *p, const char *message);
+/* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */
+void pool_maintain(struct pool *p, uint64_t now);
+void pool_free(struct pool *p);
+
+#endif

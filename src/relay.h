@@ -1,0 +1,34 @@
+/* relay: the hot path. Moves bytes between a linked client and server straight from the reading
+ * side's buffer, framing message headers in place to see the few that matter (ReadyForQuery,
+ * ParameterStatus, Sync, Terminate), and pauses reading a side while its peer cannot keep up. */
+#ifndef SLUICE_RELAY_H
+#define SLUICE_RELAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Framing state of one direction: how much of the current message is still to come. */
+struct framer {
+    uint32_t remain;  /* bytes of the current message not yet framed */
+    bool discard;     /* the current message is consumed by sluice, not forwarded */
+};
+
+struct client;
+struct server;
+
+/* A client's bytes arrived (client ACTIVE). */
+void relay_client_readable(struct client *c);
+/* The client's socket can take more (client ACTIVE or with pending output). */
+void relay_client_writable(struct client *c);
+/* A server's bytes arrived (any server state after login). */
+void relay_server_readable(struct server *s);
+void relay_server_writable(struct server *s);
+/* Push whatever can move now in both directions and set both sides' poll interest. Called after
+ * linking and after anything that changes what either side may do. */
+void relay_kick(struct server *s);
+/* Set the poll interest of a client that has no server (idle, waiting, login). */
+void relay_client_interest(struct client *c);
+/* Set the poll interest of a server that has no client. */
+void relay_server_interest(struct server *s);
+
+#endif

@@ -1,0 +1,376 @@
+/* server: one backend connection (see server.h).
+ *
+ * Login is libpq's: PQconnectStartParams + PQconnectPoll under the connection's one poll handle,
+ * which brings SCRAM, TLS, several hosts and target_session_attrs. After CONNECTION_OK sluice
+ * speaks the protocol itself on libpq's socket (through libpq's SSL object when TLS is on); the
+ * PGconn lives as long as the server, for PQgetCancel and the final PQfinish.
+ *
+ *   CONNECTING --ok--> IDLE <--> ACTIVE (linked to a client)
+ *        |              ^  \        |
+ *        |              |   \       v  client left or released with work to do
+ *        |              +---- RESETTING (sluice's own query: rollback, reset, parameter sync)
+ *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "pool_mode.h"
+#include "sluice.h"
+
+static const char *const state_names[] = {
+    [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",
+    [SERVER_ACTIVE] = "active",         [SERVER_RESETTING] = "resetting",
+    [SERVER_CLOSED] = "closed",
+};
+
+const char *server_state_name(enum server_state st)
+{
+    return state_names[st];
+}
+
+static struct list *list_for(struct server *s, enum server_state st)
+{
+    struct pool *p = s->pool;
+    switch (st) {
+    case SERVER_CONNECTING:
+        return &p->connecting;
+    case SERVER_IDLE:
+        return &p->idle;
+    case SERVER_ACTIVE:
+        return &p->active;
+    case SERVER_RESETTING:
+        return &p->resetting;
+    case SERVER_CLOSED:
+        return &p->app->dead_servers;
+    }
+    return NULL;
+}
+
+/* Allowed transitions; anything else is a bug in sluice, not bad input. */
+static bool transition_ok(enum server_state from, enum server_state to)
+{
+    if (to == SERVER_CLOSED)
+        return from != SERVER_CLOSED;
+    switch (from) {
+    case SERVER_CONNECTING:
+        return to == SERVER_IDLE || to == SERVER_ACTIVE;
+    case SERVER_IDLE:
+        return to == SERVER_ACTIVE || to == SERVER_RESETTING;
+    case SERVER_ACTIVE:
+        /* ACTIVE -> ACTIVE: released and handed straight to the next waiting client. */
+        return to == SERVER_IDLE || to == SERVER_RESETTING || to == SERVER_ACTIVE;
+    case SERVER_RESETTING:
+        return to == SERVER_IDLE || to == SERVER_ACTIVE;
+    case SERVER_CLOSED:
+        return false;
+    }
+    return false;
+}
+
+void server_set_state(struct server *s, enum server_state next)
+{
+    if (!transition_ok(s->state, next)) {
+        log_server(LOG_ERROR, s, "BUG: server state %s -> %s", server_state_name(s->state),
+                   server_state_name(next));
+        abort();
+    }
+    list_remove(list_for(s, s->state), &s->node);
+    s->state = next;
+    s->state_since_ms = sluice_now(s->pool->app);
+    if (next == SERVER_IDLE && s->pool->app->cfg->server_round_robin)
+        list_append(list_for(s, next), &s->node);
+    else if (next == SERVER_IDLE)
+        list_prepend(list_for(s, next), &s->node); /* LIFO: the warmest server first */
+    else
+        list_append(list_for(s, next), &s->node);
+}
+
+static void on_server_io(struct sockio *io, int status, int events);
+
+/* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
+ * filled in where the entry leaves them to the client. */
+#define MAX_KEYWORDS 48
+static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
+                          const char **val)
+{
+    const struct config *cfg = p->app->cfg;
+    int n = 0;
+    bool has_dbname = false, has_password = false;
+    const char *user = NULL;
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 6; i++) {
+        kw[n] = db->pq_keywords[i];
+        val[n] = db->pq_values[i];
+        has_dbname |= strcmp(kw[n], "dbname") == 0;
+        has_password |= strcmp(kw[n], "password") == 0;
+        if (strcmp(kw[n], "user") == 0)
+            user = val[n];
+        n++;
+    }
+    if (!has_dbname) {
+        kw[n] = "dbname";
+        val[n++] = p->target_db;
+    }
+    if (!user) {
+        user = p->user_name;
+        kw[n] = "user";
+        val[n++] = user;
+    }
+    if (!has_password) {
+        /* Log in upstream with the user's own password when sluice knows it in plain. */
+        const struct auth_entry *a = config_find_auth(cfg, user);
+        if (a && strncmp(a->secret, "md5", 3) != 0 && strncmp(a->secret, "SCRAM-SHA-256$", 14) != 0) {
+            kw[n] = "password";
+            val[n++] = a->secret;
+        }
+    }
+    kw[n] = "fallback_application_name";
+    val[n++] = "sluice";
+    kw[n] = NULL;
+    val[n] = NULL;
+    return n;
+}
+
+struct server *server_connect(struct pool *p)
+{
+    struct sluice *app = p->app;
+    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    if (!db) {
+        pool_connect_failed(p, "the database is no longer configured");
+        return NULL;
+    }
+    struct server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->pool = p;
+    s->id = ++app->next_id;
+    s->txn_status = 'I';
+    s->connect_start_ms = sluice_now(app);
+    s->state_since_ms = s->connect_start_ms;
+    s->io.fd = -1;
+    params_init(&s->params);
+    codec_out_init(&s->out);
+    list_node_init(&s->node);
+
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    build_conninfo(p, db, kw, val);
+    s->conn = PQconnectStartParams(kw, val, 0);
+    if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s",
+                 s->conn ? PQerrorMessage(s->conn) : "out of memory starting a connection");
+        msg[strcspn(msg, "\n")] = '\0';
+        if (s->conn)
+            PQfinish(s->conn);
+        params_free(&s->params);
+        free(s);
+        pool_connect_failed(p, msg);
+        return NULL;
+    }
+    s->state = SERVER_CONNECTING;
+    list_append(&p->connecting, &s->node);
+    app->nservers++;
+    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, on_server_io) < 0) {
+        server_close(s, "cannot watch the server socket");
+        pool_connect_failed(p, "cannot watch the server socket");
+        return NULL;
+    }
+    /* libpq: after PQconnectStart, wait until the socket is writable, then call PQconnectPoll. */
+    sockio_want(&s->io, UV_WRITABLE);
+    log_server(LOG_DEBUG, s, "connecting");
+    return s;
+}
+
+static void login_done(struct server *s)
+{
+    static const char *const reported[] = {
+        "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+        "in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding",
+        "server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+    };
+    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++) {
+        const char *v = PQparameterStatus(s->conn, reported[i]);
+        if (v && params_set(&s->params, reported[i], v) < 0) {
+            server_close(s, "out of memory");
+            return;
+        }
+    }
+    s->backend_pid = PQbackendPID(s->conn);
+    if (PQsslInUse(s->conn)) {
+        s->io.ssl = PQsslStruct(s->conn, "OpenSSL");
+        /* sluice retries a partial write from a buffer that may have grown or moved. */
+        SSL_set_mode(s->io.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+    s->connect_ms = sluice_now(s->pool->app);
+    s->pool->connect_failures = 0;
+    log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
+               s->io.ssl ? " (TLS)" : "",
+               (unsigned long long)(s->connect_ms - s->connect_start_ms));
+    pool_server_ready(s);
+}
+
+static void connect_step(struct server *s)
+{
+    PostgresPollingStatusType st = PQconnectPoll(s->conn);
+    int fd = PQsocket(s->conn);
+    if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
+        /* libpq moved to another socket (next host, or a retry without TLS). */
+        sockio_detach(&s->io);
+        if (sockio_open(&s->io, s->pool->app->loop, fd, s, on_server_io) < 0) {
+            struct pool *p = s->pool;
+            server_close(s, "cannot watch the server socket");
+            pool_connect_failed(p, "cannot watch the server socket");
+            return;
+        }
+    }
+    switch (st) {
+    case PGRES_POLLING_READING:
+        sockio_want(&s->io, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        sockio_want(&s->io, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_OK:
+        sockio_want(&s->io, 0);
+        login_done(s);
+        return;
+    default: {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(s->conn));
+        msg[strcspn(msg, "\n")] = '\0';
+        struct pool *p = s->pool;
+        server_close(s, msg);
+        pool_connect_failed(p, msg);
+        return;
+    }
+    }
+}
+
+static void on_server_io(struct sockio *io, int status, int events)
+{
+    struct server *s = io->owner;
+    if (s->state == SERVER_CONNECTING) {
+        connect_step(s);
+        return;
+    }
+    if (status < 0) {
+        struct client *c = s->client;
+        if (c) {
+            c->server = NULL;
+            s->client = NULL;
+        }
+        server_close(s, uv_strerror(status));
+        if (c)
+            client_fail(c, FAIL_SERVER_LOST, uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        relay_server_writable(s);
+        if (s->state == SERVER_CLOSED)
+            return;
+    }
+    if (events & UV_READABLE)
+        relay_server_readable(s);
+}
+
+void server_queue_internal(struct server *s, const char *sql)
+{
+    codec_put_query(&s->out, sql);
+    s->swallow++;
+}
+
+/* Can this server be cleaned by a query, or is it mid-message / mid-query? */
+static bool at_clean_boundary(const struct server *s, const struct client *c)
+{
+    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 &&
+           (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
+}
+
+void server_client_gone(struct server *s)
+{
+    struct client *c = s->client;
+    s->client = NULL;
+    if (!at_clean_boundary(s, c)) {
+        /* A query or COPY was under way: what the backend does next is unknown, and waiting for
+         * it would hold a server for a client that is gone. Closing rolls it back for certain. */
+        server_close(s, "client left in the middle of a query");
+        return;
+    }
+    pool_release(s);
+}
+
+void server_maybe_done_resetting(struct server *s)
+{
+    if (s->state != SERVER_RESETTING)
+        return;
+    if (s->swallow > 0 || s->cancels_in_flight > 0 || s->out_pos < s->out.len ||
+        s->rx.remain > 0 || !buf_is_empty(&s->in)) {
+        relay_server_interest(s);
+        return;
+    }
+    if (s->txn_status != 'I') {
+        server_close(s, "still in a transaction after sluice's rollback");
+        return;
+    }
+    pool_server_ready(s);
+}
+
+void server_close(struct server *s, const char *reason)
+{
+    if (s->state == SERVER_CLOSED)
+        return;
+    struct sluice *app = s->pool->app;
+    log_server(s->state == SERVER_CONNECTING ? LOG_WARNING : LOG_INFO, s, "closing: %s",
+               reason ? reason : "");
+    if (s->client) {
+        s->client->server = NULL;
+        s->client = NULL;
+    }
+    list_remove(list_for(s, s->state), &s->node);
+    s->state = SERVER_CLOSED;
+    list_append(&app->dead_servers, &s->node);
+    app->nservers--;
+    sockio_detach(&s->io);
+    if (s->conn) {
+        PQfinish(s->conn);
+        s->conn = NULL;
+    }
+    buf_release(&s->in);
+    codec_out_free(&s->out);
+    params_free(&s->params);
+}
+
+void server_check_timeouts(struct server *s, uint64_t now)
+{
+    const struct config *cfg = s->pool->app->cfg;
+    switch (s->state) {
+    case SERVER_CONNECTING:
+        if (cfg->server_connect_timeout > 0 &&
+            now - s->connect_start_ms >= (uint64_t)cfg->server_connect_timeout) {
+            struct pool *p = s->pool;
+            char msg[128];
+            snprintf(msg, sizeof(msg), "connect and login not done within %lld ms (server_connect_timeout)",
+                     (long long)cfg->server_connect_timeout);
+            server_close(s, msg);
+            pool_connect_failed(p, msg);
+        }
+        break;
+    case SERVER_IDLE:
+        if (cfg->server_lifetime > 0 && now - s->connect_ms >= (uint64_t)cfg->server_lifetime) {
+            server_close(s, "server_lifetime reached");
+        } else if (cfg->server_idle_timeout > 0 &&
+                   now - s->state_since_ms >= (uint64_t)cfg->server_idle_timeout &&
+                   pool_server_count(s->pool) > s->pool->min_size) {
+            server_close(s, "idle for server_idle_timeout");
+        }
+        break;
+    default:
+        break;
+    }
+}

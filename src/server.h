@@ -1,0 +1,76 @@
+/* server: one backend connection — libpq login, then raw protocol on libpq's socket; its state
+ * machine, internal queries (reset, check, parameter sync), and closing. */
+#ifndef SLUICE_SERVER_H
+#define SLUICE_SERVER_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "codec.h"
+#include "list.h"
+#include "params.h"
+#include "relay.h"
+#include "sockio.h"
+
+enum server_state {
+    SERVER_CONNECTING, /* libpq connect and login in progress */
+    SERVER_IDLE,       /* in its pool, free */
+    SERVER_ACTIVE,     /* linked to a client */
+    SERVER_RESETTING,  /* running sluice's own query (reset, rollback, check) or waiting for a
+                          cancel to land; free again when that is done */
+    SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
+                          sent for it is done) */
+};
+const char *server_state_name(enum server_state s);
+
+struct pool;
+struct client;
+
+struct server {
+    struct list_node node; /* on its pool's list for its state, or the dead list */
+    struct pool *pool;
+    uint64_t id;
+    enum server_state state;
+    PGconn *conn;
+    struct sockio io;
+    struct buf in;
+    struct framer rx;
+    struct msg_out out;    /* sluice's own messages, written before any client bytes */
+    size_t out_pos;
+    struct client *client; /* while ACTIVE */
+
+    struct param_set params; /* the backend's current session parameters */
+    uint64_t synced_client;  /* the client (id) and its params generation last synced */
+    uint32_t synced_gen;
+
+    char txn_status;       /* from the last ReadyForQuery: 'I', 'T' or 'E' */
+    int inflight;          /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
+    int swallow;           /* ReadyForQuery still due for sluice's own queries (not forwarded) */
+    bool batch_open;       /* client sent extended-protocol messages since its last Sync */
+    int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
+    bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
+
+    int backend_pid;
+    uint64_t connect_ms;
+    uint64_t state_since_ms;
+    uint64_t connect_start_ms;
+    uint64_t last_ready_ms; /* when the last ReadyForQuery came (idle_transaction_timeout) */
+};
+
+/* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */
+struct server *server_connect(struct pool *pool);
+void server_set_state(struct server *s, enum server_state next);
+/* Close and free; reason is for the log. */
+void server_close(struct server *s, const char *reason);
+/* Queue a query of sluice's own; its replies are swallowed. */
+void server_queue_internal(struct server *s, const char *sql);
+/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. */
+void server_client_gone(struct server *s);
+/* Sluice's own work on it finished (swallow and cancels at zero): back to the pool. */
+void server_maybe_done_resetting(struct server *s);
+/* Background checks: connect timeout, idle timeout, lifetime. */
+void server_check_timeouts(struct server *s, uint64_t now);
+
+#endif

@@ -1,0 +1,264 @@
+/* sluice: process-wide state, start-up, the background timer, reload and shutdown (see
+ * sluice.h). Signals only set what to do; the work happens on the loop like everything else. */
+#include "sluice.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "cancel.h"
+#include "client.h"
+#include "listener.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+
+extern char **environ;
+
+#define MAINT_INTERVAL_MS 100
+
+static void apply_logging(const struct config *cfg)
+{
+    enum log_level level = LOG_INFO;
+    if (log_level_parse(cfg->log_level, &level) < 0)
+        level = LOG_INFO;
+    log_configure(level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
+}
+
+/* Free what closed during this loop iteration. Deferring the free means code that closed a
+ * client or server on its way through a callback can still read its state (CLOSED) and stop. */
+static void on_reaper_check(uv_check_t *h)
+{
+    struct sluice *app = h->data;
+    struct list_node *n, *tmp;
+    list_for_each(&app->dead_clients, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        list_remove(&app->dead_clients, n);
+        free(c->user);
+        free(c->database);
+        free(c->app_name);
+        free(c);
+    }
+    list_for_each(&app->dead_servers, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->cancels_in_flight > 0)
+            continue; /* cancel_done still needs it */
+        list_remove(&app->dead_servers, n);
+        free(s);
+    }
+}
+
+static bool everything_closed(struct sluice *app)
+{
+    return app->nclients == 0 && app->nservers == 0;
+}
+
+static void close_all(struct sluice *app, bool only_free_ones)
+{
+    struct list_node *pn, *ptmp, *n, *tmp;
+    list_for_each(&app->login_clients, n, tmp)
+        client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+    list_for_each(&app->pools, pn, ptmp)
+    {
+        struct pool *p = container_of(pn, struct pool, node);
+        list_for_each(&p->idle_clients, n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        list_for_each(&p->waiting, n, tmp)
+        {
+            struct client *c = container_of(n, struct client, node);
+            if (!only_free_ones || c->state == CLIENT_LOGIN_WAIT)
+                client_fail(c, FAIL_SHUTDOWN, "");
+        }
+        if (!only_free_ones) {
+            list_for_each(&p->active_clients, n, tmp)
+                client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+            list_for_each(&p->resetting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+            list_for_each(&p->connecting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+        }
+        list_for_each(&p->idle, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
+    }
+    if (!only_free_ones) {
+        list_for_each(&app->closing_clients, n, tmp)
+            client_close(container_of(n, struct client, node), "shutting down");
+    }
+}
+
+static void finish_if_done(struct sluice *app)
+{
+    if (app->phase == PHASE_RUNNING || !everything_closed(app))
+        return;
+    log_msg(LOG_INFO, "all connections closed; exiting");
+    uv_timer_stop(&app->maint_timer);
+    uv_close((uv_handle_t *)&app->maint_timer, NULL);
+    uv_close((uv_handle_t *)&app->reaper, NULL);
+    uv_close((uv_handle_t *)&app->sig_hup, NULL);
+    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&app->sig_term, NULL);
+}
+
+static void log_stats(struct sluice *app, uint64_t now)
+{
+    const struct config *cfg = app->cfg;
+    if (cfg->stats_period <= 0 || now - app->last_stats_ms < (uint64_t)cfg->stats_period)
+        return;
+    app->last_stats_ms = now;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        log_msg(LOG_INFO,
+                "stats %s/%s: clients active %d waiting %d idle %d; servers active %d idle %d "
+                "connecting %d of %d; %llu transactions",
+                p->db_name, p->user_name, p->active_clients.count, p->waiting.count,
+                p->idle_clients.count, p->active.count, p->idle.count, p->connecting.count, p->size,
+                (unsigned long long)p->xact_count);
+    }
+}
+
+static void on_maint_timer(uv_timer_t *t)
+{
+    struct sluice *app = t->data;
+    uint64_t now = sluice_now(app);
+    struct list_node *n, *tmp;
+    list_for_each(&app->login_clients, n, tmp)
+        client_check_timeouts(container_of(n, struct client, node), now);
+    list_for_each(&app->closing_clients, n, tmp)
+        client_check_timeouts(container_of(n, struct client, node), now);
+    list_for_each(&app->pools, n, tmp)
+        pool_maintain(container_of(n, struct pool, node), now);
+    if (app->phase == PHASE_SHUTDOWN_GRACEFUL) {
+        close_all(app, true);
+        if (now >= app->shutdown_deadline_ms) {
+            log_msg(LOG_WARNING, "shutdown_timeout passed: closing the remaining connections");
+            sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
+            return;
+        }
+    }
+    log_stats(app, now);
+    finish_if_done(app);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct sluice *app = h->data;
+    if (signum == SIGHUP)
+        sluice_reload(app);
+    else if (signum == SIGINT)
+        sluice_shutdown(app, PHASE_SHUTDOWN_GRACEFUL);
+    else
+        sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
+}
+
+int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
+{
+    memset(app, 0, sizeof(*app));
+    app->loop = loop;
+    app->cfg = cfg;
+    list_init(&app->pools);
+    list_init(&app->login_clients);
+    list_init(&app->closing_clients);
+    list_init(&app->dead_clients);
+    list_init(&app->dead_servers);
+    apply_logging(cfg);
+    /* A buffer must hold a whole startup packet and any message sluice reads in place. */
+    uint32_t block = (uint32_t)cfg->pkt_buf;
+    if (block < 16384)
+        block = 16384;
+    buf_set_block_size(block);
+    signal(SIGPIPE, SIG_IGN);
+
+    app->cancel_map = cancel_map_new();
+    if (!app->cancel_map)
+        return UV_ENOMEM;
+    int rc = listener_start(app);
+    if (rc < 0)
+        return rc;
+    uv_timer_init(loop, &app->maint_timer);
+    app->maint_timer.data = app;
+    uv_timer_start(&app->maint_timer, on_maint_timer, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
+    uv_check_init(loop, &app->reaper);
+    app->reaper.data = app;
+    uv_check_start(&app->reaper, on_reaper_check);
+    uv_unref((uv_handle_t *)&app->reaper);
+    uv_signal_init(loop, &app->sig_hup);
+    uv_signal_init(loop, &app->sig_int);
+    uv_signal_init(loop, &app->sig_term);
+    app->sig_hup.data = app->sig_int.data = app->sig_term.data = app;
+    uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&app->sig_int, on_signal, SIGINT);
+    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
+            SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
+            (long long)cfg->max_client_conn);
+    return 0;
+}
+
+void sluice_reload(struct sluice *app)
+{
+    struct config_diag diag = {0};
+    const char *path = app->cfg->path;
+    struct config *next = config_load(path, environ, &diag);
+    for (int i = 0; i < diag.nwarnings; i++)
+        log_msg(LOG_WARNING, "reload: %s", diag.warnings[i]);
+    if (!next) {
+        for (int i = 0; i < diag.nerrors; i++)
+            log_msg(LOG_ERROR, "reload: %s", diag.errors[i]);
+        log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
+        config_diag_free(&diag);
+        return;
+    }
+    config_diag_free(&diag);
+    struct config *old = app->cfg;
+    app->cfg = next;
+    apply_logging(next);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+        pool_apply_config(container_of(n, struct pool, node));
+    config_free(old);
+    log_msg(LOG_INFO, "configuration reloaded");
+}
+
+void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
+{
+    if (phase <= app->phase)
+        return;
+    if (app->phase == PHASE_RUNNING) {
+        listener_stop(app);
+        uv_ref((uv_handle_t *)&app->maint_timer);
+    }
+    app->phase = phase;
+    if (phase == PHASE_SHUTDOWN_GRACEFUL) {
+        app->shutdown_deadline_ms = sluice_now(app) + (uint64_t)app->cfg->shutdown_timeout;
+        log_msg(LOG_INFO, "graceful shutdown: no new connections; waiting up to %lld ms for "
+                          "transactions to finish",
+                (long long)app->cfg->shutdown_timeout);
+        close_all(app, true);
+    } else {
+        log_msg(LOG_INFO, "shutting down now");
+        close_all(app, false);
+    }
+    finish_if_done(app);
+}
+
+void sluice_free(struct sluice *app)
+{
+    struct list_node *n, *tmp;
+    on_reaper_check(&app->reaper);
+    list_for_each(&app->pools, n, tmp)
+    {
+        list_remove(&app->pools, n);
+        pool_free(container_of(n, struct pool, node));
+    }
+    cancel_map_free(app->cancel_map);
+    free(app->listener);
+    config_free(app->cfg);
+    buf_free_cache();
+    log_close();
+}

@@ -1,0 +1,63 @@
+/* sluice: the process-wide state every object reaches through its app pointer — the loop, the
+ * current config, the pools, the connection counts and the background timer. Owns start-up of
+ * the pieces and shutdown; knows nothing of the protocol. */
+#ifndef SLUICE_SLUICE_H
+#define SLUICE_SLUICE_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "list.h"
+
+enum sluice_phase {
+    PHASE_RUNNING,
+    PHASE_SHUTDOWN_GRACEFUL, /* SIGINT: no new clients; transactions finish; then exit */
+    PHASE_SHUTDOWN_NOW,      /* SIGTERM or shutdown_timeout passed: close everything */
+};
+
+struct listener;
+struct cancel_map;
+
+struct sluice {
+    uv_loop_t *loop;
+    struct config *cfg; /* owned; swapped whole on reload */
+    enum sluice_phase phase;
+    uint64_t shutdown_deadline_ms;
+
+    struct list pools;
+    struct list login_clients;   /* STARTUP and AUTH (client_login_timeout) */
+    struct list closing_clients; /* CLOSING: flushing a last error */
+    int nclients;              /* every client socket, in any state */
+    int nservers;              /* every server connection, in any state */
+    uint64_t next_id;
+
+    /* Closed objects wait here until the end of the loop iteration, so code that closed one
+     * can still look at its state on the way out (see on_reaper_check). */
+    struct list dead_clients, dead_servers;
+    uv_check_t reaper;
+
+    struct listener *listener;
+    struct cancel_map *cancel_map;
+    uv_timer_t maint_timer;
+    uv_signal_t sig_hup, sig_int, sig_term;
+    uint64_t last_stats_ms;
+
+    int exit_code;
+};
+
+/* Set up the pieces from a loaded config (takes ownership of cfg). 0 or negative UV_E*. */
+int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
+    __attribute__((warn_unused_result));
+/* Re-read the config file and environment; keep the old config when the new one is invalid. */
+void sluice_reload(struct sluice *app);
+void sluice_shutdown(struct sluice *app, enum sluice_phase phase);
+/* Once the loop has ended: free what is left. */
+void sluice_free(struct sluice *app);
+
+static inline uint64_t sluice_now(const struct sluice *app)
+{
+    return uv_now(app->loop);
+}
+
+#endif

@@ -1,0 +1,126 @@
+/* sockio: non-blocking socket I/O for both sides (see sockio.h). */
+#include "sockio.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_poll_event(uv_poll_t *p, int status, int events)
+{
+    struct sockio *io = p->data;
+    io->cb(io, status, events);
+}
+
+int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_cb cb)
+{
+    io->poll = malloc(sizeof(*io->poll));
+    if (!io->poll)
+        return UV_ENOMEM;
+    int rc = uv_poll_init(loop, io->poll, fd);
+    if (rc < 0) {
+        free(io->poll);
+        io->poll = NULL;
+        return rc;
+    }
+    io->poll->data = io;
+    io->fd = fd;
+    io->events = 0;
+    io->owner = owner;
+    io->cb = cb;
+    return 0;
+}
+
+void sockio_detach(struct sockio *io)
+{
+    if (!io->poll)
+        return;
+    /* uv_close removes the fd from epoll at once (uv__platform_invalidate_fd), so the caller may
+     * close the fd right after this returns; only the handle's memory waits for the callback. */
+    io->poll->data = NULL;
+    uv_close((uv_handle_t *)io->poll, on_poll_closed);
+    io->poll = NULL;
+    io->events = 0;
+}
+
+void sockio_want(struct sockio *io, int events)
+{
+    if (!io->poll || events == io->events)
+        return;
+    io->events = events;
+    if (events)
+        uv_poll_start(io->poll, events, on_poll_event);
+    else
+        uv_poll_stop(io->poll);
+}
+
+static ssize_t ssl_result(struct sockio *io, int n)
+{
+    int err = SSL_get_error(io->ssl, n);
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        return SOCKIO_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        ERR_clear_error();
+        return errno ? -errno : -ECONNRESET;
+    default:
+        ERR_clear_error();
+        return -EPROTO;
+    }
+}
+
+ssize_t sockio_read(struct sockio *io, void *buf, size_t len)
+{
+    if (io->ssl) {
+        ERR_clear_error();
+        int n = SSL_read(io->ssl, buf, (int)(len > 0x7fffffff ? 0x7fffffff : len));
+        return n > 0 ? n : ssl_result(io, n);
+    }
+    for (;;) {
+        ssize_t n = recv(io->fd, buf, len, 0);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return SOCKIO_AGAIN;
+        return -errno;
+    }
+}
+
+ssize_t sockio_write(struct sockio *io, const void *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (io->ssl) {
+        ERR_clear_error();
+        int n = SSL_write(io->ssl, buf, (int)(len > 0x7fffffff ? 0x7fffffff : len));
+        if (n > 0)
+            return n;
+        ssize_t r = ssl_result(io, n);
+        return r == SOCKIO_AGAIN ? 0 : (r == 0 ? -EPIPE : r);
+    }
+    for (;;) {
+        ssize_t n = send(io->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        return -errno;
+    }
+}
+
+int sockio_pending(const struct sockio *io)
+{
+    return io->ssl ? SSL_pending(io->ssl) : 0;
+}

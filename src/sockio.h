@@ -1,0 +1,44 @@
+/* sockio: one non-blocking socket, plain or TLS, watched by one uv_poll_t. Reads into and writes
+ * from memory the caller owns; keeps the poll interest mask and touches epoll only when it
+ * changes. Used for both sides: clients (accepted sockets) and servers (libpq's socket after
+ * login, through libpq's SSL object when TLS is on). */
+#ifndef SLUICE_SOCKIO_H
+#define SLUICE_SOCKIO_H
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+struct sockio;
+typedef void (*sockio_cb)(struct sockio *io, int status, int events);
+
+struct sockio {
+    uv_poll_t *poll; /* separately allocated: closing it never waits on the owner */
+    int fd;
+    int events;      /* the interest currently registered with the loop */
+    SSL *ssl;        /* NULL: plain */
+    void *owner;
+    sockio_cb cb;
+};
+
+/* Start watching fd (no events yet). 0 or a negative UV_E* code. */
+int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_cb cb)
+    __attribute__((warn_unused_result));
+/* Stop watching and release the poll handle; the fd is left to the caller. Idempotent. */
+void sockio_detach(struct sockio *io);
+/* Set the interest (UV_READABLE | UV_WRITABLE | UV_DISCONNECT). */
+void sockio_want(struct sockio *io, int events);
+
+/* > 0 bytes read; 0 at end of stream; SOCKIO_AGAIN when nothing is ready; other negatives are
+ * errors (-errno). With TLS, a read may need the socket writable: it then returns SOCKIO_AGAIN
+ * and sets *want_write. */
+#define SOCKIO_AGAIN (-11)
+ssize_t sockio_read(struct sockio *io, void *buf, size_t len);
+/* >= 0 bytes written (possibly fewer than len); negative errno on a broken connection. */
+ssize_t sockio_write(struct sockio *io, const void *buf, size_t len);
+/* Bytes TLS has decrypted and buffered: readable without the socket becoming readable. */
+int sockio_pending(const struct sockio *io);
+
+#endif

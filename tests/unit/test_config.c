@@ -1,0 +1,1284 @@
+/* test_config: config.c on its own, with no sockets and no process environment (env arrays are
+ * built here). Covers every value type and its error message with line numbers, PgBouncer
+ * compatibility (section name, [databases] syntax, unsupported keys, userlist.txt), URLs,
+ * DATABASE_URL and SLUICE_* overrides with their precedence, and whole-config validation. */
+#include "config.h"
+
+#include "check.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MINIMAL_DBS "[databases]\napp = host=127.0.0.1\n"
+
+static struct config_diag diag;
+
+/* Load text with env (NULL-terminated, may be NULL); diag holds this load's messages. */
+static struct config *load(const char *text, char *const *env)
+{
+    config_diag_free(&diag);
+    return config_load_string(text, env, &diag);
+}
+
+static bool list_has(char **list, int n, const char *needle)
+{
+    for (int i = 0; i < n; i++) {
+        if (strstr(list[i], needle))
+            return true;
+    }
+    return false;
+}
+
+static bool list_has_anywhere(const char *needle)
+{
+    return list_has(diag.errors, diag.nerrors, needle) ||
+           list_has(diag.warnings, diag.nwarnings, needle);
+}
+
+#define CHECK_ERROR(needle)                                                                        \
+    do {                                                                                           \
+        CHECK(list_has(diag.errors, diag.nerrors, needle));                                        \
+        if (!list_has(diag.errors, diag.nerrors, needle))                                          \
+            dump_diag(needle);                                                                     \
+    } while (0)
+#define CHECK_WARNING(needle)                                                                      \
+    do {                                                                                           \
+        CHECK(list_has(diag.warnings, diag.nwarnings, needle));                                    \
+        if (!list_has(diag.warnings, diag.nwarnings, needle))                                      \
+            dump_diag(needle);                                                                     \
+    } while (0)
+
+static void dump_diag(const char *wanted)
+{
+    fprintf(stderr, "  wanted: %s\n", wanted);
+    for (int i = 0; i < diag.nerrors; i++)
+        fprintf(stderr, "  error: %s\n", diag.errors[i]);
+    for (int i = 0; i < diag.nwarnings; i++)
+        fprintf(stderr, "  warning: %s\n", diag.warnings[i]);
+}
+
+static int key_index(const char *name)
+{
+    for (int i = 0; i < config_nkeys; i++) {
+        if (strcmp(config_keys[i].name, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static const char *keyword(const struct db_entry *db, const char *key)
+{
+    for (int i = 0; i < db->nkeys; i++) {
+        if (strcmp(db->pq_keywords[i], key) == 0)
+            return db->pq_values[i];
+    }
+    return NULL;
+}
+
+/* Load one main-section line after a [sluice] header, expecting it to fail. */
+static void check_main_value_rejected(const char *line, const char *message)
+{
+    char text[512];
+    snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\n%s\n", line);
+    struct config *c = load(text, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR(message);
+    config_free(c);
+}
+
+static int64_t time_of(const char *value)
+{
+    char text[256];
+    snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\nquery_wait_timeout = %s\n", value);
+    struct config *c = load(text, NULL);
+    int64_t ms = c ? c->query_wait_timeout : -1;
+    config_free(c);
+    return ms;
+}
+
+/* ---- defaults and the key table ---- */
+
+static void defaults_come_from_config_keys_def(void)
+{
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_STR(c->listen_addr, "127.0.0.1");
+    CHECK_INT(c->listen_port, 6432);
+    CHECK_STR(c->unix_socket_dir, "");
+    CHECK_INT(c->auth_type, AUTH_MD5);
+    CHECK_INT(c->pool_mode, POOL_SESSION);
+    CHECK_INT(c->default_pool_size, 20);
+    CHECK_INT(c->reserve_pool_timeout, 5000);
+    CHECK_INT(c->max_client_conn, 100);
+    CHECK_INT(c->max_db_connections.value, 0);
+    CHECK(!c->max_db_connections.is_percent);
+    CHECK_STR(c->server_reset_query, "DISCARD ALL");
+    CHECK(!c->server_reset_query_always);
+    CHECK_INT(c->query_wait_timeout, 120000);
+    CHECK_INT(c->pkt_buf, 16384);
+    CHECK_INT(c->max_packet_size, 2147483647);
+    CHECK(c->tcp_keepalive);
+    CHECK_STR(c->log_level, "info");
+    CHECK_INT(c->log_format, LOG_FORMAT_TEXT);
+    CHECK_INT(c->http_listen_port, 0);
+    CHECK(c->path == NULL);
+    for (int i = 0; i < config_nkeys; i++)
+        CHECK_INT(c->sources[i], SRC_DEFAULT);
+    config_free(c);
+}
+
+static void key_table_describes_every_key(void)
+{
+    CHECK(config_nkeys > 40);
+    CHECK_STR(config_keys[0].name, "listen_addr");
+    int port = key_index("listen_port"), mode = key_index("pool_mode");
+    CHECK(port >= 0 && mode >= 0);
+    if (port < 0 || mode < 0)
+        return;
+    CHECK_STR(config_keys[port].type, "INT");
+    CHECK_STR(config_keys[port].def, "6432");
+    CHECK(!config_keys[port].reloadable);
+    CHECK(config_keys[mode].reloadable);
+    for (int i = 0; i < config_nkeys; i++)
+        CHECK(config_keys[i].doc && config_keys[i].doc[0]);
+}
+
+static void every_formatted_default_reads_back_unchanged(void)
+{
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c != NULL);
+    for (int i = 0; c && i < config_nkeys; i++) {
+        char before[256], after[256], err[256];
+        config_format_value(c, i, before, sizeof before);
+        CHECK_INT(config_set_key(c, config_keys[i].name, before, SRC_ADMIN_SET, err, sizeof err),
+                  0);
+        config_format_value(c, i, after, sizeof after);
+        CHECK_STR(after, before);
+    }
+    config_free(c);
+}
+
+/* ---- value types ---- */
+
+static void int_keys_reject_non_numbers_and_out_of_range_with_line(void)
+{
+    check_main_value_rejected("listen_port = 70000",
+                              "line 4: listen_port = '70000': expected a number from 0 to 65535");
+    check_main_value_rejected("default_pool_size = 2x",
+                              "line 4: default_pool_size = '2x': expected an integer");
+    check_main_value_rejected("default_pool_size = -1", "expected a number from 0 to");
+    check_main_value_rejected("pkt_buf = 1024", "pkt_buf = '1024': expected a number from 4096");
+    check_main_value_rejected("pkt_buf = 2000000", "to 1048576");
+    check_main_value_rejected("max_client_conn = 0", "max_client_conn = '0'");
+    check_main_value_rejected("listen_port = 99999999999999999999", "listen_port");
+}
+
+static void bool_accepts_pgbouncer_and_common_spellings(void)
+{
+    const char *yes[] = {"1", "yes", "on", "true", "TRUE", "Yes"};
+    const char *no[] = {"0", "no", "off", "false", "OFF"};
+    char text[256];
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\nserver_round_robin = %s\n", yes[i]);
+        struct config *c = load(text, NULL);
+        CHECK(c && c->server_round_robin);
+        config_free(c);
+    }
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+        snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\ntcp_keepalive = %s\n", no[i]);
+        struct config *c = load(text, NULL);
+        CHECK(c && !c->tcp_keepalive);
+        config_free(c);
+    }
+    check_main_value_rejected("tcp_keepalive = maybe",
+                              "line 4: tcp_keepalive = 'maybe': expected 1, 0, yes, no");
+}
+
+static void time_is_seconds_when_bare_and_accepts_fractions_and_suffixes(void)
+{
+    CHECK_INT(time_of("30"), 30000);
+    CHECK_INT(time_of("1.5"), 1500);
+    CHECK_INT(time_of("0.25"), 250);
+    CHECK_INT(time_of("0"), 0);
+    CHECK_INT(time_of("250ms"), 250);
+    CHECK_INT(time_of("10s"), 10000);
+    CHECK_INT(time_of("5min"), 300000);
+    CHECK_INT(time_of("5 min"), 300000);
+    CHECK_INT(time_of("2h"), 7200000);
+    CHECK_INT(time_of("1d"), 86400000);
+    CHECK_INT(time_of("1.5h"), 5400000);
+    CHECK_INT(time_of("1500us"), 2); /* rounded up: never to 0 */
+    CHECK_INT(time_of("1us"), 1);
+    CHECK_INT(time_of("0.0001"), 1);
+}
+
+static void time_rejects_negatives_garbage_and_unknown_units(void)
+{
+    check_main_value_rejected("query_wait_timeout = -1",
+                              "line 4: query_wait_timeout = '-1': expected a duration");
+    check_main_value_rejected("query_wait_timeout = abc", "expected a duration");
+    check_main_value_rejected("query_wait_timeout = 1e3", "expected a duration");
+    check_main_value_rejected("query_wait_timeout = 5 parsecs", "expected a duration");
+    check_main_value_rejected("query_wait_timeout = .", "expected a duration");
+    check_main_value_rejected("query_wait_timeout = 99999999999999999d", "too large");
+}
+
+static void limit_is_a_count_or_a_percentage_from_1_to_100(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\nmax_db_connections = 80%\n"
+                                        "max_server_connections = 40\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->max_db_connections.value, 80);
+        CHECK(c->max_db_connections.is_percent);
+        CHECK_INT(c->max_server_connections.value, 40);
+        CHECK(!c->max_server_connections.is_percent);
+    }
+    config_free(c);
+    check_main_value_rejected("max_db_connections = 150%",
+                              "line 4: max_db_connections = '150%': expected a count");
+    check_main_value_rejected("max_db_connections = 0%", "from 1% to 100%");
+    check_main_value_rejected("max_db_connections = -5", "max_db_connections = '-5'");
+    check_main_value_rejected("max_db_connections = 80 %", "max_db_connections");
+    check_main_value_rejected("max_db_connections = %", "max_db_connections");
+}
+
+static void limit_resolve_takes_a_share_of_usable_server_connections(void)
+{
+    /* 25 on the server, 3 reserved for superusers: 22 usable; 80% of 22 is 17.6 -> 17. */
+    CHECK_INT(limit_resolve((struct limit){80, true}, 25 - 3), 17);
+    CHECK_INT(limit_resolve((struct limit){100, true}, 22), 22);
+    CHECK_INT(limit_resolve((struct limit){20, false}, 22), 20);
+    CHECK_INT(limit_resolve((struct limit){20, false}, 0), 20);
+    CHECK_INT(limit_resolve((struct limit){0, false}, 22), 0);
+    CHECK_INT(limit_resolve((struct limit){80, true}, 0), 0); /* server not known yet */
+    CHECK_INT(limit_resolve((struct limit){80, true}, -1), 0);
+    CHECK_INT(limit_resolve((struct limit){1, true}, 10), 1); /* never rounds to "no limit" */
+}
+
+static void enums_parse_their_names_and_reject_others(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\npool_mode = transaction\n"
+                                        "auth_type = scram-sha-256\nlog_format = json\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->pool_mode, POOL_TRANSACTION);
+        CHECK_INT(c->auth_type, AUTH_SCRAM);
+        CHECK_INT(c->log_format, LOG_FORMAT_JSON);
+    }
+    config_free(c);
+    const char *auths[] = {"trust", "any", "plain", "md5", "scram-sha-256"};
+    for (int i = 0; i < 5; i++) {
+        char text[256];
+        snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\nauth_type = %s\n", auths[i]);
+        c = load(text, NULL);
+        CHECK(c && (int)c->auth_type == i);
+        config_free(c);
+    }
+    check_main_value_rejected("pool_mode = sessions",
+                              "line 4: pool_mode = 'sessions': expected session, transaction or "
+                              "statement");
+    check_main_value_rejected("log_format = xml", "expected text or json");
+    check_main_value_rejected("auth_type = password", "expected trust, any, plain, md5");
+    check_main_value_rejected("log_level = verbose", "log_level = 'verbose': expected error");
+}
+
+static void auth_type_hba_and_cert_are_named_as_not_supported_yet(void)
+{
+    check_main_value_rejected("auth_type = hba", "line 4: auth_type = 'hba': auth_type hba is "
+                                                 "not supported yet");
+    check_main_value_rejected("auth_type = cert", "auth_type cert is not supported yet");
+}
+
+static void names_of_enums_are_stable(void)
+{
+    CHECK_STR(pool_mode_name(POOL_SESSION), "session");
+    CHECK_STR(pool_mode_name(POOL_TRANSACTION), "transaction");
+    CHECK_STR(pool_mode_name(POOL_STATEMENT), "statement");
+    CHECK_STR(pool_mode_name(POOL_MODE_UNSET), "unset");
+    CHECK_STR(auth_type_name(AUTH_SCRAM), "scram-sha-256");
+    CHECK_STR(auth_type_name(AUTH_TRUST), "trust");
+    CHECK_STR(log_format_name(LOG_FORMAT_JSON), "json");
+    CHECK_STR(config_source_name(SRC_DEFAULT), "default");
+    CHECK_STR(config_source_name(SRC_FILE), "file");
+    CHECK_STR(config_source_name(SRC_ENV), "env");
+    CHECK_STR(config_source_name(SRC_ADMIN_SET), "admin");
+}
+
+/* ---- the INI file ---- */
+
+static void pgbouncer_section_name_is_the_main_section(void)
+{
+    struct config *c = load("[pgbouncer]\nlisten_port = 6543\npool_mode = transaction\n"
+                            "[databases]\napp = host=localhost\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->listen_port, 6543);
+        CHECK_INT(c->pool_mode, POOL_TRANSACTION);
+        CHECK_INT(c->sources[key_index("listen_port")], SRC_FILE);
+    }
+    config_free(c);
+}
+
+static void pool_timeout_is_an_alias_of_query_wait_timeout(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\npool_timeout = 7\n", NULL);
+    CHECK(c && c->query_wait_timeout == 7000);
+    config_free(c);
+}
+
+static void keys_and_sections_are_case_insensitive(void)
+{
+    struct config *c = load("[SLUICE]\nPool_Mode = Statement\n[Databases]\napp = host=x\n", NULL);
+    CHECK(c && c->pool_mode == POOL_STATEMENT && c->ndbs == 1);
+    config_free(c);
+}
+
+static void unknown_key_is_an_error_naming_its_line_and_section(void)
+{
+    struct config *c =
+        load("[pgbouncer]\nlisten_port = 6432\npoool_mode = session\n" MINIMAL_DBS, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 3: unknown key 'poool_mode' in [pgbouncer]");
+    config_free(c);
+}
+
+static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
+{
+    struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_sslmode = "
+                            "require\nserver_tls_sslmode = verify-full\n%include /etc/more.ini\n"
+                            "auth_query = SELECT 1\n" MINIMAL_DBS,
+                            NULL);
+    CHECK(c != NULL);
+    CHECK_INT(diag.nerrors, 0);
+    CHECK_WARNING("line 2: PgBouncer key 'syslog' is not supported by sluice; ignored");
+    CHECK_WARNING("line 3: PgBouncer key 'user' is not supported by sluice; ignored");
+    CHECK_WARNING("line 4: PgBouncer key 'client_tls_sslmode' is not supported by sluice; "
+                  "ignored");
+    CHECK_WARNING("line 5: PgBouncer key 'server_tls_sslmode' is not supported by sluice; "
+                  "ignored (set sslmode");
+    CHECK_WARNING("line 6: %include is not supported by sluice; ignored");
+    CHECK_WARNING("line 7: PgBouncer key 'auth_query'");
+    config_free(c);
+}
+
+static void a_real_pgbouncer_ini_loads_unchanged(void)
+{
+    const char *ini = "; PgBouncer sample\n"
+                      "[databases]\n"
+                      "template1 = host=localhost dbname=template1 auth_user=someuser\n"
+                      "forcedb = host=localhost port=300 user=baz password=foo "
+                      "client_encoding=UNICODE datestyle=ISO connect_query='SELECT 1'\n"
+                      "* = host=testserver\n"
+                      "\n"
+                      "[users]\n"
+                      "user1 = pool_mode=session\n"
+                      "\n"
+                      "[pgbouncer]\n"
+                      "logfile = /var/log/pgbouncer/pgbouncer.log\n"
+                      "pidfile = /var/run/pgbouncer/pgbouncer.pid\n"
+                      "listen_addr = *\n"
+                      "listen_port = 6432\n"
+                      "unix_socket_dir = /tmp\n"
+                      "auth_type = trust\n"
+                      "admin_users = user2, someadmin, otheradmin\n"
+                      "stats_users = stats, root\n"
+                      "pool_mode = session\n"
+                      "server_reset_query = DISCARD ALL\n"
+                      "ignore_startup_parameters = extra_float_digits\n"
+                      "server_check_query = select 1\n"
+                      "server_check_delay = 30\n"
+                      "max_client_conn = 100\n"
+                      "default_pool_size = 20\n"
+                      "reserve_pool_size = 5\n"
+                      "reserve_pool_timeout = 3\n"
+                      "server_lifetime = 3600\n"
+                      "server_idle_timeout = 600\n"
+                      "server_connect_timeout = 15\n"
+                      "server_login_retry = 15\n"
+                      "query_wait_timeout = 120\n"
+                      "client_idle_timeout = 0\n"
+                      "client_login_timeout = 60\n"
+                      "autodb_idle_timeout = 3600\n"
+                      "syslog = 0\n"
+                      "log_connections = 1\n"
+                      "log_disconnections = 1\n"
+                      "log_pooler_errors = 1\n"
+                      "stats_period = 60\n"
+                      "pkt_buf = 4096\n"
+                      "max_packet_size = 2147483647\n"
+                      "listen_backlog = 128\n"
+                      "tcp_keepalive = 1\n"
+                      "dns_max_ttl = 15\n";
+    struct config *c = load(ini, NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK_INT(c->ndbs, 3);
+    CHECK_INT(c->reserve_pool_timeout, 3000);
+    CHECK(config_list_contains(c->admin_users, "someadmin"));
+    const struct db_entry *forcedb = config_find_db(c, "forcedb");
+    CHECK(forcedb != NULL);
+    if (forcedb) {
+        CHECK_STR(keyword(forcedb, "options"), "-c DateStyle=ISO");
+        CHECK_STR(keyword(forcedb, "client_encoding"), "UNICODE");
+        CHECK_STR(keyword(forcedb, "dbname"), "forcedb");
+    }
+    CHECK_WARNING("connect_query is not supported by sluice; ignored");
+    CHECK_WARNING("'autodb_idle_timeout'");
+    CHECK_WARNING("'dns_max_ttl'");
+    config_free(c);
+}
+
+static void syntax_problems_name_their_line(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\nthis line has no equals sign\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 4: expected 'key = value' or '[section]'");
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice\nlisten_port = 1\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 3: syntax error");
+    config_free(c);
+
+    c = load("listen_port = 1\n" MINIMAL_DBS, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 1: 'listen_port' is outside any section");
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[extras]\na = 1\nb = 2\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 4: unknown section [extras]");
+    CHECK_INT(diag.nerrors, 1); /* once per section, not once per key */
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[peers]\n1 = host=x\n", NULL);
+    CHECK(c != NULL);
+    CHECK_WARNING("line 4: section [peers] is not supported by sluice; ignored");
+    config_free(c);
+}
+
+static void comments_blank_lines_crlf_and_indentation_keep_line_numbers_right(void)
+{
+    const char *ini = "; comment\r\n# another\r\n\r\n[sluice]\r\n  listen_port = 7000\r\n"
+                      "\tpool_mode = bad\r\n" MINIMAL_DBS;
+    struct config *c = load(ini, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 6: pool_mode = 'bad'");
+    config_free(c);
+    c = load("[sluice]\r\n  listen_port = 7000\r\n" MINIMAL_DBS, NULL);
+    CHECK(c && c->listen_port == 7000);
+    config_free(c);
+}
+
+static void semicolon_inside_a_value_is_not_a_comment(void)
+{
+    struct config *c = load("[databases]\napp = host=x password='a ; b' ; c\n", NULL);
+    CHECK(c == NULL); /* "; c" is not a comment: ";" and "c" are not key=value pairs */
+    config_free(c);
+    c = load("[databases]\napp = host=x password='a ; b'\n", NULL);
+    CHECK(c != NULL);
+    if (c)
+        CHECK_STR(keyword(&c->dbs[0], "password"), "a ; b");
+    config_free(c);
+}
+
+static void lines_longer_than_inih_default_buffer_parse_whole(void)
+{
+    char opts[1200];
+    memset(opts, 'x', sizeof opts - 1);
+    opts[sizeof opts - 1] = '\0';
+    char *text;
+    CHECK(asprintf(&text,
+                   "[databases]\napp = host=h application_name=%s pool_size=3\n"
+                   "[sluice]\nlisten_port = 1\nbogus = 1\n",
+                   opts) > 0);
+    struct config *c = load(text, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 5: unknown key 'bogus'");
+    config_free(c);
+    text[strlen(text) - strlen("bogus = 1\n")] = '\0';
+    c = load(text, NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(strlen(keyword(&c->dbs[0], "application_name")), sizeof opts - 1);
+        CHECK_INT(c->dbs[0].pool_size, 3);
+    }
+    config_free(c);
+    free(text);
+}
+
+/* ---- [databases] ---- */
+
+static void database_pairs_split_sluice_keys_from_libpq_keywords(void)
+{
+    struct config *c =
+        load("[databases]\n"
+             "app = host=db.internal port = 5433 user=app password='it''s secret' "
+             "dbname=appdb pool_size=5 min_pool_size=1 reserve_pool=2 pool_mode=transaction "
+             "max_db_connections=50% auth_user=pgb application_name='my app' sslmode=require\n",
+             NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    const struct db_entry *db = &c->dbs[0];
+    CHECK_STR(db->name, "app");
+    CHECK_STR(keyword(db, "host"), "db.internal");
+    CHECK_STR(keyword(db, "port"), "5433");
+    CHECK_STR(keyword(db, "user"), "app");
+    CHECK_STR(keyword(db, "password"), "it's secret");
+    CHECK_STR(keyword(db, "dbname"), "appdb");
+    CHECK_STR(keyword(db, "application_name"), "my app");
+    CHECK_STR(keyword(db, "sslmode"), "require");
+    CHECK(keyword(db, "pool_size") == NULL);
+    CHECK(keyword(db, "auth_user") == NULL);
+    CHECK_INT(db->nkeys, 7);
+    CHECK(db->pq_keywords[db->nkeys] == NULL);
+    CHECK(db->pq_values[db->nkeys] == NULL);
+    CHECK_INT(db->pool_size, 5);
+    CHECK_INT(db->min_pool_size, 1);
+    CHECK_INT(db->reserve_pool, 2);
+    CHECK_INT(db->pool_mode, POOL_TRANSACTION);
+    CHECK_INT(db->max_db_connections.value, 50);
+    CHECK(db->max_db_connections.is_percent);
+    CHECK_STR(db->auth_user, "pgb");
+    CHECK_INT(db->line, 2);
+    config_free(c);
+}
+
+static void database_without_overrides_inherits_with_minus_one_and_unset(void)
+{
+    struct config *c = load("[databases]\napp = host=x reserve_pool_size=4\n", NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->dbs[0].pool_size, -1);
+        CHECK_INT(c->dbs[0].min_pool_size, -1);
+        CHECK_INT(c->dbs[0].reserve_pool, 4); /* reserve_pool_size is accepted too */
+        CHECK_INT(c->dbs[0].pool_mode, POOL_MODE_UNSET);
+        CHECK_INT(c->dbs[0].max_db_connections.value, 0);
+        CHECK(c->dbs[0].auth_user == NULL);
+    }
+    config_free(c);
+}
+
+static void database_without_dbname_connects_to_its_own_name_but_star_does_not(void)
+{
+    struct config *c = load("[databases]\norders = host=x\nempty =\n* = host=fallback\n", NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_INT(c->ndbs, 3);
+    CHECK_STR(keyword(&c->dbs[0], "dbname"), "orders");
+    CHECK_STR(keyword(&c->dbs[1], "dbname"), "empty");
+    CHECK_INT(c->dbs[1].nkeys, 1);
+    CHECK(keyword(&c->dbs[2], "dbname") == NULL);
+    CHECK_STR(c->dbs[2].name, "*");
+    config_free(c);
+}
+
+static void find_db_tries_the_exact_name_then_the_star_entry(void)
+{
+    struct config *c = load("[databases]\n* = host=fallback\norders = host=x\n", NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_STR(config_find_db(c, "orders")->name, "orders");
+    CHECK_STR(config_find_db(c, "anything")->name, "*");
+    CHECK(config_find_db(c, NULL) == NULL);
+    config_free(c);
+    c = load("[databases]\norders = host=x\n", NULL);
+    CHECK(c && config_find_db(c, "anything") == NULL);
+    config_free(c);
+}
+
+static void database_url_form_decodes_and_pulls_out_sluice_keys(void)
+{
+    struct config *c = load("[databases]\norders = postgres://u%40corp:p%26ss%20w@h1:5433/"
+                            "ord%2Fdb?sslmode=require&pool_size=5&pool_mode=transaction&"
+                            "application_name=my%20app&max_db_connections=25%25\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    const struct db_entry *db = &c->dbs[0];
+    CHECK_STR(keyword(db, "user"), "u@corp");
+    CHECK_STR(keyword(db, "password"), "p&ss w");
+    CHECK_STR(keyword(db, "host"), "h1");
+    CHECK_STR(keyword(db, "port"), "5433");
+    CHECK_STR(keyword(db, "dbname"), "ord/db");
+    CHECK_STR(keyword(db, "sslmode"), "require");
+    CHECK_STR(keyword(db, "application_name"), "my app");
+    CHECK(keyword(db, "pool_size") == NULL);
+    CHECK_INT(db->pool_size, 5);
+    CHECK_INT(db->pool_mode, POOL_TRANSACTION);
+    CHECK_INT(db->max_db_connections.value, 25);
+    CHECK(db->max_db_connections.is_percent);
+    config_free(c);
+}
+
+static void database_url_handles_question_mark_in_password_and_missing_path(void)
+{
+    struct config *c = load("[databases]\nshop = postgresql://u:pa?ss@h/?pool_size=3\n"
+                            "multi = postgres://h1:5432,h2:5433/x?target_session_attrs=read-write"
+                            "\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK_STR(keyword(&c->dbs[0], "password"), "pa?ss");
+    CHECK_STR(keyword(&c->dbs[0], "dbname"), "shop");
+    CHECK_INT(c->dbs[0].pool_size, 3);
+    CHECK_STR(keyword(&c->dbs[1], "host"), "h1,h2");
+    CHECK_STR(keyword(&c->dbs[1], "port"), "5432,5433");
+    CHECK_STR(keyword(&c->dbs[1], "target_session_attrs"), "read-write");
+    config_free(c);
+}
+
+static void database_url_errors_never_quote_the_password(void)
+{
+    struct config *c = load("[databases]\napp = postgres://u:hunter2%zz@h/db\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'app': bad percent-encoding");
+    CHECK(!list_has_anywhere("hunter2"));
+    config_free(c);
+    c = load("[databases]\napp = postgres://u:hunter2@h/db?nosuchparam=1\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'app': bad URL");
+    CHECK(!list_has_anywhere("hunter2"));
+    config_free(c);
+    c = load("[databases]\napp = postgres://u:p@h/db?pool_size=many\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'app': pool_size = 'many'");
+    config_free(c);
+}
+
+static void database_keyword_typo_is_an_error_that_hides_the_value(void)
+{
+    struct config *c = load("[databases]\napp = host=x\nother = host=y passwrod=hunter2\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 3: database 'other': unknown connection keyword 'passwrod'");
+    CHECK(!list_has_anywhere("hunter2"));
+    config_free(c);
+}
+
+static void database_values_are_checked(void)
+{
+    struct config *c = load("[databases]\na = host=x pool_size=-1\nb = host=x pool_mode=fast\n"
+                            "c = host=x max_db_connections=200%\nd = host='unterminated\n"
+                            "e = host=x junk\nf = host='x'y\n",
+                            NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'a': pool_size = '-1': expected a number from 0");
+    CHECK_ERROR("line 3: database 'b': pool_mode = 'fast': expected session");
+    CHECK_ERROR("line 4: database 'c': max_db_connections = '200%'");
+    CHECK_ERROR("line 5: database 'd': a quoted value has no closing quote");
+    CHECK_ERROR("line 6: database 'e': expected key=value pairs");
+    CHECK_ERROR("line 7: database 'f': expected a space after a quoted value");
+    config_free(c);
+}
+
+static void database_defined_twice_is_an_error(void)
+{
+    struct config *c = load("[databases]\napp = host=x\napp = host=y\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 3: database 'app' is defined twice (first at line 2)");
+    config_free(c);
+}
+
+static void datestyle_and_timezone_become_server_options(void)
+{
+    struct config *c = load("[databases]\napp = host=x options='-c work_mem=64MB' "
+                            "timezone='America/New York' datestyle=ISO\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (c)
+        CHECK_STR(keyword(&c->dbs[0], "options"),
+                  "-c work_mem=64MB -c TimeZone=America/New\\ York -c DateStyle=ISO");
+    config_free(c);
+}
+
+static void no_databases_is_an_error_that_says_what_to_do(void)
+{
+    struct config *c = load("[sluice]\nlisten_port = 6432\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("no databases: add a [databases] section or set DATABASE_URL");
+    config_free(c);
+    c = load(NULL, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("no databases");
+    config_free(c);
+}
+
+/* ---- [users] and [budgets] ---- */
+
+static void users_section_overrides_pool_settings_per_user(void)
+{
+    struct config *c = load(MINIMAL_DBS "[users]\nreporting = pool_mode=statement pool_size=2 "
+                                        "max_user_connections=10%\nplain =\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    const struct user_entry *u = config_find_user(c, "reporting");
+    CHECK(u != NULL);
+    if (u) {
+        CHECK_INT(u->pool_mode, POOL_STATEMENT);
+        CHECK_INT(u->pool_size, 2);
+        CHECK_INT(u->max_user_connections.value, 10);
+        CHECK(u->max_user_connections.is_percent);
+        CHECK_INT(u->line, 4);
+    }
+    u = config_find_user(c, "plain");
+    CHECK(u && u->pool_mode == POOL_MODE_UNSET && u->pool_size == -1);
+    CHECK(config_find_user(c, "nobody") == NULL);
+    config_free(c);
+    c = load(MINIMAL_DBS "[users]\nbob = pool_mode=turbo\nann = colour=red\nbob2 = pool_size=x\n",
+             NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 4: user 'bob': pool_mode = 'turbo'");
+    CHECK_ERROR("line 5: user 'ann': unknown key 'colour'");
+    CHECK_ERROR("line 6: user 'bob2': pool_size = 'x'");
+    config_free(c);
+}
+
+static void budgets_parse_matchers_and_limits(void)
+{
+    struct config *c =
+        load(MINIMAL_DBS "[budgets]\napi = app=web-* user=api addr=10.0.0.0/8 max_servers=10 "
+                         "max_clients=200 min_servers=2\nseed = app=seed* max_servers=2\n"
+                         "local = addr=::1/128\nhost = addr=192.168.1.5\n",
+             NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK_INT(c->nbudgets, 4);
+    const struct budget_entry *b = &c->budgets[0];
+    CHECK_STR(b->name, "api");
+    CHECK_STR(b->app_pattern, "web-*");
+    CHECK_STR(b->user, "api");
+    CHECK_STR(b->addr_cidr, "10.0.0.0/8");
+    CHECK_INT(b->max_servers, 10);
+    CHECK_INT(b->max_clients, 200);
+    CHECK_INT(b->min_servers, 2);
+    CHECK_INT(b->line, 4);
+    CHECK(c->budgets[1].user == NULL && c->budgets[1].addr_cidr == NULL);
+    CHECK_INT(c->budgets[1].max_clients, 0);
+    CHECK_STR(c->budgets[2].addr_cidr, "::1/128");
+    config_free(c);
+}
+
+static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
+{
+    struct config *c = load(MINIMAL_DBS "[budgets]\n"
+                                        "a = addr=10.0.0.0/33\n"
+                                        "b = addr=300.1.1.1\n"
+                                        "c = addr=::1/129\n"
+                                        "d = addr=10.0.0.0/\n"
+                                        "e = max_servers=lots\n"
+                                        "f = colour=red\n"
+                                        "g = max_servers=2 min_servers=5\n"
+                                        "h = max_servers=1\n"
+                                        "h = max_servers=2\n",
+                            NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 4: budget 'a': addr = '10.0.0.0/33': expected an IPv4 or IPv6 address");
+    CHECK_ERROR("line 5: budget 'b': addr = '300.1.1.1'");
+    CHECK_ERROR("line 6: budget 'c': addr = '::1/129'");
+    CHECK_ERROR("line 7: budget 'd': addr = '10.0.0.0/'");
+    CHECK_ERROR("line 8: budget 'e': max_servers = 'lots'");
+    CHECK_ERROR("line 9: budget 'f': unknown key 'colour'");
+    CHECK_ERROR("line 10: budget 'g': min_servers 5 is above max_servers 2");
+    CHECK_ERROR("line 12: budget 'h' is defined twice (first at line 11)");
+    config_free(c);
+}
+
+/* ---- auth_file ---- */
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static void remove_files(const char *dir, const char *const *names)
+{
+    char path[256];
+    for (; *names; names++) {
+        snprintf(path, sizeof path, "%s/%s", dir, *names);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void auth_file_is_read_relative_to_the_config_file(void)
+{
+    char dir[] = "/tmp/sluice-test-config-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    write_file(dir, "sluice.ini", "[sluice]\nauth_file = users.txt\n[databases]\napp = host=x\n");
+    write_file(dir, "users.txt",
+               "; comment\n"
+               "# another comment\n"
+               "\n"
+               "\"alice\" \"md5a3556571e93b0d20722ba62be61e8c2d\"\n"
+               "\"bob \"\"the builder\"\"\"   \"pa ss\" trailing words are ignored\n"
+               "\"carol\" \"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\"\n"
+               "\"alice\" \"second wins\"\n");
+    char path[256];
+    snprintf(path, sizeof path, "%s/sluice.ini", dir);
+    config_diag_free(&diag);
+    struct config *c = config_load(path, NULL, &diag);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->path, path);
+        CHECK_INT(c->nauth, 3);
+        const struct auth_entry *a = config_find_auth(c, "alice");
+        CHECK(a && strcmp(a->secret, "second wins") == 0);
+        a = config_find_auth(c, "bob \"the builder\"");
+        CHECK(a && strcmp(a->secret, "pa ss") == 0);
+        a = config_find_auth(c, "carol");
+        CHECK(a && strncmp(a->secret, "SCRAM-SHA-256$4096:", 19) == 0);
+        CHECK(config_find_auth(c, "dave") == NULL);
+        CHECK_INT(c->sources[key_index("auth_file")], SRC_FILE);
+    } else {
+        dump_diag("(none)");
+    }
+    config_free(c);
+
+    write_file(dir, "users.txt", "\"alice\" \"ok\"\n\"bob\" unquoted\n\"carol\n\"\" \"x\"\n");
+    config_diag_free(&diag);
+    c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    CHECK_ERROR("users.txt line 2: expected \"user\" \"password\"");
+    CHECK_ERROR("users.txt line 3:");
+    CHECK_ERROR("users.txt line 4:"); /* an empty user name */
+    config_free(c);
+
+    unlink(strcat(strcpy(path, dir), "/users.txt"));
+    snprintf(path, sizeof path, "%s/sluice.ini", dir);
+    config_diag_free(&diag);
+    c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    CHECK_ERROR("users.txt: cannot read it: No such file or directory");
+    config_free(c);
+
+    const char *names[] = {"sluice.ini", "users.txt", NULL};
+    remove_files(dir, names);
+}
+
+static void config_file_errors_name_the_file(void)
+{
+    char dir[] = "/tmp/sluice-test-config-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    write_file(dir, "bad.ini", "[sluice]\nlisten_port = x\n" MINIMAL_DBS);
+    char path[256];
+    snprintf(path, sizeof path, "%s/bad.ini", dir);
+    config_diag_free(&diag);
+    struct config *c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    char expected[320];
+    snprintf(expected, sizeof expected, "%s: line 2: listen_port = 'x'", path);
+    CHECK_ERROR(expected);
+    config_free(c);
+
+    snprintf(path, sizeof path, "%s/missing.ini", dir);
+    config_diag_free(&diag);
+    c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    CHECK_ERROR("missing.ini: cannot read the config file: No such file or directory");
+    const char *names[] = {"bad.ini", NULL};
+    remove_files(dir, names);
+}
+
+static void password_auth_without_any_user_warns(void)
+{
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c != NULL);
+    CHECK_WARNING("auth_type is md5 but there are no users");
+    config_free(c);
+    c = load(MINIMAL_DBS "[sluice]\nauth_type = trust\n", NULL);
+    CHECK(c != NULL);
+    CHECK_INT(diag.nwarnings, 0);
+    config_free(c);
+}
+
+/* ---- the environment ---- */
+
+static void database_url_alone_configures_a_database_and_its_login(void)
+{
+    char *env[] = {"HOME=/root",
+                   "DATABASE_URL=postgresql://shop_user:s%3Acret@db.example.com:"
+                   "6543/shop?sslmode=require",
+                   NULL};
+    config_diag_free(&diag);
+    struct config *c = config_load(NULL, env, &diag);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK_INT(c->ndbs, 1);
+    const struct db_entry *db = config_find_db(c, "shop");
+    CHECK(db != NULL);
+    if (db) {
+        CHECK_STR(keyword(db, "host"), "db.example.com");
+        CHECK_STR(keyword(db, "port"), "6543");
+        CHECK_STR(keyword(db, "user"), "shop_user");
+        CHECK_STR(keyword(db, "password"), "s:cret");
+        CHECK_STR(keyword(db, "sslmode"), "require");
+        CHECK_STR(keyword(db, "dbname"), "shop");
+        CHECK_INT(db->line, 0);
+    }
+    const struct auth_entry *a = config_find_auth(c, "shop_user");
+    CHECK(a && strcmp(a->secret, "s:cret") == 0);
+    CHECK(c->path == NULL);
+    CHECK_INT(diag.nwarnings, 0);
+    config_free(c);
+}
+
+static void database_url_without_dbname_is_called_postgres(void)
+{
+    char *env[] = {"DATABASE_URL=postgres://u:p@h", NULL};
+    struct config *c = load(NULL, env);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->dbs[0].name, "postgres");
+        CHECK_STR(keyword(&c->dbs[0], "dbname"), "postgres");
+    }
+    config_free(c);
+}
+
+static void database_url_loses_to_the_file_entry_of_the_same_name_with_a_warning(void)
+{
+    char *env[] = {"DATABASE_URL=postgres://u:p@urlhost/app", NULL};
+    struct config *c = load(MINIMAL_DBS, env);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->ndbs, 1);
+        CHECK_STR(keyword(&c->dbs[0], "host"), "127.0.0.1");
+    }
+    CHECK_WARNING("DATABASE_URL: database 'app' is also defined at line 2 of the config file; "
+                  "the file's entry is used");
+    config_free(c);
+    char *other[] = {"DATABASE_URL=postgres://u:p@urlhost/other", NULL};
+    c = load(MINIMAL_DBS, other);
+    CHECK(c && c->ndbs == 2 && config_find_db(c, "other") && config_find_db(c, "app"));
+    config_free(c);
+}
+
+static void database_url_with_prisma_parameters_warns_and_ignores_them(void)
+{
+    char *env[] = {"DATABASE_URL=postgresql://u:p@h:5432/db?schema=public&connection_limit=20&"
+                   "pool_timeout=30&pool_size=4",
+                   NULL};
+    struct config *c = load(NULL, env);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->dbs[0].pool_size, 4);
+        CHECK(keyword(&c->dbs[0], "schema") == NULL);
+    }
+    CHECK_WARNING("URL parameter 'schema' belongs to a client library");
+    CHECK_WARNING("URL parameter 'connection_limit'");
+    config_free(c);
+}
+
+static void database_url_that_is_not_a_postgres_url_is_an_error_without_echo(void)
+{
+    char *env[] = {"DATABASE_URL=mysql://u:hunter2@h/db", NULL};
+    struct config *c = load(NULL, env);
+    CHECK(c == NULL);
+    CHECK_ERROR("DATABASE_URL: expected postgres://");
+    CHECK(!list_has_anywhere("hunter2"));
+    config_free(c);
+}
+
+static void sluice_env_overrides_the_file_and_records_its_source(void)
+{
+    char *env[] = {"SLUICE_POOL_MODE=transaction",
+                   "SLUICE_MAX_DB_CONNECTIONS=80%",
+                   "SLUICE_POOL_TIMEOUT=2.5",
+                   "SLUICE_BIN=/usr/bin/sluice",
+                   "SLUICE_CONFIG=/etc/sluice.ini",
+                   "SLUICE_TEST_PORT=1",
+                   "PATH=/bin",
+                   NULL};
+    struct config *c =
+        load(MINIMAL_DBS "[sluice]\npool_mode = session\ndefault_pool_size = 5\n", env);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK_INT(c->pool_mode, POOL_TRANSACTION);
+    CHECK_INT(c->max_db_connections.value, 80);
+    CHECK(c->max_db_connections.is_percent);
+    CHECK_INT(c->query_wait_timeout, 2500);
+    CHECK_INT(c->default_pool_size, 5);
+    CHECK_INT(c->sources[key_index("pool_mode")], SRC_ENV);
+    CHECK_INT(c->sources[key_index("max_db_connections")], SRC_ENV);
+    CHECK_INT(c->sources[key_index("query_wait_timeout")], SRC_ENV);
+    CHECK_INT(c->sources[key_index("default_pool_size")], SRC_FILE);
+    CHECK_INT(c->sources[key_index("listen_port")], SRC_DEFAULT);
+    CHECK_INT(diag.nerrors, 0);
+    config_free(c);
+}
+
+static void sluice_env_errors_name_the_variable(void)
+{
+    char *env[] = {"SLUICE_POOL_SIZ=5", "SLUICE_DEFAULT_POOL_SIZE=five", "SLUICE_SYSLOG=1", NULL};
+    struct config *c = load(MINIMAL_DBS, env);
+    CHECK(c == NULL);
+    CHECK_ERROR("environment: unknown variable SLUICE_POOL_SIZ");
+    CHECK_ERROR("environment: SLUICE_DEFAULT_POOL_SIZE: default_pool_size = 'five': expected an "
+                "integer");
+    CHECK_WARNING("SLUICE_SYSLOG: PgBouncer key 'syslog' is not supported by sluice; ignored");
+    config_free(c);
+}
+
+static void environment_alone_with_database_url_and_sluice_keys_is_a_full_config(void)
+{
+    char *env[] = {"DATABASE_URL=postgres://app:pw@db:5432/app", "SLUICE_LISTEN_ADDR=*",
+                   "SLUICE_DEFAULT_POOL_SIZE=5", "SLUICE_AUTH_TYPE=scram-sha-256", NULL};
+    config_diag_free(&diag);
+    struct config *c = config_load(NULL, env, &diag);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->listen_addr, "*");
+        CHECK_INT(c->default_pool_size, 5);
+        CHECK_INT(c->auth_type, AUTH_SCRAM);
+        CHECK(config_find_auth(c, "app") != NULL);
+    }
+    CHECK_INT(diag.nwarnings, 0);
+    config_free(c);
+}
+
+/* ---- whole-config validation ---- */
+
+static void validation_checks_relations_between_keys(void)
+{
+    struct config *c =
+        load(MINIMAL_DBS "[sluice]\nmin_pool_size = 30\ndefault_pool_size = 20\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("min_pool_size 30 is above default_pool_size 20");
+    config_free(c);
+
+    c = load("[databases]\nsmall = host=x pool_size=2\n[sluice]\nmin_pool_size = 3\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'small': min_pool_size 3 (the main section's) is above its "
+                "pool_size 2");
+    config_free(c);
+
+    c = load("[databases]\nsmall = host=x min_pool_size=25\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("min_pool_size 25 is above its pool_size 20 (default_pool_size)");
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nlisten_addr =\nunix_socket_dir =\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("nothing to listen on");
+    config_free(c);
+
+    /* The order of keys in the file does not matter: checked once everything is read. */
+    c = load(MINIMAL_DBS "[sluice]\nmin_pool_size = 30\ndefault_pool_size = 40\n", NULL);
+    CHECK(c != NULL);
+    config_free(c);
+}
+
+/* ---- run-time access ---- */
+
+static void set_key_changes_one_value_and_refuses_bad_ones_unchanged(void)
+{
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    char err[256];
+    CHECK_INT(config_set_key(c, "default_pool_size", "30", SRC_ADMIN_SET, err, sizeof err), 0);
+    CHECK_INT(c->default_pool_size, 30);
+    CHECK_INT(c->sources[key_index("default_pool_size")], SRC_ADMIN_SET);
+
+    CHECK_INT(config_set_key(c, "server_reset_query", "RESET ALL", SRC_ADMIN_SET, err, sizeof err),
+              0);
+    CHECK_STR(c->server_reset_query, "RESET ALL");
+
+    CHECK_INT(config_set_key(c, "pool_mode", "bogus", SRC_ADMIN_SET, err, sizeof err), -EINVAL);
+    CHECK_STR(err, "pool_mode = 'bogus': expected session, transaction or statement");
+    CHECK_INT(c->pool_mode, POOL_SESSION);
+    CHECK_INT(c->sources[key_index("pool_mode")], SRC_DEFAULT);
+
+    CHECK_INT(config_set_key(c, "min_pool_size", "31", SRC_ADMIN_SET, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "min_pool_size 31 is above default_pool_size 30") != NULL);
+    CHECK_INT(c->min_pool_size, 0);
+
+    CHECK_INT(config_set_key(c, "log_level", "loud", SRC_ADMIN_SET, err, sizeof err), -EINVAL);
+    CHECK_STR(c->log_level, "info");
+
+    CHECK_INT(config_set_key(c, "no_such_key", "1", SRC_ADMIN_SET, err, sizeof err), -ENOENT);
+    CHECK_STR(err, "unknown key 'no_such_key'");
+
+    CHECK_INT(config_set_key(c, "pool_timeout", "250ms", SRC_ENV, err, sizeof err), 0);
+    CHECK_INT(c->query_wait_timeout, 250);
+    config_free(c);
+}
+
+static void format_value_prints_what_set_key_reads(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\nquery_wait_timeout = 1.5\nstats_period = 2min\n"
+                                        "max_db_connections = 80%\nlog_format = json\n"
+                                        "auth_type = scram-sha-256\ntcp_keepalive = off\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    char out[128];
+    config_format_value(c, key_index("query_wait_timeout"), out, sizeof out);
+    CHECK_STR(out, "1500ms");
+    config_format_value(c, key_index("stats_period"), out, sizeof out);
+    CHECK_STR(out, "120");
+    config_format_value(c, key_index("max_db_connections"), out, sizeof out);
+    CHECK_STR(out, "80%");
+    config_format_value(c, key_index("log_format"), out, sizeof out);
+    CHECK_STR(out, "json");
+    config_format_value(c, key_index("auth_type"), out, sizeof out);
+    CHECK_STR(out, "scram-sha-256");
+    config_format_value(c, key_index("tcp_keepalive"), out, sizeof out);
+    CHECK_STR(out, "0");
+    config_format_value(c, key_index("listen_port"), out, sizeof out);
+    CHECK_STR(out, "6432");
+    config_format_value(c, key_index("server_reset_query"), out, sizeof out);
+    CHECK_STR(out, "DISCARD ALL");
+    config_format_value(c, -1, out, sizeof out);
+    CHECK_STR(out, "");
+    config_format_value(c, config_nkeys, out, sizeof out);
+    CHECK_STR(out, "");
+    char tiny[4];
+    config_format_value(c, key_index("server_reset_query"), tiny, sizeof tiny);
+    CHECK_STR(tiny, "DIS");
+    config_free(c);
+}
+
+static void format_value_never_shows_a_secret(void)
+{
+    char *env[] = {"DATABASE_URL=postgres://u:hunter2@h/db", NULL};
+    struct config *c = load("[databases]\napp = host=x password=hunter2\n", env);
+    CHECK(c != NULL);
+    for (int i = 0; c && i < config_nkeys; i++) {
+        char out[512];
+        config_format_value(c, i, out, sizeof out);
+        CHECK(strstr(out, "hunter2") == NULL);
+    }
+    config_free(c);
+}
+
+static void list_contains_matches_whole_names_in_comma_or_space_lists(void)
+{
+    const char *list = " alice, bob,carol  dave ,";
+    CHECK(config_list_contains(list, "alice"));
+    CHECK(config_list_contains(list, "bob"));
+    CHECK(config_list_contains(list, "carol"));
+    CHECK(config_list_contains(list, "dave"));
+    CHECK(!config_list_contains(list, "al"));
+    CHECK(!config_list_contains(list, "alice,"));
+    CHECK(!config_list_contains(list, ""));
+    CHECK(!config_list_contains("", "alice"));
+    CHECK(!config_list_contains(NULL, "alice"));
+    CHECK(!config_list_contains(list, NULL));
+    CHECK(config_list_contains("extra_float_digits", "extra_float_digits"));
+}
+
+static void diag_free_resets_it_for_reuse(void)
+{
+    struct config *c = load("[sluice]\nbogus = 1\n", NULL);
+    CHECK(c == NULL);
+    CHECK(diag.nerrors >= 2);
+    config_diag_free(&diag);
+    CHECK(diag.errors == NULL && diag.nerrors == 0 && diag.warnings == NULL);
+    config_diag_free(&diag);
+    config_diag_free(NULL);
+    config_free(NULL);
+    /* A NULL diag is allowed: the caller only learns that it failed. */
+    CHECK(config_load_string("[sluice]\nbogus = 1\n", NULL, NULL) == NULL);
+}
+
+int main(void)
+{
+    RUN(defaults_come_from_config_keys_def);
+    RUN(key_table_describes_every_key);
+    RUN(every_formatted_default_reads_back_unchanged);
+    RUN(int_keys_reject_non_numbers_and_out_of_range_with_line);
+    RUN(bool_accepts_pgbouncer_and_common_spellings);
+    RUN(time_is_seconds_when_bare_and_accepts_fractions_and_suffixes);
+    RUN(time_rejects_negatives_garbage_and_unknown_units);
+    RUN(limit_is_a_count_or_a_percentage_from_1_to_100);
+    RUN(limit_resolve_takes_a_share_of_usable_server_connections);
+    RUN(enums_parse_their_names_and_reject_others);
+    RUN(auth_type_hba_and_cert_are_named_as_not_supported_yet);
+    RUN(names_of_enums_are_stable);
+    RUN(pgbouncer_section_name_is_the_main_section);
+    RUN(pool_timeout_is_an_alias_of_query_wait_timeout);
+    RUN(keys_and_sections_are_case_insensitive);
+    RUN(unknown_key_is_an_error_naming_its_line_and_section);
+    RUN(pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line);
+    RUN(a_real_pgbouncer_ini_loads_unchanged);
+    RUN(syntax_problems_name_their_line);
+    RUN(comments_blank_lines_crlf_and_indentation_keep_line_numbers_right);
+    RUN(semicolon_inside_a_value_is_not_a_comment);
+    RUN(lines_longer_than_inih_default_buffer_parse_whole);
+    RUN(database_pairs_split_sluice_keys_from_libpq_keywords);
+    RUN(database_without_overrides_inherits_with_minus_one_and_unset);
+    RUN(database_without_dbname_connects_to_its_own_name_but_star_does_not);
+    RUN(find_db_tries_the_exact_name_then_the_star_entry);
+    RUN(database_url_form_decodes_and_pulls_out_sluice_keys);
+    RUN(database_url_handles_question_mark_in_password_and_missing_path);
+    RUN(database_url_errors_never_quote_the_password);
+    RUN(database_keyword_typo_is_an_error_that_hides_the_value);
+    RUN(database_values_are_checked);
+    RUN(database_defined_twice_is_an_error);
+    RUN(datestyle_and_timezone_become_server_options);
+    RUN(no_databases_is_an_error_that_says_what_to_do);
+    RUN(users_section_overrides_pool_settings_per_user);
+    RUN(budgets_parse_matchers_and_limits);
+    RUN(budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys);
+    RUN(auth_file_is_read_relative_to_the_config_file);
+    RUN(config_file_errors_name_the_file);
+    RUN(password_auth_without_any_user_warns);
+    RUN(database_url_alone_configures_a_database_and_its_login);
+    RUN(database_url_without_dbname_is_called_postgres);
+    RUN(database_url_loses_to_the_file_entry_of_the_same_name_with_a_warning);
+    RUN(database_url_with_prisma_parameters_warns_and_ignores_them);
+    RUN(database_url_that_is_not_a_postgres_url_is_an_error_without_echo);
+    RUN(sluice_env_overrides_the_file_and_records_its_source);
+    RUN(sluice_env_errors_name_the_variable);
+    RUN(environment_alone_with_database_url_and_sluice_keys_is_a_full_config);
+    RUN(validation_checks_relations_between_keys);
+    RUN(set_key_changes_one_value_and_refuses_bad_ones_unchanged);
+    RUN(format_value_prints_what_set_key_reads);
+    RUN(format_value_never_shows_a_secret);
+    RUN(list_contains_matches_whole_names_in_comma_or_space_lists);
+    RUN(diag_free_resets_it_for_reuse);
+    config_diag_free(&diag);
+    return CHECK_DONE();
+}
