@@ -163,22 +163,29 @@ void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
         return;
     }
+    if (cancel_server(app, s) == 0)
+        log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
+                   (unsigned long long)s->id, s->backend_pid);
+}
+
+int cancel_server(struct sluice *app, struct server *s)
+{
     struct cancel_job *job = calloc(1, sizeof(*job));
     if (!job)
-        return;
+        return -ENOMEM;
     job->cancel = PQgetCancel(s->conn);
     job->server = s;
     if (!job->cancel) {
         free(job);
-        return;
+        return -ENOMEM;
     }
     s->cancels_in_flight++;
-    if (uv_queue_work(app->loop, &job->req, cancel_work, cancel_done) < 0) {
+    int rc = uv_queue_work(app->loop, &job->req, cancel_work, cancel_done);
+    if (rc < 0) {
         s->cancels_in_flight--;
         PQfreeCancel(job->cancel);
         free(job);
-        return;
+        return rc;
     }
-    log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
-               (unsigned long long)s->id, s->backend_pid);
+    return 0;
 }

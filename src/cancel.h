@@ -8,12 +8,15 @@
 
 struct sluice;
 struct client;
+struct server;
 
 struct cancel_map *cancel_map_new(void);
 void cancel_map_free(struct cancel_map *m);
 /* Give the client a fresh (pid, key) and remember it. 0 or -ENOMEM. */
 int cancel_register(struct cancel_map *m, struct client *c) __attribute__((warn_unused_result));
 void cancel_unregister(struct cancel_map *m, struct client *c);
+/* Send a cancel to the backend of s (CancelRequest, query_timeout). 0 or a negative errno. */
+int cancel_server(struct sluice *app, struct server *s);
 /* A CancelRequest arrived on its own connection. */
 void cancel_request(struct sluice *app, uint32_t pid, uint32_t key);
 

@@ -22,7 +22,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "auth.h"
+#include "budget.h"
 #include "cancel.h"
 #include "listener.h"
 #include "log.h"
@@ -79,7 +81,8 @@ static bool transition_ok(enum client_state from, enum client_state to)
     case CLIENT_IDLE:
         return to == CLIENT_WAITING;
     case CLIENT_WAITING:
-        return to == CLIENT_ACTIVE;
+        /* -> IDLE: query_wait_timeout answered with an ERROR, the session goes on */
+        return to == CLIENT_ACTIVE || to == CLIENT_IDLE;
     case CLIENT_ACTIVE:
         return to == CLIENT_IDLE;
     default:
@@ -211,11 +214,8 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         client_send(c);
         return;
     }
-    if (c->server) {
-        struct server *s = c->server;
-        c->server = NULL;
-        server_client_gone(s);
-    }
+    if (c->server)
+        server_client_gone(c->server);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -235,13 +235,13 @@ void client_close(struct client *c, const char *reason)
         log_client(LOG_INFO, c, "closing: %s", reason);
     else if (reason)
         log_client(LOG_DEBUG, c, "closing: %s", reason);
-    if (c->server) {
-        struct server *s = c->server;
-        c->server = NULL;
-        server_client_gone(s);
-    }
+    if (c->server)
+        server_client_gone(c->server);
     if (c->cancel_pid)
         cancel_unregister(app->cancel_map, c);
+    if (c->budget)
+        c->budget->clients--;
+    c->budget = NULL;
     list_remove(list_for(c, c->state), &c->node);
     c->state = CLIENT_CLOSED;
     list_append(&app->dead_clients, &c->node);
@@ -299,7 +299,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
         return;
     }
-    if (!config_find_db(cfg, database)) {
+    c->admin = admin_is_console_db(database);
+    if (c->admin && !config_list_contains(cfg->admin_users, user) &&
+        !config_list_contains(cfg->stats_users, user)) {
+        client_fail(c, FAIL_ADMIN_DENIED, "");
+        return;
+    }
+    if (!c->admin && !config_find_db(cfg, database)) {
         client_fail(c, FAIL_UNKNOWN_DATABASE, database);
         return;
     }
@@ -355,9 +361,31 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
 void client_login_ok(struct client *c)
 {
     struct sluice *app = c->app;
+    if (c->admin) {
+        c->pool = pool_get(app, NULL, c->user, c->database);
+        if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
+        log_client(LOG_INFO, c, "admin console login");
+        admin_send_welcome(c);
+        client_set_state(c, CLIENT_IDLE);
+        client_send(c);
+        return;
+    }
     const struct db_entry *db = config_find_db(app->cfg, c->database);
     if (!db) {
         client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
+        return;
+    }
+    struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
+                                    &c->addr);
+    if (b && b->max_clients > 0 && b->clients >= b->max_clients) {
+        char detail[160];
+        snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
+                 b->max_clients);
+        client_fail(c, FAIL_BUDGET_CLIENTS, detail);
         return;
     }
     c->pool = pool_get(app, db, c->user, c->database);
@@ -365,6 +393,9 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
+    c->budget = b;
+    if (b)
+        b->clients++;
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (app->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
@@ -523,6 +554,10 @@ void client_on_data(struct client *c)
             client_close(c, NULL);
             return;
         }
+        if (c->admin) {
+            admin_on_data(c);
+            return;
+        }
         if (!frontend_type_ok(type)) {
             char detail[64];
             snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
@@ -569,6 +604,50 @@ static void on_client_io(struct sockio *io, int status, int events)
     }
 }
 
+static uint32_t get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+void client_wait_timed_out(struct client *c, const char *message)
+{
+    if (c->state != CLIENT_WAITING) {
+        client_fail(c, FAIL_WAIT_TIMEOUT, message);
+        return;
+    }
+    /* The queued request ends with a Query, Sync or FunctionCall: drop it whole and answer it
+     * with the error and ReadyForQuery, as the server would have. */
+    struct buf *b = &c->in;
+    uint32_t pos = b->scan;
+    bool complete = false;
+    while (b->data && b->wpos - pos >= CODEC_HEADER_LEN) {
+        uint8_t type = b->data[pos];
+        uint32_t len = get_u32(b->data + pos + 1);
+        if (len < 4 || b->wpos - pos - 1 < len)
+            break;
+        pos += len + 1;
+        if (type == 'Q' || type == 'S' || type == 'F') {
+            complete = true;
+            break;
+        }
+    }
+    if (!complete) {
+        client_fail(c, FAIL_WAIT_TIMEOUT, message);
+        return;
+    }
+    uint32_t n = pos - b->scan;
+    b->scan += n;
+    buf_consume(b, n);
+    if (c->app->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c, "wait_timeout: %s", message);
+    error_build(&c->out, FAIL_WAIT_TIMEOUT_RETRY, message, NULL);
+    codec_put_ready(&c->out, 'I');
+    client_set_state(c, CLIENT_IDLE);
+    client_send(c);
+    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+        client_on_data(c);
+}
+
 void client_check_timeouts(struct client *c, uint64_t now)
 {
     const struct config *cfg = c->app->cfg;
@@ -590,7 +669,18 @@ void client_check_timeouts(struct client *c, uint64_t now)
         }
         break;
     case CLIENT_ACTIVE: {
-        const struct server *s = c->server;
+        struct server *s = c->server;
+        if (cfg->query_timeout > 0 && s && s->inflight > 0 && !s->timeout_cancel_sent &&
+            now - s->query_start_ms >= (uint64_t)cfg->query_timeout) {
+            /* Cancel rather than disconnect: the client gets 57014 from Postgres and keeps its
+             * session. */
+            s->timeout_cancel_sent = true;
+            if (cancel_server(c->app, s) == 0)
+                log_client(LOG_WARNING, c, "query running longer than query_timeout (%lld ms): "
+                                           "cancelled",
+                           (long long)cfg->query_timeout);
+            break;
+        }
         if (cfg->idle_transaction_timeout > 0 && s && s->txn_status != 'I' && s->inflight == 0 &&
             s->swallow == 0 && buf_pending(&c->in) == 0 && c->rx.remain == 0 &&
             now - s->last_ready_ms >= (uint64_t)cfg->idle_transaction_timeout) {

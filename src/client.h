@@ -62,6 +62,7 @@ struct client {
     uint8_t auth_method;   /* the auth_type used for this login */
     uint8_t md5_salt[4];
     bool admin;            /* logged in to the admin console (a database, not a state) */
+    struct budget *budget; /* counted in budget->clients from login to close */
 };
 
 /* A new connection from the listener; takes the fd. */
@@ -85,6 +86,9 @@ void client_on_linked(struct client *c, struct server *s);
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Write the welcome: AuthenticationOk already sent; ParameterStatus..., BackendKeyData, Z. */
 void client_send_welcome(struct client *c, const struct param_set *server_params);
+/* query_wait_timeout passed while queued: answer the queued request with ERROR 53300 and keep
+ * the session when the whole request is buffered, else FATAL. */
+void client_wait_timed_out(struct client *c, const char *message);
 /* An idle client has a whole message header buffered: Terminate closes it, anything else
  * queues it for a server. */
 void client_on_data(struct client *c);

@@ -1480,9 +1480,9 @@ static void parse_ini(struct loader *L, const char *text)
 {
     /* Debian's libinih makes its compile-time options run-time variables. PgBouncer's syntax
      * needs: no inline comments (a ';' may be in a password), no continuation lines (indented
-     * keys are ordinary keys), long lines (a [databases] entry easily passes the 200-byte
-     * default), and value-less lines handed to us (to name them, and to see %include). These
-     * are process-wide, so two configs must not be parsed at once in two threads. */
+     * keys are ordinary keys), lines of any length (a [databases] entry easily passes the
+     * 200-byte default), and value-less lines handed to us (to name them, and to see %include).
+     * These are process-wide, so two configs must not be parsed at once in two threads. */
     ini_allow_inline_comments = false;
     ini_allow_multiline = false;
     ini_allow_no_value = true;
@@ -1490,7 +1490,8 @@ static void parse_ini(struct loader *L, const char *text)
     ini_use_stack = false;
     ini_allow_realloc = true;
     ini_initial_alloc = 512;
-    ini_max_line = 1024 * 1024;
+    size_t len = strlen(text); /* no line is longer than the text: none is ever cut */
+    ini_max_line = len < INT_MAX - 3 ? (int)len + 3 : INT_MAX;
     L->text = text;
     L->newlines_read = 0;
     int rc = ini_parse_stream(ini_read_line, L, on_ini_entry, L);

@@ -37,6 +37,11 @@ static const struct failure_info table[] = {
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_client_conn, or close idle connections in the application."),
     [FAIL_WAIT_TIMEOUT] = F(FATAL, TOO_MANY_CONNECTIONS, "%s", NULL),
+    [FAIL_WAIT_TIMEOUT_RETRY] = F(ERROR, TOO_MANY_CONNECTIONS, "%s",
+                                  "The connection is still usable: retry the query."),
+    [FAIL_BUDGET_CLIENTS] =
+        F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
+          "Raise max_clients of the budget, or close idle connections in the application."),
     [FAIL_LOGIN_TIMEOUT] = F(FATAL, PROTOCOL_VIOLATION, "login not completed within %s",
                              "client_login_timeout limits how long a login may take."),
     [FAIL_CLIENT_IDLE_TIMEOUT] =
@@ -75,6 +80,8 @@ static const char *const names[] = {
     [FAIL_AUTH_METHOD] = "auth_method",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
+    [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",
+    [FAIL_BUDGET_CLIENTS] = "budget_max_clients",
     [FAIL_LOGIN_TIMEOUT] = "login_timeout",
     [FAIL_CLIENT_IDLE_TIMEOUT] = "client_idle_timeout",
     [FAIL_IDLE_TRANSACTION_TIMEOUT] = "idle_transaction_timeout",

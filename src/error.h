@@ -24,6 +24,8 @@ enum failure {
     FAIL_AUTH_METHOD,          /* detail: what the client sent */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
+    FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */
+    FAIL_BUDGET_CLIENTS,       /* detail: budget and its max_clients */
     FAIL_LOGIN_TIMEOUT,
     FAIL_CLIENT_IDLE_TIMEOUT,
     FAIL_IDLE_TRANSACTION_TIMEOUT,

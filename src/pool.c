@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "admin.h"
+#include "budget.h"
 #include "client.h"
 #include "log.h"
 #include "pool_mode.h"
@@ -50,6 +52,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->idle_clients);
     list_init(&p->active_clients);
     params_init(&p->welcome);
+    p->is_admin = admin_is_console_db(database);
     pool_apply_config(p);
     list_append(&app->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
@@ -65,6 +68,9 @@ void pool_apply_config(struct pool *p)
     p->mode = cfg->pool_mode;
     p->size = (int)cfg->default_pool_size;
     p->min_size = (int)cfg->min_pool_size;
+    p->reserve_size = (int)cfg->reserve_pool_size;
+    if (db && db->reserve_pool >= 0)
+        p->reserve_size = db->reserve_pool;
     if (db) {
         if (db->pool_mode != POOL_MODE_UNSET)
             p->mode = db->pool_mode;
@@ -86,25 +92,97 @@ int pool_server_count(const struct pool *p)
     return p->connecting.count + p->idle.count + p->active.count + p->resetting.count;
 }
 
-static bool below_global_cap(const struct pool *p)
+/* Is this waiting client allowed a server now (its budget's caps)? */
+static bool may_lease(const struct client *c)
 {
-    int cap = limit_resolve(p->app->cfg->max_server_connections, 0);
-    return cap <= 0 || p->app->nservers < cap;
+    /* A login only borrows a server to learn what to report: never held back. */
+    return c->state == CLIENT_LOGIN_WAIT ||
+           budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
 }
 
-/* Open connections for clients that wait, within the pool size and the backoff. */
+/* The first waiter, in FIFO order, that may have a server now. */
+static struct client *first_eligible(const struct pool *p)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (may_lease(c))
+            return c;
+        if (p->app->budgets.n <= 1)
+            break; /* no budgets configured: the head is the only candidate */
+    }
+    return NULL;
+}
+
+static int count_eligible(const struct pool *p, int enough)
+{
+    if (p->app->budgets.n <= 1)
+        return p->waiting.count;
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&p->waiting, node, tmp)
+    {
+        if (may_lease(container_of(node, struct client, node)) && ++n >= enough)
+            break;
+    }
+    return n;
+}
+
+/* Close the longest-idle server of another pool in the scope of a full cap, so the pool that
+ * has waiters gets the room (PgBouncer does the same for max_db_connections). */
+static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
+{
+    struct pool *victim = NULL;
+    struct server *oldest = NULL;
+    struct list_node *n, *tmp;
+    list_for_each(&p->app->pools, n, tmp)
+    {
+        struct pool *o = container_of(n, struct pool, node);
+        if (o == p || list_empty(&o->idle))
+            continue;
+        if (k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0)
+            continue;
+        if (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0)
+            continue;
+        struct server *s = container_of(list_last(&o->idle), struct server, node);
+        if (!oldest || s->state_since_ms < oldest->state_since_ms) {
+            oldest = s;
+            victim = o;
+        }
+    }
+    if (!oldest)
+        return false;
+    log_server(LOG_INFO, oldest, "closing an idle server of pool %s/%s to make room under %s",
+               victim->db_name, victim->user_name, limit_kind_key(k));
+    server_close(oldest, "evicted to make room for another pool");
+    return true;
+}
+
+/* Open connections for clients that wait, within every cap and the backoff. */
 static void maybe_connect(struct pool *p)
 {
     struct sluice *app = p->app;
-    if (app->phase != PHASE_RUNNING || sluice_now(app) < p->next_connect_ms)
+    if (app->phase != PHASE_RUNNING || p->paused || sluice_now(app) < p->next_connect_ms)
         return;
-    int want = p->waiting.count - p->connecting.count;
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
         return;
+    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count;
     if (p->connect_failures > 0 && want > 1)
         want = 1;
-    while (want-- > 0 && pool_server_count(p) < p->size && below_global_cap(p)) {
+    bool use_reserve = false;
+    if (p->reserve_size > 0 && !list_empty(&p->waiting)) {
+        struct client *head = container_of(list_first(&p->waiting), struct client, node);
+        use_reserve = sluice_now(app) - head->state_since_ms >=
+                      (uint64_t)app->cfg->reserve_pool_timeout;
+    }
+    while (want-- > 0) {
+        enum limit_kind k = budget_connect_limit(p, use_reserve);
+        if ((k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) && evict_idle_elsewhere(p, k))
+            k = budget_connect_limit(p, use_reserve);
+        if (k != LIMIT_NONE)
+            break;
         if (!server_connect(p))
             break;
     }
@@ -116,8 +194,26 @@ static void link_pair(struct server *s, struct client *c)
     s->client = c;
     s->inflight = 0;
     s->batch_open = false;
+    s->timeout_cancel_sent = false;
     c->server = s;
+    if (c->budget) {
+        s->lease_budget = c->budget;
+        c->budget->leases++;
+    }
     client_on_linked(c, s);
+}
+
+void pool_unlink(struct client *c, struct server *s)
+{
+    c->server = NULL;
+    s->client = NULL;
+    if (s->lease_budget) {
+        s->lease_budget->leases--;
+        s->lease_budget = NULL;
+        /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
+        if (c->app->budgets.n > 1)
+            c->app->dispatch_needed = true;
+    }
 }
 
 /* An idle server that has sat longer than server_check_delay is checked before reuse. */
@@ -128,10 +224,14 @@ static bool needs_check(const struct server *s, uint64_t now)
            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay;
 }
 
-void pool_lease(struct pool *p, struct client *c)
+/* Hand idle servers to eligible waiters, FIFO. */
+static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->app);
-    while (!list_empty(&p->idle)) {
+    while (!p->paused && !list_empty(&p->idle)) {
+        struct client *c = first_eligible(p);
+        if (!c)
+            return;
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_RESETTING);
@@ -139,13 +239,30 @@ void pool_lease(struct pool *p, struct client *c)
             relay_kick(s);
             continue;
         }
-        /* The client was queued by its caller; the head of the queue gets the server. */
-        struct client *head = container_of(list_first(&p->waiting), struct client, node);
-        link_pair(s, head);
-        if (c->state != CLIENT_WAITING && c->state != CLIENT_LOGIN_WAIT)
-            return;
+        link_pair(s, c);
     }
+}
+
+void pool_lease(struct pool *p, struct client *c)
+{
+    if (p->paused && c->state != CLIENT_LOGIN_WAIT)
+        return;
+    dispatch(p);
     maybe_connect(p);
+}
+
+void pool_dispatch_all(struct sluice *app)
+{
+    app->dispatch_needed = false;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (!list_empty(&p->waiting)) {
+            dispatch(p);
+            maybe_connect(p);
+        }
+    }
 }
 
 void pool_server_ready(struct server *s)
@@ -168,8 +285,8 @@ void pool_server_ready(struct server *s)
         if (params_copy(&p->welcome, &s->params) == 0)
             p->have_welcome = true;
     }
-    if (!list_empty(&p->waiting)) {
-        struct client *c = container_of(list_first(&p->waiting), struct client, node);
+    struct client *c = p->paused ? NULL : first_eligible(p);
+    if (c) {
         link_pair(s, c);
         return;
     }
@@ -236,28 +353,50 @@ void pool_connect_failed(struct pool *p, const char *message)
     }
 }
 
-static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
+/* The reason a client waited too long, naming the limit, its key and value, and what to do. */
+static void describe_wait(const struct pool *p, const struct client *c, uint64_t waited_ms,
+                          char *msg, size_t len)
 {
-    const struct config *cfg = p->app->cfg;
-    char msg[768];
-    int servers = pool_server_count(p);
-    if (servers == 0 && p->last_connect_error) {
-        snprintf(msg, sizeof(msg),
+    double secs = (double)waited_ms / 1000.0;
+    if (pool_server_count(p) == 0 && p->last_connect_error) {
+        snprintf(msg, len,
                  "no server for pool \"%s/%s\" after %.1f s (query_wait_timeout): the database "
                  "refuses connections: %s",
-                 p->db_name, p->user_name, (double)waited_ms / 1000.0, p->last_connect_error);
-    } else {
-        int cap = limit_resolve(cfg->max_server_connections, 0);
-        const char *limit = "pool_size";
-        if (servers < p->size && cap > 0 && p->app->nservers >= cap)
-            limit = "max_server_connections";
-        snprintf(msg, sizeof(msg),
-                 "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
-                 "raise %s, or find what holds them with SHOW CLIENTS",
-                 p->db_name, p->user_name, p->active.count, p->size, (double)waited_ms / 1000.0,
-                 limit);
+                 p->db_name, p->user_name, secs, p->last_connect_error);
+        return;
     }
-    client_fail(c, FAIL_WAIT_TIMEOUT, msg);
+    enum limit_kind k = budget_lease_limit(p->app, c->budget);
+    if (k == LIMIT_BUDGET) {
+        snprintf(msg, len,
+                 "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
+                 "(query_wait_timeout); raise max_servers of budget \"%s\" or make its clients "
+                 "hold servers for less time",
+                 c->budget->name, c->budget->leases, c->budget->max_servers, secs, c->budget->name);
+        return;
+    }
+    if (k == LIMIT_RESERVED) {
+        snprintf(msg, len,
+                 "no server for budget \"%s\" after %.1f s (query_wait_timeout): the free servers "
+                 "are held for other budgets' min_servers; raise max_server_connections or lower "
+                 "min_servers",
+                 c->budget->name, secs);
+        return;
+    }
+    k = budget_connect_limit(p, true);
+    if (k == LIMIT_NONE)
+        k = LIMIT_POOL;
+    snprintf(msg, len,
+             "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
+             "%s = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
+             p->db_name, p->user_name, p->active.count, pool_server_count(p), secs,
+             limit_kind_key(k), budget_limit_value(p, c->budget, k));
+}
+
+static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
+{
+    char msg[768];
+    describe_wait(p, c, waited_ms, msg, sizeof(msg));
+    client_wait_timed_out(c, msg);
 }
 
 void pool_maintain(struct pool *p, uint64_t now)
@@ -286,7 +425,7 @@ void pool_maintain(struct pool *p, uint64_t now)
     /* Keep min_pool_size servers warm once the database has been reached. */
     if (p->app->phase == PHASE_RUNNING && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&
-        pool_server_count(p) < p->size && below_global_cap(p))
+        budget_connect_limit(p, false) == LIMIT_NONE)
         server_connect(p);
 }
 
@@ -298,4 +437,20 @@ void pool_free(struct pool *p)
     free(p->user_name);
     free(p->target_db);
     free(p);
+}
+
+void pool_pause(struct pool *p)
+{
+    p->paused = true;
+}
+
+void pool_resume(struct pool *p)
+{
+    if (!p->paused)
+        return;
+    p->paused = false;
+    if (!list_empty(&p->waiting)) {
+        struct client *head = container_of(list_first(&p->waiting), struct client, node);
+        pool_lease(p, head);
+    }
 }

@@ -26,11 +26,20 @@ struct pool {
     enum pool_mode mode;
     int size;
     int min_size;
+    int reserve_size;
+    bool is_admin;        /* the admin console's pseudo-pool: never has servers */
+    /* The server's max_connections - superuser_reserved_connections (for NN% caps); 0 until a
+     * server of this pool has told it. */
+    int server_usable;
+    bool probe_again;     /* reload: read it again from the next server */
 
     /* Servers by state. */
     struct list connecting, idle, active, resetting;
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
+
+    /* PAUSE: no server is handed out (clients queue) until RESUME. */
+    bool paused;
 
     struct param_set welcome; /* what a server reported at login: sent to new clients */
     bool have_welcome;
@@ -51,8 +60,13 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
 void pool_apply_config(struct pool *p);
 int pool_server_count(const struct pool *p);
 
-/* A client needs a server: link one now or queue the client. */
+/* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit
+ * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */
 void pool_lease(struct pool *p, struct client *c);
+/* Take a linked pair apart (every unlink goes through here: it ends the budget lease). */
+void pool_unlink(struct client *c, struct server *s);
+/* Serve waiters that an ended budget lease may have unblocked, in every pool. */
+void pool_dispatch_all(struct sluice *app);
 /* A linked server is free again (client released it). */
 void pool_release(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
@@ -62,5 +76,8 @@ void pool_connect_failed(struct pool *p, const char *message);
 /* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */
 void pool_maintain(struct pool *p, uint64_t now);
 void pool_free(struct pool *p);
+/* PAUSE / RESUME (admin console). Resume hands idle servers to the clients that queued. */
+void pool_pause(struct pool *p);
+void pool_resume(struct pool *p);
 
 #endif

@@ -80,11 +80,11 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             break;
         case 'Q':
         case 'F':
-            s->inflight++;
-            break;
         case 'S':
-            s->inflight++;
-            s->batch_open = false;
+            if (s->inflight++ == 0)
+                s->query_start_ms = sluice_now(c->app);
+            if (p[0] == 'S')
+                s->batch_open = false;
             break;
         case 'P':
         case 'B':
@@ -180,8 +180,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 if (s->swallow > 0) {
                     s->swallow--;
                     consume = true;
-                } else if (s->inflight > 0) {
-                    s->inflight--;
+                } else if (s->inflight > 0 && --s->inflight == 0) {
+                    s->timeout_cancel_sent = false;
                 }
             } else if (type == 'S') {
                 on_parameter_status(s, c, body, len - 4);
@@ -269,8 +269,7 @@ static int server_read(struct server *s)
         snprintf(reason, sizeof(reason), "read from server failed: %s", strerror((int)-n));
     struct client *c = s->client;
     if (c) {
-        c->server = NULL;
-        s->client = NULL;
+        pool_unlink(c, s);
         server_close(s, reason);
         client_fail(c, FAIL_SERVER_LOST, reason);
     } else {
@@ -356,8 +355,7 @@ static bool maybe_release(struct client *c, struct server *s)
         }
         return false;
     }
-    c->server = NULL;
-    s->client = NULL;
+    pool_unlink(c, s);
     s->pool->xact_count++;
     client_set_state(c, CLIENT_IDLE);
     pool_release(s);
@@ -409,8 +407,7 @@ void relay_kick(struct server *s)
             w = write_framed(&s->io, &c->in, &s->pool->bytes_in);
         }
         if (w == WRITE_BROKEN) {
-            c->server = NULL;
-            s->client = NULL;
+            pool_unlink(c, s);
             server_close(s, "write to server failed");
             client_fail(c, FAIL_SERVER_LOST, "write to server failed");
             return;
@@ -427,8 +424,7 @@ void relay_kick(struct server *s)
             for (;;) {
                 sst = frame_server(s, c);
                 if (sst == STOP_FAILED) {
-                    c->server = NULL;
-                    s->client = NULL;
+                    pool_unlink(c, s);
                     server_close(s, "server protocol error");
                     client_fail(c, FAIL_SERVER_LOST, "the server sent a malformed message");
                     return;

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "budget.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -215,6 +216,67 @@ static void login_done(struct server *s)
     pool_server_ready(s);
 }
 
+/* NN% caps need the server's max_connections: read it with libpq before taking the socket. */
+static const char probe_sql[] =
+    "SELECT current_setting('max_connections')::int - "
+    "current_setting('superuser_reserved_connections')::int";
+
+static void probe_failed(struct server *s, const char *why)
+{
+    struct pool *p = s->pool;
+    char msg[256];
+    snprintf(msg, sizeof(msg), "cannot read max_connections for NN%% caps: %s", why);
+    msg[strcspn(msg, "\n")] = '\0';
+    server_close(s, msg);
+    pool_connect_failed(p, msg);
+}
+
+static void start_probe(struct server *s)
+{
+    s->probing = true;
+    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, probe_sql)) {
+        probe_failed(s, PQerrorMessage(s->conn));
+        return;
+    }
+    sockio_want(&s->io, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void probe_step(struct server *s)
+{
+    int f = PQflush(s->conn);
+    if (f < 0 || !PQconsumeInput(s->conn)) {
+        probe_failed(s, PQerrorMessage(s->conn));
+        return;
+    }
+    while (!PQisBusy(s->conn)) {
+        PGresult *res = PQgetResult(s->conn);
+        if (!res) {
+            s->probing = false;
+            s->pool->probe_again = false;
+            sockio_want(&s->io, 0);
+            if (s->pool->server_usable <= 0) {
+                probe_failed(s, "no value returned");
+                return;
+            }
+            log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
+                       s->pool->server_usable);
+            login_done(s);
+            return;
+        }
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+            s->pool->server_usable = atoi(PQgetvalue(res, 0, 0));
+        else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            char why[256];
+            snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+            PQclear(res);
+            probe_failed(s, why);
+            return;
+        }
+        PQclear(res);
+    }
+    sockio_want(&s->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
 static void connect_step(struct server *s)
 {
     PostgresPollingStatusType st = PQconnectPoll(s->conn);
@@ -237,6 +299,11 @@ static void connect_step(struct server *s)
         sockio_want(&s->io, UV_WRITABLE);
         return;
     case PGRES_POLLING_OK:
+        if ((s->pool->server_usable <= 0 || s->pool->probe_again) &&
+            budget_has_percent_caps(s->pool)) {
+            start_probe(s);
+            return;
+        }
         sockio_want(&s->io, 0);
         login_done(s);
         return;
@@ -256,15 +323,16 @@ static void on_server_io(struct sockio *io, int status, int events)
 {
     struct server *s = io->owner;
     if (s->state == SERVER_CONNECTING) {
-        connect_step(s);
+        if (s->probing)
+            probe_step(s);
+        else
+            connect_step(s);
         return;
     }
     if (status < 0) {
         struct client *c = s->client;
-        if (c) {
-            c->server = NULL;
-            s->client = NULL;
-        }
+        if (c)
+            pool_unlink(c, s);
         server_close(s, uv_strerror(status));
         if (c)
             client_fail(c, FAIL_SERVER_LOST, uv_strerror(status));
@@ -295,8 +363,10 @@ static bool at_clean_boundary(const struct server *s, const struct client *c)
 void server_client_gone(struct server *s)
 {
     struct client *c = s->client;
-    s->client = NULL;
-    if (!at_clean_boundary(s, c)) {
+    bool clean = at_clean_boundary(s, c);
+    if (c)
+        pool_unlink(c, s);
+    if (!clean) {
         /* A query or COPY was under way: what the backend does next is unknown, and waiting for
          * it would hold a server for a client that is gone. Closing rolls it back for certain. */
         server_close(s, "client left in the middle of a query");
@@ -328,10 +398,8 @@ void server_close(struct server *s, const char *reason)
     struct sluice *app = s->pool->app;
     log_server(s->state == SERVER_CONNECTING ? LOG_WARNING : LOG_INFO, s, "closing: %s",
                reason ? reason : "");
-    if (s->client) {
-        s->client->server = NULL;
-        s->client = NULL;
-    }
+    if (s->client)
+        pool_unlink(s->client, s);
     list_remove(list_for(s, s->state), &s->node);
     s->state = SERVER_CLOSED;
     list_append(&app->dead_servers, &s->node);

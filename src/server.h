@@ -40,6 +40,7 @@ struct server {
     struct msg_out out;    /* sluice's own messages, written before any client bytes */
     size_t out_pos;
     struct client *client; /* while ACTIVE */
+    struct budget *lease_budget; /* the budget this link is charged to */
 
     struct param_set params; /* the backend's current session parameters */
     uint64_t synced_client;  /* the client (id) and its params generation last synced */
@@ -57,6 +58,9 @@ struct server {
     uint64_t state_since_ms;
     uint64_t connect_start_ms;
     uint64_t last_ready_ms; /* when the last ReadyForQuery came (idle_transaction_timeout) */
+    uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
+    bool timeout_cancel_sent;
+    bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
 };
 
 /* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */

@@ -33,6 +33,8 @@ static void on_reaper_check(uv_check_t *h)
 {
     struct sluice *app = h->data;
     struct list_node *n, *tmp;
+    if (app->dispatch_needed && app->phase == PHASE_RUNNING)
+        pool_dispatch_all(app);
     list_for_each(&app->dead_clients, n, tmp)
     {
         struct client *c = container_of(n, struct client, node);
@@ -175,7 +177,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     app->cancel_map = cancel_map_new();
-    if (!app->cancel_map)
+    if (!app->cancel_map || budget_sync(app) < 0)
         return UV_ENOMEM;
     int rc = listener_start(app);
     if (rc < 0)
@@ -219,9 +221,17 @@ void sluice_reload(struct sluice *app)
     app->cfg = next;
     apply_logging(next);
     struct list_node *n, *tmp;
+    if (budget_sync(app) < 0)
+        log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
     list_for_each(&app->pools, n, tmp)
-        pool_apply_config(container_of(n, struct pool, node));
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        /* NN% caps are resolved again from the next server this pool opens. */
+        p->probe_again = true;
+    }
     config_free(old);
+    pool_dispatch_all(app);
     log_msg(LOG_INFO, "configuration reloaded");
 }
 
@@ -257,6 +267,7 @@ void sluice_free(struct sluice *app)
         pool_free(container_of(n, struct pool, node));
     }
     cancel_map_free(app->cancel_map);
+    budget_free_all(app);
     free(app->listener);
     config_free(app->cfg);
     buf_free_cache();

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "budget.h"
 #include "config.h"
 #include "list.h"
 
@@ -36,6 +37,10 @@ struct sluice {
      * can still look at its state on the way out (see on_reaper_check). */
     struct list dead_clients, dead_servers;
     uv_check_t reaper;
+
+    struct budget_set budgets;
+    /* A budget lease ended: waiters of other pools may now be served (done in on_reaper_check). */
+    bool dispatch_needed;
 
     struct listener *listener;
     struct cancel_map *cancel_map;

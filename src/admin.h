@@ -1,0 +1,21 @@
+/* admin: the admin console — a virtual database ("sluice", or "pgbouncer" so existing tools
+ * work) that answers SHOW commands and PAUSE/RESUME/RELOAD/... over the simple query protocol.
+ * Clients of it never get a server: their messages are answered here. */
+#ifndef SLUICE_ADMIN_H
+#define SLUICE_ADMIN_H
+
+#include <stdbool.h>
+
+struct client;
+
+/* Is this database name the admin console? */
+bool admin_is_console_db(const char *database);
+/* After AuthenticationOk: ParameterStatus, BackendKeyData and ReadyForQuery for a console
+ * session (appended to c->out; the caller sends). */
+void admin_send_welcome(struct client *c);
+/* An idle console client has at least a message header buffered in c->in (unframed region):
+ * frame whole messages, answer Query ('Q'), close on Terminate ('X'), refuse anything else with
+ * an ERROR + ReadyForQuery. Consumes what it handles and sends the replies. */
+void admin_on_data(struct client *c);
+
+#endif

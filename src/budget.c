@@ -1,0 +1,293 @@
+/* budget: budgets and the nested limits (see budget.h). */
+#include "budget.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "pool.h"
+#include "sluice.h"
+
+static struct budget *find(struct budget_set *set, const char *name)
+{
+    for (int i = 0; i < set->n; i++)
+        if (strcmp(set->items[i]->name, name) == 0)
+            return set->items[i];
+    return NULL;
+}
+
+static void budget_destroy(struct budget *b)
+{
+    free(b->name);
+    free(b->app_pattern);
+    free(b->user);
+    free(b);
+}
+
+static int set_str(char **dst, const char *src)
+{
+    char *v = src ? strdup(src) : NULL;
+    if (src && !v)
+        return -ENOMEM;
+    free(*dst);
+    *dst = v;
+    return 0;
+}
+
+static int fill(struct budget *b, const struct budget_entry *e)
+{
+    if (set_str(&b->app_pattern, e ? e->app_pattern : NULL) < 0 ||
+        set_str(&b->user, e ? e->user : NULL) < 0)
+        return -ENOMEM;
+    b->has_addr = e && e->addr_cidr && cidr_parse(e->addr_cidr, &b->addr) == 0;
+    b->max_servers = e ? e->max_servers : 0;
+    b->max_clients = e ? e->max_clients : 0;
+    b->min_servers = e ? e->min_servers : 0;
+    b->retired = false;
+    return 0;
+}
+
+int budget_sync(struct sluice *app)
+{
+    const struct config *cfg = app->cfg;
+    struct budget_set *old = &app->budgets;
+    struct budget **items = calloc((size_t)cfg->nbudgets + 1 + (size_t)old->n, sizeof(*items));
+    if (!items)
+        return -ENOMEM;
+    int n = 0;
+    for (int i = 0; i <= cfg->nbudgets; i++) {
+        const struct budget_entry *e = i < cfg->nbudgets ? &cfg->budgets[i] : NULL;
+        const char *name = e ? e->name : "default";
+        struct budget *b = find(old, name);
+        if (!b) {
+            b = calloc(1, sizeof(*b));
+            if (!b || !(b->name = strdup(name))) {
+                free(b);
+                free(items);
+                return -ENOMEM;
+            }
+        }
+        if (fill(b, e) < 0) {
+            free(items);
+            return -ENOMEM;
+        }
+        items[n++] = b;
+    }
+    /* Budgets gone from the config stay (retired, matching nobody) until their clients leave. */
+    for (int i = 0; i < old->n; i++) {
+        struct budget *b = old->items[i];
+        bool kept = false;
+        for (int j = 0; j < n; j++)
+            kept |= items[j] == b;
+        if (kept)
+            continue;
+        if (b->clients > 0 || b->leases > 0) {
+            b->retired = true;
+            items[n++] = b;
+        } else {
+            budget_destroy(b);
+        }
+    }
+    free(old->items);
+    old->items = items;
+    old->n = n;
+    return 0;
+}
+
+void budget_free_all(struct sluice *app)
+{
+    for (int i = 0; i < app->budgets.n; i++)
+        budget_destroy(app->budgets.items[i]);
+    free(app->budgets.items);
+    app->budgets.items = NULL;
+    app->budgets.n = 0;
+}
+
+struct budget *budget_match(struct sluice *app, const char *app_name, const char *user,
+                            const struct sockaddr_storage *addr)
+{
+    struct budget *fallback = NULL;
+    for (int i = 0; i < app->budgets.n; i++) {
+        struct budget *b = app->budgets.items[i];
+        if (b->retired)
+            continue;
+        if (strcmp(b->name, "default") == 0) {
+            fallback = b;
+            continue;
+        }
+        if (!b->app_pattern && !b->user && !b->has_addr)
+            continue; /* matches nothing by construction: a budget with no matcher */
+        if (b->app_pattern && fnmatch(b->app_pattern, app_name ? app_name : "", 0) != 0)
+            continue;
+        if (b->user && strcmp(b->user, user) != 0)
+            continue;
+        if (b->has_addr && !cidr_contains(&b->addr, addr))
+            continue;
+        return b;
+    }
+    return fallback;
+}
+
+const char *limit_kind_key(enum limit_kind k)
+{
+    switch (k) {
+    case LIMIT_NONE:
+        return "none";
+    case LIMIT_POOL:
+        return "pool_size";
+    case LIMIT_DB:
+        return "max_db_connections";
+    case LIMIT_USER:
+        return "max_user_connections";
+    case LIMIT_GLOBAL:
+        return "max_server_connections";
+    case LIMIT_BUDGET:
+        return "max_servers";
+    case LIMIT_RESERVED:
+        return "min_servers";
+    }
+    return "?";
+}
+
+int budget_db_servers(const struct sluice *app, const char *db_name)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (strcmp(p->db_name, db_name) == 0)
+            n += pool_server_count(p);
+    }
+    return n;
+}
+
+int budget_user_servers(const struct sluice *app, const char *user_name)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (strcmp(p->user_name, user_name) == 0)
+            n += pool_server_count(p);
+    }
+    return n;
+}
+
+static int db_cap(const struct pool *p)
+{
+    const struct config *cfg = p->app->cfg;
+    const struct db_entry *db = config_find_db(cfg, p->db_name);
+    struct limit l = cfg->max_db_connections;
+    if (db && db->max_db_connections.value > 0)
+        l = db->max_db_connections;
+    return limit_resolve(l, p->server_usable);
+}
+
+static int user_cap(const struct pool *p)
+{
+    const struct config *cfg = p->app->cfg;
+    const struct user_entry *u = config_find_user(cfg, p->user_name);
+    struct limit l = cfg->max_user_connections;
+    if (u && u->max_user_connections.value > 0)
+        l = u->max_user_connections;
+    return limit_resolve(l, p->server_usable);
+}
+
+static int global_cap(const struct sluice *app, int server_usable)
+{
+    return limit_resolve(app->cfg->max_server_connections, server_usable);
+}
+
+/* A percent cap cannot be resolved before a server has told its max_connections: until then a
+ * pool opens one connection at a time, which is how it learns. */
+bool budget_has_percent_caps(const struct pool *p)
+{
+    const struct config *cfg = p->app->cfg;
+    const struct db_entry *db = config_find_db(cfg, p->db_name);
+    return cfg->max_db_connections.is_percent || cfg->max_user_connections.is_percent ||
+           cfg->max_server_connections.is_percent || (db && db->max_db_connections.is_percent);
+}
+
+static bool percent_unresolved(const struct pool *p)
+{
+    return p->server_usable <= 0 && budget_has_percent_caps(p);
+}
+
+int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k)
+{
+    switch (k) {
+    case LIMIT_POOL:
+        return p->size;
+    case LIMIT_DB:
+        return db_cap(p);
+    case LIMIT_USER:
+        return user_cap(p);
+    case LIMIT_GLOBAL:
+        return global_cap(p->app, p->server_usable);
+    case LIMIT_BUDGET:
+        return b ? b->max_servers : 0;
+    default:
+        return 0;
+    }
+}
+
+enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
+{
+    const struct sluice *app = p->app;
+    int in_pool = pool_server_count(p);
+    if (in_pool >= p->size + (use_reserve ? p->reserve_size : 0))
+        return LIMIT_POOL;
+    if (percent_unresolved(p) && p->connecting.count > 0)
+        return LIMIT_DB;
+    int cap = db_cap(p);
+    if (cap > 0 && budget_db_servers(app, p->db_name) >= cap)
+        return LIMIT_DB;
+    cap = user_cap(p);
+    if (cap > 0 && budget_user_servers(app, p->user_name) >= cap)
+        return LIMIT_USER;
+    cap = global_cap(app, p->server_usable);
+    if (cap > 0 && app->nservers >= cap)
+        return LIMIT_GLOBAL;
+    return LIMIT_NONE;
+}
+
+/* The servers budgets share: max_server_connections, or else what all pools may open. */
+static int shared_capacity(const struct sluice *app)
+{
+    int usable = 0, sum = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (p->server_usable > usable)
+            usable = p->server_usable;
+        if (!p->is_admin)
+            sum += p->size;
+    }
+    int cap = global_cap(app, usable);
+    return cap > 0 ? cap : sum;
+}
+
+enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b)
+{
+    if (!b)
+        return LIMIT_NONE;
+    if (b->max_servers > 0 && b->leases >= b->max_servers)
+        return LIMIT_BUDGET;
+    int held_for_others = 0, leases = 0, any_min = 0;
+    for (int i = 0; i < app->budgets.n; i++) {
+        const struct budget *o = app->budgets.items[i];
+        leases += o->leases;
+        any_min |= o->min_servers;
+        if (o != b && o->min_servers > o->leases)
+            held_for_others += o->min_servers - o->leases;
+    }
+    if (any_min && leases + held_for_others >= shared_capacity(app))
+        return LIMIT_RESERVED;
+    return LIMIT_NONE;
+}
