@@ -120,6 +120,7 @@ void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *ad
     c->state = CLIENT_STARTUP;
     codec_out_init(&c->out);
     params_init(&c->params);
+    stmt_map_init(&c->stmts);
     if (addr->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
         char ip[INET_ADDRSTRLEN];
@@ -252,6 +253,7 @@ void client_close(struct client *c, const char *reason)
     buf_release(&c->in);
     codec_out_free(&c->out);
     params_free(&c->params);
+    stmt_map_free(&c->stmts);
     app->nclients--;
     listener_maybe_resume(app);
 }

@@ -12,6 +12,7 @@
 #include "error.h"
 #include "list.h"
 #include "params.h"
+#include "prepared.h"
 #include "relay.h"
 #include "sockio.h"
 
@@ -52,6 +53,7 @@ struct client {
     struct sockaddr_storage addr;
 
     struct param_set params; /* what this client wants its session to have */
+    struct stmt_map stmts;   /* its named prepared statements (transaction mode) */
     struct startup_extra *startup; /* login-time data, freed once logged in */
 
     uint32_t cancel_pid, cancel_key;

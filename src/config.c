@@ -61,7 +61,6 @@ static const char *const pgbouncer_only_keys[] = {
     "auth_dbname",
     "verbose",
     "suspend_timeout",
-    "max_prepared_statements",
     "tcp_defer_accept",
     "tcp_socket_buffer",
     "tcp_keepcnt",

@@ -61,7 +61,7 @@ static const struct failure_info table[] = {
     [FAIL_SHUTDOWN] = F(FATAL, ADMIN_SHUTDOWN, "sluice is shutting down%s", "Reconnect shortly."),
     [FAIL_OUT_OF_MEMORY] = F(FATAL, OUT_OF_MEMORY, "out of memory%s", NULL),
     [FAIL_PACKET_TOO_LARGE] =
-        F(FATAL, PROGRAM_LIMIT_EXCEEDED, "message too large: %s",
+        F(FATAL, PROTOCOL_VIOLATION, "invalid message length: %s",
           "max_packet_size limits the size of one client message."),
     [FAIL_ADMIN_DENIED] = F(FATAL, INSUFFICIENT_PRIVILEGE, "not allowed to use the admin console%s",
                             "Only users in admin_users or stats_users may connect to it."),

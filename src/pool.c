@@ -307,6 +307,8 @@ void pool_release(struct server *s)
     }
     if (ops->reset_on_release && cfg->server_reset_query[0]) {
         server_queue_internal(s, cfg->server_reset_query);
+        /* DISCARD ALL drops prepared statements; should it fail, re-preparing stays safe. */
+        stmt_map_mark_unknown(&s->stmts);
         queued = true;
     }
     if (queued || s->cancels_in_flight > 0) {

@@ -32,6 +32,7 @@ enum frame_stop {
     STOP_TERMINATE,   /* client sent Terminate: forward what is before it, then close */
     STOP_NEED_FLUSH,  /* a message to consume follows bytes still to forward */
     STOP_FAILED,      /* the connection was failed and is closing */
+    STOP_TXN_FORBIDDEN, /* statement mode: a transaction was opened; its ReadyForQuery held back */
 };
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
@@ -46,10 +47,211 @@ static uint32_t read_u32(const uint8_t *p)
 
 /* ---- client -> server framing ---- */
 
+/* Named prepared statements in transaction mode (see prepared.h): the per-message decisions. */
+
+enum track_result {
+    TRACK_PASS,       /* forward the message as it is */
+    TRACK_WAIT,       /* need more of the message in the buffer first */
+    TRACK_FLUSH,      /* sluice must send something first: flush the client's earlier bytes */
+    TRACK_FAILED,     /* the client was failed */
+};
+
+static bool tracking(const struct server *s)
+{
+    return pool_mode_ops(s->pool->mode, false)->release_at_idle;
+}
+
+/* Make room for one more statement on the server, closing the least recently used. */
+static void evict_for_one_more(struct server *s, const char *keep)
+{
+    int max = (int)s->pool->app->cfg->max_prepared_statements;
+    while (max > 0 && stmt_map_count(&s->stmts) >= max) {
+        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
+        if (strcmp(lru->name, keep) == 0)
+            break;
+        prepared_put_close(&s->out, lru->name);
+        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, lru->name) < 0)
+            s->close_when_free = true;
+        stmt_map_remove(&s->stmts, lru->name);
+    }
+}
+
+/* The client uses statement `name`: make sure the server has this client's definition of it. */
+static enum track_result ensure_prepared(struct client *c, struct server *s, const char *name)
+{
+    struct stmt_entry *mine = stmt_map_get(&c->stmts, name);
+    if (!mine || !mine->def)
+        return TRACK_PASS; /* not known to sluice: the server answers as it would */
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    if (theirs && stmt_def_equal(theirs->def, mine->def)) {
+        list_remove(&s->stmts.lru, &theirs->lru);
+        list_prepend(&s->stmts.lru, &theirs->lru);
+        return TRACK_PASS;
+    }
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    if (theirs) {
+        prepared_put_close(&s->out, name);
+        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
+            s->close_when_free = true;
+    } else {
+        evict_for_one_more(s, name);
+    }
+    prepared_put_parse(&s->out, name, mine->def);
+    if (stmt_queue_push(&s->reqs, REQ_PARSE_OURS, name) < 0 ||
+        !stmt_map_put(&s->stmts, name, mine->def)) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    return TRACK_PASS;
+}
+
+/* Parse: remember the client's definition; the server gets it under the client's name. */
+static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
+                                     uint32_t len, uint32_t avail_body)
+{
+    if (avail_body == 0)
+        return TRACK_WAIT;
+    if (body[0] == '\0') { /* the unnamed statement: passes through */
+        if (stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0)
+            return TRACK_WAIT;
+        return TRACK_PASS;
+    }
+    if (avail_body < len) {
+        if (CODEC_HEADER_LEN + len > buf_block_size()) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION,
+                        "a named Parse larger than pkt_buf cannot be tracked in transaction mode: "
+                        "raise pkt_buf");
+            return TRACK_FAILED;
+        }
+        return TRACK_WAIT;
+    }
+    const uint8_t *nul = memchr(body, '\0', len);
+    if (!nul) {
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
+        return TRACK_FAILED;
+    }
+    const char *name = (const char *)body;
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
+        buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    if (!stmt_map_get(&c->stmts, name) &&
+        stmt_map_count(&c->stmts) >= (int)c->app->cfg->max_prepared_statements) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "more than max_prepared_statements (%lld) named prepared statements",
+                 (long long)c->app->cfg->max_prepared_statements);
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+        return TRACK_FAILED;
+    }
+    uint32_t name_len = (uint32_t)(nul - body) + 1;
+    struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
+    if (!def) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    if (theirs) {
+        /* Taken on this server (by another client's statement of the same name, or this
+         * client's older one): close it first so the client's Parse succeeds as it would have. */
+        prepared_put_close(&s->out, name);
+        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
+            s->close_when_free = true;
+    } else {
+        evict_for_one_more(s, name);
+    }
+    bool ok = stmt_map_put(&c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
+              stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, name) == 0;
+    stmt_def_unref(def);
+    if (!ok) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    return TRACK_PASS;
+}
+
+/* Bind, Describe and Close name a statement near the start of their body. */
+static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
+                                       const uint8_t *body, uint32_t len, uint32_t avail_body)
+{
+    struct msg_reader r;
+    codec_reader_init(&r, body, avail_body < len ? avail_body : len);
+    const char *name = NULL;
+    switch (type) {
+    case 'P':
+        return track_parse(c, s, body, len, avail_body);
+    case 'B':
+        codec_read_cstring(&r); /* portal */
+        name = codec_read_cstring(&r);
+        break;
+    case 'D':
+    case 'C': {
+        uint8_t what = codec_read_u8(&r);
+        name = codec_read_cstring(&r);
+        if (type == 'C') {
+            if (r.bad)
+                break;
+            if (stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) < 0)
+                return TRACK_WAIT;
+            if (what == 'S' && name[0]) {
+                stmt_map_remove(&c->stmts, name);
+                stmt_map_remove(&s->stmts, name);
+            }
+            return TRACK_PASS;
+        }
+        if (what != 'S')
+            return TRACK_PASS;
+        break;
+    }
+    case 'S':
+    case 'Q':
+    case 'F':
+        if (type == 'Q') {
+            if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
+                return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
+            if (avail_body >= len && len > 0 && body[len - 1] == '\0') {
+                char name_buf[256];
+                switch (prepared_classify_query((const char *)body, name_buf, sizeof(name_buf))) {
+                case SQL_DEALLOCATE:
+                    stmt_map_remove(&c->stmts, name_buf);
+                    stmt_map_remove(&s->stmts, name_buf);
+                    break;
+                case SQL_DEALLOCATE_ALL:
+                case SQL_DISCARD_ALL:
+                    stmt_map_clear(&c->stmts);
+                    stmt_map_mark_unknown(&s->stmts);
+                    break;
+                default:
+                    break;
+                }
+            }
+        }
+        return stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+    default:
+        return TRACK_PASS;
+    }
+    if (r.bad) {
+        /* The names are not all here yet. */
+        if (avail_body >= len) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
+            return TRACK_FAILED;
+        }
+        if (CODEC_HEADER_LEN + len > buf_block_size() && avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, "statement name longer than pkt_buf");
+            return TRACK_FAILED;
+        }
+        return TRACK_WAIT;
+    }
+    if (!name[0])
+        return TRACK_PASS;
+    return ensure_prepared(c, s, name);
+}
+
 static enum frame_stop frame_client(struct client *c, struct server *s)
 {
     struct buf *b = &c->in;
     uint32_t max_body = (uint32_t)c->app->cfg->max_packet_size;
+    bool track = tracking(s);
     while (b->scan < b->wpos) {
         if (c->rx.remain) {
             uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
@@ -74,10 +276,30 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         switch (p[0]) {
         case 'X':
             return STOP_TERMINATE;
-        case 'd':
-        case 'c':
-        case 'f':
+        case 'Q': case 'F': case 'S': case 'P': case 'B': case 'D': case 'E': case 'C':
+        case 'H': case 'd': case 'c': case 'f':
             break;
+        default: {
+            char detail[64];
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", p[0]);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            return STOP_FAILED;
+        }
+        }
+        if (track) {
+            uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
+            switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body)) {
+            case TRACK_PASS:
+                break;
+            case TRACK_WAIT:
+                return STOP_NEED_DATA;
+            case TRACK_FLUSH:
+                return STOP_NEED_FLUSH;
+            case TRACK_FAILED:
+                return STOP_FAILED;
+            }
+        }
+        switch (p[0]) {
         case 'Q':
         case 'F':
         case 'S':
@@ -94,17 +316,15 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         case 'H':
             s->batch_open = true;
             break;
-        default: {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", p[0]);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
-            return STOP_FAILED;
-        }
+        default:
+            break;
         }
         uint32_t whole = len + 1;
         uint32_t take = min_u32(whole, b->wpos - b->scan);
         b->scan += take;
         c->rx.remain = whole - take;
+        if (track && s->out.len > s->out_pos)
+            return STOP_NEED_FLUSH; /* sluice's own messages go out before this one */
     }
     return STOP_NEED_DATA;
 }
@@ -141,6 +361,8 @@ static void on_internal_error(struct server *s, const uint8_t *body, uint32_t le
 static enum frame_stop frame_server(struct server *s, struct client *c)
 {
     struct buf *b = &s->in;
+    bool forbid_txn =
+        c && pool_mode_ops(s->pool->mode, c->app->cfg->server_reset_query_always)->forbid_transaction;
     while (b->scan < b->wpos) {
         if (s->rx.remain) {
             uint32_t take = min_u32(s->rx.remain, b->wpos - b->scan);
@@ -163,6 +385,19 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
+        if ((type == '1' || type == '3') && !consume && tracking(s)) {
+            if (buf_pending(b) > 0 && s->reqs.count > 0 &&
+                (s->reqs.items[s->reqs.head].kind == REQ_PARSE_OURS ||
+                 s->reqs.items[s->reqs.head].kind == REQ_CLOSE_OURS))
+                return STOP_NEED_FLUSH;
+            enum stmt_reply_action a = stmt_on_complete(&s->reqs, &s->stmts, type);
+            if (a == REPLY_UNEXPECTED) {
+                log_server(LOG_ERROR, s, "reply '%c' matches no request sluice sent", type);
+                s->close_when_free = true;
+                return STOP_FAILED;
+            }
+            consume = a == REPLY_SWALLOW;
+        }
         bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
@@ -175,13 +410,26 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     s->close_when_free = true;
                     return STOP_FAILED;
                 }
+                /* Statement mode: the client must not see a transaction go on. Its
+                 * ReadyForQuery is replaced by the error, after what came before it. */
+                bool forbidden = forbid_txn && s->swallow == 0 && body[0] != 'I';
+                if (forbidden && buf_pending(b) > 0)
+                    return STOP_NEED_FLUSH;
                 s->txn_status = (char)body[0];
                 s->last_ready_ms = sluice_now(s->pool->app);
                 if (s->swallow > 0) {
                     s->swallow--;
                     consume = true;
-                } else if (s->inflight > 0 && --s->inflight == 0) {
-                    s->timeout_cancel_sent = false;
+                } else {
+                    if (s->inflight > 0 && --s->inflight == 0)
+                        s->timeout_cancel_sent = false;
+                    if (s->reqs.count > 0)
+                        stmt_on_ready(&s->reqs, &s->stmts);
+                }
+                if (forbidden) {
+                    b->scan += whole;
+                    buf_consume(b, whole);
+                    return STOP_TXN_FORBIDDEN;
                 }
             } else if (type == 'S') {
                 on_parameter_status(s, c, body, len - 4);
@@ -397,14 +645,23 @@ void relay_kick(struct server *s)
     }
 
     for (int round = 0; round < 4; round++) {
-        /* Client -> server: sluice's own messages first, then the client's. */
-        enum write_result w = write_generated(&s->io, &s->out, &s->out_pos);
+        /* Client -> server: sluice's own messages always go before the client bytes framed
+         * after them. */
         enum frame_stop cst = STOP_NEED_DATA;
-        if (w == WRITE_DONE) {
+        enum write_result w;
+        for (;;) {
+            w = write_generated(&s->io, &s->out, &s->out_pos);
+            if (w != WRITE_DONE)
+                break;
             cst = frame_client(c, s);
             if (cst == STOP_FAILED)
                 return;
+            w = write_generated(&s->io, &s->out, &s->out_pos);
+            if (w != WRITE_DONE)
+                break;
             w = write_framed(&s->io, &c->in, &s->pool->bytes_in);
+            if (w != WRITE_DONE || cst != STOP_NEED_FLUSH)
+                break;
         }
         if (w == WRITE_BROKEN) {
             pool_unlink(c, s);
@@ -437,6 +694,10 @@ void relay_kick(struct server *s)
         }
         if (w == WRITE_BROKEN) {
             client_close(c, "write to client failed");
+            return;
+        }
+        if (sst == STOP_TXN_FORBIDDEN) {
+            client_fail(c, FAIL_STATEMENT_MODE_TXN, "");
             return;
         }
         if (maybe_release(c, s))

@@ -156,6 +156,7 @@ struct server *server_connect(struct pool *p)
     s->state_since_ms = s->connect_start_ms;
     s->io.fd = -1;
     params_init(&s->params);
+    stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
     list_node_init(&s->node);
 
@@ -412,6 +413,8 @@ void server_close(struct server *s, const char *reason)
     buf_release(&s->in);
     codec_out_free(&s->out);
     params_free(&s->params);
+    stmt_map_free(&s->stmts);
+    stmt_queue_free(&s->reqs);
 }
 
 void server_check_timeouts(struct server *s, uint64_t now)

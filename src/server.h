@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "list.h"
 #include "params.h"
+#include "prepared.h"
 #include "relay.h"
 #include "sockio.h"
 
@@ -43,6 +44,8 @@ struct server {
     struct budget *lease_budget; /* the budget this link is charged to */
 
     struct param_set params; /* the backend's current session parameters */
+    struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
+    struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
     uint64_t synced_client;  /* the client (id) and its params generation last synced */
     uint32_t synced_gen;
 

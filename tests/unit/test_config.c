@@ -120,7 +120,7 @@ static void defaults_come_from_config_keys_def(void)
     CHECK(!c->server_reset_query_always);
     CHECK_INT(c->query_wait_timeout, 120000);
     CHECK_INT(c->pkt_buf, 16384);
-    CHECK_INT(c->max_packet_size, 2147483647);
+    CHECK_INT(c->max_packet_size, 1073741823);
     CHECK(c->tcp_keepalive);
     CHECK_STR(c->log_level, "info");
     CHECK_INT(c->log_format, LOG_FORMAT_TEXT);
@@ -493,29 +493,37 @@ static void semicolon_inside_a_value_is_not_a_comment(void)
     config_free(c);
 }
 
-static void lines_longer_than_inih_default_buffer_parse_whole(void)
+static void lines_of_any_length_parse_whole_and_keep_line_numbers(void)
 {
-    char opts[1200];
-    memset(opts, 'x', sizeof opts - 1);
-    opts[sizeof opts - 1] = '\0';
-    char *text;
-    CHECK(asprintf(&text,
-                   "[databases]\napp = host=h application_name=%s pool_size=3\n"
-                   "[sluice]\nlisten_port = 1\nbogus = 1\n",
-                   opts) > 0);
-    struct config *c = load(text, NULL);
-    CHECK(c == NULL);
-    CHECK_ERROR("line 5: unknown key 'bogus'");
-    config_free(c);
-    text[strlen(text) - strlen("bogus = 1\n")] = '\0';
-    c = load(text, NULL);
-    CHECK(c != NULL);
-    if (c) {
-        CHECK_INT(strlen(keyword(&c->dbs[0], "application_name")), sizeof opts - 1);
-        CHECK_INT(c->dbs[0].pool_size, 3);
+    const size_t sizes[] = {1200, 3 * 1024 * 1024}; /* past inih's 200-byte default, and 1 MiB */
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        char *name = malloc(sizes[i] + 1);
+        CHECK(name != NULL);
+        if (!name)
+            return;
+        memset(name, 'x', sizes[i]);
+        name[sizes[i]] = '\0';
+        char *text;
+        CHECK(asprintf(&text,
+                       "[databases]\napp = host=h application_name=%s pool_size=3\n"
+                       "[sluice]\nlisten_port = 1\nbogus = 1\n",
+                       name) > 0);
+        struct config *c = load(text, NULL);
+        CHECK(c == NULL);
+        CHECK_ERROR("line 5: unknown key 'bogus'");
+        CHECK_INT(diag.nerrors, 1);
+        config_free(c);
+        text[strlen(text) - strlen("bogus = 1\n")] = '\0';
+        c = load(text, NULL);
+        CHECK(c != NULL);
+        if (c) {
+            CHECK_INT(strlen(keyword(&c->dbs[0], "application_name")), sizes[i]);
+            CHECK_INT(c->dbs[0].pool_size, 3);
+        }
+        config_free(c);
+        free(text);
+        free(name);
     }
-    config_free(c);
-    free(text);
 }
 
 /* ---- [databases] ---- */
@@ -1246,7 +1254,7 @@ int main(void)
     RUN(syntax_problems_name_their_line);
     RUN(comments_blank_lines_crlf_and_indentation_keep_line_numbers_right);
     RUN(semicolon_inside_a_value_is_not_a_comment);
-    RUN(lines_longer_than_inih_default_buffer_parse_whole);
+    RUN(lines_of_any_length_parse_whole_and_keep_line_numbers);
     RUN(database_pairs_split_sluice_keys_from_libpq_keywords);
     RUN(database_without_overrides_inherits_with_minus_one_and_unset);
     RUN(database_without_dbname_connects_to_its_own_name_but_star_does_not);

@@ -1,0 +1,309 @@
+/* prepared: statement maps, the request queue and the messages sluice injects (see prepared.h).
+ * The decisions of when to inject are the relay's (relay.c frame_client); this file owns the
+ * bookkeeping so that it can be unit-tested without sockets. */
+#include "prepared.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static uint32_t hash_bytes(const void *p, size_t n)
+{
+    /* FNV-1a: names and definitions are short, and this is not exposed to collisions that
+     * matter (a collision only costs a string compare). */
+    const uint8_t *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+{
+    struct stmt_def *d = malloc(sizeof(*d) + len);
+    if (!d)
+        return NULL;
+    d->refs = 1;
+    d->len = len;
+    d->hash = hash_bytes(data, len);
+    memcpy(d->data, data, len);
+    return d;
+}
+
+void stmt_def_unref(struct stmt_def *d)
+{
+    if (d && --d->refs == 0)
+        free(d);
+}
+
+bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
+{
+    if (a == b)
+        return a != NULL;
+    return a && b && a->hash == b->hash && a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+}
+
+void stmt_map_init(struct stmt_map *m)
+{
+    memset(m, 0, sizeof(*m));
+    list_init(&m->lru);
+}
+
+static uint32_t bucket(const struct stmt_map *m, const char *name)
+{
+    return hash_bytes(name, strlen(name)) & (m->nbuckets - 1);
+}
+
+struct stmt_entry *stmt_map_get(const struct stmt_map *m, const char *name)
+{
+    if (!m->nbuckets)
+        return NULL;
+    for (struct stmt_entry *e = m->buckets[bucket(m, name)]; e; e = e->next_in_bucket)
+        if (strcmp(e->name, name) == 0)
+            return e;
+    return NULL;
+}
+
+static bool grow(struct stmt_map *m)
+{
+    uint32_t n = m->nbuckets ? m->nbuckets * 2 : 16;
+    struct stmt_entry **b = calloc(n, sizeof(*b));
+    if (!b)
+        return false;
+    for (uint32_t i = 0; i < m->nbuckets; i++) {
+        struct stmt_entry *e = m->buckets[i];
+        while (e) {
+            struct stmt_entry *next = e->next_in_bucket;
+            uint32_t k = hash_bytes(e->name, strlen(e->name)) & (n - 1);
+            e->next_in_bucket = b[k];
+            b[k] = e;
+            e = next;
+        }
+    }
+    free(m->buckets);
+    m->buckets = b;
+    m->nbuckets = n;
+    return true;
+}
+
+struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stmt_def *def)
+{
+    struct stmt_entry *e = stmt_map_get(m, name);
+    if (e) {
+        if (def)
+            def->refs++;
+        stmt_def_unref(e->def);
+        e->def = def;
+        list_remove(&m->lru, &e->lru);
+        list_prepend(&m->lru, &e->lru);
+        return e;
+    }
+    if ((uint32_t)m->lru.count >= m->nbuckets && !grow(m))
+        return NULL;
+    size_t nlen = strlen(name);
+    e = malloc(sizeof(*e) + nlen + 1);
+    if (!e)
+        return NULL;
+    memcpy(e->name, name, nlen + 1);
+    e->def = def;
+    if (def)
+        def->refs++;
+    uint32_t k = bucket(m, name);
+    e->next_in_bucket = m->buckets[k];
+    m->buckets[k] = e;
+    list_prepend(&m->lru, &e->lru);
+    return e;
+}
+
+void stmt_map_remove(struct stmt_map *m, const char *name)
+{
+    if (!m->nbuckets)
+        return;
+    struct stmt_entry **pp = &m->buckets[bucket(m, name)];
+    for (; *pp; pp = &(*pp)->next_in_bucket) {
+        struct stmt_entry *e = *pp;
+        if (strcmp(e->name, name) == 0) {
+            *pp = e->next_in_bucket;
+            list_remove(&m->lru, &e->lru);
+            stmt_def_unref(e->def);
+            free(e);
+            return;
+        }
+    }
+}
+
+void stmt_map_mark_unknown(struct stmt_map *m)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&m->lru, n, tmp)
+    {
+        struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        stmt_def_unref(e->def);
+        e->def = NULL;
+    }
+}
+
+void stmt_map_clear(struct stmt_map *m)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&m->lru, n, tmp)
+    {
+        struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        list_remove(&m->lru, n);
+        stmt_def_unref(e->def);
+        free(e);
+    }
+    if (m->nbuckets)
+        memset(m->buckets, 0, m->nbuckets * sizeof(*m->buckets));
+}
+
+void stmt_map_free(struct stmt_map *m)
+{
+    stmt_map_clear(m);
+    free(m->buckets);
+    stmt_map_init(m);
+}
+
+/* ---- request queue ---- */
+
+void stmt_queue_free(struct stmt_queue *q)
+{
+    for (uint32_t i = 0; i < q->count; i++)
+        free(q->items[(q->head + i) % q->cap].name);
+    free(q->items);
+    memset(q, 0, sizeof(*q));
+}
+
+int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
+{
+    if (q->count == q->cap) {
+        if (q->cap >= STMT_QUEUE_MAX)
+            return -ENOSPC;
+        uint32_t cap = q->cap ? q->cap * 2 : 16;
+        struct stmt_queue_item *items = malloc(cap * sizeof(*items));
+        if (!items)
+            return -ENOMEM;
+        for (uint32_t i = 0; i < q->count; i++)
+            items[i] = q->items[(q->head + i) % q->cap];
+        free(q->items);
+        q->items = items;
+        q->cap = cap;
+        q->head = 0;
+    }
+    char *copy = NULL;
+    if (name && !(copy = strdup(name)))
+        return -ENOMEM;
+    struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
+    it->kind = (uint8_t)kind;
+    it->name = copy;
+    q->count++;
+    return 0;
+}
+
+static struct stmt_queue_item pop(struct stmt_queue *q)
+{
+    struct stmt_queue_item it = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    return it;
+}
+
+enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
+                                        uint8_t type)
+{
+    (void)server_map;
+    if (q->count == 0)
+        return REPLY_UNEXPECTED;
+    uint8_t kind = q->items[q->head].kind;
+    bool parse = kind == REQ_PARSE_CLIENT || kind == REQ_PARSE_OURS;
+    bool close = kind == REQ_CLOSE_CLIENT || kind == REQ_CLOSE_OURS;
+    if ((type == '1' && !parse) || (type == '3' && !close))
+        return REPLY_UNEXPECTED;
+    struct stmt_queue_item it = pop(q);
+    free(it.name);
+    return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
+}
+
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map)
+{
+    while (q->count > 0) {
+        struct stmt_queue_item it = pop(q);
+        /* Still queued at ReadyForQuery: an error made the server skip it. What the server now
+         * holds under that name is unknown (a skipped Close left the old statement, a skipped
+         * Parse left whatever was there before): marked unknown, the next use re-prepares. */
+        if (it.name && it.kind != REQ_SYNC)
+            stmt_map_put(server_map, it.name, NULL);
+        free(it.name);
+        if (it.kind == REQ_SYNC)
+            return;
+    }
+}
+
+/* ---- injected messages ---- */
+
+void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
+{
+    codec_begin(o, 'P');
+    codec_put_cstring(o, name);
+    codec_put_bytes(o, def->data, def->len);
+    codec_end(o);
+}
+
+void prepared_put_close(struct msg_out *o, const char *name)
+{
+    codec_begin(o, 'C');
+    codec_put_u8(o, 'S');
+    codec_put_cstring(o, name);
+    codec_end(o);
+}
+
+/* ---- SQL that changes prepared statements ---- */
+
+static const char *skip_space(const char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    return s;
+}
+
+static bool word(const char **s, const char *w)
+{
+    size_t n = strlen(w);
+    if (strncasecmp(*s, w, n) != 0 || isalnum((unsigned char)(*s)[n]) || (*s)[n] == '_')
+        return false;
+    *s = skip_space(*s + n);
+    return true;
+}
+
+enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen)
+{
+    const char *s = skip_space(sql);
+    name[0] = '\0';
+    if (word(&s, "discard"))
+        return word(&s, "all") ? SQL_DISCARD_ALL : SQL_OTHER;
+    if (!word(&s, "deallocate"))
+        return SQL_OTHER;
+    (void)word(&s, "prepare");
+    if (word(&s, "all"))
+        return SQL_DEALLOCATE_ALL;
+    size_t n = 0;
+    if (*s == '"') {
+        for (s++; *s && n + 1 < namelen; s++) {
+            if (*s == '"') {
+                if (s[1] != '"')
+                    break;
+                s++;
+            }
+            name[n++] = *s;
+        }
+    } else {
+        for (; (isalnum((unsigned char)*s) || *s == '_' || *s == '$') && n + 1 < namelen; s++)
+            name[n++] = (char)tolower((unsigned char)*s);
+    }
+    name[n] = '\0';
+    return n ? SQL_DEALLOCATE : SQL_OTHER;
+}

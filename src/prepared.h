@@ -1,0 +1,105 @@
+/* prepared: named prepared statements across servers, for transaction and statement mode.
+ *
+ * A client's named statements live on whichever backend it had when it sent Parse. sluice keeps
+ * each client's definitions (name -> query and parameter types) and what each server has
+ * prepared (name -> definition, LRU, at most max_prepared_statements). When a client's Bind,
+ * Describe or Parse meets a server that lacks the statement or has another under that name,
+ * sluice first sends its own Close/Parse, and swallows the replies to them. Clients keep their
+ * own names: identical statements of different clients are shared on a server for free.
+ *
+ * To tell sluice's replies from the client's, every Parse, Close, Sync, Query and FunctionCall
+ * sent to a server is recorded in order (struct stmt_queue); ParseComplete/CloseComplete pop the
+ * head, ReadyForQuery pops through the Sync it answers (what an error made the server skip is
+ * dropped there). */
+#ifndef SLUICE_PREPARED_H
+#define SLUICE_PREPARED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "list.h"
+
+/* A statement definition: the Parse body after the name (query, parameter count and types). */
+struct stmt_def {
+    uint32_t refs;
+    uint32_t hash;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct stmt_entry {
+    struct stmt_entry *next_in_bucket;
+    struct list_node lru;   /* most recently used first */
+    struct stmt_def *def;   /* NULL: something is prepared under this name, what is unknown */
+    char name[];
+};
+
+struct stmt_map {
+    struct stmt_entry **buckets;
+    uint32_t nbuckets;
+    struct list lru;
+};
+
+void stmt_map_init(struct stmt_map *m);
+void stmt_map_free(struct stmt_map *m);
+struct stmt_entry *stmt_map_get(const struct stmt_map *m, const char *name);
+/* Insert or replace (def is referenced, not copied). NULL on out of memory. */
+struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stmt_def *def);
+void stmt_map_remove(struct stmt_map *m, const char *name);
+/* Forget what every entry holds (DISCARD ALL / DEALLOCATE ALL whose outcome is not known). */
+void stmt_map_mark_unknown(struct stmt_map *m);
+void stmt_map_clear(struct stmt_map *m);
+static inline int stmt_map_count(const struct stmt_map *m)
+{
+    return m->lru.count;
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
+void stmt_def_unref(struct stmt_def *d);
+bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);
+
+/* What was sent to a server, in order, that prepared.c must match replies against. */
+enum stmt_req {
+    REQ_PARSE_CLIENT, /* reply ParseComplete goes to the client */
+    REQ_PARSE_OURS,   /* reply swallowed */
+    REQ_CLOSE_CLIENT,
+    REQ_CLOSE_OURS,
+    REQ_SYNC,         /* Sync, Query or FunctionCall: answered by ReadyForQuery */
+};
+
+struct stmt_queue_item {
+    uint8_t kind;
+    char *name; /* PARSE and CLOSE: the statement name */
+};
+
+struct stmt_queue {
+    struct stmt_queue_item *items;
+    uint32_t cap, head, count;
+};
+
+#define STMT_QUEUE_MAX 8192
+
+void stmt_queue_free(struct stmt_queue *q);
+/* 0, or -ENOMEM / -ENOSPC (full: the caller stops framing until replies drain). */
+int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
+    __attribute__((warn_unused_result));
+
+/* Replies, as seen by the server side of the relay. */
+enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
+/* ParseComplete ('1') or CloseComplete ('3') arrived. */
+enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
+                                        uint8_t type);
+/* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync. */
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map);
+
+/* Messages sluice sends on its own. */
+void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
+void prepared_put_close(struct msg_out *o, const char *name);
+
+/* A simple Query's text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL? name gets the
+ * statement name for the first (empty for ALL). */
+enum sql_dealloc { SQL_OTHER, SQL_DEALLOCATE, SQL_DEALLOCATE_ALL, SQL_DISCARD_ALL };
+enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen);
+
+#endif
