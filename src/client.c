@@ -222,6 +222,21 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
     client_send(c);
 }
 
+void client_fail_request_and_close(struct client *c, enum failure f, const char *detail)
+{
+    if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
+        return;
+    if (c->app->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c, "%s: closing: %s", failure_name(f), detail ? detail : "");
+    error_build(&c->out, f, detail, NULL);
+    codec_put_ready(&c->out, 'I');
+    if (c->server)
+        server_client_gone(c->server);
+    client_set_state(c, CLIENT_CLOSING);
+    buf_release(&c->in);
+    client_send(c);
+}
+
 void client_fail(struct client *c, enum failure f, const char *detail)
 {
     client_fail_with_state(c, f, detail, NULL);

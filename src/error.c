@@ -56,7 +56,7 @@ static const struct failure_info table[] = {
                            "The transaction in progress, if any, was rolled back by the server."),
     [FAIL_SERVER_LOGIN] = F(FATAL, CONNECTION_FAILURE, "%s", NULL),
     [FAIL_STATEMENT_MODE_TXN] =
-        F(FATAL, FEATURE_NOT_SUPPORTED, "transaction blocks are not allowed in statement pooling mode%s",
+        F(ERROR, FEATURE_NOT_SUPPORTED, "transaction blocks are not allowed in statement pooling mode%s",
           "Use pool_mode = transaction for this database or user, or run statements without BEGIN."),
     [FAIL_SHUTDOWN] = F(FATAL, ADMIN_SHUTDOWN, "sluice is shutting down%s", "Reconnect shortly."),
     [FAIL_OUT_OF_MEMORY] = F(FATAL, OUT_OF_MEMORY, "out of memory%s", NULL),

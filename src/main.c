@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -109,7 +110,21 @@ int main(int argc, char **argv)
         uv_loop_close(loop);
         return 1;
     }
+    char *pidfile = app.cfg->pidfile[0] ? strdup(app.cfg->pidfile) : NULL;
+    if (pidfile) {
+        FILE *f = fopen(pidfile, "w");
+        if (f) {
+            fprintf(f, "%d\n", (int)getpid());
+            fclose(f);
+        } else {
+            log_msg(LOG_ERROR, "cannot write pidfile %s", pidfile);
+        }
+    }
     uv_run(loop, UV_RUN_DEFAULT);
+    if (pidfile) {
+        unlink(pidfile);
+        free(pidfile);
+    }
     int exit_code = app.exit_code;
     sluice_free(&app);
     rc = uv_loop_close(loop);

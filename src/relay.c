@@ -598,7 +598,7 @@ static bool maybe_release(struct client *c, struct server *s)
         return false;
     if (s->txn_status != 'I') {
         if (ops->forbid_transaction) {
-            client_fail(c, FAIL_STATEMENT_MODE_TXN, "");
+            client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");
             return true;
         }
         return false;
@@ -697,7 +697,7 @@ void relay_kick(struct server *s)
             return;
         }
         if (sst == STOP_TXN_FORBIDDEN) {
-            client_fail(c, FAIL_STATEMENT_MODE_TXN, "");
+            client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");
             return;
         }
         if (maybe_release(c, s))
