@@ -18,6 +18,7 @@
 
 enum client_state {
     CLIENT_STARTUP,    /* waiting for the startup packet (or SSLRequest, CancelRequest) */
+    CLIENT_TLS_HANDSHAKE, /* answered SSLRequest with 'S'; TLS handshake in progress */
     CLIENT_AUTH,       /* authentication exchange in progress */
     CLIENT_LOGIN_WAIT, /* authenticated; waiting for a first server to learn what to report */
     CLIENT_IDLE,       /* logged in, no server, nothing to send */
@@ -62,8 +63,10 @@ struct client {
     uint64_t connect_ms;
     uint64_t state_since_ms;
     uint8_t auth_method;   /* the auth_type used for this login */
-    uint8_t md5_salt[4];
+    struct auth_state *auth; /* the exchange in progress: only while AUTH (auth.c) */
     bool admin;            /* logged in to the admin console (a database, not a state) */
+    bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */
+    uint8_t warned;        /* session features already warned about (bit per feature) */
     struct budget *budget; /* counted in budget->clients from login to close */
 };
 

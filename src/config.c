@@ -54,11 +54,7 @@ static const char *const pgbouncer_only_keys[] = {
     "autodb_idle_timeout",
     "server_fast_close",
     "disable_pqexec",
-    "auth_hba_file",
     "auth_ident_file",
-    "auth_query",
-    "auth_user",
-    "auth_dbname",
     "verbose",
     "suspend_timeout",
     "tcp_defer_accept",
@@ -112,6 +108,10 @@ const char *auth_type_name(enum auth_type t)
         return "md5";
     case AUTH_SCRAM:
         return "scram-sha-256";
+    case AUTH_HBA:
+        return "hba";
+    case AUTH_CERT:
+        return "cert";
     }
     return "?";
 }
@@ -326,20 +326,24 @@ static int parse_POOL_MODE(const char *v, enum pool_mode *out, char *why, size_t
 
 static int parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t n)
 {
-    for (enum auth_type t = AUTH_TRUST; t <= AUTH_SCRAM; t++) {
+    for (enum auth_type t = AUTH_TRUST; t <= AUTH_CERT; t++) {
         if (strcasecmp(v, auth_type_name(t)) == 0) {
             *out = t;
             return 0;
         }
     }
+    if (strcasecmp(v, "password") == 0) { /* pg_hba.conf's name for it */
+        *out = AUTH_PLAIN;
+        return 0;
+    }
     /* PgBouncer's other methods: name them, so a moved pgbouncer.ini fails with a reason. */
-    if (strcasecmp(v, "hba") == 0 || strcasecmp(v, "cert") == 0 || strcasecmp(v, "pam") == 0)
+    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0 || strcasecmp(v, "peer") == 0)
         snprintf(why, n,
-                 "auth_type %s is not supported yet; use trust, plain, md5 or "
-                 "scram-sha-256",
+                 "auth_type %s is not supported; use trust, plain, md5, scram-sha-256, hba or "
+                 "cert",
                  v);
     else
-        snprintf(why, n, "expected trust, any, plain, md5 or scram-sha-256");
+        snprintf(why, n, "expected trust, any, plain, md5, scram-sha-256, hba or cert");
     return -EINVAL;
 }
 
@@ -507,6 +511,29 @@ static int check_key(const struct config *c, int idx, char *why, size_t n)
                 return 0;
         }
         snprintf(why, n, "expected error, warning, info or debug");
+        return -EINVAL;
+    }
+    if (idx == KEY_IDX_session_state_policy) {
+        static const char *const policies[] = {"warn", "pin", "refuse"};
+        for (size_t i = 0; i < sizeof policies / sizeof policies[0]; i++) {
+            if (strcasecmp(c->session_state_policy, policies[i]) == 0)
+                return 0;
+        }
+        snprintf(why, n, "expected warn, pin or refuse");
+        return -EINVAL;
+    }
+    if (idx == KEY_IDX_client_tls_sslmode || idx == KEY_IDX_server_tls_sslmode) {
+        static const char *const modes[] = {"disable", "allow",     "prefer",
+                                            "require", "verify-ca", "verify-full"};
+        const char *v = idx == KEY_IDX_client_tls_sslmode ? c->client_tls_sslmode
+                                                          : c->server_tls_sslmode;
+        if (idx == KEY_IDX_server_tls_sslmode && v[0] == '\0')
+            return 0; /* libpq's default */
+        for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+            if (strcasecmp(v, modes[i]) == 0)
+                return 0;
+        }
+        snprintf(why, n, "expected disable, allow, prefer, require, verify-ca or verify-full");
         return -EINVAL;
     }
     return 0;
@@ -1780,9 +1807,21 @@ static void validate(struct loader *L)
                       db->min_pool_size >= 0 ? "" : " (the main section's)", size,
                       db->pool_size >= 0 ? "" : " (default_pool_size)");
     }
+    /* auth and TLS keys that only make sense together (tls.c and auth.c check the files) */
+    if (c->auth_type == AUTH_HBA && !c->auth_hba_file[0])
+        error_msg(L, "auth_type = hba needs auth_hba_file");
+    if (strcasecmp(c->client_tls_sslmode, "disable") != 0 &&
+        (!c->client_tls_cert_file[0] || !c->client_tls_key_file[0]))
+        error_msg(L, "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
+                  c->client_tls_sslmode);
+    if (strncasecmp(c->client_tls_sslmode, "verify", 6) == 0 && !c->client_tls_ca_file[0])
+        error_msg(L, "client_tls_sslmode = %s needs client_tls_ca_file", c->client_tls_sslmode);
+    if (c->auth_type == AUTH_CERT && strcasecmp(c->client_tls_sslmode, "disable") == 0)
+        error_msg(L, "auth_type = cert needs client TLS: set client_tls_sslmode (and "
+                     "client_tls_ca_file)");
     bool needs_secret =
         c->auth_type == AUTH_PLAIN || c->auth_type == AUTH_MD5 || c->auth_type == AUTH_SCRAM;
-    if (needs_secret && c->nauth == 0)
+    if (needs_secret && c->nauth == 0 && !c->auth_user[0])
         warning_msg(L,
                     "auth_type is %s but there are no users (auth_file and DATABASE_URL give "
                     "none): every client login will fail",

@@ -33,6 +33,16 @@ static const struct failure_info table[] = {
     [FAIL_AUTH_FAILED] = F(FATAL, INVALID_PASSWORD, "password authentication failed for user \"%s\"",
                            NULL),
     [FAIL_AUTH_METHOD] = F(FATAL, PROTOCOL_VIOLATION, "authentication failed: %s", NULL),
+    [FAIL_HBA_REJECT] = F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "%s",
+                          "auth_hba_file decides which logins are allowed and how."),
+    [FAIL_TLS_REQUIRED] =
+        F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "TLS is required (client_tls_sslmode = %s)",
+          "Connect with sslmode=require (or verify-full with the CA of sluice's certificate)."),
+    [FAIL_CERT_AUTH] =
+        F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
+          "certificate authentication failed for user \"%s\"",
+          "Connect over TLS with a client certificate signed by client_tls_ca_file whose CN is "
+          "the user name."),
     [FAIL_MAX_CLIENT_CONN] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_client_conn, or close idle connections in the application."),
@@ -66,6 +76,11 @@ static const struct failure_info table[] = {
     [FAIL_ADMIN_DENIED] = F(FATAL, INSUFFICIENT_PRIVILEGE, "not allowed to use the admin console%s",
                             "Only users in admin_users or stats_users may connect to it."),
     [FAIL_ADMIN_KILLED] = F(FATAL, ADMIN_SHUTDOWN, "connection closed by the administrator%s", NULL),
+    [FAIL_SESSION_STATE] =
+        F(ERROR, FEATURE_NOT_SUPPORTED,
+          "%s is not supported in transaction pooling mode (session_state_policy = refuse)",
+          "Its effect would be lost when the next transaction runs on another server: use "
+          "session mode for this application, or session_state_policy = pin."),
 };
 #undef F
 
@@ -78,6 +93,9 @@ static const char *const names[] = {
     [FAIL_UNKNOWN_DATABASE] = "unknown_database",
     [FAIL_AUTH_FAILED] = "auth_failed",
     [FAIL_AUTH_METHOD] = "auth_method",
+    [FAIL_HBA_REJECT] = "hba_reject",
+    [FAIL_TLS_REQUIRED] = "tls_required",
+    [FAIL_CERT_AUTH] = "cert_auth_failed",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
     [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",
@@ -93,6 +111,7 @@ static const char *const names[] = {
     [FAIL_PACKET_TOO_LARGE] = "packet_too_large",
     [FAIL_ADMIN_DENIED] = "admin_denied",
     [FAIL_ADMIN_KILLED] = "admin_killed",
+    [FAIL_SESSION_STATE] = "session_state",
 };
 
 const struct failure_info *failure_info(enum failure f)

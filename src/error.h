@@ -22,6 +22,9 @@ enum failure {
     FAIL_UNKNOWN_DATABASE,     /* detail: the name */
     FAIL_AUTH_FAILED,          /* detail: user name */
     FAIL_AUTH_METHOD,          /* detail: what the client sent */
+    FAIL_HBA_REJECT,           /* detail: the whole message (rule, host, user, database, TLS) */
+    FAIL_TLS_REQUIRED,         /* detail: client_tls_sslmode */
+    FAIL_CERT_AUTH,            /* detail: user name */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
     FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */
@@ -37,6 +40,7 @@ enum failure {
     FAIL_PACKET_TOO_LARGE,     /* detail: size and limit */
     FAIL_ADMIN_DENIED,
     FAIL_ADMIN_KILLED,
+    FAIL_SESSION_STATE,        /* detail: the feature */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
+#include "session_state.h"
 #include "sluice.h"
 
 /* Servers are trusted more than clients, but a length past this is a broken stream. */
@@ -54,6 +55,7 @@ enum track_result {
     TRACK_WAIT,       /* need more of the message in the buffer first */
     TRACK_FLUSH,      /* sluice must send something first: flush the client's earlier bytes */
     TRACK_FAILED,     /* the client was failed */
+    TRACK_CONSUMED,   /* sluice answered the message itself; it is gone from the buffer */
 };
 
 static bool tracking(const struct server *s)
@@ -106,6 +108,53 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
     return TRACK_PASS;
 }
 
+/* SQL whose effect outlives the transaction (see session_state.h). */
+static enum track_result check_session_state(struct client *c, struct server *s, uint8_t type,
+                                             const char *sql, size_t len, uint32_t body_len)
+{
+    uint32_t whole = CODEC_HEADER_LEN + body_len;
+    enum session_feature f = session_state_detect(sql, len);
+    if (f == SESSION_FEATURE_NONE)
+        return TRACK_PASS;
+    int policy = session_policy_parse(c->app->cfg->session_state_policy);
+    if (policy == SESSION_POLICY_PIN) {
+        if (!c->pinned)
+            log_client(LOG_INFO, c, "uses %s (application_name \"%s\"): pinned to S-%llu until it "
+                                    "disconnects (session_state_policy = pin)",
+                       session_feature_name(f), params_get(&c->params, "application_name") ?: "",
+                       (unsigned long long)s->id);
+        c->pinned = true;
+        return TRACK_PASS;
+    }
+    if (policy == SESSION_POLICY_REFUSE) {
+        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain) {
+            /* Not at a point where sluice can answer in the server's place. */
+            client_fail(c, FAIL_SESSION_STATE, session_feature_name(f));
+            return TRACK_FAILED;
+        }
+        if (buf_pending(&c->in) > 0)
+            return TRACK_FLUSH;
+        c->in.scan += whole;
+        buf_consume(&c->in, whole);
+        if (c->app->cfg->log_pooler_errors)
+            log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
+                       session_feature_name(f));
+        error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
+        codec_put_ready(&c->out, s->txn_status);
+        return TRACK_CONSUMED;
+    }
+    if (!(c->warned & (1u << f))) {
+        c->warned |= (uint8_t)(1u << f);
+        log_client(LOG_WARNING, c,
+                   "uses %s in %s mode (application_name \"%s\"): its effect is lost when the next "
+                   "transaction runs on another server; use session mode or session_state_policy "
+                   "= pin",
+                   session_feature_name(f), pool_mode_name(s->pool->mode),
+                   params_get(&c->params, "application_name") ?: "");
+    }
+    return TRACK_PASS;
+}
+
 /* Parse: remember the client's definition; the server gets it under the client's name. */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
@@ -113,6 +162,14 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (avail_body == 0)
         return TRACK_WAIT;
     if (body[0] == '\0') { /* the unnamed statement: passes through */
+        if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
+            return TRACK_WAIT; /* short enough to look at whole */
+        if (avail_body >= len) {
+            enum track_result r = check_session_state(c, s, 'P', (const char *)body + 1, len - 1,
+                                                      len);
+            if (r != TRACK_PASS)
+                return r;
+        }
         if (stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0)
             return TRACK_WAIT;
         return TRACK_PASS;
@@ -146,6 +203,10 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     uint32_t name_len = (uint32_t)(nul - body) + 1;
+    enum track_result r = check_session_state(c, s, 'P', (const char *)body + name_len,
+                                              len - name_len, len);
+    if (r != TRACK_PASS)
+        return r;
     struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
     if (!def) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -210,6 +271,10 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
             if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
             if (avail_body >= len && len > 0 && body[len - 1] == '\0') {
+                enum track_result r =
+                    check_session_state(c, s, 'Q', (const char *)body, len - 1, len);
+                if (r != TRACK_PASS)
+                    return r;
                 char name_buf[256];
                 switch (prepared_classify_query((const char *)body, name_buf, sizeof(name_buf))) {
                 case SQL_DEALLOCATE:
@@ -297,6 +362,8 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
                 return STOP_NEED_FLUSH;
             case TRACK_FAILED:
                 return STOP_FAILED;
+            case TRACK_CONSUMED:
+                continue;
             }
         }
         switch (p[0]) {
@@ -594,7 +661,7 @@ static bool maybe_release(struct client *c, struct server *s)
         return false;
     const struct pool_mode_ops *ops =
         pool_mode_ops(s->pool->mode, c->app->cfg->server_reset_query_always);
-    if (!ops->release_at_idle)
+    if (!ops->release_at_idle || c->pinned)
         return false;
     if (s->txn_status != 'I') {
         if (ops->forbid_transaction) {

@@ -1,0 +1,29 @@
+/* session_state: SQL that leaves state behind on the backend beyond the transaction (LISTEN,
+ * session advisory locks, WITH HOLD cursors, temporary tables, SET of parameters Postgres does not
+ * report). In transaction and statement mode the client's next transaction may run on another
+ * backend, so such state silently goes missing; session_state_policy says what to do instead:
+ * warn (log it, naming the application), pin (keep the client on its backend until it
+ * disconnects) or refuse (an error naming the feature). Pure text inspection, no I/O. */
+#ifndef SLUICE_SESSION_STATE_H
+#define SLUICE_SESSION_STATE_H
+
+#include <stddef.h>
+
+enum session_feature {
+    SESSION_FEATURE_NONE = 0,
+    SESSION_FEATURE_LISTEN,
+    SESSION_FEATURE_ADVISORY_LOCK,
+    SESSION_FEATURE_HOLD_CURSOR,
+    SESSION_FEATURE_TEMP_TABLE,
+    SESSION_FEATURE_SET,
+};
+
+enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_REFUSE };
+
+/* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated). */
+enum session_feature session_state_detect(const char *sql, size_t len);
+const char *session_feature_name(enum session_feature f);
+/* "warn", "pin", "refuse"; -1 when the text is none of them. */
+int session_policy_parse(const char *text);
+
+#endif
