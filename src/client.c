@@ -9,6 +9,8 @@
  *      |                                                  WAITING --server--> ACTIVE
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
+ *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
+ *
  * Each state has its own list (login list, the pool's waiting FIFO, idle, active), so the
  * background timer and SHOW commands walk only the clients they are about. */
 #include "client.h"
@@ -32,9 +34,11 @@
 #include "pool_mode.h"
 #include "server.h"
 #include "sluice.h"
+#include "tls.h"
 
 static const char *const state_names[] = {
     [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
+    [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
     [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
 };
@@ -48,6 +52,7 @@ static struct list *list_for(struct client *c, enum client_state st)
 {
     switch (st) {
     case CLIENT_STARTUP:
+    case CLIENT_TLS_HANDSHAKE:
     case CLIENT_AUTH:
         return &c->app->login_clients;
     case CLIENT_LOGIN_WAIT:
@@ -73,7 +78,9 @@ static bool transition_ok(enum client_state from, enum client_state to)
         return from != CLIENT_CLOSED && from != CLIENT_CLOSING;
     switch (from) {
     case CLIENT_STARTUP:
-        return to == CLIENT_AUTH;
+        return to == CLIENT_AUTH || to == CLIENT_TLS_HANDSHAKE;
+    case CLIENT_TLS_HANDSHAKE:
+        return to == CLIENT_STARTUP;
     case CLIENT_AUTH:
         return to == CLIENT_LOGIN_WAIT || to == CLIENT_IDLE;
     case CLIENT_LOGIN_WAIT:
@@ -206,6 +213,11 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
 {
     if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
         return;
+    if (c->state == CLIENT_TLS_HANDSHAKE) {
+        /* no channel to say it on: half a TLS handshake cannot carry an ErrorResponse */
+        client_close(c, failure_name(f));
+        return;
+    }
     const struct failure_info *fi = failure_info(f);
     if (c->app->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c, "%s: %s%s", failure_name(f),
@@ -261,7 +273,10 @@ void client_close(struct client *c, const char *reason)
     list_remove(list_for(c, c->state), &c->node);
     c->state = CLIENT_CLOSED;
     list_append(&app->dead_clients, &c->node);
+    auth_client_gone(c);
     sockio_detach(&c->io);
+    tls_client_close(c->io.ssl); /* before the fd closes: it may send close_notify */
+    c->io.ssl = NULL;
     if (c->io.fd >= 0)
         close(c->io.fd);
     c->io.fd = -1;
@@ -349,21 +364,6 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     auth_start(c);
 }
 
-/* Fill in what the client did not ask for with what the server has, for the parameters a client
- * may set: from now on these are the values this client's session must see on any server. */
-static int adopt_server_params(struct client *c, const struct param_set *server)
-{
-    for (int i = 0; i < server->n; i++) {
-        const struct param *p = &server->items[i];
-        if (params_is_client_settable(p->name) && !params_get(&c->params, p->name)) {
-            int rc = params_set(&c->params, p->name, p->value);
-            if (rc < 0)
-                return rc;
-        }
-    }
-    return 0;
-}
-
 void client_send_welcome(struct client *c, const struct param_set *server_params)
 {
     for (int i = 0; i < server_params->n; i++) {
@@ -417,10 +417,6 @@ void client_login_ok(struct client *c)
     if (app->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
     if (c->pool->have_welcome) {
-        if (adopt_server_params(c, &c->pool->welcome) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
         client_send_welcome(c, &c->pool->welcome);
         client_set_state(c, CLIENT_IDLE);
         client_send(c);
@@ -441,15 +437,11 @@ void client_on_linked(struct client *c, struct server *s)
     bool login = c->state == CLIENT_LOGIN_WAIT;
     client_set_state(c, CLIENT_ACTIVE);
     if (login) {
-        if (adopt_server_params(c, &s->params) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
         client_send_welcome(c, &s->params);
     } else if (s->synced_client != c->id || s->synced_gen != c->params.generation) {
         struct msg_out sql;
         codec_out_init(&sql);
-        int n = params_build_sync(&c->params, &s->params, &sql);
+        int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
         codec_put_u8(&sql, 0);
         if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
             codec_out_free(&sql);
@@ -468,6 +460,66 @@ void client_on_linked(struct client *c, struct server *s)
 }
 
 /* ---- messages by state ---- */
+
+static void read_and_handle(struct client *c);
+
+/* The handshake goes on whenever the socket is ready the way OpenSSL asked for. */
+static void tls_step(struct client *c)
+{
+    char why[400];
+    switch (tls_handshake(c->io.ssl, why, sizeof(why))) {
+    case TLS_STEP_WANT_READ:
+        sockio_want(&c->io, UV_READABLE);
+        return;
+    case TLS_STEP_WANT_WRITE:
+        sockio_want(&c->io, UV_WRITABLE);
+        return;
+    case TLS_STEP_FAILED:
+        log_client(LOG_INFO, c, "%s", why);
+        client_close(c, NULL);
+        return;
+    case TLS_STEP_DONE:
+        break;
+    }
+    if (log_enabled(LOG_DEBUG)) {
+        char desc[128];
+        tls_describe(c->io.ssl, desc, sizeof(desc));
+        log_client(LOG_DEBUG, c, "TLS established: %s", desc);
+    }
+    client_set_state(c, CLIENT_STARTUP);
+    relay_client_interest(c);
+    if (sockio_pending(&c->io) > 0)
+        read_and_handle(c);
+}
+
+/* Protocol section 55.2.10: answer 'S', then the TLS handshake runs on the same socket. Bytes
+ * that arrived after the SSLRequest came in the clear before TLS: taking them as part of the
+ * encrypted session would let a man in the middle inject them (CVE-2021-23214), so they end
+ * the connection. */
+static void start_tls(struct client *c)
+{
+    if (!buf_is_empty(&c->in)) {
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
+        return;
+    }
+    SSL *ssl = tls_client_new(c->io.fd);
+    if (!ssl) {
+        client_close(c, "cannot start a TLS session");
+        return;
+    }
+    codec_put_u8(&c->out, 'S');
+    client_send(c);
+    if (c->state != CLIENT_STARTUP || c->out_pos < c->out.len) {
+        /* one byte on a fresh socket: not written means the connection is gone */
+        SSL_free(ssl);
+        client_close(c, "cannot answer the SSLRequest");
+        return;
+    }
+    c->io.ssl = ssl;
+    buf_release(&c->in);
+    client_set_state(c, CLIENT_TLS_HANDSHAKE);
+    tls_step(c);
+}
 
 static void handle_startup_bytes(struct client *c)
 {
@@ -494,6 +546,15 @@ static void handle_startup_bytes(struct client *c)
         switch (sp.kind) {
         case STARTUP_SSL_REQUEST:
         case STARTUP_GSSENC_REQUEST:
+            if (sp.kind == STARTUP_SSL_REQUEST && c->io.ssl) {
+                client_fail(c, FAIL_PROTOCOL_VIOLATION, "SSLRequest on an encrypted connection");
+                return;
+            }
+            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != TLS_DISABLE &&
+                c->addr.ss_family != AF_UNIX) {
+                start_tls(c);
+                return;
+            }
             /* Protocol section 55.2.10: 'N' and the client goes on unencrypted (or gives up). */
             codec_put_u8(&c->out, 'N');
             client_send(c);
@@ -592,11 +653,33 @@ void client_on_data(struct client *c)
         relay_client_interest(c);
 }
 
+/* Read and handle what a client outside the relay sent. With TLS one socket event can leave
+ * decrypted bytes inside OpenSSL (SSL_pending) that no later event announces (the poll is
+ * level-triggered on the socket, not on OpenSSL's buffer): read on while there are some and the
+ * client is still in a state that reads here. */
+static void read_and_handle(struct client *c)
+{
+    for (;;) {
+        int n = client_read(c);
+        if (n < 0)
+            return;
+        client_on_data(c);
+        if (n == 0 || !c->io.ssl || sockio_pending(&c->io) <= 0)
+            return;
+        if (c->state != CLIENT_STARTUP && c->state != CLIENT_AUTH && c->state != CLIENT_IDLE)
+            return;
+    }
+}
+
 static void on_client_io(struct sockio *io, int status, int events)
 {
     struct client *c = io->owner;
     if (status < 0) {
         client_close(c, uv_strerror(status));
+        return;
+    }
+    if (c->state == CLIENT_TLS_HANDSHAKE) {
+        tls_step(c);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -614,9 +697,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_CLOSED:
         return;
     default:
-        if (client_read(c) < 0)
-            return;
-        client_on_data(c);
+        read_and_handle(c);
         return;
     }
 }
@@ -671,6 +752,7 @@ void client_check_timeouts(struct client *c, uint64_t now)
     char detail[64];
     switch (c->state) {
     case CLIENT_STARTUP:
+    case CLIENT_TLS_HANDSHAKE:
     case CLIENT_AUTH:
         if (cfg->client_login_timeout > 0 &&
             now - c->connect_ms >= (uint64_t)cfg->client_login_timeout) {

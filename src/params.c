@@ -137,24 +137,34 @@ static void put_literal(struct msg_out *o, const char *v)
     codec_put_u8(o, '\'');
 }
 
-int params_build_sync(const struct param_set *want, const struct param_set *server,
-                      struct msg_out *sql)
+static int put_set_if_differs(const struct param_set *server, const char *name, const char *value,
+                              struct msg_out *sql)
+{
+    const char *have = params_get(server, name);
+    if (have && strcmp(have, value) == 0)
+        return 0;
+    put_str(sql, "SET ");
+    put_str(sql, name);
+    put_str(sql, " TO ");
+    put_literal(sql, value);
+    put_str(sql, ";");
+    return 1;
+}
+
+int params_build_sync(const struct param_set *base, const struct param_set *own,
+                      const struct param_set *server, struct msg_out *sql)
 {
     int n = 0;
-    for (int i = 0; i < want->n; i++) {
-        const char *have = params_get(server, want->items[i].name);
-        if (have && strcmp(have, want->items[i].value) == 0)
-            continue;
-        put_str(sql, "SET ");
-        put_str(sql, want->items[i].name);
-        put_str(sql, " TO ");
-        put_literal(sql, want->items[i].value);
-        put_str(sql, ";");
-        n++;
+    for (int i = 0; i < own->n; i++)
+        n += put_set_if_differs(server, own->items[i].name, own->items[i].value, sql);
+    for (int i = 0; base && i < base->n; i++) {
+        const char *name = base->items[i].name;
+        if (params_is_client_settable(name) && !params_get(own, name))
+            n += put_set_if_differs(server, name, base->items[i].value, sql);
     }
     for (int i = 0; i < server->n; i++) {
         const char *name = server->items[i].name;
-        if (params_is_reported(name) || params_get(want, name))
+        if (params_is_reported(name) || params_get(own, name))
             continue;
         put_str(sql, "RESET ");
         put_str(sql, name);

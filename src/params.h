@@ -37,11 +37,13 @@ bool params_is_reported(const char *name);
  * server's facts). */
 bool params_is_client_settable(const char *name);
 
-/* Append to sql (a growable query string in out->data form, NUL-terminated at the end) the
- * statements that move `server` to `want`: SET for every differing value, RESET for a value the
- * server has that `want` lacks among `resettable` names. Returns the number of statements. */
-int params_build_sync(const struct param_set *want, const struct param_set *server,
-                      struct msg_out *sql);
+/* Append to sql the statements that give `server` the session a client wants: the client's own
+ * values (`own`: its startup parameters and what its SETs changed), and for every other
+ * client-settable parameter the pool's login values (`base`). SET for each differing value; RESET
+ * for a parameter sluice set on the server earlier (not reported) that this client lacks.
+ * Keeping only the client's own values makes an idle client small. Returns the count. */
+int params_build_sync(const struct param_set *base, const struct param_set *own,
+                      const struct param_set *server, struct msg_out *sql);
 
 /* A GUC name safe to put into SQL unquoted: letters, digits, '_', '.', '-' ('-' only as
  * spelled in options, where it means '_'). */
