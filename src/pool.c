@@ -19,6 +19,33 @@
 #include "server.h"
 #include "sluice.h"
 
+const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25,   50,    100,
+                                                              250, 500, 1000, 2500, 5000, 10000};
+
+static void hist_add(uint64_t *hist, uint64_t ms)
+{
+    int i = 0;
+    while (i < POOL_HIST_BUCKETS - 1 && ms > pool_hist_bounds_ms[i])
+        i++;
+    hist[i]++;
+}
+
+void pool_record_wait(struct pool *p, uint64_t waited_ms)
+{
+    p->wait_count++;
+    p->wait_us_total += waited_ms * 1000;
+    hist_add(p->wait_hist, waited_ms);
+}
+
+void pool_record_query(struct pool *p, uint64_t query_ms, bool transaction_ended)
+{
+    p->query_count++;
+    p->query_ms_total += query_ms;
+    if (transaction_ended)
+        p->xact_count++;
+    hist_add(p->query_hist, query_ms);
+}
+
 struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
                       const char *database)
 {
@@ -424,6 +451,10 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->active_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     maybe_connect(p);
+    /* A reload made the pool smaller: close idle servers above the new size. */
+    while (pool_server_count(p) > p->size && !list_empty(&p->idle))
+        server_close(container_of(list_last(&p->idle), struct server, node),
+                     "pool_size lowered by reload");
     /* Keep min_pool_size servers warm once the database has been reached. */
     if (p->app->phase == PHASE_RUNNING && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&

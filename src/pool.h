@@ -15,6 +15,10 @@ struct sluice;
 struct client;
 struct server;
 
+/* Histogram buckets (upper bounds in milliseconds; the last bucket is +Inf). */
+#define POOL_HIST_BUCKETS 13
+extern const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1];
+
 struct pool {
     struct list_node node;
     struct sluice *app;
@@ -49,8 +53,14 @@ struct pool {
     uint64_t next_connect_ms;
     char *last_connect_error;
 
-    /* Counters (SHOW STATS). */
+    /* Counters (SHOW STATS, /metrics). A query is one ReadyForQuery answering the client (a
+     * simple Query, an extended batch up to Sync, a FunctionCall); a transaction is one that
+     * ended with the server idle again. */
     uint64_t xact_count, query_count, wait_us_total, bytes_in, bytes_out;
+    uint64_t wait_count;               /* clients that waited and then got a server */
+    uint64_t query_ms_total;
+    uint64_t wait_hist[POOL_HIST_BUCKETS];  /* counts per bucket of pool_hist_bounds_ms */
+    uint64_t query_hist[POOL_HIST_BUCKETS];
 };
 
 /* Find or create the pool for a client's login. NULL: out of memory. */
@@ -76,6 +86,9 @@ void pool_connect_failed(struct pool *p, const char *message);
 /* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */
 void pool_maintain(struct pool *p, uint64_t now);
 void pool_free(struct pool *p);
+/* A client waited waited_ms for a server; a query took query_ms. */
+void pool_record_wait(struct pool *p, uint64_t waited_ms);
+void pool_record_query(struct pool *p, uint64_t query_ms, bool transaction_ended);
 /* PAUSE / RESUME (admin console). Resume hands idle servers to the clients that queued. */
 void pool_pause(struct pool *p);
 void pool_resume(struct pool *p);

@@ -425,6 +425,21 @@ static void on_internal_error(struct server *s, const uint8_t *body, uint32_t le
                    ef.sqlstate ? ef.sqlstate : "");
 }
 
+/* The client's request is answered (its last ReadyForQuery): count it, log it if slow. */
+static void query_done(struct server *s, struct client *c, char status)
+{
+    uint64_t now = sluice_now(c->app);
+    uint64_t ms = now - s->query_start_ms;
+    pool_record_query(s->pool, ms, status == 'I' && !s->batch_open);
+    int64_t slow = c->app->cfg->log_slow_query_ms;
+    if (slow > 0 && ms >= (uint64_t)slow)
+        log_client(LOG_WARNING, c, "slow query: %llu ms (log_slow_query_ms = %lld), "
+                                   "application_name \"%s\", pool %s/%s, S-%llu",
+                   (unsigned long long)ms, (long long)slow,
+                   params_get(&c->params, "application_name") ?: "", s->pool->db_name,
+                   s->pool->user_name, (unsigned long long)s->id);
+}
+
 /* Frame server messages. Messages are forwarded to c, or consumed when there is no client or
  * they answer sluice's own query. */
 static enum frame_stop frame_server(struct server *s, struct client *c)
@@ -490,8 +505,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     s->swallow--;
                     consume = true;
                 } else {
-                    if (s->inflight > 0 && --s->inflight == 0)
+                    if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
+                        if (c)
+                            query_done(s, c, (char)body[0]);
+                    }
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts);
                 }
@@ -673,7 +691,6 @@ static bool maybe_release(struct client *c, struct server *s)
         return false;
     }
     pool_unlink(c, s);
-    s->pool->xact_count++;
     client_set_state(c, CLIENT_IDLE);
     pool_release(s);
     /* Bytes the client already sent for its next transaction: queue it again right away. */
