@@ -482,6 +482,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             }
             consume = a == REPLY_SWALLOW;
         }
+        /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
+         * anything below changes state, since the message is looked at again after the flush. */
+        if (consume && buf_pending(b) > 0)
+            return STOP_NEED_FLUSH;
         bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
@@ -529,8 +533,6 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             return STOP_FAILED;
         }
         if (consume) {
-            if (buf_pending(b) > 0)
-                return STOP_NEED_FLUSH;
             uint32_t take = min_u32(whole, avail);
             b->scan += take;
             buf_consume(b, take);
