@@ -61,6 +61,14 @@ int budget_sync(struct sluice *app)
     for (int i = 0; i <= cfg->nbudgets; i++) {
         const struct budget_entry *e = i < cfg->nbudgets ? &cfg->budgets[i] : NULL;
         const char *name = e ? e->name : "default";
+        if (!e) {
+            /* A configured budget named "default" gives the default budget its limits. */
+            bool configured = false;
+            for (int j = 0; j < n; j++)
+                configured |= strcmp(items[j]->name, "default") == 0;
+            if (configured)
+                break;
+        }
         struct budget *b = find(old, name);
         if (!b) {
             b = calloc(1, sizeof(*b));

@@ -1,0 +1,256 @@
+/* Unit tests for budget.c: which budget a client belongs to, and the nested caps a lease or a new
+ * connection must fit, with pools and counts set up by hand (no sockets). */
+#include "check.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "config.h"
+#include "pool.h"
+#include "sluice.h"
+
+static char *no_env[] = {NULL};
+
+static struct sluice *app_from(const char *ini)
+{
+    struct config_diag diag = {0};
+    struct config *cfg = config_load_string(ini, no_env, &diag);
+    for (int i = 0; i < diag.nerrors; i++)
+        fprintf(stderr, "config error: %s\n", diag.errors[i]);
+    config_diag_free(&diag);
+    if (!cfg)
+        return NULL;
+    struct sluice *app = calloc(1, sizeof(*app));
+    app->cfg = cfg;
+    list_init(&app->pools);
+    if (budget_sync(app) < 0)
+        return NULL;
+    return app;
+}
+
+static struct pool *add_pool(struct sluice *app, const char *db, const char *user)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    p->app = app;
+    p->db_name = strdup(db);
+    p->user_name = strdup(user);
+    list_init(&p->connecting);
+    list_init(&p->idle);
+    list_init(&p->active);
+    list_init(&p->resetting);
+    list_init(&p->waiting);
+    list_init(&p->idle_clients);
+    list_init(&p->active_clients);
+    pool_apply_config(p);
+    list_append(&app->pools, &p->node);
+    return p;
+}
+
+/* Pretend the pool has n servers (counts only: the lists hold dummy nodes). */
+static void set_servers(struct pool *p, int n)
+{
+    while (p->idle.count < n) {
+        struct list_node *node = calloc(1, sizeof(*node));
+        list_append(&p->idle, node);
+        p->app->nservers++;
+    }
+}
+
+static void free_app(struct sluice *app)
+{
+    struct list_node *n, *tmp, *m, *mtmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        list_for_each(&p->idle, m, mtmp)
+        {
+            list_remove(&p->idle, m);
+            free(m);
+        }
+        free(p->db_name);
+        free(p->user_name);
+        free(p);
+    }
+    budget_free_all(app);
+    config_free(app->cfg);
+    free(app);
+}
+
+static struct sockaddr_storage ipv4(const char *ip)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &a->sin_addr);
+    return ss;
+}
+
+static const char base_ini[] = "[sluice]\n"
+                               "default_pool_size = 10\n"
+                               "[databases]\n"
+                               "app = host=127.0.0.1 dbname=app\n"
+                               "other = host=127.0.0.1 dbname=other\n";
+
+static void client_joins_first_budget_whose_every_matcher_matches(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini), "%s[budgets]\n"
+                               "seeds = app=seed* max_servers=2\n"
+                               "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
+                               "api = app=api* min_servers=4\n",
+             base_ini);
+    struct sluice *app = app_from(ini);
+    CHECK(app != NULL);
+    if (!app)
+        return;
+    struct sockaddr_storage local = ipv4("127.0.0.1"), inside = ipv4("10.1.2.3");
+    CHECK_STR(budget_match(app, "seed-products", "app", &local)->name, "seeds");
+    CHECK_STR(budget_match(app, "api-server", "app", &local)->name, "api");
+    CHECK_STR(budget_match(app, "psql", "ops", &inside)->name, "admin");
+    CHECK_STR(budget_match(app, "psql", "ops", &local)->name, "default"); /* addr differs */
+    CHECK_STR(budget_match(app, NULL, "app", &local)->name, "default");
+    free_app(app);
+}
+
+static void budget_at_max_servers_holds_back_only_its_clients(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    struct sockaddr_storage local = ipv4("127.0.0.1");
+    struct budget *seeds = budget_match(app, "seed1", "app", &local);
+    struct budget *other = budget_match(app, "web", "app", &local);
+    add_pool(app, "app", "app");
+    seeds->leases = 2;
+    CHECK_INT(budget_lease_limit(app, seeds), LIMIT_BUDGET);
+    CHECK_INT(budget_lease_limit(app, other), LIMIT_NONE);
+    seeds->leases = 1;
+    CHECK_INT(budget_lease_limit(app, seeds), LIMIT_NONE);
+    free_app(app);
+}
+
+static void min_servers_of_one_budget_are_kept_from_the_others(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini), "%s[budgets]\napi = app=api* min_servers=4\n", base_ini);
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    struct sockaddr_storage local = ipv4("127.0.0.1");
+    struct budget *api = budget_match(app, "api", "app", &local);
+    struct budget *dflt = budget_match(app, "seed", "app", &local);
+    add_pool(app, "app", "app"); /* capacity: the pool size, 10 */
+    dflt->leases = 5;             /* 5 used + 4 held for api = 9 < 10: one more allowed */
+    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_NONE);
+    dflt->leases = 6;
+    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED);
+    CHECK_INT(budget_lease_limit(app, api), LIMIT_NONE); /* api may use its share */
+    api->leases = 4;                                     /* api took its share: none held now */
+    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
+    dflt->leases = 5;
+    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_NONE);
+    free_app(app);
+}
+
+static void connections_stop_at_the_first_full_cap(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini),
+             "[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\nmax_server_connections = 8\n"
+             "reserve_pool_size = 1\n"
+             "[databases]\napp = host=127.0.0.1 dbname=app\nother = host=127.0.0.1 dbname=other\n");
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    struct pool *a1 = add_pool(app, "app", "u1");
+    struct pool *a2 = add_pool(app, "app", "u2");
+    struct pool *o = add_pool(app, "other", "u1");
+    CHECK_INT(budget_connect_limit(a1, false), LIMIT_NONE);
+    set_servers(a1, 5);
+    CHECK_INT(budget_connect_limit(a1, false), LIMIT_POOL);
+    CHECK_INT(budget_connect_limit(a1, true), LIMIT_NONE); /* the reserve pool */
+    set_servers(a2, 1);
+    CHECK_INT(budget_connect_limit(a2, false), LIMIT_DB); /* 6 servers on "app" */
+    CHECK_INT(budget_connect_limit(o, false), LIMIT_NONE);
+    set_servers(o, 2);
+    CHECK_INT(budget_connect_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
+    CHECK_INT(budget_db_servers(app, "app"), 6);
+    CHECK_INT(budget_user_servers(app, "u1"), 7);
+    free_app(app);
+}
+
+static void percent_caps_follow_the_servers_max_connections(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
+                                  "[databases]\napp = host=127.0.0.1 dbname=app\n");
+    if (!app)
+        return;
+    struct pool *p = add_pool(app, "app", "u");
+    /* unknown yet: one connection at a time, to learn it */
+    CHECK_INT(budget_connect_limit(p, false), LIMIT_NONE);
+    struct list_node probe;
+    list_append(&p->connecting, &probe);
+    CHECK_INT(budget_connect_limit(p, false), LIMIT_DB);
+    list_remove(&p->connecting, &probe);
+    p->server_usable = 22; /* 25 on the server, 3 reserved */
+    CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 17);
+    set_servers(p, 17);
+    CHECK_INT(budget_connect_limit(p, false), LIMIT_DB);
+    free_app(app);
+}
+
+static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini), "%s[budgets]\ndefault = max_servers=3\napi = app=api*\n", base_ini);
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    struct sockaddr_storage local = ipv4("127.0.0.1");
+    struct budget *d = budget_match(app, "psql", "app", &local);
+    CHECK_STR(d->name, "default");
+    CHECK_INT(d->max_servers, 3);
+    CHECK_INT(app->budgets.n, 2);
+    CHECK_STR(budget_match(app, "api-1", "app", &local)->name, "api");
+    free_app(app);
+}
+
+static void reload_keeps_live_counts_and_retires_removed_budgets(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    struct sockaddr_storage local = ipv4("127.0.0.1");
+    struct budget *seeds = budget_match(app, "seed", "app", &local);
+    seeds->clients = 3;
+    struct config_diag diag = {0};
+    struct config *next = config_load_string(base_ini, no_env, &diag);
+    config_diag_free(&diag);
+    config_free(app->cfg);
+    app->cfg = next;
+    CHECK_INT(budget_sync(app), 0);
+    CHECK(seeds->retired);
+    CHECK_INT(seeds->clients, 3);
+    CHECK_STR(budget_match(app, "seed", "app", &local)->name, "default");
+    free_app(app);
+}
+
+int main(void)
+{
+    RUN(client_joins_first_budget_whose_every_matcher_matches);
+    RUN(budget_at_max_servers_holds_back_only_its_clients);
+    RUN(min_servers_of_one_budget_are_kept_from_the_others);
+    RUN(connections_stop_at_the_first_full_cap);
+    RUN(percent_caps_follow_the_servers_max_connections);
+    RUN(a_budget_named_default_sets_the_limits_of_unmatched_clients);
+    RUN(reload_keeps_live_counts_and_retires_removed_budgets);
+    return CHECK_DONE();
+}

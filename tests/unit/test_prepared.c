@@ -1,0 +1,226 @@
+/* Unit tests for prepared.c (statement maps, the request queue, DEALLOCATE detection) and
+ * session_state.c (SQL whose effect outlives a transaction). No sockets. */
+#include "check.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "prepared.h"
+#include "session_state.h"
+
+static struct stmt_def *def_of(const char *query)
+{
+    return stmt_def_new((const uint8_t *)query, (uint32_t)strlen(query) + 1);
+}
+
+static void map_put_get_replace_remove_keep_definitions_and_lru_order(void)
+{
+    struct stmt_map m;
+    stmt_map_init(&m);
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 2");
+    CHECK(stmt_map_put(&m, "s1", a) != NULL);
+    CHECK(stmt_map_put(&m, "s2", b) != NULL);
+    CHECK_INT(stmt_map_count(&m), 2);
+    CHECK(stmt_def_equal(stmt_map_get(&m, "s1")->def, a));
+    /* most recently put first */
+    struct stmt_entry *first = container_of(list_first(&m.lru), struct stmt_entry, lru);
+    CHECK_STR(first->name, "s2");
+    CHECK(stmt_map_put(&m, "s1", b) != NULL); /* replace moves it to the front */
+    first = container_of(list_first(&m.lru), struct stmt_entry, lru);
+    CHECK_STR(first->name, "s1");
+    CHECK(stmt_def_equal(stmt_map_get(&m, "s1")->def, b));
+    stmt_map_remove(&m, "s2");
+    CHECK(stmt_map_get(&m, "s2") == NULL);
+    CHECK_INT(stmt_map_count(&m), 1);
+    stmt_map_mark_unknown(&m);
+    CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_map_free(&m);
+}
+
+static void map_grows_past_its_buckets_and_finds_every_name(void)
+{
+    struct stmt_map m;
+    stmt_map_init(&m);
+    struct stmt_def *d = def_of("select $1");
+    char name[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof(name), "stmt_%d", i);
+        CHECK(stmt_map_put(&m, name, d) != NULL);
+    }
+    int found = 0;
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof(name), "stmt_%d", i);
+        found += stmt_map_get(&m, name) != NULL;
+    }
+    CHECK_INT(found, 1000);
+    CHECK_INT(d->refs, 1001);
+    stmt_map_free(&m);
+    CHECK_INT(d->refs, 1);
+    stmt_def_unref(d);
+}
+
+static void definitions_compare_by_content(void)
+{
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 1"), *c = def_of("select 2");
+    CHECK(stmt_def_equal(a, b));
+    CHECK(!stmt_def_equal(a, c));
+    CHECK(!stmt_def_equal(a, NULL));
+    CHECK(!stmt_def_equal(NULL, NULL)); /* unknown never equals anything */
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_def_unref(c);
+}
+
+static void queue_swallows_replies_to_sluices_own_parse_and_close(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_queue_push(&q, REQ_CLOSE_OURS, "s1"), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_OURS, "s1"), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_SWALLOW);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_SWALLOW);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
+    CHECK_INT(q.count, 1);
+    stmt_on_ready(&q, &m);
+    CHECK_INT(q.count, 0);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
+static void reply_that_matches_no_request_is_unexpected(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_UNEXPECTED);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "x"), 0);
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_UNEXPECTED); /* a Close reply for a Parse */
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
+static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    struct stmt_def *d = def_of("select 1");
+    CHECK(stmt_map_put(&m, "s1", d) != NULL); /* optimistically recorded when sent */
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s1"), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
+    /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
+    stmt_on_ready(&q, &m);
+    CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
+    CHECK_INT(q.count, 1); /* stops at the Sync it answers */
+    stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
+static void queue_is_bounded(void)
+{
+    struct stmt_queue q = {0};
+    int rc = 0, n = 0;
+    while ((rc = stmt_queue_push(&q, REQ_SYNC, NULL)) == 0)
+        n++;
+    CHECK_INT(n, STMT_QUEUE_MAX);
+    CHECK(rc < 0);
+    stmt_queue_free(&q);
+}
+
+static void injected_messages_have_the_wire_format(void)
+{
+    struct msg_out o;
+    codec_out_init(&o);
+    struct stmt_def *d = def_of("select 1");
+    prepared_put_parse(&o, "s1", d);
+    prepared_put_close(&o, "s1");
+    static const uint8_t want[] = {'P', 0, 0, 0, 16, 's', '1', 0, 's', 'e', 'l', 'e', 'c', 't',
+                                   ' ', '1', 0, 'C', 0, 0, 0, 8, 'S', 's', '1', 0};
+    /* Parse here carries the definition bytes as stored: query + NUL (no parameter count, since
+     * the test definition has none). */
+    CHECK_INT(o.len, sizeof(want));
+    CHECK(o.len == sizeof(want) && memcmp(o.data, want, sizeof(want)) == 0);
+    stmt_def_unref(d);
+    codec_out_free(&o);
+}
+
+static void deallocate_and_discard_are_recognised(void)
+{
+    char name[64];
+    CHECK_INT(prepared_classify_query("DEALLOCATE foo", name, sizeof(name)), SQL_DEALLOCATE);
+    CHECK_STR(name, "foo");
+    CHECK_INT(prepared_classify_query("  deallocate prepare \"My Stmt\";", name, sizeof(name)),
+              SQL_DEALLOCATE);
+    CHECK_STR(name, "My Stmt");
+    CHECK_INT(prepared_classify_query("DEALLOCATE ALL", name, sizeof(name)), SQL_DEALLOCATE_ALL);
+    CHECK_INT(prepared_classify_query("discard all", name, sizeof(name)), SQL_DISCARD_ALL);
+    CHECK_INT(prepared_classify_query("DISCARD PLANS", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("select 'deallocate all'", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("deallocated", name, sizeof(name)), SQL_OTHER);
+}
+
+static enum session_feature detect(const char *sql)
+{
+    return session_state_detect(sql, strlen(sql));
+}
+
+static void session_level_sql_is_detected(void)
+{
+    CHECK_INT(detect("LISTEN jobs"), SESSION_FEATURE_LISTEN);
+    CHECK_INT(detect("select 1; listen jobs;"), SESSION_FEATURE_LISTEN);
+    CHECK_INT(detect("SELECT pg_advisory_lock(42)"), SESSION_FEATURE_ADVISORY_LOCK);
+    CHECK_INT(detect("select pg_try_advisory_lock_shared (1)"), SESSION_FEATURE_ADVISORY_LOCK);
+    CHECK_INT(detect("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), SESSION_FEATURE_HOLD_CURSOR);
+    CHECK_INT(detect("create temp table t (a int)"), SESSION_FEATURE_TEMP_TABLE);
+    CHECK_INT(detect("CREATE LOCAL TEMPORARY TABLE t (a int)"), SESSION_FEATURE_TEMP_TABLE);
+    CHECK_INT(detect("SET search_path TO app"), SESSION_FEATURE_SET);
+    CHECK_INT(detect("set session statement_timeout = 5"), SESSION_FEATURE_SET);
+    CHECK_INT(detect("/* c */ -- x\n SET ROLE admin"), SESSION_FEATURE_SET);
+}
+
+static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
+{
+    CHECK_INT(detect("select pg_advisory_xact_lock(1)"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET LOCAL search_path TO app"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET TimeZone TO 'UTC'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("set time zone 'UTC'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET application_name = 'x'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("DECLARE c CURSOR FOR SELECT 'with hold'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("select 'listen; set search_path to x'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("create table temp_things (a int)"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("select * from listeners"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect(""), SESSION_FEATURE_NONE);
+}
+
+static void policy_names_parse(void)
+{
+    CHECK_INT(session_policy_parse("warn"), SESSION_POLICY_WARN);
+    CHECK_INT(session_policy_parse("PIN"), SESSION_POLICY_PIN);
+    CHECK_INT(session_policy_parse("refuse"), SESSION_POLICY_REFUSE);
+    CHECK_INT(session_policy_parse("maybe"), -1);
+}
+
+int main(void)
+{
+    RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
+    RUN(map_grows_past_its_buckets_and_finds_every_name);
+    RUN(definitions_compare_by_content);
+    RUN(queue_swallows_replies_to_sluices_own_parse_and_close);
+    RUN(reply_that_matches_no_request_is_unexpected);
+    RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
+    RUN(queue_is_bounded);
+    RUN(injected_messages_have_the_wire_format);
+    RUN(deallocate_and_discard_are_recognised);
+    RUN(session_level_sql_is_detected);
+    RUN(transaction_scoped_and_tracked_sql_is_not_flagged);
+    RUN(policy_names_parse);
+    return CHECK_DONE();
+}
