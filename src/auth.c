@@ -1,32 +1,87 @@
 /* auth: client authentication (see auth.h).
- * Protocol section 55.3: the server sends AuthenticationCleartextPassword (3) or
- * AuthenticationMD5Password (5, with a 4-byte salt); the client answers with PasswordMessage 'p'.
- * md5 answer = "md5" || hex(md5(hex(md5(password || user)) || salt)). */
+ *
+ * Protocol section 55.3. The server asks with an Authentication message and the client answers
+ * with a 'p' message whose meaning depends on the question:
+ *   AuthenticationCleartextPassword (3)  -> PasswordMessage: the password
+ *   AuthenticationMD5Password (5) + salt -> PasswordMessage: "md5" || hex(md5(hex(md5(password ||
+ *                                           user)) || salt))
+ *   AuthenticationSASL (10) + mechanisms -> SASLInitialResponse: mechanism, int32 length, data
+ *   AuthenticationSASLContinue (11)      -> SASLResponse: data
+ *   AuthenticationSASLFinal (12), then AuthenticationOk (client_login_ok sends it)
+ * Section 55.3.1: over TLS the server offers SCRAM-SHA-256-PLUS before SCRAM-SHA-256, binding
+ * the exchange to its certificate (tls-server-end-point), so a man in the middle holding another
+ * certificate cannot relay it.
+ *
+ * Like Postgres: md5 with a user whose only secret is SCRAM uses SCRAM; an unknown user, or a
+ * secret the method cannot use, goes through the whole exchange with a fake secret and fails at
+ * the end with the same 28P01 as a wrong password. */
 #include "auth.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "client.h"
 #include "config.h"
+#include "hba.h"
+#include "list.h"
 #include "log.h"
+#include "scram.h"
+#include "secret.h"
 #include "sluice.h"
+#include "tls.h"
 
 #define AUTH_REQ_OK 0
 #define AUTH_REQ_PASSWORD 3
 #define AUTH_REQ_MD5 5
+#define AUTH_REQ_SASL 10
+#define AUTH_REQ_SASL_CONTINUE 11
+#define AUTH_REQ_SASL_FINAL 12
+
+/* Process-wide (one sluice per process): the hba rules in force and the key that makes unknown
+ * users' fake SCRAM salts stable per name but unpredictable. */
+static struct {
+    struct hba *hba;
+    uint8_t fake_key[32];
+} G;
+
+enum auth_step {
+    STEP_LOOKUP,        /* waiting for the secret (auth_query, derivation) */
+    STEP_PASSWORD,      /* sent AuthenticationCleartextPassword */
+    STEP_MD5,           /* sent AuthenticationMD5Password */
+    STEP_SASL_INITIAL,  /* sent AuthenticationSASL */
+    STEP_SASL_RESPONSE, /* sent AuthenticationSASLContinue */
+};
+
+struct auth_state {
+    struct client *c;
+    enum auth_step step;
+    enum auth_type method; /* the method in use: never AUTH_HBA */
+    struct secret_waiter waiter;
+    enum secret_kind kind;
+    char *text;                /* PLAIN or MD5 secret (copy) */
+    struct scram_secret scram; /* SCRAM, or PLAIN's derived one */
+    bool have_scram;
+    const char *note; /* why this login cannot succeed whatever the client sends (log only) */
+    uint8_t md5_salt[4];
+    struct scram_server sx;
+};
+
+/* ---- helpers ---- */
 
 void auth_md5_hex(const void *a, size_t alen, const void *b, size_t blen, char out[36])
 {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx || EVP_DigestInit_ex(ctx, EVP_md5(), NULL) != 1 || EVP_DigestUpdate(ctx, a, alen) != 1 ||
-        EVP_DigestUpdate(ctx, b, blen) != 1 || EVP_DigestFinal_ex(ctx, digest, &dlen) != 1 ||
-        dlen != 16) {
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_md5(), NULL) != 1 ||
+        EVP_DigestUpdate(ctx, a, alen) != 1 || EVP_DigestUpdate(ctx, b, blen) != 1 ||
+        EVP_DigestFinal_ex(ctx, digest, &dlen) != 1 || dlen != 16) {
         /* Never equal to any answer a client can send. */
         memset(out, 0, 36);
         EVP_MD_CTX_free(ctx);
@@ -50,101 +105,481 @@ int auth_secret_equal(const char *a, const char *b)
     return CRYPTO_memcmp(a, b, la) == 0;
 }
 
-static bool is_md5_secret(const char *s)
+/* A stand-in md5 secret for unknown users, so their failure costs and looks like a wrong
+ * password. */
+static const char dummy_md5[] = "md5"
+                                "00000000000000000000000000000000";
+
+static void host_text(const struct client *c, char *out, size_t n)
 {
-    return strncmp(s, "md5", 3) == 0 && strlen(s) == 35;
+    const struct sockaddr_storage *a = &c->addr;
+    if (a->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, out, (socklen_t)n);
+    else if (a->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, out, (socklen_t)n);
+    else
+        snprintf(out, n, "[local]");
 }
 
-static bool is_scram_secret(const char *s)
+static void state_free(struct auth_state *st)
 {
-    return strncmp(s, "SCRAM-SHA-256$", 14) == 0;
+    scram_server_free(&st->sx);
+    if (st->text) {
+        OPENSSL_cleanse(st->text, strlen(st->text));
+        free(st->text);
+    }
+    OPENSSL_cleanse(st, sizeof(*st));
+    free(st);
 }
 
-/* A stand-in secret for unknown users, so their failure costs and looks like a wrong password. */
-static const char dummy_secret[] = "md5" "00000000000000000000000000000000";
-
-void auth_start(struct client *c)
+void auth_client_gone(struct client *c)
 {
-    const struct config *cfg = c->app->cfg;
-    c->auth_method = (uint8_t)cfg->auth_type;
-    switch (cfg->auth_type) {
-    case AUTH_TRUST:
-    case AUTH_ANY:
-        client_login_ok(c);
+    struct auth_state *st = c->auth;
+    if (!st)
         return;
+    secret_cancel(&st->waiter);
+    c->auth = NULL;
+    state_free(st);
+}
+
+/* ---- outcomes (each frees the state first: client_fail and client_login_ok may end the
+ * client) ---- */
+
+static void login_ok(struct client *c)
+{
+    auth_client_gone(c);
+    client_login_ok(c);
+}
+
+/* Wrong password, unknown user, unusable secret: all look the same to the client. */
+static void login_failed(struct client *c, const char *why)
+{
+    struct auth_state *st = c->auth;
+    log_client(LOG_WARNING, c, "login failed (%s): %s",
+               auth_type_name(st ? st->method : (enum auth_type)c->auth_method), why);
+    auth_client_gone(c);
+    client_fail(c, FAIL_AUTH_FAILED, c->user);
+}
+
+/* The client broke the exchange's rules (08P01). */
+static void exchange_broken(struct client *c, const char *why)
+{
+    auth_client_gone(c);
+    client_fail(c, FAIL_AUTH_METHOD, why);
+}
+
+/* ---- cleartext password ---- */
+
+static void check_password(struct auth_state *st, const char *password)
+{
+    struct client *c = st->c;
+    bool ok = false;
+    char hashed[36];
+    switch (st->kind) {
+    case SECRET_PLAIN:
+        ok = auth_secret_equal(password, st->text);
+        break;
+    case SECRET_MD5:
+        auth_md5_hex(password, strlen(password), c->user, strlen(c->user), hashed);
+        ok = auth_secret_equal(hashed, st->text);
+        break;
+    case SECRET_SCRAM:
+        /* Derives with the secret's own salt: one PBKDF2 per login, on the loop. Only this
+         * method (cleartext over the wire against a SCRAM secret) pays it. */
+        ok = scram_verify_password(&st->scram, password);
+        break;
+    case SECRET_NONE:
+        auth_md5_hex(password, strlen(password), c->user, strlen(c->user), hashed);
+        (void)auth_secret_equal(hashed, dummy_md5);
+        break;
+    }
+    if (!ok) {
+        login_failed(c, st->note ? st->note : "wrong password");
+        return;
+    }
+    login_ok(c);
+}
+
+/* ---- md5 ---- */
+
+static void check_md5(struct auth_state *st, const char *answer)
+{
+    struct client *c = st->c;
+    char stored[36];
+    if (st->kind == SECRET_MD5)
+        memcpy(stored, st->text, 36);
+    else if (st->kind == SECRET_PLAIN)
+        auth_md5_hex(st->text, strlen(st->text), c->user, strlen(c->user), stored);
+    else
+        memcpy(stored, dummy_md5, 36);
+    char expected[36];
+    auth_md5_hex(stored + 3, 32, st->md5_salt, 4, expected);
+    bool ok = auth_secret_equal(expected, answer);
+    OPENSSL_cleanse(stored, sizeof(stored));
+    if (!ok || (st->kind != SECRET_MD5 && st->kind != SECRET_PLAIN)) {
+        login_failed(c, st->note ? st->note : "wrong password");
+        return;
+    }
+    login_ok(c);
+}
+
+/* ---- SCRAM-SHA-256 ---- */
+
+static void start_scram(struct auth_state *st)
+{
+    struct client *c = st->c;
+    struct scram_secret secret;
+    bool doomed = !st->have_scram;
+    if (doomed) {
+        scram_fake_secret(G.fake_key, c->user, &secret);
+        if (!st->note)
+            st->note = st->kind == SECRET_MD5 ? "the user has an md5 secret, which "
+                                                "scram-sha-256 cannot use; store the password "
+                                                "or a SCRAM secret"
+                                              : "no usable secret";
+    } else {
+        secret = st->scram;
+    }
+    uint8_t cb[EVP_MAX_MD_SIZE];
+    size_t cblen = c->io.ssl ? tls_server_end_point(c->io.ssl, cb, sizeof(cb)) : 0;
+    scram_server_init(&st->sx, &secret, doomed, cb, cblen);
+    OPENSSL_cleanse(&secret, sizeof(secret));
+    static const char plus_and_plain[] = SCRAM_MECHANISM_PLUS "\0" SCRAM_MECHANISM "\0";
+    static const char plain_only[] = SCRAM_MECHANISM "\0";
+    if (st->sx.offered_plus)
+        codec_put_auth_request(&c->out, AUTH_REQ_SASL, plus_and_plain, sizeof(plus_and_plain));
+    else
+        codec_put_auth_request(&c->out, AUTH_REQ_SASL, plain_only, sizeof(plain_only));
+    st->step = STEP_SASL_INITIAL;
+    client_send(c);
+}
+
+static void scram_outcome(struct auth_state *st, enum scram_result rc, const char *why)
+{
+    struct client *c = st->c;
+    switch (rc) {
+    case SCRAM_OK:
+        return;
+    case SCRAM_FAILED:
+        login_failed(c, st->note ? st->note : why);
+        return;
+    case SCRAM_NOMEM:
+        auth_client_gone(c);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    case SCRAM_MALFORMED:
+    case SCRAM_CBIND_ERROR:
+        log_client(LOG_WARNING, c, "SCRAM exchange refused: %s", why);
+        exchange_broken(c, why);
+        return;
+    }
+}
+
+static void sasl_initial(struct auth_state *st, const uint8_t *body, uint32_t len)
+{
+    struct client *c = st->c;
+    struct msg_reader r;
+    codec_reader_init(&r, body, len);
+    const char *mech = codec_read_cstring(&r);
+    int32_t n = codec_read_i32(&r);
+    const uint8_t *data = n > 0 ? codec_read_bytes(&r, (size_t)n) : NULL;
+    if (!mech || r.bad || codec_reader_left(&r) != 0) {
+        exchange_broken(c, "malformed SASLInitialResponse message");
+        return;
+    }
+    bool plus = strcmp(mech, SCRAM_MECHANISM_PLUS) == 0;
+    if ((!plus && strcmp(mech, SCRAM_MECHANISM) != 0) || (plus && !st->sx.offered_plus)) {
+        exchange_broken(c, "client selected an invalid SASL authentication mechanism");
+        return;
+    }
+    if (n <= 0) {
+        exchange_broken(c, "SASLInitialResponse without the client-first-message");
+        return;
+    }
+    char *out = NULL;
+    const char *why = NULL;
+    enum scram_result rc =
+        scram_server_first(&st->sx, plus, (const char *)data, (size_t)n, NULL, &out, &why);
+    if (rc != SCRAM_OK) {
+        scram_outcome(st, rc, why);
+        return;
+    }
+    codec_put_auth_request(&c->out, AUTH_REQ_SASL_CONTINUE, out, strlen(out));
+    free(out);
+    st->step = STEP_SASL_RESPONSE;
+    client_send(c);
+}
+
+static void sasl_response(struct auth_state *st, const uint8_t *body, uint32_t len)
+{
+    struct client *c = st->c;
+    char *out = NULL;
+    const char *why = NULL;
+    enum scram_result rc = scram_server_final(&st->sx, (const char *)body, len, &out, &why);
+    if (rc != SCRAM_OK) {
+        scram_outcome(st, rc, why);
+        return;
+    }
+    codec_put_auth_request(&c->out, AUTH_REQ_SASL_FINAL, out, strlen(out));
+    free(out);
+    if (log_enabled(LOG_DEBUG))
+        log_client(LOG_DEBUG, c, "SCRAM-SHA-256%s login", st->sx.plus ? "-PLUS" : "");
+    login_ok(c);
+}
+
+/* ---- the secret arrives ---- */
+
+static void lookup_failed(struct client *c, const char *why)
+{
+    log_client(LOG_WARNING, c, "cannot check the password: %s", why ? why : "lookup failed");
+    auth_client_gone(c);
+    client_fail(c, FAIL_SERVER_LOGIN,
+                "cannot check the password now: the password lookup (auth_query) failed; see "
+                "sluice's log");
+}
+
+static void got_secret(struct auth_state *st, const struct user_secret *s)
+{
+    struct client *c = st->c;
+    st->kind = s->kind;
+    if (s->text && !(st->text = strdup(s->text))) {
+        auth_client_gone(c);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    st->scram = s->scram;
+    st->have_scram = s->kind == SECRET_SCRAM || s->have_scram;
+    if (s->kind == SECRET_NONE)
+        st->note = s->note ? s->note : "unknown user";
+    switch (st->method) {
     case AUTH_PLAIN:
+        st->step = STEP_PASSWORD;
         codec_put_auth_request(&c->out, AUTH_REQ_PASSWORD, NULL, 0);
         client_send(c);
         return;
     case AUTH_MD5:
-    case AUTH_SCRAM:
-    default:
-        /* SCRAM towards clients is not implemented yet: md5 is offered instead. */
-        if (getrandom(c->md5_salt, sizeof(c->md5_salt), 0) != sizeof(c->md5_salt)) {
+        if (st->kind == SECRET_SCRAM) {
+            /* An md5 answer cannot be checked against a SCRAM secret; Postgres switches to
+             * SCRAM for such a user, and so do we. */
+            st->method = AUTH_SCRAM;
+            c->auth_method = AUTH_SCRAM;
+            start_scram(st);
+            return;
+        }
+        if (RAND_bytes(st->md5_salt, sizeof(st->md5_salt)) != 1) {
+            auth_client_gone(c);
             client_fail(c, FAIL_OUT_OF_MEMORY, " (no randomness for the salt)");
             return;
         }
-        c->auth_method = AUTH_MD5;
-        codec_put_auth_request(&c->out, AUTH_REQ_MD5, c->md5_salt, sizeof(c->md5_salt));
+        st->step = STEP_MD5;
+        codec_put_auth_request(&c->out, AUTH_REQ_MD5, st->md5_salt, sizeof(st->md5_salt));
         client_send(c);
+        return;
+    default:
+        start_scram(st);
         return;
     }
 }
 
-static bool check_plain(const char *secret, const char *user, const char *password)
+static void on_secret_ready(struct secret_waiter *w, const struct user_secret *s, const char *error)
 {
-    if (is_md5_secret(secret)) {
-        char hashed[36];
-        auth_md5_hex(password, strlen(password), user, strlen(user), hashed);
-        return auth_secret_equal(hashed, secret);
+    struct auth_state *st = container_of(w, struct auth_state, waiter);
+    struct client *c = st->c;
+    if (c->state != CLIENT_AUTH || c->auth != st)
+        return;
+    if (!s) {
+        lookup_failed(c, error);
+        return;
     }
-    if (is_scram_secret(secret))
-        return false;
-    return auth_secret_equal(password, secret);
+    got_secret(st, s);
 }
 
-static bool check_md5(const char *secret, const char *user, const uint8_t salt[4],
-                      const char *answer)
+/* ---- certificates ---- */
+
+static void check_cert(struct client *c)
 {
-    char stored[36];
-    if (is_md5_secret(secret)) {
-        memcpy(stored, secret, 36);
-    } else if (is_scram_secret(secret)) {
-        return false;
-    } else {
-        auth_md5_hex(secret, strlen(secret), user, strlen(user), stored);
+    char cn[256], why[400];
+    if (!c->io.ssl)
+        snprintf(why, sizeof(why), "the connection does not use TLS");
+    else if (!tls_peer_cn(c->io.ssl, cn, sizeof(cn)))
+        snprintf(why, sizeof(why),
+                 "no verified client certificate with a CN (client_tls_ca_file must be set for "
+                 "sluice to ask for one)");
+    else if (strcmp(cn, c->user) != 0)
+        snprintf(why, sizeof(why), "the certificate's CN \"%.200s\" is not the user name", cn);
+    else {
+        client_login_ok(c);
+        return;
     }
-    char expected[36];
-    auth_md5_hex(stored + 3, 32, salt, 4, expected);
-    return auth_secret_equal(expected, answer);
+    log_client(LOG_WARNING, c, "login failed (cert): %s", why);
+    client_fail(c, FAIL_CERT_AUTH, c->user);
+}
+
+/* ---- start ---- */
+
+static enum auth_type method_of_rule(enum hba_method m)
+{
+    switch (m) {
+    case HBA_TRUST:
+        return AUTH_TRUST;
+    case HBA_MD5:
+        return AUTH_MD5;
+    case HBA_SCRAM:
+        return AUTH_SCRAM;
+    case HBA_PASSWORD:
+        return AUTH_PLAIN;
+    case HBA_CERT:
+        return AUTH_CERT;
+    case HBA_REJECT:
+        break;
+    }
+    return AUTH_HBA; /* not a method: the caller rejects */
+}
+
+void auth_start(struct client *c)
+{
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    bool local = c->addr.ss_family == AF_UNIX;
+    bool tls = c->io.ssl != NULL;
+    if (!tls && !local && tls_client_mode() >= TLS_REQUIRE) {
+        client_fail(c, FAIL_TLS_REQUIRED, tls_mode_name(tls_client_mode()));
+        return;
+    }
+    enum auth_type method = cfg->auth_type;
+    if (method == AUTH_HBA) {
+        struct hba_login l = {
+            .addr = &c->addr, .tls = tls, .database = c->database, .user = c->user};
+        const struct hba_rule *r = hba_match(G.hba, &l);
+        if (!r || r->method == HBA_REJECT) {
+            char host[INET6_ADDRSTRLEN + 8], detail[600];
+            host_text(c, host, sizeof(host));
+            snprintf(detail, sizeof(detail), "%s: host=%s user=%.100s database=%.100s, TLS %s",
+                     r ? "hba rule rejects the connection" : "no hba rule matches", host, c->user,
+                     c->database, tls ? "on" : "off");
+            if (r)
+                log_client(LOG_WARNING, c, "auth_hba_file line %d rejects the login", r->line);
+            client_fail(c, FAIL_HBA_REJECT, detail);
+            return;
+        }
+        method = method_of_rule(r->method);
+        if (log_enabled(LOG_DEBUG))
+            log_client(LOG_DEBUG, c, "auth_hba_file line %d: %s", r->line,
+                       hba_method_name(r->method));
+    }
+    c->auth_method = (uint8_t)method;
+    switch (method) {
+    case AUTH_TRUST:
+    case AUTH_ANY:
+        client_login_ok(c);
+        return;
+    case AUTH_CERT:
+        check_cert(c);
+        return;
+    default:
+        break;
+    }
+    struct auth_state *st = calloc(1, sizeof(*st));
+    if (!st) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    st->c = c;
+    st->method = method;
+    st->step = STEP_LOOKUP;
+    st->waiter.req = (struct secret_request){.app = app,
+                                             .user = c->user,
+                                             .database = c->database,
+                                             .admin = c->admin,
+                                             .need_scram = method == AUTH_SCRAM};
+    st->waiter.done = on_secret_ready;
+    c->auth = st;
+    struct user_secret s;
+    int r = secret_lookup(&st->waiter, &s);
+    if (r < 0)
+        lookup_failed(c, s.note);
+    else if (r > 0)
+        got_secret(st, &s);
+    /* r == 0: on_secret_ready continues; the client waits for our request meanwhile */
+    secret_wipe(&s);
 }
 
 void auth_on_message(struct client *c, uint8_t type, const uint8_t *body, uint32_t len)
 {
+    struct auth_state *st = c->auth;
+    if (!st || st->step == STEP_LOOKUP) {
+        auth_client_gone(c);
+        client_fail(c, FAIL_PROTOCOL_VIOLATION,
+                    "message received before the authentication "
+                    "request");
+        return;
+    }
     if (type != 'p') {
-        client_fail(c, FAIL_AUTH_METHOD, "expected a password message");
+        exchange_broken(c, "expected a password message");
+        return;
+    }
+    if (st->step == STEP_SASL_INITIAL) {
+        sasl_initial(st, body, len);
+        return;
+    }
+    if (st->step == STEP_SASL_RESPONSE) {
+        sasl_response(st, body, len);
         return;
     }
     struct msg_reader r;
     codec_reader_init(&r, body, len);
     const char *answer = codec_read_cstring(&r);
     if (!answer || codec_reader_left(&r) != 0) {
-        client_fail(c, FAIL_AUTH_METHOD, "malformed password message");
+        exchange_broken(c, "malformed password message");
         return;
     }
-    const struct auth_entry *a = config_find_auth(c->app->cfg, c->user);
-    const char *secret = a ? a->secret : dummy_secret;
-    bool ok;
-    if (c->auth_method == AUTH_PLAIN)
-        ok = check_plain(secret, c->user, answer);
+    if (st->step == STEP_PASSWORD)
+        check_password(st, answer);
     else
-        ok = check_md5(secret, c->user, c->md5_salt, answer);
-    if (!ok || !a) {
-        if (a && is_scram_secret(a->secret))
-            log_client(LOG_WARNING, c, "user has only a SCRAM secret; md5 and plain logins cannot "
-                                       "be checked against it");
-        client_fail(c, FAIL_AUTH_FAILED, c->user);
-        return;
+        check_md5(st, answer);
+}
+
+/* ---- process-wide ---- */
+
+static int load_hba(const struct config *cfg, const char *when)
+{
+    if (!cfg->auth_hba_file[0]) {
+        hba_free(G.hba);
+        G.hba = NULL;
+        return 0;
     }
-    client_login_ok(c);
+    char err[700];
+    struct hba *h = hba_load(cfg->auth_hba_file, err, sizeof(err));
+    if (!h) {
+        log_msg(LOG_ERROR, "%s%s", when, err);
+        return -1;
+    }
+    hba_free(G.hba);
+    G.hba = h;
+    log_msg(LOG_INFO, "%sauth_hba_file %s: %d rules", when, cfg->auth_hba_file, h->nrules);
+    return 0;
+}
+
+int auth_init(struct sluice *app)
+{
+    if (RAND_bytes(G.fake_key, sizeof(G.fake_key)) != 1) {
+        log_msg(LOG_ERROR, "no randomness for the authentication key");
+        return -1;
+    }
+    return load_hba(app->cfg, "");
+}
+
+void auth_reload(struct sluice *app)
+{
+    if (load_hba(app->cfg, "reload: ") < 0)
+        log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
+                G.hba ? "" : " (none: every hba login is rejected)");
+    secret_reload();
+}
+
+void auth_free_all(void)
+{
+    hba_free(G.hba);
+    G.hba = NULL;
+    secret_free_all();
 }

@@ -435,6 +435,8 @@ void client_login_ok(struct client *c)
 void client_on_linked(struct client *c, struct server *s)
 {
     bool login = c->state == CLIENT_LOGIN_WAIT;
+    if (c->state == CLIENT_WAITING)
+        pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
     client_set_state(c, CLIENT_ACTIVE);
     if (login) {
         client_send_welcome(c, &s->params);
@@ -649,7 +651,9 @@ void client_on_data(struct client *c)
     default:
         break;
     }
-    if (c->state != CLIENT_CLOSED && c->state != CLIENT_ACTIVE)
+    /* (a TLS handshake sets its own interest: what OpenSSL asked for) */
+    if (c->state != CLIENT_CLOSED && c->state != CLIENT_ACTIVE &&
+        c->state != CLIENT_TLS_HANDSHAKE)
         relay_client_interest(c);
 }
 

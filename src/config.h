@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
-enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
 
 const char *pool_mode_name(enum pool_mode m);

@@ -105,14 +105,28 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     int n = 0;
     bool has_dbname = false, has_password = false;
     const char *user = NULL;
-    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 6; i++) {
+    /* server_tls_* become libpq's keywords unless the database entry sets its own */
+    const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
+    const char *tls_val[4] = {cfg->server_tls_sslmode, cfg->server_tls_ca_file,
+                              cfg->server_tls_cert_file, cfg->server_tls_key_file};
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 10; i++) {
         kw[n] = db->pq_keywords[i];
         val[n] = db->pq_values[i];
         has_dbname |= strcmp(kw[n], "dbname") == 0;
         has_password |= strcmp(kw[n], "password") == 0;
         if (strcmp(kw[n], "user") == 0)
             user = val[n];
+        for (int t = 0; t < 4; t++) {
+            if (strcmp(kw[n], tls_kw[t]) == 0)
+                tls_val[t] = NULL;
+        }
         n++;
+    }
+    for (int t = 0; t < 4; t++) {
+        if (tls_val[t] && tls_val[t][0]) {
+            kw[n] = tls_kw[t];
+            val[n++] = tls_val[t];
+        }
     }
     if (!has_dbname) {
         kw[n] = "dbname";

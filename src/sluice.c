@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "buf.h"
 #include "cancel.h"
 #include "client.h"
@@ -14,6 +15,7 @@
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "tls.h"
 
 extern char **environ;
 
@@ -196,6 +198,9 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    /* Last, so that a failure here finds every handle set up for the shutdown that follows. */
+    if (auth_init(app) < 0 || tls_init(app) < 0)
+        return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
@@ -220,6 +225,8 @@ void sluice_reload(struct sluice *app)
     struct config *old = app->cfg;
     app->cfg = next;
     apply_logging(next);
+    auth_reload(app);
+    tls_reload(app);
     struct list_node *n, *tmp;
     if (budget_sync(app) < 0)
         log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
@@ -270,6 +277,8 @@ void sluice_free(struct sluice *app)
     budget_free_all(app);
     free(app->listener);
     config_free(app->cfg);
+    auth_free_all();
+    tls_free();
     buf_free_cache();
     log_close();
 }

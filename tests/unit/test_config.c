@@ -285,15 +285,26 @@ static void enums_parse_their_names_and_reject_others(void)
                               "line 4: pool_mode = 'sessions': expected session, transaction or "
                               "statement");
     check_main_value_rejected("log_format = xml", "expected text or json");
-    check_main_value_rejected("auth_type = password", "expected trust, any, plain, md5");
+    check_main_value_rejected("auth_type = kerberos", "expected trust, any, plain, md5");
     check_main_value_rejected("log_level = verbose", "log_level = 'verbose': expected error");
 }
 
-static void auth_type_hba_and_cert_are_named_as_not_supported_yet(void)
+static void auth_type_hba_cert_and_password_parse_and_need_their_keys(void)
 {
-    check_main_value_rejected("auth_type = hba", "line 4: auth_type = 'hba': auth_type hba is "
-                                                 "not supported yet");
-    check_main_value_rejected("auth_type = cert", "auth_type cert is not supported yet");
+    struct config *c = load(MINIMAL_DBS "[sluice]\nauth_type = password\n", NULL);
+    CHECK(c && c->auth_type == AUTH_PLAIN);
+    config_free(c);
+    c = load(MINIMAL_DBS "[sluice]\nauth_type = hba\nauth_hba_file = /etc/hba.conf\n", NULL);
+    CHECK(c && c->auth_type == AUTH_HBA);
+    config_free(c);
+    check_main_value_rejected("auth_type = hba", "auth_type = hba needs auth_hba_file");
+    check_main_value_rejected("auth_type = cert", "auth_type = cert needs client TLS");
+    check_main_value_rejected("auth_type = pam", "line 4: auth_type = 'pam': auth_type pam is "
+                                                 "not supported");
+    check_main_value_rejected("client_tls_sslmode = require",
+                              "client_tls_sslmode = require needs client_tls_cert_file");
+    check_main_value_rejected("client_tls_sslmode = always", "expected disable, allow, prefer");
+    check_main_value_rejected("server_tls_sslmode = yes", "expected disable, allow, prefer");
 }
 
 static void names_of_enums_are_stable(void)
@@ -352,20 +363,20 @@ static void unknown_key_is_an_error_naming_its_line_and_section(void)
 
 static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
-    struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_sslmode = "
-                            "require\nserver_tls_sslmode = verify-full\n%include /etc/more.ini\n"
-                            "auth_query = SELECT 1\n" MINIMAL_DBS,
+    struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
+                            "auto\nserver_tls_protocols = secure\n%include /etc/more.ini\n"
+                            "auth_ident_file = /etc/ident\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nerrors, 0);
     CHECK_WARNING("line 2: PgBouncer key 'syslog' is not supported by sluice; ignored");
     CHECK_WARNING("line 3: PgBouncer key 'user' is not supported by sluice; ignored");
-    CHECK_WARNING("line 4: PgBouncer key 'client_tls_sslmode' is not supported by sluice; "
+    CHECK_WARNING("line 4: PgBouncer key 'client_tls_dheparams' is not supported by sluice; "
                   "ignored");
-    CHECK_WARNING("line 5: PgBouncer key 'server_tls_sslmode' is not supported by sluice; "
+    CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
                   "ignored (set sslmode");
     CHECK_WARNING("line 6: %include is not supported by sluice; ignored");
-    CHECK_WARNING("line 7: PgBouncer key 'auth_query'");
+    CHECK_WARNING("line 7: PgBouncer key 'auth_ident_file'");
     config_free(c);
 }
 
@@ -1243,7 +1254,7 @@ int main(void)
     RUN(limit_is_a_count_or_a_percentage_from_1_to_100);
     RUN(limit_resolve_takes_a_share_of_usable_server_connections);
     RUN(enums_parse_their_names_and_reject_others);
-    RUN(auth_type_hba_and_cert_are_named_as_not_supported_yet);
+    RUN(auth_type_hba_cert_and_password_parse_and_need_their_keys);
     RUN(names_of_enums_are_stable);
     RUN(pgbouncer_section_name_is_the_main_section);
     RUN(pool_timeout_is_an_alias_of_query_wait_timeout);

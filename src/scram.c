@@ -1,0 +1,559 @@
+/* scram: SCRAM-SHA-256 secrets and the server side of an exchange (see scram.h).
+ *
+ * RFC 5802 section 3, with H = SHA-256 (RFC 7677):
+ *   SaltedPassword  = Hi(password, salt, i)            PBKDF2-HMAC-SHA-256
+ *   ClientKey       = HMAC(SaltedPassword, "Client Key")
+ *   StoredKey       = H(ClientKey)
+ *   ServerKey       = HMAC(SaltedPassword, "Server Key")
+ *   AuthMessage     = client-first-message-bare + "," + server-first-message + "," +
+ *                     client-final-message-without-proof
+ *   ClientSignature = HMAC(StoredKey, AuthMessage);   ClientProof = ClientKey XOR ClientSignature
+ *   ServerSignature = HMAC(ServerKey, AuthMessage)
+ * The server never sees ClientKey at rest: it recovers it from the proof and checks its hash
+ * against StoredKey. The checks and messages follow Postgres's auth-scram.c, so a client sees
+ * the same errors from sluice as from the server. */
+#include "scram.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SECRET_PREFIX "SCRAM-SHA-256$"
+#define RAW_NONCE_LEN 18 /* Postgres's SCRAM_RAW_NONCE_LEN */
+#define MAX_MESSAGE 4096 /* longer than any message a real client sends */
+
+/* ---- base64 ---- */
+
+static const char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+int scram_b64_encode(const uint8_t *in, size_t len, char *out, size_t outlen)
+{
+    size_t need = (len + 2) / 3 * 4 + 1;
+    if (outlen < need)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = b64_chars[(v >> 18) & 63];
+        out[o++] = b64_chars[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? b64_chars[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? b64_chars[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+static int b64_value(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int scram_b64_decode(const char *in, size_t len, uint8_t *out, size_t outlen)
+{
+    if (len % 4 != 0)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4];
+        int pad = 0;
+        for (int k = 0; k < 4; k++) {
+            char ch = in[i + k];
+            if (ch == '=') {
+                /* padding only in the last group's last one or two places */
+                if (i + 4 != len || k < 2)
+                    return -1;
+                v[k] = 0;
+                pad++;
+            } else {
+                if (pad)
+                    return -1;
+                v[k] = b64_value(ch);
+                if (v[k] < 0)
+                    return -1;
+            }
+        }
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        int n = 3 - pad;
+        if (o + (size_t)n > outlen)
+            return -1;
+        out[o++] = (uint8_t)(w >> 16);
+        if (n > 1)
+            out[o++] = (uint8_t)(w >> 8);
+        if (n > 2)
+            out[o++] = (uint8_t)w;
+    }
+    return (int)o;
+}
+
+/* ---- the key schedule ---- */
+
+static int hmac_sha256(const uint8_t *key, size_t keylen, const void *data, size_t len,
+                       uint8_t out[SCRAM_KEY_LEN])
+{
+    unsigned int outlen = 0;
+    if (!HMAC(EVP_sha256(), key, (int)keylen, data, len, out, &outlen) || outlen != SCRAM_KEY_LEN)
+        return -1;
+    return 0;
+}
+
+static int salted_password(const char *password, const uint8_t *salt, size_t salt_len,
+                           int iterations, uint8_t out[SCRAM_KEY_LEN])
+{
+    if (PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)salt_len, iterations,
+                          EVP_sha256(), SCRAM_KEY_LEN, out) != 1)
+        return -1;
+    return 0;
+}
+
+int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len, int iterations,
+                      struct scram_secret *out)
+{
+    if (salt_len == 0 || salt_len > SCRAM_MAX_SALT_LEN || iterations < 1 ||
+        iterations > SCRAM_MAX_ITERATIONS)
+        return -1;
+    uint8_t salted[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN];
+    int rc = -1;
+    memset(out, 0, sizeof(*out));
+    out->iterations = iterations;
+    out->salt_len = salt_len;
+    memcpy(out->salt, salt, salt_len);
+    if (salted_password(password, salt, salt_len, iterations, salted) == 0 &&
+        hmac_sha256(salted, sizeof(salted), "Client Key", 10, client_key) == 0 &&
+        SHA256(client_key, sizeof(client_key), out->stored_key) &&
+        hmac_sha256(salted, sizeof(salted), "Server Key", 10, out->server_key) == 0)
+        rc = 0;
+    OPENSSL_cleanse(salted, sizeof(salted));
+    OPENSSL_cleanse(client_key, sizeof(client_key));
+    return rc;
+}
+
+bool scram_verify_password(const struct scram_secret *s, const char *password)
+{
+    struct scram_secret derived;
+    if (scram_make_secret(password, s->salt, s->salt_len, s->iterations, &derived) != 0)
+        return false;
+    bool ok = CRYPTO_memcmp(derived.stored_key, s->stored_key, SCRAM_KEY_LEN) == 0 &&
+              CRYPTO_memcmp(derived.server_key, s->server_key, SCRAM_KEY_LEN) == 0;
+    OPENSSL_cleanse(&derived, sizeof(derived));
+    return ok;
+}
+
+void scram_fake_secret(const uint8_t key[32], const char *user, struct scram_secret *out)
+{
+    uint8_t mac[SCRAM_KEY_LEN];
+    size_t ulen = strlen(user);
+    memset(out, 0, sizeof(*out));
+    out->iterations = SCRAM_DEFAULT_ITERATIONS;
+    out->salt_len = SCRAM_SALT_LEN;
+    /* Different labels give unrelated values; any failure leaves zeros, which is as fake. */
+    uint8_t buf[512];
+    size_t n = ulen < sizeof(buf) - 8 ? ulen : sizeof(buf) - 8;
+    memcpy(buf, "salt:", 5);
+    memcpy(buf + 5, user, n);
+    if (hmac_sha256(key, 32, buf, n + 5, mac) == 0)
+        memcpy(out->salt, mac, SCRAM_SALT_LEN);
+    memcpy(buf, "keys:", 5);
+    if (hmac_sha256(key, 32, buf, n + 5, mac) == 0) {
+        memcpy(out->stored_key, mac, SCRAM_KEY_LEN);
+        SHA256(mac, sizeof(mac), out->server_key);
+    }
+    OPENSSL_cleanse(mac, sizeof(mac));
+}
+
+/* ---- the text form of a secret ---- */
+
+bool scram_is_secret(const char *text)
+{
+    return strncmp(text, SECRET_PREFIX, strlen(SECRET_PREFIX)) == 0;
+}
+
+int scram_parse_secret(const char *text, struct scram_secret *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!scram_is_secret(text))
+        return -1;
+    const char *p = text + strlen(SECRET_PREFIX);
+    /* <iterations>:<salt>$<stored>:<server> */
+    const char *colon1 = strchr(p, ':');
+    const char *dollar = colon1 ? strchr(colon1, '$') : NULL;
+    const char *colon2 = dollar ? strchr(dollar, ':') : NULL;
+    if (!colon1 || !dollar || !colon2 || colon1 == p || colon1 - p > 8)
+        return -1;
+    long iter = 0;
+    for (const char *q = p; q < colon1; q++) {
+        if (*q < '0' || *q > '9')
+            return -1;
+        iter = iter * 10 + (*q - '0');
+    }
+    if (iter < 1 || iter > SCRAM_MAX_ITERATIONS)
+        return -1;
+    out->iterations = (int)iter;
+    int n =
+        scram_b64_decode(colon1 + 1, (size_t)(dollar - colon1 - 1), out->salt, sizeof(out->salt));
+    if (n <= 0)
+        return -1;
+    out->salt_len = (size_t)n;
+    if (scram_b64_decode(dollar + 1, (size_t)(colon2 - dollar - 1), out->stored_key,
+                         SCRAM_KEY_LEN) != SCRAM_KEY_LEN ||
+        scram_b64_decode(colon2 + 1, strlen(colon2 + 1), out->server_key, SCRAM_KEY_LEN) !=
+            SCRAM_KEY_LEN) {
+        OPENSSL_cleanse(out, sizeof(*out));
+        return -1;
+    }
+    return 0;
+}
+
+int scram_format_secret(const struct scram_secret *s, char *out, size_t outlen)
+{
+    char salt[SCRAM_MAX_SALT_LEN * 2], stored[64], server[64];
+    if (scram_b64_encode(s->salt, s->salt_len, salt, sizeof(salt)) < 0 ||
+        scram_b64_encode(s->stored_key, SCRAM_KEY_LEN, stored, sizeof(stored)) < 0 ||
+        scram_b64_encode(s->server_key, SCRAM_KEY_LEN, server, sizeof(server)) < 0)
+        return -1;
+    int n = snprintf(out, outlen, SECRET_PREFIX "%d:%s$%s:%s", s->iterations, salt, stored, server);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+/* ---- the exchange ---- */
+
+void scram_server_init(struct scram_server *x, const struct scram_secret *secret, bool doomed,
+                       const uint8_t *cbind_data, size_t cbind_len)
+{
+    memset(x, 0, sizeof(*x));
+    x->secret = *secret;
+    x->doomed = doomed;
+    if (cbind_data && cbind_len > 0 && cbind_len <= SCRAM_CBIND_MAX) {
+        x->offered_plus = true;
+        x->cbind_len = cbind_len;
+        memcpy(x->cbind_data, cbind_data, cbind_len);
+    }
+}
+
+void scram_server_free(struct scram_server *x)
+{
+    free(x->client_first_bare);
+    free(x->server_first);
+    OPENSSL_cleanse(x, sizeof(*x));
+}
+
+/* RFC 5802: printable = %x21-2B / %x2D-7E (no comma). */
+static bool nonce_ok(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x21 || ch > 0x7e || ch == ',')
+            return false;
+    }
+    return true;
+}
+
+/* A message is text without NULs (Postgres reads it as a C string). */
+static char *copy_message(const char *msg, size_t len)
+{
+    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len))
+        return NULL;
+    char *s = malloc(len + 1);
+    if (s) {
+        memcpy(s, msg, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
+enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus, const char *msg,
+                                     size_t len, const char *server_nonce, char **out,
+                                     const char **why)
+{
+    *out = NULL;
+    *why = NULL;
+    if (x->server_first) {
+        *why = "client-first-message sent twice";
+        return SCRAM_MALFORMED;
+    }
+    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len)) {
+        *why = "malformed SCRAM message (empty, too long or containing NUL)";
+        return SCRAM_MALFORMED;
+    }
+    char *m = copy_message(msg, len);
+    if (!m)
+        return SCRAM_NOMEM;
+    enum scram_result rc = SCRAM_MALFORMED;
+    char *p = m;
+    x->plus = mechanism_plus;
+    if (mechanism_plus && !x->offered_plus) {
+        *why = "SCRAM-SHA-256-PLUS was not offered on this connection";
+        rc = SCRAM_CBIND_ERROR;
+        goto out;
+    }
+    /* gs2-cbind-flag */
+    switch (*p) {
+    case 'n':
+    case 'y':
+        if (mechanism_plus) {
+            *why = "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not "
+                   "include channel binding data.";
+            rc = SCRAM_CBIND_ERROR;
+            goto out;
+        }
+        if (*p == 'y' && x->offered_plus) {
+            /* The client could bind but believes sluice cannot: a downgrade by someone in the
+             * middle who removed -PLUS from the offer. */
+            *why = "SCRAM channel binding negotiation error: the client supports channel binding "
+                   "but thinks the server does not; this server does support it.";
+            rc = SCRAM_CBIND_ERROR;
+            goto out;
+        }
+        x->cbind_flag = *p++;
+        break;
+    case 'p':
+        if (!mechanism_plus) {
+            *why = "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM "
+                   "message includes channel binding data.";
+            rc = SCRAM_CBIND_ERROR;
+            goto out;
+        }
+        if (strncmp(p, "p=tls-server-end-point,", 23) != 0) {
+            *why = "unsupported SCRAM channel-binding type (only tls-server-end-point)";
+            rc = SCRAM_CBIND_ERROR;
+            goto out;
+        }
+        x->cbind_flag = 'p';
+        p += 22;
+        break;
+    default:
+        *why = "unexpected channel-binding flag in client-first-message";
+        goto out;
+    }
+    if (*p++ != ',') {
+        *why = "comma expected after the channel-binding flag";
+        goto out;
+    }
+    if (*p == 'a') {
+        *why = "client uses an authorization identity, which is not supported";
+        rc = SCRAM_MALFORMED;
+        goto out;
+    }
+    if (*p++ != ',') {
+        *why = "comma expected after the authorization identity";
+        goto out;
+    }
+    char *bare = p;
+    if (*p == 'm') {
+        *why = "client requires an unsupported SCRAM extension";
+        goto out;
+    }
+    /* n=<user name>: ignored, as by Postgres: the startup packet's user is the one that counts
+     * (libpq sends it empty). */
+    if (strncmp(p, "n=", 2) != 0) {
+        *why = "attribute \"n\" expected in client-first-message";
+        goto out;
+    }
+    p = strchr(p, ',');
+    if (!p || strncmp(p, ",r=", 3) != 0) {
+        *why = "attribute \"r\" expected in client-first-message";
+        goto out;
+    }
+    char *cnonce = p + 3;
+    size_t cnonce_len = strcspn(cnonce, ",");
+    if (!nonce_ok(cnonce, cnonce_len)) {
+        *why = "invalid SCRAM client nonce";
+        goto out;
+    }
+    /* Extensions after the nonce are allowed by the grammar and ignored. */
+
+    char snonce[64];
+    if (server_nonce) {
+        if (strlen(server_nonce) >= sizeof(snonce) ||
+            !nonce_ok(server_nonce, strlen(server_nonce))) {
+            *why = "bad server nonce";
+            goto out;
+        }
+        strcpy(snonce, server_nonce);
+    } else {
+        uint8_t raw[RAW_NONCE_LEN];
+        if (RAND_bytes(raw, sizeof(raw)) != 1) {
+            rc = SCRAM_NOMEM;
+            goto out;
+        }
+        scram_b64_encode(raw, sizeof(raw), snonce, sizeof(snonce));
+    }
+    char salt[SCRAM_MAX_SALT_LEN * 2];
+    scram_b64_encode(x->secret.salt, x->secret.salt_len, salt, sizeof(salt));
+    size_t cap = 3 + cnonce_len + strlen(snonce) + 3 + strlen(salt) + 3 + 12 + 1;
+    char *sf = malloc(cap);
+    x->client_first_bare = strdup(bare);
+    if (!sf || !x->client_first_bare) {
+        free(sf);
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    snprintf(sf, cap, "r=%.*s%s,s=%s,i=%d", (int)cnonce_len, cnonce, snonce, salt,
+             x->secret.iterations);
+    x->server_first = sf;
+    x->nonce_len = cnonce_len + strlen(snonce);
+    *out = strdup(sf);
+    rc = *out ? SCRAM_OK : SCRAM_NOMEM;
+out:
+    free(m);
+    return rc;
+}
+
+/* The channel-binding attribute the client must send: base64 of the gs2 header it sent first,
+ * followed by the certificate hash when it bound. */
+static bool cbind_matches(const struct scram_server *x, const char *c_attr, size_t len)
+{
+    uint8_t expect[64 + SCRAM_CBIND_MAX];
+    size_t n;
+    if (x->cbind_flag == 'p') {
+        static const char hdr[] = "p=tls-server-end-point,,";
+        n = sizeof(hdr) - 1;
+        memcpy(expect, hdr, n);
+        memcpy(expect + n, x->cbind_data, x->cbind_len);
+        n += x->cbind_len;
+    } else {
+        expect[0] = (uint8_t)x->cbind_flag;
+        expect[1] = ',';
+        expect[2] = ',';
+        n = 3;
+    }
+    uint8_t got[64 + SCRAM_CBIND_MAX];
+    if (len > (sizeof(got) / 3 + 1) * 4)
+        return false;
+    int g = scram_b64_decode(c_attr, len, got, sizeof(got));
+    return g >= 0 && (size_t)g == n && CRYPTO_memcmp(got, expect, n) == 0;
+}
+
+enum scram_result scram_server_final(struct scram_server *x, const char *msg, size_t len,
+                                     char **out, const char **why)
+{
+    *out = NULL;
+    *why = NULL;
+    if (!x->server_first) {
+        *why = "client-final-message before client-first-message";
+        return SCRAM_MALFORMED;
+    }
+    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len)) {
+        *why = "malformed SCRAM message (empty, too long or containing NUL)";
+        return SCRAM_MALFORMED;
+    }
+    char *m = copy_message(msg, len);
+    if (!m)
+        return SCRAM_NOMEM;
+    enum scram_result rc = SCRAM_MALFORMED;
+    uint8_t proof[SCRAM_KEY_LEN], sig[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN],
+        check[SCRAM_KEY_LEN];
+    char *auth_message = NULL;
+
+    /* c=<channel binding>,r=<nonce>[,extensions],p=<proof> */
+    if (strncmp(m, "c=", 2) != 0) {
+        *why = "attribute \"c\" expected in client-final-message";
+        goto out;
+    }
+    char *c_attr = m + 2;
+    size_t c_len = strcspn(c_attr, ",");
+    if (!cbind_matches(x, c_attr, c_len)) {
+        *why = x->cbind_flag == 'p' ? "SCRAM channel binding check failed"
+                                    : "unexpected SCRAM channel-binding attribute in "
+                                      "client-final-message";
+        rc = SCRAM_CBIND_ERROR;
+        goto out;
+    }
+    char *p = c_attr + c_len;
+    if (strncmp(p, ",r=", 3) != 0) {
+        *why = "attribute \"r\" expected in client-final-message";
+        goto out;
+    }
+    char *nonce = p + 3;
+    size_t nonce_len = strcspn(nonce, ",");
+    if (nonce_len != x->nonce_len || memcmp(nonce, x->server_first + 2, nonce_len) != 0) {
+        *why = "SCRAM nonce mismatch";
+        goto out;
+    }
+    /* The proof is the last attribute. */
+    char *proof_attr = strstr(nonce + nonce_len, ",p=");
+    if (!proof_attr) {
+        *why = "attribute \"p\" expected in client-final-message";
+        goto out;
+    }
+    while (strstr(proof_attr + 3, ",p="))
+        proof_attr = strstr(proof_attr + 3, ",p=");
+    const char *pv = proof_attr + 3;
+    if (strchr(pv, ',') ||
+        scram_b64_decode(pv, strlen(pv), proof, sizeof(proof)) != SCRAM_KEY_LEN) {
+        *why = "malformed SCRAM proof in client-final-message";
+        goto out;
+    }
+    size_t without_proof = (size_t)(proof_attr - m);
+
+    size_t bare_len = strlen(x->client_first_bare), sf_len = strlen(x->server_first);
+    size_t am_len = bare_len + 1 + sf_len + 1 + without_proof;
+    auth_message = malloc(am_len);
+    if (!auth_message) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    memcpy(auth_message, x->client_first_bare, bare_len);
+    auth_message[bare_len] = ',';
+    memcpy(auth_message + bare_len + 1, x->server_first, sf_len);
+    auth_message[bare_len + 1 + sf_len] = ',';
+    memcpy(auth_message + bare_len + 2 + sf_len, m, without_proof);
+
+    if (hmac_sha256(x->secret.stored_key, SCRAM_KEY_LEN, auth_message, am_len, sig) != 0) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < SCRAM_KEY_LEN; i++)
+        client_key[i] = proof[i] ^ sig[i];
+    if (!SHA256(client_key, SCRAM_KEY_LEN, check)) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    bool proof_ok = CRYPTO_memcmp(check, x->secret.stored_key, SCRAM_KEY_LEN) == 0;
+    if (!proof_ok || x->doomed) {
+        *why = "wrong password";
+        rc = SCRAM_FAILED;
+        goto out;
+    }
+    if (hmac_sha256(x->secret.server_key, SCRAM_KEY_LEN, auth_message, am_len, sig) != 0) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    char v[64];
+    scram_b64_encode(sig, SCRAM_KEY_LEN, v, sizeof(v));
+    size_t cap = strlen(v) + 3;
+    *out = malloc(cap);
+    if (!*out) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    snprintf(*out, cap, "v=%s", v);
+    rc = SCRAM_OK;
+out:
+    OPENSSL_cleanse(client_key, sizeof(client_key));
+    OPENSSL_cleanse(proof, sizeof(proof));
+    free(auth_message);
+    free(m);
+    return rc;
+}

@@ -1,0 +1,99 @@
+/* scram: SCRAM-SHA-256 (RFC 5802, RFC 7677) as Postgres speaks it (protocol sections 55.3.1 and
+ * 55.4): the stored secret, the server side of one exchange, channel binding checks. Computations
+ * and parsing only, on OpenSSL primitives: no sockets, no clocks, no config. auth.c moves the
+ * messages; tls.c supplies the tls-server-end-point hash (RFC 5929). */
+#ifndef SLUICE_SCRAM_H
+#define SLUICE_SCRAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SCRAM_KEY_LEN 32 /* SHA-256 */
+#define SCRAM_MAX_SALT_LEN 64
+#define SCRAM_SALT_LEN 16 /* what Postgres generates (SCRAM_DEFAULT_SALT_LEN) */
+#define SCRAM_DEFAULT_ITERATIONS 4096
+#define SCRAM_MAX_ITERATIONS 10000000
+#define SCRAM_CBIND_MAX 64 /* the largest digest a certificate hash may use */
+#define SCRAM_MECHANISM "SCRAM-SHA-256"
+#define SCRAM_MECHANISM_PLUS "SCRAM-SHA-256-PLUS"
+
+/* "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" (base64 parts), as in pg_authid. */
+struct scram_secret {
+    int iterations;
+    size_t salt_len;
+    uint8_t salt[SCRAM_MAX_SALT_LEN];
+    uint8_t stored_key[SCRAM_KEY_LEN];
+    uint8_t server_key[SCRAM_KEY_LEN];
+};
+
+bool scram_is_secret(const char *text);
+/* 0, or -1 when text is not a well-formed SCRAM-SHA-256 secret. */
+int scram_parse_secret(const char *text, struct scram_secret *out)
+    __attribute__((warn_unused_result));
+/* The pg_authid text form; 0, or -1 when out is too small (160 bytes always suffice). */
+int scram_format_secret(const struct scram_secret *s, char *out, size_t outlen)
+    __attribute__((warn_unused_result));
+/* Derive a secret from a password (PBKDF2-HMAC-SHA-256, then the two HMAC keys). This costs
+ * 2 x iterations HMACs: callers derive once and keep the result. The password is used as given:
+ * SASLprep (RFC 4013), which clients apply, changes nothing in printable ASCII; sluice does not
+ * implement its Unicode normalization, so a non-ASCII password must already be in NFKC form
+ * without characters SASLprep maps to nothing (true of almost all typed text). 0 or -1. */
+int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len, int iterations,
+                      struct scram_secret *out) __attribute__((warn_unused_result));
+/* Does a cleartext password match the secret (auth_type plain with a SCRAM secret)? Costs a
+ * derivation. Constant-time in the comparison. */
+bool scram_verify_password(const struct scram_secret *s, const char *password);
+
+/* ---- one server-side exchange ---- */
+
+enum scram_result {
+    SCRAM_OK = 0,
+    SCRAM_MALFORMED,   /* 08P01: the message breaks the grammar; why says how */
+    SCRAM_CBIND_ERROR, /* 08P01: channel binding flag, type or data do not fit the connection */
+    SCRAM_FAILED,      /* 28P01: wrong proof, or a doomed exchange (unknown user) */
+    SCRAM_NOMEM,
+};
+
+struct scram_server {
+    struct scram_secret secret;
+    bool doomed;       /* fail at the end whatever the proof: unknown user, unusable secret */
+    bool offered_plus; /* SCRAM-SHA-256-PLUS was offered (TLS with a certificate hash) */
+    bool plus;         /* the client chose it */
+    char cbind_flag;   /* 'n', 'y' or 'p' from the client's gs2 header */
+    size_t cbind_len;
+    uint8_t cbind_data[SCRAM_CBIND_MAX]; /* tls-server-end-point hash of sluice's certificate */
+    char *client_first_bare;             /* kept for the AuthMessage */
+    char *server_first;
+    size_t nonce_len; /* the combined nonce: server_first + 2, this long */
+};
+
+/* Start an exchange with the user's secret (or a fake one and doomed = true). cbind_data is the
+ * certificate hash when TLS is on (then SCRAM-SHA-256-PLUS is offered), else NULL. */
+void scram_server_init(struct scram_server *x, const struct scram_secret *secret, bool doomed,
+                       const uint8_t *cbind_data, size_t cbind_len);
+/* The SASLInitialResponse's data: check it and build the server-first-message into *out
+ * (malloc'd, NUL-terminated, the caller frees). mechanism_plus: the client chose -PLUS.
+ * server_nonce: NULL for a fresh random one (tests pass RFC vectors' nonces). */
+enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus, const char *msg,
+                                     size_t len, const char *server_nonce, char **out,
+                                     const char **why);
+/* The SASLResponse's data (client-final-message): verify the proof and build the
+ * server-final-message into *out (malloc'd) on SCRAM_OK. */
+enum scram_result scram_server_final(struct scram_server *x, const char *msg, size_t len,
+                                     char **out, const char **why);
+/* Wipe keys and free the kept messages. */
+void scram_server_free(struct scram_server *x);
+
+/* The fake secret for a user name that has none: deterministic per name under a server key, so
+ * repeated probes see the same salt (as for a real user) and learn nothing. */
+void scram_fake_secret(const uint8_t key[32], const char *user, struct scram_secret *out);
+
+/* ---- base64 (RFC 4648, padded), exposed for tests ---- */
+/* Writes NUL-terminated text; returns its length, or -1 when outlen is too small. */
+int scram_b64_encode(const uint8_t *in, size_t len, char *out, size_t outlen);
+/* Strict: only the standard alphabet, length a multiple of 4, padding at the end only. Returns
+ * the decoded length, or -1. */
+int scram_b64_decode(const char *in, size_t len, uint8_t *out, size_t outlen);
+
+#endif

@@ -1,0 +1,67 @@
+/* secret: where a login's secret comes from — auth_file (and DATABASE_URL), or the database
+ * itself through auth_query as auth_user — and the SCRAM secret derived from a plain password,
+ * computed once per (user, password) on the thread pool and cached, never per login.
+ * Lookups that must wait (an auth_query round trip, a derivation) are shared by every login
+ * that needs the same answer and end when their last waiter leaves. What to do with a secret
+ * is auth.c's. */
+#ifndef SLUICE_SECRET_H
+#define SLUICE_SECRET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "scram.h"
+
+struct sluice;
+
+enum secret_kind {
+    SECRET_NONE,  /* no such user, or no usable password */
+    SECRET_PLAIN, /* a password in clear */
+    SECRET_MD5,   /* "md5" + hex(md5(password || user)) */
+    SECRET_SCRAM, /* a SCRAM-SHA-256 secret */
+};
+
+struct user_secret {
+    enum secret_kind kind;
+    const char *text;          /* PLAIN and MD5: valid only during the call that gives it */
+    struct scram_secret scram; /* SCRAM; also PLAIN's derived secret when have_scram */
+    bool have_scram;
+    bool from_query;  /* found by auth_query */
+    const char *note; /* NONE: why (for the log), e.g. "not in auth_file" */
+};
+
+struct secret_request {
+    struct sluice *app;
+    const char *user;     /* must outlive the request (the client's own copy) */
+    const char *database; /* the database the client asked for */
+    bool admin;           /* admin console login: auth_file only */
+    bool need_scram;      /* a PLAIN secret must come with its derived SCRAM secret */
+};
+
+struct secret_job;
+struct secret_waiter {
+    struct secret_waiter *next, *prev;
+    struct secret_job *job;
+    struct secret_request req;
+    /* error: NULL, or why the lookup failed (auth_query could not run); then s is NULL. */
+    void (*done)(struct secret_waiter *w, const struct user_secret *s, const char *error);
+};
+
+/* 1: the answer is in *out now (no waiting). 0: it comes later through w->done (w must stay put
+ * until then or until secret_cancel). */
+int secret_lookup(struct secret_waiter *w, struct user_secret *out);
+/* Stop waiting; a lookup nobody waits for any more is abandoned (auth_query) or finishes in the
+ * background and is cached (derivation). Idempotent. */
+void secret_cancel(struct secret_waiter *w);
+/* Wipe a user_secret filled by secret_lookup. */
+void secret_wipe(struct user_secret *s);
+/* Reload: cached auth_query answers are forgotten (auth_query or auth_user may have changed). */
+void secret_reload(void);
+/* Shutdown: free the caches. */
+void secret_free_all(void);
+
+/* How long auth_query answers are kept. */
+#define SECRET_QUERY_TTL_MS 60000
+#define SECRET_QUERY_NEGATIVE_TTL_MS 5000
+
+#endif

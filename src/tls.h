@@ -1,0 +1,60 @@
+/* tls: client-facing TLS — the server SSL_CTX built from the client_tls_* keys (at start and on
+ * every reload, so renewed certificates are picked up by SIGHUP), one SSL object per client on
+ * its own non-blocking socket, the handshake step, and what auth.c needs from a session (the
+ * peer certificate's CN, the tls-server-end-point hash for SCRAM channel binding). Reading and
+ * writing through the SSL object is sockio.c's; when to start and drive the handshake is
+ * client.c's. Upstream TLS is libpq's (server_tls_* become libpq keywords in server.c). */
+#ifndef SLUICE_TLS_H
+#define SLUICE_TLS_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct sluice;
+
+/* client_tls_sslmode, PgBouncer's meanings towards clients. */
+enum tls_mode {
+    TLS_DISABLE = 0, /* SSLRequest is answered 'N' */
+    TLS_ALLOW,       /* TLS when the client asks for it */
+    TLS_PREFER,      /* the same (the difference is a client-side one) */
+    TLS_REQUIRE,     /* TCP clients without TLS are refused (28000) */
+    TLS_VERIFY_CA,   /* ... and must present a certificate signed by client_tls_ca_file */
+    TLS_VERIFY_FULL, /* the same towards clients */
+};
+const char *tls_mode_name(enum tls_mode m);
+/* 0, or -1 for a value that is not a mode. */
+int tls_mode_parse(const char *text, enum tls_mode *out);
+
+/* Build the context from app->cfg. At start: 0, or -1 after logging what is wrong (sluice
+ * refuses to start). */
+int tls_init(struct sluice *app) __attribute__((warn_unused_result));
+/* After a reload: build a new context; on failure log it and keep the old one (and its mode).
+ * Connections keep the context they started with. */
+void tls_reload(struct sluice *app);
+/* Shutdown: drop the context. */
+void tls_free(void);
+
+/* The mode in force (of the last context that built). */
+enum tls_mode tls_client_mode(void);
+/* A new server-side SSL for an accepted socket, or NULL (logged). */
+SSL *tls_client_new(int fd);
+
+enum tls_step { TLS_STEP_DONE, TLS_STEP_WANT_READ, TLS_STEP_WANT_WRITE, TLS_STEP_FAILED };
+/* One non-blocking SSL_accept step; why gets the reason on TLS_STEP_FAILED. */
+enum tls_step tls_handshake(SSL *ssl, char *why, size_t whylen);
+/* Best-effort close_notify (never waits), then free. */
+void tls_client_close(SSL *ssl);
+
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" for the log. */
+void tls_describe(SSL *ssl, char *out, size_t outlen);
+/* RFC 5929 tls-server-end-point: the hash of sluice's certificate with its signature's digest
+ * (SHA-256 for MD5 and SHA-1). Length, or 0 when there is no certificate or its digest is
+ * unknown (then channel binding is not offered). */
+size_t tls_server_end_point(SSL *ssl, uint8_t *out, size_t outlen);
+/* The CN of a client certificate that verified, into out. false: no certificate, it did not
+ * verify, it has no CN, or the CN contains a NUL. */
+bool tls_peer_cn(SSL *ssl, char *out, size_t outlen);
+
+#endif
