@@ -178,12 +178,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     buf_set_block_size(block);
     signal(SIGPIPE, SIG_IGN);
 
-    app->cancel_map = cancel_map_new();
-    if (!app->cancel_map || budget_sync(app) < 0)
-        return UV_ENOMEM;
-    int rc = listener_start(app);
-    if (rc < 0)
-        return rc;
+    /* Handles first: whatever fails below, the shutdown that follows finds them all. */
     uv_timer_init(loop, &app->maint_timer);
     app->maint_timer.data = app;
     uv_timer_start(&app->maint_timer, on_maint_timer, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
@@ -198,7 +193,12 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
-    /* Last, so that a failure here finds every handle set up for the shutdown that follows. */
+    app->cancel_map = cancel_map_new();
+    if (!app->cancel_map || budget_sync(app) < 0)
+        return UV_ENOMEM;
+    int rc = listener_start(app);
+    if (rc < 0)
+        return rc;
     if (auth_init(app) < 0 || tls_init(app) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
