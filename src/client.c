@@ -432,6 +432,27 @@ void client_login_ok(struct client *c)
         pool_lease(c->pool, c);
 }
 
+/* Fingerprints are recomputed only when the parameters changed (their generation moved). */
+static uint64_t want_fingerprint(struct client *c)
+{
+    uint32_t gen = c->params.generation + 1; /* +1: generation 0 must compute too */
+    if (c->params_fp_gen != gen) {
+        c->params_fp = params_fingerprint(&c->pool->welcome, &c->params);
+        c->params_fp_gen = gen;
+    }
+    return c->params_fp;
+}
+
+static uint64_t have_fingerprint(struct server *s)
+{
+    uint32_t gen = s->params.generation + 1;
+    if (s->params_fp_gen != gen) {
+        s->params_fp = params_fingerprint(NULL, &s->params);
+        s->params_fp_gen = gen;
+    }
+    return s->params_fp;
+}
+
 void client_on_linked(struct client *c, struct server *s)
 {
     bool login = c->state == CLIENT_LOGIN_WAIT;
@@ -440,7 +461,7 @@ void client_on_linked(struct client *c, struct server *s)
     client_set_state(c, CLIENT_ACTIVE);
     if (login) {
         client_send_welcome(c, &s->params);
-    } else if (s->synced_client != c->id || s->synced_gen != c->params.generation) {
+    } else if (want_fingerprint(c) != have_fingerprint(s)) {
         struct msg_out sql;
         codec_out_init(&sql);
         int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
@@ -455,8 +476,6 @@ void client_on_linked(struct client *c, struct server *s)
             server_queue_internal(s, (const char *)sql.data);
         }
         codec_out_free(&sql);
-        s->synced_client = c->id;
-        s->synced_gen = c->params.generation;
     }
     relay_kick(s);
 }

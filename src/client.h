@@ -54,6 +54,8 @@ struct client {
     struct sockaddr_storage addr;
 
     struct param_set params; /* what this client wants its session to have */
+    uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */
+    uint32_t params_fp_gen;
     struct stmt_map stmts;   /* its named prepared statements (transaction mode) */
     struct startup_extra *startup; /* login-time data, freed once logged in */
 

@@ -174,6 +174,45 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
     return n;
 }
 
+static uint64_t entry_hash(const char *name, const char *value)
+{
+    /* FNV-1a 64 over lower-cased name, '=', value; entries are summed, so order does not matter */
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = name; *p; p++) {
+        h ^= (uint8_t)tolower((unsigned char)*p);
+        h *= 1099511628211ull;
+    }
+    h ^= '=';
+    h *= 1099511628211ull;
+    for (const char *p = value; *p; p++) {
+        h ^= (uint8_t)*p;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+uint64_t params_fingerprint(const struct param_set *base, const struct param_set *own)
+{
+    uint64_t fp = 0;
+    if (!base) {
+        /* a server: what a client could want differently */
+        for (int i = 0; i < own->n; i++) {
+            const char *name = own->items[i].name;
+            if (params_is_client_settable(name) || !params_is_reported(name))
+                fp += entry_hash(name, own->items[i].value);
+        }
+        return fp;
+    }
+    for (int i = 0; i < own->n; i++)
+        fp += entry_hash(own->items[i].name, own->items[i].value);
+    for (int i = 0; i < base->n; i++) {
+        const char *name = base->items[i].name;
+        if (params_is_client_settable(name) && !params_get(own, name))
+            fp += entry_hash(name, base->items[i].value);
+    }
+    return fp;
+}
+
 int params_note_sync(struct param_set *server, const struct param_set *want)
 {
     for (int i = 0; i < want->n; i++) {

@@ -49,6 +49,11 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
  * spelled in options, where it means '_'). */
 bool params_valid_name(const char *s, size_t len);
 
+/* A fingerprint of the session a client wants (base filled in by own), or that a server has
+ * (base NULL, own = the server's set): equal fingerprints mean params_build_sync would produce
+ * nothing, so the common case costs one comparison instead of string compares. */
+uint64_t params_fingerprint(const struct param_set *base, const struct param_set *own);
+
 /* After the SETs of params_build_sync were sent: record in `server` the values of names the
  * server does not report (it will report the others itself). */
 int params_note_sync(struct param_set *server, const struct param_set *want)

@@ -406,8 +406,6 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
         return;
     if (params_set(&s->params, name, value) < 0)
         s->close_when_free = true; /* out of memory: its state is unknown now */
-    if (!c)
-        s->synced_client = 0; /* changed by sluice's own query: compare again at the next link */
     /* A change while linked is the client's own SET (or the echo of sluice's sync SET for it):
      * either way it is what the client now has. */
     if (c && params_is_client_settable(name)) {

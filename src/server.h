@@ -46,8 +46,8 @@ struct server {
     struct param_set params; /* the backend's current session parameters */
     struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
     struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
-    uint64_t synced_client;  /* the client (id) and its params generation last synced */
-    uint32_t synced_gen;
+    uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
+    uint32_t params_fp_gen;
 
     char txn_status;       /* from the last ReadyForQuery: 'I', 'T' or 'E' */
     int inflight;          /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */

@@ -102,7 +102,9 @@ static bool contains_session_advisory_lock(const char *s, size_t len)
     for (size_t f = 0; f < 2; f++) {
         size_t n = strlen(fns[f]);
         for (size_t i = 0; i + n <= len; i++) {
-            if (strncasecmp(s + i, fns[f], n) != 0)
+            /* cheap first test: this runs over every query's text */
+            if ((s[i] | 0x20) != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
+                strncasecmp(s + i, fns[f], n) != 0)
                 continue;
             /* pg_advisory_lock( or pg_advisory_lock_shared( ; not the _xact_ variants */
             size_t j = i + n;
