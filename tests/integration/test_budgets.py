@@ -1,0 +1,179 @@
+"""Connection budgets and nested caps against a real Postgres: a budget at its cap makes only its
+own clients wait, min_servers keeps servers for its budget, max_clients refuses logins, NN% caps
+follow the server's max_connections, and a storm over several budgets never passes the cap."""
+
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin
+from pgwire import ServerError, raw_login
+
+
+@pytest.fixture
+def start_with_budgets(pg, tmp_path):
+    """start(main, budgets) -> Sluice, with a [budgets] section after the generated config."""
+    started = []
+
+    def start(main, budgets):
+        m = {"listen_addr": "127.0.0.1", "auth_type": "trust", "listen_port": 0,
+             "log_level": "info"}
+        m.update(main)
+        text = render_ini(m, {APP_DB: pg.db_entry()})
+        text += "\n[budgets]\n" + "".join(f"{k} = {v}\n" for k, v in budgets.items())
+        workdir = tmp_path / f"sluice{len(started)}"
+        workdir.mkdir()
+        ini = workdir / "sluice.ini"
+        ini.write_text(text)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SLUICE_") and k != "DATABASE_URL"}
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        s = Sluice(sluice_bin(), workdir, [str(sluice_bin()), str(ini)], env, ini)
+        started.append(s)
+        s.wait_listening()
+        return s
+
+    yield start
+    problems = []
+    for s in started:
+        code = s.stop()
+        report = s.sanitizer_report()
+        if code != 0 or report:
+            problems.append(f"sluice exited {code}\n{report or s.log_tail(40)}")
+    pg.clear_backends(APP_USER)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def connect(s, app):
+    return psycopg.connect(s.dsn(application_name=app), autocommit=True, prepare_threshold=None)
+
+
+@pytest.mark.timeout(60)
+def test_budget_at_max_servers_makes_only_its_own_clients_wait(start_with_budgets):
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 4,
+                            "query_wait_timeout": 1},
+                           {"seeds": "app=seed* max_servers=1"})
+    with connect(s, "seed-a") as a, connect(s, "seed-b") as b, connect(s, "web") as w:
+        a.execute("BEGIN")
+        a.execute("SELECT 1")  # seeds now hold their one server
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert w.execute("SELECT 2").fetchone()[0] == 2
+        assert time.monotonic() - t0 < 0.5, "another budget's clients must not wait"
+        with pytest.raises(psycopg.errors.TooManyConnections) as ei:
+            b.execute("SELECT 3")
+        assert 'budget "seeds"' in str(ei.value) and "max_servers" in str(ei.value), ei.value
+        a.execute("COMMIT")
+        # the waiting client got an ERROR, not FATAL: its session goes on
+        assert b.execute("SELECT 4").fetchone()[0] == 4
+
+
+@pytest.mark.timeout(60)
+def test_min_servers_keeps_servers_for_its_budget(start_with_budgets):
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 3,
+                            "query_wait_timeout": 1},
+                           {"api": "app=api* min_servers=2"})
+    with connect(s, "batch-1") as d1, connect(s, "batch-2") as d2, connect(s, "api-1") as a1, \
+            connect(s, "api-2") as a2:
+        d1.execute("BEGIN")
+        d1.execute("SELECT 1")  # 1 of 3 used; the other 2 are held for api
+        with pytest.raises(psycopg.errors.TooManyConnections) as ei:
+            d2.execute("SELECT 2")
+        assert "min_servers" in str(ei.value), ei.value
+        a1.execute("BEGIN")
+        a1.execute("SELECT 1")
+        a2.execute("BEGIN")
+        assert a2.execute("SELECT 5").fetchone()[0] == 5  # api gets both of its servers
+        for c in (d1, a1, a2):
+            c.execute("COMMIT")
+        assert d2.execute("SELECT 6").fetchone()[0] == 6
+
+
+@pytest.mark.timeout(60)
+def test_budget_max_clients_refuses_the_next_login_with_53300(start_with_budgets):
+    s = start_with_budgets({"pool_mode": "transaction"},
+                           {"studio": "app=prisma-studio* max_clients=1"})
+    with connect(s, "prisma-studio") as first:
+        assert first.execute("SELECT 1").fetchone()[0] == 1
+        with pytest.raises(psycopg.OperationalError) as ei:
+            connect(s, "prisma-studio")
+        assert "max_clients" in str(ei.value) and "studio" in str(ei.value), ei.value
+        with connect(s, "web") as other:  # other budgets are not affected
+            assert other.execute("SELECT 2").fetchone()[0] == 2
+    with connect(s, "prisma-studio") as again:  # the slot is free once the first left
+        assert again.execute("SELECT 3").fetchone()[0] == 3
+
+
+@pytest.mark.timeout(90)
+def test_percent_cap_follows_the_servers_max_connections(pg, start_with_budgets):
+    with pg.superuser() as su:
+        max_conn = int(su.execute("SHOW max_connections").fetchone()[0])
+        reserved = int(su.execute("SHOW superuser_reserved_connections").fetchone()[0])
+    usable = max_conn - reserved
+    percent = max(1, 300 // usable)  # a share that comes to a small number of servers
+    cap = max(1, usable * percent // 100)
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 20,
+                            "max_db_connections": f"{percent}%", "query_wait_timeout": 20}, {})
+    errors = []
+
+    def worker(i):
+        try:
+            with connect(s, f"w{i}") as c:
+                for _ in range(3):
+                    c.execute("SELECT pg_sleep(0.1)")
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    with BackendSampler(pg, APP_USER) as sampler:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]
+    assert sampler.samples > 5
+    assert 1 <= sampler.max <= cap, f"{sampler.max} backends seen, cap {percent}% of {usable} = {cap}"
+    assert any(f"allows {usable} connections" in line for line in s.log), \
+        "sluice should log what it read from the server"
+
+
+@pytest.mark.timeout(120)
+def test_storm_over_several_budgets_never_passes_the_cap(pg, start_with_budgets):
+    cap = 6
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
+                            "max_db_connections": cap, "max_client_conn": 400,
+                            "query_wait_timeout": 10},
+                           {"api": "app=api* min_servers=3", "seeds": "app=seed* max_servers=2"})
+    ok = {"api": 0, "seed": 0, "web": 0}
+    refused, unexpected = [], []
+    lock = threading.Lock()
+
+    def client(kind, i):
+        try:
+            with connect(s, f"{kind}-{i}") as c:
+                for _ in range(5):
+                    c.execute("SELECT pg_sleep(0.01)")
+            with lock:
+                ok[kind] += 1
+        except psycopg.errors.TooManyConnections as e:
+            with lock:
+                refused.append(str(e))
+        except Exception as e:  # noqa: BLE001 - counted, asserted empty
+            with lock:
+                unexpected.append(repr(e))
+
+    with BackendSampler(pg, APP_USER) as sampler:
+        threads = [threading.Thread(target=client, args=(kind, i))
+                   for i in range(40) for kind in ("api", "seed", "web")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    assert not unexpected, unexpected[:5]
+    assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
+    assert ok["api"] == 40, f"api has a guaranteed share and must always get through: {ok}"
+    assert sum(ok.values()) + len(refused) == 120
