@@ -1,0 +1,69 @@
+# sluice container image.
+#
+#   docker build -t sluice .
+#   docker run --rm -p 6432:6432 -p 8080:8080 \
+#       -e DATABASE_URL='postgres://app:secret@db.example.com:5432/app?sslmode=require' sluice
+#   psql 'postgres://app:secret@localhost:6432/app'      # same user and password as upstream
+#
+# Configuration (see scripts/docker-entrypoint): DATABASE_URL or DATABASE_URL_FILE (a secret
+# file holding it), SLUICE_<KEY> for any config key, or a config file mounted at
+# /etc/sluice/sluice.ini (or named by SLUICE_CONFIG). An annotated example of every key is in
+# /usr/share/doc/sluice/sluice.ini.example.
+#
+# Stopping: `docker stop` sends SIGINT, sluice's graceful shutdown, which lets transactions
+# finish for up to shutdown_timeout (default 30 s). Docker's own grace period is 10 s before
+# SIGKILL: give it more (`docker stop -t 40`, compose `stop_grace_period: 40s`, Kubernetes
+# `terminationGracePeriodSeconds`) or lower SLUICE_SHUTDOWN_TIMEOUT to fit.
+
+ARG DEBIAN_IMAGE=debian:bookworm-slim
+
+# ---- build stage: compiler, meson and the -dev packages ----
+FROM ${DEBIAN_IMAGE} AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        meson ninja-build pkg-config gcc libc6-dev \
+        libuv1-dev libpq-dev libinih-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# The whole tree (.dockerignore keeps build directories out): meson.build reads tests/ too.
+COPY . .
+RUN meson setup /build --buildtype=release --prefix=/usr/local \
+ && ninja -C /build sluice \
+ && install -D -m 0755 -s /build/sluice /out/usr/local/bin/sluice \
+ && install -D -m 0755 scripts/docker-entrypoint /out/usr/local/bin/docker-entrypoint \
+ && install -D -m 0644 conf/sluice.ini /out/usr/share/doc/sluice/sluice.ini.example \
+ && /out/usr/local/bin/sluice --version
+
+# ---- runtime stage: only the shared libraries sluice links against ----
+FROM ${DEBIAN_IMAGE}
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        libuv1 libpq5 libinih1 libssl3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 sluice \
+ && useradd --uid 10001 --gid sluice --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin sluice \
+ && mkdir -p /etc/sluice
+COPY --from=build /out/ /
+
+LABEL org.opencontainers.image.title="sluice" \
+      org.opencontainers.image.description="PostgreSQL connection pooler" \
+      org.opencontainers.image.licenses="MIT"
+
+# Listen on every interface inside the container; /health and /metrics on 8080.
+ENV SLUICE_LISTEN_ADDR=0.0.0.0 \
+    SLUICE_HTTP_LISTEN_ADDR=0.0.0.0 \
+    SLUICE_HTTP_LISTEN_PORT=8080
+EXPOSE 6432 8080
+
+# A numeric user, so Kubernetes' runAsNonRoot can verify it (uid 10001 is `sluice`). sluice
+# writes no files unless logfile/pidfile/unix_socket_dir are set: a read-only root works.
+USER 10001:10001
+
+# GET /health over bash's /dev/tcp (no curl in the image); see `docker-entrypoint healthcheck`.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/docker-entrypoint", "healthcheck"]
+
+STOPSIGNAL SIGINT
+# The entrypoint execs sluice, so sluice is PID 1 and gets the stop signal itself.
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
