@@ -33,20 +33,7 @@ static struct sluice *app_from(const char *ini)
 
 static struct pool *add_pool(struct sluice *app, const char *db, const char *user)
 {
-    struct pool *p = calloc(1, sizeof(*p));
-    p->app = app;
-    p->db_name = strdup(db);
-    p->user_name = strdup(user);
-    list_init(&p->connecting);
-    list_init(&p->idle);
-    list_init(&p->active);
-    list_init(&p->resetting);
-    list_init(&p->waiting);
-    list_init(&p->idle_clients);
-    list_init(&p->active_clients);
-    pool_apply_config(p);
-    list_append(&app->pools, &p->node);
-    return p;
+    return pool_get(app, NULL, user, db); /* the real constructor: lists, settings from config */
 }
 
 /* Pretend the pool has n servers (counts only: the lists hold dummy nodes). */
@@ -70,9 +57,8 @@ static void free_app(struct sluice *app)
             list_remove(&p->idle, m);
             free(m);
         }
-        free(p->db_name);
-        free(p->user_name);
-        free(p);
+        list_remove(&app->pools, n);
+        pool_free(p);
     }
     budget_free_all(app);
     config_free(app->cfg);
