@@ -5,8 +5,10 @@
 #define SLUICE_ADMIN_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct client;
+struct sluice;
 
 /* Is this database name the admin console? */
 bool admin_is_console_db(const char *database);
@@ -17,5 +19,13 @@ void admin_send_welcome(struct client *c);
  * frame whole messages, answer Query ('Q'), close on Terminate ('X'), refuse anything else with
  * an ERROR + ReadyForQuery. Consumes what it handles and sends the replies. */
 void admin_on_data(struct client *c);
+/* Background timer: answer console commands that wait (PAUSE until the paused pools have no
+ * active server, WAIT_CLOSE until the servers marked for closing are gone). */
+void admin_tick(struct sluice *app, uint64_t now);
+/* A CancelRequest for a console client: a PAUSE or WAIT_CLOSE still waiting is answered with
+ * ERROR 57014 (the pause itself stays; RESUME ends it). Nothing else runs long enough. */
+void admin_cancel(struct client *c);
+/* Shutdown: drop what still waits. */
+void admin_free(struct sluice *app);
 
 #endif

@@ -15,6 +15,7 @@
 #include <sys/random.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -156,6 +157,10 @@ void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
     /* Compare the key in constant time: it is the only secret in a cancel request. */
     if (!c || CRYPTO_memcmp(&c->cancel_key, &key, sizeof(key)) != 0) {
         log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
+        return;
+    }
+    if (c->admin) {
+        admin_cancel(c); /* a waiting PAUSE or WAIT_CLOSE */
         return;
     }
     struct server *s = c->server;

@@ -81,6 +81,14 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     params_init(&p->welcome);
     p->is_admin = admin_is_console_db(database);
     pool_apply_config(p);
+    /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
+    struct list_node *n2, *tmp2;
+    list_for_each(&app->pools, n2, tmp2)
+    {
+        const struct pool *o = container_of(n2, struct pool, node);
+        if (o->paused && strcmp(o->db_name, p->db_name) == 0)
+            p->paused = true;
+    }
     list_append(&app->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
             pool_mode_name(p->mode), p->size);
@@ -456,7 +464,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         server_close(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
     /* Keep min_pool_size servers warm once the database has been reached. */
-    if (p->app->phase == PHASE_RUNNING && p->have_welcome && now >= p->next_connect_ms &&
+    if (p->app->phase == PHASE_RUNNING && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&
         budget_connect_limit(p, false) == LIMIT_NONE)
         server_connect(p);

@@ -59,6 +59,7 @@ struct pool {
     uint64_t xact_count, query_count, wait_us_total, bytes_in, bytes_out;
     uint64_t wait_count;               /* clients that waited and then got a server */
     uint64_t query_ms_total;
+    uint64_t xact_us_total;            /* time from a transaction's first query to its end */
     uint64_t wait_hist[POOL_HIST_BUCKETS];  /* counts per bucket of pool_hist_bounds_ms */
     uint64_t query_hist[POOL_HIST_BUCKETS];
 };

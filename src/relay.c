@@ -370,8 +370,11 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         case 'Q':
         case 'F':
         case 'S':
-            if (s->inflight++ == 0)
+            if (s->inflight++ == 0) {
                 s->query_start_ms = sluice_now(c->app);
+                if (s->txn_status == 'I')
+                    s->xact_start_ms = s->query_start_ms;
+            }
             if (p[0] == 'S')
                 s->batch_open = false;
             break;
@@ -428,7 +431,10 @@ static void query_done(struct server *s, struct client *c, char status)
 {
     uint64_t now = sluice_now(c->app);
     uint64_t ms = now - s->query_start_ms;
-    pool_record_query(s->pool, ms, status == 'I' && !s->batch_open);
+    bool xact_ended = status == 'I' && !s->batch_open;
+    pool_record_query(s->pool, ms, xact_ended);
+    if (xact_ended)
+        s->pool->xact_us_total += (now - s->xact_start_ms) * 1000;
     int64_t slow = c->app->cfg->log_slow_query_ms;
     if (slow > 0 && ms >= (uint64_t)slow)
         log_client(LOG_WARNING, c, "slow query: %llu ms (log_slow_query_ms = %lld), "

@@ -62,6 +62,7 @@ struct server {
     uint64_t connect_start_ms;
     uint64_t last_ready_ms; /* when the last ReadyForQuery came (idle_transaction_timeout) */
     uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
+    uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
     bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
 };

@@ -7,14 +7,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "auth.h"
 #include "buf.h"
 #include "cancel.h"
 #include "client.h"
+#include "http.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "stats.h"
 #include "tls.h"
 
 extern char **environ;
@@ -146,6 +149,8 @@ static void on_maint_timer(uv_timer_t *t)
         }
     }
     log_stats(app, now);
+    stats_tick(app, now);
+    admin_tick(app, now);
     finish_if_done(app);
 }
 
@@ -170,6 +175,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     list_init(&app->closing_clients);
     list_init(&app->dead_clients);
     list_init(&app->dead_servers);
+    list_init(&app->admin_waits);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;
@@ -201,6 +207,9 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
         return rc;
     if (auth_init(app) < 0 || tls_init(app) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
+    rc = http_start(app);
+    if (rc < 0)
+        return rc;
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
@@ -248,6 +257,7 @@ void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
         return;
     if (app->phase == PHASE_RUNNING) {
         listener_stop(app);
+        http_stop(app);
         uv_ref((uv_handle_t *)&app->maint_timer);
     }
     app->phase = phase;
@@ -274,6 +284,9 @@ void sluice_free(struct sluice *app)
         pool_free(container_of(n, struct pool, node));
     }
     cancel_map_free(app->cancel_map);
+    admin_free(app);
+    http_free(app);
+    stats_free(app);
     budget_free_all(app);
     free(app->listener);
     config_free(app->cfg);

@@ -19,6 +19,8 @@ enum sluice_phase {
 
 struct listener;
 struct cancel_map;
+struct http_server;
+struct stats;
 
 struct sluice {
     uv_loop_t *loop;
@@ -44,6 +46,9 @@ struct sluice {
 
     struct listener *listener;
     struct cancel_map *cancel_map;
+    struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
+    struct stats *stats;      /* snapshots for SHOW STATS averages (stats.c) */
+    struct list admin_waits;  /* console commands answered later (admin.c) */
     uv_timer_t maint_timer;
     uv_signal_t sig_hup, sig_int, sig_term;
     uint64_t last_stats_ms;

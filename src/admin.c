@@ -1,0 +1,736 @@
+/* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show.c
+ * builds SHOW result sets; this file frames the console client's messages, checks who may run
+ * what (admin_users: everything, stats_users: SHOW), and performs PAUSE, RESUME, RECONNECT,
+ * WAIT_CLOSE, KILL, KILL_CLIENT, RELOAD, SHUTDOWN and SET.
+ *
+ * Answers follow the simple query protocol (protocol section 55.2.2): RowDescription, DataRows,
+ * CommandComplete, ReadyForQuery; errors are ERROR + ReadyForQuery and the session goes on.
+ *
+ * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
+ * IDLE the whole time, so the wait is a record on app->admin_waits that the background timer
+ * checks (admin_tick); while a record exists, the client's further messages stay buffered. */
+#include "admin.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "admin_command.h"
+#include "admin_show.h"
+#include "auth.h"
+#include "buf.h"
+#include "client.h"
+#include "config.h"
+#include "error.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+#include "tls.h"
+
+/* Stop answering (the queries stay buffered) while this much output waits for the client. */
+#define OUT_HIGH_WATER (256 * 1024)
+
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+bool admin_is_console_db(const char *database)
+{
+    return database && (strcmp(database, "sluice") == 0 || strcmp(database, "pgbouncer") == 0);
+}
+
+void admin_send_welcome(struct client *c)
+{
+    const char *app_name = params_get(&c->params, "application_name");
+    codec_put_parameter_status(&c->out, "server_version", "15.0 (sluice " SLUICE_VERSION ")");
+    codec_put_parameter_status(&c->out, "client_encoding", "UTF8");
+    codec_put_parameter_status(&c->out, "server_encoding", "UTF8");
+    codec_put_parameter_status(&c->out, "DateStyle", "ISO");
+    codec_put_parameter_status(&c->out, "integer_datetimes", "on");
+    codec_put_parameter_status(&c->out, "standard_conforming_strings", "on");
+    codec_put_parameter_status(&c->out, "application_name", app_name ? app_name : "");
+    codec_put_backend_key(&c->out, c->cancel_pid, c->cancel_key);
+    codec_put_ready(&c->out, 'I');
+}
+
+/* ---- answering ---- */
+
+static void put_command_complete(struct msg_out *o, const char *tag)
+{
+    codec_begin(o, 'C');
+    codec_put_cstring(o, tag);
+    codec_end(o);
+}
+
+static void put_error(struct client *c, enum sqlstate_id state, const char *hint, const char *fmt,
+                      ...) __attribute__((format(printf, 4, 5)));
+static void put_error(struct client *c, enum sqlstate_id state, const char *hint, const char *fmt,
+                      ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    codec_put_error(&c->out, 'E', "ERROR", sqlstate_code(state), msg, NULL, hint);
+}
+
+/* What running a command left to do. */
+enum outcome {
+    OUT_DONE,    /* CommandComplete with the verb's tag, then ReadyForQuery */
+    OUT_ERROR,   /* an ErrorResponse is written: ReadyForQuery */
+    OUT_WAITING, /* admin_tick answers later */
+    OUT_CLOSED,  /* the client is closing: nothing more */
+};
+
+/* ---- lookups ---- */
+
+static bool pool_is_target(const struct pool *p, const struct admin_command *cmd)
+{
+    return !p->is_admin && (!cmd->has_name || strcmp(p->db_name, cmd->name) == 0);
+}
+
+static bool db_has_pools(const struct sluice *app, const char *db)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        if (strcmp(container_of(n, struct pool, node)->db_name, db) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A named database must be a real one (configured or with pools), never the console. */
+static bool check_target(struct client *c, const struct admin_command *cmd)
+{
+    if (!cmd->has_name)
+        return true;
+    if (admin_is_console_db(cmd->name)) {
+        put_error(c, SQLSTATE_INVALID_CATALOG_NAME, NULL,
+                  "\"%s\" is the admin console, not a database with servers", cmd->name);
+        return false;
+    }
+    if (!config_find_db(c->app->cfg, cmd->name) && !db_has_pools(c->app, cmd->name)) {
+        put_error(c, SQLSTATE_INVALID_CATALOG_NAME, "SHOW DATABASES lists the databases.",
+                  "no database \"%s\" in sluice", cmd->name);
+        return false;
+    }
+    return true;
+}
+
+static struct client *find_client_in(struct list *l, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->id == id)
+            return c;
+    }
+    return NULL;
+}
+
+static struct client *find_client(struct sluice *app, uint64_t id)
+{
+    struct client *c = find_client_in(&app->login_clients, id);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (c)
+            break;
+        c = find_client_in(&p->active_clients, id);
+        if (!c)
+            c = find_client_in(&p->waiting, id);
+        if (!c)
+            c = find_client_in(&p->idle_clients, id);
+    }
+    return c;
+}
+
+/* A console client (they are always IDLE) by id. */
+static struct client *find_console_client(struct sluice *app, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (!p->is_admin)
+            continue;
+        struct client *c = find_client_in(&p->idle_clients, id);
+        if (c)
+            return c;
+    }
+    return NULL;
+}
+
+static enum outcome run_show(struct client *c, const struct admin_command *cmd)
+{
+    admin_show(c, cmd->show);
+    return OUT_DONE;
+}
+
+/* ---- waiting commands ---- */
+
+enum wait_kind {
+    WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
+    WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
+    WAIT_OUTPUT,     /* the client has read most of its pending output */
+};
+
+struct admin_wait {
+    struct list_node node;
+    uint64_t client_id;
+    enum wait_kind kind;
+    struct admin_command target; /* only has_name and name are used */
+};
+
+static struct admin_wait *find_wait(struct sluice *app, uint64_t client_id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->admin_waits, n, tmp)
+    {
+        struct admin_wait *w = container_of(n, struct admin_wait, node);
+        if (w->client_id == client_id)
+            return w;
+    }
+    return NULL;
+}
+
+static bool add_wait(struct client *c, enum wait_kind kind, const struct admin_command *cmd)
+{
+    struct admin_wait *w = calloc(1, sizeof(*w));
+    if (!w)
+        return false;
+    w->client_id = c->id;
+    w->kind = kind;
+    if (cmd && cmd->has_name) {
+        w->target.has_name = true;
+        memcpy(w->target.name, cmd->name, sizeof(w->target.name));
+    }
+    list_append(&c->app->admin_waits, &w->node);
+    return true;
+}
+
+/* Idle servers of a paused pool close at once (a min_pool_size connection may bring one). */
+static void close_idle(struct pool *p, const char *why)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        server_close(container_of(n, struct server, node), why);
+    }
+}
+
+/* PgBouncer's PAUSE: no server is handed out, and every server connection closes once its
+ * client is done with it, so the command returns with the database free of sluice's sessions
+ * (safe to restart or fail over). A pool resumed meanwhile counts as done. */
+static bool pause_done(struct sluice *app, const struct admin_command *target)
+{
+    bool done = true;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (!pool_is_target(p, target) || !p->paused)
+            continue;
+        close_idle(p, "PAUSE from the admin console");
+        if (p->active.count > 0 || p->resetting.count > 0)
+            done = false;
+    }
+    return done;
+}
+
+static bool list_has_close_needed(const struct list *l)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        if (container_of(n, struct server, node)->close_when_free)
+            return true;
+    }
+    return false;
+}
+
+static bool close_done(struct sluice *app, const struct admin_command *target)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (!pool_is_target(p, target))
+            continue;
+        if (list_has_close_needed(&p->active) || list_has_close_needed(&p->idle) ||
+            list_has_close_needed(&p->resetting) || list_has_close_needed(&p->connecting))
+            return false;
+    }
+    return true;
+}
+
+static bool output_backlogged(const struct client *c)
+{
+    return c->out.len - c->out_pos > OUT_HIGH_WATER;
+}
+
+static bool wait_done(struct sluice *app, struct client *c, const struct admin_wait *w)
+{
+    switch (w->kind) {
+    case WAIT_PAUSE:
+        return pause_done(app, &w->target);
+    case WAIT_CLOSE_DONE:
+        return close_done(app, &w->target);
+    case WAIT_OUTPUT:
+        return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
+    }
+    return true;
+}
+
+/* ---- actions ---- */
+
+static int for_target_pools(struct sluice *app, const struct admin_command *cmd,
+                            void (*fn)(struct pool *p))
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        struct pool *p = container_of(node, struct pool, node);
+        if (pool_is_target(p, cmd)) {
+            fn(p);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Servers in use close when their client releases them; idle ones close now. */
+static void close_servers_when_free(struct pool *p, const char *why)
+{
+    struct list *busy[] = {&p->active, &p->resetting, &p->connecting};
+    struct list_node *n, *tmp;
+    for (int i = 0; i < NELEM(busy); i++) {
+        list_for_each(busy[i], n, tmp)
+        {
+            container_of(n, struct server, node)->close_when_free = true;
+        }
+    }
+    close_idle(p, why);
+}
+
+static void reconnect_pool(struct pool *p)
+{
+    close_servers_when_free(p, "RECONNECT from the admin console");
+}
+
+static void pause_pool(struct pool *p)
+{
+    pool_pause(p);
+    close_servers_when_free(p, "PAUSE from the admin console");
+}
+
+/* PgBouncer's KILL: drop every client and server of the database, and leave it paused so new
+ * clients wait until RESUME. */
+static void kill_pool(struct pool *p)
+{
+    pool_pause(p);
+    struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
+    struct list_node *n, *tmp;
+    for (int i = 0; i < NELEM(clients); i++) {
+        list_for_each(clients[i], n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_ADMIN_KILLED, "");
+    }
+    struct list *servers[] = {&p->active, &p->resetting, &p->idle, &p->connecting};
+    for (int i = 0; i < NELEM(servers); i++) {
+        list_for_each(servers[i], n, tmp)
+            server_close(container_of(n, struct server, node), "KILL from the admin console");
+    }
+}
+
+static const char *target_text(const struct admin_command *cmd)
+{
+    return cmd->has_name ? cmd->name : "(all databases)";
+}
+
+static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
+{
+    struct client *victim = find_client(c->app, cmd->client_id);
+    if (!victim) {
+        put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
+                  "no client with id %llu", (unsigned long long)cmd->client_id);
+        return OUT_ERROR;
+    }
+    if (victim == c) {
+        put_error(c, SQLSTATE_OBJECT_NOT_IN_PREREQUISITE_STATE, "Disconnect instead.",
+                  "KILL_CLIENT %llu is this console session itself",
+                  (unsigned long long)cmd->client_id);
+        return OUT_ERROR;
+    }
+    log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu", (unsigned long long)cmd->client_id);
+    client_fail(victim, FAIL_ADMIN_KILLED, "");
+    return OUT_DONE;
+}
+
+static enum outcome run_reload(struct client *c)
+{
+    struct sluice *app = c->app;
+    const struct config *before = app->cfg;
+    log_client(LOG_INFO, c, "admin: RELOAD");
+    sluice_reload(app);
+    if (app->cfg == before) {
+        /* sluice_reload swaps in a new config only when it is valid. */
+        put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
+                  "the configuration has errors; the previous one stays in force");
+        return OUT_ERROR;
+    }
+    return OUT_DONE;
+}
+
+static enum outcome run_shutdown(struct client *c, const struct admin_command *cmd)
+{
+    log_client(LOG_INFO, c, "admin: SHUTDOWN%s",
+               cmd->shutdown == ADMIN_SHUTDOWN_NOW ? "" : " (waiting for transactions)");
+    sluice_shutdown(c->app, cmd->shutdown == ADMIN_SHUTDOWN_NOW ? PHASE_SHUTDOWN_NOW
+                                                                : PHASE_SHUTDOWN_GRACEFUL);
+    /* Shutdown closes idle clients, this one included, with 57P01. */
+    return c->state == CLIENT_IDLE ? OUT_DONE : OUT_CLOSED;
+}
+
+static int find_key(const char *name)
+{
+    for (int i = 0; i < config_nkeys; i++) {
+        if (strcasecmp(config_keys[i].name, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Make a changed key take effect, as a reload would. */
+static void apply_set(struct sluice *app, const char *key)
+{
+    const struct config *cfg = app->cfg;
+    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
+        strcmp(key, "logfile") == 0) {
+        enum log_level level = LOG_INFO;
+        if (log_level_parse(cfg->log_level, &level) < 0)
+            level = LOG_INFO;
+        log_configure(level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
+    }
+    if (strncmp(key, "client_tls_", 11) == 0)
+        tls_reload(app);
+    if (strncmp(key, "auth_", 5) == 0)
+        auth_reload(app);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        pool_apply_config(container_of(n, struct pool, node));
+    }
+    pool_dispatch_all(app);
+}
+
+static enum outcome run_set(struct client *c, const struct admin_command *cmd)
+{
+    struct sluice *app = c->app;
+    int idx = find_key(cmd->name);
+    if (idx < 0) {
+        put_error(c, SQLSTATE_UNDEFINED_OBJECT, "SHOW CONFIG lists the keys.",
+                  "unknown configuration key \"%s\"", cmd->name);
+        return OUT_ERROR;
+    }
+    const char *key = config_keys[idx].name;
+    if (!config_keys[idx].reloadable) {
+        put_error(c, SQLSTATE_CANT_CHANGE_RUNTIME_PARAM,
+                  "Change it in the configuration file and restart sluice.",
+                  "%s is read only at start", key);
+        return OUT_ERROR;
+    }
+    if (strcmp(key, "auth_file") == 0) {
+        /* The file is read as part of loading the whole configuration. */
+        put_error(c, SQLSTATE_CANT_CHANGE_RUNTIME_PARAM,
+                  "Change it in the configuration file and run RELOAD.",
+                  "auth_file cannot be changed with SET");
+        return OUT_ERROR;
+    }
+    char err[512];
+    if (config_set_key(app->cfg, key, cmd->value, SRC_ADMIN_SET, err, sizeof(err)) < 0) {
+        put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
+        return OUT_ERROR;
+    }
+    log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
+    apply_set(app, key);
+    return OUT_DONE;
+}
+
+static enum outcome run_command(struct client *c, const struct admin_command *cmd)
+{
+    struct sluice *app = c->app;
+    switch (cmd->verb) {
+    case ADMIN_SHOW:
+        return run_show(c, cmd);
+    case ADMIN_PAUSE:
+        if (!check_target(c, cmd))
+            return OUT_ERROR;
+        log_client(LOG_INFO, c, "admin: PAUSE %s", target_text(cmd));
+        for_target_pools(app, cmd, pause_pool);
+        if (pause_done(app, cmd))
+            return OUT_DONE;
+        return add_wait(c, WAIT_PAUSE, cmd) ? OUT_WAITING : OUT_DONE;
+    case ADMIN_RESUME:
+        if (!check_target(c, cmd))
+            return OUT_ERROR;
+        log_client(LOG_INFO, c, "admin: RESUME %s", target_text(cmd));
+        for_target_pools(app, cmd, pool_resume);
+        return OUT_DONE;
+    case ADMIN_RECONNECT:
+        if (!check_target(c, cmd))
+            return OUT_ERROR;
+        log_client(LOG_INFO, c, "admin: RECONNECT %s", target_text(cmd));
+        for_target_pools(app, cmd, reconnect_pool);
+        return OUT_DONE;
+    case ADMIN_WAIT_CLOSE:
+        if (!check_target(c, cmd))
+            return OUT_ERROR;
+        if (close_done(app, cmd))
+            return OUT_DONE;
+        return add_wait(c, WAIT_CLOSE_DONE, cmd) ? OUT_WAITING : OUT_DONE;
+    case ADMIN_KILL:
+        if (!check_target(c, cmd))
+            return OUT_ERROR;
+        log_client(LOG_INFO, c, "admin: KILL %s", cmd->name);
+        for_target_pools(app, cmd, kill_pool);
+        return c->state == CLIENT_IDLE ? OUT_DONE : OUT_CLOSED;
+    case ADMIN_KILL_CLIENT:
+        return run_kill_client(c, cmd);
+    case ADMIN_RELOAD:
+        return run_reload(c);
+    case ADMIN_SHUTDOWN:
+        return run_shutdown(c, cmd);
+    case ADMIN_SET:
+        return run_set(c, cmd);
+    case ADMIN_EMPTY:
+    case ADMIN_INVALID:
+        break;
+    }
+    return OUT_DONE;
+}
+
+static void run_query(struct client *c, const char *sql)
+{
+    struct admin_command cmd;
+    admin_parse_command(sql, &cmd);
+    const struct config *cfg = c->app->cfg;
+    enum outcome r;
+    if (cmd.verb == ADMIN_INVALID) {
+        put_error(c,
+                  cmd.error == ADMIN_ERR_UNKNOWN_OBJECT ? SQLSTATE_UNDEFINED_OBJECT
+                                                        : SQLSTATE_SYNTAX_ERROR,
+                  NULL, "%s", cmd.message);
+        r = OUT_ERROR;
+    } else if (cmd.verb == ADMIN_EMPTY) {
+        codec_begin(&c->out, 'I'); /* EmptyQueryResponse */
+        codec_end(&c->out);
+        r = OUT_ERROR; /* no CommandComplete: just ReadyForQuery */
+    } else if (!config_list_contains(cfg->admin_users, c->user) &&
+               !(admin_verb_read_only(cmd.verb) &&
+                 config_list_contains(cfg->stats_users, c->user))) {
+        bool stats = config_list_contains(cfg->stats_users, c->user);
+        put_error(c, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+                  stats ? "stats_users may run SHOW commands; the rest is for admin_users."
+                        : "Only users in admin_users or stats_users may use the console.",
+                  "permission denied: user \"%s\" may not run %s", c->user,
+                  admin_verb_tag(cmd.verb));
+        r = OUT_ERROR;
+    } else {
+        r = run_command(c, &cmd);
+    }
+    switch (r) {
+    case OUT_DONE:
+        put_command_complete(&c->out, admin_verb_tag(cmd.verb));
+        codec_put_ready(&c->out, 'I');
+        break;
+    case OUT_ERROR:
+        codec_put_ready(&c->out, 'I');
+        break;
+    case OUT_WAITING:
+    case OUT_CLOSED:
+        break;
+    }
+}
+
+/* ---- messages ---- */
+
+static void refuse_extended(struct client *c)
+{
+    put_error(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "Use a plain query (psql, or prepare_threshold=None in psycopg).",
+              "the admin console speaks the simple query protocol only");
+}
+
+/* One whole message. A console client never reaches the relay, so its framer's discard flag is
+ * free to mean: an extended-protocol message was refused, skip to Sync (protocol section
+ * 55.2.3: after an error the backend discards messages until Sync). */
+static void handle_message(struct client *c, uint8_t type, const char *body, uint32_t len)
+{
+    if (c->rx.discard && type != 'S' && type != 'X')
+        return;
+    switch (type) {
+    case 'Q':
+        if (len == 0 || body[len - 1] != '\0' || memchr(body, '\0', len) != body + len - 1) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION,
+                        "Query message is not one NUL-terminated "
+                        "string");
+            return;
+        }
+        /* A console client stays IDLE; its state time is its last command, so
+         * client_idle_timeout counts from there. */
+        c->state_since_ms = sluice_now(c->app);
+        run_query(c, body);
+        return;
+    case 'X':
+        client_close(c, NULL);
+        return;
+    case 'S':
+        c->rx.discard = false;
+        codec_put_ready(&c->out, 'I');
+        return;
+    case 'P':
+    case 'B':
+    case 'E':
+    case 'D':
+    case 'C':
+    case 'H':
+        refuse_extended(c);
+        c->rx.discard = true;
+        return;
+    case 'F':
+        refuse_extended(c);
+        codec_put_ready(&c->out, 'I');
+        return;
+    case 'd':
+    case 'c':
+    case 'f':
+        return; /* COPY messages outside COPY are ignored, as the backend does */
+    default: {
+        char detail[64];
+        snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+        return;
+    }
+    }
+}
+
+void admin_on_data(struct client *c)
+{
+    struct sluice *app = c->app;
+    struct buf *b = &c->in;
+    if (find_wait(app, c->id)) {
+        client_send(c); /* an earlier command is still waiting: the rest stays buffered */
+        return;
+    }
+    uint32_t max_body = buf_block_size() - CODEC_HEADER_LEN;
+    while (c->state == CLIENT_IDLE && b->data && buf_unframed(b) >= CODEC_HEADER_LEN) {
+        if (output_backlogged(c)) {
+            client_send(c);
+            if (c->state != CLIENT_IDLE)
+                return;
+            if (output_backlogged(c)) {
+                if (!add_wait(c, WAIT_OUTPUT, NULL)) {
+                    client_fail(c, FAIL_OUT_OF_MEMORY, "");
+                    return;
+                }
+                break;
+            }
+        }
+        uint8_t type;
+        uint32_t body_len;
+        enum frame_result fr =
+            codec_frame_header(b->data + b->scan, buf_unframed(b), max_body, &type, &body_len);
+        if (fr == FRAME_NEED_MORE)
+            break;
+        if (fr == FRAME_BAD_LENGTH) {
+            char detail[128];
+            snprintf(detail, sizeof(detail),
+                     "bad message length (the admin console takes messages of at most %u bytes)",
+                     max_body);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            return;
+        }
+        uint32_t whole = CODEC_HEADER_LEN + body_len;
+        if (buf_unframed(b) < whole)
+            break; /* it fits the buffer (max_body): the rest will come */
+        /* Copy and consume first: a command may close this client and release its buffer. */
+        char *body = malloc((size_t)body_len + 1);
+        if (!body) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
+        body[body_len] = '\0';
+        b->scan += whole;
+        buf_consume(b, whole);
+        handle_message(c, type, body, body_len);
+        free(body);
+        if (find_wait(app, c->id))
+            break;
+    }
+    if (c->state == CLIENT_CLOSED)
+        return;
+    if (c->state == CLIENT_IDLE)
+        buf_detach_if_empty(b);
+    client_send(c);
+}
+
+void admin_tick(struct sluice *app, uint64_t now)
+{
+    (void)now;
+    struct list_node *n, *tmp;
+    list_for_each(&app->admin_waits, n, tmp)
+    {
+        struct admin_wait *w = container_of(n, struct admin_wait, node);
+        struct client *c = find_console_client(app, w->client_id);
+        if (c && app->phase == PHASE_RUNNING && !wait_done(app, c, w))
+            continue;
+        list_remove(&app->admin_waits, n);
+        enum wait_kind kind = w->kind;
+        free(w);
+        if (!c || app->phase != PHASE_RUNNING)
+            continue; /* gone, or shutdown closes it */
+        if (kind != WAIT_OUTPUT) {
+            put_command_complete(&c->out, kind == WAIT_PAUSE ? "PAUSE" : "WAIT_CLOSE");
+            codec_put_ready(&c->out, 'I');
+        }
+        /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
+        if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+            admin_on_data(c);
+        else
+            client_send(c);
+    }
+}
+
+void admin_cancel(struct client *c)
+{
+    struct admin_wait *w = find_wait(c->app, c->id);
+    if (!w || w->kind == WAIT_OUTPUT || c->state != CLIENT_IDLE)
+        return;
+    list_remove(&c->app->admin_waits, &w->node);
+    free(w);
+    log_client(LOG_INFO, c, "admin: waiting command cancelled");
+    put_error(c, SQLSTATE_QUERY_CANCELED, "A PAUSE stays in force until RESUME.",
+              "canceling statement due to user request");
+    codec_put_ready(&c->out, 'I');
+    if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+        admin_on_data(c);
+    else
+        client_send(c);
+}
+
+void admin_free(struct sluice *app)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->admin_waits, n, tmp)
+    {
+        list_remove(&app->admin_waits, n);
+        free(container_of(n, struct admin_wait, node));
+    }
+}

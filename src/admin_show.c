@@ -1,0 +1,825 @@
+/* admin_show: SHOW result sets (see admin_show.h).
+ *
+ * Rows are written straight into the client's output as DataRows; every value is text on the
+ * wire, typed text (OID 25) or int8 (OID 20) in the RowDescription as PgBouncer does. A small
+ * table writer counts the cells of each row against the columns, so a row that disagrees with
+ * its header is a bug caught at once rather than a client reading garbage. */
+#include "admin_show.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "admin.h"
+#include "budget.h"
+#include "client.h"
+#include "config.h"
+#include "error.h"
+#include "listener.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+#include "stats.h"
+#include "tls.h"
+#include "utf8.h"
+
+#define TYPE_TEXT 25 /* pg_type OIDs */
+#define TYPE_INT8 20
+
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* ---- result sets ---- */
+
+enum col_type { COL_TEXT, COL_INT };
+
+struct col {
+    const char *name;
+    enum col_type type;
+};
+
+/* Writes one result set; counts cells so a row with the wrong number of them is caught. */
+struct table {
+    struct msg_out *o;
+    int ncols;
+    int cells;
+};
+
+static void table_begin(struct table *t, struct msg_out *o, const struct col *cols, int n)
+{
+    t->o = o;
+    t->ncols = n;
+    t->cells = 0;
+    /* RowDescription: name, table OID, column number, type OID, type size, typmod, format. */
+    codec_begin(o, 'T');
+    codec_put_i16(o, (int16_t)n);
+    for (int i = 0; i < n; i++) {
+        codec_put_cstring(o, cols[i].name);
+        codec_put_i32(o, 0);
+        codec_put_i16(o, 0);
+        codec_put_i32(o, cols[i].type == COL_INT ? TYPE_INT8 : TYPE_TEXT);
+        codec_put_i16(o, cols[i].type == COL_INT ? 8 : -1);
+        codec_put_i32(o, -1);
+        codec_put_i16(o, 0);
+    }
+    codec_end(o);
+}
+
+static void row_begin(struct table *t)
+{
+    t->cells = 0;
+    codec_begin(t->o, 'D');
+    codec_put_i16(t->o, (int16_t)t->ncols);
+}
+
+static void row_end(struct table *t)
+{
+    if (t->cells != t->ncols) {
+        log_msg(LOG_ERROR, "BUG: admin row with %d of %d cells", t->cells, t->ncols);
+        abort();
+    }
+    codec_end(t->o);
+}
+
+/* NULL is SQL NULL. Text that is not UTF-8 (a client's application_name can be anything)
+ * has each bad byte replaced by U+FFFD, so drivers decoding UTF8 do not fail on the row. */
+static void cell_text(struct table *t, const char *s)
+{
+    t->cells++;
+    if (!s) {
+        codec_put_i32(t->o, -1);
+        return;
+    }
+    size_t len = 0, n;
+    bool valid = true;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p += n ? n : 1) {
+        n = utf8_seq_len(p);
+        len += n ? n : 3;
+        valid &= n != 0;
+    }
+    codec_put_i32(t->o, (int32_t)len);
+    if (valid) {
+        codec_put_bytes(t->o, s, len);
+        return;
+    }
+    for (const unsigned char *p = (const unsigned char *)s; *p; p += n ? n : 1) {
+        n = utf8_seq_len(p);
+        if (n)
+            codec_put_bytes(t->o, p, n);
+        else
+            codec_put_bytes(t->o, "\xef\xbf\xbd", 3);
+    }
+}
+
+static void cell_fmt(struct table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void cell_fmt(struct table *t, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    cell_text(t, buf);
+}
+
+static void cell_int(struct table *t, long long v)
+{
+    cell_fmt(t, "%lld", v);
+}
+
+static void cell_uint(struct table *t, uint64_t v)
+{
+    cell_fmt(t, "%llu", (unsigned long long)v);
+}
+
+static uint64_t wall_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A loop timestamp (ms) as wall-clock time; 0 is NULL. */
+static void cell_time(struct table *t, const struct sluice *app, uint64_t loop_ms)
+{
+    if (loop_ms == 0) {
+        cell_text(t, NULL);
+        return;
+    }
+    uint64_t now = sluice_now(app);
+    uint64_t wall = wall_now_ms() - (now > loop_ms ? now - loop_ms : 0);
+    time_t secs = (time_t)(wall / 1000);
+    struct tm tm;
+    char buf[64];
+    gmtime_r(&secs, &tm);
+    strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    cell_text(t, buf);
+}
+
+static void cell_ptr(struct table *t, const void *p)
+{
+    if (p)
+        cell_fmt(t, "%p", p);
+    else
+        cell_text(t, "");
+}
+
+/* Address and port cells of a socket address. */
+static void cells_addr(struct table *t, const struct sockaddr_storage *ss, int unix_port)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        cell_text(t, ip);
+        cell_int(t, ntohs(a->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        cell_text(t, ip);
+        cell_int(t, ntohs(a->sin6_port));
+    } else if (ss->ss_family == AF_UNIX) {
+        cell_text(t, "unix");
+        cell_int(t, unix_port);
+    } else {
+        cell_text(t, NULL);
+        cell_text(t, NULL);
+    }
+}
+
+static void cells_local_addr(struct table *t, int fd, int unix_port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    memset(&ss, 0, sizeof(ss));
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        ss.ss_family = AF_UNSPEC;
+    cells_addr(t, &ss, unix_port);
+}
+
+static void cell_tls(struct table *t, SSL *ssl)
+{
+    char desc[128] = "";
+    if (ssl)
+        tls_describe(ssl, desc, sizeof(desc));
+    cell_text(t, desc);
+}
+
+static int count_being_canceled(const struct list *l)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(l, node, tmp)
+    {
+        if (container_of(node, struct server, node)->cancels_in_flight > 0)
+            n++;
+    }
+    return n;
+}
+
+/* ---- SHOW ---- */
+
+static void show_help(struct client *c)
+{
+    codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION),
+                    "Console usage",
+                    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|STATS_TOTALS|STATS_AVERAGES|DATABASES|"
+                    "USERS|CONFIG|LISTS|VERSION|BUDGETS\n"
+                    "PAUSE [<db>]\nRESUME [<db>]\nRECONNECT [<db>]\nWAIT_CLOSE [<db>]\n"
+                    "KILL <db>\nKILL_CLIENT <id>\nRELOAD\n"
+                    "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]\nSET <key> = <value>",
+                    NULL);
+}
+
+static void show_pools(struct client *c)
+{
+    static const struct col cols[] = {
+        {"database", COL_TEXT},
+        {"user", COL_TEXT},
+        {"cl_active", COL_INT},
+        {"cl_waiting", COL_INT},
+        {"cl_active_cancel_req", COL_INT},
+        {"cl_waiting_cancel_req", COL_INT},
+        {"sv_active", COL_INT},
+        {"sv_active_cancel", COL_INT},
+        {"sv_being_canceled", COL_INT},
+        {"sv_idle", COL_INT},
+        {"sv_used", COL_INT},
+        {"sv_tested", COL_INT},
+        {"sv_login", COL_INT},
+        {"maxwait", COL_INT},
+        {"maxwait_us", COL_INT},
+        {"pool_mode", COL_TEXT},
+        {"pool_size", COL_INT},
+        {"cl_idle", COL_INT},
+        {"paused", COL_INT},
+    };
+    struct sluice *app = c->app;
+    uint64_t now = sluice_now(app);
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        struct stats_pool_view v;
+        stats_view_pool(p, now, &v);
+        uint64_t waited_us = v.longest_wait_ms * 1000;
+        row_begin(&t);
+        cell_text(&t, p->db_name);
+        cell_text(&t, p->user_name);
+        cell_int(&t, v.cl_active);
+        cell_int(&t, v.cl_waiting);
+        cell_int(&t, 0);
+        cell_int(&t, 0);
+        cell_int(&t, v.sv_active);
+        cell_int(&t, 0);
+        cell_int(&t, count_being_canceled(&p->active) + count_being_canceled(&p->resetting));
+        cell_int(&t, v.sv_idle);
+        cell_int(&t, v.sv_used);
+        cell_int(&t, v.sv_tested);
+        cell_int(&t, v.sv_login);
+        cell_uint(&t, waited_us / 1000000);
+        cell_uint(&t, waited_us % 1000000);
+        cell_text(&t, p->is_admin ? "statement" : pool_mode_name(p->mode));
+        cell_int(&t, p->is_admin ? 0 : p->size);
+        cell_int(&t, v.cl_idle);
+        cell_int(&t, p->paused ? 1 : 0);
+        row_end(&t);
+    }
+}
+
+static const struct col conn_cols[] = {
+    {"type", COL_TEXT},
+    {"user", COL_TEXT},
+    {"database", COL_TEXT},
+    {"state", COL_TEXT},
+    {"addr", COL_TEXT},
+    {"port", COL_INT},
+    {"local_addr", COL_TEXT},
+    {"local_port", COL_INT},
+    {"connect_time", COL_TEXT},
+    {"request_time", COL_TEXT},
+    {"wait", COL_INT},
+    {"wait_us", COL_INT},
+    {"close_needed", COL_INT},
+    {"ptr", COL_TEXT},
+    {"link", COL_TEXT},
+    {"remote_pid", COL_INT},
+    {"tls", COL_TEXT},
+    {"application_name", COL_TEXT},
+    {"id", COL_INT},
+    {"held_ms", COL_INT},
+};
+
+static void client_row(struct table *t, struct client *c)
+{
+    struct sluice *app = c->app;
+    uint64_t now = sluice_now(app);
+    int port = listener_port(app);
+    uint64_t wait_us = 0;
+    if (c->state == CLIENT_WAITING || c->state == CLIENT_LOGIN_WAIT)
+        wait_us = (now - c->state_since_ms) * 1000;
+    int remote_pid = 0;
+    if (c->addr.ss_family == AF_UNIX && c->io.fd >= 0) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(c->io.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            remote_pid = cred.pid;
+    }
+    const char *app_name = params_get(&c->params, "application_name");
+    row_begin(t);
+    cell_text(t, "C");
+    cell_text(t, c->user);
+    cell_text(t, c->database);
+    cell_text(t, client_state_name(c->state));
+    cells_addr(t, &c->addr, port);
+    cells_local_addr(t, c->io.fd, port);
+    cell_time(t, app, c->connect_ms);
+    cell_time(t, app, c->state_since_ms);
+    cell_uint(t, wait_us / 1000000);
+    cell_uint(t, wait_us % 1000000);
+    cell_int(t, 0);
+    cell_ptr(t, c);
+    cell_ptr(t, c->server);
+    cell_int(t, remote_pid);
+    cell_tls(t, c->io.ssl);
+    cell_text(t, app_name ? app_name : "");
+    cell_uint(t, c->id);
+    cell_uint(t, c->state == CLIENT_ACTIVE ? now - c->state_since_ms : 0);
+    row_end(t);
+}
+
+static void show_clients(struct client *me)
+{
+    struct sluice *app = me->app;
+    struct table t;
+    table_begin(&t, &me->out, conn_cols, NELEM(conn_cols));
+    struct list_node *n, *tmp, *cn, *ctmp;
+    list_for_each(&app->login_clients, cn, ctmp)
+        client_row(&t, container_of(cn, struct client, node));
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        struct list *lists[] = {&p->active_clients, &p->waiting, &p->idle_clients};
+        for (int i = 0; i < NELEM(lists); i++) {
+            list_for_each(lists[i], cn, ctmp)
+            {
+                client_row(&t, container_of(cn, struct client, node));
+            }
+        }
+    }
+}
+
+static void server_row(struct table *t, struct server *s)
+{
+    struct pool *p = s->pool;
+    struct sluice *app = p->app;
+    uint64_t now = sluice_now(app);
+    const char *host = s->conn ? PQhost(s->conn) : NULL;
+    const char *port = s->conn ? PQport(s->conn) : NULL;
+    const char *app_name = params_get(&s->params, "application_name");
+    row_begin(t);
+    cell_text(t, "S");
+    cell_text(t, p->user_name);
+    cell_text(t, p->db_name);
+    cell_text(t, server_state_name(s->state));
+    cell_text(t, host && host[0] ? host : NULL);
+    if (port && port[0])
+        cell_int(t, atoi(port));
+    else
+        cell_text(t, NULL);
+    cells_local_addr(t, s->io.fd, 0);
+    cell_time(t, app, s->connect_ms ? s->connect_ms : s->connect_start_ms);
+    cell_time(t, app, s->state_since_ms);
+    cell_int(t, 0);
+    cell_int(t, 0);
+    cell_int(t, s->close_when_free ? 1 : 0);
+    cell_ptr(t, s);
+    cell_ptr(t, s->client);
+    cell_int(t, s->backend_pid);
+    cell_tls(t, s->io.ssl);
+    cell_text(t, app_name ? app_name : "");
+    cell_uint(t, s->id);
+    cell_uint(t, s->state == SERVER_ACTIVE ? now - s->state_since_ms : 0);
+    row_end(t);
+}
+
+static void show_servers(struct client *me)
+{
+    struct sluice *app = me->app;
+    struct table t;
+    table_begin(&t, &me->out, conn_cols, NELEM(conn_cols));
+    struct list_node *n, *tmp, *sn, *stmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        struct list *lists[] = {&p->active, &p->idle, &p->resetting, &p->connecting};
+        for (int i = 0; i < NELEM(lists); i++) {
+            list_for_each(lists[i], sn, stmp)
+            {
+                server_row(&t, container_of(sn, struct server, node));
+            }
+        }
+    }
+}
+
+/* The distinct database names of the pools, in pool order (a small array the caller frees). */
+static const char **pool_databases(struct sluice *app, int *count)
+{
+    const char **names = calloc((size_t)app->pools.count + 1, sizeof(*names));
+    int n = 0;
+    struct list_node *node, *tmp;
+    if (!names) {
+        *count = 0;
+        return NULL;
+    }
+    list_for_each(&app->pools, node, tmp)
+    {
+        const char *db = container_of(node, struct pool, node)->db_name;
+        bool seen = false;
+        for (int i = 0; i < n && !seen; i++)
+            seen = strcmp(names[i], db) == 0;
+        if (!seen)
+            names[n++] = db;
+    }
+    *count = n;
+    return names;
+}
+
+enum stats_view { VIEW_STATS, VIEW_TOTALS, VIEW_AVERAGES };
+
+static void cells_stats(struct table *t, const struct stats_totals *s)
+{
+    cell_uint(t, s->xact_count);
+    cell_uint(t, s->query_count);
+    cell_uint(t, s->bytes_in);
+    cell_uint(t, s->bytes_out);
+    cell_uint(t, s->xact_us);
+    cell_uint(t, s->query_us);
+    cell_uint(t, s->wait_us);
+}
+
+static void show_stats(struct client *c, enum stats_view view)
+{
+    static const struct col stats_cols[] = {
+        {"database", COL_TEXT},         {"total_xact_count", COL_INT},
+        {"total_query_count", COL_INT}, {"total_received", COL_INT},
+        {"total_sent", COL_INT},        {"total_xact_time", COL_INT},
+        {"total_query_time", COL_INT},  {"total_wait_time", COL_INT},
+        {"avg_xact_count", COL_INT},    {"avg_query_count", COL_INT},
+        {"avg_recv", COL_INT},          {"avg_sent", COL_INT},
+        {"avg_xact_time", COL_INT},     {"avg_query_time", COL_INT},
+        {"avg_wait_time", COL_INT},
+    };
+    static const struct col part_cols[] = {
+        {"database", COL_TEXT},      {"xact_count", COL_INT}, {"query_count", COL_INT},
+        {"bytes_received", COL_INT}, {"bytes_sent", COL_INT}, {"xact_time", COL_INT},
+        {"query_time", COL_INT},     {"wait_time", COL_INT},
+    };
+    struct table t;
+    if (view == VIEW_STATS)
+        table_begin(&t, &c->out, stats_cols, NELEM(stats_cols));
+    else
+        table_begin(&t, &c->out, part_cols, NELEM(part_cols));
+    int n;
+    const char **dbs = pool_databases(c->app, &n);
+    for (int i = 0; i < n; i++) {
+        struct stats_totals total, avg;
+        stats_totals_for_db(c->app, dbs[i], &total);
+        stats_averages(c->app, dbs[i], &avg);
+        row_begin(&t);
+        cell_text(&t, dbs[i]);
+        if (view != VIEW_AVERAGES)
+            cells_stats(&t, &total);
+        if (view != VIEW_TOTALS)
+            cells_stats(&t, &avg);
+        row_end(&t);
+    }
+    free(dbs);
+}
+
+static const char *db_keyword(const struct db_entry *d, const char *kw)
+{
+    for (int i = 0; i < d->nkeys; i++) {
+        if (strcmp(d->pq_keywords[i], kw) == 0)
+            return d->pq_values[i];
+    }
+    return NULL;
+}
+
+/* The usable connection count of the server behind a database, if a pool has learned it. */
+static int db_server_usable(const struct sluice *app, const char *db)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (strcmp(p->db_name, db) == 0 && p->server_usable > 0)
+            return p->server_usable;
+    }
+    return 0;
+}
+
+static void format_limit(struct limit l, char *out, size_t n)
+{
+    if (l.is_percent)
+        snprintf(out, n, "%d%%", l.value);
+    else
+        snprintf(out, n, "%d", l.value);
+}
+
+static void database_row(struct table *t, struct sluice *app, const char *name,
+                         const struct db_entry *d)
+{
+    const struct config *cfg = app->cfg;
+    const char *port = db_keyword(d, "port");
+    const char *dbname = db_keyword(d, "dbname");
+    struct limit maxc =
+        d->max_db_connections.value ? d->max_db_connections : cfg->max_db_connections;
+    char limit_text[32];
+    format_limit(maxc, limit_text, sizeof(limit_text));
+    int npools = 0, npaused = 0;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (strcmp(p->db_name, name) == 0) {
+            npools++;
+            npaused += p->paused;
+        }
+    }
+    row_begin(t);
+    cell_text(t, name);
+    cell_text(t, db_keyword(d, "host"));
+    if (port)
+        cell_int(t, atoi(port));
+    else
+        cell_text(t, NULL);
+    cell_text(t, dbname ? dbname : strcmp(name, "*") == 0 ? NULL : name);
+    cell_text(t, db_keyword(d, "user"));
+    cell_int(t, d->pool_size >= 0 ? d->pool_size : cfg->default_pool_size);
+    cell_int(t, d->min_pool_size >= 0 ? d->min_pool_size : cfg->min_pool_size);
+    cell_int(t, d->reserve_pool >= 0 ? d->reserve_pool : cfg->reserve_pool_size);
+    cell_text(t, pool_mode_name(d->pool_mode != POOL_MODE_UNSET ? d->pool_mode : cfg->pool_mode));
+    cell_int(t, limit_resolve(maxc, db_server_usable(app, name)));
+    cell_int(t, budget_db_servers(app, name));
+    cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
+    cell_int(t, 0);
+    cell_text(t, limit_text);
+    row_end(t);
+}
+
+static void show_databases(struct client *c)
+{
+    static const struct col cols[] = {
+        {"name", COL_TEXT},
+        {"host", COL_TEXT},
+        {"port", COL_INT},
+        {"database", COL_TEXT},
+        {"force_user", COL_TEXT},
+        {"pool_size", COL_INT},
+        {"min_pool_size", COL_INT},
+        {"reserve_pool", COL_INT},
+        {"pool_mode", COL_TEXT},
+        {"max_connections", COL_INT},
+        {"current_connections", COL_INT},
+        {"paused", COL_INT},
+        {"disabled", COL_INT},
+        {"max_db_connections", COL_TEXT},
+    };
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    for (int i = 0; i < cfg->ndbs; i++)
+        database_row(&t, app, cfg->dbs[i].name, &cfg->dbs[i]);
+    /* Databases reached through the "*" entry have no entry of their own: one row each. */
+    int n;
+    const char **dbs = pool_databases(app, &n);
+    for (int i = 0; i < n; i++) {
+        if (admin_is_console_db(dbs[i]))
+            continue;
+        const struct db_entry *d = config_find_db(cfg, dbs[i]);
+        if (d && strcmp(d->name, "*") == 0)
+            database_row(&t, app, dbs[i], d);
+    }
+    free(dbs);
+}
+
+static bool name_listed(const char **names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(names[i], name) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void show_users(struct client *c)
+{
+    static const struct col cols[] = {
+        {"name", COL_TEXT},
+        {"pool_size", COL_INT},
+        {"pool_mode", COL_TEXT},
+        {"max_user_connections", COL_INT},
+        {"current_connections", COL_INT},
+    };
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    /* [users], then auth_file, then whoever has a pool; each name once. */
+    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)app->pools.count + 1;
+    const char **names = calloc(cap, sizeof(*names));
+    if (!names) {
+        c->out.oom = true;
+        return;
+    }
+    int n = 0;
+    for (int i = 0; i < cfg->nusers; i++) {
+        if (!name_listed(names, n, cfg->users[i].name))
+            names[n++] = cfg->users[i].name;
+    }
+    for (int i = 0; i < cfg->nauth; i++) {
+        if (!name_listed(names, n, cfg->auth[i].user))
+            names[n++] = cfg->auth[i].user;
+    }
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (!p->is_admin && !name_listed(names, n, p->user_name))
+            names[n++] = p->user_name;
+    }
+    for (int i = 0; i < n; i++) {
+        const struct user_entry *u = config_find_user(cfg, names[i]);
+        struct limit l = u && u->max_user_connections.value ? u->max_user_connections
+                                                            : cfg->max_user_connections;
+        row_begin(&t);
+        cell_text(&t, names[i]);
+        if (u && u->pool_size >= 0)
+            cell_int(&t, u->pool_size);
+        else
+            cell_text(&t, NULL);
+        cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
+        cell_int(&t, limit_resolve(l, 0));
+        cell_int(&t, budget_user_servers(app, names[i]));
+        row_end(&t);
+    }
+    free(names);
+}
+
+static void show_config(struct client *c)
+{
+    static const struct col cols[] = {
+        {"key", COL_TEXT},        {"value", COL_TEXT},  {"default", COL_TEXT},
+        {"changeable", COL_TEXT}, {"source", COL_TEXT},
+    };
+    const struct config *cfg = c->app->cfg;
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    for (int i = 0; i < config_nkeys; i++) {
+        char value[1024];
+        config_format_value(cfg, i, value, sizeof(value));
+        row_begin(&t);
+        cell_text(&t, config_keys[i].name);
+        cell_text(&t, value);
+        cell_text(&t, config_keys[i].def);
+        cell_text(&t, config_keys[i].reloadable ? "yes" : "no");
+        cell_text(&t, config_source_name(cfg->sources ? cfg->sources[i] : SRC_DEFAULT));
+        row_end(&t);
+    }
+}
+
+static void show_lists(struct client *c)
+{
+    static const struct col cols[] = {{"list", COL_TEXT}, {"items", COL_INT}};
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    int pools = 0;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        pools += !container_of(n, struct pool, node)->is_admin;
+    }
+    const struct {
+        const char *name;
+        long long items;
+    } rows[] = {
+        {"databases", cfg->ndbs},
+        {"users", cfg->nusers},
+        {"pools", pools},
+        {"free_clients", 0},
+        {"used_clients", app->nclients},
+        {"login_clients", app->login_clients.count},
+        {"free_servers", 0},
+        {"used_servers", app->nservers},
+        {"dns_names", 0},
+        {"dns_zones", 0},
+        {"dns_queries", 0},
+        {"dns_pending", 0},
+    };
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    for (int i = 0; i < NELEM(rows); i++) {
+        row_begin(&t);
+        cell_text(&t, rows[i].name);
+        cell_int(&t, rows[i].items);
+        row_end(&t);
+    }
+}
+
+static void show_version(struct client *c)
+{
+    static const struct col cols[] = {{"version", COL_TEXT}};
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    row_begin(&t);
+    cell_text(&t, "sluice " SLUICE_VERSION);
+    row_end(&t);
+}
+
+static void show_budgets(struct client *c)
+{
+    static const struct col cols[] = {
+        {"name", COL_TEXT},       {"max_servers", COL_INT}, {"max_clients", COL_INT},
+        {"min_servers", COL_INT}, {"cl_active", COL_INT},   {"sv_active", COL_INT},
+        {"app", COL_TEXT},        {"user", COL_TEXT},       {"addr", COL_TEXT},
+        {"retired", COL_INT},
+    };
+    struct sluice *app = c->app;
+    const struct config *cfg = app->cfg;
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    for (int i = 0; i < app->budgets.n; i++) {
+        const struct budget *b = app->budgets.items[i];
+        const char *addr = NULL;
+        for (int j = 0; j < cfg->nbudgets; j++) {
+            if (strcmp(cfg->budgets[j].name, b->name) == 0)
+                addr = cfg->budgets[j].addr_cidr;
+        }
+        row_begin(&t);
+        cell_text(&t, b->name);
+        cell_int(&t, b->max_servers);
+        cell_int(&t, b->max_clients);
+        cell_int(&t, b->min_servers);
+        cell_int(&t, b->clients);
+        cell_int(&t, b->leases);
+        cell_text(&t, b->app_pattern);
+        cell_text(&t, b->user);
+        cell_text(&t, addr);
+        cell_int(&t, b->retired ? 1 : 0);
+        row_end(&t);
+    }
+}
+
+void admin_show(struct client *c, enum admin_show what)
+{
+    switch (what) {
+    case ADMIN_SHOW_HELP:
+        show_help(c);
+        break;
+    case ADMIN_SHOW_POOLS:
+        show_pools(c);
+        break;
+    case ADMIN_SHOW_CLIENTS:
+        show_clients(c);
+        break;
+    case ADMIN_SHOW_SERVERS:
+        show_servers(c);
+        break;
+    case ADMIN_SHOW_STATS:
+        show_stats(c, VIEW_STATS);
+        break;
+    case ADMIN_SHOW_STATS_TOTALS:
+        show_stats(c, VIEW_TOTALS);
+        break;
+    case ADMIN_SHOW_STATS_AVERAGES:
+        show_stats(c, VIEW_AVERAGES);
+        break;
+    case ADMIN_SHOW_DATABASES:
+        show_databases(c);
+        break;
+    case ADMIN_SHOW_USERS:
+        show_users(c);
+        break;
+    case ADMIN_SHOW_CONFIG:
+        show_config(c);
+        break;
+    case ADMIN_SHOW_LISTS:
+        show_lists(c);
+        break;
+    case ADMIN_SHOW_VERSION:
+        show_version(c);
+        break;
+    case ADMIN_SHOW_BUDGETS:
+        show_budgets(c);
+        break;
+    }
+}

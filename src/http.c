@@ -1,0 +1,316 @@
+/* http: /health and /metrics over a small libuv TCP server (see http.h).
+ *
+ * One request per connection: read the head (at most HTTP_MAX_HEAD bytes, within
+ * HTTP_READ_TIMEOUT_MS from accept, so a client trickling bytes cannot hold a connection), answer,
+ * half-close, and close once the client has closed too (or a short linger passed) so the answer
+ * is not lost to a reset. At most HTTP_MAX_CONNECTIONS at once. The bodies come from report.c;
+ * nothing here touches the data path. */
+#include "http.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http_request.h"
+#include "list.h"
+#include "log.h"
+#include "report.h"
+#include "sluice.h"
+
+#define LINGER_MS 1000 /* after answering: wait this long for the client to close first */
+
+struct http_server {
+    struct sluice *app;
+    uv_tcp_t tcp;
+    bool listening;
+    struct list conns;
+};
+
+struct http_conn {
+    struct list_node node;
+    struct http_server *srv;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t write_req;
+    uv_shutdown_t shutdown_req;
+    int open_handles;
+    bool answered;
+    bool written;  /* the answer is out */
+    bool peer_eof; /* the client closed its side (after sending its request) */
+    bool closing;
+    char *response;
+    size_t len;
+    char buf[HTTP_MAX_HEAD];
+};
+
+/* ---- connections ---- */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct http_conn *hc = h->data;
+    if (--hc->open_handles > 0)
+        return;
+    list_remove(&hc->srv->conns, &hc->node);
+    free(hc->response);
+    free(hc);
+}
+
+static void conn_close(struct http_conn *hc)
+{
+    if (hc->closing)
+        return;
+    hc->closing = true;
+    uv_close((uv_handle_t *)&hc->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&hc->timer, on_conn_closed);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
+static void on_shutdown_done(uv_shutdown_t *req, int status)
+{
+    struct http_conn *hc = req->data;
+    if (status < 0)
+        conn_close(hc);
+    /* else: keep reading (and discarding) until the client closes or the linger passes */
+}
+
+static void on_write_done(uv_write_t *req, int status)
+{
+    struct http_conn *hc = req->data;
+    hc->written = true;
+    if (status < 0 || hc->closing || hc->peer_eof) {
+        conn_close(hc); /* peer_eof: everything was read, so closing cannot reset the answer */
+        return;
+    }
+    hc->shutdown_req.data = hc;
+    if (uv_shutdown(&hc->shutdown_req, (uv_stream_t *)&hc->tcp, on_shutdown_done) < 0) {
+        conn_close(hc);
+        return;
+    }
+    uv_timer_start(&hc->timer, on_conn_timer, LINGER_MS, 0);
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    }
+    return "Unknown";
+}
+
+/* Send the whole answer and end the connection afterwards. body is copied. */
+static void respond(struct http_conn *hc, int status, const char *content_type, const char *body,
+                    size_t body_len, bool head_only)
+{
+    hc->answered = true;
+    uv_timer_stop(&hc->timer);
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                     status, status_text(status), content_type, body_len,
+                     status == 405 ? "Allow: GET, HEAD\r\n" : "");
+    size_t send_body = head_only ? 0 : body_len;
+    hc->response = malloc((size_t)n + send_body);
+    if (!hc->response) {
+        conn_close(hc);
+        return;
+    }
+    memcpy(hc->response, head, (size_t)n);
+    if (send_body)
+        memcpy(hc->response + n, body, send_body);
+    uv_buf_t b = uv_buf_init(hc->response, (unsigned)((size_t)n + send_body));
+    hc->write_req.data = hc;
+    if (uv_write(&hc->write_req, (uv_stream_t *)&hc->tcp, &b, 1, on_write_done) < 0)
+        conn_close(hc);
+}
+
+static void respond_text(struct http_conn *hc, int status, const char *msg)
+{
+    respond(hc, status, "text/plain; charset=utf-8", msg, strlen(msg), false);
+}
+
+static void route(struct http_conn *hc, const struct http_request *req)
+{
+    struct sluice *app = hc->srv->app;
+    bool is_health = strcmp(req->path, "/health") == 0;
+    bool is_metrics = strcmp(req->path, "/metrics") == 0;
+    if (!is_health && !is_metrics) {
+        respond_text(hc, 404, "not found: try /health or /metrics\n");
+        return;
+    }
+    if (req->method == HTTP_METHOD_OTHER) {
+        respond_text(hc, 405, "only GET (and HEAD) are allowed\n");
+        return;
+    }
+    bool head_only = req->method == HTTP_METHOD_HEAD;
+    char *body = NULL;
+    size_t len = 0;
+    int status = 200;
+    bool ok =
+        is_health ? report_health(app, &body, &len, &status) : report_metrics(app, &body, &len);
+    if (!ok) {
+        respond_text(hc, 500, "out of memory\n");
+        return;
+    }
+    respond(hc, status, is_health ? "application/json" : "text/plain; version=0.0.4; charset=utf-8",
+            body, len, head_only);
+    free(body);
+}
+
+static void on_conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct http_conn *hc = h->data;
+    static char discard[4096]; /* after the answer: whatever else comes is dropped */
+    if (hc->answered || hc->len >= sizeof(hc->buf))
+        *buf = uv_buf_init(discard, sizeof(discard));
+    else
+        *buf = uv_buf_init(hc->buf + hc->len, (unsigned)(sizeof(hc->buf) - hc->len));
+}
+
+static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct http_conn *hc = stream->data;
+    if (hc->closing)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF && hc->answered && !hc->written) {
+            /* A client that half-closes after its request (nc, HTTP/1.0 tools) still gets the
+             * answer: closing now would cancel the write. */
+            hc->peer_eof = true;
+            uv_read_stop(stream);
+            return;
+        }
+        conn_close(hc); /* before the answer the client gave up; after it, we are done */
+        return;
+    }
+    if (hc->answered || nread == 0)
+        return;
+    hc->len += (size_t)nread;
+    struct http_request req;
+    switch (http_parse_request(hc->buf, hc->len, &req)) {
+    case HTTP_PARSE_INCOMPLETE:
+        return;
+    case HTTP_PARSE_BAD:
+        respond_text(hc, 400, "bad request\n");
+        return;
+    case HTTP_PARSE_TOO_LARGE:
+        respond_text(hc, 431, "request head too large\n");
+        return;
+    case HTTP_PARSE_OK:
+        route(hc, &req);
+        return;
+    }
+}
+
+static void on_http_connection(uv_stream_t *server, int status)
+{
+    struct http_server *srv = server->data;
+    if (status < 0) {
+        log_msg(LOG_WARNING, "HTTP accept failed: %s", uv_strerror(status));
+        return;
+    }
+    struct http_conn *hc = calloc(1, sizeof(*hc));
+    if (!hc)
+        return;
+    hc->srv = srv;
+    uv_tcp_init(srv->app->loop, &hc->tcp);
+    uv_timer_init(srv->app->loop, &hc->timer);
+    hc->tcp.data = hc->timer.data = hc;
+    hc->open_handles = 2;
+    list_append(&srv->conns, &hc->node);
+    if (uv_accept(server, (uv_stream_t *)&hc->tcp) < 0) {
+        conn_close(hc);
+        return;
+    }
+    if (srv->conns.count > HTTP_MAX_CONNECTIONS) {
+        log_msg(LOG_WARNING, "HTTP: %d connections open; closing a new one", HTTP_MAX_CONNECTIONS);
+        conn_close(hc);
+        return;
+    }
+    uv_timer_start(&hc->timer, on_conn_timer, HTTP_READ_TIMEOUT_MS, 0);
+    if (uv_read_start((uv_stream_t *)&hc->tcp, on_conn_alloc, on_conn_read) < 0)
+        conn_close(hc);
+}
+
+int http_start(struct sluice *app)
+{
+    const struct config *cfg = app->cfg;
+    if (cfg->http_listen_port <= 0)
+        return 0;
+    if (cfg->http_listen_port > 65535) {
+        log_msg(LOG_ERROR, "http_listen_port %lld is not a port", (long long)cfg->http_listen_port);
+        return UV_EINVAL;
+    }
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return UV_ENOMEM;
+    srv->app = app;
+    list_init(&srv->conns);
+    app->http = srv;
+    const char *host = cfg->http_listen_addr[0] && strcmp(cfg->http_listen_addr, "*") != 0
+                           ? cfg->http_listen_addr
+                           : "0.0.0.0";
+    int port = (int)cfg->http_listen_port;
+    struct sockaddr_storage addr;
+    int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr)
+                               : uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "http_listen_addr %s is not an IP address", host);
+        return rc;
+    }
+    uv_tcp_init(app->loop, &srv->tcp);
+    srv->tcp.data = srv;
+    srv->listening = true;
+    rc = uv_tcp_bind(&srv->tcp, (const struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->tcp, 64, on_http_connection);
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "cannot listen for HTTP on %s:%d: %s", host, port, uv_strerror(rc));
+        return rc; /* http_stop (from the shutdown that follows) closes the handle */
+    }
+    log_msg(LOG_INFO, "HTTP (/health, /metrics) listening on %s:%d", host, port);
+    return 0;
+}
+
+void http_stop(struct sluice *app)
+{
+    struct http_server *srv = app->http;
+    if (!srv)
+        return;
+    if (srv->listening) {
+        srv->listening = false;
+        uv_close((uv_handle_t *)&srv->tcp, NULL);
+    }
+    struct list_node *n, *tmp;
+    list_for_each(&srv->conns, n, tmp)
+    {
+        conn_close(container_of(n, struct http_conn, node));
+    }
+}
+
+void http_free(struct sluice *app)
+{
+    free(app->http);
+    app->http = NULL;
+}

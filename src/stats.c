@@ -1,0 +1,229 @@
+/* stats: pool views, per-database totals and periodic averages (see stats.h).
+ *
+ * The pools' counters only grow, so an average is the difference between two snapshots taken a
+ * stats_period apart, divided by the period (rates) or by the number of events (times). One
+ * snapshot per database is kept; a database whose first pool appeared during the period counts
+ * from zero, which is where its counters started. */
+#include "stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "list.h"
+#include "params.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+
+#define DEFAULT_WINDOW_MS 60000 /* when stats_period is 0 (no stats log line) */
+
+struct stats_db {
+    char *name;
+    struct stats_totals prev; /* at the last snapshot */
+    struct stats_totals cur;  /* scratch while summing */
+    struct stats_totals avg;
+    bool have_avg;
+};
+
+struct stats {
+    struct stats_db *dbs;
+    int n, cap;
+    uint64_t last_ms;
+};
+
+void stats_view_pool(const struct pool *p, uint64_t now, struct stats_pool_view *v)
+{
+    const struct config *cfg = p->app->cfg;
+    memset(v, 0, sizeof(*v));
+    v->sv_active = p->active.count;
+    v->sv_tested = p->resetting.count;
+    v->sv_login = p->connecting.count;
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        const struct server *s = container_of(n, struct server, node);
+        if (cfg->server_check_query[0] && cfg->server_check_delay >= 0 &&
+            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay)
+            v->sv_used++;
+        else
+            v->sv_idle++;
+    }
+    v->sv_total = pool_server_count(p);
+    v->cl_active = p->active_clients.count;
+    v->cl_waiting = p->waiting.count;
+    v->cl_idle = p->idle_clients.count;
+    if (!list_empty(&p->waiting)) {
+        const struct client *head = container_of(list_first(&p->waiting), struct client, node);
+        v->longest_wait_ms = now - head->state_since_ms;
+    }
+    v->down = p->connect_failures > 0 && v->sv_total - v->sv_login == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+const char *stats_top_application(const struct pool *p, int *servers)
+{
+    const char *top = NULL;
+    *servers = 0;
+    if (p->active_clients.count == 0)
+        return NULL;
+    const char **names = malloc((size_t)p->active_clients.count * sizeof(*names));
+    if (!names)
+        return NULL;
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&p->active_clients, node, tmp)
+    {
+        const struct client *c = container_of(node, struct client, node);
+        if (!c->server)
+            continue;
+        const char *a = params_get(&c->params, "application_name");
+        names[n++] = a ? a : "";
+    }
+    /* Sorted, equal names are neighbours: the longest run wins. */
+    qsort(names, (size_t)n, sizeof(*names), cmp_str);
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && strcmp(names[j], names[i]) == 0)
+            j++;
+        if (j - i > *servers) {
+            *servers = j - i;
+            top = names[i];
+        }
+        i = j;
+    }
+    free(names); /* the names themselves belong to the clients */
+    return top;
+}
+
+void stats_add_pool(struct stats_totals *t, const struct pool *p)
+{
+    t->xact_count += p->xact_count;
+    t->query_count += p->query_count;
+    t->bytes_in += p->bytes_in;
+    t->bytes_out += p->bytes_out;
+    t->query_us += p->query_ms_total * 1000;
+    t->xact_us += p->xact_us_total;
+    t->wait_us += p->wait_us_total;
+    t->wait_count += p->wait_count;
+}
+
+void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (strcmp(p->db_name, db_name) == 0)
+            stats_add_pool(out, p);
+    }
+}
+
+static struct stats_db *find_db(struct stats *st, const char *name, bool create)
+{
+    for (int i = 0; i < st->n; i++) {
+        if (strcmp(st->dbs[i].name, name) == 0)
+            return &st->dbs[i];
+    }
+    if (!create)
+        return NULL;
+    if (st->n == st->cap) {
+        int cap = st->cap ? st->cap * 2 : 8;
+        struct stats_db *dbs = realloc(st->dbs, (size_t)cap * sizeof(*dbs));
+        if (!dbs)
+            return NULL;
+        st->dbs = dbs;
+        st->cap = cap;
+    }
+    struct stats_db *d = &st->dbs[st->n];
+    memset(d, 0, sizeof(*d));
+    d->name = strdup(name);
+    if (!d->name)
+        return NULL;
+    st->n++;
+    return d;
+}
+
+static uint64_t delta(uint64_t cur, uint64_t prev)
+{
+    return cur >= prev ? cur - prev : cur; /* a counter that restarted counts from zero */
+}
+
+static void compute_average(struct stats_db *d, uint64_t elapsed_ms)
+{
+    const struct stats_totals *c = &d->cur, *p = &d->prev;
+    struct stats_totals *a = &d->avg;
+    uint64_t ms = elapsed_ms ? elapsed_ms : 1;
+    a->xact_count = delta(c->xact_count, p->xact_count) * 1000 / ms;
+    a->query_count = delta(c->query_count, p->query_count) * 1000 / ms;
+    a->bytes_in = delta(c->bytes_in, p->bytes_in) * 1000 / ms;
+    a->bytes_out = delta(c->bytes_out, p->bytes_out) * 1000 / ms;
+    uint64_t queries = delta(c->query_count, p->query_count);
+    uint64_t waits = delta(c->wait_count, p->wait_count);
+    a->query_us = queries ? delta(c->query_us, p->query_us) / queries : 0;
+    a->wait_us = waits ? delta(c->wait_us, p->wait_us) / waits : 0;
+    a->wait_count = waits * 1000 / ms;
+    uint64_t xacts = delta(c->xact_count, p->xact_count);
+    a->xact_us = xacts ? delta(c->xact_us, p->xact_us) / xacts : 0;
+    d->have_avg = true;
+}
+
+void stats_tick(struct sluice *app, uint64_t now_ms)
+{
+    struct stats *st = app->stats;
+    if (!st) {
+        st = app->stats = calloc(1, sizeof(*st));
+        if (!st)
+            return;
+        st->last_ms = now_ms;
+        return; /* every counter is zero at start: the first snapshot is all zeros */
+    }
+    uint64_t window =
+        app->cfg->stats_period > 0 ? (uint64_t)app->cfg->stats_period : DEFAULT_WINDOW_MS;
+    if (now_ms - st->last_ms < window)
+        return;
+    for (int i = 0; i < st->n; i++)
+        memset(&st->dbs[i].cur, 0, sizeof(st->dbs[i].cur));
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        struct stats_db *d = find_db(st, p->db_name, true);
+        if (d)
+            stats_add_pool(&d->cur, p);
+    }
+    for (int i = 0; i < st->n; i++) {
+        struct stats_db *d = &st->dbs[i];
+        compute_average(d, now_ms - st->last_ms);
+        d->prev = d->cur;
+    }
+    st->last_ms = now_ms;
+}
+
+bool stats_averages(const struct sluice *app, const char *db_name, struct stats_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct stats_db *d = app->stats ? find_db(app->stats, db_name, false) : NULL;
+    if (!d || !d->have_avg)
+        return false;
+    *out = d->avg;
+    return true;
+}
+
+void stats_free(struct sluice *app)
+{
+    struct stats *st = app->stats;
+    if (!st)
+        return;
+    for (int i = 0; i < st->n; i++)
+        free(st->dbs[i].name);
+    free(st->dbs);
+    free(st);
+    app->stats = NULL;
+}

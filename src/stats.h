@@ -1,0 +1,57 @@
+/* stats: what the pools look like now (servers and clients by state, the longest wait), the
+ * counters of SHOW STATS and /metrics summed per database from the pools' own counters (pool.h),
+ * and their averages over the last stats_period. The pools count on the hot path; this file only
+ * reads them, once per period and when asked. */
+#ifndef SLUICE_STATS_H
+#define SLUICE_STATS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct sluice;
+struct pool;
+
+/* Totals since start, or per-second rates and per-event times over a period (averages). */
+struct stats_totals {
+    uint64_t xact_count;
+    uint64_t query_count;
+    uint64_t bytes_in;  /* client -> server */
+    uint64_t bytes_out; /* server -> client */
+    uint64_t xact_us;   /* transaction time (first query to the end) */
+    uint64_t query_us;
+    uint64_t wait_us;
+    uint64_t wait_count;
+};
+
+/* What one pool looks like now (SHOW POOLS, /health, /metrics), in PgBouncer's terms. */
+struct stats_pool_view {
+    int sv_active; /* linked to a client */
+    int sv_idle;   /* free */
+    int sv_used;   /* free, but idle past server_check_delay: checked before reuse */
+    int sv_tested; /* running sluice's own query (reset, check, rollback) */
+    int sv_login;  /* connecting */
+    int sv_total;
+    int cl_active, cl_waiting, cl_idle;
+    uint64_t longest_wait_ms; /* of the client at the head of the queue */
+    /* The last connect failed and no established server is left. A connect attempt in
+     * progress does not count as up, so the state does not flap with each retry. */
+    bool down;
+};
+void stats_view_pool(const struct pool *p, uint64_t now_ms, struct stats_pool_view *v);
+/* The application_name whose clients hold the most of this pool's servers (NULL when none
+ * does; points into a client, valid until the loop runs again) and how many they hold. */
+const char *stats_top_application(const struct pool *p, int *servers);
+
+/* Add one pool's counters to t. */
+void stats_add_pool(struct stats_totals *t, const struct pool *p);
+/* Totals of every pool of one database. */
+void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out);
+/* Averages over the last complete stats_period for a database (PgBouncer's meaning: counts and
+ * bytes per second; query and wait times in microseconds per query / per wait). false while no
+ * period has completed yet (out is zeroed then). */
+bool stats_averages(const struct sluice *app, const char *db_name, struct stats_totals *out);
+/* Called from the background timer: takes a snapshot when a period has passed. */
+void stats_tick(struct sluice *app, uint64_t now_ms);
+void stats_free(struct sluice *app);
+
+#endif
