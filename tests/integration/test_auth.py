@@ -1,0 +1,418 @@
+"""Client authentication: every auth_type, SCRAM details (fake exchange for unknown users, the
+derived secret cached per user, md5 falling back to SCRAM), auth_query against the real
+Postgres, and auth_hba_file rules. TLS itself is test_tls.py's; here it only matters to hba."""
+
+import base64
+import hashlib
+import hmac
+import os
+import signal
+import struct
+import threading
+import time
+
+import psycopg
+import pytest
+
+from certs import make_pki
+from conftest import APP_DB, APP_PASSWORD, run_psql
+from pgwire import RawConn, ScramClient, ServerError, message, parse_fields, raw_login, \
+    startup_packet
+
+USERS = {"app": "sluice-secret", "app2": "other-secret"}
+
+
+def md5_secret(user, password):
+    return "md5" + hashlib.md5((password + user).encode()).hexdigest()
+
+
+def scram_secret(password, salt=None, iterations=4096):
+    """The pg_authid form, as Postgres computes it."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored = hashlib.sha256(client_key).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
+
+
+def auth_codes_and_error(port, user, password, database=APP_DB):
+    """Log in by hand; returns (authentication request codes seen, error fields or None)."""
+    c = RawConn(port)
+    codes = []
+    scram = None
+    try:
+        c.send(startup_packet(user=user, database=database))
+        while True:
+            mtype, payload = c.read_message()
+            if mtype == "E":
+                return codes, parse_fields(payload)
+            if mtype == "Z":
+                return codes, None
+            if mtype != "R":
+                continue
+            (code,) = struct.unpack_from("!I", payload)
+            codes.append(code)
+            if code == 3:
+                c.send(message(b"p", password.encode() + b"\0"))
+            elif code == 5:
+                inner = hashlib.md5((password + user).encode()).hexdigest()
+                c.send(message(b"p", ("md5" + hashlib.md5(inner.encode() + payload[4:8])
+                                      .hexdigest()).encode() + b"\0"))
+            elif code == 10:
+                scram = ScramClient(password)
+                first = scram.client_first()
+                c.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+            elif code == 11:
+                c.send(message(b"p", scram.client_final(payload[4:])))
+            elif code == 12:
+                scram.verify_server_final(payload[4:])
+    finally:
+        c.close()
+
+
+def scram_server_first(port, user):
+    """The first half of a SCRAM exchange: (mechanisms offered, server-first attributes)."""
+    c = RawConn(port)
+    try:
+        c.send(startup_packet(user=user))
+        mtype, payload = c.read_message()
+        assert mtype == "R" and struct.unpack_from("!I", payload)[0] == 10, (mtype, payload)
+        mechs = [m.decode() for m in payload[4:].split(b"\0") if m]
+        first = ScramClient("x").client_first()
+        c.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+        mtype, payload = c.read_message()
+        assert mtype == "R" and struct.unpack_from("!I", payload)[0] == 11, (mtype, payload)
+        attrs = dict(kv.split("=", 1) for kv in payload[4:].decode().split(","))
+        return mechs, attrs
+    finally:
+        c.close()
+
+
+# ---- the methods --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["plain", "password", "md5", "scram-sha-256"])
+def test_psql_and_psycopg_log_in_with_each_password_method(start_sluice, method):
+    s = start_sluice({"auth_type": method}, auth_file=USERS)
+    p = s.psql("SELECT current_user", password="sluice-secret")
+    assert p.returncode == 0 and p.stdout.strip() == "app", p.stderr
+    with s.connect(password="sluice-secret") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(password="nope")
+    assert 'password authentication failed for user "app"' in str(ei.value)
+    expected = {"plain": [3], "password": [3], "md5": [5], "scram-sha-256": [10, 11, 12]}[method]
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes[:len(expected)] == expected, (codes, err)
+
+
+@pytest.mark.parametrize("method", ["plain", "md5", "scram-sha-256"])
+def test_an_unknown_user_fails_exactly_like_a_wrong_password(start_sluice, method):
+    s = start_sluice({"auth_type": method}, auth_file=USERS)
+    codes_wrong, wrong = auth_codes_and_error(s.port, "app", "not-it")
+    codes_unknown, unknown = auth_codes_and_error(s.port, "nobody", "not-it")
+    assert codes_wrong == codes_unknown  # the same exchange, to the end
+    assert wrong["C"] == unknown["C"] == "28P01"
+    assert wrong["M"] == 'password authentication failed for user "app"'
+    assert unknown["M"] == 'password authentication failed for user "nobody"'
+    assert {k: v for k, v in wrong.items() if k != "M"} == \
+        {k: v for k, v in unknown.items() if k != "M"}
+
+
+def test_an_unknown_user_gets_a_stable_fake_salt_and_a_real_user_a_cached_one(start_sluice):
+    s = start_sluice({"auth_type": "scram-sha-256"}, auth_file=USERS)
+    mechs, ghost1 = scram_server_first(s.port, "ghost")
+    _, ghost2 = scram_server_first(s.port, "ghost")
+    _, other = scram_server_first(s.port, "someone-else")
+    _, app1 = scram_server_first(s.port, "app")
+    _, app2 = scram_server_first(s.port, "app")
+    assert mechs == ["SCRAM-SHA-256"]  # no TLS: no -PLUS
+    assert ghost1["s"] == ghost2["s"] and ghost1["i"] == "4096"
+    assert other["s"] != ghost1["s"]
+    # app's password is plain in auth_file: its SCRAM secret (random salt) is derived once and
+    # kept, so every login sees the same salt and none pays 4096 PBKDF2 rounds again
+    assert app1["s"] == app2["s"] and app1["i"] == "4096"
+    assert len(base64.b64decode(app1["s"])) == 16
+    assert app1["r"] != app2["r"]  # but every exchange has its own nonce
+
+
+def test_many_scram_logins_stay_fast(start_sluice):
+    """The cached secret keeps a login at a few HMACs on sluice's side: 100 logins, each also
+    paying the client's own PBKDF2 in Python, finish well inside the time limit."""
+    s = start_sluice({"auth_type": "scram-sha-256"}, auth_file=USERS)
+    t0 = time.monotonic()
+    for _ in range(100):
+        codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+        assert err is None and codes == [10, 11, 12, 0]
+    assert time.monotonic() - t0 < 20
+
+
+def test_md5_auth_uses_scram_for_a_user_whose_secret_is_scram(start_sluice):
+    s = start_sluice({"auth_type": "md5"},
+                     auth_file={"app": scram_secret("sluice-secret"), "app2": "other-secret"})
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes[:3] == [10, 11, 12], (codes, err)
+    codes, err = auth_codes_and_error(s.port, "app2", "other-secret")
+    assert err is None and codes[0] == 5
+    p = s.psql("SELECT 'fell back'", password="sluice-secret")
+    assert p.returncode == 0 and p.stdout.strip() == "fell back", p.stderr
+    codes, err = auth_codes_and_error(s.port, "app", "wrong")
+    assert err["C"] == "28P01"
+
+
+def test_a_secret_postgres_stored_works_in_auth_file(start_sluice, pg):
+    (secret,) = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")[0]
+    assert secret.startswith("SCRAM-SHA-256$")
+    s = start_sluice({"auth_type": "scram-sha-256"}, auth_file={"app": secret})
+    with s.connect(password=APP_PASSWORD) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_scram_auth_with_only_an_md5_secret_fails_like_a_wrong_password(start_sluice):
+    s = start_sluice({"auth_type": "scram-sha-256"},
+                     auth_file={"app": md5_secret("app", "sluice-secret")})
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert codes == [10, 11] and err["C"] == "28P01"
+    s.wait_for_log(r"md5 secret, which scram-sha-256 cannot use")
+
+
+def test_plain_auth_checks_a_cleartext_password_against_a_scram_secret(start_sluice):
+    s = start_sluice({"auth_type": "plain"}, auth_file={"app": scram_secret("sluice-secret")})
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes == [3, 0]
+    codes, err = auth_codes_and_error(s.port, "app", "Sluice-secret")
+    assert err["C"] == "28P01"
+
+
+def test_failed_logins_are_logged_without_secrets(start_sluice):
+    s = start_sluice({"auth_type": "plain", "log_level": "debug"}, auth_file=USERS)
+    for user in ("app", "nobody"):
+        _, err = auth_codes_and_error(s.port, user, "hunter2-typo")
+        assert err["C"] == "28P01"
+    text = s.log_text()
+    assert "login failed (plain): wrong password" in text
+    assert "login failed (plain): no such user in auth_file" in text
+    for secret in ("hunter2", "sluice-secret", "other-secret"):
+        assert secret not in text
+
+
+def test_a_scram_message_out_of_order_is_a_protocol_violation(start_sluice):
+    s = start_sluice({"auth_type": "scram-sha-256"}, auth_file=USERS)
+    c = RawConn(s.port)
+    try:
+        c.send(startup_packet())
+        mtype, _ = c.read_message()
+        assert mtype == "R"
+        c.send(message(b"p", b"SCRAM-SHA-1\0" + struct.pack("!i", 3) + b"n,,"))
+        err = c.expect_error()
+        assert err["C"] == "08P01"
+        assert "invalid SASL authentication mechanism" in err["M"]
+    finally:
+        c.close()
+
+
+# ---- auth_query ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_roles(pg):
+    """sluice_auth may read pg_shadow; qscram has a SCRAM password, qmd5 an md5 one."""
+    with pg.superuser() as c:
+        c.execute("CREATE ROLE sluice_auth LOGIN SUPERUSER PASSWORD 'authpass'")
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute("CREATE ROLE qscram LOGIN PASSWORD 'qpass'")
+        c.execute("SET password_encryption = 'md5'")
+        c.execute("CREATE ROLE qmd5 LOGIN PASSWORD 'qpass5'")
+        c.execute("CREATE ROLE qnopass LOGIN")
+    yield
+    with pg.superuser() as c:
+        for r in ("sluice_auth", "qscram", "qmd5", "qnopass"):
+            c.execute(f"DROP ROLE IF EXISTS {r}")
+
+
+def auth_query_sluice(start_sluice, pg, method="scram-sha-256", **main):
+    m = {"auth_type": method, "auth_user": "sluice_auth", "log_level": "debug"}
+    m.update(main)
+    # the [databases] entry logs in upstream as app: auth_query only checks the client
+    return start_sluice(m, auth_file={"sluice_auth": "authpass"},
+                        databases={APP_DB: pg.db_entry()})
+
+
+def test_auth_query_logs_in_a_user_missing_from_auth_file(start_sluice, pg, auth_roles):
+    s = auth_query_sluice(start_sluice, pg)
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "app"
+    p = run_psql(s.port, "SELECT 'psql via auth_query'", user="qscram", password="qpass")
+    assert p.returncode == 0 and p.stdout.strip() == "psql via auth_query", p.stderr
+    # answered once, then from the cache
+    s.wait_for_log(r'auth_query: looking up user "qscram"')
+    lookups = [line for line in s.log if 'auth_query: looking up user "qscram"' in line]
+    assert len(lookups) == 1, lookups
+    _, wrong = auth_codes_and_error(s.port, "qscram", "nope")
+    _, ghost = auth_codes_and_error(s.port, "ghost", "nope")
+    _, nopass = auth_codes_and_error(s.port, "qnopass", "nope")
+    assert wrong["C"] == ghost["C"] == nopass["C"] == "28P01"
+    assert ghost["M"] == 'password authentication failed for user "ghost"'
+
+
+def test_auth_query_md5_secret_with_md5_auth_and_scram_secret_switching(start_sluice, pg,
+                                                                        auth_roles):
+    s = auth_query_sluice(start_sluice, pg, method="md5")
+    codes, err = auth_codes_and_error(s.port, "qmd5", "qpass5")
+    assert err is None and codes[0] == 5, (codes, err)
+    codes, err = auth_codes_and_error(s.port, "qscram", "qpass")
+    assert err is None and codes[:3] == [10, 11, 12], (codes, err)
+    with s.connect(user="qmd5", password="qpass5") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_concurrent_logins_share_one_auth_query(start_sluice, pg, auth_roles):
+    s = auth_query_sluice(start_sluice, pg)
+    errors = []
+
+    def login():
+        try:
+            with s.connect(user="qscram", password="qpass") as c:
+                c.execute("SELECT 1")
+        except Exception as e:  # noqa: BLE001 - checked below
+            errors.append(e)
+
+    threads = [threading.Thread(target=login) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    s.wait_for_log(r'auth_query: looking up user "qscram"')
+    lookups = [line for line in s.log if 'auth_query: looking up user "qscram"' in line]
+    assert 1 <= len(lookups) <= 2, lookups
+
+
+def test_auth_dbname_names_the_entry_auth_query_runs_on(start_sluice, pg, auth_roles):
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth",
+                      "auth_dbname": "authdb", "log_level": "debug"},
+                     auth_file={"sluice_auth": "authpass"},
+                     databases={APP_DB: pg.db_entry(),
+                                "authdb": {"host": "127.0.0.1", "port": pg.port,
+                                           "dbname": "postgres"}})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_database()").fetchone()[0] == APP_DB
+    s.wait_for_log(r'auth_query: looking up user "qscram" as "sluice_auth" in database '
+                   r'"postgres"')
+
+
+def test_a_failing_auth_query_is_reported_and_logged(start_sluice, pg, auth_roles):
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth"},
+                     auth_file={"sluice_auth": "wrong-authpass"},
+                     databases={APP_DB: pg.db_entry()})
+    _, err = auth_codes_and_error(s.port, "qscram", "qpass")
+    assert err["C"] == "08006"
+    assert "password lookup (auth_query) failed" in err["M"]
+    s.wait_for_log(r'auth_query for user "qscram" failed: .*password authentication failed '
+                   r'for user "sluice_auth"')
+    assert "wrong-authpass" not in s.log_text()
+
+
+def test_auth_query_users_need_upstream_credentials_of_their_own(start_sluice, pg, auth_roles):
+    """sluice does not log in upstream with the SCRAM keys of the client's exchange (libpq
+    takes only a password): without a forced user in [databases], an auth_query user passes
+    sluice's check and then the server's login fails."""
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth"},
+                     auth_file={"sluice_auth": "authpass"},
+                     databases={APP_DB: {"host": "127.0.0.1", "port": pg.port,
+                                         "dbname": APP_DB}})
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(user="qscram", password="qpass")
+    assert "no password supplied" in str(ei.value), str(ei.value)
+
+
+# ---- auth_hba_file --------------------------------------------------------------------------------
+
+
+def hba_sluice(start_sluice, pg, tmp_path, rules, **main):
+    hba = tmp_path / "hba.conf"
+    hba.write_text(rules)
+    m = {"auth_type": "hba", "auth_hba_file": str(hba)}
+    m.update(main)
+    dbs = {APP_DB: pg.db_entry(), "otherdb": pg.db_entry()}
+    return start_sluice(m, auth_file=USERS, databases=dbs), hba
+
+
+def test_hba_rules_choose_the_method_and_reject(start_sluice, pg, tmp_path):
+    s, _ = hba_sluice(start_sluice, pg, tmp_path,
+                      "host appdb app2 127.0.0.1/32 reject\n"
+                      "host appdb app 10.0.0.0/8 trust\n"
+                      "host appdb app 127.0.0.0/8 scram-sha-256\n")
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes[0] == 10, (codes, err)  # the 127.0.0.0/8 rule, not 10/8 trust
+    _, err = auth_codes_and_error(s.port, "app2", "other-secret")
+    assert err["C"] == "28000"
+    assert err["M"] == ("hba rule rejects the connection: host=127.0.0.1 user=app2 "
+                        "database=appdb, TLS off")
+    _, err = auth_codes_and_error(s.port, "app", "sluice-secret", database="otherdb")
+    assert err["C"] == "28000"
+    assert err["M"] == ("no hba rule matches: host=127.0.0.1 user=app database=otherdb, "
+                        "TLS off")
+    s.wait_for_log(r"auth_hba_file line 1 rejects the login")
+
+
+def test_hba_hostssl_hostnossl_and_cert(start_sluice, pg, tmp_path):
+    pki = make_pki(tmp_path / "pki", "hba", clients=("app",))
+    s, _ = hba_sluice(start_sluice, pg, tmp_path,
+                      "hostnossl all app all reject\n"
+                      "hostssl appdb app all md5\n"
+                      "hostssl otherdb app all cert\n"
+                      "host all app2 127.0.0.1/32 trust\n",
+                      client_tls_sslmode="prefer", client_tls_cert_file=str(pki.server_cert),
+                      client_tls_key_file=str(pki.server_key), client_tls_ca_file=str(pki.ca))
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(password="sluice-secret", sslmode="disable")
+    assert "hba rule rejects the connection" in str(ei.value) and "TLS off" in str(ei.value)
+    with s.connect(password="sluice-secret", sslmode="require") as c:
+        assert c.pgconn.ssl_in_use
+    with s.connect(password=None, sslmode="disable", user="app2") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    cert = {"sslcert": str(pki.client_cert("app")), "sslkey": str(pki.client_key("app"))}
+    with s.connect(password=None, dbname="otherdb", sslmode="require", **cert) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(password=None, dbname="otherdb", sslmode="require")
+    assert 'certificate authentication failed for user "app"' in str(ei.value)
+
+
+def test_hba_file_is_read_again_on_reload(start_sluice, pg, tmp_path):
+    s, hba = hba_sluice(start_sluice, pg, tmp_path, "host all all all reject\n")
+    _, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err["C"] == "28000"
+    hba.write_text("host all all 127.0.0.1/32 md5\n")
+    mark = s.mark()
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"reload: auth_hba_file .*: 1 rules", since=mark)
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes[0] == 5
+    # a broken file keeps the rules in force
+    hba.write_text("host all all 127.0.0.1/32 ident\n")
+    mark = s.mark()
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"keeping the previous auth_hba_file rules", since=mark)
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes[0] == 5
+
+
+def test_a_broken_hba_file_stops_sluice_from_starting(start_sluice, pg, tmp_path):
+    hba = tmp_path / "hba.conf"
+    hba.write_text("# fine\nhost all all 10.0.0.0/8 md5\nhost all all everywhere md5\n")
+    s = start_sluice({"auth_type": "hba", "auth_hba_file": str(hba)}, auth_file=USERS,
+                     wait=False)
+    s.expected_exit_codes = (1,)
+    assert s.wait_exit(10) == 1
+    assert any("line 3" in line and "everywhere" in line for line in s.log), s.log_tail()
+
+
+def test_admin_users_still_need_their_password(start_sluice):
+    s = start_sluice({"auth_type": "scram-sha-256", "admin_users": "app"}, auth_file=USERS)
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, database="sluice", password="wrong")
+    assert ei.value.sqlstate == "28P01"

@@ -1,0 +1,98 @@
+"""CancelRequest: each client's BackendKeyData cancels only that client's own query."""
+
+import random
+import time
+
+import pytest
+from psycopg import errors
+
+from conftest import Background
+from pgwire import RawConn, cancel_request, raw_login
+
+
+def run(conn, sql):
+    return conn.execute(sql).fetchone()
+
+
+@pytest.mark.timeout(60)
+def test_session_mode_cancel_stops_only_the_query_of_the_client_that_sent_it(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 2})
+    with s.connect() as a, s.connect() as b:
+        qa = Background(run, a, "SELECT pg_sleep(30)")
+        qb = Background(run, b, "SELECT pg_sleep(3), 'b done'")
+        pg.wait_for_active("app", "pg_sleep", count=2, timeout=10)
+        t0 = time.monotonic()
+        a.cancel()
+        err = qa.error(timeout=5)
+        assert isinstance(err, errors.QueryCanceled), f"A got {err!r}, expected 57014"
+        assert err.sqlstate == "57014"
+        assert time.monotonic() - t0 < 3, "cancel took too long to reach the server"
+        assert qb.result(timeout=10)[1] == "b done", "B's query was disturbed by A's cancel"
+        # both sessions continue
+        assert run(a, "SELECT 1") == (1,)
+        assert run(b, "SELECT 2") == (2,)
+
+
+@pytest.mark.timeout(60)
+def test_transaction_mode_cancel_from_an_idle_client_does_not_cancel_another_clients_query(
+        start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a, s.connect() as b:
+        # both have used the same (only) server; B is now idle and holds none
+        pid = run(b, "SELECT pg_backend_pid()")[0]
+        assert run(a, "SELECT pg_backend_pid()")[0] == pid
+        qa = Background(run, a, "SELECT pg_sleep(3), 'a done'")
+        pg.wait_for_active("app", "pg_sleep", timeout=10)
+        b.cancel()
+        assert qa.result(timeout=10)[1] == "a done", \
+            "B's cancel key cancelled A's query running on the server B used before"
+        assert run(b, "SELECT 1") == (1,)
+
+
+@pytest.mark.timeout(60)
+def test_transaction_mode_cancel_reaches_the_query_of_the_client_that_sent_it(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    with s.connect() as a, s.connect() as b:
+        qa = Background(run, a, "SELECT pg_sleep(30)")
+        qb = Background(run, b, "SELECT pg_sleep(2), 'b done'")
+        pg.wait_for_active("app", "pg_sleep", count=2, timeout=10)
+        a.cancel()
+        err = qa.error(timeout=5)
+        assert isinstance(err, errors.QueryCanceled), f"A got {err!r}, expected 57014"
+        assert qb.result(timeout=10)[1] == "b done"
+        assert run(a, "SELECT 1") == (1,)
+
+
+def test_each_client_gets_its_own_backend_key_data(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    conns = [raw_login(s.port) for _ in range(5)]
+    try:
+        keys = [c.backend_key for c in conns]
+        assert all(k is not None for k in keys), "sluice sent no BackendKeyData"
+        assert len(set(keys)) == 5, f"clients share cancel keys: {keys}"
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_cancel_request_with_an_unknown_key_is_ignored(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    with s.connect() as a:
+        qa = Background(run, a, "SELECT pg_sleep(1.5), 'a done'")
+        pg.wait_for_active("app", "pg_sleep", timeout=10)
+        for _ in range(3):
+            r = RawConn(s.port)
+            r.send(cancel_request(random.randrange(1, 2**31), random.randrange(-2**31, 2**31)))
+            assert r.is_closed(5), "sluice should close a CancelRequest connection"
+            r.close()
+        assert qa.result(10)[1] == "a done"
+        assert run(a, "SELECT 1") == (1,)
+
+
+def test_cancel_of_an_idle_session_changes_nothing(start_sluice):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    with s.connect() as a:
+        run(a, "SELECT 1")
+        a.cancel()
+        time.sleep(0.3)
+        assert run(a, "SELECT 2") == (2,)

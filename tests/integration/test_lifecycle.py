@@ -1,0 +1,167 @@
+"""Process lifecycle and upstream failures: signals, lost servers, unreachable Postgres."""
+
+import signal
+import time
+
+import psycopg
+import pytest
+
+from conftest import Background, pick_port
+from pgwire import RawConn, ServerError, raw_login, startup_packet
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_exits_promptly_with_code_0_while_clients_are_connected(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 3})
+    idle = s.connect()
+    busy = s.connect()
+    in_txn = s.connect()
+    try:
+        idle.execute("SELECT 1")
+        in_txn.execute("BEGIN")
+        in_txn.execute("SELECT 1")
+        q = Background(lambda: busy.execute("SELECT pg_sleep(20)"))
+        pg.wait_for_active("app", "pg_sleep", timeout=10)
+        t0 = time.monotonic()
+        code = s.stop(signal.SIGTERM, timeout=10)
+        took = time.monotonic() - t0
+        assert code == 0, f"exit code {code} after SIGTERM"
+        assert took < 5, f"SIGTERM took {took:.1f} s"
+        assert q.error(10) is not None, "the running query should fail when sluice exits"
+    finally:
+        for c in (idle, busy, in_txn):
+            c.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_with_no_clients_exits_0(start_sluice):
+    s = start_sluice({"pool_mode": "transaction"})
+    with s.connect() as c:
+        c.execute("SELECT 1")
+    assert s.stop(signal.SIGTERM, timeout=10) == 0
+
+
+@pytest.mark.timeout(60)
+def test_sigint_lets_a_running_query_finish_then_exits_0(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
+                      "shutdown_timeout": 15})
+    busy = s.connect()
+    try:
+        q = Background(lambda: busy.execute("SELECT pg_sleep(2), 'finished'").fetchone())
+        pg.wait_for_active("app", "pg_sleep", timeout=10)
+        s.send_signal(signal.SIGINT)
+        assert q.result(10)[1] == "finished", "SIGINT should let the running query finish"
+        code = s.wait_exit(15)
+        assert code == 0, f"after SIGINT sluice exited with {code}"
+    finally:
+        busy.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigint_refuses_new_logins_while_draining(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "shutdown_timeout": 15})
+    busy = s.connect()
+    try:
+        q = Background(lambda: busy.execute("SELECT pg_sleep(3)"))
+        pg.wait_for_active("app", "pg_sleep", timeout=10)
+        s.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        try:
+            c = RawConn(s.port, timeout=5)
+        except OSError:
+            pass  # listener already closed: also a refusal
+        else:
+            try:
+                c.send(startup_packet())
+                try:
+                    err = c.expect_error(timeout=5)
+                    assert err.get("C") in ("57P01", "57P03", "08P01", "53300"), err
+                except (AssertionError, OSError) as e:
+                    if "EOF" not in str(e) and "reset" not in str(e):
+                        raise
+            finally:
+                c.close()
+        q.result(10)
+        busy.close()  # session mode: the server is released when its client leaves
+        assert s.wait_exit(10) == 0
+    finally:
+        busy.close()
+
+
+@pytest.mark.timeout(60)
+def test_server_terminated_under_a_session_client_reports_an_error_and_pool_recovers(
+        start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    c = s.connect()
+    try:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pg.query("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT 1")
+            c.execute("SELECT 1")
+        assert ei.value.sqlstate in ("57P01", "08006", None), ei.value
+    finally:
+        c.close()
+    with s.connect() as d:
+        assert d.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+
+
+@pytest.mark.timeout(60)
+def test_server_lost_mid_query_gives_the_client_an_error_not_a_hang(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    c = raw_login(s.port)
+    try:
+        c.send(b"Q" + (len(b"SELECT pg_sleep(20)\0") + 4).to_bytes(4, "big")
+               + b"SELECT pg_sleep(20)\0")
+        pids = pg.wait_for_active("app", "pg_sleep", timeout=10)
+        pg.query("SELECT pg_terminate_backend(%s)", [pids[0]])
+        err = c.expect_error(timeout=10)
+        assert err.get("C") in ("57P01", "08006"), err
+    finally:
+        c.close()
+    with s.connect() as d:
+        assert d.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.timeout(60)
+def test_idle_server_terminated_in_the_pool_is_replaced_transparently(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pg.query("SELECT pg_terminate_backend(%s)", [pid])
+        time.sleep(0.5)  # the server is gone; sluice sees its socket close
+        assert c.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_postgres_gives_clients_an_error_instead_of_a_hang(start_sluice, pg):
+    dead_port = pick_port()
+    s = start_sluice({"pool_mode": "transaction", "server_connect_timeout": 2,
+                      "query_wait_timeout": 5, "server_login_retry": 1},
+                     databases={"appdb": pg.db_entry(port=dead_port)})
+    t0 = time.monotonic()
+    with pytest.raises(ServerError) as ei:
+        c = raw_login(s.port, timeout=15)
+        try:
+            c.query("SELECT 1")
+        finally:
+            c.close()
+    assert ei.value.sqlstate.startswith("08") or ei.value.sqlstate == "53300", ei.value.fields
+    assert time.monotonic() - t0 < 12
+
+
+@pytest.mark.timeout(60)
+def test_wrong_upstream_password_gives_clients_an_error_with_the_servers_reason(start_sluice,
+                                                                                pg):
+    s = start_sluice({"pool_mode": "transaction", "server_login_retry": 1,
+                      "query_wait_timeout": 5},
+                     databases={"appdb": pg.db_entry(password="not-the-password")})
+    with pytest.raises(ServerError) as ei:
+        c = raw_login(s.port, timeout=15)
+        try:
+            c.query("SELECT 1")
+        finally:
+            c.close()
+    # libpq does not expose the SQLSTATE of a failed login, so 08006 is acceptable here
+    assert ei.value.sqlstate in ("28P01", "08006"), ei.value.fields
+    assert "password authentication failed" in ei.value.fields.get("M", ""), ei.value.fields

@@ -1,0 +1,110 @@
+"""Client and wait limits: max_client_conn and query_wait_timeout answer with 53300."""
+
+import time
+
+import pytest
+
+from conftest import Background
+from pgwire import RawConn, ServerError, raw_login, startup_packet
+
+
+def test_max_client_conn_reached_sends_53300_and_frees_up_after_a_disconnect(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "max_client_conn": 2})
+    a = raw_login(s.port)
+    b = raw_login(s.port)
+    try:
+        c = RawConn(s.port)
+        try:
+            c.send(startup_packet())
+            err = c.expect_error(timeout=10)
+            assert err.get("C") == "53300", err
+            assert c.is_closed(5)
+        finally:
+            c.close()
+        rows, _ = a.query("SELECT 1")
+        assert rows == [["1"]]
+        b.send(b"X\x00\x00\x00\x04")  # Terminate
+        b.close()
+
+        def login_again():
+            d = raw_login(s.port)
+            d.close()
+            return True
+        # the slot is released once sluice has seen the disconnect
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert login_again()
+                break
+            except ServerError as e:
+                if e.sqlstate != "53300" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_query_wait_timeout_sends_53300_naming_the_pool(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "query_wait_timeout": 1})
+    with s.connect() as a:
+        a.execute("BEGIN")
+        a.execute("SELECT 1")
+        b = raw_login(s.port)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ServerError) as ei:
+                b.query("SELECT 'b ran'")
+            waited = time.monotonic() - t0
+            assert ei.value.sqlstate == "53300", ei.value.fields
+            assert "appdb" in ei.value.fields.get("M", "") + ei.value.fields.get("D", ""), \
+                f"the message should name the pool: {ei.value.fields}"
+            assert 0.8 <= waited < 5, f"waited {waited:.2f} s with query_wait_timeout = 1"
+        finally:
+            b.close()
+        a.execute("COMMIT")
+    with s.connect() as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.timeout(60)
+def test_pool_timeout_alias_sets_the_wait_limit(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "pool_timeout": 1})
+    with s.connect() as a:
+        a.execute("BEGIN")
+        a.execute("SELECT 1")
+        b = raw_login(s.port)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ServerError) as ei:
+                b.query("SELECT 1")
+            assert ei.value.sqlstate == "53300", ei.value.fields
+            assert time.monotonic() - t0 < 5
+        finally:
+            b.close()
+        a.execute("COMMIT")
+
+
+@pytest.mark.timeout(60)
+def test_waiting_clients_are_served_in_arrival_order(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "query_wait_timeout": 30})
+    with s.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        conns = [s.connect() for _ in range(4)]
+        try:
+            jobs = []
+            for c in conns:
+                jobs.append(Background(
+                    lambda c=c: c.execute("SELECT clock_timestamp()").fetchone()[0]))
+                time.sleep(0.3)  # arrivals well apart
+            holder.execute("COMMIT")
+            ran_at = [j.result(20) for j in jobs]
+            order = sorted(range(4), key=lambda i: ran_at[i])
+            assert order == [0, 1, 2, 3], f"waiters served in order {order}, expected FIFO"
+        finally:
+            for c in conns:
+                c.close()

@@ -1,0 +1,80 @@
+"""Resources come back: file descriptors and memory after many short-lived clients, and many
+idle clients served by a few servers."""
+
+import os
+import time
+
+import pytest
+
+from conftest import BackendSampler, wait_until
+from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet, terminate_msg
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_short_lived_clients_leave_no_file_descriptors_behind(start_sluice, mode):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2, "log_connections": 0,
+                      "log_disconnections": 0})
+    warm = raw_login(s.port)
+    warm.query("SELECT 1")
+    warm.send(terminate_msg())
+    warm.close()
+    time.sleep(0.3)
+    base = fd_count(s.pid)
+    for i in range(150):
+        kind = i % 5
+        c = RawConn(s.port)
+        try:
+            if kind == 0:  # polite: login, query, Terminate
+                c.startup()
+                c.query("SELECT 1")
+                c.send(terminate_msg())
+            elif kind == 1:  # login, query, FIN without Terminate
+                c.startup()
+                c.query("SELECT 1")
+                c.close_abruptly()
+            elif kind == 2:  # RST in the middle of a query
+                c.startup()
+                c.send(query_msg("SELECT pg_sleep(0.05)"))
+                c.close_abruptly(reset=True)
+            elif kind == 3:  # SSLRequest then gone
+                c.send(ssl_request())
+                c.recv_exact(1)
+                c.close_abruptly()
+            else:  # half a startup packet then gone
+                c.send(startup_packet()[:6])
+                c.close_abruptly(reset=True)
+        finally:
+            c.close()
+    try:
+        wait_until(lambda: fd_count(s.pid) <= base + 2, timeout=10, interval=0.2,
+                   what="sluice's open files to return to the baseline")
+    except AssertionError:
+        raise AssertionError(f"sluice has {fd_count(s.pid)} open files after 150 short clients;"
+                             f" {base} before: descriptors leak")
+    with s.connect() as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.timeout(120)
+def test_300_idle_clients_share_3_servers_and_all_get_answers(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 3, "max_client_conn": 400,
+                      "log_connections": 0, "log_disconnections": 0})
+    conns = []
+    try:
+        for _ in range(300):
+            conns.append(raw_login(s.port))
+        with BackendSampler(pg, "app") as sampler:
+            for c in conns:  # send all, then read all: 300 queued transactions
+                c.send(query_msg("SELECT 41 + 1"))
+            for c in conns:
+                rows, _ = c.read_results()
+                assert rows == [["42"]]
+        assert sampler.max <= 3
+    finally:
+        for c in conns:
+            c.close()
