@@ -459,9 +459,11 @@ void client_on_linked(struct client *c, struct server *s)
     if (c->state == CLIENT_WAITING)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
     client_set_state(c, CLIENT_ACTIVE);
-    if (login) {
+    if (login)
         client_send_welcome(c, &s->params);
-    } else if (want_fingerprint(c) != have_fingerprint(s)) {
+    /* The first client of a pool is linked for its welcome: it too gets its own parameters
+     * applied (in session mode it keeps this server for good). */
+    if (want_fingerprint(c) != have_fingerprint(s)) {
         struct msg_out sql;
         codec_out_init(&sql);
         int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);

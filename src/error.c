@@ -76,6 +76,10 @@ static const struct failure_info table[] = {
     [FAIL_ADMIN_DENIED] = F(FATAL, INSUFFICIENT_PRIVILEGE, "not allowed to use the admin console%s",
                             "Only users in admin_users or stats_users may connect to it."),
     [FAIL_ADMIN_KILLED] = F(FATAL, ADMIN_SHUTDOWN, "connection closed by the administrator%s", NULL),
+    [FAIL_TOO_MANY_STATEMENTS] =
+        F(FATAL, PROGRAM_LIMIT_EXCEEDED, "%s",
+          "Close prepared statements the application no longer uses (DEALLOCATE), or raise "
+          "max_prepared_statements_per_client."),
     [FAIL_SESSION_STATE] =
         F(ERROR, FEATURE_NOT_SUPPORTED,
           "%s is not supported in transaction pooling mode (session_state_policy = refuse)",
@@ -112,6 +116,7 @@ static const char *const names[] = {
     [FAIL_ADMIN_DENIED] = "admin_denied",
     [FAIL_ADMIN_KILLED] = "admin_killed",
     [FAIL_SESSION_STATE] = "session_state",
+    [FAIL_TOO_MANY_STATEMENTS] = "too_many_statements",
 };
 
 const struct failure_info *failure_info(enum failure f)

@@ -41,6 +41,7 @@ enum failure {
     FAIL_ADMIN_DENIED,
     FAIL_ADMIN_KILLED,
     FAIL_SESSION_STATE,        /* detail: the feature */
+    FAIL_TOO_MANY_STATEMENTS,  /* detail: the limit */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

@@ -194,12 +194,12 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     if (!stmt_map_get(&c->stmts, name) &&
-        stmt_map_count(&c->stmts) >= (int)c->app->cfg->max_prepared_statements) {
+        stmt_map_count(&c->stmts) >= (int)c->app->cfg->max_prepared_statements_per_client) {
         char detail[160];
         snprintf(detail, sizeof(detail),
-                 "more than max_prepared_statements (%lld) named prepared statements",
-                 (long long)c->app->cfg->max_prepared_statements);
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
+                 (long long)c->app->cfg->max_prepared_statements_per_client);
+        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
         return TRACK_FAILED;
     }
     uint32_t name_len = (uint32_t)(nul - body) + 1;

@@ -297,12 +297,7 @@ def test_postgres_js_statements_evicted_from_the_servers_are_prepared_again(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode", [
     "session",
-    pytest.param("transaction", marks=pytest.mark.xfail(strict=True, reason=(
-        "sluice closes a transaction-mode client that has more than max_prepared_statements "
-        "(200) named statements: FATAL 08P01 'protocol violation: more than "
-        "max_prepared_statements (200) named prepared statements'. postgres.js (prepare: true, "
-        "its default) never closes its statements, so any application with over 200 query "
-        "shapes on one connection is disconnected"))),
+    "transaction",
 ])
 def test_postgres_js_more_statements_on_one_connection_than_max_prepared_statements(
         node_env, start_sluice, pg, mode):
@@ -313,13 +308,7 @@ def test_postgres_js_more_statements_on_one_connection_than_max_prepared_stateme
 
 
 @pytest.mark.parametrize("mode", [
-    pytest.param("session", marks=pytest.mark.xfail(strict=True, reason=(
-        "session mode: the first client of a pool (the one that waits for the pool's first "
-        "server, CLIENT_LOGIN_WAIT) gets that server without its startup parameters: "
-        "client_on_linked() sends the welcome and skips the parameter sync, and in session "
-        "mode the client is never linked again. postgres.js sees application_name 'sluice' "
-        "instead of 'postgres.js'; a client_encoding, TimeZone, DateStyle or options=-c ... "
-        "given at login is likewise not applied, although ParameterStatus reported it"))),
+    "session",
     "transaction",
 ])
 def test_postgres_js_first_client_of_a_pool_runs_with_its_startup_parameters(
