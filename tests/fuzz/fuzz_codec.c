@@ -9,17 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fuzz_check.h"
 
 /* Small, so hostile lengths are hit often and bodies stay cheap. */
 #define FUZZ_MAX_BODY 256
-
-#define FUZZ_ASSERT(cond)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* A copy in a block of exactly n bytes, so reading one byte past it trips ASan. */
 static uint8_t *exact_copy(const uint8_t *p, size_t n)
