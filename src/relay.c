@@ -78,6 +78,19 @@ static void evict_for_one_more(struct server *s, const char *keep)
     }
 }
 
+/* Before sluice or the client prepares `name` on s: close what is there under that name, or
+ * make room under max_prepared_statements. */
+static void free_name_on_server(struct server *s, const char *name, bool taken)
+{
+    if (!taken) {
+        evict_for_one_more(s, name);
+        return;
+    }
+    prepared_put_close(&s->out, name);
+    if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
+        s->close_when_free = true;
+}
+
 /* The client uses statement `name`: make sure the server has this client's definition of it. */
 static enum track_result ensure_prepared(struct client *c, struct server *s, const char *name)
 {
@@ -92,13 +105,7 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
     }
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
-    if (theirs) {
-        prepared_put_close(&s->out, name);
-        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
-            s->close_when_free = true;
-    } else {
-        evict_for_one_more(s, name);
-    }
+    free_name_on_server(s, name, theirs != NULL);
     prepared_put_parse(&s->out, name, mine->def);
     if (stmt_queue_push(&s->reqs, REQ_PARSE_OURS, name) < 0 ||
         !stmt_map_put(&s->stmts, name, mine->def)) {
@@ -212,15 +219,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    if (theirs) {
-        /* Taken on this server (by another client's statement of the same name, or this
-         * client's older one): close it first so the client's Parse succeeds as it would have. */
-        prepared_put_close(&s->out, name);
-        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
-            s->close_when_free = true;
-    } else {
-        evict_for_one_more(s, name);
-    }
+    /* Taken on this server (by another client's statement of the same name, or this client's
+     * older one): closed first, so the client's Parse succeeds as it would have. */
+    free_name_on_server(s, name, theirs != NULL);
     bool ok = stmt_map_put(&c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
               stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, name) == 0;
     stmt_def_unref(def);

@@ -334,6 +334,26 @@ static uint64_t counter_of(const struct pool *p, enum pool_counter k)
     return 0;
 }
 
+enum pool_gauge_kind { PG_SIZE, PG_PAUSED };
+
+/* One gauge with a line per pool (the admin console's pseudo-pool left out). */
+static void pool_gauge(struct text *t, struct sluice *app, const char *name, const char *help,
+                       enum pool_gauge_kind k)
+{
+    metric_head(t, name, "gauge", help);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (p->is_admin)
+            continue;
+        text_cstr(t, name);
+        text_cstr(t, "{");
+        pool_labels(t, p);
+        text_printf(t, "} %d\n", k == PG_SIZE ? p->size : p->paused ? 1 : 0);
+    }
+}
+
 static void histogram(struct text *t, struct sluice *app, const char *name, bool wait)
 {
     struct list_node *n, *tmp;
@@ -467,26 +487,8 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
             text_printf(&t, ",state=\"%s\"} %d\n", states[i].state, states[i].count);
         }
     }
-    metric_head(&t, "sluice_pool_size", "gauge", "Servers a pool may open (pool_size).");
-    list_for_each(&app->pools, n, tmp)
-    {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
-            continue;
-        text_cstr(&t, "sluice_pool_size{");
-        pool_labels(&t, p);
-        text_printf(&t, "} %d\n", p->size);
-    }
-    metric_head(&t, "sluice_pool_paused", "gauge", "1 while a pool is paused (PAUSE).");
-    list_for_each(&app->pools, n, tmp)
-    {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
-            continue;
-        text_cstr(&t, "sluice_pool_paused{");
-        pool_labels(&t, p);
-        text_printf(&t, "} %d\n", p->paused ? 1 : 0);
-    }
+    pool_gauge(&t, app, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
+    pool_gauge(&t, app, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
     metric_head(&t, "sluice_max_client_conn", "gauge", "Client connections allowed in total.");
     text_printf(&t, "sluice_max_client_conn %lld\n", (long long)cfg->max_client_conn);
     metric_head(&t, "sluice_client_connections", "gauge",
