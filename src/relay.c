@@ -421,6 +421,9 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
 static void on_internal_error(struct server *s, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
+    /* A reset, rollback or server_check_query that fails leaves a server nobody should get. */
+    if (!s->client)
+        s->close_when_free = true;
     if (codec_parse_error(body, len, &ef))
         log_server(LOG_WARNING, s, "server said, outside any client's query: %s %s (%s)",
                    ef.severity ? ef.severity : "", ef.message ? ef.message : "",
