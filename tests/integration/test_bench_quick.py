@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import binary_is_sanitized
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "scripts" / "bench"
 
@@ -31,6 +33,9 @@ def test_bench_quick(tmp_path):
     binary = _sluice_bin()
     if not binary.exists():
         pytest.skip(f"no sluice binary at {binary}")
+    if binary_is_sanitized(binary):
+        pytest.skip("the benchmark smoke run is made once, against the plain build (this is the "
+                    "ASan pass)")
     if not (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
         # scripts/bench installs it itself; only skip when that is impossible (no apt).
         if not shutil.which("apt-get"):
