@@ -273,7 +273,8 @@ static void show_pools(struct client *c)
         row_begin(&t);
         cell_text(&t, p->db_name);
         cell_text(&t, p->user_name);
-        cell_int(&t, v.cl_active);
+        /* PgBouncer's cl_active: clients linked to a server or idle with nothing waiting */
+        cell_int(&t, v.cl_active + v.cl_idle);
         cell_int(&t, v.cl_waiting);
         cell_int(&t, 0);
         cell_int(&t, 0);

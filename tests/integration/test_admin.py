@@ -71,8 +71,9 @@ def test_show_pools_counts_active_and_waiting_clients(start_sluice):
             assert row["maxwait"] * 1_000_000 + row["maxwait_us"] > 0
             holders[0].execute("COMMIT")
             assert bg.result(5).fetchone() == ("waited",)
-            row = wait_until(lambda: (lambda r: r if r["cl_waiting"] == 0 and r["cl_active"] == 1
+            row = wait_until(lambda: (lambda r: r if r["cl_waiting"] == 0 and r["sv_active"] == 1
                                       else None)(pool_row(adm)), 5, what="the waiter served")
+            assert row["cl_active"] == 3  # PgBouncer's meaning: linked or idle
             assert row["sv_active"] == 1
             assert row["sv_idle"] + row["sv_used"] == 1
             assert row["maxwait"] == 0 and row["maxwait_us"] == 0
