@@ -679,8 +679,12 @@ static void set_pair_interest(struct client *c, struct server *s)
 /* Is the pair at a point where the server holds nothing of this client's in flight? */
 static bool pair_quiet(const struct client *c, const struct server *s)
 {
+    /* A whole header not yet framed is a message waiting to be read whole (transaction mode
+     * looks at some bodies first): the client is mid-request, so the server stays. Releasing
+     * here would queue the client for a server again at once, round and round. */
     return s->inflight == 0 && s->swallow == 0 && !s->batch_open && c->rx.remain == 0 &&
-           s->rx.remain == 0 && buf_pending(&c->in) == 0 && buf_is_empty(&s->in) &&
+           s->rx.remain == 0 && buf_pending(&c->in) == 0 &&
+           buf_unframed(&c->in) < CODEC_HEADER_LEN && buf_is_empty(&s->in) &&
            c->out_pos >= c->out.len && s->out_pos >= s->out.len;
 }
 
@@ -703,10 +707,7 @@ static bool maybe_release(struct client *c, struct server *s)
     pool_unlink(c, s);
     client_set_state(c, CLIENT_IDLE);
     pool_release(s);
-    /* Bytes the client already sent for its next transaction: queue it again right away. */
-    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-        client_on_data(c);
-    else if (c->state == CLIENT_IDLE)
+    if (c->state == CLIENT_IDLE)
         relay_client_interest(c);
     return true;
 }
