@@ -166,6 +166,53 @@ def machine_busy():
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def tree_cpu():
+    """CPU seconds used so far by this benchmark: this process, its reaped children (pgbench, the
+    helpers) and every live descendant (Postgres and its backends, the proxies) including the
+    children those have reaped (ended backends). Deltas of this are "our" CPU; the rest of the
+    machine's busy time during a run is other work disturbing the measurement."""
+    me = os.getpid()
+    kids = {}
+    cpu = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        pid, ppid = int(d), int(fields[1])
+        kids.setdefault(ppid, []).append(pid)
+        cpu[pid] = sum(int(x) for x in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
+    total = 0.0
+    todo = list(kids.get(me, []))
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(kids.get(pid, []))
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
+
+
+class CpuWatch:
+    """Busy CPU of the machine and of this benchmark over one run."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.ours0 = time.monotonic(), machine_busy(), tree_cpu()
+
+    def stop(self, r):
+        wall = time.monotonic() - self.t0
+        busy, ours = machine_busy() - self.busy0, tree_cpu() - self.ours0
+        r.ours_cpu = ours
+        ncpu = os.cpu_count() or 1
+        if wall > 0:
+            r.other_pct = max(0.0, busy - ours) / (wall * ncpu) * 100
+
+
 # ---- helpers -------------------------------------------------------------------------------------
 
 
@@ -487,13 +534,14 @@ class Run:
         self.lat_ms = None
         self.proxy_cpu = None  # seconds
         self.cpu_per_unit_us = None
-        self.machine_cpu_per_unit_us = None
+        self.ours_cpu = None  # seconds: pgbench + Postgres + proxies + helpers
+        self.ours_cpu_per_unit_us = None
+        self.other_pct = None  # busy CPU of other work on the machine, % of all CPUs
         self.peak_rss_kb = None
         self.rss_growth_kb = None
         self.kb_per_client = None
         self.rss_after_kb = None
         self.extra = ""
-        self.load = None
 
 
 class Bench:
@@ -519,7 +567,7 @@ class Bench:
         if proxy:
             reset_hwm(proxy.pid)
             cpu0 = proc_cpu(proxy.pid)
-        m0 = machine_busy()
+        watch = CpuWatch()
         try:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                timeout=timeout, env=env)
@@ -530,7 +578,7 @@ class Bench:
             err += f"\npgbench timed out after {timeout:.0f} s"
             rc = -1
         time.sleep(0.2)  # let the proxy finish closing the clients
-        m1 = machine_busy()
+        watch.stop(r)
         res = parse_pgbench(out, err)
         r.value, r.tx, r.lat_ms = res["tps"], res["tx"], res["lat_ms"]
         if proxy:
@@ -561,7 +609,7 @@ class Bench:
         if r.tx:
             if r.proxy_cpu is not None:
                 r.cpu_per_unit_us = r.proxy_cpu / r.tx * 1e6
-            r.machine_cpu_per_unit_us = (m1 - m0) / r.tx * 1e6
+            r.ours_cpu_per_unit_us = r.ours_cpu / r.tx * 1e6
         return r
 
     # -- idle connections
@@ -583,6 +631,7 @@ class Bench:
         rss0, _ = proc_mem(proxy.pid)
         reset_hwm(proxy.pid)
         cpu0 = proc_cpu(proxy.pid)
+        watch = CpuWatch()
         h = subprocess.Popen(base + ["--n", str(sc.n)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, start_new_session=True)
         STARTED.append(("pgclient idle", h, signal.SIGTERM))
@@ -593,6 +642,7 @@ class Bench:
             except ValueError:
                 info = {"ready": 0, "failed": sc.n, "first_error": f"helper said {line!r}"}
             time.sleep(0.5)
+            watch.stop(r)
             if proxy.alive():
                 rss1, hwm1 = proc_mem(proxy.pid)
                 r.proxy_cpu = proc_cpu(proxy.pid) - cpu0
@@ -631,6 +681,7 @@ class Bench:
             rss0, _ = proc_mem(proxy.pid)
             reset_hwm(proxy.pid)
             cpu0 = proc_cpu(proxy.pid)
+        watch = CpuWatch()
         try:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                timeout=timeout)
@@ -640,6 +691,7 @@ class Bench:
                 info = {"error": f"helper output {p.stdout!r} {p.stderr[-500:]!r}"}
         except subprocess.TimeoutExpired:
             info = {"error": f"COPY did not finish within {timeout:.0f} s"}
+        watch.stop(r)
         if proxy:
             if proxy.alive():
                 _, hwm1 = proc_mem(proxy.pid)
@@ -699,9 +751,7 @@ class Bench:
                     port = self.pg.port if target == "direct" else proxy.port
                     fn = {"pgbench": self.pgbench, "idle": self.idle, "copy": self.copy}[sc.kind]
                     t0 = time.monotonic()
-                    load = os.getloadavg()[0]
                     r = fn(sc, rep, target, port, proxy)
-                    r.load = load
                     self.runs.append(r)
                     status = "ok" if r.ok else f"FAILED: {r.error}"
                     val = "" if r.value is None else f" {r.value:.1f}"
@@ -713,8 +763,9 @@ class Bench:
                         unit = {"pgbench": sc.unit, "idle": "login"}[sc.kind]
                         cpu = f" cpu {r.cpu_per_unit_us:.1f} us/{unit}"
                     kbpc = "" if r.kb_per_client is None else f" {r.kb_per_client:.2f} kB/client"
+                    other = "" if r.other_pct is None else f", other work {r.other_pct:.0f}%"
                     log(f"{sc.name} rep {rep} {target}:{val}{cpu}{kbpc} "
-                        f"({time.monotonic() - t0:.1f} s) {status}")
+                        f"({time.monotonic() - t0:.1f} s{other}) {status}")
                     if not r.ok and target == "sluice":
                         self.sluice_failed.append(f"{sc.name} rep {rep}: {r.error}")
         finally:
@@ -808,10 +859,14 @@ def report(b, argv, versions):
     w(f"- machine: {os.cpu_count()} CPUs ({cpu_model}), {mem_gb:.0f} GiB RAM, Linux "
       f"{platform.release()}; loopback TCP; everything (Postgres, proxies, pgbench) shares the "
       "same CPUs")
-    w(f"- load average (1 min) at start {b.load_start:.2f}, at end {os.getloadavg()[0]:.2f}"
-      + ("; **other work was running on this machine: the numbers are disturbed**"
-         if max(b.load_start, os.getloadavg()[0]) > 1.5 * (os.cpu_count() or 1) / 2 + 0.5 and
-         b.load_start > 1.0 else ""))
+    others = [r.other_pct for r in b.runs if r.other_pct is not None]
+    if others:
+        avg, worst = sum(others) / len(others), max(others)
+        w(f"- other work on the machine during the runs (busy CPU not used by the benchmark, % of "
+          f"all CPUs): mean {avg:.0f}%, worst {worst:.0f}%; load average at start "
+          f"{b.load_start:.2f}"
+          + ("; **the machine was shared with other work: treat differences within the spread "
+             "as noise**" if avg > 5 or worst > 25 else ""))
     w(f"- versions: PostgreSQL {versions['postgres']}, {versions['pgbouncer']}, "
       f"sluice {versions['sluice']}")
     w(f"- runs: {a.reps} repetition(s) of {a.duration} s per scenario and target, interleaved "
@@ -931,17 +986,21 @@ def report(b, argv, versions):
     w("<details><summary>every run</summary>")
     w("")
     w("| scenario | rep | target | tps or MB/s | done | latency ms | proxy CPU s | proxy CPU "
-      "µs/unit | machine CPU µs/unit | peak RSS MB | load before | status |")
+      "µs/unit | benchmark CPU µs/unit | peak RSS MB | other work % | status |")
     w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in b.runs:
         w(f"| {r.scenario.name} | {r.rep} | {r.target} | {fmt_num(r.value)} | "
           f"{r.tx if r.tx is not None else '–'} | {fmt_num(r.lat_ms)} | "
           f"{fmt_num(r.proxy_cpu)} | {fmt_num(r.cpu_per_unit_us)} | "
-          f"{fmt_num(r.machine_cpu_per_unit_us)} | "
+          f"{fmt_num(r.ours_cpu_per_unit_us)} | "
           f"{fmt_num(r.peak_rss_kb / 1024 if r.peak_rss_kb else None)} | "
-          f"{fmt_num(r.load)} | "
+          f"{fmt_num(r.other_pct)} | "
           f"{'ok' if r.ok else 'FAILED: ' + (r.error or '').replace('|', '/')} "
           f"{r.extra} |")
+    w("")
+    w("benchmark CPU = CPU of everything this benchmark runs (pgbench, Postgres and its backends, "
+      "both proxies, helpers) per transaction (storms: connection); other work = busy CPU of the "
+      "machine not used by the benchmark during the run, in % of all CPUs.")
     w("")
     w("</details>")
     w("")
