@@ -625,7 +625,11 @@ def test_2000_half_open_connections_do_not_stop_real_logins_and_are_reaped(start
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low for {n} sockets")
         resource.setrlimit(resource.RLIMIT_NOFILE, (n + 500, hard))
     login_timeout = 4
+    # a backlog that holds the whole flood: a sequential opener outruns accept() now and then,
+    # and with the default 128 each overflow costs a 1 s SYN retransmit (the test would take
+    # longer than client_login_timeout just to open its sockets)
     s = start_sluice({"pool_mode": "transaction", "max_client_conn": n + 200,
+                      "listen_backlog": 2048,
                       "client_login_timeout": login_timeout, "log_connections": 0,
                       "log_disconnections": 0, "log_pooler_errors": 0})
     with s.connect() as warm:
@@ -635,9 +639,11 @@ def test_2000_half_open_connections_do_not_stop_real_logins_and_are_reaped(start
     socks = []
     try:
         t_open = time.monotonic()
+        worst = 0.0
         for _ in range(n):
-            sk = socket.create_connection(("127.0.0.1", s.port), timeout=5)
-            socks.append(sk)
+            t = time.monotonic()
+            socks.append(socket.create_connection(("127.0.0.1", s.port), timeout=5))
+            worst = max(worst, time.monotonic() - t)
         opened = time.monotonic() - t_open
         # a real client logs in and runs a query while the 2000 sit there
         t = time.monotonic()  # (raw sockets: psycopg waits with select(), which stops at fd 1024)
@@ -648,8 +654,6 @@ def test_2000_half_open_connections_do_not_stop_real_logins_and_are_reaped(start
             c.close()
         real = time.monotonic() - t
         assert real < 2.0, f"a real login + query took {real:.2f} s among {n} half-open sockets"
-        wait_until(lambda: fd_count(s.pid) >= base_fds + n * 0.95, 5,
-                   what="sluice to accept the half-open sockets")
         # every half-open socket is closed by sluice after client_login_timeout
         pending = {sk.fileno(): sk for sk in socks}
         poller = select.poll()
@@ -675,7 +679,8 @@ def test_2000_half_open_connections_do_not_stop_real_logins_and_are_reaped(start
                              f"{login_timeout + 6} s after client_login_timeout = {login_timeout}")
         wait_until(lambda: fd_count(s.pid) <= base_fds + 2, 5,
                    what="sluice's descriptors to return to the baseline")
-        print(f"opened {n} sockets in {opened:.2f} s; real login+query {real * 1000:.0f} ms")
+        print(f"opened {n} sockets in {opened:.2f} s (slowest connect {worst:.2f} s); "
+              f"real login+query {real * 1000:.0f} ms")
     finally:
         for sk in socks:
             sk.close()
