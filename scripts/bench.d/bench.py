@@ -827,9 +827,12 @@ def cell(runs, attr, unit=""):
         return "**failed**", None
     m = median(good)
     s = fmt_num(m, unit)
-    if len(good) > 1 and m:
-        spread = (max(good) - min(good)) / 2 / m * 100
-        s += f" ±{spread:.0f}%" if spread >= 1 else f" ±{spread:.1f}%"
+    if len(good) > 1 and max(good) != min(good):
+        spread = (max(good) - min(good)) / 2 / abs(m) * 100 if m else float("inf")
+        if spread > 100:  # a median near zero: a percentage says nothing, show the range
+            s += f" ({fmt_num(min(good))}–{fmt_num(max(good))})"
+        else:
+            s += f" ±{spread:.0f}%" if spread >= 1 else f" ±{spread:.1f}%"
     if bad:
         s += f" ({len(bad)}/{len(runs)} failed)"
     return s, m
@@ -871,7 +874,7 @@ def report(b, argv, versions):
       f"sluice {versions['sluice']}")
     w(f"- runs: {a.reps} repetition(s) of {a.duration} s per scenario and target, interleaved "
       "direct → PgBouncer → sluice; cells are the median ± half the min–max range "
-      "(relative to the median); pgbench's -T clock includes its logins, so runs with 100 or "
+      "(relative to the median; the range itself when that exceeds 100%); pgbench's -T clock includes its logins, so runs with 100 or "
       "more clients get extra seconds for them (100: +2 s, 1000: +12 s, every target) and their "
       "tps is "
       "pgbench's \"without initial connection time\"")
