@@ -700,7 +700,7 @@ static void on_client_io(struct sockio *io, int status, int events)
 {
     struct client *c = io->owner;
     if (status < 0) {
-        client_close(c, uv_strerror(status));
+        client_close(c, sockio_poll_error(io, status));
         return;
     }
     if (c->state == CLIENT_TLS_HANDSHAKE) {

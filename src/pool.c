@@ -330,11 +330,10 @@ void pool_server_ready(struct server *s)
     relay_server_interest(s);
 }
 
-void pool_release(struct server *s)
+bool pool_queue_cleanup(struct server *s)
 {
-    struct pool *p = s->pool;
-    const struct config *cfg = p->app->cfg;
-    const struct pool_mode_ops *ops = pool_mode_ops(p->mode, cfg->server_reset_query_always);
+    const struct config *cfg = s->pool->app->cfg;
+    const struct pool_mode_ops *ops = pool_mode_ops(s->pool->mode, cfg->server_reset_query_always);
     bool queued = false;
     if (s->txn_status != 'I') {
         server_queue_internal(s, "ROLLBACK");
@@ -346,7 +345,12 @@ void pool_release(struct server *s)
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
     }
-    if (queued || s->cancels_in_flight > 0) {
+    return queued;
+}
+
+void pool_release(struct server *s)
+{
+    if (pool_queue_cleanup(s) || s->cancels_in_flight > 0) {
         server_set_state(s, SERVER_RESETTING);
         relay_kick(s);
         return;
@@ -453,6 +457,8 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->connecting, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->idle, n, tmp)
+        server_check_timeouts(container_of(n, struct server, node), now);
+    list_for_each(&p->resetting, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);

@@ -80,6 +80,9 @@ void pool_unlink(struct client *c, struct server *s);
 void pool_dispatch_all(struct sluice *app);
 /* A linked server is free again (client released it). */
 void pool_release(struct server *s);
+/* Queue what a server needs before another client may have it: ROLLBACK when a transaction is
+ * open, server_reset_query where the pool mode asks for it. True when something was queued. */
+bool pool_queue_cleanup(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
 /* A connect attempt failed; message from libpq. */

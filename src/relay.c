@@ -421,6 +421,8 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
 static void on_internal_error(struct server *s, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
+    if (s->draining && s->swallow == 0)
+        return; /* the reply to the query of a client that left (cancelled, usually) */
     /* A reset, rollback or server_check_query that fails leaves a server nobody should get. */
     if (!s->client)
         s->close_when_free = true;
@@ -477,8 +479,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
-        if ((type == '1' || type == '3') && !consume && tracking(s)) {
-            if (buf_pending(b) > 0 && s->reqs.count > 0 &&
+        if ((type == '1' || type == '3') && s->swallow == 0 && tracking(s)) {
+            if (c && buf_pending(b) > 0 && s->reqs.count > 0 &&
                 (s->reqs.items[s->reqs.head].kind == REQ_PARSE_OURS ||
                  s->reqs.items[s->reqs.head].kind == REQ_CLOSE_OURS))
                 return STOP_NEED_FLUSH;
@@ -488,12 +490,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 s->close_when_free = true;
                 return STOP_FAILED;
             }
-            consume = a == REPLY_SWALLOW;
+            consume = consume || a == REPLY_SWALLOW;
         }
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
+        if (type == 'G')
+            s->copy_in = true; /* until the next ReadyForQuery */
         bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
@@ -512,6 +516,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 if (forbidden && buf_pending(b) > 0)
                     return STOP_NEED_FLUSH;
                 s->txn_status = (char)body[0];
+                s->copy_in = false;
                 s->last_ready_ms = sluice_now(s->pool->app);
                 if (s->swallow > 0) {
                     s->swallow--;
@@ -710,6 +715,37 @@ static bool maybe_release(struct client *c, struct server *s)
     if (c->state == CLIENT_IDLE)
         relay_client_interest(c);
     return true;
+}
+
+/* ---- a client leaving mid-query ---- */
+
+bool relay_orphan_server(struct server *s, struct client *c)
+{
+    if (c && (c->rx.remain > 0 || buf_pending(&c->in) > 0))
+        return false; /* the server holds part of a message only the client could finish */
+    /* What the server says from now on is read and dropped: first what was framed for the
+     * client and not yet written, then the rest of a message cut short. */
+    buf_consume(&s->in, buf_pending(&s->in));
+    if (s->rx.remain > 0)
+        s->rx.discard = true;
+    if (s->copy_in) {
+        /* COPY FROM STDIN waits for data that will not come; Postgres ignores a CopyFail
+         * outside COPY, so a race with the end of the COPY is harmless. */
+        codec_begin(&s->out, 'f');
+        codec_put_cstring(&s->out, "client disconnected");
+        codec_end(&s->out);
+        s->copy_in = false;
+    }
+    if (s->batch_open) {
+        /* Extended-protocol messages without their Sync: end the batch as the client would. */
+        if (tracking(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
+            return false;
+        codec_begin(&s->out, 'S');
+        codec_end(&s->out);
+        s->batch_open = false;
+        s->inflight++;
+    }
+    return !s->out.oom;
 }
 
 /* ---- the pump ---- */

@@ -26,6 +26,11 @@ void relay_server_writable(struct server *s);
 /* Push whatever can move now in both directions and set both sides' poll interest. Called after
  * linking and after anything that changes what either side may do. */
 void relay_kick(struct server *s);
+/* The client c of s is leaving while s is mid-query: make the server's stream whole without it
+ * (what the server says is dropped from now on; a COPY FROM STDIN gets CopyFail, an open
+ * extended-protocol batch its Sync). False when that cannot be done because the server holds
+ * part of a client message: then the server must close. */
+bool relay_orphan_server(struct server *s, struct client *c);
 /* Set the poll interest of a client that has no server (idle, waiting, login). */
 void relay_client_interest(struct client *c);
 /* Set the poll interest of a server that has no client. */

@@ -8,7 +8,9 @@
  *   CONNECTING --ok--> IDLE <--> ACTIVE (linked to a client)
  *        |              ^  \        |
  *        |              |   \       v  client left or released with work to do
- *        |              +---- RESETTING (sluice's own query: rollback, reset, parameter sync)
+ *        |              +---- RESETTING (sluice's own query: rollback, reset, parameter sync;
+ *        |                               or draining: the client left mid-query, which was
+ *        |                               cancelled, and its replies are dropped)
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  */
 #include "server.h"
@@ -19,6 +21,7 @@
 #include <unistd.h>
 
 #include "budget.h"
+#include "cancel.h"
 #include "client.h"
 #include "log.h"
 #include "pool.h"
@@ -348,9 +351,10 @@ static void on_server_io(struct sockio *io, int status, int events)
         struct client *c = s->client;
         if (c)
             pool_unlink(c, s);
-        server_close(s, uv_strerror(status));
+        const char *why = sockio_poll_error(io, status);
+        server_close(s, why);
         if (c)
-            client_fail(c, FAIL_SERVER_LOST, uv_strerror(status));
+            client_fail(c, FAIL_SERVER_LOST, why);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -379,25 +383,49 @@ void server_client_gone(struct server *s)
 {
     struct client *c = s->client;
     bool clean = at_clean_boundary(s, c);
-    if (c)
-        pool_unlink(c, s);
-    if (!clean) {
-        /* A query or COPY was under way: what the backend does next is unknown, and waiting for
-         * it would hold a server for a client that is gone. Closing rolls it back for certain. */
-        server_close(s, "client left in the middle of a query");
+    if (clean) {
+        if (c)
+            pool_unlink(c, s);
+        pool_release(s);
         return;
     }
-    pool_release(s);
+    /* A query or COPY was under way. Closing would not stop it: the backend runs on, holding a
+     * Postgres slot, until it next writes or checks its socket, while sluice (no longer counting
+     * it) could open a replacement and pass max_db_connections. So the query is cancelled and
+     * the server drained: its replies are dropped, then it is rolled back and reused. It counts
+     * against every cap until then; server_drain_timeout bounds the wait. */
+    const struct config *cfg = s->pool->app->cfg;
+    bool can_drain = cfg->server_drain_timeout > 0 && relay_orphan_server(s, c);
+    if (c)
+        pool_unlink(c, s);
+    if (!can_drain) {
+        server_close(s, "client left in the middle of a message");
+        return;
+    }
+    s->draining = true;
+    server_set_state(s, SERVER_RESETTING);
+    if (s->inflight > 0 && !s->timeout_cancel_sent && cancel_server(s->pool->app, s) < 0)
+        log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
+    log_server(LOG_DEBUG, s, "client left mid-query: draining");
+    relay_kick(s);
 }
 
 void server_maybe_done_resetting(struct server *s)
 {
     if (s->state != SERVER_RESETTING)
         return;
-    if (s->swallow > 0 || s->cancels_in_flight > 0 || s->out_pos < s->out.len ||
-        s->rx.remain > 0 || !buf_is_empty(&s->in)) {
+    if (s->swallow > 0 || s->inflight > 0 || s->cancels_in_flight > 0 ||
+        s->out_pos < s->out.len || s->rx.remain > 0 || !buf_is_empty(&s->in)) {
         relay_server_interest(s);
         return;
+    }
+    if (s->draining) {
+        /* The orphaned query is over: clean the server as at any release. */
+        s->draining = false;
+        if (pool_queue_cleanup(s)) {
+            relay_kick(s);
+            return;
+        }
     }
     if (s->txn_status != 'I') {
         server_close(s, "still in a transaction after sluice's rollback");
@@ -454,6 +482,10 @@ void server_check_timeouts(struct server *s, uint64_t now)
                    pool_server_count(s->pool) > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
         }
+        break;
+    case SERVER_RESETTING:
+        if (s->draining && now - s->state_since_ms >= (uint64_t)cfg->server_drain_timeout)
+            server_close(s, "not drained within server_drain_timeout after its client left");
         break;
     default:
         break;

@@ -55,6 +55,8 @@ struct server {
     bool batch_open;       /* client sent extended-protocol messages since its last Sync */
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
+    bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
+    bool copy_in;          /* the backend waits for COPY FROM STDIN data (CopyInResponse seen) */
 
     int backend_pid;
     uint64_t connect_ms;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -123,4 +124,15 @@ ssize_t sockio_write(struct sockio *io, const void *buf, size_t len)
 int sockio_pending(const struct sockio *io)
 {
     return io->ssl ? SSL_pending(io->ssl) : 0;
+}
+
+const char *sockio_poll_error(const struct sockio *io, int status)
+{
+    if (status == UV_EBADF && io->fd >= 0) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0)
+            return err ? strerror(err) : "connection reset";
+    }
+    return uv_strerror(status);
 }

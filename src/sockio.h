@@ -40,5 +40,8 @@ ssize_t sockio_read(struct sockio *io, void *buf, size_t len);
 ssize_t sockio_write(struct sockio *io, const void *buf, size_t len);
 /* Bytes TLS has decrypted and buffered: readable without the socket becoming readable. */
 int sockio_pending(const struct sockio *io);
+/* Words for a failed poll (status < 0). libuv reports a socket error (an RST, say) as UV_EBADF;
+ * the socket's own SO_ERROR says what really happened. */
+const char *sockio_poll_error(const struct sockio *io, int status);
 
 #endif
