@@ -97,6 +97,17 @@ static bool transition_ok(enum client_state from, enum client_state to)
     }
 }
 
+/* An idle client keeps no output buffer: with thousands of idle clients the welcome's few
+ * hundred bytes each would add up. The rare message sluice writes to a client allocates it
+ * again. */
+static void release_idle_output(struct client *c)
+{
+    if (c->state == CLIENT_IDLE && c->out.data && c->out_pos >= c->out.len) {
+        codec_out_free(&c->out);
+        c->out_pos = 0;
+    }
+}
+
 void client_set_state(struct client *c, enum client_state next)
 {
     if (!transition_ok(c->state, next)) {
@@ -108,6 +119,7 @@ void client_set_state(struct client *c, enum client_state next)
     c->state = next;
     c->state_since_ms = sluice_now(c->app);
     list_append(list_for(c, next), &c->node);
+    release_idle_output(c);
 }
 
 static void on_client_io(struct sockio *io, int status, int events);
@@ -197,6 +209,7 @@ void client_send(struct client *c)
         if (c->out_pos >= c->out.len) {
             codec_out_reset(&c->out);
             c->out_pos = 0;
+            release_idle_output(c);
         }
     }
     if (c->state == CLIENT_CLOSING && c->out_pos >= c->out.len) {
@@ -689,6 +702,9 @@ static void read_and_handle(struct client *c)
         if (n < 0)
             return;
         client_on_data(c);
+        /* A client that said all it had (a startup packet, a password) holds no read buffer
+         * while it waits: an idle client must cost a few hundred bytes, not a 16 kB block. */
+        buf_detach_if_empty(&c->in);
         if (n == 0 || !c->io.ssl || sockio_pending(&c->io) <= 0)
             return;
         if (c->state != CLIENT_STARTUP && c->state != CLIENT_AUTH && c->state != CLIENT_IDLE)
