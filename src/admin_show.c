@@ -170,20 +170,14 @@ static void cell_ptr(struct table *t, const void *p)
 }
 
 /* Address and port cells of a socket address. */
-static void cells_addr(struct table *t, const struct sockaddr_storage *ss, int unix_port)
+static void cells_addr(struct table *t, const union peer_addr *a, int unix_port)
 {
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+    char ip[INET6_ADDRSTRLEN];
+    int port;
+    if (peer_addr_ip(a, ip, sizeof(ip), &port)) {
         cell_text(t, ip);
-        cell_int(t, ntohs(a->sin_port));
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        cell_text(t, ip);
-        cell_int(t, ntohs(a->sin6_port));
-    } else if (ss->ss_family == AF_UNIX) {
+        cell_int(t, port);
+    } else if (a->sa.sa_family == AF_UNIX) {
         cell_text(t, "unix");
         cell_int(t, unix_port);
     } else {
@@ -199,7 +193,9 @@ static void cells_local_addr(struct table *t, int fd, int unix_port)
     memset(&ss, 0, sizeof(ss));
     if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
         ss.ss_family = AF_UNSPEC;
-    cells_addr(t, &ss, unix_port);
+    union peer_addr a;
+    peer_addr_from(&a, &ss);
+    cells_addr(t, &a, unix_port);
 }
 
 static void cell_tls(struct table *t, SSL *ssl)
@@ -327,7 +323,7 @@ static void client_row(struct table *t, struct client *c)
     if (c->state == CLIENT_WAITING || c->state == CLIENT_LOGIN_WAIT)
         wait_us = (now - c->state_since_ms) * 1000;
     int remote_pid = 0;
-    if (c->addr.ss_family == AF_UNIX && c->io.fd >= 0) {
+    if (c->addr.sa.sa_family == AF_UNIX && c->io.fd >= 0) {
         struct ucred cred;
         socklen_t len = sizeof(cred);
         if (getsockopt(c->io.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)

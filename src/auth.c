@@ -112,12 +112,8 @@ static const char dummy_md5[] = "md5"
 
 static void host_text(const struct client *c, char *out, size_t n)
 {
-    const struct sockaddr_storage *a = &c->addr;
-    if (a->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, out, (socklen_t)n);
-    else if (a->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, out, (socklen_t)n);
-    else
+    int port;
+    if (!peer_addr_ip(&c->addr, out, n, &port))
         snprintf(out, n, "[local]");
 }
 
@@ -440,7 +436,7 @@ void auth_start(struct client *c)
 {
     struct sluice *app = c->app;
     const struct config *cfg = app->cfg;
-    bool local = c->addr.ss_family == AF_UNIX;
+    bool local = c->addr.sa.sa_family == AF_UNIX;
     bool tls = c->io.ssl != NULL;
     if (!tls && !local && tls_client_mode() >= TLS_REQUIRE) {
         client_fail(c, FAIL_TLS_REQUIRED, tls_mode_name(tls_client_mode()));

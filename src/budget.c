@@ -115,7 +115,7 @@ void budget_free_all(struct sluice *app)
 }
 
 struct budget *budget_match(struct sluice *app, const char *app_name, const char *user,
-                            const struct sockaddr_storage *addr)
+                            const union peer_addr *addr)
 {
     struct budget *fallback = NULL;
     for (int i = 0; i < app->budgets.n; i++) {

@@ -43,7 +43,7 @@ void budget_free_all(struct sluice *app);
 
 /* The budget a client belongs to: the first whose every given matcher matches; else "default". */
 struct budget *budget_match(struct sluice *app, const char *app_name, const char *user,
-                            const struct sockaddr_storage *addr);
+                            const union peer_addr *addr);
 
 /* Which limit stops something, for decisions and for messages that name it. */
 enum limit_kind {

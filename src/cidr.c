@@ -55,15 +55,55 @@ int cidr_parse(const char *text, struct cidr *out)
     return 0;
 }
 
-bool cidr_contains(const struct cidr *net, const struct sockaddr_storage *addr)
+void peer_addr_from(union peer_addr *out, const struct sockaddr_storage *ss)
+{
+    memset(out, 0, sizeof(*out));
+    if (ss->ss_family == AF_INET)
+        memcpy(&out->in, ss, sizeof(out->in));
+    else if (ss->ss_family == AF_INET6)
+        memcpy(&out->in6, ss, sizeof(out->in6));
+    else
+        out->sa.sa_family = ss->ss_family;
+}
+
+bool peer_addr_ip(const union peer_addr *a, char *ip, size_t n, int *port)
+{
+    ip[0] = '\0';
+    *port = 0;
+    if (a->sa.sa_family == AF_INET) {
+        inet_ntop(AF_INET, &a->in.sin_addr, ip, (socklen_t)n);
+        *port = ntohs(a->in.sin_port);
+        return true;
+    }
+    if (a->sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &a->in6.sin6_addr, ip, (socklen_t)n);
+        *port = ntohs(a->in6.sin6_port);
+        return true;
+    }
+    return false;
+}
+
+void peer_addr_text(const union peer_addr *a, char *out, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN];
+    int port;
+    if (!peer_addr_ip(a, ip, sizeof(ip), &port))
+        snprintf(out, n, "unix");
+    else if (a->sa.sa_family == AF_INET6)
+        snprintf(out, n, "[%s]:%d", ip, port);
+    else
+        snprintf(out, n, "%s:%d", ip, port);
+}
+
+bool cidr_contains(const struct cidr *net, const union peer_addr *addr)
 {
     uint8_t a[16];
     int nbytes;
-    if (addr->ss_family == AF_INET && net->family == AF_INET) {
-        memcpy(a, &((const struct sockaddr_in *)addr)->sin_addr, 4);
+    if (addr->sa.sa_family == AF_INET && net->family == AF_INET) {
+        memcpy(a, &addr->in.sin_addr, 4);
         nbytes = 4;
-    } else if (addr->ss_family == AF_INET6) {
-        const uint8_t *v6 = ((const struct sockaddr_in6 *)addr)->sin6_addr.s6_addr;
+    } else if (addr->sa.sa_family == AF_INET6) {
+        const uint8_t *v6 = addr->in6.sin6_addr.s6_addr;
         static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
         if (net->family == AF_INET && memcmp(v6, mapped, 12) == 0) {
             memcpy(a, v6 + 12, 4);

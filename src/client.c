@@ -133,26 +133,13 @@ void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *ad
     }
     c->app = app;
     c->id = ++app->next_id;
-    c->addr = *addr;
+    peer_addr_from(&c->addr, addr);
     c->connect_ms = sluice_now(app);
     c->state_since_ms = c->connect_ms;
     c->state = CLIENT_STARTUP;
     codec_out_init(&c->out);
     params_init(&c->params);
     stmt_map_init(&c->stmts);
-    if (addr->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-        char ip[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-        snprintf(c->addr_text, sizeof(c->addr_text), "%s:%d", ip, ntohs(a->sin_port));
-    } else if (addr->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-        char ip[INET6_ADDRSTRLEN];
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        snprintf(c->addr_text, sizeof(c->addr_text), "[%s]:%d", ip, ntohs(a->sin6_port));
-    } else {
-        snprintf(c->addr_text, sizeof(c->addr_text), "unix");
-    }
     if (addr->ss_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -322,12 +309,15 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     if (!database || !database[0])
         database = user;
-    c->user = strdup(user);
-    c->database = strdup(database);
-    if (!c->user || !c->database) {
+    /* One block holds both names: user owns it (an idle client should be small). */
+    size_t ulen = strlen(user) + 1, dlen = strlen(database) + 1;
+    c->user = malloc(ulen + dlen);
+    if (!c->user) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
+    c->database = memcpy(c->user + ulen, database, dlen);
+    memcpy(c->user, user, ulen);
     if (replication && strcmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
         strcmp(replication, "off") != 0 && strcmp(replication, "no") != 0) {
         client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
@@ -587,7 +577,7 @@ static void handle_startup_bytes(struct client *c)
                 return;
             }
             if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != TLS_DISABLE &&
-                c->addr.ss_family != AF_UNIX) {
+                c->addr.sa.sa_family != AF_UNIX) {
                 start_tls(c);
                 return;
             }

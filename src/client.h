@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "buf.h"
+#include "cidr.h"
 #include "codec.h"
 #include "error.h"
 #include "list.h"
@@ -47,11 +48,9 @@ struct client {
     struct pool *pool;     /* set once the login names a database */
     struct server *server; /* while ACTIVE */
 
-    char *user;
+    char *user;            /* owns one block with database */
     char *database;
-    char *app_name;        /* as given at startup; kept current by ParameterStatus */
-    char addr_text[64];
-    struct sockaddr_storage addr;
+    union peer_addr addr;
 
     struct param_set params; /* what this client wants its session to have */
     uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */

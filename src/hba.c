@@ -460,7 +460,7 @@ const struct hba_rule *hba_match(const struct hba *h, const struct hba_login *lo
 {
     if (!h)
         return NULL;
-    bool local = !login->addr || login->addr->ss_family == AF_UNIX;
+    bool local = !login->addr || login->addr->sa.sa_family == AF_UNIX;
     for (int i = 0; i < h->nrules; i++) {
         const struct hba_rule *r = &h->rules[i];
         switch (r->conn) {

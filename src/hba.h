@@ -52,7 +52,7 @@ void hba_free(struct hba *h);
 
 /* What a login looks like to the rules. addr is NULL (or AF_UNIX) for a unix socket. */
 struct hba_login {
-    const struct sockaddr_storage *addr;
+    const union peer_addr *addr;
     bool tls;
     const char *database;
     const char *user;

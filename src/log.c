@@ -124,9 +124,10 @@ void log_client(enum log_level level, const struct client *c, const char *fmt, .
 {
     if (!log_enabled(level))
         return;
-    char who[384];
+    char who[384], addr[64];
+    peer_addr_text(&c->addr, addr, sizeof(addr));
     snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
-             c->database ? c->database : "?", c->user ? c->user : "?", c->addr_text);
+             c->database ? c->database : "?", c->user ? c->user : "?", addr);
     va_list ap;
     va_start(ap, fmt);
     emit(level, who, fmt, ap);

@@ -43,10 +43,8 @@ void params_init(struct param_set *p)
 
 void params_free(struct param_set *p)
 {
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->n; i++)
         free(p->items[i].name);
-        free(p->items[i].value);
-    }
     free(p->items);
     params_init(p);
 }
@@ -65,13 +63,26 @@ const char *params_get(const struct param_set *p, const char *name)
     return i < 0 ? NULL : p->items[i].value;
 }
 
+/* One allocation per entry, "name\0value\0": name owns it, value points inside. */
+static int entry_fill(struct param *e, const char *name, const char *value)
+{
+    size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1;
+    char *block = malloc(nlen + vlen);
+    if (!block)
+        return -ENOMEM;
+    memcpy(block, name, nlen);
+    memcpy(block + nlen, value, vlen);
+    e->name = block;
+    e->value = block + nlen;
+    return 0;
+}
+
 int params_set(struct param_set *p, const char *name, const char *value)
 {
     int i = find(p, name);
     if (!value) {
         if (i >= 0) {
             free(p->items[i].name);
-            free(p->items[i].value);
             p->items[i] = p->items[--p->n];
             p->generation++;
         }
@@ -80,30 +91,26 @@ int params_set(struct param_set *p, const char *name, const char *value)
     if (i >= 0) {
         if (strcmp(p->items[i].value, value) == 0)
             return 0;
-        char *v = strdup(value);
-        if (!v)
+        struct param fresh;
+        if (entry_fill(&fresh, p->items[i].name, value) < 0)
             return -ENOMEM;
-        free(p->items[i].value);
-        p->items[i].value = v;
+        free(p->items[i].name);
+        p->items[i] = fresh;
         p->generation++;
         return 0;
     }
     if (p->n == p->cap) {
-        uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 8;
+        /* Most clients send one or two parameters at startup (application_name, maybe
+         * client_encoding): start small, a server's dozen grows by doubling. */
+        uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 2;
         struct param *items = realloc(p->items, cap * sizeof(*items));
         if (!items)
             return -ENOMEM;
         p->items = items;
         p->cap = cap;
     }
-    char *n = strdup(name), *v = strdup(value);
-    if (!n || !v) {
-        free(n);
-        free(v);
+    if (entry_fill(&p->items[p->n], name, value) < 0)
         return -ENOMEM;
-    }
-    p->items[p->n].name = n;
-    p->items[p->n].value = v;
     p->n++;
     p->generation++;
     return 0;

@@ -11,8 +11,8 @@
 #include "codec.h"
 
 struct param {
-    char *name;
-    char *value;
+    char *name;  /* owns one block "name\0value\0" */
+    char *value; /* points inside it */
 };
 
 struct param_set {

@@ -243,7 +243,7 @@ static void probe_failed(struct server *s, const char *why)
 {
     struct pool *p = s->pool;
     char msg[256];
-    snprintf(msg, sizeof(msg), "cannot read max_connections for NN%% caps: %s", why);
+    snprintf(msg, sizeof(msg), "cannot read max_connections for NN%% caps: %.200s", why);
     msg[strcspn(msg, "\n")] = '\0';
     server_close(s, msg);
     pool_connect_failed(p, msg);

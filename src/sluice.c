@@ -44,9 +44,7 @@ static void on_reaper_check(uv_check_t *h)
     {
         struct client *c = container_of(n, struct client, node);
         list_remove(&app->dead_clients, n);
-        free(c->user);
-        free(c->database);
-        free(c->app_name);
+        free(c->user); /* database shares its block */
         free(c);
     }
     list_for_each(&app->dead_servers, n, tmp)

@@ -14,15 +14,15 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct sockaddr_storage addr(int family, const char *text)
+static union peer_addr addr(int family, const char *text)
 {
-    struct sockaddr_storage ss;
+    union peer_addr ss;
     memset(&ss, 0, sizeof ss);
-    ss.ss_family = (sa_family_t)family;
+    ss.sa.sa_family = (sa_family_t)family;
     if (family == AF_INET)
-        inet_pton(AF_INET, text, &((struct sockaddr_in *)&ss)->sin_addr);
+        inet_pton(AF_INET, text, &ss.in.sin_addr);
     else if (family == AF_INET6)
-        inet_pton(AF_INET6, text, &((struct sockaddr_in6 *)&ss)->sin6_addr);
+        inet_pton(AF_INET6, text, &ss.in6.sin6_addr);
     return ss;
 }
 
@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(strncmp(err, "line ", 5) == 0 || strstr(err, "out of memory"));
         return 0;
     }
-    struct sockaddr_storage addrs[] = {addr(AF_INET, "127.0.0.1"), addr(AF_INET, "10.1.2.3"),
+    union peer_addr addrs[] = {addr(AF_INET, "127.0.0.1"), addr(AF_INET, "10.1.2.3"),
                                        addr(AF_INET6, "::1"), addr(AF_INET6, "::ffff:10.1.2.3"),
                                        addr(AF_UNIX, NULL)};
     const char *dbs[] = {"appdb", "all", "", NULL};
@@ -57,9 +57,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 const struct hba_rule *r = hba_match(h, &l);
                 FUZZ_ASSERT(!r || (r >= h->rules && r < h->rules + h->nrules));
                 if (r && r->conn == HBA_HOSTSSL)
-                    FUZZ_ASSERT(tls && addrs[a].ss_family != AF_UNIX);
+                    FUZZ_ASSERT(tls && addrs[a].sa.sa_family != AF_UNIX);
                 if (r && r->conn == HBA_LOCAL)
-                    FUZZ_ASSERT(addrs[a].ss_family == AF_UNIX);
+                    FUZZ_ASSERT(addrs[a].sa.sa_family == AF_UNIX);
             }
         }
     }

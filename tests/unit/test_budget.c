@@ -65,11 +65,11 @@ static void free_app(struct sluice *app)
     free(app);
 }
 
-static struct sockaddr_storage ipv4(const char *ip)
+static union peer_addr ipv4(const char *ip)
 {
-    struct sockaddr_storage ss;
+    union peer_addr ss;
     memset(&ss, 0, sizeof(ss));
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    struct sockaddr_in *a = &ss.in;
     a->sin_family = AF_INET;
     inet_pton(AF_INET, ip, &a->sin_addr);
     return ss;
@@ -93,7 +93,7 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
     CHECK(app != NULL);
     if (!app)
         return;
-    struct sockaddr_storage local = ipv4("127.0.0.1"), inside = ipv4("10.1.2.3");
+    union peer_addr local = ipv4("127.0.0.1"), inside = ipv4("10.1.2.3");
     CHECK_STR(budget_match(app, "seed-products", "app", &local)->name, "seeds");
     CHECK_STR(budget_match(app, "api-server", "app", &local)->name, "api");
     CHECK_STR(budget_match(app, "psql", "ops", &inside)->name, "admin");
@@ -109,7 +109,7 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
     struct sluice *app = app_from(ini);
     if (!app)
         return;
-    struct sockaddr_storage local = ipv4("127.0.0.1");
+    union peer_addr local = ipv4("127.0.0.1");
     struct budget *seeds = budget_match(app, "seed1", "app", &local);
     struct budget *other = budget_match(app, "web", "app", &local);
     add_pool(app, "app", "app");
@@ -128,7 +128,7 @@ static void min_servers_of_one_budget_are_kept_from_the_others(void)
     struct sluice *app = app_from(ini);
     if (!app)
         return;
-    struct sockaddr_storage local = ipv4("127.0.0.1");
+    union peer_addr local = ipv4("127.0.0.1");
     struct budget *api = budget_match(app, "api", "app", &local);
     struct budget *dflt = budget_match(app, "seed", "app", &local);
     add_pool(app, "app", "app"); /* capacity: the pool size, 10 */
@@ -198,7 +198,7 @@ static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
     struct sluice *app = app_from(ini);
     if (!app)
         return;
-    struct sockaddr_storage local = ipv4("127.0.0.1");
+    union peer_addr local = ipv4("127.0.0.1");
     struct budget *d = budget_match(app, "psql", "app", &local);
     CHECK_STR(d->name, "default");
     CHECK_INT(d->max_servers, 3);
@@ -214,7 +214,7 @@ static void reload_keeps_live_counts_and_retires_removed_budgets(void)
     struct sluice *app = app_from(ini);
     if (!app)
         return;
-    struct sockaddr_storage local = ipv4("127.0.0.1");
+    union peer_addr local = ipv4("127.0.0.1");
     struct budget *seeds = budget_match(app, "seed", "app", &local);
     seeds->clients = 3;
     struct config_diag diag = {0};

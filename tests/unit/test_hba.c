@@ -18,18 +18,18 @@ static struct hba *parse(const char *text)
     return hba_parse(text, strlen(text), "hba: ", err, sizeof err);
 }
 
-static struct sockaddr_storage addr_of(const char *ip)
+static union peer_addr addr_of(const char *ip)
 {
-    struct sockaddr_storage ss;
+    union peer_addr ss;
     memset(&ss, 0, sizeof ss);
     if (strchr(ip, ':')) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        struct sockaddr_in6 *a = &ss.in6;
         a->sin6_family = AF_INET6;
         inet_pton(AF_INET6, ip, &a->sin6_addr);
     } else if (strcmp(ip, "unix") == 0) {
-        ss.ss_family = AF_UNIX;
+        ss.sa.sa_family = AF_UNIX;
     } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        struct sockaddr_in *a = &ss.in;
         a->sin_family = AF_INET;
         inet_pton(AF_INET, ip, &a->sin_addr);
     }
@@ -40,7 +40,7 @@ static struct sockaddr_storage addr_of(const char *ip)
 static int match_line(const struct hba *h, const char *ip, bool tls, const char *db,
                       const char *user)
 {
-    struct sockaddr_storage ss = addr_of(ip);
+    union peer_addr ss = addr_of(ip);
     struct hba_login l = {.addr = &ss, .tls = tls, .database = db, .user = user};
     const struct hba_rule *r = hba_match(h, &l);
     return r ? r->line : 0;
@@ -49,7 +49,7 @@ static int match_line(const struct hba *h, const char *ip, bool tls, const char 
 static enum hba_method match_method(const struct hba *h, const char *ip, bool tls, const char *db,
                                     const char *user)
 {
-    struct sockaddr_storage ss = addr_of(ip);
+    union peer_addr ss = addr_of(ip);
     struct hba_login l = {.addr = &ss, .tls = tls, .database = db, .user = user};
     const struct hba_rule *r = hba_match(h, &l);
     return r ? r->method : HBA_REJECT;
