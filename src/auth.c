@@ -31,6 +31,7 @@
 #include "hba.h"
 #include "list.h"
 #include "log.h"
+#include "passthrough.h"
 #include "scram.h"
 #include "secret.h"
 #include "sluice.h"
@@ -147,6 +148,28 @@ static void login_ok(struct client *c)
     client_login_ok(c);
 }
 
+/* The client proved itself against a secret sluice holds without the password: keep what lets
+ * sluice log in upstream as this user too (passthrough.h). Before login_ok, which may connect
+ * a first server at once. */
+static void remember_for_upstream(struct auth_state *st)
+{
+    struct passthrough_keys k;
+    memset(&k, 0, sizeof(k));
+    if (st->kind == SECRET_SCRAM && st->sx.client_key_known) {
+        k.kind = PASSTHROUGH_SCRAM;
+        k.secret = st->scram;
+        memcpy(k.client_key, st->sx.client_key, SCRAM_KEY_LEN);
+    } else if (st->kind == SECRET_MD5 && st->text && strlen(st->text) == 35) {
+        k.kind = PASSTHROUGH_MD5;
+        memcpy(k.md5, st->text, 36);
+    } else {
+        return;
+    }
+    if (passthrough_remember(st->c->user, &k) < 0)
+        log_client(LOG_WARNING, st->c, "out of memory keeping the keys for upstream logins");
+    OPENSSL_cleanse(&k, sizeof(k));
+}
+
 /* Wrong password, unknown user, unusable secret: all look the same to the client. */
 static void login_failed(struct client *c, const char *why)
 {
@@ -216,6 +239,7 @@ static void check_md5(struct auth_state *st, const char *answer)
         login_failed(c, st->note ? st->note : "wrong password");
         return;
     }
+    remember_for_upstream(st);
     login_ok(c);
 }
 
@@ -320,6 +344,7 @@ static void sasl_response(struct auth_state *st, const uint8_t *body, uint32_t l
     free(out);
     if (log_enabled(LOG_DEBUG))
         log_client(LOG_DEBUG, c, "SCRAM-SHA-256%s login", st->sx.plus ? "-PLUS" : "");
+    remember_for_upstream(st);
     login_ok(c);
 }
 
@@ -578,4 +603,5 @@ void auth_free_all(void)
     hba_free(G.hba);
     G.hba = NULL;
     secret_free_all();
+    passthrough_free_all();
 }

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "server_login.h"
 #include "sluice.h"
 
 struct cancel_map {
@@ -142,7 +143,8 @@ void cancel_unregister(struct cancel_map *m, struct client *c)
 
 struct cancel_job {
     uv_work_t req;
-    PGcancel *cancel;
+    PGcancel *cancel;                  /* a libpq login's */
+    struct login_cancel_target target; /* else a passthrough login's (server_login.c) */
     struct server *server;
     int ok;
     char err[256];
@@ -151,14 +153,18 @@ struct cancel_job {
 static void cancel_work(uv_work_t *req)
 {
     struct cancel_job *job = container_of(req, struct cancel_job, req);
-    job->ok = PQcancel(job->cancel, job->err, sizeof(job->err));
+    if (job->cancel)
+        job->ok = PQcancel(job->cancel, job->err, sizeof(job->err));
+    else
+        job->ok = server_login_send_cancel(&job->target, job->err, sizeof(job->err)) == 0;
 }
 
 static void cancel_done(uv_work_t *req, int status)
 {
     struct cancel_job *job = container_of(req, struct cancel_job, req);
     struct server *s = job->server;
-    PQfreeCancel(job->cancel);
+    if (job->cancel)
+        PQfreeCancel(job->cancel);
     s->cancels_in_flight--;
     if (status == 0 && !job->ok)
         log_msg(LOG_WARNING, "S-%llu: cancel request failed: %s", (unsigned long long)s->id,
@@ -184,7 +190,7 @@ void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
         return;
     }
     struct server *s = c->server;
-    if (!s || s->state != SERVER_ACTIVE || !s->conn) {
+    if (!s || s->state != SERVER_ACTIVE || (!s->conn && !s->login)) {
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
         return;
     }
@@ -198,9 +204,10 @@ int cancel_server(struct sluice *app, struct server *s)
     struct cancel_job *job = calloc(1, sizeof(*job));
     if (!job)
         return -ENOMEM;
-    job->cancel = PQgetCancel(s->conn);
     job->server = s;
-    if (!job->cancel) {
+    if (s->conn)
+        job->cancel = PQgetCancel(s->conn);
+    if (!job->cancel && !server_login_cancel_target(s, &job->target)) {
         free(job);
         return -ENOMEM;
     }
@@ -208,7 +215,8 @@ int cancel_server(struct sluice *app, struct server *s)
     int rc = uv_queue_work(app->loop, &job->req, cancel_work, cancel_done);
     if (rc < 0) {
         s->cancels_in_flight--;
-        PQfreeCancel(job->cancel);
+        if (job->cancel)
+            PQfreeCancel(job->cancel);
         free(job);
         return rc;
     }

@@ -420,6 +420,25 @@ out:
     return rc;
 }
 
+/* AuthMessage = client-first-message-bare + "," + server-first-message + "," +
+ * client-final-message-without-proof (RFC 5802 section 3). malloc'd, *len set; NULL if out of
+ * memory. Both sides of an exchange sign it. */
+static char *auth_message_build(const char *client_first_bare, const char *server_first,
+                                const char *final_without_proof, size_t final_len, size_t *len)
+{
+    size_t bare_len = strlen(client_first_bare), sf_len = strlen(server_first);
+    *len = bare_len + 1 + sf_len + 1 + final_len;
+    char *am = malloc(*len);
+    if (!am)
+        return NULL;
+    memcpy(am, client_first_bare, bare_len);
+    am[bare_len] = ',';
+    memcpy(am + bare_len + 1, server_first, sf_len);
+    am[bare_len + 1 + sf_len] = ',';
+    memcpy(am + bare_len + 2 + sf_len, final_without_proof, final_len);
+    return am;
+}
+
 /* The channel-binding attribute the client must send: base64 of the gs2 header it sent first,
  * followed by the certificate hash when it bound. */
 static bool cbind_matches(const struct scram_server *x, const char *c_attr, size_t len)
@@ -507,18 +526,13 @@ enum scram_result scram_server_final(struct scram_server *x, const char *msg, si
     }
     size_t without_proof = (size_t)(proof_attr - m);
 
-    size_t bare_len = strlen(x->client_first_bare), sf_len = strlen(x->server_first);
-    size_t am_len = bare_len + 1 + sf_len + 1 + without_proof;
-    auth_message = malloc(am_len);
+    size_t am_len;
+    auth_message =
+        auth_message_build(x->client_first_bare, x->server_first, m, without_proof, &am_len);
     if (!auth_message) {
         rc = SCRAM_NOMEM;
         goto out;
     }
-    memcpy(auth_message, x->client_first_bare, bare_len);
-    auth_message[bare_len] = ',';
-    memcpy(auth_message + bare_len + 1, x->server_first, sf_len);
-    auth_message[bare_len + 1 + sf_len] = ',';
-    memcpy(auth_message + bare_len + 2 + sf_len, m, without_proof);
 
     if (hmac_sha256(x->secret.stored_key, SCRAM_KEY_LEN, auth_message, am_len, sig) != 0) {
         rc = SCRAM_NOMEM;
@@ -549,6 +563,8 @@ enum scram_result scram_server_final(struct scram_server *x, const char *msg, si
         goto out;
     }
     snprintf(*out, cap, "v=%s", v);
+    memcpy(x->client_key, client_key, SCRAM_KEY_LEN);
+    x->client_key_known = true;
     rc = SCRAM_OK;
 out:
     OPENSSL_cleanse(client_key, sizeof(client_key));
@@ -556,4 +572,162 @@ out:
     free(auth_message);
     free(m);
     return rc;
+}
+
+/* ---- the client side ---- */
+
+void scram_client_init(struct scram_client *x, const struct scram_secret *secret,
+                       const uint8_t client_key[SCRAM_KEY_LEN])
+{
+    memset(x, 0, sizeof(*x));
+    x->secret = *secret;
+    memcpy(x->client_key, client_key, SCRAM_KEY_LEN);
+}
+
+void scram_client_free(struct scram_client *x)
+{
+    free(x->client_first_bare);
+    OPENSSL_cleanse(x, sizeof(*x));
+}
+
+enum scram_result scram_client_first(struct scram_client *x, const char *client_nonce, char **out)
+{
+    *out = NULL;
+    if (client_nonce) {
+        if (strlen(client_nonce) >= sizeof(x->nonce) || !nonce_ok(client_nonce, strlen(client_nonce)))
+            return SCRAM_MALFORMED;
+        strcpy(x->nonce, client_nonce);
+    } else {
+        uint8_t raw[RAW_NONCE_LEN];
+        if (RAND_bytes(raw, sizeof(raw)) != 1)
+            return SCRAM_NOMEM;
+        scram_b64_encode(raw, sizeof(raw), x->nonce, sizeof(x->nonce));
+    }
+    /* Postgres ignores the SCRAM user name (the startup packet's counts): send it empty. */
+    size_t cap = strlen(x->nonce) + 16;
+    free(x->client_first_bare);
+    x->client_first_bare = malloc(cap);
+    *out = malloc(cap);
+    if (!x->client_first_bare || !*out) {
+        free(*out);
+        *out = NULL;
+        return SCRAM_NOMEM;
+    }
+    snprintf(x->client_first_bare, cap, "n=,r=%s", x->nonce);
+    snprintf(*out, cap, "n,,%s", x->client_first_bare);
+    return SCRAM_OK;
+}
+
+enum scram_result scram_client_final(struct scram_client *x, const char *msg, size_t len,
+                                     char **out, const char **why)
+{
+    *out = NULL;
+    *why = NULL;
+    if (!x->client_first_bare || x->sent_final) {
+        *why = "server-first-message out of order";
+        return SCRAM_MALFORMED;
+    }
+    char *m = copy_message(msg, len);
+    if (!m) {
+        *why = "malformed server-first-message";
+        return len == 0 || len > MAX_MESSAGE ? SCRAM_MALFORMED : SCRAM_NOMEM;
+    }
+    enum scram_result rc = SCRAM_MALFORMED;
+    char *auth_message = NULL, *final = NULL;
+    uint8_t salt[SCRAM_MAX_SALT_LEN], sig[SCRAM_KEY_LEN], proof[SCRAM_KEY_LEN];
+
+    /* r=<client nonce + server nonce>,s=<salt>,i=<iterations> */
+    size_t cn = strlen(x->nonce);
+    if (strncmp(m, "r=", 2) != 0 || strncmp(m + 2, x->nonce, cn) != 0) {
+        *why = "the server's nonce does not start with ours";
+        goto out;
+    }
+    char *nonce = m + 2;
+    size_t nonce_len = strcspn(nonce, ",");
+    if (nonce_len <= cn || !nonce_ok(nonce, nonce_len) || strncmp(nonce + nonce_len, ",s=", 3)) {
+        *why = "malformed server-first-message";
+        goto out;
+    }
+    char *salt_text = nonce + nonce_len + 3;
+    size_t salt_text_len = strcspn(salt_text, ",");
+    if (salt_text_len > (SCRAM_MAX_SALT_LEN / 3 + 1) * 4 ||
+        strncmp(salt_text + salt_text_len, ",i=", 3) != 0) {
+        *why = "malformed salt in server-first-message";
+        goto out;
+    }
+    int salt_len = scram_b64_decode(salt_text, salt_text_len, salt, sizeof(salt));
+    char *end = NULL;
+    long iterations = strtol(salt_text + salt_text_len + 3, &end, 10);
+    if (salt_len <= 0 || !end || (*end != '\0' && *end != ',') || iterations < 1) {
+        *why = "malformed salt or iteration count in server-first-message";
+        goto out;
+    }
+    if ((size_t)salt_len != x->secret.salt_len ||
+        CRYPTO_memcmp(salt, x->secret.salt, (size_t)salt_len) != 0 ||
+        iterations != x->secret.iterations) {
+        *why = "the server's SCRAM secret for this user is not the one sluice holds (different "
+               "salt or iteration count): the password was changed; update auth_file, or wait "
+               "for auth_query's cache";
+        rc = SCRAM_FAILED;
+        goto out;
+    }
+    /* client-final-message-without-proof: c=biws (base64 of "n,,"),r=<nonce> */
+    size_t fcap = nonce_len + 16;
+    final = malloc(fcap + 64);
+    if (!final) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    int flen = snprintf(final, fcap, "c=biws,r=%.*s", (int)nonce_len, nonce);
+    size_t am_len;
+    auth_message = auth_message_build(x->client_first_bare, m, final, (size_t)flen, &am_len);
+    uint8_t stored_key[SCRAM_KEY_LEN];
+    if (!auth_message || !SHA256(x->client_key, SCRAM_KEY_LEN, stored_key) ||
+        hmac_sha256(stored_key, SCRAM_KEY_LEN, auth_message, am_len, sig) != 0 ||
+        hmac_sha256(x->secret.server_key, SCRAM_KEY_LEN, auth_message, am_len,
+                    x->server_signature) != 0) {
+        rc = SCRAM_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < SCRAM_KEY_LEN; i++)
+        proof[i] = x->client_key[i] ^ sig[i];
+    char p64[64];
+    scram_b64_encode(proof, SCRAM_KEY_LEN, p64, sizeof(p64));
+    snprintf(final + flen, fcap + 64 - (size_t)flen, ",p=%s", p64);
+    *out = final;
+    final = NULL;
+    x->sent_final = true;
+    rc = SCRAM_OK;
+out:
+    OPENSSL_cleanse(sig, sizeof(sig));
+    OPENSSL_cleanse(proof, sizeof(proof));
+    free(final);
+    free(auth_message);
+    free(m);
+    return rc;
+}
+
+enum scram_result scram_client_verify(struct scram_client *x, const char *msg, size_t len,
+                                      const char **why)
+{
+    *why = NULL;
+    if (!x->sent_final) {
+        *why = "server-final-message out of order";
+        return SCRAM_MALFORMED;
+    }
+    uint8_t v[SCRAM_KEY_LEN + 3];
+    if (len > 2 && strncmp(msg, "e=", 2) == 0) {
+        *why = "the server rejected the SCRAM proof";
+        return SCRAM_FAILED;
+    }
+    if (len < 3 || strncmp(msg, "v=", 2) != 0 || len - 2 > (sizeof(v) / 3 + 1) * 4 ||
+        scram_b64_decode(msg + 2, len - 2, v, sizeof(v)) != SCRAM_KEY_LEN) {
+        *why = "malformed server-final-message";
+        return SCRAM_MALFORMED;
+    }
+    if (CRYPTO_memcmp(v, x->server_signature, SCRAM_KEY_LEN) != 0) {
+        *why = "the server's SCRAM signature is wrong: it does not know this user's secret";
+        return SCRAM_FAILED;
+    }
+    return SCRAM_OK;
 }

@@ -66,6 +66,10 @@ struct scram_server {
     char *client_first_bare;             /* kept for the AuthMessage */
     char *server_first;
     size_t nonce_len; /* the combined nonce: server_first + 2, this long */
+    /* After a successful exchange with a real secret: the ClientKey the client proved, which
+     * lets sluice log in upstream as this user (struct scram_client). */
+    bool client_key_known;
+    uint8_t client_key[SCRAM_KEY_LEN];
 };
 
 /* Start an exchange with the user's secret (or a fake one and doomed = true). cbind_data is the
@@ -84,6 +88,37 @@ enum scram_result scram_server_final(struct scram_server *x, const char *msg, si
                                      char **out, const char **why);
 /* Wipe keys and free the kept messages. */
 void scram_server_free(struct scram_server *x);
+
+/* ---- one client-side exchange, with keys instead of a password ----
+ * A client that proves itself with SCRAM hands sluice its ClientKey (the proof XOR the
+ * signature). With it and the secret's ServerKey, sluice can log in upstream as that user
+ * without knowing the password (auth passthrough, as PgBouncer does for SCRAM secrets from
+ * auth_file or auth_query): the server's salt and iteration count must be the secret's. No
+ * channel binding (gs2 header "n,,"). */
+struct scram_client {
+    struct scram_secret secret;          /* salt, iterations, ServerKey the server must prove */
+    uint8_t client_key[SCRAM_KEY_LEN];
+    char nonce[32];                      /* our half of the nonce, base64 */
+    char *client_first_bare;
+    uint8_t server_signature[SCRAM_KEY_LEN]; /* expected in the server-final-message */
+    bool sent_final;
+};
+
+void scram_client_init(struct scram_client *x, const struct scram_secret *secret,
+                       const uint8_t client_key[SCRAM_KEY_LEN]);
+/* The SASLInitialResponse data ("n,,n=,r=<nonce>") into *out (malloc'd). client_nonce: NULL
+ * for a fresh random one (tests pass RFC vectors'). */
+enum scram_result scram_client_first(struct scram_client *x, const char *client_nonce, char **out);
+/* The server-first-message (SASLContinue data) in; the client-final-message out (malloc'd).
+ * SCRAM_FAILED when the server's salt or iteration count differ from the secret's: the keys
+ * sluice holds are not this server's. */
+enum scram_result scram_client_final(struct scram_client *x, const char *msg, size_t len,
+                                     char **out, const char **why);
+/* The server-final-message (SASLFinal data): SCRAM_OK only when the server proved it knows
+ * the ServerKey. */
+enum scram_result scram_client_verify(struct scram_client *x, const char *msg, size_t len,
+                                      const char **why);
+void scram_client_free(struct scram_client *x);
 
 /* The fake secret for a user name that has none: deterministic per name under a server key, so
  * repeated probes see the same salt (as for a real user) and learn nothing. */

@@ -24,8 +24,10 @@
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
+#include "passthrough.h"
 #include "pool.h"
 #include "pool_mode.h"
+#include "server_login.h"
 #include "sluice.h"
 
 static const char *const state_names[] = {
@@ -96,13 +98,12 @@ void server_set_state(struct server *s, enum server_state next)
         list_append(list_for(s, next), &s->node);
 }
 
-static void on_server_io(struct sockio *io, int status, int events);
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
  * filled in where the entry leaves them to the client. */
 #define MAX_KEYWORDS 48
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
-                          const char **val)
+                          const char **val, const char **user_out, bool *password_out)
 {
     const struct config *cfg = p->app->cfg;
     int n = 0;
@@ -146,12 +147,15 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
         if (a && strncmp(a->secret, "md5", 3) != 0 && strncmp(a->secret, "SCRAM-SHA-256$", 14) != 0) {
             kw[n] = "password";
             val[n++] = a->secret;
+            has_password = true;
         }
     }
     kw[n] = "fallback_application_name";
     val[n++] = "sluice";
     kw[n] = NULL;
     val[n] = NULL;
+    *user_out = user;
+    *password_out = has_password;
     return n;
 }
 
@@ -178,7 +182,26 @@ struct server *server_connect(struct pool *p)
     list_node_init(&s->node);
 
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
-    build_conninfo(p, db, kw, val);
+    const char *user = NULL;
+    bool has_password = false;
+    build_conninfo(p, db, kw, val, &user, &has_password);
+    /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
+     * with what it proved; libpq would need the password. */
+    const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
+    if (keys) {
+        s->state = SERVER_CONNECTING;
+        list_append(&p->connecting, &s->node);
+        app->nservers++;
+        s->io.cb = server_on_io;
+        char why[256];
+        if (server_login_start(s, kw, val, keys, why, sizeof(why)) < 0) {
+            server_close(s, why);
+            pool_connect_failed(p, why);
+            return NULL;
+        }
+        log_server(LOG_DEBUG, s, "connecting (passthrough login as \"%s\")", user);
+        return s;
+    }
     s->conn = PQconnectStartParams(kw, val, 0);
     if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
         char msg[512];
@@ -195,7 +218,7 @@ struct server *server_connect(struct pool *p)
     s->state = SERVER_CONNECTING;
     list_append(&p->connecting, &s->node);
     app->nservers++;
-    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, on_server_io) < 0) {
+    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
         server_close(s, "cannot watch the server socket");
         pool_connect_failed(p, "cannot watch the server socket");
         return NULL;
@@ -226,6 +249,11 @@ static void login_done(struct server *s)
         /* sluice retries a partial write from a buffer that may have grown or moved. */
         SSL_set_mode(s->io.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     }
+    server_logged_in(s);
+}
+
+void server_logged_in(struct server *s)
+{
     s->connect_ms = sluice_now(s->pool->app);
     s->pool->connect_failures = 0;
     log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
@@ -302,7 +330,7 @@ static void connect_step(struct server *s)
     if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
         /* libpq moved to another socket (next host, or a retry without TLS). */
         sockio_detach(&s->io);
-        if (sockio_open(&s->io, s->pool->app->loop, fd, s, on_server_io) < 0) {
+        if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
             struct pool *p = s->pool;
             server_close(s, "cannot watch the server socket");
             pool_connect_failed(p, "cannot watch the server socket");
@@ -337,9 +365,13 @@ static void connect_step(struct server *s)
     }
 }
 
-static void on_server_io(struct sockio *io, int status, int events)
+void server_on_io(struct sockio *io, int status, int events)
 {
     struct server *s = io->owner;
+    if (s->state == SERVER_CONNECTING && s->login) {
+        server_login_step(s, status, events);
+        return;
+    }
     if (s->state == SERVER_CONNECTING) {
         if (s->probing)
             probe_step(s);
@@ -452,6 +484,7 @@ void server_close(struct server *s, const char *reason)
         PQfinish(s->conn);
         s->conn = NULL;
     }
+    server_login_free(s); /* a passthrough login's socket and TLS session are sluice's own */
     buf_release(&s->in);
     codec_out_free(&s->out);
     params_free(&s->params);

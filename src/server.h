@@ -67,8 +67,14 @@ struct server {
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
     bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
+    struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
+                                 * target and TLS session for the server's life */
 };
 
+/* The socket callback of every server (libpq login, passthrough login, then the relay). */
+void server_on_io(struct sockio *io, int status, int events);
+/* Logged in (by libpq or server_login.c), parameters and backend pid known: into the pool. */
+void server_logged_in(struct server *s);
 /* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */
 struct server *server_connect(struct pool *pool);
 void server_set_state(struct server *s, enum server_state next);

@@ -315,17 +315,116 @@ def test_a_failing_auth_query_is_reported_and_logged(start_sluice, pg, auth_role
     assert "wrong-authpass" not in s.log_text()
 
 
-def test_auth_query_users_need_upstream_credentials_of_their_own(start_sluice, pg, auth_roles):
-    """sluice does not log in upstream with the SCRAM keys of the client's exchange (libpq
-    takes only a password): without a forced user in [databases], an auth_query user passes
-    sluice's check and then the server's login fails."""
-    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth"},
+# ---- auth passthrough: logging in upstream without the password ---------------------------------
+
+
+def passthrough_entry(pg, **extra):
+    """A [databases] entry with no user and no password: sluice logs in as the client."""
+    e = {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}
+    e.update(extra)
+    return e
+
+
+def upstream_users(pg):
+    return {r[0] for r in pg.query("SELECT usename FROM pg_stat_activity "
+                                   f"WHERE datname = '{APP_DB}' AND pid <> pg_backend_pid()")}
+
+
+def test_auth_query_scram_user_logs_in_upstream_with_the_keys_its_client_proved(
+        start_sluice, pg, auth_roles):
+    """sluice knows qscram only by its SCRAM secret (from auth_query): libpq could not log in
+    with that. The ClientKey the client proved opens the upstream login instead."""
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth",
+                      "pool_mode": "transaction", "log_level": "debug"},
                      auth_file={"sluice_auth": "authpass"},
-                     databases={APP_DB: {"host": "127.0.0.1", "port": pg.port,
-                                         "dbname": APP_DB}})
+                     databases={APP_DB: passthrough_entry(pg)})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+        assert "qscram" in upstream_users(pg)
+    s.wait_for_log(r'connecting \(passthrough login as "qscram"\)')
+    p = run_psql(s.port, "SELECT session_user", user="qscram", password="qpass")
+    assert p.returncode == 0 and p.stdout.strip() == "qscram", p.stderr
+    # a wrong password still fails at sluice, like any other
+    _, err = auth_codes_and_error(s.port, "qscram", "not-qpass")
+    assert err["C"] == "28P01"
+
+
+def test_auth_file_scram_secret_passthrough_and_cancel(start_sluice, pg, auth_roles):
+    """A SCRAM secret copied from pg_authid into auth_file: the client logs in, sluice logs in
+    upstream with the client's keys, and a CancelRequest reaches that backend (sluice sends it
+    itself: the login was not libpq's)."""
+    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    assert secret.startswith("SCRAM-SHA-256$")
+    s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "transaction"},
+                     auth_file={"qscram": secret},
+                     databases={APP_DB: passthrough_entry(pg)})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+        t0 = time.monotonic()
+        timer = threading.Timer(0.5, c.cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute("SELECT pg_sleep(20)")
+        timer.join()
+        assert time.monotonic() - t0 < 10
+        assert c.execute("SELECT 2").fetchone()[0] == 2
+
+
+def test_passthrough_sslmode_require_is_refused_without_tls_and_prefer_goes_on(
+        start_sluice, pg, auth_roles):
+    """sslmode=require towards a server without TLS fails with libpq's words; prefer goes on
+    without TLS. (The TLS case itself is in test_tls.py.)"""
+    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    s = start_sluice({"auth_type": "scram-sha-256"}, auth_file={"qscram": secret},
+                     databases={APP_DB: passthrough_entry(pg, sslmode="require"),
+                                "preferdb": passthrough_entry(pg, sslmode="prefer")})
     with pytest.raises(psycopg.OperationalError) as ei:
         s.connect(user="qscram", password="qpass")
-    assert "no password supplied" in str(ei.value), str(ei.value)
+    assert "server does not support SSL, but SSL was required" in str(ei.value)
+    with s.connect(dbname="preferdb", user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+
+
+def test_md5_secret_passthrough(start_sluice, pg, auth_roles):
+    """qmd5's md5 secret (from auth_query) answers the server's md5 challenge."""
+    hba = pg.data / "pg_hba.conf"
+    before = hba.read_text()
+    hba.write_text("host all qmd5 127.0.0.1/32 md5\n" + before)
+    pg.query("SELECT pg_reload_conf()")
+    try:
+        s = start_sluice({"auth_type": "md5", "auth_user": "sluice_auth"},
+                         auth_file={"sluice_auth": "authpass"},
+                         databases={APP_DB: passthrough_entry(pg)})
+        with s.connect(user="qmd5", password="qpass5") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "qmd5"
+    finally:
+        hba.write_text(before)
+        pg.query("SELECT pg_reload_conf()")
+
+
+def test_passthrough_after_the_password_changed_upstream_says_why(start_sluice, pg):
+    """auth_file still holds the old SCRAM secret; the server has a new one (another salt): the
+    client passes sluice's check with the old password, the upstream login cannot, and the
+    client is told why instead of hanging."""
+    with pg.superuser() as c:
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute("CREATE ROLE qchanged LOGIN PASSWORD 'oldpass'")
+    try:
+        old = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qchanged'")[0][0]
+        with pg.superuser() as c:
+            c.execute("SET password_encryption = 'scram-sha-256'")
+            c.execute("ALTER ROLE qchanged PASSWORD 'newpass'")
+        s = start_sluice({"auth_type": "scram-sha-256", "query_wait_timeout": 5},
+                         auth_file={"qchanged": old},
+                         databases={APP_DB: passthrough_entry(pg)})
+        with pytest.raises(psycopg.OperationalError) as ei:
+            s.connect(user="qchanged", password="oldpass")
+        assert "not the one sluice holds" in str(ei.value), str(ei.value)
+        assert "qchanged" not in upstream_users(pg)
+    finally:
+        pg.clear_backends("qchanged")
+        with pg.superuser() as c:
+            c.execute("DROP ROLE IF EXISTS qchanged")
 
 
 # ---- auth_hba_file --------------------------------------------------------------------------------

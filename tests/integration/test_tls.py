@@ -437,3 +437,42 @@ def test_pipelined_transactions_over_tls_in_transaction_mode(start_sluice, pki):
         with c.pipeline():
             curs = [c.execute("SELECT %s::int, repeat('z', 3000)", [i]) for i in range(400)]
         assert [cur.fetchone()[0] for cur in curs] == list(range(400))
+
+
+# ---- upstream TLS on a passthrough login (sluice's own TLS client, not libpq's) -------------------
+
+
+def _passthrough_role(cluster):
+    with cluster.superuser() as c:
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute("DROP ROLE IF EXISTS tlspass")
+        c.execute("CREATE ROLE tlspass LOGIN PASSWORD 'tls-pass'")
+    return cluster.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'tlspass'")[0][0]
+
+
+def test_passthrough_login_verify_full_over_tls(start_sluice, tls_pg, pki):
+    """A user known only by its SCRAM secret, behind a hostssl-only server: sluice's own login
+    (the client's keys) does TLS with verify-full against the CA, by host name."""
+    secret = _passthrough_role(tls_pg)
+    entry = {"host": "localhost", "hostaddr": "127.0.0.1", "port": tls_pg.port, "dbname": APP_DB}
+    s = start_sluice({"auth_type": "scram-sha-256", "server_tls_sslmode": "verify-full",
+                      "server_tls_ca_file": str(pki.ca), "log_level": "debug"},
+                     auth_file={"tlspass": secret}, databases={APP_DB: entry})
+    with s.connect(user="tlspass", password="tls-pass") as c:
+        row = c.execute("SELECT current_user, ssl, version FROM pg_stat_ssl "
+                        "WHERE pid = pg_backend_pid()").fetchone()
+    assert row[0] == "tlspass" and row[1] is True and row[2].startswith("TLSv1"), row
+    s.wait_for_log(r'connecting \(passthrough login as "tlspass"\)')
+    s.wait_for_log(r"connected to backend pid \d+ \(TLS\)")
+    tls_pg.clear_backends("tlspass")
+
+
+def test_passthrough_login_with_the_wrong_ca_fails_verification(start_sluice, tls_pg, other_pki):
+    secret = _passthrough_role(tls_pg)
+    entry = {"host": "127.0.0.1", "port": tls_pg.port, "dbname": APP_DB}
+    s = start_sluice({"auth_type": "scram-sha-256", "server_tls_sslmode": "verify-ca",
+                      "server_tls_ca_file": str(other_pki.ca)},
+                     auth_file={"tlspass": secret}, databases={APP_DB: entry})
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(user="tlspass", password="tls-pass")
+    assert "certificate verify failed" in str(ei.value), str(ei.value)

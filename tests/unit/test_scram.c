@@ -353,6 +353,79 @@ static void fake_secrets_are_stable_per_name_and_differ_between_names(void)
     CHECK(memcmp(a1.salt, other_key.salt, SCRAM_SALT_LEN) != 0);
 }
 
+/* Passthrough: the ClientKey a client proves to sluice's server side logs sluice in to another
+ * server holding the same secret, without the password. */
+static void client_keys_from_one_exchange_log_in_to_a_server_with_the_same_secret(void)
+{
+    struct scram_secret s = rfc_secret();
+    /* 1. A client (the RFC's) proves itself to sluice: sluice learns its ClientKey. */
+    struct scram_server front;
+    scram_server_init(&front, &s, false, NULL, 0);
+    char *out = NULL;
+    const char *why = NULL;
+    CHECK_INT(scram_server_first(&front, false, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST),
+                                 RFC_SERVER_NONCE, &out, &why),
+              SCRAM_OK);
+    free(out);
+    CHECK_INT(scram_server_final(&front, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), &out, &why),
+              SCRAM_OK);
+    free(out);
+    CHECK(front.client_key_known);
+
+    /* 2. sluice logs in upstream with it (the upstream is another scram_server here). */
+    struct scram_server upstream;
+    scram_server_init(&upstream, &s, false, NULL, 0);
+    struct scram_client x;
+    scram_client_init(&x, &s, front.client_key);
+    char *first = NULL, *sfirst = NULL, *final = NULL, *sfinal = NULL;
+    CHECK_INT(scram_client_first(&x, NULL, &first), SCRAM_OK);
+    CHECK(strncmp(first, "n,,n=,r=", 8) == 0);
+    CHECK_INT(scram_server_first(&upstream, false, first, strlen(first), NULL, &sfirst, &why),
+              SCRAM_OK);
+    CHECK_INT(scram_client_final(&x, sfirst, strlen(sfirst), &final, &why), SCRAM_OK);
+    CHECK_INT(scram_server_final(&upstream, final, strlen(final), &sfinal, &why), SCRAM_OK);
+    CHECK_INT(scram_client_verify(&x, sfinal, strlen(sfinal), &why), SCRAM_OK);
+    /* a server that does not know the ServerKey cannot fake the final message */
+    char forged[] = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+    CHECK_INT(scram_client_verify(&x, forged, strlen(forged), &why), SCRAM_FAILED);
+    CHECK_INT(scram_client_verify(&x, "e=invalid-proof", 15, &why), SCRAM_FAILED);
+    free(first);
+    free(sfirst);
+    free(final);
+    free(sfinal);
+    scram_client_free(&x);
+    scram_server_free(&upstream);
+    scram_server_free(&front);
+}
+
+static void client_keys_are_refused_by_a_server_with_another_salt(void)
+{
+    struct scram_secret s = rfc_secret(), other;
+    const uint8_t salt[16] = "another-salt-16";
+    CHECK_INT(scram_make_secret("pencil", salt, sizeof(salt), 4096, &other), 0);
+    uint8_t key[SCRAM_KEY_LEN] = {1, 2, 3};
+    struct scram_client x;
+    scram_client_init(&x, &s, key);
+    char *first = NULL, *final = NULL;
+    const char *why = NULL;
+    CHECK_INT(scram_client_first(&x, "abcdefgh", &first), SCRAM_OK);
+    char sfirst[200];
+    char salt64[64];
+    scram_b64_encode(other.salt, other.salt_len, salt64, sizeof(salt64));
+    snprintf(sfirst, sizeof(sfirst), "r=abcdefghSERVER,s=%s,i=4096", salt64);
+    CHECK_INT(scram_client_final(&x, sfirst, strlen(sfirst), &final, &why), SCRAM_FAILED);
+    CHECK(why && strstr(why, "salt"));
+    CHECK(final == NULL);
+    /* a nonce that does not extend ours, and garbage, are malformed */
+    CHECK_INT(scram_client_final(&x, "r=zzz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", 39, &final, &why),
+              SCRAM_MALFORMED);
+    CHECK_INT(scram_client_final(&x, "r=abcdefghX,s=!!,i=4096", 23, &final, &why), SCRAM_MALFORMED);
+    CHECK_INT(scram_client_final(&x, "r=abcdefghX,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=x", 42, &final, &why),
+              SCRAM_MALFORMED);
+    free(first);
+    scram_client_free(&x);
+}
+
 int main(void)
 {
     RUN(rfc7677_vector_gives_the_rfc_messages);
@@ -365,5 +438,7 @@ int main(void)
     RUN(channel_binding_negotiation_follows_postgres);
     RUN(malformed_client_messages_are_refused);
     RUN(fake_secrets_are_stable_per_name_and_differ_between_names);
+    RUN(client_keys_from_one_exchange_log_in_to_a_server_with_the_same_secret);
+    RUN(client_keys_are_refused_by_a_server_with_another_salt);
     return CHECK_DONE();
 }

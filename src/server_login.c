@@ -1,0 +1,832 @@
+/* server_login: a backend login without libpq, for auth passthrough (see server_login.h).
+ *
+ * States, in order (each waits for the socket, then moves on):
+ *   RESOLVING    the host name is being resolved on the thread pool (uv_getaddrinfo)
+ *   CONNECTING   non-blocking connect() in progress
+ *   SSL_ANSWER   SSLRequest sent; one byte 'S' or 'N' expected
+ *   TLS          TLS handshake (SSL_connect) in progress
+ *   AUTH         startup packet sent; authentication and the welcome messages until
+ *                ReadyForQuery
+ *   PROBE        NN% caps: sluice's "SELECT max_connections - reserved" until ReadyForQuery
+ * then server_logged_in() (server.c). Any failure closes the server with the reason and tells
+ * the pool (pool_connect_failed), as a libpq failure would. */
+#include "server_login.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "budget.h"
+#include "codec.h"
+#include "log.h"
+#include "params.h"
+#include "passthrough.h"
+#include "pool.h"
+#include "scram.h"
+#include "server.h"
+#include "sluice.h"
+
+enum login_step { STEP_RESOLVING, STEP_CONNECTING, STEP_SSL_ANSWER, STEP_TLS, STEP_AUTH, STEP_PROBE };
+
+enum ssl_want { SSL_NO, SSL_PREFER, SSL_REQUIRE, SSL_VERIFY_CA, SSL_VERIFY_FULL };
+
+#define MAX_LOGIN_MESSAGE (64 * 1024) /* auth and welcome messages are small */
+
+struct server_login {
+    struct server *s;
+    enum login_step step;
+    struct passthrough_keys keys;
+    struct scram_client scram;
+    bool scram_started;
+
+    char *host;   /* the name: for verify-full, SNI and messages */
+    char *addr_text; /* where to connect: hostaddr, else host */
+    char *port;
+    char *user, *dbname, *options, *app_name;
+    enum ssl_want ssl_want;
+    char *sslrootcert, *sslcert, *sslkey;
+
+    uv_getaddrinfo_t *resolve; /* while RESOLVING; its data is NULL once the login is gone */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+
+    SSL_CTX *ctx;
+    SSL *ssl;          /* sluice's own: freed here (libpq's is libpq's) */
+    struct msg_out in; /* bytes read and not yet handled */
+    uint32_t cancel_key;
+    bool got_key;
+    bool logged_in;
+};
+
+static const char *kw_get(const char *const *kw, const char *const *val, const char *name)
+{
+    for (int i = 0; kw[i]; i++)
+        if (strcmp(kw[i], name) == 0 && val[i] && val[i][0])
+            return val[i];
+    return NULL;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* ---- finishing ---- */
+
+static void fail(struct server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct server *s, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct pool *p = s->pool;
+    server_close(s, msg);
+    pool_connect_failed(p, msg);
+}
+
+void server_login_free(struct server *s)
+{
+    struct server_login *l = s->login;
+    if (!l)
+        return;
+    s->login = NULL;
+    if (l->resolve)
+        l->resolve->data = NULL; /* on_resolved frees it */
+    if (l->logged_in && s->io.fd >= 0) {
+        /* Terminate, as libpq's PQfinish sends: the backend ends at once instead of on EOF. */
+        static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+        if (l->ssl)
+            (void)SSL_write(l->ssl, terminate, sizeof(terminate));
+        else
+            (void)!send(s->io.fd, terminate, sizeof(terminate), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    if (l->ssl) {
+        if (s->io.ssl == l->ssl)
+            s->io.ssl = NULL;
+        SSL_shutdown(l->ssl); /* best effort close_notify; never waits on a non-blocking fd */
+        SSL_free(l->ssl);
+    }
+    SSL_CTX_free(l->ctx);
+    if (s->io.fd >= 0) {
+        close(s->io.fd);
+        s->io.fd = -1;
+    }
+    if (l->scram_started)
+        scram_client_free(&l->scram);
+    OPENSSL_cleanse(&l->keys, sizeof(l->keys));
+    codec_out_free(&l->in);
+    free(l->host);
+    free(l->addr_text);
+    free(l->port);
+    free(l->user);
+    free(l->dbname);
+    free(l->options);
+    free(l->app_name);
+    free(l->sslrootcert);
+    free(l->sslcert);
+    free(l->sslkey);
+    free(l);
+}
+
+/* ---- writing ---- */
+
+/* Write what s->out holds; true when all is out (else wait for writable). Fails s on error. */
+static bool flush_out(struct server *s)
+{
+    while (s->out_pos < s->out.len) {
+        ssize_t n = sockio_write(&s->io, s->out.data + s->out_pos, s->out.len - s->out_pos);
+        if (n < 0) {
+            fail(s, "write to server failed during login: %s", strerror((int)-n));
+            return false;
+        }
+        if (n == 0)
+            break;
+        s->out_pos += (size_t)n;
+    }
+    if (s->out_pos < s->out.len) {
+        sockio_want(&s->io, UV_READABLE | UV_WRITABLE);
+        return false;
+    }
+    codec_out_reset(&s->out);
+    s->out_pos = 0;
+    sockio_want(&s->io, UV_READABLE);
+    return true;
+}
+
+/* ---- connecting ---- */
+
+static void send_startup(struct server *s);
+static void start_tls(struct server *s);
+
+static void begin_connect(struct server *s)
+{
+    struct server_login *l = s->login;
+    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fail(s, "cannot create a socket: %s", strerror(errno));
+        return;
+    }
+    if (l->addr.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    }
+    if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
+        close(fd);
+        fail(s, "cannot watch the server socket");
+        return;
+    }
+    l->step = STEP_CONNECTING;
+    if (connect(fd, (struct sockaddr *)&l->addr, l->addrlen) < 0 && errno != EINPROGRESS) {
+        fail(s, "could not connect to server at %s port %s: %s", l->host, l->port,
+             strerror(errno));
+        return;
+    }
+    sockio_want(&s->io, UV_WRITABLE);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct server *s = req->data;
+    free(req);
+    if (!s || !s->login) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    struct server_login *l = s->login;
+    l->resolve = NULL;
+    if (status < 0 || !res) {
+        uv_freeaddrinfo(res);
+        fail(s, "could not translate host name \"%s\" to address: %s", l->host,
+             uv_strerror(status));
+        return;
+    }
+    memcpy(&l->addr, res->ai_addr, res->ai_addrlen);
+    l->addrlen = res->ai_addrlen;
+    uv_freeaddrinfo(res);
+    begin_connect(s);
+}
+
+static void connected(struct server *s)
+{
+    struct server_login *l = s->login;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(s->io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        fail(s, "could not connect to server at %s port %s: %s", l->host, l->port, strerror(err));
+        return;
+    }
+    if (l->ssl_want != SSL_NO && l->addr.ss_family != AF_UNIX) {
+        codec_begin(&s->out, 0);
+        codec_put_i32(&s->out, 80877103); /* SSLRequest */
+        codec_end(&s->out);
+        l->step = STEP_SSL_ANSWER;
+        flush_out(s);
+        return;
+    }
+    if (l->ssl_want >= SSL_REQUIRE) {
+        fail(s, "sslmode %s needs TCP: a Unix socket has no TLS",
+             l->ssl_want == SSL_REQUIRE ? "require" : "verify-*");
+        return;
+    }
+    send_startup(s);
+}
+
+/* ---- TLS ---- */
+
+static void ssl_error_text(char *out, size_t n)
+{
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, out, n);
+    else
+        snprintf(out, n, "%s", "unknown TLS error");
+    ERR_clear_error();
+}
+
+static void start_tls(struct server *s)
+{
+    struct server_login *l = s->login;
+    char why[256];
+    l->ctx = SSL_CTX_new(TLS_client_method());
+    if (!l->ctx) {
+        fail(s, "cannot create a TLS context");
+        return;
+    }
+    SSL_CTX_set_min_proto_version(l->ctx, TLS1_2_VERSION);
+    if (l->ssl_want >= SSL_VERIFY_CA) {
+        if (!l->sslrootcert) {
+            fail(s, "sslmode verify-ca/verify-full needs a root certificate: set "
+                    "server_tls_ca_file (or sslrootcert in the database entry)");
+            return;
+        }
+        if (SSL_CTX_load_verify_locations(l->ctx, l->sslrootcert, NULL) != 1) {
+            ssl_error_text(why, sizeof(why));
+            fail(s, "cannot read the root certificate \"%s\": %s", l->sslrootcert, why);
+            return;
+        }
+        SSL_CTX_set_verify(l->ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(l->ctx, SSL_VERIFY_NONE, NULL);
+    }
+    if (l->sslcert && l->sslkey &&
+        (SSL_CTX_use_certificate_chain_file(l->ctx, l->sslcert) != 1 ||
+         SSL_CTX_use_PrivateKey_file(l->ctx, l->sslkey, SSL_FILETYPE_PEM) != 1)) {
+        ssl_error_text(why, sizeof(why));
+        fail(s, "cannot load the client certificate \"%s\": %s", l->sslcert, why);
+        return;
+    }
+    l->ssl = SSL_new(l->ctx);
+    if (!l->ssl || SSL_set_fd(l->ssl, s->io.fd) != 1) {
+        fail(s, "cannot start TLS");
+        return;
+    }
+    struct in6_addr ignored;
+    bool is_name = inet_pton(AF_INET, l->host, &ignored) != 1 &&
+                   inet_pton(AF_INET6, l->host, &ignored) != 1;
+    if (is_name)
+        SSL_set_tlsext_host_name(l->ssl, l->host);
+    if (l->ssl_want == SSL_VERIFY_FULL) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(l->ssl);
+        int ok = is_name ? X509_VERIFY_PARAM_set1_host(vp, l->host, 0)
+                         : X509_VERIFY_PARAM_set1_ip_asc(vp, l->host);
+        if (ok != 1) {
+            fail(s, "cannot check the server certificate against \"%s\"", l->host);
+            return;
+        }
+    }
+    SSL_set_mode(l->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    l->step = STEP_TLS;
+}
+
+static void tls_step(struct server *s)
+{
+    struct server_login *l = s->login;
+    ERR_clear_error();
+    int rc = SSL_connect(l->ssl);
+    if (rc == 1) {
+        s->io.ssl = l->ssl;
+        send_startup(s);
+        return;
+    }
+    int e = SSL_get_error(l->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) {
+        sockio_want(&s->io, UV_READABLE);
+        return;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        sockio_want(&s->io, UV_WRITABLE);
+        return;
+    }
+    char why[256];
+    long verify = SSL_get_verify_result(l->ssl);
+    if (verify != X509_V_OK)
+        snprintf(why, sizeof(why), "certificate verify failed: %s",
+                 X509_verify_cert_error_string(verify));
+    else
+        ssl_error_text(why, sizeof(why));
+    fail(s, "TLS handshake with the server failed: %s", why);
+}
+
+static void ssl_answer(struct server *s)
+{
+    struct server_login *l = s->login;
+    uint8_t b;
+    ssize_t n = recv(s->io.fd, &b, 1, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n <= 0) {
+        fail(s, "server closed the connection after SSLRequest");
+        return;
+    }
+    if (b == 'S') {
+        start_tls(s);
+        if (s->login && s->login->step == STEP_TLS)
+            tls_step(s);
+        return;
+    }
+    if (b == 'N' && l->ssl_want == SSL_PREFER) {
+        send_startup(s);
+        return;
+    }
+    if (b == 'N') {
+        fail(s, "server does not support SSL, but SSL was required");
+        return;
+    }
+    fail(s, "received invalid response to SSL negotiation: %c", b);
+}
+
+/* ---- startup and authentication ---- */
+
+static void send_startup(struct server *s)
+{
+    struct server_login *l = s->login;
+    const char *names[5], *values[5];
+    int n = 0;
+    names[n] = "user";
+    values[n++] = l->user;
+    names[n] = "database";
+    values[n++] = l->dbname;
+    names[n] = "application_name";
+    values[n++] = l->app_name ? l->app_name : "sluice";
+    if (l->options) {
+        names[n] = "options";
+        values[n++] = l->options;
+    }
+    codec_put_startup(&s->out, names, values, n);
+    l->step = STEP_AUTH;
+    if (s->out.oom) {
+        fail(s, "out of memory");
+        return;
+    }
+    flush_out(s);
+}
+
+static void put_password_message(struct server *s, const char *text)
+{
+    codec_begin(&s->out, 'p');
+    codec_put_cstring(&s->out, text);
+    codec_end(&s->out);
+}
+
+/* AuthenticationSASL: the server's mechanisms, NUL-separated. */
+static bool start_sasl(struct server *s, struct msg_reader *r)
+{
+    struct server_login *l = s->login;
+    bool offered = false;
+    for (;;) {
+        const char *mech = codec_read_cstring(r);
+        if (!mech || !mech[0])
+            break;
+        offered |= strcmp(mech, SCRAM_MECHANISM) == 0;
+    }
+    if (!offered) {
+        fail(s, "server offered no SASL mechanism sluice can use (SCRAM-SHA-256)");
+        return false;
+    }
+    if (l->keys.kind != PASSTHROUGH_SCRAM) {
+        fail(s, "server asks for SCRAM, but sluice has only an md5 secret for user \"%s\": "
+                "store the password or the SCRAM secret in auth_file",
+             l->user);
+        return false;
+    }
+    scram_client_init(&l->scram, &l->keys.secret, l->keys.client_key);
+    l->scram_started = true;
+    char *first = NULL;
+    if (scram_client_first(&l->scram, NULL, &first) != SCRAM_OK) {
+        fail(s, "out of memory");
+        return false;
+    }
+    codec_begin(&s->out, 'p');
+    codec_put_cstring(&s->out, SCRAM_MECHANISM);
+    codec_put_i32(&s->out, (int32_t)strlen(first));
+    codec_put_bytes(&s->out, first, strlen(first));
+    codec_end(&s->out);
+    free(first);
+    return true;
+}
+
+static bool handle_auth(struct server *s, struct msg_reader *r, const uint8_t *body, uint32_t len)
+{
+    struct server_login *l = s->login;
+    int32_t code = codec_read_i32(r);
+    const char *why = NULL;
+    switch (code) {
+    case 0: /* AuthenticationOk */
+        return true;
+    case 5: { /* MD5Password */
+        const uint8_t *salt = codec_read_bytes(r, 4);
+        if (!salt) {
+            fail(s, "malformed AuthenticationMD5Password");
+            return false;
+        }
+        if (l->keys.kind != PASSTHROUGH_MD5) {
+            fail(s, "server asks for md5, but sluice has only SCRAM keys for user \"%s\": "
+                    "store the password in auth_file, or set the user's password_encryption "
+                    "to scram-sha-256 on the server",
+                 l->user);
+            return false;
+        }
+        char answer[36];
+        auth_md5_hex(l->keys.md5 + 3, 32, salt, 4, answer);
+        put_password_message(s, answer);
+        OPENSSL_cleanse(answer, sizeof(answer));
+        return true;
+    }
+    case 10: /* SASL */
+        return start_sasl(s, r);
+    case 11: { /* SASLContinue */
+        if (!l->scram_started) {
+            fail(s, "SASLContinue before SASL");
+            return false;
+        }
+        char *final = NULL;
+        enum scram_result rc = scram_client_final(&l->scram, (const char *)body + 4, len - 4,
+                                                  &final, &why);
+        if (rc != SCRAM_OK) {
+            fail(s, "SCRAM login as \"%s\" with the client's keys failed: %s", l->user,
+                 why ? why : "out of memory");
+            return false;
+        }
+        codec_begin(&s->out, 'p');
+        codec_put_bytes(&s->out, final, strlen(final));
+        codec_end(&s->out);
+        free(final);
+        return true;
+    }
+    case 12: { /* SASLFinal */
+        if (!l->scram_started ||
+            scram_client_verify(&l->scram, (const char *)body + 4, len - 4, &why) != SCRAM_OK) {
+            fail(s, "SCRAM login as \"%s\": %s", l->user, why ? why : "SASLFinal out of order");
+            return false;
+        }
+        return true;
+    }
+    case 3: /* CleartextPassword */
+        fail(s, "server asks for a cleartext password for user \"%s\", which sluice does not "
+                "know (it holds only a secret): store the password in auth_file",
+             l->user);
+        return false;
+    default:
+        fail(s, "server asks for an authentication method sluice cannot answer (%d) for user "
+                "\"%s\"",
+             code, l->user);
+        return false;
+    }
+}
+
+static bool needs_probe(struct server *s)
+{
+    return (s->pool->server_usable <= 0 || s->pool->probe_again) &&
+           budget_has_percent_caps(s->pool);
+}
+
+/* One whole message from the server. false: s was failed (closed) or the login finished. */
+static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, uint32_t len)
+{
+    struct server_login *l = s->login;
+    struct msg_reader r;
+    codec_reader_init(&r, body, len);
+    switch (type) {
+    case 'R':
+        return handle_auth(s, &r, body, len);
+    case 'E': {
+        struct error_fields f;
+        codec_parse_error(body, len, &f);
+        fail(s, "%s", f.message ? f.message : "server error during login");
+        return false;
+    }
+    case 'S': {
+        const char *name = codec_read_cstring(&r), *value = codec_read_cstring(&r);
+        if (name && value && l->step == STEP_AUTH && params_is_reported(name) &&
+            params_set(&s->params, name, value) < 0) {
+            fail(s, "out of memory");
+            return false;
+        }
+        return true;
+    }
+    case 'K':
+        s->backend_pid = codec_read_i32(&r);
+        l->cancel_key = (uint32_t)codec_read_i32(&r);
+        l->got_key = !r.bad;
+        return true;
+    case 'N':
+        return true;
+    case 'T':
+    case 'C':
+        return true;
+    case 'D':
+        if (l->step == STEP_PROBE) {
+            int16_t ncols = codec_read_i16(&r);
+            int32_t vlen = codec_read_i32(&r);
+            const uint8_t *v = vlen > 0 && vlen < 16 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
+            if (ncols == 1 && v) {
+                char num[16];
+                memcpy(num, v, (size_t)vlen);
+                num[vlen] = '\0';
+                s->pool->server_usable = atoi(num);
+            }
+        }
+        return true;
+    case 'Z':
+        if (l->step == STEP_AUTH && needs_probe(s)) {
+            codec_put_query(&s->out, "SELECT current_setting('max_connections')::int - "
+                                     "current_setting('superuser_reserved_connections')::int");
+            l->step = STEP_PROBE;
+            return true;
+        }
+        if (l->step == STEP_PROBE) {
+            s->pool->probe_again = false;
+            if (s->pool->server_usable <= 0) {
+                fail(s, "cannot read max_connections for NN%% caps: no value returned");
+                return false;
+            }
+            log_server(LOG_INFO, s, "server allows %d connections besides "
+                                    "superuser_reserved_connections",
+                       s->pool->server_usable);
+        }
+        sockio_want(&s->io, 0);
+        /* Keep only what the server's life needs: the cancel target and the TLS session. */
+        l->logged_in = true;
+        codec_out_free(&l->in);
+        if (l->scram_started)
+            scram_client_free(&l->scram);
+        l->scram_started = false;
+        OPENSSL_cleanse(&l->keys, sizeof(l->keys));
+        server_logged_in(s);
+        return false;
+    default:
+        fail(s, "unexpected message '%c' from the server during login", type);
+        return false;
+    }
+}
+
+static void read_messages(struct server *s)
+{
+    struct server_login *l = s->login;
+    for (;;) {
+        uint8_t chunk[4096];
+        ssize_t n = sockio_read(&s->io, chunk, sizeof(chunk));
+        if (n == SOCKIO_AGAIN)
+            break;
+        if (n <= 0) {
+            fail(s, "server closed the connection during login%s%s", n < 0 ? ": " : "",
+                 n < 0 ? strerror((int)-n) : "");
+            return;
+        }
+        codec_put_bytes(&l->in, chunk, (size_t)n);
+        if (l->in.oom || l->in.len > MAX_LOGIN_MESSAGE + 4096) {
+            fail(s, "server sent too much during login");
+            return;
+        }
+        size_t pos = 0;
+        while (l->in.len - pos >= CODEC_HEADER_LEN) {
+            const uint8_t *h = l->in.data + pos;
+            uint32_t mlen = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) |
+                            ((uint32_t)h[3] << 8) | h[4];
+            if (mlen < 4 || mlen > MAX_LOGIN_MESSAGE) {
+                fail(s, "invalid message length %u from the server during login", mlen);
+                return;
+            }
+            if (l->in.len - pos < 1 + (size_t)mlen)
+                break;
+            if (!handle_message(s, h[0], h + CODEC_HEADER_LEN, mlen - 4))
+                return; /* failed (s closed) or logged in (s handed over, l freed) */
+            pos += 1 + (size_t)mlen;
+        }
+        memmove(l->in.data, l->in.data + pos, l->in.len - pos);
+        l->in.len -= pos;
+        if (s->out.len > s->out_pos && !flush_out(s))
+            return;
+    }
+    if (s->login && s->out.len > s->out_pos)
+        flush_out(s);
+}
+
+void server_login_step(struct server *s, int status, int events)
+{
+    struct server_login *l = s->login;
+    if (status < 0 && l->step != STEP_CONNECTING) {
+        fail(s, "server connection failed during login: %s", sockio_poll_error(&s->io, status));
+        return;
+    }
+    switch (l->step) {
+    case STEP_RESOLVING:
+        return;
+    case STEP_CONNECTING:
+        connected(s);
+        return;
+    case STEP_SSL_ANSWER:
+        if ((events & UV_WRITABLE) && !flush_out(s))
+            return;
+        if (events & UV_READABLE)
+            ssl_answer(s);
+        return;
+    case STEP_TLS:
+        tls_step(s);
+        return;
+    case STEP_AUTH:
+    case STEP_PROBE:
+        if ((events & UV_WRITABLE) && s->out.len > s->out_pos && !flush_out(s))
+            return;
+        if (events & UV_READABLE)
+            read_messages(s);
+        return;
+    }
+}
+
+/* ---- start ---- */
+
+static int parse_sslmode(const char *mode, enum ssl_want *out)
+{
+    if (!mode || strcmp(mode, "prefer") == 0)
+        *out = SSL_PREFER;
+    else if (strcmp(mode, "disable") == 0 || strcmp(mode, "allow") == 0)
+        *out = SSL_NO; /* allow: libpq tries without TLS first */
+    else if (strcmp(mode, "require") == 0)
+        *out = SSL_REQUIRE;
+    else if (strcmp(mode, "verify-ca") == 0)
+        *out = SSL_VERIFY_CA;
+    else if (strcmp(mode, "verify-full") == 0)
+        *out = SSL_VERIFY_FULL;
+    else
+        return -1;
+    return 0;
+}
+
+int server_login_start(struct server *s, const char *const *kw, const char *const *val,
+                       const struct passthrough_keys *keys, char *why, size_t whylen)
+{
+    struct server_login *l = calloc(1, sizeof(*l));
+    if (!l) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    s->login = l;
+    l->s = s;
+    l->keys = *keys;
+    codec_out_init(&l->in);
+    const char *host = kw_get(kw, val, "host");
+    const char *hostaddr = kw_get(kw, val, "hostaddr");
+    if (!host)
+        host = hostaddr ? hostaddr : "/var/run/postgresql";
+    if (!hostaddr)
+        hostaddr = host;
+    const char *port = kw_get(kw, val, "port");
+    const char *app_name = kw_get(kw, val, "application_name");
+    if (!app_name)
+        app_name = kw_get(kw, val, "fallback_application_name");
+    l->host = strndup(host, strcspn(host, ",")); /* the first host of a list */
+    l->addr_text = strndup(hostaddr, strcspn(hostaddr, ","));
+    l->port = strndup(port ? port : "5432", strcspn(port ? port : "5432", ","));
+    l->user = dup_or_null(kw_get(kw, val, "user"));
+    l->dbname = dup_or_null(kw_get(kw, val, "dbname"));
+    l->options = dup_or_null(kw_get(kw, val, "options"));
+    l->app_name = dup_or_null(app_name);
+    l->sslrootcert = dup_or_null(kw_get(kw, val, "sslrootcert"));
+    l->sslcert = dup_or_null(kw_get(kw, val, "sslcert"));
+    l->sslkey = dup_or_null(kw_get(kw, val, "sslkey"));
+    if (!l->host || !l->addr_text || !l->port || !l->user || !l->dbname) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    if (parse_sslmode(kw_get(kw, val, "sslmode"), &l->ssl_want) < 0) {
+        snprintf(why, whylen, "invalid sslmode \"%s\"", kw_get(kw, val, "sslmode"));
+        return -1;
+    }
+    char *end = NULL;
+    long portnum = strtol(l->port, &end, 10);
+    if (!end || *end || portnum < 1 || portnum > 65535) {
+        snprintf(why, whylen, "invalid port number: \"%s\"", l->port);
+        return -1;
+    }
+    memset(&l->addr, 0, sizeof(l->addr));
+    if (l->addr_text[0] == '/') {
+        struct sockaddr_un *un = (struct sockaddr_un *)&l->addr;
+        un->sun_family = AF_UNIX;
+        int n = snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%ld", l->addr_text,
+                         portnum);
+        if (n < 0 || (size_t)n >= sizeof(un->sun_path)) {
+            snprintf(why, whylen, "Unix socket path too long: \"%s\"", l->addr_text);
+            return -1;
+        }
+        l->addrlen = sizeof(*un);
+        begin_connect(s);
+        return 0;
+    }
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&l->addr;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&l->addr;
+    if (inet_pton(AF_INET, l->addr_text, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)portnum);
+        l->addrlen = sizeof(*in4);
+        begin_connect(s);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, l->addr_text, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)portnum);
+        l->addrlen = sizeof(*in6);
+        begin_connect(s);
+        return 0;
+    }
+    /* A name: resolve it off the loop. */
+    l->resolve = malloc(sizeof(*l->resolve));
+    if (!l->resolve) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    l->resolve->data = s;
+    l->step = STEP_RESOLVING;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = uv_getaddrinfo(s->pool->app->loop, l->resolve, on_resolved, l->addr_text, l->port,
+                            &hints);
+    if (rc < 0) {
+        free(l->resolve);
+        l->resolve = NULL;
+        snprintf(why, whylen, "could not translate host name \"%s\" to address: %s", l->host,
+                 uv_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- cancel ---- */
+
+bool server_login_cancel_target(const struct server *s, struct login_cancel_target *out)
+{
+    const struct server_login *l = s->login;
+    if (!l || !l->got_key)
+        return false;
+    memcpy(&out->addr, &l->addr, sizeof(out->addr));
+    out->addrlen = l->addrlen;
+    out->pid = (uint32_t)s->backend_pid;
+    out->key = l->cancel_key;
+    return true;
+}
+
+int server_login_send_cancel(const struct login_cancel_target *t, char *why, size_t whylen)
+{
+    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(why, whylen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    uint8_t msg[16];
+    uint32_t words[4] = {htonl(16), htonl(80877102), htonl(t->pid), htonl(t->key)};
+    memcpy(msg, words, sizeof(msg));
+    int rc = -1;
+    if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0) {
+        snprintf(why, whylen, "connect: %s", strerror(errno));
+    } else if (send(fd, msg, sizeof(msg), MSG_NOSIGNAL) != (ssize_t)sizeof(msg)) {
+        snprintf(why, whylen, "send: %s", strerror(errno));
+    } else {
+        /* The server closes the connection once it has read the request. */
+        uint8_t b;
+        (void)!recv(fd, &b, 1, 0);
+        rc = 0;
+    }
+    close(fd);
+    return rc;
+}
