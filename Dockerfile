@@ -22,7 +22,7 @@ FROM ${DEBIAN_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         meson ninja-build pkg-config gcc libc6-dev \
-        libuv1-dev libpq-dev libinih-dev libssl-dev \
+        libuv1-dev libpq-dev libinih-dev libssl-dev libidn-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree (.dockerignore keeps build directories out): meson.build reads tests/ too.
@@ -38,7 +38,7 @@ RUN meson setup /build --buildtype=release --prefix=/usr/local \
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libuv1 libpq5 libinih1 libssl3 ca-certificates \
+        libuv1 libpq5 libinih1 libssl3 libidn12 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 sluice \
  && useradd --uid 10001 --gid sluice --home-dir /nonexistent --no-create-home \

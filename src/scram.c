@@ -14,6 +14,7 @@
  * the same errors from sluice as from the server. */
 #include "scram.h"
 
+#include <idn-free.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stringprep.h>
 
 #define SECRET_PREFIX "SCRAM-SHA-256$"
 #define RAW_NONCE_LEN 18 /* Postgres's SCRAM_RAW_NONCE_LEN */
@@ -116,13 +118,41 @@ static int hmac_sha256(const uint8_t *key, size_t keylen, const void *data, size
     return 0;
 }
 
+char *scram_saslprep(const char *password)
+{
+    bool ascii = true;
+    for (const unsigned char *p = (const unsigned char *)password; *p; p++)
+        ascii &= *p < 0x80;
+    char *out = NULL;
+    /* Stored strings: unassigned code points are prohibited, as Postgres does. */
+    if (!ascii && stringprep_profile(password, &out, "SASLprep", STRINGPREP_NO_UNASSIGNED) ==
+                      STRINGPREP_OK &&
+        out && out[0]) {
+        char *copy = strdup(out); /* libidn's allocator need not be ours */
+        OPENSSL_cleanse(out, strlen(out));
+        idn_free(out);
+        return copy;
+    }
+    if (out) {
+        OPENSSL_cleanse(out, strlen(out));
+        idn_free(out);
+    }
+    return strdup(password);
+}
+
 static int salted_password(const char *password, const uint8_t *salt, size_t salt_len,
                            int iterations, uint8_t out[SCRAM_KEY_LEN])
 {
-    if (PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)salt_len, iterations,
-                          EVP_sha256(), SCRAM_KEY_LEN, out) != 1)
+    char *prepared = scram_saslprep(password);
+    if (!prepared)
         return -1;
-    return 0;
+    int rc = PKCS5_PBKDF2_HMAC(prepared, (int)strlen(prepared), salt, (int)salt_len, iterations,
+                               EVP_sha256(), SCRAM_KEY_LEN, out) == 1
+                 ? 0
+                 : -1;
+    OPENSSL_cleanse(prepared, strlen(prepared));
+    free(prepared);
+    return rc;
 }
 
 int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len, int iterations,

@@ -34,11 +34,13 @@ int scram_parse_secret(const char *text, struct scram_secret *out)
 /* The pg_authid text form; 0, or -1 when out is too small (160 bytes always suffice). */
 int scram_format_secret(const struct scram_secret *s, char *out, size_t outlen)
     __attribute__((warn_unused_result));
-/* Derive a secret from a password (PBKDF2-HMAC-SHA-256, then the two HMAC keys). This costs
- * 2 x iterations HMACs: callers derive once and keep the result. The password is used as given:
- * SASLprep (RFC 4013), which clients apply, changes nothing in printable ASCII; sluice does not
- * implement its Unicode normalization, so a non-ASCII password must already be in NFKC form
- * without characters SASLprep maps to nothing (true of almost all typed text). 0 or -1. */
+/* SASLprep (RFC 4013) as libpq and Postgres apply it to a password before deriving: ASCII is
+ * unchanged; other text is mapped and NFKC-normalized (libidn's stringprep); text that is not
+ * valid UTF-8, or that SASLprep prohibits, is used as given (as Postgres does). malloc'd, or
+ * NULL when out of memory. */
+char *scram_saslprep(const char *password);
+/* Derive a secret from a password (SASLprep, PBKDF2-HMAC-SHA-256, then the two HMAC keys).
+ * This costs 2 x iterations HMACs: callers derive once and keep the result. 0 or -1. */
 int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len, int iterations,
                       struct scram_secret *out) __attribute__((warn_unused_result));
 /* Does a cleartext password match the secret (auth_type plain with a SCRAM secret)? Costs a

@@ -515,3 +515,31 @@ def test_admin_users_still_need_their_password(start_sluice):
     with pytest.raises(ServerError) as ei:
         raw_login(s.port, database="sluice", password="wrong")
     assert ei.value.sqlstate == "28P01"
+
+
+# ---- SASLprep -------------------------------------------------------------------------------------
+
+
+def test_a_non_ascii_password_is_saslprepped_like_libpq_and_postgres(start_sluice, pg):
+    """libpq normalizes a password with SASLprep before deriving SCRAM keys, and Postgres did
+    the same when it stored the role's secret. sluice, deriving from the plain password in
+    auth_file, must too: 'pass' + ROMAN NUMERAL NINE and 'passIX' are the same password."""
+    password = "pass\u2168"
+    with pg.superuser() as c:
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute("DROP ROLE IF EXISTS saslprep_user")
+        c.execute(f"CREATE ROLE saslprep_user LOGIN PASSWORD '{password}'")
+    try:
+        s = start_sluice({"auth_type": "scram-sha-256"},
+                         auth_file={"saslprep_user": password},
+                         databases={APP_DB: {"host": "127.0.0.1", "port": pg.port,
+                                             "dbname": APP_DB}})
+        for typed in (password, "passIX"):
+            with s.connect(user="saslprep_user", password=typed) as c:
+                assert c.execute("SELECT current_user").fetchone()[0] == "saslprep_user"
+        _, err = auth_codes_and_error(s.port, "saslprep_user", "pass9")
+        assert err["C"] == "28P01"
+    finally:
+        pg.clear_backends("saslprep_user")
+        with pg.superuser() as c:
+            c.execute("DROP ROLE IF EXISTS saslprep_user")

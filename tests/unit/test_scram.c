@@ -426,6 +426,33 @@ static void client_keys_are_refused_by_a_server_with_another_salt(void)
     scram_client_free(&x);
 }
 
+/* RFC 4013 section 3's examples, and the derivation that depends on them: a client (libpq)
+ * prepares the password before deriving, so sluice must too. */
+static void saslprep_maps_and_normalizes_like_libpq(void)
+{
+    const char *cases[][2] = {
+        {"I\xc2\xadX", "IX"},           /* SOFT HYPHEN maps to nothing */
+        {"user", "user"},               /* ASCII unchanged */
+        {"USER", "USER"},               /* no case folding */
+        {"\xc2\xaa", "a"},              /* FEMININE ORDINAL INDICATOR: NFKC */
+        {"\xe2\x85\xa8", "IX"},         /* ROMAN NUMERAL NINE: NFKC */
+        {"a\xe2\x80\x83" "b", "a b"}, /* EM SPACE maps to a space */
+        {"\x07", "\x07"},               /* ASCII (even a control character) passes as given */
+        {"\xd8\xa7" "1", "\xd8\xa7" "1"}, /* RandALCat then L/EN: prohibited, used as given */
+        {"\xff\xfe", "\xff\xfe"},        /* not UTF-8: used as given */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *p = scram_saslprep(cases[i][0]);
+        CHECK_STR(p, cases[i][1]);
+        free(p);
+    }
+    struct scram_secret a, b;
+    const uint8_t salt[16] = "0123456789abcdef";
+    CHECK_INT(scram_make_secret("\xe2\x85\xa8", salt, sizeof(salt), 4096, &a), 0);
+    CHECK_INT(scram_make_secret("IX", salt, sizeof(salt), 4096, &b), 0);
+    CHECK(memcmp(a.stored_key, b.stored_key, SCRAM_KEY_LEN) == 0);
+}
+
 int main(void)
 {
     RUN(rfc7677_vector_gives_the_rfc_messages);
@@ -440,5 +467,6 @@ int main(void)
     RUN(fake_secrets_are_stable_per_name_and_differ_between_names);
     RUN(client_keys_from_one_exchange_log_in_to_a_server_with_the_same_secret);
     RUN(client_keys_are_refused_by_a_server_with_another_salt);
+    RUN(saslprep_maps_and_normalizes_like_libpq);
     return CHECK_DONE();
 }
