@@ -4,7 +4,10 @@
  * client-first-message and the client-final-message. The same bytes are also parsed as a stored
  * secret and as base64. Invariants: a parsed secret formats back to text that parses to the same
  * secret; base64 that decodes re-encodes to what decodes the same; an exchange never succeeds
- * when doomed, and returns a message exactly when it succeeds. Built and run by scripts/fuzz. */
+ * when doomed, and returns a message exactly when it succeeds. The same two parts also feed the
+ * client side (auth passthrough: what an upstream server sends back) as the server-first and
+ * server-final messages; it answers exactly when it accepts, and a forged server-final never
+ * verifies. Built and run by scripts/fuzz. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,5 +97,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(out);
     scram_server_free(&x);
+
+    /* the client side: the server's messages are the fuzzer's */
+    const uint8_t client_key[SCRAM_KEY_LEN] = {7};
+    struct scram_client cx;
+    scram_client_init(&cx, &secret, client_key);
+    char *first = NULL, *cfinal = NULL;
+    FUZZ_ASSERT(scram_client_first(&cx, (shape & 16) ? "fuzznonce" : NULL, &first) == SCRAM_OK);
+    rc = scram_client_final(&cx, msg, first_len, &cfinal, &why);
+    FUZZ_ASSERT((rc == SCRAM_OK) == (cfinal != NULL));
+    if (rc == SCRAM_OK) {
+        FUZZ_ASSERT(strncmp(cfinal, "c=biws,r=", 9) == 0 && strstr(cfinal, ",p="));
+        if (final) {
+            /* the fuzzer cannot produce HMAC(ServerKey, AuthMessage): no forgery verifies */
+            FUZZ_ASSERT(scram_client_verify(&cx, final, final_len, &why) != SCRAM_OK);
+        }
+    }
+    free(first);
+    free(cfinal);
+    scram_client_free(&cx);
     return 0;
 }
