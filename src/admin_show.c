@@ -24,6 +24,7 @@
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "server_login.h"
 #include "sluice.h"
 #include "stats.h"
 #include "tls.h"
@@ -378,8 +379,8 @@ static void server_row(struct table *t, struct server *s)
     struct pool *p = s->pool;
     struct sluice *app = p->app;
     uint64_t now = sluice_now(app);
-    const char *host = s->conn ? PQhost(s->conn) : NULL;
-    const char *port = s->conn ? PQport(s->conn) : NULL;
+    const char *host = s->conn ? PQhost(s->conn) : server_login_host(s);
+    const char *port = s->conn ? PQport(s->conn) : server_login_port(s);
     const char *app_name = params_get(&s->params, "application_name");
     row_begin(t);
     cell_text(t, "S");

@@ -791,6 +791,16 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
 
 /* ---- cancel ---- */
 
+const char *server_login_host(const struct server *s)
+{
+    return s->login ? s->login->host : NULL;
+}
+
+const char *server_login_port(const struct server *s)
+{
+    return s->login ? s->login->port : NULL;
+}
+
 bool server_login_cancel_target(const struct server *s, struct login_cancel_target *out)
 {
     const struct server_login *l = s->login;

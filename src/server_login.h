@@ -35,6 +35,9 @@ struct login_cancel_target {
     uint32_t pid, key;
 };
 bool server_login_cancel_target(const struct server *s, struct login_cancel_target *out);
+/* Where a passthrough login connected (SHOW SERVERS), or NULL. */
+const char *server_login_host(const struct server *s);
+const char *server_login_port(const struct server *s);
 int server_login_send_cancel(const struct login_cancel_target *t, char *why, size_t whylen);
 
 #endif

@@ -355,7 +355,8 @@ def test_auth_file_scram_secret_passthrough_and_cancel(start_sluice, pg, auth_ro
     itself: the login was not libpq's)."""
     secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
     assert secret.startswith("SCRAM-SHA-256$")
-    s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "transaction"},
+    s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "transaction",
+                      "admin_users": "qscram"},
                      auth_file={"qscram": secret},
                      databases={APP_DB: passthrough_entry(pg)})
     with s.connect(user="qscram", password="qpass") as c:
@@ -368,6 +369,12 @@ def test_auth_file_scram_secret_passthrough_and_cancel(start_sluice, pg, auth_ro
         timer.join()
         assert time.monotonic() - t0 < 10
         assert c.execute("SELECT 2").fetchone()[0] == 2
+    # SHOW SERVERS names where a passthrough login connected, as for libpq's
+    with s.connect(dbname="sluice", user="qscram", password="qpass") as admin:
+        rows = admin.execute("SHOW SERVERS").fetchall()
+        cols = [d.name for d in admin.cursor().execute("SHOW SERVERS").description]
+    rows = [dict(zip(cols, r)) for r in rows]
+    assert rows and all(r["addr"] == "127.0.0.1" and r["port"] == pg.port for r in rows), rows
 
 
 def test_passthrough_sslmode_require_is_refused_without_tls_and_prefer_goes_on(
