@@ -199,6 +199,8 @@ struct server *server_connect(struct pool *p)
             pool_connect_failed(p, why);
             return NULL;
         }
+        if (s->state == SERVER_CLOSED)
+            return NULL; /* failed at once (connect refused, no socket): already reported */
         log_server(LOG_DEBUG, s, "connecting (passthrough login as \"%s\")", user);
         return s;
     }

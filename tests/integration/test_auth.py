@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from certs import make_pki
-from conftest import APP_DB, APP_PASSWORD, run_psql
+from conftest import APP_DB, APP_PASSWORD, pick_port, run_psql
 from pgwire import RawConn, ScramClient, ServerError, message, parse_fields, raw_login, \
     startup_packet
 
@@ -390,6 +390,24 @@ def test_passthrough_sslmode_require_is_refused_without_tls_and_prefer_goes_on(
     assert "server does not support SSL, but SSL was required" in str(ei.value)
     with s.connect(dbname="preferdb", user="qscram", password="qpass") as c:
         assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+
+
+def test_passthrough_to_a_server_that_is_not_there_fails_fast_with_the_reason(
+        start_sluice, pg, auth_roles):
+    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    s = start_sluice({"auth_type": "scram-sha-256", "query_wait_timeout": 10},
+                     auth_file={"qscram": secret},
+                     databases={APP_DB: passthrough_entry(pg, port=pick_port()),
+                                "named": passthrough_entry(pg, host="no-such-host.invalid")})
+    t0 = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(user="qscram", password="qpass")
+    assert "could not connect to server" in str(ei.value), str(ei.value)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(dbname="named", user="qscram", password="qpass")
+    assert "could not translate host name" in str(ei.value), str(ei.value)
+    assert time.monotonic() - t0 < 8
+    assert s.alive()
 
 
 def test_md5_secret_passthrough(start_sluice, pg, auth_roles):
