@@ -604,4 +604,5 @@ void auth_free_all(void)
     G.hba = NULL;
     secret_free_all();
     passthrough_free_all();
+    scram_free_contexts();
 }

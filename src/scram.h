@@ -47,6 +47,9 @@ int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len
  * derivation. Constant-time in the comparison. */
 bool scram_verify_password(const struct scram_secret *s, const char *password);
 
+/* Shutdown: free the contexts the exchanges reuse (loop thread). */
+void scram_free_contexts(void);
+
 /* ---- one server-side exchange ---- */
 
 enum scram_result {
