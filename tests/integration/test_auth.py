@@ -410,6 +410,34 @@ def test_passthrough_to_a_server_that_is_not_there_fails_fast_with_the_reason(
     assert s.alive()
 
 
+@pytest.mark.timeout(30)
+def test_passthrough_login_to_a_server_that_never_answers_times_out(start_sluice, pg, auth_roles):
+    """sluice's own login obeys server_connect_timeout like libpq's: a socket that accepts and
+    says nothing (stuck in the SSLRequest, then in the startup) fails the client in time."""
+    import socket
+    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    try:
+        port = black_hole.getsockname()[1]
+        s = start_sluice({"auth_type": "scram-sha-256", "server_connect_timeout": 1,
+                          "query_wait_timeout": 10},
+                         auth_file={"qscram": secret},
+                         databases={APP_DB: passthrough_entry(pg, port=port, sslmode="prefer"),
+                                    "plain": passthrough_entry(pg, port=port,
+                                                               sslmode="disable")})
+        for db in (APP_DB, "plain"):
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as ei:
+                s.connect(dbname=db, user="qscram", password="qpass")
+            assert time.monotonic() - t0 < 5
+            assert "server_connect_timeout" in str(ei.value), ei.value
+        assert s.alive()
+    finally:
+        black_hole.close()
+
+
 def test_md5_secret_passthrough(start_sluice, pg, auth_roles):
     """qmd5's md5 secret (from auth_query) answers the server's md5 challenge."""
     hba = pg.data / "pg_hba.conf"
