@@ -1,0 +1,80 @@
+/* fuzz_sql: libFuzzer target for the client SQL and Parse bodies sluice looks into in
+ * transaction mode: prepared_classify_query (DEALLOCATE / DISCARD ALL in a simple Query),
+ * session_state_detect (LISTEN, advisory locks, WITH HOLD, temp tables, SET), and statement
+ * definitions kept in a client's and a server's statement maps. Invariants: a DEALLOCATE names
+ * a statement that fits the buffer; a feature is one of the enum's and has a name; a definition
+ * equals itself and a copy; a map holds what was put until it is removed, and its count says
+ * so. Built and run by scripts/fuzz. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz_check.h"
+#include "prepared.h"
+#include "session_state.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size > 16384)
+        return 0;
+    char *sql = malloc(size + 1);
+    if (!sql)
+        return 0;
+    memcpy(sql, data, size);
+    sql[size] = '\0';
+
+    char name[64];
+    memset(name, 'x', sizeof(name));
+    enum sql_dealloc d = prepared_classify_query(sql, name, sizeof(name));
+    FUZZ_ASSERT(d == SQL_OTHER || d == SQL_DEALLOCATE || d == SQL_DEALLOCATE_ALL ||
+                d == SQL_DISCARD_ALL);
+    if (d == SQL_DEALLOCATE)
+        FUZZ_ASSERT(memchr(name, '\0', sizeof(name)) != NULL && name[0] != '\0');
+
+    /* the text need not be NUL-terminated: give the raw bytes */
+    enum session_feature f = session_state_detect((const char *)data, size);
+    FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_SET);
+    FUZZ_ASSERT(session_feature_name(f) != NULL);
+
+    struct stmt_def *def = stmt_def_new(data, (uint32_t)size);
+    struct stmt_def *copy = stmt_def_new(data, (uint32_t)size);
+    if (def && copy) {
+        FUZZ_ASSERT(stmt_def_equal(def, def));
+        FUZZ_ASSERT(stmt_def_equal(def, copy));
+        /* names cut from the input at NULs: put, look up, count, remove */
+        struct stmt_map m;
+        stmt_map_init(&m);
+        int distinct = 0;
+        for (size_t i = 0; i < size && distinct < 64;) {
+            const char *n = sql + i;
+            size_t nl = strlen(n);
+            if (nl == 0) {
+                i++;
+                continue;
+            }
+            bool had = stmt_map_get(&m, n) != NULL;
+            FUZZ_ASSERT(stmt_map_put(&m, n, (i & 1) ? def : copy) != NULL);
+            if (!had)
+                distinct++;
+            FUZZ_ASSERT(stmt_map_get(&m, n) != NULL);
+            FUZZ_ASSERT(stmt_map_count(&m) == distinct);
+            i += nl + 1;
+        }
+        if (size > 0 && sql[0]) {
+            bool had = stmt_map_get(&m, sql) != NULL;
+            stmt_map_remove(&m, sql);
+            FUZZ_ASSERT(stmt_map_get(&m, sql) == NULL);
+            FUZZ_ASSERT(stmt_map_count(&m) == distinct - (had ? 1 : 0));
+        }
+        stmt_map_free(&m);
+    }
+    if (def)
+        stmt_def_unref(def);
+    if (copy)
+        stmt_def_unref(copy);
+    free(sql);
+    return 0;
+}
