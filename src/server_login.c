@@ -449,6 +449,10 @@ static bool handle_auth(struct server *s, struct msg_reader *r, const uint8_t *b
     struct server_login *l = s->login;
     int32_t code = codec_read_i32(r);
     const char *why = NULL;
+    if (r->bad) {
+        fail(s, "malformed authentication request from the server");
+        return false;
+    }
     switch (code) {
     case 0: /* AuthenticationOk */
         return true;
