@@ -139,7 +139,6 @@ void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *ad
     c->state = CLIENT_STARTUP;
     codec_out_init(&c->out);
     params_init(&c->params);
-    stmt_map_init(&c->stmts);
     if (addr->ss_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -192,7 +191,7 @@ void client_send(struct client *c)
             client_close(c, "write to client failed");
             return;
         }
-        c->out_pos += (size_t)n;
+        c->out_pos += (uint32_t)n;
         if (c->out_pos >= c->out.len) {
             codec_out_reset(&c->out);
             c->out_pos = 0;
@@ -283,7 +282,8 @@ void client_close(struct client *c, const char *reason)
     buf_release(&c->in);
     codec_out_free(&c->out);
     params_free(&c->params);
-    stmt_map_free(&c->stmts);
+    stmt_map_delete(c->stmts);
+    c->stmts = NULL;
     app->nclients--;
     listener_maybe_resume(app);
 }

@@ -172,6 +172,10 @@ static bool reserve(struct msg_out *o, size_t n)
         return false;
     if (o->len + n <= o->cap)
         return true;
+    if (n > UINT32_MAX / 2 - o->len) { /* past any message Postgres allows: refuse */
+        o->oom = true;
+        return false;
+    }
     size_t cap = o->cap ? o->cap : 256;
     while (cap < o->len + n)
         cap *= 2;
@@ -181,7 +185,7 @@ static bool reserve(struct msg_out *o, size_t n)
         return false;
     }
     o->data = d;
-    o->cap = cap;
+    o->cap = (uint32_t)cap;
     return true;
 }
 
@@ -190,7 +194,7 @@ void codec_put_bytes(struct msg_out *o, const void *p, size_t n)
     if (n == 0 || !reserve(o, n))
         return;
     memcpy(o->data + o->len, p, n);
-    o->len += n;
+    o->len += (uint32_t)n;
 }
 
 void codec_put_u8(struct msg_out *o, uint8_t v)

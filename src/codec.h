@@ -92,11 +92,13 @@ const char *codec_startup_get(const struct startup_packet *s, const char *name);
 
 /* A growable output buffer. Builders append; a failed allocation sets oom, and the caller drops
  * the connection instead of sending half a message. */
+/* 32-bit offsets: a protocol message is at most 1 GB, and every client has one of these (an
+ * idle client should be small). */
 struct msg_out {
     uint8_t *data;
-    size_t len;
-    size_t cap;
-    size_t msg_start; /* where the message being built starts (for its length word) */
+    uint32_t len;
+    uint32_t cap;
+    uint32_t msg_start; /* where the message being built starts (for its length word) */
     bool oom;
 };
 

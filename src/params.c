@@ -41,10 +41,33 @@ void params_init(struct param_set *p)
     memset(p, 0, sizeof(*p));
 }
 
+/* The reported names are interned: an entry for one of them allocates only its value (a client
+ * has application_name, and 10,000 idle clients make every byte count). */
+static const char *interned(const char *name)
+{
+    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++)
+        if (strcasecmp(reported[i], name) == 0)
+            return reported[i];
+    return NULL;
+}
+
+static bool is_interned(const char *name)
+{
+    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++)
+        if (reported[i] == name)
+            return true;
+    return false;
+}
+
+static void entry_free(struct param *e)
+{
+    free(is_interned(e->name) ? e->value : e->name);
+}
+
 void params_free(struct param_set *p)
 {
     for (int i = 0; i < p->n; i++)
-        free(p->items[i].name);
+        entry_free(&p->items[i]);
     free(p->items);
     params_init(p);
 }
@@ -63,9 +86,19 @@ const char *params_get(const struct param_set *p, const char *name)
     return i < 0 ? NULL : p->items[i].value;
 }
 
-/* One allocation per entry, "name\0value\0": name owns it, value points inside. */
+/* One allocation per entry: the value alone for an interned name, else "name\0value\0" (name
+ * owns it, value points inside). */
 static int entry_fill(struct param *e, const char *name, const char *value)
 {
+    const char *known = interned(name);
+    if (known) {
+        char *v = strdup(value);
+        if (!v)
+            return -ENOMEM;
+        e->name = (char *)known; /* never freed: entry_free knows */
+        e->value = v;
+        return 0;
+    }
     size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1;
     char *block = malloc(nlen + vlen);
     if (!block)
@@ -82,7 +115,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
     int i = find(p, name);
     if (!value) {
         if (i >= 0) {
-            free(p->items[i].name);
+            entry_free(&p->items[i]);
             p->items[i] = p->items[--p->n];
             p->generation++;
         }
@@ -94,15 +127,15 @@ int params_set(struct param_set *p, const char *name, const char *value)
         struct param fresh;
         if (entry_fill(&fresh, p->items[i].name, value) < 0)
             return -ENOMEM;
-        free(p->items[i].name);
+        entry_free(&p->items[i]);
         p->items[i] = fresh;
         p->generation++;
         return 0;
     }
     if (p->n == p->cap) {
-        /* Most clients send one or two parameters at startup (application_name, maybe
-         * client_encoding): start small, a server's dozen grows by doubling. */
-        uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 2;
+        /* Most clients send one parameter or two at startup (application_name, maybe
+         * client_encoding): start with room for one; a server's dozen grows by doubling. */
+        uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 1;
         struct param *items = realloc(p->items, cap * sizeof(*items));
         if (!items)
             return -ENOMEM;

@@ -11,8 +11,8 @@
 #include "codec.h"
 
 struct param {
-    char *name;  /* owns one block "name\0value\0" */
-    char *value; /* points inside it */
+    char *name;  /* a reported name: interned (static); else owns one block "name\0value\0" */
+    char *value; /* for an interned name its own allocation; else inside name's block */
 };
 
 struct param_set {

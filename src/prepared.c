@@ -60,7 +60,7 @@ static uint32_t bucket(const struct stmt_map *m, const char *name)
 
 struct stmt_entry *stmt_map_get(const struct stmt_map *m, const char *name)
 {
-    if (!m->nbuckets)
+    if (!m || !m->nbuckets)
         return NULL;
     for (struct stmt_entry *e = m->buckets[bucket(m, name)]; e; e = e->next_in_bucket)
         if (strcmp(e->name, name) == 0)
@@ -121,7 +121,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
 
 void stmt_map_remove(struct stmt_map *m, const char *name)
 {
-    if (!m->nbuckets)
+    if (!m || !m->nbuckets)
         return;
     struct stmt_entry **pp = &m->buckets[bucket(m, name)];
     for (; *pp; pp = &(*pp)->next_in_bucket) {
@@ -149,6 +149,8 @@ void stmt_map_mark_unknown(struct stmt_map *m)
 
 void stmt_map_clear(struct stmt_map *m)
 {
+    if (!m)
+        return;
     struct list_node *n, *tmp;
     list_for_each(&m->lru, n, tmp)
     {
@@ -166,6 +168,22 @@ void stmt_map_free(struct stmt_map *m)
     stmt_map_clear(m);
     free(m->buckets);
     stmt_map_init(m);
+}
+
+struct stmt_map *stmt_map_new(void)
+{
+    struct stmt_map *m = malloc(sizeof(*m));
+    if (m)
+        stmt_map_init(m);
+    return m;
+}
+
+void stmt_map_delete(struct stmt_map *m)
+{
+    if (!m)
+        return;
+    stmt_map_free(m);
+    free(m);
 }
 
 /* ---- request queue ---- */

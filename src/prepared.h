@@ -52,8 +52,12 @@ void stmt_map_mark_unknown(struct stmt_map *m);
 void stmt_map_clear(struct stmt_map *m);
 static inline int stmt_map_count(const struct stmt_map *m)
 {
-    return m->lru.count;
+    return m ? m->lru.count : 0;
 }
+/* A map of its own (a client's, made at its first named Parse: most clients never need one).
+ * get, count, remove and clear accept NULL as the empty map. NULL when out of memory. */
+struct stmt_map *stmt_map_new(void);
+void stmt_map_delete(struct stmt_map *m);
 
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
 void stmt_def_unref(struct stmt_def *d);

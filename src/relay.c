@@ -94,7 +94,7 @@ static void free_name_on_server(struct server *s, const char *name, bool taken)
 /* The client uses statement `name`: make sure the server has this client's definition of it. */
 static enum track_result ensure_prepared(struct client *c, struct server *s, const char *name)
 {
-    struct stmt_entry *mine = stmt_map_get(&c->stmts, name);
+    struct stmt_entry *mine = stmt_map_get(c->stmts, name);
     if (!mine || !mine->def)
         return TRACK_PASS; /* not known to sluice: the server answers as it would */
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
@@ -200,8 +200,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
         buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
-    if (!stmt_map_get(&c->stmts, name) &&
-        stmt_map_count(&c->stmts) >= (int)c->app->cfg->max_prepared_statements_per_client) {
+    if (!stmt_map_get(c->stmts, name) &&
+        stmt_map_count(c->stmts) >= (int)c->app->cfg->max_prepared_statements_per_client) {
         char detail[160];
         snprintf(detail, sizeof(detail),
                  "more than max_prepared_statements_per_client (%lld) named prepared statements",
@@ -222,7 +222,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     /* Taken on this server (by another client's statement of the same name, or this client's
      * older one): closed first, so the client's Parse succeeds as it would have. */
     free_name_on_server(s, name, theirs != NULL);
-    bool ok = stmt_map_put(&c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
+    if (!c->stmts)
+        c->stmts = stmt_map_new();
+    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
               stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, name) == 0;
     stmt_def_unref(def);
     if (!ok) {
@@ -256,7 +258,7 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
             if (stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) < 0)
                 return TRACK_WAIT;
             if (what == 'S' && name[0]) {
-                stmt_map_remove(&c->stmts, name);
+                stmt_map_remove(c->stmts, name);
                 stmt_map_remove(&s->stmts, name);
             }
             return TRACK_PASS;
@@ -279,12 +281,12 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
                 char name_buf[256];
                 switch (prepared_classify_query((const char *)body, name_buf, sizeof(name_buf))) {
                 case SQL_DEALLOCATE:
-                    stmt_map_remove(&c->stmts, name_buf);
+                    stmt_map_remove(c->stmts, name_buf);
                     stmt_map_remove(&s->stmts, name_buf);
                     break;
                 case SQL_DEALLOCATE_ALL:
                 case SQL_DISCARD_ALL:
-                    stmt_map_clear(&c->stmts);
+                    stmt_map_clear(c->stmts);
                     stmt_map_mark_unknown(&s->stmts);
                     break;
                 default:
@@ -565,14 +567,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
 
 enum write_result { WRITE_DONE, WRITE_BLOCKED, WRITE_BROKEN };
 
-static enum write_result write_generated(struct sockio *io, struct msg_out *out, size_t *pos)
+static enum write_result write_generated(struct sockio *io, struct msg_out *out, uint32_t *pos)
 {
     if (*pos >= out->len)
         return WRITE_DONE;
     ssize_t n = sockio_write(io, out->data + *pos, out->len - *pos);
     if (n < 0)
         return WRITE_BROKEN;
-    *pos += (size_t)n;
+    *pos += (uint32_t)n;
     if (*pos < out->len)
         return WRITE_BLOCKED;
     codec_out_reset(out);

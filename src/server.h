@@ -39,7 +39,7 @@ struct server {
     struct buf in;
     struct framer rx;
     struct msg_out out;    /* sluice's own messages, written before any client bytes */
-    size_t out_pos;
+    uint32_t out_pos;
     struct client *client; /* while ACTIVE */
     struct budget *lease_budget; /* the budget this link is charged to */
 

@@ -157,7 +157,7 @@ static bool flush_out(struct server *s)
         }
         if (n == 0)
             break;
-        s->out_pos += (size_t)n;
+        s->out_pos += (uint32_t)n;
     }
     if (s->out_pos < s->out.len) {
         sockio_want(&s->io, UV_READABLE | UV_WRITABLE);

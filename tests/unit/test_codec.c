@@ -829,7 +829,7 @@ static void reader_cstring_without_nul_is_null_and_bad(void)
 static bool bytes_equal(const struct msg_out *o, const void *want, size_t n)
 {
     if (o->oom || o->len != n || memcmp(o->data, want, n) != 0) {
-        fprintf(stderr, "  got %zu bytes:", o->len);
+        fprintf(stderr, "  got %u bytes:", o->len);
         for (size_t i = 0; i < o->len && i < 64; i++)
             fprintf(stderr, " %02x", o->data[i]);
         fprintf(stderr, "\n");
