@@ -713,12 +713,14 @@ def sluice_is_sanitized():
 
 
 class BackendSampler:
-    """with BackendSampler(pg, 'app') as s: ...; s.max is the most backends of that user seen at
-    once, sampled every `interval` s for at most `max_seconds`."""
+    """with BackendSampler(pg, 'app') as s: ...; s.max is the most backends of that user (or of
+    any of a list of users; in database `datname` when given) seen at once, sampled every
+    `interval` s for at most `max_seconds`; s.history holds every count."""
 
-    def __init__(self, pg, usename=APP_USER, interval=0.05, max_seconds=180):
+    def __init__(self, pg, usename=APP_USER, interval=0.05, max_seconds=180, datname=None):
         self.pg = pg
-        self.usename = usename
+        self.usenames = [usename] if isinstance(usename, str) else list(usename)
+        self.datname = datname
         self.interval = interval
         self.max_seconds = max_seconds
         self.max = 0
@@ -734,8 +736,10 @@ class BackendSampler:
             with self.pg.superuser() as c:
                 while not self._stop.is_set() and time.monotonic() < deadline:
                     (n,) = c.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
-                        " AND backend_type = 'client backend'", [self.usename]).fetchone()
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)"
+                        " AND (%s::name IS NULL OR datname = %s)"
+                        " AND backend_type = 'client backend'",
+                        [self.usenames, self.datname, self.datname]).fetchone()
                     self.samples += 1
                     self.history.append(n)
                     self.max = max(self.max, n)

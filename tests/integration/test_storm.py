@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_DB, wait_until
+from conftest import APP_DB, BackendSampler, wait_until
 from pgwire import RawConn, query_msg, startup_packet
 
 ADMIN = "admin"
@@ -29,44 +29,9 @@ LOGIN_REFUSALS = [
 ]
 
 
-class DbSampler:
-    """Counts the client backends of USERS in APP_DB every interval s (at most max_seconds)."""
-
-    def __init__(self, pg, interval=0.05, max_seconds=120):
-        self.pg = pg
-        self.interval = interval
-        self.max_seconds = max_seconds
-        self.max = 0
-        self.history = []
-        self.error = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        deadline = time.monotonic() + self.max_seconds
-        try:
-            with self.pg.superuser() as c:
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    (n,) = c.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-                        " AND usename = ANY(%s) AND backend_type = 'client backend'",
-                        [APP_DB, list(USERS)]).fetchone()
-                    self.history.append((time.monotonic(), n))
-                    self.max = max(self.max, n)
-                    self._stop.wait(self.interval)
-        except Exception as e:  # noqa: BLE001 - reported by __exit__
-            self.error = e
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
-        if self.error and not exc[0]:
-            raise AssertionError(f"pg_stat_activity sampler failed: {self.error}")
-        return False
+def db_sampler(pg):
+    """Counts the client backends of USERS in APP_DB every 50 ms (at most 120 s)."""
+    return BackendSampler(pg, USERS, max_seconds=120, datname=APP_DB)
 
 
 class Tally:
@@ -202,7 +167,7 @@ def test_storm_of_1500_clients_never_passes_max_db_connections_and_every_client_
     for u in USERS:  # both pools exist before the storm
         with psycopg.connect(s.dsn(user=u, password=PASSWORDS[u]), autocommit=True) as c:
             c.execute("SELECT 1")
-    with DbSampler(pg) as sampler:
+    with db_sampler(pg) as sampler:
         time.sleep(0.2)
         base_fds = fd_count(s.pid) - len(pg_pids(pg))  # descriptors besides the servers
         tally, took, stuck = run_storm(s, total=1500, threads=50, seconds=10)
@@ -214,7 +179,7 @@ def test_storm_of_1500_clients_never_passes_max_db_connections_and_every_client_
     assert len(sampler.history) >= 100, f"only {len(sampler.history)} samples were taken"
     assert sampler.max <= cap, (
         f"{sampler.max} backends of appdb seen at once, max_db_connections = {cap}; "
-        f"samples over the cap: {[n for _, n in sampler.history if n > cap][:20]}")
+        f"samples over the cap: {[n for n in sampler.history if n > cap][:20]}")
     assert sampler.max > 5, (f"the storm never needed more than one pool's servers "
                              f"(max {sampler.max}): the cap was not tested")
     assert counts.get("unexpected", 0) == 0, (
@@ -266,7 +231,7 @@ def test_storm_over_max_client_conn_gets_53300_at_login_and_the_rest_succeed(sta
         finally:
             conn.close()
 
-    with DbSampler(pg) as sampler:
+    with db_sampler(pg) as sampler:
         ts = [threading.Thread(target=holder, args=(i,), daemon=True) for i in range(100)]
         for t in ts:
             t.start()
@@ -348,7 +313,7 @@ def test_client_vanishing_mid_query_does_not_let_sluice_pass_the_cap(start_sluic
     try:
         a.startup(password="apppass")
         b.startup(password="apppass")
-        with DbSampler(pg) as sampler:
+        with db_sampler(pg) as sampler:
             # (the test cluster checks for vanished clients every second; a default Postgres
             # does not: the leaver's backend runs its whole query)
             a.send(query_msg("SET client_connection_check_interval = 0;"
@@ -365,7 +330,7 @@ def test_client_vanishing_mid_query_does_not_let_sluice_pass_the_cap(start_sluic
         print(f"backends max {sampler.max} (cap {cap})")
         assert sampler.max <= cap, (
             f"Postgres had {sampler.max} backends of sluice's pool at once, "
-            f"max_db_connections = {cap}: {[n for _, n in sampler.history]}")
+            f"max_db_connections = {cap}: {list(sampler.history)}")
     finally:
         a.close()
         b.close()
