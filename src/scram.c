@@ -368,6 +368,23 @@ static bool nonce_ok(const char *s, size_t n)
     return true;
 }
 
+/* This side's half of the nonce: the one given (tests use RFC vectors'), checked, or a fresh
+ * random one. SCRAM_MALFORMED for a given nonce that is not printable or does not fit. */
+static enum scram_result our_nonce(const char *given, char *out, size_t outlen)
+{
+    if (given) {
+        if (strlen(given) >= outlen || !nonce_ok(given, strlen(given)))
+            return SCRAM_MALFORMED;
+        strcpy(out, given);
+        return SCRAM_OK;
+    }
+    uint8_t raw[RAW_NONCE_LEN];
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        return SCRAM_NOMEM;
+    scram_b64_encode(raw, sizeof(raw), out, outlen);
+    return SCRAM_OK;
+}
+
 /* A message is text without NULs (Postgres reads it as a C string). */
 static char *copy_message(const char *msg, size_t len)
 {
@@ -483,20 +500,12 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
     /* Extensions after the nonce are allowed by the grammar and ignored. */
 
     char snonce[64];
-    if (server_nonce) {
-        if (strlen(server_nonce) >= sizeof(snonce) ||
-            !nonce_ok(server_nonce, strlen(server_nonce))) {
+    enum scram_result nrc = our_nonce(server_nonce, snonce, sizeof(snonce));
+    if (nrc != SCRAM_OK) {
+        if (nrc == SCRAM_MALFORMED)
             *why = "bad server nonce";
-            goto out;
-        }
-        strcpy(snonce, server_nonce);
-    } else {
-        uint8_t raw[RAW_NONCE_LEN];
-        if (RAND_bytes(raw, sizeof(raw)) != 1) {
-            rc = SCRAM_NOMEM;
-            goto out;
-        }
-        scram_b64_encode(raw, sizeof(raw), snonce, sizeof(snonce));
+        rc = nrc;
+        goto out;
     }
     char salt[SCRAM_MAX_SALT_LEN * 2];
     scram_b64_encode(x->secret.salt, x->secret.salt_len, salt, sizeof(salt));
@@ -692,16 +701,9 @@ void scram_client_free(struct scram_client *x)
 enum scram_result scram_client_first(struct scram_client *x, const char *client_nonce, char **out)
 {
     *out = NULL;
-    if (client_nonce) {
-        if (strlen(client_nonce) >= sizeof(x->nonce) || !nonce_ok(client_nonce, strlen(client_nonce)))
-            return SCRAM_MALFORMED;
-        strcpy(x->nonce, client_nonce);
-    } else {
-        uint8_t raw[RAW_NONCE_LEN];
-        if (RAND_bytes(raw, sizeof(raw)) != 1)
-            return SCRAM_NOMEM;
-        scram_b64_encode(raw, sizeof(raw), x->nonce, sizeof(x->nonce));
-    }
+    enum scram_result rc = our_nonce(client_nonce, x->nonce, sizeof(x->nonce));
+    if (rc != SCRAM_OK)
+        return rc;
     /* Postgres ignores the SCRAM user name (the startup packet's counts): send it empty. */
     size_t cap = strlen(x->nonce) + 16;
     free(x->client_first_bare);
