@@ -18,22 +18,31 @@ static const char *const client_settable[] = {
     "IntervalStyle", "standard_conforming_strings", "TimeZone",
 };
 
-static bool in_list(const char *const *list, size_t n, const char *name)
+/* The list's own spelling of name (GUC names compare case-insensitively), or NULL. */
+static const char *in_list(const char *const *list, size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++)
         if (strcasecmp(list[i], name) == 0)
-            return true;
-    return false;
+            return list[i];
+    return NULL;
 }
+
+#define REPORTED_COUNT (sizeof(reported) / sizeof(reported[0]))
 
 bool params_is_reported(const char *name)
 {
-    return in_list(reported, sizeof(reported) / sizeof(reported[0]), name);
+    return in_list(reported, REPORTED_COUNT, name) != NULL;
+}
+
+const char *params_reported_name(size_t i)
+{
+    return i < REPORTED_COUNT ? reported[i] : NULL;
 }
 
 bool params_is_client_settable(const char *name)
 {
-    return in_list(client_settable, sizeof(client_settable) / sizeof(client_settable[0]), name);
+    return in_list(client_settable, sizeof(client_settable) / sizeof(client_settable[0]), name) !=
+           NULL;
 }
 
 void params_init(struct param_set *p)
@@ -43,17 +52,9 @@ void params_init(struct param_set *p)
 
 /* The reported names are interned: an entry for one of them allocates only its value (a client
  * has application_name, and 10,000 idle clients make every byte count). */
-static const char *interned(const char *name)
-{
-    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++)
-        if (strcasecmp(reported[i], name) == 0)
-            return reported[i];
-    return NULL;
-}
-
 static bool is_interned(const char *name)
 {
-    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++)
+    for (size_t i = 0; i < REPORTED_COUNT; i++)
         if (reported[i] == name)
             return true;
     return false;
@@ -90,7 +91,7 @@ const char *params_get(const struct param_set *p, const char *name)
  * owns it, value points inside). */
 static int entry_fill(struct param *e, const char *name, const char *value)
 {
-    const char *known = interned(name);
+    const char *known = in_list(reported, REPORTED_COUNT, name);
     if (known) {
         char *v = strdup(value);
         if (!v)

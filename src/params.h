@@ -6,6 +6,7 @@
 #define SLUICE_PARAMS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "codec.h"
@@ -33,6 +34,8 @@ int params_copy(struct param_set *dst, const struct param_set *src)
 /* Parameters Postgres 15 reports with ParameterStatus (GUC_REPORT): the server tells us when they
  * change, so they are tracked without parsing SQL. */
 bool params_is_reported(const char *name);
+/* The i-th parameter Postgres reports with ParameterStatus, or NULL past the last. */
+const char *params_reported_name(size_t i);
 /* Which of them a client may have its own value for (the rest, like server_version, are the
  * server's facts). */
 bool params_is_client_settable(const char *name);

@@ -195,8 +195,7 @@ struct server *server_connect(struct pool *p)
         s->io.cb = server_on_io;
         char why[256];
         if (server_login_start(s, kw, val, keys, why, sizeof(why)) < 0) {
-            server_close(s, why);
-            pool_connect_failed(p, why);
+            server_connect_failed(s, why);
             return NULL;
         }
         if (s->state == SERVER_CLOSED)
@@ -221,8 +220,7 @@ struct server *server_connect(struct pool *p)
     list_append(&p->connecting, &s->node);
     app->nservers++;
     if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
-        server_close(s, "cannot watch the server socket");
-        pool_connect_failed(p, "cannot watch the server socket");
+        server_connect_failed(s, "cannot watch the server socket");
         return NULL;
     }
     /* libpq: after PQconnectStart, wait until the socket is writable, then call PQconnectPoll. */
@@ -233,14 +231,10 @@ struct server *server_connect(struct pool *p)
 
 static void login_done(struct server *s)
 {
-    static const char *const reported[] = {
-        "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
-        "in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding",
-        "server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
-    };
-    for (size_t i = 0; i < sizeof(reported) / sizeof(reported[0]); i++) {
-        const char *v = PQparameterStatus(s->conn, reported[i]);
-        if (v && params_set(&s->params, reported[i], v) < 0) {
+    const char *name;
+    for (size_t i = 0; (name = params_reported_name(i)) != NULL; i++) {
+        const char *v = PQparameterStatus(s->conn, name);
+        if (v && params_set(&s->params, name, v) < 0) {
             server_close(s, "out of memory");
             return;
         }
@@ -264,25 +258,41 @@ void server_logged_in(struct server *s)
     pool_server_ready(s);
 }
 
-/* NN% caps need the server's max_connections: read it with libpq before taking the socket. */
-static const char probe_sql[] =
-    "SELECT current_setting('max_connections')::int - "
-    "current_setting('superuser_reserved_connections')::int";
+/* NN% caps need the server's max_connections: read it (with libpq, or in server_login.c)
+ * before the server is handed out. */
+const char server_probe_sql[] = "SELECT current_setting('max_connections')::int - "
+                                "current_setting('superuser_reserved_connections')::int";
+
+bool server_needs_probe(const struct server *s)
+{
+    return (s->pool->server_usable <= 0 || s->pool->probe_again) &&
+           budget_has_percent_caps(s->pool);
+}
 
 static void probe_failed(struct server *s, const char *why)
 {
-    struct pool *p = s->pool;
     char msg[256];
     snprintf(msg, sizeof(msg), "cannot read max_connections for NN%% caps: %.200s", why);
     msg[strcspn(msg, "\n")] = '\0';
-    server_close(s, msg);
-    pool_connect_failed(p, msg);
+    server_connect_failed(s, msg);
+}
+
+bool server_probe_answered(struct server *s)
+{
+    s->pool->probe_again = false;
+    if (s->pool->server_usable <= 0) {
+        probe_failed(s, "no value returned");
+        return false;
+    }
+    log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
+               s->pool->server_usable);
+    return true;
 }
 
 static void start_probe(struct server *s)
 {
     s->probing = true;
-    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, probe_sql)) {
+    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, server_probe_sql)) {
         probe_failed(s, PQerrorMessage(s->conn));
         return;
     }
@@ -300,15 +310,9 @@ static void probe_step(struct server *s)
         PGresult *res = PQgetResult(s->conn);
         if (!res) {
             s->probing = false;
-            s->pool->probe_again = false;
             sockio_want(&s->io, 0);
-            if (s->pool->server_usable <= 0) {
-                probe_failed(s, "no value returned");
-                return;
-            }
-            log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
-                       s->pool->server_usable);
-            login_done(s);
+            if (server_probe_answered(s))
+                login_done(s);
             return;
         }
         if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
@@ -333,9 +337,7 @@ static void connect_step(struct server *s)
         /* libpq moved to another socket (next host, or a retry without TLS). */
         sockio_detach(&s->io);
         if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
-            struct pool *p = s->pool;
-            server_close(s, "cannot watch the server socket");
-            pool_connect_failed(p, "cannot watch the server socket");
+            server_connect_failed(s, "cannot watch the server socket");
             return;
         }
     }
@@ -347,8 +349,7 @@ static void connect_step(struct server *s)
         sockio_want(&s->io, UV_WRITABLE);
         return;
     case PGRES_POLLING_OK:
-        if ((s->pool->server_usable <= 0 || s->pool->probe_again) &&
-            budget_has_percent_caps(s->pool)) {
+        if (server_needs_probe(s)) {
             start_probe(s);
             return;
         }
@@ -359,9 +360,7 @@ static void connect_step(struct server *s)
         char msg[512];
         snprintf(msg, sizeof(msg), "%s", PQerrorMessage(s->conn));
         msg[strcspn(msg, "\n")] = '\0';
-        struct pool *p = s->pool;
-        server_close(s, msg);
-        pool_connect_failed(p, msg);
+        server_connect_failed(s, msg);
         return;
     }
     }
@@ -468,6 +467,13 @@ void server_maybe_done_resetting(struct server *s)
     pool_server_ready(s);
 }
 
+void server_connect_failed(struct server *s, const char *why)
+{
+    struct pool *p = s->pool;
+    server_close(s, why);
+    pool_connect_failed(p, why);
+}
+
 void server_close(struct server *s, const char *reason)
 {
     if (s->state == SERVER_CLOSED)
@@ -501,12 +507,10 @@ void server_check_timeouts(struct server *s, uint64_t now)
     case SERVER_CONNECTING:
         if (cfg->server_connect_timeout > 0 &&
             now - s->connect_start_ms >= (uint64_t)cfg->server_connect_timeout) {
-            struct pool *p = s->pool;
             char msg[128];
             snprintf(msg, sizeof(msg), "connect and login not done within %lld ms (server_connect_timeout)",
                      (long long)cfg->server_connect_timeout);
-            server_close(s, msg);
-            pool_connect_failed(p, msg);
+            server_connect_failed(s, msg);
         }
         break;
     case SERVER_IDLE:

@@ -73,6 +73,12 @@ struct server {
 
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */
 void server_on_io(struct sockio *io, int status, int events);
+/* NN% caps: the pool does not know the server's max_connections yet (or a reload asked again):
+ * run server_probe_sql first, put its one value in pool->server_usable, then call
+ * server_probe_answered (false: it gave nothing usable, s was failed). */
+extern const char server_probe_sql[];
+bool server_needs_probe(const struct server *s);
+bool server_probe_answered(struct server *s);
 /* Logged in (by libpq or server_login.c), parameters and backend pid known: into the pool. */
 void server_logged_in(struct server *s);
 /* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */
@@ -80,6 +86,9 @@ struct server *server_connect(struct pool *pool);
 void server_set_state(struct server *s, enum server_state next);
 /* Close and free; reason is for the log. */
 void server_close(struct server *s, const char *reason);
+/* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
+ * backs off and answers its waiting clients with why. */
+void server_connect_failed(struct server *s, const char *why);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
 /* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. */

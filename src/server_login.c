@@ -9,7 +9,7 @@
  *                ReadyForQuery
  *   PROBE        NN% caps: sluice's "SELECT max_connections - reserved" until ReadyForQuery
  * then server_logged_in() (server.c). Any failure closes the server with the reason and tells
- * the pool (pool_connect_failed), as a libpq failure would. */
+ * the pool (server_connect_failed), as a libpq failure would. */
 #include "server_login.h"
 
 #include <arpa/inet.h>
@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include "auth.h"
-#include "budget.h"
 #include "codec.h"
 #include "log.h"
 #include "params.h"
@@ -95,9 +94,7 @@ static void fail(struct server *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    struct pool *p = s->pool;
-    server_close(s, msg);
-    pool_connect_failed(p, msg);
+    server_connect_failed(s, msg);
 }
 
 void server_login_free(struct server *s)
@@ -517,12 +514,6 @@ static bool handle_auth(struct server *s, struct msg_reader *r, const uint8_t *b
     }
 }
 
-static bool needs_probe(struct server *s)
-{
-    return (s->pool->server_usable <= 0 || s->pool->probe_again) &&
-           budget_has_percent_caps(s->pool);
-}
-
 /* One whole message from the server. false: s was failed (closed) or the login finished. */
 static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, uint32_t len)
 {
@@ -571,22 +562,13 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
         }
         return true;
     case 'Z':
-        if (l->step == STEP_AUTH && needs_probe(s)) {
-            codec_put_query(&s->out, "SELECT current_setting('max_connections')::int - "
-                                     "current_setting('superuser_reserved_connections')::int");
+        if (l->step == STEP_AUTH && server_needs_probe(s)) {
+            codec_put_query(&s->out, server_probe_sql);
             l->step = STEP_PROBE;
             return true;
         }
-        if (l->step == STEP_PROBE) {
-            s->pool->probe_again = false;
-            if (s->pool->server_usable <= 0) {
-                fail(s, "cannot read max_connections for NN%% caps: no value returned");
-                return false;
-            }
-            log_server(LOG_INFO, s, "server allows %d connections besides "
-                                    "superuser_reserved_connections",
-                       s->pool->server_usable);
-        }
+        if (l->step == STEP_PROBE && !server_probe_answered(s))
+            return false;
         sockio_want(&s->io, 0);
         /* Keep only what the server's life needs: the cancel target and the TLS session. */
         l->logged_in = true;
@@ -758,17 +740,9 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
     }
     struct sockaddr_in *in4 = (struct sockaddr_in *)&l->addr;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&l->addr;
-    if (inet_pton(AF_INET, l->addr_text, &in4->sin_addr) == 1) {
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons((uint16_t)portnum);
-        l->addrlen = sizeof(*in4);
-        begin_connect(s);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, l->addr_text, &in6->sin6_addr) == 1) {
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)portnum);
-        l->addrlen = sizeof(*in6);
+    if (uv_ip4_addr(l->addr_text, (int)portnum, in4) == 0 ||
+        uv_ip6_addr(l->addr_text, (int)portnum, in6) == 0) {
+        l->addrlen = l->addr.ss_family == AF_INET ? sizeof(*in4) : sizeof(*in6);
         begin_connect(s);
         return 0;
     }
