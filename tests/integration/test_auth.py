@@ -410,6 +410,23 @@ def test_passthrough_to_a_server_that_is_not_there_fails_fast_with_the_reason(
     assert s.alive()
 
 
+def test_passthrough_login_reads_max_connections_for_percent_caps(start_sluice, pg, auth_roles):
+    """A NN% cap needs the server's max_connections: sluice's own login reads it too, before the
+    server is handed out."""
+    with pg.superuser() as su:
+        usable = (int(su.execute("SHOW max_connections").fetchone()[0]) -
+                  int(su.execute("SHOW superuser_reserved_connections").fetchone()[0]))
+    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    s = start_sluice({"auth_type": "scram-sha-256", "max_db_connections": "50%",
+                      "log_level": "debug"},
+                     auth_file={"qscram": secret},
+                     databases={APP_DB: passthrough_entry(pg)})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+    s.wait_for_log(r'connecting \(passthrough login as "qscram"\)')
+    s.wait_for_log(rf"server allows {usable} connections besides superuser_reserved_connections")
+
+
 @pytest.mark.timeout(30)
 def test_passthrough_login_to_a_server_that_never_answers_times_out(start_sluice, pg, auth_roles):
     """sluice's own login obeys server_connect_timeout like libpq's: a socket that accepts and
