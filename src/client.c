@@ -493,7 +493,7 @@ static void read_and_handle(struct client *c);
 static void tls_step(struct client *c)
 {
     char why[400];
-    switch (tls_handshake(c->io.ssl, why, sizeof(why))) {
+    switch (tls_handshake(c->io.ssl, "client", why, sizeof(why))) {
     case TLS_STEP_WANT_READ:
         sockio_want(&c->io, UV_READABLE);
         return;

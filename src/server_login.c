@@ -18,7 +18,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
@@ -38,6 +37,7 @@
 #include "scram.h"
 #include "server.h"
 #include "sluice.h"
+#include "tls.h"
 
 enum login_step { STEP_RESOLVING, STEP_CONNECTING, STEP_SSL_ANSWER, STEP_TLS, STEP_AUTH, STEP_PROBE };
 
@@ -249,15 +249,6 @@ static void connected(struct server *s)
 
 /* ---- TLS ---- */
 
-static void ssl_error_text(char *out, size_t n)
-{
-    unsigned long e = ERR_get_error();
-    if (e)
-        ERR_error_string_n(e, out, n);
-    else
-        snprintf(out, n, "%s", "unknown TLS error");
-    ERR_clear_error();
-}
 
 static void start_tls(struct server *s)
 {
@@ -276,8 +267,8 @@ static void start_tls(struct server *s)
             return;
         }
         if (SSL_CTX_load_verify_locations(l->ctx, l->sslrootcert, NULL) != 1) {
-            ssl_error_text(why, sizeof(why));
-            fail(s, "cannot read the root certificate \"%s\": %s", l->sslrootcert, why);
+            tls_error_text(why, sizeof(why), "cannot read the root certificate");
+            fail(s, "%s \"%s\"", why, l->sslrootcert);
             return;
         }
         SSL_CTX_set_verify(l->ctx, SSL_VERIFY_PEER, NULL);
@@ -287,8 +278,8 @@ static void start_tls(struct server *s)
     if (l->sslcert && l->sslkey &&
         (SSL_CTX_use_certificate_chain_file(l->ctx, l->sslcert) != 1 ||
          SSL_CTX_use_PrivateKey_file(l->ctx, l->sslkey, SSL_FILETYPE_PEM) != 1)) {
-        ssl_error_text(why, sizeof(why));
-        fail(s, "cannot load the client certificate \"%s\": %s", l->sslcert, why);
+        tls_error_text(why, sizeof(why), "cannot load the client certificate");
+        fail(s, "%s \"%s\"", why, l->sslcert);
         return;
     }
     l->ssl = SSL_new(l->ctx);
@@ -296,6 +287,7 @@ static void start_tls(struct server *s)
         fail(s, "cannot start TLS");
         return;
     }
+    SSL_set_connect_state(l->ssl); /* tls_handshake drives either side */
     struct in6_addr ignored;
     bool is_name = inet_pton(AF_INET, l->host, &ignored) != 1 &&
                    inet_pton(AF_INET6, l->host, &ignored) != 1;
@@ -317,30 +309,22 @@ static void start_tls(struct server *s)
 static void tls_step(struct server *s)
 {
     struct server_login *l = s->login;
-    ERR_clear_error();
-    int rc = SSL_connect(l->ssl);
-    if (rc == 1) {
+    char why[400];
+    switch (tls_handshake(l->ssl, "server", why, sizeof(why))) {
+    case TLS_STEP_DONE:
         s->io.ssl = l->ssl;
         send_startup(s);
         return;
-    }
-    int e = SSL_get_error(l->ssl, rc);
-    if (e == SSL_ERROR_WANT_READ) {
+    case TLS_STEP_WANT_READ:
         sockio_want(&s->io, UV_READABLE);
         return;
-    }
-    if (e == SSL_ERROR_WANT_WRITE) {
+    case TLS_STEP_WANT_WRITE:
         sockio_want(&s->io, UV_WRITABLE);
         return;
+    case TLS_STEP_FAILED:
+        fail(s, "%s", why);
+        return;
     }
-    char why[256];
-    long verify = SSL_get_verify_result(l->ssl);
-    if (verify != X509_V_OK)
-        snprintf(why, sizeof(why), "certificate verify failed: %s",
-                 X509_verify_cert_error_string(verify));
-    else
-        ssl_error_text(why, sizeof(why));
-    fail(s, "TLS handshake with the server failed: %s", why);
 }
 
 static void ssl_answer(struct server *s)

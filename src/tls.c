@@ -53,8 +53,7 @@ enum tls_mode tls_client_mode(void)
     return cur.mode;
 }
 
-/* The newest OpenSSL error as text (and the queue emptied). */
-static void ssl_error_text(char *out, size_t n, const char *what)
+void tls_error_text(char *out, size_t n, const char *what)
 {
     unsigned long e = ERR_peek_last_error();
     char buf[256] = "unknown error";
@@ -164,12 +163,12 @@ static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, 
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
-        ssl_error_text(err, n, "cannot create a TLS context");
+        tls_error_text(err, n, "cannot create a TLS context");
         return NULL;
     }
     char what[600];
     if (!SSL_CTX_set_min_proto_version(ctx, min) || !SSL_CTX_set_max_proto_version(ctx, max)) {
-        ssl_error_text(err, n, "client_tls_protocols");
+        tls_error_text(err, n, "client_tls_protocols");
         goto fail;
     }
     /* No renegotiation, no compression (CRIME), no session tickets or cache: Postgres clients
@@ -184,27 +183,27 @@ static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, 
     if (ciphers[0] && strcasecmp(ciphers, "default") != 0 && strcasecmp(ciphers, "secure") != 0 &&
         !SSL_CTX_set_cipher_list(ctx, ciphers)) {
         snprintf(what, sizeof(what), "client_tls_ciphers = '%s'", ciphers);
-        ssl_error_text(err, n, what);
+        tls_error_text(err, n, what);
         goto fail;
     }
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->client_tls_cert_file) != 1) {
         snprintf(what, sizeof(what), "client_tls_cert_file %s", cfg->client_tls_cert_file);
-        ssl_error_text(err, n, what);
+        tls_error_text(err, n, what);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cfg->client_tls_key_file, SSL_FILETYPE_PEM) != 1) {
         snprintf(what, sizeof(what), "client_tls_key_file %s", cfg->client_tls_key_file);
-        ssl_error_text(err, n, what);
+        tls_error_text(err, n, what);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-        ssl_error_text(err, n, "client_tls_key_file does not match client_tls_cert_file");
+        tls_error_text(err, n, "client_tls_key_file does not match client_tls_cert_file");
         goto fail;
     }
     if (cfg->client_tls_ca_file[0]) {
         if (SSL_CTX_load_verify_locations(ctx, cfg->client_tls_ca_file, NULL) != 1) {
             snprintf(what, sizeof(what), "client_tls_ca_file %s", cfg->client_tls_ca_file);
-            ssl_error_text(err, n, what);
+            tls_error_text(err, n, what);
             goto fail;
         }
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->client_tls_ca_file);
@@ -282,7 +281,7 @@ SSL *tls_client_new(int fd)
     SSL *ssl = SSL_new(cur.ctx);
     if (!ssl || SSL_set_fd(ssl, fd) != 1) {
         char err[300];
-        ssl_error_text(err, sizeof(err), "cannot start a TLS session");
+        tls_error_text(err, sizeof(err), "cannot start a TLS session");
         log_msg(LOG_ERROR, "%s", err);
         SSL_free(ssl);
         return NULL;
@@ -293,7 +292,7 @@ SSL *tls_client_new(int fd)
     return ssl;
 }
 
-enum tls_step tls_handshake(SSL *ssl, char *why, size_t whylen)
+enum tls_step tls_handshake(SSL *ssl, const char *peer, char *why, size_t whylen)
 {
     ERR_clear_error();
     errno = 0;
@@ -308,18 +307,20 @@ enum tls_step tls_handshake(SSL *ssl, char *why, size_t whylen)
         return TLS_STEP_WANT_WRITE;
     case SSL_ERROR_SYSCALL:
         ERR_clear_error();
-        snprintf(why, whylen, "TLS handshake failed: %s",
-                 errno ? strerror(errno) : "the client closed the connection");
+        if (errno)
+            snprintf(why, whylen, "TLS handshake failed: %s", strerror(errno));
+        else
+            snprintf(why, whylen, "TLS handshake failed: the %s closed the connection", peer);
         return TLS_STEP_FAILED;
     case SSL_ERROR_ZERO_RETURN:
-        snprintf(why, whylen, "TLS handshake failed: the client closed the connection");
+        snprintf(why, whylen, "TLS handshake failed: the %s closed the connection", peer);
         return TLS_STEP_FAILED;
     default: {
         long vr = SSL_get_verify_result(ssl);
         char err[256];
-        ssl_error_text(err, sizeof(err), "TLS handshake failed");
+        tls_error_text(err, sizeof(err), "TLS handshake failed");
         if (vr != X509_V_OK)
-            snprintf(why, whylen, "%s (client certificate: %s)", err,
+            snprintf(why, whylen, "%s (%s certificate: %s)", err, peer,
                      X509_verify_cert_error_string(vr));
         else
             snprintf(why, whylen, "%s", err);

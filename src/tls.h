@@ -3,7 +3,8 @@
  * its own non-blocking socket, the handshake step, and what auth.c needs from a session (the
  * peer certificate's CN, the tls-server-end-point hash for SCRAM channel binding). Reading and
  * writing through the SSL object is sockio.c's; when to start and drive the handshake is
- * client.c's. Upstream TLS is libpq's (server_tls_* become libpq keywords in server.c). */
+ * client.c's. Upstream TLS is libpq's (server_tls_* become libpq keywords in server.c), except
+ * on a passthrough login, where server_login.c builds its session and steps its handshake here. */
 #ifndef SLUICE_TLS_H
 #define SLUICE_TLS_H
 
@@ -42,11 +43,15 @@ enum tls_mode tls_client_mode(void);
 SSL *tls_client_new(int fd);
 
 enum tls_step { TLS_STEP_DONE, TLS_STEP_WANT_READ, TLS_STEP_WANT_WRITE, TLS_STEP_FAILED };
-/* One non-blocking SSL_accept step; why gets the reason on TLS_STEP_FAILED. */
-enum tls_step tls_handshake(SSL *ssl, char *why, size_t whylen);
+/* One non-blocking handshake step, either side (a client's accepted session, or the upstream
+ * session server_login.c starts); peer ("client", "server") names the other end in why, which
+ * gets the reason on TLS_STEP_FAILED. */
+enum tls_step tls_handshake(SSL *ssl, const char *peer, char *why, size_t whylen);
 /* Best-effort close_notify (never waits), then free. */
 void tls_client_close(SSL *ssl);
 
+/* "what: <the newest OpenSSL error>" into out, and the error queue emptied. */
+void tls_error_text(char *out, size_t n, const char *what);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" for the log. */
 void tls_describe(SSL *ssl, char *out, size_t outlen);
 /* RFC 5929 tls-server-end-point: the hash of sluice's certificate with its signature's digest
