@@ -139,12 +139,6 @@ void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *ad
     c->state = CLIENT_STARTUP;
     codec_out_init(&c->out);
     params_init(&c->params);
-    if (addr->ss_family != AF_UNIX) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (app->cfg->tcp_keepalive)
-            setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    }
     list_append(&app->login_clients, &c->node);
     app->nclients++;
     if (sockio_open(&c->io, app->loop, fd, c, on_client_io) < 0) {

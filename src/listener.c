@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,12 +21,54 @@
 #define MAX_LISTEN_SOCKETS 16
 #define ACCEPT_BATCH 64
 
+/* What an accepted TCP socket still needs from us. TCP_NODELAY and SO_KEEPALIVE are set on the
+ * listening socket, and Linux copies them to every socket it accepts; the first accepted socket
+ * is checked, and only if it did not inherit them are they set on each (two system calls per
+ * connection saved in a connection storm). */
+enum accepted_opts { OPTS_UNCHECKED, OPTS_INHERITED, OPTS_SET_EACH };
+
 struct listen_socket {
     uv_poll_t poll;
     int fd;
     struct sluice *app;
+    enum accepted_opts opts;
     char path[108]; /* unix socket path, to unlink */
 };
+
+static int set_client_socket_options(const struct sluice *app, int fd)
+{
+    int one = 1;
+    int rc = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (app->cfg->tcp_keepalive && rc == 0)
+        rc = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    return rc;
+}
+
+static bool has_client_socket_options(const struct sluice *app, int fd)
+{
+    int nodelay = 0, keepalive = 0;
+    socklen_t len = sizeof(int);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len) < 0 || !nodelay)
+        return false;
+    len = sizeof(int);
+    if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len) < 0)
+        return false;
+    return !app->cfg->tcp_keepalive || keepalive;
+}
+
+static void prepare_accepted(struct listen_socket *ls, int fd)
+{
+    if (ls->path[0])
+        return; /* unix socket: no TCP options */
+    if (ls->opts == OPTS_UNCHECKED) {
+        ls->opts = has_client_socket_options(ls->app, fd) ? OPTS_INHERITED : OPTS_SET_EACH;
+        if (ls->opts == OPTS_SET_EACH)
+            log_msg(LOG_DEBUG, "accepted sockets do not inherit TCP_NODELAY/SO_KEEPALIVE: "
+                               "setting them on each");
+    }
+    if (ls->opts == OPTS_SET_EACH)
+        set_client_socket_options(ls->app, fd);
+}
 
 struct listener {
     struct listen_socket socks[MAX_LISTEN_SOCKETS];
@@ -71,6 +115,7 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
             set_paused(app->listener, true);
             return;
         }
+        prepare_accepted(ls, fd);
         if (ls->path[0])
             addr.ss_family = AF_UNIX;
         client_accept(app, fd, &addr);
@@ -107,6 +152,7 @@ static int add_socket(struct sluice *app, int fd, const char *path)
     struct listen_socket *ls = &l->socks[l->nsocks];
     ls->fd = fd;
     ls->app = app;
+    ls->opts = OPTS_UNCHECKED;
     snprintf(ls->path, sizeof(ls->path), "%s", path ? path : "");
     int rc = uv_poll_init(app->loop, &ls->poll, fd);
     if (rc < 0) {
@@ -140,6 +186,7 @@ static int listen_tcp(struct sluice *app, const char *host, int port)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        set_client_socket_options(app, fd); /* for the accepted sockets to inherit */
         /* With port 0 the first socket picks the port and the others use the same one. */
         if (app->listener->port > 0) {
             if (ai->ai_family == AF_INET)

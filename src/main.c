@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "sockio.h"
 #include "sluice.h"
 
 extern char **environ;
@@ -106,6 +107,8 @@ int main(int argc, char **argv)
         log_msg(LOG_ERROR, "cannot start: %s", uv_strerror(rc));
         sluice_shutdown(&app, PHASE_SHUTDOWN_NOW);
         uv_run(loop, UV_RUN_DEFAULT);
+        sockio_release_spares();
+        uv_run(loop, UV_RUN_DEFAULT);
         sluice_free(&app);
         uv_loop_close(loop);
         return 1;
@@ -121,6 +124,8 @@ int main(int argc, char **argv)
         }
     }
     uv_run(loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(loop, UV_RUN_DEFAULT); /* their close callbacks */
     if (pidfile) {
         unlink(pidfile);
         free(pidfile);

@@ -2,6 +2,7 @@
 #include "sockio.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -18,16 +19,71 @@ static void on_poll_event(uv_poll_t *p, int status, int events)
     io->cb(io, status, events);
 }
 
+/* Spare poll handles, by descriptor number. uv_poll_init costs three system calls per socket (an
+ * epoll ADD and DEL to check that the descriptor can be polled, then FIONBIO), a fifth of what a
+ * short-lived client connection costs sluice in system calls. The kernel hands out the lowest
+ * free descriptor, so in a connection storm the same numbers come back again and again: a
+ * detached handle is stopped (which removes the descriptor from epoll at once, as closing it
+ * would) and kept under its number, and the next socket with that number starts it again. A
+ * stopped handle is inactive: it neither keeps the loop running nor sees events. One loop per
+ * process, so the table is the module's own. */
+static uv_poll_t **spare_polls;
+static int spare_polls_len;
+
+static uv_poll_t *spare_take(uv_loop_t *loop, int fd)
+{
+    if (fd < 0 || fd >= spare_polls_len || !spare_polls[fd] || spare_polls[fd]->loop != loop)
+        return NULL;
+    uv_poll_t *p = spare_polls[fd];
+    spare_polls[fd] = NULL;
+    return p;
+}
+
+static bool spare_keep(uv_poll_t *p, int fd)
+{
+    if (fd < 0)
+        return false;
+    if (fd >= spare_polls_len) {
+        int len = spare_polls_len ? spare_polls_len : 64;
+        while (len <= fd)
+            len *= 2;
+        uv_poll_t **grown = realloc(spare_polls, (size_t)len * sizeof(*grown));
+        if (!grown)
+            return false;
+        memset(grown + spare_polls_len, 0, (size_t)(len - spare_polls_len) * sizeof(*grown));
+        spare_polls = grown;
+        spare_polls_len = len;
+    }
+    if (spare_polls[fd])
+        return false; /* cannot happen: a number is detached once before it is reused */
+    uv_poll_stop(p);
+    spare_polls[fd] = p;
+    return true;
+}
+
+void sockio_release_spares(void)
+{
+    for (int fd = 0; fd < spare_polls_len; fd++)
+        if (spare_polls[fd])
+            uv_close((uv_handle_t *)spare_polls[fd], on_poll_closed);
+    free(spare_polls);
+    spare_polls = NULL;
+    spare_polls_len = 0;
+}
+
 int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_cb cb)
 {
-    io->poll = malloc(sizeof(*io->poll));
-    if (!io->poll)
-        return UV_ENOMEM;
-    int rc = uv_poll_init(loop, io->poll, fd);
-    if (rc < 0) {
-        free(io->poll);
-        io->poll = NULL;
-        return rc;
+    io->poll = spare_take(loop, fd);
+    if (!io->poll) {
+        io->poll = malloc(sizeof(*io->poll));
+        if (!io->poll)
+            return UV_ENOMEM;
+        int rc = uv_poll_init(loop, io->poll, fd);
+        if (rc < 0) {
+            free(io->poll);
+            io->poll = NULL;
+            return rc;
+        }
     }
     io->poll->data = io;
     io->fd = fd;
@@ -41,10 +97,12 @@ void sockio_detach(struct sockio *io)
 {
     if (!io->poll)
         return;
-    /* uv_close removes the fd from epoll at once (uv__platform_invalidate_fd), so the caller may
-     * close the fd right after this returns; only the handle's memory waits for the callback. */
+    /* Stopping or closing removes the fd from epoll at once (uv__platform_invalidate_fd), and
+     * drops its events still waiting in this loop iteration, so the caller may close the fd
+     * right after this returns; a closed handle's memory waits for the callback. */
     io->poll->data = NULL;
-    uv_close((uv_handle_t *)io->poll, on_poll_closed);
+    if (!spare_keep(io->poll, io->fd))
+        uv_close((uv_handle_t *)io->poll, on_poll_closed);
     io->poll = NULL;
     io->events = 0;
 }

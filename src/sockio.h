@@ -23,11 +23,17 @@ struct sockio {
     sockio_cb cb;
 };
 
-/* Start watching fd (no events yet). 0 or a negative UV_E* code. */
+/* Start watching fd (no events yet). The fd must be non-blocking already (accept4 and socket with
+ * SOCK_NONBLOCK; libpq's sockets are): a reused poll handle does not set it again. 0 or a
+ * negative UV_E* code. */
 int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_cb cb)
     __attribute__((warn_unused_result));
-/* Stop watching and release the poll handle; the fd is left to the caller. Idempotent. */
+/* Stop watching; the fd is left to the caller. The poll handle is kept for the next socket that
+ * gets the same descriptor number (see sockio.c). Idempotent. */
 void sockio_detach(struct sockio *io);
+/* Close the kept poll handles; at exit, after the loop has stopped and before a last run of it
+ * (their close callbacks) and uv_loop_close. */
+void sockio_release_spares(void);
 /* Set the interest (UV_READABLE | UV_WRITABLE | UV_DISCONNECT). */
 void sockio_want(struct sockio *io, int events);
 

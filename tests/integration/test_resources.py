@@ -2,6 +2,9 @@
 idle clients served by a few servers."""
 
 import os
+import re
+import signal
+import subprocess
 import time
 
 import pytest
@@ -12,6 +15,14 @@ from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet, t
 
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def traced_by(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0
 
 
 @pytest.mark.timeout(120)
@@ -78,3 +89,51 @@ def test_300_idle_clients_share_3_servers_and_all_get_answers(start_sluice, pg):
     finally:
         for c in conns:
             c.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tmp_path):
+    """What a connection storm costs is mostly system calls. Per accepted client, sluice makes no
+    setsockopt (TCP_NODELAY and SO_KEEPALIVE come from the listening socket), no ioctl, and at
+    most three epoll_ctl (poll handles are reused by descriptor number instead of libuv's
+    uv_poll_init checks: ADD, DEL and FIONBIO for every socket). Counted with strace."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_connections": 0,
+                      "log_disconnections": 0})
+    warm = raw_login(s.port)  # opens the pool's server and checks the inherited options
+    warm.query("SELECT 1")
+    warm.send(terminate_msg())
+    warm.close()
+    base = fd_count(s.pid)
+    wait_until(lambda: fd_count(s.pid) <= base, timeout=10, what="the warm-up client to go")
+    trace = tmp_path / "strace.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-o", str(trace), "-p", str(s.pid), "-e",
+                               "trace=accept4,epoll_ctl,ioctl,setsockopt"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: traced_by(s.pid) != 0, timeout=10, what="strace to attach")
+        clients = 40
+        for _ in range(clients):
+            c = raw_login(s.port)
+            assert c.query("SELECT 1")
+            c.send(terminate_msg())
+            c.close()
+        wait_until(lambda: fd_count(s.pid) <= base, timeout=10,
+                   what="sluice to close the clients' sockets")
+        time.sleep(0.3)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=10)
+    calls = {}
+    accepted = 0
+    for line in trace.read_text().splitlines():
+        m = re.match(r"(?:\d+\s+)?(\w+)\((.*)\)\s+=\s+(-?\d+)", line)
+        if not m:
+            continue
+        name, result = m.group(1), int(m.group(3))
+        calls[name] = calls.get(name, 0) + 1
+        if name == "accept4" and result >= 0:
+            accepted += 1
+    assert accepted == clients, f"strace saw {accepted} accepted sockets: {calls}"
+    assert calls.get("setsockopt", 0) == 0, calls
+    assert calls.get("ioctl", 0) == 0, calls
+    assert calls.get("epoll_ctl", 0) <= 3 * clients, calls
