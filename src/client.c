@@ -124,12 +124,12 @@ void client_set_state(struct client *c, enum client_state next)
 
 static void on_client_io(struct sockio *io, int status, int events);
 
-void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
+struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
 {
     struct client *c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);
-        return;
+        return NULL;
     }
     c->app = app;
     c->id = ++app->next_id;
@@ -144,9 +144,15 @@ void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *ad
     if (sockio_open(&c->io, app->loop, fd, c, on_client_io) < 0) {
         c->io.fd = fd;
         client_close(c, "cannot watch the socket");
-        return;
+        return NULL;
     }
     sockio_want(&c->io, UV_READABLE);
+    return c;
+}
+
+void client_read_first(struct client *c)
+{
+    on_client_io(&c->io, 0, UV_READABLE);
 }
 
 int client_read(struct client *c)

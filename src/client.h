@@ -72,8 +72,13 @@ struct client {
     uint8_t warned;        /* session features already warned about (bit per feature) */
 };
 
-/* A new connection from the listener; takes the fd. */
-void client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr);
+/* A new connection from the listener; takes the fd. The client, or NULL if it could not be set
+ * up (then it is gone already). */
+struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr);
+/* Read what a just-accepted client has sent without waiting for the loop to report it: clients
+ * send their first packet (SSLRequest or startup) as soon as they connect, so it is usually
+ * there, and reading it now saves a wake-up per connection. Harmless when nothing is there. */
+void client_read_first(struct client *c);
 /* The one transition function: checks the move, keeps the lists, stamps the time. */
 void client_set_state(struct client *c, enum client_state next);
 /* Send f as an ErrorResponse. FATAL ones close the client once the message is out. */

@@ -57,7 +57,6 @@ static const char *const pgbouncer_only_keys[] = {
     "auth_ident_file",
     "verbose",
     "suspend_timeout",
-    "tcp_defer_accept",
     "tcp_socket_buffer",
     "tcp_keepcnt",
     "tcp_keepidle",
@@ -470,6 +469,7 @@ static const struct {
     {KEY_IDX_listen_port, 0, 65535},      {KEY_IDX_http_listen_port, 0, 65535},
     {KEY_IDX_listen_backlog, 1, 65535},   {KEY_IDX_max_client_conn, 1, INT_MAX},
     {KEY_IDX_pkt_buf, 4096, 1024 * 1024}, {KEY_IDX_max_packet_size, 1024, INT_MAX},
+    {KEY_IDX_tcp_defer_accept, 0, 3600},
 };
 
 /* Checks that need only the key's own value. */

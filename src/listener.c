@@ -95,31 +95,38 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
     struct sluice *app = ls->app;
     if (status < 0)
         return;
+    /* A client's first packet is read after the next accept4 (or the one that finds none), which
+     * gives it the time to arrive: see client_read_first. */
+    struct client *unread = NULL;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (app->nclients >= accept_limit(app)) {
             set_paused(app->listener, true);
             log_msg(LOG_WARNING, "%d client connections: not accepting more until some leave "
                                  "(max_client_conn = %lld)",
                     app->nclients, (long long)app->cfg->max_client_conn);
-            return;
+            break;
         }
         struct sockaddr_storage addr;
         socklen_t alen = sizeof(addr);
         int fd = accept4(ls->fd, (struct sockaddr *)&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-                errno == ECONNABORTED)
-                return;
-            /* EMFILE/ENFILE: out of descriptors. Pause briefly rather than spin. */
-            log_msg(LOG_ERROR, "accept failed: %s", strerror(errno));
-            set_paused(app->listener, true);
-            return;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED) {
+                /* EMFILE/ENFILE: out of descriptors. Pause briefly rather than spin. */
+                log_msg(LOG_ERROR, "accept failed: %s", strerror(errno));
+                set_paused(app->listener, true);
+            }
+            break;
         }
+        if (unread)
+            client_read_first(unread);
         prepare_accepted(ls, fd);
         if (ls->path[0])
             addr.ss_family = AF_UNIX;
-        client_accept(app, fd, &addr);
+        unread = client_accept(app, fd, &addr);
     }
+    if (unread)
+        client_read_first(unread);
 }
 
 static void set_paused(struct listener *l, bool paused)
@@ -187,6 +194,9 @@ static int listen_tcp(struct sluice *app, const char *host, int port)
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         set_client_socket_options(app, fd); /* for the accepted sockets to inherit */
+        int defer = (int)app->cfg->tcp_defer_accept;
+        if (defer > 0 && setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
+            log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));
         /* With port 0 the first socket picks the port and the others use the same one. */
         if (app->listener->port > 0) {
             if (ai->ai_family == AF_INET)

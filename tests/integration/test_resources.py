@@ -91,14 +91,9 @@ def test_300_idle_clients_share_3_servers_and_all_get_answers(start_sluice, pg):
             c.close()
 
 
-@pytest.mark.timeout(120)
-def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tmp_path):
-    """What a connection storm costs is mostly system calls. Per accepted client, sluice makes no
-    setsockopt (TCP_NODELAY and SO_KEEPALIVE come from the listening socket), no ioctl, and at
-    most three epoll_ctl (poll handles are reused by descriptor number instead of libuv's
-    uv_poll_init checks: ADD, DEL and FIONBIO for every socket). Counted with strace."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_connections": 0,
-                      "log_disconnections": 0})
+def trace_new_clients(s, tmp_path, syscalls, clients=40):
+    """strace sluice (only `syscalls`) while `clients` clients log in, query, and leave one after
+    another over a warm pool; returns (name, args, result) per completed call, in order."""
     warm = raw_login(s.port)  # opens the pool's server and checks the inherited options
     warm.query("SELECT 1")
     warm.send(terminate_msg())
@@ -107,11 +102,10 @@ def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tm
     wait_until(lambda: fd_count(s.pid) <= base, timeout=10, what="the warm-up client to go")
     trace = tmp_path / "strace.txt"
     tracer = subprocess.Popen(["strace", "-f", "-o", str(trace), "-p", str(s.pid), "-e",
-                               "trace=accept4,epoll_ctl,ioctl,setsockopt"],
+                               "trace=" + ",".join(syscalls)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: traced_by(s.pid) != 0, timeout=10, what="strace to attach")
-        clients = 40
         for _ in range(clients):
             c = raw_login(s.port)
             assert c.query("SELECT 1")
@@ -123,17 +117,88 @@ def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tm
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=10)
-    calls = {}
-    accepted = 0
+    calls = []
     for line in trace.read_text().splitlines():
         m = re.match(r"(?:\d+\s+)?(\w+)\((.*)\)\s+=\s+(-?\d+)", line)
-        if not m:
+        if m:
+            calls.append((m.group(1), m.group(2), int(m.group(3))))
+        elif "epoll_wait" in line:  # interrupted or split by another thread: still a wait
+            calls.append(("epoll_wait", "", 0))
+    accepted = sum(1 for name, _, result in calls if name == "accept4" and result >= 0)
+    assert accepted == clients, f"strace saw {accepted} accepted sockets"
+    return calls
+
+
+@pytest.mark.timeout(120)
+def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tmp_path):
+    """What a connection storm costs is mostly system calls. Per accepted client, sluice makes no
+    setsockopt (TCP_NODELAY and SO_KEEPALIVE come from the listening socket), no ioctl, and at
+    most three epoll_ctl (poll handles are reused by descriptor number instead of libuv's
+    uv_poll_init checks: ADD, DEL and FIONBIO for every socket). Counted with strace."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_connections": 0,
+                      "log_disconnections": 0})
+    clients = 40
+    calls = trace_new_clients(s, tmp_path, ["accept4", "epoll_ctl", "ioctl", "setsockopt"],
+                              clients)
+    count = {}
+    for name, _, _ in calls:
+        count[name] = count.get(name, 0) + 1
+    assert count.get("setsockopt", 0) == 0, count
+    assert count.get("ioctl", 0) == 0, count
+    assert count.get("epoll_ctl", 0) <= 3 * clients, count
+
+
+@pytest.mark.timeout(120)
+def test_a_new_clients_first_packet_is_read_without_waiting_for_the_loop(start_sluice, tmp_path):
+    """With tcp_defer_accept (default 1 s) the kernel hands sluice a connection only once its
+    first packet is there, and sluice reads it right after accept4: between accept4 and the
+    socket's first recvfrom there is no epoll_wait, and that recvfrom returns data."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_connections": 0,
+                      "log_disconnections": 0})
+    calls = trace_new_clients(s, tmp_path, ["accept4", "recvfrom", "epoll_wait"])
+    checked = 0
+    for i, (name, _, fd) in enumerate(calls):
+        if name != "accept4" or fd < 0:
             continue
-        name, result = m.group(1), int(m.group(3))
-        calls[name] = calls.get(name, 0) + 1
-        if name == "accept4" and result >= 0:
-            accepted += 1
-    assert accepted == clients, f"strace saw {accepted} accepted sockets: {calls}"
-    assert calls.get("setsockopt", 0) == 0, calls
-    assert calls.get("ioctl", 0) == 0, calls
-    assert calls.get("epoll_ctl", 0) <= 3 * clients, calls
+        waited = False
+        for later_name, later_args, result in calls[i + 1:]:
+            if later_name == "epoll_wait":
+                waited = True
+            elif later_name == "recvfrom" and later_args.startswith(f"{fd},"):
+                assert not waited, f"sluice waited in epoll_wait before reading client fd {fd}"
+                assert result > 0, f"the first read of client fd {fd} found nothing ({result})"
+                checked += 1
+                break
+    assert checked == 40
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("defer", [1, 0])
+def test_tcp_defer_accept_holds_a_silent_connection_until_it_speaks(start_sluice, defer):
+    """tcp_defer_accept = 1: a TCP connection that has sent nothing is not handed to sluice yet
+    (sluice has no socket for it), one that sends part of its startup packet is at once, and the
+    silent one is still accepted after about a second (then client_login_timeout applies).
+    tcp_defer_accept = 0: accepted at once."""
+    s = start_sluice({"tcp_defer_accept": defer})
+    base = fd_count(s.pid)
+
+    def accepted():
+        return fd_count(s.pid) - base
+
+    silent = RawConn(s.port)
+    try:
+        if defer:
+            time.sleep(0.5)
+            assert accepted() == 0, "a silent connection was accepted before its time"
+            speaking = RawConn(s.port)
+            speaking.send(startup_packet()[:6])  # half a startup packet: it has spoken
+            wait_until(lambda: accepted() == 1, timeout=5,
+                       what="the connection that spoke to be accepted")
+            wait_until(lambda: accepted() == 2, timeout=10,
+                       what="the silent connection to be accepted after tcp_defer_accept")
+            speaking.close()
+        else:
+            wait_until(lambda: accepted() == 1, timeout=5,
+                       what="the silent connection to be accepted at once")
+    finally:
+        silent.close()
