@@ -47,6 +47,15 @@ static void print_diag(const struct config_diag *d)
         fprintf(stderr, "error: %s\n", d->errors[i]);
 }
 
+/* Run until every handle is closed, then close the poll handles sockio keeps for reuse (see
+ * sockio.c) and run once more for their close callbacks, so that uv_loop_close finds none. */
+static void run_to_the_end(uv_loop_t *loop)
+{
+    uv_run(loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
@@ -106,9 +115,7 @@ int main(int argc, char **argv)
     if (rc < 0) {
         log_msg(LOG_ERROR, "cannot start: %s", uv_strerror(rc));
         sluice_shutdown(&app, PHASE_SHUTDOWN_NOW);
-        uv_run(loop, UV_RUN_DEFAULT);
-        sockio_release_spares();
-        uv_run(loop, UV_RUN_DEFAULT);
+        run_to_the_end(loop);
         sluice_free(&app);
         uv_loop_close(loop);
         return 1;
@@ -123,9 +130,7 @@ int main(int argc, char **argv)
             log_msg(LOG_ERROR, "cannot write pidfile %s", pidfile);
         }
     }
-    uv_run(loop, UV_RUN_DEFAULT);
-    sockio_release_spares();
-    uv_run(loop, UV_RUN_DEFAULT); /* their close callbacks */
+    run_to_the_end(loop);
     if (pidfile) {
         unlink(pidfile);
         free(pidfile);
