@@ -320,6 +320,11 @@ class PgCluster:
         with self.superuser(dbname) as c:
             return c.execute(sql, params).fetchall()
 
+    def stored_secret(self, role):
+        """The role's password as Postgres stores it (pg_authid.rolpassword): a SCRAM or md5
+        secret, as an auth_file copied from the server holds it."""
+        return self.query("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role])[0][0]
+
     def count_backends(self, usename=APP_USER, dbname=None):
         sql = ("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
                " AND backend_type = 'client backend'")

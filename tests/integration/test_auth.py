@@ -163,7 +163,7 @@ def test_md5_auth_uses_scram_for_a_user_whose_secret_is_scram(start_sluice):
 
 
 def test_a_secret_postgres_stored_works_in_auth_file(start_sluice, pg):
-    (secret,) = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")[0]
+    secret = pg.stored_secret("app")
     assert secret.startswith("SCRAM-SHA-256$")
     s = start_sluice({"auth_type": "scram-sha-256"}, auth_file={"app": secret})
     with s.connect(password=APP_PASSWORD) as c:
@@ -353,7 +353,7 @@ def test_auth_file_scram_secret_passthrough_and_cancel(start_sluice, pg, auth_ro
     """A SCRAM secret copied from pg_authid into auth_file: the client logs in, sluice logs in
     upstream with the client's keys, and a CancelRequest reaches that backend (sluice sends it
     itself: the login was not libpq's)."""
-    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    secret = pg.stored_secret("qscram")
     assert secret.startswith("SCRAM-SHA-256$")
     s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "transaction",
                       "admin_users": "qscram"},
@@ -381,7 +381,7 @@ def test_passthrough_sslmode_require_is_refused_without_tls_and_prefer_goes_on(
         start_sluice, pg, auth_roles):
     """sslmode=require towards a server without TLS fails with libpq's words; prefer goes on
     without TLS. (The TLS case itself is in test_tls.py.)"""
-    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    secret = pg.stored_secret("qscram")
     s = start_sluice({"auth_type": "scram-sha-256"}, auth_file={"qscram": secret},
                      databases={APP_DB: passthrough_entry(pg, sslmode="require"),
                                 "preferdb": passthrough_entry(pg, sslmode="prefer")})
@@ -394,7 +394,7 @@ def test_passthrough_sslmode_require_is_refused_without_tls_and_prefer_goes_on(
 
 def test_passthrough_to_a_server_that_is_not_there_fails_fast_with_the_reason(
         start_sluice, pg, auth_roles):
-    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    secret = pg.stored_secret("qscram")
     s = start_sluice({"auth_type": "scram-sha-256", "query_wait_timeout": 10},
                      auth_file={"qscram": secret},
                      databases={APP_DB: passthrough_entry(pg, port=pick_port()),
@@ -416,7 +416,7 @@ def test_passthrough_login_reads_max_connections_for_percent_caps(start_sluice, 
     with pg.superuser() as su:
         usable = (int(su.execute("SHOW max_connections").fetchone()[0]) -
                   int(su.execute("SHOW superuser_reserved_connections").fetchone()[0]))
-    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    secret = pg.stored_secret("qscram")
     s = start_sluice({"auth_type": "scram-sha-256", "max_db_connections": "50%",
                       "log_level": "debug"},
                      auth_file={"qscram": secret},
@@ -432,7 +432,7 @@ def test_passthrough_login_to_a_server_that_never_answers_times_out(start_sluice
     """sluice's own login obeys server_connect_timeout like libpq's: a socket that accepts and
     says nothing (stuck in the SSLRequest, then in the startup) fails the client in time."""
     import socket
-    secret = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qscram'")[0][0]
+    secret = pg.stored_secret("qscram")
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(16)
@@ -480,7 +480,7 @@ def test_passthrough_after_the_password_changed_upstream_says_why(start_sluice, 
         c.execute("SET password_encryption = 'scram-sha-256'")
         c.execute("CREATE ROLE qchanged LOGIN PASSWORD 'oldpass'")
     try:
-        old = pg.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'qchanged'")[0][0]
+        old = pg.stored_secret("qchanged")
         with pg.superuser() as c:
             c.execute("SET password_encryption = 'scram-sha-256'")
             c.execute("ALTER ROLE qchanged PASSWORD 'newpass'")

@@ -447,7 +447,7 @@ def _passthrough_role(cluster):
         c.execute("SET password_encryption = 'scram-sha-256'")
         c.execute("DROP ROLE IF EXISTS tlspass")
         c.execute("CREATE ROLE tlspass LOGIN PASSWORD 'tls-pass'")
-    return cluster.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'tlspass'")[0][0]
+    return cluster.stored_secret("tlspass")
 
 
 def test_passthrough_login_verify_full_over_tls(start_sluice, tls_pg, pki):
