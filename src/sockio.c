@@ -20,7 +20,7 @@ static void on_poll_event(uv_poll_t *p, int status, int events)
 }
 
 /* Spare poll handles, by descriptor number. uv_poll_init costs three system calls per socket (an
- * epoll ADD and DEL to check that the descriptor can be polled, then FIONBIO), a fifth of what a
+ * epoll ADD and DEL to check that the descriptor can be polled, then FIONBIO), an eighth of what a
  * short-lived client connection costs sluice in system calls. The kernel hands out the lowest
  * free descriptor, so in a connection storm the same numbers come back again and again: a
  * detached handle is stopped (which removes the descriptor from epoll at once, as closing it
