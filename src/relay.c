@@ -689,10 +689,12 @@ static bool pair_quiet(const struct client *c, const struct server *s)
     /* A whole header not yet framed is a message waiting to be read whole (transaction mode
      * looks at some bodies first): the client is mid-request, so the server stays. Releasing
      * here would queue the client for a server again at once, round and round. */
+    /* Nor while OpenSSL holds decrypted bytes of the client's: an idle client waits for its
+     * socket, which would not announce them. */
     return s->inflight == 0 && s->swallow == 0 && !s->batch_open && c->rx.remain == 0 &&
            s->rx.remain == 0 && buf_pending(&c->in) == 0 &&
            buf_unframed(&c->in) < CODEC_HEADER_LEN && buf_is_empty(&s->in) &&
-           c->out_pos >= c->out.len && s->out_pos >= s->out.len;
+           c->out_pos >= c->out.len && s->out_pos >= s->out.len && sockio_pending(&c->io) == 0;
 }
 
 /* Returns true when the pair was taken apart (the caller must stop touching both). */
@@ -779,7 +781,10 @@ void relay_kick(struct server *s)
         return;
     }
 
-    for (int round = 0; round < 4; round++) {
+    /* Rounds go on while OpenSSL hands over decrypted bytes the sockets will not announce; they
+     * end, since those come from records already read (at most 16 kB a side): no round may stop
+     * with such bytes read and not passed on, or they would wait for an event that never comes. */
+    for (;;) {
         /* Client -> server: sluice's own messages always go before the client bytes framed
          * after them. */
         enum frame_stop cst = STOP_NEED_DATA;

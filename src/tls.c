@@ -179,6 +179,11 @@ static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, 
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"sluice", 6);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Records of at most 8 kB, as Postgres sends (its send buffer is 8 kB). libpq reads with
+     * 8 kB of room at least, so such a record always comes out of the client's OpenSSL whole.
+     * A 16 kB record can be read in part, and a client that then waits on the socket (psycopg
+     * 3.1 in pipeline or non-blocking mode does) waits for ever for bytes already decrypted. */
+    SSL_CTX_set_max_send_fragment(ctx, TLS_MAX_RECORD_TO_CLIENT);
     const char *ciphers = cfg->client_tls_ciphers;
     if (ciphers[0] && strcasecmp(ciphers, "default") != 0 && strcasecmp(ciphers, "secure") != 0 &&
         !SSL_CTX_set_cipher_list(ctx, ciphers)) {

@@ -15,6 +15,10 @@
 
 struct sluice;
 
+/* The largest TLS record sluice sends a client, in plaintext bytes: what Postgres sends (see
+ * tls.c for why a client can hang on larger ones). */
+#define TLS_MAX_RECORD_TO_CLIENT 8192
+
 /* client_tls_sslmode, PgBouncer's meanings towards clients. */
 enum tls_mode {
     TLS_DISABLE = 0, /* SSLRequest is answered 'N' */

@@ -12,6 +12,7 @@ import shutil
 import signal
 import ssl
 import threading
+import time
 
 import psycopg
 import pytest
@@ -437,6 +438,72 @@ def test_pipelined_transactions_over_tls_in_transaction_mode(start_sluice, pki):
         with c.pipeline():
             curs = [c.execute("SELECT %s::int, repeat('z', 3000)", [i]) for i in range(400)]
         assert [cur.fetchone()[0] for cur in curs] == list(range(400))
+
+
+class RecordSniffer:
+    """A TCP relay between one client and sluice that notes the length of every TLS record sluice
+    sends (the 5-byte record header: type, version, length)."""
+
+    def __init__(self, target_port):
+        import socket
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.record_lengths = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import socket
+        down, _ = self.listener.accept()
+        up = socket.create_connection(("127.0.0.1", self.target_port))
+        threading.Thread(target=self._pump, args=(down, up, False), daemon=True).start()
+        self._pump(up, down, True)
+
+    def _pump(self, src, dst, sniff):
+        pending = b""
+        tls = paused = False
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                dst.close()
+                return
+            if sniff:  # before passing them on: the client cannot see bytes not yet noted
+                if not paused and sum(self.record_lengths) > 50000:
+                    # A slow reader for a moment: sluice's buffers fill, so what it writes
+                    # next is as large as it ever writes, not what one read of the server gave.
+                    time.sleep(0.5)
+                    paused = True
+                pending += data
+                if not tls and pending[:1] == b"S":  # the answer to SSLRequest, then records
+                    pending, tls = pending[1:], True
+                while tls and len(pending) >= 5:
+                    length = int.from_bytes(pending[3:5], "big")
+                    if len(pending) < 5 + length:
+                        break
+                    if pending[0] == 23:  # application data
+                        self.record_lengths.append(length)
+                    pending = pending[5 + length:]
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+def test_tls_records_to_clients_are_at_most_8kb_as_postgres_sends(start_sluice, pki):
+    """libpq reads with 8 kB of room: a larger record can stay half-read inside the client's
+    OpenSSL, and psycopg 3.1 (pipeline, non-blocking) then waits on a socket with nothing more to
+    say. sluice sends records no larger than Postgres does."""
+    s = start_sluice(tls_keys(pki, pool_mode="transaction"), auth_file=USERS)
+    sniffer = RecordSniffer(s.port)
+    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret", port=sniffer.port)) as c:
+        assert c.execute("SELECT length(repeat('x', 3000000))").fetchone()[0] == 3000000
+        assert len(c.execute("SELECT repeat('x', 3000000)").fetchone()[0]) == 3000000
+    assert sum(sniffer.record_lengths) > 3000000, "the sniffer saw the answer"
+    # 8 kB of data plus the AEAD overhead (TLS 1.3: type byte and 16-byte tag)
+    assert max(sniffer.record_lengths) <= 8192 + 64, sorted(sniffer.record_lengths)[-5:]
 
 
 # ---- upstream TLS on a passthrough login (sluice's own TLS client, not libpq's) -------------------
