@@ -46,6 +46,7 @@ LISTEN_BACKLOG = 1024
 MAX_CONNECTIONS = 1100  # direct mode takes 1000 clients; both pools (2 x 20) fit beside them
 
 TARGETS = ("direct", "pgbouncer", "sluice")
+PROXIES = ("pgbouncer", "sluice")
 TARGET_LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "sluice": "sluice"}
 
 
@@ -145,6 +146,19 @@ def proc_mem(pid):
             elif line.startswith("VmHWM:"):
                 hwm = int(line.split()[1])
     return rss, hwm
+
+
+def proc_switches(pid):
+    """(voluntary, involuntary) context switches of the process's main thread: a voluntary one is
+    a sleep in epoll_wait that ended with a wake-up, an involuntary one a preemption."""
+    vol = invol = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                vol = int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                invol = int(line.split()[1])
+    return vol, invol
 
 
 def reset_hwm(pid):
@@ -537,6 +551,8 @@ class Run:
         self.ours_cpu = None  # seconds: pgbench + Postgres + proxies + helpers
         self.ours_cpu_per_unit_us = None
         self.other_pct = None  # busy CPU of other work on the machine, % of all CPUs
+        self.vol_csw_per_unit = None  # the proxy's sleeps ended by a wake-up, per tx/conn
+        self.invol_csw_per_unit = None  # the proxy's preemptions, per tx/conn
         self.peak_rss_kb = None
         self.rss_growth_kb = None
         self.kb_per_client = None
@@ -567,6 +583,7 @@ class Bench:
         if proxy:
             reset_hwm(proxy.pid)
             cpu0 = proc_cpu(proxy.pid)
+            csw0 = proc_switches(proxy.pid)
         watch = CpuWatch()
         try:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -584,6 +601,7 @@ class Bench:
         if proxy:
             if proxy.alive():
                 r.proxy_cpu = proc_cpu(proxy.pid) - cpu0
+                csw = [b - a for a, b in zip(csw0, proc_switches(proxy.pid))]
                 r.peak_rss_kb = proc_mem(proxy.pid)[1]
             else:
                 res["errors"].insert(0, f"{proxy.kind} died ({exit_how(proxy.proc.returncode)})")
@@ -609,6 +627,7 @@ class Bench:
         if r.tx:
             if r.proxy_cpu is not None:
                 r.cpu_per_unit_us = r.proxy_cpu / r.tx * 1e6
+                r.vol_csw_per_unit, r.invol_csw_per_unit = (n / r.tx for n in csw)
             r.ours_cpu_per_unit_us = r.ours_cpu / r.tx * 1e6
         return r
 
@@ -903,8 +922,9 @@ def report(b, argv, versions):
         w("")
         w("| scenario | direct tps | PgBouncer tps | sluice tps | sluice/PgBouncer | "
           "sluice/direct | PgBouncer CPU µs/tx | sluice CPU µs/tx | sluice/PgBouncer CPU | "
-          "PgBouncer peak RSS MB | sluice peak RSS MB |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "PgBouncer peak RSS MB | sluice peak RSS MB | wake-ups per tx PgBouncer / sluice | "
+          "preemptions per tx PgBouncer / sluice |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for sc in pgb_scen:
             t = by.get(sc.name, {})
             d, dm = cell(t.get("direct", []), "value")
@@ -914,11 +934,18 @@ def report(b, argv, versions):
             scc, scm = cell(t.get("sluice", []), "cpu_per_unit_us")
             pr, _ = cell([_mb(r) for r in t.get("pgbouncer", [])], "mb")
             sr, _ = cell([_mb(r) for r in t.get("sluice", [])], "mb")
+            wake = " / ".join(cell(t.get(k, []), "vol_csw_per_unit")[0] for k in PROXIES)
+            preempt = " / ".join(cell(t.get(k, []), "invol_csw_per_unit")[0] for k in PROXIES)
             name = f"`{sc.name}` {sc.desc}"
             if sc.unit == "conn":
                 name += " — tps = connections/s, CPU per connection"
             w(f"| {name} | {d} | {p} | {s} | {ratio(sm, pm)} | {ratio(sm, dm)} | {pc} | {scc} | "
-              f"{ratio(scm, pcm)} | {pr} | {sr} |")
+              f"{ratio(scm, pcm)} | {pr} | {sr} | {wake} | {preempt} |")
+        w("")
+        w("wake-ups = the proxy's voluntary context switches (a sleep in epoll_wait ended by an "
+          "event), preemptions = its involuntary ones (/proc/PID/status), per transaction "
+          "(storms: connection): a proxy pays a wake-up's cost and a preempted one waits with "
+          "work queued.")
         w("")
 
     idle_scen = [s for s in b.chosen if s.kind == "idle"]
@@ -989,12 +1016,14 @@ def report(b, argv, versions):
     w("<details><summary>every run</summary>")
     w("")
     w("| scenario | rep | target | tps or MB/s | done | latency ms | proxy CPU s | proxy CPU "
-      "µs/unit | benchmark CPU µs/unit | peak RSS MB | other work % | status |")
-    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+      "µs/unit | wake-ups/unit | preemptions/unit | benchmark CPU µs/unit | peak RSS MB | "
+      "other work % | status |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in b.runs:
         w(f"| {r.scenario.name} | {r.rep} | {r.target} | {fmt_num(r.value)} | "
           f"{r.tx if r.tx is not None else '–'} | {fmt_num(r.lat_ms)} | "
           f"{fmt_num(r.proxy_cpu)} | {fmt_num(r.cpu_per_unit_us)} | "
+          f"{fmt_num(r.vol_csw_per_unit)} | {fmt_num(r.invol_csw_per_unit)} | "
           f"{fmt_num(r.ours_cpu_per_unit_us)} | "
           f"{fmt_num(r.peak_rss_kb / 1024 if r.peak_rss_kb else None)} | "
           f"{fmt_num(r.other_pct)} | "

@@ -69,6 +69,10 @@ def test_bench_quick(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         sluice_cell = cells[2] if name.startswith("idle-") else cells[3]
         assert re.match(r"^[\d,.]+", sluice_cell), f"{name}: sluice cell is {sluice_cell!r}"
+        if not name.startswith(("idle-", "copy-")):
+            # wake-ups and preemptions per transaction, PgBouncer / sluice, from /proc
+            for c in cells[-2:]:
+                assert re.match(r"^.* / [\d.]+", c), f"{name}: context-switch cell is {c!r}"
     # no sluice run failed (PgBouncer failing -M prepared in transaction mode is expected)
     assert not re.search(r"^- `[^`]+` rep \d+, sluice:", report, re.M), report
     assert elapsed < 120, f"--quick took {elapsed:.0f} s"
