@@ -440,6 +440,22 @@ def test_pipelined_transactions_over_tls_in_transaction_mode(start_sluice, pki):
         assert [cur.fetchone()[0] for cur in curs] == list(range(400))
 
 
+def test_pipelined_long_statements_over_tls_in_transaction_mode(start_sluice, pki):
+    """Transaction mode holds a Parse until it is whole in the buffer: statements of 14 kB leave a
+    16 kB buffer little room, so a client's TLS record comes out of OpenSSL over several reads
+    and rounds. Every statement must still be answered, in order, with nothing left waiting for a
+    socket event that will not come. (Coverage: the round cap removed in f83176d did not make
+    this one fail in three tries; the record sniffer test is the one that discriminates.)"""
+    s = start_sluice(tls_keys(pki, pool_mode="transaction", default_pool_size=2),
+                     auth_file=USERS)
+    pad = "x" * 14000
+    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret"), autocommit=True) as c:
+        with c.pipeline():
+            curs = [c.execute(f"SELECT %s::int, length('{pad}')", [i], prepare=False)
+                    for i in range(150)]
+        assert [cur.fetchone() for cur in curs] == [(i, 14000) for i in range(150)]
+
+
 class RecordSniffer:
     """A TCP relay between one client and sluice that notes the length of every TLS record sluice
     sends (the 5-byte record header: type, version, length)."""
