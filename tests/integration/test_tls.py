@@ -429,31 +429,31 @@ def test_database_url_with_sslmode_require_and_a_provider_ca_file(start_sluice, 
         assert row[0] is True
 
 
-def test_pipelined_transactions_over_tls_in_transaction_mode(start_sluice, pki):
-    """libpq pipeline mode sends many transactions without waiting: over TLS, bytes of the next
-    ones may sit decrypted inside OpenSSL whenever sluice hands the server back."""
+PAD = "x" * 14000
+
+
+@pytest.mark.parametrize("sql, prepare, count, expected_row", [
+    # libpq pipeline mode sends many transactions without waiting: over TLS, bytes of the next
+    # ones may sit decrypted inside OpenSSL whenever sluice hands the server back.
+    pytest.param("SELECT %s::int, repeat('z', 3000)", None, 400, lambda i: (i, "z" * 3000),
+                 id="transactions"),
+    # Transaction mode holds a Parse until it is whole in the buffer: statements of 14 kB leave
+    # a 16 kB buffer little room, so a client's TLS record comes out of OpenSSL over several
+    # reads and rounds. (Coverage: the round cap removed in f83176d did not make this case fail
+    # in three tries; the record sniffer test below is the one that discriminates.)
+    pytest.param(f"SELECT %s::int, length('{PAD}')", False, 150, lambda i: (i, len(PAD)),
+                 id="long-statements"),
+])
+def test_pipelined_over_tls_in_transaction_mode(start_sluice, pki, sql, prepare, count,
+                                                expected_row):
+    """Every pipelined statement is answered, in order, with nothing left waiting for a socket
+    event that will not come."""
     s = start_sluice(tls_keys(pki, pool_mode="transaction", default_pool_size=2),
                      auth_file=USERS)
     with psycopg.connect(tls_dsn(s, pki, password="sluice-secret"), autocommit=True) as c:
         with c.pipeline():
-            curs = [c.execute("SELECT %s::int, repeat('z', 3000)", [i]) for i in range(400)]
-        assert [cur.fetchone()[0] for cur in curs] == list(range(400))
-
-
-def test_pipelined_long_statements_over_tls_in_transaction_mode(start_sluice, pki):
-    """Transaction mode holds a Parse until it is whole in the buffer: statements of 14 kB leave a
-    16 kB buffer little room, so a client's TLS record comes out of OpenSSL over several reads
-    and rounds. Every statement must still be answered, in order, with nothing left waiting for a
-    socket event that will not come. (Coverage: the round cap removed in f83176d did not make
-    this one fail in three tries; the record sniffer test is the one that discriminates.)"""
-    s = start_sluice(tls_keys(pki, pool_mode="transaction", default_pool_size=2),
-                     auth_file=USERS)
-    pad = "x" * 14000
-    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret"), autocommit=True) as c:
-        with c.pipeline():
-            curs = [c.execute(f"SELECT %s::int, length('{pad}')", [i], prepare=False)
-                    for i in range(150)]
-        assert [cur.fetchone() for cur in curs] == [(i, 14000) for i in range(150)]
+            curs = [c.execute(sql, [i], prepare=prepare) for i in range(count)]
+        assert [cur.fetchone() for cur in curs] == [expected_row(i) for i in range(count)]
 
 
 class RecordSniffer:
