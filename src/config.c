@@ -1317,32 +1317,6 @@ static void on_user(struct loader *L, const char *name, const char *value)
 
 /* ---- [budgets] ---- */
 
-/* "10.0.0.0/8", "::1/128", or a bare address (a /32 or /128). */
-static bool valid_cidr(const char *s)
-{
-    char addr[INET6_ADDRSTRLEN + 8];
-    const char *slash = strchr(s, '/');
-    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
-    if (alen == 0 || alen >= sizeof addr)
-        return false;
-    memcpy(addr, s, alen);
-    addr[alen] = '\0';
-    unsigned char bin[16];
-    int maxbits;
-    if (inet_pton(AF_INET, addr, bin) == 1)
-        maxbits = 32;
-    else if (inet_pton(AF_INET6, addr, bin) == 1)
-        maxbits = 128;
-    else
-        return false;
-    if (!slash)
-        return true;
-    int bits;
-    if (!isdigit((unsigned char)slash[1]) || parse_count(slash + 1, &bits) != 0 || bits > maxbits)
-        return false;
-    return true;
-}
-
 static void on_budget(struct loader *L, const char *name, const char *value)
 {
     struct config *c = L->c;
@@ -1373,7 +1347,9 @@ static void on_budget(struct loader *L, const char *name, const char *value)
             count = &b.max_clients;
         else if (strcmp(key, "min_servers") == 0)
             count = &b.min_servers;
-        if (str && strcmp(key, "addr") == 0 && !valid_cidr(val)) {
+        /* Parsed here, once, by the parser that matching uses: text the matcher would read
+         * differently (a prefix of "/0008") is refused rather than silently ignored. */
+        if (str == &b.addr_cidr && cidr_parse(val, &b.addr) != 0) {
             error_msg(L,
                       "%s: addr = '%s': expected an IPv4 or IPv6 address or CIDR "
                       "(10.0.0.0/8, ::1/128)",

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cidr.h"
+
 enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
 enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
@@ -68,7 +70,8 @@ struct budget_entry {
     char *name;
     char *app_pattern;  /* glob on application_name, NULL = any */
     char *user;         /* NULL = any */
-    char *addr_cidr;    /* NULL = any; "10.0.0.0/8", "::1/128", "127.0.0.1" */
+    char *addr_cidr;    /* as written, for SHOW BUDGETS; NULL = any */
+    struct cidr addr;   /* addr_cidr parsed once by cidr_parse(); family AF_UNSPEC = any */
     int max_servers;    /* 0 = no limit of its own */
     int max_clients;    /* 0 = no limit of its own */
     int min_servers;    /* guaranteed share; 0 = none */

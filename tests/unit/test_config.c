@@ -801,6 +801,11 @@ static void budgets_parse_matchers_and_limits(void)
     CHECK(c->budgets[1].user == NULL && c->budgets[1].addr_cidr == NULL);
     CHECK_INT(c->budgets[1].max_clients, 0);
     CHECK_STR(c->budgets[2].addr_cidr, "::1/128");
+    CHECK_INT(c->budgets[2].addr.family, AF_INET6);
+    CHECK_INT(c->budgets[2].addr.prefix, 128);
+    CHECK_INT(c->budgets[3].addr.family, AF_INET);
+    CHECK_INT(c->budgets[3].addr.prefix, 32);
+    CHECK_INT(c->budgets[1].addr.family, AF_UNSPEC);
     config_free(c);
 }
 
@@ -815,7 +820,8 @@ static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
                                         "f = colour=red\n"
                                         "g = max_servers=2 min_servers=5\n"
                                         "h = max_servers=1\n"
-                                        "h = max_servers=2\n",
+                                        "h = max_servers=2\n"
+                                        "i = addr=10.0.0.0/0008\n",
                             NULL);
     CHECK(c == NULL);
     CHECK_ERROR("line 4: budget 'a': addr = '10.0.0.0/33': expected an IPv4 or IPv6 address");
@@ -826,6 +832,8 @@ static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
     CHECK_ERROR("line 9: budget 'f': unknown key 'colour'");
     CHECK_ERROR("line 10: budget 'g': min_servers 5 is above max_servers 2");
     CHECK_ERROR("line 12: budget 'h' is defined twice (first at line 11)");
+    /* Once accepted here and then dropped by the matcher's parser: the budget matched everyone */
+    CHECK_ERROR("line 13: budget 'i': addr = '10.0.0.0/0008'");
     config_free(c);
 }
 
