@@ -65,16 +65,30 @@ bool log_enabled(enum log_level level)
     return level <= current_level;
 }
 
-static void json_escape(char *out, size_t outlen, const char *in)
+/* Client-supplied text (user, database, application_name, options, a server's error echoing
+ * them) is logged before anything is authenticated: a newline in it would start a line of its
+ * own, a forged "login ok", and an escape sequence would rewrite the operator's terminal. Every
+ * line goes through here, so no caller has to remember: control characters (and DEL) become
+ * \n, \r, \t or \xNN in text, \u00NN in JSON, where '"' and '\' are escaped too. */
+enum escape_for { ESCAPE_FOR_TEXT, ESCAPE_FOR_JSON };
+
+static void escape_controls(char *out, size_t outlen, const char *in, enum escape_for form)
 {
     size_t o = 0;
     for (; *in && o + 7 < outlen; in++) {
         unsigned char ch = (unsigned char)*in;
-        if (ch == '"' || ch == '\\') {
+        bool control = ch < 0x20 || ch == 0x7f;
+        if (form == ESCAPE_FOR_JSON && (ch == '"' || ch == '\\')) {
             out[o++] = '\\';
             out[o++] = (char)ch;
-        } else if (ch < 0x20) {
+        } else if (control && form == ESCAPE_FOR_JSON) {
             o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", ch);
+        } else if (control) {
+            const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
+            if (named)
+                o += (size_t)snprintf(out + o, outlen - o, "%s", named);
+            else
+                o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", ch);
         } else {
             out[o++] = (char)ch;
         }
@@ -94,16 +108,19 @@ static void emit(enum log_level level, const char *who, const char *fmt, va_list
     size_t n = strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
     snprintf(ts + n, sizeof(ts) - n, ".%03d UTC", (int)(tv.tv_usec / 1000));
 
-    char line[8192];
+    /* An escaped byte takes up to 6 (\u00NN); the line holds both whole, so it always ends in
+     * its newline. */
+    char emsg[sizeof msg * 6], ewho[384 * 6], line[sizeof emsg + sizeof ewho + 256];
     if (as_json) {
-        char emsg[2048 * 2], ewho[512];
-        json_escape(emsg, sizeof(emsg), msg);
-        json_escape(ewho, sizeof(ewho), who ? who : "");
+        escape_controls(emsg, sizeof(emsg), msg, ESCAPE_FOR_JSON);
+        escape_controls(ewho, sizeof(ewho), who ? who : "", ESCAPE_FOR_JSON);
         snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"pid\":%d,\"level\":\"%s\",\"conn\":\"%s\",\"msg\":\"%s\"}\n",
                  ts, (int)getpid(), level_names[level], ewho, emsg);
     } else {
+        escape_controls(emsg, sizeof(emsg), msg, ESCAPE_FOR_TEXT);
+        escape_controls(ewho, sizeof(ewho), who ? who : "", ESCAPE_FOR_TEXT);
         snprintf(line, sizeof(line), "%s [%d] %s %s%s%s\n", ts, (int)getpid(), level_names[level],
-                 who ? who : "", who ? " " : "", msg);
+                 ewho, who ? " " : "", emsg);
     }
     fputs(line, stderr);
     if (logfile_fp)

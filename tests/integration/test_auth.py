@@ -5,7 +5,9 @@ Postgres, and auth_hba_file rules. TLS itself is test_tls.py's; here it only mat
 import base64
 import hashlib
 import hmac
+import json
 import os
+import re
 import signal
 import struct
 import threading
@@ -196,6 +198,40 @@ def test_failed_logins_are_logged_without_secrets(start_sluice):
     assert "login failed (plain): no such user in auth_file" in text
     for secret in ("hunter2", "sluice-secret", "other-secret"):
         assert secret not in text
+
+
+LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC \[\d+\] ")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_control_characters_in_client_strings_cannot_forge_log_lines(start_sluice, log_format):
+    """A stranger's user name, database, application_name or options reach the log before any
+    password is checked: a newline in them must not start a line of its own (a forged
+    "login ok"), nor any other control character reach the log raw."""
+    s = start_sluice({"auth_type": "plain", "log_level": "debug", "log_format": log_format},
+                     auth_file=USERS)
+    forged = "\n2026-01-01 00:00:00.000 UTC [1] LOG C-1 appdb/admin@10.0.0.1:1 login ok FORGED\r\x1b[2K"
+    attempts = [
+        {"user": "nobody" + forged, "password": "x"},
+        {"user": "app", "password": "sluice-secret", "application_name": "web" + forged},
+        {"user": "app", "password": "sluice-secret", "options": "-c search_path=a" + forged},
+        {"user": "app", "password": "sluice-secret", "database": APP_DB + forged},
+    ]
+    for a in attempts:
+        try:
+            raw_login(s.port, **a).close()
+        except ServerError:
+            pass
+    lines = [line for line in s.log if "FORGED" in line]
+    assert len(lines) >= len(attempts) - 1, s.log_tail(40)
+    for line in s.log:
+        if log_format == "text":
+            assert LOG_LINE_START.match(line) or not line.strip() or line.startswith(
+                ("warning: ", "error: ")), f"a line sluice did not start: {line!r}"
+        else:
+            if line.startswith("{"):
+                json.loads(line)
+        assert "\x1b" not in line and "\r" not in line, f"raw control character: {line!r}"
 
 
 def test_a_scram_message_out_of_order_is_a_protocol_violation(start_sluice):
