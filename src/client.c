@@ -334,12 +334,9 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
         return;
     }
+    /* Who may use the admin console is checked only once the password is (client_login_ok):
+     * refusing other names here, at once, would tell a stranger which names are admins. */
     c->admin = admin_is_console_db(database);
-    if (c->admin && !config_list_contains(cfg->admin_users, user) &&
-        !config_list_contains(cfg->stats_users, user)) {
-        client_fail(c, FAIL_ADMIN_DENIED, "");
-        return;
-    }
     if (!c->admin && !config_find_db(cfg, database)) {
         client_fail(c, FAIL_UNKNOWN_DATABASE, database);
         return;
@@ -382,6 +379,11 @@ void client_login_ok(struct client *c)
 {
     struct sluice *app = c->app;
     if (c->admin) {
+        if (!config_list_contains(app->cfg->admin_users, c->user) &&
+            !config_list_contains(app->cfg->stats_users, c->user)) {
+            client_fail(c, FAIL_ADMIN_DENIED, "");
+            return;
+        }
         c->pool = pool_get(app, NULL, c->user, c->database);
         if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");

@@ -623,6 +623,24 @@ def test_admin_users_still_need_their_password(start_sluice):
     assert ei.value.sqlstate == "28P01"
 
 
+
+@pytest.mark.parametrize("method", ["md5", "scram-sha-256"])
+def test_the_admin_console_does_not_tell_which_names_are_admins(start_sluice, method):
+    """Before the password is checked, a name in admin_users/stats_users, a known user who is
+    neither and a name nobody has must all be asked for a password and refused alike: otherwise
+    a stranger enumerates the admin names. Only a user who proved the password learns 42501."""
+    s = start_sluice({"auth_type": method, "admin_users": "app"}, auth_file=USERS)
+    answers = {}
+    for user in ("app", "app2", "nobody"):
+        codes, err = auth_codes_and_error(s.port, user, "wrong-password", database="sluice")
+        answers[user] = (codes, err["C"], err["M"].replace(user, "<user>"))
+    assert answers["app2"] == answers["app"] and answers["nobody"] == answers["app"], answers
+    assert answers["app"][1] == "28P01"
+    codes, err = auth_codes_and_error(s.port, "app2", "other-secret", database="sluice")
+    assert err["C"] == "42501", err
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret", database="sluice")
+    assert err is None, err
+
 # ---- SASLprep -------------------------------------------------------------------------------------
 
 
