@@ -70,11 +70,28 @@ static void prepare_accepted(struct listen_socket *ls, int fd)
         set_client_socket_options(ls->app, fd);
 }
 
+/* Whether the listening sockets are polled. AT_CAP ends when clients leave; BACKING_OFF (accept
+ * failed for want of a resource: descriptors, memory) ends on a timer, because what is short may
+ * come back from anywhere (an HTTP connection or a server socket closing), not only from a
+ * client leaving. RETRYING polls again but the shortage is not known to be over until an accept
+ * succeeds: failing again then is the same shortage, and is not logged again. */
+enum listener_state {
+    LISTENER_ACCEPTING,
+    LISTENER_AT_CAP,
+    LISTENER_BACKING_OFF,
+    LISTENER_RETRYING,
+};
+
+#define ACCEPT_RETRY_MS 250 /* while accept fails for want of a resource */
+
 struct listener {
     struct listen_socket socks[MAX_LISTEN_SOCKETS];
     int nsocks;
     int port;
-    bool paused;
+    enum listener_state state;
+    struct sluice *app;
+    uv_timer_t retry;       /* armed in BACKING_OFF */
+    uint64_t failing_since; /* loop time of the first failed accept of a shortage */
 };
 
 /* Excess connections over max_client_conn are still accepted (to be told why they are refused)
@@ -86,7 +103,33 @@ static int accept_limit(const struct sluice *app)
     return max + margin;
 }
 
-static void set_paused(struct listener *l, bool paused);
+static void set_state(struct listener *l, enum listener_state next);
+
+/* accept4 failed with err (not EAGAIN/EINTR/ECONNABORTED): EMFILE/ENFILE, ENOBUFS, ENOMEM. The
+ * connection stays in the backlog; polling again at once would spin on it, so back off and try
+ * again on a timer. The shortage is logged when it starts and when it ends, not at every try. */
+static void accept_failed(struct listener *l, int err)
+{
+    if (l->state != LISTENER_RETRYING) {
+        l->failing_since = uv_now(l->app->loop);
+        log_msg(LOG_ERROR,
+                "accept failed: %s; not accepting, trying again every %d ms%s", strerror(err),
+                ACCEPT_RETRY_MS,
+                err == EMFILE || err == ENFILE
+                    ? " (out of file descriptors: raise ulimit -n, or lower max_client_conn)"
+                    : "");
+    }
+    set_state(l, LISTENER_BACKING_OFF);
+}
+
+static void accept_succeeded(struct listener *l)
+{
+    if (l->state != LISTENER_RETRYING)
+        return;
+    log_msg(LOG_INFO, "accepting again after %llu ms of failed accepts",
+            (unsigned long long)(uv_now(l->app->loop) - l->failing_since));
+    set_state(l, LISTENER_ACCEPTING);
+}
 
 static void on_listen_readable(uv_poll_t *p, int status, int events)
 {
@@ -100,7 +143,7 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
     struct client *unread = NULL;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (app->nclients >= accept_limit(app)) {
-            set_paused(app->listener, true);
+            set_state(app->listener, LISTENER_AT_CAP);
             log_msg(LOG_WARNING, "%d client connections: not accepting more until some leave "
                                  "(max_client_conn = %lld)",
                     app->nclients, (long long)app->cfg->max_client_conn);
@@ -111,13 +154,11 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         int fd = accept4(ls->fd, (struct sockaddr *)&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED) {
-                /* EMFILE/ENFILE: out of descriptors. Pause briefly rather than spin. */
-                log_msg(LOG_ERROR, "accept failed: %s", strerror(errno));
-                set_paused(app->listener, true);
-            }
+                errno != ECONNABORTED)
+                accept_failed(app->listener, errno);
             break;
         }
+        accept_succeeded(app->listener);
         if (unread)
             client_read_first(unread);
         prepare_accepted(ls, fd);
@@ -129,24 +170,42 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         client_read_first(unread);
 }
 
-static void set_paused(struct listener *l, bool paused)
+static void on_retry_timer(uv_timer_t *t)
 {
-    if (l->paused == paused)
+    struct listener *l = t->data;
+    if (l->state == LISTENER_BACKING_OFF && l->app->phase == PHASE_RUNNING)
+        set_state(l, LISTENER_RETRYING);
+}
+
+static bool polls(enum listener_state s)
+{
+    return s == LISTENER_ACCEPTING || s == LISTENER_RETRYING;
+}
+
+static void set_state(struct listener *l, enum listener_state next)
+{
+    enum listener_state prev = l->state;
+    l->state = next;
+    if (next == LISTENER_BACKING_OFF)
+        uv_timer_start(&l->retry, on_retry_timer, ACCEPT_RETRY_MS, 0);
+    else
+        uv_timer_stop(&l->retry);
+    if (polls(prev) == polls(next))
         return;
-    l->paused = paused;
     for (int i = 0; i < l->nsocks; i++) {
-        if (paused)
-            uv_poll_stop(&l->socks[i].poll);
-        else
+        if (polls(next))
             uv_poll_start(&l->socks[i].poll, UV_READABLE, on_listen_readable);
+        else
+            uv_poll_stop(&l->socks[i].poll);
     }
 }
 
 void listener_maybe_resume(struct sluice *app)
 {
     struct listener *l = app->listener;
-    if (l && l->paused && app->phase == PHASE_RUNNING && app->nclients < accept_limit(app) * 9 / 10)
-        set_paused(l, false);
+    if (l && l->state == LISTENER_AT_CAP && app->phase == PHASE_RUNNING &&
+        app->nclients < accept_limit(app) * 9 / 10)
+        set_state(l, LISTENER_ACCEPTING);
 }
 
 static int add_socket(struct sluice *app, int fd, const char *path)
@@ -266,6 +325,10 @@ int listener_start(struct sluice *app)
     if (!app->listener)
         return UV_ENOMEM;
     app->listener->port = (int)cfg->listen_port;
+    app->listener->app = app;
+    uv_timer_init(app->loop, &app->listener->retry);
+    app->listener->retry.data = app->listener;
+    uv_unref((uv_handle_t *)&app->listener->retry);
     char *addrs = strdup(cfg->listen_addr);
     if (!addrs)
         return UV_ENOMEM;
@@ -296,6 +359,7 @@ void listener_stop(struct sluice *app)
     struct listener *l = app->listener;
     if (!l)
         return;
+    uv_close((uv_handle_t *)&l->retry, NULL);
     for (int i = 0; i < l->nsocks; i++) {
         struct listen_socket *ls = &l->socks[i];
         uv_close((uv_handle_t *)&ls->poll, on_listen_closed);

@@ -1,6 +1,7 @@
 /* listener: the listening sockets (TCP addresses and an optional unix socket). Accepts in
  * batches; stops accepting while the client count is far above max_client_conn (the excess get a
- * 53300 error at login) and resumes when it falls. */
+ * 53300 error at login) and resumes when it falls; when accept fails for want of descriptors or
+ * memory, backs off and tries again on a timer. */
 #ifndef SLUICE_LISTENER_H
 #define SLUICE_LISTENER_H
 

@@ -202,3 +202,57 @@ def test_tcp_defer_accept_holds_a_silent_connection_until_it_speaks(start_sluice
                        what="the silent connection to be accepted at once")
     finally:
         silent.close()
+
+
+def fd_numbers(pid):
+    return [int(n) for n in os.listdir(f"/proc/{pid}/fd")]
+
+
+@pytest.mark.timeout(90)
+def test_accepting_resumes_when_descriptors_come_back_from_elsewhere(start_sluice):
+    """Out of descriptors because of HTTP connections (not clients), the listener pauses; when
+    the HTTP connections go, it must resume by itself: before, only a client leaving did, so with
+    no client to leave a waiting login was never answered. The shortage is logged once."""
+    import resource
+    import socket
+
+    from conftest import pick_port
+    http_port = pick_port()
+    s = start_sluice({"http_listen_port": http_port, "http_listen_addr": "127.0.0.1"})
+    raw_login(s.port).close()  # one login first: the pool, its server and libpq are set up
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = max(fd_numbers(s.pid)) + 4
+    resource.prlimit(s.pid, resource.RLIMIT_NOFILE, (limit, hard))
+
+    def full():
+        return set(range(limit)) <= set(fd_numbers(s.pid))
+    held = []
+    try:
+        # Fill every free descriptor number below the limit with idle HTTP connections
+        while not full():
+            assert len(held) < 40, "sluice kept accepting HTTP connections over the limit"
+            held.append(socket.create_connection(("127.0.0.1", http_port), timeout=5))
+            time.sleep(0.2)
+        mark = s.mark()
+        c = RawConn(s.port, timeout=10)
+        c.send(startup_packet(user="app", database="appdb"))
+        c.settimeout(1.5)
+        with pytest.raises(socket.timeout):  # not accepted: no descriptor for it
+            c.read_message()
+        for h in held:
+            h.close()
+        held.clear()
+        c.settimeout(15)
+        while True:
+            mtype, _ = c.read_message()
+            if mtype == "Z":
+                break
+        c.close()
+        log = s.log_since(mark)
+        failed = [line for line in log if "accept failed" in line]
+        assert len(failed) == 1 and "Too many open files" in failed[0], log  # logged once
+        assert any("accepting again" in line for line in log), log
+    finally:
+        for h in held:
+            h.close()
+        resource.prlimit(s.pid, resource.RLIMIT_NOFILE, (soft, hard))
