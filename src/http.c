@@ -3,8 +3,11 @@
  * One request per connection: read the head (at most HTTP_MAX_HEAD bytes, within
  * HTTP_READ_TIMEOUT_MS from accept, so a client trickling bytes cannot hold a connection), answer,
  * half-close, and close once the client has closed too (or a short linger passed) so the answer
- * is not lost to a reset. At most HTTP_MAX_CONNECTIONS at once. The bodies come from report.c;
- * nothing here touches the data path. */
+ * is not lost to a reset. At most HTTP_MAX_CONNECTIONS at once: when full, a new connection
+ * takes the place of the oldest one that has not been answered (or is lingering after its
+ * answer), so a crowd trickling requests (slowloris) cannot keep /health from answering: a real
+ * check sends its request at once and is answered long before 64 newer connections push it out.
+ * The bodies come from report.c; nothing here touches the data path. */
 #include "http.h"
 
 #include <stdio.h>
@@ -25,7 +28,8 @@ struct http_server {
     struct sluice *app;
     uv_tcp_t tcp;
     bool listening;
-    struct list conns;
+    struct list conns;  /* in accept order: the oldest first */
+    bool crowded;       /* at the cap: evictions logged once until it is not */
 };
 
 struct http_conn {
@@ -223,6 +227,33 @@ static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
 }
 
+/* Make room for a new connection: close the oldest one that has nothing left to send (no
+ * request yet, or answered and lingering). false when every one is still sending its answer. */
+static bool evict_oldest(struct http_server *srv, const struct http_conn *newcomer)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&srv->conns, n, tmp)
+    {
+        struct http_conn *hc = container_of(n, struct http_conn, node);
+        if (hc == newcomer || hc->closing || (hc->answered && !hc->written))
+            continue;
+        conn_close(hc);
+        return true;
+    }
+    return false;
+}
+
+static size_t open_conns(const struct http_server *srv)
+{
+    size_t n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&srv->conns, node, tmp)
+    {
+        n += !container_of(node, struct http_conn, node)->closing;
+    }
+    return n;
+}
+
 static void on_http_connection(uv_stream_t *server, int status)
 {
     struct http_server *srv = server->data;
@@ -243,10 +274,19 @@ static void on_http_connection(uv_stream_t *server, int status)
         conn_close(hc);
         return;
     }
-    if (srv->conns.count > HTTP_MAX_CONNECTIONS) {
-        log_msg(LOG_WARNING, "HTTP: %d connections open; closing a new one", HTTP_MAX_CONNECTIONS);
-        conn_close(hc);
-        return;
+    if (open_conns(srv) > HTTP_MAX_CONNECTIONS) {
+        if (!evict_oldest(srv, hc)) {
+            conn_close(hc);
+            return;
+        }
+        if (!srv->crowded)
+            log_msg(LOG_WARNING,
+                    "HTTP: %d connections open: closing the oldest unanswered one for each new "
+                    "one (slow or stuck clients)",
+                    HTTP_MAX_CONNECTIONS);
+        srv->crowded = true;
+    } else if (open_conns(srv) < HTTP_MAX_CONNECTIONS / 2) {
+        srv->crowded = false;
     }
     uv_timer_start(&hc->timer, on_conn_timer, HTTP_READ_TIMEOUT_MS, 0);
     if (uv_read_start((uv_stream_t *)&hc->tcp, on_conn_alloc, on_conn_read) < 0)

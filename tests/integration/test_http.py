@@ -383,6 +383,64 @@ def test_more_than_64_connections_are_refused_and_the_rest_still_work(start_slui
     wait_until(lambda: health(s)[0] == 200, 5, what="/health after the crowd left")
 
 
+@pytest.mark.timeout(60)
+def test_health_answers_while_70_connections_trickle_requests(start_sluice):
+    """Slowloris: more connections than the HTTP cap, each sending a byte now and then and
+    reconnecting when cut off, must not keep /health from answering (an orchestrator would
+    restart a healthy sluice). A new connection takes the place of the oldest unfinished one."""
+    s = start(start_sluice)
+    stop = False
+    trickle = b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 4000
+
+    def open_slow():
+        sk = socket.create_connection(("127.0.0.1", s.http_port), timeout=5)
+        sk.setblocking(False)
+        return [sk, 0]
+
+    def attacker():
+        conns = []
+        while not stop:
+            while len(conns) < 70 and not stop:
+                try:
+                    conns.append(open_slow())
+                except OSError:
+                    break
+            for c in list(conns):
+                sk, sent = c
+                try:
+                    if sk.recv(1024) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    sk.close()
+                    conns.remove(c)
+                    continue
+                try:
+                    sk.send(trickle[sent % len(trickle):sent % len(trickle) + 1])
+                    c[1] += 1
+                except OSError:
+                    sk.close()
+                    conns.remove(c)
+            time.sleep(0.1)
+        for sk, _ in conns:
+            sk.close()
+
+    bg = Background(attacker)
+    try:
+        time.sleep(1.0)  # the crowd is in
+        failures = []
+        for _ in range(20):
+            try:
+                assert health(s)[0] == 200
+            except (OSError, AssertionError) as e:
+                failures.append(repr(e))
+            time.sleep(0.2)
+        assert not failures, f"{len(failures)} of 20 /health checks failed: {failures[:3]}"
+    finally:
+        stop = True
+        bg.result(10)
+
 def test_request_from_a_client_that_half_closes_still_gets_its_answer(start_sluice):
     s = start(start_sluice)
     with socket.create_connection(("127.0.0.1", s.http_port), timeout=10) as sock:
