@@ -340,10 +340,8 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         client_fail(c, FAIL_ADMIN_DENIED, "");
         return;
     }
-    if (!c->admin && !config_find_db(cfg, database)) {
-        client_fail(c, FAIL_UNKNOWN_DATABASE, database);
-        return;
-    }
+    /* An unknown database is told only after authentication (client_login_ok): before it, a
+     * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
         if (param_is_protocol_level(name) ||
