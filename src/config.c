@@ -1460,6 +1460,22 @@ static void on_budget(struct loader *L, const char *name, const char *value)
 
 /* ---- the INI file ---- */
 
+/* PgBouncer's ini format has no comments after a value: "max_db_connections = 80% ; why" sets
+ * the whole text. sluice reads it the same way (a ';' may be part of a password or a query), and
+ * says so when a value that does not parse looks like it carries one. */
+#define INLINE_COMMENT_HINT                                                                        \
+    " (';' or '#' after a value is not a comment, in PgBouncer either: put the comment on a line " \
+    "of its own)"
+
+static bool looks_like_inline_comment(const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        if ((*p == ';' || *p == '#') && p > value && (p[-1] == ' ' || p[-1] == '\t'))
+            return true;
+    }
+    return false;
+}
+
 static void on_main_key(struct loader *L, const char *section, const char *name, const char *value)
 {
     int idx = find_key(name);
@@ -1476,7 +1492,11 @@ static void on_main_key(struct loader *L, const char *section, const char *name,
     }
     char why[256];
     if (set_key(L->c, idx, value, SRC_FILE, CHECK_KEY_ONLY, why, sizeof why) != 0)
-        error_msg(L, "%sline %d: %s = '%s': %s", L->origin, L->line, name, value, why);
+        error_msg(L, "%sline %d: %s = '%s': %s%s", L->origin, L->line, name, value, why,
+                  looks_like_inline_comment(value) ? INLINE_COMMENT_HINT : "");
+    else if (idx == KEY_IDX_auth_file && looks_like_inline_comment(value))
+        warning_msg(L, "%sline %d: auth_file = '%s'%s", L->origin, L->line, value,
+                    INLINE_COMMENT_HINT);
 }
 
 static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
