@@ -130,3 +130,83 @@ def test_reload_accepts_pgbouncer_per_entry_keys(start_sluice, pg):
     assert "server_lifetime" in log, log
     with s.connect(password="sluice-secret") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+# ---- the server's login refusal reaches the clients waiting for that pool ----
+
+def ensure_role(pg, name, login=True):
+    with pg.superuser() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchall():
+            c.execute(f"CREATE ROLE {name} PASSWORD 'role-pw'")
+            c.execute(f"GRANT CONNECT ON DATABASE appdb TO {name}")
+        c.execute(f"ALTER ROLE {name} {'LOGIN' if login else 'NOLOGIN'}")
+        if not login:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", [name])
+
+
+def expect_fatal(port, started, deadline=15):
+    """The first query of a fresh client ends in the server's FATAL within `deadline` s."""
+    with pytest.raises(ServerError) as ei:
+        c = raw_login(port, timeout=deadline + 10)
+        try:
+            c.query("SELECT 1")
+        finally:
+            c.close()
+    assert time.monotonic() - started < deadline, "the client waited for the retries"
+    return ei.value
+
+
+@pytest.mark.parametrize("case", ["nologin", "wrong-password"])
+def test_server_login_refusal_reaches_a_client_logging_in(start_sluice, pg, case):
+    if case == "nologin":
+        ensure_role(pg, "h6_nologin", login=False)
+        entry = pg.db_entry(user="h6_nologin", password="role-pw")
+        state, text = "28000", 'role "h6_nologin" is not permitted to log in'
+    else:
+        entry = pg.db_entry(password="not-the-password")
+        state, text = "28P01", 'password authentication failed for user "app"'
+    s = start_sluice({"auth_type": "trust", "query_wait_timeout": 60},
+                     databases={"appdb": entry})
+    err = expect_fatal(s.port, time.monotonic())
+    assert err.sqlstate == state, err.fields
+    assert text in err.fields["M"], err.fields
+    assert err.fields["S"] == "FATAL", err.fields
+
+
+def test_server_login_refusal_reaches_logged_in_clients_waiting_for_a_server(start_sluice, pg):
+    ensure_role(pg, "h6_flip", login=True)
+    s = start_sluice({"auth_type": "trust", "query_wait_timeout": 60,
+                      "server_check_delay": 0},
+                     databases={"appdb": pg.db_entry(user="h6_flip", password="role-pw")})
+    try:
+        c = raw_login(s.port)
+        assert c.query("SELECT current_user")[0] == [["h6_flip"]]
+        c.close()
+        ensure_role(pg, "h6_flip", login=False)  # and its servers are gone
+        started = time.monotonic()
+        err = expect_fatal(s.port, started)
+        assert err.sqlstate == "28000", err.fields
+        assert 'role "h6_flip" is not permitted to log in' in err.fields["M"], err.fields
+    finally:
+        ensure_role(pg, "h6_flip", login=True)
+
+
+def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
+    """sluice's own SCRAM login upstream (the client's keys, src/server_login.c) passes the
+    server's refusal on the same way."""
+    ensure_role(pg, "h6_pt", login=True)
+    secret = pg.stored_secret("h6_pt")
+    ensure_role(pg, "h6_pt", login=False)
+    try:
+        entry = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password")}
+        s = start_sluice({"auth_type": "scram-sha-256", "query_wait_timeout": 60},
+                         databases={"appdb": entry}, auth_file={"h6_pt": secret})
+        started = time.monotonic()
+        with pytest.raises(ServerError) as ei:
+            raw_login(s.port, user="h6_pt", password="role-pw", timeout=30).close()
+        assert time.monotonic() - started < 15
+        assert ei.value.sqlstate == "28000", ei.value.fields
+        assert 'role "h6_pt" is not permitted to log in' in ei.value.fields["M"]
+    finally:
+        ensure_role(pg, "h6_pt", login=True)
