@@ -359,9 +359,26 @@ static void lookup_failed(struct client *c, const char *why)
                 "sluice's log");
 }
 
+/* trust: the secret itself does not matter, only that the user is listed (PgBouncer). */
+static void trust_outcome(struct auth_state *st, const struct user_secret *s)
+{
+    struct client *c = st->c;
+    if (s->found) {
+        login_ok(c);
+        return;
+    }
+    log_client(LOG_WARNING, c, "login failed (trust): %s", s->note ? s->note : "unknown user");
+    auth_client_gone(c);
+    client_fail(c, FAIL_TRUST_UNKNOWN_USER, "");
+}
+
 static void got_secret(struct auth_state *st, const struct user_secret *s)
 {
     struct client *c = st->c;
+    if (st->method == AUTH_TRUST) {
+        trust_outcome(st, s);
+        return;
+    }
     st->kind = s->kind;
     if (s->text && !(st->text = strdup(s->text))) {
         auth_client_gone(c);
@@ -457,6 +474,19 @@ static enum auth_type method_of_rule(enum hba_method m)
     return AUTH_HBA; /* not a method: the caller rejects */
 }
 
+/* Whether sluice has a list of users to check trust logins against: auth_file, or auth_query
+ * (an auth_user). Without either, as with no pg_hba user column, any name is admitted. */
+static bool has_user_list(const struct config *cfg)
+{
+    if (cfg->auth_file[0] || cfg->auth_user[0])
+        return true;
+    for (int i = 0; i < cfg->ndbs; i++) {
+        if (cfg->dbs[i].auth_user && cfg->dbs[i].auth_user[0])
+            return true;
+    }
+    return false;
+}
+
 void auth_start(struct client *c)
 {
     struct sluice *app = c->app;
@@ -491,6 +521,10 @@ void auth_start(struct client *c)
     c->auth_method = (uint8_t)method;
     switch (method) {
     case AUTH_TRUST:
+        if (has_user_list(cfg))
+            break; /* look the user up (trust_outcome) */
+        client_login_ok(c);
+        return;
     case AUTH_ANY:
         client_login_ok(c);
         return;

@@ -337,10 +337,8 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
     c->admin = admin_is_console_db(database);
-    if (!c->admin && !config_find_db(cfg, database)) {
-        client_fail(c, FAIL_UNKNOWN_DATABASE, database);
-        return;
-    }
+    /* An unknown database is told only after authentication (client_login_ok): before it, a
+     * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
         if (param_is_protocol_level(name) ||

@@ -70,6 +70,32 @@ static const char *const pgbouncer_only_keys[] = {
     "scram_iterations",
     "max_user_client_connections",
     "max_db_client_connections",
+    "track_extra_parameters",
+    "cancel_wait_timeout",
+    "pool_idle_timeout",
+    "transaction_timeout",
+    "login_notify_message",
+    "auth_ldap_options",
+    "auth_pam_confdir",
+};
+
+/* PgBouncer's per-entry keys ([databases], [users]) that sluice does not act on: warned about,
+ * like the main section's, so a pgbouncer.ini loads (and reloads) unchanged. */
+static const char *const pgbouncer_only_db_keys[] = {
+    "auth_dbname",
+    "auth_query",
+    "server_lifetime",
+    "load_balance_hosts",
+    "max_db_client_connections",
+    "query_timeout",
+    "idle_transaction_timeout",
+    "client_idle_timeout",
+    "transaction_timeout",
+};
+static const char *const pgbouncer_only_user_keys[] = {
+    "reserve_pool_size",        "max_user_client_connections", "query_timeout",
+    "idle_transaction_timeout", "client_idle_timeout",         "transaction_timeout",
+    "server_lifetime",
 };
 
 /* Query parameters of client libraries' URLs (Prisma's, mostly) that are not libpq keywords:
@@ -417,15 +443,22 @@ static int find_key(const char *name)
     return -1;
 }
 
+static bool in_list(const char *const *list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(name, list[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+#define IN_LIST(list, name) in_list(list, sizeof list / sizeof list[0], name)
+
 static bool is_pgbouncer_only_key(const char *name)
 {
     if (strncasecmp(name, "client_tls", 10) == 0 || strncasecmp(name, "server_tls", 10) == 0)
         return true;
-    for (size_t i = 0; i < sizeof pgbouncer_only_keys / sizeof pgbouncer_only_keys[0]; i++) {
-        if (strcasecmp(name, pgbouncer_only_keys[i]) == 0)
-            return true;
-    }
-    return false;
+    return IN_LIST(pgbouncer_only_keys, name);
 }
 
 static int parse_key(struct config *into, int idx, const char *value, char *why, size_t n)
@@ -1044,6 +1077,9 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                     L->oom = true;
             } else if (strcmp(key, "connect_query") == 0) {
                 warning_msg(L, "%s: connect_query is not supported by sluice; ignored", where);
+            } else if (!is_pq_keyword(L, key) && IN_LIST(pgbouncer_only_db_keys, key)) {
+                warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
+                            key);
             } else if (!is_pq_keyword(L, key)) {
                 /* The value is not echoed: the typo may be in "password". */
                 error_msg(L,
@@ -1286,6 +1322,9 @@ static void on_user(struct loader *L, const char *name, const char *value)
                           where, val);
                 failed = 1;
             }
+        } else if (IN_LIST(pgbouncer_only_user_keys, key)) {
+            warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
+                        key);
         } else {
             error_msg(L,
                       "%s: unknown key '%s' (pool_mode, pool_size and max_user_connections "
@@ -1397,6 +1436,22 @@ static void on_budget(struct loader *L, const char *name, const char *value)
 
 /* ---- the INI file ---- */
 
+/* PgBouncer's ini format has no comments after a value: "max_db_connections = 80% ; why" sets
+ * the whole text. sluice reads it the same way (a ';' may be part of a password or a query), and
+ * says so when a value that does not parse looks like it carries one. */
+#define INLINE_COMMENT_HINT                                                                        \
+    " (';' or '#' after a value is not a comment, in PgBouncer either: put the comment on a line " \
+    "of its own)"
+
+static bool looks_like_inline_comment(const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        if ((*p == ';' || *p == '#') && p > value && (p[-1] == ' ' || p[-1] == '\t'))
+            return true;
+    }
+    return false;
+}
+
 static void on_main_key(struct loader *L, const char *section, const char *name, const char *value)
 {
     int idx = find_key(name);
@@ -1413,7 +1468,11 @@ static void on_main_key(struct loader *L, const char *section, const char *name,
     }
     char why[256];
     if (set_key(L->c, idx, value, SRC_FILE, CHECK_KEY_ONLY, why, sizeof why) != 0)
-        error_msg(L, "%sline %d: %s = '%s': %s", L->origin, L->line, name, value, why);
+        error_msg(L, "%sline %d: %s = '%s': %s%s", L->origin, L->line, name, value, why,
+                  looks_like_inline_comment(value) ? INLINE_COMMENT_HINT : "");
+    else if (idx == KEY_IDX_auth_file && looks_like_inline_comment(value))
+        warning_msg(L, "%sline %d: auth_file = '%s'%s", L->origin, L->line, value,
+                    INLINE_COMMENT_HINT);
 }
 
 static int on_ini_entry(void *user, const char *section, const char *name, const char *value)

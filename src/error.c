@@ -43,6 +43,11 @@ static const struct failure_info table[] = {
           "certificate authentication failed for user \"%s\"",
           "Connect over TLS with a client certificate signed by client_tls_ca_file whose CN is "
           "the user name."),
+    /* PgBouncer's words, so scripts that match them keep working. */
+    [FAIL_TRUST_UNKNOWN_USER] =
+        F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "\"trust\" authentication failed%s",
+          "With auth_type = trust the user must still be listed in auth_file (or found by "
+          "auth_query)."),
     [FAIL_MAX_CLIENT_CONN] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_client_conn, or close idle connections in the application."),
@@ -100,6 +105,7 @@ static const char *const names[] = {
     [FAIL_HBA_REJECT] = "hba_reject",
     [FAIL_TLS_REQUIRED] = "tls_required",
     [FAIL_CERT_AUTH] = "cert_auth_failed",
+    [FAIL_TRUST_UNKNOWN_USER] = "trust_unknown_user",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
     [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",

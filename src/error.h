@@ -25,6 +25,7 @@ enum failure {
     FAIL_HBA_REJECT,           /* detail: the whole message (rule, host, user, database, TLS) */
     FAIL_TLS_REQUIRED,         /* detail: client_tls_sslmode */
     FAIL_CERT_AUTH,            /* detail: user name */
+    FAIL_TRUST_UNKNOWN_USER,   /* trust, but the user is in neither auth_file nor auth_query */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
     FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */

@@ -35,7 +35,8 @@ static void usage(FILE *out)
             "                             defaults)\n"
             "\n"
             "Signals: SIGHUP reloads the config, SIGINT shuts down gracefully (transactions\n"
-            "finish, up to shutdown_timeout), SIGTERM shuts down promptly. Both exit 0.\n",
+            "finish, up to shutdown_timeout; a second SIGINT closes at once), SIGTERM shuts down\n"
+            "promptly. Both exit 0.\n",
             SLUICE_VERSION);
 }
 

@@ -358,7 +358,22 @@ void pool_release(struct server *s)
     pool_server_ready(s);
 }
 
+static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
+                           const char *server_message);
+
 void pool_connect_failed(struct pool *p, const char *message)
+{
+    connect_failed(p, message, NULL, NULL);
+}
+
+void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
+                        const char *server_message)
+{
+    connect_failed(p, why, sqlstate, server_message);
+}
+
+static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
+                           const char *server_message)
 {
     struct sluice *app = p->app;
     const struct config *cfg = app->cfg;
@@ -382,8 +397,18 @@ void pool_connect_failed(struct pool *p, const char *message)
                 p->db_name, p->user_name, p->connect_failures, (unsigned long long)backoff, message);
     /* Clients still logging in cannot be told what the server reports until one server is in:
      * fail them with the server's reason (as PgBouncer does) instead of letting them hang. Clients
-     * that are logged in keep waiting, within query_wait_timeout, for the database to recover. */
-    if (!p->have_welcome && p->connecting.count == 0) {
+     * that are logged in keep waiting, within query_wait_timeout, for the database to recover.
+     * A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody
+     * waiting for this pool can get a server until the role, pg_hba.conf or the config changes,
+     * so all of them get the server's own FATAL now. */
+    if (refusal_sqlstate) {
+        struct list_node *n, *tmp;
+        list_for_each(&p->waiting, n, tmp)
+        {
+            struct client *c = container_of(n, struct client, node);
+            client_fail_with_state(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
+        }
+    } else if (!p->have_welcome && p->connecting.count == 0) {
         struct list_node *n, *tmp;
         list_for_each(&p->waiting, n, tmp)
         {

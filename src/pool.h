@@ -87,6 +87,11 @@ bool pool_queue_cleanup(struct server *s);
 void pool_server_ready(struct server *s);
 /* A connect attempt failed; message from libpq. */
 void pool_connect_failed(struct pool *p, const char *message);
+/* The server refused the login with an error retrying will not mend (wrong password, NOLOGIN
+ * role, pg_hba.conf reject): as pool_connect_failed, and every client waiting for this pool gets
+ * the server's FATAL (sqlstate, server_message) now. why is for the log. */
+void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
+                        const char *server_message);
 /* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */
 void pool_maintain(struct pool *p, uint64_t now);
 void pool_free(struct pool *p);

@@ -585,6 +585,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
                     struct user_secret *out)
 {
     out->from_query = from_query;
+    out->found = true;
     if (!text || !text[0]) {
         out->kind = SECRET_NONE;
         out->note = from_query ? "auth_query found no password for the user"

@@ -27,6 +27,7 @@ struct user_secret {
     struct scram_secret scram; /* SCRAM; also PLAIN's derived secret when have_scram */
     bool have_scram;
     bool from_query;  /* found by auth_query */
+    bool found;       /* the user is listed (auth_file, auth_query), whatever its secret */
     const char *note; /* NONE: why (for the log), e.g. "not in auth_file" */
 };
 

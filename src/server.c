@@ -216,6 +216,8 @@ struct server *server_connect(struct pool *p)
         pool_connect_failed(p, msg);
         return NULL;
     }
+    /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
+    PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
     s->state = SERVER_CONNECTING;
     list_append(&p->connecting, &s->node);
     app->nservers++;
@@ -329,6 +331,54 @@ static void probe_step(struct server *s)
     sockio_want(&s->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
+/* 28xxx: invalid authorization (wrong password, NOLOGIN role, pg_hba.conf reject); 3D000: no
+ * such database; 42501: no CONNECT privilege. Not 53300 (too many clients) nor 57P03 (starting
+ * up, shutting down): those pass, and the pool's backoff waits for them. */
+static bool refusal_is_final(const char *sqlstate)
+{
+    return sqlstate && (strncmp(sqlstate, "28", 2) == 0 || strcmp(sqlstate, "3D000") == 0 ||
+                        strcmp(sqlstate, "42501") == 0);
+}
+
+void server_login_error(struct server *s, const char *why, const char *sqlstate,
+                        const char *message)
+{
+    if (!refusal_is_final(sqlstate)) {
+        server_connect_failed(s, why);
+        return;
+    }
+    struct pool *p = s->pool;
+    server_close(s, why);
+    pool_login_refused(p, sqlstate, why, message);
+}
+
+/* libpq's text for a failed connection, made with PQERRORS_VERBOSE: "connection to server at
+ * ... failed: FATAL:  28000: role \"x\" is not permitted to log in\nLOCATION: ...". A server's
+ * error has its SQLSTATE after the severity; libpq's own failures (refused TCP connect, TLS,
+ * timeouts) have none. The log keeps libpq's usual wording, without the SQLSTATE. */
+static void libpq_failed(struct server *s)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(s->conn));
+    msg[strcspn(msg, "\n")] = '\0';
+    static const char *const severities[] = {"FATAL:  ", "ERROR:  ", "PANIC:  "};
+    for (size_t i = 0; i < sizeof severities / sizeof severities[0]; i++) {
+        const char *at = strstr(msg, severities[i]);
+        if (!at)
+            continue;
+        const char *code = at + strlen(severities[i]);
+        if (strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 5 || strncmp(code + 5, ": ", 2))
+            continue;
+        char sqlstate[6], why[512];
+        memcpy(sqlstate, code, 5);
+        sqlstate[5] = '\0';
+        snprintf(why, sizeof(why), "%.*s%s", (int)(code - msg), msg, code + 7);
+        server_login_error(s, why, sqlstate, code + 7);
+        return;
+    }
+    server_connect_failed(s, msg);
+}
+
 static void connect_step(struct server *s)
 {
     PostgresPollingStatusType st = PQconnectPoll(s->conn);
@@ -349,6 +399,7 @@ static void connect_step(struct server *s)
         sockio_want(&s->io, UV_WRITABLE);
         return;
     case PGRES_POLLING_OK:
+        PQsetErrorVerbosity(s->conn, PQERRORS_DEFAULT);
         if (server_needs_probe(s)) {
             start_probe(s);
             return;
@@ -356,13 +407,9 @@ static void connect_step(struct server *s)
         sockio_want(&s->io, 0);
         login_done(s);
         return;
-    default: {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(s->conn));
-        msg[strcspn(msg, "\n")] = '\0';
-        server_connect_failed(s, msg);
+    default:
+        libpq_failed(s);
         return;
-    }
     }
 }
 

@@ -89,6 +89,12 @@ void server_close(struct server *s, const char *reason);
 /* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
  * backs off and answers its waiting clients with why. */
 void server_connect_failed(struct server *s, const char *why);
+/* The server answered the login with an ErrorResponse: why for the log, sqlstate and message
+ * as the server sent them. A refusal that retrying will not mend reaches the pool's waiting
+ * clients as the server's own FATAL; anything else (too many clients, starting up) is a failed
+ * connect. */
+void server_login_error(struct server *s, const char *why, const char *sqlstate,
+                        const char *message);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
 /* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. */

@@ -510,7 +510,11 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     case 'E': {
         struct error_fields f;
         codec_parse_error(body, len, &f);
-        fail(s, "%s", f.message ? f.message : "server error during login");
+        const char *text = f.message ? f.message : "server error during login";
+        char why[512];
+        snprintf(why, sizeof(why), "login as \"%s\" failed: %s:  %s", l->user,
+                 f.severity ? f.severity : "FATAL", text);
+        server_login_error(s, why, f.sqlstate, text);
         return false;
     }
     case 'S': {

@@ -158,7 +158,10 @@ static void on_signal(uv_signal_t *h, int signum)
     if (signum == SIGHUP)
         sluice_reload(app);
     else if (signum == SIGINT)
-        sluice_shutdown(app, PHASE_SHUTDOWN_GRACEFUL);
+        /* PgBouncer: a SIGINT while a shutdown is already under way means "now", for the
+         * operator whose graceful shutdown takes too long. */
+        sluice_shutdown(app,
+                        app->phase == PHASE_RUNNING ? PHASE_SHUTDOWN_GRACEFUL : PHASE_SHUTDOWN_NOW);
     else
         sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
 }

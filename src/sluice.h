@@ -14,7 +14,7 @@
 enum sluice_phase {
     PHASE_RUNNING,
     PHASE_SHUTDOWN_GRACEFUL, /* SIGINT: no new clients; transactions finish; then exit */
-    PHASE_SHUTDOWN_NOW,      /* SIGTERM or shutdown_timeout passed: close everything */
+    PHASE_SHUTDOWN_NOW, /* SIGTERM, a second SIGINT or shutdown_timeout passed: close everything */
 };
 
 struct listener;

@@ -162,6 +162,26 @@ def test_wrong_upstream_password_gives_clients_an_error_with_the_servers_reason(
             c.query("SELECT 1")
         finally:
             c.close()
-    # libpq does not expose the SQLSTATE of a failed login, so 08006 is acceptable here
-    assert ei.value.sqlstate in ("28P01", "08006"), ei.value.fields
+    assert ei.value.sqlstate == "28P01", ei.value.fields
     assert "password authentication failed" in ei.value.fields.get("M", ""), ei.value.fields
+
+
+def test_a_second_sigint_exits_at_once_as_in_pgbouncer(start_sluice, pg):
+    """The first SIGINT waits for the open transaction (up to shutdown_timeout); a second one,
+    like PgBouncer's, is an immediate shutdown: the client gets 57P01 and sluice exits 0."""
+    s = start_sluice({"pool_mode": "transaction", "shutdown_timeout": 60})
+    busy = s.connect()
+    try:
+        busy.execute("BEGIN")
+        busy.execute("SELECT 1")
+        s.send_signal(signal.SIGINT)
+        s.wait_for_log(r"graceful shutdown", timeout=10)
+        time.sleep(0.5)
+        assert s.alive(), "one SIGINT should wait for the open transaction"
+        started = time.monotonic()
+        s.send_signal(signal.SIGINT)
+        code = s.wait_exit(20)
+        assert time.monotonic() - started < 10, "the second SIGINT should not wait"
+        assert code == 0, f"exit code {code}"
+    finally:
+        busy.close()

@@ -361,6 +361,16 @@ static void unknown_key_is_an_error_naming_its_line_and_section(void)
     config_free(c);
 }
 
+static void a_comment_after_a_value_is_part_of_it_and_the_error_says_so(void)
+{
+    struct config *c =
+        load("[pgbouncer]\nmax_db_connections = 80%   ; of 22\n" MINIMAL_DBS, NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: max_db_connections = '80%   ; of 22'");
+    CHECK_ERROR("after a value is not a comment");
+    config_free(c);
+}
+
 static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
@@ -1268,6 +1278,7 @@ int main(void)
     RUN(pool_timeout_is_an_alias_of_query_wait_timeout);
     RUN(keys_and_sections_are_case_insensitive);
     RUN(unknown_key_is_an_error_naming_its_line_and_section);
+    RUN(a_comment_after_a_value_is_part_of_it_and_the_error_says_so);
     RUN(pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line);
     RUN(a_real_pgbouncer_ini_loads_unchanged);
     RUN(syntax_problems_name_their_line);

@@ -1,0 +1,212 @@
+"""A pgbouncer.ini and userlist.txt moved to sluice unchanged: the answers PgBouncer gives, the
+keys PgBouncer knows (issue 22)."""
+
+import signal
+import time
+
+import psycopg
+import pytest
+
+from conftest import render_ini, wait_until
+from pgwire import ServerError, raw_login
+from test_cli import assert_no_sanitizer_report, run
+
+USERS = {"app": "sluice-secret"}
+
+
+# ---- trust still needs a known user (PgBouncer: "trust" authentication failed) ----
+
+@pytest.mark.parametrize("forced_user", [True, False], ids=["forced-user", "client-user"])
+def test_trust_refuses_a_user_missing_from_auth_file_with_28000(start_sluice, pg, forced_user):
+    entry = pg.db_entry() if forced_user else pg.db_entry(user=None, password=None)
+    entry = {k: v for k, v in entry.items() if v is not None}
+    s = start_sluice({"auth_type": "trust"}, databases={"appdb": entry},
+                     auth_file={"app": "app-pw"})
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, user="nosuchuser")
+    assert ei.value.sqlstate == "28000", ei.value.fields
+    assert '"trust" authentication failed' in ei.value.fields.get("M", ""), ei.value.fields
+    if forced_user:
+        # a user that is in auth_file still logs in without a password
+        c = raw_login(s.port, user="app")
+        try:
+            assert c.query("SELECT current_user")[0] == [["app"]]
+        finally:
+            c.close()
+
+
+def test_trust_without_auth_file_or_auth_query_admits_any_user_name(start_sluice, pg):
+    """sluice's documented difference: with no user list at all, trust has nothing to check
+    names against and admits them (the forced user= logs in upstream)."""
+    s = start_sluice({"auth_type": "trust"})
+    c = raw_login(s.port, user="whoever")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+
+
+# ---- database names are not revealed before authentication ----
+
+def test_wrong_password_on_an_unknown_database_fails_as_a_wrong_password(start_sluice):
+    s = start_sluice({"auth_type": "md5"}, auth_file=USERS)
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, database="no_such_db", password="wrong")
+    assert ei.value.sqlstate == "28P01", ei.value.fields
+    assert 'password authentication failed for user "app"' in ei.value.fields["M"]
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, user="nobody", database="no_such_db", password="x")
+    assert ei.value.sqlstate == "28P01", ei.value.fields
+    # with the right password, the client learns the database is not there
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, database="no_such_db", password="sluice-secret")
+    assert ei.value.sqlstate == "3D000", ei.value.fields
+
+
+def test_trust_unknown_user_on_an_unknown_database_fails_as_trust(start_sluice):
+    s = start_sluice({"auth_type": "trust"}, auth_file=USERS)
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, user="nobody", database="no_such_db")
+    assert ei.value.sqlstate == "28000", ei.value.fields
+
+
+# ---- PgBouncer keys load with warnings, in every section, at start and on RELOAD ----
+
+PGBOUNCER_DB_KEYS = ("server_lifetime=3600 auth_dbname=appdb load_balance_hosts=disable "
+                     "max_db_client_connections=10 reserve_pool_size=2 connect_query='SELECT 1'")
+PGBOUNCER_USER_KEYS = ("pool_mode=transaction reserve_pool_size=2 max_user_connections=10 "
+                       "max_user_client_connections=20 query_timeout=0 "
+                       "idle_transaction_timeout=0 client_idle_timeout=0 transaction_timeout=0")
+PGBOUNCER_MAIN_KEYS = {
+    "track_extra_parameters": "IntervalStyle",
+    "cancel_wait_timeout": 10,
+    "pool_idle_timeout": 0,
+    "transaction_timeout": 0,
+    "login_notify_message": "",
+    "client_tls13_ciphers": "",
+    "server_tls13_ciphers": "",
+    "auth_ldap_options": "",
+    "auth_pam_confdir": "",
+    "max_user_client_connections": 0,
+    "max_db_client_connections": 0,
+}
+
+
+def pgbouncer_style_ini(pg, userlist):
+    entry = " ".join(f"{k}={v}" for k, v in pg.db_entry().items())
+    text = render_ini({"listen_addr": "127.0.0.1", "listen_port": 6432, "auth_type": "md5",
+                       "auth_file": userlist, **PGBOUNCER_MAIN_KEYS},
+                      {"appdb": f"{entry} {PGBOUNCER_DB_KEYS}"},
+                      {"app": PGBOUNCER_USER_KEYS})
+    return text.replace("[sluice]", "[pgbouncer]")
+
+
+def test_check_of_pgbouncer_keys_in_every_section_warns_and_exits_0(tmp_path, pg):
+    userlist = tmp_path / "userlist.txt"
+    userlist.write_text('"app" "x"\n')
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(pgbouncer_style_ini(pg, userlist))
+    p = run(["--check", str(ini)])
+    assert p.returncode == 0, f"stdout: {p.stdout}\nstderr: {p.stderr}"
+    for key in ("server_lifetime", "auth_dbname", "load_balance_hosts",
+                "max_db_client_connections", "max_user_client_connections",
+                "track_extra_parameters", "transaction_timeout"):
+        assert key in p.stderr, f"no warning names {key}:\n{p.stderr}"
+    assert_no_sanitizer_report(p)
+
+
+def test_reload_accepts_pgbouncer_per_entry_keys(start_sluice, pg):
+    s = start_sluice({"auth_type": "md5"}, auth_file=USERS,
+                     databases={"appdb": pg.db_entry(pool_size=3)})
+    text = s.ini_path.read_text()
+    text = text.replace("pool_size=3", f"pool_size=4 {PGBOUNCER_DB_KEYS}")
+    text += f"\n[users]\napp = {PGBOUNCER_USER_KEYS}\n"
+    mark = s.mark()
+    s.ini_path.write_text(text)
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"configuration reloaded|keeping the old one", timeout=10, since=mark)
+    log = "\n".join(s.log_since(mark))
+    assert "keeping the old one" not in log, log
+    assert "server_lifetime" in log, log
+    with s.connect(password="sluice-secret") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+# ---- the server's login refusal reaches the clients waiting for that pool ----
+
+def ensure_role(pg, name, login=True):
+    with pg.superuser() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchall():
+            c.execute(f"CREATE ROLE {name} PASSWORD 'role-pw'")
+            c.execute(f"GRANT CONNECT ON DATABASE appdb TO {name}")
+        c.execute(f"ALTER ROLE {name} {'LOGIN' if login else 'NOLOGIN'}")
+        if not login:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", [name])
+
+
+def expect_fatal(port, started, deadline=15):
+    """The first query of a fresh client ends in the server's FATAL within `deadline` s."""
+    with pytest.raises(ServerError) as ei:
+        c = raw_login(port, timeout=deadline + 10)
+        try:
+            c.query("SELECT 1")
+        finally:
+            c.close()
+    assert time.monotonic() - started < deadline, "the client waited for the retries"
+    return ei.value
+
+
+@pytest.mark.parametrize("case", ["nologin", "wrong-password"])
+def test_server_login_refusal_reaches_a_client_logging_in(start_sluice, pg, case):
+    if case == "nologin":
+        ensure_role(pg, "h6_nologin", login=False)
+        entry = pg.db_entry(user="h6_nologin", password="role-pw")
+        state, text = "28000", 'role "h6_nologin" is not permitted to log in'
+    else:
+        entry = pg.db_entry(password="not-the-password")
+        state, text = "28P01", 'password authentication failed for user "app"'
+    s = start_sluice({"auth_type": "trust", "query_wait_timeout": 60},
+                     databases={"appdb": entry})
+    err = expect_fatal(s.port, time.monotonic())
+    assert err.sqlstate == state, err.fields
+    assert text in err.fields["M"], err.fields
+    assert err.fields["S"] == "FATAL", err.fields
+
+
+def test_server_login_refusal_reaches_logged_in_clients_waiting_for_a_server(start_sluice, pg):
+    ensure_role(pg, "h6_flip", login=True)
+    s = start_sluice({"auth_type": "trust", "query_wait_timeout": 60,
+                      "server_check_delay": 0},
+                     databases={"appdb": pg.db_entry(user="h6_flip", password="role-pw")})
+    try:
+        c = raw_login(s.port)
+        assert c.query("SELECT current_user")[0] == [["h6_flip"]]
+        c.close()
+        ensure_role(pg, "h6_flip", login=False)  # and its servers are gone
+        started = time.monotonic()
+        err = expect_fatal(s.port, started)
+        assert err.sqlstate == "28000", err.fields
+        assert 'role "h6_flip" is not permitted to log in' in err.fields["M"], err.fields
+    finally:
+        ensure_role(pg, "h6_flip", login=True)
+
+
+def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
+    """sluice's own SCRAM login upstream (the client's keys, src/server_login.c) passes the
+    server's refusal on the same way."""
+    ensure_role(pg, "h6_pt", login=True)
+    secret = pg.stored_secret("h6_pt")
+    ensure_role(pg, "h6_pt", login=False)
+    try:
+        entry = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password")}
+        s = start_sluice({"auth_type": "scram-sha-256", "query_wait_timeout": 60},
+                         databases={"appdb": entry}, auth_file={"h6_pt": secret})
+        started = time.monotonic()
+        with pytest.raises(ServerError) as ei:
+            raw_login(s.port, user="h6_pt", password="role-pw", timeout=30).close()
+        assert time.monotonic() - started < 15
+        assert ei.value.sqlstate == "28000", ei.value.fields
+        assert 'role "h6_pt" is not permitted to log in' in ei.value.fields["M"]
+    finally:
+        ensure_role(pg, "h6_pt", login=True)
