@@ -99,6 +99,8 @@ int budget_sync(struct sluice *app)
             budget_destroy(b);
         }
     }
+    for (int i = 0; i < n; i++)
+        items[i]->slot = i;
     free(old->items);
     old->items = items;
     old->n = n;
@@ -298,4 +300,11 @@ enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget
     if (any_min && leases + held_for_others >= shared_capacity(app))
         return LIMIT_RESERVED;
     return LIMIT_NONE;
+}
+
+int budget_room(const struct sluice *app, const struct budget *b)
+{
+    if (budget_lease_limit(app, b) != LIMIT_NONE)
+        return 0;
+    return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
 }

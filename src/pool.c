@@ -127,12 +127,11 @@ int pool_server_count(const struct pool *p)
     return p->connecting.count + p->idle.count + p->active.count + p->resetting.count;
 }
 
-/* Is this waiting client allowed a server now (its budget's caps)? */
+/* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
+ * pool's first server is no exception: it keeps the server it is given for its first queries. */
 static bool may_lease(const struct client *c)
 {
-    /* A login only borrows a server to learn what to report: never held back. */
-    return c->state == CLIENT_LOGIN_WAIT ||
-           budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
+    return budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
@@ -150,17 +149,32 @@ static struct client *first_eligible(const struct pool *p)
     return NULL;
 }
 
+/* How many waiters could use a new server: at most `enough`, and for each budget no more than
+ * the servers it may still hold (servers opened for a budget count against its max_servers). */
 static int count_eligible(const struct pool *p, int enough)
 {
-    if (p->app->budgets.n <= 1)
+    const struct budget_set *set = &p->app->budgets;
+    if (set->n <= 1)
         return p->waiting.count;
+    int *room = calloc((size_t)set->n, sizeof(*room));
+    if (!room)
+        return 0; /* tried again at the next lease or tick */
+    for (int i = 0; i < set->n; i++)
+        room[i] = budget_room(p->app, set->items[i]);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
     {
-        if (may_lease(container_of(node, struct client, node)) && ++n >= enough)
+        const struct client *c = container_of(node, struct client, node);
+        int i = c->budget ? c->budget->slot : -1;
+        if (i >= 0 && room[i] == 0)
+            continue;
+        if (i >= 0 && room[i] > 0)
+            room[i]--;
+        if (++n >= enough)
             break;
     }
+    free(room);
     return n;
 }
 
@@ -300,6 +314,29 @@ void pool_dispatch_all(struct sluice *app)
     }
 }
 
+/* The pool's first server told it what to report: the other logins waiting for that need no
+ * server of their own. They finish now and queue like any client when they send a query, so
+ * their first queries wait under every cap (a login holding a server would pass max_servers).
+ * One at a time: finishing a login may run its first query and change the waiting list. */
+static void welcome_login_waiters(struct pool *p)
+{
+    for (;;) {
+        struct client *login = NULL;
+        struct list_node *n, *tmp;
+        list_for_each(&p->waiting, n, tmp)
+        {
+            struct client *c = container_of(n, struct client, node);
+            if (c->state == CLIENT_LOGIN_WAIT) {
+                login = c;
+                break;
+            }
+        }
+        if (!login)
+            return;
+        client_welcome_from_pool(login);
+    }
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -316,9 +353,9 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (!p->have_welcome) {
-        if (params_copy(&p->welcome, &s->params) == 0)
-            p->have_welcome = true;
+    if (!p->have_welcome && params_copy(&p->welcome, &s->params) == 0) {
+        p->have_welcome = true;
+        welcome_login_waiters(p);
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
     if (c) {
