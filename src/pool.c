@@ -75,6 +75,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->idle);
     list_init(&p->active);
     list_init(&p->resetting);
+    list_init(&p->leaving);
     list_init(&p->waiting);
     list_init(&p->idle_clients);
     list_init(&p->active_clients);
@@ -124,7 +125,8 @@ void pool_apply_config(struct pool *p)
 
 int pool_server_count(const struct pool *p)
 {
-    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count;
+    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count +
+           p->leaving.count;
 }
 
 /* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
@@ -202,9 +204,10 @@ static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
     }
     if (!oldest)
         return false;
-    log_server(LOG_INFO, oldest, "closing an idle server of pool %s/%s to make room under %s",
-               victim->db_name, victim->user_name, limit_kind_key(k));
-    server_close(oldest, "evicted to make room for another pool");
+    char why[160];
+    snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
+             victim->db_name, victim->user_name, limit_kind_key(k));
+    server_close_for(oldest, why, p);
     return true;
 }
 
@@ -217,7 +220,8 @@ static void maybe_connect(struct pool *p)
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
         return;
-    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count;
+    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count -
+               p->rooms_awaited;
     if (p->connect_failures > 0 && want > 1)
         want = 1;
     bool use_reserve = false;
@@ -228,8 +232,11 @@ static void maybe_connect(struct pool *p)
     }
     while (want-- > 0) {
         enum limit_kind k = budget_connect_limit(p, use_reserve);
-        if ((k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) && evict_idle_elsewhere(p, k))
-            k = budget_connect_limit(p, use_reserve);
+        if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
+            /* The room comes when the evicted backend has exited (pool_server_gone). */
+            evict_idle_elsewhere(p, k);
+            break;
+        }
         if (k != LIMIT_NONE)
             break;
         if (!server_connect(p))
@@ -314,6 +321,59 @@ void pool_dispatch_all(struct sluice *app)
     }
 }
 
+/* A reload lowered a cap below the servers in use: a server that comes back above it closes
+ * instead of serving again, so the cap holds once the transactions in flight end. */
+static bool close_if_over_limit(struct server *s)
+{
+    const struct pool *p = s->pool;
+    enum limit_kind k = budget_over_limit(p);
+    if (k == LIMIT_NONE)
+        return false;
+    char why[160];
+    snprintf(why, sizeof(why), "above %s = %d (lowered by a reload)", limit_kind_key(k),
+             budget_limit_value(p, NULL, k));
+    server_close(s, why);
+    return true;
+}
+
+/* When a cap shared with other pools (max_db_connections, max_user_connections,
+ * max_server_connections) is full, a released server goes to the client that has waited
+ * longest across those pools, not to the next client of its own pool: otherwise a busy pool
+ * keeps every server and the others starve. Returns the pool whose first waiter has waited
+ * longer than p's, that the cap alone holds back, and that could open a server if one of p's
+ * closed; NULL when p's own waiter (or the idle list) should have it. */
+static struct pool *longer_waiter_elsewhere(struct pool *p)
+{
+    struct sluice *app = p->app;
+    if (app->phase != PHASE_RUNNING)
+        return NULL;
+    uint64_t now = sluice_now(app);
+    const struct client *mine = p->paused ? NULL : first_eligible(p);
+    uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
+    struct pool *best = NULL;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *o = container_of(n, struct pool, node);
+        if (o == p || o->paused || list_empty(&o->waiting) || now < o->next_connect_ms ||
+            (o->connect_failures > 0 && o->connecting.count > 0))
+            continue;
+        const struct client *c = first_eligible(o);
+        if (!c || c->state_since_ms >= oldest)
+            continue;
+        /* Its connections in progress, and the room already being made for it, serve its
+         * first waiters. */
+        int coming = o->connecting.count + o->rooms_awaited;
+        if (count_eligible(o, coming + 1) <= coming)
+            continue;
+        if (budget_connect_limit(o, false) == LIMIT_NONE || !budget_may_connect_if_closed(o, p))
+            continue;
+        best = o;
+        oldest = c->state_since_ms;
+    }
+    return best;
+}
+
 /* The pool's first server told it what to report: the other logins waiting for that need no
  * server of their own. They finish now and queue like any client when they send a query, so
  * their first queries wait under every cap (a login holding a server would pass max_servers).
@@ -357,6 +417,18 @@ void pool_server_ready(struct server *s)
         p->have_welcome = true;
         welcome_login_waiters(p);
     }
+    if (close_if_over_limit(s))
+        return;
+    struct pool *other = longer_waiter_elsewhere(p);
+    if (other) {
+        /* Handing this server over means closing it: the other pool logs in as its own user
+         * or to its own database. */
+        char why[160];
+        snprintf(why, sizeof(why), "room handed to pool %s/%s, whose client waited longer",
+                 other->db_name, other->user_name);
+        server_close_for(s, why, other);
+        return;
+    }
     struct client *c = p->paused ? NULL : first_eligible(p);
     if (c) {
         link_pair(s, c);
@@ -393,6 +465,15 @@ void pool_release(struct server *s)
         return;
     }
     pool_server_ready(s);
+}
+
+void pool_server_gone(struct pool *p, struct pool *room_for)
+{
+    if (room_for && !list_empty(&room_for->waiting))
+        maybe_connect(room_for);
+    /* Whatever room is left may serve a waiter of any pool. */
+    if (!list_empty(&p->waiting) || room_for)
+        p->app->dispatch_needed = true;
 }
 
 void pool_connect_failed(struct pool *p, const char *message)
@@ -497,15 +578,20 @@ void pool_maintain(struct pool *p, uint64_t now)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->resetting, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
+    list_for_each(&p->leaving, n, tmp)
+        server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     maybe_connect(p);
-    /* A reload made the pool smaller: close idle servers above the new size. */
+    /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
     while (pool_server_count(p) > p->size && !list_empty(&p->idle))
         server_close(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
+    while (!list_empty(&p->idle) &&
+           close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
+        ;
     /* Keep min_pool_size servers warm once the database has been reached. */
     if (p->app->phase == PHASE_RUNNING && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&
