@@ -101,6 +101,8 @@ int budget_sync(struct sluice *app)
             budget_destroy(b);
         }
     }
+    for (int i = 0; i < n; i++)
+        items[i]->slot = i;
     free(old->items);
     old->items = items;
     old->n = n;
@@ -246,24 +248,43 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     }
 }
 
-enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
+/* The first limit that `add` more servers of p would pass. `closing`: a pool one of whose
+ * servers is about to close, so p's scopes that hold it count one server less. */
+static enum limit_kind limit_passed(const struct pool *p, int add, int pool_cap,
+                                    const struct pool *closing)
 {
     const struct sluice *app = p->app;
-    int in_pool = pool_server_count(p);
-    if (in_pool >= p->size + (use_reserve ? p->reserve_size : 0))
+    int freed_db = closing && strcmp(closing->db_name, p->db_name) == 0;
+    int freed_user = closing && strcmp(closing->user_name, p->user_name) == 0;
+    if (pool_server_count(p) - (closing == p) + add > pool_cap)
         return LIMIT_POOL;
-    if (percent_unresolved(p) && p->connecting.count > 0)
+    if (add > 0 && percent_unresolved(p) && p->connecting.count > 0)
         return LIMIT_DB;
     int cap = db_cap(p);
-    if (cap > 0 && budget_db_servers(app, p->db_name) >= cap)
+    if (cap > 0 && budget_db_servers(app, p->db_name) - freed_db + add > cap)
         return LIMIT_DB;
     cap = user_cap(p);
-    if (cap > 0 && budget_user_servers(app, p->user_name) >= cap)
+    if (cap > 0 && budget_user_servers(app, p->user_name) - freed_user + add > cap)
         return LIMIT_USER;
     cap = global_cap(app, p->server_usable);
-    if (cap > 0 && app->nservers >= cap)
+    if (cap > 0 && app->nservers - (closing != NULL) + add > cap)
         return LIMIT_GLOBAL;
     return LIMIT_NONE;
+}
+
+enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
+{
+    return limit_passed(p, 1, p->size + (use_reserve ? p->reserve_size : 0), NULL);
+}
+
+bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing)
+{
+    return limit_passed(p, 1, p->size, closing) == LIMIT_NONE;
+}
+
+enum limit_kind budget_over_limit(const struct pool *p)
+{
+    return limit_passed(p, 0, p->size + p->reserve_size, NULL);
 }
 
 /* The servers budgets share: max_server_connections, or else what all pools may open. */
@@ -300,4 +321,11 @@ enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget
     if (any_min && leases + held_for_others >= shared_capacity(app))
         return LIMIT_RESERVED;
     return LIMIT_NONE;
+}
+
+int budget_room(const struct sluice *app, const struct budget *b)
+{
+    if (budget_lease_limit(app, b) != LIMIT_NONE)
+        return 0;
+    return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
 }

@@ -29,6 +29,7 @@ struct budget {
     int clients;  /* logged-in clients now */
     int leases;   /* servers linked to its clients now */
     bool retired; /* removed from the config; kept while clients still point at it */
+    int slot;     /* its index in the budget set (for per-budget tallies) */
 };
 
 struct budget_set {
@@ -59,8 +60,15 @@ const char *limit_kind_key(enum limit_kind k);
 
 /* May the pool open one more backend? use_reserve: the reserve pool is in play. */
 enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve);
+/* Would the pool have room for one more backend if a server of `closing` closed? */
+bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing);
+/* Does the pool hold more servers than a cap allows (a reload lowered it)? The first such cap. */
+enum limit_kind budget_over_limit(const struct pool *p);
 /* May a client of b be given a server now? */
 enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b);
+/* How many more servers a client of b may be given now: 0 when it is held back, -1 when only
+ * the other limits bound it. */
+int budget_room(const struct sluice *app, const struct budget *b);
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 

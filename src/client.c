@@ -84,7 +84,8 @@ static bool transition_ok(enum client_state from, enum client_state to)
     case CLIENT_AUTH:
         return to == CLIENT_LOGIN_WAIT || to == CLIENT_IDLE;
     case CLIENT_LOGIN_WAIT:
-        return to == CLIENT_ACTIVE;
+        /* -> IDLE: another login's server told the pool its welcome first */
+        return to == CLIENT_ACTIVE || to == CLIENT_IDLE;
     case CLIENT_IDLE:
         return to == CLIENT_WAITING;
     case CLIENT_WAITING:
@@ -420,11 +421,7 @@ void client_login_ok(struct client *c)
     if (app->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
     if (c->pool->have_welcome) {
-        client_send_welcome(c, &c->pool->welcome);
-        client_set_state(c, CLIENT_IDLE);
-        client_send(c);
-        if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-            client_on_data(c);
+        client_welcome_from_pool(c);
         return;
     }
     /* The first client of a pool waits for a server to learn what to report (server_version,
@@ -433,6 +430,15 @@ void client_login_ok(struct client *c)
     client_send(c);
     if (c->state == CLIENT_LOGIN_WAIT)
         pool_lease(c->pool, c);
+}
+
+void client_welcome_from_pool(struct client *c)
+{
+    client_send_welcome(c, &c->pool->welcome);
+    client_set_state(c, CLIENT_IDLE);
+    client_send(c);
+    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+        client_on_data(c);
 }
 
 /* Fingerprints are recomputed only when the parameters changed (their generation moved). */

@@ -101,6 +101,8 @@ void client_on_linked(struct client *c, struct server *s);
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Write the welcome: AuthenticationOk already sent; ParameterStatus..., BackendKeyData, Z. */
 void client_send_welcome(struct client *c, const struct param_set *server_params);
+/* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */
+void client_welcome_from_pool(struct client *c);
 /* query_wait_timeout passed while queued: answer the queued request with ERROR 53300 and keep
  * the session when the whole request is buffered, else FATAL. */
 void client_wait_timed_out(struct client *c, const char *message);

@@ -75,6 +75,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->idle);
     list_init(&p->active);
     list_init(&p->resetting);
+    list_init(&p->leaving);
     list_init(&p->waiting);
     list_init(&p->idle_clients);
     list_init(&p->active_clients);
@@ -124,15 +125,15 @@ void pool_apply_config(struct pool *p)
 
 int pool_server_count(const struct pool *p)
 {
-    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count;
+    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count +
+           p->leaving.count;
 }
 
-/* Is this waiting client allowed a server now (its budget's caps)? */
+/* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
+ * pool's first server is no exception: it keeps the server it is given for its first queries. */
 static bool may_lease(const struct client *c)
 {
-    /* A login only borrows a server to learn what to report: never held back. */
-    return c->state == CLIENT_LOGIN_WAIT ||
-           budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
+    return budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
@@ -150,17 +151,32 @@ static struct client *first_eligible(const struct pool *p)
     return NULL;
 }
 
+/* How many waiters could use a new server: at most `enough`, and for each budget no more than
+ * the servers it may still hold (servers opened for a budget count against its max_servers). */
 static int count_eligible(const struct pool *p, int enough)
 {
-    if (p->app->budgets.n <= 1)
+    const struct budget_set *set = &p->app->budgets;
+    if (set->n <= 1)
         return p->waiting.count;
+    int *room = calloc((size_t)set->n, sizeof(*room));
+    if (!room)
+        return 0; /* tried again at the next lease or tick */
+    for (int i = 0; i < set->n; i++)
+        room[i] = budget_room(p->app, set->items[i]);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
     {
-        if (may_lease(container_of(node, struct client, node)) && ++n >= enough)
+        const struct client *c = container_of(node, struct client, node);
+        int i = c->budget ? c->budget->slot : -1;
+        if (i >= 0 && room[i] == 0)
+            continue;
+        if (i >= 0 && room[i] > 0)
+            room[i]--;
+        if (++n >= enough)
             break;
     }
+    free(room);
     return n;
 }
 
@@ -188,9 +204,10 @@ static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
     }
     if (!oldest)
         return false;
-    log_server(LOG_INFO, oldest, "closing an idle server of pool %s/%s to make room under %s",
-               victim->db_name, victim->user_name, limit_kind_key(k));
-    server_close(oldest, "evicted to make room for another pool");
+    char why[160];
+    snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
+             victim->db_name, victim->user_name, limit_kind_key(k));
+    server_close_for(oldest, why, p);
     return true;
 }
 
@@ -203,7 +220,8 @@ static void maybe_connect(struct pool *p)
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
         return;
-    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count;
+    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count -
+               p->rooms_awaited;
     if (p->connect_failures > 0 && want > 1)
         want = 1;
     bool use_reserve = false;
@@ -214,8 +232,11 @@ static void maybe_connect(struct pool *p)
     }
     while (want-- > 0) {
         enum limit_kind k = budget_connect_limit(p, use_reserve);
-        if ((k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) && evict_idle_elsewhere(p, k))
-            k = budget_connect_limit(p, use_reserve);
+        if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
+            /* The room comes when the evicted backend has exited (pool_server_gone). */
+            evict_idle_elsewhere(p, k);
+            break;
+        }
         if (k != LIMIT_NONE)
             break;
         if (!server_connect(p))
@@ -300,6 +321,82 @@ void pool_dispatch_all(struct sluice *app)
     }
 }
 
+/* A reload lowered a cap below the servers in use: a server that comes back above it closes
+ * instead of serving again, so the cap holds once the transactions in flight end. */
+static bool close_if_over_limit(struct server *s)
+{
+    const struct pool *p = s->pool;
+    enum limit_kind k = budget_over_limit(p);
+    if (k == LIMIT_NONE)
+        return false;
+    char why[160];
+    snprintf(why, sizeof(why), "above %s = %d (lowered by a reload)", limit_kind_key(k),
+             budget_limit_value(p, NULL, k));
+    server_close(s, why);
+    return true;
+}
+
+/* When a cap shared with other pools (max_db_connections, max_user_connections,
+ * max_server_connections) is full, a released server goes to the client that has waited
+ * longest across those pools, not to the next client of its own pool: otherwise a busy pool
+ * keeps every server and the others starve. Returns the pool whose first waiter has waited
+ * longer than p's, that the cap alone holds back, and that could open a server if one of p's
+ * closed; NULL when p's own waiter (or the idle list) should have it. */
+static struct pool *longer_waiter_elsewhere(struct pool *p)
+{
+    struct sluice *app = p->app;
+    if (app->phase != PHASE_RUNNING)
+        return NULL;
+    uint64_t now = sluice_now(app);
+    const struct client *mine = p->paused ? NULL : first_eligible(p);
+    uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
+    struct pool *best = NULL;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *o = container_of(n, struct pool, node);
+        if (o == p || o->paused || list_empty(&o->waiting) || now < o->next_connect_ms ||
+            (o->connect_failures > 0 && o->connecting.count > 0))
+            continue;
+        const struct client *c = first_eligible(o);
+        if (!c || c->state_since_ms >= oldest)
+            continue;
+        /* Its connections in progress, and the room already being made for it, serve its
+         * first waiters. */
+        int coming = o->connecting.count + o->rooms_awaited;
+        if (count_eligible(o, coming + 1) <= coming)
+            continue;
+        if (budget_connect_limit(o, false) == LIMIT_NONE || !budget_may_connect_if_closed(o, p))
+            continue;
+        best = o;
+        oldest = c->state_since_ms;
+    }
+    return best;
+}
+
+/* The pool's first server told it what to report: the other logins waiting for that need no
+ * server of their own. They finish now and queue like any client when they send a query, so
+ * their first queries wait under every cap (a login holding a server would pass max_servers).
+ * One at a time: finishing a login may run its first query and change the waiting list. */
+static void welcome_login_waiters(struct pool *p)
+{
+    for (;;) {
+        struct client *login = NULL;
+        struct list_node *n, *tmp;
+        list_for_each(&p->waiting, n, tmp)
+        {
+            struct client *c = container_of(n, struct client, node);
+            if (c->state == CLIENT_LOGIN_WAIT) {
+                login = c;
+                break;
+            }
+        }
+        if (!login)
+            return;
+        client_welcome_from_pool(login);
+    }
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -316,9 +413,21 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (!p->have_welcome) {
-        if (params_copy(&p->welcome, &s->params) == 0)
-            p->have_welcome = true;
+    if (!p->have_welcome && params_copy(&p->welcome, &s->params) == 0) {
+        p->have_welcome = true;
+        welcome_login_waiters(p);
+    }
+    if (close_if_over_limit(s))
+        return;
+    struct pool *other = longer_waiter_elsewhere(p);
+    if (other) {
+        /* Handing this server over means closing it: the other pool logs in as its own user
+         * or to its own database. */
+        char why[160];
+        snprintf(why, sizeof(why), "room handed to pool %s/%s, whose client waited longer",
+                 other->db_name, other->user_name);
+        server_close_for(s, why, other);
+        return;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
     if (c) {
@@ -356,6 +465,15 @@ void pool_release(struct server *s)
         return;
     }
     pool_server_ready(s);
+}
+
+void pool_server_gone(struct pool *p, struct pool *room_for)
+{
+    if (room_for && !list_empty(&room_for->waiting))
+        maybe_connect(room_for);
+    /* Whatever room is left may serve a waiter of any pool. */
+    if (!list_empty(&p->waiting) || room_for)
+        p->app->dispatch_needed = true;
 }
 
 static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
@@ -485,15 +603,20 @@ void pool_maintain(struct pool *p, uint64_t now)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->resetting, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
+    list_for_each(&p->leaving, n, tmp)
+        server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     maybe_connect(p);
-    /* A reload made the pool smaller: close idle servers above the new size. */
+    /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
     while (pool_server_count(p) > p->size && !list_empty(&p->idle))
         server_close(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
+    while (!list_empty(&p->idle) &&
+           close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
+        ;
     /* Keep min_pool_size servers warm once the database has been reached. */
     if (p->app->phase == PHASE_RUNNING && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&

@@ -38,7 +38,8 @@ struct pool {
     bool probe_again;     /* reload: read it again from the next server */
 
     /* Servers by state. */
-    struct list connecting, idle, active, resetting;
+    struct list connecting, idle, active, resetting, leaving;
+    int rooms_awaited; /* LEAVING servers (of any pool) closed to make room for this one */
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
 
@@ -85,6 +86,8 @@ void pool_release(struct server *s);
 bool pool_queue_cleanup(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
+/* A server of p that was LEAVING is gone: room_for (if any) gets first go at the room. */
+void pool_server_gone(struct pool *p, struct pool *room_for);
 /* A connect attempt failed; message from libpq. */
 void pool_connect_failed(struct pool *p, const char *message);
 /* The server refused the login with an error retrying will not mend (wrong password, NOLOGIN

@@ -33,8 +33,12 @@
 static const char *const state_names[] = {
     [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",
     [SERVER_ACTIVE] = "active",         [SERVER_RESETTING] = "resetting",
-    [SERVER_CLOSED] = "closed",
+    [SERVER_LEAVING] = "leaving",       [SERVER_CLOSED] = "closed",
 };
+
+#define SERVER_LEAVING_WAIT_MS 2000
+
+static void close_now(struct server *s);
 
 const char *server_state_name(enum server_state st)
 {
@@ -53,6 +57,8 @@ static struct list *list_for(struct server *s, enum server_state st)
         return &p->active;
     case SERVER_RESETTING:
         return &p->resetting;
+    case SERVER_LEAVING:
+        return &p->leaving;
     case SERVER_CLOSED:
         return &p->app->dead_servers;
     }
@@ -74,6 +80,7 @@ static bool transition_ok(enum server_state from, enum server_state to)
         return to == SERVER_IDLE || to == SERVER_RESETTING || to == SERVER_ACTIVE;
     case SERVER_RESETTING:
         return to == SERVER_IDLE || to == SERVER_ACTIVE;
+    case SERVER_LEAVING:
     case SERVER_CLOSED:
         return false;
     }
@@ -413,9 +420,61 @@ static void connect_step(struct server *s)
     }
 }
 
+/* The backend of a LEAVING server has exited once its end of the socket closes: Postgres
+ * releases a backend's slot (and its pg_stat_activity row) on the way out, before the process
+ * ends and the kernel closes the socket. Only then may another login take the slot. */
+static void left(struct server *s)
+{
+    struct pool *p = s->pool, *room_for = s->room_for;
+    close_now(s);
+    pool_server_gone(p, room_for);
+}
+
+static void leaving_step(struct server *s, int status)
+{
+    char scratch[512];
+    for (;;) {
+        ssize_t n = status < 0 ? -1 : sockio_read(&s->io, scratch, sizeof(scratch));
+        if (n == SOCKIO_AGAIN)
+            return;
+        if (n <= 0) {
+            left(s);
+            return;
+        }
+    }
+}
+
+void server_close_for(struct server *s, const char *reason, struct pool *room_for)
+{
+    static const char terminate[] = {'X', 0, 0, 0, 4}; /* protocol 55.7: Terminate */
+    if (s->state == SERVER_CLOSED || s->state == SERVER_LEAVING)
+        return;
+    log_server(LOG_INFO, s, "closing: %s", reason);
+    if (s->client)
+        pool_unlink(s->client, s);
+    bool sent = s->state != SERVER_CONNECTING && s->out_pos >= s->out.len &&
+                sockio_write(&s->io, terminate, sizeof(terminate)) == (ssize_t)sizeof(terminate);
+    list_remove(list_for(s, s->state), &s->node);
+    s->state = SERVER_LEAVING;
+    s->state_since_ms = sluice_now(s->pool->app);
+    s->room_for = room_for;
+    if (room_for)
+        room_for->rooms_awaited++;
+    list_append(&s->pool->leaving, &s->node);
+    if (!sent) {
+        left(s);
+        return;
+    }
+    sockio_want(&s->io, UV_READABLE);
+}
+
 void server_on_io(struct sockio *io, int status, int events)
 {
     struct server *s = io->owner;
+    if (s->state == SERVER_LEAVING) {
+        leaving_step(s, status);
+        return;
+    }
     if (s->state == SERVER_CONNECTING && s->login) {
         server_login_step(s, status, events);
         return;
@@ -525,9 +584,16 @@ void server_close(struct server *s, const char *reason)
 {
     if (s->state == SERVER_CLOSED)
         return;
-    struct sluice *app = s->pool->app;
     log_server(s->state == SERVER_CONNECTING ? LOG_WARNING : LOG_INFO, s, "closing: %s",
                reason ? reason : "");
+    close_now(s);
+}
+
+static void close_now(struct server *s)
+{
+    struct sluice *app = s->pool->app;
+    if (s->state == SERVER_LEAVING && s->room_for)
+        s->room_for->rooms_awaited--;
     if (s->client)
         pool_unlink(s->client, s);
     list_remove(list_for(s, s->state), &s->node);
@@ -567,6 +633,14 @@ void server_check_timeouts(struct server *s, uint64_t now)
                    now - s->state_since_ms >= (uint64_t)cfg->server_idle_timeout &&
                    pool_server_count(s->pool) > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
+        }
+        break;
+    case SERVER_LEAVING:
+        /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */
+        if (now - s->state_since_ms >= SERVER_LEAVING_WAIT_MS) {
+            log_server(LOG_WARNING, s, "the backend did not end within %d ms of Terminate",
+                       SERVER_LEAVING_WAIT_MS);
+            left(s);
         }
         break;
     case SERVER_RESETTING:

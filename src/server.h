@@ -21,6 +21,8 @@ enum server_state {
     SERVER_ACTIVE,     /* linked to a client */
     SERVER_RESETTING,  /* running sluice's own query (reset, rollback, check) or waiting for a
                           cancel to land; free again when that is done */
+    SERVER_LEAVING,    /* Terminate sent to make room under a cap: still counted against the
+                          caps until the backend has exited (its socket closes) */
     SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
                           sent for it is done) */
 };
@@ -67,6 +69,7 @@ struct server {
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
     bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
+    struct pool *room_for; /* LEAVING: the pool that waits for the slot it frees */
     struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
                                  * target and TLS session for the server's life */
 };
@@ -86,6 +89,10 @@ struct server *server_connect(struct pool *pool);
 void server_set_state(struct server *s, enum server_state next);
 /* Close and free; reason is for the log. */
 void server_close(struct server *s, const char *reason);
+/* Close a logged-in server so that room_for (or any pool) may open one in its place under a
+ * shared cap: the backend is asked to end and the server keeps counting against the caps until
+ * Postgres has let it go (see SERVER_LEAVING). */
+void server_close_for(struct server *s, const char *reason, struct pool *room_for);
 /* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
  * backs off and answers its waiting clients with why. */
 void server_connect_failed(struct server *s, const char *why);

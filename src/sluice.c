@@ -88,6 +88,8 @@ static void close_all(struct sluice *app, bool only_free_ones)
         }
         list_for_each(&p->idle, n, tmp)
             server_close(container_of(n, struct server, node), "shutting down");
+        list_for_each(&p->leaving, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
     }
     if (!only_free_ones) {
         list_for_each(&app->closing_clients, n, tmp)

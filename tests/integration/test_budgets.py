@@ -177,3 +177,37 @@ def test_storm_over_several_budgets_never_passes_the_cap(pg, start_with_budgets)
     assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
     assert ok["api"] == 40, f"api has a guaranteed share and must always get through: {ok}"
     assert sum(ok.values()) + len(refused) == 120
+
+
+@pytest.mark.timeout(120)
+def test_budget_max_servers_holds_at_start_up_while_servers_are_still_connecting(start_with_budgets):
+    """12 seed clients log in at once to a fresh sluice, before any server is up, and loop a
+    query that counts, in Postgres, how many seed queries run with it. Repeated on 3 fresh
+    instances: the first logins of a pool are the path that once let 3-5 run under max_servers=2."""
+    probe = ("SELECT (SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+             " AND query LIKE '%%seedprobe%%') AS running, pg_sleep(0.2) /* seedprobe */")
+    most, errors = [], []
+    for round_ in range(3):
+        s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 12,
+                                "query_wait_timeout": 30},
+                               {"seeds": "app=seed* max_servers=2"})
+        barrier = threading.Barrier(12)
+
+        def worker(i):
+            try:
+                barrier.wait(10)
+                with connect(s, f"seed-{round_}-{i}") as c:
+                    for _ in range(3):
+                        most.append(c.execute(probe).fetchone()[0])
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        s.stop()
+    assert not errors, errors[:3]
+    assert len(most) == 3 * 12 * 3
+    assert max(most) <= 2, f"up to {max(most)} seed queries ran at once under max_servers=2"
