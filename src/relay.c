@@ -810,6 +810,7 @@ void relay_kick(struct server *s)
             return;
         }
         if (cst == STOP_TERMINATE && buf_pending(&c->in) == 0) {
+            server_client_terminated(s); /* unlinks: the close below leaves s alone */
             client_close(c, "client sent Terminate");
             return;
         }

@@ -91,8 +91,12 @@ void server_close(struct server *s, const char *reason);
 void server_connect_failed(struct server *s, const char *why);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
-/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. */
+/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. A query
+ * under way is cancelled and the server drained. */
 void server_client_gone(struct server *s);
+/* Its client sent Terminate: the same, except that what the client sent before the Terminate
+ * runs to completion (drained within server_drain_timeout, never cancelled). */
+void server_client_terminated(struct server *s);
 /* Sluice's own work on it finished (swallow and cancels at zero): back to the pool. */
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */
