@@ -418,6 +418,16 @@ enum client_exit {
     CLIENT_EXIT_TERMINATED, /* sent Terminate: what it sent before runs to completion */
 };
 
+/* The query of a server being drained will not be read by anyone: cancel it (once). */
+static void cancel_drained_query(struct server *s)
+{
+    if (s->inflight == 0 || s->timeout_cancel_sent)
+        return;
+    s->timeout_cancel_sent = true;
+    if (cancel_server(s->pool->app, s) < 0)
+        log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
+}
+
 static void release_after_client(struct server *s, enum client_exit how)
 {
     struct client *c = s->client;
@@ -446,9 +456,8 @@ static void release_after_client(struct server *s, enum client_exit how)
     }
     s->draining = true;
     server_set_state(s, SERVER_RESETTING);
-    if (how == CLIENT_EXIT_VANISHED && s->inflight > 0 && !s->timeout_cancel_sent &&
-        cancel_server(s->pool->app, s) < 0)
-        log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
+    if (how == CLIENT_EXIT_VANISHED)
+        cancel_drained_query(s);
     log_server(LOG_DEBUG, s, "%s: draining",
                how == CLIENT_EXIT_VANISHED ? "client left mid-query"
                                            : "client sent Terminate mid-query, letting it finish");
@@ -545,8 +554,19 @@ void server_check_timeouts(struct server *s, uint64_t now)
         }
         break;
     case SERVER_RESETTING:
-        if (s->draining && now - s->state_since_ms >= (uint64_t)cfg->server_drain_timeout)
-            server_close(s, "not drained within server_drain_timeout after its client left");
+        if (!s->draining || now - s->state_since_ms < (uint64_t)cfg->server_drain_timeout)
+            break;
+        if (s->inflight > 0 && !s->timeout_cancel_sent) {
+            /* The query of a client that sent Terminate had server_drain_timeout to finish:
+             * now it is cancelled like a vanished client's, and gets as long again. Closing
+             * without a cancel would leave the backend running, uncounted by the caps. */
+            log_server(LOG_WARNING, s, "query of a client that sent Terminate still running "
+                                       "after server_drain_timeout: cancelling it");
+            cancel_drained_query(s);
+            s->state_since_ms = now;
+            break;
+        }
+        server_close(s, "not drained within server_drain_timeout after its client left");
         break;
     default:
         break;

@@ -56,7 +56,10 @@ struct server {
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
-    bool copy_in;          /* the backend waits for COPY FROM STDIN data (CopyInResponse seen) */
+    bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
+                              the client's CopyDone/CopyFail (or ReadyForQuery) */
+    int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
+                              * started a COPY FROM STDIN, Postgres ignored them */
 
     int backend_pid;
     uint64_t connect_ms;

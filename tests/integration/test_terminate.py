@@ -106,3 +106,22 @@ def test_query_and_terminate_queued_for_a_busy_pool_still_runs(start_sluice, pg,
     busy.read_results()
     busy.close()
     assert wait_committed(pg, table, 3) == 3
+
+
+@pytest.mark.timeout(60)
+def test_long_query_before_terminate_is_cancelled_after_server_drain_timeout(start_sluice, pg):
+    """Letting the query finish is bounded: after server_drain_timeout it is cancelled (closing
+    alone would leave the backend running, uncounted) and the server reused."""
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1, max_db_connections=1,
+                   server_drain_timeout="1s")
+    with s.connect() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(query_msg("SELECT pg_sleep(60) /* terminated */") + terminate_msg())
+    assert c.is_closed(CALL_TIMEOUT)
+    pg.wait_for_active(APP_USER, "terminated")
+    t0 = time.monotonic()
+    with s.connect() as conn:  # waits for the one server
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+    assert time.monotonic() - t0 < 8
+    assert "still running after server_drain_timeout: cancelling it" in s.log_text()
