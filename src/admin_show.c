@@ -321,7 +321,8 @@ static void client_row(struct table *t, struct client *c)
     uint64_t now = sluice_now(app);
     int port = listener_port(app);
     uint64_t wait_us = 0;
-    if (c->state == CLIENT_WAITING || c->state == CLIENT_LOGIN_WAIT)
+    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST ||
+        c->state == CLIENT_LOGIN_WAIT)
         wait_us = (now - c->state_since_ms) * 1000;
     int remote_pid = 0;
     if (c->addr.sa.sa_family == AF_UNIX && c->io.fd >= 0) {

@@ -189,6 +189,10 @@ void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
         admin_cancel(c); /* a waiting PAUSE or WAIT_CLOSE */
         return;
     }
+    if (c->state == CLIENT_WAITING) {
+        client_cancel_queued(c); /* its request has not reached a server: answered here */
+        return;
+    }
     struct server *s = c->server;
     if (!s || s->state != SERVER_ACTIVE || (!s->conn && !s->login)) {
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");

@@ -40,6 +40,7 @@ static const char *const state_names[] = {
     [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
     [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
+    [CLIENT_WAITING_LAST] = "waiting_last",
     [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
 };
 
@@ -57,6 +58,7 @@ static struct list *list_for(struct client *c, enum client_state st)
         return &c->app->login_clients;
     case CLIENT_LOGIN_WAIT:
     case CLIENT_WAITING:
+    case CLIENT_WAITING_LAST:
         return &c->pool->waiting;
     case CLIENT_IDLE:
         return &c->pool->idle_clients;
@@ -90,7 +92,9 @@ static bool transition_ok(enum client_state from, enum client_state to)
         return to == CLIENT_WAITING;
     case CLIENT_WAITING:
         /* -> IDLE: query_wait_timeout answered with an ERROR, the session goes on */
-        return to == CLIENT_ACTIVE || to == CLIENT_IDLE;
+        return to == CLIENT_ACTIVE || to == CLIENT_IDLE || to == CLIENT_WAITING_LAST;
+    case CLIENT_WAITING_LAST:
+        return to == CLIENT_ACTIVE;
     case CLIENT_ACTIVE:
         return to == CLIENT_IDLE;
     default:
@@ -156,6 +160,8 @@ void client_read_first(struct client *c)
     on_client_io(&c->io, 0, UV_READABLE);
 }
 
+static bool queued_terminate(const struct client *c);
+
 int client_read(struct client *c)
 {
     if (!buf_attach(&c->in)) {
@@ -172,6 +178,16 @@ int client_read(struct client *c)
     }
     if (n == SOCKIO_AGAIN) {
         buf_detach_if_empty(&c->in);
+        return 0;
+    }
+    if (n == 0 && c->state == CLIENT_WAITING && queued_terminate(c)) {
+        /* libpq's PQfinish after PQsendQuery while the pool is full: Query, Terminate, then the
+         * socket closes. Postgres would run the query, so the client stays queued; its socket
+         * is no longer watched, and the relay closes it at the Terminate. */
+        uint64_t queued_since = c->state_since_ms; /* the same wait goes on */
+        client_set_state(c, CLIENT_WAITING_LAST);
+        c->state_since_ms = queued_since;
+        sockio_want(&c->io, 0);
         return 0;
     }
     client_close(c, n == 0 ? "client closed the connection" : strerror((int)-n));
@@ -465,7 +481,7 @@ static uint64_t have_fingerprint(struct server *s)
 void client_on_linked(struct client *c, struct server *s)
 {
     bool login = c->state == CLIENT_LOGIN_WAIT;
-    if (c->state == CLIENT_WAITING)
+    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
     client_set_state(c, CLIENT_ACTIVE);
     if (login)
@@ -744,43 +760,70 @@ static uint32_t get_u32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-void client_wait_timed_out(struct client *c, const char *message)
+/* Step over the whole message at *pos of a queued client's buffer (nothing of it is framed yet).
+ * False when no whole message is there. */
+static bool next_queued_message(const struct buf *b, uint32_t *pos, uint8_t *type)
 {
-    if (c->state != CLIENT_WAITING) {
-        client_fail(c, FAIL_WAIT_TIMEOUT, message);
-        return;
-    }
-    /* The queued request ends with a Query, Sync or FunctionCall: drop it whole and answer it
-     * with the error and ReadyForQuery, as the server would have. */
+    if (!b->data || b->wpos - *pos < CODEC_HEADER_LEN)
+        return false;
+    uint32_t len = get_u32(b->data + *pos + 1);
+    if (len < 4 || b->wpos - *pos - 1 < len)
+        return false;
+    *type = b->data[*pos];
+    *pos += len + 1;
+    return true;
+}
+
+/* A queued client sent Terminate after its request: nothing more may come (protocol 55.2.4). */
+static bool queued_terminate(const struct client *c)
+{
+    uint32_t pos = c->in.scan;
+    uint8_t type;
+    while (next_queued_message(&c->in, &pos, &type))
+        if (type == 'X')
+            return true;
+    return false;
+}
+
+/* Drop the first request of a queued client (it ends with a Query, Sync or FunctionCall) and
+ * answer it with f and ReadyForQuery, as the server would have; the session goes on. False,
+ * changing nothing, when that request is not whole yet. */
+static bool answer_queued_request(struct client *c, enum failure f, const char *detail)
+{
     struct buf *b = &c->in;
     uint32_t pos = b->scan;
+    uint8_t type;
     bool complete = false;
-    while (b->data && b->wpos - pos >= CODEC_HEADER_LEN) {
-        uint8_t type = b->data[pos];
-        uint32_t len = get_u32(b->data + pos + 1);
-        if (len < 4 || b->wpos - pos - 1 < len)
-            break;
-        pos += len + 1;
-        if (type == 'Q' || type == 'S' || type == 'F') {
-            complete = true;
-            break;
-        }
-    }
-    if (!complete) {
-        client_fail(c, FAIL_WAIT_TIMEOUT, message);
-        return;
-    }
+    while (!complete && next_queued_message(b, &pos, &type))
+        complete = type == 'Q' || type == 'S' || type == 'F';
+    if (!complete)
+        return false;
     uint32_t n = pos - b->scan;
     b->scan += n;
     buf_consume(b, n);
     if (c->app->cfg->log_pooler_errors)
-        log_client(LOG_WARNING, c, "wait_timeout: %s", message);
-    error_build(&c->out, FAIL_WAIT_TIMEOUT_RETRY, message, NULL);
+        log_client(LOG_WARNING, c, "%s: %s", failure_name(f), detail);
+    error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
     client_set_state(c, CLIENT_IDLE);
     client_send(c);
     if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
         client_on_data(c);
+    return true;
+}
+
+void client_wait_timed_out(struct client *c, const char *message)
+{
+    if (c->state != CLIENT_WAITING || !answer_queued_request(c, FAIL_WAIT_TIMEOUT_RETRY, message))
+        client_fail(c, FAIL_WAIT_TIMEOUT, message);
+}
+
+void client_cancel_queued(struct client *c)
+{
+    /* A request not yet whole is being read, and Postgres ignores a cancel then (postgres.c:
+     * DoingCommandRead). */
+    if (!answer_queued_request(c, FAIL_QUERY_CANCELED, ""))
+        log_client(LOG_DEBUG, c, "cancel request while its request is not whole yet: ignored");
 }
 
 void client_check_timeouts(struct client *c, uint64_t now)

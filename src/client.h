@@ -24,6 +24,10 @@ enum client_state {
     CLIENT_LOGIN_WAIT, /* authenticated; waiting for a first server to learn what to report */
     CLIENT_IDLE,       /* logged in, no server, nothing to send */
     CLIENT_WAITING,    /* has bytes for a server; queued FIFO in its pool */
+    CLIENT_WAITING_LAST, /* queued, and sent Terminate after its request and closed its socket
+                            (libpq's PQfinish after PQsendQuery): the request still runs, as
+                            Postgres runs what it read before a Terminate; the socket is not
+                            watched and the relay closes the client at the Terminate */
     CLIENT_ACTIVE,     /* linked to a server */
     CLIENT_CLOSING,    /* flushing a last message; then the socket closes */
     CLIENT_CLOSED,     /* closed; freed at the end of the loop iteration */
@@ -106,6 +110,9 @@ void client_welcome_from_pool(struct client *c);
 /* query_wait_timeout passed while queued: answer the queued request with ERROR 53300 and keep
  * the session when the whole request is buffered, else FATAL. */
 void client_wait_timed_out(struct client *c, const char *message);
+/* A CancelRequest for a client whose request waits for a server: answer the request with
+ * ERROR 57014 and ReadyForQuery and never send it (the session goes on). */
+void client_cancel_queued(struct client *c);
 /* An idle client has a whole message header buffered: Terminate closes it, anything else
  * queues it for a server. */
 void client_on_data(struct client *c);

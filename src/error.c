@@ -90,6 +90,9 @@ static const struct failure_info table[] = {
           "%s is not supported in transaction pooling mode (session_state_policy = refuse)",
           "Its effect would be lost when the next transaction runs on another server: use "
           "session mode for this application, or session_state_policy = pin."),
+    /* Postgres's own message for a cancel, so clients that match on it behave the same. */
+    [FAIL_QUERY_CANCELED] = F(ERROR, QUERY_CANCELED, "canceling statement due to user request%s",
+                              "The statement was still waiting for a server and was not run."),
 };
 #undef F
 
@@ -123,6 +126,7 @@ static const char *const names[] = {
     [FAIL_ADMIN_KILLED] = "admin_killed",
     [FAIL_SESSION_STATE] = "session_state",
     [FAIL_TOO_MANY_STATEMENTS] = "too_many_statements",
+    [FAIL_QUERY_CANCELED] = "query_canceled",
 };
 
 const struct failure_info *failure_info(enum failure f)

@@ -43,6 +43,7 @@ enum failure {
     FAIL_ADMIN_KILLED,
     FAIL_SESSION_STATE,        /* detail: the feature */
     FAIL_TOO_MANY_STATEMENTS,  /* detail: the limit */
+    FAIL_QUERY_CANCELED,       /* a CancelRequest for a request still waiting for a server */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

@@ -222,6 +222,12 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
     return 0;
 }
 
+void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
+{
+    while (n-- > 0 && q->count > 0 && q->items[(q->head + q->count - 1) % q->cap].kind == REQ_SYNC)
+        q->count--; /* a Sync entry holds no name */
+}
+
 static struct stmt_queue_item pop(struct stmt_queue *q)
 {
     struct stmt_queue_item it = q->items[q->head];

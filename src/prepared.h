@@ -89,6 +89,9 @@ void stmt_queue_free(struct stmt_queue *q);
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
     __attribute__((warn_unused_result));
 
+/* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
+void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
+
 /* Replies, as seen by the server side of the relay. */
 enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */

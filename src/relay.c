@@ -315,6 +315,23 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     return ensure_prepared(c, s, name);
 }
 
+/* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
+ * left). A COPY started by an Execute had the Syncs sent after that Execute arrive during copy-in,
+ * where Postgres ignores them (protocol "COPY Operations"): they are not answered, so they leave
+ * the count, and the batch stays open until the Sync that follows the CopyDone (libpq's
+ * PQputCopyEnd sends one). */
+static void copy_in_ended(struct server *s)
+{
+    s->copy_in = false;
+    if (s->syncs_after_execute == 0)
+        return;
+    s->inflight -= s->syncs_after_execute;
+    if (tracking(s))
+        stmt_queue_drop_last_syncs(&s->reqs, s->syncs_after_execute);
+    s->syncs_after_execute = 0;
+    s->batch_open = true;
+}
+
 static enum frame_stop frame_client(struct client *c, struct server *s)
 {
     struct buf *b = &c->in;
@@ -354,7 +371,10 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             return STOP_FAILED;
         }
         }
-        if (track) {
+        /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
+         * answers neither, so neither is counted. */
+        bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
+        if (track && !ignored) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
             switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body)) {
             case TRACK_PASS:
@@ -369,10 +389,14 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
                 continue;
             }
         }
-        switch (p[0]) {
+        switch (ignored ? 0 : p[0]) {
         case 'Q':
         case 'F':
         case 'S':
+            if (p[0] == 'S')
+                s->syncs_after_execute++;
+            else
+                s->syncs_after_execute = 0;
             if (s->inflight++ == 0) {
                 s->query_start_ms = sluice_now(c->app);
                 if (s->txn_status == 'I')
@@ -381,13 +405,21 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             if (p[0] == 'S')
                 s->batch_open = false;
             break;
+        case 'E':
+            s->syncs_after_execute = 0;
+            s->batch_open = true;
+            break;
         case 'P':
         case 'B':
         case 'D':
-        case 'E':
         case 'C':
         case 'H':
             s->batch_open = true;
+            break;
+        case 'c':
+        case 'f':
+            if (s->copy_in)
+                copy_in_ended(s);
             break;
         default:
             break;
@@ -738,7 +770,7 @@ bool relay_orphan_server(struct server *s, struct client *c)
         codec_begin(&s->out, 'f');
         codec_put_cstring(&s->out, "client disconnected");
         codec_end(&s->out);
-        s->copy_in = false;
+        copy_in_ended(s);
     }
     if (s->batch_open) {
         /* Extended-protocol messages without their Sync: end the batch as the client would. */
@@ -810,6 +842,7 @@ void relay_kick(struct server *s)
             return;
         }
         if (cst == STOP_TERMINATE && buf_pending(&c->in) == 0) {
+            server_client_terminated(s); /* unlinks: the close below leaves s alone */
             client_close(c, "client sent Terminate");
             return;
         }

@@ -518,7 +518,23 @@ static bool at_clean_boundary(const struct server *s, const struct client *c)
            (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
 }
 
-void server_client_gone(struct server *s)
+/* How the client of a server mid-query went away, which decides whether its query may finish. */
+enum client_exit {
+    CLIENT_EXIT_VANISHED,   /* closed, reset, failed or timed out: its query is cancelled */
+    CLIENT_EXIT_TERMINATED, /* sent Terminate: what it sent before runs to completion */
+};
+
+/* The query of a server being drained will not be read by anyone: cancel it (once). */
+static void cancel_drained_query(struct server *s)
+{
+    if (s->inflight == 0 || s->timeout_cancel_sent)
+        return;
+    s->timeout_cancel_sent = true;
+    if (cancel_server(s->pool->app, s) < 0)
+        log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
+}
+
+static void release_after_client(struct server *s, enum client_exit how)
 {
     struct client *c = s->client;
     bool clean = at_clean_boundary(s, c);
@@ -530,9 +546,12 @@ void server_client_gone(struct server *s)
     }
     /* A query or COPY was under way. Closing would not stop it: the backend runs on, holding a
      * Postgres slot, until it next writes or checks its socket, while sluice (no longer counting
-     * it) could open a replacement and pass max_db_connections. So the query is cancelled and
-     * the server drained: its replies are dropped, then it is rolled back and reused. It counts
-     * against every cap until then; server_drain_timeout bounds the wait. */
+     * it) could open a replacement and pass max_db_connections. So the server is drained: its
+     * replies are dropped, then it is rolled back and reused. It counts against every cap until
+     * then; server_drain_timeout bounds the wait. A client that vanished has its query cancelled
+     * (nobody will read the answer); one that sent Terminate asked for what it sent to run, as
+     * Postgres runs every message read before a Terminate (protocol 55.2.4), so nothing is
+     * cancelled and an open transaction is rolled back only once the query is over. */
     const struct config *cfg = s->pool->app->cfg;
     bool can_drain = cfg->server_drain_timeout > 0 && relay_orphan_server(s, c);
     if (c)
@@ -543,10 +562,22 @@ void server_client_gone(struct server *s)
     }
     s->draining = true;
     server_set_state(s, SERVER_RESETTING);
-    if (s->inflight > 0 && !s->timeout_cancel_sent && cancel_server(s->pool->app, s) < 0)
-        log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
-    log_server(LOG_DEBUG, s, "client left mid-query: draining");
+    if (how == CLIENT_EXIT_VANISHED)
+        cancel_drained_query(s);
+    log_server(LOG_DEBUG, s, "%s: draining",
+               how == CLIENT_EXIT_VANISHED ? "client left mid-query"
+                                           : "client sent Terminate mid-query, letting it finish");
     relay_kick(s);
+}
+
+void server_client_gone(struct server *s)
+{
+    release_after_client(s, CLIENT_EXIT_VANISHED);
+}
+
+void server_client_terminated(struct server *s)
+{
+    release_after_client(s, CLIENT_EXIT_TERMINATED);
 }
 
 void server_maybe_done_resetting(struct server *s)
@@ -644,8 +675,19 @@ void server_check_timeouts(struct server *s, uint64_t now)
         }
         break;
     case SERVER_RESETTING:
-        if (s->draining && now - s->state_since_ms >= (uint64_t)cfg->server_drain_timeout)
-            server_close(s, "not drained within server_drain_timeout after its client left");
+        if (!s->draining || now - s->state_since_ms < (uint64_t)cfg->server_drain_timeout)
+            break;
+        if (s->inflight > 0 && !s->timeout_cancel_sent) {
+            /* The query of a client that sent Terminate had server_drain_timeout to finish:
+             * now it is cancelled like a vanished client's, and gets as long again. Closing
+             * without a cancel would leave the backend running, uncounted by the caps. */
+            log_server(LOG_WARNING, s, "query of a client that sent Terminate still running "
+                                       "after server_drain_timeout: cancelling it");
+            cancel_drained_query(s);
+            s->state_since_ms = now;
+            break;
+        }
+        server_close(s, "not drained within server_drain_timeout after its client left");
         break;
     default:
         break;

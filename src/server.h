@@ -58,7 +58,10 @@ struct server {
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
-    bool copy_in;          /* the backend waits for COPY FROM STDIN data (CopyInResponse seen) */
+    bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
+                              the client's CopyDone/CopyFail (or ReadyForQuery) */
+    int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
+                              * started a COPY FROM STDIN, Postgres ignored them */
 
     int backend_pid;
     uint64_t connect_ms;
@@ -104,8 +107,12 @@ void server_login_error(struct server *s, const char *why, const char *sqlstate,
                         const char *message);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
-/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. */
+/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. A query
+ * under way is cancelled and the server drained. */
 void server_client_gone(struct server *s);
+/* Its client sent Terminate: the same, except that what the client sent before the Terminate
+ * runs to completion (drained within server_drain_timeout, never cancelled). */
+void server_client_terminated(struct server *s);
 /* Sluice's own work on it finished (swallow and cancels at zero): back to the pool. */
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */

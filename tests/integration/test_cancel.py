@@ -3,11 +3,12 @@
 import random
 import time
 
+import psycopg
 import pytest
 from psycopg import errors
 
 from conftest import Background
-from pgwire import RawConn, cancel_request, raw_login
+from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
 
 
 def run(conn, sql):
@@ -96,3 +97,37 @@ def test_cancel_of_an_idle_session_changes_nothing(start_sluice):
         a.cancel()
         time.sleep(0.3)
         assert run(a, "SELECT 2") == (2,)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_of_a_request_waiting_for_a_server_answers_57014_and_never_runs_it(
+        start_sluice, pg, table):
+    """Pool full: the INSERT waits for a server. Its cancel must stop it there (Postgres would
+    cancel it), not be dropped and the INSERT run once a server is free."""
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_db_connections": 1, "query_wait_timeout": 30})
+    holder = raw_login(s.port, timeout=10)
+    holder.send(query_msg("SELECT pg_sleep(2) /* holder */"))
+    pg.wait_for_active("app", "holder", timeout=10)
+    b = raw_login(s.port, timeout=10)
+    b.send(query_msg(f"INSERT INTO {table} VALUES (1)"))
+    time.sleep(0.3)  # queued behind the holder
+    t0 = time.monotonic()
+    canceller = RawConn(s.port, timeout=10)
+    canceller.send(cancel_request(*b.backend_key))
+    canceller.close()
+    with pytest.raises(ServerError) as err:
+        b.read_results()
+    assert err.value.fields["C"] == "57014", err.value.fields
+    assert err.value.fields["M"] == "canceling statement due to user request"
+    assert time.monotonic() - t0 < 1.5, "the cancel waited for a server"
+    assert b.last_status == "I"
+    holder.read_results()
+    # the session goes on, and the cancelled INSERT never ran
+    assert b.query(f"SELECT count(*) FROM {table}")[0] == [["0"]]
+    time.sleep(0.5)
+    assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
+    b.close()
+    holder.close()

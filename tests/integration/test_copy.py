@@ -170,3 +170,38 @@ def test_raw_copy_in_with_many_small_messages_in_transaction_mode(start_sluice, 
         assert rows == [["20000", str(20000 * 20001 // 2)]]
     finally:
         c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["done", "fail", "bad_data"])
+def test_extended_protocol_copy_in_releases_the_server_in_transaction_mode(
+        start_sluice, table, end):
+    """libpq's PQexecParams("COPY ... FROM STDIN") sends Parse/Bind/Describe/Execute/Sync, and
+    PQputCopyEnd sends CopyDone (or CopyFail) and another Sync. Postgres ignores the first Sync
+    (it arrives during copy-in: protocol "COPY Operations") and answers one ReadyForQuery; a
+    pooler that counted both would hold the server for ever."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_db_connections": 1, "query_wait_timeout": 5})
+    with s.connect() as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+    conn = pq.PGconn.connect(s.dsn().encode())
+    try:
+        assert conn.status == pq.ConnStatus.OK, conn.error_message
+        res = conn.exec_params(f"COPY {table} FROM STDIN".encode(), [])
+        assert res.status == pq.ExecStatus.COPY_IN, conn.error_message
+        conn.put_copy_data(b"1\n2\n" if end != "bad_data" else b"1\nnot-a-number\n")
+        conn.put_copy_end(b"client gave up" if end == "fail" else None)
+        res = conn.get_result()
+        want = pq.ExecStatus.COMMAND_OK if end == "done" else pq.ExecStatus.FATAL_ERROR
+        assert res.status == want, conn.error_message
+        assert conn.get_result() is None
+        assert conn.transaction_status == pq.TransactionStatus.IDLE
+        # the one server went back: another client gets it (within query_wait_timeout)
+        with s.connect() as other:
+            n = other.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        assert n == (2 if end == "done" else 0)
+        # and the copying client goes on
+        res = conn.exec_params(b"SELECT 42", [])
+        assert res.status == pq.ExecStatus.TUPLES_OK and res.get_value(0, 0) == b"42"
+    finally:
+        conn.finish()

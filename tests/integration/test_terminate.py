@@ -1,0 +1,127 @@
+"""Terminate means "finish what I sent, then close" (protocol section 55.2.4, Termination): Postgres
+runs every message it read before the Terminate, commits what autocommit commits, and rolls back
+a transaction left open. Through sluice the same must hold: the server is drained without a
+cancel (bounded by server_drain_timeout) and reused. A client that goes away without Terminate
+keeps the documented policy (its query is cancelled: test_drain.py).
+"""
+
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_USER, wait_until
+from pgwire import query_msg, raw_login, terminate_msg
+
+CALL_TIMEOUT = 10.0
+N = 10
+
+
+def make_table(pg, table):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+
+
+def committed(pg, table):
+    return pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0]
+
+
+def wait_committed(pg, table, n):
+    wait_until(lambda: committed(pg, table) >= n, 15, what=f"{n} rows committed")
+    time.sleep(0.3)  # nothing more arrives after that
+    return committed(pg, table)
+
+
+def sluice_for(start_sluice, mode, **main):
+    conf = {"pool_mode": mode, "default_pool_size": 2, "query_wait_timeout": 20,
+            "log_level": "debug"}
+    conf.update(main)
+    return start_sluice(conf)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_query_and_terminate_in_one_write_commits_like_postgres(start_sluice, pg, table, mode):
+    make_table(pg, table)
+    s = sluice_for(start_sluice, mode)
+    for i in range(N):
+        c = raw_login(s.port, timeout=CALL_TIMEOUT)
+        # a short sleep makes the query still run when the Terminate is read
+        c.send(query_msg(f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.05)") + terminate_msg())
+        assert c.is_closed(CALL_TIMEOUT), "sluice did not close after Terminate"
+        c.close()
+    assert wait_committed(pg, table, N) == N
+    # the servers were drained and are reused, not closed
+    with s.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    assert "client sent Terminate mid-query, letting it finish: draining" in s.log_text()
+    assert pg.count_backends(APP_USER) <= 2
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_libpq_send_query_then_finish_commits_like_postgres(start_sluice, pg, table, mode):
+    make_table(pg, table)
+    s = sluice_for(start_sluice, mode)
+    for i in range(N):
+        conn = psycopg.pq.PGconn.connect(s.dsn().encode())
+        assert conn.status == psycopg.pq.ConnStatus.OK, conn.error_message
+        conn.send_query(f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.05)".encode())
+        conn.finish()  # sends Terminate and closes the socket
+    assert wait_committed(pg, table, N) == N
+
+
+@pytest.mark.timeout(90)
+def test_terminate_rolls_back_an_open_transaction_and_commits_a_finished_one(
+        start_sluice, pg, table):
+    make_table(pg, table)
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1)
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(query_msg(f"BEGIN; INSERT INTO {table} SELECT 1 FROM pg_sleep(0.2)") + terminate_msg())
+    assert c.is_closed(CALL_TIMEOUT)
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(query_msg(f"BEGIN; INSERT INTO {table} SELECT 2 FROM pg_sleep(0.2); COMMIT")
+           + terminate_msg())
+    assert c.is_closed(CALL_TIMEOUT)
+    assert wait_committed(pg, table, 1) == 1
+    assert [r[0] for r in pg.query(f"SELECT id FROM {table}", dbname="appdb")] == [2]
+    # the one server is usable and outside a transaction
+    with s.connect() as conn:
+        assert conn.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
+
+
+@pytest.mark.timeout(90)
+def test_query_and_terminate_queued_for_a_busy_pool_still_runs(start_sluice, pg, table):
+    """The pool is full when the client sends Query, Terminate and closes its socket: Postgres
+    would run the query, so sluice runs it once a server is free."""
+    make_table(pg, table)
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1, max_db_connections=1)
+    busy = raw_login(s.port, timeout=CALL_TIMEOUT)
+    busy.send(query_msg("SELECT pg_sleep(1.5) /* holder */"))
+    pg.wait_for_active(APP_USER, "holder")
+    for i in range(3):
+        c = raw_login(s.port, timeout=CALL_TIMEOUT)
+        c.send(query_msg(f"INSERT INTO {table} VALUES ({i})") + terminate_msg())
+        c.close()
+    busy.read_results()
+    busy.close()
+    assert wait_committed(pg, table, 3) == 3
+
+
+@pytest.mark.timeout(60)
+def test_long_query_before_terminate_is_cancelled_after_server_drain_timeout(start_sluice, pg):
+    """Letting the query finish is bounded: after server_drain_timeout it is cancelled (closing
+    alone would leave the backend running, uncounted) and the server reused."""
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1, max_db_connections=1,
+                   server_drain_timeout="1s")
+    with s.connect() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(query_msg("SELECT pg_sleep(60) /* terminated */") + terminate_msg())
+    assert c.is_closed(CALL_TIMEOUT)
+    pg.wait_for_active(APP_USER, "terminated")
+    t0 = time.monotonic()
+    with s.connect() as conn:  # waits for the one server
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+    assert time.monotonic() - t0 < 8
+    assert "still running after server_drain_timeout: cancelling it" in s.log_text()
