@@ -168,7 +168,7 @@ static void deallocate_and_discard_are_recognised(void)
 
 static enum session_feature detect(const char *sql)
 {
-    return session_state_detect(sql, strlen(sql));
+    return session_state_detect(sql, strlen(sql), NULL);
 }
 
 static void session_level_sql_is_detected(void)
