@@ -162,9 +162,20 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. */
-static void follow_statement(struct client *c, struct server *s, const char *sql, size_t len,
-                             const struct param_touch *touch)
+static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
+                                          size_t len, const struct param_touch *touch)
 {
+    if (!memchr(sql, '\0', len))
+        return TRACK_PASS; /* not a C string: not a statement the server will run either */
+    char name_buf[256];
+    enum sql_dealloc kind = prepared_classify_query(sql, name_buf, sizeof(name_buf));
+    if (kind == SQL_DEALLOCATE) {
+        /* The client's statement may live on another backend, or this one's copy was closed by
+         * another client sharing it: prepared here first, DEALLOCATE succeeds as it would. */
+        enum track_result r = ensure_prepared(c, s, name_buf);
+        if (r != TRACK_PASS)
+            return r;
+    }
     bool ok = true;
     if (touch->all)
         ok = params_forget(&s->params, NULL) == 0;
@@ -172,10 +183,7 @@ static void follow_statement(struct client *c, struct server *s, const char *sql
         ok = params_forget(&s->params, touch->names[i]) == 0;
     if (!ok)
         s->close_when_free = true; /* out of memory: what the server has is not known */
-    if (!memchr(sql, '\0', len))
-        return; /* prepared_classify_query reads a C string */
-    char name_buf[256];
-    switch (prepared_classify_query(sql, name_buf, sizeof(name_buf))) {
+    switch (kind) {
     case SQL_DEALLOCATE:
         stmt_map_remove(c->stmts, name_buf);
         stmt_map_remove(&s->stmts, name_buf);
@@ -188,6 +196,7 @@ static void follow_statement(struct client *c, struct server *s, const char *sql
     default:
         break;
     }
+    return TRACK_PASS;
 }
 
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
@@ -203,8 +212,7 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
         if (r != TRACK_PASS)
             return r;
     }
-    follow_statement(c, s, sql, len, &touch);
-    return TRACK_PASS;
+    return follow_statement(c, s, sql, len, &touch);
 }
 
 /* Parse: remember the client's definition; the server gets it under the client's name. */

@@ -57,3 +57,40 @@ def test_transaction_mode_an_untracked_set_does_not_leak_to_the_next_client(star
         assert settings(b) == ("evil", "1234ms")
         a.execute("SET statement_timeout = 77")
         assert settings(plain) == ("\"$user\", public", "0")
+
+
+@pytest.mark.parametrize("sql", [
+    "select set_config('search_path', 'evil', false)",
+    "SELECT pg_catalog.set_config('statement_timeout', '4321', false)",
+])
+def test_refuse_policy_sees_session_level_set_config(start_sluice, sql):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a, s.connect() as b:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute(sql)
+        assert settings(b) == ("\"$user\", public", "0"), "B inherited A's set_config"
+        # transaction-local set_config is fine, as SET LOCAL is
+        a.execute("BEGIN")
+        a.execute("select set_config('search_path', 'evil', true)")
+        assert settings(a)[0] == "evil"
+        a.execute("COMMIT")
+        assert settings(a)[0] == "\"$user\", public"
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_psycopg_deallocate_by_extended_protocol_is_followed(start_sluice, mode):
+    """psycopg 3 with prepared_max=1 evicts with DEALLOCATE sent as Parse/Bind/Execute; another
+    client's statement of the same name must still be prepared when it runs."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    a = s.connect(prepare_threshold=0)
+    b = s.connect(prepare_threshold=0)
+    try:
+        a.prepared_max = 1
+        b.prepared_max = 1
+        for i in range(4):
+            for conn in (a, b):
+                assert conn.execute("SELECT %s::int + " + str(i), [i]).fetchone()[0] == 2 * i
+    finally:
+        a.close()
+        b.close()
