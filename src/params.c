@@ -87,11 +87,28 @@ const char *params_get(const struct param_set *p, const char *name)
     return i < 0 ? NULL : p->items[i].value;
 }
 
+const char params_unknown[] = "(unknown to sluice)";
+
+static bool same_value(const char *have, const char *value)
+{
+    if (have == params_unknown || value == params_unknown)
+        return have == value;
+    return strcmp(have, value) == 0;
+}
+
 /* One allocation per entry: the value alone for an interned name, else "name\0value\0" (name
- * owns it, value points inside). */
+ * owns it, value points inside); params_unknown is never copied, only pointed at. */
 static int entry_fill(struct param *e, const char *name, const char *value)
 {
     const char *known = in_list(reported, REPORTED_COUNT, name);
+    if (value == params_unknown) {
+        if (known)
+            return -EINVAL; /* the server reports these: never unknown */
+        if (!(e->name = strdup(name)))
+            return -ENOMEM;
+        e->value = (char *)params_unknown;
+        return 0;
+    }
     if (known) {
         char *v = strdup(value);
         if (!v)
@@ -123,7 +140,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
         return 0;
     }
     if (i >= 0) {
-        if (strcmp(p->items[i].value, value) == 0)
+        if (same_value(p->items[i].value, value))
             return 0;
         struct param fresh;
         if (entry_fill(&fresh, p->items[i].name, value) < 0)
@@ -182,7 +199,7 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
                               struct msg_out *sql)
 {
     const char *have = params_get(server, name);
-    if (have && strcmp(have, value) == 0)
+    if (have && same_value(have, value))
         return 0;
     put_str(sql, "SET ");
     put_str(sql, name);
@@ -240,7 +257,8 @@ uint64_t params_fingerprint(const struct param_set *base, const struct param_set
         for (int i = 0; i < own->n; i++) {
             const char *name = own->items[i].name;
             if (params_is_client_settable(name) || !params_is_reported(name))
-                fp += entry_hash(name, own->items[i].value);
+                /* an unknown value must match no client's, even one spelled like it */
+                fp += entry_hash(name, own->items[i].value) ^ (own->items[i].value == params_unknown);
         }
         return fp;
     }
@@ -252,6 +270,20 @@ uint64_t params_fingerprint(const struct param_set *base, const struct param_set
             fp += entry_hash(name, base->items[i].value);
     }
     return fp;
+}
+
+int params_forget(struct param_set *server, const char *name)
+{
+    if (name)
+        return params_is_reported(name) ? 0 : params_set(server, name, params_unknown);
+    for (int i = 0; i < server->n; i++) {
+        if (params_is_reported(server->items[i].name))
+            continue;
+        int rc = params_set(server, server->items[i].name, params_unknown);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
 }
 
 int params_note_sync(struct param_set *server, const struct param_set *want)

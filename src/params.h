@@ -31,6 +31,15 @@ int params_set(struct param_set *p, const char *name, const char *value)
 int params_copy(struct param_set *dst, const struct param_set *src)
     __attribute__((warn_unused_result));
 
+/* A server's value that sluice no longer knows: the client's own statement changed it (SET,
+ * RESET, set_config), a reset query ran, or a sync failed. Stored as the value (compared by
+ * address, never equal to a real one), so the next sync SETs or RESETs the name whatever the
+ * next client wants. Only for names Postgres does not report: it reports the others itself. */
+extern const char params_unknown[];
+/* Mark one unreported name unknown (adding it when absent), or with name NULL every unreported
+ * name the set holds. 0 or -ENOMEM. */
+int params_forget(struct param_set *server, const char *name) __attribute__((warn_unused_result));
+
 /* Parameters Postgres 15 reports with ParameterStatus (GUC_REPORT): the server tells us when they
  * change, so they are tracked without parsing SQL. */
 bool params_is_reported(const char *name);

@@ -448,11 +448,18 @@ bool pool_queue_cleanup(struct server *s)
         server_queue_internal(s, "ROLLBACK");
         queued = true;
     }
-    if (ops->reset_on_release && cfg->server_reset_query[0]) {
+    bool reset = ops->reset_on_release && cfg->server_reset_query[0];
+    if (reset) {
         server_queue_internal(s, cfg->server_reset_query);
         /* DISCARD ALL drops prepared statements; should it fail, re-preparing stays safe. */
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
+    }
+    /* The reset query reset the parameters sluice SET, and in session mode the client's own
+     * statements were not followed: either way the record of them is no longer true. */
+    if (reset || !ops->release_at_idle) {
+        if (params_forget(&s->params, NULL) < 0)
+            s->close_when_free = true;
     }
     return queued;
 }

@@ -115,14 +115,11 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
     return TRACK_PASS;
 }
 
-/* SQL whose effect outlives the transaction (see session_state.h). */
-static enum track_result check_session_state(struct client *c, struct server *s, uint8_t type,
-                                             const char *sql, size_t len, uint32_t body_len)
+/* SQL whose effect outlives the transaction: what session_state_policy says. */
+static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
+                                              enum session_feature f, uint32_t body_len)
 {
     uint32_t whole = CODEC_HEADER_LEN + body_len;
-    enum session_feature f = session_state_detect(sql, len);
-    if (f == SESSION_FEATURE_NONE)
-        return TRACK_PASS;
     int policy = session_policy_parse(c->app->cfg->session_state_policy);
     if (policy == SESSION_POLICY_PIN) {
         if (!c->pinned)
@@ -162,6 +159,62 @@ static enum track_result check_session_state(struct client *c, struct server *s,
     return TRACK_PASS;
 }
 
+/* What a statement the server will run does to state sluice keeps for it: the unreported
+ * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
+ * change which statements are prepared. */
+static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
+                                          size_t len, const struct param_touch *touch)
+{
+    if (!memchr(sql, '\0', len))
+        return TRACK_PASS; /* not a C string: not a statement the server will run either */
+    char name_buf[256];
+    enum sql_dealloc kind = prepared_classify_query(sql, name_buf, sizeof(name_buf));
+    if (kind == SQL_DEALLOCATE) {
+        /* The client's statement may live on another backend, or this one's copy was closed by
+         * another client sharing it: prepared here first, DEALLOCATE succeeds as it would. */
+        enum track_result r = ensure_prepared(c, s, name_buf);
+        if (r != TRACK_PASS)
+            return r;
+    }
+    bool ok = true;
+    if (touch->all)
+        ok = params_forget(&s->params, NULL) == 0;
+    for (int i = 0; i < touch->n && ok; i++)
+        ok = params_forget(&s->params, touch->names[i]) == 0;
+    if (!ok)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+    switch (kind) {
+    case SQL_DEALLOCATE:
+        stmt_map_remove(c->stmts, name_buf);
+        stmt_map_remove(&s->stmts, name_buf);
+        break;
+    case SQL_DEALLOCATE_ALL:
+    case SQL_DISCARD_ALL:
+        stmt_map_clear(c->stmts);
+        stmt_map_mark_unknown(&s->stmts);
+        break;
+    default:
+        break;
+    }
+    return TRACK_PASS;
+}
+
+/* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
+ * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
+ * text and its NUL (and, for Parse, what follows it). */
+static enum track_result inspect_statement(struct client *c, struct server *s, uint8_t type,
+                                           const char *sql, size_t len, uint32_t body_len)
+{
+    struct param_touch touch;
+    enum session_feature f = session_state_detect(sql, len, &touch);
+    if (f != SESSION_FEATURE_NONE) {
+        enum track_result r = apply_session_policy(c, s, type, f, body_len);
+        if (r != TRACK_PASS)
+            return r;
+    }
+    return follow_statement(c, s, sql, len, &touch);
+}
+
 /* Parse: remember the client's definition; the server gets it under the client's name. */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
@@ -172,8 +225,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         if (avail_body >= len) {
-            enum track_result r = check_session_state(c, s, 'P', (const char *)body + 1, len - 1,
-                                                      len);
+            enum track_result r = inspect_statement(c, s, 'P', (const char *)body + 1, len - 1,
+                                                    len);
             if (r != TRACK_PASS)
                 return r;
         }
@@ -210,8 +263,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     uint32_t name_len = (uint32_t)(nul - body) + 1;
-    enum track_result r = check_session_state(c, s, 'P', (const char *)body + name_len,
-                                              len - name_len, len);
+    enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
+                                            len - name_len, len);
     if (r != TRACK_PASS)
         return r;
     struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
@@ -274,24 +327,9 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
             if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
             if (avail_body >= len && len > 0 && body[len - 1] == '\0') {
-                enum track_result r =
-                    check_session_state(c, s, 'Q', (const char *)body, len - 1, len);
+                enum track_result r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
                 if (r != TRACK_PASS)
                     return r;
-                char name_buf[256];
-                switch (prepared_classify_query((const char *)body, name_buf, sizeof(name_buf))) {
-                case SQL_DEALLOCATE:
-                    stmt_map_remove(c->stmts, name_buf);
-                    stmt_map_remove(&s->stmts, name_buf);
-                    break;
-                case SQL_DEALLOCATE_ALL:
-                case SQL_DISCARD_ALL:
-                    stmt_map_clear(c->stmts);
-                    stmt_map_mark_unknown(&s->stmts);
-                    break;
-                default:
-                    break;
-                }
             }
         }
         return stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;

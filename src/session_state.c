@@ -1,7 +1,8 @@
 /* session_state: detection of session-level SQL (see session_state.h). It looks at the start of
- * each statement (split on ';' outside quotes) and for the session advisory-lock functions
- * anywhere; false negatives are possible (dynamic SQL in functions), false positives are not
- * expected for ordinary queries. */
+ * each statement (split on ';' outside quotes) and for the session advisory-lock functions and
+ * set_config anywhere; false negatives are possible (a function that runs SET or set_config
+ * inside, dynamic SQL, a function's own SET clause), false positives are not expected for
+ * ordinary queries. */
 #include "session_state.h"
 
 #include <ctype.h>
@@ -44,35 +45,103 @@ static bool keyword(const char *s, size_t *pi, size_t len, const char *kw)
     return true;
 }
 
-/* SET [SESSION] name ... of a parameter sluice does not see change (not reported). */
-static bool untracked_set(const char *s, size_t i, size_t len)
+static void touch_all(struct param_touch *t)
+{
+    if (t)
+        t->all = true;
+}
+
+/* Record that an unreported parameter may have changed; a name too long or one too many makes
+ * it "all" (forgetting more than needed is safe, forgetting less is not). */
+static void touch_name(struct param_touch *t, const char *name, size_t n)
+{
+    if (!t || n == 0)
+        return;
+    char lower[sizeof(t->names[0])];
+    if (n >= sizeof(lower) || t->n == PARAM_TOUCH_NAMES) {
+        t->all = true;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        lower[i] = (char)tolower((unsigned char)name[i]);
+    lower[n] = '\0';
+    if (params_is_reported(lower))
+        return;
+    memcpy(t->names[t->n++], lower, n + 1);
+}
+
+/* A parameter name as SET and RESET spell it (unquoted; a quoted one is rare enough to count
+ * as "all"). Returns its length. */
+static size_t param_name(const char *s, size_t i, size_t len)
+{
+    size_t n = 0;
+    while (i + n < len && (isalnum((unsigned char)s[i + n]) || s[i + n] == '_' || s[i + n] == '.'))
+        n++;
+    return n;
+}
+
+/* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
+static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
     if (keyword(s, &i, len, "local") || keyword(s, &i, len, "transaction"))
         return false;
     (void)keyword(s, &i, len, "session");
     if (keyword(s, &i, len, "characteristics") || keyword(s, &i, len, "authorization") ||
-        keyword(s, &i, len, "role"))
+        keyword(s, &i, len, "role")) {
+        touch_all(t); /* a role change can change many a default */
         return true;
+    }
     if (keyword(s, &i, len, "time"))
         return false; /* SET TIME ZONE: TimeZone is reported */
     if (keyword(s, &i, len, "names"))
         return false; /* client_encoding */
+    size_t n = param_name(s, i, len);
     char name[64];
-    size_t n = 0;
-    while (i < len && n + 1 < sizeof(name) &&
-           (isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '.'))
-        name[n++] = s[i++];
+    if (n == 0 || n >= sizeof(name)) {
+        touch_all(t);
+        return n > 0;
+    }
+    memcpy(name, s + i, n);
     name[n] = '\0';
-    return n > 0 && !params_is_reported(name);
+    if (params_is_reported(name))
+        return false;
+    touch_name(t, name, n);
+    return true;
 }
 
-static enum session_feature statement_feature(const char *s, size_t i, size_t len)
+/* RESET name | RESET ALL | RESET ROLE | RESET SESSION AUTHORIZATION: back to the value the
+ * session started with, which on a pooled backend is not the client's. */
+static void reset_statement(const char *s, size_t i, size_t len, struct param_touch *t)
+{
+    if (keyword(s, &i, len, "all") || keyword(s, &i, len, "role") ||
+        keyword(s, &i, len, "session")) {
+        touch_all(t);
+        return;
+    }
+    size_t n = param_name(s, i, len);
+    if (n == 0)
+        touch_all(t);
+    else
+        touch_name(t, s + i, n);
+}
+
+static enum session_feature statement_feature(const char *s, size_t i, size_t len,
+                                              struct param_touch *t)
 {
     i = skip_space(s, i, len);
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
     if (keyword(s, &i, len, "set"))
-        return untracked_set(s, i, len) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
+        return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
+    if (keyword(s, &i, len, "reset")) {
+        reset_statement(s, i, len, t);
+        return SESSION_FEATURE_NONE;
+    }
+    if (keyword(s, &i, len, "discard")) {
+        if (keyword(s, &i, len, "all"))
+            touch_all(t);
+        return SESSION_FEATURE_NONE;
+    }
     if (keyword(s, &i, len, "create")) {
         if (keyword(s, &i, len, "or"))
             (void)keyword(s, &i, len, "replace");
@@ -96,15 +165,94 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
     return SESSION_FEATURE_NONE;
 }
 
-static bool contains_session_advisory_lock(const char *s, size_t len)
+/* The end of the argument that starts at s[i]: the ',' or ')' at depth 0 (or len). */
+static size_t argument_end(const char *s, size_t i, size_t len)
 {
-    static const char *const fns[] = {"pg_advisory_lock", "pg_try_advisory_lock"};
-    for (size_t f = 0; f < 2; f++) {
-        size_t n = strlen(fns[f]);
-        for (size_t i = 0; i + n <= len; i++) {
-            /* cheap first test: this runs over every query's text */
-            if ((s[i] | 0x20) != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
-                strncasecmp(s + i, fns[f], n) != 0)
+    int depth = 0;
+    for (; i < len; i++) {
+        char ch = s[i];
+        if (ch == '\'' || ch == '"') {
+            for (i++; i < len && s[i] != ch; i++)
+                ;
+        } else if (ch == '(') {
+            depth++;
+        } else if (ch == ')' && depth-- == 0) {
+            return i;
+        } else if (ch == ',' && depth == 0) {
+            return i;
+        }
+    }
+    return len;
+}
+
+static bool argument_is(const char *s, size_t from, size_t to, const char *word)
+{
+    from = skip_space(s, from, to);
+    while (to > from && isspace((unsigned char)s[to - 1]))
+        to--;
+    return to - from == strlen(word) && strncasecmp(s + from, word, to - from) == 0;
+}
+
+/* set_config(name, value, is_local) starting at s[i] (the '(' after the function name): session
+ * level unless is_local is spelled true. Touches the name when it is a plain literal. */
+static bool session_set_config(const char *s, size_t i, size_t len, struct param_touch *t)
+{
+    size_t a1 = i + 1, e1 = argument_end(s, a1, len);
+    if (e1 >= len || s[e1] != ',')
+        return false;
+    size_t e2 = argument_end(s, e1 + 1, len);
+    if (e2 >= len || s[e2] != ',')
+        return false;
+    size_t e3 = argument_end(s, e2 + 1, len);
+    if (argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
+        argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'"))
+        return false; /* transaction-local, like SET LOCAL */
+    size_t q = skip_space(s, a1, e1), n = 0;
+    if (q < e1 && s[q] == '\'') {
+        n = param_name(s, q + 1, e1);
+        if (q + 1 + n >= e1 || s[q + 1 + n] != '\'')
+            n = 0;
+    }
+    if (n == 0) {
+        touch_all(t); /* the name is an expression: anything may change */
+        return true;
+    }
+    char name[64];
+    if (n >= sizeof(name)) {
+        touch_all(t);
+        return true;
+    }
+    memcpy(name, s + q + 1, n);
+    name[n] = '\0';
+    if (params_is_reported(name))
+        return false; /* the server reports it like a SET */
+    touch_name(t, name, n);
+    return true;
+}
+
+/* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
+ * and session-level set_config. */
+static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t)
+{
+    static const char *const locks[] = {"pg_advisory_lock", "pg_try_advisory_lock"};
+    enum session_feature found = SESSION_FEATURE_NONE;
+    for (size_t i = 0; i + 10 <= len; i++) {
+        /* cheap first test: this runs over every query's text */
+        char c0 = (char)(s[i] | 0x20);
+        if (c0 == 's' && strncasecmp(s + i, "set_config", 10) == 0 &&
+            (i == 0 || !(isalnum((unsigned char)s[i - 1]) || s[i - 1] == '_'))) {
+            size_t j = skip_space(s, i + 10, len);
+            if (j < len && s[j] == '(' && session_set_config(s, j, len, t) &&
+                found == SESSION_FEATURE_NONE)
+                found = SESSION_FEATURE_SET;
+            continue;
+        }
+        if (c0 != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
+            found != SESSION_FEATURE_NONE)
+            continue;
+        for (size_t f = 0; f < 2; f++) {
+            size_t n = strlen(locks[f]);
+            if (i + n > len || strncasecmp(s + i, locks[f], n) != 0)
                 continue;
             /* pg_advisory_lock( or pg_advisory_lock_shared( ; not the _xact_ variants */
             size_t j = i + n;
@@ -113,14 +261,17 @@ static bool contains_session_advisory_lock(const char *s, size_t len)
             while (j < len && isspace((unsigned char)s[j]))
                 j++;
             if (j < len && s[j] == '(')
-                return true;
+                found = SESSION_FEATURE_ADVISORY_LOCK;
         }
     }
-    return false;
+    return found;
 }
 
-enum session_feature session_state_detect(const char *sql, size_t len)
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
 {
+    if (touch)
+        memset(touch, 0, sizeof(*touch));
+    enum session_feature first = SESSION_FEATURE_NONE;
     size_t start = 0;
     char quote = 0;
     for (size_t i = 0; i <= len; i++) {
@@ -135,16 +286,16 @@ enum session_feature session_state_detect(const char *sql, size_t len)
             continue;
         }
         if (ch == ';' || ch == '\0') {
-            enum session_feature f = statement_feature(sql, start, i);
-            if (f != SESSION_FEATURE_NONE)
-                return f;
+            enum session_feature f = statement_feature(sql, start, i, touch);
+            if (first == SESSION_FEATURE_NONE)
+                first = f;
             start = i + 1;
             if (ch == '\0')
                 break;
         }
     }
-    return contains_session_advisory_lock(sql, len) ? SESSION_FEATURE_ADVISORY_LOCK
-                                                    : SESSION_FEATURE_NONE;
+    enum session_feature call = session_calls(sql, len, touch);
+    return first != SESSION_FEATURE_NONE ? first : call;
 }
 
 const char *session_feature_name(enum session_feature f)

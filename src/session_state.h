@@ -7,6 +7,7 @@
 #ifndef SLUICE_SESSION_STATE_H
 #define SLUICE_SESSION_STATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum session_feature {
@@ -20,8 +21,19 @@ enum session_feature {
 
 enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_REFUSE };
 
-/* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated). */
-enum session_feature session_state_detect(const char *sql, size_t len);
+/* Parameters Postgres does not report that a text may change for the whole session: SET or
+ * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see
+ * their new values, so the server's record of them becomes unknown (params_forget). */
+#define PARAM_TOUCH_NAMES 4
+struct param_touch {
+    bool all; /* RESET ALL, DISCARD ALL, SET ROLE, a name not spelled out, or too many names */
+    int n;
+    char names[PARAM_TOUCH_NAMES][64];
+};
+
+/* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated);
+ * touch (may be NULL) gets the unreported parameters the whole text may change. */
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
 const char *session_feature_name(enum session_feature f);
 /* "warn", "pin", "refuse"; -1 when the text is none of them. */
 int session_policy_parse(const char *text);

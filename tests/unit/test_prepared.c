@@ -168,7 +168,7 @@ static void deallocate_and_discard_are_recognised(void)
 
 static enum session_feature detect(const char *sql)
 {
-    return session_state_detect(sql, strlen(sql));
+    return session_state_detect(sql, strlen(sql), NULL);
 }
 
 static void session_level_sql_is_detected(void)
@@ -183,6 +183,35 @@ static void session_level_sql_is_detected(void)
     CHECK_INT(detect("SET search_path TO app"), SESSION_FEATURE_SET);
     CHECK_INT(detect("set session statement_timeout = 5"), SESSION_FEATURE_SET);
     CHECK_INT(detect("/* c */ -- x\n SET ROLE admin"), SESSION_FEATURE_SET);
+    CHECK_INT(detect("select set_config('search_path', 'x', false)"), SESSION_FEATURE_SET);
+    CHECK_INT(detect("SELECT pg_catalog.set_config ( 'a.b' , f(1, 2), $1)"), SESSION_FEATURE_SET);
+    CHECK_INT(detect("select set_config('search_path', 'x', true)"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("select set_config('TimeZone', 'UTC', false)"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("select reset_config_x(1), my_set_config('a', 'b', false)"),
+              SESSION_FEATURE_NONE);
+}
+
+static void parameters_a_statement_may_change_are_named(void)
+{
+    struct param_touch t;
+    session_state_detect("SET search_path = a; reset Statement_Timeout", 44, &t);
+    CHECK_INT(t.all, 0);
+    CHECK_INT(t.n, 2);
+    CHECK_STR(t.names[0], "search_path");
+    CHECK_STR(t.names[1], "statement_timeout");
+    const char *all[] = {"RESET ALL", "discard all", "SET ROLE r", "select set_config(x, 'b', false)",
+                         "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        session_state_detect(all[i], strlen(all[i]), &t);
+        CHECK_INT(t.all, 1);
+    }
+    const char *none[] = {"SET LOCAL search_path = a", "SET TimeZone = 'UTC'", "RESET DateStyle",
+                          "select set_config('search_path', 'a', true)", "DISCARD PLANS"};
+    for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+        session_state_detect(none[i], strlen(none[i]), &t);
+        CHECK_INT(t.all, 0);
+        CHECK_INT(t.n, 0);
+    }
 }
 
 static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
@@ -220,6 +249,7 @@ int main(void)
     RUN(injected_messages_have_the_wire_format);
     RUN(deallocate_and_discard_are_recognised);
     RUN(session_level_sql_is_detected);
+    RUN(parameters_a_statement_may_change_are_named);
     RUN(transaction_scoped_and_tracked_sql_is_not_flagged);
     RUN(policy_names_parse);
     return CHECK_DONE();

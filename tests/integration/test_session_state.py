@@ -1,0 +1,96 @@
+"""Session state a client cannot tell from Postgres's: startup options survive the resets between
+clients, a bad startup option is refused as Postgres refuses it and never changes another client's
+session, DEALLOCATE/DISCARD are followed whichever protocol carries them, and set_config is seen
+by session_state_policy. Where it makes sense the answer is compared with Postgres itself."""
+
+import psycopg
+import pytest
+
+from pgwire import raw_login
+
+EVIL = "-c search_path=evil -c statement_timeout=1234"
+
+
+def settings(conn):
+    return conn.execute("SELECT current_setting('search_path'),"
+                        " current_setting('statement_timeout')").fetchone()
+
+
+@pytest.mark.parametrize("reset", ["server_reset_query", "server_reset_query_always"])
+def test_startup_options_survive_the_reset_between_clients(start_sluice, pg, reset):
+    mode = "session" if reset == "server_reset_query" else "transaction"
+    main = {"pool_mode": mode, "default_pool_size": 1, "server_reset_query": "DISCARD ALL"}
+    if reset == "server_reset_query_always":
+        main["server_reset_query_always"] = 1
+    s = start_sluice(main)
+    with psycopg.connect(pg.direct_dsn(options=EVIL), autocommit=True) as direct:
+        expected = settings(direct)
+    assert expected == ("evil", "1234ms")
+    for i in range(3):
+        with s.connect(options=EVIL) as c:
+            assert settings(c) == expected, f"connection {i + 1} lost its startup options"
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        if i == 0:
+            first = pid
+        assert pid == first, "pool_size 1: every connection should share one backend"
+    with s.connect() as plain:
+        assert settings(plain) == ("\"$user\", public", "0"), "a plain client inherited them"
+
+
+@pytest.mark.parametrize("statement", ["RESET ALL", "DISCARD ALL", "RESET search_path"])
+def test_transaction_mode_a_clients_reset_is_followed(start_sluice, statement):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect(options=EVIL) as a, s.connect(options=EVIL) as b:
+        assert settings(a)[0] == "evil"
+        a.execute(statement)
+        assert settings(b)[0] == "evil", f"after A's {statement} B lost its startup options"
+        # Postgres resets to the session's startup values: A keeps them too
+        assert settings(a)[0] == "evil"
+
+
+def test_transaction_mode_an_untracked_set_does_not_leak_to_the_next_client(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect(options=EVIL) as a, s.connect(options=EVIL) as b, s.connect() as plain:
+        assert settings(a) == ("evil", "1234ms")
+        a.execute("SET search_path = public")
+        a.execute("SELECT set_config('statement_timeout', '99', false)")
+        assert settings(b) == ("evil", "1234ms")
+        a.execute("SET statement_timeout = 77")
+        assert settings(plain) == ("\"$user\", public", "0")
+
+
+@pytest.mark.parametrize("sql", [
+    "select set_config('search_path', 'evil', false)",
+    "SELECT pg_catalog.set_config('statement_timeout', '4321', false)",
+])
+def test_refuse_policy_sees_session_level_set_config(start_sluice, sql):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a, s.connect() as b:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute(sql)
+        assert settings(b) == ("\"$user\", public", "0"), "B inherited A's set_config"
+        # transaction-local set_config is fine, as SET LOCAL is
+        a.execute("BEGIN")
+        a.execute("select set_config('search_path', 'evil', true)")
+        assert settings(a)[0] == "evil"
+        a.execute("COMMIT")
+        assert settings(a)[0] == "\"$user\", public"
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_psycopg_deallocate_by_extended_protocol_is_followed(start_sluice, mode):
+    """psycopg 3 with prepared_max=1 evicts with DEALLOCATE sent as Parse/Bind/Execute; another
+    client's statement of the same name must still be prepared when it runs."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    a = s.connect(prepare_threshold=0)
+    b = s.connect(prepare_threshold=0)
+    try:
+        a.prepared_max = 1
+        b.prepared_max = 1
+        for i in range(4):
+            for conn in (a, b):
+                assert conn.execute("SELECT %s::int + " + str(i), [i]).fetchone()[0] == 2 * i
+    finally:
+        a.close()
+        b.close()
