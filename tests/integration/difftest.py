@@ -87,6 +87,8 @@ REPORTED = {
     "IntervalStyle": ["postgres", "iso_8601", "sql_standard"],
     "application_name": ["app_x", "", "named with space", "ünï"],
 }
+# an ignored parameter is also left out of the scripts (triage: DIFFTEST_IGNORE_PARAMS)
+REPORTED = {k: v for k, v in REPORTED.items() if k not in PARAMS_NOT_COMPARED}
 UNREPORTED = {
     "search_path": ["evil", "public", "'$user', public", "pg_catalog"],
     "statement_timeout": ["0", "1234", "5s"],
@@ -97,11 +99,11 @@ ENCODINGS = {"LATIN1": "latin-1", "WIN1252": "cp1252", "EUC_JP": "euc_jp", "SQL_
              "UTF8": "utf-8"}
 TEXTS = ["plain", "é à ü", "Ã©", "tab\there", "back\\slash", "日本", "€uro", "quote'd"]
 
-PROBE_SQL = ("SELECT current_setting('search_path'), current_setting('statement_timeout'),"
-             " current_setting('DateStyle'), current_setting('TimeZone'),"
-             " current_setting('IntervalStyle'), current_setting('application_name'),"
-             " current_setting('work_mem'), current_setting('extra_float_digits'),"
-             " current_setting('client_encoding'), now() = statement_timestamp() AS outside_txn,"
+PROBE_SETTINGS = ("search_path", "statement_timeout", "DateStyle", "TimeZone", "IntervalStyle",
+                  "application_name", "work_mem", "extra_float_digits", "client_encoding")
+PROBE_SQL = ("SELECT " + ", ".join(f"current_setting('{p}') AS \"{p}\"" for p in PROBE_SETTINGS
+                                   if p not in PARAMS_NOT_COMPARED)
+             + ", now() = statement_timestamp() AS outside_txn,"
              " '2024-03-05 10:00+00'::timestamptz::text, interval '1 day 2 hours'")
 
 
@@ -531,7 +533,7 @@ def generate(seed, mode, features=ALL_FEATURES):
                 v = rng.choice(vals).replace(" ", "\\ ").replace(",", "\\,").replace("'", "")
                 opts.append(f"-c {p}={v}")
             startup["options"] = " ".join(opts)
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and "application_name" not in PARAMS_NOT_COMPARED:
                 startup["application_name"] = rng.choice(["", "app one", "difftest"])
         if "encoding" in features and rng.random() < 0.5:
             startup["client_encoding"] = rng.choice(list(ENCODINGS))
@@ -977,7 +979,8 @@ def final_state(pg, sc):
 
 
 def compare(sc, direct, pooled):
-    """The first difference per client, as text; [] when none."""
+    """The first difference of each client: [(kind, text)], kind being the feature of the block
+    where it shows ('login', 'final state', or a FEATURES name); [] when none."""
     (dres, dfinal), (pres, pfinal) = direct, pooled
     diffs = []
     for cl in sc.clients:
@@ -986,11 +989,13 @@ def compare(sc, direct, pooled):
             dl, de = d[i] if i < len(d) else ("(nothing)", [])
             pl, pe = p[i] if i < len(p) else ("(nothing)", [])
             if de != pe or dl != pl:
-                diffs.append(_diff_text(cl, dl, de, pe))
+                kind = dl.split("[")[-1].rstrip("]") if "[" in dl else dl
+                diffs.append((kind, _diff_text(cl, dl, de, pe)))
                 break
         if dfinal.get(cl.ci) != pfinal.get(cl.ci):
-            diffs.append(f"client {cl.ci}: final contents of {table_of(cl.ci)} differ\n"
-                         f"  direct: {dfinal.get(cl.ci)}\n  sluice: {pfinal.get(cl.ci)}")
+            diffs.append(("final state",
+                          f"client {cl.ci}: final contents of {table_of(cl.ci)} differ\n"
+                          f"  direct: {dfinal.get(cl.ci)}\n  sluice: {pfinal.get(cl.ci)}"))
     return diffs
 
 
@@ -1018,21 +1023,24 @@ def check(sc, pg, start_sluice):
 # ---- shrinking -----------------------------------------------------------------------------------
 
 
-def shrink(sc, pg, start_sluice, budget_s=60.0, log=None):
-    """Smallest scenario found within budget_s that still differs: drop clients, then blocks
-    (chunks, then one at a time). A block is whole: it is what obeys the mode's limits."""
+def shrink(sc, kind, pg, start_sluice, budget_s=60.0):
+    """The smallest scenario found within budget_s that still shows a difference of this kind:
+    drop clients, then blocks (halves, quarters, ... one), then startup parameters. A block is
+    removed whole: it is what obeys the mode's limits. Returns (scenario, its differences of
+    this kind), or (sc, None) when nothing smaller was found."""
     deadline = time.monotonic() + budget_s
-    best = sc
-    best_diffs = None
+    best, best_diffs = sc, None
 
     def differs(candidate):
         nonlocal best_diffs
-        diffs = check(candidate, pg, start_sluice)
+        diffs = [d for d in check(candidate, pg, start_sluice) if d[0] == kind]
         if diffs:
             best_diffs = diffs
         return bool(diffs)
 
-    # clients
+    def with_client(ci_pos, nc):
+        return best.replace(best.clients[:ci_pos] + [nc] + best.clients[ci_pos + 1:])
+
     i = 0
     while i < len(best.clients) and len(best.clients) > 1 and time.monotonic() < deadline:
         cand = best.replace(best.clients[:i] + best.clients[i + 1:])
@@ -1040,7 +1048,6 @@ def shrink(sc, pg, start_sluice, budget_s=60.0, log=None):
             best = cand
         else:
             i += 1
-    # blocks of each client
     for ci_pos in range(len(best.clients)):
         chunk = max(1, len(best.clients[ci_pos].blocks) // 2)
         while chunk >= 1 and time.monotonic() < deadline:
@@ -1049,37 +1056,36 @@ def shrink(sc, pg, start_sluice, budget_s=60.0, log=None):
                 cl = best.clients[ci_pos]
                 if j >= len(cl.blocks):
                     break
-                nc = Client(cl.ci, cl.startup, cl.blocks[:j] + cl.blocks[j + chunk:], cl.driver)
-                cand = best.replace(best.clients[:ci_pos] + [nc] + best.clients[ci_pos + 1:])
+                cand = with_client(ci_pos, Client(cl.ci, cl.startup,
+                                                  cl.blocks[:j] + cl.blocks[j + chunk:], cl.driver))
                 if differs(cand):
                     best = cand
                 else:
                     j += chunk
             chunk //= 2
-        # startup parameters that do not matter
-        cl = best.clients[ci_pos]
-        for k in list(cl.startup):
+        for k in list(best.clients[ci_pos].startup):
             if time.monotonic() >= deadline:
                 break
+            cl = best.clients[ci_pos]
             st = {kk: vv for kk, vv in cl.startup.items() if kk != k}
-            nc = Client(cl.ci, st, cl.blocks, cl.driver)
-            cand = best.replace(best.clients[:ci_pos] + [nc] + best.clients[ci_pos + 1:])
+            cand = with_client(ci_pos, Client(cl.ci, st, cl.blocks, cl.driver))
             if differs(cand):
                 best = cand
-                cl = nc
-    if log and best_diffs is None:
-        log("shrinking found nothing smaller")
     return best, best_diffs
 
 
-def report(sc, diffs, minimal, minimal_diffs):
+def report(sc, diffs, shrunk):
+    """shrunk: [(kind, minimal scenario, its differences or None)]."""
     feats = ",".join(sc.features)
-    lines = [f"difftest: seed {sc.seed}, mode {sc.mode}: {len(diffs)} difference(s)",
-             f"rerun: scripts/difftest --seed {sc.seed} --mode {sc.mode}"
-             + ("" if set(sc.features) == set(ALL_FEATURES) else f" --features {feats}"),
-             "", "--- minimal script ---", minimal.describe(), "",
-             "--- differences (minimal script) ---"]
-    lines += minimal_diffs or diffs
+    rerun = (f"scripts/difftest --seed {sc.seed} --mode {sc.mode}"
+             + ("" if set(sc.features) == set(ALL_FEATURES) else f" --features {feats}"))
+    lines = [f"difftest: seed {sc.seed}, mode {sc.mode}: {len(diffs)} difference(s), in "
+             f"{', '.join(sorted({k for k, _ in diffs}))}", f"rerun: {rerun}"]
+    for kind, minimal, mdiffs in shrunk:
+        lines += ["", f"=== {kind}: minimal script ===" if mdiffs else
+                  f"=== {kind}: not shrunk (the whole script) ===", minimal.describe(),
+                  f"--- {kind}: differences ---"]
+        lines += [t for _, t in (mdiffs or [d for d in diffs if d[0] == kind])]
     return "\n".join(lines)
 
 
@@ -1106,8 +1112,12 @@ def run_seeds(pg, start_sluice, seeds, modes, features, shrink_s=60.0, deadline=
             diffs = check(sc, pg, start_sluice)
             if not diffs:
                 continue
-            minimal, mdiffs = shrink(sc, pg, start_sluice, shrink_s, log)
-            text = report(sc, diffs, minimal, mdiffs)
+            kinds = list(dict.fromkeys(k for k, _ in diffs))[:3]
+            shrunk = []
+            for kind in kinds:
+                minimal, mdiffs = shrink(sc, kind, pg, start_sluice, shrink_s / len(kinds))
+                shrunk.append((kind, minimal, mdiffs))
+            text = report(sc, diffs, shrunk)
             log(text)
             failures.append(text)
     return failures, stats
