@@ -75,6 +75,7 @@ ALL_FEATURES = tuple(FEATURES)
 MODES = ("session", "transaction")
 
 READ_TIMEOUT = 20.0
+LOGIN_TIMEOUT = 90.0
 VALUE_SHOWN = 120  # longer values are compared by length and digest
 # ParameterStatus names left out of the comparison: none by default (sluice reports what the
 # backend reports, server_version included). DIFFTEST_IGNORE_PARAMS=a,b is a triage knob: it
@@ -341,8 +342,7 @@ class Gen:
         else:
             sql = r.choice(["DEALLOCATE ALL", "DISCARD ALL"] if r.random() < 0.7 else
                            ["DISCARD PLANS", "DEALLOCATE PREPARE ALL"])
-            if sql in ("DEALLOCATE ALL", "DISCARD ALL", "DEALLOCATE PREPARE ALL"):
-                self.stmts = []
+            # self.stmts is kept: later blocks bind the deallocated names (26000)
         ops = [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
         ops += [("Q", "SELECT count(*) FROM pg_prepared_statements")]
         return Block("deallocate_ext", ops)
@@ -350,6 +350,7 @@ class Gen:
     def g_pipeline(self):
         r = self.r
         ops = []
+        may_fail = False  # since the last Sync: after an error nothing answers a Flush
         for _ in range(r.randrange(2, 6)):
             c = r.randrange(5)
             if c == 0:
@@ -358,11 +359,13 @@ class Gen:
             elif c == 1:
                 ops += [("P", "", "SELECT 1/$1::int"), ("B", "", "", [r.choice([0, 1])]),
                         ("E", "", 0)]
+                may_fail = True
             elif c == 2:
                 ops += [("S",)]
+                may_fail = False
             elif c == 3:
                 ops += [("P", "", f"SELECT k FROM {self.t} ORDER BY k LIMIT 3"), ("B", "", "", []),
-                        ("E", "", 0), ("H",)]
+                        ("E", "", 0)] + ([] if may_fail else [("H",)])
             else:
                 ops += [("P", "", "SELECT generate_series(1, $1::int)"),
                         ("B", "", "", [r.randrange(1, 4)]), ("D", "P", ""), ("E", "", 0)]
@@ -702,8 +705,10 @@ class ClientRun:
         self.ev = []
         self.out.append(("login", self.ev))
         try:
-            self.conn = RawConn(self.port, timeout=READ_TIMEOUT)
+            # a session-mode login waits until another client leaves (pool_size 2)
+            self.conn = RawConn(self.port, timeout=LOGIN_TIMEOUT)
             self.conn.startup(password=self.password, **self.c.startup)
+            self.conn.settimeout(READ_TIMEOUT)
         except ServerError as e:
             self.ev.append(("LoginError", tuple((k, e.fields[k]) for k in ("V", "C", "M")
                                                 if k in e.fields)))
@@ -1096,7 +1101,9 @@ def scenario_size(sc):
 
 
 def run_seeds(pg, start_sluice, seeds, modes, features, shrink_s=60.0, deadline=None, log=print):
-    """Runs each seed in each mode; returns the reports of the failing ones."""
+    """Runs each seed in each mode; returns the reports of the failing ones. shrink_s is the
+    time for shrinking, in all: the first failing seeds use it, later ones are printed whole."""
+    shrink_until = None
     failures = []
     stats = {"scenarios": 0, "clients": 0, "blocks": 0, "ops": 0}
     for seed in seeds:
@@ -1112,11 +1119,16 @@ def run_seeds(pg, start_sluice, seeds, modes, features, shrink_s=60.0, deadline=
             diffs = check(sc, pg, start_sluice)
             if not diffs:
                 continue
-            kinds = list(dict.fromkeys(k for k, _ in diffs))[:3]
+            if shrink_until is None:
+                shrink_until = time.monotonic() + shrink_s
+            kinds = list(dict.fromkeys(k for k, _ in diffs))
             shrunk = []
-            for kind in kinds:
-                minimal, mdiffs = shrink(sc, kind, pg, start_sluice, shrink_s / len(kinds))
-                shrunk.append((kind, minimal, mdiffs))
+            for n, kind in enumerate(kinds):
+                left = (shrink_until - time.monotonic()) / (len(kinds) - n)
+                if left > 1:
+                    shrunk.append((kind,) + shrink(sc, kind, pg, start_sluice, left))
+                else:
+                    shrunk.append((kind, sc, None))
             text = report(sc, diffs, shrunk)
             log(text)
             failures.append(text)

@@ -4,8 +4,9 @@ against Postgres (difftest.py generates, runs, compares and shrinks them).
 CI runs DIFFTEST_SEEDS seeds (default 3) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
 Longer runs: scripts/difftest --minutes 30 (DIFFTEST_MINUTES: run new seeds until the time is up,
 split between the modes). DIFFTEST_FEATURES=a,b limits what the scripts use (difftest.FEATURES),
-DIFFTEST_MODES=session|transaction one mode, DIFFTEST_SHRINK_SECONDS the time spent shrinking a
-failing seed (default 60).
+DIFFTEST_MODES=session|transaction one mode, DIFFTEST_SHRINK_SECONDS the time spent shrinking
+failing seeds, per mode in all (default 30; later failing seeds are printed unshrunk),
+DIFFTEST_IGNORE_PARAMS=a,b a triage knob that leaves ParameterStatus names out.
 """
 
 import os
@@ -18,12 +19,12 @@ import difftest
 SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "3"))
 FIRST_SEED = int(os.environ.get("DIFFTEST_FIRST_SEED", "1"))
 MINUTES = float(os.environ.get("DIFFTEST_MINUTES", "0"))
-SHRINK_SECONDS = float(os.environ.get("DIFFTEST_SHRINK_SECONDS", "60"))
+SHRINK_SECONDS = float(os.environ.get("DIFFTEST_SHRINK_SECONDS", "30"))
 FEATURES = tuple(f for f in os.environ.get("DIFFTEST_FEATURES", "").split(",") if f) \
     or difftest.ALL_FEATURES
 MODES = tuple(m for m in os.environ.get("DIFFTEST_MODES", "").split(",") if m) or difftest.MODES
 PER_MODE_SECONDS = MINUTES * 60 / len(MODES)
-TIMEOUT = (PER_MODE_SECONDS or SEEDS * 30) + 4 * SHRINK_SECONDS + 120
+TIMEOUT = (PER_MODE_SECONDS or SEEDS * 30) + 2 * SHRINK_SECONDS + 120
 
 
 def test_features_named_in_difftest_features_exist():
