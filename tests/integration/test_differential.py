@@ -1,0 +1,51 @@
+"""Differential test: random client sessions give the same results through sluice as directly
+against Postgres (difftest.py generates, runs, compares and shrinks them).
+
+CI runs DIFFTEST_SEEDS seeds (default 3) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
+Longer runs: scripts/difftest --minutes 30 (DIFFTEST_MINUTES: run new seeds until the time is up,
+split between the modes). DIFFTEST_FEATURES=a,b limits what the scripts use (difftest.FEATURES),
+DIFFTEST_MODES=session|transaction one mode, DIFFTEST_SHRINK_SECONDS the time spent shrinking
+failing seeds, per mode in all (default 30; later failing seeds are printed unshrunk),
+DIFFTEST_IGNORE_PARAMS=a,b a triage knob that leaves ParameterStatus names out.
+"""
+
+import os
+import time
+
+import pytest
+
+import difftest
+
+SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "3"))
+FIRST_SEED = int(os.environ.get("DIFFTEST_FIRST_SEED", "1"))
+MINUTES = float(os.environ.get("DIFFTEST_MINUTES", "0"))
+SHRINK_SECONDS = float(os.environ.get("DIFFTEST_SHRINK_SECONDS", "30"))
+FEATURES = tuple(f for f in os.environ.get("DIFFTEST_FEATURES", "").split(",") if f) \
+    or difftest.ALL_FEATURES
+MODES = tuple(m for m in os.environ.get("DIFFTEST_MODES", "").split(",") if m) or difftest.MODES
+PER_MODE_SECONDS = MINUTES * 60 / len(MODES)
+TIMEOUT = (PER_MODE_SECONDS or SEEDS * 30) + 2 * SHRINK_SECONDS + 120
+
+
+def test_features_named_in_difftest_features_exist():
+    unknown = set(FEATURES) - set(difftest.ALL_FEATURES)
+    assert not unknown, f"unknown DIFFTEST_FEATURES {sorted(unknown)}; known: {difftest.ALL_FEATURES}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("mode", MODES)
+def test_random_client_sessions_see_through_sluice_what_they_see_from_postgres(pg, start_sluice,
+                                                                              mode):
+    if PER_MODE_SECONDS:
+        deadline = time.monotonic() + PER_MODE_SECONDS
+        seeds = range(FIRST_SEED, FIRST_SEED + 10**9)
+    else:
+        deadline = None
+        seeds = range(FIRST_SEED, FIRST_SEED + SEEDS)
+    failures, stats = difftest.run_seeds(pg, start_sluice, seeds, [mode], FEATURES,
+                                         shrink_s=SHRINK_SECONDS, deadline=deadline)
+    print(f"difftest {mode}: {stats['scenarios']} scenarios, {stats['clients']} client sessions,"
+          f" {stats['blocks']} blocks, {stats['ops']} messages/statements;"
+          f" {len(failures)} with differences")
+    assert not failures, "\n\n".join(failures)
