@@ -129,6 +129,58 @@ void client_set_state(struct client *c, enum client_state next)
 
 static void on_client_io(struct sockio *io, int status, int events);
 
+/* Logins in progress have their own cap (max_client_logins): a stranger can open connections
+ * and never finish logging in, at no cost to himself. Past the cap, the oldest login in progress
+ * gives its place up: first among those that have not sent a whole startup packet, then among
+ * the rest, and never one younger than LOGIN_GRACE_MS, whose bytes may still be on the way (a
+ * real client's SSLRequest round trip; a storm of real logins). A real login finishes in
+ * milliseconds, so it is the stalled ones that reach the head of the list and a flood cannot lock
+ * out new logins. Until logins are old enough to give way the cap may be passed; the listener's
+ * accept limit still bounds the whole. */
+#define LOGIN_GRACE_MS 1000
+
+static bool gives_way(const struct client *c, enum client_state tier, uint64_t now)
+{
+    bool in_tier = tier == CLIENT_STARTUP ? c->state == CLIENT_STARTUP : c->state != CLIENT_STARTUP;
+    return in_tier && now - c->state_since_ms >= LOGIN_GRACE_MS;
+}
+
+static void evict_login(struct client *c)
+{
+    char detail[96];
+    snprintf(detail, sizeof(detail), "max_client_logins (%lld) reached",
+             (long long)c->app->cfg->max_client_logins);
+    client_fail(c, FAIL_TOO_MANY_LOGINS, detail);
+}
+
+static bool logins_over_cap(const struct sluice *app)
+{
+    return app->login_clients.count > app->cfg->max_client_logins;
+}
+
+static void make_room_for_a_login(struct sluice *app)
+{
+    uint64_t now = sluice_now(app);
+    const enum client_state tiers[] = {CLIENT_STARTUP, CLIENT_AUTH};
+    for (size_t t = 0; t < sizeof(tiers) / sizeof(tiers[0]); t++) {
+        struct list_node *n, *tmp;
+        list_for_each(&app->login_clients, n, tmp)
+        {
+            if (!logins_over_cap(app))
+                return;
+            struct client *c = container_of(n, struct client, node);
+            if (gives_way(c, tiers[t], now))
+                evict_login(c);
+        }
+    }
+}
+
+/* Clients that count against max_client_conn: logged in, not leaving. */
+static int logged_in_clients(const struct sluice *app)
+{
+    return app->nclients - app->login_clients.count - app->closing_clients.count;
+}
+
 struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
 {
     struct client *c = calloc(1, sizeof(*c));
@@ -146,6 +198,8 @@ struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_s
     params_init(&c->params);
     list_append(&app->login_clients, &c->node);
     app->nclients++;
+    if (logins_over_cap(app))
+        make_room_for_a_login(app);
     if (sockio_open(&c->io, app->loop, fd, c, on_client_io) < 0) {
         c->io.fd = fd;
         client_close(c, "cannot watch the socket");
@@ -344,13 +398,6 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         client_fail(c, FAIL_SHUTDOWN, "");
         return;
     }
-    if (app->nclients > cfg->max_client_conn) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
-                 (long long)cfg->max_client_conn);
-        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
-        return;
-    }
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
     c->admin = admin_is_console_db(database);
@@ -393,6 +440,15 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
 void client_login_ok(struct client *c)
 {
     struct sluice *app = c->app;
+    /* Counted here, once the password is checked: logins in progress have their own cap
+     * (make_room_for_a_login), so strangers who never finish cannot fill max_client_conn. */
+    if (logged_in_clients(app) >= app->cfg->max_client_conn) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
+                 (long long)app->cfg->max_client_conn);
+        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
+        return;
+    }
     if (c->admin) {
         if (!config_list_contains(app->cfg->admin_users, c->user) &&
             !config_list_contains(app->cfg->stats_users, c->user)) {
@@ -833,6 +889,20 @@ void client_check_timeouts(struct client *c, uint64_t now)
     switch (c->state) {
     case CLIENT_STARTUP:
     case CLIENT_TLS_HANDSHAKE:
+        /* Stalled before its startup packet while logins are over their cap: no newcomer needs
+         * to arrive for it to give way. */
+        if (logins_over_cap(c->app) && gives_way(c, CLIENT_STARTUP, now)) {
+            evict_login(c);
+            break;
+        }
+        if (cfg->client_startup_timeout > 0 &&
+            now - c->connect_ms >= (uint64_t)cfg->client_startup_timeout) {
+            snprintf(detail, sizeof(detail), "%.1f s (client_startup_timeout)",
+                     (double)cfg->client_startup_timeout / 1000);
+            client_fail(c, FAIL_LOGIN_TIMEOUT, detail);
+            break;
+        }
+        /* fall through */
     case CLIENT_AUTH:
         if (cfg->client_login_timeout > 0 &&
             now - c->connect_ms >= (uint64_t)cfg->client_login_timeout) {

@@ -501,6 +501,7 @@ static const struct {
 } int_ranges[] = {
     {KEY_IDX_listen_port, 0, 65535},      {KEY_IDX_http_listen_port, 0, 65535},
     {KEY_IDX_listen_backlog, 1, 65535},   {KEY_IDX_max_client_conn, 1, INT_MAX},
+    {KEY_IDX_max_client_logins, 1, INT_MAX},
     {KEY_IDX_pkt_buf, 4096, 1024 * 1024}, {KEY_IDX_max_packet_size, 1024, INT_MAX},
     {KEY_IDX_tcp_defer_accept, 0, 3600},
 };

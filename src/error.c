@@ -51,14 +51,19 @@ static const struct failure_info table[] = {
     [FAIL_MAX_CLIENT_CONN] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_client_conn, or close idle connections in the application."),
+    [FAIL_TOO_MANY_LOGINS] =
+        F(FATAL, TOO_MANY_CONNECTIONS, "too many logins in progress: %s",
+          "A newer connection took this one's place: a login must finish promptly. Raise "
+          "max_client_logins if real clients log in this slowly."),
     [FAIL_WAIT_TIMEOUT] = F(FATAL, TOO_MANY_CONNECTIONS, "%s", NULL),
     [FAIL_WAIT_TIMEOUT_RETRY] = F(ERROR, TOO_MANY_CONNECTIONS, "%s",
                                   "The connection is still usable: retry the query."),
     [FAIL_BUDGET_CLIENTS] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_clients of the budget, or close idle connections in the application."),
-    [FAIL_LOGIN_TIMEOUT] = F(FATAL, PROTOCOL_VIOLATION, "login not completed within %s",
-                             "client_login_timeout limits how long a login may take."),
+    [FAIL_LOGIN_TIMEOUT] =
+        F(FATAL, PROTOCOL_VIOLATION, "login not completed within %s",
+          "client_startup_timeout and client_login_timeout limit how long a login may take."),
     [FAIL_CLIENT_IDLE_TIMEOUT] =
         F(FATAL, IDLE_SESSION_TIMEOUT, "client idle for longer than client_idle_timeout (%s)",
           "Reconnect; the application should close connections it does not use."),
@@ -110,6 +115,7 @@ static const char *const names[] = {
     [FAIL_CERT_AUTH] = "cert_auth_failed",
     [FAIL_TRUST_UNKNOWN_USER] = "trust_unknown_user",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
+    [FAIL_TOO_MANY_LOGINS] = "max_client_logins",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
     [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",
     [FAIL_BUDGET_CLIENTS] = "budget_max_clients",

@@ -27,6 +27,7 @@ enum failure {
     FAIL_CERT_AUTH,            /* detail: user name */
     FAIL_TRUST_UNKNOWN_USER,   /* trust, but the user is in neither auth_file nor auth_query */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
+    FAIL_TOO_MANY_LOGINS,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
     FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */
     FAIL_BUDGET_CLIENTS,       /* detail: budget and its max_clients */

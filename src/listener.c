@@ -94,13 +94,14 @@ struct listener {
     uint64_t failing_since; /* loop time of the first failed accept of a shortage */
 };
 
-/* Excess connections over max_client_conn are still accepted (to be told why they are refused)
- * up to this margin; beyond it sluice stops accepting until clients leave. */
+/* max_client_conn logged-in clients and max_client_logins logins in progress; excess
+ * connections are still accepted (to be told why they are refused) up to a margin; beyond it
+ * sluice stops accepting until clients leave. */
 static int accept_limit(const struct sluice *app)
 {
     int max = (int)app->cfg->max_client_conn;
     int margin = max / 10 > 100 ? max / 10 : 100;
-    return max + margin;
+    return max + (int)app->cfg->max_client_logins + margin;
 }
 
 static void set_state(struct listener *l, enum listener_state next);

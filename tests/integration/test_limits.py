@@ -108,3 +108,61 @@ def test_waiting_clients_are_served_in_arrival_order(start_sluice):
         finally:
             for c in conns:
                 c.close()
+
+
+def half_sent_startups(port, n):
+    """n connections that send 4 bytes of a startup packet and then nothing."""
+    socks = []
+    for _ in range(n):
+        c = RawConn(port, timeout=10)
+        c.send(startup_packet()[:4])
+        socks.append(c)
+    return socks
+
+
+@pytest.mark.timeout(90)
+def test_a_flood_of_half_sent_startups_locks_out_neither_logged_in_users_nor_new_logins(
+        start_sluice):
+    """60 strangers each sending part of a startup packet, with max_client_conn = 50 and the
+    default 60 s client_login_timeout: logins in progress have their own cap
+    (max_client_logins), a new connection takes the place of the oldest one still logging in,
+    and only logged-in clients count against max_client_conn."""
+    s = start_sluice({"pool_mode": "transaction", "max_client_conn": 50,
+                      "max_client_logins": 20, "client_login_timeout": 60})
+    users = [raw_login(s.port) for _ in range(3)]
+    strangers = half_sent_startups(s.port, 60)
+    try:
+        for i in range(5):
+            with s.connect(connect_timeout=10) as c:
+                assert c.execute("SELECT %s::int", [i]).fetchone() == (i,)
+        for u in users:
+            assert u.query("SELECT 1")[0] == [["1"]]
+        # the strangers beyond the cap are told so (53300, naming it) once they have stalled
+        # for a moment, long before client_login_timeout
+        errors = []
+        for c in strangers:
+            try:
+                errors.append(c.expect_error(timeout=10))
+            except OSError:
+                pass
+            if len(errors) == 60 - 20:
+                break
+        assert len(errors) == 60 - 20, f"only {len(errors)} of 60 half-sent logins were closed"
+        assert all(e["C"] == "53300" and "max_client_logins (20)" in e["M"] for e in errors), \
+            errors[:3]
+    finally:
+        for c in strangers + users:
+            c.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_half_sent_startup_packet_is_dropped_after_client_startup_timeout(start_sluice):
+    s = start_sluice({"client_startup_timeout": 1, "client_login_timeout": 60})
+    c = half_sent_startups(s.port, 1)[0]
+    try:
+        t0 = time.monotonic()
+        err = c.expect_error(timeout=10)
+        assert err["C"] == "08P01" and "client_startup_timeout" in err["M"], err
+        assert time.monotonic() - t0 < 8
+    finally:
+        c.close()
