@@ -210,3 +210,34 @@ def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
         assert 'role "h6_pt" is not permitted to log in' in ei.value.fields["M"]
     finally:
         ensure_role(pg, "h6_pt", login=True)
+
+
+# ---- an md5 secret in auth_file logs in upstream (PgBouncer) ----
+
+def ensure_md5_role(pg, name, password):
+    """A role whose password Postgres stores as md5, reached over TCP with md5 (a pg_hba.conf
+    line for that role only, ahead of the cluster's scram-sha-256 default)."""
+    with pg.superuser() as c:
+        c.execute("SET password_encryption = 'md5'")
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchall():
+            c.execute(f"CREATE ROLE {name} LOGIN")
+            c.execute(f"GRANT CONNECT ON DATABASE appdb TO {name}")
+        c.execute(f"ALTER ROLE {name} PASSWORD '{password}'")
+        hba = pg.data / "pg_hba.conf"
+        line = f"host appdb {name} 127.0.0.1/32 md5\n"
+        text = hba.read_text()
+        if line not in text:
+            hba.write_text(line + text)
+            c.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)
+
+
+def test_md5_secret_in_auth_file_logs_in_to_an_md5_server_for_a_forced_user(start_sluice, pg):
+    ensure_md5_role(pg, "h6_md5", "md5-role-pw")
+    secret = pg.stored_secret("h6_md5")
+    assert secret.startswith("md5"), secret
+    entry = {k: v for k, v in pg.db_entry(user="h6_md5").items() if k != "password"}
+    s = start_sluice({"auth_type": "md5"}, databases={"appdb": entry},
+                     auth_file={"app": "sluice-secret", "h6_md5": secret})
+    with s.connect(user="app", password="sluice-secret") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "h6_md5"
