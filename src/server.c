@@ -367,9 +367,13 @@ void server_login_error(struct server *s, const char *why, const char *sqlstate,
         server_connect_failed(s, why);
         return;
     }
+    /* sqlstate and message may point into the login's buffer, which server_close frees */
+    char state[6], text[512];
+    snprintf(state, sizeof(state), "%s", sqlstate);
+    snprintf(text, sizeof(text), "%s", message);
     struct pool *p = s->pool;
     server_close(s, why);
-    pool_login_refused(p, sqlstate, why, message);
+    pool_login_refused(p, state, why, text);
 }
 
 /* libpq's text for a failed connection, made with PQERRORS_VERBOSE: "connection to server at
