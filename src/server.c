@@ -16,6 +16,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -166,6 +167,18 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     return n;
 }
 
+static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
+                                    struct passthrough_keys *out)
+{
+    const struct auth_entry *a = config_find_auth(cfg, user);
+    if (!a || strncmp(a->secret, "md5", 3) != 0 || strlen(a->secret) != 35)
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->kind = PASSTHROUGH_MD5;
+    memcpy(out->md5, a->secret, 36);
+    return true;
+}
+
 struct server *server_connect(struct pool *p)
 {
     struct sluice *app = p->app;
@@ -193,15 +206,22 @@ struct server *server_connect(struct pool *p)
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
     /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
-     * with what it proved; libpq would need the password. */
+     * with what it proved; libpq would need the password. An md5 secret in auth_file needs no
+     * client at all: it is what answers an md5 challenge (PgBouncer logs in with it too, e.g.
+     * for a [databases] entry's forced user=). */
     const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
+    struct passthrough_keys from_file;
+    if (!has_password && !keys && md5_secret_in_auth_file(app->cfg, user, &from_file))
+        keys = &from_file;
     if (keys) {
         s->state = SERVER_CONNECTING;
         list_append(&p->connecting, &s->node);
         app->nservers++;
         s->io.cb = server_on_io;
         char why[256];
-        if (server_login_start(s, kw, val, keys, why, sizeof(why)) < 0) {
+        int started = server_login_start(s, kw, val, keys, why, sizeof(why));
+        OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
+        if (started < 0) {
             server_connect_failed(s, why);
             return NULL;
         }
@@ -354,9 +374,13 @@ void server_login_error(struct server *s, const char *why, const char *sqlstate,
         server_connect_failed(s, why);
         return;
     }
+    /* sqlstate and message may point into the login's buffer, which server_close frees */
+    char state[6], text[512];
+    snprintf(state, sizeof(state), "%s", sqlstate);
+    snprintf(text, sizeof(text), "%s", message);
     struct pool *p = s->pool;
     server_close(s, why);
-    pool_login_refused(p, sqlstate, why, message);
+    pool_login_refused(p, state, why, text);
 }
 
 /* libpq's text for a failed connection, made with PQERRORS_VERBOSE: "connection to server at

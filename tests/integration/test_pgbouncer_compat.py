@@ -115,6 +115,124 @@ def test_check_of_pgbouncer_keys_in_every_section_warns_and_exits_0(tmp_path, pg
     assert_no_sanitizer_report(p)
 
 
+# Every setting of PgBouncer's sample pgbouncer.ini (etc/pgbouncer.ini, 1.2x), enabled with its
+# documented default or example value.
+PGBOUNCER_SAMPLE = """\
+[databases]
+foodb =
+bardb = host=localhost dbname=bazdb
+forcedb = host=localhost port=300 user=baz password=foo client_encoding=UNICODE datestyle=ISO connect_query='SELECT 1'
+nondefaultdb = pool_size=50 reserve_pool_size=10
+authdb = auth_user=bar
+bazdb = auth_dbname=foo max_db_client_connections=10
+* = host=testserver
+[users]
+user1 = pool_size=5 reserve_pool_size=2 pool_mode=transaction max_user_connections=10 max_user_client_connections=20
+[pgbouncer]
+logfile = {tmp}/pgbouncer.log
+pidfile = {tmp}/pgbouncer.pid
+listen_addr = localhost
+listen_port = 6432
+unix_socket_dir = {tmp}
+unix_socket_mode = 0777
+unix_socket_group =
+peer_id = 0
+query_wait_notify = 5
+login_notify_message =
+client_tls_sslmode = disable
+client_tls_ciphers = default
+client_tls13_ciphers =
+client_tls_protocols = secure
+client_tls_dheparams = auto
+client_tls_ecdhcurve = auto
+server_tls_sslmode = prefer
+server_tls_protocols = secure
+server_tls_ciphers = default
+server_tls13_ciphers =
+auth_type = md5
+auth_file = {tmp}/userlist.txt
+auth_hba_file =
+auth_ident_file =
+auth_ldap_options =
+auth_query = SELECT rolname, CASE WHEN rolvaliduntil < pg_catalog.now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin
+auth_dbname =
+auth_pam_confdir =
+admin_users = user2, someadmin, otheradmin
+stats_users = stats, root
+pool_mode = session
+max_prepared_statements = 0
+scram_iterations = 4096
+server_reset_query = DISCARD ALL
+server_reset_query_always = 0
+track_extra_parameters =
+ignore_startup_parameters = extra_float_digits
+server_check_query = select 1
+server_check_delay = 30
+server_fast_close = 0
+application_name_add_host = 0
+stats_period = 60
+max_client_conn = 100
+default_pool_size = 20
+min_pool_size = 0
+reserve_pool_size = 0
+reserve_pool_timeout = 5
+max_db_connections = 0
+max_user_connections = 0
+server_round_robin = 0
+syslog = 0
+syslog_facility = daemon
+syslog_ident = pgbouncer
+log_connections = 1
+log_disconnections = 1
+log_pooler_errors = 1
+log_stats = 1
+verbose = 0
+server_lifetime = 3600
+server_idle_timeout = 600
+server_connect_timeout = 15
+server_login_retry = 15
+query_timeout = 0
+query_wait_timeout = 120
+cancel_wait_timeout = 10
+client_idle_timeout = 0
+client_login_timeout = 60
+pool_idle_timeout = 0
+autodb_idle_timeout = 3600
+idle_transaction_timeout = 0
+pkt_buf = 4096
+listen_backlog = 128
+sbuf_loopcnt = 5
+max_packet_size = 2147483647
+so_reuseport = 0
+tcp_defer_accept = 0
+tcp_socket_buffer = 0
+tcp_keepalive = 1
+tcp_keepcnt = 0
+tcp_keepidle = 0
+tcp_keepintvl = 0
+tcp_user_timeout = 0
+dns_max_ttl = 15
+dns_zone_check_period = 0
+dns_nxdomain_ttl = 15
+resolv_conf = /etc/pgbouncer/resolv.conf
+disable_pqexec = 0
+service_name = pgbouncer
+job_name = pgbouncer
+transaction_timeout = 0
+"""
+
+
+def test_check_of_pgbouncers_sample_config_with_every_key_set_warns_and_exits_0(tmp_path):
+    (tmp_path / "userlist.txt").write_text('"user1" "x"\n')
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(PGBOUNCER_SAMPLE.format(tmp=tmp_path))
+    p = run(["--check", str(ini)])
+    assert p.returncode == 0, f"stdout: {p.stdout}\nstderr: {p.stderr}"
+    assert "error" not in p.stderr.lower(), p.stderr
+    assert "transaction_timeout" in p.stderr and "auth_dbname" in p.stderr, p.stderr
+    assert_no_sanitizer_report(p)
+
+
 def test_reload_accepts_pgbouncer_per_entry_keys(start_sluice, pg):
     s = start_sluice({"auth_type": "md5"}, auth_file=USERS,
                      databases={"appdb": pg.db_entry(pool_size=3)})
@@ -210,3 +328,34 @@ def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
         assert 'role "h6_pt" is not permitted to log in' in ei.value.fields["M"]
     finally:
         ensure_role(pg, "h6_pt", login=True)
+
+
+# ---- an md5 secret in auth_file logs in upstream (PgBouncer) ----
+
+def ensure_md5_role(pg, name, password):
+    """A role whose password Postgres stores as md5, reached over TCP with md5 (a pg_hba.conf
+    line for that role only, ahead of the cluster's scram-sha-256 default)."""
+    with pg.superuser() as c:
+        c.execute("SET password_encryption = 'md5'")
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchall():
+            c.execute(f"CREATE ROLE {name} LOGIN")
+            c.execute(f"GRANT CONNECT ON DATABASE appdb TO {name}")
+        c.execute(f"ALTER ROLE {name} PASSWORD '{password}'")
+        hba = pg.data / "pg_hba.conf"
+        line = f"host appdb {name} 127.0.0.1/32 md5\n"
+        text = hba.read_text()
+        if line not in text:
+            hba.write_text(line + text)
+            c.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)
+
+
+def test_md5_secret_in_auth_file_logs_in_to_an_md5_server_for_a_forced_user(start_sluice, pg):
+    ensure_md5_role(pg, "h6_md5", "md5-role-pw")
+    secret = pg.stored_secret("h6_md5")
+    assert secret.startswith("md5"), secret
+    entry = {k: v for k, v in pg.db_entry(user="h6_md5").items() if k != "password"}
+    s = start_sluice({"auth_type": "md5"}, databases={"appdb": entry},
+                     auth_file={"app": "sluice-secret", "h6_md5": secret})
+    with s.connect(user="app", password="sluice-secret") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "h6_md5"
