@@ -79,6 +79,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->idle_clients);
     list_init(&p->active_clients);
     params_init(&p->welcome);
+    params_init(&p->accepted);
     p->is_admin = admin_is_console_db(database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
@@ -486,6 +487,7 @@ void pool_maintain(struct pool *p, uint64_t now)
 void pool_free(struct pool *p)
 {
     params_free(&p->welcome);
+    params_free(&p->accepted);
     free(p->last_connect_error);
     free(p->db_name);
     free(p->user_name);

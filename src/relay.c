@@ -34,6 +34,7 @@ enum frame_stop {
     STOP_NEED_FLUSH,  /* a message to consume follows bytes still to forward */
     STOP_FAILED,      /* the connection was failed and is closing */
     STOP_TXN_FORBIDDEN, /* statement mode: a transaction was opened; its ReadyForQuery held back */
+    STOP_LOGIN_SYNCED, /* the last reply to a login's parameter sync was consumed */
 };
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
@@ -458,7 +459,8 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
     }
 }
 
-static void on_internal_error(struct server *s, const uint8_t *body, uint32_t len)
+static void on_internal_error(struct server *s, struct client *c, const uint8_t *body,
+                              uint32_t len)
 {
     struct error_fields ef;
     if (s->draining && s->swallow == 0)
@@ -466,7 +468,17 @@ static void on_internal_error(struct server *s, const uint8_t *body, uint32_t le
     /* A reset, rollback or server_check_query that fails leaves a server nobody should get. */
     if (!s->client)
         s->close_when_free = true;
-    if (codec_parse_error(body, len, &ef))
+    /* A SET of a sync failed: what sluice recorded as set is not what the server has. */
+    if (params_forget(&s->params, NULL) < 0)
+        s->close_when_free = true;
+    bool parsed = codec_parse_error(body, len, &ef);
+    if (c && client_login_syncing(c)) {
+        /* The client's own startup parameter: Postgres would have refused the login so. */
+        client_login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
+                             parsed && ef.message ? ef.message : "invalid startup parameter");
+        return;
+    }
+    if (parsed)
         log_server(LOG_WARNING, s, "server said, outside any client's query: %s %s (%s)",
                    ef.severity ? ef.severity : "", ef.message ? ef.message : "",
                    ef.sqlstate ? ef.sqlstate : "");
@@ -519,6 +531,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
+        bool login_synced = false;
         if ((type == '1' || type == '3') && s->swallow == 0 && tracking(s)) {
             if (c && buf_pending(b) > 0 && s->reqs.count > 0 &&
                 (s->reqs.items[s->reqs.head].kind == REQ_PARSE_OURS ||
@@ -561,6 +574,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 if (s->swallow > 0) {
                     s->swallow--;
                     consume = true;
+                    login_synced = s->swallow == 0 && c && client_login_syncing(c);
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
@@ -578,7 +592,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             } else if (type == 'S') {
                 on_parameter_status(s, c, body, len - 4);
             } else {
-                on_internal_error(s, body, len - 4);
+                on_internal_error(s, c, body, len - 4);
             }
         } else if (type == 'Z') {
             log_server(LOG_ERROR, s, "server sent a malformed ReadyForQuery");
@@ -597,6 +611,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->rx.remain = whole - take;
             s->rx.discard = false;
         }
+        if (login_synced)
+            return STOP_LOGIN_SYNCED;
     }
     return STOP_NEED_DATA;
 }
@@ -831,7 +847,8 @@ void relay_kick(struct server *s)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            cst = frame_client(c, s);
+            /* A login's parameter sync first: the client's bytes wait for the server's answer. */
+            cst = client_login_syncing(c) ? STOP_NEED_DATA : frame_client(c, s);
             if (cst == STOP_FAILED)
                 return;
             w = write_generated(&s->io, &s->out, &s->out_pos);
@@ -873,6 +890,12 @@ void relay_kick(struct server *s)
         if (w == WRITE_BROKEN) {
             client_close(c, "write to client failed");
             return;
+        }
+        if (sst == STOP_LOGIN_SYNCED) {
+            client_login_synced(c, s);
+            if (c->state != CLIENT_ACTIVE)
+                return; /* refused: the pair was taken apart */
+            continue;   /* its welcome, and what it sent meanwhile */
         }
         if (sst == STOP_TXN_FORBIDDEN) {
             client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");

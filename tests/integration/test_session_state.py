@@ -3,10 +3,13 @@ clients, a bad startup option is refused as Postgres refuses it and never change
 session, DEALLOCATE/DISCARD are followed whichever protocol carries them, and set_config is seen
 by session_state_policy. Where it makes sense the answer is compared with Postgres itself."""
 
+import struct
+
 import psycopg
 import pytest
 
-from pgwire import raw_login
+from conftest import APP_PASSWORD
+from pgwire import ServerError, raw_login
 
 EVIL = "-c search_path=evil -c statement_timeout=1234"
 
@@ -57,6 +60,13 @@ def test_transaction_mode_an_untracked_set_does_not_leak_to_the_next_client(star
         assert settings(b) == ("evil", "1234ms")
         a.execute("SET statement_timeout = 77")
         assert settings(plain) == ("\"$user\", public", "0")
+        # a name the server does not know, and a custom one: resetting them fails nobody's sync
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            a.execute("SET no_such_setting = 1")
+        a.execute("SET myapp.tenant = 'a'")
+        assert settings(b) == ("evil", "1234ms")
+        assert settings(plain) == ("\"$user\", public", "0")
+        assert plain.execute("SELECT current_setting('myapp.tenant', true)").fetchone()[0] in ("", None)
 
 
 @pytest.mark.parametrize("sql", [
@@ -94,3 +104,69 @@ def test_psycopg_deallocate_by_extended_protocol_is_followed(start_sluice, mode)
     finally:
         a.close()
         b.close()
+
+
+def login_error(port, password=None, **params):
+    """The ErrorResponse a login gets (None when it is let in)."""
+    try:
+        raw_login(port, password=password, **params).close()
+    except ServerError as e:
+        return e.fields.get("S"), e.sqlstate, e.fields.get("M")
+    return None
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first-login-of-the-pool", "later-login"])
+@pytest.mark.parametrize("options", ["-c no_such_setting=1", "-c statement_timeout=abc",
+                                     "-c search_path=evil -c no_such_setting=1"])
+def test_a_startup_option_postgres_refuses_is_refused_with_its_error(start_sluice, pg, warm,
+                                                                      options):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    expected = login_error(pg.port, password=APP_PASSWORD, options=options)
+    assert expected is not None and expected[0] == "FATAL", expected
+    if warm:
+        with s.connect() as c:
+            c.execute("SELECT 1")
+    assert login_error(s.port, options=options) == expected
+    # and the server it was tried on serves the next clients as if it had never come
+    with s.connect() as plain:
+        assert settings(plain) == ("\"$user\", public", "0")
+    with s.connect(options=EVIL) as evil:
+        assert settings(evil) == ("evil", "1234ms")
+    assert login_error(s.port, options=options) == expected
+
+
+def test_a_refused_login_never_changes_another_clients_session(start_sluice, pg):
+    """After a bad login, the next clients on the same backend get their own sessions: a plain
+    one the default search_path, a LATIN1 one its encoding (else its text is stored wrong)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with pg.superuser("appdb") as su:
+        su.execute("DROP TABLE IF EXISTS enc_probe")
+        su.execute("CREATE TABLE enc_probe (t text)")
+        su.execute("GRANT ALL ON enc_probe TO app")
+    with s.connect(options="-c search_path=evil") as evil:
+        assert settings(evil)[0] == "evil"
+    refused = None
+    try:
+        bad = raw_login(s.port, options="-c search_path=evil -c no_such_setting=1")
+        try:
+            bad.query("SELECT 1")  # let in: its parameters are SET now
+        except ServerError:
+            pass
+        bad.close()
+    except ServerError as e:
+        refused = e.sqlstate
+    with s.connect() as plain:
+        assert settings(plain)[0] == "\"$user\", public", "a plain client got search_path=evil"
+    latin1 = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        latin1.send(query_msg_latin1("INSERT INTO enc_probe VALUES ('\u00e9')"))
+        latin1.read_results()
+    finally:
+        latin1.close()
+    assert pg.query("SELECT t FROM enc_probe", dbname="appdb") == [("\u00e9",)]
+    assert refused == "42704"
+
+
+def query_msg_latin1(sql):
+    body = sql.encode("latin-1") + b"\0"
+    return b"Q" + struct.pack("!I", len(body) + 4) + body
