@@ -304,6 +304,24 @@ static bool param_is_protocol_level(const char *name)
            strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
 }
 
+/* The "options" startup parameter's -c name=value settings, except those that
+ * ignore_startup_parameters names (as a parameter of their own they would be ignored too).
+ * 0, -EINVAL or -ENOMEM. */
+static int take_options(struct client *c, const char *options)
+{
+    struct param_set parsed;
+    params_init(&parsed);
+    int rc = params_parse_options(&parsed, options);
+    for (int i = 0; rc == 0 && i < parsed.n; i++) {
+        const struct param *p = &parsed.items[i];
+        if (!config_list_contains(c->app->cfg->ignore_startup_parameters, p->name) &&
+            params_set(&c->params, p->name, p->value) < 0)
+            rc = -ENOMEM;
+    }
+    params_free(&parsed);
+    return rc;
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct sluice *app = c->app;
@@ -367,9 +385,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         }
     }
     const char *options = codec_startup_get(sp, "options");
-    if (options && params_parse_options(&c->params, options) < 0) {
-        client_fail(c, FAIL_BAD_STARTUP, "cannot parse \"options\": use -c name=value pairs");
-        return;
+    if (options && !config_list_contains(cfg->ignore_startup_parameters, "options")) {
+        int rc = take_options(c, options);
+        if (rc < 0) {
+            client_fail(c, rc == -ENOMEM ? FAIL_OUT_OF_MEMORY : FAIL_BAD_STARTUP,
+                        rc == -ENOMEM ? "" : "cannot parse \"options\": use -c name=value pairs");
+            return;
+        }
     }
     client_set_state(c, CLIENT_AUTH);
     auth_start(c);

@@ -318,7 +318,10 @@ void pool_server_ready(struct server *s)
         return;
     }
     if (!p->have_welcome) {
-        if (params_copy(&p->welcome, &s->params) == 0)
+        /* A client that sends no application_name has '' in Postgres, not the name sluice's
+         * own login gave the server. */
+        if (params_copy(&p->welcome, &s->params) == 0 &&
+            params_set(&p->welcome, "application_name", "") == 0)
             p->have_welcome = true;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);

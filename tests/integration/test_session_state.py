@@ -170,3 +170,39 @@ def test_a_refused_login_never_changes_another_clients_session(start_sluice, pg)
 def query_msg_latin1(sql):
     body = sql.encode("latin-1") + b"\0"
     return b"Q" + struct.pack("!I", len(body) + 4) + body
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_empty_application_name_stays_empty(start_sluice, pg, mode):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with psycopg.connect(pg.direct_dsn(application_name=""), autocommit=True) as direct:
+        expected = direct.execute("SHOW application_name").fetchone()[0]
+    assert expected == ""
+    for _ in range(2):
+        with s.connect(application_name="") as c:  # libpq does not even send an empty one
+            assert c.execute("SHOW application_name").fetchone()[0] == expected
+            assert c.info.parameter_status("application_name") == expected
+        c = raw_login(s.port, application_name="")
+        try:
+            assert c.params.get("application_name") == expected
+            rows, _ = c.query("SHOW application_name")
+            assert rows == [[expected]]
+        finally:
+            c.close()
+
+
+def test_ignore_startup_parameters_covers_dash_c_inside_options(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "ignore_startup_parameters": "extra_float_digits,statement_timeout"})
+    with s.connect(options="-c extra_float_digits=3 -c statement_timeout=4321 "
+                           "-c search_path=evil") as c:
+        assert c.execute("SELECT current_setting('extra_float_digits'),"
+                         " current_setting('statement_timeout'),"
+                         " current_setting('search_path')").fetchone() == ("1", "0", "evil")
+
+
+def test_ignore_startup_parameters_options_ignores_every_option(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "ignore_startup_parameters": "options"})
+    with s.connect(options=EVIL) as c:
+        assert settings(c) == ("\"$user\", public", "0")
