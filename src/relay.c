@@ -250,6 +250,24 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     const char *name = (const char *)body;
+    uint32_t name_len = (uint32_t)(nul - body) + 1;
+    if (c->app->cfg->max_prepared_statements == 0) {
+        /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
+        enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
+                                                len - name_len, len);
+        if (r != TRACK_PASS)
+            return r;
+        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+    }
+    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
+    if (mine && mine->def) {
+        /* The client has a statement of that name: Postgres refuses the Parse (42P05) and
+         * keeps the old one. The server says so itself once it has the client's statement. */
+        enum track_result r = ensure_prepared(c, s, name);
+        if (r != TRACK_PASS)
+            return r;
+        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+    }
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
         buf_pending(&c->in) > 0)
@@ -263,7 +281,6 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
         return TRACK_FAILED;
     }
-    uint32_t name_len = (uint32_t)(nul - body) + 1;
     enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
                                             len - name_len, len);
     if (r != TRACK_PASS)
@@ -273,8 +290,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    /* Taken on this server (by another client's statement of the same name, or this client's
-     * older one): closed first, so the client's Parse succeeds as it would have. */
+    /* Taken on this server (by another client's statement of the same name, or one this
+     * client closed): closed first, so the client's Parse succeeds as it would have. */
     free_name_on_server(s, name, theirs != NULL);
     if (!c->stmts)
         c->stmts = stmt_map_new();

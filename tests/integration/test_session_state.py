@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import ServerError, raw_login
+from pgwire import (ServerError, bind_msg, execute_msg, parse_data_row, parse_fields, parse_msg,
+                    raw_login, sync_msg)
 
 EVIL = "-c search_path=evil -c statement_timeout=1234"
 
@@ -206,3 +207,64 @@ def test_ignore_startup_parameters_options_ignores_every_option(start_sluice):
                       "ignore_startup_parameters": "options"})
     with s.connect(options=EVIL) as c:
         assert settings(c) == ("\"$user\", public", "0")
+
+
+def run_extended(conn, msgs):
+    """Send extended-protocol messages ending in Sync; (rows, error fields or None)."""
+    conn.send(b"".join(msgs))
+    rows, error = [], None
+    while True:
+        mtype, payload = conn.read_message()
+        if mtype == "D":
+            rows.append(parse_data_row(payload))
+        elif mtype == "E":
+            error = parse_fields(payload)
+        elif mtype == "Z":
+            return rows, error
+
+
+def reparse_script(conn):
+    """Prepare s1, prepare s1 again with other text, then use it: what does the client see?"""
+    out = [run_extended(conn, [parse_msg("s1", "SELECT 1"), sync_msg()])]
+    out.append(run_extended(conn, [parse_msg("s1", "SELECT 2"), bind_msg("", "s1"),
+                                   execute_msg(), sync_msg()]))
+    out.append(run_extended(conn, [bind_msg("", "s1"), execute_msg(), sync_msg()]))
+    return [(rows, err and (err.get("C"), err.get("M"))) for rows, err in out]
+
+
+def test_parse_of_a_name_the_client_already_prepared_fails_as_in_postgres(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        expected = reparse_script(direct)
+    finally:
+        direct.close()
+    assert expected[1][1] == ("42P05", 'prepared statement "s1" already exists')
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        assert reparse_script(a) == expected
+        # again after another client took the name on the shared backend
+        run_extended(a, [parse_msg("s2", "SELECT 1"), sync_msg()])
+        run_extended(b, [parse_msg("s2", "SELECT 'b'"), sync_msg()])
+        rows, err = run_extended(a, [parse_msg("s2", "SELECT 3"), sync_msg()])
+        assert err and err.get("C") == "42P05"
+        assert run_extended(a, [bind_msg("", "s2"), execute_msg(), sync_msg()]) == ([["1"]], None)
+        assert run_extended(b, [bind_msg("", "s2"), execute_msg(), sync_msg()]) == ([["b"]], None)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_max_prepared_statements_0_passes_statements_through_untracked(start_sluice):
+    """As in PgBouncer: 0 turns the tracking off; clients sharing a backend share its names."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 0})
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        assert run_extended(a, [parse_msg("s1", "SELECT 'a'"), sync_msg()]) == ([], None)
+        rows, err = run_extended(b, [parse_msg("s1", "SELECT 'b'"), sync_msg()])
+        assert err and err.get("C") == "42P05", "sluice still re-prepared under the name"
+        assert run_extended(b, [bind_msg("", "s1"), execute_msg(), sync_msg()]) == ([["a"]], None)
+    finally:
+        a.close()
+        b.close()
