@@ -131,8 +131,9 @@ int pool_server_count(const struct pool *p)
 /* Is this waiting client allowed a server now (its budget's caps)? */
 static bool may_lease(const struct client *c)
 {
-    /* A login only borrows a server to learn what to report: never held back. */
-    return c->state == CLIENT_LOGIN_WAIT ||
+    /* The pool's first login only borrows a server to learn what to report: never held back.
+     * A login whose parameters a server must try first counts like any lease. */
+    return (c->state == CLIENT_LOGIN_WAIT && !c->pool->have_welcome) ||
            budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
 }
 
