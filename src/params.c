@@ -268,7 +268,8 @@ uint64_t params_fingerprint(const struct param_set *base, const struct param_set
             const char *name = own->items[i].name;
             if (params_is_client_settable(name) || !params_is_reported(name))
                 /* an unknown value must match no client's, even one spelled like it */
-                fp += entry_hash(name, own->items[i].value) ^ (own->items[i].value == params_unknown);
+                fp +=
+                    entry_hash(name, own->items[i].value) ^ (own->items[i].value == params_unknown);
         }
         return fp;
     }

@@ -29,12 +29,12 @@
 #define SERVER_MAX_BODY 0x3fffffffu
 
 enum frame_stop {
-    STOP_NEED_DATA,   /* framed everything that is complete */
-    STOP_TERMINATE,   /* client sent Terminate: forward what is before it, then close */
-    STOP_NEED_FLUSH,  /* a message to consume follows bytes still to forward */
-    STOP_FAILED,      /* the connection was failed and is closing */
+    STOP_NEED_DATA,     /* framed everything that is complete */
+    STOP_TERMINATE,     /* client sent Terminate: forward what is before it, then close */
+    STOP_NEED_FLUSH,    /* a message to consume follows bytes still to forward */
+    STOP_FAILED,        /* the connection was failed and is closing */
     STOP_TXN_FORBIDDEN, /* statement mode: a transaction was opened; its ReadyForQuery held back */
-    STOP_LOGIN_SYNCED, /* the last reply to a login's parameter sync was consumed */
+    STOP_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
 };
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
@@ -226,8 +226,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         if (avail_body >= len) {
-            enum track_result r = inspect_statement(c, s, 'P', (const char *)body + 1, len - 1,
-                                                    len);
+            enum track_result r =
+                inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len);
             if (r != TRACK_PASS)
                 return r;
         }
@@ -253,8 +253,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t name_len = (uint32_t)(nul - body) + 1;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
-                                                len - name_len, len);
+        enum track_result r =
+            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
         if (r != TRACK_PASS)
             return r;
         return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
@@ -281,8 +281,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
         return TRACK_FAILED;
     }
-    enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
-                                            len - name_len, len);
+    enum track_result r =
+        inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
     if (r != TRACK_PASS)
         return r;
     struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
@@ -476,8 +476,7 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
     }
 }
 
-static void on_internal_error(struct server *s, struct client *c, const uint8_t *body,
-                              uint32_t len)
+static void on_internal_error(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
     if (s->draining && s->swallow == 0)

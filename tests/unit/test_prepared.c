@@ -201,7 +201,8 @@ static void parameters_a_statement_may_change_are_named(void)
     CHECK_INT(t.n, 2);
     CHECK_STR(t.names[0], "search_path");
     CHECK_STR(t.names[1], "statement_timeout");
-    const char *all[] = {"RESET ALL", "discard all", "SET ROLE r", "select set_config(x, 'b', false)",
+    const char *all[] = {"RESET ALL", "discard all", "SET ROLE r",
+                         "select set_config(x, 'b', false)",
                          "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         session_state_detect(all[i], strlen(all[i]), &t);
@@ -240,8 +241,8 @@ static void policy_names_parse(void)
 }
 
 /* The statements of a sync, one per NUL, joined with " | " for comparison. */
-static const char *sync_text(const struct param_set *own, const struct param_set *server,
-                             char *out, size_t cap)
+static const char *sync_text(const struct param_set *own, const struct param_set *server, char *out,
+                             size_t cap)
 {
     struct msg_out sql;
     codec_out_init(&sql);
