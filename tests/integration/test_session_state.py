@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import (ServerError, bind_msg, execute_msg, parse_data_row, parse_fields, parse_msg,
-                    raw_login, sync_msg)
+from pgwire import (RawConn, ServerError, bind_msg, execute_msg, parse_data_row, parse_fields,
+                    parse_msg, query_msg, raw_login, startup_packet, sync_msg)
 
 EVIL = "-c search_path=evil -c statement_timeout=1234"
 
@@ -268,3 +268,27 @@ def test_max_prepared_statements_0_passes_statements_through_untracked(start_slu
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("options", [EVIL, "-c no_such_setting=1"])
+def test_a_query_sent_with_the_startup_packet_waits_for_the_parameters(start_sluice, options):
+    """Bytes pipelined behind the login never run before the startup parameters are in force,
+    and never run at all when the login is refused."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as warm:
+        warm.execute("SELECT 1")
+    c = RawConn(s.port)
+    try:
+        c.send(startup_packet(options=options)
+               + query_msg("SELECT current_setting('search_path'),"
+                           " current_setting('statement_timeout')"))
+        if "no_such" in options:
+            with pytest.raises(ServerError) as e:
+                c.finish_login()
+            assert e.value.sqlstate == "42704"
+            return
+        c.finish_login()
+        rows, _ = c.read_results()
+        assert rows == [["evil", "1234ms"]]
+    finally:
+        c.close()
