@@ -1,8 +1,11 @@
 /* client: one client connection, its state machine and its handlers (see client.h).
  *
- *   STARTUP --startup packet--> AUTH --password ok--> LOGIN_WAIT --first server--> ACTIVE
- *      |   (SSLRequest: 'N')      |                       |  (pool already knows the
- *      |   (CancelRequest: gone)  +--trust / known params-+---> IDLE <------------+  welcome)
+ *   STARTUP --startup packet--> AUTH --password ok--> LOGIN_WAIT --server--> ACTIVE
+ *      |   (SSLRequest: 'N')      |                       |     \  parameters to try: SET
+ *      |   (CancelRequest: gone)  |                       |    LOGIN_SYNC --accepted--> ACTIVE
+ *      |                          |                       |        \--refused--> LOGIN_REFUSED
+ *      |                          |                       |  (pool already knows the welcome
+ *      |                          +--trust / known params-+---> IDLE <-- and the parameters)
  *      |                                                       |  ^               |
  *      |                                         a message --->|  | released      |
  *      |                                                       v  |               |
@@ -38,6 +41,7 @@
 
 static const char *const state_names[] = {
     [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
+    [CLIENT_LOGIN_SYNC] = "login_sync", [CLIENT_LOGIN_REFUSED] = "login_refused",
     [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
     [CLIENT_WAITING_LAST] = "waiting_last",
@@ -63,6 +67,8 @@ static struct list *list_for(struct client *c, enum client_state st)
     case CLIENT_IDLE:
         return &c->pool->idle_clients;
     case CLIENT_ACTIVE:
+    case CLIENT_LOGIN_SYNC:
+    case CLIENT_LOGIN_REFUSED:
         return &c->pool->active_clients;
     case CLIENT_CLOSING:
         return &c->app->closing_clients;
@@ -86,8 +92,11 @@ static bool transition_ok(enum client_state from, enum client_state to)
     case CLIENT_AUTH:
         return to == CLIENT_LOGIN_WAIT || to == CLIENT_IDLE;
     case CLIENT_LOGIN_WAIT:
-        /* -> IDLE: another login's server told the pool its welcome first */
-        return to == CLIENT_ACTIVE || to == CLIENT_IDLE;
+        /* -> IDLE: another login's server told the pool its welcome first; -> LOGIN_SYNC: its
+         * startup parameters are being tried on the server it was given */
+        return to == CLIENT_ACTIVE || to == CLIENT_IDLE || to == CLIENT_LOGIN_SYNC;
+    case CLIENT_LOGIN_SYNC:
+        return to == CLIENT_ACTIVE || to == CLIENT_LOGIN_REFUSED;
     case CLIENT_IDLE:
         return to == CLIENT_WAITING;
     case CLIENT_WAITING:
@@ -367,6 +376,24 @@ static bool param_is_protocol_level(const char *name)
            strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
 }
 
+/* The "options" startup parameter's -c name=value settings, except those that
+ * ignore_startup_parameters names (as a parameter of their own they would be ignored too).
+ * 0, -EINVAL or -ENOMEM. */
+static int take_options(struct client *c, const char *options)
+{
+    struct param_set parsed;
+    params_init(&parsed);
+    int rc = params_parse_options(&parsed, options);
+    for (int i = 0; rc == 0 && i < parsed.n; i++) {
+        const struct param *p = &parsed.items[i];
+        if (!config_list_contains(c->app->cfg->ignore_startup_parameters, p->name) &&
+            params_set(&c->params, p->name, p->value) < 0)
+            rc = -ENOMEM;
+    }
+    params_free(&parsed);
+    return rc;
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct sluice *app = c->app;
@@ -418,9 +445,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         }
     }
     const char *options = codec_startup_get(sp, "options");
-    if (options && params_parse_options(&c->params, options) < 0) {
-        client_fail(c, FAIL_BAD_STARTUP, "cannot parse \"options\": use -c name=value pairs");
-        return;
+    if (options && !config_list_contains(cfg->ignore_startup_parameters, "options")) {
+        int rc = take_options(c, options);
+        if (rc < 0) {
+            client_fail(c, rc == -ENOMEM ? FAIL_OUT_OF_MEMORY : FAIL_BAD_STARTUP,
+                        rc == -ENOMEM ? "" : "cannot parse \"options\": use -c name=value pairs");
+            return;
+        }
     }
     client_set_state(c, CLIENT_AUTH);
     auth_start(c);
@@ -430,6 +461,8 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
 {
     for (int i = 0; i < server_params->n; i++) {
         const struct param *p = &server_params->items[i];
+        if (!params_is_reported(p->name))
+            continue; /* a server's record also holds what sluice SET */
         const char *mine = params_get(&c->params, p->name);
         codec_put_parameter_status(&c->out, p->name, mine ? mine : p->value);
     }
@@ -492,12 +525,16 @@ void client_login_ok(struct client *c)
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (app->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
-    if (c->pool->have_welcome) {
+    if (c->pool->have_welcome &&
+        params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
         client_welcome_from_pool(c);
         return;
     }
     /* The first client of a pool waits for a server to learn what to report (server_version,
-     * encodings, ...), as every later client gets it from the pool. */
+     * encodings, ...), as every later client gets it from the pool. So does a client with
+     * startup parameters no server has accepted yet: Postgres refuses a bad one at login
+     * (42704 for an unknown name, 22023 for a bad value), and so must sluice, before the client
+     * is told it is in. */
     client_set_state(c, CLIENT_LOGIN_WAIT);
     client_send(c);
     if (c->state == CLIENT_LOGIN_WAIT)
@@ -534,33 +571,76 @@ static uint64_t have_fingerprint(struct server *s)
     return s->params_fp;
 }
 
+/* Queue the statements that give s the session c wants: each a Query of its own, so that one
+ * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
+static int queue_sync(struct client *c, struct server *s)
+{
+    if (want_fingerprint(c) == have_fingerprint(s))
+        return 0;
+    struct msg_out sql;
+    codec_out_init(&sql);
+    int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
+    if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
+        codec_out_free(&sql);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return -1;
+    }
+    for (uint32_t at = 0; at < sql.len;) {
+        const char *stmt = (const char *)sql.data + at;
+        log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, stmt);
+        server_queue_internal(s, stmt);
+        at += (uint32_t)strlen(stmt) + 1;
+    }
+    codec_out_free(&sql);
+    return n;
+}
+
 void client_on_linked(struct client *c, struct server *s)
 {
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
-    client_set_state(c, CLIENT_ACTIVE);
-    if (login)
-        client_send_welcome(c, &s->params);
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). */
-    if (want_fingerprint(c) != have_fingerprint(s)) {
-        struct msg_out sql;
-        codec_out_init(&sql);
-        int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
-        codec_put_u8(&sql, 0);
-        if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
-            codec_out_free(&sql);
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-        if (n > 0) {
-            log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, (char *)sql.data);
-            server_queue_internal(s, (const char *)sql.data);
-        }
-        codec_out_free(&sql);
+    int n = queue_sync(c, s);
+    if (n < 0)
+        return;
+    if (login && n > 0) {
+        client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
+    } else {
+        client_set_state(c, CLIENT_ACTIVE);
+        if (login)
+            client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
     }
     relay_kick(s);
+}
+
+void client_login_refused(struct client *c, const char *sqlstate, const char *message)
+{
+    if (c->state != CLIENT_LOGIN_SYNC)
+        return; /* the first refusal is the one Postgres would have given */
+    if (c->app->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c, "login refused by the server: %s (%s)", message, sqlstate);
+    error_build(&c->out, FAIL_SERVER_LOGIN, message, sqlstate);
+    client_set_state(c, CLIENT_LOGIN_REFUSED);
+}
+
+void client_login_synced(struct client *c, struct server *s)
+{
+    if (c->state == CLIENT_LOGIN_REFUSED) {
+        /* the server is clean again (each SET was its own transaction); it goes back */
+        server_client_gone(s);
+        client_set_state(c, CLIENT_CLOSING);
+        buf_release(&c->in);
+        client_send(c);
+        return;
+    }
+    if (params_note_accepted(&c->pool->accepted, &c->params, 64) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    client_set_state(c, CLIENT_ACTIVE);
+    client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
 }
 
 /* ---- messages by state ---- */
@@ -800,6 +880,8 @@ static void on_client_io(struct sockio *io, int status, int events)
         return;
     switch (c->state) {
     case CLIENT_ACTIVE:
+    case CLIENT_LOGIN_SYNC:
+    case CLIENT_LOGIN_REFUSED:
         relay_client_readable(c);
         return;
     case CLIENT_CLOSING:

@@ -21,7 +21,12 @@ enum client_state {
     CLIENT_STARTUP,    /* waiting for the startup packet (or SSLRequest, CancelRequest) */
     CLIENT_TLS_HANDSHAKE, /* answered SSLRequest with 'S'; TLS handshake in progress */
     CLIENT_AUTH,       /* authentication exchange in progress */
-    CLIENT_LOGIN_WAIT, /* authenticated; waiting for a first server to learn what to report */
+    CLIENT_LOGIN_WAIT, /* authenticated; waiting for a server: the pool's first (to learn what
+                          to report), or one to try parameters no server has accepted yet */
+    CLIENT_LOGIN_SYNC, /* linked; its startup parameters are being SET; its welcome (and its
+                          bytes to the server) wait for the server's answer */
+    CLIENT_LOGIN_REFUSED, /* linked; the server refused a startup parameter: its FATAL is
+                             written, the client closes once the rest of the sync is answered */
     CLIENT_IDLE,       /* logged in, no server, nothing to send */
     CLIENT_WAITING,    /* has bytes for a server; queued FIFO in its pool */
     CLIENT_WAITING_LAST, /* queued, and sent Terminate after its request and closed its socket
@@ -103,6 +108,16 @@ void client_login_ok(struct client *c);
 void client_on_linked(struct client *c, struct server *s);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
+/* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the
+ * welcome, or the refusal. */
+void client_login_synced(struct client *c, struct server *s);
+/* A server refused one of the client's startup parameters: what Postgres says at login. */
+void client_login_refused(struct client *c, const char *sqlstate, const char *message);
+/* Is the client in the middle of its login's parameter sync (its bytes wait)? */
+static inline bool client_login_syncing(const struct client *c)
+{
+    return c->state == CLIENT_LOGIN_SYNC || c->state == CLIENT_LOGIN_REFUSED;
+}
 /* Write the welcome: AuthenticationOk already sent; ParameterStatus..., BackendKeyData, Z. */
 void client_send_welcome(struct client *c, const struct param_set *server_params);
 /* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */

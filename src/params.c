@@ -205,8 +205,20 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     put_str(sql, name);
     put_str(sql, " TO ");
     put_literal(sql, value);
-    put_str(sql, ";");
+    codec_put_u8(sql, 0);
     return 1;
+}
+
+/* RESET name, except that a name the server cannot reset is no error: it came from a client's
+ * SET that failed, or a login the server refused, and must not fail another client's sync.
+ * set_config with a NULL value resets, as RESET does; the block catches what fails. Names here
+ * passed params_valid_name or the SET parser (letters, digits, '_', '.'): no quote to escape. */
+static void put_reset(struct msg_out *sql, const char *name)
+{
+    put_str(sql, "DO $sluice$BEGIN PERFORM pg_catalog.set_config('");
+    put_str(sql, name);
+    put_str(sql, "', NULL, false); EXCEPTION WHEN OTHERS THEN NULL; END$sluice$");
+    codec_put_u8(sql, 0);
 }
 
 int params_build_sync(const struct param_set *base, const struct param_set *own,
@@ -224,9 +236,7 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
         const char *name = server->items[i].name;
         if (params_is_reported(name) || params_get(own, name))
             continue;
-        put_str(sql, "RESET ");
-        put_str(sql, name);
-        put_str(sql, ";");
+        put_reset(sql, name);
         n++;
     }
     return n;
@@ -258,7 +268,8 @@ uint64_t params_fingerprint(const struct param_set *base, const struct param_set
             const char *name = own->items[i].name;
             if (params_is_client_settable(name) || !params_is_reported(name))
                 /* an unknown value must match no client's, even one spelled like it */
-                fp += entry_hash(name, own->items[i].value) ^ (own->items[i].value == params_unknown);
+                fp +=
+                    entry_hash(name, own->items[i].value) ^ (own->items[i].value == params_unknown);
         }
         return fp;
     }
@@ -302,6 +313,31 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
             if (rc < 0)
                 return rc;
         }
+    }
+    return 0;
+}
+
+bool params_known_good(const struct param_set *own, const struct param_set *base,
+                       const struct param_set *accepted)
+{
+    for (int i = 0; i < own->n; i++) {
+        const char *name = own->items[i].name, *value = own->items[i].value;
+        const char *b = params_get(base, name), *a = params_get(accepted, name);
+        if (strcasecmp(name, "application_name") != 0 && !(b && same_value(b, value)) &&
+            !(a && same_value(a, value)))
+            return false;
+    }
+    return true;
+}
+
+int params_note_accepted(struct param_set *accepted, const struct param_set *own, int max)
+{
+    for (int i = 0; i < own->n; i++) {
+        if (accepted->n >= max && !params_get(accepted, own->items[i].name))
+            continue;
+        int rc = params_set(accepted, own->items[i].name, own->items[i].value);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }

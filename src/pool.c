@@ -80,6 +80,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->idle_clients);
     list_init(&p->active_clients);
     params_init(&p->welcome);
+    params_init(&p->accepted);
     p->is_admin = admin_is_console_db(database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
@@ -386,7 +387,10 @@ static void welcome_login_waiters(struct pool *p)
         list_for_each(&p->waiting, n, tmp)
         {
             struct client *c = container_of(n, struct client, node);
-            if (c->state == CLIENT_LOGIN_WAIT) {
+            /* A login with startup parameters no server has accepted yet stays: it needs a
+             * server to try them on (client.c, CLIENT_LOGIN_SYNC). */
+            if (c->state == CLIENT_LOGIN_WAIT &&
+                params_known_good(&c->params, &p->welcome, &p->accepted)) {
                 login = c;
                 break;
             }
@@ -413,9 +417,14 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (!p->have_welcome && params_copy(&p->welcome, &s->params) == 0) {
-        p->have_welcome = true;
-        welcome_login_waiters(p);
+    if (!p->have_welcome) {
+        /* A client that sends no application_name has '' in Postgres, not the name sluice's
+         * own login gave the server. */
+        if (params_copy(&p->welcome, &s->params) == 0 &&
+            params_set(&p->welcome, "application_name", "") == 0) {
+            p->have_welcome = true;
+            welcome_login_waiters(p);
+        }
     }
     if (close_if_over_limit(s))
         return;
@@ -634,6 +643,7 @@ void pool_maintain(struct pool *p, uint64_t now)
 void pool_free(struct pool *p)
 {
     params_free(&p->welcome);
+    params_free(&p->accepted);
     free(p->last_connect_error);
     free(p->db_name);
     free(p->user_name);

@@ -48,6 +48,7 @@ struct pool {
 
     struct param_set welcome; /* what a server reported at login: sent to new clients */
     bool have_welcome;
+    struct param_set accepted; /* startup values a server accepted at a login (params.c) */
 
     /* Connect failures: backoff instead of a reconnect storm. */
     int connect_failures;

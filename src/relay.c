@@ -29,11 +29,12 @@
 #define SERVER_MAX_BODY 0x3fffffffu
 
 enum frame_stop {
-    STOP_NEED_DATA,   /* framed everything that is complete */
-    STOP_TERMINATE,   /* client sent Terminate: forward what is before it, then close */
-    STOP_NEED_FLUSH,  /* a message to consume follows bytes still to forward */
-    STOP_FAILED,      /* the connection was failed and is closing */
+    STOP_NEED_DATA,     /* framed everything that is complete */
+    STOP_TERMINATE,     /* client sent Terminate: forward what is before it, then close */
+    STOP_NEED_FLUSH,    /* a message to consume follows bytes still to forward */
+    STOP_FAILED,        /* the connection was failed and is closing */
     STOP_TXN_FORBIDDEN, /* statement mode: a transaction was opened; its ReadyForQuery held back */
+    STOP_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
 };
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
@@ -225,8 +226,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         if (avail_body >= len) {
-            enum track_result r = inspect_statement(c, s, 'P', (const char *)body + 1, len - 1,
-                                                    len);
+            enum track_result r =
+                inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len);
             if (r != TRACK_PASS)
                 return r;
         }
@@ -249,6 +250,24 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     const char *name = (const char *)body;
+    uint32_t name_len = (uint32_t)(nul - body) + 1;
+    if (c->app->cfg->max_prepared_statements == 0) {
+        /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
+        enum track_result r =
+            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+        if (r != TRACK_PASS)
+            return r;
+        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+    }
+    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
+    if (mine && mine->def) {
+        /* The client has a statement of that name: Postgres refuses the Parse (42P05) and
+         * keeps the old one. The server says so itself once it has the client's statement. */
+        enum track_result r = ensure_prepared(c, s, name);
+        if (r != TRACK_PASS)
+            return r;
+        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+    }
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
         buf_pending(&c->in) > 0)
@@ -262,9 +281,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
         return TRACK_FAILED;
     }
-    uint32_t name_len = (uint32_t)(nul - body) + 1;
-    enum track_result r = inspect_statement(c, s, 'P', (const char *)body + name_len,
-                                            len - name_len, len);
+    enum track_result r =
+        inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
     if (r != TRACK_PASS)
         return r;
     struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
@@ -272,8 +290,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    /* Taken on this server (by another client's statement of the same name, or this client's
-     * older one): closed first, so the client's Parse succeeds as it would have. */
+    /* Taken on this server (by another client's statement of the same name, or one this
+     * client closed): closed first, so the client's Parse succeeds as it would have. */
     free_name_on_server(s, name, theirs != NULL);
     if (!c->stmts)
         c->stmts = stmt_map_new();
@@ -490,7 +508,7 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
     }
 }
 
-static void on_internal_error(struct server *s, const uint8_t *body, uint32_t len)
+static void on_internal_error(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
     if (s->draining && s->swallow == 0)
@@ -498,7 +516,17 @@ static void on_internal_error(struct server *s, const uint8_t *body, uint32_t le
     /* A reset, rollback or server_check_query that fails leaves a server nobody should get. */
     if (!s->client)
         s->close_when_free = true;
-    if (codec_parse_error(body, len, &ef))
+    /* A SET of a sync failed: what sluice recorded as set is not what the server has. */
+    if (params_forget(&s->params, NULL) < 0)
+        s->close_when_free = true;
+    bool parsed = codec_parse_error(body, len, &ef);
+    if (c && client_login_syncing(c)) {
+        /* The client's own startup parameter: Postgres would have refused the login so. */
+        client_login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
+                             parsed && ef.message ? ef.message : "invalid startup parameter");
+        return;
+    }
+    if (parsed)
         log_server(LOG_WARNING, s, "server said, outside any client's query: %s %s (%s)",
                    ef.severity ? ef.severity : "", ef.message ? ef.message : "",
                    ef.sqlstate ? ef.sqlstate : "");
@@ -551,6 +579,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
+        bool login_synced = false;
         if ((type == '1' || type == '3') && s->swallow == 0 && tracking(s)) {
             if (c && buf_pending(b) > 0 && s->reqs.count > 0 &&
                 (s->reqs.items[s->reqs.head].kind == REQ_PARSE_OURS ||
@@ -593,6 +622,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 if (s->swallow > 0) {
                     s->swallow--;
                     consume = true;
+                    login_synced = s->swallow == 0 && c && client_login_syncing(c);
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
@@ -610,7 +640,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             } else if (type == 'S') {
                 on_parameter_status(s, c, body, len - 4);
             } else {
-                on_internal_error(s, body, len - 4);
+                on_internal_error(s, c, body, len - 4);
             }
         } else if (type == 'Z') {
             log_server(LOG_ERROR, s, "server sent a malformed ReadyForQuery");
@@ -629,6 +659,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->rx.remain = whole - take;
             s->rx.discard = false;
         }
+        if (login_synced)
+            return STOP_LOGIN_SYNCED;
     }
     return STOP_NEED_DATA;
 }
@@ -863,7 +895,8 @@ void relay_kick(struct server *s)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            cst = frame_client(c, s);
+            /* A login's parameter sync first: the client's bytes wait for the server's answer. */
+            cst = client_login_syncing(c) ? STOP_NEED_DATA : frame_client(c, s);
             if (cst == STOP_FAILED)
                 return;
             w = write_generated(&s->io, &s->out, &s->out_pos);
@@ -906,6 +939,12 @@ void relay_kick(struct server *s)
         if (w == WRITE_BROKEN) {
             client_close(c, "write to client failed");
             return;
+        }
+        if (sst == STOP_LOGIN_SYNCED) {
+            client_login_synced(c, s);
+            if (c->state != CLIENT_ACTIVE)
+                return; /* refused: the pair was taken apart */
+            continue;   /* its welcome, and what it sent meanwhile */
         }
         if (sst == STOP_TXN_FORBIDDEN) {
             client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");

@@ -35,9 +35,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(memchr(name, '\0', sizeof(name)) != NULL && name[0] != '\0');
 
     /* the text need not be NUL-terminated: give the raw bytes */
-    enum session_feature f = session_state_detect((const char *)data, size);
+    struct param_touch touch;
+    enum session_feature f = session_state_detect((const char *)data, size, &touch);
     FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_SET);
     FUZZ_ASSERT(session_feature_name(f) != NULL);
+    FUZZ_ASSERT(touch.n >= 0 && touch.n <= PARAM_TOUCH_NAMES);
+    for (int i = 0; i < touch.n; i++)
+        FUZZ_ASSERT(memchr(touch.names[i], '\0', sizeof(touch.names[i])) != NULL &&
+                    touch.names[i][0] != '\0');
 
     struct stmt_def *def = stmt_def_new(data, (uint32_t)size);
     struct stmt_def *copy = stmt_def_new(data, (uint32_t)size);

@@ -3,10 +3,14 @@ clients, a bad startup option is refused as Postgres refuses it and never change
 session, DEALLOCATE/DISCARD are followed whichever protocol carries them, and set_config is seen
 by session_state_policy. Where it makes sense the answer is compared with Postgres itself."""
 
+import struct
+
 import psycopg
 import pytest
 
-from pgwire import raw_login
+from conftest import APP_PASSWORD
+from pgwire import (RawConn, ServerError, bind_msg, execute_msg, parse_data_row, parse_fields,
+                    parse_msg, query_msg, raw_login, startup_packet, sync_msg)
 
 EVIL = "-c search_path=evil -c statement_timeout=1234"
 
@@ -57,6 +61,13 @@ def test_transaction_mode_an_untracked_set_does_not_leak_to_the_next_client(star
         assert settings(b) == ("evil", "1234ms")
         a.execute("SET statement_timeout = 77")
         assert settings(plain) == ("\"$user\", public", "0")
+        # a name the server does not know, and a custom one: resetting them fails nobody's sync
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            a.execute("SET no_such_setting = 1")
+        a.execute("SET myapp.tenant = 'a'")
+        assert settings(b) == ("evil", "1234ms")
+        assert settings(plain) == ("\"$user\", public", "0")
+        assert plain.execute("SELECT current_setting('myapp.tenant', true)").fetchone()[0] in ("", None)
 
 
 @pytest.mark.parametrize("sql", [
@@ -94,3 +105,190 @@ def test_psycopg_deallocate_by_extended_protocol_is_followed(start_sluice, mode)
     finally:
         a.close()
         b.close()
+
+
+def login_error(port, password=None, **params):
+    """The ErrorResponse a login gets (None when it is let in)."""
+    try:
+        raw_login(port, password=password, **params).close()
+    except ServerError as e:
+        return e.fields.get("S"), e.sqlstate, e.fields.get("M")
+    return None
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first-login-of-the-pool", "later-login"])
+@pytest.mark.parametrize("options", ["-c no_such_setting=1", "-c statement_timeout=abc",
+                                     "-c search_path=evil -c no_such_setting=1"])
+def test_a_startup_option_postgres_refuses_is_refused_with_its_error(start_sluice, pg, warm,
+                                                                      options):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    expected = login_error(pg.port, password=APP_PASSWORD, options=options)
+    assert expected is not None and expected[0] == "FATAL", expected
+    if warm:
+        with s.connect() as c:
+            c.execute("SELECT 1")
+    assert login_error(s.port, options=options) == expected
+    # and the server it was tried on serves the next clients as if it had never come
+    with s.connect() as plain:
+        assert settings(plain) == ("\"$user\", public", "0")
+    with s.connect(options=EVIL) as evil:
+        assert settings(evil) == ("evil", "1234ms")
+    assert login_error(s.port, options=options) == expected
+
+
+def test_a_refused_login_never_changes_another_clients_session(start_sluice, pg):
+    """After a bad login, the next clients on the same backend get their own sessions: a plain
+    one the default search_path, a LATIN1 one its encoding (else its text is stored wrong)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with pg.superuser("appdb") as su:
+        su.execute("DROP TABLE IF EXISTS enc_probe")
+        su.execute("CREATE TABLE enc_probe (t text)")
+        su.execute("GRANT ALL ON enc_probe TO app")
+    with s.connect(options="-c search_path=evil") as evil:
+        assert settings(evil)[0] == "evil"
+    refused = None
+    try:
+        bad = raw_login(s.port, options="-c search_path=evil -c no_such_setting=1")
+        try:
+            bad.query("SELECT 1")  # let in: its parameters are SET now
+        except ServerError:
+            pass
+        bad.close()
+    except ServerError as e:
+        refused = e.sqlstate
+    with s.connect() as plain:
+        assert settings(plain)[0] == "\"$user\", public", "a plain client got search_path=evil"
+    latin1 = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        latin1.send(query_msg_latin1("INSERT INTO enc_probe VALUES ('\u00e9')"))
+        latin1.read_results()
+    finally:
+        latin1.close()
+    assert pg.query("SELECT t FROM enc_probe", dbname="appdb") == [("\u00e9",)]
+    assert refused == "42704"
+
+
+def query_msg_latin1(sql):
+    body = sql.encode("latin-1") + b"\0"
+    return b"Q" + struct.pack("!I", len(body) + 4) + body
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_empty_application_name_stays_empty(start_sluice, pg, mode):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with psycopg.connect(pg.direct_dsn(application_name=""), autocommit=True) as direct:
+        expected = direct.execute("SHOW application_name").fetchone()[0]
+    assert expected == ""
+    for _ in range(2):
+        with s.connect(application_name="") as c:  # libpq does not even send an empty one
+            assert c.execute("SHOW application_name").fetchone()[0] == expected
+            assert c.info.parameter_status("application_name") == expected
+        c = raw_login(s.port, application_name="")
+        try:
+            assert c.params.get("application_name") == expected
+            rows, _ = c.query("SHOW application_name")
+            assert rows == [[expected]]
+        finally:
+            c.close()
+
+
+def test_ignore_startup_parameters_covers_dash_c_inside_options(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "ignore_startup_parameters": "extra_float_digits,statement_timeout"})
+    with s.connect(options="-c extra_float_digits=3 -c statement_timeout=4321 "
+                           "-c search_path=evil") as c:
+        assert c.execute("SELECT current_setting('extra_float_digits'),"
+                         " current_setting('statement_timeout'),"
+                         " current_setting('search_path')").fetchone() == ("1", "0", "evil")
+
+
+def test_ignore_startup_parameters_options_ignores_every_option(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "ignore_startup_parameters": "options"})
+    with s.connect(options=EVIL) as c:
+        assert settings(c) == ("\"$user\", public", "0")
+
+
+def run_extended(conn, msgs):
+    """Send extended-protocol messages ending in Sync; (rows, error fields or None)."""
+    conn.send(b"".join(msgs))
+    rows, error = [], None
+    while True:
+        mtype, payload = conn.read_message()
+        if mtype == "D":
+            rows.append(parse_data_row(payload))
+        elif mtype == "E":
+            error = parse_fields(payload)
+        elif mtype == "Z":
+            return rows, error
+
+
+def reparse_script(conn):
+    """Prepare s1, prepare s1 again with other text, then use it: what does the client see?"""
+    out = [run_extended(conn, [parse_msg("s1", "SELECT 1"), sync_msg()])]
+    out.append(run_extended(conn, [parse_msg("s1", "SELECT 2"), bind_msg("", "s1"),
+                                   execute_msg(), sync_msg()]))
+    out.append(run_extended(conn, [bind_msg("", "s1"), execute_msg(), sync_msg()]))
+    return [(rows, err and (err.get("C"), err.get("M"))) for rows, err in out]
+
+
+def test_parse_of_a_name_the_client_already_prepared_fails_as_in_postgres(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        expected = reparse_script(direct)
+    finally:
+        direct.close()
+    assert expected[1][1] == ("42P05", 'prepared statement "s1" already exists')
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        assert reparse_script(a) == expected
+        # again after another client took the name on the shared backend
+        run_extended(a, [parse_msg("s2", "SELECT 1"), sync_msg()])
+        run_extended(b, [parse_msg("s2", "SELECT 'b'"), sync_msg()])
+        rows, err = run_extended(a, [parse_msg("s2", "SELECT 3"), sync_msg()])
+        assert err and err.get("C") == "42P05"
+        assert run_extended(a, [bind_msg("", "s2"), execute_msg(), sync_msg()]) == ([["1"]], None)
+        assert run_extended(b, [bind_msg("", "s2"), execute_msg(), sync_msg()]) == ([["b"]], None)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_max_prepared_statements_0_passes_statements_through_untracked(start_sluice):
+    """As in PgBouncer: 0 turns the tracking off; clients sharing a backend share its names."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 0})
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        assert run_extended(a, [parse_msg("s1", "SELECT 'a'"), sync_msg()]) == ([], None)
+        rows, err = run_extended(b, [parse_msg("s1", "SELECT 'b'"), sync_msg()])
+        assert err and err.get("C") == "42P05", "sluice still re-prepared under the name"
+        assert run_extended(b, [bind_msg("", "s1"), execute_msg(), sync_msg()]) == ([["a"]], None)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("options", [EVIL, "-c no_such_setting=1"])
+def test_a_query_sent_with_the_startup_packet_waits_for_the_parameters(start_sluice, options):
+    """Bytes pipelined behind the login never run before the startup parameters are in force,
+    and never run at all when the login is refused."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as warm:
+        warm.execute("SELECT 1")
+    c = RawConn(s.port)
+    try:
+        c.send(startup_packet(options=options)
+               + query_msg("SELECT current_setting('search_path'),"
+                           " current_setting('statement_timeout')"))
+        if "no_such" in options:
+            with pytest.raises(ServerError) as e:
+                c.finish_login()
+            assert e.value.sqlstate == "42704"
+            return
+        c.finish_login()
+        rows, _ = c.read_results()
+        assert rows == [["evil", "1234ms"]]
+    finally:
+        c.close()

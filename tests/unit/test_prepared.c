@@ -1,10 +1,12 @@
-/* Unit tests for prepared.c (statement maps, the request queue, DEALLOCATE detection) and
- * session_state.c (SQL whose effect outlives a transaction). No sockets. */
+/* Unit tests for prepared.c (statement maps, the request queue, DEALLOCATE detection),
+ * session_state.c (SQL whose effect outlives a transaction) and the server record of params.c
+ * that session_state feeds (unknown values and the sync built from them). No sockets. */
 #include "check.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "params.h"
 #include "prepared.h"
 #include "session_state.h"
 
@@ -199,7 +201,8 @@ static void parameters_a_statement_may_change_are_named(void)
     CHECK_INT(t.n, 2);
     CHECK_STR(t.names[0], "search_path");
     CHECK_STR(t.names[1], "statement_timeout");
-    const char *all[] = {"RESET ALL", "discard all", "SET ROLE r", "select set_config(x, 'b', false)",
+    const char *all[] = {"RESET ALL", "discard all", "SET ROLE r",
+                         "select set_config(x, 'b', false)",
                          "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         session_state_detect(all[i], strlen(all[i]), &t);
@@ -237,8 +240,76 @@ static void policy_names_parse(void)
     CHECK_INT(session_policy_parse("maybe"), -1);
 }
 
+/* The statements of a sync, one per NUL, joined with " | " for comparison. */
+static const char *sync_text(const struct param_set *own, const struct param_set *server, char *out,
+                             size_t cap)
+{
+    struct msg_out sql;
+    codec_out_init(&sql);
+    params_build_sync(NULL, own, server, &sql);
+    size_t n = 0;
+    out[0] = '\0';
+    for (uint32_t at = 0; at < sql.len; at += (uint32_t)strlen((char *)sql.data + at) + 1)
+        n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? " | " : "", (char *)sql.data + at);
+    codec_out_free(&sql);
+    return out;
+}
+
+static void an_unknown_server_value_is_set_again_or_reset(void)
+{
+    struct param_set own, server;
+    params_init(&own);
+    params_init(&server);
+    char text[512];
+    CHECK(params_set(&own, "search_path", "evil") == 0);
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SET search_path TO E'evil'");
+    CHECK(params_note_sync(&server, &own) == 0);
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "");
+    /* a reset query ran, or the client's own RESET ALL: the same value must be SET again */
+    CHECK(params_forget(&server, NULL) == 0);
+    CHECK(params_fingerprint(NULL, &server) != params_fingerprint(NULL, &own));
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SET search_path TO E'evil'");
+    /* a name the client's SET touched: reset for a client without it, never with an error */
+    CHECK(params_forget(&server, "work_mem") == 0);
+    CHECK(params_forget(&server, "TimeZone") == 0); /* reported: the server says itself */
+    CHECK(params_get(&server, "TimeZone") == NULL);
+    struct param_set plain;
+    params_init(&plain);
+    CHECK_STR(sync_text(&plain, &server, text, sizeof(text)),
+              "DO $sluice$BEGIN PERFORM pg_catalog.set_config('search_path', NULL, false); "
+              "EXCEPTION WHEN OTHERS THEN NULL; END$sluice$ | "
+              "DO $sluice$BEGIN PERFORM pg_catalog.set_config('work_mem', NULL, false); "
+              "EXCEPTION WHEN OTHERS THEN NULL; END$sluice$");
+    params_free(&plain);
+    params_free(&own);
+    params_free(&server);
+}
+
+static void a_login_is_tried_only_with_values_no_server_accepted(void)
+{
+    struct param_set own, base, accepted;
+    params_init(&own);
+    params_init(&base);
+    params_init(&accepted);
+    CHECK(params_set(&base, "DateStyle", "ISO, MDY") == 0);
+    CHECK(params_set(&own, "application_name", "anything") == 0);
+    CHECK(params_set(&own, "DateStyle", "ISO, MDY") == 0);
+    CHECK(params_known_good(&own, &base, &accepted));
+    CHECK(params_set(&own, "extra_float_digits", "3") == 0);
+    CHECK(!params_known_good(&own, &base, &accepted));
+    CHECK(params_note_accepted(&accepted, &own, 64) == 0);
+    CHECK(params_known_good(&own, &base, &accepted));
+    CHECK(params_set(&own, "extra_float_digits", "2") == 0);
+    CHECK(!params_known_good(&own, &base, &accepted));
+    params_free(&own);
+    params_free(&base);
+    params_free(&accepted);
+}
+
 int main(void)
 {
+    RUN(an_unknown_server_value_is_set_again_or_reset);
+    RUN(a_login_is_tried_only_with_values_no_server_accepted);
     RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
     RUN(map_grows_past_its_buckets_and_finds_every_name);
     RUN(definitions_compare_by_content);
