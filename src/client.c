@@ -685,6 +685,10 @@ void client_on_data(struct client *c)
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
+        if (c->app->phase != PHASE_RUNNING) {
+            client_fail(c, FAIL_SHUTDOWN, ""); /* a new request during shutdown */
+            return;
+        }
         client_set_state(c, CLIENT_WAITING);
         pool_lease(c->pool, c);
         return;
