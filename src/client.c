@@ -834,7 +834,7 @@ static void check_server_held_idle(struct client *c, struct server *s, uint64_t 
                                    uint64_t limit)
 {
     enum pair_wait w = relay_pair_wait(c, s);
-    if (w == PAIR_BUSY || now - s->last_bytes_ms < limit)
+    if (w == PAIR_NO_WAIT || now - s->last_bytes_ms < limit)
         return;
     char detail[96];
     if (w == PAIR_WAIT_TRANSACTION) {

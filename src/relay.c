@@ -742,22 +742,22 @@ static bool pair_quiet(const struct client *c, const struct server *s)
 
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
 {
-    if (s->swallow > 0)
-        return PAIR_BUSY;
+    /* Bytes the server has not taken yet: it is slow, not waiting. */
+    if (s->swallow > 0 || buf_pending(&c->in) > 0 || s->out_pos < s->out.len)
+        return PAIR_NO_WAIT;
     if (s->copy_in)
         return PAIR_WAIT_COPY;
-    /* Whole messages are framed as soon as they are read, so what is left unframed with
-     * nothing waiting to be written is part of one; a message framed in part is being
-     * forwarded. (The part may have been counted in inflight: a Query's header.) */
-    bool part_of_message =
-        c->rx.remain > 0 || (buf_pending(&c->in) == 0 && buf_unframed(&c->in) > 0);
+    /* Whole messages are framed as soon as they are read, so what is left unframed here is part
+     * of one; a message framed in part is being forwarded. (The part may have been counted in
+     * inflight: a Query's header.) */
+    bool part_of_message = c->rx.remain > 0 || buf_unframed(&c->in) > 0;
     if (part_of_message && s->inflight <= 1 && s->executes_unanswered == 0)
         return PAIR_WAIT_MESSAGE;
     if (s->inflight > 0 || part_of_message)
-        return PAIR_BUSY;
+        return PAIR_NO_WAIT;
     if (s->batch_open)
-        return s->executes_unanswered == 0 ? PAIR_WAIT_SYNC : PAIR_BUSY;
-    return s->txn_status != 'I' ? PAIR_WAIT_TRANSACTION : PAIR_BUSY;
+        return s->executes_unanswered == 0 ? PAIR_WAIT_SYNC : PAIR_NO_WAIT;
+    return s->txn_status != 'I' ? PAIR_WAIT_TRANSACTION : PAIR_NO_WAIT;
 }
 
 /* Returns true when the pair was taken apart (the caller must stop touching both). */

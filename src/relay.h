@@ -34,7 +34,8 @@ bool relay_orphan_server(struct server *s, struct client *c);
 /* What a linked pair waits for, as the timeouts that reclaim a server from a client that sends
  * nothing see it. */
 enum pair_wait {
-    PAIR_BUSY,             /* the server owes an answer, or the pair is about to be released */
+    PAIR_NO_WAIT,          /* the server owes an answer or has bytes to take, or waits for
+                              nothing (between transactions) */
     PAIR_WAIT_TRANSACTION, /* the server is idle inside the client's transaction */
     PAIR_WAIT_MESSAGE,     /* the client sent part of a message and the server waits for the rest */
     PAIR_WAIT_SYNC,        /* extended-protocol messages all answered, and no Sync yet */
