@@ -10,10 +10,11 @@
 # /etc/sluice/sluice.ini (or named by SLUICE_CONFIG). An annotated example of every key is in
 # /usr/share/doc/sluice/sluice.ini.example.
 #
-# Stopping: `docker stop` sends SIGINT, sluice's graceful shutdown, which lets transactions
-# finish for up to shutdown_timeout (default 30 s). Docker's own grace period is 10 s before
-# SIGKILL: give it more (`docker stop -t 40`, compose `stop_grace_period: 40s`, Kubernetes
-# `terminationGracePeriodSeconds`) or lower SLUICE_SHUTDOWN_TIMEOUT to fit.
+# Stopping: `docker stop` sends SIGINT, sluice's graceful shutdown: idle clients are closed at
+# once, open transactions finish for up to shutdown_timeout (default 8 s, inside Docker's 10 s
+# grace period before SIGKILL), and sluice exits as soon as none is left. Raising
+# SLUICE_SHUTDOWN_TIMEOUT needs a longer grace period too (`docker stop -t`, compose
+# `stop_grace_period`, Kubernetes `terminationGracePeriodSeconds`).
 
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 

@@ -600,6 +600,7 @@ void client_on_linked(struct client *c, struct server *s)
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
+    s->last_bytes_ms = sluice_now(c->app); /* idle_transaction_timeout counts from the link */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). */
     int n = queue_sync(c, s);
@@ -826,6 +827,10 @@ void client_on_data(struct client *c)
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
+        if (c->app->phase != PHASE_RUNNING) {
+            client_fail(c, FAIL_SHUTDOWN, ""); /* a new request during shutdown */
+            return;
+        }
         client_set_state(c, CLIENT_WAITING);
         pool_lease(c->pool, c);
         return;
@@ -964,6 +969,30 @@ void client_cancel_queued(struct client *c)
         log_client(LOG_DEBUG, c, "cancel request while its request is not whole yet: ignored");
 }
 
+/* idle_transaction_timeout: a client that holds a server which waits for it and sends nothing.
+ * PgBouncer applies it to every client linked to a server; here the server must be waiting for
+ * the client: idle in a transaction, or in the middle of a request (part of a message,
+ * extended-protocol messages without their Sync, COPY data). A request the server is still
+ * working on is query_timeout's. */
+static void check_server_held_idle(struct client *c, struct server *s, uint64_t now,
+                                   uint64_t limit)
+{
+    enum pair_wait w = relay_pair_wait(c, s);
+    if (w == PAIR_NO_WAIT || now - s->last_bytes_ms < limit)
+        return;
+    char detail[96];
+    if (w == PAIR_WAIT_TRANSACTION) {
+        snprintf(detail, sizeof(detail), "%.1f s", (double)limit / 1000);
+        client_fail(c, FAIL_IDLE_TRANSACTION_TIMEOUT, detail);
+        return;
+    }
+    snprintf(detail, sizeof(detail), "%.1f s, %s", (double)limit / 1000,
+             w == PAIR_WAIT_MESSAGE ? "in the middle of a message"
+             : w == PAIR_WAIT_SYNC  ? "after extended-protocol messages without a Sync"
+                                    : "during COPY FROM STDIN");
+    client_fail(c, FAIL_CLIENT_STALLED, detail);
+}
+
 void client_check_timeouts(struct client *c, uint64_t now)
 {
     const struct config *cfg = c->app->cfg;
@@ -1012,13 +1041,8 @@ void client_check_timeouts(struct client *c, uint64_t now)
                            (long long)cfg->query_timeout);
             break;
         }
-        if (cfg->idle_transaction_timeout > 0 && s && s->txn_status != 'I' && s->inflight == 0 &&
-            s->swallow == 0 && buf_pending(&c->in) == 0 && c->rx.remain == 0 &&
-            now - s->last_ready_ms >= (uint64_t)cfg->idle_transaction_timeout) {
-            snprintf(detail, sizeof(detail), "%.1f s",
-                     (double)cfg->idle_transaction_timeout / 1000);
-            client_fail(c, FAIL_IDLE_TRANSACTION_TIMEOUT, detail);
-        }
+        if (cfg->idle_transaction_timeout > 0 && s)
+            check_server_held_idle(c, s, now, (uint64_t)cfg->idle_transaction_timeout);
         break;
     }
     case CLIENT_CLOSING:

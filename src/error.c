@@ -98,6 +98,13 @@ static const struct failure_info table[] = {
     /* Postgres's own message for a cancel, so clients that match on it behave the same. */
     [FAIL_QUERY_CANCELED] = F(ERROR, QUERY_CANCELED, "canceling statement due to user request%s",
                               "The statement was still waiting for a server and was not run."),
+    /* Postgres's code for holding a session idle in a transaction: the server was held the same
+     * way, waiting for this client. */
+    [FAIL_CLIENT_STALLED] =
+        F(FATAL, IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+          "sent nothing for longer than idle_transaction_timeout (%s) while holding a server",
+          "The server waited for the rest of a request; send each request whole (with its Sync) "
+          "and promptly."),
 };
 #undef F
 
@@ -133,6 +140,7 @@ static const char *const names[] = {
     [FAIL_SESSION_STATE] = "session_state",
     [FAIL_TOO_MANY_STATEMENTS] = "too_many_statements",
     [FAIL_QUERY_CANCELED] = "query_canceled",
+    [FAIL_CLIENT_STALLED] = "client_stalled",
 };
 
 const struct failure_info *failure_info(enum failure f)

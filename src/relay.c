@@ -463,6 +463,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             break;
         case 'E':
             s->syncs_after_execute = 0;
+            s->executes_unanswered++;
             s->batch_open = true;
             break;
         case 'P':
@@ -598,7 +599,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
         if (type == 'G')
-            s->copy_in = true; /* until the next ReadyForQuery */
+            s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
+        if (s->swallow == 0 && s->executes_unanswered > 0) {
+            /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
+            if (type == 'C' || type == 'I' || type == 's')
+                s->executes_unanswered--;
+            else if (type == 'E')
+                s->executes_unanswered = 0;
+        }
         bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
@@ -626,6 +634,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
+                        if (!s->batch_open)
+                            s->executes_unanswered = 0; /* answered, or skipped after an error */
                         if (c)
                             query_done(s, c, (char)body[0]);
                     }
@@ -712,6 +722,7 @@ static int server_read(struct server *s)
     ssize_t n = sockio_read(&s->io, s->in.data + s->in.wpos, room);
     if (n > 0) {
         s->in.wpos += (uint32_t)n;
+        s->last_bytes_ms = sluice_now(s->pool->app);
         return (int)n;
     }
     if (n == SOCKIO_AGAIN)
@@ -799,6 +810,26 @@ static bool pair_quiet(const struct client *c, const struct server *s)
            c->out_pos >= c->out.len && s->out_pos >= s->out.len && sockio_pending(&c->io) == 0;
 }
 
+enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
+{
+    /* Bytes the server has not taken yet: it is slow, not waiting. */
+    if (s->swallow > 0 || buf_pending(&c->in) > 0 || s->out_pos < s->out.len)
+        return PAIR_NO_WAIT;
+    if (s->copy_in)
+        return PAIR_WAIT_COPY;
+    /* Whole messages are framed as soon as they are read, so what is left unframed here is part
+     * of one; a message framed in part is being forwarded. (The part may have been counted in
+     * inflight: a Query's header.) */
+    bool part_of_message = c->rx.remain > 0 || buf_unframed(&c->in) > 0;
+    if (part_of_message && s->inflight <= 1 && s->executes_unanswered == 0)
+        return PAIR_WAIT_MESSAGE;
+    if (s->inflight > 0 || part_of_message)
+        return PAIR_NO_WAIT;
+    if (s->batch_open)
+        return s->executes_unanswered == 0 ? PAIR_WAIT_SYNC : PAIR_NO_WAIT;
+    return s->txn_status != 'I' ? PAIR_WAIT_TRANSACTION : PAIR_NO_WAIT;
+}
+
 /* Returns true when the pair was taken apart (the caller must stop touching both). */
 static bool maybe_release(struct client *c, struct server *s)
 {
@@ -818,7 +849,9 @@ static bool maybe_release(struct client *c, struct server *s)
     pool_unlink(c, s);
     client_set_state(c, CLIENT_IDLE);
     pool_release(s);
-    if (c->state == CLIENT_IDLE)
+    if (c->state == CLIENT_IDLE && c->app->phase != PHASE_RUNNING)
+        client_fail(c, FAIL_SHUTDOWN, ""); /* its transaction was what shutdown waited for */
+    else if (c->state == CLIENT_IDLE)
         relay_client_interest(c);
     return true;
 }
@@ -964,6 +997,8 @@ void relay_kick(struct server *s)
             int n = client_read(c);
             if (n < 0)
                 return;
+            if (n > 0)
+                s->last_bytes_ms = sluice_now(c->app);
             more |= n > 0;
         }
         if (!more)
@@ -980,8 +1015,11 @@ void relay_client_readable(struct client *c)
         relay_kick(c->server);
         return;
     }
-    if (client_read(c) < 0)
+    int n = client_read(c);
+    if (n < 0)
         return;
+    if (n > 0)
+        c->server->last_bytes_ms = sluice_now(c->app);
     relay_kick(c->server);
 }
 

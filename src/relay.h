@@ -31,6 +31,17 @@ void relay_kick(struct server *s);
  * extended-protocol batch its Sync). False when that cannot be done because the server holds
  * part of a client message: then the server must close. */
 bool relay_orphan_server(struct server *s, struct client *c);
+/* What a linked pair waits for, as the timeouts that reclaim a server from a client that sends
+ * nothing see it. */
+enum pair_wait {
+    PAIR_NO_WAIT,          /* the server owes an answer or has bytes to take, or waits for
+                              nothing (between transactions) */
+    PAIR_WAIT_TRANSACTION, /* the server is idle inside the client's transaction */
+    PAIR_WAIT_MESSAGE,     /* the client sent part of a message and the server waits for the rest */
+    PAIR_WAIT_SYNC,        /* extended-protocol messages all answered, and no Sync yet */
+    PAIR_WAIT_COPY,        /* the server is in COPY FROM STDIN, waiting for the client's data */
+};
+enum pair_wait relay_pair_wait(const struct client *c, const struct server *s);
 /* Set the poll interest of a client that has no server (idle, waiting, login). */
 void relay_client_interest(struct client *c);
 /* Set the poll interest of a server that has no client. */

@@ -60,6 +60,8 @@ struct server {
     bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
                               the client's CopyDone/CopyFail (or ReadyForQuery) */
+    int executes_unanswered; /* Executes forwarded and not yet answered (CommandComplete,
+                              * EmptyQueryResponse, PortalSuspended; an error answers them all) */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
 
@@ -68,6 +70,7 @@ struct server {
     uint64_t state_since_ms;
     uint64_t connect_start_ms;
     uint64_t last_ready_ms; /* when the last ReadyForQuery came (idle_transaction_timeout) */
+    uint64_t last_bytes_ms; /* when either side of the pair last sent bytes (a stalled client) */
     uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;

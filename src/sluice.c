@@ -72,12 +72,10 @@ static void close_all(struct sluice *app, bool only_free_ones)
         struct pool *p = container_of(pn, struct pool, node);
         list_for_each(&p->idle_clients, n, tmp)
             client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        /* A queued request is a new one: answered at once, or a steady stream of short
+         * transactions would keep every server busy until shutdown_timeout. */
         list_for_each(&p->waiting, n, tmp)
-        {
-            struct client *c = container_of(n, struct client, node);
-            if (!only_free_ones || c->state == CLIENT_LOGIN_WAIT)
-                client_fail(c, FAIL_SHUTDOWN, "");
-        }
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
         if (!only_free_ones) {
             list_for_each(&p->active_clients, n, tmp)
                 client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");

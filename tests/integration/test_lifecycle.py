@@ -1,12 +1,15 @@
 """Process lifecycle and upstream failures: signals, lost servers, unreachable Postgres."""
 
+import os
 import signal
+import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import Background, pick_port
+from conftest import (APP_DB, APP_PASSWORD, APP_USER, Background, pg_tool, pick_port,
+                      wait_until)
 from pgwire import RawConn, ServerError, raw_login, startup_packet
 
 
@@ -185,3 +188,47 @@ def test_a_second_sigint_exits_at_once_as_in_pgbouncer(start_sluice, pg):
         assert code == 0, f"exit code {code}"
     finally:
         busy.close()
+
+
+@pytest.mark.timeout(90)
+def test_sigint_under_short_transactions_exits_0_promptly(start_sluice, pg, tmp_path):
+    """pgbench -c 10 of short transactions through 2 servers: after SIGINT every new request is
+    answered 57P01 at once (queued ones too), transactions under way finish, and sluice exits 0
+    as soon as none is open, not after shutdown_timeout."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
+                      "max_db_connections": 2, "shutdown_timeout": 30})
+    script = tmp_path / "short.sql"
+    script.write_text("SELECT pg_sleep(0.01);\n")
+    env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGCONNECT_TIMEOUT="10")
+    bench = subprocess.Popen(
+        [pg_tool("pgbench"), "-n", "-c", "10", "-T", "60", "-f", str(script), "-h", "127.0.0.1",
+         "-p", str(s.port), "-U", APP_USER, APP_DB],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: pg.count_backends() == 2, 15, what="pgbench running")
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        s.send_signal(signal.SIGINT)
+        code = s.wait_exit(25)
+        took = time.monotonic() - t0
+        assert code == 0, f"after SIGINT sluice exited with {code} (None: still running)"
+        assert took < 5, f"exit took {took:.1f} s after SIGINT"
+    finally:
+        bench.kill()
+        bench.wait()
+
+
+@pytest.mark.timeout(60)
+def test_sigint_closes_idle_clients_at_once_with_57P01(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "shutdown_timeout": 30})
+    c = raw_login(s.port)
+    try:
+        c.query("SELECT 1")
+        t0 = time.monotonic()
+        s.send_signal(signal.SIGINT)
+        err = c.expect_error(timeout=5)
+        assert err.get("C") == "57P01", err
+        assert time.monotonic() - t0 < 2
+        assert s.wait_exit(5) == 0
+    finally:
+        c.close()

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, Background, wait_until
-from pgwire import RawConn, raw_login
+from pgwire import RawConn, message, parse_msg, query_msg, raw_login
 
 
 def backend_pid(conn):
@@ -189,3 +189,38 @@ def test_max_server_connections_caps_every_pool_together(start_sluice, pg):
                       "query_wait_timeout": 1},
                      databases={APP_DB: pg.db_entry(), "appdb_b": pg.db_entry()})
     _hold_and_expect_wait_error(s, APP_DB, "appdb_b", "max_server_connections")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stall", ["half_a_query", "parse_and_flush"])
+def test_idle_transaction_timeout_reclaims_a_server_from_a_client_that_stops_mid_request(
+        start_sluice, pg, stall):
+    """A client holding a server that waits for the rest of its request (part of a message, or
+    extended-protocol messages without Sync) and sends nothing is closed after
+    idle_transaction_timeout, like one idle in a transaction, and others get the server."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
+                      "max_db_connections": 2, "idle_transaction_timeout": 2,
+                      "query_timeout": 2, "client_idle_timeout": 3, "query_wait_timeout": 15})
+    stuck = []
+    for i in range(2):
+        c = raw_login(s.port)
+        if stall == "half_a_query":
+            whole = query_msg("SELECT 1 /* " + "x" * 80 + f" {i} */")
+            c.send(whole[:8])
+        else:
+            c.send(parse_msg(f"s{i}", "SELECT 1") + message("H"))
+            assert c.read_message()[0] == "1"  # ParseComplete: the server holds nothing else
+        stuck.append(c)
+    wait_until(lambda: pg.count_backends() == 2, 10, what="both servers held")
+    t0 = time.monotonic()
+    with s.connect() as other:  # waits for a server
+        assert other.execute("SELECT 1").fetchone()[0] == 1
+    waited = time.monotonic() - t0
+    assert waited < 10, f"waited {waited:.1f} s for a server held by a silent client"
+    for c in stuck:
+        err = c.expect_error(timeout=10)
+        assert err.get("C") == "25P03", err
+        assert "idle_transaction_timeout" in err.get("M", ""), err
+        assert c.is_closed(5)
+        c.close()
+    assert pg.count_backends() <= 2
