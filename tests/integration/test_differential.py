@@ -49,3 +49,42 @@ def test_random_client_sessions_see_through_sluice_what_they_see_from_postgres(p
           f" {stats['blocks']} blocks, {stats['ops']} messages/statements;"
           f" {len(failures)} with differences")
     assert not failures, "\n\n".join(failures)
+
+
+# ---- differences the harness found, each as its own regression test -----------------------------
+
+
+def _parse_twice_then_bind(port, password=None):
+    """Parse s_dup, Parse s_dup again with other text, then Bind/Execute it: what comes back."""
+    from pgwire import raw_login, parse_msg, bind_msg, execute_msg, sync_msg, parse_fields
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        c.send(parse_msg("s_dup", "SELECT 1 AS first") + sync_msg()
+               + parse_msg("s_dup", "SELECT 2 AS second") + sync_msg()
+               + bind_msg("", "s_dup") + execute_msg() + sync_msg())
+        zs = 0
+        while zs < 3:
+            mtype, payload = c.read_message()
+            if mtype == "Z":
+                zs += 1
+            elif mtype == "E":
+                seen.append(("E", parse_fields(payload).get("C")))
+            elif mtype == "D":
+                seen.append(("D", payload[6:].decode()))
+            elif mtype in "12C":
+                seen.append((mtype,))
+        return seen
+    finally:
+        c.close()
+
+
+def test_transaction_mode_parse_of_a_statement_name_in_use_fails_with_42P05_as_in_postgres(
+        pg, start_sluice):
+    """Found by the harness (seed 2, transaction, --features extended): sluice answered the
+    second Parse with ParseComplete instead of Postgres's 42P05."""
+    direct = _parse_twice_then_bind(pg.port, password="apppass")
+    assert direct == [("1",), ("E", "42P05"), ("2",), ("D", "1"), ("C",)]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    assert _parse_twice_then_bind(s.port) == direct
