@@ -1030,9 +1030,13 @@ def _diff_text(cl, label, de, pe):
         lines.append(f"  {name}:")
         for i, e in enumerate(ev):
             mark = ">>" if i == first else "  "
-            lines.append(f"   {mark} {_short(e, 300)}")
+            lines.append(f"   {mark} {_short(e, 2000 if i == first else 300)}")
         if first >= len(ev):
             lines.append("   >> (nothing more)")
+    if first < min(len(de), len(pe)) and de[first][0] == pe[first][0] and \
+            de[first][0] in ("Params", "ParameterStatus"):
+        d, p = set(de[first][1]), set(pe[first][1])
+        lines.append(f"  parameters only direct: {sorted(d - p)}; only sluice: {sorted(p - d)}")
     return "\n".join(lines)
 
 
