@@ -556,11 +556,14 @@ def generate(seed, mode, features=ALL_FEATURES):
                 c.blocks.append(getattr(g, "g_" + rng.choice(block_feats))())
             c.blocks.append(g.probe())
             if "terminate" in features and rng.random() < 0.4:
+                # the insert takes a moment, so the Terminate arrives while it runs
+                slow = f"INSERT INTO {g.t} SELECT {g.key()}, 'terminate' FROM pg_sleep(0.2)"
                 if rng.random() < 0.5:
-                    c.blocks.append(Block("terminate", [("Qx", g.insert())]))
+                    c.blocks.append(Block("terminate", [("Qx", rng.choice([g.insert(), slow]))]))
                 else:
                     c.blocks.append(Block("terminate", [
-                        ("P", "", f"INSERT INTO {g.t} VALUES ($1, 'ext-terminate')"),
+                        ("P", "", f"INSERT INTO {g.t} SELECT $1::int, 'ext-terminate'"
+                                  " FROM pg_sleep(0.2)"),
                         ("B", "", "", [g.key()]), ("E", "", 0), ("Sx",)]))
         clients.append(c)
     return Scenario(seed, mode, tuple(features), clients)
