@@ -88,3 +88,61 @@ def test_transaction_mode_parse_of_a_statement_name_in_use_fails_with_42P05_as_i
     assert direct == [("1",), ("E", "42P05"), ("2",), ("D", "1"), ("C",)]
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
     assert _parse_twice_then_bind(s.port) == direct
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_search_path_list_given_in_startup_options_is_a_list_as_in_postgres(pg, start_sluice, mode):
+    """Found by the harness (--features startup): options=-c search_path=public,pg_catalog is two
+    schemas for Postgres, but sluice applied it as one quoted name "public,pg_catalog"."""
+    from pgwire import raw_login
+
+    opt = "-c search_path=public,pg_catalog"
+    c = raw_login(pg.port, password="apppass", options=opt)
+    direct = c.query("SHOW search_path")[0]
+    c.close()
+    assert direct == [["public,pg_catalog"]]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    c = raw_login(s.port, options=opt)
+    try:
+        assert c.query("SHOW search_path")[0] == direct
+    finally:
+        c.close()
+
+
+def test_transaction_mode_login_reports_only_the_clients_own_parameters_when_logins_race(
+        start_sluice):
+    """Found by the harness (--features startup, --features encoding): two clients logging in at
+    once to a fresh sluice; the one without startup parameters was sent ParameterStatus
+    client_encoding=WIN1252 and search_path=evil, the other client's, while its session used
+    UTF8 (a client library then encodes with the wrong charset). Postgres never reports
+    search_path at all. Fresh sluices, so the race is the first login's: it showed in 3 of 10."""
+    import threading
+    from pgwire import raw_login
+
+    wrong = []
+    for attempt in range(15):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+        conns = {}
+        barrier = threading.Barrier(2)
+
+        def login(name, **params):
+            barrier.wait(10)
+            conns[name] = raw_login(s.port, **params)
+
+        threads = [threading.Thread(target=login, args=("other",),
+                                    kwargs={"client_encoding": "WIN1252",
+                                            "options": "-c search_path=evil"}),
+                   threading.Thread(target=login, args=("plain",))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        try:
+            p = conns["plain"].params
+            if p.get("client_encoding") != "UTF8" or "search_path" in p:
+                wrong.append((attempt, p.get("client_encoding"), p.get("search_path")))
+        finally:
+            for c in conns.values():
+                c.close()
+            s.stop()
+    assert not wrong, f"the plain client was reported another's parameters: {wrong}"
