@@ -1,7 +1,7 @@
 """Differential test: random client sessions give the same results through sluice as directly
 against Postgres (difftest.py generates, runs, compares and shrinks them).
 
-CI runs DIFFTEST_SEEDS seeds (default 3) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
+CI runs DIFFTEST_SEEDS seeds (default 5) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
 Longer runs: scripts/difftest --minutes 30 (DIFFTEST_MINUTES: run new seeds until the time is up,
 split between the modes). DIFFTEST_FEATURES=a,b limits what the scripts use (difftest.FEATURES),
 DIFFTEST_MODES=session|transaction one mode, DIFFTEST_SHRINK_SECONDS the time spent shrinking
@@ -16,7 +16,7 @@ import pytest
 
 import difftest
 
-SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "3"))
+SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "5"))
 FIRST_SEED = int(os.environ.get("DIFFTEST_FIRST_SEED", "1"))
 MINUTES = float(os.environ.get("DIFFTEST_MINUTES", "0"))
 SHRINK_SECONDS = float(os.environ.get("DIFFTEST_SHRINK_SECONDS", "30"))
