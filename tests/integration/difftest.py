@@ -344,7 +344,9 @@ class Gen:
                            ["DISCARD PLANS", "DEALLOCATE PREPARE ALL"])
             # self.stmts is kept: later blocks bind the deallocated names (26000)
         ops = [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
-        ops += [("Q", "SELECT count(*) FROM pg_prepared_statements")]
+        if self.session:
+            # in transaction mode the backend's list holds other clients' statements too
+            ops += [("Q", "SELECT count(*) FROM pg_prepared_statements")]
         return Block("deallocate_ext", ops)
 
     def g_pipeline(self):
