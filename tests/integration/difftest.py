@@ -290,16 +290,21 @@ class Gen:
 
     def g_prepare_sql(self):
         name = self.uid("ps")
-        ops = [("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
-               ("Q", f"EXECUTE {name}({self.key()})"),
-               ("Q", f"EXECUTE {name}('x')"),
-               ("Q", "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'ps%'"
-                     " ORDER BY 1"),
-               ("Q", self.r.choice([f"DEALLOCATE {name}", "DEALLOCATE ALL", f"EXECUTE {name}(1)"])),
-               ("Q", f"EXECUTE {name}(2)")]
+        listing = ("Q", f"SELECT name, statement FROM pg_prepared_statements WHERE name LIKE"
+                        f" 'ps{self.ci}\\_%' ORDER BY 1")
         if not self.session:
-            ops = [("Q", "BEGIN")] + ops + [("Q", "COMMIT")]
-        return Block("prepare_sql", ops)
+            # within one transaction, and deallocated before it ends: a PREPARE is not undone
+            # by a rollback, so no error may come between them
+            return Block("prepare_sql", [
+                ("Q", "BEGIN"),
+                ("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
+                ("Q", f"EXECUTE {name}({self.key()})"), listing, ("Q", f"DEALLOCATE {name}"),
+                ("Q", self.r.choice(["COMMIT", "ROLLBACK"]))])
+        return Block("prepare_sql", [
+            ("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
+            ("Q", f"EXECUTE {name}({self.key()})"), ("Q", f"EXECUTE {name}('x')"), listing,
+            ("Q", self.r.choice([f"DEALLOCATE {name}", "DEALLOCATE ALL", f"EXECUTE {name}(1)"])),
+            ("Q", f"EXECUTE {name}(2)")])
 
     def g_extended(self):
         r = self.r
