@@ -290,16 +290,21 @@ class Gen:
 
     def g_prepare_sql(self):
         name = self.uid("ps")
-        ops = [("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
-               ("Q", f"EXECUTE {name}({self.key()})"),
-               ("Q", f"EXECUTE {name}('x')"),
-               ("Q", "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'ps%'"
-                     " ORDER BY 1"),
-               ("Q", self.r.choice([f"DEALLOCATE {name}", "DEALLOCATE ALL", f"EXECUTE {name}(1)"])),
-               ("Q", f"EXECUTE {name}(2)")]
+        listing = ("Q", f"SELECT name, statement FROM pg_prepared_statements WHERE name LIKE"
+                        f" 'ps{self.ci}\\_%' ORDER BY 1")
         if not self.session:
-            ops = [("Q", "BEGIN")] + ops + [("Q", "COMMIT")]
-        return Block("prepare_sql", ops)
+            # within one transaction, and deallocated before it ends: a PREPARE is not undone
+            # by a rollback, so no error may come between them
+            return Block("prepare_sql", [
+                ("Q", "BEGIN"),
+                ("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
+                ("Q", f"EXECUTE {name}({self.key()})"), listing, ("Q", f"DEALLOCATE {name}"),
+                ("Q", self.r.choice(["COMMIT", "ROLLBACK"]))])
+        return Block("prepare_sql", [
+            ("Q", f"PREPARE {name}(int) AS SELECT $1 + 1, count(*) FROM {self.t}"),
+            ("Q", f"EXECUTE {name}({self.key()})"), ("Q", f"EXECUTE {name}('x')"), listing,
+            ("Q", self.r.choice([f"DEALLOCATE {name}", "DEALLOCATE ALL", f"EXECUTE {name}(1)"])),
+            ("Q", f"EXECUTE {name}(2)")])
 
     def g_extended(self):
         r = self.r
@@ -344,7 +349,9 @@ class Gen:
                            ["DISCARD PLANS", "DEALLOCATE PREPARE ALL"])
             # self.stmts is kept: later blocks bind the deallocated names (26000)
         ops = [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
-        ops += [("Q", "SELECT count(*) FROM pg_prepared_statements")]
+        if self.session:
+            # in transaction mode the backend's list holds other clients' statements too
+            ops += [("Q", "SELECT count(*) FROM pg_prepared_statements")]
         return Block("deallocate_ext", ops)
 
     def g_pipeline(self):
@@ -556,11 +563,14 @@ def generate(seed, mode, features=ALL_FEATURES):
                 c.blocks.append(getattr(g, "g_" + rng.choice(block_feats))())
             c.blocks.append(g.probe())
             if "terminate" in features and rng.random() < 0.4:
+                # the insert takes a moment, so the Terminate arrives while it runs
+                slow = f"INSERT INTO {g.t} SELECT {g.key()}, 'terminate' FROM pg_sleep(0.2)"
                 if rng.random() < 0.5:
-                    c.blocks.append(Block("terminate", [("Qx", g.insert())]))
+                    c.blocks.append(Block("terminate", [("Qx", rng.choice([g.insert(), slow]))]))
                 else:
                     c.blocks.append(Block("terminate", [
-                        ("P", "", f"INSERT INTO {g.t} VALUES ($1, 'ext-terminate')"),
+                        ("P", "", f"INSERT INTO {g.t} SELECT $1::int, 'ext-terminate'"
+                                  " FROM pg_sleep(0.2)"),
                         ("B", "", "", [g.key()]), ("E", "", 0), ("Sx",)]))
         clients.append(c)
     return Scenario(seed, mode, tuple(features), clients)
@@ -609,6 +619,7 @@ class ClientRun:
         self.params = {}
         self.pending_params = {}
         self.ev = None
+        self.pending = 0
 
     # -- recording
     def _record(self, mtype, payload):
@@ -665,6 +676,8 @@ class ClientRun:
     def _read(self):
         mtype, payload = self.conn.read_message()
         self._record(mtype, payload)
+        if mtype == "Z":
+            self.pending -= 1
         return mtype
 
     def _read_until(self, types):
@@ -673,10 +686,10 @@ class ClientRun:
             if t in types:
                 return t
 
-    def _read_syncs(self, n):
-        while n > 0:
-            if self._read() == "Z":
-                n -= 1
+    def _read_pending(self):
+        """Read until every ReadyForQuery asked for (Syncs and Queries sent) has come."""
+        while self.pending > 0:
+            self._read()
 
     # -- running
     def run(self):
@@ -729,17 +742,23 @@ class ClientRun:
 
     def _block(self, block):
         out = b""
-        syncs = 0
+        self.pending = 0  # ReadyForQuery messages still to come
+        execs = 0  # Executes since the last Sync: what a Flush is answered with
         conn = self.conn
+
+        def send(extra=b""):
+            nonlocal out
+            conn.send(out + extra)
+            out = b""
+
         for op in block.ops:
             kind = op[0]
             if kind == "Q":
-                conn.send(out + message(b"Q", self._enc(op[1]) + b"\0"))
-                out = b""
-                self._read_syncs(syncs + 1)
-                syncs = 0
+                send(message(b"Q", self._enc(op[1]) + b"\0"))
+                self.pending += 1
+                self._read_pending()
             elif kind == "Qx":
-                conn.send(out + message(b"Q", self._enc(op[1]) + b"\0") + terminate_msg())
+                send(message(b"Q", self._enc(op[1]) + b"\0") + terminate_msg())
                 conn.close()
                 raise _Stop()
             elif kind == "P":
@@ -749,37 +768,43 @@ class ClientRun:
                 out += self._bind(op[1], op[2], op[3])
             elif kind == "E":
                 out += execute_msg(op[1], op[2])
+                execs += 1
             elif kind == "D":
                 out += describe_msg(op[1], op[2])
             elif kind == "C":
                 out += message(b"C", op[1].encode() + op[2].encode() + b"\0")
             elif kind == "S":
                 out += sync_msg()
-                syncs += 1
+                self.pending += 1
+                execs = 0
             elif kind == "Sx":
-                conn.send(out + sync_msg() + terminate_msg())
+                send(sync_msg() + terminate_msg())
                 conn.close()
                 raise _Stop()
             elif kind == "H":
-                conn.send(out + message(b"H"))
-                out = b""
-                # the answer to the last Execute (or an error that skips it)
-                self._read_until(("C", "E", "s", "I"))
+                # the answers to every Execute since the last Sync (the generator puts no Flush
+                # after one that may fail: an error skips the rest, so nothing would come)
+                send(message(b"H"))
+                self._read_pending()
+                done = 0
+                while done < execs:
+                    if self._read_until(("C", "E", "s", "I")) == "E":
+                        break
+                    done += 1
+                execs = 0
             elif kind == "copyin":
-                self._copyin(out, syncs, op)
-                out, syncs = b"", 0
+                send()
+                self._read_pending()
+                self._copyin(op)
             elif kind == "cancel":
-                conn.send(out + message(b"Q", self._enc(op[1]) + b"\0"))
-                out = b""
-                self._read_syncs(syncs)
-                syncs = 0
+                send(message(b"Q", self._enc(op[1]) + b"\0"))
+                self.pending += 1
                 self.cancel_watch(op[1], self.port, self.conn.backend_key)
-                self._read_syncs(1)
+                self._read_pending()
             else:
                 raise ValueError(f"unknown op {op!r}")
-        if out or syncs:
-            conn.send(out)
-            self._read_syncs(syncs)
+        send()
+        self._read_pending()
 
     def _bind(self, portal, stmt, params):
         payload = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!HH", 0, len(params))
@@ -791,23 +816,25 @@ class ClientRun:
                 payload += struct.pack("!i", len(b)) + b
         return message(b"B", payload + struct.pack("!H", 0))
 
-    def _copyin(self, out, syncs, op):
+    def _copyin(self, op):
         _, sql, extended, rows, fail = op
         conn = self.conn
-        if extended:  # as libpq's PQexecParams: Parse, Bind, Describe, Execute, Sync
-            out += (message(b"P", b"\0" + self._enc(sql) + b"\0" + struct.pack("!H", 0))
-                    + self._bind("", "", []) + describe_msg("P", "") + execute_msg("", 0)
-                    + sync_msg())
+        if extended:
+            # as libpq's PQexecParams: Parse, Bind, Describe, Execute, Sync. Postgres ignores a
+            # Sync during COPY IN (protocol docs, "COPY Operations"), so libpq sends another
+            # after CopyDone: one ReadyForQuery in all
+            conn.send(message(b"P", b"\0" + self._enc(sql) + b"\0" + struct.pack("!H", 0))
+                      + self._bind("", "", []) + describe_msg("P", "") + execute_msg("", 0)
+                      + sync_msg())
         else:
-            out += message(b"Q", self._enc(sql) + b"\0")
-        conn.send(out)
-        self._read_syncs(syncs)
+            conn.send(message(b"Q", self._enc(sql) + b"\0"))
+        self.pending = 1
         if self._read_until(("G", "Z")) == "Z":
             return
         data = b"".join(copy_data_msg(self._enc(r)) for r in rows)
         end = message(b"f", b"client gave up\0") if fail else copy_done_msg()
         conn.send(data + end + (sync_msg() if extended else b""))
-        self._read_syncs(1)
+        self._read_pending()
 
 
 class _Stop(Exception):
@@ -1013,9 +1040,13 @@ def _diff_text(cl, label, de, pe):
         lines.append(f"  {name}:")
         for i, e in enumerate(ev):
             mark = ">>" if i == first else "  "
-            lines.append(f"   {mark} {_short(e, 300)}")
+            lines.append(f"   {mark} {_short(e, 2000 if i == first else 300)}")
         if first >= len(ev):
             lines.append("   >> (nothing more)")
+    if first < min(len(de), len(pe)) and de[first][0] == pe[first][0] and \
+            de[first][0] in ("Params", "ParameterStatus"):
+        d, p = set(de[first][1]), set(pe[first][1])
+        lines.append(f"  parameters only direct: {sorted(d - p)}; only sluice: {sorted(p - d)}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Differential test: random client sessions give the same results through sluice as directly
 against Postgres (difftest.py generates, runs, compares and shrinks them).
 
-CI runs DIFFTEST_SEEDS seeds (default 3) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
+CI runs DIFFTEST_SEEDS seeds (default 5) per pool mode, from DIFFTEST_FIRST_SEED (default 1).
 Longer runs: scripts/difftest --minutes 30 (DIFFTEST_MINUTES: run new seeds until the time is up,
 split between the modes). DIFFTEST_FEATURES=a,b limits what the scripts use (difftest.FEATURES),
 DIFFTEST_MODES=session|transaction one mode, DIFFTEST_SHRINK_SECONDS the time spent shrinking
@@ -16,7 +16,7 @@ import pytest
 
 import difftest
 
-SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "3"))
+SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "5"))
 FIRST_SEED = int(os.environ.get("DIFFTEST_FIRST_SEED", "1"))
 MINUTES = float(os.environ.get("DIFFTEST_MINUTES", "0"))
 SHRINK_SECONDS = float(os.environ.get("DIFFTEST_SHRINK_SECONDS", "30"))
@@ -49,3 +49,100 @@ def test_random_client_sessions_see_through_sluice_what_they_see_from_postgres(p
           f" {stats['blocks']} blocks, {stats['ops']} messages/statements;"
           f" {len(failures)} with differences")
     assert not failures, "\n\n".join(failures)
+
+
+# ---- differences the harness found, each as its own regression test -----------------------------
+
+
+def _parse_twice_then_bind(port, password=None):
+    """Parse s_dup, Parse s_dup again with other text, then Bind/Execute it: what comes back."""
+    from pgwire import raw_login, parse_msg, bind_msg, execute_msg, sync_msg, parse_fields
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        c.send(parse_msg("s_dup", "SELECT 1 AS first") + sync_msg()
+               + parse_msg("s_dup", "SELECT 2 AS second") + sync_msg()
+               + bind_msg("", "s_dup") + execute_msg() + sync_msg())
+        zs = 0
+        while zs < 3:
+            mtype, payload = c.read_message()
+            if mtype == "Z":
+                zs += 1
+            elif mtype == "E":
+                seen.append(("E", parse_fields(payload).get("C")))
+            elif mtype == "D":
+                seen.append(("D", payload[6:].decode()))
+            elif mtype in "12C":
+                seen.append((mtype,))
+        return seen
+    finally:
+        c.close()
+
+
+def test_transaction_mode_parse_of_a_statement_name_in_use_fails_with_42P05_as_in_postgres(
+        pg, start_sluice):
+    """Found by the harness (seed 2, transaction, --features extended): sluice answered the
+    second Parse with ParseComplete instead of Postgres's 42P05."""
+    direct = _parse_twice_then_bind(pg.port, password="apppass")
+    assert direct == [("1",), ("E", "42P05"), ("2",), ("D", "1"), ("C",)]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    assert _parse_twice_then_bind(s.port) == direct
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_search_path_list_given_in_startup_options_is_a_list_as_in_postgres(pg, start_sluice, mode):
+    """Found by the harness (--features startup): options=-c search_path=public,pg_catalog is two
+    schemas for Postgres, but sluice applied it as one quoted name "public,pg_catalog"."""
+    from pgwire import raw_login
+
+    opt = "-c search_path=public,pg_catalog"
+    c = raw_login(pg.port, password="apppass", options=opt)
+    direct = c.query("SHOW search_path")[0]
+    c.close()
+    assert direct == [["public,pg_catalog"]]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    c = raw_login(s.port, options=opt)
+    try:
+        assert c.query("SHOW search_path")[0] == direct
+    finally:
+        c.close()
+
+
+def test_transaction_mode_login_reports_only_the_clients_own_parameters_when_logins_race(
+        start_sluice):
+    """Found by the harness (--features startup, --features encoding): two clients logging in at
+    once to a fresh sluice; the one without startup parameters was sent ParameterStatus
+    client_encoding=WIN1252 and search_path=evil, the other client's, while its session used
+    UTF8 (a client library then encodes with the wrong charset). Postgres never reports
+    search_path at all. Fresh sluices, so the race is the first login's: it showed in 3 of 10."""
+    import threading
+    from pgwire import raw_login
+
+    wrong = []
+    for attempt in range(15):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+        conns = {}
+        barrier = threading.Barrier(2)
+
+        def login(name, **params):
+            barrier.wait(10)
+            conns[name] = raw_login(s.port, **params)
+
+        threads = [threading.Thread(target=login, args=("other",),
+                                    kwargs={"client_encoding": "WIN1252",
+                                            "options": "-c search_path=evil"}),
+                   threading.Thread(target=login, args=("plain",))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        try:
+            p = conns["plain"].params
+            if p.get("client_encoding") != "UTF8" or "search_path" in p:
+                wrong.append((attempt, p.get("client_encoding"), p.get("search_path")))
+        finally:
+            for c in conns.values():
+                c.close()
+            s.stop()
+    assert not wrong, f"the plain client was reported another's parameters: {wrong}"
