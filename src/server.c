@@ -293,6 +293,7 @@ bool server_probe_answered(struct server *s)
     }
     log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
                s->pool->server_usable);
+    budget_log_cap(s->pool);
     return true;
 }
 
