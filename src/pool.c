@@ -130,11 +130,40 @@ int pool_server_count(const struct pool *p)
            p->leaving.count;
 }
 
+/* Clients of budget b in other pools than c's that have waited longer than c, counting up to
+ * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
+ * client. */
+static int older_budget_waiters_elsewhere(const struct client *c, int enough)
+{
+    int n = 0;
+    struct list_node *pn, *ptmp, *node, *tmp;
+    list_for_each(&c->app->pools, pn, ptmp)
+    {
+        const struct pool *o = container_of(pn, struct pool, node);
+        if (o == c->pool || o->paused)
+            continue;
+        list_for_each(&o->waiting, node, tmp)
+        {
+            const struct client *w = container_of(node, struct client, node);
+            if (w->state_since_ms >= c->state_since_ms)
+                break;
+            if (w->budget == c->budget && ++n >= enough)
+                return n;
+        }
+    }
+    return n;
+}
+
 /* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
- * pool's first server is no exception: it keeps the server it is given for its first queries. */
+ * pool's first server is no exception: it keeps the server it is given for its first queries.
+ * A budget spans pools: its room goes to its clients in the order they began to wait, whichever
+ * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    return budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
+    int room = budget_room(c->app, c->budget);
+    if (room == 0)
+        return false;
+    return room < 0 || c->app->pools.count <= 1 || older_budget_waiters_elsewhere(c, room) < room;
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
