@@ -378,10 +378,10 @@ static void describe_cap(const struct pool *p, enum limit_kind k, char *out, siz
     struct limit l = {0, false};
     if (k == LIMIT_DB)
         l = db && db->max_db_connections.value > 0 ? db->max_db_connections
-                                                    : cfg->max_db_connections;
+                                                   : cfg->max_db_connections;
     else if (k == LIMIT_USER)
         l = u && u->max_user_connections.value > 0 ? u->max_user_connections
-                                                    : cfg->max_user_connections;
+                                                   : cfg->max_user_connections;
     else if (k == LIMIT_GLOBAL)
         l = cfg->max_server_connections;
     int value = budget_limit_value(p, NULL, k);

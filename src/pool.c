@@ -250,8 +250,8 @@ static void maybe_connect(struct pool *p)
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
         return;
-    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count -
-               p->rooms_awaited;
+    int want =
+        count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
     if (p->connect_failures > 0 && want > 1)
         want = 1;
     bool use_reserve = false;
@@ -639,10 +639,11 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
         return;
     }
     if (k == LIMIT_POOL) {
-        snprintf(msg, len,
-                 "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
-                 "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
-                 p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
+        snprintf(
+            msg, len,
+            "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
+            "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
+            p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
         return;
     }
     snprintf(msg, len,

@@ -215,9 +215,10 @@ static void a_lowered_cap_shows_the_servers_above_it(void)
 static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
 {
     char ini[1024];
-    snprintf(ini, sizeof(ini), "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
-                               "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                               "[budgets]\napi = app=api* min_servers=2\n");
+    snprintf(ini, sizeof(ini),
+             "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
+             "[databases]\napp = host=127.0.0.1 dbname=app\n"
+             "[budgets]\napi = app=api* min_servers=2\n");
     struct sluice *app = app_from(ini);
     if (!app)
         return;
