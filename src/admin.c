@@ -326,7 +326,7 @@ static void reconnect_pool(struct pool *p)
 
 static void pause_pool(struct pool *p)
 {
-    pool_pause(p);
+    pool_pause(p, PAUSED_BY_PAUSE);
     close_servers_when_free(p, "PAUSE from the admin console");
 }
 
@@ -334,7 +334,7 @@ static void pause_pool(struct pool *p)
  * clients wait until RESUME. */
 static void kill_pool(struct pool *p)
 {
-    pool_pause(p);
+    pool_pause(p, PAUSED_BY_KILL);
     struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
     struct list_node *n, *tmp;
     for (int i = 0; i < NELEM(clients); i++) {

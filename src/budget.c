@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fnmatch.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -287,21 +288,60 @@ enum limit_kind budget_over_limit(const struct pool *p)
     return limit_passed(p, 0, p->size + p->reserve_size, NULL);
 }
 
-/* The servers budgets share: max_server_connections, or else what all pools may open. */
-static int shared_capacity(const struct sluice *app)
+/* The servers of one database the budgets can count on: its pools' sizes, at most its
+ * max_db_connections (*key says which binds). */
+static int db_capacity(const struct sluice *app, const struct pool *first, enum limit_kind *key)
+{
+    int sum = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (!p->is_admin && strcmp(p->db_name, first->db_name) == 0)
+            sum += p->size;
+    }
+    int cap = db_cap(first);
+    *key = cap > 0 && cap < sum ? LIMIT_DB : LIMIT_POOL;
+    return *key == LIMIT_DB ? cap : sum;
+}
+
+static bool first_of_its_db(const struct sluice *app, const struct pool *p)
+{
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *o = container_of(node, struct pool, node);
+        if (o == p)
+            return true;
+        if (!o->is_admin && strcmp(o->db_name, p->db_name) == 0)
+            return false;
+    }
+    return true;
+}
+
+int budget_shared_capacity(const struct sluice *app, enum limit_kind *key)
 {
     int usable = 0, sum = 0;
+    *key = LIMIT_POOL;
     struct list_node *node, *tmp;
     list_for_each(&app->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if (p->server_usable > usable)
             usable = p->server_usable;
-        if (!p->is_admin)
-            sum += p->size;
+        if (p->is_admin || !first_of_its_db(app, p))
+            continue;
+        enum limit_kind k;
+        sum += db_capacity(app, p, &k);
+        if (k == LIMIT_DB)
+            *key = LIMIT_DB;
     }
     int cap = global_cap(app, usable);
-    return cap > 0 ? cap : sum;
+    if (cap > 0 && cap <= sum) {
+        *key = LIMIT_GLOBAL;
+        return cap;
+    }
+    return sum;
 }
 
 enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b)
@@ -318,7 +358,8 @@ enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget
         if (o != b && o->min_servers > o->leases)
             held_for_others += o->min_servers - o->leases;
     }
-    if (any_min && leases + held_for_others >= shared_capacity(app))
+    enum limit_kind key;
+    if (any_min && leases + held_for_others >= budget_shared_capacity(app, &key))
         return LIMIT_RESERVED;
     return LIMIT_NONE;
 }
@@ -328,4 +369,50 @@ int budget_room(const struct sluice *app, const struct budget *b)
     if (budget_lease_limit(app, b) != LIMIT_NONE)
         return 0;
     return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
+}
+
+/* "max_db_connections = 80% of 22 usable = 17", or "max_db_connections = 8". */
+static void describe_cap(const struct pool *p, enum limit_kind k, char *out, size_t len)
+{
+    const struct config *cfg = p->app->cfg;
+    const struct db_entry *db = config_find_db(cfg, p->db_name);
+    const struct user_entry *u = config_find_user(cfg, p->user_name);
+    struct limit l = {0, false};
+    if (k == LIMIT_DB)
+        l = db && db->max_db_connections.value > 0 ? db->max_db_connections
+                                                   : cfg->max_db_connections;
+    else if (k == LIMIT_USER)
+        l = u && u->max_user_connections.value > 0 ? u->max_user_connections
+                                                   : cfg->max_user_connections;
+    else if (k == LIMIT_GLOBAL)
+        l = cfg->max_server_connections;
+    int value = budget_limit_value(p, NULL, k);
+    if (l.is_percent)
+        snprintf(out, len, "%s = %d%% of %d usable = %d", limit_kind_key(k), l.value,
+                 p->server_usable, value);
+    else
+        snprintf(out, len, "%s = %d", limit_kind_key(k), value);
+}
+
+void budget_log_cap(const struct pool *p)
+{
+    if (p->is_admin)
+        return;
+    enum limit_kind binding = LIMIT_POOL;
+    int cap = p->size;
+    const enum limit_kind shared[] = {LIMIT_DB, LIMIT_USER, LIMIT_GLOBAL};
+    for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
+        int v = budget_limit_value(p, NULL, shared[i]);
+        if (v > 0 && v < cap) {
+            cap = v;
+            binding = shared[i];
+        }
+    }
+    char why[160];
+    describe_cap(p, binding, why, sizeof(why));
+    const char *pending = percent_unresolved(p) ? "; NN% caps apply once a server has told "
+                                                  "max_connections"
+                                                : "";
+    log_msg(LOG_INFO, "pool %s/%s: at most %d servers (%s)%s", p->db_name, p->user_name, cap, why,
+            pending);
 }

@@ -72,6 +72,12 @@ int budget_room(const struct sluice *app, const struct budget *b);
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
+/* The servers budgets share: max_server_connections, or else what all pools may open, each
+ * database's no more than its max_db_connections. *key: the key that sets it. */
+int budget_shared_capacity(const struct sluice *app, enum limit_kind *key);
+/* Log the most servers the pool may have and the key that sets it ("max_db_connections = 80%
+ * of 22 usable = 17"): at creation, on reload and when a server told max_connections. */
+void budget_log_cap(const struct pool *p);
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
 /* Server counts across pools, for the caps. */

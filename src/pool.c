@@ -89,11 +89,12 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     {
         const struct pool *o = container_of(n2, struct pool, node);
         if (o->paused && strcmp(o->db_name, p->db_name) == 0)
-            p->paused = true;
+            pool_pause(p, o->paused_by);
     }
     list_append(&app->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
             pool_mode_name(p->mode), p->size);
+    budget_log_cap(p);
     return p;
 }
 
@@ -130,11 +131,40 @@ int pool_server_count(const struct pool *p)
            p->leaving.count;
 }
 
+/* Clients of budget b in other pools than c's that have waited longer than c, counting up to
+ * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
+ * client. */
+static int older_budget_waiters_elsewhere(const struct client *c, int enough)
+{
+    int n = 0;
+    struct list_node *pn, *ptmp, *node, *tmp;
+    list_for_each(&c->app->pools, pn, ptmp)
+    {
+        const struct pool *o = container_of(pn, struct pool, node);
+        if (o == c->pool || o->paused)
+            continue;
+        list_for_each(&o->waiting, node, tmp)
+        {
+            const struct client *w = container_of(node, struct client, node);
+            if (w->state_since_ms >= c->state_since_ms)
+                break;
+            if (w->budget == c->budget && ++n >= enough)
+                return n;
+        }
+    }
+    return n;
+}
+
 /* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
- * pool's first server is no exception: it keeps the server it is given for its first queries. */
+ * pool's first server is no exception: it keeps the server it is given for its first queries.
+ * A budget spans pools: its room goes to its clients in the order they began to wait, whichever
+ * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    return budget_lease_limit(c->app, c->budget) == LIMIT_NONE;
+    int room = budget_room(c->app, c->budget);
+    if (room == 0)
+        return false;
+    return room < 0 || c->app->pools.count <= 1 || older_budget_waiters_elsewhere(c, room) < room;
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
@@ -221,8 +251,8 @@ static void maybe_connect(struct pool *p)
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
         return;
-    int want = count_eligible(p, p->size + p->reserve_size) - p->connecting.count -
-               p->rooms_awaited;
+    int want =
+        count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
     if (p->connect_failures > 0 && want > 1)
         want = 1;
     bool use_reserve = false;
@@ -553,11 +583,47 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
     }
 }
 
-/* The reason a client waited too long, naming the limit, its key and value, and what to do. */
+/* The pool of a shared cap's scope that holds the most servers, and how many. */
+static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind k, int *most)
+{
+    const struct pool *best = NULL;
+    *most = 0;
+    struct list_node *n, *tmp;
+    list_for_each(&p->app->pools, n, tmp)
+    {
+        const struct pool *o = container_of(n, struct pool, node);
+        if ((k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0) ||
+            (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0))
+            continue;
+        if (pool_server_count(o) > *most) {
+            *most = pool_server_count(o);
+            best = o;
+        }
+    }
+    return best;
+}
+
+/* The reason a client waited too long: what actually held it back (a paused pool, a database
+ * that refuses, servers still logging in, its budget, a shared cap and who holds it, or the
+ * pool's own size), with the key and value and what to do. */
 static void describe_wait(const struct pool *p, const struct client *c, uint64_t waited_ms,
                           char *msg, size_t len)
 {
     double secs = (double)waited_ms / 1000.0;
+    if (p->paused && p->paused_by == PAUSED_BY_KILL) {
+        snprintf(msg, len,
+                 "database \"%s\" was stopped by KILL on the admin console and stays paused: no "
+                 "server for %.1f s (query_wait_timeout); RESUME %s serves clients again",
+                 p->db_name, secs, p->db_name);
+        return;
+    }
+    if (p->paused) {
+        snprintf(msg, len,
+                 "pool \"%s/%s\" is paused (PAUSE on the admin console): no server for %.1f s "
+                 "(query_wait_timeout); RESUME %s serves clients again",
+                 p->db_name, p->user_name, secs, p->db_name);
+        return;
+    }
     if (pool_server_count(p) == 0 && p->last_connect_error) {
         snprintf(msg, len,
                  "no server for pool \"%s/%s\" after %.1f s (query_wait_timeout): the database "
@@ -575,21 +641,58 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
         return;
     }
     if (k == LIMIT_RESERVED) {
+        enum limit_kind key;
+        int capacity = budget_shared_capacity(p->app, &key);
         snprintf(msg, len,
-                 "no server for budget \"%s\" after %.1f s (query_wait_timeout): the free servers "
-                 "are held for other budgets' min_servers; raise max_server_connections or lower "
-                 "min_servers",
-                 c->budget->name, secs);
+                 "no server for budget \"%s\" after %.1f s (query_wait_timeout): of the %d "
+                 "servers %s allows, the free ones are held for other budgets' min_servers; raise "
+                 "%s or lower min_servers",
+                 c->budget->name, secs, capacity, limit_kind_key(key), limit_kind_key(key));
+        return;
+    }
+    if (p->connecting.count > 0 && p->active.count == 0) {
+        snprintf(msg, len,
+                 "pool \"%s/%s\": %d server%s still logging in to the database after %.1f s "
+                 "(query_wait_timeout); the database is slow to accept logins: check it, or "
+                 "raise query_wait_timeout",
+                 p->db_name, p->user_name, p->connecting.count,
+                 p->connecting.count == 1 ? " is" : "s are", secs);
         return;
     }
     k = budget_connect_limit(p, true);
-    if (k == LIMIT_NONE)
-        k = LIMIT_POOL;
+    if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
+        int most;
+        const struct pool *holder = largest_in_scope(p, k, &most);
+        char scope[160];
+        if (k == LIMIT_DB)
+            snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);
+        else if (k == LIMIT_USER)
+            snprintf(scope, sizeof(scope), "user \"%s\"", p->user_name);
+        else
+            snprintf(scope, sizeof(scope), "sluice");
+        snprintf(msg, len,
+                 "%s is at %s = %d: no server for pool \"%s/%s\" for %.1f s (query_wait_timeout); "
+                 "pool \"%s/%s\" holds %d of them; raise %s, or find what holds servers with "
+                 "SHOW CLIENTS",
+                 scope, limit_kind_key(k), budget_limit_value(p, c->budget, k), p->db_name,
+                 p->user_name, secs, holder ? holder->db_name : "?",
+                 holder ? holder->user_name : "?", most, limit_kind_key(k));
+        return;
+    }
+    if (k == LIMIT_POOL) {
+        snprintf(
+            msg, len,
+            "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
+            "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
+            p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
+        return;
+    }
     snprintf(msg, len,
-             "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
-             "%s = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
-             p->db_name, p->user_name, p->active.count, pool_server_count(p), secs,
-             limit_kind_key(k), budget_limit_value(p, c->budget, k));
+             "pool \"%s/%s\": no server became free for %.1f s (query_wait_timeout); %d busy, %d "
+             "being reset or closed to make room for this pool; find what holds servers with "
+             "SHOW CLIENTS",
+             p->db_name, p->user_name, secs, p->active.count,
+             p->resetting.count + p->rooms_awaited);
 }
 
 static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
@@ -651,9 +754,10 @@ void pool_free(struct pool *p)
     free(p);
 }
 
-void pool_pause(struct pool *p)
+void pool_pause(struct pool *p, enum pool_pause_cause cause)
 {
     p->paused = true;
+    p->paused_by = cause;
 }
 
 void pool_resume(struct pool *p)

@@ -19,6 +19,9 @@ struct server;
 #define POOL_HIST_BUCKETS 13
 extern const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1];
 
+/* What paused a pool: the message a waiter gets names the command. */
+enum pool_pause_cause { PAUSED_BY_PAUSE, PAUSED_BY_KILL };
+
 struct pool {
     struct list_node node;
     struct sluice *app;
@@ -43,8 +46,9 @@ struct pool {
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
 
-    /* PAUSE: no server is handed out (clients queue) until RESUME. */
+    /* PAUSE or KILL: no server is handed out (clients queue) until RESUME. */
     bool paused;
+    enum pool_pause_cause paused_by; /* which command paused it, for the waiters' message */
 
     struct param_set welcome; /* what a server reported at login: sent to new clients */
     bool have_welcome;
@@ -103,7 +107,7 @@ void pool_free(struct pool *p);
 void pool_record_wait(struct pool *p, uint64_t waited_ms);
 void pool_record_query(struct pool *p, uint64_t query_ms, bool transaction_ended);
 /* PAUSE / RESUME (admin console). Resume hands idle servers to the clients that queued. */
-void pool_pause(struct pool *p);
+void pool_pause(struct pool *p, enum pool_pause_cause cause);
 void pool_resume(struct pool *p);
 
 #endif

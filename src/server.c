@@ -12,6 +12,9 @@
  *        |                               or draining: the client left mid-query, which was
  *        |                               cancelled, and its replies are dropped)
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
+ *
+ *   IDLE or released --closed to make room under a cap--> LEAVING (Terminate sent; still counted
+ *                                                        against the caps) --socket closed--> CLOSED
  */
 #include "server.h"
 
@@ -32,9 +35,8 @@
 #include "sluice.h"
 
 static const char *const state_names[] = {
-    [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",
-    [SERVER_ACTIVE] = "active",         [SERVER_RESETTING] = "resetting",
-    [SERVER_LEAVING] = "leaving",       [SERVER_CLOSED] = "closed",
+    [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",       [SERVER_ACTIVE] = "active",
+    [SERVER_RESETTING] = "resetting",   [SERVER_LEAVING] = "leaving", [SERVER_CLOSED] = "closed",
 };
 
 #define SERVER_LEAVING_WAIT_MS 2000
@@ -315,6 +317,7 @@ bool server_probe_answered(struct server *s)
     }
     log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
                s->pool->server_usable);
+    budget_log_cap(s->pool);
     return true;
 }
 
@@ -476,7 +479,9 @@ void server_close_for(struct server *s, const char *reason, struct pool *room_fo
     log_server(LOG_INFO, s, "closing: %s", reason);
     if (s->client)
         pool_unlink(s->client, s);
-    bool sent = s->state != SERVER_CONNECTING && s->out_pos >= s->out.len &&
+    /* Called on logged-in servers only (a fresh one is still CONNECTING as it is first handed
+     * out); with output pending the Terminate could not be told apart, so that one just closes. */
+    bool sent = s->out_pos >= s->out.len &&
                 sockio_write(&s->io, terminate, sizeof(terminate)) == (ssize_t)sizeof(terminate);
     list_remove(list_for(s, s->state), &s->node);
     s->state = SERVER_LEAVING;

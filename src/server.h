@@ -75,7 +75,7 @@ struct server {
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
     bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
-    struct pool *room_for; /* LEAVING: the pool that waits for the slot it frees */
+    struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
     struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
                                  * target and TLS session for the server's life */
 };

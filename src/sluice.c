@@ -9,6 +9,7 @@
 
 #include "admin.h"
 #include "auth.h"
+#include "budget.h"
 #include "buf.h"
 #include "cancel.h"
 #include "client.h"
@@ -244,6 +245,7 @@ void sluice_reload(struct sluice *app)
     {
         struct pool *p = container_of(n, struct pool, node);
         pool_apply_config(p);
+        budget_log_cap(p);
         /* NN% caps are resolved again from the next server this pool opens. */
         p->probe_again = true;
     }

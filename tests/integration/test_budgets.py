@@ -211,3 +211,42 @@ def test_budget_max_servers_holds_at_start_up_while_servers_are_still_connecting
     assert not errors, errors[:3]
     assert len(most) == 3 * 12 * 3
     assert max(most) <= 2, f"up to {max(most)} seed queries ran at once under max_servers=2"
+
+
+@pytest.mark.timeout(60)
+def test_min_servers_counts_max_db_connections_and_the_error_names_it(start_with_budgets):
+    """min_servers holds servers back out of what max_db_connections allows (3 here), not out of
+    the pool sizes (10): with 1 in use and 2 held for api, another batch client waits and is told
+    that max_db_connections is what binds."""
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
+                            "max_db_connections": 3, "query_wait_timeout": 1},
+                           {"api": "app=api* min_servers=2"})
+    with connect(s, "batch-1") as d1, connect(s, "batch-2") as d2, connect(s, "api-1") as a1, \
+            connect(s, "api-2") as a2:
+        d1.execute("BEGIN")
+        d1.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.TooManyConnections) as ei:
+            d2.execute("SELECT 2")
+        msg = str(ei.value)
+        assert "min_servers" in msg and "max_db_connections" in msg, msg
+        assert "max_server_connections" not in msg, msg
+        for a in (a1, a2):
+            a.execute("BEGIN")
+            assert a.execute("SELECT 5").fetchone()[0] == 5  # api gets both of its servers
+        for c in (d1, a1, a2):
+            c.execute("COMMIT")
+
+
+@pytest.mark.timeout(60)
+def test_start_up_log_states_each_pools_resulting_cap(pg, start_with_budgets):
+    with pg.superuser() as su:
+        max_conn = int(su.execute("SHOW max_connections").fetchone()[0])
+        reserved = int(su.execute("SHOW superuser_reserved_connections").fetchone()[0])
+    usable = max_conn - reserved
+    cap = usable * 10 // 100
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 20,
+                            "max_db_connections": "10%"}, {})
+    with connect(s, "x") as c:
+        c.execute("SELECT 1")
+    s.wait_for_log(rf"appdb/app: at most {cap} servers \(max_db_connections = 10% of {usable} "
+                   rf"usable = {cap}\)")

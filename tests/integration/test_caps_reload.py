@@ -151,3 +151,28 @@ def test_pools_sharing_max_db_connections_each_get_their_fair_share(start_sluice
         f"the 10 clients of app2 ran {few.done} transactions, their fair share is {fair:.0f} " \
         f"(app ran {many.done})"
     assert sampler.max <= 8, f"{sampler.max} backends under max_db_connections = 8"
+
+
+@pytest.mark.timeout(120)
+def test_pools_sharing_a_budget_each_get_their_fair_share(start_sluice, pg):
+    """20 clients of one user and 5 of another, all in one budget of max_servers = 2: the second
+    user's clients get at least half of their fair share (a fifth of the transactions)."""
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass"}
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 10,
+                      "query_wait_timeout": 60},
+                     databases={APP_DB: {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}},
+                     auth_file=users)
+    s.ini_path.write_text(s.ini_path.read_text() + "\n[budgets]\nseeds = app=seed* max_servers=2\n")
+    mark = s.mark()
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"configuration reloaded", since=mark)
+    many = Busy(s, 20, user=APP_USER, password=APP_PASSWORD, app=lambda i: f"seed-a{i}")
+    few = Busy(s, 5, user="app2", password="app2pass", app=lambda i: f"seed-b{i}")
+    time.sleep(6)
+    many.stop()
+    few.stop()
+    assert not many.errors and not few.errors, (many.errors + few.errors)[:3]
+    fair = (many.done + few.done) * 5 / 25
+    assert few.done >= fair / 2, \
+        f"the 5 clients of app2 ran {few.done} transactions, their fair share is {fair:.0f} " \
+        f"(app ran {many.done})"

@@ -1,10 +1,13 @@
-"""Client and wait limits: max_client_conn and query_wait_timeout answer with 53300."""
+"""Client and wait limits: max_client_conn and query_wait_timeout answer with 53300, and a
+client that waited too long is told what actually held it back."""
 
+import socket
 import time
 
+import psycopg
 import pytest
 
-from conftest import Background
+from conftest import APP_DB, APP_PASSWORD, APP_USER, Background
 from pgwire import RawConn, ServerError, raw_login, startup_packet
 
 
@@ -166,3 +169,81 @@ def test_a_half_sent_startup_packet_is_dropped_after_client_startup_timeout(star
         assert time.monotonic() - t0 < 8
     finally:
         c.close()
+
+
+# ---- what held a waiter back --------------------------------------------------------------------
+
+ADMIN = "admin"
+
+
+def console(s):
+    return psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None), autocommit=True,
+                           prepare_threshold=None)
+
+
+def wait_error(conn, sql="SELECT 1"):
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql)
+    return str(ei.value)
+
+
+@pytest.mark.timeout(60)
+def test_waiter_during_pause_is_told_the_pool_is_paused_not_full(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "admin_users": ADMIN, "query_wait_timeout": 1})
+    with s.connect() as c, console(s) as adm:
+        c.execute("SELECT 1")
+        adm.execute(f"PAUSE {APP_DB}")
+        msg = wait_error(c)
+        assert "paused" in msg and "RESUME" in msg and "is full" not in msg, msg
+        adm.execute(f"RESUME {APP_DB}")
+        assert c.execute("SELECT 2").fetchone()[0] == 2
+
+
+@pytest.mark.timeout(60)
+def test_waiter_after_kill_is_told_the_database_was_killed(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "admin_users": ADMIN, "query_wait_timeout": 1})
+    with console(s) as adm:
+        with s.connect() as c:
+            c.execute("SELECT 1")
+            adm.execute(f"KILL {APP_DB}")
+        with s.connect() as c:
+            msg = wait_error(c)
+            assert "KILL" in msg and "RESUME" in msg and "is full" not in msg, msg
+        adm.execute(f"RESUME {APP_DB}")
+
+
+@pytest.mark.timeout(60)
+def test_waiter_under_a_shared_cap_is_told_which_cap_and_who_holds_it(start_sluice, pg):
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass"}
+    s = start_sluice({"pool_mode": "transaction", "max_db_connections": 1,
+                      "query_wait_timeout": 1},
+                     databases={APP_DB: {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}},
+                     auth_file=users)
+    with s.connect() as holder, s.connect(user="app2", password="app2pass") as other:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        msg = wait_error(other)
+        assert "max_db_connections = 1" in msg and f'"{APP_DB}/{APP_USER}"' in msg, msg
+        assert "0 of 0" not in msg and "pool_size" not in msg, msg
+        holder.execute("COMMIT")
+
+
+@pytest.mark.timeout(60)
+def test_login_waiter_while_the_server_is_still_logging_in_is_told_so(start_sluice):
+    """A database that accepts TCP and never answers the login: the client's wait ends with the
+    server still logging in, and the message says so (no pool is full)."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(16)
+    try:
+        s = start_sluice({"pool_mode": "transaction", "query_wait_timeout": 1,
+                          "server_connect_timeout": 30},
+                         databases={APP_DB: {"host": "127.0.0.1", "port": mute.getsockname()[1],
+                                             "dbname": APP_DB, "user": APP_USER,
+                                             "password": APP_PASSWORD, "sslmode": "disable"}})
+        with pytest.raises(psycopg.Error) as ei:
+            s.connect()
+        msg = str(ei.value)
+        assert "logging in" in msg and "is full" not in msg, msg
+    finally:
+        mute.close()

@@ -171,6 +171,68 @@ static void connections_stop_at_the_first_full_cap(void)
     free_app(app);
 }
 
+static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
+                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                  "other = host=127.0.0.1 dbname=other\n");
+    if (!app)
+        return;
+    struct pool *a1 = add_pool(app, "app", "u1");
+    struct pool *a2 = add_pool(app, "app", "u2");
+    struct pool *o = add_pool(app, "other", "u3");
+    set_servers(a1, 5);
+    set_servers(a2, 1);
+    CHECK_INT(budget_connect_limit(a2, false), LIMIT_DB);
+    CHECK(budget_may_connect_if_closed(a2, a1));  /* same database: its room */
+    CHECK(!budget_may_connect_if_closed(a2, o));  /* another database frees nothing here */
+    CHECK(!budget_may_connect_if_closed(a1, a2)); /* a1 is at its own pool_size */
+    CHECK_INT(budget_over_limit(a1), LIMIT_NONE);
+    free_app(app);
+}
+
+static void a_lowered_cap_shows_the_servers_above_it(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
+                                  "max_server_connections = 6\n"
+                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                  "other = host=127.0.0.1 dbname=other\n");
+    if (!app)
+        return;
+    struct pool *a = add_pool(app, "app", "u1");
+    struct pool *o = add_pool(app, "other", "u1");
+    set_servers(a, 4);
+    CHECK_INT(budget_over_limit(a), LIMIT_NONE); /* at the cap is not above it */
+    set_servers(a, 5);
+    CHECK_INT(budget_over_limit(a), LIMIT_DB);
+    set_servers(o, 2);
+    CHECK_INT(budget_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
+    a->size = 3;
+    CHECK_INT(budget_over_limit(a), LIMIT_POOL);
+    free_app(app);
+}
+
+static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini),
+             "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
+             "[databases]\napp = host=127.0.0.1 dbname=app\n"
+             "[budgets]\napi = app=api* min_servers=2\n");
+    struct sluice *app = app_from(ini);
+    if (!app)
+        return;
+    union peer_addr local = ipv4("127.0.0.1");
+    struct budget *dflt = budget_match(app, "batch", "app", &local);
+    add_pool(app, "app", "app");
+    enum limit_kind key;
+    CHECK_INT(budget_shared_capacity(app, &key), 3);
+    CHECK_INT(key, LIMIT_DB);
+    dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
+    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED);
+    free_app(app);
+}
+
 static void percent_caps_follow_the_servers_max_connections(void)
 {
     struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
@@ -235,6 +297,9 @@ int main(void)
     RUN(budget_at_max_servers_holds_back_only_its_clients);
     RUN(min_servers_of_one_budget_are_kept_from_the_others);
     RUN(connections_stop_at_the_first_full_cap);
+    RUN(a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares);
+    RUN(a_lowered_cap_shows_the_servers_above_it);
+    RUN(min_servers_are_held_out_of_what_max_db_connections_allows);
     RUN(percent_caps_follow_the_servers_max_connections);
     RUN(a_budget_named_default_sets_the_limits_of_unmatched_clients);
     RUN(reload_keeps_live_counts_and_retires_removed_budgets);
