@@ -64,6 +64,19 @@ enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
+/* The most servers pool p can have linked to clients at once and the key that sets it: the
+ * smallest of pool_size, max_db/user/server_connections and the max_servers of a budget that
+ * every client of the pool falls into (LIMIT_POOL on a tie: it is the pool's own). in_use: the
+ * servers that count against that cap now (linked to clients, in every pool it covers); budget
+ * is the binding budget for LIMIT_BUDGET, else NULL. Reads only. */
+struct pool_cap {
+    enum limit_kind key;
+    int servers;
+    int in_use;
+    const struct budget *budget;
+};
+void budget_pool_cap(const struct pool *p, struct pool_cap *out);
+
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
 /* Server counts across pools, for the caps. */

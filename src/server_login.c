@@ -536,12 +536,12 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
         if (l->step == STEP_PROBE) {
             int16_t ncols = codec_read_i16(&r);
             int32_t vlen = codec_read_i32(&r);
-            const uint8_t *v = vlen > 0 && vlen < 16 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
+            const uint8_t *v = vlen > 0 && vlen < 32 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
             if (ncols == 1 && v) {
-                char num[16];
-                memcpy(num, v, (size_t)vlen);
-                num[vlen] = '\0';
-                s->pool->server_usable = atoi(num);
+                char value[32];
+                memcpy(value, v, (size_t)vlen);
+                value[vlen] = '\0';
+                server_probe_store(s->pool, value);
             }
         }
         return true;
