@@ -50,7 +50,7 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.description="PostgreSQL connection pooler" \
       org.opencontainers.image.licenses="MIT"
 
-# Listen on every interface inside the container; /health and /metrics on 8080.
+# Listen on every interface inside the container; /health, /livez and /metrics on 8080.
 ENV SLUICE_LISTEN_ADDR=0.0.0.0 \
     SLUICE_HTTP_LISTEN_ADDR=0.0.0.0 \
     SLUICE_HTTP_LISTEN_PORT=8080
@@ -60,7 +60,10 @@ EXPOSE 6432 8080
 # writes no files unless logfile/pidfile/unix_socket_dir are set: a read-only root works.
 USER 10001:10001
 
-# GET /health over bash's /dev/tcp (no curl in the image); see `docker-entrypoint healthcheck`.
+# Liveness: GET /livez over bash's /dev/tcp (no curl in the image; `docker-entrypoint
+# healthcheck`). Not /health: that is readiness, 503 while a database is down, and restarting
+# the pooler would not bring the database back. Point load balancers / Kubernetes
+# readinessProbe at /health, livenessProbe at /livez.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/docker-entrypoint", "healthcheck"]
 

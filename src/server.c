@@ -340,7 +340,8 @@ static void probe_step(struct server *s)
         }
         if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
             server_probe_store(s->pool, PQgetvalue(res, 0, 0));
-        else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        else if (PQresultStatus(res) != PGRES_TUPLES_OK && budget_has_percent_caps(s->pool)) {
+            /* (Without NN% caps an error only costs /health the numbers: see probe_answered.) */
             char why[256];
             snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
             PQclear(res);
