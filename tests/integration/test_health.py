@@ -7,6 +7,7 @@ that name the key to raise. Readiness (/health, 503 while a pool is down) is spl
 import pytest
 
 from conftest import pick_port, wait_until
+from test_budgets import start_with_budgets  # noqa: F401 - a fixture
 from test_http import get, health, hold_transaction, metrics, parse_metrics, pool_of, sample
 
 
@@ -110,3 +111,36 @@ def test_a_pool_is_unknown_until_its_first_server_logs_in(start_sluice, pg):
                              5, what="/health ok after the first login")
     assert pool_of(doc)["status"] == "ok" and pool_of(doc)["server"]["max_connections"] > 0
     assert get(s.http_port, "/livez")[0] == 200
+
+
+def test_a_budget_that_takes_every_client_of_the_pool_sets_its_cap(start_with_budgets):
+    port = pick_port()
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
+                            "http_listen_port": port, "http_listen_addr": "127.0.0.1"},
+                           {"everyone": "user=app max_servers=2"})
+    s.http_port = port
+    s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
+    holders = [hold_transaction(s, application_name="etl") for _ in range(2)]
+    try:
+        _, doc = health(s)
+        p = pool_of(doc)
+        assert p["cap"] == {"servers": 2, "key": "max_servers", "in_use": 2, "usage_pct": 100.0,
+                            "budget": "everyone"}, p
+        (w,) = doc["warnings"]
+        assert "raise max_servers of [budgets] everyone (now 2)" in w, w
+    finally:
+        for c in holders:
+            c.close()
+
+
+def test_a_budget_only_some_clients_fall_into_does_not_set_the_pools_cap(start_with_budgets):
+    port = pick_port()
+    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
+                            "http_listen_port": port, "http_listen_addr": "127.0.0.1"},
+                           {"studio": "app=prisma-studio* max_servers=1"})
+    s.http_port = port
+    s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
+    with s.connect() as c:
+        c.execute("SELECT 1")
+        _, doc = health(s)
+    assert pool_of(doc)["cap"]["key"] == "pool_size" and pool_of(doc)["cap"]["servers"] == 10
