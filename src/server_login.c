@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "budget.h"
 #include "codec.h"
 #include "log.h"
 #include "params.h"
@@ -508,6 +509,8 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     case 'R':
         return handle_auth(s, &r, body, len);
     case 'E': {
+        if (l->step == STEP_PROBE && !budget_has_percent_caps(s->pool))
+            return true; /* only /health misses the numbers: server_probe_answered says so */
         struct error_fields f;
         codec_parse_error(body, len, &f);
         fail(s, "%s", f.message ? f.message : "server error during login");
