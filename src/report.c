@@ -415,13 +415,13 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         } else if (cap.servers > 0 && cap.in_use * 100 > cap.servers * 80) {
             char of_server[96] = "";
             if (p->server_max_connections > 0)
-                snprintf(of_server, sizeof(of_server), ", a cap of %.0f%% of the server's "
-                         "max_connections %d", pct(cap.servers, p->server_max_connections),
-                         p->server_max_connections);
-            snprintf(line, sizeof(line), "pool %s/%s uses %d of %d servers that %s allows "
-                     "(%.0f%%%s): %s%s", p->db_name, p->user_name, cap.in_use, cap.servers,
-                     limit_kind_key(cap.key), pct(cap.in_use, cap.servers), of_server, hint,
-                     holder);
+                snprintf(of_server, sizeof(of_server),
+                         ", a cap of %.0f%% of the server's max_connections %d",
+                         pct(cap.servers, p->server_max_connections), p->server_max_connections);
+            snprintf(line, sizeof(line),
+                     "pool %s/%s uses %d of %d servers that %s allows (%.0f%%%s): %s%s", p->db_name,
+                     p->user_name, cap.in_use, cap.servers, limit_kind_key(cap.key),
+                     pct(cap.in_use, cap.servers), of_server, hint, holder);
             add_warning(&warnings, &nwarn, line);
         }
     }
@@ -722,8 +722,8 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
                PG_CAP_IN_USE);
     pool_gauge(&t, app, "sluice_pool_down",
                "1 while a pool's connection attempts fail and it has no server.", PG_DOWN);
-    pool_gauge(&t, app, "sluice_pool_unknown",
-               "1 until a server of the pool has logged in once.", PG_UNKNOWN);
+    pool_gauge(&t, app, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
+               PG_UNKNOWN);
     pool_gauge(&t, app, "sluice_server_max_connections",
                "The server's max_connections, as the pool's server reported it.",
                PG_SERVER_MAX_CONNECTIONS);

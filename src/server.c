@@ -301,8 +301,8 @@ bool server_probe_answered(struct server *s)
             return false;
         }
         /* Only /health misses it: serve anyway. */
-        log_server(LOG_WARNING, s, "cannot read the server's max_connections; /health leaves "
-                                   "its share of them out");
+        log_server(LOG_WARNING, s,
+                   "cannot read the server's max_connections; /health leaves its share out");
         return true;
     }
     log_server(LOG_INFO, s,
