@@ -2,8 +2,10 @@
  * thread from the same pool views as SHOW POOLS.
  *
  * /health says in plain words what is wrong and which key to raise: a pool above 80% of its
- * servers, clients queued for one, a database that cannot be reached, client connections near
- * max_client_conn. /metrics follows the Prometheus text exposition format 0.0.4: each family's
+ * effective server cap (budget_pool_cap: the key that binds), clients queued for one, a database
+ * that cannot be reached, client connections near max_client_conn; and each pool's share of its
+ * server's own max_connections. It is readiness (503 while a pool is down); /livez, in http.c, is
+ * liveness. /metrics follows the Prometheus text exposition format 0.0.4: each family's
  * HELP and TYPE, then its samples together; label values escaped and kept UTF-8. */
 #include "report.h"
 
