@@ -327,6 +327,29 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
     text_json_str(warnings, line);
 }
 
+/* Clients of p's database that waited long for a server in the last complete stats period, once
+ * per database (its first pool): nobody may be queued now, but they were. */
+static bool waited_recently(struct sluice *app, const struct pool *p, char *line, size_t n)
+{
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *q = container_of(node, struct pool, node);
+        if (q == p)
+            break;
+        if (!q->is_admin && strcmp(q->db_name, p->db_name) == 0)
+            return false; /* said at that pool */
+    }
+    struct stats_totals avg;
+    if (!stats_averages(app, p->db_name, &avg) || avg.slow_waits == 0)
+        return false;
+    snprintf(line, n,
+             "database %s: %llu client%s waited over %d ms for a server in the last %llu s",
+             p->db_name, (unsigned long long)avg.slow_waits, avg.slow_waits == 1 ? "" : "s",
+             STATS_SLOW_WAIT_MS, (unsigned long long)(stats_period_ms(app) / 1000));
+    return true;
+}
+
 bool report_health(struct sluice *app, char **body, size_t *len, int *status)
 {
     const struct config *cfg = app->cfg;
@@ -414,7 +437,12 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
                      p->db_name, p->user_name, v.cl_waiting, v.cl_waiting == 1 ? "" : "s",
                      (unsigned long long)v.longest_wait_ms, hint, holder);
             add_warning(&warnings, &nwarn, line);
-        } else if (cap.servers > 0 && cap.in_use * 100 > cap.servers * 80) {
+        } else if (waited_recently(app, p, line, sizeof(line))) {
+            size_t used = strlen(line);
+            snprintf(line + used, sizeof(line) - used, ": %s%s", hint, holder);
+            add_warning(&warnings, &nwarn, line);
+        }
+        if (v.cl_waiting == 0 && cap.servers > 0 && cap.in_use * 100 > cap.servers * 80) {
             char of_server[96] = "";
             if (p->server_max_connections > 0)
                 snprintf(of_server, sizeof(of_server),

@@ -4,9 +4,11 @@ max_connections and reserved slots (read from the server) and sluice's share of 
 that name the key to raise. Readiness (/health, 503 while a pool is down) is split from liveness
 (/livez, 200 while sluice serves), and a pool that has never reached its database is "unknown"."""
 
+import time
+
 import pytest
 
-from conftest import pick_port, wait_until
+from conftest import Background, pick_port, wait_until
 from test_budgets import start_with_budgets  # noqa: F401 - a fixture
 from test_http import get, health, hold_transaction, metrics, parse_metrics, pool_of, sample
 
@@ -144,3 +146,28 @@ def test_a_budget_only_some_clients_fall_into_does_not_set_the_pools_cap(start_w
         c.execute("SELECT 1")
         _, doc = health(s)
     assert pool_of(doc)["cap"]["key"] == "pool_size" and pool_of(doc)["cap"]["servers"] == 10
+
+
+@pytest.mark.timeout(60)
+def test_health_warns_about_clients_that_waited_even_when_none_waits_now(start_sluice):
+    s = start_http(start_sluice, {"default_pool_size": 1, "stats_period": 1})
+    hog = hold_transaction(s, application_name="nightly-report")
+    waiter = s.connect(application_name="web")
+    bg = Background(waiter.execute, "SELECT 'served'")
+    try:
+        wait_until(lambda: pool_of(health(s)[1])["clients"]["waiting"] == 1, 5,
+                   what="the waiter to queue")
+        time.sleep(0.3)  # it waits well over 100 ms
+        hog.execute("COMMIT")
+        assert bg.result(10).fetchone() == ("served",)
+
+        def warned():
+            _, doc = health(s)
+            ws = [w for w in doc["warnings"] if "waited over 100 ms" in w]
+            return ws if ws and pool_of(doc)["clients"]["waiting"] == 0 else None
+        (w,) = wait_until(warned, 10, what="a warning about the client that waited")
+        assert "database appdb: 1 client waited over 100 ms for a server in the last 1 s" in w, w
+        assert "raise default_pool_size" in w, w
+    finally:
+        hog.close()
+        waiter.close()
