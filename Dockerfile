@@ -8,7 +8,8 @@
 # Configuration (see scripts/docker-entrypoint): DATABASE_URL or DATABASE_URL_FILE (a secret
 # file holding it), SLUICE_<KEY> for any config key, or a config file mounted at
 # /etc/sluice/sluice.ini (or named by SLUICE_CONFIG). An annotated example of every key is in
-# /usr/share/doc/sluice/sluice.ini.example.
+# /usr/share/doc/sluice/sluice.ini.example; Prometheus alert rules and a Grafana dashboard for
+# /metrics beside it (prometheus-alerts.yml, grafana-dashboard.json).
 #
 # Stopping: `docker stop` sends SIGINT, sluice's graceful shutdown, which lets transactions
 # finish for up to shutdown_timeout (default 30 s). Docker's own grace period is 10 s before
@@ -32,6 +33,7 @@ RUN meson setup /build --buildtype=release --prefix=/usr/local \
  && install -D -m 0755 -s /build/sluice /out/usr/local/bin/sluice \
  && install -D -m 0755 scripts/docker-entrypoint /out/usr/local/bin/docker-entrypoint \
  && install -D -m 0644 conf/sluice.ini /out/usr/share/doc/sluice/sluice.ini.example \
+ && install -m 0644 conf/prometheus-alerts.yml conf/grafana-dashboard.json /out/usr/share/doc/sluice/ \
  && /out/usr/local/bin/sluice --version
 
 # ---- runtime stage: only the shared libraries sluice links against ----
