@@ -8,7 +8,8 @@
 # Configuration (see scripts/docker-entrypoint): DATABASE_URL or DATABASE_URL_FILE (a secret
 # file holding it), SLUICE_<KEY> for any config key, or a config file mounted at
 # /etc/sluice/sluice.ini (or named by SLUICE_CONFIG). An annotated example of every key is in
-# /usr/share/doc/sluice/sluice.ini.example.
+# /usr/share/doc/sluice/sluice.ini.example; Prometheus alert rules and a Grafana dashboard for
+# /metrics beside it (prometheus-alerts.yml, grafana-dashboard.json).
 #
 # Stopping: `docker stop` sends SIGINT, sluice's graceful shutdown: idle clients are closed at
 # once, open transactions finish for up to shutdown_timeout (default 8 s, inside Docker's 10 s
@@ -33,6 +34,7 @@ RUN meson setup /build --buildtype=release --prefix=/usr/local \
  && install -D -m 0755 -s /build/sluice /out/usr/local/bin/sluice \
  && install -D -m 0755 scripts/docker-entrypoint /out/usr/local/bin/docker-entrypoint \
  && install -D -m 0644 conf/sluice.ini /out/usr/share/doc/sluice/sluice.ini.example \
+ && install -m 0644 conf/prometheus-alerts.yml conf/grafana-dashboard.json /out/usr/share/doc/sluice/ \
  && /out/usr/local/bin/sluice --version
 
 # ---- runtime stage: only the shared libraries sluice links against ----
@@ -51,7 +53,7 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.description="PostgreSQL connection pooler" \
       org.opencontainers.image.licenses="MIT"
 
-# Listen on every interface inside the container; /health and /metrics on 8080.
+# Listen on every interface inside the container; /health, /livez and /metrics on 8080.
 ENV SLUICE_LISTEN_ADDR=0.0.0.0 \
     SLUICE_HTTP_LISTEN_ADDR=0.0.0.0 \
     SLUICE_HTTP_LISTEN_PORT=8080
@@ -61,7 +63,10 @@ EXPOSE 6432 8080
 # writes no files unless logfile/pidfile/unix_socket_dir are set: a read-only root works.
 USER 10001:10001
 
-# GET /health over bash's /dev/tcp (no curl in the image); see `docker-entrypoint healthcheck`.
+# Liveness: GET /livez over bash's /dev/tcp (no curl in the image; `docker-entrypoint
+# healthcheck`). Not /health: that is readiness, 503 while a database is down, and restarting
+# the pooler would not bring the database back. Point load balancers / Kubernetes
+# readinessProbe at /health, livenessProbe at /livez.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/docker-entrypoint", "healthcheck"]
 

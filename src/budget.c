@@ -273,6 +273,83 @@ static enum limit_kind limit_passed(const struct pool *p, int add, int pool_cap,
     return LIMIT_NONE;
 }
 
+/* The budget every client of p falls into, if one does: budgets are matched in order, so the
+ * first that could take any of the pool's clients must take all of them (it matches on the user
+ * alone, or it is "default"). */
+static const struct budget *budget_of_every_client(const struct pool *p)
+{
+    const struct budget_set *set = &p->app->budgets;
+    for (int i = 0; i < set->n; i++) {
+        const struct budget *b = set->items[i];
+        if (b->retired)
+            continue;
+        if (strcmp(b->name, "default") == 0)
+            continue; /* the fallback: matched after every other budget */
+        if (!b->app_pattern && !b->user && !b->has_addr)
+            continue; /* matches nobody */
+        if (b->user && strcmp(b->user, p->user_name) != 0)
+            continue;
+        return b->app_pattern || b->has_addr ? NULL : b;
+    }
+    for (int i = 0; i < set->n; i++)
+        if (!set->items[i]->retired && strcmp(set->items[i]->name, "default") == 0)
+            return set->items[i];
+    return NULL;
+}
+
+/* Servers linked to clients in the pools of one database and/or user (NULL: any). */
+static int linked_servers(const struct sluice *app, const char *db_name, const char *user_name)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if ((!db_name || strcmp(p->db_name, db_name) == 0) &&
+            (!user_name || strcmp(p->user_name, user_name) == 0))
+            n += p->active.count;
+    }
+    return n;
+}
+
+void budget_pool_cap(const struct pool *p, struct pool_cap *out)
+{
+    const struct budget *b = budget_of_every_client(p);
+    *out = (struct pool_cap){.key = LIMIT_POOL, .servers = p->size, .in_use = p->active.count};
+    const struct {
+        enum limit_kind key;
+        int cap;
+    } caps[] = {
+        {LIMIT_DB, db_cap(p)},
+        {LIMIT_USER, user_cap(p)},
+        {LIMIT_GLOBAL, global_cap(p->app, p->server_usable)},
+        {LIMIT_BUDGET, b ? b->max_servers : 0},
+    };
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        if (caps[i].cap <= 0 || caps[i].cap >= out->servers)
+            continue;
+        out->key = caps[i].key;
+        out->servers = caps[i].cap;
+    }
+    switch (out->key) {
+    case LIMIT_DB:
+        out->in_use = linked_servers(p->app, p->db_name, NULL);
+        break;
+    case LIMIT_USER:
+        out->in_use = linked_servers(p->app, NULL, p->user_name);
+        break;
+    case LIMIT_GLOBAL:
+        out->in_use = linked_servers(p->app, NULL, NULL);
+        break;
+    case LIMIT_BUDGET:
+        out->budget = b;
+        out->in_use = b->leases;
+        break;
+    default:
+        break;
+    }
+}
+
 enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
 {
     return limit_passed(p, 1, p->size + (use_reserve ? p->reserve_size : 0), NULL);

@@ -78,6 +78,19 @@ int budget_shared_capacity(const struct sluice *app, enum limit_kind *key);
 /* Log the most servers the pool may have and the key that sets it ("max_db_connections = 80%
  * of 22 usable = 17"): at creation, on reload and when a server told max_connections. */
 void budget_log_cap(const struct pool *p);
+/* The most servers pool p can have linked to clients at once and the key that sets it: the
+ * smallest of pool_size, max_db/user/server_connections and the max_servers of a budget that
+ * every client of the pool falls into (LIMIT_POOL on a tie: it is the pool's own). in_use: the
+ * servers that count against that cap now (linked to clients, in every pool it covers); budget
+ * is the binding budget for LIMIT_BUDGET, else NULL. Reads only. */
+struct pool_cap {
+    enum limit_kind key;
+    int servers;
+    int in_use;
+    const struct budget *budget;
+};
+void budget_pool_cap(const struct pool *p, struct pool_cap *out);
+
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
 /* Server counts across pools, for the caps. */

@@ -1,4 +1,4 @@
-/* http: /health and /metrics over a small libuv TCP server (see http.h).
+/* http: /health, /livez and /metrics over a small libuv TCP server (see http.h).
  *
  * One request per connection: read the head (at most HTTP_MAX_HEAD bytes, within
  * HTTP_READ_TIMEOUT_MS from accept, so a client trickling bytes cannot hold a connection), answer,
@@ -157,8 +157,9 @@ static void route(struct http_conn *hc, const struct http_request *req)
     struct sluice *app = hc->srv->app;
     bool is_health = strcmp(req->path, "/health") == 0;
     bool is_metrics = strcmp(req->path, "/metrics") == 0;
-    if (!is_health && !is_metrics) {
-        respond_text(hc, 404, "not found: try /health or /metrics\n");
+    bool is_livez = strcmp(req->path, "/livez") == 0;
+    if (!is_health && !is_metrics && !is_livez) {
+        respond_text(hc, 404, "not found: try /health, /livez or /metrics\n");
         return;
     }
     if (req->method == HTTP_METHOD_OTHER) {
@@ -166,6 +167,12 @@ static void route(struct http_conn *hc, const struct http_request *req)
         return;
     }
     bool head_only = req->method == HTTP_METHOD_HEAD;
+    if (is_livez) {
+        /* Liveness: the loop answers, whatever the databases do (readiness is /health). */
+        static const char alive[] = "alive\n";
+        respond(hc, 200, "text/plain; charset=utf-8", alive, sizeof(alive) - 1, head_only);
+        return;
+    }
     char *body = NULL;
     size_t len = 0;
     int status = 200;
@@ -329,7 +336,7 @@ int http_start(struct sluice *app)
         log_msg(LOG_ERROR, "cannot listen for HTTP on %s:%d: %s", host, port, uv_strerror(rc));
         return rc; /* http_stop (from the shutdown that follows) closes the handle */
     }
-    log_msg(LOG_INFO, "HTTP (/health, /metrics) listening on %s:%d", host, port);
+    log_msg(LOG_INFO, "HTTP (/health, /livez, /metrics) listening on %s:%d", host, port);
     return 0;
 }
 

@@ -36,8 +36,9 @@ struct pool {
     int reserve_size;
     bool is_admin;        /* the admin console's pseudo-pool: never has servers */
     /* The server's max_connections - superuser_reserved_connections (for NN% caps); 0 until a
-     * server of this pool has told it. */
+     * server of this pool has told it (server_probe_sql), with the two numbers behind it. */
     int server_usable;
+    int server_max_connections, server_reserved;
     bool probe_again;     /* reload: read it again from the next server */
 
     /* Servers by state. */

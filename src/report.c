@@ -2,8 +2,10 @@
  * thread from the same pool views as SHOW POOLS.
  *
  * /health says in plain words what is wrong and which key to raise: a pool above 80% of its
- * servers, clients queued for one, a database that cannot be reached, client connections near
- * max_client_conn. /metrics follows the Prometheus text exposition format 0.0.4: each family's
+ * effective server cap (budget_pool_cap: the key that binds), clients queued for one, a database
+ * that cannot be reached, client connections near max_client_conn; and each pool's share of its
+ * server's own max_connections. It is readiness (503 while a pool is down); /livez, in http.c, is
+ * liveness. /metrics follows the Prometheus text exposition format 0.0.4: each family's
  * HELP and TYPE, then its samples together; label values escaped and kept UTF-8. */
 #include "report.h"
 
@@ -139,14 +141,43 @@ static double pct(double part, double whole)
     return whole > 0 ? part * 100.0 / whole : 0.0;
 }
 
-/* Which key to raise for more servers in this pool. */
-static void raise_hint(const struct pool *p, char *out, size_t n)
+/* What a pool can tell about itself: "unknown" until a server of it has logged in once (a
+ * wrong address is only found by trying), "down" while its connection attempts fail and it has
+ * no server, else "ok". */
+enum pool_health { POOL_HEALTH_UNKNOWN, POOL_HEALTH_OK, POOL_HEALTH_DOWN };
+
+static const char *pool_health_name(enum pool_health h)
+{
+    switch (h) {
+    case POOL_HEALTH_UNKNOWN:
+        return "unknown";
+    case POOL_HEALTH_OK:
+        return "ok";
+    case POOL_HEALTH_DOWN:
+        return "down";
+    }
+    return "?";
+}
+
+static enum pool_health pool_health_of(const struct pool *p, const struct stats_pool_view *v)
+{
+    if (v->down)
+        return POOL_HEALTH_DOWN;
+    return p->have_welcome ? POOL_HEALTH_OK : POOL_HEALTH_UNKNOWN;
+}
+
+/* Which key to raise for more servers in this pool, from the cap that binds. */
+static void raise_hint(const struct pool *p, const struct pool_cap *cap, char *out, size_t n)
 {
     const struct config *cfg = p->app->cfg;
-    enum limit_kind k = budget_connect_limit(p, false);
-    if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
-        snprintf(out, n, "raise %s (now %d; it is full before pool_size)", limit_kind_key(k),
-                 budget_limit_value(p, NULL, k));
+    if (cap->key == LIMIT_BUDGET) {
+        snprintf(out, n, "raise max_servers of [budgets] %s (now %d)", cap->budget->name,
+                 cap->servers);
+        return;
+    }
+    if (cap->key != LIMIT_POOL) {
+        snprintf(out, n, "raise %s (now %d; it is reached before pool_size %d)",
+                 limit_kind_key(cap->key), cap->servers, p->size);
         return;
     }
     const struct db_entry *db = config_find_db(cfg, p->db_name);
@@ -167,8 +198,54 @@ static void holder_hint(const char *top_app, int servers, char *out, size_t n)
         snprintf(out, n, "; application_name \"%s\" holds the most servers (%d)", top_app, servers);
 }
 
+/* The server a pool connects to, as its [databases] entry names it ("" parts: libpq's default),
+ * so that pools on one server are counted together against its max_connections. */
+static void upstream_address(const struct pool *p, char *out, size_t n)
+{
+    const struct db_entry *db = config_find_db(p->app->cfg, p->db_name);
+    const char *host = "", *port = "";
+    for (int i = 0; db && i < db->nkeys; i++) {
+        if (strcmp(db->pq_keywords[i], "host") == 0)
+            host = db->pq_values[i];
+        else if (strcmp(db->pq_keywords[i], "port") == 0)
+            port = db->pq_values[i];
+    }
+    snprintf(out, n, "%s:%s", host, port[0] ? port : "5432");
+}
+
+/* Servers sluice holds on one upstream, across its pools. */
+static int upstream_servers(struct sluice *app, const char *address)
+{
+    int n = 0;
+    char other[300];
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (p->is_admin)
+            continue;
+        upstream_address(p, other, sizeof(other));
+        if (strcmp(other, address) == 0)
+            n += pool_server_count(p);
+    }
+    return n;
+}
+
+static void json_cap(struct text *t, const struct pool_cap *cap, const char *key)
+{
+    text_printf(t, "\"cap\":{\"servers\":%d,\"key\":", cap->servers);
+    text_json_str(t, key);
+    text_printf(t, ",\"in_use\":%d,\"usage_pct\":%.1f", cap->in_use,
+                pct(cap->in_use, cap->servers));
+    if (cap->key == LIMIT_BUDGET) {
+        text_cstr(t, ",\"budget\":");
+        text_json_str(t, cap->budget->name);
+    }
+    text_cstr(t, "}");
+}
+
 static void json_view(struct text *t, const struct stats_pool_view *v, int pool_size,
-                      long long max_client_conn, int clients_total)
+                      double usage_pct, long long max_client_conn, int clients_total)
 {
     text_printf(t,
                 "\"servers\":{\"total\":%d,\"active\":%d,\"idle\":%d,\"used\":%d,\"tested\":%d,"
@@ -177,9 +254,100 @@ static void json_view(struct text *t, const struct stats_pool_view *v, int pool_
                 "\"pool_size\":%d,\"max_client_conn\":%lld,\"usage_pct\":%.1f,"
                 "\"client_usage_pct\":%.1f,\"longest_wait_ms\":%llu",
                 v->sv_total, v->sv_active, v->sv_idle, v->sv_used, v->sv_tested, v->sv_login,
-                v->cl_active, v->cl_waiting, v->cl_idle, pool_size, max_client_conn,
-                pct(v->sv_active, pool_size), pct(clients_total, (double)max_client_conn),
+                v->cl_active, v->cl_waiting, v->cl_idle, pool_size, max_client_conn, usage_pct,
+                pct(clients_total, (double)max_client_conn),
                 (unsigned long long)v->longest_wait_ms);
+}
+
+/* The pool's server as the server itself counts connections: null until sluice has read it. */
+static void json_pool_server(struct text *t, struct sluice *app, const struct pool *p,
+                             const struct pool_cap *cap, int pool_servers)
+{
+    char address[300];
+    upstream_address(p, address, sizeof(address));
+    text_cstr(t, ",\"server\":");
+    if (p->server_max_connections <= 0) {
+        text_cstr(t, "null");
+        return;
+    }
+    int on_server = upstream_servers(app, address);
+    text_cstr(t, "{\"address\":");
+    text_json_str(t, address);
+    text_printf(t,
+                ",\"max_connections\":%d,\"reserved_connections\":%d,\"sluice_servers\":%d,"
+                "\"sluice_share_pct\":%.1f,\"pool_share_pct\":%.1f,\"cap_share_pct\":%.1f}",
+                p->server_max_connections, p->server_reserved, on_server,
+                pct(on_server, p->server_max_connections),
+                pct(pool_servers, p->server_max_connections),
+                pct(cap->servers, p->server_max_connections));
+}
+
+/* One entry per server sluice connects to (total section). */
+static void json_upstreams(struct text *t, struct sluice *app)
+{
+    char address[300], seen_addr[300];
+    bool first = true;
+    text_cstr(t, ",\"upstreams\":[");
+    struct list_node *n, *tmp, *m, *tmp2;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (p->is_admin || p->server_max_connections <= 0)
+            continue;
+        upstream_address(p, address, sizeof(address));
+        bool listed = false; /* by an earlier pool */
+        list_for_each(&app->pools, m, tmp2)
+        {
+            const struct pool *q = container_of(m, struct pool, node);
+            if (q == p)
+                break;
+            if (q->is_admin || q->server_max_connections <= 0)
+                continue;
+            upstream_address(q, seen_addr, sizeof(seen_addr));
+            listed |= strcmp(seen_addr, address) == 0;
+        }
+        if (listed)
+            continue;
+        int on_server = upstream_servers(app, address);
+        text_printf(t, "%s{\"address\":", first ? "" : ",");
+        first = false;
+        text_json_str(t, address);
+        text_printf(t,
+                    ",\"max_connections\":%d,\"reserved_connections\":%d,\"sluice_servers\":%d,"
+                    "\"sluice_share_pct\":%.1f}",
+                    p->server_max_connections, p->server_reserved, on_server,
+                    pct(on_server, p->server_max_connections));
+    }
+    text_cstr(t, "]");
+}
+
+static void add_warning(struct text *warnings, int *nwarn, const char *line)
+{
+    text_printf(warnings, "%s", (*nwarn)++ ? "," : "");
+    text_json_str(warnings, line);
+}
+
+/* Clients of p's database that waited long for a server in the last complete stats period, once
+ * per database (its first pool): nobody may be queued now, but they were. */
+static bool waited_recently(struct sluice *app, const struct pool *p, char *line, size_t n)
+{
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *q = container_of(node, struct pool, node);
+        if (q == p)
+            break;
+        if (!q->is_admin && strcmp(q->db_name, p->db_name) == 0)
+            return false; /* said at that pool */
+    }
+    struct stats_totals avg;
+    if (!stats_averages(app, p->db_name, &avg) || avg.slow_waits == 0)
+        return false;
+    snprintf(line, n,
+             "database %s: %llu client%s waited over %d ms for a server in the last %llu s",
+             p->db_name, (unsigned long long)avg.slow_waits, avg.slow_waits == 1 ? "" : "s",
+             STATS_SLOW_WAIT_MS, (unsigned long long)(stats_period_ms(app) / 1000));
+    return true;
 }
 
 bool report_health(struct sluice *app, char **body, size_t *len, int *status)
@@ -189,7 +357,8 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
     struct text t = {0}, pools = {0}, warnings = {0};
     struct stats_pool_view total;
     memset(&total, 0, sizeof(total));
-    int total_size = 0, nwarn = 0, ndown = 0;
+    int total_size = 0, total_cap = 0, nwarn = 0, ndown = 0, nunknown = 0, npools = 0,
+        max_usable = 0;
     char hint[300], holder[200];
 
     bool first = true;
@@ -201,6 +370,9 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
             continue;
         struct stats_pool_view v;
         stats_view_pool(p, now, &v);
+        struct pool_cap cap;
+        budget_pool_cap(p, &cap);
+        enum pool_health health = pool_health_of(p, &v);
         int top_servers;
         const char *top_app = stats_top_application(p, &top_servers);
         int clients = v.cl_active + v.cl_waiting + v.cl_idle;
@@ -216,7 +388,12 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         if (v.longest_wait_ms > total.longest_wait_ms)
             total.longest_wait_ms = v.longest_wait_ms;
         total_size += p->size;
-        ndown += v.down;
+        total_cap += cap.servers;
+        if (p->server_usable > max_usable)
+            max_usable = p->server_usable;
+        npools++;
+        ndown += health == POOL_HEALTH_DOWN;
+        nunknown += health == POOL_HEALTH_UNKNOWN;
 
         text_printf(&pools, "%s{\"database\":", first ? "" : ",");
         first = false;
@@ -224,8 +401,13 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         text_cstr(&pools, ",\"user\":");
         text_json_str(&pools, p->user_name);
         text_printf(&pools, ",\"status\":\"%s\",\"pool_mode\":\"%s\",\"paused\":%s,",
-                    v.down ? "down" : "ok", pool_mode_name(p->mode), p->paused ? "true" : "false");
-        json_view(&pools, &v, p->size, (long long)cfg->max_client_conn, clients);
+                    pool_health_name(health), pool_mode_name(p->mode),
+                    p->paused ? "true" : "false");
+        json_view(&pools, &v, p->size, pct(cap.in_use, cap.servers),
+                  (long long)cfg->max_client_conn, clients);
+        text_cstr(&pools, ",");
+        json_cap(&pools, &cap, limit_kind_key(cap.key));
+        json_pool_server(&pools, app, p, &cap, v.sv_total);
         text_cstr(&pools, ",\"top_application\":");
         if (top_app) {
             text_cstr(&pools, "{\"name\":");
@@ -240,29 +422,37 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
 
         /* Warnings: what is wrong and what to do, in one sentence each. */
         char line[1024];
-        if (v.down) {
+        if (health == POOL_HEALTH_DOWN) {
             snprintf(line, sizeof(line),
                      "pool %s/%s cannot reach the database (%d failed connection attempts): %s",
                      p->db_name, p->user_name, p->connect_failures,
                      p->last_connect_error ? p->last_connect_error : "unknown error");
-            text_printf(&warnings, "%s", nwarn++ ? "," : "");
-            text_json_str(&warnings, line);
+            add_warning(&warnings, &nwarn, line);
         }
-        raise_hint(p, hint, sizeof(hint));
+        raise_hint(p, &cap, hint, sizeof(hint));
         holder_hint(top_app, top_servers, holder, sizeof(holder));
         if (v.cl_waiting > 0) {
             snprintf(line, sizeof(line),
                      "pool %s/%s: %d client%s waiting for a server, the longest for %llu ms: %s%s",
                      p->db_name, p->user_name, v.cl_waiting, v.cl_waiting == 1 ? "" : "s",
                      (unsigned long long)v.longest_wait_ms, hint, holder);
-            text_printf(&warnings, "%s", nwarn++ ? "," : "");
-            text_json_str(&warnings, line);
-        } else if (p->size > 0 && v.sv_active * 100 > p->size * 80) {
-            snprintf(line, sizeof(line), "pool %s/%s uses %d of %d servers (%.0f%%): %s%s",
-                     p->db_name, p->user_name, v.sv_active, p->size, pct(v.sv_active, p->size),
-                     hint, holder);
-            text_printf(&warnings, "%s", nwarn++ ? "," : "");
-            text_json_str(&warnings, line);
+            add_warning(&warnings, &nwarn, line);
+        } else if (waited_recently(app, p, line, sizeof(line))) {
+            size_t used = strlen(line);
+            snprintf(line + used, sizeof(line) - used, ": %s%s", hint, holder);
+            add_warning(&warnings, &nwarn, line);
+        }
+        if (v.cl_waiting == 0 && cap.servers > 0 && cap.in_use * 100 > cap.servers * 80) {
+            char of_server[96] = "";
+            if (p->server_max_connections > 0)
+                snprintf(of_server, sizeof(of_server),
+                         ", a cap of %.0f%% of the server's max_connections %d",
+                         pct(cap.servers, p->server_max_connections), p->server_max_connections);
+            snprintf(line, sizeof(line),
+                     "pool %s/%s uses %d of %d servers that %s allows (%.0f%%%s): %s%s", p->db_name,
+                     p->user_name, cap.in_use, cap.servers, limit_kind_key(cap.key),
+                     pct(cap.in_use, cap.servers), of_server, hint, holder);
+            add_warning(&warnings, &nwarn, line);
         }
     }
     long long max_clients = (long long)cfg->max_client_conn;
@@ -271,17 +461,31 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         snprintf(line, sizeof(line),
                  "%d of %lld client connections in use (%.0f%%): raise max_client_conn",
                  app->nclients, max_clients, pct(app->nclients, (double)max_clients));
-        text_printf(&warnings, "%s", nwarn++ ? "," : "");
-        text_json_str(&warnings, line);
+        add_warning(&warnings, &nwarn, line);
     }
-    bool ok = ndown == 0 && app->phase == PHASE_RUNNING;
-    *status = ok ? 200 : 503;
-    text_printf(&t, "{\"status\":\"%s\",\"version\":\"%s\",\"total\":{",
-                app->phase != PHASE_RUNNING ? "shutting_down"
-                : ok                        ? "ok"
-                                            : "down",
-                SLUICE_VERSION);
-    json_view(&t, &total, total_size, max_clients, app->nclients);
+    /* The whole: max_server_connections where it is below the pools' caps added up. */
+    struct pool_cap all = {.key = LIMIT_POOL, .servers = total_cap, .in_use = total.sv_active};
+    int global = limit_resolve(cfg->max_server_connections, max_usable);
+    const char *all_key = "pools";
+    if (global > 0 && (global < total_cap || npools == 0)) {
+        all.servers = global;
+        all_key = limit_kind_key(LIMIT_GLOBAL);
+    }
+    const char *overall;
+    if (app->phase != PHASE_RUNNING)
+        overall = "shutting_down";
+    else if (ndown > 0)
+        overall = "down";
+    else if (nunknown > 0 || npools == 0)
+        overall = "unknown"; /* ready, but no server has been reached yet to prove it */
+    else
+        overall = "ok";
+    *status = app->phase == PHASE_RUNNING && ndown == 0 ? 200 : 503;
+    text_printf(&t, "{\"status\":\"%s\",\"version\":\"%s\",\"total\":{", overall, SLUICE_VERSION);
+    json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, app->nclients);
+    text_cstr(&t, ",");
+    json_cap(&t, &all, all_key);
+    json_upstreams(&t, app);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
                 app->nclients, app->nservers);
     if (pools.len)
@@ -334,12 +538,23 @@ static uint64_t counter_of(const struct pool *p, enum pool_counter k)
     return 0;
 }
 
-enum pool_gauge_kind { PG_SIZE, PG_PAUSED };
+enum pool_gauge_kind {
+    PG_SIZE,
+    PG_PAUSED,
+    PG_CAP,
+    PG_CAP_IN_USE,
+    PG_DOWN,
+    PG_UNKNOWN,
+    PG_SERVER_MAX_CONNECTIONS,
+    PG_SERVER_RESERVED
+};
 
-/* One gauge with a line per pool (the admin console's pseudo-pool left out). */
+/* One gauge with a line per pool (the admin console's pseudo-pool left out; the server's own
+ * numbers only once sluice has read them). */
 static void pool_gauge(struct text *t, struct sluice *app, const char *name, const char *help,
                        enum pool_gauge_kind k)
 {
+    uint64_t now = sluice_now(app);
     metric_head(t, name, "gauge", help);
     struct list_node *n, *tmp;
     list_for_each(&app->pools, n, tmp)
@@ -347,10 +562,48 @@ static void pool_gauge(struct text *t, struct sluice *app, const char *name, con
         const struct pool *p = container_of(n, struct pool, node);
         if (p->is_admin)
             continue;
+        if ((k == PG_SERVER_MAX_CONNECTIONS || k == PG_SERVER_RESERVED) &&
+            p->server_max_connections <= 0)
+            continue;
+        struct stats_pool_view v;
+        stats_view_pool(p, now, &v);
+        struct pool_cap cap;
+        budget_pool_cap(p, &cap);
+        int value = 0;
+        switch (k) {
+        case PG_SIZE:
+            value = p->size;
+            break;
+        case PG_PAUSED:
+            value = p->paused ? 1 : 0;
+            break;
+        case PG_CAP:
+            value = cap.servers;
+            break;
+        case PG_CAP_IN_USE:
+            value = cap.in_use;
+            break;
+        case PG_DOWN:
+            value = pool_health_of(p, &v) == POOL_HEALTH_DOWN;
+            break;
+        case PG_UNKNOWN:
+            value = pool_health_of(p, &v) == POOL_HEALTH_UNKNOWN;
+            break;
+        case PG_SERVER_MAX_CONNECTIONS:
+            value = p->server_max_connections;
+            break;
+        case PG_SERVER_RESERVED:
+            value = p->server_reserved;
+            break;
+        }
         text_cstr(t, name);
         text_cstr(t, "{");
         pool_labels(t, p);
-        text_printf(t, "} %d\n", k == PG_SIZE ? p->size : p->paused ? 1 : 0);
+        if (k == PG_CAP) {
+            text_cstr(t, ",key=");
+            text_label(t, limit_kind_key(cap.key));
+        }
+        text_printf(t, "} %d\n", value);
     }
 }
 
@@ -489,6 +742,24 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     pool_gauge(&t, app, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
     pool_gauge(&t, app, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
+    pool_gauge(&t, app, "sluice_pool_cap",
+               "The most servers a pool can have in use: the smallest of pool_size, "
+               "max_db/user/server_connections and its budget's max_servers (key: which).",
+               PG_CAP);
+    pool_gauge(&t, app, "sluice_pool_cap_in_use",
+               "Servers in use that count against the pool's cap (for a shared cap: in every "
+               "pool it covers).",
+               PG_CAP_IN_USE);
+    pool_gauge(&t, app, "sluice_pool_down",
+               "1 while a pool's connection attempts fail and it has no server.", PG_DOWN);
+    pool_gauge(&t, app, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
+               PG_UNKNOWN);
+    pool_gauge(&t, app, "sluice_server_max_connections",
+               "The server's max_connections, as the pool's server reported it.",
+               PG_SERVER_MAX_CONNECTIONS);
+    pool_gauge(&t, app, "sluice_server_reserved_connections",
+               "The server's superuser_reserved_connections (+ reserved_connections).",
+               PG_SERVER_RESERVED);
     metric_head(&t, "sluice_max_client_conn", "gauge", "Client connections allowed in total.");
     text_printf(&t, "sluice_max_client_conn %lld\n", (long long)cfg->max_client_conn);
     metric_head(&t, "sluice_client_connections", "gauge",

@@ -289,15 +289,29 @@ void server_logged_in(struct server *s)
     pool_server_ready(s);
 }
 
-/* NN% caps need the server's max_connections: read it (with libpq, or in server_login.c)
- * before the server is handed out. */
-const char server_probe_sql[] = "SELECT current_setting('max_connections')::int - "
-                                "current_setting('superuser_reserved_connections')::int";
+/* Every pool reads its server's max_connections and reserved slots once (and again after a
+ * reload) before its first server is handed out: NN% caps resolve against them and /health
+ * reports the pool's share of them. One text value, "max_connections reserved", so both login
+ * paths read it the same way; reserved_connections exists from Postgres 16 on. */
+const char server_probe_sql[] =
+    "SELECT current_setting('max_connections') || ' ' || "
+    "(current_setting('superuser_reserved_connections')::int + "
+    "coalesce(current_setting('reserved_connections', true)::int, 0))";
 
 bool server_needs_probe(const struct server *s)
 {
-    return (s->pool->server_usable <= 0 || s->pool->probe_again) &&
-           budget_has_percent_caps(s->pool);
+    return s->pool->server_usable <= 0 || s->pool->probe_again;
+}
+
+void server_probe_store(struct pool *p, const char *value)
+{
+    int max_connections = 0, reserved = 0;
+    if (sscanf(value, "%d %d", &max_connections, &reserved) != 2 || max_connections <= 0 ||
+        reserved < 0 || reserved >= max_connections)
+        return;
+    p->server_max_connections = max_connections;
+    p->server_reserved = reserved;
+    p->server_usable = max_connections - reserved;
 }
 
 static void probe_failed(struct server *s, const char *why)
@@ -310,14 +324,23 @@ static void probe_failed(struct server *s, const char *why)
 
 bool server_probe_answered(struct server *s)
 {
-    s->pool->probe_again = false;
-    if (s->pool->server_usable <= 0) {
-        probe_failed(s, "no value returned");
-        return false;
+    struct pool *p = s->pool;
+    p->probe_again = false;
+    if (p->server_usable <= 0) {
+        if (budget_has_percent_caps(p)) {
+            probe_failed(s, "no value returned");
+            return false;
+        }
+        /* Only /health misses it: serve anyway. */
+        log_server(LOG_WARNING, s,
+                   "cannot read the server's max_connections; /health leaves its share out");
+        return true;
     }
-    log_server(LOG_INFO, s, "server allows %d connections besides superuser_reserved_connections",
-               s->pool->server_usable);
-    budget_log_cap(s->pool);
+    log_server(LOG_INFO, s,
+               "server allows %d connections besides superuser_reserved_connections "
+               "(max_connections %d, %d reserved)",
+               p->server_usable, p->server_max_connections, p->server_reserved);
+    budget_log_cap(p);
     return true;
 }
 
@@ -348,8 +371,9 @@ static void probe_step(struct server *s)
             return;
         }
         if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-            s->pool->server_usable = atoi(PQgetvalue(res, 0, 0));
-        else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            server_probe_store(s->pool, PQgetvalue(res, 0, 0));
+        else if (PQresultStatus(res) != PGRES_TUPLES_OK && budget_has_percent_caps(s->pool)) {
+            /* (Without NN% caps an error only costs /health the numbers: see probe_answered.) */
             char why[256];
             snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
             PQclear(res);

@@ -82,11 +82,12 @@ struct server {
 
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */
 void server_on_io(struct sockio *io, int status, int events);
-/* NN% caps: the pool does not know the server's max_connections yet (or a reload asked again):
- * run server_probe_sql first, put its one value in pool->server_usable, then call
- * server_probe_answered (false: it gave nothing usable, s was failed). */
+/* The pool does not know its server's max_connections yet (or a reload asked again): run
+ * server_probe_sql first, hand its one value to server_probe_store, then call
+ * server_probe_answered (false: NN% caps need it and it gave nothing usable; s was failed). */
 extern const char server_probe_sql[];
 bool server_needs_probe(const struct server *s);
+void server_probe_store(struct pool *p, const char *value);
 bool server_probe_answered(struct server *s);
 /* Logged in (by libpq or server_login.c), parameters and backend pid known: into the pool. */
 void server_logged_in(struct server *s);

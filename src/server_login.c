@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "budget.h"
 #include "codec.h"
 #include "log.h"
 #include "params.h"
@@ -508,6 +509,8 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     case 'R':
         return handle_auth(s, &r, body, len);
     case 'E': {
+        if (l->step == STEP_PROBE && !budget_has_percent_caps(s->pool))
+            return true; /* only /health misses the numbers: server_probe_answered says so */
         struct error_fields f;
         codec_parse_error(body, len, &f);
         const char *text = f.message ? f.message : "server error during login";
@@ -540,12 +543,12 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
         if (l->step == STEP_PROBE) {
             int16_t ncols = codec_read_i16(&r);
             int32_t vlen = codec_read_i32(&r);
-            const uint8_t *v = vlen > 0 && vlen < 16 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
+            const uint8_t *v = vlen > 0 && vlen < 32 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
             if (ncols == 1 && v) {
-                char num[16];
-                memcpy(num, v, (size_t)vlen);
-                num[vlen] = '\0';
-                s->pool->server_usable = atoi(num);
+                char value[32];
+                memcpy(value, v, (size_t)vlen);
+                value[vlen] = '\0';
+                server_probe_store(s->pool, value);
             }
         }
         return true;

@@ -111,6 +111,10 @@ void stats_add_pool(struct stats_totals *t, const struct pool *p)
     t->xact_us += p->xact_us_total;
     t->wait_us += p->wait_us_total;
     t->wait_count += p->wait_count;
+    /* The wait histogram's buckets above the one that ends at STATS_SLOW_WAIT_MS. */
+    for (int i = 0; i < POOL_HIST_BUCKETS; i++)
+        if (i == POOL_HIST_BUCKETS - 1 || pool_hist_bounds_ms[i] > STATS_SLOW_WAIT_MS)
+            t->slow_waits += p->wait_hist[i];
 }
 
 void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out)
@@ -169,9 +173,15 @@ static void compute_average(struct stats_db *d, uint64_t elapsed_ms)
     a->query_us = queries ? delta(c->query_us, p->query_us) / queries : 0;
     a->wait_us = waits ? delta(c->wait_us, p->wait_us) / waits : 0;
     a->wait_count = waits * 1000 / ms;
+    a->slow_waits = delta(c->slow_waits, p->slow_waits);
     uint64_t xacts = delta(c->xact_count, p->xact_count);
     a->xact_us = xacts ? delta(c->xact_us, p->xact_us) / xacts : 0;
     d->have_avg = true;
+}
+
+uint64_t stats_period_ms(const struct sluice *app)
+{
+    return app->cfg->stats_period > 0 ? (uint64_t)app->cfg->stats_period : DEFAULT_WINDOW_MS;
 }
 
 void stats_tick(struct sluice *app, uint64_t now_ms)
@@ -184,9 +194,7 @@ void stats_tick(struct sluice *app, uint64_t now_ms)
         st->last_ms = now_ms;
         return; /* every counter is zero at start: the first snapshot is all zeros */
     }
-    uint64_t window =
-        app->cfg->stats_period > 0 ? (uint64_t)app->cfg->stats_period : DEFAULT_WINDOW_MS;
-    if (now_ms - st->last_ms < window)
+    if (now_ms - st->last_ms < stats_period_ms(app))
         return;
     for (int i = 0; i < st->n; i++)
         memset(&st->dbs[i].cur, 0, sizeof(st->dbs[i].cur));

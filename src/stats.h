@@ -21,7 +21,11 @@ struct stats_totals {
     uint64_t query_us;
     uint64_t wait_us;
     uint64_t wait_count;
+    /* Clients that waited longer than STATS_SLOW_WAIT_MS for a server (in averages: how many in
+     * the period, not a rate; /health warns about them). */
+    uint64_t slow_waits;
 };
+#define STATS_SLOW_WAIT_MS 100
 
 /* What one pool looks like now (SHOW POOLS, /health, /metrics), in PgBouncer's terms. */
 struct stats_pool_view {
@@ -46,6 +50,8 @@ const char *stats_top_application(const struct pool *p, int *servers);
 void stats_add_pool(struct stats_totals *t, const struct pool *p);
 /* Totals of every pool of one database. */
 void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out);
+/* How long the last complete averaging period was (stats_period, or 60 s when that is 0). */
+uint64_t stats_period_ms(const struct sluice *app);
 /* Averages over the last complete stats_period for a database (PgBouncer's meaning: counts and
  * bytes per second; query and wait times in microseconds per query / per wait). false while no
  * period has completed yet (out is zeroed then). */

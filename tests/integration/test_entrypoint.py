@@ -189,10 +189,12 @@ def test_entrypoint_runs_other_commands_as_given():
 
 
 class _HealthHandler(http.server.BaseHTTPRequestHandler):
-    status = 200
+    """A stand-in sluice: /livez answers live_status, /health (readiness) ready_status."""
+    live_status = 200
+    ready_status = 200
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        code = self.status if self.path == "/health" else 404
+        code = {"/livez": self.live_status, "/health": self.ready_status}.get(self.path, 404)
         body = b'{"status":"ok"}' if code == 200 else b'{"status":"down"}'
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -204,9 +206,14 @@ class _HealthHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("status, expected_rc", [(200, 0), (503, 1)])
-def test_entrypoint_healthcheck_follows_the_health_status(status, expected_rc):
-    handler = type("H", (_HealthHandler,), {"status": status})
+# The container HEALTHCHECK is liveness: a database outage (/health 503) must not get the pooler
+# restarted, so only /livez counts.
+@pytest.mark.parametrize("live_status, ready_status, expected_rc",
+                         [(200, 200, 0), (200, 503, 0), (503, 200, 1)])
+def test_entrypoint_healthcheck_follows_livez_not_readiness(live_status, ready_status,
+                                                            expected_rc):
+    handler = type("H", (_HealthHandler,), {"live_status": live_status,
+                                            "ready_status": ready_status})
     server = http.server.HTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()

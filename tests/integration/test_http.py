@@ -1,5 +1,5 @@
 """The HTTP listener (http_listen_port): GET /health (JSON, 503 when the database cannot be
-reached) and GET /metrics (Prometheus text format 0.0.4); malformed requests get 400, slow
+reached; test_health.py has caps and readiness), GET /livez and GET /metrics (Prometheus text format 0.0.4); malformed requests get 400, slow
 ones are cut off, and nothing an HTTP client does holds up the proxy."""
 
 import json
@@ -216,7 +216,8 @@ def test_health_is_503_when_the_database_cannot_be_reached(start_sluice, pg):
     s.http_port = port
     s.wait_for_log(r"HTTP .* listening")
     status, doc = health(s)
-    assert status == 200 and doc["status"] == "ok"  # nothing has tried the database yet
+    # nothing has tried the database yet: ready (200), but not known to be "ok"
+    assert status == 200 and doc["status"] == "unknown"
     with pytest.raises(Exception):
         s.connect()  # the login fails: nothing listens on the upstream port
     status, doc = health(s)
@@ -314,7 +315,10 @@ def test_unknown_path_gets_404_and_other_methods_405(start_sluice):
     status, headers, body = get(s.http_port, "/health", method="HEAD")
     assert status == 200 and body == b"" and int(headers["content-length"]) > 0
     status, _, body = get(s.http_port, "/health?verbose=1")
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert status == 200 and json.loads(body)["status"] == "unknown"  # no pool has a server yet
+    status, headers, body = get(s.http_port, "/livez", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+    assert get(s.http_port, "/livez", method="POST")[0] == 405
 
 
 def test_oversized_request_head_gets_431(start_sluice):
@@ -450,7 +454,7 @@ def test_request_from_a_client_that_half_closes_still_gets_its_answer(start_slui
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200 ")
-    assert json.loads(data.partition(b"\r\n\r\n")[2])["status"] == "ok"
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["status"] == "unknown"  # no pool yet
 
 
 def test_names_that_are_not_utf8_keep_json_and_metrics_valid(start_sluice):
