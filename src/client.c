@@ -7,6 +7,10 @@
  *      |                                         a message --->|  | released      |
  *      |                                                       v  |               |
  *      |                                                  WAITING --server--> ACTIVE
+ *      |                       Terminate, then EOF, queued: |                    ^
+ *      |                                                    v                    |
+ *      |                                              WAITING_LAST --server------+
+ *      |                                    (the relay closes it at the Terminate)
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
  *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
