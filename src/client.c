@@ -10,6 +10,10 @@
  *      |                                         a message --->|  | released      |
  *      |                                                       v  |               |
  *      |                                                  WAITING --server--> ACTIVE
+ *      |                       Terminate, then EOF, queued: |                    ^
+ *      |                                                    v                    |
+ *      |                                              WAITING_LAST --server------+
+ *      |                                    (the relay closes it at the Terminate)
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
  *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
@@ -129,10 +133,13 @@ void client_set_state(struct client *c, enum client_state next)
                    client_state_name(next));
         abort();
     }
-    list_remove(list_for(c, c->state), &c->node);
+    struct list *from = list_for(c, c->state), *to = list_for(c, next);
+    if (from != to) { /* the same list (WAITING -> WAITING_LAST): keep the FIFO place */
+        list_remove(from, &c->node);
+        list_append(to, &c->node);
+    }
     c->state = next;
     c->state_since_ms = sluice_now(c->app);
-    list_append(list_for(c, next), &c->node);
     release_idle_output(c);
 }
 

@@ -10,7 +10,8 @@
  *        |              |   \       v  client left or released with work to do
  *        |              +---- RESETTING (sluice's own query: rollback, reset, parameter sync;
  *        |                               or draining: the client left mid-query, which was
- *        |                               cancelled, and its replies are dropped)
+ *        |                               cancelled (or, after its Terminate, left to finish),
+ *        |                               and its replies are dropped)
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  *
  *   IDLE or released --closed to make room under a cap--> LEAVING (Terminate sent; still counted

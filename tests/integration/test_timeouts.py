@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, Background, wait_until
-from pgwire import RawConn, message, parse_msg, query_msg, raw_login
+from pgwire import RawConn, copy_data_msg, message, parse_msg, query_msg, raw_login
 
 
 def backend_pid(conn):
@@ -192,21 +192,27 @@ def test_max_server_connections_caps_every_pool_together(start_sluice, pg):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("stall", ["half_a_query", "parse_and_flush"])
+@pytest.mark.parametrize("stall", ["half_a_query", "parse_and_flush", "copy_data"])
 def test_idle_transaction_timeout_reclaims_a_server_from_a_client_that_stops_mid_request(
-        start_sluice, pg, stall):
+        start_sluice, pg, table, stall):
     """A client holding a server that waits for the rest of its request (part of a message, or
     extended-protocol messages without Sync) and sends nothing is closed after
     idle_transaction_timeout, like one idle in a transaction, and others get the server."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
                       "max_db_connections": 2, "idle_transaction_timeout": 2,
                       "query_timeout": 2, "client_idle_timeout": 3, "query_wait_timeout": 15})
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        direct.execute(f"CREATE TABLE {table} (id int)")
     stuck = []
     for i in range(2):
         c = raw_login(s.port)
         if stall == "half_a_query":
             whole = query_msg("SELECT 1 /* " + "x" * 80 + f" {i} */")
             c.send(whole[:8])
+        elif stall == "copy_data":
+            c.send(query_msg(f"COPY {table} FROM STDIN"))
+            c.read_until({"G"})
+            c.send(copy_data_msg(f"{i}\n".encode()))
         else:
             c.send(parse_msg(f"s{i}", "SELECT 1") + message("H"))
             assert c.read_message()[0] == "1"  # ParseComplete: the server holds nothing else
@@ -224,3 +230,4 @@ def test_idle_transaction_timeout_reclaims_a_server_from_a_client_that_stops_mid
         assert c.is_closed(5)
         c.close()
     assert pg.count_backends() <= 2
+    assert pg.query(f"SELECT count(*) FROM {table}", dbname=APP_DB)[0][0] == 0
