@@ -146,3 +146,25 @@ def test_transaction_mode_login_reports_only_the_clients_own_parameters_when_log
                 c.close()
             s.stop()
     assert not wrong, f"the plain client was reported another's parameters: {wrong}"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_datestyle_given_in_startup_options_is_reported_as_postgres_reports_it(pg, start_sluice,
+                                                                               mode):
+    """Found by the harness (--features set,startup): options=-c DateStyle=German is reported by
+    Postgres as 'German, DMY' (its canonical form, which drivers parse); sluice reported the
+    option's text 'German'."""
+    from pgwire import raw_login
+
+    opt = "-c DateStyle=German"
+    c = raw_login(pg.port, password="apppass", options=opt)
+    direct = c.params["DateStyle"]
+    c.close()
+    assert direct == "German, DMY"
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    c = raw_login(s.port, options=opt)
+    try:
+        assert c.params["DateStyle"] == direct
+        assert c.query("SHOW DateStyle")[0] == [[direct]]
+    finally:
+        c.close()
