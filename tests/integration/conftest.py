@@ -129,6 +129,8 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when in ("call", "setup") and rep.failed:
         for s in getattr(item, "_sluices", []):
+            if not getattr(s, "log_in_report", True):  # a test said this one does not matter
+                continue
             rep.sections.append((f"sluice log (pid {s.pid}, port {s.port})", s.log_tail(120)))
 
 
