@@ -21,6 +21,7 @@
 #include "admin_show.h"
 #include "auth.h"
 #include "buf.h"
+#include "budget.h"
 #include "client.h"
 #include "config.h"
 #include "error.h"
@@ -424,7 +425,9 @@ static void apply_set(struct sluice *app, const char *key)
     struct list_node *n, *tmp;
     list_for_each(&app->pools, n, tmp)
     {
-        pool_apply_config(container_of(n, struct pool, node));
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        budget_log_cap(p);
     }
     pool_dispatch_all(app);
 }

@@ -14,8 +14,8 @@
  *        |                               and its replies are dropped)
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  *
- *   IDLE or released --closed to make room under a cap--> LEAVING (Terminate sent; still counted
- *                                                        against the caps) --socket closed--> CLOSED
+ *   IDLE or released --closed to make room under a cap--> LEAVING --socket closed--> CLOSED
+ *                         (Terminate sent; it counts against the caps until the backend is gone)
  */
 #include "server.h"
 

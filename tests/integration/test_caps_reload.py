@@ -87,10 +87,13 @@ def test_cap_lowered_by_reload_or_set_holds_within_seconds_while_clients_stay_bu
     try:
         wait_until(lambda: pg.count_backends(APP_USER) >= 10, 30, what="10 busy servers")
         reload_with(s, key, 5)
+        logged_key = "pool_size" if key == "default_pool_size" else key
+        s.wait_for_log(rf"appdb/app: at most 5 servers \({logged_key} = 5\)")
         seen = most_backends_after_settling(pg)
         assert seen <= 5, f"{seen} backends {SETTLE_S} s after a reload lowered {key} 10 -> 5"
         with console(s) as adm:
             adm.execute(f"SET {key} = 3")
+        s.wait_for_log(rf"appdb/app: at most 3 servers \({logged_key} = 3\)")
         seen = most_backends_after_settling(pg)
         assert seen <= 3, f"{seen} backends {SETTLE_S} s after SET lowered {key} 5 -> 3"
         before = busy.done
