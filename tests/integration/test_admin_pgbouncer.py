@@ -304,3 +304,26 @@ def test_max_user_client_connections_counts_each_user_across_databases_with_5330
             w2.close()
     finally:
         first.close()
+
+
+# ---- RECONNECT / KILL_CLIENT ----------------------------------------------------------------------
+
+
+def test_reconnect_in_session_mode_closes_the_server_when_its_client_leaves(start_sluice, pg):
+    s = start(start_sluice, pool_mode="session")
+    c = s.connect()
+    (pid,) = c.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        with console(s) as adm:
+            assert adm.execute("RECONNECT appdb").statusmessage == "RECONNECT"
+            mine = [x for x in show(adm, "SERVERS") if x["remote_pid"] == pid]
+            assert [x["close_needed"] for x in mine] == [1]
+            # the session keeps its server until it ends (PgBouncer: closed once released)
+            assert c.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+            c.close()
+            wait_until(lambda: pid not in [r[0] for r in pg.query(
+                "SELECT pid FROM pg_stat_activity")], 5, what="the released server closed")
+            with s.connect() as d:
+                assert d.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+    finally:
+        c.close()
