@@ -1,7 +1,7 @@
 /* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show.c
  * builds SHOW result sets; this file frames the console client's messages, checks who may run
  * what (admin_users: everything, stats_users: SHOW), and performs PAUSE, RESUME, RECONNECT,
- * WAIT_CLOSE, KILL, KILL_CLIENT, RELOAD, SHUTDOWN and SET.
+ * WAIT_CLOSE, KILL, KILL_CLIENT, DISABLE, ENABLE, RELOAD, SHUTDOWN and SET (SUSPEND is refused).
  *
  * Answers follow the simple query protocol (protocol section 55.2.2): RowDescription, DataRows,
  * CommandComplete, ReadyForQuery; errors are ERROR + ReadyForQuery and the session goes on.
@@ -79,10 +79,11 @@ static void put_error(struct client *c, enum sqlstate_id state, const char *hint
 
 /* What running a command left to do. */
 enum outcome {
-    OUT_DONE,    /* CommandComplete with the verb's tag, then ReadyForQuery */
-    OUT_ERROR,   /* an ErrorResponse is written: ReadyForQuery */
-    OUT_WAITING, /* admin_tick answers later */
-    OUT_CLOSED,  /* the client is closing: nothing more */
+    OUT_DONE,     /* CommandComplete with the verb's tag, then ReadyForQuery */
+    OUT_ERROR,    /* an ErrorResponse is written: ReadyForQuery */
+    OUT_ANSWERED, /* CommandComplete and ReadyForQuery are written already */
+    OUT_WAITING,  /* admin_tick answers later */
+    OUT_CLOSED,   /* the client is closing: nothing more */
 };
 
 /* ---- lookups ---- */
@@ -388,14 +389,106 @@ static enum outcome run_reload(struct client *c)
     return OUT_DONE;
 }
 
+/* SHUTDOWN: at once; WAIT_FOR_SERVERS: sluice's graceful shutdown (SIGINT), which is PgBouncer's
+ * PAUSE + SHUTDOWN: transactions finish, each client is closed when it has none; WAIT_FOR_CLIENTS:
+ * no new connections, the rest goes on until the last client leaves (no shutdown_timeout, as in
+ * PgBouncer; a SHUTDOWN or SIGINT meanwhile ends it sooner). */
 static enum outcome run_shutdown(struct client *c, const struct admin_command *cmd)
 {
-    log_client(LOG_INFO, c, "admin: SHUTDOWN%s",
-               cmd->shutdown == ADMIN_SHUTDOWN_NOW ? "" : " (waiting for transactions)");
-    sluice_shutdown(c->app, cmd->shutdown == ADMIN_SHUTDOWN_NOW ? PHASE_SHUTDOWN_NOW
-                                                                : PHASE_SHUTDOWN_GRACEFUL);
-    /* Shutdown closes idle clients, this one included, with 57P01. */
-    return c->state == CLIENT_IDLE ? OUT_DONE : OUT_CLOSED;
+    static const struct {
+        const char *log;
+        enum sluice_phase phase;
+    } modes[] = {
+        [ADMIN_SHUTDOWN_NOW] = {"", PHASE_SHUTDOWN_NOW},
+        [ADMIN_SHUTDOWN_WAIT_FOR_SERVERS] = {" WAIT_FOR_SERVERS", PHASE_SHUTDOWN_GRACEFUL},
+        [ADMIN_SHUTDOWN_WAIT_FOR_CLIENTS] = {" WAIT_FOR_CLIENTS", PHASE_SHUTDOWN_WAIT_FOR_CLIENTS},
+    };
+    log_client(LOG_INFO, c, "admin: SHUTDOWN%s", modes[cmd->shutdown].log);
+    if (modes[cmd->shutdown].phase <= c->app->phase) {
+        put_error(c, SQLSTATE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                  "SHUTDOWN (without a mode) exits now.",
+                  "a shutdown that goes at least as far is already under way");
+        return OUT_ERROR;
+    }
+    if (cmd->shutdown != ADMIN_SHUTDOWN_NOW) {
+        /* PgBouncer answers the waiting modes at once, so `psql -c 'SHUTDOWN WAIT_FOR_SERVERS'`
+         * succeeds: the answer goes first, then (WAIT_FOR_SERVERS) the 57P01 every idle client
+         * gets. */
+        put_command_complete(&c->out, "SHUTDOWN");
+        codec_put_ready(&c->out, 'I');
+    }
+    sluice_shutdown(c->app, modes[cmd->shutdown].phase);
+    if (c->state != CLIENT_IDLE)
+        return OUT_CLOSED; /* a graceful or immediate shutdown closed it with 57P01 */
+    return cmd->shutdown == ADMIN_SHUTDOWN_NOW ? OUT_DONE : OUT_ANSWERED;
+}
+
+/* ---- DISABLE / ENABLE ---- */
+
+struct disabled_db {
+    struct list_node node;
+    char name[ADMIN_NAME_MAX];
+};
+
+static struct disabled_db *find_disabled(const struct sluice *app, const char *database)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->disabled_dbs, n, tmp)
+    {
+        struct disabled_db *d = container_of(n, struct disabled_db, node);
+        if (strcmp(d->name, database) == 0)
+            return d;
+    }
+    return NULL;
+}
+
+bool admin_db_disabled(const struct sluice *app, const char *database)
+{
+    return find_disabled(app, database) != NULL;
+}
+
+/* PgBouncer's DISABLE: new logins to the database are refused (client_login_ok); sessions
+ * already open go on. Kept across RELOAD, as the database is. */
+static enum outcome run_disable(struct client *c, const struct admin_command *cmd)
+{
+    if (!check_target(c, cmd))
+        return OUT_ERROR;
+    log_client(LOG_INFO, c, "admin: DISABLE %s", cmd->name);
+    if (find_disabled(c->app, cmd->name))
+        return OUT_DONE;
+    struct disabled_db *d = calloc(1, sizeof(*d));
+    if (!d) {
+        put_error(c, SQLSTATE_OUT_OF_MEMORY, NULL, "out of memory");
+        return OUT_ERROR;
+    }
+    memcpy(d->name, cmd->name, sizeof(d->name));
+    list_append(&c->app->disabled_dbs, &d->node);
+    return OUT_DONE;
+}
+
+static enum outcome run_enable(struct client *c, const struct admin_command *cmd)
+{
+    if (!check_target(c, cmd))
+        return OUT_ERROR;
+    log_client(LOG_INFO, c, "admin: ENABLE %s", cmd->name);
+    struct disabled_db *d = find_disabled(c->app, cmd->name);
+    if (d) {
+        list_remove(&c->app->disabled_dbs, &d->node);
+        free(d);
+    }
+    return OUT_DONE;
+}
+
+/* PgBouncer's SUSPEND flushes every socket and stops reading them so that a new process can take
+ * them over (online restart, -R, deprecated there). sluice cannot hand its sockets over, and a
+ * suspended pooler that nothing takes over is just stuck, so the command is refused. */
+static enum outcome run_suspend(struct client *c)
+{
+    put_error(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "To restart without dropping sessions, send new clients to a second sluice and run "
+              "SHUTDOWN WAIT_FOR_CLIENTS here; PAUSE holds the traffic to the servers.",
+              "SUSPEND is not supported: sluice has no online restart to hand its sockets to");
+    return OUT_ERROR;
 }
 
 static int find_key(const char *name)
@@ -511,6 +604,12 @@ static enum outcome run_command(struct client *c, const struct admin_command *cm
         return run_shutdown(c, cmd);
     case ADMIN_SET:
         return run_set(c, cmd);
+    case ADMIN_DISABLE:
+        return run_disable(c, cmd);
+    case ADMIN_ENABLE:
+        return run_enable(c, cmd);
+    case ADMIN_SUSPEND:
+        return run_suspend(c);
     case ADMIN_EMPTY:
     case ADMIN_INVALID:
         break;
@@ -555,6 +654,7 @@ static void run_query(struct client *c, const char *sql)
     case OUT_ERROR:
         codec_put_ready(&c->out, 'I');
         break;
+    case OUT_ANSWERED:
     case OUT_WAITING:
     case OUT_CLOSED:
         break;
@@ -692,12 +792,12 @@ void admin_tick(struct sluice *app, uint64_t now)
     {
         struct admin_wait *w = container_of(n, struct admin_wait, node);
         struct client *c = find_console_client(app, w->client_id);
-        if (c && app->phase == PHASE_RUNNING && !wait_done(app, c, w))
+        if (c && sluice_serving(app) && !wait_done(app, c, w))
             continue;
         list_remove(&app->admin_waits, n);
         enum wait_kind kind = w->kind;
         free(w);
-        if (!c || app->phase != PHASE_RUNNING)
+        if (!c || !sluice_serving(app))
             continue; /* gone, or shutdown closes it */
         if (kind != WAIT_OUTPUT) {
             put_command_complete(&c->out, kind == WAIT_PAUSE ? "PAUSE" : "WAIT_CLOSE");
@@ -735,5 +835,10 @@ void admin_free(struct sluice *app)
     {
         list_remove(&app->admin_waits, n);
         free(container_of(n, struct admin_wait, node));
+    }
+    list_for_each(&app->disabled_dbs, n, tmp)
+    {
+        list_remove(&app->disabled_dbs, n);
+        free(container_of(n, struct disabled_db, node));
     }
 }

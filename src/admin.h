@@ -25,6 +25,8 @@ void admin_tick(struct sluice *app, uint64_t now);
 /* A CancelRequest for a console client: a PAUSE or WAIT_CLOSE still waiting is answered with
  * ERROR 57014 (the pause itself stays; RESUME ends it). Nothing else runs long enough. */
 void admin_cancel(struct client *c);
+/* Has DISABLE (and no ENABLE since) closed this database to new logins? */
+bool admin_db_disabled(const struct sluice *app, const char *database);
 /* Shutdown: drop what still waits. */
 void admin_free(struct sluice *app);
 

@@ -4,7 +4,8 @@
  * (skipping blanks and SQL comments); the parser then matches the words against the grammar:
  *
  *   SHOW <what> | PAUSE [db] | RESUME [db] | RECONNECT [db] | WAIT_CLOSE [db] | KILL db
- *   KILL_CLIENT <id> | RELOAD | SHUTDOWN [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS]
+ *   DISABLE db | ENABLE db | KILL_CLIENT <id> | RELOAD | SUSPEND
+ *   SHUTDOWN [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS]
  *   SET key = value | SET key TO value
  *
  * Tokens are spans into the query string; nothing is copied until a command is recognised, and
@@ -207,6 +208,10 @@ static const struct {
     {"LISTS", ADMIN_SHOW_LISTS},
     {"VERSION", ADMIN_SHOW_VERSION},
     {"BUDGETS", ADMIN_SHOW_BUDGETS},
+    {"SOCKETS", ADMIN_SHOW_SOCKETS},
+    {"ACTIVE_SOCKETS", ADMIN_SHOW_ACTIVE_SOCKETS},
+    {"PEERS", ADMIN_SHOW_PEERS},
+    {"PEER_POOLS", ADMIN_SHOW_PEER_POOLS},
 };
 
 const char *admin_show_name(enum admin_show s)
@@ -233,6 +238,9 @@ static const struct {
     {"RELOAD", ADMIN_RELOAD, 0, 0},
     {"SHUTDOWN", ADMIN_SHUTDOWN, 0, 1},
     {"SET", ADMIN_SET, 3, 3},
+    {"DISABLE", ADMIN_DISABLE, 1, 1},
+    {"ENABLE", ADMIN_ENABLE, 1, 1},
+    {"SUSPEND", ADMIN_SUSPEND, 0, 0},
 };
 
 const char *admin_verb_tag(enum admin_verb v)
@@ -395,6 +403,7 @@ enum admin_verb admin_parse_command(const char *sql, struct admin_command *out)
                                "unexpected %s");
             return out->verb;
         case ADMIN_RELOAD:
+        case ADMIN_SUSPEND:
             return out->verb;
         default: /* [db] or db */
             return nargs == 0 ? out->verb : take_name(out, &toks[1]);

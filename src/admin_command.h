@@ -25,6 +25,9 @@ enum admin_verb {
     ADMIN_RELOAD,
     ADMIN_SHUTDOWN, /* [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS] */
     ADMIN_SET,      /* key = value */
+    ADMIN_DISABLE,  /* db */
+    ADMIN_ENABLE,   /* db */
+    ADMIN_SUSPEND,  /* refused: sluice has no online restart to hand sockets to */
 };
 
 enum admin_show {
@@ -41,12 +44,16 @@ enum admin_show {
     ADMIN_SHOW_LISTS,
     ADMIN_SHOW_VERSION,
     ADMIN_SHOW_BUDGETS,
+    ADMIN_SHOW_SOCKETS,
+    ADMIN_SHOW_ACTIVE_SOCKETS,
+    ADMIN_SHOW_PEERS,
+    ADMIN_SHOW_PEER_POOLS,
 };
 
 enum admin_shutdown_mode {
     ADMIN_SHUTDOWN_NOW = 0,
     ADMIN_SHUTDOWN_WAIT_FOR_SERVERS, /* graceful: transactions finish (SIGINT) */
-    ADMIN_SHUTDOWN_WAIT_FOR_CLIENTS, /* the same in sluice: clients are told to reconnect */
+    ADMIN_SHUTDOWN_WAIT_FOR_CLIENTS, /* no new clients; exit once the last one has left */
 };
 
 /* Why a query did not parse; decides the SQLSTATE of the answer. */
@@ -61,7 +68,7 @@ struct admin_command {
     enum admin_show show;
     enum admin_shutdown_mode shutdown;
     bool has_name;
-    char name[ADMIN_NAME_MAX];   /* the database (PAUSE, KILL, ...) or the key (SET) */
+    char name[ADMIN_NAME_MAX];   /* the database (PAUSE, DISABLE, ...) or the key (SET) */
     char value[ADMIN_VALUE_MAX]; /* SET */
     uint64_t client_id;          /* KILL_CLIENT */
     enum admin_error error;

@@ -51,7 +51,9 @@ struct table {
     int cells;
 };
 
-static void table_begin(struct table *t, struct msg_out *o, const struct col *cols, int n)
+/* A result set of the columns picked (pointers into a column table). */
+static void table_begin_picked(struct table *t, struct msg_out *o, const struct col *const *cols,
+                               int n)
 {
     t->o = o;
     t->ncols = n;
@@ -60,15 +62,29 @@ static void table_begin(struct table *t, struct msg_out *o, const struct col *co
     codec_begin(o, 'T');
     codec_put_i16(o, (int16_t)n);
     for (int i = 0; i < n; i++) {
-        codec_put_cstring(o, cols[i].name);
+        codec_put_cstring(o, cols[i]->name);
         codec_put_i32(o, 0);
         codec_put_i16(o, 0);
-        codec_put_i32(o, cols[i].type == COL_INT ? TYPE_INT8 : TYPE_TEXT);
-        codec_put_i16(o, cols[i].type == COL_INT ? 8 : -1);
+        codec_put_i32(o, cols[i]->type == COL_INT ? TYPE_INT8 : TYPE_TEXT);
+        codec_put_i16(o, cols[i]->type == COL_INT ? 8 : -1);
         codec_put_i32(o, -1);
         codec_put_i16(o, 0);
     }
     codec_end(o);
+}
+
+#define MAX_COLS 32
+
+static void table_begin(struct table *t, struct msg_out *o, const struct col *cols, int n)
+{
+    const struct col *picked[MAX_COLS];
+    if (n > MAX_COLS) {
+        log_msg(LOG_ERROR, "BUG: admin result set of %d columns", n);
+        abort();
+    }
+    for (int i = 0; i < n; i++)
+        picked[i] = &cols[i];
+    table_begin_picked(t, o, picked, n);
 }
 
 static void row_begin(struct table *t)
@@ -225,11 +241,15 @@ static void show_help(struct client *c)
 {
     codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION),
                     "Console usage",
-                    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|STATS_TOTALS|STATS_AVERAGES|DATABASES|"
-                    "USERS|CONFIG|LISTS|VERSION|BUDGETS\n"
-                    "PAUSE [<db>]\nRESUME [<db>]\nRECONNECT [<db>]\nWAIT_CLOSE [<db>]\n"
-                    "KILL <db>\nKILL_CLIENT <id>\nRELOAD\n"
-                    "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]\nSET <key> = <value>",
+                    "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
+                    "SHOW PEERS|PEER_POOLS\n"
+                    "SHOW SOCKETS|ACTIVE_SOCKETS|LISTS\n"
+                    "SHOW STATS|STATS_TOTALS|STATS_AVERAGES\n"
+                    "SHOW BUDGETS\n"
+                    "SET <key> = <value>\nRELOAD\n"
+                    "PAUSE [<db>]\nRESUME [<db>]\nDISABLE <db>\nENABLE <db>\nRECONNECT [<db>]\n"
+                    "KILL <db>\nKILL_CLIENT <id>\nSUSPEND (refused)\n"
+                    "SHUTDOWN\nSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\nWAIT_CLOSE [<db>]",
                     NULL);
 }
 
@@ -252,6 +272,7 @@ static void show_pools(struct client *c)
         {"maxwait", COL_INT},
         {"maxwait_us", COL_INT},
         {"pool_mode", COL_TEXT},
+        {"load_balance_hosts", COL_TEXT},
         {"pool_size", COL_INT},
         {"cl_idle", COL_INT},
         {"paused", COL_INT},
@@ -285,6 +306,7 @@ static void show_pools(struct client *c)
         cell_uint(&t, waited_us / 1000000);
         cell_uint(&t, waited_us % 1000000);
         cell_text(&t, p->is_admin ? "statement" : pool_mode_name(p->mode));
+        cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
         cell_int(&t, p->is_admin ? 0 : p->size);
         cell_int(&t, v.cl_idle);
         cell_int(&t, p->paused ? 1 : 0);
@@ -292,10 +314,13 @@ static void show_pools(struct client *c)
     }
 }
 
+/* PgBouncer's columns of SHOW CLIENTS, SERVERS and SOCKETS, in its order; SOCKETS adds the
+ * buffer columns, then sluice's held_ms closes every row. */
 static const struct col conn_cols[] = {
     {"type", COL_TEXT},
     {"user", COL_TEXT},
     {"database", COL_TEXT},
+    {"replication", COL_TEXT},
     {"state", COL_TEXT},
     {"addr", COL_TEXT},
     {"port", COL_INT},
@@ -311,11 +336,60 @@ static const struct col conn_cols[] = {
     {"remote_pid", COL_INT},
     {"tls", COL_TEXT},
     {"application_name", COL_TEXT},
+    {"prepared_statements", COL_INT},
     {"id", COL_INT},
+    /* SHOW SOCKETS only: */
+    {"recv_pos", COL_INT},
+    {"pkt_pos", COL_INT},
+    {"pkt_remain", COL_INT},
+    {"send_pos", COL_INT},
+    {"send_remain", COL_INT},
+    {"pkt_avail", COL_INT},
+    {"send_avail", COL_INT},
+    /* sluice's own: */
     {"held_ms", COL_INT},
 };
+#define CONN_FIRST_SOCKET_COL 21 /* recv_pos */
+#define CONN_SOCKET_COLS 7       /* recv_pos .. send_avail */
 
-static void client_row(struct table *t, struct client *c)
+/* Which columns a listing has. */
+enum conn_view { VIEW_CONNECTIONS, VIEW_SOCKETS };
+
+static void conn_table_begin(struct table *t, struct msg_out *o, enum conn_view view)
+{
+    const struct col *picked[NELEM(conn_cols)];
+    int n = 0;
+    for (int i = 0; i < NELEM(conn_cols); i++) {
+        bool socket_col =
+            i >= CONN_FIRST_SOCKET_COL && i < CONN_FIRST_SOCKET_COL + CONN_SOCKET_COLS;
+        if (view == VIEW_SOCKETS || !socket_col)
+            picked[n++] = &conn_cols[i];
+    }
+    table_begin_picked(t, o, picked, n);
+}
+
+/* Buffer positions of a connection (PgBouncer's sbuf/iobuf columns, in sluice's terms): bytes
+ * received into the input buffer, framed, sent on; what is framed but not sent, and what is
+ * unframed; sluice's own output still to write. */
+static void cells_socket(struct table *t, const struct buf *in, const struct msg_out *out,
+                         uint32_t out_pos)
+{
+    cell_uint(t, in->data ? in->wpos : 0);
+    cell_uint(t, in->data ? in->scan : 0);
+    cell_uint(t, in->data ? buf_pending(in) : 0);
+    cell_uint(t, in->data ? in->rpos : 0);
+    cell_uint(t, out->len - out_pos);
+    cell_uint(t, in->data ? buf_unframed(in) : 0);
+    cell_uint(t, out->len - out_pos + (in->data ? buf_pending(in) : 0));
+}
+
+static bool socket_busy(const struct buf *in, const struct msg_out *out, uint32_t out_pos)
+{
+    return (in->data && !buf_is_empty(in)) || out->len > out_pos;
+}
+
+/* state: NULL for the client's own state name, or SHOW SOCKETS' list name (cl_active, ...). */
+static void client_row(struct table *t, struct client *c, const char *state)
 {
     struct sluice *app = c->app;
     uint64_t now = sluice_now(app);
@@ -336,7 +410,8 @@ static void client_row(struct table *t, struct client *c)
     cell_text(t, "C");
     cell_text(t, c->user);
     cell_text(t, c->database);
-    cell_text(t, client_state_name(c->state));
+    cell_text(t, "none"); /* replication connections are refused */
+    cell_text(t, state ? state : client_state_name(c->state));
     cells_addr(t, &c->addr, port);
     cells_local_addr(t, c->io.fd, port);
     cell_time(t, app, c->connect_ms);
@@ -349,7 +424,10 @@ static void client_row(struct table *t, struct client *c)
     cell_int(t, remote_pid);
     cell_tls(t, c->io.ssl);
     cell_text(t, app_name ? app_name : "");
+    cell_int(t, c->stmts ? stmt_map_count(c->stmts) : 0);
     cell_uint(t, c->id);
+    if (state)
+        cells_socket(t, &c->in, &c->out, c->out_pos);
     cell_uint(t, c->state == CLIENT_ACTIVE ? now - c->state_since_ms : 0);
     row_end(t);
 }
@@ -358,10 +436,10 @@ static void show_clients(struct client *me)
 {
     struct sluice *app = me->app;
     struct table t;
-    table_begin(&t, &me->out, conn_cols, NELEM(conn_cols));
+    conn_table_begin(&t, &me->out, VIEW_CONNECTIONS);
     struct list_node *n, *tmp, *cn, *ctmp;
     list_for_each(&app->login_clients, cn, ctmp)
-        client_row(&t, container_of(cn, struct client, node));
+        client_row(&t, container_of(cn, struct client, node), NULL);
     list_for_each(&app->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
@@ -369,13 +447,13 @@ static void show_clients(struct client *me)
         for (int i = 0; i < NELEM(lists); i++) {
             list_for_each(lists[i], cn, ctmp)
             {
-                client_row(&t, container_of(cn, struct client, node));
+                client_row(&t, container_of(cn, struct client, node), NULL);
             }
         }
     }
 }
 
-static void server_row(struct table *t, struct server *s)
+static void server_row(struct table *t, struct server *s, const char *state)
 {
     struct pool *p = s->pool;
     struct sluice *app = p->app;
@@ -387,7 +465,8 @@ static void server_row(struct table *t, struct server *s)
     cell_text(t, "S");
     cell_text(t, p->user_name);
     cell_text(t, p->db_name);
-    cell_text(t, server_state_name(s->state));
+    cell_text(t, "none");
+    cell_text(t, state ? state : server_state_name(s->state));
     cell_text(t, host && host[0] ? host : NULL);
     if (port && port[0])
         cell_int(t, atoi(port));
@@ -404,7 +483,10 @@ static void server_row(struct table *t, struct server *s)
     cell_int(t, s->backend_pid);
     cell_tls(t, s->io.ssl);
     cell_text(t, app_name ? app_name : "");
+    cell_int(t, stmt_map_count(&s->stmts));
     cell_uint(t, s->id);
+    if (state)
+        cells_socket(t, &s->in, &s->out, s->out_pos);
     cell_uint(t, s->state == SERVER_ACTIVE ? now - s->state_since_ms : 0);
     row_end(t);
 }
@@ -413,7 +495,7 @@ static void show_servers(struct client *me)
 {
     struct sluice *app = me->app;
     struct table t;
-    table_begin(&t, &me->out, conn_cols, NELEM(conn_cols));
+    conn_table_begin(&t, &me->out, VIEW_CONNECTIONS);
     struct list_node *n, *tmp, *sn, *stmp;
     list_for_each(&app->pools, n, tmp)
     {
@@ -422,10 +504,80 @@ static void show_servers(struct client *me)
         for (int i = 0; i < NELEM(lists); i++) {
             list_for_each(lists[i], sn, stmp)
             {
-                server_row(&t, container_of(sn, struct server, node));
+                server_row(&t, container_of(sn, struct server, node), NULL);
             }
         }
     }
+}
+
+/* PgBouncer's SHOW SOCKETS: clients and servers together, each with its list's name and its
+ * buffer positions; SHOW ACTIVE_SOCKETS only those with bytes buffered or output pending. */
+static void show_sockets(struct client *me, bool only_busy)
+{
+    struct sluice *app = me->app;
+    struct table t;
+    conn_table_begin(&t, &me->out, VIEW_SOCKETS);
+    struct list_node *n, *tmp, *x, *xtmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        const struct {
+            struct list *l;
+            const char *state;
+        } clients[] = {{&p->active_clients, "cl_active"},
+                       {&p->idle_clients, "cl_active"}, /* PgBouncer's active list holds both */
+                       {&p->waiting, "cl_waiting"}},
+          servers[] = {{&p->active, "sv_active"},
+                       {&p->idle, "sv_idle"},
+                       {&p->resetting, "sv_tested"},
+                       {&p->connecting, "sv_login"},
+                       {&p->leaving, "sv_leaving"}};
+        for (int i = 0; i < NELEM(clients); i++) {
+            list_for_each(clients[i].l, x, xtmp)
+            {
+                struct client *c = container_of(x, struct client, node);
+                if (!only_busy || socket_busy(&c->in, &c->out, c->out_pos))
+                    client_row(&t, c, clients[i].state);
+            }
+        }
+        for (int i = 0; i < NELEM(servers); i++) {
+            list_for_each(servers[i].l, x, xtmp)
+            {
+                struct server *s = container_of(x, struct server, node);
+                if (!only_busy || socket_busy(&s->in, &s->out, s->out_pos))
+                    server_row(&t, s, servers[i].state);
+            }
+        }
+    }
+    list_for_each(&app->login_clients, x, xtmp)
+    {
+        struct client *c = container_of(x, struct client, node);
+        if (!only_busy || socket_busy(&c->in, &c->out, c->out_pos))
+            client_row(&t, c, "cl_login");
+    }
+}
+
+/* sluice has no peering ([peers] is warned about and ignored): PgBouncer's columns, no rows, so
+ * tools that read them work. */
+static void show_peers(struct client *c)
+{
+    static const struct col cols[] = {
+        {"peer_id", COL_INT}, {"host", COL_TEXT}, {"port", COL_INT}, {"pool_size", COL_INT}};
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+}
+
+static void show_peer_pools(struct client *c)
+{
+    static const struct col cols[] = {
+        {"peer_id", COL_INT},
+        {"cl_active_cancel_req", COL_INT},
+        {"cl_waiting_cancel_req", COL_INT},
+        {"sv_active_cancel", COL_INT},
+        {"sv_login", COL_INT},
+    };
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
 }
 
 /* The distinct database names of the pools, in pool order (a small array the caller frees). */
@@ -533,10 +685,55 @@ static void format_limit(struct limit l, char *out, size_t n)
         snprintf(out, n, "%d", l.value);
 }
 
+static int db_client_cap(const struct config *cfg, const struct db_entry *d)
+{
+    return (int)(d->max_db_client_connections > 0 ? d->max_db_client_connections
+                                                  : cfg->max_db_client_connections);
+}
+
+/* Console clients connected under one of the console's names. */
+static int console_clients(const struct sluice *app, const char *name)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (p->is_admin && strcmp(p->db_name, name) == 0)
+            n += p->idle_clients.count;
+    }
+    return n;
+}
+
+/* One row of SHOW DATABASES: d is its [databases] entry, or NULL for the admin console. */
 static void database_row(struct table *t, struct sluice *app, const char *name,
                          const struct db_entry *d)
 {
     const struct config *cfg = app->cfg;
+    row_begin(t);
+    cell_text(t, name);
+    if (!d) {
+        /* PgBouncer lists its admin database too: no host, sluice's own port, no servers. */
+        cell_text(t, NULL);
+        cell_int(t, listener_port(app));
+        cell_text(t, name);
+        cell_text(t, NULL);
+        cell_int(t, 0);
+        cell_int(t, 0);
+        cell_int(t, 0);
+        cell_int(t, cfg->server_lifetime / 1000);
+        cell_text(t, "statement");
+        cell_text(t, NULL);
+        cell_int(t, 0);
+        cell_int(t, 0);
+        cell_int(t, 0);
+        cell_int(t, console_clients(app, name));
+        cell_int(t, 0);
+        cell_int(t, 0);
+        cell_text(t, "0");
+        row_end(t);
+        return;
+    }
     const char *port = db_keyword(d, "port");
     const char *dbname = db_keyword(d, "dbname");
     struct limit maxc =
@@ -553,8 +750,6 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
             npaused += p->paused;
         }
     }
-    row_begin(t);
-    cell_text(t, name);
     cell_text(t, db_keyword(d, "host"));
     if (port)
         cell_int(t, atoi(port));
@@ -565,13 +760,52 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_int(t, d->pool_size >= 0 ? d->pool_size : cfg->default_pool_size);
     cell_int(t, d->min_pool_size >= 0 ? d->min_pool_size : cfg->min_pool_size);
     cell_int(t, d->reserve_pool >= 0 ? d->reserve_pool : cfg->reserve_pool_size);
-    cell_text(t, pool_mode_name(d->pool_mode != POOL_MODE_UNSET ? d->pool_mode : cfg->pool_mode));
+    cell_int(t, cfg->server_lifetime / 1000);
+    /* PgBouncer: the entry's own pool_mode, NULL when the main section's applies. */
+    cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
+    cell_text(t, NULL); /* load_balance_hosts: only for a host list */
     cell_int(t, limit_resolve(maxc, db_server_usable(app, name)));
     cell_int(t, budget_db_servers(app, name));
+    cell_int(t, db_client_cap(cfg, d));
+    cell_int(t, client_count_for_db(app, name));
     cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
-    cell_int(t, 0);
+    cell_int(t, admin_db_disabled(app, name) ? 1 : 0);
     cell_text(t, limit_text);
     row_end(t);
+}
+
+/* Each database SHOW DATABASES lists, in order: the [databases] entries, one row for each name
+ * reached through the "*" entry (they have no entry of their own), the console's names. fn is
+ * called with d NULL for the console; returns the count. */
+static int for_each_database(struct sluice *app, struct table *t,
+                             void (*fn)(struct table *, struct sluice *, const char *,
+                                        const struct db_entry *))
+{
+    static const char *const console_names[] = {"pgbouncer", "sluice"};
+    const struct config *cfg = app->cfg;
+    int count = 0;
+    for (int i = 0; i < cfg->ndbs; i++, count++) {
+        if (fn)
+            fn(t, app, cfg->dbs[i].name, &cfg->dbs[i]);
+    }
+    int n;
+    const char **dbs = pool_databases(app, &n);
+    for (int i = 0; i < n; i++) {
+        if (admin_is_console_db(dbs[i]))
+            continue;
+        const struct db_entry *d = config_find_db(cfg, dbs[i]);
+        if (d && strcmp(d->name, "*") == 0) {
+            if (fn)
+                fn(t, app, dbs[i], d);
+            count++;
+        }
+    }
+    free(dbs);
+    for (int i = 0; i < NELEM(console_names); i++, count++) {
+        if (fn)
+            fn(t, app, console_names[i], NULL);
+    }
+    return count;
 }
 
 static void show_databases(struct client *c)
@@ -584,31 +818,21 @@ static void show_databases(struct client *c)
         {"force_user", COL_TEXT},
         {"pool_size", COL_INT},
         {"min_pool_size", COL_INT},
-        {"reserve_pool", COL_INT},
+        {"reserve_pool_size", COL_INT},
+        {"server_lifetime", COL_INT},
         {"pool_mode", COL_TEXT},
+        {"load_balance_hosts", COL_TEXT},
         {"max_connections", COL_INT},
         {"current_connections", COL_INT},
+        {"max_client_connections", COL_INT},
+        {"current_client_connections", COL_INT},
         {"paused", COL_INT},
         {"disabled", COL_INT},
         {"max_db_connections", COL_TEXT},
     };
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    for (int i = 0; i < cfg->ndbs; i++)
-        database_row(&t, app, cfg->dbs[i].name, &cfg->dbs[i]);
-    /* Databases reached through the "*" entry have no entry of their own: one row each. */
-    int n;
-    const char **dbs = pool_databases(app, &n);
-    for (int i = 0; i < n; i++) {
-        if (admin_is_console_db(dbs[i]))
-            continue;
-        const struct db_entry *d = config_find_db(cfg, dbs[i]);
-        if (d && strcmp(d->name, "*") == 0)
-            database_row(&t, app, dbs[i], d);
-    }
-    free(dbs);
+    for_each_database(c->app, &t, database_row);
 }
 
 static bool name_listed(const char **names, int n, const char *name)
@@ -625,9 +849,12 @@ static void show_users(struct client *c)
     static const struct col cols[] = {
         {"name", COL_TEXT},
         {"pool_size", COL_INT},
+        {"reserve_pool_size", COL_INT},
         {"pool_mode", COL_TEXT},
         {"max_user_connections", COL_INT},
         {"current_connections", COL_INT},
+        {"max_user_client_connections", COL_INT},
+        {"current_client_connections", COL_INT},
     };
     struct sluice *app = c->app;
     const struct config *cfg = app->cfg;
@@ -666,9 +893,13 @@ static void show_users(struct client *c)
             cell_int(&t, u->pool_size);
         else
             cell_text(&t, NULL);
+        cell_text(&t, NULL); /* [users] entries have no reserve_pool_size of their own */
         cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
         cell_int(&t, limit_resolve(l, 0));
         cell_int(&t, budget_user_servers(app, names[i]));
+        cell_int(&t, u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+                                                             : cfg->max_user_client_connections);
+        cell_int(&t, client_count_for_user(app, names[i]));
         row_end(&t);
     }
     free(names);
@@ -711,9 +942,11 @@ static void show_lists(struct client *c)
         const char *name;
         long long items;
     } rows[] = {
-        {"databases", cfg->ndbs},
+        {"databases", for_each_database(app, NULL, NULL)},
         {"users", cfg->nusers},
+        {"peers", 0},
         {"pools", pools},
+        {"peer_pools", 0},
         {"free_clients", 0},
         {"used_clients", app->nclients},
         {"login_clients", app->login_clients.count},
@@ -819,6 +1052,18 @@ void admin_show(struct client *c, enum admin_show what)
         break;
     case ADMIN_SHOW_BUDGETS:
         show_budgets(c);
+        break;
+    case ADMIN_SHOW_SOCKETS:
+        show_sockets(c, false);
+        break;
+    case ADMIN_SHOW_ACTIVE_SOCKETS:
+        show_sockets(c, true);
+        break;
+    case ADMIN_SHOW_PEERS:
+        show_peers(c);
+        break;
+    case ADMIN_SHOW_PEER_POOLS:
+        show_peer_pools(c);
         break;
     }
 }

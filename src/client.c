@@ -477,6 +477,71 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
     codec_put_ready(&c->out, 'I');
 }
 
+int client_count_for_db(const struct sluice *app, const char *database)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (!p->is_admin && strcmp(p->db_name, database) == 0)
+            n += p->waiting.count + p->idle_clients.count + p->active_clients.count;
+    }
+    return n;
+}
+
+int client_count_for_user(const struct sluice *app, const char *user)
+{
+    int n = 0;
+    struct list_node *node, *tmp, *cn, *ctmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        const struct list *lists[] = {&p->waiting, &p->idle_clients, &p->active_clients};
+        for (int i = 0; i < 3 && !p->is_admin; i++) {
+            /* By each client's own name: a pool's user may be a database's forced user=. */
+            list_for_each(lists[i], cn, ctmp)
+                n += strcmp(container_of(cn, struct client, node)->user, user) == 0;
+        }
+    }
+    return n;
+}
+
+/* DISABLE, max_db_client_connections and max_user_client_connections: PgBouncer's per-database
+ * and per-user client caps. Checked once the password is (as max_client_conn), so a stranger
+ * learns nothing of a database from them. True when c was refused. */
+static bool login_refused_by_database_or_user(struct client *c, const struct db_entry *db)
+{
+    const struct config *cfg = c->app->cfg;
+    char detail[320];
+    if (admin_db_disabled(c->app, c->database)) {
+        client_fail(c, FAIL_DATABASE_DISABLED, c->database);
+        return true;
+    }
+    int64_t db_cap = db->max_db_client_connections > 0 ? db->max_db_client_connections
+                                                       : cfg->max_db_client_connections;
+    int db_clients = db_cap > 0 ? client_count_for_db(c->app, c->database) : 0;
+    if (db_cap > 0 && db_clients >= db_cap) {
+        snprintf(detail, sizeof(detail),
+                 "database \"%s\" has %d clients, max_db_client_connections = %lld", c->database,
+                 db_clients, (long long)db_cap);
+        client_fail(c, FAIL_DB_CLIENT_CAP, detail);
+        return true;
+    }
+    const struct user_entry *u = config_find_user(cfg, c->user);
+    int64_t user_cap = u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+                                                               : cfg->max_user_client_connections;
+    int user_clients = user_cap > 0 ? client_count_for_user(c->app, c->user) : 0;
+    if (user_cap > 0 && user_clients >= user_cap) {
+        snprintf(detail, sizeof(detail),
+                 "user \"%s\" has %d clients, max_user_client_connections = %lld", c->user,
+                 user_clients, (long long)user_cap);
+        client_fail(c, FAIL_USER_CLIENT_CAP, detail);
+        return true;
+    }
+    return false;
+}
+
 void client_login_ok(struct client *c)
 {
     struct sluice *app = c->app;
@@ -512,6 +577,8 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
         return;
     }
+    if (login_refused_by_database_or_user(c, db))
+        return;
     struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
                                     &c->addr);
     if (b && b->max_clients > 0 && b->clients >= b->max_clients) {

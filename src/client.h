@@ -104,6 +104,10 @@ void client_close(struct client *c, const char *reason);
 void client_send(struct client *c);
 /* Authentication done (auth.c): send the welcome or wait for a server to learn it. */
 void client_login_ok(struct client *c);
+/* Logged-in clients (not the admin console's) of a database, or with a user name, now:
+ * max_db_client_connections, max_user_client_connections and SHOW DATABASES/USERS. */
+int client_count_for_db(const struct sluice *app, const char *database);
+int client_count_for_user(const struct sluice *app, const char *user);
 /* The pool linked a server to this waiting client. */
 void client_on_linked(struct client *c, struct server *s);
 /* Background checks: login/idle/transaction timeouts. */

@@ -68,8 +68,6 @@ static const char *const pgbouncer_only_keys[] = {
     "log_stats",
     "query_wait_notify",
     "scram_iterations",
-    "max_user_client_connections",
-    "max_db_client_connections",
     "track_extra_parameters",
     "cancel_wait_timeout",
     "pool_idle_timeout",
@@ -86,14 +84,13 @@ static const char *const pgbouncer_only_db_keys[] = {
     "auth_query",
     "server_lifetime",
     "load_balance_hosts",
-    "max_db_client_connections",
     "query_timeout",
     "idle_transaction_timeout",
     "client_idle_timeout",
     "transaction_timeout",
 };
 static const char *const pgbouncer_only_user_keys[] = {
-    "reserve_pool_size",        "max_user_client_connections", "query_timeout",
+    "reserve_pool_size",        "query_timeout",
     "idle_transaction_timeout", "client_idle_timeout",         "transaction_timeout",
     "server_lifetime",
 };
@@ -998,6 +995,8 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         count = &db->min_pool_size;
     else if (strcmp(key, "reserve_pool") == 0 || strcmp(key, "reserve_pool_size") == 0)
         count = &db->reserve_pool;
+    else if (strcmp(key, "max_db_client_connections") == 0)
+        count = &db->max_db_client_connections;
     if (count) {
         if (parse_count(val, count) != 0) {
             error_msg(L, "%s: %s = '%s': expected a number from 0 to %d", where, key, val, INT_MAX);
@@ -1086,7 +1085,8 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 error_msg(L,
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                          "max_db_connections, auth_user are accepted)",
+                          "max_db_connections, max_db_client_connections, auth_user are "
+                          "accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {
@@ -1323,13 +1323,21 @@ static void on_user(struct loader *L, const char *name, const char *value)
                           where, val);
                 failed = 1;
             }
+        } else if (strcmp(key, "max_user_client_connections") == 0) {
+            if (parse_count(val, &u.max_user_client_connections) != 0) {
+                error_msg(L,
+                          "%s: max_user_client_connections = '%s': expected a number from 0 "
+                          "to %d",
+                          where, val, INT_MAX);
+                failed = 1;
+            }
         } else if (IN_LIST(pgbouncer_only_user_keys, key)) {
             warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
                         key);
         } else {
             error_msg(L,
-                      "%s: unknown key '%s' (pool_mode, pool_size and max_user_connections "
-                      "are accepted)",
+                      "%s: unknown key '%s' (pool_mode, pool_size, max_user_connections and "
+                      "max_user_client_connections are accepted)",
                       where, key);
             failed = 1;
         }

@@ -44,6 +44,7 @@ struct db_entry {
     int reserve_pool;      /* -1: reserve_pool_size */
     enum pool_mode pool_mode; /* POOL_MODE_UNSET: the main section's */
     struct limit max_db_connections; /* value 0: the main section's */
+    int max_db_client_connections;   /* 0: the main section's */
     char *auth_user;       /* NULL unless set */
     int line;              /* line in the file, 0 for environment */
 };
@@ -54,6 +55,7 @@ struct user_entry {
     enum pool_mode pool_mode;  /* POOL_MODE_UNSET: not overridden */
     int pool_size;             /* -1: not overridden */
     struct limit max_user_connections; /* value 0: the main section's */
+    int max_user_client_connections;   /* 0: the main section's */
     int line;
 };
 

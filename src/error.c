@@ -105,6 +105,22 @@ static const struct failure_info table[] = {
           "sent nothing for longer than idle_transaction_timeout (%s) while holding a server",
           "The server waited for the rest of a request; send each request whole (with its Sync) "
           "and promptly."),
+    /* PgBouncer's messages, word for word up to the colon, so alerts written for it match. */
+    [FAIL_DB_CLIENT_CAP] =
+        F(FATAL, TOO_MANY_CONNECTIONS,
+          "client connections exceeded (max_db_client_connections): %s",
+          "Raise max_db_client_connections (main section or the database's entry), or close "
+          "idle connections in the application."),
+    [FAIL_USER_CLIENT_CAP] =
+        F(FATAL, TOO_MANY_CONNECTIONS,
+          "client connections exceeded (max_user_client_connections): %s",
+          "Raise max_user_client_connections (main section or the user's [users] entry), or "
+          "close idle connections in the application."),
+    /* Postgres answers 55000 for a database that does not accept connections (datallowconn). */
+    [FAIL_DATABASE_DISABLED] =
+        F(FATAL, OBJECT_NOT_IN_PREREQUISITE_STATE, "database does not allow connections: %s",
+          "An administrator ran DISABLE on it in the admin console; ENABLE lets new clients in "
+          "again. Sessions already open are not affected."),
 };
 #undef F
 
@@ -141,6 +157,9 @@ static const char *const names[] = {
     [FAIL_TOO_MANY_STATEMENTS] = "too_many_statements",
     [FAIL_QUERY_CANCELED] = "query_canceled",
     [FAIL_CLIENT_STALLED] = "client_stalled",
+    [FAIL_DB_CLIENT_CAP] = "max_db_client_connections",
+    [FAIL_USER_CLIENT_CAP] = "max_user_client_connections",
+    [FAIL_DATABASE_DISABLED] = "database_disabled",
 };
 
 const struct failure_info *failure_info(enum failure f)

@@ -46,6 +46,9 @@ enum failure {
     FAIL_TOO_MANY_STATEMENTS,  /* detail: the limit */
     FAIL_QUERY_CANCELED,       /* a CancelRequest for a request still waiting for a server */
     FAIL_CLIENT_STALLED,       /* detail: how long, and what the server waited for */
+    FAIL_DB_CLIENT_CAP,        /* detail: database, count and limit */
+    FAIL_USER_CLIENT_CAP,      /* detail: user, count and limit */
+    FAIL_DATABASE_DISABLED,    /* detail: the database (DISABLE in the admin console) */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

@@ -246,7 +246,7 @@ static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
 static void maybe_connect(struct pool *p)
 {
     struct sluice *app = p->app;
-    if (app->phase != PHASE_RUNNING || p->paused || sluice_now(app) < p->next_connect_ms)
+    if (!sluice_serving(app) || p->paused || sluice_now(app) < p->next_connect_ms)
         return;
     /* After a failure, probe with one connection before opening many. */
     if (p->connect_failures > 0 && p->connecting.count > 0)
@@ -376,7 +376,7 @@ static bool close_if_over_limit(struct server *s)
 static struct pool *longer_waiter_elsewhere(struct pool *p)
 {
     struct sluice *app = p->app;
-    if (app->phase != PHASE_RUNNING)
+    if (!sluice_serving(app))
         return NULL;
     uint64_t now = sluice_now(app);
     const struct client *mine = p->paused ? NULL : first_eligible(p);
@@ -437,7 +437,7 @@ void pool_server_ready(struct server *s)
     struct sluice *app = p->app;
     const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
-    if (app->phase != PHASE_RUNNING && list_empty(&p->waiting)) {
+    if (!sluice_serving(app) && list_empty(&p->waiting)) {
         server_close(s, "shutting down");
         return;
     }
@@ -737,7 +737,7 @@ void pool_maintain(struct pool *p, uint64_t now)
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
     /* Keep min_pool_size servers warm once the database has been reached. */
-    if (p->app->phase == PHASE_RUNNING && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
+    if (sluice_serving(p->app) && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
         p->connecting.count == 0 && pool_server_count(p) < p->min_size &&
         budget_connect_limit(p, false) == LIMIT_NONE)
         server_connect(p);

@@ -39,7 +39,7 @@ static void on_reaper_check(uv_check_t *h)
 {
     struct sluice *app = h->data;
     struct list_node *n, *tmp;
-    if (app->dispatch_needed && app->phase == PHASE_RUNNING)
+    if (app->dispatch_needed && sluice_serving(app))
         pool_dispatch_all(app);
     list_for_each(&app->dead_clients, n, tmp)
     {
@@ -139,6 +139,11 @@ static void on_maint_timer(uv_timer_t *t)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&app->pools, n, tmp)
         pool_maintain(container_of(n, struct pool, node), now);
+    if (app->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && app->nclients == 0) {
+        log_msg(LOG_INFO, "SHUTDOWN WAIT_FOR_CLIENTS: the last client has left");
+        sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
+        return;
+    }
     if (app->phase == PHASE_SHUTDOWN_GRACEFUL) {
         close_all(app, true);
         if (now >= app->shutdown_deadline_ms) {
@@ -178,6 +183,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     list_init(&app->dead_clients);
     list_init(&app->dead_servers);
     list_init(&app->admin_waits);
+    list_init(&app->disabled_dbs);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;
@@ -260,10 +266,18 @@ void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
         return;
     if (app->phase == PHASE_RUNNING) {
         listener_stop(app);
-        http_stop(app);
         uv_ref((uv_handle_t *)&app->maint_timer);
     }
+    /* While clients are waited for, /health already says shutting_down and /metrics go on. */
+    if (phase >= PHASE_SHUTDOWN_GRACEFUL)
+        http_stop(app);
     app->phase = phase;
+    if (phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
+        log_msg(LOG_INFO, "shutdown once every client has left: no new connections; %d clients "
+                          "connected",
+                app->nclients);
+        return;
+    }
     if (phase == PHASE_SHUTDOWN_GRACEFUL) {
         app->shutdown_deadline_ms = sluice_now(app) + (uint64_t)app->cfg->shutdown_timeout;
         log_msg(LOG_INFO, "graceful shutdown: no new connections; waiting up to %lld ms for "

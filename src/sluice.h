@@ -4,6 +4,7 @@
 #ifndef SLUICE_SLUICE_H
 #define SLUICE_SLUICE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -13,6 +14,9 @@
 
 enum sluice_phase {
     PHASE_RUNNING,
+    /* SHUTDOWN WAIT_FOR_CLIENTS (PgBouncer's rolling restart): no new connections; the clients
+     * connected go on as before; exit once the last one has left. */
+    PHASE_SHUTDOWN_WAIT_FOR_CLIENTS,
     PHASE_SHUTDOWN_GRACEFUL, /* SIGINT: no new clients; transactions finish; then exit */
     PHASE_SHUTDOWN_NOW, /* SIGTERM, a second SIGINT or shutdown_timeout passed: close everything */
 };
@@ -49,6 +53,7 @@ struct sluice {
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct stats *stats;      /* snapshots for SHOW STATS averages (stats.c) */
     struct list admin_waits;  /* console commands answered later (admin.c) */
+    struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (admin.c) */
     uv_timer_t maint_timer;
     uv_signal_t sig_hup, sig_int, sig_term;
     uint64_t last_stats_ms;
@@ -64,6 +69,12 @@ void sluice_reload(struct sluice *app);
 void sluice_shutdown(struct sluice *app, enum sluice_phase phase);
 /* Once the loop has ended: free what is left. */
 void sluice_free(struct sluice *app);
+
+/* Do the pools still serve their clients as usual (running, or waiting for clients to leave)? */
+static inline bool sluice_serving(const struct sluice *app)
+{
+    return app->phase <= PHASE_SHUTDOWN_WAIT_FOR_CLIENTS;
+}
 
 static inline uint64_t sluice_now(const struct sluice *app)
 {

@@ -37,7 +37,9 @@ static void show_subjects_parse_case_insensitively_with_optional_semicolon(void)
         {"SHOW HELP", ADMIN_SHOW_HELP},       {"SHOW DATABASES", ADMIN_SHOW_DATABASES},
         {"SHOW USERS", ADMIN_SHOW_USERS},     {"SHOW CONFIG", ADMIN_SHOW_CONFIG},
         {"SHOW LISTS", ADMIN_SHOW_LISTS},     {"SHOW VERSION", ADMIN_SHOW_VERSION},
-        {"SHOW BUDGETS", ADMIN_SHOW_BUDGETS},
+        {"SHOW BUDGETS", ADMIN_SHOW_BUDGETS}, {"SHOW SOCKETS", ADMIN_SHOW_SOCKETS},
+        {"SHOW ACTIVE_SOCKETS", ADMIN_SHOW_ACTIVE_SOCKETS},
+        {"SHOW PEERS", ADMIN_SHOW_PEERS},     {"SHOW PEER_POOLS", ADMIN_SHOW_PEER_POOLS},
     };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         CHECK_INT(parse(all[i].sql), ADMIN_SHOW);
@@ -92,6 +94,21 @@ static void kill_client_takes_a_decimal_id(void)
     CHECK_INT(parse("KILL_CLIENT -1"), ADMIN_INVALID);
     CHECK_INT(parse("KILL_CLIENT 0x10"), ADMIN_INVALID);
     CHECK_INT(parse("KILL_CLIENT"), ADMIN_INVALID);
+}
+
+static void disable_and_enable_need_a_database_suspend_takes_none(void)
+{
+    CHECK_INT(parse("DISABLE appdb"), ADMIN_DISABLE);
+    CHECK_STR(cmd.name, "appdb");
+    CHECK_INT(parse("enable \"App Db\";"), ADMIN_ENABLE);
+    CHECK_STR(cmd.name, "App Db");
+    CHECK_STR(admin_verb_tag(ADMIN_DISABLE), "DISABLE");
+    CHECK_INT(parse("DISABLE"), ADMIN_INVALID);
+    CHECK(strstr(cmd.message, "missing") != NULL);
+    CHECK_INT(parse("ENABLE"), ADMIN_INVALID);
+    CHECK_INT(parse("SUSPEND"), ADMIN_SUSPEND);
+    CHECK_INT(parse("SUSPEND appdb"), ADMIN_INVALID);
+    CHECK(!admin_verb_read_only(ADMIN_DISABLE) && !admin_verb_read_only(ADMIN_SUSPEND));
 }
 
 static void reload_and_shutdown_forms(void)
@@ -298,6 +315,7 @@ int main(void)
     RUN(unknown_show_subject_is_undefined_object_naming_it);
     RUN(database_commands_take_an_optional_name_kept_as_written);
     RUN(kill_client_takes_a_decimal_id);
+    RUN(disable_and_enable_need_a_database_suspend_takes_none);
     RUN(reload_and_shutdown_forms);
     RUN(set_accepts_equals_or_to_and_quoted_values);
     RUN(empty_queries_and_comments);

@@ -587,6 +587,33 @@ static void database_pairs_split_sluice_keys_from_libpq_keywords(void)
     config_free(c);
 }
 
+static void client_caps_are_main_keys_and_per_entry_keys(void)
+{
+    struct config *c = load("[databases]\napp = host=x max_db_client_connections=2\nb = host=y\n"
+                            "[users]\nu = max_user_client_connections=3\n"
+                            "[sluice]\nmax_db_client_connections = 10\n"
+                            "max_user_client_connections = 20\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    /* sluice keys now, not PgBouncer keys it ignores */
+    CHECK(!list_has(diag.warnings, diag.nwarnings, "client_connections"));
+    CHECK_INT(c->max_db_client_connections, 10);
+    CHECK_INT(c->max_user_client_connections, 20);
+    CHECK_INT(c->dbs[0].max_db_client_connections, 2);
+    CHECK_INT(c->dbs[1].max_db_client_connections, 0); /* 0: the main section's */
+    CHECK_INT(c->users[0].max_user_client_connections, 3);
+    config_free(c);
+    CHECK(load("[databases]\napp = host=x max_db_client_connections=-1\n", NULL) == NULL);
+    CHECK_ERROR("max_db_client_connections = '-1'");
+    CHECK(load("[databases]\napp = host=x\n[users]\nu = max_user_client_connections=many\n",
+               NULL) == NULL);
+    CHECK_ERROR("max_user_client_connections = 'many'");
+}
+
 static void database_without_overrides_inherits_with_minus_one_and_unset(void)
 {
     struct config *c = load("[databases]\napp = host=x reserve_pool_size=4\n", NULL);
@@ -1286,6 +1313,7 @@ int main(void)
     RUN(semicolon_inside_a_value_is_not_a_comment);
     RUN(lines_of_any_length_parse_whole_and_keep_line_numbers);
     RUN(database_pairs_split_sluice_keys_from_libpq_keywords);
+    RUN(client_caps_are_main_keys_and_per_entry_keys);
     RUN(database_without_overrides_inherits_with_minus_one_and_unset);
     RUN(database_without_dbname_connects_to_its_own_name_but_star_does_not);
     RUN(find_db_tries_the_exact_name_then_the_star_entry);
