@@ -59,6 +59,11 @@ const char *limit_kind_key(enum limit_kind k);
 
 /* May the pool open one more backend? use_reserve: the reserve pool is in play. */
 enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve);
+/* May sluice open a connection of its own (auth_query) to database entry db_name as user_name?
+ * It counts against max_db_connections, max_user_connections and max_server_connections like a
+ * pool's server. */
+enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *db_name,
+                                         const char *user_name);
 /* May a client of b be given a server now? */
 enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b);
 /* The resolved number behind a limit for pool p (for messages). */
@@ -66,7 +71,7 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
 
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
-/* Server counts across pools, for the caps. */
+/* Server counts across pools and auth_query's connections, for the caps. */
 int budget_db_servers(const struct sluice *app, const char *db_name);
 int budget_user_servers(const struct sluice *app, const char *user_name);
 

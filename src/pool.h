@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "budget.h"
 #include "config.h"
 #include "list.h"
 #include "params.h"
@@ -85,6 +86,11 @@ void pool_release(struct server *s);
 bool pool_queue_cleanup(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
+/* A cap of kind k (LIMIT_DB, LIMIT_USER or LIMIT_GLOBAL, in the scope of db_name and
+ * user_name) is full: close the longest-idle server of any pool in that scope but except, to
+ * make room. false: none was idle. */
+bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
+                     const char *user_name, const struct pool *except);
 /* A connect attempt failed; message from libpq. */
 void pool_connect_failed(struct pool *p, const char *message);
 /* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */

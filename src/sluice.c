@@ -16,6 +16,7 @@
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
+#include "secret.h"
 #include "server.h"
 #include "stats.h"
 #include "tls.h"
@@ -138,6 +139,7 @@ static void on_maint_timer(uv_timer_t *t)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&app->pools, n, tmp)
         pool_maintain(container_of(n, struct pool, node), now);
+    secret_tick(app, now);
     if (app->phase == PHASE_SHUTDOWN_GRACEFUL) {
         close_all(app, true);
         if (now >= app->shutdown_deadline_ms) {
@@ -269,6 +271,7 @@ void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
         log_msg(LOG_INFO, "shutting down now");
         close_all(app, false);
     }
+    secret_shutdown(); /* the clients that waited for auth_query are gone */
     finish_if_done(app);
 }
 
