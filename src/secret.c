@@ -27,6 +27,7 @@
 #include "list.h"
 #include "log.h"
 #include "pool.h"
+#include "resolver.h"
 #include "sluice.h"
 #include "sockio.h"
 
@@ -403,19 +404,22 @@ static struct secret_job *derive_job(struct sluice *app, const uint8_t *fp, cons
  * only when they have room (closing another pool's idle server for it, as pools do for each
  * other). So a flood of made-up user names costs Postgres at most that many backends.
  *
- *   CONNECTING --ok--> QUERYING <--> IDLE --SECRET_QUERY_IDLE_MS, reload, shutdown--> closed
- *   any state --failed or server_connect_timeout--> closed */
+ *   RESOLVING --> CONNECTING --ok--> QUERYING <--> IDLE --SECRET_QUERY_IDLE_MS, reload,
+ *                                                           shutdown--> closed
+ *   any state --failed or server_connect_timeout--> closed
+ * RESOLVING: the entry's host names, off the loop (resolver.c), when it names a host. */
 
-enum qconn_state { QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE };
+enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE };
 
 struct qconn {
     struct qconn *next;
     struct sluice *app;
     enum qconn_state state;
     char *target, *db_name, *auth_user; /* as the jobs it runs */
+    struct resolver *resolving;         /* RESOLVING */
     PGconn *conn;
     struct sockio io;
-    struct secret_job *job; /* CONNECTING, QUERYING: the lookup it runs */
+    struct secret_job *job; /* RESOLVING, CONNECTING, QUERYING: the lookup it runs */
     uint64_t since_ms;      /* when it entered its state */
     int served;             /* lookups answered on it */
     bool retired;           /* reload: closed once its lookup is done */
@@ -440,6 +444,7 @@ static void qconn_close(struct qconn *qc, const char *why)
     log_msg(LOG_DEBUG, "auth_query: closing the connection to \"%s\" as \"%s\": %s", qc->db_name,
             qc->auth_user, why);
     sockio_detach(&qc->io);
+    resolver_cancel(qc->resolving);
     if (qc->conn)
         PQfinish(qc->conn);
     /* its slot under the caps is free: a pool may be waiting for it */
@@ -601,6 +606,8 @@ static void on_qconn_io(struct sockio *io, int status, int events)
     (void)events;
     struct qconn *qc = io->owner;
     switch (qc->state) {
+    case QCONN_RESOLVING: /* no socket yet */
+        return;
     case QCONN_CONNECTING:
         connect_step(qc);
         return;
@@ -652,30 +659,23 @@ static bool query_target(const struct config *cfg, const char *database, struct 
 
 #define MAX_KEYWORDS 64
 
-/* Open a connection for j's target, j its first lookup. false: it could not even start (j was
- * answered with why). */
-static bool qconn_open(struct sluice *app, struct secret_job *j)
+/* The keywords of the target's connection (room is left for resolver_apply); their count. */
+static int build_conninfo(const struct config *cfg, const struct query_target *t, const char **kw,
+                          const char **val)
 {
-    const struct config *cfg = app->cfg;
-    struct query_target t;
-    if (!query_target(cfg, j->database, &t)) {
-        query_finish(j, "auth_query is no longer configured for this database");
-        return false;
-    }
-    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     int n = 0;
-    for (int i = 0; i < t.db->nkeys && n < MAX_KEYWORDS - 12; i++) {
-        const char *k = t.db->pq_keywords[i];
+    for (int i = 0; i < t->db->nkeys && n < MAX_KEYWORDS - 15; i++) {
+        const char *k = t->db->pq_keywords[i];
         if (strcmp(k, "user") == 0 || strcmp(k, "password") == 0 || strcmp(k, "dbname") == 0)
             continue;
         kw[n] = k;
-        val[n++] = t.db->pq_values[i];
+        val[n++] = t->db->pq_values[i];
     }
     kw[n] = "dbname";
-    val[n++] = t.dbname;
+    val[n++] = t->dbname;
     kw[n] = "user";
-    val[n++] = t.auth_user;
-    const struct auth_entry *a = config_find_auth(cfg, t.auth_user);
+    val[n++] = t->auth_user;
+    const struct auth_entry *a = config_find_auth(cfg, t->auth_user);
     if (a && strncmp(a->secret, "md5", 3) != 0 && !scram_is_secret(a->secret)) {
         kw[n] = "password";
         val[n++] = a->secret;
@@ -685,7 +685,7 @@ static bool qconn_open(struct sluice *app, struct secret_job *j)
     const char *tls_vals[4] = {cfg->server_tls_sslmode, cfg->server_tls_ca_file,
                                cfg->server_tls_cert_file, cfg->server_tls_key_file};
     for (int i = 0; i < 4; i++) {
-        if (tls_vals[i] && tls_vals[i][0] && !db_keyword(t.db, tls_keys[i])) {
+        if (tls_vals[i] && tls_vals[i][0] && !db_keyword(t->db, tls_keys[i])) {
             kw[n] = tls_keys[i];
             val[n++] = tls_vals[i];
         }
@@ -694,6 +694,56 @@ static bool qconn_open(struct sluice *app, struct secret_job *j)
     val[n++] = "sluice auth_query";
     kw[n] = NULL;
     val[n] = NULL;
+    return n;
+}
+
+/* libpq's login, to the addresses r resolved (NULL: the entry names none to resolve). */
+static void qconn_connect(struct qconn *qc, const struct resolver *r)
+{
+    const struct config *cfg = qc->app->cfg;
+    struct query_target t;
+    if (!query_target(cfg, qc->job->database, &t)) {
+        qconn_lost(qc, "auth_query is no longer configured for this database");
+        return;
+    }
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    int n = build_conninfo(cfg, &t, kw, val);
+    if (r)
+        resolver_apply(r, kw, val, &n);
+    qc->state = QCONN_CONNECTING;
+    qc->conn = PQconnectStartParams(kw, val, 0);
+    if (!qc->conn || PQstatus(qc->conn) == CONNECTION_BAD) {
+        qconn_lost(qc, qc->conn ? PQerrorMessage(qc->conn) : "out of memory starting a connection");
+        return;
+    }
+    if (sockio_open(&qc->io, qc->app->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
+        qconn_lost(qc, "cannot watch the auth_query socket");
+        return;
+    }
+    log_msg(LOG_DEBUG, "auth_query: connecting to \"%s\" as \"%s\"", t.dbname, t.auth_user);
+    sockio_want(&qc->io, UV_WRITABLE);
+}
+
+static void on_qconn_resolved(struct resolver *r, void *owner)
+{
+    struct qconn *qc = owner;
+    qc->resolving = NULL;
+    if (resolver_error(r))
+        qconn_lost(qc, resolver_error(r));
+    else
+        qconn_connect(qc, r);
+    resolver_free(r);
+}
+
+/* Open a connection for j's target, j its first lookup (answered with why when it fails). */
+static void qconn_open(struct sluice *app, struct secret_job *j)
+{
+    const struct config *cfg = app->cfg;
+    struct query_target t;
+    if (!query_target(cfg, j->database, &t)) {
+        query_finish(j, "auth_query is no longer configured for this database");
+        return;
+    }
     struct qconn *qc = calloc(1, sizeof(*qc));
     if (!qc || !(qc->target = strdup(j->target)) || !(qc->db_name = strdup(j->db_name)) ||
         !(qc->auth_user = strdup(j->auth_user))) {
@@ -703,35 +753,26 @@ static bool qconn_open(struct sluice *app, struct secret_job *j)
         }
         free(qc);
         query_finish(j, "out of memory");
-        return false;
+        return;
     }
     qc->app = app;
     qc->io.fd = -1;
-    qc->state = QCONN_CONNECTING;
+    qc->state = QCONN_RESOLVING;
     qc->since_ms = sluice_now(app);
     qc->job = j;
     j->qc = qc;
     qc->next = qconns;
     qconns = qc;
     nqconns++;
-    qc->conn = PQconnectStartParams(kw, val, 0);
-    if (!qc->conn || PQstatus(qc->conn) == CONNECTION_BAD) {
-        char why[256];
-        snprintf(why, sizeof(why), "%s",
-                 qc->conn ? PQerrorMessage(qc->conn) : "out of memory starting a connection");
-        why[strcspn(why, "\n")] = '\0';
-        qconn_close(qc, why);
-        query_finish(j, why);
-        return false;
-    }
-    if (sockio_open(&qc->io, app->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
-        qconn_close(qc, "cannot watch the auth_query socket");
-        query_finish(j, "cannot watch the auth_query socket");
-        return false;
-    }
-    log_msg(LOG_DEBUG, "auth_query: connecting to \"%s\" as \"%s\"", t.dbname, t.auth_user);
-    sockio_want(&qc->io, UV_WRITABLE);
-    return true;
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    build_conninfo(cfg, &t, kw, val);
+    char why[300];
+    int r =
+        resolver_start(app->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why, sizeof(why));
+    if (r < 0)
+        qconn_lost(qc, why);
+    else if (r > 0)
+        qconn_connect(qc, NULL);
 }
 
 static struct qconn *idle_qconn(const char *target)
