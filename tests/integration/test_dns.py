@@ -93,9 +93,14 @@ def slow_dns(tmp_path, monkeypatch):
     that runs sluice with the slow resolver."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare(1) to give sluice its own /etc/resolv.conf")
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10)
+    probe_file = tmp_path / "probe.conf"
+    probe_file.write_text("# probe\n")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            f"mount --bind '{probe_file}' /etc/resolv.conf && "
+                            "grep -q probe /etc/resolv.conf"], capture_output=True, timeout=10)
     if probe.returncode != 0:
-        pytest.skip(f"mount namespaces unavailable: {probe.stderr.decode().strip()}")
+        pytest.skip("cannot bind-mount a resolv.conf in a mount namespace: "
+                    f"{probe.stderr.decode().strip()}")
     dns = None
     for _ in range(10):
         addr = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
