@@ -7,9 +7,10 @@
  *    milliseconds, which would cap logins per second.
  *  - query: (database entry, dbname, auth_user, user) -> what auth_query returned, for
  *    SECRET_QUERY_TTL_MS (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found).
- * A job is a lookup in progress: a derivation on libuv's thread pool, or an auth_query on its own
- * non-blocking libpq connection (PQconnectStartParams/PQconnectPoll, then PQsendQueryParams),
- * driven by one poll handle on its socket like a server's login. */
+ * A job is a lookup in progress: a derivation on libuv's thread pool, or an auth_query run on one
+ * of a small set of non-blocking libpq connections shared by all lookups (PQconnectStartParams/
+ * PQconnectPoll, then PQsendQueryParams), each driven by one poll handle on its socket like a
+ * server's login; see "auth_query" below for how that set is bounded and counted. */
 #include "secret.h"
 
 #include <libpq-fe.h>
