@@ -10,6 +10,7 @@
 #include "config.h"
 #include "log.h"
 #include "pool.h"
+#include "secret.h"
 #include "sluice.h"
 
 static struct budget *find(struct budget_set *set, const char *name)
@@ -175,7 +176,7 @@ int budget_db_servers(const struct sluice *app, const char *db_name)
         if (strcmp(p->db_name, db_name) == 0)
             n += pool_server_count(p);
     }
-    return n;
+    return n + secret_query_servers(db_name, NULL);
 }
 
 int budget_user_servers(const struct sluice *app, const char *user_name)
@@ -188,27 +189,41 @@ int budget_user_servers(const struct sluice *app, const char *user_name)
         if (strcmp(p->user_name, user_name) == 0)
             n += pool_server_count(p);
     }
-    return n;
+    return n + secret_query_servers(NULL, user_name);
+}
+
+/* Every backend sluice holds: the pools' and auth_query's (max_server_connections). */
+static int all_servers(const struct sluice *app)
+{
+    return app->nservers + secret_query_servers(NULL, NULL);
+}
+
+static int db_cap_of(const struct config *cfg, const char *db_name, int server_usable)
+{
+    const struct db_entry *db = config_find_db(cfg, db_name);
+    struct limit l = cfg->max_db_connections;
+    if (db && db->max_db_connections.value > 0)
+        l = db->max_db_connections;
+    return limit_resolve(l, server_usable);
+}
+
+static int user_cap_of(const struct config *cfg, const char *user_name, int server_usable)
+{
+    const struct user_entry *u = config_find_user(cfg, user_name);
+    struct limit l = cfg->max_user_connections;
+    if (u && u->max_user_connections.value > 0)
+        l = u->max_user_connections;
+    return limit_resolve(l, server_usable);
 }
 
 static int db_cap(const struct pool *p)
 {
-    const struct config *cfg = p->app->cfg;
-    const struct db_entry *db = config_find_db(cfg, p->db_name);
-    struct limit l = cfg->max_db_connections;
-    if (db && db->max_db_connections.value > 0)
-        l = db->max_db_connections;
-    return limit_resolve(l, p->server_usable);
+    return db_cap_of(p->app->cfg, p->db_name, p->server_usable);
 }
 
 static int user_cap(const struct pool *p)
 {
-    const struct config *cfg = p->app->cfg;
-    const struct user_entry *u = config_find_user(cfg, p->user_name);
-    struct limit l = cfg->max_user_connections;
-    if (u && u->max_user_connections.value > 0)
-        l = u->max_user_connections;
-    return limit_resolve(l, p->server_usable);
+    return user_cap_of(p->app->cfg, p->user_name, p->server_usable);
 }
 
 static int global_cap(const struct sluice *app, int server_usable)
@@ -268,7 +283,31 @@ static enum limit_kind limit_passed(const struct pool *p, int add, int pool_cap,
     if (cap > 0 && budget_user_servers(app, p->user_name) - freed_user + add > cap)
         return LIMIT_USER;
     cap = global_cap(app, p->server_usable);
-    if (cap > 0 && app->nservers - (closing != NULL) + add > cap)
+    if (cap > 0 && all_servers(app) - (closing != NULL) + add > cap)
+        return LIMIT_GLOBAL;
+    return LIMIT_NONE;
+}
+
+enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *db_name,
+                                         const char *user_name)
+{
+    /* NN% caps: as the pools of that database know the server (none yet: no cap to apply) */
+    int usable = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (strcmp(p->db_name, db_name) == 0 && p->server_usable > usable)
+            usable = p->server_usable;
+    }
+    int cap = db_cap_of(app->cfg, db_name, usable);
+    if (cap > 0 && budget_db_servers(app, db_name) >= cap)
+        return LIMIT_DB;
+    cap = user_cap_of(app->cfg, user_name, usable);
+    if (cap > 0 && budget_user_servers(app, user_name) >= cap)
+        return LIMIT_USER;
+    cap = global_cap(app, usable);
+    if (cap > 0 && all_servers(app) >= cap)
         return LIMIT_GLOBAL;
     return LIMIT_NONE;
 }

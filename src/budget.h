@@ -64,6 +64,11 @@ enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve);
 bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing);
 /* Does the pool hold more servers than a cap allows (a reload lowered it)? The first such cap. */
 enum limit_kind budget_over_limit(const struct pool *p);
+/* May sluice open a connection of its own (auth_query) to database entry db_name as user_name?
+ * It counts against max_db_connections, max_user_connections and max_server_connections like a
+ * pool's server. */
+enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *db_name,
+                                         const char *user_name);
 /* May a client of b be given a server now? */
 enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b);
 /* How many more servers a client of b may be given now: 0 when it is held back, -1 when only
@@ -93,7 +98,7 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out);
 
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
-/* Server counts across pools, for the caps. */
+/* Server counts across pools and auth_query's connections, for the caps. */
 int budget_db_servers(const struct sluice *app, const char *db_name);
 int budget_user_servers(const struct sluice *app, const char *user_name);
 

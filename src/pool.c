@@ -215,17 +215,23 @@ static int count_eligible(const struct pool *p, int enough)
  * has waiters gets the room (PgBouncer does the same for max_db_connections). */
 static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
 {
+    return pool_evict_idle(p->app, k, p->db_name, p->user_name, p);
+}
+
+bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
+                     const char *user_name, struct pool *except)
+{
     struct pool *victim = NULL;
     struct server *oldest = NULL;
     struct list_node *n, *tmp;
-    list_for_each(&p->app->pools, n, tmp)
+    list_for_each(&app->pools, n, tmp)
     {
         struct pool *o = container_of(n, struct pool, node);
-        if (o == p || list_empty(&o->idle))
+        if (o == except || list_empty(&o->idle))
             continue;
-        if (k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0)
+        if (k == LIMIT_DB && strcmp(o->db_name, db_name) != 0)
             continue;
-        if (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0)
+        if (k == LIMIT_USER && strcmp(o->user_name, user_name) != 0)
             continue;
         struct server *s = container_of(list_last(&o->idle), struct server, node);
         if (!oldest || s->state_since_ms < oldest->state_since_ms) {
@@ -238,7 +244,7 @@ static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
     char why[160];
     snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
              victim->db_name, victim->user_name, limit_kind_key(k));
-    server_close_for(oldest, why, p);
+    server_close_for(oldest, why, except);
     return true;
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "budget.h"
 #include "config.h"
 #include "list.h"
 #include "params.h"
@@ -94,6 +95,12 @@ bool pool_queue_cleanup(struct server *s);
 void pool_server_ready(struct server *s);
 /* A server of p that was LEAVING is gone: room_for (if any) gets first go at the room. */
 void pool_server_gone(struct pool *p, struct pool *room_for);
+/* A cap of kind k (LIMIT_DB, LIMIT_USER or LIMIT_GLOBAL, in the scope of db_name and
+ * user_name) is full: close the longest-idle server of any pool in that scope but except, to
+ * make room; except (a pool with waiters, or NULL for auth_query) gets first go at it once the
+ * backend has gone. false: none was idle. */
+bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
+                     const char *user_name, struct pool *except);
 /* A connect attempt failed; message from libpq. */
 void pool_connect_failed(struct pool *p, const char *message);
 /* The server refused the login with an error retrying will not mend (wrong password, NOLOGIN

@@ -56,13 +56,26 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out);
 void secret_cancel(struct secret_waiter *w);
 /* Wipe a user_secret filled by secret_lookup. */
 void secret_wipe(struct user_secret *s);
-/* Reload: cached auth_query answers are forgotten (auth_query or auth_user may have changed). */
+/* Reload: cached auth_query answers are forgotten and its connections closed (auth_query,
+ * auth_user or the database entry may have changed). */
 void secret_reload(void);
-/* Shutdown: free the caches. */
+/* Background (sluice's maintenance tick): close auth_query connections idle for
+ * SECRET_QUERY_IDLE_MS or stuck past server_connect_timeout; start lookups the caps held back. */
+void secret_tick(struct sluice *app, uint64_t now);
+/* auth_query's connections (connecting or open) to database entry db_name as user_name; NULL
+ * matches any. They count against the caps like the pools' servers. */
+int secret_query_servers(const char *db_name, const char *user_name);
+/* Shutdown begins: end the lookups and close auth_query's connections. */
+void secret_shutdown(void);
+/* Exit: that, and free the caches. */
 void secret_free_all(void);
 
 /* How long auth_query answers are kept. */
 #define SECRET_QUERY_TTL_MS 60000
 #define SECRET_QUERY_NEGATIVE_TTL_MS 5000
+/* auth_query runs on at most this many connections in all, whatever the clients do; one idle
+ * this long is closed (it holds a slot under the caps). */
+#define SECRET_QUERY_CONNECTIONS 2
+#define SECRET_QUERY_IDLE_MS 1000
 
 #endif

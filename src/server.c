@@ -32,6 +32,7 @@
 #include "passthrough.h"
 #include "pool.h"
 #include "pool_mode.h"
+#include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
 
@@ -111,7 +112,7 @@ void server_set_state(struct server *s, enum server_state next)
 
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
- * filled in where the entry leaves them to the client. */
+ * filled in where the entry leaves them to the client (room is left for resolver_apply). */
 #define MAX_KEYWORDS 48
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
                           const char **val, const char **user_out, bool *password_out)
@@ -124,7 +125,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
     const char *tls_val[4] = {cfg->server_tls_sslmode, cfg->server_tls_ca_file,
                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
-    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 10; i++) {
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 13; i++) {
         kw[n] = db->pq_keywords[i];
         val[n] = db->pq_values[i];
         has_dbname |= strcmp(kw[n], "dbname") == 0;
@@ -182,6 +183,74 @@ static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
     return true;
 }
 
+/* Log in, by libpq or by passthrough, with the entry's keywords and, when its host names were
+ * resolved, their addresses (r). s may be CLOSED on return (failed at once, reported). */
+static void start_login(struct server *s, const struct resolver *r)
+{
+    struct pool *p = s->pool;
+    struct sluice *app = p->app;
+    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    if (!db) {
+        server_connect_failed(s, "the database is no longer configured");
+        return;
+    }
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    const char *user = NULL;
+    bool has_password = false;
+    int n = build_conninfo(p, db, kw, val, &user, &has_password);
+    if (r)
+        resolver_apply(r, kw, val, &n);
+    /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
+     * with what it proved; libpq would need the password. */
+    /* An md5 secret in auth_file needs no client at all: it is what answers an md5 challenge
+     * (PgBouncer logs in with it too, e.g. for a [databases] entry's forced user=). */
+    const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
+    struct passthrough_keys from_file;
+    if (!has_password && !keys && md5_secret_in_auth_file(app->cfg, user, &from_file))
+        keys = &from_file;
+    if (keys) {
+        char why[256];
+        int started = server_login_start(s, kw, val, keys, why, sizeof(why));
+        OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
+        if (started < 0) {
+            server_connect_failed(s, why);
+            return;
+        }
+        if (s->state != SERVER_CLOSED) /* else it failed at once (connect refused, no socket) */
+            log_server(LOG_DEBUG, s, "connecting (passthrough login as \"%s\")", user);
+        return;
+    }
+    s->conn = PQconnectStartParams(kw, val, 0);
+    if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s",
+                 s->conn ? PQerrorMessage(s->conn) : "out of memory starting a connection");
+        msg[strcspn(msg, "\n")] = '\0';
+        server_connect_failed(s, msg);
+        return;
+    }
+    /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
+    PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
+    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
+        server_connect_failed(s, "cannot watch the server socket");
+        return;
+    }
+    /* libpq: after PQconnectStart, wait until the socket is writable, then call PQconnectPoll. */
+    sockio_want(&s->io, UV_WRITABLE);
+    log_server(LOG_DEBUG, s, "connecting");
+}
+
+static void on_server_resolved(struct resolver *r, void *owner)
+{
+    struct server *s = owner;
+    s->resolving = NULL;
+    if (resolver_error(r))
+        server_connect_failed(s, resolver_error(r));
+    else
+        start_login(s, r);
+    resolver_free(r);
+}
+
 struct server *server_connect(struct pool *p)
 {
     struct sluice *app = p->app;
@@ -199,66 +268,30 @@ struct server *server_connect(struct pool *p)
     s->connect_start_ms = sluice_now(app);
     s->state_since_ms = s->connect_start_ms;
     s->io.fd = -1;
+    s->io.cb = server_on_io;
     params_init(&s->params);
     stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
     list_node_init(&s->node);
+    /* From here it counts against the caps, resolving its host name included. */
+    s->state = SERVER_CONNECTING;
+    list_append(&p->connecting, &s->node);
+    app->nservers++;
 
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
-    /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
-     * with what it proved; libpq would need the password. An md5 secret in auth_file needs no
-     * client at all: it is what answers an md5 challenge (PgBouncer logs in with it too, e.g.
-     * for a [databases] entry's forced user=). */
-    const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
-    struct passthrough_keys from_file;
-    if (!has_password && !keys && md5_secret_in_auth_file(app->cfg, user, &from_file))
-        keys = &from_file;
-    if (keys) {
-        s->state = SERVER_CONNECTING;
-        list_append(&p->connecting, &s->node);
-        app->nservers++;
-        s->io.cb = server_on_io;
-        char why[256];
-        int started = server_login_start(s, kw, val, keys, why, sizeof(why));
-        OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
-        if (started < 0) {
-            server_connect_failed(s, why);
-            return NULL;
-        }
-        if (s->state == SERVER_CLOSED)
-            return NULL; /* failed at once (connect refused, no socket): already reported */
-        log_server(LOG_DEBUG, s, "connecting (passthrough login as \"%s\")", user);
-        return s;
-    }
-    s->conn = PQconnectStartParams(kw, val, 0);
-    if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s",
-                 s->conn ? PQerrorMessage(s->conn) : "out of memory starting a connection");
-        msg[strcspn(msg, "\n")] = '\0';
-        if (s->conn)
-            PQfinish(s->conn);
-        params_free(&s->params);
-        free(s);
-        pool_connect_failed(p, msg);
-        return NULL;
-    }
-    /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
-    PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
-    s->state = SERVER_CONNECTING;
-    list_append(&p->connecting, &s->node);
-    app->nservers++;
-    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
-        server_connect_failed(s, "cannot watch the server socket");
-        return NULL;
-    }
-    /* libpq: after PQconnectStart, wait until the socket is writable, then call PQconnectPoll. */
-    sockio_want(&s->io, UV_WRITABLE);
-    log_server(LOG_DEBUG, s, "connecting");
-    return s;
+    char why[300];
+    int r =
+        resolver_start(app->loop, kw, val, on_server_resolved, s, &s->resolving, why, sizeof(why));
+    if (r < 0)
+        server_connect_failed(s, why);
+    else if (r == 0)
+        log_server(LOG_DEBUG, s, "resolving the host name off the loop");
+    else
+        start_login(s, NULL);
+    return s->state == SERVER_CLOSED ? NULL : s;
 }
 
 static void login_done(struct server *s)
@@ -686,6 +719,8 @@ static void close_now(struct server *s)
     list_append(&app->dead_servers, &s->node);
     app->nservers--;
     sockio_detach(&s->io);
+    resolver_cancel(s->resolving);
+    s->resolving = NULL;
     if (s->conn) {
         PQfinish(s->conn);
         s->conn = NULL;

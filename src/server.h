@@ -78,6 +78,8 @@ struct server {
     struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
     struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
                                  * target and TLS session for the server's life */
+    struct resolver *resolving; /* CONNECTING: its host names are being resolved (resolver.c),
+                                 * before libpq or the passthrough login starts */
 };
 
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */

@@ -1,8 +1,8 @@
 /* server_login: a backend login without libpq, for auth passthrough (see server_login.h).
  *
  * States, in order (each waits for the socket, then moves on):
- *   RESOLVING    the host name is being resolved on the thread pool (uv_getaddrinfo)
- *   CONNECTING   non-blocking connect() in progress
+ *   CONNECTING   non-blocking connect() in progress (to hostaddr: server.c has resolved the
+ *                host name off the loop, resolver.c)
  *   SSL_ANSWER   SSLRequest sent; one byte 'S' or 'N' expected
  *   TLS          TLS handshake (SSL_connect) in progress
  *   AUTH         startup packet sent; authentication and the welcome messages until
@@ -40,7 +40,7 @@
 #include "sluice.h"
 #include "tls.h"
 
-enum login_step { STEP_RESOLVING, STEP_CONNECTING, STEP_SSL_ANSWER, STEP_TLS, STEP_AUTH, STEP_PROBE };
+enum login_step { STEP_CONNECTING, STEP_SSL_ANSWER, STEP_TLS, STEP_AUTH, STEP_PROBE };
 
 enum ssl_want { SSL_NO, SSL_PREFER, SSL_REQUIRE, SSL_VERIFY_CA, SSL_VERIFY_FULL };
 
@@ -60,7 +60,6 @@ struct server_login {
     enum ssl_want ssl_want;
     char *sslrootcert, *sslcert, *sslkey;
 
-    uv_getaddrinfo_t *resolve; /* while RESOLVING; its data is NULL once the login is gone */
     struct sockaddr_storage addr;
     socklen_t addrlen;
 
@@ -104,8 +103,6 @@ void server_login_free(struct server *s)
     if (!l)
         return;
     s->login = NULL;
-    if (l->resolve)
-        l->resolve->data = NULL; /* on_resolved frees it */
     if (l->logged_in && s->io.fd >= 0) {
         /* Terminate, as libpq's PQfinish sends: the backend ends at once instead of on EOF. */
         static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
@@ -197,28 +194,6 @@ static void begin_connect(struct server *s)
         return;
     }
     sockio_want(&s->io, UV_WRITABLE);
-}
-
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    struct server *s = req->data;
-    free(req);
-    if (!s || !s->login) {
-        uv_freeaddrinfo(res);
-        return;
-    }
-    struct server_login *l = s->login;
-    l->resolve = NULL;
-    if (status < 0 || !res) {
-        uv_freeaddrinfo(res);
-        fail(s, "could not translate host name \"%s\" to address: %s", l->host,
-             uv_strerror(status));
-        return;
-    }
-    memcpy(&l->addr, res->ai_addr, res->ai_addrlen);
-    l->addrlen = res->ai_addrlen;
-    uv_freeaddrinfo(res);
-    begin_connect(s);
 }
 
 static void connected(struct server *s)
@@ -626,8 +601,6 @@ void server_login_step(struct server *s, int status, int events)
         return;
     }
     switch (l->step) {
-    case STEP_RESOLVING:
-        return;
     case STEP_CONNECTING:
         connected(s);
         return;
@@ -685,8 +658,8 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
     const char *hostaddr = kw_get(kw, val, "hostaddr");
     if (!host)
         host = hostaddr ? hostaddr : "/var/run/postgresql";
-    if (!hostaddr)
-        hostaddr = host;
+    if (!hostaddr || hostaddr[0] == ',')
+        hostaddr = host; /* no address for the first host: a socket directory */
     const char *port = kw_get(kw, val, "port");
     const char *app_name = kw_get(kw, val, "application_name");
     if (!app_name)
@@ -737,25 +710,9 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
         begin_connect(s);
         return 0;
     }
-    /* A name: resolve it off the loop. */
-    l->resolve = malloc(sizeof(*l->resolve));
-    if (!l->resolve) {
-        snprintf(why, whylen, "out of memory");
-        return -1;
-    }
-    l->resolve->data = s;
-    l->step = STEP_RESOLVING;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    int rc = uv_getaddrinfo(s->pool->app->loop, l->resolve, on_resolved, l->addr_text, l->port,
-                            &hints);
-    if (rc < 0) {
-        free(l->resolve);
-        l->resolve = NULL;
-        snprintf(why, whylen, "could not translate host name \"%s\" to address: %s", l->host,
-                 uv_strerror(rc));
-        return -1;
-    }
-    return 0;
+    /* server.c resolves every host name before a login starts (resolver.c) */
+    snprintf(why, whylen, "host name \"%s\" was not resolved to an address", l->host);
+    return -1;
 }
 
 /* ---- cancel ---- */

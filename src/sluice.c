@@ -17,6 +17,7 @@
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
+#include "secret.h"
 #include "server.h"
 #include "stats.h"
 #include "tls.h"
@@ -139,6 +140,7 @@ static void on_maint_timer(uv_timer_t *t)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&app->pools, n, tmp)
         pool_maintain(container_of(n, struct pool, node), now);
+    secret_tick(app, now);
     if (app->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && app->nclients == 0) {
         log_msg(LOG_INFO, "SHUTDOWN WAIT_FOR_CLIENTS: the last client has left");
         sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
@@ -288,6 +290,7 @@ void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
         log_msg(LOG_INFO, "shutting down now");
         close_all(app, false);
     }
+    secret_shutdown(); /* the clients that waited for auth_query are gone */
     finish_if_done(app);
 }
 

@@ -385,6 +385,18 @@ def test_auth_query_scram_user_logs_in_upstream_with_the_keys_its_client_proved(
     assert err["C"] == "28P01"
 
 
+def test_passthrough_login_to_a_host_name_resolved_off_the_loop(start_sluice, pg, auth_roles):
+    """host=localhost: server.c resolves it (resolver.c) and sluice's own login connects to the
+    address (issue 18 item 10)."""
+    s = start_sluice({"auth_type": "scram-sha-256", "log_level": "debug"},
+                     auth_file={"qscram": pg.stored_secret("qscram")},
+                     databases={APP_DB: passthrough_entry(pg, host="localhost")})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "qscram"
+    s.wait_for_log(r"resolving the host name off the loop")
+    s.wait_for_log(r'connecting \(passthrough login as "qscram"\)')
+
+
 def test_auth_file_scram_secret_passthrough_and_cancel(start_sluice, pg, auth_roles):
     """A SCRAM secret copied from pg_authid into auth_file: the client logs in, sluice logs in
     upstream with the client's keys, and a CancelRequest reaches that backend (sluice sends it

@@ -386,6 +386,16 @@ def test_server_tls_keys_take_sluice_to_a_hostssl_only_server(start_sluice, tls_
     s.wait_for_log(r"connected to backend pid \d+ \(TLS\)")
 
 
+def test_server_tls_verify_full_checks_the_host_name_sluice_resolved(start_sluice, tls_pg, pki):
+    """host=localhost alone: sluice resolves it off the loop and gives libpq the address, and the
+    certificate is still checked against the name (issue 18 item 10)."""
+    s = start_sluice({"auth_type": "trust", "server_tls_sslmode": "verify-full",
+                      "server_tls_ca_file": str(pki.ca), "log_level": "debug"},
+                     databases={APP_DB: dict(tls_pg.db_entry(), host="localhost")})
+    assert _upstream_ssl(s)[0] is True
+    s.wait_for_log(r"resolving the host name off the loop")
+
+
 def test_without_server_tls_the_hostssl_only_server_refuses(start_sluice, tls_pg):
     s = start_sluice({"auth_type": "trust", "server_tls_sslmode": "disable"},
                      databases={APP_DB: tls_pg.db_entry()})

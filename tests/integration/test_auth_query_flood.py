@@ -1,0 +1,120 @@
+"""auth_query under a flood of strangers: the lookups run on a small set of connections that count
+against the caps, queue for them, and unknown names are remembered as unknown for a while, so
+300 made-up user names cost Postgres at most that set (issue 18 item 4)."""
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import APP_DB, APP_USER, BackendSampler, wait_until
+from pgwire import RawConn, startup_packet
+
+AUTH_USER = "flood_auth"
+REAL_USER = "flood_real"
+REAL_PASSWORD = "realpass"
+CAP = 5
+# secret.c SECRET_QUERY_CONNECTIONS: the most connections auth_query ever holds
+AUTH_QUERY_SET = 2
+
+
+@pytest.fixture(scope="module")
+def flood_roles(pg):
+    with pg.superuser() as c:
+        c.execute(f"CREATE ROLE {AUTH_USER} LOGIN SUPERUSER PASSWORD 'authpass'")
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute(f"CREATE ROLE {REAL_USER} LOGIN PASSWORD '{REAL_PASSWORD}'")
+    yield
+    with pg.superuser() as c:
+        for r in (AUTH_USER, REAL_USER):
+            c.execute(f"DROP ROLE IF EXISTS {r}")
+
+
+def flood_sluice(start_sluice, pg, **main):
+    m = {"auth_type": "scram-sha-256", "auth_user": AUTH_USER, "log_level": "debug",
+         "max_client_conn": 400, "max_db_connections": CAP, "max_server_connections": CAP}
+    m.update(main)
+    return start_sluice(m, auth_file={AUTH_USER: "authpass"},
+                        databases={APP_DB: pg.db_entry()})
+
+
+def send_strangers(port, names):
+    """One startup packet per name, no password; the sockets stay open."""
+    conns = []
+    for name in names:
+        c = RawConn(port, timeout=30)
+        c.send(startup_packet(user=name, database=APP_DB))
+        conns.append(c)
+    return conns
+
+
+def answered(conns, timeout):
+    """Each stranger gets its authentication request (or an error) once its lookup is done."""
+    deadline = time.monotonic() + timeout
+    for c in conns:
+        c.settimeout(max(0.1, deadline - time.monotonic()))
+        mtype, _ = c.read_message()
+        assert mtype in ("R", "E"), mtype
+        c.close()
+
+
+def real_logins(s, n, errors):
+    for _ in range(n):
+        try:
+            with s.connect(user=REAL_USER, password=REAL_PASSWORD) as c:
+                assert c.execute("SELECT current_user").fetchone()[0] == APP_USER
+        except Exception as e:  # noqa: BLE001 - checked by the test
+            errors.append(e)
+
+
+def lookups_of(s, names):
+    pat = re.compile(r'auth_query: looking up user "([^"]+)"')
+    wanted = set(names)
+    return [m.group(1) for line in s.log if (m := pat.search(line)) and m.group(1) in wanted]
+
+
+def test_a_flood_of_made_up_users_never_passes_the_caps(start_sluice, pg, flood_roles):
+    s = flood_sluice(start_sluice, pg)
+    names = [f"stranger_{i}" for i in range(300)]
+    errors = []
+    with BackendSampler(pg, [APP_USER, AUTH_USER], datname=APP_DB) as all_sluice, \
+            BackendSampler(pg, AUTH_USER) as auth_only:
+        real = threading.Thread(target=real_logins, args=(s, 5, errors))
+        real.start()
+        conns = send_strangers(s.port, names)
+        answered(conns, timeout=40)
+        real.join(40)
+        time.sleep(0.2)  # one more sample after the last lookup
+    assert not real.is_alive()
+    assert not errors, errors
+    assert all_sluice.samples > 0 and auth_only.samples > 0
+    assert all_sluice.max <= CAP, f"sluice held {all_sluice.max} backends (cap {CAP})"
+    assert auth_only.max <= AUTH_QUERY_SET, \
+        f"auth_query held {auth_only.max} connections at once (set of {AUTH_QUERY_SET})"
+    # each name was looked up once, and the unknown ones are remembered as unknown for a while:
+    # asking again costs Postgres nothing
+    assert sorted(lookups_of(s, names)) == sorted(names)
+    again = names[-20:]
+    answered(send_strangers(s.port, again), timeout=20)
+    time.sleep(0.2)
+    assert sorted(lookups_of(s, again)) == sorted(again), "unknown names were looked up again"
+
+
+def test_auth_query_waits_for_room_under_a_full_cap(start_sluice, pg, flood_roles):
+    """The caps are full of idle servers: the lookup takes one's place instead of passing the
+    cap, and the real user still gets in. The lookup is slowed down so that the sampler sees
+    it."""
+    s = flood_sluice(start_sluice, pg, auth_query="SELECT usename, passwd FROM pg_shadow, "
+                                                   "pg_sleep(0.5) WHERE usename = $1")
+    held = [s.connect() for _ in range(CAP)]
+    for c in held:
+        c.execute("SELECT 1")
+    for c in held:
+        c.close()  # session mode: the servers go idle; the cap stays full
+    wait_until(lambda: pg.count_backends(APP_USER, APP_DB) == CAP, 10, what="5 idle servers")
+    with BackendSampler(pg, [APP_USER, AUTH_USER], datname=APP_DB) as sampler:
+        errors = []
+        real_logins(s, 2, errors)
+        assert not errors, errors
+        time.sleep(0.2)
+    assert sampler.max <= CAP, f"sluice held {sampler.max} backends (cap {CAP})"
