@@ -91,7 +91,8 @@ def test_show_pools_columns_follow_pgbouncer_then_sluice_extras(start_sluice):
         assert names == ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
                          "cl_waiting_cancel_req", "sv_active", "sv_active_cancel",
                          "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
-                         "maxwait", "maxwait_us", "pool_mode", "pool_size", "cl_idle", "paused"]
+                         "maxwait", "maxwait_us", "pool_mode", "pool_size", "cl_idle", "paused",
+                         "breaker"]
         cur = adm.execute("SHOW CLIENTS")
         names = [d.name for d in cur.description]
         assert names[:18] == ["type", "user", "database", "state", "addr", "port", "local_addr",
