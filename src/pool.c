@@ -285,6 +285,8 @@ static void maybe_connect(struct pool *p)
         count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
     if (p->breaker.failures > 0 && want > 1)
         want = 1;
+    /* A probe nobody waits for takes free room only: it closes no other pool's idle server. */
+    bool probe_only = p->breaker.state == BREAKER_OPEN && want <= 0;
     if (p->breaker.state == BREAKER_OPEN)
         want = 1;
     bool use_reserve = false;
@@ -297,7 +299,8 @@ static void maybe_connect(struct pool *p)
         enum limit_kind k = budget_connect_limit(p, use_reserve);
         if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
             /* The room comes when the evicted backend has exited (pool_server_gone). */
-            evict_idle_elsewhere(p, k);
+            if (!probe_only)
+                evict_idle_elsewhere(p, k);
             break;
         }
         if (k != LIMIT_NONE)
@@ -612,16 +615,23 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
     struct breaker *b = &p->breaker;
     b->failures++;
     /* Exponential backoff with jitter, capped by server_login_retry: a database that refuses
-     * connections (restarting, at max_connections) gets probed, not stormed. */
+     * connections (restarting, at max_connections) gets probed, not stormed. The cap is
+     * server_down_wait when that is shorter, so a client that waits it out has seen a probe:
+     * nobody gets 57P03 from a database that was back for the whole of their wait. */
+    uint64_t cap = (uint64_t)cfg->server_login_retry;
+    if (cfg->server_down_wait > 0 && (uint64_t)cfg->server_down_wait < cap)
+        cap = (uint64_t)cfg->server_down_wait;
     uint64_t backoff = 100;
-    for (int i = 1; i < b->failures && backoff < (uint64_t)cfg->server_login_retry; i++)
+    for (int i = 1; i < b->failures && backoff < cap; i++)
         backoff *= 2;
-    if (backoff > (uint64_t)cfg->server_login_retry)
-        backoff = (uint64_t)cfg->server_login_retry;
+    if (backoff > cap)
+        backoff = cap;
     uint32_t r = 0;
     if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
         r = (uint32_t)sluice_now(app);
     backoff = backoff * (80 + r % 41) / 100;
+    if (backoff > cap)
+        backoff = cap;
     b->next_try_ms = sluice_now(app) + backoff;
     free(b->last_error);
     b->last_error = strdup(message);
@@ -636,10 +646,10 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         b->down_since_ms = sluice_now(app);
         log_msg(LOG_WARNING,
                 "pool %s/%s is down: cannot connect to the database (%s); requests that need a "
-                "server fail after %.1f s (server_down_wait) until a probe (at most every %.1f s, "
-                "server_login_retry) succeeds",
+                "server fail after %.1f s (server_down_wait) until a probe (at most %.1f s "
+                "apart) succeeds",
                 p->db_name, p->user_name, message, (double)cfg->server_down_wait / 1000.0,
-                (double)cfg->server_login_retry / 1000.0);
+                (double)cap / 1000.0);
     } else if (b->state == BREAKER_CLOSED && (b->failures == 1 || b->failures % 10 == 0)) {
         log_msg(LOG_WARNING,
                 "pool %s/%s: cannot open another server (failure %d, next try in %llu ms): %s",
