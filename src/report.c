@@ -418,6 +418,12 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         }
         text_cstr(&pools, ",\"last_connect_error\":");
         text_json_str(&pools, v.down ? p->breaker.last_error : NULL);
+        text_printf(&pools, ",\"breaker\":\"%s\"", breaker_state_name(p->breaker.state));
+        if (v.down)
+            text_printf(&pools, ",\"down_for_s\":%.1f",
+                        (double)(now - p->breaker.down_since_ms) / 1000.0);
+        else
+            text_cstr(&pools, ",\"down_for_s\":null");
         text_cstr(&pools, "}");
 
         /* Warnings: what is wrong and what to do, in one sentence each. */

@@ -132,6 +132,8 @@ def test_a_logged_in_clients_query_fails_fast_with_57P03_while_the_database_is_d
         status, doc = health(s)
         assert status == 503 and pool_of(doc)["status"] == "down", doc
         assert pool_of(doc)["last_connect_error"], doc
+        assert pool_of(doc)["breaker"] in ("open", "probing"), doc
+        assert pool_of(doc)["down_for_s"] > 0, doc
         samples, _ = parse_metrics(metrics(s))
         assert sample(samples, "sluice_pool_down", database="appdb", user="app") == 1
 
@@ -151,6 +153,7 @@ def test_a_logged_in_clients_query_fails_fast_with_57P03_while_the_database_is_d
                        r"\d+\.\d s down", since=mark)
         status, doc = health(s)
         assert status == 200 and pool_of(doc)["status"] == "ok", doc
+        assert pool_of(doc)["breaker"] == "closed" and pool_of(doc)["down_for_s"] is None, doc
     finally:
         a.close()
 
