@@ -590,7 +590,9 @@ static bool has_logged_in_server(const struct pool *p)
     return p->idle.count + p->active.count + p->resetting.count > 0;
 }
 
-/* The pool's first server logged in once: logins no longer need a server of their own. */
+/* Logins to a pool that has never reached its database wait for a server of their own (once
+ * one has logged in, logins are welcomed from the pool and need none): while the database is
+ * down they fail now, with the breaker's code and reason, as PgBouncer fails them. */
 static void fail_logins_while_down(struct pool *p)
 {
     if (p->have_welcome)
