@@ -276,6 +276,7 @@ static void show_pools(struct client *c)
         {"pool_size", COL_INT},
         {"cl_idle", COL_INT},
         {"paused", COL_INT},
+        {"breaker", COL_TEXT}, /* sluice's own: closed, open (database down) or probing */
     };
     struct sluice *app = c->app;
     uint64_t now = sluice_now(app);
@@ -310,6 +311,7 @@ static void show_pools(struct client *c)
         cell_int(&t, p->is_admin ? 0 : p->size);
         cell_int(&t, v.cl_idle);
         cell_int(&t, p->paused ? 1 : 0);
+        cell_text(&t, breaker_state_name(p->breaker.state));
         row_end(&t);
     }
 }

@@ -1029,10 +1029,11 @@ static bool answer_queued_request(struct client *c, enum failure f, const char *
     return true;
 }
 
-void client_wait_timed_out(struct client *c, const char *message)
+void client_wait_timed_out(struct client *c, enum failure ends_request,
+                           enum failure ends_session, const char *message)
 {
-    if (c->state != CLIENT_WAITING || !answer_queued_request(c, FAIL_WAIT_TIMEOUT_RETRY, message))
-        client_fail(c, FAIL_WAIT_TIMEOUT, message);
+    if (c->state != CLIENT_WAITING || !answer_queued_request(c, ends_request, message))
+        client_fail(c, ends_session, message);
 }
 
 void client_cancel_queued(struct client *c)

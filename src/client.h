@@ -126,9 +126,11 @@ static inline bool client_login_syncing(const struct client *c)
 void client_send_welcome(struct client *c, const struct param_set *server_params);
 /* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */
 void client_welcome_from_pool(struct client *c);
-/* query_wait_timeout passed while queued: answer the queued request with ERROR 53300 and keep
- * the session when the whole request is buffered, else FATAL. */
-void client_wait_timed_out(struct client *c, const char *message);
+/* The wait for a server is over without one (query_wait_timeout, or server_down_wait while the
+ * database is down): answer the queued request with ends_request (an ERROR) and keep the
+ * session when the whole request is buffered, else end it with ends_session (a FATAL). */
+void client_wait_timed_out(struct client *c, enum failure ends_request,
+                           enum failure ends_session, const char *message);
 /* A CancelRequest for a client whose request waits for a server: answer the request with
  * ERROR 57014 and ReadyForQuery and never send it (the session goes on). */
 void client_cancel_queued(struct client *c);

@@ -58,6 +58,20 @@ static const struct failure_info table[] = {
     [FAIL_WAIT_TIMEOUT] = F(FATAL, TOO_MANY_CONNECTIONS, "%s", NULL),
     [FAIL_WAIT_TIMEOUT_RETRY] = F(ERROR, TOO_MANY_CONNECTIONS, "%s",
                                   "The connection is still usable: retry the query."),
+    /* Postgres's code for a server that cannot take connections now (starting up, shutting
+     * down, in recovery): try again later. 53300 stays "a limit is full". */
+    [FAIL_DATABASE_DOWN] =
+        F(FATAL, CANNOT_CONNECT_NOW, "%s",
+          "sluice keeps probing the database and serves clients as soon as it answers: "
+          "reconnect shortly."),
+    [FAIL_DATABASE_DOWN_RETRY] =
+        F(ERROR, CANNOT_CONNECT_NOW, "%s",
+          "The request was not run and the connection is still usable: retry shortly."),
+    /* Class 57, operator intervention: an administrator's PAUSE or KILL holds the request. */
+    [FAIL_POOL_PAUSED] = F(FATAL, OPERATOR_INTERVENTION, "%s", NULL),
+    [FAIL_POOL_PAUSED_RETRY] =
+        F(ERROR, OPERATOR_INTERVENTION, "%s",
+          "The request was not run and the connection is still usable: retry after RESUME."),
     [FAIL_BUDGET_CLIENTS] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_clients of the budget, or close idle connections in the application."),
@@ -141,6 +155,10 @@ static const char *const names[] = {
     [FAIL_TOO_MANY_LOGINS] = "max_client_logins",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
     [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",
+    [FAIL_DATABASE_DOWN] = "database_down",
+    [FAIL_DATABASE_DOWN_RETRY] = "database_down",
+    [FAIL_POOL_PAUSED] = "pool_paused",
+    [FAIL_POOL_PAUSED_RETRY] = "pool_paused",
     [FAIL_BUDGET_CLIENTS] = "budget_max_clients",
     [FAIL_LOGIN_TIMEOUT] = "login_timeout",
     [FAIL_CLIENT_IDLE_TIMEOUT] = "client_idle_timeout",

@@ -30,6 +30,10 @@ enum failure {
     FAIL_TOO_MANY_LOGINS,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
     FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */
+    FAIL_DATABASE_DOWN,        /* detail: pool, how long, the database's reason (breaker open) */
+    FAIL_DATABASE_DOWN_RETRY,  /* the same, but the session goes on */
+    FAIL_POOL_PAUSED,          /* detail: pool, PAUSE or KILL, how long */
+    FAIL_POOL_PAUSED_RETRY,    /* the same, but the session goes on */
     FAIL_BUDGET_CLIENTS,       /* detail: budget and its max_clients */
     FAIL_LOGIN_TIMEOUT,
     FAIL_CLIENT_IDLE_TIMEOUT,

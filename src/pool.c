@@ -248,18 +248,52 @@ bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
     return true;
 }
 
-/* Open connections for clients that wait, within every cap and the backoff. */
+const char *breaker_state_name(enum breaker_state s)
+{
+    switch (s) {
+    case BREAKER_CLOSED:
+        return "closed";
+    case BREAKER_OPEN:
+        return "open";
+    case BREAKER_PROBING:
+        return "probing";
+    }
+    return "?";
+}
+
+bool pool_is_down(const struct pool *p)
+{
+    return p->breaker.state != BREAKER_CLOSED;
+}
+
+/* May a connection attempt start now? Not within the backoff, and after a failure only one at
+ * a time: the first to succeed shows the database is back before many more are opened. A probe
+ * that ended without a verdict (closed by KILL, a reload or shutdown) leaves the breaker open. */
+static bool may_try_connect(struct pool *p)
+{
+    struct breaker *b = &p->breaker;
+    if (b->state == BREAKER_PROBING && p->connecting.count == 0)
+        b->state = BREAKER_OPEN;
+    if (sluice_now(p->app) < b->next_try_ms)
+        return false;
+    return b->failures == 0 || p->connecting.count == 0;
+}
+
+/* Open connections for clients that wait, within every cap and the backoff. While the breaker is
+ * open, one probe tests the database whether or not anyone waits, so a recovered database is
+ * noticed (and /health is ready again) without a client having to come first. */
 static void maybe_connect(struct pool *p)
 {
     struct sluice *app = p->app;
-    if (!sluice_serving(app) || p->paused || sluice_now(app) < p->next_connect_ms)
-        return;
-    /* After a failure, probe with one connection before opening many. */
-    if (p->connect_failures > 0 && p->connecting.count > 0)
+    if (!sluice_serving(app) || p->paused || !may_try_connect(p))
         return;
     int want =
         count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
-    if (p->connect_failures > 0 && want > 1)
+    if (p->breaker.failures > 0 && want > 1)
+        want = 1;
+    /* A probe nobody waits for takes free room only: it closes no other pool's idle server. */
+    bool probe_only = p->breaker.state == BREAKER_OPEN && want <= 0;
+    if (p->breaker.state == BREAKER_OPEN)
         want = 1;
     bool use_reserve = false;
     if (p->reserve_size > 0 && !list_empty(&p->waiting)) {
@@ -271,13 +305,18 @@ static void maybe_connect(struct pool *p)
         enum limit_kind k = budget_connect_limit(p, use_reserve);
         if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
             /* The room comes when the evicted backend has exited (pool_server_gone). */
-            evict_idle_elsewhere(p, k);
+            if (!probe_only)
+                evict_idle_elsewhere(p, k);
             break;
         }
         if (k != LIMIT_NONE)
             break;
         if (!server_connect(p))
             break;
+        if (p->breaker.state == BREAKER_OPEN) {
+            p->breaker.state = BREAKER_PROBING;
+            log_msg(LOG_DEBUG, "pool %s/%s: probing the database", p->db_name, p->user_name);
+        }
     }
 }
 
@@ -384,7 +423,6 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
     struct sluice *app = p->app;
     if (!sluice_serving(app))
         return NULL;
-    uint64_t now = sluice_now(app);
     const struct client *mine = p->paused ? NULL : first_eligible(p);
     uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
     struct pool *best = NULL;
@@ -392,8 +430,7 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
     list_for_each(&app->pools, n, tmp)
     {
         struct pool *o = container_of(n, struct pool, node);
-        if (o == p || o->paused || list_empty(&o->waiting) || now < o->next_connect_ms ||
-            (o->connect_failures > 0 && o->connecting.count > 0))
+        if (o == p || o->paused || list_empty(&o->waiting) || !may_try_connect(o))
             continue;
         const struct client *c = first_eligible(o);
         if (!c || c->state_since_ms >= oldest)
@@ -542,33 +579,91 @@ void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
     connect_failed(p, why, sqlstate, server_message);
 }
 
+/* Why a client that needs a server of a down pool fails: the database's reason and how long. */
+static void describe_down(const struct pool *p, char *msg, size_t len)
+{
+    const struct breaker *b = &p->breaker;
+    snprintf(msg, len,
+             "pool \"%s/%s\": the database is down or refuses connections, for %.1f s now: %s",
+             p->db_name, p->user_name,
+             (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0,
+             b->last_error ? b->last_error : "unknown error");
+}
+
+/* Has the pool a server that logged in (one that shows the database takes connections)? */
+static bool has_logged_in_server(const struct pool *p)
+{
+    return p->idle.count + p->active.count + p->resetting.count > 0;
+}
+
+/* Logins to a pool that has never reached its database wait for a server of their own (once
+ * one has logged in, logins are welcomed from the pool and need none): while the database is
+ * down they fail now, with the breaker's code and reason, as PgBouncer fails them. */
+static void fail_logins_while_down(struct pool *p)
+{
+    if (p->have_welcome)
+        return;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->state == CLIENT_LOGIN_WAIT) {
+            char msg[768];
+            describe_down(p, msg, sizeof(msg));
+            client_fail(c, FAIL_DATABASE_DOWN, msg);
+        }
+    }
+}
+
 static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
                            const char *server_message)
 {
     struct sluice *app = p->app;
     const struct config *cfg = app->cfg;
-    p->connect_failures++;
+    struct breaker *b = &p->breaker;
+    b->failures++;
     /* Exponential backoff with jitter, capped by server_login_retry: a database that refuses
-     * connections (restarting, at max_connections) gets probed, not stormed. */
+     * connections (restarting, at max_connections) gets probed, not stormed. The cap is
+     * server_down_wait when that is shorter, so a client that waits it out has seen a probe:
+     * nobody gets 57P03 from a database that was back for the whole of their wait. */
+    uint64_t cap = (uint64_t)cfg->server_login_retry;
+    if (cfg->server_down_wait > 0 && (uint64_t)cfg->server_down_wait < cap)
+        cap = (uint64_t)cfg->server_down_wait;
     uint64_t backoff = 100;
-    for (int i = 1; i < p->connect_failures && backoff < (uint64_t)cfg->server_login_retry; i++)
+    for (int i = 1; i < b->failures && backoff < cap; i++)
         backoff *= 2;
-    if (backoff > (uint64_t)cfg->server_login_retry)
-        backoff = (uint64_t)cfg->server_login_retry;
+    if (backoff > cap)
+        backoff = cap;
     uint32_t r = 0;
     if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
         r = (uint32_t)sluice_now(app);
     backoff = backoff * (80 + r % 41) / 100;
-    p->next_connect_ms = sluice_now(app) + backoff;
-    free(p->last_connect_error);
-    p->last_connect_error = strdup(message);
-    if (p->connect_failures == 1 || p->connect_failures % 10 == 0)
-        log_msg(LOG_WARNING, "pool %s/%s: cannot connect to the server (failure %d, next try in %llu ms): %s",
-                p->db_name, p->user_name, p->connect_failures, (unsigned long long)backoff, message);
-    /* Clients still logging in cannot be told what the server reports until one server is in:
-     * fail them with the server's reason (as PgBouncer does) instead of letting them hang. Clients
-     * that are logged in keep waiting, within query_wait_timeout, for the database to recover.
-     * A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody
+    if (backoff > cap)
+        backoff = cap;
+    b->next_try_ms = sluice_now(app) + backoff;
+    free(b->last_error);
+    b->last_error = strdup(message);
+    if (b->state == BREAKER_PROBING) {
+        b->state = BREAKER_OPEN;
+        log_msg(LOG_DEBUG, "pool %s/%s: probe failed (failure %d, next try in %llu ms): %s",
+                p->db_name, p->user_name, b->failures, (unsigned long long)backoff, message);
+    } else if (b->state == BREAKER_CLOSED && !has_logged_in_server(p)) {
+        /* The state change is logged, not each failure: an outage is one line, and one more
+         * when it ends. */
+        b->state = BREAKER_OPEN;
+        b->down_since_ms = sluice_now(app);
+        log_msg(LOG_WARNING,
+                "pool %s/%s is down: cannot connect to the database (%s); requests that need a "
+                "server fail after %.1f s (server_down_wait) until a probe (at most %.1f s "
+                "apart) succeeds",
+                p->db_name, p->user_name, message, (double)cfg->server_down_wait / 1000.0,
+                (double)cap / 1000.0);
+    } else if (b->state == BREAKER_CLOSED && (b->failures == 1 || b->failures % 10 == 0)) {
+        log_msg(LOG_WARNING,
+                "pool %s/%s: cannot open another server (failure %d, next try in %llu ms): %s",
+                p->db_name, p->user_name, b->failures, (unsigned long long)backoff, message);
+    }
+    /* A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody
      * waiting for this pool can get a server until the role, pg_hba.conf or the config changes,
      * so all of them get the server's own FATAL now. */
     if (refusal_sqlstate) {
@@ -578,15 +673,25 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
             struct client *c = container_of(n, struct client, node);
             client_fail_with_state(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
         }
-    } else if (!p->have_welcome && p->connecting.count == 0) {
-        struct list_node *n, *tmp;
-        list_for_each(&p->waiting, n, tmp)
-        {
-            struct client *c = container_of(n, struct client, node);
-            if (c->state == CLIENT_LOGIN_WAIT)
-                client_fail_with_state(c, FAIL_SERVER_LOGIN, message, "08006");
-        }
+        return;
     }
+    /* Clients still logging in to a pool that never reached its database cannot be told what
+     * the server reports: they fail now, as PgBouncer does, with the breaker's code and reason.
+     * Everyone else waits up to server_down_wait for a probe to succeed (pool_maintain). */
+    if (pool_is_down(p) && p->connecting.count == 0)
+        fail_logins_while_down(p);
+}
+
+void pool_connect_succeeded(struct pool *p)
+{
+    struct breaker *b = &p->breaker;
+    if (b->state != BREAKER_CLOSED)
+        log_msg(LOG_INFO, "pool %s/%s is up again: connected to the database after %.1f s down "
+                "(%d failed attempts)", p->db_name, p->user_name,
+                (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0, b->failures);
+    b->state = BREAKER_CLOSED;
+    b->failures = 0;
+    b->next_try_ms = 0;
 }
 
 /* The pool of a shared cap's scope that holds the most servers, and how many. */
@@ -609,8 +714,8 @@ static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind
     return best;
 }
 
-/* The reason a client waited too long: what actually held it back (a paused pool, a database
- * that refuses, servers still logging in, its budget, a shared cap and who holds it, or the
+/* The reason a client waited too long: what actually held it back (a paused pool, servers
+ * still logging in, its budget, a shared cap and who holds it, or the
  * pool's own size), with the key and value and what to do. */
 static void describe_wait(const struct pool *p, const struct client *c, uint64_t waited_ms,
                           char *msg, size_t len)
@@ -628,13 +733,6 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  "pool \"%s/%s\" is paused (PAUSE on the admin console): no server for %.1f s "
                  "(query_wait_timeout); RESUME %s serves clients again",
                  p->db_name, p->user_name, secs, p->db_name);
-        return;
-    }
-    if (pool_server_count(p) == 0 && p->last_connect_error) {
-        snprintf(msg, len,
-                 "no server for pool \"%s/%s\" after %.1f s (query_wait_timeout): the database "
-                 "refuses connections: %s",
-                 p->db_name, p->user_name, secs, p->last_connect_error);
         return;
     }
     enum limit_kind k = budget_lease_limit(p->app, c->budget);
@@ -701,26 +799,46 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
              p->resetting.count + p->rooms_awaited);
 }
 
+/* A waiter's time is up. Each cause has its own SQLSTATE, so a retry policy can tell them
+ * apart: a paused pool (57000), a database that is down (57P03), a full pool or cap (53300). */
 static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
 {
     char msg[768];
-    describe_wait(p, c, waited_ms, msg, sizeof(msg));
-    client_wait_timed_out(c, msg);
+    if (p->paused) {
+        describe_wait(p, c, waited_ms, msg, sizeof(msg));
+        client_wait_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
+    } else if (pool_is_down(p)) {
+        describe_down(p, msg, sizeof(msg));
+        client_wait_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
+    } else {
+        describe_wait(p, c, waited_ms, msg, sizeof(msg));
+        client_wait_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT, msg);
+    }
+}
+
+/* How long a client may wait for a server (0: no limit): query_wait_timeout, or the shorter
+ * server_down_wait while the breaker says the database is down. */
+static uint64_t wait_limit(const struct pool *p)
+{
+    const struct config *cfg = p->app->cfg;
+    uint64_t limit = (uint64_t)cfg->query_wait_timeout;
+    uint64_t down = (uint64_t)cfg->server_down_wait;
+    if (pool_is_down(p) && !p->paused && down > 0 && (limit == 0 || down < limit))
+        limit = down;
+    return limit;
 }
 
 void pool_maintain(struct pool *p, uint64_t now)
 {
-    const struct config *cfg = p->app->cfg;
     struct list_node *n, *tmp;
-    if (cfg->query_wait_timeout > 0) {
-        /* FIFO: the head has waited longest; stop at the first one still within its time. */
-        while (!list_empty(&p->waiting)) {
-            struct client *c = container_of(list_first(&p->waiting), struct client, node);
-            uint64_t waited = now - c->state_since_ms;
-            if (waited < (uint64_t)cfg->query_wait_timeout)
-                break;
-            fail_waiter(p, c, waited);
-        }
+    uint64_t limit = wait_limit(p);
+    /* FIFO: the head has waited longest; stop at the first one still within its time. */
+    while (limit > 0 && !list_empty(&p->waiting)) {
+        struct client *c = container_of(list_first(&p->waiting), struct client, node);
+        uint64_t waited = now - c->state_since_ms;
+        if (waited < limit)
+            break;
+        fail_waiter(p, c, waited);
     }
     list_for_each(&p->connecting, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
@@ -743,8 +861,9 @@ void pool_maintain(struct pool *p, uint64_t now)
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
     /* Keep min_pool_size servers warm once the database has been reached. */
-    if (sluice_serving(p->app) && !p->paused && p->have_welcome && now >= p->next_connect_ms &&
-        p->connecting.count == 0 && pool_server_count(p) < p->min_size &&
+    if (sluice_serving(p->app) && !p->paused && p->have_welcome &&
+        !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
+        pool_server_count(p) < p->min_size &&
         budget_connect_limit(p, false) == LIMIT_NONE)
         server_connect(p);
 }
@@ -753,7 +872,7 @@ void pool_free(struct pool *p)
 {
     params_free(&p->welcome);
     params_free(&p->accepted);
-    free(p->last_connect_error);
+    free(p->breaker.last_error);
     free(p->db_name);
     free(p->user_name);
     free(p->target_db);

@@ -20,6 +20,23 @@ struct server;
 #define POOL_HIST_BUCKETS 13
 extern const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1];
 
+/* The pool's circuit breaker (pool.c is its only owner). CLOSED while the database takes
+ * connections. OPEN once a connection attempt fails while the pool has no server: clients that
+ * need a server fail after server_down_wait (SQLSTATE 57P03, the database's reason and how long
+ * it has been down) instead of waiting query_wait_timeout, and the backoff spaces the attempts.
+ * PROBING while the one attempt that tests the database is in flight: its failure opens the
+ * breaker again, its success closes it and the waiting clients are served. */
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_PROBING };
+const char *breaker_state_name(enum breaker_state s);
+
+struct breaker {
+    enum breaker_state state;
+    int failures;            /* connection attempts failed in a row (the backoff grows with it) */
+    uint64_t next_try_ms;    /* no connection attempt before this */
+    uint64_t down_since_ms;  /* when it last opened */
+    char *last_error;        /* the database's reason for the last failed attempt */
+};
+
 /* What paused a pool: the message a waiter gets names the command. */
 enum pool_pause_cause { PAUSED_BY_PAUSE, PAUSED_BY_KILL };
 
@@ -56,10 +73,8 @@ struct pool {
     bool have_welcome;
     struct param_set accepted; /* startup values a server accepted at a login (params.c) */
 
-    /* Connect failures: backoff instead of a reconnect storm. */
-    int connect_failures;
-    uint64_t next_connect_ms;
-    char *last_connect_error;
+    /* Connect failures: backoff instead of a reconnect storm, and fast failure while down. */
+    struct breaker breaker;
 
     /* Counters (SHOW STATS, /metrics). A query is one ReadyForQuery answering the client (a
      * simple Query, an extended batch up to Sync, a FunctionCall); a transaction is one that
@@ -101,6 +116,10 @@ void pool_server_gone(struct pool *p, struct pool *room_for);
  * backend has gone. false: none was idle. */
 bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
                      const char *user_name, struct pool *except);
+/* A server of p logged in: the database takes connections again (closes the breaker). */
+void pool_connect_succeeded(struct pool *p);
+/* The breaker is open or probing: the database refuses or cannot be reached. */
+bool pool_is_down(const struct pool *p);
 /* A connect attempt failed; message from libpq. */
 void pool_connect_failed(struct pool *p, const char *message);
 /* The server refused the login with an error retrying will not mend (wrong password, NOLOGIN

@@ -417,16 +417,24 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
             text_cstr(&pools, "null");
         }
         text_cstr(&pools, ",\"last_connect_error\":");
-        text_json_str(&pools, v.down ? p->last_connect_error : NULL);
+        text_json_str(&pools, v.down ? p->breaker.last_error : NULL);
+        text_printf(&pools, ",\"breaker\":\"%s\"", breaker_state_name(p->breaker.state));
+        if (v.down)
+            text_printf(&pools, ",\"down_for_s\":%.1f",
+                        (double)(now - p->breaker.down_since_ms) / 1000.0);
+        else
+            text_cstr(&pools, ",\"down_for_s\":null");
         text_cstr(&pools, "}");
 
         /* Warnings: what is wrong and what to do, in one sentence each. */
         char line[1024];
         if (health == POOL_HEALTH_DOWN) {
             snprintf(line, sizeof(line),
-                     "pool %s/%s cannot reach the database (%d failed connection attempts): %s",
-                     p->db_name, p->user_name, p->connect_failures,
-                     p->last_connect_error ? p->last_connect_error : "unknown error");
+                     "pool %s/%s cannot reach the database for %.1f s (%d failed connection "
+                     "attempts): %s",
+                     p->db_name, p->user_name,
+                     (double)(now - p->breaker.down_since_ms) / 1000.0, p->breaker.failures,
+                     p->breaker.last_error ? p->breaker.last_error : "unknown error");
             add_warning(&warnings, &nwarn, line);
         }
         raise_hint(p, &cap, hint, sizeof(hint));
@@ -751,7 +759,8 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
                "pool it covers).",
                PG_CAP_IN_USE);
     pool_gauge(&t, app, "sluice_pool_down",
-               "1 while a pool's connection attempts fail and it has no server.", PG_DOWN);
+               "1 while a pool's circuit breaker is open (or probing): it has no server and its "
+               "connection attempts fail, so clients get 57P03 after server_down_wait.", PG_DOWN);
     pool_gauge(&t, app, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
                PG_UNKNOWN);
     pool_gauge(&t, app, "sluice_server_max_connections",

@@ -316,7 +316,7 @@ static void login_done(struct server *s)
 void server_logged_in(struct server *s)
 {
     s->connect_ms = sluice_now(s->pool->app);
-    s->pool->connect_failures = 0;
+    pool_connect_succeeded(s->pool);
     log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
                s->io.ssl ? " (TLS)" : "",
                (unsigned long long)(s->connect_ms - s->connect_start_ms));

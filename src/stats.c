@@ -58,7 +58,7 @@ void stats_view_pool(const struct pool *p, uint64_t now, struct stats_pool_view 
         const struct client *head = container_of(list_first(&p->waiting), struct client, node);
         v->longest_wait_ms = now - head->state_since_ms;
     }
-    v->down = p->connect_failures > 0 && v->sv_total - v->sv_login == 0;
+    v->down = pool_is_down(p);
 }
 
 static int cmp_str(const void *a, const void *b)

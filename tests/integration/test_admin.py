@@ -92,7 +92,8 @@ def test_show_pools_columns_follow_pgbouncer_then_sluice_extras(start_sluice):
                          "cl_waiting_cancel_req", "sv_active", "sv_active_cancel",
                          "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
                          "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts", "pool_size",
-                         "cl_idle", "paused"]
+                         "cl_idle", "paused",
+                         "breaker"]
         cur = adm.execute("SHOW CLIENTS")
         names = [d.name for d in cur.description]
         assert names[:21] == ["type", "user", "database", "replication", "state", "addr", "port",

@@ -390,12 +390,15 @@ def test_terminated_backend_under_an_idle_session_client_is_an_error_then_the_po
 
 
 @pytest.mark.timeout(90)
-def test_postgres_at_max_connections_makes_clients_wait_then_53300_and_recovery_without_a_storm(
+def test_postgres_at_max_connections_makes_clients_wait_then_57P03_and_recovery_without_a_storm(
         start_sluice, own_pg):
-    retry_s = 2
-    wait_s = 4
+    """No server left and Postgres refuses new ones: the pool is down (its breaker opens), so a
+    request fails after server_down_wait with 57P03 and Postgres's reason, not after
+    query_wait_timeout with the 53300 of a full pool."""
+    retry_s = 1
+    wait_s = 6
     s = own_sluice(start_sluice, own_pg, default_pool_size=3, server_login_retry=retry_s,
-                   query_wait_timeout=wait_s, server_connect_timeout=5)
+                   server_down_wait=wait_s, query_wait_timeout=60, server_connect_timeout=5)
     a = raw_login(s.port, timeout=CALL_TIMEOUT)
     others = []
     fillers = []
@@ -421,13 +424,13 @@ def test_postgres_at_max_connections_makes_clients_wait_then_53300_and_recovery_
             a.query("SELECT 'while full'")
         waited = time.monotonic() - t0
         f = ei.value.fields
-        assert f.get("C") == "53300", f
+        assert f.get("C") == "57P03", f
         assert f.get("S") == "ERROR", f"a complete query should get an ERROR, not {f}"
         msg = f.get("M", "")
         assert "refuses connections" in msg and FULL_RE.search(msg), msg
         assert "appdb" in msg, msg
         assert wait_s - 0.5 <= waited < wait_s + 3, waited
-        assert a.last_status == "I", "the 53300 ERROR should end with ReadyForQuery"
+        assert a.last_status == "I", "the 57P03 ERROR should end with ReadyForQuery"
         # five clients wait while the database is full; the fillers leave after 1.5 s
         results = {}
 
