@@ -9,7 +9,7 @@ values that changed, and at the end the contents of the table each client owns. 
 cancel keys and timings are left out; concurrency cannot change a client's own output because
 clients touch only their own tables.
 
-Transaction mode gets only scripts inside its documented limits (README "Pool modes"): no
+Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
 temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, SQL
 PREPARE outside a transaction block, or DEALLOCATE of one statement.
 

@@ -1,6 +1,6 @@
-"""README's "Errors clients can see" is the one table a retry policy is written from: every
-SQLSTATE in src/error.c's failure table must be in it, each row must say whether retrying is safe
-and whether the connection is still usable, and distinct causes (full, down, paused, shutting
+"""docs/operations.md's "Errors clients can see" is the one table a retry policy is written from:
+every SQLSTATE in src/error.c's failure table must be in it, each row must say whether retrying is
+safe and whether the connection is still usable, and distinct causes (full, down, paused, shutting
 down, timeouts) must have distinct codes."""
 
 import re
@@ -20,18 +20,19 @@ def sqlstates_sent():
     return sent
 
 
-def readme_error_rows():
-    text = (ROOT / "README.md").read_text()
+def documented_error_rows():
+    text = (ROOT / "docs/operations.md").read_text()
     section = text[text.index("## Errors clients can see"):]
-    section = section[:section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)
+    section = section[:end] if end > 0 else section
     lines = [ln for ln in section.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
     return header, rows
 
 
-def test_readme_error_table_lists_every_sqlstate_sluice_sends_with_retry_advice():
-    header, rows = readme_error_rows()
+def test_documented_error_table_lists_every_sqlstate_sluice_sends_with_retry_advice():
+    header, rows = documented_error_rows()
     assert header == ["SQLSTATE", "when", "severity", "safe to retry?",
                       "connection still usable?"], header
     documented = set()
@@ -39,7 +40,8 @@ def test_readme_error_table_lists_every_sqlstate_sluice_sends_with_retry_advice(
         documented.update(re.findall(r"`(\w{5})`", r["SQLSTATE"]))
         assert r["safe to retry?"] and r["connection still usable?"], r
     missing = {code: names for code, names in sqlstates_sent().items() if code not in documented}
-    assert not missing, f"SQLSTATEs sluice sends that README's table does not list: {missing}"
+    assert not missing, \
+        f"SQLSTATEs sluice sends that docs/operations.md's table does not list: {missing}"
 
 
 def test_full_down_paused_shutdown_and_timeouts_have_distinct_codes():
