@@ -901,7 +901,7 @@ void client_on_data(struct client *c)
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
-        if (c->app->phase != PHASE_RUNNING) {
+        if (!sluice_serving(c->app)) {
             client_fail(c, FAIL_SHUTDOWN, ""); /* a new request during shutdown */
             return;
         }

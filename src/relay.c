@@ -849,7 +849,7 @@ static bool maybe_release(struct client *c, struct server *s)
     pool_unlink(c, s);
     client_set_state(c, CLIENT_IDLE);
     pool_release(s);
-    if (c->state == CLIENT_IDLE && c->app->phase != PHASE_RUNNING)
+    if (c->state == CLIENT_IDLE && !sluice_serving(c->app))
         client_fail(c, FAIL_SHUTDOWN, ""); /* its transaction was what shutdown waited for */
     else if (c->state == CLIENT_IDLE)
         relay_client_interest(c);
