@@ -760,7 +760,8 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_int(t, d->pool_size >= 0 ? d->pool_size : cfg->default_pool_size);
     cell_int(t, d->min_pool_size >= 0 ? d->min_pool_size : cfg->min_pool_size);
     cell_int(t, d->reserve_pool >= 0 ? d->reserve_pool : cfg->reserve_pool_size);
-    cell_int(t, cfg->server_lifetime / 1000);
+    cell_int(t, (d->timeouts.server_lifetime >= 0 ? d->timeouts.server_lifetime
+                                                  : cfg->server_lifetime) / 1000);
     /* PgBouncer: the entry's own pool_mode, NULL when the main section's applies. */
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */

@@ -215,8 +215,14 @@ def test_idle_transaction_timeout_per_database(pg, start_sluice):
 
 @pytest.mark.timeout(60)
 def test_server_lifetime_per_database(pg, start_sluice):
-    s = start_sluice(main={"pool_mode": "transaction", "default_pool_size": 1},
+    s = start_sluice(main={"pool_mode": "transaction", "default_pool_size": 1,
+                           "admin_users": APP_USER},
                      auth_file=APP_AUTH, databases={APP_DB: plain_entry(pg, server_lifetime=1)})
+    with s.connect(dbname="pgbouncer") as adm:
+        cur = adm.execute("SHOW DATABASES")
+        cols = [d.name for d in cur.description]
+        rows = {r[cols.index("name")]: dict(zip(cols, r)) for r in cur.fetchall()}
+        assert rows[APP_DB]["server_lifetime"] == 1
     with s.connect() as c:
         _, first = db_and_pid(c)
         time.sleep(3)
