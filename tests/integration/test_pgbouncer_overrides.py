@@ -231,6 +231,35 @@ def test_server_lifetime_per_database(pg, start_sluice):
         assert db_and_pid(c)[1] != first
 
 
+@pytest.mark.timeout(60)
+def test_reserve_pool_size_per_user(pg, start_sluice):
+    """[users] reserve_pool_size lets the user's pool open extra servers once a client has
+    waited reserve_pool_timeout (the database entry and the main section say 0)."""
+    pg.clear_backends()
+    s = start_sluice(main={"pool_mode": "transaction", "default_pool_size": 1,
+                           "reserve_pool_size": 0, "reserve_pool_timeout": 0.2},
+                     auth_file=APP_AUTH, databases={APP_DB: plain_entry(pg)},
+                     users={APP_USER: {"reserve_pool_size": 1}})
+    errors = []
+
+    def sleeper():
+        try:
+            with s.connect() as c:
+                c.execute("SELECT pg_sleep(3)")
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    with BackendSampler(pg, APP_USER, max_seconds=30) as sampler:
+        threads = [threading.Thread(target=sleeper) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert not errors, errors
+    assert sampler.max == 2, f"{sampler.max} backends: the reserve server did not open"
+
+
+@pytest.mark.timeout(60)
 def test_pgbouncer_per_entry_keys_load_without_warnings(pg, start_sluice):
     s = start_sluice(main={"pool_mode": "transaction"}, auth_file=APP_AUTH,
                      databases={APP_DB: plain_entry(pg, server_lifetime=600, query_timeout=600,
