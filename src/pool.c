@@ -137,14 +137,18 @@ void pool_apply_config(struct pool *p)
             p->reserve_size = u->reserve_pool;
     }
     p->user_forced = !p->is_admin && forced_user(db) && strcmp(forced_user(db), p->user_name) == 0;
-    const struct entry_timeouts *levels[] = {db ? &db->timeouts : NULL, u ? &u->timeouts : NULL};
+    /* The console's clients keep the main section's timeouts: no entry describes them (a "*"
+     * entry's would otherwise be found for the console's name). */
+    const struct entry_timeouts *levels[] = {db && !p->is_admin ? &db->timeouts : NULL,
+                                             u && !p->is_admin ? &u->timeouts : NULL};
     p->timeouts = (struct entry_timeouts){
         .server_lifetime = cfg->server_lifetime,
         .query_timeout = cfg->query_timeout,
         .idle_transaction_timeout = cfg->idle_transaction_timeout,
         .client_idle_timeout = cfg->client_idle_timeout,
     };
-    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) { /* the user's last: it overrides the database's */
+    /* In order, the user's last: it overrides the database's. */
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
         const struct entry_timeouts *t = levels[i];
         if (!t)
             continue;
