@@ -90,13 +90,22 @@ def test_reload_retires_a_busy_server_when_it_is_released(pg, start_sluice, othe
 
 
 @pytest.mark.timeout(60)
-def test_reload_with_other_tls_settings_retires_servers(pg, start_sluice):
-    s = start_sluice(main={"pool_mode": "transaction", "default_pool_size": 1},
-                     databases={APP_DB: pg.db_entry(sslmode="disable")})
+@pytest.mark.parametrize("where", ["entry", "main"])
+def test_reload_with_other_tls_settings_retires_servers(pg, start_sluice, where):
+    """sslmode= of the entry, or the main section's server_tls_sslmode."""
+    main = {"pool_mode": "transaction", "default_pool_size": 1}
+    entry = pg.db_entry()
+    if where == "entry":
+        entry["sslmode"] = "disable"
+        old, new = "sslmode=disable", "sslmode=prefer"
+    else:
+        main["server_tls_sslmode"] = "disable"
+        old, new = "server_tls_sslmode = disable", "server_tls_sslmode = prefer"
+    s = start_sluice(main=main, databases={APP_DB: entry})
     with s.connect() as c:
         _, old_pid = db_and_pid(c)
         assert db_and_pid(c)[1] == old_pid  # nothing changed: the same server
-        reload_file(s, "sslmode=disable", "sslmode=prefer")
+        reload_file(s, old, new)
         wait_until(lambda: not backend_alive(pg, old_pid), timeout=10,
                    what="the server made with the old sslmode to close")
         assert db_and_pid(c)[1] != old_pid
