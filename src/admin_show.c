@@ -762,7 +762,8 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_int(t, d->pool_size >= 0 ? d->pool_size : cfg->default_pool_size);
     cell_int(t, d->min_pool_size >= 0 ? d->min_pool_size : cfg->min_pool_size);
     cell_int(t, d->reserve_pool >= 0 ? d->reserve_pool : cfg->reserve_pool_size);
-    cell_int(t, cfg->server_lifetime / 1000);
+    cell_int(t, (d->timeouts.server_lifetime >= 0 ? d->timeouts.server_lifetime
+                                                  : cfg->server_lifetime) / 1000);
     /* PgBouncer: the entry's own pool_mode, NULL when the main section's applies. */
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */
@@ -862,8 +863,10 @@ static void show_users(struct client *c)
     const struct config *cfg = app->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    /* [users], then auth_file, then whoever has a pool; each name once. */
-    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)app->pools.count + 1;
+    /* [users], then auth_file, then whoever has a pool or is connected (a client of a database
+     * with a forced user= logs in under its own name, not its pool's); each name once. */
+    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)app->pools.count +
+                 (size_t)app->nclients + 1;
     const char **names = calloc(cap, sizeof(*names));
     if (!names) {
         c->out.oom = true;
@@ -882,8 +885,20 @@ static void show_users(struct client *c)
     list_for_each(&app->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
-        if (!p->is_admin && !name_listed(names, n, p->user_name))
+        if (p->is_admin)
+            continue;
+        if (!name_listed(names, n, p->user_name))
             names[n++] = p->user_name;
+        const struct list *clients[] = {&p->waiting, &p->idle_clients, &p->active_clients};
+        struct list_node *cn, *ctmp;
+        for (int i = 0; i < NELEM(clients); i++) {
+            list_for_each(clients[i], cn, ctmp)
+            {
+                const char *user = container_of(cn, struct client, node)->user;
+                if ((size_t)n + 1 < cap && !name_listed(names, n, user))
+                    names[n++] = user;
+            }
+        }
     }
     for (int i = 0; i < n; i++) {
         const struct user_entry *u = config_find_user(cfg, names[i]);
@@ -895,7 +910,10 @@ static void show_users(struct client *c)
             cell_int(&t, u->pool_size);
         else
             cell_text(&t, NULL);
-        cell_text(&t, NULL); /* [users] entries have no reserve_pool_size of their own */
+        if (u && u->reserve_pool >= 0)
+            cell_int(&t, u->reserve_pool);
+        else
+            cell_text(&t, NULL);
         cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
         cell_int(&t, limit_resolve(l, 0));
         cell_int(&t, budget_user_servers(app, names[i]));

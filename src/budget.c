@@ -326,6 +326,8 @@ static const struct budget *budget_of_every_client(const struct pool *p)
             continue; /* the fallback: matched after every other budget */
         if (!b->app_pattern && !b->user && !b->has_addr)
             continue; /* matches nobody */
+        if (b->user && p->user_forced)
+            return NULL; /* a forced user's pool serves clients of any user name */
         if (b->user && strcmp(b->user, p->user_name) != 0)
             continue;
         return b->app_pattern || b->has_addr ? NULL : b;

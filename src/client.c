@@ -1096,28 +1096,31 @@ void client_check_timeouts(struct client *c, uint64_t now)
             client_fail(c, FAIL_LOGIN_TIMEOUT, detail);
         }
         break;
-    case CLIENT_IDLE:
-        if (cfg->client_idle_timeout > 0 &&
-            now - c->state_since_ms >= (uint64_t)cfg->client_idle_timeout) {
-            snprintf(detail, sizeof(detail), "%.1f s", (double)cfg->client_idle_timeout / 1000);
+    case CLIENT_IDLE: {
+        /* The pool's timeouts: [users] over [databases] over the main section. */
+        int64_t idle_limit = c->pool->timeouts.client_idle_timeout;
+        if (idle_limit > 0 && now - c->state_since_ms >= (uint64_t)idle_limit) {
+            snprintf(detail, sizeof(detail), "%.1f s", (double)idle_limit / 1000);
             client_fail(c, FAIL_CLIENT_IDLE_TIMEOUT, detail);
         }
         break;
+    }
     case CLIENT_ACTIVE: {
         struct server *s = c->server;
-        if (cfg->query_timeout > 0 && s && s->inflight > 0 && !s->timeout_cancel_sent &&
-            now - s->query_start_ms >= (uint64_t)cfg->query_timeout) {
+        const struct entry_timeouts *t = &c->pool->timeouts;
+        if (t->query_timeout > 0 && s && s->inflight > 0 && !s->timeout_cancel_sent &&
+            now - s->query_start_ms >= (uint64_t)t->query_timeout) {
             /* Cancel rather than disconnect: the client gets 57014 from Postgres and keeps its
              * session. */
             s->timeout_cancel_sent = true;
             if (cancel_server(c->app, s) == 0)
                 log_client(LOG_WARNING, c, "query running longer than query_timeout (%lld ms): "
                                            "cancelled",
-                           (long long)cfg->query_timeout);
+                           (long long)t->query_timeout);
             break;
         }
-        if (cfg->idle_transaction_timeout > 0 && s)
-            check_server_held_idle(c, s, now, (uint64_t)cfg->idle_transaction_timeout);
+        if (t->idle_transaction_timeout > 0 && s)
+            check_server_held_idle(c, s, now, (uint64_t)t->idle_transaction_timeout);
         break;
     }
     case CLIENT_CLOSING:

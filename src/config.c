@@ -82,18 +82,16 @@ static const char *const pgbouncer_only_keys[] = {
 static const char *const pgbouncer_only_db_keys[] = {
     "auth_dbname",
     "auth_query",
-    "server_lifetime",
     "load_balance_hosts",
-    "query_timeout",
-    "idle_transaction_timeout",
-    "client_idle_timeout",
     "transaction_timeout",
 };
 static const char *const pgbouncer_only_user_keys[] = {
-    "reserve_pool_size",        "query_timeout",
-    "idle_transaction_timeout", "client_idle_timeout",         "transaction_timeout",
-    "server_lifetime",
+    "transaction_timeout",
 };
+
+#define ENTRY_TIMEOUTS_UNSET                                                                    \
+    {.server_lifetime = -1, .query_timeout = -1, .idle_transaction_timeout = -1,                \
+     .client_idle_timeout = -1}
 
 /* Query parameters of client libraries' URLs (Prisma's, mostly) that are not libpq keywords:
  * a DATABASE_URL copied from an app's settings keeps working, with a warning per parameter. */
@@ -926,7 +924,11 @@ static int next_pair(const char **sp, char **key, char **val, const char **why)
 
 static struct db_entry *db_new(struct loader *L, struct db_entry *db, const char *name, int line)
 {
-    *db = (struct db_entry){.pool_size = -1, .min_pool_size = -1, .reserve_pool = -1, .line = line};
+    *db = (struct db_entry){.pool_size = -1,
+                            .min_pool_size = -1,
+                            .reserve_pool = -1,
+                            .timeouts = ENTRY_TIMEOUTS_UNSET,
+                            .line = line};
     db->name = dup_or_flag(L, name);
     db->pq_keywords = calloc(1, sizeof *db->pq_keywords);
     db->pq_values = calloc(1, sizeof *db->pq_values);
@@ -983,11 +985,38 @@ static int db_set_keyword(struct db_entry *db, const char *key, const char *val)
     return 0;
 }
 
+/* The per-entry timeouts ([databases] and [users]). 1: key was one of them (and is applied),
+ * 0: it is not, -EINVAL: it was one with a bad value (reported under where). */
+static int entry_timeout_key(struct loader *L, const char *where, struct entry_timeouts *t,
+                             const char *key, const char *val)
+{
+    int64_t *field = NULL;
+    if (strcmp(key, "server_lifetime") == 0)
+        field = &t->server_lifetime;
+    else if (strcmp(key, "query_timeout") == 0)
+        field = &t->query_timeout;
+    else if (strcmp(key, "idle_transaction_timeout") == 0)
+        field = &t->idle_transaction_timeout;
+    else if (strcmp(key, "client_idle_timeout") == 0)
+        field = &t->client_idle_timeout;
+    if (!field)
+        return 0;
+    char why[160];
+    if (parse_TIME(val, field, why, sizeof why) != 0) {
+        error_msg(L, "%s: %s = '%s': %s", where, key, val, why);
+        return -EINVAL;
+    }
+    return 1;
+}
+
 /* sluice's own per-database keys. 1: it was one (and is applied), 0: it is not, -EINVAL: it was
  * one with a bad value (reported under where). */
 static int db_sluice_key(struct loader *L, const char *where, struct db_entry *db, const char *key,
                          const char *val)
 {
+    int timeout = entry_timeout_key(L, where, &db->timeouts, key, val);
+    if (timeout != 0)
+        return timeout;
     int *count = NULL;
     if (strcmp(key, "pool_size") == 0)
         count = &db->pool_size;
@@ -1085,8 +1114,9 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 error_msg(L,
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                          "max_db_connections, max_db_client_connections, auth_user are "
-                          "accepted)",
+                          "max_db_connections, max_db_client_connections, auth_user, "
+                          "server_lifetime, query_timeout, idle_transaction_timeout, "
+                          "client_idle_timeout are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {
@@ -1298,12 +1328,16 @@ static void on_user(struct loader *L, const char *name, const char *value)
         error_msg(L, "%s is defined twice (first at line %d)", where, dup->line);
         return;
     }
-    struct user_entry u = {.pool_size = -1, .line = L->line};
+    struct user_entry u = {
+        .pool_size = -1, .reserve_pool = -1, .timeouts = ENTRY_TIMEOUTS_UNSET, .line = L->line};
     const char *p = value, *why = NULL;
     char *key, *val;
     int rc, failed = 0;
     while ((rc = next_pair(&p, &key, &val, &why)) == 1) {
-        if (strcmp(key, "pool_mode") == 0) {
+        int timeout = entry_timeout_key(L, where, &u.timeouts, key, val);
+        if (timeout != 0) {
+            failed |= timeout < 0;
+        } else if (strcmp(key, "pool_mode") == 0) {
             if (parse_pool_mode_text(val, &u.pool_mode) != 0) {
                 error_msg(L, "%s: pool_mode = '%s': expected session, transaction or statement",
                           where, val);
@@ -1312,6 +1346,12 @@ static void on_user(struct loader *L, const char *name, const char *value)
         } else if (strcmp(key, "pool_size") == 0) {
             if (parse_count(val, &u.pool_size) != 0) {
                 error_msg(L, "%s: pool_size = '%s': expected a number from 0 to %d", where, val,
+                          INT_MAX);
+                failed = 1;
+            }
+        } else if (strcmp(key, "reserve_pool_size") == 0 || strcmp(key, "reserve_pool") == 0) {
+            if (parse_count(val, &u.reserve_pool) != 0) {
+                error_msg(L, "%s: %s = '%s': expected a number from 0 to %d", where, key, val,
                           INT_MAX);
                 failed = 1;
             }
@@ -1336,7 +1376,9 @@ static void on_user(struct loader *L, const char *name, const char *value)
                         key);
         } else {
             error_msg(L,
-                      "%s: unknown key '%s' (pool_mode, pool_size, max_user_connections and "
+                      "%s: unknown key '%s' (pool_mode, pool_size, reserve_pool_size, "
+                      "server_lifetime, query_timeout, idle_transaction_timeout, "
+                      "client_idle_timeout, max_user_connections and "
                       "max_user_client_connections are accepted)",
                       where, key);
             failed = 1;

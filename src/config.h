@@ -31,6 +31,15 @@ int limit_resolve(struct limit l, int server_usable);
 enum config_source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_ADMIN_SET };
 const char *config_source_name(enum config_source s);
 
+/* PgBouncer's per-entry timeouts ([databases] and [users]), in milliseconds; -1: not set here.
+ * A [users] value overrides the [databases] one, which overrides the main section's. */
+struct entry_timeouts {
+    int64_t server_lifetime;
+    int64_t query_timeout;
+    int64_t idle_transaction_timeout;
+    int64_t client_idle_timeout;
+};
+
 /* One [databases] entry: client-visible name -> upstream. Upstream settings are kept as libpq
  * keywords so anything libpq accepts (sslmode, sslrootcert, several hosts, target_session_attrs)
  * works; sluice's own per-database keys are pulled out into fields. */
@@ -46,6 +55,7 @@ struct db_entry {
     struct limit max_db_connections; /* value 0: the main section's */
     int max_db_client_connections;   /* 0: the main section's */
     char *auth_user;       /* NULL unless set */
+    struct entry_timeouts timeouts;
     int line;              /* line in the file, 0 for environment */
 };
 
@@ -54,6 +64,8 @@ struct user_entry {
     char *name;
     enum pool_mode pool_mode;  /* POOL_MODE_UNSET: not overridden */
     int pool_size;             /* -1: not overridden */
+    int reserve_pool;          /* -1: not overridden */
+    struct entry_timeouts timeouts;
     struct limit max_user_connections; /* value 0: the main section's */
     int max_user_client_connections;   /* 0: the main section's */
     int line;

@@ -46,9 +46,21 @@ void pool_record_query(struct pool *p, uint64_t query_ms, bool transaction_ended
     hist_add(p->query_hist, query_ms);
 }
 
+/* The user= a database entry forces on every client, NULL when clients log in as themselves. */
+static const char *forced_user(const struct db_entry *db)
+{
+    for (int i = 0; db && i < db->nkeys; i++) {
+        if (strcmp(db->pq_keywords[i], "user") == 0 && db->pq_values[i][0])
+            return db->pq_values[i];
+    }
+    return NULL;
+}
+
 struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
                       const char *database)
 {
+    if (forced_user(db))
+        user = forced_user(db);
     struct list_node *n, *tmp;
     list_for_each(&app->pools, n, tmp)
     {
@@ -70,7 +82,6 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
         free(p);
         return NULL;
     }
-    (void)db;
     list_init(&p->connecting);
     list_init(&p->idle);
     list_init(&p->active);
@@ -122,6 +133,46 @@ void pool_apply_config(struct pool *p)
             p->mode = u->pool_mode;
         if (u->pool_size >= 0)
             p->size = u->pool_size;
+        if (u->reserve_pool >= 0)
+            p->reserve_size = u->reserve_pool;
+    }
+    p->user_forced = !p->is_admin && forced_user(db) && strcmp(forced_user(db), p->user_name) == 0;
+    /* The console's clients keep the main section's timeouts: no entry describes them (a "*"
+     * entry's would otherwise be found for the console's name). */
+    const struct entry_timeouts *levels[] = {db && !p->is_admin ? &db->timeouts : NULL,
+                                             u && !p->is_admin ? &u->timeouts : NULL};
+    p->timeouts = (struct entry_timeouts){
+        .server_lifetime = cfg->server_lifetime,
+        .query_timeout = cfg->query_timeout,
+        .idle_transaction_timeout = cfg->idle_transaction_timeout,
+        .client_idle_timeout = cfg->client_idle_timeout,
+    };
+    /* In order, the user's last: it overrides the database's. */
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+        const struct entry_timeouts *t = levels[i];
+        if (!t)
+            continue;
+        if (t->server_lifetime >= 0)
+            p->timeouts.server_lifetime = t->server_lifetime;
+        if (t->query_timeout >= 0)
+            p->timeouts.query_timeout = t->query_timeout;
+        if (t->idle_transaction_timeout >= 0)
+            p->timeouts.idle_transaction_timeout = t->idle_transaction_timeout;
+        if (t->client_idle_timeout >= 0)
+            p->timeouts.client_idle_timeout = t->client_idle_timeout;
+    }
+}
+
+void pool_create_forced(struct sluice *app)
+{
+    const struct config *cfg = app->cfg;
+    for (int i = 0; i < cfg->ndbs; i++) {
+        const struct db_entry *db = &cfg->dbs[i];
+        if (!forced_user(db) || strcmp(db->name, "*") == 0 || admin_is_console_db(db->name))
+            continue;
+        if (!pool_get(app, db, forced_user(db), db->name))
+            log_msg(LOG_ERROR, "pool %s/%s: out of memory creating it; it is created when a "
+                               "client comes", db->name, forced_user(db));
     }
 }
 
@@ -478,14 +529,13 @@ void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
     struct sluice *app = p->app;
-    const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
     if (!sluice_serving(app) && list_empty(&p->waiting)) {
         server_close(s, "shutting down");
         return;
     }
-    if (s->close_when_free ||
-        (cfg->server_lifetime > 0 && now - s->connect_ms >= (uint64_t)cfg->server_lifetime)) {
+    if (s->close_when_free || (p->timeouts.server_lifetime > 0 &&
+                               now - s->connect_ms >= (uint64_t)p->timeouts.server_lifetime)) {
         server_close(s, s->close_when_free ? "closed at release" : "server_lifetime reached");
         maybe_connect(p);
         return;
@@ -860,8 +910,9 @@ void pool_maintain(struct pool *p, uint64_t now)
     while (!list_empty(&p->idle) &&
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
-    /* Keep min_pool_size servers warm once the database has been reached. */
-    if (sluice_serving(p->app) && !p->paused && p->have_welcome &&
+    /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool
+     * from the start, as PgBouncer does (its user and database are known without a client). */
+    if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         pool_server_count(p) < p->min_size &&
         budget_connect_limit(p, false) == LIMIT_NONE)

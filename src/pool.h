@@ -44,7 +44,8 @@ struct pool {
     struct list_node node;
     struct sluice *app;
     char *db_name;     /* client-visible database name */
-    char *user_name;   /* client user */
+    char *user_name;   /* the user servers log in as: the client's, or the database's forced
+                        * user= (all clients of such a database share one pool) */
     char *target_db;   /* the upstream dbname (the client's name for a "*" entry) */
 
     /* Effective settings, recomputed on reload. */
@@ -52,6 +53,8 @@ struct pool {
     int size;
     int min_size;
     int reserve_size;
+    struct entry_timeouts timeouts; /* [users] over [databases] over the main section */
+    bool user_forced;     /* the database entry names the user: the pool exists from start */
     bool is_admin;        /* the admin console's pseudo-pool: never has servers */
     /* The server's max_connections - superuser_reserved_connections (for NN% caps); 0 until a
      * server of this pool has told it (server_probe_sql), with the two numbers behind it. */
@@ -87,11 +90,15 @@ struct pool {
     uint64_t query_hist[POOL_HIST_BUCKETS];
 };
 
-/* Find or create the pool for a client's login. NULL: out of memory. */
+/* Find or create the pool for a client's login: by database and user, the database's forced
+ * user= where it has one. NULL: out of memory. */
 struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
                       const char *database);
 /* Recompute settings from the current config (reload). */
 void pool_apply_config(struct pool *p);
+/* Create the pools of [databases] entries with a forced user=, as PgBouncer does, so that
+ * min_pool_size opens their servers before any client comes (start and reload). */
+void pool_create_forced(struct sluice *app);
 int pool_server_count(const struct pool *p);
 
 /* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit

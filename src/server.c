@@ -171,6 +171,57 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     return n;
 }
 
+/* FNV-1a over the keywords and values libpq is given: servers made from the same settings
+ * have the same fingerprint, and a reload that changes any of them is seen. */
+static uint64_t conninfo_fingerprint(const char *const *kw, const char *const *val)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (int i = 0; kw[i]; i++) {
+        const char *parts[] = {kw[i], val[i]};
+        for (int j = 0; j < 2; j++) {
+            for (const char *c = parts[j]; *c; c++)
+                h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+            h = (h ^ 0xff) * 1099511628211ULL; /* a separator no keyword or value contains */
+        }
+    }
+    return h;
+}
+
+void server_retire_changed(struct pool *p)
+{
+    const struct db_entry *db = config_find_db(p->app->cfg, p->db_name);
+    if (!db || p->is_admin)
+        return;
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    const char *user = NULL;
+    bool has_password = false;
+    build_conninfo(p, db, kw, val, &user, &has_password);
+    uint64_t now_fp = conninfo_fingerprint(kw, val);
+    const char *why = "connection settings changed by reload";
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->conninfo_fp != now_fp)
+            server_close(s, why);
+    }
+    int busy = 0;
+    struct list *in_use[] = {&p->connecting, &p->active, &p->resetting};
+    for (size_t i = 0; i < sizeof in_use / sizeof in_use[0]; i++) {
+        list_for_each(in_use[i], n, tmp)
+        {
+            struct server *s = container_of(n, struct server, node);
+            if (s->conninfo_fp != now_fp && !s->close_when_free) {
+                s->close_when_free = true;
+                busy++;
+            }
+        }
+    }
+    if (busy > 0)
+        log_msg(LOG_INFO, "pool %s/%s: %d busy servers close when released (%s)", p->db_name,
+                p->user_name, busy, why);
+}
+
 static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
                                     struct passthrough_keys *out)
 {
@@ -282,6 +333,7 @@ struct server *server_connect(struct pool *p)
     const char *user = NULL;
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
+    s->conninfo_fp = conninfo_fingerprint(kw, val);
     char why[300];
     int r =
         resolver_start(app->loop, kw, val, on_server_resolved, s, &s->resolving, why, sizeof(why));
@@ -747,7 +799,8 @@ void server_check_timeouts(struct server *s, uint64_t now)
         }
         break;
     case SERVER_IDLE:
-        if (cfg->server_lifetime > 0 && now - s->connect_ms >= (uint64_t)cfg->server_lifetime) {
+        if (s->pool->timeouts.server_lifetime > 0 &&
+            now - s->connect_ms >= (uint64_t)s->pool->timeouts.server_lifetime) {
             server_close(s, "server_lifetime reached");
         } else if (cfg->server_idle_timeout > 0 &&
                    now - s->state_since_ms >= (uint64_t)cfg->server_idle_timeout &&

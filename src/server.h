@@ -57,6 +57,7 @@ struct server {
     bool batch_open;       /* client sent extended-protocol messages since its last Sync */
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
+    uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
     bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
                               the client's CopyDone/CopyFail (or ReadyForQuery) */
@@ -96,6 +97,10 @@ void server_logged_in(struct server *s);
 /* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */
 struct server *server_connect(struct pool *pool);
 void server_set_state(struct server *s, enum server_state next);
+/* Reload: servers of p made with other connection settings than the pool's database entry
+ * now gives (host, port, dbname, user, password, TLS, any libpq keyword) close, idle ones now
+ * and busy ones when released, so new transactions reach the new target. Unchanged ones stay. */
+void server_retire_changed(struct pool *p);
 /* Close and free; reason is for the log. */
 void server_close(struct server *s, const char *reason);
 /* Close a logged-in server so that room_for (or any pool) may open one in its place under a

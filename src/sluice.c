@@ -220,6 +220,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     rc = http_start(app);
     if (rc < 0)
         return rc;
+    pool_create_forced(app);
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
@@ -253,10 +254,12 @@ void sluice_reload(struct sluice *app)
     {
         struct pool *p = container_of(n, struct pool, node);
         pool_apply_config(p);
+        server_retire_changed(p);
         budget_log_cap(p);
         /* NN% caps are resolved again from the next server this pool opens. */
         p->probe_again = true;
     }
+    pool_create_forced(app);
     config_free(old);
     pool_dispatch_all(app);
     log_msg(LOG_INFO, "configuration reloaded");

@@ -614,6 +614,42 @@ static void client_caps_are_main_keys_and_per_entry_keys(void)
     CHECK_ERROR("max_user_client_connections = 'many'");
 }
 
+static void per_entry_timeouts_and_user_reserve_parse_as_durations(void)
+{
+    struct config *c = load("[databases]\napp = host=x server_lifetime=60 query_timeout=1.5\n"
+                            "b = host=y\n"
+                            "[users]\nu = reserve_pool_size=2 client_idle_timeout=500ms "
+                            "idle_transaction_timeout=0\nv = pool_size=1\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c) {
+        dump_diag("(none)");
+        return;
+    }
+    CHECK(!list_has(diag.warnings, diag.nwarnings, "not supported"));
+    CHECK_INT(c->dbs[0].timeouts.server_lifetime, 60000);
+    CHECK_INT(c->dbs[0].timeouts.query_timeout, 1500);
+    CHECK_INT(c->dbs[0].timeouts.client_idle_timeout, -1); /* -1: not set here */
+    CHECK_INT(c->dbs[1].timeouts.server_lifetime, -1);
+    CHECK_INT(c->users[0].reserve_pool, 2);
+    CHECK_INT(c->users[0].timeouts.client_idle_timeout, 500);
+    CHECK_INT(c->users[0].timeouts.idle_transaction_timeout, 0); /* set: 0 disables */
+    CHECK_INT(c->users[1].reserve_pool, -1);
+    CHECK_INT(c->users[1].timeouts.query_timeout, -1);
+    config_free(c);
+    CHECK(load("[databases]\napp = host=x query_timeout=soon\n", NULL) == NULL);
+    CHECK_ERROR("query_timeout = 'soon'");
+    CHECK(load("[databases]\napp = host=x\n[users]\nu = server_lifetime=-1\n", NULL) == NULL);
+    CHECK_ERROR("server_lifetime = '-1'");
+    /* transaction_timeout stays a PgBouncer key sluice does not act on */
+    c = load("[databases]\napp = host=x transaction_timeout=5\n"
+             "[users]\nu = transaction_timeout=5\n",
+             NULL);
+    CHECK(c != NULL);
+    CHECK_WARNING("transaction_timeout");
+    config_free(c);
+}
+
 static void database_without_overrides_inherits_with_minus_one_and_unset(void)
 {
     struct config *c = load("[databases]\napp = host=x reserve_pool_size=4\n", NULL);
@@ -1307,6 +1343,7 @@ int main(void)
     RUN(unknown_key_is_an_error_naming_its_line_and_section);
     RUN(a_comment_after_a_value_is_part_of_it_and_the_error_says_so);
     RUN(pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line);
+    RUN(per_entry_timeouts_and_user_reserve_parse_as_durations);
     RUN(a_real_pgbouncer_ini_loads_unchanged);
     RUN(syntax_problems_name_their_line);
     RUN(comments_blank_lines_crlf_and_indentation_keep_line_numbers_right);
