@@ -201,10 +201,14 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     const char *have = params_get(server, name);
     if (have && same_value(have, value))
         return 0;
-    put_str(sql, "SET ");
+    /* set_config takes the value as the GUC's text, as a startup parameter is: SET would read a
+     * list like search_path "public,pg_catalog" as one quoted name. Names here passed
+     * params_valid_name or the SET parser: no quote to escape. */
+    put_str(sql, "SELECT pg_catalog.set_config('");
     put_str(sql, name);
-    put_str(sql, " TO ");
+    put_str(sql, "', ");
     put_literal(sql, value);
+    put_str(sql, ", false)");
     codec_put_u8(sql, 0);
     return 1;
 }
