@@ -53,9 +53,10 @@ bool params_is_client_settable(const char *name);
  * values (`own`: its startup parameters and what its SETs changed), and for every other
  * client-settable parameter the pool's login values (`base`). set_config (the value as text, as
  * a startup parameter gives it) for each differing value; a reset for a parameter sluice set on
- * the server earlier (not reported) that this client lacks. Each statement ends with its own NUL, to be sent as a Query of its own: one that fails then
- * undoes no other (a batch in one Query is one transaction). Keeping only the client's own
- * values makes an idle client small. Returns the count. */
+ * the server earlier (not reported) that this client lacks. Each statement ends with its own
+ * NUL, to be sent as a Query of its own: one that fails then undoes no other (a batch in one
+ * Query is one transaction). Keeping only the client's own values makes an idle client small.
+ * Returns the count. */
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql);
 
