@@ -176,3 +176,33 @@ def test_datestyle_given_in_startup_options_is_reported_as_postgres_reports_it(p
         assert c.query("SHOW DateStyle")[0] == [[direct]]
     finally:
         c.close()
+
+
+def _after_resets(port, password=None):
+    """A client without application_name resets: what it is told and what it reads back."""
+    from pgwire import raw_login
+
+    c = raw_login(port, password=password)
+    try:
+        seen = [c.params.get("application_name")]
+        for sql in ("DISCARD ALL", "RESET ALL", "RESET application_name"):
+            c.params.pop("application_name", None)
+            c.query(sql)
+            rows = c.query("SELECT current_setting('application_name')")[0]
+            seen.append((sql, c.params.get("application_name", "(not reported)"), rows))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_without_application_name_that_resets_keeps_it_empty_as_in_postgres(
+        pg, start_sluice, mode):
+    """Found by the harness (seed 4, transaction, --features set): after DISCARD ALL a client
+    that sent no application_name was reported application_name=sluice, the name of sluice's own
+    login to the backend, and read it back; Postgres keeps ''."""
+    direct = _after_resets(pg.port, password="apppass")
+    assert direct[0] == ""
+    assert all(row[1] == "(not reported)" and row[2] == [[""]] for row in direct[1:])
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _after_resets(s.port) == direct
