@@ -408,3 +408,16 @@ int params_parse_options(struct param_set *p, const char *options)
     }
     return expect_c_value ? -EINVAL : 0;
 }
+
+int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
+{
+    for (int i = 0; i < own->n; i++) {
+        const char *name = own->items[i].name;
+        if (!params_is_reported(name))
+            continue;
+        const char *have = params_get(server, name);
+        if (have && have != params_unknown && params_set(own, name, have) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}

@@ -83,6 +83,13 @@ bool params_known_good(const struct param_set *own, const struct param_set *base
 int params_note_accepted(struct param_set *accepted, const struct param_set *own, int max)
     __attribute__((warn_unused_result));
 
+/* After a server applied `own` (a login's sync): take for each reported name the server's own
+ * spelling of the value (DateStyle German is "German, DMY", client_encoding latin1 "LATIN1").
+ * Postgres reports that spelling; no ParameterStatus comes for a value the server already had.
+ * 0 or -ENOMEM. */
+int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
+    __attribute__((warn_unused_result));
+
 /* The startup packet's "options" (-c name=value / --name=value): parse into p. 0, or -EINVAL
  * when the options cannot be understood. */
 int params_parse_options(struct param_set *p, const char *options)

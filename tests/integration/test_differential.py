@@ -206,3 +206,27 @@ def test_a_client_without_application_name_that_resets_keeps_it_empty_as_in_post
     assert all(row[1] == "(not reported)" and row[2] == [[""]] for row in direct[1:])
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
     assert _after_resets(s.port) == direct
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("opt", ["-c DateStyle=German", "-c IntervalStyle=ISO_8601",
+                                 "-c TimeZone=europe/berlin", "-c client_encoding=latin1"])
+def test_later_logins_with_a_startup_value_postgres_respells_are_reported_as_postgres_does(
+        pg, start_sluice, mode, opt):
+    """The first login was reported Postgres's spelling ('German, DMY', 'LATIN1'), the next with
+    the same options the option's own text: its server already had the value, so no
+    ParameterStatus came to correct it (and each of its transactions then SET it again)."""
+    from pgwire import raw_login
+
+    c = raw_login(pg.port, password="apppass", options=opt)
+    direct = dict(c.params)
+    c.close()
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    differ = []
+    for i in range(3):
+        c = raw_login(s.port, options=opt)
+        try:
+            differ += [(i, k, v) for k, v in c.params.items() if direct.get(k) != v]
+        finally:
+            c.close()
+    assert not differ, f"Postgres reports {direct}"
