@@ -321,14 +321,26 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
     return 0;
 }
 
+/* An application_name Postgres keeps as sent: it puts '?' for each byte that is not printable
+ * ASCII and keeps NAMEDATALEN - 1 (63) bytes. Any other the server must spell. */
+static bool application_name_kept(const char *value)
+{
+    size_t n = 0;
+    for (; value[n]; n++)
+        if ((unsigned char)value[n] < 32 || (unsigned char)value[n] > 126)
+            return false;
+    return n < 64;
+}
+
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted)
 {
     for (int i = 0; i < own->n; i++) {
         const char *name = own->items[i].name, *value = own->items[i].value;
         const char *b = params_get(base, name), *a = params_get(accepted, name);
-        if (strcasecmp(name, "application_name") != 0 && !(b && same_value(b, value)) &&
-            !(a && same_value(a, value)))
+        bool any_value = strcasecmp(name, "application_name") == 0 && value != params_unknown &&
+                         application_name_kept(value);
+        if (!any_value && !(b && same_value(b, value)) && !(a && same_value(a, value)))
             return false;
     }
     return true;

@@ -75,8 +75,9 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
     __attribute__((warn_unused_result));
 
 /* May a login with these parameters skip asking a server whether it accepts them? Yes when each
- * is application_name (any value is accepted), or has the value in `base` (the pool's login
- * values) or in `accepted` (values a server accepted for an earlier login of the pool). */
+ * is application_name (any value is accepted; one Postgres keeps as sent: printable ASCII, under
+ * 64 bytes), or has the value in `base` (the pool's login values) or in `accepted` (values a
+ * server accepted for an earlier login of the pool). */
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted);
 /* A server accepted `own` at a login: remember the values, for at most max names. */

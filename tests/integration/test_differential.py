@@ -230,3 +230,27 @@ def test_later_logins_with_a_startup_value_postgres_respells_are_reported_as_pos
         finally:
             c.close()
     assert not differ, f"Postgres reports {direct}"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("app", ["ünï", "x" * 80, "tab\there"])
+def test_a_startup_application_name_postgres_cleans_is_reported_as_postgres_does(
+        pg, start_sluice, mode, app):
+    """Postgres keeps printable ASCII only ('?' for other bytes) and 63 bytes of an
+    application_name; sluice welcomed such a client with the raw value it sent, without asking
+    a server (any application_name was taken as known good)."""
+    from pgwire import raw_login
+
+    c = raw_login(pg.port, password="apppass", application_name=app)
+    direct = (c.params["application_name"], c.query("SHOW application_name")[0])
+    c.close()
+    assert direct[0] != app
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seen = []
+    for _ in range(3):
+        c = raw_login(s.port, application_name=app)
+        try:
+            seen.append((c.params["application_name"], c.query("SHOW application_name")[0]))
+        finally:
+            c.close()
+    assert seen == [direct] * 3
