@@ -1016,9 +1016,9 @@ def final_state(pg, sc):
     with pg.superuser("appdb") as c:
         for cl in sc.clients:
             t = table_of(cl.ci)
-            # as bytes: in a SQL_ASCII database a SQL_ASCII client stores bytes that are no UTF-8
-            rows = c.execute(f"SELECT k, convert_to(v, getdatabaseencoding()) FROM {t}"
-                             " ORDER BY 1, 2").fetchall()
+            # the stored bytes: a SQL_ASCII client can store bytes that are not UTF-8 (Postgres
+            # does not check them), which psycopg could not decode as text
+            rows = c.execute(f"SELECT k, textsend(v) FROM {t} ORDER BY 1, 2").fetchall()
             out[cl.ci] = [(k, _value(bytes(v))) for k, v in rows]
     return out
 

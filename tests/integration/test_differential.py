@@ -254,3 +254,43 @@ def test_a_startup_application_name_postgres_cleans_is_reported_as_postgres_does
         finally:
             c.close()
     assert seen == [direct] * 3
+
+
+def _failed_parse_then_parse_again(port, password=None):
+    """Parse s_fail with text that fails, Sync; Parse s_fail again with good text, Bind, Execute."""
+    from pgwire import (raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg,
+                        parse_fields)
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        c.send(parse_msg("s_fail", "SELECT k FROM no_such_table_dt") + describe_msg("S", "s_fail")
+               + sync_msg())
+        c.send(bind_msg("", "s_fail") + sync_msg())
+        c.send(parse_msg("s_fail", "SELECT 7") + sync_msg()
+               + bind_msg("", "s_fail") + execute_msg() + sync_msg())
+        zs = 0
+        while zs < 4:
+            mtype, payload = c.read_message()
+            if mtype == "Z":
+                zs += 1
+            elif mtype == "E":
+                seen.append(("E", parse_fields(payload).get("C")))
+            elif mtype == "D":
+                seen.append(("D", payload[6:].decode()))
+            elif mtype in "12C":
+                seen.append((mtype,))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_statement_name_whose_parse_failed_is_free_as_in_postgres(pg, start_sluice, mode):
+    """Found by the harness (seed 1015, transaction): a named Parse that failed (its table not on
+    the client's search_path) was still taken as the client's statement, so its next Parse of the
+    name re-prepared the failed text and failed again; Postgres has no such statement."""
+    direct = _failed_parse_then_parse_again(pg.port, password="apppass")
+    assert direct == [("E", "42P01"), ("E", "26000"), ("1",), ("2",), ("D", "7"), ("C",)]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _failed_parse_then_parse_again(s.port) == direct

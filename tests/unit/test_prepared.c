@@ -88,7 +88,7 @@ static void queue_swallows_replies_to_sluices_own_parse_and_close(void)
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_SWALLOW);
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
     CHECK_INT(q.count, 1);
-    stmt_on_ready(&q, &m);
+    stmt_on_ready(&q, &m, NULL);
     CHECK_INT(q.count, 0);
     stmt_queue_free(&q);
     stmt_map_free(&m);
@@ -117,7 +117,7 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
     /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
-    stmt_on_ready(&q, &m);
+    stmt_on_ready(&q, &m, NULL);
     CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
     stmt_def_unref(d);
