@@ -201,10 +201,14 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     const char *have = params_get(server, name);
     if (have && same_value(have, value))
         return 0;
-    put_str(sql, "SET ");
+    /* set_config takes the value as the GUC's text, as a startup parameter is: SET would read a
+     * list like search_path "public,pg_catalog" as one quoted name. Names here passed
+     * params_valid_name or the SET parser: no quote to escape. */
+    put_str(sql, "SELECT pg_catalog.set_config('");
     put_str(sql, name);
-    put_str(sql, " TO ");
+    put_str(sql, "', ");
     put_literal(sql, value);
+    put_str(sql, ", false)");
     codec_put_u8(sql, 0);
     return 1;
 }
@@ -317,14 +321,26 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
     return 0;
 }
 
+/* An application_name Postgres keeps as sent: it puts '?' for each byte that is not printable
+ * ASCII and keeps NAMEDATALEN - 1 (63) bytes. Any other the server must spell. */
+static bool application_name_kept(const char *value)
+{
+    size_t n = 0;
+    for (; value[n]; n++)
+        if ((unsigned char)value[n] < 32 || (unsigned char)value[n] > 126)
+            return false;
+    return n < 64;
+}
+
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted)
 {
     for (int i = 0; i < own->n; i++) {
         const char *name = own->items[i].name, *value = own->items[i].value;
         const char *b = params_get(base, name), *a = params_get(accepted, name);
-        if (strcasecmp(name, "application_name") != 0 && !(b && same_value(b, value)) &&
-            !(a && same_value(a, value)))
+        bool any_value = strcasecmp(name, "application_name") == 0 && value != params_unknown &&
+                         application_name_kept(value);
+        if (!any_value && !(b && same_value(b, value)) && !(a && same_value(a, value)))
             return false;
     }
     return true;
@@ -403,4 +419,17 @@ int params_parse_options(struct param_set *p, const char *options)
             return -ENOMEM;
     }
     return expect_c_value ? -EINVAL : 0;
+}
+
+int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
+{
+    for (int i = 0; i < own->n; i++) {
+        const char *name = own->items[i].name;
+        if (!params_is_reported(name))
+            continue;
+        const char *have = params_get(server, name);
+        if (have && have != params_unknown && params_set(own, name, have) < 0)
+            return -ENOMEM;
+    }
+    return 0;
 }

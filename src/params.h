@@ -51,11 +51,12 @@ bool params_is_client_settable(const char *name);
 
 /* Append to sql the statements that give `server` the session a client wants: the client's own
  * values (`own`: its startup parameters and what its SETs changed), and for every other
- * client-settable parameter the pool's login values (`base`). SET for each differing value; a
- * reset for a parameter sluice set on the server earlier (not reported) that this client lacks.
- * Each statement ends with its own NUL, to be sent as a Query of its own: one that fails then
- * undoes no other (a batch in one Query is one transaction). Keeping only the client's own
- * values makes an idle client small. Returns the count. */
+ * client-settable parameter the pool's login values (`base`). set_config (the value as text, as
+ * a startup parameter gives it) for each differing value; a reset for a parameter sluice set on
+ * the server earlier (not reported) that this client lacks. Each statement ends with its own
+ * NUL, to be sent as a Query of its own: one that fails then undoes no other (a batch in one
+ * Query is one transaction). Keeping only the client's own values makes an idle client small.
+ * Returns the count. */
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql);
 
@@ -74,12 +75,20 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
     __attribute__((warn_unused_result));
 
 /* May a login with these parameters skip asking a server whether it accepts them? Yes when each
- * is application_name (any value is accepted), or has the value in `base` (the pool's login
- * values) or in `accepted` (values a server accepted for an earlier login of the pool). */
+ * is application_name (any value is accepted; one Postgres keeps as sent: printable ASCII, under
+ * 64 bytes), or has the value in `base` (the pool's login values) or in `accepted` (values a
+ * server accepted for an earlier login of the pool). */
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted);
 /* A server accepted `own` at a login: remember the values, for at most max names. */
 int params_note_accepted(struct param_set *accepted, const struct param_set *own, int max)
+    __attribute__((warn_unused_result));
+
+/* After a server applied `own` (a login's sync): take for each reported name the server's own
+ * spelling of the value (DateStyle German is "German, DMY", client_encoding latin1 "LATIN1").
+ * Postgres reports that spelling; no ParameterStatus comes for a value the server already had.
+ * 0 or -ENOMEM. */
+int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
     __attribute__((warn_unused_result));
 
 /* The startup packet's "options" (-c name=value / --name=value): parse into p. 0, or -EINVAL

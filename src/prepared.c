@@ -252,7 +252,7 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
 }
 
-void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map)
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stmt_map *client_map)
 {
     while (q->count > 0) {
         struct stmt_queue_item it = pop(q);
@@ -261,6 +261,11 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map)
          * Parse left whatever was there before): marked unknown, the next use re-prepares. */
         if (it.name && it.kind != REQ_SYNC)
             stmt_map_put(server_map, it.name, NULL);
+        /* The client's own Parse of a name it did not have failed or was skipped: as in
+         * Postgres, it has no statement of that name (a Parse of a name it had is queued
+         * without one: 42P05 keeps the old statement). */
+        if (it.name && it.kind == REQ_PARSE_CLIENT)
+            stmt_map_remove(client_map, it.name);
         free(it.name);
         if (it.kind == REQ_SYNC)
             return;

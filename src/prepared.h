@@ -97,8 +97,9 @@ enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
-/* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync. */
-void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map);
+/* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync. client_map:
+ * the statements of the client whose requests these are (may be NULL). */
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stmt_map *client_map);
 
 /* Messages sluice sends on its own. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);

@@ -640,7 +640,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                             query_done(s, c, (char)body[0]);
                     }
                     if (s->reqs.count > 0)
-                        stmt_on_ready(&s->reqs, &s->stmts);
+                        stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
                 }
                 if (forbidden) {
                     b->scan += whole;

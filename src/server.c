@@ -162,8 +162,8 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
             has_password = true;
         }
     }
-    kw[n] = "fallback_application_name";
-    val[n++] = "sluice";
+    /* No application_name of sluice's own: it is the backend's reset value, and a client that
+     * sent none must read '' after RESET ALL or DISCARD ALL, as it does from Postgres. */
     kw[n] = NULL;
     val[n] = NULL;
     *user_out = user;

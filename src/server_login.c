@@ -342,8 +342,10 @@ static void send_startup(struct server *s)
     values[n++] = l->user;
     names[n] = "database";
     values[n++] = l->dbname;
-    names[n] = "application_name";
-    values[n++] = l->app_name ? l->app_name : "sluice";
+    if (l->app_name) { /* the database entry's; none by default (build_conninfo says why) */
+        names[n] = "application_name";
+        values[n++] = l->app_name;
+    }
     if (l->options) {
         names[n] = "options";
         values[n++] = l->options;

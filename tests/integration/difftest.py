@@ -11,7 +11,9 @@ clients touch only their own tables.
 
 Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
 temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, SQL
-PREPARE outside a transaction block, or DEALLOCATE of one statement.
+PREPARE outside a transaction block, or DEALLOCATE of one statement. No mode gets RESET ALL,
+DISCARD ALL or RESET of a parameter from a client that set it at login (the same section: the
+backend's default comes back, not the client's login value).
 
 Each feature can be switched off (FEATURES); a failing scenario is shrunk (clients, then blocks)
 and printed as a script, with the command that reruns its seed.
@@ -203,8 +205,12 @@ class Scenario:
 class Gen:
     """Blocks for one client. Keeps what the client has created so later blocks use it."""
 
-    def __init__(self, rng, mode, ci, codec):
+    def __init__(self, rng, mode, ci, codec, startup_names=()):
         self.r = rng
+        # parameters the client gave at login: a reset of one of them is a documented limit in
+        # both modes (README "Pool modes": the backend's login values come back, not the
+        # client's), so no RESET of them, RESET ALL or DISCARD ALL is generated
+        self.startup_names = {n.lower() for n in startup_names}
         self.mode = mode
         self.ci = ci
         self.t = table_of(ci)
@@ -254,9 +260,14 @@ class Gen:
             return Block("set", [("Q", f"SET {p} = {v}"), ("Q", f"SHOW {p}")])
         if choice == 2:
             p = r.choice(list(REPORTED) + (list(UNREPORTED) if self.session else []))
+            if p.lower() in self.startup_names:
+                return self.probe()
             return Block("set", [("Q", f"RESET {p}"), ("Q", PROBE_SQL)])
         if choice == 3:
-            return Block("set", [("Q", r.choice(["RESET ALL", "DISCARD ALL"])), ("Q", PROBE_SQL)])
+            sql = r.choice(["RESET ALL", "DISCARD ALL"])
+            if self.startup_names:
+                return self.probe()
+            return Block("set", [("Q", sql), ("Q", PROBE_SQL)])
         if choice == 4:
             p = r.choice(list(UNREPORTED) + list(REPORTED))
             vals = UNREPORTED.get(p) or REPORTED[p]
@@ -347,6 +358,8 @@ class Gen:
         else:
             sql = r.choice(["DEALLOCATE ALL", "DISCARD ALL"] if r.random() < 0.7 else
                            ["DISCARD PLANS", "DEALLOCATE PREPARE ALL"])
+            if sql == "DISCARD ALL" and self.startup_names:
+                sql = "DEALLOCATE ALL"  # a reset of its login values (see __init__)
             # self.stmts is kept: later blocks bind the deallocated names (26000)
         ops = [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
         if self.session:
@@ -535,10 +548,12 @@ def generate(seed, mode, features=ALL_FEATURES):
     n_clients = rng.randrange(2, 5)
     for ci in range(n_clients):
         startup = {}
+        startup_names = []
         if "startup" in features and rng.random() < 0.6:
             opts = []
             for p in rng.sample(["search_path", "statement_timeout", "work_mem", "DateStyle",
                                  "extra_float_digits"], rng.randrange(1, 3)):
+                startup_names.append(p)
                 vals = UNREPORTED.get(p) or REPORTED.get(p)
                 v = rng.choice(vals).replace(" ", "\\ ").replace(",", "\\,").replace("'", "")
                 opts.append(f"-c {p}={v}")
@@ -551,7 +566,7 @@ def generate(seed, mode, features=ALL_FEATURES):
             startup["options"] = (startup.get("options", "") + " -c no_such_setting=1").strip()
         driver = "psycopg" if "psycopg" in features and rng.random() < 0.25 else "raw"
         c = Client(ci, startup, [], driver)
-        g = Gen(rng, mode, ci, c.codec)
+        g = Gen(rng, mode, ci, c.codec, startup_names + [k for k in startup if k != "options"])
         if driver == "psycopg":
             c.startup = {}
             c.blocks = [g.g_psycopg() for _ in range(rng.randrange(2, 6))]
@@ -1001,9 +1016,10 @@ def final_state(pg, sc):
     with pg.superuser("appdb") as c:
         for cl in sc.clients:
             t = table_of(cl.ci)
-            rows = c.execute(f"SELECT k, CASE WHEN length(v) > {VALUE_SHOWN} THEN length(v) || ' chars md5 '"
-                             f" || md5(v) ELSE v END FROM {t} ORDER BY 1, 2").fetchall()
-            out[cl.ci] = rows
+            # the stored bytes: a SQL_ASCII client can store bytes that are not UTF-8 (Postgres
+            # does not check them), which psycopg could not decode as text
+            rows = c.execute(f"SELECT k, textsend(v) FROM {t} ORDER BY 1, 2").fetchall()
+            out[cl.ci] = [(k, _value(bytes(v))) for k, v in rows]
     return out
 
 

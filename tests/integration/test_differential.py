@@ -176,3 +176,121 @@ def test_datestyle_given_in_startup_options_is_reported_as_postgres_reports_it(p
         assert c.query("SHOW DateStyle")[0] == [[direct]]
     finally:
         c.close()
+
+
+def _after_resets(port, password=None):
+    """A client without application_name resets: what it is told and what it reads back."""
+    from pgwire import raw_login
+
+    c = raw_login(port, password=password)
+    try:
+        seen = [c.params.get("application_name")]
+        for sql in ("DISCARD ALL", "RESET ALL", "RESET application_name"):
+            c.params.pop("application_name", None)
+            c.query(sql)
+            rows = c.query("SELECT current_setting('application_name')")[0]
+            seen.append((sql, c.params.get("application_name", "(not reported)"), rows))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_without_application_name_that_resets_keeps_it_empty_as_in_postgres(
+        pg, start_sluice, mode):
+    """Found by the harness (seed 4, transaction, --features set): after DISCARD ALL a client
+    that sent no application_name was reported application_name=sluice, the name of sluice's own
+    login to the backend, and read it back; Postgres keeps ''."""
+    direct = _after_resets(pg.port, password="apppass")
+    assert direct[0] == ""
+    assert all(row[1] == "(not reported)" and row[2] == [[""]] for row in direct[1:])
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _after_resets(s.port) == direct
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("opt", ["-c DateStyle=German", "-c IntervalStyle=ISO_8601",
+                                 "-c TimeZone=europe/berlin", "-c client_encoding=latin1"])
+def test_later_logins_with_a_startup_value_postgres_respells_are_reported_as_postgres_does(
+        pg, start_sluice, mode, opt):
+    """The first login was reported Postgres's spelling ('German, DMY', 'LATIN1'), the next with
+    the same options the option's own text: its server already had the value, so no
+    ParameterStatus came to correct it (and each of its transactions then SET it again)."""
+    from pgwire import raw_login
+
+    c = raw_login(pg.port, password="apppass", options=opt)
+    direct = dict(c.params)
+    c.close()
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    differ = []
+    for i in range(3):
+        c = raw_login(s.port, options=opt)
+        try:
+            differ += [(i, k, v) for k, v in c.params.items() if direct.get(k) != v]
+        finally:
+            c.close()
+    assert not differ, f"Postgres reports {direct}"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("app", ["ünï", "x" * 80, "tab\there"])
+def test_a_startup_application_name_postgres_cleans_is_reported_as_postgres_does(
+        pg, start_sluice, mode, app):
+    """Postgres keeps printable ASCII only ('?' for other bytes) and 63 bytes of an
+    application_name; sluice welcomed such a client with the raw value it sent, without asking
+    a server (any application_name was taken as known good)."""
+    from pgwire import raw_login
+
+    c = raw_login(pg.port, password="apppass", application_name=app)
+    direct = (c.params["application_name"], c.query("SHOW application_name")[0])
+    c.close()
+    assert direct[0] != app
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seen = []
+    for _ in range(3):
+        c = raw_login(s.port, application_name=app)
+        try:
+            seen.append((c.params["application_name"], c.query("SHOW application_name")[0]))
+        finally:
+            c.close()
+    assert seen == [direct] * 3
+
+
+def _failed_parse_then_parse_again(port, password=None):
+    """Parse s_fail with text that fails, Sync; Parse s_fail again with good text, Bind, Execute."""
+    from pgwire import (raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg,
+                        parse_fields)
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        c.send(parse_msg("s_fail", "SELECT k FROM no_such_table_dt") + describe_msg("S", "s_fail")
+               + sync_msg())
+        c.send(bind_msg("", "s_fail") + sync_msg())
+        c.send(parse_msg("s_fail", "SELECT 7") + sync_msg()
+               + bind_msg("", "s_fail") + execute_msg() + sync_msg())
+        zs = 0
+        while zs < 4:
+            mtype, payload = c.read_message()
+            if mtype == "Z":
+                zs += 1
+            elif mtype == "E":
+                seen.append(("E", parse_fields(payload).get("C")))
+            elif mtype == "D":
+                seen.append(("D", payload[6:].decode()))
+            elif mtype in "12C":
+                seen.append((mtype,))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_statement_name_whose_parse_failed_is_free_as_in_postgres(pg, start_sluice, mode):
+    """Found by the harness (seed 1015, transaction): a named Parse that failed (its table not on
+    the client's search_path) was still taken as the client's statement, so its next Parse of the
+    name re-prepared the failed text and failed again; Postgres has no such statement."""
+    direct = _failed_parse_then_parse_again(pg.port, password="apppass")
+    assert direct == [("E", "42P01"), ("E", "26000"), ("1",), ("2",), ("D", "7"), ("C",)]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _failed_parse_then_parse_again(s.port) == direct

@@ -88,7 +88,7 @@ static void queue_swallows_replies_to_sluices_own_parse_and_close(void)
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_SWALLOW);
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
     CHECK_INT(q.count, 1);
-    stmt_on_ready(&q, &m);
+    stmt_on_ready(&q, &m, NULL);
     CHECK_INT(q.count, 0);
     stmt_queue_free(&q);
     stmt_map_free(&m);
@@ -117,7 +117,7 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
     /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
-    stmt_on_ready(&q, &m);
+    stmt_on_ready(&q, &m, NULL);
     CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
     stmt_def_unref(d);
@@ -262,13 +262,13 @@ static void an_unknown_server_value_is_set_again_or_reset(void)
     params_init(&server);
     char text[512];
     CHECK(params_set(&own, "search_path", "evil") == 0);
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SET search_path TO E'evil'");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
     CHECK(params_note_sync(&server, &own) == 0);
     CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "");
     /* a reset query ran, or the client's own RESET ALL: the same value must be SET again */
     CHECK(params_forget(&server, NULL) == 0);
     CHECK(params_fingerprint(NULL, &server) != params_fingerprint(NULL, &own));
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SET search_path TO E'evil'");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
     /* a name the client's SET touched: reset for a client without it, never with an error */
     CHECK(params_forget(&server, "work_mem") == 0);
     CHECK(params_forget(&server, "TimeZone") == 0); /* reported: the server says itself */
