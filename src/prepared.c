@@ -22,22 +22,52 @@ static uint32_t hash_bytes(const void *p, size_t n)
     return h;
 }
 
-struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+static uint64_t total_def_bytes;
+
+uint64_t stmt_def_total_bytes(void)
+{
+    return total_def_bytes;
+}
+
+struct stmt_def *stmt_def_alloc(uint32_t len)
 {
     struct stmt_def *d = malloc(sizeof(*d) + len);
     if (!d)
         return NULL;
     d->refs = 1;
     d->len = len;
-    d->hash = hash_bytes(data, len);
+    d->hash = 0;
+    total_def_bytes += len;
+    return d;
+}
+
+void stmt_def_seal(struct stmt_def *d)
+{
+    d->hash = hash_bytes(d->data, d->len);
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+{
+    struct stmt_def *d = stmt_def_alloc(len);
+    if (!d)
+        return NULL;
     memcpy(d->data, data, len);
+    stmt_def_seal(d);
     return d;
 }
 
 void stmt_def_unref(struct stmt_def *d)
 {
-    if (d && --d->refs == 0)
+    if (d && --d->refs == 0) {
+        total_def_bytes -= d->len;
         free(d);
+    }
+}
+
+/* What an entry adds to its map's text_bytes. */
+static uint64_t entry_bytes(const struct stmt_entry *e)
+{
+    return strlen(e->name) + 1 + (e->def ? e->def->len : 0);
 }
 
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
@@ -96,8 +126,10 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     if (e) {
         if (def)
             def->refs++;
+        m->text_bytes -= entry_bytes(e);
         stmt_def_unref(e->def);
         e->def = def;
+        m->text_bytes += entry_bytes(e);
         list_remove(&m->lru, &e->lru);
         list_prepend(&m->lru, &e->lru);
         return e;
@@ -116,6 +148,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->next_in_bucket = m->buckets[k];
     m->buckets[k] = e;
     list_prepend(&m->lru, &e->lru);
+    m->text_bytes += entry_bytes(e);
     return e;
 }
 
@@ -129,6 +162,7 @@ void stmt_map_remove(struct stmt_map *m, const char *name)
         if (strcmp(e->name, name) == 0) {
             *pp = e->next_in_bucket;
             list_remove(&m->lru, &e->lru);
+            m->text_bytes -= entry_bytes(e);
             stmt_def_unref(e->def);
             free(e);
             return;
@@ -142,8 +176,10 @@ void stmt_map_mark_unknown(struct stmt_map *m)
     list_for_each(&m->lru, n, tmp)
     {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        m->text_bytes -= entry_bytes(e);
         stmt_def_unref(e->def);
         e->def = NULL;
+        m->text_bytes += entry_bytes(e);
     }
 }
 
@@ -161,6 +197,7 @@ void stmt_map_clear(struct stmt_map *m)
     }
     if (m->nbuckets)
         memset(m->buckets, 0, m->nbuckets * sizeof(*m->buckets));
+    m->text_bytes = 0;
 }
 
 void stmt_map_free(struct stmt_map *m)

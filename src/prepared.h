@@ -39,6 +39,7 @@ struct stmt_map {
     struct stmt_entry **buckets;
     uint32_t nbuckets;
     struct list lru;
+    uint64_t text_bytes; /* names and definitions it holds (a definition shared by maps counts in each) */
 };
 
 void stmt_map_init(struct stmt_map *m);
@@ -60,6 +61,12 @@ struct stmt_map *stmt_map_new(void);
 void stmt_map_delete(struct stmt_map *m);
 
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
+/* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
+ * it): fill d->data, then stmt_def_seal before anything compares it. */
+struct stmt_def *stmt_def_alloc(uint32_t len);
+void stmt_def_seal(struct stmt_def *d);
+/* Bytes of every definition alive (max_prepared_statement_bytes bounds it). */
+uint64_t stmt_def_total_bytes(void);
 void stmt_def_unref(struct stmt_def *d);
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);
 
@@ -82,6 +89,10 @@ struct stmt_queue {
     uint32_t cap, head, count;
 };
 
+/* Requests waiting for their replies, per server: 16 bytes each, plus a name for a named Parse
+ * or Close. Replies normally drain it as the server answers; it fills only when a client sends
+ * this many Parse/Close/Sync ahead of them without reading, or after an error, when the server
+ * skips everything up to the Sync. */
 #define STMT_QUEUE_MAX 8192
 
 void stmt_queue_free(struct stmt_queue *q);

@@ -216,6 +216,58 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return follow_statement(c, s, sql, len, &touch);
 }
 
+/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
+ * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
+ * (after an error the server skips up to it). */
+static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
+                                       const char *name)
+{
+    int rc = stmt_queue_push(&s->reqs, kind, name);
+    if (rc == 0)
+        return TRACK_PASS;
+    if (rc == -ENOSPC) {
+        char detail[32];
+        snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
+        client_fail(c, FAIL_TOO_MANY_PENDING, detail);
+    } else {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+    }
+    return TRACK_FAILED;
+}
+
+/* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
+ * the one it passed. */
+static bool keep_within_bounds(struct client *c, uint32_t bytes)
+{
+    const struct config *cfg = c->app->cfg;
+    char detail[200];
+    if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client) {
+        snprintf(detail, sizeof(detail),
+                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
+                 (long long)cfg->max_prepared_statements_per_client);
+        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        return false;
+    }
+    uint64_t mine = c->stmts ? c->stmts->text_bytes : 0;
+    if (mine + bytes > (uint64_t)cfg->max_prepared_statement_bytes_per_client) {
+        snprintf(detail, sizeof(detail),
+                 "named prepared statements of more than max_prepared_statement_bytes_per_client "
+                 "(%lld bytes) for one client",
+                 (long long)cfg->max_prepared_statement_bytes_per_client);
+        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        return false;
+    }
+    if (stmt_def_total_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
+        snprintf(detail, sizeof(detail),
+                 ": the statement text of all clients would pass max_prepared_statement_bytes "
+                 "(%lld bytes)",
+                 (long long)cfg->max_prepared_statement_bytes);
+        client_fail(c, FAIL_OUT_OF_MEMORY, detail);
+        return false;
+    }
+    return true;
+}
+
 /* Parse: remember the client's definition; the server gets it under the client's name. */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
@@ -235,28 +287,32 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             return TRACK_WAIT;
         return TRACK_PASS;
     }
-    if (avail_body < len) {
-        if (CODEC_HEADER_LEN + len > buf_block_size()) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION,
-                        "a named Parse larger than pkt_buf cannot be tracked in transaction mode: "
-                        "raise pkt_buf");
+    /* A Parse larger than the buffer streams through; its definition is kept as it passes
+     * (frame_client, keep_parse_tail). Its name must be in the buffer first. */
+    bool streamed = avail_body < len && CODEC_HEADER_LEN + len > buf_block_size();
+    if (avail_body < len && !streamed)
+        return TRACK_WAIT;
+    const uint8_t *nul = memchr(body, '\0', avail_body < len ? avail_body : len);
+    if (!nul) {
+        if (avail_body >= len) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
             return TRACK_FAILED;
         }
-        return TRACK_WAIT;
-    }
-    const uint8_t *nul = memchr(body, '\0', len);
-    if (!nul) {
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
+        if (avail_body + CODEC_HEADER_LEN < buf_block_size())
+            return TRACK_WAIT;
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, "statement name longer than pkt_buf");
         return TRACK_FAILED;
     }
     const char *name = (const char *)body;
     uint32_t name_len = (uint32_t)(nul - body) + 1;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r =
-            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
-        if (r != TRACK_PASS)
-            return r;
+        if (!streamed) {
+            enum track_result r =
+                inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+            if (r != TRACK_PASS)
+                return r;
+        }
         return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
     }
     const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
@@ -272,20 +328,16 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
         buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
-    if (!stmt_map_get(c->stmts, name) &&
-        stmt_map_count(c->stmts) >= (int)c->app->cfg->max_prepared_statements_per_client) {
-        char detail[160];
-        snprintf(detail, sizeof(detail),
-                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
-                 (long long)c->app->cfg->max_prepared_statements_per_client);
-        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+    if (!keep_within_bounds(c, len))
         return TRACK_FAILED;
+    if (!streamed) {
+        enum track_result r =
+            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+        if (r != TRACK_PASS)
+            return r;
     }
-    enum track_result r =
-        inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
-    if (r != TRACK_PASS)
-        return r;
-    struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
+    struct stmt_def *def = streamed ? stmt_def_alloc(len - name_len)
+                                    : stmt_def_new(body + name_len, len - name_len);
     if (!def) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -295,14 +347,18 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     free_name_on_server(s, name, theirs != NULL);
     if (!c->stmts)
         c->stmts = stmt_map_new();
-    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
-              stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, name) == 0;
+    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def);
+    /* Streamed: the definition fills as the message passes; nothing compares it before the
+     * message has passed whole, since nothing else of this client is framed until then. c->stmts
+     * holds it meanwhile (the framer's pointer does not own it). */
+    if (ok && streamed)
+        c->rx.keep = def;
     stmt_def_unref(def);
     if (!ok) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    return TRACK_PASS;
+    return queue_request(c, s, REQ_PARSE_CLIENT, name);
 }
 
 /* Bind, Describe and Close name a statement near the start of their body. */
@@ -388,6 +444,23 @@ static void copy_in_ended(struct server *s)
     s->batch_open = true;
 }
 
+/* A streamed Parse's definition is the last keep->len bytes of the message: copy those of the
+ * chunk just framed (rx->remain already counts it out), and seal it when the message is whole. */
+static void keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n)
+{
+    struct stmt_def *d = rx->keep;
+    if (!d)
+        return;
+    uint32_t from_end = rx->remain + n; /* the chunk's first byte, counted from the message end */
+    uint32_t skip = from_end > d->len ? from_end - d->len : 0;
+    if (skip < n)
+        memcpy(d->data + (d->len - (from_end - skip)), chunk + skip, n - skip);
+    if (rx->remain == 0) {
+        stmt_def_seal(d);
+        rx->keep = NULL;
+    }
+}
+
 static enum frame_stop frame_client(struct client *c, struct server *s)
 {
     struct buf *b = &c->in;
@@ -398,6 +471,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
             b->scan += take;
             c->rx.remain -= take;
+            keep_parse_tail(&c->rx, b->data + b->scan - take, take);
             continue;
         }
         if (b->wpos - b->scan < CODEC_HEADER_LEN)
@@ -485,6 +559,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         uint32_t take = min_u32(whole, b->wpos - b->scan);
         b->scan += take;
         c->rx.remain = whole - take;
+        keep_parse_tail(&c->rx, b->data + b->scan - take, take);
         if (track && s->out.len > s->out_pos)
             return STOP_NEED_FLUSH; /* sluice's own messages go out before this one */
     }
