@@ -233,8 +233,18 @@ void stmt_queue_free(struct stmt_queue *q)
     memset(q, 0, sizeof(*q));
 }
 
+static struct stmt_queue_item *last_item(struct stmt_queue *q)
+{
+    return q->count ? &q->items[(q->head + q->count - 1) % q->cap] : NULL;
+}
+
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
 {
+    struct stmt_queue_item *last = last_item(q);
+    if (!name && last && last->kind == kind && !last->name && last->repeat < UINT32_MAX) {
+        last->repeat++;
+        return 0;
+    }
     if (q->count == q->cap) {
         if (q->cap >= STMT_QUEUE_MAX)
             return -ENOSPC;
@@ -254,6 +264,7 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
         return -ENOMEM;
     struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
     it->kind = (uint8_t)kind;
+    it->repeat = 1;
     it->name = copy;
     q->count++;
     return 0;
@@ -261,15 +272,23 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
 
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
 {
-    while (n-- > 0 && q->count > 0 && q->items[(q->head + q->count - 1) % q->cap].kind == REQ_SYNC)
-        q->count--; /* a Sync entry holds no name */
+    struct stmt_queue_item *last;
+    while (n-- > 0 && (last = last_item(q)) && last->kind == REQ_SYNC)
+        if (--last->repeat == 0)
+            q->count--; /* a Sync entry holds no name */
 }
 
+/* The oldest request (the caller frees its name). */
 static struct stmt_queue_item pop(struct stmt_queue *q)
 {
-    struct stmt_queue_item it = q->items[q->head];
-    q->head = (q->head + 1) % q->cap;
-    q->count--;
+    struct stmt_queue_item *head = &q->items[q->head];
+    struct stmt_queue_item it = *head;
+    if (--head->repeat == 0) {
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    } else {
+        it.name = NULL; /* a run is nameless */
+    }
     return it;
 }
 

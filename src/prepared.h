@@ -81,7 +81,8 @@ enum stmt_req {
 
 struct stmt_queue_item {
     uint8_t kind;
-    char *name; /* PARSE and CLOSE: the statement name */
+    uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
+    char *name;      /* PARSE and CLOSE: the statement name */
 };
 
 struct stmt_queue {
@@ -89,10 +90,12 @@ struct stmt_queue {
     uint32_t cap, head, count;
 };
 
-/* Requests waiting for their replies, per server: 16 bytes each, plus a name for a named Parse
- * or Close. Replies normally drain it as the server answers; it fills only when a client sends
- * this many Parse/Close/Sync ahead of them without reading, or after an error, when the server
- * skips everything up to the Sync. */
+/* Requests waiting for their replies, per server: 16 bytes an item, plus a name for a named Parse
+ * or Close. Nameless requests of one kind in a row share an item, so a pipeline of unnamed
+ * statements (a JDBC batch) takes one however long. Replies normally drain it as the server
+ * answers; it fills only when a client sends this many named Parse/Close (or alternating kinds)
+ * ahead of the replies without reading them, or after an error, when the server skips everything
+ * up to the Sync: then waiting for replies would wait for ever, and the client gets 54000. */
 #define STMT_QUEUE_MAX 8192
 
 void stmt_queue_free(struct stmt_queue *q);

@@ -64,6 +64,25 @@ static bool tracking(const struct server *s)
     return pool_mode_ops(s->pool->mode, false)->release_at_idle;
 }
 
+/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
+ * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
+ * (after an error the server skips up to it). */
+static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
+                                       const char *name)
+{
+    int rc = stmt_queue_push(&s->reqs, kind, name);
+    if (rc == 0)
+        return TRACK_PASS;
+    if (rc == -ENOSPC) {
+        char detail[32];
+        snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
+        client_fail(c, FAIL_TOO_MANY_PENDING, detail);
+    } else {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+    }
+    return TRACK_FAILED;
+}
+
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
@@ -108,8 +127,9 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
     prepared_put_parse(&s->out, name, mine->def);
-    if (stmt_queue_push(&s->reqs, REQ_PARSE_OURS, name) < 0 ||
-        !stmt_map_put(&s->stmts, name, mine->def)) {
+    if (queue_request(c, s, REQ_PARSE_OURS, name) != TRACK_PASS)
+        return TRACK_FAILED;
+    if (!stmt_map_put(&s->stmts, name, mine->def)) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
@@ -216,25 +236,6 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return follow_statement(c, s, sql, len, &touch);
 }
 
-/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
- * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
- * (after an error the server skips up to it). */
-static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
-                                       const char *name)
-{
-    int rc = stmt_queue_push(&s->reqs, kind, name);
-    if (rc == 0)
-        return TRACK_PASS;
-    if (rc == -ENOSPC) {
-        char detail[32];
-        snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
-        client_fail(c, FAIL_TOO_MANY_PENDING, detail);
-    } else {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-    }
-    return TRACK_FAILED;
-}
-
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
  * the one it passed. */
 static bool keep_within_bounds(struct client *c, uint32_t bytes)
@@ -283,9 +284,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             if (r != TRACK_PASS)
                 return r;
         }
-        if (stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0)
-            return TRACK_WAIT;
-        return TRACK_PASS;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
      * (frame_client, keep_parse_tail). Its name must be in the buffer first. */
@@ -313,7 +312,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             if (r != TRACK_PASS)
                 return r;
         }
-        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
     if (mine && mine->def) {
@@ -322,7 +321,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         enum track_result r = ensure_prepared(c, s, name);
         if (r != TRACK_PASS)
             return r;
-        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
@@ -382,8 +381,8 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
         if (type == 'C') {
             if (r.bad)
                 break;
-            if (stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) < 0)
-                return TRACK_WAIT;
+            if (queue_request(c, s, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) != TRACK_PASS)
+                return TRACK_FAILED;
             if (what == 'S' && name[0]) {
                 stmt_map_remove(c->stmts, name);
                 stmt_map_remove(&s->stmts, name);
@@ -406,7 +405,7 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
                     return r;
             }
         }
-        return stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_SYNC, NULL);
     default:
         return TRACK_PASS;
     }

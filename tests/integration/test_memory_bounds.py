@@ -4,7 +4,7 @@ per transaction. Every bound is a clear error naming its key, never a misleading
 
 import pytest
 
-from conftest import binary_is_sanitized, sluice_bin
+from conftest import APP_PASSWORD, binary_is_sanitized, sluice_bin
 from pgwire import ServerError, bind_msg, execute_msg, parse_msg, raw_login, sync_msg
 
 KB = 1024
@@ -104,3 +104,24 @@ def test_many_startup_parameters_follow_their_client_across_a_shared_server(star
         for i in range(0, 600, 199):
             assert a.execute(f"SHOW x.p{i}").fetchone()[0] == f"v{i}"
             assert b.execute(f"SELECT current_setting('x.p{i}', true)").fetchone()[0] in (None, "")
+
+
+def test_a_long_unnamed_pipeline_after_an_error_is_answered_as_by_postgres(start_sluice, pg):
+    """A failed Parse, then 10,000 unnamed Parse/Bind/Execute before the Sync (a batch): Postgres
+    skips them and answers the error. sluice waited for replies that never came (a full request
+    queue held the Sync back) until the client gave up."""
+    s = start_sluice({"pool_mode": "transaction"})
+    batch = (parse_msg("", "SELEC 1")
+             + b"".join(parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+                        for _ in range(10000))
+             + sync_msg())
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, timeout=30)
+        try:
+            c.send(batch)
+            with pytest.raises(ServerError) as e:
+                c.read_results()
+            assert e.value.fields["C"] == "42601", e.value.fields
+            assert c.query("SELECT 2")[0] == [["2"]]
+        finally:
+            c.close()

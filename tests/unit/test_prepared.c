@@ -130,11 +130,30 @@ static void queue_is_bounded(void)
 {
     struct stmt_queue q = {0};
     int rc = 0, n = 0;
-    while ((rc = stmt_queue_push(&q, REQ_SYNC, NULL)) == 0)
+    while ((rc = stmt_queue_push(&q, REQ_PARSE_CLIENT, "s")) == 0)
         n++;
     CHECK_INT(n, STMT_QUEUE_MAX);
     CHECK(rc < 0);
     stmt_queue_free(&q);
+}
+
+/* A pipeline of unnamed statements: one item, popped one reply at a time. */
+static void nameless_requests_in_a_row_share_an_item(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    for (int i = 0; i < 3 * STMT_QUEUE_MAX; i++)
+        CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(q.count, 2);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
+    stmt_queue_drop_last_syncs(&q, 1);
+    stmt_on_ready(&q, &m); /* an error: the other Parses were skipped */
+    CHECK_INT(q.count, 0);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
 }
 
 static void injected_messages_have_the_wire_format(void)
@@ -405,6 +424,7 @@ int main(void)
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(queue_is_bounded);
+    RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
     RUN(deallocate_and_discard_are_recognised);
     RUN(session_level_sql_is_detected);
