@@ -223,6 +223,18 @@ void stmt_map_delete(struct stmt_map *m)
     free(m);
 }
 
+bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1])
+{
+    uint32_t n = 0;
+    while (n < avail && n < STMT_KEY_MAX && p[n])
+        n++;
+    if (n < STMT_KEY_MAX && n == avail)
+        return false; /* neither its NUL nor a whole key yet */
+    memcpy(key, p, n);
+    key[n] = '\0';
+    return true;
+}
+
 /* ---- request queue ---- */
 
 void stmt_queue_free(struct stmt_queue *q)
@@ -328,7 +340,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map)
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
 {
     codec_begin(o, 'P');
-    codec_put_cstring(o, name);
+    codec_put_bytes(o, name, strlen(name)); /* the definition holds the rest and the NUL */
     codec_put_bytes(o, def->data, def->len);
     codec_end(o);
 }

@@ -20,7 +20,18 @@
 #include "codec.h"
 #include "list.h"
 
-/* A statement definition: the Parse body after the name (query, parameter count and types). */
+/* Postgres keys prepared statements by the first NAMEDATALEN - 1 bytes of their name (longer
+ * names that differ later are the same statement), and so does sluice: a name's key is that much
+ * of it, which a buffer always holds however long the name. */
+#define STMT_KEY_MAX 63
+
+/* Where a statement name starting at p ends (its NUL, or the end of its key when longer), as
+ * far as avail bytes show: the key's length and, when the NUL was seen, the name's with it.
+ * False when avail bytes hold neither. */
+bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1]);
+
+/* A statement definition: the Parse body after the name's key (the rest of a longer name and its
+ * NUL, then query, parameter count and types): with the key it gives the client's Parse back. */
 struct stmt_def {
     uint32_t refs;
     uint32_t hash;
@@ -114,7 +125,7 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
 /* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync. */
 void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map);
 
-/* Messages sluice sends on its own. */
+/* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
 

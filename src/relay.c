@@ -190,6 +190,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     enum sql_dealloc kind = prepared_classify_query(sql, name_buf, sizeof(name_buf));
+    name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
     if (kind == SQL_DEALLOCATE) {
         /* The client's statement may live on another backend, or this one's copy was closed by
          * another client sharing it: prepared here first, DEALLOCATE succeeds as it would. */
@@ -287,23 +288,22 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
-     * (frame_client, keep_parse_tail). Its name must be in the buffer first. */
+     * (frame_client, keep_parse_tail). The name's key must be in the buffer first. */
     bool streamed = avail_body < len && CODEC_HEADER_LEN + len > buf_block_size();
     if (avail_body < len && !streamed)
         return TRACK_WAIT;
+    char name[STMT_KEY_MAX + 1];
     const uint8_t *nul = memchr(body, '\0', avail_body < len ? avail_body : len);
-    if (!nul) {
-        if (avail_body >= len) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
-            return TRACK_FAILED;
-        }
-        if (avail_body + CODEC_HEADER_LEN < buf_block_size())
+    if (!stmt_name_key(body, avail_body < len ? avail_body : len, name) ||
+        (!streamed && !nul)) {
+        if (streamed)
             return TRACK_WAIT;
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "statement name longer than pkt_buf");
+        client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
         return TRACK_FAILED;
     }
-    const char *name = (const char *)body;
-    uint32_t name_len = (uint32_t)(nul - body) + 1;
+    uint32_t key_len = (uint32_t)strlen(name);
+    /* The statement text, when the message is here whole (it starts after the name's NUL). */
+    uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
         if (!streamed) {
@@ -335,8 +335,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (r != TRACK_PASS)
             return r;
     }
-    struct stmt_def *def = streamed ? stmt_def_alloc(len - name_len)
-                                    : stmt_def_new(body + name_len, len - name_len);
+    struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
+                                    : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -364,35 +364,26 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
 static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
                                        const uint8_t *body, uint32_t len, uint32_t avail_body)
 {
-    struct msg_reader r;
-    codec_reader_init(&r, body, avail_body < len ? avail_body : len);
-    const char *name = NULL;
+    uint32_t shown = avail_body < len ? avail_body : len;
+    uint32_t at = 0; /* where the statement name starts */
+    const char *missing = "statement name";
     switch (type) {
     case 'P':
         return track_parse(c, s, body, len, avail_body);
-    case 'B':
-        codec_read_cstring(&r); /* portal */
-        name = codec_read_cstring(&r);
-        break;
-    case 'D':
-    case 'C': {
-        uint8_t what = codec_read_u8(&r);
-        name = codec_read_cstring(&r);
-        if (type == 'C') {
-            if (r.bad)
-                break;
-            if (queue_request(c, s, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) != TRACK_PASS)
-                return TRACK_FAILED;
-            if (what == 'S' && name[0]) {
-                stmt_map_remove(c->stmts, name);
-                stmt_map_remove(&s->stmts, name);
-            }
-            return TRACK_PASS;
+    case 'B': {
+        const uint8_t *portal_end = memchr(body, '\0', shown);
+        if (!portal_end) {
+            missing = "portal name";
+            at = shown + 1; /* not here yet */
+        } else {
+            at = (uint32_t)(portal_end - body) + 1;
         }
-        if (what != 'S')
-            return TRACK_PASS;
         break;
     }
+    case 'D':
+    case 'C':
+        at = 1; /* after 'S' or 'P' */
+        break;
     case 'S':
     case 'Q':
     case 'F':
@@ -409,19 +400,32 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     default:
         return TRACK_PASS;
     }
-    if (r.bad) {
+    char name[STMT_KEY_MAX + 1];
+    if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
         /* The names are not all here yet. */
         if (avail_body >= len) {
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
             return TRACK_FAILED;
         }
         if (CODEC_HEADER_LEN + len > buf_block_size() && avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, "statement name longer than pkt_buf");
+            char detail[64];
+            snprintf(detail, sizeof(detail), "%s longer than pkt_buf", missing);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return TRACK_FAILED;
         }
         return TRACK_WAIT;
     }
-    if (!name[0])
+    if (type == 'C') {
+        bool statement = body[0] == 'S';
+        if (queue_request(c, s, REQ_CLOSE_CLIENT, statement ? name : NULL) != TRACK_PASS)
+            return TRACK_FAILED;
+        if (statement && name[0]) {
+            stmt_map_remove(c->stmts, name);
+            stmt_map_remove(&s->stmts, name);
+        }
+        return TRACK_PASS;
+    }
+    if ((type == 'D' && body[0] != 'S') || !name[0])
         return TRACK_PASS;
     return ensure_prepared(c, s, name);
 }

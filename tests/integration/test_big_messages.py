@@ -2,10 +2,17 @@
 including the ones sluice must look into (a named Parse in transaction mode, whose definition it
 keeps), and startup packets up to Postgres's own 10,000-byte limit."""
 
+import pytest
+
 from conftest import APP_PASSWORD
-from pgwire import bind_msg, execute_msg, parse_msg, raw_login, sync_msg
+from pgwire import (ServerError, bind_msg, describe_msg, execute_msg, message, parse_msg, raw_login,
+                    sync_msg)
 
 KB = 1024
+
+
+def close_msg(kind, name):
+    return message(b"C", kind.encode() + name.encode() + b"\0")
 
 
 def test_startup_options_of_4_kb_are_accepted_as_by_postgres(start_sluice, pg):
@@ -21,7 +28,7 @@ def test_startup_options_of_4_kb_are_accepted_as_by_postgres(start_sluice, pg):
 
 
 def test_forty_kb_named_parse_in_transaction_mode(start_sluice):
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "pkt_buf": 8192})
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
     big = "SELECT length($1::text) + %d AS n -- " + "x" * (40 * KB)
     a, b = raw_login(s.port), raw_login(s.port)
     try:
@@ -39,10 +46,52 @@ def test_forty_kb_named_parse_in_transaction_mode(start_sluice):
         b.close()
 
 
-def test_forty_kb_named_parse_through_psycopg(start_sluice):
+def test_names_longer_than_63_bytes_are_one_statement_as_in_postgres(start_sluice, pg):
+    """Postgres keys prepared statements by the first 63 bytes of the name. Two clients sharing
+    one server each prepare a name that differs from the other's only past byte 63: each gets its
+    own statement, and any name with the same first 63 bytes finds it, wherever it runs."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
-    sql = "SELECT %s::int + 1 -- " + "y" * (40 * KB)
-    with s.connect() as a, s.connect() as b:
-        for i in range(4):
-            assert a.execute(sql, [i], prepare=True).fetchone()[0] == i + 1
-            assert b.execute(sql, [i * 10], prepare=True).fetchone()[0] == i * 10 + 1
+    stem = "n" * 70
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        for conn, k in ((a, 1), (b, 2)):
+            conn.send(parse_msg(stem + str(k), f"SELECT {k}") + sync_msg())
+            conn.read_results()
+        for _ in range(2):
+            for conn, k in ((a, 1), (b, 2)):
+                conn.send(bind_msg("", stem + "other") + execute_msg() + sync_msg())
+                assert conn.read_results()[0] == [[str(k)]]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_statement_name_longer_than_pkt_buf(start_sluice, pg):
+    """Parse and Bind with a 20,000-byte name, longer than any buffer (16 kB at least); Describe
+    and Close (at most 10,000 bytes in Postgres) with shorter spellings of the same 63-byte key.
+    Two clients share the server: as in Postgres, each has its own statement."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    name = "m" * 20000
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        a = raw_login(port, password=password)
+        b = raw_login(port, password=password)
+        try:
+            a.send(parse_msg(name, "SELECT 41") + sync_msg())
+            a.read_results()
+            b.send(parse_msg(name, "SELECT 42") + sync_msg())
+            b.read_results()
+            for conn, want in ((a, "41"), (b, "42"), (a, "41")):
+                conn.send(describe_msg("S", name[:100]) + bind_msg("", name) + execute_msg()
+                          + sync_msg())
+                assert conn.read_results()[0] == [[want]]
+            a.send(close_msg("S", name[:5000]) + sync_msg())
+            a.read_results()
+            a.send(bind_msg("", name) + execute_msg() + sync_msg())
+            with pytest.raises(ServerError) as e:
+                a.read_results()
+            assert e.value.fields["C"] == "26000", e.value.fields
+            b.send(bind_msg("", name) + execute_msg() + sync_msg())
+            assert b.read_results()[0] == [["42"]]
+        finally:
+            a.close()
+            b.close()

@@ -160,13 +160,14 @@ static void injected_messages_have_the_wire_format(void)
 {
     struct msg_out o;
     codec_out_init(&o);
-    struct stmt_def *d = def_of("select 1");
+    /* A definition starts after the name's key: here the name's NUL, then the query */
+    struct stmt_def *d = stmt_def_new((const uint8_t *)"\0select 1", 10);
     prepared_put_parse(&o, "s1", d);
     prepared_put_close(&o, "s1");
     static const uint8_t want[] = {'P', 0, 0, 0, 16, 's', '1', 0, 's', 'e', 'l', 'e', 'c', 't',
                                    ' ', '1', 0, 'C', 0, 0, 0, 8, 'S', 's', '1', 0};
-    /* Parse here carries the definition bytes as stored: query + NUL (no parameter count, since
-     * the test definition has none). */
+    /* Parse here carries the key, then the definition bytes as stored: NUL, query + NUL (no
+     * parameter count, since the test definition has none). */
     CHECK_INT(o.len, sizeof(want));
     CHECK(o.len == sizeof(want) && memcmp(o.data, want, sizeof(want)) == 0);
     stmt_def_unref(d);
@@ -411,8 +412,24 @@ static void syncing_many_parameters_costs_linear_cpu(void)
     CHECK(ratio < 24);
 }
 
+/* Postgres keys statements by the first 63 bytes of their name: so does sluice, and the key is
+ * known as soon as those bytes are, however long the name. */
+static void statement_name_keys_are_the_first_63_bytes(void)
+{
+    char key[STMT_KEY_MAX + 1];
+    CHECK(stmt_name_key((const uint8_t *)"s1\0rest", 8, key));
+    CHECK_STR(key, "s1");
+    CHECK(!stmt_name_key((const uint8_t *)"s1", 2, key)); /* more of it may follow */
+    char longname[200];
+    memset(longname, 'a', sizeof(longname));
+    CHECK(stmt_name_key((const uint8_t *)longname, 63, key));
+    CHECK_INT(strlen(key), 63);
+    CHECK(!stmt_name_key((const uint8_t *)longname, 62, key));
+}
+
 int main(void)
 {
+    RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
     RUN(an_unknown_server_value_is_set_again_or_reset);
