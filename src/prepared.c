@@ -22,11 +22,11 @@ static uint32_t hash_bytes(const void *p, size_t n)
     return h;
 }
 
-static uint64_t total_def_bytes;
+static uint64_t client_text_bytes;
 
-uint64_t stmt_def_total_bytes(void)
+uint64_t stmt_client_text_bytes(void)
 {
-    return total_def_bytes;
+    return client_text_bytes;
 }
 
 struct stmt_def *stmt_def_alloc(uint32_t len)
@@ -37,7 +37,6 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     d->refs = 1;
     d->len = len;
     d->hash = 0;
-    total_def_bytes += len;
     return d;
 }
 
@@ -58,16 +57,25 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
 
 void stmt_def_unref(struct stmt_def *d)
 {
-    if (d && --d->refs == 0) {
-        total_def_bytes -= d->len;
+    if (d && --d->refs == 0)
         free(d);
-    }
 }
 
 /* What an entry adds to its map's text_bytes. */
 static uint64_t entry_bytes(const struct stmt_entry *e)
 {
     return strlen(e->name) + 1 + (e->def ? e->def->len : 0);
+}
+
+static void count_entry(struct stmt_map *m, const struct stmt_entry *e, int sign)
+{
+    uint64_t n = entry_bytes(e);
+    if (sign > 0)
+        m->text_bytes += n;
+    else
+        m->text_bytes -= n;
+    if (m->owner == STMT_MAP_CLIENT)
+        client_text_bytes = sign > 0 ? client_text_bytes + n : client_text_bytes - n;
 }
 
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
@@ -126,10 +134,10 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     if (e) {
         if (def)
             def->refs++;
-        m->text_bytes -= entry_bytes(e);
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = def;
-        m->text_bytes += entry_bytes(e);
+        count_entry(m, e, +1);
         list_remove(&m->lru, &e->lru);
         list_prepend(&m->lru, &e->lru);
         return e;
@@ -148,7 +156,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->next_in_bucket = m->buckets[k];
     m->buckets[k] = e;
     list_prepend(&m->lru, &e->lru);
-    m->text_bytes += entry_bytes(e);
+    count_entry(m, e, +1);
     return e;
 }
 
@@ -162,7 +170,7 @@ void stmt_map_remove(struct stmt_map *m, const char *name)
         if (strcmp(e->name, name) == 0) {
             *pp = e->next_in_bucket;
             list_remove(&m->lru, &e->lru);
-            m->text_bytes -= entry_bytes(e);
+            count_entry(m, e, -1);
             stmt_def_unref(e->def);
             free(e);
             return;
@@ -176,10 +184,10 @@ void stmt_map_mark_unknown(struct stmt_map *m)
     list_for_each(&m->lru, n, tmp)
     {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
-        m->text_bytes -= entry_bytes(e);
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = NULL;
-        m->text_bytes += entry_bytes(e);
+        count_entry(m, e, +1);
     }
 }
 
@@ -192,26 +200,30 @@ void stmt_map_clear(struct stmt_map *m)
     {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
         list_remove(&m->lru, n);
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         free(e);
     }
     if (m->nbuckets)
         memset(m->buckets, 0, m->nbuckets * sizeof(*m->buckets));
-    m->text_bytes = 0;
 }
 
 void stmt_map_free(struct stmt_map *m)
 {
+    enum stmt_map_owner owner = m->owner;
     stmt_map_clear(m);
     free(m->buckets);
     stmt_map_init(m);
+    m->owner = owner;
 }
 
 struct stmt_map *stmt_map_new(void)
 {
     struct stmt_map *m = malloc(sizeof(*m));
-    if (m)
+    if (m) {
         stmt_map_init(m);
+        m->owner = STMT_MAP_CLIENT;
+    }
     return m;
 }
 

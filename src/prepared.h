@@ -46,11 +46,16 @@ struct stmt_entry {
     char name[];
 };
 
+/* Whose statements a map holds: a client's count toward max_prepared_statement_bytes; a
+ * server's are bounded by max_prepared_statements (LRU), and share the clients' definitions. */
+enum stmt_map_owner { STMT_MAP_SERVER, STMT_MAP_CLIENT };
+
 struct stmt_map {
     struct stmt_entry **buckets;
     uint32_t nbuckets;
     struct list lru;
-    uint64_t text_bytes; /* names and definitions it holds (a definition shared by maps counts in each) */
+    uint64_t text_bytes; /* names and definitions it holds */
+    enum stmt_map_owner owner;
 };
 
 void stmt_map_init(struct stmt_map *m);
@@ -76,8 +81,8 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
  * it): fill d->data, then stmt_def_seal before anything compares it. */
 struct stmt_def *stmt_def_alloc(uint32_t len);
 void stmt_def_seal(struct stmt_def *d);
-/* Bytes of every definition alive (max_prepared_statement_bytes bounds it). */
-uint64_t stmt_def_total_bytes(void);
+/* Bytes of names and definitions in all clients' maps (max_prepared_statement_bytes bounds it). */
+uint64_t stmt_client_text_bytes(void);
 void stmt_def_unref(struct stmt_def *d);
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);
 

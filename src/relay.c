@@ -259,9 +259,9 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
         client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
         return false;
     }
-    if (stmt_def_total_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
+    if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
         snprintf(detail, sizeof(detail),
-                 ": the statement text of all clients would pass max_prepared_statement_bytes "
+                 ": the prepared statements of all clients would pass max_prepared_statement_bytes "
                  "(%lld bytes)",
                  (long long)cfg->max_prepared_statement_bytes);
         client_fail(c, FAIL_OUT_OF_MEMORY, detail);

@@ -427,8 +427,36 @@ static void statement_name_keys_are_the_first_63_bytes(void)
     CHECK(!stmt_name_key((const uint8_t *)longname, 62, key));
 }
 
+/* A client's map counts its names and definitions, and so does the total of all clients; a
+ * server's map shares the definitions and counts toward no total. */
+static void client_maps_count_their_statement_text(void)
+{
+    uint64_t before = stmt_client_text_bytes();
+    struct stmt_map *client = stmt_map_new();
+    struct stmt_map server;
+    stmt_map_init(&server);
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 22");
+    CHECK(stmt_map_put(client, "s1", a) && stmt_map_put(&server, "s1", a));
+    CHECK_INT(client->text_bytes, 3 + 9);
+    CHECK(stmt_map_put(client, "s1", b) != NULL); /* replaced */
+    CHECK(stmt_map_put(client, "s2", a) != NULL);
+    CHECK_INT(client->text_bytes, 3 + 10 + 3 + 9);
+    CHECK_INT(stmt_client_text_bytes() - before, 3 + 10 + 3 + 9);
+    stmt_map_remove(client, "s1");
+    CHECK_INT(client->text_bytes, 3 + 9);
+    stmt_map_mark_unknown(&server);
+    stmt_map_clear(client);
+    CHECK_INT(client->text_bytes, 0);
+    CHECK_INT(stmt_client_text_bytes(), before);
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_map_delete(client);
+    stmt_map_free(&server);
+}
+
 int main(void)
 {
+    RUN(client_maps_count_their_statement_text);
     RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
