@@ -432,22 +432,6 @@ bool params_valid_name(const char *s, size_t len)
     return true;
 }
 
-static int parse_option_words(struct param_set *p, const char *s, char *word, size_t word_cap);
-
-int params_parse_options(struct param_set *p, const char *options)
-{
-    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. A word is
-     * never longer than the whole (a value may take most of a 10,000-byte startup packet). */
-    const char *s = options;
-    size_t word_cap = strlen(options) + 1;
-    char *word = malloc(word_cap);
-    if (!word)
-        return -ENOMEM;
-    int rc = parse_option_words(p, s, word, word_cap);
-    free(word);
-    return rc;
-}
-
 static int parse_option_words(struct param_set *p, const char *s, char *word, size_t word_cap)
 {
     bool expect_c_value = false;
@@ -496,4 +480,18 @@ static int parse_option_words(struct param_set *p, const char *s, char *word, si
             return -ENOMEM;
     }
     return expect_c_value ? -EINVAL : 0;
+}
+
+int params_parse_options(struct param_set *p, const char *options)
+{
+    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. A word is
+     * never longer than the whole (a value may take most of a 10,000-byte startup packet). */
+    const char *s = options;
+    size_t word_cap = strlen(options) + 1;
+    char *word = malloc(word_cap);
+    if (!word)
+        return -ENOMEM;
+    int rc = parse_option_words(p, s, word, word_cap);
+    free(word);
+    return rc;
 }
