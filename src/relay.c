@@ -152,9 +152,11 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         return TRACK_PASS;
     }
     if (policy == SESSION_POLICY_REFUSE) {
-        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain) {
-            /* Not at a point where sluice can answer in the server's place. */
-            client_fail(c, FAIL_SESSION_STATE, session_feature_name(f));
+        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain ||
+            buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
+            /* Not at a point where sluice can answer in the server's place (and go on): an
+             * ERROR alone would leave the client waiting for a ReadyForQuery. */
+            client_fail_request_and_close(c, FAIL_SESSION_STATE, session_feature_name(f));
             return TRACK_FAILED;
         }
         if (buf_pending(&c->in) > 0)
@@ -183,6 +185,18 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. */
+/* The unreported parameters a statement may change: the server's record of them is unknown. */
+static void forget_touched(struct server *s, const struct param_touch *touch)
+{
+    bool ok = true;
+    if (touch->all)
+        ok = params_forget(&s->params, NULL) == 0;
+    for (int i = 0; i < touch->n && ok; i++)
+        ok = params_forget(&s->params, touch->names[i]) == 0;
+    if (!ok)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+}
+
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
                                           size_t len, const struct param_touch *touch)
 {
@@ -198,13 +212,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         if (r != TRACK_PASS)
             return r;
     }
-    bool ok = true;
-    if (touch->all)
-        ok = params_forget(&s->params, NULL) == 0;
-    for (int i = 0; i < touch->n && ok; i++)
-        ok = params_forget(&s->params, touch->names[i]) == 0;
-    if (!ok)
-        s->close_when_free = true; /* out of memory: what the server has is not known */
+    forget_touched(s, touch);
     switch (kind) {
     case SQL_DEALLOCATE:
         stmt_map_remove(c->stmts, name_buf);
@@ -235,6 +243,23 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
             return r;
     }
     return follow_statement(c, s, sql, len, &touch);
+}
+
+/* A statement larger than the buffer streams through: only its start, what the buffer holds now,
+ * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
+ * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
+static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
+                                                 const char *sql, size_t shown, uint32_t body_len)
+{
+    struct param_touch touch;
+    enum session_feature f = session_state_detect(sql, shown, &touch);
+    if (f != SESSION_FEATURE_NONE) {
+        enum track_result r = apply_session_policy(c, s, type, f, body_len);
+        if (r != TRACK_PASS)
+            return r;
+    }
+    forget_touched(s, &touch);
+    return TRACK_PASS;
 }
 
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
@@ -270,6 +295,19 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
     return true;
 }
 
+/* A named Parse's statement text, which starts after its name (name_len bytes with the NUL; 0 when
+ * the NUL is not in the buffer yet: a name this long leaves no text to see). */
+static enum track_result inspect_parse_text(struct client *c, struct server *s, const uint8_t *body,
+                                            uint32_t len, uint32_t avail_body, uint32_t name_len)
+{
+    if (avail_body >= len)
+        return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+    if (name_len == 0)
+        return TRACK_PASS;
+    return inspect_statement_start(c, s, 'P', (const char *)body + name_len, avail_body - name_len,
+                                   len);
+}
+
 /* Parse: remember the client's definition; the server gets it under the client's name. */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
@@ -279,12 +317,12 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (body[0] == '\0') { /* the unnamed statement: passes through */
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
-        if (avail_body >= len) {
-            enum track_result r =
-                inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len);
-            if (r != TRACK_PASS)
-                return r;
-        }
+        enum track_result r =
+            avail_body >= len
+                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len)
+                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len);
+        if (r != TRACK_PASS)
+            return r;
         return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
@@ -306,12 +344,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        if (!streamed) {
-            enum track_result r =
-                inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
-            if (r != TRACK_PASS)
-                return r;
-        }
+        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
+        if (r != TRACK_PASS)
+            return r;
         return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
@@ -329,12 +364,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FLUSH;
     if (!keep_within_bounds(c, len))
         return TRACK_FAILED;
-    if (!streamed) {
-        enum track_result r =
-            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
-        if (r != TRACK_PASS)
-            return r;
-    }
+    enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
+    if (r != TRACK_PASS)
+        return r;
     struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
                                     : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
@@ -390,11 +422,13 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
         if (type == 'Q') {
             if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
-            if (avail_body >= len && len > 0 && body[len - 1] == '\0') {
-                enum track_result r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
-                if (r != TRACK_PASS)
-                    return r;
-            }
+            enum track_result r = TRACK_PASS;
+            if (avail_body >= len && len > 0 && body[len - 1] == '\0')
+                r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
+            else if (avail_body < len)
+                r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len);
+            if (r != TRACK_PASS)
+                return r;
         }
         return queue_request(c, s, REQ_SYNC, NULL);
     default:

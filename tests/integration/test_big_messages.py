@@ -95,3 +95,54 @@ def test_a_statement_name_longer_than_pkt_buf(start_sluice, pg):
         finally:
             a.close()
             b.close()
+
+
+@pytest.mark.parametrize("how", ["query", "named_parse", "unnamed_parse"])
+def test_a_set_inside_a_statement_larger_than_the_buffer_does_not_leak(start_sluice, how):
+    """sluice cannot read a statement larger than its buffer whole, so it cannot tell which
+    parameters it sets: the server's unreported parameters are then treated as unknown, and the
+    next client on that server gets its own values back."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    sql = "SET search_path TO pg_catalog, public -- " + "z" * (40 * KB)
+    with s.connect() as b:
+        default = b.execute("SHOW search_path").fetchone()[0]
+        a = raw_login(s.port)
+        try:
+            if how == "query":
+                a.query(sql)
+            else:
+                name = "setter" if how == "named_parse" else ""
+                a.send(parse_msg(name, sql) + bind_msg("", name) + execute_msg() + sync_msg())
+                a.read_results()
+            # (a's own SET is lost in transaction mode, as a short one is: session_state_policy)
+            assert b.execute("SHOW search_path").fetchone()[0] == default
+        finally:
+            a.close()
+
+
+def test_refuse_policy_sees_listen_at_the_start_of_a_query_larger_than_the_buffer(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    a = raw_login(s.port)
+    try:
+        with pytest.raises(ServerError) as e:
+            a.query("LISTEN big_channel; -- " + "q" * (40 * KB))
+        assert e.value.fields["C"] == "0A000", e.value.fields
+    finally:
+        a.close()
+    assert pg.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN big%'")[0][0] == 0
+
+
+def test_refuse_policy_on_listen_by_extended_protocol_answers_and_closes(start_sluice):
+    """The policy cannot answer a Parse in the server's place: the client gets 0A000 and its
+    connection ends, instead of waiting for a ReadyForQuery that never came."""
+    s = start_sluice({"pool_mode": "transaction", "session_state_policy": "refuse"})
+    a = raw_login(s.port, timeout=20)
+    try:
+        a.send(parse_msg("", "LISTEN small_channel") + bind_msg("", "") + execute_msg()
+               + sync_msg())
+        with pytest.raises(ServerError) as e:
+            a.read_results()
+        assert e.value.fields["C"] == "0A000", e.value.fields
+    finally:
+        a.close()
