@@ -1,7 +1,8 @@
 /* prepared: named prepared statements across servers, for transaction and statement mode.
  *
  * A client's named statements live on whichever backend it had when it sent Parse. sluice keeps
- * each client's definitions (name -> query and parameter types) and what each server has
+ * each client's definitions (name -> query and parameter types; names keyed as Postgres keys
+ * them, see STMT_KEY_MAX) and what each server has
  * prepared (name -> definition, LRU, at most max_prepared_statements). When a client's Bind,
  * Describe or Parse meets a server that lacks the statement or has another under that name,
  * sluice first sends its own Close/Parse, and swallows the replies to them. Clients keep their

@@ -182,9 +182,6 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     return TRACK_PASS;
 }
 
-/* What a statement the server will run does to state sluice keeps for it: the unreported
- * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
- * change which statements are prepared. */
 /* The unreported parameters a statement may change: the server's record of them is unknown. */
 static void forget_touched(struct server *s, const struct param_touch *touch)
 {
@@ -197,6 +194,9 @@ static void forget_touched(struct server *s, const struct param_touch *touch)
         s->close_when_free = true; /* out of memory: what the server has is not known */
 }
 
+/* What a statement the server will run does to state sluice keeps for it: the unreported
+ * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
+ * change which statements are prepared. */
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
                                           size_t len, const struct param_touch *touch)
 {
