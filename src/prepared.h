@@ -2,8 +2,8 @@
  *
  * A client's named statements live on whichever backend it had when it sent Parse. sluice keeps
  * each client's definitions (name -> query and parameter types; names keyed as Postgres keys
- * them, see STMT_KEY_MAX) and what each server has
- * prepared (name -> definition, LRU, at most max_prepared_statements). When a client's Bind,
+ * them, see STMT_KEY_MAX) and what each server has prepared (name -> definition, LRU, at most
+ * max_prepared_statements). When a client's Bind,
  * Describe or Parse meets a server that lacks the statement or has another under that name,
  * sluice first sends its own Close/Parse, and swallows the replies to them. Clients keep their
  * own names: identical statements of different clients are shared on a server for free.
