@@ -103,7 +103,12 @@ static const struct failure_info table[] = {
     [FAIL_TOO_MANY_STATEMENTS] =
         F(FATAL, PROGRAM_LIMIT_EXCEEDED, "%s",
           "Close prepared statements the application no longer uses (DEALLOCATE), or raise "
-          "max_prepared_statements_per_client."),
+          "the limit named above."),
+    [FAIL_TOO_MANY_PENDING] =
+        F(FATAL, PROGRAM_LIMIT_EXCEEDED,
+          "more than %s Parse, Close and Sync messages sent ahead of the server's replies",
+          "Send Sync more often (the server skips everything after an error up to the next Sync), "
+          "or read the replies before sending more."),
     [FAIL_SESSION_STATE] =
         F(ERROR, FEATURE_NOT_SUPPORTED,
           "%s is not supported in transaction pooling mode (session_state_policy = refuse)",
@@ -173,6 +178,7 @@ static const char *const names[] = {
     [FAIL_ADMIN_KILLED] = "admin_killed",
     [FAIL_SESSION_STATE] = "session_state",
     [FAIL_TOO_MANY_STATEMENTS] = "too_many_statements",
+    [FAIL_TOO_MANY_PENDING] = "too_many_pending",
     [FAIL_QUERY_CANCELED] = "query_canceled",
     [FAIL_CLIENT_STALLED] = "client_stalled",
     [FAIL_DB_CLIENT_CAP] = "max_db_client_connections",

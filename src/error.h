@@ -48,6 +48,7 @@ enum failure {
     FAIL_ADMIN_KILLED,
     FAIL_SESSION_STATE,        /* detail: the feature */
     FAIL_TOO_MANY_STATEMENTS,  /* detail: the limit */
+    FAIL_TOO_MANY_PENDING,     /* detail: the limit */
     FAIL_QUERY_CANCELED,       /* a CancelRequest for a request still waiting for a server */
     FAIL_CLIENT_STALLED,       /* detail: how long, and what the server waited for */
     FAIL_DB_CLIENT_CAP,        /* detail: database, count and limit */

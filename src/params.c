@@ -70,11 +70,82 @@ void params_free(struct param_set *p)
     for (int i = 0; i < p->n; i++)
         entry_free(&p->items[i]);
     free(p->items);
+    free(p->index);
     params_init(p);
+}
+
+/* ---- the name index ---- */
+
+/* Sets this small are scanned: most clients have one or two names, servers about a dozen. */
+#define INDEX_FROM 16
+
+static uint32_t name_hash(const char *name)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over the lower-cased name: GUC names ignore case */
+    for (const char *c = name; *c; c++) {
+        h ^= (uint8_t)tolower((unsigned char)*c);
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* The slot holding name, or the empty slot where it would go. */
+static uint32_t index_slot(const struct param_set *p, const char *name)
+{
+    uint32_t mask = p->index_cap - 1u;
+    for (uint32_t k = name_hash(name) & mask;; k = (k + 1) & mask)
+        if (!p->index[k] || strcasecmp(p->items[p->index[k] - 1].name, name) == 0)
+            return k;
+}
+
+static int index_rebuild(struct param_set *p, uint32_t cap)
+{
+    uint16_t *index = calloc(cap, sizeof(*index));
+    if (!index)
+        return -ENOMEM;
+    free(p->index);
+    p->index = index;
+    p->index_cap = cap;
+    for (int i = 0; i < p->n; i++)
+        p->index[index_slot(p, p->items[i].name)] = (uint16_t)(i + 1);
+    return 0;
+}
+
+/* Room in the index for one more name (made when the set grows past INDEX_FROM). */
+static int index_reserve(struct param_set *p)
+{
+    uint32_t need = 2u * ((uint32_t)p->n + 1u);
+    if (need < 2u * INDEX_FROM || need <= p->index_cap)
+        return 0;
+    uint32_t cap = p->index_cap ? p->index_cap : 4u * INDEX_FROM;
+    while (cap < need)
+        cap *= 2;
+    return index_rebuild(p, cap);
+}
+
+/* Item i leaves the index (linear probing: later slots of its run move up, Knuth 6.4 R). */
+static void index_remove(struct param_set *p, int i)
+{
+    uint32_t mask = p->index_cap - 1u;
+    uint32_t hole = index_slot(p, p->items[i].name);
+    p->index[hole] = 0;
+    for (uint32_t k = (hole + 1) & mask; p->index[k]; k = (k + 1) & mask) {
+        uint32_t home = name_hash(p->items[p->index[k] - 1].name) & mask;
+        /* the entry at k may fill the hole unless its home lies cyclically in (hole, k] */
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            p->index[hole] = p->index[k];
+            p->index[k] = 0;
+            hole = k;
+        }
+    }
 }
 
 static int find(const struct param_set *p, const char *name)
 {
+    if (p->index_cap) {
+        uint16_t at = p->index[index_slot(p, name)];
+        return at ? at - 1 : -1;
+    }
     for (int i = 0; i < p->n; i++)
         if (strcasecmp(p->items[i].name, name) == 0)
             return i;
@@ -133,8 +204,15 @@ int params_set(struct param_set *p, const char *name, const char *value)
     int i = find(p, name);
     if (!value) {
         if (i >= 0) {
+            int last = p->n - 1;
+            if (p->index_cap) {
+                index_remove(p, i);
+                if (i != last)
+                    p->index[index_slot(p, p->items[last].name)] = (uint16_t)(i + 1);
+            }
             entry_free(&p->items[i]);
-            p->items[i] = p->items[--p->n];
+            p->items[i] = p->items[last];
+            p->n--;
             p->generation++;
         }
         return 0;
@@ -160,8 +238,10 @@ int params_set(struct param_set *p, const char *name, const char *value)
         p->items = items;
         p->cap = cap;
     }
-    if (entry_fill(&p->items[p->n], name, value) < 0)
+    if (index_reserve(p) < 0 || entry_fill(&p->items[p->n], name, value) < 0)
         return -ENOMEM;
+    if (p->index_cap)
+        p->index[index_slot(p, name)] = (uint16_t)(p->n + 1);
     p->n++;
     p->generation++;
     return 0;
@@ -368,11 +448,8 @@ bool params_valid_name(const char *s, size_t len)
     return true;
 }
 
-int params_parse_options(struct param_set *p, const char *options)
+static int parse_option_words(struct param_set *p, const char *s, char *word, size_t word_cap)
 {
-    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. */
-    const char *s = options;
-    char word[1024];
     bool expect_c_value = false;
     while (*s) {
         while (isspace((unsigned char)*s))
@@ -383,7 +460,7 @@ int params_parse_options(struct param_set *p, const char *options)
         while (*s && !isspace((unsigned char)*s)) {
             if (*s == '\\' && s[1])
                 s++;
-            if (w + 1 >= sizeof(word))
+            if (w + 1 >= word_cap)
                 return -EINVAL;
             word[w++] = *s++;
         }
@@ -432,4 +509,18 @@ int params_take_reported_spelling(struct param_set *own, const struct param_set 
             return -ENOMEM;
     }
     return 0;
+}
+
+int params_parse_options(struct param_set *p, const char *options)
+{
+    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. A word is
+     * never longer than the whole (a value may take most of a 10,000-byte startup packet). */
+    const char *s = options;
+    size_t word_cap = strlen(options) + 1;
+    char *word = malloc(word_cap);
+    if (!word)
+        return -ENOMEM;
+    int rc = parse_option_words(p, s, word, word_cap);
+    free(word);
+    return rc;
 }

@@ -20,6 +20,10 @@ struct param_set {
     struct param *items;
     uint16_t n, cap;
     uint32_t generation; /* bumped on every change: lets a server skip the compare */
+    /* Past a few names, a hash index (open addressing, item index + 1, 0 = empty) keeps each
+     * lookup O(1): a client with hundreds of "-c" options would make every sync quadratic. */
+    uint16_t *index;
+    uint32_t index_cap; /* a power of two, at least twice n; 0 while there is no index */
 };
 
 void params_init(struct param_set *p);

@@ -22,15 +22,36 @@ static uint32_t hash_bytes(const void *p, size_t n)
     return h;
 }
 
-struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+static uint64_t client_text_bytes;
+
+uint64_t stmt_client_text_bytes(void)
+{
+    return client_text_bytes;
+}
+
+struct stmt_def *stmt_def_alloc(uint32_t len)
 {
     struct stmt_def *d = malloc(sizeof(*d) + len);
     if (!d)
         return NULL;
     d->refs = 1;
     d->len = len;
-    d->hash = hash_bytes(data, len);
+    d->hash = 0;
+    return d;
+}
+
+void stmt_def_seal(struct stmt_def *d)
+{
+    d->hash = hash_bytes(d->data, d->len);
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+{
+    struct stmt_def *d = stmt_def_alloc(len);
+    if (!d)
+        return NULL;
     memcpy(d->data, data, len);
+    stmt_def_seal(d);
     return d;
 }
 
@@ -38,6 +59,23 @@ void stmt_def_unref(struct stmt_def *d)
 {
     if (d && --d->refs == 0)
         free(d);
+}
+
+/* What an entry adds to its map's text_bytes. */
+static uint64_t entry_bytes(const struct stmt_entry *e)
+{
+    return strlen(e->name) + 1 + (e->def ? e->def->len : 0);
+}
+
+static void count_entry(struct stmt_map *m, const struct stmt_entry *e, int sign)
+{
+    uint64_t n = entry_bytes(e);
+    if (sign > 0)
+        m->text_bytes += n;
+    else
+        m->text_bytes -= n;
+    if (m->owner == STMT_MAP_CLIENT)
+        client_text_bytes = sign > 0 ? client_text_bytes + n : client_text_bytes - n;
 }
 
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
@@ -96,8 +134,10 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     if (e) {
         if (def)
             def->refs++;
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = def;
+        count_entry(m, e, +1);
         list_remove(&m->lru, &e->lru);
         list_prepend(&m->lru, &e->lru);
         return e;
@@ -116,6 +156,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->next_in_bucket = m->buckets[k];
     m->buckets[k] = e;
     list_prepend(&m->lru, &e->lru);
+    count_entry(m, e, +1);
     return e;
 }
 
@@ -129,6 +170,7 @@ void stmt_map_remove(struct stmt_map *m, const char *name)
         if (strcmp(e->name, name) == 0) {
             *pp = e->next_in_bucket;
             list_remove(&m->lru, &e->lru);
+            count_entry(m, e, -1);
             stmt_def_unref(e->def);
             free(e);
             return;
@@ -142,8 +184,10 @@ void stmt_map_mark_unknown(struct stmt_map *m)
     list_for_each(&m->lru, n, tmp)
     {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = NULL;
+        count_entry(m, e, +1);
     }
 }
 
@@ -156,6 +200,7 @@ void stmt_map_clear(struct stmt_map *m)
     {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
         list_remove(&m->lru, n);
+        count_entry(m, e, -1);
         stmt_def_unref(e->def);
         free(e);
     }
@@ -165,16 +210,20 @@ void stmt_map_clear(struct stmt_map *m)
 
 void stmt_map_free(struct stmt_map *m)
 {
+    enum stmt_map_owner owner = m->owner;
     stmt_map_clear(m);
     free(m->buckets);
     stmt_map_init(m);
+    m->owner = owner;
 }
 
 struct stmt_map *stmt_map_new(void)
 {
     struct stmt_map *m = malloc(sizeof(*m));
-    if (m)
+    if (m) {
         stmt_map_init(m);
+        m->owner = STMT_MAP_CLIENT;
+    }
     return m;
 }
 
@@ -184,6 +233,18 @@ void stmt_map_delete(struct stmt_map *m)
         return;
     stmt_map_free(m);
     free(m);
+}
+
+bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1])
+{
+    uint32_t n = 0;
+    while (n < avail && n < STMT_KEY_MAX && p[n])
+        n++;
+    if (n < STMT_KEY_MAX && n == avail)
+        return false; /* neither its NUL nor a whole key yet */
+    memcpy(key, p, n);
+    key[n] = '\0';
+    return true;
 }
 
 /* ---- request queue ---- */
@@ -196,8 +257,18 @@ void stmt_queue_free(struct stmt_queue *q)
     memset(q, 0, sizeof(*q));
 }
 
+static struct stmt_queue_item *last_item(struct stmt_queue *q)
+{
+    return q->count ? &q->items[(q->head + q->count - 1) % q->cap] : NULL;
+}
+
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
 {
+    struct stmt_queue_item *last = last_item(q);
+    if (!name && last && last->kind == kind && !last->name && last->repeat < UINT32_MAX) {
+        last->repeat++;
+        return 0;
+    }
     if (q->count == q->cap) {
         if (q->cap >= STMT_QUEUE_MAX)
             return -ENOSPC;
@@ -217,6 +288,7 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
         return -ENOMEM;
     struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
     it->kind = (uint8_t)kind;
+    it->repeat = 1;
     it->name = copy;
     q->count++;
     return 0;
@@ -224,15 +296,23 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
 
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
 {
-    while (n-- > 0 && q->count > 0 && q->items[(q->head + q->count - 1) % q->cap].kind == REQ_SYNC)
-        q->count--; /* a Sync entry holds no name */
+    struct stmt_queue_item *last;
+    while (n-- > 0 && (last = last_item(q)) && last->kind == REQ_SYNC)
+        if (--last->repeat == 0)
+            q->count--; /* a Sync entry holds no name */
 }
 
+/* The oldest request (the caller frees its name). */
 static struct stmt_queue_item pop(struct stmt_queue *q)
 {
-    struct stmt_queue_item it = q->items[q->head];
-    q->head = (q->head + 1) % q->cap;
-    q->count--;
+    struct stmt_queue_item *head = &q->items[q->head];
+    struct stmt_queue_item it = *head;
+    if (--head->repeat == 0) {
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    } else {
+        it.name = NULL; /* a run is nameless */
+    }
     return it;
 }
 
@@ -277,7 +357,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stm
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
 {
     codec_begin(o, 'P');
-    codec_put_cstring(o, name);
+    codec_put_bytes(o, name, strlen(name)); /* the definition holds the rest and the NUL */
     codec_put_bytes(o, def->data, def->len);
     codec_end(o);
 }

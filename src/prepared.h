@@ -1,8 +1,9 @@
 /* prepared: named prepared statements across servers, for transaction and statement mode.
  *
  * A client's named statements live on whichever backend it had when it sent Parse. sluice keeps
- * each client's definitions (name -> query and parameter types) and what each server has
- * prepared (name -> definition, LRU, at most max_prepared_statements). When a client's Bind,
+ * each client's definitions (name -> query and parameter types; names keyed as Postgres keys
+ * them, see STMT_KEY_MAX) and what each server has prepared (name -> definition, LRU, at most
+ * max_prepared_statements). When a client's Bind,
  * Describe or Parse meets a server that lacks the statement or has another under that name,
  * sluice first sends its own Close/Parse, and swallows the replies to them. Clients keep their
  * own names: identical statements of different clients are shared on a server for free.
@@ -20,7 +21,18 @@
 #include "codec.h"
 #include "list.h"
 
-/* A statement definition: the Parse body after the name (query, parameter count and types). */
+/* Postgres keys prepared statements by the first NAMEDATALEN - 1 bytes of their name (longer
+ * names that differ later are the same statement), and so does sluice: a name's key is that much
+ * of it, which a buffer always holds however long the name. */
+#define STMT_KEY_MAX 63
+
+/* Where a statement name starting at p ends (its NUL, or the end of its key when longer), as
+ * far as avail bytes show: the key's length and, when the NUL was seen, the name's with it.
+ * False when avail bytes hold neither. */
+bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1]);
+
+/* A statement definition: the Parse body after the name's key (the rest of a longer name and its
+ * NUL, then query, parameter count and types): with the key it gives the client's Parse back. */
 struct stmt_def {
     uint32_t refs;
     uint32_t hash;
@@ -35,10 +47,16 @@ struct stmt_entry {
     char name[];
 };
 
+/* Whose statements a map holds: a client's count toward max_prepared_statement_bytes; a
+ * server's are bounded by max_prepared_statements (LRU), and share the clients' definitions. */
+enum stmt_map_owner { STMT_MAP_SERVER, STMT_MAP_CLIENT };
+
 struct stmt_map {
     struct stmt_entry **buckets;
     uint32_t nbuckets;
     struct list lru;
+    uint64_t text_bytes; /* names and definitions it holds */
+    enum stmt_map_owner owner;
 };
 
 void stmt_map_init(struct stmt_map *m);
@@ -60,6 +78,12 @@ struct stmt_map *stmt_map_new(void);
 void stmt_map_delete(struct stmt_map *m);
 
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
+/* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
+ * it): fill d->data, then stmt_def_seal before anything compares it. */
+struct stmt_def *stmt_def_alloc(uint32_t len);
+void stmt_def_seal(struct stmt_def *d);
+/* Bytes of names and definitions in all clients' maps (max_prepared_statement_bytes bounds it). */
+uint64_t stmt_client_text_bytes(void);
 void stmt_def_unref(struct stmt_def *d);
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);
 
@@ -74,7 +98,8 @@ enum stmt_req {
 
 struct stmt_queue_item {
     uint8_t kind;
-    char *name; /* PARSE and CLOSE: the statement name */
+    uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
+    char *name;      /* PARSE and CLOSE: the statement name */
 };
 
 struct stmt_queue {
@@ -82,6 +107,12 @@ struct stmt_queue {
     uint32_t cap, head, count;
 };
 
+/* Requests waiting for their replies, per server: 16 bytes an item, plus a name for a named Parse
+ * or Close. Nameless requests of one kind in a row share an item, so a pipeline of unnamed
+ * statements (a JDBC batch) takes one however long. Replies normally drain it as the server
+ * answers; it fills only when a client sends this many named Parse/Close (or alternating kinds)
+ * ahead of the replies without reading them, or after an error, when the server skips everything
+ * up to the Sync: then waiting for replies would wait for ever, and the client gets 54000. */
 #define STMT_QUEUE_MAX 8192
 
 void stmt_queue_free(struct stmt_queue *q);
@@ -101,7 +132,7 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
  * the statements of the client whose requests these are (may be NULL). */
 void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stmt_map *client_map);
 
-/* Messages sluice sends on its own. */
+/* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
 

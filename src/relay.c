@@ -64,6 +64,25 @@ static bool tracking(const struct server *s)
     return pool_mode_ops(s->pool->mode, false)->release_at_idle;
 }
 
+/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
+ * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
+ * (after an error the server skips up to it). */
+static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
+                                       const char *name)
+{
+    int rc = stmt_queue_push(&s->reqs, kind, name);
+    if (rc == 0)
+        return TRACK_PASS;
+    if (rc == -ENOSPC) {
+        char detail[32];
+        snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
+        client_fail(c, FAIL_TOO_MANY_PENDING, detail);
+    } else {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+    }
+    return TRACK_FAILED;
+}
+
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
@@ -108,8 +127,9 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
     prepared_put_parse(&s->out, name, mine->def);
-    if (stmt_queue_push(&s->reqs, REQ_PARSE_OURS, name) < 0 ||
-        !stmt_map_put(&s->stmts, name, mine->def)) {
+    if (queue_request(c, s, REQ_PARSE_OURS, name) != TRACK_PASS)
+        return TRACK_FAILED;
+    if (!stmt_map_put(&s->stmts, name, mine->def)) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
@@ -132,9 +152,11 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         return TRACK_PASS;
     }
     if (policy == SESSION_POLICY_REFUSE) {
-        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain) {
-            /* Not at a point where sluice can answer in the server's place. */
-            client_fail(c, FAIL_SESSION_STATE, session_feature_name(f));
+        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain ||
+            buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
+            /* Not at a point where sluice can answer in the server's place (and go on): an
+             * ERROR alone would leave the client waiting for a ReadyForQuery. */
+            client_fail_request_and_close(c, FAIL_SESSION_STATE, session_feature_name(f));
             return TRACK_FAILED;
         }
         if (buf_pending(&c->in) > 0)
@@ -160,6 +182,18 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     return TRACK_PASS;
 }
 
+/* The unreported parameters a statement may change: the server's record of them is unknown. */
+static void forget_touched(struct server *s, const struct param_touch *touch)
+{
+    bool ok = true;
+    if (touch->all)
+        ok = params_forget(&s->params, NULL) == 0;
+    for (int i = 0; i < touch->n && ok; i++)
+        ok = params_forget(&s->params, touch->names[i]) == 0;
+    if (!ok)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. */
@@ -170,6 +204,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     enum sql_dealloc kind = prepared_classify_query(sql, name_buf, sizeof(name_buf));
+    name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
     if (kind == SQL_DEALLOCATE) {
         /* The client's statement may live on another backend, or this one's copy was closed by
          * another client sharing it: prepared here first, DEALLOCATE succeeds as it would. */
@@ -177,13 +212,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         if (r != TRACK_PASS)
             return r;
     }
-    bool ok = true;
-    if (touch->all)
-        ok = params_forget(&s->params, NULL) == 0;
-    for (int i = 0; i < touch->n && ok; i++)
-        ok = params_forget(&s->params, touch->names[i]) == 0;
-    if (!ok)
-        s->close_when_free = true; /* out of memory: what the server has is not known */
+    forget_touched(s, touch);
     switch (kind) {
     case SQL_DEALLOCATE:
         stmt_map_remove(c->stmts, name_buf);
@@ -216,6 +245,69 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return follow_statement(c, s, sql, len, &touch);
 }
 
+/* A statement larger than the buffer streams through: only its start, what the buffer holds now,
+ * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
+ * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
+static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
+                                                 const char *sql, size_t shown, uint32_t body_len)
+{
+    struct param_touch touch;
+    enum session_feature f = session_state_detect(sql, shown, &touch);
+    if (f != SESSION_FEATURE_NONE) {
+        enum track_result r = apply_session_policy(c, s, type, f, body_len);
+        if (r != TRACK_PASS)
+            return r;
+    }
+    forget_touched(s, &touch);
+    return TRACK_PASS;
+}
+
+/* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
+ * the one it passed. */
+static bool keep_within_bounds(struct client *c, uint32_t bytes)
+{
+    const struct config *cfg = c->app->cfg;
+    char detail[200];
+    if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client) {
+        snprintf(detail, sizeof(detail),
+                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
+                 (long long)cfg->max_prepared_statements_per_client);
+        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        return false;
+    }
+    uint64_t mine = c->stmts ? c->stmts->text_bytes : 0;
+    if (mine + bytes > (uint64_t)cfg->max_prepared_statement_bytes_per_client) {
+        snprintf(detail, sizeof(detail),
+                 "named prepared statements of more than max_prepared_statement_bytes_per_client "
+                 "(%lld bytes) for one client",
+                 (long long)cfg->max_prepared_statement_bytes_per_client);
+        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        return false;
+    }
+    if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
+        snprintf(detail, sizeof(detail),
+                 ": the prepared statements of all clients would pass max_prepared_statement_bytes "
+                 "(%lld bytes)",
+                 (long long)cfg->max_prepared_statement_bytes);
+        client_fail(c, FAIL_OUT_OF_MEMORY, detail);
+        return false;
+    }
+    return true;
+}
+
+/* A named Parse's statement text, which starts after its name (name_len bytes with the NUL; 0 when
+ * the NUL is not in the buffer yet: a name this long leaves no text to see). */
+static enum track_result inspect_parse_text(struct client *c, struct server *s, const uint8_t *body,
+                                            uint32_t len, uint32_t avail_body, uint32_t name_len)
+{
+    if (avail_body >= len)
+        return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+    if (name_len == 0)
+        return TRACK_PASS;
+    return inspect_statement_start(c, s, 'P', (const char *)body + name_len, avail_body - name_len,
+                                   len);
+}
+
 /* Parse: remember the client's definition; the server gets it under the client's name. */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
@@ -225,39 +317,37 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (body[0] == '\0') { /* the unnamed statement: passes through */
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
-        if (avail_body >= len) {
-            enum track_result r =
-                inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len);
-            if (r != TRACK_PASS)
-                return r;
-        }
-        if (stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0)
-            return TRACK_WAIT;
-        return TRACK_PASS;
+        enum track_result r =
+            avail_body >= len
+                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len)
+                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len);
+        if (r != TRACK_PASS)
+            return r;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
-    if (avail_body < len) {
-        if (CODEC_HEADER_LEN + len > buf_block_size()) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION,
-                        "a named Parse larger than pkt_buf cannot be tracked in transaction mode: "
-                        "raise pkt_buf");
-            return TRACK_FAILED;
-        }
+    /* A Parse larger than the buffer streams through; its definition is kept as it passes
+     * (frame_client, keep_parse_tail). The name's key must be in the buffer first. */
+    bool streamed = avail_body < len && CODEC_HEADER_LEN + len > buf_block_size();
+    if (avail_body < len && !streamed)
         return TRACK_WAIT;
-    }
-    const uint8_t *nul = memchr(body, '\0', len);
-    if (!nul) {
+    char name[STMT_KEY_MAX + 1];
+    const uint8_t *nul = memchr(body, '\0', avail_body < len ? avail_body : len);
+    if (!stmt_name_key(body, avail_body < len ? avail_body : len, name) ||
+        (!streamed && !nul)) {
+        if (streamed)
+            return TRACK_WAIT;
         client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
         return TRACK_FAILED;
     }
-    const char *name = (const char *)body;
-    uint32_t name_len = (uint32_t)(nul - body) + 1;
+    uint32_t key_len = (uint32_t)strlen(name);
+    /* The statement text, when the message is here whole (it starts after the name's NUL). */
+    uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r =
-            inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
         if (r != TRACK_PASS)
             return r;
-        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
     if (mine && mine->def) {
@@ -266,26 +356,19 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         enum track_result r = ensure_prepared(c, s, name);
         if (r != TRACK_PASS)
             return r;
-        return stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
         buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
-    if (!stmt_map_get(c->stmts, name) &&
-        stmt_map_count(c->stmts) >= (int)c->app->cfg->max_prepared_statements_per_client) {
-        char detail[160];
-        snprintf(detail, sizeof(detail),
-                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
-                 (long long)c->app->cfg->max_prepared_statements_per_client);
-        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+    if (!keep_within_bounds(c, len))
         return TRACK_FAILED;
-    }
-    enum track_result r =
-        inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+    enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
     if (r != TRACK_PASS)
         return r;
-    struct stmt_def *def = stmt_def_new(body + name_len, len - name_len);
+    struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
+                                    : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -295,78 +378,88 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     free_name_on_server(s, name, theirs != NULL);
     if (!c->stmts)
         c->stmts = stmt_map_new();
-    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def) &&
-              stmt_queue_push(&s->reqs, REQ_PARSE_CLIENT, name) == 0;
+    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def);
+    /* Streamed: the definition fills as the message passes; nothing compares it before the
+     * message has passed whole, since nothing else of this client is framed until then. c->stmts
+     * holds it meanwhile (the framer's pointer does not own it). */
+    if (ok && streamed)
+        c->rx.keep = def;
     stmt_def_unref(def);
     if (!ok) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    return TRACK_PASS;
+    return queue_request(c, s, REQ_PARSE_CLIENT, name);
 }
 
 /* Bind, Describe and Close name a statement near the start of their body. */
 static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
                                        const uint8_t *body, uint32_t len, uint32_t avail_body)
 {
-    struct msg_reader r;
-    codec_reader_init(&r, body, avail_body < len ? avail_body : len);
-    const char *name = NULL;
+    uint32_t shown = avail_body < len ? avail_body : len;
+    uint32_t at = 0; /* where the statement name starts */
+    const char *missing = "statement name";
     switch (type) {
     case 'P':
         return track_parse(c, s, body, len, avail_body);
-    case 'B':
-        codec_read_cstring(&r); /* portal */
-        name = codec_read_cstring(&r);
-        break;
-    case 'D':
-    case 'C': {
-        uint8_t what = codec_read_u8(&r);
-        name = codec_read_cstring(&r);
-        if (type == 'C') {
-            if (r.bad)
-                break;
-            if (stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, what == 'S' ? name : NULL) < 0)
-                return TRACK_WAIT;
-            if (what == 'S' && name[0]) {
-                stmt_map_remove(c->stmts, name);
-                stmt_map_remove(&s->stmts, name);
-            }
-            return TRACK_PASS;
+    case 'B': {
+        const uint8_t *portal_end = memchr(body, '\0', shown);
+        if (!portal_end) {
+            missing = "portal name";
+            at = shown + 1; /* not here yet */
+        } else {
+            at = (uint32_t)(portal_end - body) + 1;
         }
-        if (what != 'S')
-            return TRACK_PASS;
         break;
     }
+    case 'D':
+    case 'C':
+        at = 1; /* after 'S' or 'P' */
+        break;
     case 'S':
     case 'Q':
     case 'F':
         if (type == 'Q') {
             if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
-            if (avail_body >= len && len > 0 && body[len - 1] == '\0') {
-                enum track_result r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
-                if (r != TRACK_PASS)
-                    return r;
-            }
+            enum track_result r = TRACK_PASS;
+            if (avail_body >= len && len > 0 && body[len - 1] == '\0')
+                r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
+            else if (avail_body < len)
+                r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len);
+            if (r != TRACK_PASS)
+                return r;
         }
-        return stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0 ? TRACK_WAIT : TRACK_PASS;
+        return queue_request(c, s, REQ_SYNC, NULL);
     default:
         return TRACK_PASS;
     }
-    if (r.bad) {
+    char name[STMT_KEY_MAX + 1];
+    if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
         /* The names are not all here yet. */
         if (avail_body >= len) {
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
             return TRACK_FAILED;
         }
         if (CODEC_HEADER_LEN + len > buf_block_size() && avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, "statement name longer than pkt_buf");
+            char detail[64];
+            snprintf(detail, sizeof(detail), "%s longer than pkt_buf", missing);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return TRACK_FAILED;
         }
         return TRACK_WAIT;
     }
-    if (!name[0])
+    if (type == 'C') {
+        bool statement = body[0] == 'S';
+        if (queue_request(c, s, REQ_CLOSE_CLIENT, statement ? name : NULL) != TRACK_PASS)
+            return TRACK_FAILED;
+        if (statement && name[0]) {
+            stmt_map_remove(c->stmts, name);
+            stmt_map_remove(&s->stmts, name);
+        }
+        return TRACK_PASS;
+    }
+    if ((type == 'D' && body[0] != 'S') || !name[0])
         return TRACK_PASS;
     return ensure_prepared(c, s, name);
 }
@@ -388,6 +481,23 @@ static void copy_in_ended(struct server *s)
     s->batch_open = true;
 }
 
+/* A streamed Parse's definition is the last keep->len bytes of the message: copy those of the
+ * chunk just framed (rx->remain already counts it out), and seal it when the message is whole. */
+static void keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n)
+{
+    struct stmt_def *d = rx->keep;
+    if (!d)
+        return;
+    uint32_t from_end = rx->remain + n; /* the chunk's first byte, counted from the message end */
+    uint32_t skip = from_end > d->len ? from_end - d->len : 0;
+    if (skip < n)
+        memcpy(d->data + (d->len - (from_end - skip)), chunk + skip, n - skip);
+    if (rx->remain == 0) {
+        stmt_def_seal(d);
+        rx->keep = NULL;
+    }
+}
+
 static enum frame_stop frame_client(struct client *c, struct server *s)
 {
     struct buf *b = &c->in;
@@ -398,6 +508,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
             b->scan += take;
             c->rx.remain -= take;
+            keep_parse_tail(&c->rx, b->data + b->scan - take, take);
             continue;
         }
         if (b->wpos - b->scan < CODEC_HEADER_LEN)
@@ -485,6 +596,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         uint32_t take = min_u32(whole, b->wpos - b->scan);
         b->scan += take;
         c->rx.remain = whole - take;
+        keep_parse_tail(&c->rx, b->data + b->scan - take, take);
         if (track && s->out.len > s->out_pos)
             return STOP_NEED_FLUSH; /* sluice's own messages go out before this one */
     }

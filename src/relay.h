@@ -8,9 +8,13 @@
 #include <stdint.h>
 
 /* Framing state of one direction: how much of the current message is still to come. */
+struct stmt_def;
 struct framer {
     uint32_t remain;  /* bytes of the current message not yet framed */
     bool discard;     /* the current message is consumed by sluice, not forwarded */
+    /* A named Parse larger than the buffer, in transaction mode: its definition, filled as the
+     * message streams through (held by the client's statement map, not by this pointer). */
+    struct stmt_def *keep;
 };
 
 struct client;

@@ -4,6 +4,7 @@
 #include "check.h"
 
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 
 #include "params.h"
@@ -129,24 +130,44 @@ static void queue_is_bounded(void)
 {
     struct stmt_queue q = {0};
     int rc = 0, n = 0;
-    while ((rc = stmt_queue_push(&q, REQ_SYNC, NULL)) == 0)
+    while ((rc = stmt_queue_push(&q, REQ_PARSE_CLIENT, "s")) == 0)
         n++;
     CHECK_INT(n, STMT_QUEUE_MAX);
     CHECK(rc < 0);
     stmt_queue_free(&q);
 }
 
+/* A pipeline of unnamed statements: one item, popped one reply at a time. */
+static void nameless_requests_in_a_row_share_an_item(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    for (int i = 0; i < 3 * STMT_QUEUE_MAX; i++)
+        CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(q.count, 2);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
+    stmt_queue_drop_last_syncs(&q, 1);
+    stmt_on_ready(&q, &m); /* an error: the other Parses were skipped */
+    CHECK_INT(q.count, 0);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 static void injected_messages_have_the_wire_format(void)
 {
     struct msg_out o;
     codec_out_init(&o);
-    struct stmt_def *d = def_of("select 1");
+    /* A definition starts after the name's key: here the name's NUL, then the query */
+    struct stmt_def *d = stmt_def_new((const uint8_t *)"\0select 1", 10);
     prepared_put_parse(&o, "s1", d);
     prepared_put_close(&o, "s1");
     static const uint8_t want[] = {'P', 0, 0, 0, 16, 's', '1', 0, 's', 'e', 'l', 'e', 'c', 't',
                                    ' ', '1', 0, 'C', 0, 0, 0, 8, 'S', 's', '1', 0};
-    /* Parse here carries the definition bytes as stored: query + NUL (no parameter count, since
-     * the test definition has none). */
+    /* Parse here carries the key, then the definition bytes as stored: NUL, query + NUL (no
+     * parameter count, since the test definition has none). */
     CHECK_INT(o.len, sizeof(want));
     CHECK(o.len == sizeof(want) && memcmp(o.data, want, sizeof(want)) == 0);
     stmt_def_unref(d);
@@ -306,8 +327,139 @@ static void a_login_is_tried_only_with_values_no_server_accepted(void)
     params_free(&accepted);
 }
 
+/* Past a few names the set keeps a hash index: set, replace and remove in a mixed order must find
+ * exactly what a plain list would, in any letter case. */
+static void many_parameters_are_found_after_sets_and_removals(void)
+{
+    struct param_set p;
+    params_init(&p);
+    enum { N = 900 };
+    bool present[N] = {false};
+    char name[32], value[32];
+    unsigned seed = 12345;
+    for (int step = 0; step < 20000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % N);
+        snprintf(name, sizeof(name), (seed & 1) ? "X.P%d" : "x.p%d", i);
+        if ((seed >> 20) % 3 == 0) {
+            CHECK(params_set(&p, name, NULL) == 0);
+            present[i] = false;
+        } else {
+            snprintf(value, sizeof(value), "v%d", i);
+            CHECK(params_set(&p, name, value) == 0);
+            present[i] = true;
+        }
+    }
+    int count = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "x.P%d", i);
+        snprintf(value, sizeof(value), "v%d", i);
+        const char *got = params_get(&p, name);
+        CHECK(present[i] ? got && strcmp(got, value) == 0 : got == NULL);
+        count += present[i];
+    }
+    CHECK_INT(p.n, count);
+    params_free(&p);
+}
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds for a client with n parameters of its own to sync a server that has other values,
+ * note the sync, and forget them again (what a transaction after another client's costs). */
+static double sync_cost(int n)
+{
+    struct param_set own, server;
+    params_init(&own);
+    params_init(&server);
+    char name[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof(name), "x.p%d", i);
+        CHECK(params_set(&own, name, "new") == 0);
+        CHECK(params_set(&server, name, "old") == 0);
+    }
+    double best = 1e9;
+    for (int trial = 0; trial < 3; trial++) {
+        double start = cpu_now();
+        for (int rep = 0; rep < 4; rep++) {
+            struct msg_out sql;
+            codec_out_init(&sql);
+            CHECK_INT(params_build_sync(NULL, &own, &server, &sql), n);
+            codec_out_free(&sql);
+            CHECK(params_note_sync(&server, &own) == 0);
+            CHECK(params_forget(&server, NULL) == 0);
+        }
+        double spent = cpu_now() - start;
+        best = spent < best ? spent : best;
+    }
+    params_free(&own);
+    params_free(&server);
+    return best;
+}
+
+/* Linear: 8 times the parameters cost about 8 times the CPU; quadratic lookups cost 64 times. */
+static void syncing_many_parameters_costs_linear_cpu(void)
+{
+    double small = sync_cost(1000), large = sync_cost(8000);
+    double ratio = large / (small > 1e-6 ? small : 1e-6);
+    if (ratio >= 24)
+        fprintf(stderr, "sync of 8000 parameters cost %.1f times that of 1000 (%.4f s, %.4f s)\n",
+                ratio, large, small);
+    CHECK(ratio < 24);
+}
+
+/* Postgres keys statements by the first 63 bytes of their name: so does sluice, and the key is
+ * known as soon as those bytes are, however long the name. */
+static void statement_name_keys_are_the_first_63_bytes(void)
+{
+    char key[STMT_KEY_MAX + 1];
+    CHECK(stmt_name_key((const uint8_t *)"s1\0rest", 8, key));
+    CHECK_STR(key, "s1");
+    CHECK(!stmt_name_key((const uint8_t *)"s1", 2, key)); /* more of it may follow */
+    char longname[200];
+    memset(longname, 'a', sizeof(longname));
+    CHECK(stmt_name_key((const uint8_t *)longname, 63, key));
+    CHECK_INT(strlen(key), 63);
+    CHECK(!stmt_name_key((const uint8_t *)longname, 62, key));
+}
+
+/* A client's map counts its names and definitions, and so does the total of all clients; a
+ * server's map shares the definitions and counts toward no total. */
+static void client_maps_count_their_statement_text(void)
+{
+    uint64_t before = stmt_client_text_bytes();
+    struct stmt_map *client = stmt_map_new();
+    struct stmt_map server;
+    stmt_map_init(&server);
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 22");
+    CHECK(stmt_map_put(client, "s1", a) && stmt_map_put(&server, "s1", a));
+    CHECK_INT(client->text_bytes, 3 + 9);
+    CHECK(stmt_map_put(client, "s1", b) != NULL); /* replaced */
+    CHECK(stmt_map_put(client, "s2", a) != NULL);
+    CHECK_INT(client->text_bytes, 3 + 10 + 3 + 9);
+    CHECK_INT(stmt_client_text_bytes() - before, 3 + 10 + 3 + 9);
+    stmt_map_remove(client, "s1");
+    CHECK_INT(client->text_bytes, 3 + 9);
+    stmt_map_mark_unknown(&server);
+    stmt_map_clear(client);
+    CHECK_INT(client->text_bytes, 0);
+    CHECK_INT(stmt_client_text_bytes(), before);
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_map_delete(client);
+    stmt_map_free(&server);
+}
+
 int main(void)
 {
+    RUN(client_maps_count_their_statement_text);
+    RUN(statement_name_keys_are_the_first_63_bytes);
+    RUN(syncing_many_parameters_costs_linear_cpu);
+    RUN(many_parameters_are_found_after_sets_and_removals);
     RUN(an_unknown_server_value_is_set_again_or_reset);
     RUN(a_login_is_tried_only_with_values_no_server_accepted);
     RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
@@ -317,6 +469,7 @@ int main(void)
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(queue_is_bounded);
+    RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
     RUN(deallocate_and_discard_are_recognised);
     RUN(session_level_sql_is_detected);
