@@ -150,7 +150,7 @@ static void nameless_requests_in_a_row_share_an_item(void)
     CHECK_INT(q.count, 2);
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
     stmt_queue_drop_last_syncs(&q, 1);
-    stmt_on_ready(&q, &m); /* an error: the other Parses were skipped */
+    stmt_on_ready(&q, &m, NULL); /* an error: the other Parses were skipped */
     CHECK_INT(q.count, 0);
     stmt_queue_free(&q);
     stmt_map_free(&m);
