@@ -737,6 +737,7 @@ static void db_entry_free(struct db_entry *db)
     free(db->pq_keywords);
     free(db->pq_values);
     free(db->auth_user);
+    free(db->connect_query);
 }
 
 static void budget_entry_free(struct budget_entry *b)
@@ -1027,6 +1028,11 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         db->auth_user = dup_or_flag(L, val);
         return 1;
     }
+    if (strcmp(key, "connect_query") == 0) {
+        free(db->connect_query);
+        db->connect_query = val[0] ? dup_or_flag(L, val) : NULL;
+        return 1;
+    }
     return 0;
 }
 
@@ -1075,8 +1081,6 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 if (append_server_option(&server_options, key[0] == 'd' ? "DateStyle" : "TimeZone",
                                          val) != 0)
                     L->oom = true;
-            } else if (strcmp(key, "connect_query") == 0) {
-                warning_msg(L, "%s: connect_query is not supported by sluice; ignored", where);
             } else if (!is_pq_keyword(L, key) && IN_LIST(pgbouncer_only_db_keys, key)) {
                 warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
                             key);
@@ -1085,7 +1089,7 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 error_msg(L,
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                          "max_db_connections, max_db_client_connections, auth_user are "
+                          "max_db_connections, max_db_client_connections, auth_user, connect_query are "
                           "accepted)",
                           where, key);
                 failed = -EINVAL;

@@ -46,6 +46,7 @@ struct db_entry {
     struct limit max_db_connections; /* value 0: the main section's */
     int max_db_client_connections;   /* 0: the main section's */
     char *auth_user;       /* NULL unless set */
+    char *connect_query;   /* run once on each new server after login; NULL unless set */
     int line;              /* line in the file, 0 for environment */
 };
 

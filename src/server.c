@@ -378,40 +378,85 @@ bool server_probe_answered(struct server *s)
     return true;
 }
 
-static void start_probe(struct server *s)
+const char *server_connect_query(const struct server *s)
 {
-    s->probing = true;
-    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, server_probe_sql)) {
-        probe_failed(s, PQerrorMessage(s->conn));
+    const struct db_entry *db = config_find_db(s->pool->app->cfg, s->pool->db_name);
+    return db && db->connect_query ? db->connect_query : NULL;
+}
+
+/* PgBouncer runs connect_query as part of the login: a server whose connect_query fails never
+ * serves, and the pool backs off as after any failed login. */
+void server_connect_query_failed(struct server *s, const char *message)
+{
+    char why[512];
+    snprintf(why, sizeof(why), "connect_query failed: %s", message);
+    why[strcspn(why, "\n")] = '\0';
+    server_connect_failed(s, why);
+}
+
+static void login_query_failed(struct server *s, const char *why)
+{
+    if (s->login_query == LOGIN_QUERY_PROBE)
+        probe_failed(s, why);
+    else
+        server_connect_query_failed(s, why);
+}
+
+static void start_login_query(struct server *s, enum login_query q)
+{
+    s->login_query = q;
+    const char *sql = q == LOGIN_QUERY_PROBE ? server_probe_sql : server_connect_query(s);
+    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, sql)) {
+        login_query_failed(s, PQerrorMessage(s->conn));
         return;
     }
     sockio_want(&s->io, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
-static void probe_step(struct server *s)
+/* libpq's login is over, or one of sluice's login queries: run the next one, or serve. */
+static void login_query_next(struct server *s)
+{
+    if (s->login_query == LOGIN_QUERY_NONE && server_needs_probe(s)) {
+        start_login_query(s, LOGIN_QUERY_PROBE);
+        return;
+    }
+    if (s->login_query != LOGIN_QUERY_CONNECT && server_connect_query(s)) {
+        start_login_query(s, LOGIN_QUERY_CONNECT);
+        return;
+    }
+    s->login_query = LOGIN_QUERY_NONE;
+    sockio_want(&s->io, 0);
+    login_done(s);
+}
+
+static void login_query_step(struct server *s)
 {
     int f = PQflush(s->conn);
     if (f < 0 || !PQconsumeInput(s->conn)) {
-        probe_failed(s, PQerrorMessage(s->conn));
+        login_query_failed(s, PQerrorMessage(s->conn));
         return;
     }
     while (!PQisBusy(s->conn)) {
         PGresult *res = PQgetResult(s->conn);
         if (!res) {
-            s->probing = false;
-            sockio_want(&s->io, 0);
-            if (server_probe_answered(s))
-                login_done(s);
+            if (s->login_query == LOGIN_QUERY_PROBE && !server_probe_answered(s))
+                return;
+            login_query_next(s);
             return;
         }
-        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        ExecStatusType st = PQresultStatus(res);
+        bool failed = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
+        if (s->login_query == LOGIN_QUERY_PROBE && st == PGRES_TUPLES_OK && PQntuples(res) == 1)
             server_probe_store(s->pool, PQgetvalue(res, 0, 0));
-        else if (PQresultStatus(res) != PGRES_TUPLES_OK && budget_has_percent_caps(s->pool)) {
-            /* (Without NN% caps an error only costs /health the numbers: see probe_answered.) */
+        /* (Without NN% caps a failed probe only costs /health the numbers: see
+         * probe_answered.) */
+        if (failed && (s->login_query == LOGIN_QUERY_CONNECT || budget_has_percent_caps(s->pool))) {
+            /* The primary message alone, as the passthrough login reports it */
+            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             char why[256];
-            snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+            snprintf(why, sizeof(why), "%s", primary ? primary : PQresultErrorMessage(res));
             PQclear(res);
-            probe_failed(s, why);
+            login_query_failed(s, why);
             return;
         }
         PQclear(res);
@@ -492,12 +537,7 @@ static void connect_step(struct server *s)
         return;
     case PGRES_POLLING_OK:
         PQsetErrorVerbosity(s->conn, PQERRORS_DEFAULT);
-        if (server_needs_probe(s)) {
-            start_probe(s);
-            return;
-        }
-        sockio_want(&s->io, 0);
-        login_done(s);
+        login_query_next(s);
         return;
     default:
         libpq_failed(s);
@@ -567,8 +607,8 @@ void server_on_io(struct sockio *io, int status, int events)
         return;
     }
     if (s->state == SERVER_CONNECTING) {
-        if (s->probing)
-            probe_step(s);
+        if (s->login_query != LOGIN_QUERY_NONE)
+            login_query_step(s);
         else
             connect_step(s);
         return;
