@@ -52,7 +52,6 @@ static const char *const pgbouncer_only_keys[] = {
     "service_name",
     "job_name",
     "autodb_idle_timeout",
-    "server_fast_close",
     "disable_pqexec",
     "auth_ident_file",
     "verbose",

@@ -317,6 +317,13 @@ static bool needs_check(const struct server *s, uint64_t now)
            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay;
 }
 
+/* PgBouncer's "<empty>" check is an empty Query: the server answers EmptyQueryResponse and
+ * ReadyForQuery without parsing or logging a statement. */
+static const char *check_sql(const struct config *cfg)
+{
+    return strcmp(cfg->server_check_query, "<empty>") == 0 ? "" : cfg->server_check_query;
+}
+
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
@@ -328,7 +335,7 @@ static void dispatch(struct pool *p)
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_RESETTING);
-            server_queue_internal(s, p->app->cfg->server_check_query);
+            server_queue_internal(s, check_sql(p->app->cfg));
             relay_kick(s);
             continue;
         }
@@ -727,6 +734,8 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->idle, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->resetting, n, tmp)
+        server_check_timeouts(container_of(n, struct server, node), now);
+    list_for_each(&p->active, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->leaving, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);

@@ -773,6 +773,28 @@ static void close_now(struct server *s)
     stmt_queue_free(&s->reqs);
 }
 
+/* server_fast_close (PgBouncer's): a session-mode server marked to close does not wait for its
+ * client to leave, only for its transaction to end: then both close, so the client knows its
+ * session is gone. Transaction and statement mode release (and so close) at that point anyway. */
+static bool fast_close_due(const struct server *s)
+{
+    const struct config *cfg = s->pool->app->cfg;
+    struct client *c = s->client;
+    return cfg->server_fast_close && s->close_when_free && c && s->txn_status == 'I' &&
+           s->swallow == 0 &&
+           !pool_mode_ops(s->pool->mode, cfg->server_reset_query_always)->release_at_idle &&
+           at_clean_boundary(s, c) && buf_pending(&c->in) == 0;
+}
+
+static void fast_close(struct server *s)
+{
+    struct client *c = s->client;
+    pool_unlink(c, s);
+    server_close(s, "marked to close (server_fast_close), its transaction over");
+    client_fail(c, FAIL_ADMIN_KILLED, ": its server was closed after RECONNECT or RELOAD "
+                                      "(server_fast_close)");
+}
+
 void server_check_timeouts(struct server *s, uint64_t now)
 {
     const struct config *cfg = s->pool->app->cfg;
@@ -794,6 +816,10 @@ void server_check_timeouts(struct server *s, uint64_t now)
                    pool_server_count(s->pool) > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
         }
+        break;
+    case SERVER_ACTIVE:
+        if (fast_close_due(s))
+            fast_close(s);
         break;
     case SERVER_LEAVING:
         /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from conftest import wait_until
-from pgwire import ServerError, raw_login
+from pgwire import ServerError, raw_login, sync_msg
 
 
 # ---- connect_query: run once on each new server, before it serves ----
@@ -52,3 +52,90 @@ def test_connect_query_failure_closes_the_server_and_is_logged(start_sluice, pg)
     s.wait_for_log(r"connect_query failed: division by zero")
     # no server of that pool was left open in Postgres
     wait_until(lambda: pg.count_backends() == 0, 10, what="no backend left by the failed login")
+
+
+# ---- server_check_query: PgBouncer >= 1.23 checks with an empty query ----
+
+def _check_query_seen_by_the_backend(start_sluice, pg, main):
+    """server_check_delay = 0: every lease of an idle server checks it first. The client's
+    request is a lone Sync, which Postgres answers without touching pg_stat_activity.query: the
+    backend's last statement is then the check."""
+    m = {"pool_mode": "transaction", "server_check_delay": 0, "default_pool_size": 1}
+    m.update(main)
+    s = start_sluice(m)
+    c = raw_login(s.port)
+    try:
+        pid = c.query("SELECT pg_backend_pid()")[0][0][0]
+        c.send(sync_msg())
+        c.read_until("Z")
+        rows = [r for r in pg.backends() if str(r[0]) == pid]
+        assert rows and rows[0][1] == "idle", rows
+        return rows[0][3]
+    finally:
+        c.close()
+
+
+def test_server_check_query_default_is_the_empty_query(start_sluice, pg):
+    """PgBouncer >= 1.23: server_check_query defaults to <empty>, an empty Query (Postgres
+    answers EmptyQueryResponse): no statement is parsed or logged. sluice used `select 1`."""
+    assert _check_query_seen_by_the_backend(start_sluice, pg, {}) == ""
+
+
+def test_server_check_query_can_still_be_a_statement(start_sluice, pg):
+    assert _check_query_seen_by_the_backend(
+        start_sluice, pg, {"server_check_query": "SELECT 42"}) == "SELECT 42"
+
+
+# ---- server_fast_close: session mode closes a marked server at the end of its transaction ----
+
+CONSOLE = {"admin_users": "app", "pool_mode": "session"}
+
+
+def _console(s):
+    return psycopg.connect(s.dsn(dbname="pgbouncer"), autocommit=True, prepare_threshold=None)
+
+
+def _gone(pg, pid):
+    return pid not in [r[0] for r in pg.query("SELECT pid FROM pg_stat_activity")]
+
+
+def test_server_fast_close_ends_a_session_at_the_end_of_its_transaction(start_sluice, pg):
+    """PgBouncer's server_fast_close: after RECONNECT, a session-mode server in a transaction
+    finishes it, then closes with its client (57P01), instead of living as long as the client;
+    an idle session's server closes at once."""
+    s = start_sluice(dict(CONSOLE, server_fast_close=1))
+    busy, idle = s.connect(), s.connect()
+    try:
+        (busy_pid,) = busy.execute("SELECT pg_backend_pid()").fetchone()
+        (idle_pid,) = idle.execute("SELECT pg_backend_pid()").fetchone()
+        busy.execute("BEGIN")
+        busy.execute("CREATE TEMP TABLE t (x int)")
+        with _console(s) as adm:
+            adm.execute("RECONNECT appdb")
+        # the idle session's server closes without waiting for its client
+        wait_until(lambda: _gone(pg, idle_pid), 10, what="the idle session's server closed")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            idle.execute("SELECT 1")
+        # the transaction is not interrupted
+        busy.execute("INSERT INTO t VALUES (1)")
+        assert busy.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+        assert not _gone(pg, busy_pid)
+        busy.execute("COMMIT")
+        wait_until(lambda: _gone(pg, busy_pid), 10, what="the server closed after COMMIT")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            busy.execute("SELECT 1")
+        assert ei.value.sqlstate in (None, "57P01"), ei.value
+    finally:
+        busy.close()
+        idle.close()
+    with s.connect() as c:  # new sessions get new servers
+        assert c.execute("SELECT pg_backend_pid()").fetchone()[0] not in (busy_pid, idle_pid)
+
+
+def test_without_server_fast_close_a_session_keeps_its_marked_server(start_sluice, pg):
+    s = start_sluice(dict(CONSOLE))
+    with s.connect() as c:
+        (pid,) = c.execute("SELECT pg_backend_pid()").fetchone()
+        with _console(s) as adm:
+            adm.execute("RECONNECT appdb")
+        assert c.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
