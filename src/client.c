@@ -906,6 +906,7 @@ void client_on_data(struct client *c)
             return;
         }
         client_set_state(c, CLIENT_WAITING);
+        c->wait_notified = false;
         pool_lease(c->pool, c);
         return;
     }

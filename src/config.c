@@ -65,7 +65,6 @@ static const char *const pgbouncer_only_keys[] = {
     "unix_socket_mode",
     "unix_socket_group",
     "log_stats",
-    "query_wait_notify",
     "scram_iterations",
     "track_extra_parameters",
     "cancel_wait_timeout",

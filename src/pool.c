@@ -715,10 +715,37 @@ static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
     client_wait_timed_out(c, msg);
 }
 
+/* query_wait_notify (PgBouncer's, with its wording): a logged-in client queued this long gets
+ * one NOTICE per wait, so a person at psql knows the pooler, not the query, is slow. */
+static void notify_long_waits(struct pool *p, uint64_t now)
+{
+    int64_t after = p->app->cfg->query_wait_notify;
+    if (after <= 0)
+        return;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (now - c->state_since_ms < (uint64_t)after)
+            break; /* FIFO: the rest have waited less */
+        if (c->state != CLIENT_WAITING || c->wait_notified)
+            continue;
+        c->wait_notified = true;
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "No server connection available in pool %s/%s, client being queued",
+                 p->db_name, p->user_name);
+        codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION),
+                        msg, NULL, NULL);
+        client_send(c);
+    }
+}
+
 void pool_maintain(struct pool *p, uint64_t now)
 {
     const struct config *cfg = p->app->cfg;
     struct list_node *n, *tmp;
+    notify_long_waits(p, now);
     if (cfg->query_wait_timeout > 0) {
         /* FIFO: the head has waited longest; stop at the first one still within its time. */
         while (!list_empty(&p->waiting)) {

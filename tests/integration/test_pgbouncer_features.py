@@ -5,7 +5,7 @@ query_wait_notify, replication connections."""
 import psycopg
 import pytest
 
-from conftest import wait_until
+from conftest import Background, wait_until
 from pgwire import ServerError, raw_login, sync_msg
 
 
@@ -139,3 +139,51 @@ def test_without_server_fast_close_a_session_keeps_its_marked_server(start_sluic
         with _console(s) as adm:
             adm.execute("RECONNECT appdb")
         assert c.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+
+
+# ---- query_wait_notify: a queued client is told it waits ----
+
+def test_query_wait_notify_sends_a_notice_to_a_queued_client(start_sluice, pg):
+    """PgBouncer 1.24's query_wait_notify: a client queued for a server this long gets one
+    NOTICE saying so; its query then runs as usual once a server is free."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "query_wait_notify": 1, "query_wait_timeout": 60})
+    holder = s.connect()
+    waiter = s.connect()
+    notices = []
+    waiter.add_notice_handler(lambda d: notices.append((d.sqlstate, d.message_primary)))
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # holds the pool's only server
+        bg = Background(waiter.execute, "SELECT 'served'")
+        wait_until(lambda: notices, 15, what="the queued client's NOTICE")
+        assert not bg.done()
+        assert len(notices) == 1, notices
+        state, text = notices[0]
+        assert state == "00000"
+        assert "client being queued" in text and "No server connection available" in text, text
+        holder.execute("COMMIT")
+        assert bg.result(15).fetchone()[0] == "served"
+        assert len(notices) == 1, notices  # once per wait
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_query_wait_notify_zero_sends_nothing(start_sluice, pg):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "query_wait_notify": 0, "query_wait_timeout": 60})
+    holder, waiter = s.connect(), s.connect()
+    notices = []
+    waiter.add_notice_handler(lambda d: notices.append(d.message_primary))
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        bg = Background(waiter.execute, "SELECT 'served'")
+        assert not bg.wait(2.5)
+        holder.execute("COMMIT")
+        assert bg.result(15).fetchone()[0] == "served"
+        assert notices == []
+    finally:
+        holder.close()
+        waiter.close()
