@@ -187,3 +187,27 @@ def test_query_wait_notify_zero_sends_nothing(start_sluice, pg):
     finally:
         holder.close()
         waiter.close()
+
+
+# ---- replication connections: refused with a clear FATAL (README "Moving from PgBouncer") ----
+
+@pytest.mark.parametrize("value", ["database", "true", "on", "1"])
+def test_a_replication_connection_is_refused_with_0A000(start_sluice, value):
+    s = start_sluice()
+    with pytest.raises(ServerError) as ei:
+        raw_login(s.port, replication=value)
+    assert ei.value.sqlstate == "0A000", ei.value.fields
+    assert ei.value.fields["S"] == "FATAL"
+    assert "replication connections are not supported" in ei.value.fields["M"]
+    assert "directly" in ei.value.fields.get("H", "")
+
+
+@pytest.mark.parametrize("value", ["false", "FALSE", "Off", "no", "0"])
+def test_replication_off_in_any_spelling_postgres_accepts_is_a_normal_session(start_sluice, value):
+    """Postgres reads the replication parameter as a boolean, case-insensitively."""
+    s = start_sluice()
+    c = raw_login(s.port, replication=value)
+    try:
+        assert c.query("SELECT 7")[0] == [["7"]]
+    finally:
+        c.close()
