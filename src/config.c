@@ -1087,8 +1087,8 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 error_msg(L,
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                          "max_db_connections, max_db_client_connections, auth_user, connect_query are "
-                          "accepted)",
+                          "max_db_connections, max_db_client_connections, auth_user, "
+                          "connect_query are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {

@@ -211,3 +211,49 @@ def test_replication_off_in_any_spelling_postgres_accepts_is_a_normal_session(st
         assert c.query("SELECT 7")[0] == [["7"]]
     finally:
         c.close()
+
+
+# ---- client_tls13_ciphers: the TLS 1.3 suites offered to clients ----
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from certs import make_pki
+    return make_pki(tmp_path_factory.mktemp("pki13"), "test", clients=("app",))
+
+
+def _tls13_cipher(s, pki):
+    """The TLS 1.3 suite a client offering all of them ends up with."""
+    import ssl
+    from pgwire import RawConn, ssl_request
+    c = RawConn(s.port)
+    try:
+        c.send(ssl_request())
+        assert c.read_byte() == b"S"
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost")
+        return c.sock.cipher()[0]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("suite", ["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"])
+def test_client_tls13_ciphers_chooses_the_tls13_suites(start_sluice, pki, suite):
+    """PgBouncer 1.25's client_tls13_ciphers (OpenSSL's TLS 1.3 ciphersuites list); without it
+    OpenSSL's default (TLS_AES_256_GCM_SHA384 first) is used."""
+    keys = {"client_tls_sslmode": "require", "client_tls_cert_file": str(pki.server_cert),
+            "client_tls_key_file": str(pki.server_key)}
+    s = start_sluice(dict(keys, client_tls13_ciphers=suite))
+    assert "'client_tls13_ciphers' is not supported" not in s.log_text(), s.log_text()
+    assert _tls13_cipher(s, pki) == suite
+    s = start_sluice(keys)
+    assert _tls13_cipher(s, pki) == "TLS_AES_256_GCM_SHA384"
+
+
+def test_a_bad_client_tls13_ciphers_value_stops_sluice(start_sluice, pki):
+    s = start_sluice({"client_tls_sslmode": "require", "client_tls_cert_file": str(pki.server_cert),
+                      "client_tls_key_file": str(pki.server_key),
+                      "client_tls13_ciphers": "TLS_NO_SUCH_SUITE"}, wait=False)
+    s.expected_exit_codes = (1,)
+    assert s.wait_exit(10) == 1
+    assert any("client TLS: client_tls13_ciphers" in line for line in s.log), s.log_tail()
