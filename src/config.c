@@ -81,7 +81,6 @@ static const char *const pgbouncer_only_db_keys[] = {
     "auth_dbname",
     "auth_query",
     "server_lifetime",
-    "load_balance_hosts",
     "query_timeout",
     "idle_transaction_timeout",
     "client_idle_timeout",
@@ -1026,6 +1025,18 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         db->auth_user = dup_or_flag(L, val);
         return 1;
     }
+    if (strcmp(key, "load_balance_hosts") == 0) {
+        if (strcasecmp(val, "round-robin") == 0) {
+            db->load_balance_hosts = LOAD_BALANCE_ROUND_ROBIN;
+        } else if (strcasecmp(val, "disable") == 0) {
+            db->load_balance_hosts = LOAD_BALANCE_DISABLE;
+        } else {
+            error_msg(L, "%s: load_balance_hosts = '%s': expected round-robin or disable", where,
+                      val);
+            return -EINVAL;
+        }
+        return 1;
+    }
     if (strcmp(key, "connect_query") == 0) {
         free(db->connect_query);
         db->connect_query = val[0] ? dup_or_flag(L, val) : NULL;
@@ -1088,7 +1099,7 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
                           "max_db_connections, max_db_client_connections, auth_user, "
-                          "connect_query are accepted)",
+                          "connect_query, load_balance_hosts are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {

@@ -58,6 +58,7 @@ struct pool {
 
     /* Connect failures: backoff instead of a reconnect storm. */
     int connect_failures;
+    unsigned next_host; /* load_balance_hosts = round-robin: where the next server starts */
     uint64_t next_connect_ms;
     char *last_connect_error;
 

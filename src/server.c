@@ -171,6 +171,79 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     return n;
 }
 
+/* load_balance_hosts = round-robin (PgBouncer's default): libpq tries a host list in order and
+ * goes past a host that fails, so starting each new connection one host further spreads the
+ * servers over the list and still skips a host that is down. The host, hostaddr and port lists
+ * move together (a single port serves every host and stays). */
+#define HOST_LIST_MAX 1024
+
+static int list_items(const char *v)
+{
+    int n = 1;
+    for (; *v; v++)
+        n += *v == ',';
+    return n;
+}
+
+static int keyword_index(const char *const *kw, int n, const char *name)
+{
+    for (int i = n - 1; i >= 0; i--) { /* the last one wins, as in libpq */
+        if (strcmp(kw[i], name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* v's items from the shift-th on, then the ones before it; false if out is too small. */
+static bool rotate_list(const char *v, int shift, char *out, size_t outlen)
+{
+    const char *start = v;
+    for (int i = 0; i < shift; i++)
+        start = strchr(start, ',') + 1;
+    size_t head = (size_t)(start - v) - 1, tail = strlen(start);
+    if (tail + 1 + head + 1 > outlen)
+        return false;
+    memcpy(out, start, tail);
+    out[tail] = ',';
+    memcpy(out + tail + 1, v, head);
+    out[tail + 1 + head] = '\0';
+    return true;
+}
+
+static void rotate_hosts(struct pool *p, const struct db_entry *db, const char **kw,
+                         const char **val, int n, char store[3][HOST_LIST_MAX])
+{
+    static const char *const lists[3] = {"host", "hostaddr", "port"};
+    int at[3], hosts = 0;
+    if (db->load_balance_hosts != LOAD_BALANCE_ROUND_ROBIN)
+        return;
+    for (int i = 0; i < 3; i++) {
+        at[i] = keyword_index(kw, n, lists[i]);
+        if (at[i] >= 0 && list_items(val[at[i]]) > hosts)
+            hosts = list_items(val[at[i]]);
+    }
+    if (hosts < 2)
+        return;
+    for (int i = 0; i < 3; i++) {
+        int items = at[i] >= 0 ? list_items(val[at[i]]) : hosts;
+        if (items != hosts && !(i == 2 && items == 1))
+            return; /* lists libpq itself will refuse: leave them for its message */
+    }
+    int shift = (int)(p->next_host++ % (unsigned)hosts);
+    if (shift == 0)
+        return;
+    for (int i = 0; i < 3; i++) {
+        if (at[i] < 0 || list_items(val[at[i]]) != hosts)
+            continue;
+        if (!rotate_list(val[at[i]], shift, store[i], HOST_LIST_MAX))
+            return;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (at[i] >= 0 && list_items(val[at[i]]) == hosts)
+            val[at[i]] = store[i];
+    }
+}
+
 static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
                                     struct passthrough_keys *out)
 {
@@ -200,6 +273,8 @@ static void start_login(struct server *s, const struct resolver *r)
     int n = build_conninfo(p, db, kw, val, &user, &has_password);
     if (r)
         resolver_apply(r, kw, val, &n);
+    char rotated[3][HOST_LIST_MAX]; /* libpq and the passthrough login copy what they keep */
+    rotate_hosts(p, db, kw, val, n, rotated);
     /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
      * with what it proved; libpq would need the password. */
     /* An md5 secret in auth_file needs no client at all: it is what answers an md5 challenge
@@ -527,6 +602,13 @@ static void connect_step(struct server *s)
             server_connect_failed(s, "cannot watch the server socket");
             return;
         }
+    } else if (st != PGRES_POLLING_FAILED && PQstatus(s->conn) == CONNECTION_STARTED) {
+        /* A new socket under the old one's number: libpq closed the socket of a host that
+         * refused and opened the next host's, which the kernel gave the lowest free number,
+         * the same. Closing took the old one out of epoll; the poll handle, which does not
+         * know, must register the new one, or no event ever comes (a host list would hang on
+         * its first host that refuses). */
+        sockio_want(&s->io, 0);
     }
     switch (st) {
     case PGRES_POLLING_READING:

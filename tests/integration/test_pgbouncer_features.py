@@ -257,3 +257,116 @@ def test_a_bad_client_tls13_ciphers_value_stops_sluice(start_sluice, pki):
     s.expected_exit_codes = (1,)
     assert s.wait_exit(10) == 1
     assert any("client TLS: client_tls13_ciphers" in line for line in s.log), s.log_tail()
+
+
+# ---- load_balance_hosts: a host list used round robin, a failing host skipped ----
+
+class CountingProxy:
+    """A loopback TCP forwarder to Postgres that counts the connections it accepted."""
+
+    def __init__(self, target_port):
+        import socket
+        import threading
+        self.accepted = 0
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.target_port = target_port
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            b = socket.create_connection(("127.0.0.1", self.target_port))
+            for src, dst in ((a, b), (b, a)):
+                self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.lsock.close()
+
+
+def _open_servers(s, n):
+    """n clients each in a transaction at once: n servers."""
+    conns = [s.connect() for _ in range(n)]
+    try:
+        for c in conns:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.parametrize("key", [None, "round-robin"])
+def test_load_balance_hosts_round_robin_spreads_new_servers_over_the_host_list(
+        start_sluice, pg, key):
+    """PgBouncer's default for a host list: each new server connection starts at the next
+    host."""
+    a, b = CountingProxy(pg.port), CountingProxy(pg.port)
+    try:
+        entry = pg.db_entry(host="127.0.0.1,127.0.0.1", port=f"{a.port},{b.port}")
+        if key:
+            entry["load_balance_hosts"] = key
+        s = start_sluice({"pool_mode": "transaction"}, databases={"appdb": entry})
+        assert "load_balance_hosts' is not supported" not in s.log_text(), s.log_text()
+        _open_servers(s, 4)
+        assert (a.accepted, b.accepted) == (2, 2)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_load_balance_hosts_skips_a_host_that_fails(start_sluice, pg):
+    """A host that refuses is passed over for the next one (libpq's host list). This hung: libpq
+    opened the next host's socket under the refused one's descriptor number, which sluice's
+    poll handle did not register again."""
+    import socket
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    a = CountingProxy(pg.port)
+    try:
+        entry = pg.db_entry(host="127.0.0.1,127.0.0.1",
+                            port=f"{dead.getsockname()[1]},{a.port}")
+        s = start_sluice({"pool_mode": "transaction"}, databases={"appdb": entry})
+        _open_servers(s, 4)
+        assert a.accepted == 4
+    finally:
+        a.close()
+        dead.close()
+
+
+def test_load_balance_hosts_disable_keeps_the_first_host_that_works(start_sluice, pg):
+    a, b = CountingProxy(pg.port), CountingProxy(pg.port)
+    try:
+        entry = pg.db_entry(host="127.0.0.1,127.0.0.1", port=f"{a.port},{b.port}",
+                            load_balance_hosts="disable")
+        s = start_sluice({"pool_mode": "transaction"}, databases={"appdb": entry})
+        _open_servers(s, 4)
+        assert (a.accepted, b.accepted) == (4, 0)
+    finally:
+        a.close()
+        b.close()
