@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -423,8 +424,12 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     c->database = memcpy(c->user + ulen, database, dlen);
     memcpy(c->user, user, ulen);
-    if (replication && strcmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
-        strcmp(replication, "off") != 0 && strcmp(replication, "no") != 0) {
+    /* Postgres reads it as a boolean (any case) or "database": either kind of walsender
+     * session needs a server of its own for the client's whole life, and its COPY BOTH stream
+     * and replication commands are not something a pool can share (README, "Moving from
+     * PgBouncer"). */
+    if (replication && strcasecmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
+        strcasecmp(replication, "off") != 0 && strcasecmp(replication, "no") != 0) {
         client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
         return;
     }
@@ -908,6 +913,7 @@ void client_on_data(struct client *c)
             return;
         }
         client_set_state(c, CLIENT_WAITING);
+        c->wait_notified = false;
         pool_lease(c->pool, c);
         return;
     }

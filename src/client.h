@@ -78,6 +78,7 @@ struct client {
     uint8_t auth_method;   /* the auth_type used for this login */
     bool admin;            /* logged in to the admin console (a database, not a state) */
     bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */
+    bool wait_notified;    /* WAITING: told it is queued (query_wait_notify) in this wait */
     uint8_t warned;        /* session features already warned about (bit per feature) */
 };
 

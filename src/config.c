@@ -52,7 +52,6 @@ static const char *const pgbouncer_only_keys[] = {
     "service_name",
     "job_name",
     "autodb_idle_timeout",
-    "server_fast_close",
     "disable_pqexec",
     "auth_ident_file",
     "verbose",
@@ -66,7 +65,6 @@ static const char *const pgbouncer_only_keys[] = {
     "unix_socket_mode",
     "unix_socket_group",
     "log_stats",
-    "query_wait_notify",
     "scram_iterations",
     "track_extra_parameters",
     "cancel_wait_timeout",
@@ -82,7 +80,6 @@ static const char *const pgbouncer_only_keys[] = {
 static const char *const pgbouncer_only_db_keys[] = {
     "auth_dbname",
     "auth_query",
-    "load_balance_hosts",
     "transaction_timeout",
 };
 static const char *const pgbouncer_only_user_keys[] = {
@@ -735,6 +732,7 @@ static void db_entry_free(struct db_entry *db)
     free(db->pq_keywords);
     free(db->pq_values);
     free(db->auth_user);
+    free(db->connect_query);
 }
 
 static void budget_entry_free(struct budget_entry *b)
@@ -1056,6 +1054,23 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         db->auth_user = dup_or_flag(L, val);
         return 1;
     }
+    if (strcmp(key, "load_balance_hosts") == 0) {
+        if (strcasecmp(val, "round-robin") == 0) {
+            db->load_balance_hosts = LOAD_BALANCE_ROUND_ROBIN;
+        } else if (strcasecmp(val, "disable") == 0) {
+            db->load_balance_hosts = LOAD_BALANCE_DISABLE;
+        } else {
+            error_msg(L, "%s: load_balance_hosts = '%s': expected round-robin or disable", where,
+                      val);
+            return -EINVAL;
+        }
+        return 1;
+    }
+    if (strcmp(key, "connect_query") == 0) {
+        free(db->connect_query);
+        db->connect_query = val[0] ? dup_or_flag(L, val) : NULL;
+        return 1;
+    }
     return 0;
 }
 
@@ -1104,8 +1119,6 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 if (append_server_option(&server_options, key[0] == 'd' ? "DateStyle" : "TimeZone",
                                          val) != 0)
                     L->oom = true;
-            } else if (strcmp(key, "connect_query") == 0) {
-                warning_msg(L, "%s: connect_query is not supported by sluice; ignored", where);
             } else if (!is_pq_keyword(L, key) && IN_LIST(pgbouncer_only_db_keys, key)) {
                 warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
                             key);
@@ -1116,7 +1129,7 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
                           "max_db_connections, max_db_client_connections, auth_user, "
                           "server_lifetime, query_timeout, idle_transaction_timeout, "
-                          "client_idle_timeout are accepted)",
+                          "client_idle_timeout, connect_query, load_balance_hosts are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {

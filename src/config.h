@@ -43,6 +43,13 @@ struct entry_timeouts {
 /* One [databases] entry: client-visible name -> upstream. Upstream settings are kept as libpq
  * keywords so anything libpq accepts (sslmode, sslrootcert, several hosts, target_session_attrs)
  * works; sluice's own per-database keys are pulled out into fields. */
+/* PgBouncer's load_balance_hosts: which host of a host list a new server connection tries
+ * first (libpq then goes on down the list past any host that fails). */
+enum load_balance_hosts {
+    LOAD_BALANCE_ROUND_ROBIN, /* the next host after the one the previous connection started at */
+    LOAD_BALANCE_DISABLE,     /* always the first: the first host that works gets them all */
+};
+
 struct db_entry {
     char *name;            /* "*" is the fallback entry */
     int nkeys;
@@ -56,6 +63,8 @@ struct db_entry {
     int max_db_client_connections;   /* 0: the main section's */
     char *auth_user;       /* NULL unless set */
     struct entry_timeouts timeouts;
+    char *connect_query;   /* run once on each new server after login; NULL unless set */
+    enum load_balance_hosts load_balance_hosts; /* with a host list: where a new server starts */
     int line;              /* line in the file, 0 for environment */
 };
 

@@ -407,6 +407,13 @@ static bool needs_check(const struct server *s, uint64_t now)
            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay;
 }
 
+/* PgBouncer's "<empty>" check is an empty Query: the server answers EmptyQueryResponse and
+ * ReadyForQuery without parsing or logging a statement. */
+static const char *check_sql(const struct config *cfg)
+{
+    return strcmp(cfg->server_check_query, "<empty>") == 0 ? "" : cfg->server_check_query;
+}
+
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
@@ -418,7 +425,7 @@ static void dispatch(struct pool *p)
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_RESETTING);
-            server_queue_internal(s, p->app->cfg->server_check_query);
+            server_queue_internal(s, check_sql(p->app->cfg));
             relay_kick(s);
             continue;
         }
@@ -878,9 +885,36 @@ static uint64_t wait_limit(const struct pool *p)
     return limit;
 }
 
+/* query_wait_notify (PgBouncer's, with its wording): a logged-in client queued this long gets
+ * one NOTICE per wait, so a person at psql knows the pooler, not the query, is slow. */
+static void notify_long_waits(struct pool *p, uint64_t now)
+{
+    int64_t after = p->app->cfg->query_wait_notify;
+    if (after <= 0)
+        return;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (now - c->state_since_ms < (uint64_t)after)
+            break; /* FIFO: the rest have waited less */
+        if (c->state != CLIENT_WAITING || c->wait_notified)
+            continue;
+        c->wait_notified = true;
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "No server connection available in pool %s/%s, client being queued",
+                 p->db_name, p->user_name);
+        codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION),
+                        msg, NULL, NULL);
+        client_send(c);
+    }
+}
+
 void pool_maintain(struct pool *p, uint64_t now)
 {
     struct list_node *n, *tmp;
+    notify_long_waits(p, now);
     uint64_t limit = wait_limit(p);
     /* FIFO: the head has waited longest; stop at the first one still within its time. */
     while (limit > 0 && !list_empty(&p->waiting)) {
@@ -895,6 +929,8 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->idle, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->resetting, n, tmp)
+        server_check_timeouts(container_of(n, struct server, node), now);
+    list_for_each(&p->active, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->leaving, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);

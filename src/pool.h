@@ -78,6 +78,7 @@ struct pool {
 
     /* Connect failures: backoff instead of a reconnect storm, and fast failure while down. */
     struct breaker breaker;
+    unsigned next_host; /* load_balance_hosts = round-robin: where the next server starts */
 
     /* Counters (SHOW STATS, /metrics). A query is one ReadyForQuery answering the client (a
      * simple Query, an extended batch up to Sync, a FunctionCall); a transaction is one that

@@ -222,6 +222,79 @@ void server_retire_changed(struct pool *p)
                 p->user_name, busy, why);
 }
 
+/* load_balance_hosts = round-robin (PgBouncer's default): libpq tries a host list in order and
+ * goes past a host that fails, so starting each new connection one host further spreads the
+ * servers over the list and still skips a host that is down. The host, hostaddr and port lists
+ * move together (a single port serves every host and stays). */
+#define HOST_LIST_MAX 1024
+
+static int list_items(const char *v)
+{
+    int n = 1;
+    for (; *v; v++)
+        n += *v == ',';
+    return n;
+}
+
+static int keyword_index(const char *const *kw, int n, const char *name)
+{
+    for (int i = n - 1; i >= 0; i--) { /* the last one wins, as in libpq */
+        if (strcmp(kw[i], name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* v's items from the shift-th on, then the ones before it; false if out is too small. */
+static bool rotate_list(const char *v, int shift, char *out, size_t outlen)
+{
+    const char *start = v;
+    for (int i = 0; i < shift; i++)
+        start = strchr(start, ',') + 1;
+    size_t head = (size_t)(start - v) - 1, tail = strlen(start);
+    if (tail + 1 + head + 1 > outlen)
+        return false;
+    memcpy(out, start, tail);
+    out[tail] = ',';
+    memcpy(out + tail + 1, v, head);
+    out[tail + 1 + head] = '\0';
+    return true;
+}
+
+static void rotate_hosts(struct pool *p, const struct db_entry *db, const char **kw,
+                         const char **val, int n, char store[3][HOST_LIST_MAX])
+{
+    static const char *const lists[3] = {"host", "hostaddr", "port"};
+    int at[3], hosts = 0;
+    if (db->load_balance_hosts != LOAD_BALANCE_ROUND_ROBIN)
+        return;
+    for (int i = 0; i < 3; i++) {
+        at[i] = keyword_index(kw, n, lists[i]);
+        if (at[i] >= 0 && list_items(val[at[i]]) > hosts)
+            hosts = list_items(val[at[i]]);
+    }
+    if (hosts < 2)
+        return;
+    for (int i = 0; i < 3; i++) {
+        int items = at[i] >= 0 ? list_items(val[at[i]]) : hosts;
+        if (items != hosts && !(i == 2 && items == 1))
+            return; /* lists libpq itself will refuse: leave them for its message */
+    }
+    int shift = (int)(p->next_host++ % (unsigned)hosts);
+    if (shift == 0)
+        return;
+    for (int i = 0; i < 3; i++) {
+        if (at[i] < 0 || list_items(val[at[i]]) != hosts)
+            continue;
+        if (!rotate_list(val[at[i]], shift, store[i], HOST_LIST_MAX))
+            return;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (at[i] >= 0 && list_items(val[at[i]]) == hosts)
+            val[at[i]] = store[i];
+    }
+}
+
 static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
                                     struct passthrough_keys *out)
 {
@@ -251,6 +324,8 @@ static void start_login(struct server *s, const struct resolver *r)
     int n = build_conninfo(p, db, kw, val, &user, &has_password);
     if (r)
         resolver_apply(r, kw, val, &n);
+    char rotated[3][HOST_LIST_MAX]; /* libpq and the passthrough login copy what they keep */
+    rotate_hosts(p, db, kw, val, n, rotated);
     /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
      * with what it proved; libpq would need the password. */
     /* An md5 secret in auth_file needs no client at all: it is what answers an md5 challenge
@@ -430,40 +505,85 @@ bool server_probe_answered(struct server *s)
     return true;
 }
 
-static void start_probe(struct server *s)
+const char *server_connect_query(const struct server *s)
 {
-    s->probing = true;
-    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, server_probe_sql)) {
-        probe_failed(s, PQerrorMessage(s->conn));
+    const struct db_entry *db = config_find_db(s->pool->app->cfg, s->pool->db_name);
+    return db && db->connect_query ? db->connect_query : NULL;
+}
+
+/* PgBouncer runs connect_query as part of the login: a server whose connect_query fails never
+ * serves, and the pool backs off as after any failed login. */
+void server_connect_query_failed(struct server *s, const char *message)
+{
+    char why[512];
+    snprintf(why, sizeof(why), "connect_query failed: %s", message);
+    why[strcspn(why, "\n")] = '\0';
+    server_connect_failed(s, why);
+}
+
+static void login_query_failed(struct server *s, const char *why)
+{
+    if (s->login_query == LOGIN_QUERY_PROBE)
+        probe_failed(s, why);
+    else
+        server_connect_query_failed(s, why);
+}
+
+static void start_login_query(struct server *s, enum login_query q)
+{
+    s->login_query = q;
+    const char *sql = q == LOGIN_QUERY_PROBE ? server_probe_sql : server_connect_query(s);
+    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, sql)) {
+        login_query_failed(s, PQerrorMessage(s->conn));
         return;
     }
     sockio_want(&s->io, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
-static void probe_step(struct server *s)
+/* libpq's login is over, or one of sluice's login queries: run the next one, or serve. */
+static void login_query_next(struct server *s)
+{
+    if (s->login_query == LOGIN_QUERY_NONE && server_needs_probe(s)) {
+        start_login_query(s, LOGIN_QUERY_PROBE);
+        return;
+    }
+    if (s->login_query != LOGIN_QUERY_CONNECT && server_connect_query(s)) {
+        start_login_query(s, LOGIN_QUERY_CONNECT);
+        return;
+    }
+    s->login_query = LOGIN_QUERY_NONE;
+    sockio_want(&s->io, 0);
+    login_done(s);
+}
+
+static void login_query_step(struct server *s)
 {
     int f = PQflush(s->conn);
     if (f < 0 || !PQconsumeInput(s->conn)) {
-        probe_failed(s, PQerrorMessage(s->conn));
+        login_query_failed(s, PQerrorMessage(s->conn));
         return;
     }
     while (!PQisBusy(s->conn)) {
         PGresult *res = PQgetResult(s->conn);
         if (!res) {
-            s->probing = false;
-            sockio_want(&s->io, 0);
-            if (server_probe_answered(s))
-                login_done(s);
+            if (s->login_query == LOGIN_QUERY_PROBE && !server_probe_answered(s))
+                return;
+            login_query_next(s);
             return;
         }
-        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        ExecStatusType st = PQresultStatus(res);
+        bool failed = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
+        if (s->login_query == LOGIN_QUERY_PROBE && st == PGRES_TUPLES_OK && PQntuples(res) == 1)
             server_probe_store(s->pool, PQgetvalue(res, 0, 0));
-        else if (PQresultStatus(res) != PGRES_TUPLES_OK && budget_has_percent_caps(s->pool)) {
-            /* (Without NN% caps an error only costs /health the numbers: see probe_answered.) */
+        /* (Without NN% caps a failed probe only costs /health the numbers: see
+         * probe_answered.) */
+        if (failed && (s->login_query == LOGIN_QUERY_CONNECT || budget_has_percent_caps(s->pool))) {
+            /* The primary message alone, as the passthrough login reports it */
+            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             char why[256];
-            snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+            snprintf(why, sizeof(why), "%s", primary ? primary : PQresultErrorMessage(res));
             PQclear(res);
-            probe_failed(s, why);
+            login_query_failed(s, why);
             return;
         }
         PQclear(res);
@@ -534,6 +654,13 @@ static void connect_step(struct server *s)
             server_connect_failed(s, "cannot watch the server socket");
             return;
         }
+    } else if (st != PGRES_POLLING_FAILED && PQstatus(s->conn) == CONNECTION_STARTED) {
+        /* A new socket under the old one's number: libpq closed the socket of a host that
+         * refused and opened the next host's, which the kernel gave the lowest free number,
+         * the same. Closing took the old one out of epoll; the poll handle, which does not
+         * know, must register the new one, or no event ever comes (a host list would hang on
+         * its first host that refuses). */
+        sockio_want(&s->io, 0);
     }
     switch (st) {
     case PGRES_POLLING_READING:
@@ -544,12 +671,7 @@ static void connect_step(struct server *s)
         return;
     case PGRES_POLLING_OK:
         PQsetErrorVerbosity(s->conn, PQERRORS_DEFAULT);
-        if (server_needs_probe(s)) {
-            start_probe(s);
-            return;
-        }
-        sockio_want(&s->io, 0);
-        login_done(s);
+        login_query_next(s);
         return;
     default:
         libpq_failed(s);
@@ -619,8 +741,8 @@ void server_on_io(struct sockio *io, int status, int events)
         return;
     }
     if (s->state == SERVER_CONNECTING) {
-        if (s->probing)
-            probe_step(s);
+        if (s->login_query != LOGIN_QUERY_NONE)
+            login_query_step(s);
         else
             connect_step(s);
         return;
@@ -785,6 +907,28 @@ static void close_now(struct server *s)
     stmt_queue_free(&s->reqs);
 }
 
+/* server_fast_close (PgBouncer's): a session-mode server marked to close does not wait for its
+ * client to leave, only for its transaction to end: then both close, so the client knows its
+ * session is gone. Transaction and statement mode release (and so close) at that point anyway. */
+static bool fast_close_due(const struct server *s)
+{
+    const struct config *cfg = s->pool->app->cfg;
+    struct client *c = s->client;
+    return cfg->server_fast_close && s->close_when_free && c && s->txn_status == 'I' &&
+           s->swallow == 0 &&
+           !pool_mode_ops(s->pool->mode, cfg->server_reset_query_always)->release_at_idle &&
+           at_clean_boundary(s, c) && buf_pending(&c->in) == 0;
+}
+
+static void fast_close(struct server *s)
+{
+    struct client *c = s->client;
+    pool_unlink(c, s);
+    server_close(s, "marked to close (server_fast_close), its transaction over");
+    client_fail(c, FAIL_ADMIN_KILLED, ": its server was closed after RECONNECT or RELOAD "
+                                      "(server_fast_close)");
+}
+
 void server_check_timeouts(struct server *s, uint64_t now)
 {
     const struct config *cfg = s->pool->app->cfg;
@@ -807,6 +951,10 @@ void server_check_timeouts(struct server *s, uint64_t now)
                    pool_server_count(s->pool) > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
         }
+        break;
+    case SERVER_ACTIVE:
+        if (fast_close_due(s))
+            fast_close(s);
         break;
     case SERVER_LEAVING:
         /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */

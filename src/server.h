@@ -28,6 +28,13 @@ enum server_state {
 };
 const char *server_state_name(enum server_state s);
 
+/* The queries a libpq login runs before the server may serve, in this order. */
+enum login_query {
+    LOGIN_QUERY_NONE,    /* libpq's login still in progress (or done) */
+    LOGIN_QUERY_PROBE,   /* reading max_connections for NN% caps */
+    LOGIN_QUERY_CONNECT, /* the database entry's connect_query */
+};
+
 struct pool;
 struct client;
 
@@ -75,7 +82,7 @@ struct server {
     uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
-    bool probing;           /* CONNECTING: libpq is in, reading max_connections for NN% caps */
+    enum login_query login_query; /* CONNECTING: libpq is in, running one of sluice's queries */
     struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
     struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
                                  * target and TLS session for the server's life */
@@ -90,6 +97,10 @@ void server_on_io(struct sockio *io, int status, int events);
  * server_probe_answered (false: NN% caps need it and it gave nothing usable; s was failed). */
 extern const char server_probe_sql[];
 bool server_needs_probe(const struct server *s);
+/* The database entry's connect_query for a new server of this pool, or NULL. */
+const char *server_connect_query(const struct server *s);
+/* connect_query failed (an ErrorResponse): the server is closed as a failed login. */
+void server_connect_query_failed(struct server *s, const char *message);
 void server_probe_store(struct pool *p, const char *value);
 bool server_probe_answered(struct server *s);
 /* Logged in (by libpq or server_login.c), parameters and backend pid known: into the pool. */

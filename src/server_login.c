@@ -40,7 +40,14 @@
 #include "sluice.h"
 #include "tls.h"
 
-enum login_step { STEP_CONNECTING, STEP_SSL_ANSWER, STEP_TLS, STEP_AUTH, STEP_PROBE };
+enum login_step {
+    STEP_CONNECTING,
+    STEP_SSL_ANSWER,
+    STEP_TLS,
+    STEP_AUTH,
+    STEP_PROBE,
+    STEP_CONNECT_QUERY, /* the database entry's connect_query, before the server serves */
+};
 
 enum ssl_want { SSL_NO, SSL_PREFER, SSL_REQUIRE, SSL_VERIFY_CA, SSL_VERIFY_FULL };
 
@@ -490,6 +497,10 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
             return true; /* only /health misses the numbers: server_probe_answered says so */
         struct error_fields f;
         codec_parse_error(body, len, &f);
+        if (l->step == STEP_CONNECT_QUERY) {
+            server_connect_query_failed(s, f.message ? f.message : "server error");
+            return false;
+        }
         const char *text = f.message ? f.message : "server error during login";
         char why[512];
         snprintf(why, sizeof(why), "login as \"%s\" failed: %s:  %s", l->user,
@@ -499,7 +510,8 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     }
     case 'S': {
         const char *name = codec_read_cstring(&r), *value = codec_read_cstring(&r);
-        if (name && value && l->step == STEP_AUTH && params_is_reported(name) &&
+        if (name && value && (l->step == STEP_AUTH || l->step == STEP_CONNECT_QUERY) &&
+            params_is_reported(name) &&
             params_set(&s->params, name, value) < 0) {
             fail(s, "out of memory");
             return false;
@@ -515,6 +527,7 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
         return true;
     case 'T':
     case 'C':
+    case 'I': /* EmptyQueryResponse: a connect_query of only comments or semicolons */
         return true;
     case 'D':
         if (l->step == STEP_PROBE) {
@@ -537,6 +550,11 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
         }
         if (l->step == STEP_PROBE && !server_probe_answered(s))
             return false;
+        if ((l->step == STEP_AUTH || l->step == STEP_PROBE) && server_connect_query(s)) {
+            codec_put_query(&s->out, server_connect_query(s));
+            l->step = STEP_CONNECT_QUERY;
+            return true;
+        }
         sockio_want(&s->io, 0);
         /* Keep only what the server's life needs: the cancel target and the TLS session. */
         l->logged_in = true;
@@ -617,6 +635,7 @@ void server_login_step(struct server *s, int status, int events)
         return;
     case STEP_AUTH:
     case STEP_PROBE:
+    case STEP_CONNECT_QUERY:
         if ((events & UV_WRITABLE) && s->out.len > s->out_pos && !flush_out(s))
             return;
         if (events & UV_READABLE)

@@ -191,6 +191,12 @@ static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, 
         tls_error_text(err, n, what);
         goto fail;
     }
+    const char *suites = cfg->client_tls13_ciphers;
+    if (suites[0] && !SSL_CTX_set_ciphersuites(ctx, suites)) {
+        snprintf(what, sizeof(what), "client_tls13_ciphers = '%s'", suites);
+        tls_error_text(err, n, what);
+        goto fail;
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->client_tls_cert_file) != 1) {
         snprintf(what, sizeof(what), "client_tls_cert_file %s", cfg->client_tls_cert_file);
         tls_error_text(err, n, what);

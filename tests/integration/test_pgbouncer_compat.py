@@ -108,9 +108,9 @@ def test_check_of_pgbouncer_keys_in_every_section_warns_and_exits_0(tmp_path, pg
     ini.write_text(pgbouncer_style_ini(pg, userlist))
     p = run(["--check", str(ini)])
     assert p.returncode == 0, f"stdout: {p.stdout}\nstderr: {p.stderr}"
-    # (max_db_client_connections, max_user_client_connections and the per-entry server_lifetime
-    # are sluice keys now: no warning)
-    for key in ("auth_dbname", "load_balance_hosts",
+    # (max_db_client_connections, max_user_client_connections, the per-entry server_lifetime,
+    # load_balance_hosts and connect_query are sluice keys now: no warning)
+    for key in ("auth_dbname",
                 "track_extra_parameters", "transaction_timeout"):
         assert key in p.stderr, f"no warning names {key}:\n{p.stderr}"
     assert_no_sanitizer_report(p)

@@ -453,8 +453,8 @@ static void a_real_pgbouncer_ini_loads_unchanged(void)
         CHECK_STR(keyword(forcedb, "options"), "-c DateStyle=ISO");
         CHECK_STR(keyword(forcedb, "client_encoding"), "UNICODE");
         CHECK_STR(keyword(forcedb, "dbname"), "forcedb");
+        CHECK_STR(forcedb->connect_query, "SELECT 1");
     }
-    CHECK_WARNING("connect_query is not supported by sluice; ignored");
     CHECK_WARNING("'autodb_idle_timeout'");
     CHECK_WARNING("'dns_max_ttl'");
     config_free(c);
