@@ -100,53 +100,6 @@ static const char *const client_url_params[] = {
     "socket_timeout", "sslaccept",
 };
 
-const char *pool_mode_name(enum pool_mode m)
-{
-    switch (m) {
-    case POOL_MODE_UNSET:
-        return "unset";
-    case POOL_SESSION:
-        return "session";
-    case POOL_TRANSACTION:
-        return "transaction";
-    case POOL_STATEMENT:
-        return "statement";
-    }
-    return "?";
-}
-
-const char *auth_type_name(enum auth_type t)
-{
-    switch (t) {
-    case AUTH_TRUST:
-        return "trust";
-    case AUTH_ANY:
-        return "any";
-    case AUTH_PLAIN:
-        return "plain";
-    case AUTH_MD5:
-        return "md5";
-    case AUTH_SCRAM:
-        return "scram-sha-256";
-    case AUTH_HBA:
-        return "hba";
-    case AUTH_CERT:
-        return "cert";
-    }
-    return "?";
-}
-
-const char *log_format_name(enum log_format f)
-{
-    switch (f) {
-    case LOG_FORMAT_TEXT:
-        return "text";
-    case LOG_FORMAT_JSON:
-        return "json";
-    }
-    return "?";
-}
-
 /* ---- enum types whose values config_enums.def lists ---- */
 
 static const struct enum_value {
@@ -204,6 +157,21 @@ static void enum_expected(const char *type, char *why, size_t n)
         const char *sep = i == 0 ? " " : i + 1 == k ? " or " : ", ";
         used += (size_t)snprintf(why + used, n - used, "%s%s", sep, names[i]);
     }
+}
+
+const char *pool_mode_name(enum pool_mode m)
+{
+    return m == POOL_MODE_UNSET ? "unset" : enum_name("POOL_MODE", m);
+}
+
+const char *auth_type_name(enum auth_type t)
+{
+    return enum_name("AUTH_TYPE", t);
+}
+
+const char *log_format_name(enum log_format f)
+{
+    return enum_name("LOG_FORMAT", f);
 }
 
 const char *log_level_name(enum log_level l)
@@ -407,63 +375,6 @@ static int parse_LIMIT(const char *v, struct limit *out, char *why, size_t n)
     return 0;
 }
 
-static int parse_pool_mode_text(const char *v, enum pool_mode *out)
-{
-    for (enum pool_mode m = POOL_SESSION; m <= POOL_STATEMENT; m++) {
-        if (strcasecmp(v, pool_mode_name(m)) == 0) {
-            *out = m;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static int parse_POOL_MODE(const char *v, enum pool_mode *out, char *why, size_t n)
-{
-    if (parse_pool_mode_text(v, out) != 0) {
-        snprintf(why, n, "expected session, transaction or statement");
-        return -EINVAL;
-    }
-    return 0;
-}
-
-static int parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t n)
-{
-    for (enum auth_type t = AUTH_TRUST; t <= AUTH_CERT; t++) {
-        if (strcasecmp(v, auth_type_name(t)) == 0) {
-            *out = t;
-            return 0;
-        }
-    }
-    if (strcasecmp(v, "password") == 0) { /* pg_hba.conf's name for it */
-        *out = AUTH_PLAIN;
-        return 0;
-    }
-    /* PgBouncer's other methods: name them, so a moved pgbouncer.ini fails with a reason. */
-    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0 || strcasecmp(v, "peer") == 0)
-        snprintf(why, n,
-                 "auth_type %s is not supported; use trust, plain, md5, scram-sha-256, hba or "
-                 "cert",
-                 v);
-    else
-        snprintf(why, n, "expected trust, any, plain, md5, scram-sha-256, hba or cert");
-    return -EINVAL;
-}
-
-static int parse_LOG_FORMAT(const char *v, enum log_format *out, char *why, size_t n)
-{
-    if (strcasecmp(v, "text") == 0) {
-        *out = LOG_FORMAT_TEXT;
-        return 0;
-    }
-    if (strcasecmp(v, "json") == 0) {
-        *out = LOG_FORMAT_JSON;
-        return 0;
-    }
-    snprintf(why, n, "expected text or json");
-    return -EINVAL;
-}
-
 /* parse_<TYPE> and format_<TYPE> of an enum type, through its config_enums.def lines. */
 #define ENUM_KIND(type, ctype)                                                                     \
     static int parse_##type(const char *v, ctype *out, char *why, size_t n)                        \
@@ -480,9 +391,29 @@ static int parse_LOG_FORMAT(const char *v, enum log_format *out, char *why, size
     {                                                                                              \
         snprintf(out, n, "%s", enum_name(#type, (int)*v));                                         \
     }
+ENUM_KIND(POOL_MODE, enum pool_mode)
+ENUM_KIND(LOG_FORMAT, enum log_format)
 ENUM_KIND(LOG_LEVEL, enum log_level)
 ENUM_KIND(SESSION_STATE_POLICY, enum session_policy)
 ENUM_KIND(SSLMODE, enum sslmode)
+
+static int parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t n)
+{
+    int value;
+    if (enum_parse("AUTH_TYPE", v, &value) == 0) {
+        *out = (enum auth_type)value;
+        return 0;
+    }
+    /* PgBouncer's other methods: name them, so a moved pgbouncer.ini fails with a reason. */
+    if (strcasecmp(v, "pam") == 0 || strcasecmp(v, "ldap") == 0 || strcasecmp(v, "peer") == 0)
+        snprintf(why, n,
+                 "auth_type %s is not supported; use trust, plain, md5, scram-sha-256, hba or "
+                 "cert",
+                 v);
+    else
+        enum_expected("AUTH_TYPE", why, n);
+    return -EINVAL;
+}
 
 static void format_STR(char *const *v, char *out, size_t n)
 {
@@ -513,19 +444,9 @@ static void format_LIMIT(const struct limit *v, char *out, size_t n)
     snprintf(out, n, "%d%s", v->value, v->is_percent ? "%" : "");
 }
 
-static void format_POOL_MODE(const enum pool_mode *v, char *out, size_t n)
-{
-    snprintf(out, n, "%s", pool_mode_name(*v));
-}
-
 static void format_AUTH_TYPE(const enum auth_type *v, char *out, size_t n)
 {
     snprintf(out, n, "%s", auth_type_name(*v));
-}
-
-static void format_LOG_FORMAT(const enum log_format *v, char *out, size_t n)
-{
-    snprintf(out, n, "%s", log_format_name(*v));
 }
 
 /* ---- setting one main-section key ---- */
@@ -1124,9 +1045,9 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         return 1;
     }
     if (strcmp(key, "pool_mode") == 0) {
-        if (parse_pool_mode_text(val, &db->pool_mode) != 0) {
-            error_msg(L, "%s: pool_mode = '%s': expected session, transaction or statement", where,
-                      val);
+        char why[128];
+        if (parse_POOL_MODE(val, &db->pool_mode, why, sizeof why) != 0) {
+            error_msg(L, "%s: pool_mode = '%s': %s", where, val, why);
             return -EINVAL;
         }
         return 1;
@@ -1428,9 +1349,9 @@ static void on_user(struct loader *L, const char *name, const char *value)
         if (timeout != 0) {
             failed |= timeout < 0;
         } else if (strcmp(key, "pool_mode") == 0) {
-            if (parse_pool_mode_text(val, &u.pool_mode) != 0) {
-                error_msg(L, "%s: pool_mode = '%s': expected session, transaction or statement",
-                          where, val);
+            char why[128];
+            if (parse_POOL_MODE(val, &u.pool_mode, why, sizeof why) != 0) {
+                error_msg(L, "%s: pool_mode = '%s': %s", where, val, why);
                 failed = 1;
             }
         } else if (strcmp(key, "pool_size") == 0) {

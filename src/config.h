@@ -10,10 +10,10 @@
 
 #include "cidr.h"
 
+/* Each enum type's values are listed once, in config_enums.def; config.c parses them at load. */
 enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
 enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
-/* The enum types whose values config_enums.def lists (parsed there, once, at load). */
 enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 /* session_state_policy: what to do about SQL whose effect outlives the transaction in
  * transaction/statement mode (session_state.h says which SQL that is). */
