@@ -506,10 +506,7 @@ static void apply_set(struct sluice *app, const char *key)
     const struct config *cfg = app->cfg;
     if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
         strcmp(key, "logfile") == 0) {
-        enum log_level level = LOG_INFO;
-        if (log_level_parse(cfg->log_level, &level) < 0)
-            level = LOG_INFO;
-        log_configure(level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
+        log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
     }
     if (strncmp(key, "client_tls_", 11) == 0)
         tls_reload(app);

@@ -493,8 +493,8 @@ void auth_start(struct client *c)
     const struct config *cfg = app->cfg;
     bool local = c->addr.sa.sa_family == AF_UNIX;
     bool tls = c->io.ssl != NULL;
-    if (!tls && !local && tls_client_mode() >= TLS_REQUIRE) {
-        client_fail(c, FAIL_TLS_REQUIRED, tls_mode_name(tls_client_mode()));
+    if (!tls && !local && tls_client_mode() >= SSLMODE_REQUIRE) {
+        client_fail(c, FAIL_TLS_REQUIRED, sslmode_name(tls_client_mode()));
         return;
     }
     enum auth_type method = cfg->auth_type;

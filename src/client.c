@@ -816,7 +816,7 @@ static void handle_startup_bytes(struct client *c)
                 client_fail(c, FAIL_PROTOCOL_VIOLATION, "SSLRequest on an encrypted connection");
                 return;
             }
-            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != TLS_DISABLE &&
+            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
                 c->addr.sa.sa_family != AF_UNIX) {
                 start_tls(c);
                 return;

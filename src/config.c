@@ -97,51 +97,102 @@ static const char *const client_url_params[] = {
     "socket_timeout", "sslaccept",
 };
 
-const char *pool_mode_name(enum pool_mode m)
+/* ---- enum types whose values config_enums.def lists ---- */
+
+static const struct enum_value {
+    const char *type; /* the key type in config_keys.def */
+    const char *text;
+    int value;
+} enum_values[] = {
+#define ENUM_VALUE(type, text, constant) {#type, text, constant},
+#include "config_enums.def"
+#undef ENUM_VALUE
+};
+#define N_ENUM_VALUES (sizeof enum_values / sizeof enum_values[0])
+
+static bool is_enum_type(const char *type)
 {
-    switch (m) {
-    case POOL_MODE_UNSET:
-        return "unset";
-    case POOL_SESSION:
-        return "session";
-    case POOL_TRANSACTION:
-        return "transaction";
-    case POOL_STATEMENT:
-        return "statement";
+    for (size_t i = 0; i < N_ENUM_VALUES; i++) {
+        if (strcmp(enum_values[i].type, type) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The value's name: its first line in config_enums.def. */
+static const char *enum_name(const char *type, int value)
+{
+    for (size_t i = 0; i < N_ENUM_VALUES; i++) {
+        if (enum_values[i].value == value && strcmp(enum_values[i].type, type) == 0)
+            return enum_values[i].text;
     }
     return "?";
+}
+
+static int enum_parse(const char *type, const char *text, int *out)
+{
+    for (size_t i = 0; i < N_ENUM_VALUES; i++) {
+        if (strcmp(enum_values[i].type, type) == 0 && strcasecmp(enum_values[i].text, text) == 0) {
+            *out = enum_values[i].value;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* "expected a, b or c": every spelling but the empty one, in config_enums.def order. */
+static void enum_expected(const char *type, char *why, size_t n)
+{
+    const char *names[16];
+    size_t k = 0;
+    for (size_t i = 0; i < N_ENUM_VALUES && k < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(enum_values[i].type, type) == 0 && enum_values[i].text[0])
+            names[k++] = enum_values[i].text;
+    }
+    size_t used = (size_t)snprintf(why, n, "expected");
+    for (size_t i = 0; i < k && used < n; i++) {
+        const char *sep = i == 0 ? " " : i + 1 == k ? " or " : ", ";
+        used += (size_t)snprintf(why + used, n - used, "%s%s", sep, names[i]);
+    }
+}
+
+const char *pool_mode_name(enum pool_mode m)
+{
+    return m == POOL_MODE_UNSET ? "unset" : enum_name("POOL_MODE", m);
 }
 
 const char *auth_type_name(enum auth_type t)
 {
-    switch (t) {
-    case AUTH_TRUST:
-        return "trust";
-    case AUTH_ANY:
-        return "any";
-    case AUTH_PLAIN:
-        return "plain";
-    case AUTH_MD5:
-        return "md5";
-    case AUTH_SCRAM:
-        return "scram-sha-256";
-    case AUTH_HBA:
-        return "hba";
-    case AUTH_CERT:
-        return "cert";
-    }
-    return "?";
+    return enum_name("AUTH_TYPE", t);
 }
 
 const char *log_format_name(enum log_format f)
 {
-    switch (f) {
-    case LOG_FORMAT_TEXT:
-        return "text";
-    case LOG_FORMAT_JSON:
-        return "json";
-    }
-    return "?";
+    return enum_name("LOG_FORMAT", f);
+}
+
+const char *log_level_name(enum log_level l)
+{
+    return enum_name("LOG_LEVEL", l);
+}
+
+const char *session_policy_name(enum session_policy p)
+{
+    return enum_name("SESSION_STATE_POLICY", p);
+}
+
+const char *sslmode_name(enum sslmode m)
+{
+    return enum_name("SSLMODE", m);
+}
+
+int sslmode_parse(const char *text, enum sslmode *out)
+{
+    int v;
+    if (!text || !text[0] || enum_parse("SSLMODE", text, &v) != 0)
+        return -1;
+    *out = (enum sslmode)v;
+    return 0;
 }
 
 const char *config_source_name(enum config_source s)
@@ -321,36 +372,33 @@ static int parse_LIMIT(const char *v, struct limit *out, char *why, size_t n)
     return 0;
 }
 
-static int parse_pool_mode_text(const char *v, enum pool_mode *out)
-{
-    for (enum pool_mode m = POOL_SESSION; m <= POOL_STATEMENT; m++) {
-        if (strcasecmp(v, pool_mode_name(m)) == 0) {
-            *out = m;
-            return 0;
-        }
+/* parse_<TYPE> and format_<TYPE> of an enum type, through its config_enums.def lines. */
+#define ENUM_KIND(type, ctype)                                                                     \
+    static int parse_##type(const char *v, ctype *out, char *why, size_t n)                        \
+    {                                                                                              \
+        int value;                                                                                 \
+        if (enum_parse(#type, v, &value) != 0) {                                                   \
+            enum_expected(#type, why, n);                                                          \
+            return -EINVAL;                                                                        \
+        }                                                                                          \
+        *out = (ctype)value;                                                                       \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static void format_##type(const ctype *v, char *out, size_t n)                                 \
+    {                                                                                              \
+        snprintf(out, n, "%s", enum_name(#type, (int)*v));                                         \
     }
-    return -EINVAL;
-}
-
-static int parse_POOL_MODE(const char *v, enum pool_mode *out, char *why, size_t n)
-{
-    if (parse_pool_mode_text(v, out) != 0) {
-        snprintf(why, n, "expected session, transaction or statement");
-        return -EINVAL;
-    }
-    return 0;
-}
+ENUM_KIND(POOL_MODE, enum pool_mode)
+ENUM_KIND(LOG_FORMAT, enum log_format)
+ENUM_KIND(LOG_LEVEL, enum log_level)
+ENUM_KIND(SESSION_STATE_POLICY, enum session_policy)
+ENUM_KIND(SSLMODE, enum sslmode)
 
 static int parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t n)
 {
-    for (enum auth_type t = AUTH_TRUST; t <= AUTH_CERT; t++) {
-        if (strcasecmp(v, auth_type_name(t)) == 0) {
-            *out = t;
-            return 0;
-        }
-    }
-    if (strcasecmp(v, "password") == 0) { /* pg_hba.conf's name for it */
-        *out = AUTH_PLAIN;
+    int value;
+    if (enum_parse("AUTH_TYPE", v, &value) == 0) {
+        *out = (enum auth_type)value;
         return 0;
     }
     /* PgBouncer's other methods: name them, so a moved pgbouncer.ini fails with a reason. */
@@ -360,21 +408,7 @@ static int parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t
                  "cert",
                  v);
     else
-        snprintf(why, n, "expected trust, any, plain, md5, scram-sha-256, hba or cert");
-    return -EINVAL;
-}
-
-static int parse_LOG_FORMAT(const char *v, enum log_format *out, char *why, size_t n)
-{
-    if (strcasecmp(v, "text") == 0) {
-        *out = LOG_FORMAT_TEXT;
-        return 0;
-    }
-    if (strcasecmp(v, "json") == 0) {
-        *out = LOG_FORMAT_JSON;
-        return 0;
-    }
-    snprintf(why, n, "expected text or json");
+        enum_expected("AUTH_TYPE", why, n);
     return -EINVAL;
 }
 
@@ -407,19 +441,9 @@ static void format_LIMIT(const struct limit *v, char *out, size_t n)
     snprintf(out, n, "%d%s", v->value, v->is_percent ? "%" : "");
 }
 
-static void format_POOL_MODE(const enum pool_mode *v, char *out, size_t n)
-{
-    snprintf(out, n, "%s", pool_mode_name(*v));
-}
-
 static void format_AUTH_TYPE(const enum auth_type *v, char *out, size_t n)
 {
     snprintf(out, n, "%s", auth_type_name(*v));
-}
-
-static void format_LOG_FORMAT(const enum log_format *v, char *out, size_t n)
-{
-    snprintf(out, n, "%s", log_format_name(*v));
 }
 
 /* ---- setting one main-section key ---- */
@@ -480,6 +504,9 @@ static char **str_field(struct config *c, int idx)
 #define STRPTR_POOL_MODE(name)
 #define STRPTR_AUTH_TYPE(name)
 #define STRPTR_LOG_FORMAT(name)
+#define STRPTR_LOG_LEVEL(name)
+#define STRPTR_SESSION_STATE_POLICY(name)
+#define STRPTR_SSLMODE(name)
 #include "config_keys.def"
 #undef KEY
     }
@@ -522,6 +549,9 @@ static int check_key(const struct config *c, int idx, char *why, size_t n)
 #define INTVAL_POOL_MODE(name)
 #define INTVAL_AUTH_TYPE(name)
 #define INTVAL_LOG_FORMAT(name)
+#define INTVAL_LOG_LEVEL(name)
+#define INTVAL_SESSION_STATE_POLICY(name)
+#define INTVAL_SSLMODE(name)
 #include "config_keys.def"
 #undef KEY
         }
@@ -530,37 +560,15 @@ static int check_key(const struct config *c, int idx, char *why, size_t n)
             return -EINVAL;
         }
     }
-    if (idx == KEY_IDX_log_level) {
-        static const char *const levels[] = {"error", "warning", "info", "debug"};
-        for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
-            if (strcmp(c->log_level, levels[i]) == 0)
-                return 0;
+    /* An enum's empty value ("not set") is only for keys whose default is empty
+     * (server_tls_sslmode: libpq's default; client_tls_sslmode must say what it does). */
+    if (is_enum_type(config_keys[idx].type) && config_keys[idx].def[0]) {
+        char shown[64];
+        config_format_value(c, idx, shown, sizeof shown);
+        if (!shown[0]) {
+            enum_expected(config_keys[idx].type, why, n);
+            return -EINVAL;
         }
-        snprintf(why, n, "expected error, warning, info or debug");
-        return -EINVAL;
-    }
-    if (idx == KEY_IDX_session_state_policy) {
-        static const char *const policies[] = {"warn", "pin", "refuse"};
-        for (size_t i = 0; i < sizeof policies / sizeof policies[0]; i++) {
-            if (strcasecmp(c->session_state_policy, policies[i]) == 0)
-                return 0;
-        }
-        snprintf(why, n, "expected warn, pin or refuse");
-        return -EINVAL;
-    }
-    if (idx == KEY_IDX_client_tls_sslmode || idx == KEY_IDX_server_tls_sslmode) {
-        static const char *const modes[] = {"disable", "allow",     "prefer",
-                                            "require", "verify-ca", "verify-full"};
-        const char *v = idx == KEY_IDX_client_tls_sslmode ? c->client_tls_sslmode
-                                                          : c->server_tls_sslmode;
-        if (idx == KEY_IDX_server_tls_sslmode && v[0] == '\0')
-            return 0; /* libpq's default */
-        for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
-            if (strcasecmp(v, modes[i]) == 0)
-                return 0;
-        }
-        snprintf(why, n, "expected disable, allow, prefer, require, verify-ca or verify-full");
-        return -EINVAL;
     }
     return 0;
 }
@@ -756,6 +764,9 @@ void config_free(struct config *c)
 #define FREE_POOL_MODE(name)
 #define FREE_AUTH_TYPE(name)
 #define FREE_LOG_FORMAT(name)
+#define FREE_LOG_LEVEL(name)
+#define FREE_SESSION_STATE_POLICY(name)
+#define FREE_SSLMODE(name)
 #include "config_keys.def"
 #undef KEY
     free(c->sources);
@@ -1032,9 +1043,9 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         return 1;
     }
     if (strcmp(key, "pool_mode") == 0) {
-        if (parse_pool_mode_text(val, &db->pool_mode) != 0) {
-            error_msg(L, "%s: pool_mode = '%s': expected session, transaction or statement", where,
-                      val);
+        char why[128];
+        if (parse_POOL_MODE(val, &db->pool_mode, why, sizeof why) != 0) {
+            error_msg(L, "%s: pool_mode = '%s': %s", where, val, why);
             return -EINVAL;
         }
         return 1;
@@ -1351,9 +1362,9 @@ static void on_user(struct loader *L, const char *name, const char *value)
         if (timeout != 0) {
             failed |= timeout < 0;
         } else if (strcmp(key, "pool_mode") == 0) {
-            if (parse_pool_mode_text(val, &u.pool_mode) != 0) {
-                error_msg(L, "%s: pool_mode = '%s': expected session, transaction or statement",
-                          where, val);
+            char why[128];
+            if (parse_POOL_MODE(val, &u.pool_mode, why, sizeof why) != 0) {
+                error_msg(L, "%s: pool_mode = '%s': %s", where, val, why);
                 failed = 1;
             }
         } else if (strcmp(key, "pool_size") == 0) {
@@ -1909,13 +1920,14 @@ static void validate(struct loader *L)
     /* auth and TLS keys that only make sense together (tls.c and auth.c check the files) */
     if (c->auth_type == AUTH_HBA && !c->auth_hba_file[0])
         error_msg(L, "auth_type = hba needs auth_hba_file");
-    if (strcasecmp(c->client_tls_sslmode, "disable") != 0 &&
+    if (c->client_tls_sslmode != SSLMODE_DISABLE &&
         (!c->client_tls_cert_file[0] || !c->client_tls_key_file[0]))
         error_msg(L, "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
-                  c->client_tls_sslmode);
-    if (strncasecmp(c->client_tls_sslmode, "verify", 6) == 0 && !c->client_tls_ca_file[0])
-        error_msg(L, "client_tls_sslmode = %s needs client_tls_ca_file", c->client_tls_sslmode);
-    if (c->auth_type == AUTH_CERT && strcasecmp(c->client_tls_sslmode, "disable") == 0)
+                  sslmode_name(c->client_tls_sslmode));
+    if (c->client_tls_sslmode >= SSLMODE_VERIFY_CA && !c->client_tls_ca_file[0])
+        error_msg(L, "client_tls_sslmode = %s needs client_tls_ca_file",
+                  sslmode_name(c->client_tls_sslmode));
+    if (c->auth_type == AUTH_CERT && c->client_tls_sslmode == SSLMODE_DISABLE)
         error_msg(L, "auth_type = cert needs client TLS: set client_tls_sslmode (and "
                      "client_tls_ca_file)");
     bool needs_secret =

@@ -10,13 +10,36 @@
 
 #include "cidr.h"
 
+/* Each enum type's values are listed once, in config_enums.def; config.c parses them at load. */
 enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
 enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
+enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+/* session_state_policy: what to do about SQL whose effect outlives the transaction in
+ * transaction/statement mode (session_state.h says which SQL that is). */
+enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_REFUSE };
+/* libpq's sslmode; client_tls_sslmode gives them PgBouncer's meanings towards clients (tls.h).
+ * UNSET (an empty server_tls_sslmode) leaves libpq its default; ordered so that a comparison
+ * such as >= SSLMODE_REQUIRE reads as "at least require". */
+enum sslmode {
+    SSLMODE_UNSET = -1,
+    SSLMODE_DISABLE = 0, /* towards clients: SSLRequest is answered 'N' */
+    SSLMODE_ALLOW,       /* TLS when the other side asks for it */
+    SSLMODE_PREFER,      /* the same towards clients (the difference is a client-side one) */
+    SSLMODE_REQUIRE,     /* towards clients: TCP clients without TLS are refused (28000) */
+    SSLMODE_VERIFY_CA,   /* ... and must present a certificate signed by client_tls_ca_file */
+    SSLMODE_VERIFY_FULL, /* the same towards clients */
+};
 
 const char *pool_mode_name(enum pool_mode m);
 const char *auth_type_name(enum auth_type t);
 const char *log_format_name(enum log_format f);
+const char *log_level_name(enum log_level l);
+const char *session_policy_name(enum session_policy p);
+const char *sslmode_name(enum sslmode m); /* "" for SSLMODE_UNSET */
+/* libpq's sslmode text (a [databases] entry's sslmode=, for the passthrough login): 0, or -1
+ * when it is not one of them. The same parser as server_tls_sslmode's. */
+int sslmode_parse(const char *text, enum sslmode *out);
 
 /* A cap that is either a count or a share of the server's usable connections. */
 struct limit {
@@ -111,6 +134,9 @@ struct config {
 #define KEY_FIELD_POOL_MODE(name) enum pool_mode name;
 #define KEY_FIELD_AUTH_TYPE(name) enum auth_type name;
 #define KEY_FIELD_LOG_FORMAT(name) enum log_format name;
+#define KEY_FIELD_LOG_LEVEL(name) enum log_level name;
+#define KEY_FIELD_SESSION_STATE_POLICY(name) enum session_policy name;
+#define KEY_FIELD_SSLMODE(name) enum sslmode name;
 #include "config_keys.def"
 #undef KEY
 
@@ -132,7 +158,7 @@ struct config {
 /* Describes each main-section key (for SHOW CONFIG, --help, the README table). */
 struct config_key_info {
     const char *name;
-    const char *type;     /* "STR", "INT", ... */
+    const char *type;     /* "STR", "INT", ... (config_enums.def lists an enum type's values) */
     const char *def;      /* default as written in config_keys.def */
     bool reloadable;
     const char *doc;

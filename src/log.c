@@ -19,23 +19,6 @@ static FILE *logfile_fp;
 
 static const char *level_names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
 
-int log_level_parse(const char *s, enum log_level *out)
-{
-    static const struct {
-        const char *name;
-        enum log_level level;
-    } names[] = {{"error", LOG_ERROR},     {"warning", LOG_WARNING}, {"warn", LOG_WARNING},
-                 {"info", LOG_INFO},       {"log", LOG_INFO},        {"debug", LOG_DEBUG},
-                 {"noise", LOG_DEBUG}};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (strcasecmp(s, names[i].name) == 0) {
-            *out = names[i].level;
-            return 0;
-        }
-    }
-    return -1;
-}
-
 void log_configure(enum log_level level, bool json, const char *logfile)
 {
     current_level = level;

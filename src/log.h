@@ -5,12 +5,11 @@
 
 #include <stdbool.h>
 
-enum log_level { LOG_ERROR = 0, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+#include "config.h" /* enum log_level: log_level is parsed with the other keys */
 
 struct client;
 struct server;
 
-int log_level_parse(const char *s, enum log_level *out);
 void log_configure(enum log_level level, bool json, const char *logfile);
 void log_close(void);
 bool log_enabled(enum log_level level);

@@ -141,7 +141,7 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
                                               enum session_feature f, uint32_t body_len)
 {
     uint32_t whole = CODEC_HEADER_LEN + body_len;
-    int policy = session_policy_parse(c->app->cfg->session_state_policy);
+    enum session_policy policy = c->app->cfg->session_state_policy;
     if (policy == SESSION_POLICY_PIN) {
         if (!c->pinned)
             log_client(LOG_INFO, c, "uses %s (application_name \"%s\"): pinned to S-%llu until it "

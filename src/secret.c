@@ -683,7 +683,7 @@ static int build_conninfo(const struct config *cfg, const struct query_target *t
     }
     /* server_tls_* as in server.c: the database entry's own keywords win */
     const char *tls_keys[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
-    const char *tls_vals[4] = {cfg->server_tls_sslmode, cfg->server_tls_ca_file,
+    const char *tls_vals[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
                                cfg->server_tls_cert_file, cfg->server_tls_key_file};
     for (int i = 0; i < 4; i++) {
         if (tls_vals[i] && tls_vals[i][0] && !db_keyword(t->db, tls_keys[i])) {

@@ -123,7 +123,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     const char *user = NULL;
     /* server_tls_* become libpq's keywords unless the database entry sets its own */
     const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
-    const char *tls_val[4] = {cfg->server_tls_sslmode, cfg->server_tls_ca_file,
+    const char *tls_val[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
     for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 13; i++) {
         kw[n] = db->pq_keywords[i];

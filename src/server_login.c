@@ -646,20 +646,31 @@ void server_login_step(struct server *s, int status, int events)
 
 /* ---- start ---- */
 
-static int parse_sslmode(const char *mode, enum ssl_want *out)
+/* What the login does for a libpq sslmode (parsed by config's one sslmode parser). */
+static int ssl_want_of(const char *text, enum ssl_want *out)
 {
-    if (!mode || strcmp(mode, "prefer") == 0)
-        *out = SSL_PREFER;
-    else if (strcmp(mode, "disable") == 0 || strcmp(mode, "allow") == 0)
-        *out = SSL_NO; /* allow: libpq tries without TLS first */
-    else if (strcmp(mode, "require") == 0)
-        *out = SSL_REQUIRE;
-    else if (strcmp(mode, "verify-ca") == 0)
-        *out = SSL_VERIFY_CA;
-    else if (strcmp(mode, "verify-full") == 0)
-        *out = SSL_VERIFY_FULL;
-    else
+    enum sslmode mode = SSLMODE_PREFER; /* libpq's default */
+    if (text && sslmode_parse(text, &mode) != 0)
         return -1;
+    switch (mode) {
+    case SSLMODE_UNSET:
+    case SSLMODE_PREFER:
+        *out = SSL_PREFER;
+        break;
+    case SSLMODE_DISABLE:
+    case SSLMODE_ALLOW:
+        *out = SSL_NO; /* allow: libpq tries without TLS first */
+        break;
+    case SSLMODE_REQUIRE:
+        *out = SSL_REQUIRE;
+        break;
+    case SSLMODE_VERIFY_CA:
+        *out = SSL_VERIFY_CA;
+        break;
+    case SSLMODE_VERIFY_FULL:
+        *out = SSL_VERIFY_FULL;
+        break;
+    }
     return 0;
 }
 
@@ -699,7 +710,7 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
         snprintf(why, whylen, "out of memory");
         return -1;
     }
-    if (parse_sslmode(kw_get(kw, val, "sslmode"), &l->ssl_want) < 0) {
+    if (ssl_want_of(kw_get(kw, val, "sslmode"), &l->ssl_want) < 0) {
         snprintf(why, whylen, "invalid sslmode \"%s\"", kw_get(kw, val, "sslmode"));
         return -1;
     }

@@ -315,14 +315,3 @@ const char *session_feature_name(enum session_feature f)
         return "nothing";
     }
 }
-
-int session_policy_parse(const char *text)
-{
-    if (strcasecmp(text, "warn") == 0)
-        return SESSION_POLICY_WARN;
-    if (strcasecmp(text, "pin") == 0)
-        return SESSION_POLICY_PIN;
-    if (strcasecmp(text, "refuse") == 0)
-        return SESSION_POLICY_REFUSE;
-    return -1;
-}

@@ -19,8 +19,6 @@ enum session_feature {
     SESSION_FEATURE_SET,
 };
 
-enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_REFUSE };
-
 /* Parameters Postgres does not report that a text may change for the whole session: SET or
  * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see
  * their new values, so the server's record of them becomes unknown (params_forget). */
@@ -35,7 +33,5 @@ struct param_touch {
  * touch (may be NULL) gets the unreported parameters the whole text may change. */
 enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
 const char *session_feature_name(enum session_feature f);
-/* "warn", "pin", "refuse"; -1 when the text is none of them. */
-int session_policy_parse(const char *text);
 
 #endif

@@ -28,10 +28,7 @@ extern char **environ;
 
 static void apply_logging(const struct config *cfg)
 {
-    enum log_level level = LOG_INFO;
-    if (log_level_parse(cfg->log_level, &level) < 0)
-        level = LOG_INFO;
-    log_configure(level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
+    log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
 }
 
 /* Free what closed during this loop iteration. Deferring the free means code that closed a

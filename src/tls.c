@@ -24,31 +24,10 @@
 
 static struct {
     SSL_CTX *ctx; /* NULL when disabled */
-    enum tls_mode mode;
+    enum sslmode mode;
 } cur;
 
-static const char *const mode_names[] = {
-    [TLS_DISABLE] = "disable", [TLS_ALLOW] = "allow",         [TLS_PREFER] = "prefer",
-    [TLS_REQUIRE] = "require", [TLS_VERIFY_CA] = "verify-ca", [TLS_VERIFY_FULL] = "verify-full",
-};
-
-const char *tls_mode_name(enum tls_mode m)
-{
-    return m <= TLS_VERIFY_FULL ? mode_names[m] : "?";
-}
-
-int tls_mode_parse(const char *text, enum tls_mode *out)
-{
-    for (int m = TLS_DISABLE; m <= TLS_VERIFY_FULL; m++) {
-        if (strcasecmp(text, mode_names[m]) == 0) {
-            *out = (enum tls_mode)m;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-enum tls_mode tls_client_mode(void)
+enum sslmode tls_client_mode(void)
 {
     return cur.mode;
 }
@@ -131,30 +110,24 @@ static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *ou
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, size_t n)
+static SSL_CTX *build(const struct config *cfg, enum sslmode *mode, char *err, size_t n)
 {
-    if (tls_mode_parse(cfg->client_tls_sslmode, mode) != 0) {
-        snprintf(err, n,
-                 "client_tls_sslmode = '%s': expected disable, allow, prefer, require, "
-                 "verify-ca or verify-full",
-                 cfg->client_tls_sslmode);
-        return NULL;
-    }
-    if (*mode == TLS_DISABLE) {
+    *mode = cfg->client_tls_sslmode; /* parsed and checked at config load */
+    if (*mode == SSLMODE_DISABLE) {
         err[0] = '\0';
         return NULL;
     }
     if (!cfg->client_tls_cert_file[0] || !cfg->client_tls_key_file[0]) {
         snprintf(err, n,
                  "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
-                 tls_mode_name(*mode));
+                 sslmode_name(*mode));
         return NULL;
     }
-    if (*mode >= TLS_VERIFY_CA && !cfg->client_tls_ca_file[0]) {
+    if (*mode >= SSLMODE_VERIFY_CA && !cfg->client_tls_ca_file[0]) {
         snprintf(err, n,
                  "client_tls_sslmode = %s needs client_tls_ca_file (the CA that signs "
                  "client certificates)",
-                 tls_mode_name(*mode));
+                 sslmode_name(*mode));
         return NULL;
     }
     int min, max;
@@ -223,7 +196,7 @@ static SSL_CTX *build(const struct config *cfg, enum tls_mode *mode, char *err, 
         /* With a CA, a certificate is asked for (auth_type cert, hba "cert"); verify-* makes it
          * mandatory. A certificate that is sent and does not verify fails the handshake. */
         int verify = SSL_VERIFY_PEER;
-        if (*mode >= TLS_VERIFY_CA)
+        if (*mode >= SSLMODE_VERIFY_CA)
             verify |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         SSL_CTX_set_verify(ctx, verify, NULL);
     } else {
@@ -240,9 +213,9 @@ fail:
 int tls_init(struct sluice *app)
 {
     char err[1024];
-    enum tls_mode mode = TLS_DISABLE;
+    enum sslmode mode = SSLMODE_DISABLE;
     SSL_CTX *ctx = build(app->cfg, &mode, err, sizeof(err));
-    if (!ctx && mode != TLS_DISABLE) {
+    if (!ctx && mode != SSLMODE_DISABLE) {
         log_msg(LOG_ERROR, "client TLS: %s", err);
         return -1;
     }
@@ -254,7 +227,7 @@ int tls_init(struct sluice *app)
     cur.ctx = ctx;
     cur.mode = mode;
     if (ctx)
-        log_msg(LOG_INFO, "client TLS: %s, certificate %s", tls_mode_name(mode),
+        log_msg(LOG_INFO, "client TLS: %s, certificate %s", sslmode_name(mode),
                 app->cfg->client_tls_cert_file);
     return 0;
 }
@@ -262,18 +235,18 @@ int tls_init(struct sluice *app)
 void tls_reload(struct sluice *app)
 {
     char err[1024];
-    enum tls_mode mode = TLS_DISABLE;
+    enum sslmode mode = SSLMODE_DISABLE;
     SSL_CTX *ctx = build(app->cfg, &mode, err, sizeof(err));
-    if (!ctx && (mode != TLS_DISABLE || err[0])) {
+    if (!ctx && (mode != SSLMODE_DISABLE || err[0])) {
         log_msg(LOG_ERROR, "reload: client TLS: %s; keeping the previous TLS settings (%s)", err,
-                tls_mode_name(cur.mode));
+                sslmode_name(cur.mode));
         return;
     }
     tls_free();
     cur.ctx = ctx;
     cur.mode = mode;
     if (ctx)
-        log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", tls_mode_name(mode),
+        log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
                 app->cfg->client_tls_cert_file);
 }
 
@@ -281,7 +254,7 @@ void tls_free(void)
 {
     SSL_CTX_free(cur.ctx);
     cur.ctx = NULL;
-    cur.mode = TLS_DISABLE;
+    cur.mode = SSLMODE_DISABLE;
 }
 
 SSL *tls_client_new(int fd)

@@ -13,24 +13,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h" /* enum sslmode: client_tls_sslmode, PgBouncer's meanings towards clients */
+
 struct sluice;
 
 /* The largest TLS record sluice sends a client, in plaintext bytes: what Postgres sends (see
  * tls.c for why a client can hang on larger ones). */
 #define TLS_MAX_RECORD_TO_CLIENT 8192
-
-/* client_tls_sslmode, PgBouncer's meanings towards clients. */
-enum tls_mode {
-    TLS_DISABLE = 0, /* SSLRequest is answered 'N' */
-    TLS_ALLOW,       /* TLS when the client asks for it */
-    TLS_PREFER,      /* the same (the difference is a client-side one) */
-    TLS_REQUIRE,     /* TCP clients without TLS are refused (28000) */
-    TLS_VERIFY_CA,   /* ... and must present a certificate signed by client_tls_ca_file */
-    TLS_VERIFY_FULL, /* the same towards clients */
-};
-const char *tls_mode_name(enum tls_mode m);
-/* 0, or -1 for a value that is not a mode. */
-int tls_mode_parse(const char *text, enum tls_mode *out);
 
 /* Build the context from app->cfg. At start: 0, or -1 after logging what is wrong (sluice
  * refuses to start). */
@@ -42,7 +31,7 @@ void tls_reload(struct sluice *app);
 void tls_free(void);
 
 /* The mode in force (of the last context that built). */
-enum tls_mode tls_client_mode(void);
+enum sslmode tls_client_mode(void);
 /* A new server-side SSL for an accepted socket, or NULL (logged). */
 SSL *tls_client_new(int fd);
 

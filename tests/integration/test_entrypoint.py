@@ -5,12 +5,15 @@ stop signal reaches sluice itself. Also its `healthcheck` subcommand, and (opt-i
 `scripts/run` with no arguments."""
 
 import http.server
+import json
 import os
 import re
 import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -251,6 +254,8 @@ def test_entrypoint_healthcheck_fails_when_nothing_listens():
 @pytest.mark.skipif(os.environ.get("SLUICE_TEST_SCRIPTS_RUN") != "1",
                     reason="slow (builds, starts its own PostgreSQL): set SLUICE_TEST_SCRIPTS_RUN=1")
 def test_scripts_run_without_arguments_serves_a_throwaway_database_until_ctrl_c():
+    """Also: the printed admin console URL answers SHOW VERSION, and the printed HTTP URL's
+    /health answers with sluice's JSON report (and /livez with 200)."""
     env = base_env(SLUICE_SKIP_DEPS=1)
     if os.environ.get("SLUICE_BUILD_DIR"):
         env["SLUICE_BUILD_DIR"] = os.environ["SLUICE_BUILD_DIR"]
@@ -259,7 +264,7 @@ def test_scripts_run_without_arguments_serves_a_throwaway_database_until_ctrl_c(
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
-    url = None
+    url = admin_url = health_url = None
     tmpdir = None
     try:
         deadline = time.monotonic() + 240
@@ -269,15 +274,37 @@ def test_scripts_run_without_arguments_serves_a_throwaway_database_until_ctrl_c(
             m = re.search(r"DATABASE_URL=(postgres://\S+)", line)
             if m:
                 url = m.group(1)
+            m = re.search(r"Admin console: (postgres://\S+)", line)
+            if m:
+                admin_url = m.group(1)
+            m = re.search(r"HTTP: +(http://\S+/health)", line)
+            if m:
+                health_url = m.group(1)
             m = re.search(r"(/tmp/sluice-run\.\w+)", line)
             if m:
                 tmpdir = Path(m.group(1))
-            if url or time.monotonic() > deadline:
+            # The block with the URLs ends with the Ctrl-C line.
+            if (url and "Ctrl-C stops" in line) or time.monotonic() > deadline:
                 break
         log = "\n".join(lines)
         assert url, f"scripts/run printed no DATABASE_URL:\n{log}"
         with psycopg.connect(url, connect_timeout=10, autocommit=True) as c:
             assert c.execute("SELECT current_user, current_database()").fetchone() == ("app", "app")
+        assert admin_url, f"scripts/run printed no admin console URL:\n{log}"
+        with psycopg.connect(admin_url, connect_timeout=10, autocommit=True) as c:
+            version = c.execute("SHOW VERSION").fetchone()[0]
+        assert "sluice" in version.lower(), version
+        assert health_url, f"scripts/run printed no /health URL:\n{log}"
+        try:
+            with urllib.request.urlopen(health_url, timeout=10) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:  # 503 is an answer too (a pool down)
+            status, body = e.code, e.read()
+        assert status in (200, 503), (status, body)
+        assert "pools" in json.loads(body), body
+        livez = health_url.rsplit("/", 1)[0] + "/livez"
+        with urllib.request.urlopen(livez, timeout=10) as r:
+            assert r.status == 200
         assert tmpdir and tmpdir.exists(), log
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         rest, _ = proc.communicate(timeout=60)

@@ -122,7 +122,10 @@ static void defaults_come_from_config_keys_def(void)
     CHECK_INT(c->pkt_buf, 16384);
     CHECK_INT(c->max_packet_size, 1073741823);
     CHECK(c->tcp_keepalive);
-    CHECK_STR(c->log_level, "info");
+    CHECK_INT(c->log_level, LOG_INFO);
+    CHECK_INT(c->session_state_policy, SESSION_POLICY_WARN);
+    CHECK_INT(c->client_tls_sslmode, SSLMODE_DISABLE);
+    CHECK_INT(c->server_tls_sslmode, SSLMODE_UNSET);
     CHECK_INT(c->log_format, LOG_FORMAT_TEXT);
     CHECK_INT(c->http_listen_port, 0);
     CHECK(c->path == NULL);
@@ -287,6 +290,73 @@ static void enums_parse_their_names_and_reject_others(void)
     check_main_value_rejected("log_format = xml", "expected text or json");
     check_main_value_rejected("auth_type = kerberos", "expected trust, any, plain, md5");
     check_main_value_rejected("log_level = verbose", "log_level = 'verbose': expected error");
+}
+
+/* log.c used to accept warn and log while config.c refused them: one list now, parsed at load
+ * into the enum log.c is configured with. */
+static void log_level_accepts_one_list_of_spellings(void)
+{
+    static const struct {
+        const char *text;
+        enum log_level level;
+    } ok[] = {{"error", LOG_ERROR},    {"warning", LOG_WARNING}, {"warn", LOG_WARNING},
+              {"info", LOG_INFO},      {"log", LOG_INFO},        {"debug", LOG_DEBUG},
+              {"WARNING", LOG_WARNING}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char text[256];
+        snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\nlog_level = %s\n", ok[i].text);
+        struct config *c = load(text, NULL);
+        CHECK(c != NULL);
+        if (!c) {
+            dump_diag(ok[i].text);
+            continue;
+        }
+        CHECK_INT(c->log_level, ok[i].level);
+        char shown[64];
+        config_format_value(c, key_index("log_level"), shown, sizeof shown);
+        CHECK_STR(shown, log_level_name(ok[i].level)); /* SHOW CONFIG: the canonical name */
+        config_free(c);
+    }
+    check_main_value_rejected("log_level = noise",
+                              "log_level = 'noise': expected error, warning, warn, info, log or "
+                              "debug");
+}
+
+/* Enum keys are parsed once, at load (and SET), into the enums their readers use. */
+static void enum_keys_hold_their_parsed_values(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\nsession_state_policy = PIN\n"
+                                        "server_tls_sslmode = Verify-Full\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_INT(c->session_state_policy, SESSION_POLICY_PIN);
+    CHECK_INT(c->server_tls_sslmode, SSLMODE_VERIFY_FULL);
+    CHECK_STR(sslmode_name(c->server_tls_sslmode), "verify-full"); /* what libpq gets */
+    char err[256];
+    CHECK_INT(config_set_key(c, "session_state_policy", "refuse", SRC_ADMIN_SET, err, sizeof err),
+              0);
+    CHECK_INT(c->session_state_policy, SESSION_POLICY_REFUSE);
+    CHECK(config_set_key(c, "session_state_policy", "maybe", SRC_ADMIN_SET, err, sizeof err) < 0);
+    CHECK(strstr(err, "expected warn, pin or refuse") != NULL);
+    CHECK_INT(c->session_state_policy, SESSION_POLICY_REFUSE); /* unchanged */
+    CHECK_INT(config_set_key(c, "server_tls_sslmode", "", SRC_ADMIN_SET, err, sizeof err), 0);
+    CHECK_INT(c->server_tls_sslmode, SSLMODE_UNSET);
+    CHECK_STR(sslmode_name(c->server_tls_sslmode), ""); /* libpq is given no sslmode */
+    CHECK(config_set_key(c, "client_tls_sslmode", "", SRC_ADMIN_SET, err, sizeof err) < 0);
+    CHECK(strstr(err, "expected disable, allow, prefer, require, verify-ca or verify-full"));
+    config_free(c);
+
+    enum sslmode m = SSLMODE_UNSET;
+    CHECK_INT(sslmode_parse("verify-ca", &m), 0);
+    CHECK_INT(m, SSLMODE_VERIFY_CA);
+    CHECK_INT(sslmode_parse("", &m), -1);
+    CHECK_INT(sslmode_parse("always", &m), -1);
+    CHECK_STR(session_policy_name(SESSION_POLICY_WARN), "warn");
+    CHECK_STR(log_level_name(LOG_INFO), "info");
+    int k = key_index("log_level");
+    CHECK(k >= 0 && strcmp(config_keys[k].type, "LOG_LEVEL") == 0);
 }
 
 static void auth_type_hba_cert_and_password_parse_and_need_their_keys(void)
@@ -1234,7 +1304,7 @@ static void set_key_changes_one_value_and_refuses_bad_ones_unchanged(void)
     CHECK_INT(c->min_pool_size, 0);
 
     CHECK_INT(config_set_key(c, "log_level", "loud", SRC_ADMIN_SET, err, sizeof err), -EINVAL);
-    CHECK_STR(c->log_level, "info");
+    CHECK_INT(c->log_level, LOG_INFO);
 
     CHECK_INT(config_set_key(c, "no_such_key", "1", SRC_ADMIN_SET, err, sizeof err), -ENOENT);
     CHECK_STR(err, "unknown key 'no_such_key'");
@@ -1337,6 +1407,8 @@ int main(void)
     RUN(enums_parse_their_names_and_reject_others);
     RUN(auth_type_hba_cert_and_password_parse_and_need_their_keys);
     RUN(names_of_enums_are_stable);
+    RUN(log_level_accepts_one_list_of_spellings);
+    RUN(enum_keys_hold_their_parsed_values);
     RUN(pgbouncer_section_name_is_the_main_section);
     RUN(pool_timeout_is_an_alias_of_query_wait_timeout);
     RUN(keys_and_sections_are_case_insensitive);

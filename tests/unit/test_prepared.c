@@ -253,14 +253,6 @@ static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
     CHECK_INT(detect(""), SESSION_FEATURE_NONE);
 }
 
-static void policy_names_parse(void)
-{
-    CHECK_INT(session_policy_parse("warn"), SESSION_POLICY_WARN);
-    CHECK_INT(session_policy_parse("PIN"), SESSION_POLICY_PIN);
-    CHECK_INT(session_policy_parse("refuse"), SESSION_POLICY_REFUSE);
-    CHECK_INT(session_policy_parse("maybe"), -1);
-}
-
 /* The statements of a sync, one per NUL, joined with " | " for comparison. */
 static const char *sync_text(const struct param_set *own, const struct param_set *server, char *out,
                              size_t cap)
@@ -475,6 +467,5 @@ int main(void)
     RUN(session_level_sql_is_detected);
     RUN(parameters_a_statement_may_change_are_named);
     RUN(transaction_scoped_and_tracked_sql_is_not_flagged);
-    RUN(policy_names_parse);
     return CHECK_DONE();
 }
