@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -275,6 +276,36 @@ static void put_literal(struct msg_out *o, const char *v)
     codec_put_u8(o, '\'');
 }
 
+/* application_name as the server's check hook would clean it from a startup packet: a byte that
+ * is not printable ASCII becomes '?' (Postgres 15 and older) or "\xNN" (16 and later). Sent as
+ * it came, such bytes would fail the whole query (they need not be valid in the server's
+ * encoding), where Postgres accepts them at login. */
+static void put_clean_ascii_literal(struct msg_out *o, const char *v, const struct param_set *server)
+{
+    const char *version = params_get(server, "server_version");
+    bool hex = version && atoi(version) >= 16;
+    struct msg_out clean;
+    codec_out_init(&clean);
+    for (; *v; v++) {
+        unsigned char b = (unsigned char)*v;
+        if (b >= 32 && b <= 126) {
+            codec_put_u8(&clean, b);
+        } else if (hex) {
+            char esc[5];
+            snprintf(esc, sizeof(esc), "\\x%02x", b);
+            codec_put_bytes(&clean, esc, 4);
+        } else {
+            codec_put_u8(&clean, '?');
+        }
+    }
+    codec_put_u8(&clean, 0);
+    if (clean.oom)
+        o->oom = true;
+    else
+        put_literal(o, (const char *)clean.data);
+    codec_out_free(&clean);
+}
+
 static int put_set_if_differs(const struct param_set *server, const char *name, const char *value,
                               struct msg_out *sql)
 {
@@ -287,7 +318,10 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     put_str(sql, "SELECT pg_catalog.set_config('");
     put_str(sql, name);
     put_str(sql, "', ");
-    put_literal(sql, value);
+    if (strcasecmp(name, "application_name") == 0)
+        put_clean_ascii_literal(sql, value, server);
+    else
+        put_literal(sql, value);
     put_str(sql, ", false)");
     codec_put_u8(sql, 0);
     return 1;

@@ -106,7 +106,9 @@ def test_a_pool_that_never_reached_its_database_is_unknown_then_down_while_livez
 def test_a_pool_is_unknown_until_its_first_server_logs_in(start_sluice, pg):
     s = start_http(start_sluice, {"default_pool_size": 2})
     status, doc = health(s)
-    assert status == 200 and doc["status"] == "unknown" and doc["pools"] == [], doc
+    # (the entry forces user=app, so its pool exists from the start, as in PgBouncer)
+    assert status == 200 and doc["status"] == "unknown", doc
+    assert all(p["status"] == "unknown" for p in doc["pools"]), doc
     with s.connect() as c:
         c.execute("SELECT 1")
     status, doc = wait_until(lambda: (lambda r: r if r[1]["status"] == "ok" else None)(health(s)),
@@ -119,7 +121,9 @@ def test_a_budget_that_takes_every_client_of_the_pool_sets_its_cap(start_with_bu
     port = pick_port()
     s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
                             "http_listen_port": port, "http_listen_addr": "127.0.0.1"},
-                           {"everyone": "user=app max_servers=2"})
+                           # (the fallback budget: the [databases] entry forces user=app, so
+                           # a user= budget could not claim every client of the pool)
+                           {"default": "max_servers=2"})
     s.http_port = port
     s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
     holders = [hold_transaction(s, application_name="etl") for _ in range(2)]
@@ -127,9 +131,9 @@ def test_a_budget_that_takes_every_client_of_the_pool_sets_its_cap(start_with_bu
         _, doc = health(s)
         p = pool_of(doc)
         assert p["cap"] == {"servers": 2, "key": "max_servers", "in_use": 2, "usage_pct": 100.0,
-                            "budget": "everyone"}, p
+                            "budget": "default"}, p
         (w,) = doc["warnings"]
-        assert "raise max_servers of [budgets] everyone (now 2)" in w, w
+        assert "raise max_servers of [budgets] default (now 2)" in w, w
     finally:
         for c in holders:
             c.close()

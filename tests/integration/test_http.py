@@ -473,7 +473,9 @@ def test_names_that_are_not_utf8_keep_json_and_metrics_valid(start_sluice):
             pass
         _, doc = health(s)  # json.loads of bytes that must be UTF-8
         top = pool_of(doc)["top_application"]
-        assert top["name"] == "bad\ufffd\ufffd" and top["servers"] == 1
+        # Postgres cleans the name at login ('?' for each byte that is not printable ASCII, on
+        # Postgres 15), and sluice reports the name as the server spelled it
+        assert top["name"] == "bad??" and top["servers"] == 1
         text = metrics(s)
         text.encode("utf-8")
         parse_metrics(text)
@@ -483,6 +485,6 @@ def test_names_that_are_not_utf8_keep_json_and_metrics_valid(start_sluice):
             cur = adm.execute("SHOW CLIENTS")
             col = [d.name for d in cur.description].index("application_name")
             names = [r[col] for r in cur.fetchall()]
-            assert "bad\ufffd\ufffd" in names
+            assert "bad??" in names
     finally:
         c.close()
