@@ -15,6 +15,7 @@ import time
 import pytest
 
 import difftest
+from pgwire import parse_fields
 
 SEEDS = int(os.environ.get("DIFFTEST_SEEDS", "5"))
 FIRST_SEED = int(os.environ.get("DIFFTEST_FIRST_SEED", "1"))
@@ -62,28 +63,34 @@ def test_random_client_sessions_see_through_sluice_what_they_see_from_postgres(p
 # ---- differences the harness found, each as its own regression test -----------------------------
 
 
+def _replies_until_ready(c, n_ready):
+    """What a client sees up to its n_ready-th ReadyForQuery: errors (SQLSTATE), rows, and
+    Parse/Bind/CommandComplete, in order."""
+    seen = []
+    zs = 0
+    while zs < n_ready:
+        mtype, payload = c.read_message()
+        if mtype == "Z":
+            zs += 1
+        elif mtype == "E":
+            seen.append(("E", parse_fields(payload).get("C")))
+        elif mtype == "D":
+            seen.append(("D", payload[6:].decode()))
+        elif mtype in "12C":
+            seen.append((mtype,))
+    return seen
+
+
 def _parse_twice_then_bind(port, password=None):
     """Parse s_dup, Parse s_dup again with other text, then Bind/Execute it: what comes back."""
-    from pgwire import raw_login, parse_msg, bind_msg, execute_msg, sync_msg, parse_fields
+    from pgwire import raw_login, parse_msg, bind_msg, execute_msg, sync_msg
 
     c = raw_login(port, password=password)
     try:
-        seen = []
         c.send(parse_msg("s_dup", "SELECT 1 AS first") + sync_msg()
                + parse_msg("s_dup", "SELECT 2 AS second") + sync_msg()
                + bind_msg("", "s_dup") + execute_msg() + sync_msg())
-        zs = 0
-        while zs < 3:
-            mtype, payload = c.read_message()
-            if mtype == "Z":
-                zs += 1
-            elif mtype == "E":
-                seen.append(("E", parse_fields(payload).get("C")))
-            elif mtype == "D":
-                seen.append(("D", payload[6:].decode()))
-            elif mtype in "12C":
-                seen.append((mtype,))
-        return seen
+        return _replies_until_ready(c, 3)
     finally:
         c.close()
 
@@ -258,29 +265,16 @@ def test_a_startup_application_name_postgres_cleans_is_reported_as_postgres_does
 
 def _failed_parse_then_parse_again(port, password=None):
     """Parse s_fail with text that fails, Sync; Parse s_fail again with good text, Bind, Execute."""
-    from pgwire import (raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg,
-                        parse_fields)
+    from pgwire import raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg
 
     c = raw_login(port, password=password)
     try:
-        seen = []
         c.send(parse_msg("s_fail", "SELECT k FROM no_such_table_dt") + describe_msg("S", "s_fail")
                + sync_msg())
         c.send(bind_msg("", "s_fail") + sync_msg())
         c.send(parse_msg("s_fail", "SELECT 7") + sync_msg()
                + bind_msg("", "s_fail") + execute_msg() + sync_msg())
-        zs = 0
-        while zs < 4:
-            mtype, payload = c.read_message()
-            if mtype == "Z":
-                zs += 1
-            elif mtype == "E":
-                seen.append(("E", parse_fields(payload).get("C")))
-            elif mtype == "D":
-                seen.append(("D", payload[6:].decode()))
-            elif mtype in "12C":
-                seen.append((mtype,))
-        return seen
+        return _replies_until_ready(c, 4)
     finally:
         c.close()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Background, pick_port, wait_until
+from test_health import start_http
 from test_http import hold_transaction, metrics, parse_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,16 +30,6 @@ def tool(name):
     if not path:
         pytest.fail(f"{name} not found: {INSTALL_HINT}", pytrace=False)
     return path
-
-
-def start_http(start_sluice, main=None, **kw):
-    port = pick_port()
-    m = {"http_listen_port": port, "http_listen_addr": "127.0.0.1", "pool_mode": "transaction"}
-    m.update(main or {})
-    s = start_sluice(m, **kw)
-    s.http_port = port
-    s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
-    return s
 
 
 def dashboard_exprs():
