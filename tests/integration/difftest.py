@@ -608,17 +608,7 @@ def _fields(payload):
 
 
 def _data_row(payload):
-    (n,) = struct.unpack_from("!H", payload, 0)
-    off, cols = 2, []
-    for _ in range(n):
-        (ln,) = struct.unpack_from("!i", payload, off)
-        off += 4
-        if ln < 0:
-            cols.append(None)
-        else:
-            cols.append(_value(payload[off:off + ln]))
-            off += ln
-    return tuple(cols)
+    return tuple(parse_data_row(payload, value=_value))
 
 
 class ClientRun:

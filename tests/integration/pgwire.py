@@ -138,7 +138,8 @@ def parse_fields(payload):
     return fields
 
 
-def parse_data_row(payload):
+def parse_data_row(payload, value=lambda raw: raw.decode("utf-8", "replace")):
+    """A DataRow's columns, each None (NULL) or value(its bytes)."""
     (n,) = struct.unpack_from("!H", payload, 0)
     off = 2
     cols = []
@@ -148,7 +149,7 @@ def parse_data_row(payload):
         if ln < 0:
             cols.append(None)
         else:
-            cols.append(payload[off:off + ln].decode("utf-8", "replace"))
+            cols.append(value(payload[off:off + ln]))
             off += ln
     return cols
 
