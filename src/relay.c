@@ -833,8 +833,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
-        if (type == 'E' && c && s->swallow == 0 && s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
-            s->login_reset.state = LOGIN_RESET_FAILED;
+        if (type == 'E' && c && s->swallow == 0 &&
+            s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
+            s->login_reset.state = LOGIN_RESET_FAILED; /* the reset never ran, or is undone */
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (s->swallow == 0 && s->executes_unanswered > 0) {
