@@ -296,8 +296,8 @@ def test_a_query_sent_with_the_startup_packet_waits_for_the_parameters(start_slu
 
 # ---- RESET gives back the client's login values, as in Postgres --------------------------------
 
-LOGIN = {"application_name": "login_app", "DateStyle": "German",
-         "options": "-c search_path=evil -c statement_timeout=1234"}
+LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
+         "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
 PROBE = ("SELECT current_setting('application_name'), current_setting('DateStyle'),"
          " current_setting('search_path'), current_setting('statement_timeout')")
 # each step is one Query; what the client receives for it (ParameterStatus included) must be
@@ -315,6 +315,8 @@ RESET_SCRIPT = [
     "BEGIN", "SET search_path = public", "RESET search_path", PROBE, "COMMIT", PROBE,
     "SET DateStyle = 'SQL'", "DISCARD ALL", PROBE,
     "SET application_name = 'w'", "reset   application_name ;", PROBE,
+    "SET TIME ZONE 'UTC'; SET client_encoding = 'UTF8'", "RESET TIME ZONE; RESET client_encoding",
+    "SHOW TimeZone", "SET TimeZone = 'UTC'", "SET TimeZone TO DEFAULT", "SHOW TimeZone",
 ]
 
 
