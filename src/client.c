@@ -370,6 +370,11 @@ void client_close(struct client *c, const char *reason)
     buf_release(&c->in);
     codec_out_free(&c->out);
     params_free(&c->params);
+    if (c->login_params) {
+        params_free(c->login_params);
+        free(c->login_params);
+        c->login_params = NULL;
+    }
     stmt_map_delete(c->stmts);
     c->stmts = NULL;
     app->nclients--;
@@ -620,8 +625,24 @@ void client_login_ok(struct client *c)
         pool_lease(c->pool, c);
 }
 
+/* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
+static int keep_login_params(struct client *c)
+{
+    if (c->params.n == 0 || c->login_params)
+        return 0;
+    c->login_params = malloc(sizeof(*c->login_params));
+    if (!c->login_params)
+        return -ENOMEM;
+    params_init(c->login_params);
+    return params_copy(c->login_params, &c->params);
+}
+
 void client_welcome_from_pool(struct client *c)
 {
+    if (keep_login_params(c) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
     client_send_welcome(c, &c->pool->welcome);
     client_set_state(c, CLIENT_IDLE);
     client_send(c);
@@ -680,6 +701,7 @@ void client_on_linked(struct client *c, struct server *s)
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
     s->last_bytes_ms = sluice_now(c->app); /* idle_transaction_timeout counts from the link */
+    s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). */
     int n = queue_sync(c, s);
@@ -688,6 +710,10 @@ void client_on_linked(struct client *c, struct server *s)
     if (login && n > 0) {
         client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
     } else {
+        if (login && keep_login_params(c) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
         client_set_state(c, CLIENT_ACTIVE);
         if (login)
             client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
@@ -717,7 +743,7 @@ void client_login_synced(struct client *c, struct server *s)
     }
     /* The client is told what the server reports, and later syncs compare like with like. */
     if (params_take_reported_spelling(&c->params, &s->params) < 0 ||
-        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0) {
+        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 || keep_login_params(c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }

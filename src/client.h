@@ -64,6 +64,9 @@ struct client {
     uint32_t params_fp_gen;
 
     struct param_set params; /* what this client wants its session to have */
+    /* Its startup parameters as the server spells them (NULL: none): Postgres's reset values
+     * for them, which RESET, RESET ALL and DISCARD ALL give back (relay.c). */
+    struct param_set *login_params;
     uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */
     struct stmt_map *stmts;  /* its named prepared statements (transaction mode); NULL: none yet */
     struct startup_extra *startup; /* login-time data, freed once logged in */

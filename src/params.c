@@ -360,6 +360,21 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
     return n;
 }
 
+int params_build_restore(const struct param_set *login, struct param_set *server,
+                         struct msg_out *sql)
+{
+    int n = 0;
+    for (int i = 0; i < login->n; i++) {
+        const char *name = login->items[i].name;
+        if (!params_is_reported(name) && params_forget(server, name) < 0)
+            return -ENOMEM; /* whatever the record said, the reset changed it */
+        n += put_set_if_differs(server, name, login->items[i].value, sql);
+        if (!params_is_reported(name) && params_set(server, name, login->items[i].value) < 0)
+            return -ENOMEM; /* the server reports the others itself */
+    }
+    return sql->oom ? -ENOMEM : n;
+}
+
 static uint64_t entry_hash(const char *name, const char *value)
 {
     /* FNV-1a 64 over lower-cased name, '=', value; entries are summed, so order does not matter */

@@ -64,6 +64,13 @@ bool params_is_client_settable(const char *name);
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql);
 
+/* Append to sql the statements that give `server` the client's login values again after its
+ * own reset gave it the backend's (`login`: those of the names reset). A reported name is set
+ * when the server's value differs; an unreported one always, as sluice cannot see what the reset
+ * left, and its value is then recorded in `server`. Returns the count, or -ENOMEM. */
+int params_build_restore(const struct param_set *login, struct param_set *server,
+                         struct msg_out *sql) __attribute__((warn_unused_result));
+
 /* A GUC name safe to put into SQL unquoted: letters, digits, '_', '.', '-' ('-' only as
  * spelled in options, where it means '_'). */
 bool params_valid_name(const char *s, size_t len);

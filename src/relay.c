@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client.h"
 #include "log.h"
@@ -229,6 +230,36 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     return TRACK_PASS;
 }
 
+/* A Query that resets parameters the client set at login (see relay.h). Followed only where the
+ * outcome can be told: the Query is the one request in flight and its last statement is a reset.
+ * Otherwise the server's values reach the client as they are (docs/pool-modes.md). */
+static void follow_login_reset(struct client *c, struct server *s, const struct param_reset *r)
+{
+    if (r->kind == PARAM_RESET_NONE || r->kind == PARAM_RESET_UNSURE || !c->login_params ||
+        s->inflight > 0 || s->batch_open || s->login_reset.state != LOGIN_RESET_NONE)
+        return;
+    for (int i = 0; i < c->login_params->n; i++) {
+        if (param_reset_covers(r, c->login_params->items[i].name)) {
+            s->login_reset.state = LOGIN_RESET_AWAITING_REPLY;
+            s->login_reset.which = *r;
+            return;
+        }
+    }
+}
+
+/* Session mode inspects no statement but a Query's resets (transaction mode: inspect_statement).
+ * False while a short Query is not here whole: it is read whole first. */
+static bool inspect_session_query(struct client *c, struct server *s, const uint8_t *body,
+                                  uint32_t len, uint32_t avail_body)
+{
+    if (avail_body < len)
+        return CODEC_HEADER_LEN + len > buf_block_size(); /* too long: streams through unseen */
+    struct param_touch touch;
+    (void)session_state_detect((const char *)body, len, &touch);
+    follow_login_reset(c, s, &touch.reset);
+    return true;
+}
+
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
  * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
  * text and its NUL (and, for Parse, what follows it). */
@@ -242,7 +273,10 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
         if (r != TRACK_PASS)
             return r;
     }
-    return follow_statement(c, s, sql, len, &touch);
+    enum track_result r = follow_statement(c, s, sql, len, &touch);
+    if (r == TRACK_PASS && type == 'Q')
+        follow_login_reset(c, s, &touch.reset);
+    return r;
 }
 
 /* A statement larger than the buffer streams through: only its start, what the buffer holds now,
@@ -541,6 +575,10 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
+        if (!track && p[0] == 'Q' && c->login_params &&
+            !inspect_session_query(c, s, p + CODEC_HEADER_LEN, len - 4,
+                                   b->wpos - b->scan - CODEC_HEADER_LEN))
+            return STOP_NEED_DATA;
         if (track && !ignored) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
             switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body)) {
@@ -604,6 +642,83 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
 }
 
 /* ---- server -> client framing ---- */
+
+/* The bit of a reported name in login_reset.held; -1 for a name Postgres 15 does not report. */
+static int reported_bit(const char *name)
+{
+    const char *r;
+    for (int i = 0; (r = params_reported_name((size_t)i)) != NULL; i++)
+        if (strcasecmp(r, name) == 0)
+            return i;
+    return -1;
+}
+
+/* While a client's reset of its login parameters runs (see relay.h), the server's reports wait
+ * for its ReadyForQuery: those of the names reset are the backend's own reset values, and the
+ * others must keep Postgres's order with them. */
+static bool report_held_back(struct server *s, const uint8_t *body, uint32_t len)
+{
+    const char *name, *value;
+    if (s->login_reset.state != LOGIN_RESET_AWAITING_REPLY || s->swallow > 0 ||
+        !codec_parse_parameter_status(body, len, &name, &value))
+        return false;
+    int bit = reported_bit(name);
+    if (bit < 0)
+        return false;
+    s->login_reset.held |= (uint16_t)(1u << bit);
+    return true;
+}
+
+/* The ReadyForQuery of a client's Query that reset its login parameters. When the reset is known
+ * to stand (no error, nothing else in flight), the login values are set again on the server and
+ * the client is told of each reported one it was not told last, as Postgres would tell it.
+ * Otherwise it is told the server's values. Either way, reports held back come now, in the
+ * order Postgres sends them (its names' order), before the ReadyForQuery. */
+static void settle_login_reset(struct server *s, struct client *c, char status)
+{
+    struct login_reset *lr = &s->login_reset;
+    bool stands = lr->state == LOGIN_RESET_AWAITING_REPLY && status != 'E' && s->inflight == 0 &&
+                  !s->batch_open;
+    lr->state = LOGIN_RESET_NONE;
+    bool ok = true;
+    const char *name;
+    for (size_t i = 0; ok && (name = params_reported_name(i)) != NULL; i++) {
+        const char *login = params_get(c->login_params, name);
+        bool restored = login && param_reset_covers(&lr->which, name);
+        const char *now = stands && restored ? login : params_get(&s->params, name);
+        const char *told = params_get(&c->params, name);
+        if (!now || (!(lr->held & (1u << i)) && !restored))
+            continue;
+        if (restored && told && strcmp(told, now) == 0)
+            continue; /* Postgres reports a value only when it differs from the last one */
+        codec_put_parameter_status(&c->out, name, now);
+        if (params_is_client_settable(name))
+            ok = params_set(&c->params, name, now) == 0;
+    }
+    lr->held = 0;
+    struct param_set restore;
+    params_init(&restore);
+    for (int i = 0; ok && stands && i < c->login_params->n; i++) {
+        const struct param *p = &c->login_params->items[i];
+        if (param_reset_covers(&lr->which, p->name))
+            ok = params_set(&restore, p->name, p->value) == 0;
+    }
+    struct msg_out sql;
+    codec_out_init(&sql);
+    if (ok && params_build_restore(&restore, &s->params, &sql) < 0)
+        ok = false;
+    for (uint32_t at = 0; ok && at < sql.len;) {
+        const char *stmt = (const char *)sql.data + at;
+        log_client(LOG_DEBUG, c, "S-%llu: %s (its login value again)", (unsigned long long)s->id,
+                   stmt);
+        server_queue_internal(s, stmt);
+        at += (uint32_t)strlen(stmt) + 1;
+    }
+    codec_out_free(&sql);
+    params_free(&restore);
+    if (!ok)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+}
 
 static void on_parameter_status(struct server *s, struct client *c, const uint8_t *body,
                                 uint32_t len)
@@ -706,10 +821,21 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             }
             consume = consume || a == REPLY_SWALLOW;
         }
+        bool held = false;
+        if (type == 'S' && c && s->login_reset.state == LOGIN_RESET_AWAITING_REPLY &&
+            whole <= buf_block_size()) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            held = report_held_back(s, p + CODEC_HEADER_LEN, len - 4);
+            consume = consume || held;
+        }
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
+        if (type == 'E' && c && s->swallow == 0 &&
+            s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
+            s->login_reset.state = LOGIN_RESET_FAILED; /* the reset never ran, or is undone */
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (s->swallow == 0 && s->executes_unanswered > 0) {
@@ -734,8 +860,12 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 /* Statement mode: the client must not see a transaction go on. Its
                  * ReadyForQuery is replaced by the error, after what came before it. */
                 bool forbidden = forbid_txn && s->swallow == 0 && body[0] != 'I';
-                if (forbidden && buf_pending(b) > 0)
+                /* So is a reset's: what sluice tells the client comes before it. */
+                bool settles = c && s->swallow == 0 && s->login_reset.state != LOGIN_RESET_NONE;
+                if ((forbidden || settles) && buf_pending(b) > 0)
                     return STOP_NEED_FLUSH;
+                if (!c)
+                    s->login_reset.state = LOGIN_RESET_NONE; /* its client left */
                 s->txn_status = (char)body[0];
                 s->copy_in = false;
                 s->last_ready_ms = sluice_now(s->pool->app);
@@ -753,6 +883,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     }
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
+                    if (settles)
+                        settle_login_reset(s, c, (char)body[0]);
                 }
                 if (forbidden) {
                     b->scan += whole;
@@ -760,7 +892,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     return STOP_TXN_FORBIDDEN;
                 }
             } else if (type == 'S') {
-                on_parameter_status(s, c, body, len - 4);
+                on_parameter_status(s, held ? NULL : c, body, len - 4);
             } else {
                 on_internal_error(s, c, body, len - 4);
             }
@@ -1075,7 +1207,10 @@ void relay_kick(struct server *s)
                     client_fail(c, FAIL_SERVER_LOST, "the server sent a malformed message");
                     return;
                 }
-                w = write_framed(&c->io, &s->in, &s->pool->bytes_out);
+                /* What sluice told the client while framing goes before what follows it. */
+                w = write_generated(&c->io, &c->out, &c->out_pos);
+                if (w == WRITE_DONE)
+                    w = write_framed(&c->io, &s->in, &s->pool->bytes_out);
                 if (sst == STOP_NEED_FLUSH && w == WRITE_DONE)
                     continue;
                 break;

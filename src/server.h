@@ -72,6 +72,7 @@ struct server {
                               * EmptyQueryResponse, PortalSuspended; an error answers them all) */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
+    struct login_reset login_reset; /* the client's reset of its login parameters in flight */
 
     int backend_pid;
     uint64_t connect_ms;

@@ -70,6 +70,39 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
     memcpy(t->names[t->n++], lower, n + 1);
 }
 
+/* A statement returns a parameter (name, n bytes; NULL: all of them) to its reset value. */
+static void reset_to_default(struct param_touch *t, const char *name, size_t n)
+{
+    if (!t)
+        return;
+    struct param_reset *r = &t->reset;
+    r->statements++;
+    if (!name) {
+        r->kind = PARAM_RESET_ALL; /* whatever came before, every value is the reset one */
+        return;
+    }
+    if (r->kind == PARAM_RESET_ALL || r->kind == PARAM_RESET_UNSURE)
+        return;
+    if (n >= sizeof(r->names[0]) || r->n == PARAM_TOUCH_NAMES) {
+        r->kind = PARAM_RESET_UNSURE;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        r->names[r->n][i] = (char)tolower((unsigned char)name[i]);
+    r->names[r->n++][n] = '\0';
+    r->kind = PARAM_RESET_NAMES;
+}
+
+bool param_reset_covers(const struct param_reset *r, const char *name)
+{
+    if (r->kind == PARAM_RESET_ALL)
+        return true;
+    for (int i = 0; r->kind == PARAM_RESET_NAMES && i < r->n; i++)
+        if (strcasecmp(r->names[i], name) == 0)
+            return true;
+    return false;
+}
+
 /* A parameter name as SET and RESET spell it (unquoted; a quoted one is rare enough to count
  * as "all"). Returns its length. */
 static size_t param_name(const char *s, size_t i, size_t len)
@@ -103,6 +136,14 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
     }
     memcpy(name, s + i, n);
     name[n] = '\0';
+    size_t v = skip_space(s, i + n, len);
+    bool to = keyword(s, &v, len, "to");
+    if (!to && v < len && s[v] == '=') {
+        v = skip_space(s, v + 1, len);
+        to = true;
+    }
+    if (to && keyword(s, &v, len, "default") && v >= len)
+        reset_to_default(t, name, n); /* SET name TO DEFAULT is RESET name */
     if (params_is_reported(name))
         return false;
     touch_name(t, name, n);
@@ -113,16 +154,26 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
  * session started with, which on a pooled backend is not the client's. */
 static void reset_statement(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "all") || keyword(s, &i, len, "role") ||
-        keyword(s, &i, len, "session")) {
+    if (keyword(s, &i, len, "all")) {
+        touch_all(t);
+        reset_to_default(t, NULL, 0);
+        return;
+    }
+    if (keyword(s, &i, len, "role") || keyword(s, &i, len, "session")) {
         touch_all(t);
         return;
     }
+    if (keyword(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
+        reset_to_default(t, "timezone", 8);
+        return;
+    }
     size_t n = param_name(s, i, len);
-    if (n == 0)
+    if (n == 0) {
         touch_all(t);
-    else
+    } else {
         touch_name(t, s + i, n);
+        reset_to_default(t, s + i, n);
+    }
 }
 
 static enum session_feature statement_feature(const char *s, size_t i, size_t len,
@@ -138,8 +189,10 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
         return SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "discard")) {
-        if (keyword(s, &i, len, "all"))
+        if (keyword(s, &i, len, "all")) {
             touch_all(t);
+            reset_to_default(t, NULL, 0);
+        }
         return SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "create")) {
@@ -286,7 +339,12 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
             continue;
         }
         if (ch == ';' || ch == '\0') {
+            int resets = touch ? touch->reset.statements : 0;
             enum session_feature f = statement_feature(sql, start, i, touch);
+            /* A statement after a reset may read or change what it reset. */
+            if (touch && touch->reset.kind != PARAM_RESET_NONE &&
+                touch->reset.statements == resets && skip_space(sql, start, i) < i)
+                touch->reset.kind = PARAM_RESET_UNSURE;
             if (first == SESSION_FEATURE_NONE)
                 first = f;
             start = i + 1;

@@ -23,10 +23,31 @@ enum session_feature {
  * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see
  * their new values, so the server's record of them becomes unknown (params_forget). */
 #define PARAM_TOUCH_NAMES 4
+
+/* Parameters a text returns to their reset values: RESET name, RESET ALL, DISCARD ALL, SET name
+ * TO DEFAULT. Postgres's reset value of a parameter the client set at login is that login value;
+ * a pooled backend's is its own, so sluice sets the client's again afterwards (relay.c). */
+enum param_reset_kind {
+    PARAM_RESET_NONE,   /* the text resets nothing */
+    PARAM_RESET_NAMES,  /* names[], and the text's last statement is a reset */
+    PARAM_RESET_ALL,    /* every parameter, and the text's last statement is a reset */
+    PARAM_RESET_UNSURE, /* a reset, then other statements (which may see or change the values),
+                           or more names than fit: what the text leaves cannot be told */
+};
+struct param_reset {
+    enum param_reset_kind kind;
+    int n;
+    int statements; /* reset statements seen (session_state_detect's own count) */
+    char names[PARAM_TOUCH_NAMES][64]; /* lower case */
+};
+/* Does the reset cover name (any case)? */
+bool param_reset_covers(const struct param_reset *r, const char *name);
+
 struct param_touch {
     bool all; /* RESET ALL, DISCARD ALL, SET ROLE, a name not spelled out, or too many names */
     int n;
     char names[PARAM_TOUCH_NAMES][64];
+    struct param_reset reset; /* reported parameters too */
 };
 
 /* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated);

@@ -11,9 +11,9 @@ clients touch only their own tables.
 
 Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
 temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, SQL
-PREPARE outside a transaction block, or DEALLOCATE of one statement. No mode gets RESET ALL,
-DISCARD ALL or RESET of a parameter from a client that set it at login (the same section: the
-backend's default comes back, not the client's login value).
+PREPARE outside a transaction block, or DEALLOCATE of one statement. No mode gets a DISCARD ALL
+sent through the extended protocol from a client that set parameters at login (the same
+section: a reset of login values is followed only in a simple Query).
 
 Each feature can be switched off (FEATURES); a failing scenario is shrunk (clients, then blocks)
 and printed as a script, with the command that reruns its seed.
@@ -207,9 +207,8 @@ class Gen:
 
     def __init__(self, rng, mode, ci, codec, startup_names=()):
         self.r = rng
-        # parameters the client gave at login: a reset of one of them is a documented limit in
-        # both modes (README "Pool modes": the backend's login values come back, not the
-        # client's), so no RESET of them, RESET ALL or DISCARD ALL is generated
+        # parameters the client gave at login: a reset of one of them is followed in a simple
+        # Query only (docs/pool-modes.md), so no DISCARD ALL through the extended protocol
         self.startup_names = {n.lower() for n in startup_names}
         self.mode = mode
         self.ci = ci
@@ -260,13 +259,9 @@ class Gen:
             return Block("set", [("Q", f"SET {p} = {v}"), ("Q", f"SHOW {p}")])
         if choice == 2:
             p = r.choice(list(REPORTED) + (list(UNREPORTED) if self.session else []))
-            if p.lower() in self.startup_names:
-                return self.probe()
             return Block("set", [("Q", f"RESET {p}"), ("Q", PROBE_SQL)])
         if choice == 3:
             sql = r.choice(["RESET ALL", "DISCARD ALL"])
-            if self.startup_names:
-                return self.probe()
             return Block("set", [("Q", sql), ("Q", PROBE_SQL)])
         if choice == 4:
             p = r.choice(list(UNREPORTED) + list(REPORTED))

@@ -292,3 +292,96 @@ def test_a_query_sent_with_the_startup_packet_waits_for_the_parameters(start_slu
         assert rows == [["evil", "1234ms"]]
     finally:
         c.close()
+
+
+# ---- RESET gives back the client's login values, as in Postgres --------------------------------
+
+LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
+         "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
+PROBE = ("SELECT current_setting('application_name'), current_setting('DateStyle'),"
+         " current_setting('search_path'), current_setting('statement_timeout')")
+# each step is one Query; what the client receives for it (ParameterStatus included) must be
+# Postgres's own
+RESET_SCRIPT = [
+    "SET application_name = 'changed'", "RESET application_name", PROBE,
+    "SET DateStyle = ISO; SET search_path = public", "RESET ALL", PROBE,
+    "RESET ALL", PROBE,  # nothing changed: Postgres reports nothing
+    "SET application_name TO DEFAULT", "SET statement_timeout = 5", "RESET statement_timeout", PROBE,
+    "SET application_name = 'y'", "BEGIN", "RESET application_name", PROBE, "ROLLBACK", PROBE,
+    "BEGIN", "RESET ALL", "COMMIT", PROBE,
+    "SET application_name = 'z'; SET IntervalStyle = 'iso_8601'", "SELECT 1/0; RESET ALL", PROBE,
+    # unreported ones inside a transaction block (transaction mode keeps a session SET of one
+    # only until the backend goes back: a documented limit)
+    "BEGIN", "SET search_path = public", "RESET search_path", PROBE, "COMMIT", PROBE,
+    "SET DateStyle = 'SQL'", "DISCARD ALL", PROBE,
+    "SET application_name = 'w'", "reset   application_name ;", PROBE,
+    "SET TIME ZONE 'UTC'; SET client_encoding = 'UTF8'", "RESET TIME ZONE; RESET client_encoding",
+    "SHOW TimeZone", "SET TimeZone = 'UTC'", "SET TimeZone TO DEFAULT", "SHOW TimeZone",
+]
+
+
+def transcript(conn, sql):
+    """Every message the client receives for one Query, as (type, payload)."""
+    conn.send(query_msg(sql))
+    out = []
+    while True:
+        mtype, payload = conn.read_message()
+        out.append((mtype, payload))
+        if mtype == "Z":
+            return out
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_reset_gives_back_the_login_values_as_postgres_does(start_sluice, pg, mode):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    direct = raw_login(pg.port, password=APP_PASSWORD, **LOGIN)
+    pooled = raw_login(s.port, **LOGIN)
+    try:
+        assert pooled.params == direct.params
+        for sql in RESET_SCRIPT:
+            want, got = transcript(direct, sql), transcript(pooled, sql)
+            assert got == want, f"after {sql!r}"
+    finally:
+        direct.close()
+        pooled.close()
+
+
+def test_reset_login_values_reach_the_next_transaction(start_sluice):
+    """Transaction mode: what the reset left is what the client's later transactions get, on
+    the backend another client used in between."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    a = raw_login(s.port, **LOGIN)
+    b = raw_login(s.port, application_name="other")
+    try:
+        a.query("SET application_name = 'changed'")
+        a.query("RESET ALL")
+        assert a.params["application_name"] == "login_app"
+        b.query("SET DateStyle = 'SQL'")
+        rows, _ = a.query(PROBE)
+        assert rows == [["login_app", "German, DMY", "evil", "1234ms"]]
+        rows, _ = b.query("SELECT current_setting('application_name')")
+        assert rows == [["other"]]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_reset_pipelined_with_other_queries_still_answers_them_all(start_sluice, mode):
+    """A RESET whose Query has others behind it before its reply is not followed (documented):
+    every Query is still answered, with the server's reports, and a later lone reset is exact."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    c = raw_login(s.port, **LOGIN)
+    try:
+        c.query("SET application_name = 'changed'")
+        c.send(query_msg("RESET ALL") + query_msg("SELECT current_setting('application_name')"))
+        c.read_results()
+        rows, _ = c.read_results()
+        assert rows == [[c.params["application_name"]]]  # told what the server has
+        c.query("SET application_name = 'again'")
+        c.query("RESET ALL")
+        rows, _ = c.query(PROBE)
+        assert rows == [["login_app", "German, DMY", "evil", "1234ms"]]
+        assert c.params["application_name"] == "login_app"
+    finally:
+        c.close()

@@ -238,6 +238,42 @@ static void parameters_a_statement_may_change_are_named(void)
     }
 }
 
+static enum param_reset_kind reset_kind(const char *sql, struct param_touch *t)
+{
+    session_state_detect(sql, strlen(sql), t);
+    return t->reset.kind;
+}
+
+static void resets_to_login_values_are_named_when_last(void)
+{
+    struct param_touch t;
+    CHECK_INT(reset_kind("RESET Application_Name", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "application_name");
+    CHECK_INT(param_reset_covers(&t.reset, "APPLICATION_NAME"), 1);
+    CHECK_INT(param_reset_covers(&t.reset, "DateStyle"), 0);
+    CHECK_INT(reset_kind("set session search_path to default ;", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "search_path");
+    CHECK_INT(reset_kind("SET DateStyle = DEFAULT", &t), PARAM_RESET_NAMES);
+    CHECK_INT(reset_kind("reset time zone", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "timezone");
+    CHECK_INT(reset_kind("SET a = 1; RESET a; RESET b", &t), PARAM_RESET_NAMES);
+    CHECK_INT(t.reset.n, 2);
+    CHECK_INT(reset_kind("RESET ALL", &t), PARAM_RESET_ALL);
+    CHECK_INT(param_reset_covers(&t.reset, "anything"), 1);
+    CHECK_INT(reset_kind("select 1; discard all; -- done\n", &t), PARAM_RESET_ALL);
+    CHECK_INT(reset_kind("RESET a; SELECT 1; RESET ALL", &t), PARAM_RESET_ALL);
+    /* what follows a reset may read or change what it reset */
+    CHECK_INT(reset_kind("RESET ALL; SELECT 1", &t), PARAM_RESET_UNSURE);
+    CHECK_INT(reset_kind("RESET a; SET a = 2", &t), PARAM_RESET_UNSURE);
+    CHECK_INT(reset_kind("RESET a; RESET b; RESET c; RESET d; RESET e", &t), PARAM_RESET_UNSURE);
+    CHECK_INT(param_reset_covers(&t.reset, "a"), 0);
+    const char *none[] = {"SET LOCAL search_path TO DEFAULT", "SET a = 'default'",
+                          "SET a TO DEFAULT, 1", "RESET ROLE", "RESET SESSION AUTHORIZATION",
+                          "DISCARD PLANS", "select 'reset all'"};
+    for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++)
+        CHECK_INT(reset_kind(none[i], &t), PARAM_RESET_NONE);
+}
+
 static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
 {
     CHECK_INT(detect("select pg_advisory_xact_lock(1)"), SESSION_FEATURE_NONE);
@@ -466,6 +502,7 @@ int main(void)
     RUN(deallocate_and_discard_are_recognised);
     RUN(session_level_sql_is_detected);
     RUN(parameters_a_statement_may_change_are_named);
+    RUN(resets_to_login_values_are_named_when_last);
     RUN(transaction_scoped_and_tracked_sql_is_not_flagged);
     return CHECK_DONE();
 }
