@@ -988,9 +988,20 @@ bool relay_orphan_server(struct server *s, struct client *c)
         copy_in_ended(s);
     }
     if (s->batch_open) {
-        /* Extended-protocol messages without their Sync: end the batch as the client would. */
+        /* Extended-protocol messages without their Sync: what they ran is in an implicit
+         * transaction that only a Sync commits, and Postgres rolls it back when the session ends
+         * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
+         * before it: its ERROR (34000) aborts the transaction and the Sync ends it rolled back.
+         * After an earlier error the server skips both to the Sync; the ErrorResponse and
+         * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
+         * name exists only if the client bound one on purpose, which it could as well have
+         * synced.) */
         if (tracking(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
             return false;
+        codec_begin(&s->out, 'E');
+        codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
+        codec_put_i32(&s->out, 0);
+        codec_end(&s->out);
         codec_begin(&s->out, 'S');
         codec_end(&s->out);
         s->batch_open = false;
