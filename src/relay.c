@@ -182,9 +182,13 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     return TRACK_PASS;
 }
 
-/* The unreported parameters a statement may change: the server's record of them is unknown. */
+/* The unreported parameters a statement may change: the server's record of them is unknown.
+ * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
+ * server gets a full reset before it serves again. */
 static void forget_touched(struct server *s, const struct param_touch *touch)
 {
+    if (touch->unnamed)
+        s->session = SERVER_SESSION_UNKNOWN;
     bool ok = true;
     if (touch->all)
         ok = params_forget(&s->params, NULL) == 0;

@@ -26,7 +26,11 @@ enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_RE
  * their new values, so the server's record of them becomes unknown (params_forget). */
 #define PARAM_TOUCH_NAMES 4
 struct param_touch {
-    bool all; /* RESET ALL, DISCARD ALL, SET ROLE, a name not spelled out, or too many names */
+    bool all; /* RESET ALL, DISCARD ALL, or any of what makes `unnamed` */
+    /* A change no record of sluice's can follow: SET ROLE, SET SESSION AUTHORIZATION, a name
+     * that is an expression or not a plain literal, too many names. Only a full reset undoes it
+     * (server.h, SERVER_SESSION_UNKNOWN). */
+    bool unnamed;
     int n;
     char names[PARAM_TOUCH_NAMES][64];
 };

@@ -292,3 +292,60 @@ def test_a_query_sent_with_the_startup_packet_waits_for_the_parameters(start_slu
         assert rows == [["evil", "1234ms"]]
     finally:
         c.close()
+
+
+# ---- a change sluice cannot name: the server is reset before anyone else gets it ----
+
+SESSION_LEAKS = [
+    "SET ROLE app2",
+    "SET SESSION ROLE app2",
+    'SET "role" TO app2',
+    "SELECT set_config('role', 'app2', false)",
+    "SET SCHEMA 'evil'",
+    'SET "search_path" TO evil',
+    'RESET "search_path"; SET "search_path" TO evil',
+    "SELECT set_config(E'search_path', 'evil', false)",
+    "SELECT set_config(U&'search_path', 'evil', false)",
+    "SELECT set_config($$search_path$$, 'evil', false)",
+    "SELECT set_config('search_'||'path', 'evil', false)",
+    "SELECT set_config(n, 'evil', false) FROM (VALUES ('search_path')) v(n)",
+    'SELECT "set_config"(\'search_path\', \'evil\', false)',
+    'SELECT pg_catalog."set_config"(\'search_path\', \'evil\', false)',
+]
+
+
+@pytest.fixture
+def app_may_become_app2(pg):
+    with pg.superuser() as c:
+        c.execute("GRANT app2 TO app")
+    yield
+    with pg.superuser() as c:
+        c.execute("REVOKE app2 FROM app")
+
+
+@pytest.mark.parametrize("sql", SESSION_LEAKS)
+def test_transaction_mode_session_state_never_reaches_the_next_client(start_sluice,
+                                                                     app_may_become_app2, sql):
+    """Default session_state_policy (warn), one server: what client A changed, B never sees."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(sql)
+    with s.connect() as b:
+        row = b.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    assert row == ("app", "\"$user\", public")
+
+
+@pytest.mark.parametrize("sql", [
+    'SELECT "set_config"(\'search_path\', \'evil\', false)',
+    'SET "search_path" TO evil',
+    "SET SCHEMA 'evil'",
+    "SET ROLE app2",
+])
+def test_refuse_policy_sees_quoted_and_role_changes(start_sluice, app_may_become_app2, sql):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute(sql)
+        row = a.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    assert row == ("app", "\"$user\", public")
