@@ -172,14 +172,27 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     }
     if (!(c->warned & (1u << f))) {
         c->warned |= (uint8_t)(1u << f);
+        /* What becomes of it (note_session_objects, forget_touched): no other client gets it. */
+        const char *fate = session_feature_leaves_objects(f)
+                               ? "it is dropped when the transaction ends (the server is reset "
+                                 "before it serves again)"
+                               : "the next transaction may run on another server without it, "
+                                 "and no other client gets it";
         log_client(LOG_WARNING, c,
-                   "uses %s in %s mode (application_name \"%s\"): its effect is lost when the next "
-                   "transaction runs on another server; use session mode or session_state_policy "
-                   "= pin",
+                   "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
+                   "session_state_policy = pin",
                    session_feature_name(f), pool_mode_name(s->pool->mode),
-                   params_get(&c->params, "application_name") ?: "");
+                   params_get(&c->params, "application_name") ?: "", fate);
     }
     return TRACK_PASS;
+}
+
+/* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
+ * server: it gets a full reset before it serves again, so no other client finds them. */
+static void note_session_objects(struct server *s, enum session_feature f)
+{
+    if (session_feature_leaves_objects(f))
+        s->session = SERVER_SESSION_UNKNOWN;
 }
 
 /* The unreported parameters a statement may change: the server's record of them is unknown.
@@ -245,6 +258,7 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
         enum track_result r = apply_session_policy(c, s, type, f, body_len);
         if (r != TRACK_PASS)
             return r;
+        note_session_objects(s, f);
     }
     return follow_statement(c, s, sql, len, &touch);
 }
@@ -261,6 +275,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
         enum track_result r = apply_session_policy(c, s, type, f, body_len);
         if (r != TRACK_PASS)
             return r;
+        note_session_objects(s, f);
     }
     forget_touched(s, &touch);
     return TRACK_PASS;

@@ -166,6 +166,9 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
     i = skip_space(s, i, len);
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
+    if (keyword(s, &i, len, "prepare"))
+        return keyword(s, &i, len, "transaction") ? SESSION_FEATURE_NONE
+                                                   : SESSION_FEATURE_SQL_PREPARE;
     if (keyword(s, &i, len, "set"))
         return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
     if (keyword(s, &i, len, "reset")) {
@@ -340,7 +343,8 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
         }
         if (ch == ';' || ch == '\0') {
             enum session_feature f = statement_feature(sql, start, i, touch);
-            if (first == SESSION_FEATURE_NONE)
+            if (first == SESSION_FEATURE_NONE ||
+                (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
                 first = f;
             start = i + 1;
             if (ch == '\0')
@@ -348,7 +352,15 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
         }
     }
     enum session_feature call = session_calls(sql, len, touch);
-    return first != SESSION_FEATURE_NONE ? first : call;
+    if (first == SESSION_FEATURE_NONE ||
+        (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
+        return call;
+    return first;
+}
+
+bool session_feature_leaves_objects(enum session_feature f)
+{
+    return f != SESSION_FEATURE_NONE && f != SESSION_FEATURE_SET;
 }
 
 const char *session_feature_name(enum session_feature f)
@@ -364,6 +376,8 @@ const char *session_feature_name(enum session_feature f)
         return "a temporary table";
     case SESSION_FEATURE_SET:
         return "SET of a parameter sluice cannot track (not reported by Postgres)";
+    case SESSION_FEATURE_SQL_PREPARE:
+        return "a SQL-level PREPARE";
     default:
         return "nothing";
     }

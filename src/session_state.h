@@ -17,7 +17,11 @@ enum session_feature {
     SESSION_FEATURE_HOLD_CURSOR,
     SESSION_FEATURE_TEMP_TABLE,
     SESSION_FEATURE_SET,
+    SESSION_FEATURE_SQL_PREPARE,
 };
+/* Features whose objects Postgres drops only when the session ends (all but SET, whose
+ * parameters sluice's records follow where it can name them). */
+bool session_feature_leaves_objects(enum session_feature f);
 
 enum session_policy { SESSION_POLICY_WARN, SESSION_POLICY_PIN, SESSION_POLICY_REFUSE };
 
@@ -35,7 +39,7 @@ struct param_touch {
     char names[PARAM_TOUCH_NAMES][64];
 };
 
-/* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated);
+/* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len bytes, need not be NUL-terminated);
  * touch (may be NULL) gets the unreported parameters the whole text may change. */
 enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
 const char *session_feature_name(enum session_feature f);

@@ -349,3 +349,31 @@ def test_refuse_policy_sees_quoted_and_role_changes(start_sluice, app_may_become
             a.execute(sql)
         row = a.execute("SELECT current_user, current_setting('search_path')").fetchone()
     assert row == ("app", "\"$user\", public")
+
+
+@pytest.mark.parametrize("policy", ["warn", "pin"])
+def test_transaction_mode_session_objects_never_reach_the_next_client(start_sluice, pg, policy):
+    """What Postgres drops when a session ends (a SQL-prepared statement, a temporary table, a
+    WITH HOLD cursor, LISTEN, a session advisory lock) never reaches the next client: the server
+    is reset (DISCARD ALL) before it serves again."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": policy})
+    objects = {
+        "PREPARE foo AS SELECT 'A-secret'": "EXECUTE foo",
+        "CREATE TEMP TABLE tt(x text)": "SELECT * FROM tt",
+        "DECLARE cur CURSOR WITH HOLD FOR SELECT 'A-cursor'": "FETCH cur",
+    }
+    for make, use in objects.items():
+        with s.connect() as a:
+            a.execute(make)
+        with s.connect() as b:
+            with pytest.raises(psycopg.Error):
+                b.execute(use)
+    for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)"]:
+        with s.connect() as a:
+            a.execute(sql)
+        with s.connect() as b:
+            row = b.execute("SELECT (SELECT count(*) FROM pg_listening_channels()),"
+                            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            "  AND pid = pg_backend_pid())").fetchone()
+            assert row == (0, 0), f"B inherited A's {sql}"

@@ -265,6 +265,12 @@ static void changes_no_record_can_follow_are_unnamed(void)
     }
     CHECK_INT(detect("select \"pg_advisory_lock\"(1)"), SESSION_FEATURE_ADVISORY_LOCK);
     CHECK_INT(detect("select \"SET_CONFIG\"('search_path', 'x', false)"), SESSION_FEATURE_NONE);
+    /* objects only the end of a session drops come before a SET: they decide the reset */
+    CHECK_INT(detect("PREPARE foo AS SELECT 1"), SESSION_FEATURE_SQL_PREPARE);
+    CHECK_INT(detect("PREPARE TRANSACTION 'x'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET search_path = a; LISTEN c"), SESSION_FEATURE_LISTEN);
+    CHECK_INT(detect("SET search_path = a; select pg_advisory_lock(1)"),
+              SESSION_FEATURE_ADVISORY_LOCK);
 }
 
 static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
