@@ -377,3 +377,23 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
                             " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                             "  AND pid = pg_backend_pid())").fetchone()
             assert row == (0, 0), f"B inherited A's {sql}"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_login_role_is_checked_every_time(start_sluice, pg, mode):
+    """options='-c role=app2' is let in while app may become app2, and refused as Postgres
+    refuses it once that is revoked: an earlier login's success proves nothing about the next."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2})
+    with pg.superuser() as su:
+        su.execute("GRANT app2 TO app")
+    try:
+        with s.connect(options="-c role=app2") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "app2"
+    finally:
+        with pg.superuser() as su:
+            su.execute("REVOKE app2 FROM app")
+    expected = login_error(pg.port, password=APP_PASSWORD, options="-c role=app2")
+    assert expected is not None and expected[0] == "FATAL", expected
+    assert login_error(s.port, options="-c role=app2") == expected
+    with s.connect() as plain:
+        assert plain.execute("SELECT current_user").fetchone()[0] == "app"
