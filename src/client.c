@@ -686,7 +686,7 @@ void client_on_linked(struct client *c, struct server *s)
      * is reported, so never forgotten: whether it may be set depends on the pool's own login
      * user, a superuser, not on grants to the client.) */
     for (int i = 0; login && i < c->params.n; i++) {
-        if (params_checked_at_every_login(c->params.items[i].name) &&
+        if (params_is_identity(c->params.items[i].name) &&
             params_forget(&s->params, c->params.items[i].name) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;

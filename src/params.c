@@ -412,7 +412,7 @@ static bool application_name_kept(const char *value)
     return n < 64;
 }
 
-bool params_checked_at_every_login(const char *name)
+bool params_is_identity(const char *name)
 {
     return strcasecmp(name, "role") == 0 || strcasecmp(name, "session_authorization") == 0;
 }
@@ -422,7 +422,7 @@ bool params_known_good(const struct param_set *own, const struct param_set *base
 {
     for (int i = 0; i < own->n; i++) {
         const char *name = own->items[i].name, *value = own->items[i].value;
-        if (params_checked_at_every_login(name))
+        if (params_is_identity(name))
             return false;
         const char *b = params_get(base, name), *a = params_get(accepted, name);
         bool any_value = strcasecmp(name, "application_name") == 0 && value != params_unknown &&

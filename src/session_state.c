@@ -73,7 +73,7 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
     for (size_t i = 0; i < n; i++)
         lower[i] = (char)tolower((unsigned char)name[i]);
     lower[n] = '\0';
-    if (strcmp(lower, "role") == 0 || strcmp(lower, "session_authorization") == 0) {
+    if (params_is_identity(lower)) {
         touch_unnamed(t);
         return;
     }
@@ -138,7 +138,7 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
     }
     memcpy(name, s + i, n);
     name[n] = '\0';
-    if (params_is_reported(name))
+    if (params_is_reported(name) && !params_is_identity(name))
         return false;
     touch_name(t, name, n);
     return true;
@@ -258,7 +258,7 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     }
     memcpy(name, s + q + 1, n);
     name[n] = '\0';
-    if (params_is_reported(name) && strcasecmp(name, "session_authorization") != 0)
+    if (params_is_reported(name) && !params_is_identity(name))
         return false; /* the server reports it like a SET */
     touch_name(t, name, n);
     return true;

@@ -242,6 +242,7 @@ static void changes_no_record_can_follow_are_unnamed(void)
 {
     struct param_touch t;
     const char *unnamed[] = {"SET ROLE r", "set session role r", "SET SESSION AUTHORIZATION u",
+                             "set session_authorization = u",
                              "SET \"role\" TO r", "select set_config('role', 'r', false)",
                              "select set_config(x, 'b', false)",
                              "select set_config(E'search_path', 'b', false)",
