@@ -703,7 +703,17 @@ void client_on_linked(struct client *c, struct server *s)
     s->last_bytes_ms = sluice_now(c->app); /* idle_transaction_timeout counts from the link */
     s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
-     * applied (in session mode it keeps this server for good). */
+     * applied (in session mode it keeps this server for good). A login's role is SET even on a
+     * server that has it, so that Postgres checks this login's right to it. (session_authorization
+     * is reported, so never forgotten: whether it may be set depends on the pool's own login
+     * user, a superuser, not on grants to the client.) */
+    for (int i = 0; login && i < c->params.n; i++) {
+        if (params_is_identity(c->params.items[i].name) &&
+            params_forget(&s->params, c->params.items[i].name) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
     int n = queue_sync(c, s);
     if (n < 0)
         return;

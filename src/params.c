@@ -461,11 +461,18 @@ static bool application_name_kept(const char *value)
     return n < 64;
 }
 
+bool params_is_identity(const char *name)
+{
+    return strcasecmp(name, "role") == 0 || strcasecmp(name, "session_authorization") == 0;
+}
+
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted)
 {
     for (int i = 0; i < own->n; i++) {
         const char *name = own->items[i].name, *value = own->items[i].value;
+        if (params_is_identity(name))
+            return false;
         const char *b = params_get(base, name), *a = params_get(accepted, name);
         bool any_value = strcasecmp(name, "application_name") == 0 && value != params_unknown &&
                          application_name_kept(value);

@@ -89,6 +89,10 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
  * is application_name (any value is accepted; one Postgres keeps as sent: printable ASCII, under
  * 64 bytes), or has the value in `base` (the pool's login values) or in `accepted` (values a
  * server accepted for an earlier login of the pool). */
+/* role, session_authorization: who the session runs as. No sync can put it back once a client
+ * changed it (a full reset must), and whether a login may use a value depends on grants that
+ * change at any time (REVOKE), so no earlier login vouches for it. */
+bool params_is_identity(const char *name);
 bool params_known_good(const struct param_set *own, const struct param_set *base,
                        const struct param_set *accepted);
 /* A server accepted `own` at a login: remember the values, for at most max names. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
 #include "admin.h"
@@ -592,6 +593,18 @@ bool pool_queue_cleanup(struct server *s)
         server_queue_internal(s, cfg->server_reset_query);
         /* DISCARD ALL drops prepared statements; should it fail, re-preparing stays safe. */
         stmt_map_mark_unknown(&s->stmts);
+        queued = true;
+    }
+    if (s->session == SERVER_SESSION_UNKNOWN) {
+        /* A client left state sluice cannot undo piecemeal (server.h): DISCARD ALL is the one
+         * statement that undoes all of it (role, authorization, parameters, temporary tables,
+         * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
+         * is. Should it fail, the server is closed (on_internal_error). */
+        if (!reset || strcasecmp(cfg->server_reset_query, "DISCARD ALL") != 0)
+            server_queue_internal(s, "DISCARD ALL");
+        stmt_map_mark_unknown(&s->stmts);
+        s->session = SERVER_SESSION_FOLLOWED;
+        reset = true;
         queued = true;
     }
     /* The reset query reset the parameters sluice SET, and in session mode the client's own

@@ -173,19 +173,36 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     }
     if (!(c->warned & (1u << f))) {
         c->warned |= (uint8_t)(1u << f);
+        /* What becomes of it (note_session_objects, forget_touched): no other client gets it. */
+        const char *fate = session_feature_leaves_objects(f)
+                               ? "it is dropped when the transaction ends (the server is reset "
+                                 "before it serves again)"
+                               : "the next transaction may run on another server without it, "
+                                 "and no other client gets it";
         log_client(LOG_WARNING, c,
-                   "uses %s in %s mode (application_name \"%s\"): its effect is lost when the next "
-                   "transaction runs on another server; use session mode or session_state_policy "
-                   "= pin",
+                   "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
+                   "session_state_policy = pin",
                    session_feature_name(f), pool_mode_name(s->pool->mode),
-                   params_get(&c->params, "application_name") ?: "");
+                   params_get(&c->params, "application_name") ?: "", fate);
     }
     return TRACK_PASS;
 }
 
-/* The unreported parameters a statement may change: the server's record of them is unknown. */
+/* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
+ * server: it gets a full reset before it serves again, so no other client finds them. */
+static void note_session_objects(struct server *s, enum session_feature f)
+{
+    if (session_feature_leaves_objects(f))
+        s->session = SERVER_SESSION_UNKNOWN;
+}
+
+/* The unreported parameters a statement may change: the server's record of them is unknown.
+ * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
+ * server gets a full reset before it serves again. */
 static void forget_touched(struct server *s, const struct param_touch *touch)
 {
+    if (touch->unnamed)
+        s->session = SERVER_SESSION_UNKNOWN;
     bool ok = true;
     if (touch->all)
         ok = params_forget(&s->params, NULL) == 0;
@@ -272,6 +289,7 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
         enum track_result r = apply_session_policy(c, s, type, f, body_len);
         if (r != TRACK_PASS)
             return r;
+        note_session_objects(s, f);
     }
     enum track_result r = follow_statement(c, s, sql, len, &touch);
     if (r == TRACK_PASS && type == 'Q')
@@ -291,6 +309,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
         enum track_result r = apply_session_policy(c, s, type, f, body_len);
         if (r != TRACK_PASS)
             return r;
+        note_session_objects(s, f);
     }
     forget_touched(s, &touch);
     return TRACK_PASS;
@@ -1120,9 +1139,20 @@ bool relay_orphan_server(struct server *s, struct client *c)
         copy_in_ended(s);
     }
     if (s->batch_open) {
-        /* Extended-protocol messages without their Sync: end the batch as the client would. */
+        /* Extended-protocol messages without their Sync: what they ran is in an implicit
+         * transaction that only a Sync commits, and Postgres rolls it back when the session ends
+         * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
+         * before it: its ERROR (34000) aborts the transaction and the Sync ends it rolled back.
+         * After an earlier error the server skips both to the Sync; the ErrorResponse and
+         * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
+         * name exists only if the client bound one on purpose, which it could as well have
+         * synced.) */
         if (tracking(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
             return false;
+        codec_begin(&s->out, 'E');
+        codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
+        codec_put_i32(&s->out, 0);
+        codec_end(&s->out);
         codec_begin(&s->out, 'S');
         codec_end(&s->out);
         s->batch_open = false;

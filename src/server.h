@@ -35,6 +35,15 @@ enum login_query {
     LOGIN_QUERY_CONNECT, /* the database entry's connect_query */
 };
 
+/* Whether sluice's records (params, stmts) account for all the session state a client left on
+ * the backend. In transaction mode a client may change what sluice cannot name or undo piecemeal
+ * (SET ROLE, set_config of a computed name, LISTEN, a temporary table, ...): then only a full
+ * reset (DISCARD ALL) at release makes the backend fit for the next client. */
+enum server_session {
+    SERVER_SESSION_FOLLOWED, /* the records are enough: the next client's sync fixes the rest */
+    SERVER_SESSION_UNKNOWN,  /* DISCARD ALL before anyone gets it again (pool_queue_cleanup) */
+};
+
 struct pool;
 struct client;
 
@@ -62,6 +71,7 @@ struct server {
     int inflight;          /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
     int swallow;           /* ReadyForQuery still due for sluice's own queries (not forwarded) */
     bool batch_open;       /* client sent extended-protocol messages since its last Sync */
+    enum server_session session; /* does a full reset have to run at release? */
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */

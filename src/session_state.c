@@ -51,20 +51,32 @@ static void touch_all(struct param_touch *t)
         t->all = true;
 }
 
+/* A change sluice cannot name (session_state.h): the server is reset before it serves again. */
+static void touch_unnamed(struct param_touch *t)
+{
+    if (t)
+        t->all = t->unnamed = true;
+}
+
 /* Record that an unreported parameter may have changed; a name too long or one too many makes
- * it "all" (forgetting more than needed is safe, forgetting less is not). */
+ * it "unnamed" (resetting more than needed is safe, less is not). The role a session runs as
+ * is no parameter a client's sync could put back. */
 static void touch_name(struct param_touch *t, const char *name, size_t n)
 {
     if (!t || n == 0)
         return;
     char lower[sizeof(t->names[0])];
     if (n >= sizeof(lower) || t->n == PARAM_TOUCH_NAMES) {
-        t->all = true;
+        touch_unnamed(t);
         return;
     }
     for (size_t i = 0; i < n; i++)
         lower[i] = (char)tolower((unsigned char)name[i]);
     lower[n] = '\0';
+    if (params_is_identity(lower)) {
+        touch_unnamed(t);
+        return;
+    }
     if (params_is_reported(lower))
         return;
     memcpy(t->names[t->n++], lower, n + 1);
@@ -113,26 +125,49 @@ static size_t param_name(const char *s, size_t i, size_t len)
     return n;
 }
 
+/* A name quoted as an identifier ("search_path") or as a plain literal ('search_path'), with
+ * quote the quote character: the name's length inside the quotes, 0 when it is not such a name
+ * (an escaped quote, characters no parameter name has, no closing quote). */
+static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
+{
+    if (i >= len || s[i] != quote)
+        return 0;
+    size_t n = param_name(s, i + 1, len);
+    if (n == 0 || i + 1 + n >= len || s[i + 1 + n] != quote ||
+        (i + 2 + n < len && s[i + 2 + n] == quote))
+        return 0;
+    return n;
+}
+
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
     if (keyword(s, &i, len, "local") || keyword(s, &i, len, "transaction"))
         return false;
     (void)keyword(s, &i, len, "session");
-    if (keyword(s, &i, len, "characteristics") || keyword(s, &i, len, "authorization") ||
-        keyword(s, &i, len, "role")) {
-        touch_all(t); /* a role change can change many a default */
+    if (keyword(s, &i, len, "characteristics")) {
+        touch_all(t);
+        return true;
+    }
+    if (keyword(s, &i, len, "authorization") || keyword(s, &i, len, "role")) {
+        touch_unnamed(t); /* who the session runs as, and with it many a default */
         return true;
     }
     if (keyword(s, &i, len, "time"))
         return false; /* SET TIME ZONE: TimeZone is reported */
     if (keyword(s, &i, len, "names"))
         return false; /* client_encoding */
+    if (keyword(s, &i, len, "schema")) {
+        touch_name(t, "search_path", strlen("search_path")); /* SET SCHEMA 'x' */
+        return true;
+    }
     size_t n = param_name(s, i, len);
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+        i++; /* SET "search_path" ...: the name inside the quotes */
     char name[64];
     if (n == 0 || n >= sizeof(name)) {
-        touch_all(t);
-        return n > 0;
+        touch_unnamed(t);
+        return true;
     }
     memcpy(name, s + i, n);
     name[n] = '\0';
@@ -144,7 +179,7 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
     }
     if (to && keyword(s, &v, len, "default") && v >= len)
         reset_to_default(t, name, n); /* SET name TO DEFAULT is RESET name */
-    if (params_is_reported(name))
+    if (params_is_reported(name) && !params_is_identity(name))
         return false;
     touch_name(t, name, n);
     return true;
@@ -182,6 +217,9 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
     i = skip_space(s, i, len);
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
+    if (keyword(s, &i, len, "prepare"))
+        return keyword(s, &i, len, "transaction") ? SESSION_FEATURE_NONE
+                                                   : SESSION_FEATURE_SQL_PREPARE;
     if (keyword(s, &i, len, "set"))
         return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
     if (keyword(s, &i, len, "reset")) {
@@ -260,27 +298,44 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     if (argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
         argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'"))
         return false; /* transaction-local, like SET LOCAL */
-    size_t q = skip_space(s, a1, e1), n = 0;
-    if (q < e1 && s[q] == '\'') {
-        n = param_name(s, q + 1, e1);
-        if (q + 1 + n >= e1 || s[q + 1 + n] != '\'')
-            n = 0;
-    }
-    if (n == 0) {
-        touch_all(t); /* the name is an expression: anything may change */
-        return true;
-    }
+    /* Only a plain literal that is the whole argument names the parameter: E'..', U&'..',
+     * $$..$$, 'a'||'b', a column are expressions, and anything may change. */
+    size_t q = skip_space(s, a1, e1);
+    size_t n = quoted_param_name(s, q, e1, '\'');
+    if (n > 0 && skip_space(s, q + n + 2, e1) != e1)
+        n = 0;
     char name[64];
-    if (n >= sizeof(name)) {
-        touch_all(t);
+    if (n == 0 || n >= sizeof(name)) {
+        touch_unnamed(t);
         return true;
     }
     memcpy(name, s + q + 1, n);
     name[n] = '\0';
-    if (params_is_reported(name))
+    if (params_is_reported(name) && !params_is_identity(name))
         return false; /* the server reports it like a SET */
     touch_name(t, name, n);
     return true;
+}
+
+/* Does `word` (lower case) start at s[i] as a function name, plain or quoted as an identifier
+ * ("set_config"), followed by '('? Returns where the '(' is, or 0. */
+static size_t function_call_at(const char *s, size_t i, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    bool quoted = i > 0 && s[i - 1] == '"';
+    if (i + n > len || strncasecmp(s + i, word, n) != 0)
+        return 0;
+    if (i > 0 && !quoted && (isalnum((unsigned char)s[i - 1]) || s[i - 1] == '_'))
+        return 0;
+    size_t j = i + n;
+    if (quoted) {
+        /* a quoted identifier is case-sensitive: "SET_CONFIG" is another function */
+        if (j >= len || s[j] != '"' || strncmp(s + i, word, n) != 0)
+            return 0;
+        j++;
+    }
+    j = skip_space(s, j, len);
+    return j < len && s[j] == '(' ? j : 0;
 }
 
 /* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
@@ -292,13 +347,12 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
     for (size_t i = 0; i + 10 <= len; i++) {
         /* cheap first test: this runs over every query's text */
         char c0 = (char)(s[i] | 0x20);
-        if (c0 == 's' && strncasecmp(s + i, "set_config", 10) == 0 &&
-            (i == 0 || !(isalnum((unsigned char)s[i - 1]) || s[i - 1] == '_'))) {
-            size_t j = skip_space(s, i + 10, len);
-            if (j < len && s[j] == '(' && session_set_config(s, j, len, t) &&
-                found == SESSION_FEATURE_NONE)
+        if (c0 == 's') {
+            size_t j = function_call_at(s, i, len, "set_config");
+            if (j > 0 && session_set_config(s, j, len, t) && found == SESSION_FEATURE_NONE)
                 found = SESSION_FEATURE_SET;
-            continue;
+            if (j > 0)
+                continue;
         }
         if (c0 != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
             found != SESSION_FEATURE_NONE)
@@ -311,6 +365,8 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             size_t j = i + n;
             if (j + 7 <= len && strncasecmp(s + j, "_shared", 7) == 0)
                 j += 7;
+            if (j < len && s[j] == '"' && i > 0 && s[i - 1] == '"')
+                j++; /* "pg_advisory_lock"(...), quoted as an identifier */
             while (j < len && isspace((unsigned char)s[j]))
                 j++;
             if (j < len && s[j] == '(')
@@ -345,7 +401,8 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
             if (touch && touch->reset.kind != PARAM_RESET_NONE &&
                 touch->reset.statements == resets && skip_space(sql, start, i) < i)
                 touch->reset.kind = PARAM_RESET_UNSURE;
-            if (first == SESSION_FEATURE_NONE)
+            if (first == SESSION_FEATURE_NONE ||
+                (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
                 first = f;
             start = i + 1;
             if (ch == '\0')
@@ -353,7 +410,15 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
         }
     }
     enum session_feature call = session_calls(sql, len, touch);
-    return first != SESSION_FEATURE_NONE ? first : call;
+    if (first == SESSION_FEATURE_NONE ||
+        (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
+        return call;
+    return first;
+}
+
+bool session_feature_leaves_objects(enum session_feature f)
+{
+    return f != SESSION_FEATURE_NONE && f != SESSION_FEATURE_SET;
 }
 
 const char *session_feature_name(enum session_feature f)
@@ -369,6 +434,8 @@ const char *session_feature_name(enum session_feature f)
         return "a temporary table";
     case SESSION_FEATURE_SET:
         return "SET of a parameter sluice cannot track (not reported by Postgres)";
+    case SESSION_FEATURE_SQL_PREPARE:
+        return "a SQL-level PREPARE";
     default:
         return "nothing";
     }

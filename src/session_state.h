@@ -17,7 +17,11 @@ enum session_feature {
     SESSION_FEATURE_HOLD_CURSOR,
     SESSION_FEATURE_TEMP_TABLE,
     SESSION_FEATURE_SET,
+    SESSION_FEATURE_SQL_PREPARE,
 };
+/* Features whose objects Postgres drops only when the session ends (all but SET, whose
+ * parameters sluice's records follow where it can name them). */
+bool session_feature_leaves_objects(enum session_feature f);
 
 /* Parameters Postgres does not report that a text may change for the whole session: SET or
  * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see
@@ -44,13 +48,17 @@ struct param_reset {
 bool param_reset_covers(const struct param_reset *r, const char *name);
 
 struct param_touch {
-    bool all; /* RESET ALL, DISCARD ALL, SET ROLE, a name not spelled out, or too many names */
+    bool all; /* RESET ALL, DISCARD ALL, or any of what makes `unnamed` */
+    /* A change no record of sluice's can follow: SET ROLE, SET SESSION AUTHORIZATION, a name
+     * that is an expression or not a plain literal, too many names. Only a full reset undoes it
+     * (server.h, SERVER_SESSION_UNKNOWN). */
+    bool unnamed;
     int n;
     char names[PARAM_TOUCH_NAMES][64];
     struct param_reset reset; /* reported parameters too */
 };
 
-/* The first session-level feature the SQL text uses (len bytes, need not be NUL-terminated);
+/* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len bytes, need not be NUL-terminated);
  * touch (may be NULL) gets the unreported parameters the whole text may change. */
 enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
 const char *session_feature_name(enum session_feature f);

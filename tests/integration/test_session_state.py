@@ -385,3 +385,108 @@ def test_a_reset_pipelined_with_other_queries_still_answers_them_all(start_sluic
         assert c.params["application_name"] == "login_app"
     finally:
         c.close()
+
+
+# ---- a change sluice cannot name: the server is reset before anyone else gets it ----
+
+SESSION_LEAKS = [
+    "SET ROLE app2",
+    "SET SESSION ROLE app2",
+    'SET "role" TO app2',
+    "SELECT set_config('role', 'app2', false)",
+    "SET SCHEMA 'evil'",
+    'SET "search_path" TO evil',
+    'RESET "search_path"; SET "search_path" TO evil',
+    "SELECT set_config(E'search_path', 'evil', false)",
+    "SELECT set_config(U&'search_path', 'evil', false)",
+    "SELECT set_config($$search_path$$, 'evil', false)",
+    "SELECT set_config('search_'||'path', 'evil', false)",
+    "SELECT set_config(n, 'evil', false) FROM (VALUES ('search_path')) v(n)",
+    'SELECT "set_config"(\'search_path\', \'evil\', false)',
+    'SELECT pg_catalog."set_config"(\'search_path\', \'evil\', false)',
+]
+
+
+@pytest.fixture
+def app_may_become_app2(pg):
+    with pg.superuser() as c:
+        c.execute("GRANT app2 TO app")
+    yield
+    with pg.superuser() as c:
+        c.execute("REVOKE app2 FROM app")
+
+
+@pytest.mark.parametrize("sql", SESSION_LEAKS)
+def test_transaction_mode_session_state_never_reaches_the_next_client(start_sluice,
+                                                                     app_may_become_app2, sql):
+    """Default session_state_policy (warn), one server: what client A changed, B never sees."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(sql)
+    with s.connect() as b:
+        row = b.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    assert row == ("app", "\"$user\", public")
+
+
+@pytest.mark.parametrize("sql", [
+    'SELECT "set_config"(\'search_path\', \'evil\', false)',
+    'SET "search_path" TO evil',
+    "SET SCHEMA 'evil'",
+    "SET ROLE app2",
+])
+def test_refuse_policy_sees_quoted_and_role_changes(start_sluice, app_may_become_app2, sql):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute(sql)
+        row = a.execute("SELECT current_user, current_setting('search_path')").fetchone()
+    assert row == ("app", "\"$user\", public")
+
+
+@pytest.mark.parametrize("policy", ["warn", "pin"])
+def test_transaction_mode_session_objects_never_reach_the_next_client(start_sluice, pg, policy):
+    """What Postgres drops when a session ends (a SQL-prepared statement, a temporary table, a
+    WITH HOLD cursor, LISTEN, a session advisory lock) never reaches the next client: the server
+    is reset (DISCARD ALL) before it serves again."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": policy})
+    objects = {
+        "PREPARE foo AS SELECT 'A-secret'": "EXECUTE foo",
+        "CREATE TEMP TABLE tt(x text)": "SELECT * FROM tt",
+        "DECLARE cur CURSOR WITH HOLD FOR SELECT 'A-cursor'": "FETCH cur",
+    }
+    for make, use in objects.items():
+        with s.connect() as a:
+            a.execute(make)
+        with s.connect() as b:
+            with pytest.raises(psycopg.Error):
+                b.execute(use)
+    for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)"]:
+        with s.connect() as a:
+            a.execute(sql)
+        with s.connect() as b:
+            row = b.execute("SELECT (SELECT count(*) FROM pg_listening_channels()),"
+                            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            "  AND pid = pg_backend_pid())").fetchone()
+            assert row == (0, 0), f"B inherited A's {sql}"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_login_role_is_checked_every_time(start_sluice, pg, mode):
+    """options='-c role=app2' is let in while app may become app2, and refused as Postgres
+    refuses it once that is revoked: an earlier login's success proves nothing about the next."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2})
+    with pg.superuser() as su:
+        su.execute("GRANT app2 TO app")
+    try:
+        with s.connect(options="-c role=app2") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "app2"
+    finally:
+        with pg.superuser() as su:
+            su.execute("REVOKE app2 FROM app")
+    expected = login_error(pg.port, password=APP_PASSWORD, options="-c role=app2")
+    assert expected is not None and expected[0] == "FATAL", expected
+    assert login_error(s.port, options="-c role=app2") == expected
+    with s.connect() as plain:
+        assert plain.execute("SELECT current_user").fetchone()[0] == "app"

@@ -10,8 +10,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_USER, wait_until
-from pgwire import query_msg, raw_login, terminate_msg
+from conftest import APP_PASSWORD, APP_USER, wait_until
+from pgwire import (bind_msg, execute_msg, message, parse_msg, query_msg, raw_login, sync_msg,
+                    terminate_msg)
 
 CALL_TIMEOUT = 10.0
 N = 10
@@ -125,3 +126,109 @@ def test_long_query_before_terminate_is_cancelled_after_server_drain_timeout(sta
         assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
     assert time.monotonic() - t0 < 8
     assert "still running after server_drain_timeout: cancelling it" in s.log_text()
+
+
+# ---- an extended-protocol batch without its Sync ----
+# Postgres runs an Execute at once, inside an implicit transaction that only a Sync commits. When
+# the session ends first (Terminate, a dropped socket, a FATAL), the transaction is rolled back.
+# sluice ends such a batch itself when it reuses the server: it must roll back, as Postgres does.
+
+
+def insert_batch(table, i):
+    return parse_msg("", f"INSERT INTO {table} VALUES ({i})") + bind_msg("", "") + execute_msg()
+
+
+def wait_settled(pg):
+    """Every backend of the app user is idle: no batch is left running or open."""
+    sql = ("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+           " AND backend_type = 'client backend' AND state <> 'idle'")
+    wait_until(lambda: pg.query(sql, [APP_USER])[0][0] == 0, 15, what="idle backends")
+
+
+def run_on_both(pg, s, table, scenario):
+    """scenario(port, password) on Postgres directly, then through sluice; the rows committed
+    by each once the connections are over."""
+    make_table(pg, table)
+    counts = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        before = committed(pg, table)
+        scenario(port, password)
+        # sluice drains the server in the background: let that finish before counting
+        time.sleep(1.5)
+        wait_settled(pg)
+        counts.append(committed(pg, table) - before)
+    return counts
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("ending", ["flush_terminate", "terminate", "vanish"])
+def test_unsynced_extended_batch_is_rolled_back_like_postgres(start_sluice, pg, table, mode,
+                                                              ending):
+    s = sluice_for(start_sluice, mode)
+
+    def scenario(port, password):
+        c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+        if ending == "terminate":
+            c.send(insert_batch(table, 1) + terminate_msg())
+        else:
+            c.send(insert_batch(table, 1) + message(b"H"))
+            c.read_until("C")  # the INSERT ran, inside the implicit transaction
+            if ending == "flush_terminate":
+                c.send(terminate_msg())
+        if ending == "vanish":
+            c.close_abruptly()
+        else:
+            assert c.is_closed(CALL_TIMEOUT)
+            c.close()
+
+    assert run_on_both(pg, s, table, scenario) == [0, 0]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_synced_batch_commits_and_the_unsynced_one_after_it_does_not(start_sluice, pg, table,
+                                                                     mode):
+    s = sluice_for(start_sluice, mode)
+
+    def scenario(port, password):
+        c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+        c.send(insert_batch(table, 1) + sync_msg() + insert_batch(table, 2) + terminate_msg())
+        assert c.is_closed(CALL_TIMEOUT)
+        c.close()
+
+    assert run_on_both(pg, s, table, scenario) == [1, 1]
+
+
+@pytest.mark.timeout(90)
+def test_unsynced_batch_and_terminate_queued_for_a_busy_pool_is_rolled_back(start_sluice, pg,
+                                                                            table):
+    make_table(pg, table)
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1, max_db_connections=1)
+    busy = raw_login(s.port, timeout=CALL_TIMEOUT)
+    busy.send(query_msg("SELECT pg_sleep(1.5) /* holder */"))
+    pg.wait_for_active(APP_USER, "holder")
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(insert_batch(table, 1) + terminate_msg())
+    c.close()
+    synced = raw_login(s.port, timeout=CALL_TIMEOUT)
+    synced.send(insert_batch(table, 2) + sync_msg() + terminate_msg())
+    synced.close()
+    busy.read_results()
+    busy.close()
+    assert wait_committed(pg, table, 1) == 1
+    assert pg.query(f"SELECT id FROM {table}", dbname="appdb") == [(2,)]
+
+
+@pytest.mark.timeout(60)
+def test_idle_transaction_timeout_rolls_back_an_unsynced_batch(start_sluice, pg, table):
+    make_table(pg, table)
+    s = sluice_for(start_sluice, "transaction", idle_transaction_timeout=2)
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(insert_batch(table, 1) + message(b"H"))
+    c.read_until("C")
+    assert c.expect_error(CALL_TIMEOUT)["C"] == "25P03"
+    c.close()
+    time.sleep(1.5)
+    wait_settled(pg)
+    assert committed(pg, table) == 0

@@ -274,6 +274,42 @@ static void resets_to_login_values_are_named_when_last(void)
         CHECK_INT(reset_kind(none[i], &t), PARAM_RESET_NONE);
 }
 
+static void changes_no_record_can_follow_are_unnamed(void)
+{
+    struct param_touch t;
+    const char *unnamed[] = {"SET ROLE r", "set session role r", "SET SESSION AUTHORIZATION u",
+                             "set session_authorization = u",
+                             "SET \"role\" TO r", "select set_config('role', 'r', false)",
+                             "select set_config(x, 'b', false)",
+                             "select set_config(E'search_path', 'b', false)",
+                             "select set_config(U&'search_path', 'b', false)",
+                             "select set_config($$search_path$$, 'b', false)",
+                             "select set_config('search_'||'path', 'b', false)",
+                             "select \"set_config\"(x, 'b', false)",
+                             "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
+    for (size_t i = 0; i < sizeof(unnamed) / sizeof(unnamed[0]); i++) {
+        CHECK_INT(session_state_detect(unnamed[i], strlen(unnamed[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(t.unnamed, 1);
+    }
+    const char *named[] = {"SET SCHEMA 'x'", "SET \"search_path\" TO x",
+                           "select pg_catalog.\"set_config\"('search_path', 'x', false)",
+                           "select set_config( 'search_path' , 'x', false)"};
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        CHECK_INT(session_state_detect(named[i], strlen(named[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(t.unnamed, 0);
+        CHECK_INT(t.n, 1);
+        CHECK_STR(t.names[0], "search_path");
+    }
+    CHECK_INT(detect("select \"pg_advisory_lock\"(1)"), SESSION_FEATURE_ADVISORY_LOCK);
+    CHECK_INT(detect("select \"SET_CONFIG\"('search_path', 'x', false)"), SESSION_FEATURE_NONE);
+    /* objects only the end of a session drops come before a SET: they decide the reset */
+    CHECK_INT(detect("PREPARE foo AS SELECT 1"), SESSION_FEATURE_SQL_PREPARE);
+    CHECK_INT(detect("PREPARE TRANSACTION 'x'"), SESSION_FEATURE_NONE);
+    CHECK_INT(detect("SET search_path = a; LISTEN c"), SESSION_FEATURE_LISTEN);
+    CHECK_INT(detect("SET search_path = a; select pg_advisory_lock(1)"),
+              SESSION_FEATURE_ADVISORY_LOCK);
+}
+
 static void transaction_scoped_and_tracked_sql_is_not_flagged(void)
 {
     CHECK_INT(detect("select pg_advisory_xact_lock(1)"), SESSION_FEATURE_NONE);
@@ -485,6 +521,7 @@ static void client_maps_count_their_statement_text(void)
 int main(void)
 {
     RUN(client_maps_count_their_statement_text);
+    RUN(changes_no_record_can_follow_are_unnamed);
     RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
