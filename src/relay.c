@@ -277,6 +277,21 @@ static bool inspect_session_query(struct client *c, struct server *s, const uint
     return true;
 }
 
+/* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
+ * server that got such objects is noted for a reset. touch: the parameters it changes. */
+static enum track_result police_statement(struct client *c, struct server *s, uint8_t type,
+                                          const char *sql, size_t len, uint32_t body_len,
+                                          struct param_touch *touch)
+{
+    enum session_feature f = session_state_detect(sql, len, touch);
+    if (f == SESSION_FEATURE_NONE)
+        return TRACK_PASS;
+    enum track_result r = apply_session_policy(c, s, type, f, body_len);
+    if (r == TRACK_PASS)
+        note_session_objects(s, f);
+    return r;
+}
+
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
  * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
  * text and its NUL (and, for Parse, what follows it). */
@@ -284,14 +299,10 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
                                            const char *sql, size_t len, uint32_t body_len)
 {
     struct param_touch touch;
-    enum session_feature f = session_state_detect(sql, len, &touch);
-    if (f != SESSION_FEATURE_NONE) {
-        enum track_result r = apply_session_policy(c, s, type, f, body_len);
-        if (r != TRACK_PASS)
-            return r;
-        note_session_objects(s, f);
-    }
-    enum track_result r = follow_statement(c, s, sql, len, &touch);
+    enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch);
+    if (r != TRACK_PASS)
+        return r;
+    r = follow_statement(c, s, sql, len, &touch);
     if (r == TRACK_PASS && type == 'Q')
         follow_login_reset(c, s, &touch.reset);
     return r;
@@ -304,13 +315,9 @@ static enum track_result inspect_statement_start(struct client *c, struct server
                                                  const char *sql, size_t shown, uint32_t body_len)
 {
     struct param_touch touch;
-    enum session_feature f = session_state_detect(sql, shown, &touch);
-    if (f != SESSION_FEATURE_NONE) {
-        enum track_result r = apply_session_policy(c, s, type, f, body_len);
-        if (r != TRACK_PASS)
-            return r;
-        note_session_objects(s, f);
-    }
+    enum track_result r = police_statement(c, s, type, sql, shown, body_len, &touch);
+    if (r != TRACK_PASS)
+        return r;
     forget_touched(s, &touch);
     return TRACK_PASS;
 }
