@@ -618,7 +618,10 @@ bool pool_queue_cleanup(struct server *s)
 
 void pool_release(struct server *s)
 {
-    if (pool_queue_cleanup(s) || s->cancels_in_flight > 0) {
+    /* Replies to sluice's own queries still to come (a login refused mid-sync leaves the rest
+     * of its sync running): the next client's sync must be built on what the server has once
+     * they are in, so the server waits for them in RESETTING. */
+    if (pool_queue_cleanup(s) || s->cancels_in_flight > 0 || s->swallow > 0) {
         server_set_state(s, SERVER_RESETTING);
         relay_kick(s);
         return;

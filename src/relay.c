@@ -754,9 +754,12 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
         return;
     if (params_set(&s->params, name, value) < 0)
         s->close_when_free = true; /* out of memory: its state is unknown now */
-    /* A change while linked is the client's own SET (or the echo of sluice's sync SET for it):
-     * either way it is what the client now has. */
-    if (c && params_is_client_settable(name)) {
+    /* A change in the reply to the client's own statement (its SET, RESET, set_config) is what
+     * the client now has. One in the reply to sluice's own query is not the client's: it may
+     * be the rest of another client's sync (a refused login leaves its server mid-sync) or a
+     * reset; the client's own sync values are its own already (and at login take the server's
+     * spelling: client_login_synced). */
+    if (c && s->swallow == 0 && params_is_client_settable(name)) {
         if (params_set(&c->params, name, value) < 0)
             s->close_when_free = true;
     }

@@ -288,3 +288,53 @@ def test_a_statement_name_whose_parse_failed_is_free_as_in_postgres(pg, start_sl
     assert direct == [("E", "42P01"), ("E", "26000"), ("1",), ("2",), ("D", "7"), ("C",)]
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
     assert _failed_parse_then_parse_again(s.port) == direct
+
+
+def test_transaction_mode_a_refused_login_does_not_change_the_parameters_of_the_next_client(
+        start_sluice):
+    """Found by the harness (seeds 1078 and 2098, transaction): a login refused for a bad option
+    left the rest of its parameter sync running on the server, which went to the next login;
+    the ParameterStatus of those leftovers (DateStyle 'ISO, MDY', application_name '') were
+    taken as that client's own, so each of its transactions then set the wrong value. A race
+    of logins: it showed in about one attempt of 25."""
+    import threading
+    from pgwire import ServerError, raw_login
+
+    clients = {
+        "a": ({"options": "-c DateStyle=Postgres,\\ YMD", "application_name": "difftest"},
+              ("Postgres, YMD", "difftest")),
+        "b": ({"options": "-c no_such_setting=1", "client_encoding": "SQL_ASCII"}, "refused"),
+        "c": ({"options": "-c DateStyle=Postgres,\\ YMD -c extra_float_digits=0",
+               "application_name": ""}, ("Postgres, YMD", "")),
+        "d": ({}, ("ISO, MDY", "")),
+    }
+    wrong = []
+    for attempt in range(40):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+        s.log_in_report = False
+        barrier = threading.Barrier(len(clients))
+        seen = {}
+
+        def one(name, params):
+            barrier.wait(10)
+            try:
+                c = raw_login(s.port, **params)
+            except ServerError:
+                seen[name] = "refused"
+                return
+            try:
+                seen[name] = {(c.query("SHOW DateStyle")[0][0][0],
+                               c.query("SHOW application_name")[0][0][0]) for _ in range(3)}
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=one, args=(n, p)) for n, (p, _) in clients.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        s.stop()
+        want = {n: w if w == "refused" else {w} for n, (_, w) in clients.items()}
+        if seen != want:
+            wrong.append((attempt, seen))
+    assert not wrong, f"the sessions differ from their startup parameters: {wrong}"
