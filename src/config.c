@@ -69,7 +69,6 @@ static const char *const pgbouncer_only_keys[] = {
     "track_extra_parameters",
     "cancel_wait_timeout",
     "pool_idle_timeout",
-    "transaction_timeout",
     "login_notify_message",
     "auth_ldap_options",
     "auth_pam_confdir",
@@ -80,15 +79,11 @@ static const char *const pgbouncer_only_keys[] = {
 static const char *const pgbouncer_only_db_keys[] = {
     "auth_dbname",
     "auth_query",
-    "transaction_timeout",
-};
-static const char *const pgbouncer_only_user_keys[] = {
-    "transaction_timeout",
 };
 
 #define ENTRY_TIMEOUTS_UNSET                                                                    \
     {.server_lifetime = -1, .query_timeout = -1, .idle_transaction_timeout = -1,                \
-     .client_idle_timeout = -1}
+     .transaction_timeout = -1, .client_idle_timeout = -1}
 
 /* Query parameters of client libraries' URLs (Prisma's, mostly) that are not libpq keywords:
  * a DATABASE_URL copied from an app's settings keeps working, with a warning per parameter. */
@@ -1006,6 +1001,8 @@ static int entry_timeout_key(struct loader *L, const char *where, struct entry_t
         field = &t->query_timeout;
     else if (strcmp(key, "idle_transaction_timeout") == 0)
         field = &t->idle_transaction_timeout;
+    else if (strcmp(key, "transaction_timeout") == 0)
+        field = &t->transaction_timeout;
     else if (strcmp(key, "client_idle_timeout") == 0)
         field = &t->client_idle_timeout;
     if (!field)
@@ -1140,7 +1137,7 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
                           "max_db_connections, max_db_client_connections, auth_user, "
                           "server_lifetime, query_timeout, idle_transaction_timeout, "
-                          "client_idle_timeout, connect_query, load_balance_hosts are accepted)",
+                          "transaction_timeout, client_idle_timeout, connect_query, load_balance_hosts are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {
@@ -1395,14 +1392,11 @@ static void on_user(struct loader *L, const char *name, const char *value)
                           where, val, INT_MAX);
                 failed = 1;
             }
-        } else if (IN_LIST(pgbouncer_only_user_keys, key)) {
-            warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
-                        key);
         } else {
             error_msg(L,
                       "%s: unknown key '%s' (pool_mode, pool_size, reserve_pool_size, "
                       "server_lifetime, query_timeout, idle_transaction_timeout, "
-                      "client_idle_timeout, max_user_connections and "
+                      "transaction_timeout, client_idle_timeout, max_user_connections and "
                       "max_user_client_connections are accepted)",
                       where, key);
             failed = 1;

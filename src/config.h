@@ -60,6 +60,7 @@ struct entry_timeouts {
     int64_t server_lifetime;
     int64_t query_timeout;
     int64_t idle_transaction_timeout;
+    int64_t transaction_timeout;
     int64_t client_idle_timeout;
 };
 
