@@ -77,7 +77,6 @@ static const char *const pgbouncer_only_keys[] = {
 /* PgBouncer's per-entry keys ([databases], [users]) that sluice does not act on: warned about,
  * like the main section's, so a pgbouncer.ini loads (and reloads) unchanged. */
 static const char *const pgbouncer_only_db_keys[] = {
-    "auth_dbname",
     "auth_query",
 };
 
@@ -735,6 +734,7 @@ static void db_entry_free(struct db_entry *db)
     free(db->pq_keywords);
     free(db->pq_values);
     free(db->auth_user);
+    free(db->auth_dbname);
     free(db->connect_query);
 }
 
@@ -1074,6 +1074,11 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         }
         return 1;
     }
+    if (strcmp(key, "auth_dbname") == 0) {
+        free(db->auth_dbname);
+        db->auth_dbname = val[0] ? dup_or_flag(L, val) : NULL;
+        return 1;
+    }
     if (strcmp(key, "connect_query") == 0) {
         free(db->connect_query);
         db->connect_query = val[0] ? dup_or_flag(L, val) : NULL;
@@ -1136,8 +1141,9 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
                           "max_db_connections, max_db_client_connections, auth_user, "
-                          "server_lifetime, query_timeout, idle_transaction_timeout, "
-                          "transaction_timeout, client_idle_timeout, connect_query, load_balance_hosts are accepted)",
+                          "auth_dbname, server_lifetime, query_timeout, "
+                          "idle_transaction_timeout, transaction_timeout, client_idle_timeout, "
+                          "connect_query, load_balance_hosts are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {

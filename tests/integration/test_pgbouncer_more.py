@@ -126,3 +126,44 @@ def test_transaction_timeout_per_user_over_database(start_sluice, pg):
         c.execute("SELECT pg_sleep(3)")
         c.execute("COMMIT")
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+# ---- auth_dbname per [databases] entry ----------------------------------------------------------
+
+
+@pytest.fixture
+def lookup_roles(pg):
+    """more_auth runs auth_query (may read pg_shadow); more_q is known only to Postgres."""
+    with pg.superuser() as c:
+        c.execute("CREATE ROLE more_auth LOGIN SUPERUSER PASSWORD 'authpass'")
+        c.execute("SET password_encryption = 'scram-sha-256'")
+        c.execute("CREATE ROLE more_q LOGIN PASSWORD 'qpass'")
+    yield
+    with pg.superuser() as c:
+        for r in ("more_auth", "more_q"):
+            c.execute(f"DROP ROLE IF EXISTS {r}")
+
+
+@pytest.mark.timeout(60)
+def test_auth_dbname_of_a_database_entry_beats_the_main_sections(start_sluice, pg, lookup_roles):
+    def lookup_in(database):
+        return fr'auth_query: looking up user "more_q" as "more_auth" in database "{database}"'
+
+    # appdb's auth_query runs in the entry authdb names (the "postgres" database); other's in
+    # the main section's (template1)
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "more_auth",
+                      "auth_dbname": "mainauth", "log_level": "debug"},
+                     auth_file={"more_auth": "authpass"},
+                     databases={APP_DB: pg.db_entry(auth_dbname="authdb"),
+                                "other": pg.db_entry(),
+                                "authdb": {"host": "127.0.0.1", "port": pg.port,
+                                           "dbname": "postgres"},
+                                "mainauth": {"host": "127.0.0.1", "port": pg.port,
+                                             "dbname": "template1"}})
+    assert "not supported" not in s.log_text()
+    with s.connect(user="more_q", password="qpass") as c:
+        assert c.execute("SELECT current_database()").fetchone()[0] == APP_DB
+    s.wait_for_log(lookup_in("postgres"))
+    with s.connect(dbname="other", user="more_q", password="qpass") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    s.wait_for_log(lookup_in("template1"))

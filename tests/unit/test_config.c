@@ -722,6 +722,15 @@ static void per_entry_timeouts_and_user_reserve_parse_as_durations(void)
         CHECK_INT(c->users[0].timeouts.transaction_timeout, 250);
         config_free(c);
     }
+    /* auth_dbname per database entry (PgBouncer's): kept for secret.c, not warned about */
+    c = load("[databases]\napp = host=x auth_dbname=authdb\nauthdb = host=y\n", NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK(!list_has(diag.warnings, diag.nwarnings, "auth_dbname"));
+        CHECK(c->dbs[0].auth_dbname && strcmp(c->dbs[0].auth_dbname, "authdb") == 0);
+        CHECK(c->dbs[1].auth_dbname == NULL);
+        config_free(c);
+    }
 }
 
 static void database_without_overrides_inherits_with_minus_one_and_unset(void)
