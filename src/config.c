@@ -53,7 +53,6 @@ static const char *const pgbouncer_only_keys[] = {
     "job_name",
     "autodb_idle_timeout",
     "disable_pqexec",
-    "auth_ident_file",
     "verbose",
     "suspend_timeout",
     "tcp_socket_buffer",

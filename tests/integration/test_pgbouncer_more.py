@@ -167,3 +167,37 @@ def test_auth_dbname_of_a_database_entry_beats_the_main_sections(start_sluice, p
     with s.connect(dbname="other", user="more_q", password="qpass") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
     s.wait_for_log(lookup_in("template1"))
+
+
+# ---- auth_ident_file: cert rules with map= ------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_auth_ident_file_maps_certificate_cns_to_user_names(start_sluice, pg, tmp_path):
+    from certs import make_pki
+    pki = make_pki(tmp_path / "pki", "ident", clients=("app",))
+    hba = tmp_path / "hba.conf"
+    hba.write_text("hostssl all all all cert map=certmap\n")
+    ident = tmp_path / "ident.conf"
+    # an exact name, and a regular expression whose \1 is the whole CN
+    ident.write_text("# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n"
+                     "certmap    app              reporting\n"
+                     "certmap    /^(.*)$          \\1\n"
+                     "othermap   app              admin\n")
+    s = start_sluice({"auth_type": "hba", "auth_hba_file": str(hba),
+                      "auth_ident_file": str(ident), "client_tls_sslmode": "require",
+                      "client_tls_cert_file": str(pki.server_cert),
+                      "client_tls_key_file": str(pki.server_key),
+                      "client_tls_ca_file": str(pki.ca)},
+                     auth_file=APP_AUTH, databases={APP_DB: pg.db_entry()})
+    assert "not supported" not in s.log_text()
+    cert = {"sslcert": str(pki.client_cert("app")), "sslkey": str(pki.client_key("app")),
+            "sslmode": "require"}
+    for user in ("reporting", "app"):  # the CN app maps to both
+        with s.connect(user=user, password=None, **cert) as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    # not mapped for this rule's map (othermap's line does not count)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        s.connect(user="admin", password=None, **cert)
+    assert 'certificate authentication failed for user "admin"' in str(ei.value)
+    s.wait_for_log(r'CN "app" is not mapped to user "admin" by map "certmap"')

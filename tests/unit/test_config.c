@@ -445,7 +445,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
                             "auto\nserver_tls_protocols = secure\n%include /etc/more.ini\n"
-                            "auth_ident_file = /etc/ident\n" MINIMAL_DBS,
+                            "verbose = 1\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nerrors, 0);
@@ -456,7 +456,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
     CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
                   "ignored (set sslmode");
     CHECK_WARNING("line 6: %include is not supported by sluice; ignored");
-    CHECK_WARNING("line 7: PgBouncer key 'auth_ident_file'");
+    CHECK_WARNING("line 7: PgBouncer key 'verbose'");
     config_free(c);
 }
 
