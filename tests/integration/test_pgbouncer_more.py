@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER
-from pgwire import PeerClosed, ServerError, raw_login
+from pgwire import PeerClosed, ServerError, query_msg, raw_login
 
 APP_AUTH = {APP_USER: APP_PASSWORD}
 
@@ -98,6 +98,22 @@ def test_transaction_timeout_counts_each_transaction_not_the_session(start_sluic
             c.execute("SELECT pg_sleep(0.2)")  # psycopg opens a transaction: BEGIN first
             c.commit()
         assert c.execute("SELECT 2").fetchone()[0] == 2
+
+
+@pytest.mark.timeout(60)
+def test_transaction_timeout_counts_each_pipelined_request_on_its_own(start_sluice, pg):
+    """Requests sent ahead of the replies: each one outside BEGIN is its own transaction, which
+    starts when the one before it ends, not when it was sent."""
+    s = start_sluice({"pool_mode": "transaction", "transaction_timeout": 1})
+    c = raw_login(s.port)
+    try:
+        n = 10  # 10 x 0.3 s in one burst: 3 s in all, 0.3 s each
+        c.send(b"".join(query_msg("SELECT pg_sleep(0.3)") for _ in range(n)))
+        for _ in range(n):
+            c.read_results()
+        assert c.query("SELECT 1")[0] == [["1"]]
+    finally:
+        c.close()
 
 
 @pytest.mark.timeout(60)
