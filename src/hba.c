@@ -337,8 +337,9 @@ static int parse_rule(struct parser *P, struct field *fields, int nf, struct hba
                 return fail(P, "out of memory");
             continue;
         }
-        return fail(P, "option \"%s\" after the method is not supported (only map=NAME, once, "
-                       "after cert)",
+        return fail(P,
+                    "option \"%s\" after the method is not supported (only map=NAME, once, "
+                    "after cert)",
                     o->items[0].text);
     }
     return 0;
@@ -428,8 +429,7 @@ struct hba *hba_parse(const char *text, size_t len, const char *origin, char *er
 
 /* The whole file (blocking: start-up and reload only), NULL with err filled; key names the
  * setting in messages. */
-static char *read_file(const char *path, const char *key, size_t *out_len, char *err,
-                       size_t errlen)
+static char *read_file(const char *path, const char *key, size_t *out_len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
