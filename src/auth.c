@@ -48,6 +48,7 @@
  * users' fake SCRAM salts stable per name but unpredictable. */
 static struct {
     struct hba *hba;
+    struct hba_ident *ident; /* auth_ident_file's maps, for cert rules with map= */
     uint8_t fake_key[32];
 } G;
 
@@ -434,7 +435,8 @@ static void on_secret_ready(struct secret_waiter *w, const struct user_secret *s
 
 /* ---- certificates ---- */
 
-static void check_cert(struct client *c)
+/* map: the hba rule's map=NAME (auth_ident_file), or NULL: the CN must be the user name. */
+static void check_cert(struct client *c, const char *map)
 {
     char cn[256], why[400];
     if (!c->io.ssl)
@@ -443,7 +445,12 @@ static void check_cert(struct client *c)
         snprintf(why, sizeof(why),
                  "no verified client certificate with a CN (client_tls_ca_file must be set for "
                  "sluice to ask for one)");
-    else if (strcmp(cn, c->user) != 0)
+    else if (map && !hba_ident_match(G.ident, map, cn, c->user))
+        snprintf(why, sizeof(why),
+                 "the certificate's CN \"%.120s\" is not mapped to user \"%.100s\" by map "
+                 "\"%.60s\" (auth_ident_file%s)",
+                 cn, c->user, map, G.ident ? "" : " is not set");
+    else if (!map && strcmp(cn, c->user) != 0)
         snprintf(why, sizeof(why), "the certificate's CN \"%.200s\" is not the user name", cn);
     else {
         client_login_ok(c);
@@ -498,6 +505,7 @@ void auth_start(struct client *c)
         return;
     }
     enum auth_type method = cfg->auth_type;
+    const char *cert_map = NULL; /* the hba rule's map=, for cert */
     if (method == AUTH_HBA) {
         struct hba_login l = {
             .addr = &c->addr, .tls = tls, .database = c->database, .user = c->user};
@@ -514,6 +522,7 @@ void auth_start(struct client *c)
             return;
         }
         method = method_of_rule(r->method);
+        cert_map = r->map;
         if (log_enabled(LOG_DEBUG))
             log_client(LOG_DEBUG, c, "auth_hba_file line %d: %s", r->line,
                        hba_method_name(r->method));
@@ -529,7 +538,7 @@ void auth_start(struct client *c)
         client_login_ok(c);
         return;
     case AUTH_CERT:
-        check_cert(c);
+        check_cert(c, cert_map);
         return;
     default:
         break;
@@ -615,13 +624,35 @@ static int load_hba(const struct config *cfg, const char *when)
     return 0;
 }
 
+static int load_ident(const struct config *cfg, const char *when)
+{
+    if (!cfg->auth_ident_file[0]) {
+        hba_ident_free(G.ident);
+        G.ident = NULL;
+        return 0;
+    }
+    char err[700];
+    struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, err, sizeof(err));
+    if (!m) {
+        log_msg(LOG_ERROR, "%s%s", when, err);
+        return -1;
+    }
+    hba_ident_free(G.ident);
+    G.ident = m;
+    log_msg(LOG_INFO, "%sauth_ident_file %s: %d map lines", when, cfg->auth_ident_file,
+            hba_ident_count(m));
+    return 0;
+}
+
 int auth_init(struct sluice *app)
 {
     if (RAND_bytes(G.fake_key, sizeof(G.fake_key)) != 1) {
         log_msg(LOG_ERROR, "no randomness for the authentication key");
         return -1;
     }
-    return load_hba(app->cfg, "");
+    if (load_hba(app->cfg, "") < 0)
+        return -1;
+    return load_ident(app->cfg, "");
 }
 
 void auth_reload(struct sluice *app)
@@ -629,6 +660,9 @@ void auth_reload(struct sluice *app)
     if (load_hba(app->cfg, "reload: ") < 0)
         log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
                 G.hba ? "" : " (none: every hba login is rejected)");
+    if (load_ident(app->cfg, "reload: ") < 0)
+        log_msg(LOG_ERROR, "reload: keeping the previous auth_ident_file maps%s",
+                G.ident ? "" : " (none: every cert login with map= is rejected)");
     secret_reload();
 }
 
@@ -636,6 +670,8 @@ void auth_free_all(void)
 {
     hba_free(G.hba);
     G.hba = NULL;
+    hba_ident_free(G.ident);
+    G.ident = NULL;
     secret_free_all();
     passthrough_free_all();
     scram_free_contexts();

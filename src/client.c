@@ -1163,6 +1163,14 @@ void client_check_timeouts(struct client *c, uint64_t now)
                            (long long)t->query_timeout);
             break;
         }
+        /* transaction_timeout: the whole transaction, busy or idle, from its first request (a
+         * statement outside a transaction block is one); as PgBouncer's, and Postgres 17's. */
+        if (t->transaction_timeout > 0 && s && (s->txn_status != 'I' || s->inflight > 0) &&
+            now - s->xact_start_ms >= (uint64_t)t->transaction_timeout) {
+            snprintf(detail, sizeof(detail), "%.1f s", (double)t->transaction_timeout / 1000);
+            client_fail(c, FAIL_TRANSACTION_TIMEOUT, detail);
+            break;
+        }
         if (t->idle_transaction_timeout > 0 && s)
             check_server_held_idle(c, s, now, (uint64_t)t->idle_transaction_timeout);
         break;

@@ -53,7 +53,6 @@ static const char *const pgbouncer_only_keys[] = {
     "job_name",
     "autodb_idle_timeout",
     "disable_pqexec",
-    "auth_ident_file",
     "verbose",
     "suspend_timeout",
     "tcp_socket_buffer",
@@ -69,7 +68,6 @@ static const char *const pgbouncer_only_keys[] = {
     "track_extra_parameters",
     "cancel_wait_timeout",
     "pool_idle_timeout",
-    "transaction_timeout",
     "login_notify_message",
     "auth_ldap_options",
     "auth_pam_confdir",
@@ -78,17 +76,12 @@ static const char *const pgbouncer_only_keys[] = {
 /* PgBouncer's per-entry keys ([databases], [users]) that sluice does not act on: warned about,
  * like the main section's, so a pgbouncer.ini loads (and reloads) unchanged. */
 static const char *const pgbouncer_only_db_keys[] = {
-    "auth_dbname",
     "auth_query",
-    "transaction_timeout",
-};
-static const char *const pgbouncer_only_user_keys[] = {
-    "transaction_timeout",
 };
 
 #define ENTRY_TIMEOUTS_UNSET                                                                    \
     {.server_lifetime = -1, .query_timeout = -1, .idle_transaction_timeout = -1,                \
-     .client_idle_timeout = -1}
+     .transaction_timeout = -1, .client_idle_timeout = -1}
 
 /* Query parameters of client libraries' URLs (Prisma's, mostly) that are not libpq keywords:
  * a DATABASE_URL copied from an app's settings keeps working, with a warning per parameter. */
@@ -740,6 +733,7 @@ static void db_entry_free(struct db_entry *db)
     free(db->pq_keywords);
     free(db->pq_values);
     free(db->auth_user);
+    free(db->auth_dbname);
     free(db->connect_query);
 }
 
@@ -1006,6 +1000,8 @@ static int entry_timeout_key(struct loader *L, const char *where, struct entry_t
         field = &t->query_timeout;
     else if (strcmp(key, "idle_transaction_timeout") == 0)
         field = &t->idle_transaction_timeout;
+    else if (strcmp(key, "transaction_timeout") == 0)
+        field = &t->transaction_timeout;
     else if (strcmp(key, "client_idle_timeout") == 0)
         field = &t->client_idle_timeout;
     if (!field)
@@ -1077,6 +1073,11 @@ static int db_sluice_key(struct loader *L, const char *where, struct db_entry *d
         }
         return 1;
     }
+    if (strcmp(key, "auth_dbname") == 0) {
+        free(db->auth_dbname);
+        db->auth_dbname = val[0] ? dup_or_flag(L, val) : NULL;
+        return 1;
+    }
     if (strcmp(key, "connect_query") == 0) {
         free(db->connect_query);
         db->connect_query = val[0] ? dup_or_flag(L, val) : NULL;
@@ -1139,8 +1140,9 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                           "%s: unknown connection keyword '%s' (libpq connection parameters "
                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
                           "max_db_connections, max_db_client_connections, auth_user, "
-                          "server_lifetime, query_timeout, idle_transaction_timeout, "
-                          "client_idle_timeout, connect_query, load_balance_hosts are accepted)",
+                          "auth_dbname, server_lifetime, query_timeout, "
+                          "idle_transaction_timeout, transaction_timeout, client_idle_timeout, "
+                          "connect_query, load_balance_hosts are accepted)",
                           where, key);
                 failed = -EINVAL;
             } else if (db_set_keyword(db, key, val) != 0) {
@@ -1395,14 +1397,11 @@ static void on_user(struct loader *L, const char *name, const char *value)
                           where, val, INT_MAX);
                 failed = 1;
             }
-        } else if (IN_LIST(pgbouncer_only_user_keys, key)) {
-            warning_msg(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
-                        key);
         } else {
             error_msg(L,
                       "%s: unknown key '%s' (pool_mode, pool_size, reserve_pool_size, "
                       "server_lifetime, query_timeout, idle_transaction_timeout, "
-                      "client_idle_timeout, max_user_connections and "
+                      "transaction_timeout, client_idle_timeout, max_user_connections and "
                       "max_user_client_connections are accepted)",
                       where, key);
             failed = 1;

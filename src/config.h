@@ -60,6 +60,7 @@ struct entry_timeouts {
     int64_t server_lifetime;
     int64_t query_timeout;
     int64_t idle_transaction_timeout;
+    int64_t transaction_timeout;
     int64_t client_idle_timeout;
 };
 
@@ -85,6 +86,8 @@ struct db_entry {
     struct limit max_db_connections; /* value 0: the main section's */
     int max_db_client_connections;   /* 0: the main section's */
     char *auth_user;       /* NULL unless set */
+    char *auth_dbname;     /* the entry auth_query runs on for this entry's clients, over the
+                              main section's auth_dbname; NULL unless set */
     struct entry_timeouts timeouts;
     char *connect_query;   /* run once on each new server after login; NULL unless set */
     enum load_balance_hosts load_balance_hosts; /* with a host list: where a new server starts */

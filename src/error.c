@@ -86,6 +86,11 @@ static const struct failure_info table[] = {
           "idle in transaction for longer than idle_transaction_timeout (%s); the transaction was "
           "rolled back",
           "Commit or roll back transactions promptly; they hold a server the whole time."),
+    /* Postgres 17's code for its own transaction_timeout. */
+    [FAIL_TRANSACTION_TIMEOUT] =
+        F(FATAL, TRANSACTION_TIMEOUT,
+          "transaction open for longer than transaction_timeout (%s); it was rolled back",
+          "Keep transactions short; transaction_timeout limits how long one may hold a server."),
     [FAIL_SERVER_LOST] = F(FATAL, CONNECTION_FAILURE, "server connection lost: %s",
                            "The transaction in progress, if any, was rolled back by the server."),
     [FAIL_SERVER_LOGIN] = F(FATAL, CONNECTION_FAILURE, "%s", NULL),
@@ -168,6 +173,7 @@ static const char *const names[] = {
     [FAIL_LOGIN_TIMEOUT] = "login_timeout",
     [FAIL_CLIENT_IDLE_TIMEOUT] = "client_idle_timeout",
     [FAIL_IDLE_TRANSACTION_TIMEOUT] = "idle_transaction_timeout",
+    [FAIL_TRANSACTION_TIMEOUT] = "transaction_timeout",
     [FAIL_SERVER_LOST] = "server_lost",
     [FAIL_SERVER_LOGIN] = "server_login",
     [FAIL_STATEMENT_MODE_TXN] = "statement_mode_transaction",

@@ -38,6 +38,7 @@ enum failure {
     FAIL_LOGIN_TIMEOUT,
     FAIL_CLIENT_IDLE_TIMEOUT,
     FAIL_IDLE_TRANSACTION_TIMEOUT,
+    FAIL_TRANSACTION_TIMEOUT,  /* detail: the limit */
     FAIL_SERVER_LOST,          /* detail: why */
     FAIL_SERVER_LOGIN,         /* detail: the server's message; sqlstate passed separately */
     FAIL_STATEMENT_MODE_TXN,

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,7 +288,9 @@ static void rule_free(struct hba_rule *r)
 {
     free_names(r->dbs);
     free_names(r->users);
+    free(r->map);
     r->dbs = r->users = NULL;
+    r->map = NULL;
 }
 
 static int parse_rule(struct parser *P, struct field *fields, int nf, struct hba_rule *r)
@@ -326,9 +329,19 @@ static int parse_rule(struct parser *P, struct field *fields, int nf, struct hba
         return fail(P, "authentication method missing");
     if (parse_method(P, &fields[next], &r->method) != 0)
         return -1;
-    if (next + 1 < nf)
-        return fail(P, "options after the method (\"%s\") are not supported",
-                    fields[next + 1].items[0].text);
+    for (int i = next + 1; i < nf; i++) {
+        const struct field *o = &fields[i];
+        if (r->method == HBA_CERT && o->n == 1 && strncmp(o->items[0].text, "map=", 4) == 0 &&
+            o->items[0].text[4] && !r->map) {
+            if (!(r->map = strdup(o->items[0].text + 4)))
+                return fail(P, "out of memory");
+            continue;
+        }
+        return fail(P,
+                    "option \"%s\" after the method is not supported (only map=NAME, once, "
+                    "after cert)",
+                    o->items[0].text);
+    }
     return 0;
 }
 
@@ -342,67 +355,85 @@ void hba_free(struct hba *h)
     free(h);
 }
 
-struct hba *hba_parse(const char *text, size_t len, const char *origin, char *err, size_t errlen)
+/* Split text into lines and each line into fields; on_line gets every line that has any. */
+typedef int (*line_fn)(struct parser *P, struct field *fields, int nf, void *ctx);
+
+static int parse_lines(struct parser *P, const char *text, size_t len, line_fn on_line, void *ctx)
 {
-    struct parser P = {.origin = origin ? origin : "", .line = 0, .err = err, .errlen = errlen};
-    struct hba *h = calloc(1, sizeof(*h));
     struct field *fields = calloc(MAX_FIELDS, sizeof(*fields));
     char *line = malloc(len + 1);
-    if (!h || !fields || !line) {
-        snprintf(err, errlen, "%sout of memory", P.origin);
-        goto fail;
+    int rc = 0;
+    if (!fields || !line) {
+        snprintf(P->err, P->errlen, "%sout of memory", P->origin);
+        rc = -1;
     }
     size_t pos = 0;
-    while (pos < len) {
+    while (rc == 0 && pos < len) {
         size_t end = pos;
         while (end < len && text[end] != '\n')
             end++;
-        P.line++;
+        P->line++;
         if (memchr(text + pos, '\0', end - pos)) {
-            fail(&P, "NUL byte in the file");
-            goto fail;
+            rc = fail(P, "NUL byte in the file");
+            break;
         }
         memcpy(line, text + pos, end - pos);
         line[end - pos] = '\0';
         pos = end + 1;
-        int nf = split_line(&P, line, fields);
+        int nf = split_line(P, line, fields);
         if (nf < 0) {
             free_fields(fields, MAX_FIELDS);
-            goto fail;
+            rc = -1;
+        } else if (nf > 0) {
+            rc = on_line(P, fields, nf, ctx);
+            free_fields(fields, nf);
         }
-        if (nf == 0)
-            continue;
-        struct hba_rule r;
-        int rc = parse_rule(&P, fields, nf, &r);
-        free_fields(fields, nf);
-        if (rc != 0) {
-            rule_free(&r);
-            goto fail;
-        }
-        struct hba_rule *grown = realloc(h->rules, (size_t)(h->nrules + 1) * sizeof(*grown));
-        if (!grown) {
-            rule_free(&r);
-            fail(&P, "out of memory");
-            goto fail;
-        }
-        h->rules = grown;
-        h->rules[h->nrules++] = r;
     }
     free(fields);
     free(line);
-    return h;
-fail:
-    free(fields);
-    free(line);
-    hba_free(h);
-    return NULL;
+    return rc;
 }
 
-struct hba *hba_load(const char *path, char *err, size_t errlen)
+static int add_rule(struct parser *P, struct field *fields, int nf, void *ctx)
+{
+    struct hba *h = ctx;
+    struct hba_rule r;
+    if (parse_rule(P, fields, nf, &r) != 0) {
+        rule_free(&r);
+        return -1;
+    }
+    struct hba_rule *grown = realloc(h->rules, (size_t)(h->nrules + 1) * sizeof(*grown));
+    if (!grown) {
+        rule_free(&r);
+        return fail(P, "out of memory");
+    }
+    h->rules = grown;
+    h->rules[h->nrules++] = r;
+    return 0;
+}
+
+struct hba *hba_parse(const char *text, size_t len, const char *origin, char *err, size_t errlen)
+{
+    struct parser P = {.origin = origin ? origin : "", .line = 0, .err = err, .errlen = errlen};
+    struct hba *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errlen, "%sout of memory", P.origin);
+        return NULL;
+    }
+    if (parse_lines(&P, text, len, add_rule, h) != 0) {
+        hba_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* The whole file (blocking: start-up and reload only), NULL with err filled; key names the
+ * setting in messages. */
+static char *read_file(const char *path, const char *key, size_t *out_len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        snprintf(err, errlen, "auth_hba_file %s: %s", path, strerror(errno));
+        snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
         return NULL;
     }
     size_t cap = 4096, len = 0;
@@ -410,7 +441,7 @@ struct hba *hba_load(const char *path, char *err, size_t errlen)
     while (text) {
         if (len == cap) {
             if (cap >= (16u << 20)) {
-                snprintf(err, errlen, "auth_hba_file %s: larger than 16 MB", path);
+                snprintf(err, errlen, "%s %s: larger than 16 MB", key, path);
                 free(text);
                 fclose(f);
                 return NULL;
@@ -432,14 +463,24 @@ struct hba *hba_load(const char *path, char *err, size_t errlen)
     bool read_error = ferror(f);
     fclose(f);
     if (!text) {
-        snprintf(err, errlen, "auth_hba_file %s: out of memory", path);
+        snprintf(err, errlen, "%s %s: out of memory", key, path);
         return NULL;
     }
     if (read_error) {
-        snprintf(err, errlen, "auth_hba_file %s: read error", path);
+        snprintf(err, errlen, "%s %s: read error", key, path);
         free(text);
         return NULL;
     }
+    *out_len = len;
+    return text;
+}
+
+struct hba *hba_load(const char *path, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = read_file(path, "auth_hba_file", &len, err, errlen);
+    if (!text)
+        return NULL;
     char origin[600];
     snprintf(origin, sizeof(origin), "auth_hba_file %s: ", path);
     struct hba *h = hba_parse(text, len, origin, err, errlen);
@@ -492,4 +533,148 @@ const struct hba_rule *hba_match(const struct hba *h, const struct hba_login *lo
         return r;
     }
     return NULL;
+}
+
+/* ---- auth_ident_file ---- */
+
+struct ident_line {
+    char *map;
+    char *system_user; /* the name, or the regular expression without its / */
+    bool is_regex;
+    regex_t re;
+    char *user; /* may hold \1; NULL: all */
+};
+
+struct hba_ident {
+    struct ident_line *lines;
+    int n;
+};
+
+void hba_ident_free(struct hba_ident *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n; i++) {
+        struct ident_line *l = &m->lines[i];
+        if (l->is_regex)
+            regfree(&l->re);
+        free(l->map);
+        free(l->system_user);
+        free(l->user);
+    }
+    free(m->lines);
+    free(m);
+}
+
+int hba_ident_count(const struct hba_ident *m)
+{
+    return m ? m->n : 0;
+}
+
+static int add_ident_line(struct parser *P, struct field *fields, int nf, void *ctx)
+{
+    struct hba_ident *m = ctx;
+    if (nf != 3)
+        return fail(P, "expected MAPNAME SYSTEM-USERNAME PG-USERNAME");
+    for (int i = 0; i < 3; i++) {
+        if (fields[i].n != 1)
+            return fail(P, "a list is not allowed here (quote a name with a comma)");
+    }
+    const struct item *sys = &fields[1].items[0], *user = &fields[2].items[0];
+    if (!user->quoted && (user->text[0] == '+' || user->text[0] == '@'))
+        return fail(P, "PG-USERNAME \"%s\": +group and @file are not supported", user->text);
+    struct ident_line l = {0};
+    l.is_regex = sys->text[0] == '/';
+    if (l.is_regex) {
+        int rc = regcomp(&l.re, sys->text + 1, REG_EXTENDED);
+        if (rc != 0) {
+            char why[200];
+            regerror(rc, &l.re, why, sizeof(why));
+            return fail(P, "invalid regular expression \"%s\": %s", sys->text + 1, why);
+        }
+    }
+    l.map = strdup(fields[0].items[0].text);
+    l.system_user = strdup(l.is_regex ? sys->text + 1 : sys->text);
+    bool all = !user->quoted && strcmp(user->text, "all") == 0;
+    l.user = all ? NULL : strdup(user->text);
+    struct ident_line *grown = realloc(m->lines, (size_t)(m->n + 1) * sizeof(*grown));
+    if (!l.map || !l.system_user || (!all && !l.user) || !grown) {
+        if (grown)
+            m->lines = grown;
+        if (l.is_regex)
+            regfree(&l.re);
+        free(l.map);
+        free(l.system_user);
+        free(l.user);
+        return fail(P, "out of memory");
+    }
+    m->lines = grown;
+    m->lines[m->n++] = l;
+    return 0;
+}
+
+struct hba_ident *hba_ident_parse(const char *text, size_t len, const char *origin, char *err,
+                                  size_t errlen)
+{
+    struct parser P = {.origin = origin ? origin : "", .line = 0, .err = err, .errlen = errlen};
+    struct hba_ident *m = calloc(1, sizeof(*m));
+    if (!m) {
+        snprintf(err, errlen, "%sout of memory", P.origin);
+        return NULL;
+    }
+    if (parse_lines(&P, text, len, add_ident_line, m) != 0) {
+        hba_ident_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+struct hba_ident *hba_ident_load(const char *path, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = read_file(path, "auth_ident_file", &len, err, errlen);
+    if (!text)
+        return NULL;
+    char origin[600];
+    snprintf(origin, sizeof(origin), "auth_ident_file %s: ", path);
+    struct hba_ident *m = hba_ident_parse(text, len, origin, err, errlen);
+    free(text);
+    return m;
+}
+
+/* A regex line: its PG-USERNAME with \1 replaced by the first parenthesized match, as in
+ * Postgres's check_ident_usermap. */
+static bool regex_line_matches(const struct ident_line *l, const char *system_user,
+                               const char *user)
+{
+    regmatch_t match[2];
+    if (regexec(&l->re, system_user, 2, match, 0) != 0)
+        return false;
+    if (!l->user)
+        return true;
+    const char *ref = strstr(l->user, "\\1");
+    if (!ref)
+        return strcmp(l->user, user) == 0;
+    if (match[1].rm_so < 0)
+        return false; /* \1 without a parenthesized match: Postgres refuses the login too */
+    size_t before = (size_t)(ref - l->user), got = (size_t)(match[1].rm_eo - match[1].rm_so);
+    const char *after = ref + 2;
+    return strlen(user) == before + got + strlen(after) && strncmp(user, l->user, before) == 0 &&
+           strncmp(user + before, system_user + match[1].rm_so, got) == 0 &&
+           strcmp(user + before + got, after) == 0;
+}
+
+bool hba_ident_match(const struct hba_ident *m, const char *map, const char *system_user,
+                     const char *user)
+{
+    for (int i = 0; m && i < m->n; i++) {
+        const struct ident_line *l = &m->lines[i];
+        if (strcmp(l->map, map) != 0)
+            continue;
+        if (l->is_regex ? regex_line_matches(l, system_user, user)
+                        : strcmp(l->system_user, system_user) == 0 &&
+                              (!l->user || strcmp(l->user, user) == 0))
+            return true;
+    }
+    return false;
 }

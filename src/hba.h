@@ -9,10 +9,16 @@
  *
  * DATABASE: all, sameuser, or names (comma lists, "quoted" names). USER: all, or names.
  * ADDRESS: all, an IPv4/IPv6 CIDR, or an address followed by a netmask field.
- * METHOD: trust, reject, md5, scram-sha-256, password, cert. Rejected with a line number (not
- * silently ignored, as a rule that does not do what its author thinks is a security hole):
- * samerole/samegroup/@file/+group, host names, samehost/samenet, options after the method,
- * other methods (peer, ident, ldap, ...). */
+ * METHOD: trust, reject, md5, scram-sha-256, password, cert; cert takes one option, map=NAME
+ * (the certificate's CN is mapped to user names by auth_ident_file's lines for NAME, as in
+ * Postgres). Rejected with a line number (not silently ignored, as a rule that does not do what
+ * its author thinks is a security hole): samerole/samegroup/@file/+group, host names,
+ * samehost/samenet, other options after the method, other methods (peer, ident, ldap, ...).
+ *
+ * auth_ident_file is Postgres's pg_ident.conf: MAPNAME SYSTEM-USERNAME PG-USERNAME per line. A
+ * SYSTEM-USERNAME starting with / is a POSIX extended regular expression, and \1 in PG-USERNAME
+ * is its first parenthesized match; PG-USERNAME all matches every user. +group and @file are
+ * rejected with a line number. */
 #ifndef SLUICE_HBA_H
 #define SLUICE_HBA_H
 
@@ -36,6 +42,7 @@ struct hba_rule {
     bool all_addrs;
     struct cidr addr;
     enum hba_method method;
+    char *map; /* cert's map=NAME (auth_ident_file), NULL without */
 };
 
 struct hba {
@@ -49,6 +56,17 @@ struct hba *hba_parse(const char *text, size_t len, const char *origin, char *er
 /* Read and parse a file (blocking: start-up and reload only). */
 struct hba *hba_load(const char *path, char *err, size_t errlen);
 void hba_free(struct hba *h);
+
+/* auth_ident_file: user name maps. */
+struct hba_ident;
+struct hba_ident *hba_ident_parse(const char *text, size_t len, const char *origin, char *err,
+                                  size_t errlen);
+struct hba_ident *hba_ident_load(const char *path, char *err, size_t errlen);
+void hba_ident_free(struct hba_ident *m);
+int hba_ident_count(const struct hba_ident *m);
+/* Whether map has a line that lets system_user (a certificate's CN) log in as user. */
+bool hba_ident_match(const struct hba_ident *m, const char *map, const char *system_user,
+                     const char *user);
 
 /* What a login looks like to the rules. addr is NULL (or AF_UNIX) for a unix socket. */
 struct hba_login {

@@ -146,6 +146,7 @@ void pool_apply_config(struct pool *p)
         .server_lifetime = cfg->server_lifetime,
         .query_timeout = cfg->query_timeout,
         .idle_transaction_timeout = cfg->idle_transaction_timeout,
+        .transaction_timeout = cfg->transaction_timeout,
         .client_idle_timeout = cfg->client_idle_timeout,
     };
     /* In order, the user's last: it overrides the database's. */
@@ -159,6 +160,8 @@ void pool_apply_config(struct pool *p)
             p->timeouts.query_timeout = t->query_timeout;
         if (t->idle_transaction_timeout >= 0)
             p->timeouts.idle_transaction_timeout = t->idle_transaction_timeout;
+        if (t->transaction_timeout >= 0)
+            p->timeouts.transaction_timeout = t->transaction_timeout;
         if (t->client_idle_timeout >= 0)
             p->timeouts.client_idle_timeout = t->client_idle_timeout;
     }

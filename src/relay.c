@@ -909,6 +909,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                             s->executes_unanswered = 0; /* answered, or skipped after an error */
                         if (c)
                             query_done(s, c, (char)body[0]);
+                    } else if (s->inflight > 0 && body[0] == 'I') {
+                        /* pipelined: the request sent next starts its transaction now */
+                        s->xact_start_ms = sluice_now(s->pool->app);
                     }
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);

@@ -623,8 +623,9 @@ static void on_qconn_io(struct sockio *io, int status, int events)
     }
 }
 
-/* Where auth_query runs: the database entry named by auth_dbname, else the client's; as that
- * entry's auth_user, else the main section's. false: auth_query is not configured for it. */
+/* Where auth_query runs: the database entry named by the client's entry's auth_dbname, else by
+ * the main section's, else the client's (PgBouncer's order); as that entry's auth_user, else the
+ * main section's. false: auth_query is not configured for it. */
 struct query_target {
     const char *entry; /* the database entry's name as asked for (a "*" entry's: the client's) */
     const struct db_entry *db;
@@ -645,7 +646,11 @@ static bool query_target(const struct config *cfg, const char *database, struct 
 {
     if (!cfg->auth_query[0])
         return false;
-    t->entry = cfg->auth_dbname[0] ? cfg->auth_dbname : database;
+    const struct db_entry *client_db = config_find_db(cfg, database);
+    if (client_db && client_db->auth_dbname)
+        t->entry = client_db->auth_dbname;
+    else
+        t->entry = cfg->auth_dbname[0] ? cfg->auth_dbname : database;
     t->db = config_find_db(cfg, t->entry);
     if (!t->db)
         return false;

@@ -445,7 +445,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
                             "auto\nserver_tls_protocols = secure\n%include /etc/more.ini\n"
-                            "auth_ident_file = /etc/ident\n" MINIMAL_DBS,
+                            "verbose = 1\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nerrors, 0);
@@ -456,7 +456,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
     CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
                   "ignored (set sslmode");
     CHECK_WARNING("line 6: %include is not supported by sluice; ignored");
-    CHECK_WARNING("line 7: PgBouncer key 'auth_ident_file'");
+    CHECK_WARNING("line 7: PgBouncer key 'verbose'");
     config_free(c);
 }
 
@@ -711,13 +711,26 @@ static void per_entry_timeouts_and_user_reserve_parse_as_durations(void)
     CHECK_ERROR("query_timeout = 'soon'");
     CHECK(load("[databases]\napp = host=x\n[users]\nu = server_lifetime=-1\n", NULL) == NULL);
     CHECK_ERROR("server_lifetime = '-1'");
-    /* transaction_timeout stays a PgBouncer key sluice does not act on */
+    /* transaction_timeout (PgBouncer 1.25) is one of them, in both sections */
     c = load("[databases]\napp = host=x transaction_timeout=5\n"
-             "[users]\nu = transaction_timeout=5\n",
+             "[users]\nu = transaction_timeout=250ms\n",
              NULL);
     CHECK(c != NULL);
-    CHECK_WARNING("transaction_timeout");
-    config_free(c);
+    if (c) {
+        CHECK(!list_has(diag.warnings, diag.nwarnings, "transaction_timeout"));
+        CHECK_INT(c->dbs[0].timeouts.transaction_timeout, 5000);
+        CHECK_INT(c->users[0].timeouts.transaction_timeout, 250);
+        config_free(c);
+    }
+    /* auth_dbname per database entry (PgBouncer's): kept for secret.c, not warned about */
+    c = load("[databases]\napp = host=x auth_dbname=authdb\nauthdb = host=y\n", NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK(!list_has(diag.warnings, diag.nwarnings, "auth_dbname"));
+        CHECK(c->dbs[0].auth_dbname && strcmp(c->dbs[0].auth_dbname, "authdb") == 0);
+        CHECK(c->dbs[1].auth_dbname == NULL);
+        config_free(c);
+    }
 }
 
 static void database_without_overrides_inherits_with_minus_one_and_unset(void)

@@ -159,7 +159,10 @@ static void bad_files_name_the_line_and_the_problem(void)
         {"local all md5\n", "missing fields"},
         {"host all all 10.0.0.1 md5\n", "needs a /prefix or a netmask"},
         {"host all all 10.0.0.0 255.0.255.0 md5\n", "invalid netmask"},
-        {"host all all all md5 clientcert=verify-full\n", "options after the method"},
+        {"host all all all md5 clientcert=verify-full\n", "after the method is not supported"},
+        {"host all all all md5 map=m\n", "only map=NAME, once, after cert"},
+        {"host all all all cert map=a map=b\n", "only map=NAME, once, after cert"},
+        {"host all all all cert map=\n", "only map=NAME, once, after cert"},
         {"host samerole all all md5\n", "not supported by sluice"},
         {"host @dbs.txt all all md5\n", "@file inclusion"},
         {"host all +admins all md5\n", "group membership"},
@@ -211,6 +214,64 @@ static void load_reads_a_file_and_reports_a_missing_one(void)
     CHECK(strstr(err, "No such file") != NULL);
 }
 
+static void cert_rules_take_a_map(void)
+{
+    struct hba *h = parse("hostssl all all all cert map=certs\nhostssl all all all cert\n");
+    CHECK(h != NULL);
+    if (h) {
+        CHECK(h->nrules == 2);
+        CHECK(h->rules[0].map && strcmp(h->rules[0].map, "certs") == 0);
+        CHECK(h->rules[1].map == NULL);
+    }
+    hba_free(h);
+}
+
+static struct hba_ident *ident(const char *text)
+{
+    err[0] = '\0';
+    return hba_ident_parse(text, strlen(text), "ident: ", err, sizeof err);
+}
+
+static void ident_maps_names_regexes_and_all(void)
+{
+    struct hba_ident *m = ident("# comment\n"
+                                "certs  app               reporting\n"
+                                "certs  /^(.*)@corp\\.com$  \\1\n"
+                                "certs  /^ops-            admin\n"
+                                "wide   robot             all\n");
+    CHECK(m != NULL);
+    CHECK(hba_ident_count(m) == 4);
+    CHECK(hba_ident_match(m, "certs", "app", "reporting"));
+    CHECK(!hba_ident_match(m, "certs", "app", "app"));
+    CHECK(!hba_ident_match(m, "other", "app", "reporting"));
+    CHECK(hba_ident_match(m, "certs", "ann@corp.com", "ann"));
+    CHECK(!hba_ident_match(m, "certs", "ann@corp.com", "bob"));
+    CHECK(!hba_ident_match(m, "certs", "ann@corpXcom", "ann"));
+    CHECK(!hba_ident_match(m, "certs", "ann@corp.com", "ann@corp.com"));
+    CHECK(hba_ident_match(m, "certs", "ops-1", "admin"));
+    CHECK(hba_ident_match(m, "wide", "robot", "anyone"));
+    CHECK(!hba_ident_match(m, "wide", "robot2", "anyone"));
+    CHECK(!hba_ident_match(NULL, "certs", "app", "reporting"));
+    hba_ident_free(m);
+    struct {
+        const char *text, *message;
+    } bad[] = {
+        {"certs app\n", "line 1: expected MAPNAME SYSTEM-USERNAME PG-USERNAME"},
+        {"\ncerts /([ app\n", "line 2: invalid regular expression"},
+        {"certs app +admins\n", "+group and @file are not supported"},
+        {"certs a,b app\n", "a list is not allowed here"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        m = ident(bad[i].text);
+        CHECK(m == NULL);
+        if (!strstr(err, bad[i].message)) {
+            fprintf(stderr, "  case %zu: error \"%s\" lacks \"%s\"\n", i, err, bad[i].message);
+            CHECK(strstr(err, bad[i].message) != NULL);
+        }
+        hba_ident_free(m);
+    }
+}
+
 int main(void)
 {
     RUN(a_typical_file_parses_with_comments_and_blank_lines);
@@ -221,5 +282,7 @@ int main(void)
     RUN(bad_files_name_the_line_and_the_problem);
     RUN(an_empty_file_has_no_rules_and_matches_nothing);
     RUN(load_reads_a_file_and_reports_a_missing_one);
+    RUN(cert_rules_take_a_map);
+    RUN(ident_maps_names_regexes_and_all);
     return CHECK_DONE();
 }
