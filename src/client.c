@@ -1016,18 +1016,13 @@ static void on_client_io(struct sockio *io, int status, int events)
     }
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* Step over the whole message at *pos of a queued client's buffer (nothing of it is framed yet).
  * False when no whole message is there. */
 static bool next_queued_message(const struct buf *b, uint32_t *pos, uint8_t *type)
 {
     if (!b->data || b->wpos - *pos < CODEC_HEADER_LEN)
         return false;
-    uint32_t len = get_u32(b->data + *pos + 1);
+    uint32_t len = codec_get_u32(b->data + *pos + 1);
     if (len < 4 || b->wpos - *pos - 1 < len)
         return false;
     *type = b->data[*pos];

@@ -43,11 +43,6 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
     return a < b ? a : b;
 }
 
-static uint32_t read_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* ---- client -> server framing ---- */
 
 /* Named prepared statements in transaction mode (see prepared.h): the per-message decisions. */
@@ -574,7 +569,7 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
         if (b->wpos - b->scan < CODEC_HEADER_LEN)
             return STOP_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
-        uint32_t len = read_u32(p + 1);
+        uint32_t len = codec_get_u32(p + 1);
         if (len < 4) {
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "message length below 4");
             return STOP_FAILED;
@@ -828,7 +823,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             return STOP_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
         uint8_t type = p[0];
-        uint32_t len = read_u32(p + 1);
+        uint32_t len = codec_get_u32(p + 1);
         if (len < 4 || len - 4 > SERVER_MAX_BODY) {
             log_server(LOG_ERROR, s, "server sent a message of impossible length %u", len);
             s->close_when_free = true;

@@ -592,8 +592,7 @@ static void read_messages(struct server *s)
         size_t pos = 0;
         while (l->in.len - pos >= CODEC_HEADER_LEN) {
             const uint8_t *h = l->in.data + pos;
-            uint32_t mlen = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) |
-                            ((uint32_t)h[3] << 8) | h[4];
+            uint32_t mlen = codec_get_u32(h + 1);
             if (mlen < 4 || mlen > MAX_LOGIN_MESSAGE) {
                 fail(s, "invalid message length %u from the server during login", mlen);
                 return;
