@@ -906,17 +906,6 @@ static void handle_auth_bytes(struct client *c)
     auth_on_message(c, type, body, body_len);
 }
 
-static bool frontend_type_ok(uint8_t t)
-{
-    switch (t) {
-    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E':
-    case 'H': case 'F': case 'P': case 'Q': case 'S': case 'X':
-        return true;
-    default:
-        return false;
-    }
-}
-
 void client_on_data(struct client *c)
 {
     switch (c->state) {
@@ -938,7 +927,7 @@ void client_on_data(struct client *c)
             admin_on_data(c);
             return;
         }
-        if (!frontend_type_ok(type)) {
+        if (!codec_frontend_type_known(type)) {
             char detail[64];
             snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
@@ -1020,13 +1009,13 @@ static void on_client_io(struct sockio *io, int status, int events)
  * False when no whole message is there. */
 static bool next_queued_message(const struct buf *b, uint32_t *pos, uint8_t *type)
 {
-    if (!b->data || b->wpos - *pos < CODEC_HEADER_LEN)
+    uint32_t body_len;
+    if (!b->data || codec_frame_header(b->data + *pos, b->wpos - *pos, UINT32_MAX, type,
+                                       &body_len) != FRAME_OK)
         return false;
-    uint32_t len = codec_get_u32(b->data + *pos + 1);
-    if (len < 4 || b->wpos - *pos - 1 < len)
+    if (b->wpos - *pos - CODEC_HEADER_LEN < body_len)
         return false;
-    *type = b->data[*pos];
-    *pos += len + 1;
+    *pos += CODEC_HEADER_LEN + body_len;
     return true;
 }
 

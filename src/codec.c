@@ -18,6 +18,17 @@ enum frame_result codec_frame_header(const uint8_t *p, size_t avail, uint32_t ma
     return FRAME_OK;
 }
 
+bool codec_frontend_type_known(uint8_t type)
+{
+    switch (type) {
+    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E':
+    case 'H': case 'F': case 'P': case 'Q': case 'S': case 'X':
+        return true;
+    default:
+        return false;
+    }
+}
+
 void codec_reader_init(struct msg_reader *r, const uint8_t *body, size_t len)
 {
     r->pos = body;

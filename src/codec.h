@@ -40,6 +40,11 @@ enum frame_result {
 enum frame_result codec_frame_header(const uint8_t *p, size_t avail, uint32_t max_body,
                                      uint8_t *type, uint32_t *body_len);
 
+/* The frontend message types of protocol 3.0 that a client may send after startup (Bind, Close,
+ * CopyData/Done/Fail, Describe, Execute, Flush, FunctionCall, Parse, Query, Sync, Terminate).
+ * The one list: client.c checks a new request with it, relay.c every forwarded message. */
+bool codec_frontend_type_known(uint8_t type);
+
 /* ---- reading a message body ---- */
 
 /* A cursor over one message body. Any read past the end sets bad and returns zero/NULL, so a
