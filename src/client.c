@@ -265,6 +265,22 @@ int client_read(struct client *c)
     return -1;
 }
 
+/* ---- logging ---- */
+
+void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    char who[384], addr[64];
+    peer_addr_text(&c->addr, addr, sizeof(addr));
+    snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
+             c->database ? c->database : "?", c->user ? c->user : "?", addr);
+    va_list ap;
+    va_start(ap, fmt);
+    log_msg_as(level, who, fmt, ap);
+    va_end(ap);
+}
+
 /* ---- sending ---- */
 
 void client_send(struct client *c)
@@ -906,17 +922,6 @@ static void handle_auth_bytes(struct client *c)
     auth_on_message(c, type, body, body_len);
 }
 
-static bool frontend_type_ok(uint8_t t)
-{
-    switch (t) {
-    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E':
-    case 'H': case 'F': case 'P': case 'Q': case 'S': case 'X':
-        return true;
-    default:
-        return false;
-    }
-}
-
 void client_on_data(struct client *c)
 {
     switch (c->state) {
@@ -938,7 +943,7 @@ void client_on_data(struct client *c)
             admin_on_data(c);
             return;
         }
-        if (!frontend_type_ok(type)) {
+        if (!codec_frontend_type_known(type)) {
             char detail[64];
             snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
@@ -1016,22 +1021,17 @@ static void on_client_io(struct sockio *io, int status, int events)
     }
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* Step over the whole message at *pos of a queued client's buffer (nothing of it is framed yet).
  * False when no whole message is there. */
 static bool next_queued_message(const struct buf *b, uint32_t *pos, uint8_t *type)
 {
-    if (!b->data || b->wpos - *pos < CODEC_HEADER_LEN)
+    uint32_t body_len;
+    if (!b->data || codec_frame_header(b->data + *pos, b->wpos - *pos, UINT32_MAX, type,
+                                       &body_len) != FRAME_OK)
         return false;
-    uint32_t len = get_u32(b->data + *pos + 1);
-    if (len < 4 || b->wpos - *pos - 1 < len)
+    if (b->wpos - *pos - CODEC_HEADER_LEN < body_len)
         return false;
-    *type = b->data[*pos];
-    *pos += len + 1;
+    *pos += CODEC_HEADER_LEN + body_len;
     return true;
 }
 

@@ -12,6 +12,7 @@
 #include "codec.h"
 #include "error.h"
 #include "list.h"
+#include "log.h"
 #include "params.h"
 #include "prepared.h"
 #include "relay.h"
@@ -92,6 +93,9 @@ struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_s
  * send their first packet (SSLRequest or startup) as soon as they connect, so it is usually
  * there, and reading it now saves a wake-up per connection. Harmless when nothing is there. */
 void client_read_first(struct client *c);
+/* A log line about c, prefixed with its identity: C-<id> db/user@addr. */
+void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* The one transition function: checks the move, keeps the lists, stamps the time. */
 void client_set_state(struct client *c, enum client_state next);
 /* Send f as an ErrorResponse. FATAL ones close the client once the message is out. */

@@ -5,22 +5,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint32_t get_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 enum frame_result codec_frame_header(const uint8_t *p, size_t avail, uint32_t max_body,
                                      uint8_t *type, uint32_t *body_len)
 {
     if (avail < CODEC_HEADER_LEN)
         return FRAME_NEED_MORE;
-    uint32_t len = get_u32(p + 1);
+    uint32_t len = codec_get_u32(p + 1);
     if (len < 4 || len - 4 > max_body)
         return FRAME_BAD_LENGTH;
     *type = p[0];
     *body_len = len - 4;
     return FRAME_OK;
+}
+
+bool codec_frontend_type_known(uint8_t type)
+{
+    switch (type) {
+    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E':
+    case 'H': case 'F': case 'P': case 'Q': case 'S': case 'X':
+        return true;
+    default:
+        return false;
+    }
 }
 
 void codec_reader_init(struct msg_reader *r, const uint8_t *body, size_t len)
@@ -61,7 +67,7 @@ int16_t codec_read_i16(struct msg_reader *r)
 int32_t codec_read_i32(struct msg_reader *r)
 {
     const uint8_t *p = codec_read_bytes(r, 4);
-    return p ? (int32_t)get_u32(p) : 0;
+    return p ? (int32_t)codec_get_u32(p) : 0;
 }
 
 const char *codec_read_cstring(struct msg_reader *r)
@@ -82,7 +88,7 @@ enum frame_result codec_frame_startup(const uint8_t *p, size_t avail, uint32_t *
 {
     if (avail < 4)
         return FRAME_NEED_MORE;
-    uint32_t len = get_u32(p);
+    uint32_t len = codec_get_u32(p);
     if (len < CODEC_STARTUP_HEADER_LEN || len > CODEC_MAX_STARTUP_LEN)
         return FRAME_BAD_LENGTH;
     *total_len = len;

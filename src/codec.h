@@ -22,6 +22,13 @@
 #define CODEC_SSL_CODE 80877103u     /* 1234 << 16 | 5679 */
 #define CODEC_GSSENC_CODE 80877104u  /* 1234 << 16 | 5680 */
 
+/* The one big-endian reader for the wire's int32 fields (lengths, codes). Inline: relay.c reads a
+ * header per forwarded message. */
+static inline uint32_t codec_get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
 enum frame_result {
     FRAME_NEED_MORE = 0, /* fewer than CODEC_HEADER_LEN bytes available */
     FRAME_OK,            /* header valid: type and body length filled in */
@@ -32,6 +39,11 @@ enum frame_result {
  * peer may claim, so a hostile 0x7fffffff is refused before anything waits for it. */
 enum frame_result codec_frame_header(const uint8_t *p, size_t avail, uint32_t max_body,
                                      uint8_t *type, uint32_t *body_len);
+
+/* The frontend message types of protocol 3.0 that a client may send after startup (Bind, Close,
+ * CopyData/Done/Fail, Describe, Execute, Flush, FunctionCall, Parse, Query, Sync, Terminate).
+ * The one list: client.c checks a new request with it, relay.c every forwarded message. */
+bool codec_frontend_type_known(uint8_t type);
 
 /* ---- reading a message body ---- */
 

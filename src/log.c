@@ -1,10 +1,7 @@
-/* log: formatting and output of log lines (see log.h). Identity prefixes come from the client
- * and server structs, so every line about a connection says which one it was. */
+/* log: formatting and output of log lines (see log.h). The identity prefix of a line about a
+ * connection is formatted by that connection's owner (log_client in client.c, log_server in
+ * server.c); this file knows no clients, pools or servers. */
 #include "log.h"
-
-#include "client.h"
-#include "pool.h"
-#include "server.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -120,29 +117,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_end(ap);
 }
 
-void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+void log_msg_as(enum log_level level, const char *who, const char *fmt, va_list ap)
 {
-    if (!log_enabled(level))
-        return;
-    char who[384], addr[64];
-    peer_addr_text(&c->addr, addr, sizeof(addr));
-    snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
-             c->database ? c->database : "?", c->user ? c->user : "?", addr);
-    va_list ap;
-    va_start(ap, fmt);
-    emit(level, who, fmt, ap);
-    va_end(ap);
-}
-
-void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
-{
-    if (!log_enabled(level))
-        return;
-    char who[384];
-    snprintf(who, sizeof(who), "S-%llu %s/%s", (unsigned long long)s->id, s->pool->db_name,
-             s->pool->user_name);
-    va_list ap;
-    va_start(ap, fmt);
-    emit(level, who, fmt, ap);
-    va_end(ap);
+    if (log_enabled(level))
+        emit(level, who, fmt, ap);
 }

@@ -3,22 +3,20 @@
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 
 #include "config.h" /* enum log_level: log_level is parsed with the other keys */
-
-struct client;
-struct server;
 
 void log_configure(enum log_level level, bool json, const char *logfile);
 void log_close(void);
 bool log_enabled(enum log_level level);
 
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* One line carrying who, a connection's identity as its owner formats it (log_client in
+ * client.h, log_server in server.h). */
+void log_msg_as(enum log_level level, const char *who, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warning(...) log_msg(LOG_WARNING, __VA_ARGS__)

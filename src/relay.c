@@ -43,11 +43,6 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
     return a < b ? a : b;
 }
 
-static uint32_t read_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* ---- client -> server framing ---- */
 
 /* Named prepared statements in transaction mode (see prepared.h): the per-message decisions. */
@@ -571,32 +566,33 @@ static enum frame_stop frame_client(struct client *c, struct server *s)
             keep_parse_tail(&c->rx, b->data + b->scan - take, take);
             continue;
         }
-        if (b->wpos - b->scan < CODEC_HEADER_LEN)
-            return STOP_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
-        uint32_t len = read_u32(p + 1);
-        if (len < 4) {
+        uint8_t type;
+        uint32_t body_len;
+        /* No bound here: an oversized body gets its own message naming max_packet_size. */
+        switch (codec_frame_header(p, b->wpos - b->scan, UINT32_MAX, &type, &body_len)) {
+        case FRAME_NEED_MORE:
+            return STOP_NEED_DATA;
+        case FRAME_BAD_LENGTH:
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "message length below 4");
             return STOP_FAILED;
+        case FRAME_OK:
+            break;
         }
-        if (len - 4 > max_body) {
+        uint32_t len = body_len + 4;
+        if (body_len > max_body) {
             char detail[128];
-            snprintf(detail, sizeof(detail), "%u bytes, max_packet_size is %u", len - 4, max_body);
+            snprintf(detail, sizeof(detail), "%u bytes, max_packet_size is %u", body_len, max_body);
             client_fail(c, FAIL_PACKET_TOO_LARGE, detail);
             return STOP_FAILED;
         }
-        switch (p[0]) {
-        case 'X':
+        if (type == 'X')
             return STOP_TERMINATE;
-        case 'Q': case 'F': case 'S': case 'P': case 'B': case 'D': case 'E': case 'C':
-        case 'H': case 'd': case 'c': case 'f':
-            break;
-        default: {
+        if (!codec_frontend_type_known(type)) {
             char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", p[0]);
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return STOP_FAILED;
-        }
         }
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
@@ -824,12 +820,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             continue;
         }
         uint32_t avail = b->wpos - b->scan;
-        if (avail < CODEC_HEADER_LEN)
-            return STOP_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
-        uint8_t type = p[0];
-        uint32_t len = read_u32(p + 1);
-        if (len < 4 || len - 4 > SERVER_MAX_BODY) {
+        uint8_t type;
+        uint32_t body_len;
+        enum frame_result fr = codec_frame_header(p, avail, SERVER_MAX_BODY, &type, &body_len);
+        if (fr == FRAME_NEED_MORE)
+            return STOP_NEED_DATA;
+        uint32_t len = codec_get_u32(p + 1);
+        if (fr == FRAME_BAD_LENGTH) {
             log_server(LOG_ERROR, s, "server sent a message of impossible length %u", len);
             s->close_when_free = true;
             return STOP_FAILED;

@@ -50,6 +50,19 @@ const char *server_state_name(enum server_state st)
     return state_names[st];
 }
 
+void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    char who[384];
+    snprintf(who, sizeof(who), "S-%llu %s/%s", (unsigned long long)s->id, s->pool->db_name,
+             s->pool->user_name);
+    va_list ap;
+    va_start(ap, fmt);
+    log_msg_as(level, who, fmt, ap);
+    va_end(ap);
+}
+
 static struct list *list_for(struct server *s, enum server_state st)
 {
     struct pool *p = s->pool;

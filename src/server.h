@@ -10,6 +10,7 @@
 #include "buf.h"
 #include "codec.h"
 #include "list.h"
+#include "log.h"
 #include "params.h"
 #include "prepared.h"
 #include "relay.h"
@@ -101,6 +102,9 @@ struct server {
                                  * before libpq or the passthrough login starts */
 };
 
+/* A log line about s, prefixed with its identity: S-<id> db/user. */
+void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */
 void server_on_io(struct sockio *io, int status, int events);
 /* The pool does not know its server's max_connections yet (or a reload asked again): run

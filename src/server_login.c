@@ -590,19 +590,24 @@ static void read_messages(struct server *s)
             return;
         }
         size_t pos = 0;
-        while (l->in.len - pos >= CODEC_HEADER_LEN) {
+        for (;;) {
             const uint8_t *h = l->in.data + pos;
-            uint32_t mlen = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) |
-                            ((uint32_t)h[3] << 8) | h[4];
-            if (mlen < 4 || mlen > MAX_LOGIN_MESSAGE) {
-                fail(s, "invalid message length %u from the server during login", mlen);
+            uint8_t type;
+            uint32_t body_len;
+            enum frame_result fr = codec_frame_header(h, l->in.len - pos, MAX_LOGIN_MESSAGE - 4,
+                                                      &type, &body_len);
+            if (fr == FRAME_NEED_MORE)
+                break;
+            if (fr == FRAME_BAD_LENGTH) {
+                fail(s, "invalid message length %u from the server during login",
+                     codec_get_u32(h + 1));
                 return;
             }
-            if (l->in.len - pos < 1 + (size_t)mlen)
+            if (l->in.len - pos < CODEC_HEADER_LEN + (size_t)body_len)
                 break;
-            if (!handle_message(s, h[0], h + CODEC_HEADER_LEN, mlen - 4))
+            if (!handle_message(s, type, h + CODEC_HEADER_LEN, body_len))
                 return; /* failed (s closed) or logged in (s handed over, l freed) */
-            pos += 1 + (size_t)mlen;
+            pos += CODEC_HEADER_LEN + (size_t)body_len;
         }
         memmove(l->in.data, l->in.data + pos, l->in.len - pos);
         l->in.len -= pos;

@@ -1243,6 +1243,19 @@ static void untyped_startup_builder_parses_back(void)
     codec_out_free(&o);
 }
 
+static void frontend_types_are_exactly_the_protocol_3_list(void)
+{
+    const char *known = "BCdcfDEHFPQSX";
+    for (int t = 0; t < 256; t++)
+        CHECK_INT(codec_frontend_type_known((uint8_t)t), t != 0 && strchr(known, t) != NULL);
+}
+
+static void get_u32_is_big_endian(void)
+{
+    const uint8_t p[4] = {0x80, 0x01, 0x02, 0xff};
+    CHECK_INT(codec_get_u32(p) == 0x800102ffu, 1);
+}
+
 int main(void)
 {
     RUN(frame_whole_stream_yields_every_message);
@@ -1291,5 +1304,7 @@ int main(void)
     RUN(parsers_on_random_garbage_never_crash_and_point_inside);
     RUN(codec_end_writes_big_endian_length_counting_itself);
     RUN(untyped_startup_builder_parses_back);
+    RUN(frontend_types_are_exactly_the_protocol_3_list);
+    RUN(get_u32_is_big_endian);
     return CHECK_DONE();
 }
