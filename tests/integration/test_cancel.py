@@ -1,6 +1,8 @@
 """CancelRequest: each client's BackendKeyData cancels only that client's own query."""
 
 import random
+import socket
+import struct
 import time
 
 import psycopg
@@ -9,6 +11,7 @@ from psycopg import errors
 
 from conftest import Background
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
+from test_pgbouncer_features import CountingProxy
 
 
 def run(conn, sql):
@@ -131,3 +134,84 @@ def test_cancel_of_a_request_waiting_for_a_server_answers_57014_and_never_runs_i
     assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
     b.close()
     holder.close()
+
+
+class CancelDelayingProxy(CountingProxy):
+    """A loopback TCP forwarder to Postgres that holds each CancelRequest for `delay` s before
+    passing it on, and notes when Postgres has closed that connection (it does so only once it
+    has signalled the backend)."""
+
+    CANCEL_CODE = 80877102
+
+    def __init__(self, target_port, delay):
+        self.delay = delay
+        self.cancels_done = []  # time.monotonic() when Postgres closed a cancel connection
+        super().__init__(target_port)
+
+    def _forward(self, a):
+        self.threading.Thread(target=self._serve, args=(a,), daemon=True).start()
+
+    @staticmethod
+    def _recv_exactly(sock, n):
+        data = b""
+        while len(data) < n:
+            part = sock.recv(n - len(data))
+            if not part:
+                break
+            data += part
+        return data
+
+    def _serve(self, a):
+        try:
+            head = self._recv_exactly(a, 8)
+            b = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            a.close()
+            return
+        length, code = struct.unpack("!II", head) if len(head) == 8 else (0, 0)
+        if length == 16 and code == self.CANCEL_CODE:
+            rest = self._recv_exactly(a, 8)
+            time.sleep(self.delay)
+            b.sendall(head + rest)
+            while b.recv(1):  # Postgres closes it once the backend is signalled
+                pass
+            self.cancels_done.append(time.monotonic())
+            b.close()
+            a.close()
+            return
+        b.sendall(head)
+        for src, dst in ((a, b), (b, a)):
+            self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+
+@pytest.mark.timeout(60)
+def test_cancel_connection_closes_only_once_the_cancel_has_reached_the_backend(start_sluice, pg):
+    """Postgres closes a CancelRequest's connection only after it has signalled the backend, and
+    libpq's PQcancel waits for that close: a client that then reads its 57014 and sends its next
+    statement knows no cancel is still on the way to it. (Postgres 15 signals the backend twice,
+    its pid and its process group; on a loaded machine the second signal can come well after the
+    first has ended the query.) sluice passes the cancel on from a worker thread: closing the
+    requester's connection at once let that next statement be cancelled by the late signal (the
+    differential test saw 57014 on a CREATE TEMP TABLE after a cancelled pg_sleep). Here the
+    cancel is held on its way to Postgres, so closing too early shows every time."""
+    proxy = CancelDelayingProxy(pg.port, delay=1.0)
+    try:
+        s = start_sluice({"pool_mode": "session", "default_pool_size": 1},
+                         databases={"appdb": pg.db_entry(port=proxy.port)})
+        c = raw_login(s.port, timeout=20)
+        c.send(query_msg("SELECT pg_sleep(30) /* to cancel */"))
+        pg.wait_for_active("app", "to cancel", timeout=10)
+        canceller = RawConn(s.port, timeout=20)
+        canceller.send(cancel_request(*c.backend_key))
+        assert canceller.is_closed(20), "sluice should close a CancelRequest connection"
+        closed_at = time.monotonic()
+        canceller.close()
+        assert proxy.cancels_done and proxy.cancels_done[0] <= closed_at, \
+            "sluice closed the CancelRequest connection before the cancel reached Postgres"
+        with pytest.raises(ServerError) as err:
+            c.read_results()
+        assert err.value.fields["C"] == "57014", err.value.fields
+        assert c.query("SELECT 1")[0] == [["1"]]
+        c.close()
+    finally:
+        proxy.close()
