@@ -28,6 +28,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool.h"
+#include "relay.h"
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
@@ -191,7 +192,10 @@ static void cancel_done(uv_work_t *req, int status)
         /* server_close left the struct for us (see on_reaper_check). */
         return;
     }
-    server_maybe_done_resetting(s);
+    if (s->state == SERVER_ACTIVE && s->client && s->cancels_in_flight == 0)
+        relay_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
+    else
+        server_maybe_done_resetting(s);
 }
 
 /* Whom a CancelRequest is for, and what is done for it; false when nothing is left to wait for. */

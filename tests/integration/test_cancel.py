@@ -138,14 +138,16 @@ def test_cancel_of_a_request_waiting_for_a_server_answers_57014_and_never_runs_i
 
 class CancelDelayingProxy(CountingProxy):
     """A loopback TCP forwarder to Postgres that holds each CancelRequest for `delay` s before
-    passing it on, and notes when Postgres has closed that connection (it does so only once it
-    has signalled the backend)."""
+    passing it on, notes when Postgres has closed that connection (it does so only once it has
+    signalled the backend), and passes that close on `hold_close` s later."""
 
     CANCEL_CODE = 80877102
 
-    def __init__(self, target_port, delay):
+    def __init__(self, target_port, delay=0.0, hold_close=0.0):
         self.delay = delay
+        self.hold_close = hold_close
         self.cancels_done = []  # time.monotonic() when Postgres closed a cancel connection
+        self.cancels_passed_on = []  # time.time() when that close was passed on
         super().__init__(target_port)
 
     def _forward(self, a):
@@ -177,6 +179,8 @@ class CancelDelayingProxy(CountingProxy):
                 pass
             self.cancels_done.append(time.monotonic())
             b.close()
+            time.sleep(self.hold_close)
+            self.cancels_passed_on.append(time.time())
             a.close()
             return
         b.sendall(head)
@@ -212,6 +216,36 @@ def test_cancel_connection_closes_only_once_the_cancel_has_reached_the_backend(s
             c.read_results()
         assert err.value.fields["C"] == "57014", err.value.fields
         assert c.query("SELECT 1")[0] == [["1"]]
+        c.close()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_after_a_query_timeout_cancel_the_next_statement_waits_for_the_cancel_to_be_done(
+        start_sluice, pg):
+    """query_timeout is sluice's own cancel: the client did not ask for it, so no late signal of
+    it may cancel the client's next statement (Postgres 15 signals the backend twice; the
+    second can land after the first ended the query, see above). The next request goes to the
+    server only once PQcancel has returned, i.e. once Postgres has closed the cancel
+    connection. Here Postgres's close is passed on to sluice 1.5 s late: a statement sent at
+    once must not start before."""
+    proxy = CancelDelayingProxy(pg.port, hold_close=1.5)
+    try:
+        s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "query_timeout": 1},
+                         databases={"appdb": pg.db_entry(port=proxy.port)})
+        c = raw_login(s.port, timeout=20)
+        with pytest.raises(ServerError) as err:
+            c.query("SELECT pg_sleep(30)")
+        assert err.value.fields["C"] == "57014", err.value.fields
+        rows = c.query("SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+        started = float(rows[0][0])
+        deadline = time.monotonic() + 10
+        while not proxy.cancels_passed_on and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.cancels_passed_on, "the query_timeout cancel never went through the proxy"
+        assert started >= proxy.cancels_passed_on[0], \
+            "the next statement ran while the query_timeout cancel was still on its way"
         c.close()
     finally:
         proxy.close()
