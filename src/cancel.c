@@ -4,7 +4,16 @@
  * it has been given to client B. So the target server counts the cancel as in flight, and a
  * server with a cancel in flight goes to RESETTING instead of the idle list when released; it is
  * reused only after PQcancel has returned, by which time the postmaster has signalled the backend
- * and a backend that is idle ignores the signal (postgres.c: cancel while DoingCommandRead). */
+ * and a backend that is idle ignores the signal (postgres.c: cancel while DoingCommandRead).
+ *
+ * The other half of that ordering is the client's: Postgres closes a CancelRequest's connection
+ * only once it has signalled the backend, and libpq's PQcancel waits for that close, so a client
+ * that then reads its 57014 and sends its next statement has no cancel still on the way to it.
+ * Postgres 15 signals twice (the backend's pid, then its process group: postmaster.c
+ * signal_child), and on a loaded machine the second can come well after the first has ended the
+ * query; closing the requester's connection before PQcancel returned let that second signal
+ * cancel the client's next statement. So the requester waits in CLIENT_CANCEL_WAIT until the
+ * job is done. */
 #include "cancel.h"
 
 #include <errno.h>
@@ -19,6 +28,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool.h"
+#include "relay.h"
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
@@ -146,9 +156,12 @@ struct cancel_job {
     PGcancel *cancel;                  /* a libpq login's */
     struct login_cancel_target target; /* else a passthrough login's (server_login.c) */
     struct server *server;
+    struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
     int ok;
     char err[256];
 };
+
+static int start_cancel(struct sluice *app, struct server *s, struct client *requester);
 
 static void cancel_work(uv_work_t *req)
 {
@@ -169,41 +182,71 @@ static void cancel_done(uv_work_t *req, int status)
     if (status == 0 && !job->ok)
         log_msg(LOG_WARNING, "S-%llu: cancel request failed: %s", (unsigned long long)s->id,
                 job->err);
+    struct client *requester = job->requester;
     free(job);
+    if (requester) {
+        requester->cancel_job = NULL;
+        client_close(requester, "cancel request handled");
+    }
     if (s->state == SERVER_CLOSED) {
         /* server_close left the struct for us (see on_reaper_check). */
         return;
     }
-    server_maybe_done_resetting(s);
+    if (s->state == SERVER_ACTIVE && s->client && s->cancels_in_flight == 0)
+        relay_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
+    else
+        server_maybe_done_resetting(s);
 }
 
-void cancel_request(struct sluice *app, uint32_t pid, uint32_t key)
+/* Whom a CancelRequest is for, and what is done for it; false when nothing is left to wait for. */
+static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
 {
+    struct sluice *app = requester->app;
     struct client *c = find(app->cancel_map, pid);
     /* Compare the key in constant time: it is the only secret in a cancel request. */
     if (!c || CRYPTO_memcmp(&c->cancel_key, &key, sizeof(key)) != 0) {
         log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
-        return;
+        return false;
     }
     if (c->admin) {
         admin_cancel(c); /* a waiting PAUSE or WAIT_CLOSE */
-        return;
+        return false;
     }
     if (c->state == CLIENT_WAITING) {
         client_cancel_queued(c); /* its request has not reached a server: answered here */
-        return;
+        return false;
     }
     struct server *s = c->server;
     if (!s || s->state != SERVER_ACTIVE || (!s->conn && !s->login)) {
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
-        return;
+        return false;
     }
-    if (cancel_server(app, s) == 0)
-        log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
-                   (unsigned long long)s->id, s->backend_pid);
+    if (start_cancel(app, s, requester) < 0)
+        return false;
+    log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
+               (unsigned long long)s->id, s->backend_pid);
+    return true;
+}
+
+void cancel_request(struct client *requester, uint32_t pid, uint32_t key)
+{
+    if (!route_request(requester, pid, key))
+        client_close(requester, "cancel request handled");
+}
+
+void cancel_requester_gone(struct client *requester)
+{
+    if (requester->cancel_job)
+        requester->cancel_job->requester = NULL;
+    requester->cancel_job = NULL;
 }
 
 int cancel_server(struct sluice *app, struct server *s)
+{
+    return start_cancel(app, s, NULL);
+}
+
+static int start_cancel(struct sluice *app, struct server *s, struct client *requester)
 {
     struct cancel_job *job = calloc(1, sizeof(*job));
     if (!job)
@@ -223,6 +266,11 @@ int cancel_server(struct sluice *app, struct server *s)
             PQfreeCancel(job->cancel);
         free(job);
         return rc;
+    }
+    if (requester) {
+        job->requester = requester;
+        requester->cancel_job = job;
+        client_set_state(requester, CLIENT_CANCEL_WAIT);
     }
     return 0;
 }

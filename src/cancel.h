@@ -17,7 +17,10 @@ int cancel_register(struct cancel_map *m, struct client *c) __attribute__((warn_
 void cancel_unregister(struct cancel_map *m, struct client *c);
 /* Send a cancel to the backend of s (CancelRequest, query_timeout). 0 or a negative errno. */
 int cancel_server(struct sluice *app, struct server *s);
-/* A CancelRequest arrived on its own connection. */
-void cancel_request(struct sluice *app, uint32_t pid, uint32_t key);
+/* A CancelRequest arrived on requester's connection. The connection is closed once the request
+ * is handled: at once, or when a cancel passed on to a backend has reached it (CANCEL_WAIT). */
+void cancel_request(struct client *requester, uint32_t pid, uint32_t key);
+/* A requester in CANCEL_WAIT is closing before its cancel is done: the job forgets it. */
+void cancel_requester_gone(struct client *requester);
 
 #endif

@@ -48,6 +48,7 @@ static const char *const state_names[] = {
     [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
     [CLIENT_LOGIN_SYNC] = "login_sync", [CLIENT_LOGIN_REFUSED] = "login_refused",
     [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
+    [CLIENT_CANCEL_WAIT] = "cancel_wait",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
     [CLIENT_WAITING_LAST] = "waiting_last",
     [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
@@ -75,6 +76,7 @@ static struct list *list_for(struct client *c, enum client_state st)
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
         return &c->pool->active_clients;
+    case CLIENT_CANCEL_WAIT:
     case CLIENT_CLOSING:
         return &c->app->closing_clients;
     case CLIENT_CLOSED:
@@ -91,7 +93,7 @@ static bool transition_ok(enum client_state from, enum client_state to)
         return from != CLIENT_CLOSED && from != CLIENT_CLOSING;
     switch (from) {
     case CLIENT_STARTUP:
-        return to == CLIENT_AUTH || to == CLIENT_TLS_HANDSHAKE;
+        return to == CLIENT_AUTH || to == CLIENT_TLS_HANDSHAKE || to == CLIENT_CANCEL_WAIT;
     case CLIENT_TLS_HANDSHAKE:
         return to == CLIENT_STARTUP;
     case CLIENT_AUTH:
@@ -370,6 +372,8 @@ void client_close(struct client *c, const char *reason)
         server_client_gone(c->server);
     if (c->cancel_pid)
         cancel_unregister(app->cancel_map, c);
+    if (c->state == CLIENT_CANCEL_WAIT)
+        cancel_requester_gone(c);
     if (c->budget)
         c->budget->clients--;
     c->budget = NULL;
@@ -880,8 +884,8 @@ static void handle_startup_bytes(struct client *c)
                 return;
             continue;
         case STARTUP_CANCEL:
-            cancel_request(c->app, sp.cancel_pid, sp.cancel_key);
-            client_close(c, "cancel request handled");
+            /* Closed once the cancel is handled (at once unless passed on to a backend). */
+            cancel_request(c, sp.cancel_pid, sp.cancel_key);
             return;
         case STARTUP_BAD_PROTOCOL: {
             char version[32];
@@ -1012,6 +1016,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_LOGIN_REFUSED:
         relay_client_readable(c);
         return;
+    case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
     case CLIENT_CLOSING:
     case CLIENT_CLOSED:
         return;

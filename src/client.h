@@ -21,6 +21,8 @@
 enum client_state {
     CLIENT_STARTUP,    /* waiting for the startup packet (or SSLRequest, CancelRequest) */
     CLIENT_TLS_HANDSHAKE, /* answered SSLRequest with 'S'; TLS handshake in progress */
+    CLIENT_CANCEL_WAIT, /* sent a CancelRequest that was passed on to a backend: the socket closes
+                           once the cancel has reached it (cancel.c), as Postgres's does */
     CLIENT_AUTH,       /* authentication exchange in progress */
     CLIENT_LOGIN_WAIT, /* authenticated; waiting for a server: the pool's first (to learn what
                           to report), or one to try parameters no server has accepted yet */
@@ -74,6 +76,7 @@ struct client {
 
     uint32_t cancel_pid, cancel_key;
     struct client *cancel_next; /* chain in the cancel map */
+    struct cancel_job *cancel_job; /* CANCEL_WAIT: the cancel it waits for (cancel.c) */
 
     uint64_t connect_ms;
     uint64_t state_since_ms;

@@ -1174,6 +1174,16 @@ bool relay_orphan_server(struct server *s, struct client *c)
 
 /* ---- the pump ---- */
 
+/* Does what the client sent next wait before going to its server? During a login's parameter
+ * sync it waits for the server's answer. While a cancel is on its way to the backend (PQcancel
+ * not returned) it waits for that: Postgres 15 signals a backend twice for one cancel (its pid,
+ * then its process group) and, on a loaded machine, the second signal can land after the first
+ * has ended the query, cancelling whatever runs next. cancel_done kicks the pair again. */
+static bool client_bytes_wait(const struct client *c, const struct server *s)
+{
+    return client_login_syncing(c) || s->cancels_in_flight > 0;
+}
+
 void relay_kick(struct server *s)
 {
     struct client *c = s->client;
@@ -1213,8 +1223,7 @@ void relay_kick(struct server *s)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            /* A login's parameter sync first: the client's bytes wait for the server's answer. */
-            cst = client_login_syncing(c) ? STOP_NEED_DATA : frame_client(c, s);
+            cst = client_bytes_wait(c, s) ? STOP_NEED_DATA : frame_client(c, s);
             if (cst == STOP_FAILED)
                 return;
             w = write_generated(&s->io, &s->out, &s->out_pos);

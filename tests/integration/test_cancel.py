@@ -1,6 +1,8 @@
 """CancelRequest: each client's BackendKeyData cancels only that client's own query."""
 
 import random
+import socket
+import struct
 import time
 
 import psycopg
@@ -9,6 +11,7 @@ from psycopg import errors
 
 from conftest import Background
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
+from test_pgbouncer_features import CountingProxy
 
 
 def run(conn, sql):
@@ -131,3 +134,118 @@ def test_cancel_of_a_request_waiting_for_a_server_answers_57014_and_never_runs_i
     assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
     b.close()
     holder.close()
+
+
+class CancelDelayingProxy(CountingProxy):
+    """A loopback TCP forwarder to Postgres that holds each CancelRequest for `delay` s before
+    passing it on, notes when Postgres has closed that connection (it does so only once it has
+    signalled the backend), and passes that close on `hold_close` s later."""
+
+    CANCEL_CODE = 80877102
+
+    def __init__(self, target_port, delay=0.0, hold_close=0.0):
+        self.delay = delay
+        self.hold_close = hold_close
+        self.cancels_done = []  # time.monotonic() when Postgres closed a cancel connection
+        self.cancels_passed_on = []  # time.time() when that close was passed on
+        super().__init__(target_port)
+
+    def _forward(self, a):
+        self.threading.Thread(target=self._serve, args=(a,), daemon=True).start()
+
+    @staticmethod
+    def _recv_exactly(sock, n):
+        data = b""
+        while len(data) < n:
+            part = sock.recv(n - len(data))
+            if not part:
+                break
+            data += part
+        return data
+
+    def _serve(self, a):
+        try:
+            head = self._recv_exactly(a, 8)
+            b = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            a.close()
+            return
+        length, code = struct.unpack("!II", head) if len(head) == 8 else (0, 0)
+        if length == 16 and code == self.CANCEL_CODE:
+            rest = self._recv_exactly(a, 8)
+            time.sleep(self.delay)
+            b.sendall(head + rest)
+            while b.recv(1):  # Postgres closes it once the backend is signalled
+                pass
+            self.cancels_done.append(time.monotonic())
+            b.close()
+            time.sleep(self.hold_close)
+            self.cancels_passed_on.append(time.time())
+            a.close()
+            return
+        b.sendall(head)
+        for src, dst in ((a, b), (b, a)):
+            self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+
+@pytest.mark.timeout(60)
+def test_cancel_connection_closes_only_once_the_cancel_has_reached_the_backend(start_sluice, pg):
+    """Postgres closes a CancelRequest's connection only after it has signalled the backend, and
+    libpq's PQcancel waits for that close: a client that then reads its 57014 and sends its next
+    statement knows no cancel is still on the way to it. (Postgres 15 signals the backend twice,
+    its pid and its process group; on a loaded machine the second signal can come well after the
+    first has ended the query.) sluice passes the cancel on from a worker thread: closing the
+    requester's connection at once let that next statement be cancelled by the late signal (the
+    differential test saw 57014 on a CREATE TEMP TABLE after a cancelled pg_sleep). Here the
+    cancel is held on its way to Postgres, so closing too early shows every time."""
+    proxy = CancelDelayingProxy(pg.port, delay=1.0)
+    try:
+        s = start_sluice({"pool_mode": "session", "default_pool_size": 1},
+                         databases={"appdb": pg.db_entry(port=proxy.port)})
+        c = raw_login(s.port, timeout=20)
+        c.send(query_msg("SELECT pg_sleep(30) /* to cancel */"))
+        pg.wait_for_active("app", "to cancel", timeout=10)
+        canceller = RawConn(s.port, timeout=20)
+        canceller.send(cancel_request(*c.backend_key))
+        assert canceller.is_closed(20), "sluice should close a CancelRequest connection"
+        closed_at = time.monotonic()
+        canceller.close()
+        assert proxy.cancels_done and proxy.cancels_done[0] <= closed_at, \
+            "sluice closed the CancelRequest connection before the cancel reached Postgres"
+        with pytest.raises(ServerError) as err:
+            c.read_results()
+        assert err.value.fields["C"] == "57014", err.value.fields
+        assert c.query("SELECT 1")[0] == [["1"]]
+        c.close()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_after_a_query_timeout_cancel_the_next_statement_waits_for_the_cancel_to_be_done(
+        start_sluice, pg):
+    """query_timeout is sluice's own cancel: the client did not ask for it, so no late signal of
+    it may cancel the client's next statement (Postgres 15 signals the backend twice; the
+    second can land after the first ended the query, see above). The next request goes to the
+    server only once PQcancel has returned, i.e. once Postgres has closed the cancel
+    connection. Here Postgres's close is passed on to sluice 1.5 s late: a statement sent at
+    once must not start before."""
+    proxy = CancelDelayingProxy(pg.port, hold_close=1.5)
+    try:
+        s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "query_timeout": 1},
+                         databases={"appdb": pg.db_entry(port=proxy.port)})
+        c = raw_login(s.port, timeout=20)
+        with pytest.raises(ServerError) as err:
+            c.query("SELECT pg_sleep(30)")
+        assert err.value.fields["C"] == "57014", err.value.fields
+        rows = c.query("SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+        started = float(rows[0][0])
+        deadline = time.monotonic() + 10
+        while not proxy.cancels_passed_on and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.cancels_passed_on, "the query_timeout cancel never went through the proxy"
+        assert started >= proxy.cancels_passed_on[0], \
+            "the next statement ran while the query_timeout cancel was still on its way"
+        c.close()
+    finally:
+        proxy.close()

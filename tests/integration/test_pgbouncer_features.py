@@ -284,9 +284,14 @@ class CountingProxy:
             except OSError:
                 return
             self.accepted += 1
-            b = socket.create_connection(("127.0.0.1", self.target_port))
-            for src, dst in ((a, b), (b, a)):
-                self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            self._forward(a)
+
+    def _forward(self, a):
+        """Pass one accepted connection on to Postgres (a subclass may hold it first)."""
+        import socket
+        b = socket.create_connection(("127.0.0.1", self.target_port))
+        for src, dst in ((a, b), (b, a)):
+            self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
     @staticmethod
     def _pump(src, dst):
