@@ -28,6 +28,7 @@ enum admin_verb {
     ADMIN_DISABLE,  /* db */
     ADMIN_ENABLE,   /* db */
     ADMIN_SUSPEND,  /* refused: sluice has no online restart to hand sockets to */
+    ADMIN_VERB_LAST = ADMIN_SUSPEND, /* for range checks (the fuzz target's) */
 };
 
 enum admin_show {

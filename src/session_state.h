@@ -18,6 +18,7 @@ enum session_feature {
     SESSION_FEATURE_TEMP_TABLE,
     SESSION_FEATURE_SET,
     SESSION_FEATURE_SQL_PREPARE,
+    SESSION_FEATURE_LAST = SESSION_FEATURE_SQL_PREPARE, /* for range checks */
 };
 /* Features whose objects Postgres drops only when the session ends (all but SET, whose
  * parameters sluice's records follow where it can name them). */

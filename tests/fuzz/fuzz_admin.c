@@ -33,8 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(a.error != ADMIN_ERR_NONE);
     } else {
         FUZZ_ASSERT(a.error == ADMIN_ERR_NONE);
-        FUZZ_ASSERT(v >= ADMIN_EMPTY && v <= ADMIN_SET);
-        if (v == ADMIN_KILL || v == ADMIN_SET)
+        FUZZ_ASSERT(v >= ADMIN_EMPTY && v <= ADMIN_VERB_LAST);
+        if (v == ADMIN_KILL || v == ADMIN_SET || v == ADMIN_DISABLE || v == ADMIN_ENABLE)
             FUZZ_ASSERT(a.has_name && a.name[0] != '\0');
         if (a.has_name)
             FUZZ_ASSERT(a.name[0] != '\0');

@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the text need not be NUL-terminated: give the raw bytes */
     struct param_touch touch;
     enum session_feature f = session_state_detect((const char *)data, size, &touch);
-    FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_SET);
+    FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_LAST);
     FUZZ_ASSERT(session_feature_name(f) != NULL);
     FUZZ_ASSERT(touch.n >= 0 && touch.n <= PARAM_TOUCH_NAMES);
     for (int i = 0; i < touch.n; i++)
