@@ -23,23 +23,21 @@
 #include "client.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "admin.h"
 #include "auth.h"
 #include "budget.h"
 #include "cancel.h"
+#include "client_login.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
-#include "pool_mode.h"
 #include "server.h"
 #include "sluice.h"
 #include "tls.h"
@@ -192,12 +190,6 @@ static void make_room_for_a_login(struct sluice *app)
                 evict_login(c);
         }
     }
-}
-
-/* Clients that count against max_client_conn: logged in, not leaving. */
-static int logged_in_clients(const struct sluice *app)
-{
-    return app->nclients - app->login_clients.count - app->closing_clients.count;
 }
 
 struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
@@ -401,112 +393,6 @@ void client_close(struct client *c, const char *reason)
     listener_maybe_resume(app);
 }
 
-/* ---- login ---- */
-
-static bool param_is_protocol_level(const char *name)
-{
-    return strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
-           strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
-}
-
-/* The "options" startup parameter's -c name=value settings, except those that
- * ignore_startup_parameters names (as a parameter of their own they would be ignored too).
- * 0, -EINVAL or -ENOMEM. */
-static int take_options(struct client *c, const char *options)
-{
-    struct param_set parsed;
-    params_init(&parsed);
-    int rc = params_parse_options(&parsed, options);
-    for (int i = 0; rc == 0 && i < parsed.n; i++) {
-        const struct param *p = &parsed.items[i];
-        if (!config_list_contains(c->app->cfg->ignore_startup_parameters, p->name) &&
-            params_set(&c->params, p->name, p->value) < 0)
-            rc = -ENOMEM;
-    }
-    params_free(&parsed);
-    return rc;
-}
-
-static void handle_login(struct client *c, const struct startup_packet *sp)
-{
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
-    const char *user = codec_startup_get(sp, "user");
-    const char *database = codec_startup_get(sp, "database");
-    const char *replication = codec_startup_get(sp, "replication");
-    if (!user || !user[0]) {
-        client_fail(c, FAIL_NO_USER, "");
-        return;
-    }
-    if (!database || !database[0])
-        database = user;
-    /* One block holds both names: user owns it (an idle client should be small). */
-    size_t ulen = strlen(user) + 1, dlen = strlen(database) + 1;
-    c->user = malloc(ulen + dlen);
-    if (!c->user) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return;
-    }
-    c->database = memcpy(c->user + ulen, database, dlen);
-    memcpy(c->user, user, ulen);
-    /* Postgres reads it as a boolean (any case) or "database": either kind of walsender
-     * session needs a server of its own for the client's whole life, and its COPY BOTH stream
-     * and replication commands are not something a pool can share (README, "Moving from
-     * PgBouncer"). */
-    if (replication && strcasecmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
-        strcasecmp(replication, "off") != 0 && strcasecmp(replication, "no") != 0) {
-        client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
-        return;
-    }
-    if (app->phase != PHASE_RUNNING) {
-        client_fail(c, FAIL_SHUTDOWN, "");
-        return;
-    }
-    /* Who may use the admin console is checked only once the password is (client_login_ok):
-     * refusing other names here, at once, would tell a stranger which names are admins. */
-    c->admin = admin_is_console_db(database);
-    /* An unknown database is told only after authentication (client_login_ok): before it, a
-     * client without credentials could probe which database names exist. */
-    for (int i = 0; i < sp->nparams; i++) {
-        const char *name = sp->params[i].name;
-        if (param_is_protocol_level(name) ||
-            config_list_contains(cfg->ignore_startup_parameters, name))
-            continue;
-        if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {
-            client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
-            return;
-        }
-        if (params_set(&c->params, name, sp->params[i].value) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-    }
-    const char *options = codec_startup_get(sp, "options");
-    if (options && !config_list_contains(cfg->ignore_startup_parameters, "options")) {
-        int rc = take_options(c, options);
-        if (rc < 0) {
-            client_fail(c, rc == -ENOMEM ? FAIL_OUT_OF_MEMORY : FAIL_BAD_STARTUP,
-                        rc == -ENOMEM ? "" : "cannot parse \"options\": use -c name=value pairs");
-            return;
-        }
-    }
-    client_set_state(c, CLIENT_AUTH);
-    auth_start(c);
-}
-
-void client_send_welcome(struct client *c, const struct param_set *server_params)
-{
-    for (int i = 0; i < server_params->n; i++) {
-        const struct param *p = &server_params->items[i];
-        if (!params_is_reported(p->name))
-            continue; /* a server's record also holds what sluice SET */
-        const char *mine = params_get(&c->params, p->name);
-        codec_put_parameter_status(&c->out, p->name, mine ? mine : p->value);
-    }
-    codec_put_backend_key(&c->out, c->cancel_pid, c->cancel_key);
-    codec_put_ready(&c->out, 'I');
-}
-
 int client_count_for_db(const struct sluice *app, const char *database)
 {
     int n = 0;
@@ -535,139 +421,6 @@ int client_count_for_user(const struct sluice *app, const char *user)
         }
     }
     return n;
-}
-
-/* DISABLE, max_db_client_connections and max_user_client_connections: PgBouncer's per-database
- * and per-user client caps. Checked once the password is (as max_client_conn), so a stranger
- * learns nothing of a database from them. True when c was refused. */
-static bool login_refused_by_database_or_user(struct client *c, const struct db_entry *db)
-{
-    const struct config *cfg = c->app->cfg;
-    char detail[320];
-    if (admin_db_disabled(c->app, c->database)) {
-        client_fail(c, FAIL_DATABASE_DISABLED, c->database);
-        return true;
-    }
-    int64_t db_cap = db->max_db_client_connections > 0 ? db->max_db_client_connections
-                                                       : cfg->max_db_client_connections;
-    int db_clients = db_cap > 0 ? client_count_for_db(c->app, c->database) : 0;
-    if (db_cap > 0 && db_clients >= db_cap) {
-        snprintf(detail, sizeof(detail),
-                 "database \"%s\" has %d clients, max_db_client_connections = %lld", c->database,
-                 db_clients, (long long)db_cap);
-        client_fail(c, FAIL_DB_CLIENT_CAP, detail);
-        return true;
-    }
-    const struct user_entry *u = config_find_user(cfg, c->user);
-    int64_t user_cap = u && u->max_user_client_connections > 0 ? u->max_user_client_connections
-                                                               : cfg->max_user_client_connections;
-    int user_clients = user_cap > 0 ? client_count_for_user(c->app, c->user) : 0;
-    if (user_cap > 0 && user_clients >= user_cap) {
-        snprintf(detail, sizeof(detail),
-                 "user \"%s\" has %d clients, max_user_client_connections = %lld", c->user,
-                 user_clients, (long long)user_cap);
-        client_fail(c, FAIL_USER_CLIENT_CAP, detail);
-        return true;
-    }
-    return false;
-}
-
-void client_login_ok(struct client *c)
-{
-    struct sluice *app = c->app;
-    /* Counted here, once the password is checked: logins in progress have their own cap
-     * (make_room_for_a_login), so strangers who never finish cannot fill max_client_conn. */
-    if (logged_in_clients(app) >= app->cfg->max_client_conn) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
-                 (long long)app->cfg->max_client_conn);
-        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
-        return;
-    }
-    if (c->admin) {
-        if (!config_list_contains(app->cfg->admin_users, c->user) &&
-            !config_list_contains(app->cfg->stats_users, c->user)) {
-            client_fail(c, FAIL_ADMIN_DENIED, "");
-            return;
-        }
-        c->pool = pool_get(app, NULL, c->user, c->database);
-        if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-        codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
-        log_client(LOG_INFO, c, "admin console login");
-        admin_send_welcome(c);
-        client_set_state(c, CLIENT_IDLE);
-        client_send(c);
-        return;
-    }
-    const struct db_entry *db = config_find_db(app->cfg, c->database);
-    if (!db) {
-        client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
-        return;
-    }
-    if (login_refused_by_database_or_user(c, db))
-        return;
-    struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
-                                    &c->addr);
-    if (b && b->max_clients > 0 && b->clients >= b->max_clients) {
-        char detail[160];
-        snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
-                 b->max_clients);
-        client_fail(c, FAIL_BUDGET_CLIENTS, detail);
-        return;
-    }
-    c->pool = pool_get(app, db, c->user, c->database);
-    if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return;
-    }
-    c->budget = b;
-    if (b)
-        b->clients++;
-    codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
-    if (app->cfg->log_connections)
-        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
-    if (c->pool->have_welcome &&
-        params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
-        client_welcome_from_pool(c);
-        return;
-    }
-    /* The first client of a pool waits for a server to learn what to report (server_version,
-     * encodings, ...), as every later client gets it from the pool. So does a client with
-     * startup parameters no server has accepted yet: Postgres refuses a bad one at login
-     * (42704 for an unknown name, 22023 for a bad value), and so must sluice, before the client
-     * is told it is in. */
-    client_set_state(c, CLIENT_LOGIN_WAIT);
-    client_send(c);
-    if (c->state == CLIENT_LOGIN_WAIT)
-        pool_lease(c->pool, c);
-}
-
-/* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
-static int keep_login_params(struct client *c)
-{
-    if (c->params.n == 0 || c->login_params)
-        return 0;
-    c->login_params = malloc(sizeof(*c->login_params));
-    if (!c->login_params)
-        return -ENOMEM;
-    params_init(c->login_params);
-    return params_copy(c->login_params, &c->params);
-}
-
-void client_welcome_from_pool(struct client *c)
-{
-    if (keep_login_params(c) < 0) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return;
-    }
-    client_send_welcome(c, &c->pool->welcome);
-    client_set_state(c, CLIENT_IDLE);
-    client_send(c);
-    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-        client_on_data(c);
 }
 
 /* Fingerprints are recomputed only when the parameters changed (their generation moved). */
@@ -740,7 +493,7 @@ void client_on_linked(struct client *c, struct server *s)
     if (login && n > 0) {
         client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
     } else {
-        if (login && keep_login_params(c) < 0) {
+        if (login && client_keep_login_params(c) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
@@ -773,7 +526,7 @@ void client_login_synced(struct client *c, struct server *s)
     }
     /* The client is told what the server reports, and later syncs compare like with like. */
     if (params_take_reported_spelling(&c->params, &s->params) < 0 ||
-        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 || keep_login_params(c) < 0) {
+        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 || client_keep_login_params(c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
@@ -783,157 +536,14 @@ void client_login_synced(struct client *c, struct server *s)
 
 /* ---- messages by state ---- */
 
-static void read_and_handle(struct client *c);
-
-/* The handshake goes on whenever the socket is ready the way OpenSSL asked for. */
-static void tls_step(struct client *c)
-{
-    char why[400];
-    switch (tls_handshake(c->io.ssl, "client", why, sizeof(why))) {
-    case TLS_STEP_WANT_READ:
-        sockio_want(&c->io, UV_READABLE);
-        return;
-    case TLS_STEP_WANT_WRITE:
-        sockio_want(&c->io, UV_WRITABLE);
-        return;
-    case TLS_STEP_FAILED:
-        log_client(LOG_INFO, c, "%s", why);
-        client_close(c, NULL);
-        return;
-    case TLS_STEP_DONE:
-        break;
-    }
-    if (log_enabled(LOG_DEBUG)) {
-        char desc[128];
-        tls_describe(c->io.ssl, desc, sizeof(desc));
-        log_client(LOG_DEBUG, c, "TLS established: %s", desc);
-    }
-    client_set_state(c, CLIENT_STARTUP);
-    relay_client_interest(c);
-    if (sockio_pending(&c->io) > 0)
-        read_and_handle(c);
-}
-
-/* Protocol section 55.2.10: answer 'S', then the TLS handshake runs on the same socket. Bytes
- * that arrived after the SSLRequest came in the clear before TLS: taking them as part of the
- * encrypted session would let a man in the middle inject them (CVE-2021-23214), so they end
- * the connection. */
-static void start_tls(struct client *c)
-{
-    if (!buf_is_empty(&c->in)) {
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
-        return;
-    }
-    SSL *ssl = tls_client_new(c->io.fd);
-    if (!ssl) {
-        client_close(c, "cannot start a TLS session");
-        return;
-    }
-    codec_put_u8(&c->out, 'S');
-    client_send(c);
-    if (c->state != CLIENT_STARTUP || c->out_pos < c->out.len) {
-        /* one byte on a fresh socket: not written means the connection is gone */
-        SSL_free(ssl);
-        client_close(c, "cannot answer the SSLRequest");
-        return;
-    }
-    c->io.ssl = ssl;
-    buf_release(&c->in);
-    client_set_state(c, CLIENT_TLS_HANDSHAKE);
-    tls_step(c);
-}
-
-static void handle_startup_bytes(struct client *c)
-{
-    for (;;) {
-        struct buf *b = &c->in;
-        uint32_t total;
-        enum frame_result fr = codec_frame_startup(b->data + b->scan, buf_unframed(b), &total);
-        if (fr == FRAME_NEED_MORE)
-            return;
-        if (fr == FRAME_BAD_LENGTH) {
-            client_fail(c, FAIL_BAD_STARTUP, "length outside 8..10000 bytes");
-            return;
-        }
-        if (buf_unframed(b) < total)
-            return;
-        /* Parse a copy and consume the packet first: the login it starts may go on to read the
-         * client's next message from the same buffer. */
-        uint8_t packet[CODEC_MAX_STARTUP_LEN];
-        memcpy(packet, b->data + b->scan, total);
-        b->scan += total;
-        buf_consume(b, total);
-        struct startup_packet sp;
-        codec_parse_startup(packet, total, &sp);
-        switch (sp.kind) {
-        case STARTUP_SSL_REQUEST:
-        case STARTUP_GSSENC_REQUEST:
-            if (sp.kind == STARTUP_SSL_REQUEST && c->io.ssl) {
-                client_fail(c, FAIL_PROTOCOL_VIOLATION, "SSLRequest on an encrypted connection");
-                return;
-            }
-            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
-                c->addr.sa.sa_family != AF_UNIX) {
-                start_tls(c);
-                return;
-            }
-            /* Protocol section 55.2.10: 'N' and the client goes on unencrypted (or gives up). */
-            codec_put_u8(&c->out, 'N');
-            client_send(c);
-            if (c->state != CLIENT_STARTUP)
-                return;
-            continue;
-        case STARTUP_CANCEL:
-            /* Closed once the cancel is handled (at once unless passed on to a backend). */
-            cancel_request(c, sp.cancel_pid, sp.cancel_key);
-            return;
-        case STARTUP_BAD_PROTOCOL: {
-            char version[32];
-            snprintf(version, sizeof(version), "%u.%u", sp.code >> 16, sp.code & 0xffff);
-            client_fail(c, FAIL_UNSUPPORTED_PROTOCOL, version);
-            return;
-        }
-        case STARTUP_MALFORMED:
-            client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
-            return;
-        case STARTUP_V3:
-            handle_login(c, &sp);
-            return;
-        }
-    }
-}
-
-static void handle_auth_bytes(struct client *c)
-{
-    struct buf *b = &c->in;
-    uint8_t type;
-    uint32_t body_len;
-    enum frame_result fr =
-        codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
-    if (fr == FRAME_NEED_MORE)
-        return;
-    if (fr == FRAME_BAD_LENGTH) {
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
-        return;
-    }
-    uint32_t whole = CODEC_HEADER_LEN + body_len;
-    if (buf_unframed(b) < whole)
-        return;
-    uint8_t body[8192];
-    memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
-    b->scan += whole;
-    buf_consume(b, whole);
-    auth_on_message(c, type, body, body_len);
-}
-
 void client_on_data(struct client *c)
 {
     switch (c->state) {
     case CLIENT_STARTUP:
-        handle_startup_bytes(c);
+        client_login_on_startup_bytes(c);
         break;
     case CLIENT_AUTH:
-        handle_auth_bytes(c);
+        client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
         if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
@@ -975,7 +585,7 @@ void client_on_data(struct client *c)
  * decrypted bytes inside OpenSSL (SSL_pending) that no later event announces (the poll is
  * level-triggered on the socket, not on OpenSSL's buffer): read on while there are some and the
  * client is still in a state that reads here. */
-static void read_and_handle(struct client *c)
+void client_read_and_handle(struct client *c)
 {
     for (;;) {
         int n = client_read(c);
@@ -1000,7 +610,7 @@ static void on_client_io(struct sockio *io, int status, int events)
         return;
     }
     if (c->state == CLIENT_TLS_HANDSHAKE) {
-        tls_step(c);
+        client_login_tls_step(c);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -1021,7 +631,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_CLOSED:
         return;
     default:
-        read_and_handle(c);
+        client_read_and_handle(c);
         return;
     }
 }

@@ -1,5 +1,7 @@
 /* client: one accepted client connection — its state machine and what it does in each state.
- * The bytes it relays to a server go through relay.c; its login goes through auth.c. */
+ * The bytes it relays to a server go through relay.c; its login is client_login.c's (which
+ * defines client_login_ok, client_send_welcome and client_welcome_from_pool below), and the
+ * authentication exchange itself auth.c's. */
 #ifndef SLUICE_CLIENT_H
 #define SLUICE_CLIENT_H
 
@@ -151,5 +153,8 @@ void client_on_data(struct client *c);
 /* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error
  * (the client is already closed then). */
 int client_read(struct client *c);
+/* Read and handle what a client outside the relay sent (its login, or an idle client's next
+ * request). */
+void client_read_and_handle(struct client *c);
 
 #endif

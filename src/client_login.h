@@ -1,0 +1,19 @@
+/* client_login: a client's login, from its first packet to its welcome (client_login.c). Its
+ * public entry points are declared in client.h with the rest of the client (client_login_ok,
+ * client_send_welcome, client_welcome_from_pool); these are what client.c hands it by state. */
+#ifndef SLUICE_CLIENT_LOGIN_H
+#define SLUICE_CLIENT_LOGIN_H
+
+struct client;
+
+/* STARTUP: whole startup-phase packets in c->in (SSLRequest, CancelRequest, the startup
+ * packet). */
+void client_login_on_startup_bytes(struct client *c);
+/* AUTH: a whole authentication message in c->in goes to auth.c. */
+void client_login_on_auth_bytes(struct client *c);
+/* TLS_HANDSHAKE: the handshake goes on whenever the socket is ready the way OpenSSL asked. */
+void client_login_tls_step(struct client *c);
+/* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
+int client_keep_login_params(struct client *c);
+
+#endif
