@@ -1,19 +1,14 @@
-/* secret: secrets for logins (see secret.h).
+/* secret: secrets for logins (see secret.h): the lookup front, its waiters, and the SCRAM
+ * secrets derived from plain passwords. What auth_query asks the database is auth_query.c's.
  *
- * Two caches, both process-wide (one sluice per process):
- *  - derived: SHA-256(user, 0, password) -> the SCRAM secret derived from that password with a
- *    random salt. Keyed by the password's hash, so a reload that changes a password is noticed
- *    on the next login and never serves the old secret; never per login: 4096 PBKDF2 rounds cost
- *    milliseconds, which would cap logins per second.
- *  - query: (database entry, dbname, auth_user, user) -> what auth_query returned, for
- *    SECRET_QUERY_TTL_MS (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found).
- * A job is a lookup in progress: a derivation on libuv's thread pool, or an auth_query run on one
- * of a small set of non-blocking libpq connections shared by all lookups (PQconnectStartParams/
- * PQconnectPoll, then PQsendQueryParams), each driven by one poll handle on its socket like a
- * server's login; see "auth_query" below for how that set is bounded and counted. */
+ * The derived cache is process-wide (one sluice per process): SHA-256(user, 0, password) -> the
+ * SCRAM secret derived from that password with a random salt. Keyed by the password's hash, so a
+ * reload that changes a password is noticed on the next login and never serves the old secret;
+ * never per login: 4096 PBKDF2 rounds cost milliseconds, which would cap logins per second. A
+ * job is a lookup in progress that logins share: a derivation on libuv's thread pool (here), or
+ * an auth_query run (auth_query.c). */
 #include "secret.h"
 
-#include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -23,17 +18,10 @@
 #include <string.h>
 #include <uv.h>
 
-#include "budget.h"
+#include "auth_query.h"
 #include "config.h"
 #include "list.h"
-#include "log.h"
-#include "pool.h"
-#include "resolver.h"
 #include "sluice.h"
-#include "sockio.h"
-
-#define NBUCKETS 1024
-#define MAX_CACHED 20000
 
 /* ---- the derived-secret cache ---- */
 
@@ -42,7 +30,7 @@ struct derived {
     uint8_t fp[SHA256_DIGEST_LENGTH];
     struct scram_secret s;
 };
-static struct derived *derived_buckets[NBUCKETS];
+static struct derived *derived_buckets[SECRET_NBUCKETS];
 static int nderived;
 
 static void fingerprint(const char *user, const char *password, uint8_t out[SHA256_DIGEST_LENGTH])
@@ -60,17 +48,9 @@ static void fingerprint(const char *user, const char *password, uint8_t out[SHA2
     EVP_MD_CTX_free(h);
 }
 
-static unsigned bucket_of(const uint8_t *p, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h % NBUCKETS;
-}
-
 static void derived_clear(void)
 {
-    for (int i = 0; i < NBUCKETS; i++) {
+    for (int i = 0; i < SECRET_NBUCKETS; i++) {
         while (derived_buckets[i]) {
             struct derived *d = derived_buckets[i];
             derived_buckets[i] = d->next;
@@ -83,7 +63,7 @@ static void derived_clear(void)
 
 static const struct derived *derived_get(const uint8_t *fp)
 {
-    for (struct derived *d = derived_buckets[bucket_of(fp, SHA256_DIGEST_LENGTH)]; d; d = d->next) {
+    for (struct derived *d = derived_buckets[secret_bucket_of(fp, SHA256_DIGEST_LENGTH)]; d; d = d->next) {
         if (memcmp(d->fp, fp, SHA256_DIGEST_LENGTH) == 0)
             return d;
     }
@@ -94,178 +74,24 @@ static void derived_put(const uint8_t *fp, const struct scram_secret *s)
 {
     if (derived_get(fp))
         return;
-    if (nderived >= MAX_CACHED)
+    if (nderived >= SECRET_MAX_CACHED)
         derived_clear(); /* old passwords pile up only across many reloads; start afresh */
     struct derived *d = calloc(1, sizeof(*d));
     if (!d)
         return;
     memcpy(d->fp, fp, SHA256_DIGEST_LENGTH);
     d->s = *s;
-    unsigned b = bucket_of(fp, SHA256_DIGEST_LENGTH);
+    unsigned b = secret_bucket_of(fp, SHA256_DIGEST_LENGTH);
     d->next = derived_buckets[b];
     derived_buckets[b] = d;
     nderived++;
 }
 
-/* ---- the auth_query cache ----
- * Unknown names are remembered too (a negative entry), so a stranger asking again costs Postgres
- * nothing for SECRET_QUERY_NEGATIVE_TTL_MS. Strangers choose their names: negative entries are
- * capped at MAX_NEGATIVE, the oldest going first, and never push out the users that exist. */
-
-#define MAX_NEGATIVE 10000
-
-struct qentry {
-    struct qentry *next;
-    struct qentry *older, *newer; /* negative entries only, oldest first */
-    char *key;
-    char *secret; /* NULL: no such user (or no password) */
-    uint64_t expires_ms;
-};
-static struct qentry *query_buckets[NBUCKETS];
-static int npositive, nnegative;
-static struct qentry *negative_oldest, *negative_newest;
-
-static void qentry_free(struct qentry *e)
-{
-    if (e->secret)
-        OPENSSL_cleanse(e->secret, strlen(e->secret));
-    free(e->secret);
-    free(e->key);
-    free(e);
-}
-
-static struct qentry **bucket_for(const char *key)
-{
-    return &query_buckets[bucket_of((const uint8_t *)key, strlen(key))];
-}
-
-/* Take *pp (e) out of its bucket and the negative list, and free it. */
-static void qentry_remove(struct qentry **pp, struct qentry *e)
-{
-    *pp = e->next;
-    if (e->secret) {
-        npositive--;
-    } else {
-        if (e->older)
-            e->older->newer = e->newer;
-        else
-            negative_oldest = e->newer;
-        if (e->newer)
-            e->newer->older = e->older;
-        else
-            negative_newest = e->older;
-        nnegative--;
-    }
-    qentry_free(e);
-}
-
-static void query_clear(void)
-{
-    for (int i = 0; i < NBUCKETS; i++) {
-        while (query_buckets[i]) {
-            struct qentry *e = query_buckets[i];
-            query_buckets[i] = e->next;
-            qentry_free(e);
-        }
-    }
-    npositive = nnegative = 0;
-    negative_oldest = negative_newest = NULL;
-}
-
-/* Expired entries go as they are met. */
-static const struct qentry *query_get(const char *key, uint64_t now)
-{
-    struct qentry **pp = bucket_for(key);
-    while (*pp) {
-        struct qentry *e = *pp;
-        if (now >= e->expires_ms) {
-            qentry_remove(pp, e);
-            continue;
-        }
-        if (strcmp(e->key, key) == 0)
-            return e;
-        pp = &e->next;
-    }
-    return NULL;
-}
-
-static void forget(const char *key)
-{
-    for (struct qentry **pp = bucket_for(key); *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->key, key) == 0) {
-            qentry_remove(pp, *pp);
-            return;
-        }
-    }
-}
-
-static void query_put(const char *key, const char *secret, uint64_t now)
-{
-    forget(key); /* an older answer for the same key */
-    if (secret && npositive >= MAX_CACHED)
-        query_clear(); /* real users pile up only across many reloads; start afresh */
-    if (!secret && nnegative >= MAX_NEGATIVE)
-        forget(negative_oldest->key);
-    struct qentry *e = calloc(1, sizeof(*e));
-    if (!e)
-        return;
-    e->key = strdup(key);
-    e->secret = secret ? strdup(secret) : NULL;
-    if (!e->key || (secret && !e->secret)) {
-        qentry_free(e);
-        return;
-    }
-    e->expires_ms = now + (secret ? SECRET_QUERY_TTL_MS : SECRET_QUERY_NEGATIVE_TTL_MS);
-    struct qentry **pp = bucket_for(key);
-    e->next = *pp;
-    *pp = e;
-    if (secret) {
-        npositive++;
-        return;
-    }
-    e->older = negative_newest;
-    if (negative_newest)
-        negative_newest->newer = e;
-    else
-        negative_oldest = e;
-    negative_newest = e;
-    nnegative++;
-}
-
 /* ---- jobs ---- */
 
-enum job_kind { JOB_DERIVE, JOB_QUERY };
+static struct secret_job *derive_jobs; /* derivations in progress */
 
-struct qconn;
-
-struct secret_job {
-    struct secret_job *next; /* in the jobs list, oldest first */
-    enum job_kind kind;
-    struct secret_waiter *waiters;
-    struct sluice *app;
-    /* JOB_DERIVE */
-    uv_work_t work;
-    uint8_t fp[SHA256_DIGEST_LENGTH];
-    char *password;
-    uint8_t salt[SCRAM_SALT_LEN];
-    struct scram_secret result;
-    int rc;
-    /* JOB_QUERY */
-    char *key;
-    char *user;
-    char *query;
-    char *database; /* the client's: which entry and auth_user, read again when it runs */
-    char *target;   /* "entry \x01 dbname \x01 auth_user": which connections can run it */
-    char *db_name;  /* the database entry, for max_db_connections */
-    char *auth_user;
-    struct qconn *qc; /* the connection running it; NULL while it waits for one */
-    int tries;        /* connections it was started on (a stale reused one is retried once) */
-    bool answered;    /* a row came back */
-    char *found;      /* its password column (NULL: NULL) */
-};
-static struct secret_job *jobs;
-
-static void job_attach(struct secret_job *j, struct secret_waiter *w)
+void secret_job_attach(struct secret_job *j, struct secret_waiter *w)
 {
     w->job = j;
     w->prev = NULL;
@@ -291,18 +117,18 @@ static void job_detach(struct secret_waiter *w)
 }
 
 /* At the end of the list: auth_query lookups start in the order they were asked for. */
-static void job_append(struct secret_job *j)
+void secret_job_append(struct secret_job **list, struct secret_job *j)
 {
-    struct secret_job **pp = &jobs;
+    struct secret_job **pp = list;
     while (*pp)
         pp = &(*pp)->next;
     j->next = NULL;
     *pp = j;
 }
 
-static void job_unlink(struct secret_job *j)
+void secret_job_unlink(struct secret_job **list, struct secret_job *j)
 {
-    for (struct secret_job **pp = &jobs; *pp; pp = &(*pp)->next) {
+    for (struct secret_job **pp = list; *pp; pp = &(*pp)->next) {
         if (*pp == j) {
             *pp = j->next;
             return;
@@ -310,7 +136,7 @@ static void job_unlink(struct secret_job *j)
     }
 }
 
-static void job_free(struct secret_job *j)
+void secret_job_free(struct secret_job *j)
 {
     if (j->password) {
         OPENSSL_cleanse(j->password, strlen(j->password));
@@ -333,9 +159,8 @@ static void job_free(struct secret_job *j)
 
 static int resolve(struct secret_waiter *w, struct user_secret *out);
 
-/* Hand the answer to everyone waiting. A waiter's callback may end its client, which cancels
- * other things but never this job's list: each waiter is taken off before it is called. */
-static void job_wake(struct secret_job *j, const char *error)
+/* Each waiter is taken off before it is called. */
+void secret_job_wake(struct secret_job *j, const char *error)
 {
     while (j->waiters) {
         struct secret_waiter *w = j->waiters;
@@ -355,7 +180,7 @@ static void job_wake(struct secret_job *j, const char *error)
     }
 }
 
-/* -- derivation on the thread pool */
+/* ---- derivation on the thread pool ---- */
 
 static void on_derive_work(uv_work_t *req)
 {
@@ -367,16 +192,16 @@ static void on_derive_work(uv_work_t *req)
 static void on_derive_done(uv_work_t *req, int status)
 {
     struct secret_job *j = container_of(req, struct secret_job, work);
-    job_unlink(j);
+    secret_job_unlink(&derive_jobs, j);
     if (status == 0 && j->rc == 0)
         derived_put(j->fp, &j->result);
-    job_wake(j, status == 0 && j->rc == 0 ? NULL : "cannot derive the SCRAM secret");
-    job_free(j);
+    secret_job_wake(j, status == 0 && j->rc == 0 ? NULL : "cannot derive the SCRAM secret");
+    secret_job_free(j);
 }
 
 static struct secret_job *derive_job(struct sluice *app, const uint8_t *fp, const char *password)
 {
-    for (struct secret_job *j = jobs; j; j = j->next) {
+    for (struct secret_job *j = derive_jobs; j; j = j->next) {
         if (j->kind == JOB_DERIVE && memcmp(j->fp, fp, SHA256_DIGEST_LENGTH) == 0)
             return j;
     }
@@ -389,524 +214,11 @@ static struct secret_job *derive_job(struct sluice *app, const uint8_t *fp, cons
     j->password = strdup(password);
     if (!j->password || RAND_bytes(j->salt, sizeof(j->salt)) != 1 ||
         uv_queue_work(app->loop, &j->work, on_derive_work, on_derive_done) != 0) {
-        job_free(j);
+        secret_job_free(j);
         return NULL;
     }
-    job_append(j);
+    secret_job_append(&derive_jobs, j);
     return j;
-}
-
-/* -- auth_query
- *
- * Lookups run on at most SECRET_QUERY_CONNECTIONS connections in all, each logged in as one
- * target's auth_user and reused for that target's lookups; a lookup waits, in order, for a
- * free one. Each connection counts against max_db_connections (its database entry),
- * max_user_connections (auth_user) and max_server_connections like a pool's server, and opens
- * only when they have room (closing another pool's idle server for it, as pools do for each
- * other). So a flood of made-up user names costs Postgres at most that many backends.
- *
- *   RESOLVING --> CONNECTING --ok--> QUERYING <--> IDLE --SECRET_QUERY_IDLE_MS, reload,
- *                                                           shutdown--> closed
- *   any state --failed or server_connect_timeout--> closed
- * RESOLVING: the entry's host names, off the loop (resolver.c), when it names a host. */
-
-enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE };
-
-struct qconn {
-    struct qconn *next;
-    struct sluice *app;
-    enum qconn_state state;
-    char *target, *db_name, *auth_user; /* as the jobs it runs */
-    struct resolver *resolving;         /* RESOLVING */
-    PGconn *conn;
-    struct sockio io;
-    struct secret_job *job; /* RESOLVING, CONNECTING, QUERYING: the lookup it runs */
-    uint64_t since_ms;      /* when it entered its state */
-    int served;             /* lookups answered on it */
-    bool retired;           /* reload: closed once its lookup is done */
-};
-static struct qconn *qconns;
-static int nqconns;
-
-static void query_dispatch(struct sluice *app);
-static void on_qconn_io(struct sockio *io, int status, int events);
-
-static void qconn_close(struct qconn *qc, const char *why)
-{
-    for (struct qconn **pp = &qconns; *pp; pp = &(*pp)->next) {
-        if (*pp == qc) {
-            *pp = qc->next;
-            break;
-        }
-    }
-    nqconns--;
-    if (qc->job)
-        qc->job->qc = NULL;
-    log_msg(LOG_DEBUG, "auth_query: closing the connection to \"%s\" as \"%s\": %s", qc->db_name,
-            qc->auth_user, why);
-    sockio_detach(&qc->io);
-    resolver_cancel(qc->resolving);
-    if (qc->conn)
-        PQfinish(qc->conn);
-    /* its slot under the caps is free: a pool may be waiting for it */
-    qc->app->dispatch_needed = true;
-    free(qc->target);
-    free(qc->db_name);
-    free(qc->auth_user);
-    free(qc);
-}
-
-/* The lookup is over: cache the answer, free the connection for the next one, wake the
- * waiters. */
-static void query_finish(struct secret_job *j, const char *error)
-{
-    struct sluice *app = j->app;
-    struct qconn *qc = j->qc;
-    job_unlink(j);
-    if (qc) {
-        qc->job = NULL;
-        j->qc = NULL;
-        if (qc->retired || app->phase != PHASE_RUNNING || PQstatus(qc->conn) != CONNECTION_OK ||
-            PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
-            qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
-        } else {
-            qc->served++;
-            qc->state = QCONN_IDLE;
-            qc->since_ms = sluice_now(app);
-            sockio_want(&qc->io, UV_READABLE); /* notice the server closing it */
-        }
-    }
-    char why[512];
-    if (error) {
-        snprintf(why, sizeof(why), "%s", error);
-        why[strcspn(why, "\n")] = '\0';
-        log_msg(LOG_WARNING, "auth_query for user \"%s\" failed: %s", j->user, why);
-    } else {
-        query_put(j->key, j->answered ? j->found : NULL, sluice_now(app));
-        log_msg(LOG_DEBUG, "auth_query: user \"%s\" %s", j->user,
-                j->answered && j->found ? "found" : "not found");
-    }
-    job_wake(j, error ? why : NULL);
-    job_free(j);
-    query_dispatch(app);
-}
-
-/* The connection broke. A lookup on a connection that had served before may have met one the
- * server had closed meanwhile: it is tried once more on a fresh one. */
-static void qconn_lost(struct qconn *qc, const char *why)
-{
-    struct secret_job *j = qc->job;
-    char msg[512];
-    snprintf(msg, sizeof(msg), "%s", why);
-    bool stale = qc->served > 0;
-    qconn_close(qc, msg);
-    if (!j)
-        return;
-    if (stale && j->tries < 2) {
-        query_dispatch(j->app);
-        return;
-    }
-    query_finish(j, msg);
-}
-
-static void qconn_run(struct qconn *qc, struct secret_job *j)
-{
-    const char *values[1] = {j->user};
-    qc->job = j;
-    j->qc = qc;
-    j->tries++;
-    j->answered = false;
-    qc->state = QCONN_QUERYING;
-    qc->since_ms = sluice_now(qc->app);
-    if (!PQsendQueryParams(qc->conn, j->query, 1, NULL, values, NULL, NULL, 0)) {
-        qconn_lost(qc, PQerrorMessage(qc->conn));
-        return;
-    }
-    int f = PQflush(qc->conn);
-    if (f < 0) {
-        qconn_lost(qc, PQerrorMessage(qc->conn));
-        return;
-    }
-    sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
-}
-
-static void query_step(struct qconn *qc)
-{
-    struct secret_job *j = qc->job;
-    int f = PQflush(qc->conn);
-    if (f < 0 || !PQconsumeInput(qc->conn)) {
-        qconn_lost(qc, PQerrorMessage(qc->conn));
-        return;
-    }
-    const char *error = NULL;
-    char why[512];
-    while (!PQisBusy(qc->conn)) {
-        PGresult *res = PQgetResult(qc->conn);
-        if (!res) {
-            query_finish(j, error);
-            return;
-        }
-        /* read every result up to the end, so the connection is ready for the next lookup;
-         * the first error is the answer */
-        if (error) {
-            PQclear(res);
-            continue;
-        }
-        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-            if (PQnfields(res) < 2) {
-                error = "auth_query must return two columns: user name and password";
-            } else if (PQntuples(res) > 0 && !j->answered) {
-                j->answered = true;
-                if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))
-                    error = "out of memory";
-            }
-        } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
-            error = why;
-        }
-        PQclear(res);
-    }
-    sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
-}
-
-static void connect_step(struct qconn *qc)
-{
-    PostgresPollingStatusType st = PQconnectPoll(qc->conn);
-    int fd = PQsocket(qc->conn);
-    if (st != PGRES_POLLING_FAILED && fd != qc->io.fd) {
-        /* libpq moved to another socket (next host, or a retry without TLS) */
-        sockio_detach(&qc->io);
-        if (sockio_open(&qc->io, qc->app->loop, fd, qc, on_qconn_io) < 0) {
-            qconn_lost(qc, "cannot watch the auth_query socket");
-            return;
-        }
-    }
-    switch (st) {
-    case PGRES_POLLING_READING:
-        sockio_want(&qc->io, UV_READABLE);
-        return;
-    case PGRES_POLLING_WRITING:
-        sockio_want(&qc->io, UV_WRITABLE);
-        return;
-    case PGRES_POLLING_OK:
-        if (PQsetnonblocking(qc->conn, 1) != 0) {
-            qconn_lost(qc, PQerrorMessage(qc->conn));
-            return;
-        }
-        qconn_run(qc, qc->job);
-        return;
-    default:
-        qconn_lost(qc, PQerrorMessage(qc->conn));
-        return;
-    }
-}
-
-static void on_qconn_io(struct sockio *io, int status, int events)
-{
-    (void)status;
-    (void)events;
-    struct qconn *qc = io->owner;
-    switch (qc->state) {
-    case QCONN_RESOLVING: /* no socket yet */
-        return;
-    case QCONN_CONNECTING:
-        connect_step(qc);
-        return;
-    case QCONN_QUERYING:
-        query_step(qc);
-        return;
-    case QCONN_IDLE:
-        /* nothing is due on an idle connection but its end (or a notice) */
-        if (!PQconsumeInput(qc->conn) || PQstatus(qc->conn) != CONNECTION_OK)
-            qconn_close(qc, "the server closed it");
-        return;
-    }
-}
-
-/* Where auth_query runs: the database entry named by the client's entry's auth_dbname, else by
- * the main section's, else the client's (PgBouncer's order); as that entry's auth_user, else the
- * main section's. false: auth_query is not configured for it. */
-struct query_target {
-    const char *entry; /* the database entry's name as asked for (a "*" entry's: the client's) */
-    const struct db_entry *db;
-    const char *dbname;
-    const char *auth_user;
-};
-
-static const char *db_keyword(const struct db_entry *db, const char *name)
-{
-    for (int i = 0; i < db->nkeys; i++) {
-        if (strcmp(db->pq_keywords[i], name) == 0)
-            return db->pq_values[i];
-    }
-    return NULL;
-}
-
-static bool query_target(const struct config *cfg, const char *database, struct query_target *t)
-{
-    if (!cfg->auth_query[0])
-        return false;
-    const struct db_entry *client_db = config_find_db(cfg, database);
-    if (client_db && client_db->auth_dbname)
-        t->entry = client_db->auth_dbname;
-    else
-        t->entry = cfg->auth_dbname[0] ? cfg->auth_dbname : database;
-    t->db = config_find_db(cfg, t->entry);
-    if (!t->db)
-        return false;
-    t->auth_user = t->db->auth_user && t->db->auth_user[0] ? t->db->auth_user : cfg->auth_user;
-    if (!t->auth_user || !t->auth_user[0])
-        return false;
-    t->dbname = db_keyword(t->db, "dbname");
-    if (!t->dbname)
-        t->dbname = t->entry;
-    return true;
-}
-
-#define MAX_KEYWORDS 64
-
-/* The keywords of the target's connection (room is left for resolver_apply); their count. */
-static int build_conninfo(const struct config *cfg, const struct query_target *t, const char **kw,
-                          const char **val)
-{
-    int n = 0;
-    for (int i = 0; i < t->db->nkeys && n < MAX_KEYWORDS - 15; i++) {
-        const char *k = t->db->pq_keywords[i];
-        if (strcmp(k, "user") == 0 || strcmp(k, "password") == 0 || strcmp(k, "dbname") == 0)
-            continue;
-        kw[n] = k;
-        val[n++] = t->db->pq_values[i];
-    }
-    kw[n] = "dbname";
-    val[n++] = t->dbname;
-    kw[n] = "user";
-    val[n++] = t->auth_user;
-    const struct auth_entry *a = config_find_auth(cfg, t->auth_user);
-    if (a && strncmp(a->secret, "md5", 3) != 0 && !scram_is_secret(a->secret)) {
-        kw[n] = "password";
-        val[n++] = a->secret;
-    }
-    /* server_tls_* as in server.c: the database entry's own keywords win */
-    const char *tls_keys[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
-    const char *tls_vals[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
-                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
-    for (int i = 0; i < 4; i++) {
-        if (tls_vals[i] && tls_vals[i][0] && !db_keyword(t->db, tls_keys[i])) {
-            kw[n] = tls_keys[i];
-            val[n++] = tls_vals[i];
-        }
-    }
-    kw[n] = "fallback_application_name";
-    val[n++] = "sluice auth_query";
-    kw[n] = NULL;
-    val[n] = NULL;
-    return n;
-}
-
-/* libpq's login, to the addresses r resolved (NULL: the entry names none to resolve). */
-static void qconn_connect(struct qconn *qc, const struct resolver *r)
-{
-    const struct config *cfg = qc->app->cfg;
-    struct query_target t;
-    if (!query_target(cfg, qc->job->database, &t)) {
-        qconn_lost(qc, "auth_query is no longer configured for this database");
-        return;
-    }
-    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
-    int n = build_conninfo(cfg, &t, kw, val);
-    if (r)
-        resolver_apply(r, kw, val, &n);
-    qc->state = QCONN_CONNECTING;
-    qc->conn = PQconnectStartParams(kw, val, 0);
-    if (!qc->conn || PQstatus(qc->conn) == CONNECTION_BAD) {
-        qconn_lost(qc, qc->conn ? PQerrorMessage(qc->conn) : "out of memory starting a connection");
-        return;
-    }
-    if (sockio_open(&qc->io, qc->app->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
-        qconn_lost(qc, "cannot watch the auth_query socket");
-        return;
-    }
-    log_msg(LOG_DEBUG, "auth_query: connecting to \"%s\" as \"%s\"", t.dbname, t.auth_user);
-    sockio_want(&qc->io, UV_WRITABLE);
-}
-
-static void on_qconn_resolved(struct resolver *r, void *owner)
-{
-    struct qconn *qc = owner;
-    qc->resolving = NULL;
-    if (resolver_error(r))
-        qconn_lost(qc, resolver_error(r));
-    else
-        qconn_connect(qc, r);
-    resolver_free(r);
-}
-
-/* Open a connection for j's target, j its first lookup (answered with why when it fails). */
-static void qconn_open(struct sluice *app, struct secret_job *j)
-{
-    const struct config *cfg = app->cfg;
-    struct query_target t;
-    if (!query_target(cfg, j->database, &t)) {
-        query_finish(j, "auth_query is no longer configured for this database");
-        return;
-    }
-    struct qconn *qc = calloc(1, sizeof(*qc));
-    if (!qc || !(qc->target = strdup(j->target)) || !(qc->db_name = strdup(j->db_name)) ||
-        !(qc->auth_user = strdup(j->auth_user))) {
-        if (qc) {
-            free(qc->target);
-            free(qc->db_name);
-        }
-        free(qc);
-        query_finish(j, "out of memory");
-        return;
-    }
-    qc->app = app;
-    qc->io.fd = -1;
-    qc->state = QCONN_RESOLVING;
-    qc->since_ms = sluice_now(app);
-    qc->job = j;
-    j->qc = qc;
-    qc->next = qconns;
-    qconns = qc;
-    nqconns++;
-    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
-    build_conninfo(cfg, &t, kw, val);
-    char why[300];
-    int r =
-        resolver_start(app->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why, sizeof(why));
-    if (r < 0)
-        qconn_lost(qc, why);
-    else if (r > 0)
-        qconn_connect(qc, NULL);
-}
-
-static struct qconn *idle_qconn(const char *target)
-{
-    for (struct qconn *qc = qconns; qc; qc = qc->next) {
-        if (qc->state == QCONN_IDLE && (!target || strcmp(qc->target, target) == 0))
-            return qc;
-    }
-    return NULL;
-}
-
-/* Is there room under the caps for j's connection? Another pool's idle server in the way is
- * closed for it. */
-static bool room_for(struct sluice *app, const struct secret_job *j)
-{
-    enum limit_kind k = budget_own_connect_limit(app, j->db_name, j->auth_user);
-    if (k != LIMIT_NONE && pool_evict_idle(app, k, j->db_name, j->auth_user, NULL))
-        k = budget_own_connect_limit(app, j->db_name, j->auth_user);
-    return k == LIMIT_NONE;
-}
-
-/* Start what waits, oldest first: on an idle connection of its target, else on a new one while
- * the set and the caps have room (an idle connection of another target gives way). A lookup the
- * caps hold back waits; the background tick tries again. */
-static void query_dispatch(struct sluice *app)
-{
-    bool progress = true;
-    while (progress) {
-        progress = false;
-        if (nqconns >= SECRET_QUERY_CONNECTIONS && !idle_qconn(NULL))
-            return; /* every connection is busy: the next finished lookup comes back here */
-        for (struct secret_job *j = jobs; j; j = j->next) {
-            if (j->kind != JOB_QUERY || j->qc)
-                continue;
-            struct qconn *qc = idle_qconn(j->target);
-            if (qc) {
-                qconn_run(qc, j);
-                progress = true;
-                break;
-            }
-            if (nqconns >= SECRET_QUERY_CONNECTIONS) {
-                qc = idle_qconn(NULL);
-                if (!qc)
-                    return;
-                qconn_close(qc, "making room for a lookup elsewhere");
-            }
-            if (room_for(app, j)) {
-                qconn_open(app, j);
-                progress = true;
-                break;
-            }
-        }
-    }
-}
-
-static struct secret_job *query_job(struct sluice *app, const struct query_target *t,
-                                    const char *key, const char *user, const char *database,
-                                    const char **error)
-{
-    for (struct secret_job *j = jobs; j; j = j->next) {
-        if (j->kind == JOB_QUERY && strcmp(j->key, key) == 0)
-            return j;
-    }
-    if (app->phase != PHASE_RUNNING) {
-        *error = "sluice is shutting down";
-        return NULL;
-    }
-    struct secret_job *j = calloc(1, sizeof(*j));
-    if (!j) {
-        *error = "out of memory";
-        return NULL;
-    }
-    j->kind = JOB_QUERY;
-    j->app = app;
-    j->key = strdup(key);
-    j->user = strdup(user);
-    j->query = strdup(app->cfg->auth_query);
-    j->database = strdup(database);
-    j->db_name = strdup(t->entry);
-    j->auth_user = strdup(t->auth_user);
-    size_t tlen = strlen(t->entry) + strlen(t->dbname) + strlen(t->auth_user) + 3;
-    j->target = malloc(tlen);
-    if (!j->key || !j->user || !j->query || !j->database || !j->db_name || !j->auth_user ||
-        !j->target) {
-        job_free(j);
-        *error = "out of memory";
-        return NULL;
-    }
-    snprintf(j->target, tlen, "%s\x01%s\x01%s", t->entry, t->dbname, t->auth_user);
-    job_append(j);
-    log_msg(LOG_DEBUG, "auth_query: looking up user \"%s\" as \"%s\" in database \"%s\"", user,
-            t->auth_user, t->dbname);
-    return j;
-}
-
-int secret_query_servers(const char *db_name, const char *user_name)
-{
-    int n = 0;
-    for (const struct qconn *qc = qconns; qc; qc = qc->next) {
-        if ((!db_name || strcmp(qc->db_name, db_name) == 0) &&
-            (!user_name || strcmp(qc->auth_user, user_name) == 0))
-            n++;
-    }
-    return n;
-}
-
-void secret_tick(struct sluice *app, uint64_t now)
-{
-    uint64_t limit = (uint64_t)app->cfg->server_connect_timeout;
-    struct qconn *qc = qconns;
-    while (qc) {
-        struct qconn *next = qc->next;
-        uint64_t age = now - qc->since_ms;
-        if (qc->state == QCONN_IDLE && age >= SECRET_QUERY_IDLE_MS) {
-            qconn_close(qc, "idle");
-        } else if (qc->state != QCONN_IDLE && limit > 0 && age >= limit) {
-            struct secret_job *j = qc->job;
-            char why[160];
-            snprintf(why, sizeof(why), "no answer within %llu ms (server_connect_timeout)",
-                     (unsigned long long)limit);
-            qconn_close(qc, why);
-            if (j)
-                query_finish(j, why);
-            next = qconns; /* query_finish may have closed or opened others: start over */
-        }
-        qc = next;
-    }
-    query_dispatch(app);
 }
 
 /* ---- resolution ---- */
@@ -965,7 +277,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
         out->note = "out of memory deriving the SCRAM secret";
         return -1;
     }
-    job_attach(j, w);
+    secret_job_attach(j, w);
     return 0;
 }
 
@@ -976,42 +288,27 @@ static int resolve(struct secret_waiter *w, struct user_secret *out)
     const struct auth_entry *a = config_find_auth(cfg, w->req.user);
     if (a)
         return classify(w, a->secret, false, out);
-    struct query_target t;
-    if (w->req.admin || !query_target(cfg, w->req.database, &t)) {
+    const char *text = NULL, *error = NULL;
+    switch (auth_query_find(w, &text, &error)) {
+    case AUTH_QUERY_NOT_USED:
         out->kind = SECRET_NONE;
         out->note = "no such user in auth_file";
         return 1;
-    }
-    size_t klen =
-        strlen(t.db->name) + strlen(t.dbname) + strlen(t.auth_user) + strlen(w->req.user) + 4;
-    char *key = malloc(klen);
-    if (!key) {
-        out->note = "out of memory";
-        return -1;
-    }
-    snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t.db->name, t.dbname, t.auth_user, w->req.user);
-    const struct qentry *e = query_get(key, sluice_now(w->req.app));
-    if (e) {
-        free(key);
-        if (!e->secret) {
+    case AUTH_QUERY_CACHED:
+        if (!text) {
             out->kind = SECRET_NONE;
             out->from_query = true;
             out->note = "auth_query found no such user";
             return 1;
         }
-        return classify(w, e->secret, true, out);
+        return classify(w, text, true, out);
+    case AUTH_QUERY_WAITING:
+        return 0;
+    case AUTH_QUERY_FAILED:
+        break;
     }
-    const char *error = NULL;
-    struct secret_job *j = query_job(w->req.app, &t, key, w->req.user, w->req.database, &error);
-    free(key);
-    if (!j) {
-        out->note = error;
-        return -1;
-    }
-    job_attach(j, w);
-    if (!j->qc)
-        query_dispatch(w->req.app);
-    return 0;
+    out->note = error;
+    return -1;
 }
 
 int secret_lookup(struct secret_waiter *w, struct user_secret *out)
@@ -1027,13 +324,10 @@ void secret_cancel(struct secret_waiter *w)
     if (!j)
         return;
     job_detach(w);
-    if (j->kind == JOB_QUERY && !j->waiters && !j->qc) {
-        /* nobody needs the answer and it has not started: forget it. One that runs finishes
-         * and is cached (a stranger who leaves at once still costs one lookup, not a
-         * connection); so does a derivation, which the thread pool cannot stop. */
-        job_unlink(j);
-        job_free(j);
-    }
+    /* a derivation nobody needs finishes in the background and is cached: the thread pool
+     * cannot stop it */
+    if (j->kind == JOB_QUERY && !j->waiters)
+        auth_query_abandon(j);
 }
 
 void secret_wipe(struct user_secret *s)
@@ -1044,46 +338,17 @@ void secret_wipe(struct user_secret *s)
 
 void secret_reload(void)
 {
-    query_clear();
-    /* auth_user, its password or the database entry may have changed */
-    struct qconn *qc = qconns;
-    while (qc) {
-        struct qconn *next = qc->next;
-        if (qc->state == QCONN_IDLE)
-            qconn_close(qc, "the configuration was reloaded");
-        else
-            qc->retired = true;
-        qc = next;
-    }
-}
-
-/* End every lookup and close every connection; the lookups' waiters hear why. */
-static void query_end_all(const char *why)
-{
-    while (qconns)
-        qconn_close(qconns, why);
-    struct secret_job **pp = &jobs;
-    while (*pp) {
-        struct secret_job *j = *pp;
-        if (j->kind != JOB_QUERY) {
-            pp = &j->next;
-            continue;
-        }
-        *pp = j->next;
-        job_wake(j, why);
-        job_free(j);
-        pp = &jobs; /* a waiter's end may have changed the list */
-    }
+    auth_query_reload();
 }
 
 void secret_shutdown(void)
 {
-    query_end_all("sluice is shutting down");
+    auth_query_end_all("sluice is shutting down");
 }
 
 void secret_free_all(void)
 {
-    query_end_all("sluice is shutting down");
+    auth_query_end_all("sluice is shutting down");
     derived_clear();
-    query_clear();
+    auth_query_clear();
 }

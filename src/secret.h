@@ -1,9 +1,10 @@
 /* secret: where a login's secret comes from — auth_file (and DATABASE_URL), or the database
- * itself through auth_query as auth_user — and the SCRAM secret derived from a plain password,
- * computed once per (user, password) on the thread pool and cached, never per login.
- * Lookups that must wait (an auth_query round trip, a derivation) are shared by every login
- * that needs the same answer and end when their last waiter leaves. What to do with a secret
- * is auth.c's. */
+ * itself through auth_query as auth_user (auth_query.c) — and the SCRAM secret derived from a
+ * plain password, computed once per (user, password) on the thread pool and cached, never per
+ * login. Lookups that must wait (an auth_query round trip, a derivation) are shared by every
+ * login that needs the same answer and end when their last waiter leaves. What to do with a
+ * secret is auth.c's. auth_query's connections count under the core's caps on backends, which
+ * this layer does not reach into: the core hands it struct secret_slots at start-up. */
 #ifndef SLUICE_SECRET_H
 #define SLUICE_SECRET_H
 
@@ -13,6 +14,18 @@
 #include "scram.h"
 
 struct sluice;
+
+/* What the core (budget.c's caps, pool.c's idle servers) does for auth_query's connections. */
+struct secret_slots {
+    /* Is there room under max_db_connections, max_user_connections and max_server_connections
+     * for one more connection to database entry db_name as user_name? The core may close
+     * another pool's idle server to make it. */
+    bool (*take)(struct sluice *app, const char *db_name, const char *user_name);
+    /* An auth_query connection closed: its slot is free for a pool that waits. */
+    void (*freed)(struct sluice *app);
+};
+/* Start-up, before any lookup: the core's slots (kept, not copied). */
+void secret_init(const struct secret_slots *core_slots);
 
 enum secret_kind {
     SECRET_NONE,  /* no such user, or no usable password */

@@ -171,6 +171,26 @@ static void on_signal(uv_signal_t *h, int signum)
         sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
 }
 
+/* auth_query's connections count under the caps like the pools' servers; the auth layer asks
+ * through these and never calls into budget.c or pool.c itself (secret.h). */
+static bool auth_query_slot_take(struct sluice *app, const char *db_name, const char *user_name)
+{
+    enum limit_kind k = budget_own_connect_limit(app, db_name, user_name);
+    if (k != LIMIT_NONE && pool_evict_idle(app, k, db_name, user_name, NULL))
+        k = budget_own_connect_limit(app, db_name, user_name);
+    return k == LIMIT_NONE;
+}
+
+static void auth_query_slot_freed(struct sluice *app)
+{
+    app->dispatch_needed = true;
+}
+
+static const struct secret_slots auth_query_slots = {
+    .take = auth_query_slot_take,
+    .freed = auth_query_slot_freed,
+};
+
 int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
 {
     memset(app, 0, sizeof(*app));
@@ -212,6 +232,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     int rc = listener_start(app);
     if (rc < 0)
         return rc;
+    secret_init(&auth_query_slots);
     if (auth_init(app) < 0 || tls_init(app) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
     rc = http_start(app);

@@ -1,0 +1,736 @@
+/* auth_query: a user's secret asked of the database itself (see auth_query.h, secret.h).
+ *
+ * The answers are cached, process-wide (one sluice per process): (database entry, dbname,
+ * auth_user, user) -> what auth_query returned, for SECRET_QUERY_TTL_MS
+ * (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found). A lookup runs on one of a small
+ * set of non-blocking libpq connections shared by all lookups (PQconnectStartParams/
+ * PQconnectPoll, then PQsendQueryParams), each driven by one poll handle on its socket like a
+ * server's login; see "auth_query connections" below for how that set is bounded and counted.
+ * The caps it counts under are the core's: it asks and tells through struct secret_slots. */
+#include "auth_query.h"
+
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "resolver.h"
+#include "sluice.h"
+#include "sockio.h"
+
+/* The core's caps on backends (secret_init). */
+static const struct secret_slots *slots;
+
+void secret_init(const struct secret_slots *core_slots)
+{
+    slots = core_slots;
+}
+
+static struct secret_job *query_jobs; /* auth_query lookups, oldest first */
+
+/* ---- the auth_query cache ----
+ * Unknown names are remembered too (a negative entry), so a stranger asking again costs Postgres
+ * nothing for SECRET_QUERY_NEGATIVE_TTL_MS. Strangers choose their names: negative entries are
+ * capped at MAX_NEGATIVE, the oldest going first, and never push out the users that exist. */
+
+#define MAX_NEGATIVE 10000
+
+struct qentry {
+    struct qentry *next;
+    struct qentry *older, *newer; /* negative entries only, oldest first */
+    char *key;
+    char *secret; /* NULL: no such user (or no password) */
+    uint64_t expires_ms;
+};
+static struct qentry *query_buckets[SECRET_NBUCKETS];
+static int npositive, nnegative;
+static struct qentry *negative_oldest, *negative_newest;
+
+static void qentry_free(struct qentry *e)
+{
+    if (e->secret)
+        OPENSSL_cleanse(e->secret, strlen(e->secret));
+    free(e->secret);
+    free(e->key);
+    free(e);
+}
+
+static struct qentry **bucket_for(const char *key)
+{
+    return &query_buckets[secret_bucket_of((const uint8_t *)key, strlen(key))];
+}
+
+/* Take *pp (e) out of its bucket and the negative list, and free it. */
+static void qentry_remove(struct qentry **pp, struct qentry *e)
+{
+    *pp = e->next;
+    if (e->secret) {
+        npositive--;
+    } else {
+        if (e->older)
+            e->older->newer = e->newer;
+        else
+            negative_oldest = e->newer;
+        if (e->newer)
+            e->newer->older = e->older;
+        else
+            negative_newest = e->older;
+        nnegative--;
+    }
+    qentry_free(e);
+}
+
+void auth_query_clear(void)
+{
+    for (int i = 0; i < SECRET_NBUCKETS; i++) {
+        while (query_buckets[i]) {
+            struct qentry *e = query_buckets[i];
+            query_buckets[i] = e->next;
+            qentry_free(e);
+        }
+    }
+    npositive = nnegative = 0;
+    negative_oldest = negative_newest = NULL;
+}
+
+/* Expired entries go as they are met. */
+static const struct qentry *query_get(const char *key, uint64_t now)
+{
+    struct qentry **pp = bucket_for(key);
+    while (*pp) {
+        struct qentry *e = *pp;
+        if (now >= e->expires_ms) {
+            qentry_remove(pp, e);
+            continue;
+        }
+        if (strcmp(e->key, key) == 0)
+            return e;
+        pp = &e->next;
+    }
+    return NULL;
+}
+
+static void forget(const char *key)
+{
+    for (struct qentry **pp = bucket_for(key); *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            qentry_remove(pp, *pp);
+            return;
+        }
+    }
+}
+
+static void query_put(const char *key, const char *secret, uint64_t now)
+{
+    forget(key); /* an older answer for the same key */
+    if (secret && npositive >= SECRET_MAX_CACHED)
+        auth_query_clear(); /* real users pile up only across many reloads; start afresh */
+    if (!secret && nnegative >= MAX_NEGATIVE)
+        forget(negative_oldest->key);
+    struct qentry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return;
+    e->key = strdup(key);
+    e->secret = secret ? strdup(secret) : NULL;
+    if (!e->key || (secret && !e->secret)) {
+        qentry_free(e);
+        return;
+    }
+    e->expires_ms = now + (secret ? SECRET_QUERY_TTL_MS : SECRET_QUERY_NEGATIVE_TTL_MS);
+    struct qentry **pp = bucket_for(key);
+    e->next = *pp;
+    *pp = e;
+    if (secret) {
+        npositive++;
+        return;
+    }
+    e->older = negative_newest;
+    if (negative_newest)
+        negative_newest->newer = e;
+    else
+        negative_oldest = e;
+    negative_newest = e;
+    nnegative++;
+}
+
+/* ---- auth_query connections
+ *
+ * Lookups run on at most SECRET_QUERY_CONNECTIONS connections in all, each logged in as one
+ * target's auth_user and reused for that target's lookups; a lookup waits, in order, for a
+ * free one. Each connection counts against max_db_connections (its database entry),
+ * max_user_connections (auth_user) and max_server_connections like a pool's server, and opens
+ * only when they have room (closing another pool's idle server for it, as pools do for each
+ * other). So a flood of made-up user names costs Postgres at most that many backends.
+ *
+ *   RESOLVING --> CONNECTING --ok--> QUERYING <--> IDLE --SECRET_QUERY_IDLE_MS, reload,
+ *                                                           shutdown--> closed
+ *   any state --failed or server_connect_timeout--> closed
+ * RESOLVING: the entry's host names, off the loop (resolver.c), when it names a host. */
+
+enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE };
+
+struct qconn {
+    struct qconn *next;
+    struct sluice *app;
+    enum qconn_state state;
+    char *target, *db_name, *auth_user; /* as the jobs it runs */
+    struct resolver *resolving;         /* RESOLVING */
+    PGconn *conn;
+    struct sockio io;
+    struct secret_job *job; /* RESOLVING, CONNECTING, QUERYING: the lookup it runs */
+    uint64_t since_ms;      /* when it entered its state */
+    int served;             /* lookups answered on it */
+    bool retired;           /* reload: closed once its lookup is done */
+};
+static struct qconn *qconns;
+static int nqconns;
+
+static void query_dispatch(struct sluice *app);
+static void on_qconn_io(struct sockio *io, int status, int events);
+
+static void qconn_close(struct qconn *qc, const char *why)
+{
+    for (struct qconn **pp = &qconns; *pp; pp = &(*pp)->next) {
+        if (*pp == qc) {
+            *pp = qc->next;
+            break;
+        }
+    }
+    nqconns--;
+    if (qc->job)
+        qc->job->qc = NULL;
+    log_msg(LOG_DEBUG, "auth_query: closing the connection to \"%s\" as \"%s\": %s", qc->db_name,
+            qc->auth_user, why);
+    sockio_detach(&qc->io);
+    resolver_cancel(qc->resolving);
+    if (qc->conn)
+        PQfinish(qc->conn);
+    /* its slot under the caps is free: a pool may be waiting for it */
+    slots->freed(qc->app);
+    free(qc->target);
+    free(qc->db_name);
+    free(qc->auth_user);
+    free(qc);
+}
+
+/* The lookup is over: cache the answer, free the connection for the next one, wake the
+ * waiters. */
+static void query_finish(struct secret_job *j, const char *error)
+{
+    struct sluice *app = j->app;
+    struct qconn *qc = j->qc;
+    secret_job_unlink(&query_jobs, j);
+    if (qc) {
+        qc->job = NULL;
+        j->qc = NULL;
+        if (qc->retired || app->phase != PHASE_RUNNING || PQstatus(qc->conn) != CONNECTION_OK ||
+            PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
+            qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
+        } else {
+            qc->served++;
+            qc->state = QCONN_IDLE;
+            qc->since_ms = sluice_now(app);
+            sockio_want(&qc->io, UV_READABLE); /* notice the server closing it */
+        }
+    }
+    char why[512];
+    if (error) {
+        snprintf(why, sizeof(why), "%s", error);
+        why[strcspn(why, "\n")] = '\0';
+        log_msg(LOG_WARNING, "auth_query for user \"%s\" failed: %s", j->user, why);
+    } else {
+        query_put(j->key, j->answered ? j->found : NULL, sluice_now(app));
+        log_msg(LOG_DEBUG, "auth_query: user \"%s\" %s", j->user,
+                j->answered && j->found ? "found" : "not found");
+    }
+    secret_job_wake(j, error ? why : NULL);
+    secret_job_free(j);
+    query_dispatch(app);
+}
+
+/* The connection broke. A lookup on a connection that had served before may have met one the
+ * server had closed meanwhile: it is tried once more on a fresh one. */
+static void qconn_lost(struct qconn *qc, const char *why)
+{
+    struct secret_job *j = qc->job;
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", why);
+    bool stale = qc->served > 0;
+    qconn_close(qc, msg);
+    if (!j)
+        return;
+    if (stale && j->tries < 2) {
+        query_dispatch(j->app);
+        return;
+    }
+    query_finish(j, msg);
+}
+
+static void qconn_run(struct qconn *qc, struct secret_job *j)
+{
+    const char *values[1] = {j->user};
+    qc->job = j;
+    j->qc = qc;
+    j->tries++;
+    j->answered = false;
+    qc->state = QCONN_QUERYING;
+    qc->since_ms = sluice_now(qc->app);
+    if (!PQsendQueryParams(qc->conn, j->query, 1, NULL, values, NULL, NULL, 0)) {
+        qconn_lost(qc, PQerrorMessage(qc->conn));
+        return;
+    }
+    int f = PQflush(qc->conn);
+    if (f < 0) {
+        qconn_lost(qc, PQerrorMessage(qc->conn));
+        return;
+    }
+    sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void query_step(struct qconn *qc)
+{
+    struct secret_job *j = qc->job;
+    int f = PQflush(qc->conn);
+    if (f < 0 || !PQconsumeInput(qc->conn)) {
+        qconn_lost(qc, PQerrorMessage(qc->conn));
+        return;
+    }
+    const char *error = NULL;
+    char why[512];
+    while (!PQisBusy(qc->conn)) {
+        PGresult *res = PQgetResult(qc->conn);
+        if (!res) {
+            query_finish(j, error);
+            return;
+        }
+        /* read every result up to the end, so the connection is ready for the next lookup;
+         * the first error is the answer */
+        if (error) {
+            PQclear(res);
+            continue;
+        }
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+            if (PQnfields(res) < 2) {
+                error = "auth_query must return two columns: user name and password";
+            } else if (PQntuples(res) > 0 && !j->answered) {
+                j->answered = true;
+                if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))
+                    error = "out of memory";
+            }
+        } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+            error = why;
+        }
+        PQclear(res);
+    }
+    sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void connect_step(struct qconn *qc)
+{
+    PostgresPollingStatusType st = PQconnectPoll(qc->conn);
+    int fd = PQsocket(qc->conn);
+    if (st != PGRES_POLLING_FAILED && fd != qc->io.fd) {
+        /* libpq moved to another socket (next host, or a retry without TLS) */
+        sockio_detach(&qc->io);
+        if (sockio_open(&qc->io, qc->app->loop, fd, qc, on_qconn_io) < 0) {
+            qconn_lost(qc, "cannot watch the auth_query socket");
+            return;
+        }
+    }
+    switch (st) {
+    case PGRES_POLLING_READING:
+        sockio_want(&qc->io, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        sockio_want(&qc->io, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_OK:
+        if (PQsetnonblocking(qc->conn, 1) != 0) {
+            qconn_lost(qc, PQerrorMessage(qc->conn));
+            return;
+        }
+        qconn_run(qc, qc->job);
+        return;
+    default:
+        qconn_lost(qc, PQerrorMessage(qc->conn));
+        return;
+    }
+}
+
+static void on_qconn_io(struct sockio *io, int status, int events)
+{
+    (void)status;
+    (void)events;
+    struct qconn *qc = io->owner;
+    switch (qc->state) {
+    case QCONN_RESOLVING: /* no socket yet */
+        return;
+    case QCONN_CONNECTING:
+        connect_step(qc);
+        return;
+    case QCONN_QUERYING:
+        query_step(qc);
+        return;
+    case QCONN_IDLE:
+        /* nothing is due on an idle connection but its end (or a notice) */
+        if (!PQconsumeInput(qc->conn) || PQstatus(qc->conn) != CONNECTION_OK)
+            qconn_close(qc, "the server closed it");
+        return;
+    }
+}
+
+/* Where auth_query runs: the database entry named by the client's entry's auth_dbname, else by
+ * the main section's, else the client's (PgBouncer's order); as that entry's auth_user, else the
+ * main section's. false: auth_query is not configured for it. */
+struct query_target {
+    const char *entry; /* the database entry's name as asked for (a "*" entry's: the client's) */
+    const struct db_entry *db;
+    const char *dbname;
+    const char *auth_user;
+};
+
+static const char *db_keyword(const struct db_entry *db, const char *name)
+{
+    for (int i = 0; i < db->nkeys; i++) {
+        if (strcmp(db->pq_keywords[i], name) == 0)
+            return db->pq_values[i];
+    }
+    return NULL;
+}
+
+static bool query_target(const struct config *cfg, const char *database, struct query_target *t)
+{
+    if (!cfg->auth_query[0])
+        return false;
+    const struct db_entry *client_db = config_find_db(cfg, database);
+    if (client_db && client_db->auth_dbname)
+        t->entry = client_db->auth_dbname;
+    else
+        t->entry = cfg->auth_dbname[0] ? cfg->auth_dbname : database;
+    t->db = config_find_db(cfg, t->entry);
+    if (!t->db)
+        return false;
+    t->auth_user = t->db->auth_user && t->db->auth_user[0] ? t->db->auth_user : cfg->auth_user;
+    if (!t->auth_user || !t->auth_user[0])
+        return false;
+    t->dbname = db_keyword(t->db, "dbname");
+    if (!t->dbname)
+        t->dbname = t->entry;
+    return true;
+}
+
+#define MAX_KEYWORDS 64
+
+/* The keywords of the target's connection (room is left for resolver_apply); their count. */
+static int build_conninfo(const struct config *cfg, const struct query_target *t, const char **kw,
+                          const char **val)
+{
+    int n = 0;
+    for (int i = 0; i < t->db->nkeys && n < MAX_KEYWORDS - 15; i++) {
+        const char *k = t->db->pq_keywords[i];
+        if (strcmp(k, "user") == 0 || strcmp(k, "password") == 0 || strcmp(k, "dbname") == 0)
+            continue;
+        kw[n] = k;
+        val[n++] = t->db->pq_values[i];
+    }
+    kw[n] = "dbname";
+    val[n++] = t->dbname;
+    kw[n] = "user";
+    val[n++] = t->auth_user;
+    const struct auth_entry *a = config_find_auth(cfg, t->auth_user);
+    if (a && strncmp(a->secret, "md5", 3) != 0 && !scram_is_secret(a->secret)) {
+        kw[n] = "password";
+        val[n++] = a->secret;
+    }
+    /* server_tls_* as in server.c: the database entry's own keywords win */
+    const char *tls_keys[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
+    const char *tls_vals[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
+                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
+    for (int i = 0; i < 4; i++) {
+        if (tls_vals[i] && tls_vals[i][0] && !db_keyword(t->db, tls_keys[i])) {
+            kw[n] = tls_keys[i];
+            val[n++] = tls_vals[i];
+        }
+    }
+    kw[n] = "fallback_application_name";
+    val[n++] = "sluice auth_query";
+    kw[n] = NULL;
+    val[n] = NULL;
+    return n;
+}
+
+/* libpq's login, to the addresses r resolved (NULL: the entry names none to resolve). */
+static void qconn_connect(struct qconn *qc, const struct resolver *r)
+{
+    const struct config *cfg = qc->app->cfg;
+    struct query_target t;
+    if (!query_target(cfg, qc->job->database, &t)) {
+        qconn_lost(qc, "auth_query is no longer configured for this database");
+        return;
+    }
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    int n = build_conninfo(cfg, &t, kw, val);
+    if (r)
+        resolver_apply(r, kw, val, &n);
+    qc->state = QCONN_CONNECTING;
+    qc->conn = PQconnectStartParams(kw, val, 0);
+    if (!qc->conn || PQstatus(qc->conn) == CONNECTION_BAD) {
+        qconn_lost(qc, qc->conn ? PQerrorMessage(qc->conn) : "out of memory starting a connection");
+        return;
+    }
+    if (sockio_open(&qc->io, qc->app->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
+        qconn_lost(qc, "cannot watch the auth_query socket");
+        return;
+    }
+    log_msg(LOG_DEBUG, "auth_query: connecting to \"%s\" as \"%s\"", t.dbname, t.auth_user);
+    sockio_want(&qc->io, UV_WRITABLE);
+}
+
+static void on_qconn_resolved(struct resolver *r, void *owner)
+{
+    struct qconn *qc = owner;
+    qc->resolving = NULL;
+    if (resolver_error(r))
+        qconn_lost(qc, resolver_error(r));
+    else
+        qconn_connect(qc, r);
+    resolver_free(r);
+}
+
+/* Open a connection for j's target, j its first lookup (answered with why when it fails). */
+static void qconn_open(struct sluice *app, struct secret_job *j)
+{
+    const struct config *cfg = app->cfg;
+    struct query_target t;
+    if (!query_target(cfg, j->database, &t)) {
+        query_finish(j, "auth_query is no longer configured for this database");
+        return;
+    }
+    struct qconn *qc = calloc(1, sizeof(*qc));
+    if (!qc || !(qc->target = strdup(j->target)) || !(qc->db_name = strdup(j->db_name)) ||
+        !(qc->auth_user = strdup(j->auth_user))) {
+        if (qc) {
+            free(qc->target);
+            free(qc->db_name);
+        }
+        free(qc);
+        query_finish(j, "out of memory");
+        return;
+    }
+    qc->app = app;
+    qc->io.fd = -1;
+    qc->state = QCONN_RESOLVING;
+    qc->since_ms = sluice_now(app);
+    qc->job = j;
+    j->qc = qc;
+    qc->next = qconns;
+    qconns = qc;
+    nqconns++;
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    build_conninfo(cfg, &t, kw, val);
+    char why[300];
+    int r =
+        resolver_start(app->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why, sizeof(why));
+    if (r < 0)
+        qconn_lost(qc, why);
+    else if (r > 0)
+        qconn_connect(qc, NULL);
+}
+
+static struct qconn *idle_qconn(const char *target)
+{
+    for (struct qconn *qc = qconns; qc; qc = qc->next) {
+        if (qc->state == QCONN_IDLE && (!target || strcmp(qc->target, target) == 0))
+            return qc;
+    }
+    return NULL;
+}
+
+/* Is there room under the caps for j's connection? Another pool's idle server in the way is
+ * closed for it. */
+static bool room_for(struct sluice *app, const struct secret_job *j)
+{
+    return slots->take(app, j->db_name, j->auth_user);
+}
+
+/* Start what waits, oldest first: on an idle connection of its target, else on a new one while
+ * the set and the caps have room (an idle connection of another target gives way). A lookup the
+ * caps hold back waits; the background tick tries again. */
+static void query_dispatch(struct sluice *app)
+{
+    bool progress = true;
+    while (progress) {
+        progress = false;
+        if (nqconns >= SECRET_QUERY_CONNECTIONS && !idle_qconn(NULL))
+            return; /* every connection is busy: the next finished lookup comes back here */
+        for (struct secret_job *j = query_jobs; j; j = j->next) {
+            if (j->kind != JOB_QUERY || j->qc)
+                continue;
+            struct qconn *qc = idle_qconn(j->target);
+            if (qc) {
+                qconn_run(qc, j);
+                progress = true;
+                break;
+            }
+            if (nqconns >= SECRET_QUERY_CONNECTIONS) {
+                qc = idle_qconn(NULL);
+                if (!qc)
+                    return;
+                qconn_close(qc, "making room for a lookup elsewhere");
+            }
+            if (room_for(app, j)) {
+                qconn_open(app, j);
+                progress = true;
+                break;
+            }
+        }
+    }
+}
+
+static struct secret_job *query_job(struct sluice *app, const struct query_target *t,
+                                    const char *key, const char *user, const char *database,
+                                    const char **error)
+{
+    for (struct secret_job *j = query_jobs; j; j = j->next) {
+        if (j->kind == JOB_QUERY && strcmp(j->key, key) == 0)
+            return j;
+    }
+    if (app->phase != PHASE_RUNNING) {
+        *error = "sluice is shutting down";
+        return NULL;
+    }
+    struct secret_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        *error = "out of memory";
+        return NULL;
+    }
+    j->kind = JOB_QUERY;
+    j->app = app;
+    j->key = strdup(key);
+    j->user = strdup(user);
+    j->query = strdup(app->cfg->auth_query);
+    j->database = strdup(database);
+    j->db_name = strdup(t->entry);
+    j->auth_user = strdup(t->auth_user);
+    size_t tlen = strlen(t->entry) + strlen(t->dbname) + strlen(t->auth_user) + 3;
+    j->target = malloc(tlen);
+    if (!j->key || !j->user || !j->query || !j->database || !j->db_name || !j->auth_user ||
+        !j->target) {
+        secret_job_free(j);
+        *error = "out of memory";
+        return NULL;
+    }
+    snprintf(j->target, tlen, "%s\x01%s\x01%s", t->entry, t->dbname, t->auth_user);
+    secret_job_append(&query_jobs, j);
+    log_msg(LOG_DEBUG, "auth_query: looking up user \"%s\" as \"%s\" in database \"%s\"", user,
+            t->auth_user, t->dbname);
+    return j;
+}
+
+int secret_query_servers(const char *db_name, const char *user_name)
+{
+    int n = 0;
+    for (const struct qconn *qc = qconns; qc; qc = qc->next) {
+        if ((!db_name || strcmp(qc->db_name, db_name) == 0) &&
+            (!user_name || strcmp(qc->auth_user, user_name) == 0))
+            n++;
+    }
+    return n;
+}
+
+void secret_tick(struct sluice *app, uint64_t now)
+{
+    uint64_t limit = (uint64_t)app->cfg->server_connect_timeout;
+    struct qconn *qc = qconns;
+    while (qc) {
+        struct qconn *next = qc->next;
+        uint64_t age = now - qc->since_ms;
+        if (qc->state == QCONN_IDLE && age >= SECRET_QUERY_IDLE_MS) {
+            qconn_close(qc, "idle");
+        } else if (qc->state != QCONN_IDLE && limit > 0 && age >= limit) {
+            struct secret_job *j = qc->job;
+            char why[160];
+            snprintf(why, sizeof(why), "no answer within %llu ms (server_connect_timeout)",
+                     (unsigned long long)limit);
+            qconn_close(qc, why);
+            if (j)
+                query_finish(j, why);
+            next = qconns; /* query_finish may have closed or opened others: start over */
+        }
+        qc = next;
+    }
+    query_dispatch(app);
+}
+
+enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
+                                       const char **error)
+{
+    struct query_target t;
+    if (w->req.admin || !query_target(w->req.app->cfg, w->req.database, &t))
+        return AUTH_QUERY_NOT_USED;
+    size_t klen =
+        strlen(t.db->name) + strlen(t.dbname) + strlen(t.auth_user) + strlen(w->req.user) + 4;
+    char *key = malloc(klen);
+    if (!key) {
+        *error = "out of memory";
+        return AUTH_QUERY_FAILED;
+    }
+    snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t.db->name, t.dbname, t.auth_user, w->req.user);
+    const struct qentry *e = query_get(key, sluice_now(w->req.app));
+    if (e) {
+        free(key);
+        *secret = e->secret;
+        return AUTH_QUERY_CACHED;
+    }
+    struct secret_job *j = query_job(w->req.app, &t, key, w->req.user, w->req.database, error);
+    free(key);
+    if (!j)
+        return AUTH_QUERY_FAILED;
+    secret_job_attach(j, w);
+    if (!j->qc)
+        query_dispatch(w->req.app);
+    return AUTH_QUERY_WAITING;
+}
+
+void auth_query_abandon(struct secret_job *j)
+{
+    /* nobody needs the answer and it has not started: forget it. One that runs finishes and is
+     * cached (a stranger who leaves at once still costs one lookup, not a connection). */
+    if (j->qc)
+        return;
+    secret_job_unlink(&query_jobs, j);
+    secret_job_free(j);
+}
+
+void auth_query_reload(void)
+{
+    auth_query_clear();
+    /* auth_user, its password or the database entry may have changed */
+    struct qconn *qc = qconns;
+    while (qc) {
+        struct qconn *next = qc->next;
+        if (qc->state == QCONN_IDLE)
+            qconn_close(qc, "the configuration was reloaded");
+        else
+            qc->retired = true;
+        qc = next;
+    }
+}
+
+void auth_query_end_all(const char *why)
+{
+    while (qconns)
+        qconn_close(qconns, why);
+    while (query_jobs) {
+        /* a waiter's end may change the list: take the head each time */
+        struct secret_job *j = query_jobs;
+        query_jobs = j->next;
+        secret_job_wake(j, why);
+        secret_job_free(j);
+    }
+}

@@ -1,0 +1,92 @@
+/* auth_query: the secret.c half that asks the database itself for a user's secret, as auth_user,
+ * on a few non-blocking libpq connections of its own, and caches the answers (auth_query.c).
+ * This header is the contract between secret.c (the lookup front, the derivation jobs, the
+ * waiters) and auth_query.c; the rest of sluice sees only secret.h. */
+#ifndef SLUICE_AUTH_QUERY_H
+#define SLUICE_AUTH_QUERY_H
+
+#include <openssl/sha.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "secret.h"
+
+/* Both caches: their hash tables' size, and how many entries they keep before starting afresh
+ * (old passwords and users pile up only across many reloads). */
+#define SECRET_NBUCKETS 1024
+#define SECRET_MAX_CACHED 20000
+
+static inline unsigned secret_bucket_of(const uint8_t *p, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h % SECRET_NBUCKETS;
+}
+
+/* ---- a lookup in progress (secret.c owns its waiters, each kind its own list) ---- */
+
+enum job_kind { JOB_DERIVE, JOB_QUERY };
+
+struct qconn;
+
+struct secret_job {
+    struct secret_job *next; /* in its kind's list, oldest first */
+    enum job_kind kind;
+    struct secret_waiter *waiters;
+    struct sluice *app;
+    /* JOB_DERIVE */
+    uv_work_t work;
+    uint8_t fp[SHA256_DIGEST_LENGTH];
+    char *password;
+    uint8_t salt[SCRAM_SALT_LEN];
+    struct scram_secret result;
+    int rc;
+    /* JOB_QUERY */
+    char *key;
+    char *user;
+    char *query;
+    char *database; /* the client's: which entry and auth_user, read again when it runs */
+    char *target;   /* "entry \x01 dbname \x01 auth_user": which connections can run it */
+    char *db_name;  /* the database entry, for max_db_connections */
+    char *auth_user;
+    struct qconn *qc; /* the connection running it; NULL while it waits for one */
+    int tries;        /* connections it was started on (a stale reused one is retried once) */
+    bool answered;    /* a row came back */
+    char *found;      /* its password column (NULL: NULL) */
+};
+
+/* secret.c: w waits on j from now on. */
+void secret_job_attach(struct secret_job *j, struct secret_waiter *w);
+/* secret.c: put j at the end of *list / take it out. */
+void secret_job_append(struct secret_job **list, struct secret_job *j);
+void secret_job_unlink(struct secret_job **list, struct secret_job *j);
+void secret_job_free(struct secret_job *j);
+/* secret.c: hand j's answer (its cache entry is in place), or error, to everyone waiting. A
+ * waiter's callback may end its client, which cancels other things but never this job's
+ * list. */
+void secret_job_wake(struct secret_job *j, const char *error);
+
+/* ---- auth_query.c ---- */
+
+enum auth_query_answer {
+    AUTH_QUERY_NOT_USED, /* auth_query does not apply: not configured, or an admin login */
+    AUTH_QUERY_CACHED,   /* *secret: the cached answer, NULL for no such user (valid until the
+                            next auth_query call) */
+    AUTH_QUERY_WAITING,  /* w waits on the lookup now (its done callback) */
+    AUTH_QUERY_FAILED,   /* *error: why it cannot be asked */
+};
+/* The auth_query part of w's lookup (its user is not in auth_file). */
+enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
+                                       const char **error);
+/* Nobody waits for j any more: one that has not started is forgotten. */
+void auth_query_abandon(struct secret_job *j);
+/* Reload: forget the answers; close idle connections, the others once their lookup is done. */
+void auth_query_reload(void);
+/* End every lookup (its waiters hear why) and close every connection. */
+void auth_query_end_all(const char *why);
+/* Forget the answers. */
+void auth_query_clear(void);
+
+#endif
