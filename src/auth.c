@@ -7,7 +7,7 @@
  *                                           user)) || salt))
  *   AuthenticationSASL (10) + mechanisms -> SASLInitialResponse: mechanism, int32 length, data
  *   AuthenticationSASLContinue (11)      -> SASLResponse: data
- *   AuthenticationSASLFinal (12), then AuthenticationOk (client_login_ok sends it)
+ *   AuthenticationSASLFinal (12), then AuthenticationOk (the core sends it: client_login_ok)
  * Section 55.3.1: over TLS the server offers SCRAM-SHA-256-PLUS before SCRAM-SHA-256, binding
  * the exchange to its certificate (tls-server-end-point), so a man in the middle holding another
  * certificate cannot relay it.
@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client.h"
+#include "codec.h"
 #include "config.h"
 #include "hba.h"
 #include "list.h"
@@ -61,7 +61,7 @@ enum auth_step {
 };
 
 struct auth_state {
-    struct client *c;
+    struct auth_login login;
     enum auth_step step;
     enum auth_type method; /* the method in use: never AUTH_HBA */
     struct secret_waiter waiter;
@@ -72,6 +72,10 @@ struct auth_state {
     const char *note; /* why this login cannot succeed whatever the client sends (log only) */
     uint8_t md5_salt[4];
     struct scram_server sx;
+    /* While auth_start asks for the secret: its answer. A lookup can fail before secret_lookup
+     * returns (an auth_query connection that cannot even start), and that answer belongs to
+     * auth_start's caller, who does not hold the state yet. */
+    struct auth_result *starting;
 };
 
 /* ---- helpers ---- */
@@ -112,11 +116,23 @@ int auth_secret_equal(const char *a, const char *b)
 static const char dummy_md5[] = "md5"
                                 "00000000000000000000000000000000";
 
-static void host_text(const struct client *c, char *out, size_t n)
+static void host_text(const struct auth_login *l, char *out, size_t n)
 {
     int port;
-    if (!peer_addr_ip(&c->addr, out, n, &port))
+    if (!peer_addr_ip(l->addr, out, n, &port))
         snprintf(out, n, "[local]");
+}
+
+/* A log line about the login, through the core (which knows who it is). */
+__attribute__((format(printf, 3, 4))) static void say(const struct auth_login *l,
+                                                      enum log_level level, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    l->hooks->log(l->owner, level, fmt, ap);
+    va_end(ap);
 }
 
 static void state_free(struct auth_state *st)
@@ -130,23 +146,31 @@ static void state_free(struct auth_state *st)
     free(st);
 }
 
-void auth_client_gone(struct client *c)
+void auth_end(struct auth_state *st)
 {
-    struct auth_state *st = c->auth;
     if (!st)
         return;
     secret_cancel(&st->waiter);
-    c->auth = NULL;
     state_free(st);
 }
 
-/* ---- outcomes (each frees the state first: client_fail and client_login_ok may end the
- * client) ---- */
+/* ---- outcomes (the core ends the state: auth_end) ---- */
 
-static void login_ok(struct client *c)
+static void proven(struct auth_result *r)
 {
-    auth_client_gone(c);
-    client_login_ok(c);
+    r->verdict = AUTH_PROVEN;
+}
+
+static void goes_on(struct auth_result *r)
+{
+    r->verdict = AUTH_GOES_ON;
+}
+
+static void refused(struct auth_result *r, enum failure f, const char *detail)
+{
+    r->verdict = AUTH_REFUSED;
+    r->failure = f;
+    r->detail = detail;
 }
 
 /* The client proved itself against a secret sluice holds without the password: keep what lets
@@ -166,33 +190,29 @@ static void remember_for_upstream(struct auth_state *st)
     } else {
         return;
     }
-    if (passthrough_remember(st->c->user, &k) < 0)
-        log_client(LOG_WARNING, st->c, "out of memory keeping the keys for upstream logins");
+    if (passthrough_remember(st->login.user, &k) < 0)
+        say(&st->login, LOG_WARNING, "out of memory keeping the keys for upstream logins");
     OPENSSL_cleanse(&k, sizeof(k));
 }
 
 /* Wrong password, unknown user, unusable secret: all look the same to the client. */
-static void login_failed(struct client *c, const char *why)
+static void login_failed(struct auth_state *st, const char *why, struct auth_result *r)
 {
-    struct auth_state *st = c->auth;
-    log_client(LOG_WARNING, c, "login failed (%s): %s",
-               auth_type_name(st ? st->method : (enum auth_type)c->auth_method), why);
-    auth_client_gone(c);
-    client_fail(c, FAIL_AUTH_FAILED, c->user);
+    say(&st->login, LOG_WARNING, "login failed (%s): %s", auth_type_name(st->method), why);
+    refused(r, FAIL_AUTH_FAILED, st->login.user);
 }
 
 /* The client broke the exchange's rules (08P01). */
-static void exchange_broken(struct client *c, const char *why)
+static void exchange_broken(struct auth_result *r, const char *why)
 {
-    auth_client_gone(c);
-    client_fail(c, FAIL_AUTH_METHOD, why);
+    refused(r, FAIL_AUTH_METHOD, why);
 }
 
 /* ---- cleartext password ---- */
 
-static void check_password(struct auth_state *st, const char *password)
+static void check_password(struct auth_state *st, const char *password, struct auth_result *r)
 {
-    struct client *c = st->c;
+    const char *user = st->login.user;
     bool ok = false;
     char hashed[36];
     switch (st->kind) {
@@ -200,7 +220,7 @@ static void check_password(struct auth_state *st, const char *password)
         ok = auth_secret_equal(password, st->text);
         break;
     case SECRET_MD5:
-        auth_md5_hex(password, strlen(password), c->user, strlen(c->user), hashed);
+        auth_md5_hex(password, strlen(password), user, strlen(user), hashed);
         ok = auth_secret_equal(hashed, st->text);
         break;
     case SECRET_SCRAM:
@@ -209,27 +229,27 @@ static void check_password(struct auth_state *st, const char *password)
         ok = scram_verify_password(&st->scram, password);
         break;
     case SECRET_NONE:
-        auth_md5_hex(password, strlen(password), c->user, strlen(c->user), hashed);
+        auth_md5_hex(password, strlen(password), user, strlen(user), hashed);
         (void)auth_secret_equal(hashed, dummy_md5);
         break;
     }
     if (!ok) {
-        login_failed(c, st->note ? st->note : "wrong password");
+        login_failed(st, st->note ? st->note : "wrong password", r);
         return;
     }
-    login_ok(c);
+    proven(r);
 }
 
 /* ---- md5 ---- */
 
-static void check_md5(struct auth_state *st, const char *answer)
+static void check_md5(struct auth_state *st, const char *answer, struct auth_result *r)
 {
-    struct client *c = st->c;
+    const char *user = st->login.user;
     char stored[36];
     if (st->kind == SECRET_MD5)
         memcpy(stored, st->text, 36);
     else if (st->kind == SECRET_PLAIN)
-        auth_md5_hex(st->text, strlen(st->text), c->user, strlen(c->user), stored);
+        auth_md5_hex(st->text, strlen(st->text), user, strlen(user), stored);
     else
         memcpy(stored, dummy_md5, 36);
     char expected[36];
@@ -237,22 +257,22 @@ static void check_md5(struct auth_state *st, const char *answer)
     bool ok = auth_secret_equal(expected, answer);
     OPENSSL_cleanse(stored, sizeof(stored));
     if (!ok || (st->kind != SECRET_MD5 && st->kind != SECRET_PLAIN)) {
-        login_failed(c, st->note ? st->note : "wrong password");
+        login_failed(st, st->note ? st->note : "wrong password", r);
         return;
     }
     remember_for_upstream(st);
-    login_ok(c);
+    proven(r);
 }
 
 /* ---- SCRAM-SHA-256 ---- */
 
-static void start_scram(struct auth_state *st)
+static void start_scram(struct auth_state *st, struct auth_result *r)
 {
-    struct client *c = st->c;
+    struct auth_login *l = &st->login;
     struct scram_secret secret;
     bool doomed = !st->have_scram;
     if (doomed) {
-        scram_fake_secret(G.fake_key, c->user, &secret);
+        scram_fake_secret(G.fake_key, l->user, &secret);
         if (!st->note)
             st->note = st->kind == SECRET_MD5 ? "the user has an md5 secret, which "
                                                 "scram-sha-256 cannot use; store the password "
@@ -262,59 +282,58 @@ static void start_scram(struct auth_state *st)
         secret = st->scram;
     }
     uint8_t cb[EVP_MAX_MD_SIZE];
-    size_t cblen = c->io.ssl ? tls_server_end_point(c->io.ssl, cb, sizeof(cb)) : 0;
+    size_t cblen = l->ssl ? tls_server_end_point(l->ssl, cb, sizeof(cb)) : 0;
     scram_server_init(&st->sx, &secret, doomed, cb, cblen);
     OPENSSL_cleanse(&secret, sizeof(secret));
     static const char plus_and_plain[] = SCRAM_MECHANISM_PLUS "\0" SCRAM_MECHANISM "\0";
     static const char plain_only[] = SCRAM_MECHANISM "\0";
     if (st->sx.offered_plus)
-        codec_put_auth_request(&c->out, AUTH_REQ_SASL, plus_and_plain, sizeof(plus_and_plain));
+        codec_put_auth_request(l->out, AUTH_REQ_SASL, plus_and_plain, sizeof(plus_and_plain));
     else
-        codec_put_auth_request(&c->out, AUTH_REQ_SASL, plain_only, sizeof(plain_only));
+        codec_put_auth_request(l->out, AUTH_REQ_SASL, plain_only, sizeof(plain_only));
     st->step = STEP_SASL_INITIAL;
-    client_send(c);
+    goes_on(r);
 }
 
-static void scram_outcome(struct auth_state *st, enum scram_result rc, const char *why)
+static void scram_outcome(struct auth_state *st, enum scram_result rc, const char *why,
+                          struct auth_result *r)
 {
-    struct client *c = st->c;
     switch (rc) {
     case SCRAM_OK:
         return;
     case SCRAM_FAILED:
-        login_failed(c, st->note ? st->note : why);
+        login_failed(st, st->note ? st->note : why, r);
         return;
     case SCRAM_NOMEM:
-        auth_client_gone(c);
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        refused(r, FAIL_OUT_OF_MEMORY, "");
         return;
     case SCRAM_MALFORMED:
     case SCRAM_CBIND_ERROR:
-        log_client(LOG_WARNING, c, "SCRAM exchange refused: %s", why);
-        exchange_broken(c, why);
+        say(&st->login, LOG_WARNING, "SCRAM exchange refused: %s", why);
+        exchange_broken(r, why);
         return;
     }
 }
 
-static void sasl_initial(struct auth_state *st, const uint8_t *body, uint32_t len)
+static void sasl_initial(struct auth_state *st, const uint8_t *body, uint32_t len,
+                         struct auth_result *res)
 {
-    struct client *c = st->c;
     struct msg_reader r;
     codec_reader_init(&r, body, len);
     const char *mech = codec_read_cstring(&r);
     int32_t n = codec_read_i32(&r);
     const uint8_t *data = n > 0 ? codec_read_bytes(&r, (size_t)n) : NULL;
     if (!mech || r.bad || codec_reader_left(&r) != 0) {
-        exchange_broken(c, "malformed SASLInitialResponse message");
+        exchange_broken(res, "malformed SASLInitialResponse message");
         return;
     }
     bool plus = strcmp(mech, SCRAM_MECHANISM_PLUS) == 0;
     if ((!plus && strcmp(mech, SCRAM_MECHANISM) != 0) || (plus && !st->sx.offered_plus)) {
-        exchange_broken(c, "client selected an invalid SASL authentication mechanism");
+        exchange_broken(res, "client selected an invalid SASL authentication mechanism");
         return;
     }
     if (n <= 0) {
-        exchange_broken(c, "SASLInitialResponse without the client-first-message");
+        exchange_broken(res, "SASLInitialResponse without the client-first-message");
         return;
     }
     char *out = NULL;
@@ -322,68 +341,63 @@ static void sasl_initial(struct auth_state *st, const uint8_t *body, uint32_t le
     enum scram_result rc =
         scram_server_first(&st->sx, plus, (const char *)data, (size_t)n, NULL, &out, &why);
     if (rc != SCRAM_OK) {
-        scram_outcome(st, rc, why);
+        scram_outcome(st, rc, why, res);
         return;
     }
-    codec_put_auth_request(&c->out, AUTH_REQ_SASL_CONTINUE, out, strlen(out));
+    codec_put_auth_request(st->login.out, AUTH_REQ_SASL_CONTINUE, out, strlen(out));
     free(out);
     st->step = STEP_SASL_RESPONSE;
-    client_send(c);
+    goes_on(res);
 }
 
-static void sasl_response(struct auth_state *st, const uint8_t *body, uint32_t len)
+static void sasl_response(struct auth_state *st, const uint8_t *body, uint32_t len,
+                          struct auth_result *r)
 {
-    struct client *c = st->c;
     char *out = NULL;
     const char *why = NULL;
     enum scram_result rc = scram_server_final(&st->sx, (const char *)body, len, &out, &why);
     if (rc != SCRAM_OK) {
-        scram_outcome(st, rc, why);
+        scram_outcome(st, rc, why, r);
         return;
     }
-    codec_put_auth_request(&c->out, AUTH_REQ_SASL_FINAL, out, strlen(out));
+    codec_put_auth_request(st->login.out, AUTH_REQ_SASL_FINAL, out, strlen(out));
     free(out);
-    if (log_enabled(LOG_DEBUG))
-        log_client(LOG_DEBUG, c, "SCRAM-SHA-256%s login", st->sx.plus ? "-PLUS" : "");
+    say(&st->login, LOG_DEBUG, "SCRAM-SHA-256%s login", st->sx.plus ? "-PLUS" : "");
     remember_for_upstream(st);
-    login_ok(c);
+    proven(r);
 }
 
 /* ---- the secret arrives ---- */
 
-static void lookup_failed(struct client *c, const char *why)
+static void lookup_failed(const struct auth_login *l, const char *why, struct auth_result *r)
 {
-    log_client(LOG_WARNING, c, "cannot check the password: %s", why ? why : "lookup failed");
-    auth_client_gone(c);
-    client_fail(c, FAIL_SERVER_LOGIN,
-                "cannot check the password now: the password lookup (auth_query) failed; see "
-                "sluice's log");
+    say(l, LOG_WARNING, "cannot check the password: %s", why ? why : "lookup failed");
+    refused(r, FAIL_SERVER_LOGIN,
+            "cannot check the password now: the password lookup (auth_query) failed; see "
+            "sluice's log");
 }
 
 /* trust: the secret itself does not matter, only that the user is listed (PgBouncer). */
-static void trust_outcome(struct auth_state *st, const struct user_secret *s)
+static void trust_outcome(struct auth_state *st, const struct user_secret *s,
+                          struct auth_result *r)
 {
-    struct client *c = st->c;
     if (s->found) {
-        login_ok(c);
+        proven(r);
         return;
     }
-    log_client(LOG_WARNING, c, "login failed (trust): %s", s->note ? s->note : "unknown user");
-    auth_client_gone(c);
-    client_fail(c, FAIL_TRUST_UNKNOWN_USER, "");
+    say(&st->login, LOG_WARNING, "login failed (trust): %s", s->note ? s->note : "unknown user");
+    refused(r, FAIL_TRUST_UNKNOWN_USER, "");
 }
 
-static void got_secret(struct auth_state *st, const struct user_secret *s)
+static void got_secret(struct auth_state *st, const struct user_secret *s, struct auth_result *r)
 {
-    struct client *c = st->c;
     if (st->method == AUTH_TRUST) {
-        trust_outcome(st, s);
+        trust_outcome(st, s, r);
         return;
     }
     st->kind = s->kind;
     if (s->text && !(st->text = strdup(s->text))) {
-        auth_client_gone(c);
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        refused(r, FAIL_OUT_OF_MEMORY, "");
         return;
     }
     st->scram = s->scram;
@@ -393,29 +407,27 @@ static void got_secret(struct auth_state *st, const struct user_secret *s)
     switch (st->method) {
     case AUTH_PLAIN:
         st->step = STEP_PASSWORD;
-        codec_put_auth_request(&c->out, AUTH_REQ_PASSWORD, NULL, 0);
-        client_send(c);
+        codec_put_auth_request(st->login.out, AUTH_REQ_PASSWORD, NULL, 0);
+        goes_on(r);
         return;
     case AUTH_MD5:
         if (st->kind == SECRET_SCRAM) {
             /* An md5 answer cannot be checked against a SCRAM secret; Postgres switches to
              * SCRAM for such a user, and so do we. */
             st->method = AUTH_SCRAM;
-            c->auth_method = AUTH_SCRAM;
-            start_scram(st);
+            start_scram(st, r);
             return;
         }
         if (RAND_bytes(st->md5_salt, sizeof(st->md5_salt)) != 1) {
-            auth_client_gone(c);
-            client_fail(c, FAIL_OUT_OF_MEMORY, " (no randomness for the salt)");
+            refused(r, FAIL_OUT_OF_MEMORY, " (no randomness for the salt)");
             return;
         }
         st->step = STEP_MD5;
-        codec_put_auth_request(&c->out, AUTH_REQ_MD5, st->md5_salt, sizeof(st->md5_salt));
-        client_send(c);
+        codec_put_auth_request(st->login.out, AUTH_REQ_MD5, st->md5_salt, sizeof(st->md5_salt));
+        goes_on(r);
         return;
     default:
-        start_scram(st);
+        start_scram(st, r);
         return;
     }
 }
@@ -423,41 +435,40 @@ static void got_secret(struct auth_state *st, const struct user_secret *s)
 static void on_secret_ready(struct secret_waiter *w, const struct user_secret *s, const char *error)
 {
     struct auth_state *st = container_of(w, struct auth_state, waiter);
-    struct client *c = st->c;
-    if (c->state != CLIENT_AUTH || c->auth != st)
-        return;
-    if (!s) {
-        lookup_failed(c, error);
-        return;
-    }
-    got_secret(st, s);
+    struct auth_result answer, *r = st->starting ? st->starting : &answer;
+    if (!s)
+        lookup_failed(&st->login, error, r);
+    else
+        got_secret(st, s, r);
+    if (!st->starting)
+        st->login.hooks->resumed(st->login.owner, r); /* last: the core may end st */
 }
 
 /* ---- certificates ---- */
 
 /* map: the hba rule's map=NAME (auth_ident_file), or NULL: the CN must be the user name. */
-static void check_cert(struct client *c, const char *map)
+static void check_cert(const struct auth_login *l, const char *map, struct auth_result *r)
 {
     char cn[256], why[400];
-    if (!c->io.ssl)
+    if (!l->ssl)
         snprintf(why, sizeof(why), "the connection does not use TLS");
-    else if (!tls_peer_cn(c->io.ssl, cn, sizeof(cn)))
+    else if (!tls_peer_cn(l->ssl, cn, sizeof(cn)))
         snprintf(why, sizeof(why),
                  "no verified client certificate with a CN (client_tls_ca_file must be set for "
                  "sluice to ask for one)");
-    else if (map && !hba_ident_match(G.ident, map, cn, c->user))
+    else if (map && !hba_ident_match(G.ident, map, cn, l->user))
         snprintf(why, sizeof(why),
                  "the certificate's CN \"%.120s\" is not mapped to user \"%.100s\" by map "
                  "\"%.60s\" (auth_ident_file%s)",
-                 cn, c->user, map, G.ident ? "" : " is not set");
-    else if (!map && strcmp(cn, c->user) != 0)
+                 cn, l->user, map, G.ident ? "" : " is not set");
+    else if (!map && strcmp(cn, l->user) != 0)
         snprintf(why, sizeof(why), "the certificate's CN \"%.200s\" is not the user name", cn);
     else {
-        client_login_ok(c);
+        proven(r);
         return;
     }
-    log_client(LOG_WARNING, c, "login failed (cert): %s", why);
-    client_fail(c, FAIL_CERT_AUTH, c->user);
+    say(l, LOG_WARNING, "login failed (cert): %s", why);
+    refused(r, FAIL_CERT_AUTH, l->user);
 }
 
 /* ---- start ---- */
@@ -494,113 +505,121 @@ static bool has_user_list(const struct config *cfg)
     return false;
 }
 
-void auth_start(struct client *c)
+/* The method for this login: auth_type, or the first matching auth_hba_file rule's (cert_map:
+ * its map=). AUTH_HBA when the login is refused (r says why). */
+static enum auth_type choose_method(const struct auth_login *l, const char **cert_map,
+                                    struct auth_result *r)
 {
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
-    bool local = c->addr.sa.sa_family == AF_UNIX;
-    bool tls = c->io.ssl != NULL;
+    bool local = l->addr->sa.sa_family == AF_UNIX;
+    bool tls = l->ssl != NULL;
     if (!tls && !local && tls_client_mode() >= SSLMODE_REQUIRE) {
-        client_fail(c, FAIL_TLS_REQUIRED, sslmode_name(tls_client_mode()));
-        return;
+        refused(r, FAIL_TLS_REQUIRED, sslmode_name(tls_client_mode()));
+        return AUTH_HBA;
     }
-    enum auth_type method = cfg->auth_type;
-    const char *cert_map = NULL; /* the hba rule's map=, for cert */
-    if (method == AUTH_HBA) {
-        struct hba_login l = {
-            .addr = &c->addr, .tls = tls, .database = c->database, .user = c->user};
-        const struct hba_rule *r = hba_match(G.hba, &l);
-        if (!r || r->method == HBA_REJECT) {
-            char host[INET6_ADDRSTRLEN + 8], detail[600];
-            host_text(c, host, sizeof(host));
-            snprintf(detail, sizeof(detail), "%s: host=%s user=%.100s database=%.100s, TLS %s",
-                     r ? "hba rule rejects the connection" : "no hba rule matches", host, c->user,
-                     c->database, tls ? "on" : "off");
-            if (r)
-                log_client(LOG_WARNING, c, "auth_hba_file line %d rejects the login", r->line);
-            client_fail(c, FAIL_HBA_REJECT, detail);
-            return;
-        }
-        method = method_of_rule(r->method);
-        cert_map = r->map;
-        if (log_enabled(LOG_DEBUG))
-            log_client(LOG_DEBUG, c, "auth_hba_file line %d: %s", r->line,
-                       hba_method_name(r->method));
+    enum auth_type method = l->app->cfg->auth_type;
+    if (method != AUTH_HBA)
+        return method;
+    struct hba_login hl = {.addr = l->addr, .tls = tls, .database = l->database, .user = l->user};
+    const struct hba_rule *rule = hba_match(G.hba, &hl);
+    if (!rule || rule->method == HBA_REJECT) {
+        char host[INET6_ADDRSTRLEN + 8];
+        host_text(l, host, sizeof(host));
+        snprintf(r->text, sizeof(r->text), "%s: host=%s user=%.100s database=%.100s, TLS %s",
+                 rule ? "hba rule rejects the connection" : "no hba rule matches", host, l->user,
+                 l->database, tls ? "on" : "off");
+        if (rule)
+            say(l, LOG_WARNING, "auth_hba_file line %d rejects the login", rule->line);
+        refused(r, FAIL_HBA_REJECT, r->text);
+        return AUTH_HBA;
     }
-    c->auth_method = (uint8_t)method;
+    *cert_map = rule->map;
+    say(l, LOG_DEBUG, "auth_hba_file line %d: %s", rule->line, hba_method_name(rule->method));
+    return method_of_rule(rule->method);
+}
+
+struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
+{
+    const char *cert_map = NULL;
+    enum auth_type method = choose_method(l, &cert_map, r);
     switch (method) {
+    case AUTH_HBA:
+        return NULL; /* refused */
     case AUTH_TRUST:
-        if (has_user_list(cfg))
+        if (has_user_list(l->app->cfg))
             break; /* look the user up (trust_outcome) */
-        client_login_ok(c);
-        return;
+        proven(r);
+        return NULL;
     case AUTH_ANY:
-        client_login_ok(c);
-        return;
+        proven(r);
+        return NULL;
     case AUTH_CERT:
-        check_cert(c, cert_map);
-        return;
+        check_cert(l, cert_map, r);
+        return NULL;
     default:
         break;
     }
     struct auth_state *st = calloc(1, sizeof(*st));
     if (!st) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return;
+        refused(r, FAIL_OUT_OF_MEMORY, "");
+        return NULL;
     }
-    st->c = c;
+    st->login = *l;
     st->method = method;
     st->step = STEP_LOOKUP;
-    st->waiter.req = (struct secret_request){.app = app,
-                                             .user = c->user,
-                                             .database = c->database,
-                                             .admin = c->admin,
+    st->waiter.req = (struct secret_request){.app = l->app,
+                                             .user = l->user,
+                                             .database = l->database,
+                                             .admin = l->admin,
                                              .need_scram = method == AUTH_SCRAM};
     st->waiter.done = on_secret_ready;
-    c->auth = st;
     struct user_secret s;
-    int r = secret_lookup(&st->waiter, &s);
-    if (r < 0)
-        lookup_failed(c, s.note);
-    else if (r > 0)
-        got_secret(st, &s);
-    /* r == 0: on_secret_ready continues; the client waits for our request meanwhile */
+    goes_on(r); /* on_secret_ready continues; the client waits for our request meanwhile */
+    st->starting = r;
+    int rc = secret_lookup(&st->waiter, &s);
+    st->starting = NULL;
+    if (rc < 0)
+        lookup_failed(l, s.note, r);
+    else if (rc > 0)
+        got_secret(st, &s, r);
     secret_wipe(&s);
+    if (r->verdict == AUTH_GOES_ON)
+        return st;
+    auth_end(st);
+    return NULL;
 }
 
-void auth_on_message(struct client *c, uint8_t type, const uint8_t *body, uint32_t len)
+void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
+                     struct auth_result *r)
 {
-    struct auth_state *st = c->auth;
     if (!st || st->step == STEP_LOOKUP) {
-        auth_client_gone(c);
-        client_fail(c, FAIL_PROTOCOL_VIOLATION,
-                    "message received before the authentication "
-                    "request");
+        refused(r, FAIL_PROTOCOL_VIOLATION,
+                "message received before the authentication "
+                "request");
         return;
     }
     if (type != 'p') {
-        exchange_broken(c, "expected a password message");
+        exchange_broken(r, "expected a password message");
         return;
     }
     if (st->step == STEP_SASL_INITIAL) {
-        sasl_initial(st, body, len);
+        sasl_initial(st, body, len, r);
         return;
     }
     if (st->step == STEP_SASL_RESPONSE) {
-        sasl_response(st, body, len);
+        sasl_response(st, body, len, r);
         return;
     }
-    struct msg_reader r;
-    codec_reader_init(&r, body, len);
-    const char *answer = codec_read_cstring(&r);
-    if (!answer || codec_reader_left(&r) != 0) {
-        exchange_broken(c, "malformed password message");
+    struct msg_reader rd;
+    codec_reader_init(&rd, body, len);
+    const char *answer = codec_read_cstring(&rd);
+    if (!answer || codec_reader_left(&rd) != 0) {
+        exchange_broken(r, "malformed password message");
         return;
     }
     if (st->step == STEP_PASSWORD)
-        check_password(st, answer);
+        check_password(st, answer, r);
     else
-        check_md5(st, answer);
+        check_md5(st, answer, r);
 }
 
 /* ---- process-wide ---- */

@@ -3,16 +3,25 @@
  * themselves: trust, cleartext password, md5, SCRAM-SHA-256 (with channel binding over TLS) and
  * TLS client certificates. Secrets come from secret.c (auth_file, auth_query). Unknown users and
  * wrong passwords fail the same way, after the same exchange, so the reply does not tell which
- * it was. The per-login state is a small heap object that exists only while the client is in
- * CLIENT_AUTH (client->auth). */
+ * it was. The per-login state is a small heap object that exists only while the exchange goes on.
+ * Auth sits below the core: the core drives it and acts on its answers (struct auth_result). */
 #ifndef SLUICE_AUTH_H
 #define SLUICE_AUTH_H
 
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-struct client;
+#include "cidr.h"
+#include "error.h"
+#include "log.h"
+
+struct auth_result;
+struct auth_state;
+struct msg_out;
 struct sluice;
+struct ssl_st;
 
 /* Start-up: read auth_hba_file, make the key for unknown users' fake SCRAM secrets.
  * 0, or -1 after logging why (sluice does not start). */
@@ -22,13 +31,54 @@ void auth_reload(struct sluice *app);
 /* Shutdown: free the rules and caches. */
 void auth_free_all(void);
 
-/* Begin after a valid startup packet: either log in at once (trust, cert) or send the challenge
- * (possibly after looking the secret up). */
-void auth_start(struct client *c);
-/* A message from a client in CLIENT_AUTH. */
-void auth_on_message(struct client *c, uint8_t type, const uint8_t *body, uint32_t len);
-/* The client is closing: drop its auth state and any lookup it waits on. Idempotent. */
-void auth_client_gone(struct client *c);
+/* The login as auth sees it, filled by the core (client_login.c) after a valid startup packet.
+ * The pointers outlive the exchange. Auth never calls into the client, pool or server code: it
+ * answers with a struct auth_result, and what happens later (a looked-up secret arrives) reaches
+ * the core through hooks. */
+struct auth_hooks {
+    /* An exchange that waited for a secret lookup moved on: r says what to do now, as the answer
+     * of auth_start or auth_on_message would have. Called last: auth touches nothing after. */
+    void (*resumed)(void *owner, const struct auth_result *r);
+    /* A log line about this login (the core says who it is). */
+    void (*log)(void *owner, enum log_level level, const char *fmt, va_list ap)
+        __attribute__((format(printf, 3, 0)));
+};
+
+struct auth_login {
+    struct sluice *app;
+    const char *user;
+    const char *database;
+    const union peer_addr *addr;
+    struct ssl_st *ssl;   /* the client's TLS session, NULL without */
+    bool admin;           /* an admin console login: auth_file only */
+    struct msg_out *out;  /* where the Authentication requests are written */
+    const struct auth_hooks *hooks;
+    void *owner;          /* handed back to the hooks */
+};
+
+enum auth_verdict {
+    AUTH_GOES_ON, /* send what is in out (nothing while a lookup runs); the client answers */
+    AUTH_PROVEN,  /* the client is who it says it is: log it in */
+    AUTH_REFUSED, /* fail the login with failure and detail */
+};
+
+struct auth_result {
+    enum auth_verdict verdict;
+    enum failure failure; /* REFUSED */
+    const char *detail;   /* REFUSED: static text, the login's user, or text */
+    char text[600];
+};
+
+/* Begin after a valid startup packet: either decide at once (trust, cert, a rejecting rule) or
+ * send the challenge (possibly after looking the secret up). The exchange's state while it goes
+ * on (AUTH_GOES_ON), else NULL; it lives until auth_end. */
+struct auth_state *auth_start(const struct auth_login *login, struct auth_result *r);
+/* A message from the client during the exchange. */
+void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
+                     struct auth_result *r);
+/* The exchange is over (a final verdict) or the client is leaving: free its state and drop any
+ * lookup it waits on. NULL is fine. */
+void auth_end(struct auth_state *st);
 
 /* md5 helpers (also for tests): "md5" + hex(md5(a || b)) into out[36]. */
 void auth_md5_hex(const void *a, size_t alen, const void *b, size_t blen, char out[36]);

@@ -261,7 +261,7 @@ int client_read(struct client *c)
 
 /* ---- logging ---- */
 
-void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)
 {
     if (!log_enabled(level))
         return;
@@ -269,9 +269,14 @@ void log_client(enum log_level level, const struct client *c, const char *fmt, .
     peer_addr_text(&c->addr, addr, sizeof(addr));
     snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
              c->database ? c->database : "?", c->user ? c->user : "?", addr);
+    log_msg_as(level, who, fmt, ap);
+}
+
+void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    log_msg_as(level, who, fmt, ap);
+    log_client_v(level, c, fmt, ap);
     va_end(ap);
 }
 
@@ -372,7 +377,7 @@ void client_close(struct client *c, const char *reason)
     list_remove(list_for(c, c->state), &c->node);
     c->state = CLIENT_CLOSED;
     list_append(&app->dead_clients, &c->node);
-    auth_client_gone(c);
+    client_auth_end(c);
     sockio_detach(&c->io);
     tls_client_close(c->io.ssl); /* before the fd closes: it may send close_notify */
     c->io.ssl = NULL;

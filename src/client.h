@@ -82,9 +82,9 @@ struct client {
 
     uint64_t connect_ms;
     uint64_t state_since_ms;
-    struct auth_state *auth; /* the exchange in progress: only while AUTH (auth.c) */
+    struct auth_state *auth; /* the exchange in progress: only while AUTH (auth.h; started and
+                                ended by client_login.c) */
     struct budget *budget; /* counted in budget->clients from login to close */
-    uint8_t auth_method;   /* the auth_type used for this login */
     bool admin;            /* logged in to the admin console (a database, not a state) */
     bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */
     bool wait_notified;    /* WAITING: told it is queued (query_wait_notify) in this wait */
@@ -101,6 +101,8 @@ void client_read_first(struct client *c);
 /* A log line about c, prefixed with its identity: C-<id> db/user@addr. */
 void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 /* The one transition function: checks the move, keeps the lists, stamps the time. */
 void client_set_state(struct client *c, enum client_state next);
 /* Send f as an ErrorResponse. FATAL ones close the client once the message is out. */

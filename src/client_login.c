@@ -23,6 +23,63 @@
 #include "sluice.h"
 #include "tls.h"
 
+/* ---- the authentication exchange: auth.c decides, the client acts ---- */
+
+void client_auth_end(struct client *c)
+{
+    auth_end(c->auth);
+    c->auth = NULL;
+}
+
+static void act_on_auth(struct client *c, const struct auth_result *r)
+{
+    switch (r->verdict) {
+    case AUTH_GOES_ON:
+        if (c->out_pos < c->out.len)
+            client_send(c); /* the challenge (nothing while the secret is looked up) */
+        return;
+    case AUTH_PROVEN:
+        client_auth_end(c);
+        client_login_ok(c);
+        return;
+    case AUTH_REFUSED:
+        client_auth_end(c);
+        client_fail(c, r->failure, r->detail);
+        return;
+    }
+}
+
+static void on_auth_resumed(void *owner, const struct auth_result *r)
+{
+    struct client *c = owner;
+    if (c->state != CLIENT_AUTH)
+        return; /* failed meanwhile (a timeout): the exchange ends when the client closes */
+    act_on_auth(c, r);
+}
+
+static void on_auth_log(void *owner, enum log_level level, const char *fmt, va_list ap)
+{
+    log_client_v(level, owner, fmt, ap);
+}
+
+static const struct auth_hooks auth_hooks = {.resumed = on_auth_resumed, .log = on_auth_log};
+
+static void start_auth(struct client *c)
+{
+    struct auth_login l = {.app = c->app,
+                           .user = c->user,
+                           .database = c->database,
+                           .addr = &c->addr,
+                           .ssl = c->io.ssl,
+                           .admin = c->admin,
+                           .out = &c->out,
+                           .hooks = &auth_hooks,
+                           .owner = c};
+    struct auth_result r;
+    c->auth = auth_start(&l, &r);
+    act_on_auth(c, &r);
+}
+
 /* ---- the startup packet ---- */
 
 /* Clients that count against max_client_conn: logged in, not leaving. */
@@ -119,7 +176,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         }
     }
     client_set_state(c, CLIENT_AUTH);
-    auth_start(c);
+    start_auth(c);
 }
 
 void client_send_welcome(struct client *c, const struct param_set *server_params)
@@ -406,6 +463,8 @@ void client_login_on_auth_bytes(struct client *c)
     memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
     b->scan += whole;
     buf_consume(b, whole);
-    auth_on_message(c, type, body, body_len);
+    struct auth_result r;
+    auth_on_message(c->auth, type, body, body_len, &r);
+    act_on_auth(c, &r);
 }
 

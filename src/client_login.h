@@ -13,6 +13,9 @@ void client_login_on_startup_bytes(struct client *c);
 void client_login_on_auth_bytes(struct client *c);
 /* TLS_HANDSHAKE: the handshake goes on whenever the socket is ready the way OpenSSL asked. */
 void client_login_tls_step(struct client *c);
+/* Drop the authentication exchange in progress, if any (the client is leaving AUTH or closing).
+ * Idempotent. */
+void client_auth_end(struct client *c);
 /* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
 int client_keep_login_params(struct client *c);
 
