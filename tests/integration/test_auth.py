@@ -351,6 +351,24 @@ def test_a_failing_auth_query_is_reported_and_logged(start_sluice, pg, auth_role
     assert "wrong-authpass" not in s.log_text()
 
 
+
+def test_an_auth_query_that_fails_before_any_io_is_reported(start_sluice, pg, auth_roles):
+    """libpq refuses the entry's port at once, inside the login's own lookup request: the answer
+    comes back before the lookup call returns, and the login still gets the same 08006."""
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth",
+                      "auth_dbname": "authdb"},
+                     auth_file={"sluice_auth": "authpass"},
+                     databases={APP_DB: pg.db_entry(),
+                                "authdb": {"host": "127.0.0.1", "port": "not-a-port",
+                                           "dbname": "postgres"}})
+    for _ in range(2):  # and again, with nothing left behind by the first
+        _, err = auth_codes_and_error(s.port, "qscram", "qpass")
+        assert err["C"] == "08006", err
+        assert "password lookup (auth_query) failed" in err["M"]
+    s.wait_for_log(r'auth_query for user "qscram" failed')
+    with s.connect(user="sluice_auth", password="authpass") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
 # ---- auth passthrough: logging in upstream without the password ---------------------------------
 
 
