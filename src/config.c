@@ -6,6 +6,7 @@
  * (config_load.h says which). */
 #include "config.h"
 #include "config_load.h"
+#include "config_value.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -63,22 +64,20 @@ const struct auth_entry *config_find_auth(const struct config *c, const char *us
     return NULL;
 }
 
-bool config_list_contains(const char *list, const char *name)
+bool config_list_contains(const struct name_list *list, const char *name)
 {
-    if (!list || !name || !name[0])
+    if (!list || !name)
         return false;
-    size_t nlen = strlen(name);
-    const char *p = list;
-    while (*p) {
-        while (*p == ',' || isspace((unsigned char)*p))
-            p++;
-        const char *start = p;
-        while (*p && *p != ',' && !isspace((unsigned char)*p))
-            p++;
-        if ((size_t)(p - start) == nlen && strncmp(start, name, nlen) == 0)
+    for (int i = 0; i < list->n; i++) {
+        if (strcmp(list->names[i], name) == 0)
             return true;
     }
     return false;
+}
+
+enum sslmode config_server_sslmode(const struct config *c, const struct db_entry *db)
+{
+    return db && db->sslmode != SSLMODE_UNSET ? db->sslmode : c->server_tls_sslmode;
 }
 
 /* ---- freeing ---- */
@@ -110,25 +109,14 @@ void config_budget_entry_free(struct budget_entry *b)
     free(b->name);
     free(b->app_pattern);
     free(b->user);
-    free(b->addr_cidr);
+    config_value_free_CIDR(&b->addr);
 }
 
 void config_free(struct config *c)
 {
     if (!c)
         return;
-#define KEY(name, type, def, reload, doc) FREE_##type(name)
-#define FREE_STR(name) free(c->name);
-#define FREE_INT(name)
-#define FREE_BOOL(name)
-#define FREE_TIME(name)
-#define FREE_LIMIT(name)
-#define FREE_POOL_MODE(name)
-#define FREE_AUTH_TYPE(name)
-#define FREE_LOG_FORMAT(name)
-#define FREE_LOG_LEVEL(name)
-#define FREE_SESSION_STATE_POLICY(name)
-#define FREE_SSLMODE(name)
+#define KEY(name, type, def, reload, doc) config_value_free_##type(&c->name);
 #include "config_keys.def"
 #undef KEY
     free(c->sources);

@@ -25,6 +25,7 @@ struct db_entry *config_db_new(struct loader *L, struct db_entry *db, const char
                             .min_pool_size = -1,
                             .reserve_pool = -1,
                             .timeouts = ENTRY_TIMEOUTS_UNSET,
+                            .sslmode = SSLMODE_UNSET,
                             .line = line};
     db->name = load_strdup(L, name);
     db->pq_keywords = calloc(1, sizeof *db->pq_keywords);
@@ -82,79 +83,6 @@ int config_db_set_keyword(struct db_entry *db, const char *key, const char *val)
     return 0;
 }
 
-/* The per-entry timeouts ([databases] and [users]). 1: key was one of them (and is applied),
- * 0: it is not, -EINVAL: it was one with a bad value (reported under where). */
-static int db_sluice_key(struct loader *L, const char *where, struct db_entry *db, const char *key,
-                         const char *val)
-{
-    int timeout = config_entry_timeout(L, where, &db->timeouts, key, val);
-    if (timeout != 0)
-        return timeout;
-    int *count = NULL;
-    if (strcmp(key, "pool_size") == 0)
-        count = &db->pool_size;
-    else if (strcmp(key, "min_pool_size") == 0)
-        count = &db->min_pool_size;
-    else if (strcmp(key, "reserve_pool") == 0 || strcmp(key, "reserve_pool_size") == 0)
-        count = &db->reserve_pool;
-    else if (strcmp(key, "max_db_client_connections") == 0)
-        count = &db->max_db_client_connections;
-    if (count) {
-        if (config_value_parse_count(val, count) != 0) {
-            load_error(L, "%s: %s = '%s': expected a number from 0 to %d", where, key, val,
-                       INT_MAX);
-            return -EINVAL;
-        }
-        return 1;
-    }
-    if (strcmp(key, "pool_mode") == 0) {
-        char why[128];
-        if (config_value_parse_POOL_MODE(val, &db->pool_mode, why, sizeof why) != 0) {
-            load_error(L, "%s: pool_mode = '%s': %s", where, val, why);
-            return -EINVAL;
-        }
-        return 1;
-    }
-    if (strcmp(key, "max_db_connections") == 0) {
-        if (config_value_parse_limit_text(val, &db->max_db_connections) != 0) {
-            load_error(L,
-                       "%s: max_db_connections = '%s': expected a count (0 = the main "
-                       "section's) or a percentage from 1%% to 100%%",
-                       where, val);
-            return -EINVAL;
-        }
-        return 1;
-    }
-    if (strcmp(key, "auth_user") == 0) {
-        free(db->auth_user);
-        db->auth_user = load_strdup(L, val);
-        return 1;
-    }
-    if (strcmp(key, "load_balance_hosts") == 0) {
-        if (strcasecmp(val, "round-robin") == 0) {
-            db->load_balance_hosts = LOAD_BALANCE_ROUND_ROBIN;
-        } else if (strcasecmp(val, "disable") == 0) {
-            db->load_balance_hosts = LOAD_BALANCE_DISABLE;
-        } else {
-            load_error(L, "%s: load_balance_hosts = '%s': expected round-robin or disable", where,
-                       val);
-            return -EINVAL;
-        }
-        return 1;
-    }
-    if (strcmp(key, "auth_dbname") == 0) {
-        free(db->auth_dbname);
-        db->auth_dbname = val[0] ? load_strdup(L, val) : NULL;
-        return 1;
-    }
-    if (strcmp(key, "connect_query") == 0) {
-        free(db->connect_query);
-        db->connect_query = val[0] ? load_strdup(L, val) : NULL;
-        return 1;
-    }
-    return 0;
-}
-
 static bool is_pq_keyword(const struct loader *L, const char *key)
 {
     for (const PQconninfoOption *o = L->pq_defaults; o && o->keyword; o++) {
@@ -191,7 +119,7 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
     char *key, *val, *server_options = NULL;
     int rc, failed = 0;
     while ((rc = config_entry_next_pair(&p, &key, &val, &why)) == 1) {
-        int r = db_sluice_key(L, where, db, key, val);
+        int r = config_entry_set(L, ENTRY_DB, db, where, key, val);
         if (r < 0) {
             failed = -EINVAL;
         } else if (r == 0) {
@@ -205,14 +133,12 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                              key);
             } else if (!is_pq_keyword(L, key)) {
                 /* The value is not echoed: the typo may be in "password". */
+                char accepted[512];
+                config_entry_accepted(ENTRY_DB, accepted, sizeof accepted);
                 load_error(L,
                            "%s: unknown connection keyword '%s' (libpq connection parameters "
-                           "and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                           "max_db_connections, max_db_client_connections, auth_user, "
-                           "auth_dbname, server_lifetime, query_timeout, "
-                           "idle_transaction_timeout, transaction_timeout, client_idle_timeout, "
-                           "connect_query, load_balance_hosts are accepted)",
-                           where, key);
+                           "and %s are accepted)",
+                           where, key, accepted);
                 failed = -EINVAL;
             } else if (config_db_set_keyword(db, key, val) != 0) {
                 L->oom = true;
@@ -327,7 +253,7 @@ int config_db_from_url(struct loader *L, const char *where, struct db_entry *db,
         char *val = eq ? percent_decode(eq + 1, plen - (size_t)(eq - param) - 1, &bad) : NULL;
         int r = 0;
         if (key && val) {
-            r = db_sluice_key(L, where, db, key, val);
+            r = config_entry_set(L, ENTRY_DB, db, where, key, val);
             if (r == 0 && !is_pq_keyword(L, key)) {
                 for (size_t i = 0; i < sizeof client_url_params / sizeof client_url_params[0];
                      i++) {
@@ -388,6 +314,17 @@ bool config_db_push(struct loader *L, const struct db_entry *db)
     return true;
 }
 
+int config_db_parse_sslmode(struct loader *L, const char *where, struct db_entry *db)
+{
+    const char *text = config_db_keyword(db, "sslmode");
+    char why[160];
+    if (text && config_value_parse_SSLMODE(text, &db->sslmode, why, sizeof why) != 0) {
+        load_error(L, "%s: sslmode = '%s': %s", where, text, why);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 void config_db_on_entry(struct loader *L, const char *name, const char *value)
 {
     char where[320];
@@ -402,6 +339,8 @@ void config_db_on_entry(struct loader *L, const char *name, const char *value)
         return;
     int rc = config_db_is_url(value) ? config_db_from_url(L, where, &db, value)
                                      : db_from_pairs(L, where, &db, value);
+    if (rc == 0)
+        rc = config_db_parse_sslmode(L, where, &db);
     /* PgBouncer: an entry without dbname connects to the database of its own name; the "*"
      * entry's dbname is whatever the client asked for, filled in per connection. */
     if (rc == 0 && strcmp(name, "*") != 0 && !config_db_keyword(&db, "dbname") &&

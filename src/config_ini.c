@@ -13,97 +13,6 @@
 #include <string.h>
 #include <strings.h>
 
-/* One key=value pair of a [databases]/[users]/[budgets] value, in PgBouncer's syntax: pairs
- * separated by spaces, spaces allowed around '=', a value either bare (up to the next space) or
- * in single quotes with '' standing for one quote. Returns 1 with *key and *val allocated, 0 at the
- * end, -EINVAL with *why set, -ENOMEM. */
-int config_entry_next_pair(const char **sp, char **key, char **val, const char **why)
-{
-    const char *p = *sp;
-    while (isspace((unsigned char)*p))
-        p++;
-    if (!*p)
-        return 0;
-    const char *k = p;
-    while (isalnum((unsigned char)*p) || *p == '_')
-        p++;
-    size_t klen = (size_t)(p - k);
-    while (isspace((unsigned char)*p))
-        p++;
-    if (klen == 0 || *p != '=') {
-        *why = "expected key=value pairs separated by spaces";
-        return -EINVAL;
-    }
-    p++;
-    while (isspace((unsigned char)*p))
-        p++;
-    char *v = malloc(strlen(p) + 1);
-    if (!v)
-        return -ENOMEM;
-    size_t vlen = 0;
-    if (*p == '\'') {
-        for (p++;; p++) {
-            if (!*p) {
-                v[vlen] = '\0';
-                config_free_secret(v);
-                *why = "a quoted value has no closing quote";
-                return -EINVAL;
-            }
-            if (*p == '\'') {
-                if (p[1] != '\'')
-                    break;
-                p++;
-            }
-            v[vlen++] = *p;
-        }
-        p++;
-        if (*p && !isspace((unsigned char)*p)) {
-            v[vlen] = '\0';
-            config_free_secret(v);
-            *why = "expected a space after a quoted value";
-            return -EINVAL;
-        }
-    } else {
-        while (*p && !isspace((unsigned char)*p))
-            v[vlen++] = *p++;
-    }
-    v[vlen] = '\0';
-    *key = strndup(k, klen);
-    if (!*key) {
-        config_free_secret(v);
-        return -ENOMEM;
-    }
-    *val = v;
-    *sp = p;
-    return 1;
-}
-
-int config_entry_timeout(struct loader *L, const char *where, struct entry_timeouts *t,
-                         const char *key, const char *val)
-{
-    int64_t *field = NULL;
-    if (strcmp(key, "server_lifetime") == 0)
-        field = &t->server_lifetime;
-    else if (strcmp(key, "query_timeout") == 0)
-        field = &t->query_timeout;
-    else if (strcmp(key, "idle_transaction_timeout") == 0)
-        field = &t->idle_transaction_timeout;
-    else if (strcmp(key, "transaction_timeout") == 0)
-        field = &t->transaction_timeout;
-    else if (strcmp(key, "client_idle_timeout") == 0)
-        field = &t->client_idle_timeout;
-    if (!field)
-        return 0;
-    char why[160];
-    if (config_value_parse_TIME(val, field, why, sizeof why) != 0) {
-        load_error(L, "%s: %s = '%s': %s", where, key, val, why);
-        return -EINVAL;
-    }
-    return 1;
-}
-
-/* sluice's own per-database keys. 1: it was one (and is applied), 0: it is not, -EINVAL: it was
- * one with a bad value (reported under where). */
 /* ---- [users] ---- */
 
 static void on_user(struct loader *L, const char *name, const char *value)
@@ -118,66 +27,7 @@ static void on_user(struct loader *L, const char *name, const char *value)
     }
     struct user_entry u = {
         .pool_size = -1, .reserve_pool = -1, .timeouts = ENTRY_TIMEOUTS_UNSET, .line = L->line};
-    const char *p = value, *why = NULL;
-    char *key, *val;
-    int rc, failed = 0;
-    while ((rc = config_entry_next_pair(&p, &key, &val, &why)) == 1) {
-        int timeout = config_entry_timeout(L, where, &u.timeouts, key, val);
-        if (timeout != 0) {
-            failed |= timeout < 0;
-        } else if (strcmp(key, "pool_mode") == 0) {
-            char why[128];
-            if (config_value_parse_POOL_MODE(val, &u.pool_mode, why, sizeof why) != 0) {
-                load_error(L, "%s: pool_mode = '%s': %s", where, val, why);
-                failed = 1;
-            }
-        } else if (strcmp(key, "pool_size") == 0) {
-            if (config_value_parse_count(val, &u.pool_size) != 0) {
-                load_error(L, "%s: pool_size = '%s': expected a number from 0 to %d", where, val,
-                           INT_MAX);
-                failed = 1;
-            }
-        } else if (strcmp(key, "reserve_pool_size") == 0 || strcmp(key, "reserve_pool") == 0) {
-            if (config_value_parse_count(val, &u.reserve_pool) != 0) {
-                load_error(L, "%s: %s = '%s': expected a number from 0 to %d", where, key, val,
-                           INT_MAX);
-                failed = 1;
-            }
-        } else if (strcmp(key, "max_user_connections") == 0) {
-            if (config_value_parse_limit_text(val, &u.max_user_connections) != 0) {
-                load_error(L,
-                           "%s: max_user_connections = '%s': expected a count or a percentage "
-                           "from 1%% to 100%%",
-                           where, val);
-                failed = 1;
-            }
-        } else if (strcmp(key, "max_user_client_connections") == 0) {
-            if (config_value_parse_count(val, &u.max_user_client_connections) != 0) {
-                load_error(L,
-                           "%s: max_user_client_connections = '%s': expected a number from 0 "
-                           "to %d",
-                           where, val, INT_MAX);
-                failed = 1;
-            }
-        } else {
-            load_error(L,
-                       "%s: unknown key '%s' (pool_mode, pool_size, reserve_pool_size, "
-                       "server_lifetime, query_timeout, idle_transaction_timeout, "
-                       "transaction_timeout, client_idle_timeout, max_user_connections and "
-                       "max_user_client_connections are accepted)",
-                       where, key);
-            failed = 1;
-        }
-        free(key);
-        free(val);
-    }
-    if (rc == -EINVAL) {
-        load_error(L, "%s: %s", where, why);
-        failed = 1;
-    } else if (rc == -ENOMEM) {
-        L->oom = true;
-    }
-    if (failed || L->oom)
+    if (config_entry_parse(L, ENTRY_USER, &u, where, value) != 0 || L->oom)
         return;
     u.name = load_strdup(L, name);
     struct user_entry *grown = realloc(c->users, (size_t)(c->nusers + 1) * sizeof *grown);
@@ -204,55 +54,7 @@ static void on_budget(struct loader *L, const char *name, const char *value)
         }
     }
     struct budget_entry b = {.line = L->line};
-    const char *p = value, *why = NULL;
-    char *key, *val;
-    int rc, failed = 0;
-    while ((rc = config_entry_next_pair(&p, &key, &val, &why)) == 1) {
-        char **str = NULL;
-        int *count = NULL;
-        if (strcmp(key, "app") == 0)
-            str = &b.app_pattern;
-        else if (strcmp(key, "user") == 0)
-            str = &b.user;
-        else if (strcmp(key, "addr") == 0)
-            str = &b.addr_cidr;
-        else if (strcmp(key, "max_servers") == 0)
-            count = &b.max_servers;
-        else if (strcmp(key, "max_clients") == 0)
-            count = &b.max_clients;
-        else if (strcmp(key, "min_servers") == 0)
-            count = &b.min_servers;
-        /* Parsed here, once, by the parser that matching uses: text the matcher would read
-         * differently (a prefix of "/0008") is refused rather than silently ignored. */
-        if (str == &b.addr_cidr && cidr_parse(val, &b.addr) != 0) {
-            load_error(L,
-                       "%s: addr = '%s': expected an IPv4 or IPv6 address or CIDR "
-                       "(10.0.0.0/8, ::1/128)",
-                       where, val);
-            failed = 1;
-        } else if (str) {
-            free(*str);
-            *str = load_strdup(L, val);
-        } else if (count && config_value_parse_count(val, count) != 0) {
-            load_error(L, "%s: %s = '%s': expected a number from 0 to %d", where, key, val,
-                       INT_MAX);
-            failed = 1;
-        } else if (!count) {
-            load_error(L,
-                       "%s: unknown key '%s' (app, user, addr, max_servers, max_clients and "
-                       "min_servers are accepted)",
-                       where, key);
-            failed = 1;
-        }
-        free(key);
-        free(val);
-    }
-    if (rc == -EINVAL) {
-        load_error(L, "%s: %s", where, why);
-        failed = 1;
-    } else if (rc == -ENOMEM) {
-        L->oom = true;
-    }
+    int failed = config_entry_parse(L, ENTRY_BUDGET, &b, where, value) != 0;
     if (!failed && b.max_servers > 0 && b.min_servers > b.max_servers) {
         load_error(L, "%s: min_servers %d is above max_servers %d", where, b.min_servers,
                    b.max_servers);

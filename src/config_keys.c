@@ -113,40 +113,43 @@ static int parse_key(struct config *into, int idx, const char *value, char *why,
     return -ENOENT;
 }
 
-/* The string field behind key idx, or NULL when the key is not a STR. */
-static char **str_field(struct config *c, int idx)
+/* Free what key idx's field owns (a string, a list), by its kind's config_value_free_. */
+static void free_field(struct config *c, int idx)
 {
     switch (idx) {
-#define KEY(name, type, def, reload, doc) STRPTR_##type(name)
-#define STRPTR_STR(name)                                                                           \
+#define KEY(name, type, def, reload, doc)                                                          \
     case KEY_IDX_##name:                                                                           \
-        return &c->name;
-#define STRPTR_INT(name)
-#define STRPTR_BOOL(name)
-#define STRPTR_TIME(name)
-#define STRPTR_LIMIT(name)
-#define STRPTR_POOL_MODE(name)
-#define STRPTR_AUTH_TYPE(name)
-#define STRPTR_LOG_FORMAT(name)
-#define STRPTR_LOG_LEVEL(name)
-#define STRPTR_SESSION_STATE_POLICY(name)
-#define STRPTR_SSLMODE(name)
+        config_value_free_##type(&c->name);                                                        \
+        break;
 #include "config_keys.def"
 #undef KEY
     }
-    return NULL;
 }
 
-/* Ranges for integer keys; any other INT key is 0..INT_MAX. */
+/* An INT key's range: its KEY_RANGE line in config_keys.def, else 0..INT_MAX. */
 static const struct {
     int idx;
     int64_t min, max;
 } int_ranges[] = {
-    {KEY_IDX_listen_port, 0, 65535},          {KEY_IDX_http_listen_port, 0, 65535},
-    {KEY_IDX_listen_backlog, 1, 65535},       {KEY_IDX_max_client_conn, 1, INT_MAX},
-    {KEY_IDX_max_client_logins, 1, INT_MAX},  {KEY_IDX_pkt_buf, 4096, 1024 * 1024},
-    {KEY_IDX_max_packet_size, 1024, INT_MAX}, {KEY_IDX_tcp_defer_accept, 0, 3600},
+#define KEY(name, type, def, reload, doc)
+#define KEY_RANGE(name, min, max) {KEY_IDX_##name, min, max},
+#include "config_keys.def"
+#undef KEY_RANGE
+#undef KEY
 };
+
+/* The value of an INT key (only int64_t fields have one; TIME's are checked by their parser). */
+static int64_t int_value(const struct config *c, int idx)
+{
+    switch (idx) {
+#define KEY(name, type, def, reload, doc)                                                          \
+    case KEY_IDX_##name:                                                                           \
+        return _Generic(c->name, int64_t : c->name, default : 0);
+#include "config_keys.def"
+#undef KEY
+    }
+    return 0;
+}
 
 /* Checks that need only the key's own value. */
 static int check_key(const struct config *c, int idx, char *why, size_t n)
@@ -159,25 +162,7 @@ static int check_key(const struct config *c, int idx, char *why, size_t n)
                 max = int_ranges[i].max;
             }
         }
-        switch (idx) {
-#define KEY(name, type, def, reload, doc) INTVAL_##type(name)
-#define INTVAL_INT(name)                                                                           \
-    case KEY_IDX_##name:                                                                           \
-        v = c->name;                                                                               \
-        break;
-#define INTVAL_STR(name)
-#define INTVAL_BOOL(name)
-#define INTVAL_TIME(name)
-#define INTVAL_LIMIT(name)
-#define INTVAL_POOL_MODE(name)
-#define INTVAL_AUTH_TYPE(name)
-#define INTVAL_LOG_FORMAT(name)
-#define INTVAL_LOG_LEVEL(name)
-#define INTVAL_SESSION_STATE_POLICY(name)
-#define INTVAL_SSLMODE(name)
-#include "config_keys.def"
-#undef KEY
-        }
+        v = int_value(c, idx);
         if (v < min || v > max) {
             snprintf(why, n, "expected a number from %lld to %lld", (long long)min, (long long)max);
             return -EINVAL;
@@ -205,7 +190,7 @@ int config_keys_check_main(const struct config *c, char *why, size_t n)
                  (long long)c->min_pool_size, (long long)c->default_pool_size);
         return -EINVAL;
     }
-    if (c->listen_addr[0] == '\0' && c->unix_socket_dir[0] == '\0') {
+    if (c->listen_addr.n == 0 && c->unix_socket_dir[0] == '\0') {
         snprintf(why, n, "listen_addr and unix_socket_dir are both empty: nothing to listen on");
         return -EINVAL;
     }
@@ -224,15 +209,11 @@ int config_keys_set(struct config *c, int idx, const char *value, enum config_so
     rc = check_key(&tmp, idx, why, n);
     if (rc == 0 && scope == CHECK_WITH_MAIN)
         rc = config_keys_check_main(&tmp, why, n);
-    char **newstr = str_field(&tmp, idx);
     if (rc != 0) {
-        if (newstr)
-            free(*newstr);
+        free_field(&tmp, idx);
         return rc;
     }
-    char **oldstr = str_field(c, idx);
-    if (oldstr)
-        free(*oldstr);
+    free_field(c, idx);
     *c = tmp;
     c->sources[idx] = src;
     return 0;

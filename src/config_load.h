@@ -1,8 +1,9 @@
 /* config_load: what the files that build one struct config share while they build it; not for
  * the rest of sluice, which sees config.h only. config.c runs a load (defaults, file, environment,
  * auth_file, validation) over one struct loader; config_ini.c reads the INI text, config_db.c a
- * [databases] entry, config_env.c the environment, config_auth_file.c the auth_file, and
- * config_keys.c sets a main-section key from text through config_value.c's parsers. */
+ * [databases] entry, config_entry.c the keys every entry's section has, config_env.c the
+ * environment, config_auth_file.c the auth_file, and config_keys.c sets a main-section key from
+ * text. Every value goes through config_value.c's parser for its kind. */
 #ifndef SLUICE_CONFIG_LOAD_H
 #define SLUICE_CONFIG_LOAD_H
 
@@ -59,8 +60,8 @@ __attribute__((format(printf, 2, 3))) void load_warning(struct loader *L, const 
 /* strdup that records running out of memory in L->oom. */
 char *load_strdup(struct loader *L, const char *s);
 
-/* A whole file into a string, refusing NUL bytes (-EINVAL) and anything past 16 MiB. 0 or -errno.
- */
+/* A whole file into a string, refusing NUL bytes (-EINVAL) and anything past 16 MiB. 0 or
+ * -errno. */
 int config_read_text_file(const char *path, char **out);
 /* Wipe and free a string that may hold a password. */
 void config_free_secret(char *s);
@@ -73,17 +74,28 @@ const struct db_entry *config_find_db_exact(const struct config *c, const char *
 /* The INI text, section by section, into L->c (config_ini.c). */
 void config_ini_parse(struct loader *L, const char *text);
 
-/* One key=value pair of a [databases]/[users]/[budgets] value (config_ini.c): 1 with *key and
- * *val allocated, 0 at the end, -EINVAL with *why set, -ENOMEM. */
+/* ---- entries of [databases], [users] and [budgets] (config_entry.c) ---- */
+
+/* One key=value pair of an entry's value: 1 with *key and *val allocated, 0 at the end, -EINVAL
+ * with *why set, -ENOMEM. */
 int config_entry_next_pair(const char **sp, char **key, char **val, const char **why);
 #define ENTRY_TIMEOUTS_UNSET                                                                       \
     {                                                                                              \
         .server_lifetime = -1, .query_timeout = -1, .idle_transaction_timeout = -1,                \
         .transaction_timeout = -1, .client_idle_timeout = -1                                       \
     }
-/* A per-entry timeout key: 1 applied, 0 not one of them, -EINVAL bad value (reported). */
-int config_entry_timeout(struct loader *L, const char *where, struct entry_timeouts *t,
-                         const char *key, const char *val);
+enum entry_section { ENTRY_DB, ENTRY_USER, ENTRY_BUDGET };
+/* Set key of an entry of section (entry: its struct db_entry, user_entry or budget_entry) when
+ * config_entry_keys.def lists it: 1 set, 0 not one of the section's keys, -EINVAL a bad value
+ * (reported under where). */
+int config_entry_set(struct loader *L, enum entry_section section, void *entry, const char *where,
+                     const char *key, const char *val);
+/* A [users] or [budgets] entry's value, pair by pair, into entry: 0, or -EINVAL with each
+ * problem reported under where (an unknown key, a bad value, bad syntax). */
+int config_entry_parse(struct loader *L, enum entry_section section, void *entry, const char *where,
+                       const char *value);
+/* "a, b and c": the section's keys, for an error about an unknown one. */
+void config_entry_accepted(enum entry_section section, char *out, size_t n);
 
 /* [databases] (config_db.c): one entry of the file; and the pieces DATABASE_URL reuses. */
 void config_db_on_entry(struct loader *L, const char *name, const char *value);
@@ -93,6 +105,9 @@ int config_db_from_url(struct loader *L, const char *where, struct db_entry *db,
 const char *config_db_keyword(const struct db_entry *db, const char *key);
 int config_db_set_keyword(struct db_entry *db, const char *key, const char *val);
 bool config_db_push(struct loader *L, const struct db_entry *db);
+/* The entry's sslmode keyword into db->sslmode; -EINVAL (reported under where) when libpq would
+ * refuse it. */
+int config_db_parse_sslmode(struct loader *L, const char *where, struct db_entry *db);
 
 /* SLUICE_<KEY> variables and DATABASE_URL (config_env.c). */
 void config_env_apply(struct loader *L, char *const *env);

@@ -2,6 +2,8 @@
  * the enum types), and the formatter that writes a value back as text; see config_value.h. */
 #include "config_value.h"
 
+#include "cidr.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -94,18 +96,14 @@ const char *session_policy_name(enum session_policy p)
     return enum_name("SESSION_STATE_POLICY", p);
 }
 
+const char *load_balance_hosts_name(enum load_balance_hosts l)
+{
+    return enum_name("LOAD_BALANCE_HOSTS", l);
+}
+
 const char *sslmode_name(enum sslmode m)
 {
     return enum_name("SSLMODE", m);
-}
-
-int sslmode_parse(const char *text, enum sslmode *out)
-{
-    int v;
-    if (!text || !text[0] || enum_parse("SSLMODE", text, &v) != 0)
-        return -1;
-    *out = (enum sslmode)v;
-    return 0;
 }
 
 const char *config_source_name(enum config_source s)
@@ -134,7 +132,7 @@ int limit_resolve(struct limit l, int server_usable)
     return n < 1 ? 1 : (int)n;
 }
 
-/* ---- typed value parsers, one per type in config_keys.def ----
+/* ---- value parsers, one per kind (config_keys.def, config_entry_keys.def) ----
  * Each writes *out only on success; on failure it says what was expected in why. */
 
 static int parse_int64(const char *v, int64_t *out)
@@ -148,13 +146,22 @@ static int parse_int64(const char *v, int64_t *out)
     return 0;
 }
 
-/* A count for per-entry keys: 0..INT_MAX. */
-int config_value_parse_count(const char *v, int *out)
+static int parse_count(const char *v, int *out)
 {
     int64_t n;
     if (parse_int64(v, &n) != 0 || n < 0 || n > INT_MAX)
         return -EINVAL;
     *out = (int)n;
+    return 0;
+}
+
+/* A per-entry count ([databases], [users], [budgets]): 0..INT_MAX. */
+int config_value_parse_COUNT(const char *v, int *out, char *why, size_t n)
+{
+    if (parse_count(v, out) != 0) {
+        snprintf(why, n, "expected a number from 0 to %d", INT_MAX);
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -254,7 +261,7 @@ too_large:
     return -EINVAL;
 }
 
-int config_value_parse_limit_text(const char *v, struct limit *out)
+static int parse_limit_text(const char *v, struct limit *out)
 {
     size_t len = strlen(v);
     if (len > 0 && v[len - 1] == '%') {
@@ -264,13 +271,13 @@ int config_value_parse_limit_text(const char *v, struct limit *out)
         memcpy(num, v, len - 1);
         num[len - 1] = '\0';
         int pct;
-        if (config_value_parse_count(num, &pct) != 0 || pct < 1 || pct > 100)
+        if (parse_count(num, &pct) != 0 || pct < 1 || pct > 100)
             return -EINVAL;
         *out = (struct limit){.value = pct, .is_percent = true};
         return 0;
     }
     int count;
-    if (config_value_parse_count(v, &count) != 0)
+    if (parse_count(v, &count) != 0)
         return -EINVAL;
     *out = (struct limit){.value = count, .is_percent = false};
     return 0;
@@ -278,14 +285,15 @@ int config_value_parse_limit_text(const char *v, struct limit *out)
 
 int config_value_parse_LIMIT(const char *v, struct limit *out, char *why, size_t n)
 {
-    if (config_value_parse_limit_text(v, out) != 0) {
-        snprintf(why, n, "expected a count (0 = no limit) or a percentage from 1%% to 100%%");
+    if (parse_limit_text(v, out) != 0) {
+        snprintf(why, n, "expected a count or a percentage from 1%% to 100%%");
         return -EINVAL;
     }
     return 0;
 }
 
-/* parse_<TYPE> and format_<TYPE> of an enum type, through its config_enums.def lines. */
+/* config_value_parse_<KIND> and _format_<KIND> of an enum kind, through its config_enums.def
+ * lines. */
 #define ENUM_KIND(type, ctype)                                                                     \
     int config_value_parse_##type(const char *v, ctype *out, char *why, size_t n)                  \
     {                                                                                              \
@@ -306,6 +314,7 @@ ENUM_KIND(LOG_FORMAT, enum log_format)
 ENUM_KIND(LOG_LEVEL, enum log_level)
 ENUM_KIND(SESSION_STATE_POLICY, enum session_policy)
 ENUM_KIND(SSLMODE, enum sslmode)
+ENUM_KIND(LOAD_BALANCE_HOSTS, enum load_balance_hosts)
 
 int config_value_parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, size_t n)
 {
@@ -328,6 +337,116 @@ int config_value_parse_AUTH_TYPE(const char *v, enum auth_type *out, char *why, 
 void config_value_format_STR(char *const *v, char *out, size_t n)
 {
     snprintf(out, n, "%s", *v ? *v : "");
+}
+
+void config_value_free_STR(char **v)
+{
+    free(*v);
+    *v = NULL;
+}
+
+/* Empty means "not set": NULL, so that the main section's value applies. */
+int config_value_parse_OPTIONAL_STR(const char *v, char **out, char *why, size_t n)
+{
+    if (v[0])
+        return config_value_parse_STR(v, out, why, n);
+    *out = NULL;
+    return 0;
+}
+
+static bool is_list_separator(char ch)
+{
+    return ch == ',' || isspace((unsigned char)ch);
+}
+
+int config_value_parse_LIST(const char *v, struct name_list *out, char *why, size_t n)
+{
+    struct name_list l = {.text = strdup(v)};
+    size_t most = strlen(v) / 2 + 1; /* names and separators alternate */
+    l.names = calloc(most, sizeof *l.names);
+    bool oom = !l.text || !l.names;
+    for (const char *p = v; !oom && *p;) {
+        while (is_list_separator(*p))
+            p++;
+        size_t len = 0;
+        while (p[len] && !is_list_separator(p[len]))
+            len++;
+        if (len == 0)
+            break;
+        oom = !(l.names[l.n] = strndup(p, len));
+        l.n += !oom;
+        p += len;
+    }
+    if (oom) {
+        config_value_free_LIST(&l);
+        snprintf(why, n, "out of memory");
+        return -ENOMEM;
+    }
+    *out = l;
+    return 0;
+}
+
+void config_value_format_LIST(const struct name_list *v, char *out, size_t n)
+{
+    snprintf(out, n, "%s", v->text ? v->text : "");
+}
+
+void config_value_free_LIST(struct name_list *v)
+{
+    for (int i = 0; v->names && i < v->n; i++)
+        free(v->names[i]);
+    free(v->names);
+    free(v->text);
+    *v = (struct name_list){0};
+}
+
+int config_value_parse_SQL(const char *v, struct sql_setting *out, char *why, size_t n)
+{
+    char *text;
+    int rc = config_value_parse_STR(v, &text, why, n);
+    if (rc != 0)
+        return rc;
+    enum sql_setting_kind kind = SQL_SETTING_OTHER;
+    if (!v[0])
+        kind = SQL_SETTING_NONE;
+    else if (strcmp(v, "<empty>") == 0)
+        kind = SQL_SETTING_EMPTY_QUERY;
+    else if (strcasecmp(v, "DISCARD ALL") == 0)
+        kind = SQL_SETTING_DISCARD_ALL;
+    *out = (struct sql_setting){.text = text, .kind = kind};
+    return 0;
+}
+
+void config_value_format_SQL(const struct sql_setting *v, char *out, size_t n)
+{
+    config_value_format_STR(&v->text, out, n);
+}
+
+void config_value_free_SQL(struct sql_setting *v)
+{
+    config_value_free_STR(&v->text);
+}
+
+/* Parsed here, once, by the parser that matching uses: text the matcher would read differently
+ * (a prefix of "/0008") is refused rather than silently ignored. */
+int config_value_parse_CIDR(const char *v, struct cidr_setting *out, char *why, size_t n)
+{
+    struct cidr net;
+    if (cidr_parse(v, &net) != 0) {
+        snprintf(why, n, "expected an IPv4 or IPv6 address or CIDR (10.0.0.0/8, ::1/128)");
+        return -EINVAL;
+    }
+    char *text;
+    int rc = config_value_parse_STR(v, &text, why, n);
+    if (rc != 0)
+        return rc;
+    *out = (struct cidr_setting){.text = text, .net = net};
+    return 0;
+}
+
+void config_value_free_CIDR(struct cidr_setting *v)
+{
+    config_value_free_STR(&v->text);
 }
 
 void config_value_format_INT(const int64_t *v, char *out, size_t n)
