@@ -630,10 +630,10 @@ static void run_query(struct client *c, const char *sql)
         codec_begin(&c->out, 'I'); /* EmptyQueryResponse */
         codec_end(&c->out);
         r = OUT_ERROR; /* no CommandComplete: just ReadyForQuery */
-    } else if (!config_list_contains(cfg->admin_users, c->user) &&
+    } else if (!config_list_contains(&cfg->admin_users, c->user) &&
                !(admin_verb_read_only(cmd.verb) &&
-                 config_list_contains(cfg->stats_users, c->user))) {
-        bool stats = config_list_contains(cfg->stats_users, c->user);
+                 config_list_contains(&cfg->stats_users, c->user))) {
+        bool stats = config_list_contains(&cfg->stats_users, c->user);
         put_error(c, SQLSTATE_INSUFFICIENT_PRIVILEGE,
                   stats ? "stats_users may run SHOW commands; the rest is for admin_users."
                         : "Only users in admin_users or stats_users may use the console.",

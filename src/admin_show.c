@@ -1014,7 +1014,7 @@ static void show_budgets(struct client *c)
         const char *addr = NULL;
         for (int j = 0; j < cfg->nbudgets; j++) {
             if (strcmp(cfg->budgets[j].name, b->name) == 0)
-                addr = cfg->budgets[j].addr_cidr;
+                addr = cfg->budgets[j].addr.text;
         }
         row_begin(&t);
         cell_text(&t, b->name);

@@ -44,9 +44,9 @@ static int fill(struct budget *b, const struct budget_entry *e)
     if (set_str(&b->app_pattern, e ? e->app_pattern : NULL) < 0 ||
         set_str(&b->user, e ? e->user : NULL) < 0)
         return -ENOMEM;
-    b->has_addr = e && e->addr.family != AF_UNSPEC;
+    b->has_addr = e && e->addr.net.family != AF_UNSPEC;
     if (b->has_addr)
-        b->addr = e->addr;
+        b->addr = e->addr.net;
     b->max_servers = e ? e->max_servers : 0;
     b->max_clients = e ? e->max_clients : 0;
     b->min_servers = e ? e->min_servers : 0;

@@ -104,7 +104,7 @@ static int take_options(struct client *c, const char *options)
     int rc = params_parse_options(&parsed, options);
     for (int i = 0; rc == 0 && i < parsed.n; i++) {
         const struct param *p = &parsed.items[i];
-        if (!config_list_contains(c->app->cfg->ignore_startup_parameters, p->name) &&
+        if (!config_list_contains(&c->app->cfg->ignore_startup_parameters, p->name) &&
             params_set(&c->params, p->name, p->value) < 0)
             rc = -ENOMEM;
     }
@@ -155,7 +155,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
         if (param_is_protocol_level(name) ||
-            config_list_contains(cfg->ignore_startup_parameters, name))
+            config_list_contains(&cfg->ignore_startup_parameters, name))
             continue;
         if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {
             client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
@@ -167,7 +167,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         }
     }
     const char *options = codec_startup_get(sp, "options");
-    if (options && !config_list_contains(cfg->ignore_startup_parameters, "options")) {
+    if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
         int rc = take_options(c, options);
         if (rc < 0) {
             client_fail(c, rc == -ENOMEM ? FAIL_OUT_OF_MEMORY : FAIL_BAD_STARTUP,
@@ -240,8 +240,8 @@ void client_login_ok(struct client *c)
         return;
     }
     if (c->admin) {
-        if (!config_list_contains(app->cfg->admin_users, c->user) &&
-            !config_list_contains(app->cfg->stats_users, c->user)) {
+        if (!config_list_contains(&app->cfg->admin_users, c->user) &&
+            !config_list_contains(&app->cfg->stats_users, c->user)) {
             client_fail(c, FAIL_ADMIN_DENIED, "");
             return;
         }

@@ -10,7 +10,8 @@
 
 #include "cidr.h"
 
-/* Each enum type's values are listed once, in config_enums.def; config.c parses them at load. */
+/* Each enum type's values are listed once, in config_enums.def; config_value.c parses them at
+ * load. */
 enum pool_mode { POOL_MODE_UNSET = 0, POOL_SESSION, POOL_TRANSACTION, POOL_STATEMENT };
 enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 enum log_format { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON };
@@ -37,18 +38,44 @@ const char *log_format_name(enum log_format f);
 const char *log_level_name(enum log_level l);
 const char *session_policy_name(enum session_policy p);
 const char *sslmode_name(enum sslmode m); /* "" for SSLMODE_UNSET */
-/* libpq's sslmode text (a [databases] entry's sslmode=, for the passthrough login): 0, or -1
- * when it is not one of them. The same parser as server_tls_sslmode's. */
-int sslmode_parse(const char *text, enum sslmode *out);
 
 /* A cap that is either a count or a share of the server's usable connections. */
 struct limit {
-    int value;    /* count, or percent when is_percent */
+    int value; /* count, or percent when is_percent */
     bool is_percent;
 };
 /* Resolve against the server's max_connections - superuser_reserved_connections; 0 = no limit.
  * A percent with server_usable <= 0 (not yet known) resolves to 0 (no limit yet). */
 int limit_resolve(struct limit l, int server_usable);
+
+/* Names separated by commas and/or blanks (admin_users, stats_users, ignore_startup_parameters,
+ * listen_addr), split once at load. */
+struct name_list {
+    char *text;   /* as written, for SHOW CONFIG */
+    char **names; /* n names, none empty */
+    int n;
+};
+/* Is name one of the list's (the whole name, case-sensitive)? */
+bool config_list_contains(const struct name_list *list, const char *name);
+
+/* An SQL key (server_reset_query, server_check_query): its text and what it is, seen once at
+ * load so nothing compares the text again per server. */
+enum sql_setting_kind {
+    SQL_SETTING_NONE,        /* empty: nothing is sent (the key is off) */
+    SQL_SETTING_EMPTY_QUERY, /* "<empty>" (PgBouncer's): an empty Query, the cheapest round trip */
+    SQL_SETTING_DISCARD_ALL, /* DISCARD ALL, in any case */
+    SQL_SETTING_OTHER,
+};
+struct sql_setting {
+    char *text; /* as written */
+    enum sql_setting_kind kind;
+};
+
+/* An address or CIDR (a budget's addr=), parsed once by cidr_parse(). */
+struct cidr_setting {
+    char *text;      /* as written, for SHOW BUDGETS; NULL = any */
+    struct cidr net; /* family AF_UNSPEC = any */
+};
 
 /* Where a value came from, for SHOW CONFIG and `sluice --check`. */
 enum config_source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_ADMIN_SET };
@@ -73,33 +100,35 @@ enum load_balance_hosts {
     LOAD_BALANCE_ROUND_ROBIN, /* the next host after the one the previous connection started at */
     LOAD_BALANCE_DISABLE,     /* always the first: the first host that works gets them all */
 };
+const char *load_balance_hosts_name(enum load_balance_hosts l);
 
 struct db_entry {
-    char *name;            /* "*" is the fallback entry */
+    char *name; /* "*" is the fallback entry */
     int nkeys;
-    char **pq_keywords;    /* NULL-terminated arrays of nkeys entries, for PQconnectStartParams */
+    char **pq_keywords; /* NULL-terminated arrays of nkeys entries, for PQconnectStartParams */
     char **pq_values;
-    int pool_size;         /* -1: default_pool_size */
-    int min_pool_size;     /* -1: min_pool_size */
-    int reserve_pool;      /* -1: reserve_pool_size */
-    enum pool_mode pool_mode; /* POOL_MODE_UNSET: the main section's */
+    int pool_size;                   /* -1: default_pool_size */
+    int min_pool_size;               /* -1: min_pool_size */
+    int reserve_pool;                /* -1: reserve_pool_size */
+    enum pool_mode pool_mode;        /* POOL_MODE_UNSET: the main section's */
     struct limit max_db_connections; /* value 0: the main section's */
     int max_db_client_connections;   /* 0: the main section's */
-    char *auth_user;       /* NULL unless set */
-    char *auth_dbname;     /* the entry auth_query runs on for this entry's clients, over the
-                              main section's auth_dbname; NULL unless set */
+    char *auth_user;                 /* NULL unless set */
+    char *auth_dbname; /* the entry auth_query runs on for this entry's clients, over the
+                          main section's auth_dbname; NULL unless set */
     struct entry_timeouts timeouts;
-    char *connect_query;   /* run once on each new server after login; NULL unless set */
+    char *connect_query; /* run once on each new server after login; NULL unless set */
     enum load_balance_hosts load_balance_hosts; /* with a host list: where a new server starts */
-    int line;              /* line in the file, 0 for environment */
+    enum sslmode sslmode; /* its libpq sslmode keyword, parsed at load; UNSET when not given */
+    int line;             /* line in the file, 0 for environment */
 };
 
 /* One [users] entry. */
 struct user_entry {
     char *name;
-    enum pool_mode pool_mode;  /* POOL_MODE_UNSET: not overridden */
-    int pool_size;             /* -1: not overridden */
-    int reserve_pool;          /* -1: not overridden */
+    enum pool_mode pool_mode; /* POOL_MODE_UNSET: not overridden */
+    int pool_size;            /* -1: not overridden */
+    int reserve_pool;         /* -1: not overridden */
     struct entry_timeouts timeouts;
     struct limit max_user_connections; /* value 0: the main section's */
     int max_user_client_connections;   /* 0: the main section's */
@@ -109,7 +138,8 @@ struct user_entry {
 /* One userlist.txt entry (auth_file), or the user/password of DATABASE_URL. */
 struct auth_entry {
     char *user;
-    char *secret; /* plain password, "md5<32 hex>", or "SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>" */
+    char *secret; /* plain password, "md5<32 hex>", or
+                     "SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>" */
 };
 
 /* One [budgets] entry: name = app=<glob> user=<name> addr=<cidr> max_servers=N max_clients=M
@@ -117,13 +147,12 @@ struct auth_entry {
  * matcher matches it; clients matching none belong to the built-in "default" budget. */
 struct budget_entry {
     char *name;
-    char *app_pattern;  /* glob on application_name, NULL = any */
-    char *user;         /* NULL = any */
-    char *addr_cidr;    /* as written, for SHOW BUDGETS; NULL = any */
-    struct cidr addr;   /* addr_cidr parsed once by cidr_parse(); family AF_UNSPEC = any */
-    int max_servers;    /* 0 = no limit of its own */
-    int max_clients;    /* 0 = no limit of its own */
-    int min_servers;    /* guaranteed share; 0 = none */
+    char *app_pattern;        /* glob on application_name, NULL = any */
+    char *user;               /* NULL = any */
+    struct cidr_setting addr; /* NULL text = any */
+    int max_servers;          /* 0 = no limit of its own */
+    int max_clients;          /* 0 = no limit of its own */
+    int min_servers;          /* guaranteed share; 0 = none */
     int line;
 };
 
@@ -134,6 +163,8 @@ struct config {
 #define KEY_FIELD_BOOL(name) bool name;
 #define KEY_FIELD_TIME(name) int64_t name; /* milliseconds */
 #define KEY_FIELD_LIMIT(name) struct limit name;
+#define KEY_FIELD_LIST(name) struct name_list name;
+#define KEY_FIELD_SQL(name) struct sql_setting name;
 #define KEY_FIELD_POOL_MODE(name) enum pool_mode name;
 #define KEY_FIELD_AUTH_TYPE(name) enum auth_type name;
 #define KEY_FIELD_LOG_FORMAT(name) enum log_format name;
@@ -161,8 +192,8 @@ struct config {
 /* Describes each main-section key (for SHOW CONFIG, --help, the README table). */
 struct config_key_info {
     const char *name;
-    const char *type;     /* "STR", "INT", ... (config_enums.def lists an enum type's values) */
-    const char *def;      /* default as written in config_keys.def */
+    const char *type; /* "STR", "INT", ... (config_enums.def lists an enum type's values) */
+    const char *def;  /* default as written in config_keys.def */
     bool reloadable;
     const char *doc;
 };
@@ -191,16 +222,18 @@ struct config *config_load_string(const char *ini_text, char *const *env, struct
 void config_free(struct config *c);
 
 /* Look-ups used by the proxy. */
-const struct db_entry *config_find_db(const struct config *c, const char *name); /* exact, then "*" */
+const struct db_entry *config_find_db(const struct config *c,
+                                      const char *name); /* exact, then "*" */
 const struct user_entry *config_find_user(const struct config *c, const char *name);
 const struct auth_entry *config_find_auth(const struct config *c, const char *user);
+/* The sslmode a server of db logs in with: the entry's sslmode=, else server_tls_sslmode;
+ * SSLMODE_UNSET leaves it to libpq's default (prefer). */
+enum sslmode config_server_sslmode(const struct config *c, const struct db_entry *db);
 /* A main-section key's current value as text (SHOW CONFIG); secrets are never among them. */
 void config_format_value(const struct config *c, int key_index, char *out, size_t outlen);
 /* Set one main-section key from text (admin SET, environment). 0 or a negative errno;
  * err gets a message fit for a person. */
 int config_set_key(struct config *c, const char *name, const char *value, enum config_source src,
                    char *err, size_t errlen);
-/* Is name in the comma-separated list (admin_users, stats_users, ignore_startup_parameters)? */
-bool config_list_contains(const char *list, const char *name);
 
 #endif

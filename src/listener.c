@@ -330,17 +330,9 @@ int listener_start(struct sluice *app)
     uv_timer_init(app->loop, &app->listener->retry);
     app->listener->retry.data = app->listener;
     uv_unref((uv_handle_t *)&app->listener->retry);
-    char *addrs = strdup(cfg->listen_addr);
-    if (!addrs)
-        return UV_ENOMEM;
     int rc = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(addrs, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-        rc = listen_tcp(app, tok, app->listener->port);
-        if (rc < 0)
-            break;
-    }
-    free(addrs);
+    for (int i = 0; i < cfg->listen_addr.n && rc == 0; i++)
+        rc = listen_tcp(app, cfg->listen_addr.names[i], app->listener->port);
     if (rc == 0 && cfg->unix_socket_dir[0])
         rc = listen_unix(app, cfg->unix_socket_dir, app->listener->port);
     if (rc == 0 && app->listener->nsocks == 0) {

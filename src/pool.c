@@ -407,7 +407,7 @@ void pool_unlink(struct client *c, struct server *s)
 static bool needs_check(const struct server *s, uint64_t now)
 {
     const struct config *cfg = s->pool->app->cfg;
-    return cfg->server_check_query[0] && cfg->server_check_delay >= 0 &&
+    return cfg->server_check_query.kind != SQL_SETTING_NONE && cfg->server_check_delay >= 0 &&
            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay;
 }
 
@@ -415,7 +415,8 @@ static bool needs_check(const struct server *s, uint64_t now)
  * ReadyForQuery without parsing or logging a statement. */
 static const char *check_sql(const struct config *cfg)
 {
-    return strcmp(cfg->server_check_query, "<empty>") == 0 ? "" : cfg->server_check_query;
+    const struct sql_setting *q = &cfg->server_check_query;
+    return q->kind == SQL_SETTING_EMPTY_QUERY ? "" : q->text;
 }
 
 /* Hand idle servers to eligible waiters, FIFO. */
@@ -591,9 +592,9 @@ bool pool_queue_cleanup(struct server *s)
         server_queue_internal(s, "ROLLBACK");
         queued = true;
     }
-    bool reset = ops->reset_on_release && cfg->server_reset_query[0];
+    bool reset = ops->reset_on_release && cfg->server_reset_query.kind != SQL_SETTING_NONE;
     if (reset) {
-        server_queue_internal(s, cfg->server_reset_query);
+        server_queue_internal(s, cfg->server_reset_query.text);
         /* DISCARD ALL drops prepared statements; should it fail, re-preparing stays safe. */
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
@@ -603,7 +604,7 @@ bool pool_queue_cleanup(struct server *s)
          * statement that undoes all of it (role, authorization, parameters, temporary tables,
          * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
          * is. Should it fail, the server is closed (on_internal_error). */
-        if (!reset || strcasecmp(cfg->server_reset_query, "DISCARD ALL") != 0)
+        if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
             server_queue_internal(s, "DISCARD ALL");
         stmt_map_mark_unknown(&s->stmts);
         s->session = SERVER_SESSION_FOLLOWED;

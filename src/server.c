@@ -349,7 +349,8 @@ static void start_login(struct server *s, const struct resolver *r)
         keys = &from_file;
     if (keys) {
         char why[256];
-        int started = server_login_start(s, kw, val, keys, why, sizeof(why));
+        enum sslmode sslmode = config_server_sslmode(app->cfg, db);
+        int started = server_login_start(s, kw, val, sslmode, keys, why, sizeof(why));
         OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
         if (started < 0) {
             server_connect_failed(s, why);

@@ -651,36 +651,29 @@ void server_login_step(struct server *s, int status, int events)
 
 /* ---- start ---- */
 
-/* What the login does for a libpq sslmode (parsed by config's one sslmode parser). */
-static int ssl_want_of(const char *text, enum ssl_want *out)
+/* What the login does for a libpq sslmode (parsed once, at config load). */
+static enum ssl_want ssl_want_of(enum sslmode mode)
 {
-    enum sslmode mode = SSLMODE_PREFER; /* libpq's default */
-    if (text && sslmode_parse(text, &mode) != 0)
-        return -1;
     switch (mode) {
     case SSLMODE_UNSET:
     case SSLMODE_PREFER:
-        *out = SSL_PREFER;
-        break;
+        return SSL_PREFER; /* libpq's default */
     case SSLMODE_DISABLE:
     case SSLMODE_ALLOW:
-        *out = SSL_NO; /* allow: libpq tries without TLS first */
-        break;
+        return SSL_NO; /* allow: libpq tries without TLS first */
     case SSLMODE_REQUIRE:
-        *out = SSL_REQUIRE;
-        break;
+        return SSL_REQUIRE;
     case SSLMODE_VERIFY_CA:
-        *out = SSL_VERIFY_CA;
-        break;
+        return SSL_VERIFY_CA;
     case SSLMODE_VERIFY_FULL:
-        *out = SSL_VERIFY_FULL;
-        break;
+        return SSL_VERIFY_FULL;
     }
-    return 0;
+    return SSL_PREFER;
 }
 
 int server_login_start(struct server *s, const char *const *kw, const char *const *val,
-                       const struct passthrough_keys *keys, char *why, size_t whylen)
+                       enum sslmode sslmode, const struct passthrough_keys *keys, char *why,
+                       size_t whylen)
 {
     struct server_login *l = calloc(1, sizeof(*l));
     if (!l) {
@@ -715,10 +708,7 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
         snprintf(why, whylen, "out of memory");
         return -1;
     }
-    if (ssl_want_of(kw_get(kw, val, "sslmode"), &l->ssl_want) < 0) {
-        snprintf(why, whylen, "invalid sslmode \"%s\"", kw_get(kw, val, "sslmode"));
-        return -1;
-    }
+    l->ssl_want = ssl_want_of(sslmode);
     char *end = NULL;
     long portnum = strtol(l->port, &end, 10);
     if (!end || *end || portnum < 1 || portnum > 65535) {

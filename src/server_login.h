@@ -16,13 +16,17 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "config.h"
+
 struct server;
 struct passthrough_keys;
 
-/* Start logging s in (s is CONNECTING, s->conn NULL). kw/val: NULL-terminated libpq keywords.
- * 0, or -1 with why filled in (then the caller closes s). */
+/* Start logging s in (s is CONNECTING, s->conn NULL). kw/val: NULL-terminated libpq keywords;
+ * sslmode: the one they hold, as config parsed it (config_server_sslmode). 0, or -1 with why
+ * filled in (then the caller closes s). */
 int server_login_start(struct server *s, const char *const *kw, const char *const *val,
-                       const struct passthrough_keys *keys, char *why, size_t whylen);
+                       enum sslmode sslmode, const struct passthrough_keys *keys, char *why,
+                       size_t whylen);
 /* A socket event while logging in (called by server.c for CONNECTING servers with a login). */
 void server_login_step(struct server *s, int status, int events);
 /* server_close: free the login state (and the TLS session sluice made). */

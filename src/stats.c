@@ -44,7 +44,7 @@ void stats_view_pool(const struct pool *p, uint64_t now, struct stats_pool_view 
     list_for_each(&p->idle, n, tmp)
     {
         const struct server *s = container_of(n, struct server, node);
-        if (cfg->server_check_query[0] && cfg->server_check_delay >= 0 &&
+        if (cfg->server_check_query.kind != SQL_SETTING_NONE && cfg->server_check_delay >= 0 &&
             now - s->state_since_ms >= (uint64_t)cfg->server_check_delay)
             v->sv_used++;
         else

@@ -3,6 +3,7 @@
  * compatibility (section name, [databases] syntax, unsupported keys, userlist.txt), URLs,
  * DATABASE_URL and SLUICE_* overrides with their precedence, and whole-config validation. */
 #include "config.h"
+#include "config_value.h"
 
 #include "check.h"
 
@@ -106,7 +107,7 @@ static void defaults_come_from_config_keys_def(void)
     CHECK(c != NULL);
     if (!c)
         return;
-    CHECK_STR(c->listen_addr, "127.0.0.1");
+    CHECK_STR(c->listen_addr.text, "127.0.0.1");
     CHECK_INT(c->listen_port, 6432);
     CHECK_STR(c->unix_socket_dir, "");
     CHECK_INT(c->auth_type, AUTH_MD5);
@@ -116,7 +117,7 @@ static void defaults_come_from_config_keys_def(void)
     CHECK_INT(c->max_client_conn, 100);
     CHECK_INT(c->max_db_connections.value, 0);
     CHECK(!c->max_db_connections.is_percent);
-    CHECK_STR(c->server_reset_query, "DISCARD ALL");
+    CHECK_STR(c->server_reset_query.text, "DISCARD ALL");
     CHECK(!c->server_reset_query_always);
     CHECK_INT(c->query_wait_timeout, 120000);
     CHECK_INT(c->pkt_buf, 16384);
@@ -348,11 +349,15 @@ static void enum_keys_hold_their_parsed_values(void)
     CHECK(strstr(err, "expected disable, allow, prefer, require, verify-ca or verify-full"));
     config_free(c);
 
+    /* One sslmode parser, for the main keys and a [databases] entry's sslmode= alike. */
     enum sslmode m = SSLMODE_UNSET;
-    CHECK_INT(sslmode_parse("verify-ca", &m), 0);
+    char why[128];
+    CHECK_INT(config_value_parse_SSLMODE("verify-ca", &m, why, sizeof why), 0);
     CHECK_INT(m, SSLMODE_VERIFY_CA);
-    CHECK_INT(sslmode_parse("", &m), -1);
-    CHECK_INT(sslmode_parse("always", &m), -1);
+    CHECK_INT(config_value_parse_SSLMODE("", &m, why, sizeof why), 0);
+    CHECK_INT(m, SSLMODE_UNSET);
+    CHECK(config_value_parse_SSLMODE("always", &m, why, sizeof why) < 0);
+    CHECK_INT(m, SSLMODE_UNSET);
     CHECK_STR(session_policy_name(SESSION_POLICY_WARN), "warn");
     CHECK_STR(log_level_name(LOG_INFO), "info");
     int k = key_index("log_level");
@@ -516,7 +521,7 @@ static void a_real_pgbouncer_ini_loads_unchanged(void)
     }
     CHECK_INT(c->ndbs, 3);
     CHECK_INT(c->reserve_pool_timeout, 3000);
-    CHECK(config_list_contains(c->admin_users, "someadmin"));
+    CHECK(config_list_contains(&c->admin_users, "someadmin"));
     const struct db_entry *forcedb = config_find_db(c, "forcedb");
     CHECK(forcedb != NULL);
     if (forcedb) {
@@ -949,19 +954,19 @@ static void budgets_parse_matchers_and_limits(void)
     CHECK_STR(b->name, "api");
     CHECK_STR(b->app_pattern, "web-*");
     CHECK_STR(b->user, "api");
-    CHECK_STR(b->addr_cidr, "10.0.0.0/8");
+    CHECK_STR(b->addr.text, "10.0.0.0/8");
     CHECK_INT(b->max_servers, 10);
     CHECK_INT(b->max_clients, 200);
     CHECK_INT(b->min_servers, 2);
     CHECK_INT(b->line, 4);
-    CHECK(c->budgets[1].user == NULL && c->budgets[1].addr_cidr == NULL);
+    CHECK(c->budgets[1].user == NULL && c->budgets[1].addr.text == NULL);
     CHECK_INT(c->budgets[1].max_clients, 0);
-    CHECK_STR(c->budgets[2].addr_cidr, "::1/128");
-    CHECK_INT(c->budgets[2].addr.family, AF_INET6);
-    CHECK_INT(c->budgets[2].addr.prefix, 128);
-    CHECK_INT(c->budgets[3].addr.family, AF_INET);
-    CHECK_INT(c->budgets[3].addr.prefix, 32);
-    CHECK_INT(c->budgets[1].addr.family, AF_UNSPEC);
+    CHECK_STR(c->budgets[2].addr.text, "::1/128");
+    CHECK_INT(c->budgets[2].addr.net.family, AF_INET6);
+    CHECK_INT(c->budgets[2].addr.net.prefix, 128);
+    CHECK_INT(c->budgets[3].addr.net.family, AF_INET);
+    CHECK_INT(c->budgets[3].addr.net.prefix, 32);
+    CHECK_INT(c->budgets[1].addr.net.family, AF_UNSPEC);
     config_free(c);
 }
 
@@ -1249,7 +1254,7 @@ static void environment_alone_with_database_url_and_sluice_keys_is_a_full_config
     struct config *c = config_load(NULL, env, &diag);
     CHECK(c != NULL);
     if (c) {
-        CHECK_STR(c->listen_addr, "*");
+        CHECK_STR(c->listen_addr.text, "*");
         CHECK_INT(c->default_pool_size, 5);
         CHECK_INT(c->auth_type, AUTH_SCRAM);
         CHECK(config_find_auth(c, "app") != NULL);
@@ -1305,7 +1310,7 @@ static void set_key_changes_one_value_and_refuses_bad_ones_unchanged(void)
 
     CHECK_INT(config_set_key(c, "server_reset_query", "RESET ALL", SRC_ADMIN_SET, err, sizeof err),
               0);
-    CHECK_STR(c->server_reset_query, "RESET ALL");
+    CHECK_STR(c->server_reset_query.text, "RESET ALL");
 
     CHECK_INT(config_set_key(c, "pool_mode", "bogus", SRC_ADMIN_SET, err, sizeof err), -EINVAL);
     CHECK_STR(err, "pool_mode = 'bogus': expected session, transaction or statement");
@@ -1376,20 +1381,113 @@ static void format_value_never_shows_a_secret(void)
     config_free(c);
 }
 
+/* contains(text, name): split text as a LIST key is split at load, then look name up. */
+static bool list_text_contains(const char *text, const char *name)
+{
+    struct name_list list;
+    char why[64];
+    CHECK_INT(config_value_parse_LIST(text, &list, why, sizeof why), 0);
+    bool found = config_list_contains(&list, name);
+    config_value_free_LIST(&list);
+    return found;
+}
+
 static void list_contains_matches_whole_names_in_comma_or_space_lists(void)
 {
     const char *list = " alice, bob,carol  dave ,";
-    CHECK(config_list_contains(list, "alice"));
-    CHECK(config_list_contains(list, "bob"));
-    CHECK(config_list_contains(list, "carol"));
-    CHECK(config_list_contains(list, "dave"));
-    CHECK(!config_list_contains(list, "al"));
-    CHECK(!config_list_contains(list, "alice,"));
-    CHECK(!config_list_contains(list, ""));
-    CHECK(!config_list_contains("", "alice"));
+    CHECK(list_text_contains(list, "alice"));
+    CHECK(list_text_contains(list, "bob"));
+    CHECK(list_text_contains(list, "carol"));
+    CHECK(list_text_contains(list, "dave"));
+    CHECK(!list_text_contains(list, "al"));
+    CHECK(!list_text_contains(list, "alice,"));
+    CHECK(!list_text_contains(list, ""));
+    CHECK(!list_text_contains("", "alice"));
     CHECK(!config_list_contains(NULL, "alice"));
-    CHECK(!config_list_contains(list, NULL));
-    CHECK(config_list_contains("extra_float_digits", "extra_float_digits"));
+    CHECK(!list_text_contains(list, NULL));
+    CHECK(list_text_contains("extra_float_digits", "extra_float_digits"));
+}
+
+/* sslmode is read once, at load, for the logins sluice makes itself (issue 20): a mode libpq
+ * does not have is refused there, naming its line, instead of at each server login. */
+static void database_sslmode_is_parsed_at_load_and_wins_over_server_tls_sslmode(void)
+{
+    struct config *c = load("[databases]\na = host=x sslmode=bogus\n"
+                            "b = postgres://u@x/b?sslmode=sometimes\n",
+                            NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'a': sslmode = 'bogus': expected disable, allow, prefer, "
+                "require, verify-ca or verify-full");
+    CHECK_ERROR("line 3: database 'b': sslmode = 'sometimes'");
+    c = load("[databases]\na = host=x sslmode=Require\nb = host=x\n"
+             "[sluice]\nserver_tls_sslmode = verify-full\n",
+             NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_INT(c->dbs[0].sslmode, SSLMODE_REQUIRE);
+    CHECK_INT(c->dbs[1].sslmode, SSLMODE_UNSET);
+    CHECK_INT(config_server_sslmode(c, &c->dbs[0]), SSLMODE_REQUIRE);
+    CHECK_INT(config_server_sslmode(c, &c->dbs[1]), SSLMODE_VERIFY_FULL);
+    config_free(c);
+}
+
+/* LIST and SQL keys are split and classified once, at load: nothing compares their text again. */
+static void list_and_sql_keys_are_typed_at_load(void)
+{
+    struct config *c = load(MINIMAL_DBS "[sluice]\nadmin_users = ann,  bob carl\n"
+                                        "listen_addr = 127.0.0.1, ::1\n"
+                                        "server_reset_query = discard all\n"
+                                        "server_check_query =\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_INT(c->admin_users.n, 3);
+    CHECK(config_list_contains(&c->admin_users, "carl"));
+    CHECK_STR(c->admin_users.text, "ann,  bob carl"); /* SHOW CONFIG shows it as written */
+    CHECK_INT(c->listen_addr.n, 2);
+    CHECK_STR(c->listen_addr.names[1], "::1");
+    CHECK_INT(c->stats_users.n, 0);
+    CHECK_INT(c->server_reset_query.kind, SQL_SETTING_DISCARD_ALL);
+    CHECK_STR(c->server_reset_query.text, "discard all");
+    CHECK_INT(c->server_check_query.kind, SQL_SETTING_NONE);
+    char err[256];
+    CHECK_INT(config_set_key(c, "server_check_query", "<empty>", SRC_ADMIN_SET, err, sizeof err),
+              0);
+    CHECK_INT(c->server_check_query.kind, SQL_SETTING_EMPTY_QUERY);
+    CHECK_INT(config_set_key(c, "server_check_query", "SELECT 1", SRC_ADMIN_SET, err, sizeof err),
+              0);
+    CHECK_INT(c->server_check_query.kind, SQL_SETTING_OTHER);
+    CHECK_INT(config_set_key(c, "admin_users", "", SRC_ADMIN_SET, err, sizeof err), 0);
+    CHECK_INT(c->admin_users.n, 0);
+    config_free(c);
+}
+
+/* The keys an error lists as accepted come from config_entry_keys.def, aliases left out. */
+static void entry_key_errors_list_the_keys_of_their_section(void)
+{
+    struct config *c = load("[databases]\na = host=x colour=red\n"
+                            "[users]\nann = colour=red\n"
+                            "[budgets]\nb = colour=red\n",
+                            NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'a': unknown connection keyword 'colour' (libpq connection "
+                "parameters and pool_size, min_pool_size, reserve_pool, pool_mode, "
+                "max_db_connections, max_db_client_connections, auth_user, auth_dbname, "
+                "server_lifetime, query_timeout, idle_transaction_timeout, transaction_timeout, "
+                "client_idle_timeout, connect_query and load_balance_hosts are accepted)");
+    CHECK_ERROR("line 4: user 'ann': unknown key 'colour' (pool_mode, pool_size, "
+                "reserve_pool_size, server_lifetime, query_timeout, idle_transaction_timeout, "
+                "transaction_timeout, client_idle_timeout, max_user_connections and "
+                "max_user_client_connections are accepted)");
+    CHECK_ERROR("line 6: budget 'b': unknown key 'colour' (app, user, addr, max_servers, "
+                "max_clients and min_servers are accepted)");
+    c = load("[databases]\na = host=x load_balance_hosts=sometimes\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 2: database 'a': load_balance_hosts = 'sometimes': expected round-robin or "
+                "disable");
+    config_free(c);
 }
 
 static void diag_free_resets_it_for_reuse(void)
@@ -1422,6 +1520,9 @@ int main(void)
     RUN(names_of_enums_are_stable);
     RUN(log_level_accepts_one_list_of_spellings);
     RUN(enum_keys_hold_their_parsed_values);
+    RUN(database_sslmode_is_parsed_at_load_and_wins_over_server_tls_sslmode);
+    RUN(list_and_sql_keys_are_typed_at_load);
+    RUN(entry_key_errors_list_the_keys_of_their_section);
     RUN(pgbouncer_section_name_is_the_main_section);
     RUN(pool_timeout_is_an_alias_of_query_wait_timeout);
     RUN(keys_and_sections_are_case_insensitive);

@@ -1,0 +1,102 @@
+/* config_env: the environment over the file: SLUICE_<KEY> for any main-section key, and
+ * DATABASE_URL (a database entry, and its user and password for client logins). */
+#include "config_load.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void env_database_url(struct loader *L, const char *url)
+{
+    if (!config_db_is_url(url)) { /* not echoed: it holds a password */
+        load_error(L, "DATABASE_URL: expected postgres://user:password@host:port/dbname or "
+                      "postgresql://...");
+        return;
+    }
+    struct db_entry db;
+    if (!config_db_new(L, &db, "postgres", 0))
+        return;
+    if (config_db_from_url(L, "DATABASE_URL", &db, url) != 0 ||
+        config_db_parse_sslmode(L, "DATABASE_URL", &db) != 0 || L->oom) {
+        config_db_entry_free(&db);
+        return;
+    }
+    const char *dbname = config_db_keyword(&db, "dbname");
+    if (!dbname) {
+        if (config_db_set_keyword(&db, "dbname", "postgres") != 0)
+            L->oom = true;
+    } else {
+        char *name = load_strdup(L, dbname);
+        free(db.name);
+        db.name = name;
+    }
+    const struct db_entry *file_db = db.name ? config_find_db_exact(L->c, db.name) : NULL;
+    if (file_db) {
+        load_warning(L,
+                     "DATABASE_URL: database '%s' is also defined at line %d of the config "
+                     "file; the file's entry is used",
+                     db.name, file_db->line);
+        config_db_entry_free(&db);
+        return;
+    }
+    const char *user = config_db_keyword(&db, "user"),
+               *password = config_db_keyword(&db, "password");
+    if (user && password) {
+        L->url_user = load_strdup(L, user);
+        L->url_password = load_strdup(L, password);
+    }
+    if (!db.name || L->oom || !config_db_push(L, &db))
+        config_db_entry_free(&db);
+}
+
+static bool env_ignored(const char *name, size_t len)
+{
+    return (len == 10 && strncmp(name, "SLUICE_BIN", 10) == 0) ||
+           (len == 13 && strncmp(name, "SLUICE_CONFIG", 13) == 0) ||
+           strncmp(name, "SLUICE_TEST_", 12) == 0;
+}
+
+void config_env_apply(struct loader *L, char *const *env)
+{
+    const char *database_url = NULL;
+    for (char *const *e = env; e && *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq)
+            continue;
+        size_t len = (size_t)(eq - *e);
+        if (len == 12 && strncmp(*e, "DATABASE_URL", 12) == 0) {
+            database_url = eq + 1;
+            continue;
+        }
+        if (len <= 7 || strncmp(*e, "SLUICE_", 7) != 0 || env_ignored(*e, len))
+            continue;
+        char key[128];
+        if (len - 7 >= sizeof key) {
+            load_error(L, "environment: unknown variable %.*s", (int)len, *e);
+            continue;
+        }
+        for (size_t i = 7; i < len; i++)
+            key[i - 7] = (char)tolower((unsigned char)(*e)[i]);
+        key[len - 7] = '\0';
+        int idx = config_keys_find(key);
+        if (idx < 0) {
+            if (config_keys_pgbouncer_only(key))
+                load_warning(L,
+                             "environment: %.*s: PgBouncer key '%s' is not supported by "
+                             "sluice; ignored",
+                             (int)len, *e, key);
+            else
+                load_error(L, "environment: unknown variable %.*s (sluice has no key '%s')",
+                           (int)len, *e, key);
+            continue;
+        }
+        char why[256];
+        if (config_keys_set(L->c, idx, eq + 1, SRC_ENV, CHECK_KEY_ONLY, why, sizeof why) != 0)
+            load_error(L, "environment: %.*s: %s = '%s': %s", (int)len, *e, config_keys[idx].name,
+                       eq + 1, why);
+    }
+    /* After the SLUICE_ keys, which do not affect it, and after the file, whose entry wins. */
+    if (database_url && database_url[0])
+        env_database_url(L, database_url);
+}
