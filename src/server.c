@@ -23,12 +23,9 @@
  */
 #include "server.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "budget.h"
 #include "cancel.h"
 #include "client.h"
 #include "log.h"

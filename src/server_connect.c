@@ -336,7 +336,6 @@ struct server *server_connect(struct pool *p)
     return s->state == SERVER_CLOSED ? NULL : s;
 }
 
-
 /* ---- logged in: sluice's login queries (both login paths), then the pool ---- */
 
 /* Every pool reads its server's max_connections and reserved slots once (and again after a
@@ -637,6 +636,7 @@ static void connect_step(struct server *s)
     }
 }
 
+/* ---- the passthrough login's reports, and the socket in every connecting state ---- */
 
 void server_on_login(struct server *s, enum login_result result, const struct login_report *r)
 {
