@@ -14,6 +14,7 @@
 #include "params.h"
 #include "prepared.h"
 #include "relay.h"
+#include "server_connect.h" /* a new server until it serves: server_connect, ... */
 #include "sockio.h"
 
 /* One field says what a server is doing. The connecting states come first, in the order a new
@@ -135,8 +136,5 @@ void server_client_terminated(struct server *s);
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */
 void server_check_timeouts(struct server *s, uint64_t now);
-
-/* Connecting: server_connect, server_connect_failed, server_retire_changed (server_connect.c). */
-#include "server_connect.h"
 
 #endif
