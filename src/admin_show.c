@@ -468,7 +468,7 @@ static void server_row(struct table *t, struct server *s, const char *state)
     cell_text(t, p->user_name);
     cell_text(t, p->db_name);
     cell_text(t, "none");
-    cell_text(t, state ? state : server_state_name(s->state));
+    cell_text(t, state ? state : server_state_shown(s->state));
     cell_text(t, host && host[0] ? host : NULL);
     if (port && port[0])
         cell_int(t, atoi(port));

@@ -1048,7 +1048,7 @@ void relay_client_interest(struct client *c)
 
 void relay_server_interest(struct server *s)
 {
-    if (s->state == SERVER_CONNECTING || s->state == SERVER_CLOSED)
+    if (server_state_is_connecting(s->state) || s->state == SERVER_CLOSED)
         return;
     int ev = UV_READABLE;
     if (s->out_pos < s->out.len)

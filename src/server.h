@@ -14,12 +14,22 @@
 #include "params.h"
 #include "prepared.h"
 #include "relay.h"
+#include "server_connect.h" /* a new server until it serves: server_connect, ... */
 #include "sockio.h"
 
+/* One field says what a server is doing. The connecting states come first, in the order a new
+ * server goes through them (each after RESOLVING may be skipped); all of them count against the
+ * caps from the first moment, sit on the pool's connecting list and have server_connect_timeout.
+ * The transitions are checked by server_transition_ok (the table in server.c). */
 enum server_state {
-    SERVER_CONNECTING, /* libpq connect and login in progress */
-    SERVER_IDLE,       /* in its pool, free */
-    SERVER_ACTIVE,     /* linked to a client */
+    SERVER_RESOLVING,         /* its host names are resolved off the loop (resolver.c); with none
+                                 to resolve it moves on at once */
+    SERVER_LOGIN,             /* libpq connects and logs in (PQconnectPoll) */
+    SERVER_LOGIN_PASSTHROUGH, /* server_login.c connects and logs in with a client's keys */
+    SERVER_PROBING,           /* logged in; reading max_connections (server_probe_sql) */
+    SERVER_CONNECT_QUERY,     /* logged in; running the database entry's connect_query */
+    SERVER_IDLE,              /* in its pool, free */
+    SERVER_ACTIVE,            /* linked to a client */
     SERVER_RESETTING,  /* running sluice's own query (reset, rollback, check) or waiting for a
                           cancel to land; free again when that is done */
     SERVER_LEAVING,    /* Terminate sent to make room under a cap: still counted against the
@@ -27,14 +37,15 @@ enum server_state {
     SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
                           sent for it is done) */
 };
+/* The state's own name, for logs. */
 const char *server_state_name(enum server_state s);
-
-/* The queries a libpq login runs before the server may serve, in this order. */
-enum login_query {
-    LOGIN_QUERY_NONE,    /* libpq's login still in progress (or done) */
-    LOGIN_QUERY_PROBE,   /* reading max_connections for NN% caps */
-    LOGIN_QUERY_CONNECT, /* the database entry's connect_query */
-};
+/* The name SHOW SERVERS gives it: every connecting state is "connecting" there. */
+const char *server_state_shown(enum server_state s);
+/* RESOLVING up to CONNECT_QUERY: not yet serving, counted against the caps, on the connecting
+ * list. */
+bool server_state_is_connecting(enum server_state s);
+/* Whether server_set_state may move a server from one state to the other (else sluice aborts). */
+bool server_transition_ok(enum server_state from, enum server_state to);
 
 /* Whether sluice's records (params, stmts) account for all the session state a client left on
  * the backend. In transaction mode a client may change what sluice cannot name or undo piecemeal
@@ -94,12 +105,10 @@ struct server {
     uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent;
-    enum login_query login_query; /* CONNECTING: libpq is in, running one of sluice's queries */
     struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
-    struct server_login *login; /* a passthrough login (no libpq): its state, then its cancel
-                                 * target and TLS session for the server's life */
-    struct resolver *resolving; /* CONNECTING: its host names are being resolved (resolver.c),
-                                 * before libpq or the passthrough login starts */
+    struct server_login *login; /* a passthrough login (no libpq; s->conn is NULL): its state,
+                                 * then its cancel target and TLS session for the server's life */
+    struct resolver *resolving; /* RESOLVING: the look-up of its host names (resolver.c) */
 };
 
 /* A log line about s, prefixed with its identity: S-<id> db/user. */
@@ -107,41 +116,14 @@ void log_server(enum log_level level, const struct server *s, const char *fmt, .
     __attribute__((format(printf, 3, 4)));
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */
 void server_on_io(struct sockio *io, int status, int events);
-/* The pool does not know its server's max_connections yet (or a reload asked again): run
- * server_probe_sql first, hand its one value to server_probe_store, then call
- * server_probe_answered (false: NN% caps need it and it gave nothing usable; s was failed). */
-extern const char server_probe_sql[];
-bool server_needs_probe(const struct server *s);
-/* The database entry's connect_query for a new server of this pool, or NULL. */
-const char *server_connect_query(const struct server *s);
-/* connect_query failed (an ErrorResponse): the server is closed as a failed login. */
-void server_connect_query_failed(struct server *s, const char *message);
-void server_probe_store(struct pool *p, const char *value);
-bool server_probe_answered(struct server *s);
-/* Logged in (by libpq or server_login.c), parameters and backend pid known: into the pool. */
-void server_logged_in(struct server *s);
-/* Start a new connection for the pool (state CONNECTING). NULL when it could not even start. */
-struct server *server_connect(struct pool *pool);
+/* Move s to next (checked by server_transition_ok), onto its pool's list for next. */
 void server_set_state(struct server *s, enum server_state next);
-/* Reload: servers of p made with other connection settings than the pool's database entry
- * now gives (host, port, dbname, user, password, TLS, any libpq keyword) close, idle ones now
- * and busy ones when released, so new transactions reach the new target. Unchanged ones stay. */
-void server_retire_changed(struct pool *p);
 /* Close and free; reason is for the log. */
 void server_close(struct server *s, const char *reason);
 /* Close a logged-in server so that room_for (or any pool) may open one in its place under a
  * shared cap: the backend is asked to end and the server keeps counting against the caps until
  * Postgres has let it go (see SERVER_LEAVING). */
 void server_close_for(struct server *s, const char *reason, struct pool *room_for);
-/* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
- * backs off and answers its waiting clients with why. */
-void server_connect_failed(struct server *s, const char *why);
-/* The server answered the login with an ErrorResponse: why for the log, sqlstate and message
- * as the server sent them. A refusal that retrying will not mend reaches the pool's waiting
- * clients as the server's own FATAL; anything else (too many clients, starting up) is a failed
- * connect. */
-void server_login_error(struct server *s, const char *why, const char *sqlstate,
-                        const char *message);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
 /* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. A query

@@ -6,10 +6,13 @@
  *   SSL_ANSWER   SSLRequest sent; one byte 'S' or 'N' expected
  *   TLS          TLS handshake (SSL_connect) in progress
  *   AUTH         startup packet sent; authentication and the welcome messages until
- *                ReadyForQuery
- *   PROBE        NN% caps: sluice's "SELECT max_connections - reserved" until ReadyForQuery
- * then server_logged_in() (server.c). Any failure closes the server with the reason and tells
- * the pool (server_connect_failed), as a libpq failure would. */
+ *                ReadyForQuery: reported as LOGIN_RESULT_LOGGED_IN
+ *   QUERY        a login query server_connect.c asked for (server_login_query) until
+ *                ReadyForQuery: its rows, error and end reported
+ *   REPORTED     waiting for server_connect.c's next word; once the server serves, the login
+ *                keeps only its cancel target and TLS session
+ * Every failure is reported as LOGIN_RESULT_FAILED: server_connect.c closes the server and tells
+ * the pool, as after a libpq failure. */
 #include "server_login.h"
 
 #include <arpa/inet.h>
@@ -29,7 +32,6 @@
 #include <unistd.h>
 
 #include "auth.h"
-#include "budget.h"
 #include "codec.h"
 #include "log.h"
 #include "params.h"
@@ -45,8 +47,8 @@ enum login_step {
     STEP_SSL_ANSWER,
     STEP_TLS,
     STEP_AUTH,
-    STEP_PROBE,
-    STEP_CONNECT_QUERY, /* the database entry's connect_query, before the server serves */
+    STEP_QUERY,
+    STEP_REPORTED,
 };
 
 enum ssl_want { SSL_NO, SSL_PREFER, SSL_REQUIRE, SSL_VERIFY_CA, SSL_VERIFY_FULL };
@@ -101,7 +103,26 @@ static void fail(struct server *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    server_connect_failed(s, msg);
+    server_on_login(s, LOGIN_RESULT_FAILED, &(struct login_report){.why = msg});
+}
+
+/* Tell server_connect.c how a step ended. true while the login reads on: s open, a query of
+ * server_connect.c's in flight. */
+static bool report(struct server *s, enum login_result result, const struct login_report *r)
+{
+    struct server_login *l = s->login;
+    server_on_login(s, result, r);
+    return s->login == l && l->step == STEP_QUERY;
+}
+
+/* The authentication is over: keep no secret longer than it needs. */
+static void end_auth(struct server_login *l)
+{
+    l->logged_in = true;
+    if (l->scram_started)
+        scram_client_free(&l->scram);
+    l->scram_started = false;
+    OPENSSL_cleanse(&l->keys, sizeof(l->keys));
 }
 
 void server_login_free(struct server *s)
@@ -493,24 +514,22 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     case 'R':
         return handle_auth(s, &r, body, len);
     case 'E': {
-        if (l->step == STEP_PROBE && !budget_has_percent_caps(s->pool))
-            return true; /* only /health misses the numbers: server_probe_answered says so */
         struct error_fields f;
         codec_parse_error(body, len, &f);
-        if (l->step == STEP_CONNECT_QUERY) {
-            server_connect_query_failed(s, f.message ? f.message : "server error");
-            return false;
-        }
+        if (l->step == STEP_QUERY)
+            return report(s, LOGIN_RESULT_QUERY_ERROR,
+                          &(struct login_report){.message = f.message ? f.message
+                                                                      : "server error"});
         const char *text = f.message ? f.message : "server error during login";
         char why[512];
         snprintf(why, sizeof(why), "login as \"%s\" failed: %s:  %s", l->user,
                  f.severity ? f.severity : "FATAL", text);
-        server_login_error(s, why, f.sqlstate, text);
-        return false;
+        return report(s, LOGIN_RESULT_FAILED,
+                      &(struct login_report){.why = why, .sqlstate = f.sqlstate, .message = text});
     }
     case 'S': {
         const char *name = codec_read_cstring(&r), *value = codec_read_cstring(&r);
-        if (name && value && (l->step == STEP_AUTH || l->step == STEP_CONNECT_QUERY) &&
+        if (name && value && (l->step == STEP_AUTH || l->step == STEP_QUERY) &&
             params_is_reported(name) &&
             params_set(&s->params, name, value) < 0) {
             fail(s, "out of memory");
@@ -529,42 +548,27 @@ static bool handle_message(struct server *s, uint8_t type, const uint8_t *body, 
     case 'C':
     case 'I': /* EmptyQueryResponse: a connect_query of only comments or semicolons */
         return true;
-    case 'D':
-        if (l->step == STEP_PROBE) {
-            int16_t ncols = codec_read_i16(&r);
-            int32_t vlen = codec_read_i32(&r);
-            const uint8_t *v = vlen > 0 && vlen < 32 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
-            if (ncols == 1 && v) {
-                char value[32];
-                memcpy(value, v, (size_t)vlen);
-                value[vlen] = '\0';
-                server_probe_store(s->pool, value);
-            }
-        }
-        return true;
-    case 'Z':
-        if (l->step == STEP_AUTH && server_needs_probe(s)) {
-            codec_put_query(&s->out, server_probe_sql);
-            l->step = STEP_PROBE;
+    case 'D': {
+        /* A one-column row with a short value (the probe's): longer ones nobody reads */
+        int16_t ncols = codec_read_i16(&r);
+        int32_t vlen = codec_read_i32(&r);
+        const uint8_t *v = vlen > 0 && vlen < 32 ? codec_read_bytes(&r, (size_t)vlen) : NULL;
+        if (l->step != STEP_QUERY || ncols != 1 || !v)
             return true;
+        char value[32];
+        memcpy(value, v, (size_t)vlen);
+        value[vlen] = '\0';
+        return report(s, LOGIN_RESULT_ROW, &(struct login_report){.value = value});
+    }
+    case 'Z': {
+        enum login_result done = LOGIN_RESULT_QUERY_DONE;
+        if (l->step == STEP_AUTH) {
+            end_auth(l);
+            done = LOGIN_RESULT_LOGGED_IN;
         }
-        if (l->step == STEP_PROBE && !server_probe_answered(s))
-            return false;
-        if ((l->step == STEP_AUTH || l->step == STEP_PROBE) && server_connect_query(s)) {
-            codec_put_query(&s->out, server_connect_query(s));
-            l->step = STEP_CONNECT_QUERY;
-            return true;
-        }
-        sockio_want(&s->io, 0);
-        /* Keep only what the server's life needs: the cancel target and the TLS session. */
-        l->logged_in = true;
-        codec_out_free(&l->in);
-        if (l->scram_started)
-            scram_client_free(&l->scram);
-        l->scram_started = false;
-        OPENSSL_cleanse(&l->keys, sizeof(l->keys));
-        server_logged_in(s);
-        return false;
+        l->step = STEP_REPORTED;
+        return report(s, done, &(struct login_report){0});
+    }
     default:
         fail(s, "unexpected message '%c' from the server during login", type);
         return false;
@@ -605,8 +609,12 @@ static void read_messages(struct server *s)
             }
             if (l->in.len - pos < CODEC_HEADER_LEN + (size_t)body_len)
                 break;
-            if (!handle_message(s, type, h + CODEC_HEADER_LEN, body_len))
-                return; /* failed (s closed) or logged in (s handed over, l freed) */
+            if (!handle_message(s, type, h + CODEC_HEADER_LEN, body_len)) {
+                /* failed (s closed, l freed), or serving: the rest of l is the server's */
+                if (s->login == l)
+                    codec_out_free(&l->in);
+                return;
+            }
             pos += CODEC_HEADER_LEN + (size_t)body_len;
         }
         memmove(l->in.data, l->in.data + pos, l->in.len - pos);
@@ -639,14 +647,22 @@ void server_login_step(struct server *s, int status, int events)
         tls_step(s);
         return;
     case STEP_AUTH:
-    case STEP_PROBE:
-    case STEP_CONNECT_QUERY:
+    case STEP_QUERY:
         if ((events & UV_WRITABLE) && s->out.len > s->out_pos && !flush_out(s))
             return;
         if (events & UV_READABLE)
             read_messages(s);
         return;
+    case STEP_REPORTED: /* the server is server.c's now */
+        return;
     }
+}
+
+/* Called from server_on_login, inside read_messages, which writes it out after the messages. */
+void server_login_query(struct server *s, const char *sql)
+{
+    s->login->step = STEP_QUERY;
+    codec_put_query(&s->out, sql);
 }
 
 /* ---- start ---- */

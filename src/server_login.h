@@ -3,8 +3,10 @@
  * with the ClientKey a client proved (SCRAM) or the md5 secret itself (passthrough.h). It
  * connects (TCP or Unix socket), asks for TLS per sslmode (with verify-ca/verify-full against
  * sslrootcert), sends the startup packet, answers the authentication request and reads the
- * server's ParameterStatus, BackendKeyData and ReadyForQuery; then the server is handed to
- * server.c exactly as after a libpq login. It also sends CancelRequests for such servers.
+ * server's ParameterStatus, BackendKeyData and ReadyForQuery; then it runs the login queries
+ * server_connect.c asks for (server_login_query). It tells server_connect.c how each step ended
+ * through one callback, server_on_login, and never decides the server's fate itself. It also
+ * sends CancelRequests for such servers.
  *
  * The connection keywords are libpq's (the database entry's, as server.c fills them in): host,
  * hostaddr, port, dbname, user, options, application_name, fallback_application_name, sslmode,
@@ -21,14 +23,34 @@
 struct server;
 struct passthrough_keys;
 
-/* Start logging s in (s is CONNECTING, s->conn NULL). kw/val: NULL-terminated libpq keywords;
- * sslmode: the one they hold, as config parsed it (config_server_sslmode). 0, or -1 with why
- * filled in (then the caller closes s). */
+/* How a step of the login ended, as server_on_login hears it. */
+enum login_result {
+    LOGIN_RESULT_FAILED,      /* why: for the log; sqlstate and message: the server's
+                                 ErrorResponse when it refused the login, else NULL */
+    LOGIN_RESULT_LOGGED_IN,   /* ReadyForQuery after the authentication: parameters, backend
+                                 pid and cancel key are known */
+    LOGIN_RESULT_ROW,         /* a row of the login query: value, its one column */
+    LOGIN_RESULT_QUERY_ERROR, /* the login query's ErrorResponse: message, its primary text */
+    LOGIN_RESULT_QUERY_DONE,  /* ReadyForQuery after the login query */
+};
+struct login_report {
+    const char *why, *sqlstate, *message, *value; /* valid during the call only */
+};
+/* server_connect.c's: it decides what follows (a login query, the pool, or closing s, which
+ * frees the login). */
+void server_on_login(struct server *s, enum login_result result, const struct login_report *r);
+
+/* Start logging s in (s is LOGIN_PASSTHROUGH, s->conn NULL). kw/val: NULL-terminated libpq
+ * keywords; sslmode: the one they hold, as config parsed it (config_server_sslmode). 0, or -1
+ * with why filled in (then the caller closes s). */
 int server_login_start(struct server *s, const char *const *kw, const char *const *val,
                        enum sslmode sslmode, const struct passthrough_keys *keys, char *why,
                        size_t whylen);
-/* A socket event while logging in (called by server.c for CONNECTING servers with a login). */
+/* A socket event while logging in or running a login query (server_connect_step). */
 void server_login_step(struct server *s, int status, int events);
+/* After LOGIN_RESULT_LOGGED_IN or LOGIN_RESULT_QUERY_DONE: send sql; its outcome comes back as
+ * ROW, QUERY_ERROR and QUERY_DONE reports. */
+void server_login_query(struct server *s, const char *sql);
 /* server_close: free the login state (and the TLS session sluice made). */
 void server_login_free(struct server *s);
 /* Send a CancelRequest for s's backend (blocking: called on the thread pool). 0, or -1 with

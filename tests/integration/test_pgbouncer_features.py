@@ -38,20 +38,31 @@ def test_connect_query_runs_on_each_new_server_before_it_serves(start_sluice, pg
         s.wait_for_log(r'connecting \(passthrough login as "app"\)')
 
 
-def test_connect_query_failure_closes_the_server_and_is_logged(start_sluice, pg):
+@pytest.mark.parametrize("login", ["libpq", "passthrough"])
+def test_connect_query_failure_closes_the_server_and_is_logged(start_sluice, pg, login):
     """A connect_query that fails leaves a server nobody should get: it is closed as a failed
     login (PgBouncer: "login failed"), logged with the server's message, and the client still
-    logging in gets that reason instead of a server that skipped its setup."""
+    logging in gets that reason instead of a server that skipped its setup. Both login paths."""
     entry = pg.db_entry(connect_query="SELECT 1/0")
-    s = start_sluice({"pool_mode": "transaction", "query_wait_timeout": 5,
-                      "server_login_retry": 1}, databases={"appdb": entry})
+    main = {"pool_mode": "transaction", "query_wait_timeout": 5, "server_login_retry": 1}
+    auth_file, password = None, None
+    if login == "passthrough":
+        del entry["password"]
+        del entry["user"]
+        main["auth_type"] = "scram-sha-256"
+        auth_file = {"app": pg.stored_secret("app")}
+        main["log_level"] = "debug"
+        password = "apppass"
+    s = start_sluice(main, databases={"appdb": entry}, auth_file=auth_file)
     with pytest.raises(ServerError) as ei:
-        raw_login(s.port)
+        raw_login(s.port, password=password)
     assert "connect_query failed: division by zero" in ei.value.fields.get("M", ""), \
         ei.value.fields
     s.wait_for_log(r"connect_query failed: division by zero")
     # no server of that pool was left open in Postgres
     wait_until(lambda: pg.count_backends() == 0, 10, what="no backend left by the failed login")
+    if login == "passthrough":
+        s.wait_for_log(r'connecting \(passthrough login as "app"\)')
 
 
 # ---- server_check_query: PgBouncer >= 1.23 checks with an empty query ----

@@ -1,0 +1,689 @@
+/* server_connect: a new backend connection until it may serve (see server_connect.h).
+ *
+ *   server_connect ─► RESOLVING ─► LOGIN (libpq: PQconnectStartParams + PQconnectPoll)
+ *                              └─► LOGIN_PASSTHROUGH (server_login.c, with a client's keys)
+ *   logged in ─► PROBING (max_connections unknown) ─► CONNECT_QUERY (the entry has one)
+ *             ─► pool_server_ready: IDLE or ACTIVE
+ *   any of them ─failed or server_connect_timeout─► CLOSED, and the pool backs off
+ *
+ * Login is libpq's: PQconnectStartParams + PQconnectPoll under the connection's one poll handle,
+ * which brings SCRAM, TLS, several hosts and target_session_attrs. A passthrough login (no
+ * password, a client's keys) is server_login.c's and reports here through server_on_login. The
+ * login queries (PROBING, CONNECT_QUERY) are decided here for both: libpq runs them with
+ * PQsendQuery, the passthrough login with server_login_query. */
+#include "server.h"
+
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "passthrough.h"
+#include "pool.h"
+#include "resolver.h"
+#include "server_login.h"
+#include "sluice.h"
+
+/* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
+ * filled in where the entry leaves them to the client (room is left for resolver_apply). */
+#define MAX_KEYWORDS 48
+static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
+                          const char **val, const char **user_out, bool *password_out)
+{
+    const struct config *cfg = p->app->cfg;
+    int n = 0;
+    bool has_dbname = false, has_password = false;
+    const char *user = NULL;
+    /* server_tls_* become libpq's keywords unless the database entry sets its own */
+    const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
+    const char *tls_val[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
+                              cfg->server_tls_cert_file, cfg->server_tls_key_file};
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 13; i++) {
+        kw[n] = db->pq_keywords[i];
+        val[n] = db->pq_values[i];
+        has_dbname |= strcmp(kw[n], "dbname") == 0;
+        has_password |= strcmp(kw[n], "password") == 0;
+        if (strcmp(kw[n], "user") == 0)
+            user = val[n];
+        for (int t = 0; t < 4; t++) {
+            if (strcmp(kw[n], tls_kw[t]) == 0)
+                tls_val[t] = NULL;
+        }
+        n++;
+    }
+    for (int t = 0; t < 4; t++) {
+        if (tls_val[t] && tls_val[t][0]) {
+            kw[n] = tls_kw[t];
+            val[n++] = tls_val[t];
+        }
+    }
+    if (!has_dbname) {
+        kw[n] = "dbname";
+        val[n++] = p->target_db;
+    }
+    if (!user) {
+        user = p->user_name;
+        kw[n] = "user";
+        val[n++] = user;
+    }
+    if (!has_password) {
+        /* Log in upstream with the user's own password when sluice knows it in plain. */
+        const struct auth_entry *a = config_find_auth(cfg, user);
+        if (a && strncmp(a->secret, "md5", 3) != 0 && strncmp(a->secret, "SCRAM-SHA-256$", 14) != 0) {
+            kw[n] = "password";
+            val[n++] = a->secret;
+            has_password = true;
+        }
+    }
+    /* No application_name of sluice's own: it is the backend's reset value, and a client that
+     * sent none must read '' after RESET ALL or DISCARD ALL, as it does from Postgres. */
+    kw[n] = NULL;
+    val[n] = NULL;
+    *user_out = user;
+    *password_out = has_password;
+    return n;
+}
+
+/* FNV-1a over the keywords and values libpq is given: servers made from the same settings
+ * have the same fingerprint, and a reload that changes any of them is seen. */
+static uint64_t conninfo_fingerprint(const char *const *kw, const char *const *val)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (int i = 0; kw[i]; i++) {
+        const char *parts[] = {kw[i], val[i]};
+        for (int j = 0; j < 2; j++) {
+            for (const char *c = parts[j]; *c; c++)
+                h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+            h = (h ^ 0xff) * 1099511628211ULL; /* a separator no keyword or value contains */
+        }
+    }
+    return h;
+}
+
+void server_retire_changed(struct pool *p)
+{
+    const struct db_entry *db = config_find_db(p->app->cfg, p->db_name);
+    if (!db || p->is_admin)
+        return;
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    const char *user = NULL;
+    bool has_password = false;
+    build_conninfo(p, db, kw, val, &user, &has_password);
+    uint64_t now_fp = conninfo_fingerprint(kw, val);
+    const char *why = "connection settings changed by reload";
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->conninfo_fp != now_fp)
+            server_close(s, why);
+    }
+    int busy = 0;
+    struct list *in_use[] = {&p->connecting, &p->active, &p->resetting};
+    for (size_t i = 0; i < sizeof in_use / sizeof in_use[0]; i++) {
+        list_for_each(in_use[i], n, tmp)
+        {
+            struct server *s = container_of(n, struct server, node);
+            if (s->conninfo_fp != now_fp && !s->close_when_free) {
+                s->close_when_free = true;
+                busy++;
+            }
+        }
+    }
+    if (busy > 0)
+        log_msg(LOG_INFO, "pool %s/%s: %d busy servers close when released (%s)", p->db_name,
+                p->user_name, busy, why);
+}
+
+/* load_balance_hosts = round-robin (PgBouncer's default): libpq tries a host list in order and
+ * goes past a host that fails, so starting each new connection one host further spreads the
+ * servers over the list and still skips a host that is down. The host, hostaddr and port lists
+ * move together (a single port serves every host and stays). */
+#define HOST_LIST_MAX 1024
+
+static int list_items(const char *v)
+{
+    int n = 1;
+    for (; *v; v++)
+        n += *v == ',';
+    return n;
+}
+
+static int keyword_index(const char *const *kw, int n, const char *name)
+{
+    for (int i = n - 1; i >= 0; i--) { /* the last one wins, as in libpq */
+        if (strcmp(kw[i], name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* v's items from the shift-th on, then the ones before it; false if out is too small. */
+static bool rotate_list(const char *v, int shift, char *out, size_t outlen)
+{
+    const char *start = v;
+    for (int i = 0; i < shift; i++)
+        start = strchr(start, ',') + 1;
+    size_t head = (size_t)(start - v) - 1, tail = strlen(start);
+    if (tail + 1 + head + 1 > outlen)
+        return false;
+    memcpy(out, start, tail);
+    out[tail] = ',';
+    memcpy(out + tail + 1, v, head);
+    out[tail + 1 + head] = '\0';
+    return true;
+}
+
+static void rotate_hosts(struct pool *p, const struct db_entry *db, const char **kw,
+                         const char **val, int n, char store[3][HOST_LIST_MAX])
+{
+    static const char *const lists[3] = {"host", "hostaddr", "port"};
+    int at[3], hosts = 0;
+    if (db->load_balance_hosts != LOAD_BALANCE_ROUND_ROBIN)
+        return;
+    for (int i = 0; i < 3; i++) {
+        at[i] = keyword_index(kw, n, lists[i]);
+        if (at[i] >= 0 && list_items(val[at[i]]) > hosts)
+            hosts = list_items(val[at[i]]);
+    }
+    if (hosts < 2)
+        return;
+    for (int i = 0; i < 3; i++) {
+        int items = at[i] >= 0 ? list_items(val[at[i]]) : hosts;
+        if (items != hosts && !(i == 2 && items == 1))
+            return; /* lists libpq itself will refuse: leave them for its message */
+    }
+    int shift = (int)(p->next_host++ % (unsigned)hosts);
+    if (shift == 0)
+        return;
+    for (int i = 0; i < 3; i++) {
+        if (at[i] < 0 || list_items(val[at[i]]) != hosts)
+            continue;
+        if (!rotate_list(val[at[i]], shift, store[i], HOST_LIST_MAX))
+            return;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (at[i] >= 0 && list_items(val[at[i]]) == hosts)
+            val[at[i]] = store[i];
+    }
+}
+
+static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
+                                    struct passthrough_keys *out)
+{
+    const struct auth_entry *a = config_find_auth(cfg, user);
+    if (!a || strncmp(a->secret, "md5", 3) != 0 || strlen(a->secret) != 35)
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->kind = PASSTHROUGH_MD5;
+    memcpy(out->md5, a->secret, 36);
+    return true;
+}
+
+/* Log in, by libpq or by passthrough, with the entry's keywords and, when its host names were
+ * resolved, their addresses (r). s may be CLOSED on return (failed at once, reported). */
+static void start_login(struct server *s, const struct resolver *r)
+{
+    struct pool *p = s->pool;
+    struct sluice *app = p->app;
+    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    if (!db) {
+        server_connect_failed(s, "the database is no longer configured");
+        return;
+    }
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    const char *user = NULL;
+    bool has_password = false;
+    int n = build_conninfo(p, db, kw, val, &user, &has_password);
+    if (r)
+        resolver_apply(r, kw, val, &n);
+    char rotated[3][HOST_LIST_MAX]; /* libpq and the passthrough login copy what they keep */
+    rotate_hosts(p, db, kw, val, n, rotated);
+    /* No password for this user, but a client proved it with a SCRAM (or md5) secret: log in
+     * with what it proved; libpq would need the password. */
+    /* An md5 secret in auth_file needs no client at all: it is what answers an md5 challenge
+     * (PgBouncer logs in with it too, e.g. for a [databases] entry's forced user=). */
+    const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
+    struct passthrough_keys from_file;
+    if (!has_password && !keys && md5_secret_in_auth_file(app->cfg, user, &from_file))
+        keys = &from_file;
+    if (keys) {
+        server_set_state(s, SERVER_LOGIN_PASSTHROUGH);
+        char why[256];
+        enum sslmode sslmode = config_server_sslmode(app->cfg, db);
+        int started = server_login_start(s, kw, val, sslmode, keys, why, sizeof(why));
+        OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
+        if (started < 0) {
+            server_connect_failed(s, why);
+            return;
+        }
+        if (s->state != SERVER_CLOSED) /* else it failed at once (connect refused, no socket) */
+            log_server(LOG_DEBUG, s, "connecting (passthrough login as \"%s\")", user);
+        return;
+    }
+    server_set_state(s, SERVER_LOGIN);
+    s->conn = PQconnectStartParams(kw, val, 0);
+    if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s",
+                 s->conn ? PQerrorMessage(s->conn) : "out of memory starting a connection");
+        msg[strcspn(msg, "\n")] = '\0';
+        server_connect_failed(s, msg);
+        return;
+    }
+    /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
+    PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
+    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
+        server_connect_failed(s, "cannot watch the server socket");
+        return;
+    }
+    /* libpq: after PQconnectStart, wait until the socket is writable, then call PQconnectPoll. */
+    sockio_want(&s->io, UV_WRITABLE);
+    log_server(LOG_DEBUG, s, "connecting");
+}
+
+static void on_server_resolved(struct resolver *r, void *owner)
+{
+    struct server *s = owner;
+    s->resolving = NULL;
+    if (resolver_error(r))
+        server_connect_failed(s, resolver_error(r));
+    else
+        start_login(s, r);
+    resolver_free(r);
+}
+
+struct server *server_connect(struct pool *p)
+{
+    struct sluice *app = p->app;
+    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    if (!db) {
+        pool_connect_failed(p, "the database is no longer configured");
+        return NULL;
+    }
+    struct server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->pool = p;
+    s->id = ++app->next_id;
+    s->txn_status = 'I';
+    s->connect_start_ms = sluice_now(app);
+    s->state_since_ms = s->connect_start_ms;
+    s->io.fd = -1;
+    s->io.cb = server_on_io;
+    params_init(&s->params);
+    stmt_map_init(&s->stmts);
+    codec_out_init(&s->out);
+    list_node_init(&s->node);
+    /* From here it counts against the caps, resolving its host name included. */
+    s->state = SERVER_RESOLVING;
+    list_append(&p->connecting, &s->node);
+    app->nservers++;
+
+    const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
+    const char *user = NULL;
+    bool has_password = false;
+    build_conninfo(p, db, kw, val, &user, &has_password);
+    s->conninfo_fp = conninfo_fingerprint(kw, val);
+    char why[300];
+    int r =
+        resolver_start(app->loop, kw, val, on_server_resolved, s, &s->resolving, why, sizeof(why));
+    if (r < 0)
+        server_connect_failed(s, why);
+    else if (r == 0)
+        log_server(LOG_DEBUG, s, "resolving the host name off the loop");
+    else
+        start_login(s, NULL);
+    return s->state == SERVER_CLOSED ? NULL : s;
+}
+
+/* ---- logged in: sluice's login queries (both login paths), then the pool ---- */
+
+/* Every pool reads its server's max_connections and reserved slots once (and again after a
+ * reload) before its first server is handed out: NN% caps resolve against them and /health
+ * reports the pool's share of them. One text value, "max_connections reserved", so both login
+ * paths read it the same way; reserved_connections exists from Postgres 16 on. */
+static const char server_probe_sql[] =
+    "SELECT current_setting('max_connections') || ' ' || "
+    "(current_setting('superuser_reserved_connections')::int + "
+    "coalesce(current_setting('reserved_connections', true)::int, 0))";
+
+/* The pool does not know its server's max_connections yet (or a reload asked again). */
+static bool needs_probe(const struct server *s)
+{
+    return s->pool->server_usable <= 0 || s->pool->probe_again;
+}
+
+/* The database entry's connect_query for a new server of this pool, or NULL. */
+static const char *connect_query(const struct server *s)
+{
+    const struct db_entry *db = config_find_db(s->pool->app->cfg, s->pool->db_name);
+    return db && db->connect_query ? db->connect_query : NULL;
+}
+
+static void probe_store(struct pool *p, const char *value)
+{
+    int max_connections = 0, reserved = 0;
+    if (!value || sscanf(value, "%d %d", &max_connections, &reserved) != 2 ||
+        max_connections <= 0 || reserved < 0 || reserved >= max_connections)
+        return;
+    p->server_max_connections = max_connections;
+    p->server_reserved = reserved;
+    p->server_usable = max_connections - reserved;
+}
+
+static void probe_failed(struct server *s, const char *why)
+{
+    char msg[256];
+    snprintf(msg, sizeof(msg), "cannot read max_connections for NN%% caps: %.200s", why);
+    msg[strcspn(msg, "\n")] = '\0';
+    server_connect_failed(s, msg);
+}
+
+/* The probe is over: false when NN% caps need the value and it gave nothing usable (s failed). */
+static bool probe_answered(struct server *s)
+{
+    struct pool *p = s->pool;
+    p->probe_again = false;
+    if (p->server_usable <= 0) {
+        if (budget_has_percent_caps(p)) {
+            probe_failed(s, "no value returned");
+            return false;
+        }
+        /* Only /health misses it: serve anyway. */
+        log_server(LOG_WARNING, s,
+                   "cannot read the server's max_connections; /health leaves its share out");
+        return true;
+    }
+    log_server(LOG_INFO, s,
+               "server allows %d connections besides superuser_reserved_connections "
+               "(max_connections %d, %d reserved)",
+               p->server_usable, p->server_max_connections, p->server_reserved);
+    budget_log_cap(p);
+    return true;
+}
+
+/* PgBouncer runs connect_query as part of the login: a server whose connect_query fails never
+ * serves, and the pool backs off as after any failed login. */
+static void connect_query_failed(struct server *s, const char *message)
+{
+    char why[512];
+    snprintf(why, sizeof(why), "connect_query failed: %s", message);
+    why[strcspn(why, "\n")] = '\0';
+    server_connect_failed(s, why);
+}
+
+/* A login query could not run or failed in a way that ends the login. */
+static void login_query_failed(struct server *s, const char *why)
+{
+    if (s->state == SERVER_PROBING)
+        probe_failed(s, why);
+    else
+        connect_query_failed(s, why);
+}
+
+/* Parameters and backend pid known: into the pool. */
+static void logged_in(struct server *s)
+{
+    s->connect_ms = sluice_now(s->pool->app);
+    pool_connect_succeeded(s->pool);
+    log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
+               s->io.ssl ? " (TLS)" : "",
+               (unsigned long long)(s->connect_ms - s->connect_start_ms));
+    pool_server_ready(s);
+}
+
+/* libpq's login is over: what a passthrough login reads from the messages, from the PGconn. */
+static void libpq_logged_in(struct server *s)
+{
+    const char *name;
+    for (size_t i = 0; (name = params_reported_name(i)) != NULL; i++) {
+        const char *v = PQparameterStatus(s->conn, name);
+        if (v && params_set(&s->params, name, v) < 0) {
+            server_close(s, "out of memory");
+            return;
+        }
+    }
+    s->backend_pid = PQbackendPID(s->conn);
+    if (PQsslInUse(s->conn)) {
+        s->io.ssl = PQsslStruct(s->conn, "OpenSSL");
+        /* sluice retries a partial write from a buffer that may have grown or moved. */
+        SSL_set_mode(s->io.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+    logged_in(s);
+}
+
+static void run_login_query(struct server *s, enum server_state query)
+{
+    server_set_state(s, query);
+    const char *sql = query == SERVER_PROBING ? server_probe_sql : connect_query(s);
+    if (s->login) {
+        server_login_query(s, sql);
+        return;
+    }
+    if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, sql)) {
+        login_query_failed(s, PQerrorMessage(s->conn));
+        return;
+    }
+    sockio_want(&s->io, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+/* The login, or one of sluice's login queries, is over: run the next query, or serve. */
+static void login_next(struct server *s)
+{
+    if ((s->state == SERVER_LOGIN || s->state == SERVER_LOGIN_PASSTHROUGH) && needs_probe(s)) {
+        run_login_query(s, SERVER_PROBING);
+        return;
+    }
+    if (s->state != SERVER_CONNECT_QUERY && connect_query(s)) {
+        run_login_query(s, SERVER_CONNECT_QUERY);
+        return;
+    }
+    sockio_want(&s->io, 0);
+    if (s->conn)
+        libpq_logged_in(s);
+    else
+        logged_in(s);
+}
+
+/* A row of a login query: the probe's one value. */
+static void login_query_row(struct server *s, const char *value)
+{
+    if (s->state == SERVER_PROBING)
+        probe_store(s->pool, value);
+}
+
+/* A login query answered with an error. connect_query's ends the login; so does the probe's when
+ * NN% caps need its value; else only /health misses the numbers (probe_answered says so). */
+static void login_query_error(struct server *s, const char *message)
+{
+    if (s->state == SERVER_PROBING && !budget_has_percent_caps(s->pool))
+        return;
+    login_query_failed(s, message);
+}
+
+/* ReadyForQuery after a login query. */
+static void login_query_done(struct server *s)
+{
+    if (s->state == SERVER_PROBING && !probe_answered(s))
+        return;
+    login_next(s);
+}
+
+/* PROBING or CONNECT_QUERY over libpq: its results, one by one. */
+static void login_query_step(struct server *s)
+{
+    int f = PQflush(s->conn);
+    if (f < 0 || !PQconsumeInput(s->conn)) {
+        login_query_failed(s, PQerrorMessage(s->conn));
+        return;
+    }
+    while (!PQisBusy(s->conn)) {
+        PGresult *res = PQgetResult(s->conn);
+        if (!res) {
+            login_query_done(s);
+            return;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 1)
+            login_query_row(s, PQgetvalue(res, 0, 0));
+        if (st != PGRES_FATAL_ERROR && st != PGRES_BAD_RESPONSE) {
+            PQclear(res);
+            continue;
+        }
+        /* The primary message alone, as the passthrough login reports it */
+        const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        char why[256];
+        snprintf(why, sizeof(why), "%s", primary ? primary : PQresultErrorMessage(res));
+        PQclear(res);
+        login_query_error(s, why);
+        if (s->state == SERVER_CLOSED)
+            return;
+    }
+    sockio_want(&s->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+/* ---- failed logins ---- */
+
+/* 28xxx: invalid authorization (wrong password, NOLOGIN role, pg_hba.conf reject); 3D000: no
+ * such database; 42501: no CONNECT privilege. Not 53300 (too many clients) nor 57P03 (starting
+ * up, shutting down): those pass, and the pool's backoff waits for them. */
+static bool refusal_is_final(const char *sqlstate)
+{
+    return sqlstate && (strncmp(sqlstate, "28", 2) == 0 || strcmp(sqlstate, "3D000") == 0 ||
+                        strcmp(sqlstate, "42501") == 0);
+}
+
+/* The server answered the login with an ErrorResponse (sqlstate and message as it sent them;
+ * NULL for a failure of sluice's or libpq's own): a refusal that retrying will not mend reaches
+ * the pool's waiting clients as the server's own FATAL; anything else (too many clients,
+ * starting up) is a failed connect. why is for the log. */
+static void login_failed(struct server *s, const char *why, const char *sqlstate,
+                         const char *message)
+{
+    if (!refusal_is_final(sqlstate)) {
+        server_connect_failed(s, why);
+        return;
+    }
+    /* sqlstate and message may point into the login's buffer, which server_close frees */
+    char state[6], text[512];
+    snprintf(state, sizeof(state), "%s", sqlstate);
+    snprintf(text, sizeof(text), "%s", message);
+    struct pool *p = s->pool;
+    server_close(s, why);
+    pool_login_refused(p, state, why, text);
+}
+
+/* libpq's text for a failed connection, made with PQERRORS_VERBOSE: "connection to server at
+ * ... failed: FATAL:  28000: role \"x\" is not permitted to log in\nLOCATION: ...". A server's
+ * error has its SQLSTATE after the severity; libpq's own failures (refused TCP connect, TLS,
+ * timeouts) have none. The log keeps libpq's usual wording, without the SQLSTATE. */
+static void libpq_failed(struct server *s)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(s->conn));
+    msg[strcspn(msg, "\n")] = '\0';
+    static const char *const severities[] = {"FATAL:  ", "ERROR:  ", "PANIC:  "};
+    for (size_t i = 0; i < sizeof severities / sizeof severities[0]; i++) {
+        const char *at = strstr(msg, severities[i]);
+        if (!at)
+            continue;
+        const char *code = at + strlen(severities[i]);
+        if (strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 5 || strncmp(code + 5, ": ", 2))
+            continue;
+        char sqlstate[6], why[512];
+        memcpy(sqlstate, code, 5);
+        sqlstate[5] = '\0';
+        snprintf(why, sizeof(why), "%.*s%s", (int)(code - msg), msg, code + 7);
+        login_failed(s, why, sqlstate, code + 7);
+        return;
+    }
+    server_connect_failed(s, msg);
+}
+
+static void connect_step(struct server *s)
+{
+    PostgresPollingStatusType st = PQconnectPoll(s->conn);
+    int fd = PQsocket(s->conn);
+    if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
+        /* libpq moved to another socket (next host, or a retry without TLS). */
+        sockio_detach(&s->io);
+        if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
+            server_connect_failed(s, "cannot watch the server socket");
+            return;
+        }
+    } else if (st != PGRES_POLLING_FAILED && PQstatus(s->conn) == CONNECTION_STARTED) {
+        /* A new socket under the old one's number: libpq closed the socket of a host that
+         * refused and opened the next host's, which the kernel gave the lowest free number,
+         * the same. Closing took the old one out of epoll; the poll handle, which does not
+         * know, must register the new one, or no event ever comes (a host list would hang on
+         * its first host that refuses). */
+        sockio_want(&s->io, 0);
+    }
+    switch (st) {
+    case PGRES_POLLING_READING:
+        sockio_want(&s->io, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        sockio_want(&s->io, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_OK:
+        PQsetErrorVerbosity(s->conn, PQERRORS_DEFAULT);
+        login_next(s);
+        return;
+    default:
+        libpq_failed(s);
+        return;
+    }
+}
+
+/* ---- the passthrough login's reports, and the socket in every connecting state ---- */
+
+void server_on_login(struct server *s, enum login_result result, const struct login_report *r)
+{
+    switch (result) {
+    case LOGIN_RESULT_FAILED:
+        login_failed(s, r->why, r->sqlstate, r->message);
+        return;
+    case LOGIN_RESULT_LOGGED_IN:
+        login_next(s);
+        return;
+    case LOGIN_RESULT_ROW:
+        login_query_row(s, r->value);
+        return;
+    case LOGIN_RESULT_QUERY_ERROR:
+        login_query_error(s, r->message);
+        return;
+    case LOGIN_RESULT_QUERY_DONE:
+        login_query_done(s);
+        return;
+    }
+}
+
+void server_connect_step(struct server *s, int status, int events)
+{
+    switch (s->state) {
+    case SERVER_LOGIN:
+        connect_step(s);
+        return;
+    case SERVER_LOGIN_PASSTHROUGH:
+        server_login_step(s, status, events);
+        return;
+    case SERVER_PROBING:
+    case SERVER_CONNECT_QUERY:
+        if (s->login)
+            server_login_step(s, status, events);
+        else
+            login_query_step(s);
+        return;
+    default: /* RESOLVING has no socket yet; the others are server.c's */
+        return;
+    }
+}
+
+void server_connect_failed(struct server *s, const char *why)
+{
+    struct pool *p = s->pool;
+    server_close(s, why);
+    pool_connect_failed(p, why);
+}

@@ -1,0 +1,24 @@
+/* server_connect: a new backend connection until it may serve — the connecting states of
+ * server.h (RESOLVING, LOGIN or LOGIN_PASSTHROUGH, PROBING, CONNECT_QUERY), the libpq login, and
+ * sluice's login queries for both login paths; then the server goes to its pool
+ * (pool_server_ready). server.c owns the server after that. */
+#ifndef SLUICE_SERVER_CONNECT_H
+#define SLUICE_SERVER_CONNECT_H
+
+struct pool;
+struct server;
+
+/* Start a new connection for the pool (state RESOLVING, counted against the caps from here on).
+ * NULL when it could not even start. */
+struct server *server_connect(struct pool *pool);
+/* A socket event for a server in a connecting state (server_on_io hands them here). */
+void server_connect_step(struct server *s, int status, int events);
+/* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
+ * backs off and answers its waiting clients with why. */
+void server_connect_failed(struct server *s, const char *why);
+/* Reload: servers of p made with other connection settings than the pool's database entry
+ * now gives (host, port, dbname, user, password, TLS, any libpq keyword) close, idle ones now
+ * and busy ones when released, so new transactions reach the new target. Unchanged ones stay. */
+void server_retire_changed(struct pool *p);
+
+#endif
