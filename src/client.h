@@ -119,8 +119,6 @@ void client_login_ok(struct client *c);
  * max_db_client_connections, max_user_client_connections and SHOW DATABASES/USERS. */
 int client_count_for_db(const struct sluice *app, const char *database);
 int client_count_for_user(const struct sluice *app, const char *user);
-/* The pool linked a server to this waiting client. */
-void client_on_linked(struct client *c, struct server *s);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the
@@ -133,6 +131,9 @@ static inline bool client_login_syncing(const struct client *c)
 {
     return c->state == CLIENT_LOGIN_SYNC || c->state == CLIENT_LOGIN_REFUSED;
 }
+/* Logged in: what it has now is what Postgres would reset its parameters to (RESET, DISCARD ALL
+ * give it back). 0 or -ENOMEM. */
+int client_keep_login_params(struct client *c);
 /* Write the welcome: AuthenticationOk already sent; ParameterStatus..., BackendKeyData, Z. */
 void client_send_welcome(struct client *c, const struct param_set *server_params);
 /* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */
