@@ -693,7 +693,8 @@ void client_login_synced(struct client *c, struct server *s)
     }
     /* The client is told what the server reports, and later syncs compare like with like. */
     if (params_take_reported_spelling(&c->params, &s->params) < 0 ||
-        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 || client_keep_login_params(c) < 0) {
+        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 ||
+        client_keep_login_params(c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }

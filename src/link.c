@@ -161,7 +161,7 @@ void link_pair(struct client *c, struct server *s)
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
-    s->last_bytes_ms = sluice_now(c->app); /* idle_transaction_timeout counts from the link */
+    s->last_bytes_ms = sluice_now(c->app);   /* idle_transaction_timeout counts from the link */
     s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). A login's role is SET even on a
@@ -207,8 +207,7 @@ static const char *close_reason(enum link_end why, const struct relay_outcome *o
     }
 }
 
-void link_end(struct client *c, struct server *s, enum link_end why,
-              const struct relay_outcome *o)
+void link_end(struct client *c, struct server *s, enum link_end why, const struct relay_outcome *o)
 {
     struct link_facts f = {
         .at_boundary = relay_at_boundary(s, c),
@@ -248,8 +247,9 @@ void link_end(struct client *c, struct server *s, enum link_end why,
         client_fail(c, FAIL_SERVER_LOST, o && o->detail ? o->detail : close_reason(why, o));
         break;
     case LINK_END_SERVER_FAST_CLOSE:
-        client_fail(c, FAIL_ADMIN_KILLED, ": its server was closed after RECONNECT or RELOAD "
-                                          "(server_fast_close)");
+        client_fail(c, FAIL_ADMIN_KILLED,
+                    ": its server was closed after RECONNECT or RELOAD "
+                    "(server_fast_close)");
         break;
     case LINK_END_CLIENT_VANISHED:
     case LINK_END_CLIENT_TERMINATED:
@@ -286,7 +286,7 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
         client_login_synced(c, s);
         if (c->state == CLIENT_ACTIVE)
             link_kick(s); /* its welcome, and what it sent meanwhile */
-        return;                 /* (refused: the pair was taken apart) */
+        return;           /* (refused: the pair was taken apart) */
     case RELAY_SERVER_LOST:
         link_end(c, s, LINK_END_SERVER_LOST, o);
         return;

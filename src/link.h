@@ -57,8 +57,7 @@ void link_pair(struct client *c, struct server *s);
  * side is the caller's, except where the server ends it (SERVER_LOST, SERVER_FAST_CLOSE: the
  * client is failed here) and RELEASED (the client goes IDLE). o: SERVER_LOST's reasons (relay.h),
  * else NULL. */
-void link_end(struct client *c, struct server *s, enum link_end why,
-              const struct relay_outcome *o);
+void link_end(struct client *c, struct server *s, enum link_end why, const struct relay_outcome *o);
 /* Pump s (and its client, if linked) and act on what the relay reports. */
 void link_kick(struct server *s);
 /* Socket events of a linked client (ACTIVE or in its login sync), and of a logged-in server. */

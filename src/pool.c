@@ -719,8 +719,7 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         list_for_each(&p->waiting, n, tmp)
         {
             struct client *c = container_of(n, struct client, node);
-            app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message,
-                                            refusal_sqlstate);
+            app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
         }
         return;
     }

@@ -102,8 +102,8 @@ struct pool_events {
     void (*waiter_failed)(struct client *c, enum failure f, const char *message,
                           const char *sqlstate);
     /* c waited too long (client_wait_timed_out: its request or its session ends). */
-    void (*waiter_timed_out)(struct client *c, enum failure ends_request,
-                             enum failure ends_session, const char *message);
+    void (*waiter_timed_out)(struct client *c, enum failure ends_request, enum failure ends_session,
+                             const char *message);
     /* c has waited query_wait_notify: tell it, as a NOTICE. */
     void (*waiter_notified)(struct client *c, const char *message);
     /* The pool knows what to report now: c's login finishes without a server of its own. */

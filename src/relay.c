@@ -1076,8 +1076,8 @@ bool relay_pair_quiet(const struct client *c, const struct server *s)
 
 bool relay_at_boundary(const struct server *s, const struct client *c)
 {
-    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 &&
-           (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
+    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 && (!c || c->rx.remain == 0) &&
+           s->out_pos >= s->out.len;
 }
 
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)

@@ -40,9 +40,10 @@
 #include "sluice.h"
 
 static const char *const state_names[] = {
-    [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",       [SERVER_ACTIVE] = "active",
-    [SERVER_RESETTING] = "resetting",   [SERVER_DRAINING] = "draining",
-    [SERVER_LEAVING] = "leaving",       [SERVER_CLOSED] = "closed",
+    [SERVER_CONNECTING] = "connecting", [SERVER_IDLE] = "idle",
+    [SERVER_ACTIVE] = "active",         [SERVER_RESETTING] = "resetting",
+    [SERVER_DRAINING] = "draining",     [SERVER_LEAVING] = "leaving",
+    [SERVER_CLOSED] = "closed",
 };
 
 #define SERVER_LEAVING_WAIT_MS 2000
