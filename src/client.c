@@ -236,7 +236,9 @@ void client_read_first(struct client *c)
 
 static bool queued_terminate(const struct client *c);
 
-int client_read(struct client *c)
+/* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error (the
+ * client is already closed then). A linked client's bytes are read by the relay. */
+static int client_read(struct client *c)
 {
     if (!buf_attach(&c->in)) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");

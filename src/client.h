@@ -149,8 +149,5 @@ void client_cancel_queued(struct client *c);
 /* An idle client has a whole message header buffered: Terminate closes it, anything else
  * queues it for a server. */
 void client_on_data(struct client *c);
-/* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error
- * (the client is already closed then). */
-int client_read(struct client *c);
 
 #endif

@@ -291,7 +291,10 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
         link_end(c, s, LINK_END_SERVER_LOST, o);
         return;
     case RELAY_CLIENT_LOST:
-        client_close(c, "write to client failed");
+        client_close(c, o->why); /* its close ends the link: CLIENT_VANISHED */
+        return;
+    case RELAY_CLIENT_OUT_OF_MEMORY:
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
 }

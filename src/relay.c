@@ -1018,6 +1018,31 @@ static int server_read(struct server *s, struct relay_outcome *o)
     return -1;
 }
 
+/* Read what the linked client has. >0 read, 0 nothing now, <0 it is gone (*r: what to report,
+ * o->why: why). Unlinked clients read through client.c's own reader. */
+static int client_side_read(struct client *c, struct relay_outcome *o, enum relay_result *r)
+{
+    if (!buf_attach(&c->in)) {
+        *r = RELAY_CLIENT_OUT_OF_MEMORY;
+        return -1;
+    }
+    uint32_t room = buf_make_room(&c->in);
+    if (room == 0)
+        return 0;
+    ssize_t n = sockio_read(&c->io, c->in.data + c->in.wpos, room);
+    if (n > 0) {
+        c->in.wpos += (uint32_t)n;
+        return (int)n;
+    }
+    if (n == SOCKIO_AGAIN) {
+        buf_detach_if_empty(&c->in);
+        return 0;
+    }
+    lost(o, RELAY_CLIENT_LOST, n == 0 ? "client closed the connection" : strerror((int)-n), NULL);
+    *r = RELAY_CLIENT_LOST;
+    return -1;
+}
+
 /* ---- interest ---- */
 
 static int read_interest(bool want_read)
@@ -1246,7 +1271,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             }
         }
         if (w == WRITE_BROKEN)
-            return RELAY_CLIENT_LOST;
+            return lost(o, RELAY_CLIENT_LOST, "write to client failed", NULL);
         if (sst == STOP_LOGIN_SYNCED)
             return RELAY_LOGIN_SYNCED; /* the link sends its welcome, then pumps again */
         if (sst == STOP_TXN_FORBIDDEN)
@@ -1263,9 +1288,10 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             more |= n > 0;
         }
         if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0) {
-            int n = client_read(c);
+            enum relay_result gone;
+            int n = client_side_read(c, o, &gone);
             if (n < 0)
-                return RELAY_GONE;
+                return gone;
             if (n > 0)
                 s->last_bytes_ms = sluice_now(c->app);
             more |= n > 0;
@@ -1285,9 +1311,10 @@ enum relay_result relay_client_readable(struct client *c, struct relay_outcome *
         /* Not reading while the server has not taken the last bytes; a stale event. */
         return relay_pump(s, o);
     }
-    int n = client_read(c);
+    enum relay_result gone;
+    int n = client_side_read(c, o, &gone);
     if (n < 0)
-        return RELAY_GONE;
+        return gone;
     if (n > 0)
         s->last_bytes_ms = sluice_now(c->app);
     return relay_pump(s, o);

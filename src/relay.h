@@ -1,6 +1,7 @@
 /* relay: the hot path. Moves bytes between a linked client and server straight from the reading
  * side's buffer, framing message headers in place to see the few that matter (ReadyForQuery,
- * ParameterStatus, Sync, Terminate), and pauses reading a side while its peer cannot keep up. */
+ * ParameterStatus, Sync, Terminate), and pauses reading a side while its peer cannot keep up.
+ * It reports what happened (enum relay_result) and closes nothing: link.c acts on the result. */
 #ifndef SLUICE_RELAY_H
 #define SLUICE_RELAY_H
 
@@ -48,12 +49,13 @@ enum relay_result {
     RELAY_TERMINATED,    /* the client sent Terminate, and all it sent before is with the server */
     RELAY_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
     RELAY_SERVER_LOST,   /* the server's socket failed or it broke the protocol (see outcome) */
-    RELAY_CLIENT_LOST,   /* a write to the client failed */
-    RELAY_GONE,          /* the client's own code failed or closed it while the relay framed or
-                            read its bytes: the pair is apart already, nothing is left to do */
+    RELAY_CLIENT_LOST,   /* the client's socket closed or failed (see outcome) */
+    RELAY_CLIENT_OUT_OF_MEMORY, /* no buffer to read the client's bytes into */
+    RELAY_GONE,          /* the client's own code failed it while the relay framed its bytes (a
+                            bad message): the pair is apart already, nothing is left to do */
 };
 struct relay_outcome {
-    char why[128];      /* RELAY_SERVER_LOST: the server's log line */
+    char why[128];      /* RELAY_SERVER_LOST, RELAY_CLIENT_LOST: the log line's reason */
     const char *detail; /* RELAY_SERVER_LOST: what its client is told; NULL: why */
 };
 
