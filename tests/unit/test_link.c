@@ -407,6 +407,26 @@ static void test_login_refusal_fails_every_waiter(void)
     world_free(&w);
 }
 
+/* DRAINING is a state of its own (SHOW SERVERS says "draining") but stays on the resetting
+ * list: a server on its way back counts against the caps as before. */
+static void test_draining_is_listed_with_resetting(void)
+{
+    struct world w;
+    CHECK(world_init(&w, ini));
+    struct server *s = &w.servers[0];
+    int count = pool_server_count(w.pool);
+    server_set_state(s, SERVER_ACTIVE);
+    server_set_state(s, SERVER_DRAINING);
+    CHECK(s->state == SERVER_DRAINING);
+    CHECK(w.pool->resetting.count == 1 && w.pool->active.count == 0);
+    CHECK(pool_server_count(w.pool) == count);
+    server_set_state(s, SERVER_RESETTING); /* the orphaned query is over: cleaned */
+    CHECK(w.pool->resetting.count == 1);
+    server_set_state(s, SERVER_IDLE);
+    CHECK(w.pool->idle.count == 2 && w.pool->resetting.count == 0);
+    world_free(&w);
+}
+
 int main(void)
 {
     test_fate_table();
@@ -416,5 +436,6 @@ int main(void)
     test_paused_pool_serves_on_resume();
     test_wait_timeout_and_notice();
     test_login_refusal_fails_every_waiter();
+    test_draining_is_listed_with_resetting();
     return CHECK_DONE();
 }
