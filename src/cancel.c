@@ -26,6 +26,7 @@
 
 #include "admin.h"
 #include "client.h"
+#include "link.h"
 #include "log.h"
 #include "pool.h"
 #include "relay.h"
@@ -193,7 +194,7 @@ static void cancel_done(uv_work_t *req, int status)
         return;
     }
     if (s->state == SERVER_ACTIVE && s->client && s->cancels_in_flight == 0)
-        relay_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
+        link_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
     else
         server_maybe_done_resetting(s);
 }

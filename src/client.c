@@ -35,6 +35,7 @@
 #include "budget.h"
 #include "cancel.h"
 #include "client_login.h"
+#include "link.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -227,7 +228,9 @@ void client_read_first(struct client *c)
 
 static bool queued_terminate(const struct client *c);
 
-int client_read(struct client *c)
+/* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error (the
+ * client is already closed then). A linked client's bytes are read by the relay. */
+static int client_read(struct client *c)
 {
     if (!buf_attach(&c->in)) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -330,7 +333,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         return;
     }
     if (c->server)
-        server_client_gone(c->server);
+        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -345,7 +348,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
     if (c->server)
-        server_client_gone(c->server);
+        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -366,7 +369,7 @@ void client_close(struct client *c, const char *reason)
     else if (reason)
         log_client(LOG_DEBUG, c, "closing: %s", reason);
     if (c->server)
-        server_client_gone(c->server);
+        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
     if (c->cancel_pid)
         cancel_unregister(app->cancel_map, c);
     if (c->state == CLIENT_CANCEL_WAIT)
@@ -428,87 +431,6 @@ int client_count_for_user(const struct sluice *app, const char *user)
     return n;
 }
 
-/* Fingerprints are recomputed only when the parameters changed (their generation moved). */
-static uint64_t want_fingerprint(struct client *c)
-{
-    uint32_t gen = c->params.generation + 1; /* +1: generation 0 must compute too */
-    if (c->params_fp_gen != gen) {
-        c->params_fp = params_fingerprint(&c->pool->welcome, &c->params);
-        c->params_fp_gen = gen;
-    }
-    return c->params_fp;
-}
-
-static uint64_t have_fingerprint(struct server *s)
-{
-    uint32_t gen = s->params.generation + 1;
-    if (s->params_fp_gen != gen) {
-        s->params_fp = params_fingerprint(NULL, &s->params);
-        s->params_fp_gen = gen;
-    }
-    return s->params_fp;
-}
-
-/* Queue the statements that give s the session c wants: each a Query of its own, so that one
- * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
-static int queue_sync(struct client *c, struct server *s)
-{
-    if (want_fingerprint(c) == have_fingerprint(s))
-        return 0;
-    struct msg_out sql;
-    codec_out_init(&sql);
-    int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
-    if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
-        codec_out_free(&sql);
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return -1;
-    }
-    for (uint32_t at = 0; at < sql.len;) {
-        const char *stmt = (const char *)sql.data + at;
-        log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, stmt);
-        server_queue_internal(s, stmt);
-        at += (uint32_t)strlen(stmt) + 1;
-    }
-    codec_out_free(&sql);
-    return n;
-}
-
-void client_on_linked(struct client *c, struct server *s)
-{
-    bool login = c->state == CLIENT_LOGIN_WAIT;
-    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
-        pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
-    s->last_bytes_ms = sluice_now(c->app); /* idle_transaction_timeout counts from the link */
-    s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
-    /* The first client of a pool is linked for its welcome: it too gets its own parameters
-     * applied (in session mode it keeps this server for good). A login's role is SET even on a
-     * server that has it, so that Postgres checks this login's right to it. (session_authorization
-     * is reported, so never forgotten: whether it may be set depends on the pool's own login
-     * user, a superuser, not on grants to the client.) */
-    for (int i = 0; login && i < c->params.n; i++) {
-        if (params_is_identity(c->params.items[i].name) &&
-            params_forget(&s->params, c->params.items[i].name) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-    }
-    int n = queue_sync(c, s);
-    if (n < 0)
-        return;
-    if (login && n > 0) {
-        client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
-    } else {
-        if (login && client_keep_login_params(c) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-        client_set_state(c, CLIENT_ACTIVE);
-        if (login)
-            client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
-    }
-    relay_kick(s);
-}
-
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)
 {
     if (c->state != CLIENT_LOGIN_SYNC)
@@ -523,7 +445,7 @@ void client_login_synced(struct client *c, struct server *s)
 {
     if (c->state == CLIENT_LOGIN_REFUSED) {
         /* the server is clean again (each SET was its own transaction); it goes back */
-        server_client_gone(s);
+        link_end(c, s, LINK_END_CLIENT_VANISHED, NULL);
         client_set_state(c, CLIENT_CLOSING);
         buf_release(&c->in);
         client_send(c);
@@ -531,7 +453,8 @@ void client_login_synced(struct client *c, struct server *s)
     }
     /* The client is told what the server reports, and later syncs compare like with like. */
     if (params_take_reported_spelling(&c->params, &s->params) < 0 ||
-        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 || client_keep_login_params(c) < 0) {
+        params_note_accepted(&c->pool->accepted, &c->params, 64) < 0 ||
+        client_keep_login_params(c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
@@ -619,7 +542,10 @@ static void on_client_io(struct sockio *io, int status, int events)
         return;
     }
     if (events & UV_WRITABLE) {
-        relay_client_writable(c);
+        if (c->server)
+            link_kick(c->server);
+        else
+            client_send(c); /* its own output: an error, a welcome, a NOTICE */
         if (c->state == CLIENT_CLOSED)
             return;
     }
@@ -629,7 +555,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_ACTIVE:
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
-        relay_client_readable(c);
+        link_client_readable(c);
         return;
     case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
     case CLIENT_CLOSING:

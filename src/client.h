@@ -123,8 +123,6 @@ void client_login_ok(struct client *c);
  * max_db_client_connections, max_user_client_connections and SHOW DATABASES/USERS. */
 int client_count_for_db(const struct sluice *app, const char *database);
 int client_count_for_user(const struct sluice *app, const char *user);
-/* The pool linked a server to this waiting client. */
-void client_on_linked(struct client *c, struct server *s);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the
@@ -152,9 +150,6 @@ void client_cancel_queued(struct client *c);
 /* An idle client has a whole message header buffered: Terminate closes it, anything else
  * queues it for a server. */
 void client_on_data(struct client *c);
-/* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error
- * (the client is already closed then). */
-int client_read(struct client *c);
 /* Read and handle what a client outside the relay sent (its login, or an idle client's next
  * request). */
 void client_read_and_handle(struct client *c);

@@ -375,34 +375,6 @@ static void maybe_connect(struct pool *p)
     }
 }
 
-static void link_pair(struct server *s, struct client *c)
-{
-    server_set_state(s, SERVER_ACTIVE);
-    s->client = c;
-    s->inflight = 0;
-    s->batch_open = false;
-    s->timeout_cancel_sent = false;
-    c->server = s;
-    if (c->budget) {
-        s->lease_budget = c->budget;
-        c->budget->leases++;
-    }
-    client_on_linked(c, s);
-}
-
-void pool_unlink(struct client *c, struct server *s)
-{
-    c->server = NULL;
-    s->client = NULL;
-    if (s->lease_budget) {
-        s->lease_budget->leases--;
-        s->lease_budget = NULL;
-        /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
-        if (c->app->budgets.n > 1)
-            c->app->dispatch_needed = true;
-    }
-}
-
 /* An idle server that has sat longer than server_check_delay is checked before reuse. */
 static bool needs_check(const struct server *s, uint64_t now)
 {
@@ -431,10 +403,10 @@ static void dispatch(struct pool *p)
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_RESETTING);
             server_queue_internal(s, check_sql(p->app->cfg));
-            relay_kick(s);
+            server_kick(s);
             continue;
         }
-        link_pair(s, c);
+        p->app->pool_events->waiter_served(c, s);
     }
 }
 
@@ -533,7 +505,7 @@ static void welcome_login_waiters(struct pool *p)
         }
         if (!login)
             return;
-        client_welcome_from_pool(login);
+        p->app->pool_events->login_welcomed(login);
     }
 }
 
@@ -575,12 +547,12 @@ void pool_server_ready(struct server *s)
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
     if (c) {
-        link_pair(s, c);
+        app->pool_events->waiter_served(c, s);
         return;
     }
     server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
-    relay_server_interest(s);
+    server_want_io(s);
 }
 
 bool pool_queue_cleanup(struct server *s)
@@ -627,7 +599,7 @@ void pool_release(struct server *s)
      * they are in, so the server waits for them in RESETTING. */
     if (pool_queue_cleanup(s) || s->cancels_in_flight > 0 || s->swallow > 0) {
         server_set_state(s, SERVER_RESETTING);
-        relay_kick(s);
+        server_kick(s);
         return;
     }
     pool_server_ready(s);
@@ -687,7 +659,7 @@ static void fail_logins_while_down(struct pool *p)
         if (c->state == CLIENT_LOGIN_WAIT) {
             char msg[768];
             describe_down(p, msg, sizeof(msg));
-            client_fail(c, FAIL_DATABASE_DOWN, msg);
+            p->app->pool_events->waiter_failed(c, FAIL_DATABASE_DOWN, msg, NULL);
         }
     }
 }
@@ -748,7 +720,7 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         list_for_each(&p->waiting, n, tmp)
         {
             struct client *c = container_of(n, struct client, node);
-            client_fail_with_state(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
+            app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
         }
         return;
     }
@@ -883,13 +855,13 @@ static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
     char msg[768];
     if (p->paused) {
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        client_wait_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
+        p->app->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
     } else if (pool_is_down(p)) {
         describe_down(p, msg, sizeof(msg));
-        client_wait_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
+        p->app->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
     } else {
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        client_wait_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT, msg);
+        p->app->pool_events->waiter_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT, msg);
     }
 }
 
@@ -925,9 +897,7 @@ static void notify_long_waits(struct pool *p, uint64_t now)
         snprintf(msg, sizeof(msg),
                  "No server connection available in pool %s/%s, client being queued",
                  p->db_name, p->user_name);
-        codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION),
-                        msg, NULL, NULL);
-        client_send(c);
+        p->app->pool_events->waiter_notified(c, msg);
     }
 }
 
@@ -955,9 +925,9 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->leaving, n, tmp)
         server_check_timeouts(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
-        client_check_timeouts(container_of(n, struct client, node), now);
+        p->app->pool_events->client_tick(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)
-        client_check_timeouts(container_of(n, struct client, node), now);
+        p->app->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
     /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
     while (pool_server_count(p) > p->size && !list_empty(&p->idle))

@@ -9,6 +9,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "error.h"
 #include "list.h"
 #include "params.h"
 
@@ -91,6 +92,26 @@ struct pool {
     uint64_t query_hist[POOL_HIST_BUCKETS];
 };
 
+/* What the pool tells the layer above it. The pool decides who gets a server and whose wait is
+ * over, and touches no socket and no client's state itself: link.c wires these to the link and
+ * the client (link_pool_events, installed by sluice.c); unit tests install fakes. */
+struct pool_events {
+    /* Server s (free, or fresh from its login) goes to the waiting client c: pair them. */
+    void (*waiter_served)(struct client *c, struct server *s);
+    /* c's wait ends without a server: fail it with f (sqlstate: the server's own, or NULL). */
+    void (*waiter_failed)(struct client *c, enum failure f, const char *message,
+                          const char *sqlstate);
+    /* c waited too long (client_wait_timed_out: its request or its session ends). */
+    void (*waiter_timed_out)(struct client *c, enum failure ends_request, enum failure ends_session,
+                             const char *message);
+    /* c has waited query_wait_notify: tell it, as a NOTICE. */
+    void (*waiter_notified)(struct client *c, const char *message);
+    /* The pool knows what to report now: c's login finishes without a server of its own. */
+    void (*login_welcomed)(struct client *c);
+    /* The pool's tick (pool_maintain) reaches a logged-in client, IDLE or ACTIVE. */
+    void (*client_tick)(struct client *c, uint64_t now);
+};
+
 /* Find or create the pool for a client's login: by database and user, the database's forced
  * user= where it has one. NULL: out of memory. */
 struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
@@ -105,8 +126,6 @@ int pool_server_count(const struct pool *p);
 /* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit
  * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */
 void pool_lease(struct pool *p, struct client *c);
-/* Take a linked pair apart (every unlink goes through here: it ends the budget lease). */
-void pool_unlink(struct client *c, struct server *s);
 /* Serve waiters that an ended budget lease may have unblocked, in every pool. */
 void pool_dispatch_all(struct sluice *app);
 /* A linked server is free again (client released it). */

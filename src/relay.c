@@ -764,7 +764,7 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
 static void on_internal_error(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
-    if (s->draining && s->swallow == 0)
+    if (s->state == SERVER_DRAINING && s->swallow == 0)
         return; /* the reply to the query of a client that left (cancelled, usually) */
     /* A reset, rollback or server_check_query that fails leaves a server nobody should get. */
     if (!s->client)
@@ -983,8 +983,17 @@ static enum write_result write_framed(struct sockio *io, struct buf *b, uint64_t
 
 /* ---- reading ---- */
 
-/* Read what the server has. >0 read, 0 nothing now, <0 the server is gone (already handled). */
-static int server_read(struct server *s)
+/* A side that failed: the pump stops and reports it; closing is the link's (or server.c's). */
+static enum relay_result lost(struct relay_outcome *o, enum relay_result r, const char *why,
+                              const char *detail)
+{
+    snprintf(o->why, sizeof(o->why), "%s", why);
+    o->detail = detail;
+    return r;
+}
+
+/* Read what the server has. >0 read, 0 nothing now, <0 the server is gone (o says why). */
+static int server_read(struct server *s, struct relay_outcome *o)
 {
     if (!buf_attach(&s->in)) {
         s->close_when_free = true;
@@ -1001,19 +1010,36 @@ static int server_read(struct server *s)
     }
     if (n == SOCKIO_AGAIN)
         return 0;
-    char reason[128];
     if (n == 0)
-        snprintf(reason, sizeof(reason), "server closed the connection");
+        snprintf(o->why, sizeof(o->why), "server closed the connection");
     else
-        snprintf(reason, sizeof(reason), "read from server failed: %s", strerror((int)-n));
-    struct client *c = s->client;
-    if (c) {
-        pool_unlink(c, s);
-        server_close(s, reason);
-        client_fail(c, FAIL_SERVER_LOST, reason);
-    } else {
-        server_close(s, reason);
+        snprintf(o->why, sizeof(o->why), "read from server failed: %s", strerror((int)-n));
+    o->detail = NULL; /* its client is told the same */
+    return -1;
+}
+
+/* Read what the linked client has. >0 read, 0 nothing now, <0 it is gone (*r: what to report,
+ * o->why: why). Unlinked clients read through client.c's own reader. */
+static int client_side_read(struct client *c, struct relay_outcome *o, enum relay_result *r)
+{
+    if (!buf_attach(&c->in)) {
+        *r = RELAY_CLIENT_OUT_OF_MEMORY;
+        return -1;
     }
+    uint32_t room = buf_make_room(&c->in);
+    if (room == 0)
+        return 0;
+    ssize_t n = sockio_read(&c->io, c->in.data + c->in.wpos, room);
+    if (n > 0) {
+        c->in.wpos += (uint32_t)n;
+        return (int)n;
+    }
+    if (n == SOCKIO_AGAIN) {
+        buf_detach_if_empty(&c->in);
+        return 0;
+    }
+    lost(o, RELAY_CLIENT_LOST, n == 0 ? "client closed the connection" : strerror((int)-n), NULL);
+    *r = RELAY_CLIENT_LOST;
     return -1;
 }
 
@@ -1046,16 +1072,6 @@ void relay_client_interest(struct client *c)
     sockio_want(&c->io, ev);
 }
 
-void relay_server_interest(struct server *s)
-{
-    if (server_state_is_connecting(s->state) || s->state == SERVER_CLOSED)
-        return;
-    int ev = UV_READABLE;
-    if (s->out_pos < s->out.len)
-        ev |= UV_WRITABLE;
-    sockio_want(&s->io, ev);
-}
-
 static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
@@ -1068,10 +1084,9 @@ static void set_pair_interest(struct client *c, struct server *s)
                             (to_server_pending ? UV_WRITABLE : 0));
 }
 
-/* ---- release ---- */
+/* ---- where the pair stands ---- */
 
-/* Is the pair at a point where the server holds nothing of this client's in flight? */
-static bool pair_quiet(const struct client *c, const struct server *s)
+bool relay_pair_quiet(const struct client *c, const struct server *s)
 {
     /* A whole header not yet framed is a message waiting to be read whole (transaction mode
      * looks at some bodies first): the client is mid-request, so the server stays. Releasing
@@ -1082,6 +1097,12 @@ static bool pair_quiet(const struct client *c, const struct server *s)
            s->rx.remain == 0 && buf_pending(&c->in) == 0 &&
            buf_unframed(&c->in) < CODEC_HEADER_LEN && buf_is_empty(&s->in) &&
            c->out_pos >= c->out.len && s->out_pos >= s->out.len && sockio_pending(&c->io) == 0;
+}
+
+bool relay_at_boundary(const struct server *s, const struct client *c)
+{
+    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 && (!c || c->rx.remain == 0) &&
+           s->out_pos >= s->out.len;
 }
 
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
@@ -1104,37 +1125,30 @@ enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
     return s->txn_status != 'I' ? PAIR_WAIT_TRANSACTION : PAIR_NO_WAIT;
 }
 
-/* Returns true when the pair was taken apart (the caller must stop touching both). */
-static bool maybe_release(struct client *c, struct server *s)
+/* Quiet, and the pool mode lets the server go now? RELAY_LINKED when it stays linked. */
+static enum relay_result release_due(const struct client *c, const struct server *s)
 {
-    if (!pair_quiet(c, s))
-        return false;
+    if (!relay_pair_quiet(c, s))
+        return RELAY_LINKED;
     const struct pool_mode_ops *ops =
         pool_mode_ops(s->pool->mode, c->app->cfg->server_reset_query_always);
     if (!ops->release_at_idle || c->pinned)
-        return false;
-    if (s->txn_status != 'I') {
-        if (ops->forbid_transaction) {
-            client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");
-            return true;
-        }
-        return false;
-    }
-    pool_unlink(c, s);
-    client_set_state(c, CLIENT_IDLE);
-    pool_release(s);
-    if (c->state == CLIENT_IDLE && !sluice_serving(c->app))
-        client_fail(c, FAIL_SHUTDOWN, ""); /* its transaction was what shutdown waited for */
-    else if (c->state == CLIENT_IDLE)
-        relay_client_interest(c);
-    return true;
+        return RELAY_LINKED;
+    if (s->txn_status != 'I')
+        return ops->forbid_transaction ? RELAY_TXN_FORBIDDEN : RELAY_LINKED;
+    return RELAY_RELEASE;
 }
 
 /* ---- a client leaving mid-query ---- */
 
+bool relay_client_mid_message(const struct client *c)
+{
+    return c->rx.remain > 0 || buf_pending(&c->in) > 0;
+}
+
 bool relay_orphan_server(struct server *s, struct client *c)
 {
-    if (c && (c->rx.remain > 0 || buf_pending(&c->in) > 0))
+    if (c && relay_client_mid_message(c))
         return false; /* the server holds part of a message only the client could finish */
     /* What the server says from now on is read and dropped: first what was framed for the
      * client and not yet written, then the rest of a message cut short. */
@@ -1184,32 +1198,32 @@ static bool client_bytes_wait(const struct client *c, const struct server *s)
     return client_login_syncing(c) || s->cancels_in_flight > 0;
 }
 
-void relay_kick(struct server *s)
+/* A server with no client: everything it says is consumed (sluice's own query, a notice). */
+static enum relay_result pump_alone(struct server *s, struct relay_outcome *o)
+{
+    for (;;) {
+        if (write_generated(&s->io, &s->out, &s->out_pos) == WRITE_BROKEN)
+            return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);
+        if (frame_server(s, NULL) == STOP_FAILED)
+            return lost(o, RELAY_SERVER_LOST, "server protocol error", NULL);
+        if (sockio_pending(&s->io) > 0) {
+            int n = server_read(s, o);
+            if (n < 0)
+                return RELAY_SERVER_LOST;
+            if (n > 0)
+                continue;
+        }
+        break;
+    }
+    buf_detach_if_empty(&s->in);
+    return RELAY_LINKED;
+}
+
+enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
 {
     struct client *c = s->client;
-    if (!c) {
-        /* No client: everything the server says is consumed (sluice's own query, a notice). */
-        for (;;) {
-            if (write_generated(&s->io, &s->out, &s->out_pos) == WRITE_BROKEN) {
-                server_close(s, "write to server failed");
-                return;
-            }
-            enum frame_stop st = frame_server(s, NULL);
-            if (st == STOP_FAILED) {
-                server_close(s, "server protocol error");
-                return;
-            }
-            if (sockio_pending(&s->io) > 0 && server_read(s) > 0)
-                continue;
-            break;
-        }
-        buf_detach_if_empty(&s->in);
-        if (s->state == SERVER_RESETTING)
-            server_maybe_done_resetting(s);
-        else
-            relay_server_interest(s);
-        return;
-    }
+    if (!c)
+        return pump_alone(s, o);
 
     /* Rounds go on while OpenSSL hands over decrypted bytes the sockets will not announce; they
      * end, since those come from records already read (at most 16 kB a side): no round may stop
@@ -1225,7 +1239,7 @@ void relay_kick(struct server *s)
                 break;
             cst = client_bytes_wait(c, s) ? STOP_NEED_DATA : frame_client(c, s);
             if (cst == STOP_FAILED)
-                return;
+                return RELAY_GONE;
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
@@ -1233,17 +1247,10 @@ void relay_kick(struct server *s)
             if (w != WRITE_DONE || cst != STOP_NEED_FLUSH)
                 break;
         }
-        if (w == WRITE_BROKEN) {
-            pool_unlink(c, s);
-            server_close(s, "write to server failed");
-            client_fail(c, FAIL_SERVER_LOST, "write to server failed");
-            return;
-        }
-        if (cst == STOP_TERMINATE && buf_pending(&c->in) == 0) {
-            server_client_terminated(s); /* unlinks: the close below leaves s alone */
-            client_close(c, "client sent Terminate");
-            return;
-        }
+        if (w == WRITE_BROKEN)
+            return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);
+        if (cst == STOP_TERMINATE && buf_pending(&c->in) == 0)
+            return RELAY_TERMINATED;
 
         /* Server -> client: anything sluice generated for the client first. */
         w = write_generated(&c->io, &c->out, &c->out_pos);
@@ -1251,12 +1258,9 @@ void relay_kick(struct server *s)
         if (w == WRITE_DONE) {
             for (;;) {
                 sst = frame_server(s, c);
-                if (sst == STOP_FAILED) {
-                    pool_unlink(c, s);
-                    server_close(s, "server protocol error");
-                    client_fail(c, FAIL_SERVER_LOST, "the server sent a malformed message");
-                    return;
-                }
+                if (sst == STOP_FAILED)
+                    return lost(o, RELAY_SERVER_LOST, "server protocol error",
+                                "the server sent a malformed message");
                 /* What sluice told the client while framing goes before what follows it. */
                 w = write_generated(&c->io, &c->out, &c->out_pos);
                 if (w == WRITE_DONE)
@@ -1266,34 +1270,28 @@ void relay_kick(struct server *s)
                 break;
             }
         }
-        if (w == WRITE_BROKEN) {
-            client_close(c, "write to client failed");
-            return;
-        }
-        if (sst == STOP_LOGIN_SYNCED) {
-            client_login_synced(c, s);
-            if (c->state != CLIENT_ACTIVE)
-                return; /* refused: the pair was taken apart */
-            continue;   /* its welcome, and what it sent meanwhile */
-        }
-        if (sst == STOP_TXN_FORBIDDEN) {
-            client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, "");
-            return;
-        }
-        if (maybe_release(c, s))
-            return;
+        if (w == WRITE_BROKEN)
+            return lost(o, RELAY_CLIENT_LOST, "write to client failed", NULL);
+        if (sst == STOP_LOGIN_SYNCED)
+            return RELAY_LOGIN_SYNCED; /* the link sends its welcome, then pumps again */
+        if (sst == STOP_TXN_FORBIDDEN)
+            return RELAY_TXN_FORBIDDEN;
+        enum relay_result release = release_due(c, s);
+        if (release != RELAY_LINKED)
+            return release;
         /* TLS may hold decrypted bytes the socket will not announce again. */
         bool more = false;
         if (sockio_pending(&s->io) > 0 && buf_pending(&s->in) == 0) {
-            int n = server_read(s);
+            int n = server_read(s, o);
             if (n < 0)
-                return;
+                return RELAY_SERVER_LOST;
             more |= n > 0;
         }
         if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0) {
-            int n = client_read(c);
+            enum relay_result gone;
+            int n = client_side_read(c, o, &gone);
             if (n < 0)
-                return;
+                return gone;
             if (n > 0)
                 s->last_bytes_ms = sluice_now(c->app);
             more |= n > 0;
@@ -1303,48 +1301,28 @@ void relay_kick(struct server *s)
     }
     buf_detach_if_empty(&c->in);
     set_pair_interest(c, s);
+    return RELAY_LINKED;
 }
 
-void relay_client_readable(struct client *c)
+enum relay_result relay_client_readable(struct client *c, struct relay_outcome *o)
 {
+    struct server *s = c->server;
     if (buf_pending(&c->in) > 0) {
         /* Not reading while the server has not taken the last bytes; a stale event. */
-        relay_kick(c->server);
-        return;
+        return relay_pump(s, o);
     }
-    int n = client_read(c);
+    enum relay_result gone;
+    int n = client_side_read(c, o, &gone);
     if (n < 0)
-        return;
+        return gone;
     if (n > 0)
-        c->server->last_bytes_ms = sluice_now(c->app);
-    relay_kick(c->server);
+        s->last_bytes_ms = sluice_now(c->app);
+    return relay_pump(s, o);
 }
 
-void relay_client_writable(struct client *c)
+enum relay_result relay_server_readable(struct server *s, struct relay_outcome *o)
 {
-    if (c->server) {
-        relay_kick(c->server);
-        return;
-    }
-    if (write_generated(&c->io, &c->out, &c->out_pos) == WRITE_BROKEN) {
-        client_close(c, "write to client failed");
-        return;
-    }
-    if (c->state == CLIENT_CLOSING && c->out_pos >= c->out.len) {
-        client_close(c, NULL);
-        return;
-    }
-    relay_client_interest(c);
-}
-
-void relay_server_readable(struct server *s)
-{
-    if (buf_pending(&s->in) == 0 && server_read(s) < 0)
-        return;
-    relay_kick(s);
-}
-
-void relay_server_writable(struct server *s)
-{
-    relay_kick(s);
+    if (buf_pending(&s->in) == 0 && server_read(s, o) < 0)
+        return RELAY_SERVER_LOST;
+    return relay_pump(s, o);
 }

@@ -1,6 +1,7 @@
 /* relay: the hot path. Moves bytes between a linked client and server straight from the reading
  * side's buffer, framing message headers in place to see the few that matter (ReadyForQuery,
- * ParameterStatus, Sync, Terminate), and pauses reading a side while its peer cannot keep up. */
+ * ParameterStatus, Sync, Terminate), and pauses reading a side while its peer cannot keep up.
+ * It reports what happened (enum relay_result) and closes nothing: link.c acts on the result. */
 #ifndef SLUICE_RELAY_H
 #define SLUICE_RELAY_H
 
@@ -38,20 +39,49 @@ struct login_reset {
 struct client;
 struct server;
 
-/* A client's bytes arrived (client ACTIVE). */
-void relay_client_readable(struct client *c);
-/* The client's socket can take more (client ACTIVE or with pending output). */
-void relay_client_writable(struct client *c);
-/* A server's bytes arrived (any server state after login). */
-void relay_server_readable(struct server *s);
-void relay_server_writable(struct server *s);
-/* Push whatever can move now in both directions and set both sides' poll interest. Called after
- * linking and after anything that changes what either side may do. */
-void relay_kick(struct server *s);
+/* What one pump of a pair (or of a server alone) came to. The relay only moves bytes: it closes
+ * nothing and takes no pair apart; its caller hands the result to the link (link.c), or for a
+ * server without a client to server.c. */
+enum relay_result {
+    RELAY_LINKED,        /* nothing ended: the pair (or lone server) waits for its sockets */
+    RELAY_RELEASE,       /* the pair is quiet and the pool mode lets the server go now */
+    RELAY_TXN_FORBIDDEN, /* statement mode: the client opened a transaction */
+    RELAY_TERMINATED,    /* the client sent Terminate, and all it sent before is with the server */
+    RELAY_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
+    RELAY_SERVER_LOST,   /* the server's socket failed or it broke the protocol (see outcome) */
+    RELAY_CLIENT_LOST,   /* the client's socket closed or failed (see outcome) */
+    RELAY_CLIENT_OUT_OF_MEMORY, /* no buffer to read the client's bytes into */
+    RELAY_GONE,          /* the client's own code failed it while the relay framed its bytes (a
+                            bad message): the pair is apart already, nothing is left to do */
+};
+struct relay_outcome {
+    char why[128];      /* RELAY_SERVER_LOST, RELAY_CLIENT_LOST: the log line's reason */
+    const char *detail; /* RELAY_SERVER_LOST: what its client is told; NULL: why */
+};
+
+/* A linked client's bytes arrived (client ACTIVE, or in its login's parameter sync). */
+enum relay_result relay_client_readable(struct client *c, struct relay_outcome *o)
+    __attribute__((warn_unused_result));
+/* A server's bytes arrived (any server state after login, with a client or without). */
+enum relay_result relay_server_readable(struct server *s, struct relay_outcome *o)
+    __attribute__((warn_unused_result));
+/* Push whatever can move now in both directions and set both sides' poll interest; for a server
+ * with no client, consume what it says. Called on writability, after linking and after anything
+ * that changes what either side may do. */
+enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
+    __attribute__((warn_unused_result));
+/* Is the pair at a point where the server holds nothing of this client's in flight (no request,
+ * no byte either way, no part of a message): where the pool mode may take the server back? */
+bool relay_pair_quiet(const struct client *c, const struct server *s);
+/* Can the server be cleaned by a query (no request, batch or message of the client's under
+ * way), whatever bytes are still buffered? c may be NULL. */
+bool relay_at_boundary(const struct server *s, const struct client *c);
+/* Does the server hold part of a message of c's that only c could finish? */
+bool relay_client_mid_message(const struct client *c);
 /* The client c of s is leaving while s is mid-query: make the server's stream whole without it
  * (what the server says is dropped from now on; a COPY FROM STDIN gets CopyFail, an open
  * extended-protocol batch its Sync). False when that cannot be done because the server holds
- * part of a client message: then the server must close. */
+ * part of a client message (or out of memory): then the server must close. */
 bool relay_orphan_server(struct server *s, struct client *c);
 /* What a linked pair waits for, as the timeouts that reclaim a server from a client that sends
  * nothing see it. */
@@ -66,7 +96,5 @@ enum pair_wait {
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s);
 /* Set the poll interest of a client that has no server (idle, waiting, login). */
 void relay_client_interest(struct client *c);
-/* Set the poll interest of a server that has no client. */
-void relay_server_interest(struct server *s);
 
 #endif

@@ -12,10 +12,12 @@
  *        |          IDLE <--> ACTIVE (linked to a client)
  *        |           ^  \        |
  *        |           |   \       v  client left or released with work to do
- *        |           +---- RESETTING (sluice's own query: rollback, reset, parameter sync;
- *        |                            or draining: the client left mid-query, which was
- *        |                            cancelled (or, after its Terminate, left to finish),
- *        |                            and its replies are dropped)
+ *        |           +---- RESETTING (sluice's own query: rollback, reset, parameter sync)
+ *        |                     ^
+ *        |                     |  the orphaned query is over
+ *        |                 DRAINING <-- ACTIVE: the client left mid-query (link.c's
+ *        |                          decision), which was cancelled (or, after its
+ *        |                          Terminate, left to finish); its replies are dropped
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  *
  *   IDLE or released --closed to make room under a cap--> LEAVING --socket closed--> CLOSED
@@ -28,6 +30,7 @@
 
 #include "cancel.h"
 #include "client.h"
+#include "link.h"
 #include "log.h"
 #include "pool.h"
 #include "pool_mode.h"
@@ -45,6 +48,7 @@ static const char *const state_names[] = {
     [SERVER_ACTIVE] = "active",
     [SERVER_RESETTING] = "resetting",
     [SERVER_LEAVING] = "leaving",
+    [SERVER_DRAINING] = "draining",
     [SERVER_CLOSED] = "closed",
 };
 
@@ -97,6 +101,7 @@ static struct list *list_for(struct server *s, enum server_state st)
     case SERVER_ACTIVE:
         return &p->active;
     case SERVER_RESETTING:
+    case SERVER_DRAINING: /* on its way back: counted with the resetting ones */
         return &p->resetting;
     case SERVER_LEAVING:
         return &p->leaving;
@@ -119,8 +124,10 @@ static const unsigned transitions[] = {
     [SERVER_CONNECT_QUERY] = TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
     [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_RESETTING),
     /* ACTIVE -> ACTIVE: released and handed straight to the next waiting client. */
-    [SERVER_ACTIVE] = TO(SERVER_IDLE) | TO(SERVER_RESETTING) | TO(SERVER_ACTIVE),
+    [SERVER_ACTIVE] = TO(SERVER_IDLE) | TO(SERVER_RESETTING) | TO(SERVER_ACTIVE) |
+                      TO(SERVER_DRAINING),
     [SERVER_RESETTING] = TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
+    [SERVER_DRAINING] = TO(SERVER_RESETTING),
     [SERVER_LEAVING] = 0,
     [SERVER_CLOSED] = 0,
 };
@@ -189,7 +196,7 @@ void server_close_for(struct server *s, const char *reason, struct pool *room_fo
         return;
     log_server(LOG_INFO, s, "closing: %s", reason);
     if (s->client)
-        pool_unlink(s->client, s);
+        link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
     /* Called on logged-in servers only (a fresh one is still CONNECTING as it is first handed
      * out); with output pending the Terminate could not be told apart, so that one just closes. */
     bool sent = s->out_pos >= s->out.len &&
@@ -219,23 +226,7 @@ void server_on_io(struct sockio *io, int status, int events)
         server_connect_step(s, status, events);
         return;
     }
-    if (status < 0) {
-        struct client *c = s->client;
-        if (c)
-            pool_unlink(c, s);
-        const char *why = sockio_poll_error(io, status);
-        server_close(s, why);
-        if (c)
-            client_fail(c, FAIL_SERVER_LOST, why);
-        return;
-    }
-    if (events & UV_WRITABLE) {
-        relay_server_writable(s);
-        if (s->state == SERVER_CLOSED)
-            return;
-    }
-    if (events & UV_READABLE)
-        relay_server_readable(s);
+    link_server_io(s, status, events); /* logged in: the relay's, with a client or not */
 }
 
 void server_queue_internal(struct server *s, const char *sql)
@@ -243,19 +234,6 @@ void server_queue_internal(struct server *s, const char *sql)
     codec_put_query(&s->out, sql);
     s->swallow++;
 }
-
-/* Can this server be cleaned by a query, or is it mid-message / mid-query? */
-static bool at_clean_boundary(const struct server *s, const struct client *c)
-{
-    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 &&
-           (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
-}
-
-/* How the client of a server mid-query went away, which decides whether its query may finish. */
-enum client_exit {
-    CLIENT_EXIT_VANISHED,   /* closed, reset, failed or timed out: its query is cancelled */
-    CLIENT_EXIT_TERMINATED, /* sent Terminate: what it sent before runs to completion */
-};
 
 /* The query of a server being drained will not be read by anyone: cancel it (once). */
 static void cancel_drained_query(struct server *s)
@@ -267,66 +245,60 @@ static void cancel_drained_query(struct server *s)
         log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
 }
 
-static void release_after_client(struct server *s, enum client_exit how)
+void server_drain(struct server *s, enum drain_query how)
 {
-    struct client *c = s->client;
-    bool clean = at_clean_boundary(s, c);
-    if (clean) {
-        if (c)
-            pool_unlink(c, s);
-        pool_release(s);
-        return;
-    }
-    /* A query or COPY was under way. Closing would not stop it: the backend runs on, holding a
-     * Postgres slot, until it next writes or checks its socket, while sluice (no longer counting
-     * it) could open a replacement and pass max_db_connections. So the server is drained: its
-     * replies are dropped, then it is rolled back and reused. It counts against every cap until
-     * then; server_drain_timeout bounds the wait. A client that vanished has its query cancelled
-     * (nobody will read the answer); one that sent Terminate asked for what it sent to run, as
-     * Postgres runs every message read before a Terminate (protocol 55.2.4), so nothing is
-     * cancelled and an open transaction is rolled back only once the query is over. */
-    const struct config *cfg = s->pool->app->cfg;
-    bool can_drain = cfg->server_drain_timeout > 0 && relay_orphan_server(s, c);
-    if (c)
-        pool_unlink(c, s);
-    if (!can_drain) {
-        server_close(s, "client left in the middle of a message");
-        return;
-    }
-    s->draining = true;
-    server_set_state(s, SERVER_RESETTING);
-    if (how == CLIENT_EXIT_VANISHED)
+    server_set_state(s, SERVER_DRAINING);
+    if (how == DRAIN_CANCEL_QUERY)
         cancel_drained_query(s);
     log_server(LOG_DEBUG, s, "%s: draining",
-               how == CLIENT_EXIT_VANISHED ? "client left mid-query"
-                                           : "client sent Terminate mid-query, letting it finish");
-    relay_kick(s);
+               how == DRAIN_CANCEL_QUERY ? "client left mid-query"
+                                         : "client sent Terminate mid-query, letting it finish");
+    server_kick(s);
 }
 
-void server_client_gone(struct server *s)
+void server_want_io(struct server *s)
 {
-    release_after_client(s, CLIENT_EXIT_VANISHED);
+    if (server_state_is_connecting(s->state) || s->state == SERVER_CLOSED)
+        return;
+    int ev = UV_READABLE;
+    if (s->out_pos < s->out.len)
+        ev |= UV_WRITABLE;
+    sockio_want(&s->io, ev);
 }
 
-void server_client_terminated(struct server *s)
+void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o)
 {
-    release_after_client(s, CLIENT_EXIT_TERMINATED);
+    if (r == RELAY_SERVER_LOST) {
+        server_close(s, o->why);
+        return;
+    }
+    if (s->state == SERVER_RESETTING || s->state == SERVER_DRAINING)
+        server_maybe_done_resetting(s);
+    else
+        server_want_io(s);
+}
+
+void server_kick(struct server *s)
+{
+    struct relay_outcome o;
+    enum relay_result r = relay_pump(s, &o);
+    server_pumped(s, r, &o);
 }
 
 void server_maybe_done_resetting(struct server *s)
 {
-    if (s->state != SERVER_RESETTING)
+    if (s->state != SERVER_RESETTING && s->state != SERVER_DRAINING)
         return;
     if (s->swallow > 0 || s->inflight > 0 || s->cancels_in_flight > 0 ||
         s->out_pos < s->out.len || s->rx.remain > 0 || !buf_is_empty(&s->in)) {
-        relay_server_interest(s);
+        server_want_io(s);
         return;
     }
-    if (s->draining) {
+    if (s->state == SERVER_DRAINING) {
         /* The orphaned query is over: clean the server as at any release. */
-        s->draining = false;
+        server_set_state(s, SERVER_RESETTING);
         if (pool_queue_cleanup(s)) {
-            relay_kick(s);
+            server_kick(s);
             return;
         }
     }
@@ -352,7 +324,7 @@ static void close_now(struct server *s)
     if (s->state == SERVER_LEAVING && s->room_for)
         s->room_for->rooms_awaited--;
     if (s->client)
-        pool_unlink(s->client, s);
+        link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
     list_remove(list_for(s, s->state), &s->node);
     s->state = SERVER_CLOSED;
     list_append(&app->dead_servers, &s->node);
@@ -382,16 +354,7 @@ static bool fast_close_due(const struct server *s)
     return cfg->server_fast_close && s->close_when_free && c && s->txn_status == 'I' &&
            s->swallow == 0 &&
            !pool_mode_ops(s->pool->mode, cfg->server_reset_query_always)->release_at_idle &&
-           at_clean_boundary(s, c) && buf_pending(&c->in) == 0;
-}
-
-static void fast_close(struct server *s)
-{
-    struct client *c = s->client;
-    pool_unlink(c, s);
-    server_close(s, "marked to close (server_fast_close), its transaction over");
-    client_fail(c, FAIL_ADMIN_KILLED, ": its server was closed after RECONNECT or RELOAD "
-                                      "(server_fast_close)");
+           relay_at_boundary(s, c) && buf_pending(&c->in) == 0;
 }
 
 void server_check_timeouts(struct server *s, uint64_t now)
@@ -423,7 +386,7 @@ void server_check_timeouts(struct server *s, uint64_t now)
         break;
     case SERVER_ACTIVE:
         if (fast_close_due(s))
-            fast_close(s);
+            link_end(s->client, s, LINK_END_SERVER_FAST_CLOSE, NULL);
         break;
     case SERVER_LEAVING:
         /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */
@@ -433,8 +396,8 @@ void server_check_timeouts(struct server *s, uint64_t now)
             left(s);
         }
         break;
-    case SERVER_RESETTING:
-        if (!s->draining || now - s->state_since_ms < (uint64_t)cfg->server_drain_timeout)
+    case SERVER_DRAINING:
+        if (now - s->state_since_ms < (uint64_t)cfg->server_drain_timeout)
             break;
         if (s->inflight > 0 && !s->timeout_cancel_sent) {
             /* The query of a client that sent Terminate had server_drain_timeout to finish:

@@ -32,6 +32,10 @@ enum server_state {
     SERVER_ACTIVE,            /* linked to a client */
     SERVER_RESETTING,  /* running sluice's own query (reset, rollback, check) or waiting for a
                           cancel to land; free again when that is done */
+    SERVER_DRAINING,   /* its client left mid-query (link.c decided): the query was cancelled,
+                          or after the client's Terminate is left to finish; its replies are
+                          dropped until it is over, then it is cleaned (RESETTING). Listed with
+                          the resetting servers: it is on its way back to the pool */
     SERVER_LEAVING,    /* Terminate sent to make room under a cap: still counted against the
                           caps until the backend has exited (its socket closes) */
     SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
@@ -87,7 +91,6 @@ struct server {
     int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
-    bool draining;         /* RESETTING: its client left mid-query; its replies are dropped */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
                               the client's CopyDone/CopyFail (or ReadyForQuery) */
     int executes_unanswered; /* Executes forwarded and not yet answered (CommandComplete,
@@ -126,12 +129,19 @@ void server_close(struct server *s, const char *reason);
 void server_close_for(struct server *s, const char *reason, struct pool *room_for);
 /* Queue a query of sluice's own; its replies are swallowed. */
 void server_queue_internal(struct server *s, const char *sql);
-/* Its client left: decide whether it can be cleaned (rollback) and reused, or must close. A query
- * under way is cancelled and the server drained. */
-void server_client_gone(struct server *s);
-/* Its client sent Terminate: the same, except that what the client sent before the Terminate
- * runs to completion (drained within server_drain_timeout, never cancelled). */
-void server_client_terminated(struct server *s);
+/* Whether the query of a draining server's client is cancelled: a client that vanished will not
+ * read its answer; one that sent Terminate asked for what it sent to run, as Postgres runs every
+ * message read before a Terminate (protocol 55.2.4). Either way server_drain_timeout bounds it. */
+enum drain_query { DRAIN_CANCEL_QUERY, DRAIN_LET_QUERY_FINISH };
+/* Its client left mid-query (link.c, which made the stream whole): DRAINING until it is over. */
+void server_drain(struct server *s, enum drain_query how);
+/* Pump a server that has no client (its own queries, a notice) and act on what the relay says. */
+void server_kick(struct server *s);
+/* What the relay reported for a server with no client: it closes when lost, else goes on
+ * resetting or waits for its socket. */
+void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o);
+/* Set its poll interest while it has no client (IDLE, RESETTING, DRAINING). */
+void server_want_io(struct server *s);
 /* Sluice's own work on it finished (swallow and cancels at zero): back to the pool. */
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */

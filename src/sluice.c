@@ -14,6 +14,7 @@
 #include "cancel.h"
 #include "client.h"
 #include "http.h"
+#include "link.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -196,6 +197,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     memset(app, 0, sizeof(*app));
     app->loop = loop;
     app->cfg = cfg;
+    app->pool_events = &link_pool_events;
     list_init(&app->pools);
     list_init(&app->login_clients);
     list_init(&app->closing_clients);

@@ -1,0 +1,358 @@
+/* link: a client paired with a server (see link.h).
+ *
+ *   pool (waiter_served) --> link_pair --> relay_pump ... --> relay result --> settle
+ *                                                                  |
+ *        client_fail/client_close (CLIENT_VANISHED), Terminate,    v
+ *        release at a quiet point, server lost, fast close ---> link_end --> link_fate:
+ *                                                                  REUSE  pool_release
+ *                                                                  DRAIN  server_drain
+ *                                                                  CLOSE  server_close
+ *
+ * c->server and s->client are set and cleared here only (pair, unpair), and the budget lease a
+ * pairing holds lives exactly as long as the pairing. */
+#include "link.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "client.h"
+#include "client_login.h"
+#include "pool.h"
+#include "relay.h"
+#include "server.h"
+#include "sluice.h"
+
+const char *link_end_name(enum link_end why)
+{
+    switch (why) {
+    case LINK_END_RELEASED:
+        return "released";
+    case LINK_END_CLIENT_VANISHED:
+        return "client vanished";
+    case LINK_END_CLIENT_TERMINATED:
+        return "client terminated";
+    case LINK_END_SERVER_LOST:
+        return "server lost";
+    case LINK_END_SERVER_FAST_CLOSE:
+        return "server fast close";
+    case LINK_END_SERVER_CLOSING:
+        return "server closing";
+    }
+    return "?";
+}
+
+const char *server_fate_name(enum server_fate f)
+{
+    switch (f) {
+    case SERVER_FATE_REUSE:
+        return "reuse";
+    case SERVER_FATE_DRAIN:
+        return "drain";
+    case SERVER_FATE_CLOSE:
+        return "close";
+    case SERVER_FATE_CLOSING:
+        return "closing";
+    }
+    return "?";
+}
+
+enum server_fate link_fate(enum link_end why, const struct link_facts *f)
+{
+    switch (why) {
+    case LINK_END_RELEASED:
+        return SERVER_FATE_REUSE; /* the relay releases only a quiet pair */
+    case LINK_END_CLIENT_VANISHED:
+    case LINK_END_CLIENT_TERMINATED:
+        if (f->at_boundary)
+            return SERVER_FATE_REUSE; /* a rollback (or the mode's reset) makes it clean */
+        /* A query or COPY was under way. Closing would not stop it: the backend runs on, holding
+         * a Postgres slot, until it next writes or checks its socket, while sluice (no longer
+         * counting it) could open a replacement and pass max_db_connections. So it drains,
+         * counted against every cap until then, unless part of a client message is in it:
+         * nothing but that client could finish the message. */
+        return f->drain_allowed && !f->client_mid_message ? SERVER_FATE_DRAIN : SERVER_FATE_CLOSE;
+    case LINK_END_SERVER_LOST:
+    case LINK_END_SERVER_FAST_CLOSE:
+        return SERVER_FATE_CLOSE;
+    case LINK_END_SERVER_CLOSING:
+        return SERVER_FATE_CLOSING;
+    }
+    return SERVER_FATE_CLOSE;
+}
+
+/* ---- pairing ---- */
+
+static void pair(struct client *c, struct server *s)
+{
+    server_set_state(s, SERVER_ACTIVE);
+    s->client = c;
+    s->inflight = 0;
+    s->batch_open = false;
+    s->timeout_cancel_sent = false;
+    c->server = s;
+    if (c->budget) {
+        s->lease_budget = c->budget;
+        c->budget->leases++;
+    }
+}
+
+static void unpair(struct client *c, struct server *s)
+{
+    c->server = NULL;
+    s->client = NULL;
+    if (s->lease_budget) {
+        s->lease_budget->leases--;
+        s->lease_budget = NULL;
+        /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
+        if (c->app->budgets.n > 1)
+            c->app->dispatch_needed = true;
+    }
+}
+
+/* Fingerprints are recomputed only when the parameters changed (their generation moved). */
+static uint64_t want_fingerprint(struct client *c)
+{
+    uint32_t gen = c->params.generation + 1; /* +1: generation 0 must compute too */
+    if (c->params_fp_gen != gen) {
+        c->params_fp = params_fingerprint(&c->pool->welcome, &c->params);
+        c->params_fp_gen = gen;
+    }
+    return c->params_fp;
+}
+
+static uint64_t have_fingerprint(struct server *s)
+{
+    uint32_t gen = s->params.generation + 1;
+    if (s->params_fp_gen != gen) {
+        s->params_fp = params_fingerprint(NULL, &s->params);
+        s->params_fp_gen = gen;
+    }
+    return s->params_fp;
+}
+
+/* Queue the statements that give s the session c wants: each a Query of its own, so that one
+ * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
+static int queue_sync(struct client *c, struct server *s)
+{
+    if (want_fingerprint(c) == have_fingerprint(s))
+        return 0;
+    struct msg_out sql;
+    codec_out_init(&sql);
+    int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
+    if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
+        codec_out_free(&sql);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return -1;
+    }
+    for (uint32_t at = 0; at < sql.len;) {
+        const char *stmt = (const char *)sql.data + at;
+        log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, stmt);
+        server_queue_internal(s, stmt);
+        at += (uint32_t)strlen(stmt) + 1;
+    }
+    codec_out_free(&sql);
+    return n;
+}
+
+void link_pair(struct client *c, struct server *s)
+{
+    pair(c, s);
+    bool login = c->state == CLIENT_LOGIN_WAIT;
+    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
+        pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
+    s->last_bytes_ms = sluice_now(c->app);   /* idle_transaction_timeout counts from the link */
+    s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
+    /* The first client of a pool is linked for its welcome: it too gets its own parameters
+     * applied (in session mode it keeps this server for good). A login's role is SET even on a
+     * server that has it, so that Postgres checks this login's right to it. (session_authorization
+     * is reported, so never forgotten: whether it may be set depends on the pool's own login
+     * user, a superuser, not on grants to the client.) */
+    for (int i = 0; login && i < c->params.n; i++) {
+        if (params_is_identity(c->params.items[i].name) &&
+            params_forget(&s->params, c->params.items[i].name) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
+    int n = queue_sync(c, s);
+    if (n < 0)
+        return;
+    if (login && n > 0) {
+        client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
+    } else {
+        if (login && client_keep_login_params(c) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+        client_set_state(c, CLIENT_ACTIVE);
+        if (login)
+            client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
+    }
+    link_kick(s);
+}
+
+/* ---- the end of a pairing ---- */
+
+/* Why a server whose fate is CLOSE closes, for its log line. */
+static const char *close_reason(enum link_end why, const struct relay_outcome *o)
+{
+    switch (why) {
+    case LINK_END_SERVER_LOST:
+        return o ? o->why : "server lost";
+    case LINK_END_SERVER_FAST_CLOSE:
+        return "marked to close (server_fast_close), its transaction over";
+    default:
+        return "client left in the middle of a message";
+    }
+}
+
+void link_end(struct client *c, struct server *s, enum link_end why, const struct relay_outcome *o)
+{
+    struct link_facts f = {
+        .at_boundary = relay_at_boundary(s, c),
+        .client_mid_message = relay_client_mid_message(c),
+        .drain_allowed = s->pool->app->cfg->server_drain_timeout > 0,
+    };
+    enum server_fate fate = link_fate(why, &f);
+    /* The client's stream is made whole (CopyFail, the Sync of an open batch) while the pair
+     * still knows what it was in the middle of. */
+    if (fate == SERVER_FATE_DRAIN && !relay_orphan_server(s, c))
+        fate = SERVER_FATE_CLOSE;
+    unpair(c, s);
+    if (why == LINK_END_RELEASED)
+        client_set_state(c, CLIENT_IDLE); /* before the server goes: it may serve a waiter */
+    switch (fate) {
+    case SERVER_FATE_REUSE:
+        pool_release(s);
+        break;
+    case SERVER_FATE_DRAIN:
+        server_drain(s, why == LINK_END_CLIENT_TERMINATED ? DRAIN_LET_QUERY_FINISH
+                                                          : DRAIN_CANCEL_QUERY);
+        break;
+    case SERVER_FATE_CLOSE:
+        server_close(s, close_reason(why, o));
+        break;
+    case SERVER_FATE_CLOSING:
+        break;
+    }
+    switch (why) {
+    case LINK_END_RELEASED:
+        if (c->state == CLIENT_IDLE && !sluice_serving(c->app))
+            client_fail(c, FAIL_SHUTDOWN, ""); /* its transaction was what shutdown waited for */
+        else if (c->state == CLIENT_IDLE)
+            relay_client_interest(c);
+        break;
+    case LINK_END_SERVER_LOST:
+        client_fail(c, FAIL_SERVER_LOST, o && o->detail ? o->detail : close_reason(why, o));
+        break;
+    case LINK_END_SERVER_FAST_CLOSE:
+        client_fail(c, FAIL_ADMIN_KILLED,
+                    ": its server was closed after RECONNECT or RELOAD "
+                    "(server_fast_close)");
+        break;
+    case LINK_END_CLIENT_VANISHED:
+    case LINK_END_CLIENT_TERMINATED:
+    case LINK_END_SERVER_CLOSING:
+        break; /* the caller ends the client, or the server's closer tells it */
+    }
+}
+
+/* ---- what the relay reports ---- */
+
+/* c: the client s was linked to when the relay ran (NULL: none). */
+static void settle(struct server *s, struct client *c, enum relay_result r,
+                   const struct relay_outcome *o)
+{
+    if (!c) {
+        server_pumped(s, r, o);
+        return;
+    }
+    switch (r) {
+    case RELAY_LINKED:
+    case RELAY_GONE:
+        return;
+    case RELAY_RELEASE:
+        link_end(c, s, LINK_END_RELEASED, NULL);
+        return;
+    case RELAY_TXN_FORBIDDEN:
+        client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, ""); /* ends the link */
+        return;
+    case RELAY_TERMINATED:
+        link_end(c, s, LINK_END_CLIENT_TERMINATED, NULL);
+        client_close(c, "client sent Terminate");
+        return;
+    case RELAY_LOGIN_SYNCED:
+        client_login_synced(c, s);
+        if (c->state == CLIENT_ACTIVE)
+            link_kick(s); /* its welcome, and what it sent meanwhile */
+        return;           /* (refused: the pair was taken apart) */
+    case RELAY_SERVER_LOST:
+        link_end(c, s, LINK_END_SERVER_LOST, o);
+        return;
+    case RELAY_CLIENT_LOST:
+        client_close(c, o->why); /* its close ends the link: CLIENT_VANISHED */
+        return;
+    case RELAY_CLIENT_OUT_OF_MEMORY:
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+}
+
+void link_kick(struct server *s)
+{
+    struct client *c = s->client;
+    struct relay_outcome o;
+    enum relay_result r = relay_pump(s, &o);
+    settle(s, c, r, &o);
+}
+
+void link_client_readable(struct client *c)
+{
+    struct server *s = c->server;
+    struct relay_outcome o;
+    enum relay_result r = relay_client_readable(c, &o);
+    settle(s, c, r, &o);
+}
+
+void link_server_io(struct server *s, int status, int events)
+{
+    struct client *c = s->client;
+    struct relay_outcome o = {.detail = NULL};
+    if (status < 0) {
+        snprintf(o.why, sizeof(o.why), "%s", sockio_poll_error(&s->io, status));
+        settle(s, c, RELAY_SERVER_LOST, &o);
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        enum relay_result r = relay_pump(s, &o);
+        settle(s, c, r, &o);
+        if (s->state == SERVER_CLOSED)
+            return;
+        c = s->client;
+    }
+    if (events & UV_READABLE) {
+        enum relay_result r = relay_server_readable(s, &o);
+        settle(s, c, r, &o);
+    }
+}
+
+/* ---- the pool's events ---- */
+
+/* query_wait_notify: a NOTICE (PgBouncer's wording comes from the pool). */
+static void notify_waiter(struct client *c, const char *message)
+{
+    codec_put_error(&c->out, 'N', "NOTICE", sqlstate_code(SQLSTATE_SUCCESSFUL_COMPLETION), message,
+                    NULL, NULL);
+    client_send(c);
+}
+
+const struct pool_events link_pool_events = {
+    .waiter_served = link_pair,
+    .waiter_failed = client_fail_with_state,
+    .waiter_timed_out = client_wait_timed_out,
+    .waiter_notified = notify_waiter,
+    .login_welcomed = client_welcome_from_pool,
+    .client_tick = client_check_timeouts,
+};
