@@ -15,7 +15,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "admin.h"
+#include "console.h"
+#include "disabled_dbs.h"
 #include "budget.h"
 #include "client.h"
 #include "config.h"
@@ -772,7 +773,7 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_int(t, db_client_cap(cfg, d));
     cell_int(t, client_count_for_db(app, name));
     cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
-    cell_int(t, admin_db_disabled(app, name) ? 1 : 0);
+    cell_int(t, disabled_dbs_contains(app, name) ? 1 : 0);
     cell_text(t, limit_text);
     row_end(t);
 }
@@ -794,7 +795,7 @@ static int for_each_database(struct sluice *app, struct table *t,
     int n;
     const char **dbs = pool_databases(app, &n);
     for (int i = 0; i < n; i++) {
-        if (admin_is_console_db(dbs[i]))
+        if (console_is_db(app, dbs[i]))
             continue;
         const struct db_entry *d = config_find_db(cfg, dbs[i]);
         if (d && strcmp(d->name, "*") == 0) {

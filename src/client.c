@@ -32,7 +32,8 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "admin.h"
+#include "console.h"
+#include "disabled_dbs.h"
 #include "auth.h"
 #include "budget.h"
 #include "cancel.h"
@@ -464,7 +465,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
-    c->admin = admin_is_console_db(database);
+    c->admin = console_is_db(app, database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
      * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
@@ -544,7 +545,7 @@ static bool login_refused_by_database_or_user(struct client *c, const struct db_
 {
     const struct config *cfg = c->app->cfg;
     char detail[320];
-    if (admin_db_disabled(c->app, c->database)) {
+    if (disabled_dbs_contains(c->app, c->database)) {
         client_fail(c, FAIL_DATABASE_DISABLED, c->database);
         return true;
     }
@@ -597,7 +598,7 @@ void client_login_ok(struct client *c)
         }
         codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
         log_client(LOG_INFO, c, "admin console login");
-        admin_send_welcome(c);
+        console_welcome(c);
         client_set_state(c, CLIENT_IDLE);
         client_send(c);
         return;
@@ -944,7 +945,7 @@ void client_on_data(struct client *c)
             return;
         }
         if (c->admin) {
-            admin_on_data(c);
+            console_on_data(c);
             return;
         }
         if (!codec_frontend_type_known(type)) {
