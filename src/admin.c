@@ -1,14 +1,16 @@
-/* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show.c
- * builds SHOW result sets; this file frames the console client's messages, checks who may run
- * what (admin_users: everything, stats_users: SHOW), and performs PAUSE, RESUME, RECONNECT,
- * WAIT_CLOSE, KILL, KILL_CLIENT, DISABLE, ENABLE, RELOAD, SHUTDOWN and SET (SUSPEND is refused).
+/* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show*.c
+ * build SHOW result sets; this file frames the console client's messages, checks who may run
+ * what (admin_users: everything, stats_users: SHOW), and runs PAUSE, RESUME, RECONNECT,
+ * WAIT_CLOSE, KILL, KILL_CLIENT, RELOAD, SHUTDOWN and SET through control.h, DISABLE and ENABLE
+ * through disabled_dbs.h (SUSPEND is refused).
  *
  * Answers follow the simple query protocol (protocol section 55.2.2): RowDescription, DataRows,
  * CommandComplete, ReadyForQuery; errors are ERROR + ReadyForQuery and the session goes on.
  *
  * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
- * IDLE the whole time, so the wait is a record on app->admin_waits that the background timer
- * checks (admin_tick); while a record exists, the client's further messages stay buffered. */
+ * IDLE the whole time, so the wait is a record on app->admin_waits that the service's tick
+ * checks every maintenance pass; while a record exists, the client's further messages stay
+ * buffered. */
 #include "admin.h"
 
 #include <stdarg.h>
@@ -80,7 +82,7 @@ enum outcome {
     OUT_DONE,     /* CommandComplete with the verb's tag, then ReadyForQuery */
     OUT_ERROR,    /* an ErrorResponse is written: ReadyForQuery */
     OUT_ANSWERED, /* CommandComplete and ReadyForQuery are written already */
-    OUT_WAITING,  /* admin_tick answers later */
+    OUT_WAITING,  /* tick answers later */
     OUT_CLOSED,   /* the client is closing: nothing more */
 };
 

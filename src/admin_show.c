@@ -14,23 +14,10 @@
 #include "console.h"
 #include "disabled_dbs.h"
 #include "error.h"
-#include "listener.h"
 #include "pool.h"
-#include "server.h"
 #include "sluice.h"
 #include "stats.h"
-
-static int count_being_canceled(const struct list *l)
-{
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(l, node, tmp)
-    {
-        if (container_of(node, struct server, node)->cancels_in_flight > 0)
-            n++;
-    }
-    return n;
-}
+#include "view.h"
 
 /* ---- SHOW ---- */
 
@@ -79,12 +66,12 @@ static void show_pools(struct client *c)
     uint64_t now = sluice_now(app);
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        struct pool *p = container_of(n, struct pool, node);
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        const struct stats_pool_view v = p->now;
         uint64_t waited_us = v.longest_wait_ms * 1000;
         row_begin(&t);
         cell_text(&t, p->db_name);
@@ -96,16 +83,16 @@ static void show_pools(struct client *c)
         cell_int(&t, 0);
         cell_int(&t, v.sv_active);
         cell_int(&t, 0);
-        cell_int(&t, count_being_canceled(&p->active) + count_being_canceled(&p->resetting));
+        cell_int(&t, p->sv_being_canceled);
         cell_int(&t, v.sv_idle);
         cell_int(&t, v.sv_used);
         cell_int(&t, v.sv_tested);
         cell_int(&t, v.sv_login);
         cell_uint(&t, waited_us / 1000000);
         cell_uint(&t, waited_us % 1000000);
-        cell_text(&t, p->is_admin ? "statement" : pool_mode_name(p->mode));
+        cell_text(&t, p->console ? "statement" : pool_mode_name(p->mode));
         cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
-        cell_int(&t, p->is_admin ? 0 : p->size);
+        cell_int(&t, p->console ? 0 : p->size);
         cell_int(&t, v.cl_idle);
         cell_int(&t, p->paused ? 1 : 0);
         cell_text(&t, breaker_state_name(p->breaker.state));
@@ -141,14 +128,15 @@ static const char **pool_databases(struct sluice *app, int *count)
 {
     const char **names = calloc((size_t)app->pools.count + 1, sizeof(*names));
     int n = 0;
-    struct list_node *node, *tmp;
     if (!names) {
         *count = 0;
         return NULL;
     }
-    list_for_each(&app->pools, node, tmp)
+    view_for_each_pool(app, pool)
     {
-        const char *db = container_of(node, struct pool, node)->db_name;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        const char *db = p.db_name;
         bool seen = false;
         for (int i = 0; i < n && !seen; i++)
             seen = strcmp(names[i], db) == 0;
@@ -223,12 +211,12 @@ static const char *db_keyword(const struct db_entry *d, const char *kw)
 /* The usable connection count of the server behind a database, if a pool has learned it. */
 static int db_server_usable(const struct sluice *app, const char *db)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (strcmp(p->db_name, db) == 0 && p->server_usable > 0)
-            return p->server_usable;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (strcmp(p.db_name, db) == 0 && p.server_usable > 0)
+            return p.server_usable;
     }
     return 0;
 }
@@ -251,12 +239,13 @@ static int db_client_cap(const struct config *cfg, const struct db_entry *d)
 static int console_clients(const struct sluice *app, const char *name)
 {
     int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    uint64_t now = sluice_now(app);
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (p->is_admin && strcmp(p->db_name, name) == 0)
-            n += p->idle_clients.count;
+        struct view_pool p;
+        view_pool(pool, now, &p);
+        if (p.console && strcmp(p.db_name, name) == 0)
+            n += p.now.cl_idle;
     }
     return n;
 }
@@ -271,7 +260,7 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     if (!d) {
         /* PgBouncer lists its admin database too: no host, sluice's own port, no servers. */
         cell_text(t, NULL);
-        cell_int(t, listener_port(app));
+        cell_int(t, view_listen_port(app));
         cell_text(t, name);
         cell_text(t, NULL);
         cell_int(t, 0);
@@ -297,13 +286,13 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     char limit_text[32];
     format_limit(maxc, limit_text, sizeof(limit_text));
     int npools = 0, npaused = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (strcmp(p->db_name, name) == 0) {
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (strcmp(p.db_name, name) == 0) {
             npools++;
-            npaused += p->paused;
+            npaused += p.paused;
         }
     }
     cell_text(t, db_keyword(d, "host"));
@@ -322,9 +311,9 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */
     cell_int(t, limit_resolve(maxc, db_server_usable(app, name)));
-    cell_int(t, budget_db_servers(app, name));
+    cell_int(t, view_db_servers(app, name));
     cell_int(t, db_client_cap(cfg, d));
-    cell_int(t, client_count_for_db(app, name));
+    cell_int(t, view_db_clients(app, name));
     cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
     cell_int(t, disabled_dbs_contains(app, name) ? 1 : 0);
     cell_text(t, limit_text);
@@ -401,6 +390,20 @@ static bool name_listed(const char **names, int n, const char *name)
     return false;
 }
 
+/* Names in first-seen order, at most cap - 1 of them. */
+struct name_list {
+    const char **names;
+    int n;
+    size_t cap;
+};
+
+static void add_client_user(const struct view_conn *v, void *ctx)
+{
+    struct name_list *l = ctx;
+    if ((size_t)l->n + 1 < l->cap && !name_listed(l->names, l->n, v->user))
+        l->names[l->n++] = v->user;
+}
+
 static void show_users(struct client *c)
 {
     static const struct col cols[] = {
@@ -435,25 +438,18 @@ static void show_users(struct client *c)
         if (!name_listed(names, n, cfg->auth[i].user))
             names[n++] = cfg->auth[i].user;
     }
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    struct name_list users = {names, n, cap};
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (p->is_admin)
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (p.console)
             continue;
-        if (!name_listed(names, n, p->user_name))
-            names[n++] = p->user_name;
-        const struct list *clients[] = {&p->waiting, &p->idle_clients, &p->active_clients};
-        struct list_node *cn, *ctmp;
-        for (int i = 0; i < NELEM(clients); i++) {
-            list_for_each(clients[i], cn, ctmp)
-            {
-                const char *user = container_of(cn, struct client, node)->user;
-                if ((size_t)n + 1 < cap && !name_listed(names, n, user))
-                    names[n++] = user;
-            }
-        }
+        if (!name_listed(users.names, users.n, p.user_name))
+            users.names[users.n++] = p.user_name;
+        view_pool_clients(pool, add_client_user, &users);
     }
+    n = users.n;
     for (int i = 0; i < n; i++) {
         const struct user_entry *u = config_find_user(cfg, names[i]);
         struct limit l = u && u->max_user_connections.value ? u->max_user_connections
@@ -470,10 +466,10 @@ static void show_users(struct client *c)
             cell_text(&t, NULL);
         cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
         cell_int(&t, limit_resolve(l, 0));
-        cell_int(&t, budget_user_servers(app, names[i]));
+        cell_int(&t, view_user_servers(app, names[i]));
         cell_int(&t, u && u->max_user_client_connections > 0 ? u->max_user_client_connections
                                                              : cfg->max_user_client_connections);
-        cell_int(&t, client_count_for_user(app, names[i]));
+        cell_int(&t, view_user_clients(app, names[i]));
         row_end(&t);
     }
     free(names);
@@ -507,10 +503,11 @@ static void show_lists(struct client *c)
     struct sluice *app = c->app;
     const struct config *cfg = app->cfg;
     int pools = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        pools += !container_of(n, struct pool, node)->is_admin;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        pools += !p.console;
     }
     const struct {
         const char *name;

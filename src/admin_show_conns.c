@@ -5,7 +5,6 @@
 
 #include "admin_table.h"
 #include "client.h"
-#include "listener.h"
 #include "view.h"
 
 /* PgBouncer's columns of SHOW CLIENTS, SERVERS and SOCKETS, in its order; SOCKETS adds the
@@ -125,7 +124,7 @@ static void conn_row(const struct view_conn *v, void *ctx)
 static void listing_begin(struct listing *l, struct client *me, enum conn_view view, bool only_busy)
 {
     l->app = me->app;
-    l->unix_port = listener_port(me->app);
+    l->unix_port = view_listen_port(me->app);
     l->view = view;
     l->only_busy = only_busy;
     conn_table_begin(&l->t, &me->out, view);

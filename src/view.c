@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include "client.h"
+#include "listener.h"
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
@@ -120,6 +121,13 @@ void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx)
     }
 }
 
+void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx)
+{
+    walk_clients(&p->waiting, NULL, fn, ctx);
+    walk_clients(&p->idle_clients, NULL, fn, ctx);
+    walk_clients(&p->active_clients, NULL, fn, ctx);
+}
+
 void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx)
 {
     struct list_node *n, *tmp;
@@ -150,4 +158,82 @@ void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx)
         walk_servers(&p->leaving, "sv_leaving", fn, ctx);
     }
     walk_clients(&app->login_clients, "cl_login", fn, ctx);
+}
+
+const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev)
+{
+    const struct list_node *n = prev ? prev->node.next : app->pools.head.next;
+    return n == &app->pools.head ? NULL : container_of(n, struct pool, node);
+}
+
+static int count_being_canceled(const struct list *l)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(l, node, tmp)
+    {
+        if (container_of(node, struct server, node)->cancels_in_flight > 0)
+            n++;
+    }
+    return n;
+}
+
+void view_pool_settings(const struct pool *p, struct view_pool *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->pool = p;
+    v->db_name = p->db_name;
+    v->user_name = p->user_name;
+    v->console = p->is_admin;
+    v->mode = p->mode;
+    v->size = p->size;
+    v->paused = p->paused;
+    v->have_welcome = p->have_welcome;
+    v->server_usable = p->server_usable;
+    v->server_max_connections = p->server_max_connections;
+    v->server_reserved = p->server_reserved;
+    v->breaker = p->breaker;
+    v->servers = pool_server_count(p);
+    v->xact_count = p->xact_count;
+    v->query_count = p->query_count;
+    v->bytes_in = p->bytes_in;
+    v->bytes_out = p->bytes_out;
+    v->wait_us_total = p->wait_us_total;
+    v->query_ms_total = p->query_ms_total;
+    v->wait_hist = p->wait_hist;
+    v->query_hist = p->query_hist;
+}
+
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+{
+    view_pool_settings(p, v);
+    v->sv_being_canceled = count_being_canceled(&p->active) + count_being_canceled(&p->resetting);
+    if (!p->is_admin)
+        budget_pool_cap(p, &v->cap);
+    stats_view_pool(p, now_ms, &v->now);
+}
+
+int view_db_servers(const struct sluice *app, const char *db_name)
+{
+    return budget_db_servers(app, db_name);
+}
+
+int view_user_servers(const struct sluice *app, const char *user_name)
+{
+    return budget_user_servers(app, user_name);
+}
+
+int view_db_clients(const struct sluice *app, const char *db_name)
+{
+    return client_count_for_db(app, db_name);
+}
+
+int view_user_clients(const struct sluice *app, const char *user_name)
+{
+    return client_count_for_user(app, user_name);
+}
+
+int view_listen_port(const struct sluice *app)
+{
+    return listener_port(app);
 }

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "budget.h"
 #include "cidr.h"
 #include "codec.h"
 #include "config.h"
@@ -59,11 +60,57 @@ typedef void view_conn_fn(const struct view_conn *v, void *ctx);
 
 /* Every client: logging in, then pool by pool the active, waiting and idle ones. */
 void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx);
+/* One pool's clients: the waiting, idle and active ones (logging-in clients have no pool). */
+void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx);
 /* Every server of a pool: pool by pool the active, idle, resetting and connecting ones. */
 void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx);
 /* PgBouncer's SHOW SOCKETS order: pool by pool its clients (cl_active, cl_waiting) and servers
  * (sv_active, sv_idle, sv_tested, sv_login, sv_leaving), then the clients logging in (cl_login);
  * state is the list's name. */
 void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx);
+
+/* ---- pools (SHOW POOLS, /health, /metrics) ---- */
+
+/* One pool now. The fields keep struct pool's names. */
+struct view_pool {
+    const struct pool *pool; /* its identity: to compare, or to hand to stats.h */
+    const char *db_name, *user_name;
+    bool console; /* the admin console's pseudo-pool: no servers, no cap */
+    enum pool_mode mode;
+    int size; /* pool_size in force */
+    bool paused;
+    bool have_welcome; /* a server of it has logged in once */
+    /* The server's max_connections - reserved, and the two numbers; 0 until a server said. */
+    int server_usable, server_max_connections, server_reserved;
+    struct breaker breaker;
+    int servers;                /* in any state, LEAVING included */
+    int sv_being_canceled;      /* active or resetting with a cancel on its way */
+    struct pool_cap cap;        /* the cap that binds (budget.h); zero for the console */
+    struct stats_pool_view now; /* servers and clients by state */
+    /* Counters since start (pool.h). */
+    uint64_t xact_count, query_count, bytes_in, bytes_out, wait_us_total, query_ms_total;
+    const uint64_t *wait_hist, *query_hist; /* POOL_HIST_BUCKETS each, pool_hist_bounds_ms */
+};
+
+/* The pools in creation order, the console's included: NULL starts, NULL after the last. */
+const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev);
+#define view_for_each_pool(app, p)                                                                 \
+    for (const struct pool *p = view_next_pool((app), NULL); p; p = view_next_pool((app), p))
+/* Everything: the counts by state and the binding cap walk the pool's lists and its budget's. */
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *out);
+/* Only what the pool holds itself (names, settings, what it learnt, counters, servers): cheap
+ * enough to call in a walk over the pools for each pool. now, cap, sv_being_canceled stay 0. */
+void view_pool_settings(const struct pool *p, struct view_pool *out);
+
+/* ---- counts (SHOW DATABASES, USERS) ---- */
+
+/* Servers of a database's, or a user's, pools, in any state, auth_query's included. */
+int view_db_servers(const struct sluice *app, const char *db_name);
+int view_user_servers(const struct sluice *app, const char *user_name);
+/* Logged-in clients (not the console's) of a database, or with a user name. */
+int view_db_clients(const struct sluice *app, const char *db_name);
+int view_user_clients(const struct sluice *app, const char *user_name);
+/* The listening port (a unix-socket client's "port" in SHOW CLIENTS). */
+int view_listen_port(const struct sluice *app);
 
 #endif
