@@ -126,7 +126,9 @@ static void show_peer_pools(struct client *c)
 /* The distinct database names of the pools, in pool order (a small array the caller frees). */
 static const char **pool_databases(struct sluice *app, int *count)
 {
-    const char **names = calloc((size_t)app->pools.count + 1, sizeof(*names));
+    struct view_totals tot;
+    view_totals(app, &tot);
+    const char **names = calloc((size_t)tot.pools + 1, sizeof(*names));
     int n = 0;
     if (!names) {
         *count = 0;
@@ -422,8 +424,10 @@ static void show_users(struct client *c)
     table_begin(&t, &c->out, cols, NELEM(cols));
     /* [users], then auth_file, then whoever has a pool or is connected (a client of a database
      * with a forced user= logs in under its own name, not its pool's); each name once. */
-    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)app->pools.count +
-                 (size_t)app->nclients + 1;
+    struct view_totals tot;
+    view_totals(app, &tot);
+    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)tot.pools +
+                 (size_t)tot.clients + 1;
     const char **names = calloc(cap, sizeof(*names));
     if (!names) {
         c->out.oom = true;
@@ -502,6 +506,8 @@ static void show_lists(struct client *c)
     static const struct col cols[] = {{"list", COL_TEXT}, {"items", COL_INT}};
     struct sluice *app = c->app;
     const struct config *cfg = app->cfg;
+    struct view_totals tot;
+    view_totals(app, &tot);
     int pools = 0;
     view_for_each_pool(app, pool)
     {
@@ -519,10 +525,10 @@ static void show_lists(struct client *c)
         {"pools", pools},
         {"peer_pools", 0},
         {"free_clients", 0},
-        {"used_clients", app->nclients},
-        {"login_clients", app->login_clients.count},
+        {"used_clients", tot.clients},
+        {"login_clients", tot.login_clients},
         {"free_servers", 0},
-        {"used_servers", app->nservers},
+        {"used_servers", tot.servers},
         {"dns_names", 0},
         {"dns_zones", 0},
         {"dns_queries", 0},
@@ -560,8 +566,8 @@ static void show_budgets(struct client *c)
     const struct config *cfg = app->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    for (int i = 0; i < app->budgets.n; i++) {
-        const struct budget *b = app->budgets.items[i];
+    const struct budget *b;
+    for (int i = 0; (b = view_budget(app, i)) != NULL; i++) {
         const char *addr = NULL;
         for (int j = 0; j < cfg->nbudgets; j++) {
             if (strcmp(cfg->budgets[j].name, b->name) == 0)

@@ -356,6 +356,8 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
 {
     const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
+    struct view_totals tot;
+    view_totals(app, &tot);
     struct text t = {0}, pools = {0}, warnings = {0};
     struct stats_pool_view total;
     memset(&total, 0, sizeof(total));
@@ -465,11 +467,11 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         }
     }
     long long max_clients = (long long)cfg->max_client_conn;
-    if (max_clients > 0 && (long long)app->nclients * 100 > max_clients * 80) {
+    if (max_clients > 0 && (long long)tot.clients * 100 > max_clients * 80) {
         char line[256];
         snprintf(line, sizeof(line),
                  "%d of %lld client connections in use (%.0f%%): raise max_client_conn",
-                 app->nclients, max_clients, pct(app->nclients, (double)max_clients));
+                 tot.clients, max_clients, pct(tot.clients, (double)max_clients));
         add_warning(&warnings, &nwarn, line);
     }
     /* The whole: max_server_connections where it is below the pools' caps added up. */
@@ -481,7 +483,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         all_key = limit_kind_key(LIMIT_GLOBAL);
     }
     const char *overall;
-    if (app->phase != PHASE_RUNNING)
+    if (!tot.running)
         overall = "shutting_down";
     else if (ndown > 0)
         overall = "down";
@@ -489,14 +491,14 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         overall = "unknown"; /* ready, but no server has been reached yet to prove it */
     else
         overall = "ok";
-    *status = app->phase == PHASE_RUNNING && ndown == 0 ? 200 : 503;
+    *status = tot.running && ndown == 0 ? 200 : 503;
     text_printf(&t, "{\"status\":\"%s\",\"version\":\"%s\",\"total\":{", overall, SLUICE_VERSION);
-    json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, app->nclients);
+    json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, tot.clients);
     text_cstr(&t, ",");
     json_cap(&t, &all, all_key);
     json_upstreams(&t, app);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
-                app->nclients, app->nservers);
+                tot.clients, tot.servers);
     if (pools.len)
         text_add(&t, pools.data, pools.len);
     text_cstr(&t, "],\"warnings\":[");
@@ -651,6 +653,8 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
 {
     const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
+    struct view_totals tot;
+    view_totals(app, &tot);
     struct text t = {0};
     int ndown = 0;
     view_for_each_pool(app, pool)
@@ -662,7 +666,7 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     metric_head(&t, "sluice_up", "gauge",
                 "1 while sluice serves and every pool can reach its database, else 0.");
-    text_printf(&t, "sluice_up %d\n", ndown == 0 && app->phase == PHASE_RUNNING ? 1 : 0);
+    text_printf(&t, "sluice_up %d\n", ndown == 0 && tot.running ? 1 : 0);
 
     static const struct {
         const char *name;
@@ -777,9 +781,9 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     text_printf(&t, "sluice_max_client_conn %lld\n", (long long)cfg->max_client_conn);
     metric_head(&t, "sluice_client_connections", "gauge",
                 "Client connections in any state, the admin console's included.");
-    text_printf(&t, "sluice_client_connections %d\n", app->nclients);
+    text_printf(&t, "sluice_client_connections %d\n", tot.clients);
     metric_head(&t, "sluice_server_connections", "gauge", "Server connections in any state.");
-    text_printf(&t, "sluice_server_connections %d\n", app->nservers);
+    text_printf(&t, "sluice_server_connections %d\n", tot.servers);
 
     metric_head(&t, "sluice_query_duration_seconds", "histogram",
                 "Time from a client request to its ReadyForQuery.");

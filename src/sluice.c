@@ -217,8 +217,10 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
         return rc;
     if (auth_init(app) < 0 || tls_init(app) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
-    for (; services && services[app->services_started]; app->services_started++) {
-        const struct sluice_service *svc = services[app->services_started];
+    /* Counted before its start runs: a start that fails may leave half-made state, which its
+     * stop and free (from the shutdown that follows) clean up. */
+    while (services && services[app->services_started]) {
+        const struct sluice_service *svc = services[app->services_started++];
         rc = svc->start ? svc->start(app) : 0;
         if (rc < 0)
             return rc;

@@ -35,13 +35,14 @@ struct sluice;
 struct sluice_service {
     const char *name;
     /* After the listener, auth and TLS are up, before the forced pools exist. 0, or a negative
-     * UV_E* that stops start-up (the service logs why). */
+     * UV_E* that stops start-up (the service logs why; its stop and free still run, so it may
+     * leave half-made state for them). */
     int (*start)(struct sluice *app);
     /* Every maintenance pass (100 ms), after the core's timeouts and stats. */
     void (*tick)(struct sluice *app, uint64_t now_ms);
     /* A graceful or immediate shutdown begins: stop taking new work. */
     void (*stop)(struct sluice *app);
-    /* The loop has ended: free what is left (only services whose start ran). */
+    /* The loop has ended: free what is left (every service whose start was called). */
     void (*free)(struct sluice *app);
 };
 

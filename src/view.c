@@ -237,3 +237,17 @@ int view_listen_port(const struct sluice *app)
 {
     return listener_port(app);
 }
+
+const struct budget *view_budget(const struct sluice *app, int i)
+{
+    return i >= 0 && i < app->budgets.n ? app->budgets.items[i] : NULL;
+}
+
+void view_totals(const struct sluice *app, struct view_totals *out)
+{
+    out->clients = app->nclients;
+    out->login_clients = app->login_clients.count;
+    out->servers = app->nservers;
+    out->pools = app->pools.count;
+    out->running = app->phase == PHASE_RUNNING;
+}

@@ -102,6 +102,23 @@ void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *out);
  * enough to call in a walk over the pools for each pool. now, cap, sv_being_canceled stay 0. */
 void view_pool_settings(const struct pool *p, struct view_pool *out);
 
+/* ---- the whole process (SHOW LISTS, /health, /metrics) ---- */
+
+struct view_totals {
+    int clients;       /* client sockets in any state, the console's included */
+    int login_clients; /* logging in (STARTUP, AUTH) */
+    int servers;       /* server connections in any state */
+    int pools;         /* the console's pseudo-pools included */
+    bool running;      /* no shutdown under way (PHASE_RUNNING) */
+};
+void view_totals(const struct sluice *app, struct view_totals *out);
+
+/* ---- budgets (SHOW BUDGETS) ---- */
+
+/* The i-th budget (configured ones in file order, then "default"), NULL past the last. A budget
+ * is plain data already (budget.h): its live counts, clients and leases, are read as they are. */
+const struct budget *view_budget(const struct sluice *app, int i);
+
 /* ---- counts (SHOW DATABASES, USERS) ---- */
 
 /* Servers of a database's, or a user's, pools, in any state, auth_query's included. */
