@@ -1,14 +1,16 @@
-/* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show.c
- * builds SHOW result sets; this file frames the console client's messages, checks who may run
- * what (admin_users: everything, stats_users: SHOW), and performs PAUSE, RESUME, RECONNECT,
- * WAIT_CLOSE, KILL, KILL_CLIENT, DISABLE, ENABLE, RELOAD, SHUTDOWN and SET (SUSPEND is refused).
+/* admin: the admin console (see admin.h). admin_command.c parses a query and admin_show*.c
+ * build SHOW result sets; this file frames the console client's messages, checks who may run
+ * what (admin_users: everything, stats_users: SHOW), and runs PAUSE, RESUME, RECONNECT,
+ * WAIT_CLOSE, KILL, KILL_CLIENT, RELOAD, SHUTDOWN and SET through control.h, DISABLE and ENABLE
+ * through disabled_dbs.h (SUSPEND is refused).
  *
  * Answers follow the simple query protocol (protocol section 55.2.2): RowDescription, DataRows,
  * CommandComplete, ReadyForQuery; errors are ERROR + ReadyForQuery and the session goes on.
  *
  * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
- * IDLE the whole time, so the wait is a record on app->admin_waits that the background timer
- * checks (admin_tick); while a record exists, the client's further messages stay buffered. */
+ * IDLE the whole time, so the wait is a record on app->admin_waits that the service's tick
+ * checks every maintenance pass; while a record exists, the client's further messages stay
+ * buffered. */
 #include "admin.h"
 
 #include <stdarg.h>
@@ -19,29 +21,27 @@
 
 #include "admin_command.h"
 #include "admin_show.h"
-#include "auth.h"
 #include "buf.h"
-#include "budget.h"
 #include "client.h"
 #include "config.h"
+#include "console.h"
+#include "control.h"
+#include "disabled_dbs.h"
 #include "error.h"
 #include "log.h"
-#include "pool.h"
-#include "server.h"
 #include "sluice.h"
-#include "tls.h"
 
 /* Stop answering (the queries stay buffered) while this much output waits for the client. */
 #define OUT_HIGH_WATER (256 * 1024)
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-bool admin_is_console_db(const char *database)
+static bool is_console_db(const char *database)
 {
     return database && (strcmp(database, "sluice") == 0 || strcmp(database, "pgbouncer") == 0);
 }
 
-void admin_send_welcome(struct client *c)
+static void send_welcome(struct client *c)
 {
     const char *app_name = params_get(&c->params, "application_name");
     codec_put_parameter_status(&c->out, "server_version", "15.0 (sluice " SLUICE_VERSION ")");
@@ -82,39 +82,23 @@ enum outcome {
     OUT_DONE,     /* CommandComplete with the verb's tag, then ReadyForQuery */
     OUT_ERROR,    /* an ErrorResponse is written: ReadyForQuery */
     OUT_ANSWERED, /* CommandComplete and ReadyForQuery are written already */
-    OUT_WAITING,  /* admin_tick answers later */
+    OUT_WAITING,  /* tick answers later */
     OUT_CLOSED,   /* the client is closing: nothing more */
 };
 
 /* ---- lookups ---- */
-
-static bool pool_is_target(const struct pool *p, const struct admin_command *cmd)
-{
-    return !p->is_admin && (!cmd->has_name || strcmp(p->db_name, cmd->name) == 0);
-}
-
-static bool db_has_pools(const struct sluice *app, const char *db)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        if (strcmp(container_of(n, struct pool, node)->db_name, db) == 0)
-            return true;
-    }
-    return false;
-}
 
 /* A named database must be a real one (configured or with pools), never the console. */
 static bool check_target(struct client *c, const struct admin_command *cmd)
 {
     if (!cmd->has_name)
         return true;
-    if (admin_is_console_db(cmd->name)) {
+    if (is_console_db(cmd->name)) {
         put_error(c, SQLSTATE_INVALID_CATALOG_NAME, NULL,
                   "\"%s\" is the admin console, not a database with servers", cmd->name);
         return false;
     }
-    if (!config_find_db(c->app->cfg, cmd->name) && !db_has_pools(c->app, cmd->name)) {
+    if (!control_db_known(c->app, cmd->name)) {
         put_error(c, SQLSTATE_INVALID_CATALOG_NAME, "SHOW DATABASES lists the databases.",
                   "no database \"%s\" in sluice", cmd->name);
         return false;
@@ -122,50 +106,11 @@ static bool check_target(struct client *c, const struct admin_command *cmd)
     return true;
 }
 
-static struct client *find_client_in(struct list *l, uint64_t id)
-{
-    struct list_node *n, *tmp;
-    list_for_each(l, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (c->id == id)
-            return c;
-    }
-    return NULL;
-}
-
-static struct client *find_client(struct sluice *app, uint64_t id)
-{
-    struct client *c = find_client_in(&app->login_clients, id);
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        if (c)
-            break;
-        c = find_client_in(&p->active_clients, id);
-        if (!c)
-            c = find_client_in(&p->waiting, id);
-        if (!c)
-            c = find_client_in(&p->idle_clients, id);
-    }
-    return c;
-}
-
 /* A console client (they are always IDLE) by id. */
 static struct client *find_console_client(struct sluice *app, uint64_t id)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        if (!p->is_admin)
-            continue;
-        struct client *c = find_client_in(&p->idle_clients, id);
-        if (c)
-            return c;
-    }
-    return NULL;
+    struct client *c = control_find_client(app, id);
+    return c && c->admin ? c : NULL;
 }
 
 static enum outcome run_show(struct client *c, const struct admin_command *cmd)
@@ -175,6 +120,8 @@ static enum outcome run_show(struct client *c, const struct admin_command *cmd)
 }
 
 /* ---- waiting commands ---- */
+
+static const char *target_db(const struct admin_command *cmd);
 
 enum wait_kind {
     WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
@@ -216,61 +163,6 @@ static bool add_wait(struct client *c, enum wait_kind kind, const struct admin_c
     return true;
 }
 
-/* Idle servers of a paused pool close at once (a min_pool_size connection may bring one). */
-static void close_idle(struct pool *p, const char *why)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&p->idle, n, tmp)
-    {
-        server_close(container_of(n, struct server, node), why);
-    }
-}
-
-/* PgBouncer's PAUSE: no server is handed out, and every server connection closes once its
- * client is done with it, so the command returns with the database free of sluice's sessions
- * (safe to restart or fail over). A pool resumed meanwhile counts as done. */
-static bool pause_done(struct sluice *app, const struct admin_command *target)
-{
-    bool done = true;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        if (!pool_is_target(p, target) || !p->paused)
-            continue;
-        close_idle(p, "PAUSE from the admin console");
-        if (p->active.count > 0 || p->resetting.count > 0)
-            done = false;
-    }
-    return done;
-}
-
-static bool list_has_close_needed(const struct list *l)
-{
-    struct list_node *n, *tmp;
-    list_for_each(l, n, tmp)
-    {
-        if (container_of(n, struct server, node)->close_when_free)
-            return true;
-    }
-    return false;
-}
-
-static bool close_done(struct sluice *app, const struct admin_command *target)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (!pool_is_target(p, target))
-            continue;
-        if (list_has_close_needed(&p->active) || list_has_close_needed(&p->idle) ||
-            list_has_close_needed(&p->resetting) || list_has_close_needed(&p->connecting))
-            return false;
-    }
-    return true;
-}
-
 static bool output_backlogged(const struct client *c)
 {
     return c->out.len - c->out_pos > OUT_HIGH_WATER;
@@ -280,9 +172,9 @@ static bool wait_done(struct sluice *app, struct client *c, const struct admin_w
 {
     switch (w->kind) {
     case WAIT_PAUSE:
-        return pause_done(app, &w->target);
+        return control_pause_done(app, target_db(&w->target));
     case WAIT_CLOSE_DONE:
-        return close_done(app, &w->target);
+        return control_close_done(app, target_db(&w->target));
     case WAIT_OUTPUT:
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
     }
@@ -291,63 +183,10 @@ static bool wait_done(struct sluice *app, struct client *c, const struct admin_w
 
 /* ---- actions ---- */
 
-static int for_target_pools(struct sluice *app, const struct admin_command *cmd,
-                            void (*fn)(struct pool *p))
+/* The database a command names, or NULL for every database. */
+static const char *target_db(const struct admin_command *cmd)
 {
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
-    {
-        struct pool *p = container_of(node, struct pool, node);
-        if (pool_is_target(p, cmd)) {
-            fn(p);
-            n++;
-        }
-    }
-    return n;
-}
-
-/* Servers in use close when their client releases them; idle ones close now. */
-static void close_servers_when_free(struct pool *p, const char *why)
-{
-    struct list *busy[] = {&p->active, &p->resetting, &p->connecting};
-    struct list_node *n, *tmp;
-    for (int i = 0; i < NELEM(busy); i++) {
-        list_for_each(busy[i], n, tmp)
-        {
-            container_of(n, struct server, node)->close_when_free = true;
-        }
-    }
-    close_idle(p, why);
-}
-
-static void reconnect_pool(struct pool *p)
-{
-    close_servers_when_free(p, "RECONNECT from the admin console");
-}
-
-static void pause_pool(struct pool *p)
-{
-    pool_pause(p, PAUSED_BY_PAUSE);
-    close_servers_when_free(p, "PAUSE from the admin console");
-}
-
-/* PgBouncer's KILL: drop every client and server of the database, and leave it paused so new
- * clients wait until RESUME. */
-static void kill_pool(struct pool *p)
-{
-    pool_pause(p, PAUSED_BY_KILL);
-    struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
-    struct list_node *n, *tmp;
-    for (int i = 0; i < NELEM(clients); i++) {
-        list_for_each(clients[i], n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_ADMIN_KILLED, "");
-    }
-    struct list *servers[] = {&p->active, &p->resetting, &p->idle, &p->connecting};
-    for (int i = 0; i < NELEM(servers); i++) {
-        list_for_each(servers[i], n, tmp)
-            server_close(container_of(n, struct server, node), "KILL from the admin console");
-    }
+    return cmd->has_name ? cmd->name : NULL;
 }
 
 static const char *target_text(const struct admin_command *cmd)
@@ -357,7 +196,7 @@ static const char *target_text(const struct admin_command *cmd)
 
 static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
 {
-    struct client *victim = find_client(c->app, cmd->client_id);
+    struct client *victim = control_find_client(c->app, cmd->client_id);
     if (!victim) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
                   "no client with id %llu", (unsigned long long)cmd->client_id);
@@ -370,18 +209,14 @@ static enum outcome run_kill_client(struct client *c, const struct admin_command
         return OUT_ERROR;
     }
     log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu", (unsigned long long)cmd->client_id);
-    client_fail(victim, FAIL_ADMIN_KILLED, "");
+    control_kill_client(victim);
     return OUT_DONE;
 }
 
 static enum outcome run_reload(struct client *c)
 {
-    struct sluice *app = c->app;
-    const struct config *before = app->cfg;
     log_client(LOG_INFO, c, "admin: RELOAD");
-    sluice_reload(app);
-    if (app->cfg == before) {
-        /* sluice_reload swaps in a new config only when it is valid. */
+    if (!control_reload(c->app)) {
         put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
                   "the configuration has errors; the previous one stays in force");
         return OUT_ERROR;
@@ -417,35 +252,13 @@ static enum outcome run_shutdown(struct client *c, const struct admin_command *c
         put_command_complete(&c->out, "SHUTDOWN");
         codec_put_ready(&c->out, 'I');
     }
-    sluice_shutdown(c->app, modes[cmd->shutdown].phase);
+    control_shutdown(c->app, modes[cmd->shutdown].phase);
     if (c->state != CLIENT_IDLE)
         return OUT_CLOSED; /* a graceful or immediate shutdown closed it with 57P01 */
     return cmd->shutdown == ADMIN_SHUTDOWN_NOW ? OUT_DONE : OUT_ANSWERED;
 }
 
 /* ---- DISABLE / ENABLE ---- */
-
-struct disabled_db {
-    struct list_node node;
-    char name[ADMIN_NAME_MAX];
-};
-
-static struct disabled_db *find_disabled(const struct sluice *app, const char *database)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&app->disabled_dbs, n, tmp)
-    {
-        struct disabled_db *d = container_of(n, struct disabled_db, node);
-        if (strcmp(d->name, database) == 0)
-            return d;
-    }
-    return NULL;
-}
-
-bool admin_db_disabled(const struct sluice *app, const char *database)
-{
-    return find_disabled(app, database) != NULL;
-}
 
 /* PgBouncer's DISABLE: new logins to the database are refused (client_login_ok); sessions
  * already open go on. Kept across RELOAD, as the database is. */
@@ -454,15 +267,10 @@ static enum outcome run_disable(struct client *c, const struct admin_command *cm
     if (!check_target(c, cmd))
         return OUT_ERROR;
     log_client(LOG_INFO, c, "admin: DISABLE %s", cmd->name);
-    if (find_disabled(c->app, cmd->name))
-        return OUT_DONE;
-    struct disabled_db *d = calloc(1, sizeof(*d));
-    if (!d) {
+    if (disabled_dbs_add(c->app, cmd->name) < 0) {
         put_error(c, SQLSTATE_OUT_OF_MEMORY, NULL, "out of memory");
         return OUT_ERROR;
     }
-    memcpy(d->name, cmd->name, sizeof(d->name));
-    list_append(&c->app->disabled_dbs, &d->node);
     return OUT_DONE;
 }
 
@@ -471,11 +279,7 @@ static enum outcome run_enable(struct client *c, const struct admin_command *cmd
     if (!check_target(c, cmd))
         return OUT_ERROR;
     log_client(LOG_INFO, c, "admin: ENABLE %s", cmd->name);
-    struct disabled_db *d = find_disabled(c->app, cmd->name);
-    if (d) {
-        list_remove(&c->app->disabled_dbs, &d->node);
-        free(d);
-    }
+    disabled_dbs_remove(c->app, cmd->name);
     return OUT_DONE;
 }
 
@@ -498,28 +302,6 @@ static int find_key(const char *name)
             return i;
     }
     return -1;
-}
-
-/* Make a changed key take effect, as a reload would. */
-static void apply_set(struct sluice *app, const char *key)
-{
-    const struct config *cfg = app->cfg;
-    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
-        strcmp(key, "logfile") == 0) {
-        log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
-    }
-    if (strncmp(key, "client_tls_", 11) == 0)
-        tls_reload(app);
-    if (strncmp(key, "auth_", 5) == 0)
-        auth_reload(app);
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        pool_apply_config(p);
-        budget_log_cap(p);
-    }
-    pool_dispatch_all(app);
 }
 
 static enum outcome run_set(struct client *c, const struct admin_command *cmd)
@@ -546,12 +328,11 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
         return OUT_ERROR;
     }
     char err[512];
-    if (config_set_key(app->cfg, key, cmd->value, SRC_ADMIN_SET, err, sizeof(err)) < 0) {
+    if (control_set(app, key, cmd->value, err, sizeof(err)) < 0) {
         put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
         return OUT_ERROR;
     }
     log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
-    apply_set(app, key);
     return OUT_DONE;
 }
 
@@ -565,33 +346,33 @@ static enum outcome run_command(struct client *c, const struct admin_command *cm
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: PAUSE %s", target_text(cmd));
-        for_target_pools(app, cmd, pause_pool);
-        if (pause_done(app, cmd))
+        control_pause(app, target_db(cmd));
+        if (control_pause_done(app, target_db(cmd)))
             return OUT_DONE;
         return add_wait(c, WAIT_PAUSE, cmd) ? OUT_WAITING : OUT_DONE;
     case ADMIN_RESUME:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: RESUME %s", target_text(cmd));
-        for_target_pools(app, cmd, pool_resume);
+        control_resume(app, target_db(cmd));
         return OUT_DONE;
     case ADMIN_RECONNECT:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: RECONNECT %s", target_text(cmd));
-        for_target_pools(app, cmd, reconnect_pool);
+        control_reconnect(app, target_db(cmd));
         return OUT_DONE;
     case ADMIN_WAIT_CLOSE:
         if (!check_target(c, cmd))
             return OUT_ERROR;
-        if (close_done(app, cmd))
+        if (control_close_done(app, target_db(cmd)))
             return OUT_DONE;
         return add_wait(c, WAIT_CLOSE_DONE, cmd) ? OUT_WAITING : OUT_DONE;
     case ADMIN_KILL:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: KILL %s", cmd->name);
-        for_target_pools(app, cmd, kill_pool);
+        control_kill(app, target_db(cmd));
         return c->state == CLIENT_IDLE ? OUT_DONE : OUT_CLOSED;
     case ADMIN_KILL_CLIENT:
         return run_kill_client(c, cmd);
@@ -720,7 +501,7 @@ static void handle_message(struct client *c, uint8_t type, const char *body, uin
     }
 }
 
-void admin_on_data(struct client *c)
+static void on_data(struct client *c)
 {
     struct sluice *app = c->app;
     struct buf *b = &c->in;
@@ -781,7 +562,7 @@ void admin_on_data(struct client *c)
     client_send(c);
 }
 
-void admin_tick(struct sluice *app, uint64_t now)
+static void tick(struct sluice *app, uint64_t now)
 {
     (void)now;
     struct list_node *n, *tmp;
@@ -802,13 +583,13 @@ void admin_tick(struct sluice *app, uint64_t now)
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
         if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-            admin_on_data(c);
+            on_data(c);
         else
             client_send(c);
     }
 }
 
-void admin_cancel(struct client *c)
+static void cancel_wait(struct client *c)
 {
     struct admin_wait *w = find_wait(c->app, c->id);
     if (!w || w->kind == WAIT_OUTPUT || c->state != CLIENT_IDLE)
@@ -820,12 +601,12 @@ void admin_cancel(struct client *c)
               "canceling statement due to user request");
     codec_put_ready(&c->out, 'I');
     if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-        admin_on_data(c);
+        on_data(c);
     else
         client_send(c);
 }
 
-void admin_free(struct sluice *app)
+static void free_waits(struct sluice *app)
 {
     struct list_node *n, *tmp;
     list_for_each(&app->admin_waits, n, tmp)
@@ -833,9 +614,25 @@ void admin_free(struct sluice *app)
         list_remove(&app->admin_waits, n);
         free(container_of(n, struct admin_wait, node));
     }
-    list_for_each(&app->disabled_dbs, n, tmp)
-    {
-        list_remove(&app->disabled_dbs, n);
-        free(container_of(n, struct disabled_db, node));
-    }
 }
+
+static const struct console_ops console = {
+    .is_console_db = is_console_db,
+    .welcome = send_welcome,
+    .on_data = on_data,
+    .cancel = cancel_wait,
+};
+
+static int start(struct sluice *app)
+{
+    list_init(&app->admin_waits);
+    app->console = &console;
+    return 0;
+}
+
+const struct sluice_service admin_service = {
+    .name = "admin console",
+    .start = start,
+    .tick = tick,
+    .free = free_waits,
+};

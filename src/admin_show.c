@@ -1,239 +1,23 @@
-/* admin_show: SHOW result sets (see admin_show.h).
- *
- * Rows are written straight into the client's output as DataRows; every value is text on the
- * wire, typed text (OID 25) or int8 (OID 20) in the RowDescription as PgBouncer does. A small
- * table writer counts the cells of each row against the columns, so a row that disagrees with
- * its header is a bug caught at once rather than a client reading garbage. */
+/* admin_show: the SHOW result sets about pools, counters, databases, users, the config and the
+ * budgets (see admin_show.h); the ones about connections are admin_show_conns.c, the writer they
+ * share is admin_table.c. */
 #include "admin_show.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
 
-#include "admin.h"
+#include "admin_table.h"
 #include "budget.h"
 #include "client.h"
 #include "config.h"
+#include "console.h"
+#include "disabled_dbs.h"
 #include "error.h"
-#include "listener.h"
-#include "log.h"
 #include "pool.h"
-#include "server.h"
-#include "server_login.h"
 #include "sluice.h"
 #include "stats.h"
-#include "tls.h"
-#include "utf8.h"
-
-#define TYPE_TEXT 25 /* pg_type OIDs */
-#define TYPE_INT8 20
-
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* ---- result sets ---- */
-
-enum col_type { COL_TEXT, COL_INT };
-
-struct col {
-    const char *name;
-    enum col_type type;
-};
-
-/* Writes one result set; counts cells so a row with the wrong number of them is caught. */
-struct table {
-    struct msg_out *o;
-    int ncols;
-    int cells;
-};
-
-/* A result set of the columns picked (pointers into a column table). */
-static void table_begin_picked(struct table *t, struct msg_out *o, const struct col *const *cols,
-                               int n)
-{
-    t->o = o;
-    t->ncols = n;
-    t->cells = 0;
-    /* RowDescription: name, table OID, column number, type OID, type size, typmod, format. */
-    codec_begin(o, 'T');
-    codec_put_i16(o, (int16_t)n);
-    for (int i = 0; i < n; i++) {
-        codec_put_cstring(o, cols[i]->name);
-        codec_put_i32(o, 0);
-        codec_put_i16(o, 0);
-        codec_put_i32(o, cols[i]->type == COL_INT ? TYPE_INT8 : TYPE_TEXT);
-        codec_put_i16(o, cols[i]->type == COL_INT ? 8 : -1);
-        codec_put_i32(o, -1);
-        codec_put_i16(o, 0);
-    }
-    codec_end(o);
-}
-
-#define MAX_COLS 32
-
-static void table_begin(struct table *t, struct msg_out *o, const struct col *cols, int n)
-{
-    const struct col *picked[MAX_COLS];
-    if (n > MAX_COLS) {
-        log_msg(LOG_ERROR, "BUG: admin result set of %d columns", n);
-        abort();
-    }
-    for (int i = 0; i < n; i++)
-        picked[i] = &cols[i];
-    table_begin_picked(t, o, picked, n);
-}
-
-static void row_begin(struct table *t)
-{
-    t->cells = 0;
-    codec_begin(t->o, 'D');
-    codec_put_i16(t->o, (int16_t)t->ncols);
-}
-
-static void row_end(struct table *t)
-{
-    if (t->cells != t->ncols) {
-        log_msg(LOG_ERROR, "BUG: admin row with %d of %d cells", t->cells, t->ncols);
-        abort();
-    }
-    codec_end(t->o);
-}
-
-/* NULL is SQL NULL. Text that is not UTF-8 (a client's application_name can be anything)
- * has each bad byte replaced by U+FFFD, so drivers decoding UTF8 do not fail on the row. */
-static void cell_text(struct table *t, const char *s)
-{
-    t->cells++;
-    if (!s) {
-        codec_put_i32(t->o, -1);
-        return;
-    }
-    size_t len = 0, n;
-    bool valid = true;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p += n ? n : 1) {
-        n = utf8_seq_len(p);
-        len += n ? n : 3;
-        valid &= n != 0;
-    }
-    codec_put_i32(t->o, (int32_t)len);
-    if (valid) {
-        codec_put_bytes(t->o, s, len);
-        return;
-    }
-    for (const unsigned char *p = (const unsigned char *)s; *p; p += n ? n : 1) {
-        n = utf8_seq_len(p);
-        if (n)
-            codec_put_bytes(t->o, p, n);
-        else
-            codec_put_bytes(t->o, "\xef\xbf\xbd", 3);
-    }
-}
-
-static void cell_fmt(struct table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void cell_fmt(struct table *t, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    cell_text(t, buf);
-}
-
-static void cell_int(struct table *t, long long v)
-{
-    cell_fmt(t, "%lld", v);
-}
-
-static void cell_uint(struct table *t, uint64_t v)
-{
-    cell_fmt(t, "%llu", (unsigned long long)v);
-}
-
-static uint64_t wall_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* A loop timestamp (ms) as wall-clock time; 0 is NULL. */
-static void cell_time(struct table *t, const struct sluice *app, uint64_t loop_ms)
-{
-    if (loop_ms == 0) {
-        cell_text(t, NULL);
-        return;
-    }
-    uint64_t now = sluice_now(app);
-    uint64_t wall = wall_now_ms() - (now > loop_ms ? now - loop_ms : 0);
-    time_t secs = (time_t)(wall / 1000);
-    struct tm tm;
-    char buf[64];
-    gmtime_r(&secs, &tm);
-    strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
-    cell_text(t, buf);
-}
-
-static void cell_ptr(struct table *t, const void *p)
-{
-    if (p)
-        cell_fmt(t, "%p", p);
-    else
-        cell_text(t, "");
-}
-
-/* Address and port cells of a socket address. */
-static void cells_addr(struct table *t, const union peer_addr *a, int unix_port)
-{
-    char ip[INET6_ADDRSTRLEN];
-    int port;
-    if (peer_addr_ip(a, ip, sizeof(ip), &port)) {
-        cell_text(t, ip);
-        cell_int(t, port);
-    } else if (a->sa.sa_family == AF_UNIX) {
-        cell_text(t, "unix");
-        cell_int(t, unix_port);
-    } else {
-        cell_text(t, NULL);
-        cell_text(t, NULL);
-    }
-}
-
-static void cells_local_addr(struct table *t, int fd, int unix_port)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    memset(&ss, 0, sizeof(ss));
-    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-        ss.ss_family = AF_UNSPEC;
-    union peer_addr a;
-    peer_addr_from(&a, &ss);
-    cells_addr(t, &a, unix_port);
-}
-
-static void cell_tls(struct table *t, SSL *ssl)
-{
-    char desc[128] = "";
-    if (ssl)
-        tls_describe(ssl, desc, sizeof(desc));
-    cell_text(t, desc);
-}
-
-static int count_being_canceled(const struct list *l)
-{
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(l, node, tmp)
-    {
-        if (container_of(node, struct server, node)->cancels_in_flight > 0)
-            n++;
-    }
-    return n;
-}
+#include "view.h"
 
 /* ---- SHOW ---- */
 
@@ -282,12 +66,12 @@ static void show_pools(struct client *c)
     uint64_t now = sluice_now(app);
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        struct pool *p = container_of(n, struct pool, node);
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        const struct stats_pool_view v = p->now;
         uint64_t waited_us = v.longest_wait_ms * 1000;
         row_begin(&t);
         cell_text(&t, p->db_name);
@@ -299,263 +83,20 @@ static void show_pools(struct client *c)
         cell_int(&t, 0);
         cell_int(&t, v.sv_active);
         cell_int(&t, 0);
-        cell_int(&t, count_being_canceled(&p->active) + count_being_canceled(&p->resetting));
+        cell_int(&t, p->sv_being_canceled);
         cell_int(&t, v.sv_idle);
         cell_int(&t, v.sv_used);
         cell_int(&t, v.sv_tested);
         cell_int(&t, v.sv_login);
         cell_uint(&t, waited_us / 1000000);
         cell_uint(&t, waited_us % 1000000);
-        cell_text(&t, p->is_admin ? "statement" : pool_mode_name(p->mode));
+        cell_text(&t, p->console ? "statement" : pool_mode_name(p->mode));
         cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
-        cell_int(&t, p->is_admin ? 0 : p->size);
+        cell_int(&t, p->console ? 0 : p->size);
         cell_int(&t, v.cl_idle);
         cell_int(&t, p->paused ? 1 : 0);
         cell_text(&t, breaker_state_name(p->breaker.state));
         row_end(&t);
-    }
-}
-
-/* PgBouncer's columns of SHOW CLIENTS, SERVERS and SOCKETS, in its order; SOCKETS adds the
- * buffer columns, then sluice's held_ms closes every row. */
-static const struct col conn_cols[] = {
-    {"type", COL_TEXT},
-    {"user", COL_TEXT},
-    {"database", COL_TEXT},
-    {"replication", COL_TEXT},
-    {"state", COL_TEXT},
-    {"addr", COL_TEXT},
-    {"port", COL_INT},
-    {"local_addr", COL_TEXT},
-    {"local_port", COL_INT},
-    {"connect_time", COL_TEXT},
-    {"request_time", COL_TEXT},
-    {"wait", COL_INT},
-    {"wait_us", COL_INT},
-    {"close_needed", COL_INT},
-    {"ptr", COL_TEXT},
-    {"link", COL_TEXT},
-    {"remote_pid", COL_INT},
-    {"tls", COL_TEXT},
-    {"application_name", COL_TEXT},
-    {"prepared_statements", COL_INT},
-    {"id", COL_INT},
-    /* SHOW SOCKETS only: */
-    {"recv_pos", COL_INT},
-    {"pkt_pos", COL_INT},
-    {"pkt_remain", COL_INT},
-    {"send_pos", COL_INT},
-    {"send_remain", COL_INT},
-    {"pkt_avail", COL_INT},
-    {"send_avail", COL_INT},
-    /* sluice's own: */
-    {"held_ms", COL_INT},
-};
-#define CONN_FIRST_SOCKET_COL 21 /* recv_pos */
-#define CONN_SOCKET_COLS 7       /* recv_pos .. send_avail */
-
-/* Which columns a listing has. */
-enum conn_view { VIEW_CONNECTIONS, VIEW_SOCKETS };
-
-static void conn_table_begin(struct table *t, struct msg_out *o, enum conn_view view)
-{
-    const struct col *picked[NELEM(conn_cols)];
-    int n = 0;
-    for (int i = 0; i < NELEM(conn_cols); i++) {
-        bool socket_col =
-            i >= CONN_FIRST_SOCKET_COL && i < CONN_FIRST_SOCKET_COL + CONN_SOCKET_COLS;
-        if (view == VIEW_SOCKETS || !socket_col)
-            picked[n++] = &conn_cols[i];
-    }
-    table_begin_picked(t, o, picked, n);
-}
-
-/* Buffer positions of a connection (PgBouncer's sbuf/iobuf columns, in sluice's terms): bytes
- * received into the input buffer, framed, sent on; what is framed but not sent, and what is
- * unframed; sluice's own output still to write. */
-static void cells_socket(struct table *t, const struct buf *in, const struct msg_out *out,
-                         uint32_t out_pos)
-{
-    cell_uint(t, in->data ? in->wpos : 0);
-    cell_uint(t, in->data ? in->scan : 0);
-    cell_uint(t, in->data ? buf_pending(in) : 0);
-    cell_uint(t, in->data ? in->rpos : 0);
-    cell_uint(t, out->len - out_pos);
-    cell_uint(t, in->data ? buf_unframed(in) : 0);
-    cell_uint(t, out->len - out_pos + (in->data ? buf_pending(in) : 0));
-}
-
-static bool socket_busy(const struct buf *in, const struct msg_out *out, uint32_t out_pos)
-{
-    return (in->data && !buf_is_empty(in)) || out->len > out_pos;
-}
-
-/* state: NULL for the client's own state name, or SHOW SOCKETS' list name (cl_active, ...). */
-static void client_row(struct table *t, struct client *c, const char *state)
-{
-    struct sluice *app = c->app;
-    uint64_t now = sluice_now(app);
-    int port = listener_port(app);
-    uint64_t wait_us = 0;
-    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST ||
-        c->state == CLIENT_LOGIN_WAIT)
-        wait_us = (now - c->state_since_ms) * 1000;
-    int remote_pid = 0;
-    if (c->addr.sa.sa_family == AF_UNIX && c->io.fd >= 0) {
-        struct ucred cred;
-        socklen_t len = sizeof(cred);
-        if (getsockopt(c->io.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
-            remote_pid = cred.pid;
-    }
-    const char *app_name = params_get(&c->params, "application_name");
-    row_begin(t);
-    cell_text(t, "C");
-    cell_text(t, c->user);
-    cell_text(t, c->database);
-    cell_text(t, "none"); /* replication connections are refused */
-    cell_text(t, state ? state : client_state_name(c->state));
-    cells_addr(t, &c->addr, port);
-    cells_local_addr(t, c->io.fd, port);
-    cell_time(t, app, c->connect_ms);
-    cell_time(t, app, c->state_since_ms);
-    cell_uint(t, wait_us / 1000000);
-    cell_uint(t, wait_us % 1000000);
-    cell_int(t, 0);
-    cell_ptr(t, c);
-    cell_ptr(t, c->server);
-    cell_int(t, remote_pid);
-    cell_tls(t, c->io.ssl);
-    cell_text(t, app_name ? app_name : "");
-    cell_int(t, c->stmts ? stmt_map_count(c->stmts) : 0);
-    cell_uint(t, c->id);
-    if (state)
-        cells_socket(t, &c->in, &c->out, c->out_pos);
-    cell_uint(t, c->state == CLIENT_ACTIVE ? now - c->state_since_ms : 0);
-    row_end(t);
-}
-
-static void show_clients(struct client *me)
-{
-    struct sluice *app = me->app;
-    struct table t;
-    conn_table_begin(&t, &me->out, VIEW_CONNECTIONS);
-    struct list_node *n, *tmp, *cn, *ctmp;
-    list_for_each(&app->login_clients, cn, ctmp)
-        client_row(&t, container_of(cn, struct client, node), NULL);
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        struct list *lists[] = {&p->active_clients, &p->waiting, &p->idle_clients};
-        for (int i = 0; i < NELEM(lists); i++) {
-            list_for_each(lists[i], cn, ctmp)
-            {
-                client_row(&t, container_of(cn, struct client, node), NULL);
-            }
-        }
-    }
-}
-
-static void server_row(struct table *t, struct server *s, const char *state)
-{
-    struct pool *p = s->pool;
-    struct sluice *app = p->app;
-    uint64_t now = sluice_now(app);
-    const char *host = s->conn ? PQhost(s->conn) : server_login_host(s);
-    const char *port = s->conn ? PQport(s->conn) : server_login_port(s);
-    const char *app_name = params_get(&s->params, "application_name");
-    row_begin(t);
-    cell_text(t, "S");
-    cell_text(t, p->user_name);
-    cell_text(t, p->db_name);
-    cell_text(t, "none");
-    cell_text(t, state ? state : server_state_shown(s->state));
-    cell_text(t, host && host[0] ? host : NULL);
-    if (port && port[0])
-        cell_int(t, atoi(port));
-    else
-        cell_text(t, NULL);
-    cells_local_addr(t, s->io.fd, 0);
-    cell_time(t, app, s->connect_ms ? s->connect_ms : s->connect_start_ms);
-    cell_time(t, app, s->state_since_ms);
-    cell_int(t, 0);
-    cell_int(t, 0);
-    cell_int(t, s->close_when_free ? 1 : 0);
-    cell_ptr(t, s);
-    cell_ptr(t, s->client);
-    cell_int(t, s->backend_pid);
-    cell_tls(t, s->io.ssl);
-    cell_text(t, app_name ? app_name : "");
-    cell_int(t, stmt_map_count(&s->stmts));
-    cell_uint(t, s->id);
-    if (state)
-        cells_socket(t, &s->in, &s->out, s->out_pos);
-    cell_uint(t, s->state == SERVER_ACTIVE ? now - s->state_since_ms : 0);
-    row_end(t);
-}
-
-static void show_servers(struct client *me)
-{
-    struct sluice *app = me->app;
-    struct table t;
-    conn_table_begin(&t, &me->out, VIEW_CONNECTIONS);
-    struct list_node *n, *tmp, *sn, *stmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        struct list *lists[] = {&p->active, &p->idle, &p->resetting, &p->connecting};
-        for (int i = 0; i < NELEM(lists); i++) {
-            list_for_each(lists[i], sn, stmp)
-            {
-                server_row(&t, container_of(sn, struct server, node), NULL);
-            }
-        }
-    }
-}
-
-/* PgBouncer's SHOW SOCKETS: clients and servers together, each with its list's name and its
- * buffer positions; SHOW ACTIVE_SOCKETS only those with bytes buffered or output pending. */
-static void show_sockets(struct client *me, bool only_busy)
-{
-    struct sluice *app = me->app;
-    struct table t;
-    conn_table_begin(&t, &me->out, VIEW_SOCKETS);
-    struct list_node *n, *tmp, *x, *xtmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        const struct {
-            struct list *l;
-            const char *state;
-        } clients[] = {{&p->active_clients, "cl_active"},
-                       {&p->idle_clients, "cl_active"}, /* PgBouncer's active list holds both */
-                       {&p->waiting, "cl_waiting"}},
-          servers[] = {{&p->active, "sv_active"},
-                       {&p->idle, "sv_idle"},
-                       {&p->resetting, "sv_tested"},
-                       {&p->connecting, "sv_login"},
-                       {&p->leaving, "sv_leaving"}};
-        for (int i = 0; i < NELEM(clients); i++) {
-            list_for_each(clients[i].l, x, xtmp)
-            {
-                struct client *c = container_of(x, struct client, node);
-                if (!only_busy || socket_busy(&c->in, &c->out, c->out_pos))
-                    client_row(&t, c, clients[i].state);
-            }
-        }
-        for (int i = 0; i < NELEM(servers); i++) {
-            list_for_each(servers[i].l, x, xtmp)
-            {
-                struct server *s = container_of(x, struct server, node);
-                if (!only_busy || socket_busy(&s->in, &s->out, s->out_pos))
-                    server_row(&t, s, servers[i].state);
-            }
-        }
-    }
-    list_for_each(&app->login_clients, x, xtmp)
-    {
-        struct client *c = container_of(x, struct client, node);
-        if (!only_busy || socket_busy(&c->in, &c->out, c->out_pos))
-            client_row(&t, c, "cl_login");
     }
 }
 
@@ -585,16 +126,19 @@ static void show_peer_pools(struct client *c)
 /* The distinct database names of the pools, in pool order (a small array the caller frees). */
 static const char **pool_databases(struct sluice *app, int *count)
 {
-    const char **names = calloc((size_t)app->pools.count + 1, sizeof(*names));
+    struct view_totals tot;
+    view_totals(app, &tot);
+    const char **names = calloc((size_t)tot.pools + 1, sizeof(*names));
     int n = 0;
-    struct list_node *node, *tmp;
     if (!names) {
         *count = 0;
         return NULL;
     }
-    list_for_each(&app->pools, node, tmp)
+    view_for_each_pool(app, pool)
     {
-        const char *db = container_of(node, struct pool, node)->db_name;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        const char *db = p.db_name;
         bool seen = false;
         for (int i = 0; i < n && !seen; i++)
             seen = strcmp(names[i], db) == 0;
@@ -669,12 +213,12 @@ static const char *db_keyword(const struct db_entry *d, const char *kw)
 /* The usable connection count of the server behind a database, if a pool has learned it. */
 static int db_server_usable(const struct sluice *app, const char *db)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (strcmp(p->db_name, db) == 0 && p->server_usable > 0)
-            return p->server_usable;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (strcmp(p.db_name, db) == 0 && p.server_usable > 0)
+            return p.server_usable;
     }
     return 0;
 }
@@ -697,12 +241,13 @@ static int db_client_cap(const struct config *cfg, const struct db_entry *d)
 static int console_clients(const struct sluice *app, const char *name)
 {
     int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    uint64_t now = sluice_now(app);
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (p->is_admin && strcmp(p->db_name, name) == 0)
-            n += p->idle_clients.count;
+        struct view_pool p;
+        view_pool(pool, now, &p);
+        if (p.console && strcmp(p.db_name, name) == 0)
+            n += p.now.cl_idle;
     }
     return n;
 }
@@ -717,7 +262,7 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     if (!d) {
         /* PgBouncer lists its admin database too: no host, sluice's own port, no servers. */
         cell_text(t, NULL);
-        cell_int(t, listener_port(app));
+        cell_int(t, view_listen_port(app));
         cell_text(t, name);
         cell_text(t, NULL);
         cell_int(t, 0);
@@ -743,13 +288,13 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     char limit_text[32];
     format_limit(maxc, limit_text, sizeof(limit_text));
     int npools = 0, npaused = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (strcmp(p->db_name, name) == 0) {
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (strcmp(p.db_name, name) == 0) {
             npools++;
-            npaused += p->paused;
+            npaused += p.paused;
         }
     }
     cell_text(t, db_keyword(d, "host"));
@@ -768,11 +313,11 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */
     cell_int(t, limit_resolve(maxc, db_server_usable(app, name)));
-    cell_int(t, budget_db_servers(app, name));
+    cell_int(t, view_db_servers(app, name));
     cell_int(t, db_client_cap(cfg, d));
-    cell_int(t, client_count_for_db(app, name));
+    cell_int(t, view_db_clients(app, name));
     cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
-    cell_int(t, admin_db_disabled(app, name) ? 1 : 0);
+    cell_int(t, disabled_dbs_contains(app, name) ? 1 : 0);
     cell_text(t, limit_text);
     row_end(t);
 }
@@ -794,7 +339,7 @@ static int for_each_database(struct sluice *app, struct table *t,
     int n;
     const char **dbs = pool_databases(app, &n);
     for (int i = 0; i < n; i++) {
-        if (admin_is_console_db(dbs[i]))
+        if (console_is_db(app, dbs[i]))
             continue;
         const struct db_entry *d = config_find_db(cfg, dbs[i]);
         if (d && strcmp(d->name, "*") == 0) {
@@ -847,6 +392,20 @@ static bool name_listed(const char **names, int n, const char *name)
     return false;
 }
 
+/* Names in first-seen order, at most cap - 1 of them. */
+struct seen_names {
+    const char **names;
+    int n;
+    size_t cap;
+};
+
+static void add_client_user(const struct view_conn *v, void *ctx)
+{
+    struct seen_names *l = ctx;
+    if ((size_t)l->n + 1 < l->cap && !name_listed(l->names, l->n, v->user))
+        l->names[l->n++] = v->user;
+}
+
 static void show_users(struct client *c)
 {
     static const struct col cols[] = {
@@ -865,8 +424,10 @@ static void show_users(struct client *c)
     table_begin(&t, &c->out, cols, NELEM(cols));
     /* [users], then auth_file, then whoever has a pool or is connected (a client of a database
      * with a forced user= logs in under its own name, not its pool's); each name once. */
-    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)app->pools.count +
-                 (size_t)app->nclients + 1;
+    struct view_totals tot;
+    view_totals(app, &tot);
+    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)tot.pools +
+                 (size_t)tot.clients + 1;
     const char **names = calloc(cap, sizeof(*names));
     if (!names) {
         c->out.oom = true;
@@ -881,25 +442,18 @@ static void show_users(struct client *c)
         if (!name_listed(names, n, cfg->auth[i].user))
             names[n++] = cfg->auth[i].user;
     }
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    struct seen_names users = {names, n, cap};
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (p->is_admin)
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (p.console)
             continue;
-        if (!name_listed(names, n, p->user_name))
-            names[n++] = p->user_name;
-        const struct list *clients[] = {&p->waiting, &p->idle_clients, &p->active_clients};
-        struct list_node *cn, *ctmp;
-        for (int i = 0; i < NELEM(clients); i++) {
-            list_for_each(clients[i], cn, ctmp)
-            {
-                const char *user = container_of(cn, struct client, node)->user;
-                if ((size_t)n + 1 < cap && !name_listed(names, n, user))
-                    names[n++] = user;
-            }
-        }
+        if (!name_listed(users.names, users.n, p.user_name))
+            users.names[users.n++] = p.user_name;
+        view_pool_clients(pool, add_client_user, &users);
     }
+    n = users.n;
     for (int i = 0; i < n; i++) {
         const struct user_entry *u = config_find_user(cfg, names[i]);
         struct limit l = u && u->max_user_connections.value ? u->max_user_connections
@@ -916,10 +470,10 @@ static void show_users(struct client *c)
             cell_text(&t, NULL);
         cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
         cell_int(&t, limit_resolve(l, 0));
-        cell_int(&t, budget_user_servers(app, names[i]));
+        cell_int(&t, view_user_servers(app, names[i]));
         cell_int(&t, u && u->max_user_client_connections > 0 ? u->max_user_client_connections
                                                              : cfg->max_user_client_connections);
-        cell_int(&t, client_count_for_user(app, names[i]));
+        cell_int(&t, view_user_clients(app, names[i]));
         row_end(&t);
     }
     free(names);
@@ -952,11 +506,14 @@ static void show_lists(struct client *c)
     static const struct col cols[] = {{"list", COL_TEXT}, {"items", COL_INT}};
     struct sluice *app = c->app;
     const struct config *cfg = app->cfg;
+    struct view_totals tot;
+    view_totals(app, &tot);
     int pools = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        pools += !container_of(n, struct pool, node)->is_admin;
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        pools += !p.console;
     }
     const struct {
         const char *name;
@@ -968,10 +525,10 @@ static void show_lists(struct client *c)
         {"pools", pools},
         {"peer_pools", 0},
         {"free_clients", 0},
-        {"used_clients", app->nclients},
-        {"login_clients", app->login_clients.count},
+        {"used_clients", tot.clients},
+        {"login_clients", tot.login_clients},
         {"free_servers", 0},
-        {"used_servers", app->nservers},
+        {"used_servers", tot.servers},
         {"dns_names", 0},
         {"dns_zones", 0},
         {"dns_queries", 0},
@@ -1009,8 +566,8 @@ static void show_budgets(struct client *c)
     const struct config *cfg = app->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    for (int i = 0; i < app->budgets.n; i++) {
-        const struct budget *b = app->budgets.items[i];
+    const struct budget *b;
+    for (int i = 0; (b = view_budget(app, i)) != NULL; i++) {
         const char *addr = NULL;
         for (int j = 0; j < cfg->nbudgets; j++) {
             if (strcmp(cfg->budgets[j].name, b->name) == 0)
@@ -1041,10 +598,10 @@ void admin_show(struct client *c, enum admin_show what)
         show_pools(c);
         break;
     case ADMIN_SHOW_CLIENTS:
-        show_clients(c);
+        admin_show_clients(c);
         break;
     case ADMIN_SHOW_SERVERS:
-        show_servers(c);
+        admin_show_servers(c);
         break;
     case ADMIN_SHOW_STATS:
         show_stats(c, VIEW_STATS);
@@ -1074,10 +631,10 @@ void admin_show(struct client *c, enum admin_show what)
         show_budgets(c);
         break;
     case ADMIN_SHOW_SOCKETS:
-        show_sockets(c, false);
+        admin_show_sockets(c, false);
         break;
     case ADMIN_SHOW_ACTIVE_SOCKETS:
-        show_sockets(c, true);
+        admin_show_sockets(c, true);
         break;
     case ADMIN_SHOW_PEERS:
         show_peers(c);

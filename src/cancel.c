@@ -24,7 +24,7 @@
 #include <sys/random.h>
 #include <uv.h>
 
-#include "admin.h"
+#include "console.h"
 #include "client.h"
 #include "link.h"
 #include "log.h"
@@ -210,7 +210,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
         return false;
     }
     if (c->admin) {
-        admin_cancel(c); /* a waiting PAUSE or WAIT_CLOSE */
+        console_cancel(c); /* a waiting PAUSE or WAIT_CLOSE */
         return false;
     }
     if (c->state == CLIENT_WAITING) {

@@ -30,7 +30,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "admin.h"
+#include "console.h"
+#include "disabled_dbs.h"
 #include "auth.h"
 #include "budget.h"
 #include "cancel.h"
@@ -482,7 +483,7 @@ void client_on_data(struct client *c)
             return;
         }
         if (c->admin) {
-            admin_on_data(c);
+            console_on_data(c);
             return;
         }
         if (!codec_frontend_type_known(type)) {

@@ -12,7 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "admin.h"
+#include "console.h"
+#include "disabled_dbs.h"
 #include "auth.h"
 #include "budget.h"
 #include "cancel.h"
@@ -149,7 +150,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
-    c->admin = admin_is_console_db(database);
+    c->admin = console_is_db(app, database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
      * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
@@ -199,7 +200,7 @@ static bool login_refused_by_database_or_user(struct client *c, const struct db_
 {
     const struct config *cfg = c->app->cfg;
     char detail[320];
-    if (admin_db_disabled(c->app, c->database)) {
+    if (disabled_dbs_contains(c->app, c->database)) {
         client_fail(c, FAIL_DATABASE_DISABLED, c->database);
         return true;
     }
@@ -252,7 +253,7 @@ void client_login_ok(struct client *c)
         }
         codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
         log_client(LOG_INFO, c, "admin console login");
-        admin_send_welcome(c);
+        console_welcome(c);
         client_set_state(c, CLIENT_IDLE);
         client_send(c);
         return;

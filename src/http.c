@@ -300,7 +300,7 @@ static void on_http_connection(uv_stream_t *server, int status)
         conn_close(hc);
 }
 
-int http_start(struct sluice *app)
+static int http_start(struct sluice *app)
 {
     const struct config *cfg = app->cfg;
     if (cfg->http_listen_port <= 0)
@@ -340,7 +340,7 @@ int http_start(struct sluice *app)
     return 0;
 }
 
-void http_stop(struct sluice *app)
+static void http_stop(struct sluice *app)
 {
     struct http_server *srv = app->http;
     if (!srv)
@@ -356,8 +356,15 @@ void http_stop(struct sluice *app)
     }
 }
 
-void http_free(struct sluice *app)
+static void http_free(struct sluice *app)
 {
     free(app->http);
     app->http = NULL;
 }
+
+const struct sluice_service http_service = {
+    .name = "http",
+    .start = http_start,
+    .stop = http_stop,
+    .free = http_free,
+};

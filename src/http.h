@@ -5,16 +5,14 @@
 #ifndef SLUICE_HTTP_H
 #define SLUICE_HTTP_H
 
-struct sluice;
+#include "sluice.h"
 
 #define HTTP_MAX_CONNECTIONS 64   /* more concurrent connections are closed at once */
 #define HTTP_READ_TIMEOUT_MS 5000 /* the whole request head must arrive within this */
 
-/* Start listening when http_listen_port > 0 (else nothing). 0 or a negative UV_E* (logged). */
-int http_start(struct sluice *app) __attribute__((warn_unused_result));
-/* Stop listening and close every HTTP connection (shutdown). */
-void http_stop(struct sluice *app);
-/* Once the loop has ended. */
-void http_free(struct sluice *app);
+/* start: listen when http_listen_port > 0 (else nothing; a failure to listen is logged and
+ * stops start-up); stop: stop listening and close every HTTP connection (shutdown); free: once
+ * the loop has ended. */
+extern const struct sluice_service http_service;
 
 #endif

@@ -5,7 +5,9 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "sockio.h"
 #include "sluice.h"
@@ -112,7 +114,9 @@ int main(int argc, char **argv)
 
     uv_loop_t *loop = uv_default_loop();
     struct sluice app;
-    int rc = sluice_start(&app, loop, cfg);
+    /* The services beside the core, started in this order; the core knows them only as hooks. */
+    static const struct sluice_service *const services[] = {&admin_service, &http_service, NULL};
+    int rc = sluice_start(&app, loop, cfg, services);
     if (rc < 0) {
         log_msg(LOG_ERROR, "cannot start: %s", uv_strerror(rc));
         sluice_shutdown(&app, PHASE_SHUTDOWN_NOW);

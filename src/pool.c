@@ -12,7 +12,7 @@
 #include <strings.h>
 #include <sys/random.h>
 
-#include "admin.h"
+#include "console.h"
 #include "budget.h"
 #include "client.h"
 #include "log.h"
@@ -93,7 +93,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->active_clients);
     params_init(&p->welcome);
     params_init(&p->accepted);
-    p->is_admin = admin_is_console_db(database);
+    p->is_admin = console_is_db(app, database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
     struct list_node *n2, *tmp2;
@@ -172,7 +172,7 @@ void pool_create_forced(struct sluice *app)
     const struct config *cfg = app->cfg;
     for (int i = 0; i < cfg->ndbs; i++) {
         const struct db_entry *db = &cfg->dbs[i];
-        if (!forced_user(db) || strcmp(db->name, "*") == 0 || admin_is_console_db(db->name))
+        if (!forced_user(db) || strcmp(db->name, "*") == 0 || console_is_db(app, db->name))
             continue;
         if (!pool_get(app, db, forced_user(db), db->name))
             log_msg(LOG_ERROR, "pool %s/%s: out of memory creating it; it is created when a "

@@ -16,11 +16,10 @@
 
 #include "budget.h"
 #include "config.h"
-#include "list.h"
-#include "pool.h"
 #include "sluice.h"
 #include "stats.h"
 #include "utf8.h"
+#include "view.h"
 
 /* ---- text building ---- */
 
@@ -159,17 +158,17 @@ static const char *pool_health_name(enum pool_health h)
     return "?";
 }
 
-static enum pool_health pool_health_of(const struct pool *p, const struct stats_pool_view *v)
+static enum pool_health pool_health_of(const struct view_pool *p)
 {
-    if (v->down)
+    if (p->now.down)
         return POOL_HEALTH_DOWN;
     return p->have_welcome ? POOL_HEALTH_OK : POOL_HEALTH_UNKNOWN;
 }
 
 /* Which key to raise for more servers in this pool, from the cap that binds. */
-static void raise_hint(const struct pool *p, const struct pool_cap *cap, char *out, size_t n)
+static void raise_hint(const struct config *cfg, const struct view_pool *p,
+                       const struct pool_cap *cap, char *out, size_t n)
 {
-    const struct config *cfg = p->app->cfg;
     if (cap->key == LIMIT_BUDGET) {
         snprintf(out, n, "raise max_servers of [budgets] %s (now %d)", cap->budget->name,
                  cap->servers);
@@ -200,9 +199,10 @@ static void holder_hint(const char *top_app, int servers, char *out, size_t n)
 
 /* The server a pool connects to, as its [databases] entry names it ("" parts: libpq's default),
  * so that pools on one server are counted together against its max_connections. */
-static void upstream_address(const struct pool *p, char *out, size_t n)
+static void upstream_address(const struct config *cfg, const struct view_pool *p, char *out,
+                             size_t n)
 {
-    const struct db_entry *db = config_find_db(p->app->cfg, p->db_name);
+    const struct db_entry *db = config_find_db(cfg, p->db_name);
     const char *host = "", *port = "";
     for (int i = 0; db && i < db->nkeys; i++) {
         if (strcmp(db->pq_keywords[i], "host") == 0)
@@ -218,15 +218,15 @@ static int upstream_servers(struct sluice *app, const char *address)
 {
     int n = 0;
     char other[300];
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (p->is_admin)
+        struct view_pool p;
+        view_pool_settings(pool, &p);
+        if (p.console)
             continue;
-        upstream_address(p, other, sizeof(other));
+        upstream_address(app->cfg, &p, other, sizeof(other));
         if (strcmp(other, address) == 0)
-            n += pool_server_count(p);
+            n += p.servers;
     }
     return n;
 }
@@ -260,11 +260,11 @@ static void json_view(struct text *t, const struct stats_pool_view *v, int pool_
 }
 
 /* The pool's server as the server itself counts connections: null until sluice has read it. */
-static void json_pool_server(struct text *t, struct sluice *app, const struct pool *p,
+static void json_pool_server(struct text *t, struct sluice *app, const struct view_pool *p,
                              const struct pool_cap *cap, int pool_servers)
 {
     char address[300];
-    upstream_address(p, address, sizeof(address));
+    upstream_address(app->cfg, p, address, sizeof(address));
     text_cstr(t, ",\"server\":");
     if (p->server_max_connections <= 0) {
         text_cstr(t, "null");
@@ -288,22 +288,24 @@ static void json_upstreams(struct text *t, struct sluice *app)
     char address[300], seen_addr[300];
     bool first = true;
     text_cstr(t, ",\"upstreams\":[");
-    struct list_node *n, *tmp, *m, *tmp2;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin || p->server_max_connections <= 0)
+        struct view_pool pv;
+        view_pool_settings(pool, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console || p->server_max_connections <= 0)
             continue;
-        upstream_address(p, address, sizeof(address));
+        upstream_address(app->cfg, p, address, sizeof(address));
         bool listed = false; /* by an earlier pool */
-        list_for_each(&app->pools, m, tmp2)
+        view_for_each_pool(app, other)
         {
-            const struct pool *q = container_of(m, struct pool, node);
-            if (q == p)
+            struct view_pool q;
+            view_pool_settings(other, &q);
+            if (other == pool)
                 break;
-            if (q->is_admin || q->server_max_connections <= 0)
+            if (q.console || q.server_max_connections <= 0)
                 continue;
-            upstream_address(q, seen_addr, sizeof(seen_addr));
+            upstream_address(app->cfg, &q, seen_addr, sizeof(seen_addr));
             listed |= strcmp(seen_addr, address) == 0;
         }
         if (listed)
@@ -329,15 +331,15 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
 
 /* Clients of p's database that waited long for a server in the last complete stats period, once
  * per database (its first pool): nobody may be queued now, but they were. */
-static bool waited_recently(struct sluice *app, const struct pool *p, char *line, size_t n)
+static bool waited_recently(struct sluice *app, const struct view_pool *p, char *line, size_t n)
 {
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    view_for_each_pool(app, other)
     {
-        const struct pool *q = container_of(node, struct pool, node);
-        if (q == p)
+        struct view_pool q;
+        view_pool_settings(other, &q);
+        if (other == p->pool)
             break;
-        if (!q->is_admin && strcmp(q->db_name, p->db_name) == 0)
+        if (!q.console && strcmp(q.db_name, p->db_name) == 0)
             return false; /* said at that pool */
     }
     struct stats_totals avg;
@@ -354,6 +356,8 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
 {
     const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
+    struct view_totals tot;
+    view_totals(app, &tot);
     struct text t = {0}, pools = {0}, warnings = {0};
     struct stats_pool_view total;
     memset(&total, 0, sizeof(total));
@@ -362,19 +366,18 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
     char hint[300], holder[200];
 
     bool first = true;
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
-        struct pool_cap cap;
-        budget_pool_cap(p, &cap);
-        enum pool_health health = pool_health_of(p, &v);
+        const struct stats_pool_view v = p->now;
+        const struct pool_cap cap = p->cap;
+        enum pool_health health = pool_health_of(p);
         int top_servers;
-        const char *top_app = stats_top_application(p, &top_servers);
+        const char *top_app = stats_top_application(pool, &top_servers);
         int clients = v.cl_active + v.cl_waiting + v.cl_idle;
         total.sv_active += v.sv_active;
         total.sv_idle += v.sv_idle;
@@ -437,7 +440,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
                      p->breaker.last_error ? p->breaker.last_error : "unknown error");
             add_warning(&warnings, &nwarn, line);
         }
-        raise_hint(p, &cap, hint, sizeof(hint));
+        raise_hint(cfg, p, &cap, hint, sizeof(hint));
         holder_hint(top_app, top_servers, holder, sizeof(holder));
         if (v.cl_waiting > 0) {
             snprintf(line, sizeof(line),
@@ -464,11 +467,11 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         }
     }
     long long max_clients = (long long)cfg->max_client_conn;
-    if (max_clients > 0 && (long long)app->nclients * 100 > max_clients * 80) {
+    if (max_clients > 0 && (long long)tot.clients * 100 > max_clients * 80) {
         char line[256];
         snprintf(line, sizeof(line),
                  "%d of %lld client connections in use (%.0f%%): raise max_client_conn",
-                 app->nclients, max_clients, pct(app->nclients, (double)max_clients));
+                 tot.clients, max_clients, pct(tot.clients, (double)max_clients));
         add_warning(&warnings, &nwarn, line);
     }
     /* The whole: max_server_connections where it is below the pools' caps added up. */
@@ -480,7 +483,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         all_key = limit_kind_key(LIMIT_GLOBAL);
     }
     const char *overall;
-    if (app->phase != PHASE_RUNNING)
+    if (!tot.running)
         overall = "shutting_down";
     else if (ndown > 0)
         overall = "down";
@@ -488,14 +491,14 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
         overall = "unknown"; /* ready, but no server has been reached yet to prove it */
     else
         overall = "ok";
-    *status = app->phase == PHASE_RUNNING && ndown == 0 ? 200 : 503;
+    *status = tot.running && ndown == 0 ? 200 : 503;
     text_printf(&t, "{\"status\":\"%s\",\"version\":\"%s\",\"total\":{", overall, SLUICE_VERSION);
-    json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, app->nclients);
+    json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, tot.clients);
     text_cstr(&t, ",");
     json_cap(&t, &all, all_key);
     json_upstreams(&t, app);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
-                app->nclients, app->nservers);
+                tot.clients, tot.servers);
     if (pools.len)
         text_add(&t, pools.data, pools.len);
     text_cstr(&t, "],\"warnings\":[");
@@ -521,7 +524,7 @@ static void metric_head(struct text *t, const char *name, const char *type, cons
     text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void pool_labels(struct text *t, const struct pool *p)
+static void pool_labels(struct text *t, const struct view_pool *p)
 {
     text_cstr(t, "database=");
     text_label(t, p->db_name);
@@ -531,7 +534,7 @@ static void pool_labels(struct text *t, const struct pool *p)
 
 enum pool_counter { PC_XACT, PC_QUERY, PC_BYTES_IN, PC_BYTES_OUT };
 
-static uint64_t counter_of(const struct pool *p, enum pool_counter k)
+static uint64_t counter_of(const struct view_pool *p, enum pool_counter k)
 {
     switch (k) {
     case PC_XACT:
@@ -564,19 +567,17 @@ static void pool_gauge(struct text *t, struct sluice *app, const char *name, con
 {
     uint64_t now = sluice_now(app);
     metric_head(t, name, "gauge", help);
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
         if ((k == PG_SERVER_MAX_CONNECTIONS || k == PG_SERVER_RESERVED) &&
             p->server_max_connections <= 0)
             continue;
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
-        struct pool_cap cap;
-        budget_pool_cap(p, &cap);
+        const struct pool_cap cap = p->cap;
         int value = 0;
         switch (k) {
         case PG_SIZE:
@@ -592,10 +593,10 @@ static void pool_gauge(struct text *t, struct sluice *app, const char *name, con
             value = cap.in_use;
             break;
         case PG_DOWN:
-            value = pool_health_of(p, &v) == POOL_HEALTH_DOWN;
+            value = pool_health_of(p) == POOL_HEALTH_DOWN;
             break;
         case PG_UNKNOWN:
-            value = pool_health_of(p, &v) == POOL_HEALTH_UNKNOWN;
+            value = pool_health_of(p) == POOL_HEALTH_UNKNOWN;
             break;
         case PG_SERVER_MAX_CONNECTIONS:
             value = p->server_max_connections;
@@ -617,11 +618,12 @@ static void pool_gauge(struct text *t, struct sluice *app, const char *name, con
 
 static void histogram(struct text *t, struct sluice *app, const char *name, bool wait)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool_settings(pool, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
         const uint64_t *hist = wait ? p->wait_hist : p->query_hist;
         uint64_t cumulative = 0;
@@ -651,21 +653,20 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
 {
     const struct config *cfg = app->cfg;
     uint64_t now = sluice_now(app);
+    struct view_totals tot;
+    view_totals(app, &tot);
     struct text t = {0};
-    struct list_node *n, *tmp;
     int ndown = 0;
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
-            continue;
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
-        ndown += v.down;
+        struct view_pool p;
+        view_pool(pool, now, &p);
+        if (!p.console)
+            ndown += p.now.down;
     }
     metric_head(&t, "sluice_up", "gauge",
                 "1 while sluice serves and every pool can reach its database, else 0.");
-    text_printf(&t, "sluice_up %d\n", ndown == 0 && app->phase == PHASE_RUNNING ? 1 : 0);
+    text_printf(&t, "sluice_up %d\n", ndown == 0 && tot.running ? 1 : 0);
 
     static const struct {
         const char *name;
@@ -685,10 +686,12 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
         metric_head(&t, counters[i].name, "counter", counters[i].help);
-        list_for_each(&app->pools, n, tmp)
+        view_for_each_pool(app, pool)
         {
-            const struct pool *p = container_of(n, struct pool, node);
-            if (p->is_admin)
+            struct view_pool pv;
+            view_pool_settings(pool, &pv);
+            const struct view_pool *p = &pv;
+            if (p->console)
                 continue;
             text_printf(&t, "%s{", counters[i].name);
             pool_labels(&t, p);
@@ -697,10 +700,12 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     metric_head(&t, "sluice_client_wait_seconds_total", "counter",
                 "Time clients spent waiting for a server, in seconds.");
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
         text_cstr(&t, "sluice_client_wait_seconds_total{");
         pool_labels(&t, p);
@@ -708,17 +713,19 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
 
     metric_head(&t, "sluice_clients", "gauge", "Client connections by state.");
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
         const struct {
             const char *state;
             int count;
-        } states[] = {{"active", p->active_clients.count},
-                      {"waiting", p->waiting.count},
-                      {"idle", p->idle_clients.count}};
+        } states[] = {{"active", p->now.cl_active},
+                      {"waiting", p->now.cl_waiting},
+                      {"idle", p->now.cl_idle}};
         for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
             text_cstr(&t, "sluice_clients{");
             pool_labels(&t, p);
@@ -727,13 +734,14 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     metric_head(&t, "sluice_servers", "gauge",
                 "Server connections by state (used: idle past server_check_delay).");
-    list_for_each(&app->pools, n, tmp)
+    view_for_each_pool(app, pool)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        if (p->is_admin)
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
             continue;
-        struct stats_pool_view v;
-        stats_view_pool(p, now, &v);
+        const struct stats_pool_view v = p->now;
         const struct {
             const char *state;
             int count;
@@ -773,9 +781,9 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     text_printf(&t, "sluice_max_client_conn %lld\n", (long long)cfg->max_client_conn);
     metric_head(&t, "sluice_client_connections", "gauge",
                 "Client connections in any state, the admin console's included.");
-    text_printf(&t, "sluice_client_connections %d\n", app->nclients);
+    text_printf(&t, "sluice_client_connections %d\n", tot.clients);
     metric_head(&t, "sluice_server_connections", "gauge", "Server connections in any state.");
-    text_printf(&t, "sluice_server_connections %d\n", app->nservers);
+    text_printf(&t, "sluice_server_connections %d\n", tot.servers);
 
     metric_head(&t, "sluice_query_duration_seconds", "histogram",
                 "Time from a client request to its ReadyForQuery.");

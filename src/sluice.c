@@ -7,14 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "admin.h"
 #include "auth.h"
 #include "budget.h"
 #include "buf.h"
 #include "cancel.h"
 #include "client.h"
-#include "http.h"
 #include "link.h"
+#include "disabled_dbs.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -154,7 +153,10 @@ static void on_maint_timer(uv_timer_t *t)
     }
     log_stats(app, now);
     stats_tick(app, now);
-    admin_tick(app, now);
+    for (int i = 0; i < app->services_started; i++) {
+        if (app->services[i]->tick)
+            app->services[i]->tick(app, now);
+    }
     finish_if_done(app);
 }
 
@@ -192,18 +194,19 @@ static const struct secret_slots auth_query_slots = {
     .freed = auth_query_slot_freed,
 };
 
-int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
+int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
+                 const struct sluice_service *const *services)
 {
     memset(app, 0, sizeof(*app));
     app->loop = loop;
     app->cfg = cfg;
     app->pool_events = &link_pool_events;
+    app->services = services;
     list_init(&app->pools);
     list_init(&app->login_clients);
     list_init(&app->closing_clients);
     list_init(&app->dead_clients);
     list_init(&app->dead_servers);
-    list_init(&app->admin_waits);
     list_init(&app->disabled_dbs);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
@@ -237,9 +240,14 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
     secret_init(&auth_query_slots);
     if (auth_init(app) < 0 || tls_init(app) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
-    rc = http_start(app);
-    if (rc < 0)
-        return rc;
+    /* Counted before its start runs: a start that fails may leave half-made state, which its
+     * stop and free (from the shutdown that follows) clean up. */
+    while (services && services[app->services_started]) {
+        const struct sluice_service *svc = services[app->services_started++];
+        rc = svc->start ? svc->start(app) : 0;
+        if (rc < 0)
+            return rc;
+    }
     pool_create_forced(app);
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
@@ -294,8 +302,10 @@ void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
         uv_ref((uv_handle_t *)&app->maint_timer);
     }
     /* While clients are waited for, /health already says shutting_down and /metrics go on. */
-    if (phase >= PHASE_SHUTDOWN_GRACEFUL)
-        http_stop(app);
+    for (int i = 0; phase >= PHASE_SHUTDOWN_GRACEFUL && i < app->services_started; i++) {
+        if (app->services[i]->stop)
+            app->services[i]->stop(app);
+    }
     app->phase = phase;
     if (phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
         log_msg(LOG_INFO, "shutdown once every client has left: no new connections; %d clients "
@@ -327,8 +337,11 @@ void sluice_free(struct sluice *app)
         pool_free(container_of(n, struct pool, node));
     }
     cancel_map_free(app->cancel_map);
-    admin_free(app);
-    http_free(app);
+    for (int i = 0; i < app->services_started; i++) {
+        if (app->services[i]->free)
+            app->services[i]->free(app);
+    }
+    disabled_dbs_free(app);
     stats_free(app);
     budget_free_all(app);
     free(app->listener);

@@ -23,8 +23,28 @@ enum sluice_phase {
 
 struct listener;
 struct cancel_map;
+struct console_ops;
 struct http_server;
 struct stats;
+
+struct sluice;
+
+/* A service on the loop beside the core (the admin console, the HTTP endpoint): the core never
+ * calls it by name, only through these hooks, which main.c hands to sluice_start. Every hook may
+ * be NULL. */
+struct sluice_service {
+    const char *name;
+    /* After the listener, auth and TLS are up, before the forced pools exist. 0, or a negative
+     * UV_E* that stops start-up (the service logs why; its stop and free still run, so it may
+     * leave half-made state for them). */
+    int (*start)(struct sluice *app);
+    /* Every maintenance pass (100 ms), after the core's timeouts and stats. */
+    void (*tick)(struct sluice *app, uint64_t now_ms);
+    /* A graceful or immediate shutdown begins: stop taking new work. */
+    void (*stop)(struct sluice *app);
+    /* The loop has ended: free what is left (every service whose start was called). */
+    void (*free)(struct sluice *app);
+};
 
 struct sluice {
     uv_loop_t *loop;
@@ -51,10 +71,13 @@ struct sluice {
 
     struct listener *listener;
     struct cancel_map *cancel_map;
+    const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */
+    int services_started;
+    const struct console_ops *console; /* registered by the console service (console.h) */
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct stats *stats;      /* snapshots for SHOW STATS averages (stats.c) */
     struct list admin_waits;  /* console commands answered later (admin.c) */
-    struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (admin.c) */
+    struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (disabled_dbs.c) */
     uv_timer_t maint_timer;
     uv_signal_t sig_hup, sig_int, sig_term;
     uint64_t last_stats_ms;
@@ -62,9 +85,10 @@ struct sluice {
     int exit_code;
 };
 
-/* Set up the pieces from a loaded config (takes ownership of cfg). 0 or negative UV_E*. */
-int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg)
-    __attribute__((warn_unused_result));
+/* Set up the pieces from a loaded config (takes ownership of cfg), then start the services
+ * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */
+int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
+                 const struct sluice_service *const *services) __attribute__((warn_unused_result));
 /* Re-read the config file and environment; keep the old config when the new one is invalid. */
 void sluice_reload(struct sluice *app);
 void sluice_shutdown(struct sluice *app, enum sluice_phase phase);

@@ -1,0 +1,237 @@
+/* control: the commands a service may use to change the core (see control.h). Each walks the
+ * pools it targets and acts through pool.c, server.c and client.c, as a signal or the
+ * maintenance timer would. */
+#include "control.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "budget.h"
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "tls.h"
+
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+static bool pool_is_target(const struct pool *p, const char *db)
+{
+    return !p->is_admin && (!db || strcmp(p->db_name, db) == 0);
+}
+
+static void for_target_pools(struct sluice *app, const char *db, void (*fn)(struct pool *p))
+{
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        struct pool *p = container_of(node, struct pool, node);
+        if (pool_is_target(p, db))
+            fn(p);
+    }
+}
+
+bool control_db_known(const struct sluice *app, const char *db)
+{
+    if (config_find_db(app->cfg, db))
+        return true;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        if (strcmp(container_of(n, struct pool, node)->db_name, db) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void close_idle(struct pool *p, const char *why)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        server_close(container_of(n, struct server, node), why);
+    }
+}
+
+static void close_servers_when_free(struct pool *p, const char *why)
+{
+    struct list *busy[] = {&p->active, &p->resetting, &p->connecting};
+    struct list_node *n, *tmp;
+    for (int i = 0; i < NELEM(busy); i++) {
+        list_for_each(busy[i], n, tmp)
+        {
+            container_of(n, struct server, node)->close_when_free = true;
+        }
+    }
+    close_idle(p, why);
+}
+
+static void pause_pool(struct pool *p)
+{
+    pool_pause(p, PAUSED_BY_PAUSE);
+    close_servers_when_free(p, "PAUSE from the admin console");
+}
+
+void control_pause(struct sluice *app, const char *db)
+{
+    for_target_pools(app, db, pause_pool);
+}
+
+bool control_pause_done(struct sluice *app, const char *db)
+{
+    bool done = true;
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (!pool_is_target(p, db) || !p->paused)
+            continue;
+        close_idle(p, "PAUSE from the admin console");
+        if (p->active.count > 0 || p->resetting.count > 0)
+            done = false;
+    }
+    return done;
+}
+
+void control_resume(struct sluice *app, const char *db)
+{
+    for_target_pools(app, db, pool_resume);
+}
+
+static void reconnect_pool(struct pool *p)
+{
+    close_servers_when_free(p, "RECONNECT from the admin console");
+}
+
+void control_reconnect(struct sluice *app, const char *db)
+{
+    for_target_pools(app, db, reconnect_pool);
+}
+
+static bool list_has_close_needed(const struct list *l)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        if (container_of(n, struct server, node)->close_when_free)
+            return true;
+    }
+    return false;
+}
+
+bool control_close_done(const struct sluice *app, const char *db)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        if (!pool_is_target(p, db))
+            continue;
+        if (list_has_close_needed(&p->active) || list_has_close_needed(&p->idle) ||
+            list_has_close_needed(&p->resetting) || list_has_close_needed(&p->connecting))
+            return false;
+    }
+    return true;
+}
+
+/* PgBouncer's KILL: drop every client and server of the database, and leave it paused so new
+ * clients wait until RESUME. */
+static void kill_pool(struct pool *p)
+{
+    pool_pause(p, PAUSED_BY_KILL);
+    struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
+    struct list_node *n, *tmp;
+    for (int i = 0; i < NELEM(clients); i++) {
+        list_for_each(clients[i], n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_ADMIN_KILLED, "");
+    }
+    struct list *servers[] = {&p->active, &p->resetting, &p->idle, &p->connecting};
+    for (int i = 0; i < NELEM(servers); i++) {
+        list_for_each(servers[i], n, tmp)
+            server_close(container_of(n, struct server, node), "KILL from the admin console");
+    }
+}
+
+void control_kill(struct sluice *app, const char *db)
+{
+    for_target_pools(app, db, kill_pool);
+}
+
+static struct client *find_client_in(const struct list *l, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->id == id)
+            return c;
+    }
+    return NULL;
+}
+
+struct client *control_find_client(struct sluice *app, uint64_t id)
+{
+    struct client *c = find_client_in(&app->login_clients, id);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (c)
+            break;
+        c = find_client_in(&p->active_clients, id);
+        if (!c)
+            c = find_client_in(&p->waiting, id);
+        if (!c)
+            c = find_client_in(&p->idle_clients, id);
+    }
+    return c;
+}
+
+void control_kill_client(struct client *victim)
+{
+    client_fail(victim, FAIL_ADMIN_KILLED, "");
+}
+
+bool control_reload(struct sluice *app)
+{
+    const struct config *before = app->cfg;
+    sluice_reload(app);
+    return app->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
+}
+
+void control_shutdown(struct sluice *app, enum sluice_phase phase)
+{
+    sluice_shutdown(app, phase);
+}
+
+/* Make a changed key take effect, as a reload would. */
+static void apply_set(struct sluice *app, const char *key)
+{
+    const struct config *cfg = app->cfg;
+    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
+        strcmp(key, "logfile") == 0) {
+        log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
+    }
+    if (strncmp(key, "client_tls_", 11) == 0)
+        tls_reload(app);
+    if (strncmp(key, "auth_", 5) == 0)
+        auth_reload(app);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        budget_log_cap(p);
+    }
+    pool_dispatch_all(app);
+}
+
+int control_set(struct sluice *app, const char *key, const char *value, char *err, size_t errlen)
+{
+    if (config_set_key(app->cfg, key, value, SRC_ADMIN_SET, err, errlen) < 0)
+        return -1;
+    apply_set(app, key);
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* control: the commands through which a service changes the core — PgBouncer's PAUSE, RESUME,
+ * RECONNECT, KILL, KILL_CLIENT, WAIT_CLOSE, RELOAD, SHUTDOWN and SET, as actions on the pools,
+ * servers and clients. The admin console parses and answers; these act, and never write to a
+ * console client. A database name of NULL means every database; the console's own pseudo-pool
+ * is never a target. DISABLE/ENABLE are disabled_dbs.h. */
+#ifndef SLUICE_CONTROL_H
+#define SLUICE_CONTROL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice.h"
+
+struct client;
+
+/* Is db a database of sluice's (configured, or with pools, e.g. from a "*" entry)? */
+bool control_db_known(const struct sluice *app, const char *db);
+
+/* PAUSE: no server is handed out and every server closes once its client is done with it
+ * (idle ones at once), so the database is left free of sluice's sessions. */
+void control_pause(struct sluice *app, const char *db);
+/* Do the paused pools of db have no server in use any more? Closes their idle servers (a
+ * min_pool_size connection may bring one). A pool resumed meanwhile counts as done. */
+bool control_pause_done(struct sluice *app, const char *db);
+/* RESUME: hand servers to the clients that queued. */
+void control_resume(struct sluice *app, const char *db);
+/* RECONNECT: servers in use close when their client releases them; idle ones close now. */
+void control_reconnect(struct sluice *app, const char *db);
+/* WAIT_CLOSE: is no server marked to close when free (RECONNECT, a reload) left? */
+bool control_close_done(const struct sluice *app, const char *db);
+/* KILL: every client (57P01-style FATAL) and server of db goes; the pools stay paused until
+ * RESUME, so new clients wait. */
+void control_kill(struct sluice *app, const char *db);
+
+/* The client with this id (logging in, or in a pool), or NULL. */
+struct client *control_find_client(struct sluice *app, uint64_t id);
+/* KILL_CLIENT: close it with FATAL "connection closed by the administrator". */
+void control_kill_client(struct client *victim);
+
+/* RELOAD: re-read the configuration. true when the new one is in force, false when it had
+ * errors (logged) and the previous one stays. */
+bool control_reload(struct sluice *app);
+/* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */
+void control_shutdown(struct sluice *app, enum sluice_phase phase);
+/* SET key = value (key a reloadable key's name as config_keys spells it): 0 and in force as a
+ * reload would make it; or -1 with err saying why the value was refused. */
+int control_set(struct sluice *app, const char *key, const char *value, char *err, size_t errlen);
+
+#endif

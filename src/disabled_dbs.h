@@ -1,0 +1,20 @@
+/* disabled_dbs: the databases DISABLE has closed to new logins (PgBouncer's DISABLE/ENABLE).
+ * The list lives in app->disabled_dbs and is kept across RELOAD, as the database is; sessions
+ * already open go on. client.c asks at login (after the password); the console changes it
+ * through control.h. A leaf: it knows only names. */
+#ifndef SLUICE_DISABLED_DBS_H
+#define SLUICE_DISABLED_DBS_H
+
+#include <stdbool.h>
+
+struct sluice;
+
+/* Has DISABLE (and no ENABLE since) closed this database to new logins? */
+bool disabled_dbs_contains(const struct sluice *app, const char *database);
+/* 0, or -ENOMEM. Adding a name already there changes nothing. */
+int disabled_dbs_add(struct sluice *app, const char *database);
+void disabled_dbs_remove(struct sluice *app, const char *database);
+/* Shutdown. */
+void disabled_dbs_free(struct sluice *app);
+
+#endif

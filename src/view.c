@@ -1,0 +1,253 @@
+/* view: snapshots of the core for the services (see view.h). Each snapshot is filled from one
+ * object at the moment it is walked; nothing is kept. */
+#include "view.h"
+
+#include <string.h>
+#include <sys/socket.h>
+
+#include "client.h"
+#include "listener.h"
+#include "server.h"
+#include "server_login.h"
+#include "sluice.h"
+
+#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+static void fill_socket(struct view_socket *v, const struct buf *in, const struct msg_out *out,
+                        uint32_t out_pos)
+{
+    bool have = in->data != NULL;
+    v->recv_pos = have ? in->wpos : 0;
+    v->pkt_pos = have ? in->scan : 0;
+    v->pkt_remain = have ? buf_pending(in) : 0;
+    v->send_pos = have ? in->rpos : 0;
+    v->pkt_avail = have ? buf_unframed(in) : 0;
+    v->out = out;
+    v->out_pos = out_pos;
+    v->busy = (have && !buf_is_empty(in)) || out->len > out_pos;
+}
+
+static void fill_client(struct view_conn *v, const struct client *c, const char *list_name)
+{
+    uint64_t now = sluice_now(c->app);
+    memset(v, 0, sizeof(*v));
+    v->type = VIEW_CLIENT;
+    v->id = c->id;
+    v->ptr = c;
+    v->link = c->server;
+    v->user = c->user;
+    v->database = c->database;
+    v->state = list_name ? list_name : client_state_name(c->state);
+    v->addr = &c->addr;
+    v->fd = c->io.fd;
+    v->ssl = c->io.ssl;
+    v->connect_ms = c->connect_ms;
+    v->state_since_ms = c->state_since_ms;
+    if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST ||
+        c->state == CLIENT_LOGIN_WAIT)
+        v->wait_us = (now - c->state_since_ms) * 1000;
+    if (c->addr.sa.sa_family == AF_UNIX && c->io.fd >= 0) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(c->io.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            v->remote_pid = cred.pid;
+    }
+    const char *app_name = params_get(&c->params, "application_name");
+    v->app_name = app_name ? app_name : "";
+    v->prepared_statements = c->stmts ? stmt_map_count(c->stmts) : 0;
+    v->held_ms = c->state == CLIENT_ACTIVE ? now - c->state_since_ms : 0;
+    fill_socket(&v->sock, &c->in, &c->out, c->out_pos);
+}
+
+static void fill_server(struct view_conn *v, const struct server *s, const char *list_name)
+{
+    const struct pool *p = s->pool;
+    uint64_t now = sluice_now(p->app);
+    memset(v, 0, sizeof(*v));
+    v->type = VIEW_SERVER;
+    v->id = s->id;
+    v->ptr = s;
+    v->link = s->client;
+    v->user = p->user_name;
+    v->database = p->db_name;
+    v->state = list_name ? list_name : server_state_shown(s->state);
+    v->host = s->conn ? PQhost(s->conn) : server_login_host(s);
+    v->port = s->conn ? PQport(s->conn) : server_login_port(s);
+    v->fd = s->io.fd;
+    v->ssl = s->io.ssl;
+    v->connect_ms = s->connect_ms ? s->connect_ms : s->connect_start_ms;
+    v->state_since_ms = s->state_since_ms;
+    v->close_needed = s->close_when_free;
+    v->remote_pid = s->backend_pid;
+    const char *app_name = params_get(&s->params, "application_name");
+    v->app_name = app_name ? app_name : "";
+    v->prepared_statements = stmt_map_count(&s->stmts);
+    v->held_ms = s->state == SERVER_ACTIVE ? now - s->state_since_ms : 0;
+    fill_socket(&v->sock, &s->in, &s->out, s->out_pos);
+}
+
+static void walk_clients(const struct list *l, const char *list_name, view_conn_fn *fn, void *ctx)
+{
+    struct view_conn v;
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        fill_client(&v, container_of(n, struct client, node), list_name);
+        fn(&v, ctx);
+    }
+}
+
+static void walk_servers(const struct list *l, const char *list_name, view_conn_fn *fn, void *ctx)
+{
+    struct view_conn v;
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        fill_server(&v, container_of(n, struct server, node), list_name);
+        fn(&v, ctx);
+    }
+}
+
+void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx)
+{
+    walk_clients(&app->login_clients, NULL, fn, ctx);
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        walk_clients(&p->active_clients, NULL, fn, ctx);
+        walk_clients(&p->waiting, NULL, fn, ctx);
+        walk_clients(&p->idle_clients, NULL, fn, ctx);
+    }
+}
+
+void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx)
+{
+    walk_clients(&p->waiting, NULL, fn, ctx);
+    walk_clients(&p->idle_clients, NULL, fn, ctx);
+    walk_clients(&p->active_clients, NULL, fn, ctx);
+}
+
+void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        walk_servers(&p->active, NULL, fn, ctx);
+        walk_servers(&p->idle, NULL, fn, ctx);
+        walk_servers(&p->resetting, NULL, fn, ctx);
+        walk_servers(&p->connecting, NULL, fn, ctx);
+    }
+}
+
+void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        const struct pool *p = container_of(n, struct pool, node);
+        walk_clients(&p->active_clients, "cl_active", fn, ctx);
+        walk_clients(&p->idle_clients, "cl_active", fn,
+                     ctx); /* PgBouncer's active list holds both */
+        walk_clients(&p->waiting, "cl_waiting", fn, ctx);
+        walk_servers(&p->active, "sv_active", fn, ctx);
+        walk_servers(&p->idle, "sv_idle", fn, ctx);
+        walk_servers(&p->resetting, "sv_tested", fn, ctx);
+        walk_servers(&p->connecting, "sv_login", fn, ctx);
+        walk_servers(&p->leaving, "sv_leaving", fn, ctx);
+    }
+    walk_clients(&app->login_clients, "cl_login", fn, ctx);
+}
+
+const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev)
+{
+    const struct list_node *n = prev ? prev->node.next : app->pools.head.next;
+    return n == &app->pools.head ? NULL : container_of(n, struct pool, node);
+}
+
+static int count_being_canceled(const struct list *l)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(l, node, tmp)
+    {
+        if (container_of(node, struct server, node)->cancels_in_flight > 0)
+            n++;
+    }
+    return n;
+}
+
+void view_pool_settings(const struct pool *p, struct view_pool *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->pool = p;
+    v->db_name = p->db_name;
+    v->user_name = p->user_name;
+    v->console = p->is_admin;
+    v->mode = p->mode;
+    v->size = p->size;
+    v->paused = p->paused;
+    v->have_welcome = p->have_welcome;
+    v->server_usable = p->server_usable;
+    v->server_max_connections = p->server_max_connections;
+    v->server_reserved = p->server_reserved;
+    v->breaker = p->breaker;
+    v->servers = pool_server_count(p);
+    v->xact_count = p->xact_count;
+    v->query_count = p->query_count;
+    v->bytes_in = p->bytes_in;
+    v->bytes_out = p->bytes_out;
+    v->wait_us_total = p->wait_us_total;
+    v->query_ms_total = p->query_ms_total;
+    v->wait_hist = p->wait_hist;
+    v->query_hist = p->query_hist;
+}
+
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+{
+    view_pool_settings(p, v);
+    v->sv_being_canceled = count_being_canceled(&p->active) + count_being_canceled(&p->resetting);
+    if (!p->is_admin)
+        budget_pool_cap(p, &v->cap);
+    stats_view_pool(p, now_ms, &v->now);
+}
+
+int view_db_servers(const struct sluice *app, const char *db_name)
+{
+    return budget_db_servers(app, db_name);
+}
+
+int view_user_servers(const struct sluice *app, const char *user_name)
+{
+    return budget_user_servers(app, user_name);
+}
+
+int view_db_clients(const struct sluice *app, const char *db_name)
+{
+    return client_count_for_db(app, db_name);
+}
+
+int view_user_clients(const struct sluice *app, const char *user_name)
+{
+    return client_count_for_user(app, user_name);
+}
+
+int view_listen_port(const struct sluice *app)
+{
+    return listener_port(app);
+}
+
+const struct budget *view_budget(const struct sluice *app, int i)
+{
+    return i >= 0 && i < app->budgets.n ? app->budgets.items[i] : NULL;
+}
+
+void view_totals(const struct sluice *app, struct view_totals *out)
+{
+    out->clients = app->nclients;
+    out->login_clients = app->login_clients.count;
+    out->servers = app->nservers;
+    out->pools = app->pools.count;
+    out->running = app->phase == PHASE_RUNNING;
+}

@@ -1,0 +1,133 @@
+/* view: what the services (the admin console, /health, /metrics) read of the core — plain
+ * snapshots of connections and pools, filled by walks over the core's lists, so a service never
+ * walks those lists or reads struct client, server or pool itself. Strings and pointers in a
+ * snapshot point into the live objects: valid until the loop runs again, so a service formats
+ * them at once. Counters over time are stats.h; settings are the config (read-only); changes go
+ * through control.h. Reading is all this file does. */
+#ifndef SLUICE_VIEW_H
+#define SLUICE_VIEW_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "budget.h"
+#include "cidr.h"
+#include "codec.h"
+#include "config.h"
+#include "pool.h"
+#include "stats.h"
+
+struct sluice;
+
+/* ---- connections (SHOW CLIENTS, SERVERS, SOCKETS) ---- */
+
+enum view_conn_type { VIEW_CLIENT, VIEW_SERVER };
+
+/* Buffer positions (PgBouncer's SHOW SOCKETS columns in sluice's terms): bytes received into
+ * the input buffer, framed, sent on; what is framed but not sent and what is unframed. sluice's
+ * own output still to write is out->len - out_pos, read when the cell is written: out is live, so
+ * the console's own row counts the bytes of the rows written before it. */
+struct view_socket {
+    uint64_t recv_pos, pkt_pos, pkt_remain, send_pos, pkt_avail;
+    const struct msg_out *out;
+    uint32_t out_pos;
+    bool busy; /* bytes buffered or output pending (SHOW ACTIVE_SOCKETS) */
+};
+
+struct view_conn {
+    enum view_conn_type type;
+    uint64_t id;
+    const void *ptr, *link; /* the object and its peer (NULL: none), PgBouncer's ptr/link */
+    const char *user, *database;
+    /* The state's name; in view_sockets the name of the list it is on (cl_active, sv_idle...). */
+    const char *state;
+    const union peer_addr *addr; /* a client's peer; NULL for a server (host and port below) */
+    const char *host, *port;     /* a server's, as its login has them (NULL or "": unknown) */
+    int fd;                      /* -1 once closed; for the local address */
+    SSL *ssl;                    /* NULL: plain */
+    uint64_t connect_ms, state_since_ms; /* loop times; 0: not yet */
+    uint64_t wait_us;                    /* a client queued for a server: for how long */
+    bool close_needed;                   /* a server that closes when its client is done */
+    int remote_pid;       /* a server's backend pid; a unix-socket client's pid, else 0 */
+    const char *app_name; /* application_name, "" when none */
+    int prepared_statements;
+    uint64_t held_ms; /* linked (client ACTIVE, server ACTIVE): for how long, else 0 */
+    struct view_socket sock;
+};
+
+typedef void view_conn_fn(const struct view_conn *v, void *ctx);
+
+/* Every client: logging in, then pool by pool the active, waiting and idle ones. */
+void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx);
+/* One pool's clients: the waiting, idle and active ones (logging-in clients have no pool). */
+void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx);
+/* Every server of a pool: pool by pool the active, idle, resetting and connecting ones. */
+void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx);
+/* PgBouncer's SHOW SOCKETS order: pool by pool its clients (cl_active, cl_waiting) and servers
+ * (sv_active, sv_idle, sv_tested, sv_login, sv_leaving), then the clients logging in (cl_login);
+ * state is the list's name. */
+void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx);
+
+/* ---- pools (SHOW POOLS, /health, /metrics) ---- */
+
+/* One pool now. The fields keep struct pool's names. */
+struct view_pool {
+    const struct pool *pool; /* its identity: to compare, or to hand to stats.h */
+    const char *db_name, *user_name;
+    bool console; /* the admin console's pseudo-pool: no servers, no cap */
+    enum pool_mode mode;
+    int size; /* pool_size in force */
+    bool paused;
+    bool have_welcome; /* a server of it has logged in once */
+    /* The server's max_connections - reserved, and the two numbers; 0 until a server said. */
+    int server_usable, server_max_connections, server_reserved;
+    struct breaker breaker;
+    int servers;                /* in any state, LEAVING included */
+    int sv_being_canceled;      /* active or resetting with a cancel on its way */
+    struct pool_cap cap;        /* the cap that binds (budget.h); zero for the console */
+    struct stats_pool_view now; /* servers and clients by state */
+    /* Counters since start (pool.h). */
+    uint64_t xact_count, query_count, bytes_in, bytes_out, wait_us_total, query_ms_total;
+    const uint64_t *wait_hist, *query_hist; /* POOL_HIST_BUCKETS each, pool_hist_bounds_ms */
+};
+
+/* The pools in creation order, the console's included: NULL starts, NULL after the last. */
+const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev);
+#define view_for_each_pool(app, p)                                                                 \
+    for (const struct pool *p = view_next_pool((app), NULL); p; p = view_next_pool((app), p))
+/* Everything: the counts by state and the binding cap walk the pool's lists and its budget's. */
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *out);
+/* Only what the pool holds itself (names, settings, what it learnt, counters, servers): cheap
+ * enough to call in a walk over the pools for each pool. now, cap, sv_being_canceled stay 0. */
+void view_pool_settings(const struct pool *p, struct view_pool *out);
+
+/* ---- the whole process (SHOW LISTS, /health, /metrics) ---- */
+
+struct view_totals {
+    int clients;       /* client sockets in any state, the console's included */
+    int login_clients; /* logging in (STARTUP, AUTH) */
+    int servers;       /* server connections in any state */
+    int pools;         /* the console's pseudo-pools included */
+    bool running;      /* no shutdown under way (PHASE_RUNNING) */
+};
+void view_totals(const struct sluice *app, struct view_totals *out);
+
+/* ---- budgets (SHOW BUDGETS) ---- */
+
+/* The i-th budget (configured ones in file order, then "default"), NULL past the last. A budget
+ * is plain data already (budget.h): its live counts, clients and leases, are read as they are. */
+const struct budget *view_budget(const struct sluice *app, int i);
+
+/* ---- counts (SHOW DATABASES, USERS) ---- */
+
+/* Servers of a database's, or a user's, pools, in any state, auth_query's included. */
+int view_db_servers(const struct sluice *app, const char *db_name);
+int view_user_servers(const struct sluice *app, const char *user_name);
+/* Logged-in clients (not the console's) of a database, or with a user name. */
+int view_db_clients(const struct sluice *app, const char *db_name);
+int view_user_clients(const struct sluice *app, const char *user_name);
+/* The listening port (a unix-socket client's "port" in SHOW CLIENTS). */
+int view_listen_port(const struct sluice *app);
+
+#endif
