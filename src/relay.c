@@ -239,10 +239,20 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             held = report_held_back(s, p + CODEC_HEADER_LEN, len - 4);
             consume = consume || held;
         }
+        /* An error naming the client's statement by sluice's name: the client gets its own. */
+        bool renamed = false;
+        if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            renamed = request_track_error_renamed(c, p, whole);
+            consume = renamed;
+        }
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
+        if (renamed)
+            request_track_put_error(c, p, whole);
         if (type == 'E' && c && s->swallow == 0 &&
             s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
             s->login_reset.state = LOGIN_RESET_FAILED; /* the reset never ran, or is undone */
@@ -255,7 +265,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             else if (type == 'E')
                 s->executes_unanswered = 0;
         }
-        bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
+        bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume && !renamed);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
                 return STOP_NEED_DATA;

@@ -113,14 +113,18 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     struct stmt_map m;
     stmt_map_init(&m);
     struct stmt_def *d = def_of("select 1");
-    CHECK(stmt_map_put(&m, "s1", d) != NULL); /* optimistically recorded when sent */
-    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s1"), 0);
+    struct stmt_map *mine = stmt_map_new();
+    CHECK(stmt_map_put(&m, "sluice_1", d) != NULL); /* optimistically recorded when sent */
+    CHECK(mine && stmt_map_put(mine, "s1", d) != NULL);
+    CHECK_INT(stmt_queue_push_client_parse(&q, "sluice_1", "s1"), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
     /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
-    stmt_on_ready(&q, &m, NULL);
-    CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
+    stmt_on_ready(&q, &m, mine);
+    CHECK(stmt_map_get(&m, "sluice_1") != NULL && stmt_map_get(&m, "sluice_1")->def == NULL);
+    CHECK(stmt_map_get(mine, "s1") == NULL); /* the client's name: it has no such statement */
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
+    stmt_map_delete(mine);
     stmt_def_unref(d);
     stmt_queue_free(&q);
     stmt_map_free(&m);
@@ -187,6 +191,38 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("DISCARD PLANS", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("select 'deallocate all'", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("deallocated", name, sizeof(name)), SQL_OTHER);
+    size_t at, span;
+    const char *sql = "EXECUTE \"My \"\"x\"\"\"(1)";
+    CHECK_INT(prepared_classify_query_at(sql, name, sizeof(name), &at, &span), SQL_EXECUTE);
+    CHECK_STR(name, "My \"x\"");
+    CHECK_INT((int)at, 8);
+    CHECK_INT((int)span, 10); /* the name as written, quotes included */
+    CHECK_INT(prepared_classify_query_at(" deallocate Stmt1;", name, sizeof(name), &at, &span),
+              SQL_DEALLOCATE);
+    CHECK_STR(name, "stmt1");
+    CHECK_INT((int)at, 12);
+    CHECK_INT((int)span, 5);
+    /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
+    CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
+              SQL_EXECUTE);
+    CHECK_INT((int)span, 0);
+}
+
+static void a_definition_has_its_server_name(void)
+{
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 1"), *c = def_of("select 2");
+    CHECK(strncmp(a->server_name, "sluice_", 7) == 0 && strlen(a->server_name) == 15);
+    CHECK_STR(a->server_name, b->server_name); /* equal definitions: one statement on a server */
+    CHECK(strcmp(a->server_name, c->server_name) != 0);
+    struct stmt_def *s1 = stmt_def_alloc(4), *s2 = stmt_def_alloc(4); /* streamed: counted */
+    CHECK(strncmp(s1->server_name, "sluice_s", 8) == 0);
+    CHECK(strcmp(s1->server_name, s2->server_name) != 0);
+    CHECK(strlen(s1->server_name) <= STMT_SERVER_NAME_MAX);
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_def_unref(c);
+    stmt_def_unref(s1);
+    stmt_def_unref(s2);
 }
 
 static enum session_feature detect(const char *sql)
@@ -537,6 +573,7 @@ int main(void)
     RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
     RUN(deallocate_and_discard_are_recognised);
+    RUN(a_definition_has_its_server_name);
     RUN(session_level_sql_is_detected);
     RUN(parameters_a_statement_may_change_are_named);
     RUN(resets_to_login_values_are_named_when_last);
