@@ -28,6 +28,7 @@
 #include "server.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "stmt_names.h"
 
 /* Servers are trusted more than clients, but a length past this is a broken stream. */
 #define SERVER_MAX_BODY 0x3fffffffu
@@ -244,7 +245,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
-            renamed = request_track_error_renamed(c, p, whole);
+            renamed = stmt_names_in_error(c->stmts, p, whole);
             consume = renamed;
         }
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
@@ -252,7 +253,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
         if (renamed)
-            request_track_put_error(c, p, whole);
+            stmt_names_put_error(c->stmts, p, whole, &c->out);
         if (type == 'E' && c && s->swallow == 0 &&
             s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
             s->login_reset.state = LOGIN_RESET_FAILED; /* the reset never ran, or is undone */

@@ -7,7 +7,6 @@
  */
 #include "request_track.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +18,7 @@
 #include "server.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "stmt_names.h"
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
 {
@@ -100,8 +100,8 @@ static struct stmt_def *client_def(const struct client *c, const char *name)
     return mine ? mine->def : NULL;
 }
 
-/* The client uses its statement `mine`: make sure the server has it, under `name` (see
- * struct server_name). */
+/* The client uses its statement `mine`: make sure the server has it, under `name`
+ * (stmt_names.h). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
                                          const char *name)
 {
@@ -158,109 +158,28 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
     return TRACK_PASS;
 }
 
-/* ---- the server's names in the client's messages ---- */
+/* ---- the server's names in the client's messages (stmt_names.h) ---- */
 
-static void put_u32(uint8_t *p, uint32_t v)
+static enum track_result renamed(enum stmt_rewrite w)
 {
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
+    return w == STMT_START_SENT ? TRACK_STARTED : TRACK_PASS;
 }
 
-/* What the server calls a client's statement, given how long the client's name is. A name
- * shorter than the key gets the definition's server_name. One of STMT_KEY_MAX bytes or more
- * (which may be longer than the buffer) gets that padded with '_' to STMT_KEY_MAX bytes, written
- * over its key in place: Postgres keys a statement by that much of its name, so the rest of the
- * client's name, left as it is, changes nothing. (Both spellings name the statement on the
- * server; the server's map holds each under its own.) */
-struct server_name {
-    char name[STMT_KEY_MAX + 1];
-};
-
-static void name_on_server(struct server_name *sn, const struct stmt_def *d, size_t key_len)
-{
-    size_t n = strlen(d->server_name);
-    memcpy(sn->name, d->server_name, n + 1);
-    if (key_len >= STMT_KEY_MAX) {
-        memset(sn->name + n, '_', STMT_KEY_MAX - n);
-        sn->name[STMT_KEY_MAX] = '\0';
-    }
-}
-
-/* Can old_len bytes of the message at c->in.scan become new_len in place? Otherwise its start
- * goes out from s->out (rename_in_message), which must wait for the bytes framed before it:
- * TRACK_FLUSH, asked before anything changes, so the message is looked at again from the
- * start. */
 static enum track_result room_to_rename(const struct client *c, uint32_t old_len, uint32_t new_len)
 {
-    const struct buf *b = &c->in;
-    uint32_t grow = old_len < new_len ? new_len - old_len : 0;
-    bool fits = b->rpos >= grow || buf_block_size() - b->wpos >= grow;
-    return fits || buf_pending(b) == 0 ? TRACK_PASS : TRACK_FLUSH;
+    return stmt_names_can_rewrite(&c->in, old_len, new_len) ? TRACK_PASS : TRACK_FLUSH;
 }
 
-static enum track_result room_for_statement(const struct client *c, const struct server_name *sn,
-                                            uint32_t key_len)
+static enum track_result room_for_statement(const struct client *c,
+                                            const struct stmt_server_name *sn, uint32_t key_len)
 {
-    if (key_len >= STMT_KEY_MAX)
-        return TRACK_PASS; /* written over the key */
-    return room_to_rename(c, key_len, (uint32_t)strlen(sn->name));
+    return stmt_names_can_rename(&c->in, key_len, sn) ? TRACK_PASS : TRACK_FLUSH;
 }
 
-/* Replace old_len bytes at `at` of the body of the message at c->in.scan (here through them) by
- * repl, and its length word with them. In place, the bytes on the shorter side of the change
- * move: one memmove, of the header and what precedes the name (the client's bytes framed before
- * it, if any) or of what follows it. Without room in the buffer (a message as large as it, read
- * from its start) the start goes out rewritten from s->out and the rest from the buffer
- * (room_to_rename has seen that nothing framed waits before it): TRACK_STARTED. */
-static enum track_result rename_in_message(struct client *c, struct server *s, uint32_t at,
-                                           uint32_t old_len, const char *repl)
-{
-    struct buf *b = &c->in;
-    uint32_t repl_len = (uint32_t)strlen(repl);
-    uint32_t len = codec_get_u32(b->data + b->scan + 1);
-    uint32_t cut = b->scan + CODEC_HEADER_LEN + at;
-    uint32_t front = cut - b->rpos, back = b->wpos - (cut + old_len);
-    uint32_t d = repl_len > old_len ? repl_len - old_len : old_len - repl_len;
-    bool grows = repl_len > old_len;
-    bool move_front = grows ? b->rpos >= d && (front <= back || buf_block_size() - b->wpos < d)
-                            : front <= back;
-    if (grows && !move_front && buf_block_size() - b->wpos < d) {
-        uint8_t type = b->data[b->scan];
-        codec_put_u8(&s->out, type);
-        codec_put_i32(&s->out, (int32_t)(len - old_len + repl_len));
-        codec_put_bytes(&s->out, b->data + b->scan + CODEC_HEADER_LEN, at);
-        codec_put_bytes(&s->out, repl, repl_len);
-        uint32_t taken = CODEC_HEADER_LEN + at + old_len;
-        b->scan += taken;
-        buf_consume(b, taken);
-        c->rx.remain = len + 1 - taken;
-        return TRACK_STARTED;
-    }
-    if (move_front) {
-        uint32_t to = grows ? b->rpos - d : b->rpos + d;
-        memmove(b->data + to, b->data + b->rpos, front);
-        b->scan = b->scan + to - b->rpos;
-        cut = cut + to - b->rpos;
-        b->rpos = to;
-    } else {
-        memmove(b->data + cut + repl_len, b->data + cut + old_len, back);
-        b->wpos = b->wpos - old_len + repl_len;
-    }
-    memcpy(b->data + cut, repl, repl_len);
-    put_u32(b->data + b->scan + 1, len - old_len + repl_len);
-    return TRACK_PASS;
-}
-
-/* The client's statement name at body offset `at` (key_len: its key's length) becomes sn. */
 static enum track_result rename_statement(struct client *c, struct server *s, uint32_t at,
-                                          uint32_t key_len, const struct server_name *sn)
+                                          uint32_t key_len, const struct stmt_server_name *sn)
 {
-    if (key_len < STMT_KEY_MAX)
-        return rename_in_message(c, s, at, key_len, sn->name);
-    memcpy(c->in.data + c->in.scan + CODEC_HEADER_LEN + at, sn->name, STMT_KEY_MAX);
-    return TRACK_PASS;
+    return renamed(stmt_names_rename(&c->in, &c->rx, &s->out, at, key_len, sn));
 }
 
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
@@ -366,11 +285,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
     name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
     struct stmt_def *mine = NULL;
-    struct server_name sn;
+    struct stmt_server_name sn;
     if ((kind == SQL_DEALLOCATE || kind == SQL_EXECUTE) && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
     if (mine) {
-        name_on_server(&sn, mine, strlen(name_buf));
+        stmt_names_for_server(&sn, mine, strlen(name_buf));
         enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
@@ -397,7 +316,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     }
     if (!mine)
         return TRACK_PASS;
-    return rename_in_message(c, s, text_at + (uint32_t)at, (uint32_t)span, sn.name);
+    return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
+                                      (uint32_t)span, sn.name));
 }
 
 /* A Query that resets parameters the client set at login (see relay.h). Followed only where the
@@ -535,8 +455,8 @@ static enum track_result and_then(enum track_result first, enum track_result the
 static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
                                           uint32_t key_len)
 {
-    struct server_name sn;
-    name_on_server(&sn, mine, key_len);
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, mine, key_len);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS)
         r = ensure_prepared(c, s, mine, sn.name);
@@ -598,8 +518,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    struct server_name sn;
-    name_on_server(&sn, def, key_len);
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, def, key_len);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, sn.name);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
@@ -641,9 +561,9 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
                                      const char *name, uint32_t at)
 {
     uint32_t key_len = (uint32_t)strlen(name);
-    struct server_name sn;
+    struct stmt_server_name sn;
     if (mine)
-        name_on_server(&sn, mine, key_len);
+        stmt_names_for_server(&sn, mine, key_len);
     const char *on_server = mine ? sn.name : name;
     if (queue_request(c, s, REQ_CLOSE_CLIENT, on_server) != TRACK_PASS)
         return TRACK_FAILED;
@@ -719,9 +639,9 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     }
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_def *mine = client_def(c, name);
-    struct server_name sn;
+    struct stmt_server_name sn;
     if (mine)
-        name_on_server(&sn, mine, key_len);
+        stmt_names_for_server(&sn, mine, key_len);
     enum track_result r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
     if (r != TRACK_PASS)
         return r;
@@ -733,62 +653,6 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     if (r != TRACK_PASS)
         return r;
     return rename_statement(c, s, at, key_len, &sn);
-}
-
-/* ---- the client's names in the server's errors ---- */
-
-#define SERVER_NAME_PREFIX "sluice_"
-
-/* Each of sluice's names of the client's statements in an ErrorResponse body (`prepared
- * statement "sluice_1a2b3c4d" already exists`, `bind message supplies 1 parameters, but prepared
- * statement "sluice_..." requires 2`) becomes the client's name, as Postgres would have said it.
- * Into out when not NULL. True when there is one. */
-static bool name_error_fields(const struct client *c, const uint8_t *body, uint32_t len,
-                              struct msg_out *out)
-{
-    const size_t plen = sizeof(SERVER_NAME_PREFIX) - 1;
-    bool renamed = false;
-    const uint8_t *end = body + len, *copied = body, *at = body;
-    if (out)
-        codec_begin(out, 'E');
-    while ((at = memmem(at, (size_t)(end - at), SERVER_NAME_PREFIX, plen)) != NULL) {
-        const uint8_t *tail = at + plen;
-        while (tail < end && tail - at <= STMT_SERVER_NAME_MAX &&
-               (isdigit(*tail) || (*tail >= 'a' && *tail <= 'z')))
-            tail++;
-        char sn[STMT_SERVER_NAME_MAX + 1];
-        const char *mine = NULL;
-        if (tail - at <= STMT_SERVER_NAME_MAX) {
-            memcpy(sn, at, (size_t)(tail - at));
-            sn[tail - at] = '\0';
-            mine = stmt_map_name_of(c->stmts, sn);
-        }
-        if (mine) {
-            renamed = true;
-            if (!out)
-                return true;
-            codec_put_bytes(out, copied, (size_t)(at - copied));
-            codec_put_bytes(out, mine, strlen(mine));
-            copied = tail;
-        }
-        at = tail;
-    }
-    if (out) {
-        codec_put_bytes(out, copied, (size_t)(end - copied));
-        codec_end(out);
-    }
-    return renamed;
-}
-
-bool request_track_error_renamed(const struct client *c, const uint8_t *msg, uint32_t whole)
-{
-    return c->stmts && name_error_fields(c, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN,
-                                         NULL);
-}
-
-void request_track_put_error(struct client *c, const uint8_t *msg, uint32_t whole)
-{
-    (void)name_error_fields(c, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &c->out);
 }
 
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that

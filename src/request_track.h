@@ -15,7 +15,6 @@
 #define SLUICE_REQUEST_TRACK_H
 
 #include <stdbool.h>
-#include <stdint.h>
 
 struct client;
 struct server;
@@ -39,11 +38,5 @@ bool request_track_on(const struct server *s);
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
  * left): the Syncs that arrived during it are not answered. */
 void request_track_copy_in_ended(struct server *s);
-
-/* The server's ErrorResponse msg (whole bytes, here whole) names one of c's statements by
- * sluice's name (transaction mode): request_track_put_error gives c the message with c's names
- * in their place, and the server's copy is consumed. Only errors are looked at. */
-bool request_track_error_renamed(const struct client *c, const uint8_t *msg, uint32_t whole);
-void request_track_put_error(struct client *c, const uint8_t *msg, uint32_t whole);
 
 #endif
