@@ -1,5 +1,5 @@
 /* prepared: statement maps, the request queue and the messages sluice injects (see prepared.h).
- * The decisions of when to inject are the relay's (relay.c frame_client); this file owns the
+ * The decisions of when to inject are request_track.c's; this file owns the
  * bookkeeping so that it can be unit-tested without sockets. */
 #include "prepared.h"
 
