@@ -102,6 +102,24 @@ def test_describe_and_close_use_the_clients_name(one_backend):
                           ' requires 1'), error
 
 
+def test_a_failed_parse_pipelined_with_its_bind_names_the_clients_statement(one_backend):
+    """The Bind is framed before the Parse's error comes back, so it goes out under sluice's name;
+    the 26000 it gets must still name the client's statement (difftest seeds 101, 102, 132)."""
+    _, a, _ = one_backend
+    a.send(parse_msg("s0_1", "SELECT * FROM no_such_table_h6") + describe_msg("S", "s0_1")
+           + sync_msg() + bind_msg("", "s0_1") + execute_msg() + sync_msg())
+    errors = []
+    for _ in range(2):
+        while True:
+            mtype, payload = a.read_message()
+            if mtype == "E":
+                errors.append(parse_fields(payload))
+            if mtype == "Z":
+                break
+    assert [e["C"] for e in errors] == ["42P01", "26000"], errors
+    assert errors[1]["M"] == 'prepared statement "s0_1" does not exist'
+
+
 def test_large_named_parse_and_bind_are_renamed_as_they_stream(start_sluice):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
     a, b = raw_login(s.port), raw_login(s.port)
