@@ -166,3 +166,12 @@ def test_a_statement_that_no_longer_parses_does_not_stall_the_query_naming_it(st
     finally:
         a.close()
         b.close()
+
+
+def test_clients_share_one_backend_statement_for_the_same_text(one_backend):
+    _, a, b = one_backend
+    run_batch(b, parse_msg("other_name", "SELECT 'A-secret'::text") + sync_msg())
+    assert bind_run(b, "other_name")[1] == [["A-secret"]]
+    rows = b.query("SELECT name, statement FROM pg_prepared_statements")[0]
+    assert len(rows) == 1 and rows[0][0].startswith("sluice_"), rows
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
