@@ -10,8 +10,8 @@ cancel keys and timings are left out; concurrency cannot change a client's own o
 clients touch only their own tables.
 
 Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
-temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, SQL
-PREPARE outside a transaction block, or DEALLOCATE of one statement. No mode gets a DISCARD ALL
+temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, or SQL
+PREPARE outside a transaction block. No mode gets a DISCARD ALL
 sent through the extended protocol from a client that set parameters at login (the same
 section: a reset of login values is followed only in a simple Query).
 
@@ -347,7 +347,7 @@ class Gen:
 
     def g_deallocate_ext(self):
         r = self.r
-        if self.session and self.stmts and r.random() < 0.5:
+        if self.stmts and r.random() < 0.5:
             name = r.choice(self.stmts)
             sql = f"DEALLOCATE {name}"
         else:

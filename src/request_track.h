@@ -1,0 +1,44 @@
+/* request_track: the client's side of the relay. relay.c frames what the client sent through
+ * request_track_frame, which checks each header, keeps the counts that say when the server can go
+ * back (s->inflight, batch_open, executes_unanswered, copy_in), and, in transaction mode, follows
+ * what each request does to state sluice keeps:
+ *   - named prepared statements: the client's map and the server's (prepared.h), a statement
+ *     prepared again on a server that lacks it, each request whose reply must be matched queued
+ *     in s->reqs; the client's names in Parse/Bind/Describe/Close, and in a SQL EXECUTE or
+ *     DEALLOCATE of its own statement, become the server's (stmt_names.h), in c->in in place;
+ *   - SQL whose effect outlives the transaction (session_state.h): session_state_policy;
+ *   - the parameters a statement changes (forgotten in the server's record) and a Query that
+ *     resets the client's login parameters (relay.h's struct login_reset; relay.c settles it).
+ * It advances c->in.scan over what may be forwarded and never writes to a socket: sluice's own
+ * messages go to s->out, the client's bytes are written by relay.c. A request sluice answers
+ * itself is consumed from c->in; so is the start of a renamed message that had no room in c->in,
+ * which goes to s->out instead (the rest follows from c->in). */
+#ifndef SLUICE_REQUEST_TRACK_H
+#define SLUICE_REQUEST_TRACK_H
+
+#include <stdbool.h>
+
+struct client;
+struct server;
+
+/* Why framing the client's bytes stopped. */
+enum client_frame {
+    CLIENT_FRAME_NEED_DATA,  /* framed everything that is complete */
+    CLIENT_FRAME_TERMINATE,  /* client sent Terminate: forward what is before it, then close */
+    CLIENT_FRAME_NEED_FLUSH, /* sluice must send something first: write what is framed, call
+                                again */
+    CLIENT_FRAME_FAILED,     /* the client was failed and is closing */
+};
+
+/* Frame what c sent to its server s, from c->in.scan on (see above). */
+enum client_frame request_track_frame(struct client *c, struct server *s);
+
+/* Does s's pool mode follow requests (transaction and statement mode: the server goes back
+ * between transactions)? Session mode forwards statements untouched. */
+bool request_track_on(const struct server *s);
+
+/* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
+ * left): the Syncs that arrived during it are not answered. */
+void request_track_copy_in_ended(struct server *s);
+
+#endif
