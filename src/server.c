@@ -138,7 +138,7 @@ static const unsigned transitions[] = {
     [SERVER_RESETTING] = FREED | TO(SERVER_CANCEL_WAIT),
     [SERVER_CANCEL_WAIT] = FREED,
     [SERVER_DRAINING] = TO(SERVER_RESETTING), /* over: cleaned as at any release */
-    [SERVER_LEAVING] = 0,                      /* only CLOSED: its backend has gone */
+    [SERVER_LEAVING] = 0,                     /* only CLOSED: its backend has gone */
     [SERVER_CLOSED] = 0,
 };
 

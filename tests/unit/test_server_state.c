@@ -106,9 +106,10 @@ static void a_cancel_wait_follows_the_reset_and_frees_the_server(void)
  * oldest idle server closed to make room; its only way out is CLOSED. */
 static void only_a_server_about_to_be_free_leaves(void)
 {
-    static const enum server_state leave_from[] = {
-        SERVER_LOGIN,     SERVER_LOGIN_PASSTHROUGH, SERVER_PROBING,     SERVER_CONNECT_QUERY,
-        SERVER_IDLE,      SERVER_ACTIVE,            SERVER_RESETTING,   SERVER_CANCEL_WAIT};
+    static const enum server_state leave_from[] = {SERVER_LOGIN,     SERVER_LOGIN_PASSTHROUGH,
+                                                   SERVER_PROBING,   SERVER_CONNECT_QUERY,
+                                                   SERVER_IDLE,      SERVER_ACTIVE,
+                                                   SERVER_RESETTING, SERVER_CANCEL_WAIT};
     for (int st = 0; st < NSTATES; st++) {
         bool may = false;
         for (size_t i = 0; i < sizeof leave_from / sizeof leave_from[0]; i++)
