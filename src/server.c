@@ -10,15 +10,16 @@
  *        |            +-------------- ok: pool_server_ready ----+
  *        |            v
  *        |          IDLE <--> ACTIVE (linked to a client)
- *        |           ^  \        |
- *        |           |   \       v  released with work to do (pool_release)
- *        |           +---- RESETTING (sluice's own queries: rollback, reset, DISCARD ALL,
- *        |           |         |  ^   the rest of a sync; server_check_query before reuse)
- *        |           |  only a |  |
- *        |           |  cancel v  |  the orphaned query and its cancel are over
- *        |           +-- CANCEL_WAIT  DRAINING <-- ACTIVE: the client left mid-query (link.c's
- *        |                            decision), which was cancelled (or, after its
- *        |                            Terminate, left to finish); its replies are dropped
+ *        |           ^  \        |  \
+ *        |           |   \       |   \  the client left mid-query (link.c's decision): its
+ *        |           |    \      |    v  query cancelled (or, after its Terminate, left to
+ *        |           |     \     |   DRAINING  finish); its replies dropped
+ *        |           |      v    v    |  the orphaned query and its cancel are over
+ *        |           +---- RESETTING <+  sluice's own queries: at release (pool_release) the
+ *        |           |         |         rollback, reset, DISCARD ALL, the rest of a sync;
+ *        |           |         |         from IDLE, server_check_query before reuse
+ *        |           |         v  only a cancel still due
+ *        |           +---- CANCEL_WAIT
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  *
  *   a server pool_server_ready would free --closed to make room under a cap--> LEAVING
