@@ -85,7 +85,7 @@ static struct list *list_for(struct client *c, enum client_state st)
     return NULL;
 }
 
-static bool transition_ok(enum client_state from, enum client_state to)
+bool client_transition_ok(enum client_state from, enum client_state to)
 {
     if (to == CLIENT_CLOSED)
         return from != CLIENT_CLOSED;
@@ -131,7 +131,7 @@ static void release_idle_output(struct client *c)
 
 void client_set_state(struct client *c, enum client_state next)
 {
-    if (!transition_ok(c->state, next)) {
+    if (!client_transition_ok(c->state, next)) {
         log_client(LOG_ERROR, c, "BUG: client state %s -> %s", client_state_name(c->state),
                    client_state_name(next));
         abort();
@@ -143,6 +143,8 @@ void client_set_state(struct client *c, enum client_state next)
     }
     c->state = next;
     c->state_since_ms = sluice_now(c->app);
+    if (next == CLIENT_WAITING)
+        c->wait_notified = false; /* a new wait: query_wait_notify may tell it once more */
     release_idle_output(c);
 }
 
@@ -378,9 +380,7 @@ void client_close(struct client *c, const char *reason)
     if (c->budget)
         c->budget->clients--;
     c->budget = NULL;
-    list_remove(list_for(c, c->state), &c->node);
-    c->state = CLIENT_CLOSED;
-    list_append(&app->dead_clients, &c->node);
+    client_set_state(c, CLIENT_CLOSED); /* onto the dead list */
     client_auth_end(c);
     sockio_detach(&c->io);
     tls_client_close(c->io.ssl); /* before the fd closes: it may send close_notify */
@@ -497,7 +497,6 @@ void client_on_data(struct client *c)
             return;
         }
         client_set_state(c, CLIENT_WAITING);
-        c->wait_notified = false;
         pool_lease(c->pool, c);
         return;
     }

@@ -10,18 +10,20 @@
  *        |            +-------------- ok: pool_server_ready ----+
  *        |            v
  *        |          IDLE <--> ACTIVE (linked to a client)
- *        |           ^  \        |
- *        |           |   \       v  client left or released with work to do
- *        |           +---- RESETTING (sluice's own query: rollback, reset, parameter sync)
- *        |                     ^
- *        |                     |  the orphaned query is over
- *        |                 DRAINING <-- ACTIVE: the client left mid-query (link.c's
- *        |                          decision), which was cancelled (or, after its
- *        |                          Terminate, left to finish); its replies are dropped
+ *        |           ^  \        |  \
+ *        |           |   \       |   \  the client left mid-query (link.c's decision): its
+ *        |           |    \      |    v  query cancelled (or, after its Terminate, left to
+ *        |           |     \     |   DRAINING  finish); its replies dropped
+ *        |           |      v    v    |  the orphaned query and its cancel are over
+ *        |           +---- RESETTING <+  sluice's own queries: at release (pool_release) the
+ *        |           |         |         rollback, reset, DISCARD ALL, the rest of a sync;
+ *        |           |         |         from IDLE, server_check_query before reuse
+ *        |           |         v  only a cancel still due
+ *        |           +---- CANCEL_WAIT
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
  *
- *   IDLE or released --closed to make room under a cap--> LEAVING --socket closed--> CLOSED
- *                         (Terminate sent; it counts against the caps until the backend is gone)
+ *   a server pool_server_ready would free --closed to make room under a cap--> LEAVING
+ *     --socket closed--> CLOSED (Terminate sent; it counts against the caps until it is gone)
  */
 #include "server.h"
 
@@ -47,6 +49,7 @@ static const char *const state_names[] = {
     [SERVER_IDLE] = "idle",
     [SERVER_ACTIVE] = "active",
     [SERVER_RESETTING] = "resetting",
+    [SERVER_CANCEL_WAIT] = "cancel_wait",
     [SERVER_LEAVING] = "leaving",
     [SERVER_DRAINING] = "draining",
     [SERVER_CLOSED] = "closed",
@@ -63,7 +66,11 @@ const char *server_state_name(enum server_state st)
 
 const char *server_state_shown(enum server_state st)
 {
-    return server_state_is_connecting(st) ? "connecting" : state_names[st];
+    if (server_state_is_connecting(st))
+        return "connecting";
+    if (st == SERVER_CANCEL_WAIT)
+        return state_names[SERVER_RESETTING]; /* what SHOW SERVERS said before it had a state */
+    return state_names[st];
 }
 
 bool server_state_is_connecting(enum server_state st)
@@ -101,7 +108,8 @@ static struct list *list_for(struct server *s, enum server_state st)
     case SERVER_ACTIVE:
         return &p->active;
     case SERVER_RESETTING:
-    case SERVER_DRAINING: /* on its way back: counted with the resetting ones */
+    case SERVER_CANCEL_WAIT:
+    case SERVER_DRAINING: /* on their way back: SHOW POOLS' sv_tested, busy for the caps */
         return &p->resetting;
     case SERVER_LEAVING:
         return &p->leaving;
@@ -112,23 +120,26 @@ static struct list *list_for(struct server *s, enum server_state st)
 }
 
 #define TO(st) (1u << (st))
+/* Where pool_server_ready may send a server it was given: a waiting client, the idle list, or
+ * LEAVING (closed to make room for a pool whose client waited longer, server_close_for). */
+#define FREED (TO(SERVER_IDLE) | TO(SERVER_ACTIVE) | TO(SERVER_LEAVING))
 /* Allowed transitions; anything else is a bug in sluice, not bad input. Every state but CLOSED
- * may also go to CLOSED. LEAVING and CLOSED are entered by server_close_for and close_now. */
+ * may also go to CLOSED (close_now). */
 static const unsigned transitions[] = {
     [SERVER_RESOLVING] = TO(SERVER_LOGIN) | TO(SERVER_LOGIN_PASSTHROUGH),
-    [SERVER_LOGIN] = TO(SERVER_PROBING) | TO(SERVER_CONNECT_QUERY) | TO(SERVER_IDLE) |
-                     TO(SERVER_ACTIVE),
-    [SERVER_LOGIN_PASSTHROUGH] = TO(SERVER_PROBING) | TO(SERVER_CONNECT_QUERY) |
-                                 TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
-    [SERVER_PROBING] = TO(SERVER_CONNECT_QUERY) | TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
-    [SERVER_CONNECT_QUERY] = TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
-    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_RESETTING),
-    /* ACTIVE -> ACTIVE: released and handed straight to the next waiting client. */
-    [SERVER_ACTIVE] = TO(SERVER_IDLE) | TO(SERVER_RESETTING) | TO(SERVER_ACTIVE) |
-                      TO(SERVER_DRAINING),
-    [SERVER_RESETTING] = TO(SERVER_IDLE) | TO(SERVER_ACTIVE),
-    [SERVER_DRAINING] = TO(SERVER_RESETTING),
-    [SERVER_LEAVING] = 0,
+    [SERVER_LOGIN] = TO(SERVER_PROBING) | TO(SERVER_CONNECT_QUERY) | FREED,
+    [SERVER_LOGIN_PASSTHROUGH] = TO(SERVER_PROBING) | TO(SERVER_CONNECT_QUERY) | FREED,
+    [SERVER_PROBING] = TO(SERVER_CONNECT_QUERY) | FREED,
+    [SERVER_CONNECT_QUERY] = FREED,
+    /* -> RESETTING: its server_check_query before reuse; -> LEAVING: the oldest idle server
+     * closed to make room under a shared cap */
+    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_RESETTING) | TO(SERVER_LEAVING),
+    /* -> ACTIVE: released and handed straight to the next waiting client. */
+    [SERVER_ACTIVE] = FREED | TO(SERVER_RESETTING) | TO(SERVER_DRAINING),
+    [SERVER_RESETTING] = FREED | TO(SERVER_CANCEL_WAIT),
+    [SERVER_CANCEL_WAIT] = FREED,
+    [SERVER_DRAINING] = TO(SERVER_RESETTING), /* over: cleaned as at any release */
+    [SERVER_LEAVING] = 0,                     /* only CLOSED: its backend has gone */
     [SERVER_CLOSED] = 0,
 };
 
@@ -201,13 +212,10 @@ void server_close_for(struct server *s, const char *reason, struct pool *room_fo
      * out); with output pending the Terminate could not be told apart, so that one just closes. */
     bool sent = s->out_pos >= s->out.len &&
                 sockio_write(&s->io, terminate, sizeof(terminate)) == (ssize_t)sizeof(terminate);
-    list_remove(list_for(s, s->state), &s->node);
-    s->state = SERVER_LEAVING;
-    s->state_since_ms = sluice_now(s->pool->app);
+    server_set_state(s, SERVER_LEAVING);
     s->room_for = room_for;
     if (room_for)
         room_for->rooms_awaited++;
-    list_append(&s->pool->leaving, &s->node);
     if (!sent) {
         left(s);
         return;
@@ -266,13 +274,19 @@ void server_want_io(struct server *s)
     sockio_want(&s->io, ev);
 }
 
+/* Sluice holds it between clients, for work of its own (see server_maybe_done_resetting). */
+static bool between_clients(enum server_state st)
+{
+    return st == SERVER_RESETTING || st == SERVER_CANCEL_WAIT || st == SERVER_DRAINING;
+}
+
 void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o)
 {
     if (r == RELAY_SERVER_LOST) {
         server_close(s, o->why);
         return;
     }
-    if (s->state == SERVER_RESETTING || s->state == SERVER_DRAINING)
+    if (between_clients(s->state))
         server_maybe_done_resetting(s);
     else
         server_want_io(s);
@@ -285,12 +299,20 @@ void server_kick(struct server *s)
     server_pumped(s, r, &o);
 }
 
+/* Replies still due on its socket, or bytes of its own still to write or to read. */
+static bool stream_busy(const struct server *s)
+{
+    return s->swallow > 0 || s->inflight > 0 || s->out_pos < s->out.len || s->rx.remain > 0 ||
+           !buf_is_empty(&s->in);
+}
+
 void server_maybe_done_resetting(struct server *s)
 {
-    if (s->state != SERVER_RESETTING && s->state != SERVER_DRAINING)
+    if (!between_clients(s->state))
         return;
-    if (s->swallow > 0 || s->inflight > 0 || s->cancels_in_flight > 0 ||
-        s->out_pos < s->out.len || s->rx.remain > 0 || !buf_is_empty(&s->in)) {
+    /* A draining server is cleaned only once the cancel of its query has landed too: the
+     * cleanup's ROLLBACK must not be what the cancel stops (server_drain_timeout bounds it). */
+    if (stream_busy(s) || (s->state == SERVER_DRAINING && s->cancels_in_flight > 0)) {
         server_want_io(s);
         return;
     }
@@ -301,6 +323,12 @@ void server_maybe_done_resetting(struct server *s)
             server_kick(s);
             return;
         }
+    }
+    if (s->cancels_in_flight > 0) {
+        if (s->state == SERVER_RESETTING)
+            server_set_state(s, SERVER_CANCEL_WAIT);
+        server_want_io(s); /* cancel_done calls back */
+        return;
     }
     if (s->txn_status != 'I') {
         server_close(s, "still in a transaction after sluice's rollback");
@@ -325,9 +353,7 @@ static void close_now(struct server *s)
         s->room_for->rooms_awaited--;
     if (s->client)
         link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
-    list_remove(list_for(s, s->state), &s->node);
-    s->state = SERVER_CLOSED;
-    list_append(&app->dead_servers, &s->node);
+    server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     app->nservers--;
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);

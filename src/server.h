@@ -30,8 +30,12 @@ enum server_state {
     SERVER_CONNECT_QUERY,     /* logged in; running the database entry's connect_query */
     SERVER_IDLE,              /* in its pool, free */
     SERVER_ACTIVE,            /* linked to a client */
-    SERVER_RESETTING,  /* running sluice's own query (reset, rollback, check) or waiting for a
-                          cancel to land; free again when that is done */
+    SERVER_RESETTING,  /* running sluice's own queries: at release the rollback, reset query,
+                          DISCARD ALL or the rest of a sync; on an idle server before reuse, its
+                          server_check_query (pool.c's dispatch). Free again when they are done */
+    SERVER_CANCEL_WAIT, /* its own queries are done, but a cancel sent for its last client's
+                           query has not landed yet: given to another client now, it could
+                           cancel that client's query. Free again when the cancel is done */
     SERVER_DRAINING,   /* its client left mid-query (link.c decided): the query was cancelled,
                           or after the client's Terminate is left to finish; its replies are
                           dropped until it is over, then it is cleaned (RESETTING). Listed with
@@ -43,7 +47,8 @@ enum server_state {
 };
 /* The state's own name, for logs. */
 const char *server_state_name(enum server_state s);
-/* The name SHOW SERVERS gives it: every connecting state is "connecting" there. */
+/* The name SHOW SERVERS gives it: every connecting state is "connecting" there, and
+ * CANCEL_WAIT is "resetting" (sluice's own business before the server is free again). */
 const char *server_state_shown(enum server_state s);
 /* RESOLVING up to CONNECT_QUERY: not yet serving, counted against the caps, on the connecting
  * list. */
@@ -88,7 +93,9 @@ struct server {
     int swallow;           /* ReadyForQuery still due for sluice's own queries (not forwarded) */
     bool batch_open;       /* client sent extended-protocol messages since its last Sync */
     enum server_session session; /* does a full reset have to run at release? */
-    int cancels_in_flight; /* cancel requests sent for this backend and not yet done */
+    int cancels_in_flight; /* cancel requests sent for this backend and not yet done: the
+                              client's next bytes wait for them (ACTIVE), the server does
+                              between clients (CANCEL_WAIT), the struct is freed after them */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
@@ -107,7 +114,8 @@ struct server {
     uint64_t last_bytes_ms; /* when either side of the pair last sent bytes (a stalled client) */
     uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
     uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
-    bool timeout_cancel_sent;
+    bool timeout_cancel_sent; /* a cancel was sent for the query in flight (query_timeout,
+                                 draining): not twice for one query; cleared by its end */
     struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
     struct server_login *login; /* a passthrough login (no libpq; s->conn is NULL): its state,
                                  * then its cancel target and TLS session for the server's life */
@@ -140,9 +148,12 @@ void server_kick(struct server *s);
 /* What the relay reported for a server with no client: it closes when lost, else goes on
  * resetting or waits for its socket. */
 void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o);
-/* Set its poll interest while it has no client (IDLE, RESETTING, DRAINING). */
+/* Set its poll interest while it has no client (IDLE, RESETTING, CANCEL_WAIT, DRAINING). */
 void server_want_io(struct server *s);
-/* Sluice's own work on it finished (swallow and cancels at zero): back to the pool. */
+/* Called when sluice's own work on a server between clients may have moved on (a reply read,
+ * a cancel done): DRAINING -> RESETTING once the orphaned query and its cancel are over,
+ * RESETTING -> CANCEL_WAIT once only a cancel is left, and back to the pool (pool_server_ready)
+ * once nothing is. */
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */
 void server_check_timeouts(struct server *s, uint64_t now);

@@ -1,5 +1,6 @@
 /* Unit tests for the server state machine (server.c): the transition table, the names SHOW
- * SERVERS gives, and server_set_state's lists, on a pool built by hand (no sockets). */
+ * SERVERS gives, server_set_state's lists and the way back to the pool after sluice's own work,
+ * on a pool built by hand (no sockets). */
 #include "check.h"
 
 #include <stdlib.h>
@@ -27,12 +28,15 @@ static void connecting_states_are_one_phase_for_show_and_caps(void)
         CHECK(server_state_name(st) != NULL);
         if (is)
             CHECK_STR(server_state_shown(st), "connecting");
-        else
+        else if (st != SERVER_CANCEL_WAIT)
             CHECK_STR(server_state_shown(st), server_state_name(st));
     }
     CHECK_STR(server_state_name(SERVER_PROBING), "probing");
     CHECK_STR(server_state_shown(SERVER_IDLE), "idle");
     CHECK_STR(server_state_shown(SERVER_RESETTING), "resetting");
+    /* SHOW SERVERS shows what it showed before the wait for a cancel was a state */
+    CHECK_STR(server_state_name(SERVER_CANCEL_WAIT), "cancel_wait");
+    CHECK_STR(server_state_shown(SERVER_CANCEL_WAIT), "resetting");
 }
 
 static void a_login_goes_forward_only(void)
@@ -68,38 +72,121 @@ static void a_login_goes_forward_only(void)
 static void serving_states_keep_their_table(void)
 {
     CHECK(server_transition_ok(SERVER_IDLE, SERVER_ACTIVE));
-    CHECK(server_transition_ok(SERVER_IDLE, SERVER_RESETTING));
+    CHECK(server_transition_ok(SERVER_IDLE, SERVER_RESETTING)); /* server_check_query */
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_ACTIVE)); /* handed to the next waiter */
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_IDLE));
+    CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_RESETTING));
+    CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_DRAINING));
     CHECK(server_transition_ok(SERVER_RESETTING, SERVER_ACTIVE));
+    CHECK(server_transition_ok(SERVER_RESETTING, SERVER_IDLE));
     CHECK(!server_transition_ok(SERVER_RESETTING, SERVER_RESETTING));
-    CHECK(!server_transition_ok(SERVER_LEAVING, SERVER_IDLE));
+    CHECK(!server_transition_ok(SERVER_RESETTING, SERVER_DRAINING));
+    CHECK(!server_transition_ok(SERVER_IDLE, SERVER_DRAINING)); /* only a linked one drains */
+    /* the orphaned query is over: cleaned as at any release, never straight back */
+    CHECK(server_transition_ok(SERVER_DRAINING, SERVER_RESETTING));
+    CHECK(!server_transition_ok(SERVER_DRAINING, SERVER_IDLE));
+    CHECK(!server_transition_ok(SERVER_DRAINING, SERVER_ACTIVE));
+    CHECK(!server_transition_ok(SERVER_DRAINING, SERVER_CANCEL_WAIT));
+}
+
+/* CANCEL_WAIT is entered only once sluice's own queries are over, and left only to be free */
+static void a_cancel_wait_follows_the_reset_and_frees_the_server(void)
+{
+    CHECK(server_transition_ok(SERVER_RESETTING, SERVER_CANCEL_WAIT));
+    CHECK(!server_transition_ok(SERVER_ACTIVE, SERVER_CANCEL_WAIT)); /* through RESETTING */
+    CHECK(!server_transition_ok(SERVER_IDLE, SERVER_CANCEL_WAIT));
+    CHECK(!server_transition_ok(SERVER_CANCEL_WAIT, SERVER_RESETTING));
+    CHECK(!server_transition_ok(SERVER_CANCEL_WAIT, SERVER_CANCEL_WAIT));
+    CHECK(server_transition_ok(SERVER_CANCEL_WAIT, SERVER_IDLE));
+    CHECK(server_transition_ok(SERVER_CANCEL_WAIT, SERVER_ACTIVE));
+    CHECK(server_transition_ok(SERVER_CANCEL_WAIT, SERVER_LEAVING));
+}
+
+/* LEAVING is where pool_server_ready sends a server it hands to another pool, and the
+ * oldest idle server closed to make room; its only way out is CLOSED. */
+static void only_a_server_about_to_be_free_leaves(void)
+{
+    static const enum server_state leave_from[] = {SERVER_LOGIN,     SERVER_LOGIN_PASSTHROUGH,
+                                                   SERVER_PROBING,   SERVER_CONNECT_QUERY,
+                                                   SERVER_IDLE,      SERVER_ACTIVE,
+                                                   SERVER_RESETTING, SERVER_CANCEL_WAIT};
+    for (int st = 0; st < NSTATES; st++) {
+        bool may = false;
+        for (size_t i = 0; i < sizeof leave_from / sizeof leave_from[0]; i++)
+            may |= leave_from[i] == (enum server_state)st;
+        CHECK(server_transition_ok(st, SERVER_LEAVING) == may);
+        CHECK(server_transition_ok(SERVER_LEAVING, st) == (st == SERVER_CLOSED));
+    }
+}
+
+/* A pool built by hand, with no sockets: enough for server_set_state and pool_server_ready. */
+struct world {
+    uv_loop_t loop;
+    struct config *cfg;
+    struct sluice *app;
+    struct pool *pool;
+};
+
+static bool world_init(struct world *w)
+{
+    static char *no_env[] = {NULL};
+    struct config_diag diag = {0};
+    w->cfg = config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
+    config_diag_free(&diag);
+    if (!w->cfg)
+        return false;
+    uv_loop_init(&w->loop);
+    w->app = calloc(1, sizeof(*w->app));
+    w->app->cfg = w->cfg;
+    w->app->loop = &w->loop;
+    list_init(&w->app->pools);
+    list_init(&w->app->dead_servers);
+    CHECK_INT(budget_sync(w->app), 0);
+    w->pool = pool_get(w->app, NULL, "u", "db");
+    return w->pool != NULL;
+}
+
+static struct server *server_in(struct world *w, enum server_state st, struct list *l)
+{
+    struct server *s = calloc(1, sizeof(*s));
+    s->pool = w->pool;
+    s->state = st;
+    s->state_since_ms = 42;
+    s->txn_status = 'I';
+    s->connect_ms = uv_now(&w->loop); /* young: server_lifetime does not close it */
+    list_append(l, &s->node);
+    w->app->nservers++;
+    return s;
+}
+
+static void world_free(struct world *w)
+{
+    struct list_node *n, *tmp;
+    struct list *lists[] = {&w->pool->connecting, &w->pool->idle,    &w->pool->active,
+                            &w->pool->resetting,  &w->pool->leaving, &w->app->dead_servers};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        list_for_each(lists[i], n, tmp)
+        {
+            list_remove(lists[i], n);
+            free(container_of(n, struct server, node));
+        }
+    }
+    list_remove(&w->app->pools, &w->pool->node);
+    pool_free(w->pool);
+    budget_free_all(w->app);
+    config_free(w->cfg);
+    free(w->app);
+    uv_loop_close(&w->loop);
 }
 
 static void a_connecting_server_stays_on_one_list_through_its_sub_states(void)
 {
-    static char *no_env[] = {NULL};
-    struct config_diag diag = {0};
-    struct config *cfg =
-        config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
-    config_diag_free(&diag);
-    CHECK(cfg != NULL);
-    if (!cfg)
+    struct world w;
+    CHECK(world_init(&w));
+    if (!w.pool)
         return;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    app->loop = &loop;
-    list_init(&app->pools);
-    list_init(&app->dead_servers);
-    CHECK_INT(budget_sync(app), 0);
-    struct pool *p = pool_get(app, NULL, "u", "db");
-    struct server *s = calloc(1, sizeof(*s));
-    s->pool = p;
-    s->state = SERVER_RESOLVING;
-    s->state_since_ms = 42;
-    list_append(&p->connecting, &s->node);
+    struct pool *p = w.pool;
+    struct server *s = server_in(&w, SERVER_RESOLVING, &p->connecting);
 
     server_set_state(s, SERVER_LOGIN_PASSTHROUGH);
     server_set_state(s, SERVER_PROBING);
@@ -113,15 +200,77 @@ static void a_connecting_server_stays_on_one_list_through_its_sub_states(void)
     server_set_state(s, SERVER_ACTIVE);
     CHECK_INT(p->idle.count, 0);
     CHECK_INT(p->active.count, 1);
+    world_free(&w);
+}
 
-    list_remove(&p->active, &s->node);
-    free(s);
-    list_remove(&app->pools, &p->node);
-    pool_free(p);
-    budget_free_all(app);
-    config_free(cfg);
-    free(app);
-    uv_loop_close(&loop);
+/* RESETTING, CANCEL_WAIT and DRAINING are one list, so the caps and SHOW POOLS' sv_tested count
+ * them as before; LEAVING and CLOSED are entered through server_set_state too. */
+static void states_between_clients_share_the_resetting_list(void)
+{
+    struct world w;
+    CHECK(world_init(&w));
+    if (!w.pool)
+        return;
+    struct pool *p = w.pool;
+    struct server *s = server_in(&w, SERVER_ACTIVE, &p->active);
+    int count = pool_server_count(p);
+    server_set_state(s, SERVER_RESETTING);
+    server_set_state(s, SERVER_CANCEL_WAIT);
+    CHECK_INT(p->resetting.count, 1);
+    CHECK_INT(p->active.count, 0);
+    CHECK_INT(pool_server_count(p), count);
+    server_set_state(s, SERVER_LEAVING);
+    CHECK_INT(p->resetting.count, 0);
+    CHECK_INT(p->leaving.count, 1);
+    CHECK_INT(pool_server_count(p), count); /* counted until its backend has gone */
+    server_set_state(s, SERVER_CLOSED);
+    CHECK_INT(p->leaving.count, 0);
+    CHECK_INT(w.app->dead_servers.count, 1);
+    CHECK_INT(pool_server_count(p), count - 1);
+    world_free(&w);
+}
+
+/* After the reset, a cancel still on its way keeps the server from the next client (it could
+ * cancel that client's query); once the cancel is done, the server is free. */
+static void a_reset_server_waits_for_its_cancel_then_is_free(void)
+{
+    struct world w;
+    CHECK(world_init(&w));
+    if (!w.pool)
+        return;
+    struct pool *p = w.pool;
+    struct server *s = server_in(&w, SERVER_RESETTING, &p->resetting);
+    s->swallow = 1; /* its ROLLBACK's reply is due */
+    s->cancels_in_flight = 1;
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_RESETTING);
+    s->swallow = 0; /* the reply came */
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_CANCEL_WAIT);
+    CHECK_INT(p->resetting.count, 1);
+    server_maybe_done_resetting(s); /* a reply read meanwhile changes nothing */
+    CHECK_INT(s->state, SERVER_CANCEL_WAIT);
+    s->cancels_in_flight = 0; /* cancel_done */
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_IDLE);
+    CHECK_INT(p->idle.count, 1);
+    CHECK_INT(p->resetting.count, 0);
+    world_free(&w);
+}
+
+/* A draining server is cleaned only after the cancel of its client's query has landed: the
+ * cleanup must not be what the cancel stops. */
+static void a_draining_server_waits_for_its_cancel_before_the_cleanup(void)
+{
+    struct world w;
+    CHECK(world_init(&w));
+    if (!w.pool)
+        return;
+    struct server *s = server_in(&w, SERVER_DRAINING, &w.pool->resetting);
+    s->cancels_in_flight = 1; /* the orphaned query is over, its cancel is not */
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_DRAINING);
+    world_free(&w);
 }
 
 int main(void)
@@ -129,6 +278,11 @@ int main(void)
     RUN(connecting_states_are_one_phase_for_show_and_caps);
     RUN(a_login_goes_forward_only);
     RUN(serving_states_keep_their_table);
+    RUN(a_cancel_wait_follows_the_reset_and_frees_the_server);
+    RUN(only_a_server_about_to_be_free_leaves);
     RUN(a_connecting_server_stays_on_one_list_through_its_sub_states);
+    RUN(states_between_clients_share_the_resetting_list);
+    RUN(a_reset_server_waits_for_its_cancel_then_is_free);
+    RUN(a_draining_server_waits_for_its_cancel_before_the_cleanup);
     return CHECK_DONE();
 }
