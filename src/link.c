@@ -356,3 +356,21 @@ const struct pool_events link_pool_events = {
     .login_welcomed = client_welcome_from_pool,
     .client_tick = client_check_timeouts,
 };
+
+/* ---- the servers' events ---- */
+
+static void server_closing(struct server *s)
+{
+    link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
+}
+
+static void server_fast_close_due(struct server *s)
+{
+    link_end(s->client, s, LINK_END_SERVER_FAST_CLOSE, NULL);
+}
+
+const struct server_events link_server_events = {
+    .io = link_server_io,
+    .closing = server_closing,
+    .fast_close_due = server_fast_close_due,
+};

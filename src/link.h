@@ -65,5 +65,8 @@ void link_client_readable(struct client *c);
 void link_server_io(struct server *s, int status, int events);
 /* The events the pool raises, wired to the client and the link (sluice.c installs them). */
 extern const struct pool_events link_pool_events;
+/* The events a logged-in server raises (server.h): its socket's to the relay, its closing and
+ * fast close to link_end (sluice.c installs them). */
+extern const struct server_events link_server_events;
 
 #endif

@@ -14,7 +14,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "client.h"
 #include "log.h"
 #include "sluice.h"
 
@@ -90,6 +89,7 @@ struct listener {
     int port;
     enum listener_state state;
     struct sluice *app;
+    const struct listener_ops *ops; /* where accepted sockets go */
     uv_timer_t retry;       /* armed in BACKING_OFF */
     uint64_t failing_since; /* loop time of the first failed accept of a shortage */
 };
@@ -140,7 +140,8 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
     if (status < 0)
         return;
     /* A client's first packet is read after the next accept4 (or the one that finds none), which
-     * gives it the time to arrive: see client_read_first. */
+     * gives it the time to arrive: see listener_ops.read_first. */
+    const struct listener_ops *ops = app->listener->ops;
     struct client *unread = NULL;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         if (app->nclients >= accept_limit(app)) {
@@ -161,14 +162,14 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         }
         accept_succeeded(app->listener);
         if (unread)
-            client_read_first(unread);
+            ops->read_first(unread);
         prepare_accepted(ls, fd);
         if (ls->path[0])
             addr.ss_family = AF_UNIX;
-        unread = client_accept(app, fd, &addr);
+        unread = ops->accepted(app, fd, &addr);
     }
     if (unread)
-        client_read_first(unread);
+        ops->read_first(unread);
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -319,7 +320,7 @@ static int listen_unix(struct sluice *app, const char *dir, int port)
     return add_socket(app, fd, sa.sun_path);
 }
 
-int listener_start(struct sluice *app)
+int listener_start(struct sluice *app, const struct listener_ops *ops)
 {
     const struct config *cfg = app->cfg;
     app->listener = calloc(1, sizeof(*app->listener));
@@ -327,6 +328,7 @@ int listener_start(struct sluice *app)
         return UV_ENOMEM;
     app->listener->port = (int)cfg->listen_port;
     app->listener->app = app;
+    app->listener->ops = ops;
     uv_timer_init(app->loop, &app->listener->retry);
     app->listener->retry.data = app->listener;
     uv_unref((uv_handle_t *)&app->listener->retry);

@@ -5,10 +5,26 @@
 #ifndef SLUICE_LISTENER_H
 #define SLUICE_LISTENER_H
 
-struct sluice;
+#include <sys/socket.h>
 
-/* Open every configured address. 0 or a negative UV_E* code (logged). */
-int listener_start(struct sluice *app) __attribute__((warn_unused_result));
+struct sluice;
+struct client;
+
+/* What becomes of an accepted socket: the layer above's (sluice.c hands it client_accept and
+ * client_read_first), so the listener knows sockets and counts, not clients. */
+struct listener_ops {
+    /* fd (non-blocking, options set) is the callee's now, whatever it returns. The new
+     * connection, or NULL when it was refused or closed at once. */
+    struct client *(*accepted)(struct sluice *app, int fd, const struct sockaddr_storage *addr);
+    /* Read a connection's first packet: called after the next accept4 (or the one that finds
+     * none), which gives the packet time to arrive. */
+    void (*read_first)(struct client *c);
+};
+
+/* Open every configured address; accepted sockets go to ops (kept; it must outlive the
+ * listener). 0 or a negative UV_E* code (logged). */
+int listener_start(struct sluice *app, const struct listener_ops *ops)
+    __attribute__((warn_unused_result));
 void listener_stop(struct sluice *app);
 /* A client went away: resume accepting if we had paused. */
 void listener_maybe_resume(struct sluice *app);

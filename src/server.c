@@ -32,7 +32,6 @@
 
 #include "cancel.h"
 #include "client.h"
-#include "link.h"
 #include "log.h"
 #include "pool.h"
 #include "pool_mode.h"
@@ -207,7 +206,7 @@ void server_close_for(struct server *s, const char *reason, struct pool *room_fo
         return;
     log_server(LOG_INFO, s, "closing: %s", reason);
     if (s->client)
-        link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
+        s->pool->app->server_events->closing(s);
     /* Called on logged-in servers only (a fresh one is still CONNECTING as it is first handed
      * out); with output pending the Terminate could not be told apart, so that one just closes. */
     bool sent = s->out_pos >= s->out.len &&
@@ -234,7 +233,7 @@ void server_on_io(struct sockio *io, int status, int events)
         server_connect_step(s, status, events);
         return;
     }
-    link_server_io(s, status, events); /* logged in: the relay's, with a client or not */
+    s->pool->app->server_events->io(s, status, events); /* logged in: the relay's */
 }
 
 void server_queue_internal(struct server *s, const char *sql)
@@ -352,7 +351,7 @@ static void close_now(struct server *s)
     if (s->state == SERVER_LEAVING && s->room_for)
         s->room_for->rooms_awaited--;
     if (s->client)
-        link_end(s->client, s, LINK_END_SERVER_CLOSING, NULL);
+        app->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     app->nservers--;
     sockio_detach(&s->io);
@@ -412,7 +411,7 @@ void server_check_timeouts(struct server *s, uint64_t now)
         break;
     case SERVER_ACTIVE:
         if (fast_close_due(s))
-            link_end(s->client, s, LINK_END_SERVER_FAST_CLOSE, NULL);
+            s->pool->app->server_events->fast_close_due(s);
         break;
     case SERVER_LEAVING:
         /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */

@@ -122,6 +122,19 @@ struct server {
     struct resolver *resolving; /* RESOLVING: the look-up of its host names (resolver.c) */
 };
 
+/* What a logged-in server tells the layer that links it to clients (link.c's
+ * link_server_events, installed by sluice.c as app->server_events): server.c knows that it may
+ * have a client, not what a pairing is. */
+struct server_events {
+    /* A socket event of a logged-in server (the relay's, with a client or not). */
+    void (*io)(struct server *s, int status, int events);
+    /* s is being closed by its own code (KILL, reload, timeouts, room for another pool) while
+     * linked: the pair is taken apart, the client is not touched. */
+    void (*closing)(struct server *s);
+    /* server_fast_close is due for linked s (its transaction is over): s and its client end. */
+    void (*fast_close_due)(struct server *s);
+};
+
 /* A log line about s, prefixed with its identity: S-<id> db/user. */
 void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -194,6 +194,12 @@ static const struct secret_slots auth_query_slots = {
     .freed = auth_query_slot_freed,
 };
 
+/* Accepted sockets become clients. */
+static const struct listener_ops client_listener_ops = {
+    .accepted = client_accept,
+    .read_first = client_read_first,
+};
+
 int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services)
 {
@@ -201,6 +207,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
     app->loop = loop;
     app->cfg = cfg;
     app->pool_events = &link_pool_events;
+    app->server_events = &link_server_events;
     app->services = services;
     list_init(&app->pools);
     list_init(&app->login_clients);
@@ -234,7 +241,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
     app->cancel_map = cancel_map_new();
     if (!app->cancel_map || budget_sync(app) < 0)
         return UV_ENOMEM;
-    int rc = listener_start(app);
+    int rc = listener_start(app, &client_listener_ops);
     if (rc < 0)
         return rc;
     secret_init(&auth_query_slots);
