@@ -36,7 +36,6 @@
 #include "budget.h"
 #include "cancel.h"
 #include "client_login.h"
-#include "link.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -336,7 +335,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         return;
     }
     if (c->server)
-        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
+        c->app->client_events->vanished(c);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -351,7 +350,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
     if (c->server)
-        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
+        c->app->client_events->vanished(c);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -372,7 +371,7 @@ void client_close(struct client *c, const char *reason)
     else if (reason)
         log_client(LOG_DEBUG, c, "closing: %s", reason);
     if (c->server)
-        link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
+        c->app->client_events->vanished(c);
     if (c->cancel_pid)
         cancel_unregister(app->cancel_map, c);
     if (c->state == CLIENT_CANCEL_WAIT)
@@ -446,7 +445,7 @@ void client_login_synced(struct client *c, struct server *s)
 {
     if (c->state == CLIENT_LOGIN_REFUSED) {
         /* the server is clean again (each SET was its own transaction); it goes back */
-        link_end(c, s, LINK_END_CLIENT_VANISHED, NULL);
+        c->app->client_events->vanished(c);
         client_set_state(c, CLIENT_CLOSING);
         buf_release(&c->in);
         client_send(c);
@@ -543,7 +542,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     }
     if (events & UV_WRITABLE) {
         if (c->server)
-            link_kick(c->server);
+            c->app->client_events->writable(c);
         else
             client_send(c); /* its own output: an error, a welcome, a NOTICE */
         if (c->state == CLIENT_CLOSED)
@@ -555,7 +554,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_ACTIVE:
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
-        link_client_readable(c);
+        c->app->client_events->readable(c);
         return;
     case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
     case CLIENT_CLOSING:

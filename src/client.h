@@ -92,6 +92,18 @@ struct client {
     uint8_t warned;        /* session features already warned about (bit per feature) */
 };
 
+/* What a linked client tells the layer that pairs it (link.c's link_client_events, installed by
+ * sluice.c as app->client_events): client.c knows it may have a server, not what becomes of it. */
+struct client_events {
+    /* c, linked to c->server, is closing or failed fatally: the link ends (the server's fate is
+     * the link's); c->server is NULL afterwards. */
+    void (*vanished)(struct client *c);
+    /* A linked client's socket is readable (ACTIVE, LOGIN_SYNC, LOGIN_REFUSED): the relay's. */
+    void (*readable)(struct client *c);
+    /* A linked client's socket is writable: pump its pair. */
+    void (*writable)(struct client *c);
+};
+
 /* A new connection from the listener; takes the fd. The client, or NULL if it could not be set
  * up (then it is gone already). */
 struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr);

@@ -374,3 +374,21 @@ const struct server_events link_server_events = {
     .closing = server_closing,
     .fast_close_due = server_fast_close_due,
 };
+
+/* ---- the clients' events ---- */
+
+static void client_vanished(struct client *c)
+{
+    link_end(c, c->server, LINK_END_CLIENT_VANISHED, NULL);
+}
+
+static void client_writable(struct client *c)
+{
+    link_kick(c->server);
+}
+
+const struct client_events link_client_events = {
+    .vanished = client_vanished,
+    .readable = link_client_readable,
+    .writable = client_writable,
+};

@@ -68,5 +68,8 @@ extern const struct pool_events link_pool_events;
 /* The events a logged-in server raises (server.h): its socket's to the relay, its closing and
  * fast close to link_end (sluice.c installs them). */
 extern const struct server_events link_server_events;
+/* The events a linked client raises (client.h): its close to link_end (CLIENT_VANISHED), its
+ * socket's to the relay (sluice.c installs them). */
+extern const struct client_events link_client_events;
 
 #endif
