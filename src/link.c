@@ -271,7 +271,12 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
     }
     switch (r) {
     case RELAY_LINKED:
-    case RELAY_GONE:
+        return;
+    case RELAY_CLIENT_FAILED: /* a FATAL failure ends the link: CLIENT_VANISHED */
+        if (o->failure.ends == CLIENT_FAILURE_ENDS_REQUEST_AND_SESSION)
+            client_fail_request_and_close(c, o->failure.reason, o->failure.detail);
+        else
+            client_fail(c, o->failure.reason, o->failure.detail);
         return;
     case RELAY_RELEASE:
         link_end(c, s, LINK_END_RELEASED, NULL);

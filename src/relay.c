@@ -631,9 +631,9 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            cst = client_bytes_wait(c, s) ? CLIENT_FRAME_NEED_DATA : request_track_frame(c, s);
+            cst = client_bytes_wait(c, s) ? CLIENT_FRAME_NEED_DATA : request_track_frame(c, s, &o->failure);
             if (cst == CLIENT_FRAME_FAILED)
-                return RELAY_GONE;
+                return RELAY_CLIENT_FAILED;
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;

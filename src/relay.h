@@ -18,6 +18,7 @@ struct framer {
     struct stmt_def *keep;
 };
 
+#include "request_track.h"
 #include "session_state.h"
 
 /* A client's Query that returns parameters it set at login to their reset values (RESET name,
@@ -51,12 +52,13 @@ enum relay_result {
     RELAY_SERVER_LOST,   /* the server's socket failed or it broke the protocol (see outcome) */
     RELAY_CLIENT_LOST,   /* the client's socket closed or failed (see outcome) */
     RELAY_CLIENT_OUT_OF_MEMORY, /* no buffer to read the client's bytes into */
-    RELAY_GONE,          /* the client's own code failed it while the relay framed its bytes (a
-                            bad message): the pair is apart already, nothing is left to do */
+    RELAY_CLIENT_FAILED, /* framing the client's bytes found it must be failed (a bad message, a
+                            cap, session_state_policy = refuse): outcome.failure says with what */
 };
 struct relay_outcome {
     char why[128];      /* RELAY_SERVER_LOST, RELAY_CLIENT_LOST: the log line's reason */
     const char *detail; /* RELAY_SERVER_LOST: what its client is told; NULL: why */
+    struct client_failure failure; /* RELAY_CLIENT_FAILED */
 };
 
 /* A linked client's bytes arrived (client ACTIVE, or in its login's parameter sync). */

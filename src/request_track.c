@@ -31,10 +31,31 @@ enum track_result {
     TRACK_PASS,       /* forward the message as it is */
     TRACK_WAIT,       /* need more of the message in the buffer first */
     TRACK_FLUSH,      /* sluice must send something first: flush the client's earlier bytes */
-    TRACK_FAILED,     /* the client was failed */
+    TRACK_FAILED,     /* the client is to be failed (fail_session, fail_request_and_session) */
     TRACK_CONSUMED,   /* sluice answered the message itself; it is gone from the buffer */
     TRACK_STARTED,    /* its start went to s->out renamed; the rest (c->rx.remain) follows */
 };
+
+/* The client is failed (CLIENT_FRAME_FAILED): what with goes back to the relay's caller, which
+ * fails it once the relay has returned (the relay and its framing close nothing). */
+static void fail_as(struct client_failure *fail, enum failure reason,
+                    enum client_failure_ends ends, const char *detail)
+{
+    fail->reason = reason;
+    fail->ends = ends;
+    snprintf(fail->detail, sizeof(fail->detail), "%s", detail ? detail : "");
+}
+
+static void fail_session(struct client_failure *fail, enum failure reason, const char *detail)
+{
+    fail_as(fail, reason, CLIENT_FAILURE_ENDS_SESSION, detail);
+}
+
+static void fail_request_and_session(struct client_failure *fail, enum failure reason,
+                                     const char *detail)
+{
+    fail_as(fail, reason, CLIENT_FAILURE_ENDS_REQUEST_AND_SESSION, detail);
+}
 
 bool request_track_on(const struct server *s)
 {
@@ -44,24 +65,26 @@ bool request_track_on(const struct server *s)
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
  * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
  * (after an error the server skips up to it). */
-static enum track_result queued(struct client *c, int rc)
+static enum track_result queued(int rc,
+    struct client_failure *fail)
 {
     if (rc == 0)
         return TRACK_PASS;
     if (rc == -ENOSPC) {
         char detail[32];
         snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
-        client_fail(c, FAIL_TOO_MANY_PENDING, detail);
+        fail_session(fail, FAIL_TOO_MANY_PENDING, detail);
     } else {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
     }
     return TRACK_FAILED;
 }
 
-static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
-                                       const char *name)
+static enum track_result queue_request(struct server *s, enum stmt_req kind,
+                                       const char *name,
+    struct client_failure *fail)
 {
-    return queued(c, stmt_queue_push(&s->reqs, kind, name));
+    return queued(stmt_queue_push(&s->reqs, kind, name), fail);
 }
 
 /* Make room for one more statement on the server, closing the least recently used. */
@@ -103,7 +126,8 @@ static struct stmt_def *client_def(const struct client *c, const char *name)
 /* The client uses its statement `mine`: make sure the server has it, under `name`
  * (stmt_names.h). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         const char *name)
+                                         const char *name,
+    struct client_failure *fail)
 {
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine)) {
@@ -115,10 +139,10 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
     prepared_put_parse(&s->out, name, mine);
-    if (queue_request(c, s, REQ_PARSE_OURS, name) != TRACK_PASS)
+    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (!stmt_map_put(&s->stmts, name, mine)) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
     return TRACK_PASS;
@@ -132,10 +156,11 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
  * What the server then holds under the name is unknown (the Parse may have failed): its next
  * use closes and prepares it again. */
 static enum track_result prepare_before_query(struct client *c, struct server *s,
-                                              struct stmt_def *mine, const char *name)
+                                              struct stmt_def *mine, const char *name,
+    struct client_failure *fail)
 {
     if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
-        return ensure_prepared(c, s, mine, name);
+        return ensure_prepared(c, s, mine, name, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine))
         return TRACK_PASS;
@@ -184,7 +209,8 @@ static enum track_result rename_statement(struct client *c, struct server *s, ui
 
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
 static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
-                                              enum session_feature f, uint32_t body_len)
+                                              enum session_feature f, uint32_t body_len,
+    struct client_failure *fail)
 {
     uint32_t whole = CODEC_HEADER_LEN + body_len;
     enum session_policy policy = c->app->cfg->session_state_policy;
@@ -202,7 +228,7 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
             buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
             /* Not at a point where sluice can answer in the server's place (and go on): an
              * ERROR alone would leave the client waiting for a ReadyForQuery. */
-            client_fail_request_and_close(c, FAIL_SESSION_STATE, session_feature_name(f));
+            fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
             return TRACK_FAILED;
         }
         if (buf_pending(&c->in) > 0)
@@ -276,7 +302,8 @@ static void forget_on_server(struct server *s, const char *name)
  * place (text_at: see TEXT_KEPT), after sluice prepared it there if this server lacks it. */
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
                                           size_t len, uint32_t text_at,
-                                          const struct param_touch *touch)
+                                          const struct param_touch *touch,
+    struct client_failure *fail)
 {
     if (!memchr(sql, '\0', len))
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
@@ -294,8 +321,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name)
-                             : ensure_prepared(c, s, mine, sn.name);
+            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, fail)
+                             : ensure_prepared(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     }
@@ -354,12 +381,13 @@ static bool inspect_session_query(struct client *c, struct server *s, const uint
  * server that got such objects is noted for a reset. touch: the parameters it changes. */
 static enum track_result police_statement(struct client *c, struct server *s, uint8_t type,
                                           const char *sql, size_t len, uint32_t body_len,
-                                          struct param_touch *touch)
+                                          struct param_touch *touch,
+    struct client_failure *fail)
 {
     enum session_feature f = session_state_detect(sql, len, touch);
     if (f == SESSION_FEATURE_NONE)
         return TRACK_PASS;
-    enum track_result r = apply_session_policy(c, s, type, f, body_len);
+    enum track_result r = apply_session_policy(c, s, type, f, body_len, fail);
     if (r == TRACK_PASS)
         note_session_objects(s, f);
     return r;
@@ -370,13 +398,14 @@ static enum track_result police_statement(struct client *c, struct server *s, ui
  * text and its NUL (and, for Parse, what follows it); text_at: see TEXT_KEPT. */
 static enum track_result inspect_statement(struct client *c, struct server *s, uint8_t type,
                                            const char *sql, size_t len, uint32_t body_len,
-                                           uint32_t text_at)
+                                           uint32_t text_at,
+    struct client_failure *fail)
 {
     struct param_touch touch;
-    enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch);
+    enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
-    r = follow_statement(c, s, sql, len, text_at, &touch);
+    r = follow_statement(c, s, sql, len, text_at, &touch, fail);
     if ((r == TRACK_PASS || r == TRACK_STARTED) && type == 'Q')
         follow_login_reset(c, s, &touch.reset);
     return r;
@@ -386,10 +415,11 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
  * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
  * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
 static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
-                                                 const char *sql, size_t shown, uint32_t body_len)
+                                                 const char *sql, size_t shown, uint32_t body_len,
+    struct client_failure *fail)
 {
     struct param_touch touch;
-    enum track_result r = police_statement(c, s, type, sql, shown, body_len, &touch);
+    enum track_result r = police_statement(c, s, type, sql, shown, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
     forget_touched(s, &touch);
@@ -398,7 +428,8 @@ static enum track_result inspect_statement_start(struct client *c, struct server
 
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
  * the one it passed. */
-static bool keep_within_bounds(struct client *c, uint32_t bytes)
+static bool keep_within_bounds(struct client *c, uint32_t bytes,
+    struct client_failure *fail)
 {
     const struct config *cfg = c->app->cfg;
     char detail[200];
@@ -406,7 +437,7 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
         snprintf(detail, sizeof(detail),
                  "more than max_prepared_statements_per_client (%lld) named prepared statements",
                  (long long)cfg->max_prepared_statements_per_client);
-        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
         return false;
     }
     uint64_t mine = c->stmts ? c->stmts->text_bytes : 0;
@@ -415,7 +446,7 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
                  "named prepared statements of more than max_prepared_statement_bytes_per_client "
                  "(%lld bytes) for one client",
                  (long long)cfg->max_prepared_statement_bytes_per_client);
-        client_fail(c, FAIL_TOO_MANY_STATEMENTS, detail);
+        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
         return false;
     }
     if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
@@ -423,7 +454,7 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
                  ": the prepared statements of all clients would pass max_prepared_statement_bytes "
                  "(%lld bytes)",
                  (long long)cfg->max_prepared_statement_bytes);
-        client_fail(c, FAIL_OUT_OF_MEMORY, detail);
+        fail_session(fail, FAIL_OUT_OF_MEMORY, detail);
         return false;
     }
     return true;
@@ -432,15 +463,16 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes)
 /* A named Parse's statement text, which starts after its name (name_len bytes with the NUL; 0 when
  * the NUL is not in the buffer yet: a name this long leaves no text to see). */
 static enum track_result inspect_parse_text(struct client *c, struct server *s, const uint8_t *body,
-                                            uint32_t len, uint32_t avail_body, uint32_t name_len)
+                                            uint32_t len, uint32_t avail_body, uint32_t name_len,
+    struct client_failure *fail)
 {
     if (avail_body >= len)
         return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len,
-                                 TEXT_KEPT);
+                                 TEXT_KEPT, fail);
     if (name_len == 0)
         return TRACK_PASS;
     return inspect_statement_start(c, s, 'P', (const char *)body + name_len, avail_body - name_len,
-                                   len);
+                                   len, fail);
 }
 
 /* Either rest of a request, once the message is looked at: a rename that sent the message's start
@@ -453,15 +485,16 @@ static enum track_result and_then(enum track_result first, enum track_result the
 /* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
  * server says so itself once it has the client's statement under the name it is given. */
 static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
-                                          uint32_t key_len)
+                                          uint32_t key_len,
+    struct client_failure *fail)
 {
     struct stmt_server_name sn;
     stmt_names_for_server(&sn, mine, key_len);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS)
-        r = ensure_prepared(c, s, mine, sn.name);
+        r = ensure_prepared(c, s, mine, sn.name, fail);
     if (r == TRACK_PASS)
-        r = queue_request(c, s, REQ_PARSE_CLIENT, NULL);
+        r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     if (r != TRACK_PASS)
         return r;
     return rename_statement(c, s, 0, key_len, &sn);
@@ -470,7 +503,8 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
-                                     uint32_t len, uint32_t avail_body)
+                                     uint32_t len, uint32_t avail_body,
+    struct client_failure *fail)
 {
     if (avail_body == 0)
         return TRACK_WAIT;
@@ -479,11 +513,11 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             return TRACK_WAIT; /* short enough to look at whole */
         enum track_result r =
             avail_body >= len
-                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1)
-                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len);
+                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
+                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len, fail);
         if (r != TRACK_PASS && r != TRACK_STARTED)
             return r;
-        return and_then(r, queue_request(c, s, REQ_PARSE_CLIENT, NULL));
+        return and_then(r, queue_request(s, REQ_PARSE_CLIENT, NULL, fail));
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
      * (request_track_frame, keep_parse_tail). The name's key must be in the buffer first. */
@@ -496,7 +530,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         (!streamed && !nul)) {
         if (streamed)
             return TRACK_WAIT;
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
+        fail_session(fail, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
         return TRACK_FAILED;
     }
     uint32_t key_len = (uint32_t)strlen(name);
@@ -504,18 +538,18 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->app->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
+        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
         if (r != TRACK_PASS)
             return r;
-        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
+        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     }
     struct stmt_def *mine = client_def(c, name);
     if (mine)
-        return parse_taken_name(c, s, mine, key_len);
+        return parse_taken_name(c, s, mine, key_len, fail);
     struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
                                     : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
     struct stmt_server_name sn;
@@ -525,10 +559,10 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
         (theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements))
         r = TRACK_FLUSH;
-    if (r == TRACK_PASS && !keep_within_bounds(c, len))
+    if (r == TRACK_PASS && !keep_within_bounds(c, len, fail))
         r = TRACK_FAILED;
     if (r == TRACK_PASS)
-        r = inspect_parse_text(c, s, body, len, avail_body, name_len);
+        r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
     if (r != TRACK_PASS) {
         stmt_def_unref(def);
         return r;
@@ -546,10 +580,10 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         c->rx.keep = def;
     stmt_def_unref(def);
     if (!ok) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    r = queued(c, stmt_queue_push_client_parse(&s->reqs, sn.name, name));
+    r = queued(stmt_queue_push_client_parse(&s->reqs, sn.name, name), fail);
     if (r != TRACK_PASS)
         return r;
     return rename_statement(c, s, 0, key_len, &sn);
@@ -558,14 +592,15 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
 /* Close of a statement: the client's own goes to the server under sluice's name (mine) and
  * leaves both maps; another name (one the client prepared by SQL, or none) as it is. */
 static enum track_result track_close(struct client *c, struct server *s, struct stmt_def *mine,
-                                     const char *name, uint32_t at)
+                                     const char *name, uint32_t at,
+    struct client_failure *fail)
 {
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, key_len);
     const char *on_server = mine ? sn.name : name;
-    if (queue_request(c, s, REQ_CLOSE_CLIENT, on_server) != TRACK_PASS)
+    if (queue_request(s, REQ_CLOSE_CLIENT, on_server, fail) != TRACK_PASS)
         return TRACK_FAILED;
     stmt_map_remove(&s->stmts, on_server);
     stmt_map_remove(c->stmts, name);
@@ -574,14 +609,15 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
 
 /* Bind, Describe and Close name a statement near the start of their body. */
 static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
-                                       const uint8_t *body, uint32_t len, uint32_t avail_body)
+                                       const uint8_t *body, uint32_t len, uint32_t avail_body,
+    struct client_failure *fail)
 {
     uint32_t shown = avail_body < len ? avail_body : len;
     uint32_t at = 0; /* where the statement name starts */
     const char *missing = "statement name";
     switch (type) {
     case 'P':
-        return track_parse(c, s, body, len, avail_body);
+        return track_parse(c, s, body, len, avail_body, fail);
     case 'B': {
         const uint8_t *portal_end = memchr(body, '\0', shown);
         if (!portal_end) {
@@ -604,14 +640,14 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
             enum track_result r = TRACK_PASS;
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
-                r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0);
+                r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
-                r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len);
+                r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
             if (r != TRACK_PASS && r != TRACK_STARTED)
                 return r;
-            return and_then(r, queue_request(c, s, REQ_SYNC, NULL));
+            return and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
         }
-        return queue_request(c, s, REQ_SYNC, NULL);
+        return queue_request(s, REQ_SYNC, NULL, fail);
     default:
         return TRACK_PASS;
     }
@@ -619,14 +655,14 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
         /* The names are not all here yet. */
         if (avail_body >= len) {
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
             return TRACK_FAILED;
         }
         if (CODEC_HEADER_LEN + len > buf_block_size() &&
             avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
             char detail[64];
             snprintf(detail, sizeof(detail), "%s longer than pkt_buf", missing);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
             return TRACK_FAILED;
         }
         return TRACK_WAIT;
@@ -634,7 +670,7 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     bool statement = type == 'B' || body[0] == 'S';
     if (!statement || !name[0]) {
         if (type == 'C')
-            return queue_request(c, s, REQ_CLOSE_CLIENT, NULL);
+            return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
         return TRACK_PASS;
     }
     uint32_t key_len = (uint32_t)strlen(name);
@@ -646,10 +682,10 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     if (r != TRACK_PASS)
         return r;
     if (type == 'C')
-        return track_close(c, s, mine, name, at);
+        return track_close(c, s, mine, name, at, fail);
     if (!mine)
         return TRACK_PASS; /* not known to sluice: the server answers as it would */
-    r = ensure_prepared(c, s, mine, sn.name);
+    r = ensure_prepared(c, s, mine, sn.name, fail);
     if (r != TRACK_PASS)
         return r;
     return rename_statement(c, s, at, key_len, &sn);
@@ -689,7 +725,8 @@ static void keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n)
     }
 }
 
-enum client_frame request_track_frame(struct client *c, struct server *s)
+enum client_frame request_track_frame(struct client *c, struct server *s,
+                                      struct client_failure *fail)
 {
     struct buf *b = &c->in;
     uint32_t max_body = (uint32_t)c->app->cfg->max_packet_size;
@@ -710,7 +747,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         case FRAME_NEED_MORE:
             return CLIENT_FRAME_NEED_DATA;
         case FRAME_BAD_LENGTH:
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, "message length below 4");
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, "message length below 4");
             return CLIENT_FRAME_FAILED;
         case FRAME_OK:
             break;
@@ -719,7 +756,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         if (body_len > max_body) {
             char detail[128];
             snprintf(detail, sizeof(detail), "%u bytes, max_packet_size is %u", body_len, max_body);
-            client_fail(c, FAIL_PACKET_TOO_LARGE, detail);
+            fail_session(fail, FAIL_PACKET_TOO_LARGE, detail);
             return CLIENT_FRAME_FAILED;
         }
         if (type == 'X')
@@ -727,7 +764,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         if (!codec_frontend_type_known(type)) {
             char detail[64];
             snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
             return CLIENT_FRAME_FAILED;
         }
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
@@ -740,7 +777,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         bool started = false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
         if (track && !ignored) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
-            switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body)) {
+            switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body, fail)) {
             case TRACK_PASS:
                 /* a name may have been rewritten in place: the message moved or changed length */
                 p = b->data + b->scan;

@@ -18,8 +18,24 @@
 
 #include <stdbool.h>
 
+#include "error.h"
+
 struct client;
 struct server;
+
+/* How much of the client a failure found while framing ends. */
+enum client_failure_ends {
+    CLIENT_FAILURE_ENDS_SESSION,             /* client_fail: the error, and FATAL ones close */
+    CLIENT_FAILURE_ENDS_REQUEST_AND_SESSION, /* client_fail_request_and_close: an error and a
+                                                ReadyForQuery the client can read, then close */
+};
+/* What framing fails the client with (CLIENT_FRAME_FAILED). Framing only reports it: the link
+ * fails the client once the relay has returned, so nothing is torn down mid-pump. */
+struct client_failure {
+    enum failure reason;
+    enum client_failure_ends ends;
+    char detail[200];
+};
 
 /* Why framing the client's bytes stopped. */
 enum client_frame {
@@ -27,11 +43,13 @@ enum client_frame {
     CLIENT_FRAME_TERMINATE,  /* client sent Terminate: forward what is before it, then close */
     CLIENT_FRAME_NEED_FLUSH, /* sluice must send something first: write what is framed, call
                                 again */
-    CLIENT_FRAME_FAILED,     /* the client was failed and is closing */
+    CLIENT_FRAME_FAILED,     /* the client must be failed: *fail says with what */
 };
 
-/* Frame what c sent to its server s, from c->in.scan on (see above). */
-enum client_frame request_track_frame(struct client *c, struct server *s);
+/* Frame what c sent to its server s, from c->in.scan on (see above). CLIENT_FRAME_FAILED: *fail
+ * is filled. */
+enum client_frame request_track_frame(struct client *c, struct server *s,
+                                      struct client_failure *fail);
 
 /* Does s's pool mode follow requests (transaction and statement mode: the server goes back
  * between transactions)? Session mode forwards statements untouched. */
