@@ -264,27 +264,6 @@ static int client_read(struct client *c)
     return -1;
 }
 
-/* ---- logging ---- */
-
-void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)
-{
-    if (!log_enabled(level))
-        return;
-    char who[384], addr[64];
-    peer_addr_text(&c->addr, addr, sizeof(addr));
-    snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
-             c->database ? c->database : "?", c->user ? c->user : "?", addr);
-    log_msg_as(level, who, fmt, ap);
-}
-
-void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    log_client_v(level, c, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- sending ---- */
 
 void client_send(struct client *c)

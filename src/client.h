@@ -111,7 +111,7 @@ struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_s
  * send their first packet (SSLRequest or startup) as soon as they connect, so it is usually
  * there, and reading it now saves a wake-up per connection. Harmless when nothing is there. */
 void client_read_first(struct client *c);
-/* A log line about c, prefixed with its identity: C-<id> db/user@addr. */
+/* A log line about c, prefixed with its identity: C-<id> db/user@addr (conn_log.c). */
 void log_client(enum log_level level, const struct client *c, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)

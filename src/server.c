@@ -77,19 +77,6 @@ bool server_state_is_connecting(enum server_state st)
     return st <= SERVER_CONNECT_QUERY;
 }
 
-void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
-{
-    if (!log_enabled(level))
-        return;
-    char who[384];
-    snprintf(who, sizeof(who), "S-%llu %s/%s", (unsigned long long)s->id, s->pool->db_name,
-             s->pool->user_name);
-    va_list ap;
-    va_start(ap, fmt);
-    log_msg_as(level, who, fmt, ap);
-    va_end(ap);
-}
-
 /* Each state's list; the connecting states share one, which the caps, SHOW POOLS' sv_login and
  * the breaker count. */
 static struct list *list_for(struct server *s, enum server_state st)
@@ -234,12 +221,6 @@ void server_on_io(struct sockio *io, int status, int events)
         return;
     }
     s->pool->app->server_events->io(s, status, events); /* logged in: the relay's */
-}
-
-void server_queue_internal(struct server *s, const char *sql)
-{
-    codec_put_query(&s->out, sql);
-    s->swallow++;
 }
 
 /* The query of a server being drained will not be read by anyone: cancel it (once). */

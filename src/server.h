@@ -135,7 +135,7 @@ struct server_events {
     void (*fast_close_due)(struct server *s);
 };
 
-/* A log line about s, prefixed with its identity: S-<id> db/user. */
+/* A log line about s, prefixed with its identity: S-<id> db/user (conn_log.c). */
 void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* The socket callback of every server (libpq login, passthrough login, then the relay). */
@@ -148,8 +148,13 @@ void server_close(struct server *s, const char *reason);
  * shared cap: the backend is asked to end and the server keeps counting against the caps until
  * Postgres has let it go (see SERVER_LEAVING). */
 void server_close_for(struct server *s, const char *reason, struct pool *room_for);
-/* Queue a query of sluice's own; its replies are swallowed. */
-void server_queue_internal(struct server *s, const char *sql);
+/* Queue a query of sluice's own; its replies are swallowed (the relay consumes them while
+ * s->swallow > 0). Inline: the relay, the link and the pool queue them without calling up. */
+static inline void server_queue_internal(struct server *s, const char *sql)
+{
+    codec_put_query(&s->out, sql);
+    s->swallow++;
+}
 /* Whether the query of a draining server's client is cancelled: a client that vanished will not
  * read its answer; one that sent Terminate asked for what it sent to run, as Postgres runs every
  * message read before a Terminate (protocol 55.2.4). Either way server_drain_timeout bounds it. */
