@@ -1,10 +1,12 @@
 /* test_threads: the leaf modules that worker threads (docs/architecture.md section 5) will share
  * or each keep, used from several threads at once: buffers (buf.c), log lines with a reload of
  * the log file in between (log.c), SCRAM exchanges (scram.c), cancel keys (cancel.c), upstream
- * passthrough keys (passthrough.c), and logins choosing their method from the hba rules and the
- * TLS context while a reload swaps both (auth.c, tls.c). Each thread checks its own results; the
- * main thread counts them after the join. Run under ThreadSanitizer (build-tsan/, scripts/test)
- * it also shows that no memory is touched by two threads without an order between them. */
+ * passthrough keys (passthrough.c), SCRAM secrets derived from plain passwords on each worker's
+ * loop into the one cache they share (secret.c), and logins choosing their method from the hba
+ * rules and the TLS context while a reload swaps both (auth.c, tls.c). Each thread checks its own
+ * results; the main thread counts them after the join. Run under ThreadSanitizer (build-tsan/,
+ * scripts/test) it also shows that no memory is touched by two threads without an order between
+ * them. */
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -17,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "auth.h"
 #include "buf.h"
@@ -27,6 +30,7 @@
 #include "log.h"
 #include "passthrough.h"
 #include "scram.h"
+#include "secret.h"
 #include "sluice.h"
 #include "tls.h"
 
@@ -352,6 +356,106 @@ static void passthrough_keys_are_kept_whole(void)
     passthrough_free_all();
 }
 
+/* ---- secret: each worker derives on its own loop; the cache of derived secrets is shared ---- */
+
+#define DERIVED_USERS 6
+
+struct derive_arg {
+    const struct config *cfg;
+    struct secret_waiter waiter;
+    int answers, bad;
+    struct scram_secret first[DERIVED_USERS], cached[DERIVED_USERS];
+};
+
+static void on_secret(struct secret_waiter *w, const struct user_secret *s, const char *error)
+{
+    struct derive_arg *a = container_of(w, struct derive_arg, waiter);
+    a->answers++;
+    if (error || !s || s->kind != SECRET_PLAIN || !s->have_scram)
+        a->bad++;
+    else
+        a->first[a->answers - 1] = s->scram;
+}
+
+static void *derive_worker(void *p)
+{
+    struct derive_arg *a = p;
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        a->bad++;
+        return NULL;
+    }
+    struct sluice app = {.loop = &loop, .cfg = (struct config *)a->cfg};
+    char users[DERIVED_USERS][8];
+    for (int i = 0; i < DERIVED_USERS; i++) {
+        snprintf(users[i], sizeof(users[i]), "u%d", i); /* the same names on every thread */
+        a->waiter = (struct secret_waiter){
+            .req = {.app = &app, .user = users[i], .database = "db", .need_scram = true},
+            .done = on_secret};
+        struct user_secret s;
+        int answers = a->answers;
+        int rc = secret_lookup(&a->waiter, &s);
+        if (rc == 1)
+            on_secret(&a->waiter, &s, NULL); /* another thread's derivation is in the cache */
+        else if (rc == 0)
+            uv_run(&loop, UV_RUN_DEFAULT); /* the derivation, then on_secret on this loop */
+        else
+            a->bad++;
+        secret_wipe(&s);
+        if (a->answers != answers + 1)
+            a->bad++;
+    }
+    /* now every user's secret is cached: answered at once, one secret per user for everyone */
+    for (int i = 0; i < DERIVED_USERS; i++) {
+        a->waiter.req.user = users[i];
+        struct user_secret s;
+        if (secret_lookup(&a->waiter, &s) != 1 || !s.have_scram)
+            a->bad++;
+        a->cached[i] = s.scram;
+        secret_wipe(&s);
+    }
+    uv_loop_close(&loop);
+    return NULL;
+}
+
+static void derived_secrets_are_shared_by_every_worker(void)
+{
+    char users[128], ini[512];
+    path_in_dir(users, sizeof(users), "users.txt");
+    char list[256] = "";
+    for (int i = 0; i < DERIVED_USERS; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "\"u%d\" \"pw%d\"\n", i, i);
+    write_file("users.txt", list);
+    snprintf(ini, sizeof(ini), "[databases]\ndb = host=127.0.0.1\n[sluice]\nauth_file = %s\n",
+             users);
+    struct config_diag diag = {0};
+    struct config *cfg = config_load_string(ini, NULL, &diag);
+    CHECK(cfg != NULL);
+    config_diag_free(&diag);
+    if (!cfg)
+        return;
+    struct derive_arg *args = calloc(NTHREADS, sizeof(*args));
+    CHECK(args != NULL);
+    if (!args)
+        return;
+    for (int i = 0; i < NTHREADS; i++)
+        args[i].cfg = cfg;
+    run_threads(derive_worker, args, sizeof(args[0]));
+    for (int i = 0; i < NTHREADS; i++) {
+        CHECK_INT(args[i].bad, 0);
+        CHECK_INT(args[i].answers, DERIVED_USERS);
+        for (int u = 0; u < DERIVED_USERS; u++) {
+            char password[8];
+            snprintf(password, sizeof(password), "pw%d", u);
+            CHECK(scram_verify_password(&args[i].first[u], password));
+            CHECK(memcmp(&args[i].cached[u], &args[0].cached[u], sizeof(args[0].cached[u])) == 0);
+        }
+    }
+    free(args);
+    secret_free_all();
+    config_free(cfg);
+}
+
 /* ---- auth and tls: logins read the hba rules and the TLS context during reloads ---- */
 
 /* A self-signed certificate and its key, for client_tls_cert_file/key_file. */
@@ -501,6 +605,7 @@ int main(void)
     scram_exchanges_run_on_every_thread_at_once();
     cancel_keys_are_drawn_on_every_thread_at_once();
     passthrough_keys_are_kept_whole();
+    derived_secrets_are_shared_by_every_worker();
     logins_read_rules_and_tls_context_during_reloads();
     buf_free_cache();
     char cmd[128];
