@@ -35,6 +35,7 @@
 #include "scram.h"
 #include "secret.h"
 #include "sluice.h"
+#include "snapshot.h"
 #include "tls.h"
 
 #define AUTH_REQ_OK 0
@@ -44,13 +45,13 @@
 #define AUTH_REQ_SASL_CONTINUE 11
 #define AUTH_REQ_SASL_FINAL 12
 
-/* Process-wide (one sluice per process): the hba rules in force and the key that makes unknown
- * users' fake SCRAM salts stable per name but unpredictable. */
-static struct {
-    struct hba *hba;
-    struct hba_ident *ident; /* auth_ident_file's maps, for cert rules with map= */
-    uint8_t fake_key[32];
-} G;
+/* Process-wide, shared by every worker: the hba rules and ident maps in force, each a snapshot
+ * (snapshot.h) that a reload replaces whole while logins on other threads may still read the
+ * previous one; and the key that makes unknown users' fake SCRAM salts stable per name but
+ * unpredictable (written once by auth_init, before any worker starts; read-only after). */
+static struct snapshot_slot hba_rules = SNAPSHOT_SLOT_INIT;  /* struct hba */
+static struct snapshot_slot ident_maps = SNAPSHOT_SLOT_INIT; /* struct hba_ident, for map= */
+static uint8_t fake_key[32];
 
 enum auth_step {
     STEP_LOOKUP,        /* waiting for the secret (auth_query, derivation) */
@@ -272,7 +273,7 @@ static void start_scram(struct auth_state *st, struct auth_result *r)
     struct scram_secret secret;
     bool doomed = !st->have_scram;
     if (doomed) {
-        scram_fake_secret(G.fake_key, l->user, &secret);
+        scram_fake_secret(fake_key, l->user, &secret);
         if (!st->note)
             st->note = st->kind == SECRET_MD5 ? "the user has an md5 secret, which "
                                                 "scram-sha-256 cannot use; store the password "
@@ -450,23 +451,27 @@ static void on_secret_ready(struct secret_waiter *w, const struct user_secret *s
 static void check_cert(const struct auth_login *l, const char *map, struct auth_result *r)
 {
     char cn[256], why[400];
+    struct snapshot *maps = map ? snapshot_acquire(&ident_maps) : NULL;
+    const struct hba_ident *ident = snapshot_value(maps);
     if (!l->ssl)
         snprintf(why, sizeof(why), "the connection does not use TLS");
     else if (!tls_peer_cn(l->ssl, cn, sizeof(cn)))
         snprintf(why, sizeof(why),
                  "no verified client certificate with a CN (client_tls_ca_file must be set for "
                  "sluice to ask for one)");
-    else if (map && !hba_ident_match(G.ident, map, cn, l->user))
+    else if (map && !hba_ident_match(ident, map, cn, l->user))
         snprintf(why, sizeof(why),
                  "the certificate's CN \"%.120s\" is not mapped to user \"%.100s\" by map "
                  "\"%.60s\" (auth_ident_file%s)",
-                 cn, l->user, map, G.ident ? "" : " is not set");
+                 cn, l->user, map, ident ? "" : " is not set");
     else if (!map && strcmp(cn, l->user) != 0)
         snprintf(why, sizeof(why), "the certificate's CN \"%.200s\" is not the user name", cn);
     else {
+        snapshot_release(maps);
         proven(r);
         return;
     }
+    snapshot_release(maps);
     say(l, LOG_WARNING, "login failed (cert): %s", why);
     refused(r, FAIL_CERT_AUTH, l->user);
 }
@@ -505,10 +510,10 @@ static bool has_user_list(const struct config *cfg)
     return false;
 }
 
-/* The method for this login: auth_type, or the first matching auth_hba_file rule's (cert_map:
- * its map=). AUTH_HBA when the login is refused (r says why). */
-static enum auth_type choose_method(const struct auth_login *l, const char **cert_map,
-                                    struct auth_result *r)
+/* The method for this login: auth_type, or the first matching rule of hba (auth_hba_file) and
+ * its map= in cert_map (valid while hba is). AUTH_HBA when the login is refused (r says why). */
+static enum auth_type choose_method(const struct auth_login *l, const struct hba *hba,
+                                    const char **cert_map, struct auth_result *r)
 {
     bool local = l->addr->sa.sa_family == AF_UNIX;
     bool tls = l->ssl != NULL;
@@ -520,7 +525,7 @@ static enum auth_type choose_method(const struct auth_login *l, const char **cer
     if (method != AUTH_HBA)
         return method;
     struct hba_login hl = {.addr = l->addr, .tls = tls, .database = l->database, .user = l->user};
-    const struct hba_rule *rule = hba_match(G.hba, &hl);
+    const struct hba_rule *rule = hba_match(hba, &hl);
     if (!rule || rule->method == HBA_REJECT) {
         char host[INET6_ADDRSTRLEN + 8];
         host_text(l, host, sizeof(host));
@@ -537,27 +542,41 @@ static enum auth_type choose_method(const struct auth_login *l, const char **cer
     return method_of_rule(rule->method);
 }
 
-struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
+/* true when method decides the login without an exchange (r says how). */
+static bool decided_at_once(const struct auth_login *l, enum auth_type method, const char *cert_map,
+                            struct auth_result *r)
 {
-    const char *cert_map = NULL;
-    enum auth_type method = choose_method(l, &cert_map, r);
     switch (method) {
     case AUTH_HBA:
-        return NULL; /* refused */
+        return true; /* refused */
     case AUTH_TRUST:
         if (has_user_list(l->app->cfg))
-            break; /* look the user up (trust_outcome) */
+            return false; /* look the user up (trust_outcome) */
         proven(r);
-        return NULL;
+        return true;
     case AUTH_ANY:
         proven(r);
-        return NULL;
+        return true;
     case AUTH_CERT:
         check_cert(l, cert_map, r);
-        return NULL;
+        return true;
     default:
-        break;
+        return false;
     }
+}
+
+struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
+{
+    /* The rules in force now, held until the method is chosen and a certificate checked (the
+     * map name points into them): a reload on another thread may publish new ones meanwhile. */
+    struct snapshot *rules =
+        l->app->cfg->auth_type == AUTH_HBA ? snapshot_acquire(&hba_rules) : NULL;
+    const char *cert_map = NULL;
+    enum auth_type method = choose_method(l, snapshot_value(rules), &cert_map, r);
+    bool decided = decided_at_once(l, method, cert_map, r);
+    snapshot_release(rules);
+    if (decided)
+        return NULL;
     struct auth_state *st = calloc(1, sizeof(*st));
     if (!st) {
         refused(r, FAIL_OUT_OF_MEMORY, "");
@@ -624,48 +643,65 @@ void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, u
 
 /* ---- process-wide ---- */
 
+static void destroy_hba(void *h)
+{
+    hba_free(h);
+}
+
+static void destroy_ident(void *m)
+{
+    hba_ident_free(m);
+}
+
+/* Is anything published in slot? (for the log) */
+static bool slot_has_value(struct snapshot_slot *slot)
+{
+    struct snapshot *s = snapshot_acquire(slot);
+    snapshot_release(s);
+    return s != NULL;
+}
+
 static int load_hba(const struct config *cfg, const char *when)
 {
-    if (!cfg->auth_hba_file[0]) {
-        hba_free(G.hba);
-        G.hba = NULL;
-        return 0;
-    }
+    if (!cfg->auth_hba_file[0])
+        return snapshot_publish(&hba_rules, NULL, NULL);
     char err[700];
     struct hba *h = hba_load(cfg->auth_hba_file, err, sizeof(err));
     if (!h) {
         log_msg(LOG_ERROR, "%s%s", when, err);
         return -1;
     }
-    hba_free(G.hba);
-    G.hba = h;
-    log_msg(LOG_INFO, "%sauth_hba_file %s: %d rules", when, cfg->auth_hba_file, h->nrules);
+    int nrules = h->nrules;
+    if (snapshot_publish(&hba_rules, h, destroy_hba) < 0) {
+        log_msg(LOG_ERROR, "%sauth_hba_file %s: out of memory", when, cfg->auth_hba_file);
+        return -1;
+    }
+    log_msg(LOG_INFO, "%sauth_hba_file %s: %d rules", when, cfg->auth_hba_file, nrules);
     return 0;
 }
 
 static int load_ident(const struct config *cfg, const char *when)
 {
-    if (!cfg->auth_ident_file[0]) {
-        hba_ident_free(G.ident);
-        G.ident = NULL;
-        return 0;
-    }
+    if (!cfg->auth_ident_file[0])
+        return snapshot_publish(&ident_maps, NULL, NULL);
     char err[700];
     struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, err, sizeof(err));
     if (!m) {
         log_msg(LOG_ERROR, "%s%s", when, err);
         return -1;
     }
-    hba_ident_free(G.ident);
-    G.ident = m;
-    log_msg(LOG_INFO, "%sauth_ident_file %s: %d map lines", when, cfg->auth_ident_file,
-            hba_ident_count(m));
+    int nlines = hba_ident_count(m);
+    if (snapshot_publish(&ident_maps, m, destroy_ident) < 0) {
+        log_msg(LOG_ERROR, "%sauth_ident_file %s: out of memory", when, cfg->auth_ident_file);
+        return -1;
+    }
+    log_msg(LOG_INFO, "%sauth_ident_file %s: %d map lines", when, cfg->auth_ident_file, nlines);
     return 0;
 }
 
 int auth_init(struct sluice *app)
 {
-    if (RAND_bytes(G.fake_key, sizeof(G.fake_key)) != 1) {
+    if (RAND_bytes(fake_key, sizeof(fake_key)) != 1) {
         log_msg(LOG_ERROR, "no randomness for the authentication key");
         return -1;
     }
@@ -678,19 +714,18 @@ void auth_reload(struct sluice *app)
 {
     if (load_hba(app->cfg, "reload: ") < 0)
         log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
-                G.hba ? "" : " (none: every hba login is rejected)");
+                slot_has_value(&hba_rules) ? "" : " (none: every hba login is rejected)");
     if (load_ident(app->cfg, "reload: ") < 0)
         log_msg(LOG_ERROR, "reload: keeping the previous auth_ident_file maps%s",
-                G.ident ? "" : " (none: every cert login with map= is rejected)");
+                slot_has_value(&ident_maps) ? ""
+                                            : " (none: every cert login with map= is rejected)");
     secret_reload();
 }
 
 void auth_free_all(void)
 {
-    hba_free(G.hba);
-    G.hba = NULL;
-    hba_ident_free(G.ident);
-    G.ident = NULL;
+    snapshot_publish(&hba_rules, NULL, NULL);
+    snapshot_publish(&ident_maps, NULL, NULL);
     secret_free_all();
     passthrough_free_all();
     scram_free_contexts();

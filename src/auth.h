@@ -26,7 +26,8 @@ struct ssl_st;
 /* Start-up: read auth_hba_file, make the key for unknown users' fake SCRAM secrets.
  * 0, or -1 after logging why (sluice does not start). */
 int auth_init(struct sluice *app) __attribute__((warn_unused_result));
-/* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). */
+/* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). Any thread
+ * may run logins meanwhile: a login that started keeps the rules it read (snapshot.h). */
 void auth_reload(struct sluice *app);
 /* Shutdown: free the rules and caches. */
 void auth_free_all(void);

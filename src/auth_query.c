@@ -1,12 +1,19 @@
 /* auth_query: a user's secret asked of the database itself (see auth_query.h, secret.h).
  *
- * The answers are cached, process-wide (one sluice per process): (database entry, dbname,
- * auth_user, user) -> what auth_query returned, for SECRET_QUERY_TTL_MS
- * (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found). A lookup runs on one of a small
- * set of non-blocking libpq connections shared by all lookups (PQconnectStartParams/
- * PQconnectPoll, then PQsendQueryParams), each driven by one poll handle on its socket like a
- * server's login; see "auth_query connections" below for how that set is bounded and counted.
- * The caps it counts under are the core's: it asks and tells through struct secret_slots. */
+ * The answers are cached: (database entry, dbname, auth_user, user) -> what auth_query
+ * returned, for SECRET_QUERY_TTL_MS (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found).
+ * A lookup runs on one of a small set of non-blocking libpq connections shared by all lookups
+ * (PQconnectStartParams/PQconnectPoll, then PQsendQueryParams), each driven by one poll handle
+ * on its socket like a server's login; see "auth_query connections" below for how that set is
+ * bounded and counted. The caps it counts under are the core's: it asks and tells through
+ * struct secret_slots.
+ *
+ * Threads: the lookups, their connections and the cache are per thread (each worker's own). A
+ * connection is polled by one loop and its waiters are that worker's logins, so sharing them
+ * would need a message to another worker for every answer; per worker they need no lock. The
+ * cost: with N workers, up to N x SECRET_QUERY_CONNECTIONS connections (every one still taken
+ * through the core's slots, so under the caps) and one question per user per worker per TTL.
+ * Only the slots are shared: set once at start-up, read-only after. */
 #include "auth_query.h"
 
 #include <libpq-fe.h>
@@ -30,7 +37,7 @@ void secret_init(const struct secret_slots *core_slots)
     slots = core_slots;
 }
 
-static struct secret_job *query_jobs; /* auth_query lookups, oldest first */
+static _Thread_local struct secret_job *query_jobs; /* auth_query lookups, oldest first */
 
 /* ---- the auth_query cache ----
  * Unknown names are remembered too (a negative entry), so a stranger asking again costs Postgres
@@ -46,9 +53,9 @@ struct qentry {
     char *secret; /* NULL: no such user (or no password) */
     uint64_t expires_ms;
 };
-static struct qentry *query_buckets[SECRET_NBUCKETS];
-static int npositive, nnegative;
-static struct qentry *negative_oldest, *negative_newest;
+static _Thread_local struct qentry *query_buckets[SECRET_NBUCKETS];
+static _Thread_local int npositive, nnegative;
+static _Thread_local struct qentry *negative_oldest, *negative_newest;
 
 static void qentry_free(struct qentry *e)
 {
@@ -159,7 +166,7 @@ static void query_put(const char *key, const char *secret, uint64_t now)
 
 /* ---- auth_query connections
  *
- * Lookups run on at most SECRET_QUERY_CONNECTIONS connections in all, each logged in as one
+ * Lookups run on at most SECRET_QUERY_CONNECTIONS connections per worker, each logged in as one
  * target's auth_user and reused for that target's lookups; a lookup waits, in order, for a
  * free one. Each connection counts against max_db_connections (its database entry),
  * max_user_connections (auth_user) and max_server_connections like a pool's server, and opens
@@ -186,8 +193,8 @@ struct qconn {
     int served;             /* lookups answered on it */
     bool retired;           /* reload: closed once its lookup is done */
 };
-static struct qconn *qconns;
-static int nqconns;
+static _Thread_local struct qconn *qconns;
+static _Thread_local int nqconns;
 
 static void query_dispatch(struct sluice *app);
 static void on_qconn_io(struct sockio *io, int status, int events);

@@ -4,15 +4,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Set once at start-up, before any worker thread runs; read-only after. */
 static uint32_t block_size = 16384;
 
 /* Free blocks are chained through their first bytes. A bounded cache: past it, blocks go back to
- * malloc so a storm's peak does not stay resident for ever. */
+ * malloc so a storm's peak does not stay resident for ever. One cache per thread (each worker's
+ * loop attaches and releases only its own connections' buffers), so attach and release take no
+ * lock; a block released on another thread than the one that attached it simply joins that
+ * thread's cache. */
 struct free_block {
     struct free_block *next;
 };
-static struct free_block *free_blocks;
-static unsigned nfree;
+static _Thread_local struct free_block *free_blocks;
+static _Thread_local unsigned nfree;
 #define MAX_CACHED_BLOCKS 256
 
 void buf_set_block_size(uint32_t size)

@@ -15,10 +15,12 @@ struct buf {
     uint32_t rpos, scan, wpos;
 };
 
-/* The block size for every buffer (pkt_buf), fixed at start-up. */
+/* The block size for every buffer (pkt_buf), fixed at start-up before any worker thread starts
+ * (it frees the calling thread's cache only). */
 void buf_set_block_size(uint32_t size);
 uint32_t buf_block_size(void);
-/* Free the cached blocks (shutdown). */
+/* Free the calling thread's cached blocks (shutdown; a worker thread before it ends). The free
+ * list is per thread: attach and release take no lock. */
 void buf_free_cache(void);
 
 /* Attach storage if detached; false when out of memory. */

@@ -35,16 +35,20 @@
 #include "sluice.h"
 
 struct cancel_map {
+    unsigned owner; /* the worker whose clients these are: the pid's low bits */
     struct client **buckets;
     uint32_t nbuckets; /* power of two */
     uint32_t count;
 };
 
-struct cancel_map *cancel_map_new(void)
+struct cancel_map *cancel_map_new(unsigned owner)
 {
+    if (owner > CANCEL_OWNER_MAX)
+        return NULL;
     struct cancel_map *m = calloc(1, sizeof(*m));
     if (!m)
         return NULL;
+    m->owner = owner;
     m->nbuckets = 1024;
     m->buckets = calloc(m->nbuckets, sizeof(*m->buckets));
     if (!m->buckets) {
@@ -100,9 +104,10 @@ static void grow(struct cancel_map *m)
 
 /* Cancel keys come from the kernel's CSPRNG, fetched 512 bytes at a time: one getrandom call per
  * 64 logins instead of one per login (a connection storm makes thousands a second). The reserve
- * is used once and wiped as it goes, so a key is never reused or left readable after use. */
-static uint32_t random_reserve[128];
-static unsigned random_left;
+ * is used once and wiped as it goes, so a key is never reused or left readable after use. One
+ * reserve per thread (each worker registers its own clients), so drawing takes no lock. */
+static _Thread_local uint32_t random_reserve[128];
+static _Thread_local unsigned random_left;
 
 static int take_random(uint32_t out[2])
 {
@@ -123,10 +128,13 @@ int cancel_register(struct cancel_map *m, struct client *c)
     uint32_t rnd[2];
     if (take_random(rnd) < 0)
         return -EIO;
-    /* The "pid" only has to be unique among connected clients; the key is the secret. */
-    uint32_t pid = (rnd[0] & 0x3fffffff) | 0x40000000;
-    while (pid == 0 || find(m, pid))
-        pid = ((pid + 1) & 0x3fffffff) | 0x40000000;
+    /* The "pid" only has to be unique among connected clients; the key is the secret. Bit 30
+     * set (positive and never 0), the owner in the low bits, random bits between; a collision
+     * steps to the next pid with the same owner, so pids stay unique across workers with one
+     * map each, and any worker can tell from a CancelRequest whose key it is. */
+    uint32_t pid = (rnd[0] & CANCEL_PID_RANDOM) | 0x40000000 | m->owner;
+    while (find(m, pid))
+        pid = ((pid + CANCEL_OWNER_MAX + 1) & CANCEL_PID_RANDOM) | 0x40000000 | m->owner;
     c->cancel_pid = pid;
     c->cancel_key = rnd[1];
     if (m->count >= m->nbuckets)
@@ -199,13 +207,26 @@ static void cancel_done(uv_work_t *req, int status)
         server_maybe_done_resetting(s);
 }
 
+unsigned cancel_pid_owner(uint32_t pid)
+{
+    return pid & CANCEL_OWNER_MAX;
+}
+
+struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint32_t key)
+{
+    struct client *c = find(m, pid);
+    /* Compare the key in constant time: it is the only secret in a cancel request. */
+    if (!c || CRYPTO_memcmp(&c->cancel_key, &key, sizeof(key)) != 0)
+        return NULL;
+    return c;
+}
+
 /* Whom a CancelRequest is for, and what is done for it; false when nothing is left to wait for. */
 static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
 {
     struct sluice *app = requester->app;
-    struct client *c = find(app->cancel_map, pid);
-    /* Compare the key in constant time: it is the only secret in a cancel request. */
-    if (!c || CRYPTO_memcmp(&c->cancel_key, &key, sizeof(key)) != 0) {
+    struct client *c = cancel_map_lookup(app->cancel_map, pid, key);
+    if (!c) {
         log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
         return false;
     }

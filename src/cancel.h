@@ -10,11 +10,23 @@ struct sluice;
 struct client;
 struct server;
 
-struct cancel_map *cancel_map_new(void);
+/* One map per worker (a map is used by its owner's thread only), which registers that worker's
+ * clients. The owner index (0..CANCEL_OWNER_MAX) is in every pid the map hands out, so a
+ * CancelRequest that reached any worker can be passed to the one that holds the key
+ * (docs/architecture.md 5.5); pids are unique across the maps. */
+#define CANCEL_OWNER_MAX 63u          /* the pid's low 6 bits */
+#define CANCEL_PID_RANDOM 0x3fffffc0u /* the pid's random bits */
+struct cancel_map *cancel_map_new(unsigned owner);
 void cancel_map_free(struct cancel_map *m);
-/* Give the client a fresh (pid, key) and remember it. 0 or -ENOMEM. */
+/* Give the client a fresh (pid, key) and remember it. 0, or -EIO (no randomness). The random
+ * bits come from a reserve per thread: no lock. */
 int cancel_register(struct cancel_map *m, struct client *c) __attribute__((warn_unused_result));
 void cancel_unregister(struct cancel_map *m, struct client *c);
+/* The worker whose map holds pid. */
+unsigned cancel_pid_owner(uint32_t pid);
+/* The client registered under (pid, key) in m, or NULL (unknown pid, or the key does not match:
+ * compared in constant time). */
+struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint32_t key);
 /* Send a cancel to the backend of s (CancelRequest, query_timeout). 0 or a negative errno. */
 int cancel_server(struct sluice *app, struct server *s);
 /* A CancelRequest arrived on requester's connection. The connection is closed once the request

@@ -3,46 +3,60 @@
  * server.c); this file knows no clients, pools or servers. */
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level current_level = LOG_INFO;
-static bool as_json;
-static FILE *logfile_fp;
+/* Shared by every thread. The level and format are read on every line and changed only by a
+ * reload: relaxed atomics (a line racing the reload may use either setting). The file is
+ * reopened by a reload while other threads write lines: file_mu orders the two, so no line is
+ * written to a closed FILE and none is lost. Lines to stderr need no lock of ours: stdio locks
+ * the stream for each fputs, so lines never interleave. */
+static atomic_int current_level = LOG_INFO;
+static atomic_bool as_json;
+static pthread_mutex_t file_mu = PTHREAD_MUTEX_INITIALIZER;
+static FILE *logfile_fp; /* under file_mu */
 
 static const char *level_names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
 
 void log_configure(enum log_level level, bool json, const char *logfile)
 {
-    current_level = level;
-    as_json = json;
-    if (logfile_fp) {
-        fclose(logfile_fp);
-        logfile_fp = NULL;
-    }
+    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
+    atomic_store_explicit(&as_json, json, memory_order_relaxed);
+    FILE *fp = NULL;
     if (logfile && logfile[0]) {
-        logfile_fp = fopen(logfile, "a");
-        if (logfile_fp)
-            setvbuf(logfile_fp, NULL, _IOLBF, 0);
+        fp = fopen(logfile, "a");
+        if (fp)
+            setvbuf(fp, NULL, _IOLBF, 0);
         else
             fprintf(stderr, "sluice: cannot open logfile %s\n", logfile);
     }
+    pthread_mutex_lock(&file_mu);
+    FILE *old = logfile_fp;
+    logfile_fp = fp;
+    pthread_mutex_unlock(&file_mu);
+    if (old)
+        fclose(old);
 }
 
 void log_close(void)
 {
-    if (logfile_fp)
-        fclose(logfile_fp);
+    pthread_mutex_lock(&file_mu);
+    FILE *old = logfile_fp;
     logfile_fp = NULL;
+    pthread_mutex_unlock(&file_mu);
+    if (old)
+        fclose(old);
 }
 
 bool log_enabled(enum log_level level)
 {
-    return level <= current_level;
+    return (int)level <= atomic_load_explicit(&current_level, memory_order_relaxed);
 }
 
 /* Client-supplied text (user, database, application_name, options, a server's error echoing
@@ -91,7 +105,7 @@ static void emit(enum log_level level, const char *who, const char *fmt, va_list
     /* An escaped byte takes up to 6 (\u00NN); the line holds both whole, so it always ends in
      * its newline. */
     char emsg[sizeof msg * 6], ewho[384 * 6], line[sizeof emsg + sizeof ewho + 256];
-    if (as_json) {
+    if (atomic_load_explicit(&as_json, memory_order_relaxed)) {
         escape_controls(emsg, sizeof(emsg), msg, ESCAPE_FOR_JSON);
         escape_controls(ewho, sizeof(ewho), who ? who : "", ESCAPE_FOR_JSON);
         snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"pid\":%d,\"level\":\"%s\",\"conn\":\"%s\",\"msg\":\"%s\"}\n",
@@ -103,8 +117,10 @@ static void emit(enum log_level level, const char *who, const char *fmt, va_list
                  ewho, who ? " " : "", emsg);
     }
     fputs(line, stderr);
+    pthread_mutex_lock(&file_mu);
     if (logfile_fp)
         fputs(line, logfile_fp);
+    pthread_mutex_unlock(&file_mu);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -8,6 +8,8 @@
 
 #include "config.h" /* enum log_level: log_level is parsed with the other keys */
 
+/* Any thread may log at any time; log_configure (start, reload) may run while others log: a
+ * line goes whole to the old file or the new one, never to a closed one. */
 void log_configure(enum log_level level, bool json, const char *logfile);
 void log_close(void);
 bool log_enabled(enum log_level level);

@@ -1,9 +1,12 @@
 /* passthrough: keys for logging in upstream without the password (see passthrough.h). A short
- * list: one entry per user that logged in with a SCRAM or md5 secret. */
+ * list: one entry per user that logged in with a SCRAM or md5 secret. Shared by every worker
+ * (a key a client proved on one worker serves the servers every worker opens), under a mutex:
+ * it is touched once per such login and once per server login, never per query. */
 #include "passthrough.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,7 +16,12 @@ struct entry {
     char user[];
 };
 
-static struct entry *entries;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct entry *entries; /* under mu */
+
+/* What passthrough_find hands its caller: a copy taken under the mutex, so another thread's
+ * passthrough_remember for the same user cannot change it half-way through the caller's use. */
+static _Thread_local struct passthrough_keys found;
 
 static struct entry *find(const char *user)
 {
@@ -25,32 +33,45 @@ static struct entry *find(const char *user)
 
 int passthrough_remember(const char *user, const struct passthrough_keys *k)
 {
+    int rc = 0;
+    pthread_mutex_lock(&mu);
     struct entry *e = find(user);
     if (!e) {
         size_t n = strlen(user) + 1;
         e = calloc(1, sizeof(*e) + n);
-        if (!e)
-            return -ENOMEM;
-        memcpy(e->user, user, n);
-        e->next = entries;
-        entries = e;
+        if (e) {
+            memcpy(e->user, user, n);
+            e->next = entries;
+            entries = e;
+        }
     }
-    e->keys = *k;
-    return 0;
+    if (e)
+        e->keys = *k;
+    else
+        rc = -ENOMEM;
+    pthread_mutex_unlock(&mu);
+    return rc;
 }
 
 const struct passthrough_keys *passthrough_find(const char *user)
 {
+    pthread_mutex_lock(&mu);
     struct entry *e = find(user);
-    return e ? &e->keys : NULL;
+    if (e)
+        found = e->keys;
+    pthread_mutex_unlock(&mu);
+    return e ? &found : NULL;
 }
 
 void passthrough_free_all(void)
 {
+    pthread_mutex_lock(&mu);
     while (entries) {
         struct entry *e = entries;
         entries = e->next;
         OPENSSL_cleanse(&e->keys, sizeof(e->keys));
         free(e);
     }
+    pthread_mutex_unlock(&mu);
+    OPENSSL_cleanse(&found, sizeof(found));
 }

@@ -23,9 +23,10 @@ struct passthrough_keys {
 
 /* Keep (or replace) the keys for user. 0, or -ENOMEM (then nothing changes). */
 int passthrough_remember(const char *user, const struct passthrough_keys *k);
-/* The keys for user, or NULL. Valid until the next passthrough_* call. */
+/* The keys for user, or NULL: a copy of this thread's, valid until its next passthrough_find.
+ * Any thread may call these at any time. */
 const struct passthrough_keys *passthrough_find(const char *user);
-/* Shutdown. (A reload keeps them: they are the server's secret, not the config's; keys that no
+/* Shutdown (after the workers have ended). (A reload keeps them: they are the server's secret, not the config's; keys that no
  * longer fit fail the upstream login with a clear error, and the next login replaces them.) */
 void passthrough_free_all(void);
 

@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,15 +24,20 @@ static uint32_t hash_bytes(const void *p, size_t n)
     return h;
 }
 
-static uint64_t client_text_bytes;
+/* Every worker's clients together: one process-wide bound. A relaxed atomic, touched when a
+ * client's map gains or loses an entry (a new statement name), not per Execute; a check and the
+ * add that follows are not one step, so workers racing at the bound may pass it by one
+ * statement each. */
+static atomic_uint_fast64_t client_text_bytes;
 
 uint64_t stmt_client_text_bytes(void)
 {
-    return client_text_bytes;
+    return atomic_load_explicit(&client_text_bytes, memory_order_relaxed);
 }
 
-/* Names of definitions that streamed through: process-wide, so a name is never given twice. */
-static uint64_t streamed_defs;
+/* Names of definitions that streamed through: process-wide (every worker's), so a name is never
+ * given twice. */
+static atomic_uint_fast64_t streamed_defs;
 
 struct stmt_def *stmt_def_alloc(uint32_t len)
 {
@@ -41,8 +47,8 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     d->refs = 1;
     d->len = len;
     d->hash = 0;
-    snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu",
-             (unsigned long long)++streamed_defs);
+    uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
+    snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu", (unsigned long long)n);
     return d;
 }
 
@@ -83,8 +89,12 @@ static void count_entry(struct stmt_map *m, const struct stmt_entry *e, int sign
         m->text_bytes += n;
     else
         m->text_bytes -= n;
-    if (m->owner == STMT_MAP_CLIENT)
-        client_text_bytes = sign > 0 ? client_text_bytes + n : client_text_bytes - n;
+    if (m->owner != STMT_MAP_CLIENT)
+        return;
+    if (sign > 0)
+        atomic_fetch_add_explicit(&client_text_bytes, n, memory_order_relaxed);
+    else
+        atomic_fetch_sub_explicit(&client_text_bytes, n, memory_order_relaxed);
 }
 
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)

@@ -108,7 +108,8 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
  * given now. */
 struct stmt_def *stmt_def_alloc(uint32_t len);
 void stmt_def_seal(struct stmt_def *d);
-/* Bytes of names and definitions in all clients' maps (max_prepared_statement_bytes bounds it). */
+/* Bytes of names and definitions in all clients' maps, on every thread (max_prepared_statement_bytes
+ * bounds it). */
 uint64_t stmt_client_text_bytes(void);
 void stmt_def_unref(struct stmt_def *d);
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);

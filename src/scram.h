@@ -47,7 +47,8 @@ int scram_make_secret(const char *password, const uint8_t *salt, size_t salt_len
  * derivation. Constant-time in the comparison. */
 bool scram_verify_password(const struct scram_secret *s, const char *password);
 
-/* Shutdown: free the contexts the exchanges reuse (loop thread). */
+/* Free the calling thread's contexts that the exchanges reuse (each thread keeps its own): at
+ * shutdown, and by a worker thread before it ends. */
 void scram_free_contexts(void);
 
 /* ---- one server-side exchange ---- */

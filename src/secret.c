@@ -1,18 +1,21 @@
 /* secret: secrets for logins (see secret.h): the lookup front, its waiters, and the SCRAM
  * secrets derived from plain passwords. What auth_query asks the database is auth_query.c's.
  *
- * The derived cache is process-wide (one sluice per process): SHA-256(user, 0, password) -> the
- * SCRAM secret derived from that password with a random salt. Keyed by the password's hash, so a
- * reload that changes a password is noticed on the next login and never serves the old secret;
- * never per login: 4096 PBKDF2 rounds cost milliseconds, which would cap logins per second. A
- * job is a lookup in progress that logins share: a derivation on libuv's thread pool (here), or
- * an auth_query run (auth_query.c). */
+ * The derived cache is process-wide, shared by every worker under derived_mu:
+ * SHA-256(user, 0, password) -> the SCRAM secret derived from that password with a random salt.
+ * Keyed by the password's hash, so a reload that changes a password is noticed on the next login
+ * and never serves the old secret; never per login: 4096 PBKDF2 rounds cost milliseconds, which
+ * would cap logins per second. A job is a lookup in progress that logins share: a derivation on
+ * libuv's thread pool (here), or an auth_query run (auth_query.c). Jobs are per thread: a job's
+ * waiters are logins of one worker and its completion runs on that worker's loop (two workers
+ * that need the same derivation at once each run one; the cache then holds one of them). */
 #include "secret.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +33,8 @@ struct derived {
     uint8_t fp[SHA256_DIGEST_LENGTH];
     struct scram_secret s;
 };
-static struct derived *derived_buckets[SECRET_NBUCKETS];
+static pthread_mutex_t derived_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct derived *derived_buckets[SECRET_NBUCKETS]; /* under derived_mu */
 static int nderived;
 
 static void fingerprint(const char *user, const char *password, uint8_t out[SHA256_DIGEST_LENGTH])
@@ -48,6 +52,7 @@ static void fingerprint(const char *user, const char *password, uint8_t out[SHA2
     EVP_MD_CTX_free(h);
 }
 
+/* derived_mu held. */
 static void derived_clear(void)
 {
     for (int i = 0; i < SECRET_NBUCKETS; i++) {
@@ -61,35 +66,50 @@ static void derived_clear(void)
     nderived = 0;
 }
 
-static const struct derived *derived_get(const uint8_t *fp)
+/* derived_mu held. */
+static const struct derived *derived_find(const uint8_t *fp)
 {
-    for (struct derived *d = derived_buckets[secret_bucket_of(fp, SHA256_DIGEST_LENGTH)]; d; d = d->next) {
+    for (struct derived *d = derived_buckets[secret_bucket_of(fp, SHA256_DIGEST_LENGTH)]; d;
+         d = d->next) {
         if (memcmp(d->fp, fp, SHA256_DIGEST_LENGTH) == 0)
             return d;
     }
     return NULL;
 }
 
+/* The cached secret for fp into *out (a copy: another thread may clear the cache). */
+static bool derived_get(const uint8_t *fp, struct scram_secret *out)
+{
+    pthread_mutex_lock(&derived_mu);
+    const struct derived *d = derived_find(fp);
+    if (d)
+        *out = d->s;
+    pthread_mutex_unlock(&derived_mu);
+    return d != NULL;
+}
+
 static void derived_put(const uint8_t *fp, const struct scram_secret *s)
 {
-    if (derived_get(fp))
-        return;
-    if (nderived >= SECRET_MAX_CACHED)
-        derived_clear(); /* old passwords pile up only across many reloads; start afresh */
-    struct derived *d = calloc(1, sizeof(*d));
-    if (!d)
-        return;
-    memcpy(d->fp, fp, SHA256_DIGEST_LENGTH);
-    d->s = *s;
-    unsigned b = secret_bucket_of(fp, SHA256_DIGEST_LENGTH);
-    d->next = derived_buckets[b];
-    derived_buckets[b] = d;
-    nderived++;
+    pthread_mutex_lock(&derived_mu);
+    if (!derived_find(fp)) {
+        if (nderived >= SECRET_MAX_CACHED)
+            derived_clear(); /* old passwords pile up only across many reloads; start afresh */
+        struct derived *d = calloc(1, sizeof(*d));
+        if (d) {
+            memcpy(d->fp, fp, SHA256_DIGEST_LENGTH);
+            d->s = *s;
+            unsigned b = secret_bucket_of(fp, SHA256_DIGEST_LENGTH);
+            d->next = derived_buckets[b];
+            derived_buckets[b] = d;
+            nderived++;
+        }
+    }
+    pthread_mutex_unlock(&derived_mu);
 }
 
 /* ---- jobs ---- */
 
-static struct secret_job *derive_jobs; /* derivations in progress */
+static _Thread_local struct secret_job *derive_jobs; /* this worker's derivations in progress */
 
 void secret_job_attach(struct secret_job *j, struct secret_waiter *w)
 {
@@ -265,9 +285,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
         return 1;
     uint8_t fp[SHA256_DIGEST_LENGTH];
     fingerprint(w->req.user, text, fp);
-    const struct derived *d = derived_get(fp);
-    if (d) {
-        out->scram = d->s;
+    if (derived_get(fp, &out->scram)) {
         out->have_scram = true;
         return 1;
     }
@@ -349,6 +367,8 @@ void secret_shutdown(void)
 void secret_free_all(void)
 {
     auth_query_end_all("sluice is shutting down");
+    pthread_mutex_lock(&derived_mu);
     derived_clear();
+    pthread_mutex_unlock(&derived_mu);
     auth_query_clear();
 }

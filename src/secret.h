@@ -69,6 +69,11 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out);
 void secret_cancel(struct secret_waiter *w);
 /* Wipe a user_secret filled by secret_lookup. */
 void secret_wipe(struct user_secret *s);
+/* Threads: the derived-secret cache is shared by every thread (locked); lookups in progress,
+ * auth_query's cache and its connections are the calling thread's (each worker's own, see
+ * auth_query.c), so secret_reload, secret_tick, secret_query_servers, secret_shutdown and
+ * secret_free_all act on the calling worker's. */
+
 /* Reload: cached auth_query answers are forgotten and its connections closed (auth_query,
  * auth_user or the database entry may have changed). */
 void secret_reload(void);
@@ -86,8 +91,8 @@ void secret_free_all(void);
 /* How long auth_query answers are kept. */
 #define SECRET_QUERY_TTL_MS 60000
 #define SECRET_QUERY_NEGATIVE_TTL_MS 5000
-/* auth_query runs on at most this many connections in all, whatever the clients do; one idle
- * this long is closed (it holds a slot under the caps). */
+/* auth_query runs on at most this many connections per worker, whatever the clients do; one
+ * idle this long is closed (it holds a slot under the caps). */
 #define SECRET_QUERY_CONNECTIONS 2
 #define SECRET_QUERY_IDLE_MS 1000
 

@@ -239,7 +239,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
-    app->cancel_map = cancel_map_new();
+    app->cancel_map = cancel_map_new(0);
     if (!app->cancel_map || budget_sync(app) < 0)
         return UV_ENOMEM;
     int rc = listener_start(app, &client_listener_ops);

@@ -25,10 +25,12 @@ static void on_poll_event(uv_poll_t *p, int status, int events)
  * free descriptor, so in a connection storm the same numbers come back again and again: a
  * detached handle is stopped (which removes the descriptor from epoll at once, as closing it
  * would) and kept under its number, and the next socket with that number starts it again. A
- * stopped handle is inactive: it neither keeps the loop running nor sees events. One loop per
- * process, so the table is the module's own. */
-static uv_poll_t **spare_polls;
-static int spare_polls_len;
+ * stopped handle is inactive: it neither keeps the loop running nor sees events. One table per
+ * thread: a handle belongs to its loop, and a worker's loop runs on one thread, so a handle
+ * parked by one worker is never started by another (the loop check in spare_take stays as a
+ * guard for a thread that runs more than one loop). */
+static _Thread_local uv_poll_t **spare_polls;
+static _Thread_local int spare_polls_len;
 
 static uv_poll_t *spare_take(uv_loop_t *loop, int fd)
 {

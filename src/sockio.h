@@ -31,8 +31,9 @@ int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_
 /* Stop watching; the fd is left to the caller. The poll handle is kept for the next socket that
  * gets the same descriptor number (see sockio.c). Idempotent. */
 void sockio_detach(struct sockio *io);
-/* Close the kept poll handles; at exit, after the loop has stopped and before a last run of it
- * (their close callbacks) and uv_loop_close. */
+/* Close the calling thread's kept poll handles (the table is per thread, like its loop); at
+ * exit, after the loop has stopped and before a last run of it (their close callbacks) and
+ * uv_loop_close. */
 void sockio_release_spares(void);
 /* Set the interest (UV_READABLE | UV_WRITABLE | UV_DISCONNECT). */
 void sockio_want(struct sockio *io, int events);

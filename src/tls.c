@@ -8,28 +8,57 @@
  *
  * One context serves every new client; reload builds a fresh one and swaps it in only when it
  * built. SSL objects hold a reference to their context, so sessions that started under the old
- * one go on unaffected. The context lives in this file (one per process), not in the config. */
+ * one go on unaffected. The context lives in this file (one per process, shared by every worker
+ * thread), not in the config: the context and its mode are one snapshot (snapshot.h), so a
+ * worker starting a session while a reload swaps them sees the old pair or the new one, and the
+ * old context is freed only after its last reader (and, by OpenSSL's own count, its last SSL). */
 #include "tls.h"
 
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config.h"
 #include "log.h"
 #include "sluice.h"
+#include "snapshot.h"
 
-static struct {
+struct tls_current {
     SSL_CTX *ctx; /* NULL when disabled */
     enum sslmode mode;
-} cur;
+};
+static struct snapshot_slot current = SNAPSHOT_SLOT_INIT; /* struct tls_current; none: disabled */
+
+static void destroy_current(void *p)
+{
+    struct tls_current *t = p;
+    SSL_CTX_free(t->ctx);
+    free(t);
+}
+
+/* Make (ctx, mode) the pair in force; -1 when out of memory (then ctx is freed). */
+static int publish(SSL_CTX *ctx, enum sslmode mode)
+{
+    struct tls_current *t = malloc(sizeof(*t));
+    if (!t) {
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    *t = (struct tls_current){.ctx = ctx, .mode = mode};
+    return snapshot_publish(&current, t, destroy_current);
+}
 
 enum sslmode tls_client_mode(void)
 {
-    return cur.mode;
+    struct snapshot *s = snapshot_acquire(&current);
+    const struct tls_current *t = snapshot_value(s);
+    enum sslmode mode = t ? t->mode : SSLMODE_DISABLE;
+    snapshot_release(s);
+    return mode;
 }
 
 void tls_error_text(char *out, size_t n, const char *what)
@@ -223,9 +252,10 @@ int tls_init(struct sluice *app)
         log_msg(LOG_ERROR, "client TLS: %s", err);
         return -1;
     }
-    tls_free();
-    cur.ctx = ctx;
-    cur.mode = mode;
+    if (publish(ctx, mode) < 0) {
+        log_msg(LOG_ERROR, "client TLS: out of memory");
+        return -1;
+    }
     if (ctx)
         log_msg(LOG_INFO, "client TLS: %s, certificate %s", sslmode_name(mode),
                 app->cfg->client_tls_cert_file);
@@ -239,12 +269,13 @@ void tls_reload(struct sluice *app)
     SSL_CTX *ctx = build(app->cfg, &mode, err, sizeof(err));
     if (!ctx && (mode != SSLMODE_DISABLE || err[0])) {
         log_msg(LOG_ERROR, "reload: client TLS: %s; keeping the previous TLS settings (%s)", err,
-                sslmode_name(cur.mode));
+                sslmode_name(tls_client_mode()));
         return;
     }
-    tls_free();
-    cur.ctx = ctx;
-    cur.mode = mode;
+    if (publish(ctx, mode) < 0) {
+        log_msg(LOG_ERROR, "reload: client TLS: out of memory; keeping the previous TLS settings");
+        return;
+    }
     if (ctx)
         log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
                 app->cfg->client_tls_cert_file);
@@ -252,17 +283,20 @@ void tls_reload(struct sluice *app)
 
 void tls_free(void)
 {
-    SSL_CTX_free(cur.ctx);
-    cur.ctx = NULL;
-    cur.mode = SSLMODE_DISABLE;
+    snapshot_publish(&current, NULL, NULL);
 }
 
 SSL *tls_client_new(int fd)
 {
-    if (!cur.ctx)
+    struct snapshot *s = snapshot_acquire(&current);
+    const struct tls_current *t = snapshot_value(s);
+    if (!t || !t->ctx) {
+        snapshot_release(s);
         return NULL;
+    }
     ERR_clear_error();
-    SSL *ssl = SSL_new(cur.ctx);
+    SSL *ssl = SSL_new(t->ctx); /* holds its own reference to the context */
+    snapshot_release(s);
     if (!ssl || SSL_set_fd(ssl, fd) != 1) {
         char err[300];
         tls_error_text(err, sizeof(err), "cannot start a TLS session");

@@ -25,7 +25,8 @@ struct sluice;
  * refuses to start). */
 int tls_init(struct sluice *app) __attribute__((warn_unused_result));
 /* After a reload: build a new context; on failure log it and keep the old one (and its mode).
- * Connections keep the context they started with. */
+ * Connections keep the context they started with. Other threads may call tls_client_new and
+ * tls_client_mode meanwhile: they see the old pair or the new one, never a mix or a freed one. */
 void tls_reload(struct sluice *app);
 /* Shutdown: drop the context. */
 void tls_free(void);
