@@ -397,3 +397,9 @@ const struct client_events link_client_events = {
     .readable = link_client_readable,
     .writable = client_writable,
 };
+
+/* ---- the relay's events ---- */
+
+const struct relay_events link_relay_events = {
+    .login_refused = client_login_refused,
+};

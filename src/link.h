@@ -71,5 +71,7 @@ extern const struct server_events link_server_events;
 /* The events a linked client raises (client.h): its close to link_end (CLIENT_VANISHED), its
  * socket's to the relay (sluice.c installs them). */
 extern const struct client_events link_client_events;
+/* What the relay reports mid-pump (relay.h): a login sync's refusal, to client_login_refused. */
+extern const struct relay_events link_relay_events;
 
 #endif

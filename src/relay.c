@@ -159,7 +159,7 @@ static void on_internal_error(struct server *s, struct client *c, const uint8_t 
     bool parsed = codec_parse_error(body, len, &ef);
     if (c && client_login_syncing(c)) {
         /* The client's own startup parameter: Postgres would have refused the login so. */
-        client_login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
+        c->app->relay_events->login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
                              parsed && ef.message ? ef.message : "invalid startup parameter");
         return;
     }

@@ -61,6 +61,15 @@ struct relay_outcome {
     struct client_failure failure; /* RELAY_CLIENT_FAILED */
 };
 
+/* What the relay reports while it pumps, where returning would not do: a login's parameter
+ * sync is answered by an error in the middle of the replies, and the first one is the one the
+ * client must get (link.c's link_relay_events, installed by sluice.c as app->relay_events). */
+struct relay_events {
+    /* The server refused a SET of c's login sync: its login ends with this error (the replies
+     * still due are consumed, then RELAY_LOGIN_SYNCED). */
+    void (*login_refused)(struct client *c, const char *sqlstate, const char *message);
+};
+
 /* A linked client's bytes arrived (client ACTIVE, or in its login's parameter sync). */
 enum relay_result relay_client_readable(struct client *c, struct relay_outcome *o)
     __attribute__((warn_unused_result));

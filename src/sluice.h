@@ -67,6 +67,7 @@ struct sluice {
     const struct pool_events *pool_events; /* what the pools report, to the link (link.c) */
     const struct server_events *server_events; /* what servers report, to the link (link.c) */
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
+    const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
     struct budget_set budgets;
     /* A budget lease ended: waiters of other pools may now be served (done in on_reaper_check). */
     bool dispatch_needed;
