@@ -216,10 +216,6 @@ void server_on_io(struct sockio *io, int status, int events)
         leaving_step(s, status);
         return;
     }
-    if (server_state_is_connecting(s->state)) {
-        server_connect_step(s, status, events);
-        return;
-    }
     s->pool->app->server_events->io(s, status, events); /* logged in: the relay's */
 }
 
@@ -377,7 +373,9 @@ void server_check_timeouts(struct server *s, uint64_t now)
             char msg[128];
             snprintf(msg, sizeof(msg), "connect and login not done within %lld ms (server_connect_timeout)",
                      (long long)cfg->server_connect_timeout);
-            server_connect_failed(s, msg);
+            struct pool *p = s->pool; /* as server_connect_failed: close, tell the pool */
+            server_close(s, msg);
+            pool_connect_failed(p, msg);
         }
         break;
     case SERVER_IDLE:

@@ -138,7 +138,8 @@ struct server_events {
 /* A log line about s, prefixed with its identity: S-<id> db/user (conn_log.c). */
 void log_server(enum log_level level, const struct server *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The socket callback of every server (libpq login, passthrough login, then the relay). */
+/* The socket callback of a logged-in server (server_connect.c's own serves the connecting
+ * states and hands the socket over at login): the relay's, or LEAVING's wait for the end. */
 void server_on_io(struct sockio *io, int status, int events);
 /* Move s to next (checked by server_transition_ok), onto its pool's list for next. */
 void server_set_state(struct server *s, enum server_state next);

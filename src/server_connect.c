@@ -222,6 +222,14 @@ static bool md5_secret_in_auth_file(const struct config *cfg, const char *user,
 
 /* Log in, by libpq or by passthrough, with the entry's keywords and, when its host names were
  * resolved, their addresses (r). s may be CLOSED on return (failed at once, reported). */
+static void on_connecting_io(struct sockio *io, int status, int events);
+static void on_login_report(struct server *s, enum login_result result,
+                            const struct login_report *r);
+static const struct server_login_hooks login_hooks = {
+    .reported = on_login_report,
+    .on_io = on_connecting_io,
+};
+
 static void start_login(struct server *s, const struct resolver *r)
 {
     struct pool *p = s->pool;
@@ -251,7 +259,8 @@ static void start_login(struct server *s, const struct resolver *r)
         server_set_state(s, SERVER_LOGIN_PASSTHROUGH);
         char why[256];
         enum sslmode sslmode = config_server_sslmode(app->cfg, db);
-        int started = server_login_start(s, kw, val, sslmode, keys, why, sizeof(why));
+        int started =
+            server_login_start(s, kw, val, sslmode, keys, &login_hooks, why, sizeof(why));
         OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
         if (started < 0) {
             server_connect_failed(s, why);
@@ -273,7 +282,7 @@ static void start_login(struct server *s, const struct resolver *r)
     }
     /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
     PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
-    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, server_on_io) < 0) {
+    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
         server_connect_failed(s, "cannot watch the server socket");
         return;
     }
@@ -310,7 +319,7 @@ struct server *server_connect(struct pool *p)
     s->connect_start_ms = sluice_now(app);
     s->state_since_ms = s->connect_start_ms;
     s->io.fd = -1;
-    s->io.cb = server_on_io;
+    s->io.cb = on_connecting_io;
     params_init(&s->params);
     stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
@@ -430,6 +439,7 @@ static void logged_in(struct server *s)
     log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
                s->io.ssl ? " (TLS)" : "",
                (unsigned long long)(s->connect_ms - s->connect_start_ms));
+    s->io.cb = server_on_io; /* server.c's from here: the relay, leaving, closing */
     pool_server_ready(s);
 }
 
@@ -608,7 +618,7 @@ static void connect_step(struct server *s)
     if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
         /* libpq moved to another socket (next host, or a retry without TLS). */
         sockio_detach(&s->io);
-        if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
+        if (sockio_open(&s->io, s->pool->app->loop, fd, s, on_connecting_io) < 0) {
             server_connect_failed(s, "cannot watch the server socket");
             return;
         }
@@ -639,7 +649,8 @@ static void connect_step(struct server *s)
 
 /* ---- the passthrough login's reports, and the socket in every connecting state ---- */
 
-void server_on_login(struct server *s, enum login_result result, const struct login_report *r)
+static void on_login_report(struct server *s, enum login_result result,
+                            const struct login_report *r)
 {
     switch (result) {
     case LOGIN_RESULT_FAILED:
@@ -660,8 +671,11 @@ void server_on_login(struct server *s, enum login_result result, const struct lo
     }
 }
 
-void server_connect_step(struct server *s, int status, int events)
+/* The socket callback of a server in a connecting state; logged_in hands the socket to
+ * server.c (server_on_io). */
+static void on_connecting_io(struct sockio *io, int status, int events)
 {
+    struct server *s = io->owner;
     switch (s->state) {
     case SERVER_LOGIN:
         connect_step(s);

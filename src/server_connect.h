@@ -1,7 +1,8 @@
 /* server_connect: a new backend connection until it may serve — the connecting states of
  * server.h (RESOLVING, LOGIN or LOGIN_PASSTHROUGH, PROBING, CONNECT_QUERY), the libpq login, and
  * sluice's login queries for both login paths; then the server goes to its pool
- * (pool_server_ready). server.c owns the server after that. */
+ * (pool_server_ready). Until then the server's socket callback is this file's; from then on
+ * it is server.c's (server_on_io), which owns the server after that. */
 #ifndef SLUICE_SERVER_CONNECT_H
 #define SLUICE_SERVER_CONNECT_H
 
@@ -11,8 +12,6 @@ struct server;
 /* Start a new connection for the pool (state RESOLVING, counted against the caps from here on).
  * NULL when it could not even start. */
 struct server *server_connect(struct pool *pool);
-/* A socket event for a server in a connecting state (server_on_io hands them here). */
-void server_connect_step(struct server *s, int status, int events);
 /* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
  * backs off and answers its waiting clients with why. */
 void server_connect_failed(struct server *s, const char *why);

@@ -57,6 +57,7 @@ enum ssl_want { SSL_NO, SSL_PREFER, SSL_REQUIRE, SSL_VERIFY_CA, SSL_VERIFY_FULL 
 
 struct server_login {
     struct server *s;
+    const struct server_login_hooks *hooks; /* server_connect.c's: reports and the socket */
     enum login_step step;
     struct passthrough_keys keys;
     struct scram_client scram;
@@ -103,15 +104,15 @@ static void fail(struct server *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    server_on_login(s, LOGIN_RESULT_FAILED, &(struct login_report){.why = msg});
+    s->login->hooks->reported(s, LOGIN_RESULT_FAILED, &(struct login_report){.why = msg});
 }
 
-/* Tell server_connect.c how a step ended. true while the login reads on: s open, a query of
+/* Tell server_connect.c (hooks->reported) how a step ended. true while the login reads on: s open, a query of
  * server_connect.c's in flight. */
 static bool report(struct server *s, enum login_result result, const struct login_report *r)
 {
     struct server_login *l = s->login;
-    server_on_login(s, result, r);
+    l->hooks->reported(s, result, r);
     return s->login == l && l->step == STEP_QUERY;
 }
 
@@ -210,7 +211,7 @@ static void begin_connect(struct server *s)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     }
-    if (sockio_open(&s->io, s->pool->app->loop, fd, s, server_on_io) < 0) {
+    if (sockio_open(&s->io, s->pool->app->loop, fd, s, l->hooks->on_io) < 0) {
         close(fd);
         fail(s, "cannot watch the server socket");
         return;
@@ -658,7 +659,7 @@ void server_login_step(struct server *s, int status, int events)
     }
 }
 
-/* Called from server_on_login, inside read_messages, which writes it out after the messages. */
+/* Called from the login's report (hooks->reported), inside read_messages, which writes it out after the messages. */
 void server_login_query(struct server *s, const char *sql)
 {
     s->login->step = STEP_QUERY;
@@ -688,8 +689,8 @@ static enum ssl_want ssl_want_of(enum sslmode mode)
 }
 
 int server_login_start(struct server *s, const char *const *kw, const char *const *val,
-                       enum sslmode sslmode, const struct passthrough_keys *keys, char *why,
-                       size_t whylen)
+                       enum sslmode sslmode, const struct passthrough_keys *keys,
+                       const struct server_login_hooks *hooks, char *why, size_t whylen)
 {
     struct server_login *l = calloc(1, sizeof(*l));
     if (!l) {
@@ -698,6 +699,7 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
     }
     s->login = l;
     l->s = s;
+    l->hooks = hooks;
     l->keys = *keys;
     codec_out_init(&l->in);
     const char *host = kw_get(kw, val, "host");

@@ -5,7 +5,7 @@
  * sslrootcert), sends the startup packet, answers the authentication request and reads the
  * server's ParameterStatus, BackendKeyData and ReadyForQuery; then it runs the login queries
  * server_connect.c asks for (server_login_query). It tells server_connect.c how each step ended
- * through one callback, server_on_login, and never decides the server's fate itself. It also
+ * through one callback (server_login_hooks.reported), and never decides the server's fate. It also
  * sends CancelRequests for such servers.
  *
  * The connection keywords are libpq's (the database entry's, as server.c fills them in): host,
@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "sockio.h"
 
 struct server;
 struct passthrough_keys;
@@ -36,17 +37,24 @@ enum login_result {
 struct login_report {
     const char *why, *sqlstate, *message, *value; /* valid during the call only */
 };
-/* server_connect.c's: it decides what follows (a login query, the pool, or closing s, which
- * frees the login). */
-void server_on_login(struct server *s, enum login_result result, const struct login_report *r);
+/* Where the login reports, given to server_login_start by server_connect.c, which owns the
+ * connecting states: this file calls nothing above it. */
+struct server_login_hooks {
+    /* How a step ended: server_connect.c decides what follows (a login query, the pool, or
+     * closing s, which frees the login). */
+    void (*reported)(struct server *s, enum login_result result, const struct login_report *r);
+    /* The callback of the socket the login opens (the connecting server's). */
+    sockio_cb on_io;
+};
 
 /* Start logging s in (s is LOGIN_PASSTHROUGH, s->conn NULL). kw/val: NULL-terminated libpq
  * keywords; sslmode: the one they hold, as config parsed it (config_server_sslmode). 0, or -1
  * with why filled in (then the caller closes s). */
 int server_login_start(struct server *s, const char *const *kw, const char *const *val,
-                       enum sslmode sslmode, const struct passthrough_keys *keys, char *why,
-                       size_t whylen);
-/* A socket event while logging in or running a login query (server_connect_step). */
+                       enum sslmode sslmode, const struct passthrough_keys *keys,
+                       const struct server_login_hooks *hooks, char *why, size_t whylen);
+/* A socket event while logging in or running a login query (server_connect.c's socket
+ * callback hands them here). */
 void server_login_step(struct server *s, int status, int events);
 /* After LOGIN_RESULT_LOGGED_IN or LOGIN_RESULT_QUERY_DONE: send sql; its outcome comes back as
  * ROW, QUERY_ERROR and QUERY_DONE reports. */
