@@ -26,7 +26,6 @@
 
 #include "console.h"
 #include "client.h"
-#include "link.h"
 #include "log.h"
 #include "pool.h"
 #include "relay.h"
@@ -165,6 +164,7 @@ struct cancel_job {
     PGcancel *cancel;                  /* a libpq login's */
     struct login_cancel_target target; /* else a passthrough login's (server_login.c) */
     struct server *server;
+    const struct cancel_events *events; /* the app's, for cancel_done */
     struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
     int ok;
     char err[256];
@@ -192,19 +192,17 @@ static void cancel_done(uv_work_t *req, int status)
         log_msg(LOG_WARNING, "S-%llu: cancel request failed: %s", (unsigned long long)s->id,
                 job->err);
     struct client *requester = job->requester;
+    const struct cancel_events *events = job->events;
     free(job);
     if (requester) {
         requester->cancel_job = NULL;
-        client_close(requester, "cancel request handled");
+        events->request_handled(requester);
     }
     if (s->state == SERVER_CLOSED) {
         /* server_close left the struct for us (see on_reaper_check). */
         return;
     }
-    if (s->state == SERVER_ACTIVE && s->client && s->cancels_in_flight == 0)
-        link_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
-    else
-        server_maybe_done_resetting(s);
+    events->server_done(s);
 }
 
 unsigned cancel_pid_owner(uint32_t pid)
@@ -235,7 +233,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
         return false;
     }
     if (c->state == CLIENT_WAITING) {
-        client_cancel_queued(c); /* its request has not reached a server: answered here */
+        app->cancel_events->queued_cancelled(c); /* its request has not reached a server */
         return false;
     }
     struct server *s = c->server;
@@ -253,7 +251,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key)
 {
     if (!route_request(requester, pid, key))
-        client_close(requester, "cancel request handled");
+        requester->app->cancel_events->request_handled(requester);
 }
 
 void cancel_requester_gone(struct client *requester)
@@ -274,6 +272,7 @@ static int start_cancel(struct sluice *app, struct server *s, struct client *req
     if (!job)
         return -ENOMEM;
     job->server = s;
+    job->events = app->cancel_events;
     if (s->conn)
         job->cancel = PQgetCancel(s->conn);
     if (!job->cancel && !server_login_cancel_target(s, &job->target)) {
@@ -292,7 +291,7 @@ static int start_cancel(struct sluice *app, struct server *s, struct client *req
     if (requester) {
         job->requester = requester;
         requester->cancel_job = job;
-        client_set_state(requester, CLIENT_CANCEL_WAIT);
+        app->cancel_events->request_waits(requester);
     }
     return 0;
 }

@@ -16,6 +16,22 @@ struct server;
  * (docs/architecture.md 5.5); pids are unique across the maps. */
 #define CANCEL_OWNER_MAX 63u          /* the pid's low 6 bits */
 #define CANCEL_PID_RANDOM 0x3fffffc0u /* the pid's random bits */
+/* What routing a CancelRequest and a cancel's end ask of the layers above (link.c's
+ * link_cancel_events, installed by sluice.c as app->cancel_events): cancel.c keys, routes and
+ * sends; it closes no client and kicks no server itself. */
+struct cancel_events {
+    /* requester's CancelRequest is handled (at once, or its cancel has reached the backend):
+     * its connection closes. */
+    void (*request_handled)(struct client *requester);
+    /* requester waits for its cancel to reach the backend (CLIENT_CANCEL_WAIT, not read). */
+    void (*request_waits)(struct client *requester);
+    /* The CancelRequest is for c, queued for a server: its request is answered without one. */
+    void (*queued_cancelled)(struct client *c);
+    /* A cancel sent to s is over (cancels_in_flight counts it out), s not closed: its client's
+     * next bytes, or its cleanup between clients, may go on. */
+    void (*server_done)(struct server *s);
+};
+
 struct cancel_map *cancel_map_new(unsigned owner);
 void cancel_map_free(struct cancel_map *m);
 /* Give the client a fresh (pid, key) and remember it. 0, or -EIO (no randomness). The random

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "budget.h"
+#include "cancel.h"
 #include "client.h"
 #include "client_login.h"
 #include "pool.h"
@@ -402,4 +403,31 @@ const struct client_events link_client_events = {
 
 const struct relay_events link_relay_events = {
     .login_refused = client_login_refused,
+};
+
+/* ---- what cancels ask ---- */
+
+static void cancel_request_handled(struct client *requester)
+{
+    client_close(requester, "cancel request handled");
+}
+
+static void cancel_request_waits(struct client *requester)
+{
+    client_set_state(requester, CLIENT_CANCEL_WAIT);
+}
+
+static void cancel_server_done(struct server *s)
+{
+    if (s->state == SERVER_ACTIVE && s->client && s->cancels_in_flight == 0)
+        link_kick(s); /* the client's next bytes waited for this (relay.c client_bytes_wait) */
+    else
+        server_maybe_done_resetting(s);
+}
+
+const struct cancel_events link_cancel_events = {
+    .request_handled = cancel_request_handled,
+    .request_waits = cancel_request_waits,
+    .queued_cancelled = client_cancel_queued,
+    .server_done = cancel_server_done,
 };

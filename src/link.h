@@ -73,5 +73,8 @@ extern const struct server_events link_server_events;
 extern const struct client_events link_client_events;
 /* What the relay reports mid-pump (relay.h): a login sync's refusal, to client_login_refused. */
 extern const struct relay_events link_relay_events;
+/* What cancels ask (cancel.h): close or park a requester, answer a queued client, go on with a
+ * server whose cancel is over (sluice.c installs them). */
+extern const struct cancel_events link_cancel_events;
 
 #endif

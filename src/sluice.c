@@ -210,6 +210,7 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
     app->server_events = &link_server_events;
     app->client_events = &link_client_events;
     app->relay_events = &link_relay_events;
+    app->cancel_events = &link_cancel_events;
     app->services = services;
     list_init(&app->pools);
     list_init(&app->login_clients);

@@ -68,6 +68,7 @@ struct sluice {
     const struct server_events *server_events; /* what servers report, to the link (link.c) */
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
     const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
+    const struct cancel_events *cancel_events; /* what cancels ask of clients, servers (link.c) */
     struct budget_set budgets;
     /* A budget lease ended: waiters of other pools may now be served (done in on_reaper_check). */
     bool dispatch_needed;
