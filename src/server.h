@@ -20,7 +20,7 @@
 /* One field says what a server is doing. The connecting states come first, in the order a new
  * server goes through them (each after RESOLVING may be skipped); all of them count against the
  * caps from the first moment, sit on the pool's connecting list and have server_connect_timeout.
- * The transitions are checked by server_transition_ok (the table in server.c). */
+ * The transitions are checked by server_transition_ok (the table in server_state.c). */
 enum server_state {
     SERVER_RESOLVING,         /* its host names are resolved off the loop (resolver.c); with none
                                  to resolve it moves on at once */
