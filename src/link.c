@@ -361,6 +361,12 @@ const struct pool_events link_pool_events = {
     .waiter_notified = notify_waiter,
     .login_welcomed = client_welcome_from_pool,
     .client_tick = client_check_timeouts,
+    .open_server = server_connect,
+    .close_server = server_close,
+    .close_server_for = server_close_for,
+    .kick_server = server_kick,
+    .watch_server = server_want_io,
+    .server_tick = server_check_timeouts,
 };
 
 /* ---- the servers' events ---- */

@@ -23,6 +23,38 @@
 const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25,   50,    100,
                                                               250, 500, 1000, 2500, 5000, 10000};
 
+/* ---- the pool's servers: opened, pumped and closed by the layer above (pool_events) ---- */
+
+static struct server *open_server(struct pool *p)
+{
+    return p->app->pool_events->open_server(p);
+}
+
+static void close_server(struct server *s, const char *why)
+{
+    s->pool->app->pool_events->close_server(s, why);
+}
+
+static void close_server_for(struct server *s, const char *why, struct pool *room_for)
+{
+    s->pool->app->pool_events->close_server_for(s, why, room_for);
+}
+
+static void kick_server(struct server *s)
+{
+    s->pool->app->pool_events->kick_server(s);
+}
+
+static void watch_server(struct server *s)
+{
+    s->pool->app->pool_events->watch_server(s);
+}
+
+static void tick_server(struct server *s, uint64_t now)
+{
+    s->pool->app->pool_events->server_tick(s, now);
+}
+
 static void hist_add(uint64_t *hist, uint64_t ms)
 {
     int i = 0;
@@ -180,12 +212,6 @@ void pool_create_forced(struct sluice *app)
     }
 }
 
-int pool_server_count(const struct pool *p)
-{
-    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count +
-           p->leaving.count;
-}
-
 /* Clients of budget b in other pools than c's that have waited longer than c, counting up to
  * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
  * client. */
@@ -299,7 +325,7 @@ bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
     char why[160];
     snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
              victim->db_name, victim->user_name, limit_kind_key(k));
-    server_close_for(oldest, why, except);
+    close_server_for(oldest, why, except);
     return true;
 }
 
@@ -366,7 +392,7 @@ static void maybe_connect(struct pool *p)
         }
         if (k != LIMIT_NONE)
             break;
-        if (!server_connect(p))
+        if (!open_server(p))
             break;
         if (p->breaker.state == BREAKER_OPEN) {
             p->breaker.state = BREAKER_PROBING;
@@ -403,7 +429,7 @@ static void dispatch(struct pool *p)
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_RESETTING);
             server_queue_internal(s, check_sql(p->app->cfg));
-            server_kick(s);
+            kick_server(s);
             continue;
         }
         p->app->pool_events->waiter_served(c, s);
@@ -443,7 +469,7 @@ static bool close_if_over_limit(struct server *s)
     char why[160];
     snprintf(why, sizeof(why), "above %s = %d (lowered by a reload)", limit_kind_key(k),
              budget_limit_value(p, NULL, k));
-    server_close(s, why);
+    close_server(s, why);
     return true;
 }
 
@@ -515,12 +541,12 @@ void pool_server_ready(struct server *s)
     struct sluice *app = p->app;
     uint64_t now = sluice_now(app);
     if (!sluice_serving(app) && list_empty(&p->waiting)) {
-        server_close(s, "shutting down");
+        close_server(s, "shutting down");
         return;
     }
     if (s->close_when_free || (p->timeouts.server_lifetime > 0 &&
                                now - s->connect_ms >= (uint64_t)p->timeouts.server_lifetime)) {
-        server_close(s, s->close_when_free ? "closed at release" : "server_lifetime reached");
+        close_server(s, s->close_when_free ? "closed at release" : "server_lifetime reached");
         maybe_connect(p);
         return;
     }
@@ -542,7 +568,7 @@ void pool_server_ready(struct server *s)
         char why[160];
         snprintf(why, sizeof(why), "room handed to pool %s/%s, whose client waited longer",
                  other->db_name, other->user_name);
-        server_close_for(s, why, other);
+        close_server_for(s, why, other);
         return;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
@@ -552,7 +578,7 @@ void pool_server_ready(struct server *s)
     }
     server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
-    server_want_io(s);
+    watch_server(s);
 }
 
 bool pool_queue_cleanup(struct server *s)
@@ -599,7 +625,7 @@ void pool_release(struct server *s)
      * they are in, so the server waits for them in RESETTING. */
     if (pool_queue_cleanup(s) || s->cancels_in_flight > 0 || s->swallow > 0) {
         server_set_state(s, SERVER_RESETTING);
-        server_kick(s);
+        kick_server(s);
         return;
     }
     pool_server_ready(s);
@@ -915,15 +941,15 @@ void pool_maintain(struct pool *p, uint64_t now)
         fail_waiter(p, c, waited);
     }
     list_for_each(&p->connecting, n, tmp)
-        server_check_timeouts(container_of(n, struct server, node), now);
+        tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->idle, n, tmp)
-        server_check_timeouts(container_of(n, struct server, node), now);
+        tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->resetting, n, tmp)
-        server_check_timeouts(container_of(n, struct server, node), now);
+        tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->active, n, tmp)
-        server_check_timeouts(container_of(n, struct server, node), now);
+        tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->leaving, n, tmp)
-        server_check_timeouts(container_of(n, struct server, node), now);
+        tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
         p->app->pool_events->client_tick(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)
@@ -931,7 +957,7 @@ void pool_maintain(struct pool *p, uint64_t now)
     maybe_connect(p);
     /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
     while (pool_server_count(p) > p->size && !list_empty(&p->idle))
-        server_close(container_of(list_last(&p->idle), struct server, node),
+        close_server(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
     while (!list_empty(&p->idle) &&
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
@@ -942,7 +968,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         pool_server_count(p) < p->min_size &&
         budget_connect_limit(p, false) == LIMIT_NONE)
-        server_connect(p);
+        open_server(p);
 }
 
 void pool_free(struct pool *p)

@@ -93,7 +93,7 @@ struct pool {
 };
 
 /* What the pool tells the layer above it. The pool decides who gets a server and whose wait is
- * over, and touches no socket and no client's state itself: link.c wires these to the link and
+ * over, and touches no socket, no client's state and no server's connection itself: link.c wires these to the link and
  * the client (link_pool_events, installed by sluice.c); unit tests install fakes. */
 struct pool_events {
     /* Server s (free, or fresh from its login) goes to the waiting client c: pair them. */
@@ -110,6 +110,22 @@ struct pool_events {
     void (*login_welcomed)(struct client *c);
     /* The pool's tick (pool_maintain) reaches a logged-in client, IDLE or ACTIVE. */
     void (*client_tick)(struct client *c, uint64_t now);
+
+    /* Its servers: the pool decides when one opens, closes or runs its own queries, and moves
+     * them between its lists (server_set_state); opening, pumping and closing are server.c's
+     * and server_connect.c's (link_pool_events wires them). */
+    /* Open one more server for p (RESOLVING, counted from now). NULL: it could not start. */
+    struct server *(*open_server)(struct pool *p);
+    /* Close s; why: for the log (server_close). */
+    void (*close_server)(struct server *s, const char *why);
+    /* Close logged-in s so that room_for may open one in its place (server_close_for). */
+    void (*close_server_for)(struct server *s, const char *why, struct pool *room_for);
+    /* Pump s, which has no client: sluice's own queries (a check, a reset) (server_kick). */
+    void (*kick_server)(struct server *s);
+    /* s has no client now (IDLE): watch its socket (server_want_io). */
+    void (*watch_server)(struct server *s);
+    /* The pool's tick reaches s: its timeouts (server_check_timeouts). */
+    void (*server_tick)(struct server *s, uint64_t now);
 };
 
 /* Find or create the pool for a client's login: by database and user, the database's forced
@@ -121,7 +137,13 @@ void pool_apply_config(struct pool *p);
 /* Create the pools of [databases] entries with a forced user=, as PgBouncer does, so that
  * min_pool_size opens their servers before any client comes (start and reload). */
 void pool_create_forced(struct sluice *app);
-int pool_server_count(const struct pool *p);
+/* Its servers, every state but CLOSED: what the caps count. Inline: budget.c counts them
+ * without calling up into the pool. */
+static inline int pool_server_count(const struct pool *p)
+{
+    return p->connecting.count + p->idle.count + p->active.count + p->resetting.count +
+           p->leaving.count;
+}
 
 /* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit
  * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */

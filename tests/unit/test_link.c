@@ -258,6 +258,13 @@ static const struct pool_events fakes = {
     .waiter_notified = fake_notified,
     .login_welcomed = fake_welcomed,
     .client_tick = fake_tick,
+    /* the real servers' side: these tests open none (shutting down) */
+    .open_server = server_connect,
+    .close_server = server_close,
+    .close_server_for = server_close_for,
+    .kick_server = server_kick,
+    .watch_server = server_want_io,
+    .server_tick = server_check_timeouts,
 };
 
 static char *no_env[] = {NULL};

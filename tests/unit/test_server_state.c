@@ -8,6 +8,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "link.h"
 #include "pool.h"
 #include "server.h"
 #include "sluice.h"
@@ -139,6 +140,7 @@ static bool world_init(struct world *w)
     w->app = calloc(1, sizeof(*w->app));
     w->app->cfg = w->cfg;
     w->app->loop = &w->loop;
+    w->app->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
     list_init(&w->app->pools);
     list_init(&w->app->dead_servers);
     CHECK_INT(budget_sync(w->app), 0);
