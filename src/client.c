@@ -374,8 +374,7 @@ void client_close(struct client *c, const char *reason)
         cancel_unregister(app->cancel_map, c);
     if (c->state == CLIENT_CANCEL_WAIT)
         cancel_requester_gone(c);
-    if (c->budget)
-        c->budget->clients--;
+    ledger_give_client(&app->ledger, c->budget);
     c->budget = NULL;
     list_remove(list_for(c, c->state), &c->node);
     c->state = CLIENT_CLOSED;

@@ -14,6 +14,7 @@
 
 #include "admin.h"
 #include "budget.h"
+#include "ledger.h"
 #include "client.h"
 #include "log.h"
 #include "pool_mode.h"
@@ -93,6 +94,11 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->active_clients);
     params_init(&p->welcome);
     params_init(&p->accepted);
+    p->ledger_key = ledger_key_get(&app->ledger, database, user);
+    if (!p->ledger_key) {
+        pool_free(p);
+        return NULL;
+    }
     p->is_admin = admin_is_console_db(database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
@@ -216,7 +222,7 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
  * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    int room = budget_room(c->app, c->budget);
+    int room = ledger_lease_room(c->app, c->budget);
     if (room == 0)
         return false;
     return room < 0 || c->app->pools.count <= 1 || older_budget_waiters_elsewhere(c, room) < room;
@@ -248,7 +254,7 @@ static int count_eligible(const struct pool *p, int enough)
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = budget_room(p->app, set->items[i]);
+        room[i] = ledger_lease_room(p->app, set->items[i]);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
@@ -334,6 +340,15 @@ static bool may_try_connect(struct pool *p)
     return b->failures == 0 || p->connecting.count == 0;
 }
 
+/* A new backend's slot, taken in the ledger before server_connect opens it (which then holds it,
+ * or gives it back when no server could be made): LIMIT_NONE, or the cap that binds. */
+static enum limit_kind take_slot(struct pool *p, bool use_reserve)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, use_reserve, &caps);
+    return ledger_take_server(&p->app->ledger, p->ledger_key, &caps);
+}
+
 /* Open connections for clients that wait, within every cap and the backoff. While the breaker is
  * open, one probe tests the database whether or not anyone waits, so a recovered database is
  * noticed (and /health is ready again) without a client having to come first. */
@@ -357,7 +372,7 @@ static void maybe_connect(struct pool *p)
                       (uint64_t)app->cfg->reserve_pool_timeout;
     }
     while (want-- > 0) {
-        enum limit_kind k = budget_connect_limit(p, use_reserve);
+        enum limit_kind k = take_slot(p, use_reserve);
         if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
             /* The room comes when the evicted backend has exited (pool_server_gone). */
             if (!probe_only)
@@ -406,6 +421,8 @@ static void dispatch(struct pool *p)
             server_kick(s);
             continue;
         }
+        if (ledger_take_lease(p->app, c->budget) != LIMIT_NONE)
+            return; /* first_eligible said it may: cannot happen, and must not loop */
         p->app->pool_events->waiter_served(c, s);
     }
 }
@@ -546,7 +563,7 @@ void pool_server_ready(struct server *s)
         return;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
-    if (c) {
+    if (c && ledger_take_lease(app, c->budget) == LIMIT_NONE) {
         app->pool_events->waiter_served(c, s);
         return;
     }
@@ -784,7 +801,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  p->db_name, p->user_name, secs, p->db_name);
         return;
     }
-    enum limit_kind k = budget_lease_limit(p->app, c->budget);
+    enum limit_kind k = ledger_lease_limit(p->app, c->budget);
     if (k == LIMIT_BUDGET) {
         snprintf(msg, len,
                  "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
@@ -940,8 +957,7 @@ void pool_maintain(struct pool *p, uint64_t now)
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
-        pool_server_count(p) < p->min_size &&
-        budget_connect_limit(p, false) == LIMIT_NONE)
+        pool_server_count(p) < p->min_size && take_slot(p, false) == LIMIT_NONE)
         server_connect(p);
 }
 

@@ -329,6 +329,7 @@ static void close_now(struct server *s)
     s->state = SERVER_CLOSED;
     list_append(&app->dead_servers, &s->node);
     app->nservers--;
+    ledger_give_server(&app->ledger, s->pool->ledger_key); /* its backend is gone */
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;
