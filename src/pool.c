@@ -947,7 +947,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         p->app->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
     /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
-    while (pool_server_count(p) > p->size && !list_empty(&p->idle))
+    while (p->ledger_key->servers > p->size && !list_empty(&p->idle))
         server_close(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
     while (!list_empty(&p->idle) &&
@@ -957,7 +957,7 @@ void pool_maintain(struct pool *p, uint64_t now)
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
-        pool_server_count(p) < p->min_size && take_slot(p, false) == LIMIT_NONE)
+        p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
         server_connect(p);
 }
 
