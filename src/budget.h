@@ -28,8 +28,8 @@ struct budget {
     struct cidr addr;
     bool has_addr;
     int max_servers, max_clients, min_servers; /* 0 = none */
-    int clients;  /* logged-in clients now */
-    int leases;   /* servers linked to its clients now */
+    int clients;  /* logged-in clients now (counted by ledger.c only) */
+    int leases;   /* servers linked to its clients now (counted by ledger.c only) */
     bool retired; /* removed from the config; kept while clients still point at it */
     int slot;     /* its index in the budget set (for per-budget tallies) */
 };

@@ -119,6 +119,7 @@ static void a_connecting_server_stays_on_one_list_through_its_sub_states(void)
     list_remove(&app->pools, &p->node);
     pool_free(p);
     budget_free_all(app);
+    ledger_free(&app->ledger);
     config_free(cfg);
     free(app);
     uv_loop_close(&loop);
