@@ -2,6 +2,7 @@
  * for — the pools' server lists, auth_query's connections, the servers charged to a budget and
  * the clients in it — and compares. Debug builds run it on every maintenance tick (sluice.c);
  * tests/unit/test_ledger.c runs it too. Reads only. */
+#include <stdio.h>
 #include <string.h>
 
 #include "client.h"
@@ -95,7 +96,9 @@ bool ledger_audit(const struct sluice *app)
             const struct pool *p = container_of(node, struct pool, node);
             n += p->ledger_key == k ? pool_server_count(p) : 0;
         }
-        ok &= agree("pool key of database", k->db->name, k->servers, n);
+        char key[256];
+        snprintf(key, sizeof(key), "%s/%s", k->db->name, k->user->name);
+        ok &= agree("pool", key, k->servers, n);
     }
     for (int i = 0; i < app->budgets.n; i++) {
         const struct budget *b = app->budgets.items[i];
