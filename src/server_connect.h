@@ -8,8 +8,9 @@
 struct pool;
 struct server;
 
-/* Start a new connection for the pool (state RESOLVING, counted against the caps from here on).
- * NULL when it could not even start. */
+/* Start a new connection for the pool (state RESOLVING). The caller has taken the pool's slot in
+ * the ledger (ledger_take_server): the server holds it from here until it is gone, and when no
+ * server is made the slot is given back here. NULL when it could not even start. */
 struct server *server_connect(struct pool *pool);
 /* A socket event for a server in a connecting state (server_on_io hands them here). */
 void server_connect_step(struct server *s, int status, int events);
