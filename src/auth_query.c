@@ -217,7 +217,7 @@ static void qconn_close(struct qconn *qc, const char *why)
     if (qc->conn)
         PQfinish(qc->conn);
     /* its slot under the caps is free: a pool may be waiting for it */
-    slots->freed(qc->app);
+    slots->freed(qc->app, qc->db_name, qc->auth_user);
     free(qc->target);
     free(qc->db_name);
     free(qc->auth_user);
@@ -515,6 +515,7 @@ static void qconn_open(struct sluice *app, struct secret_job *j)
     const struct config *cfg = app->cfg;
     struct query_target t;
     if (!query_target(cfg, j->database, &t)) {
+        slots->freed(app, j->db_name, j->auth_user); /* the slot room_for took: unused */
         query_finish(j, "auth_query is no longer configured for this database");
         return;
     }
@@ -526,6 +527,7 @@ static void qconn_open(struct sluice *app, struct secret_job *j)
             free(qc->db_name);
         }
         free(qc);
+        slots->freed(app, j->db_name, j->auth_user);
         query_finish(j, "out of memory");
         return;
     }
@@ -558,8 +560,8 @@ static struct qconn *idle_qconn(const char *target)
     return NULL;
 }
 
-/* Is there room under the caps for j's connection? Another pool's idle server in the way is
- * closed for it. */
+/* Take the slot under the caps for j's connection (qconn_open then holds it, or gives it back).
+ * Another pool's idle server in the way is closed for it. */
 static bool room_for(struct sluice *app, const struct secret_job *j)
 {
     return slots->take(app, j->db_name, j->auth_user);

@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "ledger.h"
 #include "log.h"
 #include "pool.h"
-#include "secret.h"
 #include "sluice.h"
 
 static struct budget *find(struct budget_set *set, const char *name)
@@ -168,34 +168,12 @@ const char *limit_kind_key(enum limit_kind k)
 
 int budget_db_servers(const struct sluice *app, const char *db_name)
 {
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (strcmp(p->db_name, db_name) == 0)
-            n += pool_server_count(p);
-    }
-    return n + secret_query_servers(db_name, NULL);
+    return ledger_db_servers(&app->ledger, db_name);
 }
 
 int budget_user_servers(const struct sluice *app, const char *user_name)
 {
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (strcmp(p->user_name, user_name) == 0)
-            n += pool_server_count(p);
-    }
-    return n + secret_query_servers(NULL, user_name);
-}
-
-/* Every backend sluice holds: the pools' and auth_query's (max_server_connections). */
-static int all_servers(const struct sluice *app)
-{
-    return app->nservers + secret_query_servers(NULL, NULL);
+    return ledger_user_servers(&app->ledger, user_name);
 }
 
 static int db_cap_of(const struct config *cfg, const char *db_name, int server_usable)
@@ -264,32 +242,19 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     }
 }
 
-/* The first limit that `add` more servers of p would pass. `closing`: a pool one of whose
- * servers is about to close, so p's scopes that hold it count one server less. */
-static enum limit_kind limit_passed(const struct pool *p, int add, int pool_cap,
-                                    const struct pool *closing)
+void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_caps *out)
 {
-    const struct sluice *app = p->app;
-    int freed_db = closing && strcmp(closing->db_name, p->db_name) == 0;
-    int freed_user = closing && strcmp(closing->user_name, p->user_name) == 0;
-    if (pool_server_count(p) - (closing == p) + add > pool_cap)
-        return LIMIT_POOL;
-    if (add > 0 && percent_unresolved(p) && p->connecting.count > 0)
-        return LIMIT_DB;
-    int cap = db_cap(p);
-    if (cap > 0 && budget_db_servers(app, p->db_name) - freed_db + add > cap)
-        return LIMIT_DB;
-    cap = user_cap(p);
-    if (cap > 0 && budget_user_servers(app, p->user_name) - freed_user + add > cap)
-        return LIMIT_USER;
-    cap = global_cap(app, p->server_usable);
-    if (cap > 0 && all_servers(app) - (closing != NULL) + add > cap)
-        return LIMIT_GLOBAL;
-    return LIMIT_NONE;
+    *out = (struct ledger_caps){
+        .pool = p->size + (use_reserve ? p->reserve_size : 0),
+        .db = db_cap(p),
+        .user = user_cap(p),
+        .global = global_cap(p->app, p->server_usable),
+        .awaiting_probe = percent_unresolved(p) && p->connecting.count > 0,
+    };
 }
 
-enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *db_name,
-                                         const char *user_name)
+void budget_own_caps(const struct sluice *app, const char *db_name, const char *user_name,
+                     struct ledger_caps *out)
 {
     /* NN% caps: as the pools of that database know the server (none yet: no cap to apply) */
     int usable = 0;
@@ -300,16 +265,11 @@ enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *d
         if (strcmp(p->db_name, db_name) == 0 && p->server_usable > usable)
             usable = p->server_usable;
     }
-    int cap = db_cap_of(app->cfg, db_name, usable);
-    if (cap > 0 && budget_db_servers(app, db_name) >= cap)
-        return LIMIT_DB;
-    cap = user_cap_of(app->cfg, user_name, usable);
-    if (cap > 0 && budget_user_servers(app, user_name) >= cap)
-        return LIMIT_USER;
-    cap = global_cap(app, usable);
-    if (cap > 0 && all_servers(app) >= cap)
-        return LIMIT_GLOBAL;
-    return LIMIT_NONE;
+    *out = (struct ledger_caps){
+        .db = db_cap_of(app->cfg, db_name, usable),
+        .user = user_cap_of(app->cfg, user_name, usable),
+        .global = global_cap(app, usable),
+    };
 }
 
 /* The budget every client of p falls into, if one does: budgets are matched in order, so the
@@ -393,17 +353,23 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
 
 enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
 {
-    return limit_passed(p, 1, p->size + (use_reserve ? p->reserve_size : 0), NULL);
+    struct ledger_caps caps;
+    budget_server_caps(p, use_reserve, &caps);
+    return ledger_server_limit(&p->app->ledger, p->ledger_key, &caps);
 }
 
 bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing)
 {
-    return limit_passed(p, 1, p->size, closing) == LIMIT_NONE;
+    struct ledger_caps caps;
+    budget_server_caps(p, false, &caps);
+    return ledger_fits_if_closed(&p->app->ledger, p->ledger_key, &caps, closing->ledger_key);
 }
 
 enum limit_kind budget_over_limit(const struct pool *p)
 {
-    return limit_passed(p, 0, p->size + p->reserve_size, NULL);
+    struct ledger_caps caps;
+    budget_server_caps(p, true, &caps);
+    return ledger_over_limit(&p->app->ledger, p->ledger_key, &caps);
 }
 
 /* The servers of one database the budgets can count on: its pools' sizes, at most its
@@ -460,33 +426,6 @@ int budget_shared_capacity(const struct sluice *app, enum limit_kind *key)
         return cap;
     }
     return sum;
-}
-
-enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b)
-{
-    if (!b)
-        return LIMIT_NONE;
-    if (b->max_servers > 0 && b->leases >= b->max_servers)
-        return LIMIT_BUDGET;
-    int held_for_others = 0, leases = 0, any_min = 0;
-    for (int i = 0; i < app->budgets.n; i++) {
-        const struct budget *o = app->budgets.items[i];
-        leases += o->leases;
-        any_min |= o->min_servers;
-        if (o != b && o->min_servers > o->leases)
-            held_for_others += o->min_servers - o->leases;
-    }
-    enum limit_kind key;
-    if (any_min && leases + held_for_others >= budget_shared_capacity(app, &key))
-        return LIMIT_RESERVED;
-    return LIMIT_NONE;
-}
-
-int budget_room(const struct sluice *app, const struct budget *b)
-{
-    if (budget_lease_limit(app, b) != LIMIT_NONE)
-        return 0;
-    return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
 }
 
 /* "max_db_connections = 80% of 22 usable = 17", or "max_db_connections = 8". */

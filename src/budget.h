@@ -5,7 +5,9 @@
  * Two kinds of limit:
  *   connections  a new backend needs room in its pool, its database, its user and globally;
  *   leases       a client of budget B may hold a server only while B has fewer than max_servers
- *                and the servers left still cover every other budget's unused min_servers. */
+ *                and the servers left still cover every other budget's unused min_servers.
+ * This file resolves the caps from the config; ledger.c owns the counts they are compared
+ * against (and the lease checks, which are counts against a budget's numbers). */
 #ifndef SLUICE_BUDGET_H
 #define SLUICE_BUDGET_H
 
@@ -26,8 +28,8 @@ struct budget {
     struct cidr addr;
     bool has_addr;
     int max_servers, max_clients, min_servers; /* 0 = none */
-    int clients;  /* logged-in clients now */
-    int leases;   /* servers linked to its clients now */
+    int clients;  /* logged-in clients now (counted by ledger.c only) */
+    int leases;   /* servers linked to its clients now (counted by ledger.c only) */
     bool retired; /* removed from the config; kept while clients still point at it */
     int slot;     /* its index in the budget set (for per-budget tallies) */
 };
@@ -58,22 +60,20 @@ enum limit_kind {
 };
 const char *limit_kind_key(enum limit_kind k);
 
-/* May the pool open one more backend? use_reserve: the reserve pool is in play. */
+/* The caps one more backend of p must fit under, resolved for the ledger (ledger.h):
+ * use_reserve: the reserve pool is in play. */
+struct ledger_caps;
+void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_caps *out);
+/* The same for a connection of sluice's own (auth_query) to database entry db_name as
+ * user_name: max_db_connections, max_user_connections and max_server_connections, no pool. */
+void budget_own_caps(const struct sluice *app, const char *db_name, const char *user_name,
+                     struct ledger_caps *out);
+/* Would the pool's next backend fit (read-only; ledger_take_server takes it)? */
 enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve);
 /* Would the pool have room for one more backend if a server of `closing` closed? */
 bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing);
 /* Does the pool hold more servers than a cap allows (a reload lowered it)? The first such cap. */
 enum limit_kind budget_over_limit(const struct pool *p);
-/* May sluice open a connection of its own (auth_query) to database entry db_name as user_name?
- * It counts against max_db_connections, max_user_connections and max_server_connections like a
- * pool's server. */
-enum limit_kind budget_own_connect_limit(const struct sluice *app, const char *db_name,
-                                         const char *user_name);
-/* May a client of b be given a server now? */
-enum limit_kind budget_lease_limit(const struct sluice *app, const struct budget *b);
-/* How many more servers a client of b may be given now: 0 when it is held back, -1 when only
- * the other limits bound it. */
-int budget_room(const struct sluice *app, const struct budget *b);
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
@@ -98,7 +98,8 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out);
 
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
-/* Server counts across pools and auth_query's connections, for the caps. */
+/* Server counts across pools and auth_query's connections, from the ledger (kept for the
+ * console's SHOW DATABASES / SHOW USERS). */
 int budget_db_servers(const struct sluice *app, const char *db_name);
 int budget_user_servers(const struct sluice *app, const char *user_name);
 

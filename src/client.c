@@ -355,8 +355,7 @@ void client_close(struct client *c, const char *reason)
         cancel_unregister(app->cancel_map, c);
     if (c->state == CLIENT_CANCEL_WAIT)
         cancel_requester_gone(c);
-    if (c->budget)
-        c->budget->clients--;
+    ledger_give_client(&app->ledger, c->budget);
     c->budget = NULL;
     client_set_state(c, CLIENT_CLOSED); /* onto the dead list */
     client_auth_end(c);

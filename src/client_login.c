@@ -267,21 +267,19 @@ void client_login_ok(struct client *c)
         return;
     struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
                                     &c->addr);
-    if (b && b->max_clients > 0 && b->clients >= b->max_clients) {
+    if (!ledger_take_client(&app->ledger, b)) {
         char detail[160];
         snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
                  b->max_clients);
         client_fail(c, FAIL_BUDGET_CLIENTS, detail);
         return;
     }
+    c->budget = b; /* its client slot: client_close gives it back, whatever happens next */
     c->pool = pool_get(app, db, c->user, c->database);
     if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
-    c->budget = b;
-    if (b)
-        b->clients++;
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (app->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));

@@ -93,10 +93,7 @@ static void pair(struct client *c, struct server *s)
     s->batch_open = false;
     s->timeout_cancel_sent = false;
     c->server = s;
-    if (c->budget) {
-        s->lease_budget = c->budget;
-        c->budget->leases++;
-    }
+    s->lease_budget = c->budget; /* the lease the pool took in the ledger before serving c */
 }
 
 static void unpair(struct client *c, struct server *s)
@@ -104,7 +101,7 @@ static void unpair(struct client *c, struct server *s)
     c->server = NULL;
     s->client = NULL;
     if (s->lease_budget) {
-        s->lease_budget->leases--;
+        ledger_give_lease(c->app, s->lease_budget);
         s->lease_budget = NULL;
         /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
         if (c->app->budgets.n > 1)

@@ -3,19 +3,21 @@
  * Waiting is FIFO: a freed server always goes to the client that has waited longest, so no
  * client starves while others keep getting servers. Idle servers are reused LIFO (the most
  * recently used first) unless server_round_robin is set, which keeps the rest idle long enough
- * for server_idle_timeout to close them. */
+ * for server_idle_timeout to close them. A new backend takes its slot in the ledger before it
+ * is opened, a lease before a server is handed out (ledger.h); the breaker is pool_breaker.c. */
 #include "pool.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "console.h"
 #include "budget.h"
 #include "client.h"
+#include "ledger.h"
 #include "log.h"
+#include "pool_breaker.h"
 #include "pool_mode.h"
 #include "server.h"
 #include "sluice.h"
@@ -125,6 +127,11 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->active_clients);
     params_init(&p->welcome);
     params_init(&p->accepted);
+    p->ledger_key = ledger_key_get(&app->ledger, database, user);
+    if (!p->ledger_key) {
+        pool_free(p);
+        return NULL;
+    }
     p->is_admin = console_is_db(app, database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
@@ -242,7 +249,7 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
  * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    int room = budget_room(c->app, c->budget);
+    int room = ledger_lease_room(c->app, c->budget);
     if (room == 0)
         return false;
     return room < 0 || c->app->pools.count <= 1 || older_budget_waiters_elsewhere(c, room) < room;
@@ -274,7 +281,7 @@ static int count_eligible(const struct pool *p, int enough)
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = budget_room(p->app, set->items[i]);
+        room[i] = ledger_lease_room(p->app, set->items[i]);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
@@ -329,35 +336,13 @@ bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
     return true;
 }
 
-const char *breaker_state_name(enum breaker_state s)
+/* A new backend's slot, taken in the ledger before server_connect opens it (which then holds it,
+ * or gives it back when no server could be made): LIMIT_NONE, or the cap that binds. */
+static enum limit_kind take_slot(struct pool *p, bool use_reserve)
 {
-    switch (s) {
-    case BREAKER_CLOSED:
-        return "closed";
-    case BREAKER_OPEN:
-        return "open";
-    case BREAKER_PROBING:
-        return "probing";
-    }
-    return "?";
-}
-
-bool pool_is_down(const struct pool *p)
-{
-    return p->breaker.state != BREAKER_CLOSED;
-}
-
-/* May a connection attempt start now? Not within the backoff, and after a failure only one at
- * a time: the first to succeed shows the database is back before many more are opened. A probe
- * that ended without a verdict (closed by KILL, a reload or shutdown) leaves the breaker open. */
-static bool may_try_connect(struct pool *p)
-{
-    struct breaker *b = &p->breaker;
-    if (b->state == BREAKER_PROBING && p->connecting.count == 0)
-        b->state = BREAKER_OPEN;
-    if (sluice_now(p->app) < b->next_try_ms)
-        return false;
-    return b->failures == 0 || p->connecting.count == 0;
+    struct ledger_caps caps;
+    budget_server_caps(p, use_reserve, &caps);
+    return ledger_take_server(&p->app->ledger, p->ledger_key, &caps);
 }
 
 /* Open connections for clients that wait, within every cap and the backoff. While the breaker is
@@ -366,7 +351,7 @@ static bool may_try_connect(struct pool *p)
 static void maybe_connect(struct pool *p)
 {
     struct sluice *app = p->app;
-    if (!sluice_serving(app) || p->paused || !may_try_connect(p))
+    if (!sluice_serving(app) || p->paused || !pool_may_try_connect(p))
         return;
     int want =
         count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
@@ -383,7 +368,7 @@ static void maybe_connect(struct pool *p)
                       (uint64_t)app->cfg->reserve_pool_timeout;
     }
     while (want-- > 0) {
-        enum limit_kind k = budget_connect_limit(p, use_reserve);
+        enum limit_kind k = take_slot(p, use_reserve);
         if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
             /* The room comes when the evicted backend has exited (pool_server_gone). */
             if (!probe_only)
@@ -432,6 +417,8 @@ static void dispatch(struct pool *p)
             kick_server(s);
             continue;
         }
+        if (ledger_take_lease(p->app, c->budget) != LIMIT_NONE)
+            return; /* first_eligible said it may: cannot happen, and must not loop */
         p->app->pool_events->waiter_served(c, s);
     }
 }
@@ -491,7 +478,7 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
     list_for_each(&app->pools, n, tmp)
     {
         struct pool *o = container_of(n, struct pool, node);
-        if (o == p || o->paused || list_empty(&o->waiting) || !may_try_connect(o))
+        if (o == p || o->paused || list_empty(&o->waiting) || !pool_may_try_connect(o))
             continue;
         const struct client *c = first_eligible(o);
         if (!c || c->state_since_ms >= oldest)
@@ -572,7 +559,7 @@ void pool_server_ready(struct server *s)
         return;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
-    if (c) {
+    if (c && ledger_take_lease(app, c->budget) == LIMIT_NONE) {
         app->pool_events->waiter_served(c, s);
         return;
     }
@@ -640,135 +627,6 @@ void pool_server_gone(struct pool *p, struct pool *room_for)
         p->app->dispatch_needed = true;
 }
 
-static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
-                           const char *server_message);
-
-void pool_connect_failed(struct pool *p, const char *message)
-{
-    connect_failed(p, message, NULL, NULL);
-}
-
-void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
-                        const char *server_message)
-{
-    connect_failed(p, why, sqlstate, server_message);
-}
-
-/* Why a client that needs a server of a down pool fails: the database's reason and how long. */
-static void describe_down(const struct pool *p, char *msg, size_t len)
-{
-    const struct breaker *b = &p->breaker;
-    snprintf(msg, len,
-             "pool \"%s/%s\": the database is down or refuses connections, for %.1f s now: %s",
-             p->db_name, p->user_name,
-             (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0,
-             b->last_error ? b->last_error : "unknown error");
-}
-
-/* Has the pool a server that logged in (one that shows the database takes connections)? */
-static bool has_logged_in_server(const struct pool *p)
-{
-    return p->idle.count + p->active.count + p->resetting.count > 0;
-}
-
-/* Logins to a pool that has never reached its database wait for a server of their own (once
- * one has logged in, logins are welcomed from the pool and need none): while the database is
- * down they fail now, with the breaker's code and reason, as PgBouncer fails them. */
-static void fail_logins_while_down(struct pool *p)
-{
-    if (p->have_welcome)
-        return;
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (c->state == CLIENT_LOGIN_WAIT) {
-            char msg[768];
-            describe_down(p, msg, sizeof(msg));
-            p->app->pool_events->waiter_failed(c, FAIL_DATABASE_DOWN, msg, NULL);
-        }
-    }
-}
-
-static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
-                           const char *server_message)
-{
-    struct sluice *app = p->app;
-    const struct config *cfg = app->cfg;
-    struct breaker *b = &p->breaker;
-    b->failures++;
-    /* Exponential backoff with jitter, capped by server_login_retry: a database that refuses
-     * connections (restarting, at max_connections) gets probed, not stormed. The cap is
-     * server_down_wait when that is shorter, so a client that waits it out has seen a probe:
-     * nobody gets 57P03 from a database that was back for the whole of their wait. */
-    uint64_t cap = (uint64_t)cfg->server_login_retry;
-    if (cfg->server_down_wait > 0 && (uint64_t)cfg->server_down_wait < cap)
-        cap = (uint64_t)cfg->server_down_wait;
-    uint64_t backoff = 100;
-    for (int i = 1; i < b->failures && backoff < cap; i++)
-        backoff *= 2;
-    if (backoff > cap)
-        backoff = cap;
-    uint32_t r = 0;
-    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
-        r = (uint32_t)sluice_now(app);
-    backoff = backoff * (80 + r % 41) / 100;
-    if (backoff > cap)
-        backoff = cap;
-    b->next_try_ms = sluice_now(app) + backoff;
-    free(b->last_error);
-    b->last_error = strdup(message);
-    if (b->state == BREAKER_PROBING) {
-        b->state = BREAKER_OPEN;
-        log_msg(LOG_DEBUG, "pool %s/%s: probe failed (failure %d, next try in %llu ms): %s",
-                p->db_name, p->user_name, b->failures, (unsigned long long)backoff, message);
-    } else if (b->state == BREAKER_CLOSED && !has_logged_in_server(p)) {
-        /* The state change is logged, not each failure: an outage is one line, and one more
-         * when it ends. */
-        b->state = BREAKER_OPEN;
-        b->down_since_ms = sluice_now(app);
-        log_msg(LOG_WARNING,
-                "pool %s/%s is down: cannot connect to the database (%s); requests that need a "
-                "server fail after %.1f s (server_down_wait) until a probe (at most %.1f s "
-                "apart) succeeds",
-                p->db_name, p->user_name, message, (double)cfg->server_down_wait / 1000.0,
-                (double)cap / 1000.0);
-    } else if (b->state == BREAKER_CLOSED && (b->failures == 1 || b->failures % 10 == 0)) {
-        log_msg(LOG_WARNING,
-                "pool %s/%s: cannot open another server (failure %d, next try in %llu ms): %s",
-                p->db_name, p->user_name, b->failures, (unsigned long long)backoff, message);
-    }
-    /* A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody
-     * waiting for this pool can get a server until the role, pg_hba.conf or the config changes,
-     * so all of them get the server's own FATAL now. */
-    if (refusal_sqlstate) {
-        struct list_node *n, *tmp;
-        list_for_each(&p->waiting, n, tmp)
-        {
-            struct client *c = container_of(n, struct client, node);
-            app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
-        }
-        return;
-    }
-    /* Clients still logging in to a pool that never reached its database cannot be told what
-     * the server reports: they fail now, as PgBouncer does, with the breaker's code and reason.
-     * Everyone else waits up to server_down_wait for a probe to succeed (pool_maintain). */
-    if (pool_is_down(p) && p->connecting.count == 0)
-        fail_logins_while_down(p);
-}
-
-void pool_connect_succeeded(struct pool *p)
-{
-    struct breaker *b = &p->breaker;
-    if (b->state != BREAKER_CLOSED)
-        log_msg(LOG_INFO, "pool %s/%s is up again: connected to the database after %.1f s down "
-                "(%d failed attempts)", p->db_name, p->user_name,
-                (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0, b->failures);
-    b->state = BREAKER_CLOSED;
-    b->failures = 0;
-    b->next_try_ms = 0;
-}
-
 /* The pool of a shared cap's scope that holds the most servers, and how many. */
 static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind k, int *most)
 {
@@ -810,7 +668,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  p->db_name, p->user_name, secs, p->db_name);
         return;
     }
-    enum limit_kind k = budget_lease_limit(p->app, c->budget);
+    enum limit_kind k = ledger_lease_limit(p->app, c->budget);
     if (k == LIMIT_BUDGET) {
         snprintf(msg, len,
                  "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
@@ -883,7 +741,7 @@ static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
         p->app->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
     } else if (pool_is_down(p)) {
-        describe_down(p, msg, sizeof(msg));
+        pool_describe_down(p, msg, sizeof(msg));
         p->app->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
     } else {
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
@@ -956,7 +814,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         p->app->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
     /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
-    while (pool_server_count(p) > p->size && !list_empty(&p->idle))
+    while (p->ledger_key->servers > p->size && !list_empty(&p->idle))
         close_server(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
     while (!list_empty(&p->idle) &&
@@ -966,8 +824,7 @@ void pool_maintain(struct pool *p, uint64_t now)
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
-        pool_server_count(p) < p->min_size &&
-        budget_connect_limit(p, false) == LIMIT_NONE)
+        p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
         open_server(p);
 }
 

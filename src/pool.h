@@ -16,6 +16,7 @@
 struct sluice;
 struct client;
 struct server;
+struct ledger_key;
 
 /* Histogram buckets (upper bounds in milliseconds; the last bucket is +Inf). */
 #define POOL_HIST_BUCKETS 13
@@ -63,6 +64,7 @@ struct pool {
     int server_max_connections, server_reserved;
     bool probe_again;     /* reload: read it again from the next server */
 
+    struct ledger_key *ledger_key; /* its slots in the ledger (every server holds one) */
     /* Servers by state. */
     struct list connecting, idle, active, resetting, leaving;
     int rooms_awaited; /* LEAVING servers (of any pool) closed to make room for this one */

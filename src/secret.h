@@ -17,12 +17,13 @@ struct sluice;
 
 /* What the core (budget.c's caps, pool.c's idle servers) does for auth_query's connections. */
 struct secret_slots {
-    /* Is there room under max_db_connections, max_user_connections and max_server_connections
-     * for one more connection to database entry db_name as user_name? The core may close
-     * another pool's idle server to make it. */
+    /* Take a slot under max_db_connections, max_user_connections and max_server_connections
+     * for one more connection to database entry db_name as user_name (true: taken, before the
+     * connection is opened). The core may close another pool's idle server to make room. */
     bool (*take)(struct sluice *app, const char *db_name, const char *user_name);
-    /* An auth_query connection closed: its slot is free for a pool that waits. */
-    void (*freed)(struct sluice *app);
+    /* An auth_query connection taken with `take` closed (or was never opened): its slot is
+     * free for a pool that waits. */
+    void (*freed)(struct sluice *app, const char *db_name, const char *user_name);
 };
 /* Start-up, before any lookup: the core's slots (kept, not copied). */
 void secret_init(const struct secret_slots *core_slots);

@@ -214,6 +214,7 @@ static void close_now(struct server *s)
         app->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     app->nservers--;
+    ledger_give_server(&app->ledger, s->pool->ledger_key); /* its backend is gone */
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;

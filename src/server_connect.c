@@ -307,12 +307,15 @@ struct server *server_connect(struct pool *p)
     struct sluice *app = p->app;
     const struct db_entry *db = config_find_db(app->cfg, p->db_name);
     if (!db) {
+        ledger_give_server(&app->ledger, p->ledger_key); /* no server holds the slot */
         pool_connect_failed(p, "the database is no longer configured");
         return NULL;
     }
     struct server *s = calloc(1, sizeof(*s));
-    if (!s)
+    if (!s) {
+        ledger_give_server(&app->ledger, p->ledger_key);
         return NULL;
+    }
     s->pool = p;
     s->id = ++app->next_id;
     s->txn_status = 'I';
@@ -324,7 +327,8 @@ struct server *server_connect(struct pool *p)
     stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
     list_node_init(&s->node);
-    /* From here it counts against the caps, resolving its host name included. */
+    /* From here it holds the ledger slot its pool took for it, resolving its host name
+     * included: close_now gives it back. */
     s->state = SERVER_RESOLVING;
     list_append(&p->connecting, &s->node);
     app->nservers++;

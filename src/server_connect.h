@@ -9,8 +9,9 @@
 struct pool;
 struct server;
 
-/* Start a new connection for the pool (state RESOLVING, counted against the caps from here on).
- * NULL when it could not even start. */
+/* Start a new connection for the pool (state RESOLVING). The caller has taken the pool's slot in
+ * the ledger (ledger_take_server): the server holds it from here until it is gone, and when no
+ * server is made the slot is given back here. NULL when it could not even start. */
 struct server *server_connect(struct pool *pool);
 /* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
  * backs off and answers its waiting clients with why. */

@@ -138,6 +138,11 @@ static void on_maint_timer(uv_timer_t *t)
     list_for_each(&app->pools, n, tmp)
         pool_maintain(container_of(n, struct pool, node), now);
     secret_tick(app, now);
+#ifndef NDEBUG
+    /* Debug builds prove the caps' counters against the lists they stand for, every tick. */
+    if (!ledger_audit(app))
+        abort();
+#endif
     if (app->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && app->nclients == 0) {
         log_msg(LOG_INFO, "SHUTDOWN WAIT_FOR_CLIENTS: the last client has left");
         sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
@@ -178,14 +183,17 @@ static void on_signal(uv_signal_t *h, int signum)
  * through these and never calls into budget.c or pool.c itself (secret.h). */
 static bool auth_query_slot_take(struct sluice *app, const char *db_name, const char *user_name)
 {
-    enum limit_kind k = budget_own_connect_limit(app, db_name, user_name);
+    struct ledger_caps caps;
+    budget_own_caps(app, db_name, user_name, &caps);
+    enum limit_kind k = ledger_take_own(&app->ledger, db_name, user_name, &caps);
     if (k != LIMIT_NONE && pool_evict_idle(app, k, db_name, user_name, NULL))
-        k = budget_own_connect_limit(app, db_name, user_name);
+        k = ledger_take_own(&app->ledger, db_name, user_name, &caps);
     return k == LIMIT_NONE;
 }
 
-static void auth_query_slot_freed(struct sluice *app)
+static void auth_query_slot_freed(struct sluice *app, const char *db_name, const char *user_name)
 {
+    ledger_give_own(&app->ledger, db_name, user_name);
     app->dispatch_needed = true;
 }
 
@@ -356,7 +364,8 @@ void sluice_free(struct sluice *app)
     budget_free_all(app);
     free(app->listener);
     config_free(app->cfg);
-    auth_free_all();
+    auth_free_all(); /* closes auth_query's connections: their slots go back first */
+    ledger_free(&app->ledger);
     tls_free();
     buf_free_cache();
     log_close();

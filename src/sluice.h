@@ -10,6 +10,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "ledger.h"
 #include "list.h"
 
 enum sluice_phase {
@@ -56,7 +57,9 @@ struct sluice {
     struct list login_clients;   /* STARTUP and AUTH (client_login_timeout) */
     struct list closing_clients; /* CLOSING: flushing a last error */
     int nclients;              /* every client socket, in any state */
-    int nservers;              /* every server connection, in any state */
+    int nservers;              /* every struct server alive, in any state (the caps count
+                                * in the ledger: pools' and auth_query's backends) */
+    struct ledger ledger;      /* the counts every cap compares against (ledger.h) */
     uint64_t next_id;
 
     /* Closed objects wait here until the end of the loop iteration, so code that closed one

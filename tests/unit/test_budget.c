@@ -3,12 +3,14 @@
 #include "check.h"
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "budget.h"
 #include "config.h"
+#include "ledger.h"
 #include "pool.h"
 #include "sluice.h"
 
@@ -36,13 +38,16 @@ static struct pool *add_pool(struct sluice *app, const char *db, const char *use
     return pool_get(app, NULL, user, db); /* the real constructor: lists, settings from config */
 }
 
-/* Pretend the pool has n servers (counts only: the lists hold dummy nodes). */
+/* Pretend the pool has n servers: each takes its slot in the ledger (under no cap) and sits
+ * on the idle list as a dummy node, so the ledger and the lists agree (ledger_audit). */
 static void set_servers(struct pool *p, int n)
 {
+    const struct ledger_caps none = {.pool = INT_MAX};
     while (p->idle.count < n) {
         struct list_node *node = calloc(1, sizeof(*node));
         list_append(&p->idle, node);
         p->app->nservers++;
+        CHECK_INT(ledger_take_server(&p->app->ledger, p->ledger_key, &none), LIMIT_NONE);
     }
 }
 
@@ -61,6 +66,7 @@ static void free_app(struct sluice *app)
         pool_free(p);
     }
     budget_free_all(app);
+    ledger_free(&app->ledger);
     config_free(app->cfg);
     free(app);
 }
@@ -114,10 +120,10 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
     struct budget *other = budget_match(app, "web", "app", &local);
     add_pool(app, "app", "app");
     seeds->leases = 2;
-    CHECK_INT(budget_lease_limit(app, seeds), LIMIT_BUDGET);
-    CHECK_INT(budget_lease_limit(app, other), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(app, seeds), LIMIT_BUDGET);
+    CHECK_INT(ledger_lease_limit(app, other), LIMIT_NONE);
     seeds->leases = 1;
-    CHECK_INT(budget_lease_limit(app, seeds), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(app, seeds), LIMIT_NONE);
     free_app(app);
 }
 
@@ -133,14 +139,14 @@ static void min_servers_of_one_budget_are_kept_from_the_others(void)
     struct budget *dflt = budget_match(app, "seed", "app", &local);
     add_pool(app, "app", "app"); /* capacity: the pool size, 10 */
     dflt->leases = 5;             /* 5 used + 4 held for api = 9 < 10: one more allowed */
-    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_NONE);
     dflt->leases = 6;
-    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED);
-    CHECK_INT(budget_lease_limit(app, api), LIMIT_NONE); /* api may use its share */
+    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED);
+    CHECK_INT(ledger_lease_limit(app, api), LIMIT_NONE); /* api may use its share */
     api->leases = 4;                                     /* api took its share: none held now */
-    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
+    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
     dflt->leases = 5;
-    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_NONE);
     free_app(app);
 }
 
@@ -229,7 +235,7 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
     CHECK_INT(budget_shared_capacity(app, &key), 3);
     CHECK_INT(key, LIMIT_DB);
     dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
-    CHECK_INT(budget_lease_limit(app, dflt), LIMIT_RESERVED);
+    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED);
     free_app(app);
 }
 

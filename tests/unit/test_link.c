@@ -335,6 +335,7 @@ static void world_free(struct world *w)
     list_remove(&w->app.pools, &w->pool->node);
     pool_free(w->pool);
     budget_free_all(&w->app);
+    ledger_free(&w->app.ledger);
     config_free(w->app.cfg);
     uv_loop_close(&w->loop);
 }

@@ -8,6 +8,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "ledger.h"
 #include "link.h"
 #include "pool.h"
 #include "server.h"
@@ -176,6 +177,7 @@ static void world_free(struct world *w)
     list_remove(&w->app->pools, &w->pool->node);
     pool_free(w->pool);
     budget_free_all(w->app);
+    ledger_free(&w->app->ledger);
     config_free(w->cfg);
     free(w->app);
     uv_loop_close(&w->loop);

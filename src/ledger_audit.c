@@ -1,0 +1,109 @@
+/* ledger_audit: the proof that the ledger's counters are true. Walks what the counters stand
+ * for — the pools' server lists, auth_query's connections, the servers charged to a budget and
+ * the clients in it — and compares. Debug builds run it on every maintenance tick (sluice.c);
+ * tests/unit/test_ledger.c runs it too. Reads only. */
+#include <stdio.h>
+#include <string.h>
+
+#include "client.h"
+#include "ledger.h"
+#include "log.h"
+#include "pool.h"
+#include "secret.h"
+#include "server.h"
+#include "sluice.h"
+
+static bool agree(const char *what, const char *name, int counted, int walked)
+{
+    if (counted == walked)
+        return true;
+    log_msg(LOG_ERROR, "ledger: %s%s%s counts %d, the walk finds %d", what, name ? " " : "",
+            name ? name : "", counted, walked);
+    return false;
+}
+
+/* Backends of the pools in a scope (NULL: any), auth_query's included. */
+static int walked_servers(const struct sluice *app, const char *db_name, const char *user_name)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if ((!db_name || strcmp(p->db_name, db_name) == 0) &&
+            (!user_name || strcmp(p->user_name, user_name) == 0))
+            n += pool_server_count(p);
+    }
+    return n + secret_query_servers(db_name, user_name);
+}
+
+/* What a budget is charged for: servers leased to its clients, or its logged-in clients. */
+enum charge { CHARGE_LEASES, CHARGE_CLIENTS };
+
+static int charged_in(const struct list *l, const struct budget *b, enum charge what)
+{
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(l, node, tmp)
+    {
+        if (what == CHARGE_CLIENTS)
+            n += container_of(node, struct client, node)->budget == b;
+        else
+            n += container_of(node, struct server, node)->lease_budget == b;
+    }
+    return n;
+}
+
+/* Servers charged to b (leases) or clients in b, by walking every list they can be on. */
+static int walked_budget(const struct sluice *app, const struct budget *b, enum charge what)
+{
+    int n = 0;
+    if (what == CHARGE_CLIENTS)
+        n = charged_in(&app->login_clients, b, what) + charged_in(&app->closing_clients, b, what);
+    struct list_node *node, *tmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if (what == CHARGE_CLIENTS) {
+            n += charged_in(&p->waiting, b, what) + charged_in(&p->idle_clients, b, what) +
+                 charged_in(&p->active_clients, b, what);
+        } else {
+            const struct list *lists[] = {&p->connecting, &p->idle, &p->active, &p->resetting,
+                                          &p->leaving};
+            for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+                n += charged_in(lists[i], b, what);
+        }
+    }
+    return n;
+}
+
+bool ledger_audit(const struct sluice *app)
+{
+    const struct ledger *l = &app->ledger;
+    bool ok = agree("every backend", NULL, l->servers, walked_servers(app, NULL, NULL));
+    ok &= agree("auth_query's connections", NULL, l->own_servers,
+                secret_query_servers(NULL, NULL));
+    ok &= agree("pool servers", NULL, l->servers - l->own_servers, app->nservers);
+    for (const struct ledger_scope *s = l->dbs; s; s = s->next)
+        ok &= agree("database", s->name, s->servers, walked_servers(app, s->name, NULL));
+    for (const struct ledger_scope *s = l->users; s; s = s->next)
+        ok &= agree("user", s->name, s->servers, walked_servers(app, NULL, s->name));
+    for (const struct ledger_key *k = l->keys; k; k = k->next) {
+        int n = 0;
+        struct list_node *node, *tmp;
+        list_for_each(&app->pools, node, tmp)
+        {
+            const struct pool *p = container_of(node, struct pool, node);
+            n += p->ledger_key == k ? pool_server_count(p) : 0;
+        }
+        char key[256];
+        snprintf(key, sizeof(key), "%s/%s", k->db->name, k->user->name);
+        ok &= agree("pool", key, k->servers, n);
+    }
+    for (int i = 0; i < app->budgets.n; i++) {
+        const struct budget *b = app->budgets.items[i];
+        ok &= agree("leases of budget", b->name, b->leases, walked_budget(app, b, CHARGE_LEASES));
+        ok &= agree("clients of budget", b->name, b->clients, walked_budget(app, b, CHARGE_CLIENTS));
+    }
+    return ok;
+}

@@ -1,0 +1,17 @@
+/* pool_breaker: the pool's circuit breaker, pool.c's side of it (the public part, the
+ * failure reports and pool_is_down, is in pool.h). */
+#ifndef SLUICE_POOL_BREAKER_H
+#define SLUICE_POOL_BREAKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "pool.h"
+
+/* May a connection attempt start now? Not within the backoff, and after a failure only one at a
+ * time. A probe that ended without a verdict leaves the breaker open. */
+bool pool_may_try_connect(struct pool *p);
+/* Why a client that needs a server of a down pool fails: the database's reason and how long. */
+void pool_describe_down(const struct pool *p, char *msg, size_t len);
+
+#endif

@@ -1,0 +1,321 @@
+/* Unit tests for ledger.c: a take checks every cap and counts in every scope at once, or refuses
+ * and changes nothing; gives undo takes; the counters always equal what walking the pools finds
+ * (ledger_audit). Pools come from a config (no sockets); servers are bare structs on the lists. */
+#include "check.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "config.h"
+#include "ledger.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+
+static char *no_env[] = {NULL};
+
+static struct sluice *app_from(const char *ini)
+{
+    struct config_diag diag = {0};
+    struct config *cfg = config_load_string(ini, no_env, &diag);
+    for (int i = 0; i < diag.nerrors; i++)
+        fprintf(stderr, "config error: %s\n", diag.errors[i]);
+    config_diag_free(&diag);
+    if (!cfg)
+        return NULL;
+    struct sluice *app = calloc(1, sizeof(*app));
+    app->cfg = cfg;
+    list_init(&app->pools);
+    list_init(&app->login_clients);
+    list_init(&app->closing_clients);
+    if (budget_sync(app) < 0)
+        return NULL;
+    return app;
+}
+
+static void free_app(struct sluice *app)
+{
+    struct list_node *n, *tmp, *m, *mtmp;
+    list_for_each(&app->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        list_for_each(&p->idle, m, mtmp)
+        {
+            list_remove(&p->idle, m);
+            free(container_of(m, struct server, node));
+        }
+        list_remove(&app->pools, n);
+        pool_free(p);
+    }
+    budget_free_all(app);
+    ledger_free(&app->ledger);
+    config_free(app->cfg);
+    free(app);
+}
+
+/* What a pool's next backend is held to, as pool.c asks (budget.c resolves the config). */
+static enum limit_kind take(struct pool *p, bool use_reserve)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, use_reserve, &caps);
+    enum limit_kind k = ledger_take_server(&p->app->ledger, p->ledger_key, &caps);
+    if (k == LIMIT_NONE) { /* what server_connect does with the slot: a server on a list */
+        struct server *s = calloc(1, sizeof(*s));
+        s->pool = p;
+        list_append(&p->idle, &s->node);
+        p->app->nservers++;
+    }
+    return k;
+}
+
+/* A server of p is gone (close_now): off its list, its slot back. */
+static void give(struct pool *p)
+{
+    struct server *s = container_of(list_last(&p->idle), struct server, node);
+    list_remove(&p->idle, &s->node);
+    free(s);
+    p->app->nservers--;
+    ledger_give_server(&p->app->ledger, p->ledger_key);
+}
+
+struct snapshot {
+    int servers, own, key, db, user;
+};
+
+static struct snapshot snap(const struct pool *p)
+{
+    const struct ledger *l = &p->app->ledger;
+    return (struct snapshot){l->servers, l->own_servers, p->ledger_key->servers,
+                             ledger_db_servers(l, p->db_name),
+                             ledger_user_servers(l, p->user_name)};
+}
+
+static bool same(struct snapshot a, struct snapshot b)
+{
+    return memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+static void each_cap_refuses_in_order_and_a_refusal_changes_nothing(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 3\nmax_db_connections = 4\n"
+                                  "max_user_connections = 5\nmax_server_connections = 7\n"
+                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n"
+                                  "c = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *a1 = pool_get(app, NULL, "u1", "a"), *a2 = pool_get(app, NULL, "u2", "a");
+    struct pool *b1 = pool_get(app, NULL, "u1", "b"), *c2 = pool_get(app, NULL, "u2", "c");
+    struct pool *c3 = pool_get(app, NULL, "u3", "c");
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(take(a1, false), LIMIT_NONE);
+    struct snapshot before = snap(a1);
+    CHECK_INT(take(a1, false), LIMIT_POOL); /* pool_size 3 */
+    CHECK(same(before, snap(a1)));
+    CHECK_INT(take(a2, false), LIMIT_NONE);
+    before = snap(a2);
+    CHECK_INT(take(a2, false), LIMIT_DB); /* 4 on database a */
+    CHECK(same(before, snap(a2)));
+    CHECK_INT(take(b1, false), LIMIT_NONE);
+    CHECK_INT(take(b1, false), LIMIT_NONE);
+    before = snap(b1);
+    CHECK_INT(take(b1, false), LIMIT_USER); /* 5 as user u1 */
+    CHECK(same(before, snap(b1)));
+    CHECK_INT(take(c2, false), LIMIT_NONE);
+    before = snap(c3);
+    CHECK_INT(take(c3, false), LIMIT_GLOBAL); /* 7 in all */
+    CHECK(same(before, snap(c3)));
+    CHECK_INT(app->ledger.servers, 7);
+    CHECK_INT(ledger_db_servers(&app->ledger, "a"), 4);
+    CHECK_INT(ledger_user_servers(&app->ledger, "u1"), 5);
+    CHECK(ledger_audit(app));
+    give(a1); /* one back: every scope of a1 has room again */
+    CHECK_INT(take(c3, false), LIMIT_NONE);
+    CHECK_INT(take(a1, false), LIMIT_GLOBAL);
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
+static void the_reserve_counts_only_when_in_play(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 2\nreserve_pool_size = 1\n"
+                                  "[databases]\na = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *p = pool_get(app, NULL, "u", "a");
+    CHECK_INT(take(p, false), LIMIT_NONE);
+    CHECK_INT(take(p, false), LIMIT_NONE);
+    CHECK_INT(take(p, false), LIMIT_POOL);
+    CHECK_INT(take(p, true), LIMIT_NONE); /* after reserve_pool_timeout */
+    CHECK_INT(take(p, true), LIMIT_POOL);
+    CHECK_INT(budget_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
+    p->reserve_size = 0;                         /* a reload took it away */
+    CHECK_INT(budget_over_limit(p), LIMIT_POOL);
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
+static void percent_caps_take_one_at_a_time_until_resolved(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 50%\n"
+                                  "max_server_connections = 80%\n"
+                                  "[databases]\na = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *p = pool_get(app, NULL, "u", "a");
+    struct server probe = {.pool = p};
+    list_append(&p->connecting, &probe.node); /* a server learning max_connections */
+    struct ledger_caps caps;
+    budget_server_caps(p, false, &caps);
+    CHECK(caps.awaiting_probe);
+    CHECK_INT(ledger_take_server(&app->ledger, p->ledger_key, &caps), LIMIT_DB);
+    list_remove(&p->connecting, &probe.node);
+    p->server_usable = 10; /* told: 50% of 10 = 5 per database, 80% = 8 in all */
+    budget_server_caps(p, false, &caps);
+    CHECK(!caps.awaiting_probe);
+    CHECK_INT(caps.db, 5);
+    CHECK_INT(caps.global, 8);
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(take(p, false), LIMIT_NONE);
+    CHECK_INT(take(p, false), LIMIT_DB);
+    p->server_usable = 4; /* a reload found a smaller server: 2 per database */
+    CHECK_INT(budget_over_limit(p), LIMIT_DB);
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
+static void auth_query_connections_count_in_db_user_and_global(void)
+{
+    struct sluice *app = app_from("[sluice]\nmax_db_connections = 2\nmax_server_connections = 3\n"
+                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *p = pool_get(app, NULL, "u", "a");
+    struct ledger_caps caps;
+    budget_own_caps(app, "a", "auth", &caps);
+    CHECK_INT(ledger_take_own(&app->ledger, "a", "auth", &caps), LIMIT_NONE);
+    CHECK_INT(take(p, false), LIMIT_NONE);
+    struct snapshot before = snap(p);
+    CHECK_INT(ledger_take_own(&app->ledger, "a", "auth", &caps), LIMIT_DB);
+    CHECK_INT(take(p, false), LIMIT_DB);
+    CHECK(same(before, snap(p)));
+    budget_own_caps(app, "b", "auth", &caps);
+    CHECK_INT(ledger_take_own(&app->ledger, "b", "auth", &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&app->ledger, "b", "auth", &caps), LIMIT_GLOBAL);
+    CHECK_INT(app->ledger.own_servers, 2);
+    CHECK_INT(ledger_user_servers(&app->ledger, "auth"), 2);
+    CHECK_INT(ledger_user_servers(&app->ledger, NULL), 3);
+    ledger_give_own(&app->ledger, "a", "auth");
+    ledger_give_own(&app->ledger, "b", "auth");
+    CHECK_INT(app->ledger.own_servers, 0);
+    CHECK_INT(app->ledger.servers, 1);
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
+static union peer_addr local_addr(void)
+{
+    union peer_addr a;
+    memset(&a, 0, sizeof(a));
+    a.in.sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &a.in.sin_addr);
+    return a;
+}
+
+static void leases_stop_at_max_servers_and_at_others_min_servers(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 5\n"
+                                  "[databases]\na = host=127.0.0.1\n"
+                                  "[budgets]\nseeds = app=seed* max_servers=2\n"
+                                  "api = app=api* min_servers=2\n");
+    if (!app)
+        return;
+    pool_get(app, NULL, "u", "a"); /* capacity: 5 */
+    union peer_addr addr = local_addr();
+    struct budget *seeds = budget_match(app, "seed", "u", &addr);
+    struct budget *api = budget_match(app, "api", "u", &addr);
+    struct budget *dflt = budget_match(app, "psql", "u", &addr);
+    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_BUDGET);
+    CHECK_INT(seeds->leases, 2);
+    CHECK_INT(ledger_lease_room(app, seeds), 0);
+    CHECK_INT(ledger_take_lease(app, dflt), LIMIT_NONE);     /* 2 used + 2 held for api < 5 */
+    CHECK_INT(ledger_take_lease(app, dflt), LIMIT_RESERVED); /* 3 used + 2 held */
+    CHECK_INT(dflt->leases, 1);
+    CHECK_INT(ledger_take_lease(app, api), LIMIT_NONE); /* api may use its share */
+    CHECK_INT(ledger_take_lease(app, api), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(app, api), LIMIT_RESERVED); /* 5 of 5, min_servers in play */
+    CHECK_INT(api->leases, 2);
+    ledger_give_lease(app, seeds);
+    CHECK_INT(ledger_lease_room(app, seeds), 1);
+    CHECK_INT(ledger_take_lease(app, NULL), LIMIT_NONE); /* no budget: nothing to count */
+    free_app(app);
+}
+
+static void clients_stop_at_max_clients(void)
+{
+    struct sluice *app = app_from("[sluice]\n[databases]\na = host=127.0.0.1\n"
+                                  "[budgets]\nweb = app=web* max_clients=2\n");
+    if (!app)
+        return;
+    union peer_addr addr = local_addr();
+    struct budget *web = budget_match(app, "web", "u", &addr);
+    CHECK(ledger_take_client(&app->ledger, web));
+    CHECK(ledger_take_client(&app->ledger, web));
+    CHECK(!ledger_take_client(&app->ledger, web));
+    CHECK_INT(web->clients, 2);
+    ledger_give_client(&app->ledger, web);
+    CHECK(ledger_take_client(&app->ledger, web));
+    CHECK(ledger_take_client(&app->ledger, NULL));
+    free_app(app);
+}
+
+/* Many takes and gives over pools that share databases and users: after each, the counters
+ * are what walking the lists finds, and a counter set wrong by hand is caught. */
+static void counters_always_equal_the_walked_counts(void)
+{
+    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 4\nmax_db_connections = 6\n"
+                                  "max_user_connections = 7\nmax_server_connections = 10\n"
+                                  "reserve_pool_size = 1\n"
+                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *pools[] = {pool_get(app, NULL, "u1", "a"), pool_get(app, NULL, "u2", "a"),
+                            pool_get(app, NULL, "u1", "b"), pool_get(app, NULL, "u2", "b")};
+    unsigned seed = 12345;
+    bool ok = true;
+    for (int step = 0; step < 2000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        struct pool *p = pools[(seed >> 16) % 4];
+        if ((seed >> 8) % 3 != 0) {
+            (void)take(p, (seed >> 4) % 2);
+        } else if (p->idle.count > 0) {
+            give(p);
+        }
+        ok &= ledger_audit(app);
+        ok &= app->ledger.servers <= 10 && ledger_db_servers(&app->ledger, "a") <= 6 &&
+              ledger_user_servers(&app->ledger, "u1") <= 7 && p->ledger_key->servers <= 5;
+    }
+    CHECK(ok);
+    pools[0]->ledger_key->servers++; /* the audit logs the difference (an expected line) */
+    CHECK(!ledger_audit(app));
+    pools[0]->ledger_key->servers--;
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
+int main(void)
+{
+    RUN(each_cap_refuses_in_order_and_a_refusal_changes_nothing);
+    RUN(the_reserve_counts_only_when_in_play);
+    RUN(percent_caps_take_one_at_a_time_until_resolved);
+    RUN(auth_query_connections_count_in_db_user_and_global);
+    RUN(leases_stop_at_max_servers_and_at_others_min_servers);
+    RUN(clients_stop_at_max_clients);
+    RUN(counters_always_equal_the_walked_counts);
+    return CHECK_DONE();
+}
