@@ -95,8 +95,9 @@ struct pool {
 };
 
 /* What the pool tells the layer above it. The pool decides who gets a server and whose wait is
- * over, and touches no socket, no client's state and no server's connection itself: link.c wires these to the link and
- * the client (link_pool_events, installed by sluice.c); unit tests install fakes. */
+ * over, and touches no socket, no client's state and no server's connection itself: link.c wires
+ * these to the link and the client (link_pool_events, installed by sluice.c); unit tests install
+ * fakes. */
 struct pool_events {
     /* Server s (free, or fresh from its login) goes to the waiting client c: pair them. */
     void (*waiter_served)(struct client *c, struct server *s);

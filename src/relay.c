@@ -160,7 +160,8 @@ static void on_internal_error(struct server *s, struct client *c, const uint8_t 
     if (c && client_login_syncing(c)) {
         /* The client's own startup parameter: Postgres would have refused the login so. */
         c->app->relay_events->login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
-                             parsed && ef.message ? ef.message : "invalid startup parameter");
+                                            parsed && ef.message ? ef.message
+                                                                 : "invalid startup parameter");
         return;
     }
     if (parsed)
@@ -631,7 +632,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            cst = client_bytes_wait(c, s) ? CLIENT_FRAME_NEED_DATA : request_track_frame(c, s, &o->failure);
+            cst = client_bytes_wait(c, s) ? CLIENT_FRAME_NEED_DATA
+                                          : request_track_frame(c, s, &o->failure);
             if (cst == CLIENT_FRAME_FAILED)
                 return RELAY_CLIENT_FAILED;
             w = write_generated(&s->io, &s->out, &s->out_pos);

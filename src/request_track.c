@@ -28,18 +28,18 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
 /* Named prepared statements in transaction mode (see prepared.h): the per-message decisions. */
 
 enum track_result {
-    TRACK_PASS,       /* forward the message as it is */
-    TRACK_WAIT,       /* need more of the message in the buffer first */
-    TRACK_FLUSH,      /* sluice must send something first: flush the client's earlier bytes */
-    TRACK_FAILED,     /* the client is to be failed (fail_session, fail_request_and_session) */
-    TRACK_CONSUMED,   /* sluice answered the message itself; it is gone from the buffer */
-    TRACK_STARTED,    /* its start went to s->out renamed; the rest (c->rx.remain) follows */
+    TRACK_PASS,     /* forward the message as it is */
+    TRACK_WAIT,     /* need more of the message in the buffer first */
+    TRACK_FLUSH,    /* sluice must send something first: flush the client's earlier bytes */
+    TRACK_FAILED,   /* the client is to be failed (fail_session, fail_request_and_session) */
+    TRACK_CONSUMED, /* sluice answered the message itself; it is gone from the buffer */
+    TRACK_STARTED,  /* its start went to s->out renamed; the rest (c->rx.remain) follows */
 };
 
 /* The client is failed (CLIENT_FRAME_FAILED): what with goes back to the relay's caller, which
  * fails it once the relay has returned (the relay and its framing close nothing). */
-static void fail_as(struct client_failure *fail, enum failure reason,
-                    enum client_failure_ends ends, const char *detail)
+static void fail_as(struct client_failure *fail, enum failure reason, enum client_failure_ends ends,
+                    const char *detail)
 {
     fail->reason = reason;
     fail->ends = ends;
@@ -65,8 +65,7 @@ bool request_track_on(const struct server *s)
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
  * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
  * (after an error the server skips up to it). */
-static enum track_result queued(int rc,
-    struct client_failure *fail)
+static enum track_result queued(int rc, struct client_failure *fail)
 {
     if (rc == 0)
         return TRACK_PASS;
@@ -80,9 +79,8 @@ static enum track_result queued(int rc,
     return TRACK_FAILED;
 }
 
-static enum track_result queue_request(struct server *s, enum stmt_req kind,
-                                       const char *name,
-    struct client_failure *fail)
+static enum track_result queue_request(struct server *s, enum stmt_req kind, const char *name,
+                                       struct client_failure *fail)
 {
     return queued(stmt_queue_push(&s->reqs, kind, name), fail);
 }
@@ -126,8 +124,7 @@ static struct stmt_def *client_def(const struct client *c, const char *name)
 /* The client uses its statement `mine`: make sure the server has it, under `name`
  * (stmt_names.h). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         const char *name,
-    struct client_failure *fail)
+                                         const char *name, struct client_failure *fail)
 {
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine)) {
@@ -157,7 +154,7 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
  * use closes and prepares it again. */
 static enum track_result prepare_before_query(struct client *c, struct server *s,
                                               struct stmt_def *mine, const char *name,
-    struct client_failure *fail)
+                                              struct client_failure *fail)
 {
     if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
         return ensure_prepared(c, s, mine, name, fail);
@@ -210,7 +207,7 @@ static enum track_result rename_statement(struct client *c, struct server *s, ui
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
 static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
                                               enum session_feature f, uint32_t body_len,
-    struct client_failure *fail)
+                                              struct client_failure *fail)
 {
     uint32_t whole = CODEC_HEADER_LEN + body_len;
     enum session_policy policy = c->app->cfg->session_state_policy;
@@ -303,7 +300,7 @@ static void forget_on_server(struct server *s, const char *name)
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
                                           size_t len, uint32_t text_at,
                                           const struct param_touch *touch,
-    struct client_failure *fail)
+                                          struct client_failure *fail)
 {
     if (!memchr(sql, '\0', len))
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
@@ -381,8 +378,7 @@ static bool inspect_session_query(struct client *c, struct server *s, const uint
  * server that got such objects is noted for a reset. touch: the parameters it changes. */
 static enum track_result police_statement(struct client *c, struct server *s, uint8_t type,
                                           const char *sql, size_t len, uint32_t body_len,
-                                          struct param_touch *touch,
-    struct client_failure *fail)
+                                          struct param_touch *touch, struct client_failure *fail)
 {
     enum session_feature f = session_state_detect(sql, len, touch);
     if (f == SESSION_FEATURE_NONE)
@@ -398,8 +394,7 @@ static enum track_result police_statement(struct client *c, struct server *s, ui
  * text and its NUL (and, for Parse, what follows it); text_at: see TEXT_KEPT. */
 static enum track_result inspect_statement(struct client *c, struct server *s, uint8_t type,
                                            const char *sql, size_t len, uint32_t body_len,
-                                           uint32_t text_at,
-    struct client_failure *fail)
+                                           uint32_t text_at, struct client_failure *fail)
 {
     struct param_touch touch;
     enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch, fail);
@@ -416,7 +411,7 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
  * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
 static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
                                                  const char *sql, size_t shown, uint32_t body_len,
-    struct client_failure *fail)
+                                                 struct client_failure *fail)
 {
     struct param_touch touch;
     enum track_result r = police_statement(c, s, type, sql, shown, body_len, &touch, fail);
@@ -428,8 +423,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
 
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
  * the one it passed. */
-static bool keep_within_bounds(struct client *c, uint32_t bytes,
-    struct client_failure *fail)
+static bool keep_within_bounds(struct client *c, uint32_t bytes, struct client_failure *fail)
 {
     const struct config *cfg = c->app->cfg;
     char detail[200];
@@ -464,7 +458,7 @@ static bool keep_within_bounds(struct client *c, uint32_t bytes,
  * the NUL is not in the buffer yet: a name this long leaves no text to see). */
 static enum track_result inspect_parse_text(struct client *c, struct server *s, const uint8_t *body,
                                             uint32_t len, uint32_t avail_body, uint32_t name_len,
-    struct client_failure *fail)
+                                            struct client_failure *fail)
 {
     if (avail_body >= len)
         return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len,
@@ -485,8 +479,7 @@ static enum track_result and_then(enum track_result first, enum track_result the
 /* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
  * server says so itself once it has the client's statement under the name it is given. */
 static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
-                                          uint32_t key_len,
-    struct client_failure *fail)
+                                          uint32_t key_len, struct client_failure *fail)
 {
     struct stmt_server_name sn;
     stmt_names_for_server(&sn, mine, key_len);
@@ -503,8 +496,7 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
-                                     uint32_t len, uint32_t avail_body,
-    struct client_failure *fail)
+                                     uint32_t len, uint32_t avail_body, struct client_failure *fail)
 {
     if (avail_body == 0)
         return TRACK_WAIT;
@@ -514,7 +506,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
-                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len, fail);
+                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len,
+                                          fail);
         if (r != TRACK_PASS && r != TRACK_STARTED)
             return r;
         return and_then(r, queue_request(s, REQ_PARSE_CLIENT, NULL, fail));
@@ -592,8 +585,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
 /* Close of a statement: the client's own goes to the server under sluice's name (mine) and
  * leaves both maps; another name (one the client prepared by SQL, or none) as it is. */
 static enum track_result track_close(struct client *c, struct server *s, struct stmt_def *mine,
-                                     const char *name, uint32_t at,
-    struct client_failure *fail)
+                                     const char *name, uint32_t at, struct client_failure *fail)
 {
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_server_name sn;
@@ -610,7 +602,7 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
 /* Bind, Describe and Close name a statement near the start of their body. */
 static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
                                        const uint8_t *body, uint32_t len, uint32_t avail_body,
-    struct client_failure *fail)
+                                       struct client_failure *fail)
 {
     uint32_t shown = avail_body < len ? avail_body : len;
     uint32_t at = 0; /* where the statement name starts */

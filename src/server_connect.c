@@ -259,8 +259,7 @@ static void start_login(struct server *s, const struct resolver *r)
         server_set_state(s, SERVER_LOGIN_PASSTHROUGH);
         char why[256];
         enum sslmode sslmode = config_server_sslmode(app->cfg, db);
-        int started =
-            server_login_start(s, kw, val, sslmode, keys, &login_hooks, why, sizeof(why));
+        int started = server_login_start(s, kw, val, sslmode, keys, &login_hooks, why, sizeof(why));
         OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
         if (started < 0) {
             server_connect_failed(s, why);

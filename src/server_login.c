@@ -107,8 +107,8 @@ static void fail(struct server *s, const char *fmt, ...)
     s->login->hooks->reported(s, LOGIN_RESULT_FAILED, &(struct login_report){.why = msg});
 }
 
-/* Tell server_connect.c (hooks->reported) how a step ended. true while the login reads on: s open, a query of
- * server_connect.c's in flight. */
+/* Tell server_connect.c (hooks->reported) how a step ended. true while the login reads on: s open,
+ * a query of server_connect.c's in flight. */
 static bool report(struct server *s, enum login_result result, const struct login_report *r)
 {
     struct server_login *l = s->login;
@@ -659,7 +659,8 @@ void server_login_step(struct server *s, int status, int events)
     }
 }
 
-/* Called from the login's report (hooks->reported), inside read_messages, which writes it out after the messages. */
+/* Called from the login's report (hooks->reported), inside read_messages, which writes it out after
+ * the messages. */
 void server_login_query(struct server *s, const char *sql)
 {
     s->login->step = STEP_QUERY;
