@@ -1,5 +1,5 @@
 """The admin console as a PgBouncer (1.2x) user knows it: the same SHOW column sets (from
-PgBouncer's doc/usage.md and src/admin.c), the admin database listed in SHOW DATABASES, the verbs
+PgBouncer's doc/usage.md and src/services/admin.c), the admin database listed in SHOW DATABASES, the verbs
 DISABLE/ENABLE, SUSPEND (refused: sluice has no online restart), SHUTDOWN WAIT_FOR_CLIENTS /
 WAIT_FOR_SERVERS, SHOW SOCKETS and SHOW PEERS, and the client caps max_db_client_connections and
 max_user_client_connections (global and per entry) with their SHOW DATABASES/USERS columns."""

@@ -1,6 +1,6 @@
 """The README and docs/ stay whole: every relative link names a file that exists and, with an
 anchor, a heading that file has; docs/config.md and conf/sluice.ini are what
-scripts/gen-config-docs makes from src/config_keys.def (issue 20)."""
+scripts/gen-config-docs makes from src/config/config_keys.def (issue 20)."""
 
 import re
 import subprocess

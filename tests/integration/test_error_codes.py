@@ -1,5 +1,5 @@
 """docs/operations.md's "Errors clients can see" is the one table a retry policy is written from:
-every SQLSTATE in src/error.c's failure table must be in it, each row must say whether retrying is
+every SQLSTATE in src/protocol/error.c's failure table must be in it, each row must say whether retrying is
 safe and whether the connection is still usable, and distinct causes (full, down, paused, shutting
 down, timeouts) must have distinct codes."""
 
@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sqlstates_sent():
     """{code: [failure names]} from error.c's table, through sqlstate.def."""
-    codes = dict(re.findall(r'SQLSTATE\((\w+), "(\w{5})"\)', (ROOT / "src/sqlstate.def").read_text()))
-    src = (ROOT / "src/error.c").read_text()
+    codes = dict(re.findall(r'SQLSTATE\((\w+), "(\w{5})"\)', (ROOT / "src/protocol/sqlstate.def").read_text()))
+    src = (ROOT / "src/protocol/error.c").read_text()
     table = src[src.index("static const struct failure_info table[]"):src.index("#undef F")]
     sent = {}
     for name, sym in re.findall(r"\[(FAIL_\w+)\]\s*=\s*F\(\s*\w+,\s*(\w+),", table):

@@ -313,7 +313,7 @@ def test_server_login_refusal_reaches_logged_in_clients_waiting_for_a_server(sta
 
 
 def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
-    """sluice's own SCRAM login upstream (the client's keys, src/server_login.c) passes the
+    """sluice's own SCRAM login upstream (the client's keys, src/core/server_login.c) passes the
     server's refusal on the same way."""
     ensure_role(pg, "h6_pt", login=True)
     secret = pg.stored_secret("h6_pt")

@@ -1,4 +1,4 @@
-"""TLS on both sides of sluice: towards clients (client_tls_*, src/tls.c) and towards the servers
+"""TLS on both sides of sluice: towards clients (client_tls_*, src/transport/tls.c) and towards the servers
 (server_tls_* mapped to libpq's sslmode/sslrootcert/sslcert/sslkey).
 
 Certificates are made at test time with the openssl CLI (certs.py). A second PostgreSQL cluster
