@@ -1,0 +1,203 @@
+/* login_reset: a client's reset of its login parameters, followed per request (login_reset.h). */
+#include "login_reset.h"
+
+#include <string.h>
+#include <strings.h>
+
+#include "client.h"
+#include "codec.h"
+#include "log.h"
+#include "params.h"
+#include "server.h"
+
+/* Does r cover a parameter the client set at login? */
+static bool covers_login(const struct client *c, const struct param_reset *r)
+{
+    if (r->kind == PARAM_RESET_NONE || !c->login_params)
+        return false;
+    if (r->kind == PARAM_RESET_ALL || r->kind == PARAM_RESET_UNSURE)
+        return c->login_params->n > 0;
+    for (int i = 0; i < c->login_params->n; i++)
+        if (param_reset_covers(r, c->login_params->items[i].name))
+            return true;
+    return false;
+}
+
+void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (!covers_login(c, r))
+        return;
+    if (lr->state == LOGIN_RESET_NONE || lr->state == LOGIN_RESET_RELEASED) {
+        memset(&lr->which, 0, sizeof(lr->which));
+        lr->held = 0;
+        lr->state = LOGIN_RESET_IN_REQUEST;
+    }
+    param_reset_merge(&lr->which, r);
+}
+
+void login_reset_note_unseen(struct server *s, const struct client *c)
+{
+    struct param_reset all = {.kind = PARAM_RESET_ALL, .session_level = true};
+    login_reset_note(s, c, &all);
+}
+
+bool login_reset_request_sent(struct server *s)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (lr->state != LOGIN_RESET_IN_REQUEST)
+        return false;
+    lr->state = LOGIN_RESET_AWAITING_REPLY;
+    lr->ahead = s->inflight;
+    return true;
+}
+
+bool login_reset_client_waits(const struct server *s)
+{
+    enum login_reset_state st = s->login_reset.state;
+    return (st == LOGIN_RESET_AWAITING_REPLY && s->inflight > 0) || st == LOGIN_RESET_RESTORING;
+}
+
+bool login_reset_released(struct server *s)
+{
+    if (s->login_reset.state != LOGIN_RESET_RELEASED)
+        return false;
+    s->login_reset.state = LOGIN_RESET_NONE;
+    return true;
+}
+
+/* The bit of a reported name in held; -1 for a name Postgres 15 does not report. */
+static int reported_bit(const char *name)
+{
+    const char *r;
+    for (int i = 0; (r = params_reported_name((size_t)i)) != NULL; i++)
+        if (strcasecmp(r, name) == 0)
+            return i;
+    return -1;
+}
+
+/* Are the server's reports now those of the request that may reset? Postgres 15 sends them
+ * just before a ReadyForQuery, so those before the ReadyForQuery of a request ahead are that
+ * request's own. */
+static bool holding(const struct server *s)
+{
+    return s->login_reset.state == LOGIN_RESET_AWAITING_REPLY && s->login_reset.ahead == 0 &&
+           s->swallow == 0;
+}
+
+bool login_reset_holds_report(struct server *s, const uint8_t *body, uint32_t len)
+{
+    const char *name, *value;
+    if (!holding(s) || !codec_parse_parameter_status(body, len, &name, &value))
+        return false;
+    int bit = reported_bit(name);
+    if (bit < 0)
+        return false;
+    s->login_reset.held |= (uint16_t)(1u << bit);
+    return true;
+}
+
+bool login_reset_settles(const struct server *s)
+{
+    const struct login_reset *lr = &s->login_reset;
+    if (lr->state == LOGIN_RESET_RESTORING)
+        return s->swallow == 1;
+    /* (ahead counts a request whose ReadyForQuery never comes if the last one is here) */
+    return lr->state == LOGIN_RESET_AWAITING_REPLY && s->swallow == 0 &&
+           (lr->ahead == 0 || s->inflight <= 1);
+}
+
+/* Tell the client what Postgres would have before this ReadyForQuery: each reported name the
+ * server reported while held back, or that the restore may have set, whose value the client was
+ * not told last (Postgres reports a value only when it differs from the last one), in Postgres's
+ * order. With `settled` false the login parameters reset are left held: what they end as is not
+ * known yet (a failed transaction, which only its ROLLBACK ends). */
+static void tell_client(struct server *s, struct client *c, bool settled)
+{
+    struct login_reset *lr = &s->login_reset;
+    const char *name;
+    for (size_t i = 0; (name = params_reported_name(i)) != NULL; i++) {
+        bool restored = params_get(c->login_params, name) && param_reset_covers(&lr->which, name);
+        bool held = lr->held & (1u << i);
+        if (!held && !restored)
+            continue;
+        if (restored && !settled)
+            continue;
+        lr->held &= (uint16_t) ~(1u << i);
+        const char *now = params_get(&s->params, name);
+        const char *told = params_get(&c->params, name);
+        if (!now || (told && strcmp(told, now) == 0))
+            continue;
+        codec_put_parameter_status(&c->out, name, now);
+        if (params_is_client_settable(name) && params_set(&c->params, name, now) < 0)
+            s->close_when_free = true; /* out of memory: what the client has is not known */
+    }
+}
+
+/* Queue the restore of the login values lr->which covers. False when there is none to send. */
+static bool queue_restore(struct server *s, struct client *c)
+{
+    struct login_reset *lr = &s->login_reset;
+    struct param_set restore;
+    params_init(&restore);
+    bool ok = true;
+    for (int i = 0; ok && i < c->login_params->n; i++) {
+        const struct param *p = &c->login_params->items[i];
+        if (param_reset_covers(&lr->which, p->name))
+            ok = params_set(&restore, p->name, p->value) == 0;
+    }
+    struct msg_out sql;
+    codec_out_init(&sql);
+    int n = ok ? params_build_restore(&restore, !lr->which.session_level, &s->params, &sql) : -1;
+    if (n > 0) {
+        log_client(LOG_DEBUG, c, "S-%llu: %s (login values again after a reset)",
+                   (unsigned long long)s->id, (const char *)sql.data);
+        server_queue_internal(s, (const char *)sql.data);
+    }
+    codec_out_free(&sql);
+    params_free(&restore);
+    if (n < 0)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+    return n > 0;
+}
+
+bool login_reset_on_ready(struct server *s, struct client *c, char status)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (lr->state != LOGIN_RESET_AWAITING_REPLY)
+        return false;
+    if (lr->ahead > 0 && s->inflight > 0) {
+        lr->ahead--; /* a request sent before it */
+        return false;
+    }
+    if (status == 'E' || s->inflight > 0 || s->batch_open) {
+        /* A failed transaction: what the reset left shows once it ends (ROLLBACK, or ROLLBACK TO
+         * SAVEPOINT), and no query can run before. (More in flight: the client sent it past
+         * the wait, inside an open batch.) The next request settles it. */
+        tell_client(s, c, false);
+        lr->state = LOGIN_RESET_IN_REQUEST;
+        return false;
+    }
+    if (!c->login_params || !queue_restore(s, c)) {
+        tell_client(s, c, true);
+        lr->state = LOGIN_RESET_RELEASED;
+        return false;
+    }
+    lr->state = LOGIN_RESET_RESTORING;
+    return true;
+}
+
+void login_reset_on_internal_ready(struct server *s, struct client *c, char status)
+{
+    if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow > 0)
+        return;
+    tell_client(s, c, true);
+    codec_put_ready(&c->out, status);
+    s->login_reset.state = LOGIN_RESET_RELEASED;
+}
+
+void login_reset_clear(struct server *s)
+{
+    memset(&s->login_reset, 0, sizeof(s->login_reset));
+    s->login_reset.state = LOGIN_RESET_NONE;
+}

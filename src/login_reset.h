@@ -1,0 +1,77 @@
+/* login_reset: a client's reset of the parameters it set at login (RESET name, RESET ALL,
+ * DISCARD ALL, SET [LOCAL] name TO DEFAULT, set_config(name, NULL, ...)). Postgres's reset value
+ * of such a parameter is the client's login value; a pooled backend's is its own. So after the
+ * request that may have reset one is answered, sluice gives the backend the login value again
+ * where the backend holds its reset value (pg_settings.source is not 'session': a later SET in
+ * the same request stays), in the client's transaction (a ROLLBACK undoes both, as it undoes the
+ * reset in Postgres), and tells the client the ParameterStatus messages Postgres would have sent,
+ * in its order, before that request's ReadyForQuery. The restore is conditional, so a request
+ * that only may reset (a text too long to look at, a set_config whose value may be NULL) costs a
+ * round trip and nothing else.
+ *
+ * Per request: the request that may reset is tracked from its first message to its ReadyForQuery
+ * (earlier requests pipelined ahead of it are answered as they are); the client's next requests
+ * wait until the restore is done, so they see the login values as they would on Postgres.
+ * Statements after the reset inside the same Query or extended batch (up to its Sync) see the
+ * backend's value (docs/pool-modes.md). */
+#ifndef SLUICE_LOGIN_RESET_H
+#define SLUICE_LOGIN_RESET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "session_state.h"
+
+enum login_reset_state {
+    LOGIN_RESET_NONE,
+    LOGIN_RESET_IN_REQUEST,     /* the request being sent (a Query; an extended batch up to its
+                                   Sync) may reset a login parameter; or the last one did in a
+                                   transaction that failed: the next request settles it */
+    LOGIN_RESET_AWAITING_REPLY, /* that request is sent: the client's next requests wait; the
+                                   server's reports for it are held back */
+    LOGIN_RESET_RESTORING,      /* its ReadyForQuery came and is held: sluice's query giving back
+                                   the login values runs */
+    LOGIN_RESET_RELEASED,       /* done; the client's waiting requests may go (the pump takes one
+                                   more round for them): otherwise as NONE */
+};
+
+struct login_reset {
+    enum login_reset_state state;
+    int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */
+    uint16_t held; /* reported names (bit: index in params_reported_name) the server reported
+                      while held back, and not told the client yet */
+    struct param_reset which; /* what the request may reset */
+};
+
+struct client;
+struct server;
+
+/* The statement inspector found that the request being framed may reset r: followed when it
+ * covers a parameter the client set at login. */
+void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r);
+/* A text the inspector cannot see whole (longer than pkt_buf): it may reset anything. */
+void login_reset_note_unseen(struct server *s, const struct client *c);
+/* The client's Query, Sync or FunctionCall that ends a request is being forwarded (before
+ * s->inflight counts it). True when that request may reset: the client's next requests wait. */
+bool login_reset_request_sent(struct server *s);
+/* Do the client's next requests wait for a reset's reply and the restore after it? */
+bool login_reset_client_waits(const struct server *s);
+/* The pump's question after a round: did the client's requests stop waiting in it (true once)? */
+bool login_reset_released(struct server *s);
+/* A ParameterStatus of the server (a reported name) for the client: held back (recorded in
+ * s->params by the caller, told the client later) rather than forwarded? */
+bool login_reset_holds_report(struct server *s, const uint8_t *body, uint32_t len);
+/* Will the client's ReadyForQuery now coming make login_reset write to the client (so what the
+ * server sent before it must go out first)? */
+bool login_reset_settles(const struct server *s);
+/* The client's ReadyForQuery (status), already counted out of s->inflight. True when it is held
+ * (the caller consumes it): the restore was queued and login_reset_on_restored answers the
+ * client. Otherwise what the client is told comes before the ReadyForQuery in c->out. */
+bool login_reset_on_ready(struct server *s, struct client *c, char status);
+/* The ReadyForQuery of sluice's own queries came, none left: a restore's end is told the
+ * client (reports, then its held ReadyForQuery with the server's status). */
+void login_reset_on_internal_ready(struct server *s, struct client *c, char status);
+/* A new client got the server, or its client left: nothing of a former one is followed. */
+void login_reset_clear(struct server *s);
+
+#endif

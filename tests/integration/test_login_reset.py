@@ -1,0 +1,122 @@
+"""A reset of a parameter the client set at login gives back its login value, as in Postgres,
+however the reset reaches the server: by Parse/Bind/Execute, pipelined behind or ahead of other
+requests, followed by more statements in its Query, in a Query longer than pkt_buf, as
+SET LOCAL name TO DEFAULT or as set_config(name, NULL, ...). Postgres is the oracle: each step's
+bytes go to Postgres and to sluice, and every message the client receives back (rows,
+ParameterStatus, ReadyForQuery) must be the same."""
+
+import pytest
+
+from conftest import APP_PASSWORD
+from pgwire import bind_msg, execute_msg, parse_msg, query_msg, raw_login, sync_msg
+
+LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
+         "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
+PROBE = ("SELECT current_setting('application_name'), current_setting('DateStyle'),"
+         " current_setting('search_path'), current_setting('statement_timeout'),"
+         " current_setting('TimeZone')")
+
+
+def q(sql):
+    """One simple Query: (bytes, ReadyForQuery count)."""
+    return query_msg(sql), 1
+
+
+def ext(sql, name=""):
+    """One statement by Parse/Bind/Execute/Sync."""
+    return parse_msg(name, sql) + bind_msg("", name) + execute_msg() + sync_msg(), 1
+
+
+def pipe(*steps):
+    """Several requests in one write, before any reply."""
+    return b"".join(s[0] for s in steps), sum(s[1] for s in steps)
+
+
+def quiet(calls):
+    """A select of set_config calls whose own results (which already see the backend's reset
+    value: a documented difference) are not shown."""
+    return f"SELECT count(*) FROM (SELECT {calls}) AS calls"
+
+
+CHANGE = q("SET application_name = 'changed'; SET search_path = public;"
+           " SET DateStyle = ISO; SET statement_timeout = 5")
+# transaction mode keeps a session SET of an unreported parameter only until the backend goes
+# back (a documented limit): there the change is of reported ones only
+CHANGE_REPORTED = q("SET application_name = 'changed'; SET DateStyle = ISO; SET TimeZone = UTC")
+LONG = "SELECT '" + "x" * 40000 + "'"
+
+CASES = {
+    "extended-reset-name": [CHANGE, ext("RESET application_name"), ext("RESET search_path"),
+                            q(PROBE)],
+    "extended-reset-all": [CHANGE, ext("RESET ALL"), q(PROBE), ext(PROBE)],
+    "extended-discard-all": [CHANGE, ext("DISCARD ALL"), q(PROBE)],
+    "extended-set-to-default": [CHANGE, ext("SET DateStyle TO DEFAULT"), q(PROBE)],
+    "extended-named-statement": [CHANGE, ext("RESET ALL", "r1"), q(PROBE)],
+    "extended-in-transaction": [CHANGE, q("BEGIN"), ext("RESET ALL"), q(PROBE), q("ROLLBACK"),
+                                q(PROBE), q("BEGIN"), ext("RESET ALL"), q("COMMIT"), q(PROBE)],
+    "pipelined-behind": [CHANGE, pipe(q("SELECT 1"), q("RESET ALL")), q(PROBE)],
+    "pipelined-behind-extended": [CHANGE, pipe(ext("SELECT 1"), ext("RESET application_name")),
+                                  q(PROBE)],
+    "pipelined-ahead": [CHANGE, pipe(q("RESET ALL"), q(PROBE)), q(PROBE)],
+    "pipelined-ahead-extended": [CHANGE, pipe(ext("RESET ALL"), ext(PROBE), q(PROBE))],
+    "followed-in-query": [CHANGE, q("RESET ALL; SELECT 1"), q(PROBE)],
+    "reset-then-set-in-query": [CHANGE, q("RESET ALL; SET application_name = 'after'"),
+                                q(PROBE)],
+    "reset-then-set-search-path": [CHANGE, q("BEGIN"),
+                                   q("RESET search_path; SET search_path = 'x'"), q(PROBE),
+                                   q("COMMIT")],
+    "long-query": [CHANGE, q(LONG + "; RESET ALL"), q(PROBE)],
+    "long-extended": [CHANGE, ext(quiet("set_config('search_path', NULL, false), 'x" + "x" * 40000
+                                        + "'")), q(PROBE)],
+    "set-local-default": [CHANGE, q("BEGIN"), q("SET LOCAL application_name TO DEFAULT"),
+                          q("SET LOCAL search_path TO DEFAULT"), q(PROBE), q("COMMIT"),
+                          q(PROBE)],
+    "set-local-default-extended": [CHANGE, q("BEGIN"), ext("SET LOCAL DateStyle TO DEFAULT"),
+                                   q(PROBE), q("ROLLBACK"), q(PROBE)],
+    "set-config-null": [CHANGE, q(quiet("set_config('application_name', NULL, false)")),
+                        q(quiet("set_config('search_path', NULL, false)")), q(PROBE)],
+    "set-config-null-local": [CHANGE, q("BEGIN"),
+                              q(quiet("set_config('application_name', NULL, true),"
+                                      " set_config('statement_timeout', NULL, true)")),
+                              q(PROBE), q("COMMIT"), q(PROBE)],
+    "set-config-null-extended": [CHANGE, ext(quiet("set_config('search_path', NULL, false)")),
+                                 q(PROBE)],
+    "set-config-expression": [CHANGE, q(quiet("set_config('DateStyle', nullif('a', 'a'), false)")),
+                              q(PROBE)],
+    "reset-in-failed-transaction": [CHANGE, q("BEGIN"), q("RESET ALL"), q("SELECT 1/0"),
+                                    q("ROLLBACK"), q(PROBE)],
+    "reset-then-error-in-query": [CHANGE, q("BEGIN; RESET ALL; SELECT 1/0"), q("ROLLBACK"),
+                                  q(PROBE)],
+    "reset-savepoint": [CHANGE, q("BEGIN"), q("RESET ALL"), q("SAVEPOINT s"), q("SELECT 1/0"),
+                        q("ROLLBACK TO s"), q(PROBE), q("COMMIT"), q(PROBE)],
+}
+
+
+def transcript(conn, step):
+    data, readies = step
+    conn.send(data)
+    out = []
+    while readies:
+        mtype, payload = conn.read_message()
+        out.append((mtype, payload))
+        if mtype == "Z":
+            readies -= 1
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_login_reset_is_postgres_identical(start_sluice, pg, mode, case):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    direct = raw_login(pg.port, password=APP_PASSWORD, **LOGIN)
+    pooled = raw_login(s.port, **LOGIN)
+    try:
+        assert pooled.params == direct.params
+        for i, step in enumerate(CASES[case]):
+            if mode == "transaction" and step is CHANGE:
+                step = CHANGE_REPORTED
+            want, got = transcript(direct, step), transcript(pooled, step)
+            assert got == want, f"step {i}: {step[0][:120]!r}"
+    finally:
+        direct.close()
+        pooled.close()
