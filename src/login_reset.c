@@ -28,7 +28,7 @@ void login_reset_note(struct server *s, const struct client *c, const struct par
     struct login_reset *lr = &s->login_reset;
     if (!covers_login(c, r))
         return;
-    if (lr->state == LOGIN_RESET_NONE || lr->state == LOGIN_RESET_RELEASED) {
+    if (lr->state == LOGIN_RESET_NONE) {
         memset(&lr->which, 0, sizeof(lr->which));
         lr->held = 0;
         lr->state = LOGIN_RESET_IN_REQUEST;
@@ -55,15 +55,8 @@ bool login_reset_request_sent(struct server *s)
 bool login_reset_client_waits(const struct server *s)
 {
     enum login_reset_state st = s->login_reset.state;
-    return (st == LOGIN_RESET_AWAITING_REPLY && s->inflight > 0) || st == LOGIN_RESET_RESTORING;
-}
-
-bool login_reset_released(struct server *s)
-{
-    if (s->login_reset.state != LOGIN_RESET_RELEASED)
-        return false;
-    s->login_reset.state = LOGIN_RESET_NONE;
-    return true;
+    return ((st == LOGIN_RESET_AWAITING_REPLY && s->inflight > 0) ||
+            st == LOGIN_RESET_RESTORING) && !s->copy_in;
 }
 
 /* The bit of a reported name in held; -1 for a name Postgres 15 does not report. */
@@ -180,7 +173,7 @@ bool login_reset_on_ready(struct server *s, struct client *c, char status)
     }
     if (!c->login_params || !queue_restore(s, c)) {
         tell_client(s, c, true);
-        lr->state = LOGIN_RESET_RELEASED;
+        lr->state = LOGIN_RESET_NONE;
         return false;
     }
     lr->state = LOGIN_RESET_RESTORING;
@@ -193,7 +186,7 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
         return;
     tell_client(s, c, true);
     codec_put_ready(&c->out, status);
-    s->login_reset.state = LOGIN_RESET_RELEASED;
+    s->login_reset.state = LOGIN_RESET_NONE;
 }
 
 void login_reset_clear(struct server *s)

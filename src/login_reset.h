@@ -31,8 +31,6 @@ enum login_reset_state {
                                    server's reports for it are held back */
     LOGIN_RESET_RESTORING,      /* its ReadyForQuery came and is held: sluice's query giving back
                                    the login values runs */
-    LOGIN_RESET_RELEASED,       /* done; the client's waiting requests may go (the pump takes one
-                                   more round for them): otherwise as NONE */
 };
 
 struct login_reset {
@@ -54,10 +52,10 @@ void login_reset_note_unseen(struct server *s, const struct client *c);
 /* The client's Query, Sync or FunctionCall that ends a request is being forwarded (before
  * s->inflight counts it). True when that request may reset: the client's next requests wait. */
 bool login_reset_request_sent(struct server *s);
-/* Do the client's next requests wait for a reset's reply and the restore after it? */
+/* Do the client's next requests wait for a reset's reply and the restore after it? (Not while
+ * the server is in COPY FROM STDIN: the request's own data must reach it.) The pump frames the
+ * client's bytes again when this turns false while it frames the server's. */
 bool login_reset_client_waits(const struct server *s);
-/* The pump's question after a round: did the client's requests stop waiting in it (true once)? */
-bool login_reset_released(struct server *s);
 /* A ParameterStatus of the server (a reported name) for the client: held back (recorded in
  * s->params by the caller, told the client later) rather than forwarded? */
 bool login_reset_holds_report(struct server *s, const uint8_t *body, uint32_t len);

@@ -552,6 +552,7 @@ void relay_kick(struct server *s)
         }
 
         /* Server -> client: anything sluice generated for the client first. */
+        bool client_waited = login_reset_client_waits(s);
         w = write_generated(&c->io, &c->out, &c->out_pos);
         enum frame_stop sst = STOP_NEED_DATA;
         if (w == WRITE_DONE) {
@@ -589,8 +590,8 @@ void relay_kick(struct server *s)
         if (maybe_release(c, s))
             return;
         /* TLS may hold decrypted bytes the socket will not announce again. Requests that
-         * waited for a reset's restore (login_reset.h) are already read. */
-        bool more = login_reset_released(s);
+         * waited for a reset's reply (login_reset.h) are already read. */
+        bool more = client_waited && !login_reset_client_waits(s);
         if (sockio_pending(&s->io) > 0 && buf_pending(&s->in) == 0) {
             int n = server_read(s);
             if (n < 0)

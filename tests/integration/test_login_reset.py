@@ -8,7 +8,8 @@ ParameterStatus, ReadyForQuery) must be the same."""
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import bind_msg, execute_msg, parse_msg, query_msg, raw_login, sync_msg
+from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
+                    raw_login, sync_msg)
 
 LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
          "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
@@ -87,6 +88,15 @@ CASES = {
                                     q("ROLLBACK"), q(PROBE)],
     "reset-then-error-in-query": [CHANGE, q("BEGIN; RESET ALL; SELECT 1/0"), q("ROLLBACK"),
                                   q(PROBE)],
+    # the request's own COPY data reaches the server while the client's next requests wait
+    "reset-then-copy-in": [CHANGE, q("BEGIN"), q("CREATE TEMP TABLE t (a int)"),
+                           (query_msg("RESET ALL; COPY t FROM STDIN") + copy_data_msg(b"1\n")
+                            + copy_done_msg() + query_msg(PROBE), 2),
+                           pipe(ext("RESET application_name"),
+                                (parse_msg("", "COPY t FROM STDIN") + bind_msg("", "")
+                                 + execute_msg() + copy_data_msg(b"2\n") + copy_done_msg()
+                                 + sync_msg(), 1), q("SELECT count(*) FROM t"), q(PROBE)),
+                           q("COMMIT")],
     "reset-savepoint": [CHANGE, q("BEGIN"), q("RESET ALL"), q("SAVEPOINT s"), q("SELECT 1/0"),
                         q("ROLLBACK TO s"), q(PROBE), q("COMMIT"), q(PROBE)],
 }
