@@ -130,3 +130,31 @@ def test_login_reset_is_postgres_identical(start_sluice, pg, mode, case):
     finally:
         direct.close()
         pooled.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg_resets_by_the_extended_protocol_give_the_login_values(start_sluice, pg, mode):
+    """psycopg sends each execute() by Parse/Bind/Execute: its RESET ALL, SET LOCAL ... TO
+    DEFAULT and set_config(name, NULL, ...) leave what they leave on Postgres."""
+    import psycopg
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    login = {"options": "-c search_path=evil -c statement_timeout=1234",
+             "application_name": "login_app"}
+    steps = ["SET application_name = 'changed'", "RESET ALL", "BEGIN",
+             "SET LOCAL statement_timeout TO DEFAULT", "COMMIT", "SET DateStyle = 'SQL'",
+             "SELECT count(*) FROM (SELECT set_config('application_name', NULL, false)) AS s"]
+    seen = []
+    for conn in (psycopg.connect(pg.direct_dsn(**login), autocommit=True),
+                 s.connect(**login, autocommit=True)):
+        with conn:
+            out = []
+            for sql in steps:
+                conn.execute(sql)
+                out.append((conn.info.parameter_status("application_name"),
+                            conn.info.parameter_status("DateStyle"),
+                            conn.execute("SELECT current_setting('search_path'),"
+                                         " current_setting('statement_timeout'),"
+                                         " current_setting('application_name')").fetchone()))
+            seen.append(out)
+    assert seen[1] == seen[0]
