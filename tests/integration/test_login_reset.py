@@ -8,8 +8,8 @@ ParameterStatus, ReadyForQuery) must be the same."""
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
-                    raw_login, sync_msg)
+from pgwire import (RawConn, bind_msg, cancel_request, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
+                    raw_login, sync_msg, terminate_msg)
 
 LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
          "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
@@ -157,4 +157,58 @@ def test_psycopg_resets_by_the_extended_protocol_give_the_login_values(start_slu
                                          " current_setting('statement_timeout'),"
                                          " current_setting('application_name')").fetchone()))
             seen.append(out)
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("leave", ["terminate", "vanish-waiting", "vanish-restoring"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_leaving_around_its_reset_leaves_a_clean_backend(start_sluice, mode, leave):
+    """Terminate right behind a reset, or a client gone while its next request waits for the
+    reset's reply: the one backend (pool_size 1) serves the next client with its own values."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    a = raw_login(s.port, **LOGIN)
+    a.query("SET application_name = 'changed'")
+    if leave == "terminate":
+        a.send(query_msg("RESET ALL") + query_msg(PROBE) + terminate_msg())
+        assert a.is_closed()
+    else:
+        slow = "RESET ALL; SELECT pg_sleep(0.3)" if leave == "vanish-waiting" else "RESET ALL"
+        a.send(query_msg(slow) + query_msg(PROBE))
+        a.close_abruptly(reset=True)
+    b = raw_login(s.port, application_name="other")
+    try:
+        rows, _ = b.query(PROBE)
+        assert rows == [["other", "ISO, MDY", '"$user", public', "0", "Etc/UTC"]]
+        assert b.params["application_name"] == "other"
+    finally:
+        b.close()  # session mode: the one backend is b's until it leaves
+    c = raw_login(s.port, **LOGIN)
+    try:
+        rows, _ = c.query(PROBE)
+        assert rows == [["login_app", "German, DMY", "evil", "1234ms", "Asia/Kolkata"]]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_cancelled_reset_and_the_request_waiting_behind_it_as_in_postgres(start_sluice, pg,
+                                                                           mode):
+    """The reset's request is cancelled while the next one waits: the cancel undoes the reset,
+    and the waiting request then runs with what Postgres would have."""
+    import time
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seen = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, **LOGIN)
+        try:
+            c.query("SET application_name = 'changed'")
+            c.send(query_msg("RESET ALL; SELECT pg_sleep(5)") + query_msg(PROBE))
+            time.sleep(0.5)
+            canceller = RawConn(port)
+            canceller.send(cancel_request(*c.backend_key))
+            canceller.is_closed()
+            seen.append([transcript(c, (b"", 2)), transcript(c, q(PROBE))])
+        finally:
+            c.close()
     assert seen[1] == seen[0]
