@@ -1,6 +1,7 @@
 /* login_reset: a client's reset of its login parameters, followed per request (login_reset.h). */
 #include "login_reset.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -38,7 +39,7 @@ void login_reset_note(struct server *s, const struct client *c, const struct par
 
 void login_reset_note_unseen(struct server *s, const struct client *c)
 {
-    struct param_reset all = {.kind = PARAM_RESET_ALL, .session_level = true};
+    struct param_reset all = {.kind = PARAM_RESET_ALL, .session_level = true, .statements = 1};
     login_reset_note(s, c, &all);
 }
 
@@ -193,4 +194,91 @@ void login_reset_clear(struct server *s)
 {
     memset(&s->login_reset, 0, sizeof(s->login_reset));
     s->login_reset.state = LOGIN_RESET_NONE;
+}
+
+/* ---- statements that reset ---- */
+
+/* Few: a client prepares a reset under a handful of names at most. Past the array every named
+ * statement counts as one that resets (it costs a round trip, nothing else). */
+#define RESET_STATEMENTS_MAX 8
+
+enum reset_statements_extent {
+    RESET_STATEMENTS_LISTED, /* names[] are all */
+    RESET_STATEMENTS_ANY,    /* too many were seen: any statement may */
+};
+
+struct login_reset_statements {
+    enum reset_statements_extent extent;
+    int n;
+    char *names[RESET_STATEMENTS_MAX];
+};
+
+int login_reset_count(const struct server *s)
+{
+    return s->login_reset.state == LOGIN_RESET_NONE ? 0 : s->login_reset.which.statements;
+}
+
+static int find_statement(const struct login_reset_statements *l, const char *name)
+{
+    for (int i = 0; i < l->n; i++)
+        if (strcmp(l->names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+void login_reset_on_parse(struct client *c, const struct server *s, const uint8_t *body,
+                          uint32_t avail, int count_before)
+{
+    const char *name = (const char *)body;
+    bool resets = login_reset_count(s) > count_before;
+    struct login_reset_statements *l = c->reset_statements;
+    if (!memchr(body, '\0', avail)) {
+        if (resets && l)
+            l->extent = RESET_STATEMENTS_ANY; /* a name too long to see here */
+        return;
+    }
+    int at = l ? find_statement(l, name) : -1;
+    if (!resets) {
+        if (at >= 0) { /* the name now holds another statement (the unnamed one, or after a
+                          Close) */
+            free(l->names[at]);
+            l->names[at] = l->names[--l->n];
+        }
+        return;
+    }
+    if (at >= 0)
+        return;
+    if (!l && !(l = c->reset_statements = calloc(1, sizeof(*l))))
+        return; /* out of memory: not followed again (its first run was) */
+    char *copy = l->n < RESET_STATEMENTS_MAX ? strdup(name) : NULL;
+    if (!copy) {
+        l->extent = RESET_STATEMENTS_ANY;
+        return;
+    }
+    l->names[l->n++] = copy;
+}
+
+void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t *body,
+                         uint32_t avail)
+{
+    const struct login_reset_statements *l = c->reset_statements;
+    if (!l)
+        return;
+    const uint8_t *portal_end = memchr(body, '\0', avail);
+    const uint8_t *stmt = portal_end ? portal_end + 1 : NULL;
+    bool named_here = stmt && memchr(stmt, '\0', avail - (uint32_t)(stmt - body));
+    if (l->extent == RESET_STATEMENTS_ANY || !named_here ||
+        find_statement(l, (const char *)stmt) >= 0)
+        login_reset_note_unseen(s, c);
+}
+
+void login_reset_free_statements(struct client *c)
+{
+    struct login_reset_statements *l = c->reset_statements;
+    if (!l)
+        return;
+    for (int i = 0; i < l->n; i++)
+        free(l->names[i]);
+    free(l);
+    c->reset_statements = NULL;
 }

@@ -72,4 +72,19 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
 /* A new client got the server, or its client left: nothing of a former one is followed. */
 void login_reset_clear(struct server *s);
 
+/* Statements a client prepared whose text may reset a login parameter (names; "" the unnamed
+ * one): a Bind of one, in any later request, is a reset again. Kept per client, in both modes. */
+struct login_reset_statements;
+/* How many resets the request being framed has noted so far: a Parse that raised it resets. */
+int login_reset_count(const struct server *s);
+/* The client's Parse (body, avail bytes of it here) passes; count_before: login_reset_count
+ * before it was inspected. */
+void login_reset_on_parse(struct client *c, const struct server *s, const uint8_t *body,
+                          uint32_t avail, int count_before);
+/* The client's Bind (body, avail bytes of it here) passes: one of a statement that resets is
+ * noted as a reset of its own. */
+void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t *body,
+                         uint32_t avail);
+void login_reset_free_statements(struct client *c);
+
 #endif

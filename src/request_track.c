@@ -576,6 +576,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
+        int resets_before = login_reset_count(s);
         if (!track && (p[0] == 'Q' || p[0] == 'P') && c->login_params &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
                                   b->wpos - b->scan - CODEC_HEADER_LEN))
@@ -620,6 +621,16 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
             break;
         case 'P':
         case 'B':
+            /* a statement that resets login parameters does so at each Bind (login_reset.h) */
+            if (c->login_params && p[0] == 'P')
+                login_reset_on_parse(c, s, p + CODEC_HEADER_LEN,
+                                     min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN),
+                                     resets_before);
+            else if (c->login_params)
+                login_reset_on_bind(s, c, p + CODEC_HEADER_LEN,
+                                    min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN));
+            s->batch_open = true;
+            break;
         case 'D':
         case 'C':
         case 'H':

@@ -40,7 +40,7 @@ def quiet(calls):
 
 
 CHANGE = q("SET application_name = 'changed'; SET search_path = public;"
-           " SET DateStyle = ISO; SET statement_timeout = 5")
+           " SET DateStyle = ISO; SET statement_timeout = 50000")
 # transaction mode keeps a session SET of an unreported parameter only until the backend goes
 # back (a documented limit): there the change is of reported ones only
 CHANGE_REPORTED = q("SET application_name = 'changed'; SET DateStyle = ISO; SET TimeZone = UTC")
@@ -53,6 +53,15 @@ CASES = {
     "extended-discard-all": [CHANGE, ext("DISCARD ALL"), q(PROBE)],
     "extended-set-to-default": [CHANGE, ext("SET DateStyle TO DEFAULT"), q(PROBE)],
     "extended-named-statement": [CHANGE, ext("RESET ALL", "r1"), q(PROBE)],
+    # a prepared reset executed again in a later request
+    "extended-named-statement-again": [
+        (parse_msg("r2", "RESET application_name") + parse_msg("r3", "SELECT 1")
+         + sync_msg(), 1), CHANGE, (bind_msg("", "r2") + execute_msg() + sync_msg(), 1),
+        q(PROBE), CHANGE, (bind_msg("", "r3") + execute_msg() + bind_msg("", "r2")
+                           + execute_msg() + sync_msg(), 1), q(PROBE),
+        q("SET DateStyle = 'SQL'"), q("DEALLOCATE r2"),
+        (parse_msg("r2", "SELECT 2") + bind_msg("", "r2") + execute_msg() + sync_msg(), 1),
+        q(PROBE)],
     "extended-in-transaction": [CHANGE, q("BEGIN"), ext("RESET ALL"), q(PROBE), q("ROLLBACK"),
                                 q(PROBE), q("BEGIN"), ext("RESET ALL"), q("COMMIT"), q(PROBE)],
     "pipelined-behind": [CHANGE, pipe(q("SELECT 1"), q("RESET ALL")), q(PROBE)],
