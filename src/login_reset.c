@@ -239,8 +239,10 @@ void login_reset_on_parse(struct client *c, const struct server *s, const uint8_
     }
     int at = l ? find_statement(l, name) : -1;
     if (!resets) {
-        if (at >= 0) { /* the name now holds another statement (the unnamed one, or after a
-                          Close) */
+        /* The unnamed statement is replaced by each Parse. A named one is only after a Close or
+         * DEALLOCATE (a Parse of a name in use fails): the name stays listed, which costs a
+         * round trip at most. */
+        if (at >= 0 && name[0] == '\0') {
             free(l->names[at]);
             l->names[at] = l->names[--l->n];
         }
