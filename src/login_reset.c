@@ -233,8 +233,8 @@ void login_reset_on_parse(struct client *c, const struct server *s, const uint8_
     bool resets = login_reset_count(s) > count_before;
     struct login_reset_statements *l = c->reset_statements;
     if (!memchr(body, '\0', avail)) {
-        if (resets && l)
-            l->extent = RESET_STATEMENTS_ANY; /* a name too long to see here */
+        if (resets && (l || (l = c->reset_statements = calloc(1, sizeof(*l)))))
+            l->extent = RESET_STATEMENTS_ANY; /* its name is not here to see */
         return;
     }
     int at = l ? find_statement(l, name) : -1;

@@ -1,10 +1,11 @@
 /* prepared: statement maps, the request queue and the messages sluice injects (see prepared.h).
- * The decisions of when to inject are the relay's (relay.c frame_client); this file owns the
+ * The decisions of when to inject are request_track.c's; this file owns the
  * bookkeeping so that it can be unit-tested without sockets. */
 #include "prepared.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -29,6 +30,9 @@ uint64_t stmt_client_text_bytes(void)
     return client_text_bytes;
 }
 
+/* Names of definitions that streamed through: process-wide, so a name is never given twice. */
+static uint64_t streamed_defs;
+
 struct stmt_def *stmt_def_alloc(uint32_t len)
 {
     struct stmt_def *d = malloc(sizeof(*d) + len);
@@ -37,6 +41,8 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     d->refs = 1;
     d->len = len;
     d->hash = 0;
+    snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu",
+             (unsigned long long)++streamed_defs);
     return d;
 }
 
@@ -52,6 +58,9 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
         return NULL;
     memcpy(d->data, data, len);
     stmt_def_seal(d);
+    /* Equal definitions get equal names (and are one statement on a server); two that differ
+     * and share a hash share the name too, and replace each other there (ensure_prepared). */
+    snprintf(d->server_name, sizeof(d->server_name), "sluice_%08x", d->hash);
     return d;
 }
 
@@ -178,6 +187,19 @@ void stmt_map_remove(struct stmt_map *m, const char *name)
     }
 }
 
+const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name)
+{
+    if (!m)
+        return NULL;
+    const struct list_node *n;
+    for (n = m->lru.head.next; n != &m->lru.head; n = n->next) {
+        const struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        if (e->def && strcmp(e->def->server_name, server_name) == 0)
+            return e->name;
+    }
+    return NULL;
+}
+
 void stmt_map_mark_unknown(struct stmt_map *m)
 {
     struct list_node *n, *tmp;
@@ -262,36 +284,64 @@ static struct stmt_queue_item *last_item(struct stmt_queue *q)
     return q->count ? &q->items[(q->head + q->count - 1) % q->cap] : NULL;
 }
 
-int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
+static int grow_queue(struct stmt_queue *q)
+{
+    if (q->cap >= STMT_QUEUE_MAX)
+        return -ENOSPC;
+    uint32_t cap = q->cap ? q->cap * 2 : 16;
+    struct stmt_queue_item *items = malloc(cap * sizeof(*items));
+    if (!items)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < q->count; i++)
+        items[i] = q->items[(q->head + i) % q->cap];
+    free(q->items);
+    q->items = items;
+    q->cap = cap;
+    q->head = 0;
+    return 0;
+}
+
+/* Queue a request; it owns `name` (NULL or malloc'd) from here on, pushed or not. */
+static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
 {
     struct stmt_queue_item *last = last_item(q);
     if (!name && last && last->kind == kind && !last->name && last->repeat < UINT32_MAX) {
         last->repeat++;
         return 0;
     }
-    if (q->count == q->cap) {
-        if (q->cap >= STMT_QUEUE_MAX)
-            return -ENOSPC;
-        uint32_t cap = q->cap ? q->cap * 2 : 16;
-        struct stmt_queue_item *items = malloc(cap * sizeof(*items));
-        if (!items)
-            return -ENOMEM;
-        for (uint32_t i = 0; i < q->count; i++)
-            items[i] = q->items[(q->head + i) % q->cap];
-        free(q->items);
-        q->items = items;
-        q->cap = cap;
-        q->head = 0;
+    int rc = q->count == q->cap ? grow_queue(q) : 0;
+    if (rc < 0) {
+        free(name);
+        return rc;
     }
-    char *copy = NULL;
-    if (name && !(copy = strdup(name)))
-        return -ENOMEM;
     struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
     it->kind = (uint8_t)kind;
     it->repeat = 1;
-    it->name = copy;
+    it->name = name;
     q->count++;
     return 0;
+}
+
+int stmt_queue_push_client_parse(struct stmt_queue *q, const char *server_name,
+                                 const char *client_name)
+{
+    size_t sn = strlen(server_name) + 1, cn = strlen(client_name) + 1;
+    char *both = malloc(sn + cn);
+    if (!both)
+        return -ENOMEM;
+    memcpy(both, server_name, sn);
+    memcpy(both + sn, client_name, cn);
+    return push_item(q, REQ_PARSE_CLIENT, both);
+}
+
+int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
+{
+    if (name && kind == REQ_PARSE_CLIENT)
+        return stmt_queue_push_client_parse(q, name, name);
+    char *copy = NULL;
+    if (name && !(copy = strdup(name)))
+        return -ENOMEM;
+    return push_item(q, kind, copy);
 }
 
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
@@ -345,7 +395,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stm
          * Postgres, it has no statement of that name (a Parse of a name it had is queued
          * without one: 42P05 keeps the old statement). */
         if (it.name && it.kind == REQ_PARSE_CLIENT)
-            stmt_map_remove(client_map, it.name);
+            stmt_map_remove(client_map, it.name + strlen(it.name) + 1);
         free(it.name);
         if (it.kind == REQ_SYNC)
             return;
@@ -390,29 +440,55 @@ static bool word(const char **s, const char *w)
 
 enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen)
 {
+    size_t at, span;
+    return prepared_classify_query_at(sql, name, namelen, &at, &span);
+}
+
+enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
+                                            size_t *at, size_t *span)
+{
     const char *s = skip_space(sql);
     name[0] = '\0';
+    *at = *span = 0;
     if (word(&s, "discard"))
         return word(&s, "all") ? SQL_DISCARD_ALL : SQL_OTHER;
-    if (!word(&s, "deallocate"))
+    enum sql_dealloc kind;
+    if (word(&s, "execute")) {
+        kind = SQL_EXECUTE;
+    } else if (word(&s, "deallocate")) {
+        (void)word(&s, "prepare");
+        if (word(&s, "all"))
+            return SQL_DEALLOCATE_ALL;
+        kind = SQL_DEALLOCATE;
+    } else {
         return SQL_OTHER;
-    (void)word(&s, "prepare");
-    if (word(&s, "all"))
-        return SQL_DEALLOCATE_ALL;
+    }
+    const char *start = s;
     size_t n = 0;
+    bool whole = true; /* the name as written ends where the scan stopped */
     if (*s == '"') {
-        for (s++; *s && n + 1 < namelen; s++) {
+        for (s++; *s; s++) {
             if (*s == '"') {
                 if (s[1] != '"')
                     break;
                 s++;
             }
-            name[n++] = *s;
+            if (n + 1 < namelen)
+                name[n++] = *s;
         }
+        whole = *s == '"';
+        s += whole;
     } else {
-        for (; (isalnum((unsigned char)*s) || *s == '_' || *s == '$') && n + 1 < namelen; s++)
-            name[n++] = (char)tolower((unsigned char)*s);
+        for (; isalnum((unsigned char)*s) || *s == '_' || *s == '$'; s++)
+            if (n + 1 < namelen)
+                name[n++] = (char)tolower((unsigned char)*s);
     }
     name[n] = '\0';
-    return n ? SQL_DEALLOCATE : SQL_OTHER;
+    if (!n)
+        return SQL_OTHER;
+    if (whole) {
+        *at = (size_t)(start - sql);
+        *span = (size_t)(s - start);
+    }
+    return kind;
 }

@@ -5,8 +5,13 @@
  * them, see STMT_KEY_MAX) and what each server has prepared (name -> definition, LRU, at most
  * max_prepared_statements). When a client's Bind,
  * Describe or Parse meets a server that lacks the statement or has another under that name,
- * sluice first sends its own Close/Parse, and swallows the replies to them. Clients keep their
- * own names: identical statements of different clients are shared on a server for free.
+ * sluice first sends its own Close/Parse, and swallows the replies to them.
+ *
+ * Names: a client's names are its own (its map); on a server each statement is prepared under a
+ * name of sluice's (stmt_def.server_name, "sluice_..."), which request_track.c writes into the
+ * client's Parse, Bind, Describe and Close on their way. Another client's SQL EXECUTE or
+ * DEALLOCATE of the same name so never reaches it, and identical statements of different
+ * clients, whatever they call them, are one on a server.
  *
  * To tell sluice's replies from the client's, every Parse, Close, Sync, Query and FunctionCall
  * sent to a server is recorded in order (struct stmt_queue); ParseComplete/CloseComplete pop the
@@ -31,12 +36,18 @@
  * False when avail bytes hold neither. */
 bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1]);
 
-/* A statement definition: the Parse body after the name's key (the rest of a longer name and its
- * NUL, then query, parameter count and types): with the key it gives the client's Parse back. */
+/* The longest server-side name: "sluice_" and 8 hex digits of the definition's hash, or "sluice_s"
+ * and a count for a definition that streamed through (not known whole when it is named). Lower
+ * case, so that SQL names it unquoted. */
+#define STMT_SERVER_NAME_MAX 24
+
+/* A statement definition: the Parse body from the NUL that ends the name (then query, parameter
+ * count and types): after a name it gives a Parse of that name. */
 struct stmt_def {
     uint32_t refs;
     uint32_t hash;
     uint32_t len;
+    char server_name[STMT_SERVER_NAME_MAX + 1]; /* its name on every server */
     uint8_t data[];
 };
 
@@ -72,6 +83,9 @@ static inline int stmt_map_count(const struct stmt_map *m)
 {
     return m ? m->lru.count : 0;
 }
+/* The name under which a (client's) map holds a statement whose definition has server_name; NULL
+ * when none does. A walk over the map: for error messages only. */
+const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name);
 /* A map of its own (a client's, made at its first named Parse: most clients never need one).
  * get, count, remove and clear accept NULL as the empty map. NULL when out of memory. */
 struct stmt_map *stmt_map_new(void);
@@ -79,7 +93,8 @@ void stmt_map_delete(struct stmt_map *m);
 
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
 /* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
- * it): fill d->data, then stmt_def_seal before anything compares it. */
+ * it): fill d->data, then stmt_def_seal before anything compares it. Its server name is a count,
+ * given now. */
 struct stmt_def *stmt_def_alloc(uint32_t len);
 void stmt_def_seal(struct stmt_def *d);
 /* Bytes of names and definitions in all clients' maps (max_prepared_statement_bytes bounds it). */
@@ -116,9 +131,14 @@ struct stmt_queue {
 #define STMT_QUEUE_MAX 8192
 
 void stmt_queue_free(struct stmt_queue *q);
-/* 0, or -ENOMEM / -ENOSPC (full: the caller stops framing until replies drain). */
+/* 0, or -ENOMEM / -ENOSPC (full: the caller stops framing until replies drain). name: what the
+ * server calls the statement (for a REQ_PARSE_CLIENT, the client too). */
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
     __attribute__((warn_unused_result));
+/* The client's own Parse of a statement it names client_name, sent as server_name
+ * (REQ_PARSE_CLIENT; the item's name holds both, the client's after the server's NUL). */
+int stmt_queue_push_client_parse(struct stmt_queue *q, const char *server_name,
+                                 const char *client_name) __attribute__((warn_unused_result));
 
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
@@ -136,9 +156,12 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stm
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
 
-/* A simple Query's text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL? name gets the
- * statement name for the first (empty for ALL). */
-enum sql_dealloc { SQL_OTHER, SQL_DEALLOCATE, SQL_DEALLOCATE_ALL, SQL_DISCARD_ALL };
+/* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name? name gets
+ * the statement name for DEALLOCATE and EXECUTE (empty for ALL). */
+enum sql_dealloc { SQL_OTHER, SQL_DEALLOCATE, SQL_DEALLOCATE_ALL, SQL_DISCARD_ALL, SQL_EXECUTE };
 enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen);
+/* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
+enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
+                                            size_t *at, size_t *span);
 
 #endif

@@ -28,6 +28,7 @@
 #include "server.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "stmt_names.h"
 
 /* Servers are trusted more than clients, but a length past this is a broken stream. */
 #define SERVER_MAX_BODY 0x3fffffffu
@@ -162,10 +163,20 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             held = login_reset_holds_report(s, p + CODEC_HEADER_LEN, len - 4);
             consume = consume || held;
         }
+        /* An error naming the client's statement by sluice's name: the client gets its own. */
+        bool renamed = false;
+        if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            renamed = stmt_names_in_error(c->stmts, p, whole);
+            consume = renamed;
+        }
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
+        if (renamed)
+            stmt_names_put_error(c->stmts, p, whole, &c->out);
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (s->swallow == 0 && s->executes_unanswered > 0) {
@@ -175,7 +186,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             else if (type == 'E')
                 s->executes_unanswered = 0;
         }
-        bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume);
+        bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume && !renamed);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
                 return STOP_NEED_DATA;

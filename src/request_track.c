@@ -18,6 +18,7 @@
 #include "server.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "stmt_names.h"
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
 {
@@ -32,6 +33,7 @@ enum track_result {
     TRACK_FLUSH,      /* sluice must send something first: flush the client's earlier bytes */
     TRACK_FAILED,     /* the client was failed */
     TRACK_CONSUMED,   /* sluice answered the message itself; it is gone from the buffer */
+    TRACK_STARTED,    /* its start went to s->out renamed; the rest (c->rx.remain) follows */
 };
 
 bool request_track_on(const struct server *s)
@@ -42,10 +44,8 @@ bool request_track_on(const struct server *s)
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
  * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
  * (after an error the server skips up to it). */
-static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
-                                       const char *name)
+static enum track_result queued(struct client *c, int rc)
 {
-    int rc = stmt_queue_push(&s->reqs, kind, name);
     if (rc == 0)
         return TRACK_PASS;
     if (rc == -ENOSPC) {
@@ -56,6 +56,12 @@ static enum track_result queue_request(struct client *c, struct server *s, enum 
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
     }
     return TRACK_FAILED;
+}
+
+static enum track_result queue_request(struct client *c, struct server *s, enum stmt_req kind,
+                                       const char *name)
+{
+    return queued(c, stmt_queue_push(&s->reqs, kind, name));
 }
 
 /* Make room for one more statement on the server, closing the least recently used. */
@@ -86,14 +92,21 @@ static void free_name_on_server(struct server *s, const char *name, bool taken)
         s->close_when_free = true;
 }
 
-/* The client uses statement `name`: make sure the server has this client's definition of it. */
-static enum track_result ensure_prepared(struct client *c, struct server *s, const char *name)
+/* The client's definition of its statement `name`; NULL when sluice does not know it (never
+ * prepared by Parse, or closed): its name then reaches the server as it is. */
+static struct stmt_def *client_def(const struct client *c, const char *name)
 {
-    struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    if (!mine || !mine->def)
-        return TRACK_PASS; /* not known to sluice: the server answers as it would */
+    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
+    return mine ? mine->def : NULL;
+}
+
+/* The client uses its statement `mine`: make sure the server has it, under `name`
+ * (stmt_names.h). */
+static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
+                                         const char *name)
+{
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine->def)) {
+    if (theirs && stmt_def_equal(theirs->def, mine)) {
         list_remove(&s->stmts.lru, &theirs->lru);
         list_prepend(&s->stmts.lru, &theirs->lru);
         return TRACK_PASS;
@@ -101,14 +114,72 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, con
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
-    prepared_put_parse(&s->out, name, mine->def);
+    prepared_put_parse(&s->out, name, mine);
     if (queue_request(c, s, REQ_PARSE_OURS, name) != TRACK_PASS)
         return TRACK_FAILED;
-    if (!stmt_map_put(&s->stmts, name, mine->def)) {
+    if (!stmt_map_put(&s->stmts, name, mine)) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
     return TRACK_PASS;
+}
+
+/* The same before a simple Query that names the client's statement by SQL (EXECUTE,
+ * DEALLOCATE). A Parse that fails (its table dropped since) makes the server skip everything up
+ * to the next Sync, and a Query has none: so sluice's Parse comes with its own Sync, in a batch
+ * of its own whose replies are swallowed (s->swallow). That needs a server with nothing of the
+ * client's in flight, whose next replies are known to be sluice's; otherwise ensure_prepared.
+ * What the server then holds under the name is unknown (the Parse may have failed): its next
+ * use closes and prepares it again. */
+static enum track_result prepare_before_query(struct client *c, struct server *s,
+                                              struct stmt_def *mine, const char *name)
+{
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+        return ensure_prepared(c, s, mine, name);
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    if (theirs && stmt_def_equal(theirs->def, mine))
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    int max = (int)c->app->cfg->max_prepared_statements;
+    while (!theirs && stmt_map_count(&s->stmts) >= max) {
+        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
+        prepared_put_close(&s->out, lru->name);
+        stmt_map_remove(&s->stmts, lru->name);
+    }
+    if (theirs)
+        prepared_put_close(&s->out, name);
+    prepared_put_parse(&s->out, name, mine);
+    codec_begin(&s->out, 'S');
+    codec_end(&s->out);
+    s->swallow++;
+    if (!stmt_map_put(&s->stmts, name, NULL))
+        s->close_when_free = true; /* out of memory: what the server holds is not known */
+    return TRACK_PASS;
+}
+
+/* ---- the server's names in the client's messages (stmt_names.h) ---- */
+
+static enum track_result renamed(enum stmt_rewrite w)
+{
+    return w == STMT_START_SENT ? TRACK_STARTED : TRACK_PASS;
+}
+
+static enum track_result room_to_rename(const struct client *c, uint32_t old_len, uint32_t new_len)
+{
+    return stmt_names_can_rewrite(&c->in, old_len, new_len) ? TRACK_PASS : TRACK_FLUSH;
+}
+
+static enum track_result room_for_statement(const struct client *c,
+                                            const struct stmt_server_name *sn, uint32_t key_len)
+{
+    return stmt_names_can_rename(&c->in, key_len, sn) ? TRACK_PASS : TRACK_FLUSH;
+}
+
+static enum track_result rename_statement(struct client *c, struct server *s, uint32_t at,
+                                          uint32_t key_len, const struct stmt_server_name *sn)
+{
+    return renamed(stmt_names_rename(&c->in, &c->rx, &s->out, at, key_len, sn));
 }
 
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
@@ -186,29 +257,54 @@ static void forget_touched(struct server *s, const struct param_touch *touch)
         s->close_when_free = true; /* out of memory: what the server has is not known */
 }
 
+/* Where a statement text starts in its message's body, when sluice may rewrite it there (0: a
+ * whole Query; 1: a whole unnamed Parse); TEXT_KEPT when it is not to be rewritten. */
+#define TEXT_KEPT UINT32_MAX
+
+/* The server may hold something under sluice's name `name` that no record says: whatever it
+ * holds there is unknown, and the next use closes and prepares it again. */
+static void forget_on_server(struct server *s, const char *name)
+{
+    if (stmt_map_get(&s->stmts, name))
+        (void)stmt_map_put(&s->stmts, name, NULL); /* an existing entry: nothing to allocate */
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
- * change which statements are prepared. */
+ * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
+ * names it as the client does; the server knows it by sluice's name, which the text gets in its
+ * place (text_at: see TEXT_KEPT), after sluice prepared it there if this server lacks it. */
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
-                                          size_t len, const struct param_touch *touch)
+                                          size_t len, uint32_t text_at,
+                                          const struct param_touch *touch)
 {
     if (!memchr(sql, '\0', len))
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
-    enum sql_dealloc kind = prepared_classify_query(sql, name_buf, sizeof(name_buf));
+    size_t at, span;
+    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
     name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
-    if (kind == SQL_DEALLOCATE) {
-        /* The client's statement may live on another backend, or this one's copy was closed by
-         * another client sharing it: prepared here first, DEALLOCATE succeeds as it would. */
-        enum track_result r = ensure_prepared(c, s, name_buf);
+    struct stmt_def *mine = NULL;
+    struct stmt_server_name sn;
+    if ((kind == SQL_DEALLOCATE || kind == SQL_EXECUTE) && span > 0 && text_at != TEXT_KEPT)
+        mine = client_def(c, name_buf);
+    if (mine) {
+        stmt_names_for_server(&sn, mine, strlen(name_buf));
+        enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
+        /* In a failed transaction the server refuses the statement whatever it names (25P02),
+         * and would refuse sluice's Parse as well: nothing is prepared for it then. */
+        if (r == TRACK_PASS && s->txn_status != 'E')
+            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name)
+                             : ensure_prepared(c, s, mine, sn.name);
         if (r != TRACK_PASS)
             return r;
     }
     forget_touched(s, touch);
     switch (kind) {
     case SQL_DEALLOCATE:
+        /* Whether it runs is not known here (an error before it skips it). */
+        forget_on_server(s, mine ? sn.name : name_buf);
         stmt_map_remove(c->stmts, name_buf);
-        stmt_map_remove(&s->stmts, name_buf);
         break;
     case SQL_DEALLOCATE_ALL:
     case SQL_DISCARD_ALL:
@@ -218,7 +314,10 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     default:
         break;
     }
-    return TRACK_PASS;
+    if (!mine)
+        return TRACK_PASS;
+    return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
+                                      (uint32_t)span, sn.name));
 }
 
 /* Session mode inspects no statement but for resets of the client's login parameters
@@ -263,16 +362,17 @@ static enum track_result police_statement(struct client *c, struct server *s, ui
 
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
  * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
- * text and its NUL (and, for Parse, what follows it). */
+ * text and its NUL (and, for Parse, what follows it); text_at: see TEXT_KEPT. */
 static enum track_result inspect_statement(struct client *c, struct server *s, uint8_t type,
-                                           const char *sql, size_t len, uint32_t body_len)
+                                           const char *sql, size_t len, uint32_t body_len,
+                                           uint32_t text_at)
 {
     struct param_touch touch;
     enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch);
     if (r != TRACK_PASS)
         return r;
-    r = follow_statement(c, s, sql, len, &touch);
-    if (r == TRACK_PASS)
+    r = follow_statement(c, s, sql, len, text_at, &touch);
+    if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
     return r;
 }
@@ -331,14 +431,40 @@ static enum track_result inspect_parse_text(struct client *c, struct server *s, 
                                             uint32_t len, uint32_t avail_body, uint32_t name_len)
 {
     if (avail_body >= len)
-        return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len);
+        return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len,
+                                 TEXT_KEPT);
     if (name_len == 0)
         return TRACK_PASS;
     return inspect_statement_start(c, s, 'P', (const char *)body + name_len, avail_body - name_len,
                                    len);
 }
 
-/* Parse: remember the client's definition; the server gets it under the client's name. */
+/* Either rest of a request, once the message is looked at: a rename that sent the message's start
+ * from s->out (TRACK_STARTED) stands unless the rest fails. */
+static enum track_result and_then(enum track_result first, enum track_result then)
+{
+    return first == TRACK_STARTED && then == TRACK_PASS ? TRACK_STARTED : then;
+}
+
+/* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
+ * server says so itself once it has the client's statement under the name it is given. */
+static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
+                                          uint32_t key_len)
+{
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, mine, key_len);
+    enum track_result r = room_for_statement(c, &sn, key_len);
+    if (r == TRACK_PASS)
+        r = ensure_prepared(c, s, mine, sn.name);
+    if (r == TRACK_PASS)
+        r = queue_request(c, s, REQ_PARSE_CLIENT, NULL);
+    if (r != TRACK_PASS)
+        return r;
+    return rename_statement(c, s, 0, key_len, &sn);
+}
+
+/* Parse: remember the client's definition under the client's name; the server gets it under
+ * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
                                      uint32_t len, uint32_t avail_body)
 {
@@ -349,14 +475,14 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             return TRACK_WAIT; /* short enough to look at whole */
         enum track_result r =
             avail_body >= len
-                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len)
+                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1)
                 : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len);
-        if (r != TRACK_PASS)
+        if (r != TRACK_PASS && r != TRACK_STARTED)
             return r;
-        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
+        return and_then(r, queue_request(c, s, REQ_PARSE_CLIENT, NULL));
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
-     * (frame_client, keep_parse_tail). The name's key must be in the buffer first. */
+     * (request_track_frame, keep_parse_tail). The name's key must be in the buffer first. */
     bool streamed = avail_body < len && CODEC_HEADER_LEN + len > buf_block_size();
     if (avail_body < len && !streamed)
         return TRACK_WAIT;
@@ -379,36 +505,36 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             return r;
         return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
     }
-    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    if (mine && mine->def) {
-        /* The client has a statement of that name: Postgres refuses the Parse (42P05) and
-         * keeps the old one. The server says so itself once it has the client's statement. */
-        enum track_result r = ensure_prepared(c, s, name);
-        if (r != TRACK_PASS)
-            return r;
-        return queue_request(c, s, REQ_PARSE_CLIENT, NULL);
-    }
-    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if ((theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements) &&
-        buf_pending(&c->in) > 0)
-        return TRACK_FLUSH;
-    if (!keep_within_bounds(c, len))
-        return TRACK_FAILED;
-    enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len);
-    if (r != TRACK_PASS)
-        return r;
+    struct stmt_def *mine = client_def(c, name);
+    if (mine)
+        return parse_taken_name(c, s, mine, key_len);
     struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
                                     : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    /* Taken on this server (by another client's statement of the same name, or one this
-     * client closed): closed first, so the client's Parse succeeds as it would have. */
-    free_name_on_server(s, name, theirs != NULL);
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, def, key_len);
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, sn.name);
+    enum track_result r = room_for_statement(c, &sn, key_len);
+    if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
+        (theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements))
+        r = TRACK_FLUSH;
+    if (r == TRACK_PASS && !keep_within_bounds(c, len))
+        r = TRACK_FAILED;
+    if (r == TRACK_PASS)
+        r = inspect_parse_text(c, s, body, len, avail_body, name_len);
+    if (r != TRACK_PASS) {
+        stmt_def_unref(def);
+        return r;
+    }
+    /* Taken on this server (by this statement another client prepared, or one whose
+     * definition shares the hash): closed first, so the client's Parse succeeds as it would. */
+    free_name_on_server(s, sn.name, theirs != NULL);
     if (!c->stmts)
         c->stmts = stmt_map_new();
-    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, name, def);
+    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, sn.name, def);
     /* Streamed: the definition fills as the message passes; nothing compares it before the
      * message has passed whole, since nothing else of this client is framed until then. c->stmts
      * holds it meanwhile (the framer's pointer does not own it). */
@@ -419,7 +545,27 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    return queue_request(c, s, REQ_PARSE_CLIENT, name);
+    r = queued(c, stmt_queue_push_client_parse(&s->reqs, sn.name, name));
+    if (r != TRACK_PASS)
+        return r;
+    return rename_statement(c, s, 0, key_len, &sn);
+}
+
+/* Close of a statement: the client's own goes to the server under sluice's name (mine) and
+ * leaves both maps; another name (one the client prepared by SQL, or none) as it is. */
+static enum track_result track_close(struct client *c, struct server *s, struct stmt_def *mine,
+                                     const char *name, uint32_t at)
+{
+    uint32_t key_len = (uint32_t)strlen(name);
+    struct stmt_server_name sn;
+    if (mine)
+        stmt_names_for_server(&sn, mine, key_len);
+    const char *on_server = mine ? sn.name : name;
+    if (queue_request(c, s, REQ_CLOSE_CLIENT, on_server) != TRACK_PASS)
+        return TRACK_FAILED;
+    stmt_map_remove(&s->stmts, on_server);
+    stmt_map_remove(c->stmts, name);
+    return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }
 
 /* Bind, Describe and Close name a statement near the start of their body. */
@@ -454,11 +600,12 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
             enum track_result r = TRACK_PASS;
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
-                r = inspect_statement(c, s, 'Q', (const char *)body, len, len);
+                r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0);
             else if (avail_body < len)
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len);
-            if (r != TRACK_PASS)
+            if (r != TRACK_PASS && r != TRACK_STARTED)
                 return r;
+            return and_then(r, queue_request(c, s, REQ_SYNC, NULL));
         }
         return queue_request(c, s, REQ_SYNC, NULL);
     default:
@@ -471,7 +618,8 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
             return TRACK_FAILED;
         }
-        if (CODEC_HEADER_LEN + len > buf_block_size() && avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
+        if (CODEC_HEADER_LEN + len > buf_block_size() &&
+            avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
             char detail[64];
             snprintf(detail, sizeof(detail), "%s longer than pkt_buf", missing);
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
@@ -479,19 +627,28 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
         }
         return TRACK_WAIT;
     }
-    if (type == 'C') {
-        bool statement = body[0] == 'S';
-        if (queue_request(c, s, REQ_CLOSE_CLIENT, statement ? name : NULL) != TRACK_PASS)
-            return TRACK_FAILED;
-        if (statement && name[0]) {
-            stmt_map_remove(c->stmts, name);
-            stmt_map_remove(&s->stmts, name);
-        }
+    bool statement = type == 'B' || body[0] == 'S';
+    if (!statement || !name[0]) {
+        if (type == 'C')
+            return queue_request(c, s, REQ_CLOSE_CLIENT, NULL);
         return TRACK_PASS;
     }
-    if ((type == 'D' && body[0] != 'S') || !name[0])
-        return TRACK_PASS;
-    return ensure_prepared(c, s, name);
+    uint32_t key_len = (uint32_t)strlen(name);
+    struct stmt_def *mine = client_def(c, name);
+    struct stmt_server_name sn;
+    if (mine)
+        stmt_names_for_server(&sn, mine, key_len);
+    enum track_result r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
+    if (r != TRACK_PASS)
+        return r;
+    if (type == 'C')
+        return track_close(c, s, mine, name, at);
+    if (!mine)
+        return TRACK_PASS; /* not known to sluice: the server answers as it would */
+    r = ensure_prepared(c, s, mine, sn.name);
+    if (r != TRACK_PASS)
+        return r;
+    return rename_statement(c, s, at, key_len, &sn);
 }
 
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
@@ -581,10 +738,17 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
                                   b->wpos - b->scan - CODEC_HEADER_LEN))
             return CLIENT_FRAME_NEED_DATA;
+        bool started = false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
         if (track && !ignored) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
             switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body)) {
             case TRACK_PASS:
+                /* a name may have been rewritten in place: the message moved or changed length */
+                p = b->data + b->scan;
+                len = codec_get_u32(p + 1);
+                break;
+            case TRACK_STARTED:
+                started = true;
                 break;
             case TRACK_WAIT:
                 return CLIENT_FRAME_NEED_DATA;
@@ -597,12 +761,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
             }
         }
         bool reset_sent = false;
-        switch (ignored ? 0 : p[0]) {
+        switch (ignored ? 0 : type) {
         case 'Q':
         case 'F':
         case 'S':
             reset_sent = login_reset_request_sent(s);
-            if (p[0] == 'S')
+            if (type == 'S')
                 s->syncs_after_execute++;
             else
                 s->syncs_after_execute = 0;
@@ -611,7 +775,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
                 if (s->txn_status == 'I')
                     s->xact_start_ms = s->query_start_ms;
             }
-            if (p[0] == 'S')
+            if (type == 'S')
                 s->batch_open = false;
             break;
         case 'E':
@@ -620,17 +784,17 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
             s->batch_open = true;
             break;
         case 'P':
-        case 'B':
-            /* a statement that resets login parameters does so at each Bind (login_reset.h) */
-            if (c->login_params && p[0] == 'P')
-                login_reset_on_parse(c, s, p + CODEC_HEADER_LEN,
-                                     min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN),
-                                     resets_before);
+        case 'B': {
+            /* A statement that resets login parameters does so at each Bind (login_reset.h).
+             * A start sent renamed from s->out is not in c->in to look at. */
+            uint32_t shown = started ? 0 : min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN);
+            if (c->login_params && type == 'P')
+                login_reset_on_parse(c, s, p + CODEC_HEADER_LEN, shown, resets_before);
             else if (c->login_params)
-                login_reset_on_bind(s, c, p + CODEC_HEADER_LEN,
-                                    min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN));
+                login_reset_on_bind(s, c, p + CODEC_HEADER_LEN, shown);
             s->batch_open = true;
             break;
+        }
         case 'D':
         case 'C':
         case 'H':
@@ -644,11 +808,13 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
         default:
             break;
         }
-        uint32_t whole = len + 1;
-        uint32_t take = min_u32(whole, b->wpos - b->scan);
-        b->scan += take;
-        c->rx.remain = whole - take;
-        keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+        if (!started) {
+            uint32_t whole = len + 1;
+            uint32_t take = min_u32(whole, b->wpos - b->scan);
+            b->scan += take;
+            c->rx.remain = whole - take;
+            keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+        }
         if ((track && s->out.len > s->out_pos) || reset_sent)
             return CLIENT_FRAME_NEED_FLUSH; /* sluice's own messages go out before this one */
     }

@@ -28,10 +28,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char name[64];
     memset(name, 'x', sizeof(name));
-    enum sql_dealloc d = prepared_classify_query(sql, name, sizeof(name));
+    size_t at, span;
+    enum sql_dealloc d = prepared_classify_query_at(sql, name, sizeof(name), &at, &span);
+    /* the name as written, which transaction mode rewrites in place, lies within the text */
+    FUZZ_ASSERT(at + span <= size && (span == 0 || d == SQL_DEALLOCATE || d == SQL_EXECUTE));
     FUZZ_ASSERT(d == SQL_OTHER || d == SQL_DEALLOCATE || d == SQL_DEALLOCATE_ALL ||
-                d == SQL_DISCARD_ALL);
-    if (d == SQL_DEALLOCATE)
+                d == SQL_DISCARD_ALL || d == SQL_EXECUTE);
+    if (d == SQL_DEALLOCATE || d == SQL_EXECUTE)
         FUZZ_ASSERT(memchr(name, '\0', sizeof(name)) != NULL && name[0] != '\0');
 
     /* the text need not be NUL-terminated: give the raw bytes */

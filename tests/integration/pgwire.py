@@ -109,6 +109,10 @@ def describe_msg(kind, name):
     return message(b"D", kind.encode() + name.encode() + b"\0")
 
 
+def close_msg(kind, name):
+    return message(b"C", kind.encode() + name.encode() + b"\0")
+
+
 def execute_msg(portal="", max_rows=0):
     return message(b"E", portal.encode() + b"\0" + struct.pack("!I", max_rows))
 

@@ -9,6 +9,7 @@
 
 #include "params.h"
 #include "prepared.h"
+#include "stmt_names.h"
 #include "session_state.h"
 
 static struct stmt_def *def_of(const char *query)
@@ -113,14 +114,18 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     struct stmt_map m;
     stmt_map_init(&m);
     struct stmt_def *d = def_of("select 1");
-    CHECK(stmt_map_put(&m, "s1", d) != NULL); /* optimistically recorded when sent */
-    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s1"), 0);
+    struct stmt_map *mine = stmt_map_new();
+    CHECK(stmt_map_put(&m, "sluice_1", d) != NULL); /* optimistically recorded when sent */
+    CHECK(mine && stmt_map_put(mine, "s1", d) != NULL);
+    CHECK_INT(stmt_queue_push_client_parse(&q, "sluice_1", "s1"), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
     /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
-    stmt_on_ready(&q, &m, NULL);
-    CHECK(stmt_map_get(&m, "s1") != NULL && stmt_map_get(&m, "s1")->def == NULL);
+    stmt_on_ready(&q, &m, mine);
+    CHECK(stmt_map_get(&m, "sluice_1") != NULL && stmt_map_get(&m, "sluice_1")->def == NULL);
+    CHECK(stmt_map_get(mine, "s1") == NULL); /* the client's name: it has no such statement */
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
+    stmt_map_delete(mine);
     stmt_def_unref(d);
     stmt_queue_free(&q);
     stmt_map_free(&m);
@@ -187,6 +192,124 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("DISCARD PLANS", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("select 'deallocate all'", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("deallocated", name, sizeof(name)), SQL_OTHER);
+    size_t at, span;
+    const char *sql = "EXECUTE \"My \"\"x\"\"\"(1)";
+    CHECK_INT(prepared_classify_query_at(sql, name, sizeof(name), &at, &span), SQL_EXECUTE);
+    CHECK_STR(name, "My \"x\"");
+    CHECK_INT((int)at, 8);
+    CHECK_INT((int)span, 10); /* the name as written, quotes included */
+    CHECK_INT(prepared_classify_query_at(" deallocate Stmt1;", name, sizeof(name), &at, &span),
+              SQL_DEALLOCATE);
+    CHECK_STR(name, "stmt1");
+    CHECK_INT((int)at, 12);
+    CHECK_INT((int)span, 5);
+    /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
+    CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
+              SQL_EXECUTE);
+    CHECK_INT((int)span, 0);
+}
+
+static void a_definition_has_its_server_name(void)
+{
+    struct stmt_def *a = def_of("select 1"), *b = def_of("select 1"), *c = def_of("select 2");
+    CHECK(strncmp(a->server_name, "sluice_", 7) == 0 && strlen(a->server_name) == 15);
+    CHECK_STR(a->server_name, b->server_name); /* equal definitions: one statement on a server */
+    CHECK(strcmp(a->server_name, c->server_name) != 0);
+    struct stmt_def *s1 = stmt_def_alloc(4), *s2 = stmt_def_alloc(4); /* streamed: counted */
+    CHECK(strncmp(s1->server_name, "sluice_s", 8) == 0);
+    CHECK(strcmp(s1->server_name, s2->server_name) != 0);
+    CHECK(strlen(s1->server_name) <= STMT_SERVER_NAME_MAX);
+    stmt_def_unref(a);
+    stmt_def_unref(b);
+    stmt_def_unref(c);
+    stmt_def_unref(s1);
+    stmt_def_unref(s2);
+}
+
+/* A buffer holding `bytes` from offset `at`, framed up to scan. */
+static void fill(struct buf *b, uint32_t at, const void *bytes, uint32_t n, uint32_t scan)
+{
+    CHECK(buf_attach(b));
+    memcpy(b->data + at, bytes, n);
+    b->rpos = at;
+    b->scan = at + scan;
+    b->wpos = at + n;
+}
+
+static void names_are_rewritten_in_place_or_their_start_sent_first(void)
+{
+    buf_set_block_size(64);
+    struct framer rx = {0};
+    struct msg_out out;
+    codec_out_init(&out);
+    /* "Sync" framed before a Bind of statement "ab": the name grows by 3, the shorter side (the
+     * header and the Sync before it) moves back into the room before rpos. */
+    static const uint8_t sync_bind[] = {'S', 0, 0, 0, 4, 'B', 0, 0, 0, 24, 0, 'a', 'b', 0,
+                                        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    struct buf b = {0};
+    fill(&b, 10, sync_bind, sizeof(sync_bind), 5);
+    CHECK(stmt_names_can_rewrite(&b, 2, 5));
+    CHECK_INT(stmt_names_rewrite(&b, &rx, &out, 1, 2, "abcde"), STMT_REWRITTEN_IN_PLACE);
+    static const uint8_t want[] = {'S', 0, 0, 0, 4, 'B', 0, 0, 0, 27, 0, 'a', 'b', 'c', 'd', 'e',
+                                   0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    CHECK_INT(b.rpos, 7);
+    CHECK_INT(b.scan, 12);
+    CHECK_INT(b.wpos - b.rpos, sizeof(want));
+    CHECK(memcmp(b.data + b.rpos, want, sizeof(want)) == 0);
+    /* and back: it shrinks, the shorter side moves again */
+    CHECK_INT(stmt_names_rewrite(&b, &rx, &out, 1, 5, "ab"), STMT_REWRITTEN_IN_PLACE);
+    CHECK_INT(b.rpos, 10);
+    CHECK_INT(b.wpos - b.rpos, sizeof(sync_bind));
+    CHECK(memcmp(b.data + b.rpos, sync_bind, sizeof(sync_bind)) == 0);
+    CHECK_INT(out.len, 0);
+    buf_release(&b);
+
+    /* A full buffer holding the start of a larger message from its first byte: no room on either
+     * side, so its start goes out rewritten and the rest is framed from the buffer. */
+    uint8_t big[64];
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "B\0\0\0\x64\0ab\0", 9); /* Bind, length 100, portal "", statement "ab" */
+    fill(&b, 0, big, sizeof(big), 0);
+    CHECK(stmt_names_can_rewrite(&b, 2, 15)); /* nothing framed waits before it */
+    CHECK_INT(stmt_names_rewrite(&b, &rx, &out, 1, 2, "sluice_00000001"), STMT_START_SENT);
+    static const uint8_t start[] = {'B', 0, 0, 0, 113, 0, 's', 'l', 'u', 'i', 'c', 'e', '_',
+                                    '0', '0', '0', '0', '0', '0', '0', '1'};
+    CHECK(out.len == sizeof(start) && memcmp(out.data, start, sizeof(start)) == 0);
+    CHECK_INT(rx.remain, 101 - 8); /* the message's bytes after the old name */
+    CHECK_INT(b.rpos, 8);
+    CHECK_INT(b.scan, 8);
+    b.scan = 9; /* something framed before the next one: now it must wait for a flush */
+    CHECK(!stmt_names_can_rewrite(&b, 2, 60));
+    buf_release(&b);
+    codec_out_free(&out);
+    buf_free_cache();
+    buf_set_block_size(16384);
+}
+
+static void errors_name_the_clients_statements(void)
+{
+    struct stmt_map *m = stmt_map_new();
+    struct stmt_def *d = def_of("select 1");
+    CHECK(m && stmt_map_put(m, "mine", d) != NULL);
+    char body[160];
+    int n = snprintf(body, sizeof(body), "SERROR%cC42P05%cMprepared statement \"%s\" already "
+                     "exists%c%c", 0, 0, d->server_name, 0, 0);
+    struct msg_out in, out;
+    codec_out_init(&in);
+    codec_out_init(&out);
+    codec_begin(&in, 'E');
+    codec_put_bytes(&in, body, (size_t)n);
+    codec_end(&in);
+    CHECK(stmt_names_in_error(m, in.data, in.len));
+    CHECK(!stmt_names_in_error(NULL, in.data, in.len));
+    stmt_names_put_error(m, in.data, in.len, &out);
+    const char *msg = memmem(out.data, out.len, "Mprepared", 9);
+    CHECK(msg && strcmp(msg, "Mprepared statement \"mine\" already exists") == 0);
+    CHECK_INT(codec_get_u32(out.data + 1), out.len - 1);
+    codec_out_free(&in);
+    codec_out_free(&out);
+    stmt_map_delete(m);
+    stmt_def_unref(d);
 }
 
 static enum session_feature detect(const char *sql)
@@ -566,6 +689,9 @@ int main(void)
     RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
     RUN(deallocate_and_discard_are_recognised);
+    RUN(a_definition_has_its_server_name);
+    RUN(names_are_rewritten_in_place_or_their_start_sent_first);
+    RUN(errors_name_the_clients_statements);
     RUN(session_level_sql_is_detected);
     RUN(parameters_a_statement_may_change_are_named);
     RUN(resets_to_login_values_are_named_when_last);

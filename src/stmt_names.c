@@ -1,0 +1,139 @@
+/* stmt_names: the servers' names for the clients' prepared statements, in the bytes that pass
+ * (see stmt_names.h). */
+#include "stmt_names.h"
+
+#include <ctype.h>
+#include <string.h>
+
+#define SERVER_NAME_PREFIX "sluice_"
+
+void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d, size_t key_len)
+{
+    size_t n = strlen(d->server_name);
+    memcpy(sn->name, d->server_name, n + 1);
+    if (key_len >= STMT_KEY_MAX) {
+        memset(sn->name + n, '_', STMT_KEY_MAX - n);
+        sn->name[STMT_KEY_MAX] = '\0';
+    }
+}
+
+bool stmt_names_can_rewrite(const struct buf *b, uint32_t old_len, uint32_t new_len)
+{
+    uint32_t grow = old_len < new_len ? new_len - old_len : 0;
+    return b->rpos >= grow || buf_block_size() - b->wpos >= grow || buf_pending(b) == 0;
+}
+
+bool stmt_names_can_rename(const struct buf *b, uint32_t key_len,
+                           const struct stmt_server_name *sn)
+{
+    /* a long name's key is written over */
+    return key_len >= STMT_KEY_MAX || stmt_names_can_rewrite(b, key_len, (uint32_t)strlen(sn->name));
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+enum stmt_rewrite stmt_names_rewrite(struct buf *b, struct framer *rx, struct msg_out *out,
+                                     uint32_t at, uint32_t old_len, const char *repl)
+{
+    uint32_t repl_len = (uint32_t)strlen(repl);
+    uint32_t len = codec_get_u32(b->data + b->scan + 1);
+    uint32_t cut = b->scan + CODEC_HEADER_LEN + at; /* where the replaced bytes start */
+    uint32_t front = cut - b->rpos, back = b->wpos - (cut + old_len);
+    bool grows = repl_len > old_len;
+    uint32_t d = grows ? repl_len - old_len : old_len - repl_len;
+    bool room_front = b->rpos >= d, room_back = buf_block_size() - b->wpos >= d;
+    if (grows && !room_front && !room_back) {
+        /* A message as large as the buffer, read from its start: nothing framed before it
+         * (stmt_names_can_rewrite), so its start goes out first, from out. */
+        codec_put_u8(out, b->data[b->scan]);
+        codec_put_i32(out, (int32_t)(len - old_len + repl_len));
+        codec_put_bytes(out, b->data + b->scan + CODEC_HEADER_LEN, at);
+        codec_put_bytes(out, repl, repl_len);
+        uint32_t taken = CODEC_HEADER_LEN + at + old_len;
+        b->scan += taken;
+        buf_consume(b, taken);
+        rx->remain = len + 1 - taken;
+        return STMT_START_SENT;
+    }
+    bool move_front = grows ? room_front && (front <= back || !room_back) : front <= back;
+    if (move_front) {
+        uint32_t to = grows ? b->rpos - d : b->rpos + d;
+        memmove(b->data + to, b->data + b->rpos, front);
+        b->scan = grows ? b->scan - d : b->scan + d;
+        cut = grows ? cut - d : cut + d;
+        b->rpos = to;
+    } else {
+        memmove(b->data + cut + repl_len, b->data + cut + old_len, back);
+        b->wpos = b->wpos - old_len + repl_len;
+    }
+    memcpy(b->data + cut, repl, repl_len);
+    put_u32(b->data + b->scan + 1, len - old_len + repl_len);
+    return STMT_REWRITTEN_IN_PLACE;
+}
+
+enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg_out *out,
+                                    uint32_t at, uint32_t key_len,
+                                    const struct stmt_server_name *sn)
+{
+    if (key_len < STMT_KEY_MAX)
+        return stmt_names_rewrite(b, rx, out, at, key_len, sn->name);
+    memcpy(b->data + b->scan + CODEC_HEADER_LEN + at, sn->name, STMT_KEY_MAX);
+    return STMT_REWRITTEN_IN_PLACE;
+}
+
+/* The error body's server names of client_map's statements, each replaced by the client's name
+ * (into out when not NULL). True when there is one. */
+static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *body,
+                              uint32_t len, struct msg_out *out)
+{
+    const size_t plen = sizeof(SERVER_NAME_PREFIX) - 1;
+    bool renamed = false;
+    const uint8_t *end = body + len, *copied = body, *at = body;
+    if (out)
+        codec_begin(out, 'E');
+    while ((at = memmem(at, (size_t)(end - at), SERVER_NAME_PREFIX, plen)) != NULL) {
+        const uint8_t *tail = at + plen;
+        while (tail < end && tail - at <= STMT_SERVER_NAME_MAX &&
+               (isdigit(*tail) || (*tail >= 'a' && *tail <= 'z')))
+            tail++;
+        char sn[STMT_SERVER_NAME_MAX + 1];
+        const char *mine = NULL;
+        if (tail - at <= STMT_SERVER_NAME_MAX) {
+            memcpy(sn, at, (size_t)(tail - at));
+            sn[tail - at] = '\0';
+            mine = stmt_map_name_of(client_map, sn);
+        }
+        if (mine) {
+            renamed = true;
+            if (!out)
+                return true;
+            codec_put_bytes(out, copied, (size_t)(at - copied));
+            codec_put_bytes(out, mine, strlen(mine));
+            copied = tail;
+        }
+        at = tail;
+    }
+    if (out) {
+        codec_put_bytes(out, copied, (size_t)(end - copied));
+        codec_end(out);
+    }
+    return renamed;
+}
+
+bool stmt_names_in_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole)
+{
+    return client_map &&
+           name_error_fields(client_map, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, NULL);
+}
+
+void stmt_names_put_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole,
+                          struct msg_out *out)
+{
+    (void)name_error_fields(client_map, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, out);
+}

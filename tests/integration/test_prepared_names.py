@@ -1,0 +1,150 @@
+"""Names of protocol-level prepared statements in transaction mode (issue 17, docs/pool-modes.md).
+
+Clients share backends, so sluice gives each statement a server-side name of its own
+(sluice_...) and keeps the client's names in the client's map: a SQL EXECUTE or DEALLOCATE
+names what the client itself prepared, as it would talking to Postgres directly, never another
+client's statement on the same backend. Session mode passes names through unchanged."""
+
+import pytest
+
+from pgwire import (ServerError, bind_msg, close_msg, describe_msg, execute_msg, parse_data_row,
+                    parse_fields, parse_msg, raw_login, sync_msg)
+
+
+def run_batch(c, data):
+    """Send an extended-protocol batch ending in Sync: (message types, rows, error fields)."""
+    c.send(data)
+    seen, rows, error = [], [], None
+    while True:
+        mtype, payload = c.read_message()
+        seen.append(mtype)
+        if mtype == "D":
+            rows.append(parse_data_row(payload))
+        elif mtype == "E":
+            error = parse_fields(payload)
+        elif mtype == "Z":
+            return seen, rows, error
+
+
+def bind_run(c, name, params=()):
+    return run_batch(c, bind_msg("", name, params) + execute_msg() + sync_msg())
+
+
+def sqlstate_of(c, sql):
+    try:
+        c.query(sql)
+    except ServerError as e:
+        return e.sqlstate
+    return None
+
+
+@pytest.fixture
+def one_backend(start_sluice):
+    """Transaction mode, one backend shared by clients a and b; a has prepared stmt1 by Parse."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    a, b = raw_login(s.port), raw_login(s.port)
+    seen, _, error = run_batch(a, parse_msg("stmt1", "SELECT 'A-secret'::text") + sync_msg())
+    assert error is None and seen == ["1", "Z"], (seen, error)
+    yield s, a, b
+    a.close()
+    b.close()
+
+
+def test_execute_of_another_clients_statement_name_finds_nothing(one_backend):
+    _, a, b = one_backend
+    assert sqlstate_of(b, "EXECUTE stmt1") == "26000"
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+
+
+def test_deallocate_of_another_clients_statement_name_leaves_it_alone(one_backend):
+    _, a, b = one_backend
+    assert sqlstate_of(b, "DEALLOCATE stmt1") == "26000"
+    seen, rows, error = bind_run(a, "stmt1")
+    assert error is None and rows == [["A-secret"]], (seen, error)
+
+
+def test_another_client_may_prepare_the_same_name_with_its_own_text(one_backend):
+    _, a, b = one_backend
+    seen, _, error = run_batch(b, parse_msg("stmt1", "SELECT 'B-own'::text") + sync_msg())
+    assert error is None, error
+    assert bind_run(b, "stmt1")[1] == [["B-own"]]
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+    assert sqlstate_of(b, "PREPARE stmt2 AS SELECT 1") is None  # SQL PREPARE: the backend's
+    assert sqlstate_of(b, "DEALLOCATE stmt2") == "26000"  # ended with its transaction
+
+
+def test_a_client_deallocates_and_executes_its_own_statement_by_sql(one_backend):
+    _, a, b = one_backend
+    assert bind_run(b, "stmt1")[2]["C"] == "26000"
+    assert a.query("EXECUTE stmt1") == ([["A-secret"]], ["SELECT 1"])
+    assert a.query("DEALLOCATE stmt1") == ([], ["DEALLOCATE"])
+    assert bind_run(a, "stmt1")[2]["C"] == "26000"
+    # and again through the extended protocol (psycopg evicts so)
+    run_batch(a, parse_msg("stmt1", "SELECT 'again'::text") + sync_msg())
+    seen, _, error = run_batch(a, parse_msg("", "DEALLOCATE stmt1") + bind_msg("", "")
+                               + execute_msg() + sync_msg())
+    assert error is None and "C" in seen, (seen, error)
+    assert bind_run(a, "stmt1")[2]["C"] == "26000"
+
+
+def test_describe_and_close_use_the_clients_name(one_backend):
+    _, a, b = one_backend
+    seen, _, error = run_batch(a, describe_msg("S", "stmt1") + close_msg("S", "stmt1")
+                               + sync_msg())
+    assert error is None and seen == ["t", "T", "3", "Z"], (seen, error)
+    assert bind_run(a, "stmt1")[2]["C"] == "26000"
+    # a Parse of a name the client has: 42P05, as Postgres says it (the client's name)
+    run_batch(a, parse_msg("stmt1", "SELECT $1::int") + sync_msg())
+    error = run_batch(a, parse_msg("stmt1", "SELECT 2") + sync_msg())[2]
+    assert (error["C"], error["M"]) == ("42P05", 'prepared statement "stmt1" already exists')
+    error = bind_run(a, "stmt1")[2]
+    assert error["M"] == ('bind message supplies 0 parameters, but prepared statement "stmt1"'
+                          ' requires 1'), error
+
+
+def test_large_named_parse_and_bind_are_renamed_as_they_stream(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        pad = "x" * (200 * 1024)
+        sql = f"SELECT length($1::text) + length('{pad}')"
+        seen, _, error = run_batch(a, parse_msg("big", sql) + sync_msg())
+        assert error is None, error
+        for _ in range(2):
+            seen, rows, error = bind_run(a, "big", ["y" * (300 * 1024)])
+            assert error is None and rows == [[str(300 * 1024 + 200 * 1024)]], (seen, error)
+        assert sqlstate_of(b, "EXECUTE big('z')") == "26000"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_session_mode_keeps_the_clients_names(start_sluice):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    a = raw_login(s.port)
+    try:
+        run_batch(a, parse_msg("stmt1", "SELECT 'mine'::text") + sync_msg())
+        assert a.query("SELECT name FROM pg_prepared_statements")[0] == [["stmt1"]]
+        assert a.query("EXECUTE stmt1")[0] == [["mine"]]
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("sql", ["EXECUTE gone", "DEALLOCATE gone"])
+def test_a_statement_that_no_longer_parses_does_not_stall_the_query_naming_it(start_sluice, table,
+                                                                              sql):
+    """sluice prepares the client's statement again before a Query that names it by SQL; when
+    that Parse fails (its table was dropped), the server must not skip the Query waiting for a
+    Sync that never comes."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    a, b = raw_login(s.port, timeout=5), raw_login(s.port)
+    try:
+        b.query(f"CREATE TABLE {table} (x int)")
+        run_batch(a, parse_msg("gone", f"SELECT * FROM {table}") + sync_msg())
+        b.query(f"DROP TABLE {table}")
+        b.query("DISCARD ALL")  # what the server holds is unknown to sluice now
+        assert sqlstate_of(a, sql) in (None, "42P01", "26000")
+        assert a.query("SELECT 1")[0] == [["1"]]
+    finally:
+        a.close()
+        b.close()
