@@ -43,6 +43,77 @@ void login_reset_note_unseen(struct server *s, const struct client *c)
     login_reset_note(s, c, &all);
 }
 
+/* Does s[0, n) hold a word a reset needs, in any case? */
+static bool has_reset_word(const char *s, size_t n)
+{
+    static const char *const words[] = {"reset", "default", "discard", "set_config"};
+    for (size_t i = 0; i < n; i++) {
+        char ch = (char)(s[i] | 0x20);
+        if (ch != 'r' && ch != 'd' && ch != 's')
+            continue;
+        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+            size_t len = strlen(words[w]);
+            if (words[w][0] == ch && n - i >= len && strncasecmp(s + i, words[w], len) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Look at the next bytes of a watched text, with those before them (a word split in two). */
+static void watch_bytes(struct server *s, const struct client *c, const char *bytes, size_t n,
+                        bool header_counted)
+{
+    struct login_reset *lr = &s->login_reset;
+    char window[2 * LOGIN_RESET_CARRY];
+    size_t head = n < LOGIN_RESET_CARRY ? n : LOGIN_RESET_CARRY;
+    memcpy(window, lr->carry, lr->carry_len);
+    memcpy(window + lr->carry_len, bytes, head);
+    if (has_reset_word(window, lr->carry_len + head) || has_reset_word(bytes, n)) {
+        bool query = lr->watch == LOGIN_RESET_WATCH_QUERY;
+        lr->watch = LOGIN_RESET_WATCH_NONE;
+        login_reset_note_unseen(s, c);
+        /* A Query whose header passed login_reset_request_sent already (when only its start
+         * was here): its reply is due after those now in flight but itself. */
+        if (query && header_counted && lr->state == LOGIN_RESET_IN_REQUEST && s->inflight > 0) {
+            lr->state = LOGIN_RESET_AWAITING_REPLY;
+            lr->ahead = s->inflight - 1;
+        }
+        return;
+    }
+    /* the new carry: the last bytes of carry + bytes */
+    size_t total = lr->carry_len + n;
+    size_t keep = total < LOGIN_RESET_CARRY ? total : LOGIN_RESET_CARRY;
+    char next[LOGIN_RESET_CARRY];
+    for (size_t k = 0; k < keep; k++) {
+        size_t at = total - keep + k; /* index into carry + bytes */
+        next[k] = at < lr->carry_len ? lr->carry[at] : bytes[at - lr->carry_len];
+    }
+    memcpy(lr->carry, next, keep);
+    lr->carry_len = (uint8_t)keep;
+}
+
+void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
+                            const char *shown, size_t n)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (!c->login_params)
+        return;
+    lr->watch = type == 'Q' ? LOGIN_RESET_WATCH_QUERY : LOGIN_RESET_WATCH_PARSE;
+    lr->carry_len = 0;
+    watch_bytes(s, c, shown, n, false); /* before its header is counted: the usual way */
+}
+
+void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
+                             uint32_t n, bool ends)
+{
+    if (s->login_reset.watch == LOGIN_RESET_WATCH_NONE)
+        return;
+    watch_bytes(s, c, (const char *)chunk, n, true);
+    if (ends)
+        s->login_reset.watch = LOGIN_RESET_WATCH_NONE;
+}
+
 bool login_reset_request_sent(struct server *s)
 {
     struct login_reset *lr = &s->login_reset;

@@ -33,8 +33,22 @@ enum login_reset_state {
                                    the login values runs */
 };
 
+/* A Query or Parse longer than the buffer streams through: its bytes are looked at as they pass,
+ * for a word a reset needs (RESET, DEFAULT, DISCARD, set_config); one such word makes the request
+ * a reset (a false alarm costs a round trip, nothing else). */
+enum login_reset_watch {
+    LOGIN_RESET_WATCH_NONE,
+    LOGIN_RESET_WATCH_QUERY, /* the client's message now streaming is such a Query (already
+                                counted as a request sent) */
+    LOGIN_RESET_WATCH_PARSE, /* ... such a Parse (its request ends at a Sync to come) */
+};
+#define LOGIN_RESET_CARRY 9 /* the longest word less one: a word split across two reads */
+
 struct login_reset {
     enum login_reset_state state;
+    enum login_reset_watch watch;
+    uint8_t carry_len;
+    char carry[LOGIN_RESET_CARRY]; /* watching: the last bytes that passed */
     int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */
     uint16_t held; /* reported names (bit: index in params_reported_name) the server reported
                       while held back, and not told the client yet */
@@ -47,8 +61,15 @@ struct server;
 /* The statement inspector found that the request being framed may reset r: followed when it
  * covers a parameter the client set at login. */
 void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r);
-/* A text the inspector cannot see whole (longer than pkt_buf): it may reset anything. */
+/* A text the inspector cannot see at all: it may reset anything. */
 void login_reset_note_unseen(struct server *s, const struct client *c);
+/* A Query or Parse longer than the buffer starts: `shown` is what is here of it (the rest comes
+ * through login_reset_watch_chunk). */
+void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
+                            const char *shown, size_t n);
+/* The next bytes of the client's message streaming through; ends: the message is whole now. */
+void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
+                             uint32_t n, bool ends);
 /* The client's Query, Sync or FunctionCall that ends a request is being forwarded (before
  * s->inflight counts it). True when that request may reset: the client's next requests wait. */
 bool login_reset_request_sent(struct server *s);

@@ -329,7 +329,7 @@ static bool inspect_session_text(struct client *c, struct server *s, uint8_t typ
     if (avail_body < len) {
         if (CODEC_HEADER_LEN + len <= buf_block_size())
             return false;
-        login_reset_note_unseen(s, c); /* too long: streams through unseen */
+        login_reset_watch_text(s, c, type, (const char *)body, avail_body); /* streams */
         return true;
     }
     uint32_t at = 0;
@@ -388,7 +388,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     if (r != TRACK_PASS)
         return r;
     forget_touched(s, &touch);
-    login_reset_note_unseen(s, c); /* a reset further on is not seen */
+    login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
     return TRACK_PASS;
 }
 
@@ -696,6 +696,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s)
             b->scan += take;
             c->rx.remain -= take;
             keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+            login_reset_watch_chunk(s, c, b->data + b->scan - take, take, c->rx.remain == 0);
             continue;
         }
         /* The client's next request waits for the reply of one that may reset its login

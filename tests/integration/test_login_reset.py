@@ -76,6 +76,10 @@ CASES = {
                                    q("RESET search_path; SET search_path = 'x'"), q(PROBE),
                                    q("COMMIT")],
     "long-query": [CHANGE, q(LONG + "; RESET ALL"), q(PROBE)],
+    "long-query-pipelined": [CHANGE, pipe(q(LONG + "; RESET ALL"), q(PROBE), ext(PROBE)), q(PROBE)],
+    "long-query-no-reset": [CHANGE, pipe(q(LONG), q(PROBE)), q(PROBE)],
+    "long-extended-end": [CHANGE, pipe(ext(quiet("'" + "y" * 40000 + "', set_config('search_path',"
+                                                 " NULL, false)")), q(PROBE)), q(PROBE)],
     "long-extended": [CHANGE, ext(quiet("set_config('search_path', NULL, false), 'x" + "x" * 40000
                                         + "'")), q(PROBE)],
     "set-local-default": [CHANGE, q("BEGIN"), q("SET LOCAL application_name TO DEFAULT"),
@@ -218,6 +222,54 @@ def test_a_cancelled_reset_and_the_request_waiting_behind_it_as_in_postgres(star
             canceller.send(cancel_request(*c.backend_key))
             canceller.is_closed()
             seen.append([transcript(c, (b"", 2)), transcript(c, q(PROBE))])
+        finally:
+            c.close()
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_only_a_request_that_may_reset_pays_the_restore(start_sluice, mode):
+    """The restore is sluice's own query: a long Query or Parse without a word a reset needs,
+    and any request of a client without login parameters, run none."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "log_level": "debug"})
+    c = raw_login(s.port, **LOGIN)
+    plain = None
+    try:
+        c.query(LONG)
+        c.send(ext(LONG)[0])
+        c.read_results()
+        c.query("SELECT set_config('search_path', 'x', false)" if mode == "session" else "SELECT 1")
+        assert "login values again" not in s.logfile_path.read_text()
+        c.query(LONG + "; RESET statement_timeout")
+        assert s.logfile_path.read_text().count("login values again") == 1
+    finally:
+        c.close()
+    plain = raw_login(s.port)
+    try:
+        plain.query("RESET ALL")
+        assert s.logfile_path.read_text().count("login values again") == 1
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_reset_word_split_between_two_reads_of_a_long_query_is_seen(start_sluice, pg, mode):
+    import time
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    whole = query_msg(LONG + "; RES" + "ET ALL")
+    cut = whole.index(b"; RES") + len(b"; RES")
+    seen = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, **LOGIN)
+        try:
+            c.query("SET application_name = 'changed'")
+            c.send(whole[:20000])
+            time.sleep(0.2)
+            c.send(whole[20000:cut])
+            time.sleep(0.2)
+            c.send(whole[cut:] + query_msg(PROBE))
+            seen.append(transcript(c, (b"", 2)))
         finally:
             c.close()
     assert seen[1] == seen[0]
