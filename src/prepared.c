@@ -197,7 +197,19 @@ const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name)
         if (e->def && strcmp(e->def->server_name, server_name) == 0)
             return e->name;
     }
+    for (int i = 0; i < STMT_DEPARTED; i++)
+        if (m->departed[i].server_name[0] && strcmp(m->departed[i].server_name, server_name) == 0)
+            return m->departed[i].client_name;
     return NULL;
+}
+
+static void note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
+{
+    if (!m || !stmt_map_get(m, client_name))
+        return;
+    memmove(&m->departed[1], &m->departed[0], (STMT_DEPARTED - 1) * sizeof(m->departed[0]));
+    snprintf(m->departed[0].client_name, sizeof(m->departed[0].client_name), "%s", client_name);
+    snprintf(m->departed[0].server_name, sizeof(m->departed[0].server_name), "%s", server_name);
 }
 
 void stmt_map_mark_unknown(struct stmt_map *m)
@@ -394,8 +406,11 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stm
         /* The client's own Parse of a name it did not have failed or was skipped: as in
          * Postgres, it has no statement of that name (a Parse of a name it had is queued
          * without one: 42P05 keeps the old statement). */
-        if (it.name && it.kind == REQ_PARSE_CLIENT)
-            stmt_map_remove(client_map, it.name + strlen(it.name) + 1);
+        if (it.name && it.kind == REQ_PARSE_CLIENT) {
+            const char *client_name = it.name + strlen(it.name) + 1;
+            note_departed(client_map, client_name, it.name);
+            stmt_map_remove(client_map, client_name);
+        }
         free(it.name);
         if (it.kind == REQ_SYNC)
             return;

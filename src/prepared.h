@@ -62,12 +62,22 @@ struct stmt_entry {
  * server's are bounded by max_prepared_statements (LRU), and share the clients' definitions. */
 enum stmt_map_owner { STMT_MAP_SERVER, STMT_MAP_CLIENT };
 
+/* A statement a client lost when the server skipped or refused its Parse (stmt_on_ready). The
+ * client's requests framed before that was known went out under its server name, and the errors
+ * they get must still say the client's (stmt_map_name_of): the last STMT_DEPARTED are kept. */
+#define STMT_DEPARTED 2
+struct stmt_departed {
+    char client_name[STMT_KEY_MAX + 1];
+    char server_name[STMT_KEY_MAX + 1];
+};
+
 struct stmt_map {
     struct stmt_entry **buckets;
     uint32_t nbuckets;
     struct list lru;
     uint64_t text_bytes; /* names and definitions it holds */
     enum stmt_map_owner owner;
+    struct stmt_departed departed[STMT_DEPARTED]; /* a client's; [0] the latest */
 };
 
 void stmt_map_init(struct stmt_map *m);
@@ -83,8 +93,9 @@ static inline int stmt_map_count(const struct stmt_map *m)
 {
     return m ? m->lru.count : 0;
 }
-/* The name under which a (client's) map holds a statement whose definition has server_name; NULL
- * when none does. A walk over the map: for error messages only. */
+/* The name under which a (client's) map holds a statement whose definition has server_name, or
+ * held one it lost lately (struct stmt_departed); NULL when none does. A walk over the map: for
+ * error messages only. */
 const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name);
 /* A map of its own (a client's, made at its first named Parse: most clients never need one).
  * get, count, remove and clear accept NULL as the empty map. NULL when out of memory. */

@@ -4,13 +4,15 @@
  * what each request does to state sluice keeps:
  *   - named prepared statements: the client's map and the server's (prepared.h), a statement
  *     prepared again on a server that lacks it, each request whose reply must be matched queued
- *     in s->reqs;
+ *     in s->reqs; the client's names in Parse/Bind/Describe/Close, and in a SQL EXECUTE or
+ *     DEALLOCATE of its own statement, become the server's (stmt_names.h), in c->in in place;
  *   - SQL whose effect outlives the transaction (session_state.h): session_state_policy;
  *   - the parameters a statement changes (forgotten in the server's record) and a Query that
  *     resets the client's login parameters (relay.h's struct login_reset; relay.c settles it).
  * It advances c->in.scan over what may be forwarded and never writes to a socket: sluice's own
  * messages go to s->out, the client's bytes are written by relay.c. A request sluice answers
- * itself is consumed from c->in. */
+ * itself is consumed from c->in; so is the start of a renamed message that had no room in c->in,
+ * which goes to s->out instead (the rest follows from c->in). */
 #ifndef SLUICE_REQUEST_TRACK_H
 #define SLUICE_REQUEST_TRACK_H
 

@@ -10,12 +10,12 @@ cancel keys and timings are left out; concurrency cannot change a client's own o
 clients touch only their own tables.
 
 Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
-temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, SQL
-PREPARE outside a transaction block, or DEALLOCATE of one statement. Resets of parameters the
-client set at login come every way sluice follows them (simple Query, Parse/Bind/Execute,
-pipelined, SET LOCAL name TO DEFAULT, set_config(name, NULL, ...)); what they return inside the
-same request (a statement after the reset, set_config's own result) is not looked at: that is
-the backend's reset value, a documented difference.
+temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, or SQL
+PREPARE outside a transaction block. Resets of parameters the client set at login come every way
+sluice follows them (simple Query, Parse/Bind/Execute, pipelined, SET LOCAL name TO DEFAULT,
+set_config(name, NULL, ...)); what they return inside the same request (a statement after the
+reset, set_config's own result) is not looked at: that is the backend's reset value, a
+documented difference.
 
 Each feature can be switched off (FEATURES); a failing scenario is shrunk (clients, then blocks)
 and printed as a script, with the command that reruns its seed.
@@ -378,7 +378,7 @@ class Gen:
 
     def g_deallocate_ext(self):
         r = self.r
-        if self.session and self.stmts and r.random() < 0.5:
+        if self.stmts and r.random() < 0.5:
             name = r.choice(self.stmts)
             sql = f"DEALLOCATE {name}"
         else:

@@ -102,6 +102,24 @@ def test_describe_and_close_use_the_clients_name(one_backend):
                           ' requires 1'), error
 
 
+def test_a_failed_parse_pipelined_with_its_bind_names_the_clients_statement(one_backend):
+    """The Bind is framed before the Parse's error comes back, so it goes out under sluice's name;
+    the 26000 it gets must still name the client's statement (difftest seeds 101, 102, 132)."""
+    _, a, _ = one_backend
+    a.send(parse_msg("s0_1", "SELECT * FROM no_such_table_h6") + describe_msg("S", "s0_1")
+           + sync_msg() + bind_msg("", "s0_1") + execute_msg() + sync_msg())
+    errors = []
+    for _ in range(2):
+        while True:
+            mtype, payload = a.read_message()
+            if mtype == "E":
+                errors.append(parse_fields(payload))
+            if mtype == "Z":
+                break
+    assert [e["C"] for e in errors] == ["42P01", "26000"], errors
+    assert errors[1]["M"] == 'prepared statement "s0_1" does not exist'
+
+
 def test_large_named_parse_and_bind_are_renamed_as_they_stream(start_sluice):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
     a, b = raw_login(s.port), raw_login(s.port)
@@ -148,3 +166,12 @@ def test_a_statement_that_no_longer_parses_does_not_stall_the_query_naming_it(st
     finally:
         a.close()
         b.close()
+
+
+def test_clients_share_one_backend_statement_for_the_same_text(one_backend):
+    _, a, b = one_backend
+    run_batch(b, parse_msg("other_name", "SELECT 'A-secret'::text") + sync_msg())
+    assert bind_run(b, "other_name")[1] == [["A-secret"]]
+    rows = b.query("SELECT name, statement FROM pg_prepared_statements")[0]
+    assert len(rows) == 1 and rows[0][0].startswith("sluice_"), rows
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]

@@ -124,6 +124,8 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     stmt_on_ready(&q, &m, mine);
     CHECK(stmt_map_get(&m, "sluice_1") != NULL && stmt_map_get(&m, "sluice_1")->def == NULL);
     CHECK(stmt_map_get(mine, "s1") == NULL); /* the client's name: it has no such statement */
+    /* but an error to a request framed meanwhile under the server name still names it so */
+    CHECK_STR(stmt_map_name_of(mine, "sluice_1"), "s1");
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
     stmt_map_delete(mine);
     stmt_def_unref(d);
