@@ -375,6 +375,7 @@ void client_close(struct client *c, const char *reason)
     }
     stmt_map_delete(c->stmts);
     c->stmts = NULL;
+    login_reset_free_statements(c);
     app->nclients--;
     listener_maybe_resume(app);
 }

@@ -72,6 +72,8 @@ struct client {
     /* Its startup parameters as the server spells them (NULL: none): Postgres's reset values
      * for them, which RESET, RESET ALL and DISCARD ALL give back (relay.c). */
     struct param_set *login_params;
+    /* Its prepared statements that may reset those (login_reset.c); NULL: none */
+    struct login_reset_statements *reset_statements;
     uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */
     struct stmt_map *stmts;  /* its named prepared statements (transaction mode); NULL: none yet */
     struct startup_extra *startup; /* login-time data, freed once logged in */

@@ -161,7 +161,7 @@ void link_pair(struct client *c, struct server *s)
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
     s->last_bytes_ms = sluice_now(c->app);   /* idle_transaction_timeout counts from the link */
-    s->login_reset.state = LOGIN_RESET_NONE; /* a former client's, if it left mid-reset */
+    login_reset_clear(s); /* a former client's, if it left mid-reset */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). A login's role is SET even on a
      * server that has it, so that Postgres checks this login's right to it. (session_authorization

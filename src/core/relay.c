@@ -49,83 +49,6 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
 
 /* ---- server -> client framing ---- */
 
-/* The bit of a reported name in login_reset.held; -1 for a name Postgres 15 does not report. */
-static int reported_bit(const char *name)
-{
-    const char *r;
-    for (int i = 0; (r = params_reported_name((size_t)i)) != NULL; i++)
-        if (strcasecmp(r, name) == 0)
-            return i;
-    return -1;
-}
-
-/* While a client's reset of its login parameters runs (see relay.h), the server's reports wait
- * for its ReadyForQuery: those of the names reset are the backend's own reset values, and the
- * others must keep Postgres's order with them. */
-static bool report_held_back(struct server *s, const uint8_t *body, uint32_t len)
-{
-    const char *name, *value;
-    if (s->login_reset.state != LOGIN_RESET_AWAITING_REPLY || s->swallow > 0 ||
-        !codec_parse_parameter_status(body, len, &name, &value))
-        return false;
-    int bit = reported_bit(name);
-    if (bit < 0)
-        return false;
-    s->login_reset.held |= (uint16_t)(1u << bit);
-    return true;
-}
-
-/* The ReadyForQuery of a client's Query that reset its login parameters. When the reset is known
- * to stand (no error, nothing else in flight), the login values are set again on the server and
- * the client is told of each reported one it was not told last, as Postgres would tell it.
- * Otherwise it is told the server's values. Either way, reports held back come now, in the
- * order Postgres sends them (its names' order), before the ReadyForQuery. */
-static void settle_login_reset(struct server *s, struct client *c, char status)
-{
-    struct login_reset *lr = &s->login_reset;
-    bool stands = lr->state == LOGIN_RESET_AWAITING_REPLY && status != 'E' && s->inflight == 0 &&
-                  !s->batch_open;
-    lr->state = LOGIN_RESET_NONE;
-    bool ok = true;
-    const char *name;
-    for (size_t i = 0; ok && (name = params_reported_name(i)) != NULL; i++) {
-        const char *login = params_get(c->login_params, name);
-        bool restored = login && param_reset_covers(&lr->which, name);
-        const char *now = stands && restored ? login : params_get(&s->params, name);
-        const char *told = params_get(&c->params, name);
-        if (!now || (!(lr->held & (1u << i)) && !restored))
-            continue;
-        if (restored && told && strcmp(told, now) == 0)
-            continue; /* Postgres reports a value only when it differs from the last one */
-        codec_put_parameter_status(&c->out, name, now);
-        if (params_is_client_settable(name))
-            ok = params_set(&c->params, name, now) == 0;
-    }
-    lr->held = 0;
-    struct param_set restore;
-    params_init(&restore);
-    for (int i = 0; ok && stands && i < c->login_params->n; i++) {
-        const struct param *p = &c->login_params->items[i];
-        if (param_reset_covers(&lr->which, p->name))
-            ok = params_set(&restore, p->name, p->value) == 0;
-    }
-    struct msg_out sql;
-    codec_out_init(&sql);
-    if (ok && params_build_restore(&restore, &s->params, &sql) < 0)
-        ok = false;
-    for (uint32_t at = 0; ok && at < sql.len;) {
-        const char *stmt = (const char *)sql.data + at;
-        log_client(LOG_DEBUG, c, "S-%llu: %s (its login value again)", (unsigned long long)s->id,
-                   stmt);
-        server_queue_internal(s, stmt);
-        at += (uint32_t)strlen(stmt) + 1;
-    }
-    codec_out_free(&sql);
-    params_free(&restore);
-    if (!ok)
-        s->close_when_free = true; /* out of memory: what the server has is not known */
-}
-
 static void on_parameter_status(struct server *s, struct client *c, const uint8_t *body,
                                 uint32_t len)
 {
@@ -238,7 +161,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
-            held = report_held_back(s, p + CODEC_HEADER_LEN, len - 4);
+            held = login_reset_holds_report(s, p + CODEC_HEADER_LEN, len - 4);
             consume = consume || held;
         }
         /* An error naming the client's statement by sluice's name: the client gets its own. */
@@ -255,9 +178,6 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             return STOP_NEED_FLUSH;
         if (renamed)
             stmt_names_put_error(c->stmts, p, whole, &c->out);
-        if (type == 'E' && c && s->swallow == 0 &&
-            s->login_reset.state == LOGIN_RESET_AWAITING_REPLY)
-            s->login_reset.state = LOGIN_RESET_FAILED; /* the reset never ran, or is undone */
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (s->swallow == 0 && s->executes_unanswered > 0) {
@@ -282,12 +202,12 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 /* Statement mode: the client must not see a transaction go on. Its
                  * ReadyForQuery is replaced by the error, after what came before it. */
                 bool forbidden = forbid_txn && s->swallow == 0 && body[0] != 'I';
-                /* So is a reset's: what sluice tells the client comes before it. */
-                bool settles = c && s->swallow == 0 && s->login_reset.state != LOGIN_RESET_NONE;
+                /* So is a reset's: what sluice tells the client comes before it (login_reset.h). */
+                bool settles = c && login_reset_settles(s);
                 if ((forbidden || settles) && buf_pending(b) > 0)
                     return STOP_NEED_FLUSH;
                 if (!c)
-                    s->login_reset.state = LOGIN_RESET_NONE; /* its client left */
+                    login_reset_clear(s); /* its client left */
                 s->txn_status = (char)body[0];
                 s->copy_in = false;
                 s->last_ready_ms = sluice_now(s->pool->app);
@@ -295,6 +215,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     s->swallow--;
                     consume = true;
                     login_synced = s->swallow == 0 && c && client_login_syncing(c);
+                    if (c)
+                        login_reset_on_internal_ready(s, c, (char)body[0]);
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
@@ -308,8 +230,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     }
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
-                    if (settles)
-                        settle_login_reset(s, c, (char)body[0]);
+                    if (c && login_reset_on_ready(s, c, (char)body[0]))
+                        consume = true; /* held: the login values are given back first */
                 }
                 if (forbidden) {
                     b->scan += whole;
@@ -503,7 +425,8 @@ bool relay_at_boundary(const struct server *s, const struct client *c)
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
 {
     /* Bytes the server has not taken yet: it is slow, not waiting. */
-    if (s->swallow > 0 || buf_pending(&c->in) > 0 || s->out_pos < s->out.len)
+    if (s->swallow > 0 || buf_pending(&c->in) > 0 || s->out_pos < s->out.len ||
+        login_reset_client_waits(s))
         return PAIR_NO_WAIT;
     if (s->copy_in)
         return PAIR_WAIT_COPY;
@@ -649,6 +572,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             return RELAY_TERMINATED;
 
         /* Server -> client: anything sluice generated for the client first. */
+        bool client_waited = login_reset_client_waits(s);
         w = write_generated(&c->io, &c->out, &c->out_pos);
         enum frame_stop sst = STOP_NEED_DATA;
         if (w == WRITE_DONE) {
@@ -675,8 +599,9 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         enum relay_result release = release_due(c, s);
         if (release != RELAY_LINKED)
             return release;
-        /* TLS may hold decrypted bytes the socket will not announce again. */
-        bool more = false;
+        /* TLS may hold decrypted bytes the socket will not announce again. Requests that
+         * waited for a reset's reply (login_reset.h) are already read. */
+        bool more = client_waited && !login_reset_client_waits(s);
         if (sockio_pending(&s->io) > 0 && buf_pending(&s->in) == 0) {
             int n = server_read(s, o);
             if (n < 0)

@@ -19,23 +19,6 @@ struct framer {
 };
 
 #include "request_track.h"
-#include "session_state.h"
-
-/* A client's Query that returns parameters it set at login to their reset values (RESET name,
- * RESET ALL, DISCARD ALL, SET name TO DEFAULT): Postgres gives back the client's login values,
- * the pooled backend its own. Until the Query's ReadyForQuery the server's reports are held back
- * from the client; then sluice sets the login values again on the server and tells the client
- * what Postgres would have, in Postgres's order (relay.c). */
-enum login_reset_state {
-    LOGIN_RESET_NONE,
-    LOGIN_RESET_AWAITING_REPLY, /* the Query is the only request in flight; no error yet */
-    LOGIN_RESET_FAILED,         /* it answered with an error: the reset never ran, or was undone */
-};
-struct login_reset {
-    enum login_reset_state state;
-    uint16_t held; /* reported names (bit: index in params_reported_name) the server reported */
-    struct param_reset which;
-};
 
 struct client;
 struct server;

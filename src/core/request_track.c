@@ -344,33 +344,28 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                       (uint32_t)span, sn.name));
 }
 
-/* A Query that resets parameters the client set at login (see relay.h). Followed only where the
- * outcome can be told: the Query is the one request in flight and its last statement is a reset.
- * Otherwise the server's values reach the client as they are (docs/pool-modes.md). */
-static void follow_login_reset(struct client *c, struct server *s, const struct param_reset *r)
+/* Session mode inspects no statement but for resets of the client's login parameters
+ * (login_reset.h), in a Query or a Parse (transaction mode: inspect_statement). False while a
+ * short one is not here whole: it is read whole first. */
+static bool inspect_session_text(struct client *c, struct server *s, uint8_t type,
+                                 const uint8_t *body, uint32_t len, uint32_t avail_body)
 {
-    if (r->kind == PARAM_RESET_NONE || r->kind == PARAM_RESET_UNSURE || !c->login_params ||
-        s->inflight > 0 || s->batch_open || s->login_reset.state != LOGIN_RESET_NONE)
-        return;
-    for (int i = 0; i < c->login_params->n; i++) {
-        if (param_reset_covers(r, c->login_params->items[i].name)) {
-            s->login_reset.state = LOGIN_RESET_AWAITING_REPLY;
-            s->login_reset.which = *r;
-            return;
-        }
+    if (avail_body < len) {
+        if (CODEC_HEADER_LEN + len <= buf_block_size())
+            return false;
+        login_reset_watch_text(s, c, type, (const char *)body, avail_body); /* streams */
+        return true;
     }
-}
-
-/* Session mode inspects no statement but a Query's resets (transaction mode: inspect_statement).
- * False while a short Query is not here whole: it is read whole first. */
-static bool inspect_session_query(struct client *c, struct server *s, const uint8_t *body,
-                                  uint32_t len, uint32_t avail_body)
-{
-    if (avail_body < len)
-        return CODEC_HEADER_LEN + len > buf_block_size(); /* too long: streams through unseen */
+    uint32_t at = 0;
+    if (type == 'P') {
+        const uint8_t *nul = memchr(body, '\0', len);
+        if (!nul)
+            return true; /* malformed: the server says so */
+        at = (uint32_t)(nul - body) + 1;
+    }
     struct param_touch touch;
-    (void)session_state_detect((const char *)body, len, &touch);
-    follow_login_reset(c, s, &touch.reset);
+    (void)session_state_detect((const char *)body + at, len - at, &touch);
+    login_reset_note(s, c, &touch.reset);
     return true;
 }
 
@@ -401,8 +396,8 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     if (r != TRACK_PASS)
         return r;
     r = follow_statement(c, s, sql, len, text_at, &touch, fail);
-    if ((r == TRACK_PASS || r == TRACK_STARTED) && type == 'Q')
-        follow_login_reset(c, s, &touch.reset);
+    if (r == TRACK_PASS || r == TRACK_STARTED)
+        login_reset_note(s, c, &touch.reset);
     return r;
 }
 
@@ -418,6 +413,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     if (r != TRACK_PASS)
         return r;
     forget_touched(s, &touch);
+    login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
     return TRACK_PASS;
 }
 
@@ -729,8 +725,13 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             b->scan += take;
             c->rx.remain -= take;
             keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+            login_reset_watch_chunk(s, c, b->data + b->scan - take, take, c->rx.remain == 0);
             continue;
         }
+        /* The client's next request waits for the reply of one that may reset its login
+         * parameters, and for the restore after it (login_reset.h). */
+        if (login_reset_client_waits(s))
+            return CLIENT_FRAME_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
         uint8_t type;
         uint32_t body_len;
@@ -762,9 +763,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
-        if (!track && p[0] == 'Q' && c->login_params &&
-            !inspect_session_query(c, s, p + CODEC_HEADER_LEN, len - 4,
-                                   b->wpos - b->scan - CODEC_HEADER_LEN))
+        int resets_before = login_reset_count(s);
+        if (!track && (p[0] == 'Q' || p[0] == 'P') && c->login_params &&
+            !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
+                                  b->wpos - b->scan - CODEC_HEADER_LEN))
             return CLIENT_FRAME_NEED_DATA;
         bool started = false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
         if (track && !ignored) {
@@ -788,10 +790,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
                 continue;
             }
         }
+        bool reset_sent = false;
         switch (ignored ? 0 : type) {
         case 'Q':
         case 'F':
         case 'S':
+            reset_sent = login_reset_request_sent(s);
             if (type == 'S')
                 s->syncs_after_execute++;
             else
@@ -810,7 +814,17 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             s->batch_open = true;
             break;
         case 'P':
-        case 'B':
+        case 'B': {
+            /* A statement that resets login parameters does so at each Bind (login_reset.h).
+             * A start sent renamed from s->out is not in c->in to look at. */
+            uint32_t shown = started ? 0 : min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN);
+            if (c->login_params && type == 'P')
+                login_reset_on_parse(c, s, p + CODEC_HEADER_LEN, shown, resets_before);
+            else if (c->login_params)
+                login_reset_on_bind(s, c, p + CODEC_HEADER_LEN, shown);
+            s->batch_open = true;
+            break;
+        }
         case 'D':
         case 'C':
         case 'H':
@@ -831,7 +845,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             c->rx.remain = whole - take;
             keep_parse_tail(&c->rx, b->data + b->scan - take, take);
         }
-        if (track && s->out.len > s->out_pos)
+        if ((track && s->out.len > s->out_pos) || reset_sent)
             return CLIENT_FRAME_NEED_FLUSH; /* sluice's own messages go out before this one */
     }
     return CLIENT_FRAME_NEED_DATA;

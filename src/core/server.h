@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "list.h"
 #include "log.h"
+#include "login_reset.h"
 #include "params.h"
 #include "prepared.h"
 #include "relay.h"
@@ -104,7 +105,7 @@ struct server {
                               * EmptyQueryResponse, PortalSuspended; an error answers them all) */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
-    struct login_reset login_reset; /* the client's reset of its login parameters in flight */
+    struct login_reset login_reset; /* the client's request that may reset login parameters */
 
     int backend_pid;
     uint64_t connect_ms;

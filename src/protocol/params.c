@@ -360,19 +360,34 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
     return n;
 }
 
-int params_build_restore(const struct param_set *login, struct param_set *server,
+int params_build_restore(const struct param_set *login, bool local, struct param_set *server,
                          struct msg_out *sql)
 {
-    int n = 0;
+    if (login->n == 0)
+        return 0;
+    /* pg_settings.source is 'session' for a value SET in the session (sluice's own syncs
+     * included) and the reset source otherwise: only a name the backend holds at its reset value
+     * is given the login value. A name pg_settings does not show (a placeholder) is set. */
+    put_str(sql, "SELECT pg_catalog.set_config(l.n, l.v, ");
+    put_str(sql, local ? "true" : "false");
+    put_str(sql, ") FROM (VALUES ");
     for (int i = 0; i < login->n; i++) {
         const char *name = login->items[i].name;
         if (!params_is_reported(name) && params_forget(server, name) < 0)
-            return -ENOMEM; /* whatever the record said, the reset changed it */
-        n += put_set_if_differs(server, name, login->items[i].value, sql);
-        if (!params_is_reported(name) && params_set(server, name, login->items[i].value) < 0)
-            return -ENOMEM; /* the server reports the others itself */
+            return -ENOMEM; /* whether the reset or the restore left it is not seen */
+        put_str(sql, i ? ", (" : "(");
+        put_literal(sql, name);
+        put_str(sql, ", ");
+        if (strcasecmp(name, "application_name") == 0)
+            put_clean_ascii_literal(sql, login->items[i].value, server);
+        else
+            put_literal(sql, login->items[i].value);
+        put_str(sql, ")");
     }
-    return sql->oom ? -ENOMEM : n;
+    put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s"
+                 " WHERE lower(s.name) = lower(l.n) AND s.source = 'session')");
+    codec_put_u8(sql, 0);
+    return sql->oom ? -ENOMEM : 1;
 }
 
 static uint64_t entry_hash(const char *name, const char *value)

@@ -64,11 +64,12 @@ bool params_is_client_settable(const char *name);
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql);
 
-/* Append to sql the statements that give `server` the client's login values again after its
- * own reset gave it the backend's (`login`: those of the names reset). A reported name is set
- * when the server's value differs; an unreported one always, as sluice cannot see what the reset
- * left, and its value is then recorded in `server`. Returns the count, or -ENOMEM. */
-int params_build_restore(const struct param_set *login, struct param_set *server,
+/* Append to sql the statement that gives `server` the client's login values (`login`: those of
+ * the names a request may have reset) where the backend holds its own reset value (a value SET
+ * after the reset stays), session-wide or, `local`, for the transaction: one Query. Unreported
+ * names become unknown in `server` (the backend reports the others). Returns the count (0 or 1),
+ * or -ENOMEM. */
+int params_build_restore(const struct param_set *login, bool local, struct param_set *server,
                          struct msg_out *sql) __attribute__((warn_unused_result));
 
 /* A GUC name safe to put into SQL unquoted: letters, digits, '_', '.', '-' ('-' only as

@@ -83,12 +83,13 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
 }
 
 /* A statement returns a parameter (name, n bytes; NULL: all of them) to its reset value. */
-static void reset_to_default(struct param_touch *t, const char *name, size_t n)
+static void reset_to_default(struct param_touch *t, const char *name, size_t n, bool session_level)
 {
     if (!t)
         return;
     struct param_reset *r = &t->reset;
     r->statements++;
+    r->session_level |= session_level;
     if (!name) {
         r->kind = PARAM_RESET_ALL; /* whatever came before, every value is the reset one */
         return;
@@ -103,6 +104,29 @@ static void reset_to_default(struct param_touch *t, const char *name, size_t n)
         r->names[r->n][i] = (char)tolower((unsigned char)name[i]);
     r->names[r->n++][n] = '\0';
     r->kind = PARAM_RESET_NAMES;
+}
+
+void param_reset_merge(struct param_reset *into, const struct param_reset *r)
+{
+    if (r->kind == PARAM_RESET_NONE)
+        return;
+    into->statements += r->statements;
+    into->session_level |= r->session_level;
+    if (into->kind == PARAM_RESET_ALL || r->kind == PARAM_RESET_ALL ||
+        r->kind == PARAM_RESET_UNSURE || into->kind == PARAM_RESET_UNSURE) {
+        into->kind = PARAM_RESET_ALL;
+        return;
+    }
+    into->kind = PARAM_RESET_NAMES;
+    for (int i = 0; i < r->n; i++) {
+        if (param_reset_covers(into, r->names[i]))
+            continue;
+        if (into->n == PARAM_TOUCH_NAMES) {
+            into->kind = PARAM_RESET_ALL;
+            return;
+        }
+        memcpy(into->names[into->n++], r->names[i], sizeof(r->names[i]));
+    }
 }
 
 bool param_reset_covers(const struct param_reset *r, const char *name)
@@ -139,12 +163,44 @@ static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
     return n;
 }
 
+/* SET [LOCAL | SESSION] name TO DEFAULT, SET TIME ZONE DEFAULT | LOCAL (after SET and its scope
+ * word): a reset of that name. */
+static void set_to_default(const char *s, size_t i, size_t len, struct param_touch *t,
+                           bool session_level)
+{
+    if (keyword(s, &i, len, "time")) {
+        if (keyword(s, &i, len, "zone") &&
+            (keyword(s, &i, len, "default") || keyword(s, &i, len, "local")) && i >= len)
+            reset_to_default(t, "timezone", 8, session_level);
+        return;
+    }
+    size_t n = param_name(s, i, len);
+    size_t at = i;
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+        at = i + 1;
+    if (n == 0)
+        return;
+    size_t v = skip_space(s, at + n + (at > i ? 1 : 0), len);
+    bool to = keyword(s, &v, len, "to");
+    if (!to && v < len && s[v] == '=') {
+        v = skip_space(s, v + 1, len);
+        to = true;
+    }
+    if (to && keyword(s, &v, len, "default") && v >= len)
+        reset_to_default(t, s + at, n, session_level); /* SET name TO DEFAULT is RESET name */
+}
+
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "local") || keyword(s, &i, len, "transaction"))
+    if (keyword(s, &i, len, "local")) {
+        set_to_default(s, i, len, t, false);
+        return false;
+    }
+    if (keyword(s, &i, len, "transaction"))
         return false;
     (void)keyword(s, &i, len, "session");
+    set_to_default(s, i, len, t, true);
     if (keyword(s, &i, len, "characteristics")) {
         touch_all(t);
         return true;
@@ -171,14 +227,6 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
     }
     memcpy(name, s + i, n);
     name[n] = '\0';
-    size_t v = skip_space(s, i + n, len);
-    bool to = keyword(s, &v, len, "to");
-    if (!to && v < len && s[v] == '=') {
-        v = skip_space(s, v + 1, len);
-        to = true;
-    }
-    if (to && keyword(s, &v, len, "default") && v >= len)
-        reset_to_default(t, name, n); /* SET name TO DEFAULT is RESET name */
     if (params_is_reported(name) && !params_is_identity(name))
         return false;
     touch_name(t, name, n);
@@ -191,7 +239,7 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
 {
     if (keyword(s, &i, len, "all")) {
         touch_all(t);
-        reset_to_default(t, NULL, 0);
+        reset_to_default(t, NULL, 0, true);
         return;
     }
     if (keyword(s, &i, len, "role") || keyword(s, &i, len, "session")) {
@@ -199,7 +247,7 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
         return;
     }
     if (keyword(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
-        reset_to_default(t, "timezone", 8);
+        reset_to_default(t, "timezone", 8, true);
         return;
     }
     size_t n = param_name(s, i, len);
@@ -207,7 +255,7 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
         touch_all(t);
     } else {
         touch_name(t, s + i, n);
-        reset_to_default(t, s + i, n);
+        reset_to_default(t, s + i, n, true);
     }
 }
 
@@ -229,7 +277,7 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
     if (keyword(s, &i, len, "discard")) {
         if (keyword(s, &i, len, "all")) {
             touch_all(t);
-            reset_to_default(t, NULL, 0);
+            reset_to_default(t, NULL, 0, true);
         }
         return SESSION_FEATURE_NONE;
     }
@@ -284,6 +332,24 @@ static bool argument_is(const char *s, size_t from, size_t to, const char *word)
     return to - from == strlen(word) && strncasecmp(s + from, word, to - from) == 0;
 }
 
+/* Is s[from, to) one plain string literal ('...' with '' inside), spaces around it allowed? */
+static bool plain_literal(const char *s, size_t from, size_t to)
+{
+    size_t i = skip_space(s, from, to);
+    if (i >= to || s[i] != '\'')
+        return false;
+    for (i++; i < to; i++) {
+        if (s[i] != '\'')
+            continue;
+        if (i + 1 < to && s[i + 1] == '\'') {
+            i++;
+            continue;
+        }
+        return skip_space(s, i + 1, to) == to;
+    }
+    return false;
+}
+
 /* set_config(name, value, is_local) starting at s[i] (the '(' after the function name): session
  * level unless is_local is spelled true. Touches the name when it is a plain literal. */
 static bool session_set_config(const char *s, size_t i, size_t len, struct param_touch *t)
@@ -295,15 +361,23 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     if (e2 >= len || s[e2] != ',')
         return false;
     size_t e3 = argument_end(s, e2 + 1, len);
-    if (argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
-        argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'"))
-        return false; /* transaction-local, like SET LOCAL */
+    bool local = argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
+                 argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'");
     /* Only a plain literal that is the whole argument names the parameter: E'..', U&'..',
      * $$..$$, 'a'||'b', a column are expressions, and anything may change. */
     size_t q = skip_space(s, a1, e1);
     size_t n = quoted_param_name(s, q, e1, '\'');
     if (n > 0 && skip_space(s, q + n + 2, e1) != e1)
         n = 0;
+    /* A value that is not a plain literal may be NULL, which resets as RESET does. */
+    if (!plain_literal(s, e1 + 1, e2)) {
+        if (n > 0)
+            reset_to_default(t, s + q + 1, n, !local);
+        else
+            reset_to_default(t, NULL, 0, !local);
+    }
+    if (local)
+        return false; /* transaction-local, like SET LOCAL */
     char name[64];
     if (n == 0 || n >= sizeof(name)) {
         touch_unnamed(t);

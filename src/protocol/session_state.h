@@ -30,8 +30,10 @@ bool session_feature_leaves_objects(enum session_feature f);
 #define PARAM_TOUCH_NAMES 4
 
 /* Parameters a text returns to their reset values: RESET name, RESET ALL, DISCARD ALL, SET name
- * TO DEFAULT. Postgres's reset value of a parameter the client set at login is that login value;
- * a pooled backend's is its own, so sluice sets the client's again afterwards (relay.c). */
+ * TO DEFAULT, SET LOCAL name TO DEFAULT, set_config(name, NULL, ...) (any value that is not a
+ * plain literal may be NULL). Postgres's reset value of a parameter the client set at login is
+ * that login value; a pooled backend's is its own, so sluice sets the client's again afterwards
+ * (login_reset.h). */
 enum param_reset_kind {
     PARAM_RESET_NONE,   /* the text resets nothing */
     PARAM_RESET_NAMES,  /* names[], and the text's last statement is a reset */
@@ -41,10 +43,14 @@ enum param_reset_kind {
 };
 struct param_reset {
     enum param_reset_kind kind;
+    bool session_level; /* some reset lasts past the transaction (all but SET LOCAL name TO
+                           DEFAULT and set_config(name, NULL, true)) */
     int n;
     int statements; /* reset statements seen (session_state_detect's own count) */
     char names[PARAM_TOUCH_NAMES][64]; /* lower case */
 };
+/* Add the resets of r to into (a reset that cannot be told covers every name). */
+void param_reset_merge(struct param_reset *into, const struct param_reset *r);
 /* Does the reset cover name (any case)? */
 bool param_reset_covers(const struct param_reset *r, const char *name);
 

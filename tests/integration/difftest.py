@@ -11,9 +11,11 @@ clients touch only their own tables.
 
 Transaction mode gets only scripts inside its documented limits (docs/pool-modes.md): no
 temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, or SQL
-PREPARE outside a transaction block. No mode gets a DISCARD ALL
-sent through the extended protocol from a client that set parameters at login (the same
-section: a reset of login values is followed only in a simple Query).
+PREPARE outside a transaction block. Resets of parameters the client set at login come every way
+sluice follows them (simple Query, Parse/Bind/Execute, pipelined, SET LOCAL name TO DEFAULT,
+set_config(name, NULL, ...)); what they return inside the same request (a statement after the
+reset, set_config's own result) is not looked at: that is the backend's reset value, a
+documented difference.
 
 Each feature can be switched off (FEATURES); a failing scenario is shrunk (clients, then blocks)
 and printed as a script, with the command that reruns its seed.
@@ -207,8 +209,7 @@ class Gen:
 
     def __init__(self, rng, mode, ci, codec, startup_names=()):
         self.r = rng
-        # parameters the client gave at login: a reset of one of them is followed in a simple
-        # Query only (docs/pool-modes.md), so no DISCARD ALL through the extended protocol
+        # parameters the client gave at login
         self.startup_names = {n.lower() for n in startup_names}
         self.mode = mode
         self.ci = ci
@@ -245,9 +246,39 @@ class Gen:
         return Block("probe", [("Q", PROBE_SQL)])
 
     # -- one generator per feature
+    def ext_ops(self, sql):
+        return [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
+
+    def g_reset(self):
+        """Resets of (login) parameters by the extended protocol, pipelined, SET LOCAL name TO
+        DEFAULT and set_config(name, NULL, ...); the probe is always a request of its own."""
+        r = self.r
+        p = r.choice(list(REPORTED) + (list(UNREPORTED) if self.session else []))
+        sql = r.choice(["RESET ALL", "DISCARD ALL", f"RESET {p}", f"SET {p} TO DEFAULT",
+                        f"SELECT count(*) FROM (SELECT set_config('{p}', NULL, false)) AS s"])
+        choice = r.randrange(4)
+        if choice == 0:
+            return Block("set", self.ext_ops(sql) + [("Q", PROBE_SQL)])
+        if choice == 1:
+            # pipelined: requests ahead of the reset and behind it, in one write
+            ahead = self.ext_ops("SELECT 1") if r.random() < 0.5 else []
+            return Block("set", ahead + self.ext_ops(sql) + self.ext_ops(PROBE_SQL)
+                         + [("Q", PROBE_SQL)])
+        p = r.choice(list(REPORTED) + list(UNREPORTED))
+        if choice == 2:
+            local = f"SET LOCAL {p} TO DEFAULT"
+        else:
+            local = f"SELECT count(*) FROM (SELECT set_config('{p}', NULL, true)) AS s"
+        first = ("Q", local) if r.random() < 0.5 else None
+        ops = [("Q", "BEGIN")] + ([first] if first else self.ext_ops(local))
+        return Block("set", ops + [("Q", f"SHOW {p}"), ("Q", r.choice(["COMMIT", "ROLLBACK"])),
+                                   ("Q", PROBE_SQL)])
+
     def g_set(self):
         r = self.r
-        choice = r.randrange(7)
+        choice = r.randrange(9)
+        if choice >= 7:
+            return self.g_reset()
         if choice == 0 or (choice == 1 and not self.session):
             p = r.choice(list(REPORTED))
             return Block("set", [("Q", f"SET {p} = {self.lit(r.choice(REPORTED[p]))}"),
@@ -353,8 +384,6 @@ class Gen:
         else:
             sql = r.choice(["DEALLOCATE ALL", "DISCARD ALL"] if r.random() < 0.7 else
                            ["DISCARD PLANS", "DEALLOCATE PREPARE ALL"])
-            if sql == "DISCARD ALL" and self.startup_names:
-                sql = "DEALLOCATE ALL"  # a reset of its login values (see __init__)
             # self.stmts is kept: later blocks bind the deallocated names (26000)
         ops = [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
         if self.session:

@@ -392,9 +392,38 @@ static void resets_to_login_values_are_named_when_last(void)
     CHECK_INT(reset_kind("RESET a; SET a = 2", &t), PARAM_RESET_UNSURE);
     CHECK_INT(reset_kind("RESET a; RESET b; RESET c; RESET d; RESET e", &t), PARAM_RESET_UNSURE);
     CHECK_INT(param_reset_covers(&t.reset, "a"), 0);
-    const char *none[] = {"SET LOCAL search_path TO DEFAULT", "SET a = 'default'",
+    CHECK_INT(reset_kind("RESET a", &t), PARAM_RESET_NAMES);
+    CHECK_INT(t.reset.session_level, 1);
+    /* transaction-local resets, and set_config whose value may be NULL */
+    CHECK_INT(reset_kind("SET LOCAL search_path TO DEFAULT", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "search_path");
+    CHECK_INT(t.reset.session_level, 0);
+    CHECK_INT(reset_kind("set local time zone default", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "timezone");
+    CHECK_INT(reset_kind("SET TIME ZONE LOCAL", &t), PARAM_RESET_NAMES);
+    CHECK_INT(t.reset.session_level, 1);
+    CHECK_INT(reset_kind("SET \"DateStyle\" TO DEFAULT", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "datestyle");
+    CHECK_INT(reset_kind("select set_config('search_path', NULL, true)", &t), PARAM_RESET_NAMES);
+    CHECK_STR(t.reset.names[0], "search_path");
+    CHECK_INT(t.reset.session_level, 0);
+    CHECK_INT(reset_kind("select set_config('a', $1, false)", &t), PARAM_RESET_NAMES);
+    CHECK_INT(t.reset.session_level, 1);
+    CHECK_INT(reset_kind("select set_config(name, NULL, false) from x", &t), PARAM_RESET_ALL);
+    struct param_reset merged = {.kind = PARAM_RESET_NONE};
+    CHECK_INT(reset_kind("RESET a; RESET b", &t), PARAM_RESET_NAMES);
+    param_reset_merge(&merged, &t.reset);
+    CHECK_INT(reset_kind("RESET b; RESET c", &t), PARAM_RESET_NAMES);
+    param_reset_merge(&merged, &t.reset);
+    CHECK_INT(merged.kind, PARAM_RESET_NAMES);
+    CHECK_INT(merged.n, 3);
+    CHECK_INT(reset_kind("RESET ALL; SELECT 1", &t), PARAM_RESET_UNSURE);
+    param_reset_merge(&merged, &t.reset);
+    CHECK_INT(merged.kind, PARAM_RESET_ALL);
+    const char *none[] = {"SET LOCAL search_path TO 'a'", "SET a = 'default'",
                           "SET a TO DEFAULT, 1", "RESET ROLE", "RESET SESSION AUTHORIZATION",
-                          "DISCARD PLANS", "select 'reset all'"};
+                          "DISCARD PLANS", "select 'reset all'",
+                          "select set_config('a', 'it''s', false)", "SET TIME ZONE 'UTC'"};
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++)
         CHECK_INT(reset_kind(none[i], &t), PARAM_RESET_NONE);
 }

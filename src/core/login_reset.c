@@ -1,0 +1,357 @@
+/* login_reset: a client's reset of its login parameters, followed per request (login_reset.h). */
+#include "login_reset.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "client.h"
+#include "codec.h"
+#include "log.h"
+#include "params.h"
+#include "server.h"
+
+/* Does r cover a parameter the client set at login? */
+static bool covers_login(const struct client *c, const struct param_reset *r)
+{
+    if (r->kind == PARAM_RESET_NONE || !c->login_params)
+        return false;
+    if (r->kind == PARAM_RESET_ALL || r->kind == PARAM_RESET_UNSURE)
+        return c->login_params->n > 0;
+    for (int i = 0; i < c->login_params->n; i++)
+        if (param_reset_covers(r, c->login_params->items[i].name))
+            return true;
+    return false;
+}
+
+void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (!covers_login(c, r))
+        return;
+    if (lr->state == LOGIN_RESET_NONE) {
+        memset(&lr->which, 0, sizeof(lr->which));
+        lr->held = 0;
+        lr->state = LOGIN_RESET_IN_REQUEST;
+    }
+    param_reset_merge(&lr->which, r);
+}
+
+void login_reset_note_unseen(struct server *s, const struct client *c)
+{
+    struct param_reset all = {.kind = PARAM_RESET_ALL, .session_level = true, .statements = 1};
+    login_reset_note(s, c, &all);
+}
+
+/* Does s[0, n) hold a word a reset needs, in any case? */
+static bool has_reset_word(const char *s, size_t n)
+{
+    static const char *const words[] = {"reset", "default", "discard", "set_config"};
+    for (size_t i = 0; i < n; i++) {
+        char ch = (char)(s[i] | 0x20);
+        if (ch != 'r' && ch != 'd' && ch != 's')
+            continue;
+        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+            size_t len = strlen(words[w]);
+            if (words[w][0] == ch && n - i >= len && strncasecmp(s + i, words[w], len) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Look at the next bytes of a watched text, with those before them (a word split in two). */
+static void watch_bytes(struct server *s, const struct client *c, const char *bytes, size_t n,
+                        bool header_counted)
+{
+    struct login_reset *lr = &s->login_reset;
+    char window[2 * LOGIN_RESET_CARRY];
+    size_t head = n < LOGIN_RESET_CARRY ? n : LOGIN_RESET_CARRY;
+    memcpy(window, lr->carry, lr->carry_len);
+    memcpy(window + lr->carry_len, bytes, head);
+    if (has_reset_word(window, lr->carry_len + head) || has_reset_word(bytes, n)) {
+        bool query = lr->watch == LOGIN_RESET_WATCH_QUERY;
+        lr->watch = LOGIN_RESET_WATCH_NONE;
+        login_reset_note_unseen(s, c);
+        /* A Query whose header passed login_reset_request_sent already (when only its start
+         * was here): its reply is due after those now in flight but itself. */
+        if (query && header_counted && lr->state == LOGIN_RESET_IN_REQUEST && s->inflight > 0) {
+            lr->state = LOGIN_RESET_AWAITING_REPLY;
+            lr->ahead = s->inflight - 1;
+        }
+        return;
+    }
+    /* the new carry: the last bytes of carry + bytes */
+    size_t total = lr->carry_len + n;
+    size_t keep = total < LOGIN_RESET_CARRY ? total : LOGIN_RESET_CARRY;
+    char next[LOGIN_RESET_CARRY];
+    for (size_t k = 0; k < keep; k++) {
+        size_t at = total - keep + k; /* index into carry + bytes */
+        next[k] = at < lr->carry_len ? lr->carry[at] : bytes[at - lr->carry_len];
+    }
+    memcpy(lr->carry, next, keep);
+    lr->carry_len = (uint8_t)keep;
+}
+
+void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
+                            const char *shown, size_t n)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (!c->login_params)
+        return;
+    lr->watch = type == 'Q' ? LOGIN_RESET_WATCH_QUERY : LOGIN_RESET_WATCH_PARSE;
+    lr->carry_len = 0;
+    watch_bytes(s, c, shown, n, false); /* before its header is counted: the usual way */
+}
+
+void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
+                             uint32_t n, bool ends)
+{
+    if (s->login_reset.watch == LOGIN_RESET_WATCH_NONE)
+        return;
+    watch_bytes(s, c, (const char *)chunk, n, true);
+    if (ends)
+        s->login_reset.watch = LOGIN_RESET_WATCH_NONE;
+}
+
+bool login_reset_request_sent(struct server *s)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (lr->state != LOGIN_RESET_IN_REQUEST)
+        return false;
+    lr->state = LOGIN_RESET_AWAITING_REPLY;
+    lr->ahead = s->inflight;
+    return true;
+}
+
+bool login_reset_client_waits(const struct server *s)
+{
+    enum login_reset_state st = s->login_reset.state;
+    return ((st == LOGIN_RESET_AWAITING_REPLY && s->inflight > 0) ||
+            st == LOGIN_RESET_RESTORING) && !s->copy_in;
+}
+
+/* The bit of a reported name in held; -1 for a name Postgres 15 does not report. */
+static int reported_bit(const char *name)
+{
+    const char *r;
+    for (int i = 0; (r = params_reported_name((size_t)i)) != NULL; i++)
+        if (strcasecmp(r, name) == 0)
+            return i;
+    return -1;
+}
+
+/* Are the server's reports now those of the request that may reset? Postgres 15 sends them
+ * just before a ReadyForQuery, so those before the ReadyForQuery of a request ahead are that
+ * request's own. */
+static bool holding(const struct server *s)
+{
+    return s->login_reset.state == LOGIN_RESET_AWAITING_REPLY && s->login_reset.ahead == 0 &&
+           s->swallow == 0;
+}
+
+bool login_reset_holds_report(struct server *s, const uint8_t *body, uint32_t len)
+{
+    const char *name, *value;
+    if (!holding(s) || !codec_parse_parameter_status(body, len, &name, &value))
+        return false;
+    int bit = reported_bit(name);
+    if (bit < 0)
+        return false;
+    s->login_reset.held |= (uint16_t)(1u << bit);
+    return true;
+}
+
+bool login_reset_settles(const struct server *s)
+{
+    const struct login_reset *lr = &s->login_reset;
+    if (lr->state == LOGIN_RESET_RESTORING)
+        return s->swallow == 1;
+    /* (ahead counts a request whose ReadyForQuery never comes if the last one is here) */
+    return lr->state == LOGIN_RESET_AWAITING_REPLY && s->swallow == 0 &&
+           (lr->ahead == 0 || s->inflight <= 1);
+}
+
+/* Tell the client what Postgres would have before this ReadyForQuery: each reported name the
+ * server reported while held back, or that the restore may have set, whose value the client was
+ * not told last (Postgres reports a value only when it differs from the last one), in Postgres's
+ * order. With `settled` false the login parameters reset are left held: what they end as is not
+ * known yet (a failed transaction, which only its ROLLBACK ends). */
+static void tell_client(struct server *s, struct client *c, bool settled)
+{
+    struct login_reset *lr = &s->login_reset;
+    const char *name;
+    for (size_t i = 0; (name = params_reported_name(i)) != NULL; i++) {
+        bool restored = params_get(c->login_params, name) && param_reset_covers(&lr->which, name);
+        bool held = lr->held & (1u << i);
+        if (!held && !restored)
+            continue;
+        if (restored && !settled)
+            continue;
+        lr->held &= (uint16_t) ~(1u << i);
+        const char *now = params_get(&s->params, name);
+        const char *told = params_get(&c->params, name);
+        if (!now || (told && strcmp(told, now) == 0))
+            continue;
+        codec_put_parameter_status(&c->out, name, now);
+        if (params_is_client_settable(name) && params_set(&c->params, name, now) < 0)
+            s->close_when_free = true; /* out of memory: what the client has is not known */
+    }
+}
+
+/* Queue the restore of the login values lr->which covers. False when there is none to send. */
+static bool queue_restore(struct server *s, struct client *c)
+{
+    struct login_reset *lr = &s->login_reset;
+    struct param_set restore;
+    params_init(&restore);
+    bool ok = true;
+    for (int i = 0; ok && i < c->login_params->n; i++) {
+        const struct param *p = &c->login_params->items[i];
+        if (param_reset_covers(&lr->which, p->name))
+            ok = params_set(&restore, p->name, p->value) == 0;
+    }
+    struct msg_out sql;
+    codec_out_init(&sql);
+    int n = ok ? params_build_restore(&restore, !lr->which.session_level, &s->params, &sql) : -1;
+    if (n > 0) {
+        log_client(LOG_DEBUG, c, "S-%llu: %s (login values again after a reset)",
+                   (unsigned long long)s->id, (const char *)sql.data);
+        server_queue_internal(s, (const char *)sql.data);
+    }
+    codec_out_free(&sql);
+    params_free(&restore);
+    if (n < 0)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+    return n > 0;
+}
+
+bool login_reset_on_ready(struct server *s, struct client *c, char status)
+{
+    struct login_reset *lr = &s->login_reset;
+    if (lr->state != LOGIN_RESET_AWAITING_REPLY)
+        return false;
+    if (lr->ahead > 0 && s->inflight > 0) {
+        lr->ahead--; /* a request sent before it */
+        return false;
+    }
+    if (status == 'E' || s->inflight > 0 || s->batch_open) {
+        /* A failed transaction: what the reset left shows once it ends (ROLLBACK, or ROLLBACK TO
+         * SAVEPOINT), and no query can run before. (More in flight: the client sent it past
+         * the wait, inside an open batch.) The next request settles it. */
+        tell_client(s, c, false);
+        lr->state = LOGIN_RESET_IN_REQUEST;
+        return false;
+    }
+    if (!c->login_params || !queue_restore(s, c)) {
+        tell_client(s, c, true);
+        lr->state = LOGIN_RESET_NONE;
+        return false;
+    }
+    lr->state = LOGIN_RESET_RESTORING;
+    return true;
+}
+
+void login_reset_on_internal_ready(struct server *s, struct client *c, char status)
+{
+    if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow > 0)
+        return;
+    tell_client(s, c, true);
+    codec_put_ready(&c->out, status);
+    s->login_reset.state = LOGIN_RESET_NONE;
+}
+
+void login_reset_clear(struct server *s)
+{
+    memset(&s->login_reset, 0, sizeof(s->login_reset));
+    s->login_reset.state = LOGIN_RESET_NONE;
+}
+
+/* ---- statements that reset ---- */
+
+/* Few: a client prepares a reset under a handful of names at most. Past the array every named
+ * statement counts as one that resets (it costs a round trip, nothing else). */
+#define RESET_STATEMENTS_MAX 8
+
+enum reset_statements_extent {
+    RESET_STATEMENTS_LISTED, /* names[] are all */
+    RESET_STATEMENTS_ANY,    /* too many were seen: any statement may */
+};
+
+struct login_reset_statements {
+    enum reset_statements_extent extent;
+    int n;
+    char *names[RESET_STATEMENTS_MAX];
+};
+
+int login_reset_count(const struct server *s)
+{
+    return s->login_reset.state == LOGIN_RESET_NONE ? 0 : s->login_reset.which.statements;
+}
+
+static int find_statement(const struct login_reset_statements *l, const char *name)
+{
+    for (int i = 0; i < l->n; i++)
+        if (strcmp(l->names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+void login_reset_on_parse(struct client *c, const struct server *s, const uint8_t *body,
+                          uint32_t avail, int count_before)
+{
+    const char *name = (const char *)body;
+    bool resets = login_reset_count(s) > count_before;
+    struct login_reset_statements *l = c->reset_statements;
+    if (!memchr(body, '\0', avail)) {
+        if (resets && (l || (l = c->reset_statements = calloc(1, sizeof(*l)))))
+            l->extent = RESET_STATEMENTS_ANY; /* its name is not here to see */
+        return;
+    }
+    int at = l ? find_statement(l, name) : -1;
+    if (!resets) {
+        /* The unnamed statement is replaced by each Parse. A named one is only after a Close or
+         * DEALLOCATE (a Parse of a name in use fails): the name stays listed, which costs a
+         * round trip at most. */
+        if (at >= 0 && name[0] == '\0') {
+            free(l->names[at]);
+            l->names[at] = l->names[--l->n];
+        }
+        return;
+    }
+    if (at >= 0)
+        return;
+    if (!l && !(l = c->reset_statements = calloc(1, sizeof(*l))))
+        return; /* out of memory: not followed again (its first run was) */
+    char *copy = l->n < RESET_STATEMENTS_MAX ? strdup(name) : NULL;
+    if (!copy) {
+        l->extent = RESET_STATEMENTS_ANY;
+        return;
+    }
+    l->names[l->n++] = copy;
+}
+
+void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t *body,
+                         uint32_t avail)
+{
+    const struct login_reset_statements *l = c->reset_statements;
+    if (!l)
+        return;
+    const uint8_t *portal_end = memchr(body, '\0', avail);
+    const uint8_t *stmt = portal_end ? portal_end + 1 : NULL;
+    bool named_here = stmt && memchr(stmt, '\0', avail - (uint32_t)(stmt - body));
+    if (l->extent == RESET_STATEMENTS_ANY || !named_here ||
+        find_statement(l, (const char *)stmt) >= 0)
+        login_reset_note_unseen(s, c);
+}
+
+void login_reset_free_statements(struct client *c)
+{
+    struct login_reset_statements *l = c->reset_statements;
+    if (!l)
+        return;
+    for (int i = 0; i < l->n; i++)
+        free(l->names[i]);
+    free(l);
+    c->reset_statements = NULL;
+}

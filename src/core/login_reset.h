@@ -1,0 +1,111 @@
+/* login_reset: a client's reset of the parameters it set at login (RESET name, RESET ALL,
+ * DISCARD ALL, SET [LOCAL] name TO DEFAULT, set_config(name, NULL, ...)). Postgres's reset value
+ * of such a parameter is the client's login value; a pooled backend's is its own. So after the
+ * request that may have reset one is answered, sluice gives the backend the login value again
+ * where the backend holds its reset value (pg_settings.source is not 'session': a later SET in
+ * the same request stays), in the client's transaction (a ROLLBACK undoes both, as it undoes the
+ * reset in Postgres), and tells the client the ParameterStatus messages Postgres would have sent,
+ * in its order, before that request's ReadyForQuery. The restore is conditional, so a request
+ * that only may reset (a text too long to look at, a set_config whose value may be NULL) costs a
+ * round trip and nothing else.
+ *
+ * Per request: the request that may reset is tracked from its first message to its ReadyForQuery
+ * (earlier requests pipelined ahead of it are answered as they are); the client's next requests
+ * wait until the restore is done, so they see the login values as they would on Postgres.
+ * Statements after the reset inside the same Query or extended batch (up to its Sync) see the
+ * backend's value (docs/pool-modes.md). */
+#ifndef SLUICE_LOGIN_RESET_H
+#define SLUICE_LOGIN_RESET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "session_state.h"
+
+enum login_reset_state {
+    LOGIN_RESET_NONE,
+    LOGIN_RESET_IN_REQUEST,     /* the request being sent (a Query; an extended batch up to its
+                                   Sync) may reset a login parameter; or the last one did in a
+                                   transaction that failed: the next request settles it */
+    LOGIN_RESET_AWAITING_REPLY, /* that request is sent: the client's next requests wait; the
+                                   server's reports for it are held back */
+    LOGIN_RESET_RESTORING,      /* its ReadyForQuery came and is held: sluice's query giving back
+                                   the login values runs */
+};
+
+/* A Query or Parse longer than the buffer streams through: its bytes are looked at as they pass,
+ * for a word a reset needs (RESET, DEFAULT, DISCARD, set_config); one such word makes the request
+ * a reset (a false alarm costs a round trip, nothing else). */
+enum login_reset_watch {
+    LOGIN_RESET_WATCH_NONE,
+    LOGIN_RESET_WATCH_QUERY, /* the client's message now streaming is such a Query (already
+                                counted as a request sent) */
+    LOGIN_RESET_WATCH_PARSE, /* ... such a Parse (its request ends at a Sync to come) */
+};
+#define LOGIN_RESET_CARRY 9 /* the longest word less one: a word split across two reads */
+
+struct login_reset {
+    enum login_reset_state state;
+    enum login_reset_watch watch;
+    uint8_t carry_len;
+    char carry[LOGIN_RESET_CARRY]; /* watching: the last bytes that passed */
+    int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */
+    uint16_t held; /* reported names (bit: index in params_reported_name) the server reported
+                      while held back, and not told the client yet */
+    struct param_reset which; /* what the request may reset */
+};
+
+struct client;
+struct server;
+
+/* The statement inspector found that the request being framed may reset r: followed when it
+ * covers a parameter the client set at login. */
+void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r);
+/* A text the inspector cannot see at all: it may reset anything. */
+void login_reset_note_unseen(struct server *s, const struct client *c);
+/* A Query or Parse longer than the buffer starts: `shown` is what is here of it (the rest comes
+ * through login_reset_watch_chunk). */
+void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
+                            const char *shown, size_t n);
+/* The next bytes of the client's message streaming through; ends: the message is whole now. */
+void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
+                             uint32_t n, bool ends);
+/* The client's Query, Sync or FunctionCall that ends a request is being forwarded (before
+ * s->inflight counts it). True when that request may reset: the client's next requests wait. */
+bool login_reset_request_sent(struct server *s);
+/* Do the client's next requests wait for a reset's reply and the restore after it? (Not while
+ * the server is in COPY FROM STDIN: the request's own data must reach it.) The pump frames the
+ * client's bytes again when this turns false while it frames the server's. */
+bool login_reset_client_waits(const struct server *s);
+/* A ParameterStatus of the server (a reported name) for the client: held back (recorded in
+ * s->params by the caller, told the client later) rather than forwarded? */
+bool login_reset_holds_report(struct server *s, const uint8_t *body, uint32_t len);
+/* Will the client's ReadyForQuery now coming make login_reset write to the client (so what the
+ * server sent before it must go out first)? */
+bool login_reset_settles(const struct server *s);
+/* The client's ReadyForQuery (status), already counted out of s->inflight. True when it is held
+ * (the caller consumes it): the restore was queued and login_reset_on_restored answers the
+ * client. Otherwise what the client is told comes before the ReadyForQuery in c->out. */
+bool login_reset_on_ready(struct server *s, struct client *c, char status);
+/* The ReadyForQuery of sluice's own queries came, none left: a restore's end is told the
+ * client (reports, then its held ReadyForQuery with the server's status). */
+void login_reset_on_internal_ready(struct server *s, struct client *c, char status);
+/* A new client got the server, or its client left: nothing of a former one is followed. */
+void login_reset_clear(struct server *s);
+
+/* Statements a client prepared whose text may reset a login parameter (names; "" the unnamed
+ * one): a Bind of one, in any later request, is a reset again. Kept per client, in both modes. */
+struct login_reset_statements;
+/* How many resets the request being framed has noted so far: a Parse that raised it resets. */
+int login_reset_count(const struct server *s);
+/* The client's Parse (body, avail bytes of it here) passes; count_before: login_reset_count
+ * before it was inspected. */
+void login_reset_on_parse(struct client *c, const struct server *s, const uint8_t *body,
+                          uint32_t avail, int count_before);
+/* The client's Bind (body, avail bytes of it here) passes: one of a statement that resets is
+ * noted as a reset of its own. */
+void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t *body,
+                         uint32_t avail);
+void login_reset_free_statements(struct client *c);
+
+#endif

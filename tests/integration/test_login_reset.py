@@ -1,0 +1,275 @@
+"""A reset of a parameter the client set at login gives back its login value, as in Postgres,
+however the reset reaches the server: by Parse/Bind/Execute, pipelined behind or ahead of other
+requests, followed by more statements in its Query, in a Query longer than pkt_buf, as
+SET LOCAL name TO DEFAULT or as set_config(name, NULL, ...). Postgres is the oracle: each step's
+bytes go to Postgres and to sluice, and every message the client receives back (rows,
+ParameterStatus, ReadyForQuery) must be the same."""
+
+import pytest
+
+from conftest import APP_PASSWORD
+from pgwire import (RawConn, bind_msg, cancel_request, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
+                    raw_login, sync_msg, terminate_msg)
+
+LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
+         "options": "-c search_path=evil -c statement_timeout=1234 -c TimeZone=Asia/Kolkata"}
+PROBE = ("SELECT current_setting('application_name'), current_setting('DateStyle'),"
+         " current_setting('search_path'), current_setting('statement_timeout'),"
+         " current_setting('TimeZone')")
+
+
+def q(sql):
+    """One simple Query: (bytes, ReadyForQuery count)."""
+    return query_msg(sql), 1
+
+
+def ext(sql, name=""):
+    """One statement by Parse/Bind/Execute/Sync."""
+    return parse_msg(name, sql) + bind_msg("", name) + execute_msg() + sync_msg(), 1
+
+
+def pipe(*steps):
+    """Several requests in one write, before any reply."""
+    return b"".join(s[0] for s in steps), sum(s[1] for s in steps)
+
+
+def quiet(calls):
+    """A select of set_config calls whose own results (which already see the backend's reset
+    value: a documented difference) are not shown."""
+    return f"SELECT count(*) FROM (SELECT {calls}) AS calls"
+
+
+CHANGE = q("SET application_name = 'changed'; SET search_path = public;"
+           " SET DateStyle = ISO; SET statement_timeout = 50000")
+# transaction mode keeps a session SET of an unreported parameter only until the backend goes
+# back (a documented limit): there the change is of reported ones only
+CHANGE_REPORTED = q("SET application_name = 'changed'; SET DateStyle = ISO; SET TimeZone = UTC")
+LONG = "SELECT '" + "x" * 40000 + "'"
+
+CASES = {
+    "extended-reset-name": [CHANGE, ext("RESET application_name"), ext("RESET search_path"),
+                            q(PROBE)],
+    "extended-reset-all": [CHANGE, ext("RESET ALL"), q(PROBE), ext(PROBE)],
+    "extended-discard-all": [CHANGE, ext("DISCARD ALL"), q(PROBE)],
+    "extended-set-to-default": [CHANGE, ext("SET DateStyle TO DEFAULT"), q(PROBE)],
+    "extended-named-statement": [CHANGE, ext("RESET ALL", "r1"), q(PROBE)],
+    # a prepared reset executed again in a later request
+    "extended-named-statement-again": [
+        (parse_msg("r2", "RESET application_name") + parse_msg("r3", "SELECT 1")
+         + sync_msg(), 1), CHANGE, (bind_msg("", "r2") + execute_msg() + sync_msg(), 1),
+        q(PROBE), CHANGE, (bind_msg("", "r3") + execute_msg() + bind_msg("", "r2")
+                           + execute_msg() + sync_msg(), 1), q(PROBE),
+        q("SET DateStyle = 'SQL'"), q("DEALLOCATE r2"),
+        (parse_msg("r2", "SELECT 2") + bind_msg("", "r2") + execute_msg() + sync_msg(), 1),
+        q(PROBE)],
+    "extended-in-transaction": [CHANGE, q("BEGIN"), ext("RESET ALL"), q(PROBE), q("ROLLBACK"),
+                                q(PROBE), q("BEGIN"), ext("RESET ALL"), q("COMMIT"), q(PROBE)],
+    "pipelined-behind": [CHANGE, pipe(q("SELECT 1"), q("RESET ALL")), q(PROBE)],
+    "pipelined-behind-extended": [CHANGE, pipe(ext("SELECT 1"), ext("RESET application_name")),
+                                  q(PROBE)],
+    "pipelined-ahead": [CHANGE, pipe(q("RESET ALL"), q(PROBE)), q(PROBE)],
+    "pipelined-ahead-extended": [CHANGE, pipe(ext("RESET ALL"), ext(PROBE), q(PROBE))],
+    "followed-in-query": [CHANGE, q("RESET ALL; SELECT 1"), q(PROBE)],
+    "reset-then-set-in-query": [CHANGE, q("RESET ALL; SET application_name = 'after'"),
+                                q(PROBE)],
+    "reset-then-set-search-path": [CHANGE, q("BEGIN"),
+                                   q("RESET search_path; SET search_path = 'x'"), q(PROBE),
+                                   q("COMMIT")],
+    "long-query": [CHANGE, q(LONG + "; RESET ALL"), q(PROBE)],
+    "long-query-pipelined": [CHANGE, pipe(q(LONG + "; RESET ALL"), q(PROBE), ext(PROBE)), q(PROBE)],
+    "long-query-no-reset": [CHANGE, pipe(q(LONG), q(PROBE)), q(PROBE)],
+    "long-extended-end": [CHANGE, pipe(ext(quiet("'" + "y" * 40000 + "', set_config('search_path',"
+                                                 " NULL, false)")), q(PROBE)), q(PROBE)],
+    "long-extended": [CHANGE, ext(quiet("set_config('search_path', NULL, false), 'x" + "x" * 40000
+                                        + "'")), q(PROBE)],
+    "set-local-default": [CHANGE, q("BEGIN"), q("SET LOCAL application_name TO DEFAULT"),
+                          q("SET LOCAL search_path TO DEFAULT"), q(PROBE), q("COMMIT"),
+                          q(PROBE)],
+    "set-local-default-extended": [CHANGE, q("BEGIN"), ext("SET LOCAL DateStyle TO DEFAULT"),
+                                   q(PROBE), q("ROLLBACK"), q(PROBE)],
+    "set-config-null": [CHANGE, q(quiet("set_config('application_name', NULL, false)")),
+                        q(quiet("set_config('search_path', NULL, false)")), q(PROBE)],
+    "set-config-null-local": [CHANGE, q("BEGIN"),
+                              q(quiet("set_config('application_name', NULL, true),"
+                                      " set_config('statement_timeout', NULL, true)")),
+                              q(PROBE), q("COMMIT"), q(PROBE)],
+    "set-config-null-extended": [CHANGE, ext(quiet("set_config('search_path', NULL, false)")),
+                                 q(PROBE)],
+    "set-config-expression": [CHANGE, q(quiet("set_config('DateStyle', nullif('a', 'a'), false)")),
+                              q(PROBE)],
+    "reset-in-failed-transaction": [CHANGE, q("BEGIN"), q("RESET ALL"), q("SELECT 1/0"),
+                                    q("ROLLBACK"), q(PROBE)],
+    "reset-then-error-in-query": [CHANGE, q("BEGIN; RESET ALL; SELECT 1/0"), q("ROLLBACK"),
+                                  q(PROBE)],
+    # the request's own COPY data reaches the server while the client's next requests wait
+    "reset-then-copy-in": [CHANGE, q("BEGIN"), q("CREATE TEMP TABLE t (a int)"),
+                           (query_msg("RESET ALL; COPY t FROM STDIN") + copy_data_msg(b"1\n")
+                            + copy_done_msg() + query_msg(PROBE), 2),
+                           pipe(ext("RESET application_name"),
+                                (parse_msg("", "COPY t FROM STDIN") + bind_msg("", "")
+                                 + execute_msg() + copy_data_msg(b"2\n") + copy_done_msg()
+                                 + sync_msg(), 1), q("SELECT count(*) FROM t"), q(PROBE)),
+                           q("COMMIT")],
+    "reset-savepoint": [CHANGE, q("BEGIN"), q("RESET ALL"), q("SAVEPOINT s"), q("SELECT 1/0"),
+                        q("ROLLBACK TO s"), q(PROBE), q("COMMIT"), q(PROBE)],
+}
+
+
+def transcript(conn, step):
+    data, readies = step
+    conn.send(data)
+    out = []
+    while readies:
+        mtype, payload = conn.read_message()
+        out.append((mtype, payload))
+        if mtype == "Z":
+            readies -= 1
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_login_reset_is_postgres_identical(start_sluice, pg, mode, case):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    direct = raw_login(pg.port, password=APP_PASSWORD, **LOGIN)
+    pooled = raw_login(s.port, **LOGIN)
+    try:
+        assert pooled.params == direct.params
+        for i, step in enumerate(CASES[case]):
+            if mode == "transaction" and step is CHANGE:
+                step = CHANGE_REPORTED
+            want, got = transcript(direct, step), transcript(pooled, step)
+            assert got == want, f"step {i}: {step[0][:120]!r}"
+    finally:
+        direct.close()
+        pooled.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg_resets_by_the_extended_protocol_give_the_login_values(start_sluice, pg, mode):
+    """psycopg sends each execute() by Parse/Bind/Execute: its RESET ALL, SET LOCAL ... TO
+    DEFAULT and set_config(name, NULL, ...) leave what they leave on Postgres."""
+    import psycopg
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    login = {"options": "-c search_path=evil -c statement_timeout=1234",
+             "application_name": "login_app"}
+    steps = ["SET application_name = 'changed'", "RESET ALL", "BEGIN",
+             "SET LOCAL statement_timeout TO DEFAULT", "COMMIT", "SET DateStyle = 'SQL'",
+             "SELECT count(*) FROM (SELECT set_config('application_name', NULL, false)) AS s"]
+    seen = []
+    for conn in (psycopg.connect(pg.direct_dsn(**login), autocommit=True),
+                 s.connect(**login, autocommit=True)):
+        with conn:
+            out = []
+            for sql in steps:
+                conn.execute(sql)
+                out.append((conn.info.parameter_status("application_name"),
+                            conn.info.parameter_status("DateStyle"),
+                            conn.execute("SELECT current_setting('search_path'),"
+                                         " current_setting('statement_timeout'),"
+                                         " current_setting('application_name')").fetchone()))
+            seen.append(out)
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("leave", ["terminate", "vanish-waiting", "vanish-restoring"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_leaving_around_its_reset_leaves_a_clean_backend(start_sluice, mode, leave):
+    """Terminate right behind a reset, or a client gone while its next request waits for the
+    reset's reply: the one backend (pool_size 1) serves the next client with its own values."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    a = raw_login(s.port, **LOGIN)
+    a.query("SET application_name = 'changed'")
+    if leave == "terminate":
+        a.send(query_msg("RESET ALL") + query_msg(PROBE) + terminate_msg())
+        assert a.is_closed()
+    else:
+        slow = "RESET ALL; SELECT pg_sleep(0.3)" if leave == "vanish-waiting" else "RESET ALL"
+        a.send(query_msg(slow) + query_msg(PROBE))
+        a.close_abruptly(reset=True)
+    b = raw_login(s.port, application_name="other")
+    try:
+        rows, _ = b.query(PROBE)
+        assert rows == [["other", "ISO, MDY", '"$user", public', "0", "Etc/UTC"]]
+        assert b.params["application_name"] == "other"
+    finally:
+        b.close()  # session mode: the one backend is b's until it leaves
+    c = raw_login(s.port, **LOGIN)
+    try:
+        rows, _ = c.query(PROBE)
+        assert rows == [["login_app", "German, DMY", "evil", "1234ms", "Asia/Kolkata"]]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_cancelled_reset_and_the_request_waiting_behind_it_as_in_postgres(start_sluice, pg,
+                                                                           mode):
+    """The reset's request is cancelled while the next one waits: the cancel undoes the reset,
+    and the waiting request then runs with what Postgres would have."""
+    import time
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seen = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, **LOGIN)
+        try:
+            c.query("SET application_name = 'changed'")
+            c.send(query_msg("RESET ALL; SELECT pg_sleep(5)") + query_msg(PROBE))
+            time.sleep(0.5)
+            canceller = RawConn(port)
+            canceller.send(cancel_request(*c.backend_key))
+            canceller.is_closed()
+            seen.append([transcript(c, (b"", 2)), transcript(c, q(PROBE))])
+        finally:
+            c.close()
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_only_a_request_that_may_reset_pays_the_restore(start_sluice, mode):
+    """The restore is sluice's own query: a long Query or Parse without a word a reset needs,
+    and any request of a client without login parameters, run none."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "log_level": "debug"})
+    c = raw_login(s.port, **LOGIN)
+    plain = None
+    try:
+        c.query(LONG)
+        c.send(ext(LONG)[0])
+        c.read_results()
+        c.query("SELECT set_config('search_path', 'x', false)" if mode == "session" else "SELECT 1")
+        assert "login values again" not in s.logfile_path.read_text()
+        c.query(LONG + "; RESET statement_timeout")
+        assert s.logfile_path.read_text().count("login values again") == 1
+    finally:
+        c.close()
+    plain = raw_login(s.port)
+    try:
+        plain.query("RESET ALL")
+        assert s.logfile_path.read_text().count("login values again") == 1
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_reset_word_split_between_two_reads_of_a_long_query_is_seen(start_sluice, pg, mode):
+    import time
+
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    whole = query_msg(LONG + "; RES" + "ET ALL")
+    cut = whole.index(b"; RES") + len(b"; RES")
+    seen = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, **LOGIN)
+        try:
+            c.query("SET application_name = 'changed'")
+            c.send(whole[:20000])
+            time.sleep(0.2)
+            c.send(whole[20000:cut])
+            time.sleep(0.2)
+            c.send(whole[cut:] + query_msg(PROBE))
+            seen.append(transcript(c, (b"", 2)))
+        finally:
+            c.close()
+    assert seen[1] == seen[0]
