@@ -386,7 +386,7 @@ static void dispatch(struct pool *p)
             return;
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
-            server_set_state(s, SERVER_RESETTING);
+            server_set_state(s, SERVER_CHECKING);
             server_queue_internal(s, check_sql(p->app->cfg));
             server_kick(s);
             continue;
