@@ -144,7 +144,7 @@ void client_set_state(struct client *c, enum client_state next)
     c->state = next;
     c->state_since_ms = sluice_now(c->app);
     if (next == CLIENT_WAITING)
-        c->wait_notified = false; /* a new wait: query_wait_notify may tell it once more */
+        c->wait_notice = WAIT_NOT_TOLD; /* a new wait: query_wait_notify may tell it once more */
     release_idle_output(c);
 }
 

@@ -87,8 +87,9 @@ struct client {
     struct budget *budget; /* counted in budget->clients from login to close */
     bool admin;            /* logged in to the admin console (a database, not a state) */
     bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */
-    bool wait_notified;    /* WAITING: told it is queued (query_wait_notify) in this wait;
-                              cleared by client_set_state on entering WAITING */
+    /* WAITING: whether this wait has had query_wait_notify's NOTICE (pool.c tells it once);
+       client_set_state starts each wait WAIT_NOT_TOLD */
+    enum wait_notice { WAIT_NOT_TOLD, WAIT_TOLD } wait_notice;
     uint8_t warned;        /* session features already warned about (bit per feature) */
 };
 
@@ -105,7 +106,7 @@ void log_client(enum log_level level, const struct client *c, const char *fmt, .
 void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 /* The one transition function: checks the move, keeps the lists, stamps the time, and starts
- * each wait untold (wait_notified). Only client_accept sets a state without it (STARTUP). */
+ * each wait untold (wait_notice). Only client_accept sets a state without it (STARTUP). */
 void client_set_state(struct client *c, enum client_state next);
 /* Whether client_set_state may move a client from one state to the other (else sluice aborts). */
 bool client_transition_ok(enum client_state from, enum client_state to);

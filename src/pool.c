@@ -748,9 +748,9 @@ static void notify_long_waits(struct pool *p, uint64_t now)
         struct client *c = container_of(n, struct client, node);
         if (now - c->state_since_ms < (uint64_t)after)
             break; /* FIFO: the rest have waited less */
-        if (c->state != CLIENT_WAITING || c->wait_notified)
+        if (c->state != CLIENT_WAITING || c->wait_notice == WAIT_TOLD)
             continue;
-        c->wait_notified = true;
+        c->wait_notice = WAIT_TOLD;
         char msg[256];
         snprintf(msg, sizeof(msg),
                  "No server connection available in pool %s/%s, client being queued",

@@ -83,19 +83,19 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
     }
 
     client_set_state(first, CLIENT_WAITING);
-    c->wait_notified = true; /* told in an earlier wait */
+    c->wait_notice = WAIT_TOLD; /* told in an earlier wait */
     client_set_state(c, CLIENT_WAITING);
-    CHECK(!c->wait_notified);
+    CHECK_INT(c->wait_notice, WAIT_NOT_TOLD);
     CHECK_INT(p->waiting.count, 2);
-    c->wait_notified = true; /* query_wait_notify told it */
+    c->wait_notice = WAIT_TOLD; /* query_wait_notify told it */
     client_set_state(first, CLIENT_WAITING_LAST);
     CHECK(list_first(&p->waiting) == &first->node); /* still first in the FIFO */
     client_set_state(c, CLIENT_ACTIVE);
-    CHECK(c->wait_notified); /* a fact about the wait that ended, cleared by the next one */
+    CHECK_INT(c->wait_notice, WAIT_TOLD); /* a fact about the wait that ended, reset by the next */
     CHECK_INT(p->active_clients.count, 1);
     client_set_state(c, CLIENT_IDLE);
     client_set_state(c, CLIENT_WAITING);
-    CHECK(!c->wait_notified);
+    CHECK_INT(c->wait_notice, WAIT_NOT_TOLD);
     client_set_state(c, CLIENT_CLOSED);
     client_set_state(first, CLIENT_CLOSED);
     CHECK_INT(p->waiting.count, 0);
