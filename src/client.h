@@ -91,6 +91,10 @@ struct client {
        client_set_state starts each wait WAIT_NOT_TOLD */
     enum wait_notice { WAIT_NOT_TOLD, WAIT_TOLD } wait_notice;
     uint8_t warned;        /* session features already warned about (bit per feature) */
+    /* Its place in the ledger's logged-in counts (max_client_conn, max_db_client_connections,
+       max_user_client_connections): taken with their check in client_login_ok, given back as
+       it starts closing (client_set_state entering CLOSING or CLOSED) */
+    enum login_slot { LOGIN_SLOT_NONE, LOGIN_SLOT_HELD } login_slot;
 };
 
 /* A new connection from the listener; takes the fd. The client, or NULL if it could not be set
@@ -124,10 +128,6 @@ void client_close(struct client *c, const char *reason);
 void client_send(struct client *c);
 /* Authentication done (auth.c): send the welcome or wait for a server to learn it. */
 void client_login_ok(struct client *c);
-/* Logged-in clients (not the admin console's) of a database, or with a user name, now:
- * max_db_client_connections, max_user_client_connections and SHOW DATABASES/USERS. */
-int client_count_for_db(const struct sluice *app, const char *database);
-int client_count_for_user(const struct sluice *app, const char *user);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the

@@ -415,7 +415,7 @@ void server_check_timeouts(struct server *s, uint64_t now)
             server_close(s, "server_lifetime reached");
         } else if (cfg->server_idle_timeout > 0 &&
                    now - s->state_since_ms >= (uint64_t)cfg->server_idle_timeout &&
-                   pool_server_count(s->pool) > s->pool->min_size) {
+                   s->pool->ledger_key->servers > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
         }
         break;
