@@ -140,10 +140,12 @@ void client_set_state(struct client *c, enum client_state next)
         list_remove(from, &c->node);
         list_append(to, &c->node);
     }
+    if (next == CLIENT_CLOSING || next == CLIENT_CLOSED)
+        client_login_give_slot(c); /* leaving: no longer a logged-in client for the caps */
     c->state = next;
     c->state_since_ms = sluice_now(c->app);
     if (next == CLIENT_WAITING)
-        c->wait_notified = false; /* a new wait: query_wait_notify may tell it once more */
+        c->wait_notice = WAIT_NOT_TOLD; /* a new wait: query_wait_notify may tell it once more */
     release_idle_output(c);
 }
 
@@ -378,36 +380,6 @@ void client_close(struct client *c, const char *reason)
     login_reset_free_statements(c);
     app->nclients--;
     listener_maybe_resume(app);
-}
-
-int client_count_for_db(const struct sluice *app, const char *database)
-{
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (!p->is_admin && strcmp(p->db_name, database) == 0)
-            n += p->waiting.count + p->idle_clients.count + p->active_clients.count;
-    }
-    return n;
-}
-
-int client_count_for_user(const struct sluice *app, const char *user)
-{
-    int n = 0;
-    struct list_node *node, *tmp, *cn, *ctmp;
-    list_for_each(&app->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        const struct list *lists[] = {&p->waiting, &p->idle_clients, &p->active_clients};
-        for (int i = 0; i < 3 && !p->is_admin; i++) {
-            /* By each client's own name: a pool's user may be a database's forced user=. */
-            list_for_each(lists[i], cn, ctmp)
-                n += strcmp(container_of(cn, struct client, node)->user, user) == 0;
-        }
-    }
-    return n;
 }
 
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)

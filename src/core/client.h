@@ -89,9 +89,14 @@ struct client {
     struct budget *budget; /* counted in budget->clients from login to close */
     bool admin;            /* logged in to the admin console (a database, not a state) */
     bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */
-    bool wait_notified;    /* WAITING: told it is queued (query_wait_notify) in this wait;
-                              cleared by client_set_state on entering WAITING */
+    /* WAITING: whether this wait has had query_wait_notify's NOTICE (pool.c tells it once);
+       client_set_state starts each wait WAIT_NOT_TOLD */
+    enum wait_notice { WAIT_NOT_TOLD, WAIT_TOLD } wait_notice;
     uint8_t warned;        /* session features already warned about (bit per feature) */
+    /* Its place in the ledger's logged-in counts (max_client_conn, max_db_client_connections,
+       max_user_client_connections): taken with their check in client_login_ok, given back as
+       it starts closing (client_set_state entering CLOSING or CLOSED) */
+    enum login_slot { LOGIN_SLOT_NONE, LOGIN_SLOT_HELD } login_slot;
 };
 
 /* What a linked client tells the layer that pairs it (link.c's link_client_events, installed by
@@ -119,7 +124,7 @@ void log_client(enum log_level level, const struct client *c, const char *fmt, .
 void log_client_v(enum log_level level, const struct client *c, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 /* The one transition function: checks the move, keeps the lists, stamps the time, and starts
- * each wait untold (wait_notified). Only client_accept sets a state without it (STARTUP). */
+ * each wait untold (wait_notice). Only client_accept sets a state without it (STARTUP). */
 void client_set_state(struct client *c, enum client_state next);
 /* Whether client_set_state may move a client from one state to the other (else sluice aborts). */
 bool client_transition_ok(enum client_state from, enum client_state to);
@@ -137,10 +142,6 @@ void client_close(struct client *c, const char *reason);
 void client_send(struct client *c);
 /* Authentication done (auth.c): send the welcome or wait for a server to learn it. */
 void client_login_ok(struct client *c);
-/* Logged-in clients (not the admin console's) of a database, or with a user name, now:
- * max_db_client_connections, max_user_client_connections and SHOW DATABASES/USERS. */
-int client_count_for_db(const struct sluice *app, const char *database);
-int client_count_for_user(const struct sluice *app, const char *user);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
 /* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the

@@ -83,12 +83,6 @@ static void start_auth(struct client *c)
 
 /* ---- the startup packet ---- */
 
-/* Clients that count against max_client_conn: logged in, not leaving. */
-static int logged_in_clients(const struct sluice *app)
-{
-    return app->nclients - app->login_clients.count - app->closing_clients.count;
-}
-
 static bool param_is_protocol_level(const char *name)
 {
     return strcmp(name, "user") == 0 || strcmp(name, "database") == 0 ||
@@ -193,47 +187,79 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
     codec_put_ready(&c->out, 'I');
 }
 
-/* DISABLE, max_db_client_connections and max_user_client_connections: PgBouncer's per-database
- * and per-user client caps. Checked once the password is (as max_client_conn), so a stranger
- * learns nothing of a database from them. True when c was refused. */
-static bool login_refused_by_database_or_user(struct client *c, const struct db_entry *db)
+/* The names a client is counted under in the ledger's logged-in counts: an admin console
+ * client only globally (PgBouncer does not count its sessions against the per-database and
+ * per-user client caps). */
+static const char *slot_db(const struct client *c)
+{
+    return c->admin ? NULL : c->database;
+}
+
+static const char *slot_user(const struct client *c)
+{
+    return c->admin ? NULL : c->user;
+}
+
+/* max_client_conn, and for a database's client max_db_client_connections and
+ * max_user_client_connections (PgBouncer's per-database and per-user client caps): checked and
+ * counted in one step once the password is, so a stranger learns nothing of a database from
+ * them. True when c holds its slot; else it was refused. */
+static bool take_login_slot(struct client *c, const struct db_entry *db)
 {
     const struct config *cfg = c->app->cfg;
+    struct ledger *l = &c->app->ledger;
+    struct ledger_login_caps caps = {.global = (int)cfg->max_client_conn};
+    if (db) {
+        const struct user_entry *u = config_find_user(cfg, c->user);
+        caps.db = (int)(db->max_db_client_connections > 0 ? db->max_db_client_connections
+                                                           : cfg->max_db_client_connections);
+        caps.user = (int)(u && u->max_user_client_connections > 0
+                              ? u->max_user_client_connections
+                              : cfg->max_user_client_connections);
+    }
     char detail[320];
-    if (disabled_dbs_contains(c->app, c->database)) {
-        client_fail(c, FAIL_DATABASE_DISABLED, c->database);
+    switch (ledger_take_login(l, slot_db(c), slot_user(c), &caps)) {
+    case LOGIN_COUNTED:
+        c->login_slot = LOGIN_SLOT_HELD;
         return true;
-    }
-    int64_t db_cap = db->max_db_client_connections > 0 ? db->max_db_client_connections
-                                                       : cfg->max_db_client_connections;
-    int db_clients = db_cap > 0 ? client_count_for_db(c->app, c->database) : 0;
-    if (db_cap > 0 && db_clients >= db_cap) {
+    case LOGIN_OVER_CLIENT_CONN:
+        snprintf(detail, sizeof(detail), "max_client_conn (%d) reached", caps.global);
+        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
+        return false;
+    case LOGIN_OVER_DB_CLIENTS:
         snprintf(detail, sizeof(detail),
-                 "database \"%s\" has %d clients, max_db_client_connections = %lld", c->database,
-                 db_clients, (long long)db_cap);
+                 "database \"%s\" has %d clients, max_db_client_connections = %d", c->database,
+                 ledger_db_clients(l, c->database), caps.db);
         client_fail(c, FAIL_DB_CLIENT_CAP, detail);
-        return true;
-    }
-    const struct user_entry *u = config_find_user(cfg, c->user);
-    int64_t user_cap = u && u->max_user_client_connections > 0 ? u->max_user_client_connections
-                                                               : cfg->max_user_client_connections;
-    int user_clients = user_cap > 0 ? client_count_for_user(c->app, c->user) : 0;
-    if (user_cap > 0 && user_clients >= user_cap) {
+        return false;
+    case LOGIN_OVER_USER_CLIENTS:
         snprintf(detail, sizeof(detail),
-                 "user \"%s\" has %d clients, max_user_client_connections = %lld", c->user,
-                 user_clients, (long long)user_cap);
+                 "user \"%s\" has %d clients, max_user_client_connections = %d", c->user,
+                 ledger_user_clients(l, c->user), caps.user);
         client_fail(c, FAIL_USER_CLIENT_CAP, detail);
-        return true;
+        return false;
+    case LOGIN_OUT_OF_MEMORY:
+        break;
     }
+    client_fail(c, FAIL_OUT_OF_MEMORY, "");
     return false;
+}
+
+void client_login_give_slot(struct client *c)
+{
+    if (c->login_slot != LOGIN_SLOT_HELD)
+        return;
+    ledger_give_login(&c->app->ledger, slot_db(c), slot_user(c));
+    c->login_slot = LOGIN_SLOT_NONE;
 }
 
 void client_login_ok(struct client *c)
 {
     struct sluice *app = c->app;
     /* Counted here, once the password is checked: logins in progress have their own cap
-     * (make_room_for_a_login), so strangers who never finish cannot fill max_client_conn. */
-    if (logged_in_clients(app) >= app->cfg->max_client_conn) {
+     * (make_room_for_a_login), so strangers who never finish cannot fill max_client_conn. Asked
+     * first, as before every other refusal; take_login_slot counts it below. */
+    if (ledger_db_clients(&app->ledger, NULL) >= app->cfg->max_client_conn) {
         char detail[96];
         snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
                  (long long)app->cfg->max_client_conn);
@@ -246,6 +272,8 @@ void client_login_ok(struct client *c)
             client_fail(c, FAIL_ADMIN_DENIED, "");
             return;
         }
+        if (!take_login_slot(c, NULL))
+            return;
         c->pool = pool_get(app, NULL, c->user, c->database);
         if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -263,7 +291,11 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
         return;
     }
-    if (login_refused_by_database_or_user(c, db))
+    if (disabled_dbs_contains(app, c->database)) {
+        client_fail(c, FAIL_DATABASE_DISABLED, c->database);
+        return;
+    }
+    if (!take_login_slot(c, db))
         return;
     struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
                                     &c->addr);

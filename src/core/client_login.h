@@ -16,6 +16,9 @@ void client_login_tls_step(struct client *c);
 /* Drop the authentication exchange in progress, if any (the client is leaving AUTH or closing).
  * Idempotent. */
 void client_auth_end(struct client *c);
+/* Give back its place in the ledger's logged-in counts, if it holds one (client_set_state, as
+ * it starts closing: the counts are of clients logged in and not leaving). */
+void client_login_give_slot(struct client *c);
 /* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
 int client_keep_login_params(struct client *c);
 

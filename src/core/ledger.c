@@ -240,6 +240,66 @@ void ledger_give_client(struct ledger *l, struct budget *b)
     assert(b->clients >= 0);
 }
 
+enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
+                                  const struct ledger_login_caps *caps)
+{
+    /* lock l->mu */
+    struct ledger_scope *db = NULL, *user = NULL;
+    if (db_name) {
+        db = scope_get(&l->dbs, db_name);
+        user = scope_get(&l->users, user_name);
+        if (!db || !user)
+            return LOGIN_OUT_OF_MEMORY; /* a scope made above stays: empty, harmless, reused */
+    }
+    if (caps->global > 0 && l->clients >= caps->global)
+        return LOGIN_OVER_CLIENT_CONN;
+    if (db && caps->db > 0 && db->clients >= caps->db)
+        return LOGIN_OVER_DB_CLIENTS;
+    if (user && caps->user > 0 && user->clients >= caps->user)
+        return LOGIN_OVER_USER_CLIENTS;
+    l->clients++;
+    if (db) {
+        db->clients++;
+        user->clients++;
+    }
+    /* unlock */
+    return LOGIN_COUNTED;
+}
+
+void ledger_give_login(struct ledger *l, const char *db_name, const char *user_name)
+{
+    /* lock l->mu */
+    l->clients--;
+    assert(l->clients >= 0);
+    if (db_name) {
+        struct ledger_scope *db = scope_get(&l->dbs, db_name);
+        struct ledger_scope *user = scope_get(&l->users, user_name);
+        assert(db && user); /* made by the take */
+        if (db && user) {
+            db->clients--;
+            user->clients--;
+            assert(db->clients >= 0 && user->clients >= 0);
+        }
+    }
+    /* unlock */
+}
+
+int ledger_db_clients(const struct ledger *l, const char *db_name)
+{
+    if (!db_name)
+        return l->clients;
+    const struct ledger_scope *s = scope_find(l->dbs, db_name);
+    return s ? s->clients : 0;
+}
+
+int ledger_user_clients(const struct ledger *l, const char *user_name)
+{
+    if (!user_name)
+        return l->clients;
+    const struct ledger_scope *s = scope_find(l->users, user_name);
+    return s ? s->clients : 0;
+}
+
 void ledger_free(struct ledger *l)
 {
     while (l->keys) {

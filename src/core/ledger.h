@@ -9,6 +9,10 @@
  *   global                          all of them (max_server_connections)
  *   per budget                      leases (servers linked to its clients) and logged-in clients
  *                                   (struct budget's `leases` and `clients`: written here only)
+ *   logged-in clients               globally (max_client_conn, the admin console's included), per
+ *                                   database and per user (max_db_client_connections,
+ *                                   max_user_client_connections; by the client's own user name,
+ *                                   not a database's forced user=)
  *
  * Single-threaded today. With workers (docs/architecture.md 5.3) one mutex, ledger->mu, guards
  * the whole struct: every take and give below is one critical section, so a take checks all
@@ -23,10 +27,11 @@
 
 struct sluice;
 
-/* A database or a user: the backends counted under its cap. */
+/* A database or a user: the backends and the logged-in clients counted under its caps. */
 struct ledger_scope {
     struct ledger_scope *next;
     int servers;
+    int clients;
     char name[];
 };
 
@@ -43,6 +48,7 @@ struct ledger {
     struct ledger_scope *dbs, *users;
     int servers;     /* every backend: pools' and auth_query's */
     int own_servers; /* auth_query's connections, of `servers` */
+    int clients;     /* logged-in clients, the admin console's included */
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -100,6 +106,32 @@ void ledger_give_lease(struct sluice *app, struct budget *b);
 /* A client of b logs in: false when b has max_clients connected (nothing changed). */
 bool ledger_take_client(struct ledger *l, struct budget *b) __attribute__((warn_unused_result));
 void ledger_give_client(struct ledger *l, struct budget *b);
+
+/* The caps a logged-in client counts under, resolved by client_login.c (0: no such cap). */
+struct ledger_login_caps {
+    int global; /* max_client_conn */
+    int db;     /* max_db_client_connections */
+    int user;   /* max_user_client_connections */
+};
+/* What ledger_take_login did: counted, or the first cap it would pass (in this order). */
+enum login_take {
+    LOGIN_COUNTED,
+    LOGIN_OVER_CLIENT_CONN,  /* max_client_conn */
+    LOGIN_OVER_DB_CLIENTS,   /* max_db_client_connections */
+    LOGIN_OVER_USER_CLIENTS, /* max_user_client_connections */
+    LOGIN_OUT_OF_MEMORY,     /* no entry for a new database or user name */
+};
+/* A client logs in to database db_name as user_name (its own name): LOGIN_COUNTED and the
+ * global, database and user counts +1 in one step, or why not and nothing changed. db_name and
+ * user_name NULL: an admin console client, counted globally only (caps->db, ->user ignored). */
+enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
+                                  const struct ledger_login_caps *caps)
+    __attribute__((warn_unused_result));
+/* The client of a take is leaving (the same names). */
+void ledger_give_login(struct ledger *l, const char *db_name, const char *user_name);
+/* Logged-in clients of a database / a user (NULL: all of them, the console's included). */
+int ledger_db_clients(const struct ledger *l, const char *db_name);
+int ledger_user_clients(const struct ledger *l, const char *user_name);
 
 /* Debug: do the counters equal what walking the pools, servers, clients and auth_query's
  * connections finds? Logs each difference; true when all agree (ledger_audit.c). */

@@ -1,6 +1,6 @@
 /* ledger_audit: the proof that the ledger's counters are true. Walks what the counters stand
  * for — the pools' server lists, auth_query's connections, the servers charged to a budget and
- * the clients in it — and compares. Debug builds run it on every maintenance tick (sluice.c);
+ * the clients in it, the logged-in clients on the pools' client lists — and compares. Debug builds run it on every maintenance tick (sluice.c);
  * tests/unit/test_ledger.c runs it too. Reads only. */
 #include <stdio.h>
 #include <string.h>
@@ -77,6 +77,32 @@ static int walked_budget(const struct sluice *app, const struct budget *b, enum 
     return n;
 }
 
+/* Logged-in clients, not leaving: those on the pools' client lists (a client in CLOSING has
+ * left them). db_name and user_name (the client's own) NULL: any, the admin console's included;
+ * else the console's are not counted. */
+static int walked_clients(const struct sluice *app, const char *db_name, const char *user_name)
+{
+    int n = 0;
+    struct list_node *node, *tmp, *cn, *ctmp;
+    list_for_each(&app->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        if ((db_name || user_name) && p->is_admin)
+            continue;
+        if (db_name && strcmp(p->db_name, db_name) != 0)
+            continue;
+        const struct list *lists[] = {&p->waiting, &p->idle_clients, &p->active_clients};
+        for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+            list_for_each(lists[i], cn, ctmp)
+            {
+                const struct client *c = container_of(cn, struct client, node);
+                n += !user_name || strcmp(c->user, user_name) == 0;
+            }
+        }
+    }
+    return n;
+}
+
 bool ledger_audit(const struct sluice *app)
 {
     const struct ledger *l = &app->ledger;
@@ -84,10 +110,15 @@ bool ledger_audit(const struct sluice *app)
     ok &= agree("auth_query's connections", NULL, l->own_servers,
                 secret_query_servers(NULL, NULL));
     ok &= agree("pool servers", NULL, l->servers - l->own_servers, app->nservers);
-    for (const struct ledger_scope *s = l->dbs; s; s = s->next)
+    ok &= agree("logged-in clients", NULL, l->clients, walked_clients(app, NULL, NULL));
+    for (const struct ledger_scope *s = l->dbs; s; s = s->next) {
         ok &= agree("database", s->name, s->servers, walked_servers(app, s->name, NULL));
-    for (const struct ledger_scope *s = l->users; s; s = s->next)
+        ok &= agree("clients of database", s->name, s->clients, walked_clients(app, s->name, NULL));
+    }
+    for (const struct ledger_scope *s = l->users; s; s = s->next) {
         ok &= agree("user", s->name, s->servers, walked_servers(app, NULL, s->name));
+        ok &= agree("clients of user", s->name, s->clients, walked_clients(app, NULL, s->name));
+    }
     for (const struct ledger_key *k = l->keys; k; k = k->next) {
         int n = 0;
         struct list_node *node, *tmp;

@@ -412,7 +412,7 @@ static void dispatch(struct pool *p)
             return;
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
-            server_set_state(s, SERVER_RESETTING);
+            server_set_state(s, SERVER_CHECKING);
             server_queue_internal(s, check_sql(p->app->cfg));
             kick_server(s);
             continue;
@@ -774,9 +774,9 @@ static void notify_long_waits(struct pool *p, uint64_t now)
         struct client *c = container_of(n, struct client, node);
         if (now - c->state_since_ms < (uint64_t)after)
             break; /* FIFO: the rest have waited less */
-        if (c->state != CLIENT_WAITING || c->wait_notified)
+        if (c->state != CLIENT_WAITING || c->wait_notice == WAIT_TOLD)
             continue;
-        c->wait_notified = true;
+        c->wait_notice = WAIT_TOLD;
         char msg[256];
         snprintf(msg, sizeof(msg),
                  "No server connection available in pool %s/%s, client being queued",

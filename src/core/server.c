@@ -10,17 +10,19 @@
  *        |            +-------------- ok: pool_server_ready ----+
  *        |            v
  *        |          IDLE <--> ACTIVE (linked to a client)
- *        |           ^  \        |  \
- *        |           |   \       |   \  the client left mid-query (link.c's decision): its
- *        |           |    \      |    v  query cancelled (or, after its Terminate, left to
- *        |           |     \     |   DRAINING  finish); its replies dropped
- *        |           |      v    v    |  the orphaned query and its cancel are over
- *        |           +---- RESETTING <+  sluice's own queries: at release (pool_release) the
- *        |           |         |         rollback, reset, DISCARD ALL, the rest of a sync;
- *        |           |         |         from IDLE, server_check_query before reuse
+ *        |           ^           |  \
+ *        |           |           |   \  the client left mid-query (link.c's decision): its
+ *        |           |           |    v  query cancelled (or, after its Terminate, left to
+ *        |           |           |   DRAINING  finish); its replies dropped
+ *        |           |           v    |  the orphaned query and its cancel are over
+ *        |           +---- RESETTING <+  sluice's own queries at release (pool_release): the
+ *        |           |         |         rollback, reset, DISCARD ALL, the rest of a sync
  *        |           |         v  only a cancel still due
  *        |           +---- CANCEL_WAIT
  *        +--failed--> CLOSED <-- any state on error, timeout or shutdown
+ *
+ *   IDLE --past server_check_delay, a client waiting (pool.c's dispatch)--> CHECKING
+ *     --its server_check_query answered--> freed (pool_server_ready); a failed check closes it
  *
  *   a server pool_server_ready would free --closed to make room under a cap--> LEAVING
  *     --socket closed--> CLOSED (Terminate sent; it counts against the caps until it is gone)
@@ -136,7 +138,8 @@ void server_want_io(struct server *s)
 /* Sluice holds it between clients, for work of its own (see server_maybe_done_resetting). */
 static bool between_clients(enum server_state st)
 {
-    return st == SERVER_RESETTING || st == SERVER_CANCEL_WAIT || st == SERVER_DRAINING;
+    return st == SERVER_CHECKING || st == SERVER_RESETTING || st == SERVER_CANCEL_WAIT ||
+           st == SERVER_DRAINING;
 }
 
 void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o)
@@ -268,7 +271,7 @@ void server_check_timeouts(struct server *s, uint64_t now)
             server_close(s, "server_lifetime reached");
         } else if (cfg->server_idle_timeout > 0 &&
                    now - s->state_since_ms >= (uint64_t)cfg->server_idle_timeout &&
-                   pool_server_count(s->pool) > s->pool->min_size) {
+                   s->pool->ledger_key->servers > s->pool->min_size) {
             server_close(s, "idle for server_idle_timeout");
         }
         break;

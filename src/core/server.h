@@ -31,9 +31,11 @@ enum server_state {
     SERVER_CONNECT_QUERY,     /* logged in; running the database entry's connect_query */
     SERVER_IDLE,              /* in its pool, free */
     SERVER_ACTIVE,            /* linked to a client */
-    SERVER_RESETTING,  /* running sluice's own queries: at release the rollback, reset query,
-                          DISCARD ALL or the rest of a sync; on an idle server before reuse, its
-                          server_check_query (pool.c's dispatch). Free again when they are done */
+    SERVER_CHECKING,   /* idle past server_check_delay, a client waiting: its server_check_query
+                          runs before reuse (pool.c's dispatch). Free again when it is answered;
+                          closed if it fails */
+    SERVER_RESETTING,  /* running sluice's own queries at release: the rollback, reset query,
+                          DISCARD ALL or the rest of a sync. Free again when they are done */
     SERVER_CANCEL_WAIT, /* its own queries are done, but a cancel sent for its last client's
                            query has not landed yet: given to another client now, it could
                            cancel that client's query. Free again when the cancel is done */
@@ -48,8 +50,8 @@ enum server_state {
 };
 /* The state's own name, for logs. */
 const char *server_state_name(enum server_state s);
-/* The name SHOW SERVERS gives it: every connecting state is "connecting" there, and
- * CANCEL_WAIT is "resetting" (sluice's own business before the server is free again). */
+/* The name SHOW SERVERS gives it: every connecting state is "connecting" there, and CHECKING
+ * and CANCEL_WAIT are "resetting" (sluice's own business before the server is free again). */
 const char *server_state_shown(enum server_state s);
 /* RESOLVING up to CONNECT_QUERY: not yet serving, counted against the caps, on the connecting
  * list. */
@@ -168,12 +170,13 @@ void server_kick(struct server *s);
 /* What the relay reported for a server with no client: it closes when lost, else goes on
  * resetting or waits for its socket. */
 void server_pumped(struct server *s, enum relay_result r, const struct relay_outcome *o);
-/* Set its poll interest while it has no client (IDLE, RESETTING, CANCEL_WAIT, DRAINING). */
+/* Set its poll interest while it has no client (IDLE, CHECKING, RESETTING, CANCEL_WAIT,
+ * DRAINING). */
 void server_want_io(struct server *s);
 /* Called when sluice's own work on a server between clients may have moved on (a reply read,
  * a cancel done): DRAINING -> RESETTING once the orphaned query and its cancel are over,
  * RESETTING -> CANCEL_WAIT once only a cancel is left, and back to the pool (pool_server_ready)
- * once nothing is. */
+ * once nothing is (CHECKING: once its check is answered). */
 void server_maybe_done_resetting(struct server *s);
 /* Background checks: connect timeout, idle timeout, lifetime. */
 void server_check_timeouts(struct server *s, uint64_t now);

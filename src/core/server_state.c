@@ -17,6 +17,7 @@ static const char *const state_names[] = {
     [SERVER_CONNECT_QUERY] = "connect_query",
     [SERVER_IDLE] = "idle",
     [SERVER_ACTIVE] = "active",
+    [SERVER_CHECKING] = "checking",
     [SERVER_RESETTING] = "resetting",
     [SERVER_CANCEL_WAIT] = "cancel_wait",
     [SERVER_LEAVING] = "leaving",
@@ -33,8 +34,8 @@ const char *server_state_shown(enum server_state st)
 {
     if (server_state_is_connecting(st))
         return "connecting";
-    if (st == SERVER_CANCEL_WAIT)
-        return state_names[SERVER_RESETTING]; /* what SHOW SERVERS said before it had a state */
+    if (st == SERVER_CHECKING || st == SERVER_CANCEL_WAIT)
+        return state_names[SERVER_RESETTING]; /* what SHOW SERVERS said before they were states */
     return state_names[st];
 }
 
@@ -59,6 +60,7 @@ static struct list *list_for(struct server *s, enum server_state st)
         return &p->idle;
     case SERVER_ACTIVE:
         return &p->active;
+    case SERVER_CHECKING:
     case SERVER_RESETTING:
     case SERVER_CANCEL_WAIT:
     case SERVER_DRAINING: /* on their way back: SHOW POOLS' sv_tested, busy for the caps */
@@ -83,11 +85,14 @@ static const unsigned transitions[] = {
     [SERVER_LOGIN_PASSTHROUGH] = TO(SERVER_PROBING) | TO(SERVER_CONNECT_QUERY) | FREED,
     [SERVER_PROBING] = TO(SERVER_CONNECT_QUERY) | FREED,
     [SERVER_CONNECT_QUERY] = FREED,
-    /* -> RESETTING: its server_check_query before reuse; -> LEAVING: the oldest idle server
+    /* -> CHECKING: its server_check_query before reuse; -> LEAVING: the oldest idle server
      * closed to make room under a shared cap */
-    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_RESETTING) | TO(SERVER_LEAVING),
+    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_CHECKING) | TO(SERVER_LEAVING),
     /* -> ACTIVE: released and handed straight to the next waiting client. */
     [SERVER_ACTIVE] = FREED | TO(SERVER_RESETTING) | TO(SERVER_DRAINING),
+    /* Answered: freed (a failed check closes it). No cancel is ever sent for it: one is sent
+     * only for a linked server's query, and a server is freed only with none in flight. */
+    [SERVER_CHECKING] = FREED,
     [SERVER_RESETTING] = FREED | TO(SERVER_CANCEL_WAIT),
     [SERVER_CANCEL_WAIT] = FREED,
     [SERVER_DRAINING] = TO(SERVER_RESETTING), /* over: cleaned as at any release */

@@ -225,12 +225,12 @@ int view_user_servers(const struct sluice *app, const char *user_name)
 
 int view_db_clients(const struct sluice *app, const char *db_name)
 {
-    return client_count_for_db(app, db_name);
+    return ledger_db_clients(&app->ledger, db_name);
 }
 
 int view_user_clients(const struct sluice *app, const char *user_name)
 {
-    return client_count_for_user(app, user_name);
+    return ledger_user_clients(&app->ledger, user_name);
 }
 
 int view_listen_port(const struct sluice *app)

@@ -9,6 +9,7 @@
 #include "budget.h"
 #include "client.h"
 #include "config.h"
+#include "ledger.h"
 #include "pool.h"
 #include "sluice.h"
 
@@ -53,9 +54,8 @@ static void every_state_has_a_name(void)
     CHECK_STR(client_state_name(CLIENT_WAITING_LAST), "waiting_last");
 }
 
-/* Each wait starts untold: query_wait_notify's NOTICE comes once per wait, not once per client.
- * The lists follow the state; WAITING -> WAITING_LAST keeps the FIFO place and the notice. */
-static void each_wait_starts_untold_and_keeps_its_place(void)
+/* An app with one pool, db/u, built by hand (no sockets); NULL if the config did not load. */
+static struct sluice *app_with_pool(uv_loop_t *loop, struct pool **p)
 {
     static char *no_env[] = {NULL};
     struct config_diag diag = {0};
@@ -63,16 +63,42 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
     config_diag_free(&diag);
     CHECK(cfg != NULL);
     if (!cfg)
-        return;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+        return NULL;
+    uv_loop_init(loop);
     struct sluice *app = calloc(1, sizeof(*app));
     app->cfg = cfg;
-    app->loop = &loop;
+    app->loop = loop;
     list_init(&app->pools);
+    list_init(&app->login_clients);
+    list_init(&app->closing_clients);
     list_init(&app->dead_clients);
+    list_init(&app->dead_servers);
     CHECK_INT(budget_sync(app), 0);
-    struct pool *p = pool_get(app, NULL, "u", "db");
+    *p = pool_get(app, NULL, "u", "db");
+    return app;
+}
+
+static void app_free(struct sluice *app, struct pool *p)
+{
+    uv_loop_t *loop = app->loop;
+    list_remove(&app->pools, &p->node);
+    pool_free(p);
+    budget_free_all(app);
+    ledger_free(&app->ledger);
+    config_free(app->cfg);
+    free(app);
+    uv_loop_close(loop);
+}
+
+/* Each wait starts untold: query_wait_notify's NOTICE comes once per wait, not once per client.
+ * The lists follow the state; WAITING -> WAITING_LAST keeps the FIFO place and the notice. */
+static void each_wait_starts_untold_and_keeps_its_place(void)
+{
+    uv_loop_t loop;
+    struct pool *p;
+    struct sluice *app = app_with_pool(&loop, &p);
+    if (!app)
+        return;
     struct client *first = calloc(1, sizeof(*first)), *c = calloc(1, sizeof(*c));
     struct client *both[] = {first, c};
     for (int i = 0; i < 2; i++) {
@@ -83,19 +109,19 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
     }
 
     client_set_state(first, CLIENT_WAITING);
-    c->wait_notified = true; /* told in an earlier wait */
+    c->wait_notice = WAIT_TOLD; /* told in an earlier wait */
     client_set_state(c, CLIENT_WAITING);
-    CHECK(!c->wait_notified);
+    CHECK_INT(c->wait_notice, WAIT_NOT_TOLD);
     CHECK_INT(p->waiting.count, 2);
-    c->wait_notified = true; /* query_wait_notify told it */
+    c->wait_notice = WAIT_TOLD; /* query_wait_notify told it */
     client_set_state(first, CLIENT_WAITING_LAST);
     CHECK(list_first(&p->waiting) == &first->node); /* still first in the FIFO */
     client_set_state(c, CLIENT_ACTIVE);
-    CHECK(c->wait_notified); /* a fact about the wait that ended, cleared by the next one */
+    CHECK_INT(c->wait_notice, WAIT_TOLD); /* a fact about the wait that ended, reset by the next */
     CHECK_INT(p->active_clients.count, 1);
     client_set_state(c, CLIENT_IDLE);
     client_set_state(c, CLIENT_WAITING);
-    CHECK(!c->wait_notified);
+    CHECK_INT(c->wait_notice, WAIT_NOT_TOLD);
     client_set_state(c, CLIENT_CLOSED);
     client_set_state(first, CLIENT_CLOSED);
     CHECK_INT(p->waiting.count, 0);
@@ -103,12 +129,42 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
 
     free(first);
     free(c);
-    list_remove(&app->pools, &p->node);
-    pool_free(p);
-    budget_free_all(app);
-    config_free(cfg);
-    free(app);
-    uv_loop_close(&loop);
+    app_free(app, p);
+}
+
+/* A logged-in client holds its place in the ledger's counts (max_client_conn, the database's
+ * and the user's client caps) until it starts closing: CLOSING gives it back, once. */
+static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
+{
+    uv_loop_t loop;
+    struct pool *p;
+    struct sluice *app = app_with_pool(&loop, &p);
+    if (!app)
+        return;
+    struct client *c = calloc(1, sizeof(*c));
+    c->app = app;
+    c->pool = p;
+    c->user = "u";
+    c->database = "db";
+    c->state = CLIENT_IDLE;
+    list_append(&p->idle_clients, &c->node);
+    const struct ledger_login_caps caps = {.global = 10};
+    CHECK_INT(ledger_take_login(&app->ledger, "db", "u", &caps), LOGIN_COUNTED);
+    c->login_slot = LOGIN_SLOT_HELD; /* as client_login_ok took it */
+    CHECK(ledger_audit(app));
+    client_set_state(c, CLIENT_WAITING);
+    client_set_state(c, CLIENT_ACTIVE);
+    CHECK_INT(ledger_db_clients(&app->ledger, "db"), 1); /* still logged in */
+    client_set_state(c, CLIENT_CLOSING);
+    CHECK_INT(c->login_slot, LOGIN_SLOT_NONE);
+    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
+    CHECK_INT(ledger_db_clients(&app->ledger, "db"), 0);
+    CHECK_INT(ledger_user_clients(&app->ledger, "u"), 0);
+    CHECK(ledger_audit(app)); /* off the pool's lists: the walk agrees */
+    client_set_state(c, CLIENT_CLOSED); /* not twice */
+    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
+    free(c);
+    app_free(app, p);
 }
 
 int main(void)
@@ -116,5 +172,6 @@ int main(void)
     RUN(the_table_is_the_documented_one);
     RUN(every_state_has_a_name);
     RUN(each_wait_starts_untold_and_keeps_its_place);
+    RUN(a_client_gives_its_login_slot_back_as_it_starts_closing);
     return CHECK_DONE();
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "budget.h"
+#include "client.h"
 #include "config.h"
 #include "ledger.h"
 #include "pool.h"
@@ -274,6 +275,103 @@ static void clients_stop_at_max_clients(void)
     free_app(app);
 }
 
+/* A login as client_login_ok takes it: counted, a client on its pool's idle list (the console's
+ * with no names); LOGIN_COUNTED or why not. */
+static enum login_take login(struct pool *p, const char *user, const struct ledger_login_caps *caps)
+{
+    const char *db = p->is_admin ? NULL : p->db_name;
+    enum login_take k = ledger_take_login(&p->app->ledger, db, p->is_admin ? NULL : user, caps);
+    if (k == LOGIN_COUNTED) {
+        struct client *c = calloc(1, sizeof(*c));
+        c->user = strdup(user);
+        c->pool = p;
+        list_append(&p->idle_clients, &c->node);
+    }
+    return k;
+}
+
+/* Its last client leaves (client_set_state entering CLOSING): off the list, its slot back. */
+static void leave(struct pool *p)
+{
+    struct client *c = container_of(list_last(&p->idle_clients), struct client, node);
+    list_remove(&p->idle_clients, &c->node);
+    ledger_give_login(&p->app->ledger, p->is_admin ? NULL : p->db_name,
+                      p->is_admin ? NULL : c->user);
+    free(c->user);
+    free(c);
+}
+
+struct login_counts {
+    int all, db_a, db_b, u1, u2, forced;
+};
+
+static struct login_counts login_counts(const struct ledger *l)
+{
+    return (struct login_counts){ledger_db_clients(l, NULL),   ledger_db_clients(l, "a"),
+                                 ledger_db_clients(l, "b"),    ledger_user_clients(l, "u1"),
+                                 ledger_user_clients(l, "u2"), ledger_user_clients(l, "forced")};
+}
+
+static bool same_logins(struct login_counts a, struct login_counts b)
+{
+    return memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+/* max_client_conn counts every logged-in client, the admin console's too; the per-database and
+ * per-user caps count a database's clients only, each by its own user name (not a forced
+ * user=). Caps bind in that order, a refusal changes nothing, and the walk agrees. */
+static void logins_count_globally_per_database_and_per_user(void)
+{
+    struct sluice *app = app_from("[sluice]\n[databases]\na = host=127.0.0.1 user=forced\n"
+                                  "b = host=127.0.0.1\n");
+    if (!app)
+        return;
+    struct pool *a1 = pool_get(app, config_find_db(app->cfg, "a"), "u1", "a");
+    struct pool *b1 = pool_get(app, NULL, "u1", "b"), *b2 = pool_get(app, NULL, "u2", "b");
+    struct pool *console = pool_get(app, NULL, "u1", "pgbouncer");
+    console->is_admin = true;
+    CHECK_STR(a1->user_name, "forced");
+    const struct ledger_login_caps caps = {.global = 6, .db = 2, .user = 3};
+    CHECK_INT(login(a1, "u1", &caps), LOGIN_COUNTED);
+    CHECK_INT(login(a1, "u2", &caps), LOGIN_COUNTED);
+    struct login_counts before = login_counts(&app->ledger);
+    CHECK_INT(login(a1, "u2", &caps), LOGIN_OVER_DB_CLIENTS); /* 2 on database a */
+    CHECK(same_logins(before, login_counts(&app->ledger)));
+    CHECK_INT(ledger_user_clients(&app->ledger, "forced"), 0); /* by the client's own name */
+    CHECK_INT(login(b1, "u1", &caps), LOGIN_COUNTED);
+    CHECK_INT(login(b1, "u1", &caps), LOGIN_COUNTED);
+    CHECK_INT(login(b2, "u2", &caps), LOGIN_OVER_DB_CLIENTS); /* 2 on database b */
+    const struct ledger_login_caps wider = {.global = 6, .db = 5, .user = 2};
+    before = login_counts(&app->ledger);
+    CHECK_INT(login(b2, "u1", &wider), LOGIN_OVER_USER_CLIENTS); /* u1: 1 on a, 2 on b */
+    CHECK(same_logins(before, login_counts(&app->ledger)));
+    CHECK_INT(login(console, "u1", &wider), LOGIN_COUNTED); /* the console: globally only */
+    CHECK_INT(login(console, "u1", &wider), LOGIN_COUNTED);
+    CHECK_INT(ledger_user_clients(&app->ledger, "u1"), 3);
+    CHECK_INT(ledger_db_clients(&app->ledger, "pgbouncer"), 0);
+    CHECK_INT(login(b2, "u3", &wider), LOGIN_OVER_CLIENT_CONN); /* 6 in all */
+    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 6);
+    CHECK(ledger_audit(app));
+    leave(console);
+    CHECK_INT(login(b2, "u3", &wider), LOGIN_COUNTED);
+    CHECK(ledger_audit(app));
+    leave(a1);
+    leave(b1);
+    CHECK_INT(ledger_db_clients(&app->ledger, "a"), 1);
+    CHECK_INT(ledger_user_clients(&app->ledger, "u1"), 2);
+    CHECK(ledger_audit(app));
+    app->ledger.clients++; /* the audit logs the difference (an expected line) */
+    CHECK(!ledger_audit(app));
+    app->ledger.clients--;
+    struct pool *pools[] = {a1, b1, b2, console};
+    for (size_t i = 0; i < sizeof(pools) / sizeof(pools[0]); i++)
+        while (pools[i]->idle_clients.count > 0)
+            leave(pools[i]);
+    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
+    CHECK(ledger_audit(app));
+    free_app(app);
+}
+
 /* Many takes and gives over pools that share databases and users: after each, the counters
  * are what walking the lists finds, and a counter set wrong by hand is caught. */
 static void counters_always_equal_the_walked_counts(void)
@@ -316,6 +414,7 @@ int main(void)
     RUN(auth_query_connections_count_in_db_user_and_global);
     RUN(leases_stop_at_max_servers_and_at_others_min_servers);
     RUN(clients_stop_at_max_clients);
+    RUN(logins_count_globally_per_database_and_per_user);
     RUN(counters_always_equal_the_walked_counts);
     return CHECK_DONE();
 }

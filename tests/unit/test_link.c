@@ -234,7 +234,7 @@ static void fake_timed_out(struct client *c, enum failure ends_request, enum fai
 static void fake_notified(struct client *c, const char *msg)
 {
     CHECK(strstr(msg, "client being queued") != NULL);
-    c->wait_notified = true;
+    CHECK_INT(c->wait_notice, WAIT_TOLD); /* marked before it is told: told once per wait */
     seen.notified++;
 }
 
@@ -390,7 +390,7 @@ static void test_wait_timeout_and_notice(void)
     CHECK(seen.timed_out == 1 && seen.last_client == &w.clients[0]);
     CHECK(seen.last_failure == FAIL_WAIT_TIMEOUT_RETRY);
     CHECK(seen.notified == 2); /* each client past query_wait_notify hears it once */
-    CHECK(w.clients[1].wait_notified && !w.clients[2].wait_notified);
+    CHECK(w.clients[1].wait_notice == WAIT_TOLD && w.clients[2].wait_notice == WAIT_NOT_TOLD);
     /* The client whose wait ended is IDLE again and ticks with the pool's clients. */
     CHECK(seen.ticked == 1);
     pool_maintain(w.pool, uv_now(&w.loop));

@@ -30,7 +30,7 @@ static void connecting_states_are_one_phase_for_show_and_caps(void)
         CHECK(server_state_name(st) != NULL);
         if (is)
             CHECK_STR(server_state_shown(st), "connecting");
-        else if (st != SERVER_CANCEL_WAIT)
+        else if (st != SERVER_CHECKING && st != SERVER_CANCEL_WAIT)
             CHECK_STR(server_state_shown(st), server_state_name(st));
     }
     CHECK_STR(server_state_name(SERVER_PROBING), "probing");
@@ -39,6 +39,8 @@ static void connecting_states_are_one_phase_for_show_and_caps(void)
     /* SHOW SERVERS shows what it showed before the wait for a cancel was a state */
     CHECK_STR(server_state_name(SERVER_CANCEL_WAIT), "cancel_wait");
     CHECK_STR(server_state_shown(SERVER_CANCEL_WAIT), "resetting");
+    CHECK_STR(server_state_name(SERVER_CHECKING), "checking");
+    CHECK_STR(server_state_shown(SERVER_CHECKING), "resetting");
 }
 
 static void a_login_goes_forward_only(void)
@@ -74,7 +76,7 @@ static void a_login_goes_forward_only(void)
 static void serving_states_keep_their_table(void)
 {
     CHECK(server_transition_ok(SERVER_IDLE, SERVER_ACTIVE));
-    CHECK(server_transition_ok(SERVER_IDLE, SERVER_RESETTING)); /* server_check_query */
+    CHECK(!server_transition_ok(SERVER_IDLE, SERVER_RESETTING)); /* the check is CHECKING */
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_ACTIVE)); /* handed to the next waiter */
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_IDLE));
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_RESETTING));
@@ -104,6 +106,18 @@ static void a_cancel_wait_follows_the_reset_and_frees_the_server(void)
     CHECK(server_transition_ok(SERVER_CANCEL_WAIT, SERVER_LEAVING));
 }
 
+/* CHECKING is entered from IDLE only (server_check_query before reuse) and left only to be
+ * free: to the idle list, a waiting client, or LEAVING; a failed check closes it. */
+static void a_check_starts_from_idle_and_frees_the_server(void)
+{
+    for (int st = 0; st < NSTATES; st++) {
+        CHECK(server_transition_ok(st, SERVER_CHECKING) == (st == SERVER_IDLE));
+        bool freed = st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING ||
+                     st == SERVER_CLOSED;
+        CHECK(server_transition_ok(SERVER_CHECKING, st) == freed);
+    }
+}
+
 /* LEAVING is where pool_server_ready sends a server it hands to another pool, and the
  * oldest idle server closed to make room; its only way out is CLOSED. */
 static void only_a_server_about_to_be_free_leaves(void)
@@ -111,7 +125,8 @@ static void only_a_server_about_to_be_free_leaves(void)
     static const enum server_state leave_from[] = {SERVER_LOGIN,     SERVER_LOGIN_PASSTHROUGH,
                                                    SERVER_PROBING,   SERVER_CONNECT_QUERY,
                                                    SERVER_IDLE,      SERVER_ACTIVE,
-                                                   SERVER_RESETTING, SERVER_CANCEL_WAIT};
+                                                   SERVER_CHECKING,  SERVER_RESETTING,
+                                                   SERVER_CANCEL_WAIT};
     for (int st = 0; st < NSTATES; st++) {
         bool may = false;
         for (size_t i = 0; i < sizeof leave_from / sizeof leave_from[0]; i++)
@@ -262,6 +277,32 @@ static void a_reset_server_waits_for_its_cancel_then_is_free(void)
     world_free(&w);
 }
 
+/* A checked server waits on the resetting list (SHOW POOLS' sv_tested) for its check's reply,
+ * then is free again. */
+static void a_checked_server_is_free_once_its_check_is_answered(void)
+{
+    struct world w;
+    CHECK(world_init(&w));
+    if (!w.pool)
+        return;
+    struct pool *p = w.pool;
+    struct server *s = server_in(&w, SERVER_IDLE, &p->idle);
+    int count = pool_server_count(p);
+    server_set_state(s, SERVER_CHECKING);
+    CHECK_INT(p->idle.count, 0);
+    CHECK_INT(p->resetting.count, 1);
+    CHECK_INT(pool_server_count(p), count);
+    s->swallow = 1; /* the check's reply is due */
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_CHECKING);
+    s->swallow = 0; /* answered */
+    server_maybe_done_resetting(s);
+    CHECK_INT(s->state, SERVER_IDLE);
+    CHECK_INT(p->idle.count, 1);
+    CHECK_INT(p->resetting.count, 0);
+    world_free(&w);
+}
+
 /* A draining server is cleaned only after the cancel of its client's query has landed: the
  * cleanup must not be what the cancel stops. */
 static void a_draining_server_waits_for_its_cancel_before_the_cleanup(void)
@@ -283,10 +324,12 @@ int main(void)
     RUN(a_login_goes_forward_only);
     RUN(serving_states_keep_their_table);
     RUN(a_cancel_wait_follows_the_reset_and_frees_the_server);
+    RUN(a_check_starts_from_idle_and_frees_the_server);
     RUN(only_a_server_about_to_be_free_leaves);
     RUN(a_connecting_server_stays_on_one_list_through_its_sub_states);
     RUN(states_between_clients_share_the_resetting_list);
     RUN(a_reset_server_waits_for_its_cancel_then_is_free);
+    RUN(a_checked_server_is_free_once_its_check_is_answered);
     RUN(a_draining_server_waits_for_its_cancel_before_the_cleanup);
     return CHECK_DONE();
 }
