@@ -35,6 +35,7 @@ void login_reset_note(struct server *s, const struct client *c, const struct par
         lr->state = LOGIN_RESET_IN_REQUEST;
     }
     param_reset_merge(&lr->which, r);
+    lr->last = *r;
 }
 
 void login_reset_note_unseen(struct server *s, const struct client *c)
@@ -282,6 +283,7 @@ struct login_reset_statements {
     enum reset_statements_extent extent;
     int n;
     char *names[RESET_STATEMENTS_MAX];
+    struct param_reset resets[RESET_STATEMENTS_MAX]; /* what names[i] resets when it runs */
 };
 
 int login_reset_count(const struct server *s)
@@ -315,12 +317,16 @@ void login_reset_on_parse(struct client *c, const struct server *s, const uint8_
          * round trip at most. */
         if (at >= 0 && name[0] == '\0') {
             free(l->names[at]);
-            l->names[at] = l->names[--l->n];
+            l->n--;
+            l->names[at] = l->names[l->n];
+            l->resets[at] = l->resets[l->n];
         }
         return;
     }
-    if (at >= 0)
+    if (at >= 0) {
+        l->resets[at] = s->login_reset.last; /* the unnamed one parsed again, or a name reused */
         return;
+    }
     if (!l && !(l = c->reset_statements = calloc(1, sizeof(*l))))
         return; /* out of memory: not followed again (its first run was) */
     char *copy = l->n < RESET_STATEMENTS_MAX ? strdup(name) : NULL;
@@ -328,6 +334,7 @@ void login_reset_on_parse(struct client *c, const struct server *s, const uint8_
         l->extent = RESET_STATEMENTS_ANY;
         return;
     }
+    l->resets[l->n] = s->login_reset.last;
     l->names[l->n++] = copy;
 }
 
@@ -340,9 +347,11 @@ void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t
     const uint8_t *portal_end = memchr(body, '\0', avail);
     const uint8_t *stmt = portal_end ? portal_end + 1 : NULL;
     bool named_here = stmt && memchr(stmt, '\0', avail - (uint32_t)(stmt - body));
-    if (l->extent == RESET_STATEMENTS_ANY || !named_here ||
-        find_statement(l, (const char *)stmt) >= 0)
-        login_reset_note_unseen(s, c);
+    int at = named_here ? find_statement(l, (const char *)stmt) : -1;
+    if (l->extent == RESET_STATEMENTS_ANY || !named_here)
+        login_reset_note_unseen(s, c); /* (a listed name may have been parsed again unseen) */
+    else if (at >= 0)
+        login_reset_note(s, c, &l->resets[at]);
 }
 
 void login_reset_free_statements(struct client *c)

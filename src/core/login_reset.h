@@ -53,6 +53,8 @@ struct login_reset {
     uint16_t held; /* reported names (bit: index in params_reported_name) the server reported
                       while held back, and not told the client yet */
     struct param_reset which; /* what the request may reset */
+    struct param_reset last;  /* the reset noted last (a Parse's own, for login_reset_on_parse:
+                                 a Bind of its statement resets that again, no more) */
 };
 
 struct client;
@@ -103,7 +105,8 @@ int login_reset_count(const struct server *s);
 void login_reset_on_parse(struct client *c, const struct server *s, const uint8_t *body,
                           uint32_t avail, int count_before);
 /* The client's Bind (body, avail bytes of it here) passes: one of a statement that resets is
- * noted as a reset of its own. */
+ * noted as a reset of its own, the one its Parse noted (a transaction-local reset stays
+ * transaction-local); one of a statement not known resets anything. */
 void login_reset_on_bind(struct server *s, const struct client *c, const uint8_t *body,
                          uint32_t avail);
 void login_reset_free_statements(struct client *c);

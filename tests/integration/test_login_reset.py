@@ -87,6 +87,25 @@ CASES = {
                           q(PROBE)],
     "set-local-default-extended": [CHANGE, q("BEGIN"), ext("SET LOCAL DateStyle TO DEFAULT"),
                                    q(PROBE), q("ROLLBACK"), q(PROBE)],
+    # a transaction-local reset by Parse after a session-level set_config of the same name: the
+    # restore of the login value is transaction-local too, so COMMIT brings back the session
+    # value (difftest seed 40426, session mode)
+    "set-config-then-local-null-extended": [
+        q("SELECT set_config('DateStyle', 'Postgres, YMD', false)"), q("BEGIN"),
+        ext(quiet("set_config('DateStyle', NULL, true)")), q("SHOW DateStyle"), q("COMMIT"),
+        q(PROBE)],
+    "set-config-then-local-default-commit": [
+        q("SELECT set_config('DateStyle', 'Postgres, YMD', false)"), q("BEGIN"),
+        q("SET LOCAL DateStyle TO DEFAULT"), q("SHOW DateStyle"), q("COMMIT"), q(PROBE)],
+    "set-config-then-local-default-rollback": [
+        q("SELECT set_config('DateStyle', 'Postgres, YMD', false)"), q("BEGIN"),
+        q("SET LOCAL DateStyle TO DEFAULT"), q("SHOW DateStyle"), q("ROLLBACK"), q(PROBE)],
+    "set-config-then-local-default-extended-commit": [
+        q("SELECT set_config('DateStyle', 'Postgres, YMD', false)"), q("BEGIN"),
+        ext("SET LOCAL DateStyle TO DEFAULT"), ext("SHOW DateStyle"), q("COMMIT"), q(PROBE)],
+    "set-config-then-local-default-extended-rollback": [
+        q("SELECT set_config('DateStyle', 'Postgres, YMD', false)"), q("BEGIN"),
+        ext("SET LOCAL DateStyle TO DEFAULT"), ext("SHOW DateStyle"), q("ROLLBACK"), q(PROBE)],
     "set-config-null": [CHANGE, q(quiet("set_config('application_name', NULL, false)")),
                         q(quiet("set_config('search_path', NULL, false)")), q(PROBE)],
     "set-config-null-local": [CHANGE, q("BEGIN"),
