@@ -166,16 +166,6 @@ const char *limit_kind_key(enum limit_kind k)
     return "?";
 }
 
-int budget_db_servers(const struct sluice *app, const char *db_name)
-{
-    return ledger_db_servers(&app->ledger, db_name);
-}
-
-int budget_user_servers(const struct sluice *app, const char *user_name)
-{
-    return ledger_user_servers(&app->ledger, user_name);
-}
-
 static int db_cap_of(const struct config *cfg, const char *db_name, int server_usable)
 {
     const struct db_entry *db = config_find_db(cfg, db_name);
@@ -349,27 +339,6 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
     default:
         break;
     }
-}
-
-enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve)
-{
-    struct ledger_caps caps;
-    budget_server_caps(p, use_reserve, &caps);
-    return ledger_server_limit(&p->app->ledger, p->ledger_key, &caps);
-}
-
-bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing)
-{
-    struct ledger_caps caps;
-    budget_server_caps(p, false, &caps);
-    return ledger_fits_if_closed(&p->app->ledger, p->ledger_key, &caps, closing->ledger_key);
-}
-
-enum limit_kind budget_over_limit(const struct pool *p)
-{
-    struct ledger_caps caps;
-    budget_server_caps(p, true, &caps);
-    return ledger_over_limit(&p->app->ledger, p->ledger_key, &caps);
 }
 
 /* The servers of one database the budgets can count on: its pools' sizes, at most its

@@ -68,12 +68,6 @@ void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_ca
  * user_name: max_db_connections, max_user_connections and max_server_connections, no pool. */
 void budget_own_caps(const struct sluice *app, const char *db_name, const char *user_name,
                      struct ledger_caps *out);
-/* Would the pool's next backend fit (read-only; ledger_take_server takes it)? */
-enum limit_kind budget_connect_limit(const struct pool *p, bool use_reserve);
-/* Would the pool have room for one more backend if a server of `closing` closed? */
-bool budget_may_connect_if_closed(const struct pool *p, const struct pool *closing);
-/* Does the pool hold more servers than a cap allows (a reload lowered it)? The first such cap. */
-enum limit_kind budget_over_limit(const struct pool *p);
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
@@ -98,9 +92,5 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out);
 
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);
-/* Server counts across pools and auth_query's connections, from the ledger (kept for the
- * console's SHOW DATABASES / SHOW USERS). */
-int budget_db_servers(const struct sluice *app, const char *db_name);
-int budget_user_servers(const struct sluice *app, const char *user_name);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool.h"
 #include "sluice.h"
 
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
@@ -316,4 +317,25 @@ void ledger_free(struct ledger *l)
         }
     }
     memset(l, 0, sizeof(*l));
+}
+
+enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, use_reserve, &caps);
+    return ledger_server_limit(&p->app->ledger, p->ledger_key, &caps);
+}
+
+bool ledger_pool_fits_if_closed(const struct pool *p, const struct pool *closing)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, false, &caps);
+    return ledger_fits_if_closed(&p->app->ledger, p->ledger_key, &caps, closing->ledger_key);
+}
+
+enum limit_kind ledger_pool_over_limit(const struct pool *p)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, true, &caps);
+    return ledger_over_limit(&p->app->ledger, p->ledger_key, &caps);
 }

@@ -139,4 +139,13 @@ bool ledger_audit(const struct sluice *app);
 
 void ledger_free(struct ledger *l);
 
+/* A pool's questions, with its caps from budget.c (budget_server_caps). */
+struct pool;
+/* Would the pool's next backend fit (read-only; ledger_take_server takes it)? */
+enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve);
+/* Would the pool have room for one more backend if a server of `closing` closed? */
+bool ledger_pool_fits_if_closed(const struct pool *p, const struct pool *closing);
+/* Does the pool hold more servers than a cap allows (a reload lowered it)? The first such cap. */
+enum limit_kind ledger_pool_over_limit(const struct pool *p);
+
 #endif

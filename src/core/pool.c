@@ -450,7 +450,7 @@ void pool_dispatch_all(struct sluice *app)
 static bool close_if_over_limit(struct server *s)
 {
     const struct pool *p = s->pool;
-    enum limit_kind k = budget_over_limit(p);
+    enum limit_kind k = ledger_pool_over_limit(p);
     if (k == LIMIT_NONE)
         return false;
     char why[160];
@@ -488,7 +488,7 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
         int coming = o->connecting.count + o->rooms_awaited;
         if (count_eligible(o, coming + 1) <= coming)
             continue;
-        if (budget_connect_limit(o, false) == LIMIT_NONE || !budget_may_connect_if_closed(o, p))
+        if (ledger_pool_limit(o, false) == LIMIT_NONE || !ledger_pool_fits_if_closed(o, p))
             continue;
         best = o;
         oldest = c->state_since_ms;
@@ -696,7 +696,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  p->connecting.count == 1 ? " is" : "s are", secs);
         return;
     }
-    k = budget_connect_limit(p, true);
+    k = ledger_pool_limit(p, true);
     if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
         int most;
         const struct pool *holder = largest_in_scope(p, k, &most);

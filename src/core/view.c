@@ -215,12 +215,12 @@ void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
 
 int view_db_servers(const struct sluice *app, const char *db_name)
 {
-    return budget_db_servers(app, db_name);
+    return ledger_db_servers(&app->ledger, db_name);
 }
 
 int view_user_servers(const struct sluice *app, const char *user_name)
 {
-    return budget_user_servers(app, user_name);
+    return ledger_user_servers(&app->ledger, user_name);
 }
 
 int view_db_clients(const struct sluice *app, const char *db_name)

@@ -163,17 +163,17 @@ static void connections_stop_at_the_first_full_cap(void)
     struct pool *a1 = add_pool(app, "app", "u1");
     struct pool *a2 = add_pool(app, "app", "u2");
     struct pool *o = add_pool(app, "other", "u1");
-    CHECK_INT(budget_connect_limit(a1, false), LIMIT_NONE);
+    CHECK_INT(ledger_pool_limit(a1, false), LIMIT_NONE);
     set_servers(a1, 5);
-    CHECK_INT(budget_connect_limit(a1, false), LIMIT_POOL);
-    CHECK_INT(budget_connect_limit(a1, true), LIMIT_NONE); /* the reserve pool */
+    CHECK_INT(ledger_pool_limit(a1, false), LIMIT_POOL);
+    CHECK_INT(ledger_pool_limit(a1, true), LIMIT_NONE); /* the reserve pool */
     set_servers(a2, 1);
-    CHECK_INT(budget_connect_limit(a2, false), LIMIT_DB); /* 6 servers on "app" */
-    CHECK_INT(budget_connect_limit(o, false), LIMIT_NONE);
+    CHECK_INT(ledger_pool_limit(a2, false), LIMIT_DB); /* 6 servers on "app" */
+    CHECK_INT(ledger_pool_limit(o, false), LIMIT_NONE);
     set_servers(o, 2);
-    CHECK_INT(budget_connect_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
-    CHECK_INT(budget_db_servers(app, "app"), 6);
-    CHECK_INT(budget_user_servers(app, "u1"), 7);
+    CHECK_INT(ledger_pool_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
+    CHECK_INT(ledger_db_servers(&app->ledger, "app"), 6);
+    CHECK_INT(ledger_user_servers(&app->ledger, "u1"), 7);
     free_app(app);
 }
 
@@ -189,11 +189,11 @@ static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(v
     struct pool *o = add_pool(app, "other", "u3");
     set_servers(a1, 5);
     set_servers(a2, 1);
-    CHECK_INT(budget_connect_limit(a2, false), LIMIT_DB);
-    CHECK(budget_may_connect_if_closed(a2, a1));  /* same database: its room */
-    CHECK(!budget_may_connect_if_closed(a2, o));  /* another database frees nothing here */
-    CHECK(!budget_may_connect_if_closed(a1, a2)); /* a1 is at its own pool_size */
-    CHECK_INT(budget_over_limit(a1), LIMIT_NONE);
+    CHECK_INT(ledger_pool_limit(a2, false), LIMIT_DB);
+    CHECK(ledger_pool_fits_if_closed(a2, a1));  /* same database: its room */
+    CHECK(!ledger_pool_fits_if_closed(a2, o));  /* another database frees nothing here */
+    CHECK(!ledger_pool_fits_if_closed(a1, a2)); /* a1 is at its own pool_size */
+    CHECK_INT(ledger_pool_over_limit(a1), LIMIT_NONE);
     free_app(app);
 }
 
@@ -208,13 +208,13 @@ static void a_lowered_cap_shows_the_servers_above_it(void)
     struct pool *a = add_pool(app, "app", "u1");
     struct pool *o = add_pool(app, "other", "u1");
     set_servers(a, 4);
-    CHECK_INT(budget_over_limit(a), LIMIT_NONE); /* at the cap is not above it */
+    CHECK_INT(ledger_pool_over_limit(a), LIMIT_NONE); /* at the cap is not above it */
     set_servers(a, 5);
-    CHECK_INT(budget_over_limit(a), LIMIT_DB);
+    CHECK_INT(ledger_pool_over_limit(a), LIMIT_DB);
     set_servers(o, 2);
-    CHECK_INT(budget_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
+    CHECK_INT(ledger_pool_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
     a->size = 3;
-    CHECK_INT(budget_over_limit(a), LIMIT_POOL);
+    CHECK_INT(ledger_pool_over_limit(a), LIMIT_POOL);
     free_app(app);
 }
 
@@ -247,15 +247,15 @@ static void percent_caps_follow_the_servers_max_connections(void)
         return;
     struct pool *p = add_pool(app, "app", "u");
     /* unknown yet: one connection at a time, to learn it */
-    CHECK_INT(budget_connect_limit(p, false), LIMIT_NONE);
+    CHECK_INT(ledger_pool_limit(p, false), LIMIT_NONE);
     struct list_node probe;
     list_append(&p->connecting, &probe);
-    CHECK_INT(budget_connect_limit(p, false), LIMIT_DB);
+    CHECK_INT(ledger_pool_limit(p, false), LIMIT_DB);
     list_remove(&p->connecting, &probe);
     p->server_usable = 22; /* 25 on the server, 3 reserved */
     CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 17);
     set_servers(p, 17);
-    CHECK_INT(budget_connect_limit(p, false), LIMIT_DB);
+    CHECK_INT(ledger_pool_limit(p, false), LIMIT_DB);
     free_app(app);
 }
 

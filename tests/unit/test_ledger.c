@@ -152,9 +152,9 @@ static void the_reserve_counts_only_when_in_play(void)
     CHECK_INT(take(p, false), LIMIT_POOL);
     CHECK_INT(take(p, true), LIMIT_NONE); /* after reserve_pool_timeout */
     CHECK_INT(take(p, true), LIMIT_POOL);
-    CHECK_INT(budget_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
+    CHECK_INT(ledger_pool_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
     p->reserve_size = 0;                         /* a reload took it away */
-    CHECK_INT(budget_over_limit(p), LIMIT_POOL);
+    CHECK_INT(ledger_pool_over_limit(p), LIMIT_POOL);
     CHECK(ledger_audit(app));
     free_app(app);
 }
@@ -183,7 +183,7 @@ static void percent_caps_take_one_at_a_time_until_resolved(void)
         CHECK_INT(take(p, false), LIMIT_NONE);
     CHECK_INT(take(p, false), LIMIT_DB);
     p->server_usable = 4; /* a reload found a smaller server: 2 per database */
-    CHECK_INT(budget_over_limit(p), LIMIT_DB);
+    CHECK_INT(ledger_pool_over_limit(p), LIMIT_DB);
     CHECK(ledger_audit(app));
     free_app(app);
 }
