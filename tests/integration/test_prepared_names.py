@@ -175,3 +175,30 @@ def test_clients_share_one_backend_statement_for_the_same_text(one_backend):
     rows = b.query("SELECT name, statement FROM pg_prepared_statements")[0]
     assert len(rows) == 1 and rows[0][0].startswith("sluice_"), rows
     assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+
+
+def test_a_long_statement_name_is_named_in_errors_as_the_client_spelled_it(one_backend):
+    """A name of 63 bytes or more goes to the server as sluice's name padded to 63 bytes, then
+    the rest of the client's name; Postgres names it whole in its errors, and so must sluice:
+    the client's key, then that rest (not sluice's padding)."""
+    _, a, _ = one_backend
+    long_name, key = "L" * 70 + "tail", "L" * 63
+    assert run_batch(a, parse_msg(long_name, "SELECT $1::int") + sync_msg())[2] is None
+    for spelled in (long_name, key + "other"):
+        error = bind_run(a, spelled)[2]
+        assert error["M"] == (f'bind message supplies 0 parameters, but prepared statement '
+                              f'"{spelled}" requires 1'), error
+    error = run_batch(a, parse_msg(key + "zz", "SELECT 2") + sync_msg())[2]
+    assert error["M"] == f'prepared statement "{key}zz" already exists', error
+    # a failed Parse pipelined with its Bind: the Bind went out under sluice's name
+    a.send(parse_msg("Q" * 80, "SELECT * FROM no_such_table_h13") + sync_msg()
+           + bind_msg("", "Q" * 80) + execute_msg() + sync_msg())
+    errors = []
+    for _ in range(2):
+        while True:
+            mtype, payload = a.read_message()
+            if mtype == "E":
+                errors.append(parse_fields(payload))
+            if mtype == "Z":
+                break
+    assert errors[1]["M"] == f'prepared statement "{"Q" * 80}" does not exist', errors
