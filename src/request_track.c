@@ -96,8 +96,14 @@ static void free_name_on_server(struct server *s, const char *name, bool taken)
  * prepared by Parse, or closed): its name then reaches the server as it is. */
 static struct stmt_def *client_def(const struct client *c, const char *name)
 {
-    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    return mine ? mine->def : NULL;
+    struct stmt_entry *mine = stmt_map_get(c->stmts, name);
+    if (!mine)
+        return NULL;
+    /* Named last, first in the map: two names for one text are one name on the server, and
+     * its errors name the one the client used (stmt_map_name_of takes the first). */
+    list_remove(&c->stmts->lru, &mine->lru);
+    list_prepend(&c->stmts->lru, &mine->lru);
+    return mine->def;
 }
 
 /* The client uses its statement `mine`: make sure the server has it, under `name`

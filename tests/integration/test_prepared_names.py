@@ -202,3 +202,20 @@ def test_a_long_statement_name_is_named_in_errors_as_the_client_spelled_it(one_b
             if mtype == "Z":
                 break
     assert errors[1]["M"] == f'prepared statement "{"Q" * 80}" does not exist', errors
+
+
+def test_errors_name_the_statement_used_when_two_names_share_a_text(one_backend):
+    """Two names of one client for the same text are one statement on the server (one server
+    name): an error about it names the one the client used, as Postgres does."""
+    _, a, _ = one_backend
+    for name in ("first", "second"):
+        assert run_batch(a, parse_msg(name, "SELECT $1::int") + sync_msg())[2] is None
+    for name in ("first", "second", "first"):
+        error = bind_run(a, name)[2]
+        assert error["M"] == (f'bind message supplies 0 parameters, but prepared statement '
+                              f'"{name}" requires 1'), error
+        error = run_batch(a, parse_msg(name, "SELECT 2") + sync_msg())[2]
+        assert error["M"] == f'prepared statement "{name}" already exists', error
+    with pytest.raises(ServerError) as e:
+        a.query("EXECUTE second(1, 2)")
+    assert e.value.fields["M"] == 'wrong number of parameters for prepared statement "second"'
