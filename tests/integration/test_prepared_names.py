@@ -219,3 +219,25 @@ def test_errors_name_the_statement_used_when_two_names_share_a_text(one_backend)
     with pytest.raises(ServerError) as e:
         a.query("EXECUTE second(1, 2)")
     assert e.value.fields["M"] == 'wrong number of parameters for prepared statement "second"'
+
+
+@pytest.mark.parametrize("drop", ["SELECT 1; DEALLOCATE ALL", "/* evict */ DEALLOCATE ALL",
+                                  "named Parse of DEALLOCATE ALL"])
+def test_a_deallocate_sluice_cannot_see_breaks_another_clients_statement_once_at_most(
+        one_backend, drop):
+    """A DEALLOCATE ALL that sluice does not follow (after another statement, behind a comment,
+    in a named statement run later) drops the statements of every client on that backend.
+    Sluice then finds out from the 26000 of the next Bind; what the backend holds is unknown from
+    there, and the statement is prepared again: the other client is not broken for good."""
+    _, a, b = one_backend
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+    if drop.startswith("named"):
+        run_batch(b, parse_msg("evict", "DEALLOCATE ALL") + sync_msg())
+        assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+        assert bind_run(b, "evict")[2] is None
+    else:
+        assert sqlstate_of(b, drop) is None
+    bind_run(a, "stmt1")  # may fail once: nothing told sluice the statement went
+    for _ in range(2):
+        seen, rows, error = bind_run(a, "stmt1")
+        assert error is None and rows == [["A-secret"]], (seen, error)
