@@ -241,3 +241,13 @@ def test_a_deallocate_sluice_cannot_see_breaks_another_clients_statement_once_at
     for _ in range(2):
         seen, rows, error = bind_run(a, "stmt1")
         assert error is None and rows == [["A-secret"]], (seen, error)
+
+
+@pytest.mark.parametrize("sql", ["/* app:web */ EXECUTE stmt1", "-- traced\nEXECUTE stmt1",
+                                 "EXECUTE /* a /* nested */ comment */ stmt1"])
+def test_sql_execute_after_a_comment_finds_the_clients_statement(one_backend, sql):
+    """Postgres skips comments before and inside the statement; ORMs and tracers prepend them."""
+    _, a, _ = one_backend
+    assert a.query(sql)[0] == [["A-secret"]]
+    assert a.query("/* evict */ DEALLOCATE stmt1") == ([], ["DEALLOCATE"])
+    assert bind_run(a, "stmt1")[2]["C"] == "26000"
