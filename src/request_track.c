@@ -388,9 +388,26 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return r;
 }
 
+/* A streamed Query's EXECUTE or DEALLOCATE of the client's statement names it first (EXECUTE
+ * name('<a literal longer than the buffer>')): its head is followed as a whole Query would be,
+ * when the name ends within it. */
+static enum track_result follow_query_head(struct client *c, struct server *s, const char *sql,
+                                           size_t shown)
+{
+    char head[512], name[256];
+    size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
+    memcpy(head, sql, n);
+    head[n] = '\0';
+    enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
+    if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE) || span == 0 || at + span >= n)
+        return TRACK_PASS;
+    struct param_touch none = {0};
+    return follow_statement(c, s, head, n + 1, 0, &none);
+}
+
 /* A statement larger than the buffer streams through: only its start, what the buffer holds now,
  * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
- * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
+ * on is not (one more of session_state's false negatives), nor is a DEALLOCATE ALL this long. */
 static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
                                                  const char *sql, size_t shown, uint32_t body_len)
 {
@@ -399,7 +416,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     if (r != TRACK_PASS)
         return r;
     forget_touched(s, &touch);
-    return TRACK_PASS;
+    return type == 'Q' ? follow_query_head(c, s, sql, shown) : TRACK_PASS;
 }
 
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming

@@ -251,3 +251,13 @@ def test_sql_execute_after_a_comment_finds_the_clients_statement(one_backend, sq
     assert a.query(sql)[0] == [["A-secret"]]
     assert a.query("/* evict */ DEALLOCATE stmt1") == ([], ["DEALLOCATE"])
     assert bind_run(a, "stmt1")[2]["C"] == "26000"
+
+
+def test_sql_execute_with_an_argument_longer_than_pkt_buf_finds_the_clients_statement(one_backend):
+    """The Query streams through the buffer; its head names the statement, and that is enough."""
+    _, a, _ = one_backend
+    run_batch(a, parse_msg("long_arg", "SELECT length($1::text)") + sync_msg())
+    for n in (100, 40_000):
+        assert a.query(f"EXECUTE long_arg('{'x' * n}')")[0] == [[str(n)]]
+    assert a.query(f"DEALLOCATE long_arg /* {'x' * 40_000} */") == ([], ["DEALLOCATE"])
+    assert bind_run(a, "long_arg")[2]["C"] == "26000"
