@@ -68,6 +68,18 @@ static void on_parameter_status(struct server *s, struct client *c, const uint8_
     }
 }
 
+/* A 26000 naming sluice's name: the server lacks a statement sluice's record says it has,
+ * dropped by a DEALLOCATE sluice could not see (after another statement in a Query, in a
+ * function, in a named statement run later). What it holds is unknown from here: each statement
+ * is prepared again before its next use, instead of failing on this server for good. */
+static void forget_statements_if_missing(struct server *s, const uint8_t *msg, uint32_t whole)
+{
+    struct error_fields ef;
+    if (codec_parse_error(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &ef) && ef.sqlstate &&
+        strcmp(ef.sqlstate, "26000") == 0)
+        stmt_map_mark_unknown(&s->stmts);
+}
+
 static void on_internal_error(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
 {
     struct error_fields ef;
@@ -176,8 +188,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
-        if (renamed)
+        if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);
+            forget_statements_if_missing(s, p, whole);
+        }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (s->swallow == 0 && s->executes_unanswered > 0) {

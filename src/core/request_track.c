@@ -117,8 +117,14 @@ static void free_name_on_server(struct server *s, const char *name, bool taken)
  * prepared by Parse, or closed): its name then reaches the server as it is. */
 static struct stmt_def *client_def(const struct client *c, const char *name)
 {
-    const struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    return mine ? mine->def : NULL;
+    struct stmt_entry *mine = stmt_map_get(c->stmts, name);
+    if (!mine)
+        return NULL;
+    /* Named last, first in the map: two names for one text are one name on the server, and
+     * its errors name the one the client used (stmt_map_name_of takes the first). */
+    list_remove(&c->stmts->lru, &mine->lru);
+    list_prepend(&c->stmts->lru, &mine->lru);
+    return mine->def;
 }
 
 /* The client uses its statement `mine`: make sure the server has it, under `name`
@@ -401,9 +407,26 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return r;
 }
 
+/* A streamed Query's EXECUTE or DEALLOCATE of the client's statement names it first (EXECUTE
+ * name('<a literal longer than the buffer>')): its head is followed as a whole Query would be,
+ * when the name ends within it. */
+static enum track_result follow_query_head(struct client *c, struct server *s, const char *sql,
+                                           size_t shown, struct client_failure *fail)
+{
+    char head[512], name[256];
+    size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
+    memcpy(head, sql, n);
+    head[n] = '\0';
+    enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
+    if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE) || span == 0 || at + span >= n)
+        return TRACK_PASS;
+    struct param_touch none = {0};
+    return follow_statement(c, s, head, n + 1, 0, &none, fail);
+}
+
 /* A statement larger than the buffer streams through: only its start, what the buffer holds now,
  * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
- * on is not (one more of session_state's false negatives), nor is a DEALLOCATE this long. */
+ * on is not (one more of session_state's false negatives), nor is a DEALLOCATE ALL this long. */
 static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
                                                  const char *sql, size_t shown, uint32_t body_len,
                                                  struct client_failure *fail)
@@ -414,7 +437,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
         return r;
     forget_touched(s, &touch);
     login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
-    return TRACK_PASS;
+    return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
 }
 
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming

@@ -112,14 +112,20 @@ void server_retire_changed(struct pool *p)
     uint64_t now_fp = conninfo_fingerprint(kw, val);
     const char *why = "connection settings changed by reload";
     struct list_node *n, *tmp;
-    list_for_each(&p->idle, n, tmp)
-    {
-        struct server *s = container_of(n, struct server, node);
-        if (s->conninfo_fp != now_fp)
-            server_close(s, why);
+    /* Idle servers, and those still connecting with the old settings (to an address the
+     * operator may have just corrected: their failure says nothing of the database now, and
+     * must not mark the pool down), close now; the pool opens new ones as it needs them. */
+    struct list *unused[] = {&p->idle, &p->connecting};
+    for (size_t i = 0; i < sizeof unused / sizeof unused[0]; i++) {
+        list_for_each(unused[i], n, tmp)
+        {
+            struct server *s = container_of(n, struct server, node);
+            if (s->conninfo_fp != now_fp)
+                server_close(s, why);
+        }
     }
     int busy = 0;
-    struct list *in_use[] = {&p->connecting, &p->active, &p->resetting};
+    struct list *in_use[] = {&p->active, &p->resetting};
     for (size_t i = 0; i < sizeof in_use / sizeof in_use[0]; i++) {
         list_for_each(in_use[i], n, tmp)
         {

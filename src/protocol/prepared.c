@@ -447,11 +447,32 @@ void prepared_put_close(struct msg_out *o, const char *name)
 
 /* ---- SQL that changes prepared statements ---- */
 
+/* Blanks and comments, as Postgres's lexer skips them: "-- ..." to the line's end, and block
+ * comments, which nest. A comment an ORM puts before EXECUTE or DEALLOCATE hides nothing. */
 static const char *skip_space(const char *s)
 {
-    while (isspace((unsigned char)*s))
-        s++;
-    return s;
+    for (;;) {
+        while (isspace((unsigned char)*s))
+            s++;
+        if (s[0] == '-' && s[1] == '-') {
+            s += strcspn(s, "\n");
+            continue;
+        }
+        if (s[0] != '/' || s[1] != '*')
+            return s;
+        int depth = 0;
+        do {
+            if (s[0] == '/' && s[1] == '*') {
+                depth++;
+                s += 2;
+            } else if (s[0] == '*' && s[1] == '/') {
+                depth--;
+                s += 2;
+            } else {
+                s++;
+            }
+        } while (depth > 0 && *s);
+    }
 }
 
 static bool word(const char **s, const char *w)

@@ -102,12 +102,26 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
         while (tail < end && tail - at <= STMT_SERVER_NAME_MAX &&
                (isdigit(*tail) || (*tail >= 'a' && *tail <= 'z')))
             tail++;
-        char sn[STMT_SERVER_NAME_MAX + 1];
+        char sn[STMT_KEY_MAX + 1];
         const char *mine = NULL;
         if (tail - at <= STMT_SERVER_NAME_MAX) {
+            /* A long client name's key went out as the server name padded with '_' to
+             * STMT_KEY_MAX bytes (the rest of the name after it): the padded key is replaced by
+             * the client's, so that its rest follows it as the client wrote it. */
+            const uint8_t *padded = tail;
+            while (padded < end && padded - at < STMT_KEY_MAX && *padded == '_')
+                padded++;
+            if (padded > tail && padded - at == STMT_KEY_MAX) {
+                memcpy(sn, at, STMT_KEY_MAX);
+                sn[STMT_KEY_MAX] = '\0';
+                mine = stmt_map_name_of(client_map, sn); /* a departed one is kept so */
+            }
             memcpy(sn, at, (size_t)(tail - at));
             sn[tail - at] = '\0';
-            mine = stmt_map_name_of(client_map, sn);
+            if (!mine)
+                mine = stmt_map_name_of(client_map, sn);
+            if (mine && strlen(mine) == STMT_KEY_MAX && padded - at == STMT_KEY_MAX)
+                tail = padded;
         }
         if (mine) {
             renamed = true;

@@ -24,8 +24,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import (APP_DB, APP_PASSWORD, APP_USER, SANITIZER_PATTERNS, PgCluster, pg_tool,
-                      wait_until)
+from conftest import (APP_DB, APP_PASSWORD, APP_USER, SANITIZER_PATTERNS, Background, PgCluster,
+                      pg_tool, wait_until)
 from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, copy_data_msg,
                     execute_msg, message, parse_fields, password_msg, query_msg, raw_login,
                     ssl_request, startup_packet, sync_msg, terminate_msg)
@@ -1013,3 +1013,40 @@ def test_secrets_never_appear_in_the_log(secure_sluice, pg):
                                    "\n".join(ln for ln in log.splitlines() if secret in ln))
         for out in shown:
             assert secret not in out, f"the {what} appears in the admin console's output: {out}"
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_that_corrects_the_database_address_serves_clients_waiting_on_the_old_one(
+        start_sluice, pg):
+    """Servers still connecting to an address that accepts and never answers when a reload
+    corrects it: their timeout says nothing of the database now. They are dropped at the reload
+    and the waiting clients are served from the new address, not failed as 'database down'."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    accepted = []
+
+    def accept_and_say_nothing():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    port = silent.getsockname()[1]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 3,
+                      "server_connect_timeout": 3, "query_wait_timeout": 20},
+                     databases={APP_DB: pg.db_entry(port=port)})
+    try:
+        def select_one():
+            with psycopg.connect(s.dsn(), autocommit=True, connect_timeout=CALL_TIMEOUT) as c:
+                return c.execute("SELECT 1").fetchone()[0]
+
+        waiters = [Background(select_one) for _ in range(4)]
+        wait_until(lambda: len(accepted) >= 3, 10, what="servers connecting to the silent port")
+        s.ini_path.write_text(s.ini_path.read_text().replace(f"port={port}", f"port={pg.port}"))
+        s.send_signal(signal.SIGHUP)
+        assert [w.result(CALL_TIMEOUT) for w in waiters] == [1] * 4
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()

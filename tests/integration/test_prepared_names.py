@@ -175,3 +175,89 @@ def test_clients_share_one_backend_statement_for_the_same_text(one_backend):
     rows = b.query("SELECT name, statement FROM pg_prepared_statements")[0]
     assert len(rows) == 1 and rows[0][0].startswith("sluice_"), rows
     assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+
+
+def test_a_long_statement_name_is_named_in_errors_as_the_client_spelled_it(one_backend):
+    """A name of 63 bytes or more goes to the server as sluice's name padded to 63 bytes, then
+    the rest of the client's name; Postgres names it whole in its errors, and so must sluice:
+    the client's key, then that rest (not sluice's padding)."""
+    _, a, _ = one_backend
+    long_name, key = "L" * 70 + "tail", "L" * 63
+    assert run_batch(a, parse_msg(long_name, "SELECT $1::int") + sync_msg())[2] is None
+    for spelled in (long_name, key + "other"):
+        error = bind_run(a, spelled)[2]
+        assert error["M"] == (f'bind message supplies 0 parameters, but prepared statement '
+                              f'"{spelled}" requires 1'), error
+    error = run_batch(a, parse_msg(key + "zz", "SELECT 2") + sync_msg())[2]
+    assert error["M"] == f'prepared statement "{key}zz" already exists', error
+    # a failed Parse pipelined with its Bind: the Bind went out under sluice's name
+    a.send(parse_msg("Q" * 80, "SELECT * FROM no_such_table_h13") + sync_msg()
+           + bind_msg("", "Q" * 80) + execute_msg() + sync_msg())
+    errors = []
+    for _ in range(2):
+        while True:
+            mtype, payload = a.read_message()
+            if mtype == "E":
+                errors.append(parse_fields(payload))
+            if mtype == "Z":
+                break
+    assert errors[1]["M"] == f'prepared statement "{"Q" * 80}" does not exist', errors
+
+
+def test_errors_name_the_statement_used_when_two_names_share_a_text(one_backend):
+    """Two names of one client for the same text are one statement on the server (one server
+    name): an error about it names the one the client used, as Postgres does."""
+    _, a, _ = one_backend
+    for name in ("first", "second"):
+        assert run_batch(a, parse_msg(name, "SELECT $1::int") + sync_msg())[2] is None
+    for name in ("first", "second", "first"):
+        error = bind_run(a, name)[2]
+        assert error["M"] == (f'bind message supplies 0 parameters, but prepared statement '
+                              f'"{name}" requires 1'), error
+        error = run_batch(a, parse_msg(name, "SELECT 2") + sync_msg())[2]
+        assert error["M"] == f'prepared statement "{name}" already exists', error
+    with pytest.raises(ServerError) as e:
+        a.query("EXECUTE second(1, 2)")
+    assert e.value.fields["M"] == 'wrong number of parameters for prepared statement "second"'
+
+
+@pytest.mark.parametrize("drop", ["SELECT 1; DEALLOCATE ALL", "/* evict */ DEALLOCATE ALL",
+                                  "named Parse of DEALLOCATE ALL"])
+def test_a_deallocate_sluice_cannot_see_breaks_another_clients_statement_once_at_most(
+        one_backend, drop):
+    """A DEALLOCATE ALL that sluice does not follow (after another statement, behind a comment,
+    in a named statement run later) drops the statements of every client on that backend.
+    Sluice then finds out from the 26000 of the next Bind; what the backend holds is unknown from
+    there, and the statement is prepared again: the other client is not broken for good."""
+    _, a, b = one_backend
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+    if drop.startswith("named"):
+        run_batch(b, parse_msg("evict", "DEALLOCATE ALL") + sync_msg())
+        assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+        assert bind_run(b, "evict")[2] is None
+    else:
+        assert sqlstate_of(b, drop) is None
+    bind_run(a, "stmt1")  # may fail once: nothing told sluice the statement went
+    for _ in range(2):
+        seen, rows, error = bind_run(a, "stmt1")
+        assert error is None and rows == [["A-secret"]], (seen, error)
+
+
+@pytest.mark.parametrize("sql", ["/* app:web */ EXECUTE stmt1", "-- traced\nEXECUTE stmt1",
+                                 "EXECUTE /* a /* nested */ comment */ stmt1"])
+def test_sql_execute_after_a_comment_finds_the_clients_statement(one_backend, sql):
+    """Postgres skips comments before and inside the statement; ORMs and tracers prepend them."""
+    _, a, _ = one_backend
+    assert a.query(sql)[0] == [["A-secret"]]
+    assert a.query("/* evict */ DEALLOCATE stmt1") == ([], ["DEALLOCATE"])
+    assert bind_run(a, "stmt1")[2]["C"] == "26000"
+
+
+def test_sql_execute_with_an_argument_longer_than_pkt_buf_finds_the_clients_statement(one_backend):
+    """The Query streams through the buffer; its head names the statement, and that is enough."""
+    _, a, _ = one_backend
+    run_batch(a, parse_msg("long_arg", "SELECT length($1::text)") + sync_msg())
+    for n in (100, 40_000):
+        assert a.query(f"EXECUTE long_arg('{'x' * n}')")[0] == [[str(n)]]
+    assert a.query(f"DEALLOCATE long_arg /* {'x' * 40_000} */") == ([], ["DEALLOCATE"])
+    assert bind_run(a, "long_arg")[2]["C"] == "26000"

@@ -205,6 +205,17 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_STR(name, "stmt1");
     CHECK_INT((int)at, 12);
     CHECK_INT((int)span, 5);
+    /* comments before and inside, nested ones too, as Postgres's lexer skips them */
+    CHECK_INT(prepared_classify_query_at("/* a /* b */ c */ EXECUTE -- x\n s1", name,
+                                         sizeof(name), &at, &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "s1");
+    CHECK_INT((int)at, 32);
+    CHECK_INT(prepared_classify_query("-- evict\nDEALLOCATE ALL", name, sizeof(name)),
+              SQL_DEALLOCATE_ALL);
+    CHECK_INT(prepared_classify_query("/* unterminated DEALLOCATE ALL", name, sizeof(name)),
+              SQL_OTHER);
+    CHECK_INT(prepared_classify_query("-", name, sizeof(name)), SQL_OTHER);
     /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
     CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
               SQL_EXECUTE);
