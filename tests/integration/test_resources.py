@@ -17,6 +17,31 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def holds_connection_from(pid, client_port):
+    """Does the process hold the accepted socket of the TCP connection from client_port? By the
+    socket's inode (/proc/net/tcp*), so other descriptors the process opens or closes meanwhile
+    (a thread pool's eventfd, a log file) cannot hide or fake it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                    if remote_port == client_port and fields[9] != "0":
+                        inodes.add(f"socket:[{fields[9]}]")
+        except FileNotFoundError:
+            continue
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def traced_by(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -180,25 +205,25 @@ def test_tcp_defer_accept_holds_a_silent_connection_until_it_speaks(start_sluice
     silent one is still accepted after about a second (then client_login_timeout applies).
     tcp_defer_accept = 0: accepted at once."""
     s = start_sluice({"tcp_defer_accept": defer})
-    base = fd_count(s.pid)
 
-    def accepted():
-        return fd_count(s.pid) - base
+    def accepted(conn):
+        return holds_connection_from(s.pid, conn.sock.getsockname()[1])
 
     silent = RawConn(s.port)
     try:
         if defer:
             time.sleep(0.5)
-            assert accepted() == 0, "a silent connection was accepted before its time"
+            assert not accepted(silent), "a silent connection was accepted before its time"
             speaking = RawConn(s.port)
             speaking.send(startup_packet()[:6])  # half a startup packet: it has spoken
-            wait_until(lambda: accepted() == 1, timeout=5,
+            wait_until(lambda: accepted(speaking), timeout=5,
                        what="the connection that spoke to be accepted")
-            wait_until(lambda: accepted() == 2, timeout=10,
+            assert not accepted(silent), "the silent connection was accepted with the other"
+            wait_until(lambda: accepted(silent), timeout=10,
                        what="the silent connection to be accepted after tcp_defer_accept")
             speaking.close()
         else:
-            wait_until(lambda: accepted() == 1, timeout=5,
+            wait_until(lambda: accepted(silent), timeout=5,
                        what="the silent connection to be accepted at once")
     finally:
         silent.close()
