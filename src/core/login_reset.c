@@ -262,6 +262,20 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
     s->login_reset.state = LOGIN_RESET_NONE;
 }
 
+bool login_reset_on_internal_error(struct server *s, struct client *c, const uint8_t *body,
+                                   uint32_t len)
+{
+    if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow != 1)
+        return false;
+    /* The restore ran in the client's transaction and failed it (a cancel that landed on it,
+     * query_timeout's or the client's own, or a login value Postgres no longer takes): the
+     * client gets the ReadyForQuery 'E' it is held for, so it gets the reason too. */
+    codec_begin(&c->out, 'E');
+    codec_put_bytes(&c->out, body, len);
+    codec_end(&c->out);
+    return true;
+}
+
 void login_reset_clear(struct server *s)
 {
     memset(&s->login_reset, 0, sizeof(s->login_reset));

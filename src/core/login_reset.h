@@ -92,6 +92,11 @@ bool login_reset_on_ready(struct server *s, struct client *c, char status);
 /* The ReadyForQuery of sluice's own queries came, none left: a restore's end is told the
  * client (reports, then its held ReadyForQuery with the server's status). */
 void login_reset_on_internal_ready(struct server *s, struct client *c, char status);
+/* An ErrorResponse (body, len) to sluice's own queries: true when it is the restore's, which
+ * failed the client's transaction; it is then passed on to the client before its held
+ * ReadyForQuery. */
+bool login_reset_on_internal_error(struct server *s, struct client *c, const uint8_t *body,
+                                   uint32_t len);
 /* A new client got the server, or its client left: nothing of a former one is followed. */
 void login_reset_clear(struct server *s);
 

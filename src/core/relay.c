@@ -99,6 +99,8 @@ static void on_internal_error(struct server *s, struct client *c, const uint8_t 
                                                                  : "invalid startup parameter");
         return;
     }
+    if (c && login_reset_on_internal_error(s, c, body, len))
+        return;
     if (parsed)
         log_server(LOG_WARNING, s, "server said, outside any client's query: %s %s (%s)",
                    ef.severity ? ef.severity : "", ef.message ? ef.message : "",

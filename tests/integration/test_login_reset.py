@@ -8,7 +8,7 @@ ParameterStatus, ReadyForQuery) must be the same."""
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import (RawConn, bind_msg, cancel_request, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
+from pgwire import (RawConn, ServerError, bind_msg, cancel_request, copy_data_msg, copy_done_msg, execute_msg, parse_msg, query_msg,
                     raw_login, sync_msg, terminate_msg)
 
 LOGIN = {"application_name": "login_app", "DateStyle": "German", "client_encoding": "LATIN1",
@@ -292,3 +292,30 @@ def test_a_reset_word_split_between_two_reads_of_a_long_query_is_seen(start_slui
         finally:
             c.close()
     assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_failed_restore_reaches_the_client_as_an_error_not_a_silent_failed_transaction(
+        start_sluice, pg, mode):
+    """The restore is sluice's own query in the client's transaction. When Postgres refuses it
+    (here: the login's text search configuration was dropped since the login, which set_config
+    checks and RESET does not; a query_timeout cancel landing on it ends the same way) the
+    transaction is failed, and the client must see why: an ErrorResponse before its
+    ReadyForQuery 'E', never the 'E' alone."""
+    with pg.superuser("appdb") as su:
+        su.execute("DROP TEXT SEARCH CONFIGURATION IF EXISTS public.h16_conf")
+        su.execute("CREATE TEXT SEARCH CONFIGURATION public.h16_conf (COPY = simple)")
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    c = raw_login(s.port, options="-c default_text_search_config=public.h16_conf")
+    try:
+        with pg.superuser("appdb") as su:
+            su.execute("DROP TEXT SEARCH CONFIGURATION public.h16_conf")
+        c.query("BEGIN")
+        with pytest.raises(ServerError) as err:
+            c.query("RESET default_text_search_config")
+        assert err.value.sqlstate, err.value.fields
+        assert c.last_status == "E"
+        c.query("ROLLBACK")
+        assert c.query("SELECT 1")[0] == [["1"]]
+    finally:
+        c.close()
