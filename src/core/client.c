@@ -648,7 +648,10 @@ void client_check_timeouts(struct client *c, uint64_t now)
     case CLIENT_ACTIVE: {
         struct server *s = c->server;
         const struct entry_timeouts *t = &c->pool->timeouts;
-        if (t->query_timeout > 0 && s && s->inflight > 0 && !s->timeout_cancel_sent &&
+        /* (A restore of login values after the request holds its ReadyForQuery: the request
+         * is not over for the client yet, login_reset.h.) */
+        bool busy = s && (s->inflight > 0 || login_reset_client_waits(s));
+        if (t->query_timeout > 0 && busy && !s->timeout_cancel_sent &&
             now - s->query_start_ms >= (uint64_t)t->query_timeout) {
             /* Cancel rather than disconnect: the client gets 57014 from Postgres and keeps its
              * session. */

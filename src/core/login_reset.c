@@ -260,6 +260,7 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
     tell_client(s, c, true);
     codec_put_ready(&c->out, status);
     s->login_reset.state = LOGIN_RESET_NONE;
+    s->timeout_cancel_sent = false; /* the client's request ends here, not at its own reply */
 }
 
 bool login_reset_on_internal_error(struct server *s, struct client *c, const uint8_t *body,

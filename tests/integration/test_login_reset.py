@@ -319,3 +319,47 @@ def test_a_failed_restore_reaches_the_client_as_an_error_not_a_silent_failed_tra
         assert c.query("SELECT 1")[0] == [["1"]]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("by", ["client", "query_timeout"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_cancel_landing_on_the_restore_reaches_the_client_as_57014(start_sluice, pg, mode, by):
+    """The client's request is answered but its ReadyForQuery is held while the restore runs;
+    a cancel then (the client's, or query_timeout's: the request is not over) cancels it. The
+    client gets Postgres's 57014 before its ReadyForQuery 'E'. The restore is kept running
+    here by a lock on the catalog its set_config reads (its cached entry invalidated first)."""
+    import time
+
+    with pg.superuser("appdb") as su:
+        su.execute("DROP TEXT SEARCH CONFIGURATION IF EXISTS public.h16_slow")
+        su.execute("CREATE TEXT SEARCH CONFIGURATION public.h16_slow (COPY = simple)")
+    settings = {"pool_mode": mode, "default_pool_size": 1}
+    if by == "query_timeout":  # the request is not over for the client while its restore runs
+        settings["query_timeout"] = 1
+    s = start_sluice(settings)
+    c = raw_login(s.port, options="-c default_text_search_config=public.h16_slow")
+    locker = pg.superuser("appdb")
+    try:
+        locker.execute("ALTER TEXT SEARCH CONFIGURATION public.h16_slow OWNER TO app")
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE pg_ts_config IN ACCESS EXCLUSIVE MODE")
+        c.query("BEGIN")
+        c.send(query_msg("RESET default_text_search_config"))
+        pg.wait_for_active("app", "set_config", timeout=10)
+        if by == "client":
+            time.sleep(0.2)
+            canceller = RawConn(s.port)
+            canceller.send(cancel_request(*c.backend_key))
+            canceller.is_closed()
+        with pytest.raises(ServerError) as err:
+            c.read_results()
+        assert err.value.sqlstate == "57014", err.value.fields
+        assert c.last_status == "E"
+        locker.execute("ROLLBACK")
+        c.query("ROLLBACK")
+        assert c.query("SELECT 1")[0] == [["1"]]
+    finally:
+        locker.close()
+        c.close()
+        with pg.superuser("appdb") as su:
+            su.execute("DROP TEXT SEARCH CONFIGURATION IF EXISTS public.h16_slow")
