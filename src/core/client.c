@@ -236,18 +236,13 @@ static bool queued_terminate(const struct client *c);
  * client is already closed then). A linked client's bytes are read by the relay. */
 static int client_read(struct client *c)
 {
-    if (!buf_attach(&c->in)) {
+    ssize_t n = sockio_read_into(&c->io, &c->in);
+    if (n == SOCKIO_NO_BLOCK) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return -1;
     }
-    uint32_t room = buf_make_room(&c->in);
-    if (room == 0)
-        return 0;
-    ssize_t n = sockio_read(&c->io, c->in.data + c->in.wpos, room);
-    if (n > 0) {
-        c->in.wpos += (uint32_t)n;
+    if (n > 0)
         return (int)n;
-    }
     if (n == SOCKIO_AGAIN) {
         buf_detach_if_empty(&c->in);
         return 0;

@@ -328,16 +328,12 @@ static enum relay_result lost(struct relay_outcome *o, enum relay_result r, cons
 /* Read what the server has. >0 read, 0 nothing now, <0 the server is gone (o says why). */
 static int server_read(struct server *s, struct relay_outcome *o)
 {
-    if (!buf_attach(&s->in)) {
+    ssize_t n = sockio_read_into(&s->io, &s->in);
+    if (n == SOCKIO_NO_BLOCK) {
         s->close_when_free = true;
         return 0;
     }
-    uint32_t room = buf_make_room(&s->in);
-    if (room == 0)
-        return 0;
-    ssize_t n = sockio_read(&s->io, s->in.data + s->in.wpos, room);
     if (n > 0) {
-        s->in.wpos += (uint32_t)n;
         s->last_bytes_ms = sluice_now(s->pool->app);
         return (int)n;
     }
@@ -355,18 +351,13 @@ static int server_read(struct server *s, struct relay_outcome *o)
  * o->why: why). Unlinked clients read through client.c's own reader. */
 static int client_side_read(struct client *c, struct relay_outcome *o, enum relay_result *r)
 {
-    if (!buf_attach(&c->in)) {
+    ssize_t n = sockio_read_into(&c->io, &c->in);
+    if (n == SOCKIO_NO_BLOCK) {
         *r = RELAY_CLIENT_OUT_OF_MEMORY;
         return -1;
     }
-    uint32_t room = buf_make_room(&c->in);
-    if (room == 0)
-        return 0;
-    ssize_t n = sockio_read(&c->io, c->in.data + c->in.wpos, room);
-    if (n > 0) {
-        c->in.wpos += (uint32_t)n;
+    if (n > 0)
         return (int)n;
-    }
     if (n == SOCKIO_AGAIN) {
         buf_detach_if_empty(&c->in);
         return 0;

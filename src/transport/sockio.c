@@ -1,6 +1,8 @@
 /* sockio: non-blocking socket I/O for both sides (see sockio.h). */
 #include "sockio.h"
 
+#include "buf.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -195,4 +197,17 @@ const char *sockio_poll_error(const struct sockio *io, int status)
             return err ? strerror(err) : "connection reset";
     }
     return uv_strerror(status);
+}
+
+ssize_t sockio_read_into(struct sockio *io, struct buf *b)
+{
+    if (!buf_attach(b))
+        return SOCKIO_NO_BLOCK;
+    uint32_t room = buf_make_room(b);
+    if (room == 0)
+        return SOCKIO_AGAIN;
+    ssize_t n = sockio_read(io, b->data + b->wpos, room);
+    if (n > 0)
+        b->wpos += (uint32_t)n;
+    return n;
 }

@@ -43,6 +43,11 @@ void sockio_want(struct sockio *io, int events);
  * and sets *want_write. */
 #define SOCKIO_AGAIN (-11)
 ssize_t sockio_read(struct sockio *io, void *buf, size_t len);
+/* Read what io has into b's free room, taking a block for b first (buf.h). As sockio_read, and
+ * SOCKIO_AGAIN also when b has no room; SOCKIO_NO_BLOCK when no block could be had. */
+#define SOCKIO_NO_BLOCK (-5000) /* no errno is this large */
+struct buf;
+ssize_t sockio_read_into(struct sockio *io, struct buf *b);
 /* >= 0 bytes written (possibly fewer than len); negative errno on a broken connection. */
 ssize_t sockio_write(struct sockio *io, const void *buf, size_t len);
 /* Bytes TLS has decrypted and buffered: readable without the socket becoming readable. */
