@@ -113,19 +113,19 @@ int main(int argc, char **argv)
     }
 
     uv_loop_t *loop = uv_default_loop();
-    struct sluice app;
+    static struct process proc; /* workers embedded: too big for the stack */
     /* The services beside the core, started in this order; the core knows them only as hooks. */
     static const struct sluice_service *const services[] = {&admin_service, &http_service, NULL};
-    int rc = sluice_start(&app, loop, cfg, services);
+    int rc = sluice_start(&proc, loop, cfg, services);
     if (rc < 0) {
         log_msg(LOG_ERROR, "cannot start: %s", uv_strerror(rc));
-        sluice_shutdown(&app, PHASE_SHUTDOWN_NOW);
+        sluice_shutdown(&proc, PHASE_SHUTDOWN_NOW);
         run_to_the_end(loop);
-        sluice_free(&app);
+        sluice_free(&proc);
         uv_loop_close(loop);
         return 1;
     }
-    char *pidfile = app.cfg->pidfile[0] ? strdup(app.cfg->pidfile) : NULL;
+    char *pidfile = proc.cfg->pidfile[0] ? strdup(proc.cfg->pidfile) : NULL;
     if (pidfile) {
         FILE *f = fopen(pidfile, "w");
         if (f) {
@@ -140,8 +140,8 @@ int main(int argc, char **argv)
         unlink(pidfile);
         free(pidfile);
     }
-    int exit_code = app.exit_code;
-    sluice_free(&app);
+    int exit_code = proc.exit_code;
+    sluice_free(&proc);
     rc = uv_loop_close(loop);
     if (rc != 0)
         fprintf(stderr, "sluice: loop not empty at exit: %s\n", uv_strerror(rc));

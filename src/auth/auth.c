@@ -521,7 +521,7 @@ static enum auth_type choose_method(const struct auth_login *l, const struct hba
         refused(r, FAIL_TLS_REQUIRED, sslmode_name(tls_client_mode()));
         return AUTH_HBA;
     }
-    enum auth_type method = l->app->cfg->auth_type;
+    enum auth_type method = l->worker->cfg->auth_type;
     if (method != AUTH_HBA)
         return method;
     struct hba_login hl = {.addr = l->addr, .tls = tls, .database = l->database, .user = l->user};
@@ -550,7 +550,7 @@ static bool decided_at_once(const struct auth_login *l, enum auth_type method, c
     case AUTH_HBA:
         return true; /* refused */
     case AUTH_TRUST:
-        if (has_user_list(l->app->cfg))
+        if (has_user_list(l->worker->cfg))
             return false; /* look the user up (trust_outcome) */
         proven(r);
         return true;
@@ -570,7 +570,7 @@ struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
     /* The rules in force now, held until the method is chosen and a certificate checked (the
      * map name points into them): a reload on another thread may publish new ones meanwhile. */
     struct snapshot *rules =
-        l->app->cfg->auth_type == AUTH_HBA ? snapshot_acquire(&hba_rules) : NULL;
+        l->worker->cfg->auth_type == AUTH_HBA ? snapshot_acquire(&hba_rules) : NULL;
     const char *cert_map = NULL;
     enum auth_type method = choose_method(l, snapshot_value(rules), &cert_map, r);
     bool decided = decided_at_once(l, method, cert_map, r);
@@ -585,7 +585,7 @@ struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
     st->login = *l;
     st->method = method;
     st->step = STEP_LOOKUP;
-    st->waiter.req = (struct secret_request){.app = l->app,
+    st->waiter.req = (struct secret_request){.worker = l->worker,
                                              .user = l->user,
                                              .database = l->database,
                                              .admin = l->admin,
@@ -699,23 +699,23 @@ static int load_ident(const struct config *cfg, const char *when)
     return 0;
 }
 
-int auth_init(struct sluice *app)
+int auth_init(const struct config *cfg)
 {
     if (RAND_bytes(fake_key, sizeof(fake_key)) != 1) {
         log_msg(LOG_ERROR, "no randomness for the authentication key");
         return -1;
     }
-    if (load_hba(app->cfg, "") < 0)
+    if (load_hba(cfg, "") < 0)
         return -1;
-    return load_ident(app->cfg, "");
+    return load_ident(cfg, "");
 }
 
-void auth_reload(struct sluice *app)
+void auth_reload(const struct config *cfg)
 {
-    if (load_hba(app->cfg, "reload: ") < 0)
+    if (load_hba(cfg, "reload: ") < 0)
         log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
                 slot_has_value(&hba_rules) ? "" : " (none: every hba login is rejected)");
-    if (load_ident(app->cfg, "reload: ") < 0)
+    if (load_ident(cfg, "reload: ") < 0)
         log_msg(LOG_ERROR, "reload: keeping the previous auth_ident_file maps%s",
                 slot_has_value(&ident_maps) ? ""
                                             : " (none: every cert login with map= is rejected)");

@@ -20,15 +20,15 @@
 struct auth_result;
 struct auth_state;
 struct msg_out;
-struct sluice;
+struct worker;
 struct ssl_st;
 
 /* Start-up: read auth_hba_file, make the key for unknown users' fake SCRAM secrets.
  * 0, or -1 after logging why (sluice does not start). */
-int auth_init(struct sluice *app) __attribute__((warn_unused_result));
+int auth_init(const struct config *cfg) __attribute__((warn_unused_result));
 /* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). Any thread
  * may run logins meanwhile: a login that started keeps the rules it read (snapshot.h). */
-void auth_reload(struct sluice *app);
+void auth_reload(const struct config *cfg);
 /* Shutdown: free the rules and caches. */
 void auth_free_all(void);
 
@@ -46,7 +46,7 @@ struct auth_hooks {
 };
 
 struct auth_login {
-    struct sluice *app;
+    struct worker *worker;
     const char *user;
     const char *database;
     const union peer_addr *addr;

@@ -182,7 +182,7 @@ enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE
 
 struct qconn {
     struct qconn *next;
-    struct sluice *app;
+    struct worker *worker;
     enum qconn_state state;
     char *target, *db_name, *auth_user; /* as the jobs it runs */
     struct resolver *resolving;         /* RESOLVING */
@@ -196,7 +196,7 @@ struct qconn {
 static _Thread_local struct qconn *qconns;
 static _Thread_local int nqconns;
 
-static void query_dispatch(struct sluice *app);
+static void query_dispatch(struct worker *worker);
 static void on_qconn_io(struct sockio *io, int status, int events);
 
 static void qconn_close(struct qconn *qc, const char *why)
@@ -217,7 +217,7 @@ static void qconn_close(struct qconn *qc, const char *why)
     if (qc->conn)
         PQfinish(qc->conn);
     /* its slot under the caps is free: a pool may be waiting for it */
-    slots->freed(qc->app, qc->db_name, qc->auth_user);
+    slots->freed(qc->worker, qc->db_name, qc->auth_user);
     free(qc->target);
     free(qc->db_name);
     free(qc->auth_user);
@@ -228,19 +228,19 @@ static void qconn_close(struct qconn *qc, const char *why)
  * waiters. */
 static void query_finish(struct secret_job *j, const char *error)
 {
-    struct sluice *app = j->app;
+    struct worker *worker = j->worker;
     struct qconn *qc = j->qc;
     secret_job_unlink(&query_jobs, j);
     if (qc) {
         qc->job = NULL;
         j->qc = NULL;
-        if (qc->retired || app->phase != PHASE_RUNNING || PQstatus(qc->conn) != CONNECTION_OK ||
-            PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
+        if (qc->retired || worker->proc->phase != PHASE_RUNNING ||
+            PQstatus(qc->conn) != CONNECTION_OK || PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
             qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
         } else {
             qc->served++;
             qc->state = QCONN_IDLE;
-            qc->since_ms = sluice_now(app);
+            qc->since_ms = sluice_now(worker);
             sockio_want(&qc->io, UV_READABLE); /* notice the server closing it */
         }
     }
@@ -250,13 +250,13 @@ static void query_finish(struct secret_job *j, const char *error)
         why[strcspn(why, "\n")] = '\0';
         log_msg(LOG_WARNING, "auth_query for user \"%s\" failed: %s", j->user, why);
     } else {
-        query_put(j->key, j->answered ? j->found : NULL, sluice_now(app));
+        query_put(j->key, j->answered ? j->found : NULL, sluice_now(worker));
         log_msg(LOG_DEBUG, "auth_query: user \"%s\" %s", j->user,
                 j->answered && j->found ? "found" : "not found");
     }
     secret_job_wake(j, error ? why : NULL);
     secret_job_free(j);
-    query_dispatch(app);
+    query_dispatch(worker);
 }
 
 /* The connection broke. A lookup on a connection that had served before may have met one the
@@ -271,7 +271,7 @@ static void qconn_lost(struct qconn *qc, const char *why)
     if (!j)
         return;
     if (stale && j->tries < 2) {
-        query_dispatch(j->app);
+        query_dispatch(j->worker);
         return;
     }
     query_finish(j, msg);
@@ -285,7 +285,7 @@ static void qconn_run(struct qconn *qc, struct secret_job *j)
     j->tries++;
     j->answered = false;
     qc->state = QCONN_QUERYING;
-    qc->since_ms = sluice_now(qc->app);
+    qc->since_ms = sluice_now(qc->worker);
     if (!PQsendQueryParams(qc->conn, j->query, 1, NULL, values, NULL, NULL, 0)) {
         qconn_lost(qc, PQerrorMessage(qc->conn));
         return;
@@ -344,7 +344,7 @@ static void connect_step(struct qconn *qc)
     if (st != PGRES_POLLING_FAILED && fd != qc->io.fd) {
         /* libpq moved to another socket (next host, or a retry without TLS) */
         sockio_detach(&qc->io);
-        if (sockio_open(&qc->io, qc->app->loop, fd, qc, on_qconn_io) < 0) {
+        if (sockio_open(&qc->io, qc->worker->loop, fd, qc, on_qconn_io) < 0) {
             qconn_lost(qc, "cannot watch the auth_query socket");
             return;
         }
@@ -474,7 +474,7 @@ static int build_conninfo(const struct config *cfg, const struct query_target *t
 /* libpq's login, to the addresses r resolved (NULL: the entry names none to resolve). */
 static void qconn_connect(struct qconn *qc, const struct resolver *r)
 {
-    const struct config *cfg = qc->app->cfg;
+    const struct config *cfg = qc->worker->cfg;
     struct query_target t;
     if (!query_target(cfg, qc->job->database, &t)) {
         qconn_lost(qc, "auth_query is no longer configured for this database");
@@ -490,7 +490,7 @@ static void qconn_connect(struct qconn *qc, const struct resolver *r)
         qconn_lost(qc, qc->conn ? PQerrorMessage(qc->conn) : "out of memory starting a connection");
         return;
     }
-    if (sockio_open(&qc->io, qc->app->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
+    if (sockio_open(&qc->io, qc->worker->loop, PQsocket(qc->conn), qc, on_qconn_io) < 0) {
         qconn_lost(qc, "cannot watch the auth_query socket");
         return;
     }
@@ -510,12 +510,12 @@ static void on_qconn_resolved(struct resolver *r, void *owner)
 }
 
 /* Open a connection for j's target, j its first lookup (answered with why when it fails). */
-static void qconn_open(struct sluice *app, struct secret_job *j)
+static void qconn_open(struct worker *worker, struct secret_job *j)
 {
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = worker->cfg;
     struct query_target t;
     if (!query_target(cfg, j->database, &t)) {
-        slots->freed(app, j->db_name, j->auth_user); /* the slot room_for took: unused */
+        slots->freed(worker, j->db_name, j->auth_user); /* the slot room_for took: unused */
         query_finish(j, "auth_query is no longer configured for this database");
         return;
     }
@@ -527,14 +527,14 @@ static void qconn_open(struct sluice *app, struct secret_job *j)
             free(qc->db_name);
         }
         free(qc);
-        slots->freed(app, j->db_name, j->auth_user);
+        slots->freed(worker, j->db_name, j->auth_user);
         query_finish(j, "out of memory");
         return;
     }
-    qc->app = app;
+    qc->worker = worker;
     qc->io.fd = -1;
     qc->state = QCONN_RESOLVING;
-    qc->since_ms = sluice_now(app);
+    qc->since_ms = sluice_now(worker);
     qc->job = j;
     j->qc = qc;
     qc->next = qconns;
@@ -543,8 +543,8 @@ static void qconn_open(struct sluice *app, struct secret_job *j)
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     build_conninfo(cfg, &t, kw, val);
     char why[300];
-    int r =
-        resolver_start(app->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why, sizeof(why));
+    int r = resolver_start(worker->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why,
+                           sizeof(why));
     if (r < 0)
         qconn_lost(qc, why);
     else if (r > 0)
@@ -562,15 +562,15 @@ static struct qconn *idle_qconn(const char *target)
 
 /* Take the slot under the caps for j's connection (qconn_open then holds it, or gives it back).
  * Another pool's idle server in the way is closed for it. */
-static bool room_for(struct sluice *app, const struct secret_job *j)
+static bool room_for(struct worker *worker, const struct secret_job *j)
 {
-    return slots->take(app, j->db_name, j->auth_user);
+    return slots->take(worker, j->db_name, j->auth_user);
 }
 
 /* Start what waits, oldest first: on an idle connection of its target, else on a new one while
  * the set and the caps have room (an idle connection of another target gives way). A lookup the
  * caps hold back waits; the background tick tries again. */
-static void query_dispatch(struct sluice *app)
+static void query_dispatch(struct worker *worker)
 {
     bool progress = true;
     while (progress) {
@@ -592,8 +592,8 @@ static void query_dispatch(struct sluice *app)
                     return;
                 qconn_close(qc, "making room for a lookup elsewhere");
             }
-            if (room_for(app, j)) {
-                qconn_open(app, j);
+            if (room_for(worker, j)) {
+                qconn_open(worker, j);
                 progress = true;
                 break;
             }
@@ -601,7 +601,7 @@ static void query_dispatch(struct sluice *app)
     }
 }
 
-static struct secret_job *query_job(struct sluice *app, const struct query_target *t,
+static struct secret_job *query_job(struct worker *worker, const struct query_target *t,
                                     const char *key, const char *user, const char *database,
                                     const char **error)
 {
@@ -609,7 +609,7 @@ static struct secret_job *query_job(struct sluice *app, const struct query_targe
         if (j->kind == JOB_QUERY && strcmp(j->key, key) == 0)
             return j;
     }
-    if (app->phase != PHASE_RUNNING) {
+    if (worker->proc->phase != PHASE_RUNNING) {
         *error = "sluice is shutting down";
         return NULL;
     }
@@ -619,10 +619,10 @@ static struct secret_job *query_job(struct sluice *app, const struct query_targe
         return NULL;
     }
     j->kind = JOB_QUERY;
-    j->app = app;
+    j->worker = worker;
     j->key = strdup(key);
     j->user = strdup(user);
-    j->query = strdup(app->cfg->auth_query);
+    j->query = strdup(worker->cfg->auth_query);
     j->database = strdup(database);
     j->db_name = strdup(t->entry);
     j->auth_user = strdup(t->auth_user);
@@ -652,9 +652,9 @@ int secret_query_servers(const char *db_name, const char *user_name)
     return n;
 }
 
-void secret_tick(struct sluice *app, uint64_t now)
+void secret_tick(struct worker *worker, uint64_t now)
 {
-    uint64_t limit = (uint64_t)app->cfg->server_connect_timeout;
+    uint64_t limit = (uint64_t)worker->cfg->server_connect_timeout;
     struct qconn *qc = qconns;
     while (qc) {
         struct qconn *next = qc->next;
@@ -673,14 +673,14 @@ void secret_tick(struct sluice *app, uint64_t now)
         }
         qc = next;
     }
-    query_dispatch(app);
+    query_dispatch(worker);
 }
 
 enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
                                        const char **error)
 {
     struct query_target t;
-    if (w->req.admin || !query_target(w->req.app->cfg, w->req.database, &t))
+    if (w->req.admin || !query_target(w->req.worker->cfg, w->req.database, &t))
         return AUTH_QUERY_NOT_USED;
     size_t klen =
         strlen(t.db->name) + strlen(t.dbname) + strlen(t.auth_user) + strlen(w->req.user) + 4;
@@ -690,19 +690,19 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
         return AUTH_QUERY_FAILED;
     }
     snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t.db->name, t.dbname, t.auth_user, w->req.user);
-    const struct qentry *e = query_get(key, sluice_now(w->req.app));
+    const struct qentry *e = query_get(key, sluice_now(w->req.worker));
     if (e) {
         free(key);
         *secret = e->secret;
         return AUTH_QUERY_CACHED;
     }
-    struct secret_job *j = query_job(w->req.app, &t, key, w->req.user, w->req.database, error);
+    struct secret_job *j = query_job(w->req.worker, &t, key, w->req.user, w->req.database, error);
     free(key);
     if (!j)
         return AUTH_QUERY_FAILED;
     secret_job_attach(j, w);
     if (!j->qc)
-        query_dispatch(w->req.app);
+        query_dispatch(w->req.worker);
     return AUTH_QUERY_WAITING;
 }
 

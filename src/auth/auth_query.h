@@ -35,7 +35,7 @@ struct secret_job {
     struct secret_job *next; /* in its kind's list, oldest first */
     enum job_kind kind;
     struct secret_waiter *waiters;
-    struct sluice *app;
+    struct worker *worker;
     /* JOB_DERIVE */
     uv_work_t work;
     uint8_t fp[SHA256_DIGEST_LENGTH];

@@ -219,7 +219,7 @@ static void on_derive_done(uv_work_t *req, int status)
     secret_job_free(j);
 }
 
-static struct secret_job *derive_job(struct sluice *app, const uint8_t *fp, const char *password)
+static struct secret_job *derive_job(struct worker *worker, const uint8_t *fp, const char *password)
 {
     for (struct secret_job *j = derive_jobs; j; j = j->next) {
         if (j->kind == JOB_DERIVE && memcmp(j->fp, fp, SHA256_DIGEST_LENGTH) == 0)
@@ -229,11 +229,11 @@ static struct secret_job *derive_job(struct sluice *app, const uint8_t *fp, cons
     if (!j)
         return NULL;
     j->kind = JOB_DERIVE;
-    j->app = app;
+    j->worker = worker;
     memcpy(j->fp, fp, SHA256_DIGEST_LENGTH);
     j->password = strdup(password);
     if (!j->password || RAND_bytes(j->salt, sizeof(j->salt)) != 1 ||
-        uv_queue_work(app->loop, &j->work, on_derive_work, on_derive_done) != 0) {
+        uv_queue_work(worker->loop, &j->work, on_derive_work, on_derive_done) != 0) {
         secret_job_free(j);
         return NULL;
     }
@@ -289,7 +289,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
         out->have_scram = true;
         return 1;
     }
-    struct secret_job *j = derive_job(w->req.app, fp, text);
+    struct secret_job *j = derive_job(w->req.worker, fp, text);
     if (!j) {
         out->kind = SECRET_NONE;
         out->note = "out of memory deriving the SCRAM secret";
@@ -302,7 +302,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
 static int resolve(struct secret_waiter *w, struct user_secret *out)
 {
     memset(out, 0, sizeof(*out));
-    const struct config *cfg = w->req.app->cfg;
+    const struct config *cfg = w->req.worker->cfg;
     const struct auth_entry *a = config_find_auth(cfg, w->req.user);
     if (a)
         return classify(w, a->secret, false, out);

@@ -13,17 +13,17 @@
 
 #include "scram.h"
 
-struct sluice;
+struct worker;
 
 /* What the core (budget.c's caps, pool.c's idle servers) does for auth_query's connections. */
 struct secret_slots {
     /* Take a slot under max_db_connections, max_user_connections and max_server_connections
      * for one more connection to database entry db_name as user_name (true: taken, before the
      * connection is opened). The core may close another pool's idle server to make room. */
-    bool (*take)(struct sluice *app, const char *db_name, const char *user_name);
+    bool (*take)(struct worker *worker, const char *db_name, const char *user_name);
     /* An auth_query connection taken with `take` closed (or was never opened): its slot is
      * free for a pool that waits. */
-    void (*freed)(struct sluice *app, const char *db_name, const char *user_name);
+    void (*freed)(struct worker *worker, const char *db_name, const char *user_name);
 };
 /* Start-up, before any lookup: the core's slots (kept, not copied). */
 void secret_init(const struct secret_slots *core_slots);
@@ -46,7 +46,7 @@ struct user_secret {
 };
 
 struct secret_request {
-    struct sluice *app;
+    struct worker *worker;
     const char *user;     /* must outlive the request (the client's own copy) */
     const char *database; /* the database the client asked for */
     bool admin;           /* admin console login: auth_file only */
@@ -80,7 +80,7 @@ void secret_wipe(struct user_secret *s);
 void secret_reload(void);
 /* Background (sluice's maintenance tick): close auth_query connections idle for
  * SECRET_QUERY_IDLE_MS or stuck past server_connect_timeout; start lookups the caps held back. */
-void secret_tick(struct sluice *app, uint64_t now);
+void secret_tick(struct worker *worker, uint64_t now);
 /* auth_query's connections (connecting or open) to database entry db_name as user_name; NULL
  * matches any. They count against the caps like the pools' servers. */
 int secret_query_servers(const char *db_name, const char *user_name);

@@ -54,10 +54,10 @@ static int fill(struct budget *b, const struct budget_entry *e)
     return 0;
 }
 
-int budget_sync(struct sluice *app)
+int budget_sync(struct process *proc)
 {
-    const struct config *cfg = app->cfg;
-    struct budget_set *old = &app->budgets;
+    const struct config *cfg = proc->cfg;
+    struct budget_set *old = &proc->budgets;
     struct budget **items = calloc((size_t)cfg->nbudgets + 1 + (size_t)old->n, sizeof(*items));
     if (!items)
         return -ENOMEM;
@@ -111,21 +111,21 @@ int budget_sync(struct sluice *app)
     return 0;
 }
 
-void budget_free_all(struct sluice *app)
+void budget_free_all(struct process *proc)
 {
-    for (int i = 0; i < app->budgets.n; i++)
-        budget_destroy(app->budgets.items[i]);
-    free(app->budgets.items);
-    app->budgets.items = NULL;
-    app->budgets.n = 0;
+    for (int i = 0; i < proc->budgets.n; i++)
+        budget_destroy(proc->budgets.items[i]);
+    free(proc->budgets.items);
+    proc->budgets.items = NULL;
+    proc->budgets.n = 0;
 }
 
-struct budget *budget_match(struct sluice *app, const char *app_name, const char *user,
+struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
                             const union peer_addr *addr)
 {
     struct budget *fallback = NULL;
-    for (int i = 0; i < app->budgets.n; i++) {
-        struct budget *b = app->budgets.items[i];
+    for (int i = 0; i < worker->proc->budgets.n; i++) {
+        struct budget *b = worker->proc->budgets.items[i];
         if (b->retired)
             continue;
         if (strcmp(b->name, "default") == 0) {
@@ -186,24 +186,24 @@ static int user_cap_of(const struct config *cfg, const char *user_name, int serv
 
 static int db_cap(const struct pool *p)
 {
-    return db_cap_of(p->app->cfg, p->db_name, p->server_usable);
+    return db_cap_of(p->worker->cfg, p->db_name, p->server_usable);
 }
 
 static int user_cap(const struct pool *p)
 {
-    return user_cap_of(p->app->cfg, p->user_name, p->server_usable);
+    return user_cap_of(p->worker->cfg, p->user_name, p->server_usable);
 }
 
-static int global_cap(const struct sluice *app, int server_usable)
+static int global_cap(const struct worker *worker, int server_usable)
 {
-    return limit_resolve(app->cfg->max_server_connections, server_usable);
+    return limit_resolve(worker->cfg->max_server_connections, server_usable);
 }
 
 /* A percent cap cannot be resolved before a server has told its max_connections: until then a
  * pool opens one connection at a time, which is how it learns. */
 bool budget_has_percent_caps(const struct pool *p)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     const struct db_entry *db = config_find_db(cfg, p->db_name);
     return cfg->max_db_connections.is_percent || cfg->max_user_connections.is_percent ||
            cfg->max_server_connections.is_percent || (db && db->max_db_connections.is_percent);
@@ -224,7 +224,7 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     case LIMIT_USER:
         return user_cap(p);
     case LIMIT_GLOBAL:
-        return global_cap(p->app, p->server_usable);
+        return global_cap(p->worker, p->server_usable);
     case LIMIT_BUDGET:
         return b ? b->max_servers : 0;
     default:
@@ -238,27 +238,27 @@ void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_ca
         .pool = p->size + (use_reserve ? p->reserve_size : 0),
         .db = db_cap(p),
         .user = user_cap(p),
-        .global = global_cap(p->app, p->server_usable),
+        .global = global_cap(p->worker, p->server_usable),
         .awaiting_probe = percent_unresolved(p) && p->connecting.count > 0,
     };
 }
 
-void budget_own_caps(const struct sluice *app, const char *db_name, const char *user_name,
+void budget_own_caps(const struct worker *worker, const char *db_name, const char *user_name,
                      struct ledger_caps *out)
 {
     /* NN% caps: as the pools of that database know the server (none yet: no cap to apply) */
     int usable = 0;
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if (strcmp(p->db_name, db_name) == 0 && p->server_usable > usable)
             usable = p->server_usable;
     }
     *out = (struct ledger_caps){
-        .db = db_cap_of(app->cfg, db_name, usable),
-        .user = user_cap_of(app->cfg, user_name, usable),
-        .global = global_cap(app, usable),
+        .db = db_cap_of(worker->cfg, db_name, usable),
+        .user = user_cap_of(worker->cfg, user_name, usable),
+        .global = global_cap(worker, usable),
     };
 }
 
@@ -267,7 +267,7 @@ void budget_own_caps(const struct sluice *app, const char *db_name, const char *
  * alone, or it is "default"). */
 static const struct budget *budget_of_every_client(const struct pool *p)
 {
-    const struct budget_set *set = &p->app->budgets;
+    const struct budget_set *set = &p->worker->proc->budgets;
     for (int i = 0; i < set->n; i++) {
         const struct budget *b = set->items[i];
         if (b->retired)
@@ -289,11 +289,11 @@ static const struct budget *budget_of_every_client(const struct pool *p)
 }
 
 /* Servers linked to clients in the pools of one database and/or user (NULL: any). */
-static int linked_servers(const struct sluice *app, const char *db_name, const char *user_name)
+static int linked_servers(const struct worker *worker, const char *db_name, const char *user_name)
 {
     int n = 0;
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if ((!db_name || strcmp(p->db_name, db_name) == 0) &&
@@ -313,7 +313,7 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
     } caps[] = {
         {LIMIT_DB, db_cap(p)},
         {LIMIT_USER, user_cap(p)},
-        {LIMIT_GLOBAL, global_cap(p->app, p->server_usable)},
+        {LIMIT_GLOBAL, global_cap(p->worker, p->server_usable)},
         {LIMIT_BUDGET, b ? b->max_servers : 0},
     };
     for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
@@ -324,13 +324,13 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
     }
     switch (out->key) {
     case LIMIT_DB:
-        out->in_use = linked_servers(p->app, p->db_name, NULL);
+        out->in_use = linked_servers(p->worker, p->db_name, NULL);
         break;
     case LIMIT_USER:
-        out->in_use = linked_servers(p->app, NULL, p->user_name);
+        out->in_use = linked_servers(p->worker, NULL, p->user_name);
         break;
     case LIMIT_GLOBAL:
-        out->in_use = linked_servers(p->app, NULL, NULL);
+        out->in_use = linked_servers(p->worker, NULL, NULL);
         break;
     case LIMIT_BUDGET:
         out->budget = b;
@@ -343,11 +343,11 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
 
 /* The servers of one database the budgets can count on: its pools' sizes, at most its
  * max_db_connections (*key says which binds). */
-static int db_capacity(const struct sluice *app, const struct pool *first, enum limit_kind *key)
+static int db_capacity(const struct worker *worker, const struct pool *first, enum limit_kind *key)
 {
     int sum = 0;
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if (!p->is_admin && strcmp(p->db_name, first->db_name) == 0)
@@ -358,10 +358,10 @@ static int db_capacity(const struct sluice *app, const struct pool *first, enum 
     return *key == LIMIT_DB ? cap : sum;
 }
 
-static bool first_of_its_db(const struct sluice *app, const struct pool *p)
+static bool first_of_its_db(const struct worker *worker, const struct pool *p)
 {
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *o = container_of(node, struct pool, node);
         if (o == p)
@@ -372,24 +372,24 @@ static bool first_of_its_db(const struct sluice *app, const struct pool *p)
     return true;
 }
 
-int budget_shared_capacity(const struct sluice *app, enum limit_kind *key)
+int budget_shared_capacity(const struct worker *worker, enum limit_kind *key)
 {
     int usable = 0, sum = 0;
     *key = LIMIT_POOL;
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if (p->server_usable > usable)
             usable = p->server_usable;
-        if (p->is_admin || !first_of_its_db(app, p))
+        if (p->is_admin || !first_of_its_db(worker, p))
             continue;
         enum limit_kind k;
-        sum += db_capacity(app, p, &k);
+        sum += db_capacity(worker, p, &k);
         if (k == LIMIT_DB)
             *key = LIMIT_DB;
     }
-    int cap = global_cap(app, usable);
+    int cap = global_cap(worker, usable);
     if (cap > 0 && cap <= sum) {
         *key = LIMIT_GLOBAL;
         return cap;
@@ -400,7 +400,7 @@ int budget_shared_capacity(const struct sluice *app, enum limit_kind *key)
 /* "max_db_connections = 80% of 22 usable = 17", or "max_db_connections = 8". */
 static void describe_cap(const struct pool *p, enum limit_kind k, char *out, size_t len)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     const struct db_entry *db = config_find_db(cfg, p->db_name);
     const struct user_entry *u = config_find_user(cfg, p->user_name);
     struct limit l = {0, false};

@@ -17,7 +17,8 @@
 
 #include "cidr.h"
 
-struct sluice;
+struct process;
+struct worker;
 struct pool;
 struct client;
 
@@ -41,11 +42,11 @@ struct budget_set {
 
 /* Build or update from the current config (start and reload); live counts carry over by name.
  * 0 or -ENOMEM. */
-int budget_sync(struct sluice *app) __attribute__((warn_unused_result));
-void budget_free_all(struct sluice *app);
+int budget_sync(struct process *proc) __attribute__((warn_unused_result));
+void budget_free_all(struct process *proc);
 
 /* The budget a client belongs to: the first whose every given matcher matches; else "default". */
-struct budget *budget_match(struct sluice *app, const char *app_name, const char *user,
+struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
                             const union peer_addr *addr);
 
 /* Which limit stops something, for decisions and for messages that name it. */
@@ -66,14 +67,14 @@ struct ledger_caps;
 void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_caps *out);
 /* The same for a connection of sluice's own (auth_query) to database entry db_name as
  * user_name: max_db_connections, max_user_connections and max_server_connections, no pool. */
-void budget_own_caps(const struct sluice *app, const char *db_name, const char *user_name,
+void budget_own_caps(const struct worker *worker, const char *db_name, const char *user_name,
                      struct ledger_caps *out);
 /* The resolved number behind a limit for pool p (for messages). */
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
 /* The servers budgets share: max_server_connections, or else what all pools may open, each
  * database's no more than its max_db_connections. *key: the key that sets it. */
-int budget_shared_capacity(const struct sluice *app, enum limit_kind *key);
+int budget_shared_capacity(const struct worker *worker, enum limit_kind *key);
 /* Log the most servers the pool may have and the key that sets it ("max_db_connections = 80%
  * of 22 usable = 17"): at creation, on reload and when a server told max_connections. */
 void budget_log_cap(const struct pool *p);

@@ -164,13 +164,13 @@ struct cancel_job {
     PGcancel *cancel;                  /* a libpq login's */
     struct login_cancel_target target; /* else a passthrough login's (server_login.c) */
     struct server *server;
-    const struct cancel_events *events; /* the app's, for cancel_done */
+    const struct cancel_events *events; /* the worker's, for cancel_done */
     struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
     int ok;
     char err[256];
 };
 
-static int start_cancel(struct sluice *app, struct server *s, struct client *requester);
+static int start_cancel(struct worker *worker, struct server *s, struct client *requester);
 
 static void cancel_work(uv_work_t *req)
 {
@@ -222,8 +222,8 @@ struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint3
 /* Whom a CancelRequest is for, and what is done for it; false when nothing is left to wait for. */
 static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
 {
-    struct sluice *app = requester->app;
-    struct client *c = cancel_map_lookup(app->cancel_map, pid, key);
+    struct worker *worker = requester->worker;
+    struct client *c = cancel_map_lookup(worker->cancel_map, pid, key);
     if (!c) {
         log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
         return false;
@@ -233,7 +233,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
         return false;
     }
     if (c->state == CLIENT_WAITING) {
-        app->cancel_events->queued_cancelled(c); /* its request has not reached a server */
+        worker->cancel_events->queued_cancelled(c); /* its request has not reached a server */
         return false;
     }
     struct server *s = c->server;
@@ -241,7 +241,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
         return false;
     }
-    if (start_cancel(app, s, requester) < 0)
+    if (start_cancel(worker, s, requester) < 0)
         return false;
     log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
                (unsigned long long)s->id, s->backend_pid);
@@ -251,7 +251,7 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key)
 {
     if (!route_request(requester, pid, key))
-        requester->app->cancel_events->request_handled(requester);
+        requester->worker->cancel_events->request_handled(requester);
 }
 
 void cancel_requester_gone(struct client *requester)
@@ -261,18 +261,18 @@ void cancel_requester_gone(struct client *requester)
     requester->cancel_job = NULL;
 }
 
-int cancel_server(struct sluice *app, struct server *s)
+int cancel_server(struct worker *worker, struct server *s)
 {
-    return start_cancel(app, s, NULL);
+    return start_cancel(worker, s, NULL);
 }
 
-static int start_cancel(struct sluice *app, struct server *s, struct client *requester)
+static int start_cancel(struct worker *worker, struct server *s, struct client *requester)
 {
     struct cancel_job *job = calloc(1, sizeof(*job));
     if (!job)
         return -ENOMEM;
     job->server = s;
-    job->events = app->cancel_events;
+    job->events = worker->cancel_events;
     if (s->conn)
         job->cancel = PQgetCancel(s->conn);
     if (!job->cancel && !server_login_cancel_target(s, &job->target)) {
@@ -280,7 +280,7 @@ static int start_cancel(struct sluice *app, struct server *s, struct client *req
         return -ENOMEM;
     }
     s->cancels_in_flight++;
-    int rc = uv_queue_work(app->loop, &job->req, cancel_work, cancel_done);
+    int rc = uv_queue_work(worker->loop, &job->req, cancel_work, cancel_done);
     if (rc < 0) {
         s->cancels_in_flight--;
         if (job->cancel)
@@ -291,7 +291,7 @@ static int start_cancel(struct sluice *app, struct server *s, struct client *req
     if (requester) {
         job->requester = requester;
         requester->cancel_job = job;
-        app->cancel_events->request_waits(requester);
+        worker->cancel_events->request_waits(requester);
     }
     return 0;
 }

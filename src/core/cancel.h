@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-struct sluice;
+struct worker;
 struct client;
 struct server;
 
@@ -17,7 +17,7 @@ struct server;
 #define CANCEL_OWNER_MAX 63u          /* the pid's low 6 bits */
 #define CANCEL_PID_RANDOM 0x3fffffc0u /* the pid's random bits */
 /* What routing a CancelRequest and a cancel's end ask of the layers above (link.c's
- * link_cancel_events, installed by sluice.c as app->cancel_events): cancel.c keys, routes and
+ * link_cancel_events, installed by sluice.c as worker->cancel_events): cancel.c keys, routes and
  * sends; it closes no client and kicks no server itself. */
 struct cancel_events {
     /* requester's CancelRequest is handled (at once, or its cancel has reached the backend):
@@ -44,7 +44,7 @@ unsigned cancel_pid_owner(uint32_t pid);
  * compared in constant time). */
 struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint32_t key);
 /* Send a cancel to the backend of s (CancelRequest, query_timeout). 0 or a negative errno. */
-int cancel_server(struct sluice *app, struct server *s);
+int cancel_server(struct worker *worker, struct server *s);
 /* A CancelRequest arrived on requester's connection. The connection is closed once the request
  * is handled: at once, or when a cancel passed on to a backend has reached it (CANCEL_WAIT). */
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key);

@@ -64,7 +64,7 @@ static struct list *list_for(struct client *c, enum client_state st)
     case CLIENT_STARTUP:
     case CLIENT_TLS_HANDSHAKE:
     case CLIENT_AUTH:
-        return &c->app->login_clients;
+        return &c->worker->login_clients;
     case CLIENT_LOGIN_WAIT:
     case CLIENT_WAITING:
     case CLIENT_WAITING_LAST:
@@ -77,9 +77,9 @@ static struct list *list_for(struct client *c, enum client_state st)
         return &c->pool->active_clients;
     case CLIENT_CANCEL_WAIT:
     case CLIENT_CLOSING:
-        return &c->app->closing_clients;
+        return &c->worker->closing_clients;
     case CLIENT_CLOSED:
-        return &c->app->dead_clients;
+        return &c->worker->dead_clients;
     }
     return NULL;
 }
@@ -143,7 +143,7 @@ void client_set_state(struct client *c, enum client_state next)
     if (next == CLIENT_CLOSING || next == CLIENT_CLOSED)
         client_login_give_slot(c); /* leaving: no longer a logged-in client for the caps */
     c->state = next;
-    c->state_since_ms = sluice_now(c->app);
+    c->state_since_ms = sluice_now(c->worker);
     if (next == CLIENT_WAITING)
         c->wait_notice = WAIT_NOT_TOLD; /* a new wait: query_wait_notify may tell it once more */
     release_idle_output(c);
@@ -171,24 +171,24 @@ static void evict_login(struct client *c)
 {
     char detail[96];
     snprintf(detail, sizeof(detail), "max_client_logins (%lld) reached",
-             (long long)c->app->cfg->max_client_logins);
+             (long long)c->worker->cfg->max_client_logins);
     client_fail(c, FAIL_TOO_MANY_LOGINS, detail);
 }
 
-static bool logins_over_cap(const struct sluice *app)
+static bool logins_over_cap(const struct worker *worker)
 {
-    return app->login_clients.count > app->cfg->max_client_logins;
+    return worker->login_clients.count > worker->cfg->max_client_logins;
 }
 
-static void make_room_for_a_login(struct sluice *app)
+static void make_room_for_a_login(struct worker *worker)
 {
-    uint64_t now = sluice_now(app);
+    uint64_t now = sluice_now(worker);
     const enum client_state tiers[] = {CLIENT_STARTUP, CLIENT_AUTH};
     for (size_t t = 0; t < sizeof(tiers) / sizeof(tiers[0]); t++) {
         struct list_node *n, *tmp;
-        list_for_each(&app->login_clients, n, tmp)
+        list_for_each(&worker->login_clients, n, tmp)
         {
-            if (!logins_over_cap(app))
+            if (!logins_over_cap(worker))
                 return;
             struct client *c = container_of(n, struct client, node);
             if (gives_way(c, tiers[t], now))
@@ -197,26 +197,26 @@ static void make_room_for_a_login(struct sluice *app)
     }
 }
 
-struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr)
+struct client *client_accept(struct worker *worker, int fd, const struct sockaddr_storage *addr)
 {
     struct client *c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);
         return NULL;
     }
-    c->app = app;
-    c->id = ++app->next_id;
+    c->worker = worker;
+    c->id = ++worker->next_id;
     peer_addr_from(&c->addr, addr);
-    c->connect_ms = sluice_now(app);
+    c->connect_ms = sluice_now(worker);
     c->state_since_ms = c->connect_ms;
     c->state = CLIENT_STARTUP;
     codec_out_init(&c->out);
     params_init(&c->params);
-    list_append(&app->login_clients, &c->node);
-    app->nclients++;
-    if (logins_over_cap(app))
-        make_room_for_a_login(app);
-    if (sockio_open(&c->io, app->loop, fd, c, on_client_io) < 0) {
+    list_append(&worker->login_clients, &c->node);
+    worker->nclients++;
+    if (logins_over_cap(worker))
+        make_room_for_a_login(worker);
+    if (sockio_open(&c->io, worker->loop, fd, c, on_client_io) < 0) {
         c->io.fd = fd;
         client_close(c, "cannot watch the socket");
         return NULL;
@@ -302,7 +302,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         return;
     }
     const struct failure_info *fi = failure_info(f);
-    if (c->app->cfg->log_pooler_errors)
+    if (c->worker->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c, "%s: %s%s", failure_name(f),
                    fi->severity == SEVERITY_FATAL ? "closing: " : "", detail ? detail : "");
     error_build(&c->out, f, detail, sqlstate);
@@ -311,7 +311,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         return;
     }
     if (c->server)
-        c->app->client_events->vanished(c);
+        c->worker->client_events->vanished(c);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -321,12 +321,12 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
 {
     if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
         return;
-    if (c->app->cfg->log_pooler_errors)
+    if (c->worker->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c, "%s: closing: %s", failure_name(f), detail ? detail : "");
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
     if (c->server)
-        c->app->client_events->vanished(c);
+        c->worker->client_events->vanished(c);
     client_set_state(c, CLIENT_CLOSING);
     buf_release(&c->in);
     client_send(c);
@@ -341,18 +341,18 @@ void client_close(struct client *c, const char *reason)
 {
     if (c->state == CLIENT_CLOSED)
         return;
-    struct sluice *app = c->app;
-    if (reason && c->state >= CLIENT_LOGIN_WAIT && app->cfg->log_disconnections)
+    struct worker *worker = c->worker;
+    if (reason && c->state >= CLIENT_LOGIN_WAIT && worker->cfg->log_disconnections)
         log_client(LOG_INFO, c, "closing: %s", reason);
     else if (reason)
         log_client(LOG_DEBUG, c, "closing: %s", reason);
     if (c->server)
-        c->app->client_events->vanished(c);
+        c->worker->client_events->vanished(c);
     if (c->cancel_pid)
-        cancel_unregister(app->cancel_map, c);
+        cancel_unregister(worker->cancel_map, c);
     if (c->state == CLIENT_CANCEL_WAIT)
         cancel_requester_gone(c);
-    ledger_give_client(&app->ledger, c->budget);
+    ledger_give_client(&worker->proc->ledger, c->budget);
     c->budget = NULL;
     client_set_state(c, CLIENT_CLOSED); /* onto the dead list */
     client_auth_end(c);
@@ -373,15 +373,15 @@ void client_close(struct client *c, const char *reason)
     stmt_map_delete(c->stmts);
     c->stmts = NULL;
     login_reset_free_statements(c);
-    app->nclients--;
-    listener_maybe_resume(app);
+    worker->nclients--;
+    listener_maybe_resume(worker->proc);
 }
 
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)
 {
     if (c->state != CLIENT_LOGIN_SYNC)
         return; /* the first refusal is the one Postgres would have given */
-    if (c->app->cfg->log_pooler_errors)
+    if (c->worker->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c, "login refused by the server: %s (%s)", message, sqlstate);
     error_build(&c->out, FAIL_SERVER_LOGIN, message, sqlstate);
     client_set_state(c, CLIENT_LOGIN_REFUSED);
@@ -391,7 +391,7 @@ void client_login_synced(struct client *c, struct server *s)
 {
     if (c->state == CLIENT_LOGIN_REFUSED) {
         /* the server is clean again (each SET was its own transaction); it goes back */
-        c->app->client_events->vanished(c);
+        c->worker->client_events->vanished(c);
         client_set_state(c, CLIENT_CLOSING);
         buf_release(&c->in);
         client_send(c);
@@ -437,7 +437,7 @@ void client_on_data(struct client *c)
             client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
-        if (!sluice_serving(c->app)) {
+        if (!sluice_serving(c->worker)) {
             client_fail(c, FAIL_SHUTDOWN, ""); /* a new request during shutdown */
             return;
         }
@@ -488,7 +488,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     }
     if (events & UV_WRITABLE) {
         if (c->server)
-            c->app->client_events->writable(c);
+            c->worker->client_events->writable(c);
         else
             client_send(c); /* its own output: an error, a welcome, a NOTICE */
         if (c->state == CLIENT_CLOSED)
@@ -500,7 +500,7 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_ACTIVE:
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
-        c->app->client_events->readable(c);
+        c->worker->client_events->readable(c);
         return;
     case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
     case CLIENT_CLOSING:
@@ -553,7 +553,7 @@ static bool answer_queued_request(struct client *c, enum failure f, const char *
     uint32_t n = pos - b->scan;
     b->scan += n;
     buf_consume(b, n);
-    if (c->app->cfg->log_pooler_errors)
+    if (c->worker->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c, "%s: %s", failure_name(f), detail);
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
@@ -605,14 +605,14 @@ static void check_server_held_idle(struct client *c, struct server *s, uint64_t 
 
 void client_check_timeouts(struct client *c, uint64_t now)
 {
-    const struct config *cfg = c->app->cfg;
+    const struct config *cfg = c->worker->cfg;
     char detail[64];
     switch (c->state) {
     case CLIENT_STARTUP:
     case CLIENT_TLS_HANDSHAKE:
         /* Stalled before its startup packet while logins are over their cap: no newcomer needs
          * to arrive for it to give way. */
-        if (logins_over_cap(c->app) && gives_way(c, CLIENT_STARTUP, now)) {
+        if (logins_over_cap(c->worker) && gives_way(c, CLIENT_STARTUP, now)) {
             evict_login(c);
             break;
         }
@@ -651,7 +651,7 @@ void client_check_timeouts(struct client *c, uint64_t now)
             /* Cancel rather than disconnect: the client gets 57014 from Postgres and keeps its
              * session. */
             s->timeout_cancel_sent = true;
-            if (cancel_server(c->app, s) == 0)
+            if (cancel_server(c->worker, s) == 0)
                 log_client(LOG_WARNING, c, "query running longer than query_timeout (%lld ms): "
                                            "cancelled",
                            (long long)t->query_timeout);

@@ -44,14 +44,14 @@ enum client_state {
 };
 const char *client_state_name(enum client_state s);
 
-struct sluice;
+struct worker;
 struct pool;
 struct server;
 
 /* Field order keeps padding out: with 10,000 idle clients every 8 bytes is 80 kB. */
 struct client {
     struct list_node node; /* on the list for its state */
-    struct sluice *app;
+    struct worker *worker;
     uint64_t id;
     struct sockio io;
     struct buf in;         /* bytes from the client */
@@ -100,7 +100,8 @@ struct client {
 };
 
 /* What a linked client tells the layer that pairs it (link.c's link_client_events, installed by
- * sluice.c as app->client_events): client.c knows it may have a server, not what becomes of it. */
+ * sluice.c as worker->client_events): client.c knows it may have a server, not what becomes of
+ * it. */
 struct client_events {
     /* c, linked to c->server, is closing or failed fatally: the link ends (the server's fate is
      * the link's); c->server is NULL afterwards. */
@@ -113,7 +114,7 @@ struct client_events {
 
 /* A new connection from the listener; takes the fd. The client, or NULL if it could not be set
  * up (then it is gone already). */
-struct client *client_accept(struct sluice *app, int fd, const struct sockaddr_storage *addr);
+struct client *client_accept(struct worker *worker, int fd, const struct sockaddr_storage *addr);
 /* Read what a just-accepted client has sent without waiting for the loop to report it: clients
  * send their first packet (SSLRequest or startup) as soon as they connect, so it is usually
  * there, and reading it now saves a wake-up per connection. Harmless when nothing is there. */

@@ -67,7 +67,7 @@ static const struct auth_hooks auth_hooks = {.resumed = on_auth_resumed, .log = 
 
 static void start_auth(struct client *c)
 {
-    struct auth_login l = {.app = c->app,
+    struct auth_login l = {.worker = c->worker,
                            .user = c->user,
                            .database = c->database,
                            .addr = &c->addr,
@@ -99,7 +99,7 @@ static int take_options(struct client *c, const char *options)
     int rc = params_parse_options(&parsed, options);
     for (int i = 0; rc == 0 && i < parsed.n; i++) {
         const struct param *p = &parsed.items[i];
-        if (!config_list_contains(&c->app->cfg->ignore_startup_parameters, p->name) &&
+        if (!config_list_contains(&c->worker->cfg->ignore_startup_parameters, p->name) &&
             params_set(&c->params, p->name, p->value) < 0)
             rc = -ENOMEM;
     }
@@ -109,8 +109,8 @@ static int take_options(struct client *c, const char *options)
 
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
+    struct worker *worker = c->worker;
+    const struct config *cfg = worker->cfg;
     const char *user = codec_startup_get(sp, "user");
     const char *database = codec_startup_get(sp, "database");
     const char *replication = codec_startup_get(sp, "replication");
@@ -138,13 +138,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
         return;
     }
-    if (app->phase != PHASE_RUNNING) {
+    if (worker->proc->phase != PHASE_RUNNING) {
         client_fail(c, FAIL_SHUTDOWN, "");
         return;
     }
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
-    c->admin = console_is_db(app, database);
+    c->admin = console_is_db(worker, database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
      * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
@@ -206,8 +206,8 @@ static const char *slot_user(const struct client *c)
  * them. True when c holds its slot; else it was refused. */
 static bool take_login_slot(struct client *c, const struct db_entry *db)
 {
-    const struct config *cfg = c->app->cfg;
-    struct ledger *l = &c->app->ledger;
+    const struct config *cfg = c->worker->cfg;
+    struct ledger *l = &c->worker->proc->ledger;
     struct ledger_login_caps caps = {.global = (int)cfg->max_client_conn};
     if (db) {
         const struct user_entry *u = config_find_user(cfg, c->user);
@@ -249,33 +249,33 @@ void client_login_give_slot(struct client *c)
 {
     if (c->login_slot != LOGIN_SLOT_HELD)
         return;
-    ledger_give_login(&c->app->ledger, slot_db(c), slot_user(c));
+    ledger_give_login(&c->worker->proc->ledger, slot_db(c), slot_user(c));
     c->login_slot = LOGIN_SLOT_NONE;
 }
 
 void client_login_ok(struct client *c)
 {
-    struct sluice *app = c->app;
+    struct worker *worker = c->worker;
     /* Counted here, once the password is checked: logins in progress have their own cap
      * (make_room_for_a_login), so strangers who never finish cannot fill max_client_conn. Asked
      * first, as before every other refusal; take_login_slot counts it below. */
-    if (ledger_db_clients(&app->ledger, NULL) >= app->cfg->max_client_conn) {
+    if (ledger_db_clients(&worker->proc->ledger, NULL) >= worker->cfg->max_client_conn) {
         char detail[96];
         snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
-                 (long long)app->cfg->max_client_conn);
+                 (long long)worker->cfg->max_client_conn);
         client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
         return;
     }
     if (c->admin) {
-        if (!config_list_contains(&app->cfg->admin_users, c->user) &&
-            !config_list_contains(&app->cfg->stats_users, c->user)) {
+        if (!config_list_contains(&worker->cfg->admin_users, c->user) &&
+            !config_list_contains(&worker->cfg->stats_users, c->user)) {
             client_fail(c, FAIL_ADMIN_DENIED, "");
             return;
         }
         if (!take_login_slot(c, NULL))
             return;
-        c->pool = pool_get(app, NULL, c->user, c->database);
-        if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
+        c->pool = pool_get(worker, NULL, c->user, c->database);
+        if (!c->pool || cancel_register(worker->cancel_map, c) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
@@ -286,20 +286,20 @@ void client_login_ok(struct client *c)
         client_send(c);
         return;
     }
-    const struct db_entry *db = config_find_db(app->cfg, c->database);
+    const struct db_entry *db = config_find_db(worker->cfg, c->database);
     if (!db) {
         client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
         return;
     }
-    if (disabled_dbs_contains(app, c->database)) {
+    if (disabled_dbs_contains(worker->proc, c->database)) {
         client_fail(c, FAIL_DATABASE_DISABLED, c->database);
         return;
     }
     if (!take_login_slot(c, db))
         return;
-    struct budget *b = budget_match(app, params_get(&c->params, "application_name"), c->user,
-                                    &c->addr);
-    if (!ledger_take_client(&app->ledger, b)) {
+    struct budget *b =
+        budget_match(worker, params_get(&c->params, "application_name"), c->user, &c->addr);
+    if (!ledger_take_client(&worker->proc->ledger, b)) {
         char detail[160];
         snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
                  b->max_clients);
@@ -307,13 +307,13 @@ void client_login_ok(struct client *c)
         return;
     }
     c->budget = b; /* its client slot: client_close gives it back, whatever happens next */
-    c->pool = pool_get(app, db, c->user, c->database);
-    if (!c->pool || cancel_register(app->cancel_map, c) < 0) {
+    c->pool = pool_get(worker, db, c->user, c->database);
+    if (!c->pool || cancel_register(worker->cancel_map, c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
-    if (app->cfg->log_connections)
+    if (worker->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
     if (c->pool->have_welcome &&
         params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {

@@ -1,5 +1,5 @@
 /* console: how the core serves a database that is not Postgres (the admin console). The core
- * knows only this table of callbacks: a service registers one at start-up (app->console) and the
+ * knows only this table of callbacks: a service registers one at start-up (proc->console) and the
  * core calls it for that database's clients — is a name the console, the welcome after
  * AuthenticationOk, an idle client's messages, a CancelRequest — never the service's own
  * functions. With none registered no database name is a console. A console client is a client
@@ -27,24 +27,24 @@ struct console_ops {
     void (*cancel)(struct client *c);
 };
 
-static inline bool console_is_db(const struct sluice *app, const char *database)
+static inline bool console_is_db(const struct worker *worker, const char *database)
 {
-    return app->console != NULL && app->console->is_console_db(database);
+    return worker->proc->console != NULL && worker->proc->console->is_console_db(database);
 }
 
 static inline void console_welcome(struct client *c)
 {
-    c->app->console->welcome(c);
+    c->worker->proc->console->welcome(c);
 }
 
 static inline void console_on_data(struct client *c)
 {
-    c->app->console->on_data(c);
+    c->worker->proc->console->on_data(c);
 }
 
 static inline void console_cancel(struct client *c)
 {
-    c->app->console->cancel(c);
+    c->worker->proc->console->cancel(c);
 }
 
 #endif

@@ -22,10 +22,10 @@ static bool pool_is_target(const struct pool *p, const char *db)
     return !p->is_admin && (!db || strcmp(p->db_name, db) == 0);
 }
 
-static void for_target_pools(struct sluice *app, const char *db, void (*fn)(struct pool *p))
+static void for_target_pools(struct worker *worker, const char *db, void (*fn)(struct pool *p))
 {
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         struct pool *p = container_of(node, struct pool, node);
         if (pool_is_target(p, db))
@@ -33,12 +33,12 @@ static void for_target_pools(struct sluice *app, const char *db, void (*fn)(stru
     }
 }
 
-bool control_db_known(const struct sluice *app, const char *db)
+bool control_db_known(const struct worker *worker, const char *db)
 {
-    if (config_find_db(app->cfg, db))
+    if (config_find_db(worker->cfg, db))
         return true;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         if (strcmp(container_of(n, struct pool, node)->db_name, db) == 0)
             return true;
@@ -74,16 +74,16 @@ static void pause_pool(struct pool *p)
     close_servers_when_free(p, "PAUSE from the admin console");
 }
 
-void control_pause(struct sluice *app, const char *db)
+void control_pause(struct worker *worker, const char *db)
 {
-    for_target_pools(app, db, pause_pool);
+    for_target_pools(worker, db, pause_pool);
 }
 
-bool control_pause_done(struct sluice *app, const char *db)
+bool control_pause_done(struct worker *worker, const char *db)
 {
     bool done = true;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         if (!pool_is_target(p, db) || !p->paused)
@@ -95,9 +95,9 @@ bool control_pause_done(struct sluice *app, const char *db)
     return done;
 }
 
-void control_resume(struct sluice *app, const char *db)
+void control_resume(struct worker *worker, const char *db)
 {
-    for_target_pools(app, db, pool_resume);
+    for_target_pools(worker, db, pool_resume);
 }
 
 static void reconnect_pool(struct pool *p)
@@ -105,9 +105,9 @@ static void reconnect_pool(struct pool *p)
     close_servers_when_free(p, "RECONNECT from the admin console");
 }
 
-void control_reconnect(struct sluice *app, const char *db)
+void control_reconnect(struct worker *worker, const char *db)
 {
-    for_target_pools(app, db, reconnect_pool);
+    for_target_pools(worker, db, reconnect_pool);
 }
 
 static bool list_has_close_needed(const struct list *l)
@@ -121,10 +121,10 @@ static bool list_has_close_needed(const struct list *l)
     return false;
 }
 
-bool control_close_done(const struct sluice *app, const char *db)
+bool control_close_done(const struct worker *worker, const char *db)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         if (!pool_is_target(p, db))
@@ -154,9 +154,9 @@ static void kill_pool(struct pool *p)
     }
 }
 
-void control_kill(struct sluice *app, const char *db)
+void control_kill(struct worker *worker, const char *db)
 {
-    for_target_pools(app, db, kill_pool);
+    for_target_pools(worker, db, kill_pool);
 }
 
 static struct client *find_client_in(const struct list *l, uint64_t id)
@@ -171,11 +171,11 @@ static struct client *find_client_in(const struct list *l, uint64_t id)
     return NULL;
 }
 
-struct client *control_find_client(struct sluice *app, uint64_t id)
+struct client *control_find_client(struct worker *worker, uint64_t id)
 {
-    struct client *c = find_client_in(&app->login_clients, id);
+    struct client *c = find_client_in(&worker->login_clients, id);
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         if (c)
@@ -194,44 +194,44 @@ void control_kill_client(struct client *victim)
     client_fail(victim, FAIL_ADMIN_KILLED, "");
 }
 
-bool control_reload(struct sluice *app)
+bool control_reload(struct worker *worker)
 {
-    const struct config *before = app->cfg;
-    sluice_reload(app);
-    return app->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
+    const struct config *before = worker->cfg;
+    sluice_reload(worker->proc);
+    return worker->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
 }
 
-void control_shutdown(struct sluice *app, enum sluice_phase phase)
+void control_shutdown(struct worker *worker, enum sluice_phase phase)
 {
-    sluice_shutdown(app, phase);
+    sluice_shutdown(worker->proc, phase);
 }
 
 /* Make a changed key take effect, as a reload would. */
-static void apply_set(struct sluice *app, const char *key)
+static void apply_set(struct worker *worker, const char *key)
 {
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = worker->cfg;
     if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
         strcmp(key, "logfile") == 0) {
         log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
     }
     if (strncmp(key, "client_tls_", 11) == 0)
-        tls_reload(app);
+        tls_reload(cfg);
     if (strncmp(key, "auth_", 5) == 0)
-        auth_reload(app);
+        auth_reload(cfg);
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         pool_apply_config(p);
         budget_log_cap(p);
     }
-    pool_dispatch_all(app);
+    pool_dispatch_all(worker);
 }
 
-int control_set(struct sluice *app, const char *key, const char *value, char *err, size_t errlen)
+int control_set(struct worker *worker, const char *key, const char *value, char *err, size_t errlen)
 {
-    if (config_set_key(app->cfg, key, value, SRC_ADMIN_SET, err, errlen) < 0)
+    if (config_set_key(worker->cfg, key, value, SRC_ADMIN_SET, err, errlen) < 0)
         return -1;
-    apply_set(app, key);
+    apply_set(worker, key);
     return 0;
 }

@@ -15,36 +15,37 @@
 struct client;
 
 /* Is db a database of sluice's (configured, or with pools, e.g. from a "*" entry)? */
-bool control_db_known(const struct sluice *app, const char *db);
+bool control_db_known(const struct worker *worker, const char *db);
 
 /* PAUSE: no server is handed out and every server closes once its client is done with it
  * (idle ones at once), so the database is left free of sluice's sessions. */
-void control_pause(struct sluice *app, const char *db);
+void control_pause(struct worker *worker, const char *db);
 /* Do the paused pools of db have no server in use any more? Closes their idle servers (a
  * min_pool_size connection may bring one). A pool resumed meanwhile counts as done. */
-bool control_pause_done(struct sluice *app, const char *db);
+bool control_pause_done(struct worker *worker, const char *db);
 /* RESUME: hand servers to the clients that queued. */
-void control_resume(struct sluice *app, const char *db);
+void control_resume(struct worker *worker, const char *db);
 /* RECONNECT: servers in use close when their client releases them; idle ones close now. */
-void control_reconnect(struct sluice *app, const char *db);
+void control_reconnect(struct worker *worker, const char *db);
 /* WAIT_CLOSE: is no server marked to close when free (RECONNECT, a reload) left? */
-bool control_close_done(const struct sluice *app, const char *db);
+bool control_close_done(const struct worker *worker, const char *db);
 /* KILL: every client (57P01-style FATAL) and server of db goes; the pools stay paused until
  * RESUME, so new clients wait. */
-void control_kill(struct sluice *app, const char *db);
+void control_kill(struct worker *worker, const char *db);
 
 /* The client with this id (logging in, or in a pool), or NULL. */
-struct client *control_find_client(struct sluice *app, uint64_t id);
+struct client *control_find_client(struct worker *worker, uint64_t id);
 /* KILL_CLIENT: close it with FATAL "connection closed by the administrator". */
 void control_kill_client(struct client *victim);
 
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */
-bool control_reload(struct sluice *app);
+bool control_reload(struct worker *worker);
 /* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */
-void control_shutdown(struct sluice *app, enum sluice_phase phase);
+void control_shutdown(struct worker *worker, enum sluice_phase phase);
 /* SET key = value (key a reloadable key's name as config_keys spells it): 0 and in force as a
  * reload would make it; or -1 with err saying why the value was refused. */
-int control_set(struct sluice *app, const char *key, const char *value, char *err, size_t errlen);
+int control_set(struct worker *worker, const char *key, const char *value, char *err,
+                size_t errlen);
 
 #endif

@@ -13,10 +13,10 @@ struct disabled_db {
     char name[]; /* NUL-terminated */
 };
 
-static struct disabled_db *find(const struct sluice *app, const char *database)
+static struct disabled_db *find(const struct process *proc, const char *database)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->disabled_dbs, n, tmp)
+    list_for_each(&proc->disabled_dbs, n, tmp)
     {
         struct disabled_db *d = container_of(n, struct disabled_db, node);
         if (strcmp(d->name, database) == 0)
@@ -25,39 +25,39 @@ static struct disabled_db *find(const struct sluice *app, const char *database)
     return NULL;
 }
 
-bool disabled_dbs_contains(const struct sluice *app, const char *database)
+bool disabled_dbs_contains(const struct process *proc, const char *database)
 {
-    return find(app, database) != NULL;
+    return find(proc, database) != NULL;
 }
 
-int disabled_dbs_add(struct sluice *app, const char *database)
+int disabled_dbs_add(struct process *proc, const char *database)
 {
-    if (find(app, database))
+    if (find(proc, database))
         return 0;
     size_t len = strlen(database) + 1;
     struct disabled_db *d = calloc(1, sizeof(*d) + len);
     if (!d)
         return -ENOMEM;
     memcpy(d->name, database, len);
-    list_append(&app->disabled_dbs, &d->node);
+    list_append(&proc->disabled_dbs, &d->node);
     return 0;
 }
 
-void disabled_dbs_remove(struct sluice *app, const char *database)
+void disabled_dbs_remove(struct process *proc, const char *database)
 {
-    struct disabled_db *d = find(app, database);
+    struct disabled_db *d = find(proc, database);
     if (d) {
-        list_remove(&app->disabled_dbs, &d->node);
+        list_remove(&proc->disabled_dbs, &d->node);
         free(d);
     }
 }
 
-void disabled_dbs_free(struct sluice *app)
+void disabled_dbs_free(struct process *proc)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->disabled_dbs, n, tmp)
+    list_for_each(&proc->disabled_dbs, n, tmp)
     {
-        list_remove(&app->disabled_dbs, n);
+        list_remove(&proc->disabled_dbs, n);
         free(container_of(n, struct disabled_db, node));
     }
 }

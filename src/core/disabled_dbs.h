@@ -1,5 +1,5 @@
 /* disabled_dbs: the databases DISABLE has closed to new logins (PgBouncer's DISABLE/ENABLE).
- * The list lives in app->disabled_dbs and is kept across RELOAD, as the database is; sessions
+ * The list lives in proc->disabled_dbs and is kept across RELOAD, as the database is; sessions
  * already open go on. client.c asks at login (after the password); the console changes it
  * through control.h. A leaf: it knows only names. */
 #ifndef SLUICE_DISABLED_DBS_H
@@ -7,14 +7,14 @@
 
 #include <stdbool.h>
 
-struct sluice;
+struct process;
 
 /* Has DISABLE (and no ENABLE since) closed this database to new logins? */
-bool disabled_dbs_contains(const struct sluice *app, const char *database);
+bool disabled_dbs_contains(const struct process *proc, const char *database);
 /* 0, or -ENOMEM. Adding a name already there changes nothing. */
-int disabled_dbs_add(struct sluice *app, const char *database);
-void disabled_dbs_remove(struct sluice *app, const char *database);
+int disabled_dbs_add(struct process *proc, const char *database);
+void disabled_dbs_remove(struct process *proc, const char *database);
 /* Shutdown. */
-void disabled_dbs_free(struct sluice *app);
+void disabled_dbs_free(struct process *proc);
 
 #endif

@@ -172,15 +172,15 @@ int ledger_user_servers(const struct ledger *l, const char *user_name)
     return s ? s->servers : 0;
 }
 
-enum limit_kind ledger_lease_limit(const struct sluice *app, const struct budget *b)
+enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b)
 {
     if (!b)
         return LIMIT_NONE;
     if (b->max_servers > 0 && b->leases >= b->max_servers)
         return LIMIT_BUDGET;
     int held_for_others = 0, leases = 0, any_min = 0;
-    for (int i = 0; i < app->budgets.n; i++) {
-        const struct budget *o = app->budgets.items[i];
+    for (int i = 0; i < worker->proc->budgets.n; i++) {
+        const struct budget *o = worker->proc->budgets.items[i];
         leases += o->leases;
         any_min |= o->min_servers;
         if (o != b && o->min_servers > o->leases)
@@ -188,33 +188,33 @@ enum limit_kind ledger_lease_limit(const struct sluice *app, const struct budget
     }
     enum limit_kind key;
     /* The capacity is resolved from the pools' config only when some budget reserves. */
-    if (any_min && leases + held_for_others >= budget_shared_capacity(app, &key))
+    if (any_min && leases + held_for_others >= budget_shared_capacity(worker, &key))
         return LIMIT_RESERVED;
     return LIMIT_NONE;
 }
 
-int ledger_lease_room(const struct sluice *app, const struct budget *b)
+int ledger_lease_room(const struct worker *worker, const struct budget *b)
 {
-    if (ledger_lease_limit(app, b) != LIMIT_NONE)
+    if (ledger_lease_limit(worker, b) != LIMIT_NONE)
         return 0;
     return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
 }
 
-enum limit_kind ledger_take_lease(struct sluice *app, struct budget *b)
+enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
 {
     if (!b)
         return LIMIT_NONE;
-    /* lock app->ledger.mu */
-    enum limit_kind k = ledger_lease_limit(app, b);
+    /* lock worker->proc->ledger.mu */
+    enum limit_kind k = ledger_lease_limit(worker, b);
     if (k == LIMIT_NONE)
         b->leases++;
     /* unlock */
     return k;
 }
 
-void ledger_give_lease(struct sluice *app, struct budget *b)
+void ledger_give_lease(struct worker *worker, struct budget *b)
 {
-    (void)app; /* its ledger's lock, with workers */
+    (void)worker; /* its ledger's lock, with workers */
     if (!b)
         return;
     b->leases--;
@@ -323,19 +323,20 @@ enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    return ledger_server_limit(&p->app->ledger, p->ledger_key, &caps);
+    return ledger_server_limit(&p->worker->proc->ledger, p->ledger_key, &caps);
 }
 
 bool ledger_pool_fits_if_closed(const struct pool *p, const struct pool *closing)
 {
     struct ledger_caps caps;
     budget_server_caps(p, false, &caps);
-    return ledger_fits_if_closed(&p->app->ledger, p->ledger_key, &caps, closing->ledger_key);
+    return ledger_fits_if_closed(&p->worker->proc->ledger, p->ledger_key, &caps,
+                                 closing->ledger_key);
 }
 
 enum limit_kind ledger_pool_over_limit(const struct pool *p)
 {
     struct ledger_caps caps;
     budget_server_caps(p, true, &caps);
-    return ledger_over_limit(&p->app->ledger, p->ledger_key, &caps);
+    return ledger_over_limit(&p->worker->proc->ledger, p->ledger_key, &caps);
 }

@@ -25,7 +25,7 @@
 
 #include "budget.h"
 
-struct sluice;
+struct worker;
 
 /* A database or a user: the backends and the logged-in clients counted under its caps. */
 struct ledger_scope {
@@ -94,15 +94,15 @@ int ledger_user_servers(const struct ledger *l, const char *user_name);
 
 /* Leases of budget b: may a client of b be given a server now (b's max_servers, and the servers
  * left must still cover every other budget's unused min_servers)? */
-enum limit_kind ledger_lease_limit(const struct sluice *app, const struct budget *b);
+enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b);
 /* How many more servers a client of b may be given now: 0 when held back, -1 when only the
  * other limits bound it. */
-int ledger_lease_room(const struct sluice *app, const struct budget *b);
+int ledger_lease_room(const struct worker *worker, const struct budget *b);
 /* Take a lease for a client of b before it is given a server: LIMIT_NONE and b->leases + 1,
  * or the binding limit and nothing changed. b NULL: nothing to count. */
-enum limit_kind ledger_take_lease(struct sluice *app, struct budget *b)
+enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
     __attribute__((warn_unused_result));
-void ledger_give_lease(struct sluice *app, struct budget *b);
+void ledger_give_lease(struct worker *worker, struct budget *b);
 /* A client of b logs in: false when b has max_clients connected (nothing changed). */
 bool ledger_take_client(struct ledger *l, struct budget *b) __attribute__((warn_unused_result));
 void ledger_give_client(struct ledger *l, struct budget *b);
@@ -135,7 +135,7 @@ int ledger_user_clients(const struct ledger *l, const char *user_name);
 
 /* Debug: do the counters equal what walking the pools, servers, clients and auth_query's
  * connections finds? Logs each difference; true when all agree (ledger_audit.c). */
-bool ledger_audit(const struct sluice *app);
+bool ledger_audit(const struct worker *worker);
 
 void ledger_free(struct ledger *l);
 

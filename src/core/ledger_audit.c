@@ -23,11 +23,11 @@ static bool agree(const char *what, const char *name, int counted, int walked)
 }
 
 /* Backends of the pools in a scope (NULL: any), auth_query's included. */
-static int walked_servers(const struct sluice *app, const char *db_name, const char *user_name)
+static int walked_servers(const struct worker *worker, const char *db_name, const char *user_name)
 {
     int n = 0;
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if ((!db_name || strcmp(p->db_name, db_name) == 0) &&
@@ -55,13 +55,14 @@ static int charged_in(const struct list *l, const struct budget *b, enum charge 
 }
 
 /* Servers charged to b (leases) or clients in b, by walking every list they can be on. */
-static int walked_budget(const struct sluice *app, const struct budget *b, enum charge what)
+static int walked_budget(const struct worker *worker, const struct budget *b, enum charge what)
 {
     int n = 0;
     if (what == CHARGE_CLIENTS)
-        n = charged_in(&app->login_clients, b, what) + charged_in(&app->closing_clients, b, what);
+        n = charged_in(&worker->login_clients, b, what) +
+            charged_in(&worker->closing_clients, b, what);
     struct list_node *node, *tmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if (what == CHARGE_CLIENTS) {
@@ -80,11 +81,11 @@ static int walked_budget(const struct sluice *app, const struct budget *b, enum 
 /* Logged-in clients, not leaving: those on the pools' client lists (a client in CLOSING has
  * left them). db_name and user_name (the client's own) NULL: any, the admin console's included;
  * else the console's are not counted. */
-static int walked_clients(const struct sluice *app, const char *db_name, const char *user_name)
+static int walked_clients(const struct worker *worker, const char *db_name, const char *user_name)
 {
     int n = 0;
     struct list_node *node, *tmp, *cn, *ctmp;
-    list_for_each(&app->pools, node, tmp)
+    list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
         if ((db_name || user_name) && p->is_admin)
@@ -103,26 +104,27 @@ static int walked_clients(const struct sluice *app, const char *db_name, const c
     return n;
 }
 
-bool ledger_audit(const struct sluice *app)
+bool ledger_audit(const struct worker *worker)
 {
-    const struct ledger *l = &app->ledger;
-    bool ok = agree("every backend", NULL, l->servers, walked_servers(app, NULL, NULL));
+    const struct ledger *l = &worker->proc->ledger;
+    bool ok = agree("every backend", NULL, l->servers, walked_servers(worker, NULL, NULL));
     ok &= agree("auth_query's connections", NULL, l->own_servers,
                 secret_query_servers(NULL, NULL));
-    ok &= agree("pool servers", NULL, l->servers - l->own_servers, app->nservers);
-    ok &= agree("logged-in clients", NULL, l->clients, walked_clients(app, NULL, NULL));
+    ok &= agree("pool servers", NULL, l->servers - l->own_servers, worker->nservers);
+    ok &= agree("logged-in clients", NULL, l->clients, walked_clients(worker, NULL, NULL));
     for (const struct ledger_scope *s = l->dbs; s; s = s->next) {
-        ok &= agree("database", s->name, s->servers, walked_servers(app, s->name, NULL));
-        ok &= agree("clients of database", s->name, s->clients, walked_clients(app, s->name, NULL));
+        ok &= agree("database", s->name, s->servers, walked_servers(worker, s->name, NULL));
+        ok &= agree("clients of database", s->name, s->clients,
+                    walked_clients(worker, s->name, NULL));
     }
     for (const struct ledger_scope *s = l->users; s; s = s->next) {
-        ok &= agree("user", s->name, s->servers, walked_servers(app, NULL, s->name));
-        ok &= agree("clients of user", s->name, s->clients, walked_clients(app, NULL, s->name));
+        ok &= agree("user", s->name, s->servers, walked_servers(worker, NULL, s->name));
+        ok &= agree("clients of user", s->name, s->clients, walked_clients(worker, NULL, s->name));
     }
     for (const struct ledger_key *k = l->keys; k; k = k->next) {
         int n = 0;
         struct list_node *node, *tmp;
-        list_for_each(&app->pools, node, tmp)
+        list_for_each(&worker->pools, node, tmp)
         {
             const struct pool *p = container_of(node, struct pool, node);
             n += p->ledger_key == k ? pool_server_count(p) : 0;
@@ -131,10 +133,12 @@ bool ledger_audit(const struct sluice *app)
         snprintf(key, sizeof(key), "%s/%s", k->db->name, k->user->name);
         ok &= agree("pool", key, k->servers, n);
     }
-    for (int i = 0; i < app->budgets.n; i++) {
-        const struct budget *b = app->budgets.items[i];
-        ok &= agree("leases of budget", b->name, b->leases, walked_budget(app, b, CHARGE_LEASES));
-        ok &= agree("clients of budget", b->name, b->clients, walked_budget(app, b, CHARGE_CLIENTS));
+    for (int i = 0; i < worker->proc->budgets.n; i++) {
+        const struct budget *b = worker->proc->budgets.items[i];
+        ok &=
+            agree("leases of budget", b->name, b->leases, walked_budget(worker, b, CHARGE_LEASES));
+        ok &= agree("clients of budget", b->name, b->clients,
+                    walked_budget(worker, b, CHARGE_CLIENTS));
     }
     return ok;
 }

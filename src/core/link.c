@@ -101,11 +101,11 @@ static void unpair(struct client *c, struct server *s)
     c->server = NULL;
     s->client = NULL;
     if (s->lease_budget) {
-        ledger_give_lease(c->app, s->lease_budget);
+        ledger_give_lease(c->worker, s->lease_budget);
         s->lease_budget = NULL;
         /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
-        if (c->app->budgets.n > 1)
-            c->app->dispatch_needed = true;
+        if (c->worker->proc->budgets.n > 1)
+            c->worker->dispatch_needed = true;
     }
 }
 
@@ -159,8 +159,8 @@ void link_pair(struct client *c, struct server *s)
     pair(c, s);
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
-        pool_record_wait(c->pool, sluice_now(c->app) - c->state_since_ms);
-    s->last_bytes_ms = sluice_now(c->app);   /* idle_transaction_timeout counts from the link */
+        pool_record_wait(c->pool, sluice_now(c->worker) - c->state_since_ms);
+    s->last_bytes_ms = sluice_now(c->worker); /* idle_transaction_timeout counts from the link */
     login_reset_clear(s); /* a former client's, if it left mid-reset */
     /* The first client of a pool is linked for its welcome: it too gets its own parameters
      * applied (in session mode it keeps this server for good). A login's role is SET even on a
@@ -211,7 +211,7 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
     struct link_facts f = {
         .at_boundary = relay_at_boundary(s, c),
         .client_mid_message = relay_client_mid_message(c),
-        .drain_allowed = s->pool->app->cfg->server_drain_timeout > 0,
+        .drain_allowed = s->pool->worker->cfg->server_drain_timeout > 0,
     };
     enum server_fate fate = link_fate(why, &f);
     /* The client's stream is made whole (CopyFail, the Sync of an open batch) while the pair
@@ -237,7 +237,7 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
     }
     switch (why) {
     case LINK_END_RELEASED:
-        if (c->state == CLIENT_IDLE && !sluice_serving(c->app))
+        if (c->state == CLIENT_IDLE && !sluice_serving(c->worker))
             client_fail(c, FAIL_SHUTDOWN, ""); /* its transaction was what shutdown waited for */
         else if (c->state == CLIENT_IDLE)
             relay_client_interest(c);

@@ -29,32 +29,32 @@ const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25
 
 static struct server *open_server(struct pool *p)
 {
-    return p->app->pool_events->open_server(p);
+    return p->worker->pool_events->open_server(p);
 }
 
 static void close_server(struct server *s, const char *why)
 {
-    s->pool->app->pool_events->close_server(s, why);
+    s->pool->worker->pool_events->close_server(s, why);
 }
 
 static void close_server_for(struct server *s, const char *why, struct pool *room_for)
 {
-    s->pool->app->pool_events->close_server_for(s, why, room_for);
+    s->pool->worker->pool_events->close_server_for(s, why, room_for);
 }
 
 static void kick_server(struct server *s)
 {
-    s->pool->app->pool_events->kick_server(s);
+    s->pool->worker->pool_events->kick_server(s);
 }
 
 static void watch_server(struct server *s)
 {
-    s->pool->app->pool_events->watch_server(s);
+    s->pool->worker->pool_events->watch_server(s);
 }
 
 static void tick_server(struct server *s, uint64_t now)
 {
-    s->pool->app->pool_events->server_tick(s, now);
+    s->pool->worker->pool_events->server_tick(s, now);
 }
 
 static void hist_add(uint64_t *hist, uint64_t ms)
@@ -91,13 +91,13 @@ static const char *forced_user(const struct db_entry *db)
     return NULL;
 }
 
-struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
+struct pool *pool_get(struct worker *worker, const struct db_entry *db, const char *user,
                       const char *database)
 {
     if (forced_user(db))
         user = forced_user(db);
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         if (strcmp(p->db_name, database) == 0 && strcmp(p->user_name, user) == 0)
@@ -106,7 +106,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
-    p->app = app;
+    p->worker = worker;
     p->db_name = strdup(database);
     p->user_name = strdup(user);
     p->target_db = strdup(database);
@@ -127,22 +127,22 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
     list_init(&p->active_clients);
     params_init(&p->welcome);
     params_init(&p->accepted);
-    p->ledger_key = ledger_key_get(&app->ledger, database, user);
+    p->ledger_key = ledger_key_get(&worker->proc->ledger, database, user);
     if (!p->ledger_key) {
         pool_free(p);
         return NULL;
     }
-    p->is_admin = console_is_db(app, database);
+    p->is_admin = console_is_db(worker, database);
     pool_apply_config(p);
     /* PAUSE db applies to the database: a pool for a user who arrives later starts paused too. */
     struct list_node *n2, *tmp2;
-    list_for_each(&app->pools, n2, tmp2)
+    list_for_each(&worker->pools, n2, tmp2)
     {
         const struct pool *o = container_of(n2, struct pool, node);
         if (o->paused && strcmp(o->db_name, p->db_name) == 0)
             pool_pause(p, o->paused_by);
     }
-    list_append(&app->pools, &p->node);
+    list_append(&worker->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
             pool_mode_name(p->mode), p->size);
     budget_log_cap(p);
@@ -151,7 +151,7 @@ struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char 
 
 void pool_apply_config(struct pool *p)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     const struct db_entry *db = config_find_db(cfg, p->db_name);
     const struct user_entry *u = config_find_user(cfg, p->user_name);
     p->mode = cfg->pool_mode;
@@ -206,14 +206,14 @@ void pool_apply_config(struct pool *p)
     }
 }
 
-void pool_create_forced(struct sluice *app)
+void pool_create_forced(struct worker *worker)
 {
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = worker->cfg;
     for (int i = 0; i < cfg->ndbs; i++) {
         const struct db_entry *db = &cfg->dbs[i];
-        if (!forced_user(db) || strcmp(db->name, "*") == 0 || console_is_db(app, db->name))
+        if (!forced_user(db) || strcmp(db->name, "*") == 0 || console_is_db(worker, db->name))
             continue;
-        if (!pool_get(app, db, forced_user(db), db->name))
+        if (!pool_get(worker, db, forced_user(db), db->name))
             log_msg(LOG_ERROR, "pool %s/%s: out of memory creating it; it is created when a "
                                "client comes", db->name, forced_user(db));
     }
@@ -226,7 +226,7 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
 {
     int n = 0;
     struct list_node *pn, *ptmp, *node, *tmp;
-    list_for_each(&c->app->pools, pn, ptmp)
+    list_for_each(&c->worker->pools, pn, ptmp)
     {
         const struct pool *o = container_of(pn, struct pool, node);
         if (o == c->pool || o->paused)
@@ -249,10 +249,11 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
  * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    int room = ledger_lease_room(c->app, c->budget);
+    int room = ledger_lease_room(c->worker, c->budget);
     if (room == 0)
         return false;
-    return room < 0 || c->app->pools.count <= 1 || older_budget_waiters_elsewhere(c, room) < room;
+    return room < 0 || c->worker->pools.count <= 1 ||
+           older_budget_waiters_elsewhere(c, room) < room;
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
@@ -264,7 +265,7 @@ static struct client *first_eligible(const struct pool *p)
         struct client *c = container_of(n, struct client, node);
         if (may_lease(c))
             return c;
-        if (p->app->budgets.n <= 1)
+        if (p->worker->proc->budgets.n <= 1)
             break; /* no budgets configured: the head is the only candidate */
     }
     return NULL;
@@ -274,14 +275,14 @@ static struct client *first_eligible(const struct pool *p)
  * the servers it may still hold (servers opened for a budget count against its max_servers). */
 static int count_eligible(const struct pool *p, int enough)
 {
-    const struct budget_set *set = &p->app->budgets;
+    const struct budget_set *set = &p->worker->proc->budgets;
     if (set->n <= 1)
         return p->waiting.count;
     int *room = calloc((size_t)set->n, sizeof(*room));
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = ledger_lease_room(p->app, set->items[i]);
+        room[i] = ledger_lease_room(p->worker, set->items[i]);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
@@ -303,16 +304,16 @@ static int count_eligible(const struct pool *p, int enough)
  * has waiters gets the room (PgBouncer does the same for max_db_connections). */
 static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
 {
-    return pool_evict_idle(p->app, k, p->db_name, p->user_name, p);
+    return pool_evict_idle(p->worker, k, p->db_name, p->user_name, p);
 }
 
-bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
+bool pool_evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
                      const char *user_name, struct pool *except)
 {
     struct pool *victim = NULL;
     struct server *oldest = NULL;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *o = container_of(n, struct pool, node);
         if (o == except || list_empty(&o->idle))
@@ -342,7 +343,7 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    return ledger_take_server(&p->app->ledger, p->ledger_key, &caps);
+    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
 }
 
 /* Open connections for clients that wait, within every cap and the backoff. While the breaker is
@@ -350,8 +351,8 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
  * noticed (and /health is ready again) without a client having to come first. */
 static void maybe_connect(struct pool *p)
 {
-    struct sluice *app = p->app;
-    if (!sluice_serving(app) || p->paused || !pool_may_try_connect(p))
+    struct worker *worker = p->worker;
+    if (!sluice_serving(worker) || p->paused || !pool_may_try_connect(p))
         return;
     int want =
         count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
@@ -364,8 +365,8 @@ static void maybe_connect(struct pool *p)
     bool use_reserve = false;
     if (p->reserve_size > 0 && !list_empty(&p->waiting)) {
         struct client *head = container_of(list_first(&p->waiting), struct client, node);
-        use_reserve = sluice_now(app) - head->state_since_ms >=
-                      (uint64_t)app->cfg->reserve_pool_timeout;
+        use_reserve = sluice_now(worker) - head->state_since_ms >=
+                      (uint64_t)worker->cfg->reserve_pool_timeout;
     }
     while (want-- > 0) {
         enum limit_kind k = take_slot(p, use_reserve);
@@ -389,7 +390,7 @@ static void maybe_connect(struct pool *p)
 /* An idle server that has sat longer than server_check_delay is checked before reuse. */
 static bool needs_check(const struct server *s, uint64_t now)
 {
-    const struct config *cfg = s->pool->app->cfg;
+    const struct config *cfg = s->pool->worker->cfg;
     return cfg->server_check_query.kind != SQL_SETTING_NONE && cfg->server_check_delay >= 0 &&
            now - s->state_since_ms >= (uint64_t)cfg->server_check_delay;
 }
@@ -405,7 +406,7 @@ static const char *check_sql(const struct config *cfg)
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
-    uint64_t now = sluice_now(p->app);
+    uint64_t now = sluice_now(p->worker);
     while (!p->paused && !list_empty(&p->idle)) {
         struct client *c = first_eligible(p);
         if (!c)
@@ -413,13 +414,13 @@ static void dispatch(struct pool *p)
         struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_CHECKING);
-            server_queue_internal(s, check_sql(p->app->cfg));
+            server_queue_internal(s, check_sql(p->worker->cfg));
             kick_server(s);
             continue;
         }
-        if (ledger_take_lease(p->app, c->budget) != LIMIT_NONE)
+        if (ledger_take_lease(p->worker, c->budget) != LIMIT_NONE)
             return; /* first_eligible said it may: cannot happen, and must not loop */
-        p->app->pool_events->waiter_served(c, s);
+        p->worker->pool_events->waiter_served(c, s);
     }
 }
 
@@ -431,11 +432,11 @@ void pool_lease(struct pool *p, struct client *c)
     maybe_connect(p);
 }
 
-void pool_dispatch_all(struct sluice *app)
+void pool_dispatch_all(struct worker *worker)
 {
-    app->dispatch_needed = false;
+    worker->dispatch_needed = false;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         if (!list_empty(&p->waiting)) {
@@ -468,14 +469,14 @@ static bool close_if_over_limit(struct server *s)
  * closed; NULL when p's own waiter (or the idle list) should have it. */
 static struct pool *longer_waiter_elsewhere(struct pool *p)
 {
-    struct sluice *app = p->app;
-    if (!sluice_serving(app))
+    struct worker *worker = p->worker;
+    if (!sluice_serving(worker))
         return NULL;
     const struct client *mine = p->paused ? NULL : first_eligible(p);
     uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
     struct pool *best = NULL;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *o = container_of(n, struct pool, node);
         if (o == p || o->paused || list_empty(&o->waiting) || !pool_may_try_connect(o))
@@ -518,16 +519,16 @@ static void welcome_login_waiters(struct pool *p)
         }
         if (!login)
             return;
-        p->app->pool_events->login_welcomed(login);
+        p->worker->pool_events->login_welcomed(login);
     }
 }
 
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
-    struct sluice *app = p->app;
-    uint64_t now = sluice_now(app);
-    if (!sluice_serving(app) && list_empty(&p->waiting)) {
+    struct worker *worker = p->worker;
+    uint64_t now = sluice_now(worker);
+    if (!sluice_serving(worker) && list_empty(&p->waiting)) {
         close_server(s, "shutting down");
         return;
     }
@@ -559,8 +560,8 @@ void pool_server_ready(struct server *s)
         return;
     }
     struct client *c = p->paused ? NULL : first_eligible(p);
-    if (c && ledger_take_lease(app, c->budget) == LIMIT_NONE) {
-        app->pool_events->waiter_served(c, s);
+    if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
+        worker->pool_events->waiter_served(c, s);
         return;
     }
     server_set_state(s, SERVER_IDLE);
@@ -570,7 +571,7 @@ void pool_server_ready(struct server *s)
 
 bool pool_queue_cleanup(struct server *s)
 {
-    const struct config *cfg = s->pool->app->cfg;
+    const struct config *cfg = s->pool->worker->cfg;
     const struct pool_mode_ops *ops = pool_mode_ops(s->pool->mode, cfg->server_reset_query_always);
     bool queued = false;
     if (s->txn_status != 'I') {
@@ -624,7 +625,7 @@ void pool_server_gone(struct pool *p, struct pool *room_for)
         maybe_connect(room_for);
     /* Whatever room is left may serve a waiter of any pool. */
     if (!list_empty(&p->waiting) || room_for)
-        p->app->dispatch_needed = true;
+        p->worker->dispatch_needed = true;
 }
 
 /* The pool of a shared cap's scope that holds the most servers, and how many. */
@@ -633,7 +634,7 @@ static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind
     const struct pool *best = NULL;
     *most = 0;
     struct list_node *n, *tmp;
-    list_for_each(&p->app->pools, n, tmp)
+    list_for_each(&p->worker->pools, n, tmp)
     {
         const struct pool *o = container_of(n, struct pool, node);
         if ((k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0) ||
@@ -668,7 +669,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  p->db_name, p->user_name, secs, p->db_name);
         return;
     }
-    enum limit_kind k = ledger_lease_limit(p->app, c->budget);
+    enum limit_kind k = ledger_lease_limit(p->worker, c->budget);
     if (k == LIMIT_BUDGET) {
         snprintf(msg, len,
                  "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
@@ -679,7 +680,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
     }
     if (k == LIMIT_RESERVED) {
         enum limit_kind key;
-        int capacity = budget_shared_capacity(p->app, &key);
+        int capacity = budget_shared_capacity(p->worker, &key);
         snprintf(msg, len,
                  "no server for budget \"%s\" after %.1f s (query_wait_timeout): of the %d "
                  "servers %s allows, the free ones are held for other budgets' min_servers; raise "
@@ -739,13 +740,15 @@ static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
     char msg[768];
     if (p->paused) {
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        p->app->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
+        p->worker->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
     } else if (pool_is_down(p)) {
         pool_describe_down(p, msg, sizeof(msg));
-        p->app->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
+        p->worker->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN,
+                                                 msg);
     } else {
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        p->app->pool_events->waiter_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT, msg);
+        p->worker->pool_events->waiter_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT,
+                                                 msg);
     }
 }
 
@@ -753,7 +756,7 @@ static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
  * server_down_wait while the breaker says the database is down. */
 static uint64_t wait_limit(const struct pool *p)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     uint64_t limit = (uint64_t)cfg->query_wait_timeout;
     uint64_t down = (uint64_t)cfg->server_down_wait;
     if (pool_is_down(p) && !p->paused && down > 0 && (limit == 0 || down < limit))
@@ -765,7 +768,7 @@ static uint64_t wait_limit(const struct pool *p)
  * one NOTICE per wait, so a person at psql knows the pooler, not the query, is slow. */
 static void notify_long_waits(struct pool *p, uint64_t now)
 {
-    int64_t after = p->app->cfg->query_wait_notify;
+    int64_t after = p->worker->cfg->query_wait_notify;
     if (after <= 0)
         return;
     struct list_node *n, *tmp;
@@ -781,7 +784,7 @@ static void notify_long_waits(struct pool *p, uint64_t now)
         snprintf(msg, sizeof(msg),
                  "No server connection available in pool %s/%s, client being queued",
                  p->db_name, p->user_name);
-        p->app->pool_events->waiter_notified(c, msg);
+        p->worker->pool_events->waiter_notified(c, msg);
     }
 }
 
@@ -809,9 +812,9 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->leaving, n, tmp)
         tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
-        p->app->pool_events->client_tick(container_of(n, struct client, node), now);
+        p->worker->pool_events->client_tick(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)
-        p->app->pool_events->client_tick(container_of(n, struct client, node), now);
+        p->worker->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
     /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
     while (p->ledger_key->servers > p->size && !list_empty(&p->idle))
@@ -822,7 +825,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         ;
     /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool
      * from the start, as PgBouncer does (its user and database are known without a client). */
-    if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
+    if (sluice_serving(p->worker) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
         open_server(p);

@@ -13,7 +13,7 @@
 #include "list.h"
 #include "params.h"
 
-struct sluice;
+struct worker;
 struct client;
 struct server;
 struct ledger_key;
@@ -44,7 +44,7 @@ enum pool_pause_cause { PAUSED_BY_PAUSE, PAUSED_BY_KILL };
 
 struct pool {
     struct list_node node;
-    struct sluice *app;
+    struct worker *worker;
     char *db_name;     /* client-visible database name */
     char *user_name;   /* the user servers log in as: the client's, or the database's forced
                         * user= (all clients of such a database share one pool) */
@@ -133,13 +133,13 @@ struct pool_events {
 
 /* Find or create the pool for a client's login: by database and user, the database's forced
  * user= where it has one. NULL: out of memory. */
-struct pool *pool_get(struct sluice *app, const struct db_entry *db, const char *user,
+struct pool *pool_get(struct worker *worker, const struct db_entry *db, const char *user,
                       const char *database);
 /* Recompute settings from the current config (reload). */
 void pool_apply_config(struct pool *p);
 /* Create the pools of [databases] entries with a forced user=, as PgBouncer does, so that
  * min_pool_size opens their servers before any client comes (start and reload). */
-void pool_create_forced(struct sluice *app);
+void pool_create_forced(struct worker *worker);
 /* Its servers, every state but CLOSED: what the caps count. Inline: budget.c counts them
  * without calling up into the pool. */
 static inline int pool_server_count(const struct pool *p)
@@ -152,7 +152,7 @@ static inline int pool_server_count(const struct pool *p)
  * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */
 void pool_lease(struct pool *p, struct client *c);
 /* Serve waiters that an ended budget lease may have unblocked, in every pool. */
-void pool_dispatch_all(struct sluice *app);
+void pool_dispatch_all(struct worker *worker);
 /* A linked server is free again (client released it). */
 void pool_release(struct server *s);
 /* Queue what a server needs before another client may have it: ROLLBACK when a transaction is
@@ -166,7 +166,7 @@ void pool_server_gone(struct pool *p, struct pool *room_for);
  * user_name) is full: close the longest-idle server of any pool in that scope but except, to
  * make room; except (a pool with waiters, or NULL for auth_query) gets first go at it once the
  * backend has gone. false: none was idle. */
-bool pool_evict_idle(struct sluice *app, enum limit_kind k, const char *db_name,
+bool pool_evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
                      const char *user_name, struct pool *except);
 /* A server of p logged in: the database takes connections again (closes the breaker). */
 void pool_connect_succeeded(struct pool *p);

@@ -38,7 +38,7 @@ bool pool_may_try_connect(struct pool *p)
     struct breaker *b = &p->breaker;
     if (b->state == BREAKER_PROBING && p->connecting.count == 0)
         b->state = BREAKER_OPEN;
-    if (sluice_now(p->app) < b->next_try_ms)
+    if (sluice_now(p->worker) < b->next_try_ms)
         return false;
     return b->failures == 0 || p->connecting.count == 0;
 }
@@ -49,8 +49,7 @@ void pool_describe_down(const struct pool *p, char *msg, size_t len)
     const struct breaker *b = &p->breaker;
     snprintf(msg, len,
              "pool \"%s/%s\": the database is down or refuses connections, for %.1f s now: %s",
-             p->db_name, p->user_name,
-             (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0,
+             p->db_name, p->user_name, (double)(sluice_now(p->worker) - b->down_since_ms) / 1000.0,
              b->last_error ? b->last_error : "unknown error");
 }
 
@@ -74,7 +73,7 @@ static void fail_logins_while_down(struct pool *p)
         if (c->state == CLIENT_LOGIN_WAIT) {
             char msg[768];
             pool_describe_down(p, msg, sizeof(msg));
-            p->app->pool_events->waiter_failed(c, FAIL_DATABASE_DOWN, msg, NULL);
+            p->worker->pool_events->waiter_failed(c, FAIL_DATABASE_DOWN, msg, NULL);
         }
     }
 }
@@ -82,8 +81,8 @@ static void fail_logins_while_down(struct pool *p)
 static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
                            const char *server_message)
 {
-    struct sluice *app = p->app;
-    const struct config *cfg = app->cfg;
+    struct worker *worker = p->worker;
+    const struct config *cfg = worker->cfg;
     struct breaker *b = &p->breaker;
     b->failures++;
     /* Exponential backoff with jitter, capped by server_login_retry: a database that refuses
@@ -100,11 +99,11 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         backoff = cap;
     uint32_t r = 0;
     if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
-        r = (uint32_t)sluice_now(app);
+        r = (uint32_t)sluice_now(worker);
     backoff = backoff * (80 + r % 41) / 100;
     if (backoff > cap)
         backoff = cap;
-    b->next_try_ms = sluice_now(app) + backoff;
+    b->next_try_ms = sluice_now(worker) + backoff;
     free(b->last_error);
     b->last_error = strdup(message);
     if (b->state == BREAKER_PROBING) {
@@ -115,7 +114,7 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         /* The state change is logged, not each failure: an outage is one line, and one more
          * when it ends. */
         b->state = BREAKER_OPEN;
-        b->down_since_ms = sluice_now(app);
+        b->down_since_ms = sluice_now(worker);
         log_msg(LOG_WARNING,
                 "pool %s/%s is down: cannot connect to the database (%s); requests that need a "
                 "server fail after %.1f s (server_down_wait) until a probe (at most %.1f s "
@@ -135,7 +134,8 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
         list_for_each(&p->waiting, n, tmp)
         {
             struct client *c = container_of(n, struct client, node);
-            app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, refusal_sqlstate);
+            worker->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message,
+                                               refusal_sqlstate);
         }
         return;
     }
@@ -161,9 +161,11 @@ void pool_connect_succeeded(struct pool *p)
 {
     struct breaker *b = &p->breaker;
     if (b->state != BREAKER_CLOSED)
-        log_msg(LOG_INFO, "pool %s/%s is up again: connected to the database after %.1f s down "
-                "(%d failed attempts)", p->db_name, p->user_name,
-                (double)(sluice_now(p->app) - b->down_since_ms) / 1000.0, b->failures);
+        log_msg(LOG_INFO,
+                "pool %s/%s is up again: connected to the database after %.1f s down "
+                "(%d failed attempts)",
+                p->db_name, p->user_name,
+                (double)(sluice_now(p->worker) - b->down_since_ms) / 1000.0, b->failures);
     b->state = BREAKER_CLOSED;
     b->failures = 0;
     b->next_try_ms = 0;

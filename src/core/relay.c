@@ -94,9 +94,9 @@ static void on_internal_error(struct server *s, struct client *c, const uint8_t 
     bool parsed = codec_parse_error(body, len, &ef);
     if (c && client_login_syncing(c)) {
         /* The client's own startup parameter: Postgres would have refused the login so. */
-        c->app->relay_events->login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
-                                            parsed && ef.message ? ef.message
-                                                                 : "invalid startup parameter");
+        c->worker->relay_events->login_refused(c, parsed && ef.sqlstate ? ef.sqlstate : "08P01",
+                                               parsed && ef.message ? ef.message
+                                                                    : "invalid startup parameter");
         return;
     }
     if (c && login_reset_on_internal_error(s, c, body, len))
@@ -110,13 +110,13 @@ static void on_internal_error(struct server *s, struct client *c, const uint8_t 
 /* The client's request is answered (its last ReadyForQuery): count it, log it if slow. */
 static void query_done(struct server *s, struct client *c, char status)
 {
-    uint64_t now = sluice_now(c->app);
+    uint64_t now = sluice_now(c->worker);
     uint64_t ms = now - s->query_start_ms;
     bool xact_ended = status == 'I' && !s->batch_open;
     pool_record_query(s->pool, ms, xact_ended);
     if (xact_ended)
         s->pool->xact_us_total += (now - s->xact_start_ms) * 1000;
-    int64_t slow = c->app->cfg->log_slow_query_ms;
+    int64_t slow = c->worker->cfg->log_slow_query_ms;
     if (slow > 0 && ms >= (uint64_t)slow)
         log_client(LOG_WARNING, c, "slow query: %llu ms (log_slow_query_ms = %lld), "
                                    "application_name \"%s\", pool %s/%s, S-%llu",
@@ -131,7 +131,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
 {
     struct buf *b = &s->in;
     bool forbid_txn =
-        c && pool_mode_ops(s->pool->mode, c->app->cfg->server_reset_query_always)->forbid_transaction;
+        c &&
+        pool_mode_ops(s->pool->mode, c->worker->cfg->server_reset_query_always)->forbid_transaction;
     while (b->scan < b->wpos) {
         if (s->rx.remain) {
             uint32_t take = min_u32(s->rx.remain, b->wpos - b->scan);
@@ -226,7 +227,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     login_reset_clear(s); /* its client left */
                 s->txn_status = (char)body[0];
                 s->copy_in = false;
-                s->last_ready_ms = sluice_now(s->pool->app);
+                s->last_ready_ms = sluice_now(s->pool->worker);
                 if (s->swallow > 0) {
                     s->swallow--;
                     consume = true;
@@ -242,7 +243,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                             query_done(s, c, (char)body[0]);
                     } else if (s->inflight > 0 && body[0] == 'I') {
                         /* pipelined: the request sent next starts its transaction now */
-                        s->xact_start_ms = sluice_now(s->pool->app);
+                        s->xact_start_ms = sluice_now(s->pool->worker);
                     }
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
@@ -334,7 +335,7 @@ static int server_read(struct server *s, struct relay_outcome *o)
         return 0;
     }
     if (n > 0) {
-        s->last_bytes_ms = sluice_now(s->pool->app);
+        s->last_bytes_ms = sluice_now(s->pool->worker);
         return (int)n;
     }
     if (n == SOCKIO_AGAIN)
@@ -456,7 +457,7 @@ static enum relay_result release_due(const struct client *c, const struct server
     if (!relay_pair_quiet(c, s))
         return RELAY_LINKED;
     const struct pool_mode_ops *ops =
-        pool_mode_ops(s->pool->mode, c->app->cfg->server_reset_query_always);
+        pool_mode_ops(s->pool->mode, c->worker->cfg->server_reset_query_always);
     if (!ops->release_at_idle || c->pinned)
         return RELAY_LINKED;
     if (s->txn_status != 'I')
@@ -621,7 +622,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             if (n < 0)
                 return gone;
             if (n > 0)
-                s->last_bytes_ms = sluice_now(c->app);
+                s->last_bytes_ms = sluice_now(c->worker);
             more |= n > 0;
         }
         if (!more)
@@ -644,7 +645,7 @@ enum relay_result relay_client_readable(struct client *c, struct relay_outcome *
     if (n < 0)
         return gone;
     if (n > 0)
-        s->last_bytes_ms = sluice_now(c->app);
+        s->last_bytes_ms = sluice_now(c->worker);
     return relay_pump(s, o);
 }
 

@@ -46,7 +46,7 @@ struct relay_outcome {
 
 /* What the relay reports while it pumps, where returning would not do: a login's parameter
  * sync is answered by an error in the middle of the replies, and the first one is the one the
- * client must get (link.c's link_relay_events, installed by sluice.c as app->relay_events). */
+ * client must get (link.c's link_relay_events, installed by sluice.c as worker->relay_events). */
 struct relay_events {
     /* The server refused a SET of c's login sync: its login ends with this error (the replies
      * still due are consumed, then RELAY_LOGIN_SYNCED). */

@@ -88,7 +88,7 @@ static enum track_result queue_request(struct server *s, enum stmt_req kind, con
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
-    int max = (int)s->pool->app->cfg->max_prepared_statements;
+    int max = (int)s->pool->worker->cfg->max_prepared_statements;
     while (max > 0 && stmt_map_count(&s->stmts) >= max) {
         struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
         if (strcmp(lru->name, keep) == 0)
@@ -169,7 +169,7 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
         return TRACK_PASS;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
-    int max = (int)c->app->cfg->max_prepared_statements;
+    int max = (int)c->worker->cfg->max_prepared_statements;
     while (!theirs && stmt_map_count(&s->stmts) >= max) {
         struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
         prepared_put_close(&s->out, lru->name);
@@ -216,7 +216,7 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
                                               struct client_failure *fail)
 {
     uint32_t whole = CODEC_HEADER_LEN + body_len;
-    enum session_policy policy = c->app->cfg->session_state_policy;
+    enum session_policy policy = c->worker->cfg->session_state_policy;
     if (policy == SESSION_POLICY_PIN) {
         if (!c->pinned)
             log_client(LOG_INFO, c, "uses %s (application_name \"%s\"): pinned to S-%llu until it "
@@ -238,7 +238,7 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
             return TRACK_FLUSH;
         c->in.scan += whole;
         buf_consume(&c->in, whole);
-        if (c->app->cfg->log_pooler_errors)
+        if (c->worker->cfg->log_pooler_errors)
             log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
                        session_feature_name(f));
         error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
@@ -444,7 +444,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
  * the one it passed. */
 static bool keep_within_bounds(struct client *c, uint32_t bytes, struct client_failure *fail)
 {
-    const struct config *cfg = c->app->cfg;
+    const struct config *cfg = c->worker->cfg;
     char detail[200];
     if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client) {
         snprintf(detail, sizeof(detail),
@@ -548,7 +548,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t key_len = (uint32_t)strlen(name);
     /* The statement text, when the message is here whole (it starts after the name's NUL). */
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
-    if (c->app->cfg->max_prepared_statements == 0) {
+    if (c->worker->cfg->max_prepared_statements == 0) {
         /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
         enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
         if (r != TRACK_PASS)
@@ -569,7 +569,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, sn.name);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
-        (theirs || stmt_map_count(&s->stmts) >= (int)c->app->cfg->max_prepared_statements))
+        (theirs || stmt_map_count(&s->stmts) >= (int)c->worker->cfg->max_prepared_statements))
         r = TRACK_FLUSH;
     if (r == TRACK_PASS && !keep_within_bounds(c, len, fail))
         r = TRACK_FAILED;
@@ -740,7 +740,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
                                       struct client_failure *fail)
 {
     struct buf *b = &c->in;
-    uint32_t max_body = (uint32_t)c->app->cfg->max_packet_size;
+    uint32_t max_body = (uint32_t)c->worker->cfg->max_packet_size;
     bool track = request_track_on(s);
     while (b->scan < b->wpos) {
         if (c->rx.remain) {
@@ -824,7 +824,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             else
                 s->syncs_after_execute = 0;
             if (s->inflight++ == 0) {
-                s->query_start_ms = sluice_now(c->app);
+                s->query_start_ms = sluice_now(c->worker);
                 if (s->txn_status == 'I')
                     s->xact_start_ms = s->query_start_ms;
             }

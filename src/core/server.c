@@ -78,7 +78,7 @@ void server_close_for(struct server *s, const char *reason, struct pool *room_fo
         return;
     log_server(LOG_INFO, s, "closing: %s", reason);
     if (s->client)
-        s->pool->app->server_events->closing(s);
+        s->pool->worker->server_events->closing(s);
     /* Called on logged-in servers only (a fresh one is still CONNECTING as it is first handed
      * out); with output pending the Terminate could not be told apart, so that one just closes. */
     bool sent = s->out_pos >= s->out.len &&
@@ -101,7 +101,7 @@ void server_on_io(struct sockio *io, int status, int events)
         leaving_step(s, status);
         return;
     }
-    s->pool->app->server_events->io(s, status, events); /* logged in: the relay's */
+    s->pool->worker->server_events->io(s, status, events); /* logged in: the relay's */
 }
 
 /* The query of a server being drained will not be read by anyone: cancel it (once). */
@@ -110,7 +110,7 @@ static void cancel_drained_query(struct server *s)
     if (s->inflight == 0 || s->timeout_cancel_sent)
         return;
     s->timeout_cancel_sent = true;
-    if (cancel_server(s->pool->app, s) < 0)
+    if (cancel_server(s->pool->worker, s) < 0)
         log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
 }
 
@@ -210,14 +210,14 @@ void server_close(struct server *s, const char *reason)
 
 static void close_now(struct server *s)
 {
-    struct sluice *app = s->pool->app;
+    struct worker *worker = s->pool->worker;
     if (s->state == SERVER_LEAVING && s->room_for)
         s->room_for->rooms_awaited--;
     if (s->client)
-        app->server_events->closing(s);
+        worker->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
-    app->nservers--;
-    ledger_give_server(&app->ledger, s->pool->ledger_key); /* its backend is gone */
+    worker->nservers--;
+    ledger_give_server(&worker->proc->ledger, s->pool->ledger_key); /* its backend is gone */
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;
@@ -238,7 +238,7 @@ static void close_now(struct server *s)
  * session is gone. Transaction and statement mode release (and so close) at that point anyway. */
 static bool fast_close_due(const struct server *s)
 {
-    const struct config *cfg = s->pool->app->cfg;
+    const struct config *cfg = s->pool->worker->cfg;
     struct client *c = s->client;
     return cfg->server_fast_close && s->close_when_free && c && s->txn_status == 'I' &&
            s->swallow == 0 &&
@@ -248,7 +248,7 @@ static bool fast_close_due(const struct server *s)
 
 void server_check_timeouts(struct server *s, uint64_t now)
 {
-    const struct config *cfg = s->pool->app->cfg;
+    const struct config *cfg = s->pool->worker->cfg;
     switch (s->state) {
     case SERVER_RESOLVING:
     case SERVER_LOGIN:
@@ -277,7 +277,7 @@ void server_check_timeouts(struct server *s, uint64_t now)
         break;
     case SERVER_ACTIVE:
         if (fast_close_due(s))
-            s->pool->app->server_events->fast_close_due(s);
+            s->pool->worker->server_events->fast_close_due(s);
         break;
     case SERVER_LEAVING:
         /* A backend that does not close its socket soon is stuck or gone unseen: stop waiting. */

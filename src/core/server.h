@@ -126,7 +126,7 @@ struct server {
 };
 
 /* What a logged-in server tells the layer that links it to clients (link.c's
- * link_server_events, installed by sluice.c as app->server_events): server.c knows that it may
+ * link_server_events, installed by sluice.c as worker->server_events): server.c knows that it may
  * have a client, not what a pairing is. */
 struct server_events {
     /* A socket event of a logged-in server (the relay's, with a client or not). */

@@ -30,7 +30,7 @@
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
                           const char **val, const char **user_out, bool *password_out)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     int n = 0;
     bool has_dbname = false, has_password = false;
     const char *user = NULL;
@@ -102,7 +102,7 @@ static uint64_t conninfo_fingerprint(const char *const *kw, const char *const *v
 
 void server_retire_changed(struct pool *p)
 {
-    const struct db_entry *db = config_find_db(p->app->cfg, p->db_name);
+    const struct db_entry *db = config_find_db(p->worker->cfg, p->db_name);
     if (!db || p->is_admin)
         return;
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
@@ -239,8 +239,8 @@ static const struct server_login_hooks login_hooks = {
 static void start_login(struct server *s, const struct resolver *r)
 {
     struct pool *p = s->pool;
-    struct sluice *app = p->app;
-    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    struct worker *worker = p->worker;
+    const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
     if (!db) {
         server_connect_failed(s, "the database is no longer configured");
         return;
@@ -259,12 +259,12 @@ static void start_login(struct server *s, const struct resolver *r)
      * (PgBouncer logs in with it too, e.g. for a [databases] entry's forced user=). */
     const struct passthrough_keys *keys = has_password ? NULL : passthrough_find(user);
     struct passthrough_keys from_file;
-    if (!has_password && !keys && md5_secret_in_auth_file(app->cfg, user, &from_file))
+    if (!has_password && !keys && md5_secret_in_auth_file(worker->cfg, user, &from_file))
         keys = &from_file;
     if (keys) {
         server_set_state(s, SERVER_LOGIN_PASSTHROUGH);
         char why[256];
-        enum sslmode sslmode = config_server_sslmode(app->cfg, db);
+        enum sslmode sslmode = config_server_sslmode(worker->cfg, db);
         int started = server_login_start(s, kw, val, sslmode, keys, &login_hooks, why, sizeof(why));
         OPENSSL_cleanse(&from_file, sizeof(from_file)); /* the login keeps its own copy */
         if (started < 0) {
@@ -287,7 +287,7 @@ static void start_login(struct server *s, const struct resolver *r)
     }
     /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
     PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
-    if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
+    if (sockio_open(&s->io, worker->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
         server_connect_failed(s, "cannot watch the server socket");
         return;
     }
@@ -309,22 +309,22 @@ static void on_server_resolved(struct resolver *r, void *owner)
 
 struct server *server_connect(struct pool *p)
 {
-    struct sluice *app = p->app;
-    const struct db_entry *db = config_find_db(app->cfg, p->db_name);
+    struct worker *worker = p->worker;
+    const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
     if (!db) {
-        ledger_give_server(&app->ledger, p->ledger_key); /* no server holds the slot */
+        ledger_give_server(&worker->proc->ledger, p->ledger_key); /* no server holds the slot */
         pool_connect_failed(p, "the database is no longer configured");
         return NULL;
     }
     struct server *s = calloc(1, sizeof(*s));
     if (!s) {
-        ledger_give_server(&app->ledger, p->ledger_key);
+        ledger_give_server(&worker->proc->ledger, p->ledger_key);
         return NULL;
     }
     s->pool = p;
-    s->id = ++app->next_id;
+    s->id = ++worker->next_id;
     s->txn_status = 'I';
-    s->connect_start_ms = sluice_now(app);
+    s->connect_start_ms = sluice_now(worker);
     s->state_since_ms = s->connect_start_ms;
     s->io.fd = -1;
     s->io.cb = on_connecting_io;
@@ -336,7 +336,7 @@ struct server *server_connect(struct pool *p)
      * included: close_now gives it back. */
     s->state = SERVER_RESOLVING;
     list_append(&p->connecting, &s->node);
-    app->nservers++;
+    worker->nservers++;
 
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
@@ -344,8 +344,8 @@ struct server *server_connect(struct pool *p)
     build_conninfo(p, db, kw, val, &user, &has_password);
     s->conninfo_fp = conninfo_fingerprint(kw, val);
     char why[300];
-    int r =
-        resolver_start(app->loop, kw, val, on_server_resolved, s, &s->resolving, why, sizeof(why));
+    int r = resolver_start(worker->loop, kw, val, on_server_resolved, s, &s->resolving, why,
+                           sizeof(why));
     if (r < 0)
         server_connect_failed(s, why);
     else if (r == 0)
@@ -375,7 +375,7 @@ static bool needs_probe(const struct server *s)
 /* The database entry's connect_query for a new server of this pool, or NULL. */
 static const char *connect_query(const struct server *s)
 {
-    const struct db_entry *db = config_find_db(s->pool->app->cfg, s->pool->db_name);
+    const struct db_entry *db = config_find_db(s->pool->worker->cfg, s->pool->db_name);
     return db && db->connect_query ? db->connect_query : NULL;
 }
 
@@ -443,7 +443,7 @@ static void login_query_failed(struct server *s, const char *why)
 /* Parameters and backend pid known: into the pool. */
 static void logged_in(struct server *s)
 {
-    s->connect_ms = sluice_now(s->pool->app);
+    s->connect_ms = sluice_now(s->pool->worker);
     pool_connect_succeeded(s->pool);
     log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
                s->io.ssl ? " (TLS)" : "",
@@ -627,7 +627,7 @@ static void connect_step(struct server *s)
     if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
         /* libpq moved to another socket (next host, or a retry without TLS). */
         sockio_detach(&s->io);
-        if (sockio_open(&s->io, s->pool->app->loop, fd, s, on_connecting_io) < 0) {
+        if (sockio_open(&s->io, s->pool->worker->loop, fd, s, on_connecting_io) < 0) {
             server_connect_failed(s, "cannot watch the server socket");
             return;
         }

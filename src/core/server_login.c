@@ -211,7 +211,7 @@ static void begin_connect(struct server *s)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     }
-    if (sockio_open(&s->io, s->pool->app->loop, fd, s, l->hooks->on_io) < 0) {
+    if (sockio_open(&s->io, s->pool->worker->loop, fd, s, l->hooks->on_io) < 0) {
         close(fd);
         fail(s, "cannot watch the server socket");
         return;

@@ -68,7 +68,7 @@ static struct list *list_for(struct server *s, enum server_state st)
     case SERVER_LEAVING:
         return &p->leaving;
     case SERVER_CLOSED:
-        return &p->app->dead_servers;
+        return &p->worker->dead_servers;
     }
     return NULL;
 }
@@ -123,8 +123,8 @@ void server_set_state(struct server *s, enum server_state next)
     }
     list_remove(list_for(s, s->state), &s->node);
     s->state = next;
-    s->state_since_ms = sluice_now(s->pool->app);
-    if (next == SERVER_IDLE && s->pool->app->cfg->server_round_robin)
+    s->state_since_ms = sluice_now(s->pool->worker);
+    if (next == SERVER_IDLE && s->pool->worker->cfg->server_round_robin)
         list_append(list_for(s, next), &s->node);
     else if (next == SERVER_IDLE)
         list_prepend(list_for(s, next), &s->node); /* LIFO: the warmest server first */

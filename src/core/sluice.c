@@ -1,5 +1,6 @@
-/* sluice: process-wide state, start-up, the background timer, reload and shutdown (see
- * sluice.h). Signals only set what to do; the work happens on the loop like everything else. */
+/* sluice: the process and its workers: start-up, each worker's background timer and reaper,
+ * reload and shutdown (see sluice.h). Signals only set what to do; the work happens on the loop
+ * like everything else. */
 #include "sluice.h"
 
 #include <signal.h>
@@ -35,38 +36,42 @@ static void apply_logging(const struct config *cfg)
  * client or server on its way through a callback can still read its state (CLOSED) and stop. */
 static void on_reaper_check(uv_check_t *h)
 {
-    struct sluice *app = h->data;
+    struct worker *worker = h->data;
     struct list_node *n, *tmp;
-    if (app->dispatch_needed && sluice_serving(app))
-        pool_dispatch_all(app);
-    list_for_each(&app->dead_clients, n, tmp)
+    if (worker->dispatch_needed && sluice_serving(worker))
+        pool_dispatch_all(worker);
+    list_for_each(&worker->dead_clients, n, tmp)
     {
         struct client *c = container_of(n, struct client, node);
-        list_remove(&app->dead_clients, n);
+        list_remove(&worker->dead_clients, n);
         free(c->user); /* database shares its block */
         free(c);
     }
-    list_for_each(&app->dead_servers, n, tmp)
+    list_for_each(&worker->dead_servers, n, tmp)
     {
         struct server *s = container_of(n, struct server, node);
         if (s->cancels_in_flight > 0)
             continue; /* cancel_done still needs it */
-        list_remove(&app->dead_servers, n);
+        list_remove(&worker->dead_servers, n);
         free(s);
     }
 }
 
-static bool everything_closed(struct sluice *app)
+static bool everything_closed(const struct process *proc)
 {
-    return app->nclients == 0 && app->nservers == 0;
+    for (int i = 0; i < proc->nworkers; i++) {
+        if (proc->workers[i].nclients > 0 || proc->workers[i].nservers > 0)
+            return false;
+    }
+    return true;
 }
 
-static void close_all(struct sluice *app, bool only_free_ones)
+static void close_all(struct worker *worker, bool only_free_ones)
 {
     struct list_node *pn, *ptmp, *n, *tmp;
-    list_for_each(&app->login_clients, n, tmp)
+    list_for_each(&worker->login_clients, n, tmp)
         client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-    list_for_each(&app->pools, pn, ptmp)
+    list_for_each(&worker->pools, pn, ptmp)
     {
         struct pool *p = container_of(pn, struct pool, node);
         list_for_each(&p->idle_clients, n, tmp)
@@ -89,32 +94,41 @@ static void close_all(struct sluice *app, bool only_free_ones)
             server_close(container_of(n, struct server, node), "shutting down");
     }
     if (!only_free_ones) {
-        list_for_each(&app->closing_clients, n, tmp)
+        list_for_each(&worker->closing_clients, n, tmp)
             client_close(container_of(n, struct client, node), "shutting down");
     }
 }
 
-static void finish_if_done(struct sluice *app)
+static void close_every_worker(struct process *proc, bool only_free_ones)
 {
-    if (app->phase == PHASE_RUNNING || !everything_closed(app))
-        return;
-    log_msg(LOG_INFO, "all connections closed; exiting");
-    uv_timer_stop(&app->maint_timer);
-    uv_close((uv_handle_t *)&app->maint_timer, NULL);
-    uv_close((uv_handle_t *)&app->reaper, NULL);
-    uv_close((uv_handle_t *)&app->sig_hup, NULL);
-    uv_close((uv_handle_t *)&app->sig_int, NULL);
-    uv_close((uv_handle_t *)&app->sig_term, NULL);
+    for (int i = 0; i < proc->nworkers; i++)
+        close_all(&proc->workers[i], only_free_ones);
 }
 
-static void log_stats(struct sluice *app, uint64_t now)
+static void finish_if_done(struct process *proc)
 {
-    const struct config *cfg = app->cfg;
-    if (cfg->stats_period <= 0 || now - app->last_stats_ms < (uint64_t)cfg->stats_period)
+    if (proc->phase == PHASE_RUNNING || !everything_closed(proc))
         return;
-    app->last_stats_ms = now;
+    log_msg(LOG_INFO, "all connections closed; exiting");
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *worker = &proc->workers[i];
+        uv_timer_stop(&worker->maint_timer);
+        uv_close((uv_handle_t *)&worker->maint_timer, NULL);
+        uv_close((uv_handle_t *)&worker->reaper, NULL);
+    }
+    uv_close((uv_handle_t *)&proc->sig_hup, NULL);
+    uv_close((uv_handle_t *)&proc->sig_int, NULL);
+    uv_close((uv_handle_t *)&proc->sig_term, NULL);
+}
+
+static void log_stats(struct worker *worker, uint64_t now)
+{
+    const struct config *cfg = worker->cfg;
+    if (cfg->stats_period <= 0 || now - worker->last_stats_ms < (uint64_t)cfg->stats_period)
+        return;
+    worker->last_stats_ms = now;
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         log_msg(LOG_INFO,
@@ -126,75 +140,87 @@ static void log_stats(struct sluice *app, uint64_t now)
     }
 }
 
-static void on_maint_timer(uv_timer_t *t)
+/* The process's share of a maintenance pass, run on the control worker's tick: the shutdown
+ * phases' progress and the services. False when the pass must end here (shutdown now began). */
+static bool process_tick(struct process *proc, uint64_t now)
 {
-    struct sluice *app = t->data;
-    uint64_t now = sluice_now(app);
-    struct list_node *n, *tmp;
-    list_for_each(&app->login_clients, n, tmp)
-        client_check_timeouts(container_of(n, struct client, node), now);
-    list_for_each(&app->closing_clients, n, tmp)
-        client_check_timeouts(container_of(n, struct client, node), now);
-    list_for_each(&app->pools, n, tmp)
-        pool_maintain(container_of(n, struct pool, node), now);
-    secret_tick(app, now);
-#ifndef NDEBUG
-    /* Debug builds prove the caps' counters against the lists they stand for, every tick. */
-    if (!ledger_audit(app))
-        abort();
-#endif
-    if (app->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && app->nclients == 0) {
+    if (proc->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && sluice_nclients(proc) == 0) {
         log_msg(LOG_INFO, "SHUTDOWN WAIT_FOR_CLIENTS: the last client has left");
-        sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
-        return;
+        sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+        return false;
     }
-    if (app->phase == PHASE_SHUTDOWN_GRACEFUL) {
-        close_all(app, true);
-        if (now >= app->shutdown_deadline_ms) {
+    if (proc->phase == PHASE_SHUTDOWN_GRACEFUL) {
+        close_every_worker(proc, true);
+        if (now >= proc->shutdown_deadline_ms) {
             log_msg(LOG_WARNING, "shutdown_timeout passed: closing the remaining connections");
-            sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
-            return;
+            sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+            return false;
         }
     }
-    log_stats(app, now);
-    stats_tick(app, now);
-    for (int i = 0; i < app->services_started; i++) {
-        if (app->services[i]->tick)
-            app->services[i]->tick(app, now);
+    return true;
+}
+
+static void on_maint_timer(uv_timer_t *t)
+{
+    struct worker *worker = t->data;
+    struct process *proc = worker->proc;
+    uint64_t now = sluice_now(worker);
+    struct list_node *n, *tmp;
+    list_for_each(&worker->login_clients, n, tmp)
+        client_check_timeouts(container_of(n, struct client, node), now);
+    list_for_each(&worker->closing_clients, n, tmp)
+        client_check_timeouts(container_of(n, struct client, node), now);
+    list_for_each(&worker->pools, n, tmp) pool_maintain(container_of(n, struct pool, node), now);
+    secret_tick(worker, now);
+#ifndef NDEBUG
+    /* Debug builds prove the caps' counters against the lists they stand for, every tick. */
+    if (!ledger_audit(worker))
+        abort();
+#endif
+    bool control = worker == sluice_control_worker(proc);
+    if (control && !process_tick(proc, now))
+        return;
+    log_stats(worker, now);
+    stats_tick(worker, now);
+    if (!control)
+        return;
+    for (int i = 0; i < proc->services_started; i++) {
+        if (proc->services[i]->tick)
+            proc->services[i]->tick(proc, now);
     }
-    finish_if_done(app);
+    finish_if_done(proc);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
-    struct sluice *app = h->data;
+    struct process *proc = h->data;
     if (signum == SIGHUP)
-        sluice_reload(app);
+        sluice_reload(proc);
     else if (signum == SIGINT)
         /* PgBouncer: a SIGINT while a shutdown is already under way means "now", for the
          * operator whose graceful shutdown takes too long. */
-        sluice_shutdown(app,
-                        app->phase == PHASE_RUNNING ? PHASE_SHUTDOWN_GRACEFUL : PHASE_SHUTDOWN_NOW);
+        sluice_shutdown(proc, proc->phase == PHASE_RUNNING ? PHASE_SHUTDOWN_GRACEFUL
+                                                           : PHASE_SHUTDOWN_NOW);
     else
-        sluice_shutdown(app, PHASE_SHUTDOWN_NOW);
+        sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
 }
 
 /* auth_query's connections count under the caps like the pools' servers; the auth layer asks
  * through these and never calls into budget.c or pool.c itself (secret.h). */
-static bool auth_query_slot_take(struct sluice *app, const char *db_name, const char *user_name)
+static bool auth_query_slot_take(struct worker *worker, const char *db_name, const char *user_name)
 {
     struct ledger_caps caps;
-    budget_own_caps(app, db_name, user_name, &caps);
-    enum limit_kind k = ledger_take_own(&app->ledger, db_name, user_name, &caps);
-    if (k != LIMIT_NONE && pool_evict_idle(app, k, db_name, user_name, NULL))
-        k = ledger_take_own(&app->ledger, db_name, user_name, &caps);
+    budget_own_caps(worker, db_name, user_name, &caps);
+    enum limit_kind k = ledger_take_own(&worker->proc->ledger, db_name, user_name, &caps);
+    if (k != LIMIT_NONE && pool_evict_idle(worker, k, db_name, user_name, NULL))
+        k = ledger_take_own(&worker->proc->ledger, db_name, user_name, &caps);
     return k == LIMIT_NONE;
 }
 
-static void auth_query_slot_freed(struct sluice *app, const char *db_name, const char *user_name)
+static void auth_query_slot_freed(struct worker *worker, const char *db_name, const char *user_name)
 {
-    ledger_give_own(&app->ledger, db_name, user_name);
-    app->dispatch_needed = true;
+    ledger_give_own(&worker->proc->ledger, db_name, user_name);
+    worker->dispatch_needed = true;
 }
 
 static const struct secret_slots auth_query_slots = {
@@ -202,30 +228,74 @@ static const struct secret_slots auth_query_slots = {
     .freed = auth_query_slot_freed,
 };
 
-/* Accepted sockets become clients. */
+/* Accepted sockets become clients of a worker: the one with the fewest clients. */
+static struct client *accept_client(struct process *proc, int fd,
+                                    const struct sockaddr_storage *addr)
+{
+    struct worker *least = &proc->workers[0];
+    for (int i = 1; i < proc->nworkers; i++) {
+        if (proc->workers[i].nclients < least->nclients)
+            least = &proc->workers[i];
+    }
+    return client_accept(least, fd, addr);
+}
+
 static const struct listener_ops client_listener_ops = {
-    .accepted = client_accept,
+    .accepted = accept_client,
     .read_first = client_read_first,
 };
 
-int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
+/* A worker's lists, its timer and reaper on loop: handles first, so that whatever fails after,
+ * the shutdown that follows finds them all. 0 or UV_ENOMEM. */
+static int worker_start(struct process *proc, struct worker *worker, unsigned index,
+                        uv_loop_t *loop)
+{
+    worker->loop = loop;
+    worker->proc = proc;
+    worker->cfg = proc->cfg;
+    worker->index = index;
+    worker->pool_events = &link_pool_events;
+    worker->server_events = &link_server_events;
+    worker->client_events = &link_client_events;
+    worker->relay_events = &link_relay_events;
+    worker->cancel_events = &link_cancel_events;
+    list_init(&worker->pools);
+    list_init(&worker->login_clients);
+    list_init(&worker->closing_clients);
+    list_init(&worker->dead_clients);
+    list_init(&worker->dead_servers);
+    uv_timer_init(loop, &worker->maint_timer);
+    worker->maint_timer.data = worker;
+    uv_timer_start(&worker->maint_timer, on_maint_timer, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
+    uv_check_init(loop, &worker->reaper);
+    worker->reaper.data = worker;
+    uv_check_start(&worker->reaper, on_reaper_check);
+    uv_unref((uv_handle_t *)&worker->reaper);
+    worker->cancel_map = cancel_map_new(index);
+    return worker->cancel_map ? 0 : UV_ENOMEM;
+}
+
+static void worker_free(struct worker *worker)
+{
+    struct list_node *n, *tmp;
+    on_reaper_check(&worker->reaper);
+    list_for_each(&worker->pools, n, tmp)
+    {
+        list_remove(&worker->pools, n);
+        pool_free(container_of(n, struct pool, node));
+    }
+    cancel_map_free(worker->cancel_map);
+    stats_free(worker);
+}
+
+int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services)
 {
-    memset(app, 0, sizeof(*app));
-    app->loop = loop;
-    app->cfg = cfg;
-    app->pool_events = &link_pool_events;
-    app->server_events = &link_server_events;
-    app->client_events = &link_client_events;
-    app->relay_events = &link_relay_events;
-    app->cancel_events = &link_cancel_events;
-    app->services = services;
-    list_init(&app->pools);
-    list_init(&app->login_clients);
-    list_init(&app->closing_clients);
-    list_init(&app->dead_clients);
-    list_init(&app->dead_servers);
-    list_init(&app->disabled_dbs);
+    memset(proc, 0, sizeof(*proc));
+    proc->loop = loop;
+    proc->cfg = cfg;
+    proc->services = services;
+    list_init(&proc->disabled_dbs);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;
@@ -235,48 +305,60 @@ int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
     signal(SIGPIPE, SIG_IGN);
 
     /* Handles first: whatever fails below, the shutdown that follows finds them all. */
-    uv_timer_init(loop, &app->maint_timer);
-    app->maint_timer.data = app;
-    uv_timer_start(&app->maint_timer, on_maint_timer, MAINT_INTERVAL_MS, MAINT_INTERVAL_MS);
-    uv_check_init(loop, &app->reaper);
-    app->reaper.data = app;
-    uv_check_start(&app->reaper, on_reaper_check);
-    uv_unref((uv_handle_t *)&app->reaper);
-    uv_signal_init(loop, &app->sig_hup);
-    uv_signal_init(loop, &app->sig_int);
-    uv_signal_init(loop, &app->sig_term);
-    app->sig_hup.data = app->sig_int.data = app->sig_term.data = app;
-    uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
-    uv_signal_start(&app->sig_int, on_signal, SIGINT);
-    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
-    app->cancel_map = cancel_map_new(0);
-    if (!app->cancel_map || budget_sync(app) < 0)
+    proc->nworkers = 1;
+    int rc = worker_start(proc, &proc->workers[0], 0, loop);
+    uv_signal_init(loop, &proc->sig_hup);
+    uv_signal_init(loop, &proc->sig_int);
+    uv_signal_init(loop, &proc->sig_term);
+    proc->sig_hup.data = proc->sig_int.data = proc->sig_term.data = proc;
+    uv_signal_start(&proc->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&proc->sig_int, on_signal, SIGINT);
+    uv_signal_start(&proc->sig_term, on_signal, SIGTERM);
+    if (rc < 0 || budget_sync(proc) < 0)
         return UV_ENOMEM;
-    int rc = listener_start(app, &client_listener_ops);
+    rc = listener_start(proc, &client_listener_ops);
     if (rc < 0)
         return rc;
     secret_init(&auth_query_slots);
-    if (auth_init(app) < 0 || tls_init(app) < 0)
+    if (auth_init(cfg) < 0 || tls_init(cfg) < 0)
         return UV_EINVAL; /* logged: auth_hba_file or client TLS cannot be used */
     /* Counted before its start runs: a start that fails may leave half-made state, which its
      * stop and free (from the shutdown that follows) clean up. */
-    while (services && services[app->services_started]) {
-        const struct sluice_service *svc = services[app->services_started++];
-        rc = svc->start ? svc->start(app) : 0;
+    while (services && services[proc->services_started]) {
+        const struct sluice_service *svc = services[proc->services_started++];
+        rc = svc->start ? svc->start(proc) : 0;
         if (rc < 0)
             return rc;
     }
-    pool_create_forced(app);
+    for (int i = 0; i < proc->nworkers; i++)
+        pool_create_forced(&proc->workers[i]);
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
     return 0;
 }
 
-void sluice_reload(struct sluice *app)
+/* A worker takes the reloaded config: its pools follow it. */
+static void worker_apply_config(struct worker *worker, struct config *cfg)
+{
+    struct list_node *n, *tmp;
+    worker->cfg = cfg;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        server_retire_changed(p);
+        budget_log_cap(p);
+        /* NN% caps are resolved again from the next server this pool opens. */
+        p->probe_again = true;
+    }
+    pool_create_forced(worker);
+}
+
+void sluice_reload(struct process *proc)
 {
     struct config_diag diag = {0};
-    const char *path = app->cfg->path;
+    const char *path = proc->cfg->path;
     struct config *next = config_load(path, environ, &diag);
     for (int i = 0; i < diag.nwarnings; i++)
         log_msg(LOG_WARNING, "reload: %s", diag.warnings[i]);
@@ -288,84 +370,72 @@ void sluice_reload(struct sluice *app)
         return;
     }
     config_diag_free(&diag);
-    struct config *old = app->cfg;
-    app->cfg = next;
+    struct config *old = proc->cfg;
+    proc->cfg = next;
     apply_logging(next);
-    auth_reload(app);
-    tls_reload(app);
-    struct list_node *n, *tmp;
-    if (budget_sync(app) < 0)
+    auth_reload(next);
+    tls_reload(next);
+    if (budget_sync(proc) < 0)
         log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        pool_apply_config(p);
-        server_retire_changed(p);
-        budget_log_cap(p);
-        /* NN% caps are resolved again from the next server this pool opens. */
-        p->probe_again = true;
-    }
-    pool_create_forced(app);
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_apply_config(&proc->workers[i], next);
     config_free(old);
-    pool_dispatch_all(app);
+    for (int i = 0; i < proc->nworkers; i++)
+        pool_dispatch_all(&proc->workers[i]);
     log_msg(LOG_INFO, "configuration reloaded");
 }
 
-void sluice_shutdown(struct sluice *app, enum sluice_phase phase)
+void sluice_shutdown(struct process *proc, enum sluice_phase phase)
 {
-    if (phase <= app->phase)
+    if (phase <= proc->phase)
         return;
-    if (app->phase == PHASE_RUNNING) {
-        listener_stop(app);
-        uv_ref((uv_handle_t *)&app->maint_timer);
+    if (proc->phase == PHASE_RUNNING) {
+        listener_stop(proc);
+        for (int i = 0; i < proc->nworkers; i++)
+            uv_ref((uv_handle_t *)&proc->workers[i].maint_timer);
     }
     /* While clients are waited for, /health already says shutting_down and /metrics go on. */
-    for (int i = 0; phase >= PHASE_SHUTDOWN_GRACEFUL && i < app->services_started; i++) {
-        if (app->services[i]->stop)
-            app->services[i]->stop(app);
+    for (int i = 0; phase >= PHASE_SHUTDOWN_GRACEFUL && i < proc->services_started; i++) {
+        if (proc->services[i]->stop)
+            proc->services[i]->stop(proc);
     }
-    app->phase = phase;
+    proc->phase = phase;
     if (phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
-        log_msg(LOG_INFO, "shutdown once every client has left: no new connections; %d clients "
-                          "connected",
-                app->nclients);
+        log_msg(LOG_INFO,
+                "shutdown once every client has left: no new connections; %d clients "
+                "connected",
+                sluice_nclients(proc));
         return;
     }
     if (phase == PHASE_SHUTDOWN_GRACEFUL) {
-        app->shutdown_deadline_ms = sluice_now(app) + (uint64_t)app->cfg->shutdown_timeout;
-        log_msg(LOG_INFO, "graceful shutdown: no new connections; waiting up to %lld ms for "
-                          "transactions to finish",
-                (long long)app->cfg->shutdown_timeout);
-        close_all(app, true);
+        proc->shutdown_deadline_ms = uv_now(proc->loop) + (uint64_t)proc->cfg->shutdown_timeout;
+        log_msg(LOG_INFO,
+                "graceful shutdown: no new connections; waiting up to %lld ms for "
+                "transactions to finish",
+                (long long)proc->cfg->shutdown_timeout);
+        close_every_worker(proc, true);
     } else {
         log_msg(LOG_INFO, "shutting down now");
-        close_all(app, false);
+        close_every_worker(proc, false);
     }
     secret_shutdown(); /* the clients that waited for auth_query are gone */
-    finish_if_done(app);
+    finish_if_done(proc);
 }
 
-void sluice_free(struct sluice *app)
+void sluice_free(struct process *proc)
 {
-    struct list_node *n, *tmp;
-    on_reaper_check(&app->reaper);
-    list_for_each(&app->pools, n, tmp)
-    {
-        list_remove(&app->pools, n);
-        pool_free(container_of(n, struct pool, node));
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_free(&proc->workers[i]);
+    for (int i = 0; i < proc->services_started; i++) {
+        if (proc->services[i]->free)
+            proc->services[i]->free(proc);
     }
-    cancel_map_free(app->cancel_map);
-    for (int i = 0; i < app->services_started; i++) {
-        if (app->services[i]->free)
-            app->services[i]->free(app);
-    }
-    disabled_dbs_free(app);
-    stats_free(app);
-    budget_free_all(app);
-    free(app->listener);
-    config_free(app->cfg);
+    disabled_dbs_free(proc);
+    budget_free_all(proc);
+    free(proc->listener);
+    config_free(proc->cfg);
     auth_free_all(); /* closes auth_query's connections: their slots go back first */
-    ledger_free(&app->ledger);
+    ledger_free(&proc->ledger);
     tls_free();
     buf_free_cache();
     log_close();

@@ -1,6 +1,11 @@
-/* sluice: the process-wide state every object reaches through its app pointer — the loop, the
- * current config, the pools, the connection counts and the background timer. Owns start-up of
- * the pieces and shutdown; knows nothing of the protocol. */
+/* sluice: the process and its workers. The process owns what is one per process: the config,
+ * the ledger of caps and the budgets, the listener, signals, the services beside the core (admin
+ * console, HTTP), admin state and the shutdown phase. A worker owns what one event loop serves:
+ * its clients, servers and pools, their lists, the reaper, the maintenance timer, the cancel map
+ * and the stats. Every client, server and pool belongs to one worker and keeps one back pointer
+ * to it; process state is reached through worker->proc. Owns start-up of the pieces and
+ * shutdown; knows nothing of the protocol. (docs/architecture.md 5.1: today one worker runs on
+ * the process's loop.) */
 #ifndef SLUICE_SLUICE_H
 #define SLUICE_SLUICE_H
 
@@ -28,7 +33,8 @@ struct console_ops;
 struct http_server;
 struct stats;
 
-struct sluice;
+struct process;
+struct worker;
 
 /* A service on the loop beside the core (the admin console, the HTTP endpoint): the core never
  * calls it by name, only through these hooks, which main.c hands to sluice_start. Every hook may
@@ -38,20 +44,23 @@ struct sluice_service {
     /* After the listener, auth and TLS are up, before the forced pools exist. 0, or a negative
      * UV_E* that stops start-up (the service logs why; its stop and free still run, so it may
      * leave half-made state for them). */
-    int (*start)(struct sluice *app);
+    int (*start)(struct process *proc);
     /* Every maintenance pass (100 ms), after the core's timeouts and stats. */
-    void (*tick)(struct sluice *app, uint64_t now_ms);
+    void (*tick)(struct process *proc, uint64_t now_ms);
     /* A graceful or immediate shutdown begins: stop taking new work. */
-    void (*stop)(struct sluice *app);
+    void (*stop)(struct process *proc);
     /* The loop has ended: free what is left (every service whose start was called). */
-    void (*free)(struct sluice *app);
+    void (*free)(struct process *proc);
 };
 
-struct sluice {
+/* What one event loop serves. Only its own thread touches it (today: the process's thread). */
+struct worker {
     uv_loop_t *loop;
-    struct config *cfg; /* owned; swapped whole on reload */
-    enum sluice_phase phase;
-    uint64_t shutdown_deadline_ms;
+    struct process *proc;
+    /* The config this worker runs under: the process's current one, which owns it; swapped on
+     * reload between callbacks. */
+    struct config *cfg;
+    unsigned index; /* 0..nworkers-1: the owner bits of its cancel pids */
 
     struct list pools;
     struct list login_clients;   /* STARTUP and AUTH (client_login_timeout) */
@@ -59,7 +68,6 @@ struct sluice {
     int nclients;              /* every client socket, in any state */
     int nservers;              /* every struct server alive, in any state (the caps count
                                 * in the ledger: pools' and auth_query's backends) */
-    struct ledger ledger;      /* the counts every cap compares against (ledger.h) */
     uint64_t next_id;
 
     /* Closed objects wait here until the end of the loop iteration, so code that closed one
@@ -72,45 +80,76 @@ struct sluice {
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
     const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
     const struct cancel_events *cancel_events; /* what cancels ask of clients, servers (link.c) */
-    struct budget_set budgets;
     /* A budget lease ended: waiters of other pools may now be served (done in on_reaper_check). */
     bool dispatch_needed;
 
-    struct listener *listener;
     struct cancel_map *cancel_map;
+    struct stats *stats; /* snapshots for SHOW STATS averages (stats.c) */
+    uv_timer_t maint_timer;
+    uint64_t last_stats_ms;
+};
+
+#define SLUICE_MAX_WORKERS 1 /* the worker threads are not built yet (architecture.md 5) */
+
+/* What there is one of per process. */
+struct process {
+    uv_loop_t *loop;    /* signals, the listener and the services run here */
+    struct config *cfg; /* owned; swapped whole on reload */
+    enum sluice_phase phase;
+    uint64_t shutdown_deadline_ms;
+
+    struct ledger ledger; /* the counts every cap compares against (ledger.h) */
+    struct budget_set budgets;
+
+    struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */
     int services_started;
     const struct console_ops *console; /* registered by the console service (console.h) */
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
-    struct stats *stats;      /* snapshots for SHOW STATS averages (stats.c) */
     struct list admin_waits;  /* console commands answered later (admin.c) */
     struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (disabled_dbs.c) */
-    uv_timer_t maint_timer;
     uv_signal_t sig_hup, sig_int, sig_term;
-    uint64_t last_stats_ms;
+
+    struct worker workers[SLUICE_MAX_WORKERS];
+    int nworkers;
 
     int exit_code;
 };
 
 /* Set up the pieces from a loaded config (takes ownership of cfg), then start the services
  * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */
-int sluice_start(struct sluice *app, uv_loop_t *loop, struct config *cfg,
+int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
 /* Re-read the config file and environment; keep the old config when the new one is invalid. */
-void sluice_reload(struct sluice *app);
-void sluice_shutdown(struct sluice *app, enum sluice_phase phase);
+void sluice_reload(struct process *proc);
+void sluice_shutdown(struct process *proc, enum sluice_phase phase);
 /* Once the loop has ended: free what is left. */
-void sluice_free(struct sluice *app);
+void sluice_free(struct process *proc);
 
-/* Do the pools still serve their clients as usual (running, or waiting for clients to leave)? */
-static inline bool sluice_serving(const struct sluice *app)
+/* The worker whose loop is the process's: the console's and HTTP's commands act on it. */
+static inline struct worker *sluice_control_worker(struct process *proc)
 {
-    return app->phase <= PHASE_SHUTDOWN_WAIT_FOR_CLIENTS;
+    return &proc->workers[0];
 }
 
-static inline uint64_t sluice_now(const struct sluice *app)
+/* Client sockets open in every worker. */
+static inline int sluice_nclients(const struct process *proc)
 {
-    return uv_now(app->loop);
+    int n = 0;
+    for (int i = 0; i < proc->nworkers; i++)
+        n += proc->workers[i].nclients;
+    return n;
+}
+
+/* Do the pools still serve their clients as usual (running, or waiting for clients to leave)? */
+static inline bool sluice_serving(const struct worker *worker)
+{
+    return worker->proc->phase <= PHASE_SHUTDOWN_WAIT_FOR_CLIENTS;
+}
+
+static inline uint64_t sluice_now(const struct worker *worker)
+{
+    return uv_now(worker->loop);
 }
 
 #endif

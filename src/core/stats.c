@@ -35,7 +35,7 @@ struct stats {
 
 void stats_view_pool(const struct pool *p, uint64_t now, struct stats_pool_view *v)
 {
-    const struct config *cfg = p->app->cfg;
+    const struct config *cfg = p->worker->cfg;
     memset(v, 0, sizeof(*v));
     v->sv_active = p->active.count;
     v->sv_tested = p->resetting.count;
@@ -117,11 +117,11 @@ void stats_add_pool(struct stats_totals *t, const struct pool *p)
             t->slow_waits += p->wait_hist[i];
 }
 
-void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out)
+void stats_totals_for_db(const struct worker *worker, const char *db_name, struct stats_totals *out)
 {
     memset(out, 0, sizeof(*out));
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         if (strcmp(p->db_name, db_name) == 0)
@@ -179,27 +179,27 @@ static void compute_average(struct stats_db *d, uint64_t elapsed_ms)
     d->have_avg = true;
 }
 
-uint64_t stats_period_ms(const struct sluice *app)
+uint64_t stats_period_ms(const struct worker *worker)
 {
-    return app->cfg->stats_period > 0 ? (uint64_t)app->cfg->stats_period : DEFAULT_WINDOW_MS;
+    return worker->cfg->stats_period > 0 ? (uint64_t)worker->cfg->stats_period : DEFAULT_WINDOW_MS;
 }
 
-void stats_tick(struct sluice *app, uint64_t now_ms)
+void stats_tick(struct worker *worker, uint64_t now_ms)
 {
-    struct stats *st = app->stats;
+    struct stats *st = worker->stats;
     if (!st) {
-        st = app->stats = calloc(1, sizeof(*st));
+        st = worker->stats = calloc(1, sizeof(*st));
         if (!st)
             return;
         st->last_ms = now_ms;
         return; /* every counter is zero at start: the first snapshot is all zeros */
     }
-    if (now_ms - st->last_ms < stats_period_ms(app))
+    if (now_ms - st->last_ms < stats_period_ms(worker))
         return;
     for (int i = 0; i < st->n; i++)
         memset(&st->dbs[i].cur, 0, sizeof(st->dbs[i].cur));
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         struct stats_db *d = find_db(st, p->db_name, true);
@@ -214,24 +214,24 @@ void stats_tick(struct sluice *app, uint64_t now_ms)
     st->last_ms = now_ms;
 }
 
-bool stats_averages(const struct sluice *app, const char *db_name, struct stats_totals *out)
+bool stats_averages(const struct worker *worker, const char *db_name, struct stats_totals *out)
 {
     memset(out, 0, sizeof(*out));
-    struct stats_db *d = app->stats ? find_db(app->stats, db_name, false) : NULL;
+    struct stats_db *d = worker->stats ? find_db(worker->stats, db_name, false) : NULL;
     if (!d || !d->have_avg)
         return false;
     *out = d->avg;
     return true;
 }
 
-void stats_free(struct sluice *app)
+void stats_free(struct worker *worker)
 {
-    struct stats *st = app->stats;
+    struct stats *st = worker->stats;
     if (!st)
         return;
     for (int i = 0; i < st->n; i++)
         free(st->dbs[i].name);
     free(st->dbs);
     free(st);
-    app->stats = NULL;
+    worker->stats = NULL;
 }

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-struct sluice;
+struct worker;
 struct pool;
 
 /* Totals since start, or per-second rates and per-event times over a period (averages). */
@@ -49,15 +49,16 @@ const char *stats_top_application(const struct pool *p, int *servers);
 /* Add one pool's counters to t. */
 void stats_add_pool(struct stats_totals *t, const struct pool *p);
 /* Totals of every pool of one database. */
-void stats_totals_for_db(const struct sluice *app, const char *db_name, struct stats_totals *out);
+void stats_totals_for_db(const struct worker *worker, const char *db_name,
+                         struct stats_totals *out);
 /* How long the last complete averaging period was (stats_period, or 60 s when that is 0). */
-uint64_t stats_period_ms(const struct sluice *app);
+uint64_t stats_period_ms(const struct worker *worker);
 /* Averages over the last complete stats_period for a database (PgBouncer's meaning: counts and
  * bytes per second; query and wait times in microseconds per query / per wait). false while no
  * period has completed yet (out is zeroed then). */
-bool stats_averages(const struct sluice *app, const char *db_name, struct stats_totals *out);
+bool stats_averages(const struct worker *worker, const char *db_name, struct stats_totals *out);
 /* Called from the background timer: takes a snapshot when a period has passed. */
-void stats_tick(struct sluice *app, uint64_t now_ms);
-void stats_free(struct sluice *app);
+void stats_tick(struct worker *worker, uint64_t now_ms);
+void stats_free(struct worker *worker);
 
 #endif

@@ -29,7 +29,7 @@ static void fill_socket(struct view_socket *v, const struct buf *in, const struc
 
 static void fill_client(struct view_conn *v, const struct client *c, const char *list_name)
 {
-    uint64_t now = sluice_now(c->app);
+    uint64_t now = sluice_now(c->worker);
     memset(v, 0, sizeof(*v));
     v->type = VIEW_CLIENT;
     v->id = c->id;
@@ -62,7 +62,7 @@ static void fill_client(struct view_conn *v, const struct client *c, const char 
 static void fill_server(struct view_conn *v, const struct server *s, const char *list_name)
 {
     const struct pool *p = s->pool;
-    uint64_t now = sluice_now(p->app);
+    uint64_t now = sluice_now(p->worker);
     memset(v, 0, sizeof(*v));
     v->type = VIEW_SERVER;
     v->id = s->id;
@@ -108,11 +108,11 @@ static void walk_servers(const struct list *l, const char *list_name, view_conn_
     }
 }
 
-void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx)
+void view_clients(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
-    walk_clients(&app->login_clients, NULL, fn, ctx);
+    walk_clients(&worker->login_clients, NULL, fn, ctx);
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         walk_clients(&p->active_clients, NULL, fn, ctx);
@@ -128,10 +128,10 @@ void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx)
     walk_clients(&p->active_clients, NULL, fn, ctx);
 }
 
-void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx)
+void view_servers(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         walk_servers(&p->active, NULL, fn, ctx);
@@ -141,10 +141,10 @@ void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx)
     }
 }
 
-void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx)
+void view_sockets(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
         walk_clients(&p->active_clients, "cl_active", fn, ctx);
@@ -157,13 +157,13 @@ void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx)
         walk_servers(&p->connecting, "sv_login", fn, ctx);
         walk_servers(&p->leaving, "sv_leaving", fn, ctx);
     }
-    walk_clients(&app->login_clients, "cl_login", fn, ctx);
+    walk_clients(&worker->login_clients, "cl_login", fn, ctx);
 }
 
-const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev)
+const struct pool *view_next_pool(const struct worker *worker, const struct pool *prev)
 {
-    const struct list_node *n = prev ? prev->node.next : app->pools.head.next;
-    return n == &app->pools.head ? NULL : container_of(n, struct pool, node);
+    const struct list_node *n = prev ? prev->node.next : worker->pools.head.next;
+    return n == &worker->pools.head ? NULL : container_of(n, struct pool, node);
 }
 
 static int count_being_canceled(const struct list *l)
@@ -213,41 +213,41 @@ void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
     stats_view_pool(p, now_ms, &v->now);
 }
 
-int view_db_servers(const struct sluice *app, const char *db_name)
+int view_db_servers(const struct worker *worker, const char *db_name)
 {
-    return ledger_db_servers(&app->ledger, db_name);
+    return ledger_db_servers(&worker->proc->ledger, db_name);
 }
 
-int view_user_servers(const struct sluice *app, const char *user_name)
+int view_user_servers(const struct worker *worker, const char *user_name)
 {
-    return ledger_user_servers(&app->ledger, user_name);
+    return ledger_user_servers(&worker->proc->ledger, user_name);
 }
 
-int view_db_clients(const struct sluice *app, const char *db_name)
+int view_db_clients(const struct worker *worker, const char *db_name)
 {
-    return ledger_db_clients(&app->ledger, db_name);
+    return ledger_db_clients(&worker->proc->ledger, db_name);
 }
 
-int view_user_clients(const struct sluice *app, const char *user_name)
+int view_user_clients(const struct worker *worker, const char *user_name)
 {
-    return ledger_user_clients(&app->ledger, user_name);
+    return ledger_user_clients(&worker->proc->ledger, user_name);
 }
 
-int view_listen_port(const struct sluice *app)
+int view_listen_port(const struct worker *worker)
 {
-    return listener_port(app);
+    return listener_port(worker->proc);
 }
 
-const struct budget *view_budget(const struct sluice *app, int i)
+const struct budget *view_budget(const struct worker *worker, int i)
 {
-    return i >= 0 && i < app->budgets.n ? app->budgets.items[i] : NULL;
+    return i >= 0 && i < worker->proc->budgets.n ? worker->proc->budgets.items[i] : NULL;
 }
 
-void view_totals(const struct sluice *app, struct view_totals *out)
+void view_totals(const struct worker *worker, struct view_totals *out)
 {
-    out->clients = app->nclients;
-    out->login_clients = app->login_clients.count;
-    out->servers = app->nservers;
-    out->pools = app->pools.count;
-    out->running = app->phase == PHASE_RUNNING;
+    out->clients = worker->nclients;
+    out->login_clients = worker->login_clients.count;
+    out->servers = worker->nservers;
+    out->pools = worker->pools.count;
+    out->running = worker->proc->phase == PHASE_RUNNING;
 }

@@ -18,7 +18,7 @@
 #include "pool.h"
 #include "stats.h"
 
-struct sluice;
+struct worker;
 
 /* ---- connections (SHOW CLIENTS, SERVERS, SOCKETS) ---- */
 
@@ -59,15 +59,15 @@ struct view_conn {
 typedef void view_conn_fn(const struct view_conn *v, void *ctx);
 
 /* Every client: logging in, then pool by pool the active, waiting and idle ones. */
-void view_clients(const struct sluice *app, view_conn_fn *fn, void *ctx);
+void view_clients(const struct worker *worker, view_conn_fn *fn, void *ctx);
 /* One pool's clients: the waiting, idle and active ones (logging-in clients have no pool). */
 void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx);
 /* Every server of a pool: pool by pool the active, idle, resetting and connecting ones. */
-void view_servers(const struct sluice *app, view_conn_fn *fn, void *ctx);
+void view_servers(const struct worker *worker, view_conn_fn *fn, void *ctx);
 /* PgBouncer's SHOW SOCKETS order: pool by pool its clients (cl_active, cl_waiting) and servers
  * (sv_active, sv_idle, sv_tested, sv_login, sv_leaving), then the clients logging in (cl_login);
  * state is the list's name. */
-void view_sockets(const struct sluice *app, view_conn_fn *fn, void *ctx);
+void view_sockets(const struct worker *worker, view_conn_fn *fn, void *ctx);
 
 /* ---- pools (SHOW POOLS, /health, /metrics) ---- */
 
@@ -93,9 +93,9 @@ struct view_pool {
 };
 
 /* The pools in creation order, the console's included: NULL starts, NULL after the last. */
-const struct pool *view_next_pool(const struct sluice *app, const struct pool *prev);
-#define view_for_each_pool(app, p)                                                                 \
-    for (const struct pool *p = view_next_pool((app), NULL); p; p = view_next_pool((app), p))
+const struct pool *view_next_pool(const struct worker *worker, const struct pool *prev);
+#define view_for_each_pool(worker, p)                                                              \
+    for (const struct pool *p = view_next_pool((worker), NULL); p; p = view_next_pool((worker), p))
 /* Everything: the counts by state and the binding cap walk the pool's lists and its budget's. */
 void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *out);
 /* Only what the pool holds itself (names, settings, what it learnt, counters, servers): cheap
@@ -111,23 +111,23 @@ struct view_totals {
     int pools;         /* the console's pseudo-pools included */
     bool running;      /* no shutdown under way (PHASE_RUNNING) */
 };
-void view_totals(const struct sluice *app, struct view_totals *out);
+void view_totals(const struct worker *worker, struct view_totals *out);
 
 /* ---- budgets (SHOW BUDGETS) ---- */
 
 /* The i-th budget (configured ones in file order, then "default"), NULL past the last. A budget
  * is plain data already (budget.h): its live counts, clients and leases, are read as they are. */
-const struct budget *view_budget(const struct sluice *app, int i);
+const struct budget *view_budget(const struct worker *worker, int i);
 
 /* ---- counts (SHOW DATABASES, USERS) ---- */
 
 /* Servers of a database's, or a user's, pools, in any state, auth_query's included. */
-int view_db_servers(const struct sluice *app, const char *db_name);
-int view_user_servers(const struct sluice *app, const char *user_name);
+int view_db_servers(const struct worker *worker, const char *db_name);
+int view_user_servers(const struct worker *worker, const char *user_name);
 /* Logged-in clients (not the console's) of a database, or with a user name. */
-int view_db_clients(const struct sluice *app, const char *db_name);
-int view_user_clients(const struct sluice *app, const char *user_name);
+int view_db_clients(const struct worker *worker, const char *db_name);
+int view_user_clients(const struct worker *worker, const char *user_name);
 /* The listening port (a unix-socket client's "port" in SHOW CLIENTS). */
-int view_listen_port(const struct sluice *app);
+int view_listen_port(const struct worker *worker);
 
 #endif

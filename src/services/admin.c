@@ -8,7 +8,7 @@
  * CommandComplete, ReadyForQuery; errors are ERROR + ReadyForQuery and the session goes on.
  *
  * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
- * IDLE the whole time, so the wait is a record on app->admin_waits that the service's tick
+ * IDLE the whole time, so the wait is a record on proc->admin_waits that the service's tick
  * checks every maintenance pass; while a record exists, the client's further messages stay
  * buffered. */
 #include "admin.h"
@@ -98,7 +98,7 @@ static bool check_target(struct client *c, const struct admin_command *cmd)
                   "\"%s\" is the admin console, not a database with servers", cmd->name);
         return false;
     }
-    if (!control_db_known(c->app, cmd->name)) {
+    if (!control_db_known(c->worker, cmd->name)) {
         put_error(c, SQLSTATE_INVALID_CATALOG_NAME, "SHOW DATABASES lists the databases.",
                   "no database \"%s\" in sluice", cmd->name);
         return false;
@@ -107,9 +107,9 @@ static bool check_target(struct client *c, const struct admin_command *cmd)
 }
 
 /* A console client (they are always IDLE) by id. */
-static struct client *find_console_client(struct sluice *app, uint64_t id)
+static struct client *find_console_client(struct worker *worker, uint64_t id)
 {
-    struct client *c = control_find_client(app, id);
+    struct client *c = control_find_client(worker, id);
     return c && c->admin ? c : NULL;
 }
 
@@ -136,10 +136,10 @@ struct admin_wait {
     struct admin_command target; /* only has_name and name are used */
 };
 
-static struct admin_wait *find_wait(struct sluice *app, uint64_t client_id)
+static struct admin_wait *find_wait(struct worker *worker, uint64_t client_id)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->admin_waits, n, tmp)
+    list_for_each(&worker->proc->admin_waits, n, tmp)
     {
         struct admin_wait *w = container_of(n, struct admin_wait, node);
         if (w->client_id == client_id)
@@ -159,7 +159,7 @@ static bool add_wait(struct client *c, enum wait_kind kind, const struct admin_c
         w->target.has_name = true;
         memcpy(w->target.name, cmd->name, sizeof(w->target.name));
     }
-    list_append(&c->app->admin_waits, &w->node);
+    list_append(&c->worker->proc->admin_waits, &w->node);
     return true;
 }
 
@@ -168,13 +168,13 @@ static bool output_backlogged(const struct client *c)
     return c->out.len - c->out_pos > OUT_HIGH_WATER;
 }
 
-static bool wait_done(struct sluice *app, struct client *c, const struct admin_wait *w)
+static bool wait_done(struct worker *worker, struct client *c, const struct admin_wait *w)
 {
     switch (w->kind) {
     case WAIT_PAUSE:
-        return control_pause_done(app, target_db(&w->target));
+        return control_pause_done(worker, target_db(&w->target));
     case WAIT_CLOSE_DONE:
-        return control_close_done(app, target_db(&w->target));
+        return control_close_done(worker, target_db(&w->target));
     case WAIT_OUTPUT:
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
     }
@@ -196,7 +196,7 @@ static const char *target_text(const struct admin_command *cmd)
 
 static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
 {
-    struct client *victim = control_find_client(c->app, cmd->client_id);
+    struct client *victim = control_find_client(c->worker, cmd->client_id);
     if (!victim) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
                   "no client with id %llu", (unsigned long long)cmd->client_id);
@@ -216,7 +216,7 @@ static enum outcome run_kill_client(struct client *c, const struct admin_command
 static enum outcome run_reload(struct client *c)
 {
     log_client(LOG_INFO, c, "admin: RELOAD");
-    if (!control_reload(c->app)) {
+    if (!control_reload(c->worker)) {
         put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
                   "the configuration has errors; the previous one stays in force");
         return OUT_ERROR;
@@ -239,7 +239,7 @@ static enum outcome run_shutdown(struct client *c, const struct admin_command *c
         [ADMIN_SHUTDOWN_WAIT_FOR_CLIENTS] = {" WAIT_FOR_CLIENTS", PHASE_SHUTDOWN_WAIT_FOR_CLIENTS},
     };
     log_client(LOG_INFO, c, "admin: SHUTDOWN%s", modes[cmd->shutdown].log);
-    if (modes[cmd->shutdown].phase <= c->app->phase) {
+    if (modes[cmd->shutdown].phase <= c->worker->proc->phase) {
         put_error(c, SQLSTATE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                   "SHUTDOWN (without a mode) exits now.",
                   "a shutdown that goes at least as far is already under way");
@@ -252,7 +252,7 @@ static enum outcome run_shutdown(struct client *c, const struct admin_command *c
         put_command_complete(&c->out, "SHUTDOWN");
         codec_put_ready(&c->out, 'I');
     }
-    control_shutdown(c->app, modes[cmd->shutdown].phase);
+    control_shutdown(c->worker, modes[cmd->shutdown].phase);
     if (c->state != CLIENT_IDLE)
         return OUT_CLOSED; /* a graceful or immediate shutdown closed it with 57P01 */
     return cmd->shutdown == ADMIN_SHUTDOWN_NOW ? OUT_DONE : OUT_ANSWERED;
@@ -267,7 +267,7 @@ static enum outcome run_disable(struct client *c, const struct admin_command *cm
     if (!check_target(c, cmd))
         return OUT_ERROR;
     log_client(LOG_INFO, c, "admin: DISABLE %s", cmd->name);
-    if (disabled_dbs_add(c->app, cmd->name) < 0) {
+    if (disabled_dbs_add(c->worker->proc, cmd->name) < 0) {
         put_error(c, SQLSTATE_OUT_OF_MEMORY, NULL, "out of memory");
         return OUT_ERROR;
     }
@@ -279,7 +279,7 @@ static enum outcome run_enable(struct client *c, const struct admin_command *cmd
     if (!check_target(c, cmd))
         return OUT_ERROR;
     log_client(LOG_INFO, c, "admin: ENABLE %s", cmd->name);
-    disabled_dbs_remove(c->app, cmd->name);
+    disabled_dbs_remove(c->worker->proc, cmd->name);
     return OUT_DONE;
 }
 
@@ -306,7 +306,7 @@ static int find_key(const char *name)
 
 static enum outcome run_set(struct client *c, const struct admin_command *cmd)
 {
-    struct sluice *app = c->app;
+    struct worker *worker = c->worker;
     int idx = find_key(cmd->name);
     if (idx < 0) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "SHOW CONFIG lists the keys.",
@@ -328,7 +328,7 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
         return OUT_ERROR;
     }
     char err[512];
-    if (control_set(app, key, cmd->value, err, sizeof(err)) < 0) {
+    if (control_set(worker, key, cmd->value, err, sizeof(err)) < 0) {
         put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
         return OUT_ERROR;
     }
@@ -338,7 +338,7 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
 
 static enum outcome run_command(struct client *c, const struct admin_command *cmd)
 {
-    struct sluice *app = c->app;
+    struct worker *worker = c->worker;
     switch (cmd->verb) {
     case ADMIN_SHOW:
         return run_show(c, cmd);
@@ -346,33 +346,33 @@ static enum outcome run_command(struct client *c, const struct admin_command *cm
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: PAUSE %s", target_text(cmd));
-        control_pause(app, target_db(cmd));
-        if (control_pause_done(app, target_db(cmd)))
+        control_pause(worker, target_db(cmd));
+        if (control_pause_done(worker, target_db(cmd)))
             return OUT_DONE;
         return add_wait(c, WAIT_PAUSE, cmd) ? OUT_WAITING : OUT_DONE;
     case ADMIN_RESUME:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: RESUME %s", target_text(cmd));
-        control_resume(app, target_db(cmd));
+        control_resume(worker, target_db(cmd));
         return OUT_DONE;
     case ADMIN_RECONNECT:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: RECONNECT %s", target_text(cmd));
-        control_reconnect(app, target_db(cmd));
+        control_reconnect(worker, target_db(cmd));
         return OUT_DONE;
     case ADMIN_WAIT_CLOSE:
         if (!check_target(c, cmd))
             return OUT_ERROR;
-        if (control_close_done(app, target_db(cmd)))
+        if (control_close_done(worker, target_db(cmd)))
             return OUT_DONE;
         return add_wait(c, WAIT_CLOSE_DONE, cmd) ? OUT_WAITING : OUT_DONE;
     case ADMIN_KILL:
         if (!check_target(c, cmd))
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: KILL %s", cmd->name);
-        control_kill(app, target_db(cmd));
+        control_kill(worker, target_db(cmd));
         return c->state == CLIENT_IDLE ? OUT_DONE : OUT_CLOSED;
     case ADMIN_KILL_CLIENT:
         return run_kill_client(c, cmd);
@@ -399,7 +399,7 @@ static void run_query(struct client *c, const char *sql)
 {
     struct admin_command cmd;
     admin_parse_command(sql, &cmd);
-    const struct config *cfg = c->app->cfg;
+    const struct config *cfg = c->worker->cfg;
     enum outcome r;
     if (cmd.verb == ADMIN_INVALID) {
         put_error(c,
@@ -465,7 +465,7 @@ static void handle_message(struct client *c, uint8_t type, const char *body, uin
         }
         /* A console client stays IDLE; its state time is its last command, so
          * client_idle_timeout counts from there. */
-        c->state_since_ms = sluice_now(c->app);
+        c->state_since_ms = sluice_now(c->worker);
         run_query(c, body);
         return;
     case 'X':
@@ -503,9 +503,9 @@ static void handle_message(struct client *c, uint8_t type, const char *body, uin
 
 static void on_data(struct client *c)
 {
-    struct sluice *app = c->app;
+    struct worker *worker = c->worker;
     struct buf *b = &c->in;
-    if (find_wait(app, c->id)) {
+    if (find_wait(worker, c->id)) {
         client_send(c); /* an earlier command is still waiting: the rest stays buffered */
         return;
     }
@@ -552,7 +552,7 @@ static void on_data(struct client *c)
         buf_consume(b, whole);
         handle_message(c, type, body, body_len);
         free(body);
-        if (find_wait(app, c->id))
+        if (find_wait(worker, c->id))
             break;
     }
     if (c->state == CLIENT_CLOSED)
@@ -562,20 +562,21 @@ static void on_data(struct client *c)
     client_send(c);
 }
 
-static void tick(struct sluice *app, uint64_t now)
+static void tick(struct process *proc, uint64_t now)
 {
     (void)now;
+    struct worker *worker = sluice_control_worker(proc);
     struct list_node *n, *tmp;
-    list_for_each(&app->admin_waits, n, tmp)
+    list_for_each(&worker->proc->admin_waits, n, tmp)
     {
         struct admin_wait *w = container_of(n, struct admin_wait, node);
-        struct client *c = find_console_client(app, w->client_id);
-        if (c && sluice_serving(app) && !wait_done(app, c, w))
+        struct client *c = find_console_client(worker, w->client_id);
+        if (c && sluice_serving(worker) && !wait_done(worker, c, w))
             continue;
-        list_remove(&app->admin_waits, n);
+        list_remove(&worker->proc->admin_waits, n);
         enum wait_kind kind = w->kind;
         free(w);
-        if (!c || !sluice_serving(app))
+        if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind != WAIT_OUTPUT) {
             put_command_complete(&c->out, kind == WAIT_PAUSE ? "PAUSE" : "WAIT_CLOSE");
@@ -591,10 +592,10 @@ static void tick(struct sluice *app, uint64_t now)
 
 static void cancel_wait(struct client *c)
 {
-    struct admin_wait *w = find_wait(c->app, c->id);
+    struct admin_wait *w = find_wait(c->worker, c->id);
     if (!w || w->kind == WAIT_OUTPUT || c->state != CLIENT_IDLE)
         return;
-    list_remove(&c->app->admin_waits, &w->node);
+    list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);
     log_client(LOG_INFO, c, "admin: waiting command cancelled");
     put_error(c, SQLSTATE_QUERY_CANCELED, "A PAUSE stays in force until RESUME.",
@@ -606,12 +607,12 @@ static void cancel_wait(struct client *c)
         client_send(c);
 }
 
-static void free_waits(struct sluice *app)
+static void free_waits(struct process *proc)
 {
     struct list_node *n, *tmp;
-    list_for_each(&app->admin_waits, n, tmp)
+    list_for_each(&proc->admin_waits, n, tmp)
     {
-        list_remove(&app->admin_waits, n);
+        list_remove(&proc->admin_waits, n);
         free(container_of(n, struct admin_wait, node));
     }
 }
@@ -623,10 +624,10 @@ static const struct console_ops console = {
     .cancel = cancel_wait,
 };
 
-static int start(struct sluice *app)
+static int start(struct process *proc)
 {
-    list_init(&app->admin_waits);
-    app->console = &console;
+    list_init(&proc->admin_waits);
+    proc->console = &console;
     return 0;
 }
 

@@ -8,7 +8,7 @@
 
 #include "sluice.h"
 
-/* Registers the console (app->console) at start; its tick answers the commands that wait
+/* Registers the console (proc->console) at start; its tick answers the commands that wait
  * (PAUSE until the paused pools have no active server, WAIT_CLOSE until the servers marked for
  * closing are gone, output backlogs). */
 extern const struct sluice_service admin_service;

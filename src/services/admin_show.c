@@ -62,11 +62,11 @@ static void show_pools(struct client *c)
         {"paused", COL_INT},
         {"breaker", COL_TEXT}, /* sluice's own: closed, open (database down) or probing */
     };
-    struct sluice *app = c->app;
-    uint64_t now = sluice_now(app);
+    struct worker *worker = c->worker;
+    uint64_t now = sluice_now(worker);
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -124,17 +124,17 @@ static void show_peer_pools(struct client *c)
 }
 
 /* The distinct database names of the pools, in pool order (a small array the caller frees). */
-static const char **pool_databases(struct sluice *app, int *count)
+static const char **pool_databases(struct worker *worker, int *count)
 {
     struct view_totals tot;
-    view_totals(app, &tot);
+    view_totals(worker, &tot);
     const char **names = calloc((size_t)tot.pools + 1, sizeof(*names));
     int n = 0;
     if (!names) {
         *count = 0;
         return NULL;
     }
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
@@ -185,11 +185,11 @@ static void show_stats(struct client *c, enum stats_view view)
     else
         table_begin(&t, &c->out, part_cols, NELEM(part_cols));
     int n;
-    const char **dbs = pool_databases(c->app, &n);
+    const char **dbs = pool_databases(c->worker, &n);
     for (int i = 0; i < n; i++) {
         struct stats_totals total, avg;
-        stats_totals_for_db(c->app, dbs[i], &total);
-        stats_averages(c->app, dbs[i], &avg);
+        stats_totals_for_db(c->worker, dbs[i], &total);
+        stats_averages(c->worker, dbs[i], &avg);
         row_begin(&t);
         cell_text(&t, dbs[i]);
         if (view != VIEW_AVERAGES)
@@ -211,9 +211,9 @@ static const char *db_keyword(const struct db_entry *d, const char *kw)
 }
 
 /* The usable connection count of the server behind a database, if a pool has learned it. */
-static int db_server_usable(const struct sluice *app, const char *db)
+static int db_server_usable(const struct worker *worker, const char *db)
 {
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
@@ -238,11 +238,11 @@ static int db_client_cap(const struct config *cfg, const struct db_entry *d)
 }
 
 /* Console clients connected under one of the console's names. */
-static int console_clients(const struct sluice *app, const char *name)
+static int console_clients(const struct worker *worker, const char *name)
 {
     int n = 0;
-    uint64_t now = sluice_now(app);
-    view_for_each_pool(app, pool)
+    uint64_t now = sluice_now(worker);
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool(pool, now, &p);
@@ -253,16 +253,16 @@ static int console_clients(const struct sluice *app, const char *name)
 }
 
 /* One row of SHOW DATABASES: d is its [databases] entry, or NULL for the admin console. */
-static void database_row(struct table *t, struct sluice *app, const char *name,
+static void database_row(struct table *t, struct worker *worker, const char *name,
                          const struct db_entry *d)
 {
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = worker->cfg;
     row_begin(t);
     cell_text(t, name);
     if (!d) {
         /* PgBouncer lists its admin database too: no host, sluice's own port, no servers. */
         cell_text(t, NULL);
-        cell_int(t, view_listen_port(app));
+        cell_int(t, view_listen_port(worker));
         cell_text(t, name);
         cell_text(t, NULL);
         cell_int(t, 0);
@@ -274,7 +274,7 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
         cell_int(t, 0);
         cell_int(t, 0);
         cell_int(t, 0);
-        cell_int(t, console_clients(app, name));
+        cell_int(t, console_clients(worker, name));
         cell_int(t, 0);
         cell_int(t, 0);
         cell_text(t, "0");
@@ -288,7 +288,7 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     char limit_text[32];
     format_limit(maxc, limit_text, sizeof(limit_text));
     int npools = 0, npaused = 0;
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
@@ -312,12 +312,12 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
     /* PgBouncer: the entry's own pool_mode, NULL when the main section's applies. */
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */
-    cell_int(t, limit_resolve(maxc, db_server_usable(app, name)));
-    cell_int(t, view_db_servers(app, name));
+    cell_int(t, limit_resolve(maxc, db_server_usable(worker, name)));
+    cell_int(t, view_db_servers(worker, name));
     cell_int(t, db_client_cap(cfg, d));
-    cell_int(t, view_db_clients(app, name));
+    cell_int(t, view_db_clients(worker, name));
     cell_int(t, npools > 0 && npaused == npools ? 1 : 0);
-    cell_int(t, disabled_dbs_contains(app, name) ? 1 : 0);
+    cell_int(t, disabled_dbs_contains(worker->proc, name) ? 1 : 0);
     cell_text(t, limit_text);
     row_end(t);
 }
@@ -325,33 +325,33 @@ static void database_row(struct table *t, struct sluice *app, const char *name,
 /* Each database SHOW DATABASES lists, in order: the [databases] entries, one row for each name
  * reached through the "*" entry (they have no entry of their own), the console's names. fn is
  * called with d NULL for the console; returns the count. */
-static int for_each_database(struct sluice *app, struct table *t,
-                             void (*fn)(struct table *, struct sluice *, const char *,
+static int for_each_database(struct worker *worker, struct table *t,
+                             void (*fn)(struct table *, struct worker *, const char *,
                                         const struct db_entry *))
 {
     static const char *const console_names[] = {"pgbouncer", "sluice"};
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = worker->cfg;
     int count = 0;
     for (int i = 0; i < cfg->ndbs; i++, count++) {
         if (fn)
-            fn(t, app, cfg->dbs[i].name, &cfg->dbs[i]);
+            fn(t, worker, cfg->dbs[i].name, &cfg->dbs[i]);
     }
     int n;
-    const char **dbs = pool_databases(app, &n);
+    const char **dbs = pool_databases(worker, &n);
     for (int i = 0; i < n; i++) {
-        if (console_is_db(app, dbs[i]))
+        if (console_is_db(worker, dbs[i]))
             continue;
         const struct db_entry *d = config_find_db(cfg, dbs[i]);
         if (d && strcmp(d->name, "*") == 0) {
             if (fn)
-                fn(t, app, dbs[i], d);
+                fn(t, worker, dbs[i], d);
             count++;
         }
     }
     free(dbs);
     for (int i = 0; i < NELEM(console_names); i++, count++) {
         if (fn)
-            fn(t, app, console_names[i], NULL);
+            fn(t, worker, console_names[i], NULL);
     }
     return count;
 }
@@ -380,7 +380,7 @@ static void show_databases(struct client *c)
     };
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    for_each_database(c->app, &t, database_row);
+    for_each_database(c->worker, &t, database_row);
 }
 
 static bool name_listed(const char **names, int n, const char *name)
@@ -418,14 +418,14 @@ static void show_users(struct client *c)
         {"max_user_client_connections", COL_INT},
         {"current_client_connections", COL_INT},
     };
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
+    struct worker *worker = c->worker;
+    const struct config *cfg = worker->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
     /* [users], then auth_file, then whoever has a pool or is connected (a client of a database
      * with a forced user= logs in under its own name, not its pool's); each name once. */
     struct view_totals tot;
-    view_totals(app, &tot);
+    view_totals(worker, &tot);
     size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)tot.pools +
                  (size_t)tot.clients + 1;
     const char **names = calloc(cap, sizeof(*names));
@@ -443,7 +443,7 @@ static void show_users(struct client *c)
             names[n++] = cfg->auth[i].user;
     }
     struct seen_names users = {names, n, cap};
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
@@ -470,10 +470,10 @@ static void show_users(struct client *c)
             cell_text(&t, NULL);
         cell_text(&t, u && u->pool_mode != POOL_MODE_UNSET ? pool_mode_name(u->pool_mode) : NULL);
         cell_int(&t, limit_resolve(l, 0));
-        cell_int(&t, view_user_servers(app, names[i]));
+        cell_int(&t, view_user_servers(worker, names[i]));
         cell_int(&t, u && u->max_user_client_connections > 0 ? u->max_user_client_connections
                                                              : cfg->max_user_client_connections);
-        cell_int(&t, view_user_clients(app, names[i]));
+        cell_int(&t, view_user_clients(worker, names[i]));
         row_end(&t);
     }
     free(names);
@@ -485,7 +485,7 @@ static void show_config(struct client *c)
         {"key", COL_TEXT},        {"value", COL_TEXT},  {"default", COL_TEXT},
         {"changeable", COL_TEXT}, {"source", COL_TEXT},
     };
-    const struct config *cfg = c->app->cfg;
+    const struct config *cfg = c->worker->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
     for (int i = 0; i < config_nkeys; i++) {
@@ -504,12 +504,12 @@ static void show_config(struct client *c)
 static void show_lists(struct client *c)
 {
     static const struct col cols[] = {{"list", COL_TEXT}, {"items", COL_INT}};
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
+    struct worker *worker = c->worker;
+    const struct config *cfg = worker->cfg;
     struct view_totals tot;
-    view_totals(app, &tot);
+    view_totals(worker, &tot);
     int pools = 0;
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
@@ -519,7 +519,7 @@ static void show_lists(struct client *c)
         const char *name;
         long long items;
     } rows[] = {
-        {"databases", for_each_database(app, NULL, NULL)},
+        {"databases", for_each_database(worker, NULL, NULL)},
         {"users", cfg->nusers},
         {"peers", 0},
         {"pools", pools},
@@ -562,12 +562,12 @@ static void show_budgets(struct client *c)
         {"app", COL_TEXT},        {"user", COL_TEXT},       {"addr", COL_TEXT},
         {"retired", COL_INT},
     };
-    struct sluice *app = c->app;
-    const struct config *cfg = app->cfg;
+    struct worker *worker = c->worker;
+    const struct config *cfg = worker->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
     const struct budget *b;
-    for (int i = 0; (b = view_budget(app, i)) != NULL; i++) {
+    for (int i = 0; (b = view_budget(worker, i)) != NULL; i++) {
         const char *addr = NULL;
         for (int j = 0; j < cfg->nbudgets; j++) {
             if (strcmp(cfg->budgets[j].name, b->name) == 0)

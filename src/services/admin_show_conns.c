@@ -63,7 +63,7 @@ static void conn_table_begin(struct table *t, struct msg_out *o, enum conn_view 
 
 struct listing {
     struct table t;
-    const struct sluice *app;
+    const struct worker *worker;
     int unix_port; /* a unix-socket client's "port": the listener's */
     enum conn_view view;
     bool only_busy;
@@ -103,8 +103,8 @@ static void conn_row(const struct view_conn *v, void *ctx)
             cell_text(t, NULL);
         cells_local_addr(t, v->fd, 0);
     }
-    cell_time(t, l->app, v->connect_ms);
-    cell_time(t, l->app, v->state_since_ms);
+    cell_time(t, l->worker, v->connect_ms);
+    cell_time(t, l->worker, v->state_since_ms);
     cell_uint(t, v->wait_us / 1000000);
     cell_uint(t, v->wait_us % 1000000);
     cell_int(t, v->close_needed ? 1 : 0);
@@ -123,8 +123,8 @@ static void conn_row(const struct view_conn *v, void *ctx)
 
 static void listing_begin(struct listing *l, struct client *me, enum conn_view view, bool only_busy)
 {
-    l->app = me->app;
-    l->unix_port = view_listen_port(me->app);
+    l->worker = me->worker;
+    l->unix_port = view_listen_port(me->worker);
     l->view = view;
     l->only_busy = only_busy;
     conn_table_begin(&l->t, &me->out, view);
@@ -134,14 +134,14 @@ void admin_show_clients(struct client *me)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_CONNECTIONS, false);
-    view_clients(me->app, conn_row, &l);
+    view_clients(me->worker, conn_row, &l);
 }
 
 void admin_show_servers(struct client *me)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_CONNECTIONS, false);
-    view_servers(me->app, conn_row, &l);
+    view_servers(me->worker, conn_row, &l);
 }
 
 /* PgBouncer's SHOW SOCKETS: clients and servers together, each with its list's name and its
@@ -150,5 +150,5 @@ void admin_show_sockets(struct client *me, bool only_busy)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_SOCKETS, only_busy);
-    view_sockets(me->app, conn_row, &l);
+    view_sockets(me->worker, conn_row, &l);
 }

@@ -127,13 +127,13 @@ static uint64_t wall_now_ms(void)
 }
 
 /* A loop timestamp (ms) as wall-clock time; 0 is NULL. */
-void cell_time(struct table *t, const struct sluice *app, uint64_t loop_ms)
+void cell_time(struct table *t, const struct worker *worker, uint64_t loop_ms)
 {
     if (loop_ms == 0) {
         cell_text(t, NULL);
         return;
     }
-    uint64_t now = sluice_now(app);
+    uint64_t now = sluice_now(worker);
     uint64_t wall = wall_now_ms() - (now > loop_ms ? now - loop_ms : 0);
     time_t secs = (time_t)(wall / 1000);
     struct tm tm;

@@ -13,7 +13,7 @@
 #include "cidr.h"
 #include "codec.h"
 
-struct sluice;
+struct worker;
 struct client;
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -46,7 +46,7 @@ void cell_fmt(struct table *t, const char *fmt, ...) __attribute__((format(print
 void cell_int(struct table *t, long long v);
 void cell_uint(struct table *t, uint64_t v);
 /* A loop timestamp (ms) as wall-clock time "YYYY-MM-DD HH:MM:SS UTC"; 0 is NULL. */
-void cell_time(struct table *t, const struct sluice *app, uint64_t loop_ms);
+void cell_time(struct table *t, const struct worker *worker, uint64_t loop_ms);
 /* An object's address ("%p"), "" for NULL: PgBouncer's ptr and link columns. */
 void cell_ptr(struct table *t, const void *p);
 /* Address and port cells of a peer: the IP and port, "unix" and unix_port, or two NULLs. */

@@ -25,7 +25,7 @@
 #define LINGER_MS 1000 /* after answering: wait this long for the client to close first */
 
 struct http_server {
-    struct sluice *app;
+    struct process *proc;
     uv_tcp_t tcp;
     bool listening;
     struct list conns;  /* in accept order: the oldest first */
@@ -154,7 +154,7 @@ static void respond_text(struct http_conn *hc, int status, const char *msg)
 
 static void route(struct http_conn *hc, const struct http_request *req)
 {
-    struct sluice *app = hc->srv->app;
+    struct worker *worker = sluice_control_worker(hc->srv->proc);
     bool is_health = strcmp(req->path, "/health") == 0;
     bool is_metrics = strcmp(req->path, "/metrics") == 0;
     bool is_livez = strcmp(req->path, "/livez") == 0;
@@ -176,8 +176,8 @@ static void route(struct http_conn *hc, const struct http_request *req)
     char *body = NULL;
     size_t len = 0;
     int status = 200;
-    bool ok =
-        is_health ? report_health(app, &body, &len, &status) : report_metrics(app, &body, &len);
+    bool ok = is_health ? report_health(worker, &body, &len, &status)
+                        : report_metrics(worker, &body, &len);
     if (!ok) {
         respond_text(hc, 500, "out of memory\n");
         return;
@@ -272,8 +272,8 @@ static void on_http_connection(uv_stream_t *server, int status)
     if (!hc)
         return;
     hc->srv = srv;
-    uv_tcp_init(srv->app->loop, &hc->tcp);
-    uv_timer_init(srv->app->loop, &hc->timer);
+    uv_tcp_init(srv->proc->loop, &hc->tcp);
+    uv_timer_init(srv->proc->loop, &hc->timer);
     hc->tcp.data = hc->timer.data = hc;
     hc->open_handles = 2;
     list_append(&srv->conns, &hc->node);
@@ -300,9 +300,9 @@ static void on_http_connection(uv_stream_t *server, int status)
         conn_close(hc);
 }
 
-static int http_start(struct sluice *app)
+static int http_start(struct process *proc)
 {
-    const struct config *cfg = app->cfg;
+    const struct config *cfg = proc->cfg;
     if (cfg->http_listen_port <= 0)
         return 0;
     if (cfg->http_listen_port > 65535) {
@@ -312,9 +312,9 @@ static int http_start(struct sluice *app)
     struct http_server *srv = calloc(1, sizeof(*srv));
     if (!srv)
         return UV_ENOMEM;
-    srv->app = app;
+    srv->proc = proc;
     list_init(&srv->conns);
-    app->http = srv;
+    proc->http = srv;
     const char *host = cfg->http_listen_addr[0] && strcmp(cfg->http_listen_addr, "*") != 0
                            ? cfg->http_listen_addr
                            : "0.0.0.0";
@@ -326,7 +326,7 @@ static int http_start(struct sluice *app)
         log_msg(LOG_ERROR, "http_listen_addr %s is not an IP address", host);
         return rc;
     }
-    uv_tcp_init(app->loop, &srv->tcp);
+    uv_tcp_init(proc->loop, &srv->tcp);
     srv->tcp.data = srv;
     srv->listening = true;
     rc = uv_tcp_bind(&srv->tcp, (const struct sockaddr *)&addr, 0);
@@ -340,9 +340,9 @@ static int http_start(struct sluice *app)
     return 0;
 }
 
-static void http_stop(struct sluice *app)
+static void http_stop(struct process *proc)
 {
-    struct http_server *srv = app->http;
+    struct http_server *srv = proc->http;
     if (!srv)
         return;
     if (srv->listening) {
@@ -356,10 +356,10 @@ static void http_stop(struct sluice *app)
     }
 }
 
-static void http_free(struct sluice *app)
+static void http_free(struct process *proc)
 {
-    free(app->http);
-    app->http = NULL;
+    free(proc->http);
+    proc->http = NULL;
 }
 
 const struct sluice_service http_service = {

@@ -214,17 +214,17 @@ static void upstream_address(const struct config *cfg, const struct view_pool *p
 }
 
 /* Servers sluice holds on one upstream, across its pools. */
-static int upstream_servers(struct sluice *app, const char *address)
+static int upstream_servers(struct worker *worker, const char *address)
 {
     int n = 0;
     char other[300];
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
         if (p.console)
             continue;
-        upstream_address(app->cfg, &p, other, sizeof(other));
+        upstream_address(worker->cfg, &p, other, sizeof(other));
         if (strcmp(other, address) == 0)
             n += p.servers;
     }
@@ -260,17 +260,17 @@ static void json_view(struct text *t, const struct stats_pool_view *v, int pool_
 }
 
 /* The pool's server as the server itself counts connections: null until sluice has read it. */
-static void json_pool_server(struct text *t, struct sluice *app, const struct view_pool *p,
+static void json_pool_server(struct text *t, struct worker *worker, const struct view_pool *p,
                              const struct pool_cap *cap, int pool_servers)
 {
     char address[300];
-    upstream_address(app->cfg, p, address, sizeof(address));
+    upstream_address(worker->cfg, p, address, sizeof(address));
     text_cstr(t, ",\"server\":");
     if (p->server_max_connections <= 0) {
         text_cstr(t, "null");
         return;
     }
-    int on_server = upstream_servers(app, address);
+    int on_server = upstream_servers(worker, address);
     text_cstr(t, "{\"address\":");
     text_json_str(t, address);
     text_printf(t,
@@ -283,21 +283,21 @@ static void json_pool_server(struct text *t, struct sluice *app, const struct vi
 }
 
 /* One entry per server sluice connects to (total section). */
-static void json_upstreams(struct text *t, struct sluice *app)
+static void json_upstreams(struct text *t, struct worker *worker)
 {
     char address[300], seen_addr[300];
     bool first = true;
     text_cstr(t, ",\"upstreams\":[");
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool_settings(pool, &pv);
         const struct view_pool *p = &pv;
         if (p->console || p->server_max_connections <= 0)
             continue;
-        upstream_address(app->cfg, p, address, sizeof(address));
+        upstream_address(worker->cfg, p, address, sizeof(address));
         bool listed = false; /* by an earlier pool */
-        view_for_each_pool(app, other)
+        view_for_each_pool(worker, other)
         {
             struct view_pool q;
             view_pool_settings(other, &q);
@@ -305,12 +305,12 @@ static void json_upstreams(struct text *t, struct sluice *app)
                 break;
             if (q.console || q.server_max_connections <= 0)
                 continue;
-            upstream_address(app->cfg, &q, seen_addr, sizeof(seen_addr));
+            upstream_address(worker->cfg, &q, seen_addr, sizeof(seen_addr));
             listed |= strcmp(seen_addr, address) == 0;
         }
         if (listed)
             continue;
-        int on_server = upstream_servers(app, address);
+        int on_server = upstream_servers(worker, address);
         text_printf(t, "%s{\"address\":", first ? "" : ",");
         first = false;
         text_json_str(t, address);
@@ -331,9 +331,9 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
 
 /* Clients of p's database that waited long for a server in the last complete stats period, once
  * per database (its first pool): nobody may be queued now, but they were. */
-static bool waited_recently(struct sluice *app, const struct view_pool *p, char *line, size_t n)
+static bool waited_recently(struct worker *worker, const struct view_pool *p, char *line, size_t n)
 {
-    view_for_each_pool(app, other)
+    view_for_each_pool(worker, other)
     {
         struct view_pool q;
         view_pool_settings(other, &q);
@@ -343,21 +343,21 @@ static bool waited_recently(struct sluice *app, const struct view_pool *p, char 
             return false; /* said at that pool */
     }
     struct stats_totals avg;
-    if (!stats_averages(app, p->db_name, &avg) || avg.slow_waits == 0)
+    if (!stats_averages(worker, p->db_name, &avg) || avg.slow_waits == 0)
         return false;
     snprintf(line, n,
              "database %s: %llu client%s waited over %d ms for a server in the last %llu s",
              p->db_name, (unsigned long long)avg.slow_waits, avg.slow_waits == 1 ? "" : "s",
-             STATS_SLOW_WAIT_MS, (unsigned long long)(stats_period_ms(app) / 1000));
+             STATS_SLOW_WAIT_MS, (unsigned long long)(stats_period_ms(worker) / 1000));
     return true;
 }
 
-bool report_health(struct sluice *app, char **body, size_t *len, int *status)
+bool report_health(struct worker *worker, char **body, size_t *len, int *status)
 {
-    const struct config *cfg = app->cfg;
-    uint64_t now = sluice_now(app);
+    const struct config *cfg = worker->cfg;
+    uint64_t now = sluice_now(worker);
     struct view_totals tot;
-    view_totals(app, &tot);
+    view_totals(worker, &tot);
     struct text t = {0}, pools = {0}, warnings = {0};
     struct stats_pool_view total;
     memset(&total, 0, sizeof(total));
@@ -366,7 +366,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
     char hint[300], holder[200];
 
     bool first = true;
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -410,7 +410,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
                   (long long)cfg->max_client_conn, clients);
         text_cstr(&pools, ",");
         json_cap(&pools, &cap, limit_kind_key(cap.key));
-        json_pool_server(&pools, app, p, &cap, v.sv_total);
+        json_pool_server(&pools, worker, p, &cap, v.sv_total);
         text_cstr(&pools, ",\"top_application\":");
         if (top_app) {
             text_cstr(&pools, "{\"name\":");
@@ -448,7 +448,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
                      p->db_name, p->user_name, v.cl_waiting, v.cl_waiting == 1 ? "" : "s",
                      (unsigned long long)v.longest_wait_ms, hint, holder);
             add_warning(&warnings, &nwarn, line);
-        } else if (waited_recently(app, p, line, sizeof(line))) {
+        } else if (waited_recently(worker, p, line, sizeof(line))) {
             size_t used = strlen(line);
             snprintf(line + used, sizeof(line) - used, ": %s%s", hint, holder);
             add_warning(&warnings, &nwarn, line);
@@ -496,7 +496,7 @@ bool report_health(struct sluice *app, char **body, size_t *len, int *status)
     json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, tot.clients);
     text_cstr(&t, ",");
     json_cap(&t, &all, all_key);
-    json_upstreams(&t, app);
+    json_upstreams(&t, worker);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
                 tot.clients, tot.servers);
     if (pools.len)
@@ -562,12 +562,12 @@ enum pool_gauge_kind {
 
 /* One gauge with a line per pool (the admin console's pseudo-pool left out; the server's own
  * numbers only once sluice has read them). */
-static void pool_gauge(struct text *t, struct sluice *app, const char *name, const char *help,
+static void pool_gauge(struct text *t, struct worker *worker, const char *name, const char *help,
                        enum pool_gauge_kind k)
 {
-    uint64_t now = sluice_now(app);
+    uint64_t now = sluice_now(worker);
     metric_head(t, name, "gauge", help);
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -616,9 +616,9 @@ static void pool_gauge(struct text *t, struct sluice *app, const char *name, con
     }
 }
 
-static void histogram(struct text *t, struct sluice *app, const char *name, bool wait)
+static void histogram(struct text *t, struct worker *worker, const char *name, bool wait)
 {
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool_settings(pool, &pv);
@@ -649,15 +649,15 @@ static void histogram(struct text *t, struct sluice *app, const char *name, bool
     }
 }
 
-bool report_metrics(struct sluice *app, char **body, size_t *len)
+bool report_metrics(struct worker *worker, char **body, size_t *len)
 {
-    const struct config *cfg = app->cfg;
-    uint64_t now = sluice_now(app);
+    const struct config *cfg = worker->cfg;
+    uint64_t now = sluice_now(worker);
     struct view_totals tot;
-    view_totals(app, &tot);
+    view_totals(worker, &tot);
     struct text t = {0};
     int ndown = 0;
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool(pool, now, &p);
@@ -686,7 +686,7 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
         metric_head(&t, counters[i].name, "counter", counters[i].help);
-        view_for_each_pool(app, pool)
+        view_for_each_pool(worker, pool)
         {
             struct view_pool pv;
             view_pool_settings(pool, &pv);
@@ -700,7 +700,7 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     metric_head(&t, "sluice_client_wait_seconds_total", "counter",
                 "Time clients spent waiting for a server, in seconds.");
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -713,7 +713,7 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
 
     metric_head(&t, "sluice_clients", "gauge", "Client connections by state.");
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -734,7 +734,7 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
     }
     metric_head(&t, "sluice_servers", "gauge",
                 "Server connections by state (used: idle past server_check_delay).");
-    view_for_each_pool(app, pool)
+    view_for_each_pool(worker, pool)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
@@ -756,25 +756,26 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
             text_printf(&t, ",state=\"%s\"} %d\n", states[i].state, states[i].count);
         }
     }
-    pool_gauge(&t, app, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
-    pool_gauge(&t, app, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
-    pool_gauge(&t, app, "sluice_pool_cap",
+    pool_gauge(&t, worker, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
+    pool_gauge(&t, worker, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
+    pool_gauge(&t, worker, "sluice_pool_cap",
                "The most servers a pool can have in use: the smallest of pool_size, "
                "max_db/user/server_connections and its budget's max_servers (key: which).",
                PG_CAP);
-    pool_gauge(&t, app, "sluice_pool_cap_in_use",
+    pool_gauge(&t, worker, "sluice_pool_cap_in_use",
                "Servers in use that count against the pool's cap (for a shared cap: in every "
                "pool it covers).",
                PG_CAP_IN_USE);
-    pool_gauge(&t, app, "sluice_pool_down",
+    pool_gauge(&t, worker, "sluice_pool_down",
                "1 while a pool's circuit breaker is open (or probing): it has no server and its "
-               "connection attempts fail, so clients get 57P03 after server_down_wait.", PG_DOWN);
-    pool_gauge(&t, app, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
-               PG_UNKNOWN);
-    pool_gauge(&t, app, "sluice_server_max_connections",
+               "connection attempts fail, so clients get 57P03 after server_down_wait.",
+               PG_DOWN);
+    pool_gauge(&t, worker, "sluice_pool_unknown",
+               "1 until a server of the pool has logged in once.", PG_UNKNOWN);
+    pool_gauge(&t, worker, "sluice_server_max_connections",
                "The server's max_connections, as the pool's server reported it.",
                PG_SERVER_MAX_CONNECTIONS);
-    pool_gauge(&t, app, "sluice_server_reserved_connections",
+    pool_gauge(&t, worker, "sluice_server_reserved_connections",
                "The server's superuser_reserved_connections (+ reserved_connections).",
                PG_SERVER_RESERVED);
     metric_head(&t, "sluice_max_client_conn", "gauge", "Client connections allowed in total.");
@@ -787,10 +788,10 @@ bool report_metrics(struct sluice *app, char **body, size_t *len)
 
     metric_head(&t, "sluice_query_duration_seconds", "histogram",
                 "Time from a client request to its ReadyForQuery.");
-    histogram(&t, app, "sluice_query_duration_seconds", false);
+    histogram(&t, worker, "sluice_query_duration_seconds", false);
     metric_head(&t, "sluice_client_wait_duration_seconds", "histogram",
                 "Time a client waited for a server.");
-    histogram(&t, app, "sluice_client_wait_duration_seconds", true);
+    histogram(&t, worker, "sluice_client_wait_duration_seconds", true);
 
     if (t.oom) {
         free(t.data);

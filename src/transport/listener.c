@@ -29,21 +29,21 @@ enum accepted_opts { OPTS_UNCHECKED, OPTS_INHERITED, OPTS_SET_EACH };
 struct listen_socket {
     uv_poll_t poll;
     int fd;
-    struct sluice *app;
+    struct process *proc;
     enum accepted_opts opts;
     char path[108]; /* unix socket path, to unlink */
 };
 
-static int set_client_socket_options(const struct sluice *app, int fd)
+static int set_client_socket_options(const struct process *proc, int fd)
 {
     int one = 1;
     int rc = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (app->cfg->tcp_keepalive && rc == 0)
+    if (proc->cfg->tcp_keepalive && rc == 0)
         rc = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     return rc;
 }
 
-static bool has_client_socket_options(const struct sluice *app, int fd)
+static bool has_client_socket_options(const struct process *proc, int fd)
 {
     int nodelay = 0, keepalive = 0;
     socklen_t len = sizeof(int);
@@ -52,7 +52,7 @@ static bool has_client_socket_options(const struct sluice *app, int fd)
     len = sizeof(int);
     if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len) < 0)
         return false;
-    return !app->cfg->tcp_keepalive || keepalive;
+    return !proc->cfg->tcp_keepalive || keepalive;
 }
 
 static void prepare_accepted(struct listen_socket *ls, int fd)
@@ -60,13 +60,13 @@ static void prepare_accepted(struct listen_socket *ls, int fd)
     if (ls->path[0])
         return; /* unix socket: no TCP options */
     if (ls->opts == OPTS_UNCHECKED) {
-        ls->opts = has_client_socket_options(ls->app, fd) ? OPTS_INHERITED : OPTS_SET_EACH;
+        ls->opts = has_client_socket_options(ls->proc, fd) ? OPTS_INHERITED : OPTS_SET_EACH;
         if (ls->opts == OPTS_SET_EACH)
             log_msg(LOG_DEBUG, "accepted sockets do not inherit TCP_NODELAY/SO_KEEPALIVE: "
                                "setting them on each");
     }
     if (ls->opts == OPTS_SET_EACH)
-        set_client_socket_options(ls->app, fd);
+        set_client_socket_options(ls->proc, fd);
 }
 
 /* Whether the listening sockets are polled. AT_CAP ends when clients leave; BACKING_OFF (accept
@@ -88,7 +88,7 @@ struct listener {
     int nsocks;
     int port;
     enum listener_state state;
-    struct sluice *app;
+    struct process *proc;
     const struct listener_ops *ops; /* where accepted sockets go */
     uv_timer_t retry;       /* armed in BACKING_OFF */
     uint64_t failing_since; /* loop time of the first failed accept of a shortage */
@@ -97,11 +97,11 @@ struct listener {
 /* max_client_conn logged-in clients and max_client_logins logins in progress; excess
  * connections are still accepted (to be told why they are refused) up to a margin; beyond it
  * sluice stops accepting until clients leave. */
-static int accept_limit(const struct sluice *app)
+static int accept_limit(const struct process *proc)
 {
-    int max = (int)app->cfg->max_client_conn;
+    int max = (int)proc->cfg->max_client_conn;
     int margin = max / 10 > 100 ? max / 10 : 100;
-    return max + (int)app->cfg->max_client_logins + margin;
+    return max + (int)proc->cfg->max_client_logins + margin;
 }
 
 static void set_state(struct listener *l, enum listener_state next);
@@ -112,7 +112,7 @@ static void set_state(struct listener *l, enum listener_state next);
 static void accept_failed(struct listener *l, int err)
 {
     if (l->state != LISTENER_RETRYING) {
-        l->failing_since = uv_now(l->app->loop);
+        l->failing_since = uv_now(l->proc->loop);
         log_msg(LOG_ERROR,
                 "accept failed: %s; not accepting, trying again every %d ms%s", strerror(err),
                 ACCEPT_RETRY_MS,
@@ -128,7 +128,7 @@ static void accept_succeeded(struct listener *l)
     if (l->state != LISTENER_RETRYING)
         return;
     log_msg(LOG_INFO, "accepting again after %llu ms of failed accepts",
-            (unsigned long long)(uv_now(l->app->loop) - l->failing_since));
+            (unsigned long long)(uv_now(l->proc->loop) - l->failing_since));
     set_state(l, LISTENER_ACCEPTING);
 }
 
@@ -136,19 +136,20 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
 {
     (void)events;
     struct listen_socket *ls = p->data;
-    struct sluice *app = ls->app;
+    struct process *proc = ls->proc;
     if (status < 0)
         return;
     /* A client's first packet is read after the next accept4 (or the one that finds none), which
      * gives it the time to arrive: see listener_ops.read_first. */
-    const struct listener_ops *ops = app->listener->ops;
+    const struct listener_ops *ops = proc->listener->ops;
     struct client *unread = NULL;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (app->nclients >= accept_limit(app)) {
-            set_state(app->listener, LISTENER_AT_CAP);
-            log_msg(LOG_WARNING, "%d client connections: not accepting more until some leave "
-                                 "(max_client_conn = %lld)",
-                    app->nclients, (long long)app->cfg->max_client_conn);
+        if (sluice_nclients(proc) >= accept_limit(proc)) {
+            set_state(proc->listener, LISTENER_AT_CAP);
+            log_msg(LOG_WARNING,
+                    "%d client connections: not accepting more until some leave "
+                    "(max_client_conn = %lld)",
+                    sluice_nclients(proc), (long long)proc->cfg->max_client_conn);
             break;
         }
         struct sockaddr_storage addr;
@@ -157,16 +158,16 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                 errno != ECONNABORTED)
-                accept_failed(app->listener, errno);
+                accept_failed(proc->listener, errno);
             break;
         }
-        accept_succeeded(app->listener);
+        accept_succeeded(proc->listener);
         if (unread)
             ops->read_first(unread);
         prepare_accepted(ls, fd);
         if (ls->path[0])
             addr.ss_family = AF_UNIX;
-        unread = ops->accepted(app, fd, &addr);
+        unread = ops->accepted(proc, fd, &addr);
     }
     if (unread)
         ops->read_first(unread);
@@ -175,7 +176,7 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
 static void on_retry_timer(uv_timer_t *t)
 {
     struct listener *l = t->data;
-    if (l->state == LISTENER_BACKING_OFF && l->app->phase == PHASE_RUNNING)
+    if (l->state == LISTENER_BACKING_OFF && l->proc->phase == PHASE_RUNNING)
         set_state(l, LISTENER_RETRYING);
 }
 
@@ -202,27 +203,27 @@ static void set_state(struct listener *l, enum listener_state next)
     }
 }
 
-void listener_maybe_resume(struct sluice *app)
+void listener_maybe_resume(struct process *proc)
 {
-    struct listener *l = app->listener;
-    if (l && l->state == LISTENER_AT_CAP && app->phase == PHASE_RUNNING &&
-        app->nclients < accept_limit(app) * 9 / 10)
+    struct listener *l = proc->listener;
+    if (l && l->state == LISTENER_AT_CAP && proc->phase == PHASE_RUNNING &&
+        sluice_nclients(proc) < accept_limit(proc) * 9 / 10)
         set_state(l, LISTENER_ACCEPTING);
 }
 
-static int add_socket(struct sluice *app, int fd, const char *path)
+static int add_socket(struct process *proc, int fd, const char *path)
 {
-    struct listener *l = app->listener;
+    struct listener *l = proc->listener;
     if (l->nsocks == MAX_LISTEN_SOCKETS) {
         close(fd);
         return UV_EMFILE;
     }
     struct listen_socket *ls = &l->socks[l->nsocks];
     ls->fd = fd;
-    ls->app = app;
+    ls->proc = proc;
     ls->opts = OPTS_UNCHECKED;
     snprintf(ls->path, sizeof(ls->path), "%s", path ? path : "");
-    int rc = uv_poll_init(app->loop, &ls->poll, fd);
+    int rc = uv_poll_init(proc->loop, &ls->poll, fd);
     if (rc < 0) {
         close(fd);
         return rc;
@@ -232,7 +233,7 @@ static int add_socket(struct sluice *app, int fd, const char *path)
     return uv_poll_start(&ls->poll, UV_READABLE, on_listen_readable);
 }
 
-static int listen_tcp(struct sluice *app, const char *host, int port)
+static int listen_tcp(struct process *proc, const char *host, int port)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
@@ -254,20 +255,21 @@ static int listen_tcp(struct sluice *app, const char *host, int port)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        set_client_socket_options(app, fd); /* for the accepted sockets to inherit */
-        int defer = (int)app->cfg->tcp_defer_accept;
+        set_client_socket_options(proc, fd); /* for the accepted sockets to inherit */
+        int defer = (int)proc->cfg->tcp_defer_accept;
         if (defer > 0 && setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
             log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));
         /* With port 0 the first socket picks the port and the others use the same one. */
-        if (app->listener->port > 0) {
+        if (proc->listener->port > 0) {
             if (ai->ai_family == AF_INET)
-                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)app->listener->port);
+                ((struct sockaddr_in *)ai->ai_addr)->sin_port =
+                    htons((uint16_t)proc->listener->port);
             else if (ai->ai_family == AF_INET6)
                 ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port =
-                    htons((uint16_t)app->listener->port);
+                    htons((uint16_t)proc->listener->port);
         }
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
-            listen(fd, (int)app->cfg->listen_backlog) < 0) {
+            listen(fd, (int)proc->cfg->listen_backlog) < 0) {
             rc = -errno;
             log_msg(LOG_ERROR, "cannot listen on %s:%d: %s", host, port, strerror(errno));
             close(fd);
@@ -278,13 +280,13 @@ static int listen_tcp(struct sluice *app, const char *host, int port)
         getsockname(fd, (struct sockaddr *)&bound, &blen);
         int bport = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
                                                 : ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        app->listener->port = bport;
+        proc->listener->port = bport;
         char ip[INET6_ADDRSTRLEN] = "?";
         if (bound.ss_family == AF_INET6)
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&bound)->sin6_addr, ip, sizeof(ip));
         else
             inet_ntop(AF_INET, &((struct sockaddr_in *)&bound)->sin_addr, ip, sizeof(ip));
-        rc = add_socket(app, fd, NULL);
+        rc = add_socket(proc, fd, NULL);
         if (rc < 0)
             break;
         log_msg(LOG_INFO, bound.ss_family == AF_INET6 ? "listening on [%s]:%d" : "listening on %s:%d",
@@ -295,7 +297,7 @@ static int listen_tcp(struct sluice *app, const char *host, int port)
     return opened > 0 ? 0 : (rc ? rc : UV_EADDRNOTAVAIL);
 }
 
-static int listen_unix(struct sluice *app, const char *dir, int port)
+static int listen_unix(struct process *proc, const char *dir, int port)
 {
     struct sockaddr_un sa = {0};
     sa.sun_family = AF_UNIX;
@@ -309,7 +311,7 @@ static int listen_unix(struct sluice *app, const char *dir, int port)
         return -errno;
     unlink(sa.sun_path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(fd, (int)app->cfg->listen_backlog) < 0) {
+        listen(fd, (int)proc->cfg->listen_backlog) < 0) {
         int err = errno;
         log_msg(LOG_ERROR, "cannot listen on %s: %s", sa.sun_path, strerror(err));
         close(fd);
@@ -317,27 +319,27 @@ static int listen_unix(struct sluice *app, const char *dir, int port)
     }
     chmod(sa.sun_path, 0777);
     log_msg(LOG_INFO, "listening on unix socket %s", sa.sun_path);
-    return add_socket(app, fd, sa.sun_path);
+    return add_socket(proc, fd, sa.sun_path);
 }
 
-int listener_start(struct sluice *app, const struct listener_ops *ops)
+int listener_start(struct process *proc, const struct listener_ops *ops)
 {
-    const struct config *cfg = app->cfg;
-    app->listener = calloc(1, sizeof(*app->listener));
-    if (!app->listener)
+    const struct config *cfg = proc->cfg;
+    proc->listener = calloc(1, sizeof(*proc->listener));
+    if (!proc->listener)
         return UV_ENOMEM;
-    app->listener->port = (int)cfg->listen_port;
-    app->listener->app = app;
-    app->listener->ops = ops;
-    uv_timer_init(app->loop, &app->listener->retry);
-    app->listener->retry.data = app->listener;
-    uv_unref((uv_handle_t *)&app->listener->retry);
+    proc->listener->port = (int)cfg->listen_port;
+    proc->listener->proc = proc;
+    proc->listener->ops = ops;
+    uv_timer_init(proc->loop, &proc->listener->retry);
+    proc->listener->retry.data = proc->listener;
+    uv_unref((uv_handle_t *)&proc->listener->retry);
     int rc = 0;
     for (int i = 0; i < cfg->listen_addr.n && rc == 0; i++)
-        rc = listen_tcp(app, cfg->listen_addr.names[i], app->listener->port);
+        rc = listen_tcp(proc, cfg->listen_addr.names[i], proc->listener->port);
     if (rc == 0 && cfg->unix_socket_dir[0])
-        rc = listen_unix(app, cfg->unix_socket_dir, app->listener->port);
-    if (rc == 0 && app->listener->nsocks == 0) {
+        rc = listen_unix(proc, cfg->unix_socket_dir, proc->listener->port);
+    if (rc == 0 && proc->listener->nsocks == 0) {
         log_msg(LOG_ERROR, "nothing to listen on: set listen_addr or unix_socket_dir");
         rc = UV_EINVAL;
     }
@@ -349,9 +351,9 @@ static void on_listen_closed(uv_handle_t *h)
     (void)h;
 }
 
-void listener_stop(struct sluice *app)
+void listener_stop(struct process *proc)
 {
-    struct listener *l = app->listener;
+    struct listener *l = proc->listener;
     if (!l)
         return;
     uv_close((uv_handle_t *)&l->retry, NULL);
@@ -365,7 +367,7 @@ void listener_stop(struct sluice *app)
     l->nsocks = 0;
 }
 
-int listener_port(const struct sluice *app)
+int listener_port(const struct process *proc)
 {
-    return app->listener ? app->listener->port : 0;
+    return proc->listener ? proc->listener->port : 0;
 }

@@ -7,15 +7,16 @@
 
 #include <sys/socket.h>
 
-struct sluice;
+struct process;
 struct client;
 
-/* What becomes of an accepted socket: the layer above's (sluice.c hands it client_accept and
- * client_read_first), so the listener knows sockets and counts, not clients. */
+/* What becomes of an accepted socket: the layer above's (sluice.c hands it a worker's
+ * client_accept and client_read_first), so the listener knows sockets and counts, not clients
+ * or workers. */
 struct listener_ops {
     /* fd (non-blocking, options set) is the callee's now, whatever it returns. The new
      * connection, or NULL when it was refused or closed at once. */
-    struct client *(*accepted)(struct sluice *app, int fd, const struct sockaddr_storage *addr);
+    struct client *(*accepted)(struct process *proc, int fd, const struct sockaddr_storage *addr);
     /* Read a connection's first packet: called after the next accept4 (or the one that finds
      * none), which gives the packet time to arrive. */
     void (*read_first)(struct client *c);
@@ -23,12 +24,12 @@ struct listener_ops {
 
 /* Open every configured address; accepted sockets go to ops (kept; it must outlive the
  * listener). 0 or a negative UV_E* code (logged). */
-int listener_start(struct sluice *app, const struct listener_ops *ops)
+int listener_start(struct process *proc, const struct listener_ops *ops)
     __attribute__((warn_unused_result));
-void listener_stop(struct sluice *app);
+void listener_stop(struct process *proc);
 /* A client went away: resume accepting if we had paused. */
-void listener_maybe_resume(struct sluice *app);
+void listener_maybe_resume(struct process *proc);
 /* The TCP port actually bound (listen_port 0 picks one). */
-int listener_port(const struct sluice *app);
+int listener_port(const struct process *proc);
 
 #endif

@@ -239,11 +239,11 @@ fail:
     return NULL;
 }
 
-int tls_init(struct sluice *app)
+int tls_init(const struct config *cfg)
 {
     char err[1024];
     enum sslmode mode = SSLMODE_DISABLE;
-    SSL_CTX *ctx = build(app->cfg, &mode, err, sizeof(err));
+    SSL_CTX *ctx = build(cfg, &mode, err, sizeof(err));
     if (!ctx && mode != SSLMODE_DISABLE) {
         log_msg(LOG_ERROR, "client TLS: %s", err);
         return -1;
@@ -258,15 +258,15 @@ int tls_init(struct sluice *app)
     }
     if (ctx)
         log_msg(LOG_INFO, "client TLS: %s, certificate %s", sslmode_name(mode),
-                app->cfg->client_tls_cert_file);
+                cfg->client_tls_cert_file);
     return 0;
 }
 
-void tls_reload(struct sluice *app)
+void tls_reload(const struct config *cfg)
 {
     char err[1024];
     enum sslmode mode = SSLMODE_DISABLE;
-    SSL_CTX *ctx = build(app->cfg, &mode, err, sizeof(err));
+    SSL_CTX *ctx = build(cfg, &mode, err, sizeof(err));
     if (!ctx && (mode != SSLMODE_DISABLE || err[0])) {
         log_msg(LOG_ERROR, "reload: client TLS: %s; keeping the previous TLS settings (%s)", err,
                 sslmode_name(tls_client_mode()));
@@ -278,7 +278,7 @@ void tls_reload(struct sluice *app)
     }
     if (ctx)
         log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
-                app->cfg->client_tls_cert_file);
+                cfg->client_tls_cert_file);
 }
 
 void tls_free(void)

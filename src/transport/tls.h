@@ -15,19 +15,19 @@
 
 #include "config.h" /* enum sslmode: client_tls_sslmode, PgBouncer's meanings towards clients */
 
-struct sluice;
+struct config;
 
 /* The largest TLS record sluice sends a client, in plaintext bytes: what Postgres sends (see
  * tls.c for why a client can hang on larger ones). */
 #define TLS_MAX_RECORD_TO_CLIENT 8192
 
-/* Build the context from app->cfg. At start: 0, or -1 after logging what is wrong (sluice
+/* Build the context from cfg. At start: 0, or -1 after logging what is wrong (sluice
  * refuses to start). */
-int tls_init(struct sluice *app) __attribute__((warn_unused_result));
+int tls_init(const struct config *cfg) __attribute__((warn_unused_result));
 /* After a reload: build a new context; on failure log it and keep the old one (and its mode).
  * Connections keep the context they started with. Other threads may call tls_client_new and
  * tls_client_mode meanwhile: they see the old pair or the new one, never a mix or a freed one. */
-void tls_reload(struct sluice *app);
+void tls_reload(const struct config *cfg);
 /* Shutdown: drop the context. */
 void tls_free(void);
 

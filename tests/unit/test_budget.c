@@ -16,7 +16,7 @@
 
 static char *no_env[] = {NULL};
 
-static struct sluice *app_from(const char *ini)
+static struct worker *app_from(const char *ini)
 {
     struct config_diag diag = {0};
     struct config *cfg = config_load_string(ini, no_env, &diag);
@@ -25,17 +25,20 @@ static struct sluice *app_from(const char *ini)
     config_diag_free(&diag);
     if (!cfg)
         return NULL;
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    list_init(&app->pools);
-    if (budget_sync(app) < 0)
+    struct process *proc = calloc(1, sizeof(*proc));
+    struct worker *worker = &proc->workers[0];
+    proc->cfg = worker->cfg = cfg;
+    proc->nworkers = 1;
+    worker->proc = proc;
+    list_init(&worker->pools);
+    if (budget_sync(worker->proc) < 0)
         return NULL;
-    return app;
+    return worker;
 }
 
-static struct pool *add_pool(struct sluice *app, const char *db, const char *user)
+static struct pool *add_pool(struct worker *worker, const char *db, const char *user)
 {
-    return pool_get(app, NULL, user, db); /* the real constructor: lists, settings from config */
+    return pool_get(worker, NULL, user, db); /* the real constructor: lists, settings from config */
 }
 
 /* Pretend the pool has n servers: each takes its slot in the ledger (under no cap) and sits
@@ -46,15 +49,15 @@ static void set_servers(struct pool *p, int n)
     while (p->idle.count < n) {
         struct list_node *node = calloc(1, sizeof(*node));
         list_append(&p->idle, node);
-        p->app->nservers++;
-        CHECK_INT(ledger_take_server(&p->app->ledger, p->ledger_key, &none), LIMIT_NONE);
+        p->worker->nservers++;
+        CHECK_INT(ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &none), LIMIT_NONE);
     }
 }
 
-static void free_app(struct sluice *app)
+static void free_app(struct worker *worker)
 {
     struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         list_for_each(&p->idle, m, mtmp)
@@ -62,13 +65,13 @@ static void free_app(struct sluice *app)
             list_remove(&p->idle, m);
             free(m);
         }
-        list_remove(&app->pools, n);
+        list_remove(&worker->pools, n);
         pool_free(p);
     }
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
+    budget_free_all(worker->proc);
+    ledger_free(&worker->proc->ledger);
+    config_free(worker->cfg);
+    free(worker->proc);
 }
 
 static union peer_addr ipv4(const char *ip)
@@ -95,59 +98,59 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
                                "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
                                "api = app=api* min_servers=4\n",
              base_ini);
-    struct sluice *app = app_from(ini);
-    CHECK(app != NULL);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    CHECK(worker != NULL);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1"), inside = ipv4("10.1.2.3");
-    CHECK_STR(budget_match(app, "seed-products", "app", &local)->name, "seeds");
-    CHECK_STR(budget_match(app, "api-server", "app", &local)->name, "api");
-    CHECK_STR(budget_match(app, "psql", "ops", &inside)->name, "admin");
-    CHECK_STR(budget_match(app, "psql", "ops", &local)->name, "default"); /* addr differs */
-    CHECK_STR(budget_match(app, NULL, "app", &local)->name, "default");
-    free_app(app);
+    CHECK_STR(budget_match(worker, "seed-products", "app", &local)->name, "seeds");
+    CHECK_STR(budget_match(worker, "api-server", "app", &local)->name, "api");
+    CHECK_STR(budget_match(worker, "psql", "ops", &inside)->name, "admin");
+    CHECK_STR(budget_match(worker, "psql", "ops", &local)->name, "default"); /* addr differs */
+    CHECK_STR(budget_match(worker, NULL, "app", &local)->name, "default");
+    free_app(worker);
 }
 
 static void budget_at_max_servers_holds_back_only_its_clients(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
-    struct budget *seeds = budget_match(app, "seed1", "app", &local);
-    struct budget *other = budget_match(app, "web", "app", &local);
-    add_pool(app, "app", "app");
+    struct budget *seeds = budget_match(worker, "seed1", "app", &local);
+    struct budget *other = budget_match(worker, "web", "app", &local);
+    add_pool(worker, "app", "app");
     seeds->leases = 2;
-    CHECK_INT(ledger_lease_limit(app, seeds), LIMIT_BUDGET);
-    CHECK_INT(ledger_lease_limit(app, other), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(worker, seeds), LIMIT_BUDGET);
+    CHECK_INT(ledger_lease_limit(worker, other), LIMIT_NONE);
     seeds->leases = 1;
-    CHECK_INT(ledger_lease_limit(app, seeds), LIMIT_NONE);
-    free_app(app);
+    CHECK_INT(ledger_lease_limit(worker, seeds), LIMIT_NONE);
+    free_app(worker);
 }
 
 static void min_servers_of_one_budget_are_kept_from_the_others(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\napi = app=api* min_servers=4\n", base_ini);
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
-    struct budget *api = budget_match(app, "api", "app", &local);
-    struct budget *dflt = budget_match(app, "seed", "app", &local);
-    add_pool(app, "app", "app"); /* capacity: the pool size, 10 */
+    struct budget *api = budget_match(worker, "api", "app", &local);
+    struct budget *dflt = budget_match(worker, "seed", "app", &local);
+    add_pool(worker, "app", "app"); /* capacity: the pool size, 10 */
     dflt->leases = 5;             /* 5 used + 4 held for api = 9 < 10: one more allowed */
-    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_NONE);
+    CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
     dflt->leases = 6;
-    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED);
-    CHECK_INT(ledger_lease_limit(app, api), LIMIT_NONE); /* api may use its share */
+    CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
+    CHECK_INT(ledger_lease_limit(worker, api), LIMIT_NONE); /* api may use its share */
     api->leases = 4;                                     /* api took its share: none held now */
-    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
+    CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
     dflt->leases = 5;
-    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_NONE);
-    free_app(app);
+    CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
+    free_app(worker);
 }
 
 static void connections_stop_at_the_first_full_cap(void)
@@ -157,12 +160,12 @@ static void connections_stop_at_the_first_full_cap(void)
              "[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\nmax_server_connections = 8\n"
              "reserve_pool_size = 1\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\nother = host=127.0.0.1 dbname=other\n");
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
-    struct pool *a1 = add_pool(app, "app", "u1");
-    struct pool *a2 = add_pool(app, "app", "u2");
-    struct pool *o = add_pool(app, "other", "u1");
+    struct pool *a1 = add_pool(worker, "app", "u1");
+    struct pool *a2 = add_pool(worker, "app", "u2");
+    struct pool *o = add_pool(worker, "other", "u1");
     CHECK_INT(ledger_pool_limit(a1, false), LIMIT_NONE);
     set_servers(a1, 5);
     CHECK_INT(ledger_pool_limit(a1, false), LIMIT_POOL);
@@ -172,21 +175,21 @@ static void connections_stop_at_the_first_full_cap(void)
     CHECK_INT(ledger_pool_limit(o, false), LIMIT_NONE);
     set_servers(o, 2);
     CHECK_INT(ledger_pool_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
-    CHECK_INT(ledger_db_servers(&app->ledger, "app"), 6);
-    CHECK_INT(ledger_user_servers(&app->ledger, "u1"), 7);
-    free_app(app);
+    CHECK_INT(ledger_db_servers(&worker->proc->ledger, "app"), 6);
+    CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u1"), 7);
+    free_app(worker);
 }
 
 static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                  "other = host=127.0.0.1 dbname=other\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                     "other = host=127.0.0.1 dbname=other\n");
+    if (!worker)
         return;
-    struct pool *a1 = add_pool(app, "app", "u1");
-    struct pool *a2 = add_pool(app, "app", "u2");
-    struct pool *o = add_pool(app, "other", "u3");
+    struct pool *a1 = add_pool(worker, "app", "u1");
+    struct pool *a2 = add_pool(worker, "app", "u2");
+    struct pool *o = add_pool(worker, "other", "u3");
     set_servers(a1, 5);
     set_servers(a2, 1);
     CHECK_INT(ledger_pool_limit(a2, false), LIMIT_DB);
@@ -194,19 +197,19 @@ static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(v
     CHECK(!ledger_pool_fits_if_closed(a2, o));  /* another database frees nothing here */
     CHECK(!ledger_pool_fits_if_closed(a1, a2)); /* a1 is at its own pool_size */
     CHECK_INT(ledger_pool_over_limit(a1), LIMIT_NONE);
-    free_app(app);
+    free_app(worker);
 }
 
 static void a_lowered_cap_shows_the_servers_above_it(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
-                                  "max_server_connections = 6\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                  "other = host=127.0.0.1 dbname=other\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
+                                     "max_server_connections = 6\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                     "other = host=127.0.0.1 dbname=other\n");
+    if (!worker)
         return;
-    struct pool *a = add_pool(app, "app", "u1");
-    struct pool *o = add_pool(app, "other", "u1");
+    struct pool *a = add_pool(worker, "app", "u1");
+    struct pool *o = add_pool(worker, "other", "u1");
     set_servers(a, 4);
     CHECK_INT(ledger_pool_over_limit(a), LIMIT_NONE); /* at the cap is not above it */
     set_servers(a, 5);
@@ -215,7 +218,7 @@ static void a_lowered_cap_shows_the_servers_above_it(void)
     CHECK_INT(ledger_pool_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
     a->size = 3;
     CHECK_INT(ledger_pool_over_limit(a), LIMIT_POOL);
-    free_app(app);
+    free_app(worker);
 }
 
 static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
@@ -225,27 +228,27 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
              "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\n"
              "[budgets]\napi = app=api* min_servers=2\n");
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
-    struct budget *dflt = budget_match(app, "batch", "app", &local);
-    add_pool(app, "app", "app");
+    struct budget *dflt = budget_match(worker, "batch", "app", &local);
+    add_pool(worker, "app", "app");
     enum limit_kind key;
-    CHECK_INT(budget_shared_capacity(app, &key), 3);
+    CHECK_INT(budget_shared_capacity(worker, &key), 3);
     CHECK_INT(key, LIMIT_DB);
     dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
-    CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED);
-    free_app(app);
+    CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
+    free_app(worker);
 }
 
 static void percent_caps_follow_the_servers_max_connections(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n");
+    if (!worker)
         return;
-    struct pool *p = add_pool(app, "app", "u");
+    struct pool *p = add_pool(worker, "app", "u");
     /* unknown yet: one connection at a time, to learn it */
     CHECK_INT(ledger_pool_limit(p, false), LIMIT_NONE);
     struct list_node probe;
@@ -256,45 +259,45 @@ static void percent_caps_follow_the_servers_max_connections(void)
     CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 17);
     set_servers(p, 17);
     CHECK_INT(ledger_pool_limit(p, false), LIMIT_DB);
-    free_app(app);
+    free_app(worker);
 }
 
 static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\ndefault = max_servers=3\napi = app=api*\n", base_ini);
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
-    struct budget *d = budget_match(app, "psql", "app", &local);
+    struct budget *d = budget_match(worker, "psql", "app", &local);
     CHECK_STR(d->name, "default");
     CHECK_INT(d->max_servers, 3);
-    CHECK_INT(app->budgets.n, 2);
-    CHECK_STR(budget_match(app, "api-1", "app", &local)->name, "api");
-    free_app(app);
+    CHECK_INT(worker->proc->budgets.n, 2);
+    CHECK_STR(budget_match(worker, "api-1", "app", &local)->name, "api");
+    free_app(worker);
 }
 
 static void reload_keeps_live_counts_and_retires_removed_budgets(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = app_from(ini);
-    if (!app)
+    struct worker *worker = app_from(ini);
+    if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
-    struct budget *seeds = budget_match(app, "seed", "app", &local);
+    struct budget *seeds = budget_match(worker, "seed", "app", &local);
     seeds->clients = 3;
     struct config_diag diag = {0};
     struct config *next = config_load_string(base_ini, no_env, &diag);
     config_diag_free(&diag);
-    config_free(app->cfg);
-    app->cfg = next;
-    CHECK_INT(budget_sync(app), 0);
+    config_free(worker->cfg);
+    worker->proc->cfg = worker->cfg = next;
+    CHECK_INT(budget_sync(worker->proc), 0);
     CHECK(seeds->retired);
     CHECK_INT(seeds->clients, 3);
-    CHECK_STR(budget_match(app, "seed", "app", &local)->name, "default");
-    free_app(app);
+    CHECK_STR(budget_match(worker, "seed", "app", &local)->name, "default");
+    free_app(worker);
 }
 
 int main(void)

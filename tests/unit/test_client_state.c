@@ -54,8 +54,8 @@ static void every_state_has_a_name(void)
     CHECK_STR(client_state_name(CLIENT_WAITING_LAST), "waiting_last");
 }
 
-/* An app with one pool, db/u, built by hand (no sockets); NULL if the config did not load. */
-static struct sluice *app_with_pool(uv_loop_t *loop, struct pool **p)
+/* A worker with one pool, db/u, built by hand (no sockets); NULL if the config did not load. */
+static struct worker *app_with_pool(uv_loop_t *loop, struct pool **p)
 {
     static char *no_env[] = {NULL};
     struct config_diag diag = {0};
@@ -65,28 +65,31 @@ static struct sluice *app_with_pool(uv_loop_t *loop, struct pool **p)
     if (!cfg)
         return NULL;
     uv_loop_init(loop);
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    app->loop = loop;
-    list_init(&app->pools);
-    list_init(&app->login_clients);
-    list_init(&app->closing_clients);
-    list_init(&app->dead_clients);
-    list_init(&app->dead_servers);
-    CHECK_INT(budget_sync(app), 0);
-    *p = pool_get(app, NULL, "u", "db");
-    return app;
+    struct process *proc = calloc(1, sizeof(*proc));
+    struct worker *worker = &proc->workers[0];
+    proc->cfg = worker->cfg = cfg;
+    proc->nworkers = 1;
+    worker->proc = proc;
+    worker->loop = loop;
+    list_init(&worker->pools);
+    list_init(&worker->login_clients);
+    list_init(&worker->closing_clients);
+    list_init(&worker->dead_clients);
+    list_init(&worker->dead_servers);
+    CHECK_INT(budget_sync(worker->proc), 0);
+    *p = pool_get(worker, NULL, "u", "db");
+    return worker;
 }
 
-static void app_free(struct sluice *app, struct pool *p)
+static void app_free(struct worker *worker, struct pool *p)
 {
-    uv_loop_t *loop = app->loop;
-    list_remove(&app->pools, &p->node);
+    uv_loop_t *loop = worker->loop;
+    list_remove(&worker->pools, &p->node);
     pool_free(p);
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
+    budget_free_all(worker->proc);
+    ledger_free(&worker->proc->ledger);
+    config_free(worker->cfg);
+    free(worker->proc);
     uv_loop_close(loop);
 }
 
@@ -96,13 +99,13 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
 {
     uv_loop_t loop;
     struct pool *p;
-    struct sluice *app = app_with_pool(&loop, &p);
-    if (!app)
+    struct worker *worker = app_with_pool(&loop, &p);
+    if (!worker)
         return;
     struct client *first = calloc(1, sizeof(*first)), *c = calloc(1, sizeof(*c));
     struct client *both[] = {first, c};
     for (int i = 0; i < 2; i++) {
-        both[i]->app = app;
+        both[i]->worker = worker;
         both[i]->pool = p;
         both[i]->state = CLIENT_IDLE;
         list_append(&p->idle_clients, &both[i]->node);
@@ -125,11 +128,11 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
     client_set_state(c, CLIENT_CLOSED);
     client_set_state(first, CLIENT_CLOSED);
     CHECK_INT(p->waiting.count, 0);
-    CHECK_INT(app->dead_clients.count, 2);
+    CHECK_INT(worker->dead_clients.count, 2);
 
     free(first);
     free(c);
-    app_free(app, p);
+    app_free(worker, p);
 }
 
 /* A logged-in client holds its place in the ledger's counts (max_client_conn, the database's
@@ -138,33 +141,33 @@ static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
 {
     uv_loop_t loop;
     struct pool *p;
-    struct sluice *app = app_with_pool(&loop, &p);
-    if (!app)
+    struct worker *worker = app_with_pool(&loop, &p);
+    if (!worker)
         return;
     struct client *c = calloc(1, sizeof(*c));
-    c->app = app;
+    c->worker = worker;
     c->pool = p;
     c->user = "u";
     c->database = "db";
     c->state = CLIENT_IDLE;
     list_append(&p->idle_clients, &c->node);
     const struct ledger_login_caps caps = {.global = 10};
-    CHECK_INT(ledger_take_login(&app->ledger, "db", "u", &caps), LOGIN_COUNTED);
+    CHECK_INT(ledger_take_login(&worker->proc->ledger, "db", "u", &caps), LOGIN_COUNTED);
     c->login_slot = LOGIN_SLOT_HELD; /* as client_login_ok took it */
-    CHECK(ledger_audit(app));
+    CHECK(ledger_audit(worker));
     client_set_state(c, CLIENT_WAITING);
     client_set_state(c, CLIENT_ACTIVE);
-    CHECK_INT(ledger_db_clients(&app->ledger, "db"), 1); /* still logged in */
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, "db"), 1); /* still logged in */
     client_set_state(c, CLIENT_CLOSING);
     CHECK_INT(c->login_slot, LOGIN_SLOT_NONE);
-    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
-    CHECK_INT(ledger_db_clients(&app->ledger, "db"), 0);
-    CHECK_INT(ledger_user_clients(&app->ledger, "u"), 0);
-    CHECK(ledger_audit(app)); /* off the pool's lists: the walk agrees */
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, NULL), 0);
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, "db"), 0);
+    CHECK_INT(ledger_user_clients(&worker->proc->ledger, "u"), 0);
+    CHECK(ledger_audit(worker));        /* off the pool's lists: the walk agrees */
     client_set_state(c, CLIENT_CLOSED); /* not twice */
-    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, NULL), 0);
     free(c);
-    app_free(app, p);
+    app_free(worker, p);
 }
 
 int main(void)

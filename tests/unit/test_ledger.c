@@ -19,7 +19,7 @@
 
 static char *no_env[] = {NULL};
 
-static struct sluice *app_from(const char *ini)
+static struct worker *app_from(const char *ini)
 {
     struct config_diag diag = {0};
     struct config *cfg = config_load_string(ini, no_env, &diag);
@@ -28,20 +28,23 @@ static struct sluice *app_from(const char *ini)
     config_diag_free(&diag);
     if (!cfg)
         return NULL;
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    list_init(&app->pools);
-    list_init(&app->login_clients);
-    list_init(&app->closing_clients);
-    if (budget_sync(app) < 0)
+    struct process *proc = calloc(1, sizeof(*proc));
+    struct worker *worker = &proc->workers[0];
+    proc->cfg = worker->cfg = cfg;
+    proc->nworkers = 1;
+    worker->proc = proc;
+    list_init(&worker->pools);
+    list_init(&worker->login_clients);
+    list_init(&worker->closing_clients);
+    if (budget_sync(worker->proc) < 0)
         return NULL;
-    return app;
+    return worker;
 }
 
-static void free_app(struct sluice *app)
+static void free_app(struct worker *worker)
 {
     struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&app->pools, n, tmp)
+    list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
         list_for_each(&p->idle, m, mtmp)
@@ -49,13 +52,13 @@ static void free_app(struct sluice *app)
             list_remove(&p->idle, m);
             free(container_of(m, struct server, node));
         }
-        list_remove(&app->pools, n);
+        list_remove(&worker->pools, n);
         pool_free(p);
     }
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
+    budget_free_all(worker->proc);
+    ledger_free(&worker->proc->ledger);
+    config_free(worker->cfg);
+    free(worker->proc);
 }
 
 /* What a pool's next backend is held to, as pool.c asks (budget.c resolves the config). */
@@ -63,12 +66,12 @@ static enum limit_kind take(struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    enum limit_kind k = ledger_take_server(&p->app->ledger, p->ledger_key, &caps);
+    enum limit_kind k = ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
     if (k == LIMIT_NONE) { /* what server_connect does with the slot: a server on a list */
         struct server *s = calloc(1, sizeof(*s));
         s->pool = p;
         list_append(&p->idle, &s->node);
-        p->app->nservers++;
+        p->worker->nservers++;
     }
     return k;
 }
@@ -79,8 +82,8 @@ static void give(struct pool *p)
     struct server *s = container_of(list_last(&p->idle), struct server, node);
     list_remove(&p->idle, &s->node);
     free(s);
-    p->app->nservers--;
-    ledger_give_server(&p->app->ledger, p->ledger_key);
+    p->worker->nservers--;
+    ledger_give_server(&p->worker->proc->ledger, p->ledger_key);
 }
 
 struct snapshot {
@@ -89,7 +92,7 @@ struct snapshot {
 
 static struct snapshot snap(const struct pool *p)
 {
-    const struct ledger *l = &p->app->ledger;
+    const struct ledger *l = &p->worker->proc->ledger;
     return (struct snapshot){l->servers, l->own_servers, p->ledger_key->servers,
                              ledger_db_servers(l, p->db_name),
                              ledger_user_servers(l, p->user_name)};
@@ -102,15 +105,15 @@ static bool same(struct snapshot a, struct snapshot b)
 
 static void each_cap_refuses_in_order_and_a_refusal_changes_nothing(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 3\nmax_db_connections = 4\n"
-                                  "max_user_connections = 5\nmax_server_connections = 7\n"
-                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n"
-                                  "c = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 3\nmax_db_connections = 4\n"
+                                     "max_user_connections = 5\nmax_server_connections = 7\n"
+                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n"
+                                     "c = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *a1 = pool_get(app, NULL, "u1", "a"), *a2 = pool_get(app, NULL, "u2", "a");
-    struct pool *b1 = pool_get(app, NULL, "u1", "b"), *c2 = pool_get(app, NULL, "u2", "c");
-    struct pool *c3 = pool_get(app, NULL, "u3", "c");
+    struct pool *a1 = pool_get(worker, NULL, "u1", "a"), *a2 = pool_get(worker, NULL, "u2", "a");
+    struct pool *b1 = pool_get(worker, NULL, "u1", "b"), *c2 = pool_get(worker, NULL, "u2", "c");
+    struct pool *c3 = pool_get(worker, NULL, "u3", "c");
     for (int i = 0; i < 3; i++)
         CHECK_INT(take(a1, false), LIMIT_NONE);
     struct snapshot before = snap(a1);
@@ -129,24 +132,24 @@ static void each_cap_refuses_in_order_and_a_refusal_changes_nothing(void)
     before = snap(c3);
     CHECK_INT(take(c3, false), LIMIT_GLOBAL); /* 7 in all */
     CHECK(same(before, snap(c3)));
-    CHECK_INT(app->ledger.servers, 7);
-    CHECK_INT(ledger_db_servers(&app->ledger, "a"), 4);
-    CHECK_INT(ledger_user_servers(&app->ledger, "u1"), 5);
-    CHECK(ledger_audit(app));
+    CHECK_INT(worker->proc->ledger.servers, 7);
+    CHECK_INT(ledger_db_servers(&worker->proc->ledger, "a"), 4);
+    CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u1"), 5);
+    CHECK(ledger_audit(worker));
     give(a1); /* one back: every scope of a1 has room again */
     CHECK_INT(take(c3, false), LIMIT_NONE);
     CHECK_INT(take(a1, false), LIMIT_GLOBAL);
-    CHECK(ledger_audit(app));
-    free_app(app);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 static void the_reserve_counts_only_when_in_play(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 2\nreserve_pool_size = 1\n"
-                                  "[databases]\na = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 2\nreserve_pool_size = 1\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *p = pool_get(app, NULL, "u", "a");
+    struct pool *p = pool_get(worker, NULL, "u", "a");
     CHECK_INT(take(p, false), LIMIT_NONE);
     CHECK_INT(take(p, false), LIMIT_NONE);
     CHECK_INT(take(p, false), LIMIT_POOL);
@@ -155,24 +158,24 @@ static void the_reserve_counts_only_when_in_play(void)
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
     p->reserve_size = 0;                         /* a reload took it away */
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_POOL);
-    CHECK(ledger_audit(app));
-    free_app(app);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 static void percent_caps_take_one_at_a_time_until_resolved(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 50%\n"
-                                  "max_server_connections = 80%\n"
-                                  "[databases]\na = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 50%\n"
+                                     "max_server_connections = 80%\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *p = pool_get(app, NULL, "u", "a");
+    struct pool *p = pool_get(worker, NULL, "u", "a");
     struct server probe = {.pool = p};
     list_append(&p->connecting, &probe.node); /* a server learning max_connections */
     struct ledger_caps caps;
     budget_server_caps(p, false, &caps);
     CHECK(caps.awaiting_probe);
-    CHECK_INT(ledger_take_server(&app->ledger, p->ledger_key, &caps), LIMIT_DB);
+    CHECK_INT(ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps), LIMIT_DB);
     list_remove(&p->connecting, &probe.node);
     p->server_usable = 10; /* told: 50% of 10 = 5 per database, 80% = 8 in all */
     budget_server_caps(p, false, &caps);
@@ -184,37 +187,38 @@ static void percent_caps_take_one_at_a_time_until_resolved(void)
     CHECK_INT(take(p, false), LIMIT_DB);
     p->server_usable = 4; /* a reload found a smaller server: 2 per database */
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_DB);
-    CHECK(ledger_audit(app));
-    free_app(app);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 static void auth_query_connections_count_in_db_user_and_global(void)
 {
-    struct sluice *app = app_from("[sluice]\nmax_db_connections = 2\nmax_server_connections = 3\n"
-                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker =
+        app_from("[sluice]\nmax_db_connections = 2\nmax_server_connections = 3\n"
+                 "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *p = pool_get(app, NULL, "u", "a");
+    struct pool *p = pool_get(worker, NULL, "u", "a");
     struct ledger_caps caps;
-    budget_own_caps(app, "a", "auth", &caps);
-    CHECK_INT(ledger_take_own(&app->ledger, "a", "auth", &caps), LIMIT_NONE);
+    budget_own_caps(worker, "a", "auth", &caps);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, "a", "auth", &caps), LIMIT_NONE);
     CHECK_INT(take(p, false), LIMIT_NONE);
     struct snapshot before = snap(p);
-    CHECK_INT(ledger_take_own(&app->ledger, "a", "auth", &caps), LIMIT_DB);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, "a", "auth", &caps), LIMIT_DB);
     CHECK_INT(take(p, false), LIMIT_DB);
     CHECK(same(before, snap(p)));
-    budget_own_caps(app, "b", "auth", &caps);
-    CHECK_INT(ledger_take_own(&app->ledger, "b", "auth", &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_own(&app->ledger, "b", "auth", &caps), LIMIT_GLOBAL);
-    CHECK_INT(app->ledger.own_servers, 2);
-    CHECK_INT(ledger_user_servers(&app->ledger, "auth"), 2);
-    CHECK_INT(ledger_user_servers(&app->ledger, NULL), 3);
-    ledger_give_own(&app->ledger, "a", "auth");
-    ledger_give_own(&app->ledger, "b", "auth");
-    CHECK_INT(app->ledger.own_servers, 0);
-    CHECK_INT(app->ledger.servers, 1);
-    CHECK(ledger_audit(app));
-    free_app(app);
+    budget_own_caps(worker, "b", "auth", &caps);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, "b", "auth", &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, "b", "auth", &caps), LIMIT_GLOBAL);
+    CHECK_INT(worker->proc->ledger.own_servers, 2);
+    CHECK_INT(ledger_user_servers(&worker->proc->ledger, "auth"), 2);
+    CHECK_INT(ledger_user_servers(&worker->proc->ledger, NULL), 3);
+    ledger_give_own(&worker->proc->ledger, "a", "auth");
+    ledger_give_own(&worker->proc->ledger, "b", "auth");
+    CHECK_INT(worker->proc->ledger.own_servers, 0);
+    CHECK_INT(worker->proc->ledger.servers, 1);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 static union peer_addr local_addr(void)
@@ -228,51 +232,51 @@ static union peer_addr local_addr(void)
 
 static void leases_stop_at_max_servers_and_at_others_min_servers(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 5\n"
-                                  "[databases]\na = host=127.0.0.1\n"
-                                  "[budgets]\nseeds = app=seed* max_servers=2\n"
-                                  "api = app=api* min_servers=2\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 5\n"
+                                     "[databases]\na = host=127.0.0.1\n"
+                                     "[budgets]\nseeds = app=seed* max_servers=2\n"
+                                     "api = app=api* min_servers=2\n");
+    if (!worker)
         return;
-    pool_get(app, NULL, "u", "a"); /* capacity: 5 */
+    pool_get(worker, NULL, "u", "a"); /* capacity: 5 */
     union peer_addr addr = local_addr();
-    struct budget *seeds = budget_match(app, "seed", "u", &addr);
-    struct budget *api = budget_match(app, "api", "u", &addr);
-    struct budget *dflt = budget_match(app, "psql", "u", &addr);
-    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_NONE);
-    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_NONE);
-    CHECK_INT(ledger_take_lease(app, seeds), LIMIT_BUDGET);
+    struct budget *seeds = budget_match(worker, "seed", "u", &addr);
+    struct budget *api = budget_match(worker, "api", "u", &addr);
+    struct budget *dflt = budget_match(worker, "psql", "u", &addr);
+    CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_BUDGET);
     CHECK_INT(seeds->leases, 2);
-    CHECK_INT(ledger_lease_room(app, seeds), 0);
-    CHECK_INT(ledger_take_lease(app, dflt), LIMIT_NONE);     /* 2 used + 2 held for api < 5 */
-    CHECK_INT(ledger_take_lease(app, dflt), LIMIT_RESERVED); /* 3 used + 2 held */
+    CHECK_INT(ledger_lease_room(worker, seeds), 0);
+    CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_NONE);     /* 2 used + 2 held for api < 5 */
+    CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_RESERVED); /* 3 used + 2 held */
     CHECK_INT(dflt->leases, 1);
-    CHECK_INT(ledger_take_lease(app, api), LIMIT_NONE); /* api may use its share */
-    CHECK_INT(ledger_take_lease(app, api), LIMIT_NONE);
-    CHECK_INT(ledger_take_lease(app, api), LIMIT_RESERVED); /* 5 of 5, min_servers in play */
+    CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE); /* api may use its share */
+    CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE);
+    CHECK_INT(ledger_take_lease(worker, api), LIMIT_RESERVED); /* 5 of 5, min_servers in play */
     CHECK_INT(api->leases, 2);
-    ledger_give_lease(app, seeds);
-    CHECK_INT(ledger_lease_room(app, seeds), 1);
-    CHECK_INT(ledger_take_lease(app, NULL), LIMIT_NONE); /* no budget: nothing to count */
-    free_app(app);
+    ledger_give_lease(worker, seeds);
+    CHECK_INT(ledger_lease_room(worker, seeds), 1);
+    CHECK_INT(ledger_take_lease(worker, NULL), LIMIT_NONE); /* no budget: nothing to count */
+    free_app(worker);
 }
 
 static void clients_stop_at_max_clients(void)
 {
-    struct sluice *app = app_from("[sluice]\n[databases]\na = host=127.0.0.1\n"
-                                  "[budgets]\nweb = app=web* max_clients=2\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\n[databases]\na = host=127.0.0.1\n"
+                                     "[budgets]\nweb = app=web* max_clients=2\n");
+    if (!worker)
         return;
     union peer_addr addr = local_addr();
-    struct budget *web = budget_match(app, "web", "u", &addr);
-    CHECK(ledger_take_client(&app->ledger, web));
-    CHECK(ledger_take_client(&app->ledger, web));
-    CHECK(!ledger_take_client(&app->ledger, web));
+    struct budget *web = budget_match(worker, "web", "u", &addr);
+    CHECK(ledger_take_client(&worker->proc->ledger, web));
+    CHECK(ledger_take_client(&worker->proc->ledger, web));
+    CHECK(!ledger_take_client(&worker->proc->ledger, web));
     CHECK_INT(web->clients, 2);
-    ledger_give_client(&app->ledger, web);
-    CHECK(ledger_take_client(&app->ledger, web));
-    CHECK(ledger_take_client(&app->ledger, NULL));
-    free_app(app);
+    ledger_give_client(&worker->proc->ledger, web);
+    CHECK(ledger_take_client(&worker->proc->ledger, web));
+    CHECK(ledger_take_client(&worker->proc->ledger, NULL));
+    free_app(worker);
 }
 
 /* A login as client_login_ok takes it: counted, a client on its pool's idle list (the console's
@@ -280,7 +284,8 @@ static void clients_stop_at_max_clients(void)
 static enum login_take login(struct pool *p, const char *user, const struct ledger_login_caps *caps)
 {
     const char *db = p->is_admin ? NULL : p->db_name;
-    enum login_take k = ledger_take_login(&p->app->ledger, db, p->is_admin ? NULL : user, caps);
+    enum login_take k =
+        ledger_take_login(&p->worker->proc->ledger, db, p->is_admin ? NULL : user, caps);
     if (k == LOGIN_COUNTED) {
         struct client *c = calloc(1, sizeof(*c));
         c->user = strdup(user);
@@ -295,7 +300,7 @@ static void leave(struct pool *p)
 {
     struct client *c = container_of(list_last(&p->idle_clients), struct client, node);
     list_remove(&p->idle_clients, &c->node);
-    ledger_give_login(&p->app->ledger, p->is_admin ? NULL : p->db_name,
+    ledger_give_login(&p->worker->proc->ledger, p->is_admin ? NULL : p->db_name,
                       p->is_admin ? NULL : c->user);
     free(c->user);
     free(c);
@@ -322,68 +327,69 @@ static bool same_logins(struct login_counts a, struct login_counts b)
  * user=). Caps bind in that order, a refusal changes nothing, and the walk agrees. */
 static void logins_count_globally_per_database_and_per_user(void)
 {
-    struct sluice *app = app_from("[sluice]\n[databases]\na = host=127.0.0.1 user=forced\n"
-                                  "b = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\n[databases]\na = host=127.0.0.1 user=forced\n"
+                                     "b = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *a1 = pool_get(app, config_find_db(app->cfg, "a"), "u1", "a");
-    struct pool *b1 = pool_get(app, NULL, "u1", "b"), *b2 = pool_get(app, NULL, "u2", "b");
-    struct pool *console = pool_get(app, NULL, "u1", "pgbouncer");
+    struct pool *a1 = pool_get(worker, config_find_db(worker->cfg, "a"), "u1", "a");
+    struct pool *b1 = pool_get(worker, NULL, "u1", "b"), *b2 = pool_get(worker, NULL, "u2", "b");
+    struct pool *console = pool_get(worker, NULL, "u1", "pgbouncer");
     console->is_admin = true;
     CHECK_STR(a1->user_name, "forced");
     const struct ledger_login_caps caps = {.global = 6, .db = 2, .user = 3};
     CHECK_INT(login(a1, "u1", &caps), LOGIN_COUNTED);
     CHECK_INT(login(a1, "u2", &caps), LOGIN_COUNTED);
-    struct login_counts before = login_counts(&app->ledger);
+    struct login_counts before = login_counts(&worker->proc->ledger);
     CHECK_INT(login(a1, "u2", &caps), LOGIN_OVER_DB_CLIENTS); /* 2 on database a */
-    CHECK(same_logins(before, login_counts(&app->ledger)));
-    CHECK_INT(ledger_user_clients(&app->ledger, "forced"), 0); /* by the client's own name */
+    CHECK(same_logins(before, login_counts(&worker->proc->ledger)));
+    CHECK_INT(ledger_user_clients(&worker->proc->ledger, "forced"),
+              0); /* by the client's own name */
     CHECK_INT(login(b1, "u1", &caps), LOGIN_COUNTED);
     CHECK_INT(login(b1, "u1", &caps), LOGIN_COUNTED);
     CHECK_INT(login(b2, "u2", &caps), LOGIN_OVER_DB_CLIENTS); /* 2 on database b */
     const struct ledger_login_caps wider = {.global = 6, .db = 5, .user = 2};
-    before = login_counts(&app->ledger);
+    before = login_counts(&worker->proc->ledger);
     CHECK_INT(login(b2, "u1", &wider), LOGIN_OVER_USER_CLIENTS); /* u1: 1 on a, 2 on b */
-    CHECK(same_logins(before, login_counts(&app->ledger)));
+    CHECK(same_logins(before, login_counts(&worker->proc->ledger)));
     CHECK_INT(login(console, "u1", &wider), LOGIN_COUNTED); /* the console: globally only */
     CHECK_INT(login(console, "u1", &wider), LOGIN_COUNTED);
-    CHECK_INT(ledger_user_clients(&app->ledger, "u1"), 3);
-    CHECK_INT(ledger_db_clients(&app->ledger, "pgbouncer"), 0);
+    CHECK_INT(ledger_user_clients(&worker->proc->ledger, "u1"), 3);
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, "pgbouncer"), 0);
     CHECK_INT(login(b2, "u3", &wider), LOGIN_OVER_CLIENT_CONN); /* 6 in all */
-    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 6);
-    CHECK(ledger_audit(app));
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, NULL), 6);
+    CHECK(ledger_audit(worker));
     leave(console);
     CHECK_INT(login(b2, "u3", &wider), LOGIN_COUNTED);
-    CHECK(ledger_audit(app));
+    CHECK(ledger_audit(worker));
     leave(a1);
     leave(b1);
-    CHECK_INT(ledger_db_clients(&app->ledger, "a"), 1);
-    CHECK_INT(ledger_user_clients(&app->ledger, "u1"), 2);
-    CHECK(ledger_audit(app));
-    app->ledger.clients++; /* the audit logs the difference (an expected line) */
-    CHECK(!ledger_audit(app));
-    app->ledger.clients--;
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, "a"), 1);
+    CHECK_INT(ledger_user_clients(&worker->proc->ledger, "u1"), 2);
+    CHECK(ledger_audit(worker));
+    worker->proc->ledger.clients++; /* the audit logs the difference (an expected line) */
+    CHECK(!ledger_audit(worker));
+    worker->proc->ledger.clients--;
     struct pool *pools[] = {a1, b1, b2, console};
     for (size_t i = 0; i < sizeof(pools) / sizeof(pools[0]); i++)
         while (pools[i]->idle_clients.count > 0)
             leave(pools[i]);
-    CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
-    CHECK(ledger_audit(app));
-    free_app(app);
+    CHECK_INT(ledger_db_clients(&worker->proc->ledger, NULL), 0);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 /* Many takes and gives over pools that share databases and users: after each, the counters
  * are what walking the lists finds, and a counter set wrong by hand is caught. */
 static void counters_always_equal_the_walked_counts(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 4\nmax_db_connections = 6\n"
-                                  "max_user_connections = 7\nmax_server_connections = 10\n"
-                                  "reserve_pool_size = 1\n"
-                                  "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
-    if (!app)
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 4\nmax_db_connections = 6\n"
+                                     "max_user_connections = 7\nmax_server_connections = 10\n"
+                                     "reserve_pool_size = 1\n"
+                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!worker)
         return;
-    struct pool *pools[] = {pool_get(app, NULL, "u1", "a"), pool_get(app, NULL, "u2", "a"),
-                            pool_get(app, NULL, "u1", "b"), pool_get(app, NULL, "u2", "b")};
+    struct pool *pools[] = {pool_get(worker, NULL, "u1", "a"), pool_get(worker, NULL, "u2", "a"),
+                            pool_get(worker, NULL, "u1", "b"), pool_get(worker, NULL, "u2", "b")};
     unsigned seed = 12345;
     bool ok = true;
     for (int step = 0; step < 2000; step++) {
@@ -394,16 +400,17 @@ static void counters_always_equal_the_walked_counts(void)
         } else if (p->idle.count > 0) {
             give(p);
         }
-        ok &= ledger_audit(app);
-        ok &= app->ledger.servers <= 10 && ledger_db_servers(&app->ledger, "a") <= 6 &&
-              ledger_user_servers(&app->ledger, "u1") <= 7 && p->ledger_key->servers <= 5;
+        ok &= ledger_audit(worker);
+        ok &= worker->proc->ledger.servers <= 10 &&
+              ledger_db_servers(&worker->proc->ledger, "a") <= 6 &&
+              ledger_user_servers(&worker->proc->ledger, "u1") <= 7 && p->ledger_key->servers <= 5;
     }
     CHECK(ok);
     pools[0]->ledger_key->servers++; /* the audit logs the difference (an expected line) */
-    CHECK(!ledger_audit(app));
+    CHECK(!ledger_audit(worker));
     pools[0]->ledger_key->servers--;
-    CHECK(ledger_audit(app));
-    free_app(app);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
 }
 
 int main(void)

@@ -271,7 +271,8 @@ static char *no_env[] = {NULL};
 
 struct world {
     uv_loop_t loop;
-    struct sluice app;
+    struct process proc;
+    struct worker worker;
     struct pool *pool;
     struct server servers[2];
     struct client clients[3];
@@ -284,17 +285,19 @@ static bool world_init(struct world *w, const char *ini)
     memset(w, 0, sizeof(*w));
     memset(&seen, 0, sizeof(seen));
     struct config_diag diag = {0};
-    w->app.cfg = config_load_string(ini, no_env, &diag);
+    w->worker.cfg = config_load_string(ini, no_env, &diag);
     config_diag_free(&diag);
-    if (!w->app.cfg || uv_loop_init(&w->loop) != 0)
+    if (!w->worker.cfg || uv_loop_init(&w->loop) != 0)
         return false;
-    w->app.loop = &w->loop;
-    w->app.pool_events = &fakes;
-    w->app.phase = PHASE_SHUTDOWN_NOW;
-    list_init(&w->app.pools);
-    if (budget_sync(&w->app) < 0)
+    w->worker.loop = &w->loop;
+    w->worker.pool_events = &fakes;
+    w->worker.proc = &w->proc;
+    w->proc.cfg = w->worker.cfg;
+    w->proc.phase = PHASE_SHUTDOWN_NOW;
+    list_init(&w->worker.pools);
+    if (budget_sync(&w->proc) < 0)
         return false;
-    w->pool = pool_get(&w->app, NULL, "u", "app");
+    w->pool = pool_get(&w->worker, NULL, "u", "app");
     if (!w->pool)
         return false;
     uint64_t now = uv_now(&w->loop);
@@ -311,7 +314,7 @@ static bool world_init(struct world *w, const char *ini)
     }
     for (int i = 0; i < 3; i++) {
         struct client *c = &w->clients[i];
-        c->app = &w->app;
+        c->worker = &w->worker;
         c->pool = w->pool;
         c->id = (uint64_t)i + 1;
         c->state = CLIENT_IDLE;
@@ -332,11 +335,11 @@ static void queue(struct world *w, struct client *c, uint64_t waited_ms)
 
 static void world_free(struct world *w)
 {
-    list_remove(&w->app.pools, &w->pool->node);
+    list_remove(&w->worker.pools, &w->pool->node);
     pool_free(w->pool);
-    budget_free_all(&w->app);
-    ledger_free(&w->app.ledger);
-    config_free(w->app.cfg);
+    budget_free_all(&w->proc);
+    ledger_free(&w->proc.ledger);
+    config_free(w->worker.cfg);
     uv_loop_close(&w->loop);
 }
 

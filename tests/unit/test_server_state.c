@@ -140,7 +140,7 @@ static void only_a_server_about_to_be_free_leaves(void)
 struct world {
     uv_loop_t loop;
     struct config *cfg;
-    struct sluice *app;
+    struct worker *worker;
     struct pool *pool;
 };
 
@@ -153,14 +153,17 @@ static bool world_init(struct world *w)
     if (!w->cfg)
         return false;
     uv_loop_init(&w->loop);
-    w->app = calloc(1, sizeof(*w->app));
-    w->app->cfg = w->cfg;
-    w->app->loop = &w->loop;
-    w->app->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
-    list_init(&w->app->pools);
-    list_init(&w->app->dead_servers);
-    CHECK_INT(budget_sync(w->app), 0);
-    w->pool = pool_get(w->app, NULL, "u", "db");
+    struct process *proc = calloc(1, sizeof(*proc));
+    w->worker = &proc->workers[0];
+    proc->cfg = w->worker->cfg = w->cfg;
+    proc->nworkers = 1;
+    w->worker->proc = proc;
+    w->worker->loop = &w->loop;
+    w->worker->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
+    list_init(&w->worker->pools);
+    list_init(&w->worker->dead_servers);
+    CHECK_INT(budget_sync(w->worker->proc), 0);
+    w->pool = pool_get(w->worker, NULL, "u", "db");
     return w->pool != NULL;
 }
 
@@ -173,7 +176,7 @@ static struct server *server_in(struct world *w, enum server_state st, struct li
     s->txn_status = 'I';
     s->connect_ms = uv_now(&w->loop); /* young: server_lifetime does not close it */
     list_append(l, &s->node);
-    w->app->nservers++;
+    w->worker->nservers++;
     return s;
 }
 
@@ -181,7 +184,7 @@ static void world_free(struct world *w)
 {
     struct list_node *n, *tmp;
     struct list *lists[] = {&w->pool->connecting, &w->pool->idle,    &w->pool->active,
-                            &w->pool->resetting,  &w->pool->leaving, &w->app->dead_servers};
+                            &w->pool->resetting,  &w->pool->leaving, &w->worker->dead_servers};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
         list_for_each(lists[i], n, tmp)
         {
@@ -189,12 +192,12 @@ static void world_free(struct world *w)
             free(container_of(n, struct server, node));
         }
     }
-    list_remove(&w->app->pools, &w->pool->node);
+    list_remove(&w->worker->pools, &w->pool->node);
     pool_free(w->pool);
-    budget_free_all(w->app);
-    ledger_free(&w->app->ledger);
+    budget_free_all(w->worker->proc);
+    ledger_free(&w->worker->proc->ledger);
     config_free(w->cfg);
-    free(w->app);
+    free(w->worker->proc);
     uv_loop_close(&w->loop);
 }
 
@@ -244,7 +247,7 @@ static void states_between_clients_share_the_resetting_list(void)
     CHECK_INT(pool_server_count(p), count); /* counted until its backend has gone */
     server_set_state(s, SERVER_CLOSED);
     CHECK_INT(p->leaving.count, 0);
-    CHECK_INT(w.app->dead_servers.count, 1);
+    CHECK_INT(w.worker->dead_servers.count, 1);
     CHECK_INT(pool_server_count(p), count - 1);
     world_free(&w);
 }

@@ -385,12 +385,12 @@ static void *derive_worker(void *p)
         a->bad++;
         return NULL;
     }
-    struct sluice app = {.loop = &loop, .cfg = (struct config *)a->cfg};
+    struct worker worker = {.loop = &loop, .cfg = (struct config *)a->cfg};
     char users[DERIVED_USERS][8];
     for (int i = 0; i < DERIVED_USERS; i++) {
         snprintf(users[i], sizeof(users[i]), "u%d", i); /* the same names on every thread */
         a->waiter = (struct secret_waiter){
-            .req = {.app = &app, .user = users[i], .database = "db", .need_scram = true},
+            .req = {.worker = &worker, .user = users[i], .database = "db", .need_scram = true},
             .done = on_secret};
         struct user_secret s;
         int answers = a->answers;
@@ -506,7 +506,7 @@ static const struct auth_hooks quiet_hooks = {.resumed = quiet_resumed, .log = q
 static atomic_bool reloading_done;
 
 struct login_arg {
-    struct sluice *app;
+    struct worker *worker;
     int logins, proven, tls_sessions, bad;
 };
 
@@ -519,8 +519,11 @@ static void *login_worker(void *p)
         return NULL;
     }
     union peer_addr addr = {.in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)}};
-    struct auth_login l = {
-        .app = a->app, .user = "alice", .database = "db", .addr = &addr, .hooks = &quiet_hooks};
+    struct auth_login l = {.worker = a->worker,
+                           .user = "alice",
+                           .database = "db",
+                           .addr = &addr,
+                           .hooks = &quiet_hooks};
     /* at least a few logins after the reloader is done: each thread meets both kinds of state */
     for (int i = 0; i < 200 || !atomic_load(&reloading_done); i++) {
         struct auth_result r;
@@ -562,22 +565,22 @@ static void logins_read_rules_and_tls_context_during_reloads(void)
     config_diag_free(&diag);
     if (!cfg)
         return;
-    struct sluice app = {.cfg = cfg};
+    struct worker worker = {.cfg = cfg};
     log_configure(LOG_WARNING, false, NULL);
-    CHECK_INT(auth_init(&app), 0);
-    CHECK_INT(tls_init(&app), 0);
+    CHECK_INT(auth_init(cfg), 0);
+    CHECK_INT(tls_init(cfg), 0);
 
     struct login_arg args[NTHREADS];
     pthread_t t[NTHREADS];
     atomic_store(&reloading_done, false);
     for (int i = 0; i < NTHREADS; i++) {
-        args[i] = (struct login_arg){.app = &app};
+        args[i] = (struct login_arg){.worker = &worker};
         CHECK_INT(pthread_create(&t[i], NULL, login_worker, &args[i]), 0);
     }
     for (int round = 0; round < 40; round++) {
         write_file("hba.conf", rules[round % 2]);
-        auth_reload(&app);
-        tls_reload(&app);
+        auth_reload(cfg);
+        tls_reload(cfg);
     }
     atomic_store(&reloading_done, true);
     for (int i = 0; i < NTHREADS; i++) {
