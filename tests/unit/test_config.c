@@ -1295,6 +1295,29 @@ static void validation_checks_relations_between_keys(void)
     config_free(c);
 }
 
+/* Until the worker threads exist, a config asking for more than one must not start on one. */
+static void workers_above_one_is_refused_until_threads_exist(void)
+{
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c != NULL);
+    if (c)
+        CHECK_INT(c->workers, 1);
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 1\n", NULL);
+    CHECK(c != NULL);
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 4\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("workers = 4: only 1 runs yet");
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 0\n", NULL);
+    CHECK(c == NULL);
+    config_free(c);
+}
+
 /* ---- run-time access ---- */
 
 static void set_key_changes_one_value_and_refuses_bad_ones_unchanged(void)
@@ -1563,6 +1586,7 @@ int main(void)
     RUN(sluice_env_errors_name_the_variable);
     RUN(environment_alone_with_database_url_and_sluice_keys_is_a_full_config);
     RUN(validation_checks_relations_between_keys);
+    RUN(workers_above_one_is_refused_until_threads_exist);
     RUN(set_key_changes_one_value_and_refuses_bad_ones_unchanged);
     RUN(format_value_prints_what_set_key_reads);
     RUN(format_value_never_shows_a_secret);
