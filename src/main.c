@@ -113,7 +113,7 @@ int main(int argc, char **argv)
     }
 
     uv_loop_t *loop = uv_default_loop();
-    static struct process proc; /* workers embedded: too big for the stack */
+    struct process proc;
     /* The services beside the core, started in this order; the core knows them only as hooks. */
     static const struct sluice_service *const services[] = {&admin_service, &http_service, NULL};
     int rc = sluice_start(&proc, loop, cfg, services);

@@ -1,6 +1,7 @@
 /* Unit tests for budget.c: which budget a client belongs to, and the nested caps a lease or a new
  * connection must fit, with pools and counts set up by hand (no sockets). */
 #include "check.h"
+#include "one_worker.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -25,15 +26,7 @@ static struct worker *app_from(const char *ini)
     config_diag_free(&diag);
     if (!cfg)
         return NULL;
-    struct process *proc = calloc(1, sizeof(*proc));
-    struct worker *worker = &proc->workers[0];
-    proc->cfg = worker->cfg = cfg;
-    proc->nworkers = 1;
-    worker->proc = proc;
-    list_init(&worker->pools);
-    if (budget_sync(worker->proc) < 0)
-        return NULL;
-    return worker;
+    return one_worker_new(cfg);
 }
 
 static struct pool *add_pool(struct worker *worker, const char *db, const char *user)
@@ -68,10 +61,9 @@ static void free_app(struct worker *worker)
         list_remove(&worker->pools, n);
         pool_free(p);
     }
-    budget_free_all(worker->proc);
-    ledger_free(&worker->proc->ledger);
-    config_free(worker->cfg);
-    free(worker->proc);
+    struct config *cfg = worker->cfg;
+    one_worker_free(worker);
+    config_free(cfg);
 }
 
 static union peer_addr ipv4(const char *ip)

@@ -2,6 +2,7 @@
  * client_set_state does on a move (lists, a wait's notice), on a pool built by hand (no
  * sockets). */
 #include "check.h"
+#include "one_worker.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -65,18 +66,9 @@ static struct worker *app_with_pool(uv_loop_t *loop, struct pool **p)
     if (!cfg)
         return NULL;
     uv_loop_init(loop);
-    struct process *proc = calloc(1, sizeof(*proc));
-    struct worker *worker = &proc->workers[0];
-    proc->cfg = worker->cfg = cfg;
-    proc->nworkers = 1;
-    worker->proc = proc;
+    struct worker *worker = one_worker_new(cfg);
+    CHECK(worker != NULL);
     worker->loop = loop;
-    list_init(&worker->pools);
-    list_init(&worker->login_clients);
-    list_init(&worker->closing_clients);
-    list_init(&worker->dead_clients);
-    list_init(&worker->dead_servers);
-    CHECK_INT(budget_sync(worker->proc), 0);
     *p = pool_get(worker, NULL, "u", "db");
     return worker;
 }
@@ -86,10 +78,9 @@ static void app_free(struct worker *worker, struct pool *p)
     uv_loop_t *loop = worker->loop;
     list_remove(&worker->pools, &p->node);
     pool_free(p);
-    budget_free_all(worker->proc);
-    ledger_free(&worker->proc->ledger);
-    config_free(worker->cfg);
-    free(worker->proc);
+    struct config *cfg = worker->cfg;
+    one_worker_free(worker);
+    config_free(cfg);
     uv_loop_close(loop);
 }
 

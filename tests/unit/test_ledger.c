@@ -2,6 +2,7 @@
  * and changes nothing; gives undo takes; the counters always equal what walking the pools finds
  * (ledger_audit). Pools come from a config (no sockets); servers are bare structs on the lists. */
 #include "check.h"
+#include "one_worker.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -28,17 +29,7 @@ static struct worker *app_from(const char *ini)
     config_diag_free(&diag);
     if (!cfg)
         return NULL;
-    struct process *proc = calloc(1, sizeof(*proc));
-    struct worker *worker = &proc->workers[0];
-    proc->cfg = worker->cfg = cfg;
-    proc->nworkers = 1;
-    worker->proc = proc;
-    list_init(&worker->pools);
-    list_init(&worker->login_clients);
-    list_init(&worker->closing_clients);
-    if (budget_sync(worker->proc) < 0)
-        return NULL;
-    return worker;
+    return one_worker_new(cfg);
 }
 
 static void free_app(struct worker *worker)
@@ -55,10 +46,9 @@ static void free_app(struct worker *worker)
         list_remove(&worker->pools, n);
         pool_free(p);
     }
-    budget_free_all(worker->proc);
-    ledger_free(&worker->proc->ledger);
-    config_free(worker->cfg);
-    free(worker->proc);
+    struct config *cfg = worker->cfg;
+    one_worker_free(worker);
+    config_free(cfg);
 }
 
 /* What a pool's next backend is held to, as pool.c asks (budget.c resolves the config). */

@@ -2,6 +2,7 @@
  * SERVERS gives, server_set_state's lists and the way back to the pool after sluice's own work,
  * on a pool built by hand (no sockets). */
 #include "check.h"
+#include "one_worker.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -153,16 +154,10 @@ static bool world_init(struct world *w)
     if (!w->cfg)
         return false;
     uv_loop_init(&w->loop);
-    struct process *proc = calloc(1, sizeof(*proc));
-    w->worker = &proc->workers[0];
-    proc->cfg = w->worker->cfg = w->cfg;
-    proc->nworkers = 1;
-    w->worker->proc = proc;
+    w->worker = one_worker_new(w->cfg);
+    CHECK(w->worker != NULL);
     w->worker->loop = &w->loop;
     w->worker->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
-    list_init(&w->worker->pools);
-    list_init(&w->worker->dead_servers);
-    CHECK_INT(budget_sync(w->worker->proc), 0);
     w->pool = pool_get(w->worker, NULL, "u", "db");
     return w->pool != NULL;
 }
@@ -194,10 +189,8 @@ static void world_free(struct world *w)
     }
     list_remove(&w->worker->pools, &w->pool->node);
     pool_free(w->pool);
-    budget_free_all(w->worker->proc);
-    ledger_free(&w->worker->proc->ledger);
+    one_worker_free(w->worker);
     config_free(w->cfg);
-    free(w->worker->proc);
     uv_loop_close(&w->loop);
 }
 
