@@ -338,11 +338,10 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     return 0;
 }
 
-/* A worker takes the reloaded config: its pools follow it. */
-static void worker_apply_config(struct worker *worker, struct config *cfg)
+/* A worker's pools follow the reloaded config (worker->cfg, already the new one). */
+static void worker_apply_config(struct worker *worker)
 {
     struct list_node *n, *tmp;
-    worker->cfg = cfg;
     list_for_each(&worker->pools, n, tmp)
     {
         struct pool *p = container_of(n, struct pool, node);
@@ -372,13 +371,17 @@ void sluice_reload(struct process *proc)
     config_diag_free(&diag);
     struct config *old = proc->cfg;
     proc->cfg = next;
+    /* Every worker runs under the new one from here: what the reload's steps below close or
+     * log reads it, as with one loop. */
+    for (int i = 0; i < proc->nworkers; i++)
+        proc->workers[i].cfg = next;
     apply_logging(next);
     auth_reload(next);
     tls_reload(next);
     if (budget_sync(proc) < 0)
         log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
     for (int i = 0; i < proc->nworkers; i++)
-        worker_apply_config(&proc->workers[i], next);
+        worker_apply_config(&proc->workers[i]);
     config_free(old);
     for (int i = 0; i < proc->nworkers; i++)
         pool_dispatch_all(&proc->workers[i]);
