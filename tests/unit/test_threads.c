@@ -67,16 +67,29 @@ static void run_threads(void *(*fn)(void *), void *args, size_t arg_size)
         pthread_join(t[i], NULL);
 }
 
-/* ---- buf: each thread's blocks are its own while attached ---- */
-
-struct buf_arg {
+/* What a worker that only needs its number gets: id 0 to NTHREADS-1, and a count of what it
+ * found wrong. */
+struct numbered_arg {
     int id;
     int bad;
 };
 
+/* Run fn on NTHREADS threads, each with its own numbered_arg, and check none found anything. */
+static void run_numbered_threads(void *(*fn)(void *))
+{
+    struct numbered_arg args[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        args[i] = (struct numbered_arg){.id = i};
+    run_threads(fn, args, sizeof(args[0]));
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(args[i].bad, 0);
+}
+
+/* ---- buf: each thread's blocks are its own while attached ---- */
+
 static void *buf_worker(void *p)
 {
-    struct buf_arg *a = p;
+    struct numbered_arg *a = p;
     uint32_t size = buf_block_size();
     for (int round = 0; round < 3000; round++) {
         struct buf b[3] = {{0}};
@@ -99,12 +112,7 @@ static void *buf_worker(void *p)
 
 static void buffers_are_never_shared_between_threads(void)
 {
-    struct buf_arg args[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        args[i] = (struct buf_arg){.id = i};
-    run_threads(buf_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(buf_worker);
 }
 
 /* ---- log: whole lines, none lost, while the log file is reopened (reload) ---- */
@@ -195,13 +203,9 @@ static void log_lines_stay_whole_across_a_reload(void)
 
 static struct scram_secret rfc_secret;
 
-struct scram_arg {
-    int bad;
-};
-
 static void *scram_worker(void *p)
 {
-    struct scram_arg *a = p;
+    struct numbered_arg *a = p;
     for (int i = 0; i < 300; i++) {
         struct scram_server x;
         scram_server_init(&x, &rfc_secret, false, NULL, 0);
@@ -229,10 +233,7 @@ static void scram_exchanges_run_on_every_thread_at_once(void)
     int n = scram_b64_decode("W22ZaJ0SNY7soEsUEjb6gQ==", 24, salt, sizeof salt);
     CHECK_INT(n, 16);
     CHECK_INT(scram_make_secret("pencil", salt, (size_t)n, 4096, &rfc_secret), 0);
-    struct scram_arg args[NTHREADS] = {{0}};
-    run_threads(scram_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(scram_worker);
 }
 
 /* ---- cancel: every thread (worker) registers its clients' keys in its own map ---- */
@@ -319,14 +320,9 @@ static void cancel_keys_are_drawn_on_every_thread_at_once(void)
 
 /* ---- passthrough: keys remembered and found by several threads ---- */
 
-struct passthrough_arg {
-    int id;
-    int bad;
-};
-
 static void *passthrough_worker(void *p)
 {
-    struct passthrough_arg *a = p;
+    struct numbered_arg *a = p;
     char user[32];
     for (int i = 0; i < 500; i++) {
         snprintf(user, sizeof(user), "u%d", i % 20); /* the same names on every thread */
@@ -347,12 +343,7 @@ static void *passthrough_worker(void *p)
 
 static void passthrough_keys_are_kept_whole(void)
 {
-    struct passthrough_arg args[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        args[i] = (struct passthrough_arg){.id = i};
-    run_threads(passthrough_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(passthrough_worker);
     passthrough_free_all();
 }
 
