@@ -1,6 +1,7 @@
 /* Unit tests for budget.c: which budget a client belongs to, and the nested caps a lease or a new
  * connection must fit, with pools and counts set up by hand (no sockets). */
 #include "check.h"
+#include "fixture.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -16,59 +17,23 @@
 
 static char *no_env[] = {NULL};
 
-static struct sluice *app_from(const char *ini)
-{
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, no_env, &diag);
-    for (int i = 0; i < diag.nerrors; i++)
-        fprintf(stderr, "config error: %s\n", diag.errors[i]);
-    config_diag_free(&diag);
-    if (!cfg)
-        return NULL;
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    list_init(&app->pools);
-    if (budget_sync(app) < 0)
-        return NULL;
-    return app;
-}
-
 static struct pool *add_pool(struct sluice *app, const char *db, const char *user)
 {
     return pool_get(app, NULL, user, db); /* the real constructor: lists, settings from config */
 }
 
 /* Pretend the pool has n servers: each takes its slot in the ledger (under no cap) and sits
- * on the idle list as a dummy node, so the ledger and the lists agree (ledger_audit). */
+ * on the idle list as a bare struct, so the ledger and the lists agree (ledger_audit). */
 static void set_servers(struct pool *p, int n)
 {
     const struct ledger_caps none = {.pool = INT_MAX};
     while (p->idle.count < n) {
-        struct list_node *node = calloc(1, sizeof(*node));
-        list_append(&p->idle, node);
+        struct server *s = calloc(1, sizeof(*s));
+        s->pool = p;
+        list_append(&p->idle, &s->node);
         p->app->nservers++;
         CHECK_INT(ledger_take_server(&p->app->ledger, p->ledger_key, &none), LIMIT_NONE);
     }
-}
-
-static void free_app(struct sluice *app)
-{
-    struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        list_for_each(&p->idle, m, mtmp)
-        {
-            list_remove(&p->idle, m);
-            free(m);
-        }
-        list_remove(&app->pools, n);
-        pool_free(p);
-    }
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
 }
 
 static union peer_addr ipv4(const char *ip)
@@ -95,7 +60,7 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
                                "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
                                "api = app=api* min_servers=4\n",
              base_ini);
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     CHECK(app != NULL);
     if (!app)
         return;
@@ -105,14 +70,14 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
     CHECK_STR(budget_match(app, "psql", "ops", &inside)->name, "admin");
     CHECK_STR(budget_match(app, "psql", "ops", &local)->name, "default"); /* addr differs */
     CHECK_STR(budget_match(app, NULL, "app", &local)->name, "default");
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void budget_at_max_servers_holds_back_only_its_clients(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -124,14 +89,14 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
     CHECK_INT(ledger_lease_limit(app, other), LIMIT_NONE);
     seeds->leases = 1;
     CHECK_INT(ledger_lease_limit(app, seeds), LIMIT_NONE);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void min_servers_of_one_budget_are_kept_from_the_others(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\napi = app=api* min_servers=4\n", base_ini);
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -147,7 +112,7 @@ static void min_servers_of_one_budget_are_kept_from_the_others(void)
     CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
     dflt->leases = 5;
     CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_NONE);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void connections_stop_at_the_first_full_cap(void)
@@ -157,7 +122,7 @@ static void connections_stop_at_the_first_full_cap(void)
              "[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\nmax_server_connections = 8\n"
              "reserve_pool_size = 1\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\nother = host=127.0.0.1 dbname=other\n");
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     struct pool *a1 = add_pool(app, "app", "u1");
@@ -174,14 +139,15 @@ static void connections_stop_at_the_first_full_cap(void)
     CHECK_INT(ledger_pool_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
     CHECK_INT(ledger_db_servers(&app->ledger, "app"), 6);
     CHECK_INT(ledger_user_servers(&app->ledger, "u1"), 7);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                  "other = host=127.0.0.1 dbname=other\n");
+    struct sluice *app = fixture_app("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                     "other = host=127.0.0.1 dbname=other\n",
+                                     NULL);
     if (!app)
         return;
     struct pool *a1 = add_pool(app, "app", "u1");
@@ -194,15 +160,16 @@ static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(v
     CHECK(!ledger_pool_fits_if_closed(a2, o));  /* another database frees nothing here */
     CHECK(!ledger_pool_fits_if_closed(a1, a2)); /* a1 is at its own pool_size */
     CHECK_INT(ledger_pool_over_limit(a1), LIMIT_NONE);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void a_lowered_cap_shows_the_servers_above_it(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
-                                  "max_server_connections = 6\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                  "other = host=127.0.0.1 dbname=other\n");
+    struct sluice *app = fixture_app("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
+                                     "max_server_connections = 6\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                                     "other = host=127.0.0.1 dbname=other\n",
+                                     NULL);
     if (!app)
         return;
     struct pool *a = add_pool(app, "app", "u1");
@@ -215,7 +182,7 @@ static void a_lowered_cap_shows_the_servers_above_it(void)
     CHECK_INT(ledger_pool_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
     a->size = 3;
     CHECK_INT(ledger_pool_over_limit(a), LIMIT_POOL);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
@@ -225,7 +192,7 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
              "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\n"
              "[budgets]\napi = app=api* min_servers=2\n");
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -236,13 +203,14 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
     CHECK_INT(key, LIMIT_DB);
     dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
     CHECK_INT(ledger_lease_limit(app, dflt), LIMIT_RESERVED);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void percent_caps_follow_the_servers_max_connections(void)
 {
-    struct sluice *app = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
-                                  "[databases]\napp = host=127.0.0.1 dbname=app\n");
+    struct sluice *app = fixture_app("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
+                                     "[databases]\napp = host=127.0.0.1 dbname=app\n",
+                                     NULL);
     if (!app)
         return;
     struct pool *p = add_pool(app, "app", "u");
@@ -256,14 +224,14 @@ static void percent_caps_follow_the_servers_max_connections(void)
     CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 17);
     set_servers(p, 17);
     CHECK_INT(ledger_pool_limit(p, false), LIMIT_DB);
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\ndefault = max_servers=3\napi = app=api*\n", base_ini);
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -272,14 +240,14 @@ static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
     CHECK_INT(d->max_servers, 3);
     CHECK_INT(app->budgets.n, 2);
     CHECK_STR(budget_match(app, "api-1", "app", &local)->name, "api");
-    free_app(app);
+    fixture_app_free(app);
 }
 
 static void reload_keeps_live_counts_and_retires_removed_budgets(void)
 {
     char ini[1024];
     snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = app_from(ini);
+    struct sluice *app = fixture_app(ini, NULL);
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -294,7 +262,7 @@ static void reload_keeps_live_counts_and_retires_removed_budgets(void)
     CHECK(seeds->retired);
     CHECK_INT(seeds->clients, 3);
     CHECK_STR(budget_match(app, "seed", "app", &local)->name, "default");
-    free_app(app);
+    fixture_app_free(app);
 }
 
 int main(void)

@@ -2,6 +2,7 @@
  * client_set_state does on a move (lists, a wait's notice), on a pool built by hand (no
  * sockets). */
 #include "check.h"
+#include "fixture.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -57,37 +58,10 @@ static void every_state_has_a_name(void)
 /* An app with one pool, db/u, built by hand (no sockets); NULL if the config did not load. */
 static struct sluice *app_with_pool(uv_loop_t *loop, struct pool **p)
 {
-    static char *no_env[] = {NULL};
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
-    config_diag_free(&diag);
-    CHECK(cfg != NULL);
-    if (!cfg)
-        return NULL;
-    uv_loop_init(loop);
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    app->loop = loop;
-    list_init(&app->pools);
-    list_init(&app->login_clients);
-    list_init(&app->closing_clients);
-    list_init(&app->dead_clients);
-    list_init(&app->dead_servers);
-    CHECK_INT(budget_sync(app), 0);
-    *p = pool_get(app, NULL, "u", "db");
+    struct sluice *app = fixture_app("[databases]\ndb = host=127.0.0.1\n", loop);
+    if (app)
+        *p = pool_get(app, NULL, "u", "db");
     return app;
-}
-
-static void app_free(struct sluice *app, struct pool *p)
-{
-    uv_loop_t *loop = app->loop;
-    list_remove(&app->pools, &p->node);
-    pool_free(p);
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
-    uv_loop_close(loop);
 }
 
 /* Each wait starts untold: query_wait_notify's NOTICE comes once per wait, not once per client.
@@ -129,7 +103,7 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
 
     free(first);
     free(c);
-    app_free(app, p);
+    fixture_app_free(app);
 }
 
 /* A logged-in client holds its place in the ledger's counts (max_client_conn, the database's
@@ -164,7 +138,7 @@ static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
     client_set_state(c, CLIENT_CLOSED); /* not twice */
     CHECK_INT(ledger_db_clients(&app->ledger, NULL), 0);
     free(c);
-    app_free(app, p);
+    fixture_app_free(app);
 }
 
 int main(void)

@@ -2,6 +2,7 @@
  * and changes nothing; gives undo takes; the counters always equal what walking the pools finds
  * (ledger_audit). Pools come from a config (no sockets); servers are bare structs on the lists. */
 #include "check.h"
+#include "fixture.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -17,45 +18,15 @@
 #include "server.h"
 #include "sluice.h"
 
-static char *no_env[] = {NULL};
-
+/* The names these tests use for the shared fixture (kept: other branches add tests here). */
 static struct sluice *app_from(const char *ini)
 {
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, no_env, &diag);
-    for (int i = 0; i < diag.nerrors; i++)
-        fprintf(stderr, "config error: %s\n", diag.errors[i]);
-    config_diag_free(&diag);
-    if (!cfg)
-        return NULL;
-    struct sluice *app = calloc(1, sizeof(*app));
-    app->cfg = cfg;
-    list_init(&app->pools);
-    list_init(&app->login_clients);
-    list_init(&app->closing_clients);
-    if (budget_sync(app) < 0)
-        return NULL;
-    return app;
+    return fixture_app(ini, NULL);
 }
 
 static void free_app(struct sluice *app)
 {
-    struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&app->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        list_for_each(&p->idle, m, mtmp)
-        {
-            list_remove(&p->idle, m);
-            free(container_of(m, struct server, node));
-        }
-        list_remove(&app->pools, n);
-        pool_free(p);
-    }
-    budget_free_all(app);
-    ledger_free(&app->ledger);
-    config_free(app->cfg);
-    free(app);
+    fixture_app_free(app);
 }
 
 /* What a pool's next backend is held to, as pool.c asks (budget.c resolves the config). */

@@ -2,6 +2,7 @@
  * SERVERS gives, server_set_state's lists and the way back to the pool after sluice's own work,
  * on a pool built by hand (no sockets). */
 #include "check.h"
+#include "fixture.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -146,20 +147,12 @@ struct world {
 
 static bool world_init(struct world *w)
 {
-    static char *no_env[] = {NULL};
-    struct config_diag diag = {0};
-    w->cfg = config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
-    config_diag_free(&diag);
-    if (!w->cfg)
+    w->pool = NULL;
+    w->app = fixture_app("[databases]\ndb = host=127.0.0.1\n", &w->loop);
+    if (!w->app)
         return false;
-    uv_loop_init(&w->loop);
-    w->app = calloc(1, sizeof(*w->app));
-    w->app->cfg = w->cfg;
-    w->app->loop = &w->loop;
+    w->cfg = w->app->cfg;
     w->app->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
-    list_init(&w->app->pools);
-    list_init(&w->app->dead_servers);
-    CHECK_INT(budget_sync(w->app), 0);
     w->pool = pool_get(w->app, NULL, "u", "db");
     return w->pool != NULL;
 }
@@ -179,23 +172,7 @@ static struct server *server_in(struct world *w, enum server_state st, struct li
 
 static void world_free(struct world *w)
 {
-    struct list_node *n, *tmp;
-    struct list *lists[] = {&w->pool->connecting, &w->pool->idle,    &w->pool->active,
-                            &w->pool->resetting,  &w->pool->leaving, &w->app->dead_servers};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        list_for_each(lists[i], n, tmp)
-        {
-            list_remove(lists[i], n);
-            free(container_of(n, struct server, node));
-        }
-    }
-    list_remove(&w->app->pools, &w->pool->node);
-    pool_free(w->pool);
-    budget_free_all(w->app);
-    ledger_free(&w->app->ledger);
-    config_free(w->cfg);
-    free(w->app);
-    uv_loop_close(&w->loop);
+    fixture_app_free(w->app); /* the servers on the pool's lists and the dead list too */
 }
 
 static void a_connecting_server_stays_on_one_list_through_its_sub_states(void)
