@@ -52,15 +52,19 @@ static const char base_ini[] = "[sluice]\n"
                                "app = host=127.0.0.1 dbname=app\n"
                                "other = host=127.0.0.1 dbname=other\n";
 
-static void client_joins_first_budget_whose_every_matcher_matches(void)
+/* An app from base_ini with these [budgets] lines. */
+static struct sluice *app_with_budgets(const char *budgets)
 {
     char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\n"
-                               "seeds = app=seed* max_servers=2\n"
-                               "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
-                               "api = app=api* min_servers=4\n",
-             base_ini);
-    struct sluice *app = fixture_app(ini, NULL);
+    snprintf(ini, sizeof(ini), "%s[budgets]\n%s", base_ini, budgets);
+    return fixture_app(ini, NULL);
+}
+
+static void client_joins_first_budget_whose_every_matcher_matches(void)
+{
+    struct sluice *app = app_with_budgets("seeds = app=seed* max_servers=2\n"
+                                          "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
+                                          "api = app=api* min_servers=4\n");
     CHECK(app != NULL);
     if (!app)
         return;
@@ -75,9 +79,7 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
 
 static void budget_at_max_servers_holds_back_only_its_clients(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = fixture_app(ini, NULL);
+    struct sluice *app = app_with_budgets("seeds = app=seed* max_servers=2\n");
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -94,9 +96,7 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
 
 static void min_servers_of_one_budget_are_kept_from_the_others(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\napi = app=api* min_servers=4\n", base_ini);
-    struct sluice *app = fixture_app(ini, NULL);
+    struct sluice *app = app_with_budgets("api = app=api* min_servers=4\n");
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -229,9 +229,7 @@ static void percent_caps_follow_the_servers_max_connections(void)
 
 static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\ndefault = max_servers=3\napi = app=api*\n", base_ini);
-    struct sluice *app = fixture_app(ini, NULL);
+    struct sluice *app = app_with_budgets("default = max_servers=3\napi = app=api*\n");
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -245,9 +243,7 @@ static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
 
 static void reload_keeps_live_counts_and_retires_removed_budgets(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct sluice *app = fixture_app(ini, NULL);
+    struct sluice *app = app_with_budgets("seeds = app=seed* max_servers=2\n");
     if (!app)
         return;
     union peer_addr local = ipv4("127.0.0.1");
