@@ -17,18 +17,25 @@
 #include "server.h"
 #include "sluice.h"
 
-/* An app from ini (its config errors printed); with loop, that loop is initialised and is the
- * app's, else the app has none. NULL, a failed CHECK, when the config does not load or its
- * budgets do not sync. */
-static inline struct sluice *fixture_app(const char *ini, uv_loop_t *loop)
+/* The config ini gives, with no environment; NULL, a failed CHECK and its errors printed, when
+ * it does not load. */
+static inline struct config *fixture_config(const char *ini)
 {
-    static char *no_env[] = {NULL};
     struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, no_env, &diag);
+    struct config *cfg = config_load_string(ini, NULL, &diag);
     for (int i = 0; i < diag.nerrors; i++)
         fprintf(stderr, "config error: %s\n", diag.errors[i]);
     config_diag_free(&diag);
     CHECK(cfg != NULL);
+    return cfg;
+}
+
+/* An app from ini (fixture_config); with loop, that loop is initialised and is the app's, else
+ * the app has none. NULL, a failed CHECK, when the config does not load or its budgets do not
+ * sync. */
+static inline struct sluice *fixture_app(const char *ini, uv_loop_t *loop)
+{
+    struct config *cfg = fixture_config(ini);
     if (!cfg)
         return NULL;
     struct sluice *app = calloc(1, sizeof(*app));

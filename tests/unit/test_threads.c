@@ -27,6 +27,7 @@
 #include "check.h"
 #include "client.h"
 #include "config.h"
+#include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
 #include "scram.h"
@@ -419,10 +420,7 @@ static void derived_secrets_are_shared_by_every_worker(void)
     write_file("users.txt", list);
     snprintf(ini, sizeof(ini), "[databases]\ndb = host=127.0.0.1\n[sluice]\nauth_file = %s\n",
              users);
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, NULL, &diag);
-    CHECK(cfg != NULL);
-    config_diag_free(&diag);
+    struct config *cfg = fixture_config(ini);
     if (!cfg)
         return;
     struct derive_arg *args = calloc(NTHREADS, sizeof(*args));
@@ -547,10 +545,7 @@ static void logins_read_rules_and_tls_context_during_reloads(void)
              "[databases]\ndb = host=127.0.0.1\n[sluice]\nauth_type = hba\nauth_hba_file = %s\n"
              "client_tls_sslmode = allow\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n",
              hba, cert, key);
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, NULL, &diag);
-    CHECK(cfg != NULL);
-    config_diag_free(&diag);
+    struct config *cfg = fixture_config(ini);
     if (!cfg)
         return;
     struct sluice app = {.cfg = cfg};
