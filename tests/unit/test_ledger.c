@@ -547,6 +547,58 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     free_app(app);
 }
 
+struct lease_arg {
+    struct sluice *app;
+    struct budget *budget;
+};
+
+static void *lease_worker(void *arg)
+{
+    struct lease_arg *a = arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        if (ledger_take_lease(a->app, a->budget) == LIMIT_NONE)
+            ledger_give_lease(a->app, a->budget);
+    }
+    return NULL;
+}
+
+/* With no budget capping leases (the default), a lease is a lock-free count that four workers
+ * move at once and that ends at zero; a reload that gives a budget max_servers switches every
+ * take to the checked path. */
+static void leases_are_lock_free_until_a_budget_caps_them(void)
+{
+    struct sluice *app = app_from("[sluice]\n[databases]\na = host=127.0.0.1\n");
+    if (!app)
+        return;
+    union peer_addr addr = local_addr();
+    struct budget *dflt = budget_match(app, "psql", "u", &addr);
+    CHECK(!app->ledger.lease_caps);
+    CHECK_INT(ledger_lease_room(app, dflt), -1);
+    struct lease_arg arg = {app, dflt};
+    pthread_t t[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &arg), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    CHECK_INT(dflt->leases, 0);
+    struct config_diag diag = {0};
+    struct config *next = config_load_string("[sluice]\n[databases]\na = host=127.0.0.1\n"
+                                             "[budgets]\ndefault = max_servers=1\n",
+                                             no_env, &diag);
+    config_diag_free(&diag);
+    CHECK(next != NULL);
+    if (next) {
+        config_free(app->cfg);
+        app->cfg = next;
+        CHECK_INT(budget_sync(app), 0); /* the reload */
+        CHECK(app->ledger.lease_caps);
+        CHECK_INT(ledger_take_lease(app, dflt), LIMIT_NONE);
+        CHECK_INT(ledger_take_lease(app, dflt), LIMIT_BUDGET);
+        ledger_give_lease(app, dflt);
+    }
+    free_app(app);
+}
+
 /* ---- the wait list: slots go to the oldest waiting worker they can serve ---- */
 
 static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
@@ -639,6 +691,7 @@ int main(void)
     RUN(logins_count_globally_per_database_and_per_user);
     RUN(counters_always_equal_the_walked_counts);
     RUN(four_threads_never_pass_a_cap_and_end_at_zero);
+    RUN(leases_are_lock_free_until_a_budget_caps_them);
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
     return CHECK_DONE();
