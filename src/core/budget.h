@@ -31,8 +31,8 @@ struct budget {
     int max_servers, max_clients, min_servers; /* 0 = none; changed under the ledger's lock */
     atomic_int clients; /* logged-in clients now (counted by ledger.c only) */
     atomic_int leases;  /* servers linked to its clients now (counted by ledger.c only) */
-    bool retired; /* removed from the config; kept while clients still point at it */
-    int slot;     /* its index in the budget set (for per-budget tallies) */
+    bool retired;       /* removed from the config; kept while clients still point at it */
+    int slot;           /* its index in the budget set (for per-budget tallies) */
 };
 
 struct budget_set {

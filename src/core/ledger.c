@@ -251,8 +251,8 @@ enum limit_kind ledger_over_limit(const struct ledger *l, const struct ledger_ke
 }
 
 /* A counter of the scope named name in the list at head (NULL name: the global one). */
-static int count_by_name(const struct ledger *l, struct ledger_scope *const *head,
-                         const char *name, size_t field, const atomic_int *global)
+static int count_by_name(const struct ledger *l, struct ledger_scope *const *head, const char *name,
+                         size_t field, const atomic_int *global)
 {
     if (!name)
         return get(global);
@@ -474,8 +474,8 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
         fresh = NULL;
     }
     if (w) {
-        *w = (struct ledger_waiter){.key = key, .scope = scope, .worker = worker,
-                                    .since_ms = since_ms};
+        *w = (struct ledger_waiter){
+            .key = key, .scope = scope, .worker = worker, .since_ms = since_ms};
         /* after every entry as old or older: equal times keep the order they came in */
         struct ledger_waiter **pp = &l->waiters;
         while (*pp && (*pp)->since_ms <= since_ms)

@@ -19,8 +19,8 @@
  * counters atomically with respect to the others; so are the wait list, the paused state and
  * the learnt server_usable. The counters are atomics written only under the lock, so that
  * the read-only questions of the per-transaction path (ledger_server_limit,
- * ledger_over_limit, a pool key's `servers`, ledger_key_paused) read them with relaxed loads and
- * no lock: an answer there is a hint, and whatever acts on it takes under the lock. Reads by
+ * ledger_over_limit, a pool key's `servers`, ledger_key_get_state) read them with relaxed loads
+ * and no lock: an answer there is a hint, and whatever acts on it takes under the lock. Reads by
  * name (ledger_db_servers and the like, for SHOW and /health) walk the lists under the lock.
  * Leases (per transaction) take the lock only while some budget has max_servers or
  * min_servers (ledger_set_lease_caps); otherwise a lease is one relaxed atomic add, and a give
@@ -77,9 +77,9 @@ struct ledger {
     struct ledger_key *keys;
     struct ledger_scope *dbs, *users;
     struct ledger_waiter *waiters; /* the cross-worker FIFO for slots, oldest first */
-    atomic_int servers;     /* every backend: pools' and auth_query's */
-    atomic_int own_servers; /* auth_query's connections, of `servers` */
-    atomic_int clients;     /* logged-in clients, the admin console's included */
+    atomic_int servers;            /* every backend: pools' and auth_query's */
+    atomic_int own_servers;        /* auth_query's connections, of `servers` */
+    atomic_int clients;            /* logged-in clients, the admin console's included */
     atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
 };
 
@@ -183,7 +183,7 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its
- * arrival time. Reads only. */
+ * arrival time. Changes nothing. */
 int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms);
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */

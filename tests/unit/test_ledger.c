@@ -157,7 +157,7 @@ static void the_reserve_counts_only_when_in_play(void)
     CHECK_INT(take(p, true), LIMIT_NONE); /* after reserve_pool_timeout */
     CHECK_INT(take(p, true), LIMIT_POOL);
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
-    p->reserve_size = 0;                         /* a reload took it away */
+    p->reserve_size = 0;                              /* a reload took it away */
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_POOL);
     CHECK(ledger_audit(app));
     free_app(app);
@@ -410,7 +410,6 @@ static void counters_always_equal_the_walked_counts(void)
     free_app(app);
 }
 
-
 /* ---- threads (docs/architecture.md 5.3): the lock makes each take and give one step ---- */
 
 #define NTHREADS 4
@@ -428,7 +427,7 @@ struct race {
 };
 
 static pthread_barrier_t race_start; /* every thread starts at once */
-static atomic_int slots_held;         /* by every thread: never above max_server_connections */
+static atomic_int slots_held;        /* by every thread: never above max_server_connections */
 static atomic_int leases_held;
 
 static void *race_worker(void *arg)
@@ -669,8 +668,8 @@ static void usable_connections_learnt_once_serve_every_pool_of_the_key(void)
     if (!app)
         return;
     struct pool *p = pool_get(app, NULL, "u", "a");
-    CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 0); /* not known yet: no cap */
-    ledger_learn_usable(&app->ledger, p->ledger_key, 10);  /* another worker's pool probed */
+    CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 0);  /* not known yet: no cap */
+    ledger_learn_usable(&app->ledger, p->ledger_key, 10); /* another worker's pool probed */
     CHECK_INT(p->server_usable, 0);
     CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 5);
     struct ledger_caps caps;
