@@ -388,6 +388,7 @@ static void probe_store(struct pool *p, const char *value)
     p->server_max_connections = max_connections;
     p->server_reserved = reserved;
     p->server_usable = max_connections - reserved;
+    ledger_learn_usable(&p->app->ledger, p->ledger_key, p->server_usable); /* every worker's */
 }
 
 static void probe_failed(struct server *s, const char *why)
