@@ -551,11 +551,8 @@ static void leases_are_lock_free_until_a_budget_caps_them(void)
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
     CHECK_INT(dflt->leases, 0);
-    struct config_diag diag = {0};
-    struct config *next = config_load_string("[sluice]\n[databases]\na = host=127.0.0.1\n"
-                                             "[budgets]\ndefault = max_servers=1\n",
-                                             no_env, &diag);
-    config_diag_free(&diag);
+    struct config *next = fixture_config("[sluice]\n[databases]\na = host=127.0.0.1\n"
+                                         "[budgets]\ndefault = max_servers=1\n");
     CHECK(next != NULL);
     if (next) {
         config_free(app->cfg);
