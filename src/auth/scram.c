@@ -386,17 +386,21 @@ static enum scram_result our_nonce(const char *given, char *out, size_t outlen)
     return SCRAM_OK;
 }
 
-/* A message is text without NULs (Postgres reads it as a C string). */
-static char *copy_message(const char *msg, size_t len)
+/* A message is text without NULs (Postgres reads it as a C string): *copy gets it as one, for
+ * the caller to free. SCRAM_MALFORMED, with why, for an empty, overlong or NUL-holding one. */
+static enum scram_result copy_message(const char *msg, size_t len, char **copy, const char **why)
 {
-    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len))
-        return NULL;
-    char *s = malloc(len + 1);
-    if (s) {
-        memcpy(s, msg, len);
-        s[len] = '\0';
+    *copy = NULL;
+    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len)) {
+        *why = "malformed SCRAM message (empty, too long or containing NUL)";
+        return SCRAM_MALFORMED;
     }
-    return s;
+    *copy = malloc(len + 1);
+    if (!*copy)
+        return SCRAM_NOMEM;
+    memcpy(*copy, msg, len);
+    (*copy)[len] = '\0';
+    return SCRAM_OK;
 }
 
 enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus, const char *msg,
@@ -409,14 +413,11 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
         *why = "client-first-message sent twice";
         return SCRAM_MALFORMED;
     }
-    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len)) {
-        *why = "malformed SCRAM message (empty, too long or containing NUL)";
-        return SCRAM_MALFORMED;
-    }
-    char *m = copy_message(msg, len);
-    if (!m)
-        return SCRAM_NOMEM;
-    enum scram_result rc = SCRAM_MALFORMED;
+    char *m;
+    enum scram_result rc = copy_message(msg, len, &m, why);
+    if (rc != SCRAM_OK)
+        return rc;
+    rc = SCRAM_MALFORMED;
     char *p = m;
     x->plus = mechanism_plus;
     if (mechanism_plus && !x->offered_plus) {
@@ -582,14 +583,11 @@ enum scram_result scram_server_final(struct scram_server *x, const char *msg, si
         *why = "client-final-message before client-first-message";
         return SCRAM_MALFORMED;
     }
-    if (len == 0 || len > MAX_MESSAGE || memchr(msg, '\0', len)) {
-        *why = "malformed SCRAM message (empty, too long or containing NUL)";
-        return SCRAM_MALFORMED;
-    }
-    char *m = copy_message(msg, len);
-    if (!m)
-        return SCRAM_NOMEM;
-    enum scram_result rc = SCRAM_MALFORMED;
+    char *m;
+    enum scram_result rc = copy_message(msg, len, &m, why);
+    if (rc != SCRAM_OK)
+        return rc;
+    rc = SCRAM_MALFORMED;
     uint8_t proof[SCRAM_KEY_LEN], sig[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN],
         check[SCRAM_KEY_LEN];
     char *auth_message = NULL;
@@ -729,12 +727,13 @@ enum scram_result scram_client_final(struct scram_client *x, const char *msg, si
         *why = "server-first-message out of order";
         return SCRAM_MALFORMED;
     }
-    char *m = copy_message(msg, len);
-    if (!m) {
+    char *m;
+    enum scram_result rc = copy_message(msg, len, &m, why);
+    if (rc != SCRAM_OK) {
         *why = "malformed server-first-message";
-        return len == 0 || len > MAX_MESSAGE ? SCRAM_MALFORMED : SCRAM_NOMEM;
+        return rc;
     }
-    enum scram_result rc = SCRAM_MALFORMED;
+    rc = SCRAM_MALFORMED;
     char *auth_message = NULL, *final = NULL;
     uint8_t salt[SCRAM_MAX_SALT_LEN], sig[SCRAM_KEY_LEN], proof[SCRAM_KEY_LEN];
 

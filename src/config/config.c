@@ -112,10 +112,29 @@ void config_budget_entry_free(struct budget_entry *b)
     config_value_free_CIDR(&b->addr);
 }
 
+struct config *config_acquire(struct config *c)
+{
+    if (c)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* from a holder's */
+    return c;
+}
+
+static void destroy(struct config *c);
+
+void config_release(struct config *c)
+{
+    /* acq_rel: the holder that frees sees every other holder's reads done */
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        destroy(c);
+}
+
 void config_free(struct config *c)
 {
-    if (!c)
-        return;
+    config_release(c);
+}
+
+static void destroy(struct config *c)
+{
 #define KEY(name, type, def, reload, doc) config_value_free_##type(&c->name);
 #include "config_keys.def"
 #undef KEY
@@ -287,12 +306,17 @@ static void validate(struct loader *L)
                      auth_type_name(c->auth_type));
 }
 
+/* Configs loaded by this process so far: a reload's generation number. */
+static atomic_uint_fast64_t generations;
+
 static struct config *load(const char *path, const char *text, char *const *env,
                            struct config_diag *diag)
 {
     struct config_diag own = {0};
     struct loader L = {.diag = diag ? diag : &own, .origin = ""};
     struct config *c = calloc(1, sizeof *c);
+    if (c)
+        atomic_init(&c->refs, 1); /* the loader's */
     char origin[PATH_MAX + 4];
     if (!c || !(c->sources = calloc(KEY_COUNT, sizeof *c->sources))) {
         free(c);
@@ -339,9 +363,10 @@ static struct config *load(const char *path, const char *text, char *const *env,
     config_free_secret(L.url_password);
     config_diag_free(&own);
     if (L.nerrors > 0) {
-        config_free(c);
+        destroy(c);
         return NULL;
     }
+    c->generation = atomic_fetch_add_explicit(&generations, 1, memory_order_relaxed) + 1;
     return c;
 }
 

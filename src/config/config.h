@@ -4,6 +4,7 @@
 #ifndef SLUICE_CONFIG_H
 #define SLUICE_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -187,6 +188,11 @@ struct config {
     int nbudgets;
 
     char *path; /* the file read, NULL when configured by environment only */
+
+    /* Reload across threads (docs/architecture.md 5.7): a loaded config is immutable and
+     * shared; each holder (the process, each worker that applied it) has a reference. */
+    atomic_uint refs;
+    uint64_t generation; /* 1, 2, ...: the order the process loaded its configs in */
 };
 
 /* Describes each main-section key (for SHOW CONFIG, --help, the README table). */
@@ -219,6 +225,14 @@ void config_diag_free(struct config_diag *d);
 struct config *config_load(const char *path, char *const *env, struct config_diag *diag);
 /* The same from a string (tests, fuzzing). */
 struct config *config_load_string(const char *ini_text, char *const *env, struct config_diag *diag);
+
+/* A loaded config comes with one reference, its loader's. config_acquire adds one for a new
+ * holder and may be called only by a holder (the control thread, before it posts "apply
+ * generation N" to a worker), so the count never rises from zero; config_release drops one
+ * from any thread, and the last frees the config. NULL is ignored. */
+struct config *config_acquire(struct config *c);
+void config_release(struct config *c);
+/* config_release, for code that never shares its config (a loader's own, tests). */
 void config_free(struct config *c);
 
 /* Look-ups used by the proxy. */

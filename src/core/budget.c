@@ -54,7 +54,7 @@ static int fill(struct budget *b, const struct budget_entry *e)
     return 0;
 }
 
-int budget_sync(struct process *proc)
+static int sync_locked(struct process *proc)
 {
     const struct config *cfg = proc->cfg;
     struct budget_set *old = &proc->budgets;
@@ -109,6 +109,19 @@ int budget_sync(struct process *proc)
     old->items = items;
     old->n = n;
     return 0;
+}
+
+int budget_sync(struct process *proc)
+{
+    ledger_lock(&proc->ledger);
+    int rc = sync_locked(proc);
+    bool any_cap = false;
+    for (int i = 0; i < proc->budgets.n; i++)
+        any_cap |=
+            proc->budgets.items[i]->max_servers > 0 || proc->budgets.items[i]->min_servers > 0;
+    ledger_set_lease_caps(&proc->ledger, any_cap);
+    ledger_unlock(&proc->ledger);
+    return rc;
 }
 
 void budget_free_all(struct process *proc)
@@ -184,14 +197,22 @@ static int user_cap_of(const struct config *cfg, const char *user_name, int serv
     return limit_resolve(l, server_usable);
 }
 
+/* The usable connections behind p's NN% caps: the process's (the ledger's, learnt by any
+ * worker's pool of p's key), else what p itself has learnt. */
+static int usable(const struct pool *p)
+{
+    int learnt = ledger_key_usable(p->ledger_key);
+    return learnt > 0 ? learnt : p->server_usable;
+}
+
 static int db_cap(const struct pool *p)
 {
-    return db_cap_of(p->worker->cfg, p->db_name, p->server_usable);
+    return db_cap_of(p->worker->cfg, p->db_name, usable(p));
 }
 
 static int user_cap(const struct pool *p)
 {
-    return user_cap_of(p->worker->cfg, p->user_name, p->server_usable);
+    return user_cap_of(p->worker->cfg, p->user_name, usable(p));
 }
 
 static int global_cap(const struct worker *worker, int server_usable)
@@ -211,7 +232,7 @@ bool budget_has_percent_caps(const struct pool *p)
 
 static bool percent_unresolved(const struct pool *p)
 {
-    return p->server_usable <= 0 && budget_has_percent_caps(p);
+    return usable(p) <= 0 && budget_has_percent_caps(p);
 }
 
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k)
@@ -224,7 +245,7 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     case LIMIT_USER:
         return user_cap(p);
     case LIMIT_GLOBAL:
-        return global_cap(p->worker, p->server_usable);
+        return global_cap(p->worker, usable(p));
     case LIMIT_BUDGET:
         return b ? b->max_servers : 0;
     default:
@@ -238,7 +259,7 @@ void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_ca
         .pool = p->size + (use_reserve ? p->reserve_size : 0),
         .db = db_cap(p),
         .user = user_cap(p),
-        .global = global_cap(p->worker, p->server_usable),
+        .global = global_cap(p->worker, usable(p)),
         .awaiting_probe = percent_unresolved(p) && p->connecting.count > 0,
     };
 }
@@ -246,19 +267,20 @@ void budget_server_caps(const struct pool *p, bool use_reserve, struct ledger_ca
 void budget_own_caps(const struct worker *worker, const char *db_name, const char *user_name,
                      struct ledger_caps *out)
 {
-    /* NN% caps: as the pools of that database know the server (none yet: no cap to apply) */
-    int usable = 0;
+    /* NN% caps: as the pools of that database know the server (none yet: no cap to apply),
+     * this worker's or any worker's (the ledger's) */
+    int known = ledger_db_usable(&worker->proc->ledger, db_name);
     struct list_node *node, *tmp;
     list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
-        if (strcmp(p->db_name, db_name) == 0 && p->server_usable > usable)
-            usable = p->server_usable;
+        if (strcmp(p->db_name, db_name) == 0 && p->server_usable > known)
+            known = p->server_usable;
     }
     *out = (struct ledger_caps){
-        .db = db_cap_of(worker->cfg, db_name, usable),
-        .user = user_cap_of(worker->cfg, user_name, usable),
-        .global = global_cap(worker, usable),
+        .db = db_cap_of(worker->cfg, db_name, known),
+        .user = user_cap_of(worker->cfg, user_name, known),
+        .global = global_cap(worker, known),
     };
 }
 
@@ -313,7 +335,7 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
     } caps[] = {
         {LIMIT_DB, db_cap(p)},
         {LIMIT_USER, user_cap(p)},
-        {LIMIT_GLOBAL, global_cap(p->worker, p->server_usable)},
+        {LIMIT_GLOBAL, global_cap(p->worker, usable(p))},
         {LIMIT_BUDGET, b ? b->max_servers : 0},
     };
     for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
@@ -374,14 +396,14 @@ static bool first_of_its_db(const struct worker *worker, const struct pool *p)
 
 int budget_shared_capacity(const struct worker *worker, enum limit_kind *key)
 {
-    int usable = 0, sum = 0;
+    int most = 0, sum = 0;
     *key = LIMIT_POOL;
     struct list_node *node, *tmp;
     list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
-        if (p->server_usable > usable)
-            usable = p->server_usable;
+        if (usable(p) > most)
+            most = usable(p);
         if (p->is_admin || !first_of_its_db(worker, p))
             continue;
         enum limit_kind k;
@@ -389,7 +411,7 @@ int budget_shared_capacity(const struct worker *worker, enum limit_kind *key)
         if (k == LIMIT_DB)
             *key = LIMIT_DB;
     }
-    int cap = global_cap(worker, usable);
+    int cap = global_cap(worker, most);
     if (cap > 0 && cap <= sum) {
         *key = LIMIT_GLOBAL;
         return cap;
@@ -414,8 +436,8 @@ static void describe_cap(const struct pool *p, enum limit_kind k, char *out, siz
         l = cfg->max_server_connections;
     int value = budget_limit_value(p, NULL, k);
     if (l.is_percent)
-        snprintf(out, len, "%s = %d%% of %d usable = %d", limit_kind_key(k), l.value,
-                 p->server_usable, value);
+        snprintf(out, len, "%s = %d%% of %d usable = %d", limit_kind_key(k), l.value, usable(p),
+                 value);
     else
         snprintf(out, len, "%s = %d", limit_kind_key(k), value);
 }

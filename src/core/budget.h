@@ -11,6 +11,7 @@
 #ifndef SLUICE_BUDGET_H
 #define SLUICE_BUDGET_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
@@ -28,11 +29,11 @@ struct budget {
     char *user;        /* NULL = any */
     struct cidr addr;
     bool has_addr;
-    int max_servers, max_clients, min_servers; /* 0 = none */
-    int clients;  /* logged-in clients now (counted by ledger.c only) */
-    int leases;   /* servers linked to its clients now (counted by ledger.c only) */
-    bool retired; /* removed from the config; kept while clients still point at it */
-    int slot;     /* its index in the budget set (for per-budget tallies) */
+    int max_servers, max_clients, min_servers; /* 0 = none; changed under the ledger's lock */
+    atomic_int clients; /* logged-in clients now (counted by ledger.c only) */
+    atomic_int leases;  /* servers linked to its clients now (counted by ledger.c only) */
+    bool retired;       /* removed from the config; kept while clients still point at it */
+    int slot;           /* its index in the budget set (for per-budget tallies) */
 };
 
 struct budget_set {
@@ -41,6 +42,7 @@ struct budget_set {
 };
 
 /* Build or update from the current config (start and reload); live counts carry over by name.
+ * Under the ledger's lock, which also learns whether leases are checked at all (ledger.h).
  * 0 or -ENOMEM. */
 int budget_sync(struct process *proc) __attribute__((warn_unused_result));
 void budget_free_all(struct process *proc);

@@ -1,14 +1,51 @@
 /* ledger: counts behind every cap, taken before and given back after (see ledger.h). Counters
- * move only in the takes and gives below; nothing here walks the pools (ledger_audit.c does, in
- * debug builds, to prove the counters true). */
+ * move only in the takes and gives below, each one critical section under l->mu; nothing here
+ * walks the pools (ledger_audit.c does, in debug builds, to prove the counters true). */
 #include "ledger.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pool.h"
 #include "sluice.h"
+
+/* The lock is taken for reads by name too, which the API gives a const ledger: the mutex is the
+ * one part a reader writes. */
+static void lock(const struct ledger *l)
+{
+    pthread_mutex_lock((pthread_mutex_t *)&l->mu);
+}
+
+static void unlock(const struct ledger *l)
+{
+    pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
+}
+
+void ledger_lock(struct ledger *l)
+{
+    lock(l);
+}
+
+void ledger_unlock(struct ledger *l)
+{
+    unlock(l);
+}
+
+/* Relaxed: the order between counters comes from the lock (writers) or does not matter (the
+ * lock-free readers' answers are hints). */
+static int get(const atomic_int *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+static int add(atomic_int *c, int by)
+{
+    return atomic_fetch_add_explicit(c, by, memory_order_relaxed) + by;
+}
 
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
 {
@@ -33,7 +70,7 @@ static const struct ledger_scope *scope_find(const struct ledger_scope *head, co
     return NULL;
 }
 
-struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const char *user_name)
+static struct ledger_key *key_get(struct ledger *l, const char *db_name, const char *user_name)
 {
     for (struct ledger_key *k = l->keys; k; k = k->next)
         if (strcmp(k->db->name, db_name) == 0 && strcmp(k->user->name, user_name) == 0)
@@ -50,6 +87,25 @@ struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const c
     return k;
 }
 
+struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const char *user_name)
+{
+    lock(l);
+    struct ledger_key *k = key_get(l, db_name, user_name);
+    unlock(l);
+    return k;
+}
+
+const char *ledger_key_state_name(enum ledger_key_state s)
+{
+    switch (s) {
+    case LEDGER_KEY_SERVING:
+        return "serving";
+    case LEDGER_KEY_PAUSED:
+        return "paused";
+    }
+    return "?";
+}
+
 /* The first limit that `add` more backends in key's scopes would pass. `closing`: a key one of
  * whose backends is about to go, so the scopes it shares with key count one less. own: counting
  * an auth_query connection (no pool key, no pool cap). */
@@ -58,8 +114,8 @@ static enum limit_kind passed(const struct ledger *l, const struct ledger_scope 
                               const struct ledger_caps *caps, int add,
                               const struct ledger_key *closing)
 {
-    int key_servers = key ? key->servers : 0;
-    int db_servers = db ? db->servers : 0, user_servers = user ? user->servers : 0;
+    int key_servers = key ? get(&key->servers) : 0;
+    int db_servers = db ? get(&db->servers) : 0, user_servers = user ? get(&user->servers) : 0;
     if (closing) {
         key_servers -= closing == key;
         db_servers -= closing->db == db;
@@ -73,69 +129,107 @@ static enum limit_kind passed(const struct ledger *l, const struct ledger_scope 
         return LIMIT_DB;
     if (caps->user > 0 && user_servers + add > caps->user)
         return LIMIT_USER;
-    if (caps->global > 0 && l->servers - (closing != NULL) + add > caps->global)
+    if (caps->global > 0 && get(&l->servers) - (closing != NULL) + add > caps->global)
         return LIMIT_GLOBAL;
     return LIMIT_NONE;
 }
 
 static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope *user, int by)
 {
-    db->servers += by;
-    user->servers += by;
-    l->servers += by;
-    assert(db->servers >= 0 && user->servers >= 0 && l->servers >= 0);
+    int d = add(&db->servers, by), u = add(&user->servers, by), g = add(&l->servers, by);
+    assert(d >= 0 && u >= 0 && g >= 0);
+    (void)d, (void)u, (void)g;
+}
+
+/* Would a slot of key (NULL: auth_query's, in db and user) serve waiter w? */
+static bool frees_for(const struct ledger_waiter *w, const struct ledger_key *key,
+                      const struct ledger_scope *db, const struct ledger_scope *user)
+{
+    switch (w->scope) {
+    case LIMIT_POOL:
+        return w->key == key;
+    case LIMIT_DB:
+        return w->key->db == db;
+    case LIMIT_USER:
+        return w->key->user == user;
+    case LIMIT_GLOBAL:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Under the lock: the oldest waiter a freed slot serves, off the list; its worker. */
+static int wake_for(struct ledger *l, const struct ledger_key *key, const struct ledger_scope *db,
+                    const struct ledger_scope *user)
+{
+    for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
+        struct ledger_waiter *w = *pp;
+        if (get(&w->key->state) == LEDGER_KEY_PAUSED || !frees_for(w, key, db, user))
+            continue;
+        int worker = w->worker;
+        *pp = w->next;
+        free(w);
+        return worker;
+    }
+    return LEDGER_NO_WORKER;
 }
 
 enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key,
                                    const struct ledger_caps *caps)
 {
-    /* lock l->mu */
+    lock(l);
     enum limit_kind k = passed(l, key->db, key->user, key, caps, 1, NULL);
     if (k == LIMIT_NONE) {
-        key->servers++;
+        add(&key->servers, 1);
         count(l, key->db, key->user, 1);
     }
-    /* unlock */
+    unlock(l);
     return k;
 }
 
-void ledger_give_server(struct ledger *l, struct ledger_key *key)
+int ledger_give_server(struct ledger *l, struct ledger_key *key)
 {
-    /* lock l->mu */
-    key->servers--;
-    assert(key->servers >= 0);
+    lock(l);
+    int left = add(&key->servers, -1);
+    assert(left >= 0);
+    (void)left;
     count(l, key->db, key->user, -1);
-    /* unlock */
+    int worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+    unlock(l);
+    return worker;
 }
 
 enum limit_kind ledger_take_own(struct ledger *l, const char *db_name, const char *user_name,
                                 const struct ledger_caps *caps)
 {
-    /* lock l->mu */
+    lock(l);
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
     struct ledger_scope *user = scope_get(&l->users, user_name);
-    if (!db || !user)
-        return LIMIT_GLOBAL; /* out of memory: refused like a full cap; tried again later */
-    enum limit_kind k = passed(l, db, user, NULL, caps, 1, NULL);
+    /* out of memory: refused like a full cap; tried again later */
+    enum limit_kind k = db && user ? passed(l, db, user, NULL, caps, 1, NULL) : LIMIT_GLOBAL;
     if (k == LIMIT_NONE) {
         count(l, db, user, 1);
-        l->own_servers++;
+        add(&l->own_servers, 1);
     }
-    /* unlock */
+    unlock(l);
     return k;
 }
 
-void ledger_give_own(struct ledger *l, const char *db_name, const char *user_name)
+int ledger_give_own(struct ledger *l, const char *db_name, const char *user_name)
 {
-    /* lock l->mu */
+    lock(l);
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
     struct ledger_scope *user = scope_get(&l->users, user_name);
     assert(db && user); /* made by the take */
-    if (!db || !user)
-        return;
-    count(l, db, user, -1);
-    l->own_servers--;
-    /* unlock */
+    int worker = LEDGER_NO_WORKER;
+    if (db && user) {
+        count(l, db, user, -1);
+        add(&l->own_servers, -1);
+        worker = l->waiters ? wake_for(l, NULL, db, user) : LEDGER_NO_WORKER;
+    }
+    unlock(l);
+    return worker;
 }
 
 enum limit_kind ledger_server_limit(const struct ledger *l, const struct ledger_key *key,
@@ -156,35 +250,44 @@ enum limit_kind ledger_over_limit(const struct ledger *l, const struct ledger_ke
     return passed(l, key->db, key->user, key, caps, 0, NULL);
 }
 
+/* A counter of the scope named name in the list at head (NULL name: the global one). */
+static int count_by_name(const struct ledger *l, struct ledger_scope *const *head, const char *name,
+                         size_t field, const atomic_int *global)
+{
+    if (!name)
+        return get(global);
+    lock(l);
+    const struct ledger_scope *s = scope_find(*head, name);
+    int n = s ? get((const atomic_int *)((const char *)s + field)) : 0;
+    unlock(l);
+    return n;
+}
+
 int ledger_db_servers(const struct ledger *l, const char *db_name)
 {
-    if (!db_name)
-        return l->servers;
-    const struct ledger_scope *s = scope_find(l->dbs, db_name);
-    return s ? s->servers : 0;
+    return count_by_name(l, &l->dbs, db_name, offsetof(struct ledger_scope, servers), &l->servers);
 }
 
 int ledger_user_servers(const struct ledger *l, const char *user_name)
 {
-    if (!user_name)
-        return l->servers;
-    const struct ledger_scope *s = scope_find(l->users, user_name);
-    return s ? s->servers : 0;
+    return count_by_name(l, &l->users, user_name, offsetof(struct ledger_scope, servers),
+                         &l->servers);
 }
 
-enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b)
+/* Under the lock (the budgets' numbers are guarded by it). */
+static enum limit_kind lease_limit(const struct worker *worker, const struct budget *b)
 {
-    if (!b)
-        return LIMIT_NONE;
-    if (b->max_servers > 0 && b->leases >= b->max_servers)
+    int leases_of_b = get(&b->leases);
+    if (b->max_servers > 0 && leases_of_b >= b->max_servers)
         return LIMIT_BUDGET;
     int held_for_others = 0, leases = 0, any_min = 0;
     for (int i = 0; i < worker->proc->budgets.n; i++) {
         const struct budget *o = worker->proc->budgets.items[i];
-        leases += o->leases;
+        int used = o == b ? leases_of_b : get(&o->leases);
+        leases += used;
         any_min |= o->min_servers;
-        if (o != b && o->min_servers > o->leases)
-            held_for_others += o->min_servers - o->leases;
+        if (o != b && o->min_servers > used)
+            held_for_others += o->min_servers - used;
     }
     enum limit_kind key;
     /* The capacity is resolved from the pools' config only when some budget reserves. */
@@ -193,58 +296,92 @@ enum limit_kind ledger_lease_limit(const struct worker *worker, const struct bud
     return LIMIT_NONE;
 }
 
+/* No budget has max_servers or min_servers: every lease is allowed, without the lock. */
+static bool leases_unchecked(const struct worker *worker)
+{
+    return !atomic_load_explicit(&worker->proc->ledger.lease_caps, memory_order_relaxed);
+}
+
+enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b)
+{
+    if (!b || leases_unchecked(worker))
+        return LIMIT_NONE;
+    lock(&worker->proc->ledger);
+    enum limit_kind k = lease_limit(worker, b);
+    unlock(&worker->proc->ledger);
+    return k;
+}
+
 int ledger_lease_room(const struct worker *worker, const struct budget *b)
 {
-    if (ledger_lease_limit(worker, b) != LIMIT_NONE)
-        return 0;
-    return b && b->max_servers > 0 ? b->max_servers - b->leases : -1;
+    if (!b || leases_unchecked(worker))
+        return -1;
+    lock(&worker->proc->ledger);
+    int room = lease_limit(worker, b) != LIMIT_NONE ? 0
+               : b->max_servers > 0                 ? b->max_servers - get(&b->leases)
+                                                    : -1;
+    unlock(&worker->proc->ledger);
+    return room;
 }
 
 enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
 {
     if (!b)
         return LIMIT_NONE;
-    /* lock worker->proc->ledger.mu */
-    enum limit_kind k = ledger_lease_limit(worker, b);
+    if (leases_unchecked(worker)) { /* the per-transaction path of the default config: no lock */
+        add(&b->leases, 1);
+        return LIMIT_NONE;
+    }
+    lock(&worker->proc->ledger);
+    enum limit_kind k = lease_limit(worker, b);
     if (k == LIMIT_NONE)
-        b->leases++;
-    /* unlock */
+        add(&b->leases, 1);
+    unlock(&worker->proc->ledger);
     return k;
 }
 
 void ledger_give_lease(struct worker *worker, struct budget *b)
 {
-    (void)worker; /* its ledger's lock, with workers */
+    (void)worker; /* no lock: a give racing a check only makes that check more cautious */
     if (!b)
         return;
-    b->leases--;
-    assert(b->leases >= 0);
+    int left = add(&b->leases, -1);
+    assert(left >= 0);
+    (void)left;
 }
 
 bool ledger_take_client(struct ledger *l, struct budget *b)
 {
-    (void)l; /* its lock, with workers */
     if (!b)
         return true;
-    if (b->max_clients > 0 && b->clients >= b->max_clients)
-        return false;
-    b->clients++;
-    return true;
+    lock(l);
+    bool room = !(b->max_clients > 0 && get(&b->clients) >= b->max_clients);
+    if (room)
+        add(&b->clients, 1);
+    unlock(l);
+    return room;
 }
 
 void ledger_give_client(struct ledger *l, struct budget *b)
 {
-    (void)l;
     if (!b)
         return;
-    b->clients--;
-    assert(b->clients >= 0);
+    lock(l);
+    int left = add(&b->clients, -1);
+    unlock(l);
+    assert(left >= 0);
+    (void)left;
 }
 
-enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
+void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap)
+{
+    atomic_store_explicit(&l->lease_caps, any_budget_cap, memory_order_relaxed);
+}
+
+/* Under the lock. */
+static enum login_take login_take(struct ledger *l, const char *db_name, const char *user_name,
                                   const struct ledger_login_caps *caps)
 {
-    /* lock l->mu */
     struct ledger_scope *db = NULL, *user = NULL;
     if (db_name) {
         db = scope_get(&l->dbs, db_name);
@@ -252,57 +389,165 @@ enum login_take ledger_take_login(struct ledger *l, const char *db_name, const c
         if (!db || !user)
             return LOGIN_OUT_OF_MEMORY; /* a scope made above stays: empty, harmless, reused */
     }
-    if (caps->global > 0 && l->clients >= caps->global)
+    if (caps->global > 0 && get(&l->clients) >= caps->global)
         return LOGIN_OVER_CLIENT_CONN;
-    if (db && caps->db > 0 && db->clients >= caps->db)
+    if (db && caps->db > 0 && get(&db->clients) >= caps->db)
         return LOGIN_OVER_DB_CLIENTS;
-    if (user && caps->user > 0 && user->clients >= caps->user)
+    if (user && caps->user > 0 && get(&user->clients) >= caps->user)
         return LOGIN_OVER_USER_CLIENTS;
-    l->clients++;
+    add(&l->clients, 1);
     if (db) {
-        db->clients++;
-        user->clients++;
+        add(&db->clients, 1);
+        add(&user->clients, 1);
     }
-    /* unlock */
     return LOGIN_COUNTED;
+}
+
+enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
+                                  const struct ledger_login_caps *caps)
+{
+    lock(l);
+    enum login_take t = login_take(l, db_name, user_name, caps);
+    unlock(l);
+    return t;
 }
 
 void ledger_give_login(struct ledger *l, const char *db_name, const char *user_name)
 {
-    /* lock l->mu */
-    l->clients--;
-    assert(l->clients >= 0);
+    lock(l);
+    int left = add(&l->clients, -1);
+    assert(left >= 0);
+    (void)left;
     if (db_name) {
         struct ledger_scope *db = scope_get(&l->dbs, db_name);
         struct ledger_scope *user = scope_get(&l->users, user_name);
         assert(db && user); /* made by the take */
         if (db && user) {
-            db->clients--;
-            user->clients--;
-            assert(db->clients >= 0 && user->clients >= 0);
+            int d = add(&db->clients, -1), u = add(&user->clients, -1);
+            assert(d >= 0 && u >= 0);
+            (void)d, (void)u;
         }
     }
-    /* unlock */
+    unlock(l);
 }
 
 int ledger_db_clients(const struct ledger *l, const char *db_name)
 {
-    if (!db_name)
-        return l->clients;
-    const struct ledger_scope *s = scope_find(l->dbs, db_name);
-    return s ? s->clients : 0;
+    return count_by_name(l, &l->dbs, db_name, offsetof(struct ledger_scope, clients), &l->clients);
 }
 
 int ledger_user_clients(const struct ledger *l, const char *user_name)
 {
-    if (!user_name)
-        return l->clients;
-    const struct ledger_scope *s = scope_find(l->users, user_name);
-    return s ? s->clients : 0;
+    return count_by_name(l, &l->users, user_name, offsetof(struct ledger_scope, clients),
+                         &l->clients);
+}
+
+uint64_t ledger_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Under the lock: take (key, worker)'s entry off the list; it, or NULL. */
+static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger_key *key,
+                                           int worker)
+{
+    for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
+        struct ledger_waiter *w = *pp;
+        if (w->key == key && w->worker == worker) {
+            *pp = w->next;
+            return w;
+        }
+    }
+    return NULL;
+}
+
+int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms)
+{
+    struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
+    lock(l);
+    struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    if (!w) {
+        w = fresh;
+        fresh = NULL;
+    }
+    if (w) {
+        *w = (struct ledger_waiter){
+            .key = key, .scope = scope, .worker = worker, .since_ms = since_ms};
+        /* after every entry as old or older: equal times keep the order they came in */
+        struct ledger_waiter **pp = &l->waiters;
+        while (*pp && (*pp)->since_ms <= since_ms)
+            pp = &(*pp)->next;
+        w->next = *pp;
+        *pp = w;
+    }
+    unlock(l);
+    free(fresh);
+    return w ? 0 : -ENOMEM;
+}
+
+void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    unlock(l);
+    free(w);
+}
+
+int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms)
+{
+    lock(l);
+    int worker = l->waiters ? l->waiters->worker : LEDGER_NO_WORKER;
+    if (l->waiters && since_ms)
+        *since_ms = l->waiters->since_ms;
+    unlock(l);
+    return worker;
+}
+
+void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s)
+{
+    lock(l); /* ordered with the wait list's wake-ups */
+    atomic_store_explicit(&key->state, (int)s, memory_order_relaxed);
+    unlock(l);
+}
+
+enum ledger_key_state ledger_key_get_state(const struct ledger_key *key)
+{
+    return (enum ledger_key_state)get(&key->state);
+}
+
+void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable)
+{
+    lock(l);
+    atomic_store_explicit(&key->server_usable, server_usable, memory_order_relaxed);
+    unlock(l);
+}
+
+int ledger_key_usable(const struct ledger_key *key)
+{
+    return key ? get(&key->server_usable) : 0;
+}
+
+int ledger_db_usable(const struct ledger *l, const char *db_name)
+{
+    int usable = 0;
+    lock(l);
+    for (const struct ledger_key *k = l->keys; k; k = k->next)
+        if (strcmp(k->db->name, db_name) == 0 && get(&k->server_usable) > usable)
+            usable = get(&k->server_usable);
+    unlock(l);
+    return usable;
 }
 
 void ledger_free(struct ledger *l)
 {
+    while (l->waiters) {
+        struct ledger_waiter *w = l->waiters;
+        l->waiters = w->next;
+        free(w);
+    }
     while (l->keys) {
         struct ledger_key *k = l->keys;
         l->keys = k->next;
@@ -316,7 +561,8 @@ void ledger_free(struct ledger *l)
             free(s);
         }
     }
-    memset(l, 0, sizeof(*l));
+    pthread_mutex_destroy(&l->mu);
+    memset(l, 0, sizeof(*l)); /* zeroed: ready again (ledger.h) */
 }
 
 enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)

@@ -14,14 +14,26 @@
  *                                   max_user_client_connections; by the client's own user name,
  *                                   not a database's forced user=)
  *
- * Single-threaded today. With workers (docs/architecture.md 5.3) one mutex, ledger->mu, guards
- * the whole struct: every take and give below is one critical section, so a take checks all
- * its limits and bumps all its counters atomically with respect to the others. Readers that
- * only log or show (SHOW DATABASES) may read without it. */
+ * Threads (docs/architecture.md 5.3): one mutex, ledger->mu, guards the ledger. Every take and
+ * give below is one critical section, so a take checks all its limits and bumps all its
+ * counters atomically with respect to the others; so are the wait list, the paused state and
+ * the learnt server_usable. The counters are atomics written only under the lock, so that
+ * the read-only questions of the per-transaction path (ledger_server_limit,
+ * ledger_over_limit, a pool key's `servers`, ledger_key_get_state) read them with relaxed loads
+ * and no lock: an answer there is a hint, and whatever acts on it takes under the lock. Reads by
+ * name (ledger_db_servers and the like, for SHOW and /health) walk the lists under the lock.
+ * Leases (per transaction) take the lock only while some budget has max_servers or
+ * min_servers (ledger_set_lease_caps); otherwise a lease is one relaxed atomic add, and a give
+ * never locks (giving back can only make a concurrent check more cautious).
+ * A zeroed struct ledger is ready: its mutex is the default one (PTHREAD_MUTEX_INITIALIZER is
+ * all zero bytes on glibc and musl; test_ledger.c checks it). */
 #ifndef SLUICE_LEDGER_H
 #define SLUICE_LEDGER_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "budget.h"
 
@@ -30,25 +42,45 @@ struct worker;
 /* A database or a user: the backends and the logged-in clients counted under its caps. */
 struct ledger_scope {
     struct ledger_scope *next;
-    int servers;
-    int clients;
+    atomic_int servers;
+    atomic_int clients;
     char name[];
 };
 
 /* A pool key (database, user): with workers, the pools of that key on every worker share it. */
+enum ledger_key_state {
+    LEDGER_KEY_SERVING = 0,
+    LEDGER_KEY_PAUSED, /* PAUSE: no worker hands out a server of this key (5.7) */
+};
+const char *ledger_key_state_name(enum ledger_key_state s);
+
 struct ledger_key {
     struct ledger_key *next;
-    struct ledger_scope *db, *user;
-    int servers;
+    struct ledger_scope *db, *user; /* set before the key is published; never change */
+    atomic_int servers;
+    atomic_int state;         /* enum ledger_key_state */
+    atomic_int server_usable; /* max_connections - superuser_reserved_connections, as last
+                               * learnt by any worker's pool of this key; 0: not yet */
+};
+
+/* A worker that cannot take a slot: the arrival time of its oldest waiter for a slot of key. */
+struct ledger_waiter {
+    struct ledger_waiter *next; /* oldest first */
+    struct ledger_key *key;
+    enum limit_kind scope; /* the cap that held it: LIMIT_POOL, _DB, _USER or _GLOBAL */
+    int worker;
+    uint64_t since_ms; /* CLOCK_MONOTONIC (ledger_now_ms), comparable across workers */
 };
 
 struct ledger {
-    /* mutex goes here (workers): pthread_mutex_t mu; one lock per take/give */
+    pthread_mutex_t mu; /* one critical section per take, give, wait or switch */
     struct ledger_key *keys;
     struct ledger_scope *dbs, *users;
-    int servers;     /* every backend: pools' and auth_query's */
-    int own_servers; /* auth_query's connections, of `servers` */
-    int clients;     /* logged-in clients, the admin console's included */
+    struct ledger_waiter *waiters; /* the cross-worker FIFO for slots, oldest first */
+    atomic_int servers;            /* every backend: pools' and auth_query's */
+    atomic_int own_servers;        /* auth_query's connections, of `servers` */
+    atomic_int clients;            /* logged-in clients, the admin console's included */
+    atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -70,13 +102,15 @@ struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const c
 enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key,
                                    const struct ledger_caps *caps)
     __attribute__((warn_unused_result));
-/* A backend of key is gone (closed; a LEAVING one once its backend has exited). */
-void ledger_give_server(struct ledger *l, struct ledger_key *key);
+/* A backend of key is gone (closed; a LEAVING one once its backend has exited). Returns the
+ * worker to wake for the slot it frees (the oldest entry of the wait list that this slot can
+ * serve, taken off the list), or LEDGER_NO_WORKER. */
+int ledger_give_server(struct ledger *l, struct ledger_key *key);
 /* auth_query's own connection to database entry db_name as user_name: counted in the database,
  * the user and globally like a pool's backend (caps->pool is ignored). */
 enum limit_kind ledger_take_own(struct ledger *l, const char *db_name, const char *user_name,
                                 const struct ledger_caps *caps) __attribute__((warn_unused_result));
-void ledger_give_own(struct ledger *l, const char *db_name, const char *user_name);
+int ledger_give_own(struct ledger *l, const char *db_name, const char *user_name);
 
 /* Read-only questions, same order of limits as a take. */
 /* Would one more backend of key fit (ledger_take_server without taking)? */
@@ -132,6 +166,46 @@ void ledger_give_login(struct ledger *l, const char *db_name, const char *user_n
 /* Logged-in clients of a database / a user (NULL: all of them, the console's included). */
 int ledger_db_clients(const struct ledger *l, const char *db_name);
 int ledger_user_clients(const struct ledger *l, const char *user_name);
+
+/* ---- Fairness across workers (5.3): the wait list for slots ----
+ * A worker whose waiter could not take a slot registers (key, worker, the cap that held it,
+ * the oldest waiter's arrival time); one entry per (key, worker), updated in place. A give
+ * names the oldest registered worker whose slot it frees (same key for LIMIT_POOL, same
+ * database or user, anyone for LIMIT_GLOBAL; paused keys are passed over) and takes that entry
+ * off: the worker, woken through its mailbox, takes again and registers again if still held.
+ * Within one worker the order stays the pool's own (pool.c's FIFO, longer_waiter_elsewhere). */
+#define LEDGER_NO_WORKER (-1)
+/* CLOCK_MONOTONIC in ms: the one clock arrival times are compared in (uv_now is per loop). */
+uint64_t ledger_now_ms(void);
+/* 0, or -ENOMEM (nothing registered: the worker finds the slot at its next tick). */
+int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms) __attribute__((warn_unused_result));
+/* The worker no longer waits for a slot of key (its waiters were served or left). */
+void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
+/* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its
+ * arrival time. Changes nothing. */
+int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms);
+
+/* PAUSE / RESUME of a pool key on every worker at once (5.7). */
+void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);
+/* Lock-free (a relaxed load): may a worker hand out a server of key now? */
+enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
+
+/* ---- What is process-wide behind the caps (5.3: "the resolved caps held in the ledger") ----
+ * A pool learnt the server's usable connections (server_probe_sql): every worker's pool of key
+ * resolves its NN% caps against this one number. */
+void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable);
+/* The usable connections behind key's NN% caps (0: not learnt yet). Lock-free. */
+int ledger_key_usable(const struct ledger_key *key);
+/* The most usable connections learnt by any key of database db_name (auth_query's caps). */
+int ledger_db_usable(const struct ledger *l, const char *db_name);
+/* The budgets' numbers (max_servers, min_servers, max_clients, the set itself) are guarded by
+ * the ledger's lock: budget_sync holds it while it changes them (start, reload), so every
+ * worker's next check sees the old numbers or the new ones, never a mix; and says, still under
+ * it, whether any budget has max_servers or min_servers (are leases checked at all?). */
+void ledger_lock(struct ledger *l);
+void ledger_unlock(struct ledger *l);
+void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);
 
 /* Debug: do the counters equal what walking the pools, servers, clients and auth_query's
  * connections finds? Logs each difference; true when all agree (ledger_audit.c). */

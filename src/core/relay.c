@@ -348,8 +348,9 @@ static int server_read(struct server *s, struct relay_outcome *o)
     return -1;
 }
 
-/* Read what the linked client has. >0 read, 0 nothing now, <0 it is gone (*r: what to report,
- * o->why: why). Unlinked clients read through client.c's own reader. */
+/* Read what the linked client has. >0 read (the pair's last bytes, as server_read counts
+ * them), 0 nothing now, <0 it is gone (*r: what to report, o->why: why). Unlinked clients read
+ * through client.c's own reader. */
 static int client_side_read(struct client *c, struct relay_outcome *o, enum relay_result *r)
 {
     ssize_t n = sockio_read_into(&c->io, &c->in);
@@ -357,8 +358,10 @@ static int client_side_read(struct client *c, struct relay_outcome *o, enum rela
         *r = RELAY_CLIENT_OUT_OF_MEMORY;
         return -1;
     }
-    if (n > 0)
+    if (n > 0) {
+        c->server->last_bytes_ms = sluice_now(c->worker);
         return (int)n;
+    }
     if (n == SOCKIO_AGAIN) {
         buf_detach_if_empty(&c->in);
         return 0;
@@ -621,8 +624,6 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             int n = client_side_read(c, o, &gone);
             if (n < 0)
                 return gone;
-            if (n > 0)
-                s->last_bytes_ms = sluice_now(c->worker);
             more |= n > 0;
         }
         if (!more)
@@ -641,11 +642,8 @@ enum relay_result relay_client_readable(struct client *c, struct relay_outcome *
         return relay_pump(s, o);
     }
     enum relay_result gone;
-    int n = client_side_read(c, o, &gone);
-    if (n < 0)
+    if (client_side_read(c, o, &gone) < 0)
         return gone;
-    if (n > 0)
-        s->last_bytes_ms = sluice_now(c->worker);
     return relay_pump(s, o);
 }
 

@@ -388,6 +388,8 @@ static void probe_store(struct pool *p, const char *value)
     p->server_max_connections = max_connections;
     p->server_reserved = reserved;
     p->server_usable = max_connections - reserved;
+    /* every worker's pools of the key */
+    ledger_learn_usable(&p->worker->proc->ledger, p->ledger_key, p->server_usable);
 }
 
 static void probe_failed(struct server *s, const char *why)

@@ -86,78 +86,67 @@ static void fill_server(struct view_conn *v, const struct server *s, const char 
     fill_socket(&v->sock, &s->in, &s->out, s->out_pos);
 }
 
-static void walk_clients(const struct list *l, const char *list_name, view_conn_fn *fn, void *ctx)
+/* Hand fn a snapshot of each connection on l, a list of clients or of servers; list_name, when
+ * given, is the state shown (SHOW SOCKETS names the list a connection is on). */
+static void walk(const struct list *l, enum view_conn_type type, const char *list_name,
+                 view_conn_fn *fn, void *ctx)
 {
     struct view_conn v;
     struct list_node *n, *tmp;
     list_for_each(l, n, tmp)
     {
-        fill_client(&v, container_of(n, struct client, node), list_name);
-        fn(&v, ctx);
-    }
-}
-
-static void walk_servers(const struct list *l, const char *list_name, view_conn_fn *fn, void *ctx)
-{
-    struct view_conn v;
-    struct list_node *n, *tmp;
-    list_for_each(l, n, tmp)
-    {
-        fill_server(&v, container_of(n, struct server, node), list_name);
+        if (type == VIEW_CLIENT)
+            fill_client(&v, container_of(n, struct client, node), list_name);
+        else
+            fill_server(&v, container_of(n, struct server, node), list_name);
         fn(&v, ctx);
     }
 }
 
 void view_clients(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
-    walk_clients(&worker->login_clients, NULL, fn, ctx);
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
+    walk(&worker->login_clients, VIEW_CLIENT, NULL, fn, ctx);
+    view_for_each_pool(worker, p)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        walk_clients(&p->active_clients, NULL, fn, ctx);
-        walk_clients(&p->waiting, NULL, fn, ctx);
-        walk_clients(&p->idle_clients, NULL, fn, ctx);
+        walk(&p->active_clients, VIEW_CLIENT, NULL, fn, ctx);
+        walk(&p->waiting, VIEW_CLIENT, NULL, fn, ctx);
+        walk(&p->idle_clients, VIEW_CLIENT, NULL, fn, ctx);
     }
 }
 
 void view_pool_clients(const struct pool *p, view_conn_fn *fn, void *ctx)
 {
-    walk_clients(&p->waiting, NULL, fn, ctx);
-    walk_clients(&p->idle_clients, NULL, fn, ctx);
-    walk_clients(&p->active_clients, NULL, fn, ctx);
+    walk(&p->waiting, VIEW_CLIENT, NULL, fn, ctx);
+    walk(&p->idle_clients, VIEW_CLIENT, NULL, fn, ctx);
+    walk(&p->active_clients, VIEW_CLIENT, NULL, fn, ctx);
 }
 
 void view_servers(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
+    view_for_each_pool(worker, p)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        walk_servers(&p->active, NULL, fn, ctx);
-        walk_servers(&p->idle, NULL, fn, ctx);
-        walk_servers(&p->resetting, NULL, fn, ctx);
-        walk_servers(&p->connecting, NULL, fn, ctx);
+        walk(&p->active, VIEW_SERVER, NULL, fn, ctx);
+        walk(&p->idle, VIEW_SERVER, NULL, fn, ctx);
+        walk(&p->resetting, VIEW_SERVER, NULL, fn, ctx);
+        walk(&p->connecting, VIEW_SERVER, NULL, fn, ctx);
     }
 }
 
 void view_sockets(const struct worker *worker, view_conn_fn *fn, void *ctx)
 {
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
+    view_for_each_pool(worker, p)
     {
-        const struct pool *p = container_of(n, struct pool, node);
-        walk_clients(&p->active_clients, "cl_active", fn, ctx);
-        walk_clients(&p->idle_clients, "cl_active", fn,
-                     ctx); /* PgBouncer's active list holds both */
-        walk_clients(&p->waiting, "cl_waiting", fn, ctx);
-        walk_servers(&p->active, "sv_active", fn, ctx);
-        walk_servers(&p->idle, "sv_idle", fn, ctx);
-        walk_servers(&p->resetting, "sv_tested", fn, ctx);
-        walk_servers(&p->connecting, "sv_login", fn, ctx);
-        walk_servers(&p->leaving, "sv_leaving", fn, ctx);
+        walk(&p->active_clients, VIEW_CLIENT, "cl_active", fn, ctx);
+        /* PgBouncer's active list holds both */
+        walk(&p->idle_clients, VIEW_CLIENT, "cl_active", fn, ctx);
+        walk(&p->waiting, VIEW_CLIENT, "cl_waiting", fn, ctx);
+        walk(&p->active, VIEW_SERVER, "sv_active", fn, ctx);
+        walk(&p->idle, VIEW_SERVER, "sv_idle", fn, ctx);
+        walk(&p->resetting, VIEW_SERVER, "sv_tested", fn, ctx);
+        walk(&p->connecting, VIEW_SERVER, "sv_login", fn, ctx);
+        walk(&p->leaving, VIEW_SERVER, "sv_leaving", fn, ctx);
     }
-    walk_clients(&worker->login_clients, "cl_login", fn, ctx);
+    walk(&worker->login_clients, VIEW_CLIENT, "cl_login", fn, ctx);
 }
 
 const struct pool *view_next_pool(const struct worker *worker, const struct pool *prev)

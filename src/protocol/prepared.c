@@ -44,7 +44,7 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     struct stmt_def *d = malloc(sizeof(*d) + len);
     if (!d)
         return NULL;
-    d->refs = 1;
+    atomic_init(&d->refs, 1);
     d->len = len;
     d->hash = 0;
     uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
@@ -70,9 +70,17 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
     return d;
 }
 
+/* A new holder comes from one that already holds it, so relaxed is enough (as for
+ * shared_ptr); the release by the last holder must see every other holder's writes before the
+ * free, hence acq_rel there. One locked instruction per name added or dropped, not per Execute. */
+static void def_ref(struct stmt_def *d)
+{
+    atomic_fetch_add_explicit(&d->refs, 1, memory_order_relaxed);
+}
+
 void stmt_def_unref(struct stmt_def *d)
 {
-    if (d && --d->refs == 0)
+    if (d && atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) == 1)
         free(d);
 }
 
@@ -152,7 +160,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     struct stmt_entry *e = stmt_map_get(m, name);
     if (e) {
         if (def)
-            def->refs++;
+            def_ref(def);
         count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = def;
@@ -170,7 +178,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     memcpy(e->name, name, nlen + 1);
     e->def = def;
     if (def)
-        def->refs++;
+        def_ref(def);
     uint32_t k = bucket(m, name);
     e->next_in_bucket = m->buckets[k];
     m->buckets[k] = e;

@@ -44,7 +44,8 @@ bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1])
 /* A statement definition: the Parse body from the NUL that ends the name (then query, parameter
  * count and types): after a name it gives a Parse of that name. */
 struct stmt_def {
-    uint32_t refs;
+    _Atomic uint32_t refs; /* maps holding it, on any worker (a server moved between workers
+                            * keeps its map: 5.4); the last unref frees it */
     uint32_t hash;
     uint32_t len;
     char server_name[STMT_SERVER_NAME_MAX + 1]; /* its name on every server */

@@ -72,7 +72,6 @@ static void show_pools(struct client *c)
         view_pool(pool, now, &pv);
         const struct view_pool *p = &pv;
         const struct stats_pool_view v = p->now;
-        uint64_t waited_us = v.longest_wait_ms * 1000;
         row_begin(&t);
         cell_text(&t, p->db_name);
         cell_text(&t, p->user_name);
@@ -88,8 +87,7 @@ static void show_pools(struct client *c)
         cell_int(&t, v.sv_used);
         cell_int(&t, v.sv_tested);
         cell_int(&t, v.sv_login);
-        cell_uint(&t, waited_us / 1000000);
-        cell_uint(&t, waited_us % 1000000);
+        cells_wait(&t, v.longest_wait_ms * 1000);
         cell_text(&t, p->console ? "statement" : pool_mode_name(p->mode));
         cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
         cell_int(&t, p->console ? 0 : p->size);

@@ -105,8 +105,7 @@ static void conn_row(const struct view_conn *v, void *ctx)
     }
     cell_time(t, l->worker, v->connect_ms);
     cell_time(t, l->worker, v->state_since_ms);
-    cell_uint(t, v->wait_us / 1000000);
-    cell_uint(t, v->wait_us % 1000000);
+    cells_wait(t, v->wait_us);
     cell_int(t, v->close_needed ? 1 : 0);
     cell_ptr(t, v->ptr);
     cell_ptr(t, v->link);

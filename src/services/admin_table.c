@@ -119,6 +119,12 @@ void cell_uint(struct table *t, uint64_t v)
     cell_fmt(t, "%llu", (unsigned long long)v);
 }
 
+void cells_wait(struct table *t, uint64_t us)
+{
+    cell_uint(t, us / 1000000);
+    cell_uint(t, us % 1000000);
+}
+
 static uint64_t wall_now_ms(void)
 {
     struct timespec ts;

@@ -45,6 +45,9 @@ void cell_text(struct table *t, const char *s);
 void cell_fmt(struct table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cell_int(struct table *t, long long v);
 void cell_uint(struct table *t, uint64_t v);
+/* A wait in microseconds as PgBouncer's two cells: whole seconds, then the microseconds past
+ * them (SHOW POOLS' maxwait and maxwait_us, the connections' wait and wait_us). */
+void cells_wait(struct table *t, uint64_t us);
 /* A loop timestamp (ms) as wall-clock time "YYYY-MM-DD HH:MM:SS UTC"; 0 is NULL. */
 void cell_time(struct table *t, const struct worker *worker, uint64_t loop_ms);
 /* An object's address ("%p"), "" for NULL: PgBouncer's ptr and link columns. */

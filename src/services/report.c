@@ -435,8 +435,8 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
             snprintf(line, sizeof(line),
                      "pool %s/%s cannot reach the database for %.1f s (%d failed connection "
                      "attempts): %s",
-                     p->db_name, p->user_name,
-                     (double)(now - p->breaker.down_since_ms) / 1000.0, p->breaker.failures,
+                     p->db_name, p->user_name, (double)(now - p->breaker.down_since_ms) / 1000.0,
+                     p->breaker.failures,
                      p->breaker.last_error ? p->breaker.last_error : "unknown error");
             add_warning(&warnings, &nwarn, line);
         }
@@ -616,6 +616,42 @@ static void pool_gauge(struct text *t, struct worker *worker, const char *name, 
     }
 }
 
+enum pool_states_of { STATES_OF_CLIENTS, STATES_OF_SERVERS };
+
+/* A pool's clients, or its servers, by state: a line a state and pool, labelled state=. */
+static void pool_states(struct text *t, struct worker *worker, uint64_t now, const char *name,
+                        enum pool_states_of which)
+{
+    struct state_count {
+        const char *state;
+        int count;
+    };
+    view_for_each_pool(worker, pool)
+    {
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        const struct view_pool *p = &pv;
+        if (p->console)
+            continue;
+        const struct stats_pool_view v = p->now;
+        const struct state_count clients[] = {
+            {"active", v.cl_active}, {"waiting", v.cl_waiting}, {"idle", v.cl_idle}};
+        const struct state_count servers[] = {{"active", v.sv_active},
+                                              {"idle", v.sv_idle},
+                                              {"used", v.sv_used},
+                                              {"tested", v.sv_tested},
+                                              {"login", v.sv_login}};
+        const struct state_count *states = which == STATES_OF_CLIENTS ? clients : servers;
+        size_t n = which == STATES_OF_CLIENTS ? sizeof(clients) / sizeof(clients[0])
+                                              : sizeof(servers) / sizeof(servers[0]);
+        for (size_t i = 0; i < n; i++) {
+            text_printf(t, "%s{", name);
+            pool_labels(t, p);
+            text_printf(t, ",state=\"%s\"} %d\n", states[i].state, states[i].count);
+        }
+    }
+}
+
 static void histogram(struct text *t, struct worker *worker, const char *name, bool wait)
 {
     view_for_each_pool(worker, pool)
@@ -713,49 +749,10 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     }
 
     metric_head(&t, "sluice_clients", "gauge", "Client connections by state.");
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        const struct view_pool *p = &pv;
-        if (p->console)
-            continue;
-        const struct {
-            const char *state;
-            int count;
-        } states[] = {{"active", p->now.cl_active},
-                      {"waiting", p->now.cl_waiting},
-                      {"idle", p->now.cl_idle}};
-        for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
-            text_cstr(&t, "sluice_clients{");
-            pool_labels(&t, p);
-            text_printf(&t, ",state=\"%s\"} %d\n", states[i].state, states[i].count);
-        }
-    }
+    pool_states(&t, worker, now, "sluice_clients", STATES_OF_CLIENTS);
     metric_head(&t, "sluice_servers", "gauge",
                 "Server connections by state (used: idle past server_check_delay).");
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        const struct view_pool *p = &pv;
-        if (p->console)
-            continue;
-        const struct stats_pool_view v = p->now;
-        const struct {
-            const char *state;
-            int count;
-        } states[] = {{"active", v.sv_active},
-                      {"idle", v.sv_idle},
-                      {"used", v.sv_used},
-                      {"tested", v.sv_tested},
-                      {"login", v.sv_login}};
-        for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
-            text_cstr(&t, "sluice_servers{");
-            pool_labels(&t, p);
-            text_printf(&t, ",state=\"%s\"} %d\n", states[i].state, states[i].count);
-        }
-    }
+    pool_states(&t, worker, now, "sluice_servers", STATES_OF_SERVERS);
     pool_gauge(&t, worker, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
     pool_gauge(&t, worker, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
     pool_gauge(&t, worker, "sluice_pool_cap",

@@ -1,7 +1,7 @@
 /* Unit tests for budget.c: which budget a client belongs to, and the nested caps a lease or a new
  * connection must fit, with pools and counts set up by hand (no sockets). */
 #include "check.h"
-#include "one_worker.h"
+#include "fixture.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -17,53 +17,23 @@
 
 static char *no_env[] = {NULL};
 
-static struct worker *app_from(const char *ini)
-{
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, no_env, &diag);
-    for (int i = 0; i < diag.nerrors; i++)
-        fprintf(stderr, "config error: %s\n", diag.errors[i]);
-    config_diag_free(&diag);
-    if (!cfg)
-        return NULL;
-    return one_worker_new(cfg);
-}
-
 static struct pool *add_pool(struct worker *worker, const char *db, const char *user)
 {
     return pool_get(worker, NULL, user, db); /* the real constructor: lists, settings from config */
 }
 
 /* Pretend the pool has n servers: each takes its slot in the ledger (under no cap) and sits
- * on the idle list as a dummy node, so the ledger and the lists agree (ledger_audit). */
+ * on the idle list as a bare struct, so the ledger and the lists agree (ledger_audit). */
 static void set_servers(struct pool *p, int n)
 {
     const struct ledger_caps none = {.pool = INT_MAX};
     while (p->idle.count < n) {
-        struct list_node *node = calloc(1, sizeof(*node));
-        list_append(&p->idle, node);
+        struct server *s = calloc(1, sizeof(*s));
+        s->pool = p;
+        list_append(&p->idle, &s->node);
         p->worker->nservers++;
         CHECK_INT(ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &none), LIMIT_NONE);
     }
-}
-
-static void free_app(struct worker *worker)
-{
-    struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        list_for_each(&p->idle, m, mtmp)
-        {
-            list_remove(&p->idle, m);
-            free(m);
-        }
-        list_remove(&worker->pools, n);
-        pool_free(p);
-    }
-    struct config *cfg = worker->cfg;
-    one_worker_free(worker);
-    config_free(cfg);
 }
 
 static union peer_addr ipv4(const char *ip)
@@ -82,15 +52,19 @@ static const char base_ini[] = "[sluice]\n"
                                "app = host=127.0.0.1 dbname=app\n"
                                "other = host=127.0.0.1 dbname=other\n";
 
-static void client_joins_first_budget_whose_every_matcher_matches(void)
+/* An app from base_ini with these [budgets] lines. */
+static struct worker *worker_with_budgets(const char *budgets)
 {
     char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\n"
-                               "seeds = app=seed* max_servers=2\n"
-                               "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
-                               "api = app=api* min_servers=4\n",
-             base_ini);
-    struct worker *worker = app_from(ini);
+    snprintf(ini, sizeof(ini), "%s[budgets]\n%s", base_ini, budgets);
+    return fixture_worker(ini, NULL);
+}
+
+static void client_joins_first_budget_whose_every_matcher_matches(void)
+{
+    struct worker *worker = worker_with_budgets("seeds = app=seed* max_servers=2\n"
+                                                "admin = user=ops addr=10.0.0.0/8 max_servers=1\n"
+                                                "api = app=api* min_servers=4\n");
     CHECK(worker != NULL);
     if (!worker)
         return;
@@ -100,14 +74,12 @@ static void client_joins_first_budget_whose_every_matcher_matches(void)
     CHECK_STR(budget_match(worker, "psql", "ops", &inside)->name, "admin");
     CHECK_STR(budget_match(worker, "psql", "ops", &local)->name, "default"); /* addr differs */
     CHECK_STR(budget_match(worker, NULL, "app", &local)->name, "default");
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void budget_at_max_servers_holds_back_only_its_clients(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct worker *worker = app_from(ini);
+    struct worker *worker = worker_with_budgets("seeds = app=seed* max_servers=2\n");
     if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -119,30 +91,28 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
     CHECK_INT(ledger_lease_limit(worker, other), LIMIT_NONE);
     seeds->leases = 1;
     CHECK_INT(ledger_lease_limit(worker, seeds), LIMIT_NONE);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void min_servers_of_one_budget_are_kept_from_the_others(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\napi = app=api* min_servers=4\n", base_ini);
-    struct worker *worker = app_from(ini);
+    struct worker *worker = worker_with_budgets("api = app=api* min_servers=4\n");
     if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
     struct budget *api = budget_match(worker, "api", "app", &local);
     struct budget *dflt = budget_match(worker, "seed", "app", &local);
     add_pool(worker, "app", "app"); /* capacity: the pool size, 10 */
-    dflt->leases = 5;             /* 5 used + 4 held for api = 9 < 10: one more allowed */
+    dflt->leases = 5;               /* 5 used + 4 held for api = 9 < 10: one more allowed */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
     dflt->leases = 6;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
     CHECK_INT(ledger_lease_limit(worker, api), LIMIT_NONE); /* api may use its share */
-    api->leases = 4;                                     /* api took its share: none held now */
+    api->leases = 4;                                        /* api took its share: none held now */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
     dflt->leases = 5;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void connections_stop_at_the_first_full_cap(void)
@@ -152,7 +122,7 @@ static void connections_stop_at_the_first_full_cap(void)
              "[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\nmax_server_connections = 8\n"
              "reserve_pool_size = 1\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\nother = host=127.0.0.1 dbname=other\n");
-    struct worker *worker = app_from(ini);
+    struct worker *worker = fixture_worker(ini, NULL);
     if (!worker)
         return;
     struct pool *a1 = add_pool(worker, "app", "u1");
@@ -169,14 +139,16 @@ static void connections_stop_at_the_first_full_cap(void)
     CHECK_INT(ledger_pool_limit(o, false), LIMIT_GLOBAL); /* 8 in total */
     CHECK_INT(ledger_db_servers(&worker->proc->ledger, "app"), 6);
     CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u1"), 7);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
-                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                     "other = host=127.0.0.1 dbname=other\n");
+    struct worker *worker =
+        fixture_worker("[sluice]\ndefault_pool_size = 5\nmax_db_connections = 6\n"
+                       "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                       "other = host=127.0.0.1 dbname=other\n",
+                       NULL);
     if (!worker)
         return;
     struct pool *a1 = add_pool(worker, "app", "u1");
@@ -189,15 +161,17 @@ static void a_server_closed_elsewhere_makes_room_only_under_the_caps_it_shares(v
     CHECK(!ledger_pool_fits_if_closed(a2, o));  /* another database frees nothing here */
     CHECK(!ledger_pool_fits_if_closed(a1, a2)); /* a1 is at its own pool_size */
     CHECK_INT(ledger_pool_over_limit(a1), LIMIT_NONE);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void a_lowered_cap_shows_the_servers_above_it(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
-                                     "max_server_connections = 6\n"
-                                     "[databases]\napp = host=127.0.0.1 dbname=app\n"
-                                     "other = host=127.0.0.1 dbname=other\n");
+    struct worker *worker =
+        fixture_worker("[sluice]\ndefault_pool_size = 10\nmax_db_connections = 4\n"
+                       "max_server_connections = 6\n"
+                       "[databases]\napp = host=127.0.0.1 dbname=app\n"
+                       "other = host=127.0.0.1 dbname=other\n",
+                       NULL);
     if (!worker)
         return;
     struct pool *a = add_pool(worker, "app", "u1");
@@ -210,7 +184,7 @@ static void a_lowered_cap_shows_the_servers_above_it(void)
     CHECK_INT(ledger_pool_over_limit(o), LIMIT_GLOBAL); /* 7 servers of 6 */
     a->size = 3;
     CHECK_INT(ledger_pool_over_limit(a), LIMIT_POOL);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
@@ -220,7 +194,7 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
              "[sluice]\ndefault_pool_size = 10\nmax_db_connections = 3\n"
              "[databases]\napp = host=127.0.0.1 dbname=app\n"
              "[budgets]\napi = app=api* min_servers=2\n");
-    struct worker *worker = app_from(ini);
+    struct worker *worker = fixture_worker(ini, NULL);
     if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -231,13 +205,15 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
     CHECK_INT(key, LIMIT_DB);
     dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void percent_caps_follow_the_servers_max_connections(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
-                                     "[databases]\napp = host=127.0.0.1 dbname=app\n");
+    struct worker *worker =
+        fixture_worker("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 80%\n"
+                       "[databases]\napp = host=127.0.0.1 dbname=app\n",
+                       NULL);
     if (!worker)
         return;
     struct pool *p = add_pool(worker, "app", "u");
@@ -251,14 +227,12 @@ static void percent_caps_follow_the_servers_max_connections(void)
     CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 17);
     set_servers(p, 17);
     CHECK_INT(ledger_pool_limit(p, false), LIMIT_DB);
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\ndefault = max_servers=3\napi = app=api*\n", base_ini);
-    struct worker *worker = app_from(ini);
+    struct worker *worker = worker_with_budgets("default = max_servers=3\napi = app=api*\n");
     if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -267,14 +241,12 @@ static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
     CHECK_INT(d->max_servers, 3);
     CHECK_INT(worker->proc->budgets.n, 2);
     CHECK_STR(budget_match(worker, "api-1", "app", &local)->name, "api");
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 static void reload_keeps_live_counts_and_retires_removed_budgets(void)
 {
-    char ini[1024];
-    snprintf(ini, sizeof(ini), "%s[budgets]\nseeds = app=seed* max_servers=2\n", base_ini);
-    struct worker *worker = app_from(ini);
+    struct worker *worker = worker_with_budgets("seeds = app=seed* max_servers=2\n");
     if (!worker)
         return;
     union peer_addr local = ipv4("127.0.0.1");
@@ -289,7 +261,7 @@ static void reload_keeps_live_counts_and_retires_removed_budgets(void)
     CHECK(seeds->retired);
     CHECK_INT(seeds->clients, 3);
     CHECK_STR(budget_match(worker, "seed", "app", &local)->name, "default");
-    free_app(worker);
+    fixture_worker_free(worker);
 }
 
 int main(void)

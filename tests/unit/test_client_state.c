@@ -2,7 +2,7 @@
  * client_set_state does on a move (lists, a wait's notice), on a pool built by hand (no
  * sockets). */
 #include "check.h"
-#include "one_worker.h"
+#include "fixture.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -56,32 +56,12 @@ static void every_state_has_a_name(void)
 }
 
 /* A worker with one pool, db/u, built by hand (no sockets); NULL if the config did not load. */
-static struct worker *app_with_pool(uv_loop_t *loop, struct pool **p)
+static struct worker *worker_with_pool(uv_loop_t *loop, struct pool **p)
 {
-    static char *no_env[] = {NULL};
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
-    config_diag_free(&diag);
-    CHECK(cfg != NULL);
-    if (!cfg)
-        return NULL;
-    uv_loop_init(loop);
-    struct worker *worker = one_worker_new(cfg);
-    CHECK(worker != NULL);
-    worker->loop = loop;
-    *p = pool_get(worker, NULL, "u", "db");
+    struct worker *worker = fixture_worker("[databases]\ndb = host=127.0.0.1\n", loop);
+    if (worker)
+        *p = pool_get(worker, NULL, "u", "db");
     return worker;
-}
-
-static void app_free(struct worker *worker, struct pool *p)
-{
-    uv_loop_t *loop = worker->loop;
-    list_remove(&worker->pools, &p->node);
-    pool_free(p);
-    struct config *cfg = worker->cfg;
-    one_worker_free(worker);
-    config_free(cfg);
-    uv_loop_close(loop);
 }
 
 /* Each wait starts untold: query_wait_notify's NOTICE comes once per wait, not once per client.
@@ -90,7 +70,7 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
 {
     uv_loop_t loop;
     struct pool *p;
-    struct worker *worker = app_with_pool(&loop, &p);
+    struct worker *worker = worker_with_pool(&loop, &p);
     if (!worker)
         return;
     struct client *first = calloc(1, sizeof(*first)), *c = calloc(1, sizeof(*c));
@@ -123,7 +103,7 @@ static void each_wait_starts_untold_and_keeps_its_place(void)
 
     free(first);
     free(c);
-    app_free(worker, p);
+    fixture_worker_free(worker);
 }
 
 /* A logged-in client holds its place in the ledger's counts (max_client_conn, the database's
@@ -132,7 +112,7 @@ static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
 {
     uv_loop_t loop;
     struct pool *p;
-    struct worker *worker = app_with_pool(&loop, &p);
+    struct worker *worker = worker_with_pool(&loop, &p);
     if (!worker)
         return;
     struct client *c = calloc(1, sizeof(*c));
@@ -158,7 +138,7 @@ static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
     client_set_state(c, CLIENT_CLOSED); /* not twice */
     CHECK_INT(ledger_db_clients(&worker->proc->ledger, NULL), 0);
     free(c);
-    app_free(worker, p);
+    fixture_worker_free(worker);
 }
 
 int main(void)

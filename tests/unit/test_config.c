@@ -60,6 +60,15 @@ static void dump_diag(const char *wanted)
         fprintf(stderr, "  warning: %s\n", diag.warnings[i]);
 }
 
+/* Whether c, from load(), loaded; when not, a failed check and all that load said. */
+static bool loaded(const struct config *c)
+{
+    CHECK(c != NULL);
+    if (!c)
+        dump_diag("(none)");
+    return c != NULL;
+}
+
 static int key_index(const char *name)
 {
     for (int i = 0; i < config_nkeys; i++) {
@@ -514,11 +523,8 @@ static void a_real_pgbouncer_ini_loads_unchanged(void)
                       "tcp_keepalive = 1\n"
                       "dns_max_ttl = 15\n";
     struct config *c = load(ini, NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK_INT(c->ndbs, 3);
     CHECK_INT(c->reserve_pool_timeout, 3000);
     CHECK(config_list_contains(&c->admin_users, "someadmin"));
@@ -632,11 +638,8 @@ static void database_pairs_split_sluice_keys_from_libpq_keywords(void)
              "dbname=appdb pool_size=5 min_pool_size=1 reserve_pool=2 pool_mode=transaction "
              "max_db_connections=50% auth_user=pgb application_name='my app' sslmode=require\n",
              NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     const struct db_entry *db = &c->dbs[0];
     CHECK_STR(db->name, "app");
     CHECK_STR(keyword(db, "host"), "db.internal");
@@ -669,11 +672,8 @@ static void client_caps_are_main_keys_and_per_entry_keys(void)
                             "[sluice]\nmax_db_client_connections = 10\n"
                             "max_user_client_connections = 20\n",
                             NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     /* sluice keys now, not PgBouncer keys it ignores */
     CHECK(!list_has(diag.warnings, diag.nwarnings, "client_connections"));
     CHECK_INT(c->max_db_client_connections, 10);
@@ -696,11 +696,8 @@ static void per_entry_timeouts_and_user_reserve_parse_as_durations(void)
                             "[users]\nu = reserve_pool_size=2 client_idle_timeout=500ms "
                             "idle_transaction_timeout=0\nv = pool_size=1\n",
                             NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK(!list_has(diag.warnings, diag.nwarnings, "not supported"));
     CHECK_INT(c->dbs[0].timeouts.server_lifetime, 60000);
     CHECK_INT(c->dbs[0].timeouts.query_timeout, 1500);
@@ -789,11 +786,8 @@ static void database_url_form_decodes_and_pulls_out_sluice_keys(void)
                             "ord%2Fdb?sslmode=require&pool_size=5&pool_mode=transaction&"
                             "application_name=my%20app&max_db_connections=25%25\n",
                             NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     const struct db_entry *db = &c->dbs[0];
     CHECK_STR(keyword(db, "user"), "u@corp");
     CHECK_STR(keyword(db, "password"), "p&ss w");
@@ -816,11 +810,8 @@ static void database_url_handles_question_mark_in_password_and_missing_path(void
                             "multi = postgres://h1:5432,h2:5433/x?target_session_attrs=read-write"
                             "\n",
                             NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK_STR(keyword(&c->dbs[0], "password"), "pa?ss");
     CHECK_STR(keyword(&c->dbs[0], "dbname"), "shop");
     CHECK_INT(c->dbs[0].pool_size, 3);
@@ -944,11 +935,8 @@ static void budgets_parse_matchers_and_limits(void)
                          "max_clients=200 min_servers=2\nseed = app=seed* max_servers=2\n"
                          "local = addr=::1/128\nhost = addr=192.168.1.5\n",
              NULL);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK_INT(c->nbudgets, 4);
     const struct budget_entry *b = &c->budgets[0];
     CHECK_STR(b->name, "api");
@@ -1123,11 +1111,8 @@ static void database_url_alone_configures_a_database_and_its_login(void)
                    NULL};
     config_diag_free(&diag);
     struct config *c = config_load(NULL, env, &diag);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK_INT(c->ndbs, 1);
     const struct db_entry *db = config_find_db(c, "shop");
     CHECK(db != NULL);
@@ -1215,11 +1200,8 @@ static void sluice_env_overrides_the_file_and_records_its_source(void)
                    NULL};
     struct config *c =
         load(MINIMAL_DBS "[sluice]\npool_mode = session\ndefault_pool_size = 5\n", env);
-    CHECK(c != NULL);
-    if (!c) {
-        dump_diag("(none)");
+    if (!loaded(c))
         return;
-    }
     CHECK_INT(c->pool_mode, POOL_TRANSACTION);
     CHECK_INT(c->max_db_connections.value, 80);
     CHECK(c->max_db_connections.is_percent);

@@ -1,12 +1,16 @@
 /* Unit tests for ledger.c: a take checks every cap and counts in every scope at once, or refuses
  * and changes nothing; gives undo takes; the counters always equal what walking the pools finds
- * (ledger_audit). Pools come from a config (no sockets); servers are bare structs on the lists. */
+ * (ledger_audit); four threads taking and giving at once never pass a cap and end at zero; the
+ * wait list names the oldest worker a freed slot serves. Pools come from a config (no sockets);
+ * servers are bare structs on the lists. */
 #include "check.h"
-#include "one_worker.h"
+#include "fixture.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,37 +22,15 @@
 #include "server.h"
 #include "sluice.h"
 
-static char *no_env[] = {NULL};
-
+/* The names these tests use for the shared fixture (kept: other branches add tests here). */
 static struct worker *app_from(const char *ini)
 {
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, no_env, &diag);
-    for (int i = 0; i < diag.nerrors; i++)
-        fprintf(stderr, "config error: %s\n", diag.errors[i]);
-    config_diag_free(&diag);
-    if (!cfg)
-        return NULL;
-    return one_worker_new(cfg);
+    return fixture_worker(ini, NULL);
 }
 
 static void free_app(struct worker *worker)
 {
-    struct list_node *n, *tmp, *m, *mtmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        list_for_each(&p->idle, m, mtmp)
-        {
-            list_remove(&p->idle, m);
-            free(container_of(m, struct server, node));
-        }
-        list_remove(&worker->pools, n);
-        pool_free(p);
-    }
-    struct config *cfg = worker->cfg;
-    one_worker_free(worker);
-    config_free(cfg);
+    fixture_worker_free(worker);
 }
 
 /* What a pool's next backend is held to, as pool.c asks (budget.c resolves the config). */
@@ -146,7 +128,7 @@ static void the_reserve_counts_only_when_in_play(void)
     CHECK_INT(take(p, true), LIMIT_NONE); /* after reserve_pool_timeout */
     CHECK_INT(take(p, true), LIMIT_POOL);
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_NONE); /* the reserve is within the caps */
-    p->reserve_size = 0;                         /* a reload took it away */
+    p->reserve_size = 0;                              /* a reload took it away */
     CHECK_INT(ledger_pool_over_limit(p), LIMIT_POOL);
     CHECK(ledger_audit(worker));
     free_app(worker);
@@ -403,6 +385,274 @@ static void counters_always_equal_the_walked_counts(void)
     free_app(worker);
 }
 
+/* ---- threads (docs/architecture.md 5.3): the lock makes each take and give one step ---- */
+
+#define NTHREADS 4
+#define ROUNDS 300000
+
+struct race {
+    struct worker *shared; /* the one worker whose process's ledger every thread moves */
+    struct pool *pools[4];
+    struct ledger_caps caps[4];
+    struct budget *budget; /* max_servers = 3 */
+    int worker;
+    int over;      /* a count seen above its cap */
+    int held_over; /* more slots held by all threads than the global cap */
+    int woken_bad; /* a give named a worker that does not exist */
+};
+
+static pthread_barrier_t race_start; /* every thread starts at once */
+static atomic_int slots_held;        /* by every thread: never above max_server_connections */
+static atomic_int leases_held;
+
+static void *race_worker(void *arg)
+{
+    struct race *r = arg;
+    struct ledger *l = &r->shared->proc->ledger;
+    int held[4] = {0}, leases = 0;
+    unsigned seed = 7919u * (unsigned)(r->worker + 1);
+    pthread_barrier_wait(&race_start);
+    for (int i = 0; i < ROUNDS; i++) {
+        seed = seed * 1103515245u + 12345u;
+        int k = (int)((seed >> 16) % 4);
+        struct pool *p = r->pools[k];
+        switch ((seed >> 8) % 4) {
+        case 0:
+        case 1: {
+            enum limit_kind why = ledger_take_server(l, p->ledger_key, &r->caps[k]);
+            if (why != LIMIT_NONE) {
+                if (ledger_wait_slot(l, p->ledger_key, r->worker, why, ledger_now_ms()) != 0)
+                    r->over++;
+                break;
+            }
+            ledger_wait_done(l, p->ledger_key, r->worker);
+            held[k]++;
+            if (atomic_fetch_add(&slots_held, 1) + 1 > r->caps[k].global)
+                r->held_over++;
+            /* Counters read with no lock (the hot path's way): never above a cap. */
+            r->over += p->ledger_key->servers > r->caps[k].pool;
+            r->over += l->servers > r->caps[k].global;
+            r->over += ledger_db_servers(l, p->db_name) > r->caps[k].db;
+            r->over += ledger_user_servers(l, p->user_name) > r->caps[k].user;
+            break;
+        }
+        case 2:
+            if (held[k] > 0) {
+                held[k]--;
+                atomic_fetch_sub(&slots_held, 1);
+                int w = ledger_give_server(l, p->ledger_key);
+                r->woken_bad += w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS);
+            }
+            break;
+        default:
+            if (leases > 0 && (seed & 1)) {
+                leases--;
+                atomic_fetch_sub(&leases_held, 1);
+                ledger_give_lease(r->shared, r->budget);
+            } else if (ledger_take_lease(r->shared, r->budget) == LIMIT_NONE) {
+                leases++;
+                if (atomic_fetch_add(&leases_held, 1) + 1 > 3)
+                    r->over++;
+                r->over += r->budget->leases > 3;
+            }
+            break;
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        while (held[k]-- > 0) {
+            atomic_fetch_sub(&slots_held, 1);
+            (void)ledger_give_server(l, r->pools[k]->ledger_key);
+        }
+    while (leases-- > 0) {
+        atomic_fetch_sub(&leases_held, 1);
+        ledger_give_lease(r->shared, r->budget);
+    }
+    for (int k = 0; k < 4; k++)
+        ledger_wait_done(l, r->pools[k]->ledger_key, r->worker);
+    return NULL;
+}
+
+/* Four workers take and give slots and leases of pools that share databases and users, all at
+ * once: no count is ever seen above its cap, no more slots are held than the global cap allows,
+ * and every count ends at zero. Without the lock this fails (counts over a cap, counts that do
+ * not return to zero, and ThreadSanitizer's reports). */
+static void four_threads_never_pass_a_cap_and_end_at_zero(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    static const char zeros[sizeof(fresh)];
+    CHECK(memcmp(&fresh, zeros, sizeof(fresh)) == 0); /* a zeroed ledger is a ready one */
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 3\nmax_db_connections = 4\n"
+                                     "max_user_connections = 5\nmax_server_connections = 7\n"
+                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n"
+                                     "[budgets]\nbatch = app=batch* max_servers=3\n");
+    if (!worker)
+        return;
+    union peer_addr addr = local_addr();
+    struct race proto = {
+        .shared = worker,
+        .pools = {pool_get(worker, NULL, "u1", "a"), pool_get(worker, NULL, "u2", "a"),
+                  pool_get(worker, NULL, "u1", "b"), pool_get(worker, NULL, "u2", "b")},
+        .budget = budget_match(worker, "batch", "u1", &addr)};
+    for (int k = 0; k < 4; k++)
+        budget_server_caps(proto.pools[k], false, &proto.caps[k]);
+    struct race args[NTHREADS];
+    pthread_t t[NTHREADS];
+    pthread_barrier_init(&race_start, NULL, NTHREADS);
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = proto;
+        args[i].worker = i;
+        CHECK_INT(pthread_create(&t[i], NULL, race_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&race_start);
+    for (int i = 0; i < NTHREADS; i++) {
+        CHECK_INT(args[i].over, 0);
+        CHECK_INT(args[i].held_over, 0);
+        CHECK_INT(args[i].woken_bad, 0);
+    }
+    CHECK_INT(worker->proc->ledger.servers, 0);
+    for (int k = 0; k < 4; k++)
+        CHECK_INT(proto.pools[k]->ledger_key->servers, 0);
+    CHECK_INT(ledger_db_servers(&worker->proc->ledger, "a"), 0);
+    CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u2"), 0);
+    CHECK_INT(proto.budget->leases, 0);
+    CHECK_INT(ledger_wait_oldest(&worker->proc->ledger, NULL), LEDGER_NO_WORKER);
+    CHECK(ledger_audit(worker));
+    free_app(worker);
+}
+
+struct lease_arg {
+    struct worker *worker;
+    struct budget *budget;
+};
+
+static void *lease_worker(void *arg)
+{
+    struct lease_arg *a = arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        if (ledger_take_lease(a->worker, a->budget) == LIMIT_NONE)
+            ledger_give_lease(a->worker, a->budget);
+    }
+    return NULL;
+}
+
+/* With no budget capping leases (the default), a lease is a lock-free count that four workers
+ * move at once and that ends at zero; a reload that gives a budget max_servers switches every
+ * take to the checked path. */
+static void leases_are_lock_free_until_a_budget_caps_them(void)
+{
+    struct worker *worker = app_from("[sluice]\n[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    union peer_addr addr = local_addr();
+    struct budget *dflt = budget_match(worker, "psql", "u", &addr);
+    CHECK(!worker->proc->ledger.lease_caps);
+    CHECK_INT(ledger_lease_room(worker, dflt), -1);
+    struct lease_arg arg = {worker, dflt};
+    pthread_t t[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &arg), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    CHECK_INT(dflt->leases, 0);
+    struct config *next = fixture_config("[sluice]\n[databases]\na = host=127.0.0.1\n"
+                                         "[budgets]\ndefault = max_servers=1\n");
+    CHECK(next != NULL);
+    if (next) {
+        config_free(worker->proc->cfg);
+        worker->proc->cfg = worker->cfg = next;
+        CHECK_INT(budget_sync(worker->proc), 0); /* the reload */
+        CHECK(worker->proc->ledger.lease_caps);
+        CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_NONE);
+        CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_BUDGET);
+        ledger_give_lease(worker, dflt);
+    }
+    free_app(worker);
+}
+
+/* ---- the wait list: slots go to the oldest waiting worker they can serve ---- */
+
+static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\n"
+                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
+    struct ledger_key *b1 = pool_get(worker, NULL, "u1", "b")->ledger_key;
+    struct ledger_caps one = {.pool = 1};
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER); /* nobody waits */
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    /* arrival times out of order; one entry per (key, worker) */
+    CHECK_INT(ledger_wait_slot(l, a1, 2, LIMIT_POOL, 300), 0);
+    CHECK_INT(ledger_wait_slot(l, a2, 1, LIMIT_DB, 200), 0);
+    CHECK_INT(ledger_wait_slot(l, b1, 3, LIMIT_USER, 100), 0);
+    CHECK_INT(ledger_wait_slot(l, b1, 0, LIMIT_GLOBAL, 400), 0);
+    uint64_t since = 0;
+    CHECK_INT(ledger_wait_oldest(l, &since), 3);
+    CHECK_INT(since, 100);
+    /* a1's slot: b1's (user u1, 100) is oldest; then a2's (database a, 200); then a1's own */
+    CHECK_INT(ledger_give_server(l, a1), 3);
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1), 1);
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    /* a paused key's waiter is passed over: the global one (400) is next */
+    ledger_key_set_state(l, a1, LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_key_get_state(a1), LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_give_server(l, a1), 0);
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER);
+    ledger_key_set_state(l, a1, LEDGER_KEY_SERVING);
+    CHECK_STR(ledger_key_state_name(ledger_key_get_state(a1)), "serving");
+    /* registering again moves the entry to its new time; done takes it off */
+    CHECK_INT(ledger_wait_slot(l, b1, 3, LIMIT_POOL, 50), 0);
+    CHECK_INT(ledger_wait_oldest(l, &since), 3);
+    CHECK_INT(ledger_wait_slot(l, b1, 3, LIMIT_POOL, 500), 0); /* after a1's 300 now */
+    CHECK_INT(ledger_wait_oldest(l, &since), 2);
+    ledger_wait_done(l, a1, 2);
+    CHECK_INT(ledger_wait_oldest(l, &since), 3);
+    CHECK_INT(since, 500);
+    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER); /* b1's pool cap: not a1's slot */
+    CHECK_INT(ledger_take_server(l, b1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, b1), 3);
+    CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER);
+    /* auth_query's slot frees its database, user and global scopes */
+    CHECK_INT(ledger_wait_slot(l, a2, 1, LIMIT_DB, 10), 0);
+    struct ledger_caps none = {0};
+    CHECK_INT(ledger_take_own(l, "b", "auth", &none), LIMIT_NONE);
+    CHECK_INT(ledger_give_own(l, "b", "auth"), LEDGER_NO_WORKER); /* database b, not a */
+    CHECK_INT(ledger_take_own(l, "a", "auth", &none), LIMIT_NONE);
+    CHECK_INT(ledger_give_own(l, "a", "auth"), 1);
+    CHECK(ledger_now_ms() > 0);
+    free_app(worker);
+}
+
+/* A pool learns max_connections on one worker: every worker's pool of that key resolves its NN%
+ * caps against it (the ledger's number), without a probe of its own. */
+static void usable_connections_learnt_once_serve_every_pool_of_the_key(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 30\nmax_db_connections = 50%\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct pool *p = pool_get(worker, NULL, "u", "a");
+    CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 0); /* not known yet: no cap */
+    ledger_learn_usable(&worker->proc->ledger, p->ledger_key,
+                        10); /* another worker's pool probed */
+    CHECK_INT(p->server_usable, 0);
+    CHECK_INT(budget_limit_value(p, NULL, LIMIT_DB), 5);
+    struct ledger_caps caps;
+    budget_own_caps(worker, "a", "auth", &caps);
+    CHECK_INT(caps.db, 5);
+    CHECK_INT(ledger_db_usable(&worker->proc->ledger, "b"), 0);
+    free_app(worker);
+}
+
 int main(void)
 {
     RUN(each_cap_refuses_in_order_and_a_refusal_changes_nothing);
@@ -413,5 +663,9 @@ int main(void)
     RUN(clients_stop_at_max_clients);
     RUN(logins_count_globally_per_database_and_per_user);
     RUN(counters_always_equal_the_walked_counts);
+    RUN(four_threads_never_pass_a_cap_and_end_at_zero);
+    RUN(leases_are_lock_free_until_a_budget_caps_them);
+    RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
+    RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
     return CHECK_DONE();
 }

@@ -3,6 +3,7 @@
  * for) over hand-built client and server structs, and the pool's events (who is served, whose
  * wait is over) with fake handlers in place of the link. */
 #include "check.h"
+#include "fixture.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -267,8 +268,6 @@ static const struct pool_events fakes = {
     .server_tick = server_check_timeouts,
 };
 
-static char *no_env[] = {NULL};
-
 struct world {
     uv_loop_t loop;
     struct process proc;
@@ -284,9 +283,7 @@ static bool world_init(struct world *w, const char *ini)
 {
     memset(w, 0, sizeof(*w));
     memset(&seen, 0, sizeof(seen));
-    struct config_diag diag = {0};
-    w->worker.cfg = config_load_string(ini, no_env, &diag);
-    config_diag_free(&diag);
+    w->worker.cfg = fixture_config(ini);
     if (!w->worker.cfg || uv_loop_init(&w->loop) != 0)
         return false;
     w->worker.loop = &w->loop;

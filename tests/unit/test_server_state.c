@@ -2,7 +2,7 @@
  * SERVERS gives, server_set_state's lists and the way back to the pool after sluice's own work,
  * on a pool built by hand (no sockets). */
 #include "check.h"
-#include "one_worker.h"
+#include "fixture.h"
 
 #include <stdlib.h>
 #include <uv.h>
@@ -17,9 +17,8 @@
 
 #define NSTATES (SERVER_CLOSED + 1)
 
-static const enum server_state connecting[] = {SERVER_RESOLVING, SERVER_LOGIN,
-                                               SERVER_LOGIN_PASSTHROUGH, SERVER_PROBING,
-                                               SERVER_CONNECT_QUERY};
+static const enum server_state connecting[] = {
+    SERVER_RESOLVING, SERVER_LOGIN, SERVER_LOGIN_PASSTHROUGH, SERVER_PROBING, SERVER_CONNECT_QUERY};
 
 static void connecting_states_are_one_phase_for_show_and_caps(void)
 {
@@ -78,7 +77,7 @@ static void serving_states_keep_their_table(void)
 {
     CHECK(server_transition_ok(SERVER_IDLE, SERVER_ACTIVE));
     CHECK(!server_transition_ok(SERVER_IDLE, SERVER_RESETTING)); /* the check is CHECKING */
-    CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_ACTIVE)); /* handed to the next waiter */
+    CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_ACTIVE));   /* handed to the next waiter */
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_IDLE));
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_RESETTING));
     CHECK(server_transition_ok(SERVER_ACTIVE, SERVER_DRAINING));
@@ -113,8 +112,8 @@ static void a_check_starts_from_idle_and_frees_the_server(void)
 {
     for (int st = 0; st < NSTATES; st++) {
         CHECK(server_transition_ok(st, SERVER_CHECKING) == (st == SERVER_IDLE));
-        bool freed = st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING ||
-                     st == SERVER_CLOSED;
+        bool freed =
+            st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING || st == SERVER_CLOSED;
         CHECK(server_transition_ok(SERVER_CHECKING, st) == freed);
     }
 }
@@ -123,10 +122,10 @@ static void a_check_starts_from_idle_and_frees_the_server(void)
  * oldest idle server closed to make room; its only way out is CLOSED. */
 static void only_a_server_about_to_be_free_leaves(void)
 {
-    static const enum server_state leave_from[] = {SERVER_LOGIN,     SERVER_LOGIN_PASSTHROUGH,
-                                                   SERVER_PROBING,   SERVER_CONNECT_QUERY,
-                                                   SERVER_IDLE,      SERVER_ACTIVE,
-                                                   SERVER_CHECKING,  SERVER_RESETTING,
+    static const enum server_state leave_from[] = {SERVER_LOGIN,      SERVER_LOGIN_PASSTHROUGH,
+                                                   SERVER_PROBING,    SERVER_CONNECT_QUERY,
+                                                   SERVER_IDLE,       SERVER_ACTIVE,
+                                                   SERVER_CHECKING,   SERVER_RESETTING,
                                                    SERVER_CANCEL_WAIT};
     for (int st = 0; st < NSTATES; st++) {
         bool may = false;
@@ -147,16 +146,11 @@ struct world {
 
 static bool world_init(struct world *w)
 {
-    static char *no_env[] = {NULL};
-    struct config_diag diag = {0};
-    w->cfg = config_load_string("[databases]\ndb = host=127.0.0.1\n", no_env, &diag);
-    config_diag_free(&diag);
-    if (!w->cfg)
+    w->pool = NULL;
+    w->worker = fixture_worker("[databases]\ndb = host=127.0.0.1\n", &w->loop);
+    if (!w->worker)
         return false;
-    uv_loop_init(&w->loop);
-    w->worker = one_worker_new(w->cfg);
-    CHECK(w->worker != NULL);
-    w->worker->loop = &w->loop;
+    w->cfg = w->worker->cfg;
     w->worker->pool_events = &link_pool_events; /* the pool's servers: the real server.c */
     w->pool = pool_get(w->worker, NULL, "u", "db");
     return w->pool != NULL;
@@ -177,21 +171,7 @@ static struct server *server_in(struct world *w, enum server_state st, struct li
 
 static void world_free(struct world *w)
 {
-    struct list_node *n, *tmp;
-    struct list *lists[] = {&w->pool->connecting, &w->pool->idle,    &w->pool->active,
-                            &w->pool->resetting,  &w->pool->leaving, &w->worker->dead_servers};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        list_for_each(lists[i], n, tmp)
-        {
-            list_remove(lists[i], n);
-            free(container_of(n, struct server, node));
-        }
-    }
-    list_remove(&w->worker->pools, &w->pool->node);
-    pool_free(w->pool);
-    one_worker_free(w->worker);
-    config_free(w->cfg);
-    uv_loop_close(&w->loop);
+    fixture_worker_free(w->worker); /* the servers on the pool's lists and the dead list too */
 }
 
 static void a_connecting_server_stays_on_one_list_through_its_sub_states(void)

@@ -3,7 +3,9 @@
  * the log file in between (log.c), SCRAM exchanges (scram.c), cancel keys (cancel.c), upstream
  * passthrough keys (passthrough.c), SCRAM secrets derived from plain passwords on each worker's
  * loop into the one cache they share (secret.c), and logins choosing their method from the hba
- * rules and the TLS context while a reload swaps both (auth.c, tls.c). Each thread checks its own
+ * rules and the TLS context while a reload swaps both (auth.c, tls.c), config generations held
+ * and released by every worker (config.c), and statement definitions shared by several
+ * workers' maps (prepared.c). Each thread checks its own
  * results; the main thread counts them after the join. Run under ThreadSanitizer (build-tsan/,
  * scripts/test) it also shows that no memory is touched by two threads without an order between
  * them. */
@@ -27,8 +29,10 @@
 #include "check.h"
 #include "client.h"
 #include "config.h"
+#include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
+#include "prepared.h"
 #include "scram.h"
 #include "secret.h"
 #include "sluice.h"
@@ -67,16 +71,29 @@ static void run_threads(void *(*fn)(void *), void *args, size_t arg_size)
         pthread_join(t[i], NULL);
 }
 
-/* ---- buf: each thread's blocks are its own while attached ---- */
-
-struct buf_arg {
+/* What a worker that only needs its number gets: id 0 to NTHREADS-1, and a count of what it
+ * found wrong. */
+struct numbered_arg {
     int id;
     int bad;
 };
 
+/* Run fn on NTHREADS threads, each with its own numbered_arg, and check none found anything. */
+static void run_numbered_threads(void *(*fn)(void *))
+{
+    struct numbered_arg args[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        args[i] = (struct numbered_arg){.id = i};
+    run_threads(fn, args, sizeof(args[0]));
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(args[i].bad, 0);
+}
+
+/* ---- buf: each thread's blocks are its own while attached ---- */
+
 static void *buf_worker(void *p)
 {
-    struct buf_arg *a = p;
+    struct numbered_arg *a = p;
     uint32_t size = buf_block_size();
     for (int round = 0; round < 3000; round++) {
         struct buf b[3] = {{0}};
@@ -99,12 +116,7 @@ static void *buf_worker(void *p)
 
 static void buffers_are_never_shared_between_threads(void)
 {
-    struct buf_arg args[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        args[i] = (struct buf_arg){.id = i};
-    run_threads(buf_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(buf_worker);
 }
 
 /* ---- log: whole lines, none lost, while the log file is reopened (reload) ---- */
@@ -195,13 +207,9 @@ static void log_lines_stay_whole_across_a_reload(void)
 
 static struct scram_secret rfc_secret;
 
-struct scram_arg {
-    int bad;
-};
-
 static void *scram_worker(void *p)
 {
-    struct scram_arg *a = p;
+    struct numbered_arg *a = p;
     for (int i = 0; i < 300; i++) {
         struct scram_server x;
         scram_server_init(&x, &rfc_secret, false, NULL, 0);
@@ -229,10 +237,7 @@ static void scram_exchanges_run_on_every_thread_at_once(void)
     int n = scram_b64_decode("W22ZaJ0SNY7soEsUEjb6gQ==", 24, salt, sizeof salt);
     CHECK_INT(n, 16);
     CHECK_INT(scram_make_secret("pencil", salt, (size_t)n, 4096, &rfc_secret), 0);
-    struct scram_arg args[NTHREADS] = {{0}};
-    run_threads(scram_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(scram_worker);
 }
 
 /* ---- cancel: every thread (worker) registers its clients' keys in its own map ---- */
@@ -319,14 +324,9 @@ static void cancel_keys_are_drawn_on_every_thread_at_once(void)
 
 /* ---- passthrough: keys remembered and found by several threads ---- */
 
-struct passthrough_arg {
-    int id;
-    int bad;
-};
-
 static void *passthrough_worker(void *p)
 {
-    struct passthrough_arg *a = p;
+    struct numbered_arg *a = p;
     char user[32];
     for (int i = 0; i < 500; i++) {
         snprintf(user, sizeof(user), "u%d", i % 20); /* the same names on every thread */
@@ -347,12 +347,7 @@ static void *passthrough_worker(void *p)
 
 static void passthrough_keys_are_kept_whole(void)
 {
-    struct passthrough_arg args[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        args[i] = (struct passthrough_arg){.id = i};
-    run_threads(passthrough_worker, args, sizeof(args[0]));
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(args[i].bad, 0);
+    run_numbered_threads(passthrough_worker);
     passthrough_free_all();
 }
 
@@ -428,10 +423,7 @@ static void derived_secrets_are_shared_by_every_worker(void)
     write_file("users.txt", list);
     snprintf(ini, sizeof(ini), "[databases]\ndb = host=127.0.0.1\n[sluice]\nauth_file = %s\n",
              users);
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, NULL, &diag);
-    CHECK(cfg != NULL);
-    config_diag_free(&diag);
+    struct config *cfg = fixture_config(ini);
     if (!cfg)
         return;
     struct derive_arg *args = calloc(NTHREADS, sizeof(*args));
@@ -559,10 +551,7 @@ static void logins_read_rules_and_tls_context_during_reloads(void)
              "[databases]\ndb = host=127.0.0.1\n[sluice]\nauth_type = hba\nauth_hba_file = %s\n"
              "client_tls_sslmode = allow\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n",
              hba, cert, key);
-    struct config_diag diag = {0};
-    struct config *cfg = config_load_string(ini, NULL, &diag);
-    CHECK(cfg != NULL);
-    config_diag_free(&diag);
+    struct config *cfg = fixture_config(ini);
     if (!cfg)
         return;
     struct worker worker = {.cfg = cfg};
@@ -596,6 +585,136 @@ static void logins_read_rules_and_tls_context_during_reloads(void)
     log_configure(LOG_INFO, false, NULL);
 }
 
+/* ---- config: every worker holds the generation it applied; the last holder frees it ---- */
+
+struct config_arg {
+    struct config *cfg; /* a reference of this thread's own */
+    int bad;
+};
+
+static void *config_holder(void *p)
+{
+    struct config_arg *a = p;
+    for (int i = 0; i < 200; i++) {
+        const struct db_entry *db = config_find_db(a->cfg, "db");
+        a->bad += !db || a->cfg->default_pool_size != 7;
+    }
+    config_release(a->cfg); /* the last of the five frees it, on whichever thread */
+    return NULL;
+}
+
+/* Rounds of RELOAD (5.7): the control thread loads a generation, takes a reference for each
+ * worker and drops its own while they still read it; the config is freed once, by its last
+ * holder, after every read. Without atomic counts ThreadSanitizer reports the race on refs
+ * (and a lost count frees it early or never). */
+static void config_generations_are_freed_by_their_last_holder(void)
+{
+    uint64_t last = 0;
+    for (int round = 0; round < 50; round++) {
+        struct config_diag diag = {0};
+        struct config *cfg = config_load_string("[sluice]\ndefault_pool_size = 7\n"
+                                                "[databases]\ndb = host=127.0.0.1\n",
+                                                NULL, &diag);
+        config_diag_free(&diag);
+        CHECK(cfg != NULL);
+        if (!cfg)
+            return;
+        CHECK(cfg->generation > last); /* a reload's number only grows */
+        last = cfg->generation;
+        struct config_arg args[NTHREADS];
+        pthread_t t[NTHREADS];
+        for (int i = 0; i < NTHREADS; i++) {
+            args[i] = (struct config_arg){.cfg = config_acquire(cfg)};
+            CHECK_INT(pthread_create(&t[i], NULL, config_holder, &args[i]), 0);
+        }
+        config_release(cfg); /* the control thread's, while the workers read */
+        for (int i = 0; i < NTHREADS; i++) {
+            pthread_join(t[i], NULL);
+            CHECK_INT(args[i].bad, 0);
+        }
+    }
+}
+
+/* ---- prepared: one definition in several workers' maps ---- */
+
+#define STREAMED_PER_THREAD 200
+
+struct stmt_arg {
+    struct stmt_def *def; /* shared: the main thread's reference keeps it */
+    int bad;
+    char streamed[STREAMED_PER_THREAD][STMT_SERVER_NAME_MAX + 1];
+};
+
+static void *stmt_holder(void *p)
+{
+    struct stmt_arg *a = p;
+    struct stmt_map *m = stmt_map_new();
+    if (!m) {
+        a->bad++;
+        return NULL;
+    }
+    for (int i = 0; i < 4000; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "s%d", i % 16);
+        if (i % 5 == 4)
+            stmt_map_remove(m, name);
+        else if (!stmt_map_put(m, name, a->def))
+            a->bad++;
+    }
+    stmt_map_delete(m); /* drops this map's references */
+    for (int i = 0; i < STREAMED_PER_THREAD; i++) {
+        struct stmt_def *d = stmt_def_alloc(0);
+        if (!d) {
+            a->bad++;
+            continue;
+        }
+        memcpy(a->streamed[i], d->server_name, sizeof(a->streamed[i]));
+        stmt_def_unref(d);
+    }
+    return NULL;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Four workers' maps add and drop the same definition at once (a server's map moves between
+ * workers with its definitions, 5.4): its count ends where it began, and definitions that
+ * streamed through get names unique across threads. Without atomic counts the count drifts
+ * and ThreadSanitizer reports the race. */
+static void statement_definitions_are_counted_across_threads(void)
+{
+    static const char query[] = "\0select 1\0\0"; /* after a name: query, no parameters */
+    struct stmt_def *def = stmt_def_new((const uint8_t *)query, sizeof(query) - 1);
+    CHECK(def != NULL);
+    struct stmt_arg *args = calloc(NTHREADS, sizeof(*args));
+    CHECK(args != NULL);
+    if (!def || !args)
+        return;
+    for (int i = 0; i < NTHREADS; i++)
+        args[i].def = def;
+    run_threads(stmt_holder, args, sizeof(args[0]));
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(args[i].bad, 0);
+    CHECK_INT(def->refs, 1);
+    stmt_def_unref(def);
+    char(*names)[STMT_SERVER_NAME_MAX + 1] =
+        calloc((size_t)NTHREADS * STREAMED_PER_THREAD, sizeof(*names));
+    CHECK(names != NULL);
+    if (names) {
+        for (int i = 0; i < NTHREADS; i++)
+            memcpy(names[i * STREAMED_PER_THREAD], args[i].streamed, sizeof(args[i].streamed));
+        qsort(names, (size_t)NTHREADS * STREAMED_PER_THREAD, sizeof(*names), compare_names);
+        int repeated = 0;
+        for (int i = 1; i < NTHREADS * STREAMED_PER_THREAD; i++)
+            repeated += strcmp(names[i - 1], names[i]) == 0;
+        CHECK_INT(repeated, 0);
+        free(names);
+    }
+    free(args);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/sluice-test-threads-XXXXXX");
@@ -610,6 +729,8 @@ int main(void)
     passthrough_keys_are_kept_whole();
     derived_secrets_are_shared_by_every_worker();
     logins_read_rules_and_tls_context_during_reloads();
+    config_generations_are_freed_by_their_last_holder();
+    statement_definitions_are_counted_across_threads();
     buf_free_cache();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
