@@ -154,6 +154,25 @@ static int queue_sync(struct client *c, struct server *s)
     return n;
 }
 
+/* s was opened with c's startup parameters: where c still wants a reported one's login value
+ * as it sent it, it wants it as the backend spells it (DateStyle "german" is "German, DMY"),
+ * so that the sync compares like with like and sends nothing. 0 or -ENOMEM. */
+static int take_startup_spelling(struct client *c, const struct server *s)
+{
+    if (c->startup_fp == 0 || s->startup_fp != c->startup_fp)
+        return 0;
+    const struct param_set *login = c->login_params ? c->login_params : &c->params;
+    for (int i = 0; i < s->startup.n; i++) {
+        const char *name = s->startup.items[i].name;
+        const char *sent = params_get(login, name), *now = params_get(&c->params, name);
+        if (!params_is_reported(name) || !sent || !now || strcmp(sent, now) != 0)
+            continue;
+        if (params_set(&c->params, name, s->startup.items[i].value) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 void link_pair(struct client *c, struct server *s)
 {
     pair(c, s);
@@ -173,6 +192,10 @@ void link_pair(struct client *c, struct server *s)
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
+    }
+    if (take_startup_spelling(c, s) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
     }
     int n = queue_sync(c, s);
     if (n < 0)

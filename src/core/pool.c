@@ -27,9 +27,19 @@ const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25
 
 /* ---- the pool's servers: opened, pumped and closed by the layer above (pool_events) ---- */
 
-static struct server *open_server(struct pool *p)
+/* A server opened for client c (NULL: for none) has the startup parameters c wants. */
+static struct server *open_server(struct pool *p, const struct client *c)
 {
-    return p->app->pool_events->open_server(p);
+    uint64_t fp = c ? pool_startup_wanted(p, c) : 0;
+    const struct param_set *startup = NULL;
+    if (fp != 0)
+        startup = c->login_params ? c->login_params : &c->params; /* as it logged in */
+    return p->app->pool_events->open_server(p, startup, fp);
+}
+
+uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
+{
+    return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
 static void close_server(struct server *s, const char *why)
@@ -299,6 +309,81 @@ static int count_eligible(const struct pool *p, int enough)
     return n;
 }
 
+/* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
+ * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
+ * Their count; *first: the first of them (NULL: none). */
+static int count_unprovided(const struct pool *p, int enough, struct client **first)
+{
+    *first = NULL;
+    int coming_n = 0, n = 0, seen = 0;
+    uint64_t *coming = NULL;
+    if (p->connecting.count > 0) {
+        coming = malloc((size_t)p->connecting.count * sizeof(*coming));
+        if (!coming)
+            return 0; /* tried again at the next lease or tick */
+    }
+    struct list_node *node, *tmp;
+    list_for_each(&p->connecting, node, tmp)
+        coming[coming_n++] = container_of(node, struct server, node)->startup_fp;
+    list_for_each(&p->waiting, node, tmp)
+    {
+        struct client *c = container_of(node, struct client, node);
+        if (!may_lease(c))
+            continue;
+        if (++seen > enough)
+            break;
+        uint64_t fp = pool_startup_wanted(p, c);
+        int i = 0;
+        while (i < coming_n && coming[i] != fp)
+            i++;
+        if (i < coming_n) {
+            coming[i] = coming[--coming_n];
+            continue;
+        }
+        if (!*first)
+            *first = c;
+        n++;
+    }
+    free(coming);
+    return n;
+}
+
+/* The most recently used idle server of p opened with startup fingerprint fp, or NULL. */
+static struct server *idle_opened_with(const struct pool *p, uint64_t fp)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->startup_fp == fp)
+            return s;
+    }
+    return NULL;
+}
+
+/* A cap is full and client c wants a server opened with its startup parameters: close the
+ * longest-idle server of p opened with other ones, so that c's opens in its place (its slot
+ * comes back when the backend has gone, pool_server_gone). false: none. */
+static bool close_idle_unwanted(struct pool *p, const struct client *c)
+{
+    if (!c)
+        return false;
+    uint64_t fp = pool_startup_wanted(p, c);
+    struct server *oldest = NULL;
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->startup_fp != fp)
+            oldest = s; /* the list runs from the most recently used */
+    }
+    if (!oldest)
+        return false;
+    close_server_for(oldest, "idle server opened with other startup parameters, closed to "
+                             "open one with a waiting client's", p);
+    return true;
+}
+
 /* Close the longest-idle server of another pool in the scope of a full cap, so the pool that
  * has waiters gets the room (PgBouncer does the same for max_db_connections). */
 static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
@@ -353,8 +438,12 @@ static void maybe_connect(struct pool *p)
     struct sluice *app = p->app;
     if (!sluice_serving(app) || p->paused || !pool_may_try_connect(p))
         return;
-    int want =
-        count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
+    int enough = p->size + p->reserve_size;
+    struct client *first = NULL;
+    /* Session mode: a server is opened with the startup parameters of a waiter that wants it. */
+    bool by_startup = p->mode == POOL_SESSION;
+    int want = by_startup ? count_unprovided(p, enough, &first) - p->rooms_awaited
+                          : count_eligible(p, enough) - p->connecting.count - p->rooms_awaited;
     if (p->breaker.failures > 0 && want > 1)
         want = 1;
     /* A probe nobody waits for takes free room only: it closes no other pool's idle server. */
@@ -368,16 +457,19 @@ static void maybe_connect(struct pool *p)
                       (uint64_t)app->cfg->reserve_pool_timeout;
     }
     while (want-- > 0) {
+        if (by_startup && !probe_only)
+            count_unprovided(p, enough, &first); /* the one before has its server coming */
         enum limit_kind k = take_slot(p, use_reserve);
-        if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
-            /* The room comes when the evicted backend has exited (pool_server_gone). */
-            if (!probe_only)
+        bool cap = k == LIMIT_POOL || k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL;
+        if (cap) {
+            /* The room comes when the closed backend has exited (pool_server_gone). */
+            if (!probe_only && !close_idle_unwanted(p, first) && k != LIMIT_POOL)
                 evict_idle_elsewhere(p, k);
             break;
         }
         if (k != LIMIT_NONE)
             break;
-        if (!open_server(p))
+        if (!open_server(p, probe_only ? NULL : first))
             break;
         if (p->breaker.state == BREAKER_OPEN) {
             p->breaker.state = BREAKER_PROBING;
@@ -402,15 +494,59 @@ static const char *check_sql(const struct config *cfg)
     return q->kind == SQL_SETTING_EMPTY_QUERY ? "" : q->text;
 }
 
+/* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
+ * wants (*s). A waiter without one is passed over: its server is opened (maybe_connect). */
+static struct client *first_served_by_idle(const struct pool *p, struct server **s)
+{
+    uint64_t missing = 0;
+    bool any_missing = false;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (p->app->budgets.n <= 1)
+                break; /* no budgets configured: the head is the only candidate */
+            continue;
+        }
+        uint64_t fp = pool_startup_wanted(p, c);
+        if (any_missing && fp == missing)
+            continue; /* the same as the last one that had none: one look is enough */
+        if ((*s = idle_opened_with(p, fp)) != NULL)
+            return c;
+        missing = fp;
+        any_missing = true;
+    }
+    return NULL;
+}
+
+/* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
+static struct client *first_fitting(const struct pool *p, const struct server *s)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (p->app->budgets.n <= 1)
+                break;
+            continue;
+        }
+        if (pool_startup_wanted(p, c) == s->startup_fp)
+            return c;
+    }
+    return NULL;
+}
+
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->app);
     while (!p->paused && !list_empty(&p->idle)) {
-        struct client *c = first_eligible(p);
+        struct server *s = NULL;
+        struct client *c = first_served_by_idle(p, &s);
         if (!c)
             return;
-        struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_CHECKING);
             server_queue_internal(s, check_sql(p->app->cfg));
@@ -537,7 +673,15 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (!p->have_welcome) {
+    if (s->startup_fp != 0 && p->mode != POOL_SESSION) {
+        /* Its reset values are a session client's login values: no use to this mode. */
+        close_server(s, "opened with a session client's startup parameters; pool_mode changed");
+        maybe_connect(p);
+        return;
+    }
+    /* A backend opened with startup parameters that it reports (DateStyle, TimeZone, ...)
+     * reports them, not what another client would be told. */
+    if (!p->have_welcome && params_startup_keeps_reports(&s->startup)) {
         /* A client that sends no application_name has '' in Postgres, not the name sluice's
          * own login gave the server. */
         if (params_copy(&p->welcome, &s->params) == 0 &&
@@ -558,7 +702,7 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = p->paused ? NULL : first_eligible(p);
+    struct client *c = p->paused ? NULL : first_fitting(p, s);
     if (c && ledger_take_lease(app, c->budget) == LIMIT_NONE) {
         app->pool_events->waiter_served(c, s);
         return;
@@ -566,6 +710,23 @@ void pool_server_ready(struct server *s)
     server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
     watch_server(s);
+    /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
+    if (!p->paused && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+        maybe_connect(p);
+}
+
+void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlstate,
+                          const char *server_message)
+{
+    pool_connect_succeeded(p); /* it got as far as the options: the database takes logins */
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (pool_startup_wanted(p, c) == startup_fp)
+            p->app->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, sqlstate);
+    }
+    maybe_connect(p);
 }
 
 bool pool_queue_cleanup(struct server *s)
@@ -584,7 +745,8 @@ bool pool_queue_cleanup(struct server *s)
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
     }
-    if (s->session == SERVER_SESSION_UNKNOWN) {
+    bool was_unknown = s->session == SERVER_SESSION_UNKNOWN;
+    if (was_unknown) {
         /* A client left state sluice cannot undo piecemeal (server.h): DISCARD ALL is the one
          * statement that undoes all of it (role, authorization, parameters, temporary tables,
          * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
@@ -597,8 +759,15 @@ bool pool_queue_cleanup(struct server *s)
         queued = true;
     }
     /* The reset query reset the parameters sluice SET, and in session mode the client's own
-     * statements were not followed: either way the record of them is no longer true. */
-    if (reset || !ops->release_at_idle) {
+     * statements were not followed: either way the record of them is no longer true. After
+     * DISCARD ALL it is again: every parameter is back at its reset value, the startup value
+     * the backend was opened with, or its default. */
+    bool discard_all = was_unknown || (reset && cfg->server_reset_query.kind ==
+                                                    SQL_SETTING_DISCARD_ALL);
+    if (discard_all) {
+        if (params_reset_to_startup(&s->params, &s->startup) < 0)
+            s->close_when_free = true;
+    } else if (reset || !ops->release_at_idle) {
         if (params_forget(&s->params, NULL) < 0)
             s->close_when_free = true;
     }
@@ -825,7 +994,7 @@ void pool_maintain(struct pool *p, uint64_t now)
     if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
-        open_server(p);
+        open_server(p, NULL);
 }
 
 void pool_free(struct pool *p)
