@@ -230,6 +230,7 @@ static void close_now(struct server *s)
     codec_out_free(&s->out);
     params_free(&s->params);
     params_free(&s->startup);
+    params_free(&s->login_reports);
     stmt_map_free(&s->stmts);
     stmt_queue_free(&s->reqs);
 }

@@ -94,6 +94,10 @@ struct server {
      * (pool_startup_wanted). */
     struct param_set startup;
     uint64_t startup_fp;
+    /* What the backend reported at login: its reset values of the reported parameters. A
+     * client's sync and welcome start from them where the pool has learnt no welcome (its
+     * backends were all opened with reported startup parameters, DateStyle, TimeZone, ...). */
+    struct param_set login_reports;
     struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
     struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */

@@ -389,6 +389,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup,
     s->io.cb = on_connecting_io;
     params_init(&s->params);
     params_init(&s->startup);
+    params_init(&s->login_reports);
     stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
     list_node_init(&s->node);
@@ -512,7 +513,8 @@ static void login_query_failed(struct server *s, const char *why)
  * reported ones, and the pool knows the values are good for later logins. 0 or -ENOMEM. */
 static int note_startup(struct server *s)
 {
-    if (params_note_accepted(&s->pool->accepted, &s->startup, 64) < 0)
+    if (params_note_accepted(&s->pool->accepted, &s->startup, 64) < 0 ||
+        params_copy(&s->login_reports, &s->params) < 0)
         return -ENOMEM;
     for (int i = 0; i < s->startup.n; i++) {
         const struct param *p = &s->startup.items[i];
