@@ -513,8 +513,7 @@ static void login_query_failed(struct server *s, const char *why)
  * reported ones, and the pool knows the values are good for later logins. 0 or -ENOMEM. */
 static int note_startup(struct server *s)
 {
-    if (params_note_accepted(&s->pool->accepted, &s->startup, 64) < 0 ||
-        params_copy(&s->login_reports, &s->params) < 0)
+    if (params_copy(&s->login_reports, &s->params) < 0)
         return -ENOMEM;
     for (int i = 0; i < s->startup.n; i++) {
         const struct param *p = &s->startup.items[i];
@@ -525,7 +524,9 @@ static int note_startup(struct server *s)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    /* As the backend spells them, as after a sync (client_login_synced): a client welcomed
+     * without a server is told the values it asked for (params_known_good) */
+    return params_note_accepted(&s->pool->accepted, &s->startup, 64);
 }
 
 /* Parameters and backend pid known: into the pool. */
