@@ -989,6 +989,17 @@ void pool_maintain(struct pool *p, uint64_t now)
     while (!list_empty(&p->idle) &&
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
+    /* A reload took the pool out of session mode: servers opened with a session client's
+     * startup parameters serve nobody now (pool_startup_wanted is 0), and hold caps. */
+    if (p->mode != POOL_SESSION) {
+        list_for_each(&p->idle, n, tmp)
+        {
+            struct server *s = container_of(n, struct server, node);
+            if (s->startup_fp != 0)
+                close_server(s, "opened with a session client's startup parameters; pool_mode "
+                                "changed");
+        }
+    }
     /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->app) && !p->paused && (p->have_welcome || p->user_forced) &&
