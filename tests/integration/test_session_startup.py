@@ -11,6 +11,8 @@ import pytest
 
 from conftest import APP_PASSWORD, BackendSampler
 from pgwire import ServerError, raw_login
+from test_auth import auth_roles, passthrough_entry  # noqa: F401 (a fixture)
+from test_caps_reload import reload_with
 
 ADMIN = "admin"
 
@@ -146,5 +148,46 @@ def test_a_custom_reset_query_keeps_reported_parameters_of_one_client_from_the_n
         rows = c.query("SELECT current_setting('DateStyle'), current_setting('TimeZone')")[0]
         assert rows == [["ISO, MDY", "UTC"]]
         assert c.params["DateStyle"] == "ISO, MDY" and c.params["TimeZone"] == "UTC"
+    finally:
+        c.close()
+
+
+def test_a_passthrough_login_opens_the_backend_with_the_clients_startup_parameters(
+        start_sluice, pg, auth_roles):
+    """sluice's own login (a client's SCRAM keys, no password) passes the startup parameters as
+    libpq's does: application_name and client_encoding in the startup packet, the rest in
+    options."""
+    s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "session",
+                      "default_pool_size": 1, "log_level": "debug"},
+                     auth_file={"qscram": pg.stored_secret("qscram")},
+                     databases={"appdb": passthrough_entry(pg)})
+    c = raw_login(s.port, user="qscram", password="qpass", application_name="pt",
+                  client_encoding="LATIN1", options="-c statement_timeout=2222 -c app.y=a\\ b")
+    try:
+        rows = c.query("SELECT current_setting('application_name'),"
+                       " current_setting('client_encoding'), current_setting('statement_timeout'),"
+                       " current_setting('app.y'), (SELECT source FROM pg_settings"
+                       " WHERE name = 'statement_timeout')")[0]
+        assert rows == [["pt", "LATIN1", "2222ms", "a b", "client"]]
+        c.query("RESET ALL")
+        assert c.query("SHOW client_encoding")[0] == [["LATIN1"]]
+    finally:
+        c.close()
+    s.wait_for_log(r'connecting \(passthrough login as "qscram"\)')
+
+
+def test_a_reload_out_of_session_mode_closes_backends_opened_with_a_clients_parameters(
+        start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    c = raw_login(s.port, application_name="app1", options="-c statement_timeout=4321")
+    try:
+        session_pid = pid(c)
+    finally:
+        c.close()
+    reload_with(s, "pool_mode", "transaction")
+    c = raw_login(s.port)  # no parameters: a backend of the pool's own, within pool_size 1
+    try:
+        assert pid(c) != session_pid
+        assert c.query("SHOW statement_timeout")[0] == [["0"]]
     finally:
         c.close()
