@@ -404,6 +404,14 @@ static uint64_t entry_hash(const char *name, const char *value)
         h ^= (uint8_t)*p;
         h *= 1099511628211ull;
     }
+    /* Finish with a full avalanche (MurmurHash3's fmix64): FNV-1a's last byte moves few bits,
+     * and sums of such hashes collide (application_name=app0 with statement_timeout=1000, and
+     * app3 with 1003, summed to one fingerprint: the sync was skipped). */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
     return h;
 }
 

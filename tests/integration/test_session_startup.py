@@ -191,3 +191,39 @@ def test_a_reload_out_of_session_mode_closes_backends_opened_with_a_clients_para
         assert c.query("SHOW statement_timeout")[0] == [["0"]]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("cap", [{"default_pool_size": 2},
+                                 {"default_pool_size": 5, "max_db_connections": 2}])
+def test_clients_of_many_startup_parameters_share_the_cap_and_all_get_served(start_sluice, pg,
+                                                                             cap):
+    """Each client has its own application_name and statement_timeout: every one waits for an
+    idle backend of other parameters to close and its own to open, and the backends never pass
+    the cap (pool_size, or max_db_connections)."""
+    s = start_sluice(dict({"pool_mode": "session", "query_wait_timeout": 60}, **cap))
+    results = {}
+
+    def client(i):
+        try:
+            c = raw_login(s.port, application_name=f"app{i}",
+                          options=f"-c statement_timeout={1001 + i}")
+            try:
+                rows = c.query("SELECT current_setting('application_name'),"
+                               " current_setting('statement_timeout'), pg_sleep(0.05)")[0]
+                c.query("RESET ALL")
+                rows += c.query("SHOW statement_timeout")[0]
+                results[i] = rows
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            results[i] = repr(e)
+
+    with BackendSampler(pg) as sampler:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results == {i: [[f"app{i}", f"{1001 + i}ms", ""], [f"{1001 + i}ms"]]
+                       for i in range(8)}
+    assert sampler.samples > 0 and sampler.max <= 2, sampler.history
