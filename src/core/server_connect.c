@@ -280,6 +280,17 @@ static void login_with(struct server *s, const struct db_entry *db, const char *
                        const char **val, int n, const char *user, bool has_password,
                        const struct resolver *r);
 
+/* A NOTICE during libpq's login (a client's startup parameter may bring one: "identifier ...
+ * will be truncated"): into sluice's log, escaped, never raw on stderr as libpq's default. */
+static void on_libpq_notice(void *owner, const char *message)
+{
+    char line[512];
+    int n = snprintf(line, sizeof(line), "%s", message);
+    if (n > 0 && (size_t)n < sizeof(line) && line[n - 1] == '\n')
+        line[n - 1] = '\0'; /* libpq's own line end; the log escapes any other */
+    log_server(LOG_DEBUG, owner, "notice at login: %s", line);
+}
+
 static void start_login(struct server *s, const struct resolver *r)
 {
     struct pool *p = s->pool;
@@ -294,6 +305,14 @@ static void start_login(struct server *s, const struct resolver *r)
     int n = build_conninfo(p, db, kw, val, &user, &has_password);
     struct msg_out options;
     codec_out_init(&options);
+    if (s->startup.n > 0 && log_enabled(LOG_DEBUG)) {
+        char shown[512];
+        size_t at = 0;
+        for (int i = 0; i < s->startup.n && at < sizeof(shown); i++)
+            at += (size_t)snprintf(shown + at, sizeof(shown) - at, "%s%s=%s", i ? ", " : "",
+                                   s->startup.items[i].name, s->startup.items[i].value);
+        log_server(LOG_DEBUG, s, "opened with the client's startup parameters: %s", shown);
+    }
     if (add_startup(s, kw, val, &n, &options) < 0)
         server_connect_failed(s, "out of memory");
     else
@@ -345,6 +364,7 @@ static void login_with(struct server *s, const struct db_entry *db, const char *
     }
     /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
     PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
+    PQsetNoticeProcessor(s->conn, on_libpq_notice, s);
     if (sockio_open(&s->io, app->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
         server_connect_failed(s, "cannot watch the server socket");
         return;
