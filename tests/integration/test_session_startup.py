@@ -227,3 +227,24 @@ def test_clients_of_many_startup_parameters_share_the_cap_and_all_get_served(sta
     assert results == {i: [[f"app{i}", f"{1001 + i}ms", ""], [f"{1001 + i}ms"]]
                        for i in range(8)}
     assert sampler.samples > 0 and sampler.max <= 2, sampler.history
+
+
+def test_startup_values_with_spaces_and_backslashes_reach_the_backend_as_sent(start_sluice, pg):
+    """options is split at spaces and a backslash escapes the next byte, both in the client's
+    startup packet and in the one sluice sends (each value escaped again)."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    login = {"options": "-c app.z=back\\\\slash\\ and\\ space -c app.w=end\\\\",
+             "application_name": "two words"}
+    probe = ("SELECT current_setting('app.z'), current_setting('app.w'),"
+             " current_setting('application_name')")
+    direct = raw_login(pg.port, password=APP_PASSWORD, **login)
+    pooled = raw_login(s.port, **login)
+    try:
+        want = direct.query(probe)[0]
+        assert want == [["back\\slash and space", "end\\", "two words"]]
+        assert pooled.query(probe)[0] == want
+        pooled.query("RESET ALL")
+        assert pooled.query(probe)[0] == want
+    finally:
+        direct.close()
+        pooled.close()
