@@ -75,6 +75,9 @@ struct client {
     /* Its prepared statements that may reset those (login_reset.c); NULL: none */
     struct login_reset_statements *reset_statements;
     uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */
+    /* params_startup_fingerprint of its startup parameters as sent: in session mode it is
+     * given a server opened with them (server.h startup_fp). */
+    uint64_t startup_fp;
     struct stmt_map *stmts;  /* its named prepared statements (transaction mode); NULL: none yet */
     struct startup_extra *startup; /* login-time data, freed once logged in */
 

@@ -170,6 +170,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             return;
         }
     }
+    c->startup_fp = params_startup_fingerprint(&c->params);
     client_set_state(c, CLIENT_AUTH);
     start_auth(c);
 }

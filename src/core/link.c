@@ -110,8 +110,17 @@ static void unpair(struct client *c, struct server *s)
 }
 
 /* Fingerprints are recomputed only when the parameters changed (their generation moved). */
-static uint64_t want_fingerprint(struct client *c)
+/* The values a client that set none of them wants for the client-settable parameters: the
+ * pool's welcome, or where the pool has learnt none, what s reported at its login. */
+static const struct param_set *sync_base(const struct client *c, const struct server *s)
 {
+    return c->pool->have_welcome ? &c->pool->welcome : &s->login_reports;
+}
+
+static uint64_t want_fingerprint(struct client *c, const struct server *s)
+{
+    if (!c->pool->have_welcome)
+        return params_fingerprint(sync_base(c, s), &c->params); /* no cache: the base varies */
     uint32_t gen = c->params.generation + 1; /* +1: generation 0 must compute too */
     if (c->params_fp_gen != gen) {
         c->params_fp = params_fingerprint(&c->pool->welcome, &c->params);
@@ -134,11 +143,11 @@ static uint64_t have_fingerprint(struct server *s)
  * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
 static int queue_sync(struct client *c, struct server *s)
 {
-    if (want_fingerprint(c) == have_fingerprint(s))
+    if (want_fingerprint(c, s) == have_fingerprint(s))
         return 0;
     struct msg_out sql;
     codec_out_init(&sql);
-    int n = params_build_sync(&c->pool->welcome, &c->params, &s->params, &sql);
+    int n = params_build_sync(sync_base(c, s), &c->params, &s->params, &sql);
     if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
         codec_out_free(&sql);
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -152,6 +161,25 @@ static int queue_sync(struct client *c, struct server *s)
     }
     codec_out_free(&sql);
     return n;
+}
+
+/* s was opened with c's startup parameters: where c still wants a reported one's login value
+ * as it sent it, it wants it as the backend spells it (DateStyle "german" is "German, DMY"),
+ * so that the sync compares like with like and sends nothing. 0 or -ENOMEM. */
+static int take_startup_spelling(struct client *c, const struct server *s)
+{
+    if (c->startup_fp == 0 || s->startup_fp != c->startup_fp)
+        return 0;
+    const struct param_set *login = c->login_params ? c->login_params : &c->params;
+    for (int i = 0; i < s->startup.n; i++) {
+        const char *name = s->startup.items[i].name;
+        const char *sent = params_get(login, name), *now = params_get(&c->params, name);
+        if (!params_is_reported(name) || !sent || !now || strcmp(sent, now) != 0)
+            continue;
+        if (params_set(&c->params, name, s->startup.items[i].value) < 0)
+            return -ENOMEM;
+    }
+    return 0;
 }
 
 void link_pair(struct client *c, struct server *s)
@@ -174,6 +202,10 @@ void link_pair(struct client *c, struct server *s)
             return;
         }
     }
+    if (take_startup_spelling(c, s) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
     int n = queue_sync(c, s);
     if (n < 0)
         return;
@@ -186,7 +218,7 @@ void link_pair(struct client *c, struct server *s)
         }
         client_set_state(c, CLIENT_ACTIVE);
         if (login)
-            client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->params);
+            client_send_welcome(c, sync_base(c, s));
     }
     link_kick(s);
 }

@@ -11,10 +11,16 @@
 #include "params.h"
 #include "server.h"
 
-/* Does r cover a parameter the client set at login? */
-static bool covers_login(const struct client *c, const struct param_reset *r)
+bool login_reset_follows(const struct server *s, const struct client *c)
 {
-    if (r->kind == PARAM_RESET_NONE || !c->login_params)
+    return c->login_params && !(c->startup_fp != 0 && s->startup_fp == c->startup_fp);
+}
+
+/* Does r cover a parameter the client set at login, one s does not reset to its login value? */
+static bool covers_login(const struct server *s, const struct client *c,
+                         const struct param_reset *r)
+{
+    if (r->kind == PARAM_RESET_NONE || !login_reset_follows(s, c))
         return false;
     if (r->kind == PARAM_RESET_ALL || r->kind == PARAM_RESET_UNSURE)
         return c->login_params->n > 0;
@@ -27,7 +33,7 @@ static bool covers_login(const struct client *c, const struct param_reset *r)
 void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r)
 {
     struct login_reset *lr = &s->login_reset;
-    if (!covers_login(c, r))
+    if (!covers_login(s, c, r))
         return;
     if (lr->state == LOGIN_RESET_NONE) {
         memset(&lr->which, 0, sizeof(lr->which));
@@ -98,7 +104,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
                             const char *shown, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
-    if (!c->login_params)
+    if (!login_reset_follows(s, c))
         return;
     lr->watch = type == 'Q' ? LOGIN_RESET_WATCH_QUERY : LOGIN_RESET_WATCH_PARSE;
     lr->carry_len = 0;

@@ -60,6 +60,11 @@ struct login_reset {
 struct client;
 struct server;
 
+/* Does sluice follow c's resets of its login parameters on s? Not when s was opened with c's
+ * startup parameters (session mode, server.h startup): Postgres's own reset values are then
+ * c's login values, and Postgres does all of it itself. */
+bool login_reset_follows(const struct server *s, const struct client *c);
+
 /* The statement inspector found that the request being framed may reset r: followed when it
  * covers a parameter the client set at login. */
 void login_reset_note(struct server *s, const struct client *c, const struct param_reset *r);

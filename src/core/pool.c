@@ -19,6 +19,7 @@
 #include "log.h"
 #include "pool_breaker.h"
 #include "pool_mode.h"
+#include "pool_wait.h"
 #include "server.h"
 #include "sluice.h"
 
@@ -27,9 +28,19 @@ const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25
 
 /* ---- the pool's servers: opened, pumped and closed by the layer above (pool_events) ---- */
 
-static struct server *open_server(struct pool *p)
+/* A server opened for client c (NULL: for none) has the startup parameters c wants. */
+static struct server *open_server(struct pool *p, const struct client *c)
 {
-    return p->worker->pool_events->open_server(p);
+    uint64_t fp = c ? pool_startup_wanted(p, c) : 0;
+    const struct param_set *startup = NULL;
+    if (fp != 0)
+        startup = c->login_params ? c->login_params : &c->params; /* as it logged in */
+    return p->worker->pool_events->open_server(p, startup, fp);
+}
+
+uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
+{
+    return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
 static void close_server(struct server *s, const char *why)
@@ -300,6 +311,81 @@ static int count_eligible(const struct pool *p, int enough)
     return n;
 }
 
+/* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
+ * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
+ * Their count; *first: the first of them (NULL: none). */
+static int count_unprovided(const struct pool *p, int enough, struct client **first)
+{
+    *first = NULL;
+    int coming_n = 0, n = 0, seen = 0;
+    uint64_t *coming = NULL;
+    if (p->connecting.count > 0) {
+        coming = malloc((size_t)p->connecting.count * sizeof(*coming));
+        if (!coming)
+            return 0; /* tried again at the next lease or tick */
+    }
+    struct list_node *node, *tmp;
+    list_for_each(&p->connecting, node, tmp)
+        coming[coming_n++] = container_of(node, struct server, node)->startup_fp;
+    list_for_each(&p->waiting, node, tmp)
+    {
+        struct client *c = container_of(node, struct client, node);
+        if (!may_lease(c))
+            continue;
+        if (++seen > enough)
+            break;
+        uint64_t fp = pool_startup_wanted(p, c);
+        int i = 0;
+        while (i < coming_n && coming[i] != fp)
+            i++;
+        if (i < coming_n) {
+            coming[i] = coming[--coming_n];
+            continue;
+        }
+        if (!*first)
+            *first = c;
+        n++;
+    }
+    free(coming);
+    return n;
+}
+
+/* The most recently used idle server of p opened with startup fingerprint fp, or NULL. */
+static struct server *idle_opened_with(const struct pool *p, uint64_t fp)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->startup_fp == fp)
+            return s;
+    }
+    return NULL;
+}
+
+/* A cap is full and client c wants a server opened with its startup parameters: close the
+ * longest-idle server of p opened with other ones, so that c's opens in its place (its slot
+ * comes back when the backend has gone, pool_server_gone). false: none. */
+static bool close_idle_unwanted(struct pool *p, const struct client *c)
+{
+    if (!c)
+        return false;
+    uint64_t fp = pool_startup_wanted(p, c);
+    struct server *oldest = NULL;
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->startup_fp != fp)
+            oldest = s; /* the list runs from the most recently used */
+    }
+    if (!oldest)
+        return false;
+    close_server_for(oldest, "idle server opened with other startup parameters, closed to "
+                             "open one with a waiting client's", p);
+    return true;
+}
+
 /* Close the longest-idle server of another pool in the scope of a full cap, so the pool that
  * has waiters gets the room (PgBouncer does the same for max_db_connections). */
 static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
@@ -354,8 +440,12 @@ static void maybe_connect(struct pool *p)
     struct worker *worker = p->worker;
     if (!sluice_serving(worker) || p->paused || !pool_may_try_connect(p))
         return;
-    int want =
-        count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
+    int enough = p->size + p->reserve_size;
+    struct client *first = NULL;
+    /* Session mode: a server is opened with the startup parameters of a waiter that wants it. */
+    bool by_startup = p->mode == POOL_SESSION;
+    int want = by_startup ? count_unprovided(p, enough, &first) - p->rooms_awaited
+                          : count_eligible(p, enough) - p->connecting.count - p->rooms_awaited;
     if (p->breaker.failures > 0 && want > 1)
         want = 1;
     /* A probe nobody waits for takes free room only: it closes no other pool's idle server. */
@@ -369,16 +459,19 @@ static void maybe_connect(struct pool *p)
                       (uint64_t)worker->cfg->reserve_pool_timeout;
     }
     while (want-- > 0) {
+        if (by_startup && !probe_only)
+            count_unprovided(p, enough, &first); /* the one before has its server coming */
         enum limit_kind k = take_slot(p, use_reserve);
-        if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
-            /* The room comes when the evicted backend has exited (pool_server_gone). */
-            if (!probe_only)
+        bool cap = k == LIMIT_POOL || k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL;
+        if (cap) {
+            /* The room comes when the closed backend has exited (pool_server_gone). */
+            if (!probe_only && !close_idle_unwanted(p, first) && k != LIMIT_POOL)
                 evict_idle_elsewhere(p, k);
             break;
         }
         if (k != LIMIT_NONE)
             break;
-        if (!open_server(p))
+        if (!open_server(p, probe_only ? NULL : first))
             break;
         if (p->breaker.state == BREAKER_OPEN) {
             p->breaker.state = BREAKER_PROBING;
@@ -403,15 +496,59 @@ static const char *check_sql(const struct config *cfg)
     return q->kind == SQL_SETTING_EMPTY_QUERY ? "" : q->text;
 }
 
+/* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
+ * wants (*s). A waiter without one is passed over: its server is opened (maybe_connect). */
+static struct client *first_served_by_idle(const struct pool *p, struct server **s)
+{
+    uint64_t missing = 0;
+    bool any_missing = false;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (p->worker->proc->budgets.n <= 1)
+                break; /* no budgets configured: the head is the only candidate */
+            continue;
+        }
+        uint64_t fp = pool_startup_wanted(p, c);
+        if (any_missing && fp == missing)
+            continue; /* the same as the last one that had none: one look is enough */
+        if ((*s = idle_opened_with(p, fp)) != NULL)
+            return c;
+        missing = fp;
+        any_missing = true;
+    }
+    return NULL;
+}
+
+/* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
+static struct client *first_fitting(const struct pool *p, const struct server *s)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (p->worker->proc->budgets.n <= 1)
+                break;
+            continue;
+        }
+        if (pool_startup_wanted(p, c) == s->startup_fp)
+            return c;
+    }
+    return NULL;
+}
+
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->worker);
     while (!p->paused && !list_empty(&p->idle)) {
-        struct client *c = first_eligible(p);
+        struct server *s = NULL;
+        struct client *c = first_served_by_idle(p, &s);
         if (!c)
             return;
-        struct server *s = container_of(list_first(&p->idle), struct server, node);
         if (needs_check(s, now)) {
             server_set_state(s, SERVER_CHECKING);
             server_queue_internal(s, check_sql(p->worker->cfg));
@@ -538,7 +675,15 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (!p->have_welcome) {
+    if (s->startup_fp != 0 && p->mode != POOL_SESSION) {
+        /* Its reset values are a session client's login values: no use to this mode. */
+        close_server(s, "opened with a session client's startup parameters; pool_mode changed");
+        maybe_connect(p);
+        return;
+    }
+    /* A backend opened with startup parameters that it reports (DateStyle, TimeZone, ...)
+     * reports them, not what another client would be told. */
+    if (!p->have_welcome && params_startup_keeps_reports(&s->startup)) {
         /* A client that sends no application_name has '' in Postgres, not the name sluice's
          * own login gave the server. */
         if (params_copy(&p->welcome, &s->params) == 0 &&
@@ -559,7 +704,7 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = p->paused ? NULL : first_eligible(p);
+    struct client *c = p->paused ? NULL : first_fitting(p, s);
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
@@ -567,6 +712,23 @@ void pool_server_ready(struct server *s)
     server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
     watch_server(s);
+    /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
+    if (!p->paused && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+        maybe_connect(p);
+}
+
+void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlstate,
+                          const char *server_message)
+{
+    pool_connect_succeeded(p); /* it got as far as the options: the database takes logins */
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (pool_startup_wanted(p, c) == startup_fp)
+            p->worker->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, sqlstate);
+    }
+    maybe_connect(p);
 }
 
 bool pool_queue_cleanup(struct server *s)
@@ -585,7 +747,8 @@ bool pool_queue_cleanup(struct server *s)
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
     }
-    if (s->session == SERVER_SESSION_UNKNOWN) {
+    bool was_unknown = s->session == SERVER_SESSION_UNKNOWN;
+    if (was_unknown) {
         /* A client left state sluice cannot undo piecemeal (server.h): DISCARD ALL is the one
          * statement that undoes all of it (role, authorization, parameters, temporary tables,
          * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
@@ -598,8 +761,15 @@ bool pool_queue_cleanup(struct server *s)
         queued = true;
     }
     /* The reset query reset the parameters sluice SET, and in session mode the client's own
-     * statements were not followed: either way the record of them is no longer true. */
-    if (reset || !ops->release_at_idle) {
+     * statements were not followed: either way the record of them is no longer true. After
+     * DISCARD ALL it is again: every parameter is back at its reset value, the startup value
+     * the backend was opened with, or its default. */
+    bool discard_all = was_unknown || (reset && cfg->server_reset_query.kind ==
+                                                    SQL_SETTING_DISCARD_ALL);
+    if (discard_all) {
+        if (params_reset_to_startup(&s->params, &s->startup) < 0)
+            s->close_when_free = true;
+    } else if (reset || !ops->release_at_idle) {
         if (params_forget(&s->params, NULL) < 0)
             s->close_when_free = true;
     }
@@ -628,178 +798,18 @@ void pool_server_gone(struct pool *p, struct pool *room_for)
         p->worker->dispatch_needed = true;
 }
 
-/* The pool of a shared cap's scope that holds the most servers, and how many. */
-static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind k, int *most)
-{
-    const struct pool *best = NULL;
-    *most = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&p->worker->pools, n, tmp)
-    {
-        const struct pool *o = container_of(n, struct pool, node);
-        if ((k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0) ||
-            (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0))
-            continue;
-        if (pool_server_count(o) > *most) {
-            *most = pool_server_count(o);
-            best = o;
-        }
-    }
-    return best;
-}
-
-/* The reason a client waited too long: what actually held it back (a paused pool, servers
- * still logging in, its budget, a shared cap and who holds it, or the
- * pool's own size), with the key and value and what to do. */
-static void describe_wait(const struct pool *p, const struct client *c, uint64_t waited_ms,
-                          char *msg, size_t len)
-{
-    double secs = (double)waited_ms / 1000.0;
-    if (p->paused && p->paused_by == PAUSED_BY_KILL) {
-        snprintf(msg, len,
-                 "database \"%s\" was stopped by KILL on the admin console and stays paused: no "
-                 "server for %.1f s (query_wait_timeout); RESUME %s serves clients again",
-                 p->db_name, secs, p->db_name);
-        return;
-    }
-    if (p->paused) {
-        snprintf(msg, len,
-                 "pool \"%s/%s\" is paused (PAUSE on the admin console): no server for %.1f s "
-                 "(query_wait_timeout); RESUME %s serves clients again",
-                 p->db_name, p->user_name, secs, p->db_name);
-        return;
-    }
-    enum limit_kind k = ledger_lease_limit(p->worker, c->budget);
-    if (k == LIMIT_BUDGET) {
-        snprintf(msg, len,
-                 "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
-                 "(query_wait_timeout); raise max_servers of budget \"%s\" or make its clients "
-                 "hold servers for less time",
-                 c->budget->name, c->budget->leases, c->budget->max_servers, secs, c->budget->name);
-        return;
-    }
-    if (k == LIMIT_RESERVED) {
-        enum limit_kind key;
-        int capacity = budget_shared_capacity(p->worker, &key);
-        snprintf(msg, len,
-                 "no server for budget \"%s\" after %.1f s (query_wait_timeout): of the %d "
-                 "servers %s allows, the free ones are held for other budgets' min_servers; raise "
-                 "%s or lower min_servers",
-                 c->budget->name, secs, capacity, limit_kind_key(key), limit_kind_key(key));
-        return;
-    }
-    if (p->connecting.count > 0 && p->active.count == 0) {
-        snprintf(msg, len,
-                 "pool \"%s/%s\": %d server%s still logging in to the database after %.1f s "
-                 "(query_wait_timeout); the database is slow to accept logins: check it, or "
-                 "raise query_wait_timeout",
-                 p->db_name, p->user_name, p->connecting.count,
-                 p->connecting.count == 1 ? " is" : "s are", secs);
-        return;
-    }
-    k = ledger_pool_limit(p, true);
-    if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
-        int most;
-        const struct pool *holder = largest_in_scope(p, k, &most);
-        char scope[160];
-        if (k == LIMIT_DB)
-            snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);
-        else if (k == LIMIT_USER)
-            snprintf(scope, sizeof(scope), "user \"%s\"", p->user_name);
-        else
-            snprintf(scope, sizeof(scope), "sluice");
-        snprintf(msg, len,
-                 "%s is at %s = %d: no server for pool \"%s/%s\" for %.1f s (query_wait_timeout); "
-                 "pool \"%s/%s\" holds %d of them; raise %s, or find what holds servers with "
-                 "SHOW CLIENTS",
-                 scope, limit_kind_key(k), budget_limit_value(p, c->budget, k), p->db_name,
-                 p->user_name, secs, holder ? holder->db_name : "?",
-                 holder ? holder->user_name : "?", most, limit_kind_key(k));
-        return;
-    }
-    if (k == LIMIT_POOL) {
-        snprintf(
-            msg, len,
-            "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
-            "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
-            p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
-        return;
-    }
-    snprintf(msg, len,
-             "pool \"%s/%s\": no server became free for %.1f s (query_wait_timeout); %d busy, %d "
-             "being reset or closed to make room for this pool; find what holds servers with "
-             "SHOW CLIENTS",
-             p->db_name, p->user_name, secs, p->active.count,
-             p->resetting.count + p->rooms_awaited);
-}
-
-/* A waiter's time is up. Each cause has its own SQLSTATE, so a retry policy can tell them
- * apart: a paused pool (57000), a database that is down (57P03), a full pool or cap (53300). */
-static void fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
-{
-    char msg[768];
-    if (p->paused) {
-        describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        p->worker->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
-    } else if (pool_is_down(p)) {
-        pool_describe_down(p, msg, sizeof(msg));
-        p->worker->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN,
-                                                 msg);
-    } else {
-        describe_wait(p, c, waited_ms, msg, sizeof(msg));
-        p->worker->pool_events->waiter_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT,
-                                                 msg);
-    }
-}
-
-/* How long a client may wait for a server (0: no limit): query_wait_timeout, or the shorter
- * server_down_wait while the breaker says the database is down. */
-static uint64_t wait_limit(const struct pool *p)
-{
-    const struct config *cfg = p->worker->cfg;
-    uint64_t limit = (uint64_t)cfg->query_wait_timeout;
-    uint64_t down = (uint64_t)cfg->server_down_wait;
-    if (pool_is_down(p) && !p->paused && down > 0 && (limit == 0 || down < limit))
-        limit = down;
-    return limit;
-}
-
-/* query_wait_notify (PgBouncer's, with its wording): a logged-in client queued this long gets
- * one NOTICE per wait, so a person at psql knows the pooler, not the query, is slow. */
-static void notify_long_waits(struct pool *p, uint64_t now)
-{
-    int64_t after = p->worker->cfg->query_wait_notify;
-    if (after <= 0)
-        return;
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (now - c->state_since_ms < (uint64_t)after)
-            break; /* FIFO: the rest have waited less */
-        if (c->state != CLIENT_WAITING || c->wait_notice == WAIT_TOLD)
-            continue;
-        c->wait_notice = WAIT_TOLD;
-        char msg[256];
-        snprintf(msg, sizeof(msg),
-                 "No server connection available in pool %s/%s, client being queued",
-                 p->db_name, p->user_name);
-        p->worker->pool_events->waiter_notified(c, msg);
-    }
-}
-
 void pool_maintain(struct pool *p, uint64_t now)
 {
     struct list_node *n, *tmp;
-    notify_long_waits(p, now);
-    uint64_t limit = wait_limit(p);
+    pool_notify_long_waits(p, now);
+    uint64_t limit = pool_wait_limit(p);
     /* FIFO: the head has waited longest; stop at the first one still within its time. */
     while (limit > 0 && !list_empty(&p->waiting)) {
         struct client *c = container_of(list_first(&p->waiting), struct client, node);
         uint64_t waited = now - c->state_since_ms;
         if (waited < limit)
             break;
-        fail_waiter(p, c, waited);
+        pool_fail_waiter(p, c, waited);
     }
     list_for_each(&p->connecting, n, tmp)
         tick_server(container_of(n, struct server, node), now);
@@ -823,12 +833,23 @@ void pool_maintain(struct pool *p, uint64_t now)
     while (!list_empty(&p->idle) &&
            close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
+    /* A reload took the pool out of session mode: servers opened with a session client's
+     * startup parameters serve nobody now (pool_startup_wanted is 0), and hold caps. */
+    if (p->mode != POOL_SESSION) {
+        list_for_each(&p->idle, n, tmp)
+        {
+            struct server *s = container_of(n, struct server, node);
+            if (s->startup_fp != 0)
+                close_server(s, "opened with a session client's startup parameters; pool_mode "
+                                "changed");
+        }
+    }
     /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->worker) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
-        open_server(p);
+        open_server(p, NULL);
 }
 
 void pool_free(struct pool *p)

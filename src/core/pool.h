@@ -117,8 +117,10 @@ struct pool_events {
     /* Its servers: the pool decides when one opens, closes or runs its own queries, and moves
      * them between its lists (server_set_state); opening, pumping and closing are server.c's
      * and server_connect.c's (link_pool_events wires them). */
-    /* Open one more server for p (RESOLVING, counted from now). NULL: it could not start. */
-    struct server *(*open_server)(struct pool *p);
+    /* Open one more server for p (RESOLVING, counted from now) with these startup parameters
+     * (NULL: the pool's own; startup_fp: their fingerprint). NULL: it could not start. */
+    struct server *(*open_server)(struct pool *p, const struct param_set *startup,
+                                  uint64_t startup_fp);
     /* Close s; why: for the log (server_close). */
     void (*close_server)(struct server *s, const char *why);
     /* Close logged-in s so that room_for may open one in its place (server_close_for). */
@@ -179,6 +181,17 @@ void pool_connect_failed(struct pool *p, const char *message);
  * the server's FATAL (sqlstate, server_message) now. why is for the log. */
 void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
                         const char *server_message);
+/* The startup fingerprint (server.h startup_fp) of the server client c may be given: in
+ * session mode a server opened with c's own startup parameters, whose reset values are c's
+ * login values as on Postgres; in the other modes one opened with the pool's own (0), which
+ * params.c's sync and login_reset.c make c's. */
+uint64_t pool_startup_wanted(const struct pool *p, const struct client *c);
+/* A server opened with startup parameters of fingerprint startup_fp was refused them at login
+ * (sqlstate, server_message: Postgres's FATAL): the clients waiting for such a server get that
+ * FATAL; the database is up (the options are read after authentication), so no backoff and no
+ * breaker, and the other waiters are served. */
+void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlstate,
+                          const char *server_message);
 /* Background: timeouts, connects with backoff, min_pool_size, idle server expiry. */
 void pool_maintain(struct pool *p, uint64_t now);
 void pool_free(struct pool *p);

@@ -787,7 +787,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
         int resets_before = login_reset_count(s);
-        if (!track && (p[0] == 'Q' || p[0] == 'P') && c->login_params &&
+        if (!track && (p[0] == 'Q' || p[0] == 'P') && login_reset_follows(s, c) &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
                                   b->wpos - b->scan - CODEC_HEADER_LEN))
             return CLIENT_FRAME_NEED_DATA;
@@ -841,9 +841,9 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             /* A statement that resets login parameters does so at each Bind (login_reset.h).
              * A start sent renamed from s->out is not in c->in to look at. */
             uint32_t shown = started ? 0 : min_u32(len - 4, b->wpos - b->scan - CODEC_HEADER_LEN);
-            if (c->login_params && type == 'P')
+            if (login_reset_follows(s, c) && type == 'P')
                 login_reset_on_parse(c, s, p + CODEC_HEADER_LEN, shown, resets_before);
-            else if (c->login_params)
+            else if (login_reset_follows(s, c))
                 login_reset_on_bind(s, c, p + CODEC_HEADER_LEN, shown);
             s->batch_open = true;
             break;

@@ -229,6 +229,8 @@ static void close_now(struct server *s)
     buf_release(&s->in);
     codec_out_free(&s->out);
     params_free(&s->params);
+    params_free(&s->startup);
+    params_free(&s->login_reports);
     stmt_map_free(&s->stmts);
     stmt_queue_free(&s->reqs);
 }

@@ -86,6 +86,18 @@ struct server {
     struct budget *lease_budget; /* the budget this link is charged to */
 
     struct param_set params; /* the backend's current session parameters */
+    /* The startup parameters its backend was opened with (its only owner): a session-mode
+     * client's login parameters, so that Postgres's own reset values (RESET, DISCARD ALL,
+     * SET ... TO DEFAULT) are that client's; empty: the pool's own. Reported names hold the
+     * backend's spelling once it logged in. startup_fp: params_startup_fingerprint of them as
+     * the client sent them; the pool gives a client a server whose startup_fp it wants
+     * (pool_startup_wanted). */
+    struct param_set startup;
+    uint64_t startup_fp;
+    /* What the backend reported at login: its reset values of the reported parameters. A
+     * client's sync and welcome start from them where the pool has learnt no welcome (its
+     * backends were all opened with reported startup parameters, DateStyle, TimeZone, ...). */
+    struct param_set login_reports;
     struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
     struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */

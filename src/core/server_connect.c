@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "budget.h"
 #include "passthrough.h"
@@ -26,7 +27,7 @@
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
  * filled in where the entry leaves them to the client (room is left for resolver_apply). */
-#define MAX_KEYWORDS 48
+#define MAX_KEYWORDS 51
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
                           const char **val, const char **user_out, bool *password_out)
 {
@@ -38,7 +39,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
     const char *tls_val[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
-    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 13; i++) {
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 16; i++) {
         kw[n] = db->pq_keywords[i];
         val[n] = db->pq_values[i];
         has_dbname |= strcmp(kw[n], "dbname") == 0;
@@ -236,11 +237,64 @@ static const struct server_login_hooks login_hooks = {
     .on_io = on_connecting_io,
 };
 
+/* The keyword's index among kw[0, n), or n after appending it (with a NULL value). */
+static int keyword_slot(const char **kw, const char **val, int *n, const char *name)
+{
+    for (int i = 0; i < *n; i++)
+        if (strcmp(kw[i], name) == 0)
+            return i;
+    kw[*n] = name;
+    val[*n] = NULL;
+    kw[++*n] = NULL;
+    return *n - 1;
+}
+
+/* A server opened with a client's startup parameters (s->startup) logs in with them:
+ * application_name and client_encoding as libpq keywords (the client's value over the database
+ * entry's), the rest as -c in options after the entry's own options (a later -c wins in
+ * Postgres). options owns the text until the login has copied it. 0 or -ENOMEM. */
+static int add_startup(struct server *s, const char **kw, const char **val, int *n,
+                       struct msg_out *options)
+{
+    const struct param_set *startup = &s->startup;
+    for (int i = 0; i < startup->n; i++) {
+        const struct param *p = &startup->items[i];
+        if (!params_is_startup_keyword(p->name))
+            continue;
+        bool app = strcasecmp(p->name, "application_name") == 0;
+        val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
+    }
+    int at = keyword_slot(kw, val, n, "options");
+    if (params_build_startup_options(startup, val[at], options) == 0 && !val[at]) {
+        kw[at] = NULL; /* nothing to pass: the slot appended above goes again */
+        --*n;
+        return 0;
+    }
+    if (options->oom)
+        return -ENOMEM;
+    val[at] = (const char *)options->data;
+    return 0;
+}
+
+static void login_with(struct server *s, const struct db_entry *db, const char **kw,
+                       const char **val, int n, const char *user, bool has_password,
+                       const struct resolver *r);
+
+/* A NOTICE during libpq's login (a client's startup parameter may bring one: "identifier ...
+ * will be truncated"): into sluice's log, escaped, never raw on stderr as libpq's default. */
+static void on_libpq_notice(void *owner, const char *message)
+{
+    char line[512];
+    int n = snprintf(line, sizeof(line), "%s", message);
+    if (n > 0 && (size_t)n < sizeof(line) && line[n - 1] == '\n')
+        line[n - 1] = '\0'; /* libpq's own line end; the log escapes any other */
+    log_server(LOG_DEBUG, owner, "notice at login: %s", line);
+}
+
 static void start_login(struct server *s, const struct resolver *r)
 {
     struct pool *p = s->pool;
-    struct worker *worker = p->worker;
-    const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
+    const struct db_entry *db = config_find_db(p->worker->cfg, p->db_name);
     if (!db) {
         server_connect_failed(s, "the database is no longer configured");
         return;
@@ -249,6 +303,29 @@ static void start_login(struct server *s, const struct resolver *r)
     const char *user = NULL;
     bool has_password = false;
     int n = build_conninfo(p, db, kw, val, &user, &has_password);
+    struct msg_out options;
+    codec_out_init(&options);
+    if (s->startup.n > 0 && log_enabled(LOG_DEBUG)) {
+        char shown[512];
+        size_t at = 0;
+        for (int i = 0; i < s->startup.n && at < sizeof(shown); i++)
+            at += (size_t)snprintf(shown + at, sizeof(shown) - at, "%s%s=%s", i ? ", " : "",
+                                   s->startup.items[i].name, s->startup.items[i].value);
+        log_server(LOG_DEBUG, s, "opened with the client's startup parameters: %s", shown);
+    }
+    if (add_startup(s, kw, val, &n, &options) < 0)
+        server_connect_failed(s, "out of memory");
+    else
+        login_with(s, db, kw, val, n, user, has_password, r);
+    codec_out_free(&options); /* libpq and the passthrough login copied it */
+}
+
+static void login_with(struct server *s, const struct db_entry *db, const char **kw,
+                       const char **val, int n, const char *user, bool has_password,
+                       const struct resolver *r)
+{
+    struct pool *p = s->pool;
+    struct worker *worker = p->worker;
     if (r)
         resolver_apply(r, kw, val, &n);
     char rotated[3][HOST_LIST_MAX]; /* libpq and the passthrough login copy what they keep */
@@ -287,6 +364,7 @@ static void start_login(struct server *s, const struct resolver *r)
     }
     /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
     PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
+    PQsetNoticeProcessor(s->conn, on_libpq_notice, s);
     if (sockio_open(&s->io, worker->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
         server_connect_failed(s, "cannot watch the server socket");
         return;
@@ -307,7 +385,8 @@ static void on_server_resolved(struct resolver *r, void *owner)
     resolver_free(r);
 }
 
-struct server *server_connect(struct pool *p)
+struct server *server_connect(struct pool *p, const struct param_set *startup,
+                              uint64_t startup_fp)
 {
     struct worker *worker = p->worker;
     const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
@@ -329,6 +408,8 @@ struct server *server_connect(struct pool *p)
     s->io.fd = -1;
     s->io.cb = on_connecting_io;
     params_init(&s->params);
+    params_init(&s->startup);
+    params_init(&s->login_reports);
     stmt_map_init(&s->stmts);
     codec_out_init(&s->out);
     list_node_init(&s->node);
@@ -337,6 +418,13 @@ struct server *server_connect(struct pool *p)
     s->state = SERVER_RESOLVING;
     list_append(&p->connecting, &s->node);
     worker->nservers++;
+    if (startup && startup->n > 0) {
+        s->startup_fp = startup_fp;
+        if (params_copy(&s->startup, startup) < 0) {
+            server_connect_failed(s, "out of memory");
+            return NULL;
+        }
+    }
 
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
@@ -442,9 +530,34 @@ static void login_query_failed(struct server *s, const char *why)
         connect_query_failed(s, why);
 }
 
+/* A backend opened with a client's startup parameters took them: its record holds the
+ * unreported ones too (the backend has them), s->startup the backend's spelling of the
+ * reported ones, and the pool knows the values are good for later logins. 0 or -ENOMEM. */
+static int note_startup(struct server *s)
+{
+    if (params_copy(&s->login_reports, &s->params) < 0)
+        return -ENOMEM;
+    for (int i = 0; i < s->startup.n; i++) {
+        const struct param *p = &s->startup.items[i];
+        const char *spelled = params_get(&s->params, p->name);
+        int rc = !params_is_reported(p->name) ? params_set(&s->params, p->name, p->value)
+                 : spelled                    ? params_set(&s->startup, p->name, spelled)
+                                              : 0;
+        if (rc < 0)
+            return rc;
+    }
+    /* As the backend spells them, as after a sync (client_login_synced): a client welcomed
+     * without a server is told the values it asked for (params_known_good) */
+    return params_note_accepted(&s->pool->accepted, &s->startup, 64);
+}
+
 /* Parameters and backend pid known: into the pool. */
 static void logged_in(struct server *s)
 {
+    if (note_startup(s) < 0) {
+        server_close(s, "out of memory");
+        return;
+    }
     s->connect_ms = sluice_now(s->pool->worker);
     pool_connect_succeeded(s->pool);
     log_server(LOG_INFO, s, "connected to backend pid %d%s in %llu ms", s->backend_pid,
@@ -579,9 +692,33 @@ static bool refusal_is_final(const char *sqlstate)
  * NULL for a failure of sluice's or libpq's own): a refusal that retrying will not mend reaches
  * the pool's waiting clients as the server's own FATAL; anything else (too many clients,
  * starting up) is a failed connect. why is for the log. */
+/* What Postgres answers a startup parameter it refuses (process_startup_options raises the
+ * set_config error to FATAL): 42704 no such parameter, 22023 and the rest of class 22 a bad
+ * value, 42501 not permitted, 55P02 not settable now, 0A000 not supported. The backend's own
+ * reason, not the database's: it says nothing of whether the database takes connections. */
+static bool refusal_is_startup_option(const struct server *s, const char *sqlstate)
+{
+    return s->startup.n > 0 && sqlstate &&
+           (strncmp(sqlstate, "22", 2) == 0 || strcmp(sqlstate, "42704") == 0 ||
+            strcmp(sqlstate, "42501") == 0 || strncmp(sqlstate, "55", 2) == 0 ||
+            strcmp(sqlstate, "0A000") == 0);
+}
+
 static void login_failed(struct server *s, const char *why, const char *sqlstate,
                          const char *message)
 {
+    if (refusal_is_startup_option(s, sqlstate)) {
+        /* The clients that want these startup parameters get Postgres's FATAL; no backoff, no
+         * breaker: the others are served as before. */
+        char state[6], text[512];
+        snprintf(state, sizeof(state), "%s", sqlstate);
+        snprintf(text, sizeof(text), "%s", message);
+        struct pool *p = s->pool;
+        uint64_t fp = s->startup_fp;
+        server_close(s, why);
+        pool_startup_refused(p, fp, state, text);
+        return;
+    }
     if (!refusal_is_final(sqlstate)) {
         server_connect_failed(s, why);
         return;

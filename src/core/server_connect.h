@@ -6,13 +6,19 @@
 #ifndef SLUICE_SERVER_CONNECT_H
 #define SLUICE_SERVER_CONNECT_H
 
+#include <stdint.h>
+
+struct param_set;
 struct pool;
 struct server;
 
-/* Start a new connection for the pool (state RESOLVING). The caller has taken the pool's slot in
- * the ledger (ledger_take_server): the server holds it from here until it is gone, and when no
- * server is made the slot is given back here. NULL when it could not even start. */
-struct server *server_connect(struct pool *pool);
+/* Start a new connection for the pool (state RESOLVING), opened with `startup` (a session-mode
+ * client's startup parameters, copied; NULL or empty: the pool's own) whose
+ * params_startup_fingerprint is startup_fp. The caller has taken the pool's slot in the ledger
+ * (ledger_take_server): the server holds it from here until it is gone, and when no server is
+ * made the slot is given back here. NULL when it could not even start. */
+struct server *server_connect(struct pool *pool, const struct param_set *startup,
+                              uint64_t startup_fp);
 /* A connection that never got to serve (connect, login, probe): close it and tell its pool, which
  * backs off and answers its waiting clients with why. */
 void server_connect_failed(struct server *s, const char *why);

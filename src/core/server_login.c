@@ -66,7 +66,7 @@ struct server_login {
     char *host;   /* the name: for verify-full, SNI and messages */
     char *addr_text; /* where to connect: hostaddr, else host */
     char *port;
-    char *user, *dbname, *options, *app_name;
+    char *user, *dbname, *options, *app_name, *client_encoding;
     enum ssl_want ssl_want;
     char *sslrootcert, *sslcert, *sslkey;
 
@@ -161,6 +161,7 @@ void server_login_free(struct server *s)
     free(l->user);
     free(l->dbname);
     free(l->options);
+    free(l->client_encoding);
     free(l->app_name);
     free(l->sslrootcert);
     free(l->sslcert);
@@ -365,7 +366,7 @@ static void ssl_answer(struct server *s)
 static void send_startup(struct server *s)
 {
     struct server_login *l = s->login;
-    const char *names[5], *values[5];
+    const char *names[6], *values[6];
     int n = 0;
     names[n] = "user";
     values[n++] = l->user;
@@ -374,6 +375,10 @@ static void send_startup(struct server *s)
     if (l->app_name) { /* the database entry's; none by default (build_conninfo says why) */
         names[n] = "application_name";
         values[n++] = l->app_name;
+    }
+    if (l->client_encoding) { /* a session-mode client's own (server_connect.c add_startup) */
+        names[n] = "client_encoding";
+        values[n++] = l->client_encoding;
     }
     if (l->options) {
         names[n] = "options";
@@ -720,6 +725,7 @@ int server_login_start(struct server *s, const char *const *kw, const char *cons
     l->dbname = dup_or_null(kw_get(kw, val, "dbname"));
     l->options = dup_or_null(kw_get(kw, val, "options"));
     l->app_name = dup_or_null(app_name);
+    l->client_encoding = dup_or_null(kw_get(kw, val, "client_encoding"));
     l->sslrootcert = dup_or_null(kw_get(kw, val, "sslrootcert"));
     l->sslcert = dup_or_null(kw_get(kw, val, "sslcert"));
     l->sslkey = dup_or_null(kw_get(kw, val, "sslkey"));

@@ -404,6 +404,14 @@ static uint64_t entry_hash(const char *name, const char *value)
         h ^= (uint8_t)*p;
         h *= 1099511628211ull;
     }
+    /* Finish with a full avalanche (MurmurHash3's fmix64): FNV-1a's last byte moves few bits,
+     * and sums of such hashes collide (application_name=app0 with statement_timeout=1000, and
+     * app3 with 1003, summed to one fingerprint: the sync was skipped). */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
     return h;
 }
 
@@ -594,4 +602,75 @@ int params_parse_options(struct param_set *p, const char *options)
     int rc = parse_option_words(p, s, word, word_cap);
     free(word);
     return rc;
+}
+
+uint64_t params_startup_fingerprint(const struct param_set *startup)
+{
+    uint64_t fp = 0;
+    for (int i = 0; i < startup->n; i++)
+        fp += entry_hash(startup->items[i].name, startup->items[i].value);
+    return startup->n > 0 && fp == 0 ? 1 : fp;
+}
+
+bool params_is_startup_keyword(const char *name)
+{
+    return strcasecmp(name, "application_name") == 0 || strcasecmp(name, "client_encoding") == 0;
+}
+
+/* A word of options as pg_split_opts reads it back: a backslash takes the next byte as is. */
+static void put_option_word(struct msg_out *o, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || isspace((unsigned char)*s))
+            codec_put_u8(o, '\\');
+        codec_put_u8(o, (uint8_t)*s);
+    }
+}
+
+int params_build_startup_options(const struct param_set *startup, const char *before,
+                                 struct msg_out *out)
+{
+    int n = 0;
+    if (before && before[0])
+        put_str(out, before);
+    for (int i = 0; i < startup->n; i++) {
+        const struct param *p = &startup->items[i];
+        if (params_is_startup_keyword(p->name))
+            continue;
+        if (out->len > 0)
+            codec_put_u8(out, ' ');
+        put_str(out, "-c ");
+        put_option_word(out, p->name);
+        codec_put_u8(out, '=');
+        put_option_word(out, p->value);
+        n++;
+    }
+    codec_put_u8(out, 0);
+    return n;
+}
+
+int params_reset_to_startup(struct param_set *server, const struct param_set *startup)
+{
+    for (int i = server->n - 1; i >= 0; i--) {
+        const char *name = server->items[i].name;
+        if (!params_is_reported(name) && !params_get(startup, name) &&
+            params_set(server, name, NULL) < 0)
+            return -ENOMEM;
+    }
+    for (int i = 0; i < startup->n; i++) {
+        const struct param *p = &startup->items[i];
+        if (!params_is_reported(p->name) && params_set(server, p->name, p->value) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+bool params_startup_keeps_reports(const struct param_set *startup)
+{
+    for (int i = 0; i < startup->n; i++) {
+        const char *name = startup->items[i].name;
+        if (params_is_reported(name) && strcasecmp(name, "application_name") != 0)
+            return false;
+    }
+    return true;
 }

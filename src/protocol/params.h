@@ -107,6 +107,29 @@ int params_note_accepted(struct param_set *accepted, const struct param_set *own
 int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
     __attribute__((warn_unused_result));
 
+/* The startup parameters a backend is opened with (session mode: a client's own, so that
+ * Postgres's reset values are that client's login values). Order does not matter, names compare
+ * case-insensitively; an empty set (the pool's own parameters) is 0, and no other set is. */
+uint64_t params_startup_fingerprint(const struct param_set *startup);
+/* Append to out (NUL-terminated) a startup "options" value holding -c name=value for each of
+ * `startup`'s names but application_name and client_encoding (libpq keywords of their own),
+ * after `before` (the database entry's own options, or NULL): a space or backslash in a value
+ * is escaped with a backslash, as Postgres's pg_split_opts reads it. Returns the count of -c. */
+int params_build_startup_options(const struct param_set *startup, const char *before,
+                                 struct msg_out *out);
+/* A startup parameter passed as a libpq keyword of its own rather than in options. */
+bool params_is_startup_keyword(const char *name);
+/* server holds a backend's parameters right after a reset that took every one back to its
+ * reset value (DISCARD ALL, RESET ALL): for names Postgres does not report, those are the
+ * startup values the backend was opened with; every other unreported name is at its default
+ * (removed). Reported names are told by the backend itself. 0 or -ENOMEM. */
+int params_reset_to_startup(struct param_set *server, const struct param_set *startup)
+    __attribute__((warn_unused_result));
+/* Does a backend opened with `startup` report, at login and after a reset, the same values as
+ * one opened with the pool's own parameters (none of the names but application_name is
+ * reported)? Only such a backend's login teaches the pool its welcome. */
+bool params_startup_keeps_reports(const struct param_set *startup);
+
 /* The startup packet's "options" (-c name=value / --name=value): parse into p. 0, or -EINVAL
  * when the options cannot be understood. */
 int params_parse_options(struct param_set *p, const char *options)

@@ -13,9 +13,13 @@ Transaction mode gets only scripts inside its documented limits (docs/pool-modes
 temporary tables, WITH HOLD cursors, session SET/set_config of unreported parameters, or SQL
 PREPARE outside a transaction block. Resets of parameters the client set at login come every way
 sluice follows them (simple Query, Parse/Bind/Execute, pipelined, SET LOCAL name TO DEFAULT,
-set_config(name, NULL, ...)); what they return inside the same request (a statement after the
-reset, set_config's own result) is not looked at: that is the backend's reset value, a
-documented difference.
+set_config(name, NULL, ...)); in transaction mode what they return inside the same request (a
+statement after the reset, set_config's own result) is not looked at: that is the backend's reset
+value, a documented difference. Session mode opens each backend with its client's startup
+parameters and matches Postgres there too: its scripts also hold statements after a reset in the
+same Query or extended batch, set_config(name, NULL, ...)'s own result, resets inside DO blocks,
+SET LOCAL name TO DEFAULT with a session-wide reset in one request, and a custom login parameter
+(-c app.x=...).
 
 Each feature can be switched off (FEATURES); a failing scenario is shrunk (clients, then blocks)
 and printed as a script, with the command that reruns its seed.
@@ -110,6 +114,11 @@ PROBE_SQL = ("SELECT " + ", ".join(f"current_setting('{p}') AS \"{p}\"" for p in
                                    if p not in PARAMS_NOT_COMPARED)
              + ", now() = statement_timestamp() AS outside_txn,"
              " '2024-03-05 10:00+00'::timestamptz::text, interval '1 day 2 hours'")
+
+
+# session mode: a custom parameter some clients set at login, probed too
+CUSTOM = "app.x"
+SESSION_PROBE_SQL = PROBE_SQL + f", current_setting('{CUSTOM}', true) AS custom"
 
 
 def table_of(ci):
@@ -249,10 +258,45 @@ class Gen:
     def ext_ops(self, sql):
         return [("P", "", sql), ("B", "", "", []), ("E", "", 0), ("S",)]
 
+    def g_session_reset(self):
+        """Session mode only (its backend was opened with the client's startup parameters, so
+        Postgres's reset values are the login values): what a reset returns in its own request
+        (a statement after it in the same Query or batch, set_config's own result), a reset
+        inside a DO block, SET LOCAL name TO DEFAULT with a session-wide reset in one request,
+        and the custom login parameter."""
+        r = self.r
+        names = list(REPORTED) + list(UNREPORTED) + [CUSTOM]
+        p = r.choice(names)
+        sql = r.choice(["RESET ALL", "DISCARD ALL", f"RESET {p}", f"SET {p} TO DEFAULT"])
+        choice = r.randrange(6)
+        if choice == 0:
+            return Block("set", [("Q", f"{sql}; {SESSION_PROBE_SQL}"), ("Q", SESSION_PROBE_SQL)])
+        if choice == 1:
+            return Block("set", [("P", "", sql), ("B", "", "", []), ("E", "", 0),
+                                 ("P", "", SESSION_PROBE_SQL), ("B", "", "", []), ("E", "", 0),
+                                 ("S",), ("Q", SESSION_PROBE_SQL)])
+        if choice == 2:
+            return Block("set", [("Q", f"SELECT set_config('{p}', NULL, false)"),
+                                 ("Q", SESSION_PROBE_SQL)])
+        if choice == 3:
+            body = r.choice([f"RESET {p};", f"PERFORM set_config('{p}', NULL, false);",
+                             "RESET ALL;"])
+            return Block("set", [("Q", f"DO $$BEGIN {body} END$$"), ("Q", SESSION_PROBE_SQL)])
+        q = r.choice(names)
+        if choice == 4:
+            return Block("set", [("Q", "BEGIN"), ("Q", f"SET LOCAL {p} TO DEFAULT; RESET {q}"),
+                                 ("Q", SESSION_PROBE_SQL), ("Q", r.choice(["COMMIT", "ROLLBACK"])),
+                                 ("Q", SESSION_PROBE_SQL)])
+        v = r.choice(["2", "two", ""])
+        return Block("set", [("Q", f"SET {CUSTOM} = '{v}'"), ("Q", f"{sql}; SET {q} TO DEFAULT"),
+                             ("Q", SESSION_PROBE_SQL)])
+
     def g_reset(self):
         """Resets of (login) parameters by the extended protocol, pipelined, SET LOCAL name TO
         DEFAULT and set_config(name, NULL, ...); the probe is always a request of its own."""
         r = self.r
+        if self.session and r.random() < 0.4:
+            return self.g_session_reset()
         p = r.choice(list(REPORTED) + (list(UNREPORTED) if self.session else []))
         sql = r.choice(["RESET ALL", "DISCARD ALL", f"RESET {p}", f"SET {p} TO DEFAULT",
                         f"SELECT count(*) FROM (SELECT set_config('{p}', NULL, false)) AS s"])
@@ -581,6 +625,8 @@ def generate(seed, mode, features=ALL_FEATURES):
                 vals = UNREPORTED.get(p) or REPORTED.get(p)
                 v = rng.choice(vals).replace(" ", "\\ ").replace(",", "\\,").replace("'", "")
                 opts.append(f"-c {p}={v}")
+            if mode == "session" and rng.random() < 0.4:
+                opts.append(f"-c {CUSTOM}=" + rng.choice(["1", "one", "x\\ y"]))
             startup["options"] = " ".join(opts)
             if rng.random() < 0.5 and "application_name" not in PARAMS_NOT_COMPARED:
                 startup["application_name"] = rng.choice(["", "app one", "difftest"])

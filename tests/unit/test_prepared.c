@@ -505,6 +505,34 @@ static const char *sync_text(const struct param_set *own, const struct param_set
     return out;
 }
 
+/* Sets that differ only in the last byte of two values: FNV-1a sums once collided here, and the
+ * sync of application_name was skipped (so was the startup fingerprint's match). */
+static void fingerprints_of_sets_differing_in_last_bytes_differ(void)
+{
+    struct param_set a, b;
+    for (int i = 0; i < 10; i++) {
+        for (int j = 0; j < 10; j++) {
+            if (i == j)
+                continue;
+            params_init(&a);
+            params_init(&b);
+            char app[8], timeout[8];
+            snprintf(app, sizeof(app), "app%d", i);
+            snprintf(timeout, sizeof(timeout), "100%d", i);
+            CHECK(params_set(&a, "application_name", app) == 0);
+            CHECK(params_set(&a, "statement_timeout", timeout) == 0);
+            snprintf(app, sizeof(app), "app%d", j);
+            snprintf(timeout, sizeof(timeout), "100%d", j);
+            CHECK(params_set(&b, "application_name", app) == 0);
+            CHECK(params_set(&b, "statement_timeout", timeout) == 0);
+            CHECK(params_fingerprint(NULL, &a) != params_fingerprint(NULL, &b));
+            CHECK(params_startup_fingerprint(&a) != params_startup_fingerprint(&b));
+            params_free(&a);
+            params_free(&b);
+        }
+    }
+}
+
 static void an_unknown_server_value_is_set_again_or_reset(void)
 {
     struct param_set own, server;
@@ -707,6 +735,7 @@ int main(void)
     RUN(errors_name_the_clients_statements);
     RUN(session_level_sql_is_detected);
     RUN(parameters_a_statement_may_change_are_named);
+    RUN(fingerprints_of_sets_differing_in_last_bytes_differ);
     RUN(resets_to_login_values_are_named_when_last);
     RUN(transaction_scoped_and_tracked_sql_is_not_flagged);
     return CHECK_DONE();

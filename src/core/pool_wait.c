@@ -1,0 +1,172 @@
+/* pool_wait: what a client waiting for a server of its pool is told, split from pool.c, which
+ * decides who waits: how long it may wait (query_wait_timeout, or server_down_wait while the
+ * database is down), the NOTICE after query_wait_notify, and when its time is up the reason
+ * that actually held it back, with the key, its value and what to do. */
+#include "pool_wait.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "budget.h"
+#include "client.h"
+#include "ledger.h"
+#include "pool_breaker.h"
+#include "sluice.h"
+
+/* The pool of a shared cap's scope that holds the most servers, and how many. */
+static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind k, int *most)
+{
+    const struct pool *best = NULL;
+    *most = 0;
+    struct list_node *n, *tmp;
+    list_for_each(&p->worker->pools, n, tmp)
+    {
+        const struct pool *o = container_of(n, struct pool, node);
+        if ((k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0) ||
+            (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0))
+            continue;
+        if (pool_server_count(o) > *most) {
+            *most = pool_server_count(o);
+            best = o;
+        }
+    }
+    return best;
+}
+
+/* The reason a client waited too long: what actually held it back (a paused pool, servers
+ * still logging in, its budget, a shared cap and who holds it, or the
+ * pool's own size), with the key and value and what to do. */
+static void describe_wait(const struct pool *p, const struct client *c, uint64_t waited_ms,
+                          char *msg, size_t len)
+{
+    double secs = (double)waited_ms / 1000.0;
+    if (p->paused && p->paused_by == PAUSED_BY_KILL) {
+        snprintf(msg, len,
+                 "database \"%s\" was stopped by KILL on the admin console and stays paused: no "
+                 "server for %.1f s (query_wait_timeout); RESUME %s serves clients again",
+                 p->db_name, secs, p->db_name);
+        return;
+    }
+    if (p->paused) {
+        snprintf(msg, len,
+                 "pool \"%s/%s\" is paused (PAUSE on the admin console): no server for %.1f s "
+                 "(query_wait_timeout); RESUME %s serves clients again",
+                 p->db_name, p->user_name, secs, p->db_name);
+        return;
+    }
+    enum limit_kind k = ledger_lease_limit(p->worker, c->budget);
+    if (k == LIMIT_BUDGET) {
+        snprintf(msg, len,
+                 "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
+                 "(query_wait_timeout); raise max_servers of budget \"%s\" or make its clients "
+                 "hold servers for less time",
+                 c->budget->name, c->budget->leases, c->budget->max_servers, secs, c->budget->name);
+        return;
+    }
+    if (k == LIMIT_RESERVED) {
+        enum limit_kind key;
+        int capacity = budget_shared_capacity(p->worker, &key);
+        snprintf(msg, len,
+                 "no server for budget \"%s\" after %.1f s (query_wait_timeout): of the %d "
+                 "servers %s allows, the free ones are held for other budgets' min_servers; raise "
+                 "%s or lower min_servers",
+                 c->budget->name, secs, capacity, limit_kind_key(key), limit_kind_key(key));
+        return;
+    }
+    if (p->connecting.count > 0 && p->active.count == 0) {
+        snprintf(msg, len,
+                 "pool \"%s/%s\": %d server%s still logging in to the database after %.1f s "
+                 "(query_wait_timeout); the database is slow to accept logins: check it, or "
+                 "raise query_wait_timeout",
+                 p->db_name, p->user_name, p->connecting.count,
+                 p->connecting.count == 1 ? " is" : "s are", secs);
+        return;
+    }
+    k = ledger_pool_limit(p, true);
+    if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
+        int most;
+        const struct pool *holder = largest_in_scope(p, k, &most);
+        char scope[160];
+        if (k == LIMIT_DB)
+            snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);
+        else if (k == LIMIT_USER)
+            snprintf(scope, sizeof(scope), "user \"%s\"", p->user_name);
+        else
+            snprintf(scope, sizeof(scope), "sluice");
+        snprintf(msg, len,
+                 "%s is at %s = %d: no server for pool \"%s/%s\" for %.1f s (query_wait_timeout); "
+                 "pool \"%s/%s\" holds %d of them; raise %s, or find what holds servers with "
+                 "SHOW CLIENTS",
+                 scope, limit_kind_key(k), budget_limit_value(p, c->budget, k), p->db_name,
+                 p->user_name, secs, holder ? holder->db_name : "?",
+                 holder ? holder->user_name : "?", most, limit_kind_key(k));
+        return;
+    }
+    if (k == LIMIT_POOL) {
+        snprintf(
+            msg, len,
+            "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
+            "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
+            p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
+        return;
+    }
+    snprintf(msg, len,
+             "pool \"%s/%s\": no server became free for %.1f s (query_wait_timeout); %d busy, %d "
+             "being reset or closed to make room for this pool; find what holds servers with "
+             "SHOW CLIENTS",
+             p->db_name, p->user_name, secs, p->active.count,
+             p->resetting.count + p->rooms_awaited);
+}
+
+/* A waiter's time is up. Each cause has its own SQLSTATE, so a retry policy can tell them
+ * apart: a paused pool (57000), a database that is down (57P03), a full pool or cap (53300). */
+void pool_fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
+{
+    char msg[768];
+    if (p->paused) {
+        describe_wait(p, c, waited_ms, msg, sizeof(msg));
+        p->worker->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
+    } else if (pool_is_down(p)) {
+        pool_describe_down(p, msg, sizeof(msg));
+        p->worker->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
+    } else {
+        describe_wait(p, c, waited_ms, msg, sizeof(msg));
+        p->worker->pool_events->waiter_timed_out(c, FAIL_WAIT_TIMEOUT_RETRY, FAIL_WAIT_TIMEOUT, msg);
+    }
+}
+
+/* How long a client may wait for a server (0: no limit): query_wait_timeout, or the shorter
+ * server_down_wait while the breaker says the database is down. */
+uint64_t pool_wait_limit(const struct pool *p)
+{
+    const struct config *cfg = p->worker->cfg;
+    uint64_t limit = (uint64_t)cfg->query_wait_timeout;
+    uint64_t down = (uint64_t)cfg->server_down_wait;
+    if (pool_is_down(p) && !p->paused && down > 0 && (limit == 0 || down < limit))
+        limit = down;
+    return limit;
+}
+
+/* query_wait_notify (PgBouncer's, with its wording): a logged-in client queued this long gets
+ * one NOTICE per wait, so a person at psql knows the pooler, not the query, is slow. */
+void pool_notify_long_waits(struct pool *p, uint64_t now)
+{
+    int64_t after = p->worker->cfg->query_wait_notify;
+    if (after <= 0)
+        return;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (now - c->state_since_ms < (uint64_t)after)
+            break; /* FIFO: the rest have waited less */
+        if (c->state != CLIENT_WAITING || c->wait_notice == WAIT_TOLD)
+            continue;
+        c->wait_notice = WAIT_TOLD;
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "No server connection available in pool %s/%s, client being queued",
+                 p->db_name, p->user_name);
+        p->worker->pool_events->waiter_notified(c, msg);
+    }
+}
