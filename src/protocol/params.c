@@ -2,6 +2,8 @@
  * case-insensitively, as GUC names do. */
 #include "params.h"
 
+#include "siphash.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -392,27 +394,18 @@ int params_build_restore(const struct param_set *login, bool local, struct param
 
 static uint64_t entry_hash(const char *name, const char *value)
 {
-    /* FNV-1a 64 over lower-cased name, '=', value; entries are summed, so order does not matter */
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = name; *p; p++) {
-        h ^= (uint8_t)tolower((unsigned char)*p);
-        h *= 1099511628211ull;
-    }
-    h ^= '=';
-    h *= 1099511628211ull;
-    for (const char *p = value; *p; p++) {
-        h ^= (uint8_t)*p;
-        h *= 1099511628211ull;
-    }
-    /* Finish with a full avalanche (MurmurHash3's fmix64): FNV-1a's last byte moves few bits,
-     * and sums of such hashes collide (application_name=app0 with statement_timeout=1000, and
-     * app3 with 1003, summed to one fingerprint: the sync was skipped). */
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
+    /* SipHash-2-4 under the process's secret key over lower-cased name, '=', value; entries are
+     * summed, so order does not matter. A client chooses its parameters, and equal fingerprints
+     * skip a sync (or, in session mode, pick a backend opened with another client's startup
+     * parameters): with an unkeyed hash a sum is easy to steer onto another client's (its
+     * parameters guessed, padded with custom `-c app.x=...` entries). With a key it is not. */
+    struct siphash h;
+    siphash_init(&h, siphash_process_key());
+    for (const char *p = name; *p; p++)
+        siphash_byte(&h, (uint8_t)tolower((unsigned char)*p));
+    siphash_byte(&h, '=');
+    siphash_update(&h, value, strlen(value));
+    return siphash_final(&h);
 }
 
 uint64_t params_fingerprint(const struct param_set *base, const struct param_set *own)

@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "params.h"
+#include "siphash.h"
 #include "prepared.h"
 #include "stmt_names.h"
 #include "session_state.h"
@@ -533,6 +536,67 @@ static void fingerprints_of_sets_differing_in_last_bytes_differ(void)
     }
 }
 
+/* SipHash-2-4's reference vectors (key 00..0f, message 00..len-1), fed whole and byte by byte. */
+static void siphash_matches_the_reference_vectors(void)
+{
+    uint8_t key[16], msg[16];
+    for (int i = 0; i < 16; i++)
+        key[i] = msg[i] = (uint8_t)i;
+    const struct {
+        size_t len;
+        uint64_t want;
+    } v[] = {{0, 0x726fdb47dd0e0e31ull}, {1, 0x74f839c593dc67fdull}, {15, 0xa129ca6149be45e5ull}};
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        CHECK(siphash24(key, msg, v[i].len) == v[i].want);
+        struct siphash h;
+        siphash_init(&h, key);
+        for (size_t j = 0; j < v[i].len; j++)
+            siphash_byte(&h, msg[j]);
+        CHECK(siphash_final(&h) == v[i].want);
+        siphash_init(&h, key); /* pieces that straddle the 8-byte blocks */
+        siphash_update(&h, msg, v[i].len / 3);
+        siphash_update(&h, msg + v[i].len / 3, v[i].len - v[i].len / 3);
+        CHECK(siphash_final(&h) == v[i].want);
+    }
+}
+
+/* The fingerprint of one set in one process. */
+static uint64_t fingerprint_in_a_child(void)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct param_set a;
+        params_init(&a);
+        uint64_t fp = 0;
+        if (params_set(&a, "search_path", "app") == 0)
+            fp = params_startup_fingerprint(&a);
+        _exit(write(fds[1], &fp, sizeof(fp)) == (ssize_t)sizeof(fp) ? 0 : 1);
+    }
+    close(fds[1]);
+    uint64_t fp = 0;
+    if (pid < 0 || read(fds[0], &fp, sizeof(fp)) != (ssize_t)sizeof(fp))
+        fp = 0;
+    close(fds[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return fp;
+}
+
+/* Fingerprints are keyed by a secret drawn per process: equal fingerprints skip a sync (and
+ * pick a session backend), and a client chooses its parameters, so with a hash anyone can
+ * compute (as before: FNV-1a, the same in every sluice) a client could pad its set with
+ * custom `-c app.x=...` entries until its sum equals another client's. Two processes must not
+ * agree (odds 2^-64). Runs before anything in this process draws the key. */
+static void fingerprints_are_keyed_per_process(void)
+{
+    uint64_t one = fingerprint_in_a_child(), other = fingerprint_in_a_child();
+    CHECK(one != 0 && other != 0);
+    CHECK(one != other);
+}
+
 static void an_unknown_server_value_is_set_again_or_reset(void)
 {
     struct param_set own, server;
@@ -713,6 +777,8 @@ static void client_maps_count_their_statement_text(void)
 
 int main(void)
 {
+    RUN(fingerprints_are_keyed_per_process); /* first: no key drawn yet */
+    RUN(siphash_matches_the_reference_vectors);
     RUN(client_maps_count_their_statement_text);
     RUN(changes_no_record_can_follow_are_unnamed);
     RUN(statement_name_keys_are_the_first_63_bytes);
