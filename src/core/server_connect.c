@@ -287,12 +287,11 @@ static void login_with(struct server *s, const struct db_entry *db, const char *
 static void on_libpq_notice(void *owner, const PGresult *res)
 {
     struct server *s = owner;
-    login_notice_learn(&s->pool->worker->login_notice_src,
-                       PQresultErrorField(res, PG_DIAG_SQLSTATE),
-                       PQresultErrorField(res, PG_DIAG_SEVERITY),
-                       PQresultErrorField(res, PG_DIAG_SOURCE_FILE),
-                       PQresultErrorField(res, PG_DIAG_SOURCE_LINE),
-                       PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION));
+    login_notice_learn(
+        &s->pool->worker->login_notice_src, PQresultErrorField(res, PG_DIAG_SQLSTATE),
+        PQresultErrorField(res, PG_DIAG_SEVERITY), PQresultErrorField(res, PG_DIAG_SOURCE_FILE),
+        PQresultErrorField(res, PG_DIAG_SOURCE_LINE),
+        PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION));
     char line[512];
     int n = snprintf(line, sizeof(line), "%s", PQresultErrorMessage(res));
     if (n > 0 && (size_t)n < sizeof(line) && line[n - 1] == '\n')

@@ -84,9 +84,8 @@ static void copy_field(char *dst, size_t cap, const char *value)
     snprintf(dst, cap, "%s", value ? value : "");
 }
 
-void login_notice_learn(struct login_notice_source *src, const char *sqlstate,
-                        const char *severity, const char *file, const char *line,
-                        const char *routine)
+void login_notice_learn(struct login_notice_source *src, const char *sqlstate, const char *severity,
+                        const char *file, const char *line, const char *routine)
 {
     if (!sqlstate || strcmp(sqlstate, "42622") != 0 || src->file[0])
         return;

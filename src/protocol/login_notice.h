@@ -40,9 +40,8 @@ void login_notice_put(struct msg_out *o, const char *plan, const char *server_en
 
 /* A backend's notice, as fields (NULL: absent): a 42622 one teaches src where Postgres raises
  * it. login_notice_learn_body reads them from a NoticeResponse body. */
-void login_notice_learn(struct login_notice_source *src, const char *sqlstate,
-                        const char *severity, const char *file, const char *line,
-                        const char *routine);
+void login_notice_learn(struct login_notice_source *src, const char *sqlstate, const char *severity,
+                        const char *file, const char *line, const char *routine);
 void login_notice_learn_body(struct login_notice_source *src, const uint8_t *body, size_t len);
 
 #endif

@@ -327,15 +327,16 @@ static bool cut_by_sluice(const char *v)
     return needs_cleaning && n >= 64;
 }
 
-static void put_clean_ascii_literal(struct msg_out *o, const char *v, const struct param_set *server)
+static void put_clean_ascii_literal(struct msg_out *o, const char *v,
+                                    const struct param_set *server)
 {
     const char *version = params_get(server, "server_version");
     bool hex = version && atoi(version) >= 16;
     struct msg_out clean;
     codec_out_init(&clean);
-    const char *end = v + (cut_by_sluice(v)
-                               ? params_name_kept_len(v, params_get(server, "server_encoding"))
-                               : strlen(v));
+    const char *end =
+        v + (cut_by_sluice(v) ? params_name_kept_len(v, params_get(server, "server_encoding"))
+                              : strlen(v));
     for (; v < end; v++) {
         unsigned char b = (unsigned char)*v;
         if (b >= 32 && b <= 126) {
