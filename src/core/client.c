@@ -365,6 +365,8 @@ void client_close(struct client *c, const char *reason)
     buf_release(&c->in);
     codec_out_free(&c->out);
     params_free(&c->params);
+    free(c->login_notices);
+    c->login_notices = NULL;
     if (c->login_params) {
         params_free(c->login_params);
         free(c->login_params);

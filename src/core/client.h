@@ -72,6 +72,9 @@ struct client {
     /* Its startup parameters as the server spells them (NULL: none): Postgres's reset values
      * for them, which RESET, RESET ALL and DISCARD ALL give back (relay.c). */
     struct param_set *login_params;
+    /* What Postgres would tell it at login besides the welcome (login_notice_plan), until its
+     * welcome is written; NULL: nothing (the common case). */
+    char *login_notices;
     /* Its prepared statements that may reset those (login_reset.c); NULL: none */
     struct login_reset_statements *reset_statements;
     uint64_t params_fp;      /* params_fingerprint of what it wants, as of params_fp_gen */

@@ -19,6 +19,7 @@
 #include "cancel.h"
 #include "client.h"
 #include "log.h"
+#include "login_notice.h"
 #include "pool.h"
 #include "pool_mode.h"
 #include "sluice.h"
@@ -171,12 +172,20 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         }
     }
     c->startup_fp = params_startup_fingerprint(&c->params);
+    if (!c->admin)
+        c->login_notices = login_notice_plan(&c->params);
     client_set_state(c, CLIENT_AUTH);
     start_auth(c);
 }
 
 void client_send_welcome(struct client *c, const struct param_set *server_params)
 {
+    /* Postgres's login NOTICEs come after AuthenticationOk, before the first ParameterStatus:
+     * nothing is written to the client between the two. */
+    login_notice_put(&c->out, c->login_notices, params_get(server_params, "server_encoding"),
+                     &c->worker->login_notice_src);
+    free(c->login_notices);
+    c->login_notices = NULL;
     for (int i = 0; i < server_params->n; i++) {
         const struct param *p = &server_params->items[i];
         if (!params_is_reported(p->name))

@@ -22,6 +22,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "login_notice.h"
 #include "pool.h"
 #include "pool_mode.h"
 #include "request_track.h"
@@ -191,6 +192,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
             return STOP_NEED_FLUSH;
+        /* A NOTICE answering sluice's own sync (set_config of a long application_name) is
+         * swallowed, but tells where Postgres raises the one a client is due at login. */
+        if (type == 'N' && s->swallow > 0 && avail >= whole)
+            login_notice_learn_body(&s->pool->worker->login_notice_src, p + CODEC_HEADER_LEN,
+                                    len - 4);
         if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);
             forget_statements_if_missing(s, p, whole);

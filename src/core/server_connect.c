@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "budget.h"
+#include "login_notice.h"
 #include "passthrough.h"
 #include "pool.h"
 #include "resolver.h"
@@ -281,14 +282,21 @@ static void login_with(struct server *s, const struct db_entry *db, const char *
                        const struct resolver *r);
 
 /* A NOTICE during libpq's login (a client's startup parameter may bring one: "identifier ...
- * will be truncated"): into sluice's log, escaped, never raw on stderr as libpq's default. */
-static void on_libpq_notice(void *owner, const char *message)
+ * will be truncated"): into sluice's log, escaped, never raw on stderr as libpq's default. The
+ * client gets its own from login_notice.c, which learns here where Postgres raises it. */
+static void on_libpq_notice(void *owner, const PGresult *res)
 {
+    struct server *s = owner;
+    login_notice_learn(
+        &s->pool->worker->login_notice_src, PQresultErrorField(res, PG_DIAG_SQLSTATE),
+        PQresultErrorField(res, PG_DIAG_SEVERITY), PQresultErrorField(res, PG_DIAG_SOURCE_FILE),
+        PQresultErrorField(res, PG_DIAG_SOURCE_LINE),
+        PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION));
     char line[512];
-    int n = snprintf(line, sizeof(line), "%s", message);
+    int n = snprintf(line, sizeof(line), "%s", PQresultErrorMessage(res));
     if (n > 0 && (size_t)n < sizeof(line) && line[n - 1] == '\n')
         line[n - 1] = '\0'; /* libpq's own line end; the log escapes any other */
-    log_server(LOG_DEBUG, owner, "notice at login: %s", line);
+    log_server(LOG_DEBUG, s, "notice at login: %s", line);
 }
 
 static void start_login(struct server *s, const struct resolver *r)
@@ -364,7 +372,7 @@ static void login_with(struct server *s, const struct db_entry *db, const char *
     }
     /* The only way libpq tells a failed login's SQLSTATE: in the text (libpq_failed). */
     PQsetErrorVerbosity(s->conn, PQERRORS_VERBOSE);
-    PQsetNoticeProcessor(s->conn, on_libpq_notice, s);
+    PQsetNoticeReceiver(s->conn, on_libpq_notice, s);
     if (sockio_open(&s->io, worker->loop, PQsocket(s->conn), s, on_connecting_io) < 0) {
         server_connect_failed(s, "cannot watch the server socket");
         return;

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "ledger.h"
 #include "list.h"
+#include "login_notice.h"
 
 enum sluice_phase {
     PHASE_RUNNING,
@@ -85,6 +86,9 @@ struct worker {
 
     struct cancel_map *cancel_map;
     struct stats *stats; /* snapshots for SHOW STATS averages (stats.c) */
+    /* Where Postgres raises the login NOTICEs clients are due, as this worker's backends told
+     * it (login_notice.h). */
+    struct login_notice_source login_notice_src;
     uv_timer_t maint_timer;
     uint64_t last_stats_ms;
 };

@@ -278,17 +278,66 @@ static void put_literal(struct msg_out *o, const char *v)
     codec_put_u8(o, '\'');
 }
 
-/* application_name as the server's check hook would clean it from a startup packet: a byte that
- * is not printable ASCII becomes '?' (Postgres 15 and older) or "\xNN" (16 and later). Sent as
+/* The length of the UTF-8 character whose first byte is b, as Postgres's pg_utf_mblen reads it
+ * (it does not check the rest). */
+static size_t utf8_char_len(unsigned char b)
+{
+    if ((b & 0x80) == 0)
+        return 1;
+    if ((b & 0xe0) == 0xc0)
+        return 2;
+    if ((b & 0xf0) == 0xe0)
+        return 3;
+    if ((b & 0xf8) == 0xf0)
+        return 4;
+    return 1;
+}
+
+size_t params_name_kept_len(const char *v, const char *server_encoding)
+{
+    size_t len = strlen(v), limit = 63; /* NAMEDATALEN - 1 */
+    bool utf8 = !server_encoding || strcasecmp(server_encoding, "UTF8") == 0;
+    if (!utf8)
+        return len < limit ? len : limit;
+    size_t clen = 0;
+    while (clen < len) {
+        size_t l = utf8_char_len((unsigned char)v[clen]);
+        if (clen + l > limit)
+            break;
+        clen += l;
+    }
+    return clen;
+}
+
+/* application_name as the server's check hook would clean it from a startup packet, once cut
+ * to a name's length (params_name_kept_len; cleaned first, a cut character would leave extra
+ * '?'s): a byte that is not printable ASCII becomes '?' (Postgres 15 and older) or "\xNN" (16
+ * and later). Sent as
  * it came, such bytes would fail the whole query (they need not be valid in the server's
  * encoding), where Postgres accepts them at login. */
-static void put_clean_ascii_literal(struct msg_out *o, const char *v, const struct param_set *server)
+/* An application_name sluice cuts itself before cleaning it: a long one that needs cleaning. One
+ * that needs none goes whole: Postgres cuts it as at login, and its NOTICE (swallowed) teaches
+ * login_notice.c where Postgres raises the one a client is due. */
+static bool cut_by_sluice(const char *v)
+{
+    bool needs_cleaning = false;
+    size_t n = 0;
+    for (; v[n]; n++)
+        needs_cleaning = needs_cleaning || (unsigned char)v[n] < 32 || (unsigned char)v[n] > 126;
+    return needs_cleaning && n >= 64;
+}
+
+static void put_clean_ascii_literal(struct msg_out *o, const char *v,
+                                    const struct param_set *server)
 {
     const char *version = params_get(server, "server_version");
     bool hex = version && atoi(version) >= 16;
     struct msg_out clean;
     codec_out_init(&clean);
-    for (; *v; v++) {
+    const char *end =
+        v + (cut_by_sluice(v) ? params_name_kept_len(v, params_get(server, "server_encoding"))
+                              : strlen(v));
+    for (; v < end; v++) {
         unsigned char b = (unsigned char)*v;
         if (b >= 32 && b <= 126) {
             codec_put_u8(&clean, b);
@@ -320,11 +369,17 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     put_str(sql, "SELECT pg_catalog.set_config('");
     put_str(sql, name);
     put_str(sql, "', ");
-    if (strcasecmp(name, "application_name") == 0)
+    bool app = strcasecmp(name, "application_name") == 0;
+    if (app)
         put_clean_ascii_literal(sql, value, server);
     else
         put_literal(sql, value);
     put_str(sql, ", false)");
+    /* A value cut here raises no NOTICE; a column name of 64 bytes raises Postgres's own (the
+     * same truncate_identifier), swallowed, which teaches login_notice.c its F, L, R. */
+    if (app && cut_by_sluice(value))
+        put_str(sql, " AS sluice_name_truncation_"
+                     "notice_learned_here_for_clients_at_login_time");
     codec_put_u8(sql, 0);
     return 1;
 }

@@ -90,6 +90,12 @@ int params_note_sync(struct param_set *server, const struct param_set *want)
  * is application_name (any value is accepted; one Postgres keeps as sent: printable ASCII, under
  * 64 bytes), or has the value in `base` (the pool's login values) or in `accepted` (values a
  * server accepted for an earlier login of the pool). */
+/* How many bytes of v Postgres keeps of a name (GUC_IS_NAME: application_name) in a database
+ * whose encoding is server_encoding (NULL: UTF8): pg_mbcliplen(v, len, 63), whole characters
+ * in UTF8, 63 bytes in a single-byte encoding (other multibyte database encodings, EUC_* and
+ * MULE_INTERNAL, are cut as bytes). Its check hook cleans what is kept, after the cut. */
+size_t params_name_kept_len(const char *v, const char *server_encoding);
+
 /* role, session_authorization: who the session runs as. No sync can put it back once a client
  * changed it (a full reset must), and whether a login may use a value depends on grants that
  * change at any time (REVOKE), so no earlier login vouches for it. */
