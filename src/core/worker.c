@@ -17,10 +17,12 @@
 #include "sockio.h"
 
 enum worker_msg_kind {
-    WORKER_MSG_ACCEPT,   /* fd, addr: a new client */
-    WORKER_MSG_SHUTDOWN, /* phase: the process entered it */
-    WORKER_MSG_RELOAD,   /* cfg: a reference to the process's new config */
-    WORKER_MSG_FINISH,   /* everything is closed: close the handles, end the loop */
+    WORKER_MSG_ACCEPT,      /* fd, addr: a new client */
+    WORKER_MSG_SHUTDOWN,    /* phase: the process entered it */
+    WORKER_MSG_RELOAD,      /* cfg: a reference to the process's new config */
+    WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
+    WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
+    WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
 };
 
 struct worker_msg {
@@ -30,6 +32,9 @@ struct worker_msg {
     struct sockaddr_storage addr;
     enum sluice_phase phase;
     struct config *cfg;
+    uint32_t pid, key;
+    struct worker *reply_to;
+    struct cancel_job *ticket;
 };
 
 void worker_close_all(struct worker *worker, bool only_free_ones)
@@ -141,6 +146,16 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
     case WORKER_MSG_FINISH:
         if (delivered)
             worker_close_handles(worker);
+        break;
+    case WORKER_MSG_CANCEL:
+        if (delivered)
+            cancel_remote_request(worker, m->pid, m->key, m->reply_to, m->ticket);
+        else
+            worker_post_cancel_done(m->reply_to, m->ticket);
+        break;
+    case WORKER_MSG_CANCEL_DONE:
+        /* dropped too: the mailbox closes on this, the ticket's, thread */
+        cancel_remote_done(m->ticket);
         break;
     }
     free(m);
@@ -275,6 +290,33 @@ void worker_post_reload(struct worker *worker, struct config *cfg)
         config_release(m->cfg);
         free(m);
     }
+}
+
+int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
+                       struct cancel_job *ticket)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CANCEL);
+    if (!m)
+        return UV_ENOMEM;
+    m->pid = pid;
+    m->key = key;
+    m->reply_to = reply_to;
+    m->ticket = ticket;
+    if (!post(worker, m)) {
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
+}
+
+void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CANCEL_DONE);
+    if (!m)
+        return; /* the ticket is the requester's thread's to free: left, as at exit below */
+    m->ticket = ticket;
+    if (!post(worker, m))
+        free(m); /* the requester's worker has closed its mailbox: its clients are gone */
 }
 
 void worker_post_finish(struct worker *worker)

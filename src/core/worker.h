@@ -9,6 +9,7 @@
 
 #include <sys/socket.h>
 
+#include "cancel.h"
 #include "sluice.h"
 
 /* Workers 1..N-1, on the control thread before anything can post to it: initialise own_loop
@@ -35,6 +36,12 @@ struct client *worker_hand_client(struct worker *worker, int fd,
 void worker_post_shutdown(struct worker *worker, enum sluice_phase phase);
 /* cfg: the process's new config; the worker takes its own reference. */
 void worker_post_reload(struct worker *worker, struct config *cfg);
+/* A CancelRequest for a pid worker owns (cancel.c), its requester waiting on reply_to's
+ * ticket. 0, or UV_ECANCELED/UV_ENOMEM (nothing posted). */
+int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
+                       struct cancel_job *ticket);
+/* The owner's answer: ticket back to the requester's worker. */
+void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
 /* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
  * which ends its loop. */
 void worker_post_finish(struct worker *worker);

@@ -1,6 +1,7 @@
 /* Unit test of the worker threads' mechanism (worker.c, docs/architecture.md 5.1, 5.7) with two
  * workers, below the workers key's refusal (the config says 1; the test asks for 2 after the
- * load): the acceptor hands the second of two TCP clients to worker 1's thread, a reload
+ * load): the acceptor hands the second of two TCP clients to worker 1's thread, a CancelRequest
+ * on worker 0 for worker 1's pid is answered by worker 1 through the mailboxes, a reload
  * reaches worker 1 as a config generation of its own, and a shutdown closes both workers'
  * clients, ends worker 1's loop and joins its thread. Run under TSan too (scripts/test). Uses
  * loopback sockets and a 10 ms timer: the hand-off is between threads (the listener's
@@ -28,8 +29,19 @@ struct run {
     struct process proc;
     uv_timer_t timer;
     int ticks;
-    bool both_served; /* each worker had one client */
+    bool both_served;     /* each worker had one client */
+    int canceller;        /* a third client, sending a CancelRequest for worker 1's pid */
+    bool cancel_answered; /* its connection was closed: worker 1 answered through worker 0 */
 };
+
+static int connect_to(int port);
+
+/* A CancelRequest (protocol 55.2.10) for pid, key 0. */
+static void send_cancel(int fd, uint32_t pid)
+{
+    uint32_t words[4] = {htonl(16), htonl(80877102u), htonl(pid), 0};
+    CHECK_INT((int)write(fd, words, sizeof(words)), (int)sizeof(words));
+}
 
 static void on_tick(uv_timer_t *t)
 {
@@ -37,8 +49,18 @@ static void on_tick(uv_timer_t *t)
     struct process *proc = &r->proc;
     int w0 = atomic_load(&proc->workers[0].nclients);
     int w1 = atomic_load(&proc->workers[1].nclients);
-    r->both_served = w0 == 1 && w1 == 1;
-    if (!r->both_served && ++r->ticks < 500)
+    if (!r->both_served) {
+        r->both_served = w0 == 1 && w1 == 1;
+        if (r->both_served) {
+            /* on worker 0 (a tie goes to it), for a pid whose owner bits name worker 1 */
+            r->canceller = connect_to(listener_port(proc));
+            send_cancel(r->canceller, 0x40000000u | 1u);
+        }
+    } else if (!r->cancel_answered) {
+        char byte;
+        r->cancel_answered = recv(r->canceller, &byte, 1, MSG_DONTWAIT) == 0;
+    }
+    if (!r->cancel_answered && ++r->ticks < 500)
         return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, NULL);
@@ -108,6 +130,8 @@ static void two_workers_take_clients_reload_and_shut_down(void)
     sockio_release_spares();
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(r.both_served);
+    CHECK(r.cancel_answered);
+    close(r.canceller);
     CHECK(read_to_close(a) >= 0); /* closed by the shutdown, on worker 0 */
     CHECK(read_to_close(b) >= 0); /* and on worker 1's thread */
     close(a);
