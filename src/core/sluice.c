@@ -182,7 +182,7 @@ static bool auth_query_slot_take(struct worker *worker, const char *db_name, con
 
 static void auth_query_slot_freed(struct worker *worker, const char *db_name, const char *user_name)
 {
-    ledger_give_own(&worker->proc->ledger, db_name, user_name);
+    worker_wake(worker, ledger_give_own(&worker->proc->ledger, db_name, user_name));
     worker->dispatch_needed = true;
 }
 

@@ -23,6 +23,7 @@ enum worker_msg_kind {
     WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
+    WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
 };
 
 struct worker_msg {
@@ -152,6 +153,10 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
             cancel_remote_request(worker, m->pid, m->key, m->reply_to, m->ticket);
         else
             worker_post_cancel_done(m->reply_to, m->ticket);
+        break;
+    case WORKER_MSG_WAKE:
+        if (delivered && sluice_serving(worker))
+            pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -317,6 +322,21 @@ void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket)
     m->ticket = ticket;
     if (!post(worker, m))
         free(m); /* the requester's worker has closed its mailbox: its clients are gone */
+}
+
+void worker_wake(struct worker *from, int to)
+{
+    if (to == LEDGER_NO_WORKER)
+        return;
+    if (to == (int)from->index) {
+        from->dispatch_needed = true;
+        return;
+    }
+    if (to < 0 || to >= from->proc->nworkers)
+        return;
+    struct worker_msg *m = msg_new(WORKER_MSG_WAKE);
+    if (m && !post(&from->proc->workers[to], m))
+        free(m);
 }
 
 void worker_post_finish(struct worker *worker)

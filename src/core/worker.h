@@ -42,6 +42,10 @@ int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct
                        struct cancel_job *ticket);
 /* The owner's answer: ticket back to the requester's worker. */
 void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
+/* A slot freed on from's thread: wake the worker the ledger's give named (ledger.h: its
+ * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
+ * this loop iteration; another worker gets a message and dispatches its pools. */
+void worker_wake(struct worker *from, int to);
 /* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
  * which ends its loop. */
 void worker_post_finish(struct worker *worker);

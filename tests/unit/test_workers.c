@@ -1,7 +1,8 @@
 /* Unit test of the worker threads' mechanism (worker.c, docs/architecture.md 5.1, 5.7) with two
  * workers, below the workers key's refusal (the config says 1; the test asks for 2 after the
  * load): the acceptor hands the second of two TCP clients to worker 1's thread, a CancelRequest
- * on worker 0 for worker 1's pid is answered by worker 1 through the mailboxes, a reload
+ * on worker 0 for worker 1's pid is answered by worker 1 through the mailboxes, a slot freed on
+ * worker 0 wakes worker 1 that waited for it, a reload
  * reaches worker 1 as a config generation of its own, and a shutdown closes both workers'
  * clients, ends worker 1's loop and joins its thread. Run under TSan too (scripts/test). Uses
  * loopback sockets and a 10 ms timer: the hand-off is between threads (the listener's
@@ -18,7 +19,9 @@
 #include <uv.h>
 
 #include "config.h"
+#include "ledger.h"
 #include "listener.h"
+#include "pool.h"
 #include "sluice.h"
 #include "sockio.h"
 #include "worker.h"
@@ -43,6 +46,25 @@ static void send_cancel(int fd, uint32_t pid)
     CHECK_INT((int)write(fd, words, sizeof(words)), (int)sizeof(words));
 }
 
+/* Worker 1 waits for a slot of db/u (as its pool's maybe_connect registers it); a slot freed on
+ * worker 0 names it, and worker_wake sends it a message (its dispatch runs on its thread). */
+static void wake_worker_1(struct process *proc)
+{
+    struct worker *w0 = &proc->workers[0];
+    struct pool *p = pool_get(w0, NULL, "u", "db");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct ledger *l = &proc->ledger;
+    CHECK_INT(ledger_wait_slot(l, p->ledger_key, 1, LIMIT_POOL, ledger_now_ms()), 0);
+    struct ledger_caps room = {.pool = 10};
+    CHECK_INT(ledger_take_server(l, p->ledger_key, &room), LIMIT_NONE);
+    int woken = ledger_give_server(l, p->ledger_key);
+    CHECK_INT(woken, 1);
+    worker_wake(w0, woken);
+    CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER); /* taken off the list */
+}
+
 static void on_tick(uv_timer_t *t)
 {
     struct run *r = t->data;
@@ -64,6 +86,7 @@ static void on_tick(uv_timer_t *t)
         return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, NULL);
+    wake_worker_1(proc);
     sluice_reload(proc);
     sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
 }
