@@ -274,7 +274,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     proc->loop = loop;
     proc->cfg = cfg;
     proc->services = services;
-    list_init(&proc->disabled_dbs);
+    disabled_dbs_init(&proc->disabled_dbs);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;

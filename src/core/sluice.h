@@ -16,6 +16,7 @@
 
 #include "budget.h"
 #include "config.h"
+#include "disabled_dbs.h"
 #include "ledger.h"
 #include "list.h"
 #include "mailbox.h"
@@ -127,7 +128,7 @@ struct process {
     const struct console_ops *console; /* registered by the console service (console.h) */
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct list admin_waits;  /* console commands answered later (admin.c) */
-    struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (disabled_dbs.c) */
+    struct disabled_dbs disabled_dbs; /* DISABLE db: names whose new logins are refused */
     uv_signal_t sig_hup, sig_int, sig_term;
 
     struct worker workers[SLUICE_MAX_WORKERS];

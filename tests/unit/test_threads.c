@@ -29,6 +29,7 @@
 #include "check.h"
 #include "client.h"
 #include "config.h"
+#include "disabled_dbs.h"
 #include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
@@ -715,6 +716,38 @@ static void statement_definitions_are_counted_across_threads(void)
     free(args);
 }
 
+/* ---- disabled_dbs: logins on every worker ask while DISABLE/ENABLE change it ---- */
+
+static struct process disabled_proc; /* only its disabled_dbs is used */
+
+static void *disabled_worker(void *p)
+{
+    struct numbered_arg *a = p;
+    for (int i = 0; i < 3000; i++) {
+        if (a->id == 0) { /* the console: DISABLE busy, ENABLE busy */
+            a->bad += disabled_dbs_add(&disabled_proc, "busy") != 0;
+            disabled_dbs_remove(&disabled_proc, "busy");
+        } else { /* logins: "busy" either way, the others always the same */
+            (void)disabled_dbs_contains(&disabled_proc, "busy");
+            a->bad += !disabled_dbs_contains(&disabled_proc, "closed");
+            a->bad += disabled_dbs_contains(&disabled_proc, "open");
+        }
+    }
+    return NULL;
+}
+
+/* Without the list's mutex ThreadSanitizer reports the race between a login's walk and
+ * DISABLE's append or ENABLE's free. */
+static void disabled_databases_are_read_while_changed(void)
+{
+    disabled_dbs_init(&disabled_proc.disabled_dbs);
+    CHECK_INT(disabled_dbs_add(&disabled_proc, "closed"), 0);
+    run_numbered_threads(disabled_worker);
+    CHECK(disabled_dbs_contains(&disabled_proc, "closed"));
+    CHECK(!disabled_dbs_contains(&disabled_proc, "busy"));
+    disabled_dbs_free(&disabled_proc);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/sluice-test-threads-XXXXXX");
@@ -731,6 +764,7 @@ int main(void)
     logins_read_rules_and_tls_context_during_reloads();
     config_generations_are_freed_by_their_last_holder();
     statement_definitions_are_counted_across_threads();
+    disabled_databases_are_read_while_changed();
     buf_free_cache();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
