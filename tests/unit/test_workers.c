@@ -118,9 +118,10 @@ static int read_to_close(int fd)
     }
 }
 
-static void two_workers_take_clients_reload_and_shut_down(void)
+/* A config from a file at path (mkstemp's template, filled in), loaded as the key allows
+ * (workers = 1), then asking for workers: the mechanism under the key's refusal. */
+static struct config *config_with_workers(char *path, int workers)
 {
-    char path[] = "/tmp/sluice-test-workers-XXXXXX";
     int cfd = mkstemp(path);
     CHECK(cfd >= 0);
     static const char ini[] = "[databases]\ndb = host=127.0.0.1 port=1\n"
@@ -131,9 +132,17 @@ static void two_workers_take_clients_reload_and_shut_down(void)
     struct config *cfg = config_load(path, no_env, &diag);
     config_diag_free(&diag);
     CHECK(cfg != NULL);
+    if (cfg)
+        cfg->workers = workers;
+    return cfg;
+}
+
+static void two_workers_take_clients_reload_and_shut_down(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_workers(path, 2);
     if (!cfg)
         return;
-    cfg->workers = 2; /* the mechanism under the key's refusal */
 
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -172,8 +181,70 @@ static void two_workers_take_clients_reload_and_shut_down(void)
     unlink(path);
 }
 
+#define FOUR 4
+
+struct graceful_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    bool spread; /* one client on each worker */
+};
+
+static void on_graceful_tick(uv_timer_t *t)
+{
+    struct graceful_run *r = t->data;
+    int one_each = 0;
+    for (int i = 0; i < FOUR; i++)
+        one_each += atomic_load(&r->proc.workers[i].nclients) == 1;
+    r->spread = one_each == FOUR;
+    if (!r->spread && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(&r->proc, PHASE_SHUTDOWN_GRACEFUL); /* SIGINT's */
+}
+
+/* Four workers, a client on each (the acceptor spreads them), then SIGINT's graceful shutdown:
+ * each thread closes its own clients (logins are closed at once), the control thread sees every
+ * count at zero, ends each thread's loop and joins it. */
+static void four_workers_spread_clients_and_shut_down_gracefully(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_workers(path, FOUR);
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct graceful_run r;
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
+    CHECK_INT(r.proc.nworkers, FOUR);
+    int port = listener_port(&r.proc), fds[FOUR];
+    for (int i = 0; i < FOUR; i++)
+        fds[i] = connect_to(port);
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_graceful_tick, 10, 10);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.spread);
+    for (int i = 0; i < FOUR; i++) {
+        CHECK(read_to_close(fds[i]) >= 0);
+        close(fds[i]);
+    }
+    for (int i = 0; i < FOUR; i++) {
+        worker_thread_join(&r.proc.workers[i]);
+        CHECK_INT(atomic_load(&r.proc.workers[i].nclients), 0);
+    }
+    CHECK_INT(r.proc.workers[3].run, WORKER_THREAD_JOINED);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
 int main(void)
 {
     RUN(two_workers_take_clients_reload_and_shut_down);
+    RUN(four_workers_spread_clients_and_shut_down_gracefully);
     return CHECK_DONE();
 }
