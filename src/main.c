@@ -7,6 +7,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "cpus.h"
 #include "http.h"
 #include "log.h"
 #include "sockio.h"
@@ -112,6 +113,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    cpus_size_threadpool((int)cfg->workers); /* before any loop queues work */
     uv_loop_t *loop = uv_default_loop();
     struct process proc;
     /* The services beside the core, started in this order; the core knows them only as hooks. */

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The whole of a small file, NUL-terminated; false when it cannot be read. */
@@ -82,4 +83,20 @@ int cpus_usable(void)
     if (sched_getaffinity(0, sizeof(set), &set) == 0)
         affinity = CPU_COUNT(&set);
     return cpus_usable_under("/sys/fs/cgroup", affinity);
+}
+
+#define UV_DEFAULT_THREADS 4
+#define UV_MAX_THREADS 1024 /* libuv's own ceiling */
+
+int cpus_size_threadpool(int workers)
+{
+    const char *set = getenv("UV_THREADPOOL_SIZE");
+    if (!set || !set[0]) {
+        long size = (long)(workers > 1 ? workers : 1) * UV_DEFAULT_THREADS;
+        char text[16];
+        snprintf(text, sizeof(text), "%ld", size < UV_MAX_THREADS ? size : UV_MAX_THREADS);
+        setenv("UV_THREADPOOL_SIZE", text, 1);
+        set = getenv("UV_THREADPOOL_SIZE");
+    }
+    return set ? atoi(set) : 0;
 }

@@ -158,6 +158,17 @@ struct budget *budget_match(struct worker *worker, const char *app_name, const c
     return fallback;
 }
 
+bool budget_join(struct worker *worker, const char *app_name, const char *user,
+                 const union peer_addr *addr, struct budget **out)
+{
+    struct ledger *l = &worker->proc->ledger;
+    ledger_lock(l);
+    *out = budget_match(worker, app_name, user, addr);
+    bool room = ledger_take_client_held(*out);
+    ledger_unlock(l);
+    return room;
+}
+
 const char *limit_kind_key(enum limit_kind k)
 {
     switch (k) {

@@ -47,7 +47,15 @@ struct budget_set {
 int budget_sync(struct process *proc) __attribute__((warn_unused_result));
 void budget_free_all(struct process *proc);
 
-/* The budget a client belongs to: the first whose every given matcher matches; else "default". */
+/* A client logs in: its budget (budget_match) counted as one more of its clients, both under
+ * the ledger's lock, so that a reload's budget_sync on another thread can neither change the
+ * set under the match nor retire and free the budget before it counts the client. False (*out
+ * the budget, nothing counted) when that budget has max_clients connected. */
+bool budget_join(struct worker *worker, const char *app_name, const char *user,
+                 const union peer_addr *addr, struct budget **out)
+    __attribute__((warn_unused_result));
+/* The budget a client belongs to: the first whose every given matcher matches; else "default".
+ * Reads the budget set unlocked: the process's thread, or under the ledger's lock. */
 struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
                             const union peer_addr *addr);
 

@@ -32,6 +32,7 @@
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "worker.h"
 
 struct cancel_map {
     unsigned owner; /* the worker whose clients these are: the pid's low bits */
@@ -166,11 +167,16 @@ struct cancel_job {
     struct server *server;
     const struct cancel_events *events; /* the worker's, for cancel_done */
     struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
+    /* A requester on another worker (5.5): its worker and the ticket it waits on there, sent
+     * back when this cancel is done; to is NULL for a local requester or none. */
+    struct worker *reply_to;
+    struct cancel_job *reply_ticket;
     int ok;
     char err[256];
 };
 
-static int start_cancel(struct worker *worker, struct server *s, struct client *requester);
+static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
+                        struct cancel_job *remote);
 
 static void cancel_work(uv_work_t *req)
 {
@@ -193,7 +199,11 @@ static void cancel_done(uv_work_t *req, int status)
                 job->err);
     struct client *requester = job->requester;
     const struct cancel_events *events = job->events;
+    struct worker *reply_to = job->reply_to;
+    struct cancel_job *ticket = job->reply_ticket;
     free(job);
+    if (reply_to)
+        worker_post_cancel_done(reply_to, ticket);
     if (requester) {
         requester->cancel_job = NULL;
         events->request_handled(requester);
@@ -219,10 +229,12 @@ struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint3
     return c;
 }
 
-/* Whom a CancelRequest is for, and what is done for it; false when nothing is left to wait for. */
-static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
+/* Whom a CancelRequest is for, and what is done for it, on the worker that owns pid; the
+ * requester is there (requester) or on another worker (remote: that worker's ticket, which
+ * this job hands back when done). False when nothing is left to wait for. */
+static bool route_request(struct worker *worker, struct client *requester,
+                          struct cancel_job *remote, uint32_t pid, uint32_t key)
 {
-    struct worker *worker = requester->worker;
     struct client *c = cancel_map_lookup(worker->cancel_map, pid, key);
     if (!c) {
         log_msg(LOG_DEBUG, "cancel request with an unknown key ignored");
@@ -241,17 +253,61 @@ static bool route_request(struct client *requester, uint32_t pid, uint32_t key)
         log_client(LOG_DEBUG, c, "cancel request while no query runs: ignored");
         return false;
     }
-    if (start_cancel(worker, s, requester) < 0)
+    if (start_cancel(worker, s, requester, remote) < 0)
         return false;
     log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
                (unsigned long long)s->id, s->backend_pid);
     return true;
 }
 
+/* The requester waits on another worker's answer: a ticket (a job with no server) holds its
+ * place, forgotten by cancel_requester_gone like a local job, freed when the answer comes. */
+static bool pass_to_owner(struct client *requester, unsigned owner, uint32_t pid, uint32_t key)
+{
+    struct worker *worker = requester->worker;
+    if (owner >= (unsigned)worker->proc->nworkers)
+        return false; /* no such worker: an unknown key */
+    struct cancel_job *ticket = calloc(1, sizeof(*ticket));
+    if (!ticket)
+        return false;
+    ticket->requester = requester;
+    ticket->events = worker->cancel_events;
+    if (worker_post_cancel(&worker->proc->workers[owner], pid, key, worker, ticket) < 0) {
+        free(ticket);
+        return false;
+    }
+    requester->cancel_job = ticket;
+    worker->cancel_events->request_waits(requester);
+    return true;
+}
+
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key)
 {
-    if (!route_request(requester, pid, key))
-        requester->worker->cancel_events->request_handled(requester);
+    struct worker *worker = requester->worker;
+    unsigned owner = cancel_pid_owner(pid);
+    bool waits = owner == worker->index ? route_request(worker, requester, NULL, pid, key)
+                                        : pass_to_owner(requester, owner, pid, key);
+    if (!waits)
+        worker->cancel_events->request_handled(requester);
+}
+
+void cancel_remote_request(struct worker *worker, uint32_t pid, uint32_t key,
+                           struct worker *reply_to, struct cancel_job *ticket)
+{
+    struct cancel_job remote = {.reply_to = reply_to, .reply_ticket = ticket};
+    if (!route_request(worker, NULL, &remote, pid, key))
+        worker_post_cancel_done(reply_to, ticket);
+}
+
+void cancel_remote_done(struct cancel_job *ticket)
+{
+    struct client *requester = ticket->requester;
+    const struct cancel_events *events = ticket->events;
+    free(ticket);
+    if (requester) {
+        requester->cancel_job = NULL;
+        events->request_handled(requester);
+    }
 }
 
 void cancel_requester_gone(struct client *requester)
@@ -263,10 +319,11 @@ void cancel_requester_gone(struct client *requester)
 
 int cancel_server(struct worker *worker, struct server *s)
 {
-    return start_cancel(worker, s, NULL);
+    return start_cancel(worker, s, NULL, NULL);
 }
 
-static int start_cancel(struct worker *worker, struct server *s, struct client *requester)
+static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
+                        struct cancel_job *remote)
 {
     struct cancel_job *job = calloc(1, sizeof(*job));
     if (!job)
@@ -292,6 +349,10 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
         job->requester = requester;
         requester->cancel_job = job;
         worker->cancel_events->request_waits(requester);
+    }
+    if (remote) {
+        job->reply_to = remote->reply_to;
+        job->reply_ticket = remote->reply_ticket;
     }
     return 0;
 }

@@ -51,4 +51,14 @@ void cancel_request(struct client *requester, uint32_t pid, uint32_t key);
 /* A requester in CANCEL_WAIT is closing before its cancel is done: the job forgets it. */
 void cancel_requester_gone(struct client *requester);
 
+/* Across workers (5.5): a CancelRequest whose pid another worker owns is passed to it with a
+ * ticket of the requester's worker; the owner routes it (cancel_remote_request, on the owner's
+ * thread) and sends the ticket back once the cancel reached the backend, or at once when there
+ * is nothing to cancel; cancel_remote_done (on the requester's thread) closes the requester, if
+ * it has not gone meanwhile, and frees the ticket. */
+struct cancel_job;
+void cancel_remote_request(struct worker *worker, uint32_t pid, uint32_t key,
+                           struct worker *reply_to, struct cancel_job *ticket);
+void cancel_remote_done(struct cancel_job *ticket);
+
 #endif

@@ -376,7 +376,8 @@ void client_close(struct client *c, const char *reason)
     c->stmts = NULL;
     login_reset_free_statements(c);
     worker->nclients--;
-    listener_maybe_resume(worker->proc);
+    if (worker->run == WORKER_ON_PROCESS_LOOP) /* else the control thread's tick resumes it */
+        listener_maybe_resume(worker->proc);
 }
 
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)

@@ -307,9 +307,9 @@ void client_login_ok(struct client *c)
     }
     if (!take_login_slot(c, db))
         return;
-    struct budget *b =
-        budget_match(worker, params_get(&c->params, "application_name"), c->user, &c->addr);
-    if (!ledger_take_client(&worker->proc->ledger, b)) {
+    struct budget *b;
+    if (!budget_join(worker, params_get(&c->params, "application_name"), c->user, &c->addr,
+                     &b)) {
         char detail[160];
         snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
                  b->max_clients);

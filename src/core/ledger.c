@@ -350,14 +350,20 @@ void ledger_give_lease(struct worker *worker, struct budget *b)
     (void)left;
 }
 
-bool ledger_take_client(struct ledger *l, struct budget *b)
+bool ledger_take_client_held(struct budget *b)
 {
     if (!b)
         return true;
-    lock(l);
     bool room = !(b->max_clients > 0 && get(&b->clients) >= b->max_clients);
     if (room)
         add(&b->clients, 1);
+    return room;
+}
+
+bool ledger_take_client(struct ledger *l, struct budget *b)
+{
+    lock(l);
+    bool room = ledger_take_client_held(b);
     unlock(l);
     return room;
 }

@@ -139,6 +139,8 @@ enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
 void ledger_give_lease(struct worker *worker, struct budget *b);
 /* A client of b logs in: false when b has max_clients connected (nothing changed). */
 bool ledger_take_client(struct ledger *l, struct budget *b) __attribute__((warn_unused_result));
+/* The same, the caller holding the ledger's lock (budget_join). */
+bool ledger_take_client_held(struct budget *b) __attribute__((warn_unused_result));
 void ledger_give_client(struct ledger *l, struct budget *b);
 
 /* The caps a logged-in client counts under, resolved by client_login.c (0: no such cap). */

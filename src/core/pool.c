@@ -22,6 +22,7 @@
 #include "pool_wait.h"
 #include "server.h"
 #include "sluice.h"
+#include "worker.h"
 
 const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25,   50,    100,
                                                               250, 500, 1000, 2500, 5000, 10000};
@@ -432,6 +433,31 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
     return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
 }
 
+/* With workers (5.3): a pool whose waiters a slot cap holds (pool_size, max_db/user/server_
+ * connections: slots other workers' pools may hold) registers its oldest waiter's arrival in
+ * the ledger's wait list, so that the worker freeing such a slot wakes this one (worker_wake);
+ * served, empty or held by something else, it leaves the list. One worker needs none of it:
+ * pool.c's own FIFO and longer_waiter_elsewhere order its waiters. */
+static void note_slot_wait(struct pool *p, enum limit_kind held)
+{
+    struct worker *worker = p->worker;
+    struct ledger *l = &worker->proc->ledger;
+    int self = (int)worker->index;
+    bool slot_cap =
+        held == LIMIT_POOL || held == LIMIT_DB || held == LIMIT_USER || held == LIMIT_GLOBAL;
+    if (!slot_cap || list_empty(&p->waiting)) {
+        ledger_wait_done(l, p->ledger_key, self);
+        return;
+    }
+    const struct client *head = container_of(list_first(&p->waiting), struct client, node);
+    uint64_t waited = sluice_now(worker) - head->state_since_ms, now = ledger_now_ms();
+    if (ledger_wait_slot(l, p->ledger_key, self, held, now > waited ? now - waited : 0) < 0)
+        log_msg(LOG_WARNING,
+                "pool %s/%s: out of memory registering its waiters with the other "
+                "workers; they wait for a slot freed on this one",
+                p->db_name, p->user_name);
+}
+
 /* Open connections for clients that wait, within every cap and the backoff. While the breaker is
  * open, one probe tests the database whether or not anyone waits, so a recovered database is
  * noticed (and /health is ready again) without a client having to come first. */
@@ -458,6 +484,7 @@ static void maybe_connect(struct pool *p)
         use_reserve = sluice_now(worker) - head->state_since_ms >=
                       (uint64_t)worker->cfg->reserve_pool_timeout;
     }
+    enum limit_kind held = LIMIT_NONE;
     while (want-- > 0) {
         if (by_startup && !probe_only)
             count_unprovided(p, enough, &first); /* the one before has its server coming */
@@ -467,10 +494,13 @@ static void maybe_connect(struct pool *p)
             /* The room comes when the closed backend has exited (pool_server_gone). */
             if (!probe_only && !close_idle_unwanted(p, first) && k != LIMIT_POOL)
                 evict_idle_elsewhere(p, k);
+            held = k;
             break;
         }
-        if (k != LIMIT_NONE)
+        if (k != LIMIT_NONE) {
+            held = k;
             break;
+        }
         if (!open_server(p, probe_only ? NULL : first))
             break;
         if (p->breaker.state == BREAKER_OPEN) {
@@ -478,6 +508,8 @@ static void maybe_connect(struct pool *p)
             log_msg(LOG_DEBUG, "pool %s/%s: probing the database", p->db_name, p->user_name);
         }
     }
+    if (worker->proc->nworkers > 1)
+        note_slot_wait(p, held);
 }
 
 /* An idle server that has sat longer than server_check_delay is checked before reuse. */

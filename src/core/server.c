@@ -42,6 +42,7 @@
 #include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "worker.h"
 
 #define SERVER_LEAVING_WAIT_MS 2000
 
@@ -217,7 +218,8 @@ static void close_now(struct server *s)
         worker->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     worker->nservers--;
-    ledger_give_server(&worker->proc->ledger, s->pool->ledger_key); /* its backend is gone */
+    /* its backend is gone: a worker whose waiters that slot can serve is woken */
+    worker_wake(worker, ledger_give_server(&worker->proc->ledger, s->pool->ledger_key));
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;

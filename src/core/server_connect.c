@@ -25,6 +25,7 @@
 #include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "worker.h"
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
  * filled in where the entry leaves them to the client (room is left for resolver_apply). */
@@ -399,13 +400,14 @@ struct server *server_connect(struct pool *p, const struct param_set *startup,
     struct worker *worker = p->worker;
     const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
     if (!db) {
-        ledger_give_server(&worker->proc->ledger, p->ledger_key); /* no server holds the slot */
+        /* no server holds the slot */
+        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
         pool_connect_failed(p, "the database is no longer configured");
         return NULL;
     }
     struct server *s = calloc(1, sizeof(*s));
     if (!s) {
-        ledger_give_server(&worker->proc->ledger, p->ledger_key);
+        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
         return NULL;
     }
     s->pool = p;

@@ -22,6 +22,7 @@
 #include "server.h"
 #include "stats.h"
 #include "tls.h"
+#include "worker.h"
 
 extern char **environ;
 
@@ -66,56 +67,13 @@ static bool everything_closed(const struct process *proc)
     return true;
 }
 
-static void close_all(struct worker *worker, bool only_free_ones)
-{
-    struct list_node *pn, *ptmp, *n, *tmp;
-    list_for_each(&worker->login_clients, n, tmp)
-        client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-    list_for_each(&worker->pools, pn, ptmp)
-    {
-        struct pool *p = container_of(pn, struct pool, node);
-        list_for_each(&p->idle_clients, n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-        /* A queued request is a new one: answered at once, or a steady stream of short
-         * transactions would keep every server busy until shutdown_timeout. */
-        list_for_each(&p->waiting, n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-        if (!only_free_ones) {
-            list_for_each(&p->active_clients, n, tmp)
-                client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-            list_for_each(&p->resetting, n, tmp)
-                server_close(container_of(n, struct server, node), "shutting down");
-            list_for_each(&p->connecting, n, tmp)
-                server_close(container_of(n, struct server, node), "shutting down");
-        }
-        list_for_each(&p->idle, n, tmp)
-            server_close(container_of(n, struct server, node), "shutting down");
-        list_for_each(&p->leaving, n, tmp)
-            server_close(container_of(n, struct server, node), "shutting down");
-    }
-    if (!only_free_ones) {
-        list_for_each(&worker->closing_clients, n, tmp)
-            client_close(container_of(n, struct client, node), "shutting down");
-    }
-}
-
-static void close_every_worker(struct process *proc, bool only_free_ones)
-{
-    for (int i = 0; i < proc->nworkers; i++)
-        close_all(&proc->workers[i], only_free_ones);
-}
-
 static void finish_if_done(struct process *proc)
 {
     if (proc->phase == PHASE_RUNNING || !everything_closed(proc))
         return;
     log_msg(LOG_INFO, "all connections closed; exiting");
-    for (int i = 0; i < proc->nworkers; i++) {
-        struct worker *worker = &proc->workers[i];
-        uv_timer_stop(&worker->maint_timer);
-        uv_close((uv_handle_t *)&worker->maint_timer, NULL);
-        uv_close((uv_handle_t *)&worker->reaper, NULL);
-    }
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_post_finish(&proc->workers[i]);
     uv_close((uv_handle_t *)&proc->sig_hup, NULL);
     uv_close((uv_handle_t *)&proc->sig_int, NULL);
     uv_close((uv_handle_t *)&proc->sig_term, NULL);
@@ -144,13 +102,15 @@ static void log_stats(struct worker *worker, uint64_t now)
  * phases' progress and the services. False when the pass must end here (shutdown now began). */
 static bool process_tick(struct process *proc, uint64_t now)
 {
+    if (proc->nworkers > 1)
+        listener_maybe_resume(proc); /* clients leaving other workers cannot call it */
     if (proc->phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS && sluice_nclients(proc) == 0) {
         log_msg(LOG_INFO, "SHUTDOWN WAIT_FOR_CLIENTS: the last client has left");
         sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
         return false;
     }
     if (proc->phase == PHASE_SHUTDOWN_GRACEFUL) {
-        close_every_worker(proc, true);
+        worker_close_all(sluice_control_worker(proc), true); /* the others in their own ticks */
         if (now >= proc->shutdown_deadline_ms) {
             log_msg(LOG_WARNING, "shutdown_timeout passed: closing the remaining connections");
             sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
@@ -173,13 +133,16 @@ static void on_maint_timer(uv_timer_t *t)
     list_for_each(&worker->pools, n, tmp) pool_maintain(container_of(n, struct pool, node), now);
     secret_tick(worker, now);
 #ifndef NDEBUG
-    /* Debug builds prove the caps' counters against the lists they stand for, every tick. */
-    if (!ledger_audit(worker))
+    /* Debug builds prove the caps' counters against the lists they stand for, every tick; the
+     * audit walks one worker's lists against the process's counts, so only with one worker. */
+    if (proc->nworkers == 1 && !ledger_audit(worker))
         abort();
 #endif
     bool control = worker == sluice_control_worker(proc);
     if (control && !process_tick(proc, now))
         return;
+    if (!control && proc->phase == PHASE_SHUTDOWN_GRACEFUL)
+        worker_close_all(worker, true);
     log_stats(worker, now);
     stats_tick(worker, now);
     if (!control)
@@ -219,7 +182,7 @@ static bool auth_query_slot_take(struct worker *worker, const char *db_name, con
 
 static void auth_query_slot_freed(struct worker *worker, const char *db_name, const char *user_name)
 {
-    ledger_give_own(&worker->proc->ledger, db_name, user_name);
+    worker_wake(worker, ledger_give_own(&worker->proc->ledger, db_name, user_name));
     worker->dispatch_needed = true;
 }
 
@@ -228,16 +191,23 @@ static const struct secret_slots auth_query_slots = {
     .freed = auth_query_slot_freed,
 };
 
+/* Clients of a worker and sockets on their way to it. */
+static int load_of(struct worker *worker)
+{
+    return atomic_load_explicit(&worker->nclients, memory_order_relaxed) +
+           atomic_load_explicit(&worker->handed, memory_order_relaxed);
+}
+
 /* Accepted sockets become clients of a worker: the one with the fewest clients. */
 static struct client *accept_client(struct process *proc, int fd,
                                     const struct sockaddr_storage *addr)
 {
     struct worker *least = &proc->workers[0];
     for (int i = 1; i < proc->nworkers; i++) {
-        if (proc->workers[i].nclients < least->nclients)
+        if (load_of(&proc->workers[i]) < load_of(least))
             least = &proc->workers[i];
     }
-    return client_accept(least, fd, addr);
+    return worker_hand_client(least, fd, addr);
 }
 
 static const struct listener_ops client_listener_ops = {
@@ -248,12 +218,18 @@ static const struct listener_ops client_listener_ops = {
 /* A worker's lists, its timer and reaper on loop: handles first, so that whatever fails after,
  * the shutdown that follows finds them all. 0 or UV_ENOMEM. */
 static int worker_start(struct process *proc, struct worker *worker, unsigned index,
-                        uv_loop_t *loop)
+                        uv_loop_t *process_loop)
 {
-    worker->loop = loop;
     worker->proc = proc;
-    worker->cfg = proc->cfg;
     worker->index = index;
+    /* C-n and S-n unique across workers (5.1): the worker in the top byte, 0 for worker 0 */
+    worker->next_id = (uint64_t)index << 56;
+    /* Worker 0 shares the process's reference; a thread holds its own generation (5.7). */
+    worker->cfg = index == 0 ? proc->cfg : config_acquire(proc->cfg);
+    int rc = worker_loop_init(worker, process_loop);
+    if (rc < 0)
+        return rc;
+    uv_loop_t *loop = worker->loop;
     worker->pool_events = &link_pool_events;
     worker->server_events = &link_server_events;
     worker->client_events = &link_client_events;
@@ -278,6 +254,7 @@ static int worker_start(struct process *proc, struct worker *worker, unsigned in
 static void worker_free(struct worker *worker)
 {
     struct list_node *n, *tmp;
+    worker_thread_join(worker);
     on_reaper_check(&worker->reaper);
     list_for_each(&worker->pools, n, tmp)
     {
@@ -286,6 +263,8 @@ static void worker_free(struct worker *worker)
     }
     cancel_map_free(worker->cancel_map);
     stats_free(worker);
+    if (worker->index > 0)
+        config_release(worker->cfg);
 }
 
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
@@ -295,7 +274,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     proc->loop = loop;
     proc->cfg = cfg;
     proc->services = services;
-    list_init(&proc->disabled_dbs);
+    disabled_dbs_init(&proc->disabled_dbs);
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;
@@ -305,8 +284,10 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     signal(SIGPIPE, SIG_IGN);
 
     /* Handles first: whatever fails below, the shutdown that follows finds them all. */
-    proc->nworkers = 1;
-    int rc = worker_start(proc, &proc->workers[0], 0, loop);
+    proc->nworkers = cfg->workers < SLUICE_MAX_WORKERS ? (int)cfg->workers : SLUICE_MAX_WORKERS;
+    int rc = 0;
+    for (int i = 0; i < proc->nworkers && rc == 0; i++)
+        rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
     uv_signal_init(loop, &proc->sig_hup);
     uv_signal_init(loop, &proc->sig_int);
     uv_signal_init(loop, &proc->sig_term);
@@ -332,26 +313,15 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     }
     for (int i = 0; i < proc->nworkers; i++)
         pool_create_forced(&proc->workers[i]);
+    for (int i = 1; i < proc->nworkers; i++) {
+        rc = worker_thread_start(&proc->workers[i]);
+        if (rc < 0)
+            return rc;
+    }
     log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
             SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
     return 0;
-}
-
-/* A worker's pools follow the reloaded config (worker->cfg, already the new one). */
-static void worker_apply_config(struct worker *worker)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        pool_apply_config(p);
-        server_retire_changed(p);
-        budget_log_cap(p);
-        /* NN% caps are resolved again from the next server this pool opens. */
-        p->probe_again = true;
-    }
-    pool_create_forced(worker);
 }
 
 void sluice_reload(struct process *proc)
@@ -371,20 +341,18 @@ void sluice_reload(struct process *proc)
     config_diag_free(&diag);
     struct config *old = proc->cfg;
     proc->cfg = next;
-    /* Every worker runs under the new one from here: what the reload's steps below close or
-     * log reads it, as with one loop. */
-    for (int i = 0; i < proc->nworkers; i++)
-        proc->workers[i].cfg = next;
+    /* The control worker runs under the new one from here: what the reload's steps below
+     * close or log read it, as with one loop. The others swap when their message comes. */
+    sluice_control_worker(proc)->cfg = next;
     apply_logging(next);
     auth_reload(next);
     tls_reload(next);
     if (budget_sync(proc) < 0)
         log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
     for (int i = 0; i < proc->nworkers; i++)
-        worker_apply_config(&proc->workers[i]);
+        worker_post_reload(&proc->workers[i], next);
     config_free(old);
-    for (int i = 0; i < proc->nworkers; i++)
-        pool_dispatch_all(&proc->workers[i]);
+    pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
     log_msg(LOG_INFO, "configuration reloaded");
 }
 
@@ -392,11 +360,8 @@ void sluice_shutdown(struct process *proc, enum sluice_phase phase)
 {
     if (phase <= proc->phase)
         return;
-    if (proc->phase == PHASE_RUNNING) {
+    if (proc->phase == PHASE_RUNNING)
         listener_stop(proc);
-        for (int i = 0; i < proc->nworkers; i++)
-            uv_ref((uv_handle_t *)&proc->workers[i].maint_timer);
-    }
     /* While clients are waited for, /health already says shutting_down and /metrics go on. */
     for (int i = 0; phase >= PHASE_SHUTDOWN_GRACEFUL && i < proc->services_started; i++) {
         if (proc->services[i]->stop)
@@ -408,6 +373,8 @@ void sluice_shutdown(struct process *proc, enum sluice_phase phase)
                 "shutdown once every client has left: no new connections; %d clients "
                 "connected",
                 sluice_nclients(proc));
+        for (int i = 0; i < proc->nworkers; i++)
+            worker_post_shutdown(&proc->workers[i], phase);
         return;
     }
     if (phase == PHASE_SHUTDOWN_GRACEFUL) {
@@ -416,11 +383,11 @@ void sluice_shutdown(struct process *proc, enum sluice_phase phase)
                 "graceful shutdown: no new connections; waiting up to %lld ms for "
                 "transactions to finish",
                 (long long)proc->cfg->shutdown_timeout);
-        close_every_worker(proc, true);
     } else {
         log_msg(LOG_INFO, "shutting down now");
-        close_every_worker(proc, false);
     }
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_post_shutdown(&proc->workers[i], phase);
     secret_shutdown(); /* the clients that waited for auth_query are gone */
     finish_if_done(proc);
 }

@@ -9,15 +9,18 @@
 #ifndef SLUICE_SLUICE_H
 #define SLUICE_SLUICE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "budget.h"
 #include "config.h"
+#include "disabled_dbs.h"
 #include "ledger.h"
 #include "list.h"
 #include "login_notice.h"
+#include "mailbox.h"
 
 enum sluice_phase {
     PHASE_RUNNING,
@@ -55,6 +58,14 @@ struct sluice_service {
 };
 
 /* What one event loop serves. Only its own thread touches it (today: the process's thread). */
+/* Where a worker's loop runs (worker.c). */
+enum worker_run {
+    WORKER_ON_PROCESS_LOOP, /* worker 0: the process's loop, in main's thread */
+    WORKER_THREAD_READY,    /* own loop and handles made; its thread not started */
+    WORKER_THREAD_RUNNING,  /* its thread runs own_loop until its handles are closed */
+    WORKER_THREAD_JOINED,   /* its thread has returned: its objects may be freed */
+};
+
 struct worker {
     uv_loop_t *loop;
     struct process *proc;
@@ -66,9 +77,11 @@ struct worker {
     struct list pools;
     struct list login_clients;   /* STARTUP and AUTH (client_login_timeout) */
     struct list closing_clients; /* CLOSING: flushing a last error */
-    int nclients;              /* every client socket, in any state */
-    int nservers;              /* every struct server alive, in any state (the caps count
-                                * in the ledger: pools' and auth_query's backends) */
+    /* Atomics: the acceptor and the shutdown's checks on the control thread read them. */
+    atomic_int nclients; /* every client socket, in any state */
+    atomic_int nservers; /* every struct server alive, in any state (the caps count in the
+                          * ledger: pools' and auth_query's backends) */
+    atomic_int handed;   /* sockets the acceptor posted to this worker, not yet its clients */
     uint64_t next_id;
 
     /* Closed objects wait here until the end of the loop iteration, so code that closed one
@@ -91,15 +104,23 @@ struct worker {
     struct login_notice_source login_notice_src;
     uv_timer_t maint_timer;
     uint64_t last_stats_ms;
+
+    /* Its thread (worker.c): worker 0 runs on the process's loop, 1..N-1 each on own_loop in
+     * a thread of their own; messages from other threads come through mailbox. */
+    enum worker_run run;
+    struct mailbox mailbox;
+    uv_loop_t own_loop;
+    uv_thread_t thread;
 };
 
-#define SLUICE_MAX_WORKERS 1 /* the worker threads are not built yet (architecture.md 5) */
+#define SLUICE_MAX_WORKERS 64 /* the workers key's range; config_keys refuses more than 1 yet */
 
 /* What there is one of per process. */
 struct process {
     uv_loop_t *loop;    /* signals, the listener and the services run here */
     struct config *cfg; /* owned; swapped whole on reload */
-    enum sluice_phase phase;
+    /* Read by every worker (sluice_serving), set by the control thread. */
+    _Atomic(enum sluice_phase) phase;
     uint64_t shutdown_deadline_ms;
 
     struct ledger ledger; /* the counts every cap compares against (ledger.h) */
@@ -111,7 +132,7 @@ struct process {
     const struct console_ops *console; /* registered by the console service (console.h) */
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct list admin_waits;  /* console commands answered later (admin.c) */
-    struct list disabled_dbs; /* DISABLE db: names whose new logins are refused (disabled_dbs.c) */
+    struct disabled_dbs disabled_dbs; /* DISABLE db: names whose new logins are refused */
     uv_signal_t sig_hup, sig_int, sig_term;
 
     struct worker workers[SLUICE_MAX_WORKERS];
@@ -136,12 +157,14 @@ static inline struct worker *sluice_control_worker(struct process *proc)
     return &proc->workers[0];
 }
 
-/* Client sockets open in every worker. */
+/* Client sockets open in every worker, and those on their way to one (max_client_conn). */
 static inline int sluice_nclients(const struct process *proc)
 {
     int n = 0;
-    for (int i = 0; i < proc->nworkers; i++)
-        n += proc->workers[i].nclients;
+    for (int i = 0; i < proc->nworkers; i++) {
+        n += atomic_load_explicit(&proc->workers[i].nclients, memory_order_relaxed) +
+             atomic_load_explicit(&proc->workers[i].handed, memory_order_relaxed);
+    }
     return n;
 }
 

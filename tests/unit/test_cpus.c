@@ -87,12 +87,28 @@ static void this_process_has_at_least_one(void)
     CHECK(cpus_usable() >= 1);
 }
 
+/* 4 threads per worker unless the environment already chose; one worker keeps libuv's 4. */
+static void the_thread_pool_grows_with_workers_unless_the_environment_sets_it(void)
+{
+    unsetenv("UV_THREADPOOL_SIZE");
+    CHECK_INT(cpus_size_threadpool(1), 4);
+    CHECK_STR(getenv("UV_THREADPOOL_SIZE"), "4");
+    unsetenv("UV_THREADPOOL_SIZE");
+    CHECK_INT(cpus_size_threadpool(3), 12);
+    unsetenv("UV_THREADPOOL_SIZE");
+    CHECK_INT(cpus_size_threadpool(64 * 64), 1024);
+    setenv("UV_THREADPOOL_SIZE", "7", 1);
+    CHECK_INT(cpus_size_threadpool(3), 7); /* the operator's choice stays */
+    unsetenv("UV_THREADPOOL_SIZE");
+}
+
 int main(void)
 {
     RUN(no_cgroup_files_means_the_affinity_count);
     RUN(v2_quota_caps_and_rounds_up);
     RUN(v1_quota_in_either_directory);
     RUN(this_process_has_at_least_one);
+    RUN(the_thread_pool_grows_with_workers_unless_the_environment_sets_it);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     CHECK_INT(system(cmd), 0);

@@ -29,6 +29,7 @@
 #include "check.h"
 #include "client.h"
 #include "config.h"
+#include "disabled_dbs.h"
 #include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
@@ -715,6 +716,86 @@ static void statement_definitions_are_counted_across_threads(void)
     free(args);
 }
 
+/* ---- disabled_dbs: logins on every worker ask while DISABLE/ENABLE change it ---- */
+
+static struct process disabled_proc; /* only its disabled_dbs is used */
+
+static void *disabled_worker(void *p)
+{
+    struct numbered_arg *a = p;
+    for (int i = 0; i < 3000; i++) {
+        if (a->id == 0) { /* the console: DISABLE busy, ENABLE busy */
+            a->bad += disabled_dbs_add(&disabled_proc, "busy") != 0;
+            disabled_dbs_remove(&disabled_proc, "busy");
+        } else { /* logins: "busy" either way, the others always the same */
+            (void)disabled_dbs_contains(&disabled_proc, "busy");
+            a->bad += !disabled_dbs_contains(&disabled_proc, "closed");
+            a->bad += disabled_dbs_contains(&disabled_proc, "open");
+        }
+    }
+    return NULL;
+}
+
+/* Without the list's mutex ThreadSanitizer reports the race between a login's walk and
+ * DISABLE's append or ENABLE's free. */
+static void disabled_databases_are_read_while_changed(void)
+{
+    disabled_dbs_init(&disabled_proc.disabled_dbs);
+    CHECK_INT(disabled_dbs_add(&disabled_proc, "closed"), 0);
+    run_numbered_threads(disabled_worker);
+    CHECK(disabled_dbs_contains(&disabled_proc, "closed"));
+    CHECK(!disabled_dbs_contains(&disabled_proc, "busy"));
+    disabled_dbs_free(&disabled_proc);
+}
+
+/* ---- budgets: logins on every worker join theirs while a reload changes the set ---- */
+
+static struct worker *budget_worker_of; /* one process whose budgets every thread uses */
+static struct config *budget_cfgs[2];   /* the two configs the reloads switch between */
+
+static void *budget_login_worker(void *p)
+{
+    struct numbered_arg *a = p;
+    struct process *proc = budget_worker_of->proc;
+    union peer_addr addr = {0};
+    addr.sa.sa_family = AF_UNIX;
+    for (int i = 0; i < 3000; i++) {
+        if (a->id == 0) { /* the control thread's RELOAD */
+            proc->cfg = budget_cfgs[i & 1];
+            a->bad += budget_sync(proc) != 0;
+            continue;
+        }
+        struct budget *b = NULL;
+        a->bad += !budget_join(budget_worker_of, i & 1 ? "web-1" : "api-1", "u", &addr, &b);
+        a->bad += b == NULL;
+        ledger_give_client(&proc->ledger, b); /* the client leaves */
+    }
+    return NULL;
+}
+
+/* A login matches its budget and counts itself in one step under the ledger's lock: without
+ * it, ThreadSanitizer reports a login walking the budget set a reload is replacing (and a
+ * budget retired and freed between its match and its count). */
+static void logins_join_budgets_while_a_reload_changes_them(void)
+{
+    budget_cfgs[0] = fixture_config("[databases]\ndb = host=127.0.0.1\n"
+                                    "[budgets]\nweb = app=web* max_clients=1000\n");
+    budget_cfgs[1] = fixture_config("[databases]\ndb = host=127.0.0.1\n"
+                                    "[budgets]\napi = app=api* max_clients=1000\n");
+    if (!budget_cfgs[0] || !budget_cfgs[1])
+        return;
+    budget_worker_of = fixture_worker_of(budget_cfgs[0], NULL);
+    if (!budget_worker_of)
+        return;
+    run_numbered_threads(budget_login_worker);
+    struct process *proc = budget_worker_of->proc;
+    for (int i = 0; i < proc->budgets.n; i++)
+        CHECK_INT(proc->budgets.items[i]->clients, 0);
+    proc->cfg = budget_worker_of->cfg = budget_cfgs[0]; /* fixture_worker_free frees it */
+    config_free(budget_cfgs[1]);
+    fixture_worker_free(budget_worker_of);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/sluice-test-threads-XXXXXX");
@@ -731,6 +812,8 @@ int main(void)
     logins_read_rules_and_tls_context_during_reloads();
     config_generations_are_freed_by_their_last_holder();
     statement_definitions_are_counted_across_threads();
+    disabled_databases_are_read_while_changed();
+    logins_join_budgets_while_a_reload_changes_them();
     buf_free_cache();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

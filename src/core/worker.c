@@ -1,0 +1,352 @@
+/* worker: each worker's loop, thread and mailbox, and the messages the control thread sends
+ * them (see worker.h). A message is handled between the receiving worker's callbacks, so it
+ * sees its lists as any callback of that loop does. */
+#include "worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "budget.h"
+#include "buf.h"
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "secret.h"
+#include "server.h"
+#include "sockio.h"
+
+enum worker_msg_kind {
+    WORKER_MSG_ACCEPT,      /* fd, addr: a new client */
+    WORKER_MSG_SHUTDOWN,    /* phase: the process entered it */
+    WORKER_MSG_RELOAD,      /* cfg: a reference to the process's new config */
+    WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
+    WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
+    WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
+    WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
+};
+
+struct worker_msg {
+    struct list_node node;
+    enum worker_msg_kind kind;
+    int fd;
+    struct sockaddr_storage addr;
+    enum sluice_phase phase;
+    struct config *cfg;
+    uint32_t pid, key;
+    struct worker *reply_to;
+    struct cancel_job *ticket;
+};
+
+void worker_close_all(struct worker *worker, bool only_free_ones)
+{
+    struct list_node *pn, *ptmp, *n, *tmp;
+    list_for_each(&worker->login_clients, n, tmp)
+        client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+    list_for_each(&worker->pools, pn, ptmp)
+    {
+        struct pool *p = container_of(pn, struct pool, node);
+        list_for_each(&p->idle_clients, n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        /* A queued request is a new one: answered at once, or a steady stream of short
+         * transactions would keep every server busy until shutdown_timeout. */
+        list_for_each(&p->waiting, n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        if (!only_free_ones) {
+            list_for_each(&p->active_clients, n, tmp)
+                client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+            list_for_each(&p->resetting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+            list_for_each(&p->connecting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+        }
+        list_for_each(&p->idle, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
+        list_for_each(&p->leaving, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
+    }
+    if (!only_free_ones) {
+        list_for_each(&worker->closing_clients, n, tmp)
+            client_close(container_of(n, struct client, node), "shutting down");
+    }
+}
+
+/* A worker's pools follow the reloaded config (worker->cfg, already the new one). */
+void worker_apply_config(struct worker *worker)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        server_retire_changed(p);
+        budget_log_cap(p);
+        /* NN% caps are resolved again from the next server this pool opens. */
+        p->probe_again = true;
+    }
+    pool_create_forced(worker);
+}
+
+void worker_close_handles(struct worker *worker)
+{
+    uv_timer_stop(&worker->maint_timer);
+    uv_close((uv_handle_t *)&worker->maint_timer, NULL);
+    uv_close((uv_handle_t *)&worker->reaper, NULL);
+    mailbox_close(&worker->mailbox, NULL);
+}
+
+/* What the process's shutdown asks of one worker (sluice_shutdown does the process's part). */
+static void begin_shutdown(struct worker *worker, enum sluice_phase phase)
+{
+    uv_ref((uv_handle_t *)&worker->maint_timer);
+    /* auth_query's lookups and connections are each thread's own (secret.h); the control
+     * thread ends its own in sluice_shutdown */
+    if (worker->run != WORKER_ON_PROCESS_LOOP && phase >= PHASE_SHUTDOWN_GRACEFUL)
+        secret_shutdown();
+    if (phase == PHASE_SHUTDOWN_GRACEFUL)
+        worker_close_all(worker, true);
+    else if (phase == PHASE_SHUTDOWN_NOW)
+        worker_close_all(worker, false);
+}
+
+static void apply_reload(struct worker *worker, struct config *cfg)
+{
+    struct config *old = worker->cfg;
+    worker->cfg = cfg;
+    secret_reload(); /* this thread's auth_query answers and connections (auth_reload's part) */
+    worker_apply_config(worker);
+    pool_dispatch_all(worker);
+    config_release(old);
+}
+
+static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)
+{
+    struct worker *worker = mb->data;
+    struct worker_msg *m = container_of(node, struct worker_msg, node);
+    bool delivered = how == MAILBOX_DELIVERED;
+    switch (m->kind) {
+    case WORKER_MSG_ACCEPT: {
+        struct client *c = delivered ? client_accept(worker, m->fd, &m->addr) : NULL;
+        if (!delivered)
+            close(m->fd);
+        atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
+        if (c)
+            client_read_first(c);
+        break;
+    }
+    case WORKER_MSG_SHUTDOWN:
+        if (delivered)
+            begin_shutdown(worker, m->phase);
+        break;
+    case WORKER_MSG_RELOAD:
+        if (delivered)
+            apply_reload(worker, m->cfg);
+        else
+            config_release(m->cfg);
+        break;
+    case WORKER_MSG_FINISH:
+        if (delivered)
+            worker_close_handles(worker);
+        break;
+    case WORKER_MSG_CANCEL:
+        if (delivered)
+            cancel_remote_request(worker, m->pid, m->key, m->reply_to, m->ticket);
+        else
+            worker_post_cancel_done(m->reply_to, m->ticket);
+        break;
+    case WORKER_MSG_WAKE:
+        if (delivered && sluice_serving(worker))
+            pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+        break;
+    case WORKER_MSG_CANCEL_DONE:
+        /* dropped too: the mailbox closes on this, the ticket's, thread */
+        cancel_remote_done(m->ticket);
+        break;
+    }
+    free(m);
+}
+
+/* Post m to a worker's thread; false (m still the caller's) when its mailbox is closed. */
+static bool post(struct worker *worker, struct worker_msg *m)
+{
+    if (mailbox_post(&worker->mailbox, &m->node) == 0)
+        return true;
+    log_msg(LOG_WARNING, "worker %u no longer takes messages", worker->index);
+    return false;
+}
+
+static struct worker_msg *msg_new(enum worker_msg_kind kind)
+{
+    struct worker_msg *m = calloc(1, sizeof(*m));
+    if (m)
+        m->kind = kind;
+    else
+        log_msg(LOG_ERROR, "out of memory for a message to a worker");
+    return m;
+}
+
+int worker_loop_init(struct worker *worker, uv_loop_t *process_loop)
+{
+    if (worker->index == 0) {
+        worker->run = WORKER_ON_PROCESS_LOOP;
+        worker->loop = process_loop;
+        int rc = mailbox_init(&worker->mailbox, process_loop, on_message, worker);
+        if (rc == 0)
+            uv_unref((uv_handle_t *)&worker->mailbox.async);
+        return rc;
+    }
+    int rc = uv_loop_init(&worker->own_loop);
+    if (rc < 0)
+        return rc;
+    worker->loop = &worker->own_loop;
+    worker->run = WORKER_THREAD_READY;
+    return mailbox_init(&worker->mailbox, &worker->own_loop, on_message, worker);
+}
+
+static void thread_main(void *arg)
+{
+    struct worker *worker = arg;
+    uv_run(&worker->own_loop, UV_RUN_DEFAULT);
+    /* What this thread keeps of its own (sockio.c's spare polls, auth_query's connections)
+     * goes, then the loop runs once more for their close callbacks. */
+    sockio_release_spares();
+    secret_free_all();
+    uv_run(&worker->own_loop, UV_RUN_DEFAULT);
+    buf_free_cache();
+}
+
+int worker_thread_start(struct worker *worker)
+{
+    if (worker->run != WORKER_THREAD_READY)
+        return UV_EINVAL;
+    int rc = uv_thread_create(&worker->thread, thread_main, worker);
+    if (rc == 0)
+        worker->run = WORKER_THREAD_RUNNING;
+    return rc;
+}
+
+void worker_thread_join(struct worker *worker)
+{
+    switch (worker->run) {
+    case WORKER_ON_PROCESS_LOOP:
+    case WORKER_THREAD_JOINED:
+        return;
+    case WORKER_THREAD_READY: /* never ran: its handles are closed here, on this thread */
+        worker_close_handles(worker);
+        uv_run(&worker->own_loop, UV_RUN_DEFAULT);
+        break;
+    case WORKER_THREAD_RUNNING:
+        uv_thread_join(&worker->thread);
+        break;
+    }
+    int rc = uv_loop_close(&worker->own_loop);
+    if (rc != 0)
+        log_msg(LOG_ERROR, "worker %u: loop not empty at exit: %s", worker->index, uv_strerror(rc));
+    worker->run = WORKER_THREAD_JOINED;
+}
+
+struct client *worker_hand_client(struct worker *worker, int fd,
+                                  const struct sockaddr_storage *addr)
+{
+    if (worker->run == WORKER_ON_PROCESS_LOOP)
+        return client_accept(worker, fd, addr);
+    struct worker_msg *m = msg_new(WORKER_MSG_ACCEPT);
+    if (!m) {
+        close(fd);
+        return NULL;
+    }
+    m->fd = fd;
+    memcpy(&m->addr, addr, sizeof(m->addr));
+    atomic_fetch_add_explicit(&worker->handed, 1, memory_order_relaxed);
+    if (!post(worker, m)) {
+        atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
+        close(fd);
+        free(m);
+    }
+    return NULL;
+}
+
+void worker_post_shutdown(struct worker *worker, enum sluice_phase phase)
+{
+    if (worker->run == WORKER_ON_PROCESS_LOOP) {
+        begin_shutdown(worker, phase);
+        return;
+    }
+    struct worker_msg *m = msg_new(WORKER_MSG_SHUTDOWN);
+    if (!m)
+        return;
+    m->phase = phase;
+    if (!post(worker, m))
+        free(m);
+}
+
+void worker_post_reload(struct worker *worker, struct config *cfg)
+{
+    if (worker->run == WORKER_ON_PROCESS_LOOP) {
+        /* worker 0 shares the process's reference: sluice_reload swapped it already */
+        worker_apply_config(worker);
+        return;
+    }
+    struct worker_msg *m = msg_new(WORKER_MSG_RELOAD);
+    if (!m)
+        return;
+    m->cfg = config_acquire(cfg);
+    if (!post(worker, m)) {
+        config_release(m->cfg);
+        free(m);
+    }
+}
+
+int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
+                       struct cancel_job *ticket)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CANCEL);
+    if (!m)
+        return UV_ENOMEM;
+    m->pid = pid;
+    m->key = key;
+    m->reply_to = reply_to;
+    m->ticket = ticket;
+    if (!post(worker, m)) {
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
+}
+
+void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CANCEL_DONE);
+    if (!m)
+        return; /* the ticket is the requester's thread's to free: left, as at exit below */
+    m->ticket = ticket;
+    if (!post(worker, m))
+        free(m); /* the requester's worker has closed its mailbox: its clients are gone */
+}
+
+void worker_wake(struct worker *from, int to)
+{
+    if (to == LEDGER_NO_WORKER)
+        return;
+    if (to == (int)from->index) {
+        from->dispatch_needed = true;
+        return;
+    }
+    if (to < 0 || to >= from->proc->nworkers)
+        return;
+    struct worker_msg *m = msg_new(WORKER_MSG_WAKE);
+    if (m && !post(&from->proc->workers[to], m))
+        free(m);
+}
+
+void worker_post_finish(struct worker *worker)
+{
+    if (worker->run != WORKER_THREAD_RUNNING) {
+        if (worker->run == WORKER_ON_PROCESS_LOOP)
+            worker_close_handles(worker);
+        return; /* READY: worker_thread_join closes them */
+    }
+    struct worker_msg *m = msg_new(WORKER_MSG_FINISH);
+    if (m && !post(worker, m))
+        free(m);
+}

@@ -1,0 +1,58 @@
+/* worker: a worker's loop, its thread and its mailbox, and the messages other threads send it
+ * (docs/architecture.md 5.1, 5.7). Worker 0 runs on the process's loop in main's thread, so
+ * workers = 1 keeps the single-loop path: nothing here is posted then, every step runs inline.
+ * Workers 1..N-1 each run their own loop in a thread of their own; the control thread (the
+ * process's loop) reaches them only through worker_post_*, never through their lists.
+ * Ownership: a posted socket, config reference or request is the receiver's once posted. */
+#ifndef SLUICE_WORKER_H
+#define SLUICE_WORKER_H
+
+#include <sys/socket.h>
+
+#include "cancel.h"
+#include "sluice.h"
+
+/* Workers 1..N-1, on the control thread before anything can post to it: initialise own_loop
+ * and its mailbox there (the worker's handles are then made on own_loop by the caller);
+ * WORKER_THREAD_READY. 0 or a negative UV_E*. Worker 0: its mailbox on the process's loop,
+ * unreferenced (the loop ends without it). */
+int worker_loop_init(struct worker *worker, uv_loop_t *process_loop);
+/* READY -> RUNNING: the thread runs own_loop until worker_post_finish's message closed its
+ * handles. 0 or a negative UV_E* (the worker stays READY). */
+int worker_thread_start(struct worker *worker);
+/* After the process's loop ended: wait for the thread (RUNNING) or close the handles of a
+ * worker that never ran (READY); own_loop is closed, JOINED. Worker 0: nothing. */
+void worker_thread_join(struct worker *worker);
+
+/* The acceptor (control thread): fd becomes a client of worker, on worker's thread (counted in
+ * worker->handed until then). A worker on the process's loop takes it inline: the client, to
+ * have its first packet read (listener_ops.read_first); else NULL (posted, or closed when the
+ * worker no longer takes messages). */
+struct client *worker_hand_client(struct worker *worker, int fd,
+                                  const struct sockaddr_storage *addr);
+
+/* The control thread tells a worker what the process did; inline for a worker on the
+ * process's loop, else a message handled between that worker's callbacks. */
+void worker_post_shutdown(struct worker *worker, enum sluice_phase phase);
+/* cfg: the process's new config; the worker takes its own reference. */
+void worker_post_reload(struct worker *worker, struct config *cfg);
+/* A CancelRequest for a pid worker owns (cancel.c), its requester waiting on reply_to's
+ * ticket. 0, or UV_ECANCELED/UV_ENOMEM (nothing posted). */
+int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
+                       struct cancel_job *ticket);
+/* The owner's answer: ticket back to the requester's worker. */
+void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
+/* A slot freed on from's thread: wake the worker the ledger's give named (ledger.h: its
+ * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
+ * this loop iteration; another worker gets a message and dispatches its pools. */
+void worker_wake(struct worker *from, int to);
+/* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
+ * which ends its loop. */
+void worker_post_finish(struct worker *worker);
+
+/* What each worker does on its own loop, shared with sluice.c's inline paths. */
+void worker_close_all(struct worker *worker, bool only_free_ones);
+void worker_apply_config(struct worker *worker);
+void worker_close_handles(struct worker *worker);
+
+#endif

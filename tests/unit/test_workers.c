@@ -1,0 +1,250 @@
+/* Unit test of the worker threads' mechanism (worker.c, docs/architecture.md 5.1, 5.7) with two
+ * workers, below the workers key's refusal (the config says 1; the test asks for 2 after the
+ * load): the acceptor hands the second of two TCP clients to worker 1's thread, a CancelRequest
+ * on worker 0 for worker 1's pid is answered by worker 1 through the mailboxes, a slot freed on
+ * worker 0 wakes worker 1 that waited for it, a reload
+ * reaches worker 1 as a config generation of its own, and a shutdown closes both workers'
+ * clients, ends worker 1's loop and joins its thread. Run under TSan too (scripts/test). Uses
+ * loopback sockets and a 10 ms timer: the hand-off is between threads (the listener's
+ * TCP_DEFER_ACCEPT holds silent clients about a second). */
+#include "check.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "ledger.h"
+#include "listener.h"
+#include "pool.h"
+#include "sluice.h"
+#include "sockio.h"
+#include "worker.h"
+
+static char *no_env[] = {NULL};
+
+struct run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    bool both_served;     /* each worker had one client */
+    int canceller;        /* a third client, sending a CancelRequest for worker 1's pid */
+    bool cancel_answered; /* its connection was closed: worker 1 answered through worker 0 */
+};
+
+static int connect_to(int port);
+
+/* A CancelRequest (protocol 55.2.10) for pid, key 0. */
+static void send_cancel(int fd, uint32_t pid)
+{
+    uint32_t words[4] = {htonl(16), htonl(80877102u), htonl(pid), 0};
+    CHECK_INT((int)write(fd, words, sizeof(words)), (int)sizeof(words));
+}
+
+/* Worker 1 waits for a slot of db/u (as its pool's maybe_connect registers it); a slot freed on
+ * worker 0 names it, and worker_wake sends it a message (its dispatch runs on its thread). */
+static void wake_worker_1(struct process *proc)
+{
+    struct worker *w0 = &proc->workers[0];
+    struct pool *p = pool_get(w0, NULL, "u", "db");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct ledger *l = &proc->ledger;
+    CHECK_INT(ledger_wait_slot(l, p->ledger_key, 1, LIMIT_POOL, ledger_now_ms()), 0);
+    struct ledger_caps room = {.pool = 10};
+    CHECK_INT(ledger_take_server(l, p->ledger_key, &room), LIMIT_NONE);
+    int woken = ledger_give_server(l, p->ledger_key);
+    CHECK_INT(woken, 1);
+    worker_wake(w0, woken);
+    CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER); /* taken off the list */
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct run *r = t->data;
+    struct process *proc = &r->proc;
+    int w0 = atomic_load(&proc->workers[0].nclients);
+    int w1 = atomic_load(&proc->workers[1].nclients);
+    if (!r->both_served) {
+        r->both_served = w0 == 1 && w1 == 1;
+        if (r->both_served) {
+            /* on worker 0 (a tie goes to it), for a pid whose owner bits name worker 1 */
+            r->canceller = connect_to(listener_port(proc));
+            send_cancel(r->canceller, 0x40000000u | 1u);
+        }
+    } else if (!r->cancel_answered) {
+        char byte;
+        r->cancel_answered = recv(r->canceller, &byte, 1, MSG_DONTWAIT) == 0;
+    }
+    if (!r->cancel_answered && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    wake_worker_1(proc);
+    sluice_reload(proc);
+    sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    struct timeval five = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof(five));
+    CHECK_INT(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    return fd;
+}
+
+/* What the client reads until sluice closes it: >= 0 bytes (the shutdown's FATAL, if any),
+ * -1 if it stayed open past the timeout. */
+static int read_to_close(int fd)
+{
+    char buf[512];
+    int total = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n == 0)
+            return total;
+        if (n < 0)
+            return -1;
+        total += (int)n;
+    }
+}
+
+/* A config from a file at path (mkstemp's template, filled in), loaded as the key allows
+ * (workers = 1), then asking for workers: the mechanism under the key's refusal. */
+static struct config *config_with_workers(char *path, int workers)
+{
+    int cfd = mkstemp(path);
+    CHECK(cfd >= 0);
+    static const char ini[] = "[databases]\ndb = host=127.0.0.1 port=1\n"
+                              "[sluice]\nlisten_addr = 127.0.0.1\nlisten_port = 0\n";
+    CHECK_INT((int)write(cfd, ini, sizeof(ini) - 1), (int)sizeof(ini) - 1);
+    close(cfd);
+    struct config_diag diag = {0};
+    struct config *cfg = config_load(path, no_env, &diag);
+    config_diag_free(&diag);
+    CHECK(cfg != NULL);
+    if (cfg)
+        cfg->workers = workers;
+    return cfg;
+}
+
+static void two_workers_take_clients_reload_and_shut_down(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_workers(path, 2);
+    if (!cfg)
+        return;
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct run r;
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
+    CHECK_INT(r.proc.nworkers, 2);
+    CHECK_INT(r.proc.workers[0].run, WORKER_ON_PROCESS_LOOP);
+    CHECK_INT(r.proc.workers[1].run, WORKER_THREAD_RUNNING);
+    uint64_t first_generation = cfg->generation;
+    int port = listener_port(&r.proc);
+    int a = connect_to(port), b = connect_to(port);
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_tick, 10, 10);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.both_served);
+    CHECK(r.cancel_answered);
+    close(r.canceller);
+    CHECK(read_to_close(a) >= 0); /* closed by the shutdown, on worker 0 */
+    CHECK(read_to_close(b) >= 0); /* and on worker 1's thread */
+    close(a);
+    close(b);
+
+    worker_thread_join(&r.proc.workers[1]);
+    CHECK_INT(r.proc.workers[1].run, WORKER_THREAD_JOINED);
+    CHECK(r.proc.cfg->generation > first_generation);
+    CHECK(r.proc.workers[1].cfg == r.proc.cfg); /* its reload message came before the end */
+    CHECK_INT(atomic_load(&r.proc.workers[1].nclients), 0);
+    CHECK_INT(atomic_load(&r.proc.workers[1].handed), 0);
+    CHECK(r.proc.workers[1].next_id == ((uint64_t)1 << 56) + 1); /* C-n unique across workers */
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
+#define FOUR 4
+
+struct graceful_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    bool spread; /* one client on each worker */
+};
+
+static void on_graceful_tick(uv_timer_t *t)
+{
+    struct graceful_run *r = t->data;
+    int one_each = 0;
+    for (int i = 0; i < FOUR; i++)
+        one_each += atomic_load(&r->proc.workers[i].nclients) == 1;
+    r->spread = one_each == FOUR;
+    if (!r->spread && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(&r->proc, PHASE_SHUTDOWN_GRACEFUL); /* SIGINT's */
+}
+
+/* Four workers, a client on each (the acceptor spreads them), then SIGINT's graceful shutdown:
+ * each thread closes its own clients (logins are closed at once), the control thread sees every
+ * count at zero, ends each thread's loop and joins it. */
+static void four_workers_spread_clients_and_shut_down_gracefully(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_workers(path, FOUR);
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct graceful_run r;
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
+    CHECK_INT(r.proc.nworkers, FOUR);
+    int port = listener_port(&r.proc), fds[FOUR];
+    for (int i = 0; i < FOUR; i++)
+        fds[i] = connect_to(port);
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_graceful_tick, 10, 10);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.spread);
+    for (int i = 0; i < FOUR; i++) {
+        CHECK(read_to_close(fds[i]) >= 0);
+        close(fds[i]);
+    }
+    for (int i = 0; i < FOUR; i++) {
+        worker_thread_join(&r.proc.workers[i]);
+        CHECK_INT(atomic_load(&r.proc.workers[i].nclients), 0);
+    }
+    CHECK_INT(r.proc.workers[3].run, WORKER_THREAD_JOINED);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
+int main(void)
+{
+    RUN(two_workers_take_clients_reload_and_shut_down);
+    RUN(four_workers_spread_clients_and_shut_down_gracefully);
+    return CHECK_DONE();
+}
