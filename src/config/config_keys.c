@@ -191,10 +191,11 @@ int config_keys_check_main(const struct config *c, char *why, size_t n)
         return -EINVAL;
     }
     if (c->workers > 1) {
-        /* Honest until they exist: a config asking for threads must not run on one silently. */
+        /* Honest until they serve every path: a config asking for threads must not run on one
+         * silently, nor on threads that half work. */
         snprintf(why, n,
-                 "workers = %lld: only 1 runs yet; the worker threads (issue 21, "
-                 "docs/architecture.md section 5) are not built",
+                 "workers = %lld: only 1 runs yet; the worker threads (issue 21) do not yet "
+                 "serve every path (docs/architecture.md section 5.12)",
                  (long long)c->workers);
         return -EINVAL;
     }
