@@ -220,3 +220,190 @@ def test_odd_startup_values_reach_the_backend_as_postgres_reads_them(start_sluic
             assert (got, got_custom) == (want, custom)
         finally:
             pooled.close()
+
+
+def count_backends(pg, like, state=None):
+    with pg.superuser() as con:
+        (n,) = con.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+                           " AND backend_type = 'client backend' AND application_name LIKE %s"
+                           " AND (%s::text IS NULL OR state = %s)",
+                           [like, state, state]).fetchone()
+    return n
+
+
+class LikeSampler(threading.Thread):
+    """The most active backends whose application_name is LIKE `like` seen at once (a
+    budget's max_servers counts servers its clients hold; an idle backend opened with a
+    budget client's parameters is no longer the budget's)."""
+
+    def __init__(self, pg, like):
+        super().__init__(daemon=True)
+        self.pg, self.like, self.max, self.samples = pg, like, 0, 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.max = max(self.max, count_backends(self.pg, self.like, "active"))
+            self.samples += 1
+            self.stop.wait(0.05)
+
+
+def test_a_budget_holds_its_max_servers_in_a_storm_of_distinct_parameters(pg, start_sluice,
+                                                                          tmp_path):
+    from test_budgets import start_with_budgets as _unused  # noqa: F401 (fixture source)
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 5, "query_wait_timeout": 60,
+                      "max_client_conn": 200})
+    text = s.ini_path.read_text() + "\n[budgets]\nseeds = app=seed* max_servers=2\n"
+    s.ini_path.write_text(text)
+    import signal
+    mark = s.mark()
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"configuration reloaded", since=mark)
+    results = {}
+
+    def client(i):
+        kind = "seed" if i % 2 else "web"
+        try:
+            c = raw_login(s.port, application_name=f"{kind}{i}", timeout=80)
+            try:
+                results[i] = c.query("SELECT current_setting('application_name'),"
+                                     " pg_sleep(0.05)")[0]
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001
+            results[i] = repr(e)
+
+    seeds = LikeSampler(pg, "seed%")
+    seeds.start()
+    with BackendSampler(pg) as sampler:
+        run_threads(client, 60)
+    seeds.stop.set()
+    seeds.join(5)
+    assert results == {i: [[f"{'seed' if i % 2 else 'web'}{i}", ""]] for i in range(60)}
+    assert sampler.max <= 5, sampler.history
+    assert seeds.samples > 0 and seeds.max <= 2
+
+
+@pytest.mark.parametrize("change", [("default_pool_size", 2), ("pool_mode", "transaction")])
+def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change):
+    from test_caps_reload import reload_with
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 4, "query_wait_timeout": 60,
+                      "max_client_conn": 200})
+    results = {}
+
+    def client(i):
+        try:
+            c = raw_login(s.port, application_name=f"r{i}", options=f"-c app.me={i}",
+                          timeout=80)
+            try:
+                rows = c.query("SELECT current_setting('application_name'),"
+                               " current_setting('app.me'), pg_sleep(0.1)")[0]
+                results[i] = rows
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with pg.superuser() as con:
+        (before_reload,) = con.execute("SELECT clock_timestamp()").fetchone()
+    reload_with(s, *change)
+    for t in threads:
+        t.join(90)
+    bad = {i: r for i, r in results.items() if r != [[f"r{i}", str(i), ""]]}
+    if change[0] == "pool_mode":
+        # clients let in before the reload are session clients; after it transaction ones,
+        # whose backends are the pool's own: application_name is synced, app.me is not sluice's
+        bad = {i: r for i, r in bad.items() if not (isinstance(r, list) and r[0][0] == f"r{i}")}
+    assert not bad and len(results) == 40, bad
+    time.sleep(1.0)
+    limit = 2 if change[0] == "default_pool_size" else 4
+    with BackendSampler(pg) as sampler:
+        time.sleep(0.5)
+    assert sampler.max <= limit, sampler.history
+    if change[0] == "pool_mode":
+        # the backends opened with session clients' parameters are of no use now: a
+        # transaction client is served at once, and they do not stay to hold the pool's slots
+        t0 = time.monotonic()
+        c = raw_login(s.port, application_name="after")
+        try:
+            assert c.query("SELECT current_setting('application_name')")[0] == [["after"]]
+        finally:
+            c.close()
+        assert time.monotonic() - t0 < 2
+        from conftest import wait_until
+
+        def opened_before_reload():
+            with pg.superuser() as con:
+                return con.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+                                   " AND backend_start < %s", [before_reload]).fetchone()[0]
+
+        wait_until(lambda: opened_before_reload() == 0, 5, what="session backends closed")
+
+
+def test_pause_and_resume_under_a_storm_of_distinct_parameters(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 3, "query_wait_timeout": 60,
+                      "admin_users": ADMIN, "max_client_conn": 200})
+    import psycopg
+    results = {}
+
+    def client(i):
+        try:
+            c = raw_login(s.port, application_name=f"p{i}", timeout=80)
+            try:
+                results[i] = c.query("SELECT current_setting('application_name'),"
+                                     " pg_sleep(0.05)")[0]
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001
+            results[i] = repr(e)
+
+    with psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None), autocommit=True,
+                         prepare_threshold=None) as admin:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        admin.execute("PAUSE appdb")
+        time.sleep(0.5)
+        admin.execute("RESUME appdb")
+        for t in threads:
+            t.join(90)
+    assert results == {i: [[f"p{i}", ""]] for i in range(30)}
+
+
+def test_an_option_also_in_the_database_entry_is_the_clients(start_sluice, pg):
+    entry = pg.db_entry(options="-c statement_timeout=7777 -c app.db=fromdb")
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1},
+                     databases={"appdb": entry})
+    c = raw_login(s.port, options="-c statement_timeout=5555")
+    try:
+        rows = c.query("SELECT current_setting('statement_timeout'), current_setting('app.db')")
+        assert rows[0] == [["5555ms", "fromdb"]]
+        c.query("RESET ALL")
+        assert c.query("SHOW statement_timeout")[0] == [["5555ms"]]
+    finally:
+        c.close()
+    c = raw_login(s.port)
+    try:
+        assert c.query("SHOW statement_timeout")[0] == [["7777ms"]]
+    finally:
+        c.close()
+
+
+def test_idle_backends_opened_for_session_clients_close_when_the_mode_changes(start_sluice, pg):
+    from test_caps_reload import reload_with
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 3})
+    for i in range(3):
+        c = raw_login(s.port, application_name=f"idle{i}")
+        c.query("SELECT 1")
+        c.close()
+    time.sleep(0.3)
+    assert count_backends(pg, "idle%") == 3
+    reload_with(s, "pool_mode", "transaction")
+    from conftest import wait_until
+    # they hold the pool's slots and serve nobody: gone without waiting for server_idle_timeout
+    wait_until(lambda: count_backends(pg, "idle%") == 0, 3, what="session backends closed")
