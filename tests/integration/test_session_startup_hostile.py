@@ -407,3 +407,78 @@ def test_idle_backends_opened_for_session_clients_close_when_the_mode_changes(st
     from conftest import wait_until
     # they hold the pool's slots and serve nobody: gone without waiting for server_idle_timeout
     wait_until(lambda: count_backends(pg, "idle%") == 0, 3, what="session backends closed")
+
+
+def test_a_client_of_other_parameters_behind_held_transactions_is_told_53300(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "query_wait_timeout": 1,
+                      "admin_users": ADMIN})
+    holders = [raw_login(s.port, application_name=f"hold{i}") for i in range(2)]
+    try:
+        for h in holders:
+            h.query("BEGIN")
+        results = {}
+
+        def late(i):
+            try:
+                c = raw_login(s.port, application_name=f"late{i}", timeout=10)
+                try:
+                    results[i] = c.query("SELECT 1")[0]
+                finally:
+                    c.close()
+            except ServerError as e:
+                results[i] = e.sqlstate
+            except Exception as e:  # noqa: BLE001
+                results[i] = repr(e)
+
+        t0 = time.monotonic()
+        run_threads(late, 5, join=15)
+        assert set(results.values()) == {"53300"}, results
+        assert time.monotonic() - t0 < 5
+    finally:
+        for h in holders:
+            h.close()
+    # the slots are back: two clients of new parameters each hold a backend at once
+    a = raw_login(s.port, application_name="a")
+    b = raw_login(s.port, application_name="b")
+    try:
+        a.query("BEGIN")
+        b.query("BEGIN")
+        assert b.query("SELECT current_setting('application_name')")[0] == [["b"]]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, pg):
+    import psycopg
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 3, "query_wait_timeout": 30,
+                      "admin_users": ADMIN, "max_client_conn": 200})
+    results = {}
+
+    def client(i):
+        try:
+            c = raw_login(s.port, application_name=f"k{i}", timeout=40)
+            try:
+                results[i] = c.query("SELECT pg_sleep(0.1)")[0]
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001
+            results[i] = "gone" if i < 100 else repr(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None), autocommit=True,
+                         prepare_threshold=None) as admin:
+        admin.execute("KILL appdb")
+        for t in threads:
+            t.join(60)
+        admin.execute("RESUME appdb")
+    assert len(results) == 30
+    from conftest import wait_until
+    with BackendSampler(pg) as sampler:
+        run_threads(lambda i: client(100 + i), 12)
+    assert {i: results[100 + i] for i in range(12)} == {i: [[""]] for i in range(12)}
+    assert sampler.max <= 3, sampler.history
+    wait_until(lambda: show_pool(s)["sv_active"] == 0, 5, what="no active server")
