@@ -482,3 +482,39 @@ def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, 
     assert {i: results[100 + i] for i in range(12)} == {i: [[""]] for i in range(12)}
     assert sampler.max <= 3, sampler.history
     wait_until(lambda: show_pool(s)["sv_active"] == 0, 5, what="no active server")
+
+
+@pytest.mark.parametrize("options", ["-c app.x", "-c", "-c =1", "-x 1", "--app.y", "-c a b",
+                                     "-capp.z=1 stray", "\\", "-c app.t=\\"])
+def test_malformed_options_are_refused_as_postgres_refuses_them_and_harm_nobody(start_sluice,
+                                                                                 pg, options):
+    """sluice reads options itself (in every mode: it must know the parameters), so options that
+    are not -c name=value words are refused at its login, before authentication, with 08P01,
+    where Postgres answers 42601 (42704 for "-c =1") after it: a design limit. What matters is
+    that the refusal is the same refusal, and that the pool is untouched."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "admin_users": ADMIN})
+
+    def outcome(port, **kw):
+        try:
+            c = raw_login(port, options=options, **kw)
+        except ServerError as e:
+            return ("refused", e.sqlstate)
+        try:
+            return ("served", c.query("SELECT current_setting('application_name')")[0])
+        except ServerError as e:
+            return ("refused", e.sqlstate)
+        finally:
+            c.close()
+
+    want = outcome(pg.port, password=APP_PASSWORD)
+    got = outcome(s.port)
+    if want[0] == "refused":
+        assert got == ("refused", "08P01")
+    else:
+        assert got == want
+    assert show_pool(s)["breaker"] == "closed"
+    c = raw_login(s.port, application_name="after")
+    try:
+        assert c.query("SELECT 1")[0] == [["1"]]
+    finally:
+        c.close()
