@@ -549,19 +549,19 @@ static bool room_owed_to_older(struct pool *p, const struct client *c)
 {
     if (p->mode != POOL_SESSION || ledger_pool_limit(p, false) == LIMIT_NONE)
         return false;
-    struct client *first = NULL;
-    if (count_unprovided(p, p->size + p->reserve_size, &first) <= p->rooms_awaited || !first)
-        return false;
+    int ahead = 0; /* eligible waiters ahead of c */
     struct list_node *n, *tmp;
     list_for_each(&p->waiting, n, tmp)
     {
         const struct client *w = container_of(n, struct client, node);
         if (w == c)
-            return false;
-        if (w == first)
-            return true;
+            break;
+        if (may_lease(w))
+            ahead++;
     }
-    return false;
+    /* The rooms being made go to the first waiters without a server. */
+    struct client *first = NULL;
+    return ahead > 0 && count_unprovided(p, ahead, &first) > p->rooms_awaited;
 }
 
 static const char *const closed_for_older =

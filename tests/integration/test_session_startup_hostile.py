@@ -32,13 +32,14 @@ def test_a_rare_fingerprint_is_served_while_a_common_one_keeps_the_pool_busy(sta
     stop = threading.Event()
     served = {"common": 0}
     errors = []
+    pids = set()
 
     def common(i):
         while not stop.is_set():
             try:
                 c = raw_login(s.port, application_name="common")
                 try:
-                    c.query("SELECT pg_sleep(0.05)")
+                    pids.add(c.query("SELECT pg_backend_pid(), pg_sleep(0.05)")[0][0][0])
                     served["common"] += 1
                 finally:
                     c.close()
@@ -67,6 +68,8 @@ def test_a_rare_fingerprint_is_served_while_a_common_one_keeps_the_pool_busy(sta
             t.join(30)
     assert not errors, errors
     assert waited < 5, f"the rare client waited {waited:.1f}s behind younger common clients"
+    # the common clients share backends: two, and one more for the one closed for the rare one
+    assert served["common"] > 20 and len(pids) <= 3, (served, pids)
 
 
 @pytest.mark.parametrize("cap", [{"default_pool_size": 4},
