@@ -23,12 +23,16 @@ def run_threads(fn, n, join=90):
     return threads
 
 
-def test_a_rare_fingerprint_is_served_while_a_common_one_keeps_the_pool_busy(start_sluice, pg):
+@pytest.mark.parametrize("cap", [{"default_pool_size": 2},
+                                 {"default_pool_size": 5, "max_db_connections": 2},
+                                 {"default_pool_size": 5, "max_user_connections": 2}])
+def test_a_rare_fingerprint_is_served_while_a_common_one_keeps_the_pool_busy(start_sluice, pg,
+                                                                             cap):
     """FIFO fairness: clients of one application keep every backend busy, releasing each to
     the next of theirs; a client with other parameters that waits at the head of the queue
     gets a backend (one of theirs closed for it) long before query_wait_timeout."""
-    s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "query_wait_timeout": 20,
-                      "admin_users": ADMIN})
+    s = start_sluice(dict({"pool_mode": "session", "query_wait_timeout": 20,
+                           "admin_users": ADMIN}, **cap))
     stop = threading.Event()
     served = {"common": 0}
     errors = []
