@@ -525,3 +525,35 @@ def test_malformed_options_are_refused_as_postgres_refuses_them_and_harm_nobody(
         assert c.query("SELECT 1")[0] == [["1"]]
     finally:
         c.close()
+
+
+def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, pg):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 3, "query_wait_timeout": 2,
+                      "max_client_conn": 200, "admin_users": ADMIN})
+    results = {}
+
+    def client(i):
+        try:
+            c = raw_login(s.port, application_name=f"w{i}", options=f"-c app.me={i}",
+                          timeout=20)
+            try:
+                results[i] = c.query("SELECT current_setting('app.me'), pg_sleep(0.2)")[0]
+            finally:
+                c.close()
+        except ServerError as e:
+            results[i] = e.sqlstate
+        except Exception as e:  # noqa: BLE001
+            results[i] = repr(e)
+
+    t0 = time.monotonic()
+    with BackendSampler(pg) as sampler:
+        run_threads(client, 100, join=30)
+    assert time.monotonic() - t0 < 15
+    served = [i for i, r in results.items() if r == [[str(i), ""]]]
+    told = [i for i, r in results.items() if r == "53300"]
+    assert len(results) == 100 and len(served) + len(told) == 100, results
+    assert served and told
+    assert sampler.max <= 3, sampler.history
+    from conftest import wait_until
+    wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 5,
+               what="pool settled")
