@@ -557,3 +557,36 @@ def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, p
     from conftest import wait_until
     wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 5,
                what="pool settled")
+
+
+def test_logins_gone_before_their_backend_logs_in_leak_no_slot(start_sluice, pg):
+    """Each login has parameters no backend has (with DateStyle, a reported one: it waits for
+    a backend of its own) and leaves right after its startup packet, under a full pool."""
+    from pgwire import RawConn, startup_packet
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "admin_users": ADMIN,
+                      "query_wait_timeout": 20})
+    holder = raw_login(s.port, application_name="holder")
+    holder.query("BEGIN")
+    for i in range(40):
+        c = RawConn(s.port)
+        c.send(startup_packet(user="app", database="appdb", application_name=f"g{i}",
+                              DateStyle="German" if i % 2 else "SQL"))
+        if i % 3 == 0:
+            time.sleep(0.01)
+        c.close()
+    holder.close()
+    from conftest import wait_until
+    wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 10,
+               what="SHOW POOLS settled")
+    with BackendSampler(pg) as sampler:
+        a = raw_login(s.port, application_name="a", DateStyle="German")
+        b = raw_login(s.port, application_name="b")
+        try:
+            a.query("BEGIN")
+            b.query("BEGIN")
+            assert a.query("SHOW DateStyle")[0] == [["German, DMY"]]
+            assert b.query("SELECT current_setting('application_name')")[0] == [["b"]]
+        finally:
+            a.close()
+            b.close()
+    assert sampler.max <= 2, sampler.history
