@@ -2,13 +2,16 @@
 distinct parameters under caps, a common fingerprint mixed with rare ones, refused options
 under a full pool, odd option values. Caps are checked in Postgres (BackendSampler)."""
 
+import signal
 import threading
 import time
 
+import psycopg
 import pytest
 
-from conftest import APP_PASSWORD, BackendSampler
-from pgwire import ServerError, query_msg, raw_login
+from conftest import APP_PASSWORD, BackendSampler, wait_until
+from pgwire import RawConn, ServerError, query_msg, raw_login, startup_packet
+from test_caps_reload import reload_with
 from test_session_startup import show_pool
 
 ADMIN = "admin"
@@ -191,7 +194,6 @@ def test_a_client_gone_while_its_backend_logs_in_leaks_no_slot(start_sluice, pg)
         row = show_pool(s)
         return n <= 2 and row["sv_active"] == 0
 
-    from conftest import wait_until
     wait_until(settled, 10, what="backends and SHOW POOLS converge")
 
 
@@ -255,14 +257,11 @@ class LikeSampler(threading.Thread):
             self.stop.wait(0.05)
 
 
-def test_a_budget_holds_its_max_servers_in_a_storm_of_distinct_parameters(pg, start_sluice,
-                                                                          tmp_path):
-    from test_budgets import start_with_budgets as _unused  # noqa: F401 (fixture source)
+def test_a_budget_holds_its_max_servers_in_a_storm_of_distinct_parameters(pg, start_sluice):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 5, "query_wait_timeout": 60,
                       "max_client_conn": 200})
     text = s.ini_path.read_text() + "\n[budgets]\nseeds = app=seed* max_servers=2\n"
     s.ini_path.write_text(text)
-    import signal
     mark = s.mark()
     s.send_signal(signal.SIGHUP)
     s.wait_for_log(r"configuration reloaded", since=mark)
@@ -293,7 +292,6 @@ def test_a_budget_holds_its_max_servers_in_a_storm_of_distinct_parameters(pg, st
 
 @pytest.mark.parametrize("change", [("default_pool_size", 2), ("pool_mode", "transaction")])
 def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change):
-    from test_caps_reload import reload_with
     s = start_sluice({"pool_mode": "session", "default_pool_size": 4, "query_wait_timeout": 60,
                       "max_client_conn": 200})
     results = {}
@@ -341,8 +339,7 @@ def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change)
         finally:
             c.close()
         assert time.monotonic() - t0 < 2
-        from conftest import wait_until
-
+    
         def opened_before_reload():
             with pg.superuser() as con:
                 return con.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
@@ -354,7 +351,6 @@ def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change)
 def test_pause_and_resume_under_a_storm_of_distinct_parameters(start_sluice, pg):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 3, "query_wait_timeout": 60,
                       "admin_users": ADMIN, "max_client_conn": 200})
-    import psycopg
     results = {}
 
     def client(i):
@@ -402,7 +398,6 @@ def test_an_option_also_in_the_database_entry_is_the_clients(start_sluice, pg):
 
 
 def test_idle_backends_opened_for_session_clients_close_when_the_mode_changes(start_sluice, pg):
-    from test_caps_reload import reload_with
     s = start_sluice({"pool_mode": "session", "default_pool_size": 3})
     for i in range(3):
         c = raw_login(s.port, application_name=f"idle{i}")
@@ -411,7 +406,6 @@ def test_idle_backends_opened_for_session_clients_close_when_the_mode_changes(st
     time.sleep(0.3)
     assert count_backends(pg, "idle%") == 3
     reload_with(s, "pool_mode", "transaction")
-    from conftest import wait_until
     # they hold the pool's slots and serve nobody: gone without waiting for server_idle_timeout
     wait_until(lambda: count_backends(pg, "idle%") == 0, 3, what="session backends closed")
 
@@ -457,7 +451,6 @@ def test_a_client_of_other_parameters_behind_held_transactions_is_told_53300(sta
 
 
 def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, pg):
-    import psycopg
     s = start_sluice({"pool_mode": "session", "default_pool_size": 3, "query_wait_timeout": 30,
                       "admin_users": ADMIN, "max_client_conn": 200})
     results = {}
@@ -469,7 +462,7 @@ def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, 
                 results[i] = c.query("SELECT pg_sleep(0.1)")[0]
             finally:
                 c.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 (KILL ends the first ones)
             results[i] = "gone" if i < 100 else repr(e)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
@@ -483,7 +476,6 @@ def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, 
             t.join(60)
         admin.execute("RESUME appdb")
     assert len(results) == 30
-    from conftest import wait_until
     with BackendSampler(pg) as sampler:
         run_threads(lambda i: client(100 + i), 12)
     assert {i: results[100 + i] for i in range(12)} == {i: [[""]] for i in range(12)}
@@ -554,7 +546,6 @@ def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, p
     assert len(results) == 100 and len(served) + len(told) == 100, results
     assert served and told
     assert sampler.max <= 3, sampler.history
-    from conftest import wait_until
     wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 5,
                what="pool settled")
 
@@ -562,7 +553,6 @@ def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, p
 def test_logins_gone_before_their_backend_logs_in_leak_no_slot(start_sluice, pg):
     """Each login has parameters no backend has (with DateStyle, a reported one: it waits for
     a backend of its own) and leaves right after its startup packet, under a full pool."""
-    from pgwire import RawConn, startup_packet
     s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "admin_users": ADMIN,
                       "query_wait_timeout": 20})
     holder = raw_login(s.port, application_name="holder")
@@ -575,7 +565,6 @@ def test_logins_gone_before_their_backend_logs_in_leak_no_slot(start_sluice, pg)
             time.sleep(0.01)
         c.close()
     holder.close()
-    from conftest import wait_until
     wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 10,
                what="SHOW POOLS settled")
     with BackendSampler(pg) as sampler:
