@@ -572,6 +572,33 @@ static struct client *first_fitting(const struct pool *p, const struct server *s
     return NULL;
 }
 
+/* Session mode, a cap full: is a waiter ahead of c in the queue still without a server (none
+ * logging in for it, no room being made for it)? Then a server fitting c is closed instead, so
+ * that the older waiter's opens in its place: otherwise clients of a busy application, which
+ * take each other's servers at release, would keep a client of other parameters waiting until
+ * query_wait_timeout. */
+static bool room_owed_to_older(struct pool *p, const struct client *c)
+{
+    if (p->mode != POOL_SESSION || ledger_pool_limit(p, false) == LIMIT_NONE)
+        return false;
+    int ahead = 0; /* eligible waiters ahead of c */
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        const struct client *w = container_of(n, struct client, node);
+        if (w == c)
+            break;
+        if (may_lease(w))
+            ahead++;
+    }
+    /* The rooms being made go to the first waiters without a server. */
+    struct client *first = NULL;
+    return ahead > 0 && count_unprovided(p, ahead, &first) > p->rooms_awaited;
+}
+
+static const char *const closed_for_older =
+    "closed to open one with the startup parameters of a client that waited longer";
+
 /* Hand idle servers to eligible waiters, FIFO. */
 static void dispatch(struct pool *p)
 {
@@ -585,6 +612,10 @@ static void dispatch(struct pool *p)
             server_set_state(s, SERVER_CHECKING);
             server_queue_internal(s, check_sql(p->worker->cfg));
             kick_server(s);
+            continue;
+        }
+        if (room_owed_to_older(p, c)) {
+            close_server_for(s, closed_for_older, p);
             continue;
         }
         if (ledger_take_lease(p->worker, c->budget) != LIMIT_NONE)
@@ -737,6 +768,10 @@ void pool_server_ready(struct server *s)
         return;
     }
     struct client *c = p->paused ? NULL : first_fitting(p, s);
+    if (c && room_owed_to_older(p, c)) {
+        close_server_for(s, closed_for_older, p);
+        return;
+    }
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
