@@ -10,6 +10,7 @@
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "tally.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -232,6 +233,12 @@ const struct budget *view_budget(const struct worker *worker, int i)
     return i >= 0 && i < worker->proc->budgets.n ? worker->proc->budgets.items[i] : NULL;
 }
 
+static void count_pool(const struct tally_pool *tp, void *ctx)
+{
+    (void)tp;
+    ++*(int *)ctx;
+}
+
 void view_totals(const struct worker *worker, struct view_totals *out)
 {
     out->clients = worker->nclients;
@@ -239,4 +246,120 @@ void view_totals(const struct worker *worker, struct view_totals *out)
     out->servers = worker->nservers;
     out->pools = worker->pools.count;
     out->running = worker->proc->phase == PHASE_RUNNING;
+    /* The other workers: their atomic counts now, their lists as last published (5.6). */
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other == worker || !other->tally)
+            continue;
+        out->clients += atomic_load_explicit(&other->nclients, memory_order_relaxed);
+        out->servers += atomic_load_explicit(&other->nservers, memory_order_relaxed);
+        out->login_clients += tally_each_pool(other, count_pool, &out->pools);
+    }
+}
+
+/* Add from's counts (servers and clients by state, counters) to into's; the settings stay. */
+static void add_pool_counts(struct view_pool *into, const struct view_pool *from)
+{
+    struct stats_pool_view *a = &into->now;
+    const struct stats_pool_view *b = &from->now;
+    a->sv_active += b->sv_active;
+    a->sv_idle += b->sv_idle;
+    a->sv_used += b->sv_used;
+    a->sv_tested += b->sv_tested;
+    a->sv_login += b->sv_login;
+    a->sv_total += b->sv_total;
+    a->cl_active += b->cl_active;
+    a->cl_waiting += b->cl_waiting;
+    a->cl_idle += b->cl_idle;
+    if (b->longest_wait_ms > a->longest_wait_ms)
+        a->longest_wait_ms = b->longest_wait_ms;
+    into->servers += from->servers;
+    into->sv_being_canceled += from->sv_being_canceled;
+    into->xact_count += from->xact_count;
+    into->query_count += from->query_count;
+    into->bytes_in += from->bytes_in;
+    into->bytes_out += from->bytes_out;
+    into->wait_us_total += from->wait_us_total;
+    into->query_ms_total += from->query_ms_total;
+}
+
+static bool same_key(const struct view_pool *a, const char *db, const char *user)
+{
+    return strcmp(a->db_name, db) == 0 && strcmp(a->user_name, user) == 0;
+}
+
+static void add_if_same_key(const struct tally_pool *tp, void *ctx)
+{
+    struct view_pool *into = ctx;
+    if (same_key(&tp->v, into->db_name, into->user_name))
+        add_pool_counts(into, &tp->v);
+}
+
+void view_pool_add_workers(const struct worker *worker, struct view_pool *v)
+{
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other, add_if_same_key, v);
+    }
+}
+
+struct elsewhere {
+    const struct worker *worker;
+    struct view_remote_pool *pools;
+    int n, cap;
+    bool out_of_memory;
+};
+
+static void collect_elsewhere(const struct tally_pool *tp, void *ctx)
+{
+    struct elsewhere *e = ctx;
+    view_for_each_pool(e->worker, p)
+    {
+        if (strcmp(p->db_name, tp->db_name) == 0 && strcmp(p->user_name, tp->user_name) == 0)
+            return; /* listed with the worker's own, summed there */
+    }
+    for (int i = 0; i < e->n; i++) {
+        if (strcmp(e->pools[i].db_name, tp->db_name) == 0 &&
+            strcmp(e->pools[i].user_name, tp->user_name) == 0) {
+            add_pool_counts(&e->pools[i].v, &tp->v);
+            return;
+        }
+    }
+    if (e->n == e->cap) {
+        int cap = e->cap ? 2 * e->cap : 8;
+        struct view_remote_pool *more = realloc(e->pools, (size_t)cap * sizeof(*more));
+        if (!more) {
+            e->out_of_memory = true;
+            return;
+        }
+        e->pools = more;
+        e->cap = cap;
+    }
+    struct view_remote_pool *r = &e->pools[e->n++];
+    r->v = tp->v;
+    memcpy(r->db_name, tp->db_name, sizeof(r->db_name));
+    memcpy(r->user_name, tp->user_name, sizeof(r->user_name));
+    r->v.db_name = r->db_name;
+    r->v.user_name = r->user_name;
+}
+
+int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out)
+{
+    struct elsewhere e = {.worker = worker};
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other, collect_elsewhere, &e);
+    }
+    /* the names point into the array: fixed once it no longer moves */
+    for (int i = 0; i < e.n; i++) {
+        e.pools[i].v.db_name = e.pools[i].db_name;
+        e.pools[i].v.user_name = e.pools[i].user_name;
+    }
+    *out = e.pools;
+    return e.n;
 }

@@ -37,6 +37,35 @@ static void show_help(struct client *c)
                     NULL);
 }
 
+/* One row of SHOW POOLS. */
+static void pool_row(struct table *t, const struct view_pool *p)
+{
+    const struct stats_pool_view v = p->now;
+    row_begin(t);
+    cell_text(t, p->db_name);
+    cell_text(t, p->user_name);
+    /* PgBouncer's cl_active: clients linked to a server or idle with nothing waiting */
+    cell_int(t, v.cl_active + v.cl_idle);
+    cell_int(t, v.cl_waiting);
+    cell_int(t, 0);
+    cell_int(t, 0);
+    cell_int(t, v.sv_active);
+    cell_int(t, 0);
+    cell_int(t, p->sv_being_canceled);
+    cell_int(t, v.sv_idle);
+    cell_int(t, v.sv_used);
+    cell_int(t, v.sv_tested);
+    cell_int(t, v.sv_login);
+    cells_wait(t, v.longest_wait_ms * 1000);
+    cell_text(t, p->console ? "statement" : pool_mode_name(p->mode));
+    cell_text(t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
+    cell_int(t, p->console ? 0 : p->size);
+    cell_int(t, v.cl_idle);
+    cell_int(t, p->paused ? 1 : 0);
+    cell_text(t, breaker_state_name(p->breaker.state));
+    row_end(t);
+}
+
 static void show_pools(struct client *c)
 {
     static const struct col cols[] = {
@@ -70,32 +99,14 @@ static void show_pools(struct client *c)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
-        const struct view_pool *p = &pv;
-        const struct stats_pool_view v = p->now;
-        row_begin(&t);
-        cell_text(&t, p->db_name);
-        cell_text(&t, p->user_name);
-        /* PgBouncer's cl_active: clients linked to a server or idle with nothing waiting */
-        cell_int(&t, v.cl_active + v.cl_idle);
-        cell_int(&t, v.cl_waiting);
-        cell_int(&t, 0);
-        cell_int(&t, 0);
-        cell_int(&t, v.sv_active);
-        cell_int(&t, 0);
-        cell_int(&t, p->sv_being_canceled);
-        cell_int(&t, v.sv_idle);
-        cell_int(&t, v.sv_used);
-        cell_int(&t, v.sv_tested);
-        cell_int(&t, v.sv_login);
-        cells_wait(&t, v.longest_wait_ms * 1000);
-        cell_text(&t, p->console ? "statement" : pool_mode_name(p->mode));
-        cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
-        cell_int(&t, p->console ? 0 : p->size);
-        cell_int(&t, v.cl_idle);
-        cell_int(&t, p->paused ? 1 : 0);
-        cell_text(&t, breaker_state_name(p->breaker.state));
-        row_end(&t);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
+        pool_row(&t, &pv);
     }
+    struct view_remote_pool *elsewhere;
+    int n = view_pools_elsewhere(worker, &elsewhere);
+    for (int i = 0; i < n; i++)
+        pool_row(&t, &elsewhere[i].v);
+    free(elsewhere);
 }
 
 /* sluice has no peering ([peers] is warned about and ignored): PgBouncer's columns, no rows, so
