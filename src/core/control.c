@@ -14,6 +14,7 @@
 #include "pool.h"
 #include "server.h"
 #include "tls.h"
+#include "worker.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -192,6 +193,28 @@ struct client *control_find_client(struct worker *worker, uint64_t id)
 void control_kill_client(struct client *victim)
 {
     client_fail(victim, FAIL_ADMIN_KILLED, "");
+}
+
+struct worker *control_client_owner(struct worker *worker, uint64_t id)
+{
+    uint64_t index = id >> 56; /* next_id starts at index << 56 (sluice.c worker_start) */
+    struct process *proc = worker->proc;
+    return index < (uint64_t)proc->nworkers ? &proc->workers[index] : NULL;
+}
+
+void control_kill_client_elsewhere(struct worker *owner, uint64_t id)
+{
+    worker_post_kill_client(owner, id);
+}
+
+void control_kill_client_here(struct worker *worker, uint64_t id)
+{
+    struct client *victim = control_find_client(worker, id);
+    if (victim)
+        control_kill_client(victim);
+    else
+        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already",
+                (unsigned long long)id);
 }
 
 bool control_reload(struct worker *worker)

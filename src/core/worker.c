@@ -10,6 +10,7 @@
 #include "budget.h"
 #include "buf.h"
 #include "client.h"
+#include "control.h"
 #include "log.h"
 #include "pool.h"
 #include "secret.h"
@@ -24,6 +25,7 @@ enum worker_msg_kind {
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
+    WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
 };
 
 struct worker_msg {
@@ -34,6 +36,7 @@ struct worker_msg {
     enum sluice_phase phase;
     struct config *cfg;
     uint32_t pid, key;
+    uint64_t client_id;
     struct worker *reply_to;
     struct cancel_job *ticket;
 };
@@ -157,6 +160,10 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
             pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+        break;
+    case WORKER_MSG_KILL_CLIENT:
+        if (delivered)
+            control_kill_client_here(worker, m->client_id);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -337,6 +344,16 @@ void worker_wake(struct worker *from, int to)
     struct worker_msg *m = msg_new(WORKER_MSG_WAKE);
     if (m && !post(&from->proc->workers[to], m))
         free(m);
+}
+
+void worker_post_kill_client(struct worker *worker, uint64_t client_id)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_KILL_CLIENT);
+    if (!m)
+        return;
+    m->client_id = client_id;
+    if (!post(worker, m))
+        free(m); /* its thread has closed its mailbox: its clients are gone */
 }
 
 void worker_post_finish(struct worker *worker)

@@ -46,6 +46,9 @@ void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
  * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
  * this loop iteration; another worker gets a message and dispatches its pools. */
 void worker_wake(struct worker *from, int to);
+/* KILL_CLIENT of a client of worker's (its id's top byte): closed on its own thread, if it is
+ * still there (control_kill_client_here). */
+void worker_post_kill_client(struct worker *worker, uint64_t client_id);
 /* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
  * which ends its loop. */
 void worker_post_finish(struct worker *worker);

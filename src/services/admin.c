@@ -196,7 +196,16 @@ static const char *target_text(const struct admin_command *cmd)
 
 static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
 {
-    struct client *victim = control_find_client(c->worker, cmd->client_id);
+    struct worker *owner = control_client_owner(c->worker, cmd->client_id);
+    if (owner && owner != c->worker) {
+        /* another thread's client (5.6): its worker closes it; whether it was still there is
+         * that thread's to know, so the answer is KILL_CLIENT either way */
+        log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu (on worker %u)",
+                   (unsigned long long)cmd->client_id, owner->index);
+        control_kill_client_elsewhere(owner, cmd->client_id);
+        return OUT_DONE;
+    }
+    struct client *victim = owner ? control_find_client(c->worker, cmd->client_id) : NULL;
     if (!victim) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
                   "no client with id %llu", (unsigned long long)cmd->client_id);
