@@ -43,8 +43,6 @@ struct worker *control_client_owner(struct worker *worker, uint64_t id);
 /* KILL_CLIENT of a client another worker owns: a message to it, which closes the client on its
  * own thread if it is still there; nothing is known here of whether it was. */
 void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
-/* On worker's own thread: KILL_CLIENT of its client id, if it is still there. */
-void control_kill_client_here(struct worker *worker, uint64_t id);
 
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */

@@ -22,6 +22,7 @@
 #include "server.h"
 #include "stats.h"
 #include "tally.h"
+#include "view.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -147,7 +148,7 @@ static void on_maint_timer(uv_timer_t *t)
     log_stats(worker, now);
     stats_tick(worker, now);
     if (worker->tally)
-        tally_publish(worker);
+        view_publish(worker);
     if (!control)
         return;
     for (int i = 0; i < proc->services_started; i++) {

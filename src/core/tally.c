@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sluice.h"
 
 struct tally *tally_new(void)
 {
@@ -40,35 +39,22 @@ static bool reserve(struct tally_frame *f, int n)
     return true;
 }
 
-void tally_publish(struct worker *worker)
+struct tally_frame *tally_back(struct tally *t, int npools)
 {
-    struct tally *t = worker->tally;
-    /* Only this thread writes the back frame, and readers see the front only: no lock here. */
+    /* Only the worker's thread writes the back frame, and readers see the front only: no lock */
     struct tally_frame *back = &t->frames[1 - t->front];
-    if (!reserve(back, worker->pools.count))
-        return; /* the last frame stays: one tick older */
-    uint64_t now = sluice_now(worker);
-    int n = 0;
-    view_for_each_pool(worker, pool)
-    {
-        struct tally_pool *tp = &back->pools[n++];
-        view_pool(pool, now, &tp->v);
-        snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
-        snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
-        tp->v.pool = NULL;
-        tp->v.db_name = tp->v.user_name = NULL;
-        tp->v.wait_hist = tp->v.query_hist = NULL;
-    }
-    back->npools = n;
-    back->login_clients = worker->login_clients.count;
+    return reserve(back, npools) ? back : NULL;
+}
+
+void tally_swap(struct tally *t)
+{
     uv_mutex_lock(&t->mu);
     t->front = 1 - t->front;
     uv_mutex_unlock(&t->mu);
 }
 
-int tally_each_pool(struct worker *worker, tally_pool_fn *fn, void *ctx)
+int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx)
 {
-    struct tally *t = worker->tally;
     uv_mutex_lock(&t->mu);
     struct tally_frame *f = &t->frames[t->front];
     for (int i = 0; i < f->npools; i++) {

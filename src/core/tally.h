@@ -35,11 +35,14 @@ struct tally {
 /* NULL when out of memory. */
 struct tally *tally_new(void);
 void tally_free(struct tally *t);
-/* On the worker's own thread: fill the back frame from its lists and make it the front. */
-void tally_publish(struct worker *worker);
+/* On the worker's own thread (view_publish fills it): the back frame with room for npools
+ * pools, or NULL when out of memory (the front stays, a tick older); then tally_swap makes it
+ * the front. */
+struct tally_frame *tally_back(struct tally *t, int npools);
+void tally_swap(struct tally *t);
 /* On any thread: fn for each pool of worker's last frame, under its lock (fn must not block
  * or take another tally's lock); returns the frame's login_clients. */
 typedef void tally_pool_fn(const struct tally_pool *p, void *ctx);
-int tally_each_pool(struct worker *worker, tally_pool_fn *fn, void *ctx);
+int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx);
 
 #endif

@@ -2,6 +2,8 @@
  * object at the moment it is walked; nothing is kept. */
 #include "view.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -233,6 +235,28 @@ const struct budget *view_budget(const struct worker *worker, int i)
     return i >= 0 && i < worker->proc->budgets.n ? worker->proc->budgets.items[i] : NULL;
 }
 
+void view_publish(struct worker *worker)
+{
+    struct tally_frame *back = tally_back(worker->tally, worker->pools.count);
+    if (!back)
+        return;
+    uint64_t now = sluice_now(worker);
+    int n = 0;
+    view_for_each_pool(worker, pool)
+    {
+        struct tally_pool *tp = &back->pools[n++];
+        view_pool(pool, now, &tp->v);
+        snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
+        snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
+        tp->v.pool = NULL;
+        tp->v.db_name = tp->v.user_name = NULL;
+        tp->v.wait_hist = tp->v.query_hist = NULL;
+    }
+    back->npools = n;
+    back->login_clients = worker->login_clients.count;
+    tally_swap(worker->tally);
+}
+
 static void count_pool(const struct tally_pool *tp, void *ctx)
 {
     (void)tp;
@@ -254,7 +278,7 @@ void view_totals(const struct worker *worker, struct view_totals *out)
             continue;
         out->clients += atomic_load_explicit(&other->nclients, memory_order_relaxed);
         out->servers += atomic_load_explicit(&other->nservers, memory_order_relaxed);
-        out->login_clients += tally_each_pool(other, count_pool, &out->pools);
+        out->login_clients += tally_each_pool(other->tally, count_pool, &out->pools);
     }
 }
 
@@ -302,7 +326,7 @@ void view_pool_add_workers(const struct worker *worker, struct view_pool *v)
     for (int i = 0; i < proc->nworkers; i++) {
         struct worker *other = &proc->workers[i];
         if (other != worker && other->tally)
-            tally_each_pool(other, add_if_same_key, v);
+            tally_each_pool(other->tally, add_if_same_key, v);
     }
 }
 
@@ -353,7 +377,7 @@ int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **
     for (int i = 0; i < proc->nworkers; i++) {
         struct worker *other = &proc->workers[i];
         if (other != worker && other->tally)
-            tally_each_pool(other, collect_elsewhere, &e);
+            tally_each_pool(other->tally, collect_elsewhere, &e);
     }
     /* the names point into the array: fixed once it no longer moves */
     for (int i = 0; i < e.n; i++) {

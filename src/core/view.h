@@ -106,6 +106,9 @@ void view_pool_settings(const struct pool *p, struct view_pool *out);
  * The control thread reads its own worker's pools live and the others' as each published them
  * at its last maintenance tick (tally.h): never their lists. With one worker both add nothing. */
 
+/* On a worker's own thread, at its maintenance tick (worker->tally set): publish its pools and
+ * logins for the control thread (tally.h). */
+void view_publish(struct worker *worker);
 /* Add to v (a pool of worker's, filled by view_pool) the counts of the same (database, user)
  * pool on every other worker: servers and clients by state, counters; the settings are v's. */
 void view_pool_add_workers(const struct worker *worker, struct view_pool *v);

@@ -10,7 +10,6 @@
 #include "budget.h"
 #include "buf.h"
 #include "client.h"
-#include "control.h"
 #include "log.h"
 #include "pool.h"
 #include "secret.h"
@@ -122,6 +121,47 @@ static void apply_reload(struct worker *worker, struct config *cfg)
     config_release(old);
 }
 
+static struct client *find_client_in(const struct list *l, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->id == id)
+            return c;
+    }
+    return NULL;
+}
+
+struct client *worker_find_client(struct worker *worker, uint64_t id)
+{
+    struct client *c = find_client_in(&worker->login_clients, id);
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (c)
+            break;
+        c = find_client_in(&p->active_clients, id);
+        if (!c)
+            c = find_client_in(&p->waiting, id);
+        if (!c)
+            c = find_client_in(&p->idle_clients, id);
+    }
+    return c;
+}
+
+/* The console's KILL_CLIENT of one of this worker's clients (control_kill_client_elsewhere). */
+static void kill_client(struct worker *worker, uint64_t id)
+{
+    struct client *victim = worker_find_client(worker, id);
+    if (victim)
+        client_fail(victim, FAIL_ADMIN_KILLED, "");
+    else
+        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already",
+                (unsigned long long)id);
+}
+
 static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)
 {
     struct worker *worker = mb->data;
@@ -163,7 +203,7 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_KILL_CLIENT:
         if (delivered)
-            control_kill_client_here(worker, m->client_id);
+            kill_client(worker, m->client_id);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
