@@ -182,8 +182,6 @@ void control_kill_client_elsewhere(struct worker *owner, uint64_t id)
     worker_post_kill_client(owner, id);
 }
 
-
-
 bool control_reload(struct worker *worker)
 {
     const struct config *before = worker->cfg;

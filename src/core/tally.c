@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 struct tally *tally_new(void)
 {
     struct tally *t = calloc(1, sizeof(*t));

@@ -158,8 +158,7 @@ static void kill_client(struct worker *worker, uint64_t id)
     if (victim)
         client_fail(victim, FAIL_ADMIN_KILLED, "");
     else
-        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already",
-                (unsigned long long)id);
+        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
 }
 
 static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)

@@ -25,6 +25,7 @@
 #include "ledger.h"
 #include "listener.h"
 #include "pool.h"
+#include "report.h"
 #include "sluice.h"
 #include "sockio.h"
 #include "view.h"
@@ -263,9 +264,10 @@ struct console_run {
     bool spread; /* one console client on each worker */
     /* What the control thread's views said once every worker had published its client. */
     int console_clients, pool_rows, total_clients, login_clients;
-    int console_on_0;      /* the first console client's socket: on worker 0 (a tie goes to it) */
-    bool kill_sent;        /* its KILL_CLIENT of worker 2's client */
-    bool killed_elsewhere; /* worker 2 closed that client; workers 0 and 1 kept theirs */
+    bool metrics_count_all; /* /metrics' sluice_client_connections said 3 */
+    int console_on_0;       /* the first console client: on worker 0 (a tie goes to it) */
+    bool kill_sent;         /* its KILL_CLIENT of worker 2's client */
+    bool killed_elsewhere;  /* worker 2 closed that client; workers 0 and 1 kept theirs */
 };
 
 /* A Query message (protocol 55.2.2) on fd. */
@@ -308,6 +310,11 @@ static void count_console_pool(struct console_run *r)
     view_totals(w0, &tot);
     r->total_clients = tot.clients;
     r->login_clients = tot.login_clients;
+    char *body;
+    size_t len;
+    CHECK(report_metrics(w0, &body, &len));
+    r->metrics_count_all = strstr(body, "\nsluice_client_connections 3\n") != NULL;
+    free(body);
 }
 
 static void on_console_tick(uv_timer_t *t)
@@ -349,7 +356,8 @@ static void send_console_startup(int fd)
 
 /* Three workers, a console client logged in on each: the control thread's views (what SHOW
  * POOLS, SHOW LISTS, /health and /metrics read) count all three, worker 0's live and the
- * others' from what each published at its tick, without walking another thread's lists; then
+ * others' from what each published at its tick, without walking another thread's lists (and
+ * /metrics' sluice_client_connections says 3); then
  * the console client on worker 0 sends KILL_CLIENT for worker 2's client, which worker 2 closes
  * on its own thread (the id's top byte names it). */
 static void three_workers_views_sum_every_workers_clients(void)
@@ -381,6 +389,7 @@ static void three_workers_views_sum_every_workers_clients(void)
     CHECK_INT(r.total_clients, THREE);
     CHECK_INT(r.login_clients, 0);
     CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row, not one per worker */
+    CHECK(r.metrics_count_all);
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
     for (int i = 0; i < THREE; i++) {
