@@ -13,8 +13,9 @@
 
 #define TALLY_NAME 64 /* Postgres's NAMEDATALEN: a longer name is cut */
 
-/* One pool as its worker saw it. v's pointers are not kept (pool, wait_hist, query_hist are
- * NULL); db_name and user_name point at the copies below once read (tally_each_pool). */
+/* One pool as its worker saw it: its settings, counters and counts by state, not its cap (which
+ * reads the budgets, shared). v's pointers are not kept (pool, wait_hist, query_hist are NULL);
+ * db_name and user_name point at the copies below once read (tally_each_pool). */
 struct tally_pool {
     struct view_pool v;
     char db_name[TALLY_NAME], user_name[TALLY_NAME];

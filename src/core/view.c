@@ -196,13 +196,20 @@ void view_pool_settings(const struct pool *p, struct view_pool *v)
     v->query_hist = p->query_hist;
 }
 
-void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+/* What the pool's own lists say (view_pool but the cap, which reads the budgets and the other
+ * pools: a worker publishing its pools leaves it out, tally.h). */
+static void pool_own(const struct pool *p, uint64_t now_ms, struct view_pool *v)
 {
     view_pool_settings(p, v);
     v->sv_being_canceled = count_being_canceled(&p->active) + count_being_canceled(&p->resetting);
+    stats_view_pool(p, now_ms, &v->now);
+}
+
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+{
+    pool_own(p, now_ms, v);
     if (!p->is_admin)
         budget_pool_cap(p, &v->cap);
-    stats_view_pool(p, now_ms, &v->now);
 }
 
 int view_db_servers(const struct worker *worker, const char *db_name)
@@ -245,7 +252,7 @@ void view_publish(struct worker *worker)
     view_for_each_pool(worker, pool)
     {
         struct tally_pool *tp = &back->pools[n++];
-        view_pool(pool, now, &tp->v);
+        pool_own(pool, now, &tp->v);
         snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
         snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
         tp->v.pool = NULL;
