@@ -25,6 +25,7 @@ enum worker_msg_kind {
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
     WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
+    WORKER_MSG_CALL,        /* call, arg: a service's question, run on this worker's thread */
 };
 
 struct worker_msg {
@@ -36,6 +37,8 @@ struct worker_msg {
     struct config *cfg;
     uint32_t pid, key;
     uint64_t client_id;
+    worker_call_fn *call;
+    void *arg;
     struct worker *reply_to;
     struct cancel_job *ticket;
 };
@@ -203,6 +206,9 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
     case WORKER_MSG_KILL_CLIENT:
         if (delivered)
             kill_client(worker, m->client_id);
+        break;
+    case WORKER_MSG_CALL:
+        m->call(worker, m->arg, delivered);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -393,6 +399,20 @@ void worker_post_kill_client(struct worker *worker, uint64_t client_id)
     m->client_id = client_id;
     if (!post(worker, m))
         free(m); /* its thread has closed its mailbox: its clients are gone */
+}
+
+int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CALL);
+    if (!m)
+        return UV_ENOMEM;
+    m->call = call;
+    m->arg = arg;
+    if (!post(worker, m)) {
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
 }
 
 void worker_post_finish(struct worker *worker)

@@ -327,7 +327,9 @@ static void on_console_tick(uv_timer_t *t)
     if (r->spread && !r->kill_sent) {
         count_console_pool(r);
         if (r->console_clients == THREE) {
-            /* worker 2's first client: its index in the id's top byte */
+            /* one row per worker's client, gathered by message; then worker 2's first client
+             * (its index in the id's top byte), run once the SHOW has answered */
+            send_query(r->console_on_0, "SHOW CLIENTS");
             send_query(r->console_on_0, "KILL_CLIENT 144115188075855873");
             r->kill_sent = true;
         }
@@ -354,12 +356,38 @@ static void send_console_startup(int fd)
     CHECK_INT((int)write(fd, msg, len), (int)len);
 }
 
+/* The DataRows a console's socket received up to its close, and whether a SHOW ended them. */
+static int read_data_rows(int fd, bool *show_done)
+{
+    static unsigned char all[65536];
+    size_t n = 0;
+    for (;;) {
+        ssize_t got = read(fd, all + n, sizeof(all) - n);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    int rows = 0;
+    *show_done = false;
+    for (size_t at = 0; at + 5 <= n;) {
+        uint32_t len;
+        memcpy(&len, all + at + 1, 4);
+        len = ntohl(len);
+        rows += all[at] == 'D';
+        if (all[at] == 'C' && len >= 9 && memcmp(all + at + 5, "SHOW", 4) == 0)
+            *show_done = true;
+        at += 1 + len;
+    }
+    return rows;
+}
+
 /* Three workers, a console client logged in on each: the control thread's views (what SHOW
  * POOLS, SHOW LISTS, /health and /metrics read) count all three, worker 0's live and the
  * others' from what each published at its tick, without walking another thread's lists (and
  * /metrics' sluice_client_connections says 3); then
- * the console client on worker 0 sends KILL_CLIENT for worker 2's client, which worker 2 closes
- * on its own thread (the id's top byte names it). */
+ * the console client on worker 0 sends SHOW CLIENTS, answered with every worker's client (each
+ * worker formats its own rows on its thread), and KILL_CLIENT for worker 2's client, which
+ * worker 2 closes on its own thread (the id's top byte names it). */
 static void three_workers_views_sum_every_workers_clients(void)
 {
     char path[] = "/tmp/sluice-test-workers-XXXXXX";
@@ -392,6 +420,9 @@ static void three_workers_views_sum_every_workers_clients(void)
     CHECK(r.metrics_count_all);
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
+    bool show_done;
+    CHECK_INT(read_data_rows(fds[0], &show_done), THREE);
+    CHECK(show_done);
     for (int i = 0; i < THREE; i++) {
         CHECK(read_to_close(fds[i]) >= 0);
         close(fds[i]);
