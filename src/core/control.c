@@ -14,6 +14,7 @@
 #include "pool.h"
 #include "server.h"
 #include "tls.h"
+#include "worker.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -159,39 +160,26 @@ void control_kill(struct worker *worker, const char *db)
     for_target_pools(worker, db, kill_pool);
 }
 
-static struct client *find_client_in(const struct list *l, uint64_t id)
-{
-    struct list_node *n, *tmp;
-    list_for_each(l, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (c->id == id)
-            return c;
-    }
-    return NULL;
-}
-
 struct client *control_find_client(struct worker *worker, uint64_t id)
 {
-    struct client *c = find_client_in(&worker->login_clients, id);
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        if (c)
-            break;
-        c = find_client_in(&p->active_clients, id);
-        if (!c)
-            c = find_client_in(&p->waiting, id);
-        if (!c)
-            c = find_client_in(&p->idle_clients, id);
-    }
-    return c;
+    return worker_find_client(worker, id);
 }
 
 void control_kill_client(struct client *victim)
 {
     client_fail(victim, FAIL_ADMIN_KILLED, "");
+}
+
+struct worker *control_client_owner(struct worker *worker, uint64_t id)
+{
+    uint64_t index = id >> 56; /* next_id starts at index << 56 (sluice.c worker_start) */
+    struct process *proc = worker->proc;
+    return index < (uint64_t)proc->nworkers ? &proc->workers[index] : NULL;
+}
+
+void control_kill_client_elsewhere(struct worker *owner, uint64_t id)
+{
+    worker_post_kill_client(owner, id);
 }
 
 bool control_reload(struct worker *worker)

@@ -37,6 +37,12 @@ void control_kill(struct worker *worker, const char *db);
 struct client *control_find_client(struct worker *worker, uint64_t id);
 /* KILL_CLIENT: close it with FATAL "connection closed by the administrator". */
 void control_kill_client(struct client *victim);
+/* The worker that owns the client with this id (the id's top byte, 5.1), or NULL when no
+ * worker has that index. */
+struct worker *control_client_owner(struct worker *worker, uint64_t id);
+/* KILL_CLIENT of a client another worker owns: a message to it, which closes the client on its
+ * own thread if it is still there; nothing is known here of whether it was. */
+void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
 
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */

@@ -21,6 +21,8 @@
 #include "secret.h"
 #include "server.h"
 #include "stats.h"
+#include "tally.h"
+#include "view.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -145,6 +147,8 @@ static void on_maint_timer(uv_timer_t *t)
         worker_close_all(worker, true);
     log_stats(worker, now);
     stats_tick(worker, now);
+    if (worker->tally)
+        view_publish(worker);
     if (!control)
         return;
     for (int i = 0; i < proc->services_started; i++) {
@@ -248,7 +252,12 @@ static int worker_start(struct process *proc, struct worker *worker, unsigned in
     uv_check_start(&worker->reaper, on_reaper_check);
     uv_unref((uv_handle_t *)&worker->reaper);
     worker->cancel_map = cancel_map_new(index);
-    return worker->cancel_map ? 0 : UV_ENOMEM;
+    if (!worker->cancel_map)
+        return UV_ENOMEM;
+    /* Only a worker on a thread of its own publishes: the control thread reads worker 0 live. */
+    if (index > 0 && !(worker->tally = tally_new()))
+        return UV_ENOMEM;
+    return 0;
 }
 
 static void worker_free(struct worker *worker)
@@ -262,6 +271,7 @@ static void worker_free(struct worker *worker)
         pool_free(container_of(n, struct pool, node));
     }
     cancel_map_free(worker->cancel_map);
+    tally_free(worker->tally);
     stats_free(worker);
     if (worker->index > 0)
         config_release(worker->cfg);

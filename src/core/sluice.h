@@ -36,6 +36,7 @@ struct cancel_map;
 struct console_ops;
 struct http_server;
 struct stats;
+struct tally;
 
 struct process;
 struct worker;
@@ -99,6 +100,8 @@ struct worker {
 
     struct cancel_map *cancel_map;
     struct stats *stats; /* snapshots for SHOW STATS averages (stats.c) */
+    /* Its pools as the control thread may read them (tally.h); NULL with one worker. */
+    struct tally *tally;
     /* Where Postgres raises the login NOTICEs clients are due, as this worker's backends told
      * it (login_notice.h). */
     struct login_notice_source login_notice_src;

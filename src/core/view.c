@@ -2,6 +2,8 @@
  * object at the moment it is walked; nothing is kept. */
 #include "view.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -10,6 +12,7 @@
 #include "server.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "tally.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -193,13 +196,20 @@ void view_pool_settings(const struct pool *p, struct view_pool *v)
     v->query_hist = p->query_hist;
 }
 
-void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+/* What the pool's own lists say (view_pool but the cap, which reads the budgets and the other
+ * pools: a worker publishing its pools leaves it out, tally.h). */
+static void pool_own(const struct pool *p, uint64_t now_ms, struct view_pool *v)
 {
     view_pool_settings(p, v);
     v->sv_being_canceled = count_being_canceled(&p->active) + count_being_canceled(&p->resetting);
+    stats_view_pool(p, now_ms, &v->now);
+}
+
+void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *v)
+{
+    pool_own(p, now_ms, v);
     if (!p->is_admin)
         budget_pool_cap(p, &v->cap);
-    stats_view_pool(p, now_ms, &v->now);
 }
 
 int view_db_servers(const struct worker *worker, const char *db_name)
@@ -232,6 +242,34 @@ const struct budget *view_budget(const struct worker *worker, int i)
     return i >= 0 && i < worker->proc->budgets.n ? worker->proc->budgets.items[i] : NULL;
 }
 
+void view_publish(struct worker *worker)
+{
+    struct tally_frame *back = tally_back(worker->tally, worker->pools.count);
+    if (!back)
+        return;
+    uint64_t now = sluice_now(worker);
+    int n = 0;
+    view_for_each_pool(worker, pool)
+    {
+        struct tally_pool *tp = &back->pools[n++];
+        pool_own(pool, now, &tp->v);
+        snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
+        snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
+        tp->v.pool = NULL;
+        tp->v.db_name = tp->v.user_name = NULL;
+        tp->v.wait_hist = tp->v.query_hist = NULL;
+    }
+    back->npools = n;
+    back->login_clients = worker->login_clients.count;
+    tally_swap(worker->tally);
+}
+
+static void count_pool(const struct tally_pool *tp, void *ctx)
+{
+    (void)tp;
+    ++*(int *)ctx;
+}
+
 void view_totals(const struct worker *worker, struct view_totals *out)
 {
     out->clients = worker->nclients;
@@ -239,4 +277,120 @@ void view_totals(const struct worker *worker, struct view_totals *out)
     out->servers = worker->nservers;
     out->pools = worker->pools.count;
     out->running = worker->proc->phase == PHASE_RUNNING;
+    /* The other workers: their atomic counts now, their lists as last published (5.6). */
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other == worker || !other->tally)
+            continue;
+        out->clients += atomic_load_explicit(&other->nclients, memory_order_relaxed);
+        out->servers += atomic_load_explicit(&other->nservers, memory_order_relaxed);
+        out->login_clients += tally_each_pool(other->tally, count_pool, &out->pools);
+    }
+}
+
+/* Add from's counts (servers and clients by state, counters) to into's; the settings stay. */
+static void add_pool_counts(struct view_pool *into, const struct view_pool *from)
+{
+    struct stats_pool_view *a = &into->now;
+    const struct stats_pool_view *b = &from->now;
+    a->sv_active += b->sv_active;
+    a->sv_idle += b->sv_idle;
+    a->sv_used += b->sv_used;
+    a->sv_tested += b->sv_tested;
+    a->sv_login += b->sv_login;
+    a->sv_total += b->sv_total;
+    a->cl_active += b->cl_active;
+    a->cl_waiting += b->cl_waiting;
+    a->cl_idle += b->cl_idle;
+    if (b->longest_wait_ms > a->longest_wait_ms)
+        a->longest_wait_ms = b->longest_wait_ms;
+    into->servers += from->servers;
+    into->sv_being_canceled += from->sv_being_canceled;
+    into->xact_count += from->xact_count;
+    into->query_count += from->query_count;
+    into->bytes_in += from->bytes_in;
+    into->bytes_out += from->bytes_out;
+    into->wait_us_total += from->wait_us_total;
+    into->query_ms_total += from->query_ms_total;
+}
+
+static bool same_key(const struct view_pool *a, const char *db, const char *user)
+{
+    return strcmp(a->db_name, db) == 0 && strcmp(a->user_name, user) == 0;
+}
+
+static void add_if_same_key(const struct tally_pool *tp, void *ctx)
+{
+    struct view_pool *into = ctx;
+    if (same_key(&tp->v, into->db_name, into->user_name))
+        add_pool_counts(into, &tp->v);
+}
+
+void view_pool_add_workers(const struct worker *worker, struct view_pool *v)
+{
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other->tally, add_if_same_key, v);
+    }
+}
+
+struct elsewhere {
+    const struct worker *worker;
+    struct view_remote_pool *pools;
+    int n, cap;
+    bool out_of_memory;
+};
+
+static void collect_elsewhere(const struct tally_pool *tp, void *ctx)
+{
+    struct elsewhere *e = ctx;
+    view_for_each_pool(e->worker, p)
+    {
+        if (strcmp(p->db_name, tp->db_name) == 0 && strcmp(p->user_name, tp->user_name) == 0)
+            return; /* listed with the worker's own, summed there */
+    }
+    for (int i = 0; i < e->n; i++) {
+        if (strcmp(e->pools[i].db_name, tp->db_name) == 0 &&
+            strcmp(e->pools[i].user_name, tp->user_name) == 0) {
+            add_pool_counts(&e->pools[i].v, &tp->v);
+            return;
+        }
+    }
+    if (e->n == e->cap) {
+        int cap = e->cap ? 2 * e->cap : 8;
+        struct view_remote_pool *more = realloc(e->pools, (size_t)cap * sizeof(*more));
+        if (!more) {
+            e->out_of_memory = true;
+            return;
+        }
+        e->pools = more;
+        e->cap = cap;
+    }
+    struct view_remote_pool *r = &e->pools[e->n++];
+    r->v = tp->v;
+    memcpy(r->db_name, tp->db_name, sizeof(r->db_name));
+    memcpy(r->user_name, tp->user_name, sizeof(r->user_name));
+    r->v.db_name = r->db_name;
+    r->v.user_name = r->user_name;
+}
+
+int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out)
+{
+    struct elsewhere e = {.worker = worker};
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other->tally, collect_elsewhere, &e);
+    }
+    /* the names point into the array: fixed once it no longer moves */
+    for (int i = 0; i < e.n; i++) {
+        e.pools[i].v.db_name = e.pools[i].db_name;
+        e.pools[i].v.user_name = e.pools[i].user_name;
+    }
+    *out = e.pools;
+    return e.n;
 }

@@ -102,9 +102,29 @@ void view_pool(const struct pool *p, uint64_t now_ms, struct view_pool *out);
  * enough to call in a walk over the pools for each pool. now, cap, sv_being_canceled stay 0. */
 void view_pool_settings(const struct pool *p, struct view_pool *out);
 
+/* ---- the other workers' pools (docs/architecture.md 5.6) ----
+ * The control thread reads its own worker's pools live and the others' as each published them
+ * at its last maintenance tick (tally.h): never their lists. With one worker both add nothing. */
+
+/* On a worker's own thread, at its maintenance tick (worker->tally set): publish its pools and
+ * logins for the control thread (tally.h). */
+void view_publish(struct worker *worker);
+/* Add to v (a pool of worker's, filled by view_pool) the counts of the same (database, user)
+ * pool on every other worker: servers and clients by state, counters; the settings are v's. */
+void view_pool_add_workers(const struct worker *worker, struct view_pool *v);
+/* A pool key only other workers have, summed over them; its names are copies. */
+struct view_remote_pool {
+    struct view_pool v;
+    char db_name[64], user_name[64];
+};
+/* The pools of the other workers whose key worker has not, in order of first appearance: their
+ * count, *out an array the caller frees (NULL when none; a pool is left out if out of memory). */
+int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out);
+
 /* ---- the whole process (SHOW LISTS, /health, /metrics) ---- */
 
 struct view_totals {
+    /* Over every worker: the control worker's now, the others' as last published (5.6). */
     int clients;       /* client sockets in any state, the console's included */
     int login_clients; /* logging in (STARTUP, AUTH) */
     int servers;       /* server connections in any state */

@@ -24,6 +24,8 @@ enum worker_msg_kind {
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
+    WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
+    WORKER_MSG_CALL,        /* call, arg: a service's question, run on this worker's thread */
 };
 
 struct worker_msg {
@@ -34,6 +36,9 @@ struct worker_msg {
     enum sluice_phase phase;
     struct config *cfg;
     uint32_t pid, key;
+    uint64_t client_id;
+    worker_call_fn *call;
+    void *arg;
     struct worker *reply_to;
     struct cancel_job *ticket;
 };
@@ -119,6 +124,46 @@ static void apply_reload(struct worker *worker, struct config *cfg)
     config_release(old);
 }
 
+static struct client *find_client_in(const struct list *l, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->id == id)
+            return c;
+    }
+    return NULL;
+}
+
+struct client *worker_find_client(struct worker *worker, uint64_t id)
+{
+    struct client *c = find_client_in(&worker->login_clients, id);
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (c)
+            break;
+        c = find_client_in(&p->active_clients, id);
+        if (!c)
+            c = find_client_in(&p->waiting, id);
+        if (!c)
+            c = find_client_in(&p->idle_clients, id);
+    }
+    return c;
+}
+
+/* The console's KILL_CLIENT of one of this worker's clients (control_kill_client_elsewhere). */
+static void kill_client(struct worker *worker, uint64_t id)
+{
+    struct client *victim = worker_find_client(worker, id);
+    if (victim)
+        client_fail(victim, FAIL_ADMIN_KILLED, "");
+    else
+        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
+}
+
 static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)
 {
     struct worker *worker = mb->data;
@@ -157,6 +202,13 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
             pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+        break;
+    case WORKER_MSG_KILL_CLIENT:
+        if (delivered)
+            kill_client(worker, m->client_id);
+        break;
+    case WORKER_MSG_CALL:
+        m->call(worker, m->arg, delivered);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -337,6 +389,30 @@ void worker_wake(struct worker *from, int to)
     struct worker_msg *m = msg_new(WORKER_MSG_WAKE);
     if (m && !post(&from->proc->workers[to], m))
         free(m);
+}
+
+void worker_post_kill_client(struct worker *worker, uint64_t client_id)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_KILL_CLIENT);
+    if (!m)
+        return;
+    m->client_id = client_id;
+    if (!post(worker, m))
+        free(m); /* its thread has closed its mailbox: its clients are gone */
+}
+
+int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_CALL);
+    if (!m)
+        return UV_ENOMEM;
+    m->call = call;
+    m->arg = arg;
+    if (!post(worker, m)) {
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
 }
 
 void worker_post_finish(struct worker *worker)

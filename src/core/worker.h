@@ -12,6 +12,8 @@
 #include "cancel.h"
 #include "sluice.h"
 
+struct client;
+
 /* Workers 1..N-1, on the control thread before anything can post to it: initialise own_loop
  * and its mailbox there (the worker's handles are then made on own_loop by the caller);
  * WORKER_THREAD_READY. 0 or a negative UV_E*. Worker 0: its mailbox on the process's loop,
@@ -46,6 +48,18 @@ void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
  * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
  * this loop iteration; another worker gets a message and dispatches its pools. */
 void worker_wake(struct worker *from, int to);
+/* A service's question to a worker (the console gathering rows, 5.6): call runs on worker's
+ * thread between its callbacks, with delivered true; false when its mailbox closed first, and
+ * then on the closing thread (arg is still to be answered or freed). 0, or UV_ENOMEM /
+ * UV_ECANCELED (nothing posted: arg is still the caller's). */
+typedef void worker_call_fn(struct worker *worker, void *arg, bool delivered);
+int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
+    __attribute__((warn_unused_result));
+/* The client of worker's with this id (logging in, or in a pool), or NULL; on its thread. */
+struct client *worker_find_client(struct worker *worker, uint64_t id);
+/* KILL_CLIENT of a client of worker's (its id's top byte): closed on its own thread with
+ * FATAL "connection closed by the administrator", if it is still there. */
+void worker_post_kill_client(struct worker *worker, uint64_t client_id);
 /* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
  * which ends its loop. */
 void worker_post_finish(struct worker *worker);

@@ -113,12 +113,6 @@ static struct client *find_console_client(struct worker *worker, uint64_t id)
     return c && c->admin ? c : NULL;
 }
 
-static enum outcome run_show(struct client *c, const struct admin_command *cmd)
-{
-    admin_show(c, cmd->show);
-    return OUT_DONE;
-}
-
 /* ---- waiting commands ---- */
 
 static const char *target_db(const struct admin_command *cmd);
@@ -127,6 +121,7 @@ enum wait_kind {
     WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
     WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
     WAIT_OUTPUT,     /* the client has read most of its pending output */
+    WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
 };
 
 struct admin_wait {
@@ -134,6 +129,7 @@ struct admin_wait {
     uint64_t client_id;
     enum wait_kind kind;
     struct admin_command target; /* only has_name and name are used */
+    int rows_pending;            /* WAIT_ROWS: workers asked that have not answered */
 };
 
 static struct admin_wait *find_wait(struct worker *worker, uint64_t client_id)
@@ -177,8 +173,39 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
         return control_close_done(worker, target_db(&w->target));
     case WAIT_OUTPUT:
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
+    case WAIT_ROWS:
+        return w->rows_pending == 0;
     }
     return true;
+}
+
+/* A worker's rows for a console client's SHOW (admin_show's arrived), on the console's thread. */
+static void rows_arrived(struct worker *worker, uint64_t console_id, const uint8_t *rows,
+                         size_t len)
+{
+    struct admin_wait *w = find_wait(worker, console_id);
+    if (!w || w->kind != WAIT_ROWS)
+        return; /* the client left: its wait went with it */
+    struct client *c = find_console_client(worker, console_id);
+    if (c && rows)
+        codec_put_bytes(&c->out, rows, len);
+    w->rows_pending--;
+}
+
+static enum outcome run_show(struct client *c, const struct admin_command *cmd)
+{
+    /* The other workers' rows are asked for only by a console on the control thread, whose
+     * admin_waits it is (the console's hand-off to it is 5.6's). */
+    bool control = c->worker == sluice_control_worker(c->worker->proc);
+    int asked = admin_show(c, cmd->show, control ? rows_arrived : NULL);
+    if (asked == 0)
+        return OUT_DONE;
+    if (!add_wait(c, WAIT_ROWS, NULL)) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, ""); /* the rows on their way find no wait */
+        return OUT_CLOSED;
+    }
+    find_wait(c->worker, c->id)->rows_pending = asked;
+    return OUT_WAITING;
 }
 
 /* ---- actions ---- */
@@ -196,7 +223,16 @@ static const char *target_text(const struct admin_command *cmd)
 
 static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
 {
-    struct client *victim = control_find_client(c->worker, cmd->client_id);
+    struct worker *owner = control_client_owner(c->worker, cmd->client_id);
+    if (owner && owner != c->worker) {
+        /* another thread's client (5.6): its worker closes it; whether it was still there is
+         * that thread's to know, so the answer is KILL_CLIENT either way */
+        log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu (on worker %u)",
+                   (unsigned long long)cmd->client_id, owner->index);
+        control_kill_client_elsewhere(owner, cmd->client_id);
+        return OUT_DONE;
+    }
+    struct client *victim = owner ? control_find_client(c->worker, cmd->client_id) : NULL;
     if (!victim) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
                   "no client with id %llu", (unsigned long long)cmd->client_id);
@@ -579,7 +615,9 @@ static void tick(struct process *proc, uint64_t now)
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind != WAIT_OUTPUT) {
-            put_command_complete(&c->out, kind == WAIT_PAUSE ? "PAUSE" : "WAIT_CLOSE");
+            put_command_complete(&c->out, kind == WAIT_PAUSE  ? "PAUSE"
+                                          : kind == WAIT_ROWS ? "SHOW"
+                                                              : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
@@ -593,7 +631,7 @@ static void tick(struct process *proc, uint64_t now)
 static void cancel_wait(struct client *c)
 {
     struct admin_wait *w = find_wait(c->worker, c->id);
-    if (!w || w->kind == WAIT_OUTPUT || c->state != CLIENT_IDLE)
+    if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || c->state != CLIENT_IDLE)
         return;
     list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);

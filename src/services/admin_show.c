@@ -37,6 +37,35 @@ static void show_help(struct client *c)
                     NULL);
 }
 
+/* One row of SHOW POOLS. */
+static void pool_row(struct table *t, const struct view_pool *p)
+{
+    const struct stats_pool_view v = p->now;
+    row_begin(t);
+    cell_text(t, p->db_name);
+    cell_text(t, p->user_name);
+    /* PgBouncer's cl_active: clients linked to a server or idle with nothing waiting */
+    cell_int(t, v.cl_active + v.cl_idle);
+    cell_int(t, v.cl_waiting);
+    cell_int(t, 0);
+    cell_int(t, 0);
+    cell_int(t, v.sv_active);
+    cell_int(t, 0);
+    cell_int(t, p->sv_being_canceled);
+    cell_int(t, v.sv_idle);
+    cell_int(t, v.sv_used);
+    cell_int(t, v.sv_tested);
+    cell_int(t, v.sv_login);
+    cells_wait(t, v.longest_wait_ms * 1000);
+    cell_text(t, p->console ? "statement" : pool_mode_name(p->mode));
+    cell_text(t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
+    cell_int(t, p->console ? 0 : p->size);
+    cell_int(t, v.cl_idle);
+    cell_int(t, p->paused ? 1 : 0);
+    cell_text(t, breaker_state_name(p->breaker.state));
+    row_end(t);
+}
+
 static void show_pools(struct client *c)
 {
     static const struct col cols[] = {
@@ -70,32 +99,14 @@ static void show_pools(struct client *c)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
-        const struct view_pool *p = &pv;
-        const struct stats_pool_view v = p->now;
-        row_begin(&t);
-        cell_text(&t, p->db_name);
-        cell_text(&t, p->user_name);
-        /* PgBouncer's cl_active: clients linked to a server or idle with nothing waiting */
-        cell_int(&t, v.cl_active + v.cl_idle);
-        cell_int(&t, v.cl_waiting);
-        cell_int(&t, 0);
-        cell_int(&t, 0);
-        cell_int(&t, v.sv_active);
-        cell_int(&t, 0);
-        cell_int(&t, p->sv_being_canceled);
-        cell_int(&t, v.sv_idle);
-        cell_int(&t, v.sv_used);
-        cell_int(&t, v.sv_tested);
-        cell_int(&t, v.sv_login);
-        cells_wait(&t, v.longest_wait_ms * 1000);
-        cell_text(&t, p->console ? "statement" : pool_mode_name(p->mode));
-        cell_text(&t, NULL); /* PgBouncer: set only for a host list; sluice leaves those to libpq */
-        cell_int(&t, p->console ? 0 : p->size);
-        cell_int(&t, v.cl_idle);
-        cell_int(&t, p->paused ? 1 : 0);
-        cell_text(&t, breaker_state_name(p->breaker.state));
-        row_end(&t);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
+        pool_row(&t, &pv);
     }
+    struct view_remote_pool *elsewhere;
+    int n = view_pools_elsewhere(worker, &elsewhere);
+    for (int i = 0; i < n; i++)
+        pool_row(&t, &elsewhere[i].v);
+    free(elsewhere);
 }
 
 /* sluice has no peering ([peers] is warned about and ignored): PgBouncer's columns, no rows, so
@@ -305,8 +316,9 @@ static void database_row(struct table *t, struct worker *worker, const char *nam
     cell_int(t, d->pool_size >= 0 ? d->pool_size : cfg->default_pool_size);
     cell_int(t, d->min_pool_size >= 0 ? d->min_pool_size : cfg->min_pool_size);
     cell_int(t, d->reserve_pool >= 0 ? d->reserve_pool : cfg->reserve_pool_size);
-    cell_int(t, (d->timeouts.server_lifetime >= 0 ? d->timeouts.server_lifetime
-                                                  : cfg->server_lifetime) / 1000);
+    cell_int(
+        t, (d->timeouts.server_lifetime >= 0 ? d->timeouts.server_lifetime : cfg->server_lifetime) /
+               1000);
     /* PgBouncer: the entry's own pool_mode, NULL when the main section's applies. */
     cell_text(t, d->pool_mode != POOL_MODE_UNSET ? pool_mode_name(d->pool_mode) : NULL);
     cell_text(t, NULL); /* load_balance_hosts: only for a host list */
@@ -424,8 +436,8 @@ static void show_users(struct client *c)
      * with a forced user= logs in under its own name, not its pool's); each name once. */
     struct view_totals tot;
     view_totals(worker, &tot);
-    size_t cap = (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)tot.pools +
-                 (size_t)tot.clients + 1;
+    size_t cap =
+        (size_t)cfg->nusers + (size_t)cfg->nauth + (size_t)tot.pools + (size_t)tot.clients + 1;
     const char **names = calloc(cap, sizeof(*names));
     if (!names) {
         c->out.oom = true;
@@ -586,7 +598,7 @@ static void show_budgets(struct client *c)
     }
 }
 
-void admin_show(struct client *c, enum admin_show what)
+int admin_show(struct client *c, enum admin_show what, admin_rows_fn *arrived)
 {
     switch (what) {
     case ADMIN_SHOW_HELP:
@@ -596,11 +608,9 @@ void admin_show(struct client *c, enum admin_show what)
         show_pools(c);
         break;
     case ADMIN_SHOW_CLIENTS:
-        admin_show_clients(c);
-        break;
+        return admin_show_clients(c, arrived);
     case ADMIN_SHOW_SERVERS:
-        admin_show_servers(c);
-        break;
+        return admin_show_servers(c, arrived);
     case ADMIN_SHOW_STATS:
         show_stats(c, VIEW_STATS);
         break;
@@ -629,11 +639,9 @@ void admin_show(struct client *c, enum admin_show what)
         show_budgets(c);
         break;
     case ADMIN_SHOW_SOCKETS:
-        admin_show_sockets(c, false);
-        break;
+        return admin_show_sockets(c, false, arrived);
     case ADMIN_SHOW_ACTIVE_SOCKETS:
-        admin_show_sockets(c, true);
-        break;
+        return admin_show_sockets(c, true, arrived);
     case ADMIN_SHOW_PEERS:
         show_peers(c);
         break;
@@ -641,4 +649,5 @@ void admin_show(struct client *c, enum admin_show what)
         show_peer_pools(c);
         break;
     }
+    return 0;
 }

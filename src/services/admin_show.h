@@ -5,11 +5,14 @@
 #define SLUICE_ADMIN_SHOW_H
 
 #include "admin_command.h"
+#include "admin_table.h"
 
 struct client;
 
 /* Append RowDescription and DataRows (SHOW HELP: a NoticeResponse) to c->out; the caller adds
- * CommandComplete and ReadyForQuery. */
-void admin_show(struct client *c, enum admin_show what);
+ * CommandComplete and ReadyForQuery, at once when this returns 0; otherwise that many other
+ * workers were asked for their rows (SHOW CLIENTS, SERVERS, SOCKETS: admin_table.h), and
+ * arrived appends each one's, after which the caller completes the answer. */
+int admin_show(struct client *c, enum admin_show what, admin_rows_fn *arrived);
 
 #endif

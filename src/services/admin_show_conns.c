@@ -6,6 +6,7 @@
 #include "admin_table.h"
 #include "client.h"
 #include "view.h"
+#include "worker.h"
 
 /* PgBouncer's columns of SHOW CLIENTS, SERVERS and SOCKETS, in its order; SOCKETS adds the
  * buffer columns, then sluice's held_ms closes every row. */
@@ -129,25 +130,110 @@ static void listing_begin(struct listing *l, struct client *me, enum conn_view v
     conn_table_begin(&l->t, &me->out, view);
 }
 
-void admin_show_clients(struct client *me)
+/* ---- the other workers' rows (docs/architecture.md 5.6) ----
+ * A worker's connections are read only on its own thread: the console asks each other worker by
+ * message, the worker formats its rows there into a result set of its own, and sends it back;
+ * the console appends its DataRows (what follows the RowDescription) to its answer. */
+
+enum rows_of { ROWS_CLIENTS, ROWS_SERVERS, ROWS_SOCKETS };
+
+struct rows_job {
+    struct worker *console_worker;
+    uint64_t console_id;
+    admin_rows_fn *arrived;
+    enum rows_of of;
+    bool only_busy;
+    struct msg_out rows;
+    uint32_t header_len; /* the RowDescription's bytes at the start of rows */
+};
+
+static void free_job(struct rows_job *job)
+{
+    codec_out_free(&job->rows);
+    free(job);
+}
+
+static void on_rows_back(struct worker *worker, void *arg, bool delivered)
+{
+    struct rows_job *job = arg;
+    if (delivered) {
+        bool have = !job->rows.oom && job->rows.len > job->header_len;
+        job->arrived(worker, job->console_id, have ? job->rows.data + job->header_len : NULL,
+                     have ? job->rows.len - job->header_len : 0);
+    }
+    free_job(job);
+}
+
+static void on_rows_asked(struct worker *worker, void *arg, bool delivered)
+{
+    struct rows_job *job = arg;
+    if (delivered) { /* else: its mailbox closed, its connections are going; no rows */
+        struct listing l = {.worker = worker,
+                            .unix_port = view_listen_port(worker),
+                            .view = job->of == ROWS_SOCKETS ? VIEW_SOCKETS : VIEW_CONNECTIONS,
+                            .only_busy = job->only_busy};
+        conn_table_begin(&l.t, &job->rows, l.view);
+        job->header_len = job->rows.len;
+        if (job->of == ROWS_CLIENTS)
+            view_clients(worker, conn_row, &l);
+        else if (job->of == ROWS_SERVERS)
+            view_servers(worker, conn_row, &l);
+        else
+            view_sockets(worker, conn_row, &l);
+    }
+    if (worker_post_call(job->console_worker, on_rows_back, job) < 0)
+        free_job(job); /* the console's worker is closing: nobody waits */
+}
+
+/* Ask every other worker for its rows; how many were asked (each answers arrived once). */
+static int ask_workers(struct client *me, enum rows_of of, bool only_busy, admin_rows_fn *arrived)
+{
+    struct process *proc = me->worker->proc;
+    int asked = 0;
+    for (int i = 0; arrived && i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other == me->worker)
+            continue;
+        struct rows_job *job = calloc(1, sizeof(*job));
+        if (!job)
+            break;
+        *job = (struct rows_job){.console_worker = me->worker,
+                                 .console_id = me->id,
+                                 .arrived = arrived,
+                                 .of = of,
+                                 .only_busy = only_busy};
+        codec_out_init(&job->rows);
+        if (worker_post_call(other, on_rows_asked, job) < 0) {
+            free_job(job);
+            continue;
+        }
+        asked++;
+    }
+    return asked;
+}
+
+int admin_show_clients(struct client *me, admin_rows_fn *arrived)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_CONNECTIONS, false);
     view_clients(me->worker, conn_row, &l);
+    return ask_workers(me, ROWS_CLIENTS, false, arrived);
 }
 
-void admin_show_servers(struct client *me)
+int admin_show_servers(struct client *me, admin_rows_fn *arrived)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_CONNECTIONS, false);
     view_servers(me->worker, conn_row, &l);
+    return ask_workers(me, ROWS_SERVERS, false, arrived);
 }
 
 /* PgBouncer's SHOW SOCKETS: clients and servers together, each with its list's name and its
  * buffer positions; SHOW ACTIVE_SOCKETS only those with bytes buffered or output pending. */
-void admin_show_sockets(struct client *me, bool only_busy)
+int admin_show_sockets(struct client *me, bool only_busy, admin_rows_fn *arrived)
 {
     struct listing l;
     listing_begin(&l, me, VIEW_SOCKETS, only_busy);
     view_sockets(me->worker, conn_row, &l);
+    return ask_workers(me, ROWS_SOCKETS, only_busy, arrived);
 }

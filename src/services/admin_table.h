@@ -8,6 +8,7 @@
 
 #include <openssl/ssl.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cidr.h"
@@ -59,10 +60,15 @@ void cells_local_addr(struct table *t, int fd, int unix_port);
 /* The TLS version and cipher, "" when plain. */
 void cell_tls(struct table *t, SSL *ssl);
 
-/* The SHOW commands about connections (admin_show_conns.c). */
-void admin_show_clients(struct client *me);
-void admin_show_servers(struct client *me);
+/* The SHOW commands about connections (admin_show_conns.c): the RowDescription and me's own
+ * worker's rows now; then, when arrived is given, each other worker is asked for its rows by
+ * message, and arrived runs on me's worker once per worker asked, with its DataRows (NULL, 0:
+ * none). They return how many workers were asked (0: the answer is whole). */
+typedef void admin_rows_fn(struct worker *worker, uint64_t console_id, const uint8_t *rows,
+                           size_t len);
+int admin_show_clients(struct client *me, admin_rows_fn *arrived);
+int admin_show_servers(struct client *me, admin_rows_fn *arrived);
 /* SHOW SOCKETS; only_busy: SHOW ACTIVE_SOCKETS. */
-void admin_show_sockets(struct client *me, bool only_busy);
+int admin_show_sockets(struct client *me, bool only_busy, admin_rows_fn *arrived);
 
 #endif

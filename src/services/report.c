@@ -370,6 +370,7 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
         const struct view_pool *p = &pv;
         if (p->console)
             continue;
@@ -571,6 +572,7 @@ static void pool_gauge(struct text *t, struct worker *worker, const char *name, 
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
         const struct view_pool *p = &pv;
         if (p->console)
             continue;
@@ -630,6 +632,7 @@ static void pool_states(struct text *t, struct worker *worker, uint64_t now, con
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
         const struct view_pool *p = &pv;
         if (p->console)
             continue;
@@ -726,6 +729,7 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
         {
             struct view_pool pv;
             view_pool_settings(pool, &pv);
+            view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
             const struct view_pool *p = &pv;
             if (p->console)
                 continue;
@@ -740,6 +744,7 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     {
         struct view_pool pv;
         view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
         const struct view_pool *p = &pv;
         if (p->console)
             continue;

@@ -13,17 +13,22 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "config.h"
+#include "control.h"
 #include "ledger.h"
 #include "listener.h"
 #include "pool.h"
+#include "report.h"
 #include "sluice.h"
 #include "sockio.h"
+#include "view.h"
 #include "worker.h"
 
 static char *no_env[] = {NULL};
@@ -120,13 +125,16 @@ static int read_to_close(int fd)
 
 /* A config from a file at path (mkstemp's template, filled in), loaded as the key allows
  * (workers = 1), then asking for workers: the mechanism under the key's refusal. */
-static struct config *config_with_workers(char *path, int workers)
+static struct config *config_with_keys(char *path, int workers, const char *keys)
 {
     int cfd = mkstemp(path);
     CHECK(cfd >= 0);
-    static const char ini[] = "[databases]\ndb = host=127.0.0.1 port=1\n"
-                              "[sluice]\nlisten_addr = 127.0.0.1\nlisten_port = 0\n";
-    CHECK_INT((int)write(cfd, ini, sizeof(ini) - 1), (int)sizeof(ini) - 1);
+    char ini[512];
+    int len = snprintf(ini, sizeof(ini),
+                       "[databases]\ndb = host=127.0.0.1 port=1\n"
+                       "[sluice]\nlisten_addr = 127.0.0.1\nlisten_port = 0\n%s",
+                       keys);
+    CHECK_INT((int)write(cfd, ini, (size_t)len), len);
     close(cfd);
     struct config_diag diag = {0};
     struct config *cfg = config_load(path, no_env, &diag);
@@ -135,6 +143,11 @@ static struct config *config_with_workers(char *path, int workers)
     if (cfg)
         cfg->workers = workers;
     return cfg;
+}
+
+static struct config *config_with_workers(char *path, int workers)
+{
+    return config_with_keys(path, workers, "");
 }
 
 static void two_workers_take_clients_reload_and_shut_down(void)
@@ -242,9 +255,189 @@ static void four_workers_spread_clients_and_shut_down_gracefully(void)
     unlink(path);
 }
 
+#define THREE 3
+
+struct console_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    bool spread; /* one console client on each worker */
+    /* What the control thread's views said once every worker had published its client. */
+    int console_clients, pool_rows, total_clients, login_clients;
+    bool metrics_count_all; /* /metrics' sluice_client_connections said 3 */
+    int console_on_0;       /* the first console client: on worker 0 (a tie goes to it) */
+    bool kill_sent;         /* its KILL_CLIENT of worker 2's client */
+    bool killed_elsewhere;  /* worker 2 closed that client; workers 0 and 1 kept theirs */
+};
+
+/* A Query message (protocol 55.2.2) on fd. */
+static void send_query(int fd, const char *sql)
+{
+    unsigned char msg[128];
+    uint32_t body = (uint32_t)strlen(sql) + 1, len = 4 + body;
+    uint32_t nlen = htonl(len);
+    msg[0] = 'Q';
+    memcpy(msg + 1, &nlen, 4);
+    memcpy(msg + 5, sql, body);
+    CHECK_INT((int)write(fd, msg, 1 + len), (int)(1 + len));
+}
+
+/* The console's pseudo-pool pgbouncer/admin, summed over the workers as SHOW POOLS shows it:
+ * worker 0's pool read live plus the others' published frames, or only theirs. */
+static void count_console_pool(struct console_run *r)
+{
+    struct worker *w0 = sluice_control_worker(&r->proc);
+    uint64_t now = sluice_now(w0);
+    r->console_clients = r->pool_rows = 0;
+    view_for_each_pool(w0, pool)
+    {
+        struct view_pool v;
+        view_pool(pool, now, &v);
+        view_pool_add_workers(w0, &v);
+        r->pool_rows++;
+        if (v.console)
+            r->console_clients += v.now.cl_active + v.now.cl_idle + v.now.cl_waiting;
+    }
+    struct view_remote_pool *elsewhere;
+    int n = view_pools_elsewhere(w0, &elsewhere);
+    for (int i = 0; i < n; i++) {
+        r->pool_rows++;
+        if (elsewhere[i].v.console)
+            r->console_clients += elsewhere[i].v.now.cl_active + elsewhere[i].v.now.cl_idle;
+    }
+    free(elsewhere);
+    struct view_totals tot;
+    view_totals(w0, &tot);
+    r->total_clients = tot.clients;
+    r->login_clients = tot.login_clients;
+    char *body;
+    size_t len;
+    CHECK(report_metrics(w0, &body, &len));
+    r->metrics_count_all = strstr(body, "\nsluice_client_connections 3\n") != NULL;
+    free(body);
+}
+
+static void on_console_tick(uv_timer_t *t)
+{
+    struct console_run *r = t->data;
+    int one_each = 0;
+    for (int i = 0; i < THREE; i++)
+        one_each += atomic_load(&r->proc.workers[i].nclients) == 1;
+    r->spread = r->spread || one_each == THREE;
+    if (r->spread && !r->kill_sent) {
+        count_console_pool(r);
+        if (r->console_clients == THREE) {
+            /* one row per worker's client, gathered by message; then worker 2's first client
+             * (its index in the id's top byte), run once the SHOW has answered */
+            send_query(r->console_on_0, "SHOW CLIENTS");
+            send_query(r->console_on_0, "KILL_CLIENT 144115188075855873");
+            r->kill_sent = true;
+        }
+    }
+    struct worker *w = r->proc.workers;
+    r->killed_elsewhere = r->kill_sent && atomic_load(&w[2].nclients) == 0 &&
+                          atomic_load(&w[0].nclients) == 1 && atomic_load(&w[1].nclients) == 1;
+    if (!r->killed_elsewhere && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(&r->proc, PHASE_SHUTDOWN_NOW);
+}
+
+/* A StartupMessage (protocol 55.2.1) for the console as user admin. */
+static void send_console_startup(int fd)
+{
+    static const char params[] = "user\0admin\0database\0pgbouncer\0";
+    unsigned char msg[64];
+    uint32_t len = 8 + sizeof(params); /* the array's own NUL ends the list */
+    uint32_t words[2] = {htonl(len), htonl(196608u)};
+    memcpy(msg, words, 8);
+    memcpy(msg + 8, params, sizeof(params));
+    CHECK_INT((int)write(fd, msg, len), (int)len);
+}
+
+/* The DataRows a console's socket received up to its close, and whether a SHOW ended them. */
+static int read_data_rows(int fd, bool *show_done)
+{
+    static unsigned char all[65536];
+    size_t n = 0;
+    for (;;) {
+        ssize_t got = read(fd, all + n, sizeof(all) - n);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    int rows = 0;
+    *show_done = false;
+    for (size_t at = 0; at + 5 <= n;) {
+        uint32_t len;
+        memcpy(&len, all + at + 1, 4);
+        len = ntohl(len);
+        rows += all[at] == 'D';
+        if (all[at] == 'C' && len >= 9 && memcmp(all + at + 5, "SHOW", 4) == 0)
+            *show_done = true;
+        at += 1 + len;
+    }
+    return rows;
+}
+
+/* Three workers, a console client logged in on each: the control thread's views (what SHOW
+ * POOLS, SHOW LISTS, /health and /metrics read) count all three, worker 0's live and the
+ * others' from what each published at its tick, without walking another thread's lists (and
+ * /metrics' sluice_client_connections says 3); then
+ * the console client on worker 0 sends SHOW CLIENTS, answered with every worker's client (each
+ * worker formats its own rows on its thread), and KILL_CLIENT for worker 2's client, which
+ * worker 2 closes on its own thread (the id's top byte names it). */
+static void three_workers_views_sum_every_workers_clients(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_keys(path, THREE, "auth_type = trust\nadmin_users = admin\n");
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct console_run r;
+    static const struct sluice_service *const services[] = {&admin_service, NULL};
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, services), 0);
+    CHECK_INT(r.proc.nworkers, THREE);
+    int port = listener_port(&r.proc), fds[THREE];
+    for (int i = 0; i < THREE; i++) {
+        fds[i] = connect_to(port);
+        send_console_startup(fds[i]);
+    }
+    r.console_on_0 = fds[0];
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_console_tick, 10, 10);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.spread);
+    CHECK_INT(r.console_clients, THREE);
+    CHECK_INT(r.total_clients, THREE);
+    CHECK_INT(r.login_clients, 0);
+    CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row, not one per worker */
+    CHECK(r.metrics_count_all);
+    CHECK(r.killed_elsewhere);
+    CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
+    bool show_done;
+    CHECK_INT(read_data_rows(fds[0], &show_done), THREE);
+    CHECK(show_done);
+    for (int i = 0; i < THREE; i++) {
+        CHECK(read_to_close(fds[i]) >= 0);
+        close(fds[i]);
+    }
+    for (int i = 0; i < THREE; i++)
+        worker_thread_join(&r.proc.workers[i]);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
 int main(void)
 {
     RUN(two_workers_take_clients_reload_and_shut_down);
     RUN(four_workers_spread_clients_and_shut_down_gracefully);
+    RUN(three_workers_views_sum_every_workers_clients);
     return CHECK_DONE();
 }

@@ -1,0 +1,49 @@
+/* tally: what a worker on a thread of its own publishes of its pools, once per maintenance
+ * tick, for the control thread's SHOW, /health and /metrics (docs/architecture.md 5.6). A
+ * reader on another thread never walks a worker's lists: it reads the last published frame
+ * under the tally's mutex (double buffer: the worker fills the back frame on its own thread,
+ * then swaps under the lock), so a view is at most one tick (100 ms) old. Worker 0 publishes
+ * nothing: the control thread reads its lists live. */
+#ifndef SLUICE_TALLY_H
+#define SLUICE_TALLY_H
+
+#include <uv.h>
+
+#include "view.h"
+
+#define TALLY_NAME 64 /* Postgres's NAMEDATALEN: a longer name is cut */
+
+/* One pool as its worker saw it: its settings, counters and counts by state, not its cap (which
+ * reads the budgets, shared). v's pointers are not kept (pool, wait_hist, query_hist are NULL);
+ * db_name and user_name point at the copies below once read (tally_each_pool). */
+struct tally_pool {
+    struct view_pool v;
+    char db_name[TALLY_NAME], user_name[TALLY_NAME];
+};
+
+struct tally_frame {
+    int login_clients;
+    int npools, cap;
+    struct tally_pool *pools;
+};
+
+struct tally {
+    uv_mutex_t mu;
+    struct tally_frame frames[2];
+    int front; /* the frame readers see; the other is the worker's own */
+};
+
+/* NULL when out of memory. */
+struct tally *tally_new(void);
+void tally_free(struct tally *t);
+/* On the worker's own thread (view_publish fills it): the back frame with room for npools
+ * pools, or NULL when out of memory (the front stays, a tick older); then tally_swap makes it
+ * the front. */
+struct tally_frame *tally_back(struct tally *t, int npools);
+void tally_swap(struct tally *t);
+/* On any thread: fn for each pool of worker's last frame, under its lock (fn must not block
+ * or take another tally's lock); returns the frame's login_clients. */
+typedef void tally_pool_fn(const struct tally_pool *p, void *ctx);
+int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx);
+
+#endif
