@@ -277,7 +277,7 @@ static struct client *first_eligible(const struct pool *p)
         struct client *c = container_of(n, struct client, node);
         if (may_lease(c))
             return c;
-        if (p->worker->proc->budgets.n <= 1)
+        if (budget_count(p->worker) <= 1)
             break; /* no budgets configured: the head is the only candidate */
     }
     return NULL;
@@ -287,20 +287,20 @@ static struct client *first_eligible(const struct pool *p)
  * the servers it may still hold (servers opened for a budget count against its max_servers). */
 static int count_eligible(const struct pool *p, int enough)
 {
-    const struct budget_set *set = &p->worker->proc->budgets;
-    if (set->n <= 1)
+    const struct budget_set *set = p->worker->budgets;
+    if (!set || set->n <= 1)
         return p->waiting.count;
     int *room = calloc((size_t)set->n, sizeof(*room));
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = ledger_lease_room(p->worker, set->items[i]);
+        room[i] = ledger_lease_room(p->worker, set->rules[i].budget);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
     {
         const struct client *c = container_of(node, struct client, node);
-        int i = c->budget ? c->budget->slot : -1;
+        int i = budget_slot(set, c->budget);
         if (i >= 0 && room[i] == 0)
             continue;
         if (i >= 0 && room[i] > 0)
@@ -539,7 +539,7 @@ static struct client *first_served_by_idle(const struct pool *p, struct server *
     {
         struct client *c = container_of(n, struct client, node);
         if (!may_lease(c)) {
-            if (p->worker->proc->budgets.n <= 1)
+            if (budget_count(p->worker) <= 1)
                 break; /* no budgets configured: the head is the only candidate */
             continue;
         }
@@ -562,7 +562,7 @@ static struct client *first_fitting(const struct pool *p, const struct server *s
     {
         struct client *c = container_of(n, struct client, node);
         if (!may_lease(c)) {
-            if (p->worker->proc->budgets.n <= 1)
+            if (budget_count(p->worker) <= 1)
                 break;
             continue;
         }

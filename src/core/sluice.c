@@ -297,6 +297,8 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     uv_signal_start(&proc->sig_term, on_signal, SIGTERM);
     if (rc < 0 || budget_sync(proc) < 0)
         return UV_ENOMEM;
+    for (int i = 1; i < proc->nworkers; i++) /* worker 0 took it in budget_sync */
+        budget_set_swap(&proc->workers[i].budgets, budget_set_current(proc));
     rc = listener_start(proc, &client_listener_ops);
     if (rc < 0)
         return rc;

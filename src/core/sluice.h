@@ -72,6 +72,8 @@ struct worker {
     /* The config this worker runs under: the process's current one, which owns it; swapped on
      * reload between callbacks. */
     struct config *cfg;
+    /* The budget generation it applied with that config (budget.h): its own reference. */
+    struct budget_set *budgets;
     unsigned index; /* 0..nworkers-1: the owner bits of its cancel pids */
 
     struct list pools;
@@ -124,7 +126,8 @@ struct process {
     uint64_t shutdown_deadline_ms;
 
     struct ledger ledger; /* the counts every cap compares against (ledger.h) */
-    struct budget_set budgets;
+    struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
+    struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
 
     struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */
@@ -172,6 +175,12 @@ static inline int sluice_nclients(const struct process *proc)
 static inline bool sluice_serving(const struct worker *worker)
 {
     return worker->proc->phase <= PHASE_SHUTDOWN_WAIT_FOR_CLIENTS;
+}
+
+/* The budgets of the worker's generation: 1 when only "default" (no lease order to keep). */
+static inline int budget_count(const struct worker *worker)
+{
+    return worker->budgets ? worker->budgets->n : 0;
 }
 
 static inline uint64_t sluice_now(const struct worker *worker)

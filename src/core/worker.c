@@ -19,7 +19,7 @@
 enum worker_msg_kind {
     WORKER_MSG_ACCEPT,      /* fd, addr: a new client */
     WORKER_MSG_SHUTDOWN,    /* phase: the process entered it */
-    WORKER_MSG_RELOAD,      /* cfg: a reference to the process's new config */
+    WORKER_MSG_RELOAD,      /* cfg, budgets: references to the process's new generations */
     WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
@@ -33,6 +33,7 @@ struct worker_msg {
     struct sockaddr_storage addr;
     enum sluice_phase phase;
     struct config *cfg;
+    struct budget_set *budgets;
     uint32_t pid, key;
     struct worker *reply_to;
     struct cancel_job *ticket;
@@ -109,10 +110,11 @@ static void begin_shutdown(struct worker *worker, enum sluice_phase phase)
         worker_close_all(worker, false);
 }
 
-static void apply_reload(struct worker *worker, struct config *cfg)
+static void apply_reload(struct worker *worker, struct config *cfg, struct budget_set *budgets)
 {
     struct config *old = worker->cfg;
     worker->cfg = cfg;
+    budget_set_swap(&worker->budgets, budgets);
     secret_reload(); /* this thread's auth_query answers and connections (auth_reload's part) */
     worker_apply_config(worker);
     pool_dispatch_all(worker);
@@ -139,10 +141,12 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
             begin_shutdown(worker, m->phase);
         break;
     case WORKER_MSG_RELOAD:
-        if (delivered)
-            apply_reload(worker, m->cfg);
-        else
+        if (delivered) {
+            apply_reload(worker, m->cfg, m->budgets);
+        } else {
             config_release(m->cfg);
+            budget_set_release(m->budgets);
+        }
         break;
     case WORKER_MSG_FINISH:
         if (delivered)
@@ -291,8 +295,10 @@ void worker_post_reload(struct worker *worker, struct config *cfg)
     if (!m)
         return;
     m->cfg = config_acquire(cfg);
+    m->budgets = budget_set_current(worker->proc);
     if (!post(worker, m)) {
         config_release(m->cfg);
+        budget_set_release(m->budgets);
         free(m);
     }
 }
