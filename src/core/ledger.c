@@ -82,6 +82,10 @@ static struct ledger_key *key_get(struct ledger *l, const char *db_name, const c
         return NULL; /* a scope made above stays: empty, harmless, reused */
     k->db = db;
     k->user = user;
+    /* PAUSE db applies to the database: a key of a user who arrives later is paused too */
+    for (const struct ledger_key *o = l->keys; o; o = o->next)
+        if (o->db == db && get(&o->state) == LEDGER_KEY_PAUSED)
+            atomic_store_explicit(&k->state, LEDGER_KEY_PAUSED, memory_order_relaxed);
     k->next = l->keys;
     l->keys = k;
     return k;
@@ -522,6 +526,15 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
 {
     lock(l); /* ordered with the wait list's wake-ups */
     atomic_store_explicit(&key->state, (int)s, memory_order_relaxed);
+    unlock(l);
+}
+
+void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s)
+{
+    lock(l);
+    for (struct ledger_key *k = l->keys; k; k = k->next)
+        if (!db_name || strcmp(k->db->name, db_name) == 0)
+            atomic_store_explicit(&k->state, (int)s, memory_order_relaxed);
     unlock(l);
 }
 

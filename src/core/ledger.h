@@ -193,6 +193,10 @@ int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms);
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);
+/* The same for every key of database db_name (NULL: every key): the console's PAUSE, KILL and
+ * RESUME (control.c), before the workers hear of it. A key made later for a user of a paused
+ * database starts paused. */
+void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s);
 /* Lock-free (a relaxed load): may a worker hand out a server of key now? */
 enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
 

@@ -154,6 +154,9 @@ struct pool *pool_get(struct worker *worker, const struct db_entry *db, const ch
         if (o->paused && strcmp(o->db_name, p->db_name) == 0)
             pool_pause(p, o->paused_by);
     }
+    /* ... and so does a PAUSE another worker was told of (the ledger's state of the key) */
+    if (!p->paused && !p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED)
+        pool_pause(p, PAUSED_BY_PAUSE);
     list_append(&worker->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
             pool_mode_name(p->mode), p->size);
@@ -266,6 +269,14 @@ static bool may_lease(const struct client *c)
         return false;
     return room < 0 || c->worker->pools.count <= 1 ||
            older_budget_waiters_elsewhere(c, room) < room;
+}
+
+/* May no server of p be handed out now? Its own PAUSE, or one the console gave on another
+ * thread whose message this worker has not read yet: the ledger's paused state of the pool key
+ * is set first (control.c), so no worker hands one out after the PAUSE began. */
+static bool held(const struct pool *p)
+{
+    return p->paused || (!p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED);
 }
 
 /* The first waiter, in FIFO order, that may have a server now. */
@@ -464,7 +475,7 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
 static void maybe_connect(struct pool *p)
 {
     struct worker *worker = p->worker;
-    if (!sluice_serving(worker) || p->paused || !pool_may_try_connect(p))
+    if (!sluice_serving(worker) || held(p) || !pool_may_try_connect(p))
         return;
     int enough = p->size + p->reserve_size;
     struct client *first = NULL;
@@ -576,7 +587,7 @@ static struct client *first_fitting(const struct pool *p, const struct server *s
 static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->worker);
-    while (!p->paused && !list_empty(&p->idle)) {
+    while (!held(p) && !list_empty(&p->idle)) {
         struct server *s = NULL;
         struct client *c = first_served_by_idle(p, &s);
         if (!c)
@@ -595,7 +606,7 @@ static void dispatch(struct pool *p)
 
 void pool_lease(struct pool *p, struct client *c)
 {
-    if (p->paused && c->state != CLIENT_LOGIN_WAIT)
+    if (held(p) && c->state != CLIENT_LOGIN_WAIT)
         return;
     dispatch(p);
     maybe_connect(p);
@@ -736,7 +747,7 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = p->paused ? NULL : first_fitting(p, s);
+    struct client *c = held(p) ? NULL : first_fitting(p, s);
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
@@ -745,7 +756,7 @@ void pool_server_ready(struct server *s)
     buf_detach_if_empty(&s->in);
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
-    if (!p->paused && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+    if (!held(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
         maybe_connect(p);
 }
 

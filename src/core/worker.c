@@ -10,6 +10,7 @@
 #include "budget.h"
 #include "buf.h"
 #include "client.h"
+#include "control.h"
 #include "log.h"
 #include "pool.h"
 #include "secret.h"
@@ -24,6 +25,7 @@ enum worker_msg_kind {
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
+    WORKER_MSG_CONTROL,     /* op, db, seq: a console command for its pools (control.h) */
 };
 
 struct worker_msg {
@@ -34,6 +36,9 @@ struct worker_msg {
     enum sluice_phase phase;
     struct config *cfg;
     struct budget_set *budgets;
+    unsigned seq; /* RELOAD: proc->reload_seq; CONTROL: proc->pause_seq for a PAUSE */
+    enum control_op op;
+    char *db; /* CONTROL: the database, NULL for all */
     uint32_t pid, key;
     struct worker *reply_to;
     struct cancel_job *ticket;
@@ -147,6 +152,8 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
             config_release(m->cfg);
             budget_set_release(m->budgets);
         }
+        /* acknowledged (5.7) even when dropped at the end: nothing is left to apply it to */
+        atomic_store_explicit(&worker->reload_applied, m->seq, memory_order_release);
         break;
     case WORKER_MSG_FINISH:
         if (delivered)
@@ -161,6 +168,13 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
             pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+        break;
+    case WORKER_MSG_CONTROL:
+        if (delivered)
+            control_apply(worker, m->op, m->db, m->seq);
+        else if (m->seq)
+            atomic_store_explicit(&worker->pause_idle, m->seq, memory_order_release);
+        free(m->db);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -286,20 +300,50 @@ void worker_post_shutdown(struct worker *worker, enum sluice_phase phase)
 
 void worker_post_reload(struct worker *worker, struct config *cfg)
 {
+    unsigned seq = worker->proc->reload_seq;
     if (worker->run == WORKER_ON_PROCESS_LOOP) {
         /* worker 0 shares the process's reference: sluice_reload swapped it already */
         worker_apply_config(worker);
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
         return;
     }
     struct worker_msg *m = msg_new(WORKER_MSG_RELOAD);
-    if (!m)
+    if (!m) {
+        /* never applied; acknowledged so that RELOAD does not wait forever (logged) */
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
         return;
+    }
+    m->seq = seq;
     m->cfg = config_acquire(cfg);
     m->budgets = budget_set_current(worker->proc);
     if (!post(worker, m)) {
         config_release(m->cfg);
         budget_set_release(m->budgets);
         free(m);
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
+    }
+}
+
+void worker_post_control(struct worker *worker, enum control_op op, const char *db, unsigned seq)
+{
+    if (worker->run == WORKER_ON_PROCESS_LOOP) {
+        control_apply(worker, op, db, seq);
+        return;
+    }
+    struct worker_msg *m = msg_new(WORKER_MSG_CONTROL);
+    if (m) {
+        m->op = op;
+        m->seq = seq;
+        m->db = db ? strdup(db) : NULL;
+    }
+    if (!m || (db && !m->db) || !post(worker, m)) {
+        if (m)
+            free(m->db);
+        free(m);
+        /* its pools were not told; a PAUSE does not wait for them (the ledger's paused state
+         * still holds their servers back) */
+        if (seq)
+            atomic_store_explicit(&worker->pause_idle, seq, memory_order_release);
     }
 }
 

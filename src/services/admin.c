@@ -127,6 +127,7 @@ enum wait_kind {
     WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
     WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
     WAIT_OUTPUT,     /* the client has read most of its pending output */
+    WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
 };
 
 struct admin_wait {
@@ -177,6 +178,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
         return control_close_done(worker, target_db(&w->target));
     case WAIT_OUTPUT:
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
+    case WAIT_RELOAD:
+        return control_reload_done(worker);
     }
     return true;
 }
@@ -221,7 +224,8 @@ static enum outcome run_reload(struct client *c)
                   "the configuration has errors; the previous one stays in force");
         return OUT_ERROR;
     }
-    return OUT_DONE;
+    return control_reload_done(c->worker) || !add_wait(c, WAIT_RELOAD, NULL) ? OUT_DONE
+                                                                             : OUT_WAITING;
 }
 
 /* SHUTDOWN: at once; WAIT_FOR_SERVERS: sluice's graceful shutdown (SIGINT), which is PgBouncer's
@@ -579,7 +583,9 @@ static void tick(struct process *proc, uint64_t now)
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind != WAIT_OUTPUT) {
-            put_command_complete(&c->out, kind == WAIT_PAUSE ? "PAUSE" : "WAIT_CLOSE");
+            put_command_complete(&c->out, kind == WAIT_PAUSE    ? "PAUSE"
+                                          : kind == WAIT_RELOAD ? "RELOAD"
+                                                                : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
