@@ -274,7 +274,7 @@ static bool may_lease(const struct client *c)
 /* May no server of p be handed out now? Its own PAUSE, or one the console gave on another
  * thread whose message this worker has not read yet: the ledger's paused state of the pool key
  * is set first (control.c), so no worker hands one out after the PAUSE began. */
-static bool held(const struct pool *p)
+static bool is_paused(const struct pool *p)
 {
     return p->paused || (!p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED);
 }
@@ -475,7 +475,7 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
 static void maybe_connect(struct pool *p)
 {
     struct worker *worker = p->worker;
-    if (!sluice_serving(worker) || held(p) || !pool_may_try_connect(p))
+    if (!sluice_serving(worker) || is_paused(p) || !pool_may_try_connect(p))
         return;
     int enough = p->size + p->reserve_size;
     struct client *first = NULL;
@@ -587,7 +587,7 @@ static struct client *first_fitting(const struct pool *p, const struct server *s
 static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->worker);
-    while (!held(p) && !list_empty(&p->idle)) {
+    while (!is_paused(p) && !list_empty(&p->idle)) {
         struct server *s = NULL;
         struct client *c = first_served_by_idle(p, &s);
         if (!c)
@@ -606,7 +606,7 @@ static void dispatch(struct pool *p)
 
 void pool_lease(struct pool *p, struct client *c)
 {
-    if (held(p) && c->state != CLIENT_LOGIN_WAIT)
+    if (is_paused(p) && c->state != CLIENT_LOGIN_WAIT)
         return;
     dispatch(p);
     maybe_connect(p);
@@ -747,7 +747,7 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = held(p) ? NULL : first_fitting(p, s);
+    struct client *c = is_paused(p) ? NULL : first_fitting(p, s);
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
@@ -756,7 +756,7 @@ void pool_server_ready(struct server *s)
     buf_detach_if_empty(&s->in);
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
-    if (!held(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+    if (!is_paused(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
         maybe_connect(p);
 }
 

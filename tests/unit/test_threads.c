@@ -33,6 +33,7 @@
 #include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
+#include "pool.h"
 #include "prepared.h"
 #include "scram.h"
 #include "secret.h"
@@ -752,6 +753,7 @@ static void disabled_databases_are_read_while_changed(void)
 
 static struct worker *budget_worker_of; /* worker 0 of the process whose budgets all use */
 static struct config *budget_cfgs[2];   /* the two configs the reloads switch between */
+static struct pool *budget_pools[NTHREADS]; /* each worker's pool of db/u */
 
 static void *budget_login_worker(void *p)
 {
@@ -779,6 +781,8 @@ static void *budget_login_worker(void *p)
         a->bad += !budget_join(worker, i & 1 ? "web-1" : "api-1", "u", &addr, &r);
         a->bad += r == NULL;
         struct budget *b = r ? r->budget : NULL;
+        struct pool_cap cap; /* a pool's question (first_eligible's and SHOW's walk) */
+        budget_pool_cap(budget_pools[a->id], &cap);
         if (ledger_lease_room(worker, b) != 0 && ledger_take_lease(worker, b) == LIMIT_NONE)
             ledger_give_lease(worker, b); /* a transaction */
         ledger_give_client(&proc->ledger, b); /* the client leaves */
@@ -790,9 +794,9 @@ static void *budget_login_worker(void *p)
 /* Each worker holds a budget generation of its own (budget.h): a reload builds the next one
  * beside it, and a worker swaps on its own thread. Before, budget_sync rewrote the one set and
  * its budgets' numbers and matchers in place while the workers' lease checks, matches and pools
- * read them: ThreadSanitizer reported budget_sync's writes of the set (sync_locked) against the
- * lock-free reads of budgets.n and a budget's max_servers, and a retired budget freed under a
- * worker that still listed it. */
+ * read them: ThreadSanitizer reported 18 races in this test, budget_sync's set_str freeing a
+ * budget's matcher while budget_pool_cap (budget_of_every_client) read it on another worker, and
+ * its writes of the set against the lock-free reads of budgets.n and max_servers. */
 static void logins_join_budgets_while_a_reload_changes_them(void)
 {
     budget_cfgs[0] = fixture_config("[databases]\ndb = host=127.0.0.1\n"
@@ -805,9 +809,21 @@ static void logins_join_budgets_while_a_reload_changes_them(void)
     if (!budget_worker_of)
         return;
     struct process *proc = budget_worker_of->proc;
-    for (int i = 1; i < 4; i++)
-        proc->workers[i].proc = proc;
+    for (int i = 1; i < NTHREADS; i++) {
+        struct worker *w = &proc->workers[i];
+        w->proc = proc;
+        w->cfg = budget_cfgs[0];
+        list_init(&w->pools);
+        budget_pools[i] = pool_get(w, NULL, "u", "db");
+        CHECK(budget_pools[i] != NULL);
+        if (!budget_pools[i])
+            return;
+    }
     run_numbered_threads(budget_login_worker);
+    for (int i = 1; i < NTHREADS; i++) {
+        list_remove(&proc->workers[i].pools, &budget_pools[i]->node);
+        pool_free(budget_pools[i]);
+    }
     for (const struct budget *b = proc->budgets_known; b; b = b->next_known) {
         CHECK_INT(b->clients, 0);
         CHECK_INT(b->leases, 0);
