@@ -13,132 +13,197 @@
 #include "pool.h"
 #include "sluice.h"
 
-static struct budget *find(struct budget_set *set, const char *name)
+struct budget_set *budget_set_acquire(struct budget_set *set)
 {
-    for (int i = 0; i < set->n; i++)
-        if (strcmp(set->items[i]->name, name) == 0)
-            return set->items[i];
-    return NULL;
+    if (set)
+        atomic_fetch_add_explicit(&set->refs, 1, memory_order_relaxed);
+    return set;
 }
 
-static void budget_destroy(struct budget *b)
+void budget_set_release(struct budget_set *set)
 {
-    free(b->name);
-    free(b->app_pattern);
-    free(b->user);
-    free(b);
+    if (!set || atomic_fetch_sub_explicit(&set->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (int i = 0; i < set->n; i++) {
+        struct budget_rule *r = &set->rules[i];
+        free(r->app_pattern);
+        free(r->user);
+        /* the last touch of the identity: budget_sync may free it once this reaches 0 */
+        atomic_fetch_sub_explicit(&r->budget->gens, 1, memory_order_acq_rel);
+    }
+    free(set);
 }
 
-static int set_str(char **dst, const char *src)
+struct budget_set *budget_set_current(struct process *proc)
 {
-    char *v = src ? strdup(src) : NULL;
-    if (src && !v)
-        return -ENOMEM;
-    free(*dst);
-    *dst = v;
-    return 0;
+    ledger_lock(&proc->ledger);
+    struct budget_set *set = budget_set_acquire(proc->budgets);
+    ledger_unlock(&proc->ledger);
+    return set;
 }
 
-static int fill(struct budget *b, const struct budget_entry *e)
+void budget_set_swap(struct budget_set **held, struct budget_set *set)
 {
-    if (set_str(&b->app_pattern, e ? e->app_pattern : NULL) < 0 ||
-        set_str(&b->user, e ? e->user : NULL) < 0)
-        return -ENOMEM;
-    b->has_addr = e && e->addr.net.family != AF_UNSPEC;
-    if (b->has_addr)
-        b->addr = e->addr.net;
-    b->max_servers = e ? e->max_servers : 0;
-    b->max_clients = e ? e->max_clients : 0;
-    b->min_servers = e ? e->min_servers : 0;
-    b->retired = false;
-    return 0;
+    struct budget_set *old = *held;
+    *held = set;
+    budget_set_release(old);
 }
 
-static int sync_locked(struct process *proc)
+int budget_slot(const struct budget_set *set, const struct budget *b)
+{
+    for (int i = 0; set && b && i < set->n; i++)
+        if (set->rules[i].budget == b)
+            return i;
+    return -1;
+}
+
+const struct budget_rule *budget_rule_of(const struct budget_set *set, const struct budget *b)
+{
+    int i = budget_slot(set, b);
+    return i >= 0 ? &set->rules[i] : NULL;
+}
+
+/* The identity named name: known already (its counts carry over), or a new one. */
+static struct budget *identity(struct process *proc, const char *name)
+{
+    for (struct budget *b = proc->budgets_known; b; b = b->next_known)
+        if (strcmp(b->name, name) == 0)
+            return b;
+    struct budget *b = calloc(1, sizeof(*b));
+    if (!b || !(b->name = strdup(name))) {
+        free(b);
+        return NULL;
+    }
+    b->next_known = proc->budgets_known;
+    proc->budgets_known = b;
+    return b;
+}
+
+static int dup_str(char **dst, const char *src)
+{
+    *dst = src ? strdup(src) : NULL;
+    return src && !*dst ? -ENOMEM : 0;
+}
+
+/* Fill r from entry e (NULL: the built-in "default") or from an old rule (retiring it). */
+static int fill(struct budget_rule *r, struct budget *b, const struct budget_entry *e,
+                const struct budget_rule *was)
+{
+    r->budget = b;
+    r->name = b->name;
+    atomic_fetch_add_explicit(&b->gens, 1, memory_order_relaxed);
+    if (was) {
+        r->addr = was->addr;
+        r->has_addr = was->has_addr;
+        r->max_servers = was->max_servers;
+        r->max_clients = was->max_clients;
+        r->min_servers = was->min_servers;
+        r->retired = true;
+        return dup_str(&r->app_pattern, was->app_pattern) | dup_str(&r->user, was->user);
+    }
+    r->has_addr = e && e->addr.net.family != AF_UNSPEC;
+    if (r->has_addr)
+        r->addr = e->addr.net;
+    r->max_servers = e ? e->max_servers : 0;
+    r->max_clients = e ? e->max_clients : 0;
+    r->min_servers = e ? e->min_servers : 0;
+    return dup_str(&r->app_pattern, e ? e->app_pattern : NULL) |
+           dup_str(&r->user, e ? e->user : NULL);
+}
+
+/* The next generation from proc->cfg and the current one (under the ledger's lock). */
+static struct budget_set *build_locked(struct process *proc)
 {
     const struct config *cfg = proc->cfg;
-    struct budget_set *old = &proc->budgets;
-    struct budget **items = calloc((size_t)cfg->nbudgets + 1 + (size_t)old->n, sizeof(*items));
-    if (!items)
-        return -ENOMEM;
-    int n = 0;
-    for (int i = 0; i <= cfg->nbudgets; i++) {
+    const struct budget_set *old = proc->budgets;
+    int most = cfg->nbudgets + 1 + (old ? old->n : 0);
+    struct budget_set *set = calloc(1, sizeof(*set) + (size_t)most * sizeof(set->rules[0]));
+    if (!set)
+        return NULL;
+    atomic_init(&set->refs, 1);
+    int rc = 0;
+    for (int i = 0; i <= cfg->nbudgets && rc == 0; i++) {
         const struct budget_entry *e = i < cfg->nbudgets ? &cfg->budgets[i] : NULL;
         const char *name = e ? e->name : "default";
-        if (!e) {
-            /* A configured budget named "default" gives the default budget its limits. */
-            bool configured = false;
-            for (int j = 0; j < n; j++)
-                configured |= strcmp(items[j]->name, "default") == 0;
-            if (configured)
-                break;
-        }
-        struct budget *b = find(old, name);
-        if (!b) {
-            b = calloc(1, sizeof(*b));
-            if (!b || !(b->name = strdup(name))) {
-                free(b);
-                free(items);
-                return -ENOMEM;
-            }
-        }
-        if (fill(b, e) < 0) {
-            free(items);
-            return -ENOMEM;
-        }
-        items[n++] = b;
+        /* A configured budget named "default" gives the default budget its limits. */
+        if (!e && budget_slot(set, identity(proc, "default")) >= 0)
+            break;
+        struct budget *b = identity(proc, name);
+        rc = b ? fill(&set->rules[set->n++], b, e, NULL) : -ENOMEM;
     }
     /* Budgets gone from the config stay (retired, matching nobody) until their clients leave. */
-    for (int i = 0; i < old->n; i++) {
-        struct budget *b = old->items[i];
-        bool kept = false;
-        for (int j = 0; j < n; j++)
-            kept |= items[j] == b;
-        if (kept)
+    for (int i = 0; old && i < old->n && rc == 0; i++) {
+        const struct budget_rule *was = &old->rules[i];
+        if (budget_slot(set, was->budget) >= 0)
             continue;
-        if (b->clients > 0 || b->leases > 0) {
-            b->retired = true;
-            items[n++] = b;
-        } else {
-            budget_destroy(b);
-        }
+        if (atomic_load(&was->budget->clients) > 0 || atomic_load(&was->budget->leases) > 0)
+            rc = fill(&set->rules[set->n++], was->budget, NULL, was);
     }
-    for (int i = 0; i < n; i++)
-        items[i]->slot = i;
-    free(old->items);
-    old->items = items;
-    old->n = n;
-    return 0;
+    if (rc < 0) {
+        budget_set_release(set);
+        return NULL;
+    }
+    return set;
+}
+
+/* Free the identities nothing can reach: no generation lists them (so no login can join them)
+ * and no client or lease counts in them (under the ledger's lock). */
+static void sweep_locked(struct process *proc, bool all)
+{
+    struct budget **link = &proc->budgets_known;
+    while (*link) {
+        struct budget *b = *link;
+        bool unreachable = atomic_load_explicit(&b->gens, memory_order_acquire) == 0 &&
+                           atomic_load(&b->clients) == 0 && atomic_load(&b->leases) == 0;
+        if (!all && !unreachable) {
+            link = &b->next_known;
+            continue;
+        }
+        *link = b->next_known;
+        free(b->name);
+        free(b);
+    }
 }
 
 int budget_sync(struct process *proc)
 {
     ledger_lock(&proc->ledger);
-    int rc = sync_locked(proc);
-    bool any_cap = false;
-    for (int i = 0; i < proc->budgets.n; i++)
-        any_cap |=
-            proc->budgets.items[i]->max_servers > 0 || proc->budgets.items[i]->min_servers > 0;
-    ledger_set_lease_caps(&proc->ledger, any_cap);
+    struct budget_set *next = build_locked(proc);
+    struct budget_set *old = proc->budgets;
+    if (next) {
+        proc->budgets = next;
+        bool any_cap = false;
+        for (int i = 0; i < next->n; i++)
+            any_cap |= next->rules[i].max_servers > 0 || next->rules[i].min_servers > 0;
+        ledger_set_lease_caps(&proc->ledger, any_cap);
+    }
     ledger_unlock(&proc->ledger);
-    return rc;
+    if (!next)
+        return -ENOMEM;
+    budget_set_release(old);
+    /* the control worker runs on this thread: it takes the new set now, as its config */
+    budget_set_swap(&sluice_control_worker(proc)->budgets, budget_set_acquire(next));
+    ledger_lock(&proc->ledger);
+    sweep_locked(proc, false);
+    ledger_unlock(&proc->ledger);
+    return 0;
 }
 
 void budget_free_all(struct process *proc)
 {
-    for (int i = 0; i < proc->budgets.n; i++)
-        budget_destroy(proc->budgets.items[i]);
-    free(proc->budgets.items);
-    proc->budgets.items = NULL;
-    proc->budgets.n = 0;
+    for (int i = 0; i < SLUICE_MAX_WORKERS; i++)
+        budget_set_swap(&proc->workers[i].budgets, NULL);
+    budget_set_swap(&proc->budgets, NULL);
+    sweep_locked(proc, true);
 }
 
-struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
-                            const union peer_addr *addr)
+static const struct budget_rule *match_rule(struct worker *worker, const char *app_name,
+                                            const char *user, const union peer_addr *addr)
 {
-    struct budget *fallback = NULL;
-    for (int i = 0; i < worker->proc->budgets.n; i++) {
-        struct budget *b = worker->proc->budgets.items[i];
+    const struct budget_rule *fallback = NULL;
+    const struct budget_set *set = worker->budgets;
+    for (int i = 0; set && i < set->n; i++) {
+        const struct budget_rule *b = &set->rules[i];
         if (b->retired)
             continue;
         if (strcmp(b->name, "default") == 0) {
@@ -158,12 +223,19 @@ struct budget *budget_match(struct worker *worker, const char *app_name, const c
     return fallback;
 }
 
+struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
+                            const union peer_addr *addr)
+{
+    const struct budget_rule *r = match_rule(worker, app_name, user, addr);
+    return r ? r->budget : NULL;
+}
+
 bool budget_join(struct worker *worker, const char *app_name, const char *user,
-                 const union peer_addr *addr, struct budget **out)
+                 const union peer_addr *addr, const struct budget_rule **out)
 {
     struct ledger *l = &worker->proc->ledger;
-    ledger_lock(l);
-    *out = budget_match(worker, app_name, user, addr);
+    *out = match_rule(worker, app_name, user, addr);
+    ledger_lock(l); /* max_clients is counted across workers */
     bool room = ledger_take_client_held(*out);
     ledger_unlock(l);
     return room;
@@ -258,7 +330,8 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     case LIMIT_GLOBAL:
         return global_cap(p->worker, usable(p));
     case LIMIT_BUDGET:
-        return b ? b->max_servers : 0;
+        return budget_rule_of(p->worker->budgets, b) ? budget_rule_of(p->worker->budgets, b)->max_servers
+                                                     : 0;
     default:
         return 0;
     }
@@ -298,11 +371,11 @@ void budget_own_caps(const struct worker *worker, const char *db_name, const cha
 /* The budget every client of p falls into, if one does: budgets are matched in order, so the
  * first that could take any of the pool's clients must take all of them (it matches on the user
  * alone, or it is "default"). */
-static const struct budget *budget_of_every_client(const struct pool *p)
+static const struct budget_rule *budget_of_every_client(const struct pool *p)
 {
-    const struct budget_set *set = &p->worker->proc->budgets;
-    for (int i = 0; i < set->n; i++) {
-        const struct budget *b = set->items[i];
+    const struct budget_set *set = p->worker->budgets;
+    for (int i = 0; set && i < set->n; i++) {
+        const struct budget_rule *b = &set->rules[i];
         if (b->retired)
             continue;
         if (strcmp(b->name, "default") == 0)
@@ -315,9 +388,9 @@ static const struct budget *budget_of_every_client(const struct pool *p)
             continue;
         return b->app_pattern || b->has_addr ? NULL : b;
     }
-    for (int i = 0; i < set->n; i++)
-        if (!set->items[i]->retired && strcmp(set->items[i]->name, "default") == 0)
-            return set->items[i];
+    for (int i = 0; set && i < set->n; i++)
+        if (!set->rules[i].retired && strcmp(set->rules[i].name, "default") == 0)
+            return &set->rules[i];
     return NULL;
 }
 
@@ -338,7 +411,7 @@ static int linked_servers(const struct worker *worker, const char *db_name, cons
 
 void budget_pool_cap(const struct pool *p, struct pool_cap *out)
 {
-    const struct budget *b = budget_of_every_client(p);
+    const struct budget_rule *b = budget_of_every_client(p);
     *out = (struct pool_cap){.key = LIMIT_POOL, .servers = p->size, .in_use = p->active.count};
     const struct {
         enum limit_kind key;
@@ -366,8 +439,8 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
         out->in_use = linked_servers(p->worker, NULL, NULL);
         break;
     case LIMIT_BUDGET:
-        out->budget = b;
-        out->in_use = b->leases;
+        out->budget = b->budget;
+        out->in_use = atomic_load_explicit(&b->budget->leases, memory_order_relaxed);
         break;
     default:
         break;

@@ -23,39 +23,68 @@ struct worker;
 struct pool;
 struct client;
 
+/* A budget's identity: one per name for as long as anything counts in it or a generation lists
+ * it. Clients (c->budget) and links (s->lease_budget) point here; its counts survive reloads. */
 struct budget {
     char *name;
+    atomic_int clients; /* logged-in clients now (counted by ledger.c only) */
+    atomic_int leases;  /* servers linked to its clients now (counted by ledger.c only) */
+    atomic_int gens;    /* generations (struct budget_set) listing it */
+    struct budget *next_known; /* the process's list of every budget (budget_sync sweeps it) */
+};
+
+/* What one generation says of a budget: immutable once its set is published. */
+struct budget_rule {
+    struct budget *budget;
+    const char *name;  /* budget->name */
     char *app_pattern; /* fnmatch(3) glob, NULL = any */
     char *user;        /* NULL = any */
     struct cidr addr;
     bool has_addr;
-    int max_servers, max_clients, min_servers; /* 0 = none; changed under the ledger's lock */
-    atomic_int clients; /* logged-in clients now (counted by ledger.c only) */
-    atomic_int leases;  /* servers linked to its clients now (counted by ledger.c only) */
-    bool retired;       /* removed from the config; kept while clients still point at it */
-    int slot;           /* its index in the budget set (for per-budget tallies) */
+    int max_servers, max_clients, min_servers; /* 0 = none */
+    bool retired; /* removed from the config; kept while its clients or leases still count */
 };
 
+/* A generation of the budget set: built whole by budget_sync, never changed after, shared by
+ * reference. The process holds the newest (proc->budgets); each worker holds the one it applied
+ * (worker->budgets: worker 0 swapped by budget_sync itself, the others by their RELOAD
+ * message), so a pool reads its worker's set and rules without a lock while a reload builds the
+ * next. The last release frees it, on whichever thread. */
 struct budget_set {
-    struct budget **items; /* configured budgets in file order, then "default" last */
-    int n;
+    atomic_int refs;
+    int n;                      /* configured budgets in file order, "default" last, retired */
+    struct budget_rule rules[]; /* index = the budget's slot in per-budget tallies */
 };
 
-/* Build or update from the current config (start and reload); live counts carry over by name.
- * Under the ledger's lock, which also learns whether leases are checked at all (ledger.h).
- * 0 or -ENOMEM. */
+struct budget_set *budget_set_acquire(struct budget_set *set);
+void budget_set_release(struct budget_set *set);
+/* The process's newest set, acquired under the ledger's lock: from any thread. */
+struct budget_set *budget_set_current(struct process *proc);
+/* Replace *held with set (taken: a reference the caller acquired), releasing the old one. */
+void budget_set_swap(struct budget_set **held, struct budget_set *set);
+/* b's rule in set, or NULL; its index, or -1. */
+const struct budget_rule *budget_rule_of(const struct budget_set *set, const struct budget *b);
+int budget_slot(const struct budget_set *set, const struct budget *b);
+
+/* Build the next generation from the current config (start and reload); live counts carry over
+ * by name (the identities are kept). Under the ledger's lock, which also learns whether leases
+ * are checked at all (ledger.h); the control worker (worker 0, the caller's thread) swaps to it
+ * at once, the others when their RELOAD message brings it. Identities no generation lists and
+ * nothing counts in are freed here. 0 or -ENOMEM (the old generation stays). */
 int budget_sync(struct process *proc) __attribute__((warn_unused_result));
+/* At the end: every worker's and the process's set and every identity. */
 void budget_free_all(struct process *proc);
 
 /* A client logs in: its budget (budget_match) counted as one more of its clients, both under
  * the ledger's lock, so that a reload's budget_sync on another thread can neither change the
  * set under the match nor retire and free the budget before it counts the client. False (*out
- * the budget, nothing counted) when that budget has max_clients connected. */
+ * the budget's rule in the worker's set, nothing counted) when that budget has max_clients
+ * connected. */
 bool budget_join(struct worker *worker, const char *app_name, const char *user,
-                 const union peer_addr *addr, struct budget **out)
+                 const union peer_addr *addr, const struct budget_rule **out)
     __attribute__((warn_unused_result));
 /* The budget a client belongs to: the first whose every given matcher matches; else "default".
- * Reads the budget set unlocked: the process's thread, or under the ledger's lock. */
+ * Reads the worker's own set: its thread only. */
 struct budget *budget_match(struct worker *worker, const char *app_name, const char *user,
                             const union peer_addr *addr);
 

@@ -307,7 +307,7 @@ void client_login_ok(struct client *c)
     }
     if (!take_login_slot(c, db))
         return;
-    struct budget *b;
+    const struct budget_rule *b;
     if (!budget_join(worker, params_get(&c->params, "application_name"), c->user, &c->addr,
                      &b)) {
         char detail[160];
@@ -316,7 +316,7 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_BUDGET_CLIENTS, detail);
         return;
     }
-    c->budget = b; /* its client slot: client_close gives it back, whatever happens next */
+    c->budget = b ? b->budget : NULL; /* its client slot: client_close gives it back, whatever happens next */
     c->pool = pool_get(worker, db, c->user, c->database);
     if (!c->pool || cancel_register(worker->cancel_map, c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");

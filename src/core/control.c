@@ -10,6 +10,7 @@
 #include "budget.h"
 #include "client.h"
 #include "config.h"
+#include "ledger.h"
 #include "log.h"
 #include "pool.h"
 #include "server.h"
@@ -75,12 +76,68 @@ static void pause_pool(struct pool *p)
     close_servers_when_free(p, "PAUSE from the admin console");
 }
 
+static void reconnect_pool(struct pool *p);
+static void kill_pool(struct pool *p);
+
+/* Tell every worker, after the ledger's paused state (control.h). */
+static void to_every_worker(struct worker *worker, enum control_op op, const char *db)
+{
+    struct process *proc = worker->proc;
+    if (op == CONTROL_PAUSE || op == CONTROL_KILL)
+        ledger_db_set_state(&proc->ledger, db, LEDGER_KEY_PAUSED);
+    else if (op == CONTROL_RESUME)
+        ledger_db_set_state(&proc->ledger, db, LEDGER_KEY_SERVING);
+    unsigned seq = op == CONTROL_PAUSE ? ++proc->pause_seq : 0;
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_post_control(&proc->workers[i], op, db, seq);
+}
+
+static bool local_pause_done(struct worker *worker, const char *db);
+
+void control_apply(struct worker *worker, enum control_op op, const char *db, unsigned seq)
+{
+    static void (*const per_pool[])(struct pool *) = {
+        [CONTROL_PAUSE] = pause_pool,
+        [CONTROL_RESUME] = pool_resume,
+        [CONTROL_RECONNECT] = reconnect_pool,
+        [CONTROL_KILL] = kill_pool,
+    };
+    for_target_pools(worker, db, per_pool[op]);
+    if (seq) {
+        worker->pause_wanted = seq;
+        control_report_pause(worker);
+    }
+}
+
+void control_report_pause(struct worker *worker)
+{
+    unsigned wanted = worker->pause_wanted;
+    if (wanted == atomic_load_explicit(&worker->pause_idle, memory_order_relaxed))
+        return;
+    /* every paused pool, whichever PAUSE paused it: never reported done too early */
+    if (local_pause_done(worker, NULL))
+        atomic_store_explicit(&worker->pause_idle, wanted, memory_order_release);
+}
+
 void control_pause(struct worker *worker, const char *db)
 {
-    for_target_pools(worker, db, pause_pool);
+    to_every_worker(worker, CONTROL_PAUSE, db);
 }
 
 bool control_pause_done(struct worker *worker, const char *db)
+{
+    bool done = local_pause_done(worker, db);
+    const struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        const struct worker *w = &proc->workers[i];
+        if (w != worker &&
+            atomic_load_explicit(&w->pause_idle, memory_order_acquire) != proc->pause_seq)
+            done = false;
+    }
+    return done;
+}
+
+static bool local_pause_done(struct worker *worker, const char *db)
 {
     bool done = true;
     struct list_node *n, *tmp;
@@ -98,7 +155,7 @@ bool control_pause_done(struct worker *worker, const char *db)
 
 void control_resume(struct worker *worker, const char *db)
 {
-    for_target_pools(worker, db, pool_resume);
+    to_every_worker(worker, CONTROL_RESUME, db);
 }
 
 static void reconnect_pool(struct pool *p)
@@ -108,7 +165,7 @@ static void reconnect_pool(struct pool *p)
 
 void control_reconnect(struct worker *worker, const char *db)
 {
-    for_target_pools(worker, db, reconnect_pool);
+    to_every_worker(worker, CONTROL_RECONNECT, db);
 }
 
 static bool list_has_close_needed(const struct list *l)
@@ -157,7 +214,7 @@ static void kill_pool(struct pool *p)
 
 void control_kill(struct worker *worker, const char *db)
 {
-    for_target_pools(worker, db, kill_pool);
+    to_every_worker(worker, CONTROL_KILL, db);
 }
 
 struct client *control_find_client(struct worker *worker, uint64_t id)
@@ -187,6 +244,11 @@ bool control_reload(struct worker *worker)
     const struct config *before = worker->cfg;
     sluice_reload(worker->proc);
     return worker->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
+}
+
+bool control_reload_done(const struct worker *worker)
+{
+    return sluice_reload_done(worker->proc);
 }
 
 void control_shutdown(struct worker *worker, enum sluice_phase phase)

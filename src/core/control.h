@@ -17,11 +17,23 @@ struct client;
 /* Is db a database of sluice's (configured, or with pools, e.g. from a "*" entry)? */
 bool control_db_known(const struct worker *worker, const char *db);
 
+/* PAUSE, RESUME, RECONNECT and KILL act on every worker (architecture.md 5.7): the ledger's
+ * paused state of db's pool keys changes first (PAUSE, KILL, RESUME), so no worker hands out a
+ * server of a paused key even before it reads its message; then each worker is told
+ * (worker_post_control: inline for the control worker) and runs control_apply on its thread. */
+enum control_op { CONTROL_PAUSE, CONTROL_RESUME, CONTROL_RECONNECT, CONTROL_KILL };
+/* On the worker's own thread: op for its pools of db. seq: a PAUSE's proc->pause_seq. */
+void control_apply(struct worker *worker, enum control_op op, const char *db, unsigned seq);
+/* On the worker's own thread, each tick: report the last PAUSE done once its paused pools have
+ * no server in use (closing their idle ones meanwhile). */
+void control_report_pause(struct worker *worker);
+
 /* PAUSE: no server is handed out and every server closes once its client is done with it
  * (idle ones at once), so the database is left free of sluice's sessions. */
 void control_pause(struct worker *worker, const char *db);
-/* Do the paused pools of db have no server in use any more? Closes their idle servers (a
- * min_pool_size connection may bring one). A pool resumed meanwhile counts as done. */
+/* Do the paused pools of db have no server in use any more, on this worker and on every other
+ * (each reported the last PAUSE done)? Closes this worker's idle ones (a min_pool_size
+ * connection may bring one). A pool resumed meanwhile counts as done. */
 bool control_pause_done(struct worker *worker, const char *db);
 /* RESUME: hand servers to the clients that queued. */
 void control_resume(struct worker *worker, const char *db);
@@ -47,6 +59,8 @@ void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */
 bool control_reload(struct worker *worker);
+/* Has every worker applied it (sluice_reload_done)? The console answers RELOAD then. */
+bool control_reload_done(const struct worker *worker);
 /* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */
 void control_shutdown(struct worker *worker, enum sluice_phase phase);
 /* SET key = value (key a reloadable key's name as config_keys spells it): 0 and in force as a

@@ -82,6 +82,10 @@ static struct ledger_key *key_get(struct ledger *l, const char *db_name, const c
         return NULL; /* a scope made above stays: empty, harmless, reused */
     k->db = db;
     k->user = user;
+    /* PAUSE db applies to the database: a key of a user who arrives later is paused too */
+    for (const struct ledger_key *o = l->keys; o; o = o->next)
+        if (o->db == db && get(&o->state) == LEDGER_KEY_PAUSED)
+            atomic_store_explicit(&k->state, LEDGER_KEY_PAUSED, memory_order_relaxed);
     k->next = l->keys;
     l->keys = k;
     return k;
@@ -274,19 +278,21 @@ int ledger_user_servers(const struct ledger *l, const char *user_name)
                          &l->servers);
 }
 
-/* Under the lock (the budgets' numbers are guarded by it). */
+/* Under the lock (the counts); the rules are the worker's own generation's (budget.h). */
 static enum limit_kind lease_limit(const struct worker *worker, const struct budget *b)
 {
+    const struct budget_set *set = worker->budgets;
+    const struct budget_rule *own = budget_rule_of(set, b);
     int leases_of_b = get(&b->leases);
-    if (b->max_servers > 0 && leases_of_b >= b->max_servers)
+    if (own && own->max_servers > 0 && leases_of_b >= own->max_servers)
         return LIMIT_BUDGET;
     int held_for_others = 0, leases = 0, any_min = 0;
-    for (int i = 0; i < worker->proc->budgets.n; i++) {
-        const struct budget *o = worker->proc->budgets.items[i];
-        int used = o == b ? leases_of_b : get(&o->leases);
+    for (int i = 0; set && i < set->n; i++) {
+        const struct budget_rule *o = &set->rules[i];
+        int used = o->budget == b ? leases_of_b : get(&o->budget->leases);
         leases += used;
         any_min |= o->min_servers;
-        if (o != b && o->min_servers > used)
+        if (o->budget != b && o->min_servers > used)
             held_for_others += o->min_servers - used;
     }
     enum limit_kind key;
@@ -316,10 +322,10 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b)
 {
     if (!b || leases_unchecked(worker))
         return -1;
+    const struct budget_rule *own = budget_rule_of(worker->budgets, b);
+    int max = own ? own->max_servers : 0;
     lock(&worker->proc->ledger);
-    int room = lease_limit(worker, b) != LIMIT_NONE ? 0
-               : b->max_servers > 0                 ? b->max_servers - get(&b->leases)
-                                                    : -1;
+    int room = lease_limit(worker, b) != LIMIT_NONE ? 0 : max > 0 ? max - get(&b->leases) : -1;
     unlock(&worker->proc->ledger);
     return room;
 }
@@ -350,20 +356,24 @@ void ledger_give_lease(struct worker *worker, struct budget *b)
     (void)left;
 }
 
-bool ledger_take_client_held(struct budget *b)
+bool ledger_take_client_held(const struct budget_rule *r)
 {
-    if (!b)
+    if (!r)
         return true;
-    bool room = !(b->max_clients > 0 && get(&b->clients) >= b->max_clients);
+    bool room = !(r->max_clients > 0 && get(&r->budget->clients) >= r->max_clients);
     if (room)
-        add(&b->clients, 1);
+        add(&r->budget->clients, 1);
     return room;
 }
 
-bool ledger_take_client(struct ledger *l, struct budget *b)
+bool ledger_take_client(struct worker *worker, struct budget *b)
 {
+    struct ledger *l = &worker->proc->ledger;
+    const struct budget_rule *r = budget_rule_of(worker->budgets, b);
     lock(l);
-    bool room = ledger_take_client_held(b);
+    bool room = r ? ledger_take_client_held(r) : true;
+    if (!r && b)
+        add(&b->clients, 1);
     unlock(l);
     return room;
 }
@@ -516,6 +526,15 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
 {
     lock(l); /* ordered with the wait list's wake-ups */
     atomic_store_explicit(&key->state, (int)s, memory_order_relaxed);
+    unlock(l);
+}
+
+void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s)
+{
+    lock(l);
+    for (struct ledger_key *k = l->keys; k; k = k->next)
+        if (!db_name || strcmp(k->db->name, db_name) == 0)
+            atomic_store_explicit(&k->state, (int)s, memory_order_relaxed);
     unlock(l);
 }
 

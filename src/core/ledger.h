@@ -127,7 +127,8 @@ int ledger_db_servers(const struct ledger *l, const char *db_name);
 int ledger_user_servers(const struct ledger *l, const char *user_name);
 
 /* Leases of budget b: may a client of b be given a server now (b's max_servers, and the servers
- * left must still cover every other budget's unused min_servers)? */
+ * left must still cover every other budget's unused min_servers)? The numbers are the rules of
+ * the worker's own budget generation (worker->budgets); the counts are read under the lock. */
 enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b);
 /* How many more servers a client of b may be given now: 0 when held back, -1 when only the
  * other limits bound it. */
@@ -137,10 +138,12 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b);
 enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
     __attribute__((warn_unused_result));
 void ledger_give_lease(struct worker *worker, struct budget *b);
-/* A client of b logs in: false when b has max_clients connected (nothing changed). */
-bool ledger_take_client(struct ledger *l, struct budget *b) __attribute__((warn_unused_result));
+/* A client of b logs in: false when b has max_clients (its rule in worker's generation)
+ * connected (nothing changed). */
+bool ledger_take_client(struct worker *worker, struct budget *b)
+    __attribute__((warn_unused_result));
 /* The same, the caller holding the ledger's lock (budget_join). */
-bool ledger_take_client_held(struct budget *b) __attribute__((warn_unused_result));
+bool ledger_take_client_held(const struct budget_rule *r) __attribute__((warn_unused_result));
 void ledger_give_client(struct ledger *l, struct budget *b);
 
 /* The caps a logged-in client counts under, resolved by client_login.c (0: no such cap). */
@@ -190,6 +193,10 @@ int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms);
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);
+/* The same for every key of database db_name (NULL: every key): the console's PAUSE, KILL and
+ * RESUME (control.c), before the workers hear of it. A key made later for a user of a paused
+ * database starts paused. */
+void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s);
 /* Lock-free (a relaxed load): may a worker hand out a server of key now? */
 enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
 
@@ -201,10 +208,10 @@ void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_us
 int ledger_key_usable(const struct ledger_key *key);
 /* The most usable connections learnt by any key of database db_name (auth_query's caps). */
 int ledger_db_usable(const struct ledger *l, const char *db_name);
-/* The budgets' numbers (max_servers, min_servers, max_clients, the set itself) are guarded by
- * the ledger's lock: budget_sync holds it while it changes them (start, reload), so every
- * worker's next check sees the old numbers or the new ones, never a mix; and says, still under
- * it, whether any budget has max_servers or min_servers (are leases checked at all?). */
+/* The budgets' counts are changed under the ledger's lock; their numbers are an immutable
+ * generation each worker holds (budget.h). budget_sync builds the next one and replaces the
+ * process's under the lock, and says, still under it, whether any budget has max_servers or
+ * min_servers (are leases checked at all?). */
 void ledger_lock(struct ledger *l);
 void ledger_unlock(struct ledger *l);
 void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);

@@ -133,8 +133,7 @@ bool ledger_audit(const struct worker *worker)
         snprintf(key, sizeof(key), "%s/%s", k->db->name, k->user->name);
         ok &= agree("pool", key, k->servers, n);
     }
-    for (int i = 0; i < worker->proc->budgets.n; i++) {
-        const struct budget *b = worker->proc->budgets.items[i];
+    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known) {
         ok &=
             agree("leases of budget", b->name, b->leases, walked_budget(worker, b, CHARGE_LEASES));
         ok &= agree("clients of budget", b->name, b->clients,

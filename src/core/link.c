@@ -104,7 +104,7 @@ static void unpair(struct client *c, struct server *s)
         ledger_give_lease(c->worker, s->lease_budget);
         s->lease_budget = NULL;
         /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
-        if (c->worker->proc->budgets.n > 1)
+        if (budget_count(c->worker) > 1)
             c->worker->dispatch_needed = true;
     }
 }

@@ -154,6 +154,9 @@ struct pool *pool_get(struct worker *worker, const struct db_entry *db, const ch
         if (o->paused && strcmp(o->db_name, p->db_name) == 0)
             pool_pause(p, o->paused_by);
     }
+    /* ... and so does a PAUSE another worker was told of (the ledger's state of the key) */
+    if (!p->paused && !p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED)
+        pool_pause(p, PAUSED_BY_PAUSE);
     list_append(&worker->pools, &p->node);
     log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
             pool_mode_name(p->mode), p->size);
@@ -268,6 +271,14 @@ static bool may_lease(const struct client *c)
            older_budget_waiters_elsewhere(c, room) < room;
 }
 
+/* May no server of p be handed out now? Its own PAUSE, or one the console gave on another
+ * thread whose message this worker has not read yet: the ledger's paused state of the pool key
+ * is set first (control.c), so no worker hands one out after the PAUSE began. */
+static bool is_paused(const struct pool *p)
+{
+    return p->paused || (!p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED);
+}
+
 /* The first waiter, in FIFO order, that may have a server now. */
 static struct client *first_eligible(const struct pool *p)
 {
@@ -277,7 +288,7 @@ static struct client *first_eligible(const struct pool *p)
         struct client *c = container_of(n, struct client, node);
         if (may_lease(c))
             return c;
-        if (p->worker->proc->budgets.n <= 1)
+        if (budget_count(p->worker) <= 1)
             break; /* no budgets configured: the head is the only candidate */
     }
     return NULL;
@@ -287,20 +298,20 @@ static struct client *first_eligible(const struct pool *p)
  * the servers it may still hold (servers opened for a budget count against its max_servers). */
 static int count_eligible(const struct pool *p, int enough)
 {
-    const struct budget_set *set = &p->worker->proc->budgets;
-    if (set->n <= 1)
+    const struct budget_set *set = p->worker->budgets;
+    if (!set || set->n <= 1)
         return p->waiting.count;
     int *room = calloc((size_t)set->n, sizeof(*room));
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = ledger_lease_room(p->worker, set->items[i]);
+        room[i] = ledger_lease_room(p->worker, set->rules[i].budget);
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)
     {
         const struct client *c = container_of(node, struct client, node);
-        int i = c->budget ? c->budget->slot : -1;
+        int i = budget_slot(set, c->budget);
         if (i >= 0 && room[i] == 0)
             continue;
         if (i >= 0 && room[i] > 0)
@@ -464,7 +475,7 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
 static void maybe_connect(struct pool *p)
 {
     struct worker *worker = p->worker;
-    if (!sluice_serving(worker) || p->paused || !pool_may_try_connect(p))
+    if (!sluice_serving(worker) || is_paused(p) || !pool_may_try_connect(p))
         return;
     int enough = p->size + p->reserve_size;
     struct client *first = NULL;
@@ -539,7 +550,7 @@ static struct client *first_served_by_idle(const struct pool *p, struct server *
     {
         struct client *c = container_of(n, struct client, node);
         if (!may_lease(c)) {
-            if (p->worker->proc->budgets.n <= 1)
+            if (budget_count(p->worker) <= 1)
                 break; /* no budgets configured: the head is the only candidate */
             continue;
         }
@@ -562,7 +573,7 @@ static struct client *first_fitting(const struct pool *p, const struct server *s
     {
         struct client *c = container_of(n, struct client, node);
         if (!may_lease(c)) {
-            if (p->worker->proc->budgets.n <= 1)
+            if (budget_count(p->worker) <= 1)
                 break;
             continue;
         }
@@ -603,7 +614,7 @@ static const char *const closed_for_older =
 static void dispatch(struct pool *p)
 {
     uint64_t now = sluice_now(p->worker);
-    while (!p->paused && !list_empty(&p->idle)) {
+    while (!is_paused(p) && !list_empty(&p->idle)) {
         struct server *s = NULL;
         struct client *c = first_served_by_idle(p, &s);
         if (!c)
@@ -626,7 +637,7 @@ static void dispatch(struct pool *p)
 
 void pool_lease(struct pool *p, struct client *c)
 {
-    if (p->paused && c->state != CLIENT_LOGIN_WAIT)
+    if (is_paused(p) && c->state != CLIENT_LOGIN_WAIT)
         return;
     dispatch(p);
     maybe_connect(p);
@@ -767,7 +778,7 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = p->paused ? NULL : first_fitting(p, s);
+    struct client *c = is_paused(p) ? NULL : first_fitting(p, s);
     if (c && room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
         return;
@@ -780,7 +791,7 @@ void pool_server_ready(struct server *s)
     buf_detach_if_empty(&s->in);
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
-    if (!p->paused && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+    if (!is_paused(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
         maybe_connect(p);
 }
 

@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "budget.h"
+#include "control.h"
 #include "buf.h"
 #include "cancel.h"
 #include "client.h"
@@ -133,6 +134,7 @@ static void on_maint_timer(uv_timer_t *t)
     list_for_each(&worker->closing_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&worker->pools, n, tmp) pool_maintain(container_of(n, struct pool, node), now);
+    control_report_pause(worker);
     secret_tick(worker, now);
 #ifndef NDEBUG
     /* Debug builds prove the caps' counters against the lists they stand for, every tick; the
@@ -307,6 +309,8 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     uv_signal_start(&proc->sig_term, on_signal, SIGTERM);
     if (rc < 0 || budget_sync(proc) < 0)
         return UV_ENOMEM;
+    for (int i = 1; i < proc->nworkers; i++) /* worker 0 took it in budget_sync */
+        budget_set_swap(&proc->workers[i].budgets, budget_set_current(proc));
     rc = listener_start(proc, &client_listener_ops);
     if (rc < 0)
         return rc;
@@ -359,11 +363,21 @@ void sluice_reload(struct process *proc)
     tls_reload(next);
     if (budget_sync(proc) < 0)
         log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
+    proc->reload_seq++;
     for (int i = 0; i < proc->nworkers; i++)
         worker_post_reload(&proc->workers[i], next);
     config_free(old);
     pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
     log_msg(LOG_INFO, "configuration reloaded");
+}
+
+bool sluice_reload_done(const struct process *proc)
+{
+    for (int i = 0; i < proc->nworkers; i++)
+        if (atomic_load_explicit(&proc->workers[i].reload_applied, memory_order_acquire) !=
+            proc->reload_seq)
+            return false;
+    return true;
 }
 
 void sluice_shutdown(struct process *proc, enum sluice_phase phase)

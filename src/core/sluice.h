@@ -73,6 +73,8 @@ struct worker {
     /* The config this worker runs under: the process's current one, which owns it; swapped on
      * reload between callbacks. */
     struct config *cfg;
+    /* The budget generation it applied with that config (budget.h): its own reference. */
+    struct budget_set *budgets;
     unsigned index; /* 0..nworkers-1: the owner bits of its cancel pids */
 
     struct list pools;
@@ -83,6 +85,12 @@ struct worker {
     atomic_int nservers; /* every struct server alive, in any state (the caps count in the
                           * ledger: pools' and auth_query's backends) */
     atomic_int handed;   /* sockets the acceptor posted to this worker, not yet its clients */
+    /* Acknowledgements the control thread reads (5.7): the last reload this worker applied
+     * (proc->reload_seq), and the last PAUSE after which its paused pools had no server in use
+     * (proc->pause_seq; pause_wanted is the last it was told of, its own thread's). */
+    atomic_uint reload_applied;
+    atomic_uint pause_idle;
+    unsigned pause_wanted;
     uint64_t next_id;
 
     /* Closed objects wait here until the end of the loop iteration, so code that closed one
@@ -127,7 +135,10 @@ struct process {
     uint64_t shutdown_deadline_ms;
 
     struct ledger ledger; /* the counts every cap compares against (ledger.h) */
-    struct budget_set budgets;
+    unsigned reload_seq;  /* reloads applied by the control thread (the workers ack each) */
+    unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
+    struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
+    struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
 
     struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */
@@ -150,6 +161,9 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
 /* Re-read the config file and environment; keep the old config when the new one is invalid. */
 void sluice_reload(struct process *proc);
+/* Has every worker applied the last reload (its own reference to the new config and budget
+ * set)? The console's RELOAD answers then; the old config is freed at the last release. */
+bool sluice_reload_done(const struct process *proc);
 void sluice_shutdown(struct process *proc, enum sluice_phase phase);
 /* Once the loop has ended: free what is left. */
 void sluice_free(struct process *proc);
@@ -175,6 +189,12 @@ static inline int sluice_nclients(const struct process *proc)
 static inline bool sluice_serving(const struct worker *worker)
 {
     return worker->proc->phase <= PHASE_SHUTDOWN_WAIT_FOR_CLIENTS;
+}
+
+/* The budgets of the worker's generation: 1 when only "default" (no lease order to keep). */
+static inline int budget_count(const struct worker *worker)
+{
+    return worker->budgets ? worker->budgets->n : 0;
 }
 
 static inline uint64_t sluice_now(const struct worker *worker)

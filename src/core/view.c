@@ -237,9 +237,10 @@ int view_listen_port(const struct worker *worker)
     return listener_port(worker->proc);
 }
 
-const struct budget *view_budget(const struct worker *worker, int i)
+const struct budget_rule *view_budget(const struct worker *worker, int i)
 {
-    return i >= 0 && i < worker->proc->budgets.n ? worker->proc->budgets.items[i] : NULL;
+    const struct budget_set *set = worker->budgets;
+    return set && i >= 0 && i < set->n ? &set->rules[i] : NULL;
 }
 
 void view_publish(struct worker *worker)

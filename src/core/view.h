@@ -135,9 +135,10 @@ void view_totals(const struct worker *worker, struct view_totals *out);
 
 /* ---- budgets (SHOW BUDGETS) ---- */
 
-/* The i-th budget (configured ones in file order, then "default"), NULL past the last. A budget
- * is plain data already (budget.h): its live counts, clients and leases, are read as they are. */
-const struct budget *view_budget(const struct worker *worker, int i);
+/* The i-th budget of the worker's generation (configured ones in file order, then "default",
+ * then retired ones), NULL past the last. Plain data (budget.h): the rule is immutable, its
+ * identity's live counts, clients and leases, are read as they are. */
+const struct budget_rule *view_budget(const struct worker *worker, int i);
 
 /* ---- counts (SHOW DATABASES, USERS) ---- */
 

@@ -10,6 +10,7 @@
 #include "budget.h"
 #include "buf.h"
 #include "client.h"
+#include "control.h"
 #include "log.h"
 #include "pool.h"
 #include "secret.h"
@@ -19,13 +20,14 @@
 enum worker_msg_kind {
     WORKER_MSG_ACCEPT,      /* fd, addr: a new client */
     WORKER_MSG_SHUTDOWN,    /* phase: the process entered it */
-    WORKER_MSG_RELOAD,      /* cfg: a reference to the process's new config */
+    WORKER_MSG_RELOAD,      /* cfg, budgets: references to the process's new generations */
     WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
     WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
     WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
     WORKER_MSG_CALL,        /* call, arg: a service's question, run on this worker's thread */
+    WORKER_MSG_CONTROL,     /* op, db, seq: a console command for its pools (control.h) */
 };
 
 struct worker_msg {
@@ -35,6 +37,10 @@ struct worker_msg {
     struct sockaddr_storage addr;
     enum sluice_phase phase;
     struct config *cfg;
+    struct budget_set *budgets;
+    unsigned seq; /* RELOAD: proc->reload_seq; CONTROL: proc->pause_seq for a PAUSE */
+    enum control_op op;
+    char *db; /* CONTROL: the database, NULL for all */
     uint32_t pid, key;
     uint64_t client_id;
     worker_call_fn *call;
@@ -114,10 +120,11 @@ static void begin_shutdown(struct worker *worker, enum sluice_phase phase)
         worker_close_all(worker, false);
 }
 
-static void apply_reload(struct worker *worker, struct config *cfg)
+static void apply_reload(struct worker *worker, struct config *cfg, struct budget_set *budgets)
 {
     struct config *old = worker->cfg;
     worker->cfg = cfg;
+    budget_set_swap(&worker->budgets, budgets);
     secret_reload(); /* this thread's auth_query answers and connections (auth_reload's part) */
     worker_apply_config(worker);
     pool_dispatch_all(worker);
@@ -184,10 +191,14 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
             begin_shutdown(worker, m->phase);
         break;
     case WORKER_MSG_RELOAD:
-        if (delivered)
-            apply_reload(worker, m->cfg);
-        else
+        if (delivered) {
+            apply_reload(worker, m->cfg, m->budgets);
+        } else {
             config_release(m->cfg);
+            budget_set_release(m->budgets);
+        }
+        /* acknowledged (5.7) even when dropped at the end: nothing is left to apply it to */
+        atomic_store_explicit(&worker->reload_applied, m->seq, memory_order_release);
         break;
     case WORKER_MSG_FINISH:
         if (delivered)
@@ -209,6 +220,13 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_CALL:
         m->call(worker, m->arg, delivered);
+        break;
+    case WORKER_MSG_CONTROL:
+        if (delivered)
+            control_apply(worker, m->op, m->db, m->seq);
+        else if (m->seq)
+            atomic_store_explicit(&worker->pause_idle, m->seq, memory_order_release);
+        free(m->db);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -334,18 +352,50 @@ void worker_post_shutdown(struct worker *worker, enum sluice_phase phase)
 
 void worker_post_reload(struct worker *worker, struct config *cfg)
 {
+    unsigned seq = worker->proc->reload_seq;
     if (worker->run == WORKER_ON_PROCESS_LOOP) {
         /* worker 0 shares the process's reference: sluice_reload swapped it already */
         worker_apply_config(worker);
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
         return;
     }
     struct worker_msg *m = msg_new(WORKER_MSG_RELOAD);
-    if (!m)
+    if (!m) {
+        /* never applied; acknowledged so that RELOAD does not wait forever (logged) */
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
         return;
+    }
+    m->seq = seq;
     m->cfg = config_acquire(cfg);
+    m->budgets = budget_set_current(worker->proc);
     if (!post(worker, m)) {
         config_release(m->cfg);
+        budget_set_release(m->budgets);
         free(m);
+        atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
+    }
+}
+
+void worker_post_control(struct worker *worker, enum control_op op, const char *db, unsigned seq)
+{
+    if (worker->run == WORKER_ON_PROCESS_LOOP) {
+        control_apply(worker, op, db, seq);
+        return;
+    }
+    struct worker_msg *m = msg_new(WORKER_MSG_CONTROL);
+    if (m) {
+        m->op = op;
+        m->seq = seq;
+        m->db = db ? strdup(db) : NULL;
+    }
+    if (!m || (db && !m->db) || !post(worker, m)) {
+        if (m)
+            free(m->db);
+        free(m);
+        /* its pools were not told; a PAUSE does not wait for them (the ledger's paused state
+         * still holds their servers back) */
+        if (seq)
+            atomic_store_explicit(&worker->pause_idle, seq, memory_order_release);
     }
 }
 

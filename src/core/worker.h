@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "cancel.h"
+#include "control.h"
 #include "sluice.h"
 
 struct client;
@@ -36,8 +37,12 @@ struct client *worker_hand_client(struct worker *worker, int fd,
 /* The control thread tells a worker what the process did; inline for a worker on the
  * process's loop, else a message handled between that worker's callbacks. */
 void worker_post_shutdown(struct worker *worker, enum sluice_phase phase);
-/* cfg: the process's new config; the worker takes its own reference. */
+/* cfg: the process's new config; the worker takes its own reference, and the process's budget
+ * set's (budget_set_current), and acknowledges proc->reload_seq once applied (5.7). */
 void worker_post_reload(struct worker *worker, struct config *cfg);
+/* A console command for the worker's pools of db (NULL: all): control_apply on its thread.
+ * seq: proc->pause_seq for a PAUSE (the worker reports its pools idle under it), else 0. */
+void worker_post_control(struct worker *worker, enum control_op op, const char *db, unsigned seq);
 /* A CancelRequest for a pid worker owns (cancel.c), its requester waiting on reply_to's
  * ticket. 0, or UV_ECANCELED/UV_ENOMEM (nothing posted). */
 int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,

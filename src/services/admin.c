@@ -122,6 +122,7 @@ enum wait_kind {
     WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
     WAIT_OUTPUT,     /* the client has read most of its pending output */
     WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
+    WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
 };
 
 struct admin_wait {
@@ -175,6 +176,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
     case WAIT_ROWS:
         return w->rows_pending == 0;
+    case WAIT_RELOAD:
+        return control_reload_done(worker);
     }
     return true;
 }
@@ -257,7 +260,8 @@ static enum outcome run_reload(struct client *c)
                   "the configuration has errors; the previous one stays in force");
         return OUT_ERROR;
     }
-    return OUT_DONE;
+    return control_reload_done(c->worker) || !add_wait(c, WAIT_RELOAD, NULL) ? OUT_DONE
+                                                                             : OUT_WAITING;
 }
 
 /* SHUTDOWN: at once; WAIT_FOR_SERVERS: sluice's graceful shutdown (SIGINT), which is PgBouncer's
@@ -615,9 +619,10 @@ static void tick(struct process *proc, uint64_t now)
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind != WAIT_OUTPUT) {
-            put_command_complete(&c->out, kind == WAIT_PAUSE  ? "PAUSE"
-                                          : kind == WAIT_ROWS ? "SHOW"
-                                                              : "WAIT_CLOSE");
+            put_command_complete(&c->out, kind == WAIT_PAUSE    ? "PAUSE"
+                                          : kind == WAIT_ROWS   ? "SHOW"
+                                          : kind == WAIT_RELOAD ? "RELOAD"
+                                                                : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */

@@ -576,7 +576,7 @@ static void show_budgets(struct client *c)
     const struct config *cfg = worker->cfg;
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    const struct budget *b;
+    const struct budget_rule *b;
     for (int i = 0; (b = view_budget(worker, i)) != NULL; i++) {
         const char *addr = NULL;
         for (int j = 0; j < cfg->nbudgets; j++) {
@@ -588,8 +588,8 @@ static void show_budgets(struct client *c)
         cell_int(&t, b->max_servers);
         cell_int(&t, b->max_clients);
         cell_int(&t, b->min_servers);
-        cell_int(&t, b->clients);
-        cell_int(&t, b->leases);
+        cell_int(&t, b->budget->clients);
+        cell_int(&t, b->budget->leases);
         cell_text(&t, b->app_pattern);
         cell_text(&t, b->user);
         cell_text(&t, addr);

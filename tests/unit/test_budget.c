@@ -238,8 +238,8 @@ static void a_budget_named_default_sets_the_limits_of_unmatched_clients(void)
     union peer_addr local = ipv4("127.0.0.1");
     struct budget *d = budget_match(worker, "psql", "app", &local);
     CHECK_STR(d->name, "default");
-    CHECK_INT(d->max_servers, 3);
-    CHECK_INT(worker->proc->budgets.n, 2);
+    CHECK_INT(budget_rule_of(worker->budgets, d)->max_servers, 3);
+    CHECK_INT(worker->proc->budgets->n, 2);
     CHECK_STR(budget_match(worker, "api-1", "app", &local)->name, "api");
     fixture_worker_free(worker);
 }
@@ -258,7 +258,7 @@ static void reload_keeps_live_counts_and_retires_removed_budgets(void)
     config_free(worker->cfg);
     worker->proc->cfg = worker->cfg = next;
     CHECK_INT(budget_sync(worker->proc), 0);
-    CHECK(seeds->retired);
+    CHECK(budget_rule_of(worker->budgets, seeds)->retired);
     CHECK_INT(seeds->clients, 3);
     CHECK_STR(budget_match(worker, "seed", "app", &local)->name, "default");
     fixture_worker_free(worker);

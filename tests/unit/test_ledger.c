@@ -241,13 +241,13 @@ static void clients_stop_at_max_clients(void)
         return;
     union peer_addr addr = local_addr();
     struct budget *web = budget_match(worker, "web", "u", &addr);
-    CHECK(ledger_take_client(&worker->proc->ledger, web));
-    CHECK(ledger_take_client(&worker->proc->ledger, web));
-    CHECK(!ledger_take_client(&worker->proc->ledger, web));
+    CHECK(ledger_take_client(worker, web));
+    CHECK(ledger_take_client(worker, web));
+    CHECK(!ledger_take_client(worker, web));
     CHECK_INT(web->clients, 2);
     ledger_give_client(&worker->proc->ledger, web);
-    CHECK(ledger_take_client(&worker->proc->ledger, web));
-    CHECK(ledger_take_client(&worker->proc->ledger, NULL));
+    CHECK(ledger_take_client(worker, web));
+    CHECK(ledger_take_client(worker, NULL));
     free_app(worker);
 }
 

@@ -33,6 +33,7 @@
 #include "fixture.h"
 #include "log.h"
 #include "passthrough.h"
+#include "pool.h"
 #include "prepared.h"
 #include "scram.h"
 #include "secret.h"
@@ -748,10 +749,11 @@ static void disabled_databases_are_read_while_changed(void)
     disabled_dbs_free(&disabled_proc);
 }
 
-/* ---- budgets: logins on every worker join theirs while a reload changes the set ---- */
+/* ---- budgets: logins and leases on every worker while reloads replace the set ---- */
 
-static struct worker *budget_worker_of; /* one process whose budgets every thread uses */
+static struct worker *budget_worker_of; /* worker 0 of the process whose budgets all use */
 static struct config *budget_cfgs[2];   /* the two configs the reloads switch between */
+static struct pool *budget_pools[NTHREADS]; /* each worker's pool of db/u */
 
 static void *budget_login_worker(void *p)
 {
@@ -759,38 +761,82 @@ static void *budget_login_worker(void *p)
     struct process *proc = budget_worker_of->proc;
     union peer_addr addr = {0};
     addr.sa.sa_family = AF_UNIX;
-    for (int i = 0; i < 3000; i++) {
-        if (a->id == 0) { /* the control thread's RELOAD */
+    if (a->id == 0) { /* the control thread (worker 0's): RELOAD after RELOAD */
+        for (int i = 0; i < 3000; i++) {
+            ledger_lock(&proc->ledger);
             proc->cfg = budget_cfgs[i & 1];
+            ledger_unlock(&proc->ledger);
             a->bad += budget_sync(proc) != 0;
-            continue;
         }
-        struct budget *b = NULL;
-        a->bad += !budget_join(budget_worker_of, i & 1 ? "web-1" : "api-1", "u", &addr, &b);
-        a->bad += b == NULL;
+        return NULL;
+    }
+    /* worker a->id, on its own thread: its generation is swapped only here, as its RELOAD
+     * message does (worker.c), and its pools' questions read that generation unlocked */
+    struct worker *worker = &proc->workers[a->id];
+    budget_set_swap(&worker->budgets, budget_set_current(proc));
+    for (int i = 0; i < 3000; i++) {
+        if (i % 16 == 0)
+            budget_set_swap(&worker->budgets, budget_set_current(proc));
+        const struct budget_rule *r = NULL;
+        a->bad += !budget_join(worker, i & 1 ? "web-1" : "api-1", "u", &addr, &r);
+        a->bad += r == NULL;
+        struct budget *b = r ? r->budget : NULL;
+        struct pool_cap cap; /* a pool's question (first_eligible's and SHOW's walk) */
+        budget_pool_cap(budget_pools[a->id], &cap);
+        if (ledger_lease_room(worker, b) != 0 && ledger_take_lease(worker, b) == LIMIT_NONE)
+            ledger_give_lease(worker, b); /* a transaction */
         ledger_give_client(&proc->ledger, b); /* the client leaves */
     }
+    budget_set_swap(&worker->budgets, NULL);
     return NULL;
 }
 
-/* A login matches its budget and counts itself in one step under the ledger's lock: without
- * it, ThreadSanitizer reports a login walking the budget set a reload is replacing (and a
- * budget retired and freed between its match and its count). */
+/* Each worker holds a budget generation of its own (budget.h): a reload builds the next one
+ * beside it, and a worker swaps on its own thread. Before, budget_sync rewrote the one set and
+ * its budgets' numbers and matchers in place while the workers' lease checks, matches and pools
+ * read them: ThreadSanitizer reported 18 races in this test, budget_sync's set_str freeing a
+ * budget's matcher while budget_pool_cap (budget_of_every_client) read it on another worker, and
+ * its writes of the set against the lock-free reads of budgets.n and max_servers. */
 static void logins_join_budgets_while_a_reload_changes_them(void)
 {
     budget_cfgs[0] = fixture_config("[databases]\ndb = host=127.0.0.1\n"
-                                    "[budgets]\nweb = app=web* max_clients=1000\n");
+                                    "[budgets]\nweb = app=web* max_clients=1000 max_servers=50\n");
     budget_cfgs[1] = fixture_config("[databases]\ndb = host=127.0.0.1\n"
-                                    "[budgets]\napi = app=api* max_clients=1000\n");
+                                    "[budgets]\napi = app=api* max_clients=1000 max_servers=40\n");
     if (!budget_cfgs[0] || !budget_cfgs[1])
         return;
     budget_worker_of = fixture_worker_of(budget_cfgs[0], NULL);
     if (!budget_worker_of)
         return;
-    run_numbered_threads(budget_login_worker);
     struct process *proc = budget_worker_of->proc;
-    for (int i = 0; i < proc->budgets.n; i++)
-        CHECK_INT(proc->budgets.items[i]->clients, 0);
+    for (int i = 1; i < NTHREADS; i++) {
+        struct worker *w = &proc->workers[i];
+        w->proc = proc;
+        w->cfg = budget_cfgs[0];
+        list_init(&w->pools);
+        budget_pools[i] = pool_get(w, NULL, "u", "db");
+        CHECK(budget_pools[i] != NULL);
+        if (!budget_pools[i])
+            return;
+    }
+    run_numbered_threads(budget_login_worker);
+    for (int i = 1; i < NTHREADS; i++) {
+        list_remove(&proc->workers[i].pools, &budget_pools[i]->node);
+        pool_free(budget_pools[i]);
+    }
+    for (const struct budget *b = proc->budgets_known; b; b = b->next_known) {
+        CHECK_INT(b->clients, 0);
+        CHECK_INT(b->leases, 0);
+    }
+    /* the last reload set budget_cfgs[1]; a sync back to [0] retires "api" and frees what
+     * nothing lists or counts in */
+    proc->cfg = budget_cfgs[0];
+    CHECK_INT(budget_sync(proc), 0);
+    CHECK_INT(budget_sync(proc), 0);
+    int known = 0;
+    for (const struct budget *b = proc->budgets_known; b; b = b->next_known)
+        known++;
+    CHECK_INT(known, 2); /* web and default */
     proc->cfg = budget_worker_of->cfg = budget_cfgs[0]; /* fixture_worker_free frees it */
     config_free(budget_cfgs[1]);
     fixture_worker_free(budget_worker_of);

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +21,14 @@
 #include <uv.h>
 
 #include "admin.h"
+#include "budget.h"
 #include "config.h"
 #include "control.h"
 #include "ledger.h"
 #include "listener.h"
 #include "pool.h"
 #include "report.h"
+#include "server.h"
 #include "sluice.h"
 #include "sockio.h"
 #include "view.h"
@@ -40,6 +43,8 @@ struct run {
     bool both_served;     /* each worker had one client */
     int canceller;        /* a third client, sending a CancelRequest for worker 1's pid */
     bool cancel_answered; /* its connection was closed: worker 1 answered through worker 0 */
+    bool reloaded;        /* the reload was sent */
+    bool reload_acked;    /* every worker applied it (sluice_reload_done) */
 };
 
 static int connect_to(int port);
@@ -89,10 +94,19 @@ static void on_tick(uv_timer_t *t)
     }
     if (!r->cancel_answered && ++r->ticks < 500)
         return;
+    if (!r->reloaded) {
+        wake_worker_1(proc);
+        sluice_reload(proc);
+        r->reloaded = true;
+    }
+    /* RELOAD completes once worker 1 applied it on its thread (its acknowledgement) */
+    r->reload_acked = sluice_reload_done(proc);
+    if (r->reload_acked) /* what it applied is the process's newest config and budget set */
+        CHECK(proc->workers[1].cfg == proc->cfg && proc->workers[1].budgets == proc->budgets);
+    if (!r->reload_acked && ++r->ticks < 1000)
+        return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, NULL);
-    wake_worker_1(proc);
-    sluice_reload(proc);
     sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
 }
 
@@ -176,6 +190,7 @@ static void two_workers_take_clients_reload_and_shut_down(void)
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(r.both_served);
     CHECK(r.cancel_answered);
+    CHECK(r.reload_acked);
     close(r.canceller);
     CHECK(read_to_close(a) >= 0); /* closed by the shutdown, on worker 0 */
     CHECK(read_to_close(b) >= 0); /* and on worker 1's thread */
@@ -434,10 +449,164 @@ static void three_workers_views_sum_every_workers_clients(void)
     unlink(path);
 }
 
+/* ---- PAUSE and RESUME across workers (control.h, architecture.md 5.7) ---- */
+
+/* Workers 1..3 each hold one server in use in their pool of db (a fake, never connected); a
+ * test async on each worker's loop stands for what its thread does next. */
+enum pause_step { STEP_RELEASE, STEP_LOOK, STEP_END };
+
+struct pause_worker {
+    uv_async_t async;
+    struct worker *worker;
+    struct pool *pool;
+    struct server *busy;
+    atomic_int step;     /* what the next async does */
+    atomic_bool serving; /* STEP_LOOK saw its pool resumed */
+};
+
+static struct pause_worker pause_workers[FOUR];
+
+static void on_pause_step(uv_async_t *a)
+{
+    struct pause_worker *pw = a->data;
+    switch ((enum pause_step)atomic_load(&pw->step)) {
+    case STEP_RELEASE: /* its client is done: the server goes (as PAUSE closes it) */
+        list_remove(&pw->pool->active, &pw->busy->node);
+        free(pw->busy);
+        pw->busy = NULL;
+        control_report_pause(pw->worker); /* its next maintenance tick's part */
+        break;
+    case STEP_LOOK:
+        atomic_store(&pw->serving, !pw->pool->paused);
+        break;
+    case STEP_END:
+        uv_close((uv_handle_t *)a, NULL);
+        mailbox_close(&pw->worker->mailbox, NULL);
+        break;
+    }
+}
+
+static bool wait_for(bool (*done)(struct process *), struct process *proc)
+{
+    for (int i = 0; i < 500; i++) {
+        if (done(proc))
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+static bool pause_complete(struct process *proc)
+{
+    return control_pause_done(&proc->workers[0], "db");
+}
+
+static bool released_1_and_2(struct process *proc)
+{
+    return atomic_load(&proc->workers[1].pause_idle) == proc->pause_seq &&
+           atomic_load(&proc->workers[2].pause_idle) == proc->pause_seq;
+}
+
+static bool all_serving(struct process *proc)
+{
+    (void)proc;
+    for (int i = 1; i < FOUR; i++)
+        if (!atomic_load(&pause_workers[i].serving))
+            return false;
+    return true;
+}
+
+static void step_workers(enum pause_step step, int from, int to)
+{
+    for (int i = from; i <= to; i++) {
+        atomic_store(&pause_workers[i].step, step);
+        uv_async_send(&pause_workers[i].async);
+    }
+}
+
+/* PAUSE db: the ledger's paused state of the pool key is set before any worker reads its
+ * message; PAUSE completes only once every worker reported its servers of db gone (worker 3's
+ * last); RESUME reaches every worker's pool. Workers 1..3 run in threads (under TSan too). */
+static void pause_waits_for_every_worker_and_resume_serves_again(void)
+{
+    static struct process proc;
+    static uv_loop_t loop;
+    uv_loop_init(&loop);
+    proc.loop = &loop;
+    struct config_diag diag = {0};
+    proc.cfg = config_load_string("[databases]\ndb = host=127.0.0.1 port=1\n", no_env, &diag);
+    config_diag_free(&diag);
+    CHECK(proc.cfg != NULL);
+    if (!proc.cfg)
+        return;
+    proc.nworkers = FOUR;
+    for (int i = 0; i < FOUR; i++) {
+        struct worker *w = &proc.workers[i];
+        struct pause_worker *pw = &pause_workers[i];
+        w->proc = &proc;
+        w->index = (unsigned)i;
+        w->cfg = proc.cfg;
+        list_init(&w->pools);
+        list_init(&w->login_clients);
+        list_init(&w->closing_clients);
+        list_init(&w->dead_clients);
+        list_init(&w->dead_servers);
+        CHECK_INT(worker_loop_init(w, &loop), 0);
+        pw->worker = w;
+        pw->pool = pool_get(w, NULL, "u", "db");
+        CHECK(pw->pool != NULL);
+        if (i == 0)
+            continue;
+        pw->busy = calloc(1, sizeof(*pw->busy));
+        pw->busy->pool = pw->pool;
+        list_append(&pw->pool->active, &pw->busy->node);
+        uv_async_init(&w->own_loop, &pw->async, on_pause_step);
+        pw->async.data = pw;
+    }
+    for (int i = 1; i < FOUR; i++)
+        CHECK_INT(worker_thread_start(&proc.workers[i]), 0);
+
+    struct worker *control = &proc.workers[0];
+    control_pause(control, "db");
+    /* one key for every worker's pool of db/u: paused before any message is read */
+    CHECK(pause_workers[1].pool->ledger_key == pause_workers[0].pool->ledger_key);
+    CHECK_INT(ledger_key_get_state(pause_workers[0].pool->ledger_key), LEDGER_KEY_PAUSED);
+    CHECK(!pause_complete(&proc));
+    step_workers(STEP_RELEASE, 1, 2);
+    CHECK(wait_for(released_1_and_2, &proc));
+    CHECK(!pause_complete(&proc)); /* worker 3 still has its server in use */
+    step_workers(STEP_RELEASE, 3, 3);
+    CHECK(wait_for(pause_complete, &proc));
+
+    control_resume(control, "db");
+    CHECK_INT(ledger_key_get_state(pause_workers[0].pool->ledger_key), LEDGER_KEY_SERVING);
+    CHECK(!pause_workers[0].pool->paused);
+    step_workers(STEP_LOOK, 1, FOUR - 1); /* after the RESUME message: the mailbox keeps order */
+    CHECK(wait_for(all_serving, &proc));
+
+    step_workers(STEP_END, 1, FOUR - 1);
+    for (int i = 1; i < FOUR; i++)
+        worker_thread_join(&proc.workers[i]);
+    mailbox_close(&control->mailbox, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < FOUR; i++) {
+        struct list_node *n, *tmp;
+        list_for_each(&proc.workers[i].pools, n, tmp)
+        {
+            list_remove(&proc.workers[i].pools, n);
+            pool_free(container_of(n, struct pool, node));
+        }
+    }
+    ledger_free(&proc.ledger);
+    config_free(proc.cfg);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     RUN(two_workers_take_clients_reload_and_shut_down);
     RUN(four_workers_spread_clients_and_shut_down_gracefully);
     RUN(three_workers_views_sum_every_workers_clients);
+    RUN(pause_waits_for_every_worker_and_resume_serves_again);
     return CHECK_DONE();
 }
