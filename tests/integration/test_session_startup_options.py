@@ -14,7 +14,7 @@ from pgwire import RawConn, ServerError, startup_packet
 
 REFUSED = ["-x 1", "stray", "-c app.a=1 -c", "-c app.x", "--app.x", "-c =1", "-capp.z=1 stray",
            "-c a b", "-c -x", "-xe", "-e -xe", "stray -x", "-f z", "-tq", "-S", "--app-a.b",
-           "-c a/b=1", "-c app.a/b=1", "-- -c app.a=1", "-"]
+           "-c a/b=1", "-c app.a/b=1", "-- -c app.a=1", "-", "-B 10", "-c app.x=1 -x"]
 ACCEPTED = ["-e", "-S 2048", "-fs -c app.q=1", "--app.dash-name=yes", "--", "-E -T -n",
             "-capp.z=1 -- ", "-d 0"]
 SHOWN = ["DateStyle", "work_mem", "enable_seqscan", "log_min_messages"]
