@@ -161,8 +161,8 @@ static int set_long_option(struct param_set *p, int flag, const char *setting,
     int rc;
     if (!params_valid_name(name, len)) {
         /* Postgres: a name with a dot is a custom parameter's, checked as one */
-        enum options_fault f = len > 0 && strchr(name, '.') ? OPTIONS_BAD_PARAMETER_NAME
-                                                            : OPTIONS_UNKNOWN_PARAMETER;
+        enum options_fault f =
+            len > 0 && strchr(name, '.') ? OPTIONS_BAD_PARAMETER_NAME : OPTIONS_UNKNOWN_PARAMETER;
         rc = refuse(refusal, f, name) < 0 ? -ENOMEM : 1;
     } else {
         rc = params_set(p, name, eq + 1) < 0 ? -ENOMEM : 0;
@@ -171,19 +171,15 @@ static int set_long_option(struct param_set *p, int flag, const char *setting,
     return rc;
 }
 
+/* -f's argument: the plan type it turns off (set_plan_disabling_options). */
 static const char *plan_disabling_setting(const char *arg)
 {
-    switch (arg[0]) {
-    case 's': return "enable_seqscan";
-    case 'i': return "enable_indexscan";
-    case 'o': return "enable_indexonlyscan";
-    case 'b': return "enable_bitmapscan";
-    case 't': return "enable_tidscan";
-    case 'n': return "enable_nestloop";
-    case 'm': return "enable_mergejoin";
-    case 'h': return "enable_hashjoin";
-    }
-    return NULL;
+    static const char letters[] = "siobtnmh";
+    static const char *const names[] = {
+        "enable_seqscan", "enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan",
+        "enable_tidscan", "enable_nestloop",  "enable_mergejoin",     "enable_hashjoin"};
+    const char *at = arg[0] ? strchr(letters, arg[0]) : NULL;
+    return at ? names[at - letters] : NULL;
 }
 
 static const char *stats_setting(const char *arg)
@@ -213,46 +209,52 @@ static int set_debug(struct param_set *p, const char *arg)
     return 0;
 }
 
+/* The switches that stand for one setting (value NULL: the switch's argument). */
+static const struct switch_setting {
+    char flag;
+    const char *name, *value;
+} switch_settings[] = {
+    {'B', "shared_buffers", NULL},
+    {'e', "datestyle", "euro"},
+    {'F', "fsync", "false"},
+    {'h', "listen_addresses", NULL},
+    {'i', "listen_addresses", "*"},
+    {'k', "unix_socket_directories", NULL},
+    {'l', "ssl", "true"},
+    {'N', "max_connections", NULL},
+    {'O', "allow_system_table_mods", "true"},
+    {'P', "ignore_system_indexes", "true"},
+    {'p', "port", NULL},
+    {'S', "work_mem", NULL},
+    {'s', "log_statement_stats", "true"},
+    {'W', "post_auth_delay", NULL},
+};
+
 /* One switch of process_postgres_switches (not secure: a client's): the setting it stands for,
- * or nothing for those Postgres ignores from a client. 0, 1 for a bad argument (Postgres's
- * errs), 2 when refused (*refusal set), -ENOMEM. */
-static int apply_switch(struct param_set *p, int flag, const char *arg, struct options_refusal **refusal)
+ * or nothing for those Postgres ignores from a client (b C D E j n r T v). 0, 1 for a bad
+ * argument (Postgres's errs), 2 when refused (*refusal set), -ENOMEM. */
+static int apply_switch(struct param_set *p, int flag, const char *arg,
+                        struct options_refusal **refusal)
 {
-    const char *name = NULL, *value = arg;
-    switch (flag) {
-    case 'c':
-    case '-': {
+    const char *name = NULL;
+    if (flag == 'c' || flag == '-') {
         int rc = set_long_option(p, flag, arg, refusal);
         return rc == 1 ? 2 : rc;
     }
-    case 'B': name = "shared_buffers"; break;
-    case 'd': return set_debug(p, arg);
-    case 'e': name = "datestyle", value = "euro"; break;
-    case 'F': name = "fsync", value = "false"; break;
-    case 'f':
-        name = plan_disabling_setting(arg), value = "false";
+    if (flag == 'd')
+        return set_debug(p, arg);
+    if (flag == 'f' || flag == 't') {
+        name = flag == 'f' ? plan_disabling_setting(arg) : stats_setting(arg);
         if (!name)
             return 1;
-        break;
-    case 'h': name = "listen_addresses"; break;
-    case 'i': name = "listen_addresses", value = "*"; break;
-    case 'k': name = "unix_socket_directories"; break;
-    case 'l': name = "ssl", value = "true"; break;
-    case 'N': name = "max_connections"; break;
-    case 'O': name = "allow_system_table_mods", value = "true"; break;
-    case 'P': name = "ignore_system_indexes", value = "true"; break;
-    case 'p': name = "port"; break;
-    case 'S': name = "work_mem"; break;
-    case 's': name = "log_statement_stats", value = "true"; break;
-    case 't':
-        name = stats_setting(arg), value = "true";
-        if (!name)
-            return 1;
-        break;
-    case 'W': name = "post_auth_delay"; break;
-    default: return 0; /* b C D E j n r T v: only from the command line */
+        return params_set(p, name, flag == 'f' ? "false" : "true") < 0 ? -ENOMEM : 0;
     }
-    return params_set(p, name, value) < 0 ? -ENOMEM : 0;
+    for (size_t i = 0; i < sizeof(switch_settings) / sizeof(switch_settings[0]); i++) {
+        const struct switch_setting *w = &switch_settings[i];
+        if (w->flag == flag)
+            return params_set(p, w->name, w->value ? w->value : arg) < 0 ? -ENOMEM : 0;
+    }
+    return 0;
 }
 
 static int scan_switches(struct param_set *p, struct switch_scan *s,
@@ -284,8 +286,8 @@ int startup_options_parse(struct param_set *p, const char *options,
     int argc = split_words(options, &argv);
     if (argc < 0)
         return argc;
-    struct switch_scan s = {.argv = argv, .argc = argc, .optind = 1,
-                            .first_nonopt = 1, .last_nonopt = 1};
+    struct switch_scan s = {
+        .argv = argv, .argc = argc, .optind = 1, .first_nonopt = 1, .last_nonopt = 1};
     int rc = scan_switches(p, &s, refusal);
     free(argv);
     return rc;

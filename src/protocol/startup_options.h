@@ -9,10 +9,10 @@
 
 /* Why Postgres would refuse the options, each with the word its message names. */
 enum options_fault {
-    OPTIONS_BAD_ARGUMENT,     /* 42601 "invalid command-line argument for server process: %s" */
-    OPTIONS_C_WITHOUT_VALUE,  /* 42601 "-c %s requires a value" (the word after -c) */
+    OPTIONS_BAD_ARGUMENT,       /* 42601 "invalid command-line argument for server process: %s" */
+    OPTIONS_C_WITHOUT_VALUE,    /* 42601 "-c %s requires a value" (the word after -c) */
     OPTIONS_LONG_WITHOUT_VALUE, /* 42601 "--%s requires a value" (the word after --) */
-    OPTIONS_UNKNOWN_PARAMETER, /* 42704 "unrecognized configuration parameter \"%s\"" */
+    OPTIONS_UNKNOWN_PARAMETER,  /* 42704 "unrecognized configuration parameter \"%s\"" */
     OPTIONS_BAD_PARAMETER_NAME, /* 42602 "invalid configuration parameter name \"%s\"" */
 };
 
