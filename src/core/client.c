@@ -367,6 +367,8 @@ void client_close(struct client *c, const char *reason)
     params_free(&c->params);
     free(c->login_notices);
     c->login_notices = NULL;
+    free(c->options_refusal);
+    c->options_refusal = NULL;
     if (c->login_params) {
         params_free(c->login_params);
         free(c->login_params);

@@ -47,6 +47,7 @@ const char *client_state_name(enum client_state s);
 struct worker;
 struct pool;
 struct server;
+struct options_refusal;
 
 /* Field order keeps padding out: with 10,000 idle clients every 8 bytes is 80 kB. */
 struct client {
@@ -83,6 +84,10 @@ struct client {
     uint64_t startup_fp;
     struct stmt_map *stmts;  /* its named prepared statements (transaction mode); NULL: none yet */
     struct startup_extra *startup; /* login-time data, freed once logged in */
+    /* Startup options Postgres would refuse (NULL: none): kept from the startup packet until
+     * client_login_ok tells it, after authentication and the database checks, where Postgres
+     * does (a client must not be able to tell sluice read them first). */
+    struct options_refusal *options_refusal;
 
     uint32_t cancel_pid, cancel_key;
     struct client *cancel_next; /* chain in the cancel map */

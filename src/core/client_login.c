@@ -23,6 +23,7 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "sluice.h"
+#include "startup_options.h"
 #include "tls.h"
 
 /* ---- the authentication exchange: auth.c decides, the client acts ---- */
@@ -90,14 +91,14 @@ static bool param_is_protocol_level(const char *name)
            strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
 }
 
-/* The "options" startup parameter's -c name=value settings, except those that
- * ignore_startup_parameters names (as a parameter of their own they would be ignored too).
- * 0, -EINVAL or -ENOMEM. */
+/* The "options" startup parameter's settings, except those that ignore_startup_parameters
+ * names (as a parameter of their own they would be ignored too). Options Postgres would refuse
+ * are kept in c->options_refusal, told after authentication (client_login_ok). 0 or -ENOMEM. */
 static int take_options(struct client *c, const char *options)
 {
     struct param_set parsed;
     params_init(&parsed);
-    int rc = params_parse_options(&parsed, options);
+    int rc = startup_options_parse(&parsed, options, &c->options_refusal);
     for (int i = 0; rc == 0 && i < parsed.n; i++) {
         const struct param *p = &parsed.items[i];
         if (!config_list_contains(&c->worker->cfg->ignore_startup_parameters, p->name) &&
@@ -106,6 +107,25 @@ static int take_options(struct client *c, const char *options)
     }
     params_free(&parsed);
     return rc;
+}
+
+/* Postgres refuses options it cannot take in InitPostgres, once the password and the database
+ * are checked: so does sluice, in its words. True when c was refused. */
+static bool refuse_options(struct client *c)
+{
+    const struct options_refusal *r = c->options_refusal;
+    if (!r)
+        return false;
+    static const enum failure failure_of[] = {
+        [OPTIONS_BAD_ARGUMENT] = FAIL_OPTIONS_BAD_ARGUMENT,
+        [OPTIONS_C_WITHOUT_VALUE] = FAIL_OPTIONS_C_WITHOUT_VALUE,
+        [OPTIONS_LONG_WITHOUT_VALUE] = FAIL_OPTIONS_LONG_WITHOUT_VALUE,
+        [OPTIONS_UNKNOWN_PARAMETER] = FAIL_OPTIONS_UNKNOWN_PARAMETER,
+        [OPTIONS_BAD_PARAMETER_NAME] = FAIL_OPTIONS_BAD_PARAMETER_NAME,
+    };
+    codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk, as Postgres sends first */
+    client_fail(c, failure_of[r->fault], r->word);
+    return true;
 }
 
 static void handle_login(struct client *c, const struct startup_packet *sp)
@@ -164,10 +184,8 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     const char *options = codec_startup_get(sp, "options");
     if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
-        int rc = take_options(c, options);
-        if (rc < 0) {
-            client_fail(c, rc == -ENOMEM ? FAIL_OUT_OF_MEMORY : FAIL_BAD_STARTUP,
-                        rc == -ENOMEM ? "" : "cannot parse \"options\": use -c name=value pairs");
+        if (take_options(c, options) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
     }
@@ -282,7 +300,7 @@ void client_login_ok(struct client *c)
             client_fail(c, FAIL_ADMIN_DENIED, "");
             return;
         }
-        if (!take_login_slot(c, NULL))
+        if (!take_login_slot(c, NULL) || refuse_options(c))
             return;
         c->pool = pool_get(worker, NULL, c->user, c->database);
         if (!c->pool || cancel_register(worker->cancel_map, c) < 0) {
@@ -305,7 +323,7 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_DATABASE_DISABLED, c->database);
         return;
     }
-    if (!take_login_slot(c, db))
+    if (!take_login_slot(c, db) || refuse_options(c))
         return;
     const struct budget_rule *b;
     if (!budget_join(worker, params_get(&c->params, "application_name"), c->user, &c->addr,

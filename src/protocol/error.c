@@ -145,6 +145,17 @@ static const struct failure_info table[] = {
         F(FATAL, OBJECT_NOT_IN_PREREQUISITE_STATE, "database does not allow connections: %s",
           "An administrator ran DISABLE on it in the admin console; ENABLE lets new clients in "
           "again. Sessions already open are not affected."),
+    /* Postgres's own refusals of startup options (process_postgres_switches, SetConfigOption),
+     * word for word: the client must not be able to tell sluice read them. */
+    [FAIL_OPTIONS_BAD_ARGUMENT] =
+        F(FATAL, SYNTAX_ERROR, "invalid command-line argument for server process: %s",
+          "Try \"postgres --help\" for more information."),
+    [FAIL_OPTIONS_C_WITHOUT_VALUE] = F(FATAL, SYNTAX_ERROR, "-c %s requires a value", NULL),
+    [FAIL_OPTIONS_LONG_WITHOUT_VALUE] = F(FATAL, SYNTAX_ERROR, "--%s requires a value", NULL),
+    [FAIL_OPTIONS_UNKNOWN_PARAMETER] =
+        F(FATAL, UNDEFINED_OBJECT, "unrecognized configuration parameter \"%s\"", NULL),
+    [FAIL_OPTIONS_BAD_PARAMETER_NAME] =
+        F(FATAL, INVALID_NAME, "invalid configuration parameter name \"%s\"", NULL),
 };
 #undef F
 
@@ -190,6 +201,11 @@ static const char *const names[] = {
     [FAIL_DB_CLIENT_CAP] = "max_db_client_connections",
     [FAIL_USER_CLIENT_CAP] = "max_user_client_connections",
     [FAIL_DATABASE_DISABLED] = "database_disabled",
+    [FAIL_OPTIONS_BAD_ARGUMENT] = "options_bad_argument",
+    [FAIL_OPTIONS_C_WITHOUT_VALUE] = "options_without_value",
+    [FAIL_OPTIONS_LONG_WITHOUT_VALUE] = "options_without_value",
+    [FAIL_OPTIONS_UNKNOWN_PARAMETER] = "options_unknown_parameter",
+    [FAIL_OPTIONS_BAD_PARAMETER_NAME] = "options_bad_parameter_name",
 };
 
 const struct failure_info *failure_info(enum failure f)

@@ -55,6 +55,12 @@ enum failure {
     FAIL_DB_CLIENT_CAP,        /* detail: database, count and limit */
     FAIL_USER_CLIENT_CAP,      /* detail: user, count and limit */
     FAIL_DATABASE_DISABLED,    /* detail: the database (DISABLE in the admin console) */
+    /* Startup options Postgres refuses, in its words (startup_options.h), after authentication */
+    FAIL_OPTIONS_BAD_ARGUMENT,       /* detail: the word */
+    FAIL_OPTIONS_C_WITHOUT_VALUE,    /* detail: the word after -c */
+    FAIL_OPTIONS_LONG_WITHOUT_VALUE, /* detail: the word after -- */
+    FAIL_OPTIONS_UNKNOWN_PARAMETER,  /* detail: the name */
+    FAIL_OPTIONS_BAD_PARAMETER_NAME, /* detail: the name */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

@@ -575,56 +575,6 @@ bool params_valid_name(const char *s, size_t len)
     return true;
 }
 
-static int parse_option_words(struct param_set *p, const char *s, char *word, size_t word_cap)
-{
-    bool expect_c_value = false;
-    while (*s) {
-        while (isspace((unsigned char)*s))
-            s++;
-        if (!*s)
-            break;
-        size_t w = 0;
-        while (*s && !isspace((unsigned char)*s)) {
-            if (*s == '\\' && s[1])
-                s++;
-            if (w + 1 >= word_cap)
-                return -EINVAL;
-            word[w++] = *s++;
-        }
-        word[w] = '\0';
-        const char *setting;
-        if (expect_c_value) {
-            setting = word;
-            expect_c_value = false;
-        } else if (strcmp(word, "-c") == 0) {
-            expect_c_value = true;
-            continue;
-        } else if (strncmp(word, "-c", 2) == 0) {
-            setting = word + 2;
-        } else if (strncmp(word, "--", 2) == 0) {
-            setting = word + 2;
-        } else {
-            return -EINVAL;
-        }
-        const char *eq = strchr(setting, '=');
-        if (!eq || !params_valid_name(setting, (size_t)(eq - setting)))
-            return -EINVAL;
-        char name[256];
-        size_t nlen = (size_t)(eq - setting);
-        if (nlen >= sizeof(name))
-            return -EINVAL;
-        memcpy(name, setting, nlen);
-        name[nlen] = '\0';
-        /* "--name=value" allows '-' for '_' (postgres -c parsing does the same). */
-        for (char *c = name; *c; c++)
-            if (*c == '-')
-                *c = '_';
-        if (params_set(p, name, eq + 1) < 0)
-            return -ENOMEM;
-    }
-    return expect_c_value ? -EINVAL : 0;
-}
-
 int params_take_reported_spelling(struct param_set *own, const struct param_set *server)
 {
     for (int i = 0; i < own->n; i++) {
@@ -636,20 +586,6 @@ int params_take_reported_spelling(struct param_set *own, const struct param_set 
             return -ENOMEM;
     }
     return 0;
-}
-
-int params_parse_options(struct param_set *p, const char *options)
-{
-    /* libpq's PGOPTIONS style: "-c name=value --name=value", with \ escaping a space. A word is
-     * never longer than the whole (a value may take most of a 10,000-byte startup packet). */
-    const char *s = options;
-    size_t word_cap = strlen(options) + 1;
-    char *word = malloc(word_cap);
-    if (!word)
-        return -ENOMEM;
-    int rc = parse_option_words(p, s, word, word_cap);
-    free(word);
-    return rc;
 }
 
 uint64_t params_startup_fingerprint(const struct param_set *startup)

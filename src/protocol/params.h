@@ -136,9 +136,5 @@ int params_reset_to_startup(struct param_set *server, const struct param_set *st
  * reported)? Only such a backend's login teaches the pool its welcome. */
 bool params_startup_keeps_reports(const struct param_set *startup);
 
-/* The startup packet's "options" (-c name=value / --name=value): parse into p. 0, or -EINVAL
- * when the options cannot be understood. */
-int params_parse_options(struct param_set *p, const char *options)
-    __attribute__((warn_unused_result));
 
 #endif

@@ -1,0 +1,70 @@
+"""Startup options Postgres refuses (issue 17: the application must not be able to tell sluice is
+there). Postgres accepts the startup packet, authenticates, checks the database, and only then
+refuses options it cannot take (InitPostgres -> process_startup_options). A client of sluice
+must see the same: the password asked for first, AuthenticationOk, then the same FATAL
+ErrorResponse (S, V, C, M, H); a wrong password gives 28P01 whatever the options. Each case is
+run against Postgres and through sluice, in session and transaction mode."""
+
+import struct
+
+import pytest
+
+from conftest import APP_PASSWORD
+from pgwire import RawConn, ServerError, startup_packet
+
+REFUSED = ["-x 1", "stray", "-c app.a=1 -c", "-c app.x", "--app.x", "-c =1", "-capp.z=1 stray",
+           "-c a b", "-c -x", "-xe", "-e -xe", "stray -x", "-f z", "-tq", "-S", "--app-a.b",
+           "-c a/b=1", "-c app.a/b=1", "-- -c app.a=1", "-", "-B 10", "-c app.x=1 -x"]
+ACCEPTED = ["-e", "-S 2048", "-fs -c app.q=1", "--app.dash-name=yes", "--", "-E -T -n",
+            "-capp.z=1 -- ", "-d 0"]
+SHOWN = ["DateStyle", "work_mem", "enable_seqscan", "log_min_messages"]
+
+
+def login(port, options, password):
+    """What a client sees: the messages before the end of the login, and the error's fields
+    (None when logged in, then the settings SHOWN)."""
+    c = RawConn(port, timeout=30)
+    seen = []
+    read = c.read_message
+
+    def recording_read():
+        mtype, payload = read()
+        if mtype == "R":
+            seen.append("password asked" if struct.unpack_from("!I", payload)[0] else "auth ok")
+        return mtype, payload
+
+    c.read_message = recording_read
+    try:
+        c.send(startup_packet(user="app", database="appdb", options=options))
+        try:
+            c.finish_login(user="app", password=password)
+        except ServerError as e:
+            return (list(dict.fromkeys(seen)),
+                    {k: e.fields.get(k) for k in ("S", "V", "C", "M", "H")})
+        shown = [c.query(f"SHOW {name}")[0] for name in SHOWN]
+        return list(dict.fromkeys(seen)), shown
+    finally:
+        c.close()
+
+
+@pytest.fixture(params=["session", "transaction"])
+def sluice(request, start_sluice):
+    return start_sluice({"pool_mode": request.param, "default_pool_size": 2},
+                        auth_file={"app": APP_PASSWORD})
+
+
+@pytest.mark.parametrize("options", REFUSED + ACCEPTED)
+def test_options_are_refused_or_taken_exactly_as_postgres_does_after_authentication(
+        sluice, pg, options):
+    want = login(pg.port, options, APP_PASSWORD)
+    if options in REFUSED:
+        assert want[0] == ["password asked", "auth ok"] and want[1]["C"], want
+    assert login(sluice.port, options, APP_PASSWORD) == want
+
+
+@pytest.mark.parametrize("options", ["-x 1", "-c app.x", "-c =1", "stray"])
+def test_a_wrong_password_is_told_whatever_the_options(sluice, pg, options):
+    want = login(pg.port, options, "wrong")
+    assert want[1]["C"] == "28P01", want
+    got = login(sluice.port, options, "wrong")
+    assert got[0] == want[0] and got[1]["C"] == "28P01", got
