@@ -17,6 +17,21 @@ from test_session_startup import show_pool
 ADMIN = "admin"
 
 
+
+def first_value_or_sqlstate(sql, port, **kw):
+    """A client's whole life: log in, run sql, leave. The first value of its first row, the
+    SQLSTATE it was refused with, or what else went wrong (a storm's threads record it)."""
+    try:
+        c = raw_login(port, **kw)
+        try:
+            return c.query(sql)[0]
+        finally:
+            c.close()
+    except ServerError as e:
+        return e.sqlstate
+    except Exception as e:  # noqa: BLE001
+        return repr(e)
+
 def run_threads(fn, n, join=90):
     threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
     for t in threads:
@@ -420,16 +435,8 @@ def test_a_client_of_other_parameters_behind_held_transactions_is_told_53300(sta
         results = {}
 
         def late(i):
-            try:
-                c = raw_login(s.port, application_name=f"late{i}", timeout=10)
-                try:
-                    results[i] = c.query("SELECT 1")[0]
-                finally:
-                    c.close()
-            except ServerError as e:
-                results[i] = e.sqlstate
-            except Exception as e:  # noqa: BLE001
-                results[i] = repr(e)
+            results[i] = first_value_or_sqlstate("SELECT 1", s.port,
+                                                 application_name=f"late{i}", timeout=10)
 
         t0 = time.monotonic()
         run_threads(late, 5, join=15)
@@ -522,17 +529,9 @@ def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, p
     results = {}
 
     def client(i):
-        try:
-            c = raw_login(s.port, application_name=f"w{i}", options=f"-c app.me={i}",
-                          timeout=20)
-            try:
-                results[i] = c.query("SELECT current_setting('app.me'), pg_sleep(0.2)")[0]
-            finally:
-                c.close()
-        except ServerError as e:
-            results[i] = e.sqlstate
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = first_value_or_sqlstate(
+            "SELECT current_setting('app.me'), pg_sleep(0.2)", s.port,
+            application_name=f"w{i}", options=f"-c app.me={i}", timeout=20)
 
     t0 = time.monotonic()
     with BackendSampler(pg) as sampler:
