@@ -20,6 +20,7 @@
 #include "pool_breaker.h"
 #include "pool_mode.h"
 #include "pool_wait.h"
+#include "pool_waiters.h"
 #include "server.h"
 #include "sluice.h"
 #include "worker.h"
@@ -37,11 +38,6 @@ static struct server *open_server(struct pool *p, const struct client *c)
     if (fp != 0)
         startup = c->login_params ? c->login_params : &c->params; /* as it logged in */
     return p->worker->pool_events->open_server(p, startup, fp);
-}
-
-uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
-{
-    return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
 static void close_server(struct server *s, const char *why)
@@ -234,145 +230,12 @@ void pool_create_forced(struct worker *worker)
     }
 }
 
-/* Clients of budget b in other pools than c's that have waited longer than c, counting up to
- * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
- * client. */
-static int older_budget_waiters_elsewhere(const struct client *c, int enough)
-{
-    int n = 0;
-    struct list_node *pn, *ptmp, *node, *tmp;
-    list_for_each(&c->worker->pools, pn, ptmp)
-    {
-        const struct pool *o = container_of(pn, struct pool, node);
-        if (o == c->pool || o->paused)
-            continue;
-        list_for_each(&o->waiting, node, tmp)
-        {
-            const struct client *w = container_of(node, struct client, node);
-            if (w->state_since_ms >= c->state_since_ms)
-                break;
-            if (w->budget == c->budget && ++n >= enough)
-                return n;
-        }
-    }
-    return n;
-}
-
-/* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
- * pool's first server is no exception: it keeps the server it is given for its first queries.
- * A budget spans pools: its room goes to its clients in the order they began to wait, whichever
- * pool they are in, or a busy pool would keep every server the budget may hold. */
-static bool may_lease(const struct client *c)
-{
-    int room = ledger_lease_room(c->worker, c->budget);
-    if (room == 0)
-        return false;
-    return room < 0 || c->worker->pools.count <= 1 ||
-           older_budget_waiters_elsewhere(c, room) < room;
-}
-
 /* May no server of p be handed out now? Its own PAUSE, or one the console gave on another
  * thread whose message this worker has not read yet: the ledger's paused state of the pool key
  * is set first (control.c), so no worker hands one out after the PAUSE began. */
 static bool is_paused(const struct pool *p)
 {
     return p->paused || (!p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED);
-}
-
-/* The first waiter, in FIFO order, that may have a server now. */
-static struct client *first_eligible(const struct pool *p)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (may_lease(c))
-            return c;
-        if (budget_count(p->worker) <= 1)
-            break; /* no budgets configured: the head is the only candidate */
-    }
-    return NULL;
-}
-
-/* How many waiters could use a new server: at most `enough`, and for each budget no more than
- * the servers it may still hold (servers opened for a budget count against its max_servers). */
-static int count_eligible(const struct pool *p, int enough)
-{
-    const struct budget_set *set = p->worker->budgets;
-    if (!set || set->n <= 1)
-        return p->waiting.count;
-    int *room = calloc((size_t)set->n, sizeof(*room));
-    if (!room)
-        return 0; /* tried again at the next lease or tick */
-    for (int i = 0; i < set->n; i++)
-        room[i] = ledger_lease_room(p->worker, set->rules[i].budget);
-    int n = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&p->waiting, node, tmp)
-    {
-        const struct client *c = container_of(node, struct client, node);
-        int i = budget_slot(set, c->budget);
-        if (i >= 0 && room[i] == 0)
-            continue;
-        if (i >= 0 && room[i] > 0)
-            room[i]--;
-        if (++n >= enough)
-            break;
-    }
-    free(room);
-    return n;
-}
-
-/* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
- * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
- * Their count; *first: the first of them (NULL: none). */
-static int count_unprovided(const struct pool *p, int enough, struct client **first)
-{
-    *first = NULL;
-    int coming_n = 0, n = 0, seen = 0;
-    uint64_t *coming = NULL;
-    if (p->connecting.count > 0) {
-        coming = malloc((size_t)p->connecting.count * sizeof(*coming));
-        if (!coming)
-            return 0; /* tried again at the next lease or tick */
-    }
-    struct list_node *node, *tmp;
-    list_for_each(&p->connecting, node, tmp)
-        coming[coming_n++] = container_of(node, struct server, node)->startup_fp;
-    list_for_each(&p->waiting, node, tmp)
-    {
-        struct client *c = container_of(node, struct client, node);
-        if (!may_lease(c))
-            continue;
-        if (++seen > enough)
-            break;
-        uint64_t fp = pool_startup_wanted(p, c);
-        int i = 0;
-        while (i < coming_n && coming[i] != fp)
-            i++;
-        if (i < coming_n) {
-            coming[i] = coming[--coming_n];
-            continue;
-        }
-        if (!*first)
-            *first = c;
-        n++;
-    }
-    free(coming);
-    return n;
-}
-
-/* The most recently used idle server of p opened with startup fingerprint fp, or NULL. */
-static struct server *idle_opened_with(const struct pool *p, uint64_t fp)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&p->idle, n, tmp)
-    {
-        struct server *s = container_of(n, struct server, node);
-        if (s->startup_fp == fp)
-            return s;
-    }
-    return NULL;
 }
 
 /* A cap is full and client c wants a server opened with its startup parameters: close the
@@ -481,8 +344,8 @@ static void maybe_connect(struct pool *p)
     struct client *first = NULL;
     /* Session mode: a server is opened with the startup parameters of a waiter that wants it. */
     bool by_startup = p->mode == POOL_SESSION;
-    int want = by_startup ? count_unprovided(p, enough, &first) - p->rooms_awaited
-                          : count_eligible(p, enough) - p->connecting.count - p->rooms_awaited;
+    int want = by_startup ? pool_count_unprovided(p, enough, &first) - p->rooms_awaited
+                          : pool_count_eligible(p, enough) - p->connecting.count - p->rooms_awaited;
     if (p->breaker.failures > 0 && want > 1)
         want = 1;
     /* A probe nobody waits for takes free room only: it closes no other pool's idle server. */
@@ -498,7 +361,7 @@ static void maybe_connect(struct pool *p)
     enum limit_kind held = LIMIT_NONE;
     while (want-- > 0) {
         if (by_startup && !probe_only)
-            count_unprovided(p, enough, &first); /* the one before has its server coming */
+            pool_count_unprovided(p, enough, &first); /* the one before has its server coming */
         enum limit_kind k = take_slot(p, use_reserve);
         bool cap = k == LIMIT_POOL || k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL;
         if (cap) {
@@ -539,74 +402,6 @@ static const char *check_sql(const struct config *cfg)
     return q->kind == SQL_SETTING_EMPTY_QUERY ? "" : q->text;
 }
 
-/* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
- * wants (*s). A waiter without one is passed over: its server is opened (maybe_connect). */
-static struct client *first_served_by_idle(const struct pool *p, struct server **s)
-{
-    uint64_t missing = 0;
-    bool any_missing = false;
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (!may_lease(c)) {
-            if (budget_count(p->worker) <= 1)
-                break; /* no budgets configured: the head is the only candidate */
-            continue;
-        }
-        uint64_t fp = pool_startup_wanted(p, c);
-        if (any_missing && fp == missing)
-            continue; /* the same as the last one that had none: one look is enough */
-        if ((*s = idle_opened_with(p, fp)) != NULL)
-            return c;
-        missing = fp;
-        any_missing = true;
-    }
-    return NULL;
-}
-
-/* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
-static struct client *first_fitting(const struct pool *p, const struct server *s)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (!may_lease(c)) {
-            if (budget_count(p->worker) <= 1)
-                break;
-            continue;
-        }
-        if (pool_startup_wanted(p, c) == s->startup_fp)
-            return c;
-    }
-    return NULL;
-}
-
-/* Session mode, a cap full: is a waiter ahead of c in the queue still without a server (none
- * logging in for it, no room being made for it)? Then a server fitting c is closed instead, so
- * that the older waiter's opens in its place: otherwise clients of a busy application, which
- * take each other's servers at release, would keep a client of other parameters waiting until
- * query_wait_timeout. */
-static bool room_owed_to_older(struct pool *p, const struct client *c)
-{
-    if (p->mode != POOL_SESSION || ledger_pool_limit(p, false) == LIMIT_NONE)
-        return false;
-    int ahead = 0; /* eligible waiters ahead of c */
-    struct list_node *n, *tmp;
-    list_for_each(&p->waiting, n, tmp)
-    {
-        const struct client *w = container_of(n, struct client, node);
-        if (w == c)
-            break;
-        if (may_lease(w))
-            ahead++;
-    }
-    /* The rooms being made go to the first waiters without a server. */
-    struct client *first = NULL;
-    return ahead > 0 && count_unprovided(p, ahead, &first) > p->rooms_awaited;
-}
-
 static const char *const closed_for_older =
     "closed to open one with the startup parameters of a client that waited longer";
 
@@ -616,7 +411,7 @@ static void dispatch(struct pool *p)
     uint64_t now = sluice_now(p->worker);
     while (!is_paused(p) && !list_empty(&p->idle)) {
         struct server *s = NULL;
-        struct client *c = first_served_by_idle(p, &s);
+        struct client *c = pool_first_served_by_idle(p, &s);
         if (!c)
             return;
         if (needs_check(s, now)) {
@@ -625,12 +420,12 @@ static void dispatch(struct pool *p)
             kick_server(s);
             continue;
         }
-        if (room_owed_to_older(p, c)) {
+        if (pool_room_owed_to_older(p, c)) {
             close_server_for(s, closed_for_older, p);
             continue;
         }
         if (ledger_take_lease(p->worker, c->budget) != LIMIT_NONE)
-            return; /* first_eligible said it may: cannot happen, and must not loop */
+            return; /* pool_first_eligible said it may: cannot happen, and must not loop */
         p->worker->pool_events->waiter_served(c, s);
     }
 }
@@ -683,7 +478,7 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
     struct worker *worker = p->worker;
     if (!sluice_serving(worker))
         return NULL;
-    const struct client *mine = p->paused ? NULL : first_eligible(p);
+    const struct client *mine = p->paused ? NULL : pool_first_eligible(p);
     uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
     struct pool *best = NULL;
     struct list_node *n, *tmp;
@@ -692,13 +487,13 @@ static struct pool *longer_waiter_elsewhere(struct pool *p)
         struct pool *o = container_of(n, struct pool, node);
         if (o == p || o->paused || list_empty(&o->waiting) || !pool_may_try_connect(o))
             continue;
-        const struct client *c = first_eligible(o);
+        const struct client *c = pool_first_eligible(o);
         if (!c || c->state_since_ms >= oldest)
             continue;
         /* Its connections in progress, and the room already being made for it, serve its
          * first waiters. */
         int coming = o->connecting.count + o->rooms_awaited;
-        if (count_eligible(o, coming + 1) <= coming)
+        if (pool_count_eligible(o, coming + 1) <= coming)
             continue;
         if (ledger_pool_limit(o, false) == LIMIT_NONE || !ledger_pool_fits_if_closed(o, p))
             continue;
@@ -778,8 +573,8 @@ void pool_server_ready(struct server *s)
         close_server_for(s, why, other);
         return;
     }
-    struct client *c = is_paused(p) ? NULL : first_fitting(p, s);
-    if (c && room_owed_to_older(p, c)) {
+    struct client *c = is_paused(p) ? NULL : pool_first_fitting(p, s);
+    if (c && pool_room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
         return;
     }

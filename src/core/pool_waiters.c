@@ -1,0 +1,219 @@
+/* pool_waiters: which waiting client may have a server now and which server fits it (see
+ * pool_waiters.h). Walks the pool's queues and the ledger's room; decides, changes nothing. */
+#include "pool_waiters.h"
+
+#include <stdlib.h>
+
+#include "budget.h"
+#include "client.h"
+#include "ledger.h"
+#include "pool_mode.h"
+#include "server.h"
+#include "worker.h"
+
+uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
+{
+    return p->mode == POOL_SESSION ? c->startup_fp : 0;
+}
+
+/* Clients of budget b in other pools than c's that have waited longer than c, counting up to
+ * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
+ * client. */
+static int older_budget_waiters_elsewhere(const struct client *c, int enough)
+{
+    int n = 0;
+    struct list_node *pn, *ptmp, *node, *tmp;
+    list_for_each(&c->worker->pools, pn, ptmp)
+    {
+        const struct pool *o = container_of(pn, struct pool, node);
+        if (o == c->pool || o->paused)
+            continue;
+        list_for_each(&o->waiting, node, tmp)
+        {
+            const struct client *w = container_of(node, struct client, node);
+            if (w->state_since_ms >= c->state_since_ms)
+                break;
+            if (w->budget == c->budget && ++n >= enough)
+                return n;
+        }
+    }
+    return n;
+}
+
+/* Is this waiting client allowed a server now (its budget's caps)? A login waiting for its
+ * pool's first server is no exception: it keeps the server it is given for its first queries.
+ * A budget spans pools: its room goes to its clients in the order they began to wait, whichever
+ * pool they are in, or a busy pool would keep every server the budget may hold. */
+static bool may_lease(const struct client *c)
+{
+    int room = ledger_lease_room(c->worker, c->budget);
+    if (room == 0)
+        return false;
+    return room < 0 || c->worker->pools.count <= 1 ||
+           older_budget_waiters_elsewhere(c, room) < room;
+}
+
+/* The first waiter, in FIFO order, that may have a server now. */
+struct client *pool_first_eligible(const struct pool *p)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (may_lease(c))
+            return c;
+        if (budget_count(p->worker) <= 1)
+            break; /* no budgets configured: the head is the only candidate */
+    }
+    return NULL;
+}
+
+/* How many waiters could use a new server: at most `enough`, and for each budget no more than
+ * the servers it may still hold (servers opened for a budget count against its max_servers). */
+int pool_count_eligible(const struct pool *p, int enough)
+{
+    const struct budget_set *set = p->worker->budgets;
+    if (!set || set->n <= 1)
+        return p->waiting.count;
+    int *room = calloc((size_t)set->n, sizeof(*room));
+    if (!room)
+        return 0; /* tried again at the next lease or tick */
+    for (int i = 0; i < set->n; i++)
+        room[i] = ledger_lease_room(p->worker, set->rules[i].budget);
+    int n = 0;
+    struct list_node *node, *tmp;
+    list_for_each(&p->waiting, node, tmp)
+    {
+        const struct client *c = container_of(node, struct client, node);
+        int i = budget_slot(set, c->budget);
+        if (i >= 0 && room[i] == 0)
+            continue;
+        if (i >= 0 && room[i] > 0)
+            room[i]--;
+        if (++n >= enough)
+            break;
+    }
+    free(room);
+    return n;
+}
+
+/* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
+ * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
+ * Their count; *first: the first of them (NULL: none). */
+int pool_count_unprovided(const struct pool *p, int enough, struct client **first)
+{
+    *first = NULL;
+    int coming_n = 0, n = 0, seen = 0;
+    uint64_t *coming = NULL;
+    if (p->connecting.count > 0) {
+        coming = malloc((size_t)p->connecting.count * sizeof(*coming));
+        if (!coming)
+            return 0; /* tried again at the next lease or tick */
+    }
+    struct list_node *node, *tmp;
+    list_for_each(&p->connecting, node, tmp)
+        coming[coming_n++] = container_of(node, struct server, node)->startup_fp;
+    list_for_each(&p->waiting, node, tmp)
+    {
+        struct client *c = container_of(node, struct client, node);
+        if (!may_lease(c))
+            continue;
+        if (++seen > enough)
+            break;
+        uint64_t fp = pool_startup_wanted(p, c);
+        int i = 0;
+        while (i < coming_n && coming[i] != fp)
+            i++;
+        if (i < coming_n) {
+            coming[i] = coming[--coming_n];
+            continue;
+        }
+        if (!*first)
+            *first = c;
+        n++;
+    }
+    free(coming);
+    return n;
+}
+
+/* The most recently used idle server of p opened with startup fingerprint fp, or NULL. */
+static struct server *idle_opened_with(const struct pool *p, uint64_t fp)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->idle, n, tmp)
+    {
+        struct server *s = container_of(n, struct server, node);
+        if (s->startup_fp == fp)
+            return s;
+    }
+    return NULL;
+}
+
+/* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
+ * wants (*s). A waiter without one is passed over: its server is opened (maybe_connect). */
+struct client *pool_first_served_by_idle(const struct pool *p, struct server **s)
+{
+    uint64_t missing = 0;
+    bool any_missing = false;
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (budget_count(p->worker) <= 1)
+                break; /* no budgets configured: the head is the only candidate */
+            continue;
+        }
+        uint64_t fp = pool_startup_wanted(p, c);
+        if (any_missing && fp == missing)
+            continue; /* the same as the last one that had none: one look is enough */
+        if ((*s = idle_opened_with(p, fp)) != NULL)
+            return c;
+        missing = fp;
+        any_missing = true;
+    }
+    return NULL;
+}
+
+/* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
+struct client *pool_first_fitting(const struct pool *p, const struct server *s)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (!may_lease(c)) {
+            if (budget_count(p->worker) <= 1)
+                break;
+            continue;
+        }
+        if (pool_startup_wanted(p, c) == s->startup_fp)
+            return c;
+    }
+    return NULL;
+}
+
+/* Session mode, a cap full: is a waiter ahead of c in the queue still without a server (none
+ * logging in for it, no room being made for it)? Then a server fitting c is closed instead, so
+ * that the older waiter's opens in its place: otherwise clients of a busy application, which
+ * take each other's servers at release, would keep a client of other parameters waiting until
+ * query_wait_timeout. */
+bool pool_room_owed_to_older(struct pool *p, const struct client *c)
+{
+    if (p->mode != POOL_SESSION || ledger_pool_limit(p, false) == LIMIT_NONE)
+        return false;
+    int ahead = 0; /* eligible waiters ahead of c */
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        const struct client *w = container_of(n, struct client, node);
+        if (w == c)
+            break;
+        if (may_lease(w))
+            ahead++;
+    }
+    /* The rooms being made go to the first waiters without a server. */
+    struct client *first = NULL;
+    return ahead > 0 && pool_count_unprovided(p, ahead, &first) > p->rooms_awaited;
+}
+

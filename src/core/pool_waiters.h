@@ -1,0 +1,35 @@
+/* pool_waiters: which waiting client of a pool may have a server now, and which server fits it
+ * (pool_waiters.c). Internal to the pool: pool.c's dispatch, connect and release ask it; it
+ * changes nothing (no server is opened, closed or handed out here).
+ *
+ * Eligible: the waiter's budget has room for one more lease. A budget spans pools, so its room
+ * goes to its clients in the order they began to wait, whichever pool they are in. In session
+ * mode a server fits a waiter only when it was opened with the startup parameters the waiter
+ * wants (pool_startup_wanted, pool.h); in other modes every server fits every waiter. */
+#ifndef SLUICE_POOL_WAITERS_H
+#define SLUICE_POOL_WAITERS_H
+
+#include <stdbool.h>
+
+#include "pool.h"
+
+/* The first waiter of p, in FIFO order, that may have a server now, or NULL. */
+struct client *pool_first_eligible(const struct pool *p);
+/* How many waiters of p could use a new server: at most `enough`, and for each budget no more
+ * than the servers it may still hold. */
+int pool_count_eligible(const struct pool *p, int enough);
+/* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
+ * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
+ * Their count; *first: the first of them (NULL: none). */
+int pool_count_unprovided(const struct pool *p, int enough, struct client **first);
+/* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
+ * wants (*s), or NULL. */
+struct client *pool_first_served_by_idle(const struct pool *p, struct server **s);
+/* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
+struct client *pool_first_fitting(const struct pool *p, const struct server *s);
+/* Session mode, a cap full: is an eligible waiter ahead of c still without a server (none
+ * logging in for it, no room being made for it)? Then the server that fits c is closed to make
+ * that room (pool.c's dispatch). */
+bool pool_room_owed_to_older(struct pool *p, const struct client *c);
+
+#endif
