@@ -109,6 +109,15 @@ static int take_options(struct client *c, const char *options)
     return rc;
 }
 
+/* Every refusal of an authenticated client: Postgres sends AuthenticationOk before what
+ * InitPostgres refuses (an unknown database 3D000, a role's or database's CONNECTION LIMIT 53300,
+ * options it cannot take), so the client sees the same sequence from sluice. */
+static void refuse_after_authentication(struct client *c, enum failure f, const char *detail)
+{
+    codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
+    client_fail(c, f, detail);
+}
+
 /* Postgres refuses options it cannot take in InitPostgres, once the password and the database
  * are checked: so does sluice, in its words. True when c was refused. */
 static bool refuse_options(struct client *c)
@@ -123,8 +132,7 @@ static bool refuse_options(struct client *c)
         [OPTIONS_UNKNOWN_PARAMETER] = FAIL_OPTIONS_UNKNOWN_PARAMETER,
         [OPTIONS_BAD_PARAMETER_NAME] = FAIL_OPTIONS_BAD_PARAMETER_NAME,
     };
-    codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk, as Postgres sends first */
-    client_fail(c, failure_of[r->fault], r->word);
+    refuse_after_authentication(c, failure_of[r->fault], r->word);
     return true;
 }
 
@@ -252,19 +260,19 @@ static bool take_login_slot(struct client *c, const struct db_entry *db)
         return true;
     case LOGIN_OVER_CLIENT_CONN:
         snprintf(detail, sizeof(detail), "max_client_conn (%d) reached", caps.global);
-        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
+        refuse_after_authentication(c, FAIL_MAX_CLIENT_CONN, detail);
         return false;
     case LOGIN_OVER_DB_CLIENTS:
         snprintf(detail, sizeof(detail),
                  "database \"%s\" has %d clients, max_db_client_connections = %d", c->database,
                  ledger_db_clients(l, c->database), caps.db);
-        client_fail(c, FAIL_DB_CLIENT_CAP, detail);
+        refuse_after_authentication(c, FAIL_DB_CLIENT_CAP, detail);
         return false;
     case LOGIN_OVER_USER_CLIENTS:
         snprintf(detail, sizeof(detail),
                  "user \"%s\" has %d clients, max_user_client_connections = %d", c->user,
                  ledger_user_clients(l, c->user), caps.user);
-        client_fail(c, FAIL_USER_CLIENT_CAP, detail);
+        refuse_after_authentication(c, FAIL_USER_CLIENT_CAP, detail);
         return false;
     case LOGIN_OUT_OF_MEMORY:
         break;
@@ -291,7 +299,7 @@ void client_login_ok(struct client *c)
         char detail[96];
         snprintf(detail, sizeof(detail), "max_client_conn (%lld) reached",
                  (long long)worker->cfg->max_client_conn);
-        client_fail(c, FAIL_MAX_CLIENT_CONN, detail);
+        refuse_after_authentication(c, FAIL_MAX_CLIENT_CONN, detail);
         return;
     }
     if (c->admin) {
@@ -316,11 +324,11 @@ void client_login_ok(struct client *c)
     }
     const struct db_entry *db = config_find_db(worker->cfg, c->database);
     if (!db) {
-        client_fail(c, FAIL_UNKNOWN_DATABASE, c->database);
+        refuse_after_authentication(c, FAIL_UNKNOWN_DATABASE, c->database);
         return;
     }
     if (disabled_dbs_contains(worker->proc, c->database)) {
-        client_fail(c, FAIL_DATABASE_DISABLED, c->database);
+        refuse_after_authentication(c, FAIL_DATABASE_DISABLED, c->database);
         return;
     }
     if (!take_login_slot(c, db) || refuse_options(c))
@@ -331,7 +339,7 @@ void client_login_ok(struct client *c)
         char detail[160];
         snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
                  b->max_clients);
-        client_fail(c, FAIL_BUDGET_CLIENTS, detail);
+        refuse_after_authentication(c, FAIL_BUDGET_CLIENTS, detail);
         return;
     }
     c->budget = b ? b->budget : NULL; /* its client slot: client_close gives it back, whatever happens next */
