@@ -7,9 +7,12 @@
  * clients, ends worker 1's loop and joins its thread. Run under TSan too (scripts/test). Uses
  * loopback sockets and a 10 ms timer: the hand-off is between threads (the listener's
  * TCP_DEFER_ACCEPT holds silent clients about a second). */
+#include "certificate.h"
 #include "check.h"
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -475,6 +478,141 @@ static void three_workers_console_moves_to_worker_0_and_views_sum(void)
     unlink(path);
 }
 
+/* ---- the console's move over TLS ---- */
+
+struct tls_console_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    int fd; /* the TLS client's, connected on the main thread (CHECK is not thread-safe) */
+    atomic_bool client_done;
+    int show_rows;      /* the DataRows of SHOW CLIENTS, read over TLS */
+    bool show_answered; /* its ReadyForQuery came */
+};
+
+/* Read messages over ssl until a ReadyForQuery; the DataRows seen, or -1. */
+static int tls_read_until_ready(SSL *ssl)
+{
+    unsigned char head[5], body[4096];
+    int rows = 0;
+    for (;;) {
+        if (SSL_read(ssl, head, 5) != 5)
+            return -1;
+        uint32_t len;
+        memcpy(&len, head + 1, 4);
+        len = ntohl(len) - 4;
+        for (uint32_t got = 0; got < len;) {
+            uint32_t want = len - got < sizeof(body) ? len - got : (uint32_t)sizeof(body);
+            int n = SSL_read(ssl, body, (int)want);
+            if (n <= 0)
+                return -1;
+            got += (uint32_t)n;
+        }
+        rows += head[0] == 'D';
+        if (head[0] == 'Z')
+            return rows;
+    }
+}
+
+/* The client's thread: SSLRequest, the handshake, the console's StartupMessage and SHOW
+ * CLIENTS, all over TLS on a socket worker 1 accepted and worker 0 then served. */
+static void *tls_console_client(void *arg)
+{
+    struct tls_console_run *r = arg;
+    int fd = r->fd;
+    uint32_t ssl_request[2] = {htonl(8), htonl(80877103u)};
+    char answer = 0;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+    if (write(fd, ssl_request, 8) == 8 && read(fd, &answer, 1) == 1 && answer == 'S' && ssl &&
+        SSL_set_fd(ssl, fd) == 1 && SSL_connect(ssl) == 1) {
+        static const char params[] = "user\0admin\0database\0pgbouncer\0";
+        unsigned char msg[64];
+        uint32_t len = 8 + sizeof(params);
+        uint32_t words[2] = {htonl(len), htonl(196608u)};
+        memcpy(msg, words, 8);
+        memcpy(msg + 8, params, sizeof(params));
+        static const char show[] = "Q\0\0\0\021SHOW CLIENTS"; /* length 4 + 13 */
+        if (SSL_write(ssl, msg, (int)len) == (int)len && tls_read_until_ready(ssl) == 0 &&
+            SSL_write(ssl, show, (int)sizeof(show)) == (int)sizeof(show)) {
+            r->show_rows = tls_read_until_ready(ssl);
+            r->show_answered = r->show_rows >= 0;
+        }
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    atomic_store(&r->client_done, true);
+    return NULL;
+}
+
+static void on_tls_console_tick(uv_timer_t *t)
+{
+    struct tls_console_run *r = t->data;
+    if (!atomic_load(&r->client_done) && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(&r->proc, PHASE_SHUTDOWN_NOW);
+}
+
+/* Two workers; a silent client takes worker 0, so the TLS console client is accepted by worker
+ * 1, which answers its SSLRequest and runs the handshake; its StartupMessage (decrypted there)
+ * moves the login with its SSL to worker 0, which logs it in and answers SHOW CLIENTS (two
+ * rows: the silent client and itself) over the same TLS session. */
+static void two_workers_move_a_tls_console_login(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX", cert[64], key[64], keys[512];
+    int dir_fd = mkstemp(path);
+    if (dir_fd < 0)
+        return;
+    close(dir_fd);
+    snprintf(cert, sizeof(cert), "%s.crt", path);
+    snprintf(key, sizeof(key), "%s.key", path);
+    CHECK(make_certificate(cert, key));
+    snprintf(keys, sizeof(keys),
+             "auth_type = trust\nadmin_users = admin\nclient_tls_sslmode = allow\n"
+             "client_tls_cert_file = %s\nclient_tls_key_file = %s\n",
+             cert, key);
+    char cfg_path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_keys(cfg_path, 2, keys);
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct tls_console_run r;
+    static const struct sluice_service *const services[] = {&admin_service, NULL};
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, services), 0);
+    int silent = connect_to(listener_port(&r.proc));
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_tls_console_tick, 10, 10);
+    /* the client connects once worker 0 holds the silent client (a tie would go to 0) */
+    while (atomic_load(&r.proc.workers[0].nclients) == 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    r.fd = connect_to(listener_port(&r.proc));
+    pthread_t client;
+    CHECK_INT(pthread_create(&client, NULL, tls_console_client, &r), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(pthread_join(client, NULL), 0);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.show_answered);
+    CHECK_INT(r.show_rows, 2);
+    CHECK(read_to_close(silent) >= 0);
+    close(silent);
+    for (int i = 0; i < 2; i++)
+        worker_thread_join(&r.proc.workers[i]);
+    CHECK(r.proc.workers[1].next_id == ((uint64_t)1 << 56) + 1); /* worker 1 accepted it */
+    CHECK_INT(atomic_load(&r.proc.workers[0].handed), 0);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(cfg_path);
+    unlink(cert);
+    unlink(key);
+    unlink(path);
+}
+
 /* ---- PAUSE and RESUME across workers (control.h, architecture.md 5.7) ---- */
 
 /* Workers 1..3 each hold one server in use in their pool of db (a fake, never connected); a
@@ -633,6 +771,7 @@ int main(void)
     RUN(two_workers_take_clients_reload_and_shut_down);
     RUN(four_workers_spread_clients_and_shut_down_gracefully);
     RUN(three_workers_console_moves_to_worker_0_and_views_sum);
+    RUN(two_workers_move_a_tls_console_login);
     RUN(pause_waits_for_every_worker_and_resume_serves_again);
     return CHECK_DONE();
 }
