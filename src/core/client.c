@@ -409,18 +409,22 @@ bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t
     struct worker *control = sluice_control_worker(c->worker->proc);
     if (c->worker == control)
         return false;
-    uint8_t bytes[2 * CODEC_MAX_STARTUP_LEN];
     uint32_t rest = c->in.data ? c->in.wpos - c->in.rpos : 0;
-    if ((size_t)len + rest > sizeof(bytes))
-        return false; /* more pipelined than a login sends: refused here as ever */
+    uint8_t *bytes = malloc((size_t)len + rest);
+    if (!bytes) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return true;
+    }
     memcpy(bytes, packet, len);
     if (rest)
         memcpy(bytes + len, c->in.data + c->in.rpos, rest);
     struct sockaddr_storage addr = {0};
     memcpy(&addr, &c->addr, sizeof(c->addr));
     sockio_detach(&c->io); /* before worker 0 may poll the fd: never watched by both */
-    if (worker_hand_console(control, c->io.fd, &addr, c->io.ssl, c->connect_ms, bytes,
-                            len + rest) < 0) {
+    int rc = worker_hand_console(control, c->io.fd, &addr, c->io.ssl, c->connect_ms, bytes,
+                                 len + rest);
+    free(bytes);
+    if (rc < 0) {
         client_close(c, "cannot move the console login to worker 0");
         return true;
     }
