@@ -49,9 +49,9 @@ struct worker_msg {
     void *arg;
     struct worker *reply_to;
     struct cancel_job *ticket;
-    SSL *ssl;         /* CONSOLE: the client's TLS session, NULL when plain */
+    SSL *ssl;            /* CONSOLE: the client's TLS session, NULL when plain */
     uint64_t connect_ms; /* CONSOLE: when the client connected */
-    size_t nbytes;    /* CONSOLE: the startup packet and what followed it, in bytes[] */
+    size_t nbytes;       /* CONSOLE: the startup packet and what followed it, in bytes[] */
     uint8_t bytes[];
 };
 
