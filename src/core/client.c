@@ -42,6 +42,7 @@
 #include "server.h"
 #include "sluice.h"
 #include "tls.h"
+#include "worker.h"
 
 static const char *const state_names[] = {
     [CLIENT_STARTUP] = "startup", [CLIENT_AUTH] = "auth",       [CLIENT_LOGIN_WAIT] = "login_wait",
@@ -380,6 +381,56 @@ void client_close(struct client *c, const char *reason)
     worker->nclients--;
     if (worker->run == WORKER_ON_PROCESS_LOOP) /* else the control thread's tick resumes it */
         listener_maybe_resume(worker->proc);
+}
+
+int client_take_input(struct client *c, const uint8_t *bytes, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (!buf_attach(&c->in) || buf_make_room(&c->in) < n)
+        return -1;
+    memcpy(c->in.data + c->in.wpos, bytes, n);
+    c->in.wpos += (uint32_t)n;
+    return 0;
+}
+
+/* The client leaves this worker without its socket closing: its poll stops on this loop (the
+ * fd leaves this thread's epoll at once), and fd and SSL go to worker 0 untouched. It leaves the
+ * lists and counts as client_close does; it holds no ledger slot yet (still STARTUP). */
+static void forget(struct client *c)
+{
+    c->io.fd = -1;
+    c->io.ssl = NULL;
+    client_close(c, NULL);
+}
+
+bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t len)
+{
+    struct worker *control = sluice_control_worker(c->worker->proc);
+    if (c->worker == control)
+        return false;
+    uint32_t rest = c->in.data ? c->in.wpos - c->in.rpos : 0;
+    uint8_t *bytes = malloc((size_t)len + rest);
+    if (!bytes) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return true;
+    }
+    memcpy(bytes, packet, len);
+    if (rest)
+        memcpy(bytes + len, c->in.data + c->in.rpos, rest);
+    struct sockaddr_storage addr = {0};
+    memcpy(&addr, &c->addr, sizeof(c->addr));
+    sockio_detach(&c->io); /* before worker 0 may poll the fd: never watched by both */
+    int rc = worker_hand_console(control, c->io.fd, &addr, c->io.ssl, c->connect_ms, bytes,
+                                 len + rest);
+    free(bytes);
+    if (rc < 0) {
+        client_close(c, "cannot move the console login to worker 0");
+        return true;
+    }
+    log_client(LOG_DEBUG, c, "console login moved to worker 0");
+    forget(c);
+    return true;
 }
 
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)

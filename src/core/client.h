@@ -184,5 +184,13 @@ void client_on_data(struct client *c);
 /* Read and handle what a client outside the relay sent (its login, or an idle client's next
  * request). */
 void client_read_and_handle(struct client *c);
+/* bytes become the start of c->in (a client just accepted: its buffer is empty). 0, or -1 when
+ * no block could be had or they do not fit. */
+int client_take_input(struct client *c, const uint8_t *bytes, size_t n);
+/* A StartupMessage (packet, len: already consumed from c->in) naming the console database on
+ * a worker other than 0: the login moves to worker 0 (architecture.md 5.6) with the socket, its
+ * TLS session and the bytes left in c->in, and c is gone from here (true; also when the move
+ * failed and c was closed). false: c is on worker 0, nothing was done. */
+bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t len);
 
 #endif

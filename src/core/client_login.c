@@ -136,6 +136,23 @@ static bool refuse_options(struct client *c)
     return true;
 }
 
+/* The database a StartupMessage names: "database", else the user's name (as Postgres). */
+static const char *login_database(const struct startup_packet *sp)
+{
+    const char *database = codec_startup_get(sp, "database");
+    return database && database[0] ? database : codec_startup_get(sp, "user");
+}
+
+/* A console login runs on worker 0 (architecture.md 5.6): moved there before anything of it
+ * is taken here. */
+static bool moved_to_console(struct client *c, const struct startup_packet *sp,
+                             const uint8_t *packet, uint32_t len)
+{
+    const char *database = login_database(sp);
+    return database && console_is_db(c->worker, database) &&
+           client_move_console_login(c, packet, len);
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
@@ -504,6 +521,8 @@ void client_login_on_startup_bytes(struct client *c)
             client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
             return;
         case STARTUP_V3:
+            if (moved_to_console(c, &sp, packet, total))
+                return;
             handle_login(c, &sp);
             return;
         }

@@ -10,6 +10,7 @@
 #include "budget.h"
 #include "buf.h"
 #include "client.h"
+#include "client_login.h"
 #include "control.h"
 #include "log.h"
 #include "pool.h"
@@ -28,6 +29,7 @@ enum worker_msg_kind {
     WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
     WORKER_MSG_CALL,        /* call, arg: a service's question, run on this worker's thread */
     WORKER_MSG_CONTROL,     /* op, db, seq: a console command for its pools (control.h) */
+    WORKER_MSG_CONSOLE,     /* fd, addr, ssl, bytes: a console login moved to worker 0 (5.6) */
 };
 
 struct worker_msg {
@@ -47,6 +49,10 @@ struct worker_msg {
     void *arg;
     struct worker *reply_to;
     struct cancel_job *ticket;
+    SSL *ssl;            /* CONSOLE: the client's TLS session, NULL when plain */
+    uint64_t connect_ms; /* CONSOLE: when the client connected */
+    size_t nbytes;       /* CONSOLE: the startup packet and what followed it, in bytes[] */
+    uint8_t bytes[];
 };
 
 void worker_close_all(struct worker *worker, bool only_free_ones)
@@ -171,6 +177,29 @@ static void kill_client(struct worker *worker, uint64_t id)
         log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
 }
 
+/* A console login another worker moved here: it goes on as if this worker had accepted the
+ * socket, from its StartupMessage (parsed again here, so c->admin is set on this thread). */
+static void take_console(struct worker *worker, struct worker_msg *m, bool delivered)
+{
+    struct client *c = delivered ? client_accept(worker, m->fd, &m->addr) : NULL;
+    atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
+    if (!c) {
+        SSL_free(m->ssl); /* client_accept closed the fd; not delivered: closed here */
+        if (!delivered)
+            close(m->fd);
+        return;
+    }
+    c->io.ssl = m->ssl;
+    c->connect_ms = m->connect_ms;
+    if (client_take_input(c, m->bytes, m->nbytes) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    client_login_on_startup_bytes(c);
+    if (c->state != CLIENT_CLOSED && c->io.ssl && sockio_pending(&c->io) > 0)
+        client_read_and_handle(c); /* decrypted bytes no poll event will announce */
+}
+
 static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)
 {
     struct worker *worker = mb->data;
@@ -227,6 +256,9 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         else if (m->seq)
             atomic_store_explicit(&worker->pause_idle, m->seq, memory_order_release);
         free(m->db);
+        break;
+    case WORKER_MSG_CONSOLE:
+        take_console(worker, m, delivered);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -334,6 +366,29 @@ struct client *worker_hand_client(struct worker *worker, int fd,
         free(m);
     }
     return NULL;
+}
+
+int worker_hand_console(struct worker *worker, int fd, const struct sockaddr_storage *addr,
+                        SSL *ssl, uint64_t connect_ms, const uint8_t *bytes, size_t nbytes)
+{
+    struct worker_msg *m = calloc(1, sizeof(*m) + nbytes);
+    if (!m)
+        return UV_ENOMEM;
+    m->kind = WORKER_MSG_CONSOLE;
+    m->fd = fd;
+    memcpy(&m->addr, addr, sizeof(m->addr));
+    m->ssl = ssl;
+    m->connect_ms = connect_ms;
+    m->nbytes = nbytes;
+    memcpy(m->bytes, bytes, nbytes);
+    /* counted before the sender forgets its client: max_client_conn never sees it missing */
+    atomic_fetch_add_explicit(&worker->handed, 1, memory_order_relaxed);
+    if (!post(worker, m)) {
+        atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
 }
 
 void worker_post_shutdown(struct worker *worker, enum sluice_phase phase)

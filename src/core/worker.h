@@ -7,6 +7,8 @@
 #ifndef SLUICE_WORKER_H
 #define SLUICE_WORKER_H
 
+#include <openssl/ssl.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "cancel.h"
@@ -33,6 +35,14 @@ void worker_thread_join(struct worker *worker);
  * worker no longer takes messages). */
 struct client *worker_hand_client(struct worker *worker, int fd,
                                   const struct sockaddr_storage *addr);
+
+/* A console login on another worker's thread (5.6): fd, its TLS session (NULL: plain) and the
+ * bytes read from its StartupMessage on, to worker (0), counted in worker->handed until it is
+ * a client there; worker goes on with the login from those bytes. 0, or UV_ENOMEM /
+ * UV_ECANCELED: nothing posted, the socket and ssl are still the caller's. */
+int worker_hand_console(struct worker *worker, int fd, const struct sockaddr_storage *addr,
+                        SSL *ssl, uint64_t connect_ms, const uint8_t *bytes, size_t nbytes)
+    __attribute__((warn_unused_result));
 
 /* The control thread tells a worker what the process did; inline for a worker on the
  * process's loop, else a message handled between that worker's callbacks. */

@@ -7,9 +7,12 @@
  * clients, ends worker 1's loop and joins its thread. Run under TSan too (scripts/test). Uses
  * loopback sockets and a 10 ms timer: the hand-off is between threads (the listener's
  * TCP_DEFER_ACCEPT holds silent clients about a second). */
+#include "certificate.h"
 #include "check.h"
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -276,13 +279,17 @@ struct console_run {
     struct process proc;
     uv_timer_t timer;
     int ticks;
-    bool spread; /* one console client on each worker */
+    /* the consoles on worker 0, the silent client on worker 1 or 2 (5.6: a console login
+     * that lands on worker k > 0 moves to worker 0) */
+    bool settled;
+    uint64_t silent_id;
+    int silent_on;
     /* What the control thread's views said once every worker had published its client. */
-    int console_clients, pool_rows, total_clients, login_clients;
+    int console_clients, console_on_0_live, pool_rows, total_clients, login_clients;
     bool metrics_count_all; /* /metrics' sluice_client_connections said 3 */
-    int console_on_0;       /* the first console client: on worker 0 (a tie goes to it) */
-    bool kill_sent;         /* its KILL_CLIENT of worker 2's client */
-    bool killed_elsewhere;  /* worker 2 closed that client; workers 0 and 1 kept theirs */
+    int moved_console;      /* the console client accepted by worker 1, moved to worker 0 */
+    bool kill_sent;         /* its KILL_CLIENT of the silent client */
+    bool killed_elsewhere;  /* its worker closed it; worker 0 kept both consoles */
 };
 
 /* A Query message (protocol 55.2.2) on fd. */
@@ -303,11 +310,13 @@ static void count_console_pool(struct console_run *r)
 {
     struct worker *w0 = sluice_control_worker(&r->proc);
     uint64_t now = sluice_now(w0);
-    r->console_clients = r->pool_rows = 0;
+    r->console_clients = r->console_on_0_live = r->pool_rows = 0;
     view_for_each_pool(w0, pool)
     {
         struct view_pool v;
         view_pool(pool, now, &v);
+        if (v.console)
+            r->console_on_0_live = v.now.cl_active + v.now.cl_idle + v.now.cl_waiting;
         view_pool_add_workers(w0, &v);
         r->pool_rows++;
         if (v.console)
@@ -335,23 +344,30 @@ static void count_console_pool(struct console_run *r)
 static void on_console_tick(uv_timer_t *t)
 {
     struct console_run *r = t->data;
-    int one_each = 0;
-    for (int i = 0; i < THREE; i++)
-        one_each += atomic_load(&r->proc.workers[i].nclients) == 1;
-    r->spread = r->spread || one_each == THREE;
-    if (r->spread && !r->kill_sent) {
+    struct worker *w = r->proc.workers;
+    int on_1 = atomic_load(&w[1].nclients), on_2 = atomic_load(&w[2].nclients);
+    if (!r->settled && atomic_load(&w[0].nclients) == 2 && on_1 + on_2 == 1) {
+        r->settled = true;
+        /* the silent client: worker 2's first, or worker 1's second (after the console) */
+        r->silent_id = on_2 ? ((uint64_t)2 << 56) + 1 : ((uint64_t)1 << 56) + 2;
+        r->silent_on = on_2 ? 2 : 1;
+    }
+    if (r->settled && !r->kill_sent) {
         count_console_pool(r);
-        if (r->console_clients == THREE) {
-            /* one row per worker's client, gathered by message; then worker 2's first client
-             * (its index in the id's top byte), run once the SHOW has answered */
-            send_query(r->console_on_0, "SHOW CLIENTS");
-            send_query(r->console_on_0, "KILL_CLIENT 144115188075855873");
+        if (r->console_clients == 2 && r->login_clients == 1) {
+            /* the moved console: its commands run on worker 0 (SHOW CLIENTS gathers every
+             * worker's rows, RELOAD waits for every worker's acknowledgement; both only on the
+             * control thread), then worker 2's first client (the id's top byte) */
+            send_query(r->moved_console, "SHOW CLIENTS");
+            send_query(r->moved_console, "RELOAD");
+            char kill[64];
+            snprintf(kill, sizeof(kill), "KILL_CLIENT %llu", (unsigned long long)r->silent_id);
+            send_query(r->moved_console, kill);
             r->kill_sent = true;
         }
     }
-    struct worker *w = r->proc.workers;
-    r->killed_elsewhere = r->kill_sent && atomic_load(&w[2].nclients) == 0 &&
-                          atomic_load(&w[0].nclients) == 1 && atomic_load(&w[1].nclients) == 1;
+    r->killed_elsewhere = r->kill_sent && atomic_load(&w[r->silent_on].nclients) == 0 &&
+                          atomic_load(&w[0].nclients) == 2;
     if (!r->killed_elsewhere && ++r->ticks < 500)
         return;
     uv_timer_stop(t);
@@ -372,7 +388,7 @@ static void send_console_startup(int fd)
 }
 
 /* The DataRows a console's socket received up to its close, and whether a SHOW ended them. */
-static int read_data_rows(int fd, bool *show_done)
+static int read_data_rows(int fd, bool *show_done, bool *reload_done)
 {
     static unsigned char all[65536];
     size_t n = 0;
@@ -383,7 +399,7 @@ static int read_data_rows(int fd, bool *show_done)
         n += (size_t)got;
     }
     int rows = 0;
-    *show_done = false;
+    *show_done = *reload_done = false;
     for (size_t at = 0; at + 5 <= n;) {
         uint32_t len;
         memcpy(&len, all + at + 1, 4);
@@ -391,19 +407,23 @@ static int read_data_rows(int fd, bool *show_done)
         rows += all[at] == 'D';
         if (all[at] == 'C' && len >= 9 && memcmp(all + at + 5, "SHOW", 4) == 0)
             *show_done = true;
+        if (all[at] == 'C' && len >= 11 && memcmp(all + at + 5, "RELOAD", 6) == 0)
+            *reload_done = true;
         at += 1 + len;
     }
     return rows;
 }
 
-/* Three workers, a console client logged in on each: the control thread's views (what SHOW
- * POOLS, SHOW LISTS, /health and /metrics read) count all three, worker 0's live and the
- * others' from what each published at its tick, without walking another thread's lists (and
- * /metrics' sluice_client_connections says 3); then
- * the console client on worker 0 sends SHOW CLIENTS, answered with every worker's client (each
- * worker formats its own rows on its thread), and KILL_CLIENT for worker 2's client, which
- * worker 2 closes on its own thread (the id's top byte names it). */
-static void three_workers_views_sum_every_workers_clients(void)
+/* Three workers, three clients; the first two log in to the console, the third says nothing
+ * (a login list of worker 1's or 2's: the least loaded when it is accepted). The console login
+ * that worker 1 accepted (the first went to worker 0) moves to worker 0 at its StartupMessage
+ * (architecture.md 5.6): worker 0 then holds both consoles. The control thread's views (what
+ * SHOW POOLS, SHOW LISTS, /health and /metrics read) count all three clients, the silent one
+ * from what its worker published at its tick; then the moved console sends SHOW CLIENTS (three
+ * rows, gathered from every worker), RELOAD (answered once every worker applied
+ * it) and KILL_CLIENT for the silent client, which its worker closes on its own thread (the
+ * id's top byte names it). */
+static void three_workers_console_moves_to_worker_0_and_views_sum(void)
 {
     char path[] = "/tmp/sluice-test-workers-XXXXXX";
     struct config *cfg = config_with_keys(path, THREE, "auth_type = trust\nadmin_users = admin\n");
@@ -418,34 +438,178 @@ static void three_workers_views_sum_every_workers_clients(void)
     int port = listener_port(&r.proc), fds[THREE];
     for (int i = 0; i < THREE; i++) {
         fds[i] = connect_to(port);
-        send_console_startup(fds[i]);
+        if (i < 2)
+            send_console_startup(fds[i]);
     }
-    r.console_on_0 = fds[0];
+    r.moved_console = fds[1];
     uv_timer_init(&loop, &r.timer);
     r.timer.data = &r;
     uv_timer_start(&r.timer, on_console_tick, 10, 10);
     uv_run(&loop, UV_RUN_DEFAULT);
     sockio_release_spares();
     uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK(r.spread);
-    CHECK_INT(r.console_clients, THREE);
+    CHECK(r.settled);
+    CHECK_INT(r.console_on_0_live, 2); /* both consoles in worker 0's own lists */
+    CHECK_INT(r.console_clients, 2);
     CHECK_INT(r.total_clients, THREE);
-    CHECK_INT(r.login_clients, 0);
-    CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row, not one per worker */
+    CHECK_INT(r.login_clients, 1);
+    CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row */
     CHECK(r.metrics_count_all);
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
-    bool show_done;
-    CHECK_INT(read_data_rows(fds[0], &show_done), THREE);
+    bool show_done, reload_done;
+    /* the two consoles and the silent client, whose row its worker formatted: gathered by
+     * message, which only a console on the control thread does */
+    CHECK_INT(read_data_rows(fds[1], &show_done, &reload_done), THREE);
     CHECK(show_done);
+    CHECK(reload_done);
     for (int i = 0; i < THREE; i++) {
         CHECK(read_to_close(fds[i]) >= 0);
         close(fds[i]);
     }
     for (int i = 0; i < THREE; i++)
         worker_thread_join(&r.proc.workers[i]);
+    /* worker 1 accepted the moved console (its first id); nothing is left in flight */
+    CHECK(r.proc.workers[1].next_id >= ((uint64_t)1 << 56) + 1);
+    for (int i = 0; i < THREE; i++)
+        CHECK_INT(atomic_load(&r.proc.workers[i].handed), 0);
     sluice_free(&r.proc);
     CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
+/* ---- the console's move over TLS ---- */
+
+struct tls_console_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    int fd; /* the TLS client's, connected on the main thread (CHECK is not thread-safe) */
+    atomic_bool client_done;
+    int show_rows;      /* the DataRows of SHOW CLIENTS, read over TLS */
+    bool show_answered; /* its ReadyForQuery came */
+};
+
+/* Read messages over ssl until a ReadyForQuery; the DataRows seen, or -1. */
+static int tls_read_until_ready(SSL *ssl)
+{
+    unsigned char head[5], body[4096];
+    int rows = 0;
+    for (;;) {
+        if (SSL_read(ssl, head, 5) != 5)
+            return -1;
+        uint32_t len;
+        memcpy(&len, head + 1, 4);
+        len = ntohl(len) - 4;
+        for (uint32_t got = 0; got < len;) {
+            uint32_t want = len - got < sizeof(body) ? len - got : (uint32_t)sizeof(body);
+            int n = SSL_read(ssl, body, (int)want);
+            if (n <= 0)
+                return -1;
+            got += (uint32_t)n;
+        }
+        rows += head[0] == 'D';
+        if (head[0] == 'Z')
+            return rows;
+    }
+}
+
+/* The client's thread: SSLRequest, the handshake, the console's StartupMessage and SHOW
+ * CLIENTS, all over TLS on a socket worker 1 accepted and worker 0 then served. */
+static void *tls_console_client(void *arg)
+{
+    struct tls_console_run *r = arg;
+    int fd = r->fd;
+    uint32_t ssl_request[2] = {htonl(8), htonl(80877103u)};
+    char answer = 0;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+    if (write(fd, ssl_request, 8) == 8 && read(fd, &answer, 1) == 1 && answer == 'S' && ssl &&
+        SSL_set_fd(ssl, fd) == 1 && SSL_connect(ssl) == 1) {
+        static const char params[] = "user\0admin\0database\0pgbouncer\0";
+        unsigned char msg[64];
+        uint32_t len = 8 + sizeof(params);
+        uint32_t words[2] = {htonl(len), htonl(196608u)};
+        memcpy(msg, words, 8);
+        memcpy(msg + 8, params, sizeof(params));
+        static const char show[] = "Q\0\0\0\021SHOW CLIENTS"; /* length 4 + 13 */
+        if (SSL_write(ssl, msg, (int)len) == (int)len && tls_read_until_ready(ssl) == 0 &&
+            SSL_write(ssl, show, (int)sizeof(show)) == (int)sizeof(show)) {
+            r->show_rows = tls_read_until_ready(ssl);
+            r->show_answered = r->show_rows >= 0;
+        }
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    atomic_store(&r->client_done, true);
+    return NULL;
+}
+
+static void on_tls_console_tick(uv_timer_t *t)
+{
+    struct tls_console_run *r = t->data;
+    if (!atomic_load(&r->client_done) && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(&r->proc, PHASE_SHUTDOWN_NOW);
+}
+
+/* Two workers; a silent client takes worker 0, so the TLS console client is accepted by worker
+ * 1, which answers its SSLRequest and runs the handshake; its StartupMessage (decrypted there)
+ * moves the login with its SSL to worker 0, which logs it in and answers SHOW CLIENTS (two
+ * rows: the silent client and itself) over the same TLS session. */
+static void two_workers_move_a_tls_console_login(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX", cert[64], key[64], keys[512];
+    int dir_fd = mkstemp(path);
+    if (dir_fd < 0)
+        return;
+    close(dir_fd);
+    snprintf(cert, sizeof(cert), "%s.crt", path);
+    snprintf(key, sizeof(key), "%s.key", path);
+    CHECK(make_certificate(cert, key));
+    snprintf(keys, sizeof(keys),
+             "auth_type = trust\nadmin_users = admin\nclient_tls_sslmode = allow\n"
+             "client_tls_cert_file = %s\nclient_tls_key_file = %s\n",
+             cert, key);
+    char cfg_path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_keys(cfg_path, 2, keys);
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct tls_console_run r;
+    static const struct sluice_service *const services[] = {&admin_service, NULL};
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, services), 0);
+    int silent = connect_to(listener_port(&r.proc));
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_tls_console_tick, 10, 10);
+    /* the client connects once worker 0 holds the silent client (a tie would go to 0) */
+    while (atomic_load(&r.proc.workers[0].nclients) == 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    r.fd = connect_to(listener_port(&r.proc));
+    pthread_t client;
+    CHECK_INT(pthread_create(&client, NULL, tls_console_client, &r), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(pthread_join(client, NULL), 0);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.show_answered);
+    CHECK_INT(r.show_rows, 2);
+    CHECK(read_to_close(silent) >= 0);
+    close(silent);
+    for (int i = 0; i < 2; i++)
+        worker_thread_join(&r.proc.workers[i]);
+    CHECK(r.proc.workers[1].next_id == ((uint64_t)1 << 56) + 1); /* worker 1 accepted it */
+    CHECK_INT(atomic_load(&r.proc.workers[0].handed), 0);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(cfg_path);
+    unlink(cert);
+    unlink(key);
     unlink(path);
 }
 
@@ -606,7 +770,8 @@ int main(void)
 {
     RUN(two_workers_take_clients_reload_and_shut_down);
     RUN(four_workers_spread_clients_and_shut_down_gracefully);
-    RUN(three_workers_views_sum_every_workers_clients);
+    RUN(three_workers_console_moves_to_worker_0_and_views_sum);
+    RUN(two_workers_move_a_tls_console_login);
     RUN(pause_waits_for_every_worker_and_resume_serves_again);
     return CHECK_DONE();
 }
