@@ -322,7 +322,7 @@ void client_login_ok(struct client *c)
     if (c->admin) {
         if (!config_list_contains(&worker->cfg->admin_users, c->user) &&
             !config_list_contains(&worker->cfg->stats_users, c->user)) {
-            client_fail(c, FAIL_ADMIN_DENIED, "");
+            refuse_after_authentication(c, FAIL_ADMIN_DENIED, "");
             return;
         }
         if (!take_login_slot(c, NULL) || refuse_options(c))

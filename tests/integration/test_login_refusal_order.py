@@ -49,6 +49,8 @@ def limited(pg):
         su.execute("DROP ROLE IF EXISTS limited_role")
         su.execute("CREATE ROLE limited_role LOGIN PASSWORD 'limitedpass' CONNECTION LIMIT 0")
         su.execute("CREATE DATABASE limited_db CONNECTION LIMIT 0")
+        su.execute("DROP ROLE IF EXISTS nologin_role")
+        su.execute("CREATE ROLE nologin_role NOLOGIN PASSWORD 'nologinpass'")
     yield
     with pg.superuser() as su:
         su.execute("DROP DATABASE IF EXISTS limited_db")
@@ -60,6 +62,8 @@ def test_postgres_refuses_these_after_authentication_ok(pg, limited):
     assert login(pg.port, "app", APP_PASSWORD, "no_such_db") == (after_ok, "3D000")
     assert login(pg.port, "limited_role", "limitedpass", "postgres") == (after_ok, "53300")
     assert login(pg.port, "app", APP_PASSWORD, "limited_db") == (after_ok, "53300")
+    # a role that may not log in: what the admin console's refusal of a non-admin is like
+    assert login(pg.port, "nologin_role", "nologinpass", "postgres") == (after_ok, "28000")
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
@@ -82,3 +86,12 @@ def test_a_client_cap_is_refused_after_authentication_ok(pg, start_sluice):
             ["password asked", "auth ok", "E"], "53300")
     finally:
         first.close()
+
+
+def test_a_user_not_allowed_on_the_admin_console_is_refused_after_authentication_ok(
+        pg, start_sluice):
+    """Like a role Postgres does not let log in (28000 after AuthenticationOk): the console's
+    42501 for a user in neither admin_users nor stats_users comes after the password too."""
+    sluice = start_sluice({"admin_users": "someone_else"}, auth_file={"app": APP_PASSWORD})
+    assert login(sluice.port, "app", APP_PASSWORD, "sluice") == (
+        ["password asked", "auth ok", "E"], "42501")
