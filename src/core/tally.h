@@ -18,6 +18,7 @@
  * db_name and user_name point at the copies below once read (tally_each_pool). */
 struct tally_pool {
     struct view_pool v;
+    struct stats_totals totals; /* stats_add_pool's, for SHOW STATS and its averages */
     char db_name[TALLY_NAME], user_name[TALLY_NAME];
 };
 

@@ -254,6 +254,8 @@ void view_publish(struct worker *worker)
     {
         struct tally_pool *tp = &back->pools[n++];
         pool_own(pool, now, &tp->v);
+        memset(&tp->totals, 0, sizeof(tp->totals));
+        stats_add_pool(&tp->totals, pool);
         snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
         snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
         tp->v.pool = NULL;

@@ -283,7 +283,23 @@ struct console_run {
     int console_on_0;       /* the first console client: on worker 0 (a tie goes to it) */
     bool kill_sent;         /* its KILL_CLIENT of worker 2's client */
     bool killed_elsewhere;  /* worker 2 closed that client; workers 0 and 1 kept theirs */
+    bool queries_recorded;  /* one transaction counted in each worker's console pool */
+    uint64_t stats_xacts;   /* SHOW STATS's total_xact_count of the console database */
 };
+
+/* One transaction of 5 ms in worker's console pool, counted on worker's own thread as a
+ * query's end counts it (pool_record_query). */
+static void record_console_query(struct worker *worker, void *arg, bool delivered)
+{
+    (void)arg;
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (delivered && p->is_admin)
+            pool_record_query(p, 5, true);
+    }
+}
 
 /* A Query message (protocol 55.2.2) on fd. */
 static void send_query(int fd, const char *sql)
@@ -330,6 +346,9 @@ static void count_console_pool(struct console_run *r)
     CHECK(report_metrics(w0, &body, &len));
     r->metrics_count_all = strstr(body, "\nsluice_client_connections 3\n") != NULL;
     free(body);
+    struct stats_totals st;
+    stats_totals_for_db(w0, "pgbouncer", &st);
+    r->stats_xacts = st.xact_count;
 }
 
 static void on_console_tick(uv_timer_t *t)
@@ -340,8 +359,14 @@ static void on_console_tick(uv_timer_t *t)
         one_each += atomic_load(&r->proc.workers[i].nclients) == 1;
     r->spread = r->spread || one_each == THREE;
     if (r->spread && !r->kill_sent) {
+        if (!r->queries_recorded) {
+            record_console_query(&r->proc.workers[0], NULL, true); /* the control thread's own */
+            for (int i = 1; i < THREE; i++)
+                CHECK_INT(worker_post_call(&r->proc.workers[i], record_console_query, NULL), 0);
+            r->queries_recorded = true;
+        }
         count_console_pool(r);
-        if (r->console_clients == THREE) {
+        if (r->console_clients == THREE && r->stats_xacts == THREE) {
             /* one row per worker's client, gathered by message; then worker 2's first client
              * (its index in the id's top byte), run once the SHOW has answered */
             send_query(r->console_on_0, "SHOW CLIENTS");
@@ -433,6 +458,7 @@ static void three_workers_views_sum_every_workers_clients(void)
     CHECK_INT(r.login_clients, 0);
     CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row, not one per worker */
     CHECK(r.metrics_count_all);
+    CHECK_INT((int)r.stats_xacts, THREE); /* SHOW STATS sums every worker's pools */
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
     bool show_done;
