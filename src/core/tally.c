@@ -60,6 +60,8 @@ int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx)
         struct tally_pool *tp = &f->pools[i];
         tp->v.db_name = tp->db_name;
         tp->v.user_name = tp->user_name;
+        tp->v.wait_hist = tp->wait_hist;
+        tp->v.query_hist = tp->query_hist;
         fn(tp, ctx);
     }
     int login_clients = f->login_clients;

@@ -14,11 +14,12 @@
 #define TALLY_NAME 64 /* Postgres's NAMEDATALEN: a longer name is cut */
 
 /* One pool as its worker saw it: its settings, counters and counts by state, not its cap (which
- * reads the budgets, shared). v's pointers are not kept (pool, wait_hist, query_hist are NULL);
- * db_name and user_name point at the copies below once read (tally_each_pool). */
+ * reads the budgets, shared). v.pool is NULL; db_name, user_name, wait_hist and query_hist point
+ * at the copies below once read (tally_each_pool), valid under the tally's lock only. */
 struct tally_pool {
     struct view_pool v;
     struct stats_totals totals; /* stats_add_pool's, for SHOW STATS and its averages */
+    uint64_t wait_hist[POOL_HIST_BUCKETS], query_hist[POOL_HIST_BUCKETS]; /* the pool's */
     char db_name[TALLY_NAME], user_name[TALLY_NAME];
 };
 

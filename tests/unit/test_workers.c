@@ -284,14 +284,22 @@ struct console_run {
     bool kill_sent;         /* its KILL_CLIENT of worker 2's client */
     bool killed_elsewhere;  /* worker 2 closed that client; workers 0 and 1 kept theirs */
     bool queries_recorded;  /* one transaction counted in each worker's console pool */
+    bool metrics_elsewhere; /* /metrics' histogram of db/u, a pool only workers 1, 2 have: 2 */
     uint64_t stats_xacts;   /* SHOW STATS's total_xact_count of the console database */
 };
 
-/* One transaction of 5 ms in worker's console pool, counted on worker's own thread as a
- * query's end counts it (pool_record_query). */
+/* One transaction of 5 ms in worker's console pool, and on workers 1 and 2 one in a pool of
+ * db/u too (a key worker 0 has not), counted on worker's own thread as a query's end counts it
+ * (pool_record_query). */
 static void record_console_query(struct worker *worker, void *arg, bool delivered)
 {
     (void)arg;
+    if (delivered && worker->index > 0) {
+        struct pool *p = pool_get(worker, NULL, "u", "db");
+        CHECK(p != NULL);
+        if (p)
+            pool_record_query(p, 5, true);
+    }
     struct list_node *n, *tmp;
     list_for_each(&worker->pools, n, tmp)
     {
@@ -345,6 +353,8 @@ static void count_console_pool(struct console_run *r)
     size_t len;
     CHECK(report_metrics(w0, &body, &len));
     r->metrics_count_all = strstr(body, "\nsluice_client_connections 3\n") != NULL;
+    r->metrics_elsewhere =
+        strstr(body, "\nsluice_query_duration_seconds_count{database=\"db\",user=\"u\"} 2\n");
     free(body);
     struct stats_totals st;
     stats_totals_for_db(w0, "pgbouncer", &st);
@@ -366,7 +376,7 @@ static void on_console_tick(uv_timer_t *t)
             r->queries_recorded = true;
         }
         count_console_pool(r);
-        if (r->console_clients == THREE && r->stats_xacts == THREE) {
+        if (r->console_clients == THREE && r->stats_xacts == THREE && r->metrics_elsewhere) {
             /* one row per worker's client, gathered by message; then worker 2's first client
              * (its index in the id's top byte), run once the SHOW has answered */
             send_query(r->console_on_0, "SHOW CLIENTS");
@@ -456,9 +466,10 @@ static void three_workers_views_sum_every_workers_clients(void)
     CHECK_INT(r.console_clients, THREE);
     CHECK_INT(r.total_clients, THREE);
     CHECK_INT(r.login_clients, 0);
-    CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row, not one per worker */
+    CHECK_INT(r.pool_rows, 2); /* one pgbouncer/admin row, not one per worker; one db/u */
     CHECK(r.metrics_count_all);
     CHECK_INT((int)r.stats_xacts, THREE); /* SHOW STATS sums every worker's pools */
+    CHECK(r.metrics_elsewhere);
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
     bool show_done;
