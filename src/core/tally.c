@@ -52,6 +52,14 @@ void tally_swap(struct tally *t)
     uv_mutex_unlock(&t->mu);
 }
 
+struct tally_marks tally_marks(struct tally *t)
+{
+    uv_mutex_lock(&t->mu);
+    struct tally_marks m = t->frames[t->front].marks;
+    uv_mutex_unlock(&t->mu);
+    return m;
+}
+
 int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx)
 {
     uv_mutex_lock(&t->mu);

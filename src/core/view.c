@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "client.h"
+#include "control.h"
 #include "listener.h"
 #include "server.h"
 #include "server_login.h"
@@ -258,6 +259,7 @@ void view_publish(struct worker *worker)
         stats_add_pool(&tp->totals, pool);
         memcpy(tp->wait_hist, pool->wait_hist, sizeof(tp->wait_hist));
         memcpy(tp->query_hist, pool->query_hist, sizeof(tp->query_hist));
+        tp->close_pending = control_close_pending(pool);
         snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
         snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
         tp->v.pool = NULL;
@@ -266,6 +268,10 @@ void view_publish(struct worker *worker)
     }
     back->npools = n;
     back->login_clients = worker->login_clients.count;
+    back->marks = (struct tally_marks){
+        .controls_applied = worker->controls_applied,
+        .reload_applied = atomic_load_explicit(&worker->reload_applied, memory_order_relaxed),
+    };
     tally_swap(worker->tally);
 }
 

@@ -31,6 +31,7 @@
 #include "server.h"
 #include "sluice.h"
 #include "sockio.h"
+#include "tally.h"
 #include "view.h"
 #include "worker.h"
 
@@ -489,13 +490,14 @@ static void three_workers_views_sum_every_workers_clients(void)
 
 /* Workers 1..3 each hold one server in use in their pool of db (a fake, never connected); a
  * test async on each worker's loop stands for what its thread does next. */
-enum pause_step { STEP_RELEASE, STEP_LOOK, STEP_END };
+enum pause_step { STEP_RELEASE, STEP_LOOK, STEP_PUBLISH, STEP_MARK, STEP_UNMARK, STEP_END };
 
 struct pause_worker {
     uv_async_t async;
     struct worker *worker;
     struct pool *pool;
     struct server *busy;
+    struct server *closing; /* STEP_MARK's: a server marked to close when free */
     atomic_int step;     /* what the next async does */
     atomic_bool serving; /* STEP_LOOK saw its pool resumed */
 };
@@ -514,6 +516,22 @@ static void on_pause_step(uv_async_t *a)
         break;
     case STEP_LOOK:
         atomic_store(&pw->serving, !pw->pool->paused);
+        break;
+    case STEP_MARK: /* a server RECONNECT marked: it closes once its client is done */
+        pw->closing = calloc(1, sizeof(*pw->closing));
+        pw->closing->pool = pw->pool;
+        pw->closing->close_when_free = true;
+        list_append(&pw->pool->active, &pw->closing->node);
+        view_publish(pw->worker); /* its next maintenance tick's part */
+        break;
+    case STEP_UNMARK: /* that client is done: the server goes */
+        list_remove(&pw->pool->active, &pw->closing->node);
+        free(pw->closing);
+        pw->closing = NULL;
+        view_publish(pw->worker);
+        break;
+    case STEP_PUBLISH:
+        view_publish(pw->worker);
         break;
     case STEP_END:
         uv_close((uv_handle_t *)a, NULL);
@@ -548,6 +566,20 @@ static bool all_serving(struct process *proc)
     (void)proc;
     for (int i = 1; i < FOUR; i++)
         if (!atomic_load(&pause_workers[i].serving))
+            return false;
+    return true;
+}
+
+static bool close_done(struct process *proc)
+{
+    return control_close_done(&proc->workers[0], "db");
+}
+
+/* Every thread's worker published a frame after the last control message. */
+static bool all_published(struct process *proc)
+{
+    for (int i = 1; i < FOUR; i++)
+        if (tally_marks(proc->workers[i].tally).controls_applied != proc->controls_sent)
             return false;
     return true;
 }
@@ -593,6 +625,8 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
         CHECK(pw->pool != NULL);
         if (i == 0)
             continue;
+        w->tally = tally_new();
+        CHECK(w->tally != NULL);
         pw->busy = calloc(1, sizeof(*pw->busy));
         pw->busy->pool = pw->pool;
         list_append(&pw->pool->active, &pw->busy->node);
@@ -620,6 +654,17 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
     step_workers(STEP_LOOK, 1, FOUR - 1); /* after the RESUME message: the mailbox keeps order */
     CHECK(wait_for(all_serving, &proc));
 
+    /* WAIT_CLOSE after RECONNECT: not done while a worker's last frame predates the message,
+     * nor while worker 3 has a server marked to close; done once it is gone */
+    control_reconnect(control, "db");
+    CHECK(!close_done(&proc)); /* no worker published since */
+    step_workers(STEP_PUBLISH, 1, 2);
+    step_workers(STEP_MARK, 3, 3);
+    CHECK(wait_for(all_published, &proc));
+    CHECK(!close_done(&proc));
+    step_workers(STEP_UNMARK, 3, 3);
+    CHECK(wait_for(close_done, &proc));
+
     step_workers(STEP_END, 1, FOUR - 1);
     for (int i = 1; i < FOUR; i++)
         worker_thread_join(&proc.workers[i]);
@@ -633,6 +678,8 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
             pool_free(container_of(n, struct pool, node));
         }
     }
+    for (int i = 0; i < FOUR; i++)
+        tally_free(proc.workers[i].tally);
     ledger_free(&proc.ledger);
     config_free(proc.cfg);
     CHECK_INT(uv_loop_close(&loop), 0);
