@@ -734,13 +734,8 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     if (!pool_rows_collect(worker, now, &rows))
         return false;
     int ndown = 0;
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool p;
-        view_pool(pool, now, &p);
-        if (!p.console)
-            ndown += p.now.down;
-    }
+    for (int r = 0; r < rows.n; r++)
+        ndown += !rows.v[r].console && rows.v[r].now.down;
     metric_head(&t, "sluice_up", "gauge",
                 "1 while sluice serves and every pool can reach its database, else 0.");
     text_printf(&t, "sluice_up %d\n", ndown == 0 && tot.running ? 1 : 0);
