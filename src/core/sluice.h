@@ -138,9 +138,10 @@ struct process {
     struct ledger ledger; /* the counts every cap compares against (ledger.h) */
     unsigned reload_seq;  /* reloads applied by the control thread (the workers ack each) */
     unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
-    unsigned controls_sent; /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE) */
     struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
+    /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
+    unsigned controls_sent;
 
     struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */

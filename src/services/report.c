@@ -361,8 +361,8 @@ static bool pool_rows_collect(struct worker *worker, uint64_t now, struct pool_r
     for (int i = 0; i < nelsewhere; i++) {
         struct view_pool *v = &r->v[r->n++];
         *v = r->elsewhere[i].v;
-        v->cap = (struct pool_cap){.key = LIMIT_POOL, .servers = v->size,
-                                   .in_use = v->now.sv_active};
+        v->cap =
+            (struct pool_cap){.key = LIMIT_POOL, .servers = v->size, .in_use = v->now.sv_active};
     }
     return true;
 }
@@ -797,8 +797,8 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
                "1 while a pool's circuit breaker is open (or probing): it has no server and its "
                "connection attempts fail, so clients get 57P03 after server_down_wait.",
                PG_DOWN);
-    pool_gauge(&t, &rows, "sluice_pool_unknown",
-               "1 until a server of the pool has logged in once.", PG_UNKNOWN);
+    pool_gauge(&t, &rows, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
+               PG_UNKNOWN);
     pool_gauge(&t, &rows, "sluice_server_max_connections",
                "The server's max_connections, as the pool's server reported it.",
                PG_SERVER_MAX_CONNECTIONS);

@@ -498,8 +498,8 @@ struct pause_worker {
     struct pool *pool;
     struct server *busy;
     struct server *closing; /* STEP_MARK's: a server marked to close when free */
-    atomic_int step;     /* what the next async does */
-    atomic_bool serving; /* STEP_LOOK saw its pool resumed */
+    atomic_int step;        /* what the next async does */
+    atomic_bool serving;    /* STEP_LOOK saw its pool resumed */
 };
 
 static struct pause_worker pause_workers[FOUR];
