@@ -14,6 +14,7 @@
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "tally.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -88,6 +89,7 @@ static void to_every_worker(struct worker *worker, enum control_op op, const cha
     else if (op == CONTROL_RESUME)
         ledger_db_set_state(&proc->ledger, db, LEDGER_KEY_SERVING);
     unsigned seq = op == CONTROL_PAUSE ? ++proc->pause_seq : 0;
+    proc->controls_sent++;
     for (int i = 0; i < proc->nworkers; i++)
         worker_post_control(&proc->workers[i], op, db, seq);
 }
@@ -103,6 +105,7 @@ void control_apply(struct worker *worker, enum control_op op, const char *db, un
         [CONTROL_KILL] = kill_pool,
     };
     for_target_pools(worker, db, per_pool[op]);
+    worker->controls_applied++;
     if (seq) {
         worker->pause_wanted = seq;
         control_report_pause(worker);
@@ -168,15 +171,33 @@ void control_reconnect(struct worker *worker, const char *db)
     to_every_worker(worker, CONTROL_RECONNECT, db);
 }
 
-static bool list_has_close_needed(const struct list *l)
+static int count_close_needed(const struct list *l)
 {
+    int n_needed = 0;
     struct list_node *n, *tmp;
     list_for_each(l, n, tmp)
     {
-        if (container_of(n, struct server, node)->close_when_free)
-            return true;
+        n_needed += container_of(n, struct server, node)->close_when_free;
     }
-    return false;
+    return n_needed;
+}
+
+int control_close_pending(const struct pool *p)
+{
+    return count_close_needed(&p->active) + count_close_needed(&p->idle) +
+           count_close_needed(&p->resetting) + count_close_needed(&p->connecting);
+}
+
+struct close_question {
+    const char *db;
+    bool done;
+};
+
+static void ask_close_done(const struct tally_pool *tp, void *ctx)
+{
+    struct close_question *q = ctx;
+    if (!tp->v.console && (!q->db || strcmp(tp->db_name, q->db) == 0) && tp->close_pending > 0)
+        q->done = false;
 }
 
 bool control_close_done(const struct worker *worker, const char *db)
@@ -185,10 +206,20 @@ bool control_close_done(const struct worker *worker, const char *db)
     list_for_each(&worker->pools, n, tmp)
     {
         const struct pool *p = container_of(n, struct pool, node);
-        if (!pool_is_target(p, db))
+        if (pool_is_target(p, db) && control_close_pending(p) > 0)
+            return false;
+    }
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other == worker || !other->tally)
             continue;
-        if (list_has_close_needed(&p->active) || list_has_close_needed(&p->idle) ||
-            list_has_close_needed(&p->resetting) || list_has_close_needed(&p->connecting))
+        struct tally_marks seen = tally_marks(other->tally);
+        if (seen.controls_applied != proc->controls_sent || seen.reload_applied != proc->reload_seq)
+            return false; /* its last frame is older than what it was told */
+        struct close_question q = {db, true};
+        tally_each_pool(other->tally, ask_close_done, &q);
+        if (!q.done)
             return false;
     }
     return true;

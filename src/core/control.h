@@ -39,7 +39,11 @@ bool control_pause_done(struct worker *worker, const char *db);
 void control_resume(struct worker *worker, const char *db);
 /* RECONNECT: servers in use close when their client releases them; idle ones close now. */
 void control_reconnect(struct worker *worker, const char *db);
-/* WAIT_CLOSE: is no server marked to close when free (RECONNECT, a reload) left? */
+/* Servers of p marked to close when free (published for WAIT_CLOSE, tally.h). */
+int control_close_pending(const struct pool *p);
+/* WAIT_CLOSE: is no server marked to close when free (RECONNECT, a reload) left? The calling
+ * worker's lists now, every other worker's as published by a tick after it applied the last
+ * control message and reload (architecture.md 5.7). */
 bool control_close_done(const struct worker *worker, const char *db);
 /* KILL: every client (57P01-style FATAL) and server of db goes; the pools stay paused until
  * RESUME, so new clients wait. */

@@ -91,6 +91,7 @@ struct worker {
     atomic_uint reload_applied;
     atomic_uint pause_idle;
     unsigned pause_wanted;
+    unsigned controls_applied; /* PAUSE/RESUME/RECONNECT/KILL messages applied, its own thread's */
     uint64_t next_id;
 
     /* Closed objects wait here until the end of the loop iteration, so code that closed one
@@ -139,6 +140,8 @@ struct process {
     unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
     struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
+    /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
+    unsigned controls_sent;
 
     struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */

@@ -16,6 +16,7 @@
 #include "pool.h"
 #include "server.h"
 #include "sluice.h"
+#include "tally.h"
 
 #define DEFAULT_WINDOW_MS 60000 /* when stats_period is 0 (no stats log line) */
 
@@ -117,6 +118,43 @@ void stats_add_pool(struct stats_totals *t, const struct pool *p)
             t->slow_waits += p->wait_hist[i];
 }
 
+static void add_totals(struct stats_totals *t, const struct stats_totals *more)
+{
+    t->xact_count += more->xact_count;
+    t->query_count += more->query_count;
+    t->bytes_in += more->bytes_in;
+    t->bytes_out += more->bytes_out;
+    t->query_us += more->query_us;
+    t->xact_us += more->xact_us;
+    t->wait_us += more->wait_us;
+    t->wait_count += more->wait_count;
+    t->slow_waits += more->slow_waits;
+}
+
+/* fn for each pool the other workers published at their last tick (tally.h, architecture.md
+ * 5.6): worker reads its own pools live, the others' frames; with one worker, none. */
+static void each_published_pool(const struct worker *worker, tally_pool_fn *fn, void *ctx)
+{
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other->tally, fn, ctx);
+    }
+}
+
+struct db_totals {
+    const char *db_name;
+    struct stats_totals *out;
+};
+
+static void add_if_db(const struct tally_pool *tp, void *ctx)
+{
+    struct db_totals *d = ctx;
+    if (strcmp(tp->db_name, d->db_name) == 0)
+        add_totals(d->out, &tp->totals);
+}
+
 void stats_totals_for_db(const struct worker *worker, const char *db_name, struct stats_totals *out)
 {
     memset(out, 0, sizeof(*out));
@@ -127,6 +165,7 @@ void stats_totals_for_db(const struct worker *worker, const char *db_name, struc
         if (strcmp(p->db_name, db_name) == 0)
             stats_add_pool(out, p);
     }
+    each_published_pool(worker, add_if_db, &(struct db_totals){db_name, out});
 }
 
 static struct stats_db *find_db(struct stats *st, const char *name, bool create)
@@ -152,6 +191,14 @@ static struct stats_db *find_db(struct stats *st, const char *name, bool create)
         return NULL;
     st->n++;
     return d;
+}
+
+/* A pool another worker published, into the period's sums of its database (stats_tick). */
+static void add_published(const struct tally_pool *tp, void *ctx)
+{
+    struct stats_db *d = find_db(ctx, tp->db_name, true);
+    if (d)
+        add_totals(&d->cur, &tp->totals);
 }
 
 static uint64_t delta(uint64_t cur, uint64_t prev)
@@ -206,6 +253,7 @@ void stats_tick(struct worker *worker, uint64_t now_ms)
         if (d)
             stats_add_pool(&d->cur, p);
     }
+    each_published_pool(worker, add_published, st);
     for (int i = 0; i < st->n; i++) {
         struct stats_db *d = &st->dbs[i];
         compute_average(d, now_ms - st->last_ms);

@@ -52,6 +52,14 @@ void tally_swap(struct tally *t)
     uv_mutex_unlock(&t->mu);
 }
 
+struct tally_marks tally_marks(struct tally *t)
+{
+    uv_mutex_lock(&t->mu);
+    struct tally_marks m = t->frames[t->front].marks;
+    uv_mutex_unlock(&t->mu);
+    return m;
+}
+
 int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx)
 {
     uv_mutex_lock(&t->mu);
@@ -60,6 +68,8 @@ int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx)
         struct tally_pool *tp = &f->pools[i];
         tp->v.db_name = tp->db_name;
         tp->v.user_name = tp->user_name;
+        tp->v.wait_hist = tp->wait_hist;
+        tp->v.query_hist = tp->query_hist;
         fn(tp, ctx);
     }
     int login_clients = f->login_clients;

@@ -14,15 +14,25 @@
 #define TALLY_NAME 64 /* Postgres's NAMEDATALEN: a longer name is cut */
 
 /* One pool as its worker saw it: its settings, counters and counts by state, not its cap (which
- * reads the budgets, shared). v's pointers are not kept (pool, wait_hist, query_hist are NULL);
- * db_name and user_name point at the copies below once read (tally_each_pool). */
+ * reads the budgets, shared). v.pool is NULL; db_name, user_name, wait_hist and query_hist point
+ * at the copies below once read (tally_each_pool), valid under the tally's lock only. */
 struct tally_pool {
     struct view_pool v;
+    struct stats_totals totals; /* stats_add_pool's, for SHOW STATS and its averages */
+    uint64_t wait_hist[POOL_HIST_BUCKETS], query_hist[POOL_HIST_BUCKETS]; /* the pool's */
+    int close_pending; /* servers marked to close when free (control_close_pending) */
     char db_name[TALLY_NAME], user_name[TALLY_NAME];
+};
+
+/* What the worker had applied when it filled a frame: a frame that has not seen the last
+ * control message or reload cannot say what that message changed (WAIT_CLOSE). */
+struct tally_marks {
+    unsigned controls_applied, reload_applied;
 };
 
 struct tally_frame {
     int login_clients;
+    struct tally_marks marks;
     int npools, cap;
     struct tally_pool *pools;
 };
@@ -45,5 +55,8 @@ void tally_swap(struct tally *t);
  * or take another tally's lock); returns the frame's login_clients. */
 typedef void tally_pool_fn(const struct tally_pool *p, void *ctx);
 int tally_each_pool(struct tally *t, tally_pool_fn *fn, void *ctx);
+/* On any thread: the last frame's marks. Frames only grow newer, so a frame read after these
+ * marks has seen at least as much. */
+struct tally_marks tally_marks(struct tally *t);
 
 #endif

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "client.h"
+#include "control.h"
 #include "listener.h"
 #include "server.h"
 #include "server_login.h"
@@ -254,6 +255,11 @@ void view_publish(struct worker *worker)
     {
         struct tally_pool *tp = &back->pools[n++];
         pool_own(pool, now, &tp->v);
+        memset(&tp->totals, 0, sizeof(tp->totals));
+        stats_add_pool(&tp->totals, pool);
+        memcpy(tp->wait_hist, pool->wait_hist, sizeof(tp->wait_hist));
+        memcpy(tp->query_hist, pool->query_hist, sizeof(tp->query_hist));
+        tp->close_pending = control_close_pending(pool);
         snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
         snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
         tp->v.pool = NULL;
@@ -262,6 +268,10 @@ void view_publish(struct worker *worker)
     }
     back->npools = n;
     back->login_clients = worker->login_clients.count;
+    back->marks = (struct tally_marks){
+        .controls_applied = worker->controls_applied,
+        .reload_applied = atomic_load_explicit(&worker->reload_applied, memory_order_relaxed),
+    };
     tally_swap(worker->tally);
 }
 
@@ -338,6 +348,38 @@ void view_pool_add_workers(const struct worker *worker, struct view_pool *v)
     }
 }
 
+struct hists {
+    const struct view_pool *key;
+    uint64_t *wait, *query;
+};
+
+static void add_hists_if_same_key(const struct tally_pool *tp, void *ctx)
+{
+    struct hists *h = ctx;
+    if (!same_key(&tp->v, h->key->db_name, h->key->user_name))
+        return;
+    for (int i = 0; i < POOL_HIST_BUCKETS; i++) {
+        h->wait[i] += tp->wait_hist[i];
+        h->query[i] += tp->query_hist[i];
+    }
+}
+
+void view_pool_hists(const struct worker *worker, const struct view_pool *v, uint64_t *wait,
+                     uint64_t *query)
+{
+    for (int i = 0; i < POOL_HIST_BUCKETS; i++) {
+        wait[i] = v->wait_hist ? v->wait_hist[i] : 0;
+        query[i] = v->query_hist ? v->query_hist[i] : 0;
+    }
+    struct hists h = {v, wait, query};
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other->tally, add_hists_if_same_key, &h);
+    }
+}
+
 struct elsewhere {
     const struct worker *worker;
     struct view_remote_pool *pools;
@@ -372,6 +414,7 @@ static void collect_elsewhere(const struct tally_pool *tp, void *ctx)
     }
     struct view_remote_pool *r = &e->pools[e->n++];
     r->v = tp->v;
+    r->v.wait_hist = r->v.query_hist = NULL; /* the frame's, valid under its lock only */
     memcpy(r->db_name, tp->db_name, sizeof(r->db_name));
     memcpy(r->user_name, tp->user_name, sizeof(r->user_name));
     r->v.db_name = r->db_name;

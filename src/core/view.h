@@ -121,6 +121,11 @@ struct view_remote_pool {
  * count, *out an array the caller frees (NULL when none; a pool is left out if out of memory). */
 int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out);
 
+/* v's histograms (POOL_HIST_BUCKETS each; none for a pool only others have) plus the same
+ * (database, user) pool's on every other worker, into wait and query. */
+void view_pool_hists(const struct worker *worker, const struct view_pool *v, uint64_t *wait,
+                     uint64_t *query);
+
 /* ---- the whole process (SHOW LISTS, /health, /metrics) ---- */
 
 struct view_totals {

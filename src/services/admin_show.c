@@ -132,30 +132,47 @@ static void show_peer_pools(struct client *c)
     table_begin(&t, &c->out, cols, NELEM(cols));
 }
 
-/* The distinct database names of the pools, in pool order (a small array the caller frees). */
-static const char **pool_databases(struct worker *worker, int *count)
+/* The distinct database names of the pools: the calling worker's in pool order, then those only
+ * other workers have (5.6). names points into the live pools and into elsewhere. */
+struct pool_dbs {
+    const char **names;
+    int n;
+    struct view_remote_pool *elsewhere;
+};
+
+static void add_db_name(struct pool_dbs *d, const char *db)
+{
+    for (int i = 0; i < d->n; i++) {
+        if (strcmp(d->names[i], db) == 0)
+            return;
+    }
+    d->names[d->n++] = db;
+}
+
+/* d->n is 0 when out of memory; pool_databases_free releases it. */
+static void pool_databases(struct worker *worker, struct pool_dbs *d)
 {
     struct view_totals tot;
     view_totals(worker, &tot);
-    const char **names = calloc((size_t)tot.pools + 1, sizeof(*names));
-    int n = 0;
-    if (!names) {
-        *count = 0;
-        return NULL;
-    }
+    int nelsewhere = view_pools_elsewhere(worker, &d->elsewhere);
+    d->n = 0;
+    d->names = calloc((size_t)tot.pools + (size_t)nelsewhere + 1, sizeof(*d->names));
+    if (!d->names)
+        return;
     view_for_each_pool(worker, pool)
     {
         struct view_pool p;
         view_pool_settings(pool, &p);
-        const char *db = p.db_name;
-        bool seen = false;
-        for (int i = 0; i < n && !seen; i++)
-            seen = strcmp(names[i], db) == 0;
-        if (!seen)
-            names[n++] = db;
+        add_db_name(d, p.db_name);
     }
-    *count = n;
-    return names;
+    for (int i = 0; i < nelsewhere; i++)
+        add_db_name(d, d->elsewhere[i].db_name);
+}
+
+static void pool_databases_free(struct pool_dbs *d)
+{
+    free(d->names);
+    free(d->elsewhere);
 }
 
 enum stats_view { VIEW_STATS, VIEW_TOTALS, VIEW_AVERAGES };
@@ -193,9 +210,10 @@ static void show_stats(struct client *c, enum stats_view view)
         table_begin(&t, &c->out, stats_cols, NELEM(stats_cols));
     else
         table_begin(&t, &c->out, part_cols, NELEM(part_cols));
-    int n;
-    const char **dbs = pool_databases(c->worker, &n);
-    for (int i = 0; i < n; i++) {
+    struct pool_dbs pd;
+    pool_databases(c->worker, &pd);
+    const char **dbs = pd.names;
+    for (int i = 0; i < pd.n; i++) {
         struct stats_totals total, avg;
         stats_totals_for_db(c->worker, dbs[i], &total);
         stats_averages(c->worker, dbs[i], &avg);
@@ -207,7 +225,7 @@ static void show_stats(struct client *c, enum stats_view view)
             cells_stats(&t, &avg);
         row_end(&t);
     }
-    free(dbs);
+    pool_databases_free(&pd);
 }
 
 static const char *db_keyword(const struct db_entry *d, const char *kw)
@@ -346,9 +364,10 @@ static int for_each_database(struct worker *worker, struct table *t,
         if (fn)
             fn(t, worker, cfg->dbs[i].name, &cfg->dbs[i]);
     }
-    int n;
-    const char **dbs = pool_databases(worker, &n);
-    for (int i = 0; i < n; i++) {
+    struct pool_dbs pd;
+    pool_databases(worker, &pd);
+    const char **dbs = pd.names;
+    for (int i = 0; i < pd.n; i++) {
         if (console_is_db(worker, dbs[i]))
             continue;
         const struct db_entry *d = config_find_db(cfg, dbs[i]);
@@ -358,7 +377,7 @@ static int for_each_database(struct worker *worker, struct table *t,
             count++;
         }
     }
-    free(dbs);
+    pool_databases_free(&pd);
     for (int i = 0; i < NELEM(console_names); i++, count++) {
         if (fn)
             fn(t, worker, console_names[i], NULL);

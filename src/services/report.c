@@ -329,6 +329,50 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
     text_json_str(warnings, line);
 }
 
+/* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
+ * with the same key's counts on the other workers added, then the keys only other workers have.
+ * Those have no pool here (pool NULL) and no binding cap computed (it walks the caller's lists):
+ * their cap is their own pool_size. */
+struct pool_rows {
+    struct view_pool *v;
+    int n;
+    struct view_remote_pool *elsewhere;
+};
+
+static bool pool_rows_collect(struct worker *worker, uint64_t now, struct pool_rows *r)
+{
+    int nelsewhere = view_pools_elsewhere(worker, &r->elsewhere), nown = 0;
+    view_for_each_pool(worker, pool)
+    {
+        nown++;
+    }
+    r->n = 0;
+    r->v = malloc(((size_t)nown + (size_t)nelsewhere + 1) * sizeof(*r->v));
+    if (!r->v) {
+        free(r->elsewhere);
+        return false;
+    }
+    view_for_each_pool(worker, pool)
+    {
+        struct view_pool *v = &r->v[r->n++];
+        view_pool(pool, now, v);
+        view_pool_add_workers(worker, v); /* the same pool on the other workers (5.6) */
+    }
+    for (int i = 0; i < nelsewhere; i++) {
+        struct view_pool *v = &r->v[r->n++];
+        *v = r->elsewhere[i].v;
+        v->cap =
+            (struct pool_cap){.key = LIMIT_POOL, .servers = v->size, .in_use = v->now.sv_active};
+    }
+    return true;
+}
+
+static void pool_rows_free(struct pool_rows *r)
+{
+    free(r->v);
+    free(r->elsewhere);
+}
+
 /* Clients of p's database that waited long for a server in the last complete stats period, once
  * per database (its first pool): nobody may be queued now, but they were. */
 static bool waited_recently(struct worker *worker, const struct view_pool *p, char *line, size_t n)
@@ -366,19 +410,18 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
     char hint[300], holder[200];
 
     bool first = true;
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        const struct view_pool *p = &pv;
+    struct pool_rows rows;
+    if (!pool_rows_collect(worker, now, &rows))
+        return false;
+    for (int i = 0; i < rows.n; i++) {
+        const struct view_pool *p = &rows.v[i];
         if (p->console)
             continue;
         const struct stats_pool_view v = p->now;
         const struct pool_cap cap = p->cap;
         enum pool_health health = pool_health_of(p);
-        int top_servers;
-        const char *top_app = stats_top_application(pool, &top_servers);
+        int top_servers = 0; /* the control worker's clients only (a frame holds no names) */
+        const char *top_app = p->pool ? stats_top_application(p->pool, &top_servers) : NULL;
         int clients = v.cl_active + v.cl_waiting + v.cl_idle;
         total.sv_active += v.sv_active;
         total.sv_idle += v.sv_idle;
@@ -467,6 +510,7 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
             add_warning(&warnings, &nwarn, line);
         }
     }
+    pool_rows_free(&rows);
     long long max_clients = (long long)cfg->max_client_conn;
     if (max_clients > 0 && (long long)tot.clients * 100 > max_clients * 80) {
         char line[256];
@@ -563,17 +607,12 @@ enum pool_gauge_kind {
 
 /* One gauge with a line per pool (the admin console's pseudo-pool left out; the server's own
  * numbers only once sluice has read them). */
-static void pool_gauge(struct text *t, struct worker *worker, const char *name, const char *help,
-                       enum pool_gauge_kind k)
+static void pool_gauge(struct text *t, const struct pool_rows *rows, const char *name,
+                       const char *help, enum pool_gauge_kind k)
 {
-    uint64_t now = sluice_now(worker);
     metric_head(t, name, "gauge", help);
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        const struct view_pool *p = &pv;
+    for (int i = 0; i < rows->n; i++) {
+        const struct view_pool *p = &rows->v[i];
         if (p->console)
             continue;
         if ((k == PG_SERVER_MAX_CONNECTIONS || k == PG_SERVER_RESERVED) &&
@@ -621,19 +660,15 @@ static void pool_gauge(struct text *t, struct worker *worker, const char *name, 
 enum pool_states_of { STATES_OF_CLIENTS, STATES_OF_SERVERS };
 
 /* A pool's clients, or its servers, by state: a line a state and pool, labelled state=. */
-static void pool_states(struct text *t, struct worker *worker, uint64_t now, const char *name,
+static void pool_states(struct text *t, const struct pool_rows *rows, const char *name,
                         enum pool_states_of which)
 {
     struct state_count {
         const char *state;
         int count;
     };
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        const struct view_pool *p = &pv;
+    for (int r = 0; r < rows->n; r++) {
+        const struct view_pool *p = &rows->v[r];
         if (p->console)
             continue;
         const struct stats_pool_view v = p->now;
@@ -655,16 +690,16 @@ static void pool_states(struct text *t, struct worker *worker, uint64_t now, con
     }
 }
 
-static void histogram(struct text *t, struct worker *worker, const char *name, bool wait)
+static void histogram(struct text *t, struct worker *worker, const struct pool_rows *rows,
+                      const char *name, bool wait)
 {
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool_settings(pool, &pv);
-        const struct view_pool *p = &pv;
+    for (int r = 0; r < rows->n; r++) {
+        const struct view_pool *p = &rows->v[r];
         if (p->console)
             continue;
-        const uint64_t *hist = wait ? p->wait_hist : p->query_hist;
+        uint64_t waits[POOL_HIST_BUCKETS], queries[POOL_HIST_BUCKETS];
+        view_pool_hists(worker, p, waits, queries); /* every worker's (5.6) */
+        const uint64_t *hist = wait ? waits : queries;
         uint64_t cumulative = 0;
         for (int i = 0; i < POOL_HIST_BUCKETS; i++) {
             cumulative += hist[i];
@@ -695,14 +730,12 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     struct view_totals tot;
     view_totals(worker, &tot);
     struct text t = {0};
+    struct pool_rows rows;
+    if (!pool_rows_collect(worker, now, &rows))
+        return false;
     int ndown = 0;
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool p;
-        view_pool(pool, now, &p);
-        if (!p.console)
-            ndown += p.now.down;
-    }
+    for (int r = 0; r < rows.n; r++)
+        ndown += !rows.v[r].console && rows.v[r].now.down;
     metric_head(&t, "sluice_up", "gauge",
                 "1 while sluice serves and every pool can reach its database, else 0.");
     text_printf(&t, "sluice_up %d\n", ndown == 0 && tot.running ? 1 : 0);
@@ -725,12 +758,8 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
         metric_head(&t, counters[i].name, "counter", counters[i].help);
-        view_for_each_pool(worker, pool)
-        {
-            struct view_pool pv;
-            view_pool_settings(pool, &pv);
-            view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-            const struct view_pool *p = &pv;
+        for (int r = 0; r < rows.n; r++) {
+            const struct view_pool *p = &rows.v[r];
             if (p->console)
                 continue;
             text_printf(&t, "%s{", counters[i].name);
@@ -740,12 +769,8 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     }
     metric_head(&t, "sluice_client_wait_seconds_total", "counter",
                 "Time clients spent waiting for a server, in seconds.");
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        const struct view_pool *p = &pv;
+    for (int r = 0; r < rows.n; r++) {
+        const struct view_pool *p = &rows.v[r];
         if (p->console)
             continue;
         text_cstr(&t, "sluice_client_wait_seconds_total{");
@@ -754,30 +779,30 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     }
 
     metric_head(&t, "sluice_clients", "gauge", "Client connections by state.");
-    pool_states(&t, worker, now, "sluice_clients", STATES_OF_CLIENTS);
+    pool_states(&t, &rows, "sluice_clients", STATES_OF_CLIENTS);
     metric_head(&t, "sluice_servers", "gauge",
                 "Server connections by state (used: idle past server_check_delay).");
-    pool_states(&t, worker, now, "sluice_servers", STATES_OF_SERVERS);
-    pool_gauge(&t, worker, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
-    pool_gauge(&t, worker, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
-    pool_gauge(&t, worker, "sluice_pool_cap",
+    pool_states(&t, &rows, "sluice_servers", STATES_OF_SERVERS);
+    pool_gauge(&t, &rows, "sluice_pool_size", "Servers a pool may open (pool_size).", PG_SIZE);
+    pool_gauge(&t, &rows, "sluice_pool_paused", "1 while a pool is paused (PAUSE).", PG_PAUSED);
+    pool_gauge(&t, &rows, "sluice_pool_cap",
                "The most servers a pool can have in use: the smallest of pool_size, "
                "max_db/user/server_connections and its budget's max_servers (key: which).",
                PG_CAP);
-    pool_gauge(&t, worker, "sluice_pool_cap_in_use",
+    pool_gauge(&t, &rows, "sluice_pool_cap_in_use",
                "Servers in use that count against the pool's cap (for a shared cap: in every "
                "pool it covers).",
                PG_CAP_IN_USE);
-    pool_gauge(&t, worker, "sluice_pool_down",
+    pool_gauge(&t, &rows, "sluice_pool_down",
                "1 while a pool's circuit breaker is open (or probing): it has no server and its "
                "connection attempts fail, so clients get 57P03 after server_down_wait.",
                PG_DOWN);
-    pool_gauge(&t, worker, "sluice_pool_unknown",
-               "1 until a server of the pool has logged in once.", PG_UNKNOWN);
-    pool_gauge(&t, worker, "sluice_server_max_connections",
+    pool_gauge(&t, &rows, "sluice_pool_unknown", "1 until a server of the pool has logged in once.",
+               PG_UNKNOWN);
+    pool_gauge(&t, &rows, "sluice_server_max_connections",
                "The server's max_connections, as the pool's server reported it.",
                PG_SERVER_MAX_CONNECTIONS);
-    pool_gauge(&t, worker, "sluice_server_reserved_connections",
+    pool_gauge(&t, &rows, "sluice_server_reserved_connections",
                "The server's superuser_reserved_connections (+ reserved_connections).",
                PG_SERVER_RESERVED);
     metric_head(&t, "sluice_max_client_conn", "gauge", "Client connections allowed in total.");
@@ -790,10 +815,11 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
 
     metric_head(&t, "sluice_query_duration_seconds", "histogram",
                 "Time from a client request to its ReadyForQuery.");
-    histogram(&t, worker, "sluice_query_duration_seconds", false);
+    histogram(&t, worker, &rows, "sluice_query_duration_seconds", false);
     metric_head(&t, "sluice_client_wait_duration_seconds", "histogram",
                 "Time a client waited for a server.");
-    histogram(&t, worker, "sluice_client_wait_duration_seconds", true);
+    histogram(&t, worker, &rows, "sluice_client_wait_duration_seconds", true);
+    pool_rows_free(&rows);
 
     if (t.oom) {
         free(t.data);

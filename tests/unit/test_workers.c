@@ -34,6 +34,7 @@
 #include "server.h"
 #include "sluice.h"
 #include "sockio.h"
+#include "tally.h"
 #include "view.h"
 #include "worker.h"
 
@@ -290,7 +291,31 @@ struct console_run {
     int moved_console;      /* the console client accepted by worker 1, moved to worker 0 */
     bool kill_sent;         /* its KILL_CLIENT of the silent client */
     bool killed_elsewhere;  /* its worker closed it; worker 0 kept both consoles */
+    bool queries_recorded;  /* one transaction counted on each worker (record_query) */
+    bool metrics_elsewhere; /* /metrics' histogram of db/u, a pool only workers 1, 2 have: 2 */
+    uint64_t stats_xacts;   /* SHOW STATS's total_xact_count of database db: 2 */
+    uint64_t console_xacts; /* and of the console's database pgbouncer: 1 */
 };
+
+/* One transaction of 5 ms on worker: on worker 0 in the console pool (the consoles moved
+ * there), on workers 1 and 2 in a pool of db/u (a key worker 0 has not), counted on worker's
+ * own thread as a query's end counts it (pool_record_query). */
+static void record_query(struct worker *worker, void *arg, bool delivered)
+{
+    (void)arg;
+    if (delivered && worker->index > 0) {
+        struct pool *p = pool_get(worker, NULL, "u", "db"); /* NULL: /metrics' check fails */
+        if (p)
+            pool_record_query(p, 5, true);
+    }
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (delivered && p->is_admin)
+            pool_record_query(p, 5, true);
+    }
+}
 
 /* A Query message (protocol 55.2.2) on fd. */
 static void send_query(int fd, const char *sql)
@@ -338,7 +363,14 @@ static void count_console_pool(struct console_run *r)
     size_t len;
     CHECK(report_metrics(w0, &body, &len));
     r->metrics_count_all = strstr(body, "\nsluice_client_connections 3\n") != NULL;
+    r->metrics_elsewhere =
+        strstr(body, "\nsluice_query_duration_seconds_count{database=\"db\",user=\"u\"} 2\n");
     free(body);
+    struct stats_totals st;
+    stats_totals_for_db(w0, "db", &st);
+    r->stats_xacts = st.xact_count;
+    stats_totals_for_db(w0, "pgbouncer", &st);
+    r->console_xacts = st.xact_count;
 }
 
 static void on_console_tick(uv_timer_t *t)
@@ -353,8 +385,15 @@ static void on_console_tick(uv_timer_t *t)
         r->silent_on = on_2 ? 2 : 1;
     }
     if (r->settled && !r->kill_sent) {
+        if (!r->queries_recorded) {
+            record_query(&w[0], NULL, true); /* the control thread's own */
+            for (int i = 1; i < THREE; i++)
+                CHECK_INT(worker_post_call(&w[i], record_query, NULL), 0);
+            r->queries_recorded = true;
+        }
         count_console_pool(r);
-        if (r->console_clients == 2 && r->login_clients == 1) {
+        if (r->console_clients == 2 && r->login_clients == 1 && r->stats_xacts == 2 &&
+            r->console_xacts == 1 && r->metrics_elsewhere) {
             /* the moved console: its commands run on worker 0 (SHOW CLIENTS gathers every
              * worker's rows, RELOAD waits for every worker's acknowledgement; both only on the
              * control thread), then worker 2's first client (the id's top byte) */
@@ -419,10 +458,11 @@ static int read_data_rows(int fd, bool *show_done, bool *reload_done)
  * that worker 1 accepted (the first went to worker 0) moves to worker 0 at its StartupMessage
  * (architecture.md 5.6): worker 0 then holds both consoles. The control thread's views (what
  * SHOW POOLS, SHOW LISTS, /health and /metrics read) count all three clients, the silent one
- * from what its worker published at its tick; then the moved console sends SHOW CLIENTS (three
- * rows, gathered from every worker), RELOAD (answered once every worker applied
- * it) and KILL_CLIENT for the silent client, which its worker closes on its own thread (the
- * id's top byte names it). */
+ * from what its worker published at its tick, and SHOW STATS and /metrics sum a transaction
+ * counted on each worker (record_query: db/u only on workers 1 and 2); then the moved console
+ * sends SHOW CLIENTS (three rows, gathered from every worker), RELOAD (answered once every
+ * worker applied it) and KILL_CLIENT for the silent client, which its worker closes on its own
+ * thread (the id's top byte names it). */
 static void three_workers_console_moves_to_worker_0_and_views_sum(void)
 {
     char path[] = "/tmp/sluice-test-workers-XXXXXX";
@@ -453,8 +493,12 @@ static void three_workers_console_moves_to_worker_0_and_views_sum(void)
     CHECK_INT(r.console_clients, 2);
     CHECK_INT(r.total_clients, THREE);
     CHECK_INT(r.login_clients, 1);
-    CHECK_INT(r.pool_rows, 1); /* one pgbouncer/admin row */
+    CHECK_INT(r.pool_rows, 2); /* one pgbouncer/admin row (worker 0's), one db/u (elsewhere) */
     CHECK(r.metrics_count_all);
+    /* SHOW STATS sums every worker's pools: db/u's on workers 1 and 2, the console's on 0 */
+    CHECK_INT((int)r.stats_xacts, 2);
+    CHECK_INT((int)r.console_xacts, 1);
+    CHECK(r.metrics_elsewhere);
     CHECK(r.killed_elsewhere);
     CHECK(control_client_owner(&r.proc.workers[0], (uint64_t)5 << 56) == NULL);
     bool show_done, reload_done;
@@ -617,15 +661,16 @@ static void two_workers_move_a_tls_console_login(void)
 
 /* Workers 1..3 each hold one server in use in their pool of db (a fake, never connected); a
  * test async on each worker's loop stands for what its thread does next. */
-enum pause_step { STEP_RELEASE, STEP_LOOK, STEP_END };
+enum pause_step { STEP_RELEASE, STEP_LOOK, STEP_PUBLISH, STEP_MARK, STEP_UNMARK, STEP_END };
 
 struct pause_worker {
     uv_async_t async;
     struct worker *worker;
     struct pool *pool;
     struct server *busy;
-    atomic_int step;     /* what the next async does */
-    atomic_bool serving; /* STEP_LOOK saw its pool resumed */
+    struct server *closing; /* STEP_MARK's: a server marked to close when free */
+    atomic_int step;        /* what the next async does */
+    atomic_bool serving;    /* STEP_LOOK saw its pool resumed */
 };
 
 static struct pause_worker pause_workers[FOUR];
@@ -642,6 +687,22 @@ static void on_pause_step(uv_async_t *a)
         break;
     case STEP_LOOK:
         atomic_store(&pw->serving, !pw->pool->paused);
+        break;
+    case STEP_MARK: /* a server RECONNECT marked: it closes once its client is done */
+        pw->closing = calloc(1, sizeof(*pw->closing));
+        pw->closing->pool = pw->pool;
+        pw->closing->close_when_free = true;
+        list_append(&pw->pool->active, &pw->closing->node);
+        view_publish(pw->worker); /* its next maintenance tick's part */
+        break;
+    case STEP_UNMARK: /* that client is done: the server goes */
+        list_remove(&pw->pool->active, &pw->closing->node);
+        free(pw->closing);
+        pw->closing = NULL;
+        view_publish(pw->worker);
+        break;
+    case STEP_PUBLISH:
+        view_publish(pw->worker);
         break;
     case STEP_END:
         uv_close((uv_handle_t *)a, NULL);
@@ -676,6 +737,20 @@ static bool all_serving(struct process *proc)
     (void)proc;
     for (int i = 1; i < FOUR; i++)
         if (!atomic_load(&pause_workers[i].serving))
+            return false;
+    return true;
+}
+
+static bool close_done(struct process *proc)
+{
+    return control_close_done(&proc->workers[0], "db");
+}
+
+/* Every thread's worker published a frame after the last control message. */
+static bool all_published(struct process *proc)
+{
+    for (int i = 1; i < FOUR; i++)
+        if (tally_marks(proc->workers[i].tally).controls_applied != proc->controls_sent)
             return false;
     return true;
 }
@@ -721,6 +796,8 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
         CHECK(pw->pool != NULL);
         if (i == 0)
             continue;
+        w->tally = tally_new();
+        CHECK(w->tally != NULL);
         pw->busy = calloc(1, sizeof(*pw->busy));
         pw->busy->pool = pw->pool;
         list_append(&pw->pool->active, &pw->busy->node);
@@ -748,6 +825,17 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
     step_workers(STEP_LOOK, 1, FOUR - 1); /* after the RESUME message: the mailbox keeps order */
     CHECK(wait_for(all_serving, &proc));
 
+    /* WAIT_CLOSE after RECONNECT: not done while a worker's last frame predates the message,
+     * nor while worker 3 has a server marked to close; done once it is gone */
+    control_reconnect(control, "db");
+    CHECK(!close_done(&proc)); /* no worker published since */
+    step_workers(STEP_PUBLISH, 1, 2);
+    step_workers(STEP_MARK, 3, 3);
+    CHECK(wait_for(all_published, &proc));
+    CHECK(!close_done(&proc));
+    step_workers(STEP_UNMARK, 3, 3);
+    CHECK(wait_for(close_done, &proc));
+
     step_workers(STEP_END, 1, FOUR - 1);
     for (int i = 1; i < FOUR; i++)
         worker_thread_join(&proc.workers[i]);
@@ -761,6 +849,8 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
             pool_free(container_of(n, struct pool, node));
         }
     }
+    for (int i = 0; i < FOUR; i++)
+        tally_free(proc.workers[i].tally);
     ledger_free(&proc.ledger);
     config_free(proc.cfg);
     CHECK_INT(uv_loop_close(&loop), 0);
