@@ -163,6 +163,18 @@ await run([
       try {
         // take all 10 connections of each pool, so they are all connected at once
         const clients = await Promise.all(Array.from({ length: nclients }, (_, k) => pools[k % pools.length].connect()));
+        if (txn) {
+          // Both of sluice's backends logged in before the rounds: the first client holds one
+          // in a transaction, so the second's BEGIN needs the other. On a loaded machine the
+          // second backend once logged in after every round had run on the first, and the
+          // test proved nothing.
+          await clients[0].query('BEGIN');
+          await clients[0].query('SELECT 1');
+          await clients[1].query('BEGIN');
+          await clients[1].query('SELECT 1');
+          await clients[0].query('COMMIT');
+          await clients[1].query('COMMIT');
+        }
         const perClient = await parallel(nclients, async (k) => {
           const c = clients[k];
           const seen = new Set();
