@@ -190,15 +190,6 @@ int config_keys_check_main(const struct config *c, char *why, size_t n)
                  (long long)c->min_pool_size, (long long)c->default_pool_size);
         return -EINVAL;
     }
-    if (c->workers > 1) {
-        /* Honest until they serve every path: a config asking for threads must not run on one
-         * silently, nor on threads that half work. */
-        snprintf(why, n,
-                 "workers = %lld: only 1 runs yet; the worker threads (issue 21) do not yet "
-                 "serve every path (docs/architecture.md section 5.12)",
-                 (long long)c->workers);
-        return -EINVAL;
-    }
     if (c->listen_addr.n == 0 && c->unix_socket_dir[0] == '\0') {
         snprintf(why, n, "listen_addr and unix_socket_dir are both empty: nothing to listen on");
         return -EINVAL;
