@@ -384,14 +384,18 @@ void sluice_shutdown(struct process *proc, enum sluice_phase phase)
 {
     if (phase <= proc->phase)
         return;
-    if (proc->phase == PHASE_RUNNING)
-        listener_stop(proc);
+    enum sluice_phase before = proc->phase;
     /* While clients are waited for, /health already says shutting_down and /metrics go on. */
     for (int i = 0; phase >= PHASE_SHUTDOWN_GRACEFUL && i < proc->services_started; i++) {
         if (proc->services[i]->stop)
             proc->services[i]->stop(proc);
     }
     proc->phase = phase;
+    /* After the phase, so that the connections still queued, which listener_stop accepts, find
+     * the process shutting down and are told so; before the workers' shutdown message, which
+     * comes after the sockets handed to them and tells the logins among them. */
+    if (before == PHASE_RUNNING)
+        listener_stop(proc);
     if (phase == PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
         log_msg(LOG_INFO,
                 "shutdown once every client has left: no new connections; %d clients "

@@ -79,6 +79,8 @@ enum listener_state {
     LISTENER_AT_CAP,
     LISTENER_BACKING_OFF,
     LISTENER_RETRYING,
+    LISTENER_DRAINING, /* shutdown: accepting what the kernel queued, whatever the cap */
+    LISTENER_CLOSED,
 };
 
 #define ACCEPT_RETRY_MS 250 /* while accept fails for want of a resource */
@@ -88,6 +90,7 @@ struct listener {
     int nsocks;
     int port;
     enum listener_state state;
+    int backlog; /* listen(2)'s, as the sockets were opened with (listen_backlog needs a restart) */
     struct process *proc;
     const struct listener_ops *ops; /* where accepted sockets go */
     uv_timer_t retry;       /* armed in BACKING_OFF */
@@ -111,6 +114,11 @@ static void set_state(struct listener *l, enum listener_state next);
  * again on a timer. The shortage is logged when it starts and when it ends, not at every try. */
 static void accept_failed(struct listener *l, int err)
 {
+    if (l->state == LISTENER_DRAINING) {
+        log_msg(LOG_ERROR, "shutdown: accept failed: %s; connections still queued are reset",
+                strerror(err));
+        return;
+    }
     if (l->state != LISTENER_RETRYING) {
         l->failing_since = uv_now(l->proc->loop);
         log_msg(LOG_ERROR,
@@ -132,20 +140,20 @@ static void accept_succeeded(struct listener *l)
     set_state(l, LISTENER_ACCEPTING);
 }
 
-static void on_listen_readable(uv_poll_t *p, int status, int events)
+/* Up to max accept4 calls on ls; stops early when none is left, when accept fails, and, unless
+ * draining, at the accept limit. How many connections were accepted. */
+static int accept_from(struct listen_socket *ls, int max)
 {
-    (void)events;
-    struct listen_socket *ls = p->data;
     struct process *proc = ls->proc;
-    if (status < 0)
-        return;
+    struct listener *l = proc->listener;
     /* A client's first packet is read after the next accept4 (or the one that finds none), which
      * gives it the time to arrive: see listener_ops.read_first. */
-    const struct listener_ops *ops = proc->listener->ops;
+    const struct listener_ops *ops = l->ops;
     struct client *unread = NULL;
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (sluice_nclients(proc) >= accept_limit(proc)) {
-            set_state(proc->listener, LISTENER_AT_CAP);
+    int accepted = 0;
+    for (int tries = 0; tries < max; tries++) {
+        if (l->state != LISTENER_DRAINING && sluice_nclients(proc) >= accept_limit(proc)) {
+            set_state(l, LISTENER_AT_CAP);
             log_msg(LOG_WARNING,
                     "%d client connections: not accepting more until some leave "
                     "(max_client_conn = %lld)",
@@ -156,12 +164,15 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         socklen_t alen = sizeof(addr);
         int fd = accept4(ls->fd, (struct sockaddr *)&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
-                accept_failed(proc->listener, errno);
+            bool transient = errno == EINTR || errno == ECONNABORTED;
+            if (transient && l->state == LISTENER_DRAINING)
+                continue; /* no poll event will come back for the ones queued behind it */
+            if (!transient && errno != EAGAIN && errno != EWOULDBLOCK)
+                accept_failed(l, errno);
             break;
         }
-        accept_succeeded(proc->listener);
+        accepted++;
+        accept_succeeded(l);
         if (unread)
             ops->read_first(unread);
         prepare_accepted(ls, fd);
@@ -171,6 +182,15 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
     }
     if (unread)
         ops->read_first(unread);
+    return accepted;
+}
+
+static void on_listen_readable(uv_poll_t *p, int status, int events)
+{
+    (void)events;
+    if (status < 0)
+        return;
+    accept_from(p->data, ACCEPT_BATCH);
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -329,6 +349,7 @@ int listener_start(struct process *proc, const struct listener_ops *ops)
     if (!proc->listener)
         return UV_ENOMEM;
     proc->listener->port = (int)cfg->listen_port;
+    proc->listener->backlog = (int)cfg->listen_backlog;
     proc->listener->proc = proc;
     proc->listener->ops = ops;
     uv_timer_init(proc->loop, &proc->listener->retry);
@@ -351,11 +372,25 @@ static void on_listen_closed(uv_handle_t *h)
     (void)h;
 }
 
+/* Closing a listening socket resets every connection still in its accept queue: the client's
+ * connect succeeded, and it learns nothing but ECONNRESET. So what is queued is accepted first and
+ * handed on as usual; the process is no longer RUNNING, so each is told FATAL 57P01 ("sluice is
+ * shutting down", FAIL_SHUTDOWN) by the code that tells any login in progress (client_login.c,
+ * worker_close_all). A queue holds at most backlog connections (+1 on Linux): the bound keeps a
+ * storm that goes on arriving from holding the shutdown, and what arrives between the last accept
+ * and the close is still reset. */
 void listener_stop(struct process *proc)
 {
     struct listener *l = proc->listener;
-    if (!l)
+    if (!l || l->state == LISTENER_CLOSED)
         return;
+    set_state(l, LISTENER_DRAINING);
+    int drained = 0;
+    for (int i = 0; i < l->nsocks; i++)
+        drained += accept_from(&l->socks[i], l->backlog + 1);
+    if (drained > 0)
+        log_msg(LOG_INFO, "shutdown: accepted %d queued connections to tell them so", drained);
+    set_state(l, LISTENER_CLOSED);
     uv_close((uv_handle_t *)&l->retry, NULL);
     for (int i = 0; i < l->nsocks; i++) {
         struct listen_socket *ls = &l->socks[i];

@@ -1,7 +1,8 @@
 /* listener: the listening sockets (TCP addresses and an optional unix socket). Accepts in
  * batches; stops accepting while the client count is far above max_client_conn (the excess get a
  * 53300 error at login) and resumes when it falls; when accept fails for want of descriptors or
- * memory, backs off and tries again on a timer. */
+ * memory, backs off and tries again on a timer; at shutdown accepts what is queued before it
+ * closes, so that no client is reset without a word. */
 #ifndef SLUICE_LISTENER_H
 #define SLUICE_LISTENER_H
 
@@ -26,6 +27,9 @@ struct listener_ops {
  * listener). 0 or a negative UV_E* code (logged). */
 int listener_start(struct process *proc, const struct listener_ops *ops)
     __attribute__((warn_unused_result));
+/* Shutdown (call it once the process has left PHASE_RUNNING): accept the connections still
+ * queued, at most a backlog's worth per socket, and hand them on like any other, then close the
+ * sockets. Reload never calls it: the listening sockets live as long as the process. */
 void listener_stop(struct process *proc);
 /* A client went away: resume accepting if we had paused. */
 void listener_maybe_resume(struct process *proc);

@@ -169,7 +169,24 @@ class RawConn:
     """One client socket to sluice, speaking the protocol by hand."""
 
     def __init__(self, port, host="127.0.0.1", timeout=DEFAULT_TIMEOUT):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self._adopt(socket.create_connection((host, port), timeout=timeout), timeout)
+
+    @classmethod
+    def over_unix_socket(cls, path, timeout=DEFAULT_TIMEOUT):
+        """A RawConn to sluice's unix socket (unix_socket_dir/.s.PGSQL.<port>)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        c = cls.__new__(cls)
+        c._adopt(sock, timeout)
+        return c
+
+    def _adopt(self, sock, timeout):
+        self.sock = sock
         self.sock.settimeout(timeout)
         self.buf = b""
         self.params = {}

@@ -1,8 +1,10 @@
 """Process lifecycle and upstream failures: signals, lost servers, unreachable Postgres."""
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import psycopg
@@ -10,7 +12,7 @@ import pytest
 
 from conftest import (APP_DB, APP_PASSWORD, APP_USER, Background, pg_tool, pick_port,
                       wait_until)
-from pgwire import RawConn, ServerError, raw_login, startup_packet
+from pgwire import PeerClosed, RawConn, ServerError, raw_login, startup_packet
 
 
 @pytest.mark.timeout(60)
@@ -232,3 +234,101 @@ def test_sigint_closes_idle_clients_at_once_with_57P01(start_sluice):
         assert s.wait_exit(5) == 0
     finally:
         c.close()
+
+
+def _first_error_code(c, timeout=10):
+    """The SQLSTATE of the first ErrorResponse c reads, or how the connection ended without one."""
+    try:
+        return c.expect_error(timeout=timeout).get("C")
+    except PeerClosed as e:
+        return f"no ErrorResponse: {e}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_connections_still_queued_at_shutdown_are_told_57P01_not_reset(start_sluice, sig, workers):
+    """Past its accept limit (max_client_conn + max_client_logins + 100) sluice stops accepting
+    and new connections wait in the kernel's accept queue, as in any connection storm. Closing
+    the listening sockets at shutdown would reset them (ECONNRESET after a connect that
+    succeeded); they are accepted first and told 57P01 like the logins in progress, over TCP and
+    the unix socket, with one worker or several."""
+    sockdir = tempfile.mkdtemp(prefix="sluice-q")  # a unix socket's path has at most 107 bytes
+    logins = 150
+    # A backlog the logins below cannot overflow: a dropped SYN is sent again after 1 s, and a
+    # login older than 1 s gives its place up to a new one, so the limit would not be reached.
+    s = start_sluice({"workers": workers, "max_client_conn": 1, "max_client_logins": logins,
+                      "client_login_timeout": 60, "shutdown_timeout": 30,
+                      "listen_backlog": 1024, "unix_socket_dir": sockdir},
+                     auth_file={APP_USER: APP_PASSWORD})
+    holding, queued = [], []
+    try:
+        # logins that wait for their password, up to the accept limit and one past it
+        for _ in range(1 + logins + 100 + 1):
+            holding.append(RawConn(s.port))
+            holding[-1].send(startup_packet())
+        s.wait_for_log(r"not accepting more until some leave", timeout=20)
+        for i in range(10):
+            c = (RawConn(s.port) if i % 2 else
+                 RawConn.over_unix_socket(os.path.join(sockdir, f".s.PGSQL.{s.port}")))
+            queued.append(c)
+            c.send(startup_packet())
+        time.sleep(0.2)
+        s.send_signal(sig)
+        assert [_first_error_code(c) for c in queued] == ["57P01"] * len(queued)
+        # one of these may have been the oldest login giving its place up (53300) on a slow run
+        told = [_first_error_code(c) for c in holding]
+        assert set(told) <= {"57P01", "53300"}, sorted(set(told))
+        assert s.wait_exit(20) == 0
+        s.wait_for_log(r"shutdown: accepted \d+ queued connections", timeout=5)
+    finally:
+        for c in holding + queued:
+            c.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_connections_during_a_storm_of_reloads_all_succeed(start_sluice, workers):
+    """A reload never touches the listening sockets (listen_addr, listen_port and
+    unix_socket_dir need a restart): logins over TCP and the unix socket while SIGHUP arrives
+    every 20 ms are never refused nor reset."""
+    sockdir = tempfile.mkdtemp(prefix="sluice-r")
+    s = start_sluice({"workers": workers, "pool_mode": "transaction",
+                      "unix_socket_dir": sockdir})
+    unix_path = os.path.join(sockdir, f".s.PGSQL.{s.port}")
+    s.wait_for_log(r"listening on unix socket")  # opened after the TCP port the fixture waits for
+    storming = True
+
+    def storm():
+        sent = 0
+        while storming:
+            s.send_signal(signal.SIGHUP)
+            sent += 1
+            time.sleep(0.02)
+        return sent
+
+    reloads = Background(storm)
+    failures = []
+    try:
+        deadline = time.monotonic() + 3
+        logins = 0
+        while time.monotonic() < deadline:
+            c = None
+            try:
+                c = RawConn(s.port) if logins % 2 else RawConn.over_unix_socket(unix_path)
+                c.startup()
+                c.query("SELECT 1")
+            except (OSError, AssertionError) as e:
+                failures.append(f"login {logins}: {e!r}")
+            finally:
+                if c:
+                    c.close()
+            logins += 1
+    finally:
+        storming = False
+        sent = reloads.result(10)
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert failures == [], failures[:5]
+    assert logins >= 20 and sent >= 20, f"{logins} logins under {sent} reloads"
+    assert s.log_text().count("configuration reloaded") >= 20
