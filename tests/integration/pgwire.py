@@ -381,6 +381,39 @@ def raw_login(port, user="app", database="appdb", password=None, timeout=DEFAULT
     return c
 
 
+def recorded_login(port, user="app", database="appdb", password=None, timeout=30, **params):
+    """Log in over a new RawConn and record what the client sees up to the end of its login:
+    message types, each once, in the order they first came, R split into "password asked" and
+    "auth ok" (Postgres's refusals after authentication come after AuthenticationOk; sluice's
+    must too). (conn, seen, error): error is the ErrorResponse's fields when the login was
+    refused, else None and conn is logged in. The caller closes conn."""
+    c = RawConn(port, timeout=timeout)
+    seen = []
+    read = c.read_message
+
+    def recording_read():
+        mtype, payload = read()
+        if mtype == "R":
+            seen.append("password asked" if struct.unpack_from("!I", payload)[0] else "auth ok")
+        else:
+            seen.append(mtype)
+        return mtype, payload
+
+    c.read_message = recording_read
+    error = None
+    try:
+        c.send(startup_packet(user=user, database=database, **params))
+        c.finish_login(user=user, password=password)
+    except ServerError as e:
+        error = e.fields
+    except BaseException:
+        c.close()
+        raise
+    finally:
+        c.read_message = read
+    return c, list(dict.fromkeys(seen)), error
+
+
 # ---- SCRAM-SHA-256 client (RFC 5802 / RFC 7677), for auth_type = scram-sha-256 tests ---------
 
 

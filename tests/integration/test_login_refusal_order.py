@@ -6,39 +6,18 @@ unknown database, a DISABLEd one and its client caps after the password too, so 
 sequence. The words differ on purpose (sluice names its own cause): message types and SQLSTATE
 are compared."""
 
-import struct
-
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import RawConn, ServerError, startup_packet
+from pgwire import RawConn, recorded_login, startup_packet
 
 
 def login(port, user, password, database):
     """The message types a client sees up to the end of its login (R split into the password
     request and AuthenticationOk), and the SQLSTATE it was refused with (None: logged in)."""
-    c = RawConn(port, timeout=30)
-    seen = []
-    read = c.read_message
-
-    def recording_read():
-        mtype, payload = read()
-        if mtype == "R":
-            seen.append("password asked" if struct.unpack_from("!I", payload)[0] else "auth ok")
-        else:
-            seen.append(mtype)
-        return mtype, payload
-
-    c.read_message = recording_read
-    try:
-        c.send(startup_packet(user=user, database=database))
-        try:
-            c.finish_login(user=user, password=password)
-        except ServerError as e:
-            return list(dict.fromkeys(seen)), e.fields.get("C")
-        return list(dict.fromkeys(seen)), None
-    finally:
-        c.close()
+    c, seen, error = recorded_login(port, user=user, database=database, password=password)
+    c.close()
+    return seen, error.get("C") if error else None
 
 
 @pytest.fixture

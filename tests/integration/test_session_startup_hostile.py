@@ -2,6 +2,7 @@
 distinct parameters under caps, a common fingerprint mixed with rare ones, refused options
 under a full pool, odd option values. Caps are checked in Postgres (BackendSampler)."""
 
+import contextlib
 import signal
 import threading
 import time
@@ -17,20 +18,57 @@ from test_session_startup import show_pool
 ADMIN = "admin"
 
 
-
-def first_value_or_sqlstate(sql, port, **kw):
-    """A client's whole life: log in, run sql, leave. The first value of its first row, the
-    SQLSTATE it was refused with, or what else went wrong (a storm's threads record it)."""
+def client_life(port, work, failed=repr, **login):
+    """A storm client's whole life: log in with raw_login's arguments, work(c), leave. What work
+    returned, or failed(the exception) when something went wrong (a storm's threads record it)."""
     try:
-        c = raw_login(port, **kw)
+        c = raw_login(port, **login)
         try:
-            return c.query(sql)[0]
+            return work(c)
         finally:
             c.close()
-    except ServerError as e:
-        return e.sqlstate
     except Exception as e:  # noqa: BLE001
-        return repr(e)
+        return failed(e)
+
+
+def sqlstate_or_repr(e):
+    """The SQLSTATE a client was refused with, or what else went wrong."""
+    return e.sqlstate if isinstance(e, ServerError) else repr(e)
+
+
+def rows_of(sql):
+    """A client's work: run sql; its rows."""
+    return lambda c: c.query(sql)[0]
+
+
+NAME_AND_SLEEP = rows_of("SELECT current_setting('application_name'), pg_sleep(0.05)")
+
+
+def application_name_of(c):
+    return c.query("SELECT current_setting('application_name')")[0]
+
+
+def first_value_or_sqlstate(sql, port, **kw):
+    """A client's whole life: log in, run sql, leave. Its rows, the SQLSTATE it was refused
+    with, or what else went wrong (a storm's threads record it)."""
+    return client_life(port, rows_of(sql), failed=sqlstate_or_repr, **kw)
+
+
+@contextlib.contextmanager
+def each_in_a_transaction(port, *logins):
+    """One client per dict of raw_login's arguments, each in a transaction (each holds a backend
+    at the same time); all closed at the end."""
+    conns = []
+    try:
+        for login in logins:
+            conns.append(raw_login(port, **login))
+        for c in conns:
+            c.query("BEGIN")
+        yield conns
+    finally:
+        for c in conns:
+            c.close()
+
 
 def run_threads(fn, n, join=90):
     threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
@@ -104,22 +142,18 @@ def test_a_storm_of_distinct_parameters_holds_the_caps_and_serves_everyone(start
                            "max_client_conn": 200}, **cap))
     results = {}
 
+    def work(c, i):
+        if i % 5 == 0:
+            c.query("BEGIN")
+            c.query("SELECT pg_sleep(0.1)")
+            c.query("COMMIT")
+        return c.query("SELECT current_setting('application_name'),"
+                       " current_setting('app.me'), current_setting('statement_timeout')")[0]
+
     def client(i):
-        try:
-            c = raw_login(s.port, application_name=f"storm{i}",
-                          options=f"-c app.me={i} -c statement_timeout={2001 + i}", timeout=80)
-            try:
-                if i % 5 == 0:
-                    c.query("BEGIN")
-                    c.query("SELECT pg_sleep(0.1)")
-                    c.query("COMMIT")
-                rows = c.query("SELECT current_setting('application_name'),"
-                               " current_setting('app.me'), current_setting('statement_timeout')")
-                results[i] = rows[0]
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, lambda c: work(c, i), application_name=f"storm{i}",
+                                 options=f"-c app.me={i} -c statement_timeout={2001 + i}",
+                                 timeout=80)
 
     n = 60
     with BackendSampler(pg) as sampler:
@@ -139,28 +173,17 @@ def test_a_flood_of_refused_options_under_a_full_pool_leaves_good_clients_served
         c.close()
     results = {}
 
+    def served(c):
+        c.query("SELECT 1")
+        return "served"
+
     def bad(i):
-        try:
-            c = raw_login(s.port, options="-c no_such_setting=1", timeout=40)
-            try:
-                c.query("SELECT 1")
-                results[i] = "served"
-            finally:
-                c.close()
-        except ServerError as e:
-            results[i] = e.sqlstate
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, served, failed=sqlstate_or_repr,
+                                 options="-c no_such_setting=1", timeout=40)
 
     def good(i):
-        try:
-            c = raw_login(s.port, application_name=f"good{i % 4}", timeout=40)
-            try:
-                results[i] = c.query("SELECT current_setting('application_name')")[0]
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, application_name_of, application_name=f"good{i % 4}",
+                                 timeout=40)
 
     with BackendSampler(pg) as sampler:
         run_threads(lambda i: bad(i) if i < 50 else good(i), 70)
@@ -170,11 +193,7 @@ def test_a_flood_of_refused_options_under_a_full_pool_leaves_good_clients_served
     row = show_pool(s)
     assert row["breaker"] == "closed"
     t0 = time.monotonic()
-    c = raw_login(s.port, application_name="after")
-    try:
-        assert c.query("SELECT 1")[0] == [["1"]]
-    finally:
-        c.close()
+    assert client_life(s.port, rows_of("SELECT 1"), application_name="after") == [["1"]]
     assert time.monotonic() - t0 < 2
 
 
@@ -191,16 +210,10 @@ def test_a_client_gone_while_its_backend_logs_in_leaks_no_slot(start_sluice, pg)
             c.close()
     time.sleep(1.0)
     # every slot is usable: two clients of new parameters hold a backend each at once
-    a = raw_login(s.port, application_name="a")
-    b = raw_login(s.port, application_name="b")
-    try:
-        a.query("BEGIN")
-        b.query("BEGIN")
-        assert a.query("SELECT current_setting('application_name')")[0] == [["a"]]
-        assert b.query("SELECT current_setting('application_name')")[0] == [["b"]]
-    finally:
-        a.close()
-        b.close()
+    with each_in_a_transaction(s.port, {"application_name": "a"},
+                               {"application_name": "b"}) as (a, b):
+        assert application_name_of(a) == [["a"]]
+        assert application_name_of(b) == [["b"]]
 
     def settled():
         with pg.superuser() as con:
@@ -222,26 +235,25 @@ def test_a_client_gone_while_its_backend_logs_in_leaks_no_slot(start_sluice, pg)
 ])
 def test_odd_startup_values_reach_the_backend_as_postgres_reads_them(start_sluice, pg, login):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
-    probe = "SELECT name, setting FROM pg_settings WHERE source = 'client' ORDER BY name"
-    probe2 = "SELECT current_setting('application_name')"
+
+    def what_the_session_reads(c):
+        return (c.query("SELECT name, setting FROM pg_settings WHERE source = 'client'"
+                        " ORDER BY name")[0],
+                application_name_of(c),
+                c.query("SELECT coalesce(string_agg(k || '=' || current_setting(k), ','"
+                        " ORDER BY k), '') FROM unnest(ARRAY['app.q','app.e','app.x',"
+                        "'app.k0','app.k99','app.dash','app.glued']) k"
+                        " WHERE current_setting(k, true) IS NOT NULL")[0])
+
     direct = raw_login(pg.port, password=APP_PASSWORD, **login)
     try:
-        want = (direct.query(probe)[0], direct.query(probe2)[0])
-        custom = direct.query("SELECT coalesce(string_agg(k || '=' || current_setting(k), ','"
-                              " ORDER BY k), '') FROM unnest(ARRAY['app.q','app.e','app.x',"
-                              "'app.k0','app.k99','app.dash','app.glued']) k"
-                              " WHERE current_setting(k, true) IS NOT NULL")[0]
+        want = what_the_session_reads(direct)
     finally:
         direct.close()
     for _ in range(2):
         pooled = raw_login(s.port, **login)
         try:
-            got = (pooled.query(probe)[0], pooled.query(probe2)[0])
-            got_custom = pooled.query("SELECT coalesce(string_agg(k || '=' || current_setting(k),"
-                                      " ',' ORDER BY k), '') FROM unnest(ARRAY['app.q','app.e',"
-                                      "'app.x','app.k0','app.k99','app.dash','app.glued']) k"
-                                      " WHERE current_setting(k, true) IS NOT NULL")[0]
-            assert (got, got_custom) == (want, custom)
+            assert what_the_session_reads(pooled) == want
         finally:
             pooled.close()
 
@@ -284,15 +296,8 @@ def test_a_budget_holds_its_max_servers_in_a_storm_of_distinct_parameters(pg, st
 
     def client(i):
         kind = "seed" if i % 2 else "web"
-        try:
-            c = raw_login(s.port, application_name=f"{kind}{i}", timeout=80)
-            try:
-                results[i] = c.query("SELECT current_setting('application_name'),"
-                                     " pg_sleep(0.05)")[0]
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, NAME_AND_SLEEP, application_name=f"{kind}{i}",
+                                 timeout=80)
 
     seeds = LikeSampler(pg, "seed%")
     seeds.start()
@@ -311,18 +316,12 @@ def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change)
                       "max_client_conn": 200})
     results = {}
 
+    work = rows_of("SELECT current_setting('application_name'), current_setting('app.me'),"
+                   " pg_sleep(0.1)")
+
     def client(i):
-        try:
-            c = raw_login(s.port, application_name=f"r{i}", options=f"-c app.me={i}",
-                          timeout=80)
-            try:
-                rows = c.query("SELECT current_setting('application_name'),"
-                               " current_setting('app.me'), pg_sleep(0.1)")[0]
-                results[i] = rows
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, work, application_name=f"r{i}",
+                                 options=f"-c app.me={i}", timeout=80)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
     for t in threads:
@@ -348,11 +347,7 @@ def test_a_reload_under_a_storm_of_distinct_parameters(start_sluice, pg, change)
         # the backends opened with session clients' parameters are of no use now: a
         # transaction client is served at once, and they do not stay to hold the pool's slots
         t0 = time.monotonic()
-        c = raw_login(s.port, application_name="after")
-        try:
-            assert c.query("SELECT current_setting('application_name')")[0] == [["after"]]
-        finally:
-            c.close()
+        assert client_life(s.port, application_name_of, application_name="after") == [["after"]]
         assert time.monotonic() - t0 < 2
     
         def opened_before_reload():
@@ -369,15 +364,7 @@ def test_pause_and_resume_under_a_storm_of_distinct_parameters(start_sluice, pg)
     results = {}
 
     def client(i):
-        try:
-            c = raw_login(s.port, application_name=f"p{i}", timeout=80)
-            try:
-                results[i] = c.query("SELECT current_setting('application_name'),"
-                                     " pg_sleep(0.05)")[0]
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            results[i] = repr(e)
+        results[i] = client_life(s.port, NAME_AND_SLEEP, application_name=f"p{i}", timeout=80)
 
     with psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None), autocommit=True,
                          prepare_threshold=None) as admin:
@@ -446,15 +433,9 @@ def test_a_client_of_other_parameters_behind_held_transactions_is_told_53300(sta
         for h in holders:
             h.close()
     # the slots are back: two clients of new parameters each hold a backend at once
-    a = raw_login(s.port, application_name="a")
-    b = raw_login(s.port, application_name="b")
-    try:
-        a.query("BEGIN")
-        b.query("BEGIN")
-        assert b.query("SELECT current_setting('application_name')")[0] == [["b"]]
-    finally:
-        a.close()
-        b.close()
+    with each_in_a_transaction(s.port, {"application_name": "a"},
+                               {"application_name": "b"}) as (_, b):
+        assert application_name_of(b) == [["b"]]
 
 
 def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, pg):
@@ -463,14 +444,10 @@ def test_kill_during_a_storm_of_distinct_parameters_leaks_no_slot(start_sluice, 
     results = {}
 
     def client(i):
-        try:
-            c = raw_login(s.port, application_name=f"k{i}", timeout=40)
-            try:
-                results[i] = c.query("SELECT pg_sleep(0.1)")[0]
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001 (KILL ends the first ones)
-            results[i] = "gone" if i < 100 else repr(e)
+        # KILL ends the first ones
+        results[i] = client_life(s.port, rows_of("SELECT pg_sleep(0.1)"),
+                                 failed=lambda e: "gone" if i < 100 else repr(e),
+                                 application_name=f"k{i}", timeout=40)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
     for t in threads:
@@ -516,11 +493,7 @@ def test_malformed_options_are_refused_as_postgres_refuses_them_and_harm_nobody(
     got = outcome(s.port)
     assert got == want
     assert show_pool(s)["breaker"] == "closed"
-    c = raw_login(s.port, application_name="after")
-    try:
-        assert c.query("SELECT 1")[0] == [["1"]]
-    finally:
-        c.close()
+    assert client_life(s.port, rows_of("SELECT 1"), application_name="after") == [["1"]]
 
 
 def test_a_storm_past_query_wait_timeout_is_served_or_told_53300(start_sluice, pg):
@@ -563,15 +536,9 @@ def test_logins_gone_before_their_backend_logs_in_leak_no_slot(start_sluice, pg)
     holder.close()
     wait_until(lambda: show_pool(s)["cl_waiting"] == 0 and show_pool(s)["sv_active"] == 0, 10,
                what="SHOW POOLS settled")
-    with BackendSampler(pg) as sampler:
-        a = raw_login(s.port, application_name="a", DateStyle="German")
-        b = raw_login(s.port, application_name="b")
-        try:
-            a.query("BEGIN")
-            b.query("BEGIN")
-            assert a.query("SHOW DateStyle")[0] == [["German, DMY"]]
-            assert b.query("SELECT current_setting('application_name')")[0] == [["b"]]
-        finally:
-            a.close()
-            b.close()
+    with BackendSampler(pg) as sampler, each_in_a_transaction(
+            s.port, {"application_name": "a", "DateStyle": "German"},
+            {"application_name": "b"}) as (a, b):
+        assert a.query("SHOW DateStyle")[0] == [["German, DMY"]]
+        assert application_name_of(b) == [["b"]]
     assert sampler.max <= 2, sampler.history

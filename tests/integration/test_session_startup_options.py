@@ -5,12 +5,10 @@ must see the same: the password asked for first, AuthenticationOk, then the same
 ErrorResponse (S, V, C, M, H); a wrong password gives 28P01 whatever the options. Each case is
 run against Postgres and through sluice, in session and transaction mode."""
 
-import struct
-
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import RawConn, ServerError, startup_packet
+from pgwire import recorded_login
 
 REFUSED = ["-x 1", "stray", "-c app.a=1 -c", "-c app.x", "--app.x", "-c =1", "-capp.z=1 stray",
            "-c a b", "-c -x", "-xe", "-e -xe", "stray -x", "-f z", "-tq", "-S", "--app-a.b",
@@ -20,29 +18,18 @@ ACCEPTED = ["-e", "-S 2048", "-fs -c app.q=1", "--app.dash-name=yes", "--", "-E 
 SHOWN = ["DateStyle", "work_mem", "enable_seqscan", "log_min_messages"]
 
 
+AUTH_STEPS = ("password asked", "auth ok")
+
+
 def login(port, options, password):
-    """What a client sees: the messages before the end of the login, and the error's fields
-    (None when logged in, then the settings SHOWN)."""
-    c = RawConn(port, timeout=30)
-    seen = []
-    read = c.read_message
-
-    def recording_read():
-        mtype, payload = read()
-        if mtype == "R":
-            seen.append("password asked" if struct.unpack_from("!I", payload)[0] else "auth ok")
-        return mtype, payload
-
-    c.read_message = recording_read
+    """What a client sees: the authentication steps before the end of the login, and the
+    error's fields (None when logged in, then the settings SHOWN)."""
+    c, seen, error = recorded_login(port, password=password, options=options)
     try:
-        c.send(startup_packet(user="app", database="appdb", options=options))
-        try:
-            c.finish_login(user="app", password=password)
-        except ServerError as e:
-            return (list(dict.fromkeys(seen)),
-                    {k: e.fields.get(k) for k in ("S", "V", "C", "M", "H")})
-        shown = [c.query(f"SHOW {name}")[0] for name in SHOWN]
-        return list(dict.fromkeys(seen)), shown
+        steps = [t for t in seen if t in AUTH_STEPS]
+        if error:
+            return steps, {k: error.get(k) for k in ("S", "V", "C", "M", "H")}
+        return steps, [c.query(f"SHOW {name}")[0] for name in SHOWN]
     finally:
         c.close()
 
