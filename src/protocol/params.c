@@ -376,7 +376,15 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
         put_literal(sql, value);
     put_str(sql, ", false)");
     /* A value cut here raises no NOTICE; a column name of 64 bytes raises Postgres's own (the
-     * same truncate_identifier), swallowed, which teaches login_notice.c its F, L, R. */
+     * same truncate_identifier), swallowed, which teaches login_notice.c its F, L, R. It stays
+     * because nothing simpler gives the same bytes: in transaction mode this sync is what a
+     * worker's first such client waits for before its welcome, and no backend raised 42622
+     * before it (the pool's backends log in without the client's name). Without it that client
+     * gets the NOTICE without F, L, R (test_login_notices.py's multibyte case in transaction
+     * mode fails, measured), which a client shows (psql's VERBOSITY verbose: LOCATION;
+     * psycopg's Diagnostic.source_file). Provoking a 42622 once per process instead needs a
+     * query and a state of its own; assuming the fields per version is what login_notice.h
+     * refuses. This costs an alias on the rare sync of a long non-ASCII name. */
     if (app && cut_by_sluice(value))
         put_str(sql, " AS sluice_name_truncation_"
                      "notice_learned_here_for_clients_at_login_time");
