@@ -121,16 +121,22 @@ struct move_run {
     int waited;              /* ticks since it was asked for */
     atomic_int holder;       /* the worker whose pool has it idle (-1: on its way) */
     atomic_ullong server_id; /* as its holder saw it */
-    atomic_int bad_counts;   /* a holder saw the key's slots other than 1 */
+    atomic_int bad_counts;   /* a step on a worker's thread went wrong */
     int ticks;
     bool moved_all, closed;
 };
 
+/* On a worker's thread, so no CHECK (its counter is the test thread's): what goes wrong there
+ * is counted in bad_counts and checked at the end. */
 static struct pool *pool_db_u(struct worker *worker)
 {
-    struct pool *p = pool_get(worker, NULL, "u", "db");
-    CHECK(p != NULL);
-    return p;
+    return pool_get(worker, NULL, "u", "db");
+}
+
+static void count_bad(struct move_run *r, bool bad)
+{
+    if (bad)
+        atomic_fetch_add(&r->bad_counts, 1);
 }
 
 /* On worker 1's thread: its pool gets a logged-in, idle server (as server_connect.c leaves
@@ -139,10 +145,11 @@ static void make_server(struct worker *worker, void *arg, bool delivered)
 {
     struct move_run *r = arg;
     struct pool *p = delivered ? pool_db_u(worker) : NULL;
+    count_bad(r, !p);
     if (!p)
         return;
     struct ledger_caps caps = {.pool = 1};
-    CHECK_INT(ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps), LIMIT_NONE);
+    count_bad(r, ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps) != LIMIT_NONE);
     struct server *s = calloc(1, sizeof(*s));
     s->pool = p;
     s->id = worker->next_id++;
@@ -150,7 +157,7 @@ static void make_server(struct worker *worker, void *arg, bool delivered)
     s->txn_status = 'I';
     s->connect_ms = s->state_since_ms = sluice_now(worker);
     stmt_map_init(&s->stmts);
-    CHECK_INT(sockio_open(&s->io, worker->loop, r->backend[0], s, server_on_io), 0);
+    count_bad(r, sockio_open(&s->io, worker->loop, r->backend[0], s, server_on_io) != 0);
     list_append(&p->idle, &s->node);
     atomic_fetch_add(&worker->nservers, 1);
     sockio_want(&s->io, UV_READABLE);
@@ -163,6 +170,7 @@ static void ask_for_server(struct worker *worker, void *arg, bool delivered)
 {
     struct move_run *r = arg;
     struct pool *p = delivered ? pool_db_u(worker) : NULL;
+    count_bad(r, !p);
     if (!p)
         return;
     struct ledger *l = &worker->proc->ledger;
@@ -171,9 +179,8 @@ static void ask_for_server(struct worker *worker, void *arg, bool delivered)
         ledger_wait_done(l, p->ledger_key, i);
     atomic_store(&r->holder, -1);
     struct ledger_caps caps = {.pool = 1};
-    CHECK_INT(ledger_wait_need(l, p->ledger_key, (int)worker->index, LIMIT_POOL, ledger_now_ms(), 1,
-                               &caps),
-              1);
+    count_bad(r, ledger_wait_need(l, p->ledger_key, (int)worker->index, LIMIT_POOL, ledger_now_ms(),
+                                  1, &caps) != 1);
     worker_post_need(worker);
 }
 
@@ -185,9 +192,8 @@ static void look_for_server(struct worker *worker, void *arg, bool delivered)
     if (!p || list_empty(&p->idle))
         return;
     struct server *s = container_of(list_first(&p->idle), struct server, node);
-    if (s->pool != p || s->state != SERVER_IDLE || !s->io.poll ||
-        atomic_load_explicit(&p->ledger_key->servers, memory_order_relaxed) != 1)
-        atomic_fetch_add(&r->bad_counts, 1);
+    count_bad(r, s->pool != p || s->state != SERVER_IDLE || !s->io.poll ||
+                     atomic_load_explicit(&p->ledger_key->servers, memory_order_relaxed) != 1);
     atomic_store(&r->server_id, s->id);
     atomic_store(&r->holder, (int)worker->index);
 }
