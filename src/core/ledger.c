@@ -173,6 +173,7 @@ static int wake_for(struct ledger *l, const struct ledger_key *key, const struct
             continue;
         int worker = w->worker;
         *pp = w->next;
+        add(&l->nwaiters, -1);
         free(w);
         return worker;
     }
@@ -192,13 +193,19 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key,
     return k;
 }
 
-int ledger_give_server(struct ledger *l, struct ledger_key *key)
+/* Under the lock: key's backend is gone (its counts -1). */
+static void give_server(struct ledger *l, struct ledger_key *key)
 {
-    lock(l);
     int left = add(&key->servers, -1);
     assert(left >= 0);
     (void)left;
     count(l, key->db, key->user, -1);
+}
+
+int ledger_give_server(struct ledger *l, struct ledger_key *key)
+{
+    lock(l);
+    give_server(l, key);
     int worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
     unlock(l);
     return worker;
@@ -479,37 +486,123 @@ static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger
     return NULL;
 }
 
-int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms)
+int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms, int want, const struct ledger_caps *caps)
 {
     struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
     lock(l);
     struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    int coming = w ? w->coming : 0, made = !w;
     if (!w) {
         w = fresh;
         fresh = NULL;
     }
     if (w) {
-        *w = (struct ledger_waiter){
-            .key = key, .scope = scope, .worker = worker, .since_ms = since_ms};
+        *w = (struct ledger_waiter){.key = key,
+                                    .scope = scope,
+                                    .worker = worker,
+                                    .since_ms = since_ms,
+                                    .want = want > 0 ? want : 1,
+                                    .coming = coming,
+                                    .caps_known = caps != NULL};
+        if (caps)
+            w->caps = *caps;
         /* after every entry as old or older: equal times keep the order they came in */
         struct ledger_waiter **pp = &l->waiters;
         while (*pp && (*pp)->since_ms <= since_ms)
             pp = &(*pp)->next;
         w->next = *pp;
         *pp = w;
+        add(&l->nwaiters, made);
     }
     unlock(l);
     free(fresh);
-    return w ? 0 : -ENOMEM;
+    return w ? made : -ENOMEM;
+}
+
+int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms)
+{
+    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL);
+    return rc < 0 ? rc : 0;
 }
 
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
 {
     lock(l);
     struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    if (w)
+        add(&l->nwaiters, -1);
     unlock(l);
     free(w);
+}
+
+struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self)
+{
+    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
+    lock(l);
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next) {
+        if (get(&w->key->state) == LEDGER_KEY_PAUSED)
+            continue;
+        /* local first: an older waiter of the asking worker's own that a close would serve is
+         * its own pool.c's to serve (evict_idle_elsewhere, longer_waiter_elsewhere) */
+        if (w->worker == self && w->key != key && frees_for(w, key, key->db, key->user))
+            break;
+        if (w->worker == self || w->coming >= w->want)
+            continue;
+        if (w->key == key) {
+            claim.kind = LEDGER_CLAIM_MOVE; /* its slot moves with it: no count changes */
+        } else if (frees_for(w, key, key->db, key->user) &&
+                   (!w->caps_known ||
+                    passed(l, w->key->db, w->key->user, w->key, &w->caps, 1, key) == LIMIT_NONE)) {
+            claim.kind = LEDGER_CLAIM_CLOSE;
+        } else {
+            continue;
+        }
+        w->coming++;
+        claim.worker = w->worker;
+        claim.key = w->key;
+        break;
+    }
+    unlock(l);
+    return claim;
+}
+
+/* Under the lock: (key, worker)'s entry, or NULL. */
+static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
+        if (w->key == key && w->worker == worker)
+            return w;
+    return NULL;
+}
+
+void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = find_waiter(l, key, worker);
+    if (w && w->coming > 0)
+        w->coming--;
+    unlock(l);
+}
+
+int ledger_give_server_for(struct ledger *l, struct ledger_key *key, struct ledger_key *room_key,
+                           int room_worker)
+{
+    lock(l);
+    give_server(l, key);
+    struct ledger_waiter *w = find_waiter(l, room_key, room_worker);
+    int worker;
+    if (w) {
+        /* the entry stays: its worker takes the slot and registers again if still held */
+        if (w->coming > 0)
+            w->coming--;
+        worker = room_worker;
+    } else {
+        worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+    }
+    unlock(l);
+    return worker;
 }
 
 int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms)

@@ -63,26 +63,6 @@ struct ledger_key {
                                * learnt by any worker's pool of this key; 0: not yet */
 };
 
-/* A worker that cannot take a slot: the arrival time of its oldest waiter for a slot of key. */
-struct ledger_waiter {
-    struct ledger_waiter *next; /* oldest first */
-    struct ledger_key *key;
-    enum limit_kind scope; /* the cap that held it: LIMIT_POOL, _DB, _USER or _GLOBAL */
-    int worker;
-    uint64_t since_ms; /* CLOCK_MONOTONIC (ledger_now_ms), comparable across workers */
-};
-
-struct ledger {
-    pthread_mutex_t mu; /* one critical section per take, give, wait or switch */
-    struct ledger_key *keys;
-    struct ledger_scope *dbs, *users;
-    struct ledger_waiter *waiters; /* the cross-worker FIFO for slots, oldest first */
-    atomic_int servers;            /* every backend: pools' and auth_query's */
-    atomic_int own_servers;        /* auth_query's connections, of `servers` */
-    atomic_int clients;            /* logged-in clients, the admin console's included */
-    atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
-};
-
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
 struct ledger_caps {
     int pool;   /* pool_size, + reserve_pool_size when the reserve is in play */
@@ -92,6 +72,34 @@ struct ledger_caps {
     /* NN% caps are not resolved yet and a server of this key is learning max_connections: one
      * at a time until it has (binds as LIMIT_DB, after the pool's own size). */
     bool awaiting_probe;
+};
+
+/* A worker that cannot take a slot: the arrival time of its oldest waiter for a slot of key. */
+struct ledger_waiter {
+    struct ledger_waiter *next; /* oldest first */
+    struct ledger_key *key;
+    enum limit_kind scope; /* the cap that held it: LIMIT_POOL, _DB, _USER or _GLOBAL */
+    int worker;
+    uint64_t since_ms; /* CLOCK_MONOTONIC (ledger_now_ms), comparable across workers */
+    /* The idle-server handover (5.4, handover.c): the servers its waiters still need (set by
+     * the waiting worker), and those on their way to it (moved, or a slot being freed for it:
+     * counted by ledger_claim_idle, given back by ledger_wait_arrived and the give that frees
+     * the slot). Other workers answer only while coming < want. */
+    int want, coming;
+    struct ledger_caps caps; /* the caps its last take failed under (a close must make room) */
+    bool caps_known;
+};
+
+struct ledger {
+    pthread_mutex_t mu; /* one critical section per take, give, wait or switch */
+    struct ledger_key *keys;
+    struct ledger_scope *dbs, *users;
+    struct ledger_waiter *waiters; /* the cross-worker FIFO for slots, oldest first */
+    atomic_int nwaiters;           /* entries on it: the lock-free hint ledger_has_waiters reads */
+    atomic_int servers;            /* every backend: pools' and auth_query's */
+    atomic_int own_servers;        /* auth_query's connections, of `servers` */
+    atomic_int clients;            /* logged-in clients, the admin console's included */
+    atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
 };
 
 /* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
@@ -185,11 +193,47 @@ uint64_t ledger_now_ms(void);
 /* 0, or -ENOMEM (nothing registered: the worker finds the slot at its next tick). */
 int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms) __attribute__((warn_unused_result));
+/* The same, for the idle-server handover (5.4): want, the servers its waiters need (>= 1);
+ * caps, those the take failed under (NULL: unknown; then a close for it is not checked).
+ * Returns 1 when the entry is new (the caller tells the other workers: worker_post_need), 0
+ * when an entry was updated (want and caps replaced, coming kept), or -ENOMEM. */
+int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms, int want, const struct ledger_caps *caps)
+    __attribute__((warn_unused_result));
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its
  * arrival time. Changes nothing. */
 int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms);
+
+/* Lock-free hint (a relaxed load): does any worker wait for a slot? The idle-server handover
+ * asks it when a server goes idle with workers > 1; what acts on it asks again under the lock. */
+static inline bool ledger_has_waiters(const struct ledger *l)
+{
+    return atomic_load_explicit(&l->nwaiters, memory_order_relaxed) > 0;
+}
+
+/* ---- The idle-server handover (5.4): what a worker holding an idle server of key does ----
+ * The oldest entry of another worker (paused keys passed over) that such a server serves:
+ * LEDGER_CLAIM_MOVE when the entry is of key itself (the server moves there with its slot),
+ * LEDGER_CLAIM_CLOSE when its scope is a cap key shares (database, user, global) and closing
+ * one backend of key leaves room for the entry's key under its caps (the server closes and the
+ * slot goes to that worker: ledger_give_server_for). Either way the entry's `coming` + 1, and
+ * entries with coming >= want are passed over. LEDGER_CLAIM_NONE: nobody. */
+enum ledger_claim_kind { LEDGER_CLAIM_NONE, LEDGER_CLAIM_MOVE, LEDGER_CLAIM_CLOSE };
+struct ledger_claim {
+    enum ledger_claim_kind kind;
+    int worker;             /* the waiting worker */
+    struct ledger_key *key; /* its key (CLOSE: the slot is freed for it) */
+};
+struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self);
+/* A server claimed for (key, worker) arrived there, or will not come: its entry's coming - 1. */
+void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
+/* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)
+ * (LEDGER_CLAIM_CLOSE): that entry's coming - 1, and that worker is the one woken while its
+ * entry is still there (else the oldest entry the slot serves, as a plain give). */
+int ledger_give_server_for(struct ledger *l, struct ledger_key *key, struct ledger_key *room_key,
+                           int room_worker);
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);

@@ -15,6 +15,7 @@
 #include "console.h"
 #include "budget.h"
 #include "client.h"
+#include "handover.h"
 #include "ledger.h"
 #include "log.h"
 #include "pool_breaker.h"
@@ -325,7 +326,17 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     }
     const struct client *head = container_of(list_first(&p->waiting), struct client, node);
     uint64_t waited = sluice_now(worker) - head->state_since_ms, now = ledger_now_ms();
-    if (ledger_wait_slot(l, p->ledger_key, self, held, now > waited ? now - waited : 0) < 0)
+    /* What another worker's idle servers could do for it (handover.c): the servers its waiters
+     * still need, and the caps a close elsewhere must make room under. */
+    int want =
+        pool_count_eligible(p, p->size + p->reserve_size) - p->connecting.count - p->rooms_awaited;
+    struct ledger_caps caps;
+    budget_server_caps(p, false, &caps);
+    int rc = ledger_wait_need(l, p->ledger_key, self, held, now > waited ? now - waited : 0, want,
+                              &caps);
+    if (rc > 0)
+        worker_post_need(worker); /* new: workers holding idle servers may hand one over */
+    else if (rc < 0)
         log_msg(LOG_WARNING,
                 "pool %s/%s: out of memory registering its waiters with the other "
                 "workers; they wait for a slot freed on this one",
@@ -584,6 +595,9 @@ void pool_server_ready(struct server *s)
     }
     server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
+    /* No client of its own wants it: another worker's waiter may (5.4) */
+    if (worker->proc->nworkers > 1 && handover_offer(s))
+        return;
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
     if (!is_paused(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
@@ -723,6 +737,17 @@ void pool_maintain(struct pool *p, uint64_t now)
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
         p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
         open_server(p, NULL);
+    /* An idle server another worker's waiter could use, missed by the offers (5.4). */
+    if (p->worker->proc->nworkers > 1)
+        handover_offer_pool(p);
+}
+
+void pool_take_moved(struct pool *p, struct server *s)
+{
+    pool_server_ready(s);
+    /* its waiters' need in the ledger is what is left of it now (note_slot_wait) */
+    if (!list_empty(&p->waiting))
+        maybe_connect(p);
 }
 
 void pool_free(struct pool *p)

@@ -162,6 +162,10 @@ void pool_release(struct server *s);
 bool pool_queue_cleanup(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
+/* A server that was idle on another worker moved here (handover.c, MOVING, s->pool = p,
+ * watched on this loop): it serves p's oldest waiter or stays idle, and p's need left in the
+ * ledger is noted again. */
+void pool_take_moved(struct pool *p, struct server *s);
 /* A server of p that was LEAVING is gone: room_for (if any) gets first go at the room. */
 void pool_server_gone(struct pool *p, struct pool *room_for);
 /* A cap of kind k (LIMIT_DB, LIMIT_USER or LIMIT_GLOBAL, in the scope of db_name and

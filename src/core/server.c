@@ -36,6 +36,7 @@
 
 #include "cancel.h"
 #include "client.h"
+#include "ledger.h"
 #include "log.h"
 #include "pool.h"
 #include "pool_mode.h"
@@ -209,17 +210,9 @@ void server_close(struct server *s, const char *reason)
     close_now(s);
 }
 
-static void close_now(struct server *s)
+/* Its connection and what it holds (close_now; server_discard_moved). */
+static void release_connection(struct server *s)
 {
-    struct worker *worker = s->pool->worker;
-    if (s->state == SERVER_LEAVING && s->room_for)
-        s->room_for->rooms_awaited--;
-    if (s->client)
-        worker->server_events->closing(s);
-    server_set_state(s, SERVER_CLOSED); /* onto the dead list */
-    worker->nservers--;
-    /* its backend is gone: a worker whose waiters that slot can serve is woken */
-    worker_wake(worker, ledger_give_server(&worker->proc->ledger, s->pool->ledger_key));
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;
@@ -235,6 +228,49 @@ static void close_now(struct server *s)
     params_free(&s->login_reports);
     stmt_map_free(&s->stmts);
     stmt_queue_free(&s->reqs);
+}
+
+static void close_now(struct server *s)
+{
+    struct worker *worker = s->pool->worker;
+    struct ledger *l = &worker->proc->ledger;
+    if (s->state == SERVER_LEAVING && s->room_for)
+        s->room_for->rooms_awaited--;
+    if (s->client)
+        worker->server_events->closing(s);
+    server_set_state(s, SERVER_CLOSED); /* onto the dead list */
+    worker->nservers--;
+    /* its backend is gone: a worker whose waiters that slot can serve is woken (the one it
+     * was closed for, when it was closed for another worker's) */
+    struct ledger_key *key = s->pool->ledger_key;
+    worker_wake(worker, s->room_key ? ledger_give_server_for(l, key, s->room_key, s->room_worker)
+                                    : ledger_give_server(l, key));
+    s->room_key = NULL;
+    release_connection(s);
+}
+
+void server_close_for_worker(struct server *s, const char *reason, struct ledger_key *room_key,
+                             int room_worker)
+{
+    server_close_for(s, reason, NULL);
+    if (s->state == SERVER_LEAVING) {
+        s->room_key = room_key;
+        s->room_worker = room_worker;
+    } else {
+        /* closed at once (no Terminate could be sent): the slot went as a plain give; the
+         * claim's place is given back */
+        ledger_wait_arrived(&s->pool->worker->proc->ledger, room_key, room_worker);
+    }
+}
+
+void server_discard_moved(struct server *s, struct worker *worker, struct ledger_key *key)
+{
+    log_msg(LOG_INFO, "S-%llu: closing: moved to worker %u as it stopped taking messages",
+            (unsigned long long)s->id, worker->index);
+    atomic_fetch_sub_explicit(&worker->nservers, 1, memory_order_relaxed);
+    (void)ledger_give_server(&worker->proc->ledger, key); /* nobody is woken at the end */
+    release_connection(s);
+    free(s);
 }
 
 /* server_fast_close (PgBouncer's): a session-mode server marked to close does not wait for its

@@ -45,6 +45,10 @@ enum server_state {
                           the resetting servers: it is on its way back to the pool */
     SERVER_LEAVING,    /* Terminate sent to make room under a cap: still counted against the
                           caps until the backend has exited (its socket closes) */
+    SERVER_MOVING,     /* idle, on its way to another worker's pool of its key (handover.c,
+                          architecture.md 5.4): on no list, in no loop's poll, still counted
+                          against the caps (its slot moves with it); the receiving worker
+                          frees it (pool_server_ready) or closes it */
     SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
                           sent for it is done) */
 };
@@ -70,6 +74,8 @@ enum server_session {
 
 struct pool;
 struct client;
+struct ledger_key;
+struct worker;
 
 struct server {
     struct list_node node; /* on its pool's list for its state, or the dead list */
@@ -132,6 +138,10 @@ struct server {
     bool timeout_cancel_sent; /* a cancel was sent for the query in flight (query_timeout,
                                  draining): not twice for one query; cleared by its end */
     struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
+    /* LEAVING, closed for another worker's waiters (server_close_for_worker): the key and the
+     * worker the freed slot goes to (ledger_give_server_for); room_key NULL: none. */
+    struct ledger_key *room_key;
+    int room_worker;
     struct server_login *login; /* a passthrough login (no libpq; s->conn is NULL): its state,
                                  * then its cancel target and TLS session for the server's life */
     struct resolver *resolving; /* RESOLVING: the look-up of its host names (resolver.c) */
@@ -164,6 +174,13 @@ void server_close(struct server *s, const char *reason);
  * shared cap: the backend is asked to end and the server keeps counting against the caps until
  * Postgres has let it go (see SERVER_LEAVING). */
 void server_close_for(struct server *s, const char *reason, struct pool *room_for);
+/* As server_close_for, the slot freed for another worker's waiters of key room_key (the
+ * idle-server handover: ledger_claim_idle said LEDGER_CLAIM_CLOSE). */
+void server_close_for_worker(struct server *s, const char *reason, struct ledger_key *room_key,
+                             int room_worker);
+/* A MOVING server that never reached a pool (its receiver's mailbox closed with it queued):
+ * close its connection, give its slot back in key and free it, on the receiver's thread. */
+void server_discard_moved(struct server *s, struct worker *worker, struct ledger_key *key);
 /* Queue a query of sluice's own; its replies are swallowed (the relay consumes them while
  * s->swallow > 0). Inline: the relay, the link and the pool queue them without calling up. */
 static inline void server_queue_internal(struct server *s, const char *sql)

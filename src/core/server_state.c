@@ -22,6 +22,7 @@ static const char *const state_names[] = {
     [SERVER_CANCEL_WAIT] = "cancel_wait",
     [SERVER_LEAVING] = "leaving",
     [SERVER_DRAINING] = "draining",
+    [SERVER_MOVING] = "moving",
     [SERVER_CLOSED] = "closed",
 };
 
@@ -67,6 +68,8 @@ static struct list *list_for(struct server *s, enum server_state st)
         return &p->resetting;
     case SERVER_LEAVING:
         return &p->leaving;
+    case SERVER_MOVING: /* between two workers: on neither's lists */
+        return NULL;
     case SERVER_CLOSED:
         return &p->worker->dead_servers;
     }
@@ -86,8 +89,9 @@ static const unsigned transitions[] = {
     [SERVER_PROBING] = TO(SERVER_CONNECT_QUERY) | FREED,
     [SERVER_CONNECT_QUERY] = FREED,
     /* -> CHECKING: its server_check_query before reuse; -> LEAVING: the oldest idle server
-     * closed to make room under a shared cap */
-    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_CHECKING) | TO(SERVER_LEAVING),
+     * closed to make room under a shared cap; -> MOVING: handed to another worker (5.4) */
+    [SERVER_IDLE] = TO(SERVER_ACTIVE) | TO(SERVER_CHECKING) | TO(SERVER_LEAVING) |
+                    TO(SERVER_MOVING),
     /* -> ACTIVE: released and handed straight to the next waiting client. */
     [SERVER_ACTIVE] = FREED | TO(SERVER_RESETTING) | TO(SERVER_DRAINING),
     /* Answered: freed (a failed check closes it). No cancel is ever sent for it: one is sent
@@ -97,6 +101,7 @@ static const unsigned transitions[] = {
     [SERVER_CANCEL_WAIT] = FREED,
     [SERVER_DRAINING] = TO(SERVER_RESETTING), /* over: cleaned as at any release */
     [SERVER_LEAVING] = 0,                     /* only CLOSED: its backend has gone */
+    [SERVER_MOVING] = FREED, /* arrived: the receiver's pool_server_ready frees it */
     [SERVER_CLOSED] = 0,
 };
 
@@ -121,9 +126,13 @@ void server_set_state(struct server *s, enum server_state next)
         s->state = next;
         return;
     }
-    list_remove(list_for(s, s->state), &s->node);
+    struct list *from = list_for(s, s->state);
+    if (from)
+        list_remove(from, &s->node);
     s->state = next;
     s->state_since_ms = sluice_now(s->pool->worker);
+    if (next == SERVER_MOVING)
+        return;
     if (next == SERVER_IDLE && s->pool->worker->cfg->server_round_robin)
         list_append(list_for(s, next), &s->node);
     else if (next == SERVER_IDLE)

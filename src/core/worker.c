@@ -12,6 +12,7 @@
 #include "client.h"
 #include "client_login.h"
 #include "control.h"
+#include "handover.h"
 #include "log.h"
 #include "pool.h"
 #include "secret.h"
@@ -30,6 +31,8 @@ enum worker_msg_kind {
     WORKER_MSG_CALL,        /* call, arg: a service's question, run on this worker's thread */
     WORKER_MSG_CONTROL,     /* op, db, seq: a console command for its pools (control.h) */
     WORKER_MSG_CONSOLE,     /* fd, addr, ssl, bytes: a console login moved to worker 0 (5.6) */
+    WORKER_MSG_NEED,        /* another worker's waiters need servers: offer idle ones (5.4) */
+    WORKER_MSG_SERVER,      /* server, ledger_key: an idle server moved here (5.4) */
 };
 
 struct worker_msg {
@@ -49,6 +52,8 @@ struct worker_msg {
     void *arg;
     struct worker *reply_to;
     struct cancel_job *ticket;
+    struct server *server;         /* SERVER: MOVING, the receiver's once posted */
+    struct ledger_key *ledger_key; /* SERVER: its key */
     SSL *ssl;            /* CONSOLE: the client's TLS session, NULL when plain */
     uint64_t connect_ms; /* CONSOLE: when the client connected */
     size_t nbytes;       /* CONSOLE: the startup packet and what followed it, in bytes[] */
@@ -259,6 +264,13 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_CONSOLE:
         take_console(worker, m, delivered);
+        break;
+    case WORKER_MSG_NEED:
+        if (delivered && sluice_serving(worker))
+            handover_scan(worker);
+        break;
+    case WORKER_MSG_SERVER:
+        handover_receive(worker, m->server, m->ledger_key, delivered);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
@@ -494,6 +506,32 @@ void worker_wake(struct worker *from, int to)
     struct worker_msg *m = msg_new(WORKER_MSG_WAKE);
     if (m && !post(&from->proc->workers[to], m))
         free(m);
+}
+
+void worker_post_need(struct worker *from)
+{
+    for (int i = 0; i < from->proc->nworkers; i++) {
+        struct worker *to = &from->proc->workers[i];
+        if (to == from)
+            continue;
+        struct worker_msg *m = msg_new(WORKER_MSG_NEED);
+        if (m && !post(to, m))
+            free(m);
+    }
+}
+
+int worker_post_server(struct worker *to, struct server *s, struct ledger_key *key)
+{
+    struct worker_msg *m = msg_new(WORKER_MSG_SERVER);
+    if (!m)
+        return UV_ENOMEM;
+    m->server = s;
+    m->ledger_key = key;
+    if (!post(to, m)) {
+        free(m);
+        return UV_ECANCELED;
+    }
+    return 0;
 }
 
 void worker_post_kill_client(struct worker *worker, uint64_t client_id)

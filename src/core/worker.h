@@ -63,6 +63,15 @@ void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
  * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
  * this loop iteration; another worker gets a message and dispatches its pools. */
 void worker_wake(struct worker *from, int to);
+/* from's pool registered a new need in the ledger's wait list (5.4): every other worker is
+ * told, and offers the idle servers it holds (handover_scan). */
+void worker_post_need(struct worker *from);
+/* An idle server (MOVING, its poll detached) to worker to, which re-homes it (handover.c).
+ * 0, or UV_ENOMEM / UV_ECANCELED: nothing posted, s is still the caller's. */
+struct server;
+struct ledger_key;
+int worker_post_server(struct worker *to, struct server *s, struct ledger_key *key)
+    __attribute__((warn_unused_result));
 /* A service's question to a worker (the console gathering rows, 5.6): call runs on worker's
  * thread between its callbacks, with delivered true; false when its mailbox closed first, and
  * then on the closing thread (arg is still to be answered or freed). 0, or UV_ENOMEM /

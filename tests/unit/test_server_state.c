@@ -126,7 +126,7 @@ static void only_a_server_about_to_be_free_leaves(void)
                                                    SERVER_PROBING,    SERVER_CONNECT_QUERY,
                                                    SERVER_IDLE,       SERVER_ACTIVE,
                                                    SERVER_CHECKING,   SERVER_RESETTING,
-                                                   SERVER_CANCEL_WAIT};
+                                                   SERVER_CANCEL_WAIT, SERVER_MOVING};
     for (int st = 0; st < NSTATES; st++) {
         bool may = false;
         for (size_t i = 0; i < sizeof leave_from / sizeof leave_from[0]; i++)
@@ -134,6 +134,19 @@ static void only_a_server_about_to_be_free_leaves(void)
         CHECK(server_transition_ok(st, SERVER_LEAVING) == may);
         CHECK(server_transition_ok(SERVER_LEAVING, st) == (st == SERVER_CLOSED));
     }
+}
+
+/* MOVING (the idle-server handover, 5.4) starts from IDLE only, and the receiver frees it
+ * like any server given to pool_server_ready: to a waiter, the idle list or LEAVING. */
+static void only_an_idle_server_moves_and_arrives_free(void)
+{
+    for (int st = 0; st < NSTATES; st++) {
+        CHECK(server_transition_ok(st, SERVER_MOVING) == (st == SERVER_IDLE));
+        bool freed =
+            st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING || st == SERVER_CLOSED;
+        CHECK(server_transition_ok(SERVER_MOVING, st) == freed);
+    }
+    CHECK_STR(server_state_name(SERVER_MOVING), "moving");
 }
 
 /* A pool built by hand, with no sockets: enough for server_set_state and pool_server_ready. */
@@ -302,6 +315,7 @@ int main(void)
     RUN(a_cancel_wait_follows_the_reset_and_frees_the_server);
     RUN(a_check_starts_from_idle_and_frees_the_server);
     RUN(only_a_server_about_to_be_free_leaves);
+    RUN(only_an_idle_server_moves_and_arrives_free);
     RUN(a_connecting_server_stays_on_one_list_through_its_sub_states);
     RUN(states_between_clients_share_the_resetting_list);
     RUN(a_reset_server_waits_for_its_cancel_then_is_free);

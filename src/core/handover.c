@@ -1,0 +1,128 @@
+/* handover: idle servers between workers (see handover.h; docs/architecture.md 5.4).
+ *
+ * A server moves only when nothing of it is in flight on its worker's loop: IDLE (so no client,
+ * no lease), no buffer attached, nothing left to write, no reply due (sluice's own or a
+ * client's), no tracked request, no cancel in flight (its cancel_done would run on this loop),
+ * and nothing TLS has decrypted and buffered (no poll event would announce it on the other
+ * loop). Its uv_poll_t belongs to this loop: it is parked here (sockio_detach) and the
+ * receiver opens its own. What moves: the fd, libpq's PGconn and SSL (used by one thread at a
+ * time; the mailbox's lock orders the two threads' use), a passthrough login's own state,
+ * params, stmts (statement definitions are counted atomically: prepared.c), its ledger slot
+ * (no count changes). */
+#include "handover.h"
+
+#include <stdio.h>
+
+#include "config.h"
+#include "ledger.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+#include "worker.h"
+
+static bool movable(const struct server *s)
+{
+    return s->state == SERVER_IDLE && !s->client && !s->in.data && s->out_pos >= s->out.len &&
+           s->cancels_in_flight == 0 && s->swallow == 0 && s->inflight == 0 && s->rx.remain == 0 &&
+           s->reqs.count == 0 && !s->close_when_free && !s->resolving &&
+           sockio_pending(&s->io) == 0;
+}
+
+static void move(struct server *s, struct worker *to)
+{
+    struct pool *p = s->pool;
+    struct worker *from = p->worker;
+    struct ledger_key *key = p->ledger_key;
+    log_server(LOG_DEBUG, s, "idle: moving to worker %u, whose client waits for a server",
+               to->index);
+    sockio_detach(&s->io); /* before the receiver polls the fd: never watched by both */
+    server_set_state(s, SERVER_MOVING);
+    /* counted by the receiver from now on, so a shutdown never sees it missing */
+    atomic_fetch_add_explicit(&to->nservers, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&from->nservers, 1, memory_order_relaxed);
+    s->pool = NULL; /* the receiver's pool, there */
+    if (worker_post_server(to, s, key) == 0)
+        return;
+    s->pool = p;
+    atomic_fetch_add_explicit(&from->nservers, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&to->nservers, 1, memory_order_relaxed);
+    ledger_wait_arrived(&from->proc->ledger, key, (int)to->index);
+    server_close(s, "could not be moved to the worker whose client waits");
+}
+
+bool handover_offer(struct server *s)
+{
+    struct pool *p = s->pool;
+    struct worker *worker = p->worker;
+    struct ledger *l = &worker->proc->ledger;
+    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
+        !sluice_serving(worker) || !movable(s))
+        return false;
+    struct ledger_claim claim = ledger_claim_idle(l, p->ledger_key, (int)worker->index);
+    if (claim.kind == LEDGER_CLAIM_MOVE) {
+        move(s, &worker->proc->workers[claim.worker]);
+        return true;
+    }
+    if (claim.kind == LEDGER_CLAIM_CLOSE) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "idle; closed to free a slot for pool %s/%s on worker %d, whose client waits",
+                 claim.key->db->name, claim.key->user->name, claim.worker);
+        server_close_for_worker(s, why, claim.key, claim.worker);
+        return true;
+    }
+    return false;
+}
+
+void handover_offer_pool(struct pool *p)
+{
+    /* the longest idle first: the warmest stay with this worker's own clients */
+    while (!list_empty(&p->idle) &&
+           handover_offer(container_of(list_last(&p->idle), struct server, node)))
+        ;
+}
+
+void handover_scan(struct worker *worker)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        if (!ledger_has_waiters(&worker->proc->ledger))
+            return;
+        handover_offer_pool(container_of(n, struct pool, node));
+    }
+}
+
+/* This worker's pool of key, made when it has none (its clients left and it was freed, or the
+ * need was another pool's that shares the key). NULL: none can be had. */
+static struct pool *pool_of_key(struct worker *worker, struct ledger_key *key)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (p->ledger_key == key && !p->is_admin)
+            return p;
+    }
+    const struct db_entry *db = config_find_db(worker->cfg, key->db->name);
+    return db ? pool_get(worker, db, key->user->name, key->db->name) : NULL;
+}
+
+void handover_receive(struct worker *worker, struct server *s, struct ledger_key *key,
+                      bool delivered)
+{
+    ledger_wait_arrived(&worker->proc->ledger, key, (int)worker->index);
+    struct pool *p = delivered ? pool_of_key(worker, key) : NULL;
+    if (!p || p->ledger_key != key) {
+        server_discard_moved(s, worker, key);
+        return;
+    }
+    s->pool = p;
+    if (sockio_open(&s->io, worker->loop, s->io.fd, s, server_on_io) < 0) {
+        server_close(s, "cannot watch its socket on the worker it moved to");
+        return;
+    }
+    log_server(LOG_DEBUG, s, "moved here: idle on another worker");
+    pool_take_moved(p, s);
+}

@@ -1,0 +1,34 @@
+/* handover: idle servers between workers (docs/architecture.md 5.4). With workers > 1 a pool's
+ * servers are split over the workers' pools of its key, and the caps (pool_size, max_db/user/
+ * server_connections) count them all: a worker can have clients queued under a full cap while
+ * another holds idle servers. The waiting worker registers its need in the ledger's wait list
+ * (pool.c's note_slot_wait) and, when the entry is new, tells the others (worker_post_need); a
+ * worker holding an idle server then asks the ledger whom it serves (ledger_claim_idle): a
+ * server of the waiter's own key moves to it with its slot, socket, TLS session, parameters and
+ * prepared statements; one of another key in a shared cap closes, the slot going to the waiter.
+ * Local clients go first: only a server no local waiter took is offered. With one worker
+ * nothing here runs. */
+#ifndef SLUICE_HANDOVER_H
+#define SLUICE_HANDOVER_H
+
+#include <stdbool.h>
+
+struct server;
+struct worker;
+struct pool;
+struct ledger_key;
+
+/* s just went idle on its worker (pool_server_ready) or sits idle: if another worker's waiter
+ * can use it, move it there or close it to free the slot. true when s left this pool. */
+bool handover_offer(struct server *s);
+/* Offer every idle server of p (a need was announced, or the pool's tick found one). */
+void handover_offer_pool(struct pool *p);
+/* Another worker announced a need: offer every pool's idle servers. */
+void handover_scan(struct worker *worker);
+/* On the receiving worker's thread: s (MOVING, of ledger key) arrives; it joins this worker's
+ * pool of that key and serves its oldest waiter, or stays idle. delivered false: the mailbox
+ * closed with it queued: it is closed. */
+void handover_receive(struct worker *worker, struct server *s, struct ledger_key *key,
+                      bool delivered);
+
+#endif

@@ -1,0 +1,180 @@
+"""The idle-server handover between workers (docs/architecture.md 5.4): with workers > 1 a pool
+key's servers are spread over the workers' pools, and the caps count them all. A client on one
+worker must not queue until query_wait_timeout while another worker holds an idle server the
+cap counts: a server of the same key moves to the waiting worker; one of another key under a
+shared cap (max_db_connections, max_user_connections) is closed so the waiting worker opens its
+own. query_wait_timeout = 5 s and every query must succeed well within it, over many rounds,
+with pg_stat_activity never above the cap."""
+
+import socket
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
+
+ADMIN = "admin"
+ADMIN_PASSWORD = "adminpass"
+ROUNDS = 15
+# Well under query_wait_timeout (5 s): a client that waited for the timeout fails anyway.
+PROMPT_S = 2.0
+
+
+def console(s, password=None):
+    return psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=password), autocommit=True,
+                           prepare_threshold=None)
+
+
+def show(con, what):
+    cur = con.execute(f"SHOW {what}")
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def local_port(conn):
+    """The client's own port: SHOW CLIENTS lists it as the client's port."""
+    sock = socket.socket(fileno=conn.pgconn.socket)
+    try:
+        return sock.getsockname()[1]
+    finally:
+        sock.detach()
+
+
+def worker_of(adm, conn):
+    """The worker serving conn: a client id carries its worker in the top byte (5.1)."""
+    port = local_port(conn)
+    for row in show(adm, "CLIENTS"):
+        if row["port"] == port:
+            return int(row["id"]) >> 56
+    raise AssertionError(f"client on port {port} not in SHOW CLIENTS")
+
+
+def clients_on_distinct_workers(s, adm, logins, nworkers):
+    """Opens clients (each login a dict of connect() arguments, used in turn) until there is one
+    per login on pairwise distinct workers (the acceptor picks the least loaded worker, so
+    consecutive connections spread). Returns (chosen clients in login order, all opened)."""
+    opened, chosen, used = [], [], set()
+    for _ in range(4 * nworkers * len(logins)):
+        if len(chosen) == len(logins):
+            break
+        login = logins[len(chosen)]
+        c = s.connect(**login)
+        opened.append(c)
+        w = worker_of(adm, c)
+        if w not in used:
+            used.add(w)
+            chosen.append(c)
+    assert len(chosen) == len(logins), f"could not spread {len(logins)} clients over workers"
+    return chosen, opened
+
+
+def timed_query(c, sql="SELECT pg_backend_pid()"):
+    t0 = time.monotonic()
+    row = c.execute(sql).fetchone()
+    return time.monotonic() - t0, row[0]
+
+
+def run_rounds(clients, rounds=ROUNDS):
+    """Each client in turn runs a transaction; every one must be served promptly. Returns the
+    backend pids seen and the slowest wait."""
+    pids, slowest = set(), 0.0
+    for r in range(rounds):
+        for i, c in enumerate(clients):
+            took, pid = timed_query(c)
+            assert took < PROMPT_S, (f"round {r}, client {i}: served after {took:.2f} s, "
+                                     f"an idle server on another worker was not handed over")
+            pids.add(pid)
+            slowest = max(slowest, took)
+    return pids, slowest
+
+
+def close_all(conns):
+    for c in conns:
+        c.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nworkers", [2, 4])
+def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers):
+    """pool_size = 1: the one backend serves every worker's clients in turn by moving."""
+    s = start_sluice({"pool_mode": "transaction", "workers": nworkers, "default_pool_size": 1,
+                      "query_wait_timeout": 5, "admin_users": ADMIN})
+    with console(s) as adm:
+        logins = [{}] * nworkers
+        clients, opened = clients_on_distinct_workers(s, adm, logins, nworkers)
+        try:
+            with BackendSampler(pg, APP_USER) as sampler:
+                pids, slowest = run_rounds(clients)
+            assert sampler.max <= 1, f"pool_size = 1 passed: {sampler.max} backends"
+            assert len(pids) == 1, f"one backend moved between workers, saw {pids}"
+            print(f"workers={nworkers}: slowest handover {slowest * 1000:.1f} ms")
+        finally:
+            close_all(opened)
+
+
+@pytest.mark.timeout(120)
+def test_a_moved_server_keeps_its_prepared_statements_and_session(start_sluice, pg):
+    """A named prepared statement made on worker A's client is re-prepared (or found) on the
+    server after it moved to worker B and back; a parameter a client SET is its own."""
+    s = start_sluice({"pool_mode": "transaction", "workers": 2, "default_pool_size": 1,
+                      "query_wait_timeout": 5, "admin_users": ADMIN,
+                      "max_prepared_statements": 100})
+    with console(s) as adm:
+        logins = [{"prepare_threshold": 0}, {"prepare_threshold": 0}]
+        (a, b), opened = clients_on_distinct_workers(s, adm, logins, 2)
+        try:
+            a.execute("SET application_name = 'client_a'")
+            b.execute("SET application_name = 'client_b'")
+            for r in range(ROUNDS):
+                for c, name in ((a, "client_a"), (b, "client_b")):
+                    t0 = time.monotonic()
+                    row = c.execute("SELECT %s::int + 1, current_setting('application_name')",
+                                    [r]).fetchone()
+                    assert time.monotonic() - t0 < PROMPT_S
+                    assert row == (r + 1, name), row
+        finally:
+            close_all(opened)
+
+
+def shared_cap_setup(start_sluice, pg, main, databases):
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
+    m = {"pool_mode": "transaction", "workers": 2, "query_wait_timeout": 5,
+         "admin_users": ADMIN}
+    m.update(main)
+    return start_sluice(m, databases=databases, auth_file=users)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_server_of_another_user_is_closed_for_a_waiter_under_max_db_connections(
+        start_sluice, pg):
+    s = shared_cap_setup(start_sluice, pg, {"max_db_connections": 1, "default_pool_size": 5},
+                         {APP_DB: {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}})
+    with console(s, ADMIN_PASSWORD) as adm:
+        logins = [{}, {"user": "app2", "password": "app2pass"}]
+        clients, opened = clients_on_distinct_workers(s, adm, logins, 2)
+        try:
+            with BackendSampler(pg, [APP_USER, "app2"], datname=APP_DB) as sampler:
+                _, slowest = run_rounds(clients, rounds=8)
+            assert sampler.max <= 1, f"max_db_connections = 1 passed: {sampler.max} backends"
+            print(f"max_db_connections: slowest {slowest * 1000:.1f} ms")
+        finally:
+            close_all(opened)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_server_of_another_database_is_closed_for_a_waiter_under_max_user_connections(
+        start_sluice, pg):
+    entry = {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}
+    s = shared_cap_setup(start_sluice, pg, {"max_user_connections": 1, "default_pool_size": 5},
+                         {APP_DB: entry, "appdb_b": entry})
+    with console(s, ADMIN_PASSWORD) as adm:
+        logins = [{}, {"dbname": "appdb_b"}]
+        clients, opened = clients_on_distinct_workers(s, adm, logins, 2)
+        try:
+            with BackendSampler(pg, APP_USER) as sampler:
+                _, slowest = run_rounds(clients, rounds=8)
+            assert sampler.max <= 1, f"max_user_connections = 1 passed: {sampler.max} backends"
+            print(f"max_user_connections: slowest {slowest * 1000:.1f} ms")
+        finally:
+            close_all(opened)

@@ -1,0 +1,290 @@
+/* Unit test of the idle-server handover between workers (handover.c, ledger.c's claims,
+ * docs/architecture.md 5.4). First the ledger's side alone: whom an idle server of a key goes
+ * to (a waiter of its key: moved; of another key under a shared cap: closed for it), how many,
+ * local first, paused keys and caps a close would not free. Then three workers (worker 0 on the
+ * process's loop, 1 and 2 on threads): one idle server, its backend one end of a socketpair, is
+ * asked for by worker 1 and 2 in turn and moves between their threads many times, its slot
+ * counted once throughout; at the end the backend's end closes and the worker holding it then
+ * sees it on its own loop and gives the slot back. Run under TSan too (scripts/test). */
+#include "check.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "handover.h"
+#include "ledger.h"
+#include "pool.h"
+#include "server.h"
+#include "sluice.h"
+#include "sockio.h"
+#include "worker.h"
+
+static char *no_env[] = {NULL};
+
+/* ---- the ledger's claims ---- */
+
+static void an_idle_server_goes_to_the_oldest_waiter_it_serves(void)
+{
+    static struct ledger l; /* zeroed: ready */
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
+    struct ledger_key *b1 = ledger_key_get(&l, "b", "u1");
+    struct ledger_caps caps = {.pool = 5, .db = 2};
+    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a2, &caps), LIMIT_DB); /* database a is full */
+    CHECK(!ledger_has_waiters(&l));
+
+    /* worker 1 needs two servers of a1; worker 2 one of a2, under max_db_connections */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps), 1); /* new: tell others */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps), 0); /* updated */
+    CHECK_INT(ledger_wait_need(&l, a2, 2, LIMIT_DB, 200, 1, &caps), 1);
+    CHECK(ledger_has_waiters(&l));
+
+    /* worker 0's idle a1 servers: two move to worker 1, then worker 2's need is served by a
+     * close (a1 and a2 share database a), then nobody */
+    struct ledger_claim c = ledger_claim_idle(&l, a1, 0);
+    CHECK_INT(c.kind, LEDGER_CLAIM_MOVE);
+    CHECK_INT(c.worker, 1);
+    CHECK(c.key == a1);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_MOVE);
+    c = ledger_claim_idle(&l, a1, 0);
+    CHECK_INT(c.kind, LEDGER_CLAIM_CLOSE);
+    CHECK_INT(c.worker, 2);
+    CHECK(c.key == a2);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE); /* all on their way */
+    /* a server of another database frees nothing for either */
+    CHECK_INT(ledger_claim_idle(&l, b1, 0).kind, LEDGER_CLAIM_NONE);
+
+    /* one move arrived; worker 1's entry may be answered once more */
+    ledger_wait_arrived(&l, a1, 1);
+    CHECK_INT(ledger_claim_idle(&l, a1, 3).kind, LEDGER_CLAIM_MOVE);
+    /* worker 0 closed one of a1 for worker 2: the slot wakes worker 2, whose take fits now */
+    CHECK_INT(ledger_give_server_for(&l, a1, a2, 2), 2);
+    CHECK_INT(ledger_take_server(&l, a2, &caps), LIMIT_NONE);
+    ledger_wait_done(&l, a2, 2);
+    ledger_wait_done(&l, a1, 1);
+    CHECK(!ledger_has_waiters(&l));
+    ledger_free(&l);
+}
+
+static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
+{
+    static struct ledger l;
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
+    struct ledger_key *c3 = ledger_key_get(&l, "c", "u3");
+    struct ledger_caps caps = {.pool = 5, .db = 1};
+    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
+    /* worker 0's own waiter of a2 is older than worker 1's: worker 0's idle a1 server is its
+     * own pool's to close for it (pool.c), not worker 1's */
+    CHECK_INT(ledger_wait_need(&l, a2, 0, LIMIT_DB, 100, 1, &caps), 1);
+    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 200, 1, &caps), 1);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
+    CHECK_INT(ledger_claim_idle(&l, a1, 2).kind, LEDGER_CLAIM_CLOSE); /* worker 2 holds one */
+    ledger_wait_done(&l, a2, 0);
+    ledger_wait_done(&l, a2, 1);
+
+    /* a paused key's waiter is passed over */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps), 1);
+    ledger_key_set_state(&l, a1, LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
+    ledger_key_set_state(&l, a1, LEDGER_KEY_SERVING);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_MOVE);
+    ledger_wait_done(&l, a1, 1);
+
+    /* held by max_server_connections, but its user's cap is full too: closing a server of
+     * another user frees nothing it could use */
+    struct ledger_caps c3caps = {.pool = 5, .user = 1, .global = 2};
+    CHECK_INT(ledger_take_server(&l, c3, &c3caps), LIMIT_NONE);
+    CHECK_INT(ledger_wait_need(&l, c3, 1, LIMIT_GLOBAL, 400, 1, &c3caps), 1);
+    CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
+    ledger_wait_done(&l, c3, 1);
+    CHECK(!ledger_has_waiters(&l));
+    ledger_free(&l);
+}
+
+/* ---- one server moving between two worker threads ---- */
+
+#define ROUNDS 200
+
+struct move_run {
+    struct process proc;
+    uv_timer_t timer;
+    int backend[2]; /* [0]: the server's fd, [1]: the backend's end */
+    int round;      /* the server was last asked for by worker 1 + round % 2 */
+    bool asked;
+    int waited;              /* ticks since it was asked for */
+    atomic_int holder;       /* the worker whose pool has it idle (-1: on its way) */
+    atomic_ullong server_id; /* as its holder saw it */
+    atomic_int bad_counts;   /* a step on a worker's thread went wrong */
+    int ticks;
+    bool moved_all, closed;
+};
+
+/* On a worker's thread, so no CHECK (its counter is the test thread's): what goes wrong there
+ * is counted in bad_counts and checked at the end. */
+static struct pool *pool_db_u(struct worker *worker)
+{
+    return pool_get(worker, NULL, "u", "db");
+}
+
+static void count_bad(struct move_run *r, bool bad)
+{
+    if (bad)
+        atomic_fetch_add(&r->bad_counts, 1);
+}
+
+/* On worker 1's thread: its pool gets a logged-in, idle server (as server_connect.c leaves
+ * one), holding the key's one slot. */
+static void make_server(struct worker *worker, void *arg, bool delivered)
+{
+    struct move_run *r = arg;
+    struct pool *p = delivered ? pool_db_u(worker) : NULL;
+    count_bad(r, !p);
+    if (!p)
+        return;
+    struct ledger_caps caps = {.pool = 1};
+    count_bad(r, ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps) != LIMIT_NONE);
+    struct server *s = calloc(1, sizeof(*s));
+    s->pool = p;
+    s->id = worker->next_id++;
+    s->state = SERVER_IDLE;
+    s->txn_status = 'I';
+    s->connect_ms = s->state_since_ms = sluice_now(worker);
+    stmt_map_init(&s->stmts);
+    count_bad(r, sockio_open(&s->io, worker->loop, r->backend[0], s, server_on_io) != 0);
+    list_append(&p->idle, &s->node);
+    atomic_fetch_add(&worker->nservers, 1);
+    sockio_want(&s->io, UV_READABLE);
+    atomic_store(&r->server_id, s->id);
+    atomic_store(&r->holder, (int)worker->index);
+}
+
+/* On the asking worker's thread: its pool's one waiter (as note_slot_wait registers it). */
+static void ask_for_server(struct worker *worker, void *arg, bool delivered)
+{
+    struct move_run *r = arg;
+    struct pool *p = delivered ? pool_db_u(worker) : NULL;
+    count_bad(r, !p);
+    if (!p)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    /* whoever held it before, the entries of earlier rounds are done with */
+    for (int i = 1; i <= 2; i++)
+        ledger_wait_done(l, p->ledger_key, i);
+    atomic_store(&r->holder, -1);
+    struct ledger_caps caps = {.pool = 1};
+    count_bad(r, ledger_wait_need(l, p->ledger_key, (int)worker->index, LIMIT_POOL, ledger_now_ms(),
+                                  1, &caps) != 1);
+    worker_post_need(worker);
+}
+
+/* On a worker's thread: is the server idle in its pool? */
+static void look_for_server(struct worker *worker, void *arg, bool delivered)
+{
+    struct move_run *r = arg;
+    struct pool *p = delivered ? pool_db_u(worker) : NULL;
+    if (!p || list_empty(&p->idle))
+        return;
+    struct server *s = container_of(list_first(&p->idle), struct server, node);
+    count_bad(r, s->pool != p || s->state != SERVER_IDLE || !s->io.poll ||
+                     atomic_load_explicit(&p->ledger_key->servers, memory_order_relaxed) != 1);
+    atomic_store(&r->server_id, s->id);
+    atomic_store(&r->holder, (int)worker->index);
+}
+
+static void on_move_tick(uv_timer_t *t)
+{
+    struct move_run *r = t->data;
+    struct process *proc = &r->proc;
+    int want = 1 + r->round % 2;
+    if (r->round < ROUNDS) {
+        if (!r->asked || ++r->waited % 64 == 0) {
+            /* asked again now and then: the asking worker's tick withdraws a need its pool has
+             * no waiter for (note_slot_wait), as it should, and this test's waiter is none */
+            CHECK_INT(worker_post_call(&proc->workers[want], ask_for_server, r), 0);
+            r->asked = true;
+        } else if (atomic_load(&r->holder) == want) {
+            r->round++;
+            r->asked = false;
+            r->waited = 0;
+        } else {
+            CHECK_INT(worker_post_call(&proc->workers[want], look_for_server, r), 0);
+        }
+        if (++r->ticks < 20000)
+            return;
+    }
+    r->moved_all = r->round == ROUNDS;
+    struct ledger_key *key = ledger_key_get(&proc->ledger, "db", "u");
+    if (!r->closed) {
+        close(r->backend[1]); /* the backend ends: its holder sees EOF on its own loop */
+        r->closed = true;
+    }
+    if (atomic_load_explicit(&key->servers, memory_order_relaxed) != 0 && ++r->ticks < 30000)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+}
+
+static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
+{
+    char path[] = "/tmp/sluice-test-handover-XXXXXX";
+    int cfd = mkstemp(path);
+    CHECK(cfd >= 0);
+    static const char ini[] = "[databases]\ndb = host=127.0.0.1 port=1\n"
+                              "[sluice]\nlisten_addr = 127.0.0.1\nlisten_port = 0\n"
+                              "pool_mode = transaction\ndefault_pool_size = 1\n";
+    CHECK_INT((int)write(cfd, ini, sizeof(ini) - 1), (int)sizeof(ini) - 1);
+    close(cfd);
+    struct config_diag diag = {0};
+    struct config *cfg = config_load(path, no_env, &diag);
+    config_diag_free(&diag);
+    CHECK(cfg != NULL);
+    if (!cfg)
+        return;
+    cfg->workers = 3;
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct move_run r;
+    CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, r.backend), 0);
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
+    CHECK_INT(r.proc.nworkers, 3);
+    atomic_store(&r.holder, -1);
+    CHECK_INT(worker_post_call(&r.proc.workers[1], make_server, &r), 0);
+    r.round = 1; /* worker 1 has it: worker 2 asks first */
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_move_tick, 1, 1);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.moved_all);
+    CHECK_INT(atomic_load(&r.bad_counts), 0);
+    CHECK((atomic_load(&r.server_id) >> 56) == 1); /* one server throughout: worker 1's id */
+    struct ledger_key *key = ledger_key_get(&r.proc.ledger, "db", "u");
+    CHECK_INT(atomic_load(&key->servers), 0); /* closed where it was: its slot given back */
+    for (int i = 1; i < 3; i++)
+        worker_thread_join(&r.proc.workers[i]);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(atomic_load(&r.proc.workers[i].nservers), 0);
+    close(r.backend[0]); /* neither libpq's nor a passthrough login's: the test's own */
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
+int main(void)
+{
+    RUN(an_idle_server_goes_to_the_oldest_waiter_it_serves);
+    RUN(local_waiters_first_and_paused_keys_and_full_caps_pass);
+    RUN(an_idle_server_moves_between_worker_threads_with_its_slot);
+    return CHECK_DONE();
+}
