@@ -271,7 +271,7 @@ static bool take_login_slot(struct client *c, const struct db_entry *db)
                               : cfg->max_user_client_connections);
     }
     char detail[320];
-    switch (ledger_take_login(l, slot_db(c), slot_user(c), &caps)) {
+    switch (ledger_take_login(l, (int)c->worker->index, slot_db(c), slot_user(c), &caps)) {
     case LOGIN_COUNTED:
         c->login_slot = LOGIN_SLOT_HELD;
         return true;
@@ -302,7 +302,8 @@ void client_login_give_slot(struct client *c)
 {
     if (c->login_slot != LOGIN_SLOT_HELD)
         return;
-    ledger_give_login(&c->worker->proc->ledger, slot_db(c), slot_user(c));
+    ledger_give_login(&c->worker->proc->ledger, (int)c->worker->index, slot_db(c),
+                      slot_user(c));
     c->login_slot = LOGIN_SLOT_NONE;
 }
 

@@ -304,7 +304,8 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
+    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index,
+                              &caps);
 }
 
 /* With workers (5.3): a pool whose waiters a slot cap holds (pool_size, max_db/user/server_

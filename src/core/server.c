@@ -219,7 +219,8 @@ static void close_now(struct server *s)
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     worker->nservers--;
     /* its backend is gone: a worker whose waiters that slot can serve is woken */
-    worker_wake(worker, ledger_give_server(&worker->proc->ledger, s->pool->ledger_key));
+    worker_wake(worker, ledger_give_server(&worker->proc->ledger, s->pool->ledger_key,
+                                           (int)worker->index));
     sockio_detach(&s->io);
     resolver_cancel(s->resolving);
     s->resolving = NULL;

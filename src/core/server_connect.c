@@ -401,13 +401,15 @@ struct server *server_connect(struct pool *p, const struct param_set *startup,
     const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
     if (!db) {
         /* no server holds the slot */
-        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
+        worker_wake(worker,
+                    ledger_give_server(&worker->proc->ledger, p->ledger_key, (int)worker->index));
         pool_connect_failed(p, "the database is no longer configured");
         return NULL;
     }
     struct server *s = calloc(1, sizeof(*s));
     if (!s) {
-        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
+        worker_wake(worker,
+                    ledger_give_server(&worker->proc->ledger, p->ledger_key, (int)worker->index));
         return NULL;
     }
     s->pool = p;
