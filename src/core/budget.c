@@ -330,8 +330,9 @@ int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_
     case LIMIT_GLOBAL:
         return global_cap(p->worker, usable(p));
     case LIMIT_BUDGET:
-        return budget_rule_of(p->worker->budgets, b) ? budget_rule_of(p->worker->budgets, b)->max_servers
-                                                     : 0;
+        return budget_rule_of(p->worker->budgets, b)
+                   ? budget_rule_of(p->worker->budgets, b)->max_servers
+                   : 0;
     default:
         return 0;
     }
@@ -371,9 +372,10 @@ void budget_own_caps(const struct worker *worker, const char *db_name, const cha
 /* The budget every client of p falls into, if one does: budgets are matched in order, so the
  * first that could take any of the pool's clients must take all of them (it matches on the user
  * alone, or it is "default"). */
-static const struct budget_rule *budget_of_every_client(const struct pool *p)
+static const struct budget_rule *budget_of_every_client_of(const struct worker *worker,
+                                                           const struct budget_key *k)
 {
-    const struct budget_set *set = p->worker->budgets;
+    const struct budget_set *set = worker->budgets;
     for (int i = 0; set && i < set->n; i++) {
         const struct budget_rule *b = &set->rules[i];
         if (b->retired)
@@ -382,9 +384,9 @@ static const struct budget_rule *budget_of_every_client(const struct pool *p)
             continue; /* the fallback: matched after every other budget */
         if (!b->app_pattern && !b->user && !b->has_addr)
             continue; /* matches nobody */
-        if (b->user && p->user_forced)
+        if (b->user && k->user_forced)
             return NULL; /* a forced user's pool serves clients of any user name */
-        if (b->user && strcmp(b->user, p->user_name) != 0)
+        if (b->user && strcmp(b->user, k->user_name) != 0)
             continue;
         return b->app_pattern || b->has_addr ? NULL : b;
     }
@@ -392,6 +394,21 @@ static const struct budget_rule *budget_of_every_client(const struct pool *p)
         if (!set->rules[i].retired && strcmp(set->rules[i].name, "default") == 0)
             return &set->rules[i];
     return NULL;
+}
+
+static struct budget_key key_of(const struct pool *p)
+{
+    return (struct budget_key){.db_name = p->db_name,
+                               .user_name = p->user_name,
+                               .pool_size = p->size,
+                               .server_usable = usable(p),
+                               .user_forced = p->user_forced};
+}
+
+static const struct budget_rule *budget_of_every_client(const struct pool *p)
+{
+    struct budget_key k = key_of(p);
+    return budget_of_every_client_of(p->worker, &k);
 }
 
 /* Servers linked to clients in the pools of one database and/or user (NULL: any). */
@@ -409,17 +426,18 @@ static int linked_servers(const struct worker *worker, const char *db_name, cons
     return n;
 }
 
-void budget_pool_cap(const struct pool *p, struct pool_cap *out)
+void budget_key_cap(const struct worker *worker, const struct budget_key *k, struct pool_cap *out)
 {
-    const struct budget_rule *b = budget_of_every_client(p);
-    *out = (struct pool_cap){.key = LIMIT_POOL, .servers = p->size, .in_use = p->active.count};
+    const struct budget_rule *b = budget_of_every_client_of(worker, k);
+    const struct config *cfg = worker->cfg;
+    *out = (struct pool_cap){.key = LIMIT_POOL, .servers = k->pool_size};
     const struct {
         enum limit_kind key;
         int cap;
     } caps[] = {
-        {LIMIT_DB, db_cap(p)},
-        {LIMIT_USER, user_cap(p)},
-        {LIMIT_GLOBAL, global_cap(p->worker, usable(p))},
+        {LIMIT_DB, db_cap_of(cfg, k->db_name, k->server_usable)},
+        {LIMIT_USER, user_cap_of(cfg, k->user_name, k->server_usable)},
+        {LIMIT_GLOBAL, global_cap(worker, k->server_usable)},
         {LIMIT_BUDGET, b ? b->max_servers : 0},
     };
     for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
@@ -428,7 +446,19 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
         out->key = caps[i].key;
         out->servers = caps[i].cap;
     }
+    if (out->key == LIMIT_BUDGET)
+        out->budget = b->budget;
+}
+
+void budget_pool_cap(const struct pool *p, struct pool_cap *out)
+{
+    struct budget_key k = key_of(p);
+    budget_key_cap(p->worker, &k, out);
+    const struct budget_rule *b = budget_of_every_client(p);
     switch (out->key) {
+    case LIMIT_POOL:
+        out->in_use = p->active.count;
+        break;
     case LIMIT_DB:
         out->in_use = linked_servers(p->worker, p->db_name, NULL);
         break;
@@ -439,7 +469,6 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
         out->in_use = linked_servers(p->worker, NULL, NULL);
         break;
     case LIMIT_BUDGET:
-        out->budget = b->budget;
         out->in_use = atomic_load_explicit(&b->budget->leases, memory_order_relaxed);
         break;
     default:

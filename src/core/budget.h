@@ -27,9 +27,9 @@ struct client;
  * it. Clients (c->budget) and links (s->lease_budget) point here; its counts survive reloads. */
 struct budget {
     char *name;
-    atomic_int clients; /* logged-in clients now (counted by ledger.c only) */
-    atomic_int leases;  /* servers linked to its clients now (counted by ledger.c only) */
-    atomic_int gens;    /* generations (struct budget_set) listing it */
+    atomic_int clients;        /* logged-in clients now (counted by ledger.c only) */
+    atomic_int leases;         /* servers linked to its clients now (counted by ledger.c only) */
+    atomic_int gens;           /* generations (struct budget_set) listing it */
     struct budget *next_known; /* the process's list of every budget (budget_sync sweeps it) */
 };
 
@@ -129,6 +129,17 @@ struct pool_cap {
     const struct budget *budget;
 };
 void budget_pool_cap(const struct pool *p, struct pool_cap *out);
+/* The same cap for a pool key whatever worker has its pools (docs/architecture.md 5.6): the
+ * caps from worker's config and budget generation, NN% ones resolved against server_usable
+ * (the ledger's, learnt by any worker); in_use is left 0 (the caller sums it over the workers),
+ * budget set for LIMIT_BUDGET. budget_pool_cap is this plus the pool's own in_use. */
+struct budget_key {
+    const char *db_name, *user_name;
+    int pool_size;     /* pool_size in force */
+    int server_usable; /* behind NN% caps; 0: not learnt */
+    bool user_forced;  /* the database entry names the user (pool.h) */
+};
+void budget_key_cap(const struct worker *worker, const struct budget_key *k, struct pool_cap *out);
 
 /* Does any cap of this pool depend on the server's max_connections (NN%)? */
 bool budget_has_percent_caps(const struct pool *p);

@@ -265,13 +265,13 @@ static bool take_login_slot(struct client *c, const struct db_entry *db)
     if (db) {
         const struct user_entry *u = config_find_user(cfg, c->user);
         caps.db = (int)(db->max_db_client_connections > 0 ? db->max_db_client_connections
-                                                           : cfg->max_db_client_connections);
-        caps.user = (int)(u && u->max_user_client_connections > 0
-                              ? u->max_user_client_connections
-                              : cfg->max_user_client_connections);
+                                                          : cfg->max_db_client_connections);
+        caps.user =
+            (int)(u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+                                                          : cfg->max_user_client_connections);
     }
     char detail[320];
-    switch (ledger_take_login(l, slot_db(c), slot_user(c), &caps)) {
+    switch (ledger_take_login(l, (int)c->worker->index, slot_db(c), slot_user(c), &caps)) {
     case LOGIN_COUNTED:
         c->login_slot = LOGIN_SLOT_HELD;
         return true;
@@ -302,7 +302,7 @@ void client_login_give_slot(struct client *c)
 {
     if (c->login_slot != LOGIN_SLOT_HELD)
         return;
-    ledger_give_login(&c->worker->proc->ledger, slot_db(c), slot_user(c));
+    ledger_give_login(&c->worker->proc->ledger, (int)c->worker->index, slot_db(c), slot_user(c));
     c->login_slot = LOGIN_SLOT_NONE;
 }
 
@@ -351,15 +351,15 @@ void client_login_ok(struct client *c)
     if (!take_login_slot(c, db) || refuse_options(c))
         return;
     const struct budget_rule *b;
-    if (!budget_join(worker, params_get(&c->params, "application_name"), c->user, &c->addr,
-                     &b)) {
+    if (!budget_join(worker, params_get(&c->params, "application_name"), c->user, &c->addr, &b)) {
         char detail[160];
         snprintf(detail, sizeof(detail), "budget \"%s\" has max_clients (%d) connected", b->name,
                  b->max_clients);
         refuse_after_authentication(c, FAIL_BUDGET_CLIENTS, detail);
         return;
     }
-    c->budget = b ? b->budget : NULL; /* its client slot: client_close gives it back, whatever happens next */
+    c->budget = b ? b->budget
+                  : NULL; /* its client slot: client_close gives it back, whatever happens next */
     c->pool = pool_get(worker, db, c->user, c->database);
     if (!c->pool || cancel_register(worker->cancel_map, c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -553,4 +553,3 @@ void client_login_on_auth_bytes(struct client *c)
     auth_on_message(c->auth, type, body, body_len, &r);
     act_on_auth(c, &r);
 }
-

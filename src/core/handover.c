@@ -42,8 +42,12 @@ static void move(struct server *s, struct worker *to)
     atomic_fetch_add_explicit(&to->nservers, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&from->nservers, 1, memory_order_relaxed);
     s->pool = NULL; /* the receiver's pool, there */
+    /* its slot leaves this worker's share before the receiver can count it in its own, so
+     * each worker's audit stays exact while the server sits in the mailbox */
+    ledger_move_share(&from->proc->ledger, key, (int)from->index, LEDGER_IN_TRANSIT);
     if (worker_post_server(to, s, key) == 0)
         return;
+    ledger_move_share(&from->proc->ledger, key, LEDGER_IN_TRANSIT, (int)from->index);
     s->pool = p;
     atomic_fetch_add_explicit(&from->nservers, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&to->nservers, 1, memory_order_relaxed);
@@ -118,6 +122,7 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
         server_discard_moved(s, worker, key);
         return;
     }
+    ledger_move_share(&worker->proc->ledger, key, LEDGER_IN_TRANSIT, (int)worker->index);
     s->pool = p;
     if (sockio_open(&s->io, worker->loop, s->io.fd, s, server_on_io) < 0) {
         server_close(s, "cannot watch its socket on the worker it moved to");

@@ -47,6 +47,21 @@ static int add(atomic_int *c, int by)
     return atomic_fetch_add_explicit(c, by, memory_order_relaxed) + by;
 }
 
+/* A share (ledger.h): written only under the lock, so a load and a store suffice. */
+static void share_add(atomic_int *c, int by)
+{
+    int n = get(c) + by;
+    assert(n >= 0);
+    atomic_store_explicit(c, n, memory_order_relaxed);
+}
+
+/* The share a take or give names: a worker's, or the servers in transit. */
+static int share_of(int worker)
+{
+    assert(worker >= 0 && worker < LEDGER_SHARES);
+    return worker >= 0 && worker < LEDGER_SHARES ? worker : LEDGER_IN_TRANSIT;
+}
+
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
 {
     for (struct ledger_scope *s = *head; s; s = s->next)
@@ -138,11 +153,16 @@ static enum limit_kind passed(const struct ledger *l, const struct ledger_scope 
     return LIMIT_NONE;
 }
 
-static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope *user, int by)
+static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope *user, int worker,
+                  int by)
 {
     int d = add(&db->servers, by), u = add(&user->servers, by), g = add(&l->servers, by);
     assert(d >= 0 && u >= 0 && g >= 0);
     (void)d, (void)u, (void)g;
+    int w = share_of(worker);
+    share_add(&db->share[w].servers, by);
+    share_add(&user->share[w].servers, by);
+    share_add(&l->share[w].servers, by);
 }
 
 /* Would a slot of key (NULL: auth_query's, in db and user) serve waiter w? */
@@ -180,39 +200,57 @@ static int wake_for(struct ledger *l, const struct ledger_key *key, const struct
     return LEDGER_NO_WORKER;
 }
 
-enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key,
+enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int worker,
                                    const struct ledger_caps *caps)
 {
     lock(l);
     enum limit_kind k = passed(l, key->db, key->user, key, caps, 1, NULL);
     if (k == LIMIT_NONE) {
         add(&key->servers, 1);
-        count(l, key->db, key->user, 1);
+        share_add(&key->share[share_of(worker)], 1);
+        count(l, key->db, key->user, worker, 1);
     }
     unlock(l);
     return k;
 }
 
-/* Under the lock: key's backend is gone (its counts -1). */
-static void give_server(struct ledger *l, struct ledger_key *key)
+/* Under the lock: key's backend, held in holder's share, is gone (its counts -1). */
+static void give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     int left = add(&key->servers, -1);
     assert(left >= 0);
     (void)left;
-    count(l, key->db, key->user, -1);
+    share_add(&key->share[share_of(holder)], -1);
+    count(l, key->db, key->user, holder, -1);
 }
 
-int ledger_give_server(struct ledger *l, struct ledger_key *key)
+int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);
-    give_server(l, key);
+    give_server(l, key, holder);
     int worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
     unlock(l);
     return worker;
 }
 
-enum limit_kind ledger_take_own(struct ledger *l, const char *db_name, const char *user_name,
-                                const struct ledger_caps *caps)
+void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int to)
+{
+    int f = share_of(from), t = share_of(to);
+    lock(l);
+    share_add(&key->share[f], -1);
+    share_add(&key->share[t], 1);
+    struct ledger_share *scopes[][2] = {{&key->db->share[f], &key->db->share[t]},
+                                        {&key->user->share[f], &key->user->share[t]},
+                                        {&l->share[f], &l->share[t]}};
+    for (size_t i = 0; i < sizeof(scopes) / sizeof(scopes[0]); i++) {
+        share_add(&scopes[i][0]->servers, -1);
+        share_add(&scopes[i][1]->servers, 1);
+    }
+    unlock(l);
+}
+
+enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
+                                const char *user_name, const struct ledger_caps *caps)
 {
     lock(l);
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
@@ -220,14 +258,15 @@ enum limit_kind ledger_take_own(struct ledger *l, const char *db_name, const cha
     /* out of memory: refused like a full cap; tried again later */
     enum limit_kind k = db && user ? passed(l, db, user, NULL, caps, 1, NULL) : LIMIT_GLOBAL;
     if (k == LIMIT_NONE) {
-        count(l, db, user, 1);
+        count(l, db, user, worker, 1);
         add(&l->own_servers, 1);
+        share_add(&l->own_share[share_of(worker)], 1);
     }
     unlock(l);
     return k;
 }
 
-int ledger_give_own(struct ledger *l, const char *db_name, const char *user_name)
+int ledger_give_own(struct ledger *l, int holder, const char *db_name, const char *user_name)
 {
     lock(l);
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
@@ -235,8 +274,9 @@ int ledger_give_own(struct ledger *l, const char *db_name, const char *user_name
     assert(db && user); /* made by the take */
     int worker = LEDGER_NO_WORKER;
     if (db && user) {
-        count(l, db, user, -1);
+        count(l, db, user, holder, -1);
         add(&l->own_servers, -1);
+        share_add(&l->own_share[share_of(holder)], -1);
         worker = l->waiters ? wake_for(l, NULL, db, user) : LEDGER_NO_WORKER;
     }
     unlock(l);
@@ -402,8 +442,8 @@ void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap)
 }
 
 /* Under the lock. */
-static enum login_take login_take(struct ledger *l, const char *db_name, const char *user_name,
-                                  const struct ledger_login_caps *caps)
+static enum login_take login_take(struct ledger *l, int worker, const char *db_name,
+                                  const char *user_name, const struct ledger_login_caps *caps)
 {
     struct ledger_scope *db = NULL, *user = NULL;
     if (db_name) {
@@ -419,28 +459,34 @@ static enum login_take login_take(struct ledger *l, const char *db_name, const c
     if (user && caps->user > 0 && get(&user->clients) >= caps->user)
         return LOGIN_OVER_USER_CLIENTS;
     add(&l->clients, 1);
+    int w = share_of(worker);
+    share_add(&l->share[w].clients, 1);
     if (db) {
         add(&db->clients, 1);
         add(&user->clients, 1);
+        share_add(&db->share[w].clients, 1);
+        share_add(&user->share[w].clients, 1);
     }
     return LOGIN_COUNTED;
 }
 
-enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
-                                  const struct ledger_login_caps *caps)
+enum login_take ledger_take_login(struct ledger *l, int worker, const char *db_name,
+                                  const char *user_name, const struct ledger_login_caps *caps)
 {
     lock(l);
-    enum login_take t = login_take(l, db_name, user_name, caps);
+    enum login_take t = login_take(l, worker, db_name, user_name, caps);
     unlock(l);
     return t;
 }
 
-void ledger_give_login(struct ledger *l, const char *db_name, const char *user_name)
+void ledger_give_login(struct ledger *l, int worker, const char *db_name, const char *user_name)
 {
     lock(l);
     int left = add(&l->clients, -1);
     assert(left >= 0);
     (void)left;
+    int w = share_of(worker);
+    share_add(&l->share[w].clients, -1);
     if (db_name) {
         struct ledger_scope *db = scope_get(&l->dbs, db_name);
         struct ledger_scope *user = scope_get(&l->users, user_name);
@@ -449,6 +495,8 @@ void ledger_give_login(struct ledger *l, const char *db_name, const char *user_n
             int d = add(&db->clients, -1), u = add(&user->clients, -1);
             assert(d >= 0 && u >= 0);
             (void)d, (void)u;
+            share_add(&db->share[w].clients, -1);
+            share_add(&user->share[w].clients, -1);
         }
     }
     unlock(l);
@@ -586,11 +634,11 @@ void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
     unlock(l);
 }
 
-int ledger_give_server_for(struct ledger *l, struct ledger_key *key, struct ledger_key *room_key,
-                           int room_worker)
+int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
+                           struct ledger_key *room_key, int room_worker)
 {
     lock(l);
-    give_server(l, key);
+    give_server(l, key, holder);
     struct ledger_waiter *w = find_waiter(l, room_key, room_worker);
     int worker;
     if (w) {
@@ -682,6 +730,8 @@ void ledger_free(struct ledger *l)
     pthread_mutex_destroy(&l->mu);
     memset(l, 0, sizeof(*l)); /* zeroed: ready again (ledger.h) */
 }
+
+_Static_assert(SLUICE_MAX_WORKERS <= LEDGER_WORKERS, "a share for every worker the key allows");
 
 enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)
 {

@@ -39,11 +39,28 @@
 
 struct worker;
 
+/* ---- Shares: each worker's part of every count (5.6, 5.12 item 6) ----
+ * Every take and give names the worker it counts for (its index), and in the same critical
+ * section moves that worker's share of each counter it moves: so a worker can prove its own
+ * share against its own lists on its own thread (ledger_audit), and each counter equals the sum
+ * of its shares at every instant the lock is free. A share is written only under the lock (a
+ * load and a store, no locked instruction: the lock orders writers) and read under it. Share
+ * LEDGER_IN_TRANSIT holds the servers on their way between workers (ledger_move_share). */
+#define LEDGER_WORKERS 64                /* the workers key's range (SLUICE_MAX_WORKERS) */
+#define LEDGER_IN_TRANSIT LEDGER_WORKERS /* a share of no worker: servers in a mailbox */
+#define LEDGER_SHARES (LEDGER_WORKERS + 1)
+
+struct ledger_share {
+    atomic_int servers; /* backends of this scope the worker holds (auth_query's included) */
+    atomic_int clients; /* logged-in clients of this scope on the worker */
+};
+
 /* A database or a user: the backends and the logged-in clients counted under its caps. */
 struct ledger_scope {
     struct ledger_scope *next;
     atomic_int servers;
     atomic_int clients;
+    struct ledger_share share[LEDGER_SHARES];
     char name[];
 };
 
@@ -58,9 +75,10 @@ struct ledger_key {
     struct ledger_key *next;
     struct ledger_scope *db, *user; /* set before the key is published; never change */
     atomic_int servers;
-    atomic_int state;         /* enum ledger_key_state */
-    atomic_int server_usable; /* max_connections - superuser_reserved_connections, as last
-                               * learnt by any worker's pool of this key; 0: not yet */
+    atomic_int state;                /* enum ledger_key_state */
+    atomic_int server_usable;        /* max_connections - superuser_reserved_connections, as last
+                                      * learnt by any worker's pool of this key; 0: not yet */
+    atomic_int share[LEDGER_SHARES]; /* `servers` held by each worker (and in transit) */
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -100,25 +118,39 @@ struct ledger {
     atomic_int own_servers;        /* auth_query's connections, of `servers` */
     atomic_int clients;            /* logged-in clients, the admin console's included */
     atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
+    struct ledger_share share[LEDGER_SHARES]; /* `servers` and `clients` per worker */
+    atomic_int own_share[LEDGER_SHARES];      /* `own_servers` per worker */
 };
 
 /* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
 struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const char *user_name);
 
-/* One more backend of key under caps: LIMIT_NONE and every counter of key +1 in one step, or
- * the first limit it would pass (pool, db, user, global, in that order) and nothing changed. */
-enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key,
+/* One more backend of key under caps for worker (its index; the share it counts in):
+ * LIMIT_NONE and every counter of key +1 in one step, or the first limit it would pass (pool,
+ * db, user, global, in that order) and nothing changed. */
+enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int worker,
                                    const struct ledger_caps *caps)
     __attribute__((warn_unused_result));
-/* A backend of key is gone (closed; a LEAVING one once its backend has exited). Returns the
- * worker to wake for the slot it frees (the oldest entry of the wait list that this slot can
- * serve, taken off the list), or LEDGER_NO_WORKER. */
-int ledger_give_server(struct ledger *l, struct ledger_key *key);
-/* auth_query's own connection to database entry db_name as user_name: counted in the database,
- * the user and globally like a pool's backend (caps->pool is ignored). */
-enum limit_kind ledger_take_own(struct ledger *l, const char *db_name, const char *user_name,
-                                const struct ledger_caps *caps) __attribute__((warn_unused_result));
-int ledger_give_own(struct ledger *l, const char *db_name, const char *user_name);
+/* A backend of key held in holder's share (a worker's index; LEDGER_IN_TRANSIT: one lost on its way
+ * between workers) is gone (closed; a LEAVING one once its backend has exited). Returns the worker
+ * to wake for the slot it frees (the oldest entry of the wait list that this slot can serve, taken
+ * off the list), or LEDGER_NO_WORKER. */
+int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder);
+/* The idle-server handover (5.4): one backend of key leaves share `from` for share `to` (a
+ * worker's index or LEDGER_IN_TRANSIT) in one step; no total changes, so no cap is checked and
+ * nobody is woken. A handover moves it twice so that each worker's audit stays exact while the
+ * server sits in a mailbox: the sender, on its thread as it takes the server off its lists,
+ * from itself to LEDGER_IN_TRANSIT; the receiver, on its thread as it puts it on its pool's
+ * lists, from LEDGER_IN_TRANSIT to itself. A server dropped with its message is given back with
+ * ledger_give_server(l, key, LEDGER_IN_TRANSIT). */
+void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int to);
+/* auth_query's own connection to database entry db_name as user_name, opened by worker:
+ * counted in the database, the user and globally like a pool's backend (caps->pool is
+ * ignored). */
+enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
+                                const char *user_name, const struct ledger_caps *caps)
+    __attribute__((warn_unused_result));
+int ledger_give_own(struct ledger *l, int holder, const char *db_name, const char *user_name);
 
 /* Read-only questions, same order of limits as a take. */
 /* Would one more backend of key fit (ledger_take_server without taking)? */
@@ -168,14 +200,15 @@ enum login_take {
     LOGIN_OVER_USER_CLIENTS, /* max_user_client_connections */
     LOGIN_OUT_OF_MEMORY,     /* no entry for a new database or user name */
 };
-/* A client logs in to database db_name as user_name (its own name): LOGIN_COUNTED and the
- * global, database and user counts +1 in one step, or why not and nothing changed. db_name and
- * user_name NULL: an admin console client, counted globally only (caps->db, ->user ignored). */
-enum login_take ledger_take_login(struct ledger *l, const char *db_name, const char *user_name,
-                                  const struct ledger_login_caps *caps)
+/* A client of worker logs in to database db_name as user_name (its own name): LOGIN_COUNTED
+ * and the global, database and user counts (and worker's shares) +1 in one step, or why not and
+ * nothing changed. db_name and user_name NULL: an admin console client, counted globally only
+ * (caps->db, ->user ignored). */
+enum login_take ledger_take_login(struct ledger *l, int worker, const char *db_name,
+                                  const char *user_name, const struct ledger_login_caps *caps)
     __attribute__((warn_unused_result));
-/* The client of a take is leaving (the same names). */
-void ledger_give_login(struct ledger *l, const char *db_name, const char *user_name);
+/* The client of a take is leaving (the same worker and names). */
+void ledger_give_login(struct ledger *l, int worker, const char *db_name, const char *user_name);
 /* Logged-in clients of a database / a user (NULL: all of them, the console's included). */
 int ledger_db_clients(const struct ledger *l, const char *db_name);
 int ledger_user_clients(const struct ledger *l, const char *user_name);
@@ -232,8 +265,8 @@ void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)
  * (LEDGER_CLAIM_CLOSE): that entry's coming - 1, and that worker is the one woken while its
  * entry is still there (else the oldest entry the slot serves, as a plain give). */
-int ledger_give_server_for(struct ledger *l, struct ledger_key *key, struct ledger_key *room_key,
-                           int room_worker);
+int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
+                           struct ledger_key *room_key, int room_worker);
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);
@@ -260,8 +293,11 @@ void ledger_lock(struct ledger *l);
 void ledger_unlock(struct ledger *l);
 void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);
 
-/* Debug: do the counters equal what walking the pools, servers, clients and auth_query's
- * connections finds? Logs each difference; true when all agree (ledger_audit.c). */
+/* Debug: does worker's share of every counter equal what walking its pools, servers, clients
+ * and auth_query's connections finds, and does each counter equal the sum of its shares? Runs
+ * on worker's own thread (its lists are read unlocked). Budgets' leases and clients, counted
+ * process-wide only (a lease is one lock-free add per transaction), are walked only when the
+ * process has one worker. Logs each difference; true when all agree (ledger_audit.c). */
 bool ledger_audit(const struct worker *worker);
 
 void ledger_free(struct ledger *l);

@@ -1,7 +1,10 @@
-/* ledger_audit: the proof that the ledger's counters are true. Walks what the counters stand
- * for — the pools' server lists, auth_query's connections, the servers charged to a budget and
- * the clients in it, the logged-in clients on the pools' client lists — and compares. Debug builds run it on every maintenance tick (sluice.c);
- * tests/unit/test_ledger.c runs it too. Reads only. */
+/* ledger_audit: the proof that the ledger's counters are true. Each worker walks what its share
+ * of the counters stands for — its pools' server lists, its auth_query connections, the
+ * logged-in clients on its pools' client lists (with one worker also the servers charged to a
+ * budget and the clients in it) — and compares; and every counter must be the sum of its
+ * shares. Debug builds run it on every worker's maintenance tick, on that worker's thread
+ * (sluice.c); tests/unit/test_ledger.c runs it too. Reads only. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,13 +16,24 @@
 #include "server.h"
 #include "sluice.h"
 
+/* found: what the counter was compared with ("the walk finds", "its shares add up to"). */
+static bool agree_with(const char *what, const char *name, int counted, const char *found, int n)
+{
+    if (counted == n)
+        return true;
+    log_msg(LOG_ERROR, "ledger: %s%s%s counts %d, %s %d", what, name ? " " : "", name ? name : "",
+            counted, found, n);
+    return false;
+}
+
 static bool agree(const char *what, const char *name, int counted, int walked)
 {
-    if (counted == walked)
-        return true;
-    log_msg(LOG_ERROR, "ledger: %s%s%s counts %d, the walk finds %d", what, name ? " " : "",
-            name ? name : "", counted, walked);
-    return false;
+    return agree_with(what, name, counted, "the walk finds", walked);
+}
+
+static bool sums(const char *what, const char *name, int counted, int shares)
+{
+    return agree_with(what, name, counted, "its shares add up to", shares);
 }
 
 /* Backends of the pools in a scope (NULL: any), auth_query's included. */
@@ -104,22 +118,87 @@ static int walked_clients(const struct worker *worker, const char *db_name, cons
     return n;
 }
 
+static const char *key_name(const struct ledger_key *k, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%s", k->db->name, k->user->name);
+    return buf;
+}
+
+/* Under the lock: does each counter equal the sum of its shares? */
+static int share_sum(const struct ledger_share *share, size_t field)
+{
+    int n = 0;
+    for (int w = 0; w < LEDGER_SHARES; w++)
+        n += *(const atomic_int *)((const char *)&share[w] + field);
+    return n;
+}
+
+static bool totals_are_sums_of_shares(const struct ledger *l)
+{
+    const size_t servers = offsetof(struct ledger_share, servers);
+    const size_t clients = offsetof(struct ledger_share, clients);
+    bool ok = sums("every backend", NULL, l->servers, share_sum(l->share, servers));
+    ok &= sums("logged-in clients", NULL, l->clients, share_sum(l->share, clients));
+    int own = 0;
+    for (int w = 0; w < LEDGER_SHARES; w++)
+        own += l->own_share[w];
+    ok &= sums("auth_query's connections", NULL, l->own_servers, own);
+    const struct ledger_scope *const heads[] = {l->dbs, l->users};
+    const char *const kinds[][2] = {{"database", "clients of database"},
+                                    {"user", "clients of user"}};
+    for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        for (const struct ledger_scope *s = heads[i]; s; s = s->next) {
+            ok &= sums(kinds[i][0], s->name, s->servers, share_sum(s->share, servers));
+            ok &= sums(kinds[i][1], s->name, s->clients, share_sum(s->share, clients));
+        }
+    }
+    for (const struct ledger_key *k = l->keys; k; k = k->next) {
+        int n = 0;
+        for (int w = 0; w < LEDGER_SHARES; w++)
+            n += k->share[w];
+        char key[256];
+        ok &= sums("pool", key_name(k, key, sizeof(key)), k->servers, n);
+    }
+    return ok;
+}
+
+/* The budgets' counts are the process's (no share per worker): only one worker can walk them. */
+static bool budgets_agree(const struct worker *worker)
+{
+    bool ok = true;
+    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known) {
+        ok &=
+            agree("leases of budget", b->name, b->leases, walked_budget(worker, b, CHARGE_LEASES));
+        ok &= agree("clients of budget", b->name, b->clients,
+                    walked_budget(worker, b, CHARGE_CLIENTS));
+    }
+    return ok;
+}
+
 bool ledger_audit(const struct worker *worker)
 {
-    const struct ledger *l = &worker->proc->ledger;
-    bool ok = agree("every backend", NULL, l->servers, walked_servers(worker, NULL, NULL));
-    ok &= agree("auth_query's connections", NULL, l->own_servers,
-                secret_query_servers(NULL, NULL));
-    ok &= agree("pool servers", NULL, l->servers - l->own_servers, worker->nservers);
-    ok &= agree("logged-in clients", NULL, l->clients, walked_clients(worker, NULL, NULL));
+    struct ledger *l = &worker->proc->ledger;
+    const int w = (int)worker->index;
+    /* The lock holds other workers' takes and gives still while the shares are read (the sums),
+     * and orders a handover's write of this worker's share from another thread. This worker's
+     * own share moves only on this thread, in step with the lists walked here. */
+    ledger_lock(l);
+    const struct ledger_share *mine = &l->share[w];
+    bool ok = agree("every backend", NULL, mine->servers, walked_servers(worker, NULL, NULL));
+    ok &=
+        agree("auth_query's connections", NULL, l->own_share[w], secret_query_servers(NULL, NULL));
+    ok &= agree("pool servers", NULL, mine->servers - l->own_share[w], worker->nservers);
+    ok &= agree("logged-in clients", NULL, mine->clients, walked_clients(worker, NULL, NULL));
     for (const struct ledger_scope *s = l->dbs; s; s = s->next) {
-        ok &= agree("database", s->name, s->servers, walked_servers(worker, s->name, NULL));
-        ok &= agree("clients of database", s->name, s->clients,
+        ok &=
+            agree("database", s->name, s->share[w].servers, walked_servers(worker, s->name, NULL));
+        ok &= agree("clients of database", s->name, s->share[w].clients,
                     walked_clients(worker, s->name, NULL));
     }
     for (const struct ledger_scope *s = l->users; s; s = s->next) {
-        ok &= agree("user", s->name, s->servers, walked_servers(worker, NULL, s->name));
-        ok &= agree("clients of user", s->name, s->clients, walked_clients(worker, NULL, s->name));
+        ok &= agree("user", s->name, s->share[w].servers, walked_servers(worker, NULL, s->name));
+        ok &= agree("clients of user", s->name, s->share[w].clients,
+                    walked_clients(worker, NULL, s->name));
     }
     for (const struct ledger_key *k = l->keys; k; k = k->next) {
         int n = 0;
@@ -130,14 +209,11 @@ bool ledger_audit(const struct worker *worker)
             n += p->ledger_key == k ? pool_server_count(p) : 0;
         }
         char key[256];
-        snprintf(key, sizeof(key), "%s/%s", k->db->name, k->user->name);
-        ok &= agree("pool", key, k->servers, n);
+        ok &= agree("pool", key_name(k, key, sizeof(key)), k->share[w], n);
     }
-    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known) {
-        ok &=
-            agree("leases of budget", b->name, b->leases, walked_budget(worker, b, CHARGE_LEASES));
-        ok &= agree("clients of budget", b->name, b->clients,
-                    walked_budget(worker, b, CHARGE_CLIENTS));
-    }
+    ok &= totals_are_sums_of_shares(l);
+    ledger_unlock(l);
+    if (worker->proc->nworkers == 1)
+        ok &= budgets_agree(worker);
     return ok;
 }

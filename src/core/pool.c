@@ -26,8 +26,8 @@
 #include "sluice.h"
 #include "worker.h"
 
-const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,    10,   25,   50,    100,
-                                                              250, 500, 1000, 2500, 5000, 10000};
+const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1] = {1,   5,   10,   25,   50,   100,
+                                                             250, 500, 1000, 2500, 5000, 10000};
 
 /* ---- the pool's servers: opened, pumped and closed by the layer above (pool_events) ---- */
 
@@ -226,8 +226,10 @@ void pool_create_forced(struct worker *worker)
         if (!forced_user(db) || strcmp(db->name, "*") == 0 || console_is_db(worker, db->name))
             continue;
         if (!pool_get(worker, db, forced_user(db), db->name))
-            log_msg(LOG_ERROR, "pool %s/%s: out of memory creating it; it is created when a "
-                               "client comes", db->name, forced_user(db));
+            log_msg(LOG_ERROR,
+                    "pool %s/%s: out of memory creating it; it is created when a "
+                    "client comes",
+                    db->name, forced_user(db));
     }
 }
 
@@ -257,8 +259,10 @@ static bool close_idle_unwanted(struct pool *p, const struct client *c)
     }
     if (!oldest)
         return false;
-    close_server_for(oldest, "idle server opened with other startup parameters, closed to "
-                             "open one with a waiting client's", p);
+    close_server_for(oldest,
+                     "idle server opened with other startup parameters, closed to "
+                     "open one with a waiting client's",
+                     p);
     return true;
 }
 
@@ -305,7 +309,8 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
+    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index,
+                              &caps);
 }
 
 /* With workers (5.3): a pool whose waiters a slot cap holds (pool_size, max_db/user/server_
@@ -651,8 +656,8 @@ bool pool_queue_cleanup(struct server *s)
      * statements were not followed: either way the record of them is no longer true. After
      * DISCARD ALL it is again: every parameter is back at its reset value, the startup value
      * the backend was opened with, or its default. */
-    bool discard_all = was_unknown || (reset && cfg->server_reset_query.kind ==
-                                                    SQL_SETTING_DISCARD_ALL);
+    bool discard_all =
+        was_unknown || (reset && cfg->server_reset_query.kind == SQL_SETTING_DISCARD_ALL);
     if (discard_all) {
         if (params_reset_to_startup(&s->params, &s->startup) < 0)
             s->close_when_free = true;
@@ -698,16 +703,11 @@ void pool_maintain(struct pool *p, uint64_t now)
             break;
         pool_fail_waiter(p, c, waited);
     }
-    list_for_each(&p->connecting, n, tmp)
-        tick_server(container_of(n, struct server, node), now);
-    list_for_each(&p->idle, n, tmp)
-        tick_server(container_of(n, struct server, node), now);
-    list_for_each(&p->resetting, n, tmp)
-        tick_server(container_of(n, struct server, node), now);
-    list_for_each(&p->active, n, tmp)
-        tick_server(container_of(n, struct server, node), now);
-    list_for_each(&p->leaving, n, tmp)
-        tick_server(container_of(n, struct server, node), now);
+    list_for_each(&p->connecting, n, tmp) tick_server(container_of(n, struct server, node), now);
+    list_for_each(&p->idle, n, tmp) tick_server(container_of(n, struct server, node), now);
+    list_for_each(&p->resetting, n, tmp) tick_server(container_of(n, struct server, node), now);
+    list_for_each(&p->active, n, tmp) tick_server(container_of(n, struct server, node), now);
+    list_for_each(&p->leaving, n, tmp) tick_server(container_of(n, struct server, node), now);
     list_for_each(&p->idle_clients, n, tmp)
         p->worker->pool_events->client_tick(container_of(n, struct client, node), now);
     list_for_each(&p->active_clients, n, tmp)

@@ -243,8 +243,10 @@ static void close_now(struct server *s)
     /* its backend is gone: a worker whose waiters that slot can serve is woken (the one it
      * was closed for, when it was closed for another worker's) */
     struct ledger_key *key = s->pool->ledger_key;
-    worker_wake(worker, s->room_key ? ledger_give_server_for(l, key, s->room_key, s->room_worker)
-                                    : ledger_give_server(l, key));
+    int holder = (int)worker->index;
+    worker_wake(worker, s->room_key
+                            ? ledger_give_server_for(l, key, holder, s->room_key, s->room_worker)
+                            : ledger_give_server(l, key, holder));
     s->room_key = NULL;
     release_connection(s);
 }
@@ -268,7 +270,8 @@ void server_discard_moved(struct server *s, struct worker *worker, struct ledger
     log_msg(LOG_INFO, "S-%llu: closing: moved to worker %u as it stopped taking messages",
             (unsigned long long)s->id, worker->index);
     atomic_fetch_sub_explicit(&worker->nservers, 1, memory_order_relaxed);
-    (void)ledger_give_server(&worker->proc->ledger, key); /* nobody is woken at the end */
+    /* it left its sender's share for the transit share (handover.c's move) */
+    (void)ledger_give_server(&worker->proc->ledger, key, LEDGER_IN_TRANSIT); /* nobody is woken */
     release_connection(s);
     free(s);
 }
@@ -298,7 +301,8 @@ void server_check_timeouts(struct server *s, uint64_t now)
         if (cfg->server_connect_timeout > 0 &&
             now - s->connect_start_ms >= (uint64_t)cfg->server_connect_timeout) {
             char msg[128];
-            snprintf(msg, sizeof(msg), "connect and login not done within %lld ms (server_connect_timeout)",
+            snprintf(msg, sizeof(msg),
+                     "connect and login not done within %lld ms (server_connect_timeout)",
                      (long long)cfg->server_connect_timeout);
             struct pool *p = s->pool; /* as server_connect_failed: close, tell the pool */
             server_close(s, msg);
@@ -334,8 +338,9 @@ void server_check_timeouts(struct server *s, uint64_t now)
             /* The query of a client that sent Terminate had server_drain_timeout to finish:
              * now it is cancelled like a vanished client's, and gets as long again. Closing
              * without a cancel would leave the backend running, uncounted by the caps. */
-            log_server(LOG_WARNING, s, "query of a client that sent Terminate still running "
-                                       "after server_drain_timeout: cancelling it");
+            log_server(LOG_WARNING, s,
+                       "query of a client that sent Terminate still running "
+                       "after server_drain_timeout: cancelling it");
             cancel_drained_query(s);
             s->state_since_ms = now;
             break;

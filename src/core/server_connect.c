@@ -72,7 +72,8 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     if (!has_password) {
         /* Log in upstream with the user's own password when sluice knows it in plain. */
         const struct auth_entry *a = config_find_auth(cfg, user);
-        if (a && strncmp(a->secret, "md5", 3) != 0 && strncmp(a->secret, "SCRAM-SHA-256$", 14) != 0) {
+        if (a && strncmp(a->secret, "md5", 3) != 0 &&
+            strncmp(a->secret, "SCRAM-SHA-256$", 14) != 0) {
             kw[n] = "password";
             val[n++] = a->secret;
             has_password = true;
@@ -394,20 +395,21 @@ static void on_server_resolved(struct resolver *r, void *owner)
     resolver_free(r);
 }
 
-struct server *server_connect(struct pool *p, const struct param_set *startup,
-                              uint64_t startup_fp)
+struct server *server_connect(struct pool *p, const struct param_set *startup, uint64_t startup_fp)
 {
     struct worker *worker = p->worker;
     const struct db_entry *db = config_find_db(worker->cfg, p->db_name);
     if (!db) {
         /* no server holds the slot */
-        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
+        worker_wake(worker,
+                    ledger_give_server(&worker->proc->ledger, p->ledger_key, (int)worker->index));
         pool_connect_failed(p, "the database is no longer configured");
         return NULL;
     }
     struct server *s = calloc(1, sizeof(*s));
     if (!s) {
-        worker_wake(worker, ledger_give_server(&worker->proc->ledger, p->ledger_key));
+        worker_wake(worker,
+                    ledger_give_server(&worker->proc->ledger, p->ledger_key, (int)worker->index));
         return NULL;
     }
     s->pool = p;
@@ -592,7 +594,8 @@ static void libpq_logged_in(struct server *s)
     if (PQsslInUse(s->conn)) {
         s->io.ssl = PQsslStruct(s->conn, "OpenSSL");
         /* sluice retries a partial write from a buffer that may have grown or moved. */
-        SSL_set_mode(s->io.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_set_mode(s->io.ssl,
+                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     }
     logged_in(s);
 }

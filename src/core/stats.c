@@ -6,6 +6,7 @@
  * from zero, which is where its counters started. */
 #include "stats.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,16 +68,39 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-const char *stats_top_application(const struct pool *p, int *servers)
+/* Most servers first; equal counts in name order. */
+static int cmp_app(const void *a, const void *b)
 {
-    const char *top = NULL;
-    *servers = 0;
-    if (p->active_clients.count == 0)
-        return NULL;
+    const struct stats_app *x = a, *y = b;
+    if (x->servers != y->servers)
+        return x->servers > y->servers ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+int stats_app_add(struct stats_app *list, int n, int cap, const char *name, int servers)
+{
+    int i = 0;
+    while (i < n && strncmp(list[i].name, name, sizeof(list[i].name) - 1) != 0)
+        i++;
+    if (i == n) {
+        if (n == cap)
+            return n;
+        snprintf(list[n].name, sizeof(list[n].name), "%s", name);
+        list[n++].servers = 0;
+    }
+    list[i].servers += servers;
+    qsort(list, (size_t)n, sizeof(*list), cmp_app);
+    return n;
+}
+
+int stats_top_applications(const struct pool *p, struct stats_app *out, int max)
+{
+    if (p->active_clients.count == 0 || max <= 0)
+        return 0;
     const char **names = malloc((size_t)p->active_clients.count * sizeof(*names));
     if (!names)
-        return NULL;
-    int n = 0;
+        return 0;
+    int n = 0, nout = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->active_clients, node, tmp)
     {
@@ -86,20 +110,22 @@ const char *stats_top_application(const struct pool *p, int *servers)
         const char *a = params_get(&c->params, "application_name");
         names[n++] = a ? a : "";
     }
-    /* Sorted, equal names are neighbours: the longest run wins. */
+    /* Sorted, equal names are neighbours: each run is one application. */
     qsort(names, (size_t)n, sizeof(*names), cmp_str);
     for (int i = 0; i < n;) {
         int j = i;
         while (j < n && strcmp(names[j], names[i]) == 0)
             j++;
-        if (j - i > *servers) {
-            *servers = j - i;
-            top = names[i];
+        /* a run longer than the last kept one replaces it; the list stays in order */
+        if (nout < max || j - i > out[nout - 1].servers) {
+            if (nout == max)
+                nout--;
+            nout = stats_app_add(out, nout, max, names[i], j - i);
         }
         i = j;
     }
     free(names); /* the names themselves belong to the clients */
-    return top;
+    return nout;
 }
 
 void stats_add_pool(struct stats_totals *t, const struct pool *p)

@@ -42,9 +42,22 @@ struct stats_pool_view {
     bool down;
 };
 void stats_view_pool(const struct pool *p, uint64_t now_ms, struct stats_pool_view *v);
-/* The application_name whose clients hold the most of this pool's servers (NULL when none
- * does; points into a client, valid until the loop runs again) and how many they hold. */
-const char *stats_top_application(const struct pool *p, int *servers);
+/* An application_name (copied, cut at 63 bytes like Postgres's NAMEDATALEN) and how many of a
+ * pool's servers its clients hold. */
+struct stats_app {
+    char name[64];
+    int servers;
+};
+/* How many application names a worker publishes per pool (tally.h): the top of each worker's
+ * list, merged per key on the control thread (view_pool_top_apps). */
+#define STATS_TOP_APPS 4
+/* The up to max application_names whose clients hold the most of this pool's servers, most
+ * first (equal counts: in name order), into out; their count (0: no client holds a server). */
+int stats_top_applications(const struct pool *p, struct stats_app *out, int max);
+/* Add `servers` held by application `name` into list (n entries, room for cap): summed with an
+ * entry of the same name, else appended (left out when full); then kept in stats_top_
+ * applications' order. Returns the new n. */
+int stats_app_add(struct stats_app *list, int n, int cap, const char *name, int servers);
 
 /* Add one pool's counters to t. */
 void stats_add_pool(struct stats_totals *t, const struct pool *p);

@@ -21,6 +21,10 @@ struct tally_pool {
     struct stats_totals totals; /* stats_add_pool's, for SHOW STATS and its averages */
     uint64_t wait_hist[POOL_HIST_BUCKETS], query_hist[POOL_HIST_BUCKETS]; /* the pool's */
     int close_pending; /* servers marked to close when free (control_close_pending) */
+    /* The applications whose clients hold the most of its servers (stats_top_applications):
+     * /health's top_application sums them per key over the workers (view_pool_top_apps). */
+    struct stats_app apps[STATS_TOP_APPS];
+    int napps;
     char db_name[TALLY_NAME], user_name[TALLY_NAME];
 };
 

@@ -178,6 +178,7 @@ void view_pool_settings(const struct pool *p, struct view_pool *v)
     v->db_name = p->db_name;
     v->user_name = p->user_name;
     v->console = p->is_admin;
+    v->user_forced = p->user_forced;
     v->mode = p->mode;
     v->size = p->size;
     v->paused = p->paused;
@@ -260,6 +261,7 @@ void view_publish(struct worker *worker)
         memcpy(tp->wait_hist, pool->wait_hist, sizeof(tp->wait_hist));
         memcpy(tp->query_hist, pool->query_hist, sizeof(tp->query_hist));
         tp->close_pending = control_close_pending(pool);
+        tp->napps = stats_top_applications(pool, tp->apps, STATS_TOP_APPS);
         snprintf(tp->db_name, sizeof(tp->db_name), "%s", pool->db_name);
         snprintf(tp->user_name, sizeof(tp->user_name), "%s", pool->user_name);
         tp->v.pool = NULL;
@@ -378,6 +380,79 @@ void view_pool_hists(const struct worker *worker, const struct view_pool *v, uin
         if (other != worker && other->tally)
             tally_each_pool(other->tally, add_hists_if_same_key, &h);
     }
+}
+
+/* Linked servers of the rows a cap of key covers (rows are one per key, summed over workers). */
+static int linked_under(const struct view_pool *rows, int n, const struct view_pool *key,
+                        enum limit_kind cap)
+{
+    int in_use = 0;
+    for (int i = 0; i < n; i++) {
+        const struct view_pool *r = &rows[i];
+        if (r->console)
+            continue;
+        bool covered = cap == LIMIT_GLOBAL ||
+                       (cap == LIMIT_DB && strcmp(r->db_name, key->db_name) == 0) ||
+                       (cap == LIMIT_USER && strcmp(r->user_name, key->user_name) == 0) ||
+                       (cap == LIMIT_POOL && r == key);
+        in_use += covered ? r->now.sv_active : 0;
+    }
+    return in_use;
+}
+
+void view_pool_caps(const struct worker *worker, struct view_pool *rows, int n)
+{
+    struct ledger *l = &worker->proc->ledger;
+    for (int i = 0; i < n; i++) {
+        struct view_pool *v = &rows[i];
+        if (v->console)
+            continue;
+        const struct ledger_key *key = ledger_key_get(l, v->db_name, v->user_name);
+        int learnt = ledger_key_usable(key);
+        struct budget_key k = {.db_name = v->db_name,
+                               .user_name = v->user_name,
+                               .pool_size = v->size,
+                               .server_usable = learnt > 0 ? learnt : v->server_usable,
+                               .user_forced = v->user_forced};
+        budget_key_cap(worker, &k, &v->cap);
+        v->cap.in_use = v->cap.key == LIMIT_BUDGET
+                            ? atomic_load_explicit(&v->cap.budget->leases, memory_order_relaxed)
+                            : linked_under(rows, n, v, v->cap.key);
+    }
+}
+
+struct top_apps {
+    const struct view_pool *key;
+    struct stats_app *list;
+    int n, cap;
+};
+
+static void add_apps_if_same_key(const struct tally_pool *tp, void *ctx)
+{
+    struct top_apps *t = ctx;
+    if (!same_key(&tp->v, t->key->db_name, t->key->user_name))
+        return;
+    for (int i = 0; i < tp->napps; i++)
+        t->n = stats_app_add(t->list, t->n, t->cap, tp->apps[i].name, tp->apps[i].servers);
+}
+
+int view_pool_top_apps(const struct worker *worker, const struct view_pool *v,
+                       struct stats_app *out, int max)
+{
+    /* every worker's top STATS_TOP_APPS fit: no name is dropped before the sums are made */
+    struct stats_app all[STATS_TOP_APPS * SLUICE_MAX_WORKERS];
+    struct top_apps t = {.key = v, .list = all, .cap = STATS_TOP_APPS * SLUICE_MAX_WORKERS};
+    if (v->pool)
+        t.n = stats_top_applications(v->pool, all, STATS_TOP_APPS);
+    struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally)
+            tally_each_pool(other->tally, add_apps_if_same_key, &t);
+    }
+    int n = t.n < max ? t.n : max;
+    memcpy(out, all, (size_t)n * sizeof(*out));
+    return n;
 }
 
 struct elsewhere {

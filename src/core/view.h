@@ -75,7 +75,8 @@ void view_sockets(const struct worker *worker, view_conn_fn *fn, void *ctx);
 struct view_pool {
     const struct pool *pool; /* its identity: to compare, or to hand to stats.h */
     const char *db_name, *user_name;
-    bool console; /* the admin console's pseudo-pool: no servers, no cap */
+    bool console;     /* the admin console's pseudo-pool: no servers, no cap */
+    bool user_forced; /* its database entry names the user (pool.h) */
     enum pool_mode mode;
     int size; /* pool_size in force */
     bool paused;
@@ -125,6 +126,22 @@ int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **
  * (database, user) pool's on every other worker, into wait and query. */
 void view_pool_hists(const struct worker *worker, const struct view_pool *v, uint64_t *wait,
                      uint64_t *query);
+
+/* The binding cap of every pool key in rows (n rows, one per key, each summed over the workers:
+ * view_pool_add_workers, view_pools_elsewhere), the same whichever worker has the key's pools:
+ * the caps from worker's config, NN% ones resolved against the usable connections the ledger
+ * learnt for the key (else the row's own), and in_use the linked servers (sv_active) of every row
+ * the binding cap covers (the key, its database, its user, all; a budget's leases). The
+ * console's rows keep no cap. */
+void view_pool_caps(const struct worker *worker, struct view_pool *rows, int n);
+
+/* The applications whose clients hold the most of v's servers over every worker, most first:
+ * worker's own pool (v->pool, live) and the same key's pool on each other worker (its top
+ * STATS_TOP_APPS as last published), summed by name; up to max into out, their count. Exact
+ * while no worker's pool has more than STATS_TOP_APPS applications holding servers; beyond,
+ * an application outside a worker's top is not counted there. */
+int view_pool_top_apps(const struct worker *worker, const struct view_pool *v,
+                       struct stats_app *out, int max);
 
 /* ---- the whole process (SHOW LISTS, /health, /metrics) ---- */
 

@@ -330,9 +330,9 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
 }
 
 /* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
- * with the same key's counts on the other workers added, then the keys only other workers have.
- * Those have no pool here (pool NULL) and no binding cap computed (it walks the caller's lists):
- * their cap is their own pool_size. */
+ * with the same key's counts on the other workers added, then the keys only other workers have
+ * (no pool here: pool NULL). Every key's binding cap is the process's (view_pool_caps), so a key
+ * reports the same cap whichever worker has its pools. */
 struct pool_rows {
     struct view_pool *v;
     int n;
@@ -358,12 +358,9 @@ static bool pool_rows_collect(struct worker *worker, uint64_t now, struct pool_r
         view_pool(pool, now, v);
         view_pool_add_workers(worker, v); /* the same pool on the other workers (5.6) */
     }
-    for (int i = 0; i < nelsewhere; i++) {
-        struct view_pool *v = &r->v[r->n++];
-        *v = r->elsewhere[i].v;
-        v->cap =
-            (struct pool_cap){.key = LIMIT_POOL, .servers = v->size, .in_use = v->now.sv_active};
-    }
+    for (int i = 0; i < nelsewhere; i++)
+        r->v[r->n++] = r->elsewhere[i].v;
+    view_pool_caps(worker, r->v, r->n);
     return true;
 }
 
@@ -420,8 +417,10 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
         const struct stats_pool_view v = p->now;
         const struct pool_cap cap = p->cap;
         enum pool_health health = pool_health_of(p);
-        int top_servers = 0; /* the control worker's clients only (a frame holds no names) */
-        const char *top_app = p->pool ? stats_top_application(p->pool, &top_servers) : NULL;
+        struct stats_app top; /* over every worker (5.6) */
+        bool have_top = view_pool_top_apps(worker, p, &top, 1) == 1;
+        const char *top_app = have_top ? top.name : NULL;
+        int top_servers = have_top ? top.servers : 0;
         int clients = v.cl_active + v.cl_waiting + v.cl_idle;
         total.sv_active += v.sv_active;
         total.sv_idle += v.sv_idle;

@@ -6,6 +6,7 @@ that name the key to raise. Readiness (/health, 503 while a pool is down) is spl
 
 import time
 
+import psycopg
 import pytest
 
 from conftest import Background, pick_port, wait_until
@@ -175,3 +176,38 @@ def test_health_warns_about_clients_that_waited_even_when_none_waits_now(start_s
     finally:
         hog.close()
         waiter.close()
+
+
+@pytest.mark.timeout(60)
+def test_health_sums_every_workers_top_application_and_cap(start_sluice):
+    """workers = 3: a console session first (moved to worker 0, so worker 0 has the most clients),
+    then two transactions of "etl" land on workers 1 and 2 (the acceptor picks the least loaded),
+    none on the control thread's worker. The pool's cap is the process's (max_db_connections 3,
+    in use 2, as with one worker) and its top application holds both servers. Before, in_use
+    counted the control worker's lists only (0) and top_application was null (a published
+    frame held no names)."""
+    s = start_http(start_sluice, {"workers": 3, "default_pool_size": 10, "max_db_connections": 3,
+                                  "admin_users": "admin"})
+    adm = psycopg.connect(s.dsn(dbname="sluice", user="admin", password=None), autocommit=True,
+                          prepare_threshold=None)
+    holders = []
+    try:
+        adm.execute("SHOW VERSION")
+        holders = [hold_transaction(s, application_name="etl") for _ in range(2)]
+
+        def both_counted():
+            _, doc = health(s)
+            p = pool_of(doc)
+            return p if p["servers"]["active"] == 2 else None
+        p = wait_until(both_counted, 10, what="both workers' frames to count their transaction")
+        assert p["top_application"] == {"name": "etl", "servers": 2}, p
+        assert p["cap"] == {"servers": 3, "key": "max_db_connections", "in_use": 2,
+                            "usage_pct": 66.7}, p
+        samples, _ = parse_metrics(metrics(s))
+        lab = {"database": "appdb", "user": "app"}
+        assert sample(samples, "sluice_pool_cap", key="max_db_connections", **lab) == 3
+        assert sample(samples, "sluice_pool_cap_in_use", **lab) == 2
+    finally:
+        for c in holders:
+            c.close()
+        adm.close()

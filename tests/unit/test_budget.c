@@ -32,7 +32,8 @@ static void set_servers(struct pool *p, int n)
         s->pool = p;
         list_append(&p->idle, &s->node);
         p->worker->nservers++;
-        CHECK_INT(ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &none), LIMIT_NONE);
+        CHECK_INT(ledger_take_server(&p->worker->proc->ledger, p->ledger_key, 0, &none),
+                  LIMIT_NONE);
     }
 }
 

@@ -123,7 +123,7 @@ static void a_client_gives_its_login_slot_back_as_it_starts_closing(void)
     c->state = CLIENT_IDLE;
     list_append(&p->idle_clients, &c->node);
     const struct ledger_login_caps caps = {.global = 10};
-    CHECK_INT(ledger_take_login(&worker->proc->ledger, "db", "u", &caps), LOGIN_COUNTED);
+    CHECK_INT(ledger_take_login(&worker->proc->ledger, 0, "db", "u", &caps), LOGIN_COUNTED);
     c->login_slot = LOGIN_SLOT_HELD; /* as client_login_ok took it */
     CHECK(ledger_audit(worker));
     client_set_state(c, CLIENT_WAITING);

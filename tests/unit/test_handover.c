@@ -35,9 +35,9 @@ static void an_idle_server_goes_to_the_oldest_waiter_it_serves(void)
     struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
     struct ledger_key *b1 = ledger_key_get(&l, "b", "u1");
     struct ledger_caps caps = {.pool = 5, .db = 2};
-    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(&l, a2, &caps), LIMIT_DB); /* database a is full */
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a2, 0, &caps), LIMIT_DB); /* database a is full */
     CHECK(!ledger_has_waiters(&l));
 
     /* worker 1 needs two servers of a1; worker 2 one of a2, under max_db_connections */
@@ -65,8 +65,8 @@ static void an_idle_server_goes_to_the_oldest_waiter_it_serves(void)
     ledger_wait_arrived(&l, a1, 1);
     CHECK_INT(ledger_claim_idle(&l, a1, 3).kind, LEDGER_CLAIM_MOVE);
     /* worker 0 closed one of a1 for worker 2: the slot wakes worker 2, whose take fits now */
-    CHECK_INT(ledger_give_server_for(&l, a1, a2, 2), 2);
-    CHECK_INT(ledger_take_server(&l, a2, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_give_server_for(&l, a1, 0, a2, 2), 2);
+    CHECK_INT(ledger_take_server(&l, a2, 2, &caps), LIMIT_NONE);
     ledger_wait_done(&l, a2, 2);
     ledger_wait_done(&l, a1, 1);
     CHECK(!ledger_has_waiters(&l));
@@ -79,7 +79,7 @@ static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
     struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
     struct ledger_key *c3 = ledger_key_get(&l, "c", "u3");
     struct ledger_caps caps = {.pool = 5, .db = 1};
-    CHECK_INT(ledger_take_server(&l, a1, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
     /* worker 0's own waiter of a2 is older than worker 1's: worker 0's idle a1 server is its
      * own pool's to close for it (pool.c), not worker 1's */
     CHECK_INT(ledger_wait_need(&l, a2, 0, LIMIT_DB, 100, 1, &caps), 1);
@@ -100,7 +100,7 @@ static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
     /* held by max_server_connections, but its user's cap is full too: closing a server of
      * another user frees nothing it could use */
     struct ledger_caps c3caps = {.pool = 5, .user = 1, .global = 2};
-    CHECK_INT(ledger_take_server(&l, c3, &c3caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, c3, 0, &c3caps), LIMIT_NONE);
     CHECK_INT(ledger_wait_need(&l, c3, 1, LIMIT_GLOBAL, 400, 1, &c3caps), 1);
     CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
     ledger_wait_done(&l, c3, 1);
@@ -149,7 +149,8 @@ static void make_server(struct worker *worker, void *arg, bool delivered)
     if (!p)
         return;
     struct ledger_caps caps = {.pool = 1};
-    count_bad(r, ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps) != LIMIT_NONE);
+    count_bad(r, ledger_take_server(&worker->proc->ledger, p->ledger_key, (int)worker->index,
+                                    &caps) != LIMIT_NONE);
     struct server *s = calloc(1, sizeof(*s));
     s->pool = p;
     s->id = worker->next_id++;

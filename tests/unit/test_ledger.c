@@ -38,7 +38,8 @@ static enum limit_kind take(struct pool *p, bool use_reserve)
 {
     struct ledger_caps caps;
     budget_server_caps(p, use_reserve, &caps);
-    enum limit_kind k = ledger_take_server(&p->worker->proc->ledger, p->ledger_key, &caps);
+    enum limit_kind k =
+        ledger_take_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index, &caps);
     if (k == LIMIT_NONE) { /* what server_connect does with the slot: a server on a list */
         struct server *s = calloc(1, sizeof(*s));
         s->pool = p;
@@ -55,7 +56,7 @@ static void give(struct pool *p)
     list_remove(&p->idle, &s->node);
     free(s);
     p->worker->nservers--;
-    ledger_give_server(&p->worker->proc->ledger, p->ledger_key);
+    ledger_give_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index);
 }
 
 struct snapshot {
@@ -147,7 +148,7 @@ static void percent_caps_take_one_at_a_time_until_resolved(void)
     struct ledger_caps caps;
     budget_server_caps(p, false, &caps);
     CHECK(caps.awaiting_probe);
-    CHECK_INT(ledger_take_server(&worker->proc->ledger, p->ledger_key, &caps), LIMIT_DB);
+    CHECK_INT(ledger_take_server(&worker->proc->ledger, p->ledger_key, 0, &caps), LIMIT_DB);
     list_remove(&p->connecting, &probe.node);
     p->server_usable = 10; /* told: 50% of 10 = 5 per database, 80% = 8 in all */
     budget_server_caps(p, false, &caps);
@@ -173,20 +174,20 @@ static void auth_query_connections_count_in_db_user_and_global(void)
     struct pool *p = pool_get(worker, NULL, "u", "a");
     struct ledger_caps caps;
     budget_own_caps(worker, "a", "auth", &caps);
-    CHECK_INT(ledger_take_own(&worker->proc->ledger, "a", "auth", &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, 0, "a", "auth", &caps), LIMIT_NONE);
     CHECK_INT(take(p, false), LIMIT_NONE);
     struct snapshot before = snap(p);
-    CHECK_INT(ledger_take_own(&worker->proc->ledger, "a", "auth", &caps), LIMIT_DB);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, 0, "a", "auth", &caps), LIMIT_DB);
     CHECK_INT(take(p, false), LIMIT_DB);
     CHECK(same(before, snap(p)));
     budget_own_caps(worker, "b", "auth", &caps);
-    CHECK_INT(ledger_take_own(&worker->proc->ledger, "b", "auth", &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_own(&worker->proc->ledger, "b", "auth", &caps), LIMIT_GLOBAL);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, 0, "b", "auth", &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&worker->proc->ledger, 0, "b", "auth", &caps), LIMIT_GLOBAL);
     CHECK_INT(worker->proc->ledger.own_servers, 2);
     CHECK_INT(ledger_user_servers(&worker->proc->ledger, "auth"), 2);
     CHECK_INT(ledger_user_servers(&worker->proc->ledger, NULL), 3);
-    ledger_give_own(&worker->proc->ledger, "a", "auth");
-    ledger_give_own(&worker->proc->ledger, "b", "auth");
+    ledger_give_own(&worker->proc->ledger, 0, "a", "auth");
+    ledger_give_own(&worker->proc->ledger, 0, "b", "auth");
     CHECK_INT(worker->proc->ledger.own_servers, 0);
     CHECK_INT(worker->proc->ledger.servers, 1);
     CHECK(ledger_audit(worker));
@@ -256,8 +257,8 @@ static void clients_stop_at_max_clients(void)
 static enum login_take login(struct pool *p, const char *user, const struct ledger_login_caps *caps)
 {
     const char *db = p->is_admin ? NULL : p->db_name;
-    enum login_take k =
-        ledger_take_login(&p->worker->proc->ledger, db, p->is_admin ? NULL : user, caps);
+    enum login_take k = ledger_take_login(&p->worker->proc->ledger, (int)p->worker->index, db,
+                                          p->is_admin ? NULL : user, caps);
     if (k == LOGIN_COUNTED) {
         struct client *c = calloc(1, sizeof(*c));
         c->user = strdup(user);
@@ -272,8 +273,8 @@ static void leave(struct pool *p)
 {
     struct client *c = container_of(list_last(&p->idle_clients), struct client, node);
     list_remove(&p->idle_clients, &c->node);
-    ledger_give_login(&p->worker->proc->ledger, p->is_admin ? NULL : p->db_name,
-                      p->is_admin ? NULL : c->user);
+    ledger_give_login(&p->worker->proc->ledger, (int)p->worker->index,
+                      p->is_admin ? NULL : p->db_name, p->is_admin ? NULL : c->user);
     free(c->user);
     free(c);
 }
@@ -419,7 +420,7 @@ static void *race_worker(void *arg)
         switch ((seed >> 8) % 4) {
         case 0:
         case 1: {
-            enum limit_kind why = ledger_take_server(l, p->ledger_key, &r->caps[k]);
+            enum limit_kind why = ledger_take_server(l, p->ledger_key, r->worker, &r->caps[k]);
             if (why != LIMIT_NONE) {
                 if (ledger_wait_slot(l, p->ledger_key, r->worker, why, ledger_now_ms()) != 0)
                     r->over++;
@@ -440,7 +441,7 @@ static void *race_worker(void *arg)
             if (held[k] > 0) {
                 held[k]--;
                 atomic_fetch_sub(&slots_held, 1);
-                int w = ledger_give_server(l, p->ledger_key);
+                int w = ledger_give_server(l, p->ledger_key, r->worker);
                 r->woken_bad += w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS);
             }
             break;
@@ -461,7 +462,7 @@ static void *race_worker(void *arg)
     for (int k = 0; k < 4; k++)
         while (held[k]-- > 0) {
             atomic_fetch_sub(&slots_held, 1);
-            (void)ledger_give_server(l, r->pools[k]->ledger_key);
+            (void)ledger_give_server(l, r->pools[k]->ledger_key, r->worker);
         }
     while (leases-- > 0) {
         atomic_fetch_sub(&leases_held, 1);
@@ -520,6 +521,203 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     CHECK_INT(ledger_wait_oldest(&worker->proc->ledger, NULL), LEDGER_NO_WORKER);
     CHECK(ledger_audit(worker));
     free_app(worker);
+}
+
+/* ---- shares (5.6): each worker's part of every count, and servers moving between workers ---- */
+
+#define SHARE_ROUNDS 20000
+
+/* A mailbox between two threads: the servers handed over, each a bare struct. */
+struct handover {
+    pthread_mutex_t mu;
+    struct server *queue[64];
+    int n;
+};
+
+struct share_run {
+    struct worker *worker; /* this thread's own, with its own pools of the shared keys */
+    struct pool *pools[4];
+    struct ledger_caps caps[4];
+    struct handover *inbox, *outbox; /* from the previous thread, to the next */
+    int audits_failed;
+};
+
+/* Take the oldest server of the inbox onto this worker's pool of its key (the receiver's half
+ * of a handover). */
+static void adopt(struct share_run *r)
+{
+    pthread_mutex_lock(&r->inbox->mu);
+    struct server *s = r->inbox->n > 0 ? r->inbox->queue[--r->inbox->n] : NULL;
+    pthread_mutex_unlock(&r->inbox->mu);
+    if (!s)
+        return;
+    struct pool *own = NULL;
+    for (int k = 0; k < 4; k++)
+        if (r->pools[k]->ledger_key == s->pool->ledger_key)
+            own = r->pools[k];
+    struct ledger *l = &r->worker->proc->ledger;
+    ledger_move_share(l, own->ledger_key, LEDGER_IN_TRANSIT, (int)r->worker->index);
+    s->pool = own;
+    list_append(&own->idle, &s->node);
+    r->worker->nservers++;
+}
+
+/* Post an idle server of p to the next thread (the sender's half). */
+static void hand_over(struct share_run *r, struct pool *p)
+{
+    pthread_mutex_lock(&r->outbox->mu);
+    bool room = r->outbox->n < 64;
+    pthread_mutex_unlock(&r->outbox->mu);
+    if (!room)
+        return;
+    struct server *s = container_of(list_last(&p->idle), struct server, node);
+    list_remove(&p->idle, &s->node);
+    r->worker->nservers--;
+    ledger_move_share(&r->worker->proc->ledger, p->ledger_key, (int)r->worker->index,
+                      LEDGER_IN_TRANSIT);
+    pthread_mutex_lock(&r->outbox->mu);
+    r->outbox->queue[r->outbox->n++] = s;
+    pthread_mutex_unlock(&r->outbox->mu);
+}
+
+static void *share_worker(void *arg)
+{
+    struct share_run *r = arg;
+    unsigned seed = 104729u * (r->worker->index + 1);
+    pthread_barrier_wait(&race_start);
+    for (int i = 0; i < SHARE_ROUNDS; i++) {
+        seed = seed * 1103515245u + 12345u;
+        int k = (int)((seed >> 16) % 4);
+        struct pool *p = r->pools[k];
+        switch ((seed >> 8) % 5) {
+        case 0:
+        case 1:
+            if (ledger_take_server(&r->worker->proc->ledger, p->ledger_key, (int)r->worker->index,
+                                   &r->caps[k]) == LIMIT_NONE) {
+                struct server *s = calloc(1, sizeof(*s));
+                s->pool = p;
+                list_append(&p->idle, &s->node);
+                r->worker->nservers++;
+            }
+            break;
+        case 2:
+            if (p->idle.count > 0)
+                give(p);
+            break;
+        case 3:
+            if (p->idle.count > 0)
+                hand_over(r, p);
+            break;
+        default:
+            adopt(r);
+            break;
+        }
+        /* exact at every step, while the other three move the same counters */
+        r->audits_failed += !ledger_audit(r->worker);
+    }
+    for (int k = 0; k < 4; k++)
+        while (r->pools[k]->idle.count > 0)
+            give(r->pools[k]);
+    return NULL;
+}
+
+/* A worker of proc beside worker 0, as sluice_start makes it (no loop: the test drives it). */
+static struct worker *add_worker(struct process *proc, unsigned index)
+{
+    struct worker *w = &proc->workers[index];
+    w->proc = proc;
+    w->index = index;
+    w->cfg = proc->cfg;
+    w->budgets = budget_set_current(proc);
+    list_init(&w->pools);
+    list_init(&w->login_clients);
+    list_init(&w->closing_clients);
+    list_init(&w->dead_clients);
+    list_init(&w->dead_servers);
+    return w;
+}
+
+static void drop_worker(struct worker *w)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&w->pools, n, tmp)
+    {
+        list_remove(&w->pools, n);
+        pool_free(container_of(n, struct pool, node));
+    }
+    budget_set_release(w->budgets);
+}
+
+/* Four workers take, give and hand servers over to each other through mailboxes, all at once:
+ * each worker's audit of its own share against its own lists holds at every step, every counter
+ * is the sum of the shares (the servers in a mailbox in LEDGER_IN_TRANSIT's), and a server
+ * dropped with its message is given back from the transit share. */
+static void each_worker_audits_its_own_share_while_servers_move(void)
+{
+    struct worker *w0 = app_from("[sluice]\ndefault_pool_size = 6\nmax_db_connections = 9\n"
+                                 "max_server_connections = 16\n"
+                                 "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!w0)
+        return;
+    struct process *proc = w0->proc;
+    proc->nworkers = NTHREADS;
+    struct handover boxes[NTHREADS];
+    struct share_run runs[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++) {
+        boxes[i] = (struct handover){.mu = PTHREAD_MUTEX_INITIALIZER};
+        struct worker *w = i == 0 ? w0 : add_worker(proc, (unsigned)i);
+        runs[i] = (struct share_run){
+            .worker = w,
+            .pools = {pool_get(w, NULL, "u1", "a"), pool_get(w, NULL, "u2", "a"),
+                      pool_get(w, NULL, "u1", "b"), pool_get(w, NULL, "u2", "b")}};
+        for (int k = 0; k < 4; k++)
+            budget_server_caps(runs[i].pools[k], false, &runs[i].caps[k]);
+    }
+    for (int i = 0; i < NTHREADS; i++) {
+        runs[i].inbox = &boxes[i];
+        runs[i].outbox = &boxes[(i + 1) % NTHREADS];
+    }
+    pthread_t t[NTHREADS];
+    pthread_barrier_init(&race_start, NULL, NTHREADS);
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK_INT(pthread_create(&t[i], NULL, share_worker, &runs[i]), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&race_start);
+    struct ledger *l = &proc->ledger;
+    int in_transit = 0;
+    for (int i = 0; i < NTHREADS; i++) {
+        CHECK_INT(runs[i].audits_failed, 0);
+        CHECK_INT(l->share[i].servers, 0); /* each gave back what it held */
+        in_transit += boxes[i].n;
+    }
+    CHECK_INT(l->share[LEDGER_IN_TRANSIT].servers, in_transit);
+    CHECK_INT(l->servers, in_transit);
+    /* the messages dropped at the end: their servers go, from the transit share */
+    for (int i = 0; i < NTHREADS; i++)
+        while (boxes[i].n > 0) {
+            struct server *s = boxes[i].queue[--boxes[i].n];
+            (void)ledger_give_server(l, s->pool->ledger_key, LEDGER_IN_TRANSIT);
+            free(s);
+        }
+    CHECK_INT(l->servers, 0);
+    for (int i = 0; i < NTHREADS; i++)
+        CHECK(ledger_audit(runs[i].worker));
+    /* one step from worker 1 to worker 2 (no mailbox): the totals stay, the shares move */
+    struct ledger_caps room = {.pool = 6};
+    CHECK_INT(ledger_take_server(l, runs[1].pools[0]->ledger_key, 1, &room), LIMIT_NONE);
+    ledger_move_share(l, runs[1].pools[0]->ledger_key, 1, 2);
+    CHECK_INT(l->servers, 1);
+    CHECK_INT(runs[1].pools[0]->ledger_key->share[1], 0);
+    CHECK_INT(runs[1].pools[0]->ledger_key->share[2], 1);
+    CHECK_INT(l->share[2].servers, 1);
+    CHECK(!ledger_audit(runs[2].worker)); /* not on worker 2's lists: caught (an expected line) */
+    (void)ledger_give_server(l, runs[1].pools[0]->ledger_key, 2);
+    CHECK(ledger_audit(runs[2].worker));
+    for (int i = 1; i < NTHREADS; i++)
+        drop_worker(runs[i].worker);
+    proc->nworkers = 1;
+    free_app(w0);
 }
 
 struct lease_arg {
@@ -584,9 +782,9 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
     struct ledger_key *b1 = pool_get(worker, NULL, "u1", "b")->ledger_key;
     struct ledger_caps one = {.pool = 1};
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
-    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER); /* nobody waits */
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), LEDGER_NO_WORKER); /* nobody waits */
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
     /* arrival times out of order; one entry per (key, worker) */
     CHECK_INT(ledger_wait_slot(l, a1, 2, LIMIT_POOL, 300), 0);
     CHECK_INT(ledger_wait_slot(l, a2, 1, LIMIT_DB, 200), 0);
@@ -596,16 +794,16 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     CHECK_INT(ledger_wait_oldest(l, &since), 3);
     CHECK_INT(since, 100);
     /* a1's slot: b1's (user u1, 100) is oldest; then a2's (database a, 200); then a1's own */
-    CHECK_INT(ledger_give_server(l, a1), 3);
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
-    CHECK_INT(ledger_give_server(l, a1), 1);
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), 3);
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1);
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
     /* a paused key's waiter is passed over: the global one (400) is next */
     ledger_key_set_state(l, a1, LEDGER_KEY_PAUSED);
     CHECK_INT(ledger_key_get_state(a1), LEDGER_KEY_PAUSED);
-    CHECK_INT(ledger_give_server(l, a1), 0);
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
-    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_give_server(l, a1, 0), 0);
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), LEDGER_NO_WORKER);
     ledger_key_set_state(l, a1, LEDGER_KEY_SERVING);
     CHECK_STR(ledger_key_state_name(ledger_key_get_state(a1)), "serving");
     /* registering again moves the entry to its new time; done takes it off */
@@ -616,18 +814,18 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     ledger_wait_done(l, a1, 2);
     CHECK_INT(ledger_wait_oldest(l, &since), 3);
     CHECK_INT(since, 500);
-    CHECK_INT(ledger_take_server(l, a1, &one), LIMIT_NONE);
-    CHECK_INT(ledger_give_server(l, a1), LEDGER_NO_WORKER); /* b1's pool cap: not a1's slot */
-    CHECK_INT(ledger_take_server(l, b1, &one), LIMIT_NONE);
-    CHECK_INT(ledger_give_server(l, b1), 3);
+    CHECK_INT(ledger_take_server(l, a1, 0, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), LEDGER_NO_WORKER); /* b1's pool cap: not a1's slot */
+    CHECK_INT(ledger_take_server(l, b1, 0, &one), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, b1, 0), 3);
     CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER);
     /* auth_query's slot frees its database, user and global scopes */
     CHECK_INT(ledger_wait_slot(l, a2, 1, LIMIT_DB, 10), 0);
     struct ledger_caps none = {0};
-    CHECK_INT(ledger_take_own(l, "b", "auth", &none), LIMIT_NONE);
-    CHECK_INT(ledger_give_own(l, "b", "auth"), LEDGER_NO_WORKER); /* database b, not a */
-    CHECK_INT(ledger_take_own(l, "a", "auth", &none), LIMIT_NONE);
-    CHECK_INT(ledger_give_own(l, "a", "auth"), 1);
+    CHECK_INT(ledger_take_own(l, 0, "b", "auth", &none), LIMIT_NONE);
+    CHECK_INT(ledger_give_own(l, 0, "b", "auth"), LEDGER_NO_WORKER); /* database b, not a */
+    CHECK_INT(ledger_take_own(l, 0, "a", "auth", &none), LIMIT_NONE);
+    CHECK_INT(ledger_give_own(l, 0, "a", "auth"), 1);
     CHECK(ledger_now_ms() > 0);
     free_app(worker);
 }
@@ -664,6 +862,7 @@ int main(void)
     RUN(logins_count_globally_per_database_and_per_user);
     RUN(counters_always_equal_the_walked_counts);
     RUN(four_threads_never_pass_a_cap_and_end_at_zero);
+    RUN(each_worker_audits_its_own_share_while_servers_move);
     RUN(leases_are_lock_free_until_a_budget_caps_them);
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);

@@ -72,8 +72,8 @@ static void wake_worker_1(struct process *proc)
     struct ledger *l = &proc->ledger;
     CHECK_INT(ledger_wait_slot(l, p->ledger_key, 1, LIMIT_POOL, ledger_now_ms()), 0);
     struct ledger_caps room = {.pool = 10};
-    CHECK_INT(ledger_take_server(l, p->ledger_key, &room), LIMIT_NONE);
-    int woken = ledger_give_server(l, p->ledger_key);
+    CHECK_INT(ledger_take_server(l, p->ledger_key, (int)p->worker->index, &room), LIMIT_NONE);
+    int woken = ledger_give_server(l, p->ledger_key, (int)p->worker->index);
     CHECK_INT(woken, 1);
     worker_wake(w0, woken);
     CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER); /* taken off the list */
