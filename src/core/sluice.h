@@ -125,7 +125,7 @@ struct worker {
     uv_thread_t thread;
 };
 
-#define SLUICE_MAX_WORKERS 64 /* the workers key's range; config_keys refuses more than 1 yet */
+#define SLUICE_MAX_WORKERS CONFIG_THREADS_MAX /* the workers key's range */
 
 /* What there is one of per process. */
 struct process {
