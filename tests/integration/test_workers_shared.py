@@ -1,0 +1,76 @@
+"""What every worker shares, seen from clients with `workers = 2`: a pool key's welcome (what a
+server reports at login) learnt by one worker serves the other's logins, and a waiter's message
+counts every worker's backends. The acceptor hands each connection to the worker
+with the fewest clients, so with one client connected the next lands on the other worker."""
+
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_DB, wait_until
+from pgwire import ServerError, raw_login
+
+# client ids carry their worker in the top byte (docs/architecture.md 5.1)
+WORKER_1_ID = 1 << 56
+
+
+def login_ids(s, mark):
+    """The ids of clients whose login sluice logged since mark."""
+    ids = []
+    for line in s.log_since(mark):
+        if "login ok" in line:
+            ids.append(int(line.split(" C-")[1].split()[0]))
+    return ids
+
+
+@pytest.mark.timeout(60)
+def test_a_login_on_another_worker_is_welcomed_while_the_only_server_is_busy(start_sluice):
+    """The pool's only server is in a transaction on worker 0: a client landing on worker 1 is
+    logged in at once from the welcome worker 0 learnt, and only its query waits, told that the
+    pool's one server is busy. Before, its login waited for a server of worker 1's own and ended
+    in FATAL 53300 after query_wait_timeout, and the message counted '0 of 0 servers'."""
+    s = start_sluice({"workers": 2, "pool_mode": "transaction", "default_pool_size": 1,
+                      "query_wait_timeout": 2})
+    with s.connect() as a:
+        a.execute("BEGIN")
+        a.execute("SELECT 1")  # worker 0's pool learnt the welcome; its only server is busy
+        mark = s.mark()
+        t0 = time.monotonic()
+        b = raw_login(s.port, timeout=10)
+        try:
+            took = time.monotonic() - t0
+            assert took < 1.5, f"the login took {took:.1f} s: it waited for a server"
+            wait_until(lambda: login_ids(s, mark), 5, what="b's login line")
+            assert login_ids(s, mark)[0] >= WORKER_1_ID, "b should have landed on worker 1"
+            assert b.params.get("server_version"), b.params
+            # its query waits for the busy server and is told whose it is (every worker's count)
+            with pytest.raises(ServerError) as ei:
+                b.query("SELECT 'b ran'")
+            assert ei.value.sqlstate == "53300", ei.value.fields
+            assert 'pool "appdb/app" is full: 1 of 1 servers busy' in ei.value.fields["M"], \
+                ei.value.fields
+        finally:
+            b.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_waiter_on_another_worker_is_told_who_holds_the_cap(start_sluice, pg):
+    """The holder's server is on worker 0; app2's first login, on worker 1, needs a server to
+    learn its welcome and waits under max_db_connections. Its message counts every worker's
+    backends: it said 'pool "?/?" holds 0 of them' from its own worker's lists."""
+    users = {"app": "apppass", "app2": "app2pass"}
+    s = start_sluice({"workers": 2, "pool_mode": "transaction", "max_db_connections": 1,
+                      "default_pool_size": 10, "query_wait_timeout": 1},
+                     databases={APP_DB: {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}},
+                     auth_file=users)
+    # the acceptor picks the worker with fewer clients: holder 0, spare 1, spare 0, then 1
+    with s.connect() as holder, s.connect() as spare1, s.connect() as spare0:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            s.connect(user="app2", password="app2pass")
+        msg = str(ei.value)
+        assert "max_db_connections = 1" in msg and 'pool "appdb/app" holds 1 of them' in msg, msg
+        holder.execute("COMMIT")
+        assert not spare0.closed and not spare1.closed  # they only keep the spread
