@@ -1,6 +1,6 @@
 """What every worker shares, seen from clients with `workers = 2`: a pool key's welcome (what a
-server reports at login) learnt by one worker serves the other's logins, and a waiter's message
-counts every worker's backends. The acceptor hands each connection to the worker
+server reports at login) learnt by one worker serves the other's logins, and max_client_logins
+is one cap for the process, not one per worker. The acceptor hands each connection to the worker
 with the fewest clients, so with one client connected the next lands on the other worker."""
 
 import time
@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, wait_until
-from pgwire import ServerError, raw_login
+from pgwire import RawConn, ServerError, raw_login, startup_packet
 
 # client ids carry their worker in the top byte (docs/architecture.md 5.1)
 WORKER_1_ID = 1 << 56
@@ -52,6 +52,38 @@ def test_a_login_on_another_worker_is_welcomed_while_the_only_server_is_busy(sta
                 ei.value.fields
         finally:
             b.close()
+
+
+@pytest.mark.timeout(90)
+def test_max_client_logins_is_one_cap_across_workers(start_sluice):
+    """60 half-sent startups spread over two workers with max_client_logins = 20: 40 give way
+    (53300 naming the cap), as with one worker; 20 per worker would have let 40 stall."""
+    s = start_sluice({"workers": 2, "pool_mode": "transaction", "max_client_conn": 50,
+                      "max_client_logins": 20, "client_login_timeout": 60,
+                      "client_startup_timeout": 60})
+    strangers = []
+    try:
+        for _ in range(60):
+            c = RawConn(s.port, timeout=10)
+            c.send(startup_packet()[:4])
+            strangers.append(c)
+        # each worker evicts its own oldest stalled logins (older than a second) while the
+        # process is over the cap: which ones is per worker, how many is not
+        time.sleep(3)
+        errors = []
+        for c in strangers:
+            try:
+                errors.append(c.expect_error(timeout=0.3))
+            except OSError:
+                pass
+        assert len(errors) == 40, f"{len(errors)} of 60 half-sent logins were closed, expected 40"
+        assert all(e["C"] == "53300" and "max_client_logins (20)" in e["M"] for e in errors), \
+            sorted({(e["C"], e["M"]) for e in errors})
+        with s.connect(dbname=APP_DB, connect_timeout=10) as c:  # a real login still gets in
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for c in strangers:
+            c.close()
 
 
 @pytest.mark.timeout(60)
