@@ -333,8 +333,12 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
         if (rc < 0)
             return rc;
     }
-    log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
-            SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
+    log_msg(LOG_INFO,
+            "sluice %s started: %d worker%s%s, %s mode, default_pool_size %lld, max_client_conn "
+            "%lld",
+            SLUICE_VERSION, proc->nworkers, proc->nworkers == 1 ? "" : "s",
+            cfg->workers.automatic ? " (auto: the CPUs it may use)" : "",
+            pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
     return 0;
 }
