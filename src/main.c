@@ -113,7 +113,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    cpus_size_threadpool((int)cfg->workers); /* before any loop queues work */
+    cpus_size_threadpool(cfg->workers.n); /* the number in effect; before any loop queues work */
     uv_loop_t *loop = uv_default_loop();
     struct process proc;
     /* The services beside the core, started in this order; the core knows them only as hooks. */

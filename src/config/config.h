@@ -49,6 +49,15 @@ struct limit {
  * A percent with server_usable <= 0 (not yet known) resolves to 0 (no limit yet). */
 int limit_resolve(struct limit l, int server_usable);
 
+/* A number of threads: a count, or `auto`, the CPUs the process may use (cpus.h). The load
+ * resolves auto, so n is always the number in effect (1..CONFIG_THREADS_MAX) once a config is
+ * loaded; automatic says how it was asked for (SHOW CONFIG prints "auto (n)"). */
+#define CONFIG_THREADS_MAX 64
+struct thread_count {
+    int n;          /* in effect; 0 only between parsing "auto" and the end of the load */
+    bool automatic; /* written as auto (or defaulted to it) */
+};
+
 /* Names separated by commas and/or blanks (admin_users, stats_users, ignore_startup_parameters,
  * listen_addr), split once at load. */
 struct name_list {
@@ -164,6 +173,7 @@ struct config {
 #define KEY_FIELD_BOOL(name) bool name;
 #define KEY_FIELD_TIME(name) int64_t name; /* milliseconds */
 #define KEY_FIELD_LIMIT(name) struct limit name;
+#define KEY_FIELD_THREADS(name) struct thread_count name;
 #define KEY_FIELD_LIST(name) struct name_list name;
 #define KEY_FIELD_SQL(name) struct sql_setting name;
 #define KEY_FIELD_POOL_MODE(name) enum pool_mode name;

@@ -292,6 +292,34 @@ int config_value_parse_LIMIT(const char *v, struct limit *out, char *why, size_t
     return 0;
 }
 
+/* After "auto": nothing, or SHOW CONFIG's " (N)", so what it prints reads back as auto. */
+static bool auto_shown_reads_back(const char *rest)
+{
+    if (!rest[0])
+        return true;
+    if (strncmp(rest, " (", 2) != 0 || !isdigit((unsigned char)rest[2]))
+        return false;
+    rest += 2;
+    while (isdigit((unsigned char)*rest))
+        rest++;
+    return strcmp(rest, ")") == 0;
+}
+
+int config_value_parse_THREADS(const char *v, struct thread_count *out, char *why, size_t n)
+{
+    int64_t count;
+    if (strncasecmp(v, "auto", 4) == 0 && auto_shown_reads_back(v + 4)) {
+        *out = (struct thread_count){.n = 0, .automatic = true};
+        return 0;
+    }
+    if (parse_int64(v, &count) != 0 || count < 1 || count > CONFIG_THREADS_MAX) {
+        snprintf(why, n, "expected auto or a number from 1 to %d", CONFIG_THREADS_MAX);
+        return -EINVAL;
+    }
+    *out = (struct thread_count){.n = (int)count, .automatic = false};
+    return 0;
+}
+
 /* config_value_parse_<KIND> and _format_<KIND> of an enum kind, through its config_enums.def
  * lines. */
 #define ENUM_KIND(type, ctype)                                                                     \
@@ -471,6 +499,16 @@ void config_value_format_TIME(const int64_t *v, char *out, size_t n)
 void config_value_format_LIMIT(const struct limit *v, char *out, size_t n)
 {
     snprintf(out, n, "%d%s", v->value, v->is_percent ? "%" : "");
+}
+
+void config_value_format_THREADS(const struct thread_count *v, char *out, size_t n)
+{
+    if (!v->automatic)
+        snprintf(out, n, "%d", v->n);
+    else if (v->n > 0)
+        snprintf(out, n, "auto (%d)", v->n);
+    else
+        snprintf(out, n, "auto");
 }
 
 void config_value_format_AUTH_TYPE(const enum auth_type *v, char *out, size_t n)

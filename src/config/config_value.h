@@ -23,6 +23,9 @@ int config_value_parse_COUNT(const char *v, int *out, char *why, size_t n);
 int config_value_parse_BOOL(const char *v, bool *out, char *why, size_t n);
 int config_value_parse_TIME(const char *v, int64_t *out, char *why, size_t n);
 int config_value_parse_LIMIT(const char *v, struct limit *out, char *why, size_t n);
+/* "auto" (n left 0 for the load to resolve; SHOW CONFIG's "auto (N)" reads back as auto) or a
+ * count from 1 to CONFIG_THREADS_MAX. */
+int config_value_parse_THREADS(const char *v, struct thread_count *out, char *why, size_t n);
 int config_value_parse_LIST(const char *v, struct name_list *out, char *why, size_t n);
 int config_value_parse_SQL(const char *v, struct sql_setting *out, char *why, size_t n);
 int config_value_parse_CIDR(const char *v, struct cidr_setting *out, char *why, size_t n);
@@ -41,6 +44,8 @@ void config_value_format_INT(const int64_t *v, char *out, size_t n);
 void config_value_format_BOOL(const bool *v, char *out, size_t n);
 void config_value_format_TIME(const int64_t *v, char *out, size_t n);
 void config_value_format_LIMIT(const struct limit *v, char *out, size_t n);
+/* "4", or "auto (4)" for auto resolved to 4 (plain "auto" before the load resolves it). */
+void config_value_format_THREADS(const struct thread_count *v, char *out, size_t n);
 void config_value_format_LIST(const struct name_list *v, char *out, size_t n);
 void config_value_format_SQL(const struct sql_setting *v, char *out, size_t n);
 void config_value_format_POOL_MODE(const enum pool_mode *v, char *out, size_t n);
@@ -65,6 +70,7 @@ CONFIG_VALUE_NOTHING_TO_FREE(COUNT, int)
 CONFIG_VALUE_NOTHING_TO_FREE(BOOL, bool)
 CONFIG_VALUE_NOTHING_TO_FREE(TIME, int64_t)
 CONFIG_VALUE_NOTHING_TO_FREE(LIMIT, struct limit)
+CONFIG_VALUE_NOTHING_TO_FREE(THREADS, struct thread_count)
 CONFIG_VALUE_NOTHING_TO_FREE(POOL_MODE, enum pool_mode)
 CONFIG_VALUE_NOTHING_TO_FREE(AUTH_TYPE, enum auth_type)
 CONFIG_VALUE_NOTHING_TO_FREE(LOG_FORMAT, enum log_format)

@@ -129,6 +129,19 @@ static void release_idle_output(struct client *c)
     }
 }
 
+static void take_login_place(struct client *c)
+{
+    atomic_fetch_add_explicit(&c->worker->proc->logins, 1, memory_order_relaxed);
+    c->login_place = LOGIN_PLACE_HELD;
+}
+
+static void give_login_place(struct client *c)
+{
+    if (c->login_place == LOGIN_PLACE_HELD)
+        atomic_fetch_sub_explicit(&c->worker->proc->logins, 1, memory_order_relaxed);
+    c->login_place = LOGIN_PLACE_NONE;
+}
+
 void client_set_state(struct client *c, enum client_state next)
 {
     if (!client_transition_ok(c->state, next)) {
@@ -140,6 +153,8 @@ void client_set_state(struct client *c, enum client_state next)
     if (from != to) { /* the same list (WAITING -> WAITING_LAST): keep the FIFO place */
         list_remove(from, &c->node);
         list_append(to, &c->node);
+        if (from == &c->worker->login_clients)
+            give_login_place(c);
     }
     if (next == CLIENT_CLOSING || next == CLIENT_CLOSED)
         client_login_give_slot(c); /* leaving: no longer a logged-in client for the caps */
@@ -176,9 +191,28 @@ static void evict_login(struct client *c)
     client_fail(c, FAIL_TOO_MANY_LOGINS, detail);
 }
 
+/* The process's logins in progress, every worker's: the cap is one, however many workers share
+ * it. Each worker evicts its own oldest stalled logins while the process is above it. */
 static bool logins_over_cap(const struct worker *worker)
 {
-    return worker->login_clients.count > worker->cfg->max_client_logins;
+    return atomic_load_explicit(&worker->proc->logins, memory_order_relaxed) >
+           worker->cfg->max_client_logins;
+}
+
+/* c gives its place up if the process is still above the cap: a place given by one decrement
+ * that only succeeds above it, so two workers evicting at once never evict one too many. */
+static bool give_place_above_cap(struct client *c)
+{
+    atomic_int *logins = &c->worker->proc->logins;
+    int n = atomic_load_explicit(logins, memory_order_relaxed);
+    while (c->login_place == LOGIN_PLACE_HELD && n > c->worker->cfg->max_client_logins) {
+        if (atomic_compare_exchange_weak_explicit(logins, &n, n - 1, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            c->login_place = LOGIN_PLACE_NONE;
+            return true;
+        }
+    }
+    return false;
 }
 
 static void make_room_for_a_login(struct worker *worker)
@@ -192,7 +226,7 @@ static void make_room_for_a_login(struct worker *worker)
             if (!logins_over_cap(worker))
                 return;
             struct client *c = container_of(n, struct client, node);
-            if (gives_way(c, tiers[t], now))
+            if (gives_way(c, tiers[t], now) && give_place_above_cap(c))
                 evict_login(c);
         }
     }
@@ -214,6 +248,7 @@ struct client *client_accept(struct worker *worker, int fd, const struct sockadd
     codec_out_init(&c->out);
     params_init(&c->params);
     list_append(&worker->login_clients, &c->node);
+    take_login_place(c);
     worker->nclients++;
     if (logins_over_cap(worker))
         make_room_for_a_login(worker);
@@ -668,7 +703,7 @@ void client_check_timeouts(struct client *c, uint64_t now)
     case CLIENT_TLS_HANDSHAKE:
         /* Stalled before its startup packet while logins are over their cap: no newcomer needs
          * to arrive for it to give way. */
-        if (logins_over_cap(c->worker) && gives_way(c, CLIENT_STARTUP, now)) {
+        if (gives_way(c, CLIENT_STARTUP, now) && give_place_above_cap(c)) {
             evict_login(c);
             break;
         }

@@ -50,6 +50,14 @@ struct server;
 struct options_refusal;
 
 /* Field order keeps padding out: with 10,000 idle clients every 8 bytes is 80 kB. */
+/* A login in progress holds a place in the process's count of them (max_client_logins is one
+ * cap for every worker, client.c); it gives the place back once, when it leaves the logins or
+ * when it is chosen to give way above the cap. */
+enum login_place {
+    LOGIN_PLACE_NONE = 0, /* logged in, closing, or evicted: not counted */
+    LOGIN_PLACE_HELD,     /* counted in proc->logins */
+};
+
 struct client {
     struct list_node node; /* on the list for its state */
     struct worker *worker;
@@ -60,6 +68,7 @@ struct client {
     struct msg_out out;    /* bytes sluice itself sends to the client */
     uint32_t out_pos;      /* how much of out is written */
     enum client_state state;
+    enum login_place login_place;
 
     struct pool *pool;     /* set once the login names a database */
     struct server *server; /* while ACTIVE */

@@ -707,6 +707,49 @@ int ledger_db_usable(const struct ledger *l, const char *db_name)
     return usable;
 }
 
+bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enum limit_kind k,
+                             const char **db_name, const char **user_name, int *most)
+{
+    const struct ledger_key *best = NULL;
+    *most = 0;
+    lock(l);
+    for (const struct ledger_key *o = l->keys; o; o = o->next) {
+        if ((k == LIMIT_DB && o->db != key->db) || (k == LIMIT_USER && o->user != key->user))
+            continue;
+        if (get(&o->servers) > *most) {
+            *most = get(&o->servers);
+            best = o;
+        }
+    }
+    unlock(l);
+    if (best) {
+        *db_name = best->db->name;
+        *user_name = best->user->name;
+    }
+    return best != NULL;
+}
+
+void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,
+                              const struct param_set *welcome)
+{
+    lock(l);
+    if (!key->have_welcome) {
+        if (params_copy(&key->welcome, welcome) == 0)
+            key->have_welcome = true;
+        else
+            params_free(&key->welcome);
+    }
+    unlock(l);
+}
+
+bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out)
+{
+    lock(l);
+    bool copied = key->have_welcome && params_copy(out, &key->welcome) == 0;
+    unlock(l);
+    return copied;
+}
+
 void ledger_free(struct ledger *l)
 {
     while (l->waiters) {
@@ -717,6 +760,7 @@ void ledger_free(struct ledger *l)
     while (l->keys) {
         struct ledger_key *k = l->keys;
         l->keys = k->next;
+        params_free(&k->welcome);
         free(k);
     }
     struct ledger_scope **heads[] = {&l->dbs, &l->users};

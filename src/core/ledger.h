@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "budget.h"
+#include "params.h"
 
 struct worker;
 
@@ -79,6 +80,11 @@ struct ledger_key {
     atomic_int server_usable;        /* max_connections - superuser_reserved_connections, as last
                                       * learnt by any worker's pool of this key; 0: not yet */
     atomic_int share[LEDGER_SHARES]; /* `servers` held by each worker (and in transit) */
+    /* What a server of this key reported at login, as the first worker's pool to learn it kept
+     * it (pool.h `welcome`); under mu. Another worker's first client is welcomed from it
+     * instead of waiting for a server of its own worker. */
+    struct param_set welcome;
+    bool have_welcome;
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -283,6 +289,18 @@ enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
 void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable);
 /* The usable connections behind key's NN% caps (0: not learnt yet). Lock-free. */
 int ledger_key_usable(const struct ledger_key *key);
+/* For a waiter's message: the pool key with the most backends (every worker's) in the scope a
+ * shared cap k counts of key (its database for LIMIT_DB, its user for LIMIT_USER, every key for
+ * LIMIT_GLOBAL); its names (alive as long as the ledger) and count. false: none holds one. */
+bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enum limit_kind k,
+                             const char **db_name, const char **user_name, int *most);
+/* A pool learnt what a server of key reports at login: kept once for every worker (the first
+ * one wins; out of memory keeps none, and each worker then learns its own). */
+void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,
+                              const struct param_set *welcome);
+/* Copies key's shared welcome into out (empty, params_init'd): false when none is known yet or
+ * memory ran out (out may then hold part of it: the caller frees or retries). */
+bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out);
 /* The most usable connections learnt by any key of database db_name (auth_query's caps). */
 int ledger_db_usable(const struct ledger *l, const char *db_name);
 /* The budgets' counts are changed under the ledger's lock; their numbers are an immutable

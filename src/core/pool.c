@@ -545,6 +545,17 @@ static void welcome_login_waiters(struct pool *p)
     }
 }
 
+bool pool_knows_welcome(struct pool *p)
+{
+    if (p->have_welcome || p->worker->proc->nworkers == 1)
+        return p->have_welcome;
+    if (ledger_key_copy_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome))
+        p->have_welcome = true;
+    else
+        params_free(&p->welcome); /* a part copied before memory ran out */
+    return p->have_welcome;
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -574,6 +585,8 @@ void pool_server_ready(struct server *s)
         if (params_copy(&p->welcome, &s->params) == 0 &&
             params_set(&p->welcome, "application_name", "") == 0) {
             p->have_welcome = true;
+            if (worker->proc->nworkers > 1)
+                ledger_key_share_welcome(&worker->proc->ledger, p->ledger_key, &p->welcome);
             welcome_login_waiters(p);
         }
     }
@@ -693,6 +706,9 @@ void pool_server_gone(struct pool *p, struct pool *room_for)
 void pool_maintain(struct pool *p, uint64_t now)
 {
     struct list_node *n, *tmp;
+    /* Logins that queued for a server before another worker's pool learnt the welcome. */
+    if (!p->have_welcome && !list_empty(&p->waiting) && pool_knows_welcome(p))
+        welcome_login_waiters(p);
     pool_notify_long_waits(p, now);
     uint64_t limit = pool_wait_limit(p);
     /* FIFO: the head has waited longest; stop at the first one still within its time. */

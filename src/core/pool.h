@@ -150,6 +150,9 @@ static inline int pool_server_count(const struct pool *p)
            p->leaving.count;
 }
 
+/* Does p know what to tell a new client at login (its welcome)? Learnt from a server of its
+ * own, or taken from the pool key's, which another worker's pool learnt (ledger.h). */
+bool pool_knows_welcome(struct pool *p);
 /* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit
  * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */
 void pool_lease(struct pool *p, struct client *c);

@@ -13,26 +13,6 @@
 #include "pool_breaker.h"
 #include "sluice.h"
 
-/* The pool of a shared cap's scope that holds the most servers, and how many. */
-static const struct pool *largest_in_scope(const struct pool *p, enum limit_kind k, int *most)
-{
-    const struct pool *best = NULL;
-    *most = 0;
-    struct list_node *n, *tmp;
-    list_for_each(&p->worker->pools, n, tmp)
-    {
-        const struct pool *o = container_of(n, struct pool, node);
-        if ((k == LIMIT_DB && strcmp(o->db_name, p->db_name) != 0) ||
-            (k == LIMIT_USER && strcmp(o->user_name, p->user_name) != 0))
-            continue;
-        if (pool_server_count(o) > *most) {
-            *most = pool_server_count(o);
-            best = o;
-        }
-    }
-    return best;
-}
-
 /* The reason a client waited too long: what actually held it back (a paused pool, servers
  * still logging in, its budget, a shared cap and who holds it, or the
  * pool's own size), with the key and value and what to do. */
@@ -86,7 +66,9 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
     k = ledger_pool_limit(p, true);
     if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
         int most;
-        const struct pool *holder = largest_in_scope(p, k, &most);
+        const char *holder_db = "?", *holder_user = "?"; /* every worker's pools: the ledger's */
+        ledger_largest_in_scope(&p->worker->proc->ledger, p->ledger_key, k, &holder_db,
+                                &holder_user, &most);
         char scope[160];
         if (k == LIMIT_DB)
             snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);
@@ -99,16 +81,20 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  "pool \"%s/%s\" holds %d of them; raise %s, or find what holds servers with "
                  "SHOW CLIENTS",
                  scope, limit_kind_key(k), budget_limit_value(p, c->budget, k), p->db_name,
-                 p->user_name, secs, holder ? holder->db_name : "?",
-                 holder ? holder->user_name : "?", most, limit_kind_key(k));
+                 p->user_name, secs, holder_db, holder_user, most, limit_kind_key(k));
         return;
     }
     if (k == LIMIT_POOL) {
+        /* Every worker's backends of the key count against pool_size; another worker's idle
+         * ones were no more use to this waiter than busy ones. */
+        int servers = atomic_load_explicit(&p->ledger_key->servers, memory_order_relaxed);
+        int not_busy = p->idle.count + p->connecting.count;
         snprintf(
             msg, len,
             "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
             "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
-            p->db_name, p->user_name, p->active.count, pool_server_count(p), secs, p->size);
+            p->db_name, p->user_name, servers > not_busy ? servers - not_busy : 0, servers, secs,
+            p->size);
         return;
     }
     snprintf(msg, len,

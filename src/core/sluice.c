@@ -298,7 +298,8 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     signal(SIGPIPE, SIG_IGN);
 
     /* Handles first: whatever fails below, the shutdown that follows finds them all. */
-    proc->nworkers = cfg->workers < SLUICE_MAX_WORKERS ? (int)cfg->workers : SLUICE_MAX_WORKERS;
+    /* A loaded config says 1..SLUICE_MAX_WORKERS; 0 is an auto no load resolved (a test's). */
+    proc->nworkers = cfg->workers.n < 1 ? 1 : cfg->workers.n;
     int rc = 0;
     for (int i = 0; i < proc->nworkers && rc == 0; i++)
         rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
@@ -334,8 +335,12 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
         if (rc < 0)
             return rc;
     }
-    log_msg(LOG_INFO, "sluice %s started: %s mode, default_pool_size %lld, max_client_conn %lld",
-            SLUICE_VERSION, pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
+    log_msg(LOG_INFO,
+            "sluice %s started: %d worker%s%s, %s mode, default_pool_size %lld, max_client_conn "
+            "%lld",
+            SLUICE_VERSION, proc->nworkers, proc->nworkers == 1 ? "" : "s",
+            cfg->workers.automatic ? " (auto: the CPUs it may use)" : "",
+            pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
     return 0;
 }

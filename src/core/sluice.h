@@ -125,7 +125,7 @@ struct worker {
     uv_thread_t thread;
 };
 
-#define SLUICE_MAX_WORKERS 64 /* the workers key's range; config_keys refuses more than 1 yet */
+#define SLUICE_MAX_WORKERS CONFIG_THREADS_MAX /* the workers key's range */
 
 /* What there is one of per process. */
 struct process {
@@ -142,6 +142,9 @@ struct process {
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
+    /* Clients logging in (STARTUP, TLS_HANDSHAKE, AUTH) on every worker: max_client_logins is
+     * one cap for the process (client.c), each worker evicting its own oldest stalled login. */
+    atomic_int logins;
 
     struct listener *listener;
     const struct sluice_service *const *services; /* NULL-terminated, from sluice_start */

@@ -643,7 +643,9 @@ def start_sluice(pg, request, tmp_path):
     main: [sluice] keys (listen_port is forced to 0; auth_type defaults to trust, or md5 when an
     auth_file dict is given). databases: {name: dict|str}, default {'appdb': pg.db_entry()}.
     auth_file: {user: password} written as a PgBouncer userlist.txt. config=False starts sluice
-    with environment variables only; dash_c=True passes the file as `-c FILE`."""
+    with environment variables only; dash_c=True passes the file as `-c FILE`.
+    $SLUICE_TEST_WORKERS=N runs every sluice whose test sets no `workers` (in main or as
+    SLUICE_WORKERS in env) with N workers."""
     binary = sluice_bin()
     instances = []
     request.node._sluices = instances
@@ -668,6 +670,11 @@ def start_sluice(pg, request, tmp_path):
                 del e[k]
         if env:
             e.update({k: str(v) for k, v in env.items()})
+        test_workers = os.environ.get("SLUICE_TEST_WORKERS")
+        if test_workers and "workers" not in (main or {}) and "SLUICE_WORKERS" not in e:
+            # every sluice the suite starts runs with this many workers unless its test chose;
+            # the environment, not the file, so a test that rewrites its ini keeps the number
+            e["SLUICE_WORKERS"] = test_workers
         ini_path = None
         if config:
             m = {"listen_addr": "127.0.0.1", "auth_type": "trust", "log_level": "info"}

@@ -4,6 +4,7 @@
  * DATABASE_URL and SLUICE_* overrides with their precedence, and whole-config validation. */
 #include "config.h"
 #include "config_value.h"
+#include "cpus.h"
 
 #include "check.h"
 
@@ -1277,31 +1278,68 @@ static void validation_checks_relations_between_keys(void)
     config_free(c);
 }
 
-/* workers: 1 by default for now, any value in 1..64 loads, 0 and 65 are refused. */
-static void workers_key_loads_its_range(void)
+/* workers: 1 by default for now; auto is the CPUs the process may use (resolved at load, shown
+ * as "auto (N)"), from the file or SLUICE_WORKERS; any count in 1..64 loads; 0, 65 and words
+ * other than auto are refused, naming what is expected. */
+static void workers_key_loads_auto_and_its_range(void)
 {
+    int cpus = cpus_usable() < 64 ? cpus_usable() : 64;
+    char shown[64], expected[64];
     struct config *c = load(MINIMAL_DBS, NULL);
     CHECK(c != NULL);
-    if (c)
-        CHECK_INT(c->workers, 1);
+    if (c) {
+        CHECK_INT(c->workers.n, 1);
+        CHECK(!c->workers.automatic);
+        config_format_value(c, key_index("workers"), shown, sizeof shown);
+        CHECK_STR(shown, "1");
+    }
     config_free(c);
 
-    c = load(MINIMAL_DBS "[sluice]\nworkers = 1\n", NULL);
+    c = load(MINIMAL_DBS "[sluice]\nworkers = auto\n", NULL);
     CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->workers.n, cpus);
+        CHECK(c->workers.automatic);
+        config_format_value(c, key_index("workers"), shown, sizeof shown);
+        snprintf(expected, sizeof expected, "auto (%d)", cpus);
+        CHECK_STR(shown, expected);
+    }
     config_free(c);
 
-    c = load(MINIMAL_DBS "[sluice]\nworkers = 4\n", NULL);
+    char *env_auto[] = {"SLUICE_WORKERS=AUTO", NULL};
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 3\n", env_auto); /* the environment wins */
     CHECK(c != NULL);
     if (c)
-        CHECK_INT(c->workers, 4);
+        CHECK(c->workers.automatic && c->workers.n == cpus);
+    config_free(c);
+
+    char *env_four[] = {"SLUICE_WORKERS=4", NULL};
+    c = load(MINIMAL_DBS "[sluice]\nworkers = auto\n", env_four);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK(!c->workers.automatic);
+        CHECK_INT(c->workers.n, 4);
+        config_format_value(c, key_index("workers"), shown, sizeof shown);
+        CHECK_STR(shown, "4");
+    }
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 64\n", NULL);
+    CHECK(c != NULL);
     config_free(c);
 
     c = load(MINIMAL_DBS "[sluice]\nworkers = 65\n", NULL);
     CHECK(c == NULL);
+    CHECK_ERROR("expected auto or a number from 1 to 64");
     config_free(c);
 
     c = load(MINIMAL_DBS "[sluice]\nworkers = 0\n", NULL);
     CHECK(c == NULL);
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = many\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("expected auto or a number from 1 to 64");
     config_free(c);
 }
 
@@ -1573,7 +1611,7 @@ int main(void)
     RUN(sluice_env_errors_name_the_variable);
     RUN(environment_alone_with_database_url_and_sluice_keys_is_a_full_config);
     RUN(validation_checks_relations_between_keys);
-    RUN(workers_key_loads_its_range);
+    RUN(workers_key_loads_auto_and_its_range);
     RUN(set_key_changes_one_value_and_refuses_bad_ones_unchanged);
     RUN(format_value_prints_what_set_key_reads);
     RUN(format_value_never_shows_a_secret);

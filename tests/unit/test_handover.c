@@ -249,7 +249,7 @@ static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
     CHECK(cfg != NULL);
     if (!cfg)
         return;
-    cfg->workers = 3;
+    cfg->workers = (struct thread_count){.n = 3};
 
     uv_loop_t loop;
     uv_loop_init(&loop);

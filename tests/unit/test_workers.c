@@ -159,7 +159,7 @@ static struct config *config_with_keys(char *path, int workers, const char *keys
     config_diag_free(&diag);
     CHECK(cfg != NULL);
     if (cfg)
-        cfg->workers = workers;
+        cfg->workers = (struct thread_count){.n = workers};
     return cfg;
 }
 
