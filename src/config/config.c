@@ -444,7 +444,6 @@ static void validate(struct loader *L)
                      auth_type_name(c->auth_type));
 }
 
-
 static struct config *load(const char *path, const char *text, char *const *env,
                            struct config_diag *diag)
 {

@@ -75,10 +75,11 @@ struct ledger_key {
     struct ledger_key *next;
     struct ledger_scope *db, *user; /* set before the key is published; never change */
     atomic_int servers;
-    atomic_int state;                /* enum ledger_key_state */
-    atomic_int server_usable;        /* max_connections - superuser_reserved_connections, as last
-                                      * learnt by any worker's pool of this key; 0: not yet */
-    atomic_int share[LEDGER_SHARES]; /* `servers` held by each worker (and in transit) */
+    atomic_int state;         /* enum ledger_key_state */
+    atomic_int server_usable; /* max_connections - superuser_reserved_connections, as last
+                               * learnt by any worker's pool of this key; 0: not yet */
+    /* `servers` held by each worker (and in transit) */
+    atomic_int share[LEDGER_SHARES];
 };
 
 /* A worker that cannot take a slot: the arrival time of its oldest waiter for a slot of key. */
