@@ -158,6 +158,145 @@ static void destroy(struct config *c)
     free(c);
 }
 
+/* ---- copy (admin SET makes a new generation from the live one) ---- */
+
+/* Configs loaded or copied by this process so far: a reload's generation number. */
+static atomic_uint_fast64_t generations;
+
+/* Each copy_<TYPE> makes *to (a bitwise copy of *from) own its memory: false when out of
+ * memory, *to then holding NULL where the copy failed (so destroy frees what was made). */
+static bool copy_str(char **to)
+{
+    if (!*to)
+        return true;
+    *to = strdup(*to);
+    return *to != NULL;
+}
+
+static bool copy_STR(char **to)
+{
+    return copy_str(to);
+}
+
+static bool copy_SQL(struct sql_setting *to)
+{
+    return copy_str(&to->text);
+}
+
+static bool copy_LIST(struct name_list *to)
+{
+    char **names = to->names;
+    int n = to->n;
+    to->names = NULL;
+    to->n = 0;
+    bool ok = copy_str(&to->text);
+    if (!names)
+        return ok;
+    to->names = calloc((size_t)n + 1, sizeof(*to->names));
+    if (!to->names)
+        return false;
+    for (int i = 0; i < n; i++, to->n++) {
+        to->names[i] = names[i];
+        ok &= copy_str(&to->names[i]);
+    }
+    return ok;
+}
+
+#define COPY_NOTHING(kind, ctype)                                                                  \
+    static bool copy_##kind(ctype *to)                                                             \
+    {                                                                                              \
+        (void)to;                                                                                  \
+        return true;                                                                               \
+    }
+COPY_NOTHING(INT, int64_t)
+COPY_NOTHING(BOOL, bool)
+COPY_NOTHING(TIME, int64_t)
+COPY_NOTHING(LIMIT, struct limit)
+COPY_NOTHING(POOL_MODE, enum pool_mode)
+COPY_NOTHING(AUTH_TYPE, enum auth_type)
+COPY_NOTHING(LOG_FORMAT, enum log_format)
+COPY_NOTHING(LOG_LEVEL, enum log_level)
+COPY_NOTHING(SESSION_STATE_POLICY, enum session_policy)
+COPY_NOTHING(SSLMODE, enum sslmode)
+COPY_NOTHING(THREADS, struct thread_count)
+#undef COPY_NOTHING
+
+/* An array of n elements of size each, copied bitwise; NULL (with *n 0) when out of memory. */
+static void *copy_array(const void *from, int *n, size_t size)
+{
+    if (!from || *n == 0)
+        return NULL;
+    void *to = malloc((size_t)*n * size);
+    if (!to)
+        *n = 0;
+    else
+        memcpy(to, from, (size_t)*n * size);
+    return to;
+}
+
+static bool copy_db(struct db_entry *db)
+{
+    bool ok = copy_str(&db->name) & copy_str(&db->auth_user) & copy_str(&db->auth_dbname) &
+              copy_str(&db->connect_query);
+    char **kw = db->pq_keywords, **val = db->pq_values;
+    int n = db->nkeys;
+    db->nkeys = 0;
+    db->pq_keywords = calloc((size_t)n + 1, sizeof(char *));
+    db->pq_values = calloc((size_t)n + 1, sizeof(char *));
+    if (!db->pq_keywords || !db->pq_values) {
+        free(db->pq_keywords);
+        free(db->pq_values);
+        db->pq_keywords = db->pq_values = NULL;
+        return false;
+    }
+    for (int i = 0; i < n; i++, db->nkeys++) {
+        db->pq_keywords[i] = kw[i];
+        db->pq_values[i] = val[i];
+        ok &= copy_str(&db->pq_keywords[i]) & copy_str(&db->pq_values[i]);
+    }
+    return ok;
+}
+
+struct config *config_copy(const struct config *from)
+{
+    struct config *c = malloc(sizeof(*c));
+    if (!c)
+        return NULL;
+    memcpy(c, from, sizeof(*c));
+    atomic_init(&c->refs, 1);
+    c->generation = atomic_fetch_add_explicit(&generations, 1, memory_order_relaxed) + 1;
+    bool ok = true;
+#define KEY(name, type, def, reload, doc) ok &= copy_##type(&c->name);
+#include "config_keys.def"
+#undef KEY
+    int nkeys = config_nkeys;
+    c->sources = copy_array(from->sources, &nkeys, sizeof(*c->sources));
+    ok &= c->sources != NULL || !from->sources;
+    c->dbs = copy_array(from->dbs, &c->ndbs, sizeof(*c->dbs));
+    ok &= c->ndbs == from->ndbs;
+    for (int i = 0; i < c->ndbs; i++)
+        ok &= copy_db(&c->dbs[i]);
+    c->users = copy_array(from->users, &c->nusers, sizeof(*c->users));
+    ok &= c->nusers == from->nusers;
+    for (int i = 0; i < c->nusers; i++)
+        ok &= copy_str(&c->users[i].name);
+    c->auth = copy_array(from->auth, &c->nauth, sizeof(*c->auth));
+    ok &= c->nauth == from->nauth;
+    for (int i = 0; i < c->nauth; i++)
+        ok &= copy_str(&c->auth[i].user) & copy_str(&c->auth[i].secret);
+    c->budgets = copy_array(from->budgets, &c->nbudgets, sizeof(*c->budgets));
+    ok &= c->nbudgets == from->nbudgets;
+    for (int i = 0; i < c->nbudgets; i++)
+        ok &= copy_str(&c->budgets[i].name) & copy_str(&c->budgets[i].app_pattern) &
+              copy_str(&c->budgets[i].user) & copy_str(&c->budgets[i].addr.text);
+    ok &= copy_str(&c->path);
+    if (!ok) {
+        destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
 static void free_list(char **list, int n)
 {
     for (int i = 0; i < n; i++)
@@ -316,9 +455,6 @@ static void resolve_threads(struct config *c)
     int cpus = cpus_usable();
     c->workers.n = cpus < CONFIG_THREADS_MAX ? cpus : CONFIG_THREADS_MAX;
 }
-
-/* Configs loaded by this process so far: a reload's generation number. */
-static atomic_uint_fast64_t generations;
 
 static struct config *load(const char *path, const char *text, char *const *env,
                            struct config_diag *diag)

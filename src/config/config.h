@@ -244,6 +244,9 @@ struct config *config_acquire(struct config *c);
 void config_release(struct config *c);
 /* config_release, for code that never shares its config (a loader's own, tests). */
 void config_free(struct config *c);
+/* A new generation equal to c, with one reference (its caller's) and memory of its own: the
+ * admin console's SET changes the copy, never a config a worker reads. NULL: out of memory. */
+struct config *config_copy(const struct config *c);
 
 /* Look-ups used by the proxy. */
 const struct db_entry *config_find_db(const struct config *c,

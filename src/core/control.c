@@ -287,10 +287,11 @@ void control_shutdown(struct worker *worker, enum sluice_phase phase)
     sluice_shutdown(worker->proc, phase);
 }
 
-/* Make a changed key take effect, as a reload would. */
-static void apply_set(struct worker *worker, const char *key)
+/* What a reload does besides the workers' part that only some keys need: logging, the client
+ * TLS context and the hba rules are the process's, reloaded only when SET changed one of their
+ * keys. */
+static void apply_set(const struct config *cfg, const char *key)
 {
-    const struct config *cfg = worker->cfg;
     if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
         strcmp(key, "logfile") == 0) {
         log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
@@ -299,20 +300,24 @@ static void apply_set(struct worker *worker, const char *key)
         tls_reload(cfg);
     if (strncmp(key, "auth_", 5) == 0)
         auth_reload(cfg);
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        pool_apply_config(p);
-        budget_log_cap(p);
-    }
-    pool_dispatch_all(worker);
 }
 
 int control_set(struct worker *worker, const char *key, const char *value, char *err, size_t errlen)
 {
-    if (config_set_key(worker->cfg, key, value, SRC_ADMIN_SET, err, errlen) < 0)
+    /* Never in place: every worker reads its own reference to a generation (5.7). The change
+     * goes into a copy, checked with the other main keys (config_set_key), which then becomes
+     * the next generation exactly as a reload's would. */
+    struct process *proc = worker->proc;
+    struct config *next = config_copy(proc->cfg);
+    if (!next) {
+        snprintf(err, errlen, "out of memory copying the configuration");
         return -1;
-    apply_set(worker, key);
+    }
+    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0) {
+        config_free(next);
+        return -1;
+    }
+    sluice_apply_generation(proc, next);
+    apply_set(proc->cfg, key);
     return 0;
 }

@@ -67,8 +67,13 @@ bool control_reload(struct worker *worker);
 bool control_reload_done(const struct worker *worker);
 /* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */
 void control_shutdown(struct worker *worker, enum sluice_phase phase);
-/* SET key = value (key a reloadable key's name as config_keys spells it): 0 and in force as a
- * reload would make it; or -1 with err saying why the value was refused. */
+/* SET key = value (key a reloadable key's name as config_keys spells it): 0 and a new config
+ * generation, a copy of the live one with the key changed, applied as a reload applies one
+ * (sluice_apply_generation): the calling (control) worker runs under it on return, every other
+ * worker swaps to it when its reload message comes (control_reload_done says when all have;
+ * the console answers SET at once, like PgBouncer, so a command right after it may meet a
+ * worker still on the previous generation for one loop turn). -1 with err saying why the value
+ * was refused, nothing changed. */
 int control_set(struct worker *worker, const char *key, const char *value, char *err,
                 size_t errlen);
 

@@ -345,6 +345,30 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     return 0;
 }
 
+/* next becomes the process's config; the old one, still referenced, is returned. The control
+ * worker runs under the new one from here: what a reload's steps close or log read it, as with
+ * one loop. The others swap when their message comes (publish_generation). */
+static struct config *swap_config(struct process *proc, struct config *next)
+{
+    struct config *old = proc->cfg;
+    proc->cfg = next;
+    sluice_control_worker(proc)->cfg = next;
+    return old;
+}
+
+/* The budgets of proc->cfg, then every worker told to apply it; old released. */
+static void publish_generation(struct process *proc, struct config *old)
+{
+    struct config *next = proc->cfg;
+    if (budget_sync(proc) < 0)
+        log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
+    proc->reload_seq++;
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_post_reload(&proc->workers[i], next);
+    config_free(old);
+    pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
+}
+
 void sluice_reload(struct process *proc)
 {
     struct config_diag diag = {0};
@@ -360,22 +384,17 @@ void sluice_reload(struct process *proc)
         return;
     }
     config_diag_free(&diag);
-    struct config *old = proc->cfg;
-    proc->cfg = next;
-    /* The control worker runs under the new one from here: what the reload's steps below
-     * close or log read it, as with one loop. The others swap when their message comes. */
-    sluice_control_worker(proc)->cfg = next;
+    struct config *old = swap_config(proc, next);
     apply_logging(next);
     auth_reload(next);
     tls_reload(next);
-    if (budget_sync(proc) < 0)
-        log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
-    proc->reload_seq++;
-    for (int i = 0; i < proc->nworkers; i++)
-        worker_post_reload(&proc->workers[i], next);
-    config_free(old);
-    pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
+    publish_generation(proc, old);
     log_msg(LOG_INFO, "configuration reloaded");
+}
+
+void sluice_apply_generation(struct process *proc, struct config *next)
+{
+    publish_generation(proc, swap_config(proc, next));
 }
 
 bool sluice_reload_done(const struct process *proc)

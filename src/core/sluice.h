@@ -167,6 +167,10 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
 /* Re-read the config file and environment; keep the old config when the new one is invalid. */
 void sluice_reload(struct process *proc);
+/* Make next (a validated config whose reference the caller gives up) the process's, as a reload
+ * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says
+ * when all have), the old generation released. The console's SET (control_set). */
+void sluice_apply_generation(struct process *proc, struct config *next);
 /* Has every worker applied the last reload (its own reference to the new config and budget
  * set)? The console's RELOAD answers then; the old config is freed at the last release. */
 bool sluice_reload_done(const struct process *proc);

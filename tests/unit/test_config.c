@@ -1552,6 +1552,63 @@ static void diag_free_resets_it_for_reuse(void)
     CHECK(config_load_string("[sluice]\nbogus = 1\n", NULL, NULL) == NULL);
 }
 
+/* admin SET's new generation: a copy equal to the live config in every key and section, with
+ * memory of its own (changing or freeing one leaves the other whole) and a later generation. */
+static void copy_is_an_equal_generation_of_its_own(void)
+{
+    struct config *c = load("[databases]\nappdb = host=127.0.0.1 port=5432 dbname=app "
+                            "user=app password=pw pool_size=4 connect_query='SELECT 1'\n"
+                            "* = host=127.0.0.1\n"
+                            "[users]\napp = pool_size=3\n"
+                            "[budgets]\nbatch = app=batch* user=app addr=10.0.0.0/8 "
+                            "max_servers=2\n"
+                            "[sluice]\nadmin_users = a, b\nserver_reset_query = DISCARD ALL\n"
+                            "auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1\n",
+                            NULL);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    struct config *copy = config_copy(c);
+    CHECK(copy != NULL);
+    if (!copy) {
+        config_free(c);
+        return;
+    }
+    CHECK(copy->generation > c->generation);
+    for (int i = 0; i < config_nkeys; i++) {
+        char a[1024], b[1024];
+        config_format_value(c, i, a, sizeof(a));
+        config_format_value(copy, i, b, sizeof(b));
+        CHECK_STR(b, a);
+        CHECK_INT(copy->sources[i], c->sources[i]);
+    }
+    CHECK_INT(copy->ndbs, c->ndbs);
+    CHECK(copy->dbs != c->dbs && copy->dbs[0].name != c->dbs[0].name);
+    CHECK_STR(copy->dbs[0].name, c->dbs[0].name);
+    CHECK_INT(copy->dbs[0].nkeys, c->dbs[0].nkeys);
+    CHECK_STR(keyword(&copy->dbs[0], "password"), "pw");
+    CHECK(copy->dbs[0].pq_keywords[copy->dbs[0].nkeys] == NULL); /* still NULL-terminated */
+    CHECK_STR(copy->dbs[0].connect_query, "SELECT 1");
+    CHECK_INT(copy->dbs[0].pool_size, 4);
+    CHECK_INT(copy->nusers, 1);
+    CHECK_STR(copy->users[0].name, "app");
+    CHECK_INT(copy->users[0].pool_size, 3);
+    CHECK_INT(copy->nbudgets, c->nbudgets);
+    CHECK_STR(copy->budgets[0].app_pattern, "batch*");
+    CHECK_STR(copy->budgets[0].addr.text, c->budgets[0].addr.text);
+    CHECK_INT(copy->admin_users.n, 2);
+    CHECK(copy->admin_users.names[1] != c->admin_users.names[1]);
+    char err[256];
+    CHECK_INT(config_set_key(copy, "default_pool_size", "9", SRC_ADMIN_SET, err, sizeof err), 0);
+    CHECK_INT(c->default_pool_size, 20); /* the live one is untouched */
+    CHECK_INT(c->sources[key_index("default_pool_size")], SRC_DEFAULT);
+    config_free(c); /* the copy outlives it whole */
+    CHECK_STR(keyword(&copy->dbs[0], "host"), "127.0.0.1");
+    CHECK_STR(copy->admin_users.names[0], "a");
+    CHECK_INT(copy->default_pool_size, 9);
+    config_free(copy);
+}
+
 int main(void)
 {
     RUN(defaults_come_from_config_keys_def);
@@ -1613,6 +1670,7 @@ int main(void)
     RUN(validation_checks_relations_between_keys);
     RUN(workers_key_loads_auto_and_its_range);
     RUN(set_key_changes_one_value_and_refuses_bad_ones_unchanged);
+    RUN(copy_is_an_equal_generation_of_its_own);
     RUN(format_value_prints_what_set_key_reads);
     RUN(format_value_never_shows_a_secret);
     RUN(list_contains_matches_whole_names_in_comma_or_space_lists);

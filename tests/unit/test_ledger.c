@@ -645,7 +645,7 @@ static void drop_worker(struct worker *w)
         list_remove(&w->pools, n);
         pool_free(container_of(n, struct pool, node));
     }
-    budget_set_release(w->budgets);
+    /* its budget generation is released with every worker's by budget_free_all */
 }
 
 /* Four workers take, give and hand servers over to each other through mailboxes, all at once:

@@ -856,6 +856,104 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
     CHECK_INT(uv_loop_close(&loop), 0);
 }
 
+/* ---- SET across workers: a new generation every worker swaps to ---- */
+
+struct set_run {
+    struct process proc;
+    uv_timer_t timer;
+    int ticks;
+    uint64_t generation_before;
+    bool set_done;     /* control_set returned and the control worker runs under it */
+    bool refused_kept; /* a refused SET left the generation as it was */
+    bool all_obey;     /* every worker applied it and its pool's published size is 7 */
+};
+
+struct forced_size {
+    int size; /* of pool forced/fu in a frame; 0: not there */
+};
+
+static void size_of_forced(const struct tally_pool *tp, void *ctx)
+{
+    if (strcmp(tp->db_name, "forced") == 0)
+        ((struct forced_size *)ctx)->size = tp->v.size;
+}
+
+/* Every worker on a thread published its forced/fu pool with this size. */
+static bool published_size(struct process *proc, int size)
+{
+    for (int i = 1; i < proc->nworkers; i++) {
+        struct forced_size f = {0};
+        tally_each_pool(proc->workers[i].tally, size_of_forced, &f);
+        if (f.size != size)
+            return false;
+    }
+    return true;
+}
+
+static void on_set_tick(uv_timer_t *t)
+{
+    struct set_run *r = t->data;
+    struct process *proc = &r->proc;
+    struct worker *control = sluice_control_worker(proc);
+    if (!r->set_done) {
+        if (!published_size(proc, 5) && ++r->ticks < 500)
+            return; /* each worker has its pool of the forced user, under pool_size 5 */
+        r->generation_before = proc->cfg->generation;
+        char err[256];
+        CHECK_INT(control_set(control, "default_pool_size", "7", err, sizeof(err)), 0);
+        r->set_done = proc->cfg->generation > r->generation_before &&
+                      proc->cfg->default_pool_size == 7 && control->cfg == proc->cfg;
+        const struct config *now = proc->cfg;
+        r->refused_kept = control_set(control, "min_pool_size", "100", err, sizeof(err)) < 0 &&
+                          proc->cfg == now && strstr(err, "min_pool_size") != NULL;
+        r->ticks = 0;
+        return;
+    }
+    /* each worker swaps to it on its own thread, between its callbacks, and its pool obeys */
+    r->all_obey = control_reload_done(control) && published_size(proc, 7);
+    for (int i = 0; r->all_obey && i < proc->nworkers; i++)
+        r->all_obey = proc->workers[i].cfg == proc->cfg;
+    if (!r->all_obey && ++r->ticks < 500)
+        return;
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+}
+
+/* The console's SET with three workers: never in place (the workers read their generation
+ * while it runs); a copy with the key changed becomes the next generation, every worker swaps
+ * to it and its pools take the new pool_size; a refused value changes nothing. Before, SET
+ * wrote the live config under the workers' reads (ThreadSanitizer's report) and made no new
+ * generation. */
+static void set_makes_a_generation_every_worker_obeys(void)
+{
+    char path[] = "/tmp/sluice-test-workers-XXXXXX";
+    struct config *cfg = config_with_keys(path, THREE,
+                                          "default_pool_size = 5\n"
+                                          "[databases]\nforced = host=127.0.0.1 port=1 user=fu\n");
+    if (!cfg)
+        return;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct set_run r;
+    CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
+    CHECK_INT(r.proc.nworkers, THREE);
+    uv_timer_init(&loop, &r.timer);
+    r.timer.data = &r;
+    uv_timer_start(&r.timer, on_set_tick, 10, 10);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sockio_release_spares();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(r.set_done);
+    CHECK(r.refused_kept);
+    CHECK(r.all_obey);
+    for (int i = 1; i < THREE; i++)
+        worker_thread_join(&r.proc.workers[i]);
+    sluice_free(&r.proc);
+    CHECK_INT(uv_loop_close(&loop), 0);
+    unlink(path);
+}
+
 int main(void)
 {
     RUN(two_workers_take_clients_reload_and_shut_down);
@@ -863,5 +961,6 @@ int main(void)
     RUN(three_workers_console_moves_to_worker_0_and_views_sum);
     RUN(two_workers_move_a_tls_console_login);
     RUN(pause_waits_for_every_worker_and_resume_serves_again);
+    RUN(set_makes_a_generation_every_worker_obeys);
     return CHECK_DONE();
 }
