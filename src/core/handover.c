@@ -37,7 +37,9 @@ static void move(struct server *s, struct worker *to)
     log_server(LOG_DEBUG, s, "idle: moving to worker %u, whose client waits for a server",
                to->index);
     sockio_detach(&s->io); /* before the receiver polls the fd: never watched by both */
+    uint64_t idle_since = s->state_since_ms;
     server_set_state(s, SERVER_MOVING);
+    s->state_since_ms = idle_since; /* idle still: the receiver's server_check_delay counts it */
     /* counted by the receiver from now on, so a shutdown never sees it missing */
     atomic_fetch_add_explicit(&to->nservers, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&from->nservers, 1, memory_order_relaxed);

@@ -744,6 +744,15 @@ void pool_maintain(struct pool *p, uint64_t now)
 
 void pool_take_moved(struct pool *p, struct server *s)
 {
+    /* Idle on the other worker since state_since_ms: checked before reuse, as dispatch checks
+     * its own idle servers; the answer frees it (pool_server_ready). */
+    if (!list_empty(&p->waiting) && needs_check(s, sluice_now(p->worker))) {
+        log_server(LOG_DEBUG, s, "moved here idle past server_check_delay: checked before reuse");
+        server_set_state(s, SERVER_CHECKING);
+        server_queue_internal(s, check_sql(p->worker->cfg));
+        kick_server(s);
+        return;
+    }
     pool_server_ready(s);
     /* its waiters' need in the ledger is what is left of it now (note_slot_wait) */
     if (!list_empty(&p->waiting))

@@ -96,11 +96,15 @@ def close_all(conns):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("nworkers", [2, 4])
-def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers):
-    """pool_size = 1: the one backend serves every worker's clients in turn by moving."""
+@pytest.mark.parametrize("nworkers,check_delay", [(2, 30), (4, 30), (2, 0)])
+def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers,
+                                                                check_delay):
+    """pool_size = 1: the one backend serves every worker's clients in turn by moving. With
+    server_check_delay = 0 each arrival is checked first (pool_take_moved), then served."""
     s = start_sluice({"pool_mode": "transaction", "workers": nworkers, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN})
+                      "query_wait_timeout": 5, "admin_users": ADMIN,
+                      "server_check_delay": check_delay, "server_check_query": "SELECT 1",
+                      "log_level": "debug"})
     with console(s) as adm:
         logins = [{}] * nworkers
         clients, opened = clients_on_distinct_workers(s, adm, logins, nworkers)
@@ -112,6 +116,10 @@ def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg,
             print(f"workers={nworkers}: slowest handover {slowest * 1000:.1f} ms")
         finally:
             close_all(opened)
+    log = s.log_text()
+    assert log.count("moving to worker") >= ROUNDS, "the rounds were not served by moves"
+    checked = log.count("checked before reuse")
+    assert (checked >= ROUNDS) if check_delay == 0 else checked == 0, checked
 
 
 @pytest.mark.timeout(120)
