@@ -126,5 +126,8 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
         return;
     }
     log_server(LOG_DEBUG, s, "moved here: idle on another worker");
+    /* a reload changed its settings while it moved: this pool's retire ran without it */
+    if (server_conninfo_changed(s))
+        s->close_when_free = true; /* pool_server_ready closes it, and opens what is needed */
     pool_take_moved(p, s);
 }
