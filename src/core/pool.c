@@ -321,7 +321,9 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     bool slot_cap =
         held == LIMIT_POOL || held == LIMIT_DB || held == LIMIT_USER || held == LIMIT_GLOBAL;
     if (!slot_cap || list_empty(&p->waiting)) {
-        ledger_wait_done(l, p->ledger_key, self);
+        if (p->slot_wait == POOL_SLOT_WAIT_NOTED)
+            ledger_wait_done(l, p->ledger_key, self);
+        p->slot_wait = POOL_SLOT_WAIT_NONE;
         return;
     }
     const struct client *head = container_of(list_first(&p->waiting), struct client, node);
@@ -334,6 +336,8 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     budget_server_caps(p, false, &caps);
     int rc = ledger_wait_need(l, p->ledger_key, self, held, now > waited ? now - waited : 0, want,
                               &caps);
+    if (rc >= 0)
+        p->slot_wait = POOL_SLOT_WAIT_NOTED;
     if (rc > 0)
         worker_post_need(worker); /* new: workers holding idle servers may hand one over */
     else if (rc < 0)
