@@ -61,6 +61,10 @@ bool handover_offer(struct server *s)
     if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
         !sluice_serving(worker) || !movable(s))
         return false;
+    /* local first: session-mode waiters of its own pool that want other startup parameters
+     * get room by closing it (pool.c's close_idle_unwanted) */
+    if (p->mode == POOL_SESSION && !list_empty(&p->waiting))
+        return false;
     struct ledger_claim claim = ledger_claim_idle(l, p->ledger_key, (int)worker->index);
     if (claim.kind == LEDGER_CLAIM_MOVE) {
         move(s, &worker->proc->workers[claim.worker]);
