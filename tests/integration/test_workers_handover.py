@@ -19,7 +19,7 @@ ADMIN = "admin"
 ADMIN_PASSWORD = "adminpass"
 ROUNDS = 15
 # Well under query_wait_timeout (5 s): a client that waited for the timeout fails anyway.
-PROMPT_S = 2.0
+PROMPT_S = 3.0
 
 
 def console(s, password=None):
