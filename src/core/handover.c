@@ -37,7 +37,9 @@ static void move(struct server *s, struct worker *to)
     log_server(LOG_DEBUG, s, "idle: moving to worker %u, whose client waits for a server",
                to->index);
     sockio_detach(&s->io); /* before the receiver polls the fd: never watched by both */
+    uint64_t idle_since = s->state_since_ms;
     server_set_state(s, SERVER_MOVING);
+    s->state_since_ms = idle_since; /* idle still: the receiver's server_check_delay counts it */
     /* counted by the receiver from now on, so a shutdown never sees it missing */
     atomic_fetch_add_explicit(&to->nservers, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&from->nservers, 1, memory_order_relaxed);
@@ -62,6 +64,10 @@ bool handover_offer(struct server *s)
     struct ledger *l = &worker->proc->ledger;
     if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
         !sluice_serving(worker) || !movable(s))
+        return false;
+    /* local first: session-mode waiters of its own pool that want other startup parameters
+     * get room by closing it (pool.c's close_idle_unwanted) */
+    if (p->mode == POOL_SESSION && !list_empty(&p->waiting))
         return false;
     struct ledger_claim claim = ledger_claim_idle(l, p->ledger_key, (int)worker->index);
     if (claim.kind == LEDGER_CLAIM_MOVE) {
@@ -129,5 +135,8 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
         return;
     }
     log_server(LOG_DEBUG, s, "moved here: idle on another worker");
+    /* a reload changed its settings while it moved: this pool's retire ran without it */
+    if (server_conninfo_changed(s))
+        s->close_when_free = true; /* pool_server_ready closes it, and opens what is needed */
     pool_take_moved(p, s);
 }

@@ -326,7 +326,9 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     bool slot_cap =
         held == LIMIT_POOL || held == LIMIT_DB || held == LIMIT_USER || held == LIMIT_GLOBAL;
     if (!slot_cap || list_empty(&p->waiting)) {
-        ledger_wait_done(l, p->ledger_key, self);
+        if (p->slot_wait == POOL_SLOT_WAIT_NOTED)
+            ledger_wait_done(l, p->ledger_key, self);
+        p->slot_wait = POOL_SLOT_WAIT_NONE;
         return;
     }
     const struct client *head = container_of(list_first(&p->waiting), struct client, node);
@@ -339,6 +341,8 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     budget_server_caps(p, false, &caps);
     int rc = ledger_wait_need(l, p->ledger_key, self, held, now > waited ? now - waited : 0, want,
                               &caps);
+    if (rc >= 0)
+        p->slot_wait = POOL_SLOT_WAIT_NOTED;
     if (rc > 0)
         worker_post_need(worker); /* new: workers holding idle servers may hand one over */
     else if (rc < 0)
@@ -760,6 +764,15 @@ void pool_maintain(struct pool *p, uint64_t now)
 
 void pool_take_moved(struct pool *p, struct server *s)
 {
+    /* Idle on the other worker since state_since_ms: checked before reuse, as dispatch checks
+     * its own idle servers; the answer frees it (pool_server_ready). */
+    if (!list_empty(&p->waiting) && needs_check(s, sluice_now(p->worker))) {
+        log_server(LOG_DEBUG, s, "moved here idle past server_check_delay: checked before reuse");
+        server_set_state(s, SERVER_CHECKING);
+        server_queue_internal(s, check_sql(p->worker->cfg));
+        kick_server(s);
+        return;
+    }
     pool_server_ready(s);
     /* its waiters' need in the ledger is what is left of it now (note_slot_wait) */
     if (!list_empty(&p->waiting))

@@ -68,6 +68,10 @@ struct pool {
     /* Servers by state. */
     struct list connecting, idle, active, resetting, leaving;
     int rooms_awaited; /* LEAVING servers (of any pool) closed to make room for this one */
+    /* Workers > 1: whether its need may be in the ledger's wait list (note_slot_wait). A hint
+     * that spares a served pool the ledger's lock on every lease: the ledger may have taken
+     * the entry off already (a give woke it), and withdrawing it then finds nothing. */
+    enum pool_slot_wait { POOL_SLOT_WAIT_NONE, POOL_SLOT_WAIT_NOTED } slot_wait;
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
 

@@ -104,16 +104,30 @@ static uint64_t conninfo_fingerprint(const char *const *kw, const char *const *v
     return h;
 }
 
-void server_retire_changed(struct pool *p)
+bool server_conninfo_now(struct pool *p, uint64_t *fp)
 {
     const struct db_entry *db = config_find_db(p->worker->cfg, p->db_name);
     if (!db || p->is_admin)
-        return;
+        return false;
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
-    uint64_t now_fp = conninfo_fingerprint(kw, val);
+    *fp = conninfo_fingerprint(kw, val);
+    return true;
+}
+
+bool server_conninfo_changed(struct server *s)
+{
+    uint64_t now_fp;
+    return server_conninfo_now(s->pool, &now_fp) && s->conninfo_fp != now_fp;
+}
+
+void server_retire_changed(struct pool *p)
+{
+    uint64_t now_fp;
+    if (!server_conninfo_now(p, &now_fp))
+        return;
     const char *why = "connection settings changed by reload";
     struct list_node *n, *tmp;
     /* Idle servers, and those still connecting with the old settings (to an address the

@@ -101,7 +101,9 @@ static const unsigned transitions[] = {
     [SERVER_CANCEL_WAIT] = FREED,
     [SERVER_DRAINING] = TO(SERVER_RESETTING), /* over: cleaned as at any release */
     [SERVER_LEAVING] = 0,                     /* only CLOSED: its backend has gone */
-    [SERVER_MOVING] = FREED, /* arrived: the receiver's pool_server_ready frees it */
+    /* arrived: the receiver's pool_server_ready frees it, or it is checked first (idle past
+     * server_check_delay, pool_take_moved) */
+    [SERVER_MOVING] = FREED | TO(SERVER_CHECKING),
     [SERVER_CLOSED] = 0,
 };
 

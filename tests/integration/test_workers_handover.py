@@ -7,6 +7,7 @@ own. query_wait_timeout = 5 s and every query must succeed well within it, over 
 with pg_stat_activity never above the cap."""
 
 import socket
+import threading
 import time
 
 import psycopg
@@ -18,7 +19,7 @@ ADMIN = "admin"
 ADMIN_PASSWORD = "adminpass"
 ROUNDS = 15
 # Well under query_wait_timeout (5 s): a client that waited for the timeout fails anyway.
-PROMPT_S = 2.0
+PROMPT_S = 3.0
 
 
 def console(s, password=None):
@@ -95,11 +96,15 @@ def close_all(conns):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("nworkers", [2, 4])
-def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers):
-    """pool_size = 1: the one backend serves every worker's clients in turn by moving."""
+@pytest.mark.parametrize("nworkers,check_delay", [(2, 30), (4, 30), (2, 0)])
+def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers,
+                                                                check_delay):
+    """pool_size = 1: the one backend serves every worker's clients in turn by moving. With
+    server_check_delay = 0 each arrival is checked first (pool_take_moved), then served."""
     s = start_sluice({"pool_mode": "transaction", "workers": nworkers, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN})
+                      "query_wait_timeout": 5, "admin_users": ADMIN,
+                      "server_check_delay": check_delay, "server_check_query": "SELECT 1",
+                      "log_level": "debug"})
     with console(s) as adm:
         logins = [{}] * nworkers
         clients, opened = clients_on_distinct_workers(s, adm, logins, nworkers)
@@ -111,6 +116,10 @@ def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg,
             print(f"workers={nworkers}: slowest handover {slowest * 1000:.1f} ms")
         finally:
             close_all(opened)
+    log = s.log_text()
+    assert log.count("moving to worker") >= ROUNDS, "the rounds were not served by moves"
+    checked = log.count("checked before reuse")
+    assert (checked >= ROUNDS) if check_delay == 0 else checked == 0, checked
 
 
 @pytest.mark.timeout(120)
@@ -178,3 +187,41 @@ def test_an_idle_server_of_another_database_is_closed_for_a_waiter_under_max_use
             print(f"max_user_connections: slowest {slowest * 1000:.1f} ms")
         finally:
             close_all(opened)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("caps", [{"default_pool_size": 3},
+                                  {"default_pool_size": 5, "max_db_connections": 3}])
+def test_a_storm_over_four_workers_is_served_within_the_caps(start_sluice, pg, caps):
+    """16 clients over 4 workers, each running short transactions with a pause between them, so
+    servers go idle on one worker while another's clients wait: every transaction is served
+    (no query_wait_timeout) and the backends never pass the cap."""
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass"}
+    main = {"pool_mode": "transaction", "workers": 4, "query_wait_timeout": 5}
+    main.update(caps)
+    s = start_sluice(main, databases={APP_DB: {"host": "127.0.0.1", "port": pg.port,
+                                               "dbname": APP_DB}},
+                     auth_file=users)
+    errors, done = [], []
+
+    def client(i):
+        login = {"user": "app2", "password": "app2pass"} if i % 2 else {}
+        try:
+            with s.connect(**login) as c:
+                for _ in range(25):
+                    c.execute("SELECT pg_sleep(0.005)")
+                    time.sleep(0.002 * (i % 3))
+                done.append(i)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(f"client {i} ({login}): {e}")
+
+    cap = 3 if "max_db_connections" in caps else 6  # two pools of pool_size 3
+    with BackendSampler(pg, [APP_USER, "app2"], datname=APP_DB) as sampler:
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors[:3]
+    assert len(done) == 16
+    assert sampler.max <= cap, f"{sampler.max} backends, cap {cap}"

@@ -106,12 +106,14 @@ static void a_cancel_wait_follows_the_reset_and_frees_the_server(void)
     CHECK(server_transition_ok(SERVER_CANCEL_WAIT, SERVER_LEAVING));
 }
 
-/* CHECKING is entered from IDLE only (server_check_query before reuse) and left only to be
- * free: to the idle list, a waiting client, or LEAVING; a failed check closes it. */
+/* CHECKING is entered from IDLE only (server_check_query before reuse; or from MOVING, idle on
+ * another worker) and left only to be free: to the idle list, a waiting client, or LEAVING; a
+ * failed check closes it. */
 static void a_check_starts_from_idle_and_frees_the_server(void)
 {
     for (int st = 0; st < NSTATES; st++) {
-        CHECK(server_transition_ok(st, SERVER_CHECKING) == (st == SERVER_IDLE));
+        CHECK(server_transition_ok(st, SERVER_CHECKING) ==
+              (st == SERVER_IDLE || st == SERVER_MOVING));
         bool freed =
             st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING || st == SERVER_CLOSED;
         CHECK(server_transition_ok(SERVER_CHECKING, st) == freed);
@@ -122,10 +124,10 @@ static void a_check_starts_from_idle_and_frees_the_server(void)
  * oldest idle server closed to make room; its only way out is CLOSED. */
 static void only_a_server_about_to_be_free_leaves(void)
 {
-    static const enum server_state leave_from[] = {SERVER_LOGIN,      SERVER_LOGIN_PASSTHROUGH,
-                                                   SERVER_PROBING,    SERVER_CONNECT_QUERY,
-                                                   SERVER_IDLE,       SERVER_ACTIVE,
-                                                   SERVER_CHECKING,   SERVER_RESETTING,
+    static const enum server_state leave_from[] = {SERVER_LOGIN,       SERVER_LOGIN_PASSTHROUGH,
+                                                   SERVER_PROBING,     SERVER_CONNECT_QUERY,
+                                                   SERVER_IDLE,        SERVER_ACTIVE,
+                                                   SERVER_CHECKING,    SERVER_RESETTING,
                                                    SERVER_CANCEL_WAIT, SERVER_MOVING};
     for (int st = 0; st < NSTATES; st++) {
         bool may = false;
@@ -137,13 +139,14 @@ static void only_a_server_about_to_be_free_leaves(void)
 }
 
 /* MOVING (the idle-server handover, 5.4) starts from IDLE only, and the receiver frees it
- * like any server given to pool_server_ready: to a waiter, the idle list or LEAVING. */
+ * like any server given to pool_server_ready (to a waiter, the idle list or LEAVING), or checks
+ * it first when it was idle past server_check_delay. */
 static void only_an_idle_server_moves_and_arrives_free(void)
 {
     for (int st = 0; st < NSTATES; st++) {
         CHECK(server_transition_ok(st, SERVER_MOVING) == (st == SERVER_IDLE));
-        bool freed =
-            st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING || st == SERVER_CLOSED;
+        bool freed = st == SERVER_IDLE || st == SERVER_ACTIVE || st == SERVER_LEAVING ||
+                     st == SERVER_CLOSED || st == SERVER_CHECKING;
         CHECK(server_transition_ok(SERVER_MOVING, st) == freed);
     }
     CHECK_STR(server_state_name(SERVER_MOVING), "moving");
