@@ -9,10 +9,11 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_USER, Background
+from conftest import APP_DB, APP_USER, Background, wait_until
 from multiworker import (SLOW, WORKERS, assert_on_every_worker, close_all, connect_many,
                          start4, workers_by_app)
-from pgwire import PeerClosed, RawConn, query_msg, raw_login, startup_packet
+from pgwire import PeerClosed, RawConn, cancel_request, query_msg, raw_login, startup_packet
+from test_cancel import CancelDelayingProxy
 
 
 def raw_many(s, prefix, n):
@@ -115,3 +116,43 @@ def test_sigterm_closes_every_workers_clients_at_once_and_exits_0(start_sluice, 
             assert c.is_closed(5), "a client of sluice's is still connected after its exit"
     finally:
         close_all(busy + in_txn + idle)
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_cancels_are_on_their_way_to_postgres_exits_0_without_a_race(
+        start_sluice, pg):
+    """Cancels held on their way to Postgres (a proxy delays them), so libpq's cancel
+    connections, opened on libuv's thread pool, are open when SIGTERM makes every worker close
+    its poll handles. A worker keeps the poll handles of its closed sockets for reuse under
+    their descriptor numbers (sockio.c), and those numbers are, by then, the cancel
+    connections': closing such a handle removed its number from the worker's epoll set, an
+    access to another thread's descriptor that ThreadSanitizer reported (about two runs in
+    three before the fix; harmless in effect, so the plain and ASan builds pass either way)."""
+    proxy = CancelDelayingProxy(pg.port, delay=1.0)
+    try:
+        s = start4(start_sluice, pg, databases={APP_DB: pg.db_entry(port=proxy.port)},
+                   default_pool_size=20)
+        churn = connect_many(s, "churn", 2 * WORKERS)  # their closed sockets' handles park
+        for c in churn:
+            c.execute("SELECT 1")
+        close_all(churn)
+        busy = raw_many(s, "busy", 2 * WORKERS)
+        try:
+            assert_on_every_worker(workers_by_app(s), [f"busy{i}" for i in range(2 * WORKERS)])
+            for c in busy:
+                c.send(query_msg("SELECT pg_sleep(60) /* to cancel */"))
+            pg.wait_for_active(APP_USER, "to cancel", count=len(busy), timeout=10 * SLOW)
+            cancels = []
+            for c in busy:
+                r = RawConn(s.port, timeout=10 * SLOW)
+                r.send(cancel_request(*c.backend_key))
+                cancels.append(r)
+            wait_until(lambda: proxy.accepted >= 2 * len(busy), 10 * SLOW,
+                       what="the cancels to reach the proxy")
+            code = s.stop(signal.SIGTERM, timeout=15 * SLOW)
+            assert code == 0, f"exit code {code} after SIGTERM"
+            close_all(cancels)
+        finally:
+            close_all(busy)
+    finally:
+        proxy.close()
