@@ -6,6 +6,7 @@ worker is served."""
 
 import json
 import re
+import ssl
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from conftest import APP_DB, APP_USER, pick_port, wait_until
 from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
                          close_all, connect_many, console, hold_transactions, show, start4,
                          wait_pool, worker_of, workers_by_app)
-from pgwire import raw_login
+from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
 
 
@@ -207,5 +208,51 @@ def test_tls_console_login_accepted_by_another_worker_is_served(start_sluice, pg
             assert all(c["tls"] for c in mine), mine
             assert adm.execute("SHOW VERSION").fetchone()[0].startswith("sluice")
         close_all(consoles)
+    finally:
+        first.close()
+
+
+def tls_handshake(c, pki):
+    """SSLRequest on a RawConn, then TLS over its socket."""
+    c.send(ssl_request())
+    assert c.recv_exact(1) == b"S"
+    c.sock = ssl.create_default_context(cafile=str(pki.ca)).wrap_socket(
+        c.sock, server_hostname="localhost")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_console_queries_pipelined_behind_the_startup_packet_are_answered(
+        start_sluice, pg, tmp_path, transport):
+    """A client may send its first queries with its StartupMessage, without waiting for
+    ReadyForQuery. Accepted by worker 1, the console login moves to worker 0 with those bytes
+    (5.6); after its AuthenticationOk nothing announced them, so the console never answered
+    (with one worker too: the console's login, unlike a database's, did not look at what was
+    already buffered)."""
+    main = {"log_level": "debug"}
+    pki = None
+    if transport == "tls":
+        pki = make_pki(tmp_path / "pki", "pipe")
+        main.update(client_tls_sslmode="require", client_tls_cert_file=str(pki.server_cert),
+                    client_tls_key_file=str(pki.server_key))
+    s = start4(start_sluice, pg, **main)
+    first = s.connect(sslmode="require" if pki else "disable")  # worker 0: the next is worker 1
+    try:
+        for _ in range(3):
+            mark = s.mark()
+            c = RawConn(s.port, timeout=10 * SLOW)
+            try:
+                if pki:
+                    tls_handshake(c, pki)
+                c.send(startup_packet(user=ADMIN, database="sluice") + query_msg("SHOW VERSION")
+                       + query_msg("SHOW LISTS"))
+                c.finish_login(user=ADMIN)
+                rows, tags = c.read_results()
+                assert tags == ["SHOW"] and rows[0][0].startswith("sluice"), rows
+                rows, _ = c.read_results()
+                assert ["used_clients", "2"] in rows, rows
+            finally:
+                c.close()
+            s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW, since=mark)
     finally:
         first.close()
