@@ -72,7 +72,7 @@ def wait_pool(con, what, timeout=None, **want):
     def check():
         row = pool_row(con)
         return row if all(row[k] == v for k, v in want.items()) else None
-    return wait_until(check, timeout or 3 * SLOW, what=f"{what} ({want} in SHOW POOLS)")
+    return wait_until(check, timeout or 5 * SLOW, what=f"{what} ({want} in SHOW POOLS)")
 
 
 def connect_many(s, prefix, n, **kw):

@@ -87,20 +87,20 @@ def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly
                 want = {"used_clients": total + 1, "used_servers": len(backends), "pools": 1,
                         "login_clients": 0}
                 return got if all(got[k] == v for k, v in want.items()) else None
-            wait_until(lists, 3 * SLOW, what="SHOW LISTS counting every worker (and the console)")
+            wait_until(lists, 5 * SLOW, what="SHOW LISTS counting every worker (and the console)")
             db = {r["name"]: r for r in show(adm, "DATABASES")}[APP_DB]
             assert db["current_connections"] == len(backends), db
 
             def xacts():
                 rows = {r["database"]: r for r in show(adm, "STATS")}
                 return rows[APP_DB]["total_xact_count"] if APP_DB in rows else 0
-            wait_until(lambda: xacts() == len(idlers), 3 * SLOW,
+            wait_until(lambda: xacts() == len(idlers), 5 * SLOW,
                        what=f"SHOW STATS to settle ({xacts()})")
             before = xacts()
             for c in idlers:
                 for _ in range(5):
                     c.execute("SELECT 1")
-            wait_until(lambda: xacts() == before + 5 * len(idlers), 3 * SLOW,
+            wait_until(lambda: xacts() == before + 5 * len(idlers), 5 * SLOW,
                        what=f"SHOW STATS to count {5 * len(idlers)} more transactions")
 
             # the idlers' transactions opened a server on each worker beside its holder's
@@ -124,7 +124,7 @@ def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly
                     "transactions": sample(m, "sluice_transactions_total", **lab)}
                 return seen[0] == want
             try:
-                wait_until(metrics_settled, 3 * SLOW, what="/metrics counting every worker")
+                wait_until(metrics_settled, 5 * SLOW, what="/metrics counting every worker")
             except AssertionError:
                 assert seen[0] == want
 
@@ -137,7 +137,7 @@ def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly
                       and doc["total"]["client_connections"] == total + 1
                       and doc["total"]["server_connections"] == len(backends))
                 return doc if ok else None
-            wait_until(health_settled, 3 * SLOW, what="/health counting every worker")
+            wait_until(health_settled, 5 * SLOW, what="/health counting every worker")
         for c in holders:
             c.execute("COMMIT")
     finally:
@@ -170,7 +170,7 @@ def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice,
             for i, c in enumerate(spared):
                 assert c.query(f"SELECT {i}")[0] == [[str(i)]]
             wait_until(lambda: sorted(r["application_name"] for r in app_clients(adm))
-                       == sorted(f"spared{i}" for i in range(WORKERS)), 3 * SLOW,
+                       == sorted(f"spared{i}" for i in range(WORKERS)), 5 * SLOW,
                        what="SHOW CLIENTS without the killed clients")
             # an id whose top byte names no worker is no client
             with pytest.raises(psycopg.errors.UndefinedObject):
