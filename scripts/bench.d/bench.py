@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from variants import compare_table, is_sluice, parse_variants
+
 HERE = Path(__file__).resolve().parent
 PGCLIENT = HERE / "pgclient.py"
 PY = "/usr/bin/python3"
@@ -45,9 +47,11 @@ MAX_CLIENT_CONN = 11000
 LISTEN_BACKLOG = 1024
 MAX_CONNECTIONS = 1100  # direct mode takes 1000 clients; both pools (2 x 20) fit beside them
 
-TARGETS = ("direct", "pgbouncer", "sluice")
-PROXIES = ("pgbouncer", "sluice")
-TARGET_LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "sluice": "sluice"}
+TARGETS = ("direct", "pgbouncer", "sluice")  # "sluice": every sluice variant (variants.py)
+
+
+def target_label(target):
+    return {"direct": "direct", "pgbouncer": "PgBouncer"}.get(target, target)
 
 
 class BenchError(Exception):
@@ -149,15 +153,24 @@ def proc_mem(pid):
 
 
 def proc_switches(pid):
-    """(voluntary, involuntary) context switches of the process's main thread: a voluntary one is
-    a sleep in epoll_wait that ended with a wake-up, an involuntary one a preemption."""
+    """(voluntary, involuntary) context switches of the process, summed over its live threads
+    (sluice's workers each sleep in their own epoll_wait): a voluntary one is a sleep that ended
+    with a wake-up, an involuntary one a preemption."""
     vol = invol = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                vol = int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                invol = int(line.split()[1])
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = [str(pid)]
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
     return vol, invol
 
 
@@ -370,17 +383,20 @@ class Postgres:
 
 
 class Proxy:
-    """One PgBouncer or sluice process with a generated config."""
+    """One PgBouncer or sluice process with a generated config (sluice: one variant's binary and
+    extra [sluice] lines, its files named by the variant's slug)."""
 
-    def __init__(self, kind, binary, workdir, port, pg_port, auth):
+    def __init__(self, kind, binary, workdir, port, pg_port, auth, slug=None, extra=()):
         self.kind = kind
         self.binary = binary
         self.workdir = workdir
         self.port = port
         self.pg_port = pg_port
         self.auth = auth  # "scram-sha-256" or "trust"
-        self.ini = workdir / f"{kind}-{auth}.ini"
-        self.log = workdir / f"{kind}.log"
+        self.extra = list(extra)
+        slug = slug or kind
+        self.ini = workdir / f"{slug}-{auth}.ini"
+        self.log = workdir / f"{slug}.log"
         self.proc = None
         self.failures = []  # crash / exit-code problems
 
@@ -397,8 +413,9 @@ class Proxy:
         if self.kind == "pgbouncer":
             return (f"[databases]\n{dbline}\n\n[pgbouncer]\n{common}log_stats = 0\n"
                     "server_tls_sslmode = disable\n")
+        extra = "".join(f"{ln}\n" for ln in self.extra)
         return (f"[sluice]\n{common}stats_period = 0\nlog_level = warning\n"
-                f"server_tls_sslmode = disable\n\n[databases]\n{dbline}\n")
+                f"server_tls_sslmode = disable\n{extra}\n[databases]\n{dbline}\n")
 
     def start(self):
         self.ini.write_text(self.config())
@@ -429,7 +446,7 @@ class Proxy:
                 how = exit_how(rc)
                 why = (f"had died ({how}) before it was stopped" if died_before is not None
                        else f"ended with {how} on SIGTERM (expected exit code 0)")
-            self.failures.append(f"sluice {why}; see bench-logs/sluice.log")
+            self.failures.append(f"sluice {why}; see bench-logs/{self.log.name}")
         self.proc = None
 
 
@@ -736,20 +753,28 @@ class Bench:
 
     # -- driver
     def start_proxies(self, auth):
+        """{target: Proxy}: PgBouncer and every sluice variant."""
         px = {}
         px["pgbouncer"] = Proxy("pgbouncer", self.a.pgbouncer, self.workdir,
                                 free_port(self.ports), self.pg.port, auth).start()
-        px["sluice"] = Proxy("sluice", self.sluice_bin, self.workdir, free_port(self.ports),
-                             self.pg.port, auth).start()
+        for v in self.variants:
+            px[v.target] = Proxy("sluice", self.pinned[v.target], self.workdir,
+                                 free_port(self.ports), self.pg.port, auth, v.slug,
+                                 v.extra).start()
         return px
 
+    def targets(self, sc):
+        """The scenario's targets with "sluice" expanded to every variant, in run order."""
+        return [t for target in sc.targets
+                for t in ([v.target for v in self.variants] if target == "sluice" else [target])]
+
     def stop_proxies(self, px, sc):
-        for kind, p in px.items():
+        for target, p in px.items():
             p.stop()
             for f in p.failures:
                 self.notes.append(f"{sc.name}: {f}")
-                if kind == "sluice":
-                    self.sluice_failed.append(f"{sc.name}: {f}")
+                if is_sluice(target):
+                    self.sluice_failed.append(f"{sc.name}: {target}: {f}")
             p.failures.clear()
 
     def run_scenario(self, sc):
@@ -761,7 +786,7 @@ class Bench:
                     if px is not None:
                         self.stop_proxies(px, sc)
                     px = self.start_proxies(sc.auth)
-                for target in sc.targets:
+                for target in self.targets(sc):
                     proxy = px.get(target)
                     if proxy is not None and not proxy.alive():
                         # it died in an earlier run: report it, start it again for this one
@@ -785,8 +810,8 @@ class Bench:
                     other = "" if r.other_pct is None else f", other work {r.other_pct:.0f}%"
                     log(f"{sc.name} rep {rep} {target}:{val}{cpu}{kbpc} "
                         f"({time.monotonic() - t0:.1f} s{other}) {status}")
-                    if not r.ok and target == "sluice":
-                        self.sluice_failed.append(f"{sc.name} rep {rep}: {r.error}")
+                    if not r.ok and is_sluice(target):
+                        self.sluice_failed.append(f"{sc.name} rep {rep} {target}: {r.error}")
         finally:
             if px is not None:
                 self.stop_proxies(px, sc)
@@ -798,10 +823,12 @@ class Bench:
         os.chown(self.workdir, uid, gid)
         os.chmod(self.workdir, 0o755)
         log(f"workdir {self.workdir}")
-        # the binary under test, pinned for the whole run (others may rebuild meanwhile)
-        self.sluice_bin = self.workdir / "sluice"
-        shutil.copy2(a.sluice_bin, self.sluice_bin)
-        os.chmod(self.sluice_bin, 0o755)
+        # the binaries under test, pinned for the whole run (others may rebuild meanwhile)
+        self.pinned = {}
+        for v in self.variants:
+            self.pinned[v.target] = self.workdir / v.slug
+            shutil.copy2(v.binary, self.pinned[v.target])
+            os.chmod(self.pinned[v.target], 0o755)
 
         self.pg = Postgres(a.pg_bin, self.workdir, free_port(self.ports), a.scale)
         self.started_at = datetime.datetime.now(datetime.timezone.utc)
@@ -891,6 +918,11 @@ def report(b, argv, versions):
              "as noise**" if avg > 5 or worst > 25 else ""))
     w(f"- versions: PostgreSQL {versions['postgres']}, {versions['pgbouncer']}, "
       f"sluice {versions['sluice']}")
+    if len(b.variants) > 1 or b.variants[0].extra:
+        w("- sluice variants, run one after the other in each repetition: " + "; ".join(
+            f"{v.target} = `{v.binary}`"
+            + (" with " + ", ".join(f"`{ln}`" for ln in v.extra) if v.extra else "")
+            for v in b.variants))
     w(f"- runs: {a.reps} repetition(s) of {a.duration} s per scenario and target, interleaved "
       "direct → PgBouncer → sluice; cells are the median ± half the min–max range "
       "(relative to the median; the range itself when that exceeds 100%); pgbench's -T clock includes its logins, so runs with 100 or "
@@ -925,18 +957,19 @@ def report(b, argv, versions):
           "PgBouncer peak RSS MB | sluice peak RSS MB | wake-ups per tx PgBouncer / sluice | "
           "preemptions per tx PgBouncer / sluice |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for sc in pgb_scen:
+        for sc, v in ((sc, v) for sc in pgb_scen for v in b.variants):
             t = by.get(sc.name, {})
             d, dm = cell(t.get("direct", []), "value")
             p, pm = cell(t.get("pgbouncer", []), "value")
-            s, sm = cell(t.get("sluice", []), "value")
+            s, sm = cell(t.get(v.target, []), "value")
             pc, pcm = cell(t.get("pgbouncer", []), "cpu_per_unit_us")
-            scc, scm = cell(t.get("sluice", []), "cpu_per_unit_us")
+            scc, scm = cell(t.get(v.target, []), "cpu_per_unit_us")
             pr, _ = cell([_mb(r) for r in t.get("pgbouncer", [])], "mb")
-            sr, _ = cell([_mb(r) for r in t.get("sluice", [])], "mb")
-            wake = " / ".join(cell(t.get(k, []), "vol_csw_per_unit")[0] for k in PROXIES)
-            preempt = " / ".join(cell(t.get(k, []), "invol_csw_per_unit")[0] for k in PROXIES)
-            name = f"`{sc.name}` {sc.desc}"
+            sr, _ = cell([_mb(r) for r in t.get(v.target, [])], "mb")
+            pair = ("pgbouncer", v.target)
+            wake = " / ".join(cell(t.get(k, []), "vol_csw_per_unit")[0] for k in pair)
+            preempt = " / ".join(cell(t.get(k, []), "invol_csw_per_unit")[0] for k in pair)
+            name = f"`{sc.name}`{variant_tag(b, v)} {sc.desc}"
             if sc.unit == "conn":
                 name += " — tps = connections/s, CPU per connection"
             w(f"| {name} | {d} | {p} | {s} | {ratio(sm, pm)} | {ratio(sm, dm)} | {pc} | {scc} | "
@@ -956,15 +989,15 @@ def report(b, argv, versions):
           "PgBouncer RSS after, MB | sluice RSS after, MB | PgBouncer CPU µs/login | "
           "sluice CPU µs/login |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for sc in idle_scen:
+        for sc, v in ((sc, v) for sc in idle_scen for v in b.variants):
             t = by.get(sc.name, {})
             p, pm = cell(t.get("pgbouncer", []), "kb_per_client")
-            s, sm = cell(t.get("sluice", []), "kb_per_client")
+            s, sm = cell(t.get(v.target, []), "kb_per_client")
             pa, _ = cell([_mb(r, "rss_after_kb") for r in t.get("pgbouncer", [])], "mb")
-            sa, _ = cell([_mb(r, "rss_after_kb") for r in t.get("sluice", [])], "mb")
+            sa, _ = cell([_mb(r, "rss_after_kb") for r in t.get(v.target, [])], "mb")
             pc, _ = cell(t.get("pgbouncer", []), "cpu_per_unit_us")
-            scc, _ = cell(t.get("sluice", []), "cpu_per_unit_us")
-            w(f"| `{sc.name}` {sc.desc} | {p} | {s} | {ratio(sm, pm)} | {pa} | {sa} | {pc} | "
+            scc, _ = cell(t.get(v.target, []), "cpu_per_unit_us")
+            w(f"| `{sc.name}`{variant_tag(b, v)} {sc.desc} | {p} | {s} | {ratio(sm, pm)} | {pa} | {sa} | {pc} | "
               f"{scc} |")
         w("")
         w("kB/client = (VmRSS with all clients logged in and idle − VmRSS after one warm-up "
@@ -980,16 +1013,17 @@ def report(b, argv, versions):
           "| sluice peak RSS growth MB | sluice/PgBouncer RSS growth | PgBouncer CPU s/GB | "
           "sluice CPU s/GB |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for sc in copy_scen:
+        for sc, v in ((sc, v) for sc in copy_scen for v in b.variants):
             t = by.get(sc.name, {})
             d, _ = cell(t.get("direct", []), "value")
             p, _ = cell(t.get("pgbouncer", []), "value")
-            s, _ = cell(t.get("sluice", []), "value")
+            s, _ = cell(t.get(v.target, []), "value")
             pg_, pgm = cell([_mb(r, "rss_growth_kb") for r in t.get("pgbouncer", [])], "mb")
-            sg, sgm = cell([_mb(r, "rss_growth_kb") for r in t.get("sluice", [])], "mb")
+            sg, sgm = cell([_mb(r, "rss_growth_kb") for r in t.get(v.target, [])], "mb")
             pc, _ = cell([_scale(r, "cpu_per_unit_us", 1e-6) for r in t.get("pgbouncer", [])], "x")
-            scc, _ = cell([_scale(r, "cpu_per_unit_us", 1e-6) for r in t.get("sluice", [])], "x")
-            w(f"| `{sc.name}` {sc.desc} | {d} | {p} | {s} | {pg_} | {sg} | {ratio(sgm, pgm)} | "
+            scc, _ = cell([_scale(r, "cpu_per_unit_us", 1e-6)
+                           for r in t.get(v.target, [])], "x")
+            w(f"| `{sc.name}`{variant_tag(b, v)} {sc.desc} | {d} | {p} | {s} | {pg_} | {sg} | {ratio(sgm, pgm)} | "
               f"{pc} | {scc} |")
         w("")
         w(f"The reader (raw socket, SO_RCVBUF 64 kB) reads at most {a.copy_rate:g} MB/s, so the "
@@ -997,17 +1031,19 @@ def report(b, argv, versions):
           "before it.")
         w("")
 
+    lines.extend(compare_table(by, pgb_scen, b.variants))
+
     fails = [r for r in b.runs if not r.ok]
     w("## Failures and notes")
     w("")
     if not fails and not b.notes:
         w("None: every run of every scenario succeeded against every target.")
     for r in fails:
-        w(f"- `{r.scenario.name}` rep {r.rep}, {TARGET_LABEL[r.target]}: {r.error}")
+        w(f"- `{r.scenario.name}` rep {r.rep}, {target_label(r.target)}: {r.error}")
     for n in b.notes:
         w(f"- {n}")
-    for kind, path in (("sluice", b.workdir / "sluice.log"),
-                       ("PgBouncer", b.workdir / "pgbouncer.log")):
+    for kind, path in ([(v.target, b.workdir / f"{v.slug}.log") for v in b.variants]
+                       + [("PgBouncer", b.workdir / "pgbouncer.log")]):
         msgs = log_problems(path, kind)
         if msgs:
             w(f"- {kind} log: " + "; ".join(msgs))
@@ -1037,6 +1073,11 @@ def report(b, argv, versions):
     w("</details>")
     w("")
     return "\n".join(lines)
+
+
+def variant_tag(b, v):
+    """A row's variant, named after the scenario when there is more than one."""
+    return "" if len(b.variants) == 1 else f" **{v.target}**"
 
 
 class _Box:
@@ -1079,7 +1120,14 @@ def log_problems(path, kind):
 REPO = HERE.parent.parent
 
 
-def sluice_version(binary):
+def sluice_version(binary, repo=True):
+    """The binary's --version, and (repo) this checkout's commit, which built it."""
+    if not repo:
+        try:
+            out = run([binary, "--version"], timeout=10).stdout.strip().replace("sluice ", "")
+        except Exception:  # noqa: BLE001
+            out = "?"
+        return f"{out} (binary {binary})"
     parts = []
     try:
         parts.append(run([binary, "--version"], timeout=10).stdout.strip().replace("sluice ", ""))
@@ -1115,6 +1163,14 @@ def main():
     p.add_argument("--sluice-bin", required=True,
                    help="the sluice binary to measure (scripts/bench builds build-bench/sluice, "
                         "release, when this is not given)")
+    p.add_argument("--workers", help="measure the sluice binary once per count, with `workers = N` "
+                   "(comma separated: 1,2 gives targets 'sluice w=1' and 'sluice w=2')")
+    p.add_argument("--sluice-extra", action="append", default=[], metavar="LINE",
+                   help="a config line for the [sluice] section of the binary under test "
+                        "(repeatable)")
+    p.add_argument("--sluice-also", action="append", default=[], metavar="LABEL=PATH",
+                   help="another sluice binary measured in the same run as target "
+                        "'sluice LABEL', with the bench's config only (repeatable)")
     p.add_argument("--pgbouncer", default=shutil.which("pgbouncer") or "/usr/sbin/pgbouncer",
                    help="PgBouncer binary (default: Debian's)")
     p.add_argument("--pg-bin", default=os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"),
@@ -1131,6 +1187,11 @@ def main():
     a.copy_rate = a.copy_rate or 64.0
     a.timeout = a.timeout or (240 if a.quick else 3600)
     chosen = select(scenarios(a.quick), a.only)
+    try:
+        variants = parse_variants(a.sluice_bin, a.workers, a.sluice_extra, a.sluice_also)
+    except ValueError as e:
+        print(f"scripts/bench: {e}", file=sys.stderr)
+        return 2
     if a.list:
         for s in (chosen if a.only else scenarios(a.quick)):
             print(f"{s.name:22} {s.desc}")
@@ -1156,6 +1217,7 @@ def main():
 
     b = Bench(a)
     b.chosen = chosen
+    b.variants = variants
     b.elapsed = 0.0
     b.started_at = datetime.datetime.now(datetime.timezone.utc)
     b.load_start = os.getloadavg()[0]
@@ -1197,6 +1259,9 @@ def main():
     except Exception:  # noqa: BLE001
         pass
     versions["sluice"] = sluice_version(a.sluice_bin)
+    for v in variants:
+        if v.binary != Path(a.sluice_bin):
+            versions["sluice"] += f"; {v.target}: {sluice_version(v.binary, repo=False)}"
 
     if getattr(b, "workdir", None) is not None:
         text = report(b, a.command_line or shlex.join(sys.argv), versions)
