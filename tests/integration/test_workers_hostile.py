@@ -589,3 +589,35 @@ def test_each_worker_s_audit_holds_while_servers_sit_in_mailboxes(start_sluice, 
     finally:
         close_all(opened)
     assert_no_audit_errors(s)
+
+
+def app_backend_pids(pg):
+    return {r[0] for r in pg.query("SELECT pid FROM pg_stat_activity WHERE usename = %s AND"
+                                   " backend_type = 'client backend'", [APP_USER])}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("command", ["RECONNECT", "KILL"])
+def test_a_server_in_a_mailbox_does_not_escape_a_console_command(start_sluice, pg, command):
+    """pool_size 1 and four workers hammering: the one backend is in a mailbox much of the
+    time. A RECONNECT or KILL told to every worker must reach it too: a server that arrived on
+    a worker after that worker applied the command (while its sender had not yet) would live
+    on as if nothing had been said. Every backend from before the command is gone soon after."""
+    s = start_sluice(main_keys(4, 1))
+    with console(s) as adm:
+        for k in range(6):
+            clients, opened = spread(s, adm, 4, per_worker=2)
+            try:
+                with Hammer(clients, 100000, doubled, stop_on_error=command == "KILL") as h:
+                    time.sleep(0.4)
+                    before = app_backend_pids(pg)
+                    adm.execute(f"{command} appdb")
+                    time.sleep(0.3)
+                h.join(10)
+                if command == "KILL":
+                    adm.execute("RESUME appdb")
+                wait_until(lambda: not (app_backend_pids(pg) & before), 5,
+                           what=f"try {k}: the backends from before {command} gone")
+            finally:
+                close_all(opened)
+    assert_no_audit_errors(s)
