@@ -54,6 +54,7 @@ static void move(struct server *s, struct worker *to)
     /* counted by the receiver from now on, so a shutdown never sees it missing */
     count_arriving(from, to, 1);
     s->pool = NULL; /* the receiver's pool, there */
+    s->controls_seen = from->controls_applied;
     /* its slot leaves this worker's share before the receiver can count it in its own, so
      * each worker's audit stays exact while the server sits in the mailbox */
     ledger_move_share(&from->proc->ledger, key, (int)from->index, LEDGER_IN_TRANSIT);
@@ -143,6 +144,15 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
     s->pool = p;
     if (sockio_open(&s->io, worker->loop, s->io.fd, s, server_on_io) < 0) {
         server_close(s, "cannot watch its socket on the worker it moved to");
+        return;
+    }
+    /* Every worker applies the console's commands in the same order: one this worker applied
+     * and the sender had not when the server left (PAUSE, RECONNECT, KILL) missed it on both
+     * sides. It closes (its slot is given back when its backend has gone, and a waiter here
+     * opens a fresh one); at worst a RESUME or another database's command closes it needlessly. */
+    if (worker->controls_applied != s->controls_seen) {
+        server_close(s, "moved here while a console command (PAUSE, RECONNECT, KILL) was on its "
+                        "way to the worker it left");
         return;
     }
     log_server(LOG_DEBUG, s, "moved here: idle on another worker");
