@@ -189,6 +189,7 @@ void pool_apply_config(struct pool *p)
             p->reserve_size = u->reserve_pool;
     }
     p->user_forced = !p->is_admin && forced_user(db) && strcmp(forced_user(db), p->user_name) == 0;
+    ledger_key_note_pool_size(p->ledger_key, p->is_admin ? 0 : p->size);
     /* The console's clients keep the main section's timeouts: no entry describes them (a "*"
      * entry's would otherwise be found for the console's name). */
     const struct entry_timeouts *levels[] = {db && !p->is_admin ? &db->timeouts : NULL,
