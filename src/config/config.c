@@ -7,7 +7,6 @@
 #include "config.h"
 #include "config_load.h"
 #include "config_value.h"
-#include "cpus.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -446,16 +445,6 @@ static void validate(struct loader *L)
                      auth_type_name(c->auth_type));
 }
 
-/* `auto` becomes the CPUs this process may use now (its affinity, capped by its cgroup's quota),
- * at most CONFIG_THREADS_MAX: what the key says is in effect, for its users and SHOW CONFIG. */
-static void resolve_threads(struct config *c)
-{
-    if (!c->workers.automatic)
-        return;
-    int cpus = cpus_usable();
-    c->workers.n = cpus < CONFIG_THREADS_MAX ? cpus : CONFIG_THREADS_MAX;
-}
-
 static struct config *load(const char *path, const char *text, char *const *env,
                            struct config_diag *diag)
 {
@@ -501,7 +490,6 @@ static struct config *load(const char *path, const char *text, char *const *env,
         else
             config_auth_add(&L, L.url_user, L.url_password);
     }
-    resolve_threads(c);
     validate(&L);
     if (L.oom)
         load_error(&L, "out of memory while loading the config");

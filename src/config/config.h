@@ -49,12 +49,12 @@ struct limit {
  * A percent with server_usable <= 0 (not yet known) resolves to 0 (no limit yet). */
 int limit_resolve(struct limit l, int server_usable);
 
-/* A number of threads: a count, or `auto`, the CPUs the process may use (cpus.h). The load
- * resolves auto, so n is always the number in effect (1..CONFIG_THREADS_MAX) once a config is
- * loaded; automatic says how it was asked for (SHOW CONFIG prints "auto (n)"). */
+/* A number of threads: a count, or `auto`, the CPUs the process may use (cpus.h), resolved when
+ * parsed, so n is always the number in effect (1..CONFIG_THREADS_MAX); automatic says how it
+ * was asked for (SHOW CONFIG prints "auto (n)"). */
 #define CONFIG_THREADS_MAX 64
 struct thread_count {
-    int n;          /* in effect; 0 only between parsing "auto" and the end of the load */
+    int n;          /* in effect */
     bool automatic; /* written as auto (or defaulted to it) */
 };
 

@@ -3,6 +3,7 @@
 #include "config_value.h"
 
 #include "cidr.h"
+#include "cpus.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -309,7 +310,9 @@ int config_value_parse_THREADS(const char *v, struct thread_count *out, char *wh
 {
     int64_t count;
     if (strncasecmp(v, "auto", 4) == 0 && auto_shown_reads_back(v + 4)) {
-        *out = (struct thread_count){.n = 0, .automatic = true};
+        int cpus = cpus_usable();
+        *out = (struct thread_count){.n = cpus < CONFIG_THREADS_MAX ? cpus : CONFIG_THREADS_MAX,
+                                     .automatic = true};
         return 0;
     }
     if (parse_int64(v, &count) != 0 || count < 1 || count > CONFIG_THREADS_MAX) {
@@ -503,12 +506,10 @@ void config_value_format_LIMIT(const struct limit *v, char *out, size_t n)
 
 void config_value_format_THREADS(const struct thread_count *v, char *out, size_t n)
 {
-    if (!v->automatic)
-        snprintf(out, n, "%d", v->n);
-    else if (v->n > 0)
+    if (v->automatic)
         snprintf(out, n, "auto (%d)", v->n);
     else
-        snprintf(out, n, "auto");
+        snprintf(out, n, "%d", v->n);
 }
 
 void config_value_format_AUTH_TYPE(const enum auth_type *v, char *out, size_t n)

@@ -1,8 +1,8 @@
 /* config_value: the value parsers of the config's kinds (config_keys.def's types and
  * config_entry_keys.def's), one per kind, and their formatters (SHOW CONFIG, `sluice --check`).
  * Each parser turns text into the typed field struct config holds, or says in why what was
- * expected; nothing reads a config string again after this. Knows no files, sections or
- * environment: config_keys.c, config_entry.c and config_ini.c call it. */
+ * expected; nothing reads a config string again after this. Knows no files (but the CPU count
+ * auto reads), sections or environment: config_keys.c, config_entry.c and config_ini.c call it. */
 #ifndef SLUICE_CONFIG_VALUE_H
 #define SLUICE_CONFIG_VALUE_H
 
@@ -23,8 +23,9 @@ int config_value_parse_COUNT(const char *v, int *out, char *why, size_t n);
 int config_value_parse_BOOL(const char *v, bool *out, char *why, size_t n);
 int config_value_parse_TIME(const char *v, int64_t *out, char *why, size_t n);
 int config_value_parse_LIMIT(const char *v, struct limit *out, char *why, size_t n);
-/* "auto" (n left 0 for the load to resolve; SHOW CONFIG's "auto (N)" reads back as auto) or a
- * count from 1 to CONFIG_THREADS_MAX. */
+/* "auto", resolved here to the CPUs the process may use now (cpus_usable, which reads the
+ * affinity mask and the cgroup's quota files; at most CONFIG_THREADS_MAX), or a count from 1 to
+ * CONFIG_THREADS_MAX. SHOW CONFIG's "auto (N)" reads back as auto. */
 int config_value_parse_THREADS(const char *v, struct thread_count *out, char *why, size_t n);
 int config_value_parse_LIST(const char *v, struct name_list *out, char *why, size_t n);
 int config_value_parse_SQL(const char *v, struct sql_setting *out, char *why, size_t n);
@@ -44,7 +45,7 @@ void config_value_format_INT(const int64_t *v, char *out, size_t n);
 void config_value_format_BOOL(const bool *v, char *out, size_t n);
 void config_value_format_TIME(const int64_t *v, char *out, size_t n);
 void config_value_format_LIMIT(const struct limit *v, char *out, size_t n);
-/* "4", or "auto (4)" for auto resolved to 4 (plain "auto" before the load resolves it). */
+/* "4", or "auto (4)" for auto resolved to 4. */
 void config_value_format_THREADS(const struct thread_count *v, char *out, size_t n);
 void config_value_format_LIST(const struct name_list *v, char *out, size_t n);
 void config_value_format_SQL(const struct sql_setting *v, char *out, size_t n);

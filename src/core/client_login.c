@@ -306,6 +306,15 @@ void client_login_give_slot(struct client *c)
     c->login_slot = LOGIN_SLOT_NONE;
 }
 
+/* A request the client sent behind its login is in the buffer already (read with the startup
+ * packet or the password, or moved to worker 0 with a console login, architecture.md 5.6): no
+ * poll event will announce it. */
+static void handle_buffered(struct client *c)
+{
+    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+        client_on_data(c);
+}
+
 void client_login_ok(struct client *c)
 {
     struct worker *worker = c->worker;
@@ -337,6 +346,7 @@ void client_login_ok(struct client *c)
         console_welcome(c);
         client_set_state(c, CLIENT_IDLE);
         client_send(c);
+        handle_buffered(c);
         return;
     }
     const struct db_entry *db = config_find_db(worker->cfg, c->database);
@@ -405,8 +415,7 @@ void client_welcome_from_pool(struct client *c)
     client_send_welcome(c, &c->pool->welcome);
     client_set_state(c, CLIENT_IDLE);
     client_send(c);
-    if (c->state == CLIENT_IDLE && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
-        client_on_data(c);
+    handle_buffered(c);
 }
 
 /* The handshake goes on whenever the socket is ready the way OpenSSL asked for. */

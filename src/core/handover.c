@@ -29,6 +29,17 @@ static bool movable(const struct server *s)
            sockio_pending(&s->io) == 0;
 }
 
+/* n servers (1, or -1 to undo) leave from's nservers for to's, as arriving there: under the
+ * ledger's lock, so to's audit, on its own thread, never sees one without the other. */
+static void count_arriving(struct worker *from, struct worker *to, int n)
+{
+    ledger_lock(&from->proc->ledger);
+    atomic_fetch_add_explicit(&to->nservers, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&to->arriving, n, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&from->nservers, n, memory_order_relaxed);
+    ledger_unlock(&from->proc->ledger);
+}
+
 static void move(struct server *s, struct worker *to)
 {
     struct pool *p = s->pool;
@@ -41,8 +52,7 @@ static void move(struct server *s, struct worker *to)
     server_set_state(s, SERVER_MOVING);
     s->state_since_ms = idle_since; /* idle still: the receiver's server_check_delay counts it */
     /* counted by the receiver from now on, so a shutdown never sees it missing */
-    atomic_fetch_add_explicit(&to->nservers, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&from->nservers, 1, memory_order_relaxed);
+    count_arriving(from, to, 1);
     s->pool = NULL; /* the receiver's pool, there */
     /* its slot leaves this worker's share before the receiver can count it in its own, so
      * each worker's audit stays exact while the server sits in the mailbox */
@@ -51,8 +61,7 @@ static void move(struct server *s, struct worker *to)
         return;
     ledger_move_share(&from->proc->ledger, key, LEDGER_IN_TRANSIT, (int)from->index);
     s->pool = p;
-    atomic_fetch_add_explicit(&from->nservers, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&to->nservers, 1, memory_order_relaxed);
+    count_arriving(from, to, -1);
     ledger_wait_arrived(&from->proc->ledger, key, (int)to->index);
     server_close(s, "could not be moved to the worker whose client waits");
 }
@@ -123,6 +132,8 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
                       bool delivered)
 {
     ledger_wait_arrived(&worker->proc->ledger, key, (int)worker->index);
+    /* on this thread, as is this worker's audit: out of the mailbox, into a share below */
+    atomic_fetch_sub_explicit(&worker->arriving, 1, memory_order_relaxed);
     struct pool *p = delivered ? pool_of_key(worker, key) : NULL;
     if (!p || p->ledger_key != key) {
         server_discard_moved(s, worker, key);

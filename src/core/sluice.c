@@ -298,7 +298,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     signal(SIGPIPE, SIG_IGN);
 
     /* Handles first: whatever fails below, the shutdown that follows finds them all. */
-    /* A loaded config says 1..SLUICE_MAX_WORKERS; 0 is an auto no load resolved (a test's). */
+    /* A loaded config says 1..SLUICE_MAX_WORKERS; a test's zeroed one means 1. */
     proc->nworkers = cfg->workers.n < 1 ? 1 : cfg->workers.n;
     int rc = 0;
     for (int i = 0; i < proc->nworkers && rc == 0; i++)

@@ -84,6 +84,9 @@ struct worker {
     atomic_int nclients; /* every client socket, in any state */
     atomic_int nservers; /* every struct server alive, in any state (the caps count in the
                           * ledger: pools' and auth_query's backends) */
+    atomic_int arriving; /* of nservers: moved here by a handover, still in the mailbox (their
+                          * slots in the ledger's transit share); changed under the ledger's
+                          * lock on the sender's side, so an audit sees both in step */
     atomic_int handed;   /* sockets the acceptor posted to this worker, not yet its clients */
     /* Acknowledgements the control thread reads (5.7): the last reload this worker applied
      * (proc->reload_seq), and the last PAUSE after which its paused pools had no server in use

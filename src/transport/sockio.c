@@ -67,9 +67,20 @@ static bool spare_keep(uv_poll_t *p, int fd)
 
 void sockio_release_spares(void)
 {
-    for (int fd = 0; fd < spare_polls_len; fd++)
-        if (spare_polls[fd])
-            uv_close((uv_handle_t *)spare_polls[fd], on_poll_closed);
+    for (int fd = 0; fd < spare_polls_len; fd++) {
+        uv_poll_t *p = spare_polls[fd];
+        if (!p)
+            continue;
+        /* Its socket was closed when it was parked, and by now the number may be another
+         * thread's descriptor (a worker's socket, libpq's cancel connection on the thread pool).
+         * Closing a poll handle removes its number from this loop's epoll set
+         * (uv__platform_invalidate_fd): no effect on that socket (not in this set), yet a use of
+         * another thread's descriptor, which ThreadSanitizer reports. The handle is stopped, so
+         * it is pointed at the loop's own epoll descriptor, which only this thread uses, and the
+         * close touches nobody else's (test_workers_shutdown's SIGTERM during cancels). */
+        p->io_watcher.fd = uv_backend_fd(p->loop);
+        uv_close((uv_handle_t *)p, on_poll_closed);
+    }
     free(spare_polls);
     spare_polls = NULL;
     spare_polls_len = 0;

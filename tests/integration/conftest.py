@@ -13,6 +13,7 @@ Run: /usr/bin/python3 -m pytest tests/integration   (see scripts/test).
 
 import contextlib
 import fcntl
+import functools
 import os
 import pwd
 import random
@@ -75,20 +76,43 @@ def sluice_bin():
     return Path(os.environ.get("SLUICE_BIN", str(REPO / "build" / "sluice")))
 
 
-def binary_is_sanitized(path):
-    """ASan/UBSan builds use far more memory (shadow, quarantine), so RSS bounds apply only to
-    the plain build."""
+@functools.lru_cache(maxsize=None)
+def binary_sanitizer(path):
+    """'thread' for a ThreadSanitizer build, 'address' for AddressSanitizer/UBSan, else None."""
     try:
         data = Path(path).read_bytes()
     except OSError:
-        return False
-    if b"__asan_init" in data or b"__ubsan_handle" in data:
-        return True
+        return None
     try:
         out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "libasan" in out or "libubsan" in out
+        out = ""
+    if b"__tsan_init" in data or "libtsan" in out:
+        return "thread"
+    if b"__asan_init" in data or b"__ubsan_handle" in data or "libasan" in out \
+            or "libubsan" in out:
+        return "address"
+    return None
+
+
+def binary_is_sanitized(path):
+    """ASan/UBSan and TSan builds use far more memory (shadow, quarantine, history), so RSS
+    bounds apply only to the plain build."""
+    return binary_sanitizer(str(path)) is not None
+
+
+def timeout_scale():
+    """ThreadSanitizer makes sluice 5-15x slower: under it the per-test timeout, sluice's start
+    and its exit get 3x the time (the tests' own waits are generous already)."""
+    return 3 if binary_sanitizer(str(sluice_bin())) == "thread" else 1
+
+
+# ThreadSanitizer's report options: a report fails the test through sluice's exit code (66) and
+# the "WARNING: ThreadSanitizer" line in its output (SANITIZER_PATTERNS). scripts/test sets
+# TSAN_OPTIONS itself; this default serves a run by hand, with tests/tsan.supp when it exists.
+_TSAN_SUPP = REPO / "tests" / "tsan.supp"
+os.environ.setdefault("TSAN_OPTIONS", "halt_on_error=0:exitcode=66:second_deadlock_stack=1"
+                      + (f":suppressions={_TSAN_SUPP}" if _TSAN_SUPP.exists() else ""))
 
 
 # ---- per-test timeout (no pytest-timeout plugin on this machine) ------------------------------
@@ -106,7 +130,7 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _test_timeout(request):
     marker = request.node.get_closest_marker("timeout")
-    seconds = float(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
+    seconds = (float(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT) * timeout_scale()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -490,7 +514,8 @@ class Sluice:
         self.proc.stdout.close()
         self._listening.set()
 
-    def wait_listening(self, timeout=START_TIMEOUT):
+    def wait_listening(self, timeout=None):
+        timeout = timeout or START_TIMEOUT * timeout_scale()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._listening.wait(0.05) and self.port is not None:
@@ -615,9 +640,10 @@ class Sluice:
         self._reader.join(5)
         return self.exit_code
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
+    def stop(self, sig=signal.SIGTERM, timeout=None):
         """Send sig and wait for exit; returns the exit code (negative: killed by a signal).
-        If it does not exit within timeout it is killed and the problem recorded."""
+        If it does not exit within timeout (10 s, scaled) it is killed and the problem recorded."""
+        timeout = timeout or 10 * timeout_scale()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

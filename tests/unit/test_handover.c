@@ -8,6 +8,7 @@
  * sees it on its own loop and gives the slot back. Run under TSan too (scripts/test). */
 #include "check.h"
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,13 @@ static void ask_for_server(struct worker *worker, void *arg, bool delivered)
     count_bad(r, ledger_wait_need(l, p->ledger_key, (int)worker->index, LIMIT_POOL, ledger_now_ms(),
                                   1, &caps) != 1);
     worker_post_need(worker);
+    /* This thread stays here until the server is posted to it (its nservers counts it from the
+     * post), so the message waits in the mailbox while this worker audits its share: a server
+     * on its way here is in no share of this worker's yet, and the audit must know it. */
+    uint64_t until = uv_hrtime() + 1000000000ull;
+    while (atomic_load(&worker->nservers) == 0 && uv_hrtime() < until)
+        sched_yield();
+    count_bad(r, !ledger_audit(worker));
 }
 
 /* On a worker's thread: is the server idle in its pool? */

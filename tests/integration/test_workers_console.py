@@ -1,0 +1,258 @@
+"""One console, one /health, one /metrics over workers = 4 (architecture.md 5.6): SHOW CLIENTS,
+SERVERS, POOLS, STATS, LISTS, DATABASES and the HTTP endpoints count every worker's clients and
+servers exactly (compared with what the test opened and with Postgres's pg_stat_activity);
+KILL_CLIENT reaches a client of each worker; a console login over TLS accepted by another
+worker is served."""
+
+import json
+import re
+import ssl
+
+import psycopg
+import pytest
+
+from certs import make_pki
+from conftest import APP_DB, APP_USER, pick_port, wait_until
+from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
+                         close_all, connect_many, console, hold_transactions, show, start4,
+                         wait_pool, worker_of, workers_by_app)
+from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet
+from test_http import get, parse_metrics, sample
+
+
+def start_http(start_sluice, pg, **main):
+    port = pick_port()
+    s = start4(start_sluice, pg, http_listen_port=port, http_listen_addr="127.0.0.1", **main)
+    s.http_port = port
+    s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
+    return s
+
+
+def health(s):
+    status, _, body = get(s.http_port, "/health")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def metric_samples(s):
+    status, _, body = get(s.http_port, "/metrics")
+    assert status == 200
+    return parse_metrics(body.decode())[0]
+
+
+def app_clients(adm):
+    return [r for r in show(adm, "CLIENTS") if r["database"] == APP_DB]
+
+
+def app_servers(adm):
+    return [r for r in show(adm, "SERVERS") if r["database"] == APP_DB]
+
+
+@pytest.mark.timeout(120)
+def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly(
+        start_sluice, pg):
+    s = start_http(start_sluice, pg, default_pool_size=20)
+    holders = connect_many(s, "hold", WORKERS)
+    idlers = connect_many(s, "idle", 2 * WORKERS)
+    total = len(holders) + len(idlers)
+    try:
+        where = workers_by_app(s)
+        assert_on_every_worker(where, [f"hold{i}" for i in range(WORKERS)])
+        assert_on_every_worker(where, [f"idle{i}" for i in range(2 * WORKERS)])
+        for c in idlers:
+            c.execute("SELECT 1")
+        hold_transactions(holders)
+        held = sorted(c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in holders)
+        backends = app_backend_pids(pg)
+        with console(s) as adm:
+            clients = app_clients(adm)
+            assert len(clients) == total, clients
+            assert len({c["id"] for c in clients}) == total
+            assert {worker_of(c) for c in clients} == set(range(WORKERS))
+            states = sorted(c["state"] for c in clients)
+            assert states == ["active"] * WORKERS + ["idle"] * (2 * WORKERS), states
+            servers = app_servers(adm)
+            assert sorted(x["remote_pid"] for x in servers) == backends
+            assert sorted(x["remote_pid"] for x in servers if x["state"] == "active") == held
+            # linked pairs: each active server's link is its client's ptr
+            ptrs = {c["ptr"] for c in clients if c["state"] == "active"}
+            assert {x["link"] for x in servers if x["state"] == "active"} == ptrs
+
+            row = wait_pool(adm, "every worker's clients and servers", cl_active=total,
+                            cl_idle=2 * WORKERS, cl_waiting=0, sv_active=WORKERS)
+            assert row["sv_active"] + row["sv_idle"] + row["sv_used"] == len(backends), row
+
+            def lists():
+                got = {r["list"]: r["items"] for r in show(adm, "LISTS")}
+                want = {"used_clients": total + 1, "used_servers": len(backends), "pools": 1,
+                        "login_clients": 0}
+                return got if all(got[k] == v for k, v in want.items()) else None
+            wait_until(lists, 5 * SLOW, what="SHOW LISTS counting every worker (and the console)")
+            db = {r["name"]: r for r in show(adm, "DATABASES")}[APP_DB]
+            assert db["current_connections"] == len(backends), db
+
+            def xacts():
+                rows = {r["database"]: r for r in show(adm, "STATS")}
+                return rows[APP_DB]["total_xact_count"] if APP_DB in rows else 0
+            wait_until(lambda: xacts() == len(idlers), 5 * SLOW,
+                       what=f"SHOW STATS to settle ({xacts()})")
+            before = xacts()
+            for c in idlers:
+                for _ in range(5):
+                    c.execute("SELECT 1")
+            wait_until(lambda: xacts() == before + 5 * len(idlers), 5 * SLOW,
+                       what=f"SHOW STATS to count {5 * len(idlers)} more transactions")
+
+            # the idlers' transactions opened a server on each worker beside its holder's
+            backends = app_backend_pids(pg)
+            assert len(backends) == 2 * WORKERS
+            lab = {"database": APP_DB, "user": APP_USER}
+
+            want = {"client connections": total + 1, "server connections": len(backends),
+                    "active clients": WORKERS, "idle clients": 2 * WORKERS,
+                    "active servers": WORKERS, "transactions": xacts()}
+            seen = [None]
+
+            def metrics_settled():
+                m = metric_samples(s)
+                seen[0] = {
+                    "client connections": sample(m, "sluice_client_connections"),
+                    "server connections": sample(m, "sluice_server_connections"),
+                    "active clients": sample(m, "sluice_clients", state="active", **lab),
+                    "idle clients": sample(m, "sluice_clients", state="idle", **lab),
+                    "active servers": sample(m, "sluice_servers", state="active", **lab),
+                    "transactions": sample(m, "sluice_transactions_total", **lab)}
+                return seen[0] == want
+            try:
+                wait_until(metrics_settled, 5 * SLOW, what="/metrics counting every worker")
+            except AssertionError:
+                assert seen[0] == want
+
+            def health_settled():
+                doc = health(s)
+                (p,) = [p for p in doc["pools"] if p["database"] == APP_DB]
+                ok = (p["clients"] == {"active": WORKERS, "waiting": 0, "idle": 2 * WORKERS}
+                      and p["servers"]["active"] == WORKERS
+                      and p["servers"]["total"] == len(backends)
+                      and doc["total"]["client_connections"] == total + 1
+                      and doc["total"]["server_connections"] == len(backends))
+                return doc if ok else None
+            wait_until(health_settled, 5 * SLOW, what="/health counting every worker")
+        for c in holders:
+            c.execute("COMMIT")
+    finally:
+        close_all(holders + idlers)
+
+
+@pytest.mark.timeout(120)
+def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice, pg):
+    s = start4(start_sluice, pg)
+    doomed = [raw_login(s.port, application_name=f"doomed{i}", timeout=10 * SLOW)
+              for i in range(WORKERS)]
+    spared = [raw_login(s.port, application_name=f"spared{i}", timeout=10 * SLOW)
+              for i in range(WORKERS)]
+    try:
+        for c in doomed + spared:
+            c.query("SELECT 1")
+        with console(s) as adm:
+            ids = {c["application_name"]: c["id"] for c in app_clients(adm)}
+            assert {i >> 56 for n, i in ids.items() if n.startswith("doomed")} == \
+                set(range(WORKERS))
+            assert_on_every_worker({n: i >> 56 for n, i in ids.items()},
+                                   [f"spared{i}" for i in range(WORKERS)])
+            for i in range(WORKERS):
+                tag = adm.execute(f"KILL_CLIENT {ids[f'doomed{i}']}").statusmessage
+                assert tag == "KILL_CLIENT"
+            for c in doomed:
+                err = c.expect_error(timeout=10 * SLOW)
+                assert err["C"] == "57P01" and "administrator" in err["M"], err
+                assert c.is_closed(5 * SLOW)
+            for i, c in enumerate(spared):
+                assert c.query(f"SELECT {i}")[0] == [[str(i)]]
+            wait_until(lambda: sorted(r["application_name"] for r in app_clients(adm))
+                       == sorted(f"spared{i}" for i in range(WORKERS)), 5 * SLOW,
+                       what="SHOW CLIENTS without the killed clients")
+            # an id whose top byte names no worker is no client
+            with pytest.raises(psycopg.errors.UndefinedObject):
+                adm.execute(f"KILL_CLIENT {(WORKERS + 1) << 56}")
+    finally:
+        close_all(doomed + spared)
+
+
+@pytest.mark.timeout(120)
+def test_tls_console_login_accepted_by_another_worker_is_served(start_sluice, pg, tmp_path):
+    """The acceptor hands the login to the least loaded worker; with worker 0 holding a client,
+    that is worker 1, which moves the console login (and its TLS session) to worker 0 (5.6)."""
+    pki = make_pki(tmp_path / "pki", "w4")
+    s = start4(start_sluice, pg, log_level="debug", client_tls_sslmode="require",
+               client_tls_cert_file=str(pki.server_cert),
+               client_tls_key_file=str(pki.server_key))
+    tls = {"sslmode": "verify-full", "sslrootcert": str(pki.ca)}
+    first = s.connect(application_name="first", **tls)
+    try:
+        consoles = []
+        for _ in range(WORKERS - 1):
+            mark = s.mark()
+            consoles.append(psycopg.connect(
+                s.dsn(dbname="sluice", user=ADMIN, password=None, host="localhost", **tls),
+                autocommit=True))
+            moved = s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW,
+                                   since=mark)
+            assert re.search(r"C-(\d+)", moved) and int(re.search(r"C-(\d+)", moved)[1]) >> 56, \
+                moved
+        for adm in consoles:
+            clients = show(adm, "CLIENTS")
+            assert [c["tls"] for c in clients if c["application_name"] == "first"] != [""]
+            mine = [c for c in clients if c["database"] == "sluice"]
+            assert len(mine) == WORKERS - 1 and all(worker_of(c) == 0 for c in mine), mine
+            assert all(c["tls"] for c in mine), mine
+            assert adm.execute("SHOW VERSION").fetchone()[0].startswith("sluice")
+        close_all(consoles)
+    finally:
+        first.close()
+
+
+def tls_handshake(c, pki):
+    """SSLRequest on a RawConn, then TLS over its socket."""
+    c.send(ssl_request())
+    assert c.recv_exact(1) == b"S"
+    c.sock = ssl.create_default_context(cafile=str(pki.ca)).wrap_socket(
+        c.sock, server_hostname="localhost")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_console_queries_pipelined_behind_the_startup_packet_are_answered(
+        start_sluice, pg, tmp_path, transport):
+    """A client may send its first queries with its StartupMessage, without waiting for
+    ReadyForQuery. Accepted by worker 1, the console login moves to worker 0 with those bytes
+    (5.6); after its AuthenticationOk nothing announced them, so the console never answered
+    (with one worker too: the console's login, unlike a database's, did not look at what was
+    already buffered)."""
+    main = {"log_level": "debug"}
+    pki = None
+    if transport == "tls":
+        pki = make_pki(tmp_path / "pki", "pipe")
+        main.update(client_tls_sslmode="require", client_tls_cert_file=str(pki.server_cert),
+                    client_tls_key_file=str(pki.server_key))
+    s = start4(start_sluice, pg, **main)
+    first = s.connect(sslmode="require" if pki else "disable")  # worker 0: the next is worker 1
+    try:
+        for _ in range(3):
+            mark = s.mark()
+            c = RawConn(s.port, timeout=10 * SLOW)
+            try:
+                if pki:
+                    tls_handshake(c, pki)
+                c.send(startup_packet(user=ADMIN, database="sluice") + query_msg("SHOW VERSION")
+                       + query_msg("SHOW LISTS"))
+                c.finish_login(user=ADMIN)
+                rows, tags = c.read_results()
+                assert tags == ["SHOW"] and rows[0][0].startswith("sluice"), rows
+                rows, _ = c.read_results()
+                assert ["used_clients", "2"] in rows, rows
+            finally:
+                c.close()
+            s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW, since=mark)
+    finally:
+        first.close()
