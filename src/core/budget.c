@@ -353,7 +353,8 @@ void budget_own_caps(const struct worker *worker, const char *db_name, const cha
                      struct ledger_caps *out)
 {
     /* NN% caps: as the pools of that database know the server (none yet: no cap to apply),
-     * this worker's or any worker's (the ledger's) */
+     * this worker's or any worker's (the ledger's). The walk of this worker's pools only adds
+     * what a pool learnt before its key did; the count the caps compare is the ledger's. */
     int known = ledger_db_usable(&worker->proc->ledger, db_name);
     struct list_node *node, *tmp;
     list_for_each(&worker->pools, node, tmp)
@@ -411,7 +412,9 @@ static const struct budget_rule *budget_of_every_client(const struct pool *p)
     return budget_of_every_client_of(p->worker, &k);
 }
 
-/* Servers linked to clients in the pools of one database and/or user (NULL: any). */
+/* Servers linked to clients in the pools of one database and/or user (NULL: any): this
+ * worker's, for budget_pool_cap's in_use, which only a view of one worker shows (a merged view
+ * sums every worker's: view_pool_caps); no decision reads it. */
 static int linked_servers(const struct worker *worker, const char *db_name, const char *user_name)
 {
     int n = 0;

@@ -8,11 +8,12 @@ the worker with the fewest clients, so clients opened one after another land on 
 
 import os
 import threading
+import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin
+from conftest import APP_DB, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin, wait_until
 
 WORKERS = 4
 
@@ -183,3 +184,21 @@ def test_storm_over_several_budgets_and_workers_never_passes_the_cap(pg, start_w
     assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
     assert ok["api"] == 30, f"api has a guaranteed share and must always get through: {ok}"
     assert sum(ok.values()) + len(refused) == 90
+
+
+@pytest.mark.timeout(60)
+def test_min_pool_size_is_one_number_for_the_process(pg, start_workers):
+    """min_pool_size = 2 with four workers: two warm servers for the key, not two per worker nor
+    one per worker that saw fewer than two at its tick (each worker's pool of the forced user
+    tops up at start-up, all at once)."""
+    seen = []
+    for _ in range(3):
+        with BackendSampler(pg, APP_USER) as sampler:
+            s = start_workers({"pool_mode": "transaction", "default_pool_size": 10,
+                               "min_pool_size": 2}, {})
+            wait_until(lambda: sampler.max >= 2, 10, what="two warm servers")
+            time.sleep(1.5)
+        seen.append(sampler.max)
+        s.stop()
+        pg.clear_backends(APP_USER)
+    assert max(seen) == 2, f"most warm servers seen per start: {seen}"
