@@ -353,7 +353,8 @@ void budget_own_caps(const struct worker *worker, const char *db_name, const cha
                      struct ledger_caps *out)
 {
     /* NN% caps: as the pools of that database know the server (none yet: no cap to apply),
-     * this worker's or any worker's (the ledger's) */
+     * this worker's or any worker's (the ledger's). The walk of this worker's pools only adds
+     * what a pool learnt before its key did; the count the caps compare is the ledger's. */
     int known = ledger_db_usable(&worker->proc->ledger, db_name);
     struct list_node *node, *tmp;
     list_for_each(&worker->pools, node, tmp)
@@ -411,7 +412,9 @@ static const struct budget_rule *budget_of_every_client(const struct pool *p)
     return budget_of_every_client_of(p->worker, &k);
 }
 
-/* Servers linked to clients in the pools of one database and/or user (NULL: any). */
+/* Servers linked to clients in the pools of one database and/or user (NULL: any): this
+ * worker's, for budget_pool_cap's in_use, which only a view of one worker shows (a merged view
+ * sums every worker's: view_pool_caps); no decision reads it. */
 static int linked_servers(const struct worker *worker, const char *db_name, const char *user_name)
 {
     int n = 0;
@@ -476,60 +479,69 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
     }
 }
 
-/* The servers of one database the budgets can count on: its pools' sizes, at most its
- * max_db_connections (*key says which binds). */
-static int db_capacity(const struct worker *worker, const struct pool *first, enum limit_kind *key)
+/* The budgets' shared capacity is process-wide (docs/architecture.md 5.3): it sums the pool
+ * keys of the ledger, whatever worker has their pools, not this worker's pools. A worker's own
+ * list is a part of it only (pools are made where clients land): with a greedy budget's clients
+ * on three workers and a reserving one's on a fourth, the first three saw only the greedy pool
+ * and held it to its own size less the reservation. Keys live as long as the ledger, as pools
+ * live as long as their worker; a key counts once a pool of it applied its config. */
+
+/* The servers of key's database the budgets can count on: its keys' pool sizes, at most its
+ * max_db_connections (*key_kind says which binds). Under the lock. */
+static int db_capacity(const struct worker *worker, const struct ledger_key *first,
+                       enum limit_kind *key_kind)
 {
-    int sum = 0;
-    struct list_node *node, *tmp;
-    list_for_each(&worker->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (!p->is_admin && strcmp(p->db_name, first->db_name) == 0)
-            sum += p->size;
+    int sum = 0, known = 0;
+    for (const struct ledger_key *k = worker->proc->ledger.keys; k; k = k->next) {
+        if (k->db != first->db)
+            continue;
+        sum += atomic_load_explicit(&k->pool_size, memory_order_relaxed);
+        int u = ledger_key_usable(k);
+        known = u > known ? u : known;
     }
-    int cap = db_cap(first);
-    *key = cap > 0 && cap < sum ? LIMIT_DB : LIMIT_POOL;
-    return *key == LIMIT_DB ? cap : sum;
+    int cap = db_cap_of(worker->cfg, first->db->name, known);
+    *key_kind = cap > 0 && cap < sum ? LIMIT_DB : LIMIT_POOL;
+    return *key_kind == LIMIT_DB ? cap : sum;
 }
 
-static bool first_of_its_db(const struct worker *worker, const struct pool *p)
+/* Is key the first (in the ledger's list) of its database's keys that have a pool? */
+static bool first_of_its_db(const struct worker *worker, const struct ledger_key *key)
 {
-    struct list_node *node, *tmp;
-    list_for_each(&worker->pools, node, tmp)
-    {
-        const struct pool *o = container_of(node, struct pool, node);
-        if (o == p)
-            return true;
-        if (!o->is_admin && strcmp(o->db_name, p->db_name) == 0)
+    for (const struct ledger_key *o = worker->proc->ledger.keys; o != key; o = o->next)
+        if (o->db == key->db && atomic_load_explicit(&o->pool_size, memory_order_relaxed) > 0)
             return false;
-    }
     return true;
 }
 
-int budget_shared_capacity(const struct worker *worker, enum limit_kind *key)
+int budget_shared_capacity_held(const struct worker *worker, enum limit_kind *key_kind)
 {
     int most = 0, sum = 0;
-    *key = LIMIT_POOL;
-    struct list_node *node, *tmp;
-    list_for_each(&worker->pools, node, tmp)
-    {
-        const struct pool *p = container_of(node, struct pool, node);
-        if (usable(p) > most)
-            most = usable(p);
-        if (p->is_admin || !first_of_its_db(worker, p))
+    *key_kind = LIMIT_POOL;
+    for (const struct ledger_key *k = worker->proc->ledger.keys; k; k = k->next) {
+        int u = ledger_key_usable(k);
+        most = u > most ? u : most;
+        if (atomic_load_explicit(&k->pool_size, memory_order_relaxed) <= 0 ||
+            !first_of_its_db(worker, k))
             continue;
-        enum limit_kind k;
-        sum += db_capacity(worker, p, &k);
-        if (k == LIMIT_DB)
-            *key = LIMIT_DB;
+        enum limit_kind kind;
+        sum += db_capacity(worker, k, &kind);
+        if (kind == LIMIT_DB)
+            *key_kind = LIMIT_DB;
     }
     int cap = global_cap(worker, most);
     if (cap > 0 && cap <= sum) {
-        *key = LIMIT_GLOBAL;
+        *key_kind = LIMIT_GLOBAL;
         return cap;
     }
     return sum;
+}
+
+int budget_shared_capacity(const struct worker *worker, enum limit_kind *key_kind)
+{
+    ledger_lock(&worker->proc->ledger);
+    int capacity = budget_shared_capacity_held(worker, key_kind);
+    ledger_unlock(&worker->proc->ledger);
+    return capacity;
 }
 
 /* "max_db_connections = 80% of 22 usable = 17", or "max_db_connections = 8". */

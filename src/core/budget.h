@@ -112,8 +112,11 @@ void budget_own_caps(const struct worker *worker, const char *db_name, const cha
 int budget_limit_value(const struct pool *p, const struct budget *b, enum limit_kind k);
 
 /* The servers budgets share: max_server_connections, or else what all pools may open, each
- * database's no more than its max_db_connections. *key: the key that sets it. */
+ * database's no more than its max_db_connections; every worker's pools (the ledger's keys, as
+ * their pools last applied their config), not only worker's. *key: the key that sets it.
+ * Takes the ledger's lock; _held: the caller holds it (ledger.c's lease check). */
 int budget_shared_capacity(const struct worker *worker, enum limit_kind *key);
+int budget_shared_capacity_held(const struct worker *worker, enum limit_kind *key);
 /* Log the most servers the pool may have and the key that sets it ("max_db_connections = 80%
  * of 22 usable = 17"): at creation, on reload and when a server told max_connections. */
 void budget_log_cap(const struct pool *p);

@@ -344,7 +344,7 @@ static enum limit_kind lease_limit(const struct worker *worker, const struct bud
     }
     enum limit_kind key;
     /* The capacity is resolved from the pools' config only when some budget reserves. */
-    if (any_min && leases + held_for_others >= budget_shared_capacity(worker, &key))
+    if (any_min && leases + held_for_others >= budget_shared_capacity_held(worker, &key))
         return LIMIT_RESERVED;
     return LIMIT_NONE;
 }
@@ -694,6 +694,13 @@ void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_us
 int ledger_key_usable(const struct ledger_key *key)
 {
     return key ? get(&key->server_usable) : 0;
+}
+
+void ledger_key_note_pool_size(struct ledger_key *key, int pool_size)
+{
+    if (key)
+        atomic_store_explicit(&key->pool_size, pool_size > 0 ? pool_size : 0,
+                              memory_order_relaxed);
 }
 
 int ledger_db_usable(const struct ledger *l, const char *db_name)

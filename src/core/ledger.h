@@ -80,6 +80,11 @@ struct ledger_key {
     atomic_int server_usable;        /* max_connections - superuser_reserved_connections, as last
                                       * learnt by any worker's pool of this key; 0: not yet */
     atomic_int share[LEDGER_SHARES]; /* `servers` held by each worker (and in transit) */
+    /* The pool_size in force for the key's pools (written by each worker's pool as it applies
+     * its config, relaxed; every worker's pool of a key applies the same config, so they agree
+     * once a reload is through); 0: no pool (yet), or the admin console's. The budgets' shared
+     * capacity (budget_shared_capacity) sums it over every key, whatever worker has the pool. */
+    atomic_int pool_size;
     /* What a server of this key reported at login, as the first worker's pool to learn it kept
      * it (pool.h `welcome`); under mu. Another worker's first client is welcomed from it
      * instead of waiting for a server of its own worker. */
@@ -289,6 +294,8 @@ enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
 void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable);
 /* The usable connections behind key's NN% caps (0: not learnt yet). Lock-free. */
 int ledger_key_usable(const struct ledger_key *key);
+/* A pool of key applied its config: pool_size (0 for the admin console's pool). Lock-free. */
+void ledger_key_note_pool_size(struct ledger_key *key, int pool_size);
 /* For a waiter's message: the pool key with the most backends (every worker's) in the scope a
  * shared cap k counts of key (its database for LIMIT_DB, its user for LIMIT_USER, every key for
  * LIMIT_GLOBAL); its names (alive as long as the ledger) and count. false: none holds one. */

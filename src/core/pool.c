@@ -189,6 +189,7 @@ void pool_apply_config(struct pool *p)
             p->reserve_size = u->reserve_pool;
     }
     p->user_forced = !p->is_admin && forced_user(db) && strcmp(forced_user(db), p->user_name) == 0;
+    ledger_key_note_pool_size(p->ledger_key, p->is_admin ? 0 : p->size);
     /* The console's clients keep the main section's timeouts: no entry describes them (a "*"
      * entry's would otherwise be found for the console's name). */
     const struct entry_timeouts *levels[] = {db && !p->is_admin ? &db->timeouts : NULL,
@@ -267,7 +268,10 @@ static bool close_idle_unwanted(struct pool *p, const struct client *c)
 }
 
 /* Close the longest-idle server of another pool in the scope of a full cap, so the pool that
- * has waiters gets the room (PgBouncer does the same for max_db_connections). */
+ * has waiters gets the room (PgBouncer does the same for max_db_connections). This worker's
+ * pools only, and rightly: it closes only servers it owns. The cap it answers is the ledger's
+ * (the take that failed); another worker's idle servers in the scope are closed or moved for
+ * this one by their own worker (the handover's ledger_claim_idle, 5.4). */
 static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
 {
     return pool_evict_idle(p->worker, k, p->db_name, p->user_name, p);
@@ -311,6 +315,20 @@ static enum limit_kind take_slot(struct pool *p, bool use_reserve)
     budget_server_caps(p, use_reserve, &caps);
     return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index,
                               &caps);
+}
+
+/* A slot for a warm server (min_pool_size): min_pool_size is one number for the key, whatever
+ * worker holds its servers, so the take's pool cap is min_pool_size itself and the ledger's
+ * lock decides it. The unlocked `servers < min_size` before it is a hint: with workers, two
+ * pools of the key seeing one server short at once would otherwise both open one. */
+static bool take_warm_slot(struct pool *p)
+{
+    struct ledger_caps caps;
+    budget_server_caps(p, false, &caps);
+    if (p->min_size < caps.pool)
+        caps.pool = p->min_size;
+    return ledger_take_server(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index,
+                              &caps) == LIMIT_NONE;
 }
 
 /* With workers (5.3): a pool whose waiters a slot cap holds (pool_size, max_db/user/server_
@@ -492,7 +510,13 @@ static bool close_if_over_limit(struct server *s)
  * longest across those pools, not to the next client of its own pool: otherwise a busy pool
  * keeps every server and the others starve. Returns the pool whose first waiter has waited
  * longer than p's, that the cap alone holds back, and that could open a server if one of p's
- * closed; NULL when p's own waiter (or the idle list) should have it. */
+ * closed; NULL when p's own waiter (or the idle list) should have it. This worker's pools
+ * only: it orders who gets a server this worker holds, and decides no cap (the room is the
+ * ledger's, ledger_pool_limit and ledger_pool_fits_if_closed). Across workers, the oldest
+ * waiter of the ledger's wait list is woken by the give that frees a slot and an idle server
+ * goes to it through the handover (5.4); a released server with a waiter of its own pool
+ * serves that one first, even when another worker's waiter under the same shared cap waited
+ * longer (docs/architecture.md 5.4). */
 static struct pool *longer_waiter_elsewhere(struct pool *p)
 {
     struct worker *worker = p->worker;
@@ -733,7 +757,9 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->active_clients, n, tmp)
         p->worker->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
-    /* A reload lowered a cap: idle servers above it close now (busy ones when released). */
+    /* A reload lowered a cap: idle servers above it close now (busy ones when released). The
+     * key's count is the process's (a hint, read without the lock): with workers, several may
+     * close at once before the count drops, which closes idle servers, never passes a cap. */
     while (p->ledger_key->servers > p->size && !list_empty(&p->idle))
         close_server(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
@@ -755,7 +781,7 @@ void pool_maintain(struct pool *p, uint64_t now)
      * from the start, as PgBouncer does (its user and database are known without a client). */
     if (sluice_serving(p->worker) && !p->paused && (p->have_welcome || p->user_forced) &&
         !pool_is_down(p) && now >= p->breaker.next_try_ms && p->connecting.count == 0 &&
-        p->ledger_key->servers < p->min_size && take_slot(p, false) == LIMIT_NONE)
+        p->ledger_key->servers < p->min_size && take_warm_slot(p))
         open_server(p, NULL);
     /* An idle server another worker's waiter could use, missed by the offers (5.4). */
     if (p->worker->proc->nworkers > 1)

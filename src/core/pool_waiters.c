@@ -18,7 +18,10 @@ uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
 
 /* Clients of budget b in other pools than c's that have waited longer than c, counting up to
  * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
- * client. */
+ * client. This worker's pools only, and rightly: it orders this worker's waiters for the room
+ * the ledger gives the budget (process-wide: ledger_lease_room), and can only hold one of them
+ * back, never give one more than that room. Across workers a budget's room goes to whichever
+ * worker takes the lease first, not by arrival (docs/architecture.md 5.4). */
 static int older_budget_waiters_elsewhere(const struct client *c, int enough)
 {
     int n = 0;
@@ -69,7 +72,9 @@ struct client *pool_first_eligible(const struct pool *p)
 }
 
 /* How many waiters could use a new server: at most `enough`, and for each budget no more than
- * the servers it may still hold (servers opened for a budget count against its max_servers). */
+ * the servers it may still hold (servers opened for a budget count against its max_servers).
+ * The pool's own waiters (how many servers this worker's pool needs), each budget's room the
+ * ledger's (every worker's leases); what opens is then taken under the ledger's caps. */
 int pool_count_eligible(const struct pool *p, int enough)
 {
     const struct budget_set *set = p->worker->budgets;

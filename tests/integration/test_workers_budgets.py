@@ -1,0 +1,204 @@
+"""Budgets with `workers = 4`: every cap of a budget is one cap for the process, as
+test_budgets.py expects of one worker. max_servers and max_clients count every worker's clients,
+min_servers holds servers for its budget whatever worker its clients landed on, the capacity the
+reservations come out of counts every worker's pools, and a storm over several budgets spread
+over four workers never passes the cap (BackendSampler). The acceptor hands each connection to
+the worker with the fewest clients, so clients opened one after another land on workers 0, 1, 2,
+3, 0, ..."""
+
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import APP_DB, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin, wait_until
+
+WORKERS = 4
+
+
+@pytest.fixture
+def start_workers(pg, tmp_path):
+    """start(main, budgets, databases=None) -> Sluice with `workers = 4` and a [budgets]
+    section."""
+    started = []
+
+    def start(main, budgets, databases=None):
+        m = {"listen_addr": "127.0.0.1", "auth_type": "trust", "listen_port": 0,
+             "log_level": "info", "workers": WORKERS}
+        m.update(main)
+        text = render_ini(m, databases or {APP_DB: pg.db_entry()})
+        text += "\n[budgets]\n" + "".join(f"{k} = {v}\n" for k, v in budgets.items())
+        workdir = tmp_path / f"sluice{len(started)}"
+        workdir.mkdir()
+        ini = workdir / "sluice.ini"
+        ini.write_text(text)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SLUICE_") and k != "DATABASE_URL"}
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        s = Sluice(sluice_bin(), workdir, [str(sluice_bin()), str(ini)], env, ini)
+        started.append(s)
+        s.wait_listening()
+        return s
+
+    yield start
+    problems = []
+    for s in started:
+        code = s.stop()
+        report = s.sanitizer_report()
+        if code != 0 or report:
+            problems.append(f"sluice exited {code}\n{report or s.log_tail(40)}")
+    pg.clear_backends(APP_USER)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def connect(s, app, dbname=APP_DB):
+    return psycopg.connect(s.dsn(dbname=dbname, application_name=app), autocommit=True,
+                           prepare_threshold=None)
+
+
+def hold(c):
+    """c holds a server: a transaction left open."""
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+
+
+@pytest.mark.timeout(90)
+def test_a_greedy_budget_on_three_workers_leaves_the_reserved_servers_to_the_fourth(
+        pg, start_workers):
+    """max_db_connections = 4, api reserves 2: batch clients on workers 0-2 get 2 servers and
+    the third waits, told of min_servers; the api clients (workers 3 and 0) get their 2."""
+    s = start_workers({"pool_mode": "transaction", "default_pool_size": 10,
+                       "max_db_connections": 4, "query_wait_timeout": 1},
+                      {"api": "app=api* min_servers=2"})
+    with BackendSampler(pg, APP_USER) as sampler:
+        with connect(s, "batch-1") as b1, connect(s, "batch-2") as b2, \
+                connect(s, "batch-3") as b3, connect(s, "api-1") as a1, \
+                connect(s, "api-2") as a2:
+            hold(b1)
+            hold(b2)
+            with pytest.raises(psycopg.errors.TooManyConnections) as ei:
+                b3.execute("SELECT 3")
+            assert "min_servers" in str(ei.value), ei.value
+            for a in (a1, a2):
+                hold(a)  # api gets both of its servers, on another worker than batch's
+            for c in (b1, b2, a1, a2):
+                c.execute("COMMIT")
+            assert b3.execute("SELECT 6").fetchone()[0] == 6
+    assert sampler.max <= 4, f"saw {sampler.max} backends with max_db_connections = 4"
+
+
+@pytest.mark.timeout(90)
+def test_the_reservations_come_out_of_every_workers_pools(pg, start_workers):
+    """Two pools of 3 (appdb for batch, small for the small app, which reserves 2): the shared
+    capacity is 6, so batch gets its whole pool (3 + 2 held = 5 of 6) as with one worker. The
+    small pool comes from the "*" entry, so it is made only on the workers its clients land on
+    (3 and 0). Before, batch's workers 1 and 2 counted only batch's pool (3): its second client
+    was held back for small's reservation with 2 of its pool's servers unused."""
+    s = start_workers({"pool_mode": "transaction", "query_wait_timeout": 1},
+                      {"small": "app=small* min_servers=2"},
+                      databases={APP_DB: pg.db_entry(pool_size=3),
+                                 "*": pg.db_entry(pool_size=3)})
+    with BackendSampler(pg, APP_USER) as sampler:
+        with connect(s, "batch-1") as b1, connect(s, "batch-2") as b2, \
+                connect(s, "batch-3") as b3, connect(s, "small-1", "small") as s1, \
+                connect(s, "small-2", "small") as s2:
+            for c in (b1, b2, b3, s1, s2):
+                hold(c)
+            for c in (b1, b2, b3, s1, s2):
+                c.execute("COMMIT")
+    assert sampler.max <= 6, f"saw {sampler.max} backends with two pools of 3"
+
+
+@pytest.mark.timeout(90)
+def test_max_servers_counts_every_workers_clients(start_workers):
+    s = start_workers({"pool_mode": "transaction", "default_pool_size": 8,
+                       "query_wait_timeout": 1},
+                      {"seeds": "app=seed* max_servers=2"})
+    with connect(s, "seed-1") as a, connect(s, "seed-2") as b, connect(s, "seed-3") as c, \
+            connect(s, "web") as w:
+        hold(a)
+        hold(b)
+        with pytest.raises(psycopg.errors.TooManyConnections) as ei:
+            c.execute("SELECT 3")  # on worker 2: seeds hold 2 servers on workers 0 and 1
+        assert 'budget "seeds"' in str(ei.value) and "max_servers" in str(ei.value), ei.value
+        assert w.execute("SELECT 2").fetchone()[0] == 2  # other budgets do not wait
+        a.execute("COMMIT")
+        assert c.execute("SELECT 4").fetchone()[0] == 4
+        b.execute("COMMIT")
+
+
+@pytest.mark.timeout(90)
+def test_max_clients_counts_every_workers_clients(start_workers):
+    s = start_workers({"pool_mode": "transaction"},
+                      {"studio": "app=prisma-studio* max_clients=2"})
+    with connect(s, "prisma-studio") as first, connect(s, "prisma-studio") as second:
+        assert first.execute("SELECT 1").fetchone()[0] == 1
+        assert second.execute("SELECT 1").fetchone()[0] == 1
+        for _ in range(3):  # whatever worker it lands on
+            with pytest.raises(psycopg.OperationalError) as ei:
+                connect(s, "prisma-studio")
+            assert "max_clients" in str(ei.value) and "studio" in str(ei.value), ei.value
+        with connect(s, "web") as other:
+            assert other.execute("SELECT 2").fetchone()[0] == 2
+    with connect(s, "prisma-studio") as again:
+        assert again.execute("SELECT 3").fetchone()[0] == 3
+
+
+@pytest.mark.timeout(180)
+def test_storm_over_several_budgets_and_workers_never_passes_the_cap(pg, start_workers):
+    cap = 6
+    s = start_workers({"pool_mode": "transaction", "default_pool_size": 10,
+                       "max_db_connections": cap, "max_client_conn": 400,
+                       "query_wait_timeout": 15},
+                      {"api": "app=api* min_servers=3", "seeds": "app=seed* max_servers=2"})
+    ok = {"api": 0, "seed": 0, "web": 0}
+    refused, unexpected = [], []
+    lock = threading.Lock()
+
+    def client(kind, i):
+        try:
+            with connect(s, f"{kind}-{i}") as c:
+                for _ in range(5):
+                    c.execute("SELECT pg_sleep(0.01)")
+            with lock:
+                ok[kind] += 1
+        except psycopg.errors.TooManyConnections as e:
+            with lock:
+                refused.append(str(e))
+        except Exception as e:  # noqa: BLE001 - counted, asserted empty
+            with lock:
+                unexpected.append(repr(e))
+
+    with BackendSampler(pg, APP_USER) as sampler:
+        threads = [threading.Thread(target=client, args=(kind, i))
+                   for i in range(30) for kind in ("api", "seed", "web")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not unexpected, unexpected[:5]
+    assert sampler.samples > 5
+    assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
+    assert ok["api"] == 30, f"api has a guaranteed share and must always get through: {ok}"
+    assert sum(ok.values()) + len(refused) == 90
+
+
+@pytest.mark.timeout(60)
+def test_min_pool_size_is_one_number_for_the_process(pg, start_workers):
+    """min_pool_size = 2 with four workers: two warm servers for the key, not two per worker nor
+    one per worker that saw fewer than two at its tick (each worker's pool of the forced user
+    tops up at start-up, all at once)."""
+    seen = []
+    for _ in range(3):
+        with BackendSampler(pg, APP_USER) as sampler:
+            s = start_workers({"pool_mode": "transaction", "default_pool_size": 10,
+                               "min_pool_size": 2}, {})
+            wait_until(lambda: sampler.max >= 2, 10, what="two warm servers")
+            time.sleep(1.5)
+        seen.append(sampler.max)
+        s.stop()
+        pg.clear_backends(APP_USER)
+    assert max(seen) == 2, f"most warm servers seen per start: {seen}"
