@@ -70,10 +70,9 @@ void control_shutdown(struct worker *worker, enum sluice_phase phase);
 /* SET key = value (key a reloadable key's name as config_keys spells it): 0 and a new config
  * generation, a copy of the live one with the key changed, applied as a reload applies one
  * (sluice_apply_generation): the calling (control) worker runs under it on return, every other
- * worker swaps to it when its reload message comes (control_reload_done says when all have;
- * the console answers SET at once, like PgBouncer, so a command right after it may meet a
- * worker still on the previous generation for one loop turn). -1 with err saying why the value
- * was refused, nothing changed. */
+ * worker swaps to it when its reload message comes (control_reload_done says when all have:
+ * the console answers SET then, as it answers RELOAD, so a command after the answer meets the
+ * new value on every worker). -1 with err saying why the value was refused, nothing changed. */
 int control_set(struct worker *worker, const char *key, const char *value, char *err,
                 size_t errlen);
 

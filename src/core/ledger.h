@@ -65,6 +65,22 @@ struct ledger_scope {
     char name[];
 };
 
+/* The circuit breaker's process-wide part for one pool key (5.10, ledger_breaker.c): the
+ * failures in a row, the backoff and the one attempt in flight while the database is down, so
+ * that N workers make the connection attempts (and log the lines) one pooler would. Written under
+ * mu; `failures` and `down` are also read lock-free (a hint: what acts on it asks under mu).
+ * All times CLOCK_MONOTONIC (ledger_now_ms). Zeroed: closed, nothing claimed. */
+struct ledger_breaker {
+    atomic_int failures;     /* connection attempts of this key failed in a row, every worker's */
+    atomic_bool down;        /* failed while its pool had no server: clients fail fast (57P03) */
+    uint64_t next_try_ms;    /* no attempt of any worker before this */
+    uint64_t claim_until_ms; /* while failures > 0: the one attempt in flight, until it reports
+                              * or this passes (a claim whose attempt never started expires) */
+    int claimer;             /* the worker holding that claim */
+    uint64_t down_since_ms;
+    char last_error[512]; /* the database's reason for the last failed attempt */
+};
+
 /* A pool key (database, user): with workers, the pools of that key on every worker share it. */
 enum ledger_key_state {
     LEDGER_KEY_SERVING = 0,
@@ -90,6 +106,7 @@ struct ledger_key {
      * instead of waiting for a server of its own worker. */
     struct param_set welcome;
     bool have_welcome;
+    struct ledger_breaker breaker;
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -317,6 +334,38 @@ int ledger_db_usable(const struct ledger *l, const char *db_name);
 void ledger_lock(struct ledger *l);
 void ledger_unlock(struct ledger *l);
 void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);
+
+/* ---- The circuit breaker across workers (5.10, ledger_breaker.c) ----
+ * May worker start a connection attempt for key now? Always while no attempt failed; after a
+ * failure, once the backoff has passed and no other worker's attempt is in flight: the caller
+ * that gets true holds the one attempt (for claim_ms, or until it reports) and must report it. */
+bool ledger_breaker_may_try(struct ledger *l, struct ledger_key *key, int worker,
+                            uint64_t claim_ms);
+/* What a failed attempt did to key's breaker. */
+struct ledger_breaker_failure {
+    int failures;       /* in a row, this one included */
+    uint64_t backoff_ms;
+    bool went_down;     /* this failure opened the breaker (log it: once per outage) */
+    bool was_probe;     /* the breaker was already open: the probe failed */
+};
+/* An attempt of key failed (message: the database's reason). backoff_ms grows with the failures
+ * and is capped by cap_ms; jitter is a random number (the caller's) that spreads it by +-20%.
+ * may_go_down: the reporting pool has no server that logged in (else the database takes
+ * connections and only this one more failed). */
+struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct ledger_key *key,
+                                                    const char *message, uint64_t cap_ms,
+                                                    uint32_t jitter, bool may_go_down);
+/* An attempt of key logged in: the breaker closes. true when it was down (log it once); then
+ * *failures and *down_ms say for how many failed attempts and how long. */
+bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,
+                              uint64_t *down_ms);
+/* A copy of key's breaker (under the lock): what a worker's pool shows and tells its clients. */
+void ledger_breaker_read(struct ledger *l, const struct ledger_key *key, struct ledger_breaker *out);
+/* Lock-free hint: is key's breaker open? */
+static inline bool ledger_breaker_is_down(const struct ledger_key *key)
+{
+    return atomic_load_explicit(&key->breaker.down, memory_order_relaxed);
+}
 
 /* Debug: does worker's share of every counter equal what walking its pools, servers, clients
  * and auth_query's connections finds, and does each counter equal the sum of its shares? Runs

@@ -123,6 +123,7 @@ enum wait_kind {
     WAIT_OUTPUT,     /* the client has read most of its pending output */
     WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
     WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
+    WAIT_SET,        /* the same for SET's generation: answered with SET's tag */
 };
 
 struct admin_wait {
@@ -177,6 +178,7 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     case WAIT_ROWS:
         return w->rows_pending == 0;
     case WAIT_RELOAD:
+    case WAIT_SET:
         return control_reload_done(worker);
     }
     return true;
@@ -373,7 +375,9 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
         return OUT_ERROR;
     }
     log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
-    return OUT_DONE;
+    /* Answered once every worker runs under the new generation, as RELOAD is: a client of any
+     * worker that the console's answer sends on meets the new value. */
+    return control_reload_done(worker) || !add_wait(c, WAIT_SET, NULL) ? OUT_DONE : OUT_WAITING;
 }
 
 static enum outcome run_command(struct client *c, const struct admin_command *cmd)
@@ -622,6 +626,7 @@ static void tick(struct process *proc, uint64_t now)
             put_command_complete(&c->out, kind == WAIT_PAUSE    ? "PAUSE"
                                           : kind == WAIT_ROWS   ? "SHOW"
                                           : kind == WAIT_RELOAD ? "RELOAD"
+                                          : kind == WAIT_SET    ? "SET"
                                                                 : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
