@@ -403,6 +403,28 @@ void ledger_give_lease(struct worker *worker, struct budget *b)
     (void)left;
 }
 
+int ledger_note_lease_wait(struct worker *worker, const struct budget *b)
+{
+    struct ledger *l = &worker->proc->ledger;
+    uint64_t bit = UINT64_C(1) << (worker->index % LEDGER_WORKERS);
+    if (!(atomic_load_explicit(&l->lease_waiters, memory_order_relaxed) & bit))
+        atomic_fetch_or_explicit(&l->lease_waiters, bit, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    return ledger_lease_room(worker, b); /* a give just before the bit was seen: room again */
+}
+
+uint64_t ledger_take_lease_waiters(struct ledger *l, int self)
+{
+    if (!atomic_load_explicit(&l->lease_caps, memory_order_relaxed))
+        return 0;
+    atomic_thread_fence(memory_order_seq_cst); /* the give's count before the bits' load */
+    uint64_t self_bit = UINT64_C(1) << (self % LEDGER_WORKERS);
+    uint64_t others = atomic_load_explicit(&l->lease_waiters, memory_order_seq_cst) & ~self_bit;
+    if (!others)
+        return 0;
+    return atomic_fetch_and_explicit(&l->lease_waiters, ~others, memory_order_seq_cst) & others;
+}
+
 bool ledger_take_client_held(const struct budget_rule *r)
 {
     if (!r)

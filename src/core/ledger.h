@@ -146,6 +146,8 @@ struct ledger {
     atomic_int own_servers;        /* auth_query's connections, of `servers` */
     atomic_int clients;            /* logged-in clients, the admin console's included */
     atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
+    /* Bit i: worker i has a waiter its budget's lease limit holds (ledger_note_lease_wait). */
+    _Atomic uint64_t lease_waiters;
     struct ledger_share share[LEDGER_SHARES]; /* `servers` and `clients` per worker */
     atomic_int own_share[LEDGER_SHARES];      /* `own_servers` per worker */
 };
@@ -206,6 +208,16 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b);
 enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
     __attribute__((warn_unused_result));
 void ledger_give_lease(struct worker *worker, struct budget *b);
+/* With workers, a lease given back on one worker may be the room a waiter on another was held
+ * for (its budget's max_servers, or another budget's min_servers): that worker is woken at once,
+ * as one worker wakes its own pools (link.c), not at its next tick. A worker whose waiter found
+ * no lease room notes it (a lock-free bit, set only when not set yet); a give of a lease takes
+ * the other workers' bits off (the ones to wake: worker_wake), and nothing when leases are not
+ * checked. Both sides fence, so that a waiter noting itself just after a give's take either is
+ * seen by the give or sees the room on its check again (ledger_note_lease_wait returns the
+ * room then, as ledger_lease_room). */
+int ledger_note_lease_wait(struct worker *worker, const struct budget *b);
+uint64_t ledger_take_lease_waiters(struct ledger *l, int self);
 /* A client of b logs in: false when b has max_clients (its rule in worker's generation)
  * connected (nothing changed). */
 bool ledger_take_client(struct worker *worker, struct budget *b)

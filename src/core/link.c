@@ -20,10 +20,12 @@
 #include "cancel.h"
 #include "client.h"
 #include "client_login.h"
+#include "ledger.h"
 #include "pool.h"
 #include "relay.h"
 #include "server.h"
 #include "sluice.h"
+#include "worker.h"
 
 const char *link_end_name(enum link_end why)
 {
@@ -103,9 +105,17 @@ static void unpair(struct client *c, struct server *s)
     if (s->lease_budget) {
         ledger_give_lease(c->worker, s->lease_budget);
         s->lease_budget = NULL;
-        /* Budgets span pools: a waiter elsewhere may have been held back by this one. */
+        /* Budgets span pools: a waiter elsewhere may have been held back by this one; and
+         * span workers: one held on another worker is woken there (ledger.h). */
         if (budget_count(c->worker) > 1)
             c->worker->dispatch_needed = true;
+        if (c->worker->proc->nworkers > 1) {
+            uint64_t wake = ledger_take_lease_waiters(&c->worker->proc->ledger,
+                                                      (int)c->worker->index);
+            for (int i = 0; wake; i++, wake >>= 1)
+                if (wake & 1)
+                    worker_wake(c->worker, i);
+        }
     }
 }
 

@@ -50,6 +50,8 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
 static bool may_lease(const struct client *c)
 {
     int room = ledger_lease_room(c->worker, c->budget);
+    if (room == 0 && c->worker->proc->nworkers > 1)
+        room = ledger_note_lease_wait(c->worker, c->budget); /* woken by a give elsewhere */
     if (room == 0)
         return false;
     return room < 0 || c->worker->pools.count <= 1 ||

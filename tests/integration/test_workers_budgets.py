@@ -202,3 +202,37 @@ def test_min_pool_size_is_one_number_for_the_process(pg, start_workers):
         s.stop()
         pg.clear_backends(APP_USER)
     assert max(seen) == 2, f"most warm servers seen per start: {seen}"
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_given_back_on_one_worker_serves_a_budget_waiter_on_another_at_once(
+        start_workers):
+    """seeds may hold one server: seed-1 on worker 0 holds it, seed-2 on worker 1 waits for
+    it with an idle server of its own worker's. When seed-1 commits, seed-2 is served at once
+    from that idle server, as with one worker (the give wakes the pool's waiters). Before, worker
+    1 heard of it only at its next tick (up to 100 ms) and then opened another server beside the
+    idle one (35-120 ms, a backend more)."""
+    s = start_workers({"pool_mode": "transaction", "default_pool_size": 4,
+                       "query_wait_timeout": 10},
+                      {"seeds": "app=seed* max_servers=1"})
+    with connect(s, "seed-1") as a, connect(s, "seed-2") as b:
+        b.execute("SELECT 0")  # worker 1 has a server of its own, idle
+        hold(a)
+        done = {}
+
+        def waiter():
+            b.execute("SELECT 1")
+            done["at"] = time.monotonic()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.5)
+        assert "at" not in done, "seed-2 should wait for the budget's only server"
+        mark = s.mark()
+        committed = time.monotonic()
+        a.execute("COMMIT")
+        t.join(15)
+        took = done["at"] - committed
+        opened = [line for line in s.log_since(mark) if "connected to backend" in line]
+        assert not opened, f"worker 1 opened a server beside its idle one: {opened}"
+        assert took < 0.05, f"seed-2 was served {took:.3f} s after the lease came back"
