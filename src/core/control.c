@@ -77,6 +77,15 @@ static void pause_pool(struct pool *p)
     close_servers_when_free(p, "PAUSE from the admin console");
 }
 
+/* RESUME db leaves a pool paused while a PAUSE without a name is still in force, and RESUME
+ * without a name resumes pools paused by name too: the ledger's state of the key says which
+ * (ledger_db_set_state, set before any worker is told). */
+static void resume_pool(struct pool *p)
+{
+    if (ledger_key_get_state(p->ledger_key) == LEDGER_KEY_SERVING)
+        pool_resume(p);
+}
+
 static void reconnect_pool(struct pool *p);
 static void kill_pool(struct pool *p);
 
@@ -100,7 +109,7 @@ void control_apply(struct worker *worker, enum control_op op, const char *db, un
 {
     static void (*const per_pool[])(struct pool *) = {
         [CONTROL_PAUSE] = pause_pool,
-        [CONTROL_RESUME] = pool_resume,
+        [CONTROL_RESUME] = resume_pool,
         [CONTROL_RECONNECT] = reconnect_pool,
         [CONTROL_KILL] = kill_pool,
     };
@@ -150,7 +159,16 @@ static bool local_pause_done(struct worker *worker, const char *db)
         if (!pool_is_target(p, db) || !p->paused)
             continue;
         close_idle(p, "PAUSE from the admin console");
-        if (p->active.count > 0 || p->resetting.count > 0)
+        /* PgBouncer closes those still logging in too: one would otherwise become usable
+         * after PAUSE answered. One a client is linked to already waits like one in use. */
+        struct list_node *c, *ctmp;
+        list_for_each(&p->connecting, c, ctmp)
+        {
+            struct server *s = container_of(c, struct server, node);
+            if (!s->client)
+                server_close(s, "PAUSE from the admin console");
+        }
+        if (p->active.count > 0 || p->resetting.count > 0 || p->connecting.count > 0)
             done = false;
     }
     return done;

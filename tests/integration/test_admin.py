@@ -355,6 +355,39 @@ def test_pause_holds_new_queries_and_resume_releases_them(start_sluice):
         assert pool_row(adm)["paused"] == 0
 
 
+def connect_and_query(s, sql, dbname="appdb"):
+    """A new client's first query, from login on: (connection, its row)."""
+    c = s.connect(dbname=dbname)
+    return c, c.execute(sql).fetchone()
+
+
+def test_pause_holds_the_clients_of_pools_made_after_it(start_sluice, pg):
+    """PgBouncer pauses the database, not its pools of the moment: a client of a database that
+    had no pool yet (a "*" entry makes pools as clients come), or of any database after a PAUSE
+    without a name, waits (its login too) until RESUME instead of being served."""
+    s = start_sluice(dict(CONSOLE_MAIN), databases={"*": pg.db_entry()})
+    late = []
+    try:
+        with console(s) as adm:
+            adm.execute("PAUSE appdb")
+            late.append(Background(connect_and_query, s, "SELECT 'late'"))
+            assert not late[-1].wait(1.0), "a client of a paused database was served"
+            assert pg.count_backends() == 0
+            adm.execute("RESUME appdb")
+            assert late[-1].result(5)[1] == ("late",)
+
+            adm.execute("PAUSE")
+            late.append(Background(connect_and_query, s, "SELECT 'later'", dbname="postgres"))
+            assert not late[-1].wait(1.0), "a client of a new pool was served during PAUSE"
+            assert pg.count_backends(dbname="postgres") == 0
+            adm.execute("RESUME")
+            assert late[-1].result(5)[1] == ("later",)
+    finally:
+        for b in late:
+            if b.wait(5) and not b.error(0):
+                b.result(0)[0].close()
+
+
 def test_pause_answers_once_running_transactions_have_finished_and_servers_closed(
         start_sluice, pg):
     s = start(start_sluice)
