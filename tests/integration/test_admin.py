@@ -2,6 +2,9 @@
 PAUSE/RESUME/RECONNECT/WAIT_CLOSE/KILL/KILL_CLIENT/RELOAD/SET/SHUTDOWN over the simple query
 protocol, for admin_users (everything) and stats_users (SHOW only)."""
 
+import contextlib
+import socket
+import threading
 import time
 
 import psycopg
@@ -412,6 +415,47 @@ def test_pause_answers_once_running_transactions_have_finished_and_servers_close
     finally:
         holder.close()
         idle.close()
+
+
+def silent_listener():
+    """A port that accepts connections and never says a word: a server there stays logging in.
+    Returns (port, accepted sockets, closer)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted = []
+
+    def accept_and_say_nothing():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+
+    def close():
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    return silent.getsockname()[1], accepted, close
+
+
+def test_pause_closes_servers_still_logging_in_before_it_answers(start_sluice, pg):
+    """PgBouncer's PAUSE closes the servers still logging in (its new_server_list): one left
+    would become usable after PAUSE answered, on a database the operator took as free."""
+    port, accepted, close = silent_listener()
+    try:
+        s = start(start_sluice, min_pool_size=1, server_connect_timeout=60)
+        s.ini_path.write_text(s.ini_path.read_text().replace(f"port={pg.port}", f"port={port}"))
+        with console(s) as adm:
+            adm.execute("RELOAD")
+            wait_until(lambda: pool_row(adm)["sv_login"] == 1, 10, what="a server logging in")
+            adm.execute("PAUSE appdb")
+            assert pool_row(adm)["sv_login"] == 0, "PAUSE answered with a server logging in"
+            time.sleep(0.5)  # several background passes: none opens while paused
+            assert pool_row(adm)["sv_login"] == 0
+            adm.execute("RESUME appdb")
+    finally:
+        close()
 
 
 def test_reconnect_closes_servers_at_release_and_wait_close_waits_for_it(start_sluice):
