@@ -541,6 +541,45 @@ def test_reload_after_editing_the_config_changes_pool_size(start_sluice, pg):
         assert config["default_pool_size"] == "4"
 
 
+def test_reload_that_removes_a_database_closes_its_clients_with_3d000_and_its_servers(
+        start_sluice, pg):
+    """As PgBouncer drops a database a reload removed (kill_database): every client of it is
+    closed at once, a waiting one too, with what a new login to it gets (FATAL 3D000), instead
+    of waiting query_wait_timeout for a server that can never come; its servers close. Another
+    database's clients go on."""
+    main = dict(CONSOLE_MAIN, query_wait_timeout=60)
+    dbs = {"appdb": pg.db_entry(), "olddb": pg.db_entry(pool_size=1)}
+    s = start_sluice(main, databases=dbs)
+    holder = raw_login(s.port, database="olddb")
+    idle = raw_login(s.port, database="olddb")
+    waiter = raw_login(s.port, database="olddb")
+    try:
+        with s.connect() as bystander, console(s) as adm:
+            idle.query("SELECT 1")  # idle now, between transactions
+            holder.query("BEGIN")
+            holder.query("SELECT 1")
+            waiter.send(query_msg("SELECT 'never'"))
+            wait_until(lambda: pool_row(adm, db="olddb")["cl_waiting"] == 1, 5,
+                       what="a client of olddb waiting")
+            main.update(listen_addr="127.0.0.1", auth_type="trust", log_level="info",
+                        listen_port=0)
+            s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry()}))
+            started = time.monotonic()
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            for c in (waiter, holder, idle):  # PgBouncer closes them all, in a transaction too
+                err = c.expect_error(timeout=5)
+                assert err["C"] == "3D000" and err["S"] == "FATAL", err
+                assert "olddb" in err["M"], err
+                assert c.is_closed(5)
+            assert time.monotonic() - started < 5
+            wait_until(lambda: not [r for r in show(adm, "SERVERS") if r["database"] == "olddb"],
+                       5, what="olddb's servers to close")
+            assert bystander.execute("SELECT 'still served'").fetchone() == ("still served",)
+    finally:
+        for c in (holder, idle, waiter):
+            c.close()
+
+
 def test_reload_of_an_invalid_config_is_an_error_and_keeps_the_old_one(start_sluice):
     s = start(start_sluice, default_pool_size=2)
     with console(s) as adm:
