@@ -77,6 +77,15 @@ static void pause_pool(struct pool *p)
     close_servers_when_free(p, "PAUSE from the admin console");
 }
 
+/* RESUME db leaves a pool paused while a PAUSE without a name is still in force, and RESUME
+ * without a name resumes pools paused by name too: the ledger's state of the key says which
+ * (ledger_db_set_state, set before any worker is told). */
+static void resume_pool(struct pool *p)
+{
+    if (ledger_key_get_state(p->ledger_key) == LEDGER_KEY_SERVING)
+        pool_resume(p);
+}
+
 static void reconnect_pool(struct pool *p);
 static void kill_pool(struct pool *p);
 
@@ -100,7 +109,7 @@ void control_apply(struct worker *worker, enum control_op op, const char *db, un
 {
     static void (*const per_pool[])(struct pool *) = {
         [CONTROL_PAUSE] = pause_pool,
-        [CONTROL_RESUME] = pool_resume,
+        [CONTROL_RESUME] = resume_pool,
         [CONTROL_RECONNECT] = reconnect_pool,
         [CONTROL_KILL] = kill_pool,
     };
@@ -150,7 +159,16 @@ static bool local_pause_done(struct worker *worker, const char *db)
         if (!pool_is_target(p, db) || !p->paused)
             continue;
         close_idle(p, "PAUSE from the admin console");
-        if (p->active.count > 0 || p->resetting.count > 0)
+        /* PgBouncer closes those still logging in too: one would otherwise become usable
+         * after PAUSE answered. One a client is linked to already waits like one in use. */
+        struct list_node *c, *ctmp;
+        list_for_each(&p->connecting, c, ctmp)
+        {
+            struct server *s = container_of(c, struct server, node);
+            if (!s->client)
+                server_close(s, "PAUSE from the admin console");
+        }
+        if (p->active.count > 0 || p->resetting.count > 0 || p->connecting.count > 0)
             done = false;
     }
     return done;
@@ -225,21 +243,46 @@ bool control_close_done(const struct worker *worker, const char *db)
     return true;
 }
 
+/* Every client of p fails with f (detail), and every server closes (why, for the log). */
+static void drop_everyone(struct pool *p, enum failure f, const char *detail, const char *why)
+{
+    struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
+    struct list_node *n, *tmp;
+    for (int i = 0; i < NELEM(clients); i++) {
+        list_for_each(clients[i], n, tmp)
+            client_fail(container_of(n, struct client, node), f, detail);
+    }
+    struct list *servers[] = {&p->active, &p->resetting, &p->idle, &p->connecting};
+    for (int i = 0; i < NELEM(servers); i++) {
+        list_for_each(servers[i], n, tmp)
+            server_close(container_of(n, struct server, node), why);
+    }
+}
+
 /* PgBouncer's KILL: drop every client and server of the database, and leave it paused so new
  * clients wait until RESUME. */
 static void kill_pool(struct pool *p)
 {
     pool_pause(p, PAUSED_BY_KILL);
-    struct list *clients[] = {&p->active_clients, &p->waiting, &p->idle_clients};
+    drop_everyone(p, FAIL_ADMIN_KILLED, "", "KILL from the admin console");
+}
+
+void control_drop_removed(struct worker *worker)
+{
     struct list_node *n, *tmp;
-    for (int i = 0; i < NELEM(clients); i++) {
-        list_for_each(clients[i], n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_ADMIN_KILLED, "");
-    }
-    struct list *servers[] = {&p->active, &p->resetting, &p->idle, &p->connecting};
-    for (int i = 0; i < NELEM(servers); i++) {
-        list_for_each(servers[i], n, tmp)
-            server_close(container_of(n, struct server, node), "KILL from the admin console");
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (p->is_admin || config_find_db(worker->cfg, p->db_name))
+            continue;
+        int clients = p->active_clients.count + p->waiting.count + p->idle_clients.count;
+        if (clients + pool_server_count(p) > 0)
+            log_msg(LOG_WARNING,
+                    "pool %s/%s: database \"%s\" was removed from [databases] by a reload: "
+                    "its %d clients are closed (3D000) and its servers closed",
+                    p->db_name, p->user_name, p->db_name, clients);
+        drop_everyone(p, FAIL_UNKNOWN_DATABASE, p->db_name, "its database was removed by a reload");
+        p->min_size = 0; /* no entry to open servers with: min_pool_size keeps none */
     }
 }
 

@@ -49,6 +49,12 @@ bool control_close_done(const struct worker *worker, const char *db);
  * RESUME, so new clients wait. */
 void control_kill(struct worker *worker, const char *db);
 
+/* A reload removed databases from [databases] (no "*" entry serves them either): as PgBouncer
+ * drops such a database, every client of its pools on this worker is closed with FATAL 3D000
+ * (FAIL_UNKNOWN_DATABASE, what a new login to it gets), a transaction in progress included,
+ * and every server of them closes. On the worker's own thread (worker_apply_config). */
+void control_drop_removed(struct worker *worker);
+
 /* The client with this id (logging in, or in a pool), or NULL. */
 struct client *control_find_client(struct worker *worker, uint64_t id);
 /* KILL_CLIENT: close it with FATAL "connection closed by the administrator". */

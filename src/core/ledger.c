@@ -85,6 +85,14 @@ static const struct ledger_scope *scope_find(const struct ledger_scope *head, co
     return NULL;
 }
 
+/* The state a key is in by the PAUSEs in force (ledger_db_set_state), under the lock. */
+static enum ledger_key_state state_due(const struct ledger *l, const struct ledger_key *k)
+{
+    return l->paused_all == LEDGER_KEY_PAUSED || k->db->paused_db == LEDGER_KEY_PAUSED
+               ? LEDGER_KEY_PAUSED
+               : LEDGER_KEY_SERVING;
+}
+
 static struct ledger_key *key_get(struct ledger *l, const char *db_name, const char *user_name)
 {
     for (struct ledger_key *k = l->keys; k; k = k->next)
@@ -97,10 +105,8 @@ static struct ledger_key *key_get(struct ledger *l, const char *db_name, const c
         return NULL; /* a scope made above stays: empty, harmless, reused */
     k->db = db;
     k->user = user;
-    /* PAUSE db applies to the database: a key of a user who arrives later is paused too */
-    for (const struct ledger_key *o = l->keys; o; o = o->next)
-        if (o->db == db && get(&o->state) == LEDGER_KEY_PAUSED)
-            atomic_store_explicit(&k->state, LEDGER_KEY_PAUSED, memory_order_relaxed);
+    /* PAUSE applies to the database or to everything: a key made later is paused too */
+    atomic_store_explicit(&k->state, (int)state_due(l, k), memory_order_relaxed);
     k->next = l->keys;
     l->keys = k;
     return k;
@@ -695,9 +701,18 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
 void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s)
 {
     lock(l);
+    if (!db_name) {
+        l->paused_all = s;
+        for (struct ledger_scope *db = l->dbs; db && s == LEDGER_KEY_SERVING; db = db->next)
+            db->paused_db = LEDGER_KEY_SERVING; /* RESUME without a name ends every PAUSE */
+    } else {
+        /* the scope is made now if no key has it yet: a database without a pool so far */
+        struct ledger_scope *db = scope_get(&l->dbs, db_name);
+        if (db)
+            db->paused_db = s;
+    }
     for (struct ledger_key *k = l->keys; k; k = k->next)
-        if (!db_name || strcmp(k->db->name, db_name) == 0)
-            atomic_store_explicit(&k->state, (int)s, memory_order_relaxed);
+        atomic_store_explicit(&k->state, (int)state_due(l, k), memory_order_relaxed);
     unlock(l);
 }
 

@@ -56,9 +56,19 @@ struct ledger_share {
     atomic_int clients; /* logged-in clients of this scope on the worker */
 };
 
+/* May the workers hand out servers of a pool key (its database, everything) now? */
+enum ledger_key_state {
+    LEDGER_KEY_SERVING = 0,
+    LEDGER_KEY_PAUSED, /* PAUSE: no worker hands out a server of this key (5.7) */
+};
+const char *ledger_key_state_name(enum ledger_key_state s);
+
 /* A database or a user: the backends and the logged-in clients counted under its caps. */
 struct ledger_scope {
     struct ledger_scope *next;
+    /* A database's scope: PAUSE db (ledger_db_set_state), under the lock. Its keys, and those
+     * made later, are paused while it or the ledger's paused_all says so. */
+    enum ledger_key_state paused_db;
     atomic_int servers;
     atomic_int clients;
     struct ledger_share share[LEDGER_SHARES];
@@ -82,11 +92,6 @@ struct ledger_breaker {
 };
 
 /* A pool key (database, user): with workers, the pools of that key on every worker share it. */
-enum ledger_key_state {
-    LEDGER_KEY_SERVING = 0,
-    LEDGER_KEY_PAUSED, /* PAUSE: no worker hands out a server of this key (5.7) */
-};
-const char *ledger_key_state_name(enum ledger_key_state s);
 
 struct ledger_key {
     struct ledger_key *next;
@@ -145,6 +150,7 @@ struct ledger {
     atomic_int servers;            /* every backend: pools' and auth_query's */
     atomic_int own_servers;        /* auth_query's connections, of `servers` */
     atomic_int clients;            /* logged-in clients, the admin console's included */
+    enum ledger_key_state paused_all; /* PAUSE without a database (under the lock) */
     atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
     /* Bit i: worker i has a waiter its budget's lease limit holds (ledger_note_lease_wait). */
     _Atomic uint64_t lease_waiters;
@@ -310,9 +316,12 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
 
 /* PAUSE / RESUME of a pool key on every worker at once (5.7). */
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s);
-/* The same for every key of database db_name (NULL: every key): the console's PAUSE, KILL and
- * RESUME (control.c), before the workers hear of it. A key made later for a user of a paused
- * database starts paused. */
+/* The console's PAUSE, KILL and RESUME (control.c), before the workers hear of it, as PgBouncer
+ * keeps them: on the database (db_name), or on every database (NULL), not on the keys of the
+ * moment, so a key made later (a user, or a database, that had no pool yet) starts paused while
+ * its database or everything is. A key is paused while either says so: RESUME db leaves a
+ * PAUSE without a name in force; RESUME without a name ends both (sluice's, where PgBouncer
+ * would refuse it while only databases are paused). */
 void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s);
 /* Lock-free (a relaxed load): may a worker hand out a server of key now? */
 enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);

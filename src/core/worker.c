@@ -106,6 +106,7 @@ void worker_apply_config(struct worker *worker)
         /* NN% caps are resolved again from the next server this pool opens. */
         p->probe_again = true;
     }
+    control_drop_removed(worker);
     pool_create_forced(worker);
 }
 

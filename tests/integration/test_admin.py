@@ -2,6 +2,9 @@
 PAUSE/RESUME/RECONNECT/WAIT_CLOSE/KILL/KILL_CLIENT/RELOAD/SET/SHUTDOWN over the simple query
 protocol, for admin_users (everything) and stats_users (SHOW only)."""
 
+import contextlib
+import socket
+import threading
 import time
 
 import psycopg
@@ -355,6 +358,39 @@ def test_pause_holds_new_queries_and_resume_releases_them(start_sluice):
         assert pool_row(adm)["paused"] == 0
 
 
+def connect_and_query(s, sql, dbname="appdb"):
+    """A new client's first query, from login on: (connection, its row)."""
+    c = s.connect(dbname=dbname)
+    return c, c.execute(sql).fetchone()
+
+
+def test_pause_holds_the_clients_of_pools_made_after_it(start_sluice, pg):
+    """PgBouncer pauses the database, not its pools of the moment: a client of a database that
+    had no pool yet (a "*" entry makes pools as clients come), or of any database after a PAUSE
+    without a name, waits (its login too) until RESUME instead of being served."""
+    s = start_sluice(dict(CONSOLE_MAIN), databases={"*": pg.db_entry()})
+    late = []
+    try:
+        with console(s) as adm:
+            adm.execute("PAUSE appdb")
+            late.append(Background(connect_and_query, s, "SELECT 'late'"))
+            assert not late[-1].wait(1.0), "a client of a paused database was served"
+            assert pg.count_backends() == 0
+            adm.execute("RESUME appdb")
+            assert late[-1].result(5)[1] == ("late",)
+
+            adm.execute("PAUSE")
+            late.append(Background(connect_and_query, s, "SELECT 'later'", dbname="postgres"))
+            assert not late[-1].wait(1.0), "a client of a new pool was served during PAUSE"
+            assert pg.count_backends(dbname="postgres") == 0
+            adm.execute("RESUME")
+            assert late[-1].result(5)[1] == ("later",)
+    finally:
+        for b in late:
+            if b.wait(5) and not b.error(0):
+                b.result(0)[0].close()
+
+
 def test_pause_answers_once_running_transactions_have_finished_and_servers_closed(
         start_sluice, pg):
     s = start(start_sluice)
@@ -379,6 +415,47 @@ def test_pause_answers_once_running_transactions_have_finished_and_servers_close
     finally:
         holder.close()
         idle.close()
+
+
+def silent_listener():
+    """A port that accepts connections and never says a word: a server there stays logging in.
+    Returns (port, accepted sockets, closer)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted = []
+
+    def accept_and_say_nothing():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+
+    def close():
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    return silent.getsockname()[1], accepted, close
+
+
+def test_pause_closes_servers_still_logging_in_before_it_answers(start_sluice, pg):
+    """PgBouncer's PAUSE closes the servers still logging in (its new_server_list): one left
+    would become usable after PAUSE answered, on a database the operator took as free."""
+    port, accepted, close = silent_listener()
+    try:
+        s = start(start_sluice, min_pool_size=1, server_connect_timeout=60)
+        s.ini_path.write_text(s.ini_path.read_text().replace(f"port={pg.port}", f"port={port}"))
+        with console(s) as adm:
+            adm.execute("RELOAD")
+            wait_until(lambda: pool_row(adm)["sv_login"] == 1, 10, what="a server logging in")
+            adm.execute("PAUSE appdb")
+            assert pool_row(adm)["sv_login"] == 0, "PAUSE answered with a server logging in"
+            time.sleep(0.5)  # several background passes: none opens while paused
+            assert pool_row(adm)["sv_login"] == 0
+            adm.execute("RESUME appdb")
+    finally:
+        close()
 
 
 def test_reconnect_closes_servers_at_release_and_wait_close_waits_for_it(start_sluice):
@@ -462,6 +539,45 @@ def test_reload_after_editing_the_config_changes_pool_size(start_sluice, pg):
         assert db["pool_size"] == 6
         config = {r["key"]: r["value"] for r in show(adm, "CONFIG")}
         assert config["default_pool_size"] == "4"
+
+
+def test_reload_that_removes_a_database_closes_its_clients_with_3d000_and_its_servers(
+        start_sluice, pg):
+    """As PgBouncer drops a database a reload removed (kill_database): every client of it is
+    closed at once, a waiting one too, with what a new login to it gets (FATAL 3D000), instead
+    of waiting query_wait_timeout for a server that can never come; its servers close. Another
+    database's clients go on."""
+    main = dict(CONSOLE_MAIN, query_wait_timeout=60)
+    dbs = {"appdb": pg.db_entry(), "olddb": pg.db_entry(pool_size=1)}
+    s = start_sluice(main, databases=dbs)
+    holder = raw_login(s.port, database="olddb")
+    idle = raw_login(s.port, database="olddb")
+    waiter = raw_login(s.port, database="olddb")
+    try:
+        with s.connect() as bystander, console(s) as adm:
+            idle.query("SELECT 1")  # idle now, between transactions
+            holder.query("BEGIN")
+            holder.query("SELECT 1")
+            waiter.send(query_msg("SELECT 'never'"))
+            wait_until(lambda: pool_row(adm, db="olddb")["cl_waiting"] == 1, 5,
+                       what="a client of olddb waiting")
+            main.update(listen_addr="127.0.0.1", auth_type="trust", log_level="info",
+                        listen_port=0)
+            s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry()}))
+            started = time.monotonic()
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            for c in (waiter, holder, idle):  # PgBouncer closes them all, in a transaction too
+                err = c.expect_error(timeout=5)
+                assert err["C"] == "3D000" and err["S"] == "FATAL", err
+                assert "olddb" in err["M"], err
+                assert c.is_closed(5)
+            assert time.monotonic() - started < 5
+            wait_until(lambda: not [r for r in show(adm, "SERVERS") if r["database"] == "olddb"],
+                       5, what="olddb's servers to close")
+            assert bystander.execute("SELECT 'still served'").fetchone() == ("still served",)
+    finally:
+        for c in (holder, idle, waiter):
+            c.close()
 
 
 def test_reload_of_an_invalid_config_is_an_error_and_keeps_the_old_one(start_sluice):

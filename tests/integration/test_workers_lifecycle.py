@@ -9,11 +9,11 @@ import time
 import pytest
 from psycopg import errors
 
-from conftest import APP_USER, Background, BackendSampler, wait_until
+from conftest import APP_DB, APP_USER, Background, BackendSampler, wait_until
 from multiworker import (SLOW, WORKERS, Load, active_pids, app_backend_pids,
                          assert_on_every_worker, close_all, connect_many, console,
                          hold_transactions, pool_row, rewrite, show, start4, wait_pool,
-                         workers_by_app)
+                         worker_of, workers_by_app)
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
 
 # ---- CancelRequest -------------------------------------------------------------------------
@@ -277,6 +277,71 @@ def test_pause_waits_for_every_workers_transactions_and_resume_releases_every_wo
             wait_pool(watcher, "resumed", paused=0)
     finally:
         close_all(holders + idlers)
+
+
+@pytest.mark.timeout(120)
+def test_pause_holds_every_workers_clients_of_pools_made_after_it(start_sluice, pg):
+    """PAUSE applies to the database (or to everything), not to the pools of the moment: with a
+    "*" entry no pool of appdb exists when PAUSE appdb comes, and none of postgres when PAUSE
+    comes; clients that arrive later, on every worker, wait (their login too) until RESUME."""
+    s = start4(start_sluice, pg, databases={"*": pg.db_entry()}, default_pool_size=10)
+    late = []
+
+    def connect_and_query(name, dbname):
+        c = s.connect(dbname=dbname, application_name=name)
+        return c, c.execute("SELECT %s", [name]).fetchone()
+
+    try:
+        with console(s) as adm:
+            for db, pause in (("appdb", "PAUSE appdb"), ("postgres", "PAUSE")):
+                adm.execute(pause)
+                batch = [Background(connect_and_query, f"{db}{i}", db) for i in range(2 * WORKERS)]
+                late += batch
+                time.sleep(1.0 * SLOW)
+                assert not any(b.done() for b in batch), f"a client was served after {pause}"
+                assert pg.count_backends(dbname=db) == 0, f"a server was opened after {pause}"
+                adm.execute(pause.replace("PAUSE", "RESUME"))
+                assert [b.result(10 * SLOW)[1] for b in batch] == \
+                    [(f"{db}{i}",) for i in range(2 * WORKERS)]
+            assert_on_every_worker(workers_by_app(s), [f"appdb{i}" for i in range(2 * WORKERS)])
+    finally:
+        close_all([b.result(0)[0] for b in late if b.done() and not b.error(0)])
+
+
+@pytest.mark.timeout(120)
+def test_reload_that_removes_a_database_closes_every_workers_clients_with_3d000(
+        start_sluice, pg):
+    """Every worker drops the clients and servers of a database a reload removed, as PgBouncer
+    does: a waiting query fails at once with FATAL 3D000, not at query_wait_timeout."""
+    dbs = {APP_DB: pg.db_entry(), "olddb": pg.db_entry(pool_size=WORKERS)}
+    s = start4(start_sluice, pg, databases=dbs, query_wait_timeout=120)
+    holders = [raw_login(s.port, database="olddb", application_name=f"hold{i}", timeout=10 * SLOW)
+               for i in range(WORKERS)]
+    waiters = [raw_login(s.port, database="olddb", application_name=f"wait{i}", timeout=10 * SLOW)
+               for i in range(WORKERS)]
+    try:
+        with console(s) as adm:
+            rows = show(adm, "CLIENTS")
+            seen = {worker_of(r) for r in rows if r["database"] == "olddb"}
+            assert seen == set(range(WORKERS)), seen
+            for h in holders:
+                h.query("BEGIN")
+                h.query("SELECT 1")
+            for w in waiters:
+                w.send(query_msg("SELECT 'never'"))
+            wait_until(lambda: sum(r["cl_waiting"] for r in show(adm, "POOLS")
+                                   if r["database"] == "olddb") == WORKERS, 5 * SLOW,
+                       what="a client of olddb waiting on every worker")
+            rewrite(s, pg, pool_mode="transaction", query_wait_timeout=120)
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            for c in waiters + holders:
+                err = c.expect_error(timeout=5 * SLOW)
+                assert err["C"] == "3D000" and err["S"] == "FATAL", err
+                assert c.is_closed(5 * SLOW)
+            wait_until(lambda: not [r for r in show(adm, "SERVERS") if r["database"] == "olddb"],
+                       5 * SLOW, what="olddb's servers on every worker to close")
+    finally:
+        close_all(holders + waiters)
 
 
 @pytest.mark.timeout(120)
