@@ -25,17 +25,21 @@ enum control_op { CONTROL_PAUSE, CONTROL_RESUME, CONTROL_RECONNECT, CONTROL_KILL
 /* On the worker's own thread: op for its pools of db. seq: a PAUSE's proc->pause_seq. */
 void control_apply(struct worker *worker, enum control_op op, const char *db, unsigned seq);
 /* On the worker's own thread, each tick: report the last PAUSE done once its paused pools have
- * no server in use (closing their idle ones meanwhile). */
+ * no server in use or logging in (closing their idle ones, and those logging in for no client,
+ * meanwhile). */
 void control_report_pause(struct worker *worker);
 
 /* PAUSE: no server is handed out and every server closes once its client is done with it
- * (idle ones at once), so the database is left free of sluice's sessions. */
+ * (idle ones and those still logging in at once), so the database is left free of sluice's
+ * sessions. It pauses the database (NULL: everything), not the pools of the moment: a pool made
+ * later starts paused (ledger_db_set_state). */
 void control_pause(struct worker *worker, const char *db);
-/* Do the paused pools of db have no server in use any more, on this worker and on every other
+/* Do the paused pools of db have no server in use or logging in any more, on this worker and on every other
  * (each reported the last PAUSE done)? Closes this worker's idle ones (a min_pool_size
  * connection may bring one). A pool resumed meanwhile counts as done. */
 bool control_pause_done(struct worker *worker, const char *db);
-/* RESUME: hand servers to the clients that queued. */
+/* RESUME: hand servers to the clients that queued (RESUME db: not while a PAUSE without a
+ * name is in force; RESUME without a name ends every PAUSE). */
 void control_resume(struct worker *worker, const char *db);
 /* RECONNECT: servers in use close when their client releases them; idle ones close now. */
 void control_reconnect(struct worker *worker, const char *db);

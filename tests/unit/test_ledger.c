@@ -830,6 +830,26 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     free_app(worker);
 }
 
+/* PAUSE is kept on the database and on everything, as PgBouncer keeps it: a key made after it
+ * (a database or user with no pool yet) starts paused; RESUME db leaves a PAUSE without a name
+ * in force, RESUME without a name ends both. */
+static void a_pause_covers_keys_made_after_it(void)
+{
+    static struct ledger l; /* zeroed: ready */
+    ledger_db_set_state(&l, "a", LEDGER_KEY_PAUSED); /* no key of a yet */
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "a", "u1")), LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "b", "u1")), LEDGER_KEY_SERVING);
+    ledger_db_set_state(&l, NULL, LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "c", "u2")), LEDGER_KEY_PAUSED);
+    ledger_db_set_state(&l, "c", LEDGER_KEY_SERVING); /* the PAUSE without a name holds c */
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "c", "u2")), LEDGER_KEY_PAUSED);
+    ledger_db_set_state(&l, NULL, LEDGER_KEY_SERVING);
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "a", "u1")), LEDGER_KEY_SERVING);
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "a", "u3")), LEDGER_KEY_SERVING);
+    CHECK_INT(ledger_key_get_state(ledger_key_get(&l, "c", "u2")), LEDGER_KEY_SERVING);
+    ledger_free(&l);
+}
+
 /* A pool learns max_connections on one worker: every worker's pool of that key resolves its NN%
  * caps against it (the ledger's number), without a probe of its own. */
 static void usable_connections_learnt_once_serve_every_pool_of_the_key(void)
@@ -865,6 +885,7 @@ int main(void)
     RUN(each_worker_audits_its_own_share_while_servers_move);
     RUN(leases_are_lock_free_until_a_budget_caps_them);
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
+    RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
     return CHECK_DONE();
 }
