@@ -96,6 +96,11 @@ bool pool_may_try_connect(struct pool *p)
         return false;
     if (b->failures > 0 && p->connecting.count > 0)
         return false;
+    /* Only a pool that will make an attempt now asks for the process's one attempt (maybe_connect
+     * probes while open, else opens for its waiters): a pool with nobody to open for would hold
+     * the claim from another worker's waiters until it expired. */
+    if (b->failures > 0 && b->state != BREAKER_OPEN && list_empty(&p->waiting))
+        return false;
     uint64_t claim_ms = (uint64_t)p->worker->cfg->server_connect_timeout + 1000;
     return ledger_breaker_may_try(ledger_of(p), p->ledger_key, (int)p->worker->index, claim_ms);
 }
