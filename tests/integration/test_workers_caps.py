@@ -199,12 +199,22 @@ def assert_all_idle(s, pg, cap=None, users=USERS):
         wait_until(quiet, 20, interval=0.2, what="every count to come back to idle")
     except AssertionError as e:
         raise AssertionError(f"{e}; last seen: {last}") from None
-    servers = sum(r["sv_idle"] + r["sv_used"] + r["sv_tested"] for r in pools())
     backends = backend_count(pg, users)
     if cap is not None:
         assert backends <= cap, f"{backends} backends after the storm, cap {cap}"
-    wait_until(lambda: backend_count(pg, users) <= servers, 10, interval=0.2,
-               what=f"Postgres's backends to be sluice's {servers} servers")
+
+    def servers_cover_backends():
+        # Read again each time: a worker whose servers opened and went idle within one tick
+        # publishes them a tick later (its frame showed nothing in use either way).
+        last["servers"] = sum(r["sv_idle"] + r["sv_used"] + r["sv_tested"] for r in pools())
+        last["backends"] = backend_count(pg, users)
+        return last["backends"] <= last["servers"]
+
+    try:
+        wait_until(servers_cover_backends, 10, interval=0.2,
+                   what="Postgres's backends to be sluice's servers")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {last}") from None
 
 
 def backend_count(pg, users=USERS):
