@@ -455,7 +455,7 @@ bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t
         memcpy(bytes + len, c->in.data + c->in.rpos, rest);
     struct sockaddr_storage addr = {0};
     memcpy(&addr, &c->addr, sizeof(c->addr));
-    sockio_detach(&c->io); /* before worker 0 may poll the fd: never watched by both */
+    sockio_hand_off(&c->io); /* before worker 0 may poll the fd: never watched by both */
     int rc = worker_hand_console(control, c->io.fd, &addr, c->io.ssl, c->connect_ms, bytes,
                                  len + rest);
     free(bytes);

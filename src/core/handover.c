@@ -4,7 +4,7 @@
  * no lease), no buffer attached, nothing left to write, no reply due (sluice's own or a
  * client's), no tracked request, no cancel in flight (its cancel_done would run on this loop),
  * and nothing TLS has decrypted and buffered (no poll event would announce it on the other
- * loop). Its uv_poll_t belongs to this loop: it is parked here (sockio_detach) and the
+ * loop). Its uv_poll_t belongs to this loop: it is closed here (sockio_hand_off) and the
  * receiver opens its own. What moves: the fd, libpq's PGconn and SSL (used by one thread at a
  * time; the mailbox's lock orders the two threads' use), a passthrough login's own state,
  * params, stmts (statement definitions are counted atomically: prepared.c), its ledger slot
@@ -47,7 +47,7 @@ static void move(struct server *s, struct worker *to)
     struct ledger_key *key = p->ledger_key;
     log_server(LOG_DEBUG, s, "idle: moving to worker %u, whose client waits for a server",
                to->index);
-    sockio_detach(&s->io); /* before the receiver polls the fd: never watched by both */
+    sockio_hand_off(&s->io); /* before the receiver polls the fd: never watched by both */
     uint64_t idle_since = s->state_since_ms;
     server_set_state(s, SERVER_MOVING);
     s->state_since_ms = idle_since; /* idle still: the receiver's server_check_delay counts it */

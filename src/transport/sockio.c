@@ -122,6 +122,16 @@ void sockio_detach(struct sockio *io)
     io->events = 0;
 }
 
+void sockio_hand_off(struct sockio *io)
+{
+    if (!io->poll)
+        return;
+    io->poll->data = NULL;
+    uv_close((uv_handle_t *)io->poll, on_poll_closed); /* off this epoll at once, as detach */
+    io->poll = NULL;
+    io->events = 0;
+}
+
 void sockio_want(struct sockio *io, int events)
 {
     if (!io->poll || events == io->events)

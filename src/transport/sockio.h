@@ -31,6 +31,10 @@ int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_
 /* Stop watching; the fd is left to the caller. The poll handle is kept for the next socket that
  * gets the same descriptor number (see sockio.c). Idempotent. */
 void sockio_detach(struct sockio *io);
+/* Stop watching an fd that goes on to another thread's loop: the poll handle is closed, not
+ * kept, since this thread will not see that descriptor number again until that thread closes
+ * it (a kept handle would touch the number at exit, racing the other thread's use). */
+void sockio_hand_off(struct sockio *io);
 /* Close the calling thread's kept poll handles (the table is per thread, like its loop); at
  * exit, after the loop has stopped and before a last run of it (their close callbacks) and
  * uv_loop_close. */
