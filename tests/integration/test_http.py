@@ -131,7 +131,9 @@ def test_health_reports_three_clients_holding_transactions_in_a_pool_of_five(sta
     idle = s.connect()
     idle.execute("SELECT 1")
     try:
-        status, doc = health(s)
+        # other workers' pools are as they published them at their last tick (100 ms)
+        status, doc = wait_until(lambda: (lambda r: r if pool_of(r[1])["servers"]["total"] == 4
+                                          else None)(health(s)), 5, what="4 servers in /health")
         assert status == 200 and doc["status"] == "ok"
         p = pool_of(doc)
         assert p["status"] == "ok" and p["pool_mode"] == "transaction" and p["paused"] is False
@@ -240,8 +242,11 @@ def test_metrics_match_the_exposition_grammar_and_the_pool_numbers(start_sluice)
             c.execute("SELECT 1")
     holders = [hold_transaction(s) for _ in range(2)]
     try:
-        samples, types = parse_metrics(metrics(s))
         lab = {"database": "appdb", "user": "app"}
+        # other workers' pools are as they published them at their last tick (100 ms)
+        samples, types = wait_until(
+            lambda: (lambda m: m if sample(m[0], "sluice_clients", state="active", **lab) == 2
+                     else None)(parse_metrics(metrics(s))), 5, what="both holders in /metrics")
         assert types["sluice_transactions_total"] == "counter"
         assert types["sluice_queries_total"] == "counter"
         assert types["sluice_bytes_received_total"] == "counter"
