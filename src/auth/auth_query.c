@@ -11,8 +11,10 @@
  * Threads: the lookups, their connections and the cache are per thread (each worker's own). A
  * connection is polled by one loop and its waiters are that worker's logins, so sharing them
  * would need a message to another worker for every answer; per worker they need no lock. The
- * cost: with N workers, up to N x SECRET_QUERY_CONNECTIONS connections (every one still taken
- * through the core's slots, so under the caps) and one question per user per worker per TTL.
+ * connections' number is the process's, not each worker's: every one is taken through the
+ * core's slots, which hold all workers' together to SECRET_QUERY_CONNECTIONS (the ledger counts
+ * them); a worker refused waits as for any cap, and another worker's idle connection closes for
+ * it. The cost: one question per user per worker per TTL.
  * Only the slots are shared: set once at start-up, read-only after. */
 #include "auth_query.h"
 
@@ -166,9 +168,10 @@ static void query_put(const char *key, const char *secret, uint64_t now)
 
 /* ---- auth_query connections
  *
- * Lookups run on at most SECRET_QUERY_CONNECTIONS connections per worker, each logged in as one
- * target's auth_user and reused for that target's lookups; a lookup waits, in order, for a
- * free one. Each connection counts against max_db_connections (its database entry),
+ * Lookups run on at most SECRET_QUERY_CONNECTIONS connections in the process (the slots count
+ * every worker's), each logged in as one target's auth_user and reused for that target's lookups;
+ * a lookup waits, in order, for a free one (another worker's: on the tick, once it closed).
+ * Each connection counts against max_db_connections (its database entry),
  * max_user_connections (auth_user) and max_server_connections like a pool's server, and opens
  * only when they have room (closing another pool's idle server for it, as pools do for each
  * other). So a flood of made-up user names costs Postgres at most that many backends.
@@ -661,6 +664,8 @@ void secret_tick(struct worker *worker, uint64_t now)
         uint64_t age = now - qc->since_ms;
         if (qc->state == QCONN_IDLE && age >= SECRET_QUERY_IDLE_MS) {
             qconn_close(qc, "idle");
+        } else if (qc->state == QCONN_IDLE && slots->wanted_elsewhere(worker)) {
+            qconn_close(qc, "making room for another worker's lookup");
         } else if (qc->state != QCONN_IDLE && limit > 0 && age >= limit) {
             struct secret_job *j = qc->job;
             char why[160];

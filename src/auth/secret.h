@@ -24,6 +24,9 @@ struct secret_slots {
     /* An auth_query connection taken with `take` closed (or was never opened): its slot is
      * free for a pool that waits. */
     void (*freed)(struct worker *worker, const char *db_name, const char *user_name);
+    /* Does another worker have a lookup that waits for one of the process's
+     * SECRET_QUERY_CONNECTIONS (an idle connection of this worker's should close for it)? */
+    bool (*wanted_elsewhere)(struct worker *worker);
 };
 /* Start-up, before any lookup: the core's slots (kept, not copied). */
 void secret_init(const struct secret_slots *core_slots);
@@ -92,8 +95,9 @@ void secret_free_all(void);
 /* How long auth_query answers are kept. */
 #define SECRET_QUERY_TTL_MS 60000
 #define SECRET_QUERY_NEGATIVE_TTL_MS 5000
-/* auth_query runs on at most this many connections per worker, whatever the clients do; one
- * idle this long is closed (it holds a slot under the caps). */
+/* auth_query runs on at most this many connections in the whole process (every worker's, counted
+ * in the ledger), whatever the clients do; one idle this long is closed (it holds a slot under
+ * the caps), at once when another worker's lookup waits for it. */
 #define SECRET_QUERY_CONNECTIONS 2
 #define SECRET_QUERY_IDLE_MS 1000
 

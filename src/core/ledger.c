@@ -262,14 +262,27 @@ enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_nam
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
     struct ledger_scope *user = scope_get(&l->users, user_name);
     /* out of memory: refused like a full cap; tried again later */
-    enum limit_kind k = db && user ? passed(l, db, user, NULL, caps, 1, NULL) : LIMIT_GLOBAL;
+    enum limit_kind k = !db || !user ? LIMIT_GLOBAL
+                        : caps->pool > 0 && get(&l->own_servers) + 1 > caps->pool
+                            ? LIMIT_POOL
+                            : passed(l, db, user, NULL, caps, 1, NULL);
+    uint64_t bit = worker >= 0 && worker < LEDGER_WORKERS ? UINT64_C(1) << worker : 0;
     if (k == LIMIT_NONE) {
         count(l, db, user, worker, 1);
         add(&l->own_servers, 1);
         share_add(&l->own_share[share_of(worker)], 1);
+        atomic_fetch_and_explicit(&l->own_waiters, ~bit, memory_order_relaxed);
+    } else if (k == LIMIT_POOL) {
+        atomic_fetch_or_explicit(&l->own_waiters, bit, memory_order_relaxed);
     }
     unlock(l);
     return k;
+}
+
+bool ledger_own_wanted(const struct ledger *l, int self)
+{
+    uint64_t self_bit = self >= 0 && self < LEDGER_WORKERS ? UINT64_C(1) << self : 0;
+    return (atomic_load_explicit(&l->own_waiters, memory_order_relaxed) & ~self_bit) != 0;
 }
 
 int ledger_give_own(struct ledger *l, int holder, const char *db_name, const char *user_name)

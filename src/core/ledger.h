@@ -156,6 +156,10 @@ struct ledger {
     _Atomic uint64_t lease_waiters;
     struct ledger_share share[LEDGER_SHARES]; /* `servers` and `clients` per worker */
     atomic_int own_share[LEDGER_SHARES];      /* `own_servers` per worker */
+    /* Bit i: worker i has a lookup that the process-wide cap on auth_query's connections held
+     * back at its last take (ledger_take_own sets it, its next take that passes takes it off).
+     * Another worker's idle auth_query connection gives way to it (ledger_own_wanted). */
+    _Atomic uint64_t own_waiters;
 };
 
 /* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
@@ -181,12 +185,18 @@ int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder);
  * ledger_give_server(l, key, LEDGER_IN_TRANSIT). */
 void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int to);
 /* auth_query's own connection to database entry db_name as user_name, opened by worker:
- * counted in the database, the user and globally like a pool's backend (caps->pool is
- * ignored). */
+ * counted in the database, the user and globally like a pool's backend. caps->pool is the cap
+ * on auth_query's connections in the whole process, every worker's and every database's
+ * (`own_servers`; 0: none): passing it is LIMIT_POOL, and worker is noted in `own_waiters`
+ * until a take of its passes. Nobody is woken for it: the worker's lookups try again on its
+ * tick (auth_query.c). */
 enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
                                 const char *user_name, const struct ledger_caps *caps)
     __attribute__((warn_unused_result));
 int ledger_give_own(struct ledger *l, int holder, const char *db_name, const char *user_name);
+/* Lock-free hint: does a worker other than self have a lookup held back by the process-wide cap
+ * on auth_query's connections (an idle one of self's should close for it)? */
+bool ledger_own_wanted(const struct ledger *l, int self);
 
 /* Read-only questions, same order of limits as a take. */
 /* Would one more backend of key fit (ledger_take_server without taking)? */

@@ -180,9 +180,11 @@ static bool auth_query_slot_take(struct worker *worker, const char *db_name, con
 {
     struct ledger_caps caps;
     budget_own_caps(worker, db_name, user_name, &caps);
+    caps.pool = SECRET_QUERY_CONNECTIONS; /* every worker's together, not each worker's */
     struct ledger *l = &worker->proc->ledger;
     enum limit_kind k = ledger_take_own(l, (int)worker->index, db_name, user_name, &caps);
-    if (k != LIMIT_NONE && pool_evict_idle(worker, k, db_name, user_name, NULL))
+    /* a pool's idle server makes room under the shared caps, not among auth_query's own */
+    if (k != LIMIT_NONE && k != LIMIT_POOL && pool_evict_idle(worker, k, db_name, user_name, NULL))
         k = ledger_take_own(l, (int)worker->index, db_name, user_name, &caps);
     return k == LIMIT_NONE;
 }
@@ -194,9 +196,15 @@ static void auth_query_slot_freed(struct worker *worker, const char *db_name, co
     worker->dispatch_needed = true;
 }
 
+static bool auth_query_wanted_elsewhere(struct worker *worker)
+{
+    return ledger_own_wanted(&worker->proc->ledger, (int)worker->index);
+}
+
 static const struct secret_slots auth_query_slots = {
     .take = auth_query_slot_take,
     .freed = auth_query_slot_freed,
+    .wanted_elsewhere = auth_query_wanted_elsewhere,
 };
 
 /* Clients of a worker and sockets on their way to it. */

@@ -1,9 +1,11 @@
 """auth_query under a flood of strangers: the lookups run on a small set of connections that count
 against the caps, queue for them, and unknown names are remembered as unknown for a while, so
 300 made-up user names cost Postgres at most that set (issue 18 item 4)."""
+import os
 import re
 import threading
 import time
+from collections import Counter
 
 import pytest
 
@@ -14,7 +16,8 @@ AUTH_USER = "flood_auth"
 REAL_USER = "flood_real"
 REAL_PASSWORD = "realpass"
 CAP = 5
-# secret.c SECRET_QUERY_CONNECTIONS: the most connections auth_query ever holds
+# secret.h SECRET_QUERY_CONNECTIONS: the most connections auth_query ever holds, every
+# worker's together
 AUTH_QUERY_SET = 2
 
 
@@ -92,12 +95,17 @@ def test_a_flood_of_made_up_users_never_passes_the_caps(start_sluice, pg, flood_
     assert auth_only.max <= AUTH_QUERY_SET, \
         f"auth_query held {auth_only.max} connections at once (set of {AUTH_QUERY_SET})"
     # each name was looked up once, and the unknown ones are remembered as unknown for a while:
-    # asking again costs Postgres nothing
+    # asking again costs Postgres nothing. The cache is each worker's own (architecture.md
+    # 5.11): with workers a name asked again on another worker is asked once more there, so
+    # it is looked up at most once per worker.
     assert sorted(lookups_of(s, names)) == sorted(names)
     again = names[-20:]
     answered(send_strangers(s.port, again), timeout=20)
     time.sleep(0.2)
-    assert sorted(lookups_of(s, again)) == sorted(again), "unknown names were looked up again"
+    workers = int(os.environ.get("SLUICE_TEST_WORKERS") or 1)
+    times = Counter(lookups_of(s, again))
+    assert set(times) == set(again)
+    assert max(times.values()) <= workers, f"unknown names were looked up again: {times}"
 
 
 def test_auth_query_waits_for_room_under_a_full_cap(start_sluice, pg, flood_roles):

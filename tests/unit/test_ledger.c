@@ -830,6 +830,24 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     free_app(worker);
 }
 
+/* auth_query's connections are capped for the process (caps.pool), every worker's together:
+ * a worker refused is noted, so another worker's idle connection gives way to it. */
+static void auth_query_connections_are_capped_for_the_whole_process(void)
+{
+    static struct ledger l; /* zeroed: ready */
+    struct ledger_caps two = {.pool = 2};
+    CHECK_INT(ledger_take_own(&l, 0, "a", "auth", &two), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&l, 1, "b", "auth", &two), LIMIT_NONE);
+    CHECK(!ledger_own_wanted(&l, 0));
+    CHECK_INT(ledger_take_own(&l, 1, "a", "auth", &two), LIMIT_POOL);
+    CHECK(ledger_own_wanted(&l, 0) && !ledger_own_wanted(&l, 1));
+    ledger_give_own(&l, 0, "a", "auth");
+    CHECK_INT(ledger_take_own(&l, 1, "a", "auth", &two), LIMIT_NONE);
+    CHECK(!ledger_own_wanted(&l, 0));
+    CHECK_INT(l.own_servers, 2);
+    ledger_free(&l);
+}
+
 /* PAUSE is kept on the database and on everything, as PgBouncer keeps it: a key made after it
  * (a database or user with no pool yet) starts paused; RESUME db leaves a PAUSE without a name
  * in force, RESUME without a name ends both. */
@@ -877,6 +895,7 @@ int main(void)
     RUN(the_reserve_counts_only_when_in_play);
     RUN(percent_caps_take_one_at_a_time_until_resolved);
     RUN(auth_query_connections_count_in_db_user_and_global);
+    RUN(auth_query_connections_are_capped_for_the_whole_process);
     RUN(leases_stop_at_max_servers_and_at_others_min_servers);
     RUN(clients_stop_at_max_clients);
     RUN(logins_count_globally_per_database_and_per_user);
