@@ -584,6 +584,26 @@ bool pool_knows_welcome(struct pool *p)
     return p->have_welcome;
 }
 
+void pool_learn_welcome(struct server *s)
+{
+    struct pool *p = s->pool;
+    /* A backend opened with startup parameters that it reports (DateStyle, TimeZone, ...)
+     * reports them, not what another client would be told. */
+    if (pool_knows_welcome(p) || !params_startup_keeps_reports(&s->startup))
+        return;
+    /* A client that sends no application_name has '' in Postgres, not the name sluice's own
+     * login gave the server. */
+    if (params_copy(&p->welcome, &s->params) < 0 ||
+        params_set(&p->welcome, "application_name", "") < 0) {
+        params_free(&p->welcome);
+        return;
+    }
+    p->have_welcome = true;
+    if (p->worker->proc->nworkers > 1)
+        ledger_key_share_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome);
+    welcome_login_waiters(p);
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -605,19 +625,10 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    /* A backend opened with startup parameters that it reports (DateStyle, TimeZone, ...)
-     * reports them, not what another client would be told. */
-    if (!p->have_welcome && params_startup_keeps_reports(&s->startup)) {
-        /* A client that sends no application_name has '' in Postgres, not the name sluice's
-         * own login gave the server. */
-        if (params_copy(&p->welcome, &s->params) == 0 &&
-            params_set(&p->welcome, "application_name", "") == 0) {
-            p->have_welcome = true;
-            if (worker->proc->nworkers > 1)
-                ledger_key_share_welcome(&worker->proc->ledger, p->ledger_key, &p->welcome);
-            welcome_login_waiters(p);
-        }
-    }
+    /* Another worker's pool learnt the welcome: this pool's logins waiting for it need no
+     * server (and must not be told this one's parameters, which a client may have set). */
+    if (!p->have_welcome && pool_knows_welcome(p))
+        welcome_login_waiters(p);
     if (close_if_over_limit(s))
         return;
     struct pool *other = longer_waiter_elsewhere(p);

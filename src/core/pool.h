@@ -167,6 +167,11 @@ void pool_release(struct server *s);
 /* Queue what a server needs before another client may have it: ROLLBACK when a transaction is
  * open, server_reset_query where the pool mode asks for it. True when something was queued. */
 bool pool_queue_cleanup(struct server *s);
+/* s just logged in (server_connect.c): its parameters are the backend's own, what a client with
+ * no startup parameters would be told. The pool learns its welcome from the first such server
+ * (and shares it with the other workers' pools), never from one a client has used: its
+ * parameters are that client's. */
+void pool_learn_welcome(struct server *s);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
 /* A server that was idle on another worker moved here (handover.c, MOVING, s->pool = p,

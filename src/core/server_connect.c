@@ -590,6 +590,7 @@ static void logged_in(struct server *s)
                s->io.ssl ? " (TLS)" : "",
                (unsigned long long)(s->connect_ms - s->connect_start_ms));
     s->io.cb = server_on_io; /* server.c's from here: the relay, leaving, closing */
+    pool_learn_welcome(s);
     pool_server_ready(s);
 }
 

@@ -213,20 +213,30 @@ static void upstream_address(const struct config *cfg, const struct view_pool *p
     snprintf(out, n, "%s:%s", host, port[0] ? port : "5432");
 }
 
-/* Servers sluice holds on one upstream, across its pools. */
-static int upstream_servers(struct worker *worker, const char *address)
+/* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
+ * with the same key's counts on the other workers added, then the keys only other workers have
+ * (no pool here: pool NULL). Every key's binding cap is the process's (view_pool_caps), so a key
+ * reports the same cap whichever worker has its pools. */
+struct pool_rows {
+    struct view_pool *v;
+    int n;
+    struct view_remote_pool *elsewhere;
+};
+
+/* Servers sluice holds on one upstream, across its pools and every worker's (rows), not only the
+ * calling worker's. */
+static int upstream_servers(struct worker *worker, const struct pool_rows *rows,
+                            const char *address)
 {
     int n = 0;
     char other[300];
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool p;
-        view_pool_settings(pool, &p);
-        if (p.console)
+    for (int i = 0; i < rows->n; i++) {
+        const struct view_pool *p = &rows->v[i];
+        if (p->console)
             continue;
-        upstream_address(worker->cfg, &p, other, sizeof(other));
+        upstream_address(worker->cfg, p, other, sizeof(other));
         if (strcmp(other, address) == 0)
-            n += p.servers;
+            n += p->servers;
     }
     return n;
 }
@@ -260,8 +270,9 @@ static void json_view(struct text *t, const struct stats_pool_view *v, int pool_
 }
 
 /* The pool's server as the server itself counts connections: null until sluice has read it. */
-static void json_pool_server(struct text *t, struct worker *worker, const struct view_pool *p,
-                             const struct pool_cap *cap, int pool_servers)
+static void json_pool_server(struct text *t, struct worker *worker, const struct pool_rows *rows,
+                             const struct view_pool *p, const struct pool_cap *cap,
+                             int pool_servers)
 {
     char address[300];
     upstream_address(worker->cfg, p, address, sizeof(address));
@@ -270,7 +281,7 @@ static void json_pool_server(struct text *t, struct worker *worker, const struct
         text_cstr(t, "null");
         return;
     }
-    int on_server = upstream_servers(worker, address);
+    int on_server = upstream_servers(worker, rows, address);
     text_cstr(t, "{\"address\":");
     text_json_str(t, address);
     text_printf(t,
@@ -282,35 +293,28 @@ static void json_pool_server(struct text *t, struct worker *worker, const struct
                 pct(cap->servers, p->server_max_connections));
 }
 
-/* One entry per server sluice connects to (total section). */
-static void json_upstreams(struct text *t, struct worker *worker)
+/* One entry per server sluice connects to (total section), over every worker's pools (rows). */
+static void json_upstreams(struct text *t, struct worker *worker, const struct pool_rows *rows)
 {
     char address[300], seen_addr[300];
     bool first = true;
     text_cstr(t, ",\"upstreams\":[");
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool_settings(pool, &pv);
-        const struct view_pool *p = &pv;
+    for (int i = 0; i < rows->n; i++) {
+        const struct view_pool *p = &rows->v[i];
         if (p->console || p->server_max_connections <= 0)
             continue;
         upstream_address(worker->cfg, p, address, sizeof(address));
         bool listed = false; /* by an earlier pool */
-        view_for_each_pool(worker, other)
-        {
-            struct view_pool q;
-            view_pool_settings(other, &q);
-            if (other == pool)
-                break;
-            if (q.console || q.server_max_connections <= 0)
+        for (int j = 0; j < i && !listed; j++) {
+            const struct view_pool *q = &rows->v[j];
+            if (q->console || q->server_max_connections <= 0)
                 continue;
-            upstream_address(worker->cfg, &q, seen_addr, sizeof(seen_addr));
-            listed |= strcmp(seen_addr, address) == 0;
+            upstream_address(worker->cfg, q, seen_addr, sizeof(seen_addr));
+            listed = strcmp(seen_addr, address) == 0;
         }
         if (listed)
             continue;
-        int on_server = upstream_servers(worker, address);
+        int on_server = upstream_servers(worker, rows, address);
         text_printf(t, "%s{\"address\":", first ? "" : ",");
         first = false;
         text_json_str(t, address);
@@ -329,15 +333,6 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
     text_json_str(warnings, line);
 }
 
-/* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
- * with the same key's counts on the other workers added, then the keys only other workers have
- * (no pool here: pool NULL). Every key's binding cap is the process's (view_pool_caps), so a key
- * reports the same cap whichever worker has its pools. */
-struct pool_rows {
-    struct view_pool *v;
-    int n;
-    struct view_remote_pool *elsewhere;
-};
 
 static bool pool_rows_collect(struct worker *worker, uint64_t now, struct pool_rows *r)
 {
@@ -453,7 +448,7 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
                   (long long)cfg->max_client_conn, clients);
         text_cstr(&pools, ",");
         json_cap(&pools, &cap, limit_kind_key(cap.key));
-        json_pool_server(&pools, worker, p, &cap, v.sv_total);
+        json_pool_server(&pools, worker, &rows, p, &cap, v.sv_total);
         text_cstr(&pools, ",\"top_application\":");
         if (top_app) {
             text_cstr(&pools, "{\"name\":");
@@ -509,7 +504,6 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
             add_warning(&warnings, &nwarn, line);
         }
     }
-    pool_rows_free(&rows);
     long long max_clients = (long long)cfg->max_client_conn;
     if (max_clients > 0 && (long long)tot.clients * 100 > max_clients * 80) {
         char line[256];
@@ -540,7 +534,8 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
     json_view(&t, &total, total_size, pct(all.in_use, all.servers), max_clients, tot.clients);
     text_cstr(&t, ",");
     json_cap(&t, &all, all_key);
-    json_upstreams(&t, worker);
+    json_upstreams(&t, worker, &rows);
+    pool_rows_free(&rows);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
                 tot.clients, tot.servers);
     if (pools.len)

@@ -31,12 +31,15 @@ def server_numbers(pg):
     return max_conn, reserved
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_health_reports_the_cap_that_binds_and_the_servers_share_of_max_connections(
-        start_sluice, pg):
+        start_sluice, pg, workers):
     """pool_size 10 but max_db_connections 3: 3 transactions use the whole cap. Before, usage_pct
-    was servers / pool_size (30) with no warning."""
+    was servers / pool_size (30) with no warning. With 2 workers the server's sluice_servers
+    counted only the answering worker's servers (2 of the 3)."""
     max_conn, reserved = server_numbers(pg)
-    s = start_http(start_sluice, {"default_pool_size": 10, "max_db_connections": 3})
+    s = start_http(start_sluice, {"default_pool_size": 10, "max_db_connections": 3,
+                                  "workers": workers})
     holders = [hold_transaction(s, application_name="etl") for _ in range(3)]
     try:
         # other workers' pools are as they published them at their last tick (100 ms)
