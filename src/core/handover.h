@@ -12,6 +12,7 @@
 #define SLUICE_HANDOVER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct server;
 struct worker;
@@ -21,6 +22,11 @@ struct ledger_key;
 /* s just went idle on its worker (pool_server_ready) or sits idle: if another worker's waiter
  * can use it, move it there or close it to free the slot. true when s left this pool. */
 bool handover_offer(struct server *s);
+/* s just went idle (pool_server_ready) and would serve a local waiter that arrived at
+ * since_ms (ledger_now_ms's clock): when another worker's waiter of its key has waited longer
+ * by more than HANDOVER_FAIRNESS_SLACK_MS, s moves there instead (5.3's fairness of the
+ * longest waiter). true when s left this pool. Lock-free while no worker waits for a slot. */
+bool handover_offer_older(struct server *s, uint64_t since_ms);
 /* Offer every idle server of p (a need was announced, or the pool's tick found one). */
 void handover_offer_pool(struct pool *p);
 /* Another worker announced a need: offer every pool's idle servers. */

@@ -644,6 +644,25 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
     return claim;
 }
 
+int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
+                       uint64_t slack_ms)
+{
+    int worker = LEDGER_NO_WORKER;
+    lock(l);
+    /* oldest first: the first entry not older by more than the slack ends the search */
+    for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
+         w = w->next) {
+        if (w->key != key || w->worker == self || w->coming >= w->want ||
+            get(&w->key->state) == LEDGER_KEY_PAUSED)
+            continue;
+        w->coming++;
+        worker = w->worker;
+        break;
+    }
+    unlock(l);
+    return worker;
+}
+
 /* Under the lock: (key, worker)'s entry, or NULL. */
 static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
 {

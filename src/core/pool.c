@@ -584,6 +584,23 @@ bool pool_knows_welcome(struct pool *p)
     return p->have_welcome;
 }
 
+/* Fairness of the longest waiter across workers (5.3): s, released with c waiting here, moves
+ * to another worker whose waiter of this key has waited longer than c by more than the slack
+ * (handover.c). Only another worker's registered waiter makes this take the ledger's lock. */
+static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
+{
+    struct pool *p = s->pool;
+    uint64_t waited = sluice_now(p->worker) - c->state_since_ms, now = ledger_now_ms();
+    server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
+    buf_detach_if_empty(&s->in);
+    if (!handover_offer_older(s, now > waited ? now - waited : 0))
+        return false;
+    /* this pool's own waiters wait for a slot now: registered, so the worker the server went
+     * to sees them as older than its next waiter and sends it back in turn */
+    maybe_connect(p);
+    return true;
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -635,11 +652,15 @@ void pool_server_ready(struct server *s)
         close_server_for(s, closed_for_older, p);
         return;
     }
+    if (c && worker->proc->nworkers > 1 && ledger_has_waiters(&worker->proc->ledger) &&
+        pass_to_older_elsewhere(s, c))
+        return;
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
     }
-    server_set_state(s, SERVER_IDLE);
+    if (s->state != SERVER_IDLE)
+        server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
     /* No client of its own wants it: another worker's waiter may (5.4) */
     if (worker->proc->nworkers > 1 && handover_offer(s))
