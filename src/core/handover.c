@@ -114,8 +114,8 @@ bool handover_offer_older(struct server *s, uint64_t since_ms)
     if (worker->proc->nworkers < 2 || p->is_admin || p->mode == POOL_SESSION ||
         !ledger_has_waiters(l) || !sluice_serving(worker) || !movable(s))
         return false;
-    int to =
-        ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms, HANDOVER_FAIRNESS_SLACK_MS);
+    int to = ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
+                                HANDOVER_FAIRNESS_SLACK_MS);
     if (to == LEDGER_NO_WORKER)
         return false;
     move(s, &worker->proc->workers[to]);

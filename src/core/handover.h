@@ -6,7 +6,9 @@
  * worker holding an idle server then asks the ledger whom it serves (ledger_claim_idle): a
  * server of the waiter's own key moves to it with its slot, socket, TLS session, parameters and
  * prepared statements; one of another key in a shared cap closes, the slot going to the waiter.
- * Local clients go first: only a server no local waiter took is offered. With one worker
+ * Local clients go first: only a server no local waiter took is offered, unless another
+ * worker's waiter of its key has waited longer by more than a slack (handover_offer_older,
+ * 5.3's fairness of the longest waiter). With one worker
  * nothing here runs. */
 #ifndef SLUICE_HANDOVER_H
 #define SLUICE_HANDOVER_H
