@@ -104,7 +104,7 @@ bool handover_offer(struct server *s)
  * iteration). Exact FIFO across workers within the slack is not promised (architecture 5.3). */
 #define HANDOVER_FAIRNESS_SLACK_MS 5
 
-bool handover_offer_older(struct server *s, uint64_t since_ms)
+bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_since_ms)
 {
     struct pool *p = s->pool;
     struct worker *worker = p->worker;
@@ -115,7 +115,7 @@ bool handover_offer_older(struct server *s, uint64_t since_ms)
         !ledger_has_waiters(l) || !sluice_serving(worker) || !movable(s))
         return false;
     int to = ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
-                                HANDOVER_FAIRNESS_SLACK_MS);
+                                HANDOVER_FAIRNESS_SLACK_MS, next_since_ms);
     if (to == LEDGER_NO_WORKER)
         return false;
     move(s, &worker->proc->workers[to]);

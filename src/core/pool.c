@@ -590,10 +590,17 @@ bool pool_knows_welcome(struct pool *p)
 static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
 {
     struct pool *p = s->pool;
-    uint64_t waited = sluice_now(p->worker) - c->state_since_ms, now = ledger_now_ms();
+    uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
+    /* the waiter after c, whose arrival this worker's entry says once c is served */
+    const struct list_node *n = list_first(&p->waiting);
+    if (n == &c->node)
+        n = n->next != &p->waiting.head ? n->next : NULL;
+    const struct client *next = n ? container_of(n, struct client, node) : NULL;
+    uint64_t since = now - (clock - c->state_since_ms);
+    uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
     server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
     buf_detach_if_empty(&s->in);
-    if (!handover_offer_older(s, now > waited ? now - waited : 0))
+    if (!handover_offer_older(s, since, next_since))
         return false;
     /* this pool's own waiters wait for a slot now: registered, so the worker the server went
      * to sees them as older than its next waiter and sends it back in turn */

@@ -118,17 +118,21 @@ static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(v
     struct ledger_caps caps = {.pool = 1};
     CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
     CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 100, 1, &caps), 1); /* another key: never */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 1000, 5), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 1000, 5, 0), LEDGER_NO_WORKER);
     CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps), 1);
-    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps), 1); /* its own: never */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 305, 5), LEDGER_NO_WORKER);   /* within the slack */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5), 1);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5), LEDGER_NO_WORKER); /* one on its way */
+    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps), 1);  /* its own: never */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER); /* within the slack */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), 1);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER); /* one on its way */
     ledger_wait_arrived(&l, a1, 1);
     ledger_key_set_state(&l, a1, LEDGER_KEY_PAUSED);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER);
     ledger_key_set_state(&l, a1, LEDGER_KEY_SERVING);
-    CHECK_INT(ledger_claim_older(&l, a1, 2, 306, 5), 0); /* worker 0's is the oldest */
+    CHECK_INT(ledger_claim_older(&l, a1, 2, 306, 5, 0), 0); /* worker 0's is the oldest */
+    /* worker 0 serves its waiter of 200: its entry is its next one's, 400, from then on */
+    ledger_wait_arrived(&l, a1, 0);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 400), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_claim_older(&l, a1, 2, 500, 5, 0), 1);
     ledger_free(&l);
 }
 
