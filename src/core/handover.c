@@ -95,6 +95,33 @@ bool handover_offer(struct server *s)
     return false;
 }
 
+/* How much longer another worker's waiter must have waited than the local one before a
+ * released server moves to it rather than serving the local one. Not 0: under a balanced
+ * saturated load another worker's head is older about (N-1)/N of the time by a hair, and a move
+ * on every release (a mailbox trip and a poll handle each) would cost the hot path its locality
+ * for no order a client could tell apart; 5 ms is below what a client observes as "served
+ * later" and above the loop-time skew between workers (uv_now is per loop, refreshed once per
+ * iteration). Exact FIFO across workers within the slack is not promised (architecture 5.3). */
+#define HANDOVER_FAIRNESS_SLACK_MS 5
+
+bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_since_ms)
+{
+    struct pool *p = s->pool;
+    struct worker *worker = p->worker;
+    struct ledger *l = &worker->proc->ledger;
+    /* session mode is left to its own order: a session waiter elsewhere may want other startup
+     * parameters, and the server would be closed there rather than serve it */
+    if (worker->proc->nworkers < 2 || p->is_admin || p->mode == POOL_SESSION ||
+        !ledger_has_waiters(l) || !sluice_serving(worker) || !movable(s))
+        return false;
+    int to = ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
+                                HANDOVER_FAIRNESS_SLACK_MS, next_since_ms);
+    if (to == LEDGER_NO_WORKER)
+        return false;
+    move(s, &worker->proc->workers[to]);
+    return true;
+}
+
 void handover_offer_pool(struct pool *p)
 {
     /* the longest idle first: the warmest stay with this worker's own clients */

@@ -6,12 +6,15 @@
  * worker holding an idle server then asks the ledger whom it serves (ledger_claim_idle): a
  * server of the waiter's own key moves to it with its slot, socket, TLS session, parameters and
  * prepared statements; one of another key in a shared cap closes, the slot going to the waiter.
- * Local clients go first: only a server no local waiter took is offered. With one worker
+ * Local clients go first: only a server no local waiter took is offered, unless another
+ * worker's waiter of its key has waited longer by more than a slack (handover_offer_older,
+ * 5.3's fairness of the longest waiter). With one worker
  * nothing here runs. */
 #ifndef SLUICE_HANDOVER_H
 #define SLUICE_HANDOVER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct server;
 struct worker;
@@ -21,6 +24,13 @@ struct ledger_key;
 /* s just went idle on its worker (pool_server_ready) or sits idle: if another worker's waiter
  * can use it, move it there or close it to free the slot. true when s left this pool. */
 bool handover_offer(struct server *s);
+/* s just went idle (pool_server_ready) and would serve a local waiter that arrived at
+ * since_ms (ledger_now_ms's clock): when another worker's waiter of its key has waited longer
+ * by more than HANDOVER_FAIRNESS_SLACK_MS, s moves there instead (5.3's fairness of the
+ * longest waiter). true when s left this pool. Lock-free while no worker waits for a slot.
+ * next_since_ms: the arrival of the local waiter after that one (0: none), what this worker's
+ * entry in the ledger's wait list says once that one is served (ledger_claim_older). */
+bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_since_ms);
 /* Offer every idle server of p (a need was announced, or the pool's tick found one). */
 void handover_offer_pool(struct pool *p);
 /* Another worker announced a need: offer every pool's idle servers. */

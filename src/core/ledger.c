@@ -657,6 +657,47 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
     return claim;
 }
 
+/* Under the lock: w, off the list, back in its place by since_ms (after every entry as old). */
+static void place_waiter(struct ledger *l, struct ledger_waiter *w)
+{
+    struct ledger_waiter **pp = &l->waiters;
+    while (*pp && (*pp)->since_ms <= w->since_ms)
+        pp = &(*pp)->next;
+    w->next = *pp;
+    *pp = w;
+}
+
+int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
+                       uint64_t slack_ms, uint64_t next_since_ms)
+{
+    int worker = LEDGER_NO_WORKER;
+    lock(l);
+    /* the local waiter is served: the asking worker's own entry is its next waiter's from now
+     * (else it looks older than it is, and other workers send their servers here for nothing) */
+    struct ledger_waiter *own = next_since_ms ? unlink_waiter(l, key, self) : NULL;
+    if (own) {
+        own->since_ms = next_since_ms;
+        place_waiter(l, own);
+    }
+    /* oldest first: the first entry not older by more than the slack ends the search */
+    for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
+         w = w->next) {
+        if (w->key != key || w->worker == self || w->coming >= w->want ||
+            get(&w->key->state) == LEDGER_KEY_PAUSED)
+            continue;
+        w->coming++;
+        worker = w->worker;
+        break;
+    }
+    if (own && worker != LEDGER_NO_WORKER) {
+        own->since_ms = since_ms; /* not served here after all */
+        own = unlink_waiter(l, key, self);
+        place_waiter(l, own);
+    }
+    unlock(l);
+    return worker;
+}
+
 /* Under the lock: (key, worker)'s entry, or NULL. */
 static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
 {

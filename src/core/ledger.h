@@ -316,6 +316,15 @@ struct ledger_claim {
     struct ledger_key *key; /* its key (CLOSE: the slot is freed for it) */
 };
 struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self);
+/* Fairness of the longest waiter (5.3): the oldest entry of key itself (paused keys passed
+ * over, coming < want) of another worker whose waiter arrived more than slack_ms before
+ * since_ms (the asking worker's own waiter that the released server would serve), its coming
+ * + 1: the server moves there (LEDGER_CLAIM_MOVE) instead of serving the local waiter.
+ * LEDGER_NO_WORKER: none waited that much longer. next_since_ms (0: none or unknown): the
+ * arrival of the asking worker's waiter after that one, which its own entry of key (if any)
+ * takes when the local waiter is served, so the entry stays its oldest waiter's. */
+int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
+                       uint64_t slack_ms, uint64_t next_since_ms);
 /* A server claimed for (key, worker) arrived there, or will not come: its entry's coming - 1. */
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)

@@ -604,6 +604,30 @@ void pool_learn_welcome(struct server *s)
     welcome_login_waiters(p);
 }
 
+/* Fairness of the longest waiter across workers (5.3): s, released with c waiting here, moves
+ * to another worker whose waiter of this key has waited longer than c by more than the slack
+ * (handover.c). Only another worker's registered waiter makes this take the ledger's lock. */
+static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
+{
+    struct pool *p = s->pool;
+    uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
+    /* the waiter after c, whose arrival this worker's entry says once c is served */
+    const struct list_node *n = list_first(&p->waiting);
+    if (n == &c->node)
+        n = n->next != &p->waiting.head ? n->next : NULL;
+    const struct client *next = n ? container_of(n, struct client, node) : NULL;
+    uint64_t since = now - (clock - c->state_since_ms);
+    uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
+    server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
+    buf_detach_if_empty(&s->in);
+    if (!handover_offer_older(s, since, next_since))
+        return false;
+    /* this pool's own waiters wait for a slot now: registered, so the worker the server went
+     * to sees them as older than its next waiter and sends it back in turn */
+    maybe_connect(p);
+    return true;
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -646,11 +670,15 @@ void pool_server_ready(struct server *s)
         close_server_for(s, closed_for_older, p);
         return;
     }
+    if (c && worker->proc->nworkers > 1 && ledger_has_waiters(&worker->proc->ledger) &&
+        pass_to_older_elsewhere(s, c))
+        return;
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
     }
-    server_set_state(s, SERVER_IDLE);
+    if (s->state != SERVER_IDLE)
+        server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
     /* No client of its own wants it: another worker's waiter may (5.4) */
     if (worker->proc->nworkers > 1 && handover_offer(s))

@@ -109,6 +109,33 @@ static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
     ledger_free(&l);
 }
 
+/* 5.3: a released server goes to another worker's waiter of its key only when that one waited
+ * longer than the local waiter by more than the slack, and only once per server it needs */
+static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(void)
+{
+    static struct ledger l;
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
+    struct ledger_caps caps = {.pool = 1};
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 100, 1, &caps), 1); /* another key: never */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 1000, 5, 0), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps), 1);
+    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps), 1);  /* its own: never */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER); /* within the slack */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), 1);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER); /* one on its way */
+    ledger_wait_arrived(&l, a1, 1);
+    ledger_key_set_state(&l, a1, LEDGER_KEY_PAUSED);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER);
+    ledger_key_set_state(&l, a1, LEDGER_KEY_SERVING);
+    CHECK_INT(ledger_claim_older(&l, a1, 2, 306, 5, 0), 0); /* worker 0's is the oldest */
+    /* worker 0 serves its waiter of 200: its entry is its next one's, 400, from then on */
+    ledger_wait_arrived(&l, a1, 0);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 400), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_claim_older(&l, a1, 2, 500, 5, 0), 1);
+    ledger_free(&l);
+}
+
 /* ---- one server moving between two worker threads ---- */
 
 #define ROUNDS 200
@@ -295,6 +322,7 @@ int main(void)
 {
     RUN(an_idle_server_goes_to_the_oldest_waiter_it_serves);
     RUN(local_waiters_first_and_paused_keys_and_full_caps_pass);
+    RUN(a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack);
     RUN(an_idle_server_moves_between_worker_threads_with_its_slot);
     return CHECK_DONE();
 }
