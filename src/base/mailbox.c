@@ -74,13 +74,22 @@ int mailbox_post(struct mailbox *mb, struct list_node *msg)
     return rc;
 }
 
+/* The lock stays: a sender on another thread may still post (and be refused) after the close,
+ * until mailbox_free, which the owner calls once no such thread is left. */
 static void on_mailbox_closed(uv_handle_t *h)
 {
     struct mailbox *mb = h->data;
-    pthread_mutex_destroy(&mb->mu);
+    pthread_mutex_lock(&mb->mu);
     mb->state = MAILBOX_CLOSED;
+    pthread_mutex_unlock(&mb->mu);
     if (mb->on_closed)
         mb->on_closed(mb);
+}
+
+void mailbox_free(struct mailbox *mb)
+{
+    if (mb->state == MAILBOX_CLOSED) /* else it never closed: its lock is left as it is */
+        pthread_mutex_destroy(&mb->mu);
 }
 
 void mailbox_close(struct mailbox *mb, void (*on_closed)(struct mailbox *mb))

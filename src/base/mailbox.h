@@ -48,7 +48,12 @@ int mailbox_init(struct mailbox *mb, uv_loop_t *loop, mailbox_receive_fn *receiv
 int mailbox_post(struct mailbox *mb, struct list_node *msg) __attribute__((warn_unused_result));
 
 /* On the loop's thread: refuse new posts, hand what is queued to receive as MAILBOX_DROPPED, close
- * the handle; on_closed (may be NULL) runs from its close callback, after which mb may be freed. */
+ * the handle; on_closed (may be NULL) runs from its close callback. Posts after it are refused
+ * (UV_ECANCELED), so senders may go on posting until mailbox_free. */
 void mailbox_close(struct mailbox *mb, void (*on_closed)(struct mailbox *mb));
+
+/* Once the mailbox is CLOSED and no thread can post to it any more (every sender joined): its
+ * lock is destroyed; then mb may be freed. */
+void mailbox_free(struct mailbox *mb);
 
 #endif

@@ -456,8 +456,15 @@ void sluice_shutdown(struct process *proc, enum sluice_phase phase)
 
 void sluice_free(struct process *proc)
 {
+    /* every thread first: until it is joined a worker may still post to another's mailbox
+     * (a cancel's answer from the thread pool's completion), which must then be refused, not
+     * meet a destroyed lock */
+    for (int i = 0; i < proc->nworkers; i++)
+        worker_thread_join(&proc->workers[i]);
     for (int i = 0; i < proc->nworkers; i++)
         worker_free(&proc->workers[i]);
+    for (int i = 0; i < proc->nworkers; i++)
+        mailbox_free(&proc->workers[i].mailbox);
     for (int i = 0; i < proc->services_started; i++) {
         if (proc->services[i]->free)
             proc->services[i]->free(proc);
