@@ -4,6 +4,7 @@
  * it also shows the queue's memory has an order between sender and receiver. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <uv.h>
 
@@ -140,9 +141,39 @@ static void close_drops_the_queued_and_refuses_more(void)
     CHECK_INT(uv_loop_close(&loop), 0);
 }
 
+static void *post_late(void *arg)
+{
+    struct mailbox *mb = arg;
+    struct note late = {.sender = 1};
+    /* refused; its lock must still be a lock (mailbox_free has not run) */
+    return (void *)(intptr_t)mailbox_post(mb, &late.node);
+}
+
+/* A sender on another thread may post after the receiver's loop closed the mailbox and ended
+ * (a worker's cancel answer to worker 0 at shutdown): the post is refused, on a live lock.
+ * Before, the close callback destroyed the lock: TSan 'use of an invalid mutex'. */
+static void a_post_after_the_close_is_refused_until_mailbox_free(void)
+{
+    uv_loop_t loop;
+    CHECK_INT(uv_loop_init(&loop), 0);
+    struct receiver r = {.closed = true};
+    CHECK_INT(mailbox_init(&r.mb, &loop, receive, &r), 0);
+    mailbox_close(&r.mb, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(r.mb.state, MAILBOX_CLOSED);
+    pthread_t t;
+    void *rc = NULL;
+    CHECK_INT(pthread_create(&t, NULL, post_late, &r.mb), 0);
+    pthread_join(t, &rc);
+    CHECK_INT((int)(intptr_t)rc, UV_ECANCELED);
+    mailbox_free(&r.mb);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     RUN(many_senders_one_loop_in_order);
     RUN(close_drops_the_queued_and_refuses_more);
+    RUN(a_post_after_the_close_is_refused_until_mailbox_free);
     return CHECK_DONE();
 }
