@@ -148,7 +148,8 @@ def trace_new_clients(s, tmp_path, syscalls, clients=40):
         if m:
             calls.append((m.group(1), m.group(2), int(m.group(3))))
         elif "epoll_wait" in line:  # interrupted or split by another thread: still a wait
-            calls.append(("epoll_wait", "", 0))
+            calls.append(("epoll_wait", line, 0))
+    accepted = sum(1 for name, _, result in calls if name == "accept4" and result >= 0)
     accepted = sum(1 for name, _, result in calls if name == "accept4" and result >= 0)
     assert accepted == clients, f"strace saw {accepted} accepted sockets"
     return calls
@@ -176,8 +177,10 @@ def test_a_new_client_costs_few_system_calls_beyond_its_traffic(start_sluice, tm
 @pytest.mark.timeout(120)
 def test_a_new_clients_first_packet_is_read_without_waiting_for_the_loop(start_sluice, tmp_path):
     """With tcp_defer_accept (default 1 s) the kernel hands sluice a connection only once its
-    first packet is there, and sluice reads it right after accept4: between accept4 and the
-    socket's first recvfrom there is no epoll_wait, and that recvfrom returns data."""
+    first packet is there, and sluice reads it right after accept4: no epoll_wait reports the
+    socket before its first recvfrom, and that recvfrom returns data. (With several workers the
+    accepting one may hand the socket to another, which reads it as it takes it: its own loop
+    wakes for the hand-off message, never for the socket.)"""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_connections": 0,
                       "log_disconnections": 0})
     calls = trace_new_clients(s, tmp_path, ["accept4", "recvfrom", "epoll_wait"])
@@ -185,9 +188,10 @@ def test_a_new_clients_first_packet_is_read_without_waiting_for_the_loop(start_s
     for i, (name, _, fd) in enumerate(calls):
         if name != "accept4" or fd < 0:
             continue
+        reported = re.compile(rf"\bu32={fd}\b")  # libuv's epoll data is the descriptor
         waited = False
         for later_name, later_args, result in calls[i + 1:]:
-            if later_name == "epoll_wait":
+            if later_name == "epoll_wait" and reported.search(later_args):
                 waited = True
             elif later_name == "recvfrom" and later_args.startswith(f"{fd},"):
                 assert not waited, f"sluice waited in epoll_wait before reading client fd {fd}"
