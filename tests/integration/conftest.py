@@ -553,6 +553,16 @@ class Sluice:
         with self._lock:
             return list(self.lines)
 
+    @property
+    def workers(self):
+        """How many workers this sluice runs, as its start line says ("started: N workers";
+        `auto` is the CPUs the process may use, so a test cannot know it beforehand)."""
+        for line in self.log:
+            m = re.search(r"started: (\d+) workers?", line)
+            if m:
+                return int(m.group(1))
+        raise AssertionError(f"sluice logged no 'started: N workers' line\n{self.log_tail(20)}")
+
     def log_text(self):
         return "\n".join(self.log)
 
