@@ -629,6 +629,7 @@ static struct worker *add_worker(struct process *proc, unsigned index)
     w->index = index;
     w->cfg = proc->cfg;
     w->budgets = budget_set_current(proc);
+    w->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
     list_init(&w->pools);
     list_init(&w->login_clients);
     list_init(&w->closing_clients);
