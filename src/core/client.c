@@ -468,6 +468,20 @@ bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t
     return true;
 }
 
+void client_resume_console_login(struct client *c, SSL *ssl, uint64_t connect_ms,
+                                 const uint8_t *bytes, size_t nbytes)
+{
+    c->io.ssl = ssl;
+    c->connect_ms = connect_ms;
+    if (client_take_input(c, bytes, nbytes) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
+    }
+    client_login_on_startup_bytes(c);
+    if (c->state != CLIENT_CLOSED && c->io.ssl && sockio_pending(&c->io) > 0)
+        client_read_and_handle(c); /* decrypted bytes no poll event will announce */
+}
+
 void client_login_refused(struct client *c, const char *sqlstate, const char *message)
 {
     if (c->state != CLIENT_LOGIN_SYNC)

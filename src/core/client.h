@@ -201,5 +201,11 @@ int client_take_input(struct client *c, const uint8_t *bytes, size_t n);
  * TLS session and the bytes left in c->in, and c is gone from here (true; also when the move
  * failed and c was closed). false: c is on worker 0, nothing was done. */
 bool client_move_console_login(struct client *c, const uint8_t *packet, uint32_t len);
+/* On worker 0: c, just accepted from a console login another worker moved here, goes on as if
+ * this worker had read its StartupMessage (parsed again, so c->admin is set on this thread),
+ * with the socket's TLS session (NULL: plain; c's own from here) and bytes, the StartupMessage
+ * and what followed it. */
+void client_resume_console_login(struct client *c, SSL *ssl, uint64_t connect_ms,
+                                 const uint8_t *bytes, size_t nbytes);
 
 #endif

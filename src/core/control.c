@@ -291,14 +291,48 @@ void control_kill(struct worker *worker, const char *db)
     to_every_worker(worker, CONTROL_KILL, db);
 }
 
+static struct client *find_client_in(const struct list *l, uint64_t id)
+{
+    struct list_node *n, *tmp;
+    list_for_each(l, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        if (c->id == id)
+            return c;
+    }
+    return NULL;
+}
+
 struct client *control_find_client(struct worker *worker, uint64_t id)
 {
-    return worker_find_client(worker, id);
+    struct client *c = find_client_in(&worker->login_clients, id);
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        if (c)
+            break;
+        c = find_client_in(&p->active_clients, id);
+        if (!c)
+            c = find_client_in(&p->waiting, id);
+        if (!c)
+            c = find_client_in(&p->idle_clients, id);
+    }
+    return c;
 }
 
 void control_kill_client(struct client *victim)
 {
     client_fail(victim, FAIL_ADMIN_KILLED, "");
+}
+
+void control_kill_client_here(struct worker *worker, uint64_t id)
+{
+    struct client *victim = control_find_client(worker, id);
+    if (victim)
+        control_kill_client(victim);
+    else
+        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
 }
 
 struct worker *control_client_owner(struct worker *worker, uint64_t id)

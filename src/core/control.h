@@ -59,7 +59,7 @@ void control_kill(struct worker *worker, const char *db);
  * and every server of them closes. On the worker's own thread (worker_apply_config). */
 void control_drop_removed(struct worker *worker);
 
-/* The client with this id (logging in, or in a pool), or NULL. */
+/* The client of worker's with this id (logging in, or in a pool), or NULL; on its thread. */
 struct client *control_find_client(struct worker *worker, uint64_t id);
 /* KILL_CLIENT: close it with FATAL "connection closed by the administrator". */
 void control_kill_client(struct client *victim);
@@ -69,6 +69,9 @@ struct worker *control_client_owner(struct worker *worker, uint64_t id);
 /* KILL_CLIENT of a client another worker owns: a message to it, which closes the client on its
  * own thread if it is still there; nothing is known here of whether it was. */
 void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
+/* On the owner's thread, at that message: KILL_CLIENT of its client with this id if it is
+ * still there (logged when it has left). */
+void control_kill_client_here(struct worker *worker, uint64_t id);
 
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */

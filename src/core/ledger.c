@@ -25,16 +25,6 @@ static void unlock(const struct ledger *l)
     pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
 }
 
-void ledger_lock(struct ledger *l)
-{
-    lock(l);
-}
-
-void ledger_unlock(struct ledger *l)
-{
-    unlock(l);
-}
-
 /* Relaxed: the order between counters comes from the lock (writers) or does not matter (the
  * lock-free readers' answers are hints). */
 static int get(const atomic_int *c)
@@ -444,16 +434,6 @@ uint64_t ledger_take_lease_waiters(struct ledger *l, int self)
     return atomic_fetch_and_explicit(&l->lease_waiters, ~others, memory_order_seq_cst) & others;
 }
 
-bool ledger_take_client_held(const struct budget_rule *r)
-{
-    if (!r)
-        return true;
-    bool room = !(r->max_clients > 0 && get(&r->budget->clients) >= r->max_clients);
-    if (room)
-        add(&r->budget->clients, 1);
-    return room;
-}
-
 bool ledger_take_client(struct worker *worker, struct budget *b)
 {
     struct ledger *l = &worker->proc->ledger;
@@ -475,11 +455,6 @@ void ledger_give_client(struct ledger *l, struct budget *b)
     unlock(l);
     assert(left >= 0);
     (void)left;
-}
-
-void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap)
-{
-    atomic_store_explicit(&l->lease_caps, any_budget_cap, memory_order_relaxed);
 }
 
 /* Under the lock. */
@@ -782,27 +757,11 @@ void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_us
     unlock(l);
 }
 
-int ledger_key_usable(const struct ledger_key *key)
-{
-    return key ? get(&key->server_usable) : 0;
-}
-
 void ledger_key_note_pool_size(struct ledger_key *key, int pool_size)
 {
     if (key)
         atomic_store_explicit(&key->pool_size, pool_size > 0 ? pool_size : 0,
                               memory_order_relaxed);
-}
-
-int ledger_db_usable(const struct ledger *l, const char *db_name)
-{
-    int usable = 0;
-    lock(l);
-    for (const struct ledger_key *k = l->keys; k; k = k->next)
-        if (strcmp(k->db->name, db_name) == 0 && get(&k->server_usable) > usable)
-            usable = get(&k->server_usable);
-    unlock(l);
-    return usable;
 }
 
 bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enum limit_kind k,

@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "budget.h"
 #include "params.h"
@@ -238,8 +239,21 @@ uint64_t ledger_take_lease_waiters(struct ledger *l, int self);
  * connected (nothing changed). */
 bool ledger_take_client(struct worker *worker, struct budget *b)
     __attribute__((warn_unused_result));
-/* The same, the caller holding the ledger's lock (budget_join). */
-bool ledger_take_client_held(const struct budget_rule *r) __attribute__((warn_unused_result));
+/* The same, the caller holding the ledger's lock (budget_join). Inline, as the other accessors
+ * budget.c uses (ledger_lock, ledger_key_usable, ...): budget.c is below ledger.c, which asks it
+ * for the caps (budget_server_caps), so it calls nothing of ledger.c's (scripts/deps). */
+__attribute__((warn_unused_result)) static inline bool
+ledger_take_client_held(const struct budget_rule *r)
+{
+    if (!r)
+        return true;
+    bool room = !(r->max_clients > 0 &&
+                  atomic_load_explicit(&r->budget->clients, memory_order_relaxed) >=
+                      r->max_clients);
+    if (room)
+        atomic_fetch_add_explicit(&r->budget->clients, 1, memory_order_relaxed);
+    return room;
+}
 void ledger_give_client(struct ledger *l, struct budget *b);
 
 /* The caps a logged-in client counts under, resolved by client_login.c (0: no such cap). */
@@ -350,7 +364,10 @@ enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
  * resolves its NN% caps against this one number. */
 void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable);
 /* The usable connections behind key's NN% caps (0: not learnt yet). Lock-free. */
-int ledger_key_usable(const struct ledger_key *key);
+static inline int ledger_key_usable(const struct ledger_key *key)
+{
+    return key ? atomic_load_explicit(&key->server_usable, memory_order_relaxed) : 0;
+}
 /* A pool of key applied its config: pool_size (0 for the admin console's pool). Lock-free. */
 void ledger_key_note_pool_size(struct ledger_key *key, int pool_size);
 /* For a waiter's message: the pool key with the most backends (every worker's) in the scope a
@@ -366,14 +383,34 @@ void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,
  * memory ran out (out may then hold part of it: the caller frees or retries). */
 bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out);
 /* The most usable connections learnt by any key of database db_name (auth_query's caps). */
-int ledger_db_usable(const struct ledger *l, const char *db_name);
+static inline int ledger_db_usable(const struct ledger *l, const char *db_name)
+{
+    int usable = 0;
+    pthread_mutex_lock((pthread_mutex_t *)&l->mu);
+    for (const struct ledger_key *k = l->keys; k; k = k->next) {
+        int u = ledger_key_usable(k);
+        if (strcmp(k->db->name, db_name) == 0 && u > usable)
+            usable = u;
+    }
+    pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
+    return usable;
+}
 /* The budgets' counts are changed under the ledger's lock; their numbers are an immutable
  * generation each worker holds (budget.h). budget_sync builds the next one and replaces the
  * process's under the lock, and says, still under it, whether any budget has max_servers or
  * min_servers (are leases checked at all?). */
-void ledger_lock(struct ledger *l);
-void ledger_unlock(struct ledger *l);
-void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);
+static inline void ledger_lock(struct ledger *l)
+{
+    pthread_mutex_lock(&l->mu);
+}
+static inline void ledger_unlock(struct ledger *l)
+{
+    pthread_mutex_unlock(&l->mu);
+}
+static inline void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap)
+{
+    atomic_store_explicit(&l->lease_caps, any_budget_cap, memory_order_relaxed);
+}
 
 /* ---- The circuit breaker across workers (5.10, ledger_breaker.c) ----
  * May worker start a connection attempt for key now? Always while no attempt failed; after a

@@ -16,6 +16,7 @@
 #include "client.h"
 #include "link.h"
 #include "disabled_dbs.h"
+#include "handover.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -60,6 +61,82 @@ static void on_reaper_check(uv_check_t *h)
         free(s);
     }
 }
+
+/* What a shutdown closes on one worker: with only_free_ones, what serves no transaction (logins,
+ * idle and queued clients, idle servers), else everything. */
+static void close_all(struct worker *worker, bool only_free_ones)
+{
+    struct list_node *pn, *ptmp, *n, *tmp;
+    list_for_each(&worker->login_clients, n, tmp)
+        client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+    list_for_each(&worker->pools, pn, ptmp)
+    {
+        struct pool *p = container_of(pn, struct pool, node);
+        list_for_each(&p->idle_clients, n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        /* A queued request is a new one: answered at once, or a steady stream of short
+         * transactions would keep every server busy until shutdown_timeout. */
+        list_for_each(&p->waiting, n, tmp)
+            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+        if (!only_free_ones) {
+            list_for_each(&p->active_clients, n, tmp)
+                client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
+            list_for_each(&p->resetting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+            list_for_each(&p->connecting, n, tmp)
+                server_close(container_of(n, struct server, node), "shutting down");
+        }
+        list_for_each(&p->idle, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
+        list_for_each(&p->leaving, n, tmp)
+            server_close(container_of(n, struct server, node), "shutting down");
+    }
+    if (!only_free_ones) {
+        list_for_each(&worker->closing_clients, n, tmp)
+            client_close(container_of(n, struct client, node), "shutting down");
+    }
+}
+
+/* A worker's share of the process's shutdown phase (its SHUTDOWN message, or inline). */
+static void close_for_phase(struct worker *worker, enum sluice_phase phase)
+{
+    if (phase == PHASE_SHUTDOWN_GRACEFUL)
+        close_all(worker, true);
+    else if (phase == PHASE_SHUTDOWN_NOW)
+        close_all(worker, false);
+}
+
+/* A worker's pools follow the reloaded config (worker->cfg, already the new one). */
+static void apply_config(struct worker *worker)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&worker->pools, n, tmp)
+    {
+        struct pool *p = container_of(n, struct pool, node);
+        pool_apply_config(p);
+        server_retire_changed(p);
+        budget_log_cap(p);
+        /* NN% caps are resolved again from the next server this pool opens. */
+        p->probe_again = true;
+    }
+    control_drop_removed(worker);
+    pool_create_forced(worker);
+}
+
+const struct worker_handlers sluice_worker_handlers = {
+    .accept = client_accept,
+    .read_first = client_read_first,
+    .resume_console_login = client_resume_console_login,
+    .shutdown = close_for_phase,
+    .apply_config = apply_config,
+    .dispatch = pool_dispatch_all,
+    .control = control_apply,
+    .kill_client = control_kill_client_here,
+    .cancel = cancel_remote_request,
+    .cancel_done = cancel_remote_done,
+    .need = handover_scan,
+    .server_arrived = handover_receive,
+};
 
 static bool everything_closed(const struct process *proc)
 {
@@ -113,7 +190,7 @@ static bool process_tick(struct process *proc, uint64_t now)
         return false;
     }
     if (proc->phase == PHASE_SHUTDOWN_GRACEFUL) {
-        worker_close_all(sluice_control_worker(proc), true); /* the others in their own ticks */
+        close_all(sluice_control_worker(proc), true); /* the others in their own ticks */
         if (now >= proc->shutdown_deadline_ms) {
             log_msg(LOG_WARNING, "shutdown_timeout passed: closing the remaining connections");
             sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
@@ -146,7 +223,7 @@ static void on_maint_timer(uv_timer_t *t)
     if (control && !process_tick(proc, now))
         return;
     if (!control && proc->phase == PHASE_SHUTDOWN_GRACEFUL)
-        worker_close_all(worker, true);
+        close_all(worker, true);
     log_stats(worker, now);
     stats_tick(worker, now);
     if (worker->tally)
@@ -242,6 +319,7 @@ static int worker_start(struct process *proc, struct worker *worker, unsigned in
     worker->next_id = (uint64_t)index << 56;
     /* Worker 0 shares the process's reference; a thread holds its own generation (5.7). */
     worker->cfg = index == 0 ? proc->cfg : config_acquire(proc->cfg);
+    worker->handlers = &sluice_worker_handlers; /* before anything can post to it */
     int rc = worker_loop_init(worker, process_loop);
     if (rc < 0)
         return rc;

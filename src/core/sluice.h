@@ -107,6 +107,8 @@ struct worker {
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
     const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
     const struct cancel_events *cancel_events; /* what cancels ask of clients, servers (link.c) */
+    /* What its mailbox's messages ask of the core (worker.h; sluice_worker_handlers). */
+    const struct worker_handlers *handlers;
     /* A budget lease ended: waiters of other pools may now be served (done in on_reaper_check). */
     bool dispatch_needed;
 
@@ -163,6 +165,10 @@ struct process {
 
     int exit_code;
 };
+
+/* The core's answers to a worker's messages (worker.h), which sluice_start installs in every
+ * worker: a unit test that makes its workers by hand installs them too. */
+extern const struct worker_handlers sluice_worker_handlers;
 
 /* Set up the pieces from a loaded config (takes ownership of cfg), then start the services
  * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */

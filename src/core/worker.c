@@ -1,6 +1,7 @@
 /* worker: each worker's loop, thread and mailbox, and the messages the control thread sends
  * them (see worker.h). A message is handled between the receiving worker's callbacks, so it
- * sees its lists as any callback of that loop does. */
+ * sees its lists as any callback of that loop does; what it asks of the core goes through
+ * worker->handlers, so this file calls nothing above it. */
 #include "worker.h"
 
 #include <stdlib.h>
@@ -9,14 +10,8 @@
 
 #include "budget.h"
 #include "buf.h"
-#include "client.h"
-#include "client_login.h"
-#include "control.h"
-#include "handover.h"
 #include "log.h"
-#include "pool.h"
 #include "secret.h"
-#include "server.h"
 #include "sockio.h"
 
 enum worker_msg_kind {
@@ -60,57 +55,7 @@ struct worker_msg {
     uint8_t bytes[];
 };
 
-void worker_close_all(struct worker *worker, bool only_free_ones)
-{
-    struct list_node *pn, *ptmp, *n, *tmp;
-    list_for_each(&worker->login_clients, n, tmp)
-        client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-    list_for_each(&worker->pools, pn, ptmp)
-    {
-        struct pool *p = container_of(pn, struct pool, node);
-        list_for_each(&p->idle_clients, n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-        /* A queued request is a new one: answered at once, or a steady stream of short
-         * transactions would keep every server busy until shutdown_timeout. */
-        list_for_each(&p->waiting, n, tmp)
-            client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-        if (!only_free_ones) {
-            list_for_each(&p->active_clients, n, tmp)
-                client_fail(container_of(n, struct client, node), FAIL_SHUTDOWN, "");
-            list_for_each(&p->resetting, n, tmp)
-                server_close(container_of(n, struct server, node), "shutting down");
-            list_for_each(&p->connecting, n, tmp)
-                server_close(container_of(n, struct server, node), "shutting down");
-        }
-        list_for_each(&p->idle, n, tmp)
-            server_close(container_of(n, struct server, node), "shutting down");
-        list_for_each(&p->leaving, n, tmp)
-            server_close(container_of(n, struct server, node), "shutting down");
-    }
-    if (!only_free_ones) {
-        list_for_each(&worker->closing_clients, n, tmp)
-            client_close(container_of(n, struct client, node), "shutting down");
-    }
-}
-
-/* A worker's pools follow the reloaded config (worker->cfg, already the new one). */
-void worker_apply_config(struct worker *worker)
-{
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        pool_apply_config(p);
-        server_retire_changed(p);
-        budget_log_cap(p);
-        /* NN% caps are resolved again from the next server this pool opens. */
-        p->probe_again = true;
-    }
-    control_drop_removed(worker);
-    pool_create_forced(worker);
-}
-
-void worker_close_handles(struct worker *worker)
+static void worker_close_handles(struct worker *worker)
 {
     uv_timer_stop(&worker->maint_timer);
     uv_close((uv_handle_t *)&worker->maint_timer, NULL);
@@ -126,10 +71,7 @@ static void begin_shutdown(struct worker *worker, enum sluice_phase phase)
      * thread ends its own in sluice_shutdown */
     if (worker->run != WORKER_ON_PROCESS_LOOP && phase >= PHASE_SHUTDOWN_GRACEFUL)
         secret_shutdown();
-    if (phase == PHASE_SHUTDOWN_GRACEFUL)
-        worker_close_all(worker, true);
-    else if (phase == PHASE_SHUTDOWN_NOW)
-        worker_close_all(worker, false);
+    worker->handlers->shutdown(worker, phase);
 }
 
 static void apply_reload(struct worker *worker, struct config *cfg, struct budget_set *budgets)
@@ -138,87 +80,41 @@ static void apply_reload(struct worker *worker, struct config *cfg, struct budge
     worker->cfg = cfg;
     budget_set_swap(&worker->budgets, budgets);
     secret_reload(); /* this thread's auth_query answers and connections (auth_reload's part) */
-    worker_apply_config(worker);
-    pool_dispatch_all(worker);
+    worker->handlers->apply_config(worker);
+    worker->handlers->dispatch(worker);
     config_release(old);
 }
 
-static struct client *find_client_in(const struct list *l, uint64_t id)
-{
-    struct list_node *n, *tmp;
-    list_for_each(l, n, tmp)
-    {
-        struct client *c = container_of(n, struct client, node);
-        if (c->id == id)
-            return c;
-    }
-    return NULL;
-}
-
-struct client *worker_find_client(struct worker *worker, uint64_t id)
-{
-    struct client *c = find_client_in(&worker->login_clients, id);
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        if (c)
-            break;
-        c = find_client_in(&p->active_clients, id);
-        if (!c)
-            c = find_client_in(&p->waiting, id);
-        if (!c)
-            c = find_client_in(&p->idle_clients, id);
-    }
-    return c;
-}
-
-/* The console's KILL_CLIENT of one of this worker's clients (control_kill_client_elsewhere). */
-static void kill_client(struct worker *worker, uint64_t id)
-{
-    struct client *victim = worker_find_client(worker, id);
-    if (victim)
-        client_fail(victim, FAIL_ADMIN_KILLED, "");
-    else
-        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
-}
-
 /* A console login another worker moved here: it goes on as if this worker had accepted the
- * socket, from its StartupMessage (parsed again here, so c->admin is set on this thread). */
+ * socket, from its StartupMessage (parsed again there, so c->admin is set on this thread). */
 static void take_console(struct worker *worker, struct worker_msg *m, bool delivered)
 {
-    struct client *c = delivered ? client_accept(worker, m->fd, &m->addr) : NULL;
+    const struct worker_handlers *h = worker->handlers;
+    struct client *c = delivered ? h->accept(worker, m->fd, &m->addr) : NULL;
     atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
     if (!c) {
-        SSL_free(m->ssl); /* client_accept closed the fd; not delivered: closed here */
+        SSL_free(m->ssl); /* accept closed the fd; not delivered: closed here */
         if (!delivered)
             close(m->fd);
         return;
     }
-    c->io.ssl = m->ssl;
-    c->connect_ms = m->connect_ms;
-    if (client_take_input(c, m->bytes, m->nbytes) < 0) {
-        client_fail(c, FAIL_OUT_OF_MEMORY, "");
-        return;
-    }
-    client_login_on_startup_bytes(c);
-    if (c->state != CLIENT_CLOSED && c->io.ssl && sockio_pending(&c->io) > 0)
-        client_read_and_handle(c); /* decrypted bytes no poll event will announce */
+    h->resume_console_login(c, m->ssl, m->connect_ms, m->bytes, m->nbytes);
 }
 
 static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_delivery how)
 {
     struct worker *worker = mb->data;
+    const struct worker_handlers *h = worker->handlers;
     struct worker_msg *m = container_of(node, struct worker_msg, node);
     bool delivered = how == MAILBOX_DELIVERED;
     switch (m->kind) {
     case WORKER_MSG_ACCEPT: {
-        struct client *c = delivered ? client_accept(worker, m->fd, &m->addr) : NULL;
+        struct client *c = delivered ? h->accept(worker, m->fd, &m->addr) : NULL;
         if (!delivered)
             close(m->fd);
         atomic_fetch_sub_explicit(&worker->handed, 1, memory_order_relaxed);
         if (c)
-            client_read_first(c);
+            h->read_first(c);
         break;
     }
     case WORKER_MSG_SHUTDOWN:
@@ -241,24 +137,24 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_CANCEL:
         if (delivered)
-            cancel_remote_request(worker, m->pid, m->key, m->reply_to, m->ticket);
+            h->cancel(worker, m->pid, m->key, m->reply_to, m->ticket);
         else
             worker_post_cancel_done(m->reply_to, m->ticket);
         break;
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
-            pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+            h->dispatch(worker); /* a pool still held registers again (maybe_connect) */
         break;
     case WORKER_MSG_KILL_CLIENT:
         if (delivered)
-            kill_client(worker, m->client_id);
+            h->kill_client(worker, m->client_id);
         break;
     case WORKER_MSG_CALL:
         m->call(worker, m->arg, delivered);
         break;
     case WORKER_MSG_CONTROL:
         if (delivered)
-            control_apply(worker, m->op, m->db, m->seq);
+            h->control(worker, m->op, m->db, m->seq);
         else if (m->seq)
             atomic_store_explicit(&worker->pause_idle, m->seq, memory_order_release);
         free(m->db);
@@ -268,14 +164,14 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_NEED:
         if (delivered && sluice_serving(worker))
-            handover_scan(worker);
+            h->need(worker);
         break;
     case WORKER_MSG_SERVER:
-        handover_receive(worker, m->server, m->ledger_key, delivered);
+        h->server_arrived(worker, m->server, m->ledger_key, delivered);
         break;
     case WORKER_MSG_CANCEL_DONE:
         /* dropped too: the mailbox closes on this, the ticket's, thread */
-        cancel_remote_done(m->ticket);
+        h->cancel_done(m->ticket);
         break;
     }
     free(m);
@@ -364,7 +260,7 @@ struct client *worker_hand_client(struct worker *worker, int fd,
                                   const struct sockaddr_storage *addr)
 {
     if (worker->run == WORKER_ON_PROCESS_LOOP)
-        return client_accept(worker, fd, addr);
+        return worker->handlers->accept(worker, fd, addr);
     struct worker_msg *m = msg_new(WORKER_MSG_ACCEPT);
     if (!m) {
         close(fd);
@@ -423,7 +319,7 @@ void worker_post_reload(struct worker *worker, struct config *cfg)
     unsigned seq = worker->proc->reload_seq;
     if (worker->run == WORKER_ON_PROCESS_LOOP) {
         /* worker 0 shares the process's reference: sluice_reload swapped it already */
-        worker_apply_config(worker);
+        worker->handlers->apply_config(worker);
         atomic_store_explicit(&worker->reload_applied, seq, memory_order_release);
         return;
     }
@@ -447,7 +343,7 @@ void worker_post_reload(struct worker *worker, struct config *cfg)
 void worker_post_control(struct worker *worker, enum control_op op, const char *db, unsigned seq)
 {
     if (worker->run == WORKER_ON_PROCESS_LOOP) {
-        control_apply(worker, op, db, seq);
+        worker->handlers->control(worker, op, db, seq);
         return;
     }
     struct worker_msg *m = msg_new(WORKER_MSG_CONTROL);

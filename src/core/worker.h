@@ -3,7 +3,10 @@
  * workers = 1 keeps the single-loop path: nothing here is posted then, every step runs inline.
  * Workers 1..N-1 each run their own loop in a thread of their own; the control thread (the
  * process's loop) reaches them only through worker_post_*, never through their lists.
- * Ownership: a posted socket, config reference or request is the receiver's once posted. */
+ * Ownership: a posted socket, config reference or request is the receiver's once posted.
+ * This file sits below the pool, the clients and the servers: it carries messages and never
+ * calls the code that acts on them; a message's work is done through the worker's
+ * worker_handlers, which sluice.c installs (as it installs pool_events). */
 #ifndef SLUICE_WORKER_H
 #define SLUICE_WORKER_H
 
@@ -11,11 +14,48 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "cancel.h"
 #include "control.h"
 #include "sluice.h"
 
+struct cancel_job;
 struct client;
+struct ledger_key;
+struct server;
+
+/* What a message asks of the layers above, on the receiving worker's thread (or inline, for
+ * a worker on the process's loop). Every entry is set: sluice.c's sluice_worker_handlers
+ * names the functions that do the work; unit tests may install their own. */
+struct worker_handlers {
+    /* fd becomes a client of worker (client_accept); NULL when it could not (fd closed). */
+    struct client *(*accept)(struct worker *worker, int fd, const struct sockaddr_storage *addr);
+    /* A client accepted from a message: read its first packet (client_read_first). */
+    void (*read_first)(struct client *c);
+    /* A console login moved here (worker_hand_console), accepted again as c: it goes on from
+     * its StartupMessage with the socket's TLS session (NULL: plain) and these bytes
+     * (client_resume_console_login). */
+    void (*resume_console_login)(struct client *c, SSL *ssl, uint64_t connect_ms,
+                                 const uint8_t *bytes, size_t nbytes);
+    /* The process entered phase: close what it asks of this worker's connections. */
+    void (*shutdown)(struct worker *worker, enum sluice_phase phase);
+    /* worker->cfg is the reloaded config: its pools follow it. */
+    void (*apply_config)(struct worker *worker);
+    /* A slot may be free: every pool serves its waiters again (pool_dispatch_all). */
+    void (*dispatch)(struct worker *worker);
+    /* worker_post_control's op for the worker's pools of db (control_apply). */
+    void (*control)(struct worker *worker, enum control_op op, const char *db, unsigned seq);
+    /* KILL_CLIENT of its client with this id, if still there (control_kill_client_here). */
+    void (*kill_client)(struct worker *worker, uint64_t client_id);
+    /* A CancelRequest for a pid the worker owns (cancel_remote_request). */
+    void (*cancel)(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
+                   struct cancel_job *ticket);
+    /* The owner's answer, on the requester's thread (cancel_remote_done). */
+    void (*cancel_done)(struct cancel_job *ticket);
+    /* Another worker's waiters need servers: offer idle ones (handover_scan). */
+    void (*need)(struct worker *worker);
+    /* An idle server moved here (handover_receive; delivered false: the mailbox closed). */
+    void (*server_arrived)(struct worker *worker, struct server *s, struct ledger_key *key,
+                           bool delivered);
+};
 
 /* Workers 1..N-1, on the control thread before anything can post to it: initialise own_loop
  * and its mailbox there (the worker's handles are then made on own_loop by the caller);
@@ -68,8 +108,6 @@ void worker_wake(struct worker *from, int to);
 void worker_post_need(struct worker *from);
 /* An idle server (MOVING, its poll detached) to worker to, which re-homes it (handover.c).
  * 0, or UV_ENOMEM / UV_ECANCELED: nothing posted, s is still the caller's. */
-struct server;
-struct ledger_key;
 int worker_post_server(struct worker *to, struct server *s, struct ledger_key *key)
     __attribute__((warn_unused_result));
 /* A service's question to a worker (the console gathering rows, 5.6): call runs on worker's
@@ -79,18 +117,11 @@ int worker_post_server(struct worker *to, struct server *s, struct ledger_key *k
 typedef void worker_call_fn(struct worker *worker, void *arg, bool delivered);
 int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
     __attribute__((warn_unused_result));
-/* The client of worker's with this id (logging in, or in a pool), or NULL; on its thread. */
-struct client *worker_find_client(struct worker *worker, uint64_t id);
 /* KILL_CLIENT of a client of worker's (its id's top byte): closed on its own thread with
  * FATAL "connection closed by the administrator", if it is still there. */
 void worker_post_kill_client(struct worker *worker, uint64_t client_id);
 /* Everything is closed: close the worker's handles (its maintenance timer, reaper, mailbox),
  * which ends its loop. */
 void worker_post_finish(struct worker *worker);
-
-/* What each worker does on its own loop, shared with sluice.c's inline paths. */
-void worker_close_all(struct worker *worker, bool only_free_ones);
-void worker_apply_config(struct worker *worker);
-void worker_close_handles(struct worker *worker);
 
 #endif

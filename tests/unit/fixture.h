@@ -48,6 +48,7 @@ static inline struct worker *fixture_worker_of(struct config *cfg, uv_loop_t *lo
     proc->cfg = worker->cfg = cfg;
     proc->nworkers = 1;
     worker->proc = proc;
+    worker->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
     if (loop) {
         uv_loop_init(loop);
         proc->loop = worker->loop = loop;

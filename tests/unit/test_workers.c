@@ -785,6 +785,7 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
         w->proc = &proc;
         w->index = (unsigned)i;
         w->cfg = proc.cfg;
+        w->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
         list_init(&w->pools);
         list_init(&w->login_clients);
         list_init(&w->closing_clients);
