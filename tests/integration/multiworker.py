@@ -14,6 +14,8 @@ from pgwire import RawConn, raw_login
 
 WORKERS = 4
 ADMIN = "admin"
+QUERY_WAIT_S = 5  # main_keys' query_wait_timeout
+PROMPT_S = 3.0  # well under it: a client that waited for the timeout fails anyway
 
 
 def _sanitized():
@@ -34,6 +36,15 @@ def start4(start_sluice, pg, databases=None, **main):
     m = {"workers": WORKERS, "admin_users": ADMIN, "pool_mode": "transaction"}
     m.update(main)
     return start_sluice(m, databases=databases)
+
+
+def main_keys(nworkers, pool_size, mode="transaction", **extra):
+    """[sluice] keys with pools small enough that idle servers move between the workers, and a
+    query_wait_timeout that every query must beat by far (PROMPT_S)."""
+    m = {"pool_mode": mode, "workers": nworkers, "default_pool_size": pool_size,
+         "query_wait_timeout": QUERY_WAIT_S, "admin_users": ADMIN}
+    m.update(extra)
+    return m
 
 
 def console(s, password=None):

@@ -12,12 +12,11 @@ import time
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
-from multiworker import ADMIN, clients_on_distinct_workers, close_all, console
+from multiworker import (ADMIN, PROMPT_S, clients_on_distinct_workers, close_all, console,
+                         main_keys)
 
 ADMIN_PASSWORD = "adminpass"
 ROUNDS = 15
-# Well under query_wait_timeout (5 s): a client that waited for the timeout fails anyway.
-PROMPT_S = 3.0
 
 
 def timed_query(c, sql="SELECT pg_backend_pid()"):
@@ -46,10 +45,8 @@ def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg,
                                                                 check_delay):
     """pool_size = 1: the one backend serves every worker's clients in turn by moving. With
     server_check_delay = 0 each arrival is checked first (pool_take_moved), then served."""
-    s = start_sluice({"pool_mode": "transaction", "workers": nworkers, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN,
-                      "server_check_delay": check_delay, "server_check_query": "SELECT 1",
-                      "log_level": "debug"})
+    s = start_sluice(main_keys(nworkers, 1, server_check_delay=check_delay,
+                               server_check_query="SELECT 1", log_level="debug"))
     with console(s) as adm:
         logins = [{}] * nworkers
         clients, opened = clients_on_distinct_workers(s, adm, logins, nworkers)
@@ -71,9 +68,7 @@ def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg,
 def test_a_moved_server_keeps_its_prepared_statements_and_session(start_sluice, pg):
     """A named prepared statement made on worker A's client is re-prepared (or found) on the
     server after it moved to worker B and back; a parameter a client SET is its own."""
-    s = start_sluice({"pool_mode": "transaction", "workers": 2, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN,
-                      "max_prepared_statements": 100})
+    s = start_sluice(main_keys(2, 1, max_prepared_statements=100))
     with console(s) as adm:
         logins = [{"prepare_threshold": 0}, {"prepare_threshold": 0}]
         (a, b), opened = clients_on_distinct_workers(s, adm, logins, 2)
@@ -89,14 +84,6 @@ def test_a_moved_server_keeps_its_prepared_statements_and_session(start_sluice, 
                     assert row == (r + 1, name), row
         finally:
             close_all(opened)
-
-
-def shared_cap_setup(start_sluice, pg, main, databases):
-    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
-    m = {"pool_mode": "transaction", "workers": 2, "query_wait_timeout": 5,
-         "admin_users": ADMIN}
-    m.update(main)
-    return start_sluice(m, databases=databases, auth_file=users)
 
 
 APP2 = {"user": "app2", "password": "app2pass"}
@@ -116,8 +103,9 @@ def test_an_idle_server_of_another_key_is_closed_for_a_waiter_under_a_shared_cap
     Postgres database). Each waiter is served promptly, the other key's idle server closed."""
     dbnames, login, sampled = SHARED_CAPS[cap]
     entry = {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}
-    s = shared_cap_setup(start_sluice, pg, {cap: 1, "default_pool_size": 5},
-                         {name: entry for name in dbnames})
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
+    s = start_sluice(main_keys(2, 5, **{cap: 1}), databases={name: entry for name in dbnames},
+                     auth_file=users)
     with console(s, ADMIN_PASSWORD) as adm:
         clients, opened = clients_on_distinct_workers(s, adm, [{}, login], 2)
         try:

@@ -19,19 +19,9 @@ from psycopg import errors
 from conftest import APP_DB, APP_USER, BackendSampler, wait_until
 from pgwire import (RawConn, ServerError, bind_msg, cancel_request, execute_msg, parse_msg,
                     query_msg, sync_msg)
-from multiworker import (ADMIN, app_backend_pids, clients_on_distinct_workers, close_all, console,
-                         raw_on_distinct_workers, show)
+from multiworker import (PROMPT_S, QUERY_WAIT_S, app_backend_pids, clients_on_distinct_workers,
+                         close_all, console, main_keys, raw_on_distinct_workers, show)
 from test_tls import pki, tls_pg  # noqa: F401 - fixtures
-from test_workers_handover import PROMPT_S
-
-QUERY_WAIT_S = 5
-
-
-def main_keys(nworkers, pool_size, mode="transaction", **extra):
-    m = {"pool_mode": mode, "workers": nworkers, "default_pool_size": pool_size,
-         "query_wait_timeout": QUERY_WAIT_S, "admin_users": ADMIN}
-    m.update(extra)
-    return m
 
 
 def assert_no_audit_errors(s):
