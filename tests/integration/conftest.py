@@ -247,6 +247,31 @@ def pick_port():
     raise RuntimeError("no free port found in 20000-32000")
 
 
+def pump(src, dst):
+    """One direction of a TCP forwarder: copies src to dst until src ends or either fails, then
+    shuts both down, which ends the other direction's pump too."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def forward_both_ways(a, b):
+    """Joins two connected sockets: a pump each way, each in a daemon thread."""
+    for src, dst in ((a, b), (b, a)):
+        threading.Thread(target=pump, args=(src, dst), daemon=True).start()
+
+
 class PgCluster:
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-it-pg-", dir="/tmp"))
@@ -674,12 +699,13 @@ class Sluice:
 @pytest.fixture
 def start_sluice(pg, request, tmp_path):
     """Factory: start_sluice(main=None, databases=None, users=None, auth_file=None, env=None,
-    config=True, args=None, wait=True) -> Sluice.
+    config=True, args=None, wait=True, budgets=None) -> Sluice.
 
     main: [sluice] keys (listen_port is forced to 0; auth_type defaults to trust, or md5 when an
     auth_file dict is given). databases: {name: dict|str}, default {'appdb': pg.db_entry()}.
     auth_file: {user: password} written as a PgBouncer userlist.txt. config=False starts sluice
-    with environment variables only; dash_c=True passes the file as `-c FILE`.
+    with environment variables only; dash_c=True passes the file as `-c FILE`. budgets:
+    {name: rule} written as a [budgets] section after the generated config.
     $SLUICE_TEST_WORKERS=N runs every sluice whose test sets no `workers` (in main or as
     SLUICE_WORKERS in env) with N workers."""
     binary = sluice_bin()
@@ -687,7 +713,7 @@ def start_sluice(pg, request, tmp_path):
     request.node._sluices = instances
 
     def factory(main=None, databases=None, users=None, auth_file=None, env=None, config=True,
-                args=None, wait=True, dash_c=False):
+                args=None, wait=True, dash_c=False, budgets=None):
         if not binary.exists():
             pytest.fail(f"sluice binary not found at {binary}: build it with "
                         f"`meson setup build && ninja -C build`, or set SLUICE_BIN", pytrace=False)
@@ -723,7 +749,10 @@ def start_sluice(pg, request, tmp_path):
             m["listen_port"] = 0
             dbs = databases if databases is not None else {APP_DB: pg.db_entry()}
             ini_path = workdir / "sluice.ini"
-            ini_path.write_text(render_ini(m, dbs, users))
+            text = render_ini(m, dbs, users)
+            if budgets is not None:
+                text += "\n[budgets]\n" + "".join(f"{k} = {v}\n" for k, v in budgets.items())
+            ini_path.write_text(text)
             argv = [str(binary)] + (["-c"] if dash_c else []) + [str(ini_path)] + list(args or [])
         else:
             argv = [str(binary)] + list(args or [])

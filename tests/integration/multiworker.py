@@ -1,16 +1,21 @@
-"""Helpers of the test_workers_*.py files: a sluice with workers = 4, its admin console, and
-where each client landed (a client's id carries its worker in the top byte, architecture.md
-5.1), so a test that would only exercise worker 0 fails instead of passing for nothing."""
+"""Helpers of the test_workers_*.py files: a sluice with workers = 4, its admin console, groups
+of clients opened together and where each client landed (a client's id carries its worker in the
+top byte, architecture.md 5.1), so a test that would only exercise worker 0 fails instead of
+passing for nothing; and clients picked to sit on pairwise distinct workers, for any number."""
 
+import socket
 import threading
 from pathlib import Path
 
 import psycopg
 
 from conftest import APP_DB, APP_USER, binary_is_sanitized, render_ini, sluice_bin, wait_until
+from pgwire import RawConn, raw_login
 
 WORKERS = 4
 ADMIN = "admin"
+QUERY_WAIT_S = 5  # main_keys' query_wait_timeout
+PROMPT_S = 3.0  # well under it: a client that waited for the timeout fails anyway
 
 
 def _sanitized():
@@ -33,8 +38,17 @@ def start4(start_sluice, pg, databases=None, **main):
     return start_sluice(m, databases=databases)
 
 
-def console(s):
-    return psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None), autocommit=True,
+def main_keys(nworkers, pool_size, mode="transaction", **extra):
+    """[sluice] keys with pools small enough that idle servers move between the workers, and a
+    query_wait_timeout that every query must beat by far (PROMPT_S)."""
+    m = {"pool_mode": mode, "workers": nworkers, "default_pool_size": pool_size,
+         "query_wait_timeout": QUERY_WAIT_S, "admin_users": ADMIN}
+    m.update(extra)
+    return m
+
+
+def console(s, password=None):
+    return psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=password), autocommit=True,
                            prepare_threshold=None, connect_timeout=10 * SLOW)
 
 
@@ -60,6 +74,70 @@ def assert_on_every_worker(where, names):
     assert seen == set(range(WORKERS)), f"clients landed on workers {sorted(seen)} only: {where}"
 
 
+def named(prefix, n):
+    """The application names connect_many and raw_many give their clients."""
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def assert_spread(s, **groups):
+    """Each group, {prefix: n} of clients opened by connect_many or raw_many, has a client on
+    every worker."""
+    where = workers_by_app(s)
+    for prefix, n in groups.items():
+        assert_on_every_worker(where, named(prefix, n))
+
+
+def worker_at_port(adm, port):
+    """The worker serving the client whose own port is `port` (SHOW CLIENTS' port)."""
+    for row in show(adm, "CLIENTS"):
+        if row["port"] == port:
+            return worker_of(row)
+    raise AssertionError(f"client on port {port} not in SHOW CLIENTS")
+
+
+def local_port(conn):
+    """A psycopg client's own port."""
+    sock = socket.socket(fileno=conn.pgconn.socket)
+    try:
+        return sock.getsockname()[1]
+    finally:
+        sock.detach()
+
+
+def on_distinct_workers(adm, n, open_client, port_of, tries):
+    """Opens clients (open_client(k) for the k-th one wanted) until there are n on pairwise
+    distinct workers (the acceptor picks the least loaded worker, so consecutive connections
+    spread), at most `tries`. Returns (chosen clients in order, every one opened)."""
+    opened, chosen, used = [], [], set()
+    for _ in range(tries):
+        if len(chosen) == n:
+            break
+        c = open_client(len(chosen))
+        opened.append(c)
+        w = worker_at_port(adm, port_of(c))
+        if w not in used:
+            used.add(w)
+            chosen.append(c)
+    assert len(chosen) == n, f"could not spread {n} clients over workers"
+    return chosen, opened
+
+
+def clients_on_distinct_workers(s, adm, logins, nworkers):
+    """psycopg clients, one per login (a dict of s.connect() arguments) on pairwise distinct
+    workers. Returns (chosen clients in login order, every one opened)."""
+    return on_distinct_workers(adm, len(logins), lambda k: s.connect(**logins[k]), local_port,
+                               4 * nworkers * len(logins))
+
+
+def raw_on_distinct_workers(s, adm, n):
+    """n logged-in RawConns on pairwise distinct workers. Returns (chosen, every one opened)."""
+    def open_raw(_):
+        rc = RawConn(s.port)
+        rc.startup()
+        return rc
+    return on_distinct_workers(adm, n, open_raw, lambda rc: rc.sock.getsockname()[1], 8 * n)
+
+
 def pool_row(con, db=APP_DB, user=APP_USER):
     rows = [r for r in show(con, "POOLS") if r["database"] == db and r["user"] == user]
     assert len(rows) == 1, rows
@@ -76,7 +154,12 @@ def wait_pool(con, what, timeout=None, **want):
 
 
 def connect_many(s, prefix, n, **kw):
-    return [s.connect(application_name=f"{prefix}{i}", **kw) for i in range(n)]
+    return [s.connect(application_name=name, **kw) for name in named(prefix, n)]
+
+
+def raw_many(s, prefix, n, timeout=None, **login):
+    return [raw_login(s.port, application_name=name, timeout=timeout or 10 * SLOW, **login)
+            for name in named(prefix, n)]
 
 
 def close_all(conns):
@@ -139,3 +222,25 @@ def hold_transactions(conns):
     for c in conns:
         c.execute("BEGIN")
         c.execute("SELECT 1")
+
+
+def holders_and_idlers(s, idle=WORKERS):
+    """WORKERS clients named hold0.. each holding a server in a transaction, and `idle` clients
+    named idle0.. each with a query done (idle servers), both spread over every worker."""
+    holders = connect_many(s, "hold", WORKERS)
+    idlers = connect_many(s, "idle", idle)
+    try:
+        assert_spread(s, hold=WORKERS, idle=idle)
+        for c in idlers:
+            c.execute("SELECT 1")
+        hold_transactions(holders)
+    except BaseException:
+        close_all(holders + idlers)
+        raise
+    return holders, idlers
+
+
+def create_id_table(pg, table):
+    """table (id int) in appdb, made straight in Postgres."""
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table} (id int)")

@@ -1,51 +1,22 @@
 """Connection budgets and nested caps against a real Postgres: a budget at its cap makes only its
 own clients wait, min_servers keeps servers for its budget, max_clients refuses logins, NN% caps
-follow the server's max_connections, and a storm over several budgets never passes the cap."""
+follow the server's max_connections. The storm over several budgets, with one worker and with
+four, is test_workers_budgets.py's."""
 
-import os
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin
+from conftest import APP_PASSWORD, APP_USER, BackendSampler
 from pgwire import ServerError, raw_login
 
 
 @pytest.fixture
-def start_with_budgets(pg, tmp_path):
+def start_with_budgets(start_sluice):
     """start(main, budgets) -> Sluice, with a [budgets] section after the generated config."""
-    started = []
-
-    def start(main, budgets):
-        m = {"listen_addr": "127.0.0.1", "auth_type": "trust", "listen_port": 0,
-             "log_level": "info"}
-        m.update(main)
-        text = render_ini(m, {APP_DB: pg.db_entry()})
-        text += "\n[budgets]\n" + "".join(f"{k} = {v}\n" for k, v in budgets.items())
-        workdir = tmp_path / f"sluice{len(started)}"
-        workdir.mkdir()
-        ini = workdir / "sluice.ini"
-        ini.write_text(text)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("SLUICE_") and k != "DATABASE_URL"}
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-        s = Sluice(sluice_bin(), workdir, [str(sluice_bin()), str(ini)], env, ini)
-        started.append(s)
-        s.wait_listening()
-        return s
-
-    yield start
-    problems = []
-    for s in started:
-        code = s.stop()
-        report = s.sanitizer_report()
-        if code != 0 or report:
-            problems.append(f"sluice exited {code}\n{report or s.log_tail(40)}")
-    pg.clear_backends(APP_USER)
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    return lambda main, budgets: start_sluice(main, budgets=budgets)
 
 
 def connect(s, app):
@@ -139,44 +110,6 @@ def test_percent_cap_follows_the_servers_max_connections(pg, start_with_budgets)
     assert 1 <= sampler.max <= cap, f"{sampler.max} backends seen, cap {percent}% of {usable} = {cap}"
     assert any(f"allows {usable} connections" in line for line in s.log), \
         "sluice should log what it read from the server"
-
-
-@pytest.mark.timeout(120)
-def test_storm_over_several_budgets_never_passes_the_cap(pg, start_with_budgets):
-    cap = 6
-    s = start_with_budgets({"pool_mode": "transaction", "default_pool_size": 10,
-                            "max_db_connections": cap, "max_client_conn": 400,
-                            "query_wait_timeout": 10},
-                           {"api": "app=api* min_servers=3", "seeds": "app=seed* max_servers=2"})
-    ok = {"api": 0, "seed": 0, "web": 0}
-    refused, unexpected = [], []
-    lock = threading.Lock()
-
-    def client(kind, i):
-        try:
-            with connect(s, f"{kind}-{i}") as c:
-                for _ in range(5):
-                    c.execute("SELECT pg_sleep(0.01)")
-            with lock:
-                ok[kind] += 1
-        except psycopg.errors.TooManyConnections as e:
-            with lock:
-                refused.append(str(e))
-        except Exception as e:  # noqa: BLE001 - counted, asserted empty
-            with lock:
-                unexpected.append(repr(e))
-
-    with BackendSampler(pg, APP_USER) as sampler:
-        threads = [threading.Thread(target=client, args=(kind, i))
-                   for i in range(40) for kind in ("api", "seed", "web")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(90)
-    assert not unexpected, unexpected[:5]
-    assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
-    assert ok["api"] == 40, f"api has a guaranteed share and must always get through: {ok}"
-    assert sum(ok.values()) + len(refused) == 120
 
 
 @pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import Background
+from conftest import Background, forward_both_ways
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
 from test_pgbouncer_features import CountingProxy
 
@@ -184,8 +184,7 @@ class CancelDelayingProxy(CountingProxy):
             a.close()
             return
         b.sendall(head)
-        for src, dst in ((a, b), (b, a)):
-            self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+        forward_both_ways(a, b)
 
 
 @pytest.mark.timeout(60)

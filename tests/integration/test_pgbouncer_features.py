@@ -5,7 +5,7 @@ query_wait_notify, replication connections."""
 import psycopg
 import pytest
 
-from conftest import Background, wait_until
+from conftest import Background, forward_both_ways, wait_until
 from pgwire import ServerError, raw_login, sync_msg
 
 
@@ -300,26 +300,7 @@ class CountingProxy:
     def _forward(self, a):
         """Pass one accepted connection on to Postgres (a subclass may hold it first)."""
         import socket
-        b = socket.create_connection(("127.0.0.1", self.target_port))
-        for src, dst in ((a, b), (b, a)):
-            self.threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(2)
-                except OSError:
-                    pass
+        forward_both_ways(a, socket.create_connection(("127.0.0.1", self.target_port)))
 
     def close(self):
         self.lsock.close()

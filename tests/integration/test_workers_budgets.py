@@ -1,57 +1,28 @@
 """Budgets with `workers = 4`: every cap of a budget is one cap for the process, as
 test_budgets.py expects of one worker. max_servers and max_clients count every worker's clients,
 min_servers holds servers for its budget whatever worker its clients landed on, the capacity the
-reservations come out of counts every worker's pools, and a storm over several budgets spread
-over four workers never passes the cap (BackendSampler). The acceptor hands each connection to
-the worker with the fewest clients, so clients opened one after another land on workers 0, 1, 2,
-3, 0, ..."""
+reservations come out of counts every worker's pools, and a storm over several budgets never
+passes the cap (BackendSampler), run with one worker and with four. The acceptor hands each
+connection to the worker with the fewest clients, so clients opened one after another land on
+workers 0, 1, 2, 3, 0, ..."""
 
-import os
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_USER, BackendSampler, Sluice, render_ini, sluice_bin, wait_until
-
-WORKERS = 4
+from conftest import APP_DB, APP_USER, BackendSampler, wait_until
+from multiworker import WORKERS
 
 
 @pytest.fixture
-def start_workers(pg, tmp_path):
-    """start(main, budgets, databases=None) -> Sluice with `workers = 4` and a [budgets]
-    section."""
-    started = []
-
+def start_workers(start_sluice):
+    """start(main, budgets, databases=None) -> Sluice with `workers = 4` (unless main names
+    another number) and a [budgets] section."""
     def start(main, budgets, databases=None):
-        m = {"listen_addr": "127.0.0.1", "auth_type": "trust", "listen_port": 0,
-             "log_level": "info", "workers": WORKERS}
-        m.update(main)
-        text = render_ini(m, databases or {APP_DB: pg.db_entry()})
-        text += "\n[budgets]\n" + "".join(f"{k} = {v}\n" for k, v in budgets.items())
-        workdir = tmp_path / f"sluice{len(started)}"
-        workdir.mkdir()
-        ini = workdir / "sluice.ini"
-        ini.write_text(text)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("SLUICE_") and k != "DATABASE_URL"}
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-        s = Sluice(sluice_bin(), workdir, [str(sluice_bin()), str(ini)], env, ini)
-        started.append(s)
-        s.wait_listening()
-        return s
-
-    yield start
-    problems = []
-    for s in started:
-        code = s.stop()
-        report = s.sanitizer_report()
-        if code != 0 or report:
-            problems.append(f"sluice exited {code}\n{report or s.log_tail(40)}")
-    pg.clear_backends(APP_USER)
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+        return start_sluice({"workers": WORKERS, **main}, databases=databases, budgets=budgets)
+    return start
 
 
 def connect(s, app, dbname=APP_DB):
@@ -148,9 +119,13 @@ def test_max_clients_counts_every_workers_clients(start_workers):
 
 
 @pytest.mark.timeout(180)
-def test_storm_over_several_budgets_and_workers_never_passes_the_cap(pg, start_workers):
+@pytest.mark.parametrize("workers,per_kind", [(1, 40), (WORKERS, 30)])
+def test_storm_over_several_budgets_never_passes_the_cap(pg, start_workers, workers, per_kind):
+    """per_kind clients each of api (min_servers), seed (max_servers) and web log in at once and
+    run a few queries: the backends never pass max_db_connections, api always gets through, and
+    every other client is served or told it waited too long; with one worker as with several."""
     cap = 6
-    s = start_workers({"pool_mode": "transaction", "default_pool_size": 10,
+    s = start_workers({"workers": workers, "pool_mode": "transaction", "default_pool_size": 10,
                        "max_db_connections": cap, "max_client_conn": 400,
                        "query_wait_timeout": 15},
                       {"api": "app=api* min_servers=3", "seeds": "app=seed* max_servers=2"})
@@ -174,7 +149,7 @@ def test_storm_over_several_budgets_and_workers_never_passes_the_cap(pg, start_w
 
     with BackendSampler(pg, APP_USER) as sampler:
         threads = [threading.Thread(target=client, args=(kind, i))
-                   for i in range(30) for kind in ("api", "seed", "web")]
+                   for i in range(per_kind) for kind in ("api", "seed", "web")]
         for t in threads:
             t.start()
         for t in threads:
@@ -182,8 +157,8 @@ def test_storm_over_several_budgets_and_workers_never_passes_the_cap(pg, start_w
     assert not unexpected, unexpected[:5]
     assert sampler.samples > 5
     assert sampler.max <= cap, f"saw {sampler.max} backends with max_db_connections = {cap}"
-    assert ok["api"] == 30, f"api has a guaranteed share and must always get through: {ok}"
-    assert sum(ok.values()) + len(refused) == 90
+    assert ok["api"] == per_kind, f"api has a guaranteed share and must always get through: {ok}"
+    assert sum(ok.values()) + len(refused) == 3 * per_kind
 
 
 @pytest.mark.timeout(60)

@@ -7,14 +7,13 @@ import ssl
 import threading
 import time
 
-import psycopg
 import pytest
 
 from certs import make_pki
 from conftest import APP_DB, APP_USER, Background, wait_until
-from multiworker import (SLOW, WORKERS, assert_on_every_worker, close_all, connect_many,
-                         console, show, start4, wait_pool, workers_by_app)
-from pgwire import RawConn, copy_data_msg, query_msg, raw_login, startup_packet
+from multiworker import (SLOW, WORKERS, assert_spread, close_all, connect_many, console,
+                         create_id_table, named, raw_many, show, start4, wait_pool)
+from pgwire import RawConn, copy_data_msg, query_msg, startup_packet
 
 CARELESS = ("midmsg", "midtxn", "midquery", "midcopy", "cutcopy")
 
@@ -44,18 +43,13 @@ def backends_by_state(pg):
 @pytest.mark.timeout(180)
 def test_clients_leaving_mid_message_transaction_query_and_copy_on_every_worker(
         start_sluice, pg, table):
-    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
-        c.execute(f"CREATE TABLE {table} (id int)")
+    create_id_table(pg, table)
     s = start4(start_sluice, pg, default_pool_size=40, query_wait_timeout=30)
     leavers = {}
     for kind in CARELESS:  # in fours, so each worker gets one of each kind
-        for i in range(WORKERS):
-            leavers[f"{kind}{i}"] = raw_login(s.port, application_name=f"{kind}{i}",
-                                              timeout=10 * SLOW)
+        leavers.update(zip(named(kind, WORKERS), raw_many(s, kind, WORKERS)))
     try:
-        where = workers_by_app(s)
-        for kind in CARELESS:
-            assert_on_every_worker(where, [f"{kind}{i}" for i in range(WORKERS)])
+        assert_spread(s, **dict.fromkeys(CARELESS, WORKERS))
         workers = [threading.Thread(target=leave_carelessly, args=(name[:-1], c, table, n))
                    for n, (name, c) in enumerate(leavers.items())]
         for w in workers:
@@ -78,7 +72,7 @@ def test_clients_leaving_mid_message_transaction_query_and_copy_on_every_worker(
         # every worker serves the next clients, on a clean server
         after = connect_many(s, "after", 2 * WORKERS)
         try:
-            assert_on_every_worker(workers_by_app(s), [f"after{i}" for i in range(2 * WORKERS)])
+            assert_spread(s, after=2 * WORKERS)
             for c in after:
                 assert c.execute("SELECT pg_current_xact_id_if_assigned() IS NULL").fetchone()[0]
                 c.execute(f"INSERT INTO {table} VALUES (-1)")
@@ -114,15 +108,13 @@ def tls_raw(s, pki, application_name):
 @pytest.mark.timeout(180)
 def test_tls_clients_spread_over_every_worker_and_careless_ones_leave_nothing(
         start_sluice, pg, pki, table):
-    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
-        c.execute(f"CREATE TABLE {table} (id int)")
+    create_id_table(pg, table)
     s = start4(start_sluice, pg, default_pool_size=20, **tls_main(pki))
     tls = {"sslmode": "verify-full", "sslrootcert": str(pki.ca), "host": "localhost"}
     good = connect_many(s, "tls", 2 * WORKERS, **tls)
     careless = [tls_raw(s, pki, f"careless{i}") for i in range(WORKERS)]
     try:
-        where = workers_by_app(s)
-        assert_on_every_worker(where, [f"tls{i}" for i in range(2 * WORKERS)])
+        assert_spread(s, tls=2 * WORKERS)
         with console(s) as adm:
             rows = [r for r in show(adm, "CLIENTS") if r["database"] == APP_DB]
             assert len(rows) == 3 * WORKERS and all(r["tls"] for r in rows), rows
@@ -147,7 +139,7 @@ def test_tls_clients_spread_over_every_worker_and_careless_ones_leave_nothing(
         with console(s) as adm:
             wait_until(lambda: sorted(r["application_name"] for r in show(adm, "CLIENTS")
                                       if r["database"] == APP_DB)
-                       == sorted(f"tls{i}" for i in range(2 * WORKERS)), 10 * SLOW,
+                       == sorted(named("tls", 2 * WORKERS)), 10 * SLOW,
                        what="only the well-behaved TLS clients left")
         wait_until(lambda: all(st == "idle" for st in backends_by_state(pg)), 10 * SLOW,
                    what="every backend idle")

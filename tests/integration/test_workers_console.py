@@ -14,9 +14,9 @@ import pytest
 from certs import make_pki
 from conftest import APP_DB, APP_USER, pick_port, wait_until
 from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
-                         close_all, connect_many, console, hold_transactions, show, start4,
-                         wait_pool, worker_of, workers_by_app)
-from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet
+                         close_all, console, holders_and_idlers, named, raw_many, show, start4,
+                         wait_pool, worker_of)
+from pgwire import RawConn, query_msg, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
 
 
@@ -52,16 +52,9 @@ def app_servers(adm):
 def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly(
         start_sluice, pg):
     s = start_http(start_sluice, pg, default_pool_size=20)
-    holders = connect_many(s, "hold", WORKERS)
-    idlers = connect_many(s, "idle", 2 * WORKERS)
+    holders, idlers = holders_and_idlers(s, idle=2 * WORKERS)
     total = len(holders) + len(idlers)
     try:
-        where = workers_by_app(s)
-        assert_on_every_worker(where, [f"hold{i}" for i in range(WORKERS)])
-        assert_on_every_worker(where, [f"idle{i}" for i in range(2 * WORKERS)])
-        for c in idlers:
-            c.execute("SELECT 1")
-        hold_transactions(holders)
         held = sorted(c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in holders)
         backends = app_backend_pids(pg)
         with console(s) as adm:
@@ -147,10 +140,8 @@ def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly
 @pytest.mark.timeout(120)
 def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice, pg):
     s = start4(start_sluice, pg)
-    doomed = [raw_login(s.port, application_name=f"doomed{i}", timeout=10 * SLOW)
-              for i in range(WORKERS)]
-    spared = [raw_login(s.port, application_name=f"spared{i}", timeout=10 * SLOW)
-              for i in range(WORKERS)]
+    doomed = raw_many(s, "doomed", WORKERS)
+    spared = raw_many(s, "spared", WORKERS)
     try:
         for c in doomed + spared:
             c.query("SELECT 1")
@@ -158,8 +149,7 @@ def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice,
             ids = {c["application_name"]: c["id"] for c in app_clients(adm)}
             assert {i >> 56 for n, i in ids.items() if n.startswith("doomed")} == \
                 set(range(WORKERS))
-            assert_on_every_worker({n: i >> 56 for n, i in ids.items()},
-                                   [f"spared{i}" for i in range(WORKERS)])
+            assert_on_every_worker({n: i >> 56 for n, i in ids.items()}, named("spared", WORKERS))
             for i in range(WORKERS):
                 tag = adm.execute(f"KILL_CLIENT {ids[f'doomed{i}']}").statusmessage
                 assert tag == "KILL_CLIENT"

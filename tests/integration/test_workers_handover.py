@@ -6,68 +6,17 @@ shared cap (max_db_connections, max_user_connections) is closed so the waiting w
 own. query_wait_timeout = 5 s and every query must succeed well within it, over many rounds,
 with pg_stat_activity never above the cap."""
 
-import socket
 import threading
 import time
 
-import psycopg
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
+from multiworker import (ADMIN, PROMPT_S, clients_on_distinct_workers, close_all, console,
+                         main_keys)
 
-ADMIN = "admin"
 ADMIN_PASSWORD = "adminpass"
 ROUNDS = 15
-# Well under query_wait_timeout (5 s): a client that waited for the timeout fails anyway.
-PROMPT_S = 3.0
-
-
-def console(s, password=None):
-    return psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=password), autocommit=True,
-                           prepare_threshold=None)
-
-
-def show(con, what):
-    cur = con.execute(f"SHOW {what}")
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def local_port(conn):
-    """The client's own port: SHOW CLIENTS lists it as the client's port."""
-    sock = socket.socket(fileno=conn.pgconn.socket)
-    try:
-        return sock.getsockname()[1]
-    finally:
-        sock.detach()
-
-
-def worker_of(adm, conn):
-    """The worker serving conn: a client id carries its worker in the top byte (5.1)."""
-    port = local_port(conn)
-    for row in show(adm, "CLIENTS"):
-        if row["port"] == port:
-            return int(row["id"]) >> 56
-    raise AssertionError(f"client on port {port} not in SHOW CLIENTS")
-
-
-def clients_on_distinct_workers(s, adm, logins, nworkers):
-    """Opens clients (each login a dict of connect() arguments, used in turn) until there is one
-    per login on pairwise distinct workers (the acceptor picks the least loaded worker, so
-    consecutive connections spread). Returns (chosen clients in login order, all opened)."""
-    opened, chosen, used = [], [], set()
-    for _ in range(4 * nworkers * len(logins)):
-        if len(chosen) == len(logins):
-            break
-        login = logins[len(chosen)]
-        c = s.connect(**login)
-        opened.append(c)
-        w = worker_of(adm, c)
-        if w not in used:
-            used.add(w)
-            chosen.append(c)
-    assert len(chosen) == len(logins), f"could not spread {len(logins)} clients over workers"
-    return chosen, opened
 
 
 def timed_query(c, sql="SELECT pg_backend_pid()"):
@@ -90,21 +39,14 @@ def run_rounds(clients, rounds=ROUNDS):
     return pids, slowest
 
 
-def close_all(conns):
-    for c in conns:
-        c.close()
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nworkers,check_delay", [(2, 30), (4, 30), (2, 0)])
 def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg, nworkers,
                                                                 check_delay):
     """pool_size = 1: the one backend serves every worker's clients in turn by moving. With
     server_check_delay = 0 each arrival is checked first (pool_take_moved), then served."""
-    s = start_sluice({"pool_mode": "transaction", "workers": nworkers, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN,
-                      "server_check_delay": check_delay, "server_check_query": "SELECT 1",
-                      "log_level": "debug"})
+    s = start_sluice(main_keys(nworkers, 1, server_check_delay=check_delay,
+                               server_check_query="SELECT 1", log_level="debug"))
     with console(s) as adm:
         logins = [{}] * nworkers
         clients, opened = clients_on_distinct_workers(s, adm, logins, nworkers)
@@ -126,9 +68,7 @@ def test_an_idle_server_moves_to_the_worker_whose_client_waits(start_sluice, pg,
 def test_a_moved_server_keeps_its_prepared_statements_and_session(start_sluice, pg):
     """A named prepared statement made on worker A's client is re-prepared (or found) on the
     server after it moved to worker B and back; a parameter a client SET is its own."""
-    s = start_sluice({"pool_mode": "transaction", "workers": 2, "default_pool_size": 1,
-                      "query_wait_timeout": 5, "admin_users": ADMIN,
-                      "max_prepared_statements": 100})
+    s = start_sluice(main_keys(2, 1, max_prepared_statements=100))
     with console(s) as adm:
         logins = [{"prepare_threshold": 0}, {"prepare_threshold": 0}]
         (a, b), opened = clients_on_distinct_workers(s, adm, logins, 2)
@@ -146,45 +86,33 @@ def test_a_moved_server_keeps_its_prepared_statements_and_session(start_sluice, 
             close_all(opened)
 
 
-def shared_cap_setup(start_sluice, pg, main, databases):
-    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
-    m = {"pool_mode": "transaction", "workers": 2, "query_wait_timeout": 5,
-         "admin_users": ADMIN}
-    m.update(main)
-    return start_sluice(m, databases=databases, auth_file=users)
+APP2 = {"user": "app2", "password": "app2pass"}
+SHARED_CAPS = {
+    # the key set to 1: ([databases] names, the second client's login, the backends sampled)
+    "max_db_connections": ([APP_DB], APP2, {"usename": [APP_USER, "app2"], "datname": APP_DB}),
+    "max_user_connections": ([APP_DB, "appdb_b"], {"dbname": "appdb_b"}, {"usename": APP_USER}),
+}
 
 
 @pytest.mark.timeout(120)
-def test_an_idle_server_of_another_user_is_closed_for_a_waiter_under_max_db_connections(
-        start_sluice, pg):
-    s = shared_cap_setup(start_sluice, pg, {"max_db_connections": 1, "default_pool_size": 5},
-                         {APP_DB: {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}})
-    with console(s, ADMIN_PASSWORD) as adm:
-        logins = [{}, {"user": "app2", "password": "app2pass"}]
-        clients, opened = clients_on_distinct_workers(s, adm, logins, 2)
-        try:
-            with BackendSampler(pg, [APP_USER, "app2"], datname=APP_DB) as sampler:
-                _, slowest = run_rounds(clients, rounds=8)
-            assert sampler.max <= 1, f"max_db_connections = 1 passed: {sampler.max} backends"
-            print(f"max_db_connections: slowest {slowest * 1000:.1f} ms")
-        finally:
-            close_all(opened)
-
-
-@pytest.mark.timeout(120)
-def test_an_idle_server_of_another_database_is_closed_for_a_waiter_under_max_user_connections(
-        start_sluice, pg):
+@pytest.mark.parametrize("cap", sorted(SHARED_CAPS))
+def test_an_idle_server_of_another_key_is_closed_for_a_waiter_under_a_shared_cap(
+        start_sluice, pg, cap):
+    """cap = 1 shared by two pool keys, one client of each on its own worker: max_db_connections
+    by app and app2 on appdb, max_user_connections by app on appdb and on appdb_b (the same
+    Postgres database). Each waiter is served promptly, the other key's idle server closed."""
+    dbnames, login, sampled = SHARED_CAPS[cap]
     entry = {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}
-    s = shared_cap_setup(start_sluice, pg, {"max_user_connections": 1, "default_pool_size": 5},
-                         {APP_DB: entry, "appdb_b": entry})
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
+    s = start_sluice(main_keys(2, 5, **{cap: 1}), databases={name: entry for name in dbnames},
+                     auth_file=users)
     with console(s, ADMIN_PASSWORD) as adm:
-        logins = [{}, {"dbname": "appdb_b"}]
-        clients, opened = clients_on_distinct_workers(s, adm, logins, 2)
+        clients, opened = clients_on_distinct_workers(s, adm, [{}, login], 2)
         try:
-            with BackendSampler(pg, APP_USER) as sampler:
+            with BackendSampler(pg, **sampled) as sampler:
                 _, slowest = run_rounds(clients, rounds=8)
-            assert sampler.max <= 1, f"max_user_connections = 1 passed: {sampler.max} backends"
-            print(f"max_user_connections: slowest {slowest * 1000:.1f} ms")
+            assert sampler.max <= 1, f"{cap} = 1 passed: {sampler.max} backends"
+            print(f"{cap}: slowest {slowest * 1000:.1f} ms")
         finally:
             close_all(opened)
 

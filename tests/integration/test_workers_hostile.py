@@ -19,19 +19,9 @@ from psycopg import errors
 from conftest import APP_DB, APP_USER, BackendSampler, wait_until
 from pgwire import (RawConn, ServerError, bind_msg, cancel_request, execute_msg, parse_msg,
                     query_msg, sync_msg)
-from test_budgets import start_with_budgets  # noqa: F401 - a fixture
+from multiworker import (PROMPT_S, QUERY_WAIT_S, app_backend_pids, clients_on_distinct_workers,
+                         close_all, console, main_keys, raw_on_distinct_workers, show)
 from test_tls import pki, tls_pg  # noqa: F401 - fixtures
-from test_workers_handover import (ADMIN, PROMPT_S, clients_on_distinct_workers, close_all,
-                                   console, show)
-
-QUERY_WAIT_S = 5
-
-
-def main_keys(nworkers, pool_size, mode="transaction", **extra):
-    m = {"pool_mode": mode, "workers": nworkers, "default_pool_size": pool_size,
-         "query_wait_timeout": QUERY_WAIT_S, "admin_users": ADMIN}
-    m.update(extra)
-    return m
 
 
 def assert_no_audit_errors(s):
@@ -47,6 +37,15 @@ def spread(s, adm, nworkers, per_worker=1, **login):
         chosen += c
         opened += o
     return chosen, opened
+
+
+def start_spread(start_sluice, nworkers, pool_size, per_worker, **extra):
+    """sluice with main_keys(nworkers, pool_size, **extra) and per_worker clients on each of its
+    workers: (s, clients, every connection opened)."""
+    s = start_sluice(main_keys(nworkers, pool_size, **extra))
+    with console(s) as adm:
+        clients, opened = spread(s, adm, nworkers, per_worker)
+    return s, clients, opened
 
 
 class Hammer:
@@ -305,24 +304,6 @@ def test_a_cancel_sent_while_the_server_moves_cancels_the_query(start_sluice):
     assert_no_audit_errors(s)
 
 
-def raw_on_distinct_workers(s, adm, n):
-    """n logged-in RawConns on pairwise distinct workers (and every one opened)."""
-    chosen, opened, used = [], [], set()
-    for _ in range(8 * n):
-        if len(chosen) == n:
-            break
-        rc = RawConn(s.port)
-        rc.startup()
-        opened.append(rc)
-        port = rc.sock.getsockname()[1]
-        w = next(int(row["id"]) >> 56 for row in show(adm, "CLIENTS") if row["port"] == port)
-        if w not in used:
-            used.add(w)
-            chosen.append(rc)
-    assert len(chosen) == n, "could not spread raw clients over workers"
-    return chosen, opened
-
-
 def send_cancel(s, key):
     rc = RawConn(s.port)
     rc.send(cancel_request(*key))
@@ -471,9 +452,7 @@ def test_kill_during_a_storm_of_moves_closes_clients_and_leaves_no_backend(start
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("nworkers", [2, 4])
 def test_sigint_while_servers_move_exits_zero_and_leaves_no_backend(start_sluice, pg, nworkers):
-    s = start_sluice(main_keys(nworkers, 1, shutdown_timeout=5))
-    with console(s) as adm:
-        clients, opened = spread(s, adm, nworkers, per_worker=2)
+    s, clients, opened = start_spread(start_sluice, nworkers, 1, 2, shutdown_timeout=5)
     try:
         with Hammer(clients, 100000, doubled) as h:
             time.sleep(0.6)
@@ -541,11 +520,11 @@ class LeaseSampler(BackendSampler):
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("nworkers", [2, 4])
-def test_a_budget_s_max_servers_holds_across_workers_while_servers_move(start_with_budgets,
-                                                                        pg, nworkers):
+def test_a_budget_s_max_servers_holds_across_workers_while_servers_move(start_sluice, pg,
+                                                                        nworkers):
     """Budget web (max_servers = 2) under pool_size 4, its eight clients spread over the workers:
     never more than 2 of its queries run at once, never more than 4 backends."""
-    s = start_with_budgets(main_keys(nworkers, 4), {"web": "app=web-* max_servers=2"})
+    s = start_sluice(main_keys(nworkers, 4), budgets={"web": "app=web-* max_servers=2"})
     with console(s) as adm:
         clients, opened = spread(s, adm, nworkers, per_worker=8 // nworkers,
                                  application_name="web-1")
@@ -571,9 +550,7 @@ def test_each_worker_s_audit_holds_while_servers_sit_in_mailboxes(start_sluice, 
     """pool_size 1 and clients on every worker: the one backend is in a mailbox much of the time,
     and every worker's ledger_audit (each tick, debug builds) must still find its counts true
     (a server posted to a worker is counted in its nservers before it arrives in its share)."""
-    s = start_sluice(main_keys(nworkers, 1))
-    with console(s) as adm:
-        clients, opened = spread(s, adm, nworkers, per_worker=2)
+    s, clients, opened = start_spread(start_sluice, nworkers, 1, 2)
     try:
         deadline = time.monotonic() + 3.0
 
@@ -591,11 +568,6 @@ def test_each_worker_s_audit_holds_while_servers_sit_in_mailboxes(start_sluice, 
     assert_no_audit_errors(s)
 
 
-def app_backend_pids(pg):
-    return {r[0] for r in pg.query("SELECT pid FROM pg_stat_activity WHERE usename = %s AND"
-                                   " backend_type = 'client backend'", [APP_USER])}
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("command", ["RECONNECT", "KILL"])
 def test_a_server_in_a_mailbox_does_not_escape_a_console_command(start_sluice, pg, command):
@@ -610,13 +582,13 @@ def test_a_server_in_a_mailbox_does_not_escape_a_console_command(start_sluice, p
             try:
                 with Hammer(clients, 100000, doubled, stop_on_error=command == "KILL") as h:
                     time.sleep(0.4)
-                    before = app_backend_pids(pg)
+                    before = set(app_backend_pids(pg))
                     adm.execute(f"{command} appdb")
                     time.sleep(0.3)
                 h.join(10)
                 if command == "KILL":
                     adm.execute("RESUME appdb")
-                wait_until(lambda: not (app_backend_pids(pg) & before), 5,
+                wait_until(lambda: not (set(app_backend_pids(pg)) & before), 5,
                            what=f"try {k}: the backends from before {command} gone")
             finally:
                 close_all(opened)

@@ -10,10 +10,10 @@ import pytest
 from psycopg import errors
 
 from conftest import APP_DB, APP_USER, Background, BackendSampler, wait_until
-from multiworker import (SLOW, WORKERS, Load, active_pids, app_backend_pids,
-                         assert_on_every_worker, close_all, connect_many, console,
-                         hold_transactions, pool_row, rewrite, show, start4, wait_pool,
-                         worker_of, workers_by_app)
+from multiworker import (SLOW, WORKERS, Load, active_pids, app_backend_pids, assert_on_every_worker,
+                         assert_spread, close_all, connect_many, console, holders_and_idlers,
+                         named, pool_row, raw_many, rewrite, show, start4, wait_pool, worker_of,
+                         workers_by_app)
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
 
 # ---- CancelRequest -------------------------------------------------------------------------
@@ -30,15 +30,14 @@ def test_cancel_requests_reach_the_query_of_their_own_client_on_every_worker(sta
     psy, raw = [], []
     for round_ in range(2):  # in fours, so each worker gets both kinds
         psy += connect_many(s, f"psy{round_}-", WORKERS)
-        raw += [raw_login(s.port, application_name=f"raw{round_}-{i}", timeout=30 * SLOW)
-                for i in range(WORKERS)]
-    bystanders = [raw_login(s.port, application_name=f"by{i}", timeout=30 * SLOW)
-                  for i in range(WORKERS)]
+        raw += raw_many(s, f"raw{round_}-", WORKERS, timeout=30 * SLOW)
+    bystanders = raw_many(s, "by", WORKERS, timeout=30 * SLOW)
     try:
         where = workers_by_app(s)
-        assert_on_every_worker(where, [f"psy{r}-{i}" for r in range(2) for i in range(WORKERS)])
-        assert_on_every_worker(where, [f"raw{r}-{i}" for r in range(2) for i in range(WORKERS)])
-        assert_on_every_worker(where, [f"by{i}" for i in range(WORKERS)])
+        for kind in ("psy", "raw"):  # two rounds of each
+            assert_on_every_worker(where, named(f"{kind}0-", WORKERS)
+                                   + named(f"{kind}1-", WORKERS))
+        assert_on_every_worker(where, named("by", WORKERS))
 
         # a client that already ended: its key is sent later, to nobody
         gone = raw_login(s.port, application_name="gone")
@@ -124,7 +123,7 @@ def test_reload_under_load_on_every_worker_then_pool_mode_session_at_once(start_
     s = start4(start_sluice, pg, default_pool_size=8)
     conns = connect_many(s, "load", 2 * WORKERS)
     try:
-        assert_on_every_worker(workers_by_app(s), [f"load{i}" for i in range(2 * WORKERS)])
+        assert_spread(s, load=2 * WORKERS)
         with console(s) as adm, BackendSampler(pg) as sampler:
             load = Load(conns)
             wait_until(lambda: load.count > 40, 30 * SLOW, what="the load to run")
@@ -177,7 +176,7 @@ def test_reloaded_pool_size_and_max_db_connections_hold_and_free_waiters_on_ever
     s = start4(start_sluice, pg, pool_mode="session", default_pool_size=n)
     first = connect_many(s, "first", n)
     try:
-        assert_on_every_worker(workers_by_app(s), [f"first{i}" for i in range(n)])
+        assert_spread(s, first=n)
         for c in first:
             c.execute("SELECT 1")  # every worker's pool has met its server
         with console(s) as adm:
@@ -188,7 +187,7 @@ def test_reloaded_pool_size_and_max_db_connections_hold_and_free_waiters_on_ever
                        what="backends down to the reloaded pool_size")
             second = connect_many(s, "second", n)
             try:
-                assert_on_every_worker(workers_by_app(s), [f"second{i}" for i in range(n)])
+                assert_spread(s, second=n)
                 with BackendSampler(pg) as sampler:
                     runs = run_everyone(second)
                     wait_until(lambda: sum(r.done() for r in runs) == 2, 10 * SLOW,
@@ -243,15 +242,8 @@ def test_reloaded_pool_size_and_max_db_connections_hold_and_free_waiters_on_ever
 def test_pause_waits_for_every_workers_transactions_and_resume_releases_every_worker(
         start_sluice, pg):
     s = start4(start_sluice, pg, default_pool_size=10)
-    holders = connect_many(s, "hold", WORKERS)
-    idlers = connect_many(s, "idle", WORKERS)
+    holders, idlers = holders_and_idlers(s)  # idle servers and transactions on every worker
     try:
-        where = workers_by_app(s)
-        assert_on_every_worker(where, [f"hold{i}" for i in range(WORKERS)])
-        assert_on_every_worker(where, [f"idle{i}" for i in range(WORKERS)])
-        for c in idlers:
-            c.execute("SELECT 1")  # idle servers on every worker
-        hold_transactions(holders)
         with console(s) as adm, console(s) as watcher:
             pause = Background(adm.execute, "PAUSE appdb")
             for i, h in enumerate(holders):
@@ -303,7 +295,7 @@ def test_pause_holds_every_workers_clients_of_pools_made_after_it(start_sluice, 
                 adm.execute(pause.replace("PAUSE", "RESUME"))
                 assert [b.result(10 * SLOW)[1] for b in batch] == \
                     [(f"{db}{i}",) for i in range(2 * WORKERS)]
-            assert_on_every_worker(workers_by_app(s), [f"appdb{i}" for i in range(2 * WORKERS)])
+            assert_spread(s, appdb=2 * WORKERS)
     finally:
         close_all([b.result(0)[0] for b in late if b.done() and not b.error(0)])
 
@@ -315,10 +307,8 @@ def test_reload_that_removes_a_database_closes_every_workers_clients_with_3d000(
     does: a waiting query fails at once with FATAL 3D000, not at query_wait_timeout."""
     dbs = {APP_DB: pg.db_entry(), "olddb": pg.db_entry(pool_size=WORKERS)}
     s = start4(start_sluice, pg, databases=dbs, query_wait_timeout=120)
-    holders = [raw_login(s.port, database="olddb", application_name=f"hold{i}", timeout=10 * SLOW)
-               for i in range(WORKERS)]
-    waiters = [raw_login(s.port, database="olddb", application_name=f"wait{i}", timeout=10 * SLOW)
-               for i in range(WORKERS)]
+    holders = raw_many(s, "hold", WORKERS, database="olddb")
+    waiters = raw_many(s, "wait", WORKERS, database="olddb")
     try:
         with console(s) as adm:
             rows = show(adm, "CLIENTS")
@@ -348,10 +338,9 @@ def test_reload_that_removes_a_database_closes_every_workers_clients_with_3d000(
 def test_kill_drops_every_workers_clients_with_57p01_and_leaves_the_database_paused(
         start_sluice, pg):
     s = start4(start_sluice, pg, default_pool_size=10)
-    victims = [raw_login(s.port, application_name=f"victim{i}", timeout=10 * SLOW)
-               for i in range(2 * WORKERS)]
+    victims = raw_many(s, "victim", 2 * WORKERS)
     try:
-        assert_on_every_worker(workers_by_app(s), [f"victim{i}" for i in range(2 * WORKERS)])
+        assert_spread(s, victim=2 * WORKERS)
         for v in victims[:WORKERS]:
             v.query("BEGIN")  # half in a transaction, on every worker
             v.query("SELECT 1")
@@ -369,7 +358,7 @@ def test_kill_drops_every_workers_clients_with_57p01_and_leaves_the_database_pau
                        5 * SLOW, what="SHOW POOLS to count no client")
             late = connect_many(s, "late", WORKERS)
             try:
-                assert_on_every_worker(workers_by_app(s), [f"late{i}" for i in range(WORKERS)])
+                assert_spread(s, late=WORKERS)
                 queued = [Background(lambda c=c: c.execute("SELECT 'late'").fetchone())
                           for c in late]
                 time.sleep(0.8 * SLOW)
@@ -386,15 +375,8 @@ def test_kill_drops_every_workers_clients_with_57p01_and_leaves_the_database_pau
 @pytest.mark.timeout(120)
 def test_reconnect_and_wait_close_replace_every_workers_servers(start_sluice, pg):
     s = start4(start_sluice, pg, default_pool_size=10)
-    holders = connect_many(s, "hold", WORKERS)
-    idlers = connect_many(s, "idle", WORKERS)
+    holders, idlers = holders_and_idlers(s)
     try:
-        where = workers_by_app(s)
-        assert_on_every_worker(where, [f"hold{i}" for i in range(WORKERS)])
-        assert_on_every_worker(where, [f"idle{i}" for i in range(WORKERS)])
-        for c in idlers:
-            c.execute("SELECT 1")
-        hold_transactions(holders)
         held = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in holders}
         old = set(app_backend_pids(pg))
         assert held <= old and len(held) == WORKERS
@@ -424,7 +406,7 @@ def test_disable_refuses_logins_on_every_worker_and_enable_lets_them_in(start_sl
     s = start4(start_sluice, pg)
     open_before = connect_many(s, "before", WORKERS)
     try:
-        assert_on_every_worker(workers_by_app(s), [f"before{i}" for i in range(WORKERS)])
+        assert_spread(s, before=WORKERS)
         with console(s) as adm:
             adm.execute("DISABLE appdb")
             # sockets opened together, so the acceptor hands them to every worker
@@ -442,8 +424,7 @@ def test_disable_refuses_logins_on_every_worker_and_enable_lets_them_in(start_sl
             adm.execute("ENABLE appdb")
             after = connect_many(s, "after", 2 * WORKERS)
             try:
-                assert_on_every_worker(workers_by_app(s),
-                                       [f"after{i}" for i in range(2 * WORKERS)])
+                assert_spread(s, after=2 * WORKERS)
                 for c in after:
                     assert c.execute("SELECT 2").fetchone() == (2,)
             finally:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import forward_both_ways
 from pgwire import ServerError, raw_login
 
 DOWN_WAIT_S = 2  # also the backoff's cap (min(server_login_retry, server_down_wait))
@@ -55,25 +56,7 @@ class FlakyDatabase:
             except OSError:
                 conn.close()
                 continue
-            for a, b in ((conn, pg), (pg, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            forward_both_ways(conn, pg)
 
     def count(self):
         with self.lock:

@@ -6,19 +6,13 @@ closes everything at once. The fixture fails the test on any sanitizer report.""
 import signal
 import time
 
-import psycopg
 import pytest
 
 from conftest import APP_DB, APP_USER, Background, wait_until
-from multiworker import (SLOW, WORKERS, assert_on_every_worker, close_all, connect_many,
-                         start4, workers_by_app)
-from pgwire import PeerClosed, RawConn, cancel_request, query_msg, raw_login, startup_packet
+from multiworker import (SLOW, WORKERS, assert_spread, close_all, connect_many, create_id_table,
+                         raw_many, start4)
+from pgwire import PeerClosed, RawConn, cancel_request, query_msg, startup_packet
 from test_cancel import CancelDelayingProxy
-
-
-def raw_many(s, prefix, n):
-    return [raw_login(s.port, application_name=f"{prefix}{i}", timeout=10 * SLOW)
-            for i in range(n)]
 
 
 def refused_login(s):
@@ -41,16 +35,13 @@ def refused_login(s):
 @pytest.mark.timeout(120)
 def test_sigint_lets_every_workers_transactions_finish_refuses_logins_and_exits_0(
         start_sluice, pg, table):
-    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
-        c.execute(f"CREATE TABLE {table} (id int)")
+    create_id_table(pg, table)
     s = start4(start_sluice, pg, default_pool_size=20, shutdown_timeout=60)
     holders = connect_many(s, "hold", WORKERS)
     busy = raw_many(s, "busy", WORKERS)
     idle = raw_many(s, "idle", WORKERS)
     try:
-        where = workers_by_app(s)
-        for kind in ("hold", "busy", "idle"):
-            assert_on_every_worker(where, [f"{kind}{i}" for i in range(WORKERS)])
+        assert_spread(s, hold=WORKERS, busy=WORKERS, idle=WORKERS)
         for i, h in enumerate(holders):
             h.execute("BEGIN")
             h.execute(f"INSERT INTO {table} VALUES ({i})")
@@ -96,9 +87,7 @@ def test_sigterm_closes_every_workers_clients_at_once_and_exits_0(start_sluice, 
     in_txn = raw_many(s, "txn", WORKERS)
     idle = raw_many(s, "idle", WORKERS)
     try:
-        where = workers_by_app(s)
-        for kind in ("busy", "txn", "idle"):
-            assert_on_every_worker(where, [f"{kind}{i}" for i in range(WORKERS)])
+        assert_spread(s, busy=WORKERS, txn=WORKERS, idle=WORKERS)
         for c in in_txn:
             c.query("BEGIN")
             c.query("SELECT 1")
@@ -138,7 +127,7 @@ def test_sigterm_while_cancels_are_on_their_way_to_postgres_exits_0_without_a_ra
         close_all(churn)
         busy = raw_many(s, "busy", 2 * WORKERS)
         try:
-            assert_on_every_worker(workers_by_app(s), [f"busy{i}" for i in range(2 * WORKERS)])
+            assert_spread(s, busy=2 * WORKERS)
             for c in busy:
                 c.send(query_msg("SELECT pg_sleep(60) /* to cancel */"))
             pg.wait_for_active(APP_USER, "to cancel", count=len(busy), timeout=10 * SLOW)
