@@ -1,10 +1,10 @@
 """Backend connects that fail on every worker at once while the workers also accept clients and
-open servers (architecture.md 5.8): libpq closes a failed connect's socket inside PQconnectPoll
-(a database that closes the connection during the login; a refused host of a host list, after
-which libpq opens the next host's socket, maybe under another number), and the kernel gives the
-lowest free number to the next socket any thread opens. sluice must not touch a number libpq
-closed: removing it from its loop's epoll set then is a use of another worker's descriptor,
-which ThreadSanitizer reports (the run fails through start_sluice's sanitizer check), and
+open servers (architecture.md 5.10, the socket lent to libpq): libpq closes a failed connect's
+socket inside PQconnectPoll (a database that closes the connection during the login; a refused
+host of a host list, after which libpq opens the next host's socket, maybe under another
+number), and the kernel gives the lowest free number to the next socket any thread opens.
+sluice must not touch a number libpq closed: removing it from its loop's epoll set then is a use
+of another worker's descriptor, which ThreadSanitizer reports (the run fails through start_sluice's sanitizer check), and
 watching it would watch someone else's socket.
 
 Many pools (each its own breaker), server_login_retry = 0 (no backoff), so each login to a dead
