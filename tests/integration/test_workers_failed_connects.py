@@ -4,8 +4,8 @@ socket inside PQconnectPoll (a database that closes the connection during the lo
 host of a host list, after which libpq opens the next host's socket, maybe under another
 number), and the kernel gives the lowest free number to the next socket any thread opens.
 sluice must not touch a number libpq closed: removing it from its loop's epoll set then is a use
-of another worker's descriptor, which ThreadSanitizer reports (the run fails through start_sluice's sanitizer check), and
-watching it would watch someone else's socket.
+of another worker's descriptor, which ThreadSanitizer reports (the run fails through
+start_sluice's sanitizer check), and watching it would watch someone else's socket.
 
 Many pools (each its own breaker), server_login_retry = 0 (no backoff), so each login to a dead
 database is a failed connect; healthy clients log in, query and leave all the while."""
