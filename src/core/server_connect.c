@@ -615,6 +615,26 @@ static void libpq_logged_in(struct server *s)
     logged_in(s);
 }
 
+/* libpq's calls of this step are over (they ran with the socket lent: sockio_lend): watch its
+ * socket again, whichever it is now, for events. false: s failed (closed). */
+static bool watch_libpq_socket(struct server *s, int events)
+{
+    int fd = PQsocket(s->conn);
+    if (sockio_take_back(&s->io, s->pool->worker->loop, fd) < 0) {
+        server_connect_failed(s, "cannot watch the server socket");
+        return false;
+    }
+    if (fd < 0) { /* libpq dropped the connection without reporting it to this step */
+        char why[512];
+        snprintf(why, sizeof(why), "%s", PQerrorMessage(s->conn));
+        why[strcspn(why, "\n")] = '\0';
+        server_connect_failed(s, why[0] ? why : "lost the server connection");
+        return false;
+    }
+    sockio_want(&s->io, events);
+    return true;
+}
+
 static void run_login_query(struct server *s, enum server_state query)
 {
     server_set_state(s, query);
@@ -623,11 +643,12 @@ static void run_login_query(struct server *s, enum server_state query)
         server_login_query(s, sql);
         return;
     }
+    sockio_lend(&s->io); /* a failed send reads what is left, and may close the socket */
     if (PQsetnonblocking(s->conn, 1) != 0 || !PQsendQuery(s->conn, sql)) {
         login_query_failed(s, PQerrorMessage(s->conn));
         return;
     }
-    sockio_want(&s->io, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+    watch_libpq_socket(s, PQflush(s->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
 /* The login, or one of sluice's login queries, is over: run the next query, or serve. */
@@ -641,11 +662,14 @@ static void login_next(struct server *s)
         run_login_query(s, SERVER_CONNECT_QUERY);
         return;
     }
-    sockio_want(&s->io, 0);
-    if (s->conn)
-        libpq_logged_in(s);
-    else
+    if (!s->conn) {
+        sockio_want(&s->io, 0);
         logged_in(s);
+        return;
+    }
+    /* server.c watches the socket it is given from here: libpq's current one, still open */
+    if (watch_libpq_socket(s, 0))
+        libpq_logged_in(s);
 }
 
 /* A row of a login query: the probe's one value. */
@@ -675,6 +699,7 @@ static void login_query_done(struct server *s)
 /* PROBING or CONNECT_QUERY over libpq: its results, one by one. */
 static void login_query_step(struct server *s)
 {
+    sockio_lend(&s->io); /* a read of EOF or a failed write closes libpq's socket */
     int f = PQflush(s->conn);
     if (f < 0 || !PQconsumeInput(s->conn)) {
         login_query_failed(s, PQerrorMessage(s->conn));
@@ -702,7 +727,7 @@ static void login_query_step(struct server *s)
         if (s->state == SERVER_CLOSED)
             return;
     }
-    sockio_want(&s->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+    watch_libpq_socket(s, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
 /* ---- failed logins ---- */
@@ -787,31 +812,22 @@ static void libpq_failed(struct server *s)
     server_connect_failed(s, msg);
 }
 
+/* libpq's login step. PQconnectPoll may close its socket: a refused connect, EOF or a failed
+ * write during the login, the next address or host of a list (which opens another socket, under
+ * the same number or not), a retry without TLS. The socket is lent to it for the call
+ * (sockio_lend): once closed, its number may be another worker's at once, and sluice must not
+ * touch it, not even to take it off this loop's epoll set. The socket after the call, a new one
+ * under the old number included, is watched afresh (watch_libpq_socket). */
 static void connect_step(struct server *s)
 {
+    sockio_lend(&s->io);
     PostgresPollingStatusType st = PQconnectPoll(s->conn);
-    int fd = PQsocket(s->conn);
-    if (st != PGRES_POLLING_FAILED && fd != s->io.fd) {
-        /* libpq moved to another socket (next host, or a retry without TLS). */
-        sockio_detach(&s->io);
-        if (sockio_open(&s->io, s->pool->worker->loop, fd, s, on_connecting_io) < 0) {
-            server_connect_failed(s, "cannot watch the server socket");
-            return;
-        }
-    } else if (st != PGRES_POLLING_FAILED && PQstatus(s->conn) == CONNECTION_STARTED) {
-        /* A new socket under the old one's number: libpq closed the socket of a host that
-         * refused and opened the next host's, which the kernel gave the lowest free number,
-         * the same. Closing took the old one out of epoll; the poll handle, which does not
-         * know, must register the new one, or no event ever comes (a host list would hang on
-         * its first host that refuses). */
-        sockio_want(&s->io, 0);
-    }
     switch (st) {
     case PGRES_POLLING_READING:
-        sockio_want(&s->io, UV_READABLE);
+        watch_libpq_socket(s, UV_READABLE);
         return;
     case PGRES_POLLING_WRITING:
-        sockio_want(&s->io, UV_WRITABLE);
+        watch_libpq_socket(s, UV_WRITABLE);
         return;
     case PGRES_POLLING_OK:
         PQsetErrorVerbosity(s->conn, PQERRORS_DEFAULT);

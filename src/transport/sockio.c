@@ -60,26 +60,36 @@ static bool spare_keep(uv_poll_t *p, int fd)
     }
     if (spare_polls[fd])
         return false; /* cannot happen: a number is detached once before it is reused */
-    uv_poll_stop(p);
+    if (uv_is_active((uv_handle_t *)p))
+        uv_poll_stop(p); /* else stopped already: off epoll, and the number maybe not ours */
     spare_polls[fd] = p;
     return true;
+}
+
+/* Close a poll handle. An active one is watching its socket, still open and this thread's:
+ * closing removes the number from this loop's epoll set, so the caller may close the socket
+ * next. An inactive one was taken off the epoll set when it stopped, and its socket may be
+ * closed by now (a parked spare's, one libpq closed after sockio_lend), its number another
+ * thread's (a worker's socket, libpq's cancel connection on the thread pool). Closing would
+ * remove that number from this loop's epoll set again (uv__platform_invalidate_fd): no effect
+ * on that socket (not in this set), yet a use of another thread's descriptor, which
+ * ThreadSanitizer reports. So it is pointed at the loop's own epoll descriptor first, which only
+ * this thread uses, and the close touches nobody else's. */
+static void poll_close(uv_poll_t *p)
+{
+    if (!uv_is_active((uv_handle_t *)p))
+        p->io_watcher.fd = uv_backend_fd(p->loop);
+    uv_close((uv_handle_t *)p, on_poll_closed);
 }
 
 void sockio_release_spares(void)
 {
     for (int fd = 0; fd < spare_polls_len; fd++) {
         uv_poll_t *p = spare_polls[fd];
-        if (!p)
-            continue;
-        /* Its socket was closed when it was parked, and by now the number may be another
-         * thread's descriptor (a worker's socket, libpq's cancel connection on the thread pool).
-         * Closing a poll handle removes its number from this loop's epoll set
-         * (uv__platform_invalidate_fd): no effect on that socket (not in this set), yet a use of
-         * another thread's descriptor, which ThreadSanitizer reports. The handle is stopped, so
-         * it is pointed at the loop's own epoll descriptor, which only this thread uses, and the
-         * close touches nobody else's (test_workers_shutdown's SIGTERM during cancels). */
-        p->io_watcher.fd = uv_backend_fd(p->loop);
-        uv_close((uv_handle_t *)p, on_poll_closed);
+        /* stopped, its socket closed when it was parked: the number may be another thread's
+         * by now (test_workers_shutdown's SIGTERM during cancels) */
+        if (p)
+            poll_close(p);
     }
     free(spare_polls);
     spare_polls = NULL;
@@ -117,9 +127,25 @@ void sockio_detach(struct sockio *io)
      * right after this returns; a closed handle's memory waits for the callback. */
     io->poll->data = NULL;
     if (!spare_keep(io->poll, io->fd))
-        uv_close((uv_handle_t *)io->poll, on_poll_closed);
+        poll_close(io->poll);
     io->poll = NULL;
     io->events = 0;
+}
+
+void sockio_lend(struct sockio *io)
+{
+    sockio_want(io, 0); /* off epoll now, while the number is still this socket's */
+}
+
+int sockio_take_back(struct sockio *io, uv_loop_t *loop, int fd)
+{
+    if (fd == io->fd && (io->poll || fd < 0))
+        return 0; /* the same number: this thread's socket still (libpq's new one, maybe) */
+    void *owner = io->owner;
+    sockio_cb cb = io->cb;
+    sockio_detach(io); /* stopped by sockio_lend: parked or closed without touching io->fd */
+    io->fd = -1;
+    return fd < 0 ? 0 : sockio_open(io, loop, fd, owner, cb);
 }
 
 void sockio_hand_off(struct sockio *io)
@@ -127,7 +153,7 @@ void sockio_hand_off(struct sockio *io)
     if (!io->poll)
         return;
     io->poll->data = NULL;
-    uv_close((uv_handle_t *)io->poll, on_poll_closed); /* off this epoll at once, as detach */
+    poll_close(io->poll); /* off this epoll at once, as detach */
     io->poll = NULL;
     io->events = 0;
 }

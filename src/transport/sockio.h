@@ -29,12 +29,26 @@ struct sockio {
 int sockio_open(struct sockio *io, uv_loop_t *loop, int fd, void *owner, sockio_cb cb)
     __attribute__((warn_unused_result));
 /* Stop watching; the fd is left to the caller. The poll handle is kept for the next socket that
- * gets the same descriptor number (see sockio.c). Idempotent. */
+ * gets the same descriptor number (see sockio.c). A handle stopped already (no events wanted)
+ * goes without touching the number, which may have been closed (sockio_lend). Idempotent. */
 void sockio_detach(struct sockio *io);
 /* Stop watching an fd that goes on to another thread's loop: the poll handle is closed, not
  * kept, since this thread will not see that descriptor number again until that thread closes
  * it (a kept handle would touch the number at exit, racing the other thread's use). */
 void sockio_hand_off(struct sockio *io);
+/* Before a call into a library that owns the socket and may close it inside the call (libpq:
+ * PQconnectPoll, PQconsumeInput, PQflush), or close it and open another: stop watching now,
+ * while the number is still this socket's. Once the library has closed it, the kernel may give
+ * the number to another thread's socket at once, and no later call here may touch it (not even
+ * to take it off this loop's epoll set). Then sockio_take_back; sockio_want re-arms. */
+void sockio_lend(struct sockio *io);
+/* After the call of a sockio_lend: fd is the library's socket now (-1: none). The same number is
+ * this thread's socket still (maybe a new one the kernel gave the old number: the stopped
+ * handle registers it afresh when re-armed). Another number or none: the handle goes without
+ * touching the old number, and fd, if any, is watched by a handle of its own (no events yet),
+ * with the same owner and callback. 0 or a negative UV_E* code (io then watches nothing). */
+int sockio_take_back(struct sockio *io, uv_loop_t *loop, int fd)
+    __attribute__((warn_unused_result));
 /* Close the calling thread's kept poll handles (the table is per thread, like its loop); at
  * exit, after the loop has stopped and before a last run of it (their close callbacks) and
  * uv_loop_close. */
