@@ -381,6 +381,9 @@ void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap);
  * that gets true holds the one attempt (for claim_ms, or until it reports) and must report it. */
 bool ledger_breaker_may_try(struct ledger *l, struct ledger_key *key, int worker,
                             uint64_t claim_ms);
+/* worker made no attempt after all (a cap stopped it, or it could not start): its claim, if it
+ * holds one, goes back, so that another worker may try now rather than when it expires. */
+void ledger_breaker_unclaim(struct ledger *l, struct ledger_key *key, int worker);
 /* What a failed attempt did to key's breaker. */
 struct ledger_breaker_failure {
     int failures;       /* in a row, this one included */
