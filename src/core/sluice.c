@@ -191,9 +191,15 @@ static bool auth_query_slot_take(struct worker *worker, const char *db_name, con
 
 static void auth_query_slot_freed(struct worker *worker, const char *db_name, const char *user_name)
 {
-    worker_wake(worker,
-                ledger_give_own(&worker->proc->ledger, (int)worker->index, db_name, user_name));
+    struct ledger *l = &worker->proc->ledger;
+    worker_wake(worker, ledger_give_own(l, (int)worker->index, db_name, user_name));
     worker->dispatch_needed = true;
+    /* a lookup another worker holds back for one of the process's auth_query connections
+     * tries again now (WORKER_MSG_WAKE), not on its tick */
+    uint64_t wake = ledger_own_waiters(l, (int)worker->index);
+    for (int i = 0; wake; i++, wake >>= 1)
+        if (wake & 1)
+            worker_wake(worker, i);
 }
 
 static bool auth_query_wanted_elsewhere(struct worker *worker)
@@ -201,10 +207,16 @@ static bool auth_query_wanted_elsewhere(struct worker *worker)
     return ledger_own_wanted(&worker->proc->ledger, (int)worker->index);
 }
 
+static void auth_query_not_waiting(struct worker *worker)
+{
+    ledger_own_wait_done(&worker->proc->ledger, (int)worker->index);
+}
+
 static const struct secret_slots auth_query_slots = {
     .take = auth_query_slot_take,
     .freed = auth_query_slot_freed,
     .wanted_elsewhere = auth_query_wanted_elsewhere,
+    .not_waiting = auth_query_not_waiting,
 };
 
 /* Clients of a worker and sockets on their way to it. */

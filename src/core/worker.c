@@ -246,8 +246,10 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
             worker_post_cancel_done(m->reply_to, m->ticket);
         break;
     case WORKER_MSG_WAKE:
-        if (delivered && sluice_serving(worker))
+        if (delivered && sluice_serving(worker)) {
             pool_dispatch_all(worker); /* a pool still held registers again (maybe_connect) */
+            secret_retry_lookups(worker); /* or an auth_query connection was given back */
+        }
         break;
     case WORKER_MSG_KILL_CLIENT:
         if (delivered)
