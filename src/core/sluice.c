@@ -241,6 +241,7 @@ static struct client *accept_client(struct process *proc, int fd,
 static const struct listener_ops client_listener_ops = {
     .accepted = accept_client,
     .read_first = client_read_first,
+    .clients = true,
 };
 
 /* A worker's lists, its timer and reaper on loop: handles first, so that whatever fails after,
