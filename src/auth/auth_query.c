@@ -170,7 +170,8 @@ static void query_put(const char *key, const char *secret, uint64_t now)
  *
  * Lookups run on at most SECRET_QUERY_CONNECTIONS connections in the process (the slots count
  * every worker's), each logged in as one target's auth_user and reused for that target's lookups;
- * a lookup waits, in order, for a free one (another worker's: on the tick, once it closed).
+ * a lookup waits, in order, for a free one (another worker's: once it closed for this worker,
+ * which its close wakes).
  * Each connection counts against max_db_connections (its database entry),
  * max_user_connections (auth_user) and max_server_connections like a pool's server, and opens
  * only when they have room (closing another pool's idle server for it, as pools do for each
@@ -200,7 +201,10 @@ static _Thread_local struct qconn *qconns;
 static _Thread_local int nqconns;
 
 static void query_dispatch(struct worker *worker);
+static struct qconn *idle_qconn(const char *target);
 static void on_qconn_io(struct sockio *io, int status, int events);
+
+static const char *const for_another_worker = "making room for another worker's lookup";
 
 static void qconn_close(struct qconn *qc, const char *why)
 {
@@ -227,8 +231,20 @@ static void qconn_close(struct qconn *qc, const char *why)
     free(qc);
 }
 
+/* Another worker has a lookup the process's cap on these connections holds back: an idle
+ * connection of this worker's closes for it; its close wakes that worker (auth_query_slot_freed
+ * in sluice.c). One at a time: the next, on the tick, if it still waits then. */
+static void give_idle_elsewhere(struct worker *worker)
+{
+    struct qconn *qc = idle_qconn(NULL);
+    if (qc && slots->wanted_elsewhere(worker))
+        qconn_close(qc, for_another_worker);
+}
+
 /* The lookup is over: cache the answer, free the connection for the next one, wake the
- * waiters. */
+ * waiters. While another worker waits for a connection, one of a worker holding several goes
+ * to it rather than to this worker's next lookup, so that no worker's queue holds the others'
+ * lookups until it drains. */
 static void query_finish(struct secret_job *j, const char *error)
 {
     struct worker *worker = j->worker;
@@ -240,6 +256,8 @@ static void query_finish(struct secret_job *j, const char *error)
         if (qc->retired || worker->proc->phase != PHASE_RUNNING ||
             PQstatus(qc->conn) != CONNECTION_OK || PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
             qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
+        } else if (nqconns > 1 && slots->wanted_elsewhere(worker)) {
+            qconn_close(qc, for_another_worker);
         } else {
             qc->served++;
             qc->state = QCONN_IDLE;
@@ -260,6 +278,7 @@ static void query_finish(struct secret_job *j, const char *error)
     secret_job_wake(j, error ? why : NULL);
     secret_job_free(j);
     query_dispatch(worker);
+    give_idle_elsewhere(worker);
 }
 
 /* The connection broke. A lookup on a connection that had served before may have met one the
@@ -572,14 +591,19 @@ static bool room_for(struct worker *worker, const struct secret_job *j)
 
 /* Start what waits, oldest first: on an idle connection of its target, else on a new one while
  * the set and the caps have room (an idle connection of another target gives way). A lookup the
- * caps hold back waits; the background tick tries again. */
+ * caps hold back waits; a connection given back on another worker wakes this one to try again
+ * (secret_retry_lookups), else the background tick does. A worker holding a connection opens no
+ * other while another worker's lookup waits for one: the room is that worker's, and this
+ * worker's lookups wait for its own connections. */
 static void query_dispatch(struct worker *worker)
 {
+    bool held_back = false; /* by the caps: this worker waits for another's connection */
     bool progress = true;
     while (progress) {
         progress = false;
+        held_back = false;
         if (nqconns >= SECRET_QUERY_CONNECTIONS && !idle_qconn(NULL))
-            return; /* every connection is busy: the next finished lookup comes back here */
+            break; /* every connection is busy: the next finished lookup comes back here */
         for (struct secret_job *j = query_jobs; j; j = j->next) {
             if (j->kind != JOB_QUERY || j->qc)
                 continue;
@@ -589,10 +613,12 @@ static void query_dispatch(struct worker *worker)
                 progress = true;
                 break;
             }
+            if (nqconns > 0 && slots->wanted_elsewhere(worker))
+                break;
             if (nqconns >= SECRET_QUERY_CONNECTIONS) {
                 qc = idle_qconn(NULL);
                 if (!qc)
-                    return;
+                    break;
                 qconn_close(qc, "making room for a lookup elsewhere");
             }
             if (room_for(worker, j)) {
@@ -600,8 +626,11 @@ static void query_dispatch(struct worker *worker)
                 progress = true;
                 break;
             }
+            held_back = true;
         }
     }
+    if (!held_back)
+        slots->not_waiting(worker);
 }
 
 static struct secret_job *query_job(struct worker *worker, const struct query_target *t,
@@ -664,8 +693,6 @@ void secret_tick(struct worker *worker, uint64_t now)
         uint64_t age = now - qc->since_ms;
         if (qc->state == QCONN_IDLE && age >= SECRET_QUERY_IDLE_MS) {
             qconn_close(qc, "idle");
-        } else if (qc->state == QCONN_IDLE && slots->wanted_elsewhere(worker)) {
-            qconn_close(qc, "making room for another worker's lookup");
         } else if (qc->state != QCONN_IDLE && limit > 0 && age >= limit) {
             struct secret_job *j = qc->job;
             char why[160];
@@ -678,6 +705,12 @@ void secret_tick(struct worker *worker, uint64_t now)
         }
         qc = next;
     }
+    give_idle_elsewhere(worker);
+    query_dispatch(worker);
+}
+
+void secret_retry_lookups(struct worker *worker)
+{
     query_dispatch(worker);
 }
 

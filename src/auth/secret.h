@@ -27,6 +27,8 @@ struct secret_slots {
     /* Does another worker have a lookup that waits for one of the process's
      * SECRET_QUERY_CONNECTIONS (an idle connection of this worker's should close for it)? */
     bool (*wanted_elsewhere)(struct worker *worker);
+    /* None of this worker's lookups waits for a connection the cap held back any more. */
+    void (*not_waiting)(struct worker *worker);
 };
 /* Start-up, before any lookup: the core's slots (kept, not copied). */
 void secret_init(const struct secret_slots *core_slots);
@@ -84,6 +86,9 @@ void secret_reload(void);
 /* Background (sluice's maintenance tick): close auth_query connections idle for
  * SECRET_QUERY_IDLE_MS or stuck past server_connect_timeout; start lookups the caps held back. */
 void secret_tick(struct worker *worker, uint64_t now);
+/* Another worker gave back one of the process's auth_query connections: start the lookups the
+ * cap held back (as the tick does). */
+void secret_retry_lookups(struct worker *worker);
 /* auth_query's connections (connecting or open) to database entry db_name as user_name; NULL
  * matches any. They count against the caps like the pools' servers. */
 int secret_query_servers(const char *db_name, const char *user_name);

@@ -333,7 +333,9 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
     if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
         return;
     if (c->state == CLIENT_TLS_HANDSHAKE) {
-        /* no channel to say it on: half a TLS handshake cannot carry an ErrorResponse */
+        /* no channel to say it on: half a TLS handshake cannot carry an ErrorResponse. As
+         * Postgres at shutdown, whose backend exits while the SSL negotiation or the startup
+         * packet is in progress (backend_startup.c process_startup_packet_die: _exit(1)). */
         client_close(c, failure_name(f));
         return;
     }

@@ -36,6 +36,14 @@ static void for_target_pools(struct worker *worker, const char *db, void (*fn)(s
     }
 }
 
+static int client_count(const struct pool *p)
+{
+    return p->active_clients.count + p->waiting.count + p->idle_clients.count;
+}
+
+/* A database no longer configured still counts while a pool of it holds clients or servers
+ * (closing after the reload that removed it): an empty pool of it is a leftover, and a command
+ * naming it answers as for any unknown database. */
 bool control_db_known(const struct worker *worker, const char *db)
 {
     if (config_find_db(worker->cfg, db))
@@ -43,7 +51,8 @@ bool control_db_known(const struct worker *worker, const char *db)
     struct list_node *n, *tmp;
     list_for_each(&worker->pools, n, tmp)
     {
-        if (strcmp(container_of(n, struct pool, node)->db_name, db) == 0)
+        const struct pool *p = container_of(n, struct pool, node);
+        if (strcmp(p->db_name, db) == 0 && client_count(p) + pool_server_count(p) > 0)
             return true;
     }
     return false;
@@ -275,7 +284,7 @@ void control_drop_removed(struct worker *worker)
         struct pool *p = container_of(n, struct pool, node);
         if (p->is_admin || config_find_db(worker->cfg, p->db_name))
             continue;
-        int clients = p->active_clients.count + p->waiting.count + p->idle_clients.count;
+        int clients = client_count(p);
         if (clients + pool_server_count(p) > 0)
             log_msg(LOG_WARNING,
                     "pool %s/%s: database \"%s\" was removed from [databases] by a reload: "

@@ -14,7 +14,8 @@
 
 struct client;
 
-/* Is db a database of sluice's (configured, or with pools, e.g. from a "*" entry)? */
+/* Is db a database of sluice's: configured (by name or a "*" entry), or removed by a reload
+ * while a pool of it still holds clients or servers? */
 bool control_db_known(const struct worker *worker, const char *db);
 
 /* PAUSE, RESUME, RECONNECT and KILL act on every worker (architecture.md 5.7): the ledger's

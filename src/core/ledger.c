@@ -271,8 +271,20 @@ enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_nam
 
 bool ledger_own_wanted(const struct ledger *l, int self)
 {
+    return ledger_own_waiters(l, self) != 0;
+}
+
+uint64_t ledger_own_waiters(const struct ledger *l, int self)
+{
     uint64_t self_bit = self >= 0 && self < LEDGER_WORKERS ? UINT64_C(1) << self : 0;
-    return (atomic_load_explicit(&l->own_waiters, memory_order_relaxed) & ~self_bit) != 0;
+    return atomic_load_explicit(&l->own_waiters, memory_order_relaxed) & ~self_bit;
+}
+
+void ledger_own_wait_done(struct ledger *l, int worker)
+{
+    uint64_t bit = worker >= 0 && worker < LEDGER_WORKERS ? UINT64_C(1) << worker : 0;
+    if (atomic_load_explicit(&l->own_waiters, memory_order_relaxed) & bit)
+        atomic_fetch_and_explicit(&l->own_waiters, ~bit, memory_order_relaxed);
 }
 
 int ledger_give_own(struct ledger *l, int holder, const char *db_name, const char *user_name)

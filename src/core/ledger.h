@@ -189,8 +189,8 @@ void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int t
  * counted in the database, the user and globally like a pool's backend. caps->pool is the cap
  * on auth_query's connections in the whole process, every worker's and every database's
  * (`own_servers`; 0: none): passing it is LIMIT_POOL, and worker is noted in `own_waiters`
- * until a take of its passes. Nobody is woken for it: the worker's lookups try again on its
- * tick (auth_query.c). */
+ * until a take of its passes; a give of an auth_query connection wakes it (ledger_take_own_
+ * waiters). */
 enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
                                 const char *user_name, const struct ledger_caps *caps)
     __attribute__((warn_unused_result));
@@ -198,6 +198,13 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
 /* Lock-free hint: does a worker other than self have a lookup held back by the process-wide cap
  * on auth_query's connections (an idle one of self's should close for it)? */
 bool ledger_own_wanted(const struct ledger *l, int self);
+/* An auth_query connection was given back on worker self: the other workers whose lookups the
+ * cap held back (to wake: worker_wake). A refusal before the give is seen here (both under the
+ * lock's order); one after it saw the room taken by another. Their bits stay until their take
+ * passes, or ledger_own_wait_done. */
+uint64_t ledger_own_waiters(const struct ledger *l, int self);
+/* Worker has no lookup the cap holds back any more (served, or its clients left). */
+void ledger_own_wait_done(struct ledger *l, int worker);
 
 /* Read-only questions, same order of limits as a take. */
 /* Would one more backend of key fit (ledger_take_server without taking)? */
@@ -418,6 +425,9 @@ static inline void ledger_set_lease_caps(struct ledger *l, bool any_budget_cap)
  * that gets true holds the one attempt (for claim_ms, or until it reports) and must report it. */
 bool ledger_breaker_may_try(struct ledger *l, struct ledger_key *key, int worker,
                             uint64_t claim_ms);
+/* worker made no attempt after all (a cap stopped it, or it could not start): its claim, if it
+ * holds one, goes back, so that another worker may try now rather than when it expires. */
+void ledger_breaker_unclaim(struct ledger *l, struct ledger_key *key, int worker);
 /* What a failed attempt did to key's breaker. */
 struct ledger_breaker_failure {
     int failures;       /* in a row, this one included */

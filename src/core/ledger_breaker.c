@@ -26,6 +26,17 @@ bool ledger_breaker_may_try(struct ledger *l, struct ledger_key *key, int worker
     return may;
 }
 
+void ledger_breaker_unclaim(struct ledger *l, struct ledger_key *key, int worker)
+{
+    struct ledger_breaker *b = &key->breaker;
+    if (atomic_load_explicit(&b->failures, memory_order_relaxed) == 0)
+        return; /* nothing is claimed while no attempt failed */
+    pthread_mutex_lock(&l->mu);
+    if (b->claimer == worker)
+        b->claim_until_ms = 0; /* no attempt reports: the next one is anyone's now */
+    pthread_mutex_unlock(&l->mu);
+}
+
 struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct ledger_key *key,
                                                     const char *message, uint64_t cap_ms,
                                                     uint32_t jitter, bool may_go_down)

@@ -397,6 +397,7 @@ static void maybe_connect(struct pool *p)
                       (uint64_t)worker->cfg->reserve_pool_timeout;
     }
     enum limit_kind held = LIMIT_NONE;
+    bool attempted = false;
     while (want-- > 0) {
         if (by_startup && !probe_only)
             pool_count_unprovided(p, enough, &first); /* the one before has its server coming */
@@ -415,11 +416,16 @@ static void maybe_connect(struct pool *p)
         }
         if (!open_server(p, probe_only ? NULL : first))
             break;
+        attempted = true;
         if (p->breaker.state == BREAKER_OPEN) {
             p->breaker.state = BREAKER_PROBING;
             log_msg(LOG_DEBUG, "pool %s/%s: probing the database", p->db_name, p->user_name);
         }
     }
+    /* pool_may_try_connect claimed the process's one attempt while the database fails: made
+     * none, this pool must not hold the other workers' pools off until the claim expires. */
+    if (!attempted)
+        ledger_breaker_unclaim(&worker->proc->ledger, p->ledger_key, (int)worker->index);
     if (worker->proc->nworkers > 1)
         note_slot_wait(p, held);
 }

@@ -123,6 +123,13 @@ static void apply_config(struct worker *worker)
     pool_create_forced(worker);
 }
 
+/* Another worker woke this one: a slot or an auth_query connection may be free. */
+static void wake_up(struct worker *worker)
+{
+    pool_dispatch_all(worker);
+    secret_retry_lookups(worker);
+}
+
 const struct worker_handlers sluice_worker_handlers = {
     .accept = client_accept,
     .read_first = client_read_first,
@@ -130,6 +137,7 @@ const struct worker_handlers sluice_worker_handlers = {
     .shutdown = close_for_phase,
     .apply_config = apply_config,
     .dispatch = pool_dispatch_all,
+    .wake = wake_up,
     .control = control_apply,
     .kill_client = control_kill_client_here,
     .cancel = cancel_remote_request,
@@ -268,9 +276,15 @@ static bool auth_query_slot_take(struct worker *worker, const char *db_name, con
 
 static void auth_query_slot_freed(struct worker *worker, const char *db_name, const char *user_name)
 {
-    worker_wake(worker,
-                ledger_give_own(&worker->proc->ledger, (int)worker->index, db_name, user_name));
+    struct ledger *l = &worker->proc->ledger;
+    worker_wake(worker, ledger_give_own(l, (int)worker->index, db_name, user_name));
     worker->dispatch_needed = true;
+    /* a lookup another worker holds back for one of the process's auth_query connections
+     * tries again now (WORKER_MSG_WAKE), not on its tick */
+    uint64_t wake = ledger_own_waiters(l, (int)worker->index);
+    for (int i = 0; wake; i++, wake >>= 1)
+        if (wake & 1)
+            worker_wake(worker, i);
 }
 
 static bool auth_query_wanted_elsewhere(struct worker *worker)
@@ -278,10 +292,16 @@ static bool auth_query_wanted_elsewhere(struct worker *worker)
     return ledger_own_wanted(&worker->proc->ledger, (int)worker->index);
 }
 
+static void auth_query_not_waiting(struct worker *worker)
+{
+    ledger_own_wait_done(&worker->proc->ledger, (int)worker->index);
+}
+
 static const struct secret_slots auth_query_slots = {
     .take = auth_query_slot_take,
     .freed = auth_query_slot_freed,
     .wanted_elsewhere = auth_query_wanted_elsewhere,
+    .not_waiting = auth_query_not_waiting,
 };
 
 /* Clients of a worker and sockets on their way to it. */
@@ -306,6 +326,7 @@ static struct client *accept_client(struct process *proc, int fd,
 static const struct listener_ops client_listener_ops = {
     .accepted = accept_client,
     .read_first = client_read_first,
+    .clients = true,
 };
 
 /* A worker's lists, its timer and reaper on loop: handles first, so that whatever fails after,

@@ -143,7 +143,7 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
-            h->dispatch(worker); /* a pool still held registers again (maybe_connect) */
+            h->wake(worker); /* a pool still held registers again; an auth_query connection freed */
         break;
     case WORKER_MSG_KILL_CLIENT:
         if (delivered)

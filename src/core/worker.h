@@ -41,6 +41,9 @@ struct worker_handlers {
     void (*apply_config)(struct worker *worker);
     /* A slot may be free: every pool serves its waiters again (pool_dispatch_all). */
     void (*dispatch)(struct worker *worker);
+    /* Another worker woke this one (WORKER_MSG_WAKE): a slot or an auth_query connection may
+     * be free; pools and held lookups try again. */
+    void (*wake)(struct worker *worker);
     /* worker_post_control's op for the worker's pools of db (control_apply). */
     void (*control)(struct worker *worker, enum control_op op, const char *db, unsigned seq);
     /* KILL_CLIENT of its client with this id, if still there (control_kill_client_here). */

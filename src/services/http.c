@@ -13,11 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
 #include "http_request.h"
 #include "list.h"
+#include "listener.h"
 #include "log.h"
 #include "report.h"
 #include "sluice.h"
@@ -26,8 +28,7 @@
 
 struct http_server {
     struct process *proc;
-    uv_tcp_t tcp;
-    bool listening;
+    struct listener *listener; /* listener.c's, as the clients' (its shutdown drain included) */
     struct list conns;  /* in accept order: the oldest first */
     bool crowded;       /* at the cap: evictions logged once until it is not */
 };
@@ -261,30 +262,33 @@ static size_t open_conns(const struct http_server *srv)
     return n;
 }
 
-static void on_http_connection(uv_stream_t *server, int status)
+/* listener_ops.accepted: fd is this connection's socket. NULL: nothing for the listener to
+ * read later (reading starts here). */
+static struct client *http_accepted(struct process *proc, int fd,
+                                    const struct sockaddr_storage *addr)
 {
-    struct http_server *srv = server->data;
-    if (status < 0) {
-        log_msg(LOG_WARNING, "HTTP accept failed: %s", uv_strerror(status));
-        return;
-    }
+    (void)addr;
+    struct http_server *srv = proc->http;
     struct http_conn *hc = calloc(1, sizeof(*hc));
-    if (!hc)
-        return;
+    if (!hc) {
+        close(fd);
+        return NULL;
+    }
     hc->srv = srv;
     uv_tcp_init(srv->proc->loop, &hc->tcp);
     uv_timer_init(srv->proc->loop, &hc->timer);
     hc->tcp.data = hc->timer.data = hc;
     hc->open_handles = 2;
     list_append(&srv->conns, &hc->node);
-    if (uv_accept(server, (uv_stream_t *)&hc->tcp) < 0) {
+    if (uv_tcp_open(&hc->tcp, fd) < 0) {
+        close(fd);
         conn_close(hc);
-        return;
+        return NULL;
     }
     if (open_conns(srv) > HTTP_MAX_CONNECTIONS) {
         if (!evict_oldest(srv, hc)) {
             conn_close(hc);
-            return;
+            return NULL;
         }
         if (!srv->crowded)
             log_msg(LOG_WARNING,
@@ -298,7 +302,10 @@ static void on_http_connection(uv_stream_t *server, int status)
     uv_timer_start(&hc->timer, on_conn_timer, HTTP_READ_TIMEOUT_MS, 0);
     if (uv_read_start((uv_stream_t *)&hc->tcp, on_conn_alloc, on_conn_read) < 0)
         conn_close(hc);
+    return NULL;
 }
+
+static const struct listener_ops http_listener_ops = {.accepted = http_accepted};
 
 static int http_start(struct process *proc)
 {
@@ -326,12 +333,8 @@ static int http_start(struct process *proc)
         log_msg(LOG_ERROR, "http_listen_addr %s is not an IP address", host);
         return rc;
     }
-    uv_tcp_init(proc->loop, &srv->tcp);
-    srv->tcp.data = srv;
-    srv->listening = true;
-    rc = uv_tcp_bind(&srv->tcp, (const struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->tcp, 64, on_http_connection);
+    srv->listener = listener_new(proc, &http_listener_ops, 64);
+    rc = srv->listener ? listener_listen_tcp(srv->listener, host, port) : UV_ENOMEM;
     if (rc < 0) {
         log_msg(LOG_ERROR, "cannot listen for HTTP on %s:%d: %s", host, port, uv_strerror(rc));
         return rc; /* http_stop (from the shutdown that follows) closes the handle */
@@ -340,24 +343,29 @@ static int http_start(struct process *proc)
     return 0;
 }
 
+/* Shutdown: the connections queued in the accept queue are accepted (listener_close), and
+ * every connection not answered yet, those among them, is answered 503 with Connection: close
+ * (and closed after, as any answer is); closing them unanswered would reset the ones whose
+ * request sits unread. The answered ones finish their linger. */
 static void http_stop(struct process *proc)
 {
     struct http_server *srv = proc->http;
     if (!srv)
         return;
-    if (srv->listening) {
-        srv->listening = false;
-        uv_close((uv_handle_t *)&srv->tcp, NULL);
-    }
+    listener_close(srv->listener);
     struct list_node *n, *tmp;
     list_for_each(&srv->conns, n, tmp)
     {
-        conn_close(container_of(n, struct http_conn, node));
+        struct http_conn *hc = container_of(n, struct http_conn, node);
+        if (!hc->answered && !hc->closing)
+            respond_text(hc, 503, "sluice is shutting down\n");
     }
 }
 
 static void http_free(struct process *proc)
 {
+    if (proc->http)
+        free(proc->http->listener);
     free(proc->http);
     proc->http = NULL;
 }

@@ -30,6 +30,7 @@ struct listen_socket {
     uv_poll_t poll;
     int fd;
     struct process *proc;
+    struct listener *owner;
     enum accepted_opts opts;
     char path[108]; /* unix socket path, to unlink */
 };
@@ -145,14 +146,15 @@ static void accept_succeeded(struct listener *l)
 static int accept_from(struct listen_socket *ls, int max)
 {
     struct process *proc = ls->proc;
-    struct listener *l = proc->listener;
+    struct listener *l = ls->owner;
     /* A client's first packet is read after the next accept4 (or the one that finds none), which
      * gives it the time to arrive: see listener_ops.read_first. */
     const struct listener_ops *ops = l->ops;
     struct client *unread = NULL;
     int accepted = 0;
     for (int tries = 0; tries < max; tries++) {
-        if (l->state != LISTENER_DRAINING && sluice_nclients(proc) >= accept_limit(proc)) {
+        if (l->ops->clients && l->state != LISTENER_DRAINING &&
+            sluice_nclients(proc) >= accept_limit(proc)) {
             set_state(l, LISTENER_AT_CAP);
             log_msg(LOG_WARNING,
                     "%d client connections: not accepting more until some leave "
@@ -175,7 +177,8 @@ static int accept_from(struct listen_socket *ls, int max)
         accept_succeeded(l);
         if (unread)
             ops->read_first(unread);
-        prepare_accepted(ls, fd);
+        if (l->ops->clients)
+            prepare_accepted(ls, fd);
         if (ls->path[0])
             addr.ss_family = AF_UNIX;
         unread = ops->accepted(proc, fd, &addr);
@@ -231,9 +234,9 @@ void listener_maybe_resume(struct process *proc)
         set_state(l, LISTENER_ACCEPTING);
 }
 
-static int add_socket(struct process *proc, int fd, const char *path)
+static int add_socket(struct listener *l, int fd, const char *path)
 {
-    struct listener *l = proc->listener;
+    struct process *proc = l->proc;
     if (l->nsocks == MAX_LISTEN_SOCKETS) {
         close(fd);
         return UV_EMFILE;
@@ -241,6 +244,7 @@ static int add_socket(struct process *proc, int fd, const char *path)
     struct listen_socket *ls = &l->socks[l->nsocks];
     ls->fd = fd;
     ls->proc = proc;
+    ls->owner = l;
     ls->opts = OPTS_UNCHECKED;
     snprintf(ls->path, sizeof(ls->path), "%s", path ? path : "");
     int rc = uv_poll_init(proc->loop, &ls->poll, fd);
@@ -253,8 +257,9 @@ static int add_socket(struct process *proc, int fd, const char *path)
     return uv_poll_start(&ls->poll, UV_READABLE, on_listen_readable);
 }
 
-static int listen_tcp(struct process *proc, const char *host, int port)
+int listener_listen_tcp(struct listener *l, const char *host, int port)
 {
+    struct process *proc = l->proc;
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -275,23 +280,24 @@ static int listen_tcp(struct process *proc, const char *host, int port)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        set_client_socket_options(proc, fd); /* for the accepted sockets to inherit */
         int defer = (int)proc->cfg->tcp_defer_accept;
-        if (defer > 0 && setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
-            log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));
-        /* With port 0 the first socket picks the port and the others use the same one. */
-        if (proc->listener->port > 0) {
-            if (ai->ai_family == AF_INET)
-                ((struct sockaddr_in *)ai->ai_addr)->sin_port =
-                    htons((uint16_t)proc->listener->port);
-            else if (ai->ai_family == AF_INET6)
-                ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port =
-                    htons((uint16_t)proc->listener->port);
+        if (l->ops->clients) {
+            set_client_socket_options(proc, fd); /* for the accepted sockets to inherit */
+            if (defer > 0 &&
+                setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
+                log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));
         }
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
-            listen(fd, (int)proc->cfg->listen_backlog) < 0) {
+        /* With port 0 the first socket picks the port and the others use the same one. */
+        if (l->port > 0) {
+            if (ai->ai_family == AF_INET)
+                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)l->port);
+            else if (ai->ai_family == AF_INET6)
+                ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons((uint16_t)l->port);
+        }
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, l->backlog) < 0) {
             rc = -errno;
-            log_msg(LOG_ERROR, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+            if (l->ops->clients)
+                log_msg(LOG_ERROR, "cannot listen on %s:%d: %s", host, port, strerror(errno));
             close(fd);
             continue;
         }
@@ -300,16 +306,17 @@ static int listen_tcp(struct process *proc, const char *host, int port)
         getsockname(fd, (struct sockaddr *)&bound, &blen);
         int bport = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
                                                 : ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        proc->listener->port = bport;
+        l->port = bport;
         char ip[INET6_ADDRSTRLEN] = "?";
         if (bound.ss_family == AF_INET6)
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&bound)->sin6_addr, ip, sizeof(ip));
         else
             inet_ntop(AF_INET, &((struct sockaddr_in *)&bound)->sin_addr, ip, sizeof(ip));
-        rc = add_socket(proc, fd, NULL);
+        rc = add_socket(l, fd, NULL);
         if (rc < 0)
             break;
-        log_msg(LOG_INFO, bound.ss_family == AF_INET6 ? "listening on [%s]:%d" : "listening on %s:%d",
+        if (l->ops->clients) /* the tests read the port from this line */
+            log_msg(LOG_INFO, bound.ss_family == AF_INET6 ? "listening on [%s]:%d" : "listening on %s:%d",
                 ip, bport);
         opened++;
     }
@@ -317,7 +324,7 @@ static int listen_tcp(struct process *proc, const char *host, int port)
     return opened > 0 ? 0 : (rc ? rc : UV_EADDRNOTAVAIL);
 }
 
-static int listen_unix(struct process *proc, const char *dir, int port)
+static int listen_unix(struct listener *l, const char *dir, int port)
 {
     struct sockaddr_un sa = {0};
     sa.sun_family = AF_UNIX;
@@ -331,7 +338,7 @@ static int listen_unix(struct process *proc, const char *dir, int port)
         return -errno;
     unlink(sa.sun_path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(fd, (int)proc->cfg->listen_backlog) < 0) {
+        listen(fd, l->backlog) < 0) {
         int err = errno;
         log_msg(LOG_ERROR, "cannot listen on %s: %s", sa.sun_path, strerror(err));
         close(fd);
@@ -339,27 +346,35 @@ static int listen_unix(struct process *proc, const char *dir, int port)
     }
     chmod(sa.sun_path, 0777);
     log_msg(LOG_INFO, "listening on unix socket %s", sa.sun_path);
-    return add_socket(proc, fd, sa.sun_path);
+    return add_socket(l, fd, sa.sun_path);
+}
+
+struct listener *listener_new(struct process *proc, const struct listener_ops *ops, int backlog)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->backlog = backlog;
+    l->proc = proc;
+    l->ops = ops;
+    uv_timer_init(proc->loop, &l->retry);
+    l->retry.data = l;
+    uv_unref((uv_handle_t *)&l->retry);
+    return l;
 }
 
 int listener_start(struct process *proc, const struct listener_ops *ops)
 {
     const struct config *cfg = proc->cfg;
-    proc->listener = calloc(1, sizeof(*proc->listener));
+    proc->listener = listener_new(proc, ops, (int)cfg->listen_backlog);
     if (!proc->listener)
         return UV_ENOMEM;
     proc->listener->port = (int)cfg->listen_port;
-    proc->listener->backlog = (int)cfg->listen_backlog;
-    proc->listener->proc = proc;
-    proc->listener->ops = ops;
-    uv_timer_init(proc->loop, &proc->listener->retry);
-    proc->listener->retry.data = proc->listener;
-    uv_unref((uv_handle_t *)&proc->listener->retry);
     int rc = 0;
     for (int i = 0; i < cfg->listen_addr.n && rc == 0; i++)
-        rc = listen_tcp(proc, cfg->listen_addr.names[i], proc->listener->port);
+        rc = listener_listen_tcp(proc->listener, cfg->listen_addr.names[i], proc->listener->port);
     if (rc == 0 && cfg->unix_socket_dir[0])
-        rc = listen_unix(proc, cfg->unix_socket_dir, proc->listener->port);
+        rc = listen_unix(proc->listener, cfg->unix_socket_dir, proc->listener->port);
     if (rc == 0 && proc->listener->nsocks == 0) {
         log_msg(LOG_ERROR, "nothing to listen on: set listen_addr or unix_socket_dir");
         rc = UV_EINVAL;
@@ -379,9 +394,8 @@ static void on_listen_closed(uv_handle_t *h)
  * worker_close_all). A queue holds at most backlog connections (+1 on Linux): the bound keeps a
  * storm that goes on arriving from holding the shutdown, and what arrives between the last accept
  * and the close is still reset. */
-void listener_stop(struct process *proc)
+void listener_close(struct listener *l)
 {
-    struct listener *l = proc->listener;
     if (!l || l->state == LISTENER_CLOSED)
         return;
     set_state(l, LISTENER_DRAINING);
@@ -389,7 +403,8 @@ void listener_stop(struct process *proc)
     for (int i = 0; i < l->nsocks; i++)
         drained += accept_from(&l->socks[i], l->backlog + 1);
     if (drained > 0)
-        log_msg(LOG_INFO, "shutdown: accepted %d queued connections to tell them so", drained);
+        log_msg(LOG_INFO, "shutdown: accepted %d queued connections to tell them so%s", drained,
+                l->ops->clients ? "" : " (HTTP)");
     set_state(l, LISTENER_CLOSED);
     uv_close((uv_handle_t *)&l->retry, NULL);
     for (int i = 0; i < l->nsocks; i++) {
@@ -400,6 +415,11 @@ void listener_stop(struct process *proc)
             unlink(ls->path);
     }
     l->nsocks = 0;
+}
+
+void listener_stop(struct process *proc)
+{
+    listener_close(proc->listener);
 }
 
 int listener_port(const struct process *proc)

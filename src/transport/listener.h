@@ -6,6 +6,7 @@
 #ifndef SLUICE_LISTENER_H
 #define SLUICE_LISTENER_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 struct process;
@@ -21,15 +22,29 @@ struct listener_ops {
     /* Read a connection's first packet: called after the next accept4 (or the one that finds
      * none), which gives the packet time to arrive. */
     void (*read_first)(struct client *c);
+    /* The sockets are Postgres clients': accepts pause at max_client_conn's accept limit,
+     * tcp_keepalive and tcp_defer_accept apply, and the addresses are logged. Else (HTTP) every
+     * connection is accepted (what to do with one is the callee's) and accepted() returns NULL. */
+    bool clients;
 };
 
-/* Open every configured address; accepted sockets go to ops (kept; it must outlive the
- * listener). 0 or a negative UV_E* code (logged). */
+/* A listener with no socket yet on proc's loop, listen(2)'s backlog given; accepted sockets go
+ * to ops (kept; it must outlive the listener). NULL: out of memory. Freed with free() once
+ * listener_close's handles have closed (after the loop ends). */
+struct listener *listener_new(struct process *proc, const struct listener_ops *ops, int backlog);
+/* One more listening address (port 0: the listener's port, picked by the first bind if none
+ * yet). 0 or a negative UV_E* code. */
+int listener_listen_tcp(struct listener *l, const char *host, int port)
+    __attribute__((warn_unused_result));
+/* Shutdown: accept what is queued, at most a backlog's worth per socket, hand it to ops like
+ * any other connection (its owner tells it why it ends), then close the sockets. */
+void listener_close(struct listener *l);
+/* The process's client listener: every configured address. 0 or a negative UV_E* code
+ * (logged). */
 int listener_start(struct process *proc, const struct listener_ops *ops)
     __attribute__((warn_unused_result));
-/* Shutdown (call it once the process has left PHASE_RUNNING): accept the connections still
- * queued, at most a backlog's worth per socket, and hand them on like any other, then close the
- * sockets. Reload never calls it: the listening sockets live as long as the process. */
+/* Shutdown (call it once the process has left PHASE_RUNNING): listener_close of the client
+ * listener. Reload never calls it: the listening sockets live as long as the process. */
 void listener_stop(struct process *proc);
 /* A client went away: resume accepting if we had paused. */
 void listener_maybe_resume(struct process *proc);

@@ -580,6 +580,33 @@ def test_reload_that_removes_a_database_closes_its_clients_with_3d000_and_its_se
             c.close()
 
 
+def test_commands_naming_a_database_a_reload_removed_answer_as_for_an_unknown_one(
+        start_sluice, pg):
+    """Once a reload removed a database and its clients and servers are gone, its empty pool is
+    a leftover: PAUSE, RESUME, KILL, RECONNECT and WAIT_CLOSE naming it answer 3D000 "no
+    database", as they do for a name never configured."""
+    main = dict(CONSOLE_MAIN)
+    dbs = {"appdb": pg.db_entry(), "olddb": pg.db_entry()}
+    s = start_sluice(main, databases=dbs)
+    with s.connect(dbname="olddb") as c:
+        c.execute("SELECT 1")
+    with console(s) as adm:
+        assert adm.execute("PAUSE olddb").statusmessage == "PAUSE"
+        assert adm.execute("RESUME olddb").statusmessage == "RESUME"
+        main.update(listen_addr="127.0.0.1", auth_type="trust", log_level="info", listen_port=0)
+        s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry()}))
+        assert adm.execute("RELOAD").statusmessage == "RELOAD"
+        wait_until(lambda: not [r for r in show(adm, "SERVERS") if r["database"] == "olddb"],
+                   5, what="olddb's servers to close")
+        for cmd in ("PAUSE olddb", "RESUME olddb", "KILL olddb", "RECONNECT olddb",
+                    "WAIT_CLOSE olddb", "PAUSE neverdb"):
+            with pytest.raises(psycopg.Error) as ei:
+                adm.execute(cmd)
+            assert ei.value.sqlstate == "3D000", (cmd, ei.value)
+            assert "no database" in str(ei.value), (cmd, ei.value)
+        assert adm.execute("PAUSE appdb").statusmessage == "PAUSE"
+
+
 def test_reload_of_an_invalid_config_is_an_error_and_keeps_the_old_one(start_sluice):
     s = start(start_sluice, default_pool_size=2)
     with console(s) as adm:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 
+import psycopg
 import pytest
 
 from conftest import APP_DB, APP_USER, BackendSampler, wait_until
@@ -124,3 +125,62 @@ def test_auth_query_waits_for_room_under_a_full_cap(start_sluice, pg, flood_role
         assert not errors, errors
         time.sleep(0.2)
     assert sampler.max <= CAP, f"sluice held {sampler.max} backends (cap {CAP})"
+
+
+def test_a_lookup_on_another_worker_gets_a_connection_given_back(start_sluice, pg, flood_roles):
+    """workers = 2: worker 1 holds both of auth_query's connections with a queue of slow lookups
+    (names slow_*, 0.5 s each) when a real user's login on worker 0 needs one. Worker 1 gives
+    one back when a lookup ends and wakes worker 0 (not on either worker's tick, and not only
+    once its whole queue is done): the login gets in while worker 1's last lookups still wait."""
+    slow = ("SELECT usename, passwd FROM pg_shadow, "
+            "pg_sleep(CASE WHEN $1::text LIKE 'slow%' THEN 0.5 ELSE 0 END) WHERE usename = $1")
+    names = [f"slow_{i}" for i in range(6)]
+    with pg.superuser() as c:  # found: the sleep runs for a row of pg_shadow
+        for n in names:
+            c.execute(f"CREATE ROLE {n} LOGIN PASSWORD 'x'")
+    try:
+        login_during_a_queue_elsewhere(start_sluice, pg, slow, names)
+    finally:
+        with pg.superuser() as c:
+            for n in names:
+                c.execute(f"DROP ROLE IF EXISTS {n}")
+
+
+def login_during_a_queue_elsewhere(start_sluice, pg, slow, names):
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": AUTH_USER, "log_level": "debug",
+                      "workers": 2, "admin_users": "admin", "auth_query": slow},
+                     auth_file={AUTH_USER: "authpass", "admin": "adminpass"},
+                     databases={APP_DB: pg.db_entry()})
+    # console logins run on worker 0 (architecture.md 5.6): while they are open, new clients
+    # go to worker 1, the one with fewer clients
+    consoles = [psycopg.connect(s.dsn(dbname="sluice", user="admin", password="adminpass"),
+                                autocommit=True) for _ in range(10)]
+    strangers = send_strangers(s.port, names)
+    answer_times = []
+
+    def read_answers():
+        for c in strangers:
+            c.settimeout(30)
+            mtype, _ = c.read_message()
+            answer_times.append((time.monotonic(), mtype))
+            c.close()
+
+    reader = threading.Thread(target=read_answers)
+    reader.start()
+    time.sleep(0.2)  # worker 1's first two lookups are running
+    for c in consoles:
+        c.close()
+    wait_until(lambda: len(lookups_of(s, names)) >= 2, 10,
+               what="worker 1's first lookups")
+    time.sleep(0.2)  # the consoles' clients are gone from worker 0
+    errors = []
+    real_logins(s, 1, errors)
+    logged_in = time.monotonic()
+    reader.join(40)
+    assert not reader.is_alive()
+    assert not errors, errors
+    assert all(m in ("R", "E") for _, m in answer_times), answer_times
+    done = sorted(t for t, _ in answer_times)
+    assert logged_in < done[-2], \
+        f"the login waited for worker 1's queue: in at {logged_in - done[0]:+.2f}s after the " \
+        f"first lookup's answer, the last two at {done[-2] - done[0]:+.2f}s and {done[-1] - done[0]:+.2f}s"

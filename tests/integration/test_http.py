@@ -497,3 +497,34 @@ def test_names_that_are_not_utf8_keep_json_and_metrics_valid(start_sluice):
             assert "bad??" in names
     finally:
         c.close()
+
+
+def test_connections_queued_at_shutdown_are_answered_not_reset(start_sluice):
+    """At shutdown the HTTP listener drains its accept queue as the client listener does
+    (listener.c, DRAINING): a health check that connected and sent its request while sluice
+    could not accept (stopped, here) gets an answer with Connection: close, not a reset."""
+    import signal
+    s = start(start_sluice)
+    assert get(s.http_port, "/livez")[0] == 200
+    socks = []
+    s.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", s.http_port), timeout=10)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            socks.append(sock)
+        s.send_signal(signal.SIGTERM)
+    finally:
+        s.send_signal(signal.SIGCONT)
+    answers = []
+    for sock in socks:
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError as e:
+            data = repr(e).encode()
+        sock.close()
+        answers.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+    assert all(re.match(r"HTTP/1\.1 (200|503) ", a) for a in answers), answers
+    assert s.wait_exit(20) == 0

@@ -569,3 +569,39 @@ def test_passthrough_login_with_the_wrong_ca_fails_verification(start_sluice, tl
     with pytest.raises(psycopg.OperationalError) as ei:
         s.connect(user="tlspass", password="tls-pass")
     assert "certificate verify failed" in str(ei.value), str(ei.value)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_tls_handshake_in_progress_at_shutdown_is_closed_as_postgres_does(start_sluice, pki,
+                                                                            sig):
+    """Postgres closes a connection whose SSL negotiation is in progress when it shuts down
+    (backend_startup.c process_startup_packet_die: _exit(1) until the startup packet is read):
+    half a TLS handshake cannot carry an ErrorResponse. sluice does the same, at once: the
+    client sees the connection end, no 57P01 in clear text, and the shutdown is not held."""
+    s = start_sluice(tls_keys(pki, auth_type="trust"))
+    c = RawConn(s.port)
+    try:
+        c.send(ssl_request())
+        assert c.read_byte() == b"S"
+        # the client's hello: sluice's SSL_accept has it and waits for the rest
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        c.sock.sendall(outgoing.read())
+        time.sleep(0.3)
+        started = time.monotonic()
+        s.send_signal(sig)
+        c.sock.settimeout(10)
+        data = b""
+        try:
+            while chunk := c.sock.recv(65536):
+                data += chunk  # the server's hello flight, then the end
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5
+        assert b"57P01" not in data  # nothing in clear text inside a TLS stream
+        assert s.wait_exit(20) == 0
+    finally:
+        c.close()

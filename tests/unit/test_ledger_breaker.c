@@ -1,13 +1,15 @@
 /* Unit tests for ledger_breaker.c, the circuit breaker's process-wide part per pool key: while
  * no attempt failed every worker may try; after a failure the backoff holds every worker and
  * then exactly one of many racing threads gets the attempt; its failure opens the breaker once
- * (one log line for the process), a later one is a probe; a success closes it for all. */
+ * (one log line for the process), a later one is a probe; a success closes it for all. A pool
+ * granted the attempt that a cap then stops gives the claim back at once. */
 #include "check.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#include "fixture.h"
 #include "ledger.h"
 
 #define THREADS 8
@@ -92,8 +94,32 @@ static void one_attempt_for_the_process_while_down(void)
     ledger_free(&l);
 }
 
+/* The pool's probe while the database is down is granted the process's one attempt, but
+ * pool_size (every slot held by another worker's servers) stops it: no attempt was made, so the
+ * claim goes back, and another worker's pool may probe at once, not when the claim expires. */
+static void a_claim_a_cap_stops_goes_back(void)
+{
+    uv_loop_t loop;
+    struct worker *worker =
+        fixture_worker("[sluice]\ndefault_pool_size = 1\n[databases]\na = host=127.0.0.1\n", &loop);
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct pool *p = pool_get(worker, NULL, "u", "a");
+    struct ledger_caps caps = {.pool = 1};
+    CHECK_INT(ledger_take_server(l, p->ledger_key, 1, &caps), LIMIT_NONE); /* worker 1's */
+    /* a failure with a cap of 0: down, and the backoff over at once */
+    CHECK(ledger_breaker_failed(l, p->ledger_key, "refused", 0, 0, true).went_down);
+    pool_maintain(p, uv_now(&loop)); /* probes: granted, then LIMIT_POOL */
+    CHECK_INT(p->connecting.count, 0);
+    CHECK(ledger_breaker_may_try(l, p->ledger_key, 1, 60000));
+    ledger_give_server(l, p->ledger_key, 1);
+    fixture_worker_free(worker);
+}
+
 int main(void)
 {
     RUN(one_attempt_for_the_process_while_down);
+    RUN(a_claim_a_cap_stops_goes_back);
     return CHECK_DONE();
 }
