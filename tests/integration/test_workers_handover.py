@@ -225,3 +225,52 @@ def test_a_storm_over_four_workers_is_served_within_the_caps(start_sluice, pg, c
     assert not errors, errors[:3]
     assert len(done) == 16
     assert sampler.max <= cap, f"{sampler.max} backends, cap {cap}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["RECONNECT", "KILL"])
+def test_a_console_command_for_another_database_spares_a_moving_server(start_sluice, pg,
+                                                                        command):
+    """pool_size 1 and four workers' clients taking turns: appdb's one backend is on its way
+    between workers much of the time. Each worker applies the console's commands when its loop
+    reads them, so a command often reaches the sender and the receiver of a move on either side
+    of it; a RECONNECT or KILL of appdb_b says nothing of appdb's server, which must keep
+    serving: the same backend pid throughout, and no close for a missed console command."""
+    entry = pg.db_entry()
+    s = start_sluice({"pool_mode": "transaction", "workers": 4, "default_pool_size": 1,
+                      "query_wait_timeout": 5, "admin_users": ADMIN, "log_level": "debug"},
+                     databases={APP_DB: entry, "appdb_b": entry})
+    pids, errors, stop = set(), [], threading.Event()
+
+    def run(c):
+        while not stop.is_set():
+            try:
+                pids.add(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+            except Exception as e:  # noqa: BLE001 - asserted below
+                errors.append(e)
+                return
+
+    with console(s) as adm:
+        clients, opened = clients_on_distinct_workers(s, adm, [{}] * 4, 4)
+        more, opened_more = clients_on_distinct_workers(s, adm, [{}] * 4, 4)
+        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients + more]
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            for _ in range(40):
+                adm.execute(f"{command} appdb_b")
+                if command == "KILL":
+                    adm.execute("RESUME appdb_b")
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+            close_all(opened + opened_more)
+    assert not errors, errors[:3]
+    log = s.log_text()
+    assert log.count("moving to worker") >= 40, "too few moves to say anything"
+    missed = [ln for ln in s.log if "console command" in ln]
+    assert len(pids) == 1, f"appdb's one server was replaced: backends {pids}, {missed[:3]}"
+    assert not missed, missed[:3]
