@@ -122,7 +122,17 @@ void control_apply(struct worker *worker, enum control_op op, const char *db, un
         [CONTROL_RECONNECT] = reconnect_pool,
         [CONTROL_KILL] = kill_pool,
     };
+    /* The commands that close servers: a server handed over from or to another worker that
+     * has not applied this one yet is judged by the count (handover.c). RESUME closes none. */
+    static const bool acts_on_servers[] = {
+        [CONTROL_PAUSE] = true,
+        [CONTROL_RESUME] = false,
+        [CONTROL_RECONNECT] = true,
+        [CONTROL_KILL] = true,
+    };
     for_target_pools(worker, db, per_pool[op]);
+    if (acts_on_servers[op])
+        ledger_note_control(&worker->proc->ledger, db, (int)worker->index);
     worker->controls_applied++;
     if (seq) {
         worker->pause_wanted = seq;

@@ -54,7 +54,7 @@ static void move(struct server *s, struct worker *to)
     /* counted by the receiver from now on, so a shutdown never sees it missing */
     count_arriving(from, to, 1);
     s->pool = NULL; /* the receiver's pool, there */
-    s->controls_seen = from->controls_applied;
+    s->controls_seen = ledger_controls_seen(&from->proc->ledger, key, (int)from->index);
     /* its slot leaves this worker's share before the receiver can count it in its own, so
      * each worker's audit stays exact while the server sits in the mailbox */
     ledger_move_share(&from->proc->ledger, key, (int)from->index, LEDGER_IN_TRANSIT);
@@ -156,6 +156,27 @@ static struct pool *pool_of_key(struct worker *worker, struct ledger_key *key)
     return db ? pool_get(worker, db, key->user->name, key->db->name) : NULL;
 }
 
+/* The one judge of a server that arrived (in worker's pool of key now): NULL when it is still
+ * one that pool would keep, or why not. What each worker does to its servers on its own thread
+ * (a console command's close, a reload's retire) reached this one on neither side if it came
+ * between the points the two workers had reached when it left and when it arrived. */
+static const char *stale_here(const struct server *s, const struct worker *worker,
+                              const struct ledger_key *key)
+{
+    /* A console command that closes servers of its database (PAUSE, RECONNECT, KILL of it, or
+     * of every database) applied by one of the two and not yet by the other: the counts differ
+     * (ledger_note_control). Another database's command, or a RESUME, counts for neither. */
+    if (ledger_controls_seen(&worker->proc->ledger, key, (int)worker->index) != s->controls_seen)
+        return "moved here while a console command (PAUSE, RECONNECT, KILL) of its database was "
+               "applied by one worker and not yet the other";
+    /* a reload that changed its connection settings, applied by one of them only: this
+     * worker's retire (server_retire_changed) ran, or will, without it */
+    uint64_t fp;
+    if (server_conninfo_now(s->pool, &fp) && fp != s->conninfo_fp)
+        return "moved here while a reload changed its connection settings";
+    return NULL;
+}
+
 void handover_receive(struct worker *worker, struct server *s, struct ledger_key *key,
                       bool delivered)
 {
@@ -173,18 +194,12 @@ void handover_receive(struct worker *worker, struct server *s, struct ledger_key
         server_close(s, "cannot watch its socket on the worker it moved to");
         return;
     }
-    /* Every worker applies the console's commands in the same order: one this worker applied
-     * and the sender had not when the server left (PAUSE, RECONNECT, KILL) missed it on both
-     * sides. It closes (its slot is given back when its backend has gone, and a waiter here
-     * opens a fresh one); at worst a RESUME or another database's command closes it needlessly. */
-    if (worker->controls_applied != s->controls_seen) {
-        server_close(s, "moved here while a console command (PAUSE, RECONNECT, KILL) was on its "
-                        "way to the worker it left");
+    const char *stale = stale_here(s, worker, key);
+    if (stale) {
+        /* its slot is given back now, and this worker's waiter opens a fresh one */
+        server_close(s, stale);
         return;
     }
     log_server(LOG_DEBUG, s, "moved here: idle on another worker");
-    /* a reload changed its settings while it moved: this pool's retire ran without it */
-    if (server_conninfo_changed(s))
-        s->close_when_free = true; /* pool_server_ready closes it, and opens what is needed */
     pool_take_moved(p, s);
 }

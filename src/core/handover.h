@@ -36,8 +36,10 @@ void handover_offer_pool(struct pool *p);
 /* Another worker announced a need: offer every pool's idle servers. */
 void handover_scan(struct worker *worker);
 /* On the receiving worker's thread: s (MOVING, of ledger key) arrives; it joins this worker's
- * pool of that key and serves its oldest waiter, or stays idle. delivered false: the mailbox
- * closed with it queued: it is closed. */
+ * pool of that key and serves its oldest waiter, or stays idle. It is closed instead when it
+ * missed, between the two workers, a console command that closes its database's servers or a
+ * reload that changed its connection settings; and when delivered is false (the mailbox
+ * closed with it queued). */
 void handover_receive(struct worker *worker, struct server *s, struct ledger_key *key,
                       bool delivered);
 

@@ -762,6 +762,29 @@ enum ledger_key_state ledger_key_get_state(const struct ledger_key *key)
     return (enum ledger_key_state)get(&key->state);
 }
 
+void ledger_note_control(struct ledger *l, const char *db_name, int worker)
+{
+    assert(worker >= 0 && worker < LEDGER_WORKERS);
+    if (!db_name) {
+        l->controls_applied_all[worker]++;
+        return;
+    }
+    lock(l); /* the list of scopes; the count itself is this thread's own */
+    struct ledger_scope *db = scope_get(&l->dbs, db_name);
+    unlock(l);
+    if (db)
+        db->controls_applied[worker]++;
+    else /* out of memory: a server moving here is closed rather than escape the command */
+        l->controls_applied_all[worker]++;
+}
+
+unsigned ledger_controls_seen(const struct ledger *l, const struct ledger_key *key, int worker)
+{
+    /* both counts only grow as a worker goes through the same sequence of commands: their sum
+     * differs between two points of it exactly when either does */
+    return l->controls_applied_all[worker] + key->db->controls_applied[worker];
+}
+
 void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_usable)
 {
     lock(l);

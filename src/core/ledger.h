@@ -70,6 +70,10 @@ struct ledger_scope {
     /* A database's scope: PAUSE db (ledger_db_set_state), under the lock. Its keys, and those
      * made later, are paused while it or the ledger's paused_all says so. */
     enum ledger_key_state paused_db;
+    /* A database's scope: the console commands naming it that act on its servers, as each
+     * worker has applied them (ledger_note_control); element i is worker i's, written and read
+     * on its thread only. */
+    unsigned controls_applied[LEDGER_WORKERS];
     atomic_int servers;
     atomic_int clients;
     struct ledger_share share[LEDGER_SHARES];
@@ -152,6 +156,7 @@ struct ledger {
     atomic_int own_servers;        /* auth_query's connections, of `servers` */
     atomic_int clients;            /* logged-in clients, the admin console's included */
     enum ledger_key_state paused_all; /* PAUSE without a database (under the lock) */
+    unsigned controls_applied_all[LEDGER_WORKERS]; /* ledger_note_control's without a database */
     atomic_bool lease_caps; /* some budget has max_servers or min_servers: leases are checked */
     /* Bit i: worker i has a waiter its budget's lease limit holds (ledger_note_lease_wait). */
     _Atomic uint64_t lease_waiters;
@@ -365,6 +370,18 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
 void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s);
 /* Lock-free (a relaxed load): may a worker hand out a server of key now? */
 enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
+
+/* On worker's own thread (its index), as it applies a console command that acts on servers
+ * (PAUSE, RECONNECT, KILL) of db_name (NULL: every database): counted for that worker. Every
+ * worker applies the console's commands in the same order, so two workers' counts for a key
+ * (ledger_controls_seen) are equal exactly when no such command concerning the key's database
+ * lies between the points each has reached: a server handed over carries its sender's count
+ * and compares it with the receiver's on arrival (handover.c), so a command about another
+ * database or a RESUME never concerns it. */
+void ledger_note_control(struct ledger *l, const char *db_name, int worker);
+/* On worker's own thread: the commands ledger_note_control counted for worker that concern
+ * key's servers (those naming its database, and those naming none). */
+unsigned ledger_controls_seen(const struct ledger *l, const struct ledger_key *key, int worker);
 
 /* ---- What is process-wide behind the caps (5.3: "the resolved caps held in the ledger") ----
  * A pool learnt the server's usable connections (server_probe_sql): every worker's pool of key

@@ -142,8 +142,9 @@ struct server {
      * worker the freed slot goes to (ledger_give_server_for); room_key NULL: none. */
     struct ledger_key *room_key;
     int room_worker;
-    /* While MOVING: its sender's controls_applied when it left (handover.c), so the receiver
-     * knows whether a console command reached it there but not here. */
+    /* While MOVING: its sender's count of the console commands that concern its database when
+     * it left (ledger_controls_seen), so the receiver knows whether one reached it on neither
+     * side (handover.c). */
     unsigned controls_seen;
     struct server_login *login; /* a passthrough login (no libpq; s->conn is NULL): its state,
                                  * then its cancel target and TLS session for the server's life */

@@ -117,12 +117,6 @@ bool server_conninfo_now(struct pool *p, uint64_t *fp)
     return true;
 }
 
-bool server_conninfo_changed(struct server *s)
-{
-    uint64_t now_fp;
-    return server_conninfo_now(s->pool, &now_fp) && s->conninfo_fp != now_fp;
-}
-
 void server_retire_changed(struct pool *p)
 {
     uint64_t now_fp;

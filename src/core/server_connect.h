@@ -27,10 +27,8 @@ void server_connect_failed(struct server *s, const char *why);
  * and busy ones when released, so new transactions reach the new target. Unchanged ones stay. */
 void server_retire_changed(struct pool *p);
 /* The fingerprint of the settings p's servers are opened with now (conninfo_fp); false: p has
- * none (its database left the config, or the console's pool). */
+ * none (its database left the config, or the console's pool). A server that moved between
+ * workers is compared with it on arrival (handover.c): it may have missed a reload's retire. */
 bool server_conninfo_now(struct pool *p, uint64_t *fp);
-/* Was s made with other connection settings than its pool's entry gives now? (A server that
- * moved between workers missed the reload's server_retire_changed of its new pool.) */
-bool server_conninfo_changed(struct server *s);
 
 #endif

@@ -6,6 +6,7 @@ shared cap (max_db_connections, max_user_connections) is closed so the waiting w
 own. query_wait_timeout = 5 s and every query must succeed well within it, over many rounds,
 with pg_stat_activity never above the cap."""
 
+import re
 import threading
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
 from multiworker import (ADMIN, PROMPT_S, clients_on_distinct_workers, close_all, console,
                          main_keys)
+from test_pgbouncer_overrides import other_db  # noqa: F401 - a fixture
 
 ADMIN_PASSWORD = "adminpass"
 ROUNDS = 15
@@ -153,3 +155,100 @@ def test_a_storm_over_four_workers_is_served_within_the_caps(start_sluice, pg, c
     assert not errors, errors[:3]
     assert len(done) == 16
     assert sampler.max <= cap, f"{sampler.max} backends, cap {cap}"
+
+
+
+class OneServerMoving:
+    """pool_size 1 and two clients on each of four workers taking turns without pause: the key's
+    one backend is on its way between workers much of the time. Each worker applies a console
+    command or a reload when its loop reads it, so one often reaches the sender and the
+    receiver of a move on either side of it. Records (start, end, database, backend pid) of
+    every transaction."""
+
+    def __init__(self, s, adm):
+        self.seen, self.errors, self.stop = [], [], threading.Event()
+        clients, opened = clients_on_distinct_workers(s, adm, [{}] * 4, 4)
+        more, opened_more = clients_on_distinct_workers(s, adm, [{}] * 4, 4)
+        self.opened = opened + opened_more
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True)
+                        for c in clients + more]
+
+    def _run(self, c):
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                db, pid = c.execute("SELECT current_database(), pg_backend_pid()").fetchone()
+            except Exception as e:  # noqa: BLE001 - asserted by __exit__
+                self.errors.append(e)
+                return
+            self.seen.append((t0, time.monotonic(), db, pid))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+        close_all(self.opened)
+        assert not self.errors, self.errors[:3]
+        return False
+
+
+def one_server_moving_sluice(start_sluice, databases):
+    return start_sluice({"pool_mode": "transaction", "workers": 4, "default_pool_size": 1,
+                         "query_wait_timeout": 5, "admin_users": ADMIN, "log_level": "debug"},
+                        databases=databases)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["RECONNECT", "KILL"])
+def test_a_console_command_for_another_database_spares_a_moving_server(start_sluice, pg,
+                                                                        command):
+    """A RECONNECT or KILL of appdb_b says nothing of appdb's one server, moving between
+    workers while each applies it: the same backend serves throughout, never closed for a
+    missed console command."""
+    s = one_server_moving_sluice(start_sluice, {APP_DB: pg.db_entry(), "appdb_b": pg.db_entry()})
+    with console(s) as adm, OneServerMoving(s, adm) as run:
+        for _ in range(40):
+            adm.execute(f"{command} appdb_b")
+            if command == "KILL":
+                adm.execute("RESUME appdb_b")
+            time.sleep(0.02)
+    log = s.log_text()
+    assert log.count("moving to worker") >= 40, "too few moves to say anything"
+    pids = {pid for _, _, _, pid in run.seen}
+    missed = [ln for ln in s.log if "console command" in ln]
+    assert len(pids) == 1, f"appdb's one server was replaced: backends {pids}, {missed[:3]}"
+    assert not missed, missed[:3]
+
+
+@pytest.mark.timeout(120)
+def test_a_server_moving_while_a_reload_changes_its_settings_serves_no_transaction_after(
+        start_sluice, pg, other_db):
+    """RELOAD points appdb at another database, and back, while its one server moves: RELOAD
+    answers once every worker applied it, and from then on no transaction reaches the old
+    target. A server that left a worker before it applied the reload and arrived after the
+    receiver had is closed on arrival (its connection settings are not the receiver's)."""
+    s = one_server_moving_sluice(start_sluice, {APP_DB: pg.db_entry()})
+    targets = [other_db, APP_DB] * 4
+    with console(s) as adm, OneServerMoving(s, adm) as run:
+        settled = []  # (from, until, target): RELOAD answered, the next one not yet begun
+        for target in targets:
+            if settled:
+                settled[-1][1] = time.monotonic()
+            text = s.ini_path.read_text()
+            s.ini_path.write_text(re.sub(r"dbname=\w+", f"dbname={target}", text, count=1))
+            adm.execute("RELOAD")
+            settled.append([time.monotonic(), float("inf"), target])
+            time.sleep(0.15)
+    # a transaction that began and ended while no RELOAD was on its way (one that began before
+    # may have queued for the one server and been served by one made after the next RELOAD)
+    wrong = [(t0, db, target) for t0, t1, db, _ in run.seen for since, until, target in settled
+             if since <= t0 and t1 < until and db != target]
+    assert not wrong, f"{len(wrong)} transactions reached the target of before a reload"
+    pids = {pid for _, _, _, pid in run.seen}
+    assert len(pids) > len(targets), f"a backend outlived a reload: {len(pids)} backends"

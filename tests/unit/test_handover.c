@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "control.h"
 #include "handover.h"
 #include "ledger.h"
 #include "pool.h"
@@ -136,11 +137,45 @@ static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(v
     ledger_free(&l);
 }
 
+/* The count a moving server carries (ledger_note_control): only a command that closes servers
+ * of its database, or of every database, tells two workers' points apart. */
+static void a_console_command_counts_for_its_database_and_its_worker_only(void)
+{
+    static struct ledger l;
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
+    struct ledger_key *b1 = ledger_key_get(&l, "b", "u1");
+    ledger_note_control(&l, "b", 1);
+    CHECK_INT(ledger_controls_seen(&l, a1, 1), ledger_controls_seen(&l, a1, 2));
+    CHECK(ledger_controls_seen(&l, b1, 1) != ledger_controls_seen(&l, b1, 2));
+    ledger_note_control(&l, "b", 2);
+    CHECK_INT(ledger_controls_seen(&l, b1, 1), ledger_controls_seen(&l, b1, 2));
+    ledger_note_control(&l, "c", 2); /* a database with no key yet: none of a's or b's */
+    CHECK_INT(ledger_controls_seen(&l, b1, 1), ledger_controls_seen(&l, b1, 2));
+    ledger_note_control(&l, NULL, 2); /* every database */
+    CHECK(ledger_controls_seen(&l, a1, 1) != ledger_controls_seen(&l, a1, 2));
+    CHECK(ledger_controls_seen(&l, a2, 1) != ledger_controls_seen(&l, a2, 2));
+    CHECK(ledger_controls_seen(&l, b1, 1) != ledger_controls_seen(&l, b1, 2));
+    ledger_note_control(&l, NULL, 1);
+    CHECK_INT(ledger_controls_seen(&l, a2, 1), ledger_controls_seen(&l, a2, 2));
+    ledger_note_control(&l, "a", 1);
+    CHECK(ledger_controls_seen(&l, a2, 1) != ledger_controls_seen(&l, a2, 2));
+    CHECK_INT(ledger_controls_seen(&l, b1, 1), ledger_controls_seen(&l, b1, 2));
+    ledger_free(&l);
+}
+
 /* ---- one server moving between two worker threads ---- */
 
 #define ROUNDS 200
 
+/* How the run ends once the rounds are done. */
+enum move_ending {
+    BACKEND_GONE,          /* its backend ends: its holder sees EOF on its own loop */
+    RECONNECTED_ELSEWHERE, /* the other worker alone applies RECONNECT db, then asks for it:
+                            * it arrives having missed the command, and is closed there */
+};
+
 struct move_run {
+    enum move_ending ending;
     struct process proc;
     uv_timer_t timer;
     int backend[2]; /* [0]: the server's fd, [1]: the backend's end */
@@ -151,7 +186,7 @@ struct move_run {
     atomic_ullong server_id; /* as its holder saw it */
     atomic_int bad_counts;   /* a step on a worker's thread went wrong */
     int ticks;
-    bool moved_all, closed;
+    bool moved_all, ended;
 };
 
 /* On a worker's thread, so no CHECK (its counter is the test thread's): what goes wrong there
@@ -241,6 +276,12 @@ static void on_move_tick(uv_timer_t *t)
     struct process *proc = &r->proc;
     int want = 1 + r->round % 2;
     if (r->round < ROUNDS) {
+        if (r->round % 16 == 0 && !r->asked) {
+            /* another database's command, applied by one worker only (the other never hears
+             * of it): says nothing of this server, which goes on moving */
+            enum control_op op = r->round % 32 ? CONTROL_RECONNECT : CONTROL_KILL;
+            worker_post_control(&proc->workers[want], op, "other", 0);
+        }
         if (!r->asked || ++r->waited % 64 == 0) {
             /* asked again now and then: the asking worker's tick withdraws a need its pool has
              * no waiter for (note_slot_wait), as it should, and this test's waiter is none */
@@ -258,10 +299,14 @@ static void on_move_tick(uv_timer_t *t)
     }
     r->moved_all = r->round == ROUNDS;
     struct ledger_key *key = ledger_key_get(&proc->ledger, "db", "u");
-    if (!r->closed) {
-        close(r->backend[1]); /* the backend ends: its holder sees EOF on its own loop */
-        r->closed = true;
+    if (!r->ended && r->ending == BACKEND_GONE)
+        close(r->backend[1]);
+    if (!r->ended && r->ending == RECONNECTED_ELSEWHERE) {
+        struct worker *other = &proc->workers[3 - atomic_load(&r->holder)];
+        worker_post_control(other, CONTROL_RECONNECT, "db", 0);
+        CHECK_INT(worker_post_call(other, ask_for_server, r), 0);
     }
+    r->ended = true;
     if (atomic_load_explicit(&key->servers, memory_order_relaxed) != 0 && ++r->ticks < 30000)
         return;
     uv_timer_stop(t);
@@ -269,7 +314,7 @@ static void on_move_tick(uv_timer_t *t)
     sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
 }
 
-static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
+static void move_between_worker_threads(enum move_ending ending)
 {
     char path[] = "/tmp/sluice-test-handover-XXXXXX";
     int cfd = mkstemp(path);
@@ -290,6 +335,8 @@ static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
     uv_loop_t loop;
     uv_loop_init(&loop);
     static struct move_run r;
+    memset(&r, 0, sizeof(r));
+    r.ending = ending;
     CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, r.backend), 0);
     CHECK_INT(sluice_start(&r.proc, &loop, cfg, NULL), 0);
     CHECK_INT(r.proc.nworkers, 3);
@@ -307,15 +354,27 @@ static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
     CHECK_INT(atomic_load(&r.bad_counts), 0);
     CHECK((atomic_load(&r.server_id) >> 56) == 1); /* one server throughout: worker 1's id */
     struct ledger_key *key = ledger_key_get(&r.proc.ledger, "db", "u");
-    CHECK_INT(atomic_load(&key->servers), 0); /* closed where it was: its slot given back */
+    CHECK_INT(atomic_load(&key->servers), 0); /* closed where it was or arrived: slot given back */
     for (int i = 1; i < 3; i++)
         worker_thread_join(&r.proc.workers[i]);
     for (int i = 0; i < 3; i++)
         CHECK_INT(atomic_load(&r.proc.workers[i].nservers), 0);
     close(r.backend[0]); /* neither libpq's nor a passthrough login's: the test's own */
+    if (ending != BACKEND_GONE)
+        close(r.backend[1]);
     sluice_free(&r.proc);
     CHECK_INT(uv_loop_close(&loop), 0);
     unlink(path);
+}
+
+static void an_idle_server_moves_between_worker_threads_with_its_slot(void)
+{
+    move_between_worker_threads(BACKEND_GONE);
+}
+
+static void a_moved_server_that_missed_a_reconnect_of_its_database_is_closed(void)
+{
+    move_between_worker_threads(RECONNECTED_ELSEWHERE);
 }
 
 int main(void)
@@ -323,6 +382,8 @@ int main(void)
     RUN(an_idle_server_goes_to_the_oldest_waiter_it_serves);
     RUN(local_waiters_first_and_paused_keys_and_full_caps_pass);
     RUN(a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack);
+    RUN(a_console_command_counts_for_its_database_and_its_worker_only);
     RUN(an_idle_server_moves_between_worker_threads_with_its_slot);
+    RUN(a_moved_server_that_missed_a_reconnect_of_its_database_is_closed);
     return CHECK_DONE();
 }
