@@ -219,15 +219,15 @@ static void leases_stop_at_max_servers_and_at_others_min_servers(void)
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_BUDGET);
-    CHECK_INT(seeds->leases, 2);
+    CHECK_INT(budget_leases(seeds, BUDGET_LEASE_SHARES), 2);
     CHECK_INT(ledger_lease_room(worker, seeds), 0);
     CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_NONE);     /* 2 used + 2 held for api < 5 */
     CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_RESERVED); /* 3 used + 2 held */
-    CHECK_INT(dflt->leases, 1);
+    CHECK_INT(budget_leases(dflt, BUDGET_LEASE_SHARES), 1);
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE); /* api may use its share */
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_RESERVED); /* 5 of 5, min_servers in play */
-    CHECK_INT(api->leases, 2);
+    CHECK_INT(budget_leases(api, BUDGET_LEASE_SHARES), 2);
     ledger_give_lease(worker, seeds);
     CHECK_INT(ledger_lease_room(worker, seeds), 1);
     CHECK_INT(ledger_take_lease(worker, NULL), LIMIT_NONE); /* no budget: nothing to count */
@@ -410,6 +410,10 @@ static void *race_worker(void *arg)
 {
     struct race *r = arg;
     struct ledger *l = &r->shared->proc->ledger;
+    /* the worker this thread stands for: a budget's lease share is its worker's, moved only on
+     * its thread */
+    struct worker me = *r->shared;
+    me.index = (unsigned)r->worker;
     int held[4] = {0}, leases = 0;
     unsigned seed = 7919u * (unsigned)(r->worker + 1);
     pthread_barrier_wait(&race_start);
@@ -449,12 +453,15 @@ static void *race_worker(void *arg)
             if (leases > 0 && (seed & 1)) {
                 leases--;
                 atomic_fetch_sub(&leases_held, 1);
-                ledger_give_lease(r->shared, r->budget);
-            } else if (ledger_take_lease(r->shared, r->budget) == LIMIT_NONE) {
+                ledger_give_lease(&me, r->budget);
+            } else if (ledger_take_lease(&me, r->budget) == LIMIT_NONE) {
                 leases++;
                 if (atomic_fetch_add(&leases_held, 1) + 1 > 3)
                     r->over++;
-                r->over += r->budget->leases > 3;
+                /* the shares summed under the lock (no take then; a give only lowers it) */
+                ledger_lock(l);
+                r->over += budget_leases(r->budget, NTHREADS) > 3;
+                ledger_unlock(l);
             }
             break;
         }
@@ -466,7 +473,7 @@ static void *race_worker(void *arg)
         }
     while (leases-- > 0) {
         atomic_fetch_sub(&leases_held, 1);
-        ledger_give_lease(r->shared, r->budget);
+        ledger_give_lease(&me, r->budget);
     }
     for (int k = 0; k < 4; k++)
         ledger_wait_done(l, r->pools[k]->ledger_key, r->worker);
@@ -499,6 +506,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     struct race args[NTHREADS];
     pthread_t t[NTHREADS];
     pthread_barrier_init(&race_start, NULL, NTHREADS);
+    worker->proc->nworkers = NTHREADS; /* the lease checks sum every thread's share */
     for (int i = 0; i < NTHREADS; i++) {
         args[i] = proto;
         args[i].worker = i;
@@ -507,6 +515,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
     pthread_barrier_destroy(&race_start);
+    worker->proc->nworkers = 1;
     for (int i = 0; i < NTHREADS; i++) {
         CHECK_INT(args[i].over, 0);
         CHECK_INT(args[i].held_over, 0);
@@ -517,7 +526,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
         CHECK_INT(proto.pools[k]->ledger_key->servers, 0);
     CHECK_INT(ledger_db_servers(&worker->proc->ledger, "a"), 0);
     CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u2"), 0);
-    CHECK_INT(proto.budget->leases, 0);
+    CHECK_INT(budget_leases(proto.budget, BUDGET_LEASE_SHARES), 0);
     CHECK_INT(ledger_wait_oldest(&worker->proc->ledger, NULL), LEDGER_NO_WORKER);
     CHECK(ledger_audit(worker));
     free_app(worker);
@@ -723,14 +732,17 @@ static void each_worker_audits_its_own_share_while_servers_move(void)
 struct lease_arg {
     struct worker *worker;
     struct budget *budget;
+    unsigned index; /* the worker this thread stands for: its lease share */
 };
 
 static void *lease_worker(void *arg)
 {
     struct lease_arg *a = arg;
+    struct worker me = *a->worker;
+    me.index = a->index;
     for (int i = 0; i < ROUNDS; i++) {
-        if (ledger_take_lease(a->worker, a->budget) == LIMIT_NONE)
-            ledger_give_lease(a->worker, a->budget);
+        if (ledger_take_lease(&me, a->budget) == LIMIT_NONE)
+            ledger_give_lease(&me, a->budget);
     }
     return NULL;
 }
@@ -747,13 +759,15 @@ static void leases_are_lock_free_until_a_budget_caps_them(void)
     struct budget *dflt = budget_match(worker, "psql", "u", &addr);
     CHECK(!worker->proc->ledger.lease_caps);
     CHECK_INT(ledger_lease_room(worker, dflt), -1);
-    struct lease_arg arg = {worker, dflt};
+    struct lease_arg args[NTHREADS];
     pthread_t t[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &arg), 0);
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (struct lease_arg){worker, dflt, (unsigned)i};
+        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &args[i]), 0);
+    }
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
-    CHECK_INT(dflt->leases, 0);
+    CHECK_INT(budget_leases(dflt, BUDGET_LEASE_SHARES), 0);
     struct config *next = fixture_config("[sluice]\n[databases]\na = host=127.0.0.1\n"
                                          "[budgets]\ndefault = max_servers=1\n");
     CHECK(next != NULL);
