@@ -404,9 +404,11 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b)
     const struct budget_rule *own = budget_rule_of(worker->budgets, b);
     int max = own ? own->max_servers : 0;
     lock(&worker->proc->ledger);
-    int room = lease_limit(worker, b) != LIMIT_NONE ? 0
-               : max > 0                          ? max - budget_leases(b, worker->proc->nworkers)
-                                                  : -1;
+    int room = -1;
+    if (lease_limit(worker, b) != LIMIT_NONE)
+        room = 0;
+    else if (max > 0)
+        room = max - budget_leases(b, worker->proc->nworkers);
     unlock(&worker->proc->ledger);
     return room;
 }
@@ -886,7 +888,8 @@ void ledger_free(struct ledger *l)
 }
 
 _Static_assert(SLUICE_MAX_WORKERS <= LEDGER_WORKERS, "a share for every worker the key allows");
-_Static_assert(SLUICE_MAX_WORKERS <= BUDGET_LEASE_SHARES, "a budget's lease share for every worker");
+_Static_assert(SLUICE_MAX_WORKERS <= BUDGET_LEASE_SHARES,
+               "a budget's lease share for every worker");
 
 enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)
 {

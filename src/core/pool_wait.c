@@ -41,8 +41,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  "(query_wait_timeout); raise max_servers of budget \"%s\" or make its clients "
                  "hold servers for less time",
                  c->budget->name, budget_leases(c->budget, p->worker->proc->nworkers),
-                 budget_limit_value(p, c->budget, LIMIT_BUDGET),
-                 secs, c->budget->name);
+                 budget_limit_value(p, c->budget, LIMIT_BUDGET), secs, c->budget->name);
         return;
     }
     if (k == LIMIT_RESERVED) {

@@ -104,12 +104,12 @@ static void min_servers_of_one_budget_are_kept_from_the_others(void)
     struct budget *api = budget_match(worker, "api", "app", &local);
     struct budget *dflt = budget_match(worker, "seed", "app", &local);
     add_pool(worker, "app", "app"); /* capacity: the pool size, 10 */
-    dflt->lease_share[0].n = 5;               /* 5 used + 4 held for api = 9 < 10: one more allowed */
+    dflt->lease_share[0].n = 5;     /* 5 used + 4 held for api = 9 < 10: one more allowed */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
     dflt->lease_share[0].n = 6;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
     CHECK_INT(ledger_lease_limit(worker, api), LIMIT_NONE); /* api may use its share */
-    api->lease_share[0].n = 4;                                        /* api took its share: none held now */
+    api->lease_share[0].n = 4;                              /* api took its share: none held now */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
     dflt->lease_share[0].n = 5;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
