@@ -136,7 +136,8 @@ static struct budget_set *build_locked(struct process *proc)
         const struct budget_rule *was = &old->rules[i];
         if (budget_slot(set, was->budget) >= 0)
             continue;
-        if (atomic_load(&was->budget->clients) > 0 || atomic_load(&was->budget->leases) > 0)
+        if (atomic_load(&was->budget->clients) > 0 ||
+            budget_leases(was->budget, BUDGET_LEASE_SHARES) > 0)
             rc = fill(&set->rules[set->n++], was->budget, NULL, was);
     }
     if (rc < 0) {
@@ -154,7 +155,8 @@ static void sweep_locked(struct process *proc, bool all)
     while (*link) {
         struct budget *b = *link;
         bool unreachable = atomic_load_explicit(&b->gens, memory_order_acquire) == 0 &&
-                           atomic_load(&b->clients) == 0 && atomic_load(&b->leases) == 0;
+                           atomic_load(&b->clients) == 0 &&
+                           budget_leases(b, BUDGET_LEASE_SHARES) == 0;
         if (!all && !unreachable) {
             link = &b->next_known;
             continue;
@@ -472,7 +474,7 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
         out->in_use = linked_servers(p->worker, NULL, NULL);
         break;
     case LIMIT_BUDGET:
-        out->in_use = atomic_load_explicit(&b->budget->leases, memory_order_relaxed);
+        out->in_use = budget_leases(b->budget, p->worker->proc->nworkers);
         break;
     default:
         break;

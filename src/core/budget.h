@@ -25,13 +25,35 @@ struct client;
 
 /* A budget's identity: one per name for as long as anything counts in it or a generation lists
  * it. Clients (c->budget) and links (s->lease_budget) point here; its counts survive reloads. */
+#define BUDGET_LEASE_SHARES 64 /* one per worker (SLUICE_MAX_WORKERS) */
+
+/* One worker's leases of a budget, on a cache line of its own: every client is in a budget (at
+ * least "default"), so a lease is taken and given per transaction, and a count shared by the
+ * workers would move its line between their CPUs twice a transaction. */
+struct budget_lease_share {
+    atomic_int n;
+    char pad[64 - sizeof(atomic_int)];
+};
+
 struct budget {
     char *name;
     atomic_int clients;        /* logged-in clients now (counted by ledger.c only) */
-    atomic_int leases;         /* servers linked to its clients now (counted by ledger.c only) */
     atomic_int gens;           /* generations (struct budget_set) listing it */
     struct budget *next_known; /* the process's list of every budget (budget_sync sweeps it) */
+    /* servers linked to its clients now, per worker (counted by ledger.c only, each share by
+     * its worker: a lease is taken and given on its client's worker); budget_leases sums */
+    struct budget_lease_share lease_share[BUDGET_LEASE_SHARES];
 };
+
+/* b's leases on the first nworkers workers (the process's nworkers: all of them). Exact under
+ * the ledger's lock but for gives racing it, which only make it larger. */
+static inline int budget_leases(const struct budget *b, int nworkers)
+{
+    int n = 0;
+    for (int i = 0; i < nworkers && i < BUDGET_LEASE_SHARES; i++)
+        n += atomic_load_explicit(&b->lease_share[i].n, memory_order_relaxed);
+    return n;
+}
 
 /* What one generation says of a budget: immutable once its set is published. */
 struct budget_rule {

@@ -346,18 +346,31 @@ int ledger_user_servers(const struct ledger *l, const char *user_name)
                          &l->servers);
 }
 
+/* A lease of b taken (by 1) or given (-1) on worker: its own share, which only its thread
+ * writes (a lease is taken and given on its client's worker), so a load and a store suffice
+ * and no other worker's cache line is touched. */
+static void lease_add(const struct worker *worker, struct budget *b, int by)
+{
+    assert(worker->index < BUDGET_LEASE_SHARES);
+    atomic_int *share = &b->lease_share[worker->index % BUDGET_LEASE_SHARES].n;
+    int n = get(share) + by;
+    assert(n >= 0);
+    atomic_store_explicit(share, n, memory_order_relaxed);
+}
+
 /* Under the lock (the counts); the rules are the worker's own generation's (budget.h). */
 static enum limit_kind lease_limit(const struct worker *worker, const struct budget *b)
 {
     const struct budget_set *set = worker->budgets;
     const struct budget_rule *own = budget_rule_of(set, b);
-    int leases_of_b = get(&b->leases);
+    const int nworkers = worker->proc->nworkers;
+    int leases_of_b = budget_leases(b, nworkers);
     if (own && own->max_servers > 0 && leases_of_b >= own->max_servers)
         return LIMIT_BUDGET;
     int held_for_others = 0, leases = 0, any_min = 0;
     for (int i = 0; set && i < set->n; i++) {
         const struct budget_rule *o = &set->rules[i];
-        int used = o->budget == b ? leases_of_b : get(&o->budget->leases);
+        int used = o->budget == b ? leases_of_b : budget_leases(o->budget, nworkers);
         leases += used;
         any_min |= o->min_servers;
         if (o->budget != b && o->min_servers > used)
@@ -393,7 +406,11 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b)
     const struct budget_rule *own = budget_rule_of(worker->budgets, b);
     int max = own ? own->max_servers : 0;
     lock(&worker->proc->ledger);
-    int room = lease_limit(worker, b) != LIMIT_NONE ? 0 : max > 0 ? max - get(&b->leases) : -1;
+    int room = -1;
+    if (lease_limit(worker, b) != LIMIT_NONE)
+        room = 0;
+    else if (max > 0)
+        room = max - budget_leases(b, worker->proc->nworkers);
     unlock(&worker->proc->ledger);
     return room;
 }
@@ -403,25 +420,22 @@ enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
     if (!b)
         return LIMIT_NONE;
     if (leases_unchecked(worker)) { /* the per-transaction path of the default config: no lock */
-        add(&b->leases, 1);
+        lease_add(worker, b, 1);
         return LIMIT_NONE;
     }
     lock(&worker->proc->ledger);
     enum limit_kind k = lease_limit(worker, b);
     if (k == LIMIT_NONE)
-        add(&b->leases, 1);
+        lease_add(worker, b, 1);
     unlock(&worker->proc->ledger);
     return k;
 }
 
 void ledger_give_lease(struct worker *worker, struct budget *b)
 {
-    (void)worker; /* no lock: a give racing a check only makes that check more cautious */
-    if (!b)
-        return;
-    int left = add(&b->leases, -1);
-    assert(left >= 0);
-    (void)left;
+    /* no lock: a give racing a check only makes that check more cautious */
+    if (b)
+        lease_add(worker, b, -1);
 }
 
 int ledger_note_lease_wait(struct worker *worker, const struct budget *b)
@@ -868,6 +882,8 @@ void ledger_free(struct ledger *l)
 }
 
 _Static_assert(SLUICE_MAX_WORKERS <= LEDGER_WORKERS, "a share for every worker the key allows");
+_Static_assert(SLUICE_MAX_WORKERS <= BUDGET_LEASE_SHARES,
+               "a budget's lease share for every worker");
 
 enum limit_kind ledger_pool_limit(const struct pool *p, bool use_reserve)
 {

@@ -8,7 +8,7 @@
  *   per database / per user         the pools' backends plus auth_query's own connections
  *   global                          all of them (max_server_connections)
  *   per budget                      leases (servers linked to its clients) and logged-in clients
- *                                   (struct budget's `leases` and `clients`: written here only)
+ *                                   (struct budget's `lease_share`, `clients`: written here only)
  *   logged-in clients               globally (max_client_conn, the admin console's included), per
  *                                   database and per user (max_db_client_connections,
  *                                   max_user_client_connections; by the client's own user name,
@@ -232,8 +232,9 @@ enum limit_kind ledger_lease_limit(const struct worker *worker, const struct bud
 /* How many more servers a client of b may be given now: 0 when held back, -1 when only the
  * other limits bound it. */
 int ledger_lease_room(const struct worker *worker, const struct budget *b);
-/* Take a lease for a client of b before it is given a server: LIMIT_NONE and b->leases + 1,
- * or the binding limit and nothing changed. b NULL: nothing to count. */
+/* Take a lease for a client of b before it is given a server: LIMIT_NONE and worker's share of
+ * b's leases + 1, or the binding limit and nothing changed. b NULL: nothing to count. A lease is
+ * given back on the worker that took it (its client's), the only thread that writes its share. */
 enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
     __attribute__((warn_unused_result));
 void ledger_give_lease(struct worker *worker, struct budget *b);

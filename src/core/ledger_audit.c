@@ -162,16 +162,24 @@ static bool totals_are_sums_of_shares(const struct ledger *l)
     return ok;
 }
 
-/* The budgets' counts are the process's (no share per worker): only one worker can walk them. */
-static bool budgets_agree(const struct worker *worker)
+/* A budget's leases have a share per worker, moved only on its thread: each worker walks its
+ * own (under the lock, which holds the list of budgets still). */
+static bool budget_leases_agree(const struct worker *worker)
 {
     bool ok = true;
-    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known) {
-        ok &=
-            agree("leases of budget", b->name, b->leases, walked_budget(worker, b, CHARGE_LEASES));
+    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known)
+        ok &= agree("leases of budget", b->name, b->lease_share[worker->index].n,
+                    walked_budget(worker, b, CHARGE_LEASES));
+    return ok;
+}
+
+/* A budget's clients are the process's (no share per worker): only one worker can walk them. */
+static bool budget_clients_agree(const struct worker *worker)
+{
+    bool ok = true;
+    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known)
         ok &= agree("clients of budget", b->name, b->clients,
                     walked_budget(worker, b, CHARGE_CLIENTS));
-    }
     return ok;
 }
 
@@ -214,8 +222,9 @@ bool ledger_audit(const struct worker *worker)
         ok &= agree("pool", key_name(k, key, sizeof(key)), k->share[w], n);
     }
     ok &= totals_are_sums_of_shares(l);
+    ok &= budget_leases_agree(worker);
     ledger_unlock(l);
     if (worker->proc->nworkers == 1)
-        ok &= budgets_agree(worker);
+        ok &= budget_clients_agree(worker);
     return ok;
 }

@@ -40,8 +40,8 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "
                  "(query_wait_timeout); raise max_servers of budget \"%s\" or make its clients "
                  "hold servers for less time",
-                 c->budget->name, c->budget->leases, budget_limit_value(p, c->budget, LIMIT_BUDGET),
-                 secs, c->budget->name);
+                 c->budget->name, budget_leases(c->budget, p->worker->proc->nworkers),
+                 budget_limit_value(p, c->budget, LIMIT_BUDGET), secs, c->budget->name);
         return;
     }
     if (k == LIMIT_RESERVED) {

@@ -416,7 +416,7 @@ void view_pool_caps(const struct worker *worker, struct view_pool *rows, int n)
                                .user_forced = v->user_forced};
         budget_key_cap(worker, &k, &v->cap);
         v->cap.in_use = v->cap.key == LIMIT_BUDGET
-                            ? atomic_load_explicit(&v->cap.budget->leases, memory_order_relaxed)
+                            ? budget_leases(v->cap.budget, worker->proc->nworkers)
                             : linked_under(rows, n, v, v->cap.key);
     }
 }

@@ -608,7 +608,7 @@ static void show_budgets(struct client *c)
         cell_int(&t, b->max_clients);
         cell_int(&t, b->min_servers);
         cell_int(&t, b->budget->clients);
-        cell_int(&t, b->budget->leases);
+        cell_int(&t, budget_leases(b->budget, SLUICE_MAX_WORKERS));
         cell_text(&t, b->app_pattern);
         cell_text(&t, b->user);
         cell_text(&t, addr);

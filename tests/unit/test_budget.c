@@ -87,10 +87,10 @@ static void budget_at_max_servers_holds_back_only_its_clients(void)
     struct budget *seeds = budget_match(worker, "seed1", "app", &local);
     struct budget *other = budget_match(worker, "web", "app", &local);
     add_pool(worker, "app", "app");
-    seeds->leases = 2;
+    seeds->lease_share[0].n = 2;
     CHECK_INT(ledger_lease_limit(worker, seeds), LIMIT_BUDGET);
     CHECK_INT(ledger_lease_limit(worker, other), LIMIT_NONE);
-    seeds->leases = 1;
+    seeds->lease_share[0].n = 1;
     CHECK_INT(ledger_lease_limit(worker, seeds), LIMIT_NONE);
     fixture_worker_free(worker);
 }
@@ -104,14 +104,14 @@ static void min_servers_of_one_budget_are_kept_from_the_others(void)
     struct budget *api = budget_match(worker, "api", "app", &local);
     struct budget *dflt = budget_match(worker, "seed", "app", &local);
     add_pool(worker, "app", "app"); /* capacity: the pool size, 10 */
-    dflt->leases = 5;               /* 5 used + 4 held for api = 9 < 10: one more allowed */
+    dflt->lease_share[0].n = 5;     /* 5 used + 4 held for api = 9 < 10: one more allowed */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
-    dflt->leases = 6;
+    dflt->lease_share[0].n = 6;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
     CHECK_INT(ledger_lease_limit(worker, api), LIMIT_NONE); /* api may use its share */
-    api->leases = 4;                                        /* api took its share: none held now */
+    api->lease_share[0].n = 4;                              /* api took its share: none held now */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED); /* 10 leases of 10 */
-    dflt->leases = 5;
+    dflt->lease_share[0].n = 5;
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_NONE);
     fixture_worker_free(worker);
 }
@@ -204,7 +204,7 @@ static void min_servers_are_held_out_of_what_max_db_connections_allows(void)
     enum limit_kind key;
     CHECK_INT(budget_shared_capacity(worker, &key), 3);
     CHECK_INT(key, LIMIT_DB);
-    dflt->leases = 1; /* 1 used + 2 held for api = 3 of 3 */
+    dflt->lease_share[0].n = 1; /* 1 used + 2 held for api = 3 of 3 */
     CHECK_INT(ledger_lease_limit(worker, dflt), LIMIT_RESERVED);
     fixture_worker_free(worker);
 }

@@ -163,15 +163,15 @@ static void leases_stop_at_max_servers_and_at_others_min_servers(void)
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, seeds), LIMIT_BUDGET);
-    CHECK_INT(seeds->leases, 2);
+    CHECK_INT(budget_leases(seeds, BUDGET_LEASE_SHARES), 2);
     CHECK_INT(ledger_lease_room(worker, seeds), 0);
     CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_NONE);     /* 2 used + 2 held for api < 5 */
     CHECK_INT(ledger_take_lease(worker, dflt), LIMIT_RESERVED); /* 3 used + 2 held */
-    CHECK_INT(dflt->leases, 1);
+    CHECK_INT(budget_leases(dflt, BUDGET_LEASE_SHARES), 1);
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE); /* api may use its share */
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_NONE);
     CHECK_INT(ledger_take_lease(worker, api), LIMIT_RESERVED); /* 5 of 5, min_servers in play */
-    CHECK_INT(api->leases, 2);
+    CHECK_INT(budget_leases(api, BUDGET_LEASE_SHARES), 2);
     ledger_give_lease(worker, seeds);
     CHECK_INT(ledger_lease_room(worker, seeds), 1);
     CHECK_INT(ledger_take_lease(worker, NULL), LIMIT_NONE); /* no budget: nothing to count */

@@ -34,6 +34,10 @@ static void *race_worker(void *arg)
 {
     struct race *r = arg;
     struct ledger *l = &r->shared->proc->ledger;
+    /* the worker this thread stands for: a budget's lease share is its worker's, moved only on
+     * its thread */
+    struct worker me = *r->shared;
+    me.index = (unsigned)r->worker;
     int held[4] = {0}, leases = 0;
     unsigned seed = 7919u * (unsigned)(r->worker + 1);
     pthread_barrier_wait(&race_start);
@@ -73,12 +77,15 @@ static void *race_worker(void *arg)
             if (leases > 0 && (seed & 1)) {
                 leases--;
                 atomic_fetch_sub(&leases_held, 1);
-                ledger_give_lease(r->shared, r->budget);
-            } else if (ledger_take_lease(r->shared, r->budget) == LIMIT_NONE) {
+                ledger_give_lease(&me, r->budget);
+            } else if (ledger_take_lease(&me, r->budget) == LIMIT_NONE) {
                 leases++;
                 if (atomic_fetch_add(&leases_held, 1) + 1 > 3)
                     r->over++;
-                r->over += r->budget->leases > 3;
+                /* the shares summed under the lock (no take then; a give only lowers it) */
+                ledger_lock(l);
+                r->over += budget_leases(r->budget, NTHREADS) > 3;
+                ledger_unlock(l);
             }
             break;
         }
@@ -90,7 +97,7 @@ static void *race_worker(void *arg)
         }
     while (leases-- > 0) {
         atomic_fetch_sub(&leases_held, 1);
-        ledger_give_lease(r->shared, r->budget);
+        ledger_give_lease(&me, r->budget);
     }
     for (int k = 0; k < 4; k++)
         ledger_wait_done(l, r->pools[k]->ledger_key, r->worker);
@@ -123,6 +130,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     struct race args[NTHREADS];
     pthread_t t[NTHREADS];
     pthread_barrier_init(&race_start, NULL, NTHREADS);
+    worker->proc->nworkers = NTHREADS; /* the lease checks sum every thread's share */
     for (int i = 0; i < NTHREADS; i++) {
         args[i] = proto;
         args[i].worker = i;
@@ -131,6 +139,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
     pthread_barrier_destroy(&race_start);
+    worker->proc->nworkers = 1;
     for (int i = 0; i < NTHREADS; i++) {
         CHECK_INT(args[i].over, 0);
         CHECK_INT(args[i].held_over, 0);
@@ -141,7 +150,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
         CHECK_INT(proto.pools[k]->ledger_key->servers, 0);
     CHECK_INT(ledger_db_servers(&worker->proc->ledger, "a"), 0);
     CHECK_INT(ledger_user_servers(&worker->proc->ledger, "u2"), 0);
-    CHECK_INT(proto.budget->leases, 0);
+    CHECK_INT(budget_leases(proto.budget, BUDGET_LEASE_SHARES), 0);
     CHECK_INT(ledger_wait_oldest(&worker->proc->ledger, NULL), LEDGER_NO_WORKER);
     CHECK(ledger_audit(worker));
     free_app(worker);
@@ -348,14 +357,17 @@ static void each_worker_audits_its_own_share_while_servers_move(void)
 struct lease_arg {
     struct worker *worker;
     struct budget *budget;
+    unsigned index; /* the worker this thread stands for: its lease share */
 };
 
 static void *lease_worker(void *arg)
 {
     struct lease_arg *a = arg;
+    struct worker me = *a->worker;
+    me.index = a->index;
     for (int i = 0; i < ROUNDS; i++) {
-        if (ledger_take_lease(a->worker, a->budget) == LIMIT_NONE)
-            ledger_give_lease(a->worker, a->budget);
+        if (ledger_take_lease(&me, a->budget) == LIMIT_NONE)
+            ledger_give_lease(&me, a->budget);
     }
     return NULL;
 }
@@ -372,13 +384,15 @@ static void leases_are_lock_free_until_a_budget_caps_them(void)
     struct budget *dflt = budget_match(worker, "psql", "u", &addr);
     CHECK(!worker->proc->ledger.lease_caps);
     CHECK_INT(ledger_lease_room(worker, dflt), -1);
-    struct lease_arg arg = {worker, dflt};
+    struct lease_arg args[NTHREADS];
     pthread_t t[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++)
-        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &arg), 0);
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (struct lease_arg){worker, dflt, (unsigned)i};
+        CHECK_INT(pthread_create(&t[i], NULL, lease_worker, &args[i]), 0);
+    }
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(t[i], NULL);
-    CHECK_INT(dflt->leases, 0);
+    CHECK_INT(budget_leases(dflt, BUDGET_LEASE_SHARES), 0);
     struct config *next = fixture_config("[sluice]\n[databases]\na = host=127.0.0.1\n"
                                          "[budgets]\ndefault = max_servers=1\n");
     CHECK(next != NULL);

@@ -798,7 +798,7 @@ static void logins_join_budgets_while_a_reload_changes_them(void)
     }
     for (const struct budget *b = proc->budgets_known; b; b = b->next_known) {
         CHECK_INT(b->clients, 0);
-        CHECK_INT(b->leases, 0);
+        CHECK_INT(budget_leases(b, BUDGET_LEASE_SHARES), 0);
     }
     /* the last reload set budget_cfgs[1]; a sync back to [0] retires "api" and frees what
      * nothing lists or counts in */
