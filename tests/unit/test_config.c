@@ -1278,18 +1278,28 @@ static void validation_checks_relations_between_keys(void)
     config_free(c);
 }
 
-/* workers: 1 by default for now; auto is the CPUs the process may use (resolved at load, shown
- * as "auto (N)"), from the file or SLUICE_WORKERS; any count in 1..64 loads; 0, 65 and words
+/* workers: auto by default, the CPUs the process may use (resolved at load, shown as
+ * "auto (N)"), from the file or SLUICE_WORKERS; any count in 1..64 loads; 0, 65 and words
  * other than auto are refused, naming what is expected. */
 static void workers_key_loads_auto_and_its_range(void)
 {
     int cpus = cpus_usable() < 64 ? cpus_usable() : 64;
     char shown[64], expected[64];
+    snprintf(expected, sizeof expected, "auto (%d)", cpus);
     struct config *c = load(MINIMAL_DBS, NULL);
     CHECK(c != NULL);
     if (c) {
-        CHECK_INT(c->workers.n, 1);
-        CHECK(!c->workers.automatic);
+        CHECK_INT(c->workers.n, cpus);
+        CHECK(c->workers.automatic);
+        config_format_value(c, key_index("workers"), shown, sizeof shown);
+        CHECK_STR(shown, expected);
+    }
+    config_free(c);
+
+    c = load(MINIMAL_DBS "[sluice]\nworkers = 1\n", NULL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK(!c->workers.automatic && c->workers.n == 1);
         config_format_value(c, key_index("workers"), shown, sizeof shown);
         CHECK_STR(shown, "1");
     }
@@ -1301,7 +1311,6 @@ static void workers_key_loads_auto_and_its_range(void)
         CHECK_INT(c->workers.n, cpus);
         CHECK(c->workers.automatic);
         config_format_value(c, key_index("workers"), shown, sizeof shown);
-        snprintf(expected, sizeof expected, "auto (%d)", cpus);
         CHECK_STR(shown, expected);
     }
     config_free(c);
