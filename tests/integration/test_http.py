@@ -131,9 +131,13 @@ def test_health_reports_three_clients_holding_transactions_in_a_pool_of_five(sta
     idle = s.connect()
     idle.execute("SELECT 1")
     try:
-        # other workers' pools are as they published them at their last tick (100 ms)
-        status, doc = wait_until(lambda: (lambda r: r if pool_of(r[1])["servers"]["total"] == 4
-                                          else None)(health(s)), 5, what="4 servers in /health")
+        # other workers' pools are as they published them at their last tick (100 ms), each
+        # worker's at its own moment: wait for the whole picture, not its first number
+        def settled(r):
+            sv = pool_of(r[1])["servers"]
+            return sv["total"] == 4 and sv["active"] == 3 and sv["idle"] + sv["used"] == 1
+        status, doc = wait_until(lambda: (lambda r: r if settled(r) else None)(health(s)), 5,
+                                 what="3 active and 1 idle server in /health")
         assert status == 200 and doc["status"] == "ok"
         p = pool_of(doc)
         assert p["status"] == "ok" and p["pool_mode"] == "transaction" and p["paused"] is False
