@@ -273,8 +273,31 @@ void view_publish(struct worker *worker)
     back->marks = (struct tally_marks){
         .controls_applied = worker->controls_applied,
         .reload_applied = atomic_load_explicit(&worker->reload_applied, memory_order_relaxed),
+        .publish_answered = worker->tally->publish_answered,
     };
     tally_swap(worker->tally);
+}
+
+void view_publish_now(struct worker *worker, unsigned ask)
+{
+    if (!worker->tally)
+        return; /* the control worker's lists are read live */
+    worker->tally->publish_answered = ask;
+    view_publish(worker);
+}
+
+bool view_frames_answered(const struct worker *worker, unsigned ask)
+{
+    const struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        const struct worker *other = &proc->workers[i];
+        if (other == worker || !other->tally)
+            continue;
+        /* asks only grow (wrapping): a frame answering a later one is newer still */
+        if ((int)(tally_marks(other->tally).publish_answered - ask) < 0)
+            return false;
+    }
+    return true;
 }
 
 static void count_pool(const struct tally_pool *tp, void *ctx)

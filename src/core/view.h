@@ -110,6 +110,13 @@ void view_pool_settings(const struct pool *p, struct view_pool *out);
 /* On a worker's own thread, at its maintenance tick (worker->tally set): publish its pools and
  * logins for the control thread (tally.h). */
 void view_publish(struct worker *worker);
+/* The console's SHOW that reads frames is exact when it answers, as with one worker: it asks
+ * every other worker to publish now (proc->publish_asks numbers the asks) and answers once
+ * view_frames_answered, or after a bounded wait (admin.c). On the worker's own thread: publish
+ * now, the frame marked as answering ask. Nothing for the control worker (read live). */
+void view_publish_now(struct worker *worker, unsigned ask);
+/* On the control thread: has every other worker published a frame since it was asked ask? */
+bool view_frames_answered(const struct worker *worker, unsigned ask);
 /* Add to v (a pool of worker's, filled by view_pool) the counts of the same (database, user)
  * pool on every other worker: servers and clients by state, counters; the settings are v's. */
 void view_pool_add_workers(const struct worker *worker, struct view_pool *v);

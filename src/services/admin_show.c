@@ -617,6 +617,22 @@ static void show_budgets(struct client *c)
     }
 }
 
+bool admin_show_reads_frames(enum admin_show what)
+{
+    switch (what) {
+    case ADMIN_SHOW_POOLS:
+    case ADMIN_SHOW_STATS:
+    case ADMIN_SHOW_STATS_TOTALS:
+    case ADMIN_SHOW_STATS_AVERAGES:
+    case ADMIN_SHOW_DATABASES:
+    case ADMIN_SHOW_USERS:
+    case ADMIN_SHOW_LISTS:
+        return true;
+    default:
+        return false;
+    }
+}
+
 int admin_show(struct client *c, enum admin_show what, admin_rows_fn *arrived)
 {
     switch (what) {

@@ -14,8 +14,8 @@ import pytest
 from certs import make_pki
 from conftest import APP_DB, APP_USER, pick_port, wait_until
 from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
-                         close_all, connect_many, console, hold_transactions, show, start4,
-                         wait_pool, worker_of, workers_by_app)
+                         close_all, connect_many, console, hold_transactions, pool_row, show,
+                         start4, wait_pool, worker_of, workers_by_app)
 from pgwire import RawConn, query_msg, raw_login, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
 
@@ -256,3 +256,24 @@ def test_console_queries_pipelined_behind_the_startup_packet_are_answered(
             s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW, since=mark)
     finally:
         first.close()
+
+
+@pytest.mark.timeout(120)
+def test_show_right_after_logins_on_every_worker_counts_them_all(start_sluice, pg):
+    """SHOW POOLS (and STATS, DATABASES, USERS, LISTS) read the other workers' pools from the
+    frames they publish; a frame published at a tick before a login missed that client, so a SHOW right
+    after logins on other workers undercounted them (cl_active one short). The console now asks
+    every worker to publish before it answers: exact at the moment it answers, as with one
+    worker."""
+    s = start4(start_sluice, pg)
+    clients = []
+    try:
+        with console(s) as adm:
+            for _ in range(5):
+                clients += connect_many(s, f"r{len(clients)}-", WORKERS)
+                row = pool_row(adm)  # at once: no wait for a tick
+                assert row["cl_active"] + row["cl_waiting"] == len(clients), row
+                assert row["cl_active"] == len(clients), row
+            assert {worker_of(r) for r in app_clients(adm)} == set(range(WORKERS))
+    finally:
+        close_all(clients)
