@@ -536,3 +536,20 @@ int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **
     *out = e.pools;
     return e.n;
 }
+
+void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx)
+{
+    uint64_t now = sluice_now(worker);
+    view_for_each_pool(worker, pool)
+    {
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
+        fn(&pv, ctx);
+    }
+    struct view_remote_pool *elsewhere;
+    int n = view_pools_elsewhere(worker, &elsewhere);
+    for (int i = 0; i < n; i++)
+        fn(&elsewhere[i].v, ctx);
+    free(elsewhere);
+}

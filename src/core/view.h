@@ -128,6 +128,12 @@ struct view_remote_pool {
 /* The pools of the other workers whose key worker has not, in order of first appearance: their
  * count, *out an array the caller frees (NULL when none; a pool is left out if out of memory). */
 int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out);
+/* Every pool key of the process once, summed over the workers, in SHOW POOLS' order: worker's
+ * own pools (view_pool + view_pool_add_workers), then the keys only other workers have
+ * (view_pools_elsewhere, without their cap). v is valid during fn only. SHOW POOLS' rows and the
+ * stats_period log line (sluice.c) are these. */
+typedef void view_pool_fn(const struct view_pool *v, void *ctx);
+void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx);
 
 /* v's histograms (POOL_HIST_BUCKETS each; none for a pool only others have) plus the same
  * (database, user) pool's on every other worker, into wait and query. */

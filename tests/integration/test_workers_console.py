@@ -7,6 +7,7 @@ worker is served."""
 import json
 import re
 import ssl
+import time
 
 import psycopg
 import pytest
@@ -275,5 +276,41 @@ def test_show_right_after_logins_on_every_worker_counts_them_all(start_sluice, p
                 assert row["cl_active"] + row["cl_waiting"] == len(clients), row
                 assert row["cl_active"] == len(clients), row
             assert {worker_of(r) for r in app_clients(adm)} == set(range(WORKERS))
+    finally:
+        close_all(clients)
+
+
+def _log_seconds(line):
+    h, m, sec = re.search(r"(\d\d):(\d\d):(\d\d\.\d+)", line).groups()
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+@pytest.mark.timeout(120)
+def test_one_log_line_per_pool_for_every_worker(start_sluice, pg):
+    """One log for the process (5.6): each worker logged its own "stats db/user" line per pool
+    every stats_period (two lines with different numbers for one pool with workers = 2), and
+    its own "pool db/user created" and "at most N servers" lines. Now the control worker logs
+    one stats line per pool key, summed over the workers, and the others once per process."""
+    s = start4(start_sluice, pg, workers=2, stats_period=1)
+    clients = connect_many(s, "c", 4)
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        with console(s) as adm:
+            assert {worker_of(r) for r in app_clients(adm)} == {0, 1}
+            servers = len(app_servers(adm))
+        mark = s.mark()
+        time.sleep(3.5 * SLOW)
+        stats = [line for line in s.log_since(mark) if f"stats {APP_DB}/{APP_USER}:" in line]
+        assert len(stats) >= 2, s.log_since(mark)
+        times = [_log_seconds(line) for line in stats]
+        assert all(b - a > 0.5 for a, b in zip(times, times[1:])), stats
+        for line in stats:
+            assert "clients active 0 waiting 0 idle 4;" in line, line
+            assert f"servers active 0 idle {servers} connecting 0" in line, line
+            assert "; 4 transactions" in line, line
+        log = s.log
+        assert sum(f"pool {APP_DB}/{APP_USER} created" in line for line in log) == 1, log
+        assert sum(f"pool {APP_DB}/{APP_USER}: at most" in line for line in log) == 1, log
     finally:
         close_all(clients)
