@@ -588,8 +588,8 @@ void budget_log_cap(const struct pool *p)
                                                   "max_connections"
                                                 : "";
     char line[512];
-    snprintf(line, sizeof(line), "pool %s/%s: at most %d servers (%s)%s", p->db_name,
-             p->user_name, cap, why, pending);
+    snprintf(line, sizeof(line), "pool %s/%s: at most %d servers (%s)%s", p->db_name, p->user_name,
+             cap, why, pending);
     /* Every worker's pool of the key computes the same line (one config generation): the first
      * to see it changed logs it (5.6). */
     static const uint8_t no_key[16];

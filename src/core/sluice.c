@@ -89,9 +89,8 @@ static void log_pool_stats(const struct view_pool *v, void *ctx)
     log_msg(LOG_INFO,
             "stats %s/%s: clients active %d waiting %d idle %d; servers active %d idle %d "
             "connecting %d of %d; %llu transactions",
-            v->db_name, v->user_name, now->cl_active, now->cl_waiting, now->cl_idle,
-            now->sv_active, now->sv_idle + now->sv_used, now->sv_login, v->size,
-            (unsigned long long)v->xact_count);
+            v->db_name, v->user_name, now->cl_active, now->cl_waiting, now->cl_idle, now->sv_active,
+            now->sv_idle + now->sv_used, now->sv_login, v->size, (unsigned long long)v->xact_count);
 }
 
 /* Each stats_period, one line per pool key summed over the workers (the frames SHOW POOLS

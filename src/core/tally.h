@@ -46,7 +46,7 @@ struct tally_frame {
 struct tally {
     uv_mutex_t mu;
     struct tally_frame frames[2];
-    int front; /* the frame readers see; the other is the worker's own */
+    int front;                 /* the frame readers see; the other is the worker's own */
     unsigned publish_answered; /* the worker's own: the last ask it published for */
 };
 

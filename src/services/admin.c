@@ -9,8 +9,8 @@
  *
  * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
  * IDLE the whole time, so the wait is a record on proc->admin_waits that the service's tick
- * checks every maintenance pass (and an answer from another worker at once); while a record
- * exists, the client's further messages stay buffered. */
+ * checks every maintenance pass (a SHOW over frames also as each worker publishes for it); while
+ * a record exists, the client's further messages stay buffered. */
 #include "admin.h"
 
 #include <stdarg.h>
@@ -186,8 +186,7 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     case WAIT_ROWS:
         return w->rows_pending == 0;
     case WAIT_FRAMES:
-        return view_frames_answered(worker, w->publish_ask) ||
-               sluice_now(worker) >= w->deadline_ms;
+        return view_frames_answered(worker, w->publish_ask) || sluice_now(worker) >= w->deadline_ms;
     case WAIT_RELOAD:
     case WAIT_SET:
         return control_reload_done(worker);
@@ -692,11 +691,11 @@ static void settle_waits(struct process *proc)
         if (kind == WAIT_FRAMES)
             admin_show(c, show, NULL);
         if (kind != WAIT_OUTPUT) {
-            put_command_complete(&c->out, kind == WAIT_PAUSE                          ? "PAUSE"
+            put_command_complete(&c->out, kind == WAIT_PAUSE                         ? "PAUSE"
                                           : kind == WAIT_ROWS || kind == WAIT_FRAMES ? "SHOW"
-                                          : kind == WAIT_RELOAD ? "RELOAD"
-                                          : kind == WAIT_SET    ? "SET"
-                                                                : "WAIT_CLOSE");
+                                          : kind == WAIT_RELOAD                      ? "RELOAD"
+                                          : kind == WAIT_SET                         ? "SET"
+                                                             : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
