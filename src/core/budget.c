@@ -11,6 +11,7 @@
 #include "ledger.h"
 #include "log.h"
 #include "pool.h"
+#include "siphash.h"
 #include "sluice.h"
 
 struct budget_set *budget_set_acquire(struct budget_set *set)
@@ -588,6 +589,14 @@ void budget_log_cap(const struct pool *p)
     const char *pending = percent_unresolved(p) ? "; NN% caps apply once a server has told "
                                                   "max_connections"
                                                 : "";
-    log_msg(LOG_INFO, "pool %s/%s: at most %d servers (%s)%s", p->db_name, p->user_name, cap, why,
-            pending);
+    char line[512];
+    snprintf(line, sizeof(line), "pool %s/%s: at most %d servers (%s)%s", p->db_name, p->user_name,
+             cap, why, pending);
+    /* Every worker's pool of the key computes the same line (one config generation): the first
+     * to see it changed logs it (5.6). */
+    static const uint8_t no_key[16];
+    uint64_t hash = siphash24(no_key, line, strlen(line)) | 1; /* 0: nothing logged yet */
+    if (atomic_exchange_explicit(&p->ledger_key->cap_line_logged, hash, memory_order_relaxed) !=
+        hash)
+        log_msg(LOG_INFO, "%s", line);
 }

@@ -117,6 +117,11 @@ struct ledger_key {
     struct param_set welcome;
     bool have_welcome;
     struct ledger_breaker breaker;
+    /* One log for the process, whatever the workers (5.6): a pool of the key was made and
+     * logged "pool ... created" (the first worker's, pool.c), and the hash of the last "at most
+     * N servers" line logged (budget_log_cap: logged when it changes; 0: none yet). */
+    atomic_bool pool_logged;
+    _Atomic uint64_t cap_line_logged;
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */

@@ -155,8 +155,9 @@ struct pool *pool_get(struct worker *worker, const struct db_entry *db, const ch
     if (!p->paused && !p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED)
         pool_pause(p, PAUSED_BY_PAUSE);
     list_append(&worker->pools, &p->node);
-    log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
-            pool_mode_name(p->mode), p->size);
+    if (!atomic_exchange_explicit(&p->ledger_key->pool_logged, true, memory_order_relaxed))
+        log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
+                pool_mode_name(p->mode), p->size); /* by the key's first worker */
     budget_log_cap(p);
     return p;
 }

@@ -167,23 +167,27 @@ static void finish_if_done(struct process *proc)
     uv_close((uv_handle_t *)&proc->sig_term, NULL);
 }
 
+static void log_pool_stats(const struct view_pool *v, void *ctx)
+{
+    (void)ctx;
+    const struct stats_pool_view *now = &v->now;
+    log_msg(LOG_INFO,
+            "stats %s/%s: clients active %d waiting %d idle %d; servers active %d idle %d "
+            "connecting %d of %d; %llu transactions",
+            v->db_name, v->user_name, now->cl_active, now->cl_waiting, now->cl_idle, now->sv_active,
+            now->sv_idle + now->sv_used, now->sv_login, v->size, (unsigned long long)v->xact_count);
+}
+
+/* Each stats_period, one line per pool key summed over the workers (the frames SHOW POOLS
+ * reads, 5.6: the other workers' as of their last tick), logged by the control worker only, so
+ * the log has one line per key whatever the workers. */
 static void log_stats(struct worker *worker, uint64_t now)
 {
     const struct config *cfg = worker->cfg;
     if (cfg->stats_period <= 0 || now - worker->last_stats_ms < (uint64_t)cfg->stats_period)
         return;
     worker->last_stats_ms = now;
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *p = container_of(n, struct pool, node);
-        log_msg(LOG_INFO,
-                "stats %s/%s: clients active %d waiting %d idle %d; servers active %d idle %d "
-                "connecting %d of %d; %llu transactions",
-                p->db_name, p->user_name, p->active_clients.count, p->waiting.count,
-                p->idle_clients.count, p->active.count, p->idle.count, p->connecting.count, p->size,
-                (unsigned long long)p->xact_count);
-    }
+    view_pools_summed(worker, log_pool_stats, NULL);
 }
 
 /* The process's share of a maintenance pass, run on the control worker's tick: the shutdown
@@ -232,7 +236,8 @@ static void on_maint_timer(uv_timer_t *t)
         return;
     if (!control && proc->phase == PHASE_SHUTDOWN_GRACEFUL)
         close_all(worker, true);
-    log_stats(worker, now);
+    if (control)
+        log_stats(worker, now);
     stats_tick(worker, now);
     if (worker->tally)
         view_publish(worker);

@@ -147,6 +147,8 @@ struct process {
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
+    /* The console's asks to every worker to publish its frame now (view_publish_now). */
+    unsigned publish_asks;
     /* Clients logging in (STARTUP, TLS_HANDSHAKE, AUTH) on every worker: max_client_logins is
      * one cap for the process (client.c), each worker evicting its own oldest stalled login. */
     atomic_int logins;

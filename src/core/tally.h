@@ -29,9 +29,11 @@ struct tally_pool {
 };
 
 /* What the worker had applied when it filled a frame: a frame that has not seen the last
- * control message or reload cannot say what that message changed (WAIT_CLOSE). */
+ * control message or reload cannot say what that message changed (WAIT_CLOSE); one that
+ * answers a console's ask to publish (view_publish_now) says the ask's number, so a SHOW knows
+ * the frame is at least as new as its question (0: none asked yet). */
 struct tally_marks {
-    unsigned controls_applied, reload_applied;
+    unsigned controls_applied, reload_applied, publish_answered;
 };
 
 struct tally_frame {
@@ -44,7 +46,8 @@ struct tally_frame {
 struct tally {
     uv_mutex_t mu;
     struct tally_frame frames[2];
-    int front; /* the frame readers see; the other is the worker's own */
+    int front;                 /* the frame readers see; the other is the worker's own */
+    unsigned publish_answered; /* the worker's own: the last ask it published for */
 };
 
 /* NULL when out of memory. */

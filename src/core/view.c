@@ -273,8 +273,31 @@ void view_publish(struct worker *worker)
     back->marks = (struct tally_marks){
         .controls_applied = worker->controls_applied,
         .reload_applied = atomic_load_explicit(&worker->reload_applied, memory_order_relaxed),
+        .publish_answered = worker->tally->publish_answered,
     };
     tally_swap(worker->tally);
+}
+
+void view_publish_now(struct worker *worker, unsigned ask)
+{
+    if (!worker->tally)
+        return; /* the control worker's lists are read live */
+    worker->tally->publish_answered = ask;
+    view_publish(worker);
+}
+
+bool view_frames_answered(const struct worker *worker, unsigned ask)
+{
+    const struct process *proc = worker->proc;
+    for (int i = 0; i < proc->nworkers; i++) {
+        const struct worker *other = &proc->workers[i];
+        if (other == worker || !other->tally)
+            continue;
+        /* asks only grow (wrapping): a frame answering a later one is newer still */
+        if ((int)(tally_marks(other->tally).publish_answered - ask) < 0)
+            return false;
+    }
+    return true;
 }
 
 static void count_pool(const struct tally_pool *tp, void *ctx)
@@ -512,4 +535,21 @@ int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **
     }
     *out = e.pools;
     return e.n;
+}
+
+void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx)
+{
+    uint64_t now = sluice_now(worker);
+    view_for_each_pool(worker, pool)
+    {
+        struct view_pool pv;
+        view_pool(pool, now, &pv);
+        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
+        fn(&pv, ctx);
+    }
+    struct view_remote_pool *elsewhere;
+    int n = view_pools_elsewhere(worker, &elsewhere);
+    for (int i = 0; i < n; i++)
+        fn(&elsewhere[i].v, ctx);
+    free(elsewhere);
 }

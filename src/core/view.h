@@ -110,6 +110,13 @@ void view_pool_settings(const struct pool *p, struct view_pool *out);
 /* On a worker's own thread, at its maintenance tick (worker->tally set): publish its pools and
  * logins for the control thread (tally.h). */
 void view_publish(struct worker *worker);
+/* The console's SHOW that reads frames is exact when it answers, as with one worker: it asks
+ * every other worker to publish now (proc->publish_asks numbers the asks) and answers once
+ * view_frames_answered, or after a bounded wait (admin.c). On the worker's own thread: publish
+ * now, the frame marked as answering ask. Nothing for the control worker (read live). */
+void view_publish_now(struct worker *worker, unsigned ask);
+/* On the control thread: has every other worker published a frame since it was asked ask? */
+bool view_frames_answered(const struct worker *worker, unsigned ask);
 /* Add to v (a pool of worker's, filled by view_pool) the counts of the same (database, user)
  * pool on every other worker: servers and clients by state, counters; the settings are v's. */
 void view_pool_add_workers(const struct worker *worker, struct view_pool *v);
@@ -121,6 +128,12 @@ struct view_remote_pool {
 /* The pools of the other workers whose key worker has not, in order of first appearance: their
  * count, *out an array the caller frees (NULL when none; a pool is left out if out of memory). */
 int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out);
+/* Every pool key of the process once, summed over the workers, in SHOW POOLS' order: worker's
+ * own pools (view_pool + view_pool_add_workers), then the keys only other workers have
+ * (view_pools_elsewhere, without their cap). v is valid during fn only. SHOW POOLS' rows and the
+ * stats_period log line (sluice.c) are these. */
+typedef void view_pool_fn(const struct view_pool *v, void *ctx);
+void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx);
 
 /* v's histograms (POOL_HIST_BUCKETS each; none for a pool only others have) plus the same
  * (database, user) pool's on every other worker, into wait and query. */

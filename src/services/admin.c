@@ -9,8 +9,8 @@
  *
  * PAUSE and WAIT_CLOSE answer only once what they wait for has happened. A console client stays
  * IDLE the whole time, so the wait is a record on proc->admin_waits that the service's tick
- * checks every maintenance pass; while a record exists, the client's further messages stay
- * buffered. */
+ * checks every maintenance pass (a SHOW over frames also as each worker publishes for it); while
+ * a record exists, the client's further messages stay buffered. */
 #include "admin.h"
 
 #include <stdarg.h>
@@ -30,6 +30,8 @@
 #include "error.h"
 #include "log.h"
 #include "sluice.h"
+#include "view.h"
+#include "worker.h"
 
 /* Stop answering (the queries stay buffered) while this much output waits for the client. */
 #define OUT_HIGH_WATER (256 * 1024)
@@ -122,6 +124,7 @@ enum wait_kind {
     WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
     WAIT_OUTPUT,     /* the client has read most of its pending output */
     WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
+    WAIT_FRAMES,     /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
     WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
     WAIT_SET,        /* the same for SET's generation: answered with SET's tag */
 };
@@ -132,6 +135,11 @@ struct admin_wait {
     enum wait_kind kind;
     struct admin_command target; /* only has_name and name are used */
     int rows_pending;            /* WAIT_ROWS: workers asked that have not answered */
+    /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
+     * frames there are (a worker that is closing never publishes again). */
+    enum admin_show show;
+    unsigned publish_ask;
+    uint64_t deadline_ms;
 };
 
 static struct admin_wait *find_wait(struct worker *worker, uint64_t client_id)
@@ -177,6 +185,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
         return c->out.len - c->out_pos <= OUT_HIGH_WATER / 4;
     case WAIT_ROWS:
         return w->rows_pending == 0;
+    case WAIT_FRAMES:
+        return view_frames_answered(worker, w->publish_ask) || sluice_now(worker) >= w->deadline_ms;
     case WAIT_RELOAD:
     case WAIT_SET:
         return control_reload_done(worker);
@@ -197,11 +207,66 @@ static void rows_arrived(struct worker *worker, uint64_t console_id, const uint8
     w->rows_pending--;
 }
 
+static void settle_waits(struct process *proc);
+
+/* A worker published as asked, on the console's (control) thread: a SHOW may answer now. */
+static void frame_published(struct worker *worker, void *arg, bool delivered)
+{
+    (void)arg;
+    if (delivered)
+        settle_waits(worker->proc);
+}
+
+static void publish_asked(struct worker *worker, void *arg, bool delivered)
+{
+    if (!delivered)
+        return; /* its mailbox closed: the console's deadline answers */
+    view_publish_now(worker, (unsigned)(uintptr_t)arg);
+    if (worker_post_call(sluice_control_worker(worker->proc), frame_published, NULL) < 0)
+        return; /* the control worker is closing: nobody waits */
+}
+
+/* Have every other worker publish its frame now; false when none was asked (one worker). */
+static bool ask_publish(struct worker *worker, unsigned ask)
+{
+    struct process *proc = worker->proc;
+    bool asked = false;
+    for (int i = 0; i < proc->nworkers; i++) {
+        struct worker *other = &proc->workers[i];
+        if (other != worker && other->tally &&
+            worker_post_call(other, publish_asked, (void *)(uintptr_t)ask) == 0)
+            asked = true;
+    }
+    return asked;
+}
+
+/* A SHOW over published frames, answered once every worker published after the command came
+ * (PgBouncer's SHOW is exact when it answers; a frame from the last tick may miss a login
+ * since): within a second, else with the frames there are. */
+#define FRAMES_WAIT_MS 1000
+
+static enum outcome show_fresh_frames(struct client *c, const struct admin_command *cmd)
+{
+    struct process *proc = c->worker->proc;
+    unsigned ask = ++proc->publish_asks;
+    if (!ask_publish(c->worker, ask) || !add_wait(c, WAIT_FRAMES, NULL)) {
+        admin_show(c, cmd->show, NULL);
+        return OUT_DONE;
+    }
+    struct admin_wait *w = find_wait(c->worker, c->id);
+    w->show = cmd->show;
+    w->publish_ask = ask;
+    w->deadline_ms = sluice_now(c->worker) + FRAMES_WAIT_MS;
+    return OUT_WAITING;
+}
+
 static enum outcome run_show(struct client *c, const struct admin_command *cmd)
 {
     /* The other workers' rows are asked for only by a console on the control thread, whose
      * admin_waits it is (the console's hand-off to it is 5.6's). */
     bool control = c->worker == sluice_control_worker(c->worker->proc);
+    if (control && admin_show_reads_frames(cmd->show))
+        return show_fresh_frames(c, cmd);
     int asked = admin_show(c, cmd->show, control ? rows_arrived : NULL);
     if (asked == 0)
         return OUT_DONE;
@@ -606,9 +671,9 @@ static void on_data(struct client *c)
     client_send(c);
 }
 
-static void tick(struct process *proc, uint64_t now)
+/* Answer each waiting command whose wait is over (or whose client went). */
+static void settle_waits(struct process *proc)
 {
-    (void)now;
     struct worker *worker = sluice_control_worker(proc);
     struct list_node *n, *tmp;
     list_for_each(&worker->proc->admin_waits, n, tmp)
@@ -619,15 +684,18 @@ static void tick(struct process *proc, uint64_t now)
             continue;
         list_remove(&worker->proc->admin_waits, n);
         enum wait_kind kind = w->kind;
+        enum admin_show show = w->show;
         free(w);
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
+        if (kind == WAIT_FRAMES)
+            admin_show(c, show, NULL);
         if (kind != WAIT_OUTPUT) {
-            put_command_complete(&c->out, kind == WAIT_PAUSE    ? "PAUSE"
-                                          : kind == WAIT_ROWS   ? "SHOW"
-                                          : kind == WAIT_RELOAD ? "RELOAD"
-                                          : kind == WAIT_SET    ? "SET"
-                                                                : "WAIT_CLOSE");
+            put_command_complete(&c->out, kind == WAIT_PAUSE                         ? "PAUSE"
+                                          : kind == WAIT_ROWS || kind == WAIT_FRAMES ? "SHOW"
+                                          : kind == WAIT_RELOAD                      ? "RELOAD"
+                                          : kind == WAIT_SET                         ? "SET"
+                                                             : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
@@ -638,10 +706,17 @@ static void tick(struct process *proc, uint64_t now)
     }
 }
 
+static void tick(struct process *proc, uint64_t now)
+{
+    (void)now;
+    settle_waits(proc);
+}
+
 static void cancel_wait(struct client *c)
 {
     struct admin_wait *w = find_wait(c->worker, c->id);
-    if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || c->state != CLIENT_IDLE)
+    if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || w->kind == WAIT_FRAMES ||
+        c->state != CLIENT_IDLE)
         return;
     list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);

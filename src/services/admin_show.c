@@ -38,8 +38,9 @@ static void show_help(struct client *c)
 }
 
 /* One row of SHOW POOLS. */
-static void pool_row(struct table *t, const struct view_pool *p)
+static void pool_row(const struct view_pool *p, void *ctx)
 {
+    struct table *t = ctx;
     const struct stats_pool_view v = p->now;
     row_begin(t);
     cell_text(t, p->db_name);
@@ -91,22 +92,9 @@ static void show_pools(struct client *c)
         {"paused", COL_INT},
         {"breaker", COL_TEXT}, /* sluice's own: closed, open (database down) or probing */
     };
-    struct worker *worker = c->worker;
-    uint64_t now = sluice_now(worker);
     struct table t;
     table_begin(&t, &c->out, cols, NELEM(cols));
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        pool_row(&t, &pv);
-    }
-    struct view_remote_pool *elsewhere;
-    int n = view_pools_elsewhere(worker, &elsewhere);
-    for (int i = 0; i < n; i++)
-        pool_row(&t, &elsewhere[i].v);
-    free(elsewhere);
+    view_pools_summed(c->worker, pool_row, &t);
 }
 
 /* sluice has no peering ([peers] is warned about and ignored): PgBouncer's columns, no rows, so
@@ -614,6 +602,22 @@ static void show_budgets(struct client *c)
         cell_text(&t, addr);
         cell_int(&t, b->retired ? 1 : 0);
         row_end(&t);
+    }
+}
+
+bool admin_show_reads_frames(enum admin_show what)
+{
+    switch (what) {
+    case ADMIN_SHOW_POOLS:
+    case ADMIN_SHOW_STATS:
+    case ADMIN_SHOW_STATS_TOTALS:
+    case ADMIN_SHOW_STATS_AVERAGES:
+    case ADMIN_SHOW_DATABASES:
+    case ADMIN_SHOW_USERS:
+    case ADMIN_SHOW_LISTS:
+        return true;
+    default:
+        return false;
     }
 }
 

@@ -225,8 +225,12 @@ def backend_count(pg, users=USERS):
 
 
 def pools_made(s, db, user):
-    """On how many workers the pool db/user was made (each worker makes its own on first use)."""
-    return sum(1 for line in s.log if f"pool {db}/{user} created" in line)
+    """On how many workers the pool db/user was made (each worker makes its own for its first
+    client): the workers of the clients whose login the log shows (log_connections = 1; a
+    client's id carries its worker, architecture.md 5.1). "pool ... created" is logged once per
+    process."""
+    login = re.compile(rf"C-(\d+) {re.escape(db)}/{re.escape(user)}@\S* login ok")
+    return len({int(m.group(1)) >> 56 for line in s.log if (m := login.search(line))})
 
 
 def usable_connections(pg):
@@ -268,7 +272,7 @@ def test_storm_over_four_workers_never_passes_the_cap(start_sluice, pg, key):
                               BOTH_USERS_ONE_DB, USERS)
     else:
         main, pairs, users, cap = CAPS[key]
-    s = workers_sluice(start_sluice, pg, **main)
+    s = workers_sluice(start_sluice, pg, log_connections=1, **main)  # for pools_made
     with sampler(pg, users) as sam:
         tally = run_storm(s, pairs, threads=24, per_thread=8)
         time.sleep(0.2)
@@ -301,7 +305,7 @@ def test_queue_over_four_workers_serves_every_client_well_before_query_wait_time
     (5.4) and the longest-waiter-first order serve them. Every client completes, and no login or
     statement waits more than FAIR_S, with query_wait_timeout at CALL_TIMEOUT."""
     pool = 3
-    s = workers_sluice(start_sluice, pg, default_pool_size=pool)
+    s = workers_sluice(start_sluice, pg, default_pool_size=pool, log_connections=1)
     with sampler(pg, ["app"]) as sam:
         tally = run_storm(s, [("app", APP_DB)], threads=24, per_thread=6,
                           sql="SELECT pg_sleep(0.05)", seconds=120)

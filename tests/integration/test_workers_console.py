@@ -7,6 +7,7 @@ worker is served."""
 import json
 import re
 import ssl
+import time
 
 import psycopg
 import pytest
@@ -14,8 +15,8 @@ import pytest
 from certs import make_pki
 from conftest import APP_DB, APP_USER, pick_port, wait_until
 from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
-                         close_all, console, holders_and_idlers, named, raw_many, show, start4,
-                         wait_pool, worker_of)
+                         close_all, connect_many, console, holders_and_idlers, named, pool_row,
+                         raw_many, show, start4, wait_pool, worker_of)
 from pgwire import RawConn, query_msg, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
 
@@ -246,3 +247,60 @@ def test_console_queries_pipelined_behind_the_startup_packet_are_answered(
             s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW, since=mark)
     finally:
         first.close()
+
+
+@pytest.mark.timeout(120)
+def test_show_right_after_logins_on_every_worker_counts_them_all(start_sluice, pg):
+    """SHOW POOLS (and STATS, DATABASES, USERS, LISTS) read the other workers' pools from the
+    frames they publish; a frame published at a tick before a login missed that client, so a SHOW right
+    after logins on other workers undercounted them (cl_active one short). The console now asks
+    every worker to publish before it answers: exact at the moment it answers, as with one
+    worker."""
+    s = start4(start_sluice, pg)
+    clients = []
+    try:
+        with console(s) as adm:
+            for _ in range(5):
+                clients += connect_many(s, f"r{len(clients)}-", WORKERS)
+                row = pool_row(adm)  # at once: no wait for a tick
+                assert row["cl_active"] + row["cl_waiting"] == len(clients), row
+                assert row["cl_active"] == len(clients), row
+            assert {worker_of(r) for r in app_clients(adm)} == set(range(WORKERS))
+    finally:
+        close_all(clients)
+
+
+def _log_seconds(line):
+    h, m, sec = re.search(r"(\d\d):(\d\d):(\d\d\.\d+)", line).groups()
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+@pytest.mark.timeout(120)
+def test_one_log_line_per_pool_for_every_worker(start_sluice, pg):
+    """One log for the process (5.6): each worker logged its own "stats db/user" line per pool
+    every stats_period (two lines with different numbers for one pool with workers = 2), and
+    its own "pool db/user created" and "at most N servers" lines. Now the control worker logs
+    one stats line per pool key, summed over the workers, and the others once per process."""
+    s = start4(start_sluice, pg, workers=2, stats_period=1)
+    clients = connect_many(s, "c", 4)
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        with console(s) as adm:
+            assert {worker_of(r) for r in app_clients(adm)} == {0, 1}
+            servers = len(app_servers(adm))
+        mark = s.mark()
+        time.sleep(3.5 * SLOW)
+        stats = [line for line in s.log_since(mark) if f"stats {APP_DB}/{APP_USER}:" in line]
+        assert len(stats) >= 2, s.log_since(mark)
+        times = [_log_seconds(line) for line in stats]
+        assert all(b - a > 0.5 for a, b in zip(times, times[1:])), stats
+        for line in stats:
+            assert "clients active 0 waiting 0 idle 4;" in line, line
+            assert f"servers active 0 idle {servers} connecting 0" in line, line
+            assert "; 4 transactions" in line, line
+        log = s.log
+        assert sum(f"pool {APP_DB}/{APP_USER} created" in line for line in log) == 1, log
+        assert sum(f"pool {APP_DB}/{APP_USER}: at most" in line for line in log) == 1, log
+    finally:
+        close_all(clients)
