@@ -109,10 +109,12 @@ bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_sin
     struct pool *p = s->pool;
     struct worker *worker = p->worker;
     struct ledger *l = &worker->proc->ledger;
-    /* session mode is left to its own order: a session waiter elsewhere may want other startup
-     * parameters, and the server would be closed there rather than serve it */
-    if (worker->proc->nworkers < 2 || p->is_admin || p->mode == POOL_SESSION ||
-        !ledger_has_waiters(l) || !sluice_serving(worker) || !movable(s))
+    /* Session mode too: otherwise a worker whose clients keep reconnecting keeps its servers
+     * and another worker's clients wait for query_wait_timeout. A session waiter there may want
+     * other startup parameters: the server is then closed there for it (pool.c's
+     * pool_room_owed_to_older, close_idle_unwanted), once, as it would be here. */
+    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
+        !sluice_serving(worker) || !movable(s))
         return false;
     int to = ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
                                 HANDOVER_FAIRNESS_SLACK_MS, next_since_ms);
