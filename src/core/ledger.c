@@ -230,6 +230,14 @@ static void give_server(struct ledger *l, struct ledger_key *key, int holder)
     count(l, key->db, key->user, holder, -1);
 }
 
+int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int holder)
+{
+    lock(l);
+    give_server(l, key, holder);
+    unlock(l);
+    return holder;
+}
+
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);

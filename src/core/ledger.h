@@ -176,6 +176,10 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
  * to wake for the slot it frees (the oldest entry of the wait list that this slot can serve, taken
  * off the list), or LEDGER_NO_WORKER. */
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder);
+/* As ledger_give_server, for a backend its own worker closed to make room for one of that worker's
+ * waiters (server_close_for's room_for): no other worker's entry is woken or taken off the list,
+ * since the slot is that waiter's (its worker's next dispatch takes it). Returns holder. */
+int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int holder);
 /* The idle-server handover (5.4): one backend of key leaves share `from` for share `to` (a
  * worker's index or LEDGER_IN_TRANSIT) in one step; no total changes, so no cap is checked and
  * nobody is woken. A handover moves it twice so that each worker's audit stays exact while the
