@@ -584,7 +584,8 @@ static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger
 }
 
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms, int want, const struct ledger_caps *caps)
+                     uint64_t since_ms, int want, const struct ledger_caps *caps,
+                     uint64_t startup_fp)
 {
     struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
     lock(l);
@@ -601,7 +602,8 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
                                     .since_ms = since_ms,
                                     .want = want > 0 ? want : 1,
                                     .coming = coming,
-                                    .caps_known = caps != NULL};
+                                    .caps_known = caps != NULL,
+                                    .startup_fp = startup_fp};
         if (caps)
             w->caps = *caps;
         /* after every entry as old or older: equal times keep the order they came in */
@@ -620,7 +622,7 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
 int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms)
 {
-    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL);
+    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL, 0);
     return rc < 0 ? rc : 0;
 }
 
@@ -675,10 +677,11 @@ static void place_waiter(struct ledger *l, struct ledger_waiter *w)
     *pp = w;
 }
 
-int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
-                       uint64_t slack_ms, uint64_t next_since_ms)
+struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
+                                       uint64_t since_ms, uint64_t slack_ms,
+                                       uint64_t next_since_ms, uint64_t startup_fp)
 {
-    int worker = LEDGER_NO_WORKER;
+    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
     lock(l);
     /* the local waiter is served: the asking worker's own entry is its next waiter's from now
      * (else it looks older than it is, and other workers send their servers here for nothing) */
@@ -693,17 +696,24 @@ int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint6
         if (w->key != key || w->worker == self || w->coming >= w->want ||
             get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
+        if (w->startup_fp == startup_fp)
+            claim.kind = LEDGER_CLAIM_MOVE;
+        else if (w->coming == 0)
+            claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
+        else
+            continue;
         w->coming++;
-        worker = w->worker;
+        claim.worker = w->worker;
+        claim.key = w->key;
         break;
     }
-    if (own && worker != LEDGER_NO_WORKER) {
+    if (own && claim.kind != LEDGER_CLAIM_NONE) {
         own->since_ms = since_ms; /* not served here after all */
         own = unlink_waiter(l, key, self);
         place_waiter(l, own);
     }
     unlock(l);
-    return worker;
+    return claim;
 }
 
 /* Under the lock: (key, worker)'s entry, or NULL. */

@@ -55,8 +55,12 @@ static void close_now(struct server *s);
 static void left(struct server *s)
 {
     struct pool *p = s->pool, *room_for = s->room_for;
+    /* Closed for another worker's waiter: the give woke that worker, and a dispatch here would
+     * take its slot for a waiter of this one (which then closes another server for it). */
+    bool for_another_worker = s->room_key != NULL;
     close_now(s);
-    pool_server_gone(p, room_for);
+    if (!for_another_worker)
+        pool_server_gone(p, room_for);
 }
 
 static void leaving_step(struct server *s, int status)
