@@ -590,7 +590,12 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
     struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
     lock(l);
     struct ledger_waiter *w = unlink_waiter(l, key, worker);
-    int coming = w ? w->coming : 0, made = !w;
+    int coming = w ? w->coming : 0, made = !w, rooms = 0;
+    /* The same oldest waiter: the closes for it still on their way stay counted (those whose
+     * slot was freed were taken by this registering worker, or by another: not coming). */
+    if (w && w->startup_fp == startup_fp && w->since_ms + 5 >= since_ms &&
+        since_ms + 5 >= w->since_ms) /* within the loops' clock skew (uv_now per iteration) */
+        rooms = w->rooms - w->rooms_freed;
     if (!w) {
         w = fresh;
         fresh = NULL;
@@ -603,7 +608,8 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
                                     .want = want > 0 ? want : 1,
                                     .coming = coming,
                                     .caps_known = caps != NULL,
-                                    .startup_fp = startup_fp};
+                                    .startup_fp = startup_fp,
+                                    .rooms = rooms};
         if (caps)
             w->caps = *caps;
         /* after every entry as old or older: equal times keep the order they came in */
@@ -624,6 +630,33 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
 {
     int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL, 0);
     return rc < 0 ? rc : 0;
+}
+
+/* Under the lock: (key, worker)'s entry, or NULL. */
+static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
+        if (w->key == key && w->worker == worker)
+            return w;
+    return NULL;
+}
+
+int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    lock(l);
+    const struct ledger_waiter *w = find_waiter(l, key, worker);
+    int rooms = w ? w->rooms : 0;
+    unlock(l);
+    return rooms;
+}
+
+/* Under the lock: a server claimed for w arrived, or its slot was freed for it. */
+static void claim_done(struct ledger_waiter *w)
+{
+    if (w->rooms > w->rooms_freed)
+        w->rooms_freed++;
+    else if (w->coming > 0)
+        w->coming--;
 }
 
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
@@ -696,13 +729,15 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
         if (w->key != key || w->worker == self || w->coming >= w->want ||
             get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
-        if (w->startup_fp == startup_fp)
+        if (w->startup_fp == startup_fp) {
             claim.kind = LEDGER_CLAIM_MOVE;
-        else if (w->coming == 0)
+            w->coming++;
+        } else if (w->rooms == 0) {
             claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
-        else
+            w->rooms++;
+        } else {
             continue;
-        w->coming++;
+        }
         claim.worker = w->worker;
         claim.key = w->key;
         break;
@@ -716,21 +751,12 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
     return claim;
 }
 
-/* Under the lock: (key, worker)'s entry, or NULL. */
-static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
-{
-    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
-        if (w->key == key && w->worker == worker)
-            return w;
-    return NULL;
-}
-
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
 {
     lock(l);
     struct ledger_waiter *w = find_waiter(l, key, worker);
-    if (w && w->coming > 0)
-        w->coming--;
+    if (w)
+        claim_done(w);
     unlock(l);
 }
 
@@ -743,8 +769,7 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
     int worker;
     if (w) {
         /* the entry stays: its worker takes the slot and registers again if still held */
-        if (w->coming > 0)
-            w->coming--;
+        claim_done(w);
         worker = room_worker;
     } else {
         worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;

@@ -142,6 +142,10 @@ struct ledger_waiter {
     /* Session mode: the startup fingerprint its oldest waiter wants (a server opened with other
      * parameters is closed for it, not moved); 0 in the other modes, as every server's. */
     uint64_t startup_fp;
+    /* Session mode: servers another worker closed for its oldest waiter (ledger_claim_older's
+     * CLOSE), and of those the ones whose slot is free now. Kept until the worker registers
+     * again: a close per such waiter, not one per release while its worker takes the slot. */
+    int rooms, rooms_freed;
 };
 
 struct ledger {
@@ -298,6 +302,9 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
                      uint64_t since_ms, int want, const struct ledger_caps *caps,
                      uint64_t startup_fp)
     __attribute__((warn_unused_result));
+/* Servers other workers are closing for (key, worker)'s oldest waiter (session mode), so that
+ * its own worker does not close one of its own for it as well. */
+int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its

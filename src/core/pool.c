@@ -687,6 +687,9 @@ void pool_server_ready(struct server *s)
         return;
     if (c && pool_room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
+        /* the ledger's entry names the next waiter now: other workers close none for this one */
+        if (worker->proc->nworkers > 1)
+            maybe_connect(p);
         return;
     }
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {

@@ -231,8 +231,16 @@ bool pool_room_owed_to_older(struct pool *p, const struct client *c)
         if (may_lease(w))
             ahead++;
     }
-    /* The rooms being made go to the first waiters without a server. */
+    /* The rooms being made go to the first waiters without a server: those this worker is
+     * making, and those other workers close servers for (ledger_claim_older). */
     struct client *first = NULL;
-    return ahead > 0 && pool_count_unprovided(p, ahead, &first) > p->rooms_awaited;
+    int unprovided = ahead > 0 ? pool_count_unprovided(p, ahead, &first) : 0;
+    if (unprovided <= p->rooms_awaited)
+        return false;
+    int rooms_elsewhere = p->worker->proc->nworkers > 1
+                              ? ledger_wait_rooms(&p->worker->proc->ledger, p->ledger_key,
+                                                  (int)p->worker->index)
+                              : 0;
+    return unprovided > p->rooms_awaited + rooms_elsewhere;
 }
 
