@@ -122,8 +122,7 @@ bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_sin
         !sluice_serving(worker) || !movable(s))
         return false;
     return act_on(s, ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
-                                        HANDOVER_FAIRNESS_SLACK_MS, next_since_ms,
-                                        s->startup_fp));
+                                        HANDOVER_FAIRNESS_SLACK_MS, next_since_ms, s->startup_fp));
 }
 
 void handover_offer_pool(struct pool *p)

@@ -711,8 +711,8 @@ static void place_waiter(struct ledger *l, struct ledger_waiter *w)
 }
 
 struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
-                                       uint64_t since_ms, uint64_t slack_ms,
-                                       uint64_t next_since_ms, uint64_t startup_fp)
+                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
+                                       uint64_t startup_fp)
 {
     struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
     lock(l);

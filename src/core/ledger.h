@@ -300,8 +300,7 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
  * when an entry was updated (want and caps replaced, coming kept), or -ENOMEM. */
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms, int want, const struct ledger_caps *caps,
-                     uint64_t startup_fp)
-    __attribute__((warn_unused_result));
+                     uint64_t startup_fp) __attribute__((warn_unused_result));
 /* Servers other workers are closing for (key, worker)'s oldest waiter (session mode), so that
  * its own worker does not close one of its own for it as well. */
 int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker);
@@ -343,8 +342,8 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
  * after that one, which its own entry of key (if any) takes when the local waiter is served,
  * so the entry stays its oldest waiter's. */
 struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
-                                       uint64_t since_ms, uint64_t slack_ms,
-                                       uint64_t next_since_ms, uint64_t startup_fp);
+                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
+                                       uint64_t startup_fp);
 /* A server claimed for (key, worker) arrived there, or will not come: its entry's coming - 1. */
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)

@@ -348,9 +348,8 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
      * a waiter of other startup parameters once, not once per release while its room comes. */
     const struct client *head = NULL;
     if (slot_cap && !list_empty(&p->waiting))
-        head = p->mode == POOL_SESSION
-                   ? pool_first_unprovided_after(p, p->rooms_awaited)
-                   : container_of(list_first(&p->waiting), struct client, node);
+        head = p->mode == POOL_SESSION ? pool_first_unprovided_after(p, p->rooms_awaited)
+                                       : container_of(list_first(&p->waiting), struct client, node);
     if (!head) {
         if (p->slot_wait == POOL_SLOT_WAIT_NOTED)
             ledger_wait_done(l, p->ledger_key, self);

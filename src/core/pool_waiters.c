@@ -237,10 +237,10 @@ bool pool_room_owed_to_older(struct pool *p, const struct client *c)
     int unprovided = ahead > 0 ? pool_count_unprovided(p, ahead, &first) : 0;
     if (unprovided <= p->rooms_awaited)
         return false;
-    int rooms_elsewhere = p->worker->proc->nworkers > 1
-                              ? ledger_wait_rooms(&p->worker->proc->ledger, p->ledger_key,
-                                                  (int)p->worker->index)
-                              : 0;
+    int rooms_elsewhere =
+        p->worker->proc->nworkers > 1
+            ? ledger_wait_rooms(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index)
+            : 0;
     return unprovided > p->rooms_awaited + rooms_elsewhere;
 }
 

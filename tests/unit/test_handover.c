@@ -130,8 +130,8 @@ static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(v
     CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1); /* another key: never */
     CHECK_INT(older_to(&l, a1, 0, 1000, 5, 0), LEDGER_NO_WORKER);
     CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps, 0), 1);
-    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps, 0), 1);  /* its own: never */
-    CHECK_INT(older_to(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER); /* within the slack */
+    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps, 0), 1); /* its own: never */
+    CHECK_INT(older_to(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER);             /* within the slack */
     CHECK_INT(older_to(&l, a1, 0, 306, 5, 0), 1);
     CHECK_INT(older_to(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER); /* one on its way */
     ledger_wait_arrived(&l, a1, 1);
