@@ -67,19 +67,10 @@ static void move(struct server *s, struct worker *to)
     server_close(s, "could not be moved to the worker whose client waits");
 }
 
-bool handover_offer(struct server *s)
+/* What the ledger's claim says of s: moved, closed for the slot, or kept (false). */
+static bool act_on(struct server *s, struct ledger_claim claim)
 {
-    struct pool *p = s->pool;
-    struct worker *worker = p->worker;
-    struct ledger *l = &worker->proc->ledger;
-    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
-        !sluice_serving(worker) || !movable(s))
-        return false;
-    /* local first: session-mode waiters of its own pool that want other startup parameters
-     * get room by closing it (pool.c's close_idle_unwanted) */
-    if (p->mode == POOL_SESSION && !list_empty(&p->waiting))
-        return false;
-    struct ledger_claim claim = ledger_claim_idle(l, p->ledger_key, (int)worker->index);
+    struct worker *worker = s->pool->worker;
     if (claim.kind == LEDGER_CLAIM_MOVE) {
         move(s, &worker->proc->workers[claim.worker]);
         return true;
@@ -93,6 +84,21 @@ bool handover_offer(struct server *s)
         return true;
     }
     return false;
+}
+
+bool handover_offer(struct server *s)
+{
+    struct pool *p = s->pool;
+    struct worker *worker = p->worker;
+    struct ledger *l = &worker->proc->ledger;
+    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
+        !sluice_serving(worker) || !movable(s))
+        return false;
+    /* local first: session-mode waiters of its own pool that want other startup parameters
+     * get room by closing it (pool.c's close_idle_unwanted) */
+    if (p->mode == POOL_SESSION && !list_empty(&p->waiting))
+        return false;
+    return act_on(s, ledger_claim_idle(l, p->ledger_key, (int)worker->index));
 }
 
 /* How much longer another worker's waiter must have waited than the local one before a
@@ -109,17 +115,14 @@ bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_sin
     struct pool *p = s->pool;
     struct worker *worker = p->worker;
     struct ledger *l = &worker->proc->ledger;
-    /* session mode is left to its own order: a session waiter elsewhere may want other startup
-     * parameters, and the server would be closed there rather than serve it */
-    if (worker->proc->nworkers < 2 || p->is_admin || p->mode == POOL_SESSION ||
-        !ledger_has_waiters(l) || !sluice_serving(worker) || !movable(s))
+    /* Session mode too: otherwise a worker whose clients keep reconnecting keeps its servers
+     * and another worker's clients wait for query_wait_timeout. When the older waiter there
+     * wants other startup parameters, s is closed here for it (the ledger's claim says so). */
+    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
+        !sluice_serving(worker) || !movable(s))
         return false;
-    int to = ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
-                                HANDOVER_FAIRNESS_SLACK_MS, next_since_ms);
-    if (to == LEDGER_NO_WORKER)
-        return false;
-    move(s, &worker->proc->workers[to]);
-    return true;
+    return act_on(s, ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
+                                        HANDOVER_FAIRNESS_SLACK_MS, next_since_ms, s->startup_fp));
 }
 
 void handover_offer_pool(struct pool *p)

@@ -24,12 +24,14 @@ struct ledger_key;
 /* s just went idle on its worker (pool_server_ready) or sits idle: if another worker's waiter
  * can use it, move it there or close it to free the slot. true when s left this pool. */
 bool handover_offer(struct server *s);
-/* s just went idle (pool_server_ready) and would serve a local waiter that arrived at
- * since_ms (ledger_now_ms's clock): when another worker's waiter of its key has waited longer
- * by more than HANDOVER_FAIRNESS_SLACK_MS, s moves there instead (5.3's fairness of the
- * longest waiter). true when s left this pool. Lock-free while no worker waits for a slot.
- * next_since_ms: the arrival of the local waiter after that one (0: none), what this worker's
- * entry in the ledger's wait list says once that one is served (ledger_claim_older). */
+/* s just went idle (pool_server_ready) and would serve a local waiter; since_ms (ledger_now_ms's
+ * clock): the arrival of this pool's oldest waiter. When another worker's waiter of its key has
+ * waited longer by more than HANDOVER_FAIRNESS_SLACK_MS, s moves there instead (5.3's fairness
+ * of the longest waiter), or, in session mode when that waiter wants other startup parameters,
+ * closes to free its slot for it. true when s left this pool. Lock-free while no worker waits
+ * for a slot. next_since_ms: the arrival of the local waiter after the one served (0: none, or
+ * the oldest is not the one served), what this worker's entry in the ledger's wait list says
+ * once that one is served (ledger_claim_older). */
 bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_since_ms);
 /* Offer every idle server of p (a need was announced, or the pool's tick found one). */
 void handover_offer_pool(struct pool *p);

@@ -220,6 +220,14 @@ static void give_server(struct ledger *l, struct ledger_key *key, int holder)
     count(l, key->db, key->user, holder, -1);
 }
 
+int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int holder)
+{
+    lock(l);
+    give_server(l, key, holder);
+    unlock(l);
+    return holder;
+}
+
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);
@@ -577,12 +585,18 @@ static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger
 }
 
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms, int want, const struct ledger_caps *caps)
+                     uint64_t since_ms, int want, const struct ledger_caps *caps,
+                     uint64_t startup_fp)
 {
     struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
     lock(l);
     struct ledger_waiter *w = unlink_waiter(l, key, worker);
-    int coming = w ? w->coming : 0, made = !w;
+    int coming = w ? w->coming : 0, made = !w, rooms = 0;
+    /* The same oldest waiter: the closes for it still on their way stay counted (those whose
+     * slot was freed were taken by this registering worker, or by another: not coming). */
+    if (w && w->startup_fp == startup_fp && w->since_ms + 5 >= since_ms &&
+        since_ms + 5 >= w->since_ms) /* within the loops' clock skew (uv_now per iteration) */
+        rooms = w->rooms - w->rooms_freed;
     if (!w) {
         w = fresh;
         fresh = NULL;
@@ -594,7 +608,9 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
                                     .since_ms = since_ms,
                                     .want = want > 0 ? want : 1,
                                     .coming = coming,
-                                    .caps_known = caps != NULL};
+                                    .caps_known = caps != NULL,
+                                    .startup_fp = startup_fp,
+                                    .rooms = rooms};
         if (caps)
             w->caps = *caps;
         /* after every entry as old or older: equal times keep the order they came in */
@@ -613,8 +629,35 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
 int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms)
 {
-    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL);
+    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL, 0);
     return rc < 0 ? rc : 0;
+}
+
+/* Under the lock: (key, worker)'s entry, or NULL. */
+static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
+        if (w->key == key && w->worker == worker)
+            return w;
+    return NULL;
+}
+
+int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    lock(l);
+    const struct ledger_waiter *w = find_waiter(l, key, worker);
+    int rooms = w ? w->rooms : 0;
+    unlock(l);
+    return rooms;
+}
+
+/* Under the lock: a server claimed for w arrived, or its slot was freed for it. */
+static void claim_done(struct ledger_waiter *w)
+{
+    if (w->rooms > w->rooms_freed)
+        w->rooms_freed++;
+    else if (w->coming > 0)
+        w->coming--;
 }
 
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
@@ -668,10 +711,11 @@ static void place_waiter(struct ledger *l, struct ledger_waiter *w)
     *pp = w;
 }
 
-int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
-                       uint64_t slack_ms, uint64_t next_since_ms)
+struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
+                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
+                                       uint64_t startup_fp)
 {
-    int worker = LEDGER_NO_WORKER;
+    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
     lock(l);
     /* the local waiter is served: the asking worker's own entry is its next waiter's from now
      * (else it looks older than it is, and other workers send their servers here for nothing) */
@@ -686,34 +730,34 @@ int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint6
         if (w->key != key || w->worker == self || w->coming >= w->want ||
             get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
-        w->coming++;
-        worker = w->worker;
+        if (w->startup_fp == startup_fp) {
+            claim.kind = LEDGER_CLAIM_MOVE;
+            w->coming++;
+        } else if (w->rooms == 0) {
+            claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
+            w->rooms++;
+        } else {
+            continue;
+        }
+        claim.worker = w->worker;
+        claim.key = w->key;
         break;
     }
-    if (own && worker != LEDGER_NO_WORKER) {
+    if (own && claim.kind != LEDGER_CLAIM_NONE) {
         own->since_ms = since_ms; /* not served here after all */
         own = unlink_waiter(l, key, self);
         place_waiter(l, own);
     }
     unlock(l);
-    return worker;
-}
-
-/* Under the lock: (key, worker)'s entry, or NULL. */
-static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
-{
-    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
-        if (w->key == key && w->worker == worker)
-            return w;
-    return NULL;
+    return claim;
 }
 
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
 {
     lock(l);
     struct ledger_waiter *w = find_waiter(l, key, worker);
-    if (w && w->coming > 0)
-        w->coming--;
+    if (w)
+        claim_done(w);
     unlock(l);
 }
 
@@ -726,8 +770,7 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
     int worker;
     if (w) {
         /* the entry stays: its worker takes the slot and registers again if still held */
-        if (w->coming > 0)
-            w->coming--;
+        claim_done(w);
         worker = room_worker;
     } else {
         worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;

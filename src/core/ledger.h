@@ -149,6 +149,13 @@ struct ledger_waiter {
     int want, coming;
     struct ledger_caps caps; /* the caps its last take failed under (a close must make room) */
     bool caps_known;
+    /* Session mode: the startup fingerprint its oldest waiter wants (a server opened with other
+     * parameters is closed for it, not moved); 0 in the other modes, as every server's. */
+    uint64_t startup_fp;
+    /* Session mode: servers another worker closed for its oldest waiter (ledger_claim_older's
+     * CLOSE), and of those the ones whose slot is free now. Kept until the worker registers
+     * again: a close per such waiter, not one per release while its worker takes the slot. */
+    int rooms, rooms_freed;
 };
 
 struct ledger {
@@ -187,6 +194,10 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
  * to wake for the slot it frees (the oldest entry of the wait list that this slot can serve, taken
  * off the list), or LEDGER_NO_WORKER. */
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder);
+/* As ledger_give_server, for a backend its own worker closed to make room for one of that worker's
+ * waiters (server_close_for's room_for): no other worker's entry is woken or taken off the list,
+ * since the slot is that waiter's (its worker's next dispatch takes it). Returns holder. */
+int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int holder);
 /* The idle-server handover (5.4): one backend of key leaves share `from` for share `to` (a
  * worker's index or LEDGER_IN_TRANSIT) in one step; no total changes, so no cap is checked and
  * nobody is woken. A handover moves it twice so that each worker's audit stays exact while the
@@ -315,12 +326,16 @@ uint64_t ledger_now_ms(void);
 int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms) __attribute__((warn_unused_result));
 /* The same, for the idle-server handover (5.4): want, the servers its waiters need (>= 1);
- * caps, those the take failed under (NULL: unknown; then a close for it is not checked).
+ * caps, those the take failed under (NULL: unknown; then a close for it is not checked);
+ * startup_fp, the startup fingerprint its oldest waiter wants (session mode; else 0).
  * Returns 1 when the entry is new (the caller tells the other workers: worker_post_need), 0
  * when an entry was updated (want and caps replaced, coming kept), or -ENOMEM. */
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms, int want, const struct ledger_caps *caps)
-    __attribute__((warn_unused_result));
+                     uint64_t since_ms, int want, const struct ledger_caps *caps,
+                     uint64_t startup_fp) __attribute__((warn_unused_result));
+/* Servers other workers are closing for (key, worker)'s oldest waiter (session mode), so that
+ * its own worker does not close one of its own for it as well. */
+int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its
@@ -350,13 +365,17 @@ struct ledger_claim {
 struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self);
 /* Fairness of the longest waiter (5.3): the oldest entry of key itself (paused keys passed
  * over, coming < want) of another worker whose waiter arrived more than slack_ms before
- * since_ms (the asking worker's own waiter that the released server would serve), its coming
- * + 1: the server moves there (LEDGER_CLAIM_MOVE) instead of serving the local waiter.
- * LEDGER_NO_WORKER: none waited that much longer. next_since_ms (0: none or unknown): the
- * arrival of the asking worker's waiter after that one, which its own entry of key (if any)
- * takes when the local waiter is served, so the entry stays its oldest waiter's. */
-int ledger_claim_older(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
-                       uint64_t slack_ms, uint64_t next_since_ms);
+ * since_ms (the asking worker's oldest waiter), its coming + 1: the server (opened with
+ * startup_fp) moves there (LEDGER_CLAIM_MOVE) instead of serving a local waiter; when that
+ * entry's oldest waiter wants other startup parameters (session mode) and nothing is on its
+ * way to it yet, the server closes and its slot goes there (LEDGER_CLAIM_CLOSE: once per such
+ * waiter, as a close for it on its own worker would be). LEDGER_CLAIM_NONE: none waited that
+ * much longer. next_since_ms (0: none or unknown): the arrival of the asking worker's waiter
+ * after that one, which its own entry of key (if any) takes when the local waiter is served,
+ * so the entry stays its oldest waiter's. */
+struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
+                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
+                                       uint64_t startup_fp);
 /* A server claimed for (key, worker) arrived there, or will not come: its entry's coming - 1. */
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)

@@ -344,13 +344,19 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     int self = (int)worker->index;
     bool slot_cap =
         held == LIMIT_POOL || held == LIMIT_DB || held == LIMIT_USER || held == LIMIT_GLOBAL;
-    if (!slot_cap || list_empty(&p->waiting)) {
+    /* Session mode: the entry is the oldest waiter for whom no server logs in and no room is
+     * being made (a close for it here or elsewhere), so that other workers close a server for
+     * a waiter of other startup parameters once, not once per release while its room comes. */
+    const struct client *head = NULL;
+    if (slot_cap && !list_empty(&p->waiting))
+        head = p->mode == POOL_SESSION ? pool_first_unprovided_after(p, p->rooms_awaited)
+                                       : container_of(list_first(&p->waiting), struct client, node);
+    if (!head) {
         if (p->slot_wait == POOL_SLOT_WAIT_NOTED)
             ledger_wait_done(l, p->ledger_key, self);
         p->slot_wait = POOL_SLOT_WAIT_NONE;
         return;
     }
-    const struct client *head = container_of(list_first(&p->waiting), struct client, node);
     uint64_t waited = sluice_now(worker) - head->state_since_ms, now = ledger_now_ms();
     /* What another worker's idle servers could do for it (handover.c): the servers its waiters
      * still need, and the caps a close elsewhere must make room under. */
@@ -359,7 +365,7 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     struct ledger_caps caps;
     budget_server_caps(p, false, &caps);
     int rc = ledger_wait_need(l, p->ledger_key, self, held, now > waited ? now - waited : 0, want,
-                              &caps);
+                              &caps, pool_startup_wanted(p, head));
     if (rc >= 0)
         p->slot_wait = POOL_SLOT_WAIT_NOTED;
     if (rc > 0)
@@ -612,18 +618,25 @@ void pool_learn_welcome(struct server *s)
 }
 
 /* Fairness of the longest waiter across workers (5.3): s, released with c waiting here, moves
- * to another worker whose waiter of this key has waited longer than c by more than the slack
- * (handover.c). Only another worker's registered waiter makes this take the ledger's lock. */
+ * to another worker whose waiter of this key has waited longer than this pool's oldest waiter
+ * by more than the slack (handover.c), or closes for it when it wants other startup parameters.
+ * The oldest, not c: in session mode the head may be a waiter of other parameters that c is
+ * behind, and a server closed here for it must not be one another worker's older waiter wants
+ * (it would close the head's fresh server for that one in turn). Only another worker's
+ * registered waiter makes this take the ledger's lock. */
 static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
 {
     struct pool *p = s->pool;
     uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
-    /* the waiter after c, whose arrival this worker's entry says once c is served */
-    const struct list_node *n = list_first(&p->waiting);
-    if (n == &c->node)
-        n = n->next != &p->waiting.head ? n->next : NULL;
-    const struct client *next = n ? container_of(n, struct client, node) : NULL;
-    uint64_t since = now - (clock - c->state_since_ms);
+    const struct client *oldest = pool_first_eligible(p);
+    if (!oldest)
+        oldest = c;
+    /* the waiter after c, whose arrival this worker's entry says once c is served (c is the
+     * oldest; else the entry stays the oldest's) */
+    const struct client *next = NULL;
+    if (oldest == c && c->node.next != &p->waiting.head)
+        next = container_of(c->node.next, struct client, node);
+    uint64_t since = now - (clock - oldest->state_since_ms);
     uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
     server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
     buf_detach_if_empty(&s->in);
@@ -673,13 +686,18 @@ void pool_server_ready(struct server *s)
         return;
     }
     struct client *c = is_paused(p) ? NULL : pool_first_fitting(p, s);
-    if (c && pool_room_owed_to_older(p, c)) {
-        close_server_for(s, closed_for_older, p);
-        return;
-    }
+    /* Another worker's older waiter first: a close here for this pool's oldest would otherwise
+     * give that waiter's room to a younger one. */
     if (c && worker->proc->nworkers > 1 && ledger_has_waiters(&worker->proc->ledger) &&
         pass_to_older_elsewhere(s, c))
         return;
+    if (c && pool_room_owed_to_older(p, c)) {
+        close_server_for(s, closed_for_older, p);
+        /* the ledger's entry names the next waiter now: other workers close none for this one */
+        if (worker->proc->nworkers > 1)
+            maybe_connect(p);
+        return;
+    }
     if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;

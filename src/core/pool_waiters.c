@@ -107,9 +107,10 @@ int pool_count_eligible(const struct pool *p, int enough)
 /* The eligible waiters in FIFO order (at most `enough`) that no server still logging in will
  * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
  * Their count; *first: the first of them (NULL: none). */
-int pool_count_unprovided(const struct pool *p, int enough, struct client **first)
+/* pool_count_unprovided, and *nth: the unprovided waiter after the first `skip` of them. */
+static int count_unprovided(const struct pool *p, int enough, int skip, struct client **nth)
 {
-    *first = NULL;
+    *nth = NULL;
     int coming_n = 0, n = 0, seen = 0;
     uint64_t *coming = NULL;
     if (p->connecting.count > 0) {
@@ -135,12 +136,23 @@ int pool_count_unprovided(const struct pool *p, int enough, struct client **firs
             coming[i] = coming[--coming_n];
             continue;
         }
-        if (!*first)
-            *first = c;
-        n++;
+        if (n++ == skip)
+            *nth = c;
     }
     free(coming);
     return n;
+}
+
+int pool_count_unprovided(const struct pool *p, int enough, struct client **first)
+{
+    return count_unprovided(p, enough, 0, first);
+}
+
+struct client *pool_first_unprovided_after(const struct pool *p, int skip)
+{
+    struct client *nth;
+    count_unprovided(p, p->waiting.count, skip, &nth);
+    return nth;
 }
 
 /* The most recently used idle server of p opened with startup fingerprint fp, or NULL. */
@@ -219,8 +231,16 @@ bool pool_room_owed_to_older(struct pool *p, const struct client *c)
         if (may_lease(w))
             ahead++;
     }
-    /* The rooms being made go to the first waiters without a server. */
+    /* The rooms being made go to the first waiters without a server: those this worker is
+     * making, and those other workers close servers for (ledger_claim_older). */
     struct client *first = NULL;
-    return ahead > 0 && pool_count_unprovided(p, ahead, &first) > p->rooms_awaited;
+    int unprovided = ahead > 0 ? pool_count_unprovided(p, ahead, &first) : 0;
+    if (unprovided <= p->rooms_awaited)
+        return false;
+    int rooms_elsewhere =
+        p->worker->proc->nworkers > 1
+            ? ledger_wait_rooms(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index)
+            : 0;
+    return unprovided > p->rooms_awaited + rooms_elsewhere;
 }
 

@@ -22,6 +22,9 @@ int pool_count_eligible(const struct pool *p, int enough);
  * serve: each one connecting for a startup fingerprint goes to the first waiter that wants it.
  * Their count; *first: the first of them (NULL: none). */
 int pool_count_unprovided(const struct pool *p, int enough, struct client **first);
+/* Of those, the one after the first `skip` (the rooms being made go to the first ones), or
+ * NULL: every eligible waiter has a server coming. */
+struct client *pool_first_unprovided_after(const struct pool *p, int skip);
 /* The first eligible waiter, FIFO, with an idle server opened with the startup parameters it
  * wants (*s), or NULL. */
 struct client *pool_first_served_by_idle(const struct pool *p, struct server **s);

@@ -55,8 +55,12 @@ static void close_now(struct server *s);
 static void left(struct server *s)
 {
     struct pool *p = s->pool, *room_for = s->room_for;
+    /* Closed for another worker's waiter: the give woke that worker, and a dispatch here would
+     * take its slot for a waiter of this one (which then closes another server for it). */
+    bool for_another_worker = s->room_key != NULL;
     close_now(s);
-    pool_server_gone(p, room_for);
+    if (!for_another_worker)
+        pool_server_gone(p, room_for);
 }
 
 static void leaving_step(struct server *s, int status)
@@ -234,8 +238,9 @@ static void close_now(struct server *s)
 {
     struct worker *worker = s->pool->worker;
     struct ledger *l = &worker->proc->ledger;
-    if (s->state == SERVER_LEAVING && s->room_for)
-        s->room_for->rooms_awaited--;
+    struct pool *room_for = s->state == SERVER_LEAVING ? s->room_for : NULL;
+    if (room_for)
+        room_for->rooms_awaited--;
     if (s->client)
         worker->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
@@ -244,9 +249,17 @@ static void close_now(struct server *s)
      * was closed for, when it was closed for another worker's) */
     struct ledger_key *key = s->pool->ledger_key;
     int holder = (int)worker->index;
-    worker_wake(worker, s->room_key
-                            ? ledger_give_server_for(l, key, holder, s->room_key, s->room_worker)
-                            : ledger_give_server(l, key, holder));
+    int wake;
+    if (s->room_key)
+        wake = ledger_give_server_for(l, key, holder, s->room_key, s->room_worker);
+    else if (room_for)
+        /* closed for a waiter of this worker (pool.c's room_owed / close_idle_unwanted): its
+         * slot is that waiter's, not the oldest entry's of another worker, which would open a
+         * server of its own in it and leave this one to close another server for it */
+        wake = ledger_give_server_to_holder(l, key, holder);
+    else
+        wake = ledger_give_server(l, key, holder);
+    worker_wake(worker, wake);
     s->room_key = NULL;
     release_connection(s);
 }

@@ -43,9 +43,9 @@ static void an_idle_server_goes_to_the_oldest_waiter_it_serves(void)
     CHECK(!ledger_has_waiters(&l));
 
     /* worker 1 needs two servers of a1; worker 2 one of a2, under max_db_connections */
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps), 1); /* new: tell others */
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps), 0); /* updated */
-    CHECK_INT(ledger_wait_need(&l, a2, 2, LIMIT_DB, 200, 1, &caps), 1);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps, 0), 1); /* new: tell others */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 2, &caps, 0), 0); /* updated */
+    CHECK_INT(ledger_wait_need(&l, a2, 2, LIMIT_DB, 200, 1, &caps, 0), 1);
     CHECK(ledger_has_waiters(&l));
 
     /* worker 0's idle a1 servers: two move to worker 1, then worker 2's need is served by a
@@ -84,15 +84,15 @@ static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
     CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
     /* worker 0's own waiter of a2 is older than worker 1's: worker 0's idle a1 server is its
      * own pool's to close for it (pool.c), not worker 1's */
-    CHECK_INT(ledger_wait_need(&l, a2, 0, LIMIT_DB, 100, 1, &caps), 1);
-    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 200, 1, &caps), 1);
+    CHECK_INT(ledger_wait_need(&l, a2, 0, LIMIT_DB, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 200, 1, &caps, 0), 1);
     CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
     CHECK_INT(ledger_claim_idle(&l, a1, 2).kind, LEDGER_CLAIM_CLOSE); /* worker 2 holds one */
     ledger_wait_done(&l, a2, 0);
     ledger_wait_done(&l, a2, 1);
 
     /* a paused key's waiter is passed over */
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps), 1);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps, 0), 1);
     ledger_key_set_state(&l, a1, LEDGER_KEY_PAUSED);
     CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
     ledger_key_set_state(&l, a1, LEDGER_KEY_SERVING);
@@ -103,11 +103,21 @@ static void local_waiters_first_and_paused_keys_and_full_caps_pass(void)
      * another user frees nothing it could use */
     struct ledger_caps c3caps = {.pool = 5, .user = 1, .global = 2};
     CHECK_INT(ledger_take_server(&l, c3, 0, &c3caps), LIMIT_NONE);
-    CHECK_INT(ledger_wait_need(&l, c3, 1, LIMIT_GLOBAL, 400, 1, &c3caps), 1);
+    CHECK_INT(ledger_wait_need(&l, c3, 1, LIMIT_GLOBAL, 400, 1, &c3caps, 0), 1);
     CHECK_INT(ledger_claim_idle(&l, a1, 0).kind, LEDGER_CLAIM_NONE);
     ledger_wait_done(&l, c3, 1);
     CHECK(!ledger_has_waiters(&l));
     ledger_free(&l);
+}
+
+/* ledger_claim_older's worker for a server opened with no startup parameters of its own
+ * (transaction mode): it moves there */
+static int older_to(struct ledger *l, struct ledger_key *key, int self, uint64_t since_ms,
+                    uint64_t slack_ms, uint64_t next_since_ms)
+{
+    struct ledger_claim c = ledger_claim_older(l, key, self, since_ms, slack_ms, next_since_ms, 0);
+    CHECK(c.kind != LEDGER_CLAIM_CLOSE);
+    return c.worker;
 }
 
 /* 5.3: a released server goes to another worker's waiter of its key only when that one waited
@@ -118,22 +128,46 @@ static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(v
     struct ledger_key *a1 = ledger_key_get(&l, "a", "u1"), *a2 = ledger_key_get(&l, "a", "u2");
     struct ledger_caps caps = {.pool = 1};
     CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 100, 1, &caps), 1); /* another key: never */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 1000, 5, 0), LEDGER_NO_WORKER);
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps), 1);
-    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps), 1);  /* its own: never */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER); /* within the slack */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), 1);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER); /* one on its way */
+    CHECK_INT(ledger_wait_need(&l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1); /* another key: never */
+    CHECK_INT(older_to(&l, a1, 0, 1000, 5, 0), LEDGER_NO_WORKER);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 1, &caps, 0), 1);
+    CHECK_INT(ledger_wait_need(&l, a1, 0, LIMIT_POOL, 200, 1, &caps, 0), 1); /* its own: never */
+    CHECK_INT(older_to(&l, a1, 0, 305, 5, 0), LEDGER_NO_WORKER);             /* within the slack */
+    CHECK_INT(older_to(&l, a1, 0, 306, 5, 0), 1);
+    CHECK_INT(older_to(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER); /* one on its way */
     ledger_wait_arrived(&l, a1, 1);
     ledger_key_set_state(&l, a1, LEDGER_KEY_PAUSED);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER);
+    CHECK_INT(older_to(&l, a1, 0, 306, 5, 0), LEDGER_NO_WORKER);
     ledger_key_set_state(&l, a1, LEDGER_KEY_SERVING);
-    CHECK_INT(ledger_claim_older(&l, a1, 2, 306, 5, 0), 0); /* worker 0's is the oldest */
+    CHECK_INT(older_to(&l, a1, 2, 306, 5, 0), 0); /* worker 0's is the oldest */
     /* worker 0 serves its waiter of 200: its entry is its next one's, 400, from then on */
     ledger_wait_arrived(&l, a1, 0);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 400), LEDGER_NO_WORKER);
-    CHECK_INT(ledger_claim_older(&l, a1, 2, 500, 5, 0), 1);
+    CHECK_INT(older_to(&l, a1, 0, 200, 5, 400), LEDGER_NO_WORKER);
+    CHECK_INT(older_to(&l, a1, 2, 500, 5, 0), 1);
+    ledger_free(&l);
+}
+
+/* Session mode: a released server of other startup parameters than the older waiter's is not
+ * moved to it (it would be closed there) but closed for it, once while that close is on its
+ * way; one of its parameters still moves to it */
+static void a_session_server_closes_once_for_an_older_waiter_of_other_parameters(void)
+{
+    static struct ledger l;
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1");
+    struct ledger_caps caps = {.pool = 2};
+    const uint64_t common = 11, rare = 22;
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 3, &caps, rare), 1);
+    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common);
+    CHECK_INT(c.kind, LEDGER_CLAIM_CLOSE);
+    CHECK_INT(c.worker, 1);
+    CHECK(c.key == a1);
+    /* the close is on its way: the next release serves its own worker's waiter */
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common).kind, LEDGER_CLAIM_NONE);
+    c = ledger_claim_older(&l, a1, 0, 200, 5, 0, rare);
+    CHECK_INT(c.kind, LEDGER_CLAIM_MOVE);
+    CHECK_INT(c.worker, 1);
     ledger_free(&l);
 }
 
@@ -245,7 +279,7 @@ static void ask_for_server(struct worker *worker, void *arg, bool delivered)
     atomic_store(&r->holder, -1);
     struct ledger_caps caps = {.pool = 1};
     count_bad(r, ledger_wait_need(l, p->ledger_key, (int)worker->index, LIMIT_POOL, ledger_now_ms(),
-                                  1, &caps) != 1);
+                                  1, &caps, 0) != 1);
     worker_post_need(worker);
     /* This thread stays here until the server is posted to it (its nservers counts it from the
      * post), so the message waits in the mailbox while this worker audits its share: a server
@@ -383,6 +417,7 @@ int main(void)
     RUN(local_waiters_first_and_paused_keys_and_full_caps_pass);
     RUN(a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack);
     RUN(a_console_command_counts_for_its_database_and_its_worker_only);
+    RUN(a_session_server_closes_once_for_an_older_waiter_of_other_parameters);
     RUN(an_idle_server_moves_between_worker_threads_with_its_slot);
     RUN(a_moved_server_that_missed_a_reconnect_of_its_database_is_closed);
     return CHECK_DONE();
