@@ -784,6 +784,7 @@ static void logins_join_budgets_while_a_reload_changes_them(void)
     for (int i = 1; i < NTHREADS; i++) {
         struct worker *w = &proc->workers[i];
         w->proc = proc;
+        w->index = (unsigned)i; /* its own share of every budget's leases (ledger.c lease_add) */
         w->cfg = budget_cfgs[0];
         list_init(&w->pools);
         budget_pools[i] = pool_get(w, NULL, "u", "db");
@@ -791,7 +792,9 @@ static void logins_join_budgets_while_a_reload_changes_them(void)
         if (!budget_pools[i])
             return;
     }
+    proc->nworkers = NTHREADS; /* the lease checks sum every worker's share */
     run_numbered_threads(budget_login_worker);
+    proc->nworkers = 1;
     for (int i = 1; i < NTHREADS; i++) {
         list_remove(&proc->workers[i].pools, &budget_pools[i]->node);
         pool_free(budget_pools[i]);
