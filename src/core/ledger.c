@@ -2,6 +2,7 @@
  * move only in the takes and gives below, each one critical section under l->mu; nothing here
  * walks the pools (ledger_audit.c does, in debug builds, to prove the counters true). */
 #include "ledger.h"
+#include "ledger_internal.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -12,45 +13,6 @@
 
 #include "pool.h"
 #include "sluice.h"
-
-/* The lock is taken for reads by name too, which the API gives a const ledger: the mutex is the
- * one part a reader writes. */
-static void lock(const struct ledger *l)
-{
-    pthread_mutex_lock((pthread_mutex_t *)&l->mu);
-}
-
-static void unlock(const struct ledger *l)
-{
-    pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
-}
-
-/* Relaxed: the order between counters comes from the lock (writers) or does not matter (the
- * lock-free readers' answers are hints). */
-static int get(const atomic_int *c)
-{
-    return atomic_load_explicit(c, memory_order_relaxed);
-}
-
-static int add(atomic_int *c, int by)
-{
-    return atomic_fetch_add_explicit(c, by, memory_order_relaxed) + by;
-}
-
-/* A share (ledger.h): written only under the lock, so a load and a store suffice. */
-static void share_add(atomic_int *c, int by)
-{
-    int n = get(c) + by;
-    assert(n >= 0);
-    atomic_store_explicit(c, n, memory_order_relaxed);
-}
-
-/* The share a take or give names: a worker's, or the servers in transit. */
-static int share_of(int worker)
-{
-    assert(worker >= 0 && worker < LEDGER_SHARES);
-    return worker >= 0 && worker < LEDGER_SHARES ? worker : LEDGER_IN_TRANSIT;
-}
 
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
 {
@@ -124,7 +86,7 @@ const char *ledger_key_state_name(enum ledger_key_state s)
 /* The first limit that `add` more backends in key's scopes would pass. `closing`: a key one of
  * whose backends is about to go, so the scopes it shares with key count one less. own: counting
  * an auth_query connection (no pool key, no pool cap). */
-static enum limit_kind passed(const struct ledger *l, const struct ledger_scope *db,
+enum limit_kind ledger_passed(const struct ledger *l, const struct ledger_scope *db,
                               const struct ledger_scope *user, const struct ledger_key *key,
                               const struct ledger_caps *caps, int add,
                               const struct ledger_key *closing)
@@ -161,26 +123,8 @@ static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope
     share_add(&l->share[w].servers, by);
 }
 
-/* Would a slot of key (NULL: auth_query's, in db and user) serve waiter w? */
-static bool frees_for(const struct ledger_waiter *w, const struct ledger_key *key,
-                      const struct ledger_scope *db, const struct ledger_scope *user)
-{
-    switch (w->scope) {
-    case LIMIT_POOL:
-        return w->key == key;
-    case LIMIT_DB:
-        return w->key->db == db;
-    case LIMIT_USER:
-        return w->key->user == user;
-    case LIMIT_GLOBAL:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* Under the lock: the oldest waiter a freed slot serves, off the list; its worker. */
-static int wake_for(struct ledger *l, const struct ledger_key *key, const struct ledger_scope *db,
+/* ledger_internal.h */
+int ledger_wake_for(struct ledger *l, const struct ledger_key *key, const struct ledger_scope *db,
                     const struct ledger_scope *user)
 {
     for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
@@ -200,7 +144,7 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
                                    const struct ledger_caps *caps)
 {
     lock(l);
-    enum limit_kind k = passed(l, key->db, key->user, key, caps, 1, NULL);
+    enum limit_kind k = ledger_passed(l, key->db, key->user, key, caps, 1, NULL);
     if (k == LIMIT_NONE) {
         add(&key->servers, 1);
         share_add(&key->share[share_of(worker)], 1);
@@ -211,7 +155,7 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
 }
 
 /* Under the lock: key's backend, held in holder's share, is gone (its counts -1). */
-static void give_server(struct ledger *l, struct ledger_key *key, int holder)
+void ledger_give_server_locked(struct ledger *l, struct ledger_key *key, int holder)
 {
     int left = add(&key->servers, -1);
     assert(left >= 0);
@@ -223,7 +167,7 @@ static void give_server(struct ledger *l, struct ledger_key *key, int holder)
 int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);
-    give_server(l, key, holder);
+    ledger_give_server_locked(l, key, holder);
     unlock(l);
     return holder;
 }
@@ -231,8 +175,8 @@ int ledger_give_server_to_holder(struct ledger *l, struct ledger_key *key, int h
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);
-    give_server(l, key, holder);
-    int worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+    ledger_give_server_locked(l, key, holder);
+    int worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
     unlock(l);
     return worker;
 }
@@ -263,7 +207,7 @@ enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_nam
     enum limit_kind k = !db || !user ? LIMIT_GLOBAL
                         : caps->pool > 0 && get(&l->own_servers) + 1 > caps->pool
                             ? LIMIT_POOL
-                            : passed(l, db, user, NULL, caps, 1, NULL);
+                            : ledger_passed(l, db, user, NULL, caps, 1, NULL);
     uint64_t bit = worker >= 0 && worker < LEDGER_WORKERS ? UINT64_C(1) << worker : 0;
     if (k == LIMIT_NONE) {
         count(l, db, user, worker, 1);
@@ -306,7 +250,7 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
         count(l, db, user, holder, -1);
         add(&l->own_servers, -1);
         share_add(&l->own_share[share_of(holder)], -1);
-        worker = l->waiters ? wake_for(l, NULL, db, user) : LEDGER_NO_WORKER;
+        worker = l->waiters ? ledger_wake_for(l, NULL, db, user) : LEDGER_NO_WORKER;
     }
     unlock(l);
     return worker;
@@ -315,19 +259,19 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
 enum limit_kind ledger_server_limit(const struct ledger *l, const struct ledger_key *key,
                                     const struct ledger_caps *caps)
 {
-    return passed(l, key->db, key->user, key, caps, 1, NULL);
+    return ledger_passed(l, key->db, key->user, key, caps, 1, NULL);
 }
 
 bool ledger_fits_if_closed(const struct ledger *l, const struct ledger_key *key,
                            const struct ledger_caps *caps, const struct ledger_key *closing)
 {
-    return passed(l, key->db, key->user, key, caps, 1, closing) == LIMIT_NONE;
+    return ledger_passed(l, key->db, key->user, key, caps, 1, closing) == LIMIT_NONE;
 }
 
 enum limit_kind ledger_over_limit(const struct ledger *l, const struct ledger_key *key,
                                   const struct ledger_caps *caps)
 {
-    return passed(l, key->db, key->user, key, caps, 0, NULL);
+    return ledger_passed(l, key->db, key->user, key, caps, 0, NULL);
 }
 
 /* A counter of the scope named name in the list at head (NULL name: the global one). */
@@ -561,232 +505,6 @@ int ledger_user_clients(const struct ledger *l, const char *user_name)
 {
     return count_by_name(l, &l->users, user_name, offsetof(struct ledger_scope, clients),
                          &l->clients);
-}
-
-uint64_t ledger_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Under the lock: take (key, worker)'s entry off the list; it, or NULL. */
-static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger_key *key,
-                                           int worker)
-{
-    for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
-        struct ledger_waiter *w = *pp;
-        if (w->key == key && w->worker == worker) {
-            *pp = w->next;
-            return w;
-        }
-    }
-    return NULL;
-}
-
-int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms, int want, const struct ledger_caps *caps,
-                     uint64_t startup_fp)
-{
-    struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
-    lock(l);
-    struct ledger_waiter *w = unlink_waiter(l, key, worker);
-    int coming = w ? w->coming : 0, made = !w, rooms = 0;
-    /* The same oldest waiter: the closes for it still on their way stay counted (those whose
-     * slot was freed were taken by this registering worker, or by another: not coming). */
-    if (w && w->startup_fp == startup_fp && w->since_ms + 5 >= since_ms &&
-        since_ms + 5 >= w->since_ms) /* within the loops' clock skew (uv_now per iteration) */
-        rooms = w->rooms - w->rooms_freed;
-    if (!w) {
-        w = fresh;
-        fresh = NULL;
-    }
-    if (w) {
-        *w = (struct ledger_waiter){.key = key,
-                                    .scope = scope,
-                                    .worker = worker,
-                                    .since_ms = since_ms,
-                                    .want = want > 0 ? want : 1,
-                                    .coming = coming,
-                                    .caps_known = caps != NULL,
-                                    .startup_fp = startup_fp,
-                                    .rooms = rooms};
-        if (caps)
-            w->caps = *caps;
-        /* after every entry as old or older: equal times keep the order they came in */
-        struct ledger_waiter **pp = &l->waiters;
-        while (*pp && (*pp)->since_ms <= since_ms)
-            pp = &(*pp)->next;
-        w->next = *pp;
-        *pp = w;
-        add(&l->nwaiters, made);
-    }
-    unlock(l);
-    free(fresh);
-    return w ? made : -ENOMEM;
-}
-
-int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
-                     uint64_t since_ms)
-{
-    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL, 0);
-    return rc < 0 ? rc : 0;
-}
-
-/* Under the lock: (key, worker)'s entry, or NULL. */
-static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
-{
-    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
-        if (w->key == key && w->worker == worker)
-            return w;
-    return NULL;
-}
-
-int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker)
-{
-    lock(l);
-    const struct ledger_waiter *w = find_waiter(l, key, worker);
-    int rooms = w ? w->rooms : 0;
-    unlock(l);
-    return rooms;
-}
-
-/* Under the lock: a server claimed for w arrived, or its slot was freed for it. */
-static void claim_done(struct ledger_waiter *w)
-{
-    if (w->rooms > w->rooms_freed)
-        w->rooms_freed++;
-    else if (w->coming > 0)
-        w->coming--;
-}
-
-void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
-{
-    lock(l);
-    struct ledger_waiter *w = unlink_waiter(l, key, worker);
-    if (w)
-        add(&l->nwaiters, -1);
-    unlock(l);
-    free(w);
-}
-
-struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self)
-{
-    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
-    lock(l);
-    for (struct ledger_waiter *w = l->waiters; w; w = w->next) {
-        if (get(&w->key->state) == LEDGER_KEY_PAUSED)
-            continue;
-        /* local first: an older waiter of the asking worker's own that a close would serve is
-         * its own pool.c's to serve (evict_idle_elsewhere, longer_waiter_elsewhere) */
-        if (w->worker == self && w->key != key && frees_for(w, key, key->db, key->user))
-            break;
-        if (w->worker == self || w->coming >= w->want)
-            continue;
-        if (w->key == key) {
-            claim.kind = LEDGER_CLAIM_MOVE; /* its slot moves with it: no count changes */
-        } else if (frees_for(w, key, key->db, key->user) &&
-                   (!w->caps_known ||
-                    passed(l, w->key->db, w->key->user, w->key, &w->caps, 1, key) == LIMIT_NONE)) {
-            claim.kind = LEDGER_CLAIM_CLOSE;
-        } else {
-            continue;
-        }
-        w->coming++;
-        claim.worker = w->worker;
-        claim.key = w->key;
-        break;
-    }
-    unlock(l);
-    return claim;
-}
-
-/* Under the lock: w, off the list, back in its place by since_ms (after every entry as old). */
-static void place_waiter(struct ledger *l, struct ledger_waiter *w)
-{
-    struct ledger_waiter **pp = &l->waiters;
-    while (*pp && (*pp)->since_ms <= w->since_ms)
-        pp = &(*pp)->next;
-    w->next = *pp;
-    *pp = w;
-}
-
-struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
-                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
-                                       uint64_t startup_fp)
-{
-    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
-    lock(l);
-    /* the local waiter is served: the asking worker's own entry is its next waiter's from now
-     * (else it looks older than it is, and other workers send their servers here for nothing) */
-    struct ledger_waiter *own = next_since_ms ? unlink_waiter(l, key, self) : NULL;
-    if (own) {
-        own->since_ms = next_since_ms;
-        place_waiter(l, own);
-    }
-    /* oldest first: the first entry not older by more than the slack ends the search */
-    for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
-         w = w->next) {
-        if (w->key != key || w->worker == self || w->coming >= w->want ||
-            get(&w->key->state) == LEDGER_KEY_PAUSED)
-            continue;
-        if (w->startup_fp == startup_fp) {
-            claim.kind = LEDGER_CLAIM_MOVE;
-            w->coming++;
-        } else if (w->rooms == 0) {
-            claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
-            w->rooms++;
-        } else {
-            continue;
-        }
-        claim.worker = w->worker;
-        claim.key = w->key;
-        break;
-    }
-    if (own && claim.kind != LEDGER_CLAIM_NONE) {
-        own->since_ms = since_ms; /* not served here after all */
-        own = unlink_waiter(l, key, self);
-        place_waiter(l, own);
-    }
-    unlock(l);
-    return claim;
-}
-
-void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
-{
-    lock(l);
-    struct ledger_waiter *w = find_waiter(l, key, worker);
-    if (w)
-        claim_done(w);
-    unlock(l);
-}
-
-int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
-                           struct ledger_key *room_key, int room_worker)
-{
-    lock(l);
-    give_server(l, key, holder);
-    struct ledger_waiter *w = find_waiter(l, room_key, room_worker);
-    int worker;
-    if (w) {
-        /* the entry stays: its worker takes the slot and registers again if still held */
-        claim_done(w);
-        worker = room_worker;
-    } else {
-        worker = l->waiters ? wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
-    }
-    unlock(l);
-    return worker;
-}
-
-int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms)
-{
-    lock(l);
-    int worker = l->waiters ? l->waiters->worker : LEDGER_NO_WORKER;
-    if (l->waiters && since_ms)
-        *since_ms = l->waiters->since_ms;
-    unlock(l);
-    return worker;
 }
 
 void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_key_state s)

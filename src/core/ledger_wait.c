@@ -1,0 +1,235 @@
+/* ledger_wait: the ledger's cross-worker wait list (see ledger.h, architecture 5.3 and 5.4): a
+ * worker whose waiters a cap holds registers its need; a freed slot wakes the oldest entry it
+ * serves (ledger_wake_for); idle servers and released ones are claimed for an older waiter
+ * elsewhere. Every function takes the ledger's lock; the counts stay ledger.c's. */
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "ledger_internal.h"
+
+uint64_t ledger_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Under the lock: take (key, worker)'s entry off the list; it, or NULL. */
+static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger_key *key,
+                                           int worker)
+{
+    for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
+        struct ledger_waiter *w = *pp;
+        if (w->key == key && w->worker == worker) {
+            *pp = w->next;
+            return w;
+        }
+    }
+    return NULL;
+}
+
+int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms, int want, const struct ledger_caps *caps,
+                     uint64_t startup_fp)
+{
+    struct ledger_waiter *fresh = malloc(sizeof(*fresh)); /* outside the lock */
+    lock(l);
+    struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    int coming = w ? w->coming : 0, made = !w, rooms = 0;
+    /* The same oldest waiter: the closes for it still on their way stay counted (those whose
+     * slot was freed were taken by this registering worker, or by another: not coming). */
+    if (w && w->startup_fp == startup_fp && w->since_ms + 5 >= since_ms &&
+        since_ms + 5 >= w->since_ms) /* within the loops' clock skew (uv_now per iteration) */
+        rooms = w->rooms - w->rooms_freed;
+    if (!w) {
+        w = fresh;
+        fresh = NULL;
+    }
+    if (w) {
+        *w = (struct ledger_waiter){.key = key,
+                                    .scope = scope,
+                                    .worker = worker,
+                                    .since_ms = since_ms,
+                                    .want = want > 0 ? want : 1,
+                                    .coming = coming,
+                                    .caps_known = caps != NULL,
+                                    .startup_fp = startup_fp,
+                                    .rooms = rooms};
+        if (caps)
+            w->caps = *caps;
+        /* after every entry as old or older: equal times keep the order they came in */
+        struct ledger_waiter **pp = &l->waiters;
+        while (*pp && (*pp)->since_ms <= since_ms)
+            pp = &(*pp)->next;
+        w->next = *pp;
+        *pp = w;
+        add(&l->nwaiters, made);
+    }
+    unlock(l);
+    free(fresh);
+    return w ? made : -ENOMEM;
+}
+
+int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
+                     uint64_t since_ms)
+{
+    int rc = ledger_wait_need(l, key, worker, scope, since_ms, 1, NULL, 0);
+    return rc < 0 ? rc : 0;
+}
+
+/* Under the lock: (key, worker)'s entry, or NULL. */
+static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next)
+        if (w->key == key && w->worker == worker)
+            return w;
+    return NULL;
+}
+
+int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker)
+{
+    lock(l);
+    const struct ledger_waiter *w = find_waiter(l, key, worker);
+    int rooms = w ? w->rooms : 0;
+    unlock(l);
+    return rooms;
+}
+
+/* Under the lock: a server claimed for w arrived, or its slot was freed for it. */
+static void claim_done(struct ledger_waiter *w)
+{
+    if (w->rooms > w->rooms_freed)
+        w->rooms_freed++;
+    else if (w->coming > 0)
+        w->coming--;
+}
+
+void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = unlink_waiter(l, key, worker);
+    if (w)
+        add(&l->nwaiters, -1);
+    unlock(l);
+    free(w);
+}
+
+struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, int self)
+{
+    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
+    lock(l);
+    for (struct ledger_waiter *w = l->waiters; w; w = w->next) {
+        if (get(&w->key->state) == LEDGER_KEY_PAUSED)
+            continue;
+        /* local first: an older waiter of the asking worker's own that a close would serve is
+         * its own pool.c's to serve (evict_idle_elsewhere, longer_waiter_elsewhere) */
+        if (w->worker == self && w->key != key && frees_for(w, key, key->db, key->user))
+            break;
+        if (w->worker == self || w->coming >= w->want)
+            continue;
+        if (w->key == key) {
+            claim.kind = LEDGER_CLAIM_MOVE; /* its slot moves with it: no count changes */
+        } else if (frees_for(w, key, key->db, key->user) &&
+                   (!w->caps_known || ledger_passed(l, w->key->db, w->key->user, w->key, &w->caps,
+                                                    1, key) == LIMIT_NONE)) {
+            claim.kind = LEDGER_CLAIM_CLOSE;
+        } else {
+            continue;
+        }
+        w->coming++;
+        claim.worker = w->worker;
+        claim.key = w->key;
+        break;
+    }
+    unlock(l);
+    return claim;
+}
+
+/* Under the lock: w, off the list, back in its place by since_ms (after every entry as old). */
+static void place_waiter(struct ledger *l, struct ledger_waiter *w)
+{
+    struct ledger_waiter **pp = &l->waiters;
+    while (*pp && (*pp)->since_ms <= w->since_ms)
+        pp = &(*pp)->next;
+    w->next = *pp;
+    *pp = w;
+}
+
+struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
+                                       uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
+                                       uint64_t startup_fp)
+{
+    struct ledger_claim claim = {.kind = LEDGER_CLAIM_NONE, .worker = LEDGER_NO_WORKER};
+    lock(l);
+    /* the local waiter is served: the asking worker's own entry is its next waiter's from now
+     * (else it looks older than it is, and other workers send their servers here for nothing) */
+    struct ledger_waiter *own = next_since_ms ? unlink_waiter(l, key, self) : NULL;
+    if (own) {
+        own->since_ms = next_since_ms;
+        place_waiter(l, own);
+    }
+    /* oldest first: the first entry not older by more than the slack ends the search */
+    for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
+         w = w->next) {
+        if (w->key != key || w->worker == self || w->coming >= w->want ||
+            get(&w->key->state) == LEDGER_KEY_PAUSED)
+            continue;
+        if (w->startup_fp == startup_fp) {
+            claim.kind = LEDGER_CLAIM_MOVE;
+            w->coming++;
+        } else if (w->rooms == 0) {
+            claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
+            w->rooms++;
+        } else {
+            continue;
+        }
+        claim.worker = w->worker;
+        claim.key = w->key;
+        break;
+    }
+    if (own && claim.kind != LEDGER_CLAIM_NONE) {
+        own->since_ms = since_ms; /* not served here after all */
+        own = unlink_waiter(l, key, self);
+        place_waiter(l, own);
+    }
+    unlock(l);
+    return claim;
+}
+
+void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = find_waiter(l, key, worker);
+    if (w)
+        claim_done(w);
+    unlock(l);
+}
+
+int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
+                           struct ledger_key *room_key, int room_worker)
+{
+    lock(l);
+    ledger_give_server_locked(l, key, holder);
+    struct ledger_waiter *w = find_waiter(l, room_key, room_worker);
+    int worker;
+    if (w) {
+        /* the entry stays: its worker takes the slot and registers again if still held */
+        claim_done(w);
+        worker = room_worker;
+    } else {
+        worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+    }
+    unlock(l);
+    return worker;
+}
+
+int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms)
+{
+    lock(l);
+    int worker = l->waiters ? l->waiters->worker : LEDGER_NO_WORKER;
+    if (l->waiters && since_ms)
+        *since_ms = l->waiters->since_ms;
+    unlock(l);
+    return worker;
+}
