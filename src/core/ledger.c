@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "pool.h"
+#include "siphash.h"
 #include "sluice.h"
 
 /* The lock is taken for reads by name too, which the API gives a const ledger: the mutex is the
@@ -804,6 +805,13 @@ void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_us
     lock(l);
     atomic_store_explicit(&key->server_usable, server_usable, memory_order_relaxed);
     unlock(l);
+}
+
+bool ledger_key_line_is_new(_Atomic uint64_t *last_logged, const char *line)
+{
+    static const uint8_t no_key[16];
+    uint64_t hash = siphash24(no_key, line, strlen(line)) | 1; /* 0: nothing logged yet */
+    return atomic_exchange_explicit(last_logged, hash, memory_order_relaxed) != hash;
 }
 
 void ledger_key_note_pool_size(struct ledger_key *key, int pool_size)

@@ -279,8 +279,9 @@ def _log_seconds(line):
 def test_one_log_line_per_pool_for_every_worker(start_sluice, pg):
     """One log for the process (5.6): each worker logged its own "stats db/user" line per pool
     every stats_period (two lines with different numbers for one pool with workers = 2), and
-    its own "pool db/user created" and "at most N servers" lines. Now the control worker logs
-    one stats line per pool key, summed over the workers, and the others once per process."""
+    its own "pool db/user created", "at most N servers" and "server allows N connections"
+    lines. Now the control worker logs one stats line per pool key, summed over the workers, and
+    the others once per process."""
     s = start4(start_sluice, pg, workers=2, stats_period=1)
     clients = connect_many(s, "c", 4)
     try:
@@ -302,5 +303,7 @@ def test_one_log_line_per_pool_for_every_worker(start_sluice, pg):
         log = s.log
         assert sum(f"pool {APP_DB}/{APP_USER} created" in line for line in log) == 1, log
         assert sum(f"pool {APP_DB}/{APP_USER}: at most" in line for line in log) == 1, log
+        # every worker's first server reads max_connections; one of them logs what it allows
+        assert sum("besides superuser_reserved_connections" in line for line in log) == 1, log
     finally:
         close_all(clients)
