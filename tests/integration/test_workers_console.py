@@ -290,6 +290,10 @@ def test_one_log_line_per_pool_for_every_worker(start_sluice, pg):
         with console(s) as adm:
             assert {worker_of(r) for r in app_clients(adm)} == {0, 1}
             servers = len(app_servers(adm))
+            # every worker publishes its frame now (WAIT_FRAMES), so the next stats line reads
+            # frames newer than the transactions (the other worker's last tick's may not be:
+            # 1 run in 5 under TSan logged "idle 2; ... 2 transactions" first)
+            show(adm, "POOLS")
         mark = s.mark()
         time.sleep(3.5 * SLOW)
         stats = [line for line in s.log_since(mark) if f"stats {APP_DB}/{APP_USER}:" in line]
