@@ -784,6 +784,7 @@ static void logins_join_budgets_while_a_reload_changes_them(void)
     for (int i = 1; i < NTHREADS; i++) {
         struct worker *w = &proc->workers[i];
         w->proc = proc;
+        w->index = (unsigned)i; /* its own lease share (lease_add: only its thread writes it) */
         w->cfg = budget_cfgs[0];
         list_init(&w->pools);
         budget_pools[i] = pool_get(w, NULL, "u", "db");
