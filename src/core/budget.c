@@ -11,7 +11,6 @@
 #include "ledger.h"
 #include "log.h"
 #include "pool.h"
-#include "siphash.h"
 #include "sluice.h"
 
 struct budget_set *budget_set_acquire(struct budget_set *set)
@@ -594,9 +593,6 @@ void budget_log_cap(const struct pool *p)
              cap, why, pending);
     /* Every worker's pool of the key computes the same line (one config generation): the first
      * to see it changed logs it (5.6). */
-    static const uint8_t no_key[16];
-    uint64_t hash = siphash24(no_key, line, strlen(line)) | 1; /* 0: nothing logged yet */
-    if (atomic_exchange_explicit(&p->ledger_key->cap_line_logged, hash, memory_order_relaxed) !=
-        hash)
+    if (ledger_key_line_is_new(&p->ledger_key->cap_line_logged, line))
         log_msg(LOG_INFO, "%s", line);
 }

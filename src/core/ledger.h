@@ -38,6 +38,7 @@
 
 #include "budget.h"
 #include "params.h"
+#include "siphash.h"
 
 struct worker;
 
@@ -119,9 +120,11 @@ struct ledger_key {
     struct ledger_breaker breaker;
     /* One log for the process, whatever the workers (5.6): a pool of the key was made and
      * logged "pool ... created" (the first worker's, pool.c), and the hash of the last "at most
-     * N servers" line logged (budget_log_cap: logged when it changes; 0: none yet). */
+     * N servers" line (budget_log_cap) and of the last "server allows N connections" line
+     * (server_connect.c) logged: each is logged when it changes (ledger_key_line_is_new). */
     atomic_bool pool_logged;
     _Atomic uint64_t cap_line_logged;
+    _Atomic uint64_t usable_line_logged;
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -416,6 +419,15 @@ void ledger_learn_usable(struct ledger *l, struct ledger_key *key, int server_us
 static inline int ledger_key_usable(const struct ledger_key *key)
 {
     return key ? atomic_load_explicit(&key->server_usable, memory_order_relaxed) : 0;
+}
+/* Every worker's pool of a key computes the same log line: true for the first to compute line
+ * after it changed, who logs it; *last_logged (one of the key's *_line_logged) remembers it.
+ * Lock-free; inline, as budget.c (below ledger.c) asks it. */
+static inline bool ledger_key_line_is_new(_Atomic uint64_t *last_logged, const char *line)
+{
+    static const uint8_t no_key[16];
+    uint64_t hash = siphash24(no_key, line, strlen(line)) | 1; /* 0: nothing logged yet */
+    return atomic_exchange_explicit(last_logged, hash, memory_order_relaxed) != hash;
 }
 /* A pool of key applied its config: pool_size (0 for the admin console's pool). Lock-free. */
 void ledger_key_note_pool_size(struct ledger_key *key, int pool_size);

@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "budget.h"
+#include "ledger.h"
 #include "login_notice.h"
 #include "passthrough.h"
 #include "pool.h"
@@ -523,10 +524,15 @@ static bool probe_answered(struct server *s)
                    "cannot read the server's max_connections; /health leaves its share out");
         return true;
     }
-    log_server(LOG_INFO, s,
-               "server allows %d connections besides superuser_reserved_connections "
-               "(max_connections %d, %d reserved)",
-               p->server_usable, p->server_max_connections, p->server_reserved);
+    /* Every worker's first server of the key (and of a reload) reads it: the first to read a
+     * new value logs it, once for the process (5.6). */
+    char line[160];
+    snprintf(line, sizeof(line),
+             "server allows %d connections besides superuser_reserved_connections "
+             "(max_connections %d, %d reserved)",
+             p->server_usable, p->server_max_connections, p->server_reserved);
+    if (ledger_key_line_is_new(&p->ledger_key->usable_line_logged, line))
+        log_server(LOG_INFO, s, "%s", line);
     budget_log_cap(p);
     return true;
 }

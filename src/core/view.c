@@ -537,19 +537,44 @@ int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **
     return e.n;
 }
 
-void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx)
+bool view_pools_collect(const struct worker *worker, struct view_pools *out)
 {
     uint64_t now = sluice_now(worker);
+    int nelsewhere = view_pools_elsewhere(worker, &out->elsewhere), nown = 0;
     view_for_each_pool(worker, pool)
     {
-        struct view_pool pv;
-        view_pool(pool, now, &pv);
-        view_pool_add_workers(worker, &pv); /* the same pool on the other workers (5.6) */
-        fn(&pv, ctx);
+        nown++;
     }
-    struct view_remote_pool *elsewhere;
-    int n = view_pools_elsewhere(worker, &elsewhere);
-    for (int i = 0; i < n; i++)
-        fn(&elsewhere[i].v, ctx);
-    free(elsewhere);
+    out->n = 0;
+    out->v = malloc(((size_t)nown + (size_t)nelsewhere + 1) * sizeof(*out->v));
+    if (!out->v) {
+        free(out->elsewhere);
+        out->elsewhere = NULL;
+        return false;
+    }
+    view_for_each_pool(worker, pool)
+    {
+        struct view_pool *v = &out->v[out->n++];
+        view_pool(pool, now, v);
+        view_pool_add_workers(worker, v); /* the same pool on the other workers (5.6) */
+    }
+    for (int i = 0; i < nelsewhere; i++)
+        out->v[out->n++] = out->elsewhere[i].v;
+    return true;
+}
+
+void view_pools_free(struct view_pools *pools)
+{
+    free(pools->v);
+    free(pools->elsewhere);
+}
+
+void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx)
+{
+    struct view_pools pools;
+    if (!view_pools_collect(worker, &pools))
+        return; /* out of memory: no rows */
+    for (int i = 0; i < pools.n; i++)
+        fn(&pools.v[i], ctx);
+    view_pools_free(&pools);
 }

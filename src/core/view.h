@@ -130,8 +130,17 @@ struct view_remote_pool {
 int view_pools_elsewhere(const struct worker *worker, struct view_remote_pool **out);
 /* Every pool key of the process once, summed over the workers, in SHOW POOLS' order: worker's
  * own pools (view_pool + view_pool_add_workers), then the keys only other workers have
- * (view_pools_elsewhere, without their cap). v is valid during fn only. SHOW POOLS' rows and the
- * stats_period log line (sluice.c) are these. */
+ * (view_pools_elsewhere, without their cap: view_pool_caps gives every row the process's). */
+struct view_pools {
+    struct view_pool *v;
+    int n;
+    struct view_remote_pool *elsewhere; /* where the last rows' names point */
+};
+/* Into out, which view_pools_free frees; false: out of memory (nothing to free). */
+bool view_pools_collect(const struct worker *worker, struct view_pools *out);
+void view_pools_free(struct view_pools *pools);
+/* The same rows, one call of fn each (v is valid during fn only; none when out of memory): SHOW
+ * POOLS' rows and the stats_period log line (sluice.c). /health and /metrics collect them. */
 typedef void view_pool_fn(const struct view_pool *v, void *ctx);
 void view_pools_summed(const struct worker *worker, view_pool_fn *fn, void *ctx);
 

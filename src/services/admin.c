@@ -194,7 +194,10 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     return true;
 }
 
-/* A worker's rows for a console client's SHOW (admin_show's arrived), on the console's thread. */
+static void settle_waits(struct process *proc);
+
+/* A worker's rows for a console client's SHOW (admin_show's arrived), on the console's thread:
+ * the last worker's answer it now, not at the next tick. */
 static void rows_arrived(struct worker *worker, uint64_t console_id, const uint8_t *rows,
                          size_t len)
 {
@@ -204,10 +207,9 @@ static void rows_arrived(struct worker *worker, uint64_t console_id, const uint8
     struct client *c = find_console_client(worker, console_id);
     if (c && rows)
         codec_put_bytes(&c->out, rows, len);
-    w->rows_pending--;
+    if (--w->rows_pending == 0)
+        settle_waits(worker->proc);
 }
-
-static void settle_waits(struct process *proc);
 
 /* A worker published as asked, on the console's (control) thread: a SHOW may answer now. */
 static void frame_published(struct worker *worker, void *arg, bool delivered)

@@ -213,19 +213,9 @@ static void upstream_address(const struct config *cfg, const struct view_pool *p
     snprintf(out, n, "%s:%s", host, port[0] ? port : "5432");
 }
 
-/* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
- * with the same key's counts on the other workers added, then the keys only other workers have
- * (no pool here: pool NULL). Every key's binding cap is the process's (view_pool_caps), so a key
- * reports the same cap whichever worker has its pools. */
-struct pool_rows {
-    struct view_pool *v;
-    int n;
-    struct view_remote_pool *elsewhere;
-};
-
 /* Servers sluice holds on one upstream, across its pools and every worker's (rows), not only the
  * calling worker's. */
-static int upstream_servers(struct worker *worker, const struct pool_rows *rows,
+static int upstream_servers(struct worker *worker, const struct view_pools *rows,
                             const char *address)
 {
     int n = 0;
@@ -270,7 +260,7 @@ static void json_view(struct text *t, const struct stats_pool_view *v, int pool_
 }
 
 /* The pool's server as the server itself counts connections: null until sluice has read it. */
-static void json_pool_server(struct text *t, struct worker *worker, const struct pool_rows *rows,
+static void json_pool_server(struct text *t, struct worker *worker, const struct view_pools *rows,
                              const struct view_pool *p, const struct pool_cap *cap,
                              int pool_servers)
 {
@@ -294,7 +284,7 @@ static void json_pool_server(struct text *t, struct worker *worker, const struct
 }
 
 /* One entry per server sluice connects to (total section), over every worker's pools (rows). */
-static void json_upstreams(struct text *t, struct worker *worker, const struct pool_rows *rows)
+static void json_upstreams(struct text *t, struct worker *worker, const struct view_pools *rows)
 {
     char address[300], seen_addr[300];
     bool first = true;
@@ -334,35 +324,16 @@ static void add_warning(struct text *warnings, int *nwarn, const char *line)
 }
 
 
-static bool pool_rows_collect(struct worker *worker, uint64_t now, struct pool_rows *r)
+/* Every pool key of the process (architecture.md 5.6): the calling worker's pools read live, each
+ * with the same key's counts on the other workers added, then the keys only other workers have
+ * (no pool here: pool NULL). Every key's binding cap is the process's (view_pool_caps), so a key
+ * reports the same cap whichever worker has its pools. */
+static bool pool_rows_collect(struct worker *worker, struct view_pools *r)
 {
-    int nelsewhere = view_pools_elsewhere(worker, &r->elsewhere), nown = 0;
-    view_for_each_pool(worker, pool)
-    {
-        nown++;
-    }
-    r->n = 0;
-    r->v = malloc(((size_t)nown + (size_t)nelsewhere + 1) * sizeof(*r->v));
-    if (!r->v) {
-        free(r->elsewhere);
+    if (!view_pools_collect(worker, r))
         return false;
-    }
-    view_for_each_pool(worker, pool)
-    {
-        struct view_pool *v = &r->v[r->n++];
-        view_pool(pool, now, v);
-        view_pool_add_workers(worker, v); /* the same pool on the other workers (5.6) */
-    }
-    for (int i = 0; i < nelsewhere; i++)
-        r->v[r->n++] = r->elsewhere[i].v;
     view_pool_caps(worker, r->v, r->n);
     return true;
-}
-
-static void pool_rows_free(struct pool_rows *r)
-{
-    free(r->v);
-    free(r->elsewhere);
 }
 
 /* Clients of p's database that waited long for a server in the last complete stats period, once
@@ -402,8 +373,8 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
     char hint[300], holder[200];
 
     bool first = true;
-    struct pool_rows rows;
-    if (!pool_rows_collect(worker, now, &rows))
+    struct view_pools rows;
+    if (!pool_rows_collect(worker, &rows))
         return false;
     for (int i = 0; i < rows.n; i++) {
         const struct view_pool *p = &rows.v[i];
@@ -535,7 +506,7 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
     text_cstr(&t, ",");
     json_cap(&t, &all, all_key);
     json_upstreams(&t, worker, &rows);
-    pool_rows_free(&rows);
+    view_pools_free(&rows);
     text_printf(&t, ",\"client_connections\":%d,\"server_connections\":%d},\"pools\":[",
                 tot.clients, tot.servers);
     if (pools.len)
@@ -601,7 +572,7 @@ enum pool_gauge_kind {
 
 /* One gauge with a line per pool (the admin console's pseudo-pool left out; the server's own
  * numbers only once sluice has read them). */
-static void pool_gauge(struct text *t, const struct pool_rows *rows, const char *name,
+static void pool_gauge(struct text *t, const struct view_pools *rows, const char *name,
                        const char *help, enum pool_gauge_kind k)
 {
     metric_head(t, name, "gauge", help);
@@ -654,7 +625,7 @@ static void pool_gauge(struct text *t, const struct pool_rows *rows, const char 
 enum pool_states_of { STATES_OF_CLIENTS, STATES_OF_SERVERS };
 
 /* A pool's clients, or its servers, by state: a line a state and pool, labelled state=. */
-static void pool_states(struct text *t, const struct pool_rows *rows, const char *name,
+static void pool_states(struct text *t, const struct view_pools *rows, const char *name,
                         enum pool_states_of which)
 {
     struct state_count {
@@ -684,7 +655,7 @@ static void pool_states(struct text *t, const struct pool_rows *rows, const char
     }
 }
 
-static void histogram(struct text *t, struct worker *worker, const struct pool_rows *rows,
+static void histogram(struct text *t, struct worker *worker, const struct view_pools *rows,
                       const char *name, bool wait)
 {
     for (int r = 0; r < rows->n; r++) {
@@ -720,12 +691,11 @@ static void histogram(struct text *t, struct worker *worker, const struct pool_r
 bool report_metrics(struct worker *worker, char **body, size_t *len)
 {
     const struct config *cfg = worker->cfg;
-    uint64_t now = sluice_now(worker);
     struct view_totals tot;
     view_totals(worker, &tot);
     struct text t = {0};
-    struct pool_rows rows;
-    if (!pool_rows_collect(worker, now, &rows))
+    struct view_pools rows;
+    if (!pool_rows_collect(worker, &rows))
         return false;
     int ndown = 0;
     for (int r = 0; r < rows.n; r++)
@@ -813,7 +783,7 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
     metric_head(&t, "sluice_client_wait_duration_seconds", "histogram",
                 "Time a client waited for a server.");
     histogram(&t, worker, &rows, "sluice_client_wait_duration_seconds", true);
-    pool_rows_free(&rows);
+    view_pools_free(&rows);
 
     if (t.oom) {
         free(t.data);
