@@ -86,13 +86,21 @@ static bool act_on(struct server *s, struct ledger_claim claim)
     return false;
 }
 
+/* Whether s may go to another worker at all: several workers, a waiter registered somewhere,
+ * this one serving, s a database's server that can move now. */
+static bool may_offer(const struct server *s)
+{
+    const struct worker *worker = s->pool->worker;
+    return worker->proc->nworkers >= 2 && !s->pool->is_admin &&
+           ledger_has_waiters(&worker->proc->ledger) && sluice_serving(worker) && movable(s);
+}
+
 bool handover_offer(struct server *s)
 {
     struct pool *p = s->pool;
     struct worker *worker = p->worker;
     struct ledger *l = &worker->proc->ledger;
-    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
-        !sluice_serving(worker) || !movable(s))
+    if (!may_offer(s))
         return false;
     /* local first: session-mode waiters of its own pool that want other startup parameters
      * get room by closing it (pool.c's close_idle_unwanted) */
@@ -118,8 +126,7 @@ bool handover_offer_older(struct server *s, uint64_t since_ms, uint64_t next_sin
     /* Session mode too: otherwise a worker whose clients keep reconnecting keeps its servers
      * and another worker's clients wait for query_wait_timeout. When the older waiter there
      * wants other startup parameters, s is closed here for it (the ledger's claim says so). */
-    if (worker->proc->nworkers < 2 || p->is_admin || !ledger_has_waiters(l) ||
-        !sluice_serving(worker) || !movable(s))
+    if (!may_offer(s))
         return false;
     return act_on(s, ledger_claim_older(l, p->ledger_key, (int)worker->index, since_ms,
                                         HANDOVER_FAIRNESS_SLACK_MS, next_since_ms, s->startup_fp));

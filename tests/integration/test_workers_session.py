@@ -3,24 +3,12 @@ goes to the client that has waited longest for it, whichever worker that client 
 transaction mode. Otherwise a worker whose clients keep reconnecting keeps the pool's servers
 and another worker's clients wait until query_wait_timeout."""
 
-import socket
 import threading
 import time
 
 import pytest
 
-from multiworker import SLOW, close_all, console, show, worker_of
-
-ADMIN = "admin"
-
-
-def local_port(conn):
-    """The client's own port: SHOW CLIENTS lists it as the client's port."""
-    sock = socket.socket(fileno=conn.pgconn.socket)
-    try:
-        return sock.getsockname()[1]
-    finally:
-        sock.detach()
+from multiworker import ADMIN, SLOW, close_all, console, local_port, show, worker_of
 
 
 def place(s, adm, n_first, n_second, **login):

@@ -31,6 +31,23 @@ static inline struct config *fixture_config(const char *ini)
     return cfg;
 }
 
+/* proc's worker index, as sluice_start makes it: its config (proc's), the core's handlers and
+ * empty lists; no loop, no budget generation (a test adds them when it needs them). */
+static inline struct worker *fixture_add_worker(struct process *proc, unsigned index)
+{
+    struct worker *w = &proc->workers[index];
+    w->proc = proc;
+    w->index = index;
+    w->cfg = proc->cfg;
+    w->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
+    list_init(&w->pools);
+    list_init(&w->login_clients);
+    list_init(&w->closing_clients);
+    list_init(&w->dead_clients);
+    list_init(&w->dead_servers);
+    return w;
+}
+
 /* A process with one worker around cfg (taken: fixture_worker_free frees it); with loop, that
  * loop is initialised and is the worker's, else the worker has none until a test sets one.
  * NULL, a failed CHECK, when cfg is NULL or its budgets do not sync. */
@@ -44,20 +61,13 @@ static inline struct worker *fixture_worker_of(struct config *cfg, uv_loop_t *lo
         config_free(cfg);
         return NULL;
     }
-    struct worker *worker = &proc->workers[0];
-    proc->cfg = worker->cfg = cfg;
+    proc->cfg = cfg;
     proc->nworkers = 1;
-    worker->proc = proc;
-    worker->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
+    struct worker *worker = fixture_add_worker(proc, 0);
     if (loop) {
         uv_loop_init(loop);
         proc->loop = worker->loop = loop;
     }
-    list_init(&worker->pools);
-    list_init(&worker->login_clients);
-    list_init(&worker->closing_clients);
-    list_init(&worker->dead_clients);
-    list_init(&worker->dead_servers);
     int synced = budget_sync(proc);
     CHECK_INT(synced, 0);
     if (synced < 0) {

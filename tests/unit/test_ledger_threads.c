@@ -257,17 +257,8 @@ static void *share_worker(void *arg)
 /* A worker of proc beside worker 0, as sluice_start makes it (no loop: the test drives it). */
 static struct worker *add_worker(struct process *proc, unsigned index)
 {
-    struct worker *w = &proc->workers[index];
-    w->proc = proc;
-    w->index = index;
-    w->cfg = proc->cfg;
+    struct worker *w = fixture_add_worker(proc, index);
     w->budgets = budget_set_current(proc);
-    w->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
-    list_init(&w->pools);
-    list_init(&w->login_clients);
-    list_init(&w->closing_clients);
-    list_init(&w->dead_clients);
-    list_init(&w->dead_servers);
     return w;
 }
 

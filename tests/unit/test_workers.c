@@ -9,6 +9,7 @@
  * TCP_DEFER_ACCEPT holds silent clients about a second). */
 #include "certificate.h"
 #include "check.h"
+#include "fixture.h"
 
 #include <arpa/inet.h>
 #include <openssl/ssl.h>
@@ -780,17 +781,8 @@ static void pause_waits_for_every_worker_and_resume_serves_again(void)
         return;
     proc.nworkers = FOUR;
     for (int i = 0; i < FOUR; i++) {
-        struct worker *w = &proc.workers[i];
+        struct worker *w = fixture_add_worker(&proc, (unsigned)i);
         struct pause_worker *pw = &pause_workers[i];
-        w->proc = &proc;
-        w->index = (unsigned)i;
-        w->cfg = proc.cfg;
-        w->handlers = &sluice_worker_handlers; /* as sluice_start installs them */
-        list_init(&w->pools);
-        list_init(&w->login_clients);
-        list_init(&w->closing_clients);
-        list_init(&w->dead_clients);
-        list_init(&w->dead_servers);
         CHECK_INT(worker_loop_init(w, &loop), 0);
         pw->worker = w;
         pw->pool = pool_get(w, NULL, "u", "db");
