@@ -159,6 +159,10 @@ struct ledger_waiter {
      * CLOSE), and of those the ones whose slot is free now. Kept until the worker registers
      * again: a close per such waiter, not one per release while its worker takes the slot. */
     int rooms, rooms_freed;
+    /* Session mode: servers its own worker closed for a waiter it names (ledger_wait_room_here)
+     * since it registered; other workers close none for it meanwhile. Its worker registers again
+     * at once, naming the next waiter without one. */
+    int rooms_here;
 };
 
 struct ledger {
@@ -336,9 +340,15 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,
                      uint64_t since_ms, int want, const struct ledger_caps *caps,
                      uint64_t startup_fp) __attribute__((warn_unused_result));
-/* Servers other workers are closing for (key, worker)'s oldest waiter (session mode), so that
- * its own worker does not close one of its own for it as well. */
-int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker);
+/* Session mode: worker wants to close one of its own servers of key for a waiter without one,
+ * the `unprovided`-th (rooms_awaited of its closes already on their way count first).
+ * Whether it should: not when the servers other workers are closing for (key, worker)'s oldest
+ * waiter make room enough. When it should, the entry notes the close in the same critical
+ * section (rooms_here), so that no other worker's ledger_claim_older closes one too for the
+ * waiter it names before the worker registers again (a check then a note would let both close:
+ * two backends for one waiter). No entry: true, nothing noted. */
+bool ledger_wait_room_here(struct ledger *l, const struct ledger_key *key, int worker,
+                           int unprovided, int rooms_awaited);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its

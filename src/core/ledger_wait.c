@@ -87,13 +87,16 @@ static struct ledger_waiter *find_waiter(struct ledger *l, const struct ledger_k
     return NULL;
 }
 
-int ledger_wait_rooms(struct ledger *l, const struct ledger_key *key, int worker)
+bool ledger_wait_room_here(struct ledger *l, const struct ledger_key *key, int worker,
+                           int unprovided, int rooms_awaited)
 {
     lock(l);
-    const struct ledger_waiter *w = find_waiter(l, key, worker);
-    int rooms = w ? w->rooms : 0;
+    struct ledger_waiter *w = find_waiter(l, key, worker);
+    bool close = unprovided > rooms_awaited + (w ? w->rooms : 0);
+    if (close && w)
+        w->rooms_here++;
     unlock(l);
-    return rooms;
+    return close;
 }
 
 /* Under the lock: a server claimed for w arrived, or its slot was freed for it. */
@@ -178,8 +181,10 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
         if (w->startup_fp == startup_fp) {
             claim.kind = LEDGER_CLAIM_MOVE;
             w->coming++;
-        } else if (w->rooms == 0) {
-            claim.kind = LEDGER_CLAIM_CLOSE; /* moved, it would be closed there for the same */
+        } else if (w->rooms == 0 && w->rooms_here == 0) {
+            /* moved, it would be closed there for the same; not when its own worker closed
+             * one for it (ledger_wait_room_here) and has yet to register its next waiter */
+            claim.kind = LEDGER_CLAIM_CLOSE;
             w->rooms++;
         } else {
             continue;

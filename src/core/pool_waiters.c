@@ -237,10 +237,11 @@ bool pool_room_owed_to_older(struct pool *p, const struct client *c)
     int unprovided = ahead > 0 ? pool_count_unprovided(p, ahead, &first) : 0;
     if (unprovided <= p->rooms_awaited)
         return false;
-    int rooms_elsewhere =
-        p->worker->proc->nworkers > 1
-            ? ledger_wait_rooms(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index)
-            : 0;
-    return unprovided > p->rooms_awaited + rooms_elsewhere;
+    if (p->worker->proc->nworkers == 1)
+        return true;
+    /* with the closes other workers make for it, and noting this one in the same critical
+     * section: else another worker's release closes a second server for the same waiter */
+    return ledger_wait_room_here(&p->worker->proc->ledger, p->ledger_key, (int)p->worker->index,
+                                 unprovided, p->rooms_awaited);
 }
 

@@ -31,8 +31,9 @@ struct client *pool_first_served_by_idle(const struct pool *p, struct server **s
 /* The first eligible waiter, FIFO, that wants a server opened as s was, or NULL. */
 struct client *pool_first_fitting(const struct pool *p, const struct server *s);
 /* Session mode, a cap full: is an eligible waiter ahead of c still without a server (none
- * logging in for it, no room being made for it)? Then the server that fits c is closed to make
- * that room (pool.c's dispatch). */
+ * logging in for it, no room being made for it, here or by another worker)? Then the caller
+ * closes the server that fits c to make that room (pool.c's dispatch, pool_server_ready): with
+ * workers, true has noted that close in the ledger's entry already (ledger_wait_room_here). */
 bool pool_room_owed_to_older(struct pool *p, const struct client *c);
 
 #endif

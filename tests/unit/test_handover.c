@@ -171,6 +171,42 @@ static void a_session_server_closes_once_for_an_older_waiter_of_other_parameters
     ledger_free(&l);
 }
 
+/* Session mode, the rare-fingerprint storm with two workers (test_session_startup_hostile):
+ * worker 1's release closes one of its servers for its own older waiter of other parameters;
+ * worker 0's release in the moment before worker 1 registers its next waiter must not close a
+ * second server for the same waiter (ledger_claim_older's CLOSE): one backend too many. The
+ * check and the note are one critical section (ledger_wait_room_here). */
+static void a_local_close_for_the_oldest_waiter_keeps_other_workers_from_closing_one_too(void)
+{
+    static struct ledger l;
+    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1");
+    struct ledger_caps caps = {.pool = 2};
+    const uint64_t common = 11, rare = 22;
+    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(&l, a1, 1, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 3, &caps, rare), 1);
+    /* worker 1 closes one of its own for its rare waiter (the first without a server) */
+    CHECK(ledger_wait_room_here(&l, a1, 1, 1, 0));
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common).kind, LEDGER_CLAIM_NONE);
+    /* it registers its next waiter, a common one: worker 0's released server moves to it */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 150, 2, &caps, common), 0);
+    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common);
+    CHECK_INT(c.kind, LEDGER_CLAIM_MOVE);
+    CHECK_INT(c.worker, 1);
+    ledger_wait_arrived(&l, a1, 1);
+    /* the other order: worker 0 closed one for worker 1's rare waiter first; worker 1 then
+     * closes none of its own for it */
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 3, &caps, rare), 0);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 400, 5, 0, common).kind, LEDGER_CLAIM_CLOSE);
+    CHECK(!ledger_wait_room_here(&l, a1, 1, 1, 0));
+    CHECK(ledger_wait_room_here(&l, a1, 1, 2, 0)); /* a second rare waiter: one for it */
+    /* no entry (one worker's view): its own close is the only one */
+    ledger_wait_done(&l, a1, 1);
+    CHECK(ledger_wait_room_here(&l, a1, 1, 1, 0));
+    CHECK(!ledger_wait_room_here(&l, a1, 1, 1, 1));
+    ledger_free(&l);
+}
+
 /* The count a moving server carries (ledger_note_control): only a command that closes servers
  * of its database, or of every database, tells two workers' points apart. */
 static void a_console_command_counts_for_its_database_and_its_worker_only(void)
@@ -418,6 +454,7 @@ int main(void)
     RUN(a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack);
     RUN(a_console_command_counts_for_its_database_and_its_worker_only);
     RUN(a_session_server_closes_once_for_an_older_waiter_of_other_parameters);
+    RUN(a_local_close_for_the_oldest_waiter_keeps_other_workers_from_closing_one_too);
     RUN(an_idle_server_moves_between_worker_threads_with_its_slot);
     RUN(a_moved_server_that_missed_a_reconnect_of_its_database_is_closed);
     return CHECK_DONE();
