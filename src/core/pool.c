@@ -617,7 +617,8 @@ void pool_learn_welcome(struct server *s)
     welcome_login_waiters(p);
 }
 
-/* Fairness of the longest waiter across workers (5.3): s, released with c waiting here, moves
+/* Fairness of the longest waiter across workers (5.3): s, released with c waiting here (NULL:
+ * none of its waiters wants a server opened as s was: session mode), moves
  * to another worker whose waiter of this key has waited longer than this pool's oldest waiter
  * by more than the slack (handover.c), or closes for it when it wants other startup parameters.
  * The oldest, not c: in session mode the head may be a waiter of other parameters that c is
@@ -631,10 +632,12 @@ static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
     const struct client *oldest = pool_first_eligible(p);
     if (!oldest)
         oldest = c;
+    if (!oldest)
+        return false;
     /* the waiter after c, whose arrival this worker's entry says once c is served (c is the
      * oldest; else the entry stays the oldest's) */
     const struct client *next = NULL;
-    if (oldest == c && c->node.next != &p->waiting.head)
+    if (c && oldest == c && c->node.next != &p->waiting.head)
         next = container_of(c->node.next, struct client, node);
     uint64_t since = now - (clock - oldest->state_since_ms);
     uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
@@ -690,6 +693,13 @@ void pool_server_ready(struct server *s)
      * give that waiter's room to a younger one. */
     if (c && worker->proc->nworkers > 1 && ledger_has_waiters(&worker->proc->ledger) &&
         pass_to_older_elsewhere(s, c))
+        return;
+    /* Session mode, none of its waiters fits s: another worker's waiter older than them all
+     * first too. Else s is closed here for the local one of other parameters (maybe_connect's
+     * close_idle_unwanted), and the server opened for it is closed in turn for the older one
+     * when it connects: two backends for one waiter. */
+    if (!c && !is_paused(p) && p->mode == POOL_SESSION && worker->proc->nworkers > 1 &&
+        ledger_has_waiters(&worker->proc->ledger) && pass_to_older_elsewhere(s, NULL))
         return;
     if (c && pool_room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
