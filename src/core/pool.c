@@ -623,11 +623,14 @@ void pool_learn_welcome(struct server *s)
  * by more than the slack (handover.c), or closes for it when it wants other startup parameters.
  * The oldest, not c: in session mode the head may be a waiter of other parameters that c is
  * behind, and a server closed here for it must not be one another worker's older waiter wants
- * (it would close the head's fresh server for that one in turn). Only another worker's
- * registered waiter makes this take the ledger's lock. */
+ * (it would close the head's fresh server for that one in turn). False with one worker or no
+ * registered waiter: only another worker's registered waiter makes this take the ledger's lock. */
 static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
 {
     struct pool *p = s->pool;
+    struct process *proc = p->worker->proc;
+    if (proc->nworkers == 1 || !ledger_has_waiters(&proc->ledger))
+        return false;
     uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
     const struct client *oldest = pool_first_eligible(p);
     if (!oldest)
@@ -691,15 +694,13 @@ void pool_server_ready(struct server *s)
     struct client *c = is_paused(p) ? NULL : pool_first_fitting(p, s);
     /* Another worker's older waiter first: a close here for this pool's oldest would otherwise
      * give that waiter's room to a younger one. */
-    if (c && worker->proc->nworkers > 1 && ledger_has_waiters(&worker->proc->ledger) &&
-        pass_to_older_elsewhere(s, c))
+    if (c && pass_to_older_elsewhere(s, c))
         return;
     /* Session mode, none of its waiters fits s: another worker's waiter older than them all
      * first too. Else s is closed here for the local one of other parameters (maybe_connect's
      * close_idle_unwanted), and the server opened for it is closed in turn for the older one
      * when it connects: two backends for one waiter. */
-    if (!c && !is_paused(p) && p->mode == POOL_SESSION && worker->proc->nworkers > 1 &&
-        ledger_has_waiters(&worker->proc->ledger) && pass_to_older_elsewhere(s, NULL))
+    if (!c && !is_paused(p) && p->mode == POOL_SESSION && pass_to_older_elsewhere(s, NULL))
         return;
     if (c && pool_room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
