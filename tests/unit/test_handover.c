@@ -147,25 +147,37 @@ static void a_released_server_goes_to_a_waiter_that_waited_longer_by_the_slack(v
     ledger_free(&l);
 }
 
+/* Session mode: servers opened with a common client's startup parameters, and a rare
+ * client's that sluice has none of */
+static const uint64_t common_fp = 11, rare_fp = 22;
+static const struct ledger_caps session_caps = {.pool = 2};
+
+/* Pool a/u1 full (pool_size 2): one server on worker 0, the other on second_holder; worker 1
+ * waits since 100 for three servers of the rare parameters (the first registers its entry). */
+static struct ledger_key *full_pool_and_a_rare_waiter_on_worker_1(struct ledger *l,
+                                                                  int second_holder)
+{
+    struct ledger_key *a1 = ledger_key_get(l, "a", "u1");
+    CHECK_INT(ledger_take_server(l, a1, 0, &session_caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, second_holder, &session_caps), LIMIT_NONE);
+    CHECK_INT(ledger_wait_need(l, a1, 1, LIMIT_POOL, 100, 3, &session_caps, rare_fp), 1);
+    return a1;
+}
+
 /* Session mode: a released server of other startup parameters than the older waiter's is not
  * moved to it (it would be closed there) but closed for it, once while that close is on its
  * way; one of its parameters still moves to it */
 static void a_session_server_closes_once_for_an_older_waiter_of_other_parameters(void)
 {
     static struct ledger l;
-    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1");
-    struct ledger_caps caps = {.pool = 2};
-    const uint64_t common = 11, rare = 22;
-    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 3, &caps, rare), 1);
-    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common);
+    struct ledger_key *a1 = full_pool_and_a_rare_waiter_on_worker_1(&l, 0);
+    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common_fp);
     CHECK_INT(c.kind, LEDGER_CLAIM_CLOSE);
     CHECK_INT(c.worker, 1);
     CHECK(c.key == a1);
     /* the close is on its way: the next release serves its own worker's waiter */
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common).kind, LEDGER_CLAIM_NONE);
-    c = ledger_claim_older(&l, a1, 0, 200, 5, 0, rare);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common_fp).kind, LEDGER_CLAIM_NONE);
+    c = ledger_claim_older(&l, a1, 0, 200, 5, 0, rare_fp);
     CHECK_INT(c.kind, LEDGER_CLAIM_MOVE);
     CHECK_INT(c.worker, 1);
     ledger_free(&l);
@@ -179,25 +191,20 @@ static void a_session_server_closes_once_for_an_older_waiter_of_other_parameters
 static void a_local_close_for_the_oldest_waiter_keeps_other_workers_from_closing_one_too(void)
 {
     static struct ledger l;
-    struct ledger_key *a1 = ledger_key_get(&l, "a", "u1");
-    struct ledger_caps caps = {.pool = 2};
-    const uint64_t common = 11, rare = 22;
-    CHECK_INT(ledger_take_server(&l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(&l, a1, 1, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 100, 3, &caps, rare), 1);
+    struct ledger_key *a1 = full_pool_and_a_rare_waiter_on_worker_1(&l, 1);
     /* worker 1 closes one of its own for its rare waiter (the first without a server) */
     CHECK(ledger_wait_room_here(&l, a1, 1, 1, 0));
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common).kind, LEDGER_CLAIM_NONE);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 200, 5, 0, common_fp).kind, LEDGER_CLAIM_NONE);
     /* it registers its next waiter, a common one: worker 0's released server moves to it */
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 150, 2, &caps, common), 0);
-    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 150, 2, &session_caps, common_fp), 0);
+    struct ledger_claim c = ledger_claim_older(&l, a1, 0, 200, 5, 0, common_fp);
     CHECK_INT(c.kind, LEDGER_CLAIM_MOVE);
     CHECK_INT(c.worker, 1);
     ledger_wait_arrived(&l, a1, 1);
     /* the other order: worker 0 closed one for worker 1's rare waiter first; worker 1 then
      * closes none of its own for it */
-    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 3, &caps, rare), 0);
-    CHECK_INT(ledger_claim_older(&l, a1, 0, 400, 5, 0, common).kind, LEDGER_CLAIM_CLOSE);
+    CHECK_INT(ledger_wait_need(&l, a1, 1, LIMIT_POOL, 300, 3, &session_caps, rare_fp), 0);
+    CHECK_INT(ledger_claim_older(&l, a1, 0, 400, 5, 0, common_fp).kind, LEDGER_CLAIM_CLOSE);
     CHECK(!ledger_wait_room_here(&l, a1, 1, 1, 0));
     CHECK(ledger_wait_room_here(&l, a1, 1, 2, 0)); /* a second rare waiter: one for it */
     /* no entry (one worker's view): its own close is the only one */
