@@ -20,6 +20,7 @@
 #include "cancel.h"
 #include "client.h"
 #include "client_login.h"
+#include "handover.h"
 #include "ledger.h"
 #include "pool.h"
 #include "relay.h"
@@ -406,6 +407,9 @@ const struct pool_events link_pool_events = {
     .kick_server = server_kick,
     .watch_server = server_want_io,
     .server_tick = server_check_timeouts,
+    .offer_server = handover_offer,
+    .offer_server_to_older = handover_offer_older,
+    .offer_idle_servers = handover_offer_pool,
 };
 
 /* ---- the servers' events ---- */

@@ -15,7 +15,6 @@
 #include "console.h"
 #include "budget.h"
 #include "client.h"
-#include "handover.h"
 #include "ledger.h"
 #include "log.h"
 #include "pool_breaker.h"
@@ -646,7 +645,7 @@ static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
     uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
     server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
     buf_detach_if_empty(&s->in);
-    if (!handover_offer_older(s, since, next_since))
+    if (!p->worker->pool_events->offer_server_to_older(s, since, next_since))
         return false;
     /* this pool's own waiters wait for a slot now: registered, so the worker the server went
      * to sees them as older than its next waiter and sends it back in turn */
@@ -717,7 +716,7 @@ void pool_server_ready(struct server *s)
         server_set_state(s, SERVER_IDLE);
     buf_detach_if_empty(&s->in);
     /* No client of its own wants it: another worker's waiter may (5.4) */
-    if (worker->proc->nworkers > 1 && handover_offer(s))
+    if (worker->proc->nworkers > 1 && worker->pool_events->offer_server(s))
         return;
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
@@ -860,7 +859,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         open_server(p, NULL);
     /* An idle server another worker's waiter could use, missed by the offers (5.4). */
     if (p->worker->proc->nworkers > 1)
-        handover_offer_pool(p);
+        p->worker->pool_events->offer_idle_servers(p);
 }
 
 void pool_take_moved(struct pool *p, struct server *s)

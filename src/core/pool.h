@@ -135,6 +135,17 @@ struct pool_events {
     void (*watch_server)(struct server *s);
     /* The pool's tick reaches s: its timeouts (server_check_timeouts). */
     void (*server_tick)(struct server *s, uint64_t now);
+
+    /* With workers > 1, its idle servers and other workers' waiters (5.4): the pool says when
+     * a server may go to another worker; handover.c finds the waiter it serves and moves or
+     * closes it (link_pool_events wires them). Each true when s left this pool. */
+    /* s just went idle, or sits idle, and no waiter here took it (handover_offer). */
+    bool (*offer_server)(struct server *s);
+    /* s would serve a waiter here, the oldest of whom arrived at since_ms: another worker's
+     * waiter older by more than the slack first (handover_offer_older). */
+    bool (*offer_server_to_older)(struct server *s, uint64_t since_ms, uint64_t next_since_ms);
+    /* Every idle server of p, which the offers may have missed (handover_offer_pool). */
+    void (*offer_idle_servers)(struct pool *p);
 };
 
 /* Find or create the pool for a client's login: by database and user, the database's forced
