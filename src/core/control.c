@@ -1,12 +1,11 @@
-/* control: the commands a service may use to change the core (see control.h). Each walks the
- * pools it targets and acts through pool.c, server.c and client.c, as a signal or the
- * maintenance timer would. */
+/* control: the commands a service may use to change the core's pools (see control.h). Each
+ * walks the pools it targets and acts through pool.c, server.c and client.c, as a signal or the
+ * maintenance timer would. RELOAD, SET and SHUTDOWN, the process's, are control_process.c's. */
 #include "control.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
 #include "budget.h"
 #include "client.h"
 #include "config.h"
@@ -15,7 +14,6 @@
 #include "pool.h"
 #include "server.h"
 #include "tally.h"
-#include "tls.h"
 #include "worker.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -364,56 +362,4 @@ struct worker *control_client_owner(struct worker *worker, uint64_t id)
 void control_kill_client_elsewhere(struct worker *owner, uint64_t id)
 {
     worker_post_kill_client(owner, id);
-}
-
-bool control_reload(struct worker *worker)
-{
-    const struct config *before = worker->cfg;
-    sluice_reload(worker->proc);
-    return worker->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
-}
-
-bool control_reload_done(const struct worker *worker)
-{
-    return sluice_reload_done(worker->proc);
-}
-
-void control_shutdown(struct worker *worker, enum sluice_phase phase)
-{
-    sluice_shutdown(worker->proc, phase);
-}
-
-/* What a reload does besides the workers' part that only some keys need: logging, the client
- * TLS context and the hba rules are the process's, reloaded only when SET changed one of their
- * keys. */
-static void apply_set(const struct config *cfg, const char *key)
-{
-    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
-        strcmp(key, "logfile") == 0) {
-        log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
-    }
-    if (strncmp(key, "client_tls_", 11) == 0)
-        tls_reload(cfg);
-    if (strncmp(key, "auth_", 5) == 0)
-        auth_reload(cfg);
-}
-
-int control_set(struct worker *worker, const char *key, const char *value, char *err, size_t errlen)
-{
-    /* Never in place: every worker reads its own reference to a generation (5.7). The change
-     * goes into a copy, checked with the other main keys (config_set_key), which then becomes
-     * the next generation exactly as a reload's would. */
-    struct process *proc = worker->proc;
-    struct config *next = config_copy(proc->cfg);
-    if (!next) {
-        snprintf(err, errlen, "out of memory copying the configuration");
-        return -1;
-    }
-    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0) {
-        config_free(next);
-        return -1;
-    }
-    sluice_apply_generation(proc, next);
-    apply_set(proc->cfg, key);
-    return 0;
 }

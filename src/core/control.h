@@ -2,7 +2,9 @@
  * RECONNECT, KILL, KILL_CLIENT, WAIT_CLOSE, RELOAD, SHUTDOWN and SET, as actions on the pools,
  * servers and clients. The admin console parses and answers; these act, and never write to a
  * console client. A database name of NULL means every database; the console's own pseudo-pool
- * is never a target. DISABLE/ENABLE are disabled_dbs.h. */
+ * is never a target. DISABLE/ENABLE are disabled_dbs.h. The pool commands are control.c's;
+ * RELOAD, SET and SHUTDOWN, which sluice.c carries out for the whole process, are
+ * control_process.c's. */
 #ifndef SLUICE_CONTROL_H
 #define SLUICE_CONTROL_H
 
