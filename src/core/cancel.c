@@ -24,6 +24,7 @@
 #include <sys/random.h>
 #include <uv.h>
 
+#include "conn_id.h"
 #include "console.h"
 #include "client.h"
 #include "log.h"
@@ -195,8 +196,7 @@ static void cancel_done(uv_work_t *req, int status)
         PQfreeCancel(job->cancel);
     s->cancels_in_flight--;
     if (status == 0 && !job->ok)
-        log_msg(LOG_WARNING, "S-%llu: cancel request failed: %s", (unsigned long long)s->id,
-                job->err);
+        log_msg(LOG_WARNING, "S-%s: cancel request failed: %s", CONN_ID_TEXT(s->id), job->err);
     struct client *requester = job->requester;
     const struct cancel_events *events = job->events;
     struct worker *reply_to = job->reply_to;
@@ -255,8 +255,8 @@ static bool route_request(struct worker *worker, struct client *requester,
     }
     if (start_cancel(worker, s, requester, remote) < 0)
         return false;
-    log_client(LOG_INFO, c, "cancel request sent to S-%llu (backend pid %d)",
-               (unsigned long long)s->id, s->backend_pid);
+    log_client(LOG_INFO, c, "cancel request sent to S-%s (backend pid %d)", CONN_ID_TEXT(s->id),
+               s->backend_pid);
     return true;
 }
 

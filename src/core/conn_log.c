@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "client.h"
+#include "conn_id.h"
 #include "log.h"
 #include "pool.h"
 #include "server.h"
@@ -17,7 +18,7 @@ void log_client_v(enum log_level level, const struct client *c, const char *fmt,
         return;
     char who[384], addr[64];
     peer_addr_text(&c->addr, addr, sizeof(addr));
-    snprintf(who, sizeof(who), "C-%llu %s/%s@%s", (unsigned long long)c->id,
+    snprintf(who, sizeof(who), "C-%s %s/%s@%s", CONN_ID_TEXT(c->id),
              c->database ? c->database : "?", c->user ? c->user : "?", addr);
     log_msg_as(level, who, fmt, ap);
 }
@@ -35,7 +36,7 @@ void log_server(enum log_level level, const struct server *s, const char *fmt, .
     if (!log_enabled(level))
         return;
     char who[384];
-    snprintf(who, sizeof(who), "S-%llu %s/%s", (unsigned long long)s->id, s->pool->db_name,
+    snprintf(who, sizeof(who), "S-%s %s/%s", CONN_ID_TEXT(s->id), s->pool->db_name,
              s->pool->user_name);
     va_list ap;
     va_start(ap, fmt);

@@ -9,6 +9,7 @@
 #include "budget.h"
 #include "client.h"
 #include "config.h"
+#include "conn_id.h"
 #include "ledger.h"
 #include "log.h"
 #include "pool.h"
@@ -349,14 +350,14 @@ void control_kill_client_here(struct worker *worker, uint64_t id)
     if (victim)
         control_kill_client(victim);
     else
-        log_msg(LOG_INFO, "KILL_CLIENT %llu: that client has left already", (unsigned long long)id);
+        log_msg(LOG_INFO, "KILL_CLIENT %s: that client has left already", CONN_ID_TEXT(id));
 }
 
 struct worker *control_client_owner(struct worker *worker, uint64_t id)
 {
-    uint64_t index = id >> 56; /* next_id starts at index << 56 (sluice.c worker_start) */
+    unsigned index = conn_id_worker(id);
     struct process *proc = worker->proc;
-    return index < (uint64_t)proc->nworkers ? &proc->workers[index] : NULL;
+    return index < (unsigned)proc->nworkers ? &proc->workers[index] : NULL;
 }
 
 void control_kill_client_elsewhere(struct worker *owner, uint64_t id)

@@ -20,6 +20,7 @@
 #include "cancel.h"
 #include "client.h"
 #include "client_login.h"
+#include "conn_id.h"
 #include "handover.h"
 #include "ledger.h"
 #include "pool.h"
@@ -166,7 +167,7 @@ static int queue_sync(struct client *c, struct server *s)
     }
     for (uint32_t at = 0; at < sql.len;) {
         const char *stmt = (const char *)sql.data + at;
-        log_client(LOG_DEBUG, c, "S-%llu: %s", (unsigned long long)s->id, stmt);
+        log_client(LOG_DEBUG, c, "S-%s: %s", CONN_ID_TEXT(s->id), stmt);
         server_queue_internal(s, stmt);
         at += (uint32_t)strlen(stmt) + 1;
     }

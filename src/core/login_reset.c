@@ -7,6 +7,7 @@
 
 #include "client.h"
 #include "codec.h"
+#include "conn_id.h"
 #include "log.h"
 #include "params.h"
 #include "server.h"
@@ -222,8 +223,8 @@ static bool queue_restore(struct server *s, struct client *c)
     codec_out_init(&sql);
     int n = ok ? params_build_restore(&restore, !lr->which.session_level, &s->params, &sql) : -1;
     if (n > 0) {
-        log_client(LOG_DEBUG, c, "S-%llu: %s (login values again after a reset)",
-                   (unsigned long long)s->id, (const char *)sql.data);
+        log_client(LOG_DEBUG, c, "S-%s: %s (login values again after a reset)", CONN_ID_TEXT(s->id),
+                   (const char *)sql.data);
         server_queue_internal(s, (const char *)sql.data);
     }
     codec_out_free(&sql);

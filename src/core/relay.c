@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "client.h"
+#include "conn_id.h"
 #include "log.h"
 #include "login_notice.h"
 #include "pool.h"
@@ -119,11 +120,12 @@ static void query_done(struct server *s, struct client *c, char status)
         s->pool->xact_us_total += (now - s->xact_start_ms) * 1000;
     int64_t slow = c->worker->cfg->log_slow_query_ms;
     if (slow > 0 && ms >= (uint64_t)slow)
-        log_client(LOG_WARNING, c, "slow query: %llu ms (log_slow_query_ms = %lld), "
-                                   "application_name \"%s\", pool %s/%s, S-%llu",
+        log_client(LOG_WARNING, c,
+                   "slow query: %llu ms (log_slow_query_ms = %lld), "
+                   "application_name \"%s\", pool %s/%s, S-%s",
                    (unsigned long long)ms, (long long)slow,
                    params_get(&c->params, "application_name") ?: "", s->pool->db_name,
-                   s->pool->user_name, (unsigned long long)s->id);
+                   s->pool->user_name, CONN_ID_TEXT(s->id));
 }
 
 /* Frame server messages. Messages are forwarded to c, or consumed when there is no client or

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "conn_id.h"
 #include "log.h"
 #include "pool.h"
 #include "pool_mode.h"
@@ -219,10 +220,11 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     enum session_policy policy = c->worker->cfg->session_state_policy;
     if (policy == SESSION_POLICY_PIN) {
         if (!c->pinned)
-            log_client(LOG_INFO, c, "uses %s (application_name \"%s\"): pinned to S-%llu until it "
-                                    "disconnects (session_state_policy = pin)",
+            log_client(LOG_INFO, c,
+                       "uses %s (application_name \"%s\"): pinned to S-%s until it "
+                       "disconnects (session_state_policy = pin)",
                        session_feature_name(f), params_get(&c->params, "application_name") ?: "",
-                       (unsigned long long)s->id);
+                       CONN_ID_TEXT(s->id));
         c->pinned = true;
         return TRACK_PASS;
     }

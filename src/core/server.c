@@ -36,6 +36,7 @@
 
 #include "cancel.h"
 #include "client.h"
+#include "conn_id.h"
 #include "ledger.h"
 #include "log.h"
 #include "pool.h"
@@ -280,8 +281,8 @@ void server_close_for_worker(struct server *s, const char *reason, struct ledger
 
 void server_discard_moved(struct server *s, struct worker *worker, struct ledger_key *key)
 {
-    log_msg(LOG_INFO, "S-%llu: closing: moved to worker %u as it stopped taking messages",
-            (unsigned long long)s->id, worker->index);
+    log_msg(LOG_INFO, "S-%s: closing: moved to worker %u as it stopped taking messages",
+            CONN_ID_TEXT(s->id), worker->index);
     atomic_fetch_sub_explicit(&worker->nservers, 1, memory_order_relaxed);
     /* it left its sender's share for the transit share (handover.c's move) */
     (void)ledger_give_server(&worker->proc->ledger, key, LEDGER_IN_TRANSIT); /* nobody is woken */

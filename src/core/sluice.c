@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "budget.h"
+#include "conn_id.h"
 #include "control.h"
 #include "buf.h"
 #include "cancel.h"
@@ -342,7 +343,7 @@ static int worker_start(struct process *proc, struct worker *worker, unsigned in
     worker->proc = proc;
     worker->index = index;
     /* C-n and S-n unique across workers (5.1): the worker in the top byte, 0 for worker 0 */
-    worker->next_id = (uint64_t)index << 56;
+    worker->next_id = conn_id_base(index);
     /* Worker 0 shares the process's reference; a thread holds its own generation (5.7). */
     worker->cfg = index == 0 ? proc->cfg : config_acquire(proc->cfg);
     worker->handlers = &sluice_worker_handlers; /* before anything can post to it */

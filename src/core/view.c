@@ -37,8 +37,7 @@ static void fill_client(struct view_conn *v, const struct client *c, const char 
     memset(v, 0, sizeof(*v));
     v->type = VIEW_CLIENT;
     v->id = c->id;
-    v->ptr = c;
-    v->link = c->server;
+    v->link_id = c->server ? c->server->id : 0;
     v->user = c->user;
     v->database = c->database;
     v->state = list_name ? list_name : client_state_name(c->state);
@@ -70,8 +69,7 @@ static void fill_server(struct view_conn *v, const struct server *s, const char 
     memset(v, 0, sizeof(*v));
     v->type = VIEW_SERVER;
     v->id = s->id;
-    v->ptr = s;
-    v->link = s->client;
+    v->link_id = s->client ? s->client->id : 0;
     v->user = p->user_name;
     v->database = p->db_name;
     v->state = list_name ? list_name : server_state_shown(s->state);

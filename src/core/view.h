@@ -38,7 +38,9 @@ struct view_socket {
 struct view_conn {
     enum view_conn_type type;
     uint64_t id;
-    const void *ptr, *link; /* the object and its peer (NULL: none), PgBouncer's ptr/link */
+    /* the linked peer's id (0: none). PgBouncer's ptr and link columns show pointers, which a
+     * log line names too; ours show ids the same way (conn_id.h). */
+    uint64_t link_id;
     const char *user, *database;
     /* The state's name; in view_sockets the name of the list it is on (cl_active, sv_idle...). */
     const char *state;

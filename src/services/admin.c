@@ -24,6 +24,7 @@
 #include "buf.h"
 #include "client.h"
 #include "config.h"
+#include "conn_id.h"
 #include "console.h"
 #include "control.h"
 #include "disabled_dbs.h"
@@ -299,24 +300,23 @@ static enum outcome run_kill_client(struct client *c, const struct admin_command
     if (owner && owner != c->worker) {
         /* another thread's client (5.6): its worker closes it; whether it was still there is
          * that thread's to know, so the answer is KILL_CLIENT either way */
-        log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu (on worker %u)",
-                   (unsigned long long)cmd->client_id, owner->index);
+        log_client(LOG_INFO, c, "admin: KILL_CLIENT %s (on worker %u)",
+                   CONN_ID_TEXT(cmd->client_id), owner->index);
         control_kill_client_elsewhere(owner, cmd->client_id);
         return OUT_DONE;
     }
     struct client *victim = owner ? control_find_client(c->worker, cmd->client_id) : NULL;
     if (!victim) {
         put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
-                  "no client with id %llu", (unsigned long long)cmd->client_id);
+                  "no client with id %s", CONN_ID_TEXT(cmd->client_id));
         return OUT_ERROR;
     }
     if (victim == c) {
         put_error(c, SQLSTATE_OBJECT_NOT_IN_PREREQUISITE_STATE, "Disconnect instead.",
-                  "KILL_CLIENT %llu is this console session itself",
-                  (unsigned long long)cmd->client_id);
+                  "KILL_CLIENT %s is this console session itself", CONN_ID_TEXT(cmd->client_id));
         return OUT_ERROR;
     }
-    log_client(LOG_INFO, c, "admin: KILL_CLIENT %llu", (unsigned long long)cmd->client_id);
+    log_client(LOG_INFO, c, "admin: KILL_CLIENT %s", CONN_ID_TEXT(cmd->client_id));
     control_kill_client(victim);
     return OUT_DONE;
 }

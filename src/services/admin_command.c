@@ -17,6 +17,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "conn_id.h"
+
 enum tok_kind { TOK_END, TOK_WORD, TOK_IDENT, TOK_STRING, TOK_EQUALS, TOK_SEMI, TOK_BAD };
 
 struct token {
@@ -288,20 +290,10 @@ static enum admin_verb parse_show(struct admin_command *out, const struct token 
 
 static enum admin_verb parse_client_id(struct admin_command *out, const struct token *t)
 {
-    if (t->kind != TOK_WORD || t->len == 0 || t->len > 19)
+    if (t->kind != TOK_WORD || !conn_id_parse(t->start, t->len, &out->client_id))
         return fail_at(out, t,
-                       "KILL_CLIENT needs a client id (the id column of SHOW CLIENTS), "
-                       "found %s");
-    uint64_t id = 0;
-    for (size_t i = 0; i < t->len; i++) {
-        char ch = t->start[i];
-        if (ch < '0' || ch > '9')
-            return fail_at(out, t,
-                           "KILL_CLIENT needs a client id (the id column of SHOW "
-                           "CLIENTS), found %s");
-        id = id * 10 + (uint64_t)(ch - '0'); /* 19 digits cannot overflow 64 bits */
-    }
-    out->client_id = id;
+                       "KILL_CLIENT needs a client id (the id or ptr column of SHOW CLIENTS, "
+                       "or the id a log line writes after C-), found %s");
     return out->verb;
 }
 

@@ -108,8 +108,8 @@ static void conn_row(const struct view_conn *v, void *ctx)
     cell_time(t, l->worker, v->state_since_ms);
     cells_wait(t, v->wait_us);
     cell_int(t, v->close_needed ? 1 : 0);
-    cell_ptr(t, v->ptr);
-    cell_ptr(t, v->link);
+    cell_conn_id(t, v->id);
+    cell_conn_id(t, v->link_id);
     cell_int(t, v->remote_pid);
     cell_tls(t, v->ssl);
     cell_text(t, v->app_name);

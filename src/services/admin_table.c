@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "conn_id.h"
 #include "log.h"
 #include "sluice.h"
 #include "tls.h"
@@ -149,12 +150,9 @@ void cell_time(struct table *t, const struct worker *worker, uint64_t loop_ms)
     cell_text(t, buf);
 }
 
-void cell_ptr(struct table *t, const void *p)
+void cell_conn_id(struct table *t, uint64_t id)
 {
-    if (p)
-        cell_fmt(t, "%p", p);
-    else
-        cell_text(t, "");
+    cell_text(t, id ? CONN_ID_TEXT(id) : "");
 }
 
 /* Address and port cells of a socket address. */

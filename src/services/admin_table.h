@@ -51,8 +51,9 @@ void cell_uint(struct table *t, uint64_t v);
 void cells_wait(struct table *t, uint64_t us);
 /* A loop timestamp (ms) as wall-clock time "YYYY-MM-DD HH:MM:SS UTC"; 0 is NULL. */
 void cell_time(struct table *t, const struct worker *worker, uint64_t loop_ms);
-/* An object's address ("%p"), "" for NULL: PgBouncer's ptr and link columns. */
-void cell_ptr(struct table *t, const void *p);
+/* An id as logs write it after C- or S- (conn_id.h), "" for 0 (none): the ptr and link columns,
+ * where PgBouncer writes the object's address, as its log lines do. */
+void cell_conn_id(struct table *t, uint64_t id);
 /* Address and port cells of a peer: the IP and port, "unix" and unix_port, or two NULLs. */
 void cells_addr(struct table *t, const union peer_addr *a, int unix_port);
 /* The same for the local end of a socket (fd < 0: two NULLs). */

@@ -62,6 +62,15 @@ def worker_of(client_row):
     return client_row["id"] >> 56  # next_id starts at index << 56 (architecture.md 5.1)
 
 
+# A client's id as a log line or SHOW's ptr column writes it (src/base/conn_id.h): C-<n> on
+# worker 0, C-<worker>:<n> on another.
+LOG_CLIENT_ID = r"C-((?:\d+:)?\d+)"
+
+
+def worker_of_id_text(text):
+    return int(text.split(":")[0]) if ":" in text else 0
+
+
 def workers_by_app(s):
     """{application_name: worker index} of every client logged in to appdb."""
     with console(s) as adm:

@@ -30,6 +30,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, BackendSampler, pick_port, wait_until
+from multiworker import LOG_CLIENT_ID, worker_of_id_text
 from pgwire import RawConn, ServerError
 from test_http import get, parse_metrics
 
@@ -229,8 +230,8 @@ def pools_made(s, db, user):
     client): the workers of the clients whose login the log shows (log_connections = 1; a
     client's id carries its worker, architecture.md 5.1). "pool ... created" is logged once per
     process."""
-    login = re.compile(rf"C-(\d+) {re.escape(db)}/{re.escape(user)}@\S* login ok")
-    return len({int(m.group(1)) >> 56 for line in s.log if (m := login.search(line))})
+    login = re.compile(rf"{LOG_CLIENT_ID} {re.escape(db)}/{re.escape(user)}@\S* login ok")
+    return len({worker_of_id_text(m.group(1)) for line in s.log if (m := login.search(line))})
 
 
 def usable_connections(pg):

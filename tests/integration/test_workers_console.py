@@ -14,9 +14,10 @@ import pytest
 
 from certs import make_pki
 from conftest import APP_DB, APP_USER, pick_port, wait_until
-from multiworker import (ADMIN, SLOW, WORKERS, app_backend_pids, assert_on_every_worker,
-                         close_all, connect_many, console, holders_and_idlers, named, pool_row,
-                         raw_many, show, start4, wait_pool, worker_of)
+from multiworker import (ADMIN, LOG_CLIENT_ID, SLOW, WORKERS, app_backend_pids,
+                         assert_on_every_worker, close_all, connect_many, console,
+                         holders_and_idlers, named, pool_row, raw_many, show, start4, wait_pool,
+                         worker_of, worker_of_id_text)
 from pgwire import RawConn, query_msg, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
 
@@ -171,6 +172,45 @@ def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice,
 
 
 @pytest.mark.timeout(120)
+def test_ids_read_worker_colon_n_in_logs_and_show_and_kill_client_takes_them(start_sluice, pg):
+    """An id packs its worker in the top byte: as a number worker 1's first client is
+    72057594037927937. Logs, SHOW's ptr/link and KILL_CLIENT write it "1:1" (worker 0's plain
+    "1"); the id column stays the number (PgBouncer's integer) and names the same client."""
+    s = start4(start_sluice, pg, log_connections=1)
+    clients = raw_many(s, "c", WORKERS)
+    try:
+        for c in clients:
+            c.query("BEGIN")
+            c.query("SELECT 1")  # linked to a server until COMMIT
+        with console(s) as adm:
+            rows = app_clients(adm)
+            servers = {r["ptr"]: r for r in app_servers(adm)}
+            logged = set()
+            for line in s.log:
+                m = re.search(rf"{LOG_CLIENT_ID} {APP_DB}/", line)
+                if m and "login ok" in line:
+                    logged.add(m[1])
+            assert len(rows) == WORKERS and len({worker_of(r) for r in rows}) == WORKERS, rows
+            for r in rows:
+                w, n = worker_of(r), r["id"] & ((1 << 56) - 1)
+                assert r["ptr"] == (f"{w}:{n}" if w else str(n)), r
+                assert r["ptr"] in logged, (r, logged)
+                assert worker_of_id_text(r["ptr"]) == w
+                server = servers[r["link"]]  # the server's row names its client back
+                assert server["link"] == r["ptr"] and worker_of(server) == w, (r, server)
+                assert re.fullmatch(r"(\d+:)?\d+", r["link"]), r
+            victim = next(r for r in rows if worker_of(r) != 0)
+            mark = s.mark()
+            assert adm.execute(f"KILL_CLIENT {victim['ptr']}").statusmessage == "KILL_CLIENT"
+            wait_until(lambda: victim["ptr"] not in {r["ptr"] for r in app_clients(adm)},
+                       5 * SLOW, what="the client killed by its id as logs write it gone")
+            s.wait_for_log(rf"C-{victim['ptr']} {APP_DB}/{APP_USER}@", timeout=5 * SLOW,
+                           since=mark)
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.timeout(120)
 def test_tls_console_login_accepted_by_another_worker_is_served(start_sluice, pg, tmp_path):
     """The acceptor hands the login to the least loaded worker; with worker 0 holding a client,
     that is worker 1, which moves the console login (and its TLS session) to worker 0 (5.6)."""
@@ -189,8 +229,8 @@ def test_tls_console_login_accepted_by_another_worker_is_served(start_sluice, pg
                 autocommit=True))
             moved = s.wait_for_log(r"console login moved to worker 0", timeout=5 * SLOW,
                                    since=mark)
-            assert re.search(r"C-(\d+)", moved) and int(re.search(r"C-(\d+)", moved)[1]) >> 56, \
-                moved
+            # logged by the worker that accepted it, not worker 0
+            assert worker_of_id_text(re.search(LOG_CLIENT_ID, moved)[1]) != 0, moved
         for adm in consoles:
             clients = show(adm, "CLIENTS")
             assert [c["tls"] for c in clients if c["application_name"] == "first"] != [""]

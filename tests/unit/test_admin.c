@@ -6,6 +6,7 @@
 
 #include "admin_command.h"
 #include "check.h"
+#include "conn_id.h"
 #include "http_request.h"
 #include "utf8.h"
 
@@ -94,6 +95,28 @@ static void kill_client_takes_a_decimal_id(void)
     CHECK_INT(parse("KILL_CLIENT -1"), ADMIN_INVALID);
     CHECK_INT(parse("KILL_CLIENT 0x10"), ADMIN_INVALID);
     CHECK_INT(parse("KILL_CLIENT"), ADMIN_INVALID);
+}
+
+/* An id as logs and SHOW's ptr column write it: "<worker>:<n>", plain "<n>" on worker 0; the
+ * number of SHOW's id column names the same client. */
+static void kill_client_takes_an_id_as_logs_write_it(void)
+{
+    char text[CONN_ID_TEXT_LEN];
+    CHECK_STR(conn_id_text(7, text), "7");
+    CHECK_STR(conn_id_text(((uint64_t)1 << 56) + 7, text), "1:7");
+    CHECK_STR(conn_id_text(((uint64_t)63 << 56) + 123456, text), "63:123456");
+    CHECK_INT(parse("KILL_CLIENT 1:7"), ADMIN_KILL_CLIENT);
+    CHECK(cmd.client_id == ((uint64_t)1 << 56) + 7);
+    CHECK_INT(parse("KILL_CLIENT 0:7"), ADMIN_KILL_CLIENT);
+    CHECK_INT(cmd.client_id, 7);
+    CHECK_INT(parse("KILL_CLIENT 255:72057594037927935"), ADMIN_KILL_CLIENT);
+    CHECK(cmd.client_id == UINT64_MAX);
+    CHECK_INT(parse("KILL_CLIENT 256:1"), ADMIN_INVALID);               /* no such worker byte */
+    CHECK_INT(parse("KILL_CLIENT 1:72057594037927936"), ADMIN_INVALID); /* n over 56 bits */
+    CHECK_INT(parse("KILL_CLIENT 1:"), ADMIN_INVALID);
+    CHECK_INT(parse("KILL_CLIENT :7"), ADMIN_INVALID);
+    CHECK_INT(parse("KILL_CLIENT 1:2:3"), ADMIN_INVALID);
+    CHECK_INT(parse("KILL_CLIENT C-1:7"), ADMIN_INVALID);
 }
 
 static void disable_and_enable_need_a_database_suspend_takes_none(void)
@@ -315,6 +338,7 @@ int main(void)
     RUN(unknown_show_subject_is_undefined_object_naming_it);
     RUN(database_commands_take_an_optional_name_kept_as_written);
     RUN(kill_client_takes_a_decimal_id);
+    RUN(kill_client_takes_an_id_as_logs_write_it);
     RUN(disable_and_enable_need_a_database_suspend_takes_none);
     RUN(reload_and_shutdown_forms);
     RUN(set_accepts_equals_or_to_and_quoted_values);
