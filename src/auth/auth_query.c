@@ -194,6 +194,7 @@ struct qconn {
     struct sockio io;
     struct secret_job *job; /* RESOLVING, CONNECTING, QUERYING: the lookup it runs */
     uint64_t since_ms;      /* when it entered its state */
+    uint64_t opened_ms;     /* its turn began (SECRET_QUERY_TURN_MS) */
     int served;             /* lookups answered on it */
     bool retired;           /* reload: closed once its lookup is done */
 };
@@ -241,10 +242,19 @@ static void give_idle_elsewhere(struct worker *worker)
         qconn_close(qc, for_another_worker);
 }
 
+/* Whether qc goes to another worker's waiting lookup: with several, one at once; the only one
+ * once it has had its turn (SECRET_QUERY_TURN_MS). With 3 workers or more, two workers holding
+ * one each kept them until their queues drained while the others' logins waited. */
+static bool turn_over(const struct qconn *qc, uint64_t now)
+{
+    return nqconns > 1 || now - qc->opened_ms >= SECRET_QUERY_TURN_MS;
+}
+
 /* The lookup is over: cache the answer, free the connection for the next one, wake the
- * waiters. While another worker waits for a connection, one of a worker holding several goes
- * to it rather than to this worker's next lookup, so that no worker's queue holds the others'
- * lookups until it drains. */
+ * waiters. While another worker waits for a connection, one whose turn is over goes to it
+ * rather than to this worker's next lookup, so that no worker's queue holds the others' lookups
+ * until it drains; the room goes to the workers woken (ledger_take_own). */
+
 static void query_finish(struct secret_job *j, const char *error)
 {
     struct worker *worker = j->worker;
@@ -256,7 +266,7 @@ static void query_finish(struct secret_job *j, const char *error)
         if (qc->retired || worker->proc->phase != PHASE_RUNNING ||
             PQstatus(qc->conn) != CONNECTION_OK || PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
             qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
-        } else if (nqconns > 1 && slots->wanted_elsewhere(worker)) {
+        } else if (slots->wanted_elsewhere(worker) && turn_over(qc, sluice_now(worker))) {
             qconn_close(qc, for_another_worker);
         } else {
             qc->served++;
@@ -557,6 +567,7 @@ static void qconn_open(struct worker *worker, struct secret_job *j)
     qc->io.fd = -1;
     qc->state = QCONN_RESOLVING;
     qc->since_ms = sluice_now(worker);
+    qc->opened_ms = qc->since_ms;
     qc->job = j;
     j->qc = qc;
     qc->next = qconns;
@@ -750,8 +761,16 @@ void auth_query_abandon(struct secret_job *j)
      * cached (a stranger who leaves at once still costs one lookup, not a connection). */
     if (j->qc)
         return;
+    struct worker *worker = j->worker;
     secret_job_unlink(&query_jobs, j);
     secret_job_free(j);
+    for (const struct secret_job *o = query_jobs; o; o = o->next) {
+        if (o->kind == JOB_QUERY && !o->qc)
+            return; /* still waiting */
+    }
+    /* no lookup left to wait: a note of waiting would hold the other workers back until this
+     * worker's tick (ledger_take_own) */
+    slots->not_waiting(worker);
 }
 
 void auth_query_reload(void)

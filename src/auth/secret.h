@@ -105,5 +105,9 @@ void secret_free_all(void);
  * the caps), at once when another worker's lookup waits for it. */
 #define SECRET_QUERY_CONNECTIONS 2
 #define SECRET_QUERY_IDLE_MS 1000
+/* While another worker's lookups wait for one of the process's auth_query connections, a worker
+ * holding one gives it back at the end of a lookup once it has had it this long (with several,
+ * at once): each worker's logins get a turn, not the end of another worker's queue. */
+#define SECRET_QUERY_TURN_MS 100
 
 #endif

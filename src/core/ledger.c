@@ -197,6 +197,22 @@ void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int t
     unlock(l);
 }
 
+/* Under the lock: another worker noted in own_waiters before this one (or at all, when this
+ * one is not)? */
+static bool own_turn_elsewhere(const struct ledger *l, int worker)
+{
+    uint64_t waiting = atomic_load_explicit(&l->own_waiters, memory_order_relaxed);
+    uint64_t bit = worker >= 0 && worker < LEDGER_WORKERS ? UINT64_C(1) << worker : 0;
+    uint64_t others = waiting & ~bit;
+    if (!others || !(waiting & bit))
+        return others != 0;
+    for (int i = 0; i < LEDGER_WORKERS; i++) {
+        if ((others >> i & 1) && l->own_wait_order[i] < l->own_wait_order[worker])
+            return true;
+    }
+    return false;
+}
+
 enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
                                 const char *user_name, const struct ledger_caps *caps)
 {
@@ -204,18 +220,25 @@ enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_nam
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
     struct ledger_scope *user = scope_get(&l->users, user_name);
     /* out of memory: refused like a full cap; tried again later */
-    enum limit_kind k = !db || !user ? LIMIT_GLOBAL
-                        : caps->pool > 0 && get(&l->own_servers) + 1 > caps->pool
-                            ? LIMIT_POOL
-                            : ledger_passed(l, db, user, NULL, caps, 1, NULL);
     uint64_t bit = worker >= 0 && worker < LEDGER_WORKERS ? UINT64_C(1) << worker : 0;
+    /* The room a give made is the longest waiter's, or a worker with a queue of its own would
+     * take back the connection it just gave, and the waiters woken would race for it. */
+    enum limit_kind k =
+        !db || !user ? LIMIT_GLOBAL
+        : caps->pool > 0 && (get(&l->own_servers) + 1 > caps->pool || own_turn_elsewhere(l, worker))
+            ? LIMIT_POOL
+            : ledger_passed(l, db, user, NULL, caps, 1, NULL);
     if (k == LIMIT_NONE) {
         count(l, db, user, worker, 1);
         add(&l->own_servers, 1);
         share_add(&l->own_share[share_of(worker)], 1);
-        atomic_fetch_and_explicit(&l->own_waiters, ~bit, memory_order_relaxed);
-    } else if (k == LIMIT_POOL) {
+    }
+    if (k == LIMIT_POOL) {
+        if (bit && !(atomic_load_explicit(&l->own_waiters, memory_order_relaxed) & bit))
+            l->own_wait_order[worker] = ++l->own_wait_next;
         atomic_fetch_or_explicit(&l->own_waiters, bit, memory_order_relaxed);
+    } else {
+        atomic_fetch_and_explicit(&l->own_waiters, ~bit, memory_order_relaxed);
     }
     unlock(l);
     return k;

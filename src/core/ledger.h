@@ -185,6 +185,10 @@ struct ledger {
      * back at its last take (ledger_take_own sets it, its next take that passes takes it off).
      * Another worker's idle auth_query connection gives way to it (ledger_own_wanted). */
     _Atomic uint64_t own_waiters;
+    /* Under the lock: when each worker noted in own_waiters was noted (smaller: waiting
+     * longer), from own_wait_next; the room a give makes is the longest waiter's. */
+    uint64_t own_wait_order[LEDGER_WORKERS];
+    uint64_t own_wait_next;
 };
 
 /* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
@@ -217,8 +221,11 @@ void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int t
  * counted in the database, the user and globally like a pool's backend. caps->pool is the cap
  * on auth_query's connections in the whole process, every worker's and every database's
  * (`own_servers`; 0: none): passing it is LIMIT_POOL, and worker is noted in `own_waiters`
- * until a take of its passes; a give of an auth_query connection wakes it (ledger_take_own_
- * waiters). */
+ * until a take of its passes; a give of an auth_query connection wakes it (ledger_own_waiters).
+ * The room a give makes is the longest waiter's: a worker refused while one noted before it
+ * (or noted at all, when it is not) waits; a give wakes every noted worker and the one whose
+ * turn it is takes it. Refused by another cap, a worker is no longer noted (it does not wait for
+ * this cap's room, and must not hold the others back). */
 enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_name,
                                 const char *user_name, const struct ledger_caps *caps)
     __attribute__((warn_unused_result));

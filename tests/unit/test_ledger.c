@@ -409,6 +409,36 @@ static void auth_query_connections_are_capped_for_the_whole_process(void)
     ledger_free(&l);
 }
 
+/* The room a give makes is the longest waiter's: a worker that was not waiting (worker 0, which
+ * just gave its connection back with lookups of its own queued) is refused and noted behind
+ * the others, and the waiters take it in the order they were noted. */
+static void auth_query_room_goes_to_the_workers_waiting(void)
+{
+    static struct ledger l; /* zeroed: ready */
+    struct ledger_caps two = {.pool = 2};
+    CHECK_INT(ledger_take_own(&l, 0, "a", "auth", &two), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&l, 1, "a", "auth", &two), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&l, 2, "a", "auth", &two), LIMIT_POOL);
+    CHECK_INT(ledger_take_own(&l, 3, "a", "auth", &two), LIMIT_POOL);
+    CHECK(ledger_own_waiters(&l, 0) == ((1u << 2) | (1u << 3)));
+    ledger_give_own(&l, 0, "a", "auth");
+    CHECK_INT(ledger_take_own(&l, 0, "a", "auth", &two), LIMIT_POOL); /* behind 2 and 3 */
+    CHECK(ledger_own_waiters(&l, 1) == ((1u << 0) | (1u << 2) | (1u << 3)));
+    CHECK_INT(ledger_take_own(&l, 3, "a", "auth", &two), LIMIT_POOL); /* behind 2 */
+    CHECK_INT(ledger_take_own(&l, 2, "a", "auth", &two), LIMIT_NONE);
+    ledger_give_own(&l, 1, "a", "auth");
+    CHECK_INT(ledger_take_own(&l, 0, "a", "auth", &two), LIMIT_POOL); /* behind 3 */
+    CHECK_INT(ledger_take_own(&l, 3, "a", "auth", &two), LIMIT_NONE);
+    ledger_give_own(&l, 2, "a", "auth");
+    /* refused by another cap: no longer noted, so it holds nobody back */
+    struct ledger_caps db_full = {.pool = 2, .db = 1};
+    CHECK_INT(ledger_take_own(&l, 0, "a", "auth", &db_full), LIMIT_DB);
+    CHECK(ledger_own_waiters(&l, 1) == 0);
+    CHECK_INT(ledger_take_own(&l, 1, "b", "auth", &two), LIMIT_NONE); /* nobody waits now */
+    CHECK_INT(l.own_servers, 2);
+    ledger_free(&l);
+}
+
 /* PAUSE is kept on the database and on everything, as PgBouncer keeps it: a key made after it
  * (a database or user with no pool yet) starts paused; RESUME db leaves a PAUSE without a name
  * in force, RESUME without a name ends both. */
@@ -457,6 +487,7 @@ int main(void)
     RUN(percent_caps_take_one_at_a_time_until_resolved);
     RUN(auth_query_connections_count_in_db_user_and_global);
     RUN(auth_query_connections_are_capped_for_the_whole_process);
+    RUN(auth_query_room_goes_to_the_workers_waiting);
     RUN(leases_stop_at_max_servers_and_at_others_min_servers);
     RUN(clients_stop_at_max_clients);
     RUN(logins_count_globally_per_database_and_per_user);
