@@ -402,7 +402,10 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
  * waiter, as a close for it on its own worker would be). LEDGER_CLAIM_NONE: none waited that
  * much longer. next_since_ms (0: none or unknown): the arrival of the asking worker's waiter
  * after that one, which its own entry of key (if any) takes when the local waiter is served,
- * so the entry stays its oldest waiter's. */
+ * so the entry stays its oldest waiter's. An entry of another key held by a cap key shares
+ * (database, user, global) that closing a backend of key makes room for under its caps is
+ * served the same way (LEDGER_CLAIM_CLOSE, its coming + 1), as longer_waiter_elsewhere serves
+ * one worker's pools: the first such entry, oldest first, wins. */
 struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
                                        uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
                                        uint64_t startup_fp);

@@ -175,10 +175,18 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
     /* oldest first: the first entry not older by more than the slack ends the search */
     for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
          w = w->next) {
-        if (w->key != key || w->worker == self || w->coming >= w->want ||
-            get(&w->key->state) == LEDGER_KEY_PAUSED)
+        if (w->worker == self || w->coming >= w->want || get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
-        if (w->startup_fp == startup_fp) {
+        if (w->key != key) {
+            /* another key's waiter held by a cap this key shares (database, user, global):
+             * closing the server makes its room, as longer_waiter_elsewhere between one
+             * worker's pools; the slot is kept for it (ledger_give_server_for) */
+            if (!frees_for(w, key, key->db, key->user) || !w->caps_known ||
+                ledger_passed(l, w->key->db, w->key->user, w->key, &w->caps, 1, key) != LIMIT_NONE)
+                continue;
+            claim.kind = LEDGER_CLAIM_CLOSE;
+            w->coming++;
+        } else if (w->startup_fp == startup_fp) {
             claim.kind = LEDGER_CLAIM_MOVE;
             w->coming++;
         } else if (w->rooms == 0 && w->rooms_here == 0) {
