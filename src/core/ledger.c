@@ -288,8 +288,8 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
         count(l, db, user, holder, -1);
         add(&l->own_servers, -1);
         share_add(&l->own_share[share_of(holder)], -1);
-        worker = l->waiters ? ledger_wake_for(l, NULL, db, user, LEDGER_NO_WORKER)
-                            : LEDGER_NO_WORKER;
+        worker =
+            l->waiters ? ledger_wake_for(l, NULL, db, user, LEDGER_NO_WORKER) : LEDGER_NO_WORKER;
     }
     unlock(l);
     return worker;

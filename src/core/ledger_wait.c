@@ -254,8 +254,7 @@ bool ledger_drop_grant(struct ledger *l, int worker, int *wake)
         add(&l->granted[worker], -1);
         ledger_give_server_locked(l, key, LEDGER_IN_TRANSIT);
         /* not to this worker again: its dispatch just found no use for it */
-        *wake = l->waiters ? ledger_wake_for(l, key, key->db, key->user, worker)
-                           : LEDGER_NO_WORKER;
+        *wake = l->waiters ? ledger_wake_for(l, key, key->db, key->user, worker) : LEDGER_NO_WORKER;
     }
     unlock(l);
     return key != NULL;

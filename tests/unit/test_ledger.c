@@ -479,7 +479,8 @@ static void a_released_server_closes_for_an_older_waiter_of_another_key_under_a_
     CHECK_INT(c.kind, LEDGER_CLAIM_CLOSE);
     CHECK_INT(c.worker, 1);
     CHECK(c.key == a2);
-    CHECK_INT(ledger_claim_older(l, a1, 0, 200, 5, 0, 0).kind, LEDGER_CLAIM_NONE); /* one is coming */
+    /* one is on its way */
+    CHECK_INT(ledger_claim_older(l, a1, 0, 200, 5, 0, 0).kind, LEDGER_CLAIM_NONE);
     CHECK_INT(ledger_give_server_for(l, a1, 0, c.key, c.worker), 1);
     CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_DB); /* kept for worker 1 */
     CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_NONE);
