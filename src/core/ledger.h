@@ -337,6 +337,8 @@ int ledger_user_clients(const struct ledger *l, const char *user_name);
  * names the oldest registered worker whose slot it frees (same key for LIMIT_POOL, same
  * database or user, anyone for LIMIT_GLOBAL; paused keys are passed over) and takes that entry
  * off: the worker, woken through its mailbox, takes again and registers again if still held.
+ * An entry registered with its caps is granted the slot in the give itself (ledger_give_server),
+ * so that its worker's take, not a younger one elsewhere, gets it.
  * Within one worker the order stays the pool's own (pool.c's FIFO, longer_waiter_elsewhere). */
 #define LEDGER_NO_WORKER (-1)
 /* CLOCK_MONOTONIC in ms: the one clock arrival times are compared in (uv_now is per loop). */
