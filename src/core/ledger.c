@@ -123,13 +123,54 @@ static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope
     share_add(&l->share[w].servers, by);
 }
 
+/* Under the lock: one more backend of key, counted in `worker`'s share (a worker's index, or
+ * LEDGER_IN_TRANSIT for a grant). */
+static void take_locked(struct ledger *l, struct ledger_key *key, int worker)
+{
+    add(&key->servers, 1);
+    share_add(&key->share[share_of(worker)], 1);
+    count(l, key->db, key->user, worker, 1);
+}
+
+/* Under the lock: one backend of key leaves share `from` for share `to`; no total changes. */
+static void move_share_locked(struct ledger *l, struct ledger_key *key, int from, int to)
+{
+    int f = share_of(from), t = share_of(to);
+    share_add(&key->share[f], -1);
+    share_add(&key->share[t], 1);
+    struct ledger_share *scopes[][2] = {{&key->db->share[f], &key->db->share[t]},
+                                        {&key->user->share[f], &key->user->share[t]},
+                                        {&l->share[f], &l->share[t]}};
+    for (size_t i = 0; i < sizeof(scopes) / sizeof(scopes[0]); i++) {
+        share_add(&scopes[i][0]->servers, -1);
+        share_add(&scopes[i][1]->servers, 1);
+    }
+}
+
+/* ledger_internal.h */
+bool ledger_grant_locked(struct ledger *l, const struct ledger_waiter *w)
+{
+    struct ledger_key *key = w->key;
+    if (!w->caps_known || w->worker < 0 || w->worker >= LEDGER_WORKERS ||
+        ledger_passed(l, key->db, key->user, key, &w->caps, 1, NULL) != LIMIT_NONE)
+        return false;
+    take_locked(l, key, LEDGER_IN_TRANSIT);
+    key->granted[w->worker]++;
+    add(&l->granted[w->worker], 1);
+    return true;
+}
+
 /* ledger_internal.h */
 int ledger_wake_for(struct ledger *l, const struct ledger_key *key, const struct ledger_scope *db,
-                    const struct ledger_scope *user)
+                    const struct ledger_scope *user, int except)
 {
     for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
         struct ledger_waiter *w = *pp;
-        if (get(&w->key->state) == LEDGER_KEY_PAUSED || !frees_for(w, key, db, user))
+        if (w->worker == except || get(&w->key->state) == LEDGER_KEY_PAUSED ||
+            !frees_for(w, key, db, user))
+            continue;
+        /* registered with its caps: the slot is kept for it, or it cannot use this one */
+        if (w->caps_known && !ledger_grant_locked(l, w))
             continue;
         int worker = w->worker;
         *pp = w->next;
@@ -144,11 +185,16 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
                                    const struct ledger_caps *caps)
 {
     lock(l);
-    enum limit_kind k = ledger_passed(l, key->db, key->user, key, caps, 1, NULL);
-    if (k == LIMIT_NONE) {
-        add(&key->servers, 1);
-        share_add(&key->share[share_of(worker)], 1);
-        count(l, key->db, key->user, worker, 1);
+    enum limit_kind k;
+    if (worker >= 0 && worker < LEDGER_WORKERS && key->granted[worker] > 0) {
+        key->granted[worker]--; /* kept for this worker's waiter by a give: its now */
+        add(&l->granted[worker], -1);
+        move_share_locked(l, key, LEDGER_IN_TRANSIT, worker);
+        k = LIMIT_NONE;
+    } else {
+        k = ledger_passed(l, key->db, key->user, key, caps, 1, NULL);
+        if (k == LIMIT_NONE)
+            take_locked(l, key, worker);
     }
     unlock(l);
     return k;
@@ -176,24 +222,16 @@ int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder)
 {
     lock(l);
     ledger_give_server_locked(l, key, holder);
-    int worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+    int worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user, LEDGER_NO_WORKER)
+                            : LEDGER_NO_WORKER;
     unlock(l);
     return worker;
 }
 
 void ledger_move_share(struct ledger *l, struct ledger_key *key, int from, int to)
 {
-    int f = share_of(from), t = share_of(to);
     lock(l);
-    share_add(&key->share[f], -1);
-    share_add(&key->share[t], 1);
-    struct ledger_share *scopes[][2] = {{&key->db->share[f], &key->db->share[t]},
-                                        {&key->user->share[f], &key->user->share[t]},
-                                        {&l->share[f], &l->share[t]}};
-    for (size_t i = 0; i < sizeof(scopes) / sizeof(scopes[0]); i++) {
-        share_add(&scopes[i][0]->servers, -1);
-        share_add(&scopes[i][1]->servers, 1);
-    }
+    move_share_locked(l, key, from, to);
     unlock(l);
 }
 
@@ -273,7 +311,8 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
         count(l, db, user, holder, -1);
         add(&l->own_servers, -1);
         share_add(&l->own_share[share_of(holder)], -1);
-        worker = l->waiters ? ledger_wake_for(l, NULL, db, user) : LEDGER_NO_WORKER;
+        worker =
+            l->waiters ? ledger_wake_for(l, NULL, db, user, LEDGER_NO_WORKER) : LEDGER_NO_WORKER;
     }
     unlock(l);
     return worker;

@@ -118,6 +118,10 @@ struct ledger_key {
     struct param_set welcome;
     bool have_welcome;
     struct ledger_breaker breaker;
+    /* Slots a give took for worker i's registered waiter of this key (ledger_wake_for, under
+     * mu): counted in every scope, in the LEDGER_IN_TRANSIT share, until that worker's next
+     * take of the key finds one (ledger_take_server) or drops it (ledger_drop_grant). */
+    int granted[LEDGER_WORKERS];
     /* One log for the process, whatever the workers (5.6): a pool of the key was made and
      * logged "pool ... created" (the first worker's, pool.c), and the hash of the last "at most
      * N servers" line (budget_log_cap) and of the last "server allows N connections" line
@@ -189,6 +193,9 @@ struct ledger {
      * longer), from own_wait_next; the room a give makes is the longest waiter's. */
     uint64_t own_wait_order[LEDGER_WORKERS];
     uint64_t own_wait_next;
+    /* Element i: the slots granted to worker i, every key's (written under the lock; read
+     * lock-free by ledger_drop_grant, after the wake-up that follows each grant). */
+    atomic_int granted[LEDGER_WORKERS];
 };
 
 /* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
@@ -196,14 +203,19 @@ struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const c
 
 /* One more backend of key under caps for worker (its index; the share it counts in):
  * LIMIT_NONE and every counter of key +1 in one step, or the first limit it would pass (pool,
- * db, user, global, in that order) and nothing changed. */
+ * db, user, global, in that order) and nothing changed. A slot a give granted to worker for key
+ * (ledger_give_server) is taken first: LIMIT_NONE, the slot moving from the transit share to
+ * worker's, no cap checked (it was counted under them when granted). */
 enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int worker,
                                    const struct ledger_caps *caps)
     __attribute__((warn_unused_result));
 /* A backend of key held in holder's share (a worker's index; LEDGER_IN_TRANSIT: one lost on its way
  * between workers) is gone (closed; a LEAVING one once its backend has exited). Returns the worker
  * to wake for the slot it frees (the oldest entry of the wait list that this slot can serve, taken
- * off the list), or LEDGER_NO_WORKER. */
+ * off the list), or LEDGER_NO_WORKER. When that entry registered its caps (ledger_wait_need) the
+ * slot is granted to it in the same step: taken again for the entry's key under its caps
+ * (entries it does not fit are passed over), so that no younger take, on the giving worker or
+ * a third, gets it before the woken worker's own take (ledger_take_server). */
 int ledger_give_server(struct ledger *l, struct ledger_key *key, int holder);
 /* As ledger_give_server, for a backend its own worker closed to make room for one of that worker's
  * waiters (server_close_for's room_for): no other worker's entry is woken or taken off the list,
@@ -332,6 +344,8 @@ int ledger_user_clients(const struct ledger *l, const char *user_name);
  * names the oldest registered worker whose slot it frees (same key for LIMIT_POOL, same
  * database or user, anyone for LIMIT_GLOBAL; paused keys are passed over) and takes that entry
  * off: the worker, woken through its mailbox, takes again and registers again if still held.
+ * An entry registered with its caps is granted the slot in the give itself (ledger_give_server),
+ * so that its worker's take, not a younger one elsewhere, gets it.
  * Within one worker the order stays the pool's own (pool.c's FIFO, longer_waiter_elsewhere). */
 #define LEDGER_NO_WORKER (-1)
 /* CLOCK_MONOTONIC in ms: the one clock arrival times are compared in (uv_now is per loop). */
@@ -356,6 +370,11 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
  * two backends for one waiter). No entry: true, nothing noted. */
 bool ledger_wait_room_here(struct ledger *l, const struct ledger_key *key, int worker,
                            int unprovided, int rooms_awaited);
+/* After worker's dispatch (pool_dispatch_all): one slot granted to it that its takes did not
+ * use (its waiters were served otherwise, left, or wait for something else) is given back, and
+ * goes on to the oldest entry of another worker it serves (*wake: that worker, to wake; else
+ * LEDGER_NO_WORKER). false: worker holds no grant (a relaxed load, no lock). Called until false. */
+bool ledger_drop_grant(struct ledger *l, int worker, int *wake);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);
 /* The worker whose registered waiter is the oldest (LEDGER_NO_WORKER: none); *since_ms its
@@ -392,7 +411,10 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
  * waiter, as a close for it on its own worker would be). LEDGER_CLAIM_NONE: none waited that
  * much longer. next_since_ms (0: none or unknown): the arrival of the asking worker's waiter
  * after that one, which its own entry of key (if any) takes when the local waiter is served,
- * so the entry stays its oldest waiter's. */
+ * so the entry stays its oldest waiter's. An entry of another key held by a cap key shares
+ * (database, user, global) that closing a backend of key makes room for under its caps is
+ * served the same way (LEDGER_CLAIM_CLOSE, its coming + 1), as longer_waiter_elsewhere serves
+ * one worker's pools: the first such entry, oldest first, wins. */
 struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
                                        uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
                                        uint64_t startup_fp);
@@ -400,7 +422,8 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)
  * (LEDGER_CLAIM_CLOSE): that entry's coming - 1, and that worker is the one woken while its
- * entry is still there (else the oldest entry the slot serves, as a plain give). */
+ * entry is still there, the slot granted to it when it fits its caps (else the oldest entry the
+ * slot serves, as a plain give). */
 int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
                            struct ledger_key *room_key, int room_worker);
 

@@ -175,10 +175,18 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
     /* oldest first: the first entry not older by more than the slack ends the search */
     for (struct ledger_waiter *w = l->waiters; w && w->since_ms + slack_ms < since_ms;
          w = w->next) {
-        if (w->key != key || w->worker == self || w->coming >= w->want ||
-            get(&w->key->state) == LEDGER_KEY_PAUSED)
+        if (w->worker == self || w->coming >= w->want || get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
-        if (w->startup_fp == startup_fp) {
+        if (w->key != key) {
+            /* another key's waiter held by a cap this key shares (database, user, global):
+             * closing the server makes its room, as longer_waiter_elsewhere between one
+             * worker's pools; the slot is kept for it (ledger_give_server_for) */
+            if (!frees_for(w, key, key->db, key->user) || !w->caps_known ||
+                ledger_passed(l, w->key->db, w->key->user, w->key, &w->caps, 1, key) != LIMIT_NONE)
+                continue;
+            claim.kind = LEDGER_CLAIM_CLOSE;
+            w->coming++;
+        } else if (w->startup_fp == startup_fp) {
             claim.kind = LEDGER_CLAIM_MOVE;
             w->coming++;
         } else if (w->rooms == 0 && w->rooms_here == 0) {
@@ -219,14 +227,37 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
     struct ledger_waiter *w = find_waiter(l, room_key, room_worker);
     int worker;
     if (w) {
-        /* the entry stays: its worker takes the slot and registers again if still held */
+        /* the entry stays: its worker takes the slot (kept for it when it fits its caps) and
+         * registers again if still held */
         claim_done(w);
+        (void)ledger_grant_locked(l, w);
         worker = room_worker;
     } else {
-        worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user) : LEDGER_NO_WORKER;
+        worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user, LEDGER_NO_WORKER)
+                            : LEDGER_NO_WORKER;
     }
     unlock(l);
     return worker;
+}
+
+bool ledger_drop_grant(struct ledger *l, int worker, int *wake)
+{
+    *wake = LEDGER_NO_WORKER;
+    if (worker < 0 || worker >= LEDGER_WORKERS || get(&l->granted[worker]) == 0)
+        return false;
+    lock(l);
+    struct ledger_key *key = l->keys;
+    while (key && key->granted[worker] == 0)
+        key = key->next;
+    if (key) {
+        key->granted[worker]--;
+        add(&l->granted[worker], -1);
+        ledger_give_server_locked(l, key, LEDGER_IN_TRANSIT);
+        /* not to this worker again: its dispatch just found no use for it */
+        *wake = l->waiters ? ledger_wake_for(l, key, key->db, key->user, worker) : LEDGER_NO_WORKER;
+    }
+    unlock(l);
+    return key != NULL;
 }
 
 int ledger_wait_oldest(struct ledger *l, uint64_t *since_ms)

@@ -500,6 +500,11 @@ void pool_dispatch_all(struct worker *worker)
             maybe_connect(p);
         }
     }
+    /* With workers (5.3): a slot another worker's give kept for this one (its waiters were the
+     * oldest) that no take here used goes on to the next oldest waiter elsewhere. */
+    int next;
+    while (ledger_drop_grant(&worker->proc->ledger, (int)worker->index, &next))
+        worker_wake(worker, next);
 }
 
 /* A reload lowered a cap below the servers in use: a server that comes back above it closes

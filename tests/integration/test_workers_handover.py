@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
 from multiworker import (ADMIN, PROMPT_S, clients_on_distinct_workers, close_all, console,
-                         main_keys)
+                         local_port, main_keys, worker_at_port)
 from test_pgbouncer_overrides import other_db  # noqa: F401 - a fixture
 
 ADMIN_PASSWORD = "adminpass"
@@ -115,6 +115,62 @@ def test_an_idle_server_of_another_key_is_closed_for_a_waiter_under_a_shared_cap
                 _, slowest = run_rounds(clients, rounds=8)
             assert sampler.max <= 1, f"{cap} = 1 passed: {sampler.max} backends"
             print(f"{cap}: slowest {slowest * 1000:.1f} ms")
+        finally:
+            close_all(opened)
+
+
+@pytest.mark.timeout(120)
+def test_a_released_server_goes_to_an_older_waiter_of_another_key_on_another_worker(
+        start_sluice, pg):
+    """max_db_connections = 1 shared by app and app2 (architecture 5.3): app2's transaction
+    holds the one backend on worker Y; app's client on worker X waits, then a second app2
+    client on Y. At the commit the server closes for X's older waiter instead of serving Y's
+    own younger one: app's query ends first, though app2's waiter sleeps 1 s once served.
+    Before, Y served its own waiter first and app's query waited for its sleep."""
+    entry = {"host": "127.0.0.1", "port": pg.port, "dbname": APP_DB}
+    users = {APP_USER: APP_PASSWORD, "app2": "app2pass", ADMIN: ADMIN_PASSWORD}
+    s = start_sluice(main_keys(2, 5, max_db_connections=1), databases={APP_DB: entry},
+                     auth_file=users)
+    opened = []
+    with console(s, ADMIN_PASSWORD) as adm:
+        try:
+            older = s.connect(application_name="older")
+            opened.append(older)
+            x = worker_at_port(adm, local_port(older))
+            holder_and_younger = []
+            for _ in range(16):
+                if len(holder_and_younger) == 2:
+                    break
+                c = s.connect(application_name="app2", **APP2)
+                opened.append(c)
+                if worker_at_port(adm, local_port(c)) != x:
+                    holder_and_younger.append(c)
+            assert len(holder_and_younger) == 2, "no two app2 clients on the other worker"
+            holder, younger = holder_and_younger
+            done = {}
+
+            def query(name, c, sql):
+                c.execute(sql)
+                done[name] = time.monotonic()
+
+            with BackendSampler(pg, [APP_USER, "app2"], datname=APP_DB) as sampler:
+                holder.execute("BEGIN")
+                holder.execute("SELECT 1")
+                threads = [threading.Thread(target=query, args=("older", older, "SELECT 1"))]
+                threads[0].start()
+                time.sleep(0.3)  # registered in the ledger, well beyond the 5 ms slack
+                threads.append(threading.Thread(target=query,
+                                                args=("younger", younger, "SELECT pg_sleep(1)")))
+                threads[1].start()
+                time.sleep(0.3)
+                holder.execute("COMMIT")
+                for t in threads:
+                    t.join(10)
+            assert set(done) == {"older", "younger"}, done
+            assert done["older"] < done["younger"], (
+                f"the younger waiter on the releasing worker was served first: older done "
+                f"{done['older'] - done['younger']:+.2f} s after it")
+            assert sampler.max <= 1, f"max_db_connections = 1 passed: {sampler.max} backends"
         finally:
             close_all(opened)
 

@@ -391,6 +391,104 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     free_app(worker);
 }
 
+/* A slot freed while another worker's older waiter is registered is kept for that waiter (issue
+ * 21: the longest waiter across workers goes first): the give takes it for the waiter's key in
+ * the same critical section (a grant, counted in transit), so a younger take on the freeing
+ * worker or a third one is refused until the woken worker's own take finds it. Under a shared
+ * cap too: the slot of another key of the database goes to the waiter's key. A grant its worker
+ * does not use is dropped, and goes on to the next waiter it serves. */
+static void a_freed_slot_is_kept_for_the_older_waiter_it_wakes(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\nmax_db_connections = 2\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
+    struct ledger_key *a3 = pool_get(worker, NULL, "u3", "a")->ledger_key;
+    struct ledger_caps caps = {.pool = 1, .db = 2};
+    /* pool_size: worker 1's waiter (arrived at 100) is held while worker 0 has a1's one slot */
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_POOL);
+    CHECK_INT(ledger_wait_need(l, a1, 1, LIMIT_POOL, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1);
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_POOL); /* worker 0's younger one */
+    CHECK_INT(ledger_take_server(l, a1, 2, &caps), LIMIT_POOL); /* a third worker's */
+    CHECK_INT(a1->servers, 1);                                  /* the grant counts */
+    CHECK(ledger_audit(worker));                                /* in transit, not worker 0's */
+    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_NONE); /* the woken worker's take */
+    CHECK_INT(a1->servers, 1);
+    CHECK_INT(ledger_give_server(l, a1, 1), LEDGER_NO_WORKER); /* served: its entry is gone */
+    /* max_db_connections: a2's slot goes to worker 1's older waiter of a3 */
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a2, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a3, 1, LIMIT_DB, 200, 1, &caps, 0), 1);
+    CHECK_INT(ledger_give_server(l, a2, 0), 1);
+    CHECK_INT(ledger_take_server(l, a2, 0, &caps), LIMIT_DB);
+    CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    /* a grant its worker did not use (its waiter left) goes on to the next waiter it serves */
+    CHECK_INT(ledger_take_server(l, a2, 2, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a2, 2, LIMIT_DB, 300, 1, &caps, 0), 1);
+    CHECK_INT(ledger_take_server(l, a2, 0, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a2, 0, LIMIT_DB, 400, 1, &caps, 0), 1);
+    CHECK_INT(ledger_give_server(l, a3, 1), 2);
+    int wake = LEDGER_NO_WORKER;
+    CHECK(!ledger_drop_grant(l, 0, &wake)); /* worker 0 holds none */
+    CHECK(ledger_drop_grant(l, 2, &wake));
+    CHECK_INT(wake, 0);
+    CHECK(!ledger_drop_grant(l, 2, &wake));
+    CHECK_INT(ledger_take_server(l, a2, 2, &caps), LIMIT_POOL); /* a2's one slot: worker 0's */
+    CHECK_INT(ledger_take_server(l, a2, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    CHECK_INT(ledger_wait_oldest(l, NULL), LEDGER_NO_WORKER);
+    free_app(worker);
+}
+
+/* A released server goes to another worker's older waiter of another key under a cap both
+ * share (issue 21), as longer_waiter_elsewhere does between one worker's pools: a waiter there
+ * that arrived more than the slack earlier gets the server closed for it (LEDGER_CLAIM_CLOSE),
+ * and the slot freed is kept for it, rather than the releasing worker serving its own younger
+ * waiter. Not within the slack, not for a waiter the close would not make room for. */
+static void a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 2\nmax_db_connections = 2\n"
+                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
+    struct ledger_key *b2 = pool_get(worker, NULL, "u2", "b")->ledger_key;
+    struct ledger_caps caps = {.pool = 2, .db = 2};
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    /* worker 0 releases an a1 server with its own waiter of a1 there since 103: within the
+     * slack, it serves its own */
+    struct ledger_claim c = ledger_claim_older(l, a1, 0, 103, 5, 0, 0);
+    CHECK_INT(c.kind, LEDGER_CLAIM_NONE);
+    /* a server of database b makes no room in database a */
+    CHECK_INT(ledger_take_server(l, b2, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_claim_older(l, b2, 0, 200, 5, 0, 0).kind, LEDGER_CLAIM_NONE);
+    /* its waiter since 200: the server closes for worker 1's older waiter of a2 */
+    c = ledger_claim_older(l, a1, 0, 200, 5, 0, 0);
+    CHECK_INT(c.kind, LEDGER_CLAIM_CLOSE);
+    CHECK_INT(c.worker, 1);
+    CHECK(c.key == a2);
+    /* one is on its way */
+    CHECK_INT(ledger_claim_older(l, a1, 0, 200, 5, 0, 0).kind, LEDGER_CLAIM_NONE);
+    CHECK_INT(ledger_give_server_for(l, a1, 0, c.key, c.worker), 1);
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_DB); /* kept for worker 1 */
+    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_NONE);
+    ledger_wait_done(l, a2, 1);
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    free_app(worker);
+}
+
 /* auth_query's connections are capped for the process (caps.pool), every worker's together:
  * a worker refused is noted, so another worker's idle connection gives way to it. */
 static void auth_query_connections_are_capped_for_the_whole_process(void)
@@ -493,6 +591,8 @@ int main(void)
     RUN(logins_count_globally_per_database_and_per_user);
     RUN(counters_always_equal_the_walked_counts);
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
+    RUN(a_freed_slot_is_kept_for_the_older_waiter_it_wakes);
+    RUN(a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap);
     RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
     return CHECK_DONE();

@@ -21,6 +21,9 @@ struct race {
     struct ledger_caps caps[4];
     struct budget *budget; /* max_servers = 3 */
     int worker;
+    /* waits registered with their caps (as pool.c's note_slot_wait does): a give grants its slot
+     * to the oldest waiter, whose next take of the key finds it (or a drop passes it on) */
+    bool with_caps;
     int over;      /* a count seen above its cap */
     int held_over; /* more slots held by all threads than the global cap */
     int woken_bad; /* a give named a worker that does not exist */
@@ -50,8 +53,11 @@ static void *race_worker(void *arg)
         case 1: {
             enum limit_kind why = ledger_take_server(l, p->ledger_key, r->worker, &r->caps[k]);
             if (why != LIMIT_NONE) {
-                if (ledger_wait_slot(l, p->ledger_key, r->worker, why, ledger_now_ms()) != 0)
-                    r->over++;
+                int rc = r->with_caps
+                             ? ledger_wait_need(l, p->ledger_key, r->worker, why, ledger_now_ms(),
+                                                1, &r->caps[k], 0)
+                             : ledger_wait_slot(l, p->ledger_key, r->worker, why, ledger_now_ms());
+                r->over += rc < 0;
                 break;
             }
             ledger_wait_done(l, p->ledger_key, r->worker);
@@ -74,6 +80,13 @@ static void *race_worker(void *arg)
             }
             break;
         default:
+            if (r->with_caps && (seed & 2)) { /* the end of a dispatch: grants not taken */
+                int w;
+                while (ledger_drop_grant(l, r->worker, &w))
+                    r->woken_bad +=
+                        w == r->worker || (w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS));
+                break;
+            }
             if (leases > 0 && (seed & 1)) {
                 leases--;
                 atomic_fetch_sub(&leases_held, 1);
@@ -101,6 +114,10 @@ static void *race_worker(void *arg)
     }
     for (int k = 0; k < 4; k++)
         ledger_wait_done(l, r->pools[k]->ledger_key, r->worker);
+    /* no entry left: no grant comes to this worker any more; those it holds go on */
+    int w;
+    while (ledger_drop_grant(l, r->worker, &w))
+        ;
     return NULL;
 }
 
@@ -108,7 +125,7 @@ static void *race_worker(void *arg)
  * once: no count is ever seen above its cap, no more slots are held than the global cap allows,
  * and every count ends at zero. Without the lock this fails (counts over a cap, counts that do
  * not return to zero, and ThreadSanitizer's reports). */
-static void four_threads_never_pass_a_cap_and_end_at_zero(void)
+static void race_four_threads(bool with_caps)
 {
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     static const char zeros[sizeof(fresh)];
@@ -134,6 +151,7 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     for (int i = 0; i < NTHREADS; i++) {
         args[i] = proto;
         args[i].worker = i;
+        args[i].with_caps = with_caps;
         CHECK_INT(pthread_create(&t[i], NULL, race_worker, &args[i]), 0);
     }
     for (int i = 0; i < NTHREADS; i++)
@@ -154,6 +172,19 @@ static void four_threads_never_pass_a_cap_and_end_at_zero(void)
     CHECK_INT(ledger_wait_oldest(&worker->proc->ledger, NULL), LEDGER_NO_WORKER);
     CHECK(ledger_audit(worker));
     free_app(worker);
+}
+
+static void four_threads_never_pass_a_cap_and_end_at_zero(void)
+{
+    race_four_threads(false);
+}
+
+/* The same with the waits' caps registered: every freed slot is granted to the oldest waiter
+ * it serves, taken by that thread's next take of the key or dropped on to the next; no count
+ * passes a cap and every grant ends taken or given back (5.3). */
+static void four_threads_granting_freed_slots_never_pass_a_cap_and_end_at_zero(void)
+{
+    race_four_threads(true);
 }
 
 /* ---- shares (5.6): each worker's part of every count, and servers moving between workers ---- */
@@ -402,6 +433,7 @@ static void leases_are_lock_free_until_a_budget_caps_them(void)
 int main(void)
 {
     RUN(four_threads_never_pass_a_cap_and_end_at_zero);
+    RUN(four_threads_granting_freed_slots_never_pass_a_cap_and_end_at_zero);
     RUN(each_worker_audits_its_own_share_while_servers_move);
     RUN(leases_are_lock_free_until_a_budget_caps_them);
     return CHECK_DONE();
