@@ -487,9 +487,8 @@ bool relay_orphan_server(struct server *s, struct client *c)
 {
     if (c && relay_client_mid_message(c))
         return false; /* the server holds part of a message only the client could finish */
-    /* What the server says from now on is read and dropped: first what was framed for the
-     * client and not yet written, then the rest of a message cut short. */
-    buf_consume(&s->in, buf_pending(&s->in));
+    /* What the server says from now on is read and dropped (what was framed for the client and
+     * not yet written: pump_alone), with the rest of a message cut short. */
     if (s->rx.remain > 0)
         s->rx.discard = true;
     if (s->copy_in) {
@@ -538,6 +537,9 @@ static bool client_bytes_wait(const struct client *c, const struct server *s)
 /* A server with no client: everything it says is consumed (sluice's own query, a notice). */
 static enum relay_result pump_alone(struct server *s, struct relay_outcome *o)
 {
+    /* Bytes framed for a client whose link ended while they waited for its socket have nowhere
+     * to go; left here, what follows them would wait for a flush that never comes. */
+    buf_consume(&s->in, buf_pending(&s->in));
     for (;;) {
         if (write_generated(&s->io, &s->out, &s->out_pos) == WRITE_BROKEN)
             return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);

@@ -435,9 +435,49 @@ static void test_draining_is_listed_with_resetting(void)
     world_free(&w);
 }
 
+/* Appends one message: type, then body (len bytes). */
+static void server_says(struct buf *b, char type, const char *body, uint32_t len)
+{
+    uint8_t *p = b->data + b->wpos;
+    p[0] = (uint8_t)type;
+    uint32_t n = len + 4;
+    p[1] = (uint8_t)(n >> 24);
+    p[2] = (uint8_t)(n >> 16);
+    p[3] = (uint8_t)(n >> 8);
+    p[4] = (uint8_t)n;
+    memcpy(p + 5, body, len);
+    b->wpos += 5 + len;
+}
+
+/* A client that vanished while the replies framed for it waited for its socket (a write to it
+ * failed at a boundary) leaves its server to the pool with those bytes still in the buffer. The
+ * server's reset query then runs with no client: its reply must be consumed behind the gone
+ * client's bytes, not wait behind them for a flush that never comes (the server stayed
+ * RESETTING for good, holding its slot, and the next client waited for ever). */
+static void test_lone_server_drops_a_gone_clients_bytes(void)
+{
+    struct world w;
+    CHECK(world_init(&w, ini));
+    struct server *s = &w.servers[0];
+    CHECK(buf_attach(&s->in));
+    server_says(&s->in, 'C', "SELECT 1", 9);
+    server_says(&s->in, 'Z', "I", 1);
+    s->in.scan = s->in.wpos; /* framed for the client, which left before it could be written */
+    server_says(&s->in, 'C', "DISCARD ALL", 12);
+    server_says(&s->in, 'Z', "I", 1);
+    s->swallow = 1; /* the reply to sluice's own reset query */
+    struct relay_outcome o;
+    CHECK(relay_pump(s, &o) == RELAY_LINKED);
+    CHECK(s->swallow == 0);
+    CHECK(buf_is_empty(&s->in));
+    buf_release(&s->in);
+    world_free(&w);
+}
+
 int main(void)
 {
     test_fate_table();
+    test_lone_server_drops_a_gone_clients_bytes();
     test_pair_quiet();
     test_pair_wait();
     test_pool_serves_fifo();
