@@ -593,3 +593,42 @@ def test_a_server_in_a_mailbox_does_not_escape_a_console_command(start_sluice, p
             finally:
                 close_all(opened)
     assert_no_audit_errors(s)
+
+
+# ---- an idle server stays where it is once nobody waits ------------------------------------------
+
+
+def moves_since(s, mark):
+    return [line for line in s.log_since(mark) if "idle: moving to worker" in line]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("nworkers", [2, 3])
+def test_an_idle_server_stays_put_once_every_waiter_is_served(start_sluice, nworkers):
+    """pool_size 1 and one raw client per worker taking turns: each query moves the one backend
+    to the asking worker. Once every client has its answer the backend stays where it is. A
+    worker whose last waiter a moved server served kept its entry in the ledger's wait list until
+    its next tick (100 ms), and two such stale entries sent the idle backend back and forth
+    between their workers, thousands of moves a second (a poll handle closed and opened, the
+    ledger's lock and a mailbox trip each), after most queries."""
+    s = start_sluice(main_keys(nworkers, 1, log_level="debug"))
+    with console(s) as adm:
+        clients, opened = raw_on_distinct_workers(s, adm, nworkers)
+    try:
+        for episode in range(5):
+            mark = s.mark()
+            for r in range(10):
+                for i, c in enumerate(clients):
+                    assert c.query(f"SELECT {r} + {i}")[0] == [[str(r + i)]]
+            during = len(moves_since(s, mark))
+            quiet = s.mark()
+            time.sleep(0.3)
+            after = moves_since(s, quiet)
+            assert during <= 3 * 10 * nworkers, \
+                f"episode {episode}: {during} moves for {10 * nworkers} queries"
+            assert len(after) <= nworkers, \
+                f"episode {episode}: the idle backend moved {len(after)} times in 0.3 s " \
+                f"with no client waiting: {after[:4]}"
+    finally:
+        close_all(opened)
+    assert_no_audit_errors(s)
