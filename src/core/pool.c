@@ -862,14 +862,16 @@ void pool_maintain(struct pool *p, uint64_t now)
         handover_offer_pool(p);
 }
 
+void pool_waiters_left(struct pool *p)
+{
+    /* what the next tick's maybe_connect would do, now: until then the stale entry would have
+     * other workers move their idle servers here, or close them, for nobody */
+    if (p->slot_wait == POOL_SLOT_WAIT_NOTED && list_empty(&p->waiting))
+        note_slot_wait(p, LIMIT_NONE);
+}
+
 void pool_take_moved(struct pool *p, struct server *s)
 {
-    /* Nobody waits here (the waiter left, or was served meanwhile): this worker's entry in the
-     * ledger's wait list is stale and goes before s is offered on, and also once s has served
-     * the last waiter (below). Left until the next tick, two workers' stale entries sent the
-     * idle server back and forth between them, thousands of moves a second. */
-    if (list_empty(&p->waiting))
-        note_slot_wait(p, LIMIT_NONE);
     /* Idle on the other worker since state_since_ms: checked before reuse, as dispatch checks
      * its own idle servers; the answer frees it (pool_server_ready). */
     if (!list_empty(&p->waiting) && needs_check(s, sluice_now(p->worker))) {
@@ -883,8 +885,6 @@ void pool_take_moved(struct pool *p, struct server *s)
     /* its waiters' need in the ledger is what is left of it now (note_slot_wait) */
     if (!list_empty(&p->waiting))
         maybe_connect(p);
-    else
-        note_slot_wait(p, LIMIT_NONE);
 }
 
 void pool_free(struct pool *p)

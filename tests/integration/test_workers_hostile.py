@@ -16,12 +16,15 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import APP_DB, APP_USER, BackendSampler, wait_until
+from conftest import APP_DB, APP_USER, Background, BackendSampler, wait_until
 from pgwire import (RawConn, ServerError, bind_msg, cancel_request, execute_msg, parse_msg,
                     query_msg, sync_msg)
 from multiworker import (PROMPT_S, QUERY_WAIT_S, app_backend_pids, clients_on_distinct_workers,
-                         close_all, console, main_keys, raw_on_distinct_workers, show)
+                         close_all, console, local_port, main_keys, pool_row,
+                         raw_on_distinct_workers, show, worker_at_port)
 from test_tls import pki, tls_pg  # noqa: F401 - fixtures
+from test_workers_caps import PASSWORDS, workers_sluice
+from test_workers_caps import connect as login_as
 
 
 def assert_no_audit_errors(s):
@@ -631,4 +634,39 @@ def test_an_idle_server_stays_put_once_every_waiter_is_served(start_sluice, nwor
                 f"with no client waiting: {after[:4]}"
     finally:
         close_all(opened)
+    assert_no_audit_errors(s)
+
+
+@pytest.mark.timeout(90)
+def test_a_waiter_served_on_its_own_worker_leaves_no_room_to_make_elsewhere(start_sluice, pg):
+    """max_db_connections = 1, two workers: app2's clients b1 and b2 on one, app's client a on
+    the other. b2 waits for b1's transaction and gets its server when b1 commits, on their own
+    worker; then a runs three statements in a row, which one backend serves (closing the idle
+    app2 backend once for the first). The served waiter's entry stayed in the ledger's wait list
+    until its worker's next tick (100 ms), and meanwhile every server a released was closed "to
+    free a slot for pool appdb/app2, whose client waits": each of a's statements opened a new
+    backend (7 groups of 8 had three)."""
+    s = workers_sluice(start_sluice, pg, workers=2, max_db_connections=1)
+    with login_as(s, "app", app="a") as a, console(s, PASSWORDS["admin"]) as adm:
+        a_worker = worker_at_port(adm, local_port(a))
+        bs, opened = [], []
+        try:
+            while len(bs) < 2:
+                b = login_as(s, "app2", app="b")
+                opened.append(b)
+                if worker_at_port(adm, local_port(b)) != a_worker:
+                    bs.append(b)
+            b1, b2 = bs
+            for k in range(8):
+                b1.execute("BEGIN")
+                b1.execute("SELECT 1")
+                waiter = Background(b2.execute, "SELECT 2")
+                wait_until(lambda: pool_row(adm, user="app2")["cl_waiting"] == 1, 10,
+                           what="b2 waiting for b1's transaction")
+                b1.execute("COMMIT")
+                waiter.result(10)
+                pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(3)}
+                assert len(pids) == 1, f"group {k}: a's three statements had backends {pids}"
+        finally:
+            close_all(opened)
     assert_no_audit_errors(s)
