@@ -17,8 +17,8 @@ import pytest
 from psycopg import errors
 
 from conftest import APP_DB, APP_USER, Background, BackendSampler, wait_until
-from pgwire import (RawConn, ServerError, bind_msg, cancel_request, execute_msg, parse_msg,
-                    query_msg, sync_msg)
+from pgwire import (RawConn, ServerError, bind_msg, cancel_request, describe_msg, execute_msg,
+                    parse_msg, query_msg, sync_msg)
 from multiworker import (PROMPT_S, QUERY_WAIT_S, app_backend_pids, clients_on_distinct_workers,
                          close_all, console, local_port, main_keys, pool_row,
                          raw_on_distinct_workers, show, worker_at_port)
@@ -669,4 +669,54 @@ def test_a_waiter_served_on_its_own_worker_leaves_no_room_to_make_elsewhere(star
                 assert len(pids) == 1, f"group {k}: a's three statements had backends {pids}"
         finally:
             close_all(opened)
+    assert_no_audit_errors(s)
+
+
+# ---- the unnamed statement is its own client's ----------------------------------------------------
+
+
+def bind_unnamed(rc, describe=False):
+    """Bind (or Describe) and Execute the unnamed statement in a batch of its own: its rows, or
+    the SQLSTATE of the error."""
+    rc.send((describe_msg("S", "") if describe else b"") + bind_msg("", "", []) + execute_msg()
+            + sync_msg())
+    try:
+        return rc.read_results()[0]
+    except ServerError as e:
+        return e.sqlstate
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nworkers", [1, 2])
+def test_a_client_never_runs_another_clients_unnamed_statement(start_sluice, nworkers):
+    """Transaction mode, one backend: a Parses the unnamed statement in a batch of its own
+    (libpq's PQprepare with ""), then b does, then a Binds it in its next batch (PQexecPrepared).
+    Postgres gives a its own statement's rows; a pooler cannot keep an unnamed statement across
+    transactions, so a may get 26000 (no unnamed statement), but never b's statement and rows,
+    which is what it got: the unnamed statement passed through untracked, and the backend held
+    b's."""
+    s = start_sluice(main_keys(nworkers, 1))
+    with console(s) as adm:
+        if nworkers > 1:
+            (a, b), opened = raw_on_distinct_workers(s, adm, 2)
+        else:
+            a, b = RawConn(s.port), RawConn(s.port)
+            a.startup()
+            b.startup()
+            opened = [a, b]
+    try:
+        for k in range(4):
+            a.send(parse_msg("", f"SELECT 'a{k}'::text") + sync_msg())
+            a.read_until("Z")
+            b.send(parse_msg("", f"SELECT 'b{k}'::text, 2") + sync_msg())
+            b.read_until("Z")
+            got = bind_unnamed(a, describe=bool(k % 2))
+            assert got in ([[f"a{k}"]], "26000"), f"round {k}: a ran b's statement: {got}"
+            assert bind_unnamed(b) in ([[f"b{k}", "2"]], "26000")
+            # in one batch, as drivers use it, the unnamed statement is the client's own
+            a.send(parse_msg("", f"SELECT 'again{k}'::text") + bind_msg("", "", []) +
+                   execute_msg() + sync_msg())
+            assert a.read_results()[0] == [[f"again{k}"]]
+    finally:
+        close_all(opened)
     assert_no_audit_errors(s)
