@@ -867,6 +867,14 @@ void pool_maintain(struct pool *p, uint64_t now)
         p->worker->pool_events->offer_idle_servers(p);
 }
 
+void pool_waiters_left(struct pool *p)
+{
+    /* what the next tick's maybe_connect would do, now: until then the stale entry would have
+     * other workers move their idle servers here, or close them, for nobody */
+    if (p->slot_wait == POOL_SLOT_WAIT_NOTED && list_empty(&p->waiting))
+        note_slot_wait(p, LIMIT_NONE);
+}
+
 void pool_take_moved(struct pool *p, struct server *s)
 {
     /* Idle on the other worker since state_since_ms: checked before reuse, as dispatch checks

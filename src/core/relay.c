@@ -253,6 +253,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                         /* pipelined: the request sent next starts its transaction now */
                         s->xact_start_ms = sluice_now(s->pool->worker);
                     }
+                    /* a request the server skipped after an error (a Parse of the
+                     * unnamed statement, sluice's Close of another's): not known whose */
+                    if (s->reqs.count > 0 && s->reqs.items[s->reqs.head].kind != REQ_SYNC)
+                        s->unnamed_of = 0;
                     if (s->reqs.count > 0)
                         stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
                     if (c && login_reset_on_ready(s, c, (char)body[0]))

@@ -531,6 +531,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
                                           fail);
         if (r != TRACK_PASS && r != TRACK_STARTED)
             return r;
+        s->unnamed_of = c->id;
         return and_then(r, queue_request(s, REQ_PARSE_CLIENT, NULL, fail));
     }
     /* A Parse larger than the buffer streams through; its definition is kept as it passes
@@ -620,6 +621,20 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }
 
+/* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
+ * on, it would run that client's statement. Closed first, the server answers as Postgres
+ * answers a client that has none (26000). */
+static enum track_result use_unnamed(struct client *c, struct server *s)
+{
+    if (s->unnamed_of == c->id)
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    free_name_on_server(s, "", true);
+    s->unnamed_of = 0;
+    return TRACK_PASS;
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
                                        const uint8_t *body, uint32_t len, uint32_t avail_body,
@@ -658,6 +673,7 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
             if (r != TRACK_PASS && r != TRACK_STARTED)
                 return r;
+            s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
             return and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
         }
         return queue_request(s, REQ_SYNC, NULL, fail);
@@ -681,6 +697,10 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
         return TRACK_WAIT;
     }
     bool statement = type == 'B' || body[0] == 'S';
+    if (statement && !name[0] && type != 'C')
+        return use_unnamed(c, s);
+    if (statement && !name[0])
+        s->unnamed_of = 0;
     if (!statement || !name[0]) {
         if (type == 'C')
             return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);

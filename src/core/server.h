@@ -106,6 +106,8 @@ struct server {
     struct param_set login_reports;
     struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
     struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
+    uint64_t unnamed_of;     /* the client (its id) whose Parse made the backend's unnamed
+                              * statement; 0: none a client may Bind unasked (transaction mode) */
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;
 

@@ -16,12 +16,15 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import APP_DB, APP_USER, BackendSampler, wait_until
-from pgwire import (RawConn, ServerError, bind_msg, cancel_request, execute_msg, parse_msg,
-                    query_msg, sync_msg)
+from conftest import APP_DB, APP_USER, Background, BackendSampler, wait_until
+from pgwire import (RawConn, ServerError, bind_msg, cancel_request, describe_msg, execute_msg,
+                    parse_msg, query_msg, sync_msg)
 from multiworker import (PROMPT_S, QUERY_WAIT_S, app_backend_pids, clients_on_distinct_workers,
-                         close_all, console, main_keys, raw_on_distinct_workers, show)
+                         close_all, console, local_port, main_keys, pool_row,
+                         raw_on_distinct_workers, show, worker_at_port)
 from test_tls import pki, tls_pg  # noqa: F401 - fixtures
+from test_workers_caps import PASSWORDS, workers_sluice
+from test_workers_caps import connect as login_as
 
 
 def assert_no_audit_errors(s):
@@ -592,4 +595,128 @@ def test_a_server_in_a_mailbox_does_not_escape_a_console_command(start_sluice, p
                            what=f"try {k}: the backends from before {command} gone")
             finally:
                 close_all(opened)
+    assert_no_audit_errors(s)
+
+
+# ---- an idle server stays where it is once nobody waits ------------------------------------------
+
+
+def moves_since(s, mark):
+    return [line for line in s.log_since(mark) if "idle: moving to worker" in line]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("nworkers", [2, 3])
+def test_an_idle_server_stays_put_once_every_waiter_is_served(start_sluice, nworkers):
+    """pool_size 1 and one raw client per worker taking turns: each query moves the one backend
+    to the asking worker. Once every client has its answer the backend stays where it is. A
+    worker whose last waiter a moved server served kept its entry in the ledger's wait list until
+    its next tick (100 ms), and two such stale entries sent the idle backend back and forth
+    between their workers, thousands of moves a second (a poll handle closed and opened, the
+    ledger's lock and a mailbox trip each), after most queries."""
+    s = start_sluice(main_keys(nworkers, 1, log_level="debug"))
+    with console(s) as adm:
+        clients, opened = raw_on_distinct_workers(s, adm, nworkers)
+    try:
+        for episode in range(5):
+            mark = s.mark()
+            for r in range(10):
+                for i, c in enumerate(clients):
+                    assert c.query(f"SELECT {r} + {i}")[0] == [[str(r + i)]]
+            during = len(moves_since(s, mark))
+            quiet = s.mark()
+            time.sleep(0.3)
+            after = moves_since(s, quiet)
+            assert during <= 3 * 10 * nworkers, \
+                f"episode {episode}: {during} moves for {10 * nworkers} queries"
+            assert len(after) <= nworkers, \
+                f"episode {episode}: the idle backend moved {len(after)} times in 0.3 s " \
+                f"with no client waiting: {after[:4]}"
+    finally:
+        close_all(opened)
+    assert_no_audit_errors(s)
+
+
+@pytest.mark.timeout(90)
+def test_a_waiter_served_on_its_own_worker_leaves_no_room_to_make_elsewhere(start_sluice, pg):
+    """max_db_connections = 1, two workers: app2's clients b1 and b2 on one, app's client a on
+    the other. b2 waits for b1's transaction and gets its server when b1 commits, on their own
+    worker; then a runs three statements in a row, which one backend serves (closing the idle
+    app2 backend once for the first). The served waiter's entry stayed in the ledger's wait list
+    until its worker's next tick (100 ms), and meanwhile every server a released was closed "to
+    free a slot for pool appdb/app2, whose client waits": each of a's statements opened a new
+    backend (7 groups of 8 had three)."""
+    s = workers_sluice(start_sluice, pg, workers=2, max_db_connections=1)
+    with login_as(s, "app", app="a") as a, console(s, PASSWORDS["admin"]) as adm:
+        a_worker = worker_at_port(adm, local_port(a))
+        bs, opened = [], []
+        try:
+            while len(bs) < 2:
+                b = login_as(s, "app2", app="b")
+                opened.append(b)
+                if worker_at_port(adm, local_port(b)) != a_worker:
+                    bs.append(b)
+            b1, b2 = bs
+            for k in range(8):
+                b1.execute("BEGIN")
+                b1.execute("SELECT 1")
+                waiter = Background(b2.execute, "SELECT 2")
+                wait_until(lambda: pool_row(adm, user="app2")["cl_waiting"] == 1, 10,
+                           what="b2 waiting for b1's transaction")
+                b1.execute("COMMIT")
+                waiter.result(10)
+                pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(3)}
+                assert len(pids) == 1, f"group {k}: a's three statements had backends {pids}"
+        finally:
+            close_all(opened)
+    assert_no_audit_errors(s)
+
+
+# ---- the unnamed statement is its own client's ----------------------------------------------------
+
+
+def bind_unnamed(rc, describe=False):
+    """Bind (or Describe) and Execute the unnamed statement in a batch of its own: its rows, or
+    the SQLSTATE of the error."""
+    rc.send((describe_msg("S", "") if describe else b"") + bind_msg("", "", []) + execute_msg()
+            + sync_msg())
+    try:
+        return rc.read_results()[0]
+    except ServerError as e:
+        return e.sqlstate
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nworkers", [1, 2])
+def test_a_client_never_runs_another_clients_unnamed_statement(start_sluice, nworkers):
+    """Transaction mode, one backend: a Parses the unnamed statement in a batch of its own
+    (libpq's PQprepare with ""), then b does, then a Binds it in its next batch (PQexecPrepared).
+    Postgres gives a its own statement's rows; a pooler cannot keep an unnamed statement across
+    transactions, so a may get 26000 (no unnamed statement), but never b's statement and rows,
+    which is what it got: the unnamed statement passed through untracked, and the backend held
+    b's."""
+    s = start_sluice(main_keys(nworkers, 1))
+    with console(s) as adm:
+        if nworkers > 1:
+            (a, b), opened = raw_on_distinct_workers(s, adm, 2)
+        else:
+            a, b = RawConn(s.port), RawConn(s.port)
+            a.startup()
+            b.startup()
+            opened = [a, b]
+    try:
+        for k in range(4):
+            a.send(parse_msg("", f"SELECT 'a{k}'::text") + sync_msg())
+            a.read_until("Z")
+            b.send(parse_msg("", f"SELECT 'b{k}'::text, 2") + sync_msg())
+            b.read_until("Z")
+            got = bind_unnamed(a, describe=bool(k % 2))
+            assert got in ([[f"a{k}"]], "26000"), f"round {k}: a ran b's statement: {got}"
+            assert bind_unnamed(b) in ([[f"b{k}", "2"]], "26000")
+            # in one batch, as drivers use it, the unnamed statement is the client's own
+            a.send(parse_msg("", f"SELECT 'again{k}'::text") + bind_msg("", "", []) +
+                   execute_msg() + sync_msg())
+            assert a.read_results()[0] == [[f"again{k}"]]
+    finally:
+        close_all(opened)
     assert_no_audit_errors(s)
