@@ -186,7 +186,11 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
 {
     lock(l);
     enum limit_kind k;
-    if (worker >= 0 && worker < LEDGER_WORKERS && key->granted[worker] > 0) {
+    /* A grant was counted under the caps its waiter registered: it is used under the caps the
+     * take asks with now (a reload may have lowered one since, a NN% cap may await its probe),
+     * as if its own slot were free; refused, it stays until ledger_drop_grant gives it back. */
+    if (worker >= 0 && worker < LEDGER_WORKERS && key->granted[worker] > 0 &&
+        ledger_passed(l, key->db, key->user, key, caps, 1, key) == LIMIT_NONE) {
         key->granted[worker]--; /* kept for this worker's waiter by a give: its now */
         add(&l->granted[worker], -1);
         move_share_locked(l, key, LEDGER_IN_TRANSIT, worker);

@@ -204,8 +204,9 @@ struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const c
 /* One more backend of key under caps for worker (its index; the share it counts in):
  * LIMIT_NONE and every counter of key +1 in one step, or the first limit it would pass (pool,
  * db, user, global, in that order) and nothing changed. A slot a give granted to worker for key
- * (ledger_give_server) is taken first: LIMIT_NONE, the slot moving from the transit share to
- * worker's, no cap checked (it was counted under them when granted). */
+ * (ledger_give_server) is taken first when caps allow it as if its slot were free (a reload may
+ * have lowered a cap since it was granted): LIMIT_NONE, the slot moving from the transit share
+ * to worker's, no count changing; refused, the grant stays for ledger_drop_grant. */
 enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int worker,
                                    const struct ledger_caps *caps)
     __attribute__((warn_unused_result));

@@ -447,6 +447,48 @@ static void a_freed_slot_is_kept_for_the_older_waiter_it_wakes(void)
     free_app(worker);
 }
 
+/* A grant is counted under the caps its waiter registered; its worker's take uses it only under
+ * the caps it asks with now (issue 21): a RELOAD that lowered a cap since, or a NN% cap now
+ * awaiting its probe, refuses it as it refuses any take, and the grant is dropped after the
+ * dispatch. Before, the take used it unchecked and a server opened above the lowered cap. */
+static void a_grant_is_taken_only_under_the_takers_caps_now(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 2\nmax_db_connections = 2\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
+    struct ledger_caps caps = {.pool = 2, .db = 2};
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1); /* granted under max_db_connections = 2 */
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    /* a reload lowered max_db_connections to 1 before worker 1 took it */
+    struct ledger_caps lowered = {.pool = 2, .db = 1};
+    CHECK_INT(ledger_take_server(l, a2, 1, &lowered), LIMIT_DB);
+    struct ledger_caps probing = {.pool = 2, .db = 2, .awaiting_probe = true};
+    CHECK_INT(ledger_take_server(l, a2, 1, &probing), LIMIT_DB);
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    int wake = LEDGER_NO_WORKER;
+    CHECK(ledger_drop_grant(l, 1, &wake)); /* its dispatch's end */
+    CHECK_INT(wake, LEDGER_NO_WORKER);
+    CHECK_INT(ledger_db_servers(l, "a"), 1);
+    CHECK_INT(ledger_take_server(l, a2, 1, &lowered), LIMIT_DB);
+    /* under the caps it was granted under, the take uses it */
+    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1);
+    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_NONE);
+    CHECK(!ledger_drop_grant(l, 1, &wake));
+    CHECK_INT(ledger_db_servers(l, "a"), 2);
+    CHECK_INT(a2->servers, 1);
+    free_app(worker);
+}
+
 /* A released server goes to another worker's older waiter of another key under a cap both
  * share (issue 21), as longer_waiter_elsewhere does between one worker's pools: a waiter there
  * that arrived more than the slack earlier gets the server closed for it (LEDGER_CLAIM_CLOSE),
@@ -592,6 +634,7 @@ int main(void)
     RUN(counters_always_equal_the_walked_counts);
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
     RUN(a_freed_slot_is_kept_for_the_older_waiter_it_wakes);
+    RUN(a_grant_is_taken_only_under_the_takers_caps_now);
     RUN(a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap);
     RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
