@@ -166,7 +166,7 @@ int ledger_wake_for(struct ledger *l, const struct ledger_key *key, const struct
 {
     for (struct ledger_waiter **pp = &l->waiters; *pp; pp = &(*pp)->next) {
         struct ledger_waiter *w = *pp;
-        if (w->worker == except || get(&w->key->state) == LEDGER_KEY_PAUSED ||
+        if ((w->worker == except && w->key == key) || get(&w->key->state) == LEDGER_KEY_PAUSED ||
             !frees_for(w, key, db, user))
             continue;
         /* registered with its caps: the slot is kept for it, or it cannot use this one */

@@ -373,8 +373,10 @@ bool ledger_wait_room_here(struct ledger *l, const struct ledger_key *key, int w
                            int unprovided, int rooms_awaited);
 /* After worker's dispatch (pool_dispatch_all): one slot granted to it that its takes did not
  * use (its waiters were served otherwise, left, or wait for something else) is given back, and
- * goes on to the oldest entry of another worker it serves (*wake: that worker, to wake; else
- * LEDGER_NO_WORKER). false: worker holds no grant (a relaxed load, no lock). Called until false. */
+ * goes on to the oldest entry it serves but worker's own of that key, granted to it as a give
+ * does (*wake: that worker, to wake, worker itself when its entry of another key is the oldest;
+ * else LEDGER_NO_WORKER). false: worker holds no grant (a relaxed load, no lock). Called until
+ * false, or until it wakes worker itself (that grant is for its next dispatch). */
 bool ledger_drop_grant(struct ledger *l, int worker, int *wake);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);

@@ -79,8 +79,8 @@ enum limit_kind ledger_passed(const struct ledger *l, const struct ledger_scope 
 /* Under the lock: key's backend, held in holder's share, is gone (its counts -1). */
 void ledger_give_server_locked(struct ledger *l, struct ledger_key *key, int holder);
 
-/* Under the lock: the oldest waiter of a worker other than `except` (LEDGER_NO_WORKER: none)
- * that a freed slot of key (NULL: an auth_query connection's, in db and user) serves, off the
+/* Under the lock: the oldest waiter but worker `except`'s of key (LEDGER_NO_WORKER: none passed
+ * over) that a freed slot of key (NULL: an auth_query connection's, in db and user) serves, off the
  * list, the slot granted to it when it registered caps (ledger_grant_locked; an entry whose caps
  * the slot does not fit is passed over); its worker, or LEDGER_NO_WORKER. */
 int ledger_wake_for(struct ledger *l, const struct ledger_key *key, const struct ledger_scope *db,

@@ -253,7 +253,8 @@ bool ledger_drop_grant(struct ledger *l, int worker, int *wake)
         key->granted[worker]--;
         add(&l->granted[worker], -1);
         ledger_give_server_locked(l, key, LEDGER_IN_TRANSIT);
-        /* not to this worker again: its dispatch just found no use for it */
+        /* not to this worker's waiter of key again: its dispatch just found no use for it; its
+         * older waiter of another key the slot serves may be the one it goes to */
         *wake = l->waiters ? ledger_wake_for(l, key, key->db, key->user, worker) : LEDGER_NO_WORKER;
     }
     unlock(l);

@@ -503,8 +503,11 @@ void pool_dispatch_all(struct worker *worker)
     /* With workers (5.3): a slot another worker's give kept for this one (its waiters were the
      * oldest) that no take here used goes on to the next oldest waiter elsewhere. */
     int next;
-    while (ledger_drop_grant(&worker->proc->ledger, (int)worker->index, &next))
+    while (ledger_drop_grant(&worker->proc->ledger, (int)worker->index, &next)) {
         worker_wake(worker, next);
+        if (next == (int)worker->index)
+            break; /* granted again, to its older waiter of another key: the next dispatch's */
+    }
 }
 
 /* A reload lowered a cap below the servers in use: a server that comes back above it closes

@@ -489,6 +489,44 @@ static void a_grant_is_taken_only_under_the_takers_caps_now(void)
     free_app(worker);
 }
 
+/* A grant dropped unused goes on to the oldest waiter it serves but the dropping worker's own
+ * of that key (its dispatch found no use for it there): the dropping worker's waiter of another
+ * key is served before a younger one elsewhere (issue 21: the longest waiter first). Before, every
+ * entry of the dropping worker was passed over, and a third worker's younger waiter took the
+ * slot that the grant had just kept from the older one. */
+static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\nmax_db_connections = 1\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
+    struct ledger_key *a3 = pool_get(worker, NULL, "u3", "a")->ledger_key;
+    struct ledger_caps caps = {.pool = 1, .db = 1};
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a3, 1, LIMIT_DB, 150, 1, &caps, 0), 1);
+    CHECK_INT(ledger_take_server(l, a3, 2, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a3, 2, LIMIT_DB, 200, 1, &caps, 0), 1);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1); /* granted to worker 1's a2 waiter */
+    /* worker 1's dispatch: its a2 waiter left; its a3 waiter (150) is held by the grant */
+    CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_DB);
+    CHECK_INT(ledger_wait_need(l, a3, 1, LIMIT_DB, 150, 1, &caps, 0), 0);
+    int wake = LEDGER_NO_WORKER;
+    CHECK(ledger_drop_grant(l, 1, &wake));
+    CHECK_INT(wake, 1); /* its own a3 waiter, older than worker 2's */
+    CHECK_INT(ledger_take_server(l, a3, 2, &caps), LIMIT_POOL);
+    CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_NONE);
+    CHECK(!ledger_drop_grant(l, 1, &wake));
+    CHECK_INT(ledger_db_servers(l, "a"), 1);
+    CHECK_INT(ledger_wait_oldest(l, NULL), 2);
+    free_app(worker);
+}
+
 /* A released server goes to another worker's older waiter of another key under a cap both
  * share (issue 21), as longer_waiter_elsewhere does between one worker's pools: a waiter there
  * that arrived more than the slack earlier gets the server closed for it (LEDGER_CLAIM_CLOSE),
@@ -635,6 +673,7 @@ int main(void)
     RUN(a_freed_slot_wakes_the_oldest_worker_it_serves);
     RUN(a_freed_slot_is_kept_for_the_older_waiter_it_wakes);
     RUN(a_grant_is_taken_only_under_the_takers_caps_now);
+    RUN(a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key);
     RUN(a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap);
     RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);

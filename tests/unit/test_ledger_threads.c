@@ -82,9 +82,11 @@ static void *race_worker(void *arg)
         default:
             if (r->with_caps && (seed & 2)) { /* the end of a dispatch: grants not taken */
                 int w;
-                while (ledger_drop_grant(l, r->worker, &w))
-                    r->woken_bad +=
-                        w == r->worker || (w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS));
+                while (ledger_drop_grant(l, r->worker, &w)) {
+                    r->woken_bad += w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS);
+                    if (w == r->worker)
+                        break; /* its older waiter of another key's: the next dispatch's */
+                }
                 break;
             }
             if (leases > 0 && (seed & 1)) {
