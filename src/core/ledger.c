@@ -192,6 +192,8 @@ enum limit_kind ledger_take_server(struct ledger *l, struct ledger_key *key, int
     if (worker >= 0 && worker < LEDGER_WORKERS && key->granted[worker] > 0 &&
         ledger_passed(l, key->db, key->user, key, caps, 1, key) == LIMIT_NONE) {
         key->granted[worker]--; /* kept for this worker's waiter by a give: its now */
+        if (key->offered[worker] > key->granted[worker])
+            key->offered[worker] = key->granted[worker];
         add(&l->granted[worker], -1);
         move_share_locked(l, key, LEDGER_IN_TRANSIT, worker);
         k = LIMIT_NONE;

@@ -122,6 +122,9 @@ struct ledger_key {
      * mu): counted in every scope, in the LEDGER_IN_TRANSIT share, until that worker's next
      * take of the key finds one (ledger_take_server) or drops it (ledger_drop_grant). */
     int granted[LEDGER_WORKERS];
+    /* Of granted[i], those worker i held when its dispatch under way began (ledger_offer_grants):
+     * the ones its end may drop. A grant made since waits for the next dispatch. */
+    int offered[LEDGER_WORKERS];
     /* One log for the process, whatever the workers (5.6): a pool of the key was made and
      * logged "pool ... created" (the first worker's, pool.c), and the hash of the last "at most
      * N servers" line (budget_log_cap) and of the last "server allows N connections" line
@@ -371,12 +374,18 @@ int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum 
  * two backends for one waiter). No entry: true, nothing noted. */
 bool ledger_wait_room_here(struct ledger *l, const struct ledger_key *key, int worker,
                            int unprovided, int rooms_awaited);
-/* After worker's dispatch (pool_dispatch_all): one slot granted to it that its takes did not
- * use (its waiters were served otherwise, left, or wait for something else) is given back, and
- * goes on to the oldest entry it serves but worker's own of that key, granted to it as a give
- * does (*wake: that worker, to wake, worker itself when its entry of another key is the oldest;
- * else LEDGER_NO_WORKER). false: worker holds no grant (a relaxed load, no lock). Called until
- * false, or until it wakes worker itself (that grant is for its next dispatch). */
+/* Worker's dispatch begins (pool_dispatch_all): the grants it holds now are those its end may
+ * drop (ledger_drop_grant); one a give makes meanwhile, perhaps after its take of that key
+ * ran, waits for the next dispatch (the wake-up that follows the grant). A relaxed load, no
+ * lock, when it holds none. */
+void ledger_offer_grants(struct ledger *l, int worker);
+/* After worker's dispatch (pool_dispatch_all): one slot granted to it before the dispatch began
+ * (ledger_offer_grants) that its takes did not use (its waiters were served otherwise, left, or
+ * wait for something else) is given back, and goes on to the oldest entry it serves but
+ * worker's own of that key, granted to it as a give does (*wake: that worker, to wake, worker
+ * itself when its entry of another key is the oldest, a grant for its next dispatch; else
+ * LEDGER_NO_WORKER). false: none left to drop (a relaxed load, no lock, when worker holds no
+ * grant). Called until false. */
 bool ledger_drop_grant(struct ledger *l, int worker, int *wake);
 /* The worker no longer waits for a slot of key (its waiters were served or left). */
 void ledger_wait_done(struct ledger *l, struct ledger_key *key, int worker);

@@ -240,6 +240,16 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
     return worker;
 }
 
+void ledger_offer_grants(struct ledger *l, int worker)
+{
+    if (worker < 0 || worker >= LEDGER_WORKERS || get(&l->granted[worker]) == 0)
+        return;
+    lock(l);
+    for (struct ledger_key *key = l->keys; key; key = key->next)
+        key->offered[worker] = key->granted[worker];
+    unlock(l);
+}
+
 bool ledger_drop_grant(struct ledger *l, int worker, int *wake)
 {
     *wake = LEDGER_NO_WORKER;
@@ -247,9 +257,10 @@ bool ledger_drop_grant(struct ledger *l, int worker, int *wake)
         return false;
     lock(l);
     struct ledger_key *key = l->keys;
-    while (key && key->granted[worker] == 0)
+    while (key && key->offered[worker] == 0)
         key = key->next;
     if (key) {
+        key->offered[worker]--;
         key->granted[worker]--;
         add(&l->granted[worker], -1);
         ledger_give_server_locked(l, key, LEDGER_IN_TRANSIT);

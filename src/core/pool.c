@@ -490,7 +490,9 @@ void pool_lease(struct pool *p, struct client *c)
 
 void pool_dispatch_all(struct worker *worker)
 {
+    struct ledger *l = &worker->proc->ledger;
     worker->dispatch_needed = false;
+    ledger_offer_grants(l, (int)worker->index); /* the grants the end below may drop */
     struct list_node *n, *tmp;
     list_for_each(&worker->pools, n, tmp)
     {
@@ -501,13 +503,11 @@ void pool_dispatch_all(struct worker *worker)
         }
     }
     /* With workers (5.3): a slot another worker's give kept for this one (its waiters were the
-     * oldest) that no take here used goes on to the next oldest waiter elsewhere. */
+     * oldest) that no take here used goes on to the next oldest waiter (one of this worker's
+     * of another key included: then a grant for its next dispatch). */
     int next;
-    while (ledger_drop_grant(&worker->proc->ledger, (int)worker->index, &next)) {
+    while (ledger_drop_grant(l, (int)worker->index, &next))
         worker_wake(worker, next);
-        if (next == (int)worker->index)
-            break; /* granted again, to its older waiter of another key: the next dispatch's */
-    }
 }
 
 /* A reload lowered a cap below the servers in use: a server that comes back above it closes

@@ -436,6 +436,8 @@ static void a_freed_slot_is_kept_for_the_older_waiter_it_wakes(void)
     CHECK_INT(ledger_wait_need(l, a2, 0, LIMIT_DB, 400, 1, &caps, 0), 1);
     CHECK_INT(ledger_give_server(l, a3, 1), 2);
     int wake = LEDGER_NO_WORKER;
+    ledger_offer_grants(l, 0);
+    ledger_offer_grants(l, 2);
     CHECK(!ledger_drop_grant(l, 0, &wake)); /* worker 0 holds none */
     CHECK(ledger_drop_grant(l, 2, &wake));
     CHECK_INT(wake, 0);
@@ -474,7 +476,8 @@ static void a_grant_is_taken_only_under_the_takers_caps_now(void)
     CHECK_INT(ledger_take_server(l, a2, 1, &probing), LIMIT_DB);
     CHECK_INT(ledger_db_servers(l, "a"), 2);
     int wake = LEDGER_NO_WORKER;
-    CHECK(ledger_drop_grant(l, 1, &wake)); /* its dispatch's end */
+    ledger_offer_grants(l, 1); /* its dispatch */
+    CHECK(ledger_drop_grant(l, 1, &wake));
     CHECK_INT(wake, LEDGER_NO_WORKER);
     CHECK_INT(ledger_db_servers(l, "a"), 1);
     CHECK_INT(ledger_take_server(l, a2, 1, &lowered), LIMIT_DB);
@@ -514,6 +517,7 @@ static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(voi
     CHECK_INT(ledger_wait_need(l, a3, 2, LIMIT_DB, 200, 1, &caps, 0), 1);
     CHECK_INT(ledger_give_server(l, a1, 0), 1); /* granted to worker 1's a2 waiter */
     /* worker 1's dispatch: its a2 waiter left; its a3 waiter (150) is held by the grant */
+    ledger_offer_grants(l, 1);
     CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_DB);
     CHECK_INT(ledger_wait_need(l, a3, 1, LIMIT_DB, 150, 1, &caps, 0), 0);
     int wake = LEDGER_NO_WORKER;
@@ -524,6 +528,45 @@ static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(voi
     CHECK(!ledger_drop_grant(l, 1, &wake));
     CHECK_INT(ledger_db_servers(l, "a"), 1);
     CHECK_INT(ledger_wait_oldest(l, NULL), 2);
+    free_app(worker);
+}
+
+/* A grant a give makes while its worker's dispatch runs, after that dispatch's take of the key,
+ * is not dropped at that dispatch's end: the wake-up that follows the grant dispatches again and
+ * its take uses it. Before, the end of the dispatch under way gave it on to a younger waiter,
+ * and the older one it was kept for registered again behind it. */
+static void a_grant_made_during_a_dispatch_is_the_next_dispatchs(void)
+{
+    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\n"
+                                     "[databases]\na = host=127.0.0.1\n");
+    if (!worker)
+        return;
+    struct ledger *l = &worker->proc->ledger;
+    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
+    struct ledger_caps caps = {.pool = 1};
+    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
+    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_POOL);
+    CHECK_INT(ledger_wait_need(l, a1, 1, LIMIT_POOL, 100, 1, &caps, 0), 1);
+    CHECK_INT(ledger_take_server(l, a1, 2, &caps), LIMIT_POOL);
+    CHECK_INT(ledger_wait_need(l, a1, 2, LIMIT_POOL, 200, 1, &caps, 0), 1);
+    /* worker 1's dispatch: its take of a1 ran (refused), then worker 0's give grants to it */
+    ledger_offer_grants(l, 1);
+    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_POOL);
+    CHECK_INT(ledger_give_server(l, a1, 0), 1);
+    int wake = LEDGER_NO_WORKER;
+    CHECK(!ledger_drop_grant(l, 1, &wake)); /* the dispatch's end: kept */
+    CHECK_INT(ledger_take_server(l, a1, 2, &caps), LIMIT_POOL);
+    /* the wake-up's dispatch */
+    ledger_offer_grants(l, 1);
+    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_NONE);
+    CHECK(!ledger_drop_grant(l, 1, &wake));
+    CHECK_INT(a1->servers, 1);
+    /* one its next dispatch does not use is dropped then */
+    CHECK_INT(ledger_give_server(l, a1, 1), 2);
+    ledger_offer_grants(l, 2);
+    CHECK(ledger_drop_grant(l, 2, &wake));
+    CHECK_INT(wake, LEDGER_NO_WORKER);
+    CHECK_INT(a1->servers, 0);
     free_app(worker);
 }
 
@@ -674,6 +717,7 @@ int main(void)
     RUN(a_freed_slot_is_kept_for_the_older_waiter_it_wakes);
     RUN(a_grant_is_taken_only_under_the_takers_caps_now);
     RUN(a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key);
+    RUN(a_grant_made_during_a_dispatch_is_the_next_dispatchs);
     RUN(a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap);
     RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);

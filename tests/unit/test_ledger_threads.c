@@ -82,11 +82,9 @@ static void *race_worker(void *arg)
         default:
             if (r->with_caps && (seed & 2)) { /* the end of a dispatch: grants not taken */
                 int w;
-                while (ledger_drop_grant(l, r->worker, &w)) {
+                ledger_offer_grants(l, r->worker);
+                while (ledger_drop_grant(l, r->worker, &w))
                     r->woken_bad += w != LEDGER_NO_WORKER && (w < 0 || w >= NTHREADS);
-                    if (w == r->worker)
-                        break; /* its older waiter of another key's: the next dispatch's */
-                }
                 break;
             }
             if (leases > 0 && (seed & 1)) {
@@ -118,6 +116,7 @@ static void *race_worker(void *arg)
         ledger_wait_done(l, r->pools[k]->ledger_key, r->worker);
     /* no entry left: no grant comes to this worker any more; those it holds go on */
     int w;
+    ledger_offer_grants(l, r->worker);
     while (ledger_drop_grant(l, r->worker, &w))
         ;
     return NULL;
