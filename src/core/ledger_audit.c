@@ -152,12 +152,29 @@ static bool totals_are_sums_of_shares(const struct ledger *l)
             ok &= sums(kinds[i][1], s->name, s->clients, share_sum(s->share, clients));
         }
     }
+    int granted[LEDGER_WORKERS] = {0};
     for (const struct ledger_key *k = l->keys; k; k = k->next) {
-        int n = 0;
+        int n = 0, grants = 0;
         for (int w = 0; w < LEDGER_SHARES; w++)
             n += k->share[w];
         char key[256];
         ok &= sums("pool", key_name(k, key, sizeof(key)), k->servers, n);
+        for (int w = 0; w < LEDGER_WORKERS; w++) {
+            granted[w] += k->granted[w];
+            grants += k->granted[w];
+        }
+        /* the transit share: the servers in a mailbox, and the grants (ledger_grant_locked) */
+        if (k->share[LEDGER_IN_TRANSIT] < grants) {
+            log_msg(LOG_ERROR, "ledger: pool %s has %d grants, %d in transit", key, grants,
+                    (int)k->share[LEDGER_IN_TRANSIT]);
+            ok = false;
+        }
+    }
+    for (int w = 0; w < LEDGER_WORKERS; w++) {
+        char name[16];
+        snprintf(name, sizeof(name), "%d", w);
+        ok &= agree_with("grants to worker", name, l->granted[w], "its keys' add up to",
+                         granted[w]);
     }
     return ok;
 }

@@ -563,6 +563,10 @@ static void a_grant_made_during_a_dispatch_is_the_next_dispatchs(void)
     CHECK_INT(a1->servers, 1);
     /* one its next dispatch does not use is dropped then */
     CHECK_INT(ledger_give_server(l, a1, 1), 2);
+    CHECK(ledger_audit(worker)); /* the grant in transit, and in worker 2's count */
+    atomic_fetch_add(&l->granted[2], 1);
+    CHECK(!ledger_audit(worker));
+    atomic_fetch_sub(&l->granted[2], 1);
     ledger_offer_grants(l, 2);
     CHECK(ledger_drop_grant(l, 2, &wake));
     CHECK_INT(wake, LEDGER_NO_WORKER);
