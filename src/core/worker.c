@@ -11,6 +11,7 @@
 #include "budget.h"
 #include "buf.h"
 #include "log.h"
+#include "scram.h"
 #include "secret.h"
 #include "sockio.h"
 
@@ -218,10 +219,11 @@ static void thread_main(void *arg)
 {
     struct worker *worker = arg;
     uv_run(&worker->own_loop, UV_RUN_DEFAULT);
-    /* What this thread keeps of its own (sockio.c's spare polls, auth_query's connections)
-     * goes, then the loop runs once more for their close callbacks. */
+    /* What this thread keeps of its own (sockio.c's spare polls, auth_query's connections,
+     * SCRAM's OpenSSL contexts) goes, then the loop runs once more for their close callbacks. */
     sockio_release_spares();
     secret_free_all();
+    scram_free_contexts();
     uv_run(&worker->own_loop, UV_RUN_DEFAULT);
     buf_free_cache();
 }
