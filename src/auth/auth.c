@@ -722,11 +722,17 @@ void auth_reload(const struct config *cfg)
     secret_reload();
 }
 
+void auth_free_thread(void)
+{
+    secret_free_all();
+    scram_free_contexts();
+    passthrough_forget_found();
+}
+
 void auth_free_all(void)
 {
     snapshot_publish(&hba_rules, NULL, NULL);
     snapshot_publish(&ident_maps, NULL, NULL);
-    secret_free_all();
+    auth_free_thread();
     passthrough_free_all();
-    scram_free_contexts();
 }

@@ -29,8 +29,12 @@ int auth_init(const struct config *cfg) __attribute__((warn_unused_result));
 /* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). Any thread
  * may run logins meanwhile: a login that started keeps the rules it read (snapshot.h). */
 void auth_reload(const struct config *cfg);
-/* Shutdown: free the rules and caches. */
+/* Shutdown: free the rules and caches (the calling thread's too: auth_free_thread). */
 void auth_free_all(void);
+/* What the calling thread keeps of auth's own: its auth_query lookups and connections, SCRAM's
+ * OpenSSL contexts, and the passthrough keys it last read (cleansed). A worker thread calls it
+ * as it ends; the main thread's go in auth_free_all. */
+void auth_free_thread(void);
 
 /* The login as auth sees it, filled by the core (client_login.c) after a valid startup packet.
  * The pointers outlive the exchange. Auth never calls into the client, pool or server code: it

@@ -73,5 +73,9 @@ void passthrough_free_all(void)
         free(e);
     }
     pthread_mutex_unlock(&mu);
+}
+
+void passthrough_forget_found(void)
+{
     OPENSSL_cleanse(&found, sizeof(found));
 }

@@ -29,5 +29,7 @@ const struct passthrough_keys *passthrough_find(const char *user);
 /* Shutdown (after the workers have ended). (A reload keeps them: they are the server's secret, not the config's; keys that no
  * longer fit fail the upstream login with a clear error, and the next login replaces them.) */
 void passthrough_free_all(void);
+/* The calling thread's copy of the keys passthrough_find last gave it, cleansed (its end). */
+void passthrough_forget_found(void);
 
 #endif

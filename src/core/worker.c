@@ -8,10 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "budget.h"
 #include "buf.h"
 #include "log.h"
-#include "scram.h"
 #include "secret.h"
 #include "sockio.h"
 
@@ -222,8 +222,7 @@ static void thread_main(void *arg)
     /* What this thread keeps of its own (sockio.c's spare polls, auth_query's connections,
      * SCRAM's OpenSSL contexts) goes, then the loop runs once more for their close callbacks. */
     sockio_release_spares();
-    secret_free_all();
-    scram_free_contexts();
+    auth_free_thread();
     uv_run(&worker->own_loop, UV_RUN_DEFAULT);
     buf_free_cache();
 }
