@@ -342,3 +342,74 @@ def test_transaction_mode_a_refused_login_does_not_change_the_parameters_of_the_
         if seen != want:
             wrong.append((attempt, seen))
     assert not wrong, f"the sessions differ from their startup parameters: {wrong}"
+
+
+def _replies_until_ready_or_quiet(c, n_ready):
+    """Every message up to the n_ready-th ReadyForQuery: type and, for errors, the SQLSTATE; for
+    rows their text."""
+    seen = []
+    while sum(1 for s in seen if s[0] == "Z") < n_ready:
+        mtype, payload = c.read_message()
+        if mtype in "EN":
+            seen.append((mtype, parse_fields(payload).get("C")))
+        elif mtype in "DZC":
+            seen.append((mtype, payload))
+        elif mtype not in "SK":
+            seen.append((mtype,))
+    return seen
+
+
+def _statement_drops_that_do_not_run(pipelined):
+    """Requests that close or deallocate the statement s_keep but do not run (skipped after an
+    error, refused in a failed transaction or a transaction block, parsed and never executed),
+    each followed by a use of s_keep. [(messages, ReadyForQuery count)]."""
+    from pgwire import parse_msg, bind_msg, close_msg, execute_msg, query_msg, sync_msg
+
+    fail = parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg()
+    use = bind_msg("", "s_keep") + execute_msg() + sync_msg()
+    steps = [
+        (fail + close_msg("S", "s_keep") + sync_msg(), 1),
+        (fail + close_msg("S", "s_keep") + parse_msg("s_keep", "SELECT 'other'") + sync_msg(), 1),
+        (fail + parse_msg("", "DEALLOCATE s_keep") + bind_msg("", "") + execute_msg()
+         + sync_msg(), 1),
+        (parse_msg("", "DEALLOCATE s_keep") + sync_msg(), 1),
+        (query_msg("BEGIN") + query_msg("SELECT 1/0") + query_msg("DEALLOCATE s_keep")
+         + query_msg("ROLLBACK"), 4),
+        (query_msg("BEGIN") + query_msg("SELECT 1/0") + query_msg("DEALLOCATE ALL")
+         + query_msg("ROLLBACK"), 4),
+        (query_msg("BEGIN") + query_msg("DISCARD ALL") + query_msg("ROLLBACK"), 3),
+    ]
+    out = [(parse_msg("s_keep", "SELECT 'kept'") + sync_msg(), 1)]
+    for msgs, n in steps:
+        if pipelined:
+            out.append((msgs + use, n + 1))
+        else:
+            out += [(msgs, n), (use, 1)]
+    return out
+
+
+def _drops_seen(port, pipelined, password=None):
+    from pgwire import raw_login
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        for msgs, n in _statement_drops_that_do_not_run(pipelined):
+            c.send(msgs)
+            seen.append(_replies_until_ready_or_quiet(c, n))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_transaction_mode_a_close_or_deallocate_that_does_not_run_keeps_the_statement(
+        pg, start_sluice, pipelined):
+    """A Close the server skipped after an error, or a DEALLOCATE / DEALLOCATE ALL / DISCARD ALL
+    refused in a failed transaction or a transaction block (or parsed and never executed),
+    leaves the statement in Postgres; sluice forgot it when it sent the request, so the client's
+    next Bind got 26000 prepared statement "s_keep" does not exist."""
+    direct = _drops_seen(pg.port, pipelined, password="apppass")
+    assert sum(step.count(("D", b"\x00\x01\x00\x00\x00\x04kept")) for step in direct) == 7
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _drops_seen(s.port, pipelined) == direct
