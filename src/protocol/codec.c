@@ -118,11 +118,14 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
         out->cancel_key = (uint32_t)codec_read_i32(&r);
         out->kind = STARTUP_CANCEL;
         return;
-    case CODEC_PROTOCOL_3_0:
-        break;
     default:
-        out->kind = STARTUP_BAD_PROTOCOL;
-        return;
+        /* Postgres takes any 3.x and answers a minor version it lacks with
+         * NegotiateProtocolVersion (the login does: client_login.c). */
+        if (out->code >> 16 != CODEC_PROTOCOL_3_0 >> 16) {
+            out->kind = STARTUP_BAD_PROTOCOL;
+            return;
+        }
+        break;
     }
     /* Protocol section 55.7 StartupMessage: name/value pairs, then a terminating zero byte. */
     for (;;) {

@@ -413,3 +413,53 @@ def test_transaction_mode_a_close_or_deallocate_that_does_not_run_keeps_the_stat
     assert sum(step.count(("D", b"\x00\x01\x00\x00\x00\x04kept")) for step in direct) == 7
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
     assert _drops_seen(s.port, pipelined) == direct
+
+
+def _login_asking_for_protocol(port, protocol, params, password=None):
+    """What a client sees logging in with protocol version `protocol` and startup parameters
+    `params`: the messages of the login (authentication left out, ParameterStatus by name), then
+    whether a _pq_ option became a setting."""
+    from pgwire import RawConn, startup_packet
+
+    c = RawConn(port)
+    seen = []
+    read = c.read_message
+
+    def recording_read():
+        mtype, payload = read()
+        if mtype == "v":
+            seen.append((mtype, payload))
+        elif mtype == "S":
+            seen.append((mtype, payload.split(b"\0")[0]))
+        elif mtype not in "RK":
+            seen.append((mtype, payload if mtype != "E" else parse_fields(payload).get("C")))
+        return mtype, payload
+
+    c.read_message = recording_read
+    try:
+        c.send(startup_packet(protocol=protocol, **params))
+        c.finish_login(password=password)
+        c.read_message = read
+        seen.append(c.query("SELECT current_setting('_pq_.opt', true)")[0])
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("minor,params", [(1, {}), (2, {"_pq_.opt": "x"}), (0, {"_pq_.opt": "x"})])
+def test_a_client_asking_for_a_newer_minor_protocol_or_options_is_told_what_it_gets_as_by_postgres(
+        pg, start_sluice, mode, minor, params):
+    """Postgres takes a StartupMessage of protocol 3.1 or 3.2 (libpq 18 with
+    max_protocol_version) and answers NegotiateProtocolVersion: 3.0, and the _pq_ options it does
+    not know, before authentication. sluice refused 3.x for x > 0 (0A000 unsupported frontend
+    protocol), and took a _pq_ option as a setting without saying it was not understood."""
+    import struct
+
+    protocol = (3 << 16) | minor
+    direct = _login_asking_for_protocol(pg.port, protocol, params, password="apppass")
+    assert direct[0] == ("v", struct.pack("!II", 3 << 16, len(params))
+                         + b"".join(k.encode() + b"\0" for k in params))
+    assert direct[-1] == [[None]]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _login_asking_for_protocol(s.port, protocol, params) == direct
