@@ -595,8 +595,12 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
 {
     codec_begin(o, 'P');
-    codec_put_bytes(o, name, strlen(name)); /* the definition holds the rest and the NUL */
-    codec_put_bytes(o, def->data, def->len);
+    size_t n = strlen(name);
+    codec_put_bytes(o, name, n); /* the definition holds the rest and the NUL */
+    uint32_t partial = n == STMT_KEY_MAX ? stmt_name_rest_partial(def->data, def->len) : 0;
+    for (uint32_t i = 0; i < partial; i++)
+        codec_put_u8(o, '_');
+    codec_put_bytes(o, def->data + partial, def->len - partial);
     codec_end(o);
 }
 

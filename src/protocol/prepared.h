@@ -37,6 +37,18 @@
  * False when avail bytes hold neither. */
 bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1]);
 
+/* A client name longer than its key may be cut inside a character of the client's encoding:
+ * the bytes of that character after the key would be invalid text to the server (22021). On
+ * their way to a server, the leading bytes of the name's rest that are not ASCII (at most n)
+ * become '_': the rest is not the key, so that changes which statement it names in nothing. */
+static inline uint32_t stmt_name_rest_partial(const uint8_t *rest, uint32_t n)
+{
+    uint32_t k = 0;
+    while (k < n && rest[k] >= 0x80)
+        k++;
+    return k;
+}
+
 /* The longest server-side name: "sluice_" and 8 hex digits of the definition's hash, or "sluice_s"
  * and a count for a definition that streamed through (not known whole when it is named). Lower
  * case, so that SQL names it unquoted. */

@@ -463,3 +463,42 @@ def test_a_client_asking_for_a_newer_minor_protocol_or_options_is_told_what_it_g
     assert direct[-1] == [[None]]
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
     assert _login_asking_for_protocol(s.port, protocol, params) == direct
+
+
+def _long_multibyte_name_used(port, password=None):
+    """A statement name of 40 two-byte characters (80 bytes: Postgres keys it by its first 63,
+    which end inside a character): Parse, Describe, Bind/Execute while another client holds a
+    server (maybe the one it was prepared on), then Close and Bind again."""
+    from pgwire import raw_login, parse_msg, bind_msg, close_msg, describe_msg, execute_msg, \
+        sync_msg
+
+    name = "é" * 40
+    a = raw_login(port, password=password)
+    b = raw_login(port, password=password)
+    try:
+        seen = []
+        a.send(parse_msg(name, "SELECT 'long'::text AS v") + describe_msg("S", name) + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        b.query("BEGIN")
+        b.query("SELECT 1")
+        a.send(bind_msg("", name) + execute_msg() + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        b.query("COMMIT")
+        a.send(close_msg("S", name) + sync_msg() + bind_msg("", name) + execute_msg() + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 2))
+        return seen
+    finally:
+        a.close()
+        b.close()
+
+
+def test_transaction_mode_a_long_statement_name_cut_inside_a_character_works_as_in_postgres(
+        pg, start_sluice):
+    """sluice writes its own name over the first 63 bytes of a long client name and leaves the
+    rest: when byte 63 was inside a UTF-8 character, the name's rest began with a lone
+    continuation byte and the server refused the Parse (22021 invalid byte sequence), where
+    Postgres prepares it."""
+    direct = _long_multibyte_name_used(pg.port, password="apppass")
+    assert ("D", b"\x00\x01\x00\x00\x00\x04long") in direct[1]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _long_multibyte_name_used(s.port) == direct

@@ -233,6 +233,29 @@ static void injected_messages_have_the_wire_format(void)
     codec_out_free(&o);
 }
 
+/* A long client name's key ended inside a UTF-8 character: sluice's Parse of it on another
+ * server must not start the name's rest with that character's lone continuation byte. */
+static void a_long_names_rest_starts_with_no_partial_character(void)
+{
+    struct msg_out o;
+    codec_out_init(&o);
+    /* the rest of the client's name: the end of an 'é' (0xa9), then "éx", NUL, the query */
+    static const uint8_t rest[] = {0xa9, 0xc3, 0xa9, 'x', 0, 's', 0};
+    struct stmt_def *d = stmt_def_new(rest, sizeof(rest));
+    char key[STMT_KEY_MAX + 1];
+    memset(key, '_', STMT_KEY_MAX);
+    memcpy(key, "sluice_1", 8);
+    key[STMT_KEY_MAX] = '\0';
+    prepared_put_parse(&o, key, d);
+    CHECK_INT(o.len, 5 + STMT_KEY_MAX + sizeof(rest));
+    CHECK(o.len > 5 + STMT_KEY_MAX + 3 && memcmp(o.data + 5 + STMT_KEY_MAX, "___x", 4) == 0);
+    codec_out_reset(&o);
+    prepared_put_parse(&o, "s1", d); /* a short name: its definition as it is */
+    CHECK(o.len > 7 && o.data[7] == 0xa9);
+    stmt_def_unref(d);
+    codec_out_free(&o);
+}
+
 static void deallocate_and_discard_are_recognised(void)
 {
     char name[64];
@@ -845,6 +868,7 @@ int main(void)
     RUN(queue_is_bounded);
     RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
+    RUN(a_long_names_rest_starts_with_no_partial_character);
     RUN(deallocate_and_discard_are_recognised);
     RUN(a_definition_has_its_server_name);
     RUN(names_are_rewritten_in_place_or_their_start_sent_first);
