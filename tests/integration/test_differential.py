@@ -502,3 +502,41 @@ def test_transaction_mode_a_long_statement_name_cut_inside_a_character_works_as_
     assert ("D", b"\x00\x01\x00\x00\x00\x04long") in direct[1]
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
     assert _long_multibyte_name_used(s.port) == direct
+
+
+def _long_multibyte_name_bound_in_pieces(port, password=None):
+    """The statement of _long_multibyte_name_used, bound by a Bind that arrives cut right after
+    its name's first 63 bytes, and described one byte a write."""
+    import time
+    from pgwire import raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg
+
+    name = "é" * 40
+    a = raw_login(port, password=password)
+    try:
+        seen = []
+        a.send(parse_msg(name, "SELECT 'long'::text AS v") + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        msg = bind_msg("", name) + execute_msg() + sync_msg()
+        cut = 5 + 1 + 63 + 1  # header, the portal's NUL, the key, one byte of the rest
+        for piece in (msg[:cut - 1], msg[cut - 1:cut], msg[cut:]):
+            a.send(piece)
+            time.sleep(0.2)
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        msg = describe_msg("S", name) + sync_msg()
+        for i in range(len(msg)):
+            a.send(msg[i:i + 1])
+            time.sleep(0.005)
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        return seen
+    finally:
+        a.close()
+
+
+def test_transaction_mode_a_long_statement_name_arriving_in_pieces_works_as_in_postgres(
+        pg, start_sluice):
+    """A Bind whose long name had arrived only up to its key (and a byte) was renamed at once:
+    the rest of the character cut at the key, arriving later, reached the server (22021)."""
+    direct = _long_multibyte_name_bound_in_pieces(pg.port, password="apppass")
+    assert ("D", b"\x00\x01\x00\x00\x00\x04long") in direct[1]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _long_multibyte_name_bound_in_pieces(s.port) == direct
