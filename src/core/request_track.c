@@ -814,6 +814,15 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
             return CLIENT_FRAME_FAILED;
         }
+        /* Past Postgres's bound the server would close on it: the client is told so here, and
+         * the server stays sound for the next one. */
+        if (len > codec_frontend_max_len(type)) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "invalid message length %u for message type '%c'",
+                     len, type);
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
+            return CLIENT_FRAME_FAILED;
+        }
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');

@@ -29,6 +29,16 @@ bool codec_frontend_type_known(uint8_t type)
     }
 }
 
+uint32_t codec_frontend_max_len(uint8_t type)
+{
+    switch (type) {
+    case 'S': case 'H': case 'C': case 'D': case 'E': case 'X': case 'c': case 'f':
+        return 10000;
+    default:
+        return 0x3ffffffeu;
+    }
+}
+
 void codec_reader_init(struct msg_reader *r, const uint8_t *body, size_t len)
 {
     r->pos = body;
