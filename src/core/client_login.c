@@ -153,10 +153,36 @@ static bool moved_to_console(struct client *c, const struct startup_packet *sp,
            client_move_console_login(c, packet, len);
 }
 
+/* A startup parameter "_pq_.name" asks for a protocol extension; sluice knows none. */
+static bool param_is_protocol_option(const char *name)
+{
+    return strncmp(name, "_pq_.", 5) == 0;
+}
+
+/* Protocol section 55.2.1: a client asking for a newer 3.x minor version, or for protocol
+ * options, is told what it gets (3.0, none of the options) with NegotiateProtocolVersion,
+ * before authentication, as Postgres tells it; it then speaks 3.0 or gives up. */
+static void negotiate_protocol(struct client *c, const struct startup_packet *sp)
+{
+    int32_t unknown = 0;
+    for (int i = 0; i < sp->nparams; i++)
+        unknown += param_is_protocol_option(sp->params[i].name);
+    if (sp->code == CODEC_PROTOCOL_3_0 && unknown == 0)
+        return;
+    codec_begin(&c->out, 'v');
+    codec_put_i32(&c->out, (int32_t)CODEC_PROTOCOL_3_0);
+    codec_put_i32(&c->out, unknown);
+    for (int i = 0; i < sp->nparams; i++)
+        if (param_is_protocol_option(sp->params[i].name))
+            codec_put_cstring(&c->out, sp->params[i].name);
+    codec_end(&c->out);
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
     const struct config *cfg = worker->cfg;
+    negotiate_protocol(c, sp);
     const char *user = codec_startup_get(sp, "user");
     const char *database = codec_startup_get(sp, "database");
     const char *replication = codec_startup_get(sp, "replication");
@@ -195,7 +221,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
      * client without credentials could probe which database names exist. */
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
-        if (param_is_protocol_level(name) ||
+        if (param_is_protocol_level(name) || param_is_protocol_option(name) ||
             config_list_contains(&cfg->ignore_startup_parameters, name))
             continue;
         if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {

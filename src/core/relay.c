@@ -162,9 +162,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         bool consume = c == NULL || s->swallow > 0;
         bool login_synced = false;
         if ((type == '1' || type == '3') && s->swallow == 0 && request_track_on(s)) {
-            if (c && buf_pending(b) > 0 && s->reqs.count > 0 &&
-                (s->reqs.items[s->reqs.head].kind == REQ_PARSE_OURS ||
-                 s->reqs.items[s->reqs.head].kind == REQ_CLOSE_OURS))
+            enum stmt_req next = stmt_queue_next_complete(&s->reqs);
+            if (c && buf_pending(b) > 0 && (next == REQ_PARSE_OURS || next == REQ_CLOSE_OURS))
                 return STOP_NEED_FLUSH;
             enum stmt_reply_action a = stmt_on_complete(&s->reqs, &s->stmts, type);
             if (a == REPLY_UNEXPECTED) {
@@ -190,6 +189,12 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             renamed = stmt_names_in_error(c->stmts, p, whole);
             consume = renamed;
         }
+        /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
+         * (it is short) before anything changes. */
+        bool drop_ran = type == 'C' && s->swallow == 0 && s->reqs.count > 0 &&
+                        request_track_on(s) && whole <= buf_block_size();
+        if (drop_ran && avail < whole)
+            return STOP_NEED_DATA;
         /* Bytes before a consumed message go out first (consuming moves rpos). Checked before
          * anything below changes state, since the message is looked at again after the flush. */
         if (consume && buf_pending(b) > 0)
@@ -205,6 +210,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
+        if (drop_ran && p[whole - 1] == '\0')
+            stmt_on_command_complete(&s->reqs, (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {
             /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
             if (type == 'C' || type == 'I' || type == 's')
@@ -258,7 +265,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     if (s->reqs.count > 0 && s->reqs.items[s->reqs.head].kind != REQ_SYNC)
                         s->unnamed_of = 0;
                     if (s->reqs.count > 0)
-                        stmt_on_ready(&s->reqs, &s->stmts, c ? c->stmts : NULL);
+                        stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
                     if (c && login_reset_on_ready(s, c, (char)body[0]))
                         consume = true; /* held: the login values are given back first */
                 }
@@ -449,7 +456,7 @@ enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
 {
     /* Bytes the server has not taken yet: it is slow, not waiting. */
     if (s->swallow > 0 || buf_pending(&c->in) > 0 || s->out_pos < s->out.len ||
-        login_reset_client_waits(s))
+        request_track_client_waits(s))
         return PAIR_NO_WAIT;
     if (s->copy_in)
         return PAIR_WAIT_COPY;
@@ -597,7 +604,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             return RELAY_TERMINATED;
 
         /* Server -> client: anything sluice generated for the client first. */
-        bool client_waited = login_reset_client_waits(s);
+        bool client_waited = request_track_client_waits(s);
         w = write_generated(&c->io, &c->out, &c->out_pos);
         enum frame_stop sst = STOP_NEED_DATA;
         if (w == WRITE_DONE) {
@@ -626,7 +633,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             return release;
         /* TLS may hold decrypted bytes the socket will not announce again. Requests that
          * waited for a reset's reply (login_reset.h) are already read. */
-        bool more = client_waited && !login_reset_client_waits(s);
+        bool more = client_waited && !request_track_client_waits(s);
         if (sockio_pending(&s->io) > 0 && buf_pending(&s->in) == 0) {
             int n = server_read(s, o);
             if (n < 0)

@@ -63,6 +63,11 @@ bool request_track_on(const struct server *s)
     return pool_mode_ops(s->pool->mode, false)->release_at_idle;
 }
 
+bool request_track_client_waits(const struct server *s)
+{
+    return login_reset_client_waits(s) || (stmt_queue_drop_undecided(&s->reqs) && !s->copy_in);
+}
+
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
  * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
  * (after an error the server skips up to it). */
@@ -332,15 +337,29 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
             return r;
     }
     forget_touched(s, touch);
+    /* Whether it runs is not known here (an error before it skips it, a failed transaction
+     * refuses it): the client's statements leave its map now, for what it sends next, and come
+     * back unless a CommandComplete says it ran (stmt_on_ready). */
+    struct stmt_entry *dropped_one;
+    struct stmt_map *dropped_all;
     switch (kind) {
     case SQL_DEALLOCATE:
-        /* Whether it runs is not known here (an error before it skips it). */
         forget_on_server(s, mine ? sn.name : name_buf);
+        dropped_one = stmt_map_get(c->stmts, name_buf);
+        if (dropped_one && dropped_one->def &&
+            queued(stmt_queue_push_client_drop(&s->reqs, name_buf, dropped_one->def, NULL),
+                   fail) != TRACK_PASS)
+            return TRACK_FAILED;
         stmt_map_remove(c->stmts, name_buf);
         break;
     case SQL_DEALLOCATE_ALL:
     case SQL_DISCARD_ALL:
-        stmt_map_clear(c->stmts);
+        dropped_all = c->stmts;
+        c->stmts = NULL;
+        if (dropped_all &&
+            queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all), fail) !=
+                TRACK_PASS)
+            return TRACK_FAILED;
         stmt_map_mark_unknown(&s->stmts);
         break;
     default:
@@ -614,7 +633,11 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     if (mine)
         stmt_names_for_server(&sn, mine, key_len);
     const char *on_server = mine ? sn.name : name;
-    if (queue_request(s, REQ_CLOSE_CLIENT, on_server, fail) != TRACK_PASS)
+    /* A Close the server skips (an error before it) leaves the statement: stmt_on_ready gives
+     * it back to the client then. */
+    int rc = mine ? stmt_queue_push_client_close(&s->reqs, sn.name, name, mine)
+                  : stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, on_server);
+    if (queued(rc, fail) != TRACK_PASS)
         return TRACK_FAILED;
     stmt_map_remove(&s->stmts, on_server);
     stmt_map_remove(c->stmts, name);
@@ -711,6 +734,11 @@ static enum track_result track_message(struct client *c, struct server *s, uint8
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, key_len);
+    /* A long name's rest loses the end of a character cut at its key (stmt_names_rename): the
+     * name is read to its end first, as far as the buffer holds it. */
+    if (mine && key_len >= STMT_KEY_MAX && !memchr(body + at, '\0', shown - at) &&
+        avail_body < len && avail_body + CODEC_HEADER_LEN < buf_block_size())
+        return TRACK_WAIT;
     enum track_result r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
     if (r != TRACK_PASS)
         return r;
@@ -774,8 +802,9 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             continue;
         }
         /* The client's next request waits for the reply of one that may reset its login
-         * parameters, and for the restore after it (login_reset.h). */
-        if (login_reset_client_waits(s))
+         * parameters, and for the restore after it (login_reset.h), or for the outcome of a
+         * Close or DEALLOCATE of its statements. */
+        if (request_track_client_waits(s))
             return CLIENT_FRAME_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
         uint8_t type;
@@ -802,6 +831,15 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         if (!codec_frontend_type_known(type)) {
             char detail[64];
             snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
+            return CLIENT_FRAME_FAILED;
+        }
+        /* Past Postgres's bound the server would close on it: the client is told so here, and
+         * the server stays sound for the next one. */
+        if (len > codec_frontend_max_len(type)) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "invalid message length %u for message type '%c'",
+                     len, type);
             fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
             return CLIENT_FRAME_FAILED;
         }

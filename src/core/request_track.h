@@ -55,6 +55,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
  * between transactions)? Session mode forwards statements untouched. */
 bool request_track_on(const struct server *s);
 
+/* Does the client's next request wait, framed no further until the server answers? For the
+ * reply of one that may reset its login parameters and the restore after it (login_reset.h), or
+ * for the outcome of its Close, DEALLOCATE or DISCARD ALL in a batch it ended: whether the
+ * statements they name are still the client's (stmt_queue_drop_undecided). */
+bool request_track_client_waits(const struct server *s);
+
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
  * left): the Syncs that arrived during it are not answered. */
 void request_track_copy_in_ended(struct server *s);

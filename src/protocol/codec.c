@@ -29,6 +29,16 @@ bool codec_frontend_type_known(uint8_t type)
     }
 }
 
+uint32_t codec_frontend_max_len(uint8_t type)
+{
+    switch (type) {
+    case 'S': case 'H': case 'C': case 'D': case 'E': case 'X': case 'c': case 'f':
+        return 10000;
+    default:
+        return 0x3ffffffeu;
+    }
+}
+
 void codec_reader_init(struct msg_reader *r, const uint8_t *body, size_t len)
 {
     r->pos = body;
@@ -118,11 +128,14 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
         out->cancel_key = (uint32_t)codec_read_i32(&r);
         out->kind = STARTUP_CANCEL;
         return;
-    case CODEC_PROTOCOL_3_0:
-        break;
     default:
-        out->kind = STARTUP_BAD_PROTOCOL;
-        return;
+        /* Postgres takes any 3.x and answers a minor version it lacks with
+         * NegotiateProtocolVersion (the login does: client_login.c). */
+        if (out->code >> 16 != CODEC_PROTOCOL_3_0 >> 16) {
+            out->kind = STARTUP_BAD_PROTOCOL;
+            return;
+        }
+        break;
     }
     /* Protocol section 55.7 StartupMessage: name/value pairs, then a terminating zero byte. */
     for (;;) {

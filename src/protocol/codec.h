@@ -43,6 +43,10 @@ enum frame_result codec_frame_header(const uint8_t *p, size_t avail, uint32_t ma
 /* The frontend message types of protocol 3.0 that a client may send after startup (Bind, Close,
  * CopyData/Done/Fail, Describe, Execute, Flush, FunctionCall, Parse, Query, Sync, Terminate).
  * The one list: client.c checks a new request with it, relay.c every forwarded message. */
+/* The largest length word Postgres reads for a client message of this (known) type
+ * (postgres.c SocketBackend: 10000 for Sync, Flush, Close, Describe, Execute, Terminate, CopyDone
+ * and CopyFail, 1 GB - 2 for the others); a longer one is a broken stream it closes on. */
+uint32_t codec_frontend_max_len(uint8_t type);
 bool codec_frontend_type_known(uint8_t type);
 
 /* ---- reading a message body ---- */

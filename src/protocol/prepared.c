@@ -301,10 +301,32 @@ bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1])
 
 /* ---- request queue ---- */
 
+static struct stmt_queue_item *item_at(const struct stmt_queue *q, uint32_t i)
+{
+    return &q->items[(q->head + i) % q->cap];
+}
+
+static bool holds_statements(const struct stmt_queue_item *it)
+{
+    return it->kind == REQ_DROP_CLIENT || (it->kind == REQ_CLOSE_CLIENT && it->def);
+}
+
+static void release_item(struct stmt_queue *q, struct stmt_queue_item *it)
+{
+    if (holds_statements(it))
+        q->undoable--;
+    free(it->name);
+    stmt_def_unref(it->def);
+    stmt_map_delete(it->dropped);
+    it->name = NULL;
+    it->def = NULL;
+    it->dropped = NULL;
+}
+
 void stmt_queue_free(struct stmt_queue *q)
 {
     for (uint32_t i = 0; i < q->count; i++)
-        free(q->items[(q->head + i) % q->cap].name);
+        release_item(q, item_at(q, i));
     free(q->items);
     memset(q, 0, sizeof(*q));
 }
@@ -348,20 +370,101 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     it->kind = (uint8_t)kind;
     it->repeat = 1;
     it->name = name;
+    it->def = NULL;
+    it->dropped = NULL;
     q->count++;
     return 0;
+}
+
+/* server_name, NUL, client_name, NUL (malloc'd); NULL when out of memory. */
+static char *both_names(const char *server_name, const char *client_name)
+{
+    size_t sn = strlen(server_name) + 1, cn = strlen(client_name) + 1;
+    char *both = malloc(sn + cn);
+    if (both) {
+        memcpy(both, server_name, sn);
+        memcpy(both + sn, client_name, cn);
+    }
+    return both;
+}
+
+static const char *client_name_of(const struct stmt_queue_item *it)
+{
+    return it->name + strlen(it->name) + 1;
 }
 
 int stmt_queue_push_client_parse(struct stmt_queue *q, const char *server_name,
                                  const char *client_name)
 {
-    size_t sn = strlen(server_name) + 1, cn = strlen(client_name) + 1;
-    char *both = malloc(sn + cn);
-    if (!both)
+    char *both = both_names(server_name, client_name);
+    return both ? push_item(q, REQ_PARSE_CLIENT, both) : -ENOMEM;
+}
+
+/* Push a named item that holds def and dropped (held by the item only once pushed). */
+static int push_holding(struct stmt_queue *q, enum stmt_req kind, char *name,
+                        struct stmt_def *def, struct stmt_map *dropped)
+{
+    if (!name) {
+        stmt_map_delete(dropped);
         return -ENOMEM;
-    memcpy(both, server_name, sn);
-    memcpy(both + sn, client_name, cn);
-    return push_item(q, REQ_PARSE_CLIENT, both);
+    }
+    int rc = push_item(q, kind, name);
+    if (rc < 0) {
+        stmt_map_delete(dropped);
+        return rc;
+    }
+    struct stmt_queue_item *it = item_at(q, q->count - 1);
+    if (def)
+        def_ref(def);
+    it->def = def;
+    it->dropped = dropped;
+    if (holds_statements(it))
+        q->undoable++;
+    return 0;
+}
+
+bool stmt_queue_drop_undecided(const struct stmt_queue *q)
+{
+    if (q->undoable == 0)
+        return false;
+    bool holding = false;
+    for (uint32_t i = 0; i < q->count; i++) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        if (holding && it->kind == REQ_SYNC)
+            return true;
+        holding = holding || holds_statements(it);
+    }
+    return false;
+}
+
+int stmt_queue_push_client_close(struct stmt_queue *q, const char *server_name,
+                                 const char *client_name, struct stmt_def *def)
+{
+    return push_holding(q, REQ_CLOSE_CLIENT, both_names(server_name, client_name), def, NULL);
+}
+
+int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
+                                struct stmt_def *def, struct stmt_map *dropped)
+{
+    /* "" stands for all: push_item runs only nameless items together */
+    return push_holding(q, REQ_DROP_CLIENT, strdup(client_name ? client_name : ""), def,
+                        dropped);
+}
+
+/* Where the request the next ParseComplete/CloseComplete answers stands: past the client's
+ * DEALLOCATEs and DISCARD ALLs, which wait for a CommandComplete. */
+static uint32_t next_complete_at(const struct stmt_queue *q)
+{
+    uint32_t k = 0;
+    while (k < q->count && item_at(q, k)->kind == REQ_DROP_CLIENT)
+        k++;
+    return k;
+}
+
+enum stmt_req stmt_queue_next_complete(const struct stmt_queue *q)
+{
+    uint32_t k = next_complete_at(q);
+    return k < q->count ? (enum stmt_req)item_at(q, k)->kind : REQ_SYNC;
 }
 
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
@@ -382,56 +485,108 @@ void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
             q->count--; /* a Sync entry holds no name */
 }
 
-/* The oldest request (the caller frees its name). */
-static struct stmt_queue_item pop(struct stmt_queue *q)
+/* Take out the k-th request (named: it stands for itself alone); those before it keep their
+ * order. */
+static void take_out(struct stmt_queue *q, uint32_t k)
 {
-    struct stmt_queue_item *head = &q->items[q->head];
-    struct stmt_queue_item it = *head;
-    if (--head->repeat == 0) {
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-    } else {
-        it.name = NULL; /* a run is nameless */
-    }
-    return it;
+    struct stmt_queue_item it = *item_at(q, k);
+    for (uint32_t i = k; i > 0; i--)
+        *item_at(q, i) = *item_at(q, i - 1);
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    release_item(q, &it);
 }
 
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type)
 {
     (void)server_map;
-    if (q->count == 0)
+    uint32_t k = next_complete_at(q);
+    if (k == q->count)
         return REPLY_UNEXPECTED;
-    uint8_t kind = q->items[q->head].kind;
+    struct stmt_queue_item *it = item_at(q, k);
+    uint8_t kind = it->kind;
     bool parse = kind == REQ_PARSE_CLIENT || kind == REQ_PARSE_OURS;
     bool close = kind == REQ_CLOSE_CLIENT || kind == REQ_CLOSE_OURS;
     if ((type == '1' && !parse) || (type == '3' && !close))
         return REPLY_UNEXPECTED;
-    struct stmt_queue_item it = pop(q);
-    free(it.name);
+    if (it->repeat > 1)
+        it->repeat--; /* a nameless run */
+    else
+        take_out(q, k);
     return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
 }
 
-void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stmt_map *client_map)
+void stmt_on_command_complete(struct stmt_queue *q, const char *tag)
 {
-    while (q->count > 0) {
-        struct stmt_queue_item it = pop(q);
-        /* Still queued at ReadyForQuery: an error made the server skip it. What the server now
-         * holds under that name is unknown (a skipped Close left the old statement, a skipped
-         * Parse left whatever was there before): marked unknown, the next use re-prepares. */
-        if (it.name && it.kind != REQ_SYNC)
-            stmt_map_put(server_map, it.name, NULL);
-        /* The client's own Parse of a name it did not have failed or was skipped: as in
-         * Postgres, it has no statement of that name (a Parse of a name it had is queued
-         * without one: 42P05 keeps the old statement). */
-        if (it.name && it.kind == REQ_PARSE_CLIENT) {
-            const char *client_name = it.name + strlen(it.name) + 1;
-            note_departed(client_map, client_name, it.name);
-            stmt_map_remove(client_map, client_name);
+    if (q->count == 0 || item_at(q, 0)->kind != REQ_DROP_CLIENT)
+        return;
+    if (strcmp(tag, "DEALLOCATE") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0 ||
+        strcmp(tag, "DISCARD ALL") == 0)
+        take_out(q, 0); /* it ran: what it dropped stays dropped */
+}
+
+/* The client's request it stands for was skipped or refused by the server: undo what sluice
+ * did when it was sent. */
+static void undo_skipped(struct stmt_queue_item *it, struct stmt_map *server_map,
+                         struct stmt_map **client_map)
+{
+    if (!it->name)
+        return;
+    struct stmt_map *mine = client_map ? *client_map : NULL;
+    /* What the server holds under that name is unknown (a skipped Close left the old statement,
+     * a skipped Parse left whatever was there before): marked unknown, the next use
+     * re-prepares. */
+    if (it->kind != REQ_SYNC && it->kind != REQ_DROP_CLIENT)
+        stmt_map_put(server_map, it->name, NULL);
+    switch (it->kind) {
+    case REQ_PARSE_CLIENT:
+        /* The client's own Parse of a name it did not have: as in Postgres, it has no
+         * statement of that name (a Parse of a name it had is queued without one: 42P05 keeps
+         * the old statement). */
+        note_departed(mine, client_name_of(it), it->name);
+        stmt_map_remove(mine, client_name_of(it));
+        break;
+    case REQ_CLOSE_CLIENT:
+    case REQ_DROP_CLIENT:
+        if (!client_map)
+            break; /* its client left */
+        if (it->dropped) {
+            stmt_map_delete(*client_map); /* nothing after the DISCARD ran either */
+            *client_map = it->dropped;
+            it->dropped = NULL;
+            break;
         }
-        free(it.name);
-        if (it.kind == REQ_SYNC)
-            return;
+        if (!it->def)
+            break;
+        if (!*client_map)
+            *client_map = stmt_map_new();
+        if (*client_map) /* out of memory: the statement stays forgotten, as before */
+            (void)stmt_map_put(*client_map,
+                               it->kind == REQ_CLOSE_CLIENT ? client_name_of(it) : it->name,
+                               it->def);
+        break;
+    default:
+        break;
+    }
+}
+
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
+                   struct stmt_map **client_map)
+{
+    /* Still queued at ReadyForQuery: an error made the server skip it (or refused it). */
+    uint32_t n = 0;
+    while (n < q->count && item_at(q, n)->kind != REQ_SYNC)
+        n++;
+    for (uint32_t i = n; i-- > 0;)
+        undo_skipped(item_at(q, i), server_map, client_map);
+    for (uint32_t i = 0; i < n; i++)
+        release_item(q, item_at(q, i));
+    q->head = (q->head + n) % (q->cap ? q->cap : 1);
+    q->count -= n;
+    if (q->count > 0 && --item_at(q, 0)->repeat == 0) { /* the Sync */
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
     }
 }
 
@@ -440,8 +595,12 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stm
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
 {
     codec_begin(o, 'P');
-    codec_put_bytes(o, name, strlen(name)); /* the definition holds the rest and the NUL */
-    codec_put_bytes(o, def->data, def->len);
+    size_t n = strlen(name);
+    codec_put_bytes(o, name, n); /* the definition holds the rest and the NUL */
+    uint32_t partial = n == STMT_KEY_MAX ? stmt_name_rest_partial(def->data, def->len) : 0;
+    for (uint32_t i = 0; i < partial; i++)
+        codec_put_u8(o, '_');
+    codec_put_bytes(o, def->data + partial, def->len - partial);
     codec_end(o);
 }
 

@@ -16,7 +16,8 @@
  * To tell sluice's replies from the client's, every Parse, Close, Sync, Query and FunctionCall
  * sent to a server is recorded in order (struct stmt_queue); ParseComplete/CloseComplete pop the
  * head, ReadyForQuery pops through the Sync it answers (what an error made the server skip is
- * dropped there). */
+ * dropped there). A client's Close, DEALLOCATE or DISCARD ALL leaves its map when sent, for the
+ * requests behind it, and comes back if the server skips or refuses it, as in Postgres. */
 #ifndef SLUICE_PREPARED_H
 #define SLUICE_PREPARED_H
 
@@ -35,6 +36,18 @@
  * far as avail bytes show: the key's length and, when the NUL was seen, the name's with it.
  * False when avail bytes hold neither. */
 bool stmt_name_key(const uint8_t *p, uint32_t avail, char key[STMT_KEY_MAX + 1]);
+
+/* A client name longer than its key may be cut inside a character of the client's encoding:
+ * the bytes of that character after the key would be invalid text to the server (22021). On
+ * their way to a server, the leading bytes of the name's rest that are not ASCII (at most n)
+ * become '_': the rest is not the key, so that changes which statement it names in nothing. */
+static inline uint32_t stmt_name_rest_partial(const uint8_t *rest, uint32_t n)
+{
+    uint32_t k = 0;
+    while (k < n && rest[k] >= 0x80)
+        k++;
+    return k;
+}
 
 /* The longest server-side name: "sluice_" and 8 hex digits of the definition's hash, or "sluice_s"
  * and a count for a definition that streamed through (not known whole when it is named). Lower
@@ -122,20 +135,29 @@ enum stmt_req {
     REQ_CLOSE_CLIENT,
     REQ_CLOSE_OURS,
     REQ_SYNC,         /* Sync, Query or FunctionCall: answered by ReadyForQuery */
+    REQ_DROP_CLIENT,  /* the client's SQL DEALLOCATE / DEALLOCATE ALL / DISCARD ALL, answered by
+                       * CommandComplete when it runs; other replies pass it (an unnamed Parse
+                       * of it is answered before it runs, if it runs) */
 };
 
 struct stmt_queue_item {
     uint8_t kind;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
-    char *name;      /* PARSE and CLOSE: the statement name */
+    char *name;      /* PARSE and CLOSE: the statement name (the server's; a client's Parse or
+                      * Close of its own statement: then the client's after its NUL); DROP: the
+                      * client's name, NULL for all */
+    struct stmt_def *def;     /* CLOSE, DROP of one: the client's statement it drops (held), given
+                               * back to the client if the server skips or refuses it */
+    struct stmt_map *dropped; /* DROP of all: the client's map before it, likewise */
 };
 
 struct stmt_queue {
     struct stmt_queue_item *items;
     uint32_t cap, head, count;
+    uint32_t undoable; /* items holding a client's statements (def or dropped) */
 };
 
-/* Requests waiting for their replies, per server: 16 bytes an item, plus a name for a named Parse
+/* Requests waiting for their replies, per server: 32 bytes an item, plus a name for a named Parse
  * or Close. Nameless requests of one kind in a row share an item, so a pipeline of unnamed
  * statements (a JDBC batch) takes one however long. Replies normally drain it as the server
  * answers; it fills only when a client sends this many named Parse/Close (or alternating kinds)
@@ -152,6 +174,23 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
  * (REQ_PARSE_CLIENT; the item's name holds both, the client's after the server's NUL). */
 int stmt_queue_push_client_parse(struct stmt_queue *q, const char *server_name,
                                  const char *client_name) __attribute__((warn_unused_result));
+/* The client's Close of its statement client_name (def), sent as server_name. */
+int stmt_queue_push_client_close(struct stmt_queue *q, const char *server_name,
+                                 const char *client_name, struct stmt_def *def)
+    __attribute__((warn_unused_result));
+/* The client's DEALLOCATE of its statement client_name (def), or (client_name NULL) its
+ * DEALLOCATE ALL / DISCARD ALL, which took its map `dropped` away (the item owns it from here
+ * on, pushed or not). */
+int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
+                                struct stmt_def *def, struct stmt_map *dropped)
+    __attribute__((warn_unused_result));
+/* Is a request holding the client's statements (a Close, DEALLOCATE, DISCARD ALL) queued ahead
+ * of a Sync? Its outcome decides which statements the client has: what the client sends after
+ * that Sync waits for it (what it sends before is skipped if it fails). */
+bool stmt_queue_drop_undecided(const struct stmt_queue *q);
+/* The kind of the request the next ParseComplete or CloseComplete answers (past DROPs);
+ * REQ_SYNC when none. */
+enum stmt_req stmt_queue_next_complete(const struct stmt_queue *q);
 
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
@@ -161,9 +200,13 @@ enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
-/* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync. client_map:
- * the statements of the client whose requests these are (may be NULL). */
-void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map, struct stmt_map *client_map);
+/* CommandComplete with tag `tag` arrived: a DEALLOCATE or DISCARD ALL the client sent ran. */
+void stmt_on_command_complete(struct stmt_queue *q, const char *tag);
+/* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync; what the
+ * server skipped or refused of the client's is undone, latest first. client_map: the statements
+ * of the client whose requests these are (NULL: it left; *client_map may be NULL, none yet). */
+void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
+                   struct stmt_map **client_map);
 
 /* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);

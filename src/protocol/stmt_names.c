@@ -83,7 +83,14 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
 {
     if (key_len < STMT_KEY_MAX)
         return stmt_names_rewrite(b, rx, out, at, key_len, sn->name);
-    memcpy(b->data + b->scan + CODEC_HEADER_LEN + at, sn->name, STMT_KEY_MAX);
+    uint8_t *name = b->data + b->scan + CODEC_HEADER_LEN + at;
+    memcpy(name, sn->name, STMT_KEY_MAX);
+    /* as far as the buffer holds the message (a name longer than pkt_buf is cut as it is) */
+    uint32_t msg_end = b->scan + 1 + codec_get_u32(b->data + b->scan + 1);
+    uint32_t held = (msg_end < b->wpos ? msg_end : b->wpos) - (uint32_t)(name - b->data);
+    if (held > STMT_KEY_MAX)
+        memset(name + STMT_KEY_MAX, '_',
+               stmt_name_rest_partial(name + STMT_KEY_MAX, held - STMT_KEY_MAX));
     return STMT_REWRITTEN_IN_PLACE;
 }
 

@@ -342,3 +342,201 @@ def test_transaction_mode_a_refused_login_does_not_change_the_parameters_of_the_
         if seen != want:
             wrong.append((attempt, seen))
     assert not wrong, f"the sessions differ from their startup parameters: {wrong}"
+
+
+def _replies_until_ready_or_quiet(c, n_ready):
+    """Every message up to the n_ready-th ReadyForQuery: type and, for errors, the SQLSTATE; for
+    rows their text."""
+    seen = []
+    while sum(1 for s in seen if s[0] == "Z") < n_ready:
+        mtype, payload = c.read_message()
+        if mtype in "EN":
+            seen.append((mtype, parse_fields(payload).get("C")))
+        elif mtype in "DZC":
+            seen.append((mtype, payload))
+        elif mtype not in "SK":
+            seen.append((mtype,))
+    return seen
+
+
+def _statement_drops_that_do_not_run(pipelined):
+    """Requests that close or deallocate the statement s_keep but do not run (skipped after an
+    error, refused in a failed transaction or a transaction block, parsed and never executed),
+    each followed by a use of s_keep. [(messages, ReadyForQuery count)]."""
+    from pgwire import parse_msg, bind_msg, close_msg, execute_msg, query_msg, sync_msg
+
+    fail = parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg()
+    use = bind_msg("", "s_keep") + execute_msg() + sync_msg()
+    steps = [
+        (fail + close_msg("S", "s_keep") + sync_msg(), 1),
+        (fail + close_msg("S", "s_keep") + parse_msg("s_keep", "SELECT 'other'") + sync_msg(), 1),
+        (fail + parse_msg("", "DEALLOCATE s_keep") + bind_msg("", "") + execute_msg()
+         + sync_msg(), 1),
+        (parse_msg("", "DEALLOCATE s_keep") + sync_msg(), 1),
+        (query_msg("BEGIN") + query_msg("SELECT 1/0") + query_msg("DEALLOCATE s_keep")
+         + query_msg("ROLLBACK"), 4),
+        (query_msg("BEGIN") + query_msg("SELECT 1/0") + query_msg("DEALLOCATE ALL")
+         + query_msg("ROLLBACK"), 4),
+        (query_msg("BEGIN") + query_msg("DISCARD ALL") + query_msg("ROLLBACK"), 3),
+    ]
+    out = [(parse_msg("s_keep", "SELECT 'kept'") + sync_msg(), 1)]
+    for msgs, n in steps:
+        if pipelined:
+            out.append((msgs + use, n + 1))
+        else:
+            out += [(msgs, n), (use, 1)]
+    return out
+
+
+def _drops_seen(port, pipelined, password=None):
+    from pgwire import raw_login
+
+    c = raw_login(port, password=password)
+    try:
+        seen = []
+        for msgs, n in _statement_drops_that_do_not_run(pipelined):
+            c.send(msgs)
+            seen.append(_replies_until_ready_or_quiet(c, n))
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_transaction_mode_a_close_or_deallocate_that_does_not_run_keeps_the_statement(
+        pg, start_sluice, pipelined):
+    """A Close the server skipped after an error, or a DEALLOCATE / DEALLOCATE ALL / DISCARD ALL
+    refused in a failed transaction or a transaction block (or parsed and never executed),
+    leaves the statement in Postgres; sluice forgot it when it sent the request, so the client's
+    next Bind got 26000 prepared statement "s_keep" does not exist."""
+    direct = _drops_seen(pg.port, pipelined, password="apppass")
+    assert sum(step.count(("D", b"\x00\x01\x00\x00\x00\x04kept")) for step in direct) == 7
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _drops_seen(s.port, pipelined) == direct
+
+
+def _login_asking_for_protocol(port, protocol, params, password=None):
+    """What a client sees logging in with protocol version `protocol` and startup parameters
+    `params`: the messages of the login (authentication left out, ParameterStatus by name), then
+    whether a _pq_ option became a setting."""
+    from pgwire import RawConn, startup_packet
+
+    c = RawConn(port)
+    seen = []
+    read = c.read_message
+
+    def recording_read():
+        mtype, payload = read()
+        if mtype == "v":
+            seen.append((mtype, payload))
+        elif mtype == "S":
+            seen.append((mtype, payload.split(b"\0")[0]))
+        elif mtype not in "RK":
+            seen.append((mtype, payload if mtype != "E" else parse_fields(payload).get("C")))
+        return mtype, payload
+
+    c.read_message = recording_read
+    try:
+        c.send(startup_packet(protocol=protocol, **params))
+        c.finish_login(password=password)
+        c.read_message = read
+        seen.append(c.query("SELECT current_setting('_pq_.opt', true)")[0])
+        return seen
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("minor,params", [(1, {}), (2, {"_pq_.opt": "x"}), (0, {"_pq_.opt": "x"})])
+def test_a_client_asking_for_a_newer_minor_protocol_or_options_is_told_what_it_gets_as_by_postgres(
+        pg, start_sluice, mode, minor, params):
+    """Postgres takes a StartupMessage of protocol 3.1 or 3.2 (libpq 18 with
+    max_protocol_version) and answers NegotiateProtocolVersion: 3.0, and the _pq_ options it does
+    not know, before authentication. sluice refused 3.x for x > 0 (0A000 unsupported frontend
+    protocol), and took a _pq_ option as a setting without saying it was not understood."""
+    import struct
+
+    protocol = (3 << 16) | minor
+    direct = _login_asking_for_protocol(pg.port, protocol, params, password="apppass")
+    assert direct[0] == ("v", struct.pack("!II", 3 << 16, len(params))
+                         + b"".join(k.encode() + b"\0" for k in params))
+    assert direct[-1] == [[None]]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert _login_asking_for_protocol(s.port, protocol, params) == direct
+
+
+def _long_multibyte_name_used(port, password=None):
+    """A statement name of 40 two-byte characters (80 bytes: Postgres keys it by its first 63,
+    which end inside a character): Parse, Describe, Bind/Execute while another client holds a
+    server (maybe the one it was prepared on), then Close and Bind again."""
+    from pgwire import raw_login, parse_msg, bind_msg, close_msg, describe_msg, execute_msg, \
+        sync_msg
+
+    name = "é" * 40
+    a = raw_login(port, password=password)
+    b = raw_login(port, password=password)
+    try:
+        seen = []
+        a.send(parse_msg(name, "SELECT 'long'::text AS v") + describe_msg("S", name) + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        b.query("BEGIN")
+        b.query("SELECT 1")
+        a.send(bind_msg("", name) + execute_msg() + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        b.query("COMMIT")
+        a.send(close_msg("S", name) + sync_msg() + bind_msg("", name) + execute_msg() + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 2))
+        return seen
+    finally:
+        a.close()
+        b.close()
+
+
+def test_transaction_mode_a_long_statement_name_cut_inside_a_character_works_as_in_postgres(
+        pg, start_sluice):
+    """sluice writes its own name over the first 63 bytes of a long client name and leaves the
+    rest: when byte 63 was inside a UTF-8 character, the name's rest began with a lone
+    continuation byte and the server refused the Parse (22021 invalid byte sequence), where
+    Postgres prepares it."""
+    direct = _long_multibyte_name_used(pg.port, password="apppass")
+    assert ("D", b"\x00\x01\x00\x00\x00\x04long") in direct[1]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _long_multibyte_name_used(s.port) == direct
+
+
+def _long_multibyte_name_bound_in_pieces(port, password=None):
+    """The statement of _long_multibyte_name_used, bound by a Bind that arrives cut right after
+    its name's first 63 bytes, and described one byte a write."""
+    import time
+    from pgwire import raw_login, parse_msg, bind_msg, describe_msg, execute_msg, sync_msg
+
+    name = "é" * 40
+    a = raw_login(port, password=password)
+    try:
+        seen = []
+        a.send(parse_msg(name, "SELECT 'long'::text AS v") + sync_msg())
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        msg = bind_msg("", name) + execute_msg() + sync_msg()
+        cut = 5 + 1 + 63 + 1  # header, the portal's NUL, the key, one byte of the rest
+        for piece in (msg[:cut - 1], msg[cut - 1:cut], msg[cut:]):
+            a.send(piece)
+            time.sleep(0.2)
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        msg = describe_msg("S", name) + sync_msg()
+        for i in range(len(msg)):
+            a.send(msg[i:i + 1])
+            time.sleep(0.005)
+        seen.append(_replies_until_ready_or_quiet(a, 1))
+        return seen
+    finally:
+        a.close()
+
+
+def test_transaction_mode_a_long_statement_name_arriving_in_pieces_works_as_in_postgres(
+        pg, start_sluice):
+    """A Bind whose long name had arrived only up to its key (and a byte) was renamed at once:
+    the rest of the character cut at the key, arriving later, reached the server (22021)."""
+    direct = _long_multibyte_name_bound_in_pieces(pg.port, password="apppass")
+    assert ("D", b"\x00\x01\x00\x00\x00\x04long") in direct[1]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    assert _long_multibyte_name_bound_in_pieces(s.port) == direct

@@ -561,7 +561,7 @@ static void startup_cancel_request_carries_pid_and_key(void)
     CHECK_INT(s.cancel_key, 0xdeadbeefu);
 }
 
-static void startup_protocol_2_and_3_1_are_bad_protocol(void)
+static void startup_protocol_2_and_4_are_bad_protocol_3_1_is_3(void)
 {
     static const char params[] = "user\0bob\0";
     struct startup_packet s;
@@ -571,11 +571,13 @@ static void startup_protocol_2_and_3_1_are_bad_protocol(void)
     CHECK_INT(s.kind, STARTUP_BAD_PROTOCOL);
     CHECK_INT(s.code, 0x00020000u);
 
+    /* 3.1, 3.2: read as 3.0, which the login answers with NegotiateProtocolVersion */
     len = startup_raw(buf, 0x00030001u, params, sizeof(params));
     s = parse_startup_copy(buf, (uint32_t)len);
-    CHECK_INT(s.kind, STARTUP_BAD_PROTOCOL);
+    CHECK_INT(s.kind, STARTUP_V3);
     CHECK_INT(s.code, 0x00030001u);
-    CHECK_INT(s.nparams, 0);
+    CHECK_INT(s.nparams, 1);
+    CHECK_INT(startup_kind_of(0x00030002u, params, sizeof(params)), STARTUP_V3);
 
     CHECK_INT(startup_kind_of(0x00040000u, params, sizeof(params)), STARTUP_BAD_PROTOCOL);
     CHECK_INT(startup_kind_of(0, NULL, 0), STARTUP_BAD_PROTOCOL);
@@ -1274,7 +1276,7 @@ int main(void)
     RUN(startup_ssl_request_is_recognised);
     RUN(startup_gssenc_request_is_recognised);
     RUN(startup_cancel_request_carries_pid_and_key);
-    RUN(startup_protocol_2_and_3_1_are_bad_protocol);
+    RUN(startup_protocol_2_and_4_are_bad_protocol_3_1_is_3);
     RUN(startup_requests_with_wrong_length_are_malformed);
     RUN(startup_unterminated_or_unfinished_lists_are_malformed);
     RUN(startup_trailing_bytes_after_final_nul_are_malformed);

@@ -124,7 +124,7 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, "s2"), 0);
     /* ErrorResponse, then ReadyForQuery: the Parse got no reply */
-    stmt_on_ready(&q, &m, mine);
+    stmt_on_ready(&q, &m, &mine);
     CHECK(stmt_map_get(&m, "sluice_1") != NULL && stmt_map_get(&m, "sluice_1")->def == NULL);
     CHECK(stmt_map_get(mine, "s1") == NULL); /* the client's name: it has no such statement */
     /* but an error to a request framed meanwhile under the server name still names it so */
@@ -132,6 +132,55 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     CHECK_INT(q.count, 1); /* stops at the Sync it answers */
     stmt_map_delete(mine);
     stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
+/* A Close, DEALLOCATE or DISCARD ALL leaves the client's map when sent; the server skipping or
+ * refusing it gives its statements back, latest request first; one that ran keeps them gone. */
+static void drops_that_do_not_run_give_the_statements_back(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    struct stmt_def *old = def_of("select 1"), *newer = def_of("select 2");
+    struct stmt_map *mine = stmt_map_new();
+    CHECK(mine && stmt_map_put(mine, "s1", old) != NULL);
+    /* Close s1, Parse s1 again, Sync: skipped after an error */
+    CHECK_INT(stmt_queue_push_client_close(&q, "sluice_1", "s1", old), 0);
+    stmt_map_remove(mine, "s1");
+    CHECK(stmt_map_put(mine, "s1", newer) != NULL);
+    CHECK_INT(stmt_queue_push_client_parse(&q, "sluice_2", "s1"), 0);
+    CHECK(!stmt_queue_drop_undecided(&q)); /* its batch is still open */
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK(stmt_queue_drop_undecided(&q));
+    stmt_on_ready(&q, &m, &mine);
+    CHECK(stmt_map_get(mine, "s1") && stmt_map_get(mine, "s1")->def == old);
+    CHECK(!stmt_queue_drop_undecided(&q));
+    /* DEALLOCATE ALL: the map goes; an unnamed Parse of it is answered past it; refused */
+    struct stmt_map *before = mine;
+    mine = NULL;
+    CHECK_INT(stmt_queue_push_client_drop(&q, NULL, NULL, before), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_queue_next_complete(&q), REQ_PARSE_CLIENT);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
+    stmt_on_command_complete(&q, "SELECT 1"); /* not its reply */
+    stmt_on_ready(&q, &m, &mine);
+    CHECK(mine == before && stmt_map_get(mine, "s1") != NULL);
+    CHECK_INT(q.count, 0);
+    /* DEALLOCATE s1 that ran */
+    CHECK_INT(stmt_queue_push_client_drop(&q, "s1", old, NULL), 0);
+    stmt_map_remove(mine, "s1");
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    stmt_on_command_complete(&q, "DEALLOCATE");
+    stmt_on_ready(&q, &m, &mine);
+    CHECK(stmt_map_get(mine, "s1") == NULL);
+    CHECK_INT(q.count, 0);
+    CHECK_INT(q.undoable, 0);
+    stmt_map_delete(mine);
+    stmt_def_unref(old);
+    stmt_def_unref(newer);
     stmt_queue_free(&q);
     stmt_map_free(&m);
 }
@@ -180,6 +229,29 @@ static void injected_messages_have_the_wire_format(void)
      * parameter count, since the test definition has none). */
     CHECK_INT(o.len, sizeof(want));
     CHECK(o.len == sizeof(want) && memcmp(o.data, want, sizeof(want)) == 0);
+    stmt_def_unref(d);
+    codec_out_free(&o);
+}
+
+/* A long client name's key ended inside a UTF-8 character: sluice's Parse of it on another
+ * server must not start the name's rest with that character's lone continuation byte. */
+static void a_long_names_rest_starts_with_no_partial_character(void)
+{
+    struct msg_out o;
+    codec_out_init(&o);
+    /* the rest of the client's name: the end of an 'é' (0xa9), then "éx", NUL, the query */
+    static const uint8_t rest[] = {0xa9, 0xc3, 0xa9, 'x', 0, 's', 0};
+    struct stmt_def *d = stmt_def_new(rest, sizeof(rest));
+    char key[STMT_KEY_MAX + 1];
+    memset(key, '_', STMT_KEY_MAX);
+    memcpy(key, "sluice_1", 8);
+    key[STMT_KEY_MAX] = '\0';
+    prepared_put_parse(&o, key, d);
+    CHECK_INT(o.len, 5 + STMT_KEY_MAX + sizeof(rest));
+    CHECK(o.len > 5 + STMT_KEY_MAX + 3 && memcmp(o.data + 5 + STMT_KEY_MAX, "___x", 4) == 0);
+    codec_out_reset(&o);
+    prepared_put_parse(&o, "s1", d); /* a short name: its definition as it is */
+    CHECK(o.len > 7 && o.data[7] == 0xa9);
     stmt_def_unref(d);
     codec_out_free(&o);
 }
@@ -792,9 +864,11 @@ int main(void)
     RUN(queue_swallows_replies_to_sluices_own_parse_and_close);
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
+    RUN(drops_that_do_not_run_give_the_statements_back);
     RUN(queue_is_bounded);
     RUN(nameless_requests_in_a_row_share_an_item);
     RUN(injected_messages_have_the_wire_format);
+    RUN(a_long_names_rest_starts_with_no_partial_character);
     RUN(deallocate_and_discard_are_recognised);
     RUN(a_definition_has_its_server_name);
     RUN(names_are_rewritten_in_place_or_their_start_sent_first);
