@@ -1,61 +1,25 @@
 /* request_track: the client's requests as relay.c frames them on their way to the server (see
- * request_track.h). Each message's header is checked (length, type, max_packet_size); the counts
- * that decide when the server can go back are kept (inflight, batch_open, COPY); and, in
- * transaction mode, what a request does to state sluice keeps: named prepared statements
- * (prepared.c's maps), SQL whose effect outlives the transaction (session_state.c's policy), the
- * parameters a statement changes. Writing the bytes is relay.c's.
+ * request_track.h). Each message's header is checked (length, type, max_packet_size) and the
+ * counts that decide when the server can go back are kept (inflight, batch_open, COPY). In
+ * transaction mode stmt_track.c follows what each message does to state sluice keeps; session
+ * mode looks only for resets of the client's login parameters. Writing the bytes is relay.c's.
  */
 #include "request_track.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "client.h"
-#include "conn_id.h"
-#include "log.h"
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
 #include "session_state.h"
 #include "sluice.h"
-#include "stmt_names.h"
+#include "stmt_track.h"
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
 {
     return a < b ? a : b;
-}
-
-/* Named prepared statements in transaction mode (see prepared.h): the per-message decisions. */
-
-enum track_result {
-    TRACK_PASS,     /* forward the message as it is */
-    TRACK_WAIT,     /* need more of the message in the buffer first */
-    TRACK_FLUSH,    /* sluice must send something first: flush the client's earlier bytes */
-    TRACK_FAILED,   /* the client is to be failed (fail_session, fail_request_and_session) */
-    TRACK_CONSUMED, /* sluice answered the message itself; it is gone from the buffer */
-    TRACK_STARTED,  /* its start went to s->out renamed; the rest (c->rx.remain) follows */
-};
-
-/* The client is failed (CLIENT_FRAME_FAILED): what with goes back to the relay's caller, which
- * fails it once the relay has returned (the relay and its framing close nothing). */
-static void fail_as(struct client_failure *fail, enum failure reason, enum client_failure_ends ends,
-                    const char *detail)
-{
-    fail->reason = reason;
-    fail->ends = ends;
-    snprintf(fail->detail, sizeof(fail->detail), "%s", detail ? detail : "");
-}
-
-static void fail_session(struct client_failure *fail, enum failure reason, const char *detail)
-{
-    fail_as(fail, reason, CLIENT_FAILURE_ENDS_SESSION, detail);
-}
-
-static void fail_request_and_session(struct client_failure *fail, enum failure reason,
-                                     const char *detail)
-{
-    fail_as(fail, reason, CLIENT_FAILURE_ENDS_REQUEST_AND_SESSION, detail);
 }
 
 bool request_track_on(const struct server *s)
@@ -68,311 +32,8 @@ bool request_track_client_waits(const struct server *s)
     return login_reset_client_waits(s) || (stmt_queue_drop_undecided(&s->reqs) && !s->copy_in);
 }
 
-/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
- * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
- * (after an error the server skips up to it). */
-static enum track_result queued(int rc, struct client_failure *fail)
-{
-    if (rc == 0)
-        return TRACK_PASS;
-    if (rc == -ENOSPC) {
-        char detail[32];
-        snprintf(detail, sizeof(detail), "%d", STMT_QUEUE_MAX);
-        fail_session(fail, FAIL_TOO_MANY_PENDING, detail);
-    } else {
-        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
-    }
-    return TRACK_FAILED;
-}
-
-static enum track_result queue_request(struct server *s, enum stmt_req kind, const char *name,
-                                       struct client_failure *fail)
-{
-    return queued(stmt_queue_push(&s->reqs, kind, name), fail);
-}
-
-/* Make room for one more statement on the server, closing the least recently used. */
-static void evict_for_one_more(struct server *s, const char *keep)
-{
-    int max = (int)s->pool->worker->cfg->max_prepared_statements;
-    while (max > 0 && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
-        if (strcmp(lru->name, keep) == 0)
-            break;
-        prepared_put_close(&s->out, lru->name);
-        if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, lru->name) < 0)
-            s->close_when_free = true;
-        stmt_map_remove(&s->stmts, lru->name);
-    }
-}
-
-/* Before sluice or the client prepares `name` on s: close what is there under that name, or
- * make room under max_prepared_statements. */
-static void free_name_on_server(struct server *s, const char *name, bool taken)
-{
-    if (!taken) {
-        evict_for_one_more(s, name);
-        return;
-    }
-    prepared_put_close(&s->out, name);
-    if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, name) < 0)
-        s->close_when_free = true;
-}
-
-/* The client's definition of its statement `name`; NULL when sluice does not know it (never
- * prepared by Parse, or closed): its name then reaches the server as it is. */
-static struct stmt_def *client_def(const struct client *c, const char *name)
-{
-    struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    if (!mine)
-        return NULL;
-    /* Named last, first in the map: two names for one text are one name on the server, and
-     * its errors name the one the client used (stmt_map_name_of takes the first). */
-    list_remove(&c->stmts->lru, &mine->lru);
-    list_prepend(&c->stmts->lru, &mine->lru);
-    return mine->def;
-}
-
-/* The client uses its statement `mine`: make sure the server has it, under `name`
- * (stmt_names.h). */
-static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         const char *name, struct client_failure *fail)
-{
-    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine)) {
-        list_remove(&s->stmts.lru, &theirs->lru);
-        list_prepend(&s->stmts.lru, &theirs->lru);
-        return TRACK_PASS;
-    }
-    if (buf_pending(&c->in) > 0)
-        return TRACK_FLUSH;
-    free_name_on_server(s, name, theirs != NULL);
-    prepared_put_parse(&s->out, name, mine);
-    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
-        return TRACK_FAILED;
-    if (!stmt_map_put(&s->stmts, name, mine)) {
-        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
-        return TRACK_FAILED;
-    }
-    return TRACK_PASS;
-}
-
-/* The same before a simple Query that names the client's statement by SQL (EXECUTE,
- * DEALLOCATE). A Parse that fails (its table dropped since) makes the server skip everything up
- * to the next Sync, and a Query has none: so sluice's Parse comes with its own Sync, in a batch
- * of its own whose replies are swallowed (s->swallow). That needs a server with nothing of the
- * client's in flight, whose next replies are known to be sluice's; otherwise ensure_prepared.
- * What the server then holds under the name is unknown (the Parse may have failed): its next
- * use closes and prepares it again. */
-static enum track_result prepare_before_query(struct client *c, struct server *s,
-                                              struct stmt_def *mine, const char *name,
-                                              struct client_failure *fail)
-{
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
-        return ensure_prepared(c, s, mine, name, fail);
-    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine))
-        return TRACK_PASS;
-    if (buf_pending(&c->in) > 0)
-        return TRACK_FLUSH;
-    int max = (int)c->worker->cfg->max_prepared_statements;
-    while (!theirs && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
-        prepared_put_close(&s->out, lru->name);
-        stmt_map_remove(&s->stmts, lru->name);
-    }
-    if (theirs)
-        prepared_put_close(&s->out, name);
-    prepared_put_parse(&s->out, name, mine);
-    codec_begin(&s->out, 'S');
-    codec_end(&s->out);
-    s->swallow++;
-    if (!stmt_map_put(&s->stmts, name, NULL))
-        s->close_when_free = true; /* out of memory: what the server holds is not known */
-    return TRACK_PASS;
-}
-
-/* ---- the server's names in the client's messages (stmt_names.h) ---- */
-
-static enum track_result renamed(enum stmt_rewrite w)
-{
-    return w == STMT_START_SENT ? TRACK_STARTED : TRACK_PASS;
-}
-
-static enum track_result room_to_rename(const struct client *c, uint32_t old_len, uint32_t new_len)
-{
-    return stmt_names_can_rewrite(&c->in, old_len, new_len) ? TRACK_PASS : TRACK_FLUSH;
-}
-
-static enum track_result room_for_statement(const struct client *c,
-                                            const struct stmt_server_name *sn, uint32_t key_len)
-{
-    return stmt_names_can_rename(&c->in, key_len, sn) ? TRACK_PASS : TRACK_FLUSH;
-}
-
-static enum track_result rename_statement(struct client *c, struct server *s, uint32_t at,
-                                          uint32_t key_len, const struct stmt_server_name *sn)
-{
-    return renamed(stmt_names_rename(&c->in, &c->rx, &s->out, at, key_len, sn));
-}
-
-/* SQL whose effect outlives the transaction: what session_state_policy says. */
-static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
-                                              enum session_feature f, uint32_t body_len,
-                                              struct client_failure *fail)
-{
-    uint32_t whole = CODEC_HEADER_LEN + body_len;
-    enum session_policy policy = c->worker->cfg->session_state_policy;
-    if (policy == SESSION_POLICY_PIN) {
-        if (!c->pinned)
-            log_client(LOG_INFO, c,
-                       "uses %s (application_name \"%s\"): pinned to S-%s until it "
-                       "disconnects (session_state_policy = pin)",
-                       session_feature_name(f), params_get(&c->params, "application_name") ?: "",
-                       CONN_ID_TEXT(s->id));
-        c->pinned = true;
-        return TRACK_PASS;
-    }
-    if (policy == SESSION_POLICY_REFUSE) {
-        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain ||
-            buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
-            /* Not at a point where sluice can answer in the server's place (and go on): an
-             * ERROR alone would leave the client waiting for a ReadyForQuery. */
-            fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
-            return TRACK_FAILED;
-        }
-        if (buf_pending(&c->in) > 0)
-            return TRACK_FLUSH;
-        c->in.scan += whole;
-        buf_consume(&c->in, whole);
-        if (c->worker->cfg->log_pooler_errors)
-            log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
-                       session_feature_name(f));
-        error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
-        codec_put_ready(&c->out, s->txn_status);
-        return TRACK_CONSUMED;
-    }
-    if (!(c->warned & (1u << f))) {
-        c->warned |= (uint8_t)(1u << f);
-        /* What becomes of it (note_session_objects, forget_touched): no other client gets it. */
-        const char *fate = session_feature_leaves_objects(f)
-                               ? "it is dropped when the transaction ends (the server is reset "
-                                 "before it serves again)"
-                               : "the next transaction may run on another server without it, "
-                                 "and no other client gets it";
-        log_client(LOG_WARNING, c,
-                   "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
-                   "session_state_policy = pin",
-                   session_feature_name(f), pool_mode_name(s->pool->mode),
-                   params_get(&c->params, "application_name") ?: "", fate);
-    }
-    return TRACK_PASS;
-}
-
-/* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
- * server: it gets a full reset before it serves again, so no other client finds them. */
-static void note_session_objects(struct server *s, enum session_feature f)
-{
-    if (session_feature_leaves_objects(f))
-        s->session = SERVER_SESSION_UNKNOWN;
-}
-
-/* The unreported parameters a statement may change: the server's record of them is unknown.
- * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
- * server gets a full reset before it serves again. */
-static void forget_touched(struct server *s, const struct param_touch *touch)
-{
-    if (touch->unnamed)
-        s->session = SERVER_SESSION_UNKNOWN;
-    bool ok = true;
-    if (touch->all)
-        ok = params_forget(&s->params, NULL) == 0;
-    for (int i = 0; i < touch->n && ok; i++)
-        ok = params_forget(&s->params, touch->names[i]) == 0;
-    if (!ok)
-        s->close_when_free = true; /* out of memory: what the server has is not known */
-}
-
-/* Where a statement text starts in its message's body, when sluice may rewrite it there (0: a
- * whole Query; 1: a whole unnamed Parse); TEXT_KEPT when it is not to be rewritten. */
-#define TEXT_KEPT UINT32_MAX
-
-/* The server may hold something under sluice's name `name` that no record says: whatever it
- * holds there is unknown, and the next use closes and prepares it again. */
-static void forget_on_server(struct server *s, const char *name)
-{
-    if (stmt_map_get(&s->stmts, name))
-        (void)stmt_map_put(&s->stmts, name, NULL); /* an existing entry: nothing to allocate */
-}
-
-/* What a statement the server will run does to state sluice keeps for it: the unreported
- * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
- * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
- * names it as the client does; the server knows it by sluice's name, which the text gets in its
- * place (text_at: see TEXT_KEPT), after sluice prepared it there if this server lacks it. */
-static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
-                                          size_t len, uint32_t text_at,
-                                          const struct param_touch *touch,
-                                          struct client_failure *fail)
-{
-    if (!memchr(sql, '\0', len))
-        return TRACK_PASS; /* not a C string: not a statement the server will run either */
-    char name_buf[256];
-    size_t at, span;
-    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
-    name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
-    struct stmt_def *mine = NULL;
-    struct stmt_server_name sn;
-    if ((kind == SQL_DEALLOCATE || kind == SQL_EXECUTE) && span > 0 && text_at != TEXT_KEPT)
-        mine = client_def(c, name_buf);
-    if (mine) {
-        stmt_names_for_server(&sn, mine, strlen(name_buf));
-        enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
-        /* In a failed transaction the server refuses the statement whatever it names (25P02),
-         * and would refuse sluice's Parse as well: nothing is prepared for it then. */
-        if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, fail)
-                             : ensure_prepared(c, s, mine, sn.name, fail);
-        if (r != TRACK_PASS)
-            return r;
-    }
-    forget_touched(s, touch);
-    /* Whether it runs is not known here (an error before it skips it, a failed transaction
-     * refuses it): the client's statements leave its map now, for what it sends next, and come
-     * back unless a CommandComplete says it ran (stmt_on_ready). */
-    struct stmt_entry *dropped_one;
-    struct stmt_map *dropped_all;
-    switch (kind) {
-    case SQL_DEALLOCATE:
-        forget_on_server(s, mine ? sn.name : name_buf);
-        dropped_one = stmt_map_get(c->stmts, name_buf);
-        if (dropped_one && dropped_one->def &&
-            queued(stmt_queue_push_client_drop(&s->reqs, name_buf, dropped_one->def, NULL),
-                   fail) != TRACK_PASS)
-            return TRACK_FAILED;
-        stmt_map_remove(c->stmts, name_buf);
-        break;
-    case SQL_DEALLOCATE_ALL:
-    case SQL_DISCARD_ALL:
-        dropped_all = c->stmts;
-        c->stmts = NULL;
-        if (dropped_all &&
-            queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all), fail) !=
-                TRACK_PASS)
-            return TRACK_FAILED;
-        stmt_map_mark_unknown(&s->stmts);
-        break;
-    default:
-        break;
-    }
-    if (!mine)
-        return TRACK_PASS;
-    return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
-                                      (uint32_t)span, sn.name));
-}
-
 /* Session mode inspects no statement but for resets of the client's login parameters
- * (login_reset.h), in a Query or a Parse (transaction mode: inspect_statement). False while a
+ * (login_reset.h), in a Query or a Parse (transaction mode: stmt_track.c). False while a
  * short one is not here whole: it is read whole first. */
 static bool inspect_session_text(struct client *c, struct server *s, uint8_t type,
                                  const uint8_t *body, uint32_t len, uint32_t avail_body)
@@ -396,362 +57,6 @@ static bool inspect_session_text(struct client *c, struct server *s, uint8_t typ
     return true;
 }
 
-/* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
- * server that got such objects is noted for a reset. touch: the parameters it changes. */
-static enum track_result police_statement(struct client *c, struct server *s, uint8_t type,
-                                          const char *sql, size_t len, uint32_t body_len,
-                                          struct param_touch *touch, struct client_failure *fail)
-{
-    enum session_feature f = session_state_detect(sql, len, touch);
-    if (f == SESSION_FEATURE_NONE)
-        return TRACK_PASS;
-    enum track_result r = apply_session_policy(c, s, type, f, body_len, fail);
-    if (r == TRACK_PASS)
-        note_session_objects(s, f);
-    return r;
-}
-
-/* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
- * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
- * text and its NUL (and, for Parse, what follows it); text_at: see TEXT_KEPT. */
-static enum track_result inspect_statement(struct client *c, struct server *s, uint8_t type,
-                                           const char *sql, size_t len, uint32_t body_len,
-                                           uint32_t text_at, struct client_failure *fail)
-{
-    struct param_touch touch;
-    enum track_result r = police_statement(c, s, type, sql, len, body_len, &touch, fail);
-    if (r != TRACK_PASS)
-        return r;
-    r = follow_statement(c, s, sql, len, text_at, &touch, fail);
-    if (r == TRACK_PASS || r == TRACK_STARTED)
-        login_reset_note(s, c, &touch.reset);
-    return r;
-}
-
-/* A streamed Query's EXECUTE or DEALLOCATE of the client's statement names it first (EXECUTE
- * name('<a literal longer than the buffer>')): its head is followed as a whole Query would be,
- * when the name ends within it. */
-static enum track_result follow_query_head(struct client *c, struct server *s, const char *sql,
-                                           size_t shown, struct client_failure *fail)
-{
-    char head[512], name[256];
-    size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
-    memcpy(head, sql, n);
-    head[n] = '\0';
-    enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
-    if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE) || span == 0 || at + span >= n)
-        return TRACK_PASS;
-    struct param_touch none = {0};
-    return follow_statement(c, s, head, n + 1, 0, &none, fail);
-}
-
-/* A statement larger than the buffer streams through: only its start, what the buffer holds now,
- * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
- * on is not (one more of session_state's false negatives), nor is a DEALLOCATE ALL this long. */
-static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
-                                                 const char *sql, size_t shown, uint32_t body_len,
-                                                 struct client_failure *fail)
-{
-    struct param_touch touch;
-    enum track_result r = police_statement(c, s, type, sql, shown, body_len, &touch, fail);
-    if (r != TRACK_PASS)
-        return r;
-    forget_touched(s, &touch);
-    login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
-    return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
-}
-
-/* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
- * the one it passed. */
-static bool keep_within_bounds(struct client *c, uint32_t bytes, struct client_failure *fail)
-{
-    const struct config *cfg = c->worker->cfg;
-    char detail[200];
-    if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client) {
-        snprintf(detail, sizeof(detail),
-                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
-                 (long long)cfg->max_prepared_statements_per_client);
-        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
-        return false;
-    }
-    uint64_t mine = c->stmts ? c->stmts->text_bytes : 0;
-    if (mine + bytes > (uint64_t)cfg->max_prepared_statement_bytes_per_client) {
-        snprintf(detail, sizeof(detail),
-                 "named prepared statements of more than max_prepared_statement_bytes_per_client "
-                 "(%lld bytes) for one client",
-                 (long long)cfg->max_prepared_statement_bytes_per_client);
-        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
-        return false;
-    }
-    if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
-        snprintf(detail, sizeof(detail),
-                 ": the prepared statements of all clients would pass max_prepared_statement_bytes "
-                 "(%lld bytes)",
-                 (long long)cfg->max_prepared_statement_bytes);
-        fail_session(fail, FAIL_OUT_OF_MEMORY, detail);
-        return false;
-    }
-    return true;
-}
-
-/* A named Parse's statement text, which starts after its name (name_len bytes with the NUL; 0 when
- * the NUL is not in the buffer yet: a name this long leaves no text to see). */
-static enum track_result inspect_parse_text(struct client *c, struct server *s, const uint8_t *body,
-                                            uint32_t len, uint32_t avail_body, uint32_t name_len,
-                                            struct client_failure *fail)
-{
-    if (avail_body >= len)
-        return inspect_statement(c, s, 'P', (const char *)body + name_len, len - name_len, len,
-                                 TEXT_KEPT, fail);
-    if (name_len == 0)
-        return TRACK_PASS;
-    return inspect_statement_start(c, s, 'P', (const char *)body + name_len, avail_body - name_len,
-                                   len, fail);
-}
-
-/* Either rest of a request, once the message is looked at: a rename that sent the message's start
- * from s->out (TRACK_STARTED) stands unless the rest fails. */
-static enum track_result and_then(enum track_result first, enum track_result then)
-{
-    return first == TRACK_STARTED && then == TRACK_PASS ? TRACK_STARTED : then;
-}
-
-/* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
- * server says so itself once it has the client's statement under the name it is given. */
-static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
-                                          uint32_t key_len, struct client_failure *fail)
-{
-    struct stmt_server_name sn;
-    stmt_names_for_server(&sn, mine, key_len);
-    enum track_result r = room_for_statement(c, &sn, key_len);
-    if (r == TRACK_PASS)
-        r = ensure_prepared(c, s, mine, sn.name, fail);
-    if (r == TRACK_PASS)
-        r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
-    if (r != TRACK_PASS)
-        return r;
-    return rename_statement(c, s, 0, key_len, &sn);
-}
-
-/* Parse: remember the client's definition under the client's name; the server gets it under
- * sluice's (its definition's server_name). */
-static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
-                                     uint32_t len, uint32_t avail_body, struct client_failure *fail)
-{
-    if (avail_body == 0)
-        return TRACK_WAIT;
-    if (body[0] == '\0') { /* the unnamed statement: passes through */
-        if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
-            return TRACK_WAIT; /* short enough to look at whole */
-        enum track_result r =
-            avail_body >= len
-                ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
-                : inspect_statement_start(c, s, 'P', (const char *)body + 1, avail_body - 1, len,
-                                          fail);
-        if (r != TRACK_PASS && r != TRACK_STARTED)
-            return r;
-        s->unnamed_of = c->id;
-        return and_then(r, queue_request(s, REQ_PARSE_CLIENT, NULL, fail));
-    }
-    /* A Parse larger than the buffer streams through; its definition is kept as it passes
-     * (request_track_frame, keep_parse_tail). The name's key must be in the buffer first. */
-    bool streamed = avail_body < len && CODEC_HEADER_LEN + len > buf_block_size();
-    if (avail_body < len && !streamed)
-        return TRACK_WAIT;
-    char name[STMT_KEY_MAX + 1];
-    const uint8_t *nul = memchr(body, '\0', avail_body < len ? avail_body : len);
-    if (!stmt_name_key(body, avail_body < len ? avail_body : len, name) ||
-        (!streamed && !nul)) {
-        if (streamed)
-            return TRACK_WAIT;
-        fail_session(fail, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
-        return TRACK_FAILED;
-    }
-    uint32_t key_len = (uint32_t)strlen(name);
-    /* The statement text, when the message is here whole (it starts after the name's NUL). */
-    uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
-    if (c->worker->cfg->max_prepared_statements == 0) {
-        /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
-        if (r != TRACK_PASS)
-            return r;
-        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
-    }
-    struct stmt_def *mine = client_def(c, name);
-    if (mine)
-        return parse_taken_name(c, s, mine, key_len, fail);
-    struct stmt_def *def = streamed ? stmt_def_alloc(len - key_len)
-                                    : stmt_def_new(body + key_len, len - key_len);
-    if (!def) {
-        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
-        return TRACK_FAILED;
-    }
-    struct stmt_server_name sn;
-    stmt_names_for_server(&sn, def, key_len);
-    struct stmt_entry *theirs = stmt_map_get(&s->stmts, sn.name);
-    enum track_result r = room_for_statement(c, &sn, key_len);
-    if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
-        (theirs || stmt_map_count(&s->stmts) >= (int)c->worker->cfg->max_prepared_statements))
-        r = TRACK_FLUSH;
-    if (r == TRACK_PASS && !keep_within_bounds(c, len, fail))
-        r = TRACK_FAILED;
-    if (r == TRACK_PASS)
-        r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
-    if (r != TRACK_PASS) {
-        stmt_def_unref(def);
-        return r;
-    }
-    /* Taken on this server (by this statement another client prepared, or one whose
-     * definition shares the hash): closed first, so the client's Parse succeeds as it would. */
-    free_name_on_server(s, sn.name, theirs != NULL);
-    if (!c->stmts)
-        c->stmts = stmt_map_new();
-    bool ok = c->stmts && stmt_map_put(c->stmts, name, def) && stmt_map_put(&s->stmts, sn.name, def);
-    /* Streamed: the definition fills as the message passes; nothing compares it before the
-     * message has passed whole, since nothing else of this client is framed until then. c->stmts
-     * holds it meanwhile (the framer's pointer does not own it). */
-    if (ok && streamed)
-        c->rx.keep = def;
-    stmt_def_unref(def);
-    if (!ok) {
-        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
-        return TRACK_FAILED;
-    }
-    r = queued(stmt_queue_push_client_parse(&s->reqs, sn.name, name), fail);
-    if (r != TRACK_PASS)
-        return r;
-    return rename_statement(c, s, 0, key_len, &sn);
-}
-
-/* Close of a statement: the client's own goes to the server under sluice's name (mine) and
- * leaves both maps; another name (one the client prepared by SQL, or none) as it is. */
-static enum track_result track_close(struct client *c, struct server *s, struct stmt_def *mine,
-                                     const char *name, uint32_t at, struct client_failure *fail)
-{
-    uint32_t key_len = (uint32_t)strlen(name);
-    struct stmt_server_name sn;
-    if (mine)
-        stmt_names_for_server(&sn, mine, key_len);
-    const char *on_server = mine ? sn.name : name;
-    /* A Close the server skips (an error before it) leaves the statement: stmt_on_ready gives
-     * it back to the client then. */
-    int rc = mine ? stmt_queue_push_client_close(&s->reqs, sn.name, name, mine)
-                  : stmt_queue_push(&s->reqs, REQ_CLOSE_CLIENT, on_server);
-    if (queued(rc, fail) != TRACK_PASS)
-        return TRACK_FAILED;
-    stmt_map_remove(&s->stmts, on_server);
-    stmt_map_remove(c->stmts, name);
-    return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
-}
-
-/* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
- * on, it would run that client's statement. Closed first, the server answers as Postgres
- * answers a client that has none (26000). */
-static enum track_result use_unnamed(struct client *c, struct server *s)
-{
-    if (s->unnamed_of == c->id)
-        return TRACK_PASS;
-    if (buf_pending(&c->in) > 0)
-        return TRACK_FLUSH;
-    free_name_on_server(s, "", true);
-    s->unnamed_of = 0;
-    return TRACK_PASS;
-}
-
-/* Bind, Describe and Close name a statement near the start of their body. */
-static enum track_result track_message(struct client *c, struct server *s, uint8_t type,
-                                       const uint8_t *body, uint32_t len, uint32_t avail_body,
-                                       struct client_failure *fail)
-{
-    uint32_t shown = avail_body < len ? avail_body : len;
-    uint32_t at = 0; /* where the statement name starts */
-    const char *missing = "statement name";
-    switch (type) {
-    case 'P':
-        return track_parse(c, s, body, len, avail_body, fail);
-    case 'B': {
-        const uint8_t *portal_end = memchr(body, '\0', shown);
-        if (!portal_end) {
-            missing = "portal name";
-            at = shown + 1; /* not here yet */
-        } else {
-            at = (uint32_t)(portal_end - body) + 1;
-        }
-        break;
-    }
-    case 'D':
-    case 'C':
-        at = 1; /* after 'S' or 'P' */
-        break;
-    case 'S':
-    case 'Q':
-    case 'F':
-        if (type == 'Q') {
-            if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
-                return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
-            enum track_result r = TRACK_PASS;
-            if (avail_body >= len && len > 0 && body[len - 1] == '\0')
-                r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
-            else if (avail_body < len)
-                r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
-            if (r != TRACK_PASS && r != TRACK_STARTED)
-                return r;
-            s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
-            return and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
-        }
-        return queue_request(s, REQ_SYNC, NULL, fail);
-    default:
-        return TRACK_PASS;
-    }
-    char name[STMT_KEY_MAX + 1];
-    if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
-        /* The names are not all here yet. */
-        if (avail_body >= len) {
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
-            return TRACK_FAILED;
-        }
-        if (CODEC_HEADER_LEN + len > buf_block_size() &&
-            avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "%s longer than pkt_buf", missing);
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
-            return TRACK_FAILED;
-        }
-        return TRACK_WAIT;
-    }
-    bool statement = type == 'B' || body[0] == 'S';
-    if (statement && !name[0] && type != 'C')
-        return use_unnamed(c, s);
-    if (statement && !name[0])
-        s->unnamed_of = 0;
-    if (!statement || !name[0]) {
-        if (type == 'C')
-            return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
-        return TRACK_PASS;
-    }
-    uint32_t key_len = (uint32_t)strlen(name);
-    struct stmt_def *mine = client_def(c, name);
-    struct stmt_server_name sn;
-    if (mine)
-        stmt_names_for_server(&sn, mine, key_len);
-    /* A long name's rest loses the end of a character cut at its key (stmt_names_rename): the
-     * name is read to its end first, as far as the buffer holds it. */
-    if (mine && key_len >= STMT_KEY_MAX && !memchr(body + at, '\0', shown - at) &&
-        avail_body < len && avail_body + CODEC_HEADER_LEN < buf_block_size())
-        return TRACK_WAIT;
-    enum track_result r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
-    if (r != TRACK_PASS)
-        return r;
-    if (type == 'C')
-        return track_close(c, s, mine, name, at, fail);
-    if (!mine)
-        return TRACK_PASS; /* not known to sluice: the server answers as it would */
-    r = ensure_prepared(c, s, mine, sn.name, fail);
-    if (r != TRACK_PASS)
-        return r;
-    return rename_statement(c, s, at, key_len, &sn);
-}
-
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
  * left). A COPY started by an Execute had the Syncs sent after that Execute arrive during copy-in,
  * where Postgres ignores them (protocol "COPY Operations"): they are not answered, so they leave
@@ -769,23 +74,6 @@ void request_track_copy_in_ended(struct server *s)
     s->batch_open = true;
 }
 
-/* A streamed Parse's definition is the last keep->len bytes of the message: copy those of the
- * chunk just framed (rx->remain already counts it out), and seal it when the message is whole. */
-static void keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n)
-{
-    struct stmt_def *d = rx->keep;
-    if (!d)
-        return;
-    uint32_t from_end = rx->remain + n; /* the chunk's first byte, counted from the message end */
-    uint32_t skip = from_end > d->len ? from_end - d->len : 0;
-    if (skip < n)
-        memcpy(d->data + (d->len - (from_end - skip)), chunk + skip, n - skip);
-    if (rx->remain == 0) {
-        stmt_def_seal(d);
-        rx->keep = NULL;
-    }
-}
-
 enum client_frame request_track_frame(struct client *c, struct server *s,
                                       struct client_failure *fail)
 {
@@ -797,7 +85,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
             b->scan += take;
             c->rx.remain -= take;
-            keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+            stmt_track_keep_parse_tail(&c->rx, b->data + b->scan - take, take);
             login_reset_watch_chunk(s, c, b->data + b->scan - take, take, c->rx.remain == 0);
             continue;
         }
@@ -838,8 +126,8 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
          * the server stays sound for the next one. */
         if (len > codec_frontend_max_len(type)) {
             char detail[96];
-            snprintf(detail, sizeof(detail), "invalid message length %u for message type '%c'",
-                     len, type);
+            snprintf(detail, sizeof(detail), "invalid message length %u for message type '%c'", len,
+                     type);
             fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
             return CLIENT_FRAME_FAILED;
         }
@@ -851,10 +139,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
                                   b->wpos - b->scan - CODEC_HEADER_LEN))
             return CLIENT_FRAME_NEED_DATA;
-        bool started = false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
+        bool started =
+            false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
         if (track && !ignored) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
-            switch (track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body, fail)) {
+            switch (
+                stmt_track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body, fail)) {
             case TRACK_PASS:
                 /* a name may have been rewritten in place: the message moved or changed length */
                 p = b->data + b->scan;
@@ -926,7 +216,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             uint32_t take = min_u32(whole, b->wpos - b->scan);
             b->scan += take;
             c->rx.remain = whole - take;
-            keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+            stmt_track_keep_parse_tail(&c->rx, b->data + b->scan - take, take);
         }
         if ((track && s->out.len > s->out_pos) || reset_sent)
             return CLIENT_FRAME_NEED_FLUSH; /* sluice's own messages go out before this one */

@@ -1,7 +1,7 @@
 /* request_track: the client's side of the relay. relay.c frames what the client sent through
  * request_track_frame, which checks each header, keeps the counts that say when the server can go
  * back (s->inflight, batch_open, executes_unanswered, copy_in), and, in transaction mode, follows
- * what each request does to state sluice keeps:
+ * what each request does to state sluice keeps (stmt_track.c, session_effects.c):
  *   - named prepared statements: the client's map and the server's (prepared.h), a statement
  *     prepared again on a server that lacks it, each request whose reply must be matched queued
  *     in s->reqs; the client's names in Parse/Bind/Describe/Close, and in a SQL EXECUTE or

@@ -1,0 +1,109 @@
+/* session_effects: what a statement does to the server's session beyond its transaction, in
+ * transaction mode. SQL whose effect outlives it (session_state.c detects it) meets
+ * session_state_policy (warn, pin, refuse); a server left with session objects is marked for a
+ * full reset; the parameters a statement may change are forgotten in the server's record.
+ * stmt_track.c brings every statement text here; what becomes of prepared statements is its own. */
+#include "session_effects.h"
+
+#include <stdio.h>
+
+#include "client.h"
+#include "conn_id.h"
+#include "log.h"
+#include "pool.h"
+#include "pool_mode.h"
+#include "server.h"
+#include "sluice.h"
+
+/* SQL whose effect outlives the transaction: what session_state_policy says. */
+static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
+                                              enum session_feature f, uint32_t body_len,
+                                              struct client_failure *fail)
+{
+    uint32_t whole = CODEC_HEADER_LEN + body_len;
+    enum session_policy policy = c->worker->cfg->session_state_policy;
+    if (policy == SESSION_POLICY_PIN) {
+        if (!c->pinned)
+            log_client(LOG_INFO, c,
+                       "uses %s (application_name \"%s\"): pinned to S-%s until it "
+                       "disconnects (session_state_policy = pin)",
+                       session_feature_name(f), params_get(&c->params, "application_name") ?: "",
+                       CONN_ID_TEXT(s->id));
+        c->pinned = true;
+        return TRACK_PASS;
+    }
+    if (policy == SESSION_POLICY_REFUSE) {
+        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain ||
+            buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
+            /* Not at a point where sluice can answer in the server's place (and go on): an
+             * ERROR alone would leave the client waiting for a ReadyForQuery. */
+            fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
+            return TRACK_FAILED;
+        }
+        if (buf_pending(&c->in) > 0)
+            return TRACK_FLUSH;
+        c->in.scan += whole;
+        buf_consume(&c->in, whole);
+        if (c->worker->cfg->log_pooler_errors)
+            log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
+                       session_feature_name(f));
+        error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
+        codec_put_ready(&c->out, s->txn_status);
+        return TRACK_CONSUMED;
+    }
+    if (!(c->warned & (1u << f))) {
+        c->warned |= (uint8_t)(1u << f);
+        /* What becomes of it (note_session_objects, session_effects_forget_params): no other client
+         * gets it. */
+        const char *fate = session_feature_leaves_objects(f)
+                               ? "it is dropped when the transaction ends (the server is reset "
+                                 "before it serves again)"
+                               : "the next transaction may run on another server without it, "
+                                 "and no other client gets it";
+        log_client(LOG_WARNING, c,
+                   "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
+                   "session_state_policy = pin",
+                   session_feature_name(f), pool_mode_name(s->pool->mode),
+                   params_get(&c->params, "application_name") ?: "", fate);
+    }
+    return TRACK_PASS;
+}
+
+/* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
+ * server: it gets a full reset before it serves again, so no other client finds them. */
+static void note_session_objects(struct server *s, enum session_feature f)
+{
+    if (session_feature_leaves_objects(f))
+        s->session = SERVER_SESSION_UNKNOWN;
+}
+
+/* The unreported parameters a statement may change: the server's record of them is unknown.
+ * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
+ * server gets a full reset before it serves again. */
+void session_effects_forget_params(struct server *s, const struct param_touch *touch)
+{
+    if (touch->unnamed)
+        s->session = SERVER_SESSION_UNKNOWN;
+    bool ok = true;
+    if (touch->all)
+        ok = params_forget(&s->params, NULL) == 0;
+    for (int i = 0; i < touch->n && ok; i++)
+        ok = params_forget(&s->params, touch->names[i]) == 0;
+    if (!ok)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+}
+
+/* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
+ * server that got such objects is noted for a reset. touch: the parameters it changes. */
+enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
+                                         const char *sql, size_t len, uint32_t body_len,
+                                         struct param_touch *touch, struct client_failure *fail)
+{
+    enum session_feature f = session_state_detect(sql, len, touch);
+    if (f == SESSION_FEATURE_NONE)
+        return TRACK_PASS;
+    enum track_result r = apply_session_policy(c, s, type, f, body_len, fail);
+    if (r == TRACK_PASS)
+        note_session_objects(s, f);
+    return r;
+}

@@ -1,0 +1,29 @@
+/* session_effects: what a statement does to the server's session beyond its transaction, in
+ * transaction mode: SQL whose effect outlives it meets session_state_policy (pin, refuse or
+ * warn), and what the server is then left with is noted for its reset (s->session, s->params).
+ * stmt_track.c brings each statement text here before it follows the prepared statements. */
+#ifndef SLUICE_SESSION_EFFECTS_H
+#define SLUICE_SESSION_EFFECTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "session_state.h"
+#include "track_result.h"
+
+struct client;
+struct server;
+
+/* SQL whose effect outlives the transaction (see session_state.h) in the statement text sql
+ * (len bytes, of a message of this type whose body is body_len): the policy decides, and a server
+ * that got such objects is noted for a reset. TRACK_PASS, TRACK_FLUSH, TRACK_FAILED (*fail is
+ * filled) or TRACK_CONSUMED (refused: sluice answered it). *touch: the parameters it changes. */
+enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
+                                         const char *sql, size_t len, uint32_t body_len,
+                                         struct param_touch *touch, struct client_failure *fail);
+
+/* The parameters a statement may change (touch) become unknown in the server's record; a change
+ * sluice cannot name asks for a full reset. */
+void session_effects_forget_params(struct server *s, const struct param_touch *touch);
+
+#endif
