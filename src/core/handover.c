@@ -103,7 +103,7 @@ bool handover_offer(struct server *s)
     if (!may_offer(s))
         return false;
     /* local first: session-mode waiters of its own pool that want other startup parameters
-     * get room by closing it (pool.c's close_idle_unwanted) */
+     * get room by closing it (pool_room.c's pool_close_idle_unwanted) */
     if (p->mode == POOL_SESSION && !list_empty(&p->waiting))
         return false;
     return act_on(s, ledger_claim_idle(l, p->ledger_key, (int)worker->index));

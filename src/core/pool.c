@@ -4,7 +4,8 @@
  * client starves while others keep getting servers. Idle servers are reused LIFO (the most
  * recently used first) unless server_round_robin is set, which keeps the rest idle long enough
  * for server_idle_timeout to close them. A new backend takes its slot in the ledger before it
- * is opened, a lease before a server is handed out (ledger.h); the breaker is pool_breaker.c. */
+ * is opened, a lease before a server is handed out (ledger.h); the breaker is pool_breaker.c,
+ * a server given up for a waiter elsewhere (or above a lowered cap) pool_room.c. */
 #include "pool.h"
 
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "log.h"
 #include "pool_breaker.h"
 #include "pool_mode.h"
+#include "pool_room.h"
 #include "pool_wait.h"
 #include "pool_waiters.h"
 #include "server.h"
@@ -242,71 +244,6 @@ static bool is_paused(const struct pool *p)
     return p->paused || (!p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED);
 }
 
-/* A cap is full and client c wants a server opened with its startup parameters: close the
- * longest-idle server of p opened with other ones, so that c's opens in its place (its slot
- * comes back when the backend has gone, pool_server_gone). false: none. */
-static bool close_idle_unwanted(struct pool *p, const struct client *c)
-{
-    if (!c)
-        return false;
-    uint64_t fp = pool_startup_wanted(p, c);
-    struct server *oldest = NULL;
-    struct list_node *n, *tmp;
-    list_for_each(&p->idle, n, tmp)
-    {
-        struct server *s = container_of(n, struct server, node);
-        if (s->startup_fp != fp)
-            oldest = s; /* the list runs from the most recently used */
-    }
-    if (!oldest)
-        return false;
-    close_server_for(oldest,
-                     "idle server opened with other startup parameters, closed to "
-                     "open one with a waiting client's",
-                     p);
-    return true;
-}
-
-/* Close the longest-idle server of another pool in the scope of a full cap, so the pool that
- * has waiters gets the room (PgBouncer does the same for max_db_connections). This worker's
- * pools only, and rightly: it closes only servers it owns. The cap it answers is the ledger's
- * (the take that failed); another worker's idle servers in the scope are closed or moved for
- * this one by their own worker (the handover's ledger_claim_idle, 5.4). */
-static bool evict_idle_elsewhere(struct pool *p, enum limit_kind k)
-{
-    return pool_evict_idle(p->worker, k, p->db_name, p->user_name, p);
-}
-
-bool pool_evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
-                     const char *user_name, struct pool *except)
-{
-    struct pool *victim = NULL;
-    struct server *oldest = NULL;
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *o = container_of(n, struct pool, node);
-        if (o == except || list_empty(&o->idle))
-            continue;
-        if (k == LIMIT_DB && strcmp(o->db_name, db_name) != 0)
-            continue;
-        if (k == LIMIT_USER && strcmp(o->user_name, user_name) != 0)
-            continue;
-        struct server *s = container_of(list_last(&o->idle), struct server, node);
-        if (!oldest || s->state_since_ms < oldest->state_since_ms) {
-            oldest = s;
-            victim = o;
-        }
-    }
-    if (!oldest)
-        return false;
-    char why[160];
-    snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
-             victim->db_name, victim->user_name, limit_kind_key(k));
-    close_server_for(oldest, why, except);
-    return true;
-}
-
 /* A new backend's slot, taken in the ledger before server_connect opens it (which then holds it,
  * or gives it back when no server could be made): LIMIT_NONE, or the cap that binds. */
 static enum limit_kind take_slot(struct pool *p, bool use_reserve)
@@ -335,7 +272,7 @@ static bool take_warm_slot(struct pool *p)
  * connections: slots other workers' pools may hold) registers its oldest waiter's arrival in
  * the ledger's wait list, so that the worker freeing such a slot wakes this one (worker_wake);
  * served, empty or held by something else, it leaves the list. One worker needs none of it:
- * pool.c's own FIFO and longer_waiter_elsewhere order its waiters. */
+ * pool.c's own FIFO and pool_longer_waiter_elsewhere (pool_room.c) order its waiters. */
 static void note_slot_wait(struct pool *p, enum limit_kind held)
 {
     struct worker *worker = p->worker;
@@ -411,8 +348,8 @@ static void maybe_connect(struct pool *p)
         bool cap = k == LIMIT_POOL || k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL;
         if (cap) {
             /* The room comes when the closed backend has exited (pool_server_gone). */
-            if (!probe_only && !close_idle_unwanted(p, first) && k != LIMIT_POOL)
-                evict_idle_elsewhere(p, k);
+            if (!probe_only && !pool_close_idle_unwanted(p, first) && k != LIMIT_POOL)
+                pool_evict_idle_elsewhere(p, k);
             held = k;
             break;
         }
@@ -510,63 +447,6 @@ void pool_dispatch_all(struct worker *worker)
         worker_wake(worker, next);
 }
 
-/* A reload lowered a cap below the servers in use: a server that comes back above it closes
- * instead of serving again, so the cap holds once the transactions in flight end. */
-static bool close_if_over_limit(struct server *s)
-{
-    const struct pool *p = s->pool;
-    enum limit_kind k = ledger_pool_over_limit(p);
-    if (k == LIMIT_NONE)
-        return false;
-    char why[160];
-    snprintf(why, sizeof(why), "above %s = %d (lowered by a reload)", limit_kind_key(k),
-             budget_limit_value(p, NULL, k));
-    close_server(s, why);
-    return true;
-}
-
-/* When a cap shared with other pools (max_db_connections, max_user_connections,
- * max_server_connections) is full, a released server goes to the client that has waited
- * longest across those pools, not to the next client of its own pool: otherwise a busy pool
- * keeps every server and the others starve. Returns the pool whose first waiter has waited
- * longer than p's, that the cap alone holds back, and that could open a server if one of p's
- * closed; NULL when p's own waiter (or the idle list) should have it. This worker's pools
- * only: it orders who gets a server this worker holds, and decides no cap (the room is the
- * ledger's, ledger_pool_limit and ledger_pool_fits_if_closed). Across workers, the oldest
- * waiter of the ledger's wait list is woken by the give that frees a slot and an idle server
- * goes to it through the handover (5.4); a released server with a waiter of its own pool
- * serves that one first, even when another worker's waiter under the same shared cap waited
- * longer (docs/architecture.md 5.4). */
-static struct pool *longer_waiter_elsewhere(struct pool *p)
-{
-    struct worker *worker = p->worker;
-    if (!sluice_serving(worker))
-        return NULL;
-    const struct client *mine = p->paused ? NULL : pool_first_eligible(p);
-    uint64_t oldest = mine ? mine->state_since_ms : UINT64_MAX;
-    struct pool *best = NULL;
-    struct list_node *n, *tmp;
-    list_for_each(&worker->pools, n, tmp)
-    {
-        struct pool *o = container_of(n, struct pool, node);
-        if (o == p || o->paused || list_empty(&o->waiting) || !pool_may_try_connect(o))
-            continue;
-        const struct client *c = pool_first_eligible(o);
-        if (!c || c->state_since_ms >= oldest)
-            continue;
-        /* Its connections in progress, and the room already being made for it, serve its
-         * first waiters. */
-        int coming = o->connecting.count + o->rooms_awaited;
-        if (pool_count_eligible(o, coming + 1) <= coming)
-            continue;
-        if (ledger_pool_limit(o, false) == LIMIT_NONE || !ledger_pool_fits_if_closed(o, p))
-            continue;
-        best = o;
-        oldest = c->state_since_ms;
-    }
-    return best;
-}
-
 /* The pool's first server told it what to report: the other logins waiting for that need no
  * server of their own. They finish now and queue like any client when they send a query, so
  * their first queries wait under every cap (a login holding a server would pass max_servers).
@@ -624,43 +504,6 @@ void pool_learn_welcome(struct server *s)
     welcome_login_waiters(p);
 }
 
-/* Fairness of the longest waiter across workers (5.3): s, released with c waiting here (NULL:
- * none of its waiters wants a server opened as s was: session mode), moves
- * to another worker whose waiter of this key has waited longer than this pool's oldest waiter
- * by more than the slack (handover.c), or closes for it when it wants other startup parameters.
- * The oldest, not c: in session mode the head may be a waiter of other parameters that c is
- * behind, and a server closed here for it must not be one another worker's older waiter wants
- * (it would close the head's fresh server for that one in turn). False with one worker or no
- * registered waiter: only another worker's registered waiter makes this take the ledger's lock. */
-static bool pass_to_older_elsewhere(struct server *s, const struct client *c)
-{
-    struct pool *p = s->pool;
-    struct process *proc = p->worker->proc;
-    if (proc->nworkers == 1 || !ledger_has_waiters(&proc->ledger))
-        return false;
-    uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
-    const struct client *oldest = pool_first_eligible(p);
-    if (!oldest)
-        oldest = c;
-    if (!oldest)
-        return false;
-    /* the waiter after c, whose arrival this worker's entry says once c is served (c is the
-     * oldest; else the entry stays the oldest's) */
-    const struct client *next = NULL;
-    if (c && oldest == c && c->node.next != &p->waiting.head)
-        next = container_of(c->node.next, struct client, node);
-    uint64_t since = now - (clock - oldest->state_since_ms);
-    uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
-    server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
-    buf_detach_if_empty(&s->in);
-    if (!p->worker->pool_events->offer_server_to_older(s, since, next_since))
-        return false;
-    /* this pool's own waiters wait for a slot now: registered, so the worker the server went
-     * to sees them as older than its next waiter and sends it back in turn */
-    maybe_connect(p);
-    return true;
-}
-
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -686,9 +529,9 @@ void pool_server_ready(struct server *s)
      * server (and must not be told this one's parameters, which a client may have set). */
     if (!p->have_welcome && pool_knows_welcome(p))
         welcome_login_waiters(p);
-    if (close_if_over_limit(s))
+    if (pool_close_if_over_limit(s))
         return;
-    struct pool *other = longer_waiter_elsewhere(p);
+    struct pool *other = pool_longer_waiter_elsewhere(p);
     if (other) {
         /* Handing this server over means closing it: the other pool logs in as its own user
          * or to its own database. */
@@ -701,14 +544,18 @@ void pool_server_ready(struct server *s)
     struct client *c = is_paused(p) ? NULL : pool_first_fitting(p, s);
     /* Another worker's older waiter first: a close here for this pool's oldest would otherwise
      * give that waiter's room to a younger one. */
-    if (c && pass_to_older_elsewhere(s, c))
+    if (c && pool_pass_to_older_elsewhere(s, c)) {
+        maybe_connect(p);
         return;
+    }
     /* Session mode, none of its waiters fits s: another worker's waiter older than them all
      * first too. Else s is closed here for the local one of other parameters (maybe_connect's
-     * close_idle_unwanted), and the server opened for it is closed in turn for the older one
+     * pool_close_idle_unwanted), and the server opened for it is closed in turn for the older one
      * when it connects: two backends for one waiter. */
-    if (!c && !is_paused(p) && p->mode == POOL_SESSION && pass_to_older_elsewhere(s, NULL))
+    if (!c && !is_paused(p) && p->mode == POOL_SESSION && pool_pass_to_older_elsewhere(s, NULL)) {
+        maybe_connect(p);
         return;
+    }
     if (c && pool_room_owed_to_older(p, c)) {
         close_server_for(s, closed_for_older, p);
         /* the ledger's entry names the next waiter now: other workers close none for this one */
@@ -846,7 +693,7 @@ void pool_maintain(struct pool *p, uint64_t now)
         close_server(container_of(list_last(&p->idle), struct server, node),
                      "pool_size lowered by reload");
     while (!list_empty(&p->idle) &&
-           close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
+           pool_close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
     /* A reload took the pool out of session mode: servers opened with a session client's
      * startup parameters serve nobody now (pool_startup_wanted is 0), and hold caps. */

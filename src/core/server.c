@@ -254,9 +254,10 @@ static void close_now(struct server *s)
     if (s->room_key)
         wake = ledger_give_server_for(l, key, holder, s->room_key, s->room_worker);
     else if (room_for)
-        /* closed for a waiter of this worker (pool.c's room_owed / close_idle_unwanted): its
-         * slot is that waiter's, not the oldest entry's of another worker, which would open a
-         * server of its own in it and leave this one to close another server for it */
+        /* closed for a waiter of this worker (pool_room_owed_to_older,
+         * pool_close_idle_unwanted): its slot is that waiter's, not the oldest entry's of
+         * another worker, which would open a server of its own in it and leave this one to
+         * close another server for it */
         wake = ledger_give_server_to_holder(l, key, holder);
     else
         wake = ledger_give_server(l, key, holder);
