@@ -350,7 +350,8 @@ int ledger_user_clients(const struct ledger *l, const char *user_name);
  * off: the worker, woken through its mailbox, takes again and registers again if still held.
  * An entry registered with its caps is granted the slot in the give itself (ledger_give_server),
  * so that its worker's take, not a younger one elsewhere, gets it.
- * Within one worker the order stays the pool's own (pool.c's FIFO, longer_waiter_elsewhere). */
+ * Within one worker the order stays the pool's own (pool.c's FIFO,
+ * pool_longer_waiter_elsewhere). */
 #define LEDGER_NO_WORKER (-1)
 /* CLOCK_MONOTONIC in ms: the one clock arrival times are compared in (uv_now is per loop). */
 uint64_t ledger_now_ms(void);
@@ -425,8 +426,8 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
  * after that one, which its own entry of key (if any) takes when the local waiter is served,
  * so the entry stays its oldest waiter's. An entry of another key held by a cap key shares
  * (database, user, global) that closing a backend of key makes room for under its caps is
- * served the same way (LEDGER_CLAIM_CLOSE, its coming + 1), as longer_waiter_elsewhere serves
- * one worker's pools: the first such entry, oldest first, wins. */
+ * served the same way (LEDGER_CLAIM_CLOSE, its coming + 1), as pool_longer_waiter_elsewhere
+ * serves one worker's pools: the first such entry, oldest first, wins. */
 struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key, int self,
                                        uint64_t since_ms, uint64_t slack_ms, uint64_t next_since_ms,
                                        uint64_t startup_fp);

@@ -126,7 +126,7 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
         if (get(&w->key->state) == LEDGER_KEY_PAUSED)
             continue;
         /* local first: an older waiter of the asking worker's own that a close would serve is
-         * its own pool.c's to serve (evict_idle_elsewhere, longer_waiter_elsewhere) */
+         * its own pool.c's to serve (pool_evict_idle_elsewhere, pool_longer_waiter_elsewhere) */
         if (w->worker == self && w->key != key && frees_for(w, key, key->db, key->user))
             break;
         if (w->worker == self || w->coming >= w->want)
@@ -179,7 +179,7 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
             continue;
         if (w->key != key) {
             /* another key's waiter held by a cap this key shares (database, user, global):
-             * closing the server makes its room, as longer_waiter_elsewhere between one
+             * closing the server makes its room, as pool_longer_waiter_elsewhere between one
              * worker's pools; the slot is kept for it (ledger_give_server_for) */
             if (!frees_for(w, key, key->db, key->user) || !w->caps_known ||
                 ledger_passed(l, w->key->db, w->key->user, w->key, &w->caps, 1, key) != LIMIT_NONE)

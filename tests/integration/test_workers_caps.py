@@ -519,7 +519,7 @@ def test_reload_lowering_max_db_connections_mid_storm_holds_on_every_worker(star
     # DEFECT (2026-12-05, main 25d08d7): without server_lifetime, about 1 run in 4 a busy client
     # of appdb/app2 waits out query_wait_timeout (30 s) under max_db_connections = 3 while the
     # other workers' busy clients of appdb/app keep all three servers: pool_server_ready serves
-    # a local waiter first and longer_waiter_elsewhere looks only at its own worker's pools, so
+    # a local waiter first and pool_longer_waiter_elsewhere looks only at its own worker's pools, so
     # the longest waiter across workers (ledger_claim_idle) is asked only when no local client
     # wants the server. Until that is fixed the servers rotate here (server_lifetime = 1).
     s = workers_sluice(start_sluice, pg, default_pool_size=10, max_db_connections=8,

@@ -575,7 +575,7 @@ static void a_grant_made_during_a_dispatch_is_the_next_dispatchs(void)
 }
 
 /* A released server goes to another worker's older waiter of another key under a cap both
- * share (issue 21), as longer_waiter_elsewhere does between one worker's pools: a waiter there
+ * share (issue 21), as pool_longer_waiter_elsewhere does between one worker's pools: a waiter there
  * that arrived more than the slack earlier gets the server closed for it (LEDGER_CLAIM_CLOSE),
  * and the slot freed is kept for it, rather than the releasing worker serving its own younger
  * waiter. Not within the slack, not for a waiter the close would not make room for. */
