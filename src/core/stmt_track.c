@@ -293,36 +293,39 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
 }
 
+/* Fails the client for passing a limit: the detail names the key, `before` and `after` the value.
+ * Always false, for keep_within_bounds to return. */
+static bool refuse_past_limit(struct client_failure *fail, enum failure reason, const char *before,
+                              int64_t limit, const char *after)
+{
+    char detail[200];
+    snprintf(detail, sizeof(detail), "%s%lld%s", before, (long long)limit, after);
+    fail_session(fail, reason, detail);
+    return false;
+}
+
 /* May the client keep `bytes` more of statement text? Both bounds, or the client is failed naming
  * the one it passed. */
 static bool keep_within_bounds(struct client *c, uint32_t bytes, struct client_failure *fail)
 {
     const struct config *cfg = c->worker->cfg;
-    char detail[200];
-    if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client) {
-        snprintf(detail, sizeof(detail),
-                 "more than max_prepared_statements_per_client (%lld) named prepared statements",
-                 (long long)cfg->max_prepared_statements_per_client);
-        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
-        return false;
-    }
+    if (stmt_map_count(c->stmts) >= (int)cfg->max_prepared_statements_per_client)
+        return refuse_past_limit(fail, FAIL_TOO_MANY_STATEMENTS,
+                                 "more than max_prepared_statements_per_client (",
+                                 cfg->max_prepared_statements_per_client,
+                                 ") named prepared statements");
     uint64_t mine = c->stmts ? c->stmts->text_bytes : 0;
-    if (mine + bytes > (uint64_t)cfg->max_prepared_statement_bytes_per_client) {
-        snprintf(detail, sizeof(detail),
-                 "named prepared statements of more than max_prepared_statement_bytes_per_client "
-                 "(%lld bytes) for one client",
-                 (long long)cfg->max_prepared_statement_bytes_per_client);
-        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
-        return false;
-    }
-    if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes) {
-        snprintf(detail, sizeof(detail),
-                 ": the prepared statements of all clients would pass max_prepared_statement_bytes "
-                 "(%lld bytes)",
-                 (long long)cfg->max_prepared_statement_bytes);
-        fail_session(fail, FAIL_OUT_OF_MEMORY, detail);
-        return false;
-    }
+    if (mine + bytes > (uint64_t)cfg->max_prepared_statement_bytes_per_client)
+        return refuse_past_limit(fail, FAIL_TOO_MANY_STATEMENTS,
+                                 "named prepared statements of more than "
+                                 "max_prepared_statement_bytes_per_client (",
+                                 cfg->max_prepared_statement_bytes_per_client,
+                                 " bytes) for one client");
+    if (stmt_client_text_bytes() + bytes > (uint64_t)cfg->max_prepared_statement_bytes)
+        return refuse_past_limit(fail, FAIL_OUT_OF_MEMORY,
+                                 ": the prepared statements of all clients would pass "
+                                 "max_prepared_statement_bytes (",
+                                 cfg->max_prepared_statement_bytes, " bytes)");
     return true;
 }
 
