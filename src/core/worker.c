@@ -442,18 +442,34 @@ void worker_post_kill_client(struct worker *worker, uint64_t client_id)
         free(m); /* its thread has closed its mailbox: its clients are gone */
 }
 
-int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
+struct worker_msg *worker_make_call(worker_call_fn *call, void *arg)
 {
     struct worker_msg *m = msg_new(WORKER_MSG_CALL);
-    if (!m)
-        return UV_ENOMEM;
-    m->call = call;
-    m->arg = arg;
+    if (m) {
+        m->call = call;
+        m->arg = arg;
+    }
+    return m;
+}
+
+int worker_post_made_call(struct worker *worker, struct worker_msg *m)
+{
     if (!post(worker, m)) {
         free(m);
         return UV_ECANCELED;
     }
     return 0;
+}
+
+void worker_free_made_call(struct worker_msg *m)
+{
+    free(m);
+}
+
+int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
+{
+    struct worker_msg *m = worker_make_call(call, arg);
+    return m ? worker_post_made_call(worker, m) : UV_ENOMEM;
 }
 
 void worker_post_finish(struct worker *worker)

@@ -21,6 +21,7 @@ struct cancel_job;
 struct client;
 struct ledger_key;
 struct server;
+struct worker_msg;
 
 /* What a message asks of the layers above, on the receiving worker's thread (or inline, for
  * a worker on the process's loop). Every entry is set: sluice.c's sluice_worker_handlers
@@ -120,6 +121,16 @@ int worker_post_server(struct worker *to, struct server *s, struct ledger_key *k
 typedef void worker_call_fn(struct worker *worker, void *arg, bool delivered);
 int worker_post_call(struct worker *worker, worker_call_fn *call, void *arg)
     __attribute__((warn_unused_result));
+/* A call's message made ahead, for an answer that must not be lost to a failed allocation when
+ * it is sent (the console's rows, 5.6): NULL when out of memory. It is the maker's until posted
+ * with worker_post_made_call, or freed unposted with worker_free_made_call. */
+struct worker_msg *worker_make_call(worker_call_fn *call, void *arg)
+    __attribute__((warn_unused_result));
+/* Posts a made call: it runs as worker_post_call's would. The message is no longer the caller's,
+ * either way. 0, or UV_ECANCELED (nothing posted: arg is still the caller's). */
+int worker_post_made_call(struct worker *worker, struct worker_msg *m)
+    __attribute__((warn_unused_result));
+void worker_free_made_call(struct worker_msg *m);
 /* KILL_CLIENT of a client of worker's (its id's top byte): closed on its own thread with
  * FATAL "connection closed by the administrator", if it is still there. */
 void worker_post_kill_client(struct worker *worker, uint64_t client_id);

@@ -145,10 +145,16 @@ struct rows_job {
     bool only_busy;
     struct msg_out rows;
     uint32_t header_len; /* the RowDescription's bytes at the start of rows */
+    /* The answer's message, made when the job is: the asked worker's answer cannot then be lost
+     * to an allocation failing there, which would leave the SHOW waiting for it. NULL once
+     * posted (the mailbox's then). */
+    struct worker_msg *answer;
 };
 
 static void free_job(struct rows_job *job)
 {
+    if (job->answer)
+        worker_free_made_call(job->answer);
     codec_out_free(&job->rows);
     free(job);
 }
@@ -181,7 +187,9 @@ static void on_rows_asked(struct worker *worker, void *arg, bool delivered)
         else
             view_sockets(worker, conn_row, &l);
     }
-    if (worker_post_call(job->console_worker, on_rows_back, job) < 0)
+    struct worker_msg *answer = job->answer;
+    job->answer = NULL; /* posted or freed: the mailbox's either way */
+    if (worker_post_made_call(job->console_worker, answer) < 0)
         free_job(job); /* the console's worker is closing: nobody waits */
 }
 
@@ -203,7 +211,8 @@ static int ask_workers(struct client *me, enum rows_of of, bool only_busy, admin
                                  .of = of,
                                  .only_busy = only_busy};
         codec_out_init(&job->rows);
-        if (worker_post_call(other, on_rows_asked, job) < 0) {
+        job->answer = worker_make_call(on_rows_back, job);
+        if (!job->answer || worker_post_call(other, on_rows_asked, job) < 0) {
             free_job(job);
             continue;
         }
