@@ -18,7 +18,7 @@ static void env_database_url(struct loader *L, const char *url)
     if (!config_db_new(L, &db, "postgres", 0))
         return;
     if (config_db_from_url(L, "DATABASE_URL", &db, url) != 0 ||
-        config_db_parse_sslmode(L, "DATABASE_URL", &db) != 0 || L->oom) {
+        config_db_check_keywords(L, "DATABASE_URL", &db) != 0 || L->oom) {
         config_db_entry_free(&db);
         return;
     }
