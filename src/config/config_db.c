@@ -342,8 +342,10 @@ int config_db_check_keywords(struct loader *L, const char *where, struct db_entr
     }
     const char *port = config_db_keyword(db, "port");
     if (port && !port_list_valid(port)) {
-        load_error(L, "%s: port = '%s': expected a port number from 1 to 65535 (or one per host, "
-                      "comma separated)", where, port);
+        load_error(L,
+                   "%s: port = '%s': expected a port number from 1 to 65535 (or one per host, "
+                   "comma separated)",
+                   where, port);
         return -EINVAL;
     }
     return 0;
