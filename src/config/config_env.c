@@ -69,7 +69,8 @@ void config_env_apply(struct loader *L, char *const *env)
             database_url = eq + 1;
             continue;
         }
-        if (len <= 7 || strncmp(*e, "SLUICE_", 7) != 0 || env_ignored(*e, len))
+        /* "SLUICE_" alone too: no key, so an error like any other unknown SLUICE_ name */
+        if (len < 7 || strncmp(*e, "SLUICE_", 7) != 0 || env_ignored(*e, len))
             continue;
         char key[128];
         if (len - 7 >= sizeof key) {

@@ -120,6 +120,15 @@ def test_check_accepts_a_port_per_host(tmp_path, pg):
     assert p.returncode == 0, f"stdout: {p.stdout}\nstderr: {p.stderr}"
 
 
+@pytest.mark.parametrize("name", ["SLUICE_NO_SUCH_KEY", "SLUICE_"])
+def test_check_refuses_an_unknown_sluice_variable_naming_it(name):
+    """docs/config.md: an unknown SLUICE_ variable is an error (a typo must not pass silently)."""
+    p = run(["--check"], env={"DATABASE_URL": "postgres://app:pw@db/app", name: "1"})
+    assert p.returncode == 1, f"{name} accepted:\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert f"unknown variable {name} " in p.stderr, p.stderr
+    assert_no_sanitizer_report(p)
+
+
 def test_check_of_a_missing_file_exits_1(tmp_path):
     p = run(["--check", str(tmp_path / "nope.ini")])
     assert p.returncode == 1
