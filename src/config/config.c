@@ -296,6 +296,45 @@ struct config *config_copy(const struct config *from)
     return c;
 }
 
+/* Key idx of to takes from's value (a copy of its own) and source. false: out of memory, the
+ * field then holds no value of its own (as after a failed config_copy). */
+static bool take_field(struct config *to, const struct config *from, int idx)
+{
+    bool ok = true;
+    switch (idx) {
+#define KEY(name, type, def, reload, doc)                                                          \
+    case KEY_IDX_##name:                                                                           \
+        config_value_free_##type(&to->name);                                                       \
+        to->name = from->name;                                                                     \
+        ok = copy_##type(&to->name);                                                               \
+        break;
+#include "config_keys.def"
+#undef KEY
+    }
+    if (to->sources && from->sources)
+        to->sources[idx] = from->sources[idx];
+    return ok;
+}
+
+int config_keep_restart_keys(struct config *next, const struct config *running,
+                             void (*report)(const char *key, const char *running,
+                                            const char *wanted))
+{
+    for (int idx = 0; idx < config_nkeys; idx++) {
+        if (config_keys[idx].reloadable)
+            continue;
+        char now[256], wanted[256];
+        config_format_value(running, idx, now, sizeof now);
+        config_format_value(next, idx, wanted, sizeof wanted);
+        if (strcmp(now, wanted) == 0)
+            continue;
+        report(config_keys[idx].name, now, wanted);
+        if (!take_field(next, running, idx))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static void free_list(char **list, int n)
 {
     for (int i = 0; i < n; i++)

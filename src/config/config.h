@@ -247,6 +247,13 @@ void config_free(struct config *c);
 /* A new generation equal to c, with one reference (its caller's) and memory of its own: the
  * admin console's SET changes the copy, never a config a worker reads. NULL: out of memory. */
 struct config *config_copy(const struct config *c);
+/* A reload's new config keeps the running value (and its source) of every key that needs a
+ * restart (config_keys.def's RESTART: the listeners are bound, the workers started), so that
+ * SHOW CONFIG shows what is in effect; report is called for each such key whose value the
+ * reload would have changed, for the log. -ENOMEM: next is then unusable (free it). */
+int config_keep_restart_keys(struct config *next, const struct config *running,
+                             void (*report)(const char *key, const char *running,
+                                            const char *wanted));
 
 /* Look-ups used by the proxy. */
 const struct db_entry *config_find_db(const struct config *c,

@@ -314,12 +314,38 @@ bool config_db_push(struct loader *L, const struct db_entry *db)
     return true;
 }
 
-int config_db_parse_sslmode(struct loader *L, const char *where, struct db_entry *db)
+/* libpq's port: one number from 1 to 65535, or a comma-separated list of them (one per host);
+ * an empty item means the default port, as in libpq. */
+static bool port_list_valid(const char *text)
+{
+    for (const char *p = text;; p++) {
+        long port = 0;
+        const char *start = p;
+        while (*p >= '0' && *p <= '9' && port <= 65535)
+            port = port * 10 + (*p++ - '0');
+        if (p != start && (port < 1 || port > 65535))
+            return false;
+        if (*p == '\0')
+            return true;
+        if (*p != ',')
+            return false;
+    }
+}
+
+int config_db_check_keywords(struct loader *L, const char *where, struct db_entry *db)
 {
     const char *text = config_db_keyword(db, "sslmode");
     char why[160];
     if (text && config_value_parse_SSLMODE(text, &db->sslmode, why, sizeof why) != 0) {
         load_error(L, "%s: sslmode = '%s': %s", where, text, why);
+        return -EINVAL;
+    }
+    const char *port = config_db_keyword(db, "port");
+    if (port && !port_list_valid(port)) {
+        load_error(L,
+                   "%s: port = '%s': expected a port number from 1 to 65535 (or one per host, "
+                   "comma separated)",
+                   where, port);
         return -EINVAL;
     }
     return 0;
@@ -340,7 +366,7 @@ void config_db_on_entry(struct loader *L, const char *name, const char *value)
     int rc = config_db_is_url(value) ? config_db_from_url(L, where, &db, value)
                                      : db_from_pairs(L, where, &db, value);
     if (rc == 0)
-        rc = config_db_parse_sslmode(L, where, &db);
+        rc = config_db_check_keywords(L, where, &db);
     /* PgBouncer: an entry without dbname connects to the database of its own name; the "*"
      * entry's dbname is whatever the client asked for, filled in per connection. */
     if (rc == 0 && strcmp(name, "*") != 0 && !config_db_keyword(&db, "dbname") &&

@@ -18,7 +18,7 @@ static void env_database_url(struct loader *L, const char *url)
     if (!config_db_new(L, &db, "postgres", 0))
         return;
     if (config_db_from_url(L, "DATABASE_URL", &db, url) != 0 ||
-        config_db_parse_sslmode(L, "DATABASE_URL", &db) != 0 || L->oom) {
+        config_db_check_keywords(L, "DATABASE_URL", &db) != 0 || L->oom) {
         config_db_entry_free(&db);
         return;
     }
@@ -69,7 +69,8 @@ void config_env_apply(struct loader *L, char *const *env)
             database_url = eq + 1;
             continue;
         }
-        if (len <= 7 || strncmp(*e, "SLUICE_", 7) != 0 || env_ignored(*e, len))
+        /* "SLUICE_" alone too: no key, so an error like any other unknown SLUICE_ name */
+        if (len < 7 || strncmp(*e, "SLUICE_", 7) != 0 || env_ignored(*e, len))
             continue;
         char key[128];
         if (len - 7 >= sizeof key) {

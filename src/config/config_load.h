@@ -105,9 +105,10 @@ int config_db_from_url(struct loader *L, const char *where, struct db_entry *db,
 const char *config_db_keyword(const struct db_entry *db, const char *key);
 int config_db_set_keyword(struct db_entry *db, const char *key, const char *val);
 bool config_db_push(struct loader *L, const struct db_entry *db);
-/* The entry's sslmode keyword into db->sslmode; -EINVAL (reported under where) when libpq would
- * refuse it. */
-int config_db_parse_sslmode(struct loader *L, const char *where, struct db_entry *db);
+/* The libpq keywords sluice checks at load, as PgBouncer does, so that a value libpq would refuse
+ * at every connection stops the start instead of showing as a database that is down: sslmode
+ * (into db->sslmode) and port. -EINVAL (reported under where) when one is refused. */
+int config_db_check_keywords(struct loader *L, const char *where, struct db_entry *db);
 
 /* SLUICE_<KEY> variables and DATABASE_URL (config_env.c). */
 void config_env_apply(struct loader *L, char *const *env);

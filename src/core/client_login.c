@@ -357,7 +357,10 @@ void client_login_ok(struct client *c)
     if (c->admin) {
         if (!config_list_contains(&worker->cfg->admin_users, c->user) &&
             !config_list_contains(&worker->cfg->stats_users, c->user)) {
-            refuse_after_authentication(c, FAIL_ADMIN_DENIED, "");
+            char detail[160]; /* the cause, for the client and for the operator's log line */
+            snprintf(detail, sizeof(detail),
+                     ": user \"%.64s\" is in neither admin_users nor stats_users", c->user);
+            refuse_after_authentication(c, FAIL_ADMIN_DENIED, detail);
             return;
         }
         if (!take_login_slot(c, NULL) || refuse_options(c))

@@ -482,6 +482,12 @@ static void publish_generation(struct process *proc, struct config *old)
     pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
 }
 
+static void report_restart_key(const char *key, const char *running, const char *wanted)
+{
+    log_msg(LOG_WARNING, "reload: %s = '%s' takes effect only at a restart; '%s' stays in use", key,
+            wanted, running);
+}
+
 void sluice_reload(struct process *proc)
 {
     struct config_diag diag = {0};
@@ -497,6 +503,11 @@ void sluice_reload(struct process *proc)
         return;
     }
     config_diag_free(&diag);
+    if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
+        config_free(next);
+        log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");
+        return;
+    }
     struct config *old = swap_config(proc, next);
     apply_logging(next);
     auth_reload(next);

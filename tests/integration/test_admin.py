@@ -3,6 +3,7 @@ PAUSE/RESUME/RECONNECT/WAIT_CLOSE/KILL/KILL_CLIENT/RELOAD/SET/SHUTDOWN over the 
 protocol, for admin_users (everything) and stats_users (SHOW only)."""
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -237,6 +238,10 @@ def test_non_admin_user_is_refused_at_login_with_42501(start_sluice):
     with pytest.raises(psycopg.OperationalError) as ei:
         console(s, user="app")
     assert "not allowed to use the admin console" in str(ei.value)
+    # the error and the operator's log line say why, not just "admin_denied: closing: "
+    cause = r'user "app" is in neither admin_users nor stats_users'
+    assert re.search(cause, str(ei.value)), str(ei.value)
+    s.wait_for_log(rf"admin_denied: closing: .*{cause}")
     c = RawConn(s.port)
     try:
         c.send(startup_packet(user="app", database="sluice"))

@@ -91,6 +91,44 @@ def test_check_of_a_config_with_a_bad_value_exits_1(tmp_path, pg, bad):
     assert_no_sanitizer_report(p)
 
 
+@pytest.mark.parametrize("url", ["postgres://app:pw@db:notaport/app", "postgres://app:pw@db:99999/app",
+                                 "postgres://app:pw@db:0/app"])
+def test_check_refuses_a_database_url_whose_port_is_not_a_port(url):
+    """libpq would refuse it at every connection, so sluice would start, accept clients and
+    report the database as down; PgBouncer refuses such a port at load ("invalid port")."""
+    p = run(["--check"], env={"DATABASE_URL": url, "SLUICE_AUTH_TYPE": "trust"})
+    assert p.returncode == 1, f"{url!r} accepted:\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert "DATABASE_URL" in p.stderr and "port" in p.stderr, p.stderr
+    assert "pw" not in p.stderr.replace("port", ""), "the URL, password and all, was echoed"
+    assert_no_sanitizer_report(p)
+
+
+@pytest.mark.parametrize("port", ["notaport", "70000", "5432x"])
+def test_check_refuses_a_database_entry_whose_port_is_not_a_port(tmp_path, pg, port):
+    text = valid_ini(pg).replace("[databases]\n",
+                                 f"[databases]\nother = host=127.0.0.1 port={port} dbname=x\n")
+    p = run(["--check", write(tmp_path, text)])
+    assert p.returncode == 1, f"port={port!r} accepted:\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert "'other'" in p.stderr and "port" in p.stderr, p.stderr
+    assert_no_sanitizer_report(p)
+
+
+def test_check_accepts_a_port_per_host(tmp_path, pg):
+    text = valid_ini(pg).replace("[databases]\n",
+                                 "[databases]\nother = host=h1,h2 port=5432,5433 dbname=x\n")
+    p = run(["--check", write(tmp_path, text)])
+    assert p.returncode == 0, f"stdout: {p.stdout}\nstderr: {p.stderr}"
+
+
+@pytest.mark.parametrize("name", ["SLUICE_NO_SUCH_KEY", "SLUICE_"])
+def test_check_refuses_an_unknown_sluice_variable_naming_it(name):
+    """docs/config.md: an unknown SLUICE_ variable is an error (a typo must not pass silently)."""
+    p = run(["--check"], env={"DATABASE_URL": "postgres://app:pw@db/app", name: "1"})
+    assert p.returncode == 1, f"{name} accepted:\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert f"unknown variable {name} " in p.stderr, p.stderr
+    assert_no_sanitizer_report(p)
+
+
 def test_check_of_a_missing_file_exits_1(tmp_path):
     p = run(["--check", str(tmp_path / "nope.ini")])
     assert p.returncode == 1

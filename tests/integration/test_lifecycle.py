@@ -332,3 +332,36 @@ def test_connections_during_a_storm_of_reloads_all_succeed(start_sluice, workers
     assert failures == [], failures[:5]
     assert logins >= 20 and sent >= 20, f"{logins} logins under {sent} reloads"
     assert s.log_text().count("configuration reloaded") >= 20
+
+
+def test_a_reload_that_changes_restart_only_keys_says_so_and_keeps_them(start_sluice):
+    """config_keys.def: a RESTART key's changed value is logged and ignored on reload. It was
+    neither: the log said only 'configuration reloaded' and SHOW CONFIG showed the file's new
+    listen_port and workers while sluice still listened on the old port with the old workers."""
+    from test_admin import console, show
+    s = start_sluice({"admin_users": "admin", "workers": 2, "pool_mode": "transaction"})
+
+    def config():
+        with console(s) as c:
+            return {r["key"]: (r["value"], r["source"]) for r in show(c, "CONFIG")}
+
+    before = config()
+    text = s.ini_path.read_text()
+    assert "workers = 2" in text, text
+    text = text.replace("workers = 2", "workers = 3").replace(
+        "pool_mode = transaction", "pool_mode = session")
+    text = text.replace("[sluice]\n", f"[sluice]\nlisten_backlog = 7\n", 1)
+    s.ini_path.write_text(text)
+    mark = len(s.log)
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"reload: workers = '3' takes effect only at a restart; '2' stays in use",
+                   since=mark)
+    s.wait_for_log(r"reload: listen_backlog = '7' takes effect only at a restart; '128' stays",
+                   since=mark)
+    s.wait_for_log(r"configuration reloaded", since=mark)
+    after = config()
+    assert after["workers"] == before["workers"] and after["listen_backlog"] == before[
+        "listen_backlog"], (before, after)
+    assert after["pool_mode"] == ("session", "file"), after["pool_mode"]  # a RELOAD key changes
+    with s.connect() as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
