@@ -143,12 +143,45 @@ static void fail_logins_while_down(struct pool *p)
     }
 }
 
+/* A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody waiting
+ * for this pool can get a server until the role, pg_hba.conf or the config changes, so all of
+ * them get the server's own FATAL now. */
+static void fail_waiters_refused(struct pool *p, const char *sqlstate, const char *server_message)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        struct client *c = container_of(n, struct client, node);
+        p->worker->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message, sqlstate);
+    }
+}
+
+/* A database a client named through the "*" entry that the server does not have (3D000)? */
+static bool names_no_database(const struct pool *p, const char *refusal_sqlstate)
+{
+    if (!refusal_sqlstate || strcmp(refusal_sqlstate, "3D000") != 0)
+        return false;
+    const struct db_entry *db = config_find_db(p->worker->cfg, p->db_name);
+    return db && strcmp(db->name, "*") == 0;
+}
+
 static void connect_failed(struct pool *p, const char *message, const char *refusal_sqlstate,
                            const char *server_message)
 {
     struct worker *worker = p->worker;
     const struct config *cfg = worker->cfg;
     struct breaker *b = &p->breaker;
+    /* That is the client's typo, not an outage: its waiters get the server's FATAL, as from
+     * Postgres, and the pool is not down. Down, one client's typo took the whole pooler out of
+     * rotation (/health 503 while any pool is down) and had the name probed every few seconds
+     * for nobody. The next client naming it makes its own attempt, as against Postgres. */
+    if (names_no_database(p, refusal_sqlstate)) {
+        ledger_breaker_unclaim(ledger_of(p), p->ledger_key, (int)worker->index);
+        log_msg(LOG_INFO, "pool %s/%s: the server has no database \"%s\" (3D000)", p->db_name,
+                p->user_name, p->target_db);
+        fail_waiters_refused(p, refusal_sqlstate, server_message);
+        return;
+    }
     /* Exponential backoff with jitter, capped by server_login_retry: a database that refuses
      * connections (restarting, at max_connections) gets probed, not stormed. The cap is
      * server_down_wait when that is shorter, so a client that waits it out has seen a probe:
@@ -182,17 +215,8 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
                 "pool %s/%s: cannot open another server (failure %d, next try in %llu ms): %s",
                 p->db_name, p->user_name, f.failures, (unsigned long long)f.backoff_ms, message);
     }
-    /* A refused login (PgBouncer's kill_pool_logins) is not a database recovering: nobody
-     * waiting for this pool can get a server until the role, pg_hba.conf or the config changes,
-     * so all of them get the server's own FATAL now. */
     if (refusal_sqlstate) {
-        struct list_node *n, *tmp;
-        list_for_each(&p->waiting, n, tmp)
-        {
-            struct client *c = container_of(n, struct client, node);
-            worker->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, server_message,
-                                               refusal_sqlstate);
-        }
+        fail_waiters_refused(p, refusal_sqlstate, server_message);
         return;
     }
     /* Clients still logging in to a pool that never reached its database cannot be told what

@@ -216,3 +216,29 @@ def test_health_sums_every_workers_top_application_and_cap(start_sluice):
         for c in holders:
             c.close()
         adm.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_client_naming_a_database_the_server_lacks_leaves_readiness_alone(start_sluice, pg,
+                                                                           workers):
+    """With a "*" entry a client's typo in its database name gets the server's FATAL 3D000, as
+    from Postgres. It is the client's mistake, not an outage: /health stays 200 and the name is
+    not probed. Before, the typo's pool went down: 503 for good, a probe every 3 s for nobody."""
+    star = pg.db_entry()
+    del star["dbname"]  # the client's own database name goes through
+    s = start_http(start_sluice, {"workers": workers},
+                   databases={"appdb": pg.db_entry(), "*": star})
+    with psycopg.connect(s.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    wait_until(lambda: health(s)[0] == 200, 5, what="/health 200 once appdb logged in")
+    for _ in range(2):  # a second client naming it tries again, as against Postgres
+        with pytest.raises(psycopg.OperationalError) as ei:
+            psycopg.connect(s.dsn(dbname="apdb_typo"), connect_timeout=10)
+        assert 'FATAL:  database "apdb_typo" does not exist' in str(ei.value), ei.value
+    # the picture is published every 100 ms per worker: a down pool shows within a second
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        status, doc = health(s)
+        assert status == 200 and doc["status"] != "down", doc
+        time.sleep(0.1)
+    assert "pool apdb_typo/app is down" not in s.log_text(), s.log_tail()
