@@ -353,13 +353,15 @@ def test_a_failing_auth_query_is_reported_and_logged(start_sluice, pg, auth_role
 
 
 def test_an_auth_query_that_fails_before_any_io_is_reported(start_sluice, pg, auth_roles):
-    """libpq refuses the entry's port at once, inside the login's own lookup request: the answer
-    comes back before the lookup call returns, and the login still gets the same 08006."""
+    """libpq refuses the entry's ports at once (two for one host: sluice's load takes a list, as
+    libpq does, and leaves matching it to the hosts to libpq), inside the login's own lookup
+    request: the answer comes back before the lookup call returns, and the login still gets the
+    same 08006."""
     s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth",
                       "auth_dbname": "authdb"},
                      auth_file={"sluice_auth": "authpass"},
                      databases={APP_DB: pg.db_entry(),
-                                "authdb": {"host": "127.0.0.1", "port": "not-a-port",
+                                "authdb": {"host": "127.0.0.1", "port": "1,2",
                                            "dbname": "postgres"}})
     for _ in range(2):  # and again, with nothing left behind by the first
         _, err = auth_codes_and_error(s.port, "qscram", "qpass")
