@@ -618,6 +618,7 @@ bool pool_queue_cleanup(struct server *s)
         if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
             server_queue_internal(s, "DISCARD ALL");
         stmt_map_mark_unknown(&s->stmts);
+        stmt_map_clear(&s->sql_prepared);
         s->session = SERVER_SESSION_FOLLOWED;
         reset = true;
         queued = true;

@@ -232,6 +232,7 @@ static void release_connection(struct server *s)
     params_free(&s->startup);
     params_free(&s->login_reports);
     stmt_map_free(&s->stmts);
+    stmt_map_free(&s->sql_prepared);
     stmt_queue_free(&s->reqs);
 }
 

@@ -106,6 +106,11 @@ struct server {
     struct param_set login_reports;
     struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
     struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
+    /* The names its client prepared by SQL PREPARE, which the backend holds under those names
+     * until its next full reset (PREPARE leaves the session unknown): a protocol Parse of one
+     * reaches the backend unrenamed, so that it refuses it (42P05) as Postgres would
+     * (transaction mode). Names only; the definitions are the backend's. */
+    struct stmt_map sql_prepared;
     uint64_t unnamed_of;     /* the client (its id) whose Parse made the backend's unnamed
                               * statement; 0: none a client may Bind unasked (transaction mode) */
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */

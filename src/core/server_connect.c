@@ -432,6 +432,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
     params_init(&s->startup);
     params_init(&s->login_reports);
     stmt_map_init(&s->stmts);
+    stmt_map_init(&s->sql_prepared);
     codec_out_init(&s->out);
     list_node_init(&s->node);
     /* From here it holds the ledger slot its pool took for it, resolving its host name

@@ -196,7 +196,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
-    if ((kind == SQL_DEALLOCATE || kind == SQL_EXECUTE) && span > 0 && text_at != TEXT_KEPT)
+    bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
+    if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
     if (mine) {
         stmt_names_for_server(&sn, mine, strlen(name_buf));
@@ -216,7 +217,14 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     struct stmt_entry *dropped_one;
     struct stmt_map *dropped_all;
     switch (kind) {
+    case SQL_PREPARE:
+        /* A name the client holds by Parse went out as sluice's, which the server holds: it
+         * refuses the PREPARE (42P05) as Postgres would. Any other is the backend's own. */
+        if (!mine && name_buf[0] && !stmt_map_put(&s->sql_prepared, name_buf, NULL))
+            s->close_when_free = true; /* out of memory: a Parse of it would not collide */
+        break;
     case SQL_DEALLOCATE:
+        stmt_map_remove(&s->sql_prepared, name_buf);
         forget_on_server(s, mine ? sn.name : name_buf);
         dropped_one = stmt_map_get(c->stmts, name_buf);
         if (dropped_one && dropped_one->def &&
@@ -233,6 +241,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                   fail) != TRACK_PASS)
             return TRACK_FAILED;
         stmt_map_mark_unknown(&s->stmts);
+        stmt_map_clear(&s->sql_prepared);
         break;
     default:
         break;
@@ -271,7 +280,8 @@ static enum track_result follow_query_head(struct client *c, struct server *s, c
     memcpy(head, sql, n);
     head[n] = '\0';
     enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
-    if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE) || span == 0 || at + span >= n)
+    if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE && kind != SQL_PREPARE) || span == 0 ||
+        at + span >= n)
         return TRACK_PASS;
     struct param_touch none = {0};
     return follow_statement(c, s, head, n + 1, 0, &none, fail);
@@ -368,6 +378,19 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
     return rename_statement(c, s, 0, key_len, &sn);
 }
 
+/* A named Parse that goes to the server untouched, not followed: with tracking off, or of a
+ * name the client prepared by SQL on this backend (s->sql_prepared), which the backend then
+ * refuses (42P05) under the client's own name, as Postgres would. */
+static enum track_result parse_untouched(struct client *c, struct server *s, const uint8_t *body,
+                                         uint32_t len, uint32_t avail_body, uint32_t name_len,
+                                         struct client_failure *fail)
+{
+    enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
+    if (r != TRACK_PASS)
+        return r;
+    return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
+}
+
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
@@ -405,16 +428,13 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t key_len = (uint32_t)strlen(name);
     /* The statement text, when the message is here whole (it starts after the name's NUL). */
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
-    if (c->worker->cfg->max_prepared_statements == 0) {
-        /* Tracking off (as PgBouncer's 0): the Parse goes to whichever server, untouched. */
-        enum track_result r = inspect_parse_text(c, s, body, len, avail_body, name_len, fail);
-        if (r != TRACK_PASS)
-            return r;
-        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
-    }
+    if (c->worker->cfg->max_prepared_statements == 0) /* as PgBouncer's 0 */
+        return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *mine = client_def(c, name);
     if (mine)
         return parse_taken_name(c, s, mine, key_len, fail);
+    if (stmt_map_get(&s->sql_prepared, name))
+        return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
         streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);
     if (!def) {
@@ -476,6 +496,8 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     if (queued(rc, fail) != TRACK_PASS)
         return TRACK_FAILED;
     stmt_map_remove(&s->stmts, on_server);
+    if (!mine)
+        stmt_map_remove(&s->sql_prepared, name);
     stmt_map_remove(c->stmts, name);
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }

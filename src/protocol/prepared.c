@@ -668,6 +668,11 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
     enum sql_dealloc kind;
     if (word(&s, "execute")) {
         kind = SQL_EXECUTE;
+    } else if (word(&s, "prepare")) {
+        const char *after = s;
+        if (word(&after, "transaction") && (*after == '\'' || *after == 'E' || *after == 'e'))
+            return SQL_OTHER; /* two-phase commit: its identifier is a string */
+        kind = SQL_PREPARE;
     } else if (word(&s, "deallocate")) {
         (void)word(&s, "prepare");
         if (word(&s, "all"))

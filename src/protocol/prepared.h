@@ -212,9 +212,16 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
 
-/* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name? name gets
- * the statement name for DEALLOCATE and EXECUTE (empty for ALL). */
-enum sql_dealloc { SQL_OTHER, SQL_DEALLOCATE, SQL_DEALLOCATE_ALL, SQL_DISCARD_ALL, SQL_EXECUTE };
+/* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name / PREPARE
+ * name? name gets the statement name for DEALLOCATE, EXECUTE and PREPARE (empty for ALL). */
+enum sql_dealloc {
+    SQL_OTHER,
+    SQL_DEALLOCATE,
+    SQL_DEALLOCATE_ALL,
+    SQL_DISCARD_ALL,
+    SQL_EXECUTE,
+    SQL_PREPARE, /* PREPARE name [(types)] AS ...; not PREPARE TRANSACTION 'gid' */
+};
 enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen);
 /* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
 enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,

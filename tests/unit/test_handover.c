@@ -300,6 +300,7 @@ static void make_server(struct worker *worker, void *arg, bool delivered)
     s->txn_status = 'I';
     s->connect_ms = s->state_since_ms = sluice_now(worker);
     stmt_map_init(&s->stmts);
+    stmt_map_init(&s->sql_prepared);
     count_bad(r, !server_conninfo_now(p, &s->conninfo_fp));
     count_bad(r, sockio_open(&s->io, worker->loop, r->backend[0], s, server_on_io) != 0);
     list_append(&p->idle, &s->node);

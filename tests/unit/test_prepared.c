@@ -295,6 +295,17 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
               SQL_EXECUTE);
     CHECK_INT((int)span, 0);
+    /* SQL PREPARE names a statement; PREPARE TRANSACTION does not */
+    CHECK_INT(prepared_classify_query_at("prepare Q1 (int) AS SELECT $1", name, sizeof(name), &at,
+                                         &span),
+              SQL_PREPARE);
+    CHECK_STR(name, "q1");
+    CHECK_INT((int)at, 8);
+    CHECK_INT((int)span, 2);
+    CHECK_INT(prepared_classify_query("PREPARE TRANSACTION 'gid1'", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("prepare transaction E'g'", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("PREPARE transaction AS SELECT 1", name, sizeof(name)),
+              SQL_PREPARE);
 }
 
 static void a_definition_has_its_server_name(void)

@@ -1,0 +1,123 @@
+"""Prepared statements in transaction mode, with Postgres as the oracle: each scenario runs on a
+direct connection and through sluice (1 and 2 workers), and the client must see the same replies
+(errors with their SQLSTATE and message, rows, ReadyForQuery status) both ways.
+
+What cannot be the same is left out on purpose: pg_prepared_statements lists the backend's
+statements, which through sluice are sluice's names (sluice_<hash>) and those of other clients
+on the same backend (docs/pool-modes.md)."""
+
+import struct
+
+import pytest
+
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, message, parse_data_row,
+                    parse_fields, parse_msg, query_msg, raw_login, sync_msg)
+
+
+def replies(c, n_ready=1):
+    """What the client sees up to its n_ready-th ReadyForQuery."""
+    seen, zs = [], 0
+    while zs < n_ready:
+        t, p = c.read_message()
+        if t == "Z":
+            zs += 1
+            seen.append("Z" + p.decode())
+        elif t == "E":
+            f = parse_fields(p)
+            seen.append(("E", f.get("C"), f.get("M")))
+        elif t == "D":
+            seen.append(("D", tuple(parse_data_row(p, value=lambda r: r))))
+        elif t == "C":
+            seen.append(("C", p.rstrip(b"\0").decode()))
+        elif t in "123nstT":
+            seen.append(t)
+    return seen
+
+
+def q(c, sql):
+    c.send(query_msg(sql))
+    return replies(c)
+
+
+def batch(c, data, n_ready=1):
+    c.send(data)
+    return replies(c, n_ready)
+
+
+def bind_run(c, name):
+    return batch(c, bind_msg("", name) + execute_msg() + sync_msg())
+
+
+def raw_parse(name: bytes, sql: bytes):
+    return message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!H", 0))
+
+
+def raw_bind_run(name: bytes):
+    return (message(b"B", b"\0" + name + b"\0" + struct.pack("!HHH", 0, 0, 0)) + execute_msg()
+            + sync_msg())
+
+
+# ---- scenarios: each returns what its client saw, step by step ----------------------------------
+
+
+def sql_prepare_then_parse_in_a_transaction(c):
+    return [q(c, "BEGIN"), q(c, "PREPARE x AS SELECT 1"),
+            batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "ROLLBACK")]
+
+
+def sql_prepare_then_parse_in_one_pipeline(c):
+    return [q(c, "BEGIN"),
+            batch(c, parse_msg("", "PREPARE x AS SELECT 1") + bind_msg("", "") + execute_msg()
+                  + parse_msg("x", "SELECT 2") + sync_msg()),
+            q(c, "COMMIT")]
+
+
+def parse_then_sql_prepare(c):
+    return [batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "PREPARE x AS SELECT 1"),
+            q(c, "EXECUTE x"), q(c, "BEGIN"), q(c, 'PREPARE "x" AS SELECT 1'), q(c, "ROLLBACK"),
+            batch(c, parse_msg("", "PREPARE x AS SELECT 3") + bind_msg("", "") + execute_msg()
+                  + sync_msg()),
+            bind_run(c, "x")]
+
+
+def sql_prepared_statement_used_by_protocol_in_its_transaction(c):
+    return [q(c, "BEGIN"), q(c, "PREPARE x AS SELECT 1"), bind_run(c, "x"),
+            batch(c, describe_msg("S", "x") + sync_msg()),
+            batch(c, close_msg("S", "x") + sync_msg()), q(c, "EXECUTE x"),
+            batch(c, parse_msg("x", "SELECT 2") + sync_msg()), bind_run(c, "x"), q(c, "COMMIT")]
+
+
+def sql_deallocate_then_parse(c):
+    return [q(c, "BEGIN"), q(c, "PREPARE x AS SELECT 1"), q(c, "DEALLOCATE x"),
+            batch(c, parse_msg("x", "SELECT 2") + sync_msg()), bind_run(c, "x"),
+            q(c, "PREPARE y AS SELECT 1"), q(c, "DEALLOCATE ALL"),
+            batch(c, parse_msg("y", "SELECT 3") + sync_msg()), bind_run(c, "y"), q(c, "COMMIT"),
+            bind_run(c, "x"), bind_run(c, "y")]
+
+
+def deallocate_all_and_discard_all_drop_protocol_statements(c):
+    return [batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "DEALLOCATE ALL"),
+            bind_run(c, "x"), batch(c, parse_msg("x", "SELECT 3") + sync_msg()),
+            q(c, "DEALLOCATE x"), bind_run(c, "x"),
+            batch(c, parse_msg("x", "SELECT 4") + sync_msg()), q(c, "DISCARD ALL"),
+            bind_run(c, "x")]
+
+
+SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
+             parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
+             sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
+def test_a_client_sees_what_postgres_shows_it(pg, start_sluice, scenario, workers):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
+    direct, pooled = raw_login(pg.port, password="apppass"), raw_login(s.port)
+    try:
+        expected, seen = scenario(direct), scenario(pooled)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        direct.close()
+        pooled.close()
