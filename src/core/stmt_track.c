@@ -17,6 +17,7 @@
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_names.h"
+#include "utf8.h"
 
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
  * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
@@ -378,6 +379,26 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
     return rename_statement(c, s, 0, key_len, &sn);
 }
 
+/* Would the server refuse the statement name at p (NUL-terminated, whole in the buffer) as text
+ * that is not valid in its encoding (22021)? Postgres checks every name it reads against it,
+ * before it looks the name up. Known when client and server both speak UTF8 (or the client
+ * SQL_ASCII, whose text the server checks as its own); a name sluice renames never reaches the
+ * server, so such a name goes untouched for the server to refuse. */
+static bool name_refused_as_text(const struct client *c, const struct server *s, const uint8_t *p)
+{
+    const char *server = params_get(&s->params, "server_encoding");
+    const char *client = params_get(&c->params, "client_encoding");
+    if (!client) /* the client never set it: the pool's, which the server has */
+        client = params_get(&s->params, "client_encoding");
+    if (!server || !client || strcmp(server, "UTF8") != 0 ||
+        (strcmp(client, "UTF8") != 0 && strcmp(client, "SQL_ASCII") != 0))
+        return false;
+    for (size_t n; *p; p += n)
+        if ((n = utf8_seq_len(p)) == 0)
+            return true;
+    return false;
+}
+
 /* A named Parse that goes to the server untouched, not followed: with tracking off, or of a
  * name the client prepared by SQL on this backend (s->sql_prepared), which the backend then
  * refuses (42P05) under the client's own name, as Postgres would. */
@@ -433,7 +454,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     struct stmt_def *mine = client_def(c, name);
     if (mine)
         return parse_taken_name(c, s, mine, key_len, fail);
-    if (stmt_map_get(&s->sql_prepared, name))
+    if (stmt_map_get(&s->sql_prepared, name) || (nul && name_refused_as_text(c, s, body)))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
         streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);
@@ -588,6 +609,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return TRACK_PASS;
     }
     uint32_t key_len = (uint32_t)strlen(name);
+    if (memchr(body + at, '\0', shown - at) && name_refused_as_text(c, s, body + at))
+        return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
     struct stmt_def *mine = client_def(c, name);
     struct stmt_server_name sn;
     if (mine)

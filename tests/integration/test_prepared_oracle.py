@@ -103,9 +103,23 @@ def deallocate_all_and_discard_all_drop_protocol_statements(c):
             bind_run(c, "x")]
 
 
+def names_that_are_not_valid_text(c):
+    """Postgres reads each name as text of the client's encoding (UTF8 here): one that is not is
+    refused (22021) before it is looked up; sluice renamed it, and the server never saw it."""
+    out = []
+    for name in (b"\xff\xfe", b"ok\xc3", b"\xed\xa0\x80"):
+        out += [batch(c, raw_parse(name, b"SELECT 7") + sync_msg()), batch(c, raw_bind_run(name)),
+                batch(c, message(b"C", b"S" + name + b"\0") + sync_msg())]
+    long_name = b"L" * 70
+    out += [batch(c, raw_parse(long_name, b"SELECT 8") + sync_msg()),
+            batch(c, raw_bind_run(b"L" * 63 + b"\xff")), batch(c, raw_bind_run(long_name))]
+    return out
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
-             sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements]
+             sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
+             names_that_are_not_valid_text]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
