@@ -615,8 +615,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, key_len);
-    /* A long name's rest loses the end of a character cut at its key (stmt_names_rename): the
-     * name is read to its end first, as far as the buffer holds it. */
+    /* A long name's rest goes on with a character cut at its key (stmt_names_rename): the name
+     * is read to its end first, as far as the buffer holds it. */
     if (mine && key_len >= STMT_KEY_MAX && !memchr(body + at, '\0', shown - at) &&
         avail_body < len && avail_body + CODEC_HEADER_LEN < buf_block_size())
         return TRACK_WAIT;

@@ -23,11 +23,44 @@ bool stmt_names_can_rewrite(const struct buf *b, uint32_t old_len, uint32_t new_
     return b->rpos >= grow || buf_block_size() - b->wpos >= grow || buf_pending(b) == 0;
 }
 
+/* The UTF-8 sequence a key of STMT_KEY_MAX bytes ends inside: how many of its bytes the key
+ * holds (1 to 3), *whole its length; 0 when the key ends with a whole character (or bytes that
+ * are not UTF-8). */
+static uint32_t key_cut_in_char(const uint8_t *key, uint32_t *whole)
+{
+    for (uint32_t held = 1; held <= 3; held++) {
+        uint8_t b = key[STMT_KEY_MAX - held];
+        if (b >= 0x80 && b <= 0xbf)
+            continue; /* a continuation byte: its sequence started further back */
+        *whole = b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+        return *whole > held ? held : 0;
+    }
+    return 0;
+}
+
+/* A long UTF-8 name cut inside a character at its key: how many bytes of that character the key
+ * holds, when the name's rest (avail bytes of it here) goes on with the rest of the character.
+ * Those bytes then go to the server again after sluice's name, so that the name's rest is still
+ * text to it and its errors spell the name as the client did (name_error_fields). 0 otherwise:
+ * the rest's leading bytes become '_' (stmt_name_rest_partial). */
+static uint32_t cut_char_head(const uint8_t *key, const uint8_t *rest, uint32_t avail)
+{
+    uint32_t whole = 0, held = key_cut_in_char(key, &whole);
+    if (!held || avail < whole - held)
+        return 0;
+    for (uint32_t i = 0; i < whole - held; i++)
+        if (rest[i] < 0x80 || rest[i] > 0xbf)
+            return 0;
+    return held;
+}
+
 bool stmt_names_can_rename(const struct buf *b, uint32_t key_len,
                            const struct stmt_server_name *sn)
 {
-    /* a long name's key is written over */
-    return key_len >= STMT_KEY_MAX || stmt_names_can_rewrite(b, key_len, (uint32_t)strlen(sn->name));
+    /* a long name's key is written over, and may grow by a character's head (cut_char_head) */
+    if (key_len >= STMT_KEY_MAX)
+        return stmt_names_can_rewrite(b, STMT_KEY_MAX, STMT_KEY_MAX + 3);
+    return stmt_names_can_rewrite(b, key_len, (uint32_t)strlen(sn->name));
 }
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -84,10 +117,18 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
     if (key_len < STMT_KEY_MAX)
         return stmt_names_rewrite(b, rx, out, at, key_len, sn->name);
     uint8_t *name = b->data + b->scan + CODEC_HEADER_LEN + at;
-    memcpy(name, sn->name, STMT_KEY_MAX);
     /* as far as the buffer holds the message (a name longer than pkt_buf is cut as it is) */
     uint32_t msg_end = b->scan + 1 + codec_get_u32(b->data + b->scan + 1);
     uint32_t held = (msg_end < b->wpos ? msg_end : b->wpos) - (uint32_t)(name - b->data);
+    uint32_t head = cut_char_head(name, name + STMT_KEY_MAX, held - STMT_KEY_MAX);
+    if (head) {
+        char repl[STMT_KEY_MAX + 4];
+        memcpy(repl, sn->name, STMT_KEY_MAX);
+        memcpy(repl + STMT_KEY_MAX, name + STMT_KEY_MAX - head, head);
+        repl[STMT_KEY_MAX + head] = '\0';
+        return stmt_names_rewrite(b, rx, out, at, STMT_KEY_MAX, repl);
+    }
+    memcpy(name, sn->name, STMT_KEY_MAX);
     if (held > STMT_KEY_MAX)
         memset(name + STMT_KEY_MAX, '_',
                stmt_name_rest_partial(name + STMT_KEY_MAX, held - STMT_KEY_MAX));
@@ -130,12 +171,20 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
             if (mine && strlen(mine) == STMT_KEY_MAX && padded - at == STMT_KEY_MAX)
                 tail = padded;
         }
+        size_t mine_len = mine ? strlen(mine) : 0;
+        if (mine_len == STMT_KEY_MAX && tail - at == STMT_KEY_MAX) {
+            /* the head of a character cut at the key follows it again (stmt_names_rename) */
+            uint32_t whole, head = key_cut_in_char((const uint8_t *)mine, &whole);
+            if (head && (size_t)(end - tail) >= head &&
+                memcmp(tail, mine + STMT_KEY_MAX - head, head) == 0)
+                mine_len -= head;
+        }
         if (mine) {
             renamed = true;
             if (!out)
                 return true;
             codec_put_bytes(out, copied, (size_t)(at - copied));
-            codec_put_bytes(out, mine, strlen(mine));
+            codec_put_bytes(out, mine, mine_len);
             copied = tail;
         }
         at = tail;

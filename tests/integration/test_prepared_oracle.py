@@ -116,10 +116,28 @@ def names_that_are_not_valid_text(c):
     return out
 
 
+def long_names_cut_inside_a_character(c):
+    """Postgres keys a statement by the first 63 bytes of its name, which may end inside a UTF-8
+    character; its errors name the statement as the client spelled it, whole."""
+    out = []
+    for name in ("é" * 40, "a" + "€" * 30, "ab" + "😀" * 20, "é" * 31 + "ü" + "x" * 5):
+        other = name[:-1] + "z"  # the same key
+        out += [batch(c, parse_msg(name, "SELECT $1::int") + sync_msg()), bind_run(c, name),
+                bind_run(c, other), batch(c, parse_msg(other, "SELECT 2") + sync_msg()),
+                batch(c, describe_msg("S", name) + close_msg("S", other) + sync_msg()),
+                bind_run(c, name)]
+    # two names whose cut falls inside different characters of the same head: one key
+    out += [batch(c, parse_msg("a" * 62 + "é", "SELECT 1") + sync_msg()),
+            batch(c, parse_msg("a" * 62 + "è", "SELECT 2") + sync_msg()),
+            batch(c, parse_msg("a" * 62 + "èx", "SELECT 2") + bind_msg("", "a" * 62 + "èx")
+                  + execute_msg() + sync_msg())]
+    return out
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
-             names_that_are_not_valid_text]
+             names_that_are_not_valid_text, long_names_cut_inside_a_character]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
