@@ -6,7 +6,9 @@
  * A server name is the definition's server_name ("sluice_<hash>"). A client name of STMT_KEY_MAX
  * bytes or more (it may be longer than the buffer) gets that name padded with '_' to
  * STMT_KEY_MAX bytes instead, written over the name's key in place: Postgres keys a statement by
- * that much of its name, so the rest of the client's name, left as it is, changes nothing. Both
+ * that much of its name, so the rest of the client's name, left as it is, changes nothing. A
+ * UTF-8 name whose key ends inside a character gets that character's head again after the padded
+ * name, so that its rest is text to the server and its errors spell the name whole. Both
  * spellings name a statement on a server; the server's map holds each under its own. */
 #ifndef SLUICE_STMT_NAMES_H
 #define SLUICE_STMT_NAMES_H
