@@ -163,8 +163,8 @@ struct pool *pool_get(struct worker *worker, const struct db_entry *db, const ch
             log_msg(LOG_INFO, "pool %s/%s created: admin console, answered by sluice (no servers)",
                     p->db_name, p->user_name);
         else
-            log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name,
-                    p->user_name, pool_mode_name(p->mode), p->size);
+            log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
+                    pool_mode_name(p->mode), p->size);
     }
     budget_log_cap(p);
     return p;
