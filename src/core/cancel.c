@@ -168,10 +168,11 @@ struct cancel_job {
     struct server *server;
     const struct cancel_events *events; /* the worker's, for cancel_done */
     struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
-    /* A requester on another worker (5.5): its worker and the ticket it waits on there, sent
-     * back when this cancel is done; to is NULL for a local requester or none. */
+    /* A requester on another worker (5.5): its worker, and the answer that hands back the
+     * ticket it waits on there (made with the request, so sending it cannot fail for memory),
+     * sent when this cancel is done; NULL for a local requester or none. */
     struct worker *reply_to;
-    struct cancel_job *reply_ticket;
+    struct worker_msg *answer;
     int ok;
     char err[256];
 };
@@ -200,10 +201,10 @@ static void cancel_done(uv_work_t *req, int status)
     struct client *requester = job->requester;
     const struct cancel_events *events = job->events;
     struct worker *reply_to = job->reply_to;
-    struct cancel_job *ticket = job->reply_ticket;
+    struct worker_msg *answer = job->answer;
     free(job);
     if (reply_to)
-        worker_post_cancel_done(reply_to, ticket);
+        worker_post_cancel_done(reply_to, answer);
     if (requester) {
         requester->cancel_job = NULL;
         events->request_handled(requester);
@@ -230,8 +231,9 @@ struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint3
 }
 
 /* Whom a CancelRequest is for, and what is done for it, on the worker that owns pid; the
- * requester is there (requester) or on another worker (remote: that worker's ticket, which
- * this job hands back when done). False when nothing is left to wait for. */
+ * requester is there (requester) or on another worker (remote: that worker and the answer,
+ * handing back its ticket, that this job sends when done). False when nothing is left to wait
+ * for: the caller answers at once. */
 static bool route_request(struct worker *worker, struct client *requester,
                           struct cancel_job *remote, uint32_t pid, uint32_t key)
 {
@@ -292,11 +294,11 @@ void cancel_request(struct client *requester, uint32_t pid, uint32_t key)
 }
 
 void cancel_remote_request(struct worker *worker, uint32_t pid, uint32_t key,
-                           struct worker *reply_to, struct cancel_job *ticket)
+                           struct worker *reply_to, struct worker_msg *answer)
 {
-    struct cancel_job remote = {.reply_to = reply_to, .reply_ticket = ticket};
+    struct cancel_job remote = {.reply_to = reply_to, .answer = answer};
     if (!route_request(worker, NULL, &remote, pid, key))
-        worker_post_cancel_done(reply_to, ticket);
+        worker_post_cancel_done(reply_to, answer); /* also when start_cancel ran out of memory */
 }
 
 void cancel_remote_done(struct cancel_job *ticket)
@@ -352,7 +354,7 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
     }
     if (remote) {
         job->reply_to = remote->reply_to;
-        job->reply_ticket = remote->reply_ticket;
+        job->answer = remote->answer;
     }
     return 0;
 }

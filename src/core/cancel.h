@@ -57,8 +57,10 @@ void cancel_requester_gone(struct client *requester);
  * is nothing to cancel; cancel_remote_done (on the requester's thread) closes the requester, if
  * it has not gone meanwhile, and frees the ticket. */
 struct cancel_job;
+struct worker_msg;
+/* answer: the ticket's way back to reply_to, made with the request (worker_post_cancel). */
 void cancel_remote_request(struct worker *worker, uint32_t pid, uint32_t key,
-                           struct worker *reply_to, struct cancel_job *ticket);
+                           struct worker *reply_to, struct worker_msg *answer);
 void cancel_remote_done(struct cancel_job *ticket);
 
 #endif

@@ -329,6 +329,17 @@ void client_send(struct client *c)
     relay_client_interest(c);
 }
 
+/* After a FATAL written to c->out: the client reads nothing more, its server (if any) is let
+ * go, and it closes once the error has been written. */
+static void close_once_written(struct client *c)
+{
+    if (c->server)
+        c->worker->client_events->vanished(c);
+    client_set_state(c, CLIENT_CLOSING);
+    buf_release(&c->in);
+    client_send(c);
+}
+
 void client_fail_with_state(struct client *c, enum failure f, const char *detail,
                             const char *sqlstate)
 {
@@ -350,11 +361,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         client_send(c);
         return;
     }
-    if (c->server)
-        c->worker->client_events->vanished(c);
-    client_set_state(c, CLIENT_CLOSING);
-    buf_release(&c->in);
-    client_send(c);
+    close_once_written(c);
 }
 
 void client_fail_request_and_close(struct client *c, enum failure f, const char *detail)
@@ -365,11 +372,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
         log_client(LOG_WARNING, c, "%s: closing: %s", failure_name(f), detail ? detail : "");
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
-    if (c->server)
-        c->worker->client_events->vanished(c);
-    client_set_state(c, CLIENT_CLOSING);
-    buf_release(&c->in);
-    client_send(c);
+    close_once_written(c);
 }
 
 void client_fail(struct client *c, enum failure f, const char *detail)
@@ -499,11 +502,9 @@ void client_login_refused(struct client *c, const char *sqlstate, const char *me
 void client_login_synced(struct client *c, struct server *s)
 {
     if (c->state == CLIENT_LOGIN_REFUSED) {
-        /* the server is clean again (each SET was its own transaction); it goes back */
-        c->worker->client_events->vanished(c);
-        client_set_state(c, CLIENT_CLOSING);
-        buf_release(&c->in);
-        client_send(c);
+        /* the server (linked) is clean again (each SET was its own transaction): it goes back,
+         * and the client closes once the refusal kept in c->out is written */
+        close_once_written(c);
         return;
     }
     /* The client is told what the server reports, and later syncs compare like with like. */

@@ -156,9 +156,16 @@ struct pool *pool_get(struct worker *worker, const struct db_entry *db, const ch
     if (!p->paused && !p->is_admin && ledger_key_get_state(p->ledger_key) == LEDGER_KEY_PAUSED)
         pool_pause(p, PAUSED_BY_PAUSE);
     list_append(&worker->pools, &p->node);
-    if (!atomic_exchange_explicit(&p->ledger_key->pool_logged, true, memory_order_relaxed))
-        log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
-                pool_mode_name(p->mode), p->size); /* by the key's first worker */
+    /* Logged by the key's first worker. The console's pool opens no server: its mode and size
+     * (the main section's) would describe a pool it is not. */
+    if (!atomic_exchange_explicit(&p->ledger_key->pool_logged, true, memory_order_relaxed)) {
+        if (p->is_admin)
+            log_msg(LOG_INFO, "pool %s/%s created: admin console, answered by sluice (no servers)",
+                    p->db_name, p->user_name);
+        else
+            log_msg(LOG_INFO, "pool %s/%s created: %s mode, pool_size %d", p->db_name, p->user_name,
+                    pool_mode_name(p->mode), p->size);
+    }
     budget_log_cap(p);
     return p;
 }

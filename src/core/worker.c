@@ -20,7 +20,7 @@ enum worker_msg_kind {
     WORKER_MSG_SHUTDOWN,    /* phase: the process entered it */
     WORKER_MSG_RELOAD,      /* cfg, budgets: references to the process's new generations */
     WORKER_MSG_FINISH,      /* everything is closed: close the handles, end the loop */
-    WORKER_MSG_CANCEL,      /* pid, key, reply_to, ticket: a CancelRequest this worker owns */
+    WORKER_MSG_CANCEL,      /* pid, key, reply_to, answer: a CancelRequest this worker owns */
     WORKER_MSG_CANCEL_DONE, /* ticket: the owner's answer, to the requester's worker */
     WORKER_MSG_WAKE,        /* a slot this worker waited for was freed on another */
     WORKER_MSG_KILL_CLIENT, /* id: the console's KILL_CLIENT of a client this worker owns */
@@ -46,8 +46,10 @@ struct worker_msg {
     uint64_t client_id;
     worker_call_fn *call;
     void *arg;
+    /* CANCEL: the requester's worker and the CANCEL_DONE made for it; CANCEL_DONE: the ticket */
     struct worker *reply_to;
     struct cancel_job *ticket;
+    struct worker_msg *answer;
     struct server *server;         /* SERVER: MOVING, the receiver's once posted */
     struct ledger_key *ledger_key; /* SERVER: its key */
     SSL *ssl;            /* CONSOLE: the client's TLS session, NULL when plain */
@@ -138,9 +140,9 @@ static void on_message(struct mailbox *mb, struct list_node *node, enum mailbox_
         break;
     case WORKER_MSG_CANCEL:
         if (delivered)
-            h->cancel(worker, m->pid, m->key, m->reply_to, m->ticket);
+            h->cancel(worker, m->pid, m->key, m->reply_to, m->answer);
         else
-            worker_post_cancel_done(m->reply_to, m->ticket);
+            worker_post_cancel_done(m->reply_to, m->answer);
         break;
     case WORKER_MSG_WAKE:
         if (delivered && sluice_serving(worker))
@@ -367,28 +369,34 @@ void worker_post_control(struct worker *worker, enum control_op op, const char *
 int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
                        struct cancel_job *ticket)
 {
+    /* The answer is made here, on the requester's thread, with the question: made on the
+     * owner's when the cancel is done, a failed allocation there lost it, and the requester
+     * waited in CANCEL_WAIT until its client gave up. Out of memory now, nothing is posted and
+     * the requester is answered at once (cancel.c). */
     struct worker_msg *m = msg_new(WORKER_MSG_CANCEL);
-    if (!m)
+    struct worker_msg *answer = msg_new(WORKER_MSG_CANCEL_DONE);
+    if (!m || !answer) {
+        free(m);
+        free(answer);
         return UV_ENOMEM;
+    }
+    answer->ticket = ticket;
     m->pid = pid;
     m->key = key;
     m->reply_to = reply_to;
-    m->ticket = ticket;
+    m->answer = answer;
     if (!post(worker, m)) {
+        free(answer);
         free(m);
         return UV_ECANCELED;
     }
     return 0;
 }
 
-void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket)
+void worker_post_cancel_done(struct worker *worker, struct worker_msg *answer)
 {
-    struct worker_msg *m = msg_new(WORKER_MSG_CANCEL_DONE);
-    if (!m)
-        return; /* the ticket is the requester's thread's to free: left, as at exit below */
-    m->ticket = ticket;
-    if (!post(worker, m))
-        free(m); /* the requester's worker has closed its mailbox: its clients are gone */
+    if (!post(worker, answer))
+        free(answer); /* the requester's worker has closed its mailbox: its clients are gone */
 }
 
 void worker_wake(struct worker *from, int to)

@@ -51,7 +51,7 @@ struct worker_handlers {
     void (*kill_client)(struct worker *worker, uint64_t client_id);
     /* A CancelRequest for a pid the worker owns (cancel_remote_request). */
     void (*cancel)(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
-                   struct cancel_job *ticket);
+                   struct worker_msg *answer);
     /* The owner's answer, on the requester's thread (cancel_remote_done). */
     void (*cancel_done)(struct cancel_job *ticket);
     /* Another worker's waiters need servers: offer idle ones (handover_scan). */
@@ -98,11 +98,13 @@ void worker_post_reload(struct worker *worker, struct config *cfg);
  * seq: proc->pause_seq for a PAUSE (the worker reports its pools idle under it), else 0. */
 void worker_post_control(struct worker *worker, enum control_op op, const char *db, unsigned seq);
 /* A CancelRequest for a pid worker owns (cancel.c), its requester waiting on reply_to's
- * ticket. 0, or UV_ECANCELED/UV_ENOMEM (nothing posted). */
+ * ticket. The answer that hands the ticket back is made with it (the handler's answer), so
+ * nothing the owner does can fail to send it. 0, or UV_ECANCELED/UV_ENOMEM (nothing posted). */
 int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
                        struct cancel_job *ticket);
-/* The owner's answer: ticket back to the requester's worker. */
-void worker_post_cancel_done(struct worker *worker, struct cancel_job *ticket);
+/* The owner's answer, made by worker_post_cancel, back to the requester's worker: sent exactly
+ * once, on every path (it allocates nothing); no longer the caller's. */
+void worker_post_cancel_done(struct worker *worker, struct worker_msg *answer);
 /* A slot freed on from's thread: wake the worker the ledger's give named (ledger.h: its
  * waiters were held by a cap; LEDGER_NO_WORKER: none). from itself dispatches at the end of
  * this loop iteration; another worker gets a message and dispatches its pools. */

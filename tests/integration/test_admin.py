@@ -230,6 +230,18 @@ def test_console_works_with_psql_and_the_pgbouncer_name(start_sluice):
     assert p.stdout.startswith("sluice ")
 
 
+def test_the_consoles_pool_is_logged_as_the_console(start_sluice):
+    """The console's pool opens no server: its creation line says so. It read "transaction mode,
+    pool_size 20", the main section's, which described a pool it is not."""
+    s = start(start_sluice)
+    with console(s) as adm:
+        show(adm, "VERSION")
+    created = [line for line in s.log if "pool sluice/admin created" in line]
+    assert len(created) == 1, s.log
+    assert "admin console, answered by sluice (no servers)" in created[0], created
+    assert "pool_size" not in created[0], created
+
+
 # ---- who may do what -------------------------------------------------------------------------------
 
 

@@ -391,6 +391,43 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
     free_app(worker);
 }
 
+/* The state the grant and claim tests start from: database a (keys a1, a2, a3 of users u1..u3)
+ * and b (key b2) under default_pool_size = pool_size and max_db_connections = max_db (0: none);
+ * worker 0 holds `held` servers of a1, so worker 1's take of `waiter` is refused for `refusal`,
+ * and that waiter (arrived at 100, one client) is registered with ledger_wait_need. */
+struct waiter_on_worker_1 {
+    struct worker *worker;
+    struct ledger *l;
+    struct ledger_key *a1, *a2, *a3, *b2;
+    struct ledger_caps caps;
+};
+
+static bool a1_held_and_a_waiter_on_worker_1(struct waiter_on_worker_1 *s, int pool_size,
+                                             int max_db, int held, const char *waiter_user,
+                                             enum limit_kind refusal)
+{
+    char ini[256];
+    snprintf(ini, sizeof(ini),
+             "[sluice]\ndefault_pool_size = %d\nmax_db_connections = %d\n"
+             "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n",
+             pool_size, max_db);
+    s->worker = app_from(ini);
+    if (!s->worker)
+        return false;
+    s->l = &s->worker->proc->ledger;
+    s->a1 = pool_get(s->worker, NULL, "u1", "a")->ledger_key;
+    s->a2 = pool_get(s->worker, NULL, "u2", "a")->ledger_key;
+    s->a3 = pool_get(s->worker, NULL, "u3", "a")->ledger_key;
+    s->b2 = pool_get(s->worker, NULL, "u2", "b")->ledger_key;
+    s->caps = (struct ledger_caps){.pool = pool_size, .db = max_db};
+    for (int i = 0; i < held; i++)
+        CHECK_INT(ledger_take_server(s->l, s->a1, 0, &s->caps), LIMIT_NONE);
+    struct ledger_key *waiter = pool_get(s->worker, NULL, waiter_user, "a")->ledger_key;
+    CHECK_INT(ledger_take_server(s->l, waiter, 1, &s->caps), refusal);
+    CHECK_INT(ledger_wait_need(s->l, waiter, 1, refusal, 100, 1, &s->caps, 0), 1);
+    return true;
+}
+
 /* A slot freed while another worker's older waiter is registered is kept for that waiter (issue
  * 21: the longest waiter across workers goes first): the give takes it for the waiter's key in
  * the same critical section (a grant, counted in transit), so a younger take on the freeing
@@ -399,19 +436,14 @@ static void a_freed_slot_wakes_the_oldest_worker_it_serves(void)
  * does not use is dropped, and goes on to the next waiter it serves. */
 static void a_freed_slot_is_kept_for_the_older_waiter_it_wakes(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\nmax_db_connections = 2\n"
-                                     "[databases]\na = host=127.0.0.1\n");
-    if (!worker)
-        return;
-    struct ledger *l = &worker->proc->ledger;
-    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
-    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
-    struct ledger_key *a3 = pool_get(worker, NULL, "u3", "a")->ledger_key;
-    struct ledger_caps caps = {.pool = 1, .db = 2};
     /* pool_size: worker 1's waiter (arrived at 100) is held while worker 0 has a1's one slot */
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_POOL);
-    CHECK_INT(ledger_wait_need(l, a1, 1, LIMIT_POOL, 100, 1, &caps, 0), 1);
+    struct waiter_on_worker_1 s;
+    if (!a1_held_and_a_waiter_on_worker_1(&s, 1, 2, 1, "u1", LIMIT_POOL))
+        return;
+    struct worker *worker = s.worker;
+    struct ledger *l = s.l;
+    struct ledger_key *a1 = s.a1, *a2 = s.a2, *a3 = s.a3;
+    struct ledger_caps caps = s.caps;
     CHECK_INT(ledger_give_server(l, a1, 0), 1);
     CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_POOL); /* worker 0's younger one */
     CHECK_INT(ledger_take_server(l, a1, 2, &caps), LIMIT_POOL); /* a third worker's */
@@ -455,18 +487,12 @@ static void a_freed_slot_is_kept_for_the_older_waiter_it_wakes(void)
  * dispatch. Before, the take used it unchecked and a server opened above the lowered cap. */
 static void a_grant_is_taken_only_under_the_takers_caps_now(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 2\nmax_db_connections = 2\n"
-                                     "[databases]\na = host=127.0.0.1\n");
-    if (!worker)
+    struct waiter_on_worker_1 s;
+    if (!a1_held_and_a_waiter_on_worker_1(&s, 2, 2, 2, "u2", LIMIT_DB))
         return;
-    struct ledger *l = &worker->proc->ledger;
-    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
-    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
-    struct ledger_caps caps = {.pool = 2, .db = 2};
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
-    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    struct ledger *l = s.l;
+    struct ledger_key *a1 = s.a1, *a2 = s.a2;
+    struct ledger_caps caps = s.caps;
     CHECK_INT(ledger_give_server(l, a1, 0), 1); /* granted under max_db_connections = 2 */
     CHECK_INT(ledger_db_servers(l, "a"), 2);
     /* a reload lowered max_db_connections to 1 before worker 1 took it */
@@ -489,7 +515,7 @@ static void a_grant_is_taken_only_under_the_takers_caps_now(void)
     CHECK(!ledger_drop_grant(l, 1, &wake));
     CHECK_INT(ledger_db_servers(l, "a"), 2);
     CHECK_INT(a2->servers, 1);
-    free_app(worker);
+    free_app(s.worker);
 }
 
 /* A grant dropped unused goes on to the oldest waiter it serves but the dropping worker's own
@@ -499,18 +525,12 @@ static void a_grant_is_taken_only_under_the_takers_caps_now(void)
  * slot that the grant had just kept from the older one. */
 static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\nmax_db_connections = 1\n"
-                                     "[databases]\na = host=127.0.0.1\n");
-    if (!worker)
+    struct waiter_on_worker_1 s;
+    if (!a1_held_and_a_waiter_on_worker_1(&s, 1, 1, 1, "u2", LIMIT_DB))
         return;
-    struct ledger *l = &worker->proc->ledger;
-    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
-    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
-    struct ledger_key *a3 = pool_get(worker, NULL, "u3", "a")->ledger_key;
-    struct ledger_caps caps = {.pool = 1, .db = 1};
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
-    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    struct ledger *l = s.l;
+    struct ledger_key *a1 = s.a1, *a3 = s.a3;
+    struct ledger_caps caps = s.caps;
     CHECK_INT(ledger_take_server(l, a3, 1, &caps), LIMIT_DB);
     CHECK_INT(ledger_wait_need(l, a3, 1, LIMIT_DB, 150, 1, &caps, 0), 1);
     CHECK_INT(ledger_take_server(l, a3, 2, &caps), LIMIT_DB);
@@ -528,7 +548,7 @@ static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(voi
     CHECK(!ledger_drop_grant(l, 1, &wake));
     CHECK_INT(ledger_db_servers(l, "a"), 1);
     CHECK_INT(ledger_wait_oldest(l, NULL), 2);
-    free_app(worker);
+    free_app(s.worker);
 }
 
 /* A grant a give makes while its worker's dispatch runs, after that dispatch's take of the key,
@@ -537,16 +557,13 @@ static void a_dropped_grant_goes_to_the_droppers_older_waiter_of_another_key(voi
  * and the older one it was kept for registered again behind it. */
 static void a_grant_made_during_a_dispatch_is_the_next_dispatchs(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 1\n"
-                                     "[databases]\na = host=127.0.0.1\n");
-    if (!worker)
+    struct waiter_on_worker_1 s;
+    if (!a1_held_and_a_waiter_on_worker_1(&s, 1, 0, 1, "u1", LIMIT_POOL))
         return;
-    struct ledger *l = &worker->proc->ledger;
-    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
-    struct ledger_caps caps = {.pool = 1};
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a1, 1, &caps), LIMIT_POOL);
-    CHECK_INT(ledger_wait_need(l, a1, 1, LIMIT_POOL, 100, 1, &caps, 0), 1);
+    struct worker *worker = s.worker;
+    struct ledger *l = s.l;
+    struct ledger_key *a1 = s.a1;
+    struct ledger_caps caps = s.caps;
     CHECK_INT(ledger_take_server(l, a1, 2, &caps), LIMIT_POOL);
     CHECK_INT(ledger_wait_need(l, a1, 2, LIMIT_POOL, 200, 1, &caps, 0), 1);
     /* worker 1's dispatch: its take of a1 ran (refused), then worker 0's give grants to it */
@@ -581,19 +598,12 @@ static void a_grant_made_during_a_dispatch_is_the_next_dispatchs(void)
  * waiter. Not within the slack, not for a waiter the close would not make room for. */
 static void a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap(void)
 {
-    struct worker *worker = app_from("[sluice]\ndefault_pool_size = 2\nmax_db_connections = 2\n"
-                                     "[databases]\na = host=127.0.0.1\nb = host=127.0.0.1\n");
-    if (!worker)
+    struct waiter_on_worker_1 s;
+    if (!a1_held_and_a_waiter_on_worker_1(&s, 2, 2, 2, "u2", LIMIT_DB))
         return;
-    struct ledger *l = &worker->proc->ledger;
-    struct ledger_key *a1 = pool_get(worker, NULL, "u1", "a")->ledger_key;
-    struct ledger_key *a2 = pool_get(worker, NULL, "u2", "a")->ledger_key;
-    struct ledger_key *b2 = pool_get(worker, NULL, "u2", "b")->ledger_key;
-    struct ledger_caps caps = {.pool = 2, .db = 2};
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a1, 0, &caps), LIMIT_NONE);
-    CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_DB);
-    CHECK_INT(ledger_wait_need(l, a2, 1, LIMIT_DB, 100, 1, &caps, 0), 1);
+    struct ledger *l = s.l;
+    struct ledger_key *a1 = s.a1, *a2 = s.a2, *b2 = s.b2;
+    struct ledger_caps caps = s.caps;
     /* worker 0 releases an a1 server with its own waiter of a1 there since 103: within the
      * slack, it serves its own */
     struct ledger_claim c = ledger_claim_older(l, a1, 0, 103, 5, 0, 0);
@@ -613,7 +623,7 @@ static void a_released_server_closes_for_an_older_waiter_of_another_key_under_a_
     CHECK_INT(ledger_take_server(l, a2, 1, &caps), LIMIT_NONE);
     ledger_wait_done(l, a2, 1);
     CHECK_INT(ledger_db_servers(l, "a"), 2);
-    free_app(worker);
+    free_app(s.worker);
 }
 
 /* auth_query's connections are capped for the process (caps.pool), every worker's together:
