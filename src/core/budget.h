@@ -43,6 +43,14 @@ struct budget {
     /* servers linked to its clients now, per worker (counted by ledger.c only, each share by
      * its worker: a lease is taken and given on its client's worker); budget_leases sums */
     struct budget_lease_share lease_share[BUDGET_LEASE_SHARES];
+    /* The order of its waiters across workers (ledger.h, ledger_note_lease_wait): element i is
+     * the arrival (ledger_now_ms) of worker i's oldest waiter that a lease limit of this budget
+     * held, 0: none; written under the ledger's lock by worker i only (so it reads its own
+     * without the lock), read under the lock by the others. lease_waits counts the elements
+     * that are not 0 (under the lock): a take reads no element while it is 0. Written only
+     * while the budget's leases are contended, so off the per-transaction path. */
+    uint64_t lease_wait_since[BUDGET_LEASE_SHARES];
+    int lease_waits;
 };
 
 /* b's leases on the first nworkers workers (the process's nworkers: all of them). Exact under

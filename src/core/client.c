@@ -155,8 +155,8 @@ void client_set_state(struct client *c, enum client_state next)
         list_append(to, &c->node);
         if (from == &c->worker->login_clients)
             give_login_place(c);
-        else if (c->pool && from == &c->pool->waiting && list_empty(from))
-            pool_waiters_left(c->pool);
+        else if (c->pool && from == &c->pool->waiting)
+            pool_waiter_left(c->pool, c);
     }
     if (next == CLIENT_CLOSING || next == CLIENT_CLOSED)
         client_login_give_slot(c); /* leaving: no longer a logged-in client for the caps */

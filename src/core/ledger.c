@@ -378,14 +378,32 @@ static void lease_add(const struct worker *worker, struct budget *b, int by)
     atomic_store_explicit(share, n, memory_order_relaxed);
 }
 
+/* Under the lock: the other workers' oldest waiters of b that a lease limit holds and that
+ * arrived more than LEDGER_LEASE_SLACK_MS before since_ms: the room of b's max_servers is
+ * theirs first (issue 21: the longest waiter across workers goes first). */
+static int older_lease_waits_elsewhere(const struct worker *worker, const struct budget *b,
+                                       uint64_t since_ms)
+{
+    if (b->lease_waits == 0 || since_ms <= LEDGER_LEASE_SLACK_MS)
+        return 0;
+    int n = 0;
+    for (int i = 0; i < worker->proc->nworkers && i < BUDGET_LEASE_SHARES; i++) {
+        uint64_t w = b->lease_wait_since[i];
+        n += i != (int)worker->index && w != 0 && w < since_ms - LEDGER_LEASE_SLACK_MS;
+    }
+    return n;
+}
+
 /* Under the lock (the counts); the rules are the worker's own generation's (budget.h). */
-static enum limit_kind lease_limit(const struct worker *worker, const struct budget *b)
+static enum limit_kind lease_limit(const struct worker *worker, const struct budget *b,
+                                   uint64_t since_ms)
 {
     const struct budget_set *set = worker->budgets;
     const struct budget_rule *own = budget_rule_of(set, b);
     const int nworkers = worker->proc->nworkers;
     int leases_of_b = budget_leases(b, nworkers);
-    if (own && own->max_servers > 0 && leases_of_b >= own->max_servers)
+    if (own && own->max_servers > 0 &&
+        leases_of_b + older_lease_waits_elsewhere(worker, b, since_ms) >= own->max_servers)
         return LIMIT_BUDGET;
     int held_for_others = 0, leases = 0, any_min = 0;
     for (int i = 0; set && i < set->n; i++) {
@@ -409,17 +427,18 @@ static bool leases_unchecked(const struct worker *worker)
     return !atomic_load_explicit(&worker->proc->ledger.lease_caps, memory_order_relaxed);
 }
 
-enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b)
+enum limit_kind ledger_lease_limit_since(const struct worker *worker, const struct budget *b,
+                                         uint64_t since_ms)
 {
     if (!b || leases_unchecked(worker))
         return LIMIT_NONE;
     lock(&worker->proc->ledger);
-    enum limit_kind k = lease_limit(worker, b);
+    enum limit_kind k = lease_limit(worker, b, since_ms);
     unlock(&worker->proc->ledger);
     return k;
 }
 
-int ledger_lease_room(const struct worker *worker, const struct budget *b)
+int ledger_lease_room_since(const struct worker *worker, const struct budget *b, uint64_t since_ms)
 {
     if (!b || leases_unchecked(worker))
         return -1;
@@ -427,15 +446,16 @@ int ledger_lease_room(const struct worker *worker, const struct budget *b)
     int max = own ? own->max_servers : 0;
     lock(&worker->proc->ledger);
     int room = -1;
-    if (lease_limit(worker, b) != LIMIT_NONE)
+    if (lease_limit(worker, b, since_ms) != LIMIT_NONE)
         room = 0;
     else if (max > 0)
-        room = max - budget_leases(b, worker->proc->nworkers);
+        room = max - budget_leases(b, worker->proc->nworkers) -
+               older_lease_waits_elsewhere(worker, b, since_ms);
     unlock(&worker->proc->ledger);
     return room;
 }
 
-enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
+enum limit_kind ledger_take_lease_since(struct worker *worker, struct budget *b, uint64_t since_ms)
 {
     if (!b)
         return LIMIT_NONE;
@@ -444,7 +464,7 @@ enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
         return LIMIT_NONE;
     }
     lock(&worker->proc->ledger);
-    enum limit_kind k = lease_limit(worker, b);
+    enum limit_kind k = lease_limit(worker, b, since_ms);
     if (k == LIMIT_NONE)
         lease_add(worker, b, 1);
     unlock(&worker->proc->ledger);
@@ -458,14 +478,40 @@ void ledger_give_lease(struct worker *worker, struct budget *b)
         lease_add(worker, b, -1);
 }
 
-int ledger_note_lease_wait(struct worker *worker, const struct budget *b)
+/* Under the lock: worker's oldest waiter of b held by a lease limit arrived at since_ms (0:
+ * it has none now). */
+static void set_lease_wait(struct budget *b, int worker, uint64_t since_ms)
+{
+    uint64_t *entry = &b->lease_wait_since[worker];
+    b->lease_waits += (since_ms != 0) - (*entry != 0);
+    *entry = since_ms;
+}
+
+int ledger_note_lease_wait(struct worker *worker, struct budget *b, uint64_t since_ms)
 {
     struct ledger *l = &worker->proc->ledger;
+    int self = (int)(worker->index % BUDGET_LEASE_SHARES);
+    if (since_ms != 0 && (b->lease_wait_since[self] == 0 || since_ms < b->lease_wait_since[self])) {
+        lock(l);
+        set_lease_wait(b, self, since_ms);
+        unlock(l);
+    }
     uint64_t bit = UINT64_C(1) << (worker->index % LEDGER_WORKERS);
     if (!(atomic_load_explicit(&l->lease_waiters, memory_order_relaxed) & bit))
         atomic_fetch_or_explicit(&l->lease_waiters, bit, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
-    return ledger_lease_room(worker, b); /* a give just before the bit was seen: room again */
+    /* a give just before the bit was seen: room again */
+    return ledger_lease_room_since(worker, b, since_ms);
+}
+
+void ledger_lease_wait_moved(struct worker *worker, struct budget *b, uint64_t next_since_ms)
+{
+    int self = (int)(worker->index % BUDGET_LEASE_SHARES);
+    if (b->lease_wait_since[self] == 0 || b->lease_wait_since[self] == next_since_ms)
+        return; /* none noted (a waiter not held by a lease limit is not noted), or no change */
+    lock(&worker->proc->ledger);
+    set_lease_wait(b, self, next_since_ms);
+    unlock(&worker->proc->ledger);
 }
 
 uint64_t ledger_take_lease_waiters(struct ledger *l, int self)

@@ -271,18 +271,46 @@ enum limit_kind ledger_over_limit(const struct ledger *l, const struct ledger_ke
 int ledger_db_servers(const struct ledger *l, const char *db_name);
 int ledger_user_servers(const struct ledger *l, const char *user_name);
 
-/* Leases of budget b: may a client of b be given a server now (b's max_servers, and the servers
- * left must still cover every other budget's unused min_servers)? The numbers are the rules of
- * the worker's own budget generation (worker->budgets); the counts are read under the lock. */
-enum limit_kind ledger_lease_limit(const struct worker *worker, const struct budget *b);
-/* How many more servers a client of b may be given now: 0 when held back, -1 when only the
- * other limits bound it. */
-int ledger_lease_room(const struct worker *worker, const struct budget *b);
-/* Take a lease for a client of b before it is given a server: LIMIT_NONE and worker's share of
- * b's leases + 1, or the binding limit and nothing changed. b NULL: nothing to count. A lease is
- * given back on the worker that took it (its client's), the only thread that writes its share. */
-enum limit_kind ledger_take_lease(struct worker *worker, struct budget *b)
+/* Leases of budget b: may a client of b that began to wait at since_ms (ledger_now_ms) be
+ * given a server now (b's max_servers, and the servers left must still cover every other
+ * budget's unused min_servers)? The numbers are the rules of the worker's own budget generation
+ * (worker->budgets); the counts are read under the lock. The room of b's max_servers goes to
+ * the longest waiter across workers first: each other worker's oldest waiter of b that a lease
+ * limit held (ledger_note_lease_wait) and that arrived more than LEDGER_LEASE_SLACK_MS before
+ * since_ms holds one lease of the room for itself (since_ms 0: none is older). */
+#define LEDGER_LEASE_SLACK_MS 5
+enum limit_kind ledger_lease_limit_since(const struct worker *worker, const struct budget *b,
+                                         uint64_t since_ms);
+/* How many more servers a client of b that began to wait at since_ms may be given now: 0 when
+ * held back, -1 when only the other limits bound it. */
+int ledger_lease_room_since(const struct worker *worker, const struct budget *b, uint64_t since_ms);
+/* Take a lease for a client of b (waiting since since_ms) before it is given a server:
+ * LIMIT_NONE and worker's share of b's leases + 1, or the binding limit and nothing changed.
+ * b NULL: nothing to count. A lease is given back on the worker that took it (its client's),
+ * the only thread that writes its share. */
+enum limit_kind ledger_take_lease_since(struct worker *worker, struct budget *b, uint64_t since_ms)
     __attribute__((warn_unused_result));
+/* The same for a client no other worker's waiter comes before (since_ms 0): one worker. */
+static inline enum limit_kind ledger_lease_limit(const struct worker *worker,
+                                                 const struct budget *b)
+{
+    return ledger_lease_limit_since(worker, b, 0);
+}
+static inline int ledger_lease_room(const struct worker *worker, const struct budget *b)
+{
+    return ledger_lease_room_since(worker, b, 0);
+}
+__attribute__((warn_unused_result)) static inline enum limit_kind
+ledger_take_lease(struct worker *worker, struct budget *b)
+{
+    return ledger_take_lease_since(worker, b, 0);
+}
+/* Lock-free: are leases checked at all (some budget has max_servers or min_servers)? When not,
+ * a caller need not compute a waiter's since_ms for the calls above. */
+static inline bool ledger_leases_checked(const struct ledger *l)
+{
+    return atomic_load_explicit(&l->lease_caps, memory_order_relaxed);
+}
 void ledger_give_lease(struct worker *worker, struct budget *b);
 /* With workers, a lease given back on one worker may be the room a waiter on another was held
  * for (its budget's max_servers, or another budget's min_servers): that worker is woken at once,
@@ -291,8 +319,13 @@ void ledger_give_lease(struct worker *worker, struct budget *b);
  * the other workers' bits off (the ones to wake: worker_wake), and nothing when leases are not
  * checked. Both sides fence, so that a waiter noting itself just after a give's take either is
  * seen by the give or sees the room on its check again (ledger_note_lease_wait returns the
- * room then, as ledger_lease_room). */
-int ledger_note_lease_wait(struct worker *worker, const struct budget *b);
+ * room then, as ledger_lease_room). The note also keeps since_ms, the arrival of the waiter, as
+ * worker's oldest waiter of b (budget.h's lease_wait_since: the other workers' younger waiters
+ * leave it a lease of b's room, ledger_lease_limit) until ledger_lease_wait_moved replaces it. */
+int ledger_note_lease_wait(struct worker *worker, struct budget *b, uint64_t since_ms);
+/* A waiter of b on worker left its queue (served, or gone): worker's oldest waiter of b is now
+ * the one that arrived at next_since_ms (0: none). No lock unless worker had one noted. */
+void ledger_lease_wait_moved(struct worker *worker, struct budget *b, uint64_t next_since_ms);
 uint64_t ledger_take_lease_waiters(struct ledger *l, int self);
 /* A client of b logs in: false when b has max_clients (its rule in worker's generation)
  * connected (nothing changed). */

@@ -190,6 +190,41 @@ static bool budget_leases_agree(const struct worker *worker)
     return ok;
 }
 
+/* Does a pool of the worker have a client of b in its queue? */
+static bool has_waiter_of(const struct worker *worker, const struct budget *b)
+{
+    struct list_node *pn, *ptmp, *node, *tmp;
+    list_for_each(&worker->pools, pn, ptmp)
+    {
+        const struct pool *p = container_of(pn, struct pool, node);
+        list_for_each(&p->waiting, node, tmp)
+        {
+            if (container_of(node, struct client, node)->budget == b)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* The order of a budget's waiters across workers (ledger_note_lease_wait): the worker's oldest
+ * waiter of b noted is still in a queue of its own (else other workers' younger waiters leave
+ * it a lease of b's room for nobody), and lease_waits counts every worker's noted ones. */
+static bool lease_waits_agree(const struct worker *worker)
+{
+    bool ok = true;
+    for (const struct budget *b = worker->proc->budgets_known; b; b = b->next_known) {
+        int noted = 0;
+        for (int i = 0; i < BUDGET_LEASE_SHARES; i++)
+            noted += b->lease_wait_since[i] != 0;
+        ok &= agree_with("lease waits of budget", b->name, b->lease_waits,
+                         "its workers' noted waiters add up to", noted);
+        if (b->lease_wait_since[worker->index] != 0)
+            ok &= agree("waiters of budget noted held by its lease limit", b->name, 1,
+                        has_waiter_of(worker, b));
+    }
+    return ok;
+}
+
 /* A budget's clients are the process's (no share per worker): only one worker can walk them. */
 static bool budget_clients_agree(const struct worker *worker)
 {
@@ -240,6 +275,7 @@ bool ledger_audit(const struct worker *worker)
     }
     ok &= totals_are_sums_of_shares(l);
     ok &= budget_leases_agree(worker);
+    ok &= lease_waits_agree(worker);
     ledger_unlock(l);
     if (worker->proc->nworkers == 1)
         ok &= budget_clients_agree(worker);

@@ -418,7 +418,7 @@ static void dispatch(struct pool *p)
             close_server_for(s, closed_for_older, p);
             continue;
         }
-        if (ledger_take_lease(p->worker, c->budget) != LIMIT_NONE)
+        if (ledger_take_lease_since(p->worker, c->budget, pool_waiter_since(c)) != LIMIT_NONE)
             return; /* pool_first_eligible said it may: cannot happen, and must not loop */
         p->worker->pool_events->waiter_served(c, s);
     }
@@ -570,7 +570,7 @@ void pool_server_ready(struct server *s)
             maybe_connect(p);
         return;
     }
-    if (c && ledger_take_lease(worker, c->budget) == LIMIT_NONE) {
+    if (c && ledger_take_lease_since(worker, c->budget, pool_waiter_since(c)) == LIMIT_NONE) {
         worker->pool_events->waiter_served(c, s);
         return;
     }
@@ -725,8 +725,9 @@ void pool_maintain(struct pool *p, uint64_t now)
         p->worker->pool_events->offer_idle_servers(p);
 }
 
-void pool_waiters_left(struct pool *p)
+void pool_waiter_left(struct pool *p, const struct client *c)
 {
+    pool_lease_waiter_gone(c);
     /* what the next tick's maybe_connect would do, now: until then the stale entry would have
      * other workers move their idle servers here, or close them, for nobody */
     if (p->slot_wait == POOL_SLOT_WAIT_NOTED && list_empty(&p->waiting))

@@ -189,11 +189,13 @@ void pool_server_ready(struct server *s);
  * watched on this loop): it serves p's oldest waiter or stays idle, and p's need left in the
  * ledger is noted again. */
 void pool_take_moved(struct pool *p, struct server *s);
-/* p's last waiter left its waiting list (served, gone, timed out): with workers, p's entry in
- * the ledger's wait list goes at once. Left until the next tick, two workers' stale entries sent
- * an idle server back and forth between them, thousands of moves a second, and another worker
- * closed its idle server to make room for a waiter no longer there. */
-void pool_waiters_left(struct pool *p);
+/* c left p's waiting list (served, gone, timed out). When it was the last, with workers, p's
+ * entry in the ledger's wait list goes at once: left until the next tick, two workers' stale
+ * entries sent an idle server back and forth between them, thousands of moves a second, and
+ * another worker closed its idle server to make room for a waiter no longer there. When its
+ * worker's oldest waiter of c's budget was noted held by a lease limit, the ledger is told
+ * the next one (pool_lease_waiter_gone). */
+void pool_waiter_left(struct pool *p, const struct client *c);
 /* A server of p that was LEAVING is gone: room_for (if any) gets first go at the room. */
 void pool_server_gone(struct pool *p, struct pool *room_for);
 /* A cap of kind k (LIMIT_DB, LIMIT_USER or LIMIT_GLOBAL, in the scope of db_name and

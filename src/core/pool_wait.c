@@ -11,6 +11,7 @@
 #include "client.h"
 #include "ledger.h"
 #include "pool_breaker.h"
+#include "pool_waiters.h"
 #include "sluice.h"
 
 /* The reason a client waited too long: what actually held it back (a paused pool, servers
@@ -34,7 +35,7 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
                  p->db_name, p->user_name, secs, p->db_name);
         return;
     }
-    enum limit_kind k = ledger_lease_limit(p->worker, c->budget);
+    enum limit_kind k = ledger_lease_limit_since(p->worker, c->budget, pool_waiter_since(c));
     if (k == LIMIT_BUDGET) {
         snprintf(msg, len,
                  "budget \"%s\" is full: %d of %d servers (max_servers) busy for %.1f s "

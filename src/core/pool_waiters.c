@@ -16,6 +16,41 @@ uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
     return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
+uint64_t pool_waiter_since(const struct client *c)
+{
+    const struct worker *worker = c->worker;
+    if (!c->budget || !ledger_leases_checked(&worker->proc->ledger))
+        return 0; /* the default config's per-transaction path: no clock read */
+    uint64_t waited = sluice_now(worker) - c->state_since_ms, now = ledger_now_ms();
+    return now > waited ? now - waited : 1;
+}
+
+void pool_lease_waiter_gone(const struct client *c)
+{
+    struct budget *b = c->budget;
+    if (!b || b->lease_wait_since[c->worker->index % BUDGET_LEASE_SHARES] == 0)
+        return; /* one load of a line only a contended budget writes: the per-transaction path */
+    /* Each queue is in arrival order: its first waiter of b is its oldest. */
+    const struct client *oldest = NULL;
+    struct list_node *pn, *ptmp, *node, *tmp;
+    list_for_each(&c->worker->pools, pn, ptmp)
+    {
+        const struct pool *p = container_of(pn, struct pool, node);
+        if (p->paused)
+            continue;
+        list_for_each(&p->waiting, node, tmp)
+        {
+            const struct client *w = container_of(node, struct client, node);
+            if (w == c || w->budget != b)
+                continue;
+            if (!oldest || w->state_since_ms < oldest->state_since_ms)
+                oldest = w;
+            break;
+        }
+    }
+    ledger_lease_wait_moved(c->worker, b, oldest ? pool_waiter_since(oldest) : 0);
+}
+
 /* Clients of budget b in other pools than c's that have waited longer than c, counting up to
  * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
  * client. This worker's pools only, and rightly: it orders this worker's waiters for the room
@@ -49,9 +84,10 @@ static int older_budget_waiters_elsewhere(const struct client *c, int enough)
  * pool they are in, or a busy pool would keep every server the budget may hold. */
 static bool may_lease(const struct client *c)
 {
-    int room = ledger_lease_room(c->worker, c->budget);
-    if (room == 0 && c->worker->proc->nworkers > 1)
-        room = ledger_note_lease_wait(c->worker, c->budget); /* woken by a give elsewhere */
+    uint64_t since = pool_waiter_since(c);
+    int room = ledger_lease_room_since(c->worker, c->budget, since);
+    if (room == 0 && c->worker->proc->nworkers > 1) /* woken by a give elsewhere */
+        room = ledger_note_lease_wait(c->worker, c->budget, since);
     if (room == 0)
         return false;
     return room < 0 || c->worker->pools.count <= 1 ||
@@ -86,7 +122,7 @@ int pool_count_eligible(const struct pool *p, int enough)
     if (!room)
         return 0; /* tried again at the next lease or tick */
     for (int i = 0; i < set->n; i++)
-        room[i] = ledger_lease_room(p->worker, set->rules[i].budget);
+        room[i] = ledger_lease_room(p->worker, set->rules[i].budget); /* no order here */
     int n = 0;
     struct list_node *node, *tmp;
     list_for_each(&p->waiting, node, tmp)

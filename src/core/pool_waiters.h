@@ -10,9 +10,17 @@
 #define SLUICE_POOL_WAITERS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "pool.h"
 
+/* When c began to wait, on the clock comparable across workers (ledger_now_ms), for the order
+ * of a budget's leases (ledger_lease_limit); 0 when no budget's leases are checked. */
+uint64_t pool_waiter_since(const struct client *c);
+/* c left its pool's queue (served, or gone; client_set_state): its worker's oldest waiter of
+ * c's budget held by a lease limit, as the ledger keeps it for the other workers, is the next
+ * one now. One load, no lock, unless c's budget has such a waiter noted on c's worker. */
+void pool_lease_waiter_gone(const struct client *c);
 /* The first waiter of p, in FIFO order, that may have a server now, or NULL. */
 struct client *pool_first_eligible(const struct pool *p);
 /* How many waiters of p could use a new server: at most `enough`, and for each budget no more

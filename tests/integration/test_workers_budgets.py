@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, APP_USER, BackendSampler, wait_until
-from multiworker import WORKERS
+from multiworker import ADMIN, SLOW, WORKERS, workers_by_app
 
 
 @pytest.fixture
@@ -211,3 +211,48 @@ def test_a_lease_given_back_on_one_worker_serves_a_budget_waiter_on_another_at_o
         opened = [line for line in s.log_since(mark) if "connected to backend" in line]
         assert not opened, f"worker 1 opened a server beside its idle one: {opened}"
         assert took < 0.05, f"seed-2 was served {took:.3f} s after the lease came back"
+
+
+def _served_in_order(s, clients, sql, gap_s):
+    """Each client of `clients` runs sql from a thread of its own, gap_s apart (so that their
+    arrival order is known); returns the threads and {name: monotonic end time}."""
+    done, threads = {}, []
+    for name, c in clients:
+        def run(c=c, name=name):
+            c.execute(sql)
+            done[name] = time.monotonic()
+        t = threading.Thread(target=run)
+        t.start()
+        threads.append(t)
+        time.sleep(gap_s)
+    return threads, done
+
+
+@pytest.mark.timeout(90)
+def test_a_lease_given_back_goes_to_the_longest_waiter_whatever_its_worker(start_workers):
+    """seeds may hold one server (max_servers = 1): seed-h on worker 0 holds it; seed-old on
+    worker 1 begins to wait, then 1 s later seed-young on worker 0. When seed-h commits on
+    worker 0, the lease goes to seed-old, which waited longer (issue 21: the longest waiter
+    across workers goes first). Before, worker 0 gave it to its own younger waiter (local
+    first), and seed-old was served only after seed-young's query."""
+    s = start_workers({"workers": 2, "pool_mode": "transaction", "default_pool_size": 4,
+                       "admin_users": ADMIN,
+                       "query_wait_timeout": 30},
+                      {"seeds": "app=seed* max_servers=1"})
+    with connect(s, "seed-h") as h, connect(s, "seed-old") as old, \
+            connect(s, "seed-young") as young:
+        where = workers_by_app(s)
+        assert where["seed-h"] == where["seed-young"] != where["seed-old"], where
+        old.execute("SELECT 0")  # each worker has an idle server of its own
+        young.execute("SELECT 0")
+        hold(h)
+        threads, done = _served_in_order(s, [("old", old), ("young", young)],
+                                         "SELECT pg_sleep(1)", 1.0 * SLOW)
+        assert not done, f"served while seed-h held the budget's only server: {done}"
+        h.execute("COMMIT")
+        for t in threads:
+            t.join(30)
+        assert set(done) == {"old", "young"}, done
+        assert done["old"] < done["young"], (
+            f"seed-young (worker {where['seed-young']}) was served "
+            f"{done['old'] - done['young']:.2f} s before seed-old, which waited 1 s longer")
