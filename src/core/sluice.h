@@ -133,6 +133,8 @@ struct worker {
 #define SLUICE_MAX_WORKERS CONFIG_THREADS_MAX /* the workers key's range */
 
 /* What there is one of per process. */
+#define SLUICE_SIGNALS 6
+
 struct process {
     uv_loop_t *loop;    /* signals, the listener and the services run here */
     struct config *cfg; /* owned; swapped whole on reload */
@@ -160,7 +162,8 @@ struct process {
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct list admin_waits;  /* console commands answered later (admin.c) */
     struct disabled_dbs disabled_dbs; /* DISABLE db: names whose new logins are refused */
-    uv_signal_t sig_hup, sig_int, sig_term;
+    /* SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 (sluice.c's handled_signals) */
+    uv_signal_t signals[SLUICE_SIGNALS];
 
     struct worker workers[SLUICE_MAX_WORKERS];
     int nworkers;
