@@ -513,6 +513,11 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
+bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
+{
+    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0;
+}
+
 void sluice_reload(struct process *proc)
 {
     struct config_diag diag = {0};
@@ -528,6 +533,13 @@ void sluice_reload(struct process *proc)
         return;
     }
     config_diag_free(&diag);
+    char why[1024];
+    if (!sluice_files_usable(next, why, sizeof(why))) {
+        log_msg(LOG_ERROR, "reload: %s", why);
+        log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
+        config_free(next);
+        return;
+    }
     if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
         config_free(next);
         log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");

@@ -179,8 +179,12 @@ extern const struct worker_handlers sluice_worker_handlers;
  * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
-/* Re-read the config file and environment; keep the old config when the new one is invalid. */
+/* Re-read the config file and environment; keep the old config when the new one is invalid,
+ * or names a client certificate or auth_hba_file/auth_ident_file that cannot be used. */
 void sluice_reload(struct process *proc);
+/* Can cfg's files that a reload puts in force at once (client TLS certificate, key and CA,
+ * auth_hba_file, auth_ident_file) be used? false with what is wrong in err. */
+bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen);
 /* Make next (a validated config whose reference the caller gives up) the process's, as a reload
  * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says
  * when all have), the old generation released. The console's SET (control_set). */

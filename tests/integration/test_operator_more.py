@@ -6,8 +6,10 @@ pg_stat_activity, the transactions it ran)."""
 import signal
 import time
 
+import psycopg
 import pytest
 
+from certs import make_pki
 from conftest import APP_USER, Background, wait_until
 from multiworker import console, pool_row, show
 
@@ -79,3 +81,76 @@ def test_sigusr1_pauses_and_sigusr2_resumes_every_worker_as_in_pgbouncer(start_s
     finally:
         for c in clients:
             c.close()
+
+
+# ---- a reload whose certificate or hba file cannot be used ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki-operator"))
+
+
+def config_of(adm, *keys):
+    return {r["key"]: r["value"] for r in show(adm, "CONFIG") if r["key"] in keys}
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_requiring_tls_with_a_missing_certificate_is_refused_whole(start_sluice, pki):
+    """The operator turns on client_tls_sslmode = require with a certificate path that is wrong.
+    Before, RELOAD answered RELOAD, sluice went on accepting plaintext logins (the old TLS
+    settings, as one log line said), and SHOW CONFIG showed require and the wrong path: the
+    console told the operator that TLS was enforced while it was not. Now the reload is refused
+    as a whole, as for any invalid file (F0000; the old configuration stays, SHOW CONFIG with
+    it), and the log names the file."""
+    s = two_workers(start_sluice, default_pool_size=2)
+    tls_keys = ("client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file",
+                "default_pool_size")
+    with console(s) as adm:
+        before = config_of(adm, *tls_keys)
+        s.ini_path.write_text(s.ini_path.read_text().replace(
+            "[sluice]\n", "[sluice]\nclient_tls_sslmode = require\n"
+            "client_tls_cert_file = /nonexistent/server.pem\n"
+            f"client_tls_key_file = {pki.server_key}\n").replace(
+            "default_pool_size = 2", "default_pool_size = 3"))
+        mark = s.mark()
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000", ei.value
+        assert config_of(adm, *tls_keys) == before
+        s.wait_for_log(r"client_tls_cert_file /nonexistent/server.pem", since=mark)
+        s.wait_for_log(r"keeping the old one", since=mark)
+        # SIGHUP says the same in the log and keeps the same
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"reload: the new configuration is invalid; keeping the old one",
+                       since=mark)
+        assert config_of(adm, *tls_keys) == before
+        # SET of a mode that the (absent) certificate cannot serve is refused, not shown
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("SET client_tls_sslmode = 'require'")
+        assert "client_tls_cert_file" in str(ei.value), ei.value
+        assert config_of(adm, *tls_keys) == before
+    with s.connect(sslmode="disable") as c:  # what the running settings allow, as shown
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_naming_a_broken_hba_file_is_refused_whole(start_sluice, pg, tmp_path):
+    """auth_type = hba, and the reload names a new auth_hba_file with a line sluice cannot
+    read: the rules in force stay, so SHOW CONFIG must keep naming the file they came from."""
+    good = tmp_path / "good.conf"
+    good.write_text("host all all 127.0.0.1/32 trust\n")
+    bad = tmp_path / "bad.conf"
+    bad.write_text("host all all everywhere trust\n")
+    s = two_workers(start_sluice, auth_type="hba", auth_hba_file=str(good))
+    with console(s) as adm:
+        s.ini_path.write_text(s.ini_path.read_text().replace(str(good), str(bad)))
+        mark = s.mark()
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000", ei.value
+        assert config_of(adm, "auth_hba_file") == {"auth_hba_file": str(good)}
+        s.wait_for_log(r"everywhere", since=mark)
+    with s.connect() as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
