@@ -3,15 +3,18 @@
 console and /metrics report against ground truth (the connections a test opened, the backends in
 pg_stat_activity, the transactions it ran)."""
 
+import json
 import signal
 import time
+import urllib.error
+import urllib.request
 
 import psycopg
 import pytest
 
 from certs import make_pki
-from conftest import APP_USER, Background, wait_until
-from multiworker import console, pool_row, show
+from conftest import APP_USER, Background, pick_port, wait_until
+from multiworker import console, pool_row, show, wait_pool
 
 WORKERS2 = {"workers": 2, "admin_users": "admin", "pool_mode": "transaction"}
 
@@ -154,3 +157,50 @@ def test_a_reload_naming_a_broken_hba_file_is_refused_whole(start_sluice, pg, tm
         s.wait_for_log(r"everywhere", since=mark)
     with s.connect() as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+# ---- what /health advises while a database is paused ---------------------------------------
+
+
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.timeout(60)
+def test_health_says_clients_wait_for_resume_not_for_a_bigger_pool_while_paused(start_sluice,
+                                                                                pg):
+    """During a PAUSE for maintenance the clients queue. /health used to tell the operator to
+    `raise default_pool_size (now 2)`: advice that would not release a single client, and that
+    an operator following the warnings (or an automation reading them) would act on. It now
+    names the pause and RESUME."""
+    port = pick_port()
+    s = two_workers(start_sluice, default_pool_size=2, http_listen_port=port,
+                    query_wait_timeout=30)
+    clients = [s.connect(application_name=f"c{i}") for i in range(4)]
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        with console(s) as adm:
+            adm.execute("PAUSE")
+            queued = [Background(lambda c=c: c.execute("SELECT 1").fetchone()) for c in clients]
+            wait_pool(adm, "every client queued", cl_waiting=4)
+
+            def paused_warning():
+                status, body = http_get(port, "/health")
+                warnings = json.loads(body)["warnings"]
+                return warnings if any("waiting" in w for w in warnings) else None
+            warnings = wait_until(paused_warning, 5, what="a warning about the waiting clients")
+            waiting = [w for w in warnings if "waiting" in w]
+            assert len(waiting) == 1, warnings
+            assert "paused" in waiting[0] and "RESUME" in waiting[0], waiting
+            assert "raise" not in waiting[0], waiting
+            adm.execute("RESUME")
+            for q in queued:
+                assert q.result(10) == (1,)
+    finally:
+        for c in clients:
+            c.close()
