@@ -38,8 +38,9 @@ static void usage(FILE *out)
             "                             defaults)\n"
             "\n"
             "Signals: SIGHUP reloads the config, SIGINT shuts down gracefully (transactions\n"
-            "finish, up to shutdown_timeout; a second SIGINT closes at once), SIGTERM shuts down\n"
-            "promptly. Both exit 0.\n",
+            "finish, up to shutdown_timeout; a second SIGINT closes at once), SIGTERM and\n"
+            "SIGQUIT shut down promptly; all exit 0. SIGUSR1 pauses every database (PAUSE),\n"
+            "SIGUSR2 resumes them (RESUME), as in PgBouncer.\n",
             SLUICE_VERSION);
 }
 

@@ -699,6 +699,28 @@ static int load_ident(const struct config *cfg, const char *when)
     return 0;
 }
 
+int auth_check(const struct config *cfg, char *err, size_t errlen)
+{
+    char why[700];
+    if (cfg->auth_hba_file[0]) {
+        struct hba *h = hba_load(cfg->auth_hba_file, why, sizeof(why));
+        if (!h) {
+            snprintf(err, errlen, "%s; keeping the previous auth_hba_file rules", why);
+            return -1;
+        }
+        hba_free(h);
+    }
+    if (cfg->auth_ident_file[0]) {
+        struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, why, sizeof(why));
+        if (!m) {
+            snprintf(err, errlen, "%s; keeping the previous auth_ident_file maps", why);
+            return -1;
+        }
+        hba_ident_free(m);
+    }
+    return 0;
+}
+
 int auth_init(const struct config *cfg)
 {
     if (RAND_bytes(fake_key, sizeof(fake_key)) != 1) {

@@ -26,6 +26,9 @@ struct ssl_st;
 /* Start-up: read auth_hba_file, make the key for unknown users' fake SCRAM secrets.
  * 0, or -1 after logging why (sluice does not start). */
 int auth_init(const struct config *cfg) __attribute__((warn_unused_result));
+/* Can cfg's auth_hba_file and auth_ident_file be read? 0, or -1 with what is wrong in err: a
+ * reload or SET that fails it is refused whole (SHOW CONFIG names only files in force). */
+int auth_check(const struct config *cfg, char *err, size_t errlen);
 /* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). Any thread
  * may run logins meanwhile: a login that started keeps the rules it read (snapshot.h). */
 void auth_reload(const struct config *cfg);

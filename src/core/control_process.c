@@ -56,7 +56,8 @@ int control_set(struct worker *worker, const char *key, const char *value, char 
         snprintf(err, errlen, "out of memory copying the configuration");
         return -1;
     }
-    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0) {
+    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0 ||
+        !sluice_files_usable(next, err, errlen)) {
         config_free(next);
         return -1;
     }

@@ -163,9 +163,8 @@ static void finish_if_done(struct process *proc)
     log_msg(LOG_INFO, "all connections closed; exiting");
     for (int i = 0; i < proc->nworkers; i++)
         worker_post_finish(&proc->workers[i]);
-    uv_close((uv_handle_t *)&proc->sig_hup, NULL);
-    uv_close((uv_handle_t *)&proc->sig_int, NULL);
-    uv_close((uv_handle_t *)&proc->sig_term, NULL);
+    for (int i = 0; i < SLUICE_SIGNALS; i++)
+        uv_close((uv_handle_t *)&proc->signals[i], NULL);
 }
 
 static void log_pool_stats(const struct view_pool *v, void *ctx)
@@ -251,18 +250,44 @@ static void on_maint_timer(uv_timer_t *t)
     finish_if_done(proc);
 }
 
+/* PgBouncer's signals (1.23+), which its operators and their scripts send: SIGHUP reloads,
+ * SIGINT is the graceful shutdown, SIGQUIT the immediate one, SIGUSR1 is PAUSE and SIGUSR2 RESUME
+ * of everything. SIGTERM closes at once (PgBouncer 1.23 made it wait for every client to leave,
+ * which a container's stop would cut short with SIGKILL anyway; SHUTDOWN WAIT_FOR_CLIENTS does
+ * that). Unhandled, SIGQUIT, SIGUSR1 and SIGUSR2 would kill the process, every client with it. */
+static const int handled_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2};
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct process *proc = h->data;
-    if (signum == SIGHUP)
+    struct worker *control = sluice_control_worker(proc);
+    switch (signum) {
+    case SIGHUP:
         sluice_reload(proc);
-    else if (signum == SIGINT)
+        break;
+    case SIGINT:
         /* PgBouncer: a SIGINT while a shutdown is already under way means "now", for the
          * operator whose graceful shutdown takes too long. */
         sluice_shutdown(proc, proc->phase == PHASE_RUNNING ? PHASE_SHUTDOWN_GRACEFUL
                                                            : PHASE_SHUTDOWN_NOW);
-    else
+        break;
+    case SIGUSR1:
+    case SIGUSR2:
+        if (proc->phase != PHASE_RUNNING) {
+            log_msg(LOG_WARNING, "%s ignored: sluice is shutting down",
+                    signum == SIGUSR1 ? "SIGUSR1 (PAUSE)" : "SIGUSR2 (RESUME)");
+            break;
+        }
+        log_msg(LOG_INFO, "%s: every database", signum == SIGUSR1 ? "SIGUSR1: PAUSE"
+                                                                  : "SIGUSR2: RESUME");
+        if (signum == SIGUSR1)
+            control_pause(control, NULL); /* the servers close as their clients finish */
+        else
+            control_resume(control, NULL);
+        break;
+    default: /* SIGTERM, SIGQUIT */
         sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+    }
 }
 
 /* auth_query's connections count under the caps like the pools' servers; the auth layer asks
@@ -416,13 +441,13 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     int rc = 0;
     for (int i = 0; i < proc->nworkers && rc == 0; i++)
         rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
-    uv_signal_init(loop, &proc->sig_hup);
-    uv_signal_init(loop, &proc->sig_int);
-    uv_signal_init(loop, &proc->sig_term);
-    proc->sig_hup.data = proc->sig_int.data = proc->sig_term.data = proc;
-    uv_signal_start(&proc->sig_hup, on_signal, SIGHUP);
-    uv_signal_start(&proc->sig_int, on_signal, SIGINT);
-    uv_signal_start(&proc->sig_term, on_signal, SIGTERM);
+    _Static_assert(sizeof(handled_signals) / sizeof(handled_signals[0]) == SLUICE_SIGNALS,
+                   "one handle per signal");
+    for (int i = 0; i < SLUICE_SIGNALS; i++) {
+        uv_signal_init(loop, &proc->signals[i]);
+        proc->signals[i].data = proc;
+        uv_signal_start(&proc->signals[i], on_signal, handled_signals[i]);
+    }
     if (rc < 0 || budget_sync(proc) < 0)
         return UV_ENOMEM;
     for (int i = 1; i < proc->nworkers; i++) /* worker 0 took it in budget_sync */
@@ -488,6 +513,11 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
+bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
+{
+    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0;
+}
+
 void sluice_reload(struct process *proc)
 {
     struct config_diag diag = {0};
@@ -503,6 +533,13 @@ void sluice_reload(struct process *proc)
         return;
     }
     config_diag_free(&diag);
+    char why[1024];
+    if (!sluice_files_usable(next, why, sizeof(why))) {
+        log_msg(LOG_ERROR, "reload: %s", why);
+        log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
+        config_free(next);
+        return;
+    }
     if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
         config_free(next);
         log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");

@@ -133,6 +133,8 @@ struct worker {
 #define SLUICE_MAX_WORKERS CONFIG_THREADS_MAX /* the workers key's range */
 
 /* What there is one of per process. */
+#define SLUICE_SIGNALS 6
+
 struct process {
     uv_loop_t *loop;    /* signals, the listener and the services run here */
     struct config *cfg; /* owned; swapped whole on reload */
@@ -160,7 +162,8 @@ struct process {
     struct http_server *http; /* /health and /metrics (http.c); NULL when http_listen_port = 0 */
     struct list admin_waits;  /* console commands answered later (admin.c) */
     struct disabled_dbs disabled_dbs; /* DISABLE db: names whose new logins are refused */
-    uv_signal_t sig_hup, sig_int, sig_term;
+    /* SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 (sluice.c's handled_signals) */
+    uv_signal_t signals[SLUICE_SIGNALS];
 
     struct worker workers[SLUICE_MAX_WORKERS];
     int nworkers;
@@ -176,8 +179,12 @@ extern const struct worker_handlers sluice_worker_handlers;
  * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
-/* Re-read the config file and environment; keep the old config when the new one is invalid. */
+/* Re-read the config file and environment; keep the old config when the new one is invalid,
+ * or names a client certificate or auth_hba_file/auth_ident_file that cannot be used. */
 void sluice_reload(struct process *proc);
+/* Can cfg's files that a reload puts in force at once (client TLS certificate, key and CA,
+ * auth_hba_file, auth_ident_file) be used? false with what is wrong in err. */
+bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen);
 /* Make next (a validated config whose reference the caller gives up) the process's, as a reload
  * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says
  * when all have), the old generation released. The console's SET (control_set). */

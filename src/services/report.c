@@ -451,7 +451,15 @@ bool report_health(struct worker *worker, char **body, size_t *len, int *status)
         }
         raise_hint(cfg, p, &cap, hint, sizeof(hint));
         holder_hint(top_app, top_servers, holder, sizeof(holder));
-        if (v.cl_waiting > 0) {
+        if (v.cl_waiting > 0 && p->paused) {
+            /* they wait for RESUME, not for a server a bigger cap would give them */
+            snprintf(line, sizeof(line),
+                     "pool %s/%s: %d client%s waiting, the longest for %llu ms, because the "
+                     "database is paused (PAUSE, KILL or SIGUSR1): RESUME releases them",
+                     p->db_name, p->user_name, v.cl_waiting, v.cl_waiting == 1 ? "" : "s",
+                     (unsigned long long)v.longest_wait_ms);
+            add_warning(&warnings, &nwarn, line);
+        } else if (v.cl_waiting > 0) {
             snprintf(line, sizeof(line),
                      "pool %s/%s: %d client%s waiting for a server, the longest for %llu ms: %s%s",
                      p->db_name, p->user_name, v.cl_waiting, v.cl_waiting == 1 ? "" : "s",

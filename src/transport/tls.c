@@ -262,6 +262,22 @@ int tls_init(const struct config *cfg)
     return 0;
 }
 
+int tls_check(const struct config *cfg, char *err, size_t errlen)
+{
+    char why[1024];
+    enum sslmode mode = SSLMODE_DISABLE;
+    SSL_CTX *ctx = build(cfg, &mode, why, sizeof(why));
+    if (ctx) {
+        SSL_CTX_free(ctx);
+        return 0;
+    }
+    if (mode == SSLMODE_DISABLE && !why[0])
+        return 0;
+    snprintf(err, errlen, "client TLS: %s; keeping the previous TLS settings (%s)", why,
+             sslmode_name(tls_client_mode()));
+    return -1;
+}
+
 void tls_reload(const struct config *cfg)
 {
     char err[1024];

@@ -1,0 +1,206 @@
+"""An operator's probes from the outside, with 2 workers: the signals PgBouncer's operators send
+(PgBouncer 1.23+: SIGQUIT immediate shutdown, SIGUSR1 PAUSE, SIGUSR2 RESUME), and what the
+console and /metrics report against ground truth (the connections a test opened, the backends in
+pg_stat_activity, the transactions it ran)."""
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from certs import make_pki
+from conftest import APP_USER, Background, pick_port, wait_until
+from multiworker import console, pool_row, show, wait_pool
+
+WORKERS2 = {"workers": 2, "admin_users": "admin", "pool_mode": "transaction"}
+
+
+def two_workers(start_sluice, **main):
+    m = dict(WORKERS2)
+    m.update(main)
+    return start_sluice(m)
+
+
+# ---- signals -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_sigquit_is_an_immediate_shutdown_that_exits_0_as_in_pgbouncer(start_sluice, pg):
+    """PgBouncer 1.23+ documents SIGQUIT as its immediate shutdown (the old SIGTERM). Before,
+    sluice had no handler: the kernel's default killed it with a core dump, mid-session, with no
+    FATAL to its clients and no log line."""
+    s = two_workers(start_sluice)
+    busy = s.connect()
+    try:
+        q = Background(lambda: busy.execute("SELECT pg_sleep(20)"))
+        pg.wait_for_active(APP_USER, "pg_sleep", timeout=10)
+        t0 = time.monotonic()
+        code = s.stop(signal.SIGQUIT, timeout=10)
+        assert code == 0, f"exit code {code} after SIGQUIT (negative: killed by the signal)"
+        assert time.monotonic() - t0 < 5
+        assert q.error(10) is not None, "the running query should fail when sluice exits"
+        wait_until(lambda: pg.count_backends() == 0, 10, what="sluice's backends to end")
+    finally:
+        busy.close()
+
+
+@pytest.mark.timeout(90)
+def test_sigusr1_pauses_and_sigusr2_resumes_every_worker_as_in_pgbouncer(start_sluice, pg):
+    """PgBouncer: SIGUSR1 is PAUSE, SIGUSR2 is RESUME. Before, both killed sluice (the kernel's
+    default action for them), dropping every client: an operator who paused for a database
+    restart the PgBouncer way lost the pooler instead."""
+    s = two_workers(start_sluice, default_pool_size=4)
+    clients = [s.connect(application_name=f"c{i}") for i in range(4)]
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        holder = clients[0]
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        with console(s) as adm:
+            s.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            assert s.alive(), f"sluice died of SIGUSR1\n{s.log_tail(20)}"
+            wait_until(lambda: pool_row(adm)["paused"] == 1, 5, what="the pool to be paused")
+            # PAUSE waits for the running transaction, then closes the servers
+            assert pg.count_backends() >= 1
+            holder.execute("COMMIT")
+            wait_until(lambda: pg.count_backends() == 0, 10, what="servers closed by the pause")
+            queued = [Background(lambda c=c: c.execute("SELECT 'resumed'").fetchone())
+                      for c in clients]
+            time.sleep(1.0)
+            assert not any(q.done() for q in queued), "a query ran while paused"
+            assert pg.count_backends() == 0
+            s.send_signal(signal.SIGUSR2)
+            for q in queued:
+                assert q.result(10) == ("resumed",)
+            assert pool_row(adm)["paused"] == 0
+            assert s.alive()
+        assert any("SIGUSR1" in line for line in s.log), "the pause should be logged"
+    finally:
+        for c in clients:
+            c.close()
+
+
+# ---- a reload whose certificate or hba file cannot be used ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki-operator"))
+
+
+def config_of(adm, *keys):
+    return {r["key"]: r["value"] for r in show(adm, "CONFIG") if r["key"] in keys}
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_requiring_tls_with_a_missing_certificate_is_refused_whole(start_sluice, pki):
+    """The operator turns on client_tls_sslmode = require with a certificate path that is wrong.
+    Before, RELOAD answered RELOAD, sluice went on accepting plaintext logins (the old TLS
+    settings, as one log line said), and SHOW CONFIG showed require and the wrong path: the
+    console told the operator that TLS was enforced while it was not. Now the reload is refused
+    as a whole, as for any invalid file (F0000; the old configuration stays, SHOW CONFIG with
+    it), and the log names the file."""
+    s = two_workers(start_sluice, default_pool_size=2)
+    tls_keys = ("client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file",
+                "default_pool_size")
+    with console(s) as adm:
+        before = config_of(adm, *tls_keys)
+        s.ini_path.write_text(s.ini_path.read_text().replace(
+            "[sluice]\n", "[sluice]\nclient_tls_sslmode = require\n"
+            "client_tls_cert_file = /nonexistent/server.pem\n"
+            f"client_tls_key_file = {pki.server_key}\n").replace(
+            "default_pool_size = 2", "default_pool_size = 3"))
+        mark = s.mark()
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000", ei.value
+        assert config_of(adm, *tls_keys) == before
+        s.wait_for_log(r"client_tls_cert_file /nonexistent/server.pem", since=mark)
+        s.wait_for_log(r"keeping the old one", since=mark)
+        # SIGHUP says the same in the log and keeps the same
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"reload: the new configuration is invalid; keeping the old one",
+                       since=mark)
+        assert config_of(adm, *tls_keys) == before
+        # SET of a mode that the (absent) certificate cannot serve is refused, not shown
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("SET client_tls_sslmode = 'require'")
+        assert "client_tls_cert_file" in str(ei.value), ei.value
+        assert config_of(adm, *tls_keys) == before
+    with s.connect(sslmode="disable") as c:  # what the running settings allow, as shown
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_naming_a_broken_hba_file_is_refused_whole(start_sluice, pg, tmp_path):
+    """auth_type = hba, and the reload names a new auth_hba_file with a line sluice cannot
+    read: the rules in force stay, so SHOW CONFIG must keep naming the file they came from."""
+    good = tmp_path / "good.conf"
+    good.write_text("host all all 127.0.0.1/32 trust\n")
+    bad = tmp_path / "bad.conf"
+    bad.write_text("host all all everywhere trust\n")
+    s = two_workers(start_sluice, auth_type="hba", auth_hba_file=str(good))
+    with console(s) as adm:
+        s.ini_path.write_text(s.ini_path.read_text().replace(str(good), str(bad)))
+        mark = s.mark()
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000", ei.value
+        assert config_of(adm, "auth_hba_file") == {"auth_hba_file": str(good)}
+        s.wait_for_log(r"everywhere", since=mark)
+    with s.connect() as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+# ---- what /health advises while a database is paused ---------------------------------------
+
+
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.timeout(60)
+def test_health_says_clients_wait_for_resume_not_for_a_bigger_pool_while_paused(start_sluice,
+                                                                                pg):
+    """During a PAUSE for maintenance the clients queue. /health used to tell the operator to
+    `raise default_pool_size (now 2)`: advice that would not release a single client, and that
+    an operator following the warnings (or an automation reading them) would act on. It now
+    names the pause and RESUME."""
+    port = pick_port()
+    s = two_workers(start_sluice, default_pool_size=2, http_listen_port=port,
+                    query_wait_timeout=30)
+    clients = [s.connect(application_name=f"c{i}") for i in range(4)]
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        with console(s) as adm:
+            adm.execute("PAUSE")
+            queued = [Background(lambda c=c: c.execute("SELECT 1").fetchone()) for c in clients]
+            wait_pool(adm, "every client queued", cl_waiting=4)
+
+            def paused_warning():
+                status, body = http_get(port, "/health")
+                warnings = json.loads(body)["warnings"]
+                return warnings if any("waiting" in w for w in warnings) else None
+            warnings = wait_until(paused_warning, 5, what="a warning about the waiting clients")
+            waiting = [w for w in warnings if "waiting" in w]
+            assert len(waiting) == 1, warnings
+            assert "paused" in waiting[0] and "RESUME" in waiting[0], waiting
+            assert "raise" not in waiting[0], waiting
+            adm.execute("RESUME")
+            for q in queued:
+                assert q.result(10) == (1,)
+    finally:
+        for c in clients:
+            c.close()
