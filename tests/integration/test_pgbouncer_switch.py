@@ -55,3 +55,28 @@ def test_default_auth_query_refuses_an_expired_password_and_a_nologin_role(start
         assert c.query("SELECT current_user")[0] == [["app"]]
     finally:
         c.close()
+
+
+# ---- auth_type = any ignores the client's name, so it needs a forced user (PgBouncer) ----
+
+def test_auth_type_any_refuses_a_database_entry_without_a_forced_user(start_sluice, pg):
+    """With auth_type = any nobody proves a name: PgBouncer refuses ("bouncer config error") a
+    database whose entry does not force user=. sluice let the client in as whatever name it
+    gave, and logged in upstream with that user's auth_file password (app2's, here)."""
+    entry = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password")}
+    s = start_sluice({"auth_type": "any"},
+                     databases={"appdb": entry, "forced": pg.db_entry(dbname="appdb")},
+                     auth_file={"app2": "app2pass"})
+    for user in ("app2", "app"):
+        err = refused(s.port, user=user)
+        assert err.sqlstate == "28000", err.fields
+        assert err.fields["M"] == ('auth_type "any" needs a forced user: the entry of database '
+                                   '"appdb" has no user='), err.fields
+    # an entry that forces its user: any name logs in, as that user
+    c = raw_login(s.port, user="whoever", database="forced")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+    # a database sluice does not know is told only after the (empty) authentication
+    assert refused(s.port, user="app2", database="nosuchdb").sqlstate == "3D000"
