@@ -542,6 +542,21 @@ static enum auth_type choose_method(const struct auth_login *l, const struct hba
     return method_of_rule(rule->method);
 }
 
+/* auth_type = any: no name is proven, so a database entry must force the user its servers log
+ * in as (PgBouncer's rule); otherwise a client would reach the server as any user it names, with
+ * that user's auth_file password. A database with no entry is refused after this, as unknown;
+ * the admin console keeps its own check (admin_users, stats_users). */
+static void any_outcome(const struct auth_login *l, struct auth_result *r)
+{
+    const struct db_entry *db = l->admin ? NULL : config_find_db(l->worker->cfg, l->database);
+    if (db && !config_db_forced_user(db)) {
+        snprintf(r->text, sizeof(r->text), "%.100s", l->database);
+        refused(r, FAIL_ANY_WITHOUT_FORCED_USER, r->text);
+        return;
+    }
+    proven(r);
+}
+
 /* true when method decides the login without an exchange (r says how). */
 static bool decided_at_once(const struct auth_login *l, enum auth_type method, const char *cert_map,
                             struct auth_result *r)
@@ -555,7 +570,7 @@ static bool decided_at_once(const struct auth_login *l, enum auth_type method, c
         proven(r);
         return true;
     case AUTH_ANY:
-        proven(r);
+        any_outcome(l, r);
         return true;
     case AUTH_CERT:
         check_cert(l, cert_map, r);

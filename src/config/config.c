@@ -33,6 +33,12 @@ const struct db_entry *config_find_db(const struct config *c, const char *name)
     return fallback;
 }
 
+const char *config_db_forced_user(const struct db_entry *db)
+{
+    const char *user = db ? config_db_keyword(db, "user") : NULL;
+    return user && user[0] ? user : NULL;
+}
+
 const struct db_entry *config_find_db_exact(const struct config *c, const char *name)
 {
     for (int i = 0; i < c->ndbs; i++) {

@@ -258,6 +258,9 @@ int config_keep_restart_keys(struct config *next, const struct config *running,
 /* Look-ups used by the proxy. */
 const struct db_entry *config_find_db(const struct config *c,
                                       const char *name); /* exact, then "*" */
+/* The user= an entry forces on every client (its servers log in as that user), NULL when
+ * clients log in as themselves. */
+const char *config_db_forced_user(const struct db_entry *db);
 const struct user_entry *config_find_user(const struct config *c, const char *name);
 const struct auth_entry *config_find_auth(const struct config *c, const char *user);
 /* The sslmode a server of db logs in with: the entry's sslmode=, else server_tls_sslmode;

@@ -48,6 +48,12 @@ static const struct failure_info table[] = {
         F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "\"trust\" authentication failed%s",
           "With auth_type = trust the user must still be listed in auth_file (or found by "
           "auth_query)."),
+    [FAIL_ANY_WITHOUT_FORCED_USER] =
+        F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
+          "auth_type \"any\" needs a forced user: the entry of database \"%s\" has no user=",
+          "auth_type = any ignores the client's user name (as in PgBouncer), so each database "
+          "entry must name the user= its servers log in as; add one, or choose another "
+          "auth_type."),
     [FAIL_MAX_CLIENT_CONN] =
         F(FATAL, TOO_MANY_CONNECTIONS, "too many client connections: %s",
           "Raise max_client_conn, or close idle connections in the application."),
@@ -172,6 +178,7 @@ static const char *const names[] = {
     [FAIL_TLS_REQUIRED] = "tls_required",
     [FAIL_CERT_AUTH] = "cert_auth_failed",
     [FAIL_TRUST_UNKNOWN_USER] = "trust_unknown_user",
+    [FAIL_ANY_WITHOUT_FORCED_USER] = "any_without_forced_user",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
     [FAIL_TOO_MANY_LOGINS] = "max_client_logins",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",

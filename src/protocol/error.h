@@ -26,6 +26,7 @@ enum failure {
     FAIL_TLS_REQUIRED,         /* detail: client_tls_sslmode */
     FAIL_CERT_AUTH,            /* detail: user name */
     FAIL_TRUST_UNKNOWN_USER,   /* trust, but the user is in neither auth_file nor auth_query */
+    FAIL_ANY_WITHOUT_FORCED_USER, /* detail: the database, whose entry has no user= */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
     FAIL_TOO_MANY_LOGINS,      /* detail: the limit */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */

@@ -1,0 +1,82 @@
+"""A PgBouncer user switching to sluice: the same config and the same client actions, compared
+with what PgBouncer (1.18 as packaged, its defaults as in 1.2x) shows a client and an operator.
+Each test names what PgBouncer does; where sluice differs on purpose, docs/pgbouncer.md says so."""
+
+import pytest
+
+from pgwire import ServerError, raw_login
+
+
+def ensure_roles(pg, statements):
+    with pg.superuser() as c:
+        for sql in statements:
+            c.execute(sql)
+
+
+@pytest.fixture
+def lookup_roles(pg):
+    """switch_lookup runs auth_query; switch_expired's password expired (VALID UNTIL in the
+    past); switch_nologin may not log in."""
+    ensure_roles(pg, [
+        "DROP ROLE IF EXISTS switch_lookup", "DROP ROLE IF EXISTS switch_expired",
+        "DROP ROLE IF EXISTS switch_nologin",
+        "CREATE ROLE switch_lookup LOGIN SUPERUSER PASSWORD 'lookup-pw'",
+        "CREATE ROLE switch_expired LOGIN PASSWORD 'expired-pw' VALID UNTIL '2001-01-01'",
+        "CREATE ROLE switch_nologin NOLOGIN PASSWORD 'nologin-pw'",
+    ])
+    yield
+    ensure_roles(pg, ["DROP ROLE IF EXISTS switch_lookup", "DROP ROLE IF EXISTS switch_expired",
+                      "DROP ROLE IF EXISTS switch_nologin"])
+
+
+def refused(port, **login):
+    with pytest.raises(ServerError) as ei:
+        raw_login(port, **login).close()
+    return ei.value
+
+
+# ---- auth_query's default query (PgBouncer's: expired passwords and NOLOGIN roles count as
+# no password) ----
+
+@pytest.mark.parametrize("method", ["md5", "scram-sha-256"])
+def test_default_auth_query_refuses_an_expired_password_and_a_nologin_role(start_sluice, pg,
+                                                                           lookup_roles, method):
+    """The entry forces user=app, so nothing upstream checks the client's role: the default
+    auth_query must (PgBouncer: password authentication failed). sluice's old default read
+    pg_shadow, which returns an expired password, and let switch_expired in as app."""
+    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup"},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    for user, password in (("switch_expired", "expired-pw"), ("switch_nologin", "nologin-pw")):
+        err = refused(s.port, user=user, password=password)
+        assert err.sqlstate == "28P01", err.fields
+        assert err.fields["M"] == f'password authentication failed for user "{user}"'
+    c = raw_login(s.port, user="switch_lookup", password="lookup-pw")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+
+
+# ---- auth_type = any ignores the client's name, so it needs a forced user (PgBouncer) ----
+
+def test_auth_type_any_refuses_a_database_entry_without_a_forced_user(start_sluice, pg):
+    """With auth_type = any nobody proves a name: PgBouncer refuses ("bouncer config error") a
+    database whose entry does not force user=. sluice let the client in as whatever name it
+    gave, and logged in upstream with that user's auth_file password (app2's, here)."""
+    entry = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password")}
+    s = start_sluice({"auth_type": "any"},
+                     databases={"appdb": entry, "forced": pg.db_entry(dbname="appdb")},
+                     auth_file={"app2": "app2pass"})
+    for user in ("app2", "app"):
+        err = refused(s.port, user=user)
+        assert err.sqlstate == "28000", err.fields
+        assert err.fields["M"] == ('auth_type "any" needs a forced user: the entry of database '
+                                   '"appdb" has no user='), err.fields
+    # an entry that forces its user: any name logs in, as that user
+    c = raw_login(s.port, user="whoever", database="forced")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+    # a database sluice does not know is told only after the (empty) authentication
+    assert refused(s.port, user="app2", database="nosuchdb").sqlstate == "3D000"
