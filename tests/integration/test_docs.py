@@ -68,13 +68,15 @@ FILE_NAME = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:c|h|py|def|md|sh|mj
 
 
 def repository_words():
-    """Every word of the code (src, tests, scripts, conf, .ci, meson), every file's name and
-    stem, and every tail of an underscored word (the page writes IN_REQUEST for
+    """Every word of the code (src, tests but this file, scripts, conf, .ci, meson), every
+    file's name and stem, and every tail of an underscored word (the page writes IN_REQUEST for
     LOGIN_RESET_IN_REQUEST)."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.split()
     words = {Path(f).name for f in files} | {Path(f).stem for f in files}
     for f in files:
+        if f == "tests/integration/test_docs.py":
+            continue  # its list of names the repository lacks
         if f.startswith(("src/", "tests/", "scripts/", "conf/", ".ci/")) or \
                 f.endswith("meson.build"):
             words |= set(re.findall(r"\w+", (REPO / f).read_text(errors="replace")))
