@@ -443,8 +443,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (!stmt_name_key(body, avail_body < len ? avail_body : len, name) || (!streamed && !nul)) {
         if (streamed)
             return TRACK_WAIT;
-        fail_session(fail, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
-        return TRACK_FAILED;
+        /* Its name never ends: it names nothing of the client's, and Postgres refuses it with
+         * an ERROR (08P01 "invalid string in message"), the session going on. */
+        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     }
     uint32_t key_len = (uint32_t)strlen(name);
     /* The statement text, when the message is here whole (it starts after the name's NUL). */
@@ -585,10 +586,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     char name[STMT_KEY_MAX + 1];
     if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
         /* The names are not all here yet. */
-        if (avail_body >= len) {
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
-            return TRACK_FAILED;
-        }
+        if (avail_body >= len) /* a name that never ends: as an unknown name (see Parse) */
+            return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
         if (CODEC_HEADER_LEN + len > buf_block_size() &&
             avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
             char detail[64];

@@ -134,10 +134,23 @@ def long_names_cut_inside_a_character(c):
     return out
 
 
+def names_that_never_end(c):
+    """A name without its NUL: Postgres answers ERROR 08P01 and the session goes on (sluice
+    closed it with a FATAL)."""
+    out = []
+    for mtype, body in ((b"B", b"\0abc"), (b"B", b"portal"), (b"P", b"n"), (b"D", b"Sn"),
+                        (b"C", b"Sn"), (b"D", b"S" + b"L" * 70), (b"C", b"P")):
+        out += [batch(c, message(mtype, body) + sync_msg()), q(c, "SELECT 1")]
+    out += [batch(c, parse_msg("L" * 70, "SELECT 3") + sync_msg()),
+            batch(c, message(b"B", b"\0" + b"L" * 70) + sync_msg()), bind_run(c, "L" * 70)]
+    return out
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
-             names_that_are_not_valid_text, long_names_cut_inside_a_character]
+             names_that_are_not_valid_text, long_names_cut_inside_a_character,
+             names_that_never_end]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
