@@ -146,11 +146,49 @@ def names_that_never_end(c):
     return out
 
 
+def careless_pipelines(c):
+    """Close and Parse again in one batch, a Close skipped after an error, a DEALLOCATE in a
+    failed transaction, Describe of a closed statement, the unnamed statement across Syncs and
+    errors, a Query in the middle of a batch."""
+    return [
+        batch(c, parse_msg("x", "SELECT 1") + close_msg("S", "x") + parse_msg("x", "SELECT 2")
+              + bind_msg("", "x") + execute_msg() + sync_msg()),
+        batch(c, parse_msg("y", "SELECT 1") + parse_msg("bad", "SELEC") + close_msg("S", "y")
+              + sync_msg()),
+        bind_run(c, "y"), q(c, "BEGIN"), q(c, "SELECT 1/0"), q(c, "DEALLOCATE y"),
+        q(c, "ROLLBACK"), bind_run(c, "y"),
+        batch(c, close_msg("S", "y") + close_msg("S", "y") + bind_msg("", "y") + sync_msg()),
+        batch(c, parse_msg("z", "SELECT 1") + sync_msg() + close_msg("S", "z")
+              + describe_msg("S", "z") + sync_msg(), 2),
+        batch(c, parse_msg("", "SELECT 9") + sync_msg() + bind_msg("", "") + execute_msg()
+              + sync_msg() + bind_msg("", "") + execute_msg() + sync_msg(), 3),
+        batch(c, parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg() + sync_msg()
+              + bind_msg("", "") + execute_msg() + sync_msg(), 2),
+        q(c, "SELECT 1"), batch(c, bind_msg("", "") + execute_msg() + sync_msg()),
+        batch(c, parse_msg("w", "SELECT 1") + bind_msg("", "w") + execute_msg()
+              + query_msg("DEALLOCATE w") + bind_msg("", "w") + execute_msg() + sync_msg(), 2)]
+
+
+def sql_statements_by_unnamed_parse_in_a_transaction(c):
+    return [q(c, "BEGIN"),
+            batch(c, parse_msg("", "PREPARE u AS SELECT 1") + bind_msg("", "") + execute_msg()
+                  + sync_msg()),
+            q(c, "EXECUTE u"),
+            batch(c, parse_msg("", "DEALLOCATE u") + bind_msg("", "") + execute_msg()
+                  + sync_msg()),
+            batch(c, parse_msg("u", "SELECT 5") + bind_msg("", "u") + execute_msg() + sync_msg()),
+            q(c, "PREPARE u AS SELECT 6"), q(c, "ROLLBACK"), bind_run(c, "u"),
+            q(c, "BEGIN"), q(c, "PREPARE v AS SELECT 7"), q(c, "SAVEPOINT s"),
+            batch(c, parse_msg("v", "SELECT 8") + sync_msg()), q(c, "ROLLBACK TO s"),
+            q(c, "EXECUTE v"), q(c, "COMMIT")]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
              names_that_are_not_valid_text, long_names_cut_inside_a_character,
-             names_that_never_end]
+             names_that_never_end, careless_pipelines,
+             sql_statements_by_unnamed_parse_in_a_transaction]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
