@@ -183,12 +183,23 @@ def sql_statements_by_unnamed_parse_in_a_transaction(c):
             q(c, "EXECUTE v"), q(c, "COMMIT")]
 
 
+def long_names_cut_inside_a_character_in_messages_larger_than_the_buffer(c):
+    """The same in a Parse and a Bind that stream through sluice's buffer (pkt_buf)."""
+    name, pad = "é" * 40, "x" * (200 * 1024)
+    big_bind = bind_msg("", name, ["y" * (300 * 1024)]) + execute_msg() + sync_msg()
+    return [batch(c, parse_msg(name, f"SELECT length($1::text) + length('{pad}')") + sync_msg()),
+            batch(c, big_bind), batch(c, big_bind),
+            batch(c, parse_msg(name[:-1] + "z", f"SELECT '{pad}'") + sync_msg()),
+            batch(c, bind_msg("", name[:-1] + "z", ["y" * (300 * 1024), 1]) + sync_msg())]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
              names_that_are_not_valid_text, long_names_cut_inside_a_character,
              names_that_never_end, careless_pipelines,
-             sql_statements_by_unnamed_parse_in_a_transaction]
+             sql_statements_by_unnamed_parse_in_a_transaction,
+             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
