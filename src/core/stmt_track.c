@@ -452,10 +452,12 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->worker->cfg->max_prepared_statements == 0) /* as PgBouncer's 0 */
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
+    if (nul && name_refused_as_text(c, s, body))
+        return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *mine = client_def(c, name);
     if (mine)
         return parse_taken_name(c, s, mine, key_len, fail);
-    if (stmt_map_get(&s->sql_prepared, name) || (nul && name_refused_as_text(c, s, body)))
+    if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
         streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);

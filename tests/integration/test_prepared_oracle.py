@@ -112,7 +112,8 @@ def names_that_are_not_valid_text(c):
                 batch(c, message(b"C", b"S" + name + b"\0") + sync_msg())]
     long_name = b"L" * 70
     out += [batch(c, raw_parse(long_name, b"SELECT 8") + sync_msg()),
-            batch(c, raw_bind_run(b"L" * 63 + b"\xff")), batch(c, raw_bind_run(long_name))]
+            batch(c, raw_bind_run(b"L" * 63 + b"\xff")), batch(c, raw_bind_run(long_name)),
+            batch(c, raw_parse(b"L" * 63 + b"\xff", b"SELECT 9") + sync_msg())]
     return out
 
 
