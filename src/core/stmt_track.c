@@ -221,8 +221,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     case SQL_PREPARE:
         /* A name the client holds by Parse went out as sluice's, which the server holds: it
          * refuses the PREPARE (42P05) as Postgres would. Any other is the backend's own. */
-        if (!mine && name_buf[0] && !stmt_map_put(&s->sql_prepared, name_buf, NULL))
-            s->close_when_free = true; /* out of memory: a Parse of it would not collide */
+        if (!mine && name_buf[0]) {
+            if (!stmt_map_put(&s->sql_prepared, name_buf, NULL))
+                s->close_when_free = true; /* out of memory: a Parse of it would not collide */
+            s->session = SERVER_SESSION_UNKNOWN; /* its full reset empties sql_prepared */
+        }
         break;
     case SQL_DEALLOCATE:
         stmt_map_remove(&s->sql_prepared, name_buf);
