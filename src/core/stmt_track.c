@@ -221,8 +221,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     case SQL_PREPARE:
         /* A name the client holds by Parse went out as sluice's, which the server holds: it
          * refuses the PREPARE (42P05) as Postgres would. Any other is the backend's own. */
-        if (!mine && name_buf[0] && !stmt_map_put(&s->sql_prepared, name_buf, NULL))
-            s->close_when_free = true; /* out of memory: a Parse of it would not collide */
+        if (!mine && name_buf[0]) {
+            if (!stmt_map_put(&s->sql_prepared, name_buf, NULL))
+                s->close_when_free = true; /* out of memory: a Parse of it would not collide */
+            s->session = SERVER_SESSION_UNKNOWN; /* its full reset empties sql_prepared */
+        }
         break;
     case SQL_DEALLOCATE:
         stmt_map_remove(&s->sql_prepared, name_buf);
@@ -443,18 +446,21 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (!stmt_name_key(body, avail_body < len ? avail_body : len, name) || (!streamed && !nul)) {
         if (streamed)
             return TRACK_WAIT;
-        fail_session(fail, FAIL_PROTOCOL_VIOLATION, "Parse without a statement name");
-        return TRACK_FAILED;
+        /* Its name never ends: it names nothing of the client's, and Postgres refuses it with
+         * an ERROR (08P01 "invalid string in message"), the session going on. */
+        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     }
     uint32_t key_len = (uint32_t)strlen(name);
     /* The statement text, when the message is here whole (it starts after the name's NUL). */
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
     if (c->worker->cfg->max_prepared_statements == 0) /* as PgBouncer's 0 */
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
+    if (nul && name_refused_as_text(c, s, body))
+        return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *mine = client_def(c, name);
     if (mine)
         return parse_taken_name(c, s, mine, key_len, fail);
-    if (stmt_map_get(&s->sql_prepared, name) || (nul && name_refused_as_text(c, s, body)))
+    if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
         streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);
@@ -585,10 +591,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     char name[STMT_KEY_MAX + 1];
     if (at > shown || !stmt_name_key(body + at, shown - at, name)) {
         /* The names are not all here yet. */
-        if (avail_body >= len) {
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, "malformed statement name");
-            return TRACK_FAILED;
-        }
+        if (avail_body >= len) /* a name that never ends: as an unknown name (see Parse) */
+            return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
         if (CODEC_HEADER_LEN + len > buf_block_size() &&
             avail_body + CODEC_HEADER_LEN >= buf_block_size()) {
             char detail[64];

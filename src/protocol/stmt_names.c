@@ -32,7 +32,10 @@ static uint32_t key_cut_in_char(const uint8_t *key, uint32_t *whole)
         uint8_t b = key[STMT_KEY_MAX - held];
         if (b >= 0x80 && b <= 0xbf)
             continue; /* a continuation byte: its sequence started further back */
-        *whole = b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+        *whole = b >= 0xc2 && b <= 0xdf   ? 2
+                 : b >= 0xe0 && b <= 0xef ? 3
+                 : b >= 0xf0 && b <= 0xf4 ? 4
+                                          : 0;
         return *whole > held ? held : 0;
     }
     return 0;

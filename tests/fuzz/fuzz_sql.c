@@ -31,10 +31,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t at, span;
     enum sql_dealloc d = prepared_classify_query_at(sql, name, sizeof(name), &at, &span);
     /* the name as written, which transaction mode rewrites in place, lies within the text */
-    FUZZ_ASSERT(at + span <= size && (span == 0 || d == SQL_DEALLOCATE || d == SQL_EXECUTE));
-    FUZZ_ASSERT(d == SQL_OTHER || d == SQL_DEALLOCATE || d == SQL_DEALLOCATE_ALL ||
-                d == SQL_DISCARD_ALL || d == SQL_EXECUTE);
-    if (d == SQL_DEALLOCATE || d == SQL_EXECUTE)
+    bool names_one = d == SQL_DEALLOCATE || d == SQL_EXECUTE || d == SQL_PREPARE;
+    FUZZ_ASSERT(at + span <= size && (span == 0 || names_one));
+    FUZZ_ASSERT(d == SQL_OTHER || d == SQL_DEALLOCATE_ALL || d == SQL_DISCARD_ALL || names_one);
+    if (names_one)
         FUZZ_ASSERT(memchr(name, '\0', sizeof(name)) != NULL && name[0] != '\0');
 
     /* the text need not be NUL-terminated: give the raw bytes */

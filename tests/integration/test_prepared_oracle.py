@@ -112,7 +112,8 @@ def names_that_are_not_valid_text(c):
                 batch(c, message(b"C", b"S" + name + b"\0") + sync_msg())]
     long_name = b"L" * 70
     out += [batch(c, raw_parse(long_name, b"SELECT 8") + sync_msg()),
-            batch(c, raw_bind_run(b"L" * 63 + b"\xff")), batch(c, raw_bind_run(long_name))]
+            batch(c, raw_bind_run(b"L" * 63 + b"\xff")), batch(c, raw_bind_run(long_name)),
+            batch(c, raw_parse(b"L" * 63 + b"\xff", b"SELECT 9") + sync_msg())]
     return out
 
 
@@ -134,10 +135,72 @@ def long_names_cut_inside_a_character(c):
     return out
 
 
+def names_that_never_end(c):
+    """A name without its NUL: Postgres answers ERROR 08P01 and the session goes on (sluice
+    closed it with a FATAL)."""
+    out = []
+    for mtype, body in ((b"B", b"\0abc"), (b"B", b"portal"), (b"P", b"n"), (b"D", b"Sn"),
+                        (b"C", b"Sn"), (b"D", b"S" + b"L" * 70), (b"C", b"P")):
+        out += [batch(c, message(mtype, body) + sync_msg()), q(c, "SELECT 1")]
+    out += [batch(c, parse_msg("L" * 70, "SELECT 3") + sync_msg()),
+            batch(c, message(b"B", b"\0" + b"L" * 70) + sync_msg()), bind_run(c, "L" * 70)]
+    return out
+
+
+def careless_pipelines(c):
+    """Close and Parse again in one batch, a Close skipped after an error, a DEALLOCATE in a
+    failed transaction, Describe of a closed statement, the unnamed statement across Syncs and
+    errors, a Query in the middle of a batch."""
+    return [
+        batch(c, parse_msg("x", "SELECT 1") + close_msg("S", "x") + parse_msg("x", "SELECT 2")
+              + bind_msg("", "x") + execute_msg() + sync_msg()),
+        batch(c, parse_msg("y", "SELECT 1") + parse_msg("bad", "SELEC") + close_msg("S", "y")
+              + sync_msg()),
+        bind_run(c, "y"), q(c, "BEGIN"), q(c, "SELECT 1/0"), q(c, "DEALLOCATE y"),
+        q(c, "ROLLBACK"), bind_run(c, "y"),
+        batch(c, close_msg("S", "y") + close_msg("S", "y") + bind_msg("", "y") + sync_msg()),
+        batch(c, parse_msg("z", "SELECT 1") + sync_msg() + close_msg("S", "z")
+              + describe_msg("S", "z") + sync_msg(), 2),
+        batch(c, parse_msg("", "SELECT 9") + sync_msg() + bind_msg("", "") + execute_msg()
+              + sync_msg() + bind_msg("", "") + execute_msg() + sync_msg(), 3),
+        batch(c, parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg() + sync_msg()
+              + bind_msg("", "") + execute_msg() + sync_msg(), 2),
+        q(c, "SELECT 1"), batch(c, bind_msg("", "") + execute_msg() + sync_msg()),
+        batch(c, parse_msg("w", "SELECT 1") + bind_msg("", "w") + execute_msg()
+              + query_msg("DEALLOCATE w") + bind_msg("", "w") + execute_msg() + sync_msg(), 2)]
+
+
+def sql_statements_by_unnamed_parse_in_a_transaction(c):
+    return [q(c, "BEGIN"),
+            batch(c, parse_msg("", "PREPARE u AS SELECT 1") + bind_msg("", "") + execute_msg()
+                  + sync_msg()),
+            q(c, "EXECUTE u"),
+            batch(c, parse_msg("", "DEALLOCATE u") + bind_msg("", "") + execute_msg()
+                  + sync_msg()),
+            batch(c, parse_msg("u", "SELECT 5") + bind_msg("", "u") + execute_msg() + sync_msg()),
+            q(c, "PREPARE u AS SELECT 6"), q(c, "ROLLBACK"), bind_run(c, "u"),
+            q(c, "BEGIN"), q(c, "PREPARE v AS SELECT 7"), q(c, "SAVEPOINT s"),
+            batch(c, parse_msg("v", "SELECT 8") + sync_msg()), q(c, "ROLLBACK TO s"),
+            q(c, "EXECUTE v"), q(c, "COMMIT")]
+
+
+def long_names_cut_inside_a_character_in_messages_larger_than_the_buffer(c):
+    """The same in a Parse and a Bind that stream through sluice's buffer (pkt_buf)."""
+    name, pad = "é" * 40, "x" * (200 * 1024)
+    big_bind = bind_msg("", name, ["y" * (300 * 1024)]) + execute_msg() + sync_msg()
+    return [batch(c, parse_msg(name, f"SELECT length($1::text) + length('{pad}')") + sync_msg()),
+            batch(c, big_bind), batch(c, big_bind),
+            batch(c, parse_msg(name[:-1] + "z", f"SELECT '{pad}'") + sync_msg()),
+            batch(c, bind_msg("", name[:-1] + "z", ["y" * (300 * 1024), 1]) + sync_msg())]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
-             names_that_are_not_valid_text, long_names_cut_inside_a_character]
+             names_that_are_not_valid_text, long_names_cut_inside_a_character,
+             names_that_never_end, careless_pipelines,
+             sql_statements_by_unnamed_parse_in_a_transaction,
+             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
