@@ -80,3 +80,37 @@ def test_auth_type_any_refuses_a_database_entry_without_a_forced_user(start_slui
         c.close()
     # a database sluice does not know is told only after the (empty) authentication
     assert refused(s.port, user="app2", database="nosuchdb").sqlstate == "3D000"
+
+
+def test_auth_type_any_console_admits_only_admin_and_stats_users(start_sluice, pg):
+    """PgBouncer with auth_type = any lets every name into its console as a stats user (SHOW
+    CONFIG, SHOW USERS, ...); sluice keeps the console to admin_users and stats_users, still
+    without a password."""
+    s = start_sluice({"auth_type": "any", "admin_users": "adm", "stats_users": "watcher"},
+                     databases={"appdb": pg.db_entry()})
+    err = refused(s.port, user="whoever", database="pgbouncer")
+    assert err.sqlstate == "42501", err.fields
+    for user, reload_ok in (("adm", True), ("watcher", False)):
+        c = raw_login(s.port, user=user, database="pgbouncer")
+        try:
+            assert c.query("SHOW USERS")[0]
+            if reload_ok:
+                c.query("RELOAD")
+            else:
+                with pytest.raises(ServerError) as ei:
+                    c.query("RELOAD")
+                assert ei.value.sqlstate == "42501", ei.value.fields
+        finally:
+            c.close()
+
+
+# ---- an empty password never logs in (PgBouncer 1.18 admits one over SCRAM) ----
+
+@pytest.mark.parametrize("method", ["md5", "plain", "scram-sha-256"])
+def test_an_empty_password_in_auth_file_never_logs_in(start_sluice, pg, method):
+    s = start_sluice({"auth_type": method}, auth_file={"app": "", "app2": "app2pass"})
+    for given in ("", "x"):
+        err = refused(s.port, user="app", password=given)
+        assert err.sqlstate == "28P01", err.fields
+    c = raw_login(s.port, user="app2", password="app2pass")
+    c.close()
