@@ -114,3 +114,31 @@ def test_an_empty_password_in_auth_file_never_logs_in(start_sluice, pg, method):
         assert err.sqlstate == "28P01", err.fields
     c = raw_login(s.port, user="app2", password="app2pass")
     c.close()
+
+
+# ---- secrets stay out of error messages ----
+
+BROKEN_URLS = [
+    "postgres://app:UrlSecret1@[::1/appdb",                  # libpq quotes the whole URI
+    "postgresql://app:UrlSecret2@host:5432/appdb?a=b=c",       # ... and here
+    "postgresql://app:Url%zzSecret3@127.0.0.1:5432/appdb",     # the password is not %-encoding
+    "postgresql://app:Url@Secret4@[::1/appdb",                # an '@' inside the password
+]
+
+
+@pytest.mark.parametrize("url", BROKEN_URLS)
+@pytest.mark.parametrize("where", ["env", "entry"])
+def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, where):
+    """PgBouncer never echoes a password it read; sluice's bad-URL error quoted libpq's message,
+    which quotes the URL."""
+    from test_cli import run
+    secret = url.split(":", 2)[2].rsplit("@", 1)[0]
+    if where == "env":
+        p = run(["--check"], env={"DATABASE_URL": url, "SLUICE_LISTEN_PORT": "0"})
+    else:
+        ini = tmp_path / "sluice.ini"
+        ini.write_text(f"[databases]\nappdb = {url}\n[sluice]\nlisten_port = 0\n")
+        p = run(["--check", str(ini)])
+    assert p.returncode != 0, p.stderr
+    assert "error:" in p.stderr, p.stderr
+    assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
