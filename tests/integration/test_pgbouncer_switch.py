@@ -82,6 +82,17 @@ def test_auth_type_any_refuses_a_database_entry_without_a_forced_user(start_slui
     assert refused(s.port, user="app2", database="nosuchdb").sqlstate == "3D000"
 
 
+def test_check_warns_about_an_any_entry_without_a_forced_user(tmp_path):
+    from test_cli import run
+    ini = tmp_path / "sluice.ini"
+    ini.write_text("[databases]\nloose = host=127.0.0.1\nforced = host=127.0.0.1 user=app\n"
+                   "[sluice]\nauth_type = any\nlisten_port = 0\n")
+    p = run(["--check", str(ini)])
+    assert p.returncode == 0, p.stderr
+    assert "database 'loose' forces no user=" in p.stderr, p.stderr
+    assert "'forced'" not in p.stderr, p.stderr
+
+
 def test_auth_type_any_console_admits_only_admin_and_stats_users(start_sluice, pg):
     """PgBouncer with auth_type = any lets every name into its console as a stats user (SHOW
     CONFIG, SHOW USERS, ...); sluice keeps the console to admin_users and stats_users, still
