@@ -153,3 +153,35 @@ def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, whe
     assert p.returncode != 0, p.stderr
     assert "error:" in p.stderr, p.stderr
     assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
+
+
+# ---- auth_query's cache and a password changed on the server ----
+
+@pytest.fixture
+def changing_role(pg, lookup_roles):
+    ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing",
+                      "CREATE ROLE switch_changing LOGIN PASSWORD 'first-pw'"])
+    yield
+    ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing"])
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
+def test_a_password_changed_on_the_server_works_once_the_cached_one_fails(
+        start_sluice, pg, changing_role, method):
+    """PgBouncer runs auth_query at every login, so a new password works at once. sluice caches
+    the answer (60 s); a login the cached secret refuses drops it, so the next one asks again
+    (before, the new password was refused until the cache expired). One worker: each worker
+    has its own cache."""
+    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    raw_login(s.port, user="switch_changing", password="first-pw").close()
+    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
+    # the cached secret is the old one: the new password fails once (SCRAM chose its salt) ...
+    assert refused(s.port, user="switch_changing", password="second-pw").sqlstate == "28P01"
+    # ... and the next login asks the database again
+    c = raw_login(s.port, user="switch_changing", password="second-pw")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+    assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
