@@ -185,3 +185,45 @@ def test_a_password_changed_on_the_server_works_once_the_cached_one_fails(
     finally:
         c.close()
     assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
+
+
+# ---- client_tls_ciphers: PgBouncer's names and its default (TLSv1.2: AEAD with ECDHE/DHE) ----
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from certs import make_pki
+    return make_pki(tmp_path_factory.mktemp("pki"), "switch", clients=())
+
+
+def tls12_handshake(port, cipher):
+    """The TLSv1.2 suite sluice chose when the client offers only `cipher`, or None when the
+    handshake failed (openssl s_client speaks Postgres's SSLRequest)."""
+    import re
+    import subprocess
+    p = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect",
+                        f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher],
+                       input="", capture_output=True, text=True, timeout=20)
+    m = re.search(r"Cipher is (\S+)", p.stdout)
+    return None if not m or m.group(1) == "(NONE)" else m.group(1)
+
+
+CBC_SUITE = "ECDHE-ECDSA-AES128-SHA256"   # CBC + HMAC: not in PgBouncer's default
+AEAD_SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+@pytest.mark.parametrize("value, cbc_allowed", [
+    (None, False), ("default", False), ("secure", False), ("compat", True), ("legacy", True),
+    ("normal", True), ("fast", True), ("all", True), ("insecure", True),
+])
+def test_client_tls_ciphers_takes_pgbouncers_names_and_default(start_sluice, pki, value,
+                                                                cbc_allowed):
+    """PgBouncer's default ("secure") offers TLSv1.2 clients only AEAD suites with forward
+    secrecy; sluice's kept OpenSSL's list (CBC and RSA key exchange too), and refused to start
+    with PgBouncer's other names (fast, normal, compat, legacy, all, insecure)."""
+    main = {"client_tls_sslmode": "require", "client_tls_cert_file": str(pki.server_cert),
+            "client_tls_key_file": str(pki.server_key)}
+    if value is not None:
+        main["client_tls_ciphers"] = value
+    s = start_sluice(main)
+    assert tls12_handshake(s.port, AEAD_SUITE) == AEAD_SUITE
+    assert tls12_handshake(s.port, CBC_SUITE) == (CBC_SUITE if cbc_allowed else None)
