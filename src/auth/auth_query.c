@@ -725,20 +725,41 @@ void secret_retry_lookups(struct worker *worker)
     query_dispatch(worker);
 }
 
+/* The cache key of req's answer: (database entry, dbname, auth_user, user). NULL when out of
+ * memory. */
+static char *query_key(const struct query_target *t, const struct secret_request *req)
+{
+    size_t klen =
+        strlen(t->db->name) + strlen(t->dbname) + strlen(t->auth_user) + strlen(req->user) + 4;
+    char *key = malloc(klen);
+    if (key)
+        snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t->db->name, t->dbname, t->auth_user,
+                 req->user);
+    return key;
+}
+
+void auth_query_forget(const struct secret_request *req)
+{
+    struct query_target t;
+    if (req->admin || !query_target(req->worker->cfg, req->database, &t))
+        return;
+    char *key = query_key(&t, req);
+    if (key)
+        forget(key);
+    free(key);
+}
+
 enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
                                        const char **error)
 {
     struct query_target t;
     if (w->req.admin || !query_target(w->req.worker->cfg, w->req.database, &t))
         return AUTH_QUERY_NOT_USED;
-    size_t klen =
-        strlen(t.db->name) + strlen(t.dbname) + strlen(t.auth_user) + strlen(w->req.user) + 4;
-    char *key = malloc(klen);
+    char *key = query_key(&t, &w->req);
     if (!key) {
         *error = "out of memory";
         return AUTH_QUERY_FAILED;
     }
-    snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t.db->name, t.dbname, t.auth_user, w->req.user);
     const struct qentry *e = query_get(key, sluice_now(w->req.worker));
     if (e) {
         free(key);

@@ -82,6 +82,8 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
                                        const char **error);
 /* Nobody waits for j any more: one that has not started is forgotten. */
 void auth_query_abandon(struct secret_job *j);
+/* Drop the cached answer req would get (the next login asks again). */
+void auth_query_forget(const struct secret_request *req);
 /* Reload: forget the answers; close idle connections, the others once their lookup is done. */
 void auth_query_reload(void);
 /* End every lookup (its waiters hear why) and close every connection. */

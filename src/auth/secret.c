@@ -354,6 +354,11 @@ void secret_wipe(struct user_secret *s)
     s->text = NULL;
 }
 
+void secret_forget_found(const struct secret_request *req)
+{
+    auth_query_forget(req);
+}
+
 void secret_reload(void)
 {
     auth_query_reload();

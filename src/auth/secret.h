@@ -73,6 +73,10 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out);
 /* Stop waiting; a lookup nobody waits for any more is abandoned (auth_query) or finishes in the
  * background and is cached (derivation). Idempotent. */
 void secret_cancel(struct secret_waiter *w);
+/* A client failed to prove itself against the secret auth_query found for req: forget that
+ * answer, so that the next login asks the database again (the password may have changed there;
+ * PgBouncer asks at every login). Unknown users stay remembered. */
+void secret_forget_found(const struct secret_request *req);
 /* Wipe a user_secret filled by secret_lookup. */
 void secret_wipe(struct user_secret *s);
 /* Threads: the derived-secret cache is shared by every thread (locked); lookups in progress,

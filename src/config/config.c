@@ -481,6 +481,17 @@ static void validate(struct loader *L)
     if (c->auth_type == AUTH_CERT && c->client_tls_sslmode == SSLMODE_DISABLE)
         load_error(L, "auth_type = cert needs client TLS: set client_tls_sslmode (and "
                       "client_tls_ca_file)");
+    if (c->auth_type == AUTH_CERT && c->client_tls_sslmode != SSLMODE_DISABLE &&
+        !c->client_tls_ca_file[0])
+        load_warning(L, "auth_type = cert without client_tls_ca_file: sluice asks no client for "
+                        "a certificate, so every client login will fail");
+    for (int i = 0; c->auth_type == AUTH_ANY && i < c->ndbs; i++) {
+        if (!config_db_forced_user(&c->dbs[i]))
+            load_warning(L,
+                         "auth_type = any ignores the client's user name, and database '%s' "
+                         "forces no user=: its logins will be refused",
+                         c->dbs[i].name);
+    }
     bool needs_secret =
         c->auth_type == AUTH_PLAIN || c->auth_type == AUTH_MD5 || c->auth_type == AUTH_SCRAM;
     if (needs_secret && c->nauth == 0 && !c->auth_user[0])

@@ -208,6 +208,45 @@ static char *percent_decode(const char *s, size_t n, bool *bad)
     return out;
 }
 
+/* url with its password written "***", for an error message: libpq's messages quote the URL
+ * they could not parse. The password runs from the ':' after the user name to the last '@' (a
+ * password with an '@' left unencoded makes libpq end the user info at the first one, so what
+ * lies between is the password's too). NULL when out of memory. */
+static char *url_without_password(const char *url)
+{
+    const char *user = strstr(url, "://");
+    user = user ? user + 3 : url;
+    const char *at = strrchr(user, '@');
+    const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+    if (!colon)
+        return strdup(url);
+    size_t head = (size_t)(colon + 1 - url);
+    char *out = malloc(head + 3 + strlen(at) + 1);
+    if (out)
+        sprintf(out, "%.*s***%s", (int)head, url, at);
+    return out;
+}
+
+/* libpq's reason for refusing url (the parse of a copy without the password, so the reason
+ * cannot quote it), reported under where. */
+static void report_bad_url(struct loader *L, const char *where, const char *url)
+{
+    char *shown = url_without_password(url);
+    char *msg = NULL;
+    PQconninfoOption *opts = shown ? PQconninfoParse(shown, &msg) : NULL;
+    if (!shown || (!opts && !msg)) {
+        L->oom = true;
+    } else if (opts) { /* only the password made it unparseable */
+        load_error(L, "%s: bad URL: libpq cannot parse its user name and password", where);
+    } else {
+        msg[strcspn(msg, "\n")] = '\0';
+        load_error(L, "%s: bad URL: %s", where, msg);
+    }
+    PQconninfoFree(opts);
+    PQfreemem(msg);
+    free(shown);
+}
+
 /* A postgres:// URL. sluice's keys are taken out of its query string; libpq parses the rest
  * (PQconninfoParse decodes percent escapes and checks parameter names) into keywords. Our own
  * check of the escapes comes first because libpq's message would quote the undecodable text,
@@ -282,17 +321,16 @@ int config_db_from_url(struct loader *L, const char *where, struct db_entry *db,
     stripped[len] = '\0';
     char *msg = NULL;
     PQconninfoOption *opts = PQconninfoParse(stripped, &msg);
-    config_free_secret(stripped);
     if (!opts) {
-        if (msg) {
-            msg[strcspn(msg, "\n")] = '\0';
-            load_error(L, "%s: bad URL: %s", where, msg);
-            PQfreemem(msg);
-        } else {
+        if (msg)
+            report_bad_url(L, where, stripped);
+        else
             L->oom = true;
-        }
+        PQfreemem(msg); /* it may quote the password */
+        config_free_secret(stripped);
         return -EINVAL;
     }
+    config_free_secret(stripped);
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (o->val && config_db_set_keyword(db, o->keyword, o->val) != 0)
             L->oom = true;

@@ -71,6 +71,39 @@ void tls_error_text(char *out, size_t n, const char *what)
     snprintf(out, n, "%s: %s", what, buf);
 }
 
+/* client_tls_ciphers (TLSv1.2 and older): PgBouncer's names for cipher lists, as its libusual
+ * defines them, so a pgbouncer.ini means the same here; anything else is an OpenSSL cipher list.
+ * The default, "secure", is AEAD suites with forward secrecy only (ECDHE, DHE): no CBC, no RSA
+ * key exchange. */
+#define CIPHERS_SECURE "HIGH+EECDH:HIGH+EDH:!SSLv3:!SHA384:!SHA256:!DSS:!aNULL"
+#define CIPHERS_COMPAT "HIGH:+3DES:!aNULL"
+#define CIPHERS_ALL "ALL:!aNULL:!eNULL"
+static const struct {
+    const char *name;
+    const char *list;
+} cipher_names[] = {
+    {"", CIPHERS_SECURE},
+    {"default", CIPHERS_SECURE},
+    {"secure", CIPHERS_SECURE},
+    {"compat", CIPHERS_COMPAT},
+    {"legacy", CIPHERS_COMPAT},
+    {"insecure", CIPHERS_ALL},
+    {"all", CIPHERS_ALL},
+    {"normal", "HIGH+EECDH:HIGH+EDH:HIGH+RSA:+SHA384:+SHA256:+SSLv3:+EDH:+RSA:-3DES:3DES+RSA:"
+               "!CAMELLIA:!DSS:!aNULL"},
+    {"fast", "HIGH+EECDH:HIGH+EDH:HIGH+RSA:+AES256:+SHA256:+SHA384:+SSLv3:+EDH:+RSA:-3DES:"
+             "3DES+RSA:!CAMELLIA:!DSS:!aNULL"},
+};
+
+static const char *cipher_list(const char *text)
+{
+    for (size_t i = 0; i < sizeof(cipher_names) / sizeof(cipher_names[0]); i++) {
+        if (strcasecmp(text, cipher_names[i].name) == 0)
+            return cipher_names[i].list;
+    }
+    return text;
+}
+
 /* client_tls_protocols: "secure" (TLSv1.2 and later, the default), "all"/"legacy" (TLSv1.0 and
  * later), or a list of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3 separated by commas, colons or blanks
  * (the range from the oldest to the newest named). */
@@ -186,9 +219,8 @@ static SSL_CTX *build(const struct config *cfg, enum sslmode *mode, char *err, s
      * A 16 kB record can be read in part, and a client that then waits on the socket (psycopg
      * 3.1 in pipeline or non-blocking mode does) waits for ever for bytes already decrypted. */
     SSL_CTX_set_max_send_fragment(ctx, TLS_MAX_RECORD_TO_CLIENT);
-    const char *ciphers = cfg->client_tls_ciphers;
-    if (ciphers[0] && strcasecmp(ciphers, "default") != 0 && strcasecmp(ciphers, "secure") != 0 &&
-        !SSL_CTX_set_cipher_list(ctx, ciphers)) {
+    const char *ciphers = cipher_list(cfg->client_tls_ciphers);
+    if (!SSL_CTX_set_cipher_list(ctx, ciphers)) {
         snprintf(what, sizeof(what), "client_tls_ciphers = '%s'", ciphers);
         tls_error_text(err, n, what);
         goto fail;

@@ -80,3 +80,150 @@ def test_auth_type_any_refuses_a_database_entry_without_a_forced_user(start_slui
         c.close()
     # a database sluice does not know is told only after the (empty) authentication
     assert refused(s.port, user="app2", database="nosuchdb").sqlstate == "3D000"
+
+
+def test_check_warns_about_an_any_entry_without_a_forced_user(tmp_path):
+    from test_cli import run
+    ini = tmp_path / "sluice.ini"
+    ini.write_text("[databases]\nloose = host=127.0.0.1\nforced = host=127.0.0.1 user=app\n"
+                   "[sluice]\nauth_type = any\nlisten_port = 0\n")
+    p = run(["--check", str(ini)])
+    assert p.returncode == 0, p.stderr
+    assert "database 'loose' forces no user=" in p.stderr, p.stderr
+    assert "'forced'" not in p.stderr, p.stderr
+
+
+def test_auth_type_any_console_admits_only_admin_and_stats_users(start_sluice, pg):
+    """PgBouncer with auth_type = any lets every name into its console as a stats user (SHOW
+    CONFIG, SHOW USERS, ...); sluice keeps the console to admin_users and stats_users, still
+    without a password."""
+    s = start_sluice({"auth_type": "any", "admin_users": "adm", "stats_users": "watcher"},
+                     databases={"appdb": pg.db_entry()})
+    err = refused(s.port, user="whoever", database="pgbouncer")
+    assert err.sqlstate == "42501", err.fields
+    for user, reload_ok in (("adm", True), ("watcher", False)):
+        c = raw_login(s.port, user=user, database="pgbouncer")
+        try:
+            assert c.query("SHOW USERS")[0]
+            if reload_ok:
+                c.query("RELOAD")
+            else:
+                with pytest.raises(ServerError) as ei:
+                    c.query("RELOAD")
+                assert ei.value.sqlstate == "42501", ei.value.fields
+        finally:
+            c.close()
+
+
+# ---- an empty password never logs in (PgBouncer 1.18 admits one over SCRAM) ----
+
+@pytest.mark.parametrize("method", ["md5", "plain", "scram-sha-256"])
+def test_an_empty_password_in_auth_file_never_logs_in(start_sluice, pg, method):
+    s = start_sluice({"auth_type": method}, auth_file={"app": "", "app2": "app2pass"})
+    for given in ("", "x"):
+        err = refused(s.port, user="app", password=given)
+        assert err.sqlstate == "28P01", err.fields
+    c = raw_login(s.port, user="app2", password="app2pass")
+    c.close()
+
+
+# ---- secrets stay out of error messages ----
+
+BROKEN_URLS = [
+    "postgres://app:UrlSecret1@[::1/appdb",                  # libpq quotes the whole URI
+    "postgresql://app:UrlSecret2@host:5432/appdb?a=b=c",       # ... and here
+    "postgresql://app:Url%zzSecret3@127.0.0.1:5432/appdb",     # the password is not %-encoding
+    "postgresql://app:Url@Secret4@[::1/appdb",                # an '@' inside the password
+]
+
+
+@pytest.mark.parametrize("url", BROKEN_URLS)
+@pytest.mark.parametrize("where", ["env", "entry"])
+def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, where):
+    """PgBouncer never echoes a password it read; sluice's bad-URL error quoted libpq's message,
+    which quotes the URL."""
+    from test_cli import run
+    secret = url.split(":", 2)[2].rsplit("@", 1)[0]
+    if where == "env":
+        p = run(["--check"], env={"DATABASE_URL": url, "SLUICE_LISTEN_PORT": "0"})
+    else:
+        ini = tmp_path / "sluice.ini"
+        ini.write_text(f"[databases]\nappdb = {url}\n[sluice]\nlisten_port = 0\n")
+        p = run(["--check", str(ini)])
+    assert p.returncode != 0, p.stderr
+    assert "error:" in p.stderr, p.stderr
+    assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
+
+
+# ---- auth_query's cache and a password changed on the server ----
+
+@pytest.fixture
+def changing_role(pg, lookup_roles):
+    ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing",
+                      "CREATE ROLE switch_changing LOGIN PASSWORD 'first-pw'"])
+    yield
+    ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing"])
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
+def test_a_password_changed_on_the_server_works_once_the_cached_one_fails(
+        start_sluice, pg, changing_role, method):
+    """PgBouncer runs auth_query at every login, so a new password works at once. sluice caches
+    the answer (60 s); a login the cached secret refuses drops it, so the next one asks again
+    (before, the new password was refused until the cache expired). One worker: each worker
+    has its own cache."""
+    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    raw_login(s.port, user="switch_changing", password="first-pw").close()
+    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
+    # the cached secret is the old one: the new password fails once (SCRAM chose its salt) ...
+    assert refused(s.port, user="switch_changing", password="second-pw").sqlstate == "28P01"
+    # ... and the next login asks the database again
+    c = raw_login(s.port, user="switch_changing", password="second-pw")
+    try:
+        assert c.query("SELECT current_user")[0] == [["app"]]
+    finally:
+        c.close()
+    assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
+
+
+# ---- client_tls_ciphers: PgBouncer's names and its default (TLSv1.2: AEAD with ECDHE/DHE) ----
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from certs import make_pki
+    return make_pki(tmp_path_factory.mktemp("pki"), "switch", clients=())
+
+
+def tls12_handshake(port, cipher):
+    """The TLSv1.2 suite sluice chose when the client offers only `cipher`, or None when the
+    handshake failed (openssl s_client speaks Postgres's SSLRequest)."""
+    import re
+    import subprocess
+    p = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect",
+                        f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher],
+                       input="", capture_output=True, text=True, timeout=20)
+    m = re.search(r"Cipher is (\S+)", p.stdout)
+    return None if not m or m.group(1) == "(NONE)" else m.group(1)
+
+
+CBC_SUITE = "ECDHE-ECDSA-AES128-SHA256"   # CBC + HMAC: not in PgBouncer's default
+AEAD_SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+@pytest.mark.parametrize("value, cbc_allowed", [
+    (None, False), ("default", False), ("secure", False), ("compat", True), ("legacy", True),
+    ("normal", True), ("fast", True), ("all", True), ("insecure", True),
+])
+def test_client_tls_ciphers_takes_pgbouncers_names_and_default(start_sluice, pki, value,
+                                                                cbc_allowed):
+    """PgBouncer's default ("secure") offers TLSv1.2 clients only AEAD suites with forward
+    secrecy; sluice's kept OpenSSL's list (CBC and RSA key exchange too), and refused to start
+    with PgBouncer's other names (fast, normal, compat, legacy, all, insecure)."""
+    main = {"client_tls_sslmode": "require", "client_tls_cert_file": str(pki.server_cert),
+            "client_tls_key_file": str(pki.server_key)}
+    if value is not None:
+        main["client_tls_ciphers"] = value
+    s = start_sluice(main)
+    assert tls12_handshake(s.port, AEAD_SUITE) == AEAD_SUITE
+    assert tls12_handshake(s.port, CBC_SUITE) == (CBC_SUITE if cbc_allowed else None)
