@@ -204,3 +204,34 @@ def test_health_says_clients_wait_for_resume_not_for_a_bigger_pool_while_paused(
     finally:
         for c in clients:
             c.close()
+
+
+# ---- log lines say why a client was closed -------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_log_lines_of_kill_client_and_shutdown_say_why_the_client_was_closed(start_sluice):
+    """Failures with no detail of their own were logged with nothing after "closing:"
+    (`WARNING C-3 appdb/app@... shutdown: closing: `): an operator reading why clients went
+    away learnt only a category. The line now carries the message the client got."""
+    s = two_workers(start_sluice)
+    victim, idle = s.connect(), s.connect()
+    try:
+        victim.execute("SELECT 1")
+        idle.execute("SELECT 1")
+        with console(s) as adm:
+            rows = [r for r in show(adm, "CLIENTS") if r["database"] == "appdb"]
+            mark = s.mark()
+            adm.execute(f"KILL_CLIENT {rows[0]['id']}")
+            line = s.wait_for_log(r"admin_killed: closing", since=mark)
+            assert line.rstrip().endswith("connection closed by the administrator"), line
+        mark = s.mark()
+        s.send_signal(signal.SIGINT)
+        assert s.wait_exit(10) == 0
+        lines = [ln for ln in s.log_since(mark) if "shutdown: closing" in ln]
+        assert lines, s.log_tail(20)
+        for ln in lines:
+            assert ln.rstrip().endswith("sluice is shutting down"), ln
+    finally:
+        victim.close()
+        idle.close()
