@@ -273,7 +273,9 @@ static void on_signal(uv_signal_t *h, int signum)
         break;
     case SIGUSR1:
     case SIGUSR2:
-        if (proc->phase != PHASE_RUNNING) {
+        /* As the console's PAUSE: while the clients connected are still served as before
+         * (WAIT_FOR_CLIENTS), not while their transactions are being let finish. */
+        if (proc->phase > PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
             log_msg(LOG_WARNING, "%s ignored: sluice is shutting down",
                     signum == SIGUSR1 ? "SIGUSR1 (PAUSE)" : "SIGUSR2 (RESUME)");
             break;
