@@ -3,6 +3,7 @@
  * like everything else. */
 #include "sluice.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -515,9 +516,24 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
+/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
+static bool logfile_usable(const struct config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->logfile || !cfg->logfile[0])
+        return true;
+    FILE *fp = fopen(cfg->logfile, "a");
+    if (!fp) {
+        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
+        return false;
+    }
+    fclose(fp);
+    return true;
+}
+
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
 {
-    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0;
+    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0 &&
+           logfile_usable(cfg, err, errlen);
 }
 
 void sluice_reload(struct process *proc)

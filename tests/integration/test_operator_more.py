@@ -235,3 +235,25 @@ def test_log_lines_of_kill_client_and_shutdown_say_why_the_client_was_closed(sta
     finally:
         victim.close()
         idle.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_logfile_that_cannot_be_opened_is_refused_by_reload_and_set(start_sluice, tmp_path):
+    """Before, RELOAD and SET of a logfile in a directory that does not exist answered as done:
+    sluice closed the file it was writing, printed one bare line on stderr, and SHOW CONFIG named
+    a file that received nothing."""
+    good = tmp_path / "sluice-file.log"
+    s = two_workers(start_sluice, logfile=str(good))
+    with console(s) as adm:
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("SET logfile = '/nonexistent/dir/sluice.log'")
+        assert "/nonexistent/dir/sluice.log" in str(ei.value)
+        s.ini_path.write_text(s.ini_path.read_text().replace(str(good),
+                                                             "/nonexistent/dir/sluice.log"))
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000"
+        assert config_of(adm, "logfile") == {"logfile": str(good)}
+        adm.execute("SHOW VERSION")
+    wait_until(lambda: "logfile /nonexistent/dir/sluice.log: cannot open it" in good.read_text(),
+               5, what="the refusal in the logfile still in use")
