@@ -257,3 +257,29 @@ def test_a_logfile_that_cannot_be_opened_is_refused_by_reload_and_set(start_slui
         adm.execute("SHOW VERSION")
     wait_until(lambda: "logfile /nonexistent/dir/sluice.log: cannot open it" in good.read_text(),
                5, what="the refusal in the logfile still in use")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pause", ["PAUSE", "PAUSE appdb"])
+def test_a_client_that_waited_out_a_pause_is_told_the_resume_that_releases_it(start_sluice,
+                                                                              pause):
+    """The 57000 a client gets after query_wait_timeout in a paused pool said `RESUME appdb
+    serves clients again` also when the pause was a PAUSE without a name, which RESUME appdb
+    leaves in force: an operator following the message released nobody."""
+    s = two_workers(start_sluice, default_pool_size=2, query_wait_timeout=1)
+    c = s.connect()
+    try:
+        c.execute("SELECT 1")
+        with console(s) as adm:
+            adm.execute(pause)
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT 1")
+            assert ei.value.sqlstate == "57000", ei.value
+            told = str(ei.value)
+            want = "RESUME appdb serves" if pause == "PAUSE appdb" else "RESUME serves"
+            assert want in told, told
+            assert "admin console" not in told, told  # SIGUSR1 pauses too
+            adm.execute(want.replace(" serves", ""))
+            assert c.execute("SELECT 'again'").fetchone() == ("again",)
+    finally:
+        c.close()
