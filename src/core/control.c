@@ -82,7 +82,7 @@ static void close_servers_when_free(struct pool *p, const char *why)
 static void pause_pool(struct pool *p)
 {
     pool_pause(p, PAUSED_BY_PAUSE);
-    close_servers_when_free(p, "PAUSE from the admin console");
+    close_servers_when_free(p, "PAUSE (admin console or SIGUSR1)");
 }
 
 /* RESUME db leaves a pool paused while a PAUSE without a name is still in force, and RESUME
@@ -176,7 +176,7 @@ static bool local_pause_done(struct worker *worker, const char *db)
         struct pool *p = container_of(n, struct pool, node);
         if (!pool_is_target(p, db) || !p->paused)
             continue;
-        close_idle(p, "PAUSE from the admin console");
+        close_idle(p, "PAUSE (admin console or SIGUSR1)");
         /* PgBouncer closes those still logging in too: one would otherwise become usable
          * after PAUSE answered. One a client is linked to already waits like one in use. */
         struct list_node *c, *ctmp;
@@ -184,7 +184,7 @@ static bool local_pause_done(struct worker *worker, const char *db)
         {
             struct server *s = container_of(c, struct server, node);
             if (!s->client)
-                server_close(s, "PAUSE from the admin console");
+                server_close(s, "PAUSE (admin console or SIGUSR1)");
         }
         if (p->active.count > 0 || p->resetting.count > 0 || p->connecting.count > 0)
             done = false;
