@@ -5,6 +5,7 @@ pg_stat_activity, the transactions it ran)."""
 
 import json
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from certs import make_pki
-from conftest import APP_USER, Background, pick_port, wait_until
+from conftest import APP_USER, Background, BackendSampler, pick_port, wait_until
 from multiworker import console, pool_row, show, wait_pool
 
 WORKERS2 = {"workers": 2, "admin_users": "admin", "pool_mode": "transaction"}
@@ -84,6 +85,48 @@ def test_sigusr1_pauses_and_sigusr2_resumes_every_worker_as_in_pgbouncer(start_s
     finally:
         for c in clients:
             c.close()
+
+
+@pytest.mark.timeout(120)
+def test_pause_resume_and_reload_signals_in_bursts_under_load_keep_caps_and_clients(start_sluice,
+                                                                                    pg):
+    """30 bursts of SIGUSR1, SIGUSR2 and SIGHUP while 10 clients on two workers run
+    transactions through pool_size = 3: no client sees an error (each waits out the pauses),
+    Postgres never sees more than 3 backends, sluice stays up and ends resumed."""
+    s = two_workers(start_sluice, default_pool_size=3, query_wait_timeout=20)
+    stop = threading.Event()
+    done, errors = [0], []
+
+    def run(i):
+        with s.connect(application_name=f"l{i}") as c:
+            while not stop.is_set():
+                try:
+                    c.execute("SELECT pg_sleep(0.002)")
+                    done[0] += 1
+                except psycopg.Error as e:
+                    errors.append(f"{e.sqlstate}: {e}")
+                    return
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    with BackendSampler(pg) as sampler:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        for i in range(30):
+            s.send_signal(signal.SIGUSR1)
+            time.sleep(0.05 * (i % 4))
+            s.send_signal(signal.SIGUSR2)
+            time.sleep(0.05)
+            s.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert done[0] > 100, done[0]
+    assert sampler.max <= 3, sampler.max
+    assert s.alive()
+    with console(s) as adm:
+        assert pool_row(adm)["paused"] == 0
 
 
 # ---- a reload whose certificate or hba file cannot be used ---------------------------------
