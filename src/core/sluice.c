@@ -498,6 +498,20 @@ static struct config *swap_config(struct process *proc, struct config *next)
 }
 
 /* The budgets of proc->cfg, then every worker told to apply it; old released. */
+/* A database the new generation no longer has (no entry of its own, no "*" entry) is forgotten
+ * as PgBouncer forgets it: its PAUSE, KILL or DISABLE ends, so adding it back gives one that
+ * serves. Posted after the reload messages, which close its clients first (control.h). */
+static void forget_removed_dbs(struct process *proc, const struct config *old)
+{
+    for (int i = 0; i < old->ndbs; i++) {
+        const char *name = old->dbs[i].name;
+        if (strcmp(name, "*") == 0 || config_find_db(proc->cfg, name))
+            continue;
+        disabled_dbs_remove(proc, name);
+        control_resume(sluice_control_worker(proc), name);
+    }
+}
+
 static void publish_generation(struct process *proc, struct config *old)
 {
     struct config *next = proc->cfg;
@@ -506,6 +520,7 @@ static void publish_generation(struct process *proc, struct config *old)
     proc->reload_seq++;
     for (int i = 0; i < proc->nworkers; i++)
         worker_post_reload(&proc->workers[i], next);
+    forget_removed_dbs(proc, old);
     config_free(old);
     pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
 }

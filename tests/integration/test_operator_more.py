@@ -326,3 +326,43 @@ def test_a_client_that_waited_out_a_pause_is_told_the_resume_that_releases_it(st
             assert c.execute("SELECT 'again'").fetchone() == ("again",)
     finally:
         c.close()
+
+
+# ---- a database removed by a reload and added back starts afresh ---------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_database_removed_by_reload_and_added_back_is_no_longer_paused_or_disabled(
+        start_sluice, pg):
+    """PgBouncer forgets a database that a reload removes, its PAUSE, KILL and DISABLE with it,
+    so adding it back gives a database that serves. sluice kept the state by name: the database
+    came back paused (its clients waited out query_wait_timeout for a RESUME nobody knew was
+    needed) or disabled (55000 at login)."""
+    dbs = {"appdb": pg.db_entry(), "otherdb": pg.db_entry(), "keep": pg.db_entry()}
+    s = two_workers(start_sluice, query_wait_timeout=2)
+    main = "[sluice]" + s.ini_path.read_text().partition("[sluice]")[2]
+
+    def write(databases):
+        s.ini_path.write_text("[databases]\n" + "".join(
+            f"{name} = " + " ".join(f"{k}={v}" for k, v in e.items()) + "\n"
+            for name, e in databases.items()) + "\n" + main)
+    with console(s) as adm:
+        write(dbs)
+        adm.execute("RELOAD")
+        with s.connect(dbname="otherdb") as c:
+            c.execute("SELECT 1")
+        adm.execute("PAUSE otherdb")
+        adm.execute("DISABLE appdb")
+        write({"keep": dbs["keep"]})
+        adm.execute("RELOAD")
+        write(dbs)
+        adm.execute("RELOAD")
+        rows = {r["name"]: r for r in show(adm, "DATABASES")}
+        assert (rows["otherdb"]["paused"], rows["appdb"]["disabled"]) == (0, 0), rows
+        for db in ("appdb", "otherdb"):
+            with s.connect(dbname=db) as c:
+                assert c.execute("SELECT 1").fetchone() == (1,)
+        # a database the reload keeps keeps its state, as before
+        adm.execute("DISABLE keep")
+        adm.execute("RELOAD")
+        assert {r["name"]: r for r in show(adm, "DATABASES")}["keep"]["disabled"] == 1
