@@ -340,6 +340,18 @@ static void close_once_written(struct client *c)
     client_send(c);
 }
 
+/* The log line of a failure sluice tells a client: its detail, or, when it has none (shutdown,
+ * KILL_CLIENT, out of memory), the message the client got, so the line says why. */
+static void log_failure(struct client *c, enum failure f, bool closing, const char *detail)
+{
+    char message[256];
+    if (!detail || !detail[0]) {
+        failure_message(f, "", message, sizeof(message));
+        detail = message;
+    }
+    log_client(LOG_WARNING, c, "%s: %s%s", failure_name(f), closing ? "closing: " : "", detail);
+}
+
 void client_fail_with_state(struct client *c, enum failure f, const char *detail,
                             const char *sqlstate)
 {
@@ -354,8 +366,7 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
     }
     const struct failure_info *fi = failure_info(f);
     if (c->worker->cfg->log_pooler_errors)
-        log_client(LOG_WARNING, c, "%s: %s%s", failure_name(f),
-                   fi->severity == SEVERITY_FATAL ? "closing: " : "", detail ? detail : "");
+        log_failure(c, f, fi->severity == SEVERITY_FATAL, detail);
     error_build(&c->out, f, detail, sqlstate);
     if (fi->severity != SEVERITY_FATAL) {
         client_send(c);
@@ -369,7 +380,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
     if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
         return;
     if (c->worker->cfg->log_pooler_errors)
-        log_client(LOG_WARNING, c, "%s: closing: %s", failure_name(f), detail ? detail : "");
+        log_failure(c, f, true, detail);
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
     close_once_written(c);

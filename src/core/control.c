@@ -57,6 +57,9 @@ bool control_db_known(const struct worker *worker, const char *db)
     return false;
 }
 
+/* Why a pause closes a server, for its log line. */
+static const char PAUSE_REASON[] = "PAUSE (admin console or SIGUSR1)";
+
 static void close_idle(struct pool *p, const char *why)
 {
     struct list_node *n, *tmp;
@@ -82,7 +85,7 @@ static void close_servers_when_free(struct pool *p, const char *why)
 static void pause_pool(struct pool *p)
 {
     pool_pause(p, PAUSED_BY_PAUSE);
-    close_servers_when_free(p, "PAUSE from the admin console");
+    close_servers_when_free(p, PAUSE_REASON);
 }
 
 /* RESUME db leaves a pool paused while a PAUSE without a name is still in force, and RESUME
@@ -176,7 +179,7 @@ static bool local_pause_done(struct worker *worker, const char *db)
         struct pool *p = container_of(n, struct pool, node);
         if (!pool_is_target(p, db) || !p->paused)
             continue;
-        close_idle(p, "PAUSE from the admin console");
+        close_idle(p, PAUSE_REASON);
         /* PgBouncer closes those still logging in too: one would otherwise become usable
          * after PAUSE answered. One a client is linked to already waits like one in use. */
         struct list_node *c, *ctmp;
@@ -184,7 +187,7 @@ static bool local_pause_done(struct worker *worker, const char *db)
         {
             struct server *s = container_of(c, struct server, node);
             if (!s->client)
-                server_close(s, "PAUSE from the admin console");
+                server_close(s, PAUSE_REASON);
         }
         if (p->active.count > 0 || p->resetting.count > 0 || p->connecting.count > 0)
             done = false;

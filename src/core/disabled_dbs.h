@@ -1,5 +1,6 @@
 /* disabled_dbs: the databases DISABLE has closed to new logins (PgBouncer's DISABLE/ENABLE).
- * The list lives in proc->disabled_dbs and is kept across RELOAD, as the database is; sessions
+ * The list lives in proc->disabled_dbs and is kept across RELOAD, as the database is (a reload
+ * that removes the database forgets its name, as PgBouncer does: sluice.c); sessions
  * already open go on. client.c asks at login (after the password), on whichever worker's thread
  * the login runs; the console changes it through control.h. Its mutex makes each question and
  * change one step (taken once per login, never per query). A leaf: it knows only names. */

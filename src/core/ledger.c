@@ -628,6 +628,14 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
     unlock(l);
 }
 
+bool ledger_paused_all(struct ledger *l)
+{
+    lock(l);
+    bool paused = l->paused_all == LEDGER_KEY_PAUSED;
+    unlock(l);
+    return paused;
+}
+
 void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s)
 {
     lock(l);

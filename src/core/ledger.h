@@ -482,6 +482,9 @@ void ledger_key_set_state(struct ledger *l, struct ledger_key *key, enum ledger_
  * PAUSE without a name in force; RESUME without a name ends both (sluice's, where PgBouncer
  * would refuse it while only databases are paused). */
 void ledger_db_set_state(struct ledger *l, const char *db_name, enum ledger_key_state s);
+/* Is a PAUSE without a database in force (which only RESUME without one ends)? Takes the lock:
+ * for messages, not for the path of a query. */
+bool ledger_paused_all(struct ledger *l);
 /* Lock-free (a relaxed load): may a worker hand out a server of key now? */
 enum ledger_key_state ledger_key_get_state(const struct ledger_key *key);
 

@@ -29,10 +29,13 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
         return;
     }
     if (p->paused) {
+        /* RESUME db leaves a PAUSE without a name in force: name the RESUME that releases it */
+        bool all = ledger_paused_all(&p->worker->proc->ledger);
         snprintf(msg, len,
-                 "pool \"%s/%s\" is paused (PAUSE on the admin console): no server for %.1f s "
-                 "(query_wait_timeout); RESUME %s serves clients again",
-                 p->db_name, p->user_name, secs, p->db_name);
+                 "pool \"%s/%s\" is paused (%s): no server for %.1f s (query_wait_timeout); "
+                 "RESUME%s%s serves clients again",
+                 p->db_name, p->user_name, all ? "PAUSE of every database, or SIGUSR1" : "PAUSE",
+                 secs, all ? "" : " ", all ? "" : p->db_name);
         return;
     }
     enum limit_kind k = ledger_lease_limit_since(p->worker, c->budget, pool_waiter_since(c));

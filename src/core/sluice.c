@@ -3,6 +3,7 @@
  * like everything else. */
 #include "sluice.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,7 +274,9 @@ static void on_signal(uv_signal_t *h, int signum)
         break;
     case SIGUSR1:
     case SIGUSR2:
-        if (proc->phase != PHASE_RUNNING) {
+        /* As the console's PAUSE: while the clients connected are still served as before
+         * (WAIT_FOR_CLIENTS), not while their transactions are being let finish. */
+        if (proc->phase > PHASE_SHUTDOWN_WAIT_FOR_CLIENTS) {
             log_msg(LOG_WARNING, "%s ignored: sluice is shutting down",
                     signum == SIGUSR1 ? "SIGUSR1 (PAUSE)" : "SIGUSR2 (RESUME)");
             break;
@@ -495,6 +498,20 @@ static struct config *swap_config(struct process *proc, struct config *next)
 }
 
 /* The budgets of proc->cfg, then every worker told to apply it; old released. */
+/* A database the new generation no longer has (no entry of its own, no "*" entry) is forgotten
+ * as PgBouncer forgets it: its PAUSE, KILL or DISABLE ends, so adding it back gives one that
+ * serves. Posted after the reload messages, which close its clients first (control.h). */
+static void forget_removed_dbs(struct process *proc, const struct config *old)
+{
+    for (int i = 0; i < old->ndbs; i++) {
+        const char *name = old->dbs[i].name;
+        if (strcmp(name, "*") == 0 || config_find_db(proc->cfg, name))
+            continue;
+        disabled_dbs_remove(proc, name);
+        control_resume(sluice_control_worker(proc), name);
+    }
+}
+
 static void publish_generation(struct process *proc, struct config *old)
 {
     struct config *next = proc->cfg;
@@ -503,6 +520,7 @@ static void publish_generation(struct process *proc, struct config *old)
     proc->reload_seq++;
     for (int i = 0; i < proc->nworkers; i++)
         worker_post_reload(&proc->workers[i], next);
+    forget_removed_dbs(proc, old);
     config_free(old);
     pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
 }
@@ -513,9 +531,24 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
+/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
+static bool logfile_usable(const struct config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->logfile || !cfg->logfile[0])
+        return true;
+    FILE *fp = fopen(cfg->logfile, "a");
+    if (!fp) {
+        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
+        return false;
+    }
+    fclose(fp);
+    return true;
+}
+
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
 {
-    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0;
+    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0 &&
+           logfile_usable(cfg, err, errlen);
 }
 
 void sluice_reload(struct process *proc)

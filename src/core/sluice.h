@@ -183,7 +183,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
  * or names a client certificate or auth_hba_file/auth_ident_file that cannot be used. */
 void sluice_reload(struct process *proc);
 /* Can cfg's files that a reload puts in force at once (client TLS certificate, key and CA,
- * auth_hba_file, auth_ident_file) be used? false with what is wrong in err. */
+ * auth_hba_file, auth_ident_file, logfile) be used? false with what is wrong in err. */
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen);
 /* Make next (a validated config whose reference the caller gives up) the process's, as a reload
  * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says

@@ -225,12 +225,17 @@ const char *failure_name(enum failure f)
     return names[f];
 }
 
+void failure_message(enum failure f, const char *detail, char *out, size_t n)
+{
+    snprintf(out, n, table[f].message, detail ? detail : "");
+}
+
 void error_build(struct msg_out *out, enum failure f, const char *detail,
                  const char *sqlstate_override)
 {
     const struct failure_info *fi = &table[f];
     char message[1024];
-    snprintf(message, sizeof(message), fi->message, detail ? detail : "");
+    failure_message(f, detail, message, sizeof(message));
     codec_put_error(out, 'E', fi->severity == SEVERITY_FATAL ? "FATAL" : "ERROR",
                     sqlstate_override ? sqlstate_override : sqlstate_code(fi->sqlstate), message,
                     NULL, fi->hint);

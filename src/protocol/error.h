@@ -75,6 +75,9 @@ struct failure_info {
 const struct failure_info *failure_info(enum failure f);
 const char *failure_name(enum failure f);
 
+/* The message a client gets for f with this detail (cut to fit n), for the log line that says
+ * why sluice closed or failed it: a failure whose detail is empty is named by its message. */
+void failure_message(enum failure f, const char *detail, char *out, size_t n);
 /* Append an ErrorResponse for f to out. sqlstate_override (may be NULL) replaces the table's
  * SQLSTATE, for errors relayed from the server at login. */
 void error_build(struct msg_out *out, enum failure f, const char *detail,

@@ -5,6 +5,7 @@ pg_stat_activity, the transactions it ran)."""
 
 import json
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from certs import make_pki
-from conftest import APP_USER, Background, pick_port, wait_until
+from conftest import APP_USER, Background, BackendSampler, pick_port, wait_until
 from multiworker import console, pool_row, show, wait_pool
 
 WORKERS2 = {"workers": 2, "admin_users": "admin", "pool_mode": "transaction"}
@@ -84,6 +85,48 @@ def test_sigusr1_pauses_and_sigusr2_resumes_every_worker_as_in_pgbouncer(start_s
     finally:
         for c in clients:
             c.close()
+
+
+@pytest.mark.timeout(120)
+def test_pause_resume_and_reload_signals_in_bursts_under_load_keep_caps_and_clients(start_sluice,
+                                                                                    pg):
+    """30 bursts of SIGUSR1, SIGUSR2 and SIGHUP while 10 clients on two workers run
+    transactions through pool_size = 3: no client sees an error (each waits out the pauses),
+    Postgres never sees more than 3 backends, sluice stays up and ends resumed."""
+    s = two_workers(start_sluice, default_pool_size=3, query_wait_timeout=20)
+    stop = threading.Event()
+    done, errors = [0], []
+
+    def run(i):
+        with s.connect(application_name=f"l{i}") as c:
+            while not stop.is_set():
+                try:
+                    c.execute("SELECT pg_sleep(0.002)")
+                    done[0] += 1
+                except psycopg.Error as e:
+                    errors.append(f"{e.sqlstate}: {e}")
+                    return
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    with BackendSampler(pg) as sampler:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        for i in range(30):
+            s.send_signal(signal.SIGUSR1)
+            time.sleep(0.05 * (i % 4))
+            s.send_signal(signal.SIGUSR2)
+            time.sleep(0.05)
+            s.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert done[0] > 100, done[0]
+    assert sampler.max <= 3, sampler.max
+    assert s.alive()
+    with console(s) as adm:
+        assert pool_row(adm)["paused"] == 0
 
 
 # ---- a reload whose certificate or hba file cannot be used ---------------------------------
@@ -204,3 +247,122 @@ def test_health_says_clients_wait_for_resume_not_for_a_bigger_pool_while_paused(
     finally:
         for c in clients:
             c.close()
+
+
+# ---- log lines say why a client was closed -------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_log_lines_of_kill_client_and_shutdown_say_why_the_client_was_closed(start_sluice):
+    """Failures with no detail of their own were logged with nothing after "closing:"
+    (`WARNING C-3 appdb/app@... shutdown: closing: `): an operator reading why clients went
+    away learnt only a category. The line now carries the message the client got."""
+    s = two_workers(start_sluice)
+    victim, idle = s.connect(), s.connect()
+    try:
+        victim.execute("SELECT 1")
+        idle.execute("SELECT 1")
+        with console(s) as adm:
+            rows = [r for r in show(adm, "CLIENTS") if r["database"] == "appdb"]
+            mark = s.mark()
+            adm.execute(f"KILL_CLIENT {rows[0]['id']}")
+            line = s.wait_for_log(r"admin_killed: closing", since=mark)
+            assert line.rstrip().endswith("connection closed by the administrator"), line
+        mark = s.mark()
+        s.send_signal(signal.SIGINT)
+        assert s.wait_exit(10) == 0
+        lines = [ln for ln in s.log_since(mark) if "shutdown: closing" in ln]
+        assert lines, s.log_tail(20)
+        for ln in lines:
+            assert ln.rstrip().endswith("sluice is shutting down"), ln
+    finally:
+        victim.close()
+        idle.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_logfile_that_cannot_be_opened_is_refused_by_reload_and_set(start_sluice, tmp_path):
+    """Before, RELOAD and SET of a logfile in a directory that does not exist answered as done:
+    sluice closed the file it was writing, printed one bare line on stderr, and SHOW CONFIG named
+    a file that received nothing."""
+    good = tmp_path / "sluice-file.log"
+    s = two_workers(start_sluice, logfile=str(good))
+    with console(s) as adm:
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("SET logfile = '/nonexistent/dir/sluice.log'")
+        assert "/nonexistent/dir/sluice.log" in str(ei.value)
+        s.ini_path.write_text(s.ini_path.read_text().replace(str(good),
+                                                             "/nonexistent/dir/sluice.log"))
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute("RELOAD")
+        assert ei.value.sqlstate == "F0000"
+        assert config_of(adm, "logfile") == {"logfile": str(good)}
+        adm.execute("SHOW VERSION")
+    wait_until(lambda: "logfile /nonexistent/dir/sluice.log: cannot open it" in good.read_text(),
+               5, what="the refusal in the logfile still in use")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pause", ["PAUSE", "PAUSE appdb"])
+def test_a_client_that_waited_out_a_pause_is_told_the_resume_that_releases_it(start_sluice,
+                                                                              pause):
+    """The 57000 a client gets after query_wait_timeout in a paused pool said `RESUME appdb
+    serves clients again` also when the pause was a PAUSE without a name, which RESUME appdb
+    leaves in force: an operator following the message released nobody."""
+    s = two_workers(start_sluice, default_pool_size=2, query_wait_timeout=1)
+    c = s.connect()
+    try:
+        c.execute("SELECT 1")
+        with console(s) as adm:
+            adm.execute(pause)
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT 1")
+            assert ei.value.sqlstate == "57000", ei.value
+            told = str(ei.value)
+            want = "RESUME appdb serves" if pause == "PAUSE appdb" else "RESUME serves"
+            assert want in told, told
+            assert "admin console" not in told, told  # SIGUSR1 pauses too
+            adm.execute(want.replace(" serves", ""))
+            assert c.execute("SELECT 'again'").fetchone() == ("again",)
+    finally:
+        c.close()
+
+
+# ---- a database removed by a reload and added back starts afresh ---------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_database_removed_by_reload_and_added_back_is_no_longer_paused_or_disabled(
+        start_sluice, pg):
+    """PgBouncer forgets a database that a reload removes, its PAUSE, KILL and DISABLE with it,
+    so adding it back gives a database that serves. sluice kept the state by name: the database
+    came back paused (its clients waited out query_wait_timeout for a RESUME nobody knew was
+    needed) or disabled (55000 at login)."""
+    dbs = {"appdb": pg.db_entry(), "otherdb": pg.db_entry(), "keep": pg.db_entry()}
+    s = two_workers(start_sluice, query_wait_timeout=2)
+    main = "[sluice]" + s.ini_path.read_text().partition("[sluice]")[2]
+
+    def write(databases):
+        s.ini_path.write_text("[databases]\n" + "".join(
+            f"{name} = " + " ".join(f"{k}={v}" for k, v in e.items()) + "\n"
+            for name, e in databases.items()) + "\n" + main)
+    with console(s) as adm:
+        write(dbs)
+        adm.execute("RELOAD")
+        with s.connect(dbname="otherdb") as c:
+            c.execute("SELECT 1")
+        adm.execute("PAUSE otherdb")
+        adm.execute("DISABLE appdb")
+        write({"keep": dbs["keep"]})
+        adm.execute("RELOAD")
+        write(dbs)
+        adm.execute("RELOAD")
+        rows = {r["name"]: r for r in show(adm, "DATABASES")}
+        assert (rows["otherdb"]["paused"], rows["appdb"]["disabled"]) == (0, 0), rows
+        for db in ("appdb", "otherdb"):
+            with s.connect(dbname=db) as c:
+                assert c.execute("SELECT 1").fetchone() == (1,)
+        # a database the reload keeps keeps its state, as before
+        adm.execute("DISABLE keep")
+        adm.execute("RELOAD")
+        assert {r["name"]: r for r in show(adm, "DATABASES")}["keep"]["disabled"] == 1
