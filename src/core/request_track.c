@@ -13,6 +13,7 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
+#include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_track.h"
@@ -180,6 +181,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             }
             if (type == 'S')
                 s->batch_open = false;
+            /* A function called by OID is code sluice cannot read (set_config of the role,
+             * pg_advisory_lock, dynamic SQL): the server is reset before it serves again. */
+            if (type == 'F' && track)
+                session_effects_run_unread(s);
             break;
         case 'E':
             s->syncs_after_execute = 0;

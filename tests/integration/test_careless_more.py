@@ -1,0 +1,131 @@
+"""Careless and hostile clients, seen from the outside: what one client leaves on its backend
+never reaches the next client of that backend, whichever way the client ran it (a FunctionCall
+message, a DO block, a named statement bound in a later transaction), and the answers match
+what Postgres gives the same bytes. One backend per pool (default_pool_size = 1) and two workers,
+so the next client gets the very backend the careless one used, handed over between workers."""
+
+import struct
+
+import pytest
+
+from pgwire import (
+    bind_msg,
+    execute_msg,
+    message,
+    parse_msg,
+    query_msg,
+    raw_login,
+    sync_msg,
+    terminate_msg,
+)
+
+MODES = ["session", "transaction", "statement"]
+
+# What the next client of a backend must find, whatever the one before it did.
+NEXT_CLIENT_SQL = (
+    "SELECT current_user, session_user, current_setting('role'),"
+    " current_setting('app.leak', true) IS DISTINCT FROM 'leaked',"
+    " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),"
+    " (SELECT count(*) FROM pg_listening_channels()),"
+    " current_setting('search_path'), current_setting('work_mem')")
+CLEAN = [["app", "app", "none", "t", "0", "0", '"$user", public', "4MB"]]
+
+
+def next_client_sees(port):
+    c = raw_login(port)
+    try:
+        return c.query(NEXT_CLIENT_SQL)[0]
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def app_may_become_app2(pg):
+    """app is a member of app2 (so SET ROLE app2 works) for the test's length."""
+    with pg.superuser("appdb") as c:
+        c.execute("GRANT app2 TO app")
+    yield
+    with pg.superuser("appdb") as c:
+        c.execute("REVOKE app2 FROM app")
+
+
+def function_call(oid, *args):
+    """FunctionCall ('F', protocol 55.7): text arguments, a text result."""
+    payload = struct.pack("!IH", oid, 0) + struct.pack("!H", len(args))
+    for a in args:
+        b = str(a).encode()
+        payload += struct.pack("!i", len(b)) + b
+    return message(b"F", payload + struct.pack("!H", 0))
+
+
+def one_backend_sluice(start_sluice, mode):
+    return start_sluice({"pool_mode": mode, "default_pool_size": 1, "workers": 2})
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_function_call_message_leaves_nothing_to_the_next_client(start_sluice, pg, mode,
+                                                                   app_may_become_app2):
+    """A FunctionCall runs a function sluice cannot read: set_config of the role or of any
+    parameter, an advisory lock. Through Postgres they end with the session; through sluice
+    they must end before the backend serves anyone else."""
+    oids = pg.query("SELECT 'set_config'::regproc::oid,"
+                    " 'pg_advisory_lock(bigint)'::regprocedure::oid")[0]
+    s = one_backend_sluice(start_sluice, mode)
+    assert next_client_sees(s.port) == CLEAN
+    a = raw_login(s.port)
+    for msg in (function_call(oids[0], "role", "app2", "false"),
+                function_call(oids[0], "app.leak", "leaked", "false"),
+                function_call(oids[0], "search_path", "pg_catalog", "false"),
+                function_call(oids[1], 44)):
+        a.send(msg)
+        mtype, _ = a.read_until({"V"})
+        assert mtype == "V"
+        a.read_until({"Z"})
+    if mode == "session":  # transaction mode keeps none of it past the transaction
+        assert a.query("SELECT current_user")[0] == [["app2"]]
+    a.send(terminate_msg())
+    a.close()
+    assert next_client_sees(s.port) == CLEAN
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_do_block_leaves_nothing_to_the_next_client(start_sluice, pg, mode,
+                                                      app_may_become_app2):
+    """A DO block's dynamic SQL is text sluice does not read (EXECUTE 'SET ROLE ...')."""
+    s = one_backend_sluice(start_sluice, mode)
+    a = raw_login(s.port)
+    do = ("DO $$BEGIN EXECUTE 'SET ROLE app2'; EXECUTE 'LISTEN h26_do';"
+          " EXECUTE 'SET work_mem = ''7MB'''; END$$")
+    if mode == "statement":
+        a.query(do)
+    else:
+        rows, _ = a.query(f"BEGIN; {do}; SELECT current_user, current_setting('work_mem');"
+                          " COMMIT")
+        assert rows == [["app2", "7MB"]]
+    a.send(terminate_msg())
+    a.close()
+    assert next_client_sees(s.port) == CLEAN
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("run", ["bind", "sql_execute"])
+def test_a_named_statement_run_in_a_later_transaction_leaves_nothing_to_the_next_client(
+        start_sluice, pg, mode, run):
+    """The statement's text is seen when it is parsed, but it runs at each Bind (or SQL EXECUTE),
+    maybe in another transaction on another backend: what it leaves must be reset there."""
+    s = one_backend_sluice(start_sluice, mode)
+    a = raw_login(s.port)
+    a.send(parse_msg("leaky", "SELECT set_config('app.leak', 'leaked', false),"
+                              " pg_advisory_lock(45)") + sync_msg())
+    a.read_until({"Z"})
+    if run == "bind":
+        a.send(bind_msg("", "leaky") + execute_msg() + sync_msg())
+        a.read_until({"Z"})
+    else:
+        a.query("EXECUTE leaky")
+    a.send(terminate_msg())
+    a.close()
+    assert next_client_sees(s.port) == CLEAN
