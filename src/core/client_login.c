@@ -178,6 +178,35 @@ static void negotiate_protocol(struct client *c, const struct startup_packet *sp
     codec_end(&c->out);
 }
 
+/* What a "replication" startup parameter asks for, read as Postgres reads it: "database"
+ * (case matters), or a boolean as parse_bool takes one (any case, any prefix of true, false,
+ * yes, no; on, off from two letters; 1, 0). */
+enum replication_ask { REPLICATION_NOT_ASKED, REPLICATION_ASKED, REPLICATION_VALUE_INVALID };
+
+static enum replication_ask replication_asked(const char *value)
+{
+    if (!value)
+        return REPLICATION_NOT_ASKED;
+    if (strcmp(value, "database") == 0)
+        return REPLICATION_ASKED;
+    static const struct {
+        const char *word;
+        size_t min_len;
+        enum replication_ask means;
+    } words[] = {
+        {"true", 1, REPLICATION_ASKED}, {"false", 1, REPLICATION_NOT_ASKED},
+        {"yes", 1, REPLICATION_ASKED},  {"no", 1, REPLICATION_NOT_ASKED},
+        {"on", 2, REPLICATION_ASKED},   {"off", 2, REPLICATION_NOT_ASKED},
+        {"1", 1, REPLICATION_ASKED},    {"0", 1, REPLICATION_NOT_ASKED},
+    };
+    size_t len = strlen(value);
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (len >= words[i].min_len && len <= strlen(words[i].word) &&
+            strncasecmp(value, words[i].word, len) == 0)
+            return words[i].means;
+    return REPLICATION_VALUE_INVALID;
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
@@ -185,7 +214,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     negotiate_protocol(c, sp);
     const char *user = codec_startup_get(sp, "user");
     const char *database = codec_startup_get(sp, "database");
-    const char *replication = codec_startup_get(sp, "replication");
+    enum replication_ask replication = replication_asked(codec_startup_get(sp, "replication"));
     if (!user || !user[0]) {
         client_fail(c, FAIL_NO_USER, "");
         return;
@@ -201,12 +230,14 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     c->database = memcpy(c->user + ulen, database, dlen);
     memcpy(c->user, user, ulen);
-    /* Postgres reads it as a boolean (any case) or "database": either kind of walsender
-     * session needs a server of its own for the client's whole life, and its COPY BOTH stream
-     * and replication commands are not something a pool can share (README, "Moving from
-     * PgBouncer"). */
-    if (replication && strcasecmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
-        strcasecmp(replication, "off") != 0 && strcasecmp(replication, "no") != 0) {
+    /* Either kind of walsender session needs a server of its own for the client's whole
+     * life, and its COPY BOTH stream and replication commands are not something a pool can
+     * share (README, "Moving from PgBouncer"). A value Postgres cannot read gets its error. */
+    if (replication == REPLICATION_VALUE_INVALID) {
+        client_fail(c, FAIL_BAD_REPLICATION_VALUE, codec_startup_get(sp, "replication"));
+        return;
+    }
+    if (replication == REPLICATION_ASKED) {
         client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
         return;
     }
@@ -218,7 +249,16 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
      * refusing other names here, at once, would tell a stranger which names are admins. */
     c->admin = console_is_db(worker, database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
-     * client without credentials could probe which database names exist. */
+     * client without credentials could probe which database names exist. The settings in
+     * "options" come first and a parameter given on its own overrides them, as Postgres
+     * applies them (process_startup_options: the command line, then the other parameters). */
+    const char *options = codec_startup_get(sp, "options");
+    if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
+        if (take_options(c, options) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
         if (param_is_protocol_level(name) || param_is_protocol_option(name) ||
@@ -229,13 +269,6 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             return;
         }
         if (params_set(&c->params, name, sp->params[i].value) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-    }
-    const char *options = codec_startup_get(sp, "options");
-    if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
-        if (take_options(c, options) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }

@@ -8,7 +8,11 @@ import struct
 
 import pytest
 
+from conftest import APP_PASSWORD
 from pgwire import (
+    PROTOCOL_3_0,
+    RawConn,
+    ServerError,
     bind_msg,
     execute_msg,
     message,
@@ -129,3 +133,81 @@ def test_a_named_statement_run_in_a_later_transaction_leaves_nothing_to_the_next
     a.send(terminate_msg())
     a.close()
     assert next_client_sees(s.port) == CLEAN
+
+
+# ---- startup packets a careless client builds -------------------------------------------------
+
+
+def startup_pairs(pairs):
+    """A StartupMessage with exactly these (name, value) pairs, duplicates and order kept."""
+    body = struct.pack("!I", PROTOCOL_3_0)
+    for k, v in pairs:
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def login_with(port, password, pairs, sql):
+    """(rows of sql, None) after a login with pairs, or (None, (severity, sqlstate))."""
+    c = RawConn(port, timeout=10)
+    try:
+        c.send(startup_pairs(pairs))
+        try:
+            c.finish_login(password=password)
+        except ServerError as e:
+            return None, (e.fields.get("S"), e.sqlstate)
+        return c.query(sql)[0], None
+    finally:
+        c.close()
+
+
+SHOW = ("SELECT current_database(), current_setting('application_name'),"
+        " current_setting('work_mem'), current_setting('extra_float_digits')")
+LOGIN = [("user", "app"), ("database", "appdb")]
+TWICE = {
+    "database": [("user", "app"), ("database", "postgres"), ("database", "appdb")],
+    "application_name": LOGIN + [("application_name", "a1"), ("application_name", "a2")],
+    "options": LOGIN + [("options", "-c work_mem=5MB"), ("options", "-c work_mem=6MB")],
+    "a_parameter": LOGIN + [("work_mem", "5MB"), ("work_mem", "6MB")],
+    # pgjdbc sends extra_float_digits=2 of its own; a user's options must not win over it
+    "options_then_parameter": LOGIN + [("options", "-c extra_float_digits=3 -c work_mem=5MB"),
+                                       ("extra_float_digits", "2")],
+    "parameter_then_options": LOGIN + [("extra_float_digits", "2"),
+                                       ("options", "-c extra_float_digits=3 -c work_mem=5MB")],
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_startup_parameter_given_twice_or_also_in_options_is_read_as_postgres_reads_it(
+        start_sluice, pg, mode):
+    """Postgres keeps the last value of a name given twice, and a parameter of its own wins over
+    the same setting in options, wherever it stands (process_startup_options)."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2, "workers": 2})
+    for case, pairs in TWICE.items():
+        want = login_with(pg.port, APP_PASSWORD, pairs, SHOW)
+        got = login_with(s.port, None, pairs, SHOW)
+        assert got == want, f"{case}: Postgres {want}, sluice {got}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value,postgres_reads", [
+    ("false", "off"), ("f", "off"), ("FA", "off"), ("no", "off"), ("of", "off"), ("0", "off"),
+    ("maybe", "invalid"), ("", "invalid"), ("o", "invalid"), ("00", "invalid"), ("Database", "invalid"),
+    ("true", "on"), ("T", "on"), ("yes", "on"), ("ON", "on"), ("1", "on"), ("database", "on"),
+])
+def test_the_replication_parameter_is_read_as_postgres_reads_it(start_sluice, pg, value,
+                                                                postgres_reads):
+    """A value Postgres reads as false is an ordinary login; one it cannot read gets its 22023;
+    a walsender login is refused by sluice with 0A000 (Postgres: 42501 for a role without
+    REPLICATION, a session of its own otherwise)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 2})
+    pairs = LOGIN + [("replication", value)]
+    want = login_with(pg.port, APP_PASSWORD, pairs, "SELECT 1")
+    got = login_with(s.port, None, pairs, "SELECT 1")
+    if postgres_reads == "on":
+        assert want == (None, ("FATAL", "42501"))
+        assert got == (None, ("FATAL", "0A000"))
+    else:
+        assert got == want
+        assert want == ([["1"]], None) if postgres_reads == "off" else (None, ("FATAL", "22023"))
