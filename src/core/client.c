@@ -329,6 +329,16 @@ void client_send(struct client *c)
     relay_client_interest(c);
 }
 
+/* What is queued for the client goes out, then the connection closes (CLOSING). */
+static void close_after_output(struct client *c)
+{
+    if (c->server)
+        c->worker->client_events->vanished(c);
+    client_set_state(c, CLIENT_CLOSING);
+    buf_release(&c->in);
+    client_send(c);
+}
+
 void client_fail_with_state(struct client *c, enum failure f, const char *detail,
                             const char *sqlstate)
 {
@@ -350,11 +360,16 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         client_send(c);
         return;
     }
-    if (c->server)
-        c->worker->client_events->vanished(c);
-    client_set_state(c, CLIENT_CLOSING);
-    buf_release(&c->in);
-    client_send(c);
+    close_after_output(c);
+}
+
+void client_close_after_output(struct client *c, const char *reason)
+{
+    if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
+        return;
+    if (c->worker->cfg->log_disconnections)
+        log_client(LOG_INFO, c, "closing: %s", reason);
+    close_after_output(c);
 }
 
 void client_fail_request_and_close(struct client *c, enum failure f, const char *detail)
@@ -365,11 +380,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
         log_client(LOG_WARNING, c, "%s: closing: %s", failure_name(f), detail ? detail : "");
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
-    if (c->server)
-        c->worker->client_events->vanished(c);
-    client_set_state(c, CLIENT_CLOSING);
-    buf_release(&c->in);
-    client_send(c);
+    close_after_output(c);
 }
 
 void client_fail(struct client *c, enum failure f, const char *detail)

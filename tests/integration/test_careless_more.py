@@ -11,11 +11,14 @@ import pytest
 from conftest import APP_PASSWORD
 from pgwire import (
     PROTOCOL_3_0,
+    PeerClosed,
     RawConn,
     ServerError,
     bind_msg,
+    copy_data_msg,
     execute_msg,
     message,
+    parse_fields,
     parse_msg,
     query_msg,
     raw_login,
@@ -211,3 +214,70 @@ def test_the_replication_parameter_is_read_as_postgres_reads_it(start_sluice, pg
     else:
         assert got == want
         assert want == ([["1"]], None) if postgres_reads == "off" else (None, ("FATAL", "22023"))
+
+
+# ---- the server ends the session -----------------------------------------------------------------
+
+
+def answers_until_closed(conn, timeout=10):
+    """Each message until the connection closes: (type, severity, sqlstate) for errors."""
+    out = []
+    conn.settimeout(timeout)
+    while True:
+        try:
+            mtype, payload = conn.read_message()
+        except PeerClosed:
+            return out
+        if mtype == "E":
+            f = parse_fields(payload)
+            out.append(("E", f.get("S"), f.get("C")))
+        elif mtype != "N":
+            out.append((mtype,))
+
+
+def copy_then(port, password, table, after):
+    c = RawConn(port, timeout=10)
+    try:
+        c.startup(password=password)
+        c.send(query_msg(f"COPY {table} FROM STDIN"))
+        c.read_until({"G"})
+        c.send(copy_data_msg(b"1\n") + after)
+        return answers_until_closed(c)
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("after", ["query", "parse"])
+def test_a_message_that_breaks_a_copy_gets_postgres_errors_and_nothing_more(
+        start_sluice, pg, table, mode, after):
+    """A Query or Parse inside COPY FROM STDIN: Postgres answers ERROR 08P01, then FATAL 08P01
+    (protocol synchronization was lost), and closes. Through sluice the client sees the same two,
+    not a third FATAL of sluice's saying the server closed, and the pool serves on."""
+    with pg.superuser("appdb") as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+        c.execute(f"GRANT ALL ON {table} TO app")
+    s = one_backend_sluice(start_sluice, mode)
+    msg = query_msg("SELECT 1") if after == "query" else parse_msg("", "SELECT 1") + sync_msg()
+    want = copy_then(pg.port, APP_PASSWORD, table, msg)
+    got = copy_then(s.port, None, table, msg)
+    assert want == [("E", "ERROR", "08P01"), ("E", "FATAL", "08P01")]
+    assert got == want
+    assert next_client_sees(s.port) == CLEAN
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_terminated_backend_s_client_gets_only_postgres_fatal(start_sluice, pg, mode):
+    """pg_terminate_backend: the client gets FATAL 57P01 and the close, as from Postgres."""
+    s = one_backend_sluice(start_sluice, mode)
+    c = raw_login(s.port)
+    try:
+        c.send(query_msg("SELECT pg_sleep(30) /* h26 victim */"))
+        (pid,) = pg.wait_for_active("app", "h26 victim", timeout=10)
+        pg.query("SELECT pg_terminate_backend(%s)", [pid])
+        assert answers_until_closed(c) == [("T",), ("E", "FATAL", "57P01")]
+    finally:
+        c.close()
+    assert next_client_sees(s.port) == CLEAN
