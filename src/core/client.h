@@ -69,6 +69,9 @@ struct client {
     uint32_t out_pos;      /* how much of out is written */
     enum client_state state;
     enum login_place login_place;
+    /* STARTUP: the encryption requests already answered (enum encryption_request bits): each
+     * is answered once, as Postgres does (ProcessStartupPacket's ssl_done, gss_done). */
+    uint8_t encryption_answered;
 
     struct pool *pool;     /* set once the login names a database */
     struct server *server; /* while ACTIVE */

@@ -538,6 +538,33 @@ static void start_tls(struct client *c)
     client_login_tls_step(c);
 }
 
+/* Bits of c->encryption_answered. */
+enum encryption_request { ASKED_SSL = 1, ASKED_GSSENC = 2 };
+
+/* An SSLRequest or GSSENCRequest: TLS starts, or 'N' and the client goes on unencrypted
+ * (protocol section 55.2.10) or gives up. False when the client is failed or TLS starts. */
+static bool answer_encryption_request(struct client *c, const struct startup_packet *sp)
+{
+    unsigned asked = sp->kind == STARTUP_SSL_REQUEST ? ASKED_SSL : ASKED_GSSENC;
+    /* Postgres answers each once (TLS started answers both): a second is read as a startup
+     * packet of an unknown protocol version, 1234.5679 or 1234.5680, and refused so. */
+    if ((c->encryption_answered & asked) || c->io.ssl) {
+        char version[32];
+        snprintf(version, sizeof(version), "%u.%u", sp->code >> 16, sp->code & 0xffff);
+        client_fail(c, FAIL_UNSUPPORTED_PROTOCOL, version);
+        return false;
+    }
+    c->encryption_answered |= (uint8_t)asked;
+    if (sp->kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
+        c->addr.sa.sa_family != AF_UNIX) {
+        start_tls(c);
+        return false;
+    }
+    codec_put_u8(&c->out, 'N');
+    client_send(c);
+    return c->state == CLIENT_STARTUP;
+}
+
 void client_login_on_startup_bytes(struct client *c)
 {
     for (;;) {
@@ -563,19 +590,7 @@ void client_login_on_startup_bytes(struct client *c)
         switch (sp.kind) {
         case STARTUP_SSL_REQUEST:
         case STARTUP_GSSENC_REQUEST:
-            if (sp.kind == STARTUP_SSL_REQUEST && c->io.ssl) {
-                client_fail(c, FAIL_PROTOCOL_VIOLATION, "SSLRequest on an encrypted connection");
-                return;
-            }
-            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
-                c->addr.sa.sa_family != AF_UNIX) {
-                start_tls(c);
-                return;
-            }
-            /* Protocol section 55.2.10: 'N' and the client goes on unencrypted (or gives up). */
-            codec_put_u8(&c->out, 'N');
-            client_send(c);
-            if (c->state != CLIENT_STARTUP)
+            if (!answer_encryption_request(c, &sp))
                 return;
             continue;
         case STARTUP_CANCEL:

@@ -16,12 +16,14 @@ from pgwire import (
     ServerError,
     bind_msg,
     copy_data_msg,
+    gssenc_request,
     execute_msg,
     message,
     parse_fields,
     parse_msg,
     query_msg,
     raw_login,
+    ssl_request,
     sync_msg,
     terminate_msg,
 )
@@ -281,3 +283,44 @@ def test_a_terminated_backend_s_client_gets_only_postgres_fatal(start_sluice, pg
     finally:
         c.close()
     assert next_client_sees(s.port) == CLEAN
+
+
+# ---- encryption requests -------------------------------------------------------------------------
+
+
+def negotiate(port, password, requests):
+    """Send each request and read its one-byte answer while they are 'N'; then log in. Returns
+    the answers and "logged in", or the (severity, sqlstate) of the error that came instead."""
+    c = RawConn(port, timeout=10)
+    try:
+        answers = []
+        for r in requests:
+            c.send(r)
+            b = c.recv_exact(1)
+            answers.append(b.decode())
+            if b != b"N":
+                c.buf = b + c.buf  # an ErrorResponse: read it whole
+                fields = c.expect_error(timeout=5)
+                return answers, (fields.get("S"), fields.get("C"))
+        c.startup(password=password)
+        rows, _ = c.query("SELECT 'in'")
+        return answers, "logged in" if rows == [["in"]] else rows
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(60)
+def test_each_encryption_request_is_answered_once_as_postgres_answers_it(start_sluice, pg):
+    """Postgres answers an SSLRequest once: a second is read as a startup packet of protocol
+    1234.5679 and refused with FATAL 0A000; so is a second GSSENCRequest. One of each, in
+    either order, is a normal negotiation (sluice answers both 'N')."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 2})
+    twice = [ssl_request(), ssl_request()]
+    assert negotiate(s.port, None, twice) == negotiate(pg.port, APP_PASSWORD, twice) == (
+        ["N", "E"], ("FATAL", "0A000"))
+    assert negotiate(s.port, None, [gssenc_request(), gssenc_request()]) == (
+        ["N", "E"], ("FATAL", "0A000"))
+    for order in ([ssl_request(), gssenc_request()], [gssenc_request(), ssl_request()]):
+        assert negotiate(s.port, None, order) == (["N", "N"], "logged in")
+    assert negotiate(s.port, None, [gssenc_request(), ssl_request(), gssenc_request()]) == (
+        ["N", "N", "E"], ("FATAL", "0A000"))
