@@ -540,21 +540,25 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
-        if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
+        if (buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];
+        /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
+         * a client that sent one byte and waits is answered, not left waiting. */
+        if (!c->admin && !codec_frontend_type_known(type)) {
+            char detail[64];
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            return;
+        }
+        if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
+            break;
         if (type == 'X') {
             client_close(c, NULL);
             return;
         }
         if (c->admin) {
             console_on_data(c);
-            return;
-        }
-        if (!codec_frontend_type_known(type)) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
         if (!sluice_serving(c->worker)) {

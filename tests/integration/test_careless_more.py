@@ -324,3 +324,30 @@ def test_each_encryption_request_is_answered_once_as_postgres_answers_it(start_s
         assert negotiate(s.port, None, order) == (["N", "N"], "logged in")
     assert negotiate(s.port, None, [gssenc_request(), ssl_request(), gssenc_request()]) == (
         ["N", "N", "E"], ("FATAL", "0A000"))
+
+
+def one_byte_of_an_unknown_type(port, password):
+    c = raw_login(port, password=password)
+    try:
+        c.send(b"\x00")  # a CancelRequest's first byte, sent on the session by mistake
+        try:
+            fields = c.expect_error(timeout=3)
+        except (TimeoutError, OSError):
+            return "no answer"
+        return fields.get("S"), fields.get("C"), c.is_closed(3)
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_an_unknown_message_type_is_refused_on_its_first_byte_as_postgres_refuses_it(
+        start_sluice, pg, mode):
+    """Postgres reads the type byte first and refuses an unknown one at once (FATAL 08P01),
+    without waiting for a length: a client that sent one such byte is answered, not left
+    waiting for a reply that never comes."""
+    s = one_backend_sluice(start_sluice, mode)
+    want = one_byte_of_an_unknown_type(pg.port, APP_PASSWORD)
+    assert want == ("FATAL", "08P01", True)
+    assert one_byte_of_an_unknown_type(s.port, None) == want
+    assert next_client_sees(s.port) == CLEAN
