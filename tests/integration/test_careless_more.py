@@ -198,7 +198,8 @@ def test_a_startup_parameter_given_twice_or_also_in_options_is_read_as_postgres_
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("value,postgres_reads", [
     ("false", "off"), ("f", "off"), ("FA", "off"), ("no", "off"), ("of", "off"), ("0", "off"),
-    ("maybe", "invalid"), ("", "invalid"), ("o", "invalid"), ("00", "invalid"), ("Database", "invalid"),
+    ("maybe", "invalid"), ("", "invalid"), ("o", "invalid"), ("00", "invalid"),
+    ("Database", "invalid"),
     ("true", "on"), ("T", "on"), ("yes", "on"), ("ON", "on"), ("1", "on"), ("database", "on"),
 ])
 def test_the_replication_parameter_is_read_as_postgres_reads_it(start_sluice, pg, value,
