@@ -604,6 +604,12 @@ void client_login_on_startup_bytes(struct client *c)
             return;
         }
         case STARTUP_MALFORMED:
+            /* A CancelRequest of the wrong length: Postgres only logs it and closes, since a
+             * cancelling client reads no answer (ProcessStartupPacket, COMMERROR). */
+            if (sp.code == CODEC_CANCEL_CODE) {
+                client_close(c, "CancelRequest of the wrong length");
+                return;
+            }
             client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
             return;
         case STARTUP_V3:

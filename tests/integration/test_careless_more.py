@@ -352,3 +352,29 @@ def test_an_unknown_message_type_is_refused_on_its_first_byte_as_postgres_refuse
     assert want == ("FATAL", "08P01", True)
     assert one_byte_of_an_unknown_type(s.port, None) == want
     assert next_client_sees(s.port) == CLEAN
+
+
+def cancel_answer(port, packet):
+    """What a connection sending only this CancelRequest gets back before the close."""
+    c = RawConn(port, timeout=5)
+    try:
+        c.send(packet)
+        data = b""
+        while True:
+            chunk = c.sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("length", [12, 20, 24])
+def test_a_cancel_request_of_the_wrong_length_is_closed_without_a_word_as_by_postgres(
+        start_sluice, pg, length):
+    s = one_backend_sluice(start_sluice, "transaction")
+    packet = struct.pack("!II", length, 80877102) + b"\x00" * (length - 8)
+    assert cancel_answer(pg.port, packet) == b""
+    assert cancel_answer(s.port, packet) == b""
+    assert next_client_sees(s.port) == CLEAN
