@@ -329,9 +329,8 @@ void client_send(struct client *c)
     relay_client_interest(c);
 }
 
-/* After a FATAL written to c->out: the client reads nothing more, its server (if any) is let
- * go, and it closes once the error has been written. */
-static void close_once_written(struct client *c)
+/* What is queued for the client goes out, then the connection closes (CLOSING). */
+static void close_after_output(struct client *c)
 {
     if (c->server)
         c->worker->client_events->vanished(c);
@@ -372,7 +371,16 @@ void client_fail_with_state(struct client *c, enum failure f, const char *detail
         client_send(c);
         return;
     }
-    close_once_written(c);
+    close_after_output(c);
+}
+
+void client_close_after_output(struct client *c, const char *reason)
+{
+    if (c->state == CLIENT_CLOSING || c->state == CLIENT_CLOSED)
+        return;
+    if (c->worker->cfg->log_disconnections)
+        log_client(LOG_INFO, c, "closing: %s", reason);
+    close_after_output(c);
 }
 
 void client_fail_request_and_close(struct client *c, enum failure f, const char *detail)
@@ -383,7 +391,7 @@ void client_fail_request_and_close(struct client *c, enum failure f, const char 
         log_failure(c, f, true, detail);
     error_build(&c->out, f, detail, NULL);
     codec_put_ready(&c->out, 'I');
-    close_once_written(c);
+    close_after_output(c);
 }
 
 void client_fail(struct client *c, enum failure f, const char *detail)
@@ -515,7 +523,7 @@ void client_login_synced(struct client *c, struct server *s)
     if (c->state == CLIENT_LOGIN_REFUSED) {
         /* the server (linked) is clean again (each SET was its own transaction): it goes back,
          * and the client closes once the refusal kept in c->out is written */
-        close_once_written(c);
+        close_after_output(c);
         return;
     }
     /* The client is told what the server reports, and later syncs compare like with like. */
@@ -541,21 +549,25 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
-        if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
+        if (buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];
+        /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
+         * a client that sent one byte and waits is answered, not left waiting. */
+        if (!c->admin && !codec_frontend_type_known(type)) {
+            char detail[64];
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            return;
+        }
+        if (buf_unframed(&c->in) < CODEC_HEADER_LEN)
+            break;
         if (type == 'X') {
             client_close(c, NULL);
             return;
         }
         if (c->admin) {
             console_on_data(c);
-            return;
-        }
-        if (!codec_frontend_type_known(type)) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
             return;
         }
         if (!sluice_serving(c->worker)) {

@@ -178,6 +178,35 @@ static void negotiate_protocol(struct client *c, const struct startup_packet *sp
     codec_end(&c->out);
 }
 
+/* What a "replication" startup parameter asks for, read as Postgres reads it: "database"
+ * (case matters), or a boolean as parse_bool takes one (any case, any prefix of true, false,
+ * yes, no; on, off from two letters; 1, 0). */
+enum replication_ask { REPLICATION_NOT_ASKED, REPLICATION_ASKED, REPLICATION_VALUE_INVALID };
+
+static enum replication_ask replication_asked(const char *value)
+{
+    if (!value)
+        return REPLICATION_NOT_ASKED;
+    if (strcmp(value, "database") == 0)
+        return REPLICATION_ASKED;
+    static const struct {
+        const char *word;
+        size_t min_len;
+        enum replication_ask means;
+    } words[] = {
+        {"true", 1, REPLICATION_ASKED}, {"false", 1, REPLICATION_NOT_ASKED},
+        {"yes", 1, REPLICATION_ASKED},  {"no", 1, REPLICATION_NOT_ASKED},
+        {"on", 2, REPLICATION_ASKED},   {"off", 2, REPLICATION_NOT_ASKED},
+        {"1", 1, REPLICATION_ASKED},    {"0", 1, REPLICATION_NOT_ASKED},
+    };
+    size_t len = strlen(value);
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (len >= words[i].min_len && len <= strlen(words[i].word) &&
+            strncasecmp(value, words[i].word, len) == 0)
+            return words[i].means;
+    return REPLICATION_VALUE_INVALID;
+}
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
@@ -185,7 +214,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     negotiate_protocol(c, sp);
     const char *user = codec_startup_get(sp, "user");
     const char *database = codec_startup_get(sp, "database");
-    const char *replication = codec_startup_get(sp, "replication");
+    enum replication_ask replication = replication_asked(codec_startup_get(sp, "replication"));
     if (!user || !user[0]) {
         client_fail(c, FAIL_NO_USER, "");
         return;
@@ -201,12 +230,14 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     c->database = memcpy(c->user + ulen, database, dlen);
     memcpy(c->user, user, ulen);
-    /* Postgres reads it as a boolean (any case) or "database": either kind of walsender
-     * session needs a server of its own for the client's whole life, and its COPY BOTH stream
-     * and replication commands are not something a pool can share (README, "Moving from
-     * PgBouncer"). */
-    if (replication && strcasecmp(replication, "false") != 0 && strcmp(replication, "0") != 0 &&
-        strcasecmp(replication, "off") != 0 && strcasecmp(replication, "no") != 0) {
+    /* Either kind of walsender session needs a server of its own for the client's whole
+     * life, and its COPY BOTH stream and replication commands are not something a pool can
+     * share (README, "Moving from PgBouncer"). A value Postgres cannot read gets its error. */
+    if (replication == REPLICATION_VALUE_INVALID) {
+        client_fail(c, FAIL_BAD_REPLICATION_VALUE, codec_startup_get(sp, "replication"));
+        return;
+    }
+    if (replication == REPLICATION_ASKED) {
         client_fail(c, FAIL_REPLICATION_UNSUPPORTED, "");
         return;
     }
@@ -218,7 +249,16 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
      * refusing other names here, at once, would tell a stranger which names are admins. */
     c->admin = console_is_db(worker, database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
-     * client without credentials could probe which database names exist. */
+     * client without credentials could probe which database names exist. The settings in
+     * "options" come first and a parameter given on its own overrides them, as Postgres
+     * applies them (process_startup_options: the command line, then the other parameters). */
+    const char *options = codec_startup_get(sp, "options");
+    if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
+        if (take_options(c, options) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
     for (int i = 0; i < sp->nparams; i++) {
         const char *name = sp->params[i].name;
         if (param_is_protocol_level(name) || param_is_protocol_option(name) ||
@@ -229,13 +269,6 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             return;
         }
         if (params_set(&c->params, name, sp->params[i].value) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return;
-        }
-    }
-    const char *options = codec_startup_get(sp, "options");
-    if (options && !config_list_contains(&cfg->ignore_startup_parameters, "options")) {
-        if (take_options(c, options) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
@@ -505,6 +538,33 @@ static void start_tls(struct client *c)
     client_login_tls_step(c);
 }
 
+/* Bits of c->encryption_answered. */
+enum encryption_request { ASKED_SSL = 1, ASKED_GSSENC = 2 };
+
+/* An SSLRequest or GSSENCRequest: TLS starts, or 'N' and the client goes on unencrypted
+ * (protocol section 55.2.10) or gives up. False when the client is failed or TLS starts. */
+static bool answer_encryption_request(struct client *c, const struct startup_packet *sp)
+{
+    unsigned asked = sp->kind == STARTUP_SSL_REQUEST ? ASKED_SSL : ASKED_GSSENC;
+    /* Postgres answers each once (TLS started answers both): a second is read as a startup
+     * packet of an unknown protocol version, 1234.5679 or 1234.5680, and refused so. */
+    if ((c->encryption_answered & asked) || c->io.ssl) {
+        char version[32];
+        snprintf(version, sizeof(version), "%u.%u", sp->code >> 16, sp->code & 0xffff);
+        client_fail(c, FAIL_UNSUPPORTED_PROTOCOL, version);
+        return false;
+    }
+    c->encryption_answered |= (uint8_t)asked;
+    if (sp->kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
+        c->addr.sa.sa_family != AF_UNIX) {
+        start_tls(c);
+        return false;
+    }
+    codec_put_u8(&c->out, 'N');
+    client_send(c);
+    return c->state == CLIENT_STARTUP;
+}
+
 void client_login_on_startup_bytes(struct client *c)
 {
     for (;;) {
@@ -530,19 +590,7 @@ void client_login_on_startup_bytes(struct client *c)
         switch (sp.kind) {
         case STARTUP_SSL_REQUEST:
         case STARTUP_GSSENC_REQUEST:
-            if (sp.kind == STARTUP_SSL_REQUEST && c->io.ssl) {
-                client_fail(c, FAIL_PROTOCOL_VIOLATION, "SSLRequest on an encrypted connection");
-                return;
-            }
-            if (sp.kind == STARTUP_SSL_REQUEST && tls_client_mode() != SSLMODE_DISABLE &&
-                c->addr.sa.sa_family != AF_UNIX) {
-                start_tls(c);
-                return;
-            }
-            /* Protocol section 55.2.10: 'N' and the client goes on unencrypted (or gives up). */
-            codec_put_u8(&c->out, 'N');
-            client_send(c);
-            if (c->state != CLIENT_STARTUP)
+            if (!answer_encryption_request(c, &sp))
                 return;
             continue;
         case STARTUP_CANCEL:
@@ -556,6 +604,12 @@ void client_login_on_startup_bytes(struct client *c)
             return;
         }
         case STARTUP_MALFORMED:
+            /* A CancelRequest of the wrong length: Postgres only logs it and closes, since a
+             * cancelling client reads no answer (ProcessStartupPacket, COMMERROR). */
+            if (sp.code == CODEC_CANCEL_CODE) {
+                client_close(c, "CancelRequest of the wrong length");
+                return;
+            }
             client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
             return;
         case STARTUP_V3:

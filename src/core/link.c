@@ -258,6 +258,7 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
         .drain_allowed = s->pool->worker->cfg->server_drain_timeout > 0,
     };
     enum server_fate fate = link_fate(why, &f);
+    bool server_said_fatal = s->said_fatal;
     /* The client's stream is made whole (CopyFail, the Sync of an open batch) while the pair
      * still knows what it was in the middle of. */
     if (fate == SERVER_FATE_DRAIN && !relay_orphan_server(s, c))
@@ -287,7 +288,12 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
             relay_client_interest(c);
         break;
     case LINK_END_SERVER_LOST:
-        client_fail(c, FAIL_SERVER_LOST, o && o->detail ? o->detail : close_reason(why, o));
+        /* After the server's own FATAL the client sees the close as from Postgres: that error
+         * and the end of the connection, not a second FATAL of sluice's. */
+        if (server_said_fatal && !(o && o->detail))
+            client_close_after_output(c, "its server ended the session with a FATAL error");
+        else
+            client_fail(c, FAIL_SERVER_LOST, o && o->detail ? o->detail : close_reason(why, o));
         break;
     case LINK_END_SERVER_FAST_CLOSE:
         client_fail(c, FAIL_ADMIN_KILLED,

@@ -51,6 +51,27 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
 
 /* ---- server -> client framing ---- */
 
+/* Is the ErrorResponse at p (avail of its whole bytes here) the server's FATAL or PANIC? Read
+ * from the non-localized severity ('V', right after 'S' since Postgres 9.6), as far as it is
+ * here: a backend ends its session with one (pg_terminate_backend, idle_session_timeout, a
+ * protocol error in COPY) and then closes, as the client then sees from Postgres itself. */
+static bool error_is_fatal(const uint8_t *p, uint32_t avail, uint32_t whole)
+{
+    uint32_t end = avail < whole ? avail : whole;
+    for (uint32_t i = CODEC_HEADER_LEN; i < end && p[i] != '\0';) {
+        const uint8_t *value = p + i + 1;
+        const uint8_t *nul = memchr(value, '\0', end - (i + 1));
+        if (!nul)
+            return false;
+        size_t n = (size_t)(nul - value);
+        if (p[i] == 'V')
+            return (n == 5 && memcmp(value, "FATAL", 5) == 0) ||
+                   (n == 5 && memcmp(value, "PANIC", 5) == 0);
+        i = (uint32_t)(nul - p) + 1;
+    }
+    return false;
+}
+
 static void on_parameter_status(struct server *s, struct client *c, const uint8_t *body,
                                 uint32_t len)
 {
@@ -210,6 +231,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
+        if (type == 'E' && !consume && error_is_fatal(p, avail, whole))
+            s->said_fatal = true;
         if (drop_ran && p[whole - 1] == '\0')
             stmt_on_command_complete(&s->reqs, (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {

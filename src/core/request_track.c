@@ -13,6 +13,7 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
+#include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_track.h"
@@ -97,6 +98,13 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         const uint8_t *p = b->data + b->scan;
         uint8_t type;
         uint32_t body_len;
+        /* An unknown type is refused on its first byte, as Postgres refuses it (client.c). */
+        if (!codec_frontend_type_known(p[0])) {
+            char detail[64];
+            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", p[0]);
+            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
+            return CLIENT_FRAME_FAILED;
+        }
         /* No bound here: an oversized body gets its own message naming max_packet_size. */
         switch (codec_frame_header(p, b->wpos - b->scan, UINT32_MAX, &type, &body_len)) {
         case FRAME_NEED_MORE:
@@ -116,12 +124,6 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         }
         if (type == 'X')
             return CLIENT_FRAME_TERMINATE;
-        if (!codec_frontend_type_known(type)) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
-            return CLIENT_FRAME_FAILED;
-        }
         /* Past Postgres's bound the server would close on it: the client is told so here, and
          * the server stays sound for the next one. */
         if (len > codec_frontend_max_len(type)) {
@@ -180,6 +182,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             }
             if (type == 'S')
                 s->batch_open = false;
+            /* A function called by OID is code sluice cannot read (set_config of the role,
+             * pg_advisory_lock, dynamic SQL): the server is reset before it serves again. */
+            if (type == 'F' && track)
+                session_effects_run_unread(s);
             break;
         case 'E':
             s->syncs_after_execute = 0;

@@ -126,6 +126,8 @@ struct server {
                               between clients (CANCEL_WAIT), the struct is freed after them */
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
+    bool said_fatal;       /* its client was given the server's own FATAL (or PANIC): the
+                              close that follows is told with nothing of sluice's */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
                               the client's CopyDone/CopyFail (or ReadyForQuery) */
     int executes_unanswered; /* Executes forwarded and not yet answered (CommandComplete,

@@ -107,3 +107,16 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
         note_session_objects(s, f);
     return r;
 }
+
+enum stmt_effect session_effects_of_text(const char *sql, size_t len)
+{
+    struct param_touch touch;
+    enum session_feature f = session_state_detect(sql, len, &touch);
+    return f != SESSION_FEATURE_NONE || touch.all || touch.n > 0 ? STMT_EFFECT_SESSION
+                                                                  : STMT_EFFECT_NONE;
+}
+
+void session_effects_run_unread(struct server *s)
+{
+    s->session = SERVER_SESSION_UNKNOWN;
+}

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "prepared.h"
 #include "session_state.h"
 #include "track_result.h"
 
@@ -25,5 +26,15 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
 /* The parameters a statement may change (touch) become unknown in the server's record; a change
  * sluice cannot name asks for a full reset. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch);
+
+/* What running the statement text sql (len bytes) does past its transaction, for a named
+ * statement to carry to each of its runs (session_effects_run_unread). */
+enum stmt_effect session_effects_of_text(const char *sql, size_t len);
+
+/* The server ran code whose text sluice did not read as it passed: a FunctionCall message, or
+ * a named statement whose text (read at its Parse) outlives the transaction. Whatever it left
+ * (a role, parameters, LISTEN, advisory locks, temporary tables) ends with a full reset before
+ * the server serves again, as Postgres ends it with the session. */
+void session_effects_run_unread(struct server *s);
 
 #endif

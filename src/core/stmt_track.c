@@ -212,6 +212,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
             return r;
     }
     session_effects_forget_params(s, touch);
+    if (kind == SQL_EXECUTE && mine && mine->effect == STMT_EFFECT_SESSION)
+        session_effects_run_unread(s);
     /* Whether it runs is not known here (an error before it skips it, a failed transaction
      * refuses it): the client's statements leave its map now, for what it sends next, and come
      * back unless a CommandComplete says it ran (stmt_on_ready). */
@@ -483,6 +485,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         stmt_def_unref(def);
         return r;
     }
+    if (name_len > 0) /* the text as far as it is here (a streamed one: its start) */
+        def->effect = session_effects_of_text((const char *)body + name_len,
+                                              (avail_body < len ? avail_body : len) - name_len);
     /* Taken on this server (by this statement another client prepared, or one whose
      * definition shares the hash): closed first, so the client's Parse succeeds as it would. */
     free_name_on_server(s, sn.name, theirs != NULL);
@@ -631,6 +636,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return track_close(c, s, mine, name, at, fail);
     if (!mine)
         return TRACK_PASS; /* not known to sluice: the server answers as it would */
+    if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
+        session_effects_run_unread(s);
     r = ensure_prepared(c, s, mine, sn.name, fail);
     if (r != TRACK_PASS)
         return r;

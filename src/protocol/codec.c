@@ -159,7 +159,8 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
 
 const char *codec_startup_get(const struct startup_packet *s, const char *name)
 {
-    for (int i = 0; i < s->nparams; i++)
+    /* A name given twice: Postgres keeps the last (ProcessStartupPacket overwrites). */
+    for (int i = s->nparams - 1; i >= 0; i--)
         if (strcmp(s->params[i].name, name) == 0)
             return s->params[i].value;
     return NULL;

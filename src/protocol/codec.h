@@ -102,6 +102,7 @@ struct startup_packet {
 enum frame_result codec_frame_startup(const uint8_t *p, size_t avail, uint32_t *total_len);
 /* Parse a whole startup-phase packet of total_len bytes (as framed above). */
 void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_packet *out);
+/* The value of a startup parameter (the last, when the packet names it twice), or NULL. */
 const char *codec_startup_get(const struct startup_packet *s, const char *name);
 
 /* ---- building messages sluice sends ---- */

@@ -25,6 +25,10 @@ static const struct failure_info table[] = {
     [FAIL_REPLICATION_UNSUPPORTED] =
         F(FATAL, FEATURE_NOT_SUPPORTED, "replication connections are not supported%s",
           "Connect replication clients to the database directly."),
+    /* Postgres's own words (ProcessStartupPacket), for a value it cannot read as a boolean */
+    [FAIL_BAD_REPLICATION_VALUE] =
+        F(FATAL, INVALID_PARAMETER_VALUE, "invalid value for parameter \"replication\": \"%s\"",
+          "Valid values are: \"false\", 0, \"true\", 1, \"database\"."),
     [FAIL_NO_USER] = F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
                        "no user name given in the startup packet%s", NULL),
     [FAIL_UNKNOWN_DATABASE] =
@@ -170,6 +174,7 @@ static const char *const names[] = {
     [FAIL_BAD_STARTUP] = "bad_startup",
     [FAIL_UNSUPPORTED_PROTOCOL] = "unsupported_protocol",
     [FAIL_REPLICATION_UNSUPPORTED] = "replication_unsupported",
+    [FAIL_BAD_REPLICATION_VALUE] = "bad_replication_value",
     [FAIL_NO_USER] = "no_user",
     [FAIL_UNKNOWN_DATABASE] = "unknown_database",
     [FAIL_AUTH_FAILED] = "auth_failed",

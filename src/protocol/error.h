@@ -18,6 +18,7 @@ enum failure {
     FAIL_BAD_STARTUP,          /* detail: what was wrong */
     FAIL_UNSUPPORTED_PROTOCOL, /* detail: the version */
     FAIL_REPLICATION_UNSUPPORTED,
+    FAIL_BAD_REPLICATION_VALUE, /* detail: the value */
     FAIL_NO_USER,
     FAIL_UNKNOWN_DATABASE,     /* detail: the name */
     FAIL_AUTH_FAILED,          /* detail: user name */

@@ -47,6 +47,7 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     atomic_init(&d->refs, 1);
     d->len = len;
     d->hash = 0;
+    d->effect = STMT_EFFECT_NONE;
     uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
     snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu", (unsigned long long)n);
     return d;

@@ -56,12 +56,21 @@ static inline uint32_t stmt_name_rest_partial(const uint8_t *rest, uint32_t n)
 
 /* A statement definition: the Parse body from the NUL that ends the name (then query, parameter
  * count and types): after a name it gives a Parse of that name. */
+/* What running a statement does to the session past its transaction. */
+enum stmt_effect {
+    STMT_EFFECT_NONE,    /* nothing sluice's text inspection finds */
+    STMT_EFFECT_SESSION, /* an object or parameter the transaction's end leaves behind */
+};
+
 struct stmt_def {
     _Atomic uint32_t refs; /* maps holding it, on any worker (a server moved between workers
                             * keeps its map: 5.4); the last unref frees it */
     uint32_t hash;
     uint32_t len;
     char server_name[STMT_SERVER_NAME_MAX + 1]; /* its name on every server */
+    /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
+     * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */
+    enum stmt_effect effect;
     uint8_t data[];
 };
 

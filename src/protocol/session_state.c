@@ -263,6 +263,12 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
                                               struct param_touch *t)
 {
     i = skip_space(s, i, len);
+    if (keyword(s, &i, len, "do")) {
+        /* an anonymous code block: code sluice does not read, whose dynamic SQL may change
+         * the role or anything else (EXECUTE 'SET ROLE ...') */
+        touch_unnamed(t);
+        return SESSION_FEATURE_NONE;
+    }
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
     if (keyword(s, &i, len, "prepare"))
