@@ -145,6 +145,8 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
         claim.key = w->key;
         break;
     }
+    if (claim.kind == LEDGER_CLAIM_CLOSE)
+        claim.key->room_claims++; /* kept until the close gives the slot (ledger_key_release) */
     unlock(l);
     return claim;
 }
@@ -206,6 +208,8 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
         own = unlink_waiter(l, key, self);
         place_waiter(l, own);
     }
+    if (claim.kind == LEDGER_CLAIM_CLOSE)
+        claim.key->room_claims++; /* kept until the close gives the slot (ledger_key_release) */
     unlock(l);
     return claim;
 }
@@ -216,6 +220,24 @@ void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
     struct ledger_waiter *w = find_waiter(l, key, worker);
     if (w)
         claim_done(w);
+    unlock(l);
+}
+
+/* Under the lock: a LEDGER_CLAIM_CLOSE for room_key is over. */
+static void room_claim_done(struct ledger *l, struct ledger_key *room_key)
+{
+    assert(room_key->room_claims > 0);
+    room_key->room_claims--;
+    ledger_key_free_if_unused(l, room_key);
+}
+
+void ledger_room_unused(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = find_waiter(l, key, worker);
+    if (w)
+        claim_done(w);
+    room_claim_done(l, key);
     unlock(l);
 }
 
@@ -236,6 +258,7 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
         worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user, LEDGER_NO_WORKER)
                             : LEDGER_NO_WORKER;
     }
+    room_claim_done(l, room_key);
     unlock(l);
     return worker;
 }
