@@ -15,6 +15,13 @@
 #include "pool.h"
 #include "sluice.h"
 
+uint64_t ledger_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
 {
     for (struct ledger_scope *s = *head; s; s = s->next)

@@ -4,16 +4,8 @@
  * elsewhere. Every function takes the ledger's lock; the counts stay ledger.c's. */
 #include <errno.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "ledger_internal.h"
-
-uint64_t ledger_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* Under the lock: take (key, worker)'s entry off the list; it, or NULL. */
 static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger_key *key,
