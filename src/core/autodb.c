@@ -71,8 +71,9 @@ void autodb_sweep(struct worker *worker, uint64_t now)
             ledger_now = ledger_now_ms();
         if (ledger_db_idle_ms(l, p->ledger_key, ledger_now) < (uint64_t)timeout)
             continue;
-        log_msg(LOG_INFO, "pool %s/%s freed: its database came from the \"*\" entry and was unused "
-                          "for %.0f s (autodb_idle_timeout)",
+        log_msg(LOG_INFO,
+                "pool %s/%s freed: its database came from the \"*\" entry and was unused "
+                "for %.0f s (autodb_idle_timeout)",
                 p->db_name, p->user_name, (double)timeout / 1000);
         list_remove(&worker->pools, n);
         struct ledger_key *key = p->ledger_key;

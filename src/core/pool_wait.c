@@ -67,8 +67,8 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
     if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
         int most;
         char holder_db[64] = "?", holder_user[64] = "?"; /* every worker's pools: the ledger's */
-        ledger_largest_in_scope(&p->worker->proc->ledger, p->ledger_key, k, holder_db,
-                                holder_user, sizeof(holder_db), &most);
+        ledger_largest_in_scope(&p->worker->proc->ledger, p->ledger_key, k, holder_db, holder_user,
+                                sizeof(holder_db), &most);
         char scope[160];
         if (k == LIMIT_DB)
             snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);
