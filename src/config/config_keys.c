@@ -37,7 +37,6 @@ static const char *const pgbouncer_only_keys[] = {
     "conffile",
     "service_name",
     "job_name",
-    "autodb_idle_timeout",
     "disable_pqexec",
     "verbose",
     "suspend_timeout",

@@ -485,8 +485,9 @@ void budget_pool_cap(const struct pool *p, struct pool_cap *out)
  * keys of the ledger, whatever worker has their pools, not this worker's pools. A worker's own
  * list is a part of it only (pools are made where clients land): with a greedy budget's clients
  * on three workers and a reserving one's on a fourth, the first three saw only the greedy pool
- * and held it to its own size less the reservation. Keys live as long as the ledger, as pools
- * live as long as their worker; a key counts once a pool of it applied its config. */
+ * and held it to its own size less the reservation. A key lives as long as a pool of it on some
+ * worker (a "*" database's are freed after autodb_idle_timeout unused, autodb.c); it counts once
+ * a pool of it applied its config. */
 
 /* The servers of key's database the budgets can count on: its keys' pool sizes, at most its
  * max_db_connections (*key_kind says which binds). Under the lock. */

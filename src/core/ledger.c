@@ -7,12 +7,20 @@
 #include <assert.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "pool.h"
 #include "sluice.h"
+
+uint64_t ledger_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 static struct ledger_scope *scope_get(struct ledger_scope **head, const char *name)
 {
@@ -24,9 +32,46 @@ static struct ledger_scope *scope_get(struct ledger_scope **head, const char *na
     if (!s)
         return NULL;
     memcpy(s->name, name, len);
+    s->idle_since_ms = ledger_now_ms();
     s->next = *head;
     *head = s;
     return s;
+}
+
+/* Under the lock: does anything need scope s (ledger_scope `keys`)? A console command counted
+ * in it (ledger_note_control) keeps it too: a server moving between workers compares those
+ * counts, and a scope made again would start them at zero on one side only. */
+static bool scope_in_use(const struct ledger_scope *s)
+{
+    if (s->keys > 0 || get(&s->servers) > 0 || get(&s->clients) > 0 ||
+        s->paused_db != LEDGER_KEY_SERVING)
+        return true;
+    for (int w = 0; w < LEDGER_WORKERS; w++)
+        if (s->controls_applied[w] != 0)
+            return true;
+    return false;
+}
+
+/* Under the lock: s (on the list at head, or NULL) is freed when nothing needs it. */
+static void scope_free_if_unused(struct ledger_scope **head, struct ledger_scope *s)
+{
+    if (!s || scope_in_use(s))
+        return;
+    for (struct ledger_scope **pp = head; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            free(s);
+            return;
+        }
+    }
+}
+
+/* Under the lock: a database scope's backends or clients went down by one; at none left its
+ * idle time starts (autodb_idle_timeout). */
+static void scope_note_left(struct ledger_scope *db)
+{
+    if (get(&db->servers) == 0 && get(&db->clients) == 0)
+        db->idle_since_ms = ledger_now_ms();
 }
 
 static const struct ledger_scope *scope_find(const struct ledger_scope *head, const char *name)
@@ -53,10 +98,15 @@ static struct ledger_key *key_get(struct ledger *l, const char *db_name, const c
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
     struct ledger_scope *user = scope_get(&l->users, user_name);
     struct ledger_key *k = db && user ? calloc(1, sizeof(*k)) : NULL;
-    if (!k)
-        return NULL; /* a scope made above stays: empty, harmless, reused */
+    if (!k) {
+        scope_free_if_unused(&l->dbs, db);
+        scope_free_if_unused(&l->users, user);
+        return NULL;
+    }
     k->db = db;
     k->user = user;
+    db->keys++;
+    user->keys++;
     /* PAUSE applies to the database or to everything: a key made later is paused too */
     atomic_store_explicit(&k->state, (int)state_due(l, k), memory_order_relaxed);
     k->next = l->keys;
@@ -68,8 +118,75 @@ struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const c
 {
     lock(l);
     struct ledger_key *k = key_get(l, db_name, user_name);
+    if (k)
+        k->pools++;
     unlock(l);
     return k;
+}
+
+/* Under the lock: does anything but a pool need key? Its backends (granted slots and servers
+ * on their way between workers included: they are counted in it), a wait-list entry, a claim. */
+static bool key_in_use(const struct ledger *l, const struct ledger_key *k)
+{
+    if (k->pools > 0 || k->room_claims > 0 || get(&k->servers) > 0)
+        return true;
+    for (const struct ledger_waiter *w = l->waiters; w; w = w->next)
+        if (w->key == k)
+            return true;
+    return false;
+}
+
+/* ledger_internal.h */
+void ledger_key_free_if_unused(struct ledger *l, struct ledger_key *key)
+{
+    if (key_in_use(l, key))
+        return;
+    for (struct ledger_key **pp = &l->keys; *pp; pp = &(*pp)->next) {
+        if (*pp == key) {
+            *pp = key->next;
+            break;
+        }
+    }
+    key->db->keys--;
+    key->user->keys--;
+    scope_free_if_unused(&l->dbs, key->db);
+    scope_free_if_unused(&l->users, key->user);
+    params_free(&key->welcome);
+    free(key);
+}
+
+void ledger_key_release(struct ledger *l, struct ledger_key *key)
+{
+    lock(l);
+    assert(key->pools > 0);
+    key->pools--;
+    ledger_key_free_if_unused(l, key);
+    unlock(l);
+}
+
+uint64_t ledger_db_idle_ms(struct ledger *l, const struct ledger_key *key, uint64_t now_ms)
+{
+    lock(l);
+    const struct ledger_scope *db = key->db;
+    uint64_t idle = get(&db->servers) > 0 || get(&db->clients) > 0 || now_ms < db->idle_since_ms
+                        ? 0
+                        : now_ms - db->idle_since_ms;
+    unlock(l);
+    return idle;
+}
+
+int ledger_usable_of(struct ledger *l, const char *db_name, const char *user_name)
+{
+    int usable = 0;
+    lock(l);
+    for (const struct ledger_key *k = l->keys; k; k = k->next) {
+        if (strcmp(k->db->name, db_name) == 0 && strcmp(k->user->name, user_name) == 0) {
+            usable = ledger_key_usable(k);
+            break;
+        }
+    }
+    unlock(l);
+    return usable;
 }
 
 const char *ledger_key_state_name(enum ledger_key_state s)
@@ -117,6 +234,8 @@ static void count(struct ledger *l, struct ledger_scope *db, struct ledger_scope
     int d = add(&db->servers, by), u = add(&user->servers, by), g = add(&l->servers, by);
     assert(d >= 0 && u >= 0 && g >= 0);
     (void)d, (void)u, (void)g;
+    if (by < 0)
+        scope_note_left(db);
     int w = share_of(worker);
     share_add(&db->share[w].servers, by);
     share_add(&user->share[w].servers, by);
@@ -284,6 +403,10 @@ enum limit_kind ledger_take_own(struct ledger *l, int worker, const char *db_nam
     } else {
         atomic_fetch_and_explicit(&l->own_waiters, ~bit, memory_order_relaxed);
     }
+    if (k != LIMIT_NONE) { /* the names are the client's (a "*" entry's): none kept for it */
+        scope_free_if_unused(&l->dbs, db);
+        scope_free_if_unused(&l->users, user);
+    }
     unlock(l);
     return k;
 }
@@ -319,6 +442,8 @@ int ledger_give_own(struct ledger *l, int holder, const char *db_name, const cha
         share_add(&l->own_share[share_of(holder)], -1);
         worker =
             l->waiters ? ledger_wake_for(l, NULL, db, user, LEDGER_NO_WORKER) : LEDGER_NO_WORKER;
+        scope_free_if_unused(&l->dbs, db);
+        scope_free_if_unused(&l->users, user);
     }
     unlock(l);
     return worker;
@@ -558,7 +683,7 @@ static enum login_take login_take(struct ledger *l, int worker, const char *db_n
         db = scope_get(&l->dbs, db_name);
         user = scope_get(&l->users, user_name);
         if (!db || !user)
-            return LOGIN_OUT_OF_MEMORY; /* a scope made above stays: empty, harmless, reused */
+            return LOGIN_OUT_OF_MEMORY; /* a scope made above goes again (ledger_take_login) */
     }
     if (caps->global > 0 && get(&l->clients) >= caps->global)
         return LOGIN_OVER_CLIENT_CONN;
@@ -583,6 +708,10 @@ enum login_take ledger_take_login(struct ledger *l, int worker, const char *db_n
 {
     lock(l);
     enum login_take t = login_take(l, worker, db_name, user_name, caps);
+    if (t != LOGIN_COUNTED && db_name) { /* scopes made for it go again */
+        scope_free_if_unused(&l->dbs, (struct ledger_scope *)scope_find(l->dbs, db_name));
+        scope_free_if_unused(&l->users, (struct ledger_scope *)scope_find(l->users, user_name));
+    }
     unlock(l);
     return t;
 }
@@ -605,6 +734,9 @@ void ledger_give_login(struct ledger *l, int worker, const char *db_name, const 
             (void)d, (void)u;
             share_add(&db->share[w].clients, -1);
             share_add(&user->share[w].clients, -1);
+            scope_note_left(db);
+            scope_free_if_unused(&l->dbs, db);
+            scope_free_if_unused(&l->users, user);
         }
     }
     unlock(l);
@@ -666,13 +798,13 @@ void ledger_note_control(struct ledger *l, const char *db_name, int worker)
         l->controls_applied_all[worker]++;
         return;
     }
-    lock(l); /* the list of scopes; the count itself is this thread's own */
+    lock(l); /* the list of scopes (a scope may be freed once unused: ledger_key_release) */
     struct ledger_scope *db = scope_get(&l->dbs, db_name);
-    unlock(l);
     if (db)
-        db->controls_applied[worker]++;
+        db->controls_applied[worker]++; /* this thread's own count */
     else /* out of memory: a server moving here is closed rather than escape the command */
         l->controls_applied_all[worker]++;
+    unlock(l);
 }
 
 unsigned ledger_controls_seen(const struct ledger *l, const struct ledger_key *key, int worker)
@@ -697,7 +829,7 @@ void ledger_key_note_pool_size(struct ledger_key *key, int pool_size)
 }
 
 bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enum limit_kind k,
-                             const char **db_name, const char **user_name, int *most)
+                             char *db_name, char *user_name, size_t name_size, int *most)
 {
     const struct ledger_key *best = NULL;
     *most = 0;
@@ -710,11 +842,11 @@ bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enu
             best = o;
         }
     }
-    unlock(l);
     if (best) {
-        *db_name = best->db->name;
-        *user_name = best->user->name;
+        snprintf(db_name, name_size, "%s", best->db->name);
+        snprintf(user_name, name_size, "%s", best->user->name);
     }
+    unlock(l);
     return best != NULL;
 }
 

@@ -78,6 +78,13 @@ struct ledger_scope {
     atomic_int servers;
     atomic_int clients;
     struct ledger_share share[LEDGER_SHARES];
+    /* Under the lock: the keys that name it. A scope no key names, with no backend, no client,
+     * no PAUSE and no console command counted is freed (scope_free_if_unused): names a client
+     * chooses (a "*" entry's databases, auth_query's database) must not pile up. */
+    int keys;
+    /* A database's scope, under the lock: when its last backend or logged-in client went (or
+     * it was made); the "*" entry's databases are freed after autodb_idle_timeout of this. */
+    uint64_t idle_since_ms;
     char name[];
 };
 
@@ -132,6 +139,11 @@ struct ledger_key {
     atomic_bool pool_logged;
     _Atomic uint64_t cap_line_logged;
     _Atomic uint64_t usable_line_logged;
+    /* Under the lock, what keeps the key besides its counts (ledger_key_release): the pools of
+     * it on every worker, and the servers closing for a waiter of it on another worker (a
+     * LEDGER_CLAIM_CLOSE, until its ledger_give_server_for or ledger_room_unused). */
+    int pools;
+    int room_claims;
 };
 
 /* The caps one more backend of a key must fit under, resolved by budget.c (0: no such cap). */
@@ -201,8 +213,19 @@ struct ledger {
     atomic_int granted[LEDGER_WORKERS];
 };
 
-/* The entry of a pool key, made on first use and kept until ledger_free. NULL: out of memory. */
+/* The entry of a pool key for a new pool of it (on any worker), made on first use: the pool
+ * holds it until ledger_key_release (or ledger_free). NULL: out of memory. */
 struct ledger_key *ledger_key_get(struct ledger *l, const char *db_name, const char *user_name);
+/* A pool of key was freed (autodb_idle_timeout): its hold ends. The key is freed with the last
+ * hold when nothing else needs it (no backend, grant, waiter or claim of it), and so are its
+ * scopes that nothing needs any more; a key still needed is kept, and ledger_key_get hands it
+ * to the next pool of it. */
+void ledger_key_release(struct ledger *l, struct ledger_key *key);
+/* How long key's database has had no backend and no logged-in client, on any worker (0: it
+ * has one now); now_ms by ledger_now_ms. */
+uint64_t ledger_db_idle_ms(struct ledger *l, const struct ledger_key *key, uint64_t now_ms);
+/* The usable connections learnt for pool key (db_name, user_name) (0: none, or no such key). */
+int ledger_usable_of(struct ledger *l, const char *db_name, const char *user_name);
 
 /* One more backend of key under caps for worker (its index; the share it counts in):
  * LIMIT_NONE and every counter of key +1 in one step, or the first limit it would pass (pool,
@@ -466,6 +489,9 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
                                        uint64_t startup_fp);
 /* A server claimed for (key, worker) arrived there, or will not come: its entry's coming - 1. */
 void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker);
+/* A server claimed to close for (key, worker) (LEDGER_CLAIM_CLOSE) closed at once, its slot
+ * given back plainly: as ledger_wait_arrived, and the claim no longer keeps key. */
+void ledger_room_unused(struct ledger *l, struct ledger_key *key, int worker);
 /* As ledger_give_server, for a backend closed to free a slot for (room_key, room_worker)
  * (LEDGER_CLAIM_CLOSE): that entry's coming - 1, and that worker is the one woken while its
  * entry is still there, the slot granted to it when it fits its caps (else the oldest entry the
@@ -522,9 +548,10 @@ static inline bool ledger_key_line_is_new(_Atomic uint64_t *last_logged, const c
 void ledger_key_note_pool_size(struct ledger_key *key, int pool_size);
 /* For a waiter's message: the pool key with the most backends (every worker's) in the scope a
  * shared cap k counts of key (its database for LIMIT_DB, its user for LIMIT_USER, every key for
- * LIMIT_GLOBAL); its names (alive as long as the ledger) and count. false: none holds one. */
+ * LIMIT_GLOBAL); its names (copied: keys may be freed, ledger_key_release) and count. false:
+ * none holds one (the names are left alone). */
 bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enum limit_kind k,
-                             const char **db_name, const char **user_name, int *most);
+                             char *db_name, char *user_name, size_t name_size, int *most);
 /* A pool learnt what a server of key reports at login: kept once for every worker (the first
  * one wins; out of memory keeps none, and each worker then learns its own). */
 void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,

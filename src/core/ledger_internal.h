@@ -76,6 +76,10 @@ enum limit_kind ledger_passed(const struct ledger *l, const struct ledger_scope 
                               const struct ledger_caps *caps, int add,
                               const struct ledger_key *closing);
 
+/* Under the lock: key is freed, and its scopes with it, if nothing needs it any more (no pool
+ * holds it, no backend, waiter or claim: ledger_key_release). */
+void ledger_key_free_if_unused(struct ledger *l, struct ledger_key *key);
+
 /* Under the lock: key's backend, held in holder's share, is gone (its counts -1). */
 void ledger_give_server_locked(struct ledger *l, struct ledger_key *key, int holder);
 

@@ -4,16 +4,8 @@
  * elsewhere. Every function takes the ledger's lock; the counts stay ledger.c's. */
 #include <errno.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "ledger_internal.h"
-
-uint64_t ledger_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* Under the lock: take (key, worker)'s entry off the list; it, or NULL. */
 static struct ledger_waiter *unlink_waiter(struct ledger *l, const struct ledger_key *key,
@@ -145,6 +137,8 @@ struct ledger_claim ledger_claim_idle(struct ledger *l, struct ledger_key *key, 
         claim.key = w->key;
         break;
     }
+    if (claim.kind == LEDGER_CLAIM_CLOSE)
+        claim.key->room_claims++; /* kept until the close gives the slot (ledger_key_release) */
     unlock(l);
     return claim;
 }
@@ -206,6 +200,8 @@ struct ledger_claim ledger_claim_older(struct ledger *l, struct ledger_key *key,
         own = unlink_waiter(l, key, self);
         place_waiter(l, own);
     }
+    if (claim.kind == LEDGER_CLAIM_CLOSE)
+        claim.key->room_claims++; /* kept until the close gives the slot (ledger_key_release) */
     unlock(l);
     return claim;
 }
@@ -216,6 +212,24 @@ void ledger_wait_arrived(struct ledger *l, struct ledger_key *key, int worker)
     struct ledger_waiter *w = find_waiter(l, key, worker);
     if (w)
         claim_done(w);
+    unlock(l);
+}
+
+/* Under the lock: a LEDGER_CLAIM_CLOSE for room_key is over. */
+static void room_claim_done(struct ledger *l, struct ledger_key *room_key)
+{
+    assert(room_key->room_claims > 0);
+    room_key->room_claims--;
+    ledger_key_free_if_unused(l, room_key);
+}
+
+void ledger_room_unused(struct ledger *l, struct ledger_key *key, int worker)
+{
+    lock(l);
+    struct ledger_waiter *w = find_waiter(l, key, worker);
+    if (w)
+        claim_done(w);
+    room_claim_done(l, key);
     unlock(l);
 }
 
@@ -236,6 +250,7 @@ int ledger_give_server_for(struct ledger *l, struct ledger_key *key, int holder,
         worker = l->waiters ? ledger_wake_for(l, key, key->db, key->user, LEDGER_NO_WORKER)
                             : LEDGER_NO_WORKER;
     }
+    room_claim_done(l, room_key);
     unlock(l);
     return worker;
 }

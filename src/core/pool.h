@@ -75,6 +75,10 @@ struct pool {
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
 
+    /* When its worker last saw it with a client or a server (autodb.c; sluice_now; 0: not
+     * looked at yet). A hint: the ledger says whether its database is unused. */
+    uint64_t last_used_ms;
+
     /* PAUSE or KILL: no server is handed out (clients queue) until RESUME. */
     bool paused;
     enum pool_pause_cause paused_by; /* which command paused it, for the waiters' message */

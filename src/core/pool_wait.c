@@ -70,9 +70,9 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
     k = ledger_pool_limit(p, true);
     if (k == LIMIT_DB || k == LIMIT_USER || k == LIMIT_GLOBAL) {
         int most;
-        const char *holder_db = "?", *holder_user = "?"; /* every worker's pools: the ledger's */
-        ledger_largest_in_scope(&p->worker->proc->ledger, p->ledger_key, k, &holder_db,
-                                &holder_user, &most);
+        char holder_db[64] = "?", holder_user[64] = "?"; /* every worker's pools: the ledger's */
+        ledger_largest_in_scope(&p->worker->proc->ledger, p->ledger_key, k, holder_db, holder_user,
+                                sizeof(holder_db), &most);
         char scope[160];
         if (k == LIMIT_DB)
             snprintf(scope, sizeof(scope), "database \"%s\"", p->db_name);

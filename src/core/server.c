@@ -277,7 +277,7 @@ void server_close_for_worker(struct server *s, const char *reason, struct ledger
     } else {
         /* closed at once (no Terminate could be sent): the slot went as a plain give; the
          * claim's place is given back */
-        ledger_wait_arrived(&s->pool->worker->proc->ledger, room_key, room_worker);
+        ledger_room_unused(&s->pool->worker->proc->ledger, room_key, room_worker);
     }
 }
 

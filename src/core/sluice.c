@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "autodb.h"
 #include "budget.h"
 #include "conn_id.h"
 #include "control.h"
@@ -224,6 +225,7 @@ static void on_maint_timer(uv_timer_t *t)
     list_for_each(&worker->closing_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&worker->pools, n, tmp) pool_maintain(container_of(n, struct pool, node), now);
+    autodb_sweep(worker, now);
     control_report_pause(worker);
     secret_tick(worker, now);
 #ifndef NDEBUG

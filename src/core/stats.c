@@ -27,6 +27,7 @@ struct stats_db {
     struct stats_totals cur;  /* scratch while summing */
     struct stats_totals avg;
     bool have_avg;
+    bool seen; /* a pool of it was summed at this snapshot (a freed "*" database's is not) */
 };
 
 struct stats {
@@ -197,8 +198,10 @@ void stats_totals_for_db(const struct worker *worker, const char *db_name, struc
 static struct stats_db *find_db(struct stats *st, const char *name, bool create)
 {
     for (int i = 0; i < st->n; i++) {
-        if (strcmp(st->dbs[i].name, name) == 0)
+        if (strcmp(st->dbs[i].name, name) == 0) {
+            st->dbs[i].seen |= create;
             return &st->dbs[i];
+        }
     }
     if (!create)
         return NULL;
@@ -215,8 +218,23 @@ static struct stats_db *find_db(struct stats *st, const char *name, bool create)
     d->name = strdup(name);
     if (!d->name)
         return NULL;
+    d->seen = true;
     st->n++;
     return d;
+}
+
+/* A database no pool of which was summed at this snapshot is gone (autodb_idle_timeout): its
+ * averages go with it, or every name a client ever chose would stay here. */
+static void forget_unseen(struct stats *st)
+{
+    int kept = 0;
+    for (int i = 0; i < st->n; i++) {
+        if (st->dbs[i].seen)
+            st->dbs[kept++] = st->dbs[i];
+        else
+            free(st->dbs[i].name);
+    }
+    st->n = kept;
 }
 
 /* A pool another worker published, into the period's sums of its database (stats_tick). */
@@ -269,8 +287,10 @@ void stats_tick(struct worker *worker, uint64_t now_ms)
     }
     if (now_ms - st->last_ms < stats_period_ms(worker))
         return;
-    for (int i = 0; i < st->n; i++)
+    for (int i = 0; i < st->n; i++) {
         memset(&st->dbs[i].cur, 0, sizeof(st->dbs[i].cur));
+        st->dbs[i].seen = false;
+    }
     struct list_node *n, *tmp;
     list_for_each(&worker->pools, n, tmp)
     {
@@ -285,6 +305,7 @@ void stats_tick(struct worker *worker, uint64_t now_ms)
         compute_average(d, now_ms - st->last_ms);
         d->prev = d->cur;
     }
+    forget_unseen(st);
     st->last_ms = now_ms;
 }
 

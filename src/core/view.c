@@ -428,8 +428,7 @@ void view_pool_caps(const struct worker *worker, struct view_pool *rows, int n)
         struct view_pool *v = &rows[i];
         if (v->console)
             continue;
-        const struct ledger_key *key = ledger_key_get(l, v->db_name, v->user_name);
-        int learnt = ledger_key_usable(key);
+        int learnt = ledger_usable_of(l, v->db_name, v->user_name);
         struct budget_key k = {.db_name = v->db_name,
                                .user_name = v->user_name,
                                .pool_size = v->size,

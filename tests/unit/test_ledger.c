@@ -715,6 +715,46 @@ static void usable_connections_learnt_once_serve_every_pool_of_the_key(void)
     free_app(worker);
 }
 
+/* autodb_idle_timeout frees a "*" database's pools: the key goes with its last pool when nothing
+ * it counts is left, and a scope with its last use, so names a client chose do not pile up. */
+static void a_key_goes_with_its_last_pool_and_a_scope_with_its_last_use(void)
+{
+    struct ledger l = {0};
+    struct ledger_key *k1 = ledger_key_get(&l, "x", "u");
+    struct ledger_key *k2 = ledger_key_get(&l, "x", "u"); /* another worker's pool of it */
+    CHECK(k1 && k1 == k2);
+    if (!k1 || k1 != k2)
+        return;
+    struct ledger_caps caps = {.pool = 5};
+    CHECK_INT(ledger_take_server(&l, k1, 0, &caps), LIMIT_NONE);
+    uint64_t later = ledger_now_ms() + 5000;
+    CHECK_INT((int)ledger_db_idle_ms(&l, k1, later), 0); /* a backend: in use */
+    ledger_key_release(&l, k1);
+    CHECK(l.keys == k1); /* the other pool holds it */
+    (void)ledger_give_server(&l, k1, 0);
+    CHECK(ledger_db_idle_ms(&l, k1, later) >= 4000); /* idle since the give */
+    ledger_key_release(&l, k2);
+    CHECK(l.keys == NULL && l.dbs == NULL && l.users == NULL);
+    struct ledger_login_caps lc = {0};
+    CHECK_INT(ledger_take_login(&l, 0, "y", "v", &lc), LOGIN_COUNTED);
+    CHECK(l.dbs != NULL && l.users != NULL);
+    ledger_give_login(&l, 0, "y", "v");
+    CHECK(l.dbs == NULL && l.users == NULL);
+    struct ledger_caps own = {.pool = 1};
+    CHECK_INT(ledger_take_own(&l, 0, "z", "w", &own), LIMIT_NONE);
+    (void)ledger_give_own(&l, 0, "z", "w");
+    CHECK(l.dbs == NULL && l.users == NULL);
+    own.global = 0;
+    own.pool = 1;
+    CHECK_INT(ledger_take_own(&l, 0, "z1", "w", &own), LIMIT_NONE);
+    CHECK_INT(ledger_take_own(&l, 0, "z2", "w", &own), LIMIT_POOL); /* refused: z2 not kept */
+    CHECK(l.dbs != NULL && l.dbs->next == NULL && strcmp(l.dbs->name, "z1") == 0);
+    (void)ledger_give_own(&l, 0, "z1", "w");
+    CHECK(l.dbs == NULL);
+    ledger_own_wait_done(&l, 0);
+    ledger_free(&l);
+}
+
 int main(void)
 {
     RUN(each_cap_refuses_in_order_and_a_refusal_changes_nothing);
@@ -735,5 +775,6 @@ int main(void)
     RUN(a_released_server_closes_for_an_older_waiter_of_another_key_under_a_shared_cap);
     RUN(a_pause_covers_keys_made_after_it);
     RUN(usable_connections_learnt_once_serve_every_pool_of_the_key);
+    RUN(a_key_goes_with_its_last_pool_and_a_scope_with_its_last_use);
     return CHECK_DONE();
 }
