@@ -211,7 +211,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         if (drop_ran && p[whole - 1] == '\0')
-            stmt_on_command_complete(&s->reqs, (const char *)p + CODEC_HEADER_LEN);
+            stmt_on_command_complete(&s->reqs, &s->sql_prepared,
+                                     (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {
             /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
             if (type == 'C' || type == 'I' || type == 's')

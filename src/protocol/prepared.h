@@ -137,7 +137,8 @@ enum stmt_req {
     REQ_SYNC,         /* Sync, Query or FunctionCall: answered by ReadyForQuery */
     REQ_DROP_CLIENT,  /* the client's SQL DEALLOCATE / DEALLOCATE ALL / DISCARD ALL, answered by
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
-                       * of it is answered before it runs, if it runs) */
+                       * of it is answered before it runs, if it runs). Queued when it drops a
+                       * statement of the client's or of the server's sql_prepared */
 };
 
 struct stmt_queue_item {
@@ -200,8 +201,10 @@ enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
-/* CommandComplete with tag `tag` arrived: a DEALLOCATE or DISCARD ALL the client sent ran. */
-void stmt_on_command_complete(struct stmt_queue *q, const char *tag);
+/* CommandComplete with tag `tag` arrived: a DEALLOCATE or DISCARD ALL the client sent ran; the
+ * names it drops leave sql_prepared (the server's SQL PREPAREs) only now. */
+void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepared,
+                              const char *tag);
 /* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync; what the
  * server skipped or refused of the client's is undone, latest first. client_map: the statements
  * of the client whose requests these are (NULL: it left; *client_map may be NULL, none yet). */

@@ -194,13 +194,43 @@ def long_names_cut_inside_a_character_in_messages_larger_than_the_buffer(c):
             batch(c, bind_msg("", name[:-1] + "z", ["y" * (300 * 1024), 1]) + sync_msg())]
 
 
+def drops_that_fail_keep_sql_statements(c):
+    """A DISCARD ALL or DEALLOCATE that does not run (25001 inside a transaction block, 25P02 in
+    a failed transaction) leaves the SQL statements: a Parse of the name still collides."""
+    out = [q(c, "BEGIN"), q(c, "PREPARE x AS SELECT 1"), q(c, "SAVEPOINT s")]
+    for drop in ("DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE x"):
+        out += [q(c, "SELECT 1/0"), q(c, drop), q(c, "ROLLBACK TO s"),
+                batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "EXECUTE x")]
+    out += [q(c, "DISCARD ALL"), q(c, "ROLLBACK TO s"),
+            batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "EXECUTE x"),
+            q(c, "ROLLBACK")]
+    return out
+
+
+def long_sql_names_cut_at_a_whole_character(c):
+    """Postgres cuts a long SQL identifier at its last whole character within 63 bytes (a
+    protocol name at 63 bytes): EXECUTE and DEALLOCATE of a long multibyte name, unquoted and
+    quoted, name another key than a Parse of it."""
+    out = []
+    for name in ("é" * 40, "a" + "€" * 30, "ab" + "😀" * 20):
+        for spelled in (name, f'"{name}"'):
+            out += [batch(c, parse_msg(name, "SELECT 1") + sync_msg()),
+                    q(c, f"EXECUTE {spelled}"), q(c, f"DEALLOCATE {spelled}"), bind_run(c, name),
+                    q(c, "BEGIN"), q(c, f"PREPARE {spelled} AS SELECT 2"),
+                    q(c, f"EXECUTE {spelled}"), q(c, "SAVEPOINT s"),
+                    batch(c, parse_msg(name[:-1] + "z", "SELECT 3") + sync_msg()),
+                    q(c, "ROLLBACK TO s"), q(c, f"DEALLOCATE {spelled}"), q(c, "ROLLBACK"), batch(c, close_msg("S", name) + sync_msg())]
+    return out
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
              names_that_are_not_valid_text, long_names_cut_inside_a_character,
              names_that_never_end, careless_pipelines,
              sql_statements_by_unnamed_parse_in_a_transaction,
-             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer]
+             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
+             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

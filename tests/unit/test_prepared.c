@@ -165,17 +165,27 @@ static void drops_that_do_not_run_give_the_statements_back(void)
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_next_complete(&q), REQ_PARSE_CLIENT);
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
-    stmt_on_command_complete(&q, "SELECT 1"); /* not its reply */
+    struct stmt_map sql;
+    stmt_map_init(&sql);
+    CHECK(stmt_map_put(&sql, "x", NULL) && stmt_map_put(&sql, "s1", NULL));
+    stmt_on_command_complete(&q, &sql, "SELECT 1"); /* not its reply */
     stmt_on_ready(&q, &m, &mine);
     CHECK(mine == before && stmt_map_get(mine, "s1") != NULL);
     CHECK_INT(q.count, 0);
+    CHECK_INT(stmt_map_count(&sql), 2); /* it did not run: the server's SQL statements stay */
     /* DEALLOCATE s1 that ran */
     CHECK_INT(stmt_queue_push_client_drop(&q, "s1", old, NULL), 0);
     stmt_map_remove(mine, "s1");
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
-    stmt_on_command_complete(&q, "DEALLOCATE");
+    stmt_on_command_complete(&q, &sql, "DEALLOCATE");
     stmt_on_ready(&q, &m, &mine);
     CHECK(stmt_map_get(mine, "s1") == NULL);
+    CHECK(stmt_map_get(&sql, "s1") == NULL && stmt_map_get(&sql, "x") != NULL);
+    /* DEALLOCATE ALL that ran, with no statement of the client's: the server's go */
+    CHECK_INT(stmt_queue_push_client_drop(&q, NULL, NULL, NULL), 0);
+    stmt_on_command_complete(&q, &sql, "DEALLOCATE ALL");
+    CHECK_INT(stmt_map_count(&sql), 0);
+    stmt_map_free(&sql);
     CHECK_INT(q.count, 0);
     CHECK_INT(q.undoable, 0);
     stmt_map_delete(mine);
