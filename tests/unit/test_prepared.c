@@ -301,6 +301,35 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("/* unterminated DEALLOCATE ALL", name, sizeof(name)),
               SQL_OTHER);
     CHECK_INT(prepared_classify_query("-", name, sizeof(name)), SQL_OTHER);
+    /* EXPLAIN EXECUTE runs the statement as EXECUTE does; non-ASCII bytes are name bytes */
+    CHECK_INT(prepared_classify_query_at("EXPLAIN (costs off) EXECUTE S1(2)", name, sizeof(name),
+                                         &at, &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "s1");
+    CHECK_INT((int)at, 28);
+    CHECK_INT(prepared_classify_query("explain analyse verbose execute x", name, sizeof(name)),
+              SQL_EXECUTE);
+    CHECK_INT(prepared_classify_query("EXPLAIN SELECT 1", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("EXPLAIN (costs off", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query_at("EXECUTE \xc3\xa9t\xc3\xa9", name, sizeof(name), &at,
+                                         &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "\xc3\xa9t\xc3\xa9");
+    CHECK_INT((int)span, 5);
+    /* the names sluice gives statements on servers, and names that only look like them */
+    CHECK(stmt_names_is_servers("sluice_0123abcd"));
+    CHECK(stmt_names_is_servers("sluice_s17"));
+    char padded[STMT_KEY_MAX + 1];
+    snprintf(padded, sizeof(padded), "sluice_0123abcd%048d", 0);
+    memset(padded + 15, '_', STMT_KEY_MAX - 15);
+    CHECK(stmt_names_is_servers(padded));
+    padded[STMT_KEY_MAX - 1] = '\0';
+    CHECK(!stmt_names_is_servers(padded)); /* padded, but not to a key */
+    CHECK(!stmt_names_is_servers("sluice_0123ABCD"));
+    CHECK(!stmt_names_is_servers("sluice_0123abc"));
+    CHECK(!stmt_names_is_servers("sluice_s"));
+    CHECK(!stmt_names_is_servers("sluice_0123abcd_x"));
+    CHECK(!stmt_names_is_servers("s1"));
     /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
     CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
               SQL_EXECUTE);
