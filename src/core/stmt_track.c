@@ -208,14 +208,16 @@ static void cut_sql_name(const struct client *c, const struct server *s, char *n
 
 /* A name of sluice's form (stmt_names_is_servers) that the client holds neither by protocol
  * (mine) nor by SQL on this backend: what the server holds under it is another client's
- * statement, which Postgres would not show this client. It is closed first (and prepared again
+ * statement, which Postgres would not show this client (with max_prepared_statements = 0
+ * nothing is renamed, and the name is the client's own). It is closed first (and prepared again
  * at its own client's next use), so the server answers as Postgres would: 26000 to EXECUTE,
  * DEALLOCATE, Bind or Describe; a PREPARE of the name succeeds. Every other name costs one
  * prefix compare. */
 static enum track_result hide_others_statement(struct client *c, struct server *s,
                                                const char *name)
 {
-    if (!stmt_names_is_servers(name) || stmt_map_get(&s->sql_prepared, name))
+    if (!stmt_names_is_servers(name) || stmt_map_get(&s->sql_prepared, name) ||
+        c->worker->cfg->max_prepared_statements == 0)
         return TRACK_PASS;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;

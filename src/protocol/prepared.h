@@ -10,8 +10,9 @@
  * Names: a client's names are its own (its map); on a server each statement is prepared under a
  * name of sluice's (stmt_def.server_name, "sluice_..."), which request_track.c writes into the
  * client's Parse, Bind, Describe and Close on their way. Another client's SQL EXECUTE or
- * DEALLOCATE of the same name so never reaches it, and identical statements of different
- * clients, whatever they call them, are one on a server.
+ * DEALLOCATE of the same name so never reaches it, nor does one of sluice's name (which any
+ * client reads in pg_prepared_statements): stmt_track.c closes that first. Identical statements
+ * of different clients, whatever they call them, are one on a server.
  *
  * To tell sluice's replies from the client's, every Parse, Close, Sync, Query and FunctionCall
  * sent to a server is recorded in order (struct stmt_queue); ParseComplete/CloseComplete pop the

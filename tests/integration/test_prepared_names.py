@@ -306,3 +306,21 @@ def test_sluices_name_for_another_clients_statement_finds_nothing(one_backend):
     assert b.query(f"EXECUTE {name}")[0] == [["B-own"]]
     b.query("COMMIT")
     assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+
+
+def test_with_tracking_off_a_client_keeps_a_name_of_sluices_form(start_sluice):
+    """max_prepared_statements = 0: names reach the backend as the client wrote them, and a
+    client's own statement named like sluice's is the client's."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 0})
+    c = raw_login(s.port)
+    try:
+        c.query("BEGIN")
+        seen, _, error = run_batch(c, parse_msg("sluice_0123abcd", "SELECT 'mine'::text")
+                                   + sync_msg())
+        assert error is None, error
+        assert bind_run(c, "sluice_0123abcd")[1] == [["mine"]]
+        assert c.query("EXECUTE sluice_0123abcd")[0] == [["mine"]]
+        c.query("COMMIT")
+    finally:
+        c.close()
