@@ -246,3 +246,28 @@ def test_a_client_sees_what_postgres_shows_it(pg, start_sluice, scenario, worker
     finally:
         direct.close()
         pooled.close()
+
+
+def latin1_names(c):
+    """A LATIN1 client's short non-ASCII names, by protocol and by unquoted SQL (Postgres reads
+    every byte of a non-ASCII character as an identifier byte)."""
+    name = "café".encode("latin-1")
+    sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+    return [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()), batch(c, raw_bind_run(name)),
+            batch(c, sql(b"EXECUTE " + name)), batch(c, sql(b"EXECUTE CAF\xc9")),
+            batch(c, sql(b"DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
+    direct = raw_login(pg.port, password="apppass", client_encoding="LATIN1")
+    pooled = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        expected, seen = latin1_names(direct), latin1_names(pooled)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        direct.close()
+        pooled.close()
