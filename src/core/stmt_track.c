@@ -179,30 +179,53 @@ static void forget_on_server(struct server *s, const char *name)
         (void)stmt_map_put(&s->stmts, name, NULL); /* an existing entry: nothing to allocate */
 }
 
-/* Are the client's names the server's UTF-8 bytes as they are: client and server both speak
- * UTF8 (or the client SQL_ASCII, whose text the server checks as its own)? */
-static bool names_are_utf8(const struct client *c, const struct server *s)
+/* What the client's name bytes are to the server (Postgres converts a name to the server's
+ * encoding before it keys it): its UTF-8 bytes as they are (client and server both UTF8, or the
+ * client SQL_ASCII, whose text the server checks as its own), LATIN1 that becomes UTF-8 (each
+ * byte from 0x80 up two bytes), or bytes sluice cuts as they are (any other pair). */
+enum name_bytes { NAME_BYTES_AS_SENT, NAME_BYTES_UTF8, NAME_BYTES_LATIN1_TO_UTF8 };
+
+static enum name_bytes name_bytes_of(const struct client *c, const struct server *s)
 {
     const char *server = params_get(&s->params, "server_encoding");
     const char *client = params_get(&c->params, "client_encoding");
     if (!client) /* the client never set it: the pool's, which the server has */
         client = params_get(&s->params, "client_encoding");
-    return server && client && strcmp(server, "UTF8") == 0 &&
-           (strcmp(client, "UTF8") == 0 || strcmp(client, "SQL_ASCII") == 0);
+    if (!server || !client || strcmp(server, "UTF8") != 0)
+        return NAME_BYTES_AS_SENT;
+    if (strcmp(client, "UTF8") == 0 || strcmp(client, "SQL_ASCII") == 0)
+        return NAME_BYTES_UTF8;
+    return strcmp(client, "LATIN1") == 0 ? NAME_BYTES_LATIN1_TO_UTF8 : NAME_BYTES_AS_SENT;
 }
 
-/* A SQL identifier's key: Postgres cuts a long one at its last whole character within
- * STMT_KEY_MAX bytes (truncate_identifier, pg_mbcliplen), where a protocol name is cut at
- * STMT_KEY_MAX bytes. With another client encoding the bytes are cut as they are (see
+/* A SQL identifier's key: Postgres cuts a long one, in the server's encoding, at its last whole
+ * character within STMT_KEY_MAX bytes (truncate_identifier, pg_mbcliplen), where a protocol name
+ * is cut at STMT_KEY_MAX bytes. Other encodings than those of name_bytes are cut as sent (see
  * docs/pool-modes.md). */
 static void cut_sql_name(const struct client *c, const struct server *s, char *name)
 {
-    size_t n = STMT_KEY_MAX;
-    if (strlen(name) <= n)
-        return;
-    if (names_are_utf8(c, s))
+    size_t n = 0, server_bytes = 0;
+    switch (name_bytes_of(c, s)) {
+    case NAME_BYTES_LATIN1_TO_UTF8:
+        for (; name[n]; n++) {
+            server_bytes += (uint8_t)name[n] >= 0x80 ? 2 : 1;
+            if (server_bytes > STMT_KEY_MAX)
+                break;
+        }
+        break;
+    case NAME_BYTES_UTF8:
+        if (strlen(name) <= STMT_KEY_MAX)
+            return;
+        n = STMT_KEY_MAX;
         while (n > 0 && ((uint8_t)name[n] & 0xc0) == 0x80)
             n--; /* back to the head of the character the cut falls in */
+        break;
+    case NAME_BYTES_AS_SENT:
+        if (strlen(name) <= STMT_KEY_MAX)
+            return;
+        n = STMT_KEY_MAX;
+        break;
+    }
     name[n] = '\0';
 }
 
@@ -443,7 +466,7 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
  * reaches the server, so such a name goes untouched for the server to refuse. */
 static bool name_refused_as_text(const struct client *c, const struct server *s, const uint8_t *p)
 {
-    if (!names_are_utf8(c, s))
+    if (name_bytes_of(c, s) != NAME_BYTES_UTF8)
         return false;
     for (size_t n; *p; p += n)
         if ((n = utf8_seq_len(p)) == 0)

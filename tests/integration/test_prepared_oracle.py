@@ -258,13 +258,33 @@ def latin1_names(c):
             batch(c, sql(b"DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
 
 
+def latin1_long_sql_names(c):
+    """A LATIN1 name whose UTF-8 form is 63 bytes or more: Postgres keys a SQL name at its last
+    whole character within 63 bytes of UTF-8, a protocol name at 63 bytes of UTF-8."""
+    sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+    out = []
+    for name in (b"\xe9" * 40, b"a" + b"\xe9" * 31, b"ab" + b"\xe9" * 31):
+        sql_key = name[:31] if name[0] == 0xe9 else name[:32] if name[1] == 0xe9 else name[:32]
+        for spelled in (name, b'"' + name + b'"'):
+            out += [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + spelled)), q(c, "BEGIN"),
+                    batch(c, sql(b"PREPARE " + spelled + b" AS SELECT 2")),
+                    batch(c, sql(b"EXECUTE " + sql_key)), q(c, "SAVEPOINT s"),
+                    batch(c, raw_parse(sql_key, b"SELECT 3") + sync_msg()),
+                    q(c, "ROLLBACK TO s"), batch(c, sql(b"DEALLOCATE " + spelled)),
+                    q(c, "ROLLBACK"), batch(c, raw_bind_run(name)),
+                    batch(c, message(b"C", b"S" + name + b"\0") + sync_msg())]
+    return out
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
     direct = raw_login(pg.port, password="apppass", client_encoding="LATIN1")
     pooled = raw_login(s.port, client_encoding="LATIN1")
     try:
-        expected, seen = latin1_names(direct), latin1_names(pooled)
+        expected = latin1_names(direct) + latin1_long_sql_names(direct)
+        seen = latin1_names(pooled) + latin1_long_sql_names(pooled)
         diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
                  for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
         assert not diffs, "\n".join(diffs)
