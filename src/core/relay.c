@@ -234,7 +234,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (type == 'E' && !consume && error_is_fatal(p, avail, whole))
             s->said_fatal = true;
         if (drop_ran && p[whole - 1] == '\0')
-            stmt_on_command_complete(&s->reqs, (const char *)p + CODEC_HEADER_LEN);
+            stmt_on_command_complete(&s->reqs, &s->sql_prepared,
+                                     (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {
             /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
             if (type == 'C' || type == 'I' || type == 's')

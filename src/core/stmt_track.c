@@ -179,6 +179,76 @@ static void forget_on_server(struct server *s, const char *name)
         (void)stmt_map_put(&s->stmts, name, NULL); /* an existing entry: nothing to allocate */
 }
 
+/* What the client's name bytes are to the server (Postgres converts a name to the server's
+ * encoding before it keys it): its UTF-8 bytes as they are (client and server both UTF8, or the
+ * client SQL_ASCII, whose text the server checks as its own), LATIN1 that becomes UTF-8 (each
+ * byte from 0x80 up two bytes), or bytes sluice cuts as they are (any other pair). */
+enum name_bytes { NAME_BYTES_AS_SENT, NAME_BYTES_UTF8, NAME_BYTES_LATIN1_TO_UTF8 };
+
+static enum name_bytes name_bytes_of(const struct client *c, const struct server *s)
+{
+    const char *server = params_get(&s->params, "server_encoding");
+    const char *client = params_get(&c->params, "client_encoding");
+    if (!client) /* the client never set it: the pool's, which the server has */
+        client = params_get(&s->params, "client_encoding");
+    if (!server || !client || strcmp(server, "UTF8") != 0)
+        return NAME_BYTES_AS_SENT;
+    if (strcmp(client, "UTF8") == 0 || strcmp(client, "SQL_ASCII") == 0)
+        return NAME_BYTES_UTF8;
+    return strcmp(client, "LATIN1") == 0 ? NAME_BYTES_LATIN1_TO_UTF8 : NAME_BYTES_AS_SENT;
+}
+
+/* A SQL identifier's key: Postgres cuts a long one, in the server's encoding, at its last whole
+ * character within STMT_KEY_MAX bytes (truncate_identifier, pg_mbcliplen), where a protocol name
+ * is cut at STMT_KEY_MAX bytes. Other encodings than those of name_bytes are cut as sent (see
+ * docs/pool-modes.md). */
+static void cut_sql_name(const struct client *c, const struct server *s, char *name)
+{
+    size_t n = 0, server_bytes = 0;
+    switch (name_bytes_of(c, s)) {
+    case NAME_BYTES_LATIN1_TO_UTF8:
+        for (; name[n]; n++) {
+            server_bytes += (uint8_t)name[n] >= 0x80 ? 2 : 1;
+            if (server_bytes > STMT_KEY_MAX)
+                break;
+        }
+        break;
+    case NAME_BYTES_UTF8:
+        if (strlen(name) <= STMT_KEY_MAX)
+            return;
+        n = STMT_KEY_MAX;
+        while (n > 0 && ((uint8_t)name[n] & 0xc0) == 0x80)
+            n--; /* back to the head of the character the cut falls in */
+        break;
+    case NAME_BYTES_AS_SENT:
+        if (strlen(name) <= STMT_KEY_MAX)
+            return;
+        n = STMT_KEY_MAX;
+        break;
+    }
+    name[n] = '\0';
+}
+
+/* A name of sluice's form (stmt_names_is_servers) that the client holds neither by protocol
+ * (mine) nor by SQL on this backend: what the server holds under it is another client's
+ * statement, which Postgres would not show this client (with max_prepared_statements = 0
+ * nothing is renamed, and the name is the client's own). It is closed first (and prepared again
+ * at its own client's next use), so the server answers as Postgres would: 26000 to EXECUTE,
+ * DEALLOCATE, Bind or Describe; a PREPARE of the name succeeds. Every other name costs one
+ * prefix compare. */
+static enum track_result hide_others_statement(struct client *c, struct server *s,
+                                               const char *name)
+{
+    if (!stmt_names_is_servers(name) || stmt_map_get(&s->sql_prepared, name) ||
+        c->worker->cfg->max_prepared_statements == 0)
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    free_name_on_server(s, name, true);
+    forget_on_server(s, name);
+    return TRACK_PASS;
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
@@ -194,7 +264,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     char name_buf[256];
     size_t at, span;
     enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
-    name_buf[STMT_KEY_MAX] = '\0'; /* the statement's key, as Postgres truncates the identifier */
+    cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
@@ -208,6 +278,10 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         if (r == TRACK_PASS && s->txn_status != 'E')
             r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, fail)
                              : ensure_prepared(c, s, mine, sn.name, fail);
+        if (r != TRACK_PASS)
+            return r;
+    } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
+        enum track_result r = hide_others_statement(c, s, name_buf);
         if (r != TRACK_PASS)
             return r;
     }
@@ -230,12 +304,16 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         }
         break;
     case SQL_DEALLOCATE:
-        stmt_map_remove(&s->sql_prepared, name_buf);
+        /* The server's own SQL statement of that name leaves sql_prepared when it ran
+         * (stmt_on_command_complete). */
         forget_on_server(s, mine ? sn.name : name_buf);
         dropped_one = stmt_map_get(c->stmts, name_buf);
-        if (dropped_one && dropped_one->def &&
-            queued(stmt_queue_push_client_drop(&s->reqs, name_buf, dropped_one->def, NULL), fail) !=
-                TRACK_PASS)
+        if (dropped_one && !dropped_one->def)
+            dropped_one = NULL;
+        if ((dropped_one || stmt_map_get(&s->sql_prepared, name_buf)) &&
+            queued(stmt_queue_push_client_drop(&s->reqs, name_buf,
+                                               dropped_one ? dropped_one->def : NULL, NULL),
+                   fail) != TRACK_PASS)
             return TRACK_FAILED;
         stmt_map_remove(c->stmts, name_buf);
         break;
@@ -243,11 +321,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     case SQL_DISCARD_ALL:
         dropped_all = c->stmts;
         c->stmts = NULL;
-        if (dropped_all && queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all),
-                                  fail) != TRACK_PASS)
+        if ((dropped_all || stmt_map_count(&s->sql_prepared) > 0) &&
+            queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all), fail) !=
+                TRACK_PASS)
             return TRACK_FAILED;
         stmt_map_mark_unknown(&s->stmts);
-        stmt_map_clear(&s->sql_prepared);
         break;
     default:
         break;
@@ -386,17 +464,11 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
 
 /* Would the server refuse the statement name at p (NUL-terminated, whole in the buffer) as text
  * that is not valid in its encoding (22021)? Postgres checks every name it reads against it,
- * before it looks the name up. Known when client and server both speak UTF8 (or the client
- * SQL_ASCII, whose text the server checks as its own); a name sluice renames never reaches the
- * server, so such a name goes untouched for the server to refuse. */
+ * before it looks the name up. Known when names are UTF-8 to both; a name sluice renames never
+ * reaches the server, so such a name goes untouched for the server to refuse. */
 static bool name_refused_as_text(const struct client *c, const struct server *s, const uint8_t *p)
 {
-    const char *server = params_get(&s->params, "server_encoding");
-    const char *client = params_get(&c->params, "client_encoding");
-    if (!client) /* the client never set it: the pool's, which the server has */
-        client = params_get(&s->params, "client_encoding");
-    if (!server || !client || strcmp(server, "UTF8") != 0 ||
-        (strcmp(client, "UTF8") != 0 && strcmp(client, "SQL_ASCII") != 0))
+    if (name_bytes_of(c, s) != NAME_BYTES_UTF8)
         return false;
     for (size_t n; *p; p += n)
         if ((n = utf8_seq_len(p)) == 0)
@@ -634,8 +706,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return r;
     if (type == 'C')
         return track_close(c, s, mine, name, at, fail);
-    if (!mine)
-        return TRACK_PASS; /* not known to sluice: the server answers as it would */
+    if (!mine) /* not known to sluice: the server answers as it would */
+        return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_unread(s);
     r = ensure_prepared(c, s, mine, sn.name, fail);

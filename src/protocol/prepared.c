@@ -518,13 +518,22 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
 }
 
-void stmt_on_command_complete(struct stmt_queue *q, const char *tag)
+void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepared,
+                              const char *tag)
 {
     if (q->count == 0 || item_at(q, 0)->kind != REQ_DROP_CLIENT)
         return;
-    if (strcmp(tag, "DEALLOCATE") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0 ||
-        strcmp(tag, "DISCARD ALL") == 0)
-        take_out(q, 0); /* it ran: what it dropped stays dropped */
+    if (strcmp(tag, "DEALLOCATE") != 0 && strcmp(tag, "DEALLOCATE ALL") != 0 &&
+        strcmp(tag, "DISCARD ALL") != 0)
+        return;
+    /* it ran: what it dropped of the client's stays dropped, and the backend's own SQL
+     * statements it names are gone */
+    const char *name = item_at(q, 0)->name;
+    if (name[0])
+        stmt_map_remove(sql_prepared, name);
+    else
+        stmt_map_clear(sql_prepared);
+    take_out(q, 0);
 }
 
 /* The client's request it stands for was skipped or refused by the server: undo what sluice
@@ -667,7 +676,22 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
     if (word(&s, "discard"))
         return word(&s, "all") ? SQL_DISCARD_ALL : SQL_OTHER;
     enum sql_dealloc kind;
-    if (word(&s, "execute")) {
+    if (word(&s, "explain")) {
+        /* EXPLAIN [ANALYZE] [VERBOSE] EXECUTE name, or EXPLAIN (options) EXECUTE name: it runs
+         * (or plans) the statement as EXECUTE does */
+        if (*s == '(') {
+            s = strchr(s, ')');
+            if (!s)
+                return SQL_OTHER;
+            s = skip_space(s + 1);
+        } else {
+            (void)(word(&s, "analyze") || word(&s, "analyse"));
+            (void)word(&s, "verbose");
+        }
+        if (!word(&s, "execute"))
+            return SQL_OTHER;
+        kind = SQL_EXECUTE;
+    } else if (word(&s, "execute")) {
         kind = SQL_EXECUTE;
     } else if (word(&s, "prepare")) {
         const char *after = s;
@@ -698,7 +722,9 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
         whole = *s == '"';
         s += whole;
     } else {
-        for (; isalnum((unsigned char)*s) || *s == '_' || *s == '$'; s++)
+        /* Postgres's identifier characters: every byte of a multibyte character is one */
+        for (; isalnum((unsigned char)*s) || *s == '_' || *s == '$' || (unsigned char)*s >= 0x80;
+             s++)
             if (n + 1 < namelen)
                 name[n++] = (char)tolower((unsigned char)*s);
     }

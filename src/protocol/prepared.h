@@ -10,8 +10,9 @@
  * Names: a client's names are its own (its map); on a server each statement is prepared under a
  * name of sluice's (stmt_def.server_name, "sluice_..."), which request_track.c writes into the
  * client's Parse, Bind, Describe and Close on their way. Another client's SQL EXECUTE or
- * DEALLOCATE of the same name so never reaches it, and identical statements of different
- * clients, whatever they call them, are one on a server.
+ * DEALLOCATE of the same name so never reaches it, nor does one of sluice's name (which any
+ * client reads in pg_prepared_statements): stmt_track.c closes that first. Identical statements
+ * of different clients, whatever they call them, are one on a server.
  *
  * To tell sluice's replies from the client's, every Parse, Close, Sync, Query and FunctionCall
  * sent to a server is recorded in order (struct stmt_queue); ParseComplete/CloseComplete pop the
@@ -146,7 +147,8 @@ enum stmt_req {
     REQ_SYNC,         /* Sync, Query or FunctionCall: answered by ReadyForQuery */
     REQ_DROP_CLIENT,  /* the client's SQL DEALLOCATE / DEALLOCATE ALL / DISCARD ALL, answered by
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
-                       * of it is answered before it runs, if it runs) */
+                       * of it is answered before it runs, if it runs). Queued when it drops a
+                       * statement of the client's or of the server's sql_prepared */
 };
 
 struct stmt_queue_item {
@@ -209,8 +211,10 @@ enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
-/* CommandComplete with tag `tag` arrived: a DEALLOCATE or DISCARD ALL the client sent ran. */
-void stmt_on_command_complete(struct stmt_queue *q, const char *tag);
+/* CommandComplete with tag `tag` arrived: a DEALLOCATE or DISCARD ALL the client sent ran; the
+ * names it drops leave sql_prepared (the server's SQL PREPAREs) only now. */
+void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepared,
+                              const char *tag);
 /* ReadyForQuery (not one of sluice's own queries) arrived: pop through its Sync; what the
  * server skipped or refused of the client's is undone, latest first. client_map: the statements
  * of the client whose requests these are (NULL: it left; *client_map may be NULL, none yet). */

@@ -7,6 +7,27 @@
 
 #define SERVER_NAME_PREFIX "sluice_"
 
+bool stmt_names_is_servers(const char *key)
+{
+    size_t prefix = sizeof(SERVER_NAME_PREFIX) - 1;
+    if (strncmp(key, SERVER_NAME_PREFIX, prefix) != 0)
+        return false; /* every client name but these stops here */
+    const char *p = key + prefix;
+    size_t digits;
+    if (*p == 's') { /* a count */
+        digits = strspn(++p, "0123456789");
+    } else {
+        digits = strspn(p, "0123456789abcdef");
+        if (digits != 8)
+            return false;
+    }
+    if (digits == 0)
+        return false;
+    p += digits;
+    size_t padding = strspn(p, "_");
+    return p[padding] == '\0' && (padding == 0 || (size_t)(p + padding - key) == STMT_KEY_MAX);
+}
+
 void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d, size_t key_len)
 {
     size_t n = strlen(d->server_name);

@@ -25,6 +25,11 @@ struct stmt_server_name {
     char name[STMT_KEY_MAX + 1];
 };
 
+/* Is `key` a name sluice gives statements on servers ("sluice_" and 8 lower-case hex digits,
+ * or "sluice_s" and a count; padded with '_' to STMT_KEY_MAX bytes)? A client that names one it
+ * does not hold names no statement of its own, whatever the server holds under it. */
+bool stmt_names_is_servers(const char *key);
+
 /* The name a server knows d by, for a client name whose key is key_len bytes. */
 void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d, size_t key_len);
 

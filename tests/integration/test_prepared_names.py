@@ -261,3 +261,66 @@ def test_sql_execute_with_an_argument_longer_than_pkt_buf_finds_the_clients_stat
         assert a.query(f"EXECUTE long_arg('{'x' * n}')")[0] == [[str(n)]]
     assert a.query(f"DEALLOCATE long_arg /* {'x' * 40_000} */") == ([], ["DEALLOCATE"])
     assert bind_run(a, "long_arg")[2]["C"] == "26000"
+
+
+def server_name_of_a_statement(b, word):
+    """What any client of the backend reads in pg_prepared_statements: sluice's name for it."""
+    rows, _ = b.query("SELECT name FROM pg_prepared_statements WHERE position("
+                      f"'{word}' in statement) > 0")
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def error_of(c, sql):
+    try:
+        c.query(sql)
+    except ServerError as e:
+        return e.sqlstate, e.fields.get("M")
+    return None
+
+
+def test_sluices_name_for_another_clients_statement_finds_nothing(one_backend):
+    """Another client's statement, by the name sluice gives it on the backend (which b reads in
+    pg_prepared_statements): Postgres knows no statement of that name for b, and says so."""
+    _, a, b = one_backend
+    name = server_name_of_a_statement(b, "A-secret")
+    assert name.startswith("sluice_"), name
+    missing = ("26000", f'prepared statement "{name}" does not exist')
+    for sql in (f"EXECUTE {name}", f"EXECUTE {name.upper()}", f'EXECUTE "{name}"',
+                f"EXPLAIN EXECUTE {name}", f"explain (costs off) execute {name}",
+                f"/* c */ EXPLAIN ANALYZE VERBOSE EXECUTE {name}", f"DEALLOCATE {name}",
+                f"DEALLOCATE PREPARE {name}"):
+        assert error_of(b, sql) == missing, sql
+        assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+        assert error_of(b, sql) == missing, sql  # a's statement is back on the backend
+    for msgs in (bind_msg("", name) + execute_msg(), describe_msg("S", name)):
+        seen, rows, error = run_batch(b, msgs + sync_msg())
+        assert rows == [] and (error["C"], error["M"]) == missing, (seen, error)
+        assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+    seen, _, error = run_batch(b, close_msg("S", name) + sync_msg())
+    assert error is None and seen == ["3", "Z"], (seen, error)
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+    # b may prepare its own by that name, as on Postgres, and runs its own
+    b.query("BEGIN")
+    assert error_of(b, f"PREPARE {name} AS SELECT 'B-own'::text") is None
+    assert b.query(f"EXECUTE {name}")[0] == [["B-own"]]
+    b.query("COMMIT")
+    assert bind_run(a, "stmt1")[1] == [["A-secret"]]
+
+
+def test_with_tracking_off_a_client_keeps_a_name_of_sluices_form(start_sluice):
+    """max_prepared_statements = 0: names reach the backend as the client wrote them, and a
+    client's own statement named like sluice's is the client's."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 0})
+    c = raw_login(s.port)
+    try:
+        c.query("BEGIN")
+        seen, _, error = run_batch(c, parse_msg("sluice_0123abcd", "SELECT 'mine'::text")
+                                   + sync_msg())
+        assert error is None, error
+        assert bind_run(c, "sluice_0123abcd")[1] == [["mine"]]
+        assert c.query("EXECUTE sluice_0123abcd")[0] == [["mine"]]
+        c.query("COMMIT")
+    finally:
+        c.close()

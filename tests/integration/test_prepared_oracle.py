@@ -194,13 +194,43 @@ def long_names_cut_inside_a_character_in_messages_larger_than_the_buffer(c):
             batch(c, bind_msg("", name[:-1] + "z", ["y" * (300 * 1024), 1]) + sync_msg())]
 
 
+def drops_that_fail_keep_sql_statements(c):
+    """A DISCARD ALL or DEALLOCATE that does not run (25001 inside a transaction block, 25P02 in
+    a failed transaction) leaves the SQL statements: a Parse of the name still collides."""
+    out = [q(c, "BEGIN"), q(c, "PREPARE x AS SELECT 1"), q(c, "SAVEPOINT s")]
+    for drop in ("DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE x"):
+        out += [q(c, "SELECT 1/0"), q(c, drop), q(c, "ROLLBACK TO s"),
+                batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "EXECUTE x")]
+    out += [q(c, "DISCARD ALL"), q(c, "ROLLBACK TO s"),
+            batch(c, parse_msg("x", "SELECT 2") + sync_msg()), q(c, "EXECUTE x"),
+            q(c, "ROLLBACK")]
+    return out
+
+
+def long_sql_names_cut_at_a_whole_character(c):
+    """Postgres cuts a long SQL identifier at its last whole character within 63 bytes (a
+    protocol name at 63 bytes): EXECUTE and DEALLOCATE of a long multibyte name, unquoted and
+    quoted, name another key than a Parse of it."""
+    out = []
+    for name in ("é" * 40, "a" + "€" * 30, "ab" + "😀" * 20):
+        for spelled in (name, f'"{name}"'):
+            out += [batch(c, parse_msg(name, "SELECT 1") + sync_msg()),
+                    q(c, f"EXECUTE {spelled}"), q(c, f"DEALLOCATE {spelled}"), bind_run(c, name),
+                    q(c, "BEGIN"), q(c, f"PREPARE {spelled} AS SELECT 2"),
+                    q(c, f"EXECUTE {spelled}"), q(c, "SAVEPOINT s"),
+                    batch(c, parse_msg(name[:-1] + "z", "SELECT 3") + sync_msg()),
+                    q(c, "ROLLBACK TO s"), q(c, f"DEALLOCATE {spelled}"), q(c, "ROLLBACK"), batch(c, close_msg("S", name) + sync_msg())]
+    return out
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
              names_that_are_not_valid_text, long_names_cut_inside_a_character,
              names_that_never_end, careless_pipelines,
              sql_statements_by_unnamed_parse_in_a_transaction,
-             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer]
+             long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
+             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -210,6 +240,51 @@ def test_a_client_sees_what_postgres_shows_it(pg, start_sluice, scenario, worker
     direct, pooled = raw_login(pg.port, password="apppass"), raw_login(s.port)
     try:
         expected, seen = scenario(direct), scenario(pooled)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        direct.close()
+        pooled.close()
+
+
+def latin1_names(c):
+    """A LATIN1 client's short non-ASCII names, by protocol and by unquoted SQL (Postgres reads
+    every byte of a non-ASCII character as an identifier byte)."""
+    name = "café".encode("latin-1")
+    sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+    return [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()), batch(c, raw_bind_run(name)),
+            batch(c, sql(b"EXECUTE " + name)), batch(c, sql(b"EXECUTE CAF\xc9")),
+            batch(c, sql(b"DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
+
+
+def latin1_long_sql_names(c):
+    """A LATIN1 name whose UTF-8 form is 63 bytes or more: Postgres keys a SQL name at its last
+    whole character within 63 bytes of UTF-8, a protocol name at 63 bytes of UTF-8."""
+    sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+    out = []
+    for name in (b"\xe9" * 40, b"a" + b"\xe9" * 31, b"ab" + b"\xe9" * 31):
+        sql_key = name[:31] if name[0] == 0xe9 else name[:32] if name[1] == 0xe9 else name[:32]
+        for spelled in (name, b'"' + name + b'"'):
+            out += [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + spelled)), q(c, "BEGIN"),
+                    batch(c, sql(b"PREPARE " + spelled + b" AS SELECT 2")),
+                    batch(c, sql(b"EXECUTE " + sql_key)), q(c, "SAVEPOINT s"),
+                    batch(c, raw_parse(sql_key, b"SELECT 3") + sync_msg()),
+                    q(c, "ROLLBACK TO s"), batch(c, sql(b"DEALLOCATE " + spelled)),
+                    q(c, "ROLLBACK"), batch(c, raw_bind_run(name)),
+                    batch(c, message(b"C", b"S" + name + b"\0") + sync_msg())]
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
+    direct = raw_login(pg.port, password="apppass", client_encoding="LATIN1")
+    pooled = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        expected = latin1_names(direct) + latin1_long_sql_names(direct)
+        seen = latin1_names(pooled) + latin1_long_sql_names(pooled)
         diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
                  for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
         assert not diffs, "\n".join(diffs)

@@ -165,17 +165,27 @@ static void drops_that_do_not_run_give_the_statements_back(void)
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
     CHECK_INT(stmt_queue_next_complete(&q), REQ_PARSE_CLIENT);
     CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
-    stmt_on_command_complete(&q, "SELECT 1"); /* not its reply */
+    struct stmt_map sql;
+    stmt_map_init(&sql);
+    CHECK(stmt_map_put(&sql, "x", NULL) && stmt_map_put(&sql, "s1", NULL));
+    stmt_on_command_complete(&q, &sql, "SELECT 1"); /* not its reply */
     stmt_on_ready(&q, &m, &mine);
     CHECK(mine == before && stmt_map_get(mine, "s1") != NULL);
     CHECK_INT(q.count, 0);
+    CHECK_INT(stmt_map_count(&sql), 2); /* it did not run: the server's SQL statements stay */
     /* DEALLOCATE s1 that ran */
     CHECK_INT(stmt_queue_push_client_drop(&q, "s1", old, NULL), 0);
     stmt_map_remove(mine, "s1");
     CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
-    stmt_on_command_complete(&q, "DEALLOCATE");
+    stmt_on_command_complete(&q, &sql, "DEALLOCATE");
     stmt_on_ready(&q, &m, &mine);
     CHECK(stmt_map_get(mine, "s1") == NULL);
+    CHECK(stmt_map_get(&sql, "s1") == NULL && stmt_map_get(&sql, "x") != NULL);
+    /* DEALLOCATE ALL that ran, with no statement of the client's: the server's go */
+    CHECK_INT(stmt_queue_push_client_drop(&q, NULL, NULL, NULL), 0);
+    stmt_on_command_complete(&q, &sql, "DEALLOCATE ALL");
+    CHECK_INT(stmt_map_count(&sql), 0);
+    stmt_map_free(&sql);
     CHECK_INT(q.count, 0);
     CHECK_INT(q.undoable, 0);
     stmt_map_delete(mine);
@@ -291,6 +301,35 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("/* unterminated DEALLOCATE ALL", name, sizeof(name)),
               SQL_OTHER);
     CHECK_INT(prepared_classify_query("-", name, sizeof(name)), SQL_OTHER);
+    /* EXPLAIN EXECUTE runs the statement as EXECUTE does; non-ASCII bytes are name bytes */
+    CHECK_INT(prepared_classify_query_at("EXPLAIN (costs off) EXECUTE S1(2)", name, sizeof(name),
+                                         &at, &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "s1");
+    CHECK_INT((int)at, 28);
+    CHECK_INT(prepared_classify_query("explain analyse verbose execute x", name, sizeof(name)),
+              SQL_EXECUTE);
+    CHECK_INT(prepared_classify_query("EXPLAIN SELECT 1", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query("EXPLAIN (costs off", name, sizeof(name)), SQL_OTHER);
+    CHECK_INT(prepared_classify_query_at("EXECUTE \xc3\xa9t\xc3\xa9", name, sizeof(name), &at,
+                                         &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "\xc3\xa9t\xc3\xa9");
+    CHECK_INT((int)span, 5);
+    /* the names sluice gives statements on servers, and names that only look like them */
+    CHECK(stmt_names_is_servers("sluice_0123abcd"));
+    CHECK(stmt_names_is_servers("sluice_s17"));
+    char padded[STMT_KEY_MAX + 1];
+    snprintf(padded, sizeof(padded), "sluice_0123abcd%048d", 0);
+    memset(padded + 15, '_', STMT_KEY_MAX - 15);
+    CHECK(stmt_names_is_servers(padded));
+    padded[STMT_KEY_MAX - 1] = '\0';
+    CHECK(!stmt_names_is_servers(padded)); /* padded, but not to a key */
+    CHECK(!stmt_names_is_servers("sluice_0123ABCD"));
+    CHECK(!stmt_names_is_servers("sluice_0123abc"));
+    CHECK(!stmt_names_is_servers("sluice_s"));
+    CHECK(!stmt_names_is_servers("sluice_0123abcd_x"));
+    CHECK(!stmt_names_is_servers("s1"));
     /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
     CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
               SQL_EXECUTE);
