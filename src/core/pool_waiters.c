@@ -16,13 +16,17 @@ uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
     return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
+uint64_t pool_waiter_arrival(const struct client *c)
+{
+    uint64_t waited = sluice_now(c->worker) - c->state_since_ms, now = ledger_now_ms();
+    return now > waited ? now - waited : 1;
+}
+
 uint64_t pool_waiter_since(const struct client *c)
 {
-    const struct worker *worker = c->worker;
-    if (!c->budget || !ledger_leases_checked(&worker->proc->ledger))
+    if (!c->budget || !ledger_leases_checked(&c->worker->proc->ledger))
         return 0; /* the default config's per-transaction path: no clock read */
-    uint64_t waited = sluice_now(worker) - c->state_since_ms, now = ledger_now_ms();
-    return now > waited ? now - waited : 1;
+    return pool_waiter_arrival(c);
 }
 
 void pool_lease_waiter_gone(const struct client *c)
