@@ -59,8 +59,8 @@ void pool_lease_waiter_gone(const struct client *c)
  * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
  * client. This worker's pools only, and rightly: it orders this worker's waiters for the room
  * the ledger gives the budget (process-wide: ledger_lease_room), and can only hold one of them
- * back, never give one more than that room. Across workers a budget's room goes to whichever
- * worker takes the lease first, not by arrival (docs/architecture.md 5.4). */
+ * back, never give one more than that room. Across workers the ledger orders a budget's
+ * max_servers room by arrival (ledger_lease_room_since, with pool_waiter_since). */
 static int older_budget_waiters_elsewhere(const struct client *c, int enough)
 {
     int n = 0;
