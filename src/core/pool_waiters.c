@@ -188,6 +188,13 @@ int pool_count_unprovided(const struct pool *p, int enough, struct client **firs
     return count_unprovided(p, enough, 0, first);
 }
 
+bool pool_has_waiter_without_room(const struct pool *p)
+{
+    struct client *first;
+    return !list_empty(&p->waiting) &&
+           pool_count_unprovided(p, p->rooms_awaited + 1, &first) > p->rooms_awaited;
+}
+
 struct client *pool_first_unprovided_after(const struct pool *p, int skip)
 {
     struct client *nth;

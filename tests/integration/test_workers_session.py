@@ -95,7 +95,10 @@ def test_an_idle_server_closed_for_a_local_waiter_goes_to_an_older_one_elsewhere
     older waiter on worker 1 (its backend moves there), not closed for the younger "other"
     (issue 21: the longest waiter across workers first). Before, worker 0 closed it for its own
     younger waiter (pool_close_idle_unwanted), and the server opened for that one was closed in
-    turn for the older waiter: two backend logins later, the older one ran on a third backend."""
+    turn for the older waiter: two backend logins later, the older one ran on a third backend.
+    Since the handover no longer keeps the idle server for b-wait, which cannot use it (the test
+    below), the server moves at the older waiter's arrival already; the close's own look at
+    older waiters elsewhere is left for an entry registered after the handover's last offer."""
     s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
                       "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
                      budgets={"b": "app=b-* max_servers=1"})
@@ -130,5 +133,45 @@ def test_an_idle_server_closed_for_a_local_waiter_goes_to_an_older_one_elsewhere
             for t in threads:
                 t.join(10 * SLOW)
             assert all(isinstance(out[k][0], int) for k in ("b-wait", "younger")), out
+        finally:
+            close_all(opened)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_server_kept_for_local_waiters_that_cannot_use_it_goes_to_a_waiter_elsewhere(
+        start_sluice, pg):
+    """As above without the younger waiter: worker 0's only waiter, b-wait, is held by its
+    budget, so the idle "same" server is no use to it; the "same" waiter on worker 1 gets it
+    (its backend moves there) at once. Before, the handover kept a session pool's idle server
+    for the pool's own waiters whatever they could do with it, and the waiter on worker 1 waited
+    for query_wait_timeout."""
+    s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
+                      "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
+                     budgets={"b": "app=b-* max_servers=1"})
+    opened = []
+    with console(s) as adm:
+        try:
+            same = {"application_name": "same"}
+            holder = on_worker(s, adm, 0, opened, **same)
+            leaver = on_worker(s, adm, 0, opened, **same)
+            b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
+            b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
+            waiter = on_worker(s, adm, 1, opened, **same)
+            for c in (holder, b_hold):
+                assert c.execute("SELECT 1").fetchone()[0] == 1
+            idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
+            leaver.close()  # its backend idles on worker 0; the pool holds 3 of 3
+            out = {}
+            threads = [query_in_thread(b_wait, "SELECT 1", out, "b-wait")]
+            time.sleep(0.3 * SLOW)
+            asked = time.monotonic()
+            threads.append(query_in_thread(waiter, "SELECT pg_backend_pid()", out, "waiter"))
+            threads[-1].join(2 * SLOW)
+            assert "waiter" in out, f"not served beside an idle server it could use: {out}"
+            assert out["waiter"][0] == idle_pid, (out, idle_pid)
+            assert out["waiter"][1] - asked < 1.0 * SLOW, out
+            close_all([b_hold])  # b-wait is served
+            threads[0].join(10 * SLOW)
+            assert isinstance(out["b-wait"][0], int), out
         finally:
             close_all(opened)
