@@ -766,6 +766,14 @@ void pool_pause(struct pool *p, enum pool_pause_cause cause)
 {
     p->paused = true;
     p->paused_by = cause;
+    /* Its waiters no longer hold their budget's room from the other workers' (5.3), as with
+     * one worker a paused pool's waiters come after the other pools' (pool_waiters.c): the
+     * worker's note names its oldest waiter of the budget in a pool that serves. */
+    struct list_node *n, *tmp;
+    list_for_each(&p->waiting, n, tmp)
+    {
+        pool_lease_waiter_gone(container_of(n, struct client, node));
+    }
 }
 
 void pool_resume(struct pool *p)

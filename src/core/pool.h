@@ -224,6 +224,10 @@ void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
  * login values as on Postgres; in the other modes one opened with the pool's own (0), which
  * params.c's sync and login_reset.c make c's. */
 uint64_t pool_startup_wanted(const struct pool *p, const struct client *c);
+/* Session mode: has p a waiter that room made by closing an idle server would serve (its
+ * budget lets it have a server, none is logging in for it, no room is being made for it)?
+ * Such a waiter keeps p's idle servers from the handover (their close is its room). */
+bool pool_has_waiter_without_room(const struct pool *p);
 /* A server opened with startup parameters of fingerprint startup_fp was refused them at login
  * (sqlstate, server_message: Postgres's FATAL): the clients waiting for such a server get that
  * FATAL; the database is up (the options are read after authentication), so no backoff and no

@@ -19,6 +19,21 @@
 
 /* ---- a full cap: an idle server closed so that a waiter's opens in its place ---- */
 
+/* Fairness of the longest waiter across workers (5.3): idle s of this worker is about to close
+ * for c, a waiter of this worker. Another worker's registered waiter that waited longer than c
+ * by more than the handover's slack and that s serves has it first: s moves there, or closes
+ * for its slot (handover_offer_older). The handover offers idle servers as they go idle, but
+ * not a session pool's while it has waiters of its own (their room is a close here), and an
+ * entry registered since waits for the next offer: a close here for c went before it. true: s
+ * went to that waiter (c waits on, registered by the caller's maybe_connect). */
+static bool given_to_older_elsewhere(struct server *s, const struct client *c)
+{
+    const struct worker *worker = s->pool->worker;
+    if (!c || worker->proc->nworkers == 1 || !ledger_has_waiters(&worker->proc->ledger))
+        return false;
+    return worker->pool_events->offer_server_to_older(s, pool_waiter_arrival(c), 0);
+}
+
 /* A cap is full and client c wants a server opened with its startup parameters: close the
  * longest-idle server of p opened with other ones, so that c's opens in its place (its slot
  * comes back when the backend has gone, pool_server_gone). false: none. */
@@ -37,6 +52,8 @@ bool pool_close_idle_unwanted(struct pool *p, const struct client *c)
     }
     if (!oldest)
         return false;
+    if (given_to_older_elsewhere(oldest, c))
+        return true;
     p->worker->pool_events->close_server_for(
         oldest,
         "idle server opened with other startup parameters, closed to "
@@ -50,13 +67,25 @@ bool pool_close_idle_unwanted(struct pool *p, const struct client *c)
  * pools only, and rightly: it closes only servers it owns. The cap it answers is the ledger's
  * (the take that failed); another worker's idle servers in the scope are closed or moved for
  * this one by their own worker (the handover's ledger_claim_idle, 5.4). */
+static bool evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
+                       const char *user_name, struct pool *except, const struct client *waiter);
+
 bool pool_evict_idle_elsewhere(struct pool *p, enum limit_kind k)
 {
-    return pool_evict_idle(p->worker, k, p->db_name, p->user_name, p);
+    const struct client *head =
+        list_empty(&p->waiting) ? NULL : container_of(list_first(&p->waiting), struct client, node);
+    return evict_idle(p->worker, k, p->db_name, p->user_name, p, head);
 }
 
 bool pool_evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
                      const char *user_name, struct pool *except)
+{
+    return evict_idle(worker, k, db_name, user_name, except, NULL);
+}
+
+/* pool_evict_idle, for waiter (NULL: auth_query's lookup, in no wait list of the ledger). */
+static bool evict_idle(struct worker *worker, enum limit_kind k, const char *db_name,
+                       const char *user_name, struct pool *except, const struct client *waiter)
 {
     struct pool *victim = NULL;
     struct server *oldest = NULL;
@@ -78,6 +107,8 @@ bool pool_evict_idle(struct worker *worker, enum limit_kind k, const char *db_na
     }
     if (!oldest)
         return false;
+    if (given_to_older_elsewhere(oldest, waiter))
+        return true;
     char why[160];
     snprintf(why, sizeof(why), "idle server of pool %s/%s closed to make room under %s",
              victim->db_name, victim->user_name, limit_kind_key(k));
@@ -161,7 +192,6 @@ bool pool_pass_to_older_elsewhere(struct server *s, const struct client *c)
     struct process *proc = p->worker->proc;
     if (proc->nworkers == 1 || !ledger_has_waiters(&proc->ledger))
         return false;
-    uint64_t clock = sluice_now(p->worker), now = ledger_now_ms();
     const struct client *oldest = pool_first_eligible(p);
     if (!oldest)
         oldest = c;
@@ -172,8 +202,8 @@ bool pool_pass_to_older_elsewhere(struct server *s, const struct client *c)
     const struct client *next = NULL;
     if (c && oldest == c && c->node.next != &p->waiting.head)
         next = container_of(c->node.next, struct client, node);
-    uint64_t since = now - (clock - oldest->state_since_ms);
-    uint64_t next_since = next ? now - (clock - next->state_since_ms) : 0;
+    uint64_t since = pool_waiter_arrival(oldest);
+    uint64_t next_since = next ? pool_waiter_arrival(next) : 0;
     server_set_state(s, SERVER_IDLE); /* what moves is idle; served from idle if it stays */
     buf_detach_if_empty(&s->in);
     return p->worker->pool_events->offer_server_to_older(s, since, next_since);

@@ -13,10 +13,13 @@
 #include "pool.h"
 
 /* A cap is full and c (NULL: no waiter) wants a server opened with its startup parameters:
- * close p's longest-idle server opened with other ones for it. false: none. */
+ * close p's longest-idle server opened with other ones for it. false: none. With workers, that
+ * server goes first to another worker's waiter older than c by more than the slack (moved, or
+ * closed for its slot); true then too, c still waiting. */
 bool pool_close_idle_unwanted(struct pool *p, const struct client *c);
 /* The cap k is full: close the longest-idle server of another pool of this worker in its
- * scope, room_for p (pool_evict_idle). false: none was idle. */
+ * scope, room_for p (pool_evict_idle); first offered, as above, to another worker's waiter
+ * older than p's first. false: none was idle. */
 bool pool_evict_idle_elsewhere(struct pool *p, enum limit_kind k);
 /* s came back free above a cap a reload lowered: closed (true), or false. */
 bool pool_close_if_over_limit(struct server *s);

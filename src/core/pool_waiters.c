@@ -16,13 +16,17 @@ uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
     return p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
+uint64_t pool_waiter_arrival(const struct client *c)
+{
+    uint64_t waited = sluice_now(c->worker) - c->state_since_ms, now = ledger_now_ms();
+    return now > waited ? now - waited : 1;
+}
+
 uint64_t pool_waiter_since(const struct client *c)
 {
-    const struct worker *worker = c->worker;
-    if (!c->budget || !ledger_leases_checked(&worker->proc->ledger))
+    if (!c->budget || !ledger_leases_checked(&c->worker->proc->ledger))
         return 0; /* the default config's per-transaction path: no clock read */
-    uint64_t waited = sluice_now(worker) - c->state_since_ms, now = ledger_now_ms();
-    return now > waited ? now - waited : 1;
+    return pool_waiter_arrival(c);
 }
 
 void pool_lease_waiter_gone(const struct client *c)
@@ -55,8 +59,8 @@ void pool_lease_waiter_gone(const struct client *c)
  * `enough`. Each pool's queue is in arrival order, so each walk stops at its first younger
  * client. This worker's pools only, and rightly: it orders this worker's waiters for the room
  * the ledger gives the budget (process-wide: ledger_lease_room), and can only hold one of them
- * back, never give one more than that room. Across workers a budget's room goes to whichever
- * worker takes the lease first, not by arrival (docs/architecture.md 5.4). */
+ * back, never give one more than that room. Across workers the ledger orders a budget's
+ * max_servers room by arrival (ledger_lease_room_since, with pool_waiter_since). */
 static int older_budget_waiters_elsewhere(const struct client *c, int enough)
 {
     int n = 0;
@@ -182,6 +186,13 @@ static int count_unprovided(const struct pool *p, int enough, int skip, struct c
 int pool_count_unprovided(const struct pool *p, int enough, struct client **first)
 {
     return count_unprovided(p, enough, 0, first);
+}
+
+bool pool_has_waiter_without_room(const struct pool *p)
+{
+    struct client *first;
+    return !list_empty(&p->waiting) &&
+           pool_count_unprovided(p, p->rooms_awaited + 1, &first) > p->rooms_awaited;
 }
 
 struct client *pool_first_unprovided_after(const struct pool *p, int skip)

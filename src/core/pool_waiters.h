@@ -14,12 +14,15 @@
 
 #include "pool.h"
 
-/* When c began to wait, on the clock comparable across workers (ledger_now_ms), for the order
- * of a budget's leases (ledger_lease_limit); 0 when no budget's leases are checked. */
+/* When c began to wait, on the clock comparable across workers (ledger_now_ms; never 0). */
+uint64_t pool_waiter_arrival(const struct client *c);
+/* The same for the order of a budget's leases (ledger_lease_limit_since); 0 when no budget's
+ * leases are checked. */
 uint64_t pool_waiter_since(const struct client *c);
-/* c left its pool's queue (served, or gone; client_set_state): its worker's oldest waiter of
- * c's budget held by a lease limit, as the ledger keeps it for the other workers, is the next
- * one now. One load, no lock, unless c's budget has such a waiter noted on c's worker. */
+/* c left its pool's queue (served, or gone; client_set_state), or its pool was paused: its
+ * worker's oldest waiter of c's budget held by a lease limit, as the ledger keeps it for the
+ * other workers, is the next one (c and paused pools' waiters passed over) now. One load, no
+ * lock, unless c's budget has such a waiter noted on c's worker. */
 void pool_lease_waiter_gone(const struct client *c);
 /* The first waiter of p, in FIFO order, that may have a server now, or NULL. */
 struct client *pool_first_eligible(const struct pool *p);

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, APP_USER, BackendSampler, wait_until
-from multiworker import ADMIN, SLOW, WORKERS, workers_by_app
+from multiworker import ADMIN, SLOW, WORKERS, console, show, worker_of, workers_by_app
 
 
 @pytest.fixture
@@ -213,10 +213,11 @@ def test_a_lease_given_back_on_one_worker_serves_a_budget_waiter_on_another_at_o
         assert took < 0.05, f"seed-2 was served {took:.3f} s after the lease came back"
 
 
-def _served_in_order(s, clients, sql, gap_s):
+def _served_in_order(s, clients, sql, gap_s, done=None):
     """Each client of `clients` runs sql from a thread of its own, gap_s apart (so that their
-    arrival order is known); returns the threads and {name: monotonic end time}."""
-    done, threads = {}, []
+    arrival order is known); returns the threads and {name: monotonic end time} (done, when
+    given, gets them)."""
+    done, threads = {} if done is None else done, []
     for name, c in clients:
         def run(c=c, name=name):
             c.execute(sql)
@@ -256,3 +257,33 @@ def test_a_lease_given_back_goes_to_the_longest_waiter_whatever_its_worker(start
         assert done["old"] < done["young"], (
             f"seed-young (worker {where['seed-young']}) was served "
             f"{done['old'] - done['young']:.2f} s before seed-old, which waited 1 s longer")
+
+
+@pytest.mark.timeout(90)
+def test_a_waiter_in_a_paused_pool_leaves_its_budgets_room_to_the_others(pg, start_workers):
+    """As above with seed-old's database (appdb2, the same Postgres database) paused after it
+    began to wait: seed-young, on worker 0, gets the lease seed-h gives back, as with one worker
+    (a paused pool's waiters do not hold their budget's room); seed-old is served after RESUME.
+    Before, seed-old's note on worker 1 kept the room for a waiter that could not take it, and
+    seed-young waited for RESUME or query_wait_timeout."""
+    s = start_workers({"workers": 2, "pool_mode": "transaction", "default_pool_size": 4,
+                       "admin_users": ADMIN, "query_wait_timeout": 30},
+                      {"seeds": "app=seed* max_servers=1"},
+                      databases={APP_DB: pg.db_entry(), "appdb2": pg.db_entry()})
+    with connect(s, "seed-h") as h, connect(s, "seed-old", "appdb2") as old, \
+            connect(s, "seed-young") as young, console(s) as adm:
+        where = {r["application_name"]: worker_of(r) for r in show(adm, "CLIENTS")}
+        assert where["seed-h"] == where["seed-young"] == 0 != where["seed-old"], where
+        hold(h)
+        threads, done = _served_in_order(s, [("old", old)], "SELECT 1", 1.0 * SLOW)
+        adm.execute("PAUSE appdb2")
+        threads += _served_in_order(s, [("young", young)], "SELECT 1", 0.5 * SLOW, done)[0]
+        assert not done, f"served while seed-h held the budget's only server: {done}"
+        committed = time.monotonic()
+        h.execute("COMMIT")
+        threads[1].join(3 * SLOW)
+        assert "young" in done and "old" not in done, done
+        assert done["young"] - committed < 1.0 * SLOW, done
+        adm.execute("RESUME appdb2")
+        threads[0].join(10 * SLOW)
+        assert "old" in done, done

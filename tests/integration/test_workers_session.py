@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from multiworker import ADMIN, SLOW, close_all, console, local_port, show, worker_of
+from multiworker import (ADMIN, SLOW, close_all, console, local_port, show, worker_at_port,
+                         worker_of)
 
 
 def place(s, adm, n_first, n_second, **login):
@@ -68,5 +69,109 @@ def test_a_released_session_server_goes_to_the_older_waiter_on_another_worker(st
             b.close()
             tc.join(5 * SLOW)
             assert "c" in out and isinstance(out["c"][0], int), out
+        finally:
+            close_all(opened)
+
+
+def on_worker(s, adm, worker, opened, **login):
+    """A client logged in with login on `worker` (opening others, kept in opened, until one
+    lands there: the acceptor picks the least loaded worker)."""
+    for _ in range(8):
+        c = s.connect(**login)
+        opened.append(c)
+        if worker_at_port(adm, local_port(c)) == worker:
+            return c
+    raise AssertionError(f"no client landed on worker {worker}")
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_server_closed_for_a_local_waiter_goes_to_an_older_one_elsewhere_first(
+        start_sluice, pg):
+    """pool_size = 3, session mode, two workers; budget b may hold one server. On worker 0 a
+    "same" client holds a backend and another "same" backend is idle; b-hold holds the third on
+    worker 1. b-wait waits on worker 0 (held by its budget: the idle server stays, kept for
+    worker 0's own waiters); then "same" on worker 1 (older) waits for the full pool, then
+    "other" on worker 0 (younger, other startup parameters). The idle "same" server goes to the
+    older waiter on worker 1 (its backend moves there), not closed for the younger "other"
+    (issue 21: the longest waiter across workers first). Before, worker 0 closed it for its own
+    younger waiter (pool_close_idle_unwanted), and the server opened for that one was closed in
+    turn for the older waiter: two backend logins later, the older one ran on a third backend.
+    Since the handover no longer keeps the idle server for b-wait, which cannot use it (the test
+    below), the server moves at the older waiter's arrival already; the close's own look at
+    older waiters elsewhere is left for an entry registered after the handover's last offer."""
+    s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
+                      "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
+                     budgets={"b": "app=b-* max_servers=1"})
+    opened = []
+    with console(s) as adm:
+        try:
+            same = {"application_name": "same"}
+            holder = on_worker(s, adm, 0, opened, **same)
+            leaver = on_worker(s, adm, 0, opened, **same)
+            b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
+            b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
+            older = on_worker(s, adm, 1, opened, **same)
+            younger = on_worker(s, adm, 0, opened, application_name="other")
+            for c in (holder, b_hold):
+                assert c.execute("SELECT 1").fetchone()[0] == 1
+            idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
+            leaver.close()  # its backend idles on worker 0; the pool holds 3 of 3
+            out = {}
+            threads = [query_in_thread(b_wait, "SELECT 1", out, "b-wait")]
+            time.sleep(0.3 * SLOW)
+            threads.append(query_in_thread(older, "SELECT pg_backend_pid()", out, "older"))
+            time.sleep(1.0 * SLOW)
+            threads.append(query_in_thread(younger, "SELECT 1", out, "younger"))
+            time.sleep(1.0 * SLOW)
+            assert "older" in out and isinstance(out["older"][0], int), (
+                f"the older waiter on worker 1 was not served; served: {out}")
+            assert "younger" not in out or out["younger"][1] >= out["older"][1], out
+            assert out["older"][0] == idle_pid, (
+                f"the older waiter ran on backend {out['older'][0]}, not on the idle one "
+                f"({idle_pid}): that one was closed for the younger waiter on worker 0")
+            close_all([b_hold, older])  # b-wait and then younger are served
+            for t in threads:
+                t.join(10 * SLOW)
+            assert all(isinstance(out[k][0], int) for k in ("b-wait", "younger")), out
+        finally:
+            close_all(opened)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_server_kept_for_local_waiters_that_cannot_use_it_goes_to_a_waiter_elsewhere(
+        start_sluice, pg):
+    """As above without the younger waiter: worker 0's only waiter, b-wait, is held by its
+    budget, so the idle "same" server is no use to it; the "same" waiter on worker 1 gets it
+    (its backend moves there) at once. Before, the handover kept a session pool's idle server
+    for the pool's own waiters whatever they could do with it, and the waiter on worker 1 waited
+    for query_wait_timeout."""
+    s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
+                      "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
+                     budgets={"b": "app=b-* max_servers=1"})
+    opened = []
+    with console(s) as adm:
+        try:
+            same = {"application_name": "same"}
+            holder = on_worker(s, adm, 0, opened, **same)
+            leaver = on_worker(s, adm, 0, opened, **same)
+            b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
+            b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
+            waiter = on_worker(s, adm, 1, opened, **same)
+            for c in (holder, b_hold):
+                assert c.execute("SELECT 1").fetchone()[0] == 1
+            idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
+            leaver.close()  # its backend idles on worker 0; the pool holds 3 of 3
+            out = {}
+            threads = [query_in_thread(b_wait, "SELECT 1", out, "b-wait")]
+            time.sleep(0.3 * SLOW)
+            asked = time.monotonic()
+            threads.append(query_in_thread(waiter, "SELECT pg_backend_pid()", out, "waiter"))
+            threads[-1].join(2 * SLOW)
+            assert "waiter" in out, f"not served beside an idle server it could use: {out}"
+            assert out["waiter"][0] == idle_pid, (out, idle_pid)
+            assert out["waiter"][1] - asked < 1.0 * SLOW, out
+            close_all([b_hold])  # b-wait is served
+            threads[0].join(10 * SLOW)
+            assert isinstance(out["b-wait"][0], int), out
         finally:
             close_all(opened)
