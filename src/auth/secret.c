@@ -312,7 +312,7 @@ static int resolve(struct secret_waiter *w, struct user_secret *out)
         out->kind = SECRET_NONE;
         out->note = "no such user in auth_file";
         return 1;
-    case AUTH_QUERY_CACHED:
+    case AUTH_QUERY_ANSWERED:
         if (!text) {
             out->kind = SECRET_NONE;
             out->from_query = true;
@@ -352,11 +352,6 @@ void secret_wipe(struct user_secret *s)
 {
     OPENSSL_cleanse(&s->scram, sizeof(s->scram));
     s->text = NULL;
-}
-
-void secret_forget_found(const struct secret_request *req)
-{
-    auth_query_forget(req);
 }
 
 void secret_reload(void)

@@ -155,7 +155,7 @@ def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, whe
     assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
 
 
-# ---- auth_query's cache and a password changed on the server ----
+# ---- auth_query at every login: a change on the server counts from the next login ----
 
 @pytest.fixture
 def changing_role(pg, lookup_roles):
@@ -165,25 +165,39 @@ def changing_role(pg, lookup_roles):
     ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing"])
 
 
-@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
-def test_a_password_changed_on_the_server_works_once_the_cached_one_fails(
-        start_sluice, pg, changing_role, method):
-    """PgBouncer runs auth_query at every login, so a new password works at once. sluice caches
-    the answer (60 s); a login the cached secret refuses drops it, so the next one asks again
-    (before, the new password was refused until the cache expired). One worker: each worker
-    has its own cache."""
-    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
-                     auth_file={"switch_lookup": "lookup-pw"})
-    raw_login(s.port, user="switch_changing", password="first-pw").close()
-    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
-    # the cached secret is the old one: the new password fails once (SCRAM chose its salt) ...
-    assert refused(s.port, user="switch_changing", password="second-pw").sqlstate == "28P01"
-    # ... and the next login asks the database again
-    c = raw_login(s.port, user="switch_changing", password="second-pw")
+def logs_in_as_app(port, password):
+    c = raw_login(port, user="switch_changing", password=password)
     try:
         assert c.query("SELECT current_user")[0] == [["app"]]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
+def test_a_password_changed_on_the_server_counts_from_the_next_login(
+        start_sluice, pg, changing_role, method):
+    """PgBouncer runs auth_query at every login, so the new password works at once and the old
+    one is refused at once. sluice cached the answer 60 s: the old password still logged in
+    (as the forced user app) and the new one failed once. One worker: each worker had its own
+    cache."""
+    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    logs_in_as_app(s.port, "first-pw")
+    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
+    assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
+    logs_in_as_app(s.port, "second-pw")
+    logs_in_as_app(s.port, "second-pw")
+
+
+@pytest.mark.parametrize("change", ["NOLOGIN", "VALID UNTIL '2001-01-01'"])
+def test_a_role_barred_on_the_server_is_refused_at_the_next_login(start_sluice, pg,
+                                                                 changing_role, change):
+    """ALTER ROLE ... NOLOGIN or an expired VALID UNTIL: PgBouncer's next login asks auth_query
+    and is refused; sluice's cached answer let the old password in for up to 60 s."""
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    logs_in_as_app(s.port, "first-pw")
+    ensure_roles(pg, [f"ALTER ROLE switch_changing {change}"])
     assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
 
 
