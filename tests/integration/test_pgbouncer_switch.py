@@ -155,6 +155,23 @@ def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, whe
     assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
 
 
+ODD_PASSWORDS = ["Pq/Zx7", "Zx7/Pq", "Pq:Wm/Zx7", "Pq@Wm/Zx7", "Pq/Wm@Zx7", "Pq?Wm/Zx7",
+                 "Pq#Wm/Zx7", "Pq/Wm?Zx7#Jk", "Pq@Wm?Zx7#Jk/Vb"]
+
+
+@pytest.mark.parametrize("password", ODD_PASSWORDS)
+def test_no_error_shows_a_piece_of_an_unencoded_password(password):
+    """A '/' in the password, not written %2F, ends the URL's host part for libpq: what precedes
+    it was read as host and port, and the port error quoted a piece of the password. Whatever
+    sluice says of such a URL, no piece of the password may appear in it."""
+    import re
+    from test_cli import run
+    url = f"postgresql://app:{password}@127.0.0.1:5432/appdb"
+    p = run(["--check"], env={"DATABASE_URL": url, "SLUICE_LISTEN_PORT": "0"})
+    for piece in re.split(r"[/@?#:]", password):
+        assert piece not in p.stderr + p.stdout, (piece, p.stderr)
+
+
 # ---- auth_query at every login: a change on the server counts from the next login ----
 
 @pytest.fixture
