@@ -491,10 +491,13 @@ void pool_learn_welcome(struct server *s)
      * reports them, not what another client would be told. */
     if (pool_knows_welcome(p) || !params_startup_keeps_reports(&s->startup))
         return;
-    /* A client that sends no application_name has '' in Postgres, not the name sluice's own
-     * login gave the server. */
+    /* A client that sends no application_name has the database entry's (as in PgBouncer, which
+     * sends it in the server's startup packet), else '' as from Postgres: not the one a
+     * client's startup parameters gave this server. */
+    const char *app_name =
+        config_db_application_name(config_find_db(p->worker->cfg, p->db_name));
     if (params_copy(&p->welcome, &s->params) < 0 ||
-        params_set(&p->welcome, "application_name", "") < 0) {
+        params_set(&p->welcome, "application_name", app_name ? app_name : "") < 0) {
         params_free(&p->welcome);
         return;
     }

@@ -172,6 +172,31 @@ def test_no_error_shows_a_piece_of_an_unencoded_password(password):
         assert piece not in p.stderr + p.stdout, (piece, p.stderr)
 
 
+# ---- a [databases] entry's application_name ----
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_entrys_application_name_is_what_a_client_without_one_sees(start_sluice, pg, mode):
+    """PgBouncer sends the entry's application_name in the server's startup packet and reports
+    it to a client that sends none (ParameterStatus, SHOW); a client's own, from its startup
+    packet, wins. sluice told every client without one '' while its server had the entry's."""
+    s = start_sluice({"pool_mode": mode, "auth_type": "trust"},
+                     databases={"appdb": pg.db_entry(application_name="entry-app")},
+                     auth_file={"app": "x"})
+    for _ in range(2):  # the first login learns the welcome from a server, the second reuses it
+        c = raw_login(s.port, user="app")
+        try:
+            assert c.params["application_name"] == "entry-app"
+            assert c.query("SHOW application_name")[0] == [["entry-app"]]
+        finally:
+            c.close()
+    c = raw_login(s.port, user="app", application_name="mine")
+    try:
+        assert c.params["application_name"] == "mine"
+        assert c.query("SHOW application_name")[0] == [["mine"]]
+    finally:
+        c.close()
+
+
 # ---- auth_query at every login: a change on the server counts from the next login ----
 
 @pytest.fixture
