@@ -326,10 +326,7 @@ static void start_login(struct server *s, const struct resolver *r)
     codec_out_init(&options);
     if (s->startup.n > 0 && log_enabled(LOG_DEBUG)) {
         char shown[512];
-        size_t at = 0;
-        for (int i = 0; i < s->startup.n && at < sizeof(shown); i++)
-            at += (size_t)snprintf(shown + at, sizeof(shown) - at, "%s%s=%s", i ? ", " : "",
-                                   s->startup.items[i].name, s->startup.items[i].value);
+        params_describe_for_log(&s->startup, shown, sizeof(shown));
         log_server(LOG_DEBUG, s, "opened with the client's startup parameters: %s", shown);
     }
     if (add_startup(s, kw, val, &n, &options) < 0)

@@ -197,6 +197,23 @@ def test_an_entrys_application_name_is_what_a_client_without_one_sees(start_slui
         c.close()
 
 
+# ---- startup parameters in the debug log ----
+
+def test_debug_log_shows_startup_parameter_names_not_their_values(start_sluice, pg):
+    """A startup packet may carry a value that is nobody else's business (a custom setting, an
+    option): at log_level = debug sluice logged every value. Now the names, and the values of
+    the harmless ones a driver sends (application_name, DateStyle, ...)."""
+    s = start_sluice({"log_level": "debug", "pool_mode": "session"})
+    c = raw_login(s.port, user="app", password="apppass", **{"application_name": "dbg-app",
+                                                          "myapp.token": "Tk9Zq77",
+                                                          "DateStyle": "ISO, MDY"})
+    c.close()
+    log = "\n".join(s.log)
+    assert "startup parameters" in log
+    assert "Tk9Zq77" not in log
+    assert "myapp.token" in log and "dbg-app" in log and "ISO, MDY" in log
+
+
 # ---- auth_query at every login: a change on the server counts from the next login ----
 
 @pytest.fixture
