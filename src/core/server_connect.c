@@ -807,6 +807,14 @@ static void libpq_failed(struct server *s)
         login_failed(s, why, sqlstate, code + 7);
         return;
     }
+    /* libpq's own "fe_sendauth: no password supplied" (or another answer it cannot make): the
+     * server asked the user for a proof sluice has nothing for; nothing is down. */
+    if (strstr(msg, "fe_sendauth: ")) {
+        char told[256];
+        server_login_unprovable_message(s->pool->user_name, told, sizeof(told));
+        login_failed(s, msg, "28000", told);
+        return;
+    }
     server_connect_failed(s, msg);
 }
 

@@ -197,6 +197,30 @@ def test_an_entrys_application_name_is_what_a_client_without_one_sees(start_slui
         c.close()
 
 
+# ---- trust, and no password sluice can log in upstream with ----
+
+@pytest.mark.parametrize("secret", ["md5", "empty"])
+@pytest.mark.parametrize("database", ["nosuchdb", "appdb"])
+def test_trust_without_a_usable_upstream_password_is_an_authorization_error(start_sluice, pg,
+                                                                             secret, database):
+    """auth_type = trust, an entry without user=: sluice logs in upstream as the client's user
+    with its auth_file password. When it has none the server can use (an md5 secret for a
+    SCRAM server, or no password at all), the client was told 57P03 "the database is down",
+    for a database that does not exist too; Postgres and PgBouncer never get to say whether it
+    exists, and nothing is down: the login as that user cannot be made (28000)."""
+    import hashlib
+    from conftest import APP_PASSWORD
+    text = ("md5" + hashlib.md5((APP_PASSWORD + "app").encode()).hexdigest()
+            if secret == "md5" else "")
+    star = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password", "dbname")}
+    s = start_sluice({"auth_type": "trust", "server_down_wait": 1000},
+                     databases={"*": star}, auth_file={"app": text})
+    for _ in range(3):  # the next ones too, while the pool backs off
+        err = refused(s.port, user="app", database=database)
+        assert err.sqlstate == "28000", err.fields
+        assert err.fields["M"] == 'sluice holds no password the server accepts for user "app"'
+
+
 # ---- startup parameters in the debug log ----
 
 def test_debug_log_shows_startup_parameter_names_not_their_values(start_sluice, pg):
