@@ -285,9 +285,10 @@ static void query_finish(struct secret_job *j, const char *error)
         log_msg(LOG_DEBUG, "auth_query: user \"%s\" %s", j->user,
                 j->answered && j->found ? "found" : "not found");
     }
+    const struct secret_job *outer = answering; /* a waiter's callback may end another lookup */
     answering = error ? NULL : j;
     secret_job_wake(j, error ? why : NULL);
-    answering = NULL;
+    answering = outer;
     secret_job_free(j);
     query_dispatch(worker);
     give_idle_elsewhere(worker);
