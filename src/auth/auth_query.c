@@ -6,8 +6,8 @@
  * onto a server the pool held, for as long as it was kept). Logins of the same (database entry,
  * dbname, auth_user, user) that arrive while its lookup runs wait on that one lookup and share
  * its answer (single-flight), so a storm of one user's logins costs one query per round trip,
- * not one per login (a password in clear that must first be turned into a SCRAM secret is asked
- * again once that is done: a second query, for the rare auth_query that returns clear text).
+ * not one per login (a password in clear that must first be turned into a SCRAM secret is not
+ * asked again once that is done: secret.c's resolve_derived).
  * Only "no such user" is remembered, for SECRET_QUERY_NEGATIVE_TTL_MS: a
  * flood of made-up names asking again costs Postgres nothing, and the cost of remembering is
  * only that a role created meanwhile may log in that much later (it fails closed).

@@ -305,6 +305,21 @@ def test_auth_query_md5_secret_with_md5_auth_and_scram_secret_switching(start_sl
         assert c.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_a_password_in_clear_from_auth_query_costs_one_lookup_per_login(start_sluice, pg,
+                                                                        auth_roles):
+    """An auth_query that returns a password in clear, for a SCRAM login: sluice derives the
+    SCRAM secret off the loop, then went back to auth_query for the answer it had just had
+    (two lookups a login, once no answer was kept)."""
+    s = auth_query_sluice(start_sluice, pg, workers=1,
+                          auth_query="SELECT $1::text, 'clearpw'::text WHERE $1 = 'qclear'")
+    for _ in range(2):
+        with s.connect(user="qclear", password="clearpw") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "app"
+    s.wait_for_log(r'auth_query: user "qclear" found')
+    lookups = [line for line in s.log if 'auth_query: looking up user "qclear"' in line]
+    assert len(lookups) == 2, lookups
+
+
 # The default auth_query, made to take 1 s: logins that arrive meanwhile find it in flight.
 SLOW_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword "
                    "END FROM pg_authid WHERE rolname=$1 AND rolcanlogin AND "
