@@ -71,7 +71,6 @@ struct auth_state {
     struct scram_secret scram; /* SCRAM, or PLAIN's derived one */
     bool have_scram;
     const char *note; /* why this login cannot succeed whatever the client sends (log only) */
-    bool queried;     /* the secret is auth_query's (cached) answer */
     uint8_t md5_salt[4];
     struct scram_server sx;
     /* While auth_start asks for the secret: its answer. A lookup can fail before secret_lookup
@@ -201,8 +200,6 @@ static void remember_for_upstream(struct auth_state *st)
 static void login_failed(struct auth_state *st, const char *why, struct auth_result *r)
 {
     say(&st->login, LOG_WARNING, "login failed (%s): %s", auth_type_name(st->method), why);
-    if (st->queried)
-        secret_forget_found(&st->waiter.req);
     refused(r, FAIL_AUTH_FAILED, st->login.user);
 }
 
@@ -406,7 +403,6 @@ static void got_secret(struct auth_state *st, const struct user_secret *s, struc
     }
     st->scram = s->scram;
     st->have_scram = s->kind == SECRET_SCRAM || s->have_scram;
-    st->queried = s->from_query && s->kind != SECRET_NONE;
     if (s->kind == SECRET_NONE)
         st->note = s->note ? s->note : "unknown user";
     switch (st->method) {

@@ -1,20 +1,29 @@
 /* auth_query: a user's secret asked of the database itself (see auth_query.h, secret.h).
  *
- * The answers are cached: (database entry, dbname, auth_user, user) -> what auth_query
- * returned, for SECRET_QUERY_TTL_MS (SECRET_QUERY_NEGATIVE_TTL_MS when the user was not found).
+ * Every login asks: a secret found is never kept past the lookup that found it, so a password
+ * changed, a role made NOLOGIN or a VALID UNTIL passed on the server counts from the next login
+ * (PgBouncer asks at every login; a cached answer let an old password in, as a forced user or
+ * onto a server the pool held, for as long as it was kept). Logins of the same (database entry,
+ * dbname, auth_user, user) that arrive while its lookup runs wait on that one lookup and share
+ * its answer (single-flight), so a storm of one user's logins costs one query per round trip,
+ * not one per login (a password in clear that must first be turned into a SCRAM secret is not
+ * asked again once that is done: secret.c's resolve_derived).
+ * Only "no such user" is remembered, for SECRET_QUERY_NEGATIVE_TTL_MS: a
+ * flood of made-up names asking again costs Postgres nothing, and the cost of remembering is
+ * only that a role created meanwhile may log in that much later (it fails closed).
  * A lookup runs on one of a small set of non-blocking libpq connections shared by all lookups
  * (PQconnectStartParams/PQconnectPoll, then PQsendQueryParams), each driven by one poll handle
  * on its socket like a server's login; see "auth_query connections" below for how that set is
  * bounded and counted. The caps it counts under are the core's: it asks and tells through
  * struct secret_slots.
  *
- * Threads: the lookups, their connections and the cache are per thread (each worker's own). A
- * connection is polled by one loop and its waiters are that worker's logins, so sharing them
- * would need a message to another worker for every answer; per worker they need no lock. The
- * connections' number is the process's, not each worker's: every one is taken through the
+ * Threads: the lookups, their connections and the negative cache are per thread (each worker's
+ * own). A connection is polled by one loop and its waiters are that worker's logins, so sharing
+ * them would need a message to another worker for every answer; per worker they need no lock.
+ * The connections' number is the process's, not each worker's: every one is taken through the
  * core's slots, which hold all workers' together to SECRET_QUERY_CONNECTIONS (the ledger counts
  * them); a worker refused waits as for any cap, and another worker's idle connection closes for
- * it. The cost: one question per user per worker per TTL.
+ * it. The cost: logins of one user on two workers at once are two lookups.
  * Only the slots are shared: set once at start-up, read-only after. */
 #include "auth_query.h"
 
@@ -41,29 +50,30 @@ void secret_init(const struct secret_slots *core_slots)
 
 static _Thread_local struct secret_job *query_jobs; /* auth_query lookups, oldest first */
 
-/* ---- the auth_query cache ----
- * Unknown names are remembered too (a negative entry), so a stranger asking again costs Postgres
- * nothing for SECRET_QUERY_NEGATIVE_TTL_MS. Strangers choose their names: negative entries are
- * capped at MAX_NEGATIVE, the oldest going first, and never push out the users that exist. */
+/* ---- users not found ----
+ * Unknown names are remembered (a negative entry), so a stranger asking again costs Postgres
+ * nothing for SECRET_QUERY_NEGATIVE_TTL_MS. Strangers choose their names: entries are capped at
+ * MAX_NEGATIVE, the oldest going first. */
 
 #define MAX_NEGATIVE 10000
 
 struct qentry {
     struct qentry *next;
-    struct qentry *older, *newer; /* negative entries only, oldest first */
+    struct qentry *older, *newer; /* oldest first */
     char *key;
-    char *secret; /* NULL: no such user (or no password) */
     uint64_t expires_ms;
 };
 static _Thread_local struct qentry *query_buckets[SECRET_NBUCKETS];
-static _Thread_local int npositive, nnegative;
+static _Thread_local int nnegative;
 static _Thread_local struct qentry *negative_oldest, *negative_newest;
+
+/* The lookup whose answer is being handed to its waiters (query_finish): a login that asks for
+ * the same key meanwhile (a waiter's callback, a derivation's) gets that answer, the freshest
+ * there is. */
+static _Thread_local const struct secret_job *answering;
 
 static void qentry_free(struct qentry *e)
 {
-    if (e->secret)
-        OPENSSL_cleanse(e->secret, strlen(e->secret));
-    free(e->secret);
     free(e->key);
     free(e);
 }
@@ -73,23 +83,19 @@ static struct qentry **bucket_for(const char *key)
     return &query_buckets[secret_bucket_of((const uint8_t *)key, strlen(key))];
 }
 
-/* Take *pp (e) out of its bucket and the negative list, and free it. */
+/* Take *pp (e) out of its bucket and the age list, and free it. */
 static void qentry_remove(struct qentry **pp, struct qentry *e)
 {
     *pp = e->next;
-    if (e->secret) {
-        npositive--;
-    } else {
-        if (e->older)
-            e->older->newer = e->newer;
-        else
-            negative_oldest = e->newer;
-        if (e->newer)
-            e->newer->older = e->older;
-        else
-            negative_newest = e->older;
-        nnegative--;
-    }
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        negative_oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        negative_newest = e->older;
+    nnegative--;
     qentry_free(e);
 }
 
@@ -102,12 +108,12 @@ void auth_query_clear(void)
             qentry_free(e);
         }
     }
-    npositive = nnegative = 0;
+    nnegative = 0;
     negative_oldest = negative_newest = NULL;
 }
 
-/* Expired entries go as they are met. */
-static const struct qentry *query_get(const char *key, uint64_t now)
+/* Whether key is a user not found lately. Expired entries go as they are met. */
+static bool known_unknown(const char *key, uint64_t now)
 {
     struct qentry **pp = bucket_for(key);
     while (*pp) {
@@ -117,10 +123,10 @@ static const struct qentry *query_get(const char *key, uint64_t now)
             continue;
         }
         if (strcmp(e->key, key) == 0)
-            return e;
+            return true;
         pp = &e->next;
     }
-    return NULL;
+    return false;
 }
 
 static void forget(const char *key)
@@ -133,30 +139,23 @@ static void forget(const char *key)
     }
 }
 
-static void query_put(const char *key, const char *secret, uint64_t now)
+static void remember_unknown(const char *key, uint64_t now)
 {
-    forget(key); /* an older answer for the same key */
-    if (secret && npositive >= SECRET_MAX_CACHED)
-        auth_query_clear(); /* real users pile up only across many reloads; start afresh */
-    if (!secret && nnegative >= MAX_NEGATIVE)
+    forget(key); /* an older entry for the same key */
+    if (nnegative >= MAX_NEGATIVE)
         forget(negative_oldest->key);
     struct qentry *e = calloc(1, sizeof(*e));
     if (!e)
         return;
     e->key = strdup(key);
-    e->secret = secret ? strdup(secret) : NULL;
-    if (!e->key || (secret && !e->secret)) {
+    if (!e->key) {
         qentry_free(e);
         return;
     }
-    e->expires_ms = now + (secret ? SECRET_QUERY_TTL_MS : SECRET_QUERY_NEGATIVE_TTL_MS);
+    e->expires_ms = now + SECRET_QUERY_NEGATIVE_TTL_MS;
     struct qentry **pp = bucket_for(key);
     e->next = *pp;
     *pp = e;
-    if (secret) {
-        npositive++;
-        return;
-    }
     e->older = negative_newest;
     if (negative_newest)
         negative_newest->newer = e;
@@ -250,7 +249,7 @@ static bool turn_over(const struct qconn *qc, uint64_t now)
     return nqconns > 1 || now - qc->opened_ms >= SECRET_QUERY_TURN_MS;
 }
 
-/* The lookup is over: cache the answer, free the connection for the next one, wake the
+/* The lookup is over: remember a user not found, free the connection for the next one, wake the
  * waiters. While another worker waits for a connection, one whose turn is over goes to it
  * rather than to this worker's next lookup, so that no worker's queue holds the others' lookups
  * until it drains; the room goes to the workers woken (ledger_take_own). */
@@ -281,11 +280,15 @@ static void query_finish(struct secret_job *j, const char *error)
         why[strcspn(why, "\n")] = '\0';
         log_msg(LOG_WARNING, "auth_query for user \"%s\" failed: %s", j->user, why);
     } else {
-        query_put(j->key, j->answered ? j->found : NULL, sluice_now(worker));
+        if (!(j->answered && j->found))
+            remember_unknown(j->key, sluice_now(worker));
         log_msg(LOG_DEBUG, "auth_query: user \"%s\" %s", j->user,
                 j->answered && j->found ? "found" : "not found");
     }
+    const struct secret_job *outer = answering; /* a waiter's callback may end another lookup */
+    answering = error ? NULL : j;
     secret_job_wake(j, error ? why : NULL);
+    answering = outer;
     secret_job_free(j);
     query_dispatch(worker);
     give_idle_elsewhere(worker);
@@ -725,7 +728,7 @@ void secret_retry_lookups(struct worker *worker)
     query_dispatch(worker);
 }
 
-/* The cache key of req's answer: (database entry, dbname, auth_user, user). NULL when out of
+/* The key of req's lookup: (database entry, dbname, auth_user, user). NULL when out of
  * memory. */
 static char *query_key(const struct query_target *t, const struct secret_request *req)
 {
@@ -736,17 +739,6 @@ static char *query_key(const struct query_target *t, const struct secret_request
         snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t->db->name, t->dbname, t->auth_user,
                  req->user);
     return key;
-}
-
-void auth_query_forget(const struct secret_request *req)
-{
-    struct query_target t;
-    if (req->admin || !query_target(req->worker->cfg, req->database, &t))
-        return;
-    char *key = query_key(&t, req);
-    if (key)
-        forget(key);
-    free(key);
 }
 
 enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
@@ -760,11 +752,15 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
         *error = "out of memory";
         return AUTH_QUERY_FAILED;
     }
-    const struct qentry *e = query_get(key, sluice_now(w->req.worker));
-    if (e) {
+    if (answering && strcmp(answering->key, key) == 0) {
         free(key);
-        *secret = e->secret;
-        return AUTH_QUERY_CACHED;
+        *secret = answering->answered ? answering->found : NULL;
+        return AUTH_QUERY_ANSWERED;
+    }
+    if (known_unknown(key, sluice_now(w->req.worker))) {
+        free(key);
+        *secret = NULL;
+        return AUTH_QUERY_ANSWERED;
     }
     struct secret_job *j = query_job(w->req.worker, &t, key, w->req.user, w->req.database, error);
     free(key);
@@ -778,8 +774,9 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
 
 void auth_query_abandon(struct secret_job *j)
 {
-    /* nobody needs the answer and it has not started: forget it. One that runs finishes and is
-     * cached (a stranger who leaves at once still costs one lookup, not a connection). */
+    /* nobody needs the answer and it has not started: forget it. One that runs finishes (a user
+     * not found is remembered: a stranger who leaves at once still costs one lookup, not a
+     * connection). */
     if (j->qc)
         return;
     struct worker *worker = j->worker;

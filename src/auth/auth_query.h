@@ -1,5 +1,6 @@
 /* auth_query: the secret.c half that asks the database itself for a user's secret, as auth_user,
- * on a few non-blocking libpq connections of its own, and caches the answers (auth_query.c).
+ * on a few non-blocking libpq connections of its own, at every login; only users not found are
+ * remembered a while (auth_query.c).
  * This header is the contract between secret.c (the lookup front, the derivation jobs, the
  * waiters) and auth_query.c; the rest of sluice sees only secret.h. */
 #ifndef SLUICE_AUTH_QUERY_H
@@ -12,8 +13,9 @@
 
 #include "secret.h"
 
-/* Both caches: their hash tables' size, and how many entries they keep before starting afresh
- * (old passwords and users pile up only across many reloads). */
+/* The derived secrets' cache and auth_query's users not found: their hash tables' size; the
+ * derived secrets kept before starting afresh (old passwords pile up only across many
+ * changes). */
 #define SECRET_NBUCKETS 1024
 #define SECRET_MAX_CACHED 20000
 
@@ -63,7 +65,7 @@ void secret_job_attach(struct secret_job *j, struct secret_waiter *w);
 void secret_job_append(struct secret_job **list, struct secret_job *j);
 void secret_job_unlink(struct secret_job **list, struct secret_job *j);
 void secret_job_free(struct secret_job *j);
-/* secret.c: hand j's answer (its cache entry is in place), or error, to everyone waiting. A
+/* secret.c: hand j's answer (auth_query_find gives it while this runs), or error, to everyone waiting. A
  * waiter's callback may end its client, which cancels other things but never this job's
  * list. */
 void secret_job_wake(struct secret_job *j, const char *error);
@@ -72,8 +74,9 @@ void secret_job_wake(struct secret_job *j, const char *error);
 
 enum auth_query_answer {
     AUTH_QUERY_NOT_USED, /* auth_query does not apply: not configured, or an admin login */
-    AUTH_QUERY_CACHED,   /* *secret: the cached answer, NULL for no such user (valid until the
-                            next auth_query call) */
+    AUTH_QUERY_ANSWERED, /* *secret: the answer of the lookup just done for the same key, or
+                            NULL for a user not found lately (valid until the next auth_query
+                            call) */
     AUTH_QUERY_WAITING,  /* w waits on the lookup now (its done callback) */
     AUTH_QUERY_FAILED,   /* *error: why it cannot be asked */
 };
@@ -82,13 +85,11 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
                                        const char **error);
 /* Nobody waits for j any more: one that has not started is forgotten. */
 void auth_query_abandon(struct secret_job *j);
-/* Drop the cached answer req would get (the next login asks again). */
-void auth_query_forget(const struct secret_request *req);
-/* Reload: forget the answers; close idle connections, the others once their lookup is done. */
+/* Reload: forget the users not found; close idle connections, the others once their lookup is done. */
 void auth_query_reload(void);
 /* End every lookup (its waiters hear why) and close every connection. */
 void auth_query_end_all(const char *why);
-/* Forget the answers. */
+/* Forget the users not found. */
 void auth_query_clear(void);
 
 #endif

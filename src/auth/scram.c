@@ -767,8 +767,8 @@ enum scram_result scram_client_final(struct scram_client *x, const char *msg, si
         CRYPTO_memcmp(salt, x->secret.salt, (size_t)salt_len) != 0 ||
         iterations != x->secret.iterations) {
         *why = "the server's SCRAM secret for this user is not the one sluice holds (different "
-               "salt or iteration count): the password was changed; update auth_file, or wait "
-               "for auth_query's cache";
+               "salt or iteration count): the password was changed; update auth_file (a user "
+               "of auth_query's logs in again with the new password)";
         rc = SCRAM_FAILED;
         goto out;
     }

@@ -178,6 +178,8 @@ void secret_job_free(struct secret_job *j)
 }
 
 static int resolve(struct secret_waiter *w, struct user_secret *out);
+static int resolve_derived(struct secret_waiter *w, const struct secret_job *j,
+                           struct user_secret *out);
 
 /* Each waiter is taken off before it is called. */
 void secret_job_wake(struct secret_job *j, const char *error)
@@ -190,7 +192,7 @@ void secret_job_wake(struct secret_job *j, const char *error)
             continue;
         }
         struct user_secret s;
-        int r = resolve(w, &s);
+        int r = j->kind == JOB_DERIVE ? resolve_derived(w, j, &s) : resolve(w, &s);
         if (r == 1)
             w->done(w, &s, NULL);
         else if (r < 0)
@@ -312,7 +314,7 @@ static int resolve(struct secret_waiter *w, struct user_secret *out)
         out->kind = SECRET_NONE;
         out->note = "no such user in auth_file";
         return 1;
-    case AUTH_QUERY_CACHED:
+    case AUTH_QUERY_ANSWERED:
         if (!text) {
             out->kind = SECRET_NONE;
             out->from_query = true;
@@ -327,6 +329,16 @@ static int resolve(struct secret_waiter *w, struct user_secret *out)
     }
     out->note = error;
     return -1;
+}
+
+/* A derivation w waited on is done: the password it was for is the one w's lookup found, in
+ * auth_file or else from auth_query, which is not asked again (every login asks it once). */
+static int resolve_derived(struct secret_waiter *w, const struct secret_job *j,
+                           struct user_secret *out)
+{
+    memset(out, 0, sizeof(*out));
+    const struct auth_entry *a = config_find_auth(w->req.worker->cfg, w->req.user);
+    return classify(w, a ? a->secret : j->password, !a, out);
 }
 
 int secret_lookup(struct secret_waiter *w, struct user_secret *out)
@@ -352,11 +364,6 @@ void secret_wipe(struct user_secret *s)
 {
     OPENSSL_cleanse(&s->scram, sizeof(s->scram));
     s->text = NULL;
-}
-
-void secret_forget_found(const struct secret_request *req)
-{
-    auth_query_forget(req);
 }
 
 void secret_reload(void)

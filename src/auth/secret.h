@@ -73,18 +73,14 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out);
 /* Stop waiting; a lookup nobody waits for any more is abandoned (auth_query) or finishes in the
  * background and is cached (derivation). Idempotent. */
 void secret_cancel(struct secret_waiter *w);
-/* A client failed to prove itself against the secret auth_query found for req: forget that
- * answer, so that the next login asks the database again (the password may have changed there;
- * PgBouncer asks at every login). Unknown users stay remembered. */
-void secret_forget_found(const struct secret_request *req);
 /* Wipe a user_secret filled by secret_lookup. */
 void secret_wipe(struct user_secret *s);
 /* Threads: the derived-secret cache is shared by every thread (locked); lookups in progress,
- * auth_query's cache and its connections are the calling thread's (each worker's own, see
+ * auth_query's users not found and its connections are the calling thread's (each worker's own, see
  * auth_query.c), so secret_reload, secret_tick, secret_query_servers, secret_shutdown and
  * secret_free_all act on the calling worker's. */
 
-/* Reload: cached auth_query answers are forgotten and its connections closed (auth_query,
+/* Reload: auth_query's users not found are forgotten and its connections closed (auth_query,
  * auth_user or the database entry may have changed). */
 void secret_reload(void);
 /* Background (sluice's maintenance tick): close auth_query connections idle for
@@ -101,8 +97,8 @@ void secret_shutdown(void);
 /* Exit: that, and free the caches. */
 void secret_free_all(void);
 
-/* How long auth_query answers are kept. */
-#define SECRET_QUERY_TTL_MS 60000
+/* How long auth_query remembers a user it did not find (a secret found is never kept: every
+ * login asks, sharing a lookup already running for the same user). */
 #define SECRET_QUERY_NEGATIVE_TTL_MS 5000
 /* auth_query runs on at most this many connections in the whole process (every worker's, counted
  * in the ledger), whatever the clients do; one idle this long is closed (it holds a slot under

@@ -39,6 +39,11 @@ const char *config_db_forced_user(const struct db_entry *db)
     return user && user[0] ? user : NULL;
 }
 
+const char *config_db_application_name(const struct db_entry *db)
+{
+    return db ? config_db_keyword(db, "application_name") : NULL;
+}
+
 const struct db_entry *config_find_db_exact(const struct config *c, const char *name)
 {
     for (int i = 0; i < c->ndbs; i++) {

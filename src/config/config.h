@@ -261,6 +261,9 @@ const struct db_entry *config_find_db(const struct config *c,
 /* The user= an entry forces on every client (its servers log in as that user), NULL when
  * clients log in as themselves. */
 const char *config_db_forced_user(const struct db_entry *db);
+/* The application_name= an entry gives its servers (what a client that sends none is told),
+ * NULL when it gives none. */
+const char *config_db_application_name(const struct db_entry *db);
 const struct user_entry *config_find_user(const struct config *c, const char *name);
 const struct auth_entry *config_find_auth(const struct config *c, const char *user);
 /* The sslmode a server of db logs in with: the entry's sslmode=, else server_tls_sslmode;

@@ -247,12 +247,37 @@ static void report_bad_url(struct loader *L, const char *where, const char *url)
     free(shown);
 }
 
+/* Whether url has a '/' before the last '@' of its user info: libpq ends the host part at the
+ * first '/' (or '@'), so a password with an unencoded '/' (or '@' and then '/') is read as host
+ * and port, and the errors that quote those would show pieces of it. The user info's '@' is the
+ * last one before the query string (a query value may hold one, after its '='). */
+static bool slash_in_user_info(const char *url)
+{
+    const char *rest = strstr(url, "://");
+    rest = rest ? rest + 3 : url;
+    const char *slash = NULL, *at = NULL;
+    for (const char *p = rest; *p && *p != '=' && *p != '&'; p++) {
+        if (*p == '/' && !slash)
+            slash = p;
+        else if (*p == '@')
+            at = p;
+    }
+    return slash && at && slash < at;
+}
+
 /* A postgres:// URL. sluice's keys are taken out of its query string; libpq parses the rest
  * (PQconninfoParse decodes percent escapes and checks parameter names) into keywords. Our own
  * check of the escapes comes first because libpq's message would quote the undecodable text,
  * which may be the password. */
 int config_db_from_url(struct loader *L, const char *where, struct db_entry *db, const char *url)
 {
+    if (slash_in_user_info(url)) { /* not echoed: host and port would be pieces of a password */
+        load_error(L,
+                   "%s: bad URL: a '/' before the '@' that ends the user name and password "
+                   "(write '/' as %%2F and '@' as %%40 in them, and in dbname)",
+                   where);
+        return -EINVAL;
+    }
     bool bad = false;
     char *check = percent_decode(url, strlen(url), &bad);
     config_free_secret(check);

@@ -91,21 +91,12 @@ void pool_record_query(struct pool *p, uint64_t query_ms, bool transaction_ended
     hist_add(p->query_hist, query_ms);
 }
 
-/* The user= a database entry forces on every client, NULL when clients log in as themselves. */
-static const char *forced_user(const struct db_entry *db)
-{
-    for (int i = 0; db && i < db->nkeys; i++) {
-        if (strcmp(db->pq_keywords[i], "user") == 0 && db->pq_values[i][0])
-            return db->pq_values[i];
-    }
-    return NULL;
-}
-
 struct pool *pool_get(struct worker *worker, const struct db_entry *db, const char *user,
                       const char *database)
 {
-    if (forced_user(db))
-        user = forced_user(db);
+    const char *forced = config_db_forced_user(db);
+    if (forced)
+        user = forced;
     struct list_node *n, *tmp;
     list_for_each(&worker->pools, n, tmp)
     {
@@ -197,7 +188,8 @@ void pool_apply_config(struct pool *p)
         if (u->reserve_pool >= 0)
             p->reserve_size = u->reserve_pool;
     }
-    p->user_forced = !p->is_admin && forced_user(db) && strcmp(forced_user(db), p->user_name) == 0;
+    const char *forced = config_db_forced_user(db);
+    p->user_forced = !p->is_admin && forced && strcmp(forced, p->user_name) == 0;
     ledger_key_note_pool_size(p->ledger_key, p->is_admin ? 0 : p->size);
     /* The console's clients keep the main section's timeouts: no entry describes them (a "*"
      * entry's would otherwise be found for the console's name). */
@@ -233,13 +225,14 @@ void pool_create_forced(struct worker *worker)
     const struct config *cfg = worker->cfg;
     for (int i = 0; i < cfg->ndbs; i++) {
         const struct db_entry *db = &cfg->dbs[i];
-        if (!forced_user(db) || strcmp(db->name, "*") == 0 || console_is_db(worker, db->name))
+        const char *forced = config_db_forced_user(db);
+        if (!forced || strcmp(db->name, "*") == 0 || console_is_db(worker, db->name))
             continue;
-        if (!pool_get(worker, db, forced_user(db), db->name))
+        if (!pool_get(worker, db, forced, db->name))
             log_msg(LOG_ERROR,
                     "pool %s/%s: out of memory creating it; it is created when a "
                     "client comes",
-                    db->name, forced_user(db));
+                    db->name, forced);
     }
 }
 
@@ -498,10 +491,13 @@ void pool_learn_welcome(struct server *s)
      * reports them, not what another client would be told. */
     if (pool_knows_welcome(p) || !params_startup_keeps_reports(&s->startup))
         return;
-    /* A client that sends no application_name has '' in Postgres, not the name sluice's own
-     * login gave the server. */
+    /* A client that sends no application_name has the database entry's (as in PgBouncer, which
+     * sends it in the server's startup packet), else '' as from Postgres: not the one a
+     * client's startup parameters gave this server. */
+    const char *app_name =
+        config_db_application_name(config_find_db(p->worker->cfg, p->db_name));
     if (params_copy(&p->welcome, &s->params) < 0 ||
-        params_set(&p->welcome, "application_name", "") < 0) {
+        params_set(&p->welcome, "application_name", app_name ? app_name : "") < 0) {
         params_free(&p->welcome);
         return;
     }

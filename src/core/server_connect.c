@@ -326,10 +326,7 @@ static void start_login(struct server *s, const struct resolver *r)
     codec_out_init(&options);
     if (s->startup.n > 0 && log_enabled(LOG_DEBUG)) {
         char shown[512];
-        size_t at = 0;
-        for (int i = 0; i < s->startup.n && at < sizeof(shown); i++)
-            at += (size_t)snprintf(shown + at, sizeof(shown) - at, "%s%s=%s", i ? ", " : "",
-                                   s->startup.items[i].name, s->startup.items[i].value);
+        params_describe_for_log(&s->startup, shown, sizeof(shown));
         log_server(LOG_DEBUG, s, "opened with the client's startup parameters: %s", shown);
     }
     if (add_startup(s, kw, val, &n, &options) < 0)
@@ -808,6 +805,14 @@ static void libpq_failed(struct server *s)
         sqlstate[5] = '\0';
         snprintf(why, sizeof(why), "%.*s%s", (int)(code - msg), msg, code + 7);
         login_failed(s, why, sqlstate, code + 7);
+        return;
+    }
+    /* libpq's own "fe_sendauth: no password supplied" (or another answer it cannot make): the
+     * server asked the user for a proof sluice has nothing for; nothing is down. */
+    if (strstr(msg, "fe_sendauth: ")) {
+        char told[256];
+        server_login_unprovable_message(s->pool->user_name, told, sizeof(told));
+        login_failed(s, msg, "28000", told);
         return;
     }
     server_connect_failed(s, msg);

@@ -107,6 +107,29 @@ static void fail(struct server *s, const char *fmt, ...)
     s->login->hooks->reported(s, LOGIN_RESULT_FAILED, &(struct login_report){.why = msg});
 }
 
+void server_login_unprovable_message(const char *user, char *buf, size_t size)
+{
+    snprintf(buf, size, "sluice holds no password the server accepts for user \"%s\"", user);
+}
+
+/* The server asks for a proof sluice holds nothing to give (the secret it has is of another
+ * kind): not an outage but a login that cannot be made as l->user, told to the pool's waiting
+ * clients as 28000 (they would otherwise hear that the database is down). */
+static void fail_unprovable(struct server *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void fail_unprovable(struct server *s, const char *fmt, ...)
+{
+    char msg[512], told[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    server_login_unprovable_message(s->login->user, told, sizeof(told));
+    s->login->hooks->reported(
+        s, LOGIN_RESULT_FAILED,
+        &(struct login_report){.why = msg, .sqlstate = "28000", .message = told});
+}
+
 /* Tell server_connect.c (hooks->reported) how a step ended. true while the login reads on: s open,
  * a query of server_connect.c's in flight. */
 static bool report(struct server *s, enum login_result result, const struct login_report *r)
@@ -416,9 +439,10 @@ static bool start_sasl(struct server *s, struct msg_reader *r)
         return false;
     }
     if (l->keys.kind != PASSTHROUGH_SCRAM) {
-        fail(s, "server asks for SCRAM, but sluice has only an md5 secret for user \"%s\": "
-                "store the password or the SCRAM secret in auth_file",
-             l->user);
+        fail_unprovable(s,
+                        "server asks for SCRAM, but sluice has only an md5 secret for user "
+                        "\"%s\": store the password or the SCRAM secret in auth_file",
+                        l->user);
         return false;
     }
     scram_client_init(&l->scram, &l->keys.secret, l->keys.client_key);
@@ -456,10 +480,11 @@ static bool handle_auth(struct server *s, struct msg_reader *r, const uint8_t *b
             return false;
         }
         if (l->keys.kind != PASSTHROUGH_MD5) {
-            fail(s, "server asks for md5, but sluice has only SCRAM keys for user \"%s\": "
-                    "store the password in auth_file, or set the user's password_encryption "
-                    "to scram-sha-256 on the server",
-                 l->user);
+            fail_unprovable(s,
+                            "server asks for md5, but sluice has only SCRAM keys for user "
+                            "\"%s\": store the password in auth_file, or set the user's "
+                            "password_encryption to scram-sha-256 on the server",
+                            l->user);
             return false;
         }
         char answer[36];
@@ -498,9 +523,10 @@ static bool handle_auth(struct server *s, struct msg_reader *r, const uint8_t *b
         return true;
     }
     case 3: /* CleartextPassword */
-        fail(s, "server asks for a cleartext password for user \"%s\", which sluice does not "
-                "know (it holds only a secret): store the password in auth_file",
-             l->user);
+        fail_unprovable(s,
+                        "server asks for a cleartext password for user \"%s\", which sluice "
+                        "does not know (it holds only a secret): store the password in auth_file",
+                        l->user);
         return false;
     default:
         fail(s, "server asks for an authentication method sluice cannot answer (%d) for user "

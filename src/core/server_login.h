@@ -15,6 +15,7 @@
 #define SLUICE_SERVER_LOGIN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -34,6 +35,10 @@ enum login_result {
     LOGIN_RESULT_QUERY_ERROR, /* the login query's ErrorResponse: message, its primary text */
     LOGIN_RESULT_QUERY_DONE,  /* ReadyForQuery after the login query */
 };
+/* What the clients of a pool are told (FATAL 28000) when the server asks user for a proof
+ * sluice holds nothing to give: no password, or a secret of another kind. */
+void server_login_unprovable_message(const char *user, char *buf, size_t size);
+
 struct login_report {
     const char *why, *sqlstate, *message, *value; /* valid during the call only */
 };

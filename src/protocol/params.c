@@ -609,6 +609,34 @@ bool params_is_startup_keyword(const char *name)
     return strcasecmp(name, "application_name") == 0 || strcasecmp(name, "client_encoding") == 0;
 }
 
+/* Settings whose values the log may show: what drivers send to shape the session's output. */
+static bool value_is_harmless(const char *name)
+{
+    static const char *const harmless[] = {
+        "application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
+        "extra_float_digits", "lc_messages", "standard_conforming_strings",
+    };
+    for (size_t i = 0; i < sizeof harmless / sizeof harmless[0]; i++) {
+        if (strcasecmp(name, harmless[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+void params_describe_for_log(const struct param_set *set, char *buf, size_t size)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < set->n && at < size; i++) {
+        const struct param *p = &set->items[i];
+        int w = snprintf(buf + at, size - at, "%s%s=%s", i ? ", " : "", p->name,
+                         value_is_harmless(p->name) ? p->value : "...");
+        if (w < 0)
+            return;
+        at += (size_t)w;
+    }
+}
+
 /* A word of options as pg_split_opts reads it back: a backslash takes the next byte as is. */
 static void put_option_word(struct msg_out *o, const char *s)
 {

@@ -125,6 +125,11 @@ int params_build_startup_options(const struct param_set *startup, const char *be
                                  struct msg_out *out);
 /* A startup parameter passed as a libpq keyword of its own rather than in options. */
 bool params_is_startup_keyword(const char *name);
+/* set as "name=value, ..." for the log into buf (cut at its size): the values of the settings
+ * drivers send that say nothing about anyone (application_name, client_encoding, DateStyle,
+ * TimeZone, ...), the others' names only ("name=..."): a startup packet may carry a custom
+ * setting or an option whose value is a secret. */
+void params_describe_for_log(const struct param_set *set, char *buf, size_t size);
 /* server holds a backend's parameters right after a reset that took every one back to its
  * reset value (DISCARD ALL, RESET ALL): for names Postgres does not report, those are the
  * startup values the backend was opened with; every other unreported name is at its default

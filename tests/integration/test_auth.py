@@ -282,10 +282,11 @@ def test_auth_query_logs_in_a_user_missing_from_auth_file(start_sluice, pg, auth
         assert c.execute("SELECT current_user").fetchone()[0] == "app"
     p = run_psql(s.port, "SELECT 'psql via auth_query'", user="qscram", password="qpass")
     assert p.returncode == 0 and p.stdout.strip() == "psql via auth_query", p.stderr
-    # answered once, then from the cache
+    # asked at every login, as PgBouncer does (before 2026-12: once, then a 60 s cache that let
+    # an old password in after ALTER ROLE)
     s.wait_for_log(r'auth_query: looking up user "qscram"')
     lookups = [line for line in s.log if 'auth_query: looking up user "qscram"' in line]
-    assert len(lookups) == 1, lookups
+    assert len(lookups) == 2, lookups
     _, wrong = auth_codes_and_error(s.port, "qscram", "nope")
     _, ghost = auth_codes_and_error(s.port, "ghost", "nope")
     _, nopass = auth_codes_and_error(s.port, "qnopass", "nope")
@@ -304,8 +305,33 @@ def test_auth_query_md5_secret_with_md5_auth_and_scram_secret_switching(start_sl
         assert c.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_a_password_in_clear_from_auth_query_costs_one_lookup_per_login(start_sluice, pg,
+                                                                        auth_roles):
+    """An auth_query that returns a password in clear, for a SCRAM login: sluice derives the
+    SCRAM secret off the loop, then went back to auth_query for the answer it had just had
+    (two lookups a login, once no answer was kept)."""
+    s = auth_query_sluice(start_sluice, pg, workers=1,
+                          auth_query="SELECT $1::text, 'clearpw'::text WHERE $1 = 'qclear'")
+    for _ in range(2):
+        with s.connect(user="qclear", password="clearpw") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "app"
+    s.wait_for_log(r'auth_query: user "qclear" found')
+    lookups = [line for line in s.log if 'auth_query: looking up user "qclear"' in line]
+    assert len(lookups) == 2, lookups
+
+
+# The default auth_query, made to take 1 s: logins that arrive meanwhile find it in flight.
+SLOW_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword "
+                   "END FROM pg_authid WHERE rolname=$1 AND rolcanlogin AND "
+                   "pg_sleep(1) IS NOT NULL")
+
+
 def test_concurrent_logins_share_one_auth_query(start_sluice, pg, auth_roles):
-    s = auth_query_sluice(start_sluice, pg)
+    """Logins of one user that arrive while its lookup runs share it (single-flight). The
+    lookup is slow so that all of them arrive while it runs: with no answer kept after it
+    (every login asks), the old 1..2 bound relied on a cache for the late ones. One worker:
+    each worker runs its own lookups."""
+    s = auth_query_sluice(start_sluice, pg, auth_query=SLOW_AUTH_QUERY, workers=1)
     errors = []
 
     def login():

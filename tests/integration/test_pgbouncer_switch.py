@@ -155,7 +155,90 @@ def test_a_url_libpq_refuses_is_reported_without_its_password(tmp_path, url, whe
     assert "Secret" not in p.stderr and secret not in p.stderr, p.stderr
 
 
-# ---- auth_query's cache and a password changed on the server ----
+ODD_PASSWORDS = ["Pq/Zx7", "Zx7/Pq", "Pq:Wm/Zx7", "Pq@Wm/Zx7", "Pq/Wm@Zx7", "Pq?Wm/Zx7",
+                 "Pq#Wm/Zx7", "Pq/Wm?Zx7#Jk", "Pq@Wm?Zx7#Jk/Vb"]
+
+
+@pytest.mark.parametrize("password", ODD_PASSWORDS)
+def test_no_error_shows_a_piece_of_an_unencoded_password(password):
+    """A '/' in the password, not written %2F, ends the URL's host part for libpq: what precedes
+    it was read as host and port, and the port error quoted a piece of the password. Whatever
+    sluice says of such a URL, no piece of the password may appear in it."""
+    import re
+    from test_cli import run
+    url = f"postgresql://app:{password}@127.0.0.1:5432/appdb"
+    p = run(["--check"], env={"DATABASE_URL": url, "SLUICE_LISTEN_PORT": "0"})
+    for piece in re.split(r"[/@?#:]", password):
+        assert piece not in p.stderr + p.stdout, (piece, p.stderr)
+
+
+# ---- a [databases] entry's application_name ----
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_entrys_application_name_is_what_a_client_without_one_sees(start_sluice, pg, mode):
+    """PgBouncer sends the entry's application_name in the server's startup packet and reports
+    it to a client that sends none (ParameterStatus, SHOW); a client's own, from its startup
+    packet, wins. sluice told every client without one '' while its server had the entry's."""
+    s = start_sluice({"pool_mode": mode, "auth_type": "trust"},
+                     databases={"appdb": pg.db_entry(application_name="entry-app")},
+                     auth_file={"app": "x"})
+    for _ in range(2):  # the first login learns the welcome from a server, the second reuses it
+        c = raw_login(s.port, user="app")
+        try:
+            assert c.params["application_name"] == "entry-app"
+            assert c.query("SHOW application_name")[0] == [["entry-app"]]
+        finally:
+            c.close()
+    c = raw_login(s.port, user="app", application_name="mine")
+    try:
+        assert c.params["application_name"] == "mine"
+        assert c.query("SHOW application_name")[0] == [["mine"]]
+    finally:
+        c.close()
+
+
+# ---- trust, and no password sluice can log in upstream with ----
+
+@pytest.mark.parametrize("secret", ["md5", "empty"])
+@pytest.mark.parametrize("database", ["nosuchdb", "appdb"])
+def test_trust_without_a_usable_upstream_password_is_an_authorization_error(start_sluice, pg,
+                                                                             secret, database):
+    """auth_type = trust, an entry without user=: sluice logs in upstream as the client's user
+    with its auth_file password. When it has none the server can use (an md5 secret for a
+    SCRAM server, or no password at all), the client was told 57P03 "the database is down",
+    for a database that does not exist too; Postgres and PgBouncer never get to say whether it
+    exists, and nothing is down: the login as that user cannot be made (28000)."""
+    import hashlib
+    from conftest import APP_PASSWORD
+    text = ("md5" + hashlib.md5((APP_PASSWORD + "app").encode()).hexdigest()
+            if secret == "md5" else "")
+    star = {k: v for k, v in pg.db_entry().items() if k not in ("user", "password", "dbname")}
+    s = start_sluice({"auth_type": "trust", "server_down_wait": 1000},
+                     databases={"*": star}, auth_file={"app": text})
+    for _ in range(3):  # the next ones too, while the pool backs off
+        err = refused(s.port, user="app", database=database)
+        assert err.sqlstate == "28000", err.fields
+        assert err.fields["M"] == 'sluice holds no password the server accepts for user "app"'
+
+
+# ---- startup parameters in the debug log ----
+
+def test_debug_log_shows_startup_parameter_names_not_their_values(start_sluice, pg):
+    """A startup packet may carry a value that is nobody else's business (a custom setting, an
+    option): at log_level = debug sluice logged every value. Now the names, and the values of
+    the harmless ones a driver sends (application_name, DateStyle, ...)."""
+    s = start_sluice({"log_level": "debug", "pool_mode": "session"})
+    c = raw_login(s.port, user="app", password="apppass", **{"application_name": "dbg-app",
+                                                          "myapp.token": "Tk9Zq77",
+                                                          "DateStyle": "ISO, MDY"})
+    c.close()
+    log = "\n".join(s.log)
+    assert "startup parameters" in log
+    assert "Tk9Zq77" not in log
+    assert "myapp.token" in log and "dbg-app" in log and "ISO, MDY" in log
+
+
+# ---- auth_query at every login: a change on the server counts from the next login ----
 
 @pytest.fixture
 def changing_role(pg, lookup_roles):
@@ -165,25 +248,39 @@ def changing_role(pg, lookup_roles):
     ensure_roles(pg, ["DROP ROLE IF EXISTS switch_changing"])
 
 
-@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
-def test_a_password_changed_on_the_server_works_once_the_cached_one_fails(
-        start_sluice, pg, changing_role, method):
-    """PgBouncer runs auth_query at every login, so a new password works at once. sluice caches
-    the answer (60 s); a login the cached secret refuses drops it, so the next one asks again
-    (before, the new password was refused until the cache expired). One worker: each worker
-    has its own cache."""
-    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
-                     auth_file={"switch_lookup": "lookup-pw"})
-    raw_login(s.port, user="switch_changing", password="first-pw").close()
-    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
-    # the cached secret is the old one: the new password fails once (SCRAM chose its salt) ...
-    assert refused(s.port, user="switch_changing", password="second-pw").sqlstate == "28P01"
-    # ... and the next login asks the database again
-    c = raw_login(s.port, user="switch_changing", password="second-pw")
+def logs_in_as_app(port, password):
+    c = raw_login(port, user="switch_changing", password=password)
     try:
         assert c.query("SELECT current_user")[0] == [["app"]]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "plain"])
+def test_a_password_changed_on_the_server_counts_from_the_next_login(
+        start_sluice, pg, changing_role, method):
+    """PgBouncer runs auth_query at every login, so the new password works at once and the old
+    one is refused at once. sluice cached the answer 60 s: the old password still logged in
+    (as the forced user app) and the new one failed once. One worker: each worker had its own
+    cache."""
+    s = start_sluice({"auth_type": method, "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    logs_in_as_app(s.port, "first-pw")
+    ensure_roles(pg, ["ALTER ROLE switch_changing PASSWORD 'second-pw'"])
+    assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
+    logs_in_as_app(s.port, "second-pw")
+    logs_in_as_app(s.port, "second-pw")
+
+
+@pytest.mark.parametrize("change", ["NOLOGIN", "VALID UNTIL '2001-01-01'"])
+def test_a_role_barred_on_the_server_is_refused_at_the_next_login(start_sluice, pg,
+                                                                 changing_role, change):
+    """ALTER ROLE ... NOLOGIN or an expired VALID UNTIL: PgBouncer's next login asks auth_query
+    and is refused; sluice's cached answer let the old password in for up to 60 s."""
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "switch_lookup", "workers": 1},
+                     auth_file={"switch_lookup": "lookup-pw"})
+    logs_in_as_app(s.port, "first-pw")
+    ensure_roles(pg, [f"ALTER ROLE switch_changing {change}"])
     assert refused(s.port, user="switch_changing", password="first-pw").sqlstate == "28P01"
 
 
