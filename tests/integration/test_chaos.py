@@ -334,7 +334,7 @@ def show(con, what):
 
 
 class Operator:
-    """One thread: RELOAD to another level (console or SIGHUP, at least GRACE_S + 1 s apart so a
+    """One thread: RELOAD to another level (console or SIGHUP, GRACE_S + 1 to 12 s apart so a
     lowered level is checked too), PAUSE/RESUME, KILL_CLIENT, RECONNECT, pg_terminate_backend."""
 
     def __init__(self, s, pg, caps, seed, render_level):
@@ -348,13 +348,13 @@ class Operator:
     def _run(self):
         try:
             with console(self.s) as adm, self.pg.superuser() as su:
-                last_reload = time.monotonic()
+                last_reload, gap = time.monotonic(), 2.0
                 level = "high"
                 while not self.stop.wait(self.rng.uniform(0.3, 1.0)):
-                    if time.monotonic() - last_reload > GRACE_S + 1:
+                    if time.monotonic() - last_reload > gap:
                         level = self.rng.choice([lv for lv in LEVELS if lv != level])
                         self.reload(adm, level)
-                        last_reload = time.monotonic()
+                        last_reload, gap = time.monotonic(), self.rng.uniform(GRACE_S + 1, 12)
                         continue
                     what = self.rng.choice(["pause", "kill_client", "reconnect", "terminate"])
                     getattr(self, what)(adm, su)
