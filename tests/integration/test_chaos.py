@@ -45,7 +45,9 @@ BUDGET_APP = "chaos-b"  # application_name prefix of the budget's clients
 BUDGET_MARK = "chaosbudget"  # in every query a budget client that stays to the end sends
 GONE_MARK = "chaosbgone"  # in those of a budget client that leaves in the middle (LEAVING)
 CHAOS_S = float(os.environ.get("CHAOS_S", "22"))
-GRACE_S = 5.0  # how long a lowered cap may take: longest hold (ACTION_HOLD_S) + close (2 s) + slack
+# how long a lowered cap may take: the longest hold (ACTION_HOLD_S) + a close (2 s) + slack, and
+# more under a sanitizer, where every hold takes longer
+GRACE_S = 5.0 * (2 if SLOW > 1 else 1)
 ACTION_HOLD_S = 1.6  # the longest any actor keeps a server (a transaction, a session, a stall)
 QUERY_WAIT_S = 4
 IO_TIMEOUT_S = 20 * SLOW  # a client that hears nothing for this long is stuck: a finding
