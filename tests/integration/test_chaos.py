@@ -10,12 +10,16 @@ Checked in Postgres itself (pg_stat_activity every 50 ms): no sample above any c
 lowering RELOAD, docs/budgets.md promises "idle servers above it close at once, servers in use
 close when their client releases them", and a closed server counts until Postgres let it go (at
 most 2 s): so a sample may reach any cap in force during the GRACE_S before it (every actor
-releases its server well within that, see ACTION_HOLD_S). At the end, with every client gone:
+releases its server well within that, see ACTION_HOLD_S). A budget's max_servers counts the
+servers its clients hold: the lease goes with the client (link.c), and a server whose client left
+mid-query drains counted against every other cap only; so the budget's count is taken over the
+queries of its clients that stay (Actors.LEAVING), plus one for each KILL_CLIENT in the last
+GRACE_S. At the end, with every client gone:
 no client or active server left in SHOW, every backend idle, SHOW SERVERS' remote_pids exactly
 pg_stat_activity's backends, a new client of every pool and the budget served at once, and no
 'ledger:' line (a debug build's ledger_audit aborts on a wrong count and logs first).
 
-Each run is bounded (CHAOS_SECONDS of chaos, well under 60 s with the checks) and its actors'
+Each run is bounded (CHAOS_S, 22 s, of chaos, well under 60 s with the checks) and its actors'
 choices are seeded (a failing seed names itself; CHAOS_SEEDS="5,6,7" runs other seeds, CHAOS_S
 another length). The threads' interleaving is not reproducible, only the choices."""
 
