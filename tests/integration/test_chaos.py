@@ -148,7 +148,8 @@ class Sampler:
     """pg_stat_activity every 50 ms: backends per (database, user) and the budget's busy ones;
     every sample above a cap allowed then is a violation."""
 
-    SQL = ("SELECT datname, usename, pid, state, query"
+    SQL = ("SELECT datname, usename, pid, state, query,"
+           " to_char(backend_start, 'HH24:MI:SS.MS'), to_char(state_change, 'HH24:MI:SS.MS')"
            " FROM pg_stat_activity WHERE usename = ANY(%s) AND backend_type = 'client backend'")
 
     def __init__(self, pg, caps):
@@ -174,7 +175,7 @@ class Sampler:
         self.samples += 1
         counts = {"server": 0, "budget": 0}
         budget_busy = []
-        for datname, usename, pid, state, query in rows:
+        for datname, usename, pid, state, query, _, _ in rows:
             db = next((k for k, v in DBS.items() if v == datname), datname)
             counts[("pool", db, usename)] = counts.get(("pool", db, usename), 0) + 1
             counts[db] = counts.get(db, 0) + 1
@@ -188,9 +189,9 @@ class Sampler:
             cap = allowed[key[0] if isinstance(key, tuple) else key]
             self.most[key] = max(self.most.get(key, 0), n)
             if n > cap:
-                self.violations.append(f"t={t0:.2f} {key}: {n} backends, cap {cap} "
-                                       f"(caps allowed {allowed})"
-                                       + (f" {budget_busy}" if key == "budget" else ""))
+                self.violations.append(f"t={t0:.2f} ({time.strftime('%H:%M:%S')}) {key}: {n} "
+                                       f"backends, cap {cap} (caps allowed {allowed})"
+                                       + (f" {budget_busy}" if key == "budget" else f" {rows}"))
 
     def finish(self):
         self.stop.set()
@@ -380,7 +381,7 @@ class Operator:
             how = "SIGHUP"
         self.s.wait_for_log(r"configuration reloaded", timeout=10 * SLOW, since=mark)
         self.caps.confirm()
-        self.log.append(f"{how} {level}")
+        self.log.append(f"{how} {level} t={self.caps.changes[-1][0]:.2f}-{time.monotonic():.2f}")
 
     def pause(self, adm, su):
         target = self.rng.choice(["", " d1", " d2"])
