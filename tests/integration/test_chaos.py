@@ -10,7 +10,8 @@ Checked in Postgres itself (pg_stat_activity every 50 ms): no sample above any c
 lowering RELOAD, docs/budgets.md promises "idle servers above it close at once, servers in use
 close when their client releases them", and a closed server counts until Postgres let it go (at
 most 2 s): so a sample may reach any cap in force during the GRACE_S before it (every actor
-releases its server well within that, see ACTION_HOLD_S). A budget's max_servers counts the
+releases its server well within that, see ACTION_HOLD_S), or since the oldest client connection
+that may still hold a server began (Actors.held_since: a loaded machine stretches a session). A budget's max_servers counts the
 servers its clients hold: the lease goes with the client (link.c), and a server whose client left
 mid-query drains counted against every other cap only; so the budget's count is taken over the
 queries of its clients that stay (Actors.LEAVING), plus one for each KILL_CLIENT in the last
@@ -126,8 +127,10 @@ class Caps:
         with self.lock:
             self.changes[-1][1] = time.monotonic()
 
-    def allowed(self, t0, t1):
-        """The most each cap may be for a sample taken between t0 and t1."""
+    def allowed(self, t0, t1, since=None):
+        """The most each cap may be for a sample taken between t0 and t1 (or since `since`, when
+        earlier than GRACE_S before it: a client that logged in then may hold its server yet)."""
+        start = min(t0 - GRACE_S, since if since is not None else t0)
         with self.lock:
             changes = [list(c) for c in self.changes]
         out = {}
@@ -135,12 +138,12 @@ class Caps:
             ended = changes[i + 1][1] if i + 1 < len(changes) else None
             if sent > t1:
                 continue
-            if ended is not None and ended < t0 - GRACE_S:
+            if ended is not None and ended < start:
                 continue
             for k, v in LEVELS[level].items():
                 out[k] = max(out.get(k, 0), v)
         with self.lock:
-            out["budget"] += sum(t0 - GRACE_S <= k <= t1 for k in self.kills)
+            out["budget"] += sum(start <= k <= t1 for k in self.kills)
         return out
 
 
@@ -154,6 +157,7 @@ class Sampler:
 
     def __init__(self, pg, caps):
         self.pg, self.caps = pg, caps
+        self.actors = None  # set once they run: when their connections began and ended
         self.violations, self.samples, self.most = [], 0, {}
         self.error = None
         self.stop = threading.Event()
@@ -184,7 +188,8 @@ class Sampler:
             if state != "idle" and BUDGET_MARK in (query or ""):
                 counts["budget"] += 1
                 budget_busy.append((pid, state, query))
-        allowed = self.caps.allowed(t0, t1)
+        since = self.actors.held_since(t0) if self.actors else None
+        allowed = self.caps.allowed(t0, t1, since)
         for key, n in counts.items():
             cap = allowed[key[0] if isinstance(key, tuple) else key]
             self.most[key] = max(self.most.get(key, 0), n)
@@ -208,6 +213,7 @@ class Actors:
         self.s, self.mode = s, mode
         self.stop = threading.Event()
         self.stuck, self.unexpected, self.done = [], [], {}
+        self.connections = [None] * n  # each actor's latest connection: [began, ended or None]
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(random.Random(seed * 1000 + i),
                                                                  i), daemon=True)
@@ -236,6 +242,7 @@ class Actors:
             app = f"{BUDGET_APP}{i}-{k}" if budget else f"chaos{i}-{k}"
             k += 1
             c = None
+            self.connections[i] = [time.monotonic(), None]
             try:
                 c = RawConn(self.s.port, timeout=IO_TIMEOUT_S)
                 c.startup(user=user, database=db, password=USERS[user], application_name=app)
@@ -256,9 +263,18 @@ class Actors:
             finally:
                 if c is not None:
                     c.close_abruptly(reset=rng.random() < 0.5)
+                self.connections[i][1] = time.monotonic()
             with self.lock:
                 key = (action, outcome)
                 self.done[key] = self.done.get(key, 0) + 1
+
+    def held_since(self, t0):
+        """When the oldest connection that may hold a server at t0 began: one still open, or
+        one closed in the last 2 s (its server may still be closing, docs/budgets.md). A server
+        in use closes above a lowered cap only when its client releases it: in session mode at
+        the session's end, however long a loaded machine makes it."""
+        began = [b for b, e in filter(None, list(self.connections)) if e is None or e > t0 - 2.5]
+        return min(began) if began else None
 
     # -- the actions; each keeps its server at most ACTION_HOLD_S
     def short_txns(self, c, rng, mark):
@@ -490,6 +506,7 @@ def test_chaos_never_passes_a_cap_and_leaves_nothing_behind(start_sluice, pg, ch
     caps = Caps("high")
     sampler = Sampler(pg, caps)
     actors = Actors(s, seed, 12, mode)
+    sampler.actors = actors
     operator = Operator(s, pg, caps, seed, render_level)
     try:
         time.sleep(CHAOS_S)
