@@ -415,8 +415,10 @@ void client_close(struct client *c, const char *reason)
     if (c->state == CLIENT_CANCEL_WAIT)
         cancel_requester_gone(c);
     ledger_give_client(&worker->proc->ledger, c->budget);
-    c->budget = NULL;
+    /* with its budget still known: a waiter leaving its queue hands its budget's place in the
+     * order across workers to the next waiter (pool_lease_waiter_gone) */
     client_set_state(c, CLIENT_CLOSED); /* onto the dead list */
+    c->budget = NULL;
     client_auth_end(c);
     sockio_detach(&c->io);
     tls_client_close(c->io.ssl); /* before the fd closes: it may send close_notify */
