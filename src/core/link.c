@@ -9,20 +9,19 @@
  *                                                                  CLOSE  server_close
  *
  * c->server and s->client are set and cleared here only (pair, unpair), and the budget lease a
- * pairing holds lives exactly as long as the pairing. */
+ * pairing holds lives as long as the pairing, or, when the client leaves mid-query, until its
+ * server's backend has ended that query (server_return_lease). */
 #include "link.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "budget.h"
 #include "cancel.h"
 #include "client.h"
 #include "client_login.h"
 #include "conn_id.h"
 #include "handover.h"
-#include "ledger.h"
 #include "pool.h"
 #include "relay.h"
 #include "server.h"
@@ -100,25 +99,15 @@ static void pair(struct client *c, struct server *s)
     s->lease_budget = c->budget; /* the lease the pool took in the ledger before serving c */
 }
 
-static void unpair(struct client *c, struct server *s)
+/* A server whose backend goes on with its gone client's query (drained, or abandoned busy)
+ * keeps the budget's lease until that ends (server_return_lease): the budget caps backends at
+ * work, and a client that leaves mid-query must not free room for another while its query runs. */
+static void unpair(struct client *c, struct server *s, bool backend_goes_on)
 {
     c->server = NULL;
     s->client = NULL;
-    if (s->lease_budget) {
-        ledger_give_lease(c->worker, s->lease_budget);
-        s->lease_budget = NULL;
-        /* Budgets span pools: a waiter elsewhere may have been held back by this one; and
-         * span workers: one held on another worker is woken there (ledger.h). */
-        if (budget_count(c->worker) > 1)
-            c->worker->dispatch_needed = true;
-        if (c->worker->proc->nworkers > 1) {
-            uint64_t wake = ledger_take_lease_waiters(&c->worker->proc->ledger,
-                                                      (int)c->worker->index);
-            for (int i = 0; wake; i++, wake >>= 1)
-                if (wake & 1)
-                    worker_wake(c->worker, i);
-        }
-    }
+    if (!backend_goes_on)
+        server_return_lease(s);
 }
 
 /* Fingerprints are recomputed only when the parameters changed (their generation moved). */
@@ -263,7 +252,9 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
      * still knows what it was in the middle of. */
     if (fate == SERVER_FATE_DRAIN && !relay_orphan_server(s, c))
         fate = SERVER_FATE_CLOSE;
-    unpair(c, s);
+    bool client_left = why == LINK_END_CLIENT_VANISHED || why == LINK_END_CLIENT_TERMINATED;
+    bool abandon = fate == SERVER_FATE_CLOSE && client_left && server_backend_busy(s);
+    unpair(c, s, fate == SERVER_FATE_DRAIN || abandon);
     if (why == LINK_END_RELEASED)
         client_set_state(c, CLIENT_IDLE); /* before the server goes: it may serve a waiter */
     switch (fate) {
@@ -275,7 +266,10 @@ void link_end(struct client *c, struct server *s, enum link_end why, const struc
                                                           : DRAIN_CANCEL_QUERY);
         break;
     case SERVER_FATE_CLOSE:
-        server_close(s, close_reason(why, o));
+        if (abandon)
+            server_abandon(s, close_reason(why, o));
+        else
+            server_close(s, close_reason(why, o));
         break;
     case SERVER_FATE_CLOSING:
         break;

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "budget.h"
 #include "cancel.h"
 #include "client.h"
 #include "conn_id.h"
@@ -111,14 +112,55 @@ void server_on_io(struct sockio *io, int status, int events)
     s->pool->worker->server_events->io(s, status, events); /* logged in: the relay's */
 }
 
+bool server_backend_busy(const struct server *s)
+{
+    return s->inflight > 0 || s->batch_open;
+}
+
 /* The query of a server being drained will not be read by anyone: cancel it (once). */
 static void cancel_drained_query(struct server *s)
 {
-    if (s->inflight == 0 || s->timeout_cancel_sent)
+    if (!server_backend_busy(s) || s->timeout_cancel_sent)
         return;
     s->timeout_cancel_sent = true;
     if (cancel_server(s->pool->worker, s) < 0)
         log_server(LOG_WARNING, s, "could not send a cancel for the query of a client that left");
+}
+
+void server_return_lease(struct server *s)
+{
+    struct budget *b = s->lease_budget;
+    if (!b)
+        return;
+    struct worker *worker = s->pool->worker;
+    ledger_give_lease(worker, b);
+    s->lease_budget = NULL;
+    /* Budgets span pools: a waiter elsewhere may have been held back by this one; and span
+     * workers: one held on another worker is woken there (ledger.h). */
+    if (budget_count(worker) > 1)
+        worker->dispatch_needed = true;
+    if (worker->proc->nworkers > 1) {
+        uint64_t wake = ledger_take_lease_waiters(&worker->proc->ledger, (int)worker->index);
+        for (int i = 0; wake; i++, wake >>= 1)
+            if (wake & 1)
+                worker_wake(worker, i);
+    }
+}
+
+void server_abandon(struct server *s, const char *reason)
+{
+    if (s->state == SERVER_CLOSED || s->state == SERVER_LEAVING)
+        return;
+    if (!server_backend_busy(s)) {
+        server_close(s, reason);
+        return;
+    }
+    log_server(LOG_INFO, s, "closing once its backend has ended its query: %s", reason);
+    cancel_drained_query(s);
+    sockio_shut_write(&s->io);
+    server_set_state(s, SERVER_LEAVING);
+    s->room_for = NULL;
+    sockio_want(&s->io, UV_READABLE);
 }
 
 void server_drain(struct server *s, enum drain_query how)
@@ -186,8 +228,10 @@ void server_maybe_done_resetting(struct server *s)
         return;
     }
     if (s->state == SERVER_DRAINING) {
-        /* The orphaned query is over: clean the server as at any release. */
+        /* The orphaned query is over: clean the server as at any release; its budget's lease,
+         * kept while the query ran, goes back. */
         server_set_state(s, SERVER_RESETTING);
+        server_return_lease(s);
         if (pool_queue_cleanup(s)) {
             server_kick(s);
             return;
@@ -246,6 +290,7 @@ static void close_now(struct server *s)
     if (s->client)
         worker->server_events->closing(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
+    server_return_lease(s); /* one kept while its gone client's query ran (link.c) */
     worker->nservers--;
     /* its backend is gone: a worker whose waiters that slot can serve is woken (the one it
      * was closed for, when it was closed for another worker's) */

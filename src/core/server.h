@@ -207,6 +207,21 @@ static inline void server_queue_internal(struct server *s, const char *sql)
 enum drain_query { DRAIN_CANCEL_QUERY, DRAIN_LET_QUERY_FINISH };
 /* Its client left mid-query (link.c, which made the stream whole): DRAINING until it is over. */
 void server_drain(struct server *s, enum drain_query how);
+/* May its backend be running a query: a Query, Sync or FunctionCall unanswered, or an extended
+ * batch (its Execute runs at once) without its Sync. */
+bool server_backend_busy(const struct server *s);
+/* Close a linked server whose client left where its stream cannot be made whole (in the middle
+ * of a message). A busy backend (server_backend_busy) goes on with its query after sluice closes
+ * its socket (Postgres notices a gone client only when it next reads or writes), so closing at
+ * once would free its slot while Postgres still counts the backend, and a new server could pass
+ * the caps. Instead its query is cancelled, the socket's write side shut (no Terminate: the
+ * backend would read it as the rest of the cut message; it reads end-of-file and exits), and it
+ * stays LEAVING, counted against the caps and its budget, until its end of the socket closes (at
+ * most SERVER_LEAVING_WAIT_MS). A backend not busy is closed at once. */
+void server_abandon(struct server *s, const char *reason);
+/* Give back the budget lease a server kept after its client left (link.c): when its drained
+ * query ends or it closes. Nothing when it holds none. */
+void server_return_lease(struct server *s);
 /* Pump a server that has no client (its own queries, a notice) and act on what the relay says. */
 void server_kick(struct server *s);
 /* What the relay reported for a server with no client: it closes when lost, else goes on

@@ -258,3 +258,9 @@ ssize_t sockio_read_into(struct sockio *io, struct buf *b)
         b->wpos += (uint32_t)n;
     return n;
 }
+
+void sockio_shut_write(struct sockio *io)
+{
+    if (io->fd >= 0)
+        (void)shutdown(io->fd, SHUT_WR);
+}

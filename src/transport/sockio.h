@@ -55,6 +55,8 @@ int sockio_take_back(struct sockio *io, uv_loop_t *loop, int fd)
 void sockio_release_spares(void);
 /* Set the interest (UV_READABLE | UV_WRITABLE | UV_DISCONNECT). */
 void sockio_want(struct sockio *io, int events);
+/* Shut the socket's write side (TCP FIN, also under TLS: the peer reads end-of-file). */
+void sockio_shut_write(struct sockio *io);
 
 /* > 0 bytes read; 0 at end of stream; SOCKIO_AGAIN when nothing is ready; other negatives are
  * errors (-errno). With TLS, a read may need the socket writable: it then returns SOCKIO_AGAIN
