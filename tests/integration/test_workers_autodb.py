@@ -8,6 +8,7 @@ them every tick and abort on a mismatch), the caps hold in pg_stat_activity, eve
 served, and every name is freed in the end."""
 
 import random
+import signal
 import threading
 import time
 
@@ -59,6 +60,32 @@ class Sampler:
             self.error = e
 
 
+def start4_with_star(start_sluice, pg, timeout_s, mode="transaction"):
+    return start_with_star(start_sluice, pg, WORKERS, autodb_idle_timeout=timeout_s,
+                           server_idle_timeout=1, pool_mode=mode, default_pool_size=2,
+                           max_db_connections=DB_CAP, max_user_connections=USER_CAP,
+                           query_wait_timeout=30, admin_users=f"app,{ADMIN}", log_level="debug")
+
+
+def churn(s, stop, counts, connect_timeout):
+    """Clients of random names, each a short transaction, until stop; counts[0] served,
+    counts[1] refused or failed (the test says which it allows)."""
+    def client(seed):
+        rng = random.Random(seed)
+        while not stop.is_set():
+            try:
+                with s.connect(dbname=rng.choice(NAMES), connect_timeout=connect_timeout) as c:
+                    c.execute("SELECT pg_sleep(0.01)")
+                    counts[0] += 1
+            except psycopg.Error:
+                counts[1] += 1
+            stop.wait(rng.uniform(0.1, 0.4))
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(10)]
+    for t in threads:
+        t.start()
+    return threads
+
+
 def run_storm(s, pg, seconds, timeout_s, reload_values):
     errors, served = [], [0]
     stop = threading.Event()
@@ -90,10 +117,16 @@ def run_storm(s, pg, seconds, timeout_s, reload_values):
         return clients
 
     def views():
+        rng = random.Random(7)
         while not stop.is_set():
             with console(s) as a:
                 for what in ("POOLS", "SERVERS", "DATABASES", "CLIENTS", "STATS", "LISTS"):
                     show(a, what)
+                # a PAUSE keeps its name (PgBouncer keeps a paused database) until RESUME
+                name = rng.choice(NAMES)
+                a.execute(f"PAUSE {name}")
+                time.sleep(0.1)
+                a.execute(f"RESUME {name}")
             metrics(s)
 
     def reloads():
@@ -132,11 +165,8 @@ def run_storm(s, pg, seconds, timeout_s, reload_values):
 @pytest.mark.parametrize("timeout_s, mode", [("1", "transaction"), ("0.3", "session")])
 def test_names_freed_and_made_again_under_load_keep_caps_and_counts(start_sluice, pg, adbs,
                                                                     timeout_s, mode):
-    s = start_with_star(start_sluice, pg, WORKERS, autodb_idle_timeout=timeout_s,
-                        server_idle_timeout=1, pool_mode=mode, default_pool_size=2,
-                        max_db_connections=DB_CAP, max_user_connections=USER_CAP,
-                        query_wait_timeout=30, admin_users=f"app,{ADMIN}", log_level="debug")
-    served = run_storm(s, pg, 14, float(timeout_s), [timeout_s, "2", timeout_s, "0.5"])
+    s = start4_with_star(start_sluice, pg, timeout_s, mode)
+    served = run_storm(s, pg, 10, float(timeout_s), [timeout_s, "2", timeout_s, "0.5"])
     freed = s.log_text().count("(autodb_idle_timeout)")
     moved = s.log_text().count("moving to worker")
     closed = s.log_text().count("closed to free a slot")
@@ -148,3 +178,53 @@ def test_names_freed_and_made_again_under_load_keep_caps_and_counts(start_sluice
     # a freed name is served again
     with s.connect(dbname=NAMES[0]) as conn:
         assert conn.execute("SELECT current_database()").fetchone()[0] == NAMES[0]
+
+
+def toggle_star(s, on):
+    lines = []
+    for line in s.ini_path.read_text().splitlines():
+        if line.startswith("* = ") and not on:
+            line = "#" + line
+        elif line.startswith("#* = ") and on:
+            line = line[1:]
+        lines.append(line)
+    s.ini_path.write_text("\n".join(lines) + "\n")
+    with console(s) as a:
+        a.execute("RELOAD")
+
+
+@pytest.mark.timeout(120)
+def test_star_entry_removed_and_added_back_under_load(start_sluice, pg, adbs):
+    """RELOAD takes the "*" entry away (its clients are closed, 3D000, and its pools stay,
+    empty) and gives it back, again and again, while names are freed and made: once it is
+    back for good every name is freed."""
+    s = start4_with_star(start_sluice, pg, "0.3")
+    stop, counts = threading.Event(), [0, 0]
+    threads = churn(s, stop, counts, 30 * SLOW)
+    for i in range(10):
+        time.sleep(0.8)
+        toggle_star(s, on=i % 2 == 1)
+    stop.set()
+    for t in threads:
+        t.join(60 * SLOW)
+    assert counts[0] > 0 and counts[1] > 0, counts  # served with it, refused without it
+    wait_until(lambda: none_shown(s, "adb_"), 30 * SLOW, interval=0.3,
+               what="every name to be freed once the entry is back")
+    assert s.proc.poll() is None, "sluice exited"
+
+
+@pytest.mark.timeout(120)
+def test_sigint_while_names_are_freed_and_made(start_sluice, pg, adbs):
+    """Shutdown frees what is left (pools, keys, scopes) while sweeps and logins go on: a clean
+    exit (ASan: no error, no leak)."""
+    s = start4_with_star(start_sluice, pg, "0.2")
+    stop, counts = threading.Event(), [0, 0]
+    threads = churn(s, stop, counts, 5 * SLOW)
+    time.sleep(4)
+    s.send_signal(signal.SIGINT)
+    rc = s.proc.wait(60 * SLOW)
+    stop.set()
+    for t in threads:
+        t.join(30 * SLOW)
+    assert counts[0] > 0, counts
+    assert rc == 0, rc
