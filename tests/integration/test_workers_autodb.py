@@ -213,6 +213,30 @@ def test_star_entry_removed_and_added_back_under_load(start_sluice, pg, adbs):
     assert s.proc.poll() is None, "sluice exited"
 
 
+@pytest.mark.timeout(60)
+def test_names_are_freed_when_a_reload_removes_the_star_entry(start_sluice, pg, adbs):
+    """A reload that removes the "*" entry closes its databases' clients (3D000) and leaves
+    their pools empty: they are freed after autodb_idle_timeout as before. Before, a name
+    whose entry went stayed for good (its pools on every worker, SHOW rows, /metrics series,
+    ledger key)."""
+    s = start4_with_star(start_sluice, pg, "0.3")
+    held = s.connect(dbname=NAMES[1])
+    for name in NAMES:
+        with s.connect(dbname=name) as conn:
+            conn.execute("SELECT 1")
+    toggle_star(s, on=False)
+    with pytest.raises(psycopg.OperationalError):
+        held.execute("SELECT 1")
+    held.close()
+    wait_until(lambda: none_shown(s, "adb_"), 20 * SLOW, interval=0.3,
+               what="the names of the removed entry to be freed")
+    with pytest.raises(psycopg.OperationalError, match="not configured"):
+        s.connect(dbname=NAMES[0])
+    toggle_star(s, on=True)
+    with s.connect(dbname=NAMES[0]) as conn:
+        assert conn.execute("SELECT current_database()").fetchone()[0] == NAMES[0]
+
+
 @pytest.mark.timeout(120)
 def test_sigint_while_names_are_freed_and_made(start_sluice, pg, adbs):
     """Shutdown frees what is left (pools, keys, scopes) while sweeps and logins go on: a clean
