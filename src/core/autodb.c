@@ -20,13 +20,16 @@
 #include "sluice.h"
 #include "worker.h"
 
-/* Is p a pool of a database made from the "*" entry (no entry of its own)? */
+/* Is p a pool of a database made from the "*" entry (no entry of its own), or of one no entry
+ * names any more? A reload that removed the "*" entry (or a database's own) closed the clients
+ * and servers of its databases (control_drop_removed) and left their pools empty: kept, every
+ * name a client had chosen would stay for good, as before autodb_idle_timeout. */
 static bool is_auto(const struct pool *p)
 {
     if (p->is_admin)
         return false;
     const struct db_entry *db = config_find_db(p->worker->cfg, p->db_name);
-    return db && strcmp(db->name, "*") == 0;
+    return !db || strcmp(db->name, "*") == 0;
 }
 
 /* Does anything on this worker hold p: a client or a server of any state, a close made for it,
