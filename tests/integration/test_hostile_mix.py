@@ -178,7 +178,7 @@ def test_hostile_mix_keeps_the_cap_and_leaves_no_server_pinned(start_sluice, pg,
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("leave", ["terminate", "fin", "rst"])
+@pytest.mark.parametrize("leave", ["terminate", "fin", "rst", "extended_terminate"])
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_client_gone_before_the_copy_in_response_frees_its_server_at_once(
         start_sluice, pg, table, mode, leave):
