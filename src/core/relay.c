@@ -269,7 +269,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         /* A COPY FROM STDIN that began after its client left (it sent Terminate or closed right
-         * after the query): no data will come, and a cancel does not end that wait. */
+         * after the query): no data will come, and a cancel does not end that wait. On a server
+         * not draining, no request of a client is outstanding: the count of replies is wrong,
+         * and the server is closed rather than fed to the next client. */
+        if (type == 'G' && !c && s->state != SERVER_DRAINING) {
+            log_server(LOG_ERROR, s, "CopyInResponse with no client's COPY outstanding");
+            s->close_when_free = true;
+            return STOP_FAILED;
+        }
         if (type == 'G' && !c && !end_orphan_requests(s)) {
             s->close_when_free = true;
             return STOP_FAILED;
