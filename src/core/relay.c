@@ -277,7 +277,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->close_when_free = true;
             return STOP_FAILED;
         }
-        if (type == 'G' && !c && !end_orphan_requests(s)) {
+        /* Syncs sent after the COPY's Execute were swallowed by the COPY only if no CopyDone or
+         * CopyFail came before them, which sluice did not see (it was not in COPY then): the
+         * replies still due cannot be counted, and the server is left to server_drain_timeout. */
+        if (type == 'G' && !c && s->syncs_after_execute == 0 && !end_orphan_requests(s)) {
             s->close_when_free = true;
             return STOP_FAILED;
         }
