@@ -8,10 +8,10 @@ or RST). What must hold whatever the interleaving: Postgres never sees more than
 app (BackendSampler), every client logs in, no ledger audit complaint, and afterwards no backend
 is left busy (pinned) and a new client is served at once with a clean session. The mix found the
 first defect: a backend waiting for COPY data from a client that had gone (a cancel does not end
-that wait), held for twice server_drain_timeout."""
+that wait), held for twice server_drain_timeout; its first fix then let the next client get
+the reply to sluice's abort batch of such a client (extended_copydone_terminate)."""
 
 import random
-import socket
 import struct
 import threading
 import time
