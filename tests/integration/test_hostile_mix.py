@@ -45,7 +45,8 @@ def read_answers(conn, timeout=READ_S, ready_count=1):
 
 def run_probe(port, steps):
     """One client: log in, then ("send", bytes) / ("read", [timeout, ready_count]) /
-    ("vanish", reset) steps. A send the server refuses (it closed first) is the probe's own doing."""
+    ("vanish", reset) steps. A send the server refuses (it closed first) is the probe's own
+    doing."""
     c = RawConn(port, timeout=10)
     try:
         c.startup()
