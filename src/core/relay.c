@@ -149,6 +149,43 @@ static void query_done(struct server *s, struct client *c, char status)
                    s->pool->user_name, CONN_ID_TEXT(s->id));
 }
 
+/* ---- a server whose client left ---- */
+
+/* End what the server would wait for from the client that left: a COPY FROM STDIN gets CopyFail,
+ * an open extended-protocol batch its Sync. False when out of memory. */
+static bool end_orphan_requests(struct server *s)
+{
+    if (s->copy_in) {
+        /* COPY FROM STDIN waits for data that will not come; Postgres ignores a CopyFail
+         * outside COPY, so a race with the end of the COPY is harmless. */
+        codec_begin(&s->out, 'f');
+        codec_put_cstring(&s->out, "client disconnected");
+        codec_end(&s->out);
+        request_track_copy_in_ended(s);
+    }
+    if (s->batch_open) {
+        /* Extended-protocol messages without their Sync: what they ran is in an implicit
+         * transaction that only a Sync commits, and Postgres rolls it back when the session ends
+         * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
+         * before it: its ERROR (34000) aborts the transaction and the Sync ends it rolled back.
+         * After an earlier error the server skips both to the Sync; the ErrorResponse and
+         * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
+         * name exists only if the client bound one on purpose, which it could as well have
+         * synced.) */
+        if (request_track_on(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
+            return false;
+        codec_begin(&s->out, 'E');
+        codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
+        codec_put_i32(&s->out, 0);
+        codec_end(&s->out);
+        codec_begin(&s->out, 'S');
+        codec_end(&s->out);
+        s->batch_open = false;
+        s->inflight++;
+    }
+    return !s->out.oom;
+}
+
 /* Frame server messages. Messages are forwarded to c, or consumed when there is no client or
  * they answer sluice's own query. */
 static enum frame_stop frame_server(struct server *s, struct client *c)
@@ -231,6 +268,22 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
+        /* A COPY FROM STDIN that began after its client left (it sent Terminate or closed right
+         * after the query): no data will come, and a cancel does not end that wait. On a server
+         * not draining, no request of a client is outstanding: the count of replies is wrong,
+         * and the server is closed rather than fed to the next client. */
+        if (type == 'G' && !c && s->state != SERVER_DRAINING) {
+            log_server(LOG_ERROR, s, "CopyInResponse with no client's COPY outstanding");
+            s->close_when_free = true;
+            return STOP_FAILED;
+        }
+        /* Syncs sent after the COPY's Execute were swallowed by the COPY only if no CopyDone or
+         * CopyFail came before them, which sluice did not see (it was not in COPY then): the
+         * replies still due cannot be counted, and the server is left to server_drain_timeout. */
+        if (type == 'G' && !c && s->syncs_after_execute == 0 && !end_orphan_requests(s)) {
+            s->close_when_free = true;
+            return STOP_FAILED;
+        }
         if (type == 'E' && !consume && error_is_fatal(p, avail, whole))
             s->said_fatal = true;
         if (drop_ran && p[whole - 1] == '\0')
@@ -526,35 +579,7 @@ bool relay_orphan_server(struct server *s, struct client *c)
      * not yet written: pump_alone), with the rest of a message cut short. */
     if (s->rx.remain > 0)
         s->rx.discard = true;
-    if (s->copy_in) {
-        /* COPY FROM STDIN waits for data that will not come; Postgres ignores a CopyFail
-         * outside COPY, so a race with the end of the COPY is harmless. */
-        codec_begin(&s->out, 'f');
-        codec_put_cstring(&s->out, "client disconnected");
-        codec_end(&s->out);
-        request_track_copy_in_ended(s);
-    }
-    if (s->batch_open) {
-        /* Extended-protocol messages without their Sync: what they ran is in an implicit
-         * transaction that only a Sync commits, and Postgres rolls it back when the session ends
-         * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
-         * before it: its ERROR (34000) aborts the transaction and the Sync ends it rolled back.
-         * After an earlier error the server skips both to the Sync; the ErrorResponse and
-         * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
-         * name exists only if the client bound one on purpose, which it could as well have
-         * synced.) */
-        if (request_track_on(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
-            return false;
-        codec_begin(&s->out, 'E');
-        codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
-        codec_put_i32(&s->out, 0);
-        codec_end(&s->out);
-        codec_begin(&s->out, 'S');
-        codec_end(&s->out);
-        s->batch_open = false;
-        s->inflight++;
-    }
-    return !s->out.oom;
+    return end_orphan_requests(s);
 }
 
 /* ---- the pump ---- */
@@ -580,6 +605,8 @@ static enum relay_result pump_alone(struct server *s, struct relay_outcome *o)
             return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);
         if (frame_server(s, NULL) == STOP_FAILED)
             return lost(o, RELAY_SERVER_LOST, "server protocol error", NULL);
+        if (write_generated(&s->io, &s->out, &s->out_pos) == WRITE_BROKEN)
+            return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL); /* a CopyFail */
         if (sockio_pending(&s->io) > 0) {
             int n = server_read(s, o);
             if (n < 0)
