@@ -84,6 +84,29 @@ def on_worker(s, adm, worker, opened, **login):
     raise AssertionError(f"no client landed on worker {worker}")
 
 
+def start_full_session_pool(start_sluice):
+    """A session pool of 3 on 2 workers and a budget "b" of one server (app=b-*)."""
+    return start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
+                         "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
+                        budgets={"b": "app=b-* max_servers=1"})
+
+
+def an_idle_server_and_b_waiting(s, adm, opened):
+    """Worker 0 holds a "same" server in use and one idle (its client left; the pool holds 3 of
+    3), worker 1 b's one server; b-wait, on worker 0, waits on the budget. Returns
+    (b_hold, b_wait, the idle backend's pid)."""
+    same = {"application_name": "same"}
+    holder = on_worker(s, adm, 0, opened, **same)
+    leaver = on_worker(s, adm, 0, opened, **same)
+    b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
+    b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
+    for c in (holder, b_hold):
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
+    leaver.close()
+    return b_hold, b_wait, idle_pid
+
+
 @pytest.mark.timeout(120)
 def test_an_idle_server_closed_for_a_local_waiter_goes_to_an_older_one_elsewhere_first(
         start_sluice, pg):
@@ -99,23 +122,13 @@ def test_an_idle_server_closed_for_a_local_waiter_goes_to_an_older_one_elsewhere
     Since the handover no longer keeps the idle server for b-wait, which cannot use it (the test
     below), the server moves at the older waiter's arrival already; the close's own look at
     older waiters elsewhere is left for an entry registered after the handover's last offer."""
-    s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
-                      "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
-                     budgets={"b": "app=b-* max_servers=1"})
+    s = start_full_session_pool(start_sluice)
     opened = []
     with console(s) as adm:
         try:
-            same = {"application_name": "same"}
-            holder = on_worker(s, adm, 0, opened, **same)
-            leaver = on_worker(s, adm, 0, opened, **same)
-            b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
-            b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
-            older = on_worker(s, adm, 1, opened, **same)
+            b_hold, b_wait, idle_pid = an_idle_server_and_b_waiting(s, adm, opened)
+            older = on_worker(s, adm, 1, opened, application_name="same")
             younger = on_worker(s, adm, 0, opened, application_name="other")
-            for c in (holder, b_hold):
-                assert c.execute("SELECT 1").fetchone()[0] == 1
-            idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
-            leaver.close()  # its backend idles on worker 0; the pool holds 3 of 3
             out = {}
             threads = [query_in_thread(b_wait, "SELECT 1", out, "b-wait")]
             time.sleep(0.3 * SLOW)
@@ -145,22 +158,12 @@ def test_an_idle_server_kept_for_local_waiters_that_cannot_use_it_goes_to_a_wait
     (its backend moves there) at once. Before, the handover kept a session pool's idle server
     for the pool's own waiters whatever they could do with it, and the waiter on worker 1 waited
     for query_wait_timeout."""
-    s = start_sluice({"pool_mode": "session", "workers": 2, "default_pool_size": 3,
-                      "query_wait_timeout": 6 * SLOW, "admin_users": ADMIN},
-                     budgets={"b": "app=b-* max_servers=1"})
+    s = start_full_session_pool(start_sluice)
     opened = []
     with console(s) as adm:
         try:
-            same = {"application_name": "same"}
-            holder = on_worker(s, adm, 0, opened, **same)
-            leaver = on_worker(s, adm, 0, opened, **same)
-            b_hold = on_worker(s, adm, 1, opened, application_name="b-hold")
-            b_wait = on_worker(s, adm, 0, opened, application_name="b-wait")
-            waiter = on_worker(s, adm, 1, opened, **same)
-            for c in (holder, b_hold):
-                assert c.execute("SELECT 1").fetchone()[0] == 1
-            idle_pid = leaver.execute("SELECT pg_backend_pid()").fetchone()[0]
-            leaver.close()  # its backend idles on worker 0; the pool holds 3 of 3
+            b_hold, b_wait, idle_pid = an_idle_server_and_b_waiting(s, adm, opened)
+            waiter = on_worker(s, adm, 1, opened, application_name="same")
             out = {}
             threads = [query_in_thread(b_wait, "SELECT 1", out, "b-wait")]
             time.sleep(0.3 * SLOW)
