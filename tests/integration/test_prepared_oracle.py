@@ -236,8 +236,15 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_a_client_sees_what_postgres_shows_it(pg, start_sluice, scenario, workers):
+    assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers, scenario)
+
+
+def assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers, scenario, **login):
+    """Run scenario(conn) on a direct connection and one through sluice (transaction mode):
+    every step's answer the same."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
-    direct, pooled = raw_login(pg.port, password="apppass"), raw_login(s.port)
+    direct = raw_login(pg.port, password="apppass", **login)
+    pooled = raw_login(s.port, **login)
     try:
         expected, seen = scenario(direct), scenario(pooled)
         diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
@@ -279,15 +286,6 @@ def latin1_long_sql_names(c):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
-    direct = raw_login(pg.port, password="apppass", client_encoding="LATIN1")
-    pooled = raw_login(s.port, client_encoding="LATIN1")
-    try:
-        expected = latin1_names(direct) + latin1_long_sql_names(direct)
-        seen = latin1_names(pooled) + latin1_long_sql_names(pooled)
-        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
-                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
-        assert not diffs, "\n".join(diffs)
-    finally:
-        direct.close()
-        pooled.close()
+    assert_sluice_shows_what_postgres_shows(
+        pg, start_sluice, workers, lambda c: latin1_names(c) + latin1_long_sql_names(c),
+        client_encoding="LATIN1")
