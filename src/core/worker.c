@@ -395,8 +395,14 @@ int worker_post_cancel(struct worker *worker, uint32_t pid, uint32_t key, struct
 
 void worker_post_cancel_done(struct worker *worker, struct worker_msg *answer)
 {
-    if (!post(worker, answer))
-        free(answer); /* the requester's worker has closed its mailbox: its clients are gone */
+    if (!post(worker, answer)) {
+        /* The requester's worker has closed its mailbox: its clients are gone (each forgot the
+         * ticket, cancel_requester_gone) and its thread reads no message again, so nobody else
+         * will free the ticket (an answer still queued at the close is freed there, on_message).
+         * The mailbox's lock orders that thread's last touch of it before this free. */
+        free(answer->ticket);
+        free(answer);
+    }
 }
 
 void worker_wake(struct worker *from, int to)
