@@ -68,7 +68,7 @@ def query_through(s, dbname):
 def test_distinct_names_are_freed_and_memory_stays_flat(start_sluice, pg, workers):
     s = start_with_star(start_sluice, pg, workers)
     rss = []
-    for rnd in range(5):
+    for rnd in range(8):
         for i in range(300):
             # logged in by sluice, refused by the server: its pool is made all the same
             assert login(s, f"nx_{rnd}_{i}") == "3D000"
@@ -77,10 +77,11 @@ def test_distinct_names_are_freed_and_memory_stays_flat(start_sluice, pg, worker
         rss.append(s.rss_kb())
     assert "(autodb_idle_timeout)" in s.log_text()
     if not binary_is_sanitized(sluice_bin()):
-        # 900 more names kept would be +3 MB; freed, their memory is reused. The first round
-        # grows the allocator's arenas (by up to ~900 kB in CI), so the count starts after it:
-        # measured, the later rounds stay within ~300-1100 kB of the second.
-        assert max(rss[2:]) - rss[1] < 1500, rss
+        # Each round's 300 names, kept, would be ~1 MB more: the six rounds after the second
+        # would add ~6 MB. Freed, their memory is reused; the allocator's arenas still grow in
+        # steps of up to ~1.7 MB (seen in CI) before they settle, so the bound is half the leak.
+        # The first round is left out: it grows the arenas for any first use.
+        assert rss[-1] - rss[1] < 3000, rss
 
 
 @pytest.mark.parametrize("workers", [1, 2])
