@@ -1,11 +1,17 @@
 /* config_env: the environment over the file: SLUICE_<KEY> for any main-section key, and
- * DATABASE_URL (a database entry, and its user and password for client logins). */
+ * DATABASE_URL (a database entry, and its user and password for client logins), or
+ * DATABASE_URL_FILE, a file holding it, read anew at every load so that a rotated secret takes
+ * a RELOAD, not a restart (the environment itself is fixed at the process's start). */
 #include "config_load.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The largest URL file read: a URL is a line; anything longer is not one. */
+#define URL_FILE_MAX 8192
 
 static void env_database_url(struct loader *L, const char *url)
 {
@@ -50,6 +56,49 @@ static void env_database_url(struct loader *L, const char *url)
         config_db_entry_free(&db);
 }
 
+/* The first line of the file named by DATABASE_URL_FILE, without a trailing CR or surrounding
+ * blanks, as Docker and Kubernetes secrets hold it (a missing final newline is fine), into buf.
+ * On failure a load error names the file, never its content (it holds a password). */
+static bool read_database_url_file(struct loader *L, const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        load_error(L, "DATABASE_URL_FILE=%s: cannot read it: %s", path, strerror(errno));
+        return false;
+    }
+    size_t n = fread(buf, 1, cap - 1, f);
+    bool failed = ferror(f) != 0, too_long = n == cap - 1 && fgetc(f) != EOF;
+    int err = errno;
+    fclose(f);
+    if (failed) {
+        load_error(L, "DATABASE_URL_FILE=%s: cannot read it: %s", path, strerror(err));
+        return false;
+    }
+    buf[n] = '\0';
+    char *end = strchr(buf, '\n');
+    if (end)
+        *end = '\0';
+    else if (too_long) {
+        load_error(L, "DATABASE_URL_FILE=%s: its first line is over %d bytes; a URL is expected",
+                   path, URL_FILE_MAX - 1);
+        return false;
+    }
+    size_t len = strlen(buf);
+    while (len > 0 && isspace((unsigned char)buf[len - 1]))
+        buf[--len] = '\0';
+    size_t lead = 0;
+    while (isspace((unsigned char)buf[lead]))
+        lead++;
+    memmove(buf, buf + lead, len - lead + 1);
+    if (!buf[0]) {
+        load_error(L, "DATABASE_URL_FILE=%s is empty; it should hold "
+                      "postgres://user:password@host:port/dbname",
+                   path);
+        return false;
+    }
+    return true;
+}
+
 static bool env_ignored(const char *name, size_t len)
 {
     return (len == 10 && strncmp(name, "SLUICE_BIN", 10) == 0) ||
@@ -59,7 +108,7 @@ static bool env_ignored(const char *name, size_t len)
 
 void config_env_apply(struct loader *L, char *const *env)
 {
-    const char *database_url = NULL;
+    const char *database_url = NULL, *database_url_file = NULL;
     for (char *const *e = env; e && *e; e++) {
         const char *eq = strchr(*e, '=');
         if (!eq)
@@ -67,6 +116,10 @@ void config_env_apply(struct loader *L, char *const *env)
         size_t len = (size_t)(eq - *e);
         if (len == 12 && strncmp(*e, "DATABASE_URL", 12) == 0) {
             database_url = eq + 1;
+            continue;
+        }
+        if (len == 17 && strncmp(*e, "DATABASE_URL_FILE", 17) == 0) {
+            database_url_file = eq + 1;
             continue;
         }
         /* "SLUICE_" alone too: no key, so an error like any other unknown SLUICE_ name */
@@ -98,6 +151,21 @@ void config_env_apply(struct loader *L, char *const *env)
                        eq + 1, why);
     }
     /* After the SLUICE_ keys, which do not affect it, and after the file, whose entry wins. */
-    if (database_url && database_url[0])
+    bool has_url = database_url && database_url[0],
+         has_file = database_url_file && database_url_file[0];
+    if (has_url && has_file) {
+        load_error(L, "both DATABASE_URL and DATABASE_URL_FILE are set; set only one of them");
+    } else if (has_url) {
         env_database_url(L, database_url);
+    } else if (has_file) {
+        char *url = malloc(URL_FILE_MAX);
+        if (!url) {
+            L->oom = true;
+            return;
+        }
+        if (read_database_url_file(L, database_url_file, url, URL_FILE_MAX))
+            env_database_url(L, url);
+        explicit_bzero(url, URL_FILE_MAX); /* it held a password */
+        free(url);
+    }
 }

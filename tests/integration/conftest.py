@@ -726,9 +726,9 @@ def start_sluice(pg, request, tmp_path):
         supp = REPO / "tests" / "lsan.supp"  # leaks inside system libraries, if any need hiding
         if supp.exists():
             e.setdefault("LSAN_OPTIONS", f"suppressions={supp}:print_suppressions=0")
-        # sluice reads SLUICE_<KEY> and DATABASE_URL: only the test decides what it gets
+        # sluice reads SLUICE_<KEY> and DATABASE_URL(_FILE): only the test decides what it gets
         for k in list(e):
-            if k.startswith("SLUICE_") or k == "DATABASE_URL":
+            if k.startswith("SLUICE_") or k in ("DATABASE_URL", "DATABASE_URL_FILE"):
                 del e[k]
         if env:
             e.update({k: str(v) for k, v in env.items()})
