@@ -469,6 +469,31 @@ def prog_parse_again_after_skipped_parse(t, mode):
     return program
 
 
+def prog_names_across_undecided_batches(t, mode):
+    """More of the same: a Describe and a Bind of a name whose Parse was skipped, a Parse of a
+    name whose first Parse ran followed by a skipped second one, and one name Parsed in three
+    batches in a row."""
+    def program(conn, rec):
+        rec.step("pipeline", lambda: libpq_pipeline(conn.pgconn, [
+            [lambda p: p.send_prepare(b"ok", b"SELECT 'first'")],
+            [lambda p: p.send_query_params(b"SELECT 1/0", None),
+             lambda p: p.send_prepare(b"ok", b"SELECT 'second'"),
+             lambda p: p.send_prepare(b"gone", b"SELECT 1")],
+            [lambda p: p.send_describe_prepared(b"gone")],
+            [lambda p: p.send_query_prepared(b"gone", None)],
+            [lambda p: p.send_prepare(b"gone", b"SELECT 'third'"),
+             lambda p: p.send_query_prepared(b"ok", None)],
+            [lambda p: p.send_prepare(b"gone", b"SELECT 'fourth'")],
+            [lambda p: p.send_prepare(b"gone", b"SELECT 'fifth'")],
+            [lambda p: p.send_query_prepared(b"gone", None)],
+        ]))
+        rec.step("ok", lambda: result(conn.pgconn.exec_prepared(b"ok", None)))
+        rec.step("gone", lambda: result(conn.pgconn.exec_prepared(b"gone", None)))
+        rec.step("deallocate-all", lambda: rows(conn.execute("DEALLOCATE ALL")))
+        rec.step("ok-gone", lambda: result(conn.pgconn.exec_prepared(b"ok", None)))
+    return program
+
+
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_a_name_parsed_again_after_its_parse_was_skipped_stays_the_clients(pg, start_sluice,
                                                                          table, mode):
@@ -479,6 +504,8 @@ def test_a_name_parsed_again_after_its_parse_was_skipped_stays_the_clients(pg, s
     seen = compare(pg, s, prog_parse_again_after_skipped_parse(table, mode), table,
                    churn=(mode == "transaction"))
     assert seen[1][0] == "s1-0" and seen[1][1][0] == "TUPLES_OK", seen  # the oracle: s1 runs
+    compare(pg, s, prog_names_across_undecided_batches(table, mode), table,
+            churn=(mode == "transaction"))
 
 
 # ---- a statement's result type after DDL (xfail: known differences) ----------------------------
