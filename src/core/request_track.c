@@ -30,7 +30,9 @@ bool request_track_on(const struct server *s)
 
 bool request_track_client_waits(const struct server *s)
 {
-    return login_reset_client_waits(s) || (stmt_queue_drop_undecided(&s->reqs) && !s->copy_in);
+    return login_reset_client_waits(s) ||
+           ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs)) &&
+            !s->copy_in);
 }
 
 /* Session mode inspects no statement but for resets of the client's login parameters
@@ -92,7 +94,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         }
         /* The client's next request waits for the reply of one that may reset its login
          * parameters, and for the restore after it (login_reset.h), or for the outcome of a
-         * Close or DEALLOCATE of its statements. */
+         * Close or DEALLOCATE of its statements, or of a Parse of the name it Parses again. */
         if (request_track_client_waits(s))
             return CLIENT_FRAME_NEED_DATA;
         const uint8_t *p = b->data + b->scan;

@@ -531,6 +531,13 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     if (nul && name_refused_as_text(c, s, body))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
+    /* A Parse of a name whose Parse in an earlier batch is undecided (an error there makes the
+     * server skip it) waits for that outcome: the name is taken if it ran, free if not. */
+    if (stmt_queue_parse_undecided(&s->reqs, name)) {
+        s->reqs.parse_awaited = true;
+        return TRACK_WAIT;
+    }
+    s->reqs.parse_awaited = false;
     struct stmt_def *mine = client_def(c, name);
     if (mine)
         return parse_taken_name(c, s, mine, key_len, fail);

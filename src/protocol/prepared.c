@@ -438,6 +438,31 @@ bool stmt_queue_drop_undecided(const struct stmt_queue *q)
     return false;
 }
 
+/* A named Parse of the client's (client_name NULL: any) queued ahead of a Sync. */
+static bool parse_before_sync(const struct stmt_queue *q, const char *client_name)
+{
+    bool parse = false;
+    for (uint32_t i = 0; i < q->count; i++) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        if (parse && it->kind == REQ_SYNC)
+            return true;
+        if (it->kind == REQ_PARSE_CLIENT && it->name &&
+            (!client_name || strcmp(client_name_of(it), client_name) == 0))
+            parse = true;
+    }
+    return false;
+}
+
+bool stmt_queue_parse_undecided(const struct stmt_queue *q, const char *client_name)
+{
+    return parse_before_sync(q, client_name);
+}
+
+bool stmt_queue_parse_awaited(const struct stmt_queue *q)
+{
+    return q->parse_awaited && parse_before_sync(q, NULL);
+}
+
 int stmt_queue_push_client_close(struct stmt_queue *q, const char *server_name,
                                  const char *client_name, struct stmt_def *def)
 {
@@ -598,6 +623,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
         q->head = (q->head + 1) % q->cap;
         q->count--;
     }
+    if (q->parse_awaited && !parse_before_sync(q, NULL))
+        q->parse_awaited = false; /* decided: the Parse that waited is framed now */
 }
 
 /* ---- injected messages ---- */

@@ -166,6 +166,9 @@ struct stmt_queue {
     struct stmt_queue_item *items;
     uint32_t cap, head, count;
     uint32_t undoable; /* items holding a client's statements (def or dropped) */
+    /* The client's next message is a Parse of a name whose earlier Parse is undecided
+     * (stmt_queue_parse_undecided): it waits for that outcome. */
+    bool parse_awaited;
 };
 
 /* Requests waiting for their replies, per server: 32 bytes an item, plus a name for a named Parse
@@ -199,6 +202,14 @@ int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
  * of a Sync? Its outcome decides which statements the client has: what the client sends after
  * that Sync waits for it (what it sends before is skipped if it fails). */
 bool stmt_queue_drop_undecided(const struct stmt_queue *q);
+/* Is the client's Parse of client_name (a name it did not have) queued ahead of a Sync, so in a
+ * batch before the current one? An error earlier in that batch makes the server skip it, and
+ * whether the client then has the name is known only at that Sync's ReadyForQuery: a new Parse
+ * of the name fails (42P05) if it ran and succeeds if it was skipped. */
+bool stmt_queue_parse_undecided(const struct stmt_queue *q, const char *client_name);
+/* Does the client's next message wait for the outcome of such a Parse (q->parse_awaited, and
+ * one is still undecided)? */
+bool stmt_queue_parse_awaited(const struct stmt_queue *q);
 /* The kind of the request the next ParseComplete or CloseComplete answers (past DROPs);
  * REQ_SYNC when none. */
 enum stmt_req stmt_queue_next_complete(const struct stmt_queue *q);

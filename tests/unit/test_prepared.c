@@ -136,6 +136,37 @@ static void parse_skipped_after_an_error_leaves_the_name_unknown_at_ready(void)
     stmt_map_free(&m);
 }
 
+/* A client's Parse of a new name is undecided until the ReadyForQuery of its batch: a Parse of
+ * the same name after that batch's Sync waits (the name is free if the first was skipped). */
+static void a_parse_ahead_of_a_sync_is_undecided_until_its_ready(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    struct stmt_map *mine = stmt_map_new();
+    struct stmt_def *d = def_of("select 1");
+    CHECK(mine && stmt_map_put(mine, "s1", d) != NULL && stmt_map_put(&m, "sluice_1", d));
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0); /* the failing query's */
+    CHECK_INT(stmt_queue_push_client_parse(&q, "sluice_1", "s1"), 0);
+    CHECK(!stmt_queue_parse_undecided(&q, "s1")); /* same batch: 42P05 if it runs */
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK(stmt_queue_parse_undecided(&q, "s1"));
+    CHECK(!stmt_queue_parse_undecided(&q, "s2"));
+    CHECK(!stmt_queue_parse_awaited(&q)); /* nothing waits until a Parse of s1 comes */
+    q.parse_awaited = true;
+    CHECK(stmt_queue_parse_awaited(&q));
+    stmt_on_ready(&q, &m, &mine); /* the first Sync */
+    CHECK(stmt_queue_parse_awaited(&q));
+    stmt_on_ready(&q, &m, &mine); /* ErrorResponse, then ReadyForQuery: the Parse was skipped */
+    CHECK(!stmt_queue_parse_undecided(&q, "s1"));
+    CHECK(!stmt_queue_parse_awaited(&q) && !q.parse_awaited);
+    CHECK(stmt_map_get(mine, "s1") == NULL); /* free: the Parse that waited succeeds */
+    stmt_map_delete(mine);
+    stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 /* A Close, DEALLOCATE or DISCARD ALL leaves the client's map when sent; the server skipping or
  * refusing it gives its statements back, latest request first; one that ran keeps them gone. */
 static void drops_that_do_not_run_give_the_statements_back(void)
@@ -914,6 +945,7 @@ int main(void)
     RUN(queue_swallows_replies_to_sluices_own_parse_and_close);
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
+    RUN(a_parse_ahead_of_a_sync_is_undecided_until_its_ready);
     RUN(drops_that_do_not_run_give_the_statements_back);
     RUN(queue_is_bounded);
     RUN(nameless_requests_in_a_row_share_an_item);
