@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from pgwire import PROTOCOL_3_0, RawConn, ServerError, parse_data_row, parse_fields
+from pgwire import PROTOCOL_3_0, RawConn, ServerError
 
 CUSTOM = [(f"myapp.p{i:03d}", f"v{i:03d}") for i in range(120)]
 GUCS = [("DateStyle", "German"), ("TimeZone", "Asia/Tokyo"), ("IntervalStyle", "postgres_verbose"),
@@ -80,10 +80,10 @@ def test_hundreds_of_parameters_hold_on_every_backend_as_on_postgres(pg, start_s
         _, expected = read_back(direct)
         assert expected[READ_BACK.index("application_name")] == "app19"
         pids = set()
-        for round in range(4):
+        for turn in range(4):
             pid, values = read_back(pooled)
             pids.add(pid)
-            assert values == expected, f"round {round}"
+            assert values == expected, f"turn {turn}"
             other_pid, _ = read_back(other)
             pids.add(other_pid)
             other.query("SET myapp.p050 = 'changed'; SET work_mem = '1MB'; SET TimeZone = 'UTC'")
