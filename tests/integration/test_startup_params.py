@@ -66,11 +66,14 @@ def read_back(c):
     return int(rows[0][0]), rows[0][1:]
 
 
-def test_hundreds_of_parameters_hold_on_every_backend_as_on_postgres(pg, start_sluice):
+@pytest.mark.parametrize("reset", ["", "DISCARD ALL"])
+def test_hundreds_of_parameters_hold_on_every_backend_as_on_postgres(pg, start_sluice, reset):
     """A client of 150 startup parameters (reported settings, other settings, custom ones, a
     name given twenty times, options) sees at login and in each transaction what it sees on
-    Postgres, while its backend serves another client in between that set other values."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    Postgres, while its backend serves another client in between that set other values (and,
+    with server_reset_query_always, is reset between them)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "server_reset_query": reset, "server_reset_query_always": 1 if reset else 0})
     direct, want = login(pg.port, MANY, password="apppass")
     pooled, seen = login(s.port, MANY)
     other, _ = login(s.port, [("application_name", "other"), ("DateStyle", "SQL")]
