@@ -165,16 +165,17 @@ static bool param_is_protocol_option(const char *name)
 static void negotiate_protocol(struct client *c, const struct startup_packet *sp)
 {
     int32_t unknown = 0;
-    for (int i = 0; i < sp->nparams; i++)
-        unknown += param_is_protocol_option(sp->params[i].name);
+    struct startup_param at = {0};
+    while (codec_startup_next(sp, &at))
+        unknown += param_is_protocol_option(at.name);
     if (sp->code == CODEC_PROTOCOL_3_0 && unknown == 0)
         return;
     codec_begin(&c->out, 'v');
     codec_put_i32(&c->out, (int32_t)CODEC_PROTOCOL_3_0);
     codec_put_i32(&c->out, unknown);
-    for (int i = 0; i < sp->nparams; i++)
-        if (param_is_protocol_option(sp->params[i].name))
-            codec_put_cstring(&c->out, sp->params[i].name);
+    for (at = (struct startup_param){0}; codec_startup_next(sp, &at);)
+        if (param_is_protocol_option(at.name))
+            codec_put_cstring(&c->out, at.name);
     codec_end(&c->out);
 }
 
@@ -259,8 +260,8 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             return;
         }
     }
-    for (int i = 0; i < sp->nparams; i++) {
-        const char *name = sp->params[i].name;
+    for (struct startup_param at = {0}; codec_startup_next(sp, &at);) {
+        const char *name = at.name;
         if (param_is_protocol_level(name) || param_is_protocol_option(name) ||
             config_list_contains(&cfg->ignore_startup_parameters, name))
             continue;
@@ -268,12 +269,16 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
             return;
         }
-        if (params_set(&c->params, name, sp->params[i].value) < 0) {
+        if (params_set(&c->params, name, at.value) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
     }
-    c->startup_fp = params_startup_fingerprint(&c->params);
+    /* Session mode opens the client's backends with its parameters, when they fit a server's
+     * startup packet; else with the pool's, and SETs them after, as in transaction mode. */
+    c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM
+                        ? params_startup_fingerprint(&c->params)
+                        : 0;
     if (!c->admin)
         c->login_notices = login_notice_plan(&c->params);
     client_set_state(c, CLIENT_AUTH);
@@ -574,7 +579,7 @@ void client_login_on_startup_bytes(struct client *c)
         if (fr == FRAME_NEED_MORE)
             return;
         if (fr == FRAME_BAD_LENGTH) {
-            client_fail(c, FAIL_BAD_STARTUP, "length outside 8..10000 bytes");
+            client_fail(c, FAIL_BAD_STARTUP, "length outside 8..10004 bytes");
             return;
         }
         if (buf_unframed(b) < total)

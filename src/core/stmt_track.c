@@ -198,6 +198,33 @@ static enum name_bytes name_bytes_of(const struct client *c, const struct server
     return strcmp(client, "LATIN1") == 0 ? NAME_BYTES_LATIN1_TO_UTF8 : NAME_BYTES_AS_SENT;
 }
 
+/* A protocol statement name's key, from what stmt_name_key gave (the name's first STMT_KEY_MAX
+ * bytes, or all of a shorter one): Postgres converts the name to the server's encoding and keys
+ * it by the first STMT_KEY_MAX bytes of that, cut wherever they end (its prepared statements'
+ * hash table, keysize NAMEDATALEN). A LATIN1 name on a UTF8 server is cut after the character
+ * that holds the STMT_KEY_MAX-th byte of UTF-8 (from 0x80 up each is two; a name that reaches
+ * that byte counts as cut, as one of STMT_KEY_MAX bytes as sent does): its key may be
+ * shorter than the name although the name is under STMT_KEY_MAX bytes as sent, and two names
+ * that differ later are one statement, as on Postgres. (Two whose first difference is that last
+ * character are one on Postgres when both are of 0x80-0xBF or both of 0xC0-0xFF, its cut
+ * keeping only their first UTF-8 byte; sluice keeps them apart.) Other encodings than those of
+ * name_bytes are keyed as sent (docs/pool-modes.md). */
+static enum stmt_name_extent protocol_key(const struct client *c, const struct server *s,
+                                          char *name)
+{
+    size_t n = strlen(name);
+    if (name_bytes_of(c, s) == NAME_BYTES_LATIN1_TO_UTF8) {
+        size_t k = 0, server_bytes = 0;
+        while (k < n && server_bytes < STMT_KEY_MAX)
+            server_bytes += (uint8_t)name[k++] >= 0x80 ? 2 : 1;
+        name[k] = '\0';
+        /* as a name of STMT_KEY_MAX bytes as sent: cut whether or not more follows, so that
+         * every name of one key goes to the server under one name */
+        return server_bytes >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE;
+    }
+    return n >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE;
+}
+
 /* A SQL identifier's key: Postgres cuts a long one, in the server's encoding, at its last whole
  * character within STMT_KEY_MAX bytes (truncate_identifier, pg_mbcliplen), where a protocol name
  * is cut at STMT_KEY_MAX bytes. Other encodings than those of name_bytes are cut as sent (see
@@ -271,7 +298,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
     if (mine) {
-        stmt_names_for_server(&sn, mine, strlen(name_buf));
+        stmt_names_for_server(&sn, mine,
+                              strlen(name_buf) >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE);
         enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
@@ -448,10 +476,11 @@ static enum track_result and_then(enum track_result first, enum track_result the
 /* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
  * server says so itself once it has the client's statement under the name it is given. */
 static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
-                                          uint32_t key_len, struct client_failure *fail)
+                                          uint32_t key_len, enum stmt_name_extent extent,
+                                          struct client_failure *fail)
 {
     struct stmt_server_name sn;
-    stmt_names_for_server(&sn, mine, key_len);
+    stmt_names_for_server(&sn, mine, extent);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS)
         r = ensure_prepared(c, s, mine, sn.name, fail);
@@ -524,6 +553,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
          * an ERROR (08P01 "invalid string in message"), the session going on. */
         return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     }
+    enum stmt_name_extent extent = protocol_key(c, s, name);
     uint32_t key_len = (uint32_t)strlen(name);
     /* The statement text, when the message is here whole (it starts after the name's NUL). */
     uint32_t name_len = nul ? (uint32_t)(nul - body) + 1 : 0;
@@ -540,7 +570,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     s->reqs.parse_awaited = false;
     struct stmt_def *mine = client_def(c, name);
     if (mine)
-        return parse_taken_name(c, s, mine, key_len, fail);
+        return parse_taken_name(c, s, mine, key_len, extent, fail);
     if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
@@ -550,7 +580,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     struct stmt_server_name sn;
-    stmt_names_for_server(&sn, def, key_len);
+    stmt_names_for_server(&sn, def, extent);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, sn.name);
     enum track_result r = room_for_statement(c, &sn, key_len);
     if (r == TRACK_PASS && buf_pending(&c->in) > 0 &&
@@ -593,12 +623,13 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
 /* Close of a statement: the client's own goes to the server under sluice's name (mine) and
  * leaves both maps; another name (one the client prepared by SQL, or none) as it is. */
 static enum track_result track_close(struct client *c, struct server *s, struct stmt_def *mine,
-                                     const char *name, uint32_t at, struct client_failure *fail)
+                                     const char *name, enum stmt_name_extent extent, uint32_t at,
+                                     struct client_failure *fail)
 {
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_server_name sn;
     if (mine)
-        stmt_names_for_server(&sn, mine, key_len);
+        stmt_names_for_server(&sn, mine, extent);
     const char *on_server = mine ? sn.name : name;
     /* A Close the server skips (an error before it) leaves the statement: stmt_on_ready gives
      * it back to the client then. */
@@ -696,13 +727,14 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
             return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
         return TRACK_PASS;
     }
-    uint32_t key_len = (uint32_t)strlen(name);
     if (memchr(body + at, '\0', shown - at) && name_refused_as_text(c, s, body + at))
         return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
+    enum stmt_name_extent extent = protocol_key(c, s, name);
+    uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_def *mine = client_def(c, name);
     struct stmt_server_name sn;
     if (mine)
-        stmt_names_for_server(&sn, mine, key_len);
+        stmt_names_for_server(&sn, mine, extent);
     /* A long name's rest goes on with a character cut at its key (stmt_names_rename): the name
      * is read to its end first, as far as the buffer holds it. */
     if (mine && key_len >= STMT_KEY_MAX && !memchr(body + at, '\0', shown - at) &&
@@ -712,7 +744,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (r != TRACK_PASS)
         return r;
     if (type == 'C')
-        return track_close(c, s, mine, name, at, fail);
+        return track_close(c, s, mine, name, extent, at, fail);
     if (!mine) /* not known to sluice: the server answers as it would */
         return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)

@@ -137,7 +137,9 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
         }
         break;
     }
-    /* Protocol section 55.7 StartupMessage: name/value pairs, then a terminating zero byte. */
+    /* Protocol section 55.7 StartupMessage: name/value pairs, then a terminating zero byte.
+     * Checked whole here, so that codec_startup_next may walk it without bounds. */
+    out->first_param = (const char *)p + 8;
     for (;;) {
         const char *name = codec_read_cstring(&r);
         if (!name)
@@ -148,22 +150,33 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
             out->kind = STARTUP_V3;
             return;
         }
-        const char *value = codec_read_cstring(&r);
-        if (!value || out->nparams == CODEC_MAX_STARTUP_PARAMS)
+        if (!codec_read_cstring(&r))
             return;
-        out->params[out->nparams].name = name;
-        out->params[out->nparams].value = value;
         out->nparams++;
     }
+}
+
+bool codec_startup_next(const struct startup_packet *s, struct startup_param *at)
+{
+    if (s->kind != STARTUP_V3)
+        return false;
+    const char *name = at->name ? at->value + strlen(at->value) + 1 : s->first_param;
+    if (name[0] == '\0')
+        return false;
+    at->name = name;
+    at->value = name + strlen(name) + 1;
+    return true;
 }
 
 const char *codec_startup_get(const struct startup_packet *s, const char *name)
 {
     /* A name given twice: Postgres keeps the last (ProcessStartupPacket overwrites). */
-    for (int i = s->nparams - 1; i >= 0; i--)
-        if (strcmp(s->params[i].name, name) == 0)
-            return s->params[i].value;
-    return NULL;
+    const char *value = NULL;
+    struct startup_param at = {0};
+    while (codec_startup_next(s, &at))
+        if (strcmp(at.name, name) == 0)
+            value = at.value;
+    return value;
 }
 
 /* ---- output ---- */

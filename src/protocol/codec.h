@@ -14,8 +14,10 @@
 #define CODEC_HEADER_LEN 5
 /* Startup-phase packets have no type byte: int32 length, int32 code. */
 #define CODEC_STARTUP_HEADER_LEN 8
-/* The largest startup packet Postgres itself accepts (MAX_STARTUP_PACKET_LENGTH). */
-#define CODEC_MAX_STARTUP_LEN 10000
+/* The largest startup packet Postgres itself accepts, length word included: its
+ * MAX_STARTUP_PACKET_LENGTH (10000) counts the bytes after the length word (ProcessStartupPacket
+ * subtracts 4 before comparing). */
+#define CODEC_MAX_STARTUP_LEN (4 + 10000)
 
 #define CODEC_PROTOCOL_3_0 196608u   /* 3 << 16 */
 #define CODEC_CANCEL_CODE 80877102u  /* 1234 << 16 | 5678 */
@@ -80,19 +82,19 @@ enum startup_kind {
     STARTUP_MALFORMED,    /* wrong length for its kind, unterminated parameter list, ... */
 };
 
-#define CODEC_MAX_STARTUP_PARAMS 64
-
+/* One name/value pair of a StartupMessage, pointing into the packet: valid while its bytes are. */
 struct startup_param {
-    const char *name; /* point into the packet: valid while the packet's bytes are */
+    const char *name;
     const char *value;
 };
 
 struct startup_packet {
     enum startup_kind kind;
-    uint32_t code;   /* the protocol version or request code as sent */
-    /* STARTUP_V3 */
+    uint32_t code; /* the protocol version or request code as sent */
+    /* STARTUP_V3: the parameters stay where they are in the packet, as many as it holds (Postgres
+     * takes any number within CODEC_MAX_STARTUP_LEN): no copy, no cap on the count. */
     int nparams;
-    struct startup_param params[CODEC_MAX_STARTUP_PARAMS];
+    const char *first_param; /* the first pair's name (the list's terminator when none) */
     /* STARTUP_CANCEL */
     uint32_t cancel_pid;
     uint32_t cancel_key;
@@ -104,6 +106,9 @@ enum frame_result codec_frame_startup(const uint8_t *p, size_t avail, uint32_t *
 void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_packet *out);
 /* The value of a startup parameter (the last, when the packet names it twice), or NULL. */
 const char *codec_startup_get(const struct startup_packet *s, const char *name);
+/* The parameters of a STARTUP_V3 packet in the order sent: start with *at zeroed; true while
+ * *at holds the next pair. */
+bool codec_startup_next(const struct startup_packet *s, struct startup_param *at);
 
 /* ---- building messages sluice sends ---- */
 

@@ -669,6 +669,21 @@ int params_build_startup_options(const struct param_set *startup, const char *be
     return n;
 }
 
+size_t params_startup_size(const struct param_set *startup)
+{
+    struct msg_out options;
+    codec_out_init(&options);
+    (void)params_build_startup_options(startup, NULL, &options);
+    size_t n = options.oom ? SIZE_MAX / 2 : options.len + sizeof("options");
+    codec_out_free(&options);
+    for (int i = 0; i < startup->n; i++) {
+        const struct param *p = &startup->items[i];
+        if (params_is_startup_keyword(p->name))
+            n += strlen(p->name) + strlen(p->value) + 2;
+    }
+    return n;
+}
+
 int params_reset_to_startup(struct param_set *server, const struct param_set *startup)
 {
     for (int i = server->n - 1; i >= 0; i--) {

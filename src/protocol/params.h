@@ -123,6 +123,13 @@ uint64_t params_startup_fingerprint(const struct param_set *startup);
  * is escaped with a backslash, as Postgres's pg_split_opts reads it. Returns the count of -c. */
 int params_build_startup_options(const struct param_set *startup, const char *before,
                                  struct msg_out *out);
+/* The bytes `startup` takes in a backend's startup packet as params_build_startup_options and
+ * the keywords spell it (a -c word is longer than the client's own pair). Postgres takes at most
+ * 10000 after the length word: a server opened with more would be refused (session mode). */
+size_t params_startup_size(const struct param_set *startup);
+/* What of those 10000 a client's parameters may take: the rest is for the user and database
+ * names, the database entry's own options and what libpq adds. */
+#define PARAMS_STARTUP_ROOM 8000
 /* A startup parameter passed as a libpq keyword of its own rather than in options. */
 bool params_is_startup_keyword(const char *name);
 /* set as "name=value, ..." for the log into buf (cut at its size): the values of the settings

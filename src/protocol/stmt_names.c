@@ -28,11 +28,12 @@ bool stmt_names_is_servers(const char *key)
     return p[padding] == '\0' && (padding == 0 || (size_t)(p + padding - key) == STMT_KEY_MAX);
 }
 
-void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d, size_t key_len)
+void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d,
+                           enum stmt_name_extent extent)
 {
     size_t n = strlen(d->server_name);
     memcpy(sn->name, d->server_name, n + 1);
-    if (key_len >= STMT_KEY_MAX) {
+    if (extent == STMT_NAME_CUT) {
         memset(sn->name + n, '_', STMT_KEY_MAX - n);
         sn->name[STMT_KEY_MAX] = '\0';
     }
@@ -176,6 +177,7 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
             tail++;
         char sn[STMT_KEY_MAX + 1];
         const char *mine = NULL;
+        bool was_padded = false; /* the name went out padded: the client's was cut at its key */
         if (tail - at <= STMT_SERVER_NAME_MAX) {
             /* A long client name's key went out as the server name padded with '_' to
              * STMT_KEY_MAX bytes (the rest of the name after it): the padded key is replaced by
@@ -184,6 +186,7 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
             while (padded < end && padded - at < STMT_KEY_MAX && *padded == '_')
                 padded++;
             if (padded > tail && padded - at == STMT_KEY_MAX) {
+                was_padded = true;
                 memcpy(sn, at, STMT_KEY_MAX);
                 sn[STMT_KEY_MAX] = '\0';
                 mine = stmt_map_name_of(client_map, sn); /* a departed one is kept so */
@@ -192,7 +195,7 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
             sn[tail - at] = '\0';
             if (!mine)
                 mine = stmt_map_name_of(client_map, sn);
-            if (mine && strlen(mine) == STMT_KEY_MAX && padded - at == STMT_KEY_MAX)
+            if (mine && was_padded)
                 tail = padded;
         }
         size_t mine_len = mine ? strlen(mine) : 0;

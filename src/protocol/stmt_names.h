@@ -3,9 +3,10 @@
  * and the client's own names put back into the server's errors. Bytes only; when to rename is
  * request_track.c's decision.
  *
- * A server name is the definition's server_name ("sluice_<hash>"). A client name of STMT_KEY_MAX
- * bytes or more (it may be longer than the buffer) gets that name padded with '_' to
- * STMT_KEY_MAX bytes instead, written over the name's key in place: Postgres keys a statement by
+ * A server name is the definition's server_name ("sluice_<hash>"). A client name cut at its key
+ * (STMT_NAME_CUT: of STMT_KEY_MAX bytes or more, which may be longer than the buffer, or a
+ * LATIN1 one that grows past them in UTF-8) gets that name padded with '_' to STMT_KEY_MAX bytes
+ * instead, written over the name's key (in place when the key is STMT_KEY_MAX bytes): Postgres keys a statement by
  * that much of its name, so the rest of the client's name, left as it is, changes nothing. A
  * UTF-8 name whose key ends inside a character gets that character's head again after the padded
  * name, so that its rest is text to the server and its errors spell the name whole. Both
@@ -30,8 +31,15 @@ struct stmt_server_name {
  * does not hold names no statement of its own, whatever the server holds under it. */
 bool stmt_names_is_servers(const char *key);
 
-/* The name a server knows d by, for a client name whose key is key_len bytes. */
-void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d, size_t key_len);
+/* Does a client's statement name end with its key, or go on after it (Postgres keys it by
+ * STMT_KEY_MAX bytes in the server's encoding: a name of that many bytes or more as sent, or a
+ * shorter one that grows past them when converted, see stmt_track.c protocol_key)? */
+enum stmt_name_extent { STMT_NAME_WHOLE, STMT_NAME_CUT };
+
+/* The name a server knows d by: a cut client name's is padded to STMT_KEY_MAX bytes, so that
+ * the server keys it by sluice's name alone, whatever of the client's name follows. */
+void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d,
+                           enum stmt_name_extent extent);
 
 /* May old_len bytes of the message at b->scan become new_len bytes now? In place when the buffer
  * has room on one side of them; otherwise only when nothing framed waits before the message (its

@@ -114,7 +114,8 @@ static void check_startup(const uint8_t *p, uint32_t total)
 {
     struct startup_packet s;
     codec_parse_startup(p, total, &s);
-    FUZZ_ASSERT(s.nparams >= 0 && s.nparams <= CODEC_MAX_STARTUP_PARAMS);
+    /* each pair takes at least three bytes: a one-byte name, its NUL, the value's NUL */
+    FUZZ_ASSERT(s.nparams >= 0 && (uint32_t)s.nparams <= total / 3);
     switch (s.kind) {
     case STARTUP_SSL_REQUEST:
     case STARTUP_GSSENC_REQUEST:
@@ -125,17 +126,20 @@ static void check_startup(const uint8_t *p, uint32_t total)
         break;
     case STARTUP_V3: {
         FUZZ_ASSERT(s.code >> 16 == CODEC_PROTOCOL_3_0 >> 16); /* 3.x: the login negotiates 3.0 */
-        const char *names[CODEC_MAX_STARTUP_PARAMS];
-        const char *values[CODEC_MAX_STARTUP_PARAMS];
-        for (int i = 0; i < s.nparams; i++) {
-            FUZZ_ASSERT(inside(s.params[i].name, p, total));
-            FUZZ_ASSERT(inside(s.params[i].value, p, total));
-            FUZZ_ASSERT(s.params[i].name[0] != '\0');
-            names[i] = s.params[i].name;
-            values[i] = s.params[i].value;
+        static const char *names[CODEC_MAX_STARTUP_LEN / 3];
+        static const char *values[CODEC_MAX_STARTUP_LEN / 3];
+        int n = 0;
+        for (struct startup_param at = {0}; codec_startup_next(&s, &at); n++) {
+            FUZZ_ASSERT(n < s.nparams);
+            FUZZ_ASSERT(inside(at.name, p, total));
+            FUZZ_ASSERT(inside(at.value, p, total));
+            FUZZ_ASSERT(at.name[0] != '\0');
+            names[n] = at.name;
+            values[n] = at.value;
         }
-        if (s.nparams > 0)
-            FUZZ_ASSERT(codec_startup_get(&s, s.params[0].name) != NULL);
+        FUZZ_ASSERT(n == s.nparams);
+        if (n > 0)
+            FUZZ_ASSERT(codec_startup_get(&s, names[0]) != NULL);
         /* A v3 packet that parses is exactly what the client-side builder makes from its
          * parameters, apart from the length word, which the caller framed (not us), and the
          * minor version (the builder's is 0). */

@@ -945,8 +945,9 @@ def test_unknown_user_and_wrong_password_get_the_identical_error(start_sluice, a
 
 
 @pytest.mark.timeout(30)
-def test_startup_packet_over_10000_bytes_is_refused(secure_sluice):
-    """Postgres's limit (MAX_STARTUP_PACKET_LENGTH): 10000 bytes is a login, 10001 is not."""
+def test_startup_packet_over_10004_bytes_is_refused(secure_sluice):
+    """Postgres's limit (MAX_STARTUP_PACKET_LENGTH, 10000 bytes after the length word): 10004
+    bytes is a login, 10005 is not."""
     s = secure_sluice
 
     def packet(total):
@@ -955,7 +956,7 @@ def test_startup_packet_over_10000_bytes_is_refused(secure_sluice):
         assert len(pkt) == total
         return pkt
 
-    for size in (10_001, 65_536):
+    for size in (10_005, 65_536):
         c = RawConn(s.port, timeout=CALL_TIMEOUT)
         try:
             try:
@@ -973,7 +974,7 @@ def test_startup_packet_over_10000_bytes_is_refused(secure_sluice):
     # exactly at the limit is still a login
     c = RawConn(s.port, timeout=CALL_TIMEOUT)
     try:
-        c.send(packet(10_000))
+        c.send(packet(10_004))
         c.finish_login(user=APP_USER, password=USERLIST_SECRET)
     finally:
         c.close()

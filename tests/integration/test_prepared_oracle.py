@@ -284,8 +284,56 @@ def latin1_long_sql_names(c):
     return out
 
 
+def latin1_long_protocol_names(c):
+    """A LATIN1 name's key on a UTF8 database is its first 63 bytes once converted (each
+    character from 0x80 up is two bytes of UTF-8), cut wherever they end: names of fewer than 63
+    LATIN1 bytes may share it, and names of more may differ within their first 63 bytes and
+    still share it. The second Parse of such a pair gets 42P05, and a Bind of either runs the
+    first's statement."""
+    out = []
+    pairs = [(b"\xe9" * 40, b"\xe9" * 35 + b"zzzzz"),             # under 63 bytes as sent
+             (b"\xe9" * 50 + b"a" * 20, b"\xe9" * 50 + b"b" * 20),  # over 63, differ past 32
+             (b"a" * 61 + b"\xe9" + b"x", b"a" * 61 + b"\xe9" + b"y"),  # cut after a whole char
+             (b"\xe9" * 31 + b"\xe0", b"\xe9" * 31 + b"\xe0zz"),     # cut inside the 32nd
+             (b"\xe9" * 31 + b"\xa1", b"\xe9" * 31 + b"\xe0"),      # 0xA1 is C2 A1: two keys
+             (b"a" * 61 + b"\xe9", b"a" * 61 + b"\xe9q")]            # 63 bytes, whole or not
+    for first, second in pairs:
+        out += [batch(c, raw_parse(first, b"SELECT 1") + sync_msg()),
+                batch(c, raw_parse(second, b"SELECT 2") + sync_msg()),
+                batch(c, raw_bind_run(second)), batch(c, raw_bind_run(first)),
+                batch(c, message(b"D", b"S" + second + b"\0") + sync_msg()),
+                batch(c, message(b"C", b"S" + second + b"\0") + sync_msg()),
+                batch(c, raw_bind_run(first)),
+                batch(c, raw_parse(second, b"SELECT $1::int") + sync_msg()),
+                batch(c, raw_parse(first, b"SELECT 3") + sync_msg()),
+                batch(c, message(b"B", b"\0" + first + b"\0" + struct.pack("!HHH", 0, 0, 0))
+                      + sync_msg()),
+                batch(c, message(b"C", b"S" + first + b"\0") + sync_msg()),
+                batch(c, message(b"C", b"S" + second + b"\0") + sync_msg())]
+    return out
+
+
+def latin1_long_protocol_names_in_messages_larger_than_the_buffer(c):
+    """The same in a Parse and a Bind that stream through sluice's buffer (pkt_buf): the key of
+    the name, shorter than the name, becomes sluice's 63-byte name in the message's start."""
+    name, other = b"\xe9" * 40, b"\xe9" * 35 + b"zzzzz"
+    pad = b"x" * (200 * 1024)
+    value = b"y" * (300 * 1024)
+
+    def big_bind(stmt):
+        return (message(b"B", b"\0" + stmt + b"\0" + struct.pack("!HHi", 0, 1, len(value))
+                        + value + struct.pack("!H", 0)) + execute_msg() + sync_msg())
+    return [batch(c, raw_parse(name, b"SELECT length($1::text) + length('" + pad + b"')")
+                  + sync_msg()),
+            batch(c, big_bind(name)), batch(c, big_bind(other)),
+            batch(c, raw_parse(other, b"SELECT '" + pad + b"'") + sync_msg()),
+            batch(c, message(b"C", b"S" + other + b"\0") + sync_msg()), batch(c, big_bind(name))]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
     assert_sluice_shows_what_postgres_shows(
-        pg, start_sluice, workers, lambda c: latin1_names(c) + latin1_long_sql_names(c),
+        pg, start_sluice, workers,
+        lambda c: (latin1_names(c) + latin1_long_sql_names(c) + latin1_long_protocol_names(c)
+                   + latin1_long_protocol_names_in_messages_larger_than_the_buffer(c)),
         client_encoding="LATIN1")
