@@ -341,27 +341,29 @@ def prog_notices(t, mode):
 def prog_reported_parameters_roll_back(t, mode):
     """A SET of a reported parameter undone by its transaction's end (an error in a multi-
     statement Query, ROLLBACK, ROLLBACK TO SAVEPOINT, SET LOCAL)."""
+    steps = [
+        ("multi-fail", "SET application_name = 'a'; SELECT 1/0"),
+        ("show", "SHOW application_name"),
+        ("begin", "BEGIN"),
+        ("set-in-txn", "SET application_name = 'b'"),
+        ("rollback", "ROLLBACK"),
+        ("show2", "SHOW application_name"),
+        ("begin2", "BEGIN"),
+        ("savepoint", "SAVEPOINT s"),
+        ("datestyle", "SET DateStyle = 'German'"),
+        ("rollback-to", "ROLLBACK TO SAVEPOINT s"),
+        ("set-local", "SET LOCAL application_name = 'loc'"),
+        ("commit", "COMMIT"),
+        ("show3", "SELECT current_setting('application_name'), current_setting('DateStyle')"),
+        ("multi-ok", "SET application_name = 'm'; SELECT 1"),
+        ("encoding-fail", "SET client_encoding = 'LATIN1'; SELECT 1/0"),
+        ("show4", "SELECT current_setting('application_name'),"
+                  " current_setting('client_encoding')"),
+    ]
+
     def program(conn, rec):
-        def q(sql):
-            return lambda: rows(conn.execute(sql))
-        rec.step("multi-fail", q("SET application_name = 'a'; SELECT 1/0"))
-        rec.step("show", q("SHOW application_name"))
-        rec.step("begin", q("BEGIN"))
-        rec.step("set-in-txn", q("SET application_name = 'b'"))
-        rec.step("rollback", q("ROLLBACK"))
-        rec.step("show2", q("SHOW application_name"))
-        rec.step("begin2", q("BEGIN"))
-        rec.step("savepoint", q("SAVEPOINT s"))
-        rec.step("datestyle", q("SET DateStyle = 'German'"))
-        rec.step("rollback-to", q("ROLLBACK TO SAVEPOINT s"))
-        rec.step("set-local", q("SET LOCAL application_name = 'loc'"))
-        rec.step("commit", q("COMMIT"))
-        rec.step("show3", q("SELECT current_setting('application_name'),"
-                            " current_setting('DateStyle')"))
-        rec.step("multi-ok", q("SET application_name = 'm'; SELECT 1"))
-        rec.step("encoding-fail", q("SET client_encoding = 'LATIN1'; SELECT 1/0"))
-        rec.step("show4", q("SELECT current_setting('application_name'),"
-                            " current_setting('client_encoding')"))
+        for name, sql in steps:
+            rec.step(name, lambda sql=sql: rows(conn.execute(sql)))
     return program
 
 
