@@ -323,6 +323,31 @@ void view_totals(const struct worker *worker, struct view_totals *out)
     }
 }
 
+void view_objects(const struct worker *worker, struct view_objects out[VIEW_OBJECT_KINDS])
+{
+    struct view_totals tot;
+    view_totals(worker, &tot);
+    struct ledger *l = &worker->proc->ledger;
+    long long keys = 0, dbs = 0, users = 0;
+    ledger_lock(l);
+    for (const struct ledger_key *k = l->keys; k; k = k->next)
+        keys++;
+    for (const struct ledger_scope *s = l->dbs; s; s = s->next)
+        dbs++;
+    for (const struct ledger_scope *s = l->users; s; s = s->next)
+        users++;
+    ledger_unlock(l);
+    const struct view_objects kinds[VIEW_OBJECT_KINDS] = {
+        {"client", sizeof(struct client), tot.clients},
+        {"server", sizeof(struct server), tot.servers},
+        {"pool", sizeof(struct pool), tot.pools},
+        {"ledger_key", sizeof(struct ledger_key), keys},
+        {"ledger_db", sizeof(struct ledger_scope), dbs},
+        {"ledger_user", sizeof(struct ledger_scope), users},
+    };
+    memcpy(out, kinds, sizeof(kinds));
+}
+
 /* Add from's counts (servers and clients by state, counters) to into's; the settings stay. */
 static void add_pool_counts(struct view_pool *into, const struct view_pool *from)
 {

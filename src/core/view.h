@@ -179,6 +179,22 @@ struct view_totals {
 };
 void view_totals(const struct worker *worker, struct view_totals *out);
 
+/* ---- objects alive (SHOW MEM) ---- */
+
+/* Each kind of object sluice allocates one of per connection, pool or name, in SHOW MEM's
+ * order: its name, the size of its struct (what it allocates besides, buffers and names, is
+ * not in it) and how many are alive now over every worker. Clients and servers are the
+ * workers' atomic counts (closed ones count until freed at the end of their loop iteration),
+ * pools as view_totals counts them (the console's pseudo-pools included), the ledger's keys and
+ * scopes walked under its lock. */
+struct view_objects {
+    const char *name;
+    size_t size;
+    long long alive;
+};
+#define VIEW_OBJECT_KINDS 6
+void view_objects(const struct worker *worker, struct view_objects out[VIEW_OBJECT_KINDS]);
+
 /* ---- budgets (SHOW BUDGETS) ---- */
 
 /* The i-th budget of the worker's generation (configured ones in file order, then "default",

@@ -214,6 +214,7 @@ static const struct {
     {"ACTIVE_SOCKETS", ADMIN_SHOW_ACTIVE_SOCKETS},
     {"PEERS", ADMIN_SHOW_PEERS},
     {"PEER_POOLS", ADMIN_SHOW_PEER_POOLS},
+    {"MEM", ADMIN_SHOW_MEM},
 };
 
 const char *admin_show_name(enum admin_show s)

@@ -49,6 +49,7 @@ enum admin_show {
     ADMIN_SHOW_ACTIVE_SOCKETS,
     ADMIN_SHOW_PEERS,
     ADMIN_SHOW_PEER_POOLS,
+    ADMIN_SHOW_MEM,
 };
 
 enum admin_shutdown_mode {

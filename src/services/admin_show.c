@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef HAVE_MALLINFO2
+#include <malloc.h>
+#endif
 
 #include "admin_table.h"
 #include "budget.h"
@@ -27,7 +30,7 @@ static void show_help(struct client *c)
                     "Console usage",
                     "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n"
                     "SHOW PEERS|PEER_POOLS\n"
-                    "SHOW SOCKETS|ACTIVE_SOCKETS|LISTS\n"
+                    "SHOW SOCKETS|ACTIVE_SOCKETS|LISTS|MEM\n"
                     "SHOW STATS|STATS_TOTALS|STATS_AVERAGES\n"
                     "SHOW BUDGETS\n"
                     "SET <key> = <value>\nRELOAD\n"
@@ -571,6 +574,57 @@ static void show_version(struct client *c)
     row_end(&t);
 }
 
+/* AddressSanitizer, ThreadSanitizer and MemorySanitizer replace malloc with their own
+ * allocator: glibc's arenas then hold only what bypasses it, so mallinfo2 would describe
+ * almost nothing of sluice's and the heap row is left out. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MALLOC_REPLACED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
+    __has_feature(memory_sanitizer)
+#define MALLOC_REPLACED 1
+#endif
+#endif
+
+/* SHOW MEM with PgBouncer's columns. PgBouncer lists its slab caches (items of one size, used
+ * and free, memtotal their bytes); sluice has none, so a row per kind of object it allocates per
+ * connection, pool or name: size is one struct's bytes, used how many are alive, free 0 (nothing
+ * is kept for reuse: a freed object goes back to malloc), memtotal size x used. Then "heap": the
+ * process's malloc heap, every thread's arena, as glibc's mallinfo2 counts it, in bytes (size
+ * 1): used is what is allocated (uordblks + hblkhd, the mmapped chunks included), free what the
+ * arenas hold unallocated (fordblks), memtotal the two together. Unlike RSS, used does not move
+ * with fragmentation or with pages the allocator keeps: freed memory leaves it at once. */
+static void show_mem(struct client *c)
+{
+    static const struct col cols[] = {
+        {"name", COL_TEXT}, {"size", COL_INT},     {"used", COL_INT},
+        {"free", COL_INT},  {"memtotal", COL_INT},
+    };
+    struct table t;
+    table_begin(&t, &c->out, cols, NELEM(cols));
+    struct view_objects objs[VIEW_OBJECT_KINDS];
+    view_objects(c->worker, objs);
+    for (int i = 0; i < VIEW_OBJECT_KINDS; i++) {
+        row_begin(&t);
+        cell_text(&t, objs[i].name);
+        cell_uint(&t, objs[i].size);
+        cell_int(&t, objs[i].alive);
+        cell_int(&t, 0);
+        cell_uint(&t, (uint64_t)objs[i].size * (uint64_t)objs[i].alive);
+        row_end(&t);
+    }
+#if defined(HAVE_MALLINFO2) && !defined(MALLOC_REPLACED)
+    struct mallinfo2 mi = mallinfo2();
+    row_begin(&t);
+    cell_text(&t, "heap");
+    cell_int(&t, 1);
+    cell_uint(&t, mi.uordblks + mi.hblkhd);
+    cell_uint(&t, mi.fordblks);
+    cell_uint(&t, mi.uordblks + mi.hblkhd + mi.fordblks);
+    row_end(&t);
+#endif
+}
+
 static void show_budgets(struct client *c)
 {
     static const struct col cols[] = {
@@ -615,6 +669,7 @@ bool admin_show_reads_frames(enum admin_show what)
     case ADMIN_SHOW_DATABASES:
     case ADMIN_SHOW_USERS:
     case ADMIN_SHOW_LISTS:
+    case ADMIN_SHOW_MEM:
         return true;
     default:
         return false;
@@ -670,6 +725,9 @@ int admin_show(struct client *c, enum admin_show what, admin_rows_fn *arrived)
         break;
     case ADMIN_SHOW_PEER_POOLS:
         show_peer_pools(c);
+        break;
+    case ADMIN_SHOW_MEM:
+        show_mem(c);
         break;
     }
     return 0;

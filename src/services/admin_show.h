@@ -15,7 +15,8 @@ struct client;
  * arrived appends each one's, after which the caller completes the answer. */
 int admin_show(struct client *c, enum admin_show what, admin_rows_fn *arrived);
 /* Does it read the other workers' pools from their published frames (POOLS, STATS*, DATABASES,
- * USERS, LISTS: view.h)? The console then has every worker publish first (view_publish_now). */
+ * USERS, LISTS, MEM: view.h)? The console then has every worker publish first
+ * (view_publish_now). */
 bool admin_show_reads_frames(enum admin_show what);
 
 #endif

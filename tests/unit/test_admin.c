@@ -41,6 +41,7 @@ static void show_subjects_parse_case_insensitively_with_optional_semicolon(void)
         {"SHOW BUDGETS", ADMIN_SHOW_BUDGETS}, {"SHOW SOCKETS", ADMIN_SHOW_SOCKETS},
         {"SHOW ACTIVE_SOCKETS", ADMIN_SHOW_ACTIVE_SOCKETS},
         {"SHOW PEERS", ADMIN_SHOW_PEERS},     {"SHOW PEER_POOLS", ADMIN_SHOW_PEER_POOLS},
+        {"SHOW MEM", ADMIN_SHOW_MEM},
     };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         CHECK_INT(parse(all[i].sql), ADMIN_SHOW);
