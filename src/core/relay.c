@@ -280,10 +280,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->close_when_free = true;
             return STOP_FAILED;
         }
-        /* Syncs sent after the COPY's Execute were swallowed by the COPY only if no CopyDone or
-         * CopyFail came before them, which sluice did not see (it was not in COPY then): the
-         * replies still due cannot be counted, and the server is left to server_drain_timeout. */
-        if (type == 'G' && !c && s->syncs_after_execute == 0 && !end_orphan_requests(s)) {
+        /* Syncs sent after the COPY's Execute (the client left before this CopyInResponse)
+         * reached the backend during copy-in, where it ignores them: CopyFail, then sluice's
+         * abort batch and its Sync, are answered by one ReadyForQuery, and the server is drained
+         * at once. Unless other messages came after the Execute too (a CopyDone sent ahead
+         * ends the COPY, and a Sync after it is answered): the replies still due cannot be
+         * counted, and the server is left to server_drain_timeout. */
+        bool syncs_swallowed = s->syncs_after_execute == 0 || s->only_syncs_after_execute;
+        if (type == 'G' && !c && syncs_swallowed && !end_orphan_requests(s)) {
             s->close_when_free = true;
             return STOP_FAILED;
         }

@@ -176,6 +176,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
                 continue;
             }
         }
+        /* Before a CopyInResponse, anything but Sync and Flush after an Execute (pipelined COPY
+         * data, its CopyDone) may end the COPY that Execute starts before a later Sync. */
+        if (!s->copy_in && type != 'S' && type != 'H')
+            s->only_syncs_after_execute = type == 'Q' || type == 'F' || type == 'E';
         bool reset_sent = false;
         switch (ignored ? 0 : type) {
         case 'Q':

@@ -158,3 +158,47 @@ def test_copy_cut_by_terminate_is_refused_and_rolled_back_like_postgres(start_sl
     assert backend_of_sluice(s)[1] == "t"
     assert time.monotonic() - t0 < SERVE_AT_ONCE_S
 
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("leave", ["fin", "rst", "terminate", "terminate_read"])
+def test_extended_copy_left_before_its_copy_in_response_frees_the_server_at_once(
+        start_sluice, pg, table, mode, leave):
+    """Parse/Bind/Execute of COPY FROM STDIN and two Syncs, and the client goes before the
+    CopyInResponse: Postgres ignores the Syncs in COPY and ends the COPY at the Terminate or the
+    closed socket. sluice answers the orphaned CopyInResponse with CopyFail and a Sync of its own
+    and reuses the server at once (it used to hold it for twice server_drain_timeout)."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "server_drain_timeout": "30s", "query_wait_timeout": 60})
+    request = (parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg()
+               + sync_msg() + sync_msg())
+    seen = {}
+    for target, port, password in targets(pg, s):
+        wait_until(lambda: pg.count_backends(APP_USER) == 0, 15, what="no backend left")
+        with BackendSampler(pg) as smp:
+            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+            if leave.startswith("terminate"):
+                c.send(request + terminate_msg())
+                if leave == "terminate_read":
+                    seen[target] = [(m[0], "…") if m[0] == "G" else m for m in answers(c)]
+                c.close()
+            else:
+                c.send(request)
+                c.close_abruptly(reset=leave == "rst")
+            if target == "sluice":
+                t0 = time.monotonic()
+                assert backend_of_sluice(s)[1] == "t"
+                waited = time.monotonic() - t0
+                assert waited < 10, f"the next client waited {waited:.1f} s for the one server"
+            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
+        if target == "sluice":
+            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+    assert rows(pg, table) == []
+    if leave == "terminate_read":
+        assert seen["sluice"] == seen["postgres"]
+        assert seen["postgres"][-3:] == [
+            ("E", "ERROR", "08P01", "unexpected message type 0x58 during COPY from stdin"),
+            ("E", "FATAL", "08P01",
+             "terminating connection because protocol synchronization was lost"),
+            "EOF"]
