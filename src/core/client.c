@@ -14,6 +14,7 @@
  *      |                                                    v                    |
  *      |                                              WAITING_LAST --server------+
  *      |                                    (the relay closes it at the Terminate)
+ *      |                       ACTIVE --Terminate, answers due--> TERMINATING --answered--> CLOSED
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
  *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
@@ -50,7 +51,7 @@ static const char *const state_names[] = {
     [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
     [CLIENT_CANCEL_WAIT] = "cancel_wait",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
-    [CLIENT_WAITING_LAST] = "waiting_last",
+    [CLIENT_WAITING_LAST] = "waiting_last", [CLIENT_TERMINATING] = "terminating",
     [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
 };
 
@@ -73,6 +74,7 @@ static struct list *list_for(struct client *c, enum client_state st)
     case CLIENT_IDLE:
         return &c->pool->idle_clients;
     case CLIENT_ACTIVE:
+    case CLIENT_TERMINATING:
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
         return &c->pool->active_clients;
@@ -112,7 +114,7 @@ bool client_transition_ok(enum client_state from, enum client_state to)
     case CLIENT_WAITING_LAST:
         return to == CLIENT_ACTIVE;
     case CLIENT_ACTIVE:
-        return to == CLIENT_IDLE;
+        return to == CLIENT_IDLE || to == CLIENT_TERMINATING;
     default:
         return false;
     }
@@ -638,6 +640,7 @@ static void on_client_io(struct sockio *io, int status, int events)
         c->worker->client_events->readable(c);
         return;
     case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
+    case CLIENT_TERMINATING: /* nor after a Terminate */
     case CLIENT_CLOSING:
     case CLIENT_CLOSED:
         return;
@@ -775,7 +778,8 @@ void client_check_timeouts(struct client *c, uint64_t now)
         }
         break;
     }
-    case CLIENT_ACTIVE: {
+    case CLIENT_ACTIVE:
+    case CLIENT_TERMINATING: {
         struct server *s = c->server;
         const struct entry_timeouts *t = &c->pool->timeouts;
         /* (A restore of login values after the request holds its ReadyForQuery: the request
@@ -800,7 +804,8 @@ void client_check_timeouts(struct client *c, uint64_t now)
             client_fail(c, FAIL_TRANSACTION_TIMEOUT, detail);
             break;
         }
-        if (t->idle_transaction_timeout > 0 && s)
+        /* (A terminating client sends nothing more: it waits for answers, not the reverse.) */
+        if (t->idle_transaction_timeout > 0 && s && c->state == CLIENT_ACTIVE)
             check_server_held_idle(c, s, now, (uint64_t)t->idle_transaction_timeout);
         break;
     }

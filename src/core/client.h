@@ -39,6 +39,9 @@ enum client_state {
                             Postgres runs what it read before a Terminate; the socket is not
                             watched and the relay closes the client at the Terminate */
     CLIENT_ACTIVE,     /* linked to a server */
+    CLIENT_TERMINATING, /* linked, and sent Terminate with answers still due: as from Postgres,
+                           which answers what it read before a Terminate, it gets them and is
+                           closed after the last; nothing more is read from it */
     CLIENT_CLOSING,    /* flushing a last message; then the socket closes */
     CLIENT_CLOSED,     /* closed; freed at the end of the loop iteration */
 };

@@ -330,6 +330,10 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
         link_end(c, s, LINK_END_CLIENT_TERMINATED, NULL);
         client_close(c, "client sent Terminate");
         return;
+    case RELAY_TERMINATING:
+        client_set_state(c, CLIENT_TERMINATING);
+        link_kick(s); /* its answers */
+        return;
     case RELAY_LOGIN_SYNCED:
         client_login_synced(c, s);
         if (c->state == CLIENT_ACTIVE)
@@ -339,6 +343,13 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
         link_end(c, s, LINK_END_SERVER_LOST, o);
         return;
     case RELAY_CLIENT_LOST:
+        if (c->state == CLIENT_TERMINATING) {
+            /* Its answers go nowhere (it closed right after its Terminate), but what it sent
+             * before the Terminate still runs to its end, as in Postgres: not cancelled. */
+            link_end(c, s, LINK_END_CLIENT_TERMINATED, NULL);
+            client_close(c, "client sent Terminate and closed before its answers");
+            return;
+        }
         client_close(c, o->why); /* its close ends the link: CLIENT_VANISHED */
         return;
     case RELAY_CLIENT_OUT_OF_MEMORY:

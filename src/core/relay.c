@@ -42,6 +42,9 @@ enum frame_stop {
     STOP_FAILED,        /* the connection was failed and is closing */
     STOP_TXN_FORBIDDEN, /* statement mode: a transaction was opened; its ReadyForQuery held back */
     STOP_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
+    STOP_COPY_BEGAN,    /* a COPY FROM STDIN began after its client sent Terminate: the Terminate
+                           goes to the server before anything after the CopyInResponse is framed
+                           (what follows may end that COPY: a CopyDone the client sent ahead) */
 };
 
 static inline uint32_t min_u32(uint32_t a, uint32_t b)
@@ -277,10 +280,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->close_when_free = true;
             return STOP_FAILED;
         }
-        /* Syncs sent after the COPY's Execute were swallowed by the COPY only if no CopyDone or
-         * CopyFail came before them, which sluice did not see (it was not in COPY then): the
-         * replies still due cannot be counted, and the server is left to server_drain_timeout. */
-        if (type == 'G' && !c && s->syncs_after_execute == 0 && !end_orphan_requests(s)) {
+        /* Syncs sent after the COPY's Execute (the client left before this CopyInResponse)
+         * reached the backend during copy-in, where it ignores them: CopyFail, then sluice's
+         * abort batch and its Sync, are answered by one ReadyForQuery, and the server is drained
+         * at once. Unless other messages came after the Execute too (a CopyDone sent ahead
+         * ends the COPY, and a Sync after it is answered): the replies still due cannot be
+         * counted, and the server is left to server_drain_timeout. */
+        bool syncs_swallowed = s->syncs_after_execute == 0 || s->only_syncs_after_execute;
+        if (type == 'G' && !c && syncs_swallowed && !end_orphan_requests(s)) {
             s->close_when_free = true;
             return STOP_FAILED;
         }
@@ -375,6 +382,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (login_synced)
             return STOP_LOGIN_SYNCED;
+        if (type == 'G' && c && c->state == CLIENT_TERMINATING)
+            return STOP_COPY_BEGAN;
     }
     return STOP_NEED_DATA;
 }
@@ -500,7 +509,8 @@ static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
     bool to_client_pending = c->out_pos < c->out.len || buf_pending(&s->in) > 0;
-    bool client_room = !c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0;
+    bool client_room = c->state != CLIENT_TERMINATING &&
+                       (!c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0);
     bool server_room = !s->in.data || s->in.wpos < buf_block_size() || s->in.rpos > 0;
     sockio_want(&c->io, read_interest(!to_server_pending && client_room) |
                             (to_client_pending ? UV_WRITABLE : 0));
@@ -594,6 +604,24 @@ static bool client_bytes_wait(const struct client *c, const struct server *s)
     return client_login_syncing(c) || s->cancels_in_flight > 0;
 }
 
+/* Are the client's bytes framed next? Not while they wait (above), and after a Terminate only the
+ * Terminate itself, when a COPY FROM STDIN began before it reached the server (request_track.c). */
+static bool frames_client(const struct client *c, const struct server *s)
+{
+    return (c->state != CLIENT_TERMINATING || s->copy_in) && !client_bytes_wait(c, s);
+}
+
+/* A client that sent Terminate: is anything still due before it is closed? Postgres answers every
+ * message it read before a Terminate, and only then closes: the client is closed once the bytes
+ * before its Terminate are with the server and the answers are written. A Terminate forwarded
+ * during COPY FROM STDIN (request_track.c) is answered by the server's errors and its close; one
+ * still to forward (copy_in: a COPY began after it) is due too. */
+static bool terminate_pending(const struct client *c, const struct server *s)
+{
+    return buf_pending(&c->in) > 0 || s->out_pos < s->out.len || s->inflight > 0 || s->copy_in ||
+           s->rx.remain > 0 || buf_pending(&s->in) > 0 || c->out_pos < c->out.len;
+}
+
 /* A server with no client: everything it says is consumed (sluice's own query, a notice). */
 static enum relay_result pump_alone(struct server *s, struct relay_outcome *o)
 {
@@ -638,8 +666,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             w = write_generated(&s->io, &s->out, &s->out_pos);
             if (w != WRITE_DONE)
                 break;
-            cst = client_bytes_wait(c, s) ? CLIENT_FRAME_NEED_DATA
-                                          : request_track_frame(c, s, &o->failure);
+            cst = frames_client(c, s) ? request_track_frame(c, s, &o->failure)
+                                      : CLIENT_FRAME_NEED_DATA;
             if (cst == CLIENT_FRAME_FAILED)
                 return RELAY_CLIENT_FAILED;
             w = write_generated(&s->io, &s->out, &s->out_pos);
@@ -651,8 +679,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         }
         if (w == WRITE_BROKEN)
             return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);
-        if (cst == CLIENT_FRAME_TERMINATE && buf_pending(&c->in) == 0)
-            return RELAY_TERMINATED;
+        if (cst == CLIENT_FRAME_TERMINATE && c->state == CLIENT_ACTIVE)
+            return terminate_pending(c, s) ? RELAY_TERMINATING : RELAY_TERMINATED;
 
         /* Server -> client: anything sluice generated for the client first. */
         bool client_waited = request_track_client_waits(s);
@@ -679,19 +707,26 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             return RELAY_LOGIN_SYNCED; /* the link sends its welcome, then pumps again */
         if (sst == STOP_TXN_FORBIDDEN)
             return RELAY_TXN_FORBIDDEN;
-        enum relay_result release = release_due(c, s);
-        if (release != RELAY_LINKED)
-            return release;
         /* TLS may hold decrypted bytes the socket will not announce again. Requests that
          * waited for a reset's reply (login_reset.h) are already read. */
         bool more = client_waited && !request_track_client_waits(s);
+        if (c->state == CLIENT_TERMINATING) {
+            if (!terminate_pending(c, s))
+                return RELAY_TERMINATED;
+            more |= sst == STOP_COPY_BEGAN; /* its Terminate is framed now (frames_client) */
+        } else {
+            enum relay_result release = release_due(c, s);
+            if (release != RELAY_LINKED)
+                return release;
+        }
         if (sockio_pending(&s->io) > 0 && buf_pending(&s->in) == 0) {
             int n = server_read(s, o);
             if (n < 0)
                 return RELAY_SERVER_LOST;
             more |= n > 0;
         }
-        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0) {
+        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 &&
+            c->state != CLIENT_TERMINATING) {
             enum relay_result gone;
             int n = client_side_read(c, o, &gone);
             if (n < 0)

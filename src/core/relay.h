@@ -30,7 +30,10 @@ enum relay_result {
     RELAY_LINKED,        /* nothing ended: the pair (or lone server) waits for its sockets */
     RELAY_RELEASE,       /* the pair is quiet and the pool mode lets the server go now */
     RELAY_TXN_FORBIDDEN, /* statement mode: the client opened a transaction */
-    RELAY_TERMINATED,    /* the client sent Terminate, and all it sent before is with the server */
+    RELAY_TERMINATED,    /* the client sent Terminate, and all it sent before is with the server
+                            and answered (or it has no socket left to take the answers) */
+    RELAY_TERMINATING,   /* the client sent Terminate with answers still due: it gets them first
+                            (link.c: CLIENT_TERMINATING), as from Postgres */
     RELAY_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
     RELAY_SERVER_LOST,   /* the server's socket failed or it broke the protocol (see outcome) */
     RELAY_CLIENT_LOST,   /* the client's socket closed or failed (see outcome) */

@@ -124,8 +124,19 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             fail_session(fail, FAIL_PACKET_TOO_LARGE, detail);
             return CLIENT_FRAME_FAILED;
         }
-        if (type == 'X')
+        if (type == 'X' && s->copy_in) {
+            /* Postgres reads a Terminate during COPY FROM STDIN as a protocol violation: ERROR
+             * 08P01 "unexpected message type 0x58 during COPY from stdin", then FATAL, and it
+             * closes, the COPY rolled back. The server says so itself, in its own words: the
+             * Terminate goes to it. No ReadyForQuery follows, but its close is due (counted as
+             * one: the terminating client waits for it, link.c ends the link at the close). */
+            s->copy_in = false;
+            s->inflight++;
+            b->scan += CODEC_HEADER_LEN;
             return CLIENT_FRAME_TERMINATE;
+        }
+        if (type == 'X')
+            return CLIENT_FRAME_TERMINATE; /* left in c->in: nothing after it is framed */
         /* Past Postgres's bound the server would close on it: the client is told so here, and
          * the server stays sound for the next one. */
         if (len > codec_frontend_max_len(type)) {
@@ -167,6 +178,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
                 continue;
             }
         }
+        /* Before a CopyInResponse, anything but Sync and Flush after an Execute (pipelined COPY
+         * data, its CopyDone) may end the COPY that Execute starts before a later Sync. */
+        if (!s->copy_in && type != 'S' && type != 'H')
+            s->only_syncs_after_execute = type == 'Q' || type == 'F' || type == 'E';
         bool reset_sent = false;
         switch (ignored ? 0 : type) {
         case 'Q':

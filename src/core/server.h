@@ -134,6 +134,9 @@ struct server {
                               * EmptyQueryResponse, PortalSuspended; an error answers them all) */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
+    bool only_syncs_after_execute;  /* and nothing but Syncs and Flushes came after it: then the
+                                     * COPY swallowed every one of them (no CopyDone or CopyFail
+                                     * sent ahead of the CopyInResponse ended it before one) */
     struct login_reset login_reset; /* the client's request that may reset login parameters */
 
     int backend_pid;

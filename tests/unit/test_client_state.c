@@ -27,7 +27,7 @@ static const unsigned documented[NSTATES] = {
     [CLIENT_IDLE] = TO(CLIENT_WAITING),
     [CLIENT_WAITING] = TO(CLIENT_ACTIVE) | TO(CLIENT_IDLE) | TO(CLIENT_WAITING_LAST),
     [CLIENT_WAITING_LAST] = TO(CLIENT_ACTIVE),
-    [CLIENT_ACTIVE] = TO(CLIENT_IDLE),
+    [CLIENT_ACTIVE] = TO(CLIENT_IDLE) | TO(CLIENT_TERMINATING),
 };
 
 static void the_table_is_the_documented_one(void)
