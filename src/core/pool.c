@@ -690,12 +690,15 @@ void pool_maintain(struct pool *p, uint64_t now)
     list_for_each(&p->active_clients, n, tmp)
         p->worker->pool_events->client_tick(container_of(n, struct client, node), now);
     maybe_connect(p);
-    /* A reload lowered a cap: idle servers above it close now (busy ones when released). The
-     * key's count is the process's (a hint, read without the lock): with workers, several may
-     * close at once before the count drops, which closes idle servers, never passes a cap. */
+    /* Servers above pool_size: a reserve server (reserve_pool_size) once its waiter is served,
+     * or a pool_size a reload lowered. Idle ones close now (busy ones when released), so the
+     * reserve goes back to the database as soon as the burst is over. The key's count is the
+     * process's (a hint, read without the lock): with workers, several may close at once before
+     * the count drops, which closes idle servers, never passes a cap. */
     while (p->ledger_key->servers > p->size && !list_empty(&p->idle))
         close_server(container_of(list_last(&p->idle), struct server, node),
-                     "pool_size lowered by reload");
+                     "idle above pool_size (a reserve server no longer needed, or pool_size "
+                     "lowered by reload)");
     while (!list_empty(&p->idle) &&
            pool_close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
