@@ -337,15 +337,22 @@ def test_terminated_busy_backend_fails_only_its_client_and_idle_ones_are_replace
 
     # idle backends: quiesce the steady clients, kill every idle server, resume
     go.clear()
-    time.sleep(0.2)
+
+    def quiet():  # every steady client's last query done: the servers it leaves are idle
+        rows = pg.backends(APP_USER)
+        return rows and all(r[1] == "idle" for r in rows)
+    wait_until(quiet, 10, what="the steady clients to pause")
     idle = [r[0] for r in pg.backends(APP_USER) if r[1] == "idle"]
     assert idle, pg.backends(APP_USER)
     mark = time.monotonic()
     pg.query("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", [idle])
     wait_until(lambda: not set(idle) & set(pg_backend_pids(pg)), 5, what="the kills")
-    time.sleep(0.3)  # sluice notices the closed sockets
+    wait_until(lambda: not set(idle) & set(sluice_server_pids(s)), 5,
+               what="sluice to notice the closed sockets")
     go.set()
-    time.sleep(1.0)
+    # a count, not a fixed second: under load 1 s may hold fewer than 10 queries
+    wait_until(lambda: outcomes.kinds(since=mark).count("ok") >= 10, 20,
+               what="ten queries after the kills")
     stop.set()
     for t in steadies:
         t.join(CALL_TIMEOUT + 2)

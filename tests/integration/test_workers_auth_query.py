@@ -92,5 +92,10 @@ def test_every_workers_logins_get_an_auth_query_connection_in_turn(start_sluice,
     s = crowd_sluice(start_sluice, pg, WORKERS)
     drain, worst, firsts = summary(f"workers={WORKERS}", crowd(s, CROWD), CROWD)
     assert set(firsts) == set(range(WORKERS)), firsts
-    assert max(firsts.values()) < drain / 3 * SLOW, firsts
-    assert worst < drain * 1.5 * SLOW, worst
+    # Load slows every lookup's round alike (the suite beside a pgbench: worst 3.36 s, first
+    # answers 0.12-0.30 s), so the first answers may also be measured against the whole crowd's
+    # time: before the turn they came at 1.0-1.5 s of 2.1 s, half of it, past both bounds.
+    assert max(firsts.values()) < max(drain / 3 * SLOW, worst / 4), (firsts, worst)
+    # a bound on what the turns cost (2.3-2.8 s unloaded, 3.36 s under load): a turn that
+    # stalled or reconnected for every lookup would take several times the lookups' 2 s
+    assert worst < drain * 3 * SLOW, worst

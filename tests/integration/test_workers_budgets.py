@@ -209,8 +209,12 @@ def test_a_lease_given_back_on_one_worker_serves_a_budget_waiter_on_another_at_o
         t.join(15)
         took = done["at"] - committed
         opened = [line for line in s.log_since(mark) if "connected to backend" in line]
+        # without the wake this fails every time (checked: worker_wake taken out of
+        # server_return_lease, 6 runs of 6): worker 1 opens a server at its tick
         assert not opened, f"worker 1 opened a server beside its idle one: {opened}"
-        assert took < 0.05, f"seed-2 was served {took:.3f} s after the lease came back"
+        # served long before query_wait_timeout (10 s); not a bound against the 100 ms tick:
+        # under load the prompt path itself took 0.1 s (1 run in 10, 2-core machine)
+        assert took < 2, f"seed-2 was served {took:.3f} s after the lease came back"
 
 
 def _served_in_order(s, clients, sql, gap_s, done=None):
