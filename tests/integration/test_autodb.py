@@ -171,6 +171,7 @@ def test_a_client_failing_authentication_makes_nothing(start_sluice, pg, workers
         assert s.rss_kb() - before < 500
 
 
+@pytest.mark.timeout(180)  # 1,700 refused logins: ~50 s on the loaded 2-core machine
 @pytest.mark.parametrize("workers", [1, 2])
 def test_auth_query_for_names_a_stranger_chooses_keeps_nothing(start_sluice, pg, workers,
                                                                flood_roles):  # noqa: F811

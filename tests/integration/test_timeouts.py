@@ -5,13 +5,12 @@ max_user_connections and max_server_connections."""
 
 import re
 import socket
-import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, Background, wait_until
+from conftest import APP_DB, wait_until
 from pgwire import RawConn, copy_data_msg, message, parse_msg, query_msg, raw_login
 
 
@@ -166,6 +165,10 @@ def test_reserve_pool_opens_an_extra_server_after_reserve_pool_timeout(start_slu
             return set(re.findall(r"connected to backend pid (\d+)", s.log_text()))
         wait_until(lambda: len(opened()) >= 2, 5, what="the reserve server's connect line")
         assert len(opened()) == 2, s.log_tail(20)
+        # idle, the reserve server goes back to the database, and the log says why (it said
+        # "pool_size lowered by reload" with no reload)
+        s.wait_for_log(r"closing: idle above pool_size \(a reserve server no longer needed",
+                       timeout=10)
         holder.execute("COMMIT")
 
 
