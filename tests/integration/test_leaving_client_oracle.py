@@ -13,20 +13,15 @@ pool needs, never more backends than the cap (BackendSampler over pg_stat_activi
 import socket
 import time
 
-import psycopg
 import pytest
 
 from conftest import APP_PASSWORD, APP_USER, BackendSampler, wait_until
 from pgwire import (PeerClosed, bind_msg, copy_data_msg, execute_msg, parse_fields, parse_msg,
                     query_msg, raw_login, sync_msg, terminate_msg)
+from test_terminate import make_table
 
 CALL_TIMEOUT = 10.0
 SERVE_AT_ONCE_S = 3.0
-
-
-def make_table(pg, table):
-    with psycopg.connect(pg.direct_dsn(), autocommit=True) as c:
-        c.execute(f"CREATE TABLE {table} (id int)")
 
 
 def rows(pg, table):
