@@ -158,6 +158,7 @@ static void query_done(struct server *s, struct client *c, char status)
  * an open extended-protocol batch its Sync. False when out of memory. */
 static bool end_orphan_requests(struct server *s)
 {
+    stmt_queue_forget_due(&s->reqs, &s->stmts); /* the Describe after its last Parse */
     if (s->copy_in) {
         /* COPY FROM STDIN waits for data that will not come; Postgres ignores a CopyFail
          * outside COPY, so a race with the end of the COPY is harmless. */
@@ -234,6 +235,19 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             }
             consume = consume || a == REPLY_SWALLOW;
         }
+        /* The answer to sluice's Describe of a statement it or the client just prepared: its
+         * result type (stmt_track.c), read whole when the buffer holds it. */
+        if ((type == 't' || type == 'T' || type == 'n') && s->swallow == 0 &&
+            request_track_on(s) && stmt_queue_next_complete(&s->reqs) == REQ_DESCRIBE_OURS) {
+            if (c && buf_pending(b) > 0)
+                return STOP_NEED_FLUSH;
+            bool fits = whole <= buf_block_size();
+            if (fits && avail < whole)
+                return STOP_NEED_DATA;
+            (void)stmt_on_description(&s->reqs, &s->stmts, c ? c->stmts : NULL, type,
+                                      fits ? p + CODEC_HEADER_LEN : NULL, len - 4);
+            consume = true;
+        }
         bool held = false;
         if (type == 'S' && c && s->login_reset.state == LOGIN_RESET_AWAITING_REPLY &&
             whole <= buf_block_size()) {
@@ -242,13 +256,15 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             held = login_reset_holds_report(s, p + CODEC_HEADER_LEN, len - 4);
             consume = consume || held;
         }
-        /* An error naming the client's statement by sluice's name: the client gets its own. */
-        bool renamed = false;
+        /* An error naming the client's statement by sluice's name: the client gets its own.
+         * The refusal of a statement whose result type changed: the client gets Postgres's. */
+        bool renamed = false, type_changed = false;
         if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
-            renamed = stmt_names_in_error(c->stmts, p, whole);
-            consume = renamed;
+            type_changed = s->reqs.poisoned > 0 && stmt_names_changed_in_error(p, whole);
+            renamed = !type_changed && stmt_names_in_error(c->stmts, p, whole);
+            consume = renamed || type_changed;
         }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
@@ -268,6 +284,15 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);
             forget_statements_if_missing(s, p, whole);
+        }
+        if (type_changed) {
+            error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
+            s->reqs.poisoned--;
+        }
+        if (type == 'E' && s->swallow == 0 && request_track_on(s)) {
+            /* the server skips the rest of the batch: nothing of it waits for a reply */
+            s->reqs.batch_failed = true;
+            s->reqs.shape_awaited = false;
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
@@ -303,7 +328,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             else if (type == 'E')
                 s->executes_unanswered = 0;
         }
-        bool inspect = type == 'Z' || type == 'S' || (type == 'E' && consume && !renamed);
+        bool inspect =
+            type == 'Z' || type == 'S' || (type == 'E' && consume && !renamed && !type_changed);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
                 return STOP_NEED_DATA;
@@ -348,7 +374,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                      * unnamed statement, sluice's Close of another's): not known whose */
                     if (s->reqs.count > 0 && s->reqs.items[s->reqs.head].kind != REQ_SYNC)
                         s->unnamed_of = 0;
-                    if (s->reqs.count > 0)
+                    if (request_track_on(s))
                         stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
                     if (c && login_reset_on_ready(s, c, (char)body[0]))
                         consume = true; /* held: the login values are given back first */

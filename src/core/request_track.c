@@ -30,7 +30,7 @@ bool request_track_on(const struct server *s)
 
 bool request_track_client_waits(const struct server *s)
 {
-    return login_reset_client_waits(s) ||
+    return login_reset_client_waits(s) || s->reqs.shape_awaited ||
            ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs)) &&
             !s->copy_in);
 }

@@ -70,30 +70,104 @@ static void free_name_on_server(struct server *s, const char *name, bool taken)
         s->close_when_free = true;
 }
 
-/* The client's definition of its statement `name`; NULL when sluice does not know it (never
- * prepared by Parse, or closed): its name then reaches the server as it is. */
-static struct stmt_def *client_def(const struct client *c, const char *name)
+/* The client's statement `name`; NULL when sluice does not know it (never prepared by Parse, or
+ * closed): its name then reaches the server as it is. */
+static struct stmt_entry *client_entry(const struct client *c, const char *name)
 {
     struct stmt_entry *mine = stmt_map_get(c->stmts, name);
-    if (!mine)
+    if (!mine || !mine->def)
         return NULL;
     /* Named last, first in the map: two names for one text are one name on the server, and
      * its errors name the one the client used (stmt_map_name_of takes the first). */
     list_remove(&c->stmts->lru, &mine->lru);
     list_prepend(&c->stmts->lru, &mine->lru);
-    return mine->def;
+    return mine;
 }
 
-/* The client uses its statement `mine`: make sure the server has it, under `name`
- * (stmt_names.h). */
+static struct stmt_def *client_def(const struct client *c, const char *name)
+{
+    struct stmt_entry *mine = client_entry(c, name);
+    return mine ? mine->def : NULL;
+}
+
+/* ---- result types (prepared.h: struct stmt_entry.shape) ----
+ *
+ * Postgres fixes a prepared statement's result type at its Parse; once DDL changes it (a
+ * column's type, a column added to SELECT *), running or describing the statement fails with
+ * 0A000 "cached plan must not change result type", and drivers prepare it again. A server's
+ * statement prepared with the client's result type answers as the client's would, that error
+ * included. One prepared with another (sluice prepared it again from its text on another
+ * backend, or another client's Parse of the same text replaced it) would run with the new type
+ * where the client expects the old one: so sluice prepares it again, and when the database's
+ * result type is still not the client's, the client gets Postgres's error. */
+
+enum shape_verdict {
+    SHAPE_MATCHES,   /* the server's statement answers as the client's would */
+    SHAPE_AWAITED,   /* the server's shape is on its way */
+    SHAPE_DIFFERS,   /* prepare it again, and compare what the database gives now */
+    SHAPE_CHANGED,   /* prepared again just now, and still not the client's: 0A000 */
+};
+
+static enum shape_verdict compare_shape(const struct server *s, const struct stmt_entry *theirs,
+                                        uint64_t want)
+{
+    if (theirs->shape == want || theirs->shape == STMT_SHAPE_UNCHECKED)
+        return SHAPE_MATCHES;
+    if (theirs->shape == STMT_SHAPE_UNKNOWN)
+        return stmt_queue_describing(&s->reqs, theirs->name) ? SHAPE_AWAITED : SHAPE_DIFFERS;
+    return theirs->fresh_epoch == s->reqs.epoch + 1 ? SHAPE_CHANGED : SHAPE_DIFFERS;
+}
+
+/* The client's next message waits for the server's answer to sluice's Describe, which a Flush
+ * brings at once (the server holds its replies until a Sync or Flush). */
+static enum track_result await_shape(struct client *c, struct server *s)
+{
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    codec_begin(&s->out, 'H');
+    codec_end(&s->out);
+    s->reqs.shape_awaited = true;
+    return TRACK_FLUSH;
+}
+
+/* sluice's Describe of the statement a client's Parse prepared goes right after that Parse,
+ * before anything else the client sent: its answer then comes right after the ParseComplete. */
+static enum track_result send_due_describe(struct client *c, struct server *s,
+                                           struct client_failure *fail)
+{
+    if (!s->reqs.describe_due.name)
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    prepared_put_describe(&s->out, s->reqs.describe_due.name);
+    return queued(stmt_queue_take_due(&s->reqs), fail);
+}
+
+/* The client uses its statement `mine`, of result type `want` (STMT_SHAPE_UNKNOWN: not to be
+ * compared): make sure the server has it, under `name` (stmt_names.h). *changed: the database's
+ * result type is no longer the client's (the caller refuses the use). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         const char *name, struct client_failure *fail)
+                                         uint64_t want, const char *name, bool *changed,
+                                         struct client_failure *fail)
 {
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    /* After an error the server skips what follows up to the Sync: nothing to wait for. */
+    bool compare = want > STMT_SHAPE_UNCHECKED && !s->reqs.batch_failed;
+    *changed = false;
     if (theirs && stmt_def_equal(theirs->def, mine)) {
-        list_remove(&s->stmts.lru, &theirs->lru);
-        list_prepend(&s->stmts.lru, &theirs->lru);
-        return TRACK_PASS;
+        switch (compare ? compare_shape(s, theirs, want) : SHAPE_MATCHES) {
+        case SHAPE_MATCHES:
+            list_remove(&s->stmts.lru, &theirs->lru);
+            list_prepend(&s->stmts.lru, &theirs->lru);
+            return TRACK_PASS;
+        case SHAPE_AWAITED:
+            return await_shape(c, s);
+        case SHAPE_CHANGED:
+            *changed = true;
+            return TRACK_PASS;
+        case SHAPE_DIFFERS:
+            break;
+        }
     }
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
@@ -101,11 +175,18 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     prepared_put_parse(&s->out, name, mine);
     if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
-    if (!stmt_map_put(&s->stmts, name, mine)) {
+    theirs = stmt_map_put(&s->stmts, name, mine);
+    if (!theirs) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    return TRACK_PASS;
+    prepared_put_describe(&s->out, name);
+    if (queued(stmt_queue_push_describe(&s->reqs, name, NULL, mine), fail) != TRACK_PASS)
+        return TRACK_FAILED;
+    if (!compare)
+        return TRACK_PASS;
+    theirs->fresh_epoch = s->reqs.epoch + 1;
+    return await_shape(c, s);
 }
 
 /* The same before a simple Query that names the client's statement by SQL (EXECUTE,
@@ -119,8 +200,9 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
                                               struct stmt_def *mine, const char *name,
                                               struct client_failure *fail)
 {
+    bool changed;
     if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
-        return ensure_prepared(c, s, mine, name, fail);
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine))
         return TRACK_PASS;
@@ -294,6 +376,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
+    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
@@ -305,7 +388,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
             r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, fail)
-                             : ensure_prepared(c, s, mine, sn.name, fail);
+                             : ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
+                                               &changed, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -482,8 +566,9 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
     struct stmt_server_name sn;
     stmt_names_for_server(&sn, mine, extent);
     enum track_result r = room_for_statement(c, &sn, key_len);
+    bool changed; /* not compared: the server refuses the Parse whatever the result type */
     if (r == TRACK_PASS)
-        r = ensure_prepared(c, s, mine, sn.name, fail);
+        r = ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, &changed, fail);
     if (r == TRACK_PASS)
         r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     if (r != TRACK_PASS)
@@ -615,6 +700,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return TRACK_FAILED;
     }
     r = queued(stmt_queue_push_client_parse(&s->reqs, sn.name, name), fail);
+    if (r == TRACK_PASS) /* its result type, fixed now, comes from sluice's Describe after it */
+        r = queued(stmt_queue_describe_due(&s->reqs, sn.name, name, def), fail);
     if (r != TRACK_PASS)
         return r;
     return rename_statement(c, s, 0, key_len, &sn);
@@ -658,6 +745,28 @@ static enum track_result use_unnamed(struct client *c, struct server *s)
     return TRACK_PASS;
 }
 
+/* A Bind or Describe of the client's statement whose result type the database no longer gives:
+ * it goes to the server under a name the server does not have, and the server's refusal
+ * (26000) reaches the client as Postgres's 0A000 (relay.c), the server skipping the rest of the
+ * batch as Postgres does after that error. */
+static enum track_result refuse_changed(struct client *c, struct server *s, uint32_t at,
+                                        uint32_t key_len, enum stmt_name_extent extent)
+{
+    struct stmt_server_name changed;
+    stmt_names_changed(&changed, extent);
+    enum track_result r = room_for_statement(c, &changed, key_len);
+    if (r != TRACK_PASS)
+        return r;
+    if (stmt_map_get(&s->sql_prepared, changed.name)) { /* the client's PREPARE of that name */
+        if (buf_pending(&c->in) > 0)
+            return TRACK_FLUSH;
+        free_name_on_server(s, changed.name, true);
+        stmt_map_remove(&s->sql_prepared, changed.name);
+    }
+    s->reqs.poisoned++;
+    return rename_statement(c, s, at, key_len, &changed);
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t type,
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,
@@ -666,6 +775,11 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     uint32_t shown = avail_body < len ? avail_body : len;
     uint32_t at = 0; /* where the statement name starts */
     const char *missing = "statement name";
+    enum track_result r = send_due_describe(c, s, fail);
+    if (r != TRACK_PASS)
+        return r;
+    if (type == 'S' || type == 'Q' || type == 'F')
+        s->reqs.epoch++; /* a batch ends: what sluice prepared in it is no longer fresh */
     switch (type) {
     case 'P':
         return track_parse(c, s, body, len, avail_body, fail);
@@ -689,7 +803,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         if (type == 'Q') {
             if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
                 return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
-            enum track_result r = TRACK_PASS;
+            r = TRACK_PASS;
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
                 r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
@@ -731,7 +845,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
     enum stmt_name_extent extent = protocol_key(c, s, name);
     uint32_t key_len = (uint32_t)strlen(name);
-    struct stmt_def *mine = client_def(c, name);
+    struct stmt_entry *entry = client_entry(c, name);
+    struct stmt_def *mine = entry ? entry->def : NULL;
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, extent);
@@ -740,7 +855,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (mine && key_len >= STMT_KEY_MAX && !memchr(body + at, '\0', shown - at) &&
         avail_body < len && avail_body + CODEC_HEADER_LEN < buf_block_size())
         return TRACK_WAIT;
-    enum track_result r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
+    r = mine ? room_for_statement(c, &sn, key_len) : TRACK_PASS;
     if (r != TRACK_PASS)
         return r;
     if (type == 'C')
@@ -749,9 +864,12 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_unread(s);
-    r = ensure_prepared(c, s, mine, sn.name, fail);
+    bool changed;
+    r = ensure_prepared(c, s, mine, entry->shape, sn.name, &changed, fail);
     if (r != TRACK_PASS)
         return r;
+    if (changed)
+        return refuse_changed(c, s, at, key_len, extent);
     return rename_statement(c, s, at, key_len, &sn);
 }
 

@@ -325,10 +325,11 @@ static void put_field(struct msg_out *o, char code, const char *value)
     codec_put_cstring(o, value);
 }
 
-void codec_put_error(struct msg_out *o, uint8_t type, const char *severity, const char *sqlstate,
-                     const char *message, const char *detail, const char *hint)
+void codec_put_error_at(struct msg_out *o, uint8_t type, const char *severity,
+                        const char *sqlstate, const char *message, const char *detail,
+                        const char *hint, const char *file, const char *routine)
 {
-    /* Protocol section 55.8: S (localized) and V (never localized) severity, C, M, D, H. */
+    /* Protocol section 55.8: S (localized) and V (never localized) severity, C, M, D, H, F, R. */
     codec_begin(o, type);
     put_field(o, 'S', severity);
     put_field(o, 'V', severity);
@@ -336,8 +337,16 @@ void codec_put_error(struct msg_out *o, uint8_t type, const char *severity, cons
     put_field(o, 'M', message);
     put_field(o, 'D', detail);
     put_field(o, 'H', hint);
+    put_field(o, 'F', file);
+    put_field(o, 'R', routine);
     codec_put_u8(o, 0);
     codec_end(o);
+}
+
+void codec_put_error(struct msg_out *o, uint8_t type, const char *severity, const char *sqlstate,
+                     const char *message, const char *detail, const char *hint)
+{
+    codec_put_error_at(o, type, severity, sqlstate, message, detail, hint, NULL, NULL);
 }
 
 void codec_put_startup(struct msg_out *o, const char *const *names, const char *const *values,

@@ -147,6 +147,12 @@ void codec_put_terminate(struct msg_out *o);
 /* ErrorResponse ('E') or NoticeResponse ('N'); hint and detail may be NULL. */
 void codec_put_error(struct msg_out *o, uint8_t type, const char *severity, const char *sqlstate,
                      const char *message, const char *detail, const char *hint);
+/* The same with where Postgres raises it (F, R; NULL: none), for an error sluice says in
+ * Postgres's place that drivers recognise by its routine (pgjdbc prepares again on 0A000 from
+ * RevalidateCachedQuery). */
+void codec_put_error_at(struct msg_out *o, uint8_t type, const char *severity,
+                        const char *sqlstate, const char *message, const char *detail,
+                        const char *hint, const char *file, const char *routine);
 /* A client-side startup packet (used by tests and the health prober). */
 void codec_put_startup(struct msg_out *o, const char *const *names, const char *const *values,
                        int n);

@@ -166,6 +166,11 @@ static const struct failure_info table[] = {
         F(FATAL, UNDEFINED_OBJECT, "unrecognized configuration parameter \"%s\"", NULL),
     [FAIL_OPTIONS_BAD_PARAMETER_NAME] =
         F(FATAL, INVALID_NAME, "invalid configuration parameter name \"%s\"", NULL),
+    /* RevalidateCachedQuery's, word for word (stmt_track.c, in transaction mode, where a
+     * statement is prepared again on another backend after DDL). */
+    [FAIL_RESULT_TYPE_CHANGED] = {SEVERITY_ERROR, SQLSTATE_FEATURE_NOT_SUPPORTED,
+                                  "cached plan must not change result type%s", NULL,
+                                  "plancache.c", "RevalidateCachedQuery"},
 };
 #undef F
 
@@ -218,6 +223,7 @@ static const char *const names[] = {
     [FAIL_OPTIONS_LONG_WITHOUT_VALUE] = "options_without_value",
     [FAIL_OPTIONS_UNKNOWN_PARAMETER] = "options_unknown_parameter",
     [FAIL_OPTIONS_BAD_PARAMETER_NAME] = "options_bad_parameter_name",
+    [FAIL_RESULT_TYPE_CHANGED] = "result_type_changed",
 };
 
 const struct failure_info *failure_info(enum failure f)
@@ -241,7 +247,7 @@ void error_build(struct msg_out *out, enum failure f, const char *detail,
     const struct failure_info *fi = &table[f];
     char message[1024];
     failure_message(f, detail, message, sizeof(message));
-    codec_put_error(out, 'E', fi->severity == SEVERITY_FATAL ? "FATAL" : "ERROR",
-                    sqlstate_override ? sqlstate_override : sqlstate_code(fi->sqlstate), message,
-                    NULL, fi->hint);
+    codec_put_error_at(out, 'E', fi->severity == SEVERITY_FATAL ? "FATAL" : "ERROR",
+                       sqlstate_override ? sqlstate_override : sqlstate_code(fi->sqlstate),
+                       message, NULL, fi->hint, fi->file, fi->routine);
 }

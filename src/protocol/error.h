@@ -63,6 +63,8 @@ enum failure {
     FAIL_OPTIONS_LONG_WITHOUT_VALUE, /* detail: the word after -- */
     FAIL_OPTIONS_UNKNOWN_PARAMETER,  /* detail: the name */
     FAIL_OPTIONS_BAD_PARAMETER_NAME, /* detail: the name */
+    /* Postgres's own error for a prepared statement whose result type DDL changed */
+    FAIL_RESULT_TYPE_CHANGED,
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };
@@ -72,6 +74,7 @@ struct failure_info {
     enum sqlstate_id sqlstate;
     const char *message; /* printf template with one %s for the detail */
     const char *hint;    /* NULL or a sentence saying what to do */
+    const char *file, *routine; /* where Postgres raises it, for one it raises itself */
 };
 const struct failure_info *failure_info(enum failure f);
 const char *failure_name(enum failure f);

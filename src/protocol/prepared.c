@@ -165,6 +165,8 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
         count_entry(m, e, -1);
         stmt_def_unref(e->def);
         e->def = def;
+        e->shape = STMT_SHAPE_UNKNOWN; /* another statement, or the same prepared again */
+        e->fresh_epoch = 0;
         count_entry(m, e, +1);
         list_remove(&m->lru, &e->lru);
         list_prepend(&m->lru, &e->lru);
@@ -178,6 +180,8 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
         return NULL;
     memcpy(e->name, name, nlen + 1);
     e->def = def;
+    e->shape = STMT_SHAPE_UNKNOWN;
+    e->fresh_epoch = 0;
     if (def)
         def_ref(def);
     uint32_t k = bucket(m, name);
@@ -328,6 +332,7 @@ void stmt_queue_free(struct stmt_queue *q)
 {
     for (uint32_t i = 0; i < q->count; i++)
         release_item(q, item_at(q, i));
+    release_item(q, &q->describe_due);
     free(q->items);
     memset(q, 0, sizeof(*q));
 }
@@ -503,6 +508,106 @@ int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
     return push_item(q, kind, copy);
 }
 
+/* ---- result types ---- */
+
+static uint64_t shape_mix(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p; /* FNV-1a, 64 bits: a collision would hide a change of result type */
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+uint64_t stmt_shape_of(const uint8_t *body, uint32_t len)
+{
+    struct msg_reader r;
+    codec_reader_init(&r, body, len);
+    int16_t columns = codec_read_i16(&r);
+    uint64_t h = shape_mix(14695981039346656037ull, body, 2);
+    for (int16_t i = 0; i < columns && !r.bad; i++) {
+        const char *name = codec_read_cstring(&r);
+        (void)codec_read_bytes(&r, 6); /* table OID, column number: not the result's type */
+        const uint8_t *type = codec_read_bytes(&r, 10); /* type OID, length, modifier */
+        (void)codec_read_i16(&r);                        /* format: text, when described */
+        if (r.bad)
+            break;
+        h = shape_mix(h, name, strlen(name) + 1);
+        h = shape_mix(h, type, 10);
+    }
+    if (r.bad || columns < 0 || codec_reader_left(&r) != 0)
+        return STMT_SHAPE_UNCHECKED;
+    return h > STMT_SHAPE_NO_DATA ? h : h + STMT_SHAPE_NO_DATA + 1;
+}
+
+static char *describe_names(const char *server_name, const char *client_name)
+{
+    return both_names(server_name, client_name ? client_name : "");
+}
+
+int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
+                             const char *client_name, struct stmt_def *def)
+{
+    return push_holding(q, REQ_DESCRIBE_OURS, describe_names(server_name, client_name), def,
+                        NULL);
+}
+
+int stmt_queue_describe_due(struct stmt_queue *q, const char *server_name,
+                            const char *client_name, struct stmt_def *def)
+{
+    release_item(q, &q->describe_due);
+    char *names = describe_names(server_name, client_name);
+    if (!names)
+        return -ENOMEM;
+    q->describe_due.kind = REQ_DESCRIBE_OURS;
+    q->describe_due.repeat = 1;
+    q->describe_due.name = names;
+    def_ref(def);
+    q->describe_due.def = def;
+    return 0;
+}
+
+int stmt_queue_take_due(struct stmt_queue *q)
+{
+    struct stmt_queue_item *due = &q->describe_due;
+    int rc = stmt_queue_push_describe(q, due->name, client_name_of(due), due->def);
+    release_item(q, due);
+    return rc;
+}
+
+void stmt_queue_forget_due(struct stmt_queue *q, struct stmt_map *server_map)
+{
+    if (!q->describe_due.name)
+        return;
+    struct stmt_entry *e = stmt_map_get(server_map, q->describe_due.name);
+    if (e && e->def == q->describe_due.def)
+        (void)stmt_map_put(server_map, e->name, NULL); /* an existing entry: no allocation */
+    release_item(q, &q->describe_due);
+}
+
+bool stmt_queue_describing(const struct stmt_queue *q, const char *server_name)
+{
+    if (q->describe_due.name && strcmp(q->describe_due.name, server_name) == 0)
+        return true;
+    for (uint32_t i = 0; i < q->count; i++) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        if (it->kind == REQ_DESCRIBE_OURS && strcmp(it->name, server_name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The shape goes to an entry only while it holds the definition described: one replaced since
+ * (the client closed and prepared the name again) waits for its own Describe. */
+static void give_shape(struct stmt_map *m, const char *name, const struct stmt_def *def,
+                       uint64_t shape)
+{
+    struct stmt_entry *e = name[0] ? stmt_map_get(m, name) : NULL;
+    if (e && e->def == def)
+        e->shape = shape;
+}
+
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
 {
     struct stmt_queue_item *last;
@@ -541,6 +646,27 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     else
         take_out(q, k);
     return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
+}
+
+enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
+                                           struct stmt_map *client_map, uint8_t type,
+                                           const uint8_t *body, uint32_t len)
+{
+    uint32_t k = next_complete_at(q);
+    if (k == q->count || item_at(q, k)->kind != REQ_DESCRIBE_OURS)
+        return REPLY_FORWARD; /* the client's own Describe, or a portal's */
+    if (type == 't')
+        return REPLY_SWALLOW; /* the RowDescription or NoData follows */
+    struct stmt_queue_item *it = item_at(q, k);
+    uint64_t shape = type == 'n' ? STMT_SHAPE_NO_DATA
+                     : body    ? stmt_shape_of(body, len)
+                               : STMT_SHAPE_UNCHECKED;
+    give_shape(server_map, it->name, it->def, shape);
+    if (client_map)
+        give_shape(client_map, client_name_of(it), it->def, shape);
+    take_out(q, k);
+    q->shape_awaited = false; /* what waited looks again */
+    return REPLY_SWALLOW;
 }
 
 void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepared,
@@ -625,6 +751,9 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     }
     if (q->parse_awaited && !parse_before_sync(q, NULL))
         q->parse_awaited = false; /* decided: the Parse that waited is framed now */
+    q->shape_awaited = false;
+    q->batch_failed = false;
+    q->poisoned = 0;
 }
 
 /* ---- injected messages ---- */
@@ -644,6 +773,14 @@ void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_d
 void prepared_put_close(struct msg_out *o, const char *name)
 {
     codec_begin(o, 'C');
+    codec_put_u8(o, 'S');
+    codec_put_cstring(o, name);
+    codec_end(o);
+}
+
+void prepared_put_describe(struct msg_out *o, const char *name)
+{
+    codec_begin(o, 'D');
     codec_put_u8(o, 'S');
     codec_put_cstring(o, name);
     codec_end(o);

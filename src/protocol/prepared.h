@@ -75,10 +75,23 @@ struct stmt_def {
     uint8_t data[];
 };
 
+/* A prepared statement's result type as Postgres fixed it at its Parse (stmt_shape_of): a
+ * statement DDL has changed since then fails with 0A000 "cached plan must not change result
+ * type" where it runs. A hash of its RowDescription (each column's name, type and modifier), or
+ * one of these: */
+#define STMT_SHAPE_UNKNOWN 0   /* not known (yet): its Describe is on its way, or was lost */
+#define STMT_SHAPE_UNCHECKED 1 /* larger than pkt_buf: not compared */
+#define STMT_SHAPE_NO_DATA 2   /* returns no rows (NoData) */
+
 struct stmt_entry {
     struct stmt_entry *next_in_bucket;
     struct list_node lru;   /* most recently used first */
     struct stmt_def *def;   /* NULL: something is prepared under this name, what is unknown */
+    uint64_t shape;         /* STMT_SHAPE_* or a hash; reset when the entry gets a definition */
+    /* A server's entry that sluice prepared to compare a client's statement with (the client's
+     * result type and the server's differed, or the server lacked it): stmt_queue.epoch + 1
+     * while that batch lasts. Its result type is then the one the database gives now. */
+    uint32_t fresh_epoch;
     char name[];
 };
 
@@ -144,6 +157,8 @@ enum stmt_req {
     REQ_PARSE_OURS,   /* reply swallowed */
     REQ_CLOSE_CLIENT,
     REQ_CLOSE_OURS,
+    REQ_DESCRIBE_OURS, /* sluice's Describe of a statement just prepared: its ParameterDescription
+                        * and RowDescription (or NoData) give the statement's shape, swallowed */
     REQ_SYNC,         /* Sync, Query or FunctionCall: answered by ReadyForQuery */
     REQ_DROP_CLIENT,  /* the client's SQL DEALLOCATE / DEALLOCATE ALL / DISCARD ALL, answered by
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
@@ -154,11 +169,13 @@ enum stmt_req {
 struct stmt_queue_item {
     uint8_t kind;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
-    char *name;      /* PARSE and CLOSE: the statement name (the server's; a client's Parse or
-                      * Close of its own statement: then the client's after its NUL); DROP: the
-                      * client's name, NULL for all */
+    char *name;      /* PARSE, CLOSE, DESCRIBE: the statement name (the server's; a client's
+                      * Parse or Close of its own statement, or sluice's Describe after such a
+                      * Parse: then the client's after its NUL); DROP: the client's name, NULL
+                      * for all */
     struct stmt_def *def;     /* CLOSE, DROP of one: the client's statement it drops (held), given
-                               * back to the client if the server skips or refuses it */
+                               * back to the client if the server skips or refuses it; DESCRIBE:
+                               * the definition described (held), whose entries get its shape */
     struct stmt_map *dropped; /* DROP of all: the client's map before it, likewise */
 };
 
@@ -169,7 +186,29 @@ struct stmt_queue {
     /* The client's next message is a Parse of a name whose earlier Parse is undecided
      * (stmt_queue_parse_undecided): it waits for that outcome. */
     bool parse_awaited;
+    /* Result types (struct stmt_entry.shape). A client's Parse gets sluice's Describe right
+     * after it, sent before the client's next message (describe_due until then). A client's
+     * statement used where the server's statement of that text was prepared with another
+     * result type, or is not there, is prepared again and described, and the client's next
+     * message waits for that shape (shape_awaited). After an error the server skips what
+     * follows up to the Sync: nothing waits then (batch_failed). */
+    struct stmt_queue_item describe_due; /* its name NULL when none is due */
+    bool shape_awaited;
+    bool batch_failed;
+    uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
+    uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };
+
+/* The name a client's Bind or Describe of a statement whose result type changed goes to the
+ * server under: the server has nothing of that name and refuses it (26000), and the client
+ * gets Postgres's 0A000 in its place (relay.c), the rest of its batch skipped as Postgres
+ * skips it. */
+#define STMT_CHANGED_NAME "sluice_changed"
+
+/* The shape of a RowDescription body ('T'), or STMT_SHAPE_UNCHECKED when malformed. Columns'
+ * names, type OIDs, lengths and type modifiers count; their table and column numbers do not (a
+ * table dropped and made again with the same columns returns the same type). */
+uint64_t stmt_shape_of(const uint8_t *body, uint32_t len);
 
 /* Requests waiting for their replies, per server: 32 bytes an item, plus a name for a named Parse
  * or Close. Nameless requests of one kind in a row share an item, so a pipeline of unnamed
@@ -214,11 +253,35 @@ bool stmt_queue_parse_awaited(const struct stmt_queue *q);
  * REQ_SYNC when none. */
 enum stmt_req stmt_queue_next_complete(const struct stmt_queue *q);
 
+/* Queue the Describe that follows a Parse of server_name: now (stmt_queue_push_describe, for
+ * sluice's own Parse), or before the client's next message (describe_due, for the client's:
+ * stmt_queue_describe_due, then stmt_queue_take_due when it is sent). client_name: the
+ * client's name for it ("" for sluice's own). */
+int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
+                             const char *client_name, struct stmt_def *def)
+    __attribute__((warn_unused_result));
+int stmt_queue_describe_due(struct stmt_queue *q, const char *server_name,
+                            const char *client_name, struct stmt_def *def)
+    __attribute__((warn_unused_result));
+/* Queue the due Describe (it is being sent now). */
+int stmt_queue_take_due(struct stmt_queue *q) __attribute__((warn_unused_result));
+/* Drop a due Describe that will not be sent (the client left): the statement's shape on the
+ * server is then unknown, and its next use prepares it again. */
+void stmt_queue_forget_due(struct stmt_queue *q, struct stmt_map *server_map);
+/* Is a Describe of server_name queued or due (its shape is on its way)? */
+bool stmt_queue_describing(const struct stmt_queue *q, const char *server_name);
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
 
 /* Replies, as seen by the server side of the relay. */
 enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
+/* A reply to a Describe: ParameterDescription ('t'), RowDescription ('T', body NULL when larger
+ * than the buffer) or NoData ('n'). Sluice's (REPLY_SWALLOW) when its Describe is the next
+ * request answered; the shape then goes to the entries of the described definition, the
+ * server's and the client's (client_map may be NULL). */
+enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
+                                           struct stmt_map *client_map, uint8_t type,
+                                           const uint8_t *body, uint32_t len);
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
@@ -235,6 +298,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 /* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
+void prepared_put_describe(struct msg_out *o, const char *name);
 
 /* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name / PREPARE
  * name? name gets the statement name for DEALLOCATE, EXECUTE and PREPARE (empty for ALL). */

@@ -28,15 +28,34 @@ bool stmt_names_is_servers(const char *key)
     return p[padding] == '\0' && (padding == 0 || (size_t)(p + padding - key) == STMT_KEY_MAX);
 }
 
-void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d,
+static void server_name_as(struct stmt_server_name *sn, const char *name,
                            enum stmt_name_extent extent)
 {
-    size_t n = strlen(d->server_name);
-    memcpy(sn->name, d->server_name, n + 1);
+    size_t n = strlen(name);
+    memcpy(sn->name, name, n + 1);
     if (extent == STMT_NAME_CUT) {
         memset(sn->name + n, '_', STMT_KEY_MAX - n);
         sn->name[STMT_KEY_MAX] = '\0';
     }
+}
+
+void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d,
+                           enum stmt_name_extent extent)
+{
+    server_name_as(sn, d->server_name, extent);
+}
+
+void stmt_names_changed(struct stmt_server_name *sn, enum stmt_name_extent extent)
+{
+    server_name_as(sn, STMT_CHANGED_NAME, extent);
+}
+
+bool stmt_names_changed_in_error(const uint8_t *msg, uint32_t whole)
+{
+    struct error_fields f;
+    return codec_parse_error(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &f) &&
+           f.sqlstate && strcmp(f.sqlstate, "26000") == 0 && f.message &&
+           strstr(f.message, STMT_CHANGED_NAME) != NULL;
 }
 
 bool stmt_names_can_rewrite(const struct buf *b, uint32_t old_len, uint32_t new_len)

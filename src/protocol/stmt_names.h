@@ -41,6 +41,12 @@ enum stmt_name_extent { STMT_NAME_WHOLE, STMT_NAME_CUT };
 void stmt_names_for_server(struct stmt_server_name *sn, const struct stmt_def *d,
                            enum stmt_name_extent extent);
 
+/* The name a statement whose result type changed goes to the server under (STMT_CHANGED_NAME,
+ * padded as stmt_names_for_server pads a cut name). */
+void stmt_names_changed(struct stmt_server_name *sn, enum stmt_name_extent extent);
+/* Is the server's ErrorResponse msg its refusal of that name (26000)? */
+bool stmt_names_changed_in_error(const uint8_t *msg, uint32_t whole);
+
 /* May old_len bytes of the message at b->scan become new_len bytes now? In place when the buffer
  * has room on one side of them; otherwise only when nothing framed waits before the message (its
  * start then goes out first, from the server's output). Asked before anything changes: when

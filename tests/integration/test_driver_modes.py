@@ -518,7 +518,8 @@ def run_clients(dsn, table, steps):
     try:
         seen = []
         for i, label, fn in steps:
-            seen.append((i, label, result(fn(conns[i].pgconn))))
+            out = fn(conns[i].pgconn)  # a result, or a pipeline's results
+            seen.append((i, label, out if isinstance(out, list) else result(out)))
         return seen
     finally:
         for c in conns:
@@ -546,17 +547,33 @@ def ddl_steps(t):
     ]
 
 
-STALE_REASON = (
-    "sluice gives a client's statement whose result type DDL changed the new result type, "
-    "where Postgres refuses the old statement with 0A000 'cached plan must not change result "
-    "type' (the client described it with the old one: pgjdbc then decodes text as int4). "
-    "sluice prepares statements again from their text (on another backend, or when another "
-    "client Parses the same text on this one, which closes and replaces the shared statement); "
-    "matching Postgres needs sluice to keep each statement's RowDescription and refuse a "
-    "re-prepared one whose result type differs (stmt_track.c, relay.c: not a local fix)")
+# Postgres fixes a prepared statement's result type at its Parse: after DDL that changes it,
+# running or describing the statement fails with 0A000 "cached plan must not change result
+# type" (drivers prepare it again). sluice prepares statements again from their text (on another
+# backend, or when another client Parses the same text on this one): it compares the result
+# type each got with the client's and refuses as Postgres would (stmt_track.c).
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_REASON)
+def on_another_backend(table, alter, use):
+    """Steps that prepare A's statement q on one backend (X), run `alter` from another client
+    (C), then `use` A's q where only the other backend (Y) is free (pool of 2): Y lacks q, and
+    sluice prepares it there from its text."""
+    select, steps = ddl_steps(table)
+    create, prepare, describe, run = steps
+    return [
+        create,
+        (0, "A begins", lambda p: p.exec_(b"BEGIN")),
+        prepare, describe, run,
+        (1, "C begins", lambda p: p.exec_(b"BEGIN")),
+        (1, "C holds Y", lambda p: p.exec_(b"SELECT 1")),
+        (0, "A commits", lambda p: p.exec_(b"COMMIT")),
+        (2, "D begins", lambda p: p.exec_(b"BEGIN")),
+        (2, "D holds X", lambda p: p.exec_(b"SELECT 1")),
+        (1, "C changes the table", lambda p: p.exec_(alter.encode())),
+        (1, "C commits", lambda p: p.exec_(b"COMMIT")),
+    ] + use + [(2, "D commits", lambda p: p.exec_(b"COMMIT"))]
+
+
 def test_another_clients_parse_of_the_same_text_after_ddl_does_not_change_my_result_type(
         pg, start_sluice, table):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
@@ -571,29 +588,73 @@ def test_another_clients_parse_of_the_same_text_after_ddl_does_not_change_my_res
     compare_clients(pg, s, table, steps)
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_REASON)
 def test_a_statement_prepared_again_on_another_backend_after_ddl_keeps_its_result_type(
         pg, start_sluice, table):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
-    select, steps = ddl_steps(table)
-    create, prepare, describe, run = steps
-    steps = [
-        create,
-        # A prepares inside a transaction, on one backend (X), while C holds the other (Y)
+    steps = on_another_backend(
+        table, f"ALTER TABLE {table} ALTER COLUMN v TYPE text USING 'abc' || v",
+        [(0, "A runs again", lambda p: p.exec_prepared(b"q", [b"1"]))])  # Postgres: 0A000
+    compare_clients(pg, s, table, steps)
+
+
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE {t} ADD COLUMN w int",                              # SELECT * gains a column
+    "ALTER TABLE {t} RENAME COLUMN v TO v2",                         # a column's name
+    "ALTER TABLE {t} ALTER COLUMN v TYPE numeric(10,2)",             # type and modifier
+    "DROP TABLE {t}; CREATE TABLE {t} (id int, v int); INSERT INTO {t} VALUES (1, 7)",  # same type
+    "ALTER TABLE {t} ADD COLUMN w int; ALTER TABLE {t} DROP COLUMN w",  # changed and back
+])
+def test_select_star_after_ddl_fails_or_runs_as_postgres_says(pg, start_sluice, table, change):
+    """The whole surface of the check: which changes refuse the statement (a column more, a
+    name, a type modifier) and which do not (the table made again with the same columns, a
+    change undone), on a backend where sluice prepares it again, and what the client can do
+    next: describe it, run it in a transaction (which the error aborts), prepare it again."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    star = f"SELECT * FROM {table} WHERE id = $1".encode()
+    steps = on_another_backend(table, change.format(t=table), [
+        (0, "A describes again", lambda p: p.describe_prepared(b"q")),
+        (0, "A runs again", lambda p: p.exec_prepared(b"q", [b"1"])),
         (0, "A begins", lambda p: p.exec_(b"BEGIN")),
-        prepare, describe, run,
-        (1, "C begins", lambda p: p.exec_(b"BEGIN")),
-        (1, "C holds Y", lambda p: p.exec_(b"SELECT 1")),
-        (0, "A commits", lambda p: p.exec_(b"COMMIT")),
-        (2, "D begins", lambda p: p.exec_(b"BEGIN")),
-        (2, "D holds X", lambda p: p.exec_(b"SELECT 1")),
-        (1, "C alters", lambda p: p.exec_(
-            f"ALTER TABLE {table} ALTER COLUMN v TYPE text USING 'abc' || v".encode())),
-        (1, "C commits", lambda p: p.exec_(b"COMMIT")),
-        # Y is the only free backend: sluice prepares q there from its text
-        (0, "A runs again", lambda p: p.exec_prepared(b"q", [b"1"])),  # Postgres: 0A000
-        (2, "D commits", lambda p: p.exec_(b"COMMIT")),
-    ]
+        (0, "A runs in a transaction", lambda p: p.exec_prepared(b"q", [b"1"])),
+        (0, "A's transaction goes on", lambda p: p.exec_(b"SELECT 1")),
+        (0, "A rolls back", lambda p: p.exec_(b"ROLLBACK")),
+        (0, "A closes q", lambda p: p.exec_(b"DEALLOCATE q")),
+        (0, "A prepares q again", lambda p: p.prepare(b"q", star)),
+        (0, "A runs the new q", lambda p: p.exec_prepared(b"q", [b"1"])),
+    ])
+    # A's statement is SELECT * here
+    steps = [(i, label, (lambda p: p.prepare(b"q", star)) if label == "A prepares" else fn)
+             for i, label, fn in steps]
+    compare_clients(pg, s, table, steps)
+
+
+def test_a_statement_that_returns_no_rows_runs_on_after_ddl(pg, start_sluice, table):
+    """An INSERT without RETURNING has no result type to change: Postgres runs it after any
+    column is added, and so does sluice, prepared again on another backend."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    insert = f"INSERT INTO {table} (id, v) VALUES ($1, 9)".encode()
+    steps = on_another_backend(table, f"ALTER TABLE {table} ADD COLUMN w int", [
+        (0, "A inserts again", lambda p: p.exec_prepared(b"q", [b"2"])),
+        (0, "A reads", lambda p: p.exec_(f"SELECT * FROM {table} ORDER BY id".encode())),
+    ])
+    steps = [(i, label, (lambda p: p.prepare(b"q", insert)) if label == "A prepares" else
+              (lambda p: p.exec_prepared(b"q", [b"3"])) if label == "A runs" else fn)
+             for i, label, fn in steps]
+    compare_clients(pg, s, table, steps)
+
+
+def test_a_pipeline_of_a_changed_statement_fails_once_and_skips_to_its_sync(
+        pg, start_sluice, table):
+    """Three uses of the changed statement in one batch: the first fails, the server skips the
+    rest to the Sync; the batch after it runs."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    steps = on_another_backend(
+        table, f"ALTER TABLE {table} ALTER COLUMN v TYPE text USING 'abc' || v",
+        [(0, "A's pipeline", lambda p: libpq_pipeline(p, [
+            [lambda q: q.send_query_prepared(b"q", [b"1"]),
+             lambda q: q.send_query_prepared(b"q", [b"1"]),
+             lambda q: q.send_describe_prepared(b"q")],
+            [lambda q: q.send_query_params(b"SELECT 42", None)]]))])
     compare_clients(pg, s, table, steps)
 
 
@@ -640,7 +701,6 @@ def test_pgjdbc_program_sees_what_postgres_shows(pg, start_sluice, table, mode):
 
 @needs_pgjdbc
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason=STALE_REASON)
 def test_pgjdbc_reads_a_changed_column_type_as_postgres_gives_it(pg, start_sluice, table):
     # Postgres: pgjdbc gets 0A000 for A's statement, prepares it again and reads 'abc5' as text.
     # sluice: A's statement silently returns the text column, which pgjdbc, still holding the
