@@ -928,6 +928,120 @@ static void client_maps_count_their_statement_text(void)
     stmt_map_free(&server);
 }
 
+/* Big-endian fields of a message body under construction. */
+static uint8_t *put_be(uint8_t *p, uint32_t v, int bytes)
+{
+    for (int k = bytes - 1; k >= 0; k--)
+        *p++ = (uint8_t)(v >> (8 * k));
+    return p;
+}
+
+/* A RowDescription body: n columns of (name, table OID, column number, type OID, length -1,
+ * modifier, format 0). */
+static uint32_t row_description(uint8_t *out, int n, const char *const *names,
+                                const uint32_t *table, const uint32_t *type, const int32_t *typmod)
+{
+    uint8_t *p = put_be(out, (uint32_t)n, 2);
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]) + 1;
+        memcpy(p, names[i], len);
+        p = put_be(p + len, table[i], 4);
+        p = put_be(p, (uint32_t)(i + 1), 2);
+        p = put_be(p, type[i], 4);
+        p = put_be(p, 0xffff, 2);
+        p = put_be(p, (uint32_t)typmod[i], 4);
+        p = put_be(p, 0, 2);
+    }
+    return (uint32_t)(p - out);
+}
+
+static void result_types_differ_by_name_type_and_modifier_not_by_table(void)
+{
+    uint8_t b[256];
+    const char *names[] = {"id", "v"}, *renamed[] = {"id", "w"};
+    uint32_t tables[] = {16384, 16384}, other_tables[] = {16999, 16999};
+    uint32_t ints[] = {23, 23}, texts[] = {23, 25};
+    int32_t none[] = {-1, -1}, numeric[] = {-1, 655366};
+    uint64_t base = stmt_shape_of(b, row_description(b, 2, names, tables, ints, none));
+    CHECK(base > STMT_SHAPE_NO_DATA);
+    CHECK(stmt_shape_of(b, row_description(b, 2, names, other_tables, ints, none)) == base);
+    CHECK(stmt_shape_of(b, row_description(b, 2, renamed, tables, ints, none)) != base);
+    CHECK(stmt_shape_of(b, row_description(b, 2, names, tables, texts, none)) != base);
+    CHECK(stmt_shape_of(b, row_description(b, 2, names, tables, ints, numeric)) != base);
+    CHECK(stmt_shape_of(b, row_description(b, 1, names, tables, ints, none)) != base);
+    uint32_t n = row_description(b, 2, names, tables, ints, none);
+    CHECK(stmt_shape_of(b, n - 1) == STMT_SHAPE_UNCHECKED); /* cut short */
+    b[n] = 0;
+    CHECK(stmt_shape_of(b, n + 1) == STMT_SHAPE_UNCHECKED); /* a byte too many */
+    CHECK(stmt_shape_of(b, 1) == STMT_SHAPE_UNCHECKED);
+}
+
+static void sluices_describe_gives_both_entries_its_shape_and_is_swallowed(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map server, *client = stmt_map_new();
+    stmt_map_init(&server);
+    struct stmt_def *d = def_of("select v from t");
+    CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
+    CHECK(stmt_map_put(client, "q", d) != NULL);
+    CHECK_INT(stmt_queue_push_client_parse(&q, "sluice_1", "q"), 0);
+    CHECK_INT(stmt_queue_describe_due(&q, "sluice_1", "q", d), 0);
+    CHECK(stmt_queue_describing(&q, "sluice_1"));
+    CHECK(!stmt_queue_describing(&q, "sluice_2"));
+    CHECK_INT(stmt_queue_take_due(&q), 0); /* sent: queued behind the Parse */
+    CHECK(q.describe_due.name == NULL);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    /* the client's own Describe, answered before sluice's Parse: not sluice's */
+    CHECK_INT(stmt_on_description(&q, &server, client, 'T', NULL, 0), REPLY_FORWARD);
+    CHECK_INT(stmt_on_complete(&q, &server, '1'), REPLY_FORWARD);
+    uint8_t b[64];
+    const char *names[] = {"v"};
+    uint32_t tables[] = {1}, types[] = {25};
+    int32_t mods[] = {-1};
+    uint32_t n = row_description(b, 1, names, tables, types, mods);
+    CHECK_INT(stmt_on_description(&q, &server, client, 't', NULL, 0), REPLY_SWALLOW);
+    q.shape_awaited = true;
+    CHECK_INT(stmt_on_description(&q, &server, client, 'T', b, n), REPLY_SWALLOW);
+    CHECK(!q.shape_awaited); /* what waited for it looks again */
+    CHECK(stmt_map_get(&server, "sluice_1")->shape == stmt_shape_of(b, n));
+    CHECK(stmt_map_get(client, "q")->shape == stmt_shape_of(b, n));
+    CHECK(!stmt_queue_describing(&q, "sluice_1"));
+    stmt_on_ready(&q, &server, &client);
+    CHECK_INT(q.count, 0);
+    /* prepared again: the entry's shape is unknown until its own Describe is answered */
+    CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
+    CHECK(stmt_map_get(&server, "sluice_1")->shape == STMT_SHAPE_UNKNOWN);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_OURS, "sluice_1"), 0);
+    CHECK_INT(stmt_queue_push_describe(&q, "sluice_1", NULL, d), 0);
+    CHECK_INT(stmt_on_complete(&q, &server, '1'), REPLY_SWALLOW);
+    CHECK_INT(stmt_on_description(&q, &server, client, 't', NULL, 0), REPLY_SWALLOW);
+    CHECK_INT(stmt_on_description(&q, &server, client, 'n', NULL, 0), REPLY_SWALLOW);
+    CHECK(stmt_map_get(&server, "sluice_1")->shape == STMT_SHAPE_NO_DATA);
+    CHECK(stmt_map_get(client, "q")->shape == stmt_shape_of(b, n)); /* sluice's own: not q's */
+    CHECK_INT(q.count, 0);
+    stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&server);
+    stmt_map_delete(client);
+}
+
+static void a_describe_never_sent_leaves_the_statement_to_prepare_again(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map server;
+    stmt_map_init(&server);
+    struct stmt_def *d = def_of("select 1");
+    CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
+    CHECK_INT(stmt_queue_describe_due(&q, "sluice_1", "q", d), 0);
+    stmt_queue_forget_due(&q, &server); /* its client left before its next message */
+    CHECK(q.describe_due.name == NULL);
+    CHECK(stmt_map_get(&server, "sluice_1")->def == NULL);
+    CHECK(!stmt_queue_describing(&q, "sluice_1"));
+    stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&server);
+}
+
 int main(void)
 {
     RUN(fingerprints_are_keyed_per_process); /* first: no key drawn yet */
@@ -943,6 +1057,9 @@ int main(void)
     RUN(map_grows_past_its_buckets_and_finds_every_name);
     RUN(definitions_compare_by_content);
     RUN(queue_swallows_replies_to_sluices_own_parse_and_close);
+    RUN(result_types_differ_by_name_type_and_modifier_not_by_table);
+    RUN(sluices_describe_gives_both_entries_its_shape_and_is_swallowed);
+    RUN(a_describe_never_sent_leaves_the_statement_to_prepare_again);
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(a_parse_ahead_of_a_sync_is_undecided_until_its_ready);
