@@ -199,6 +199,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             }
             if (type == 'S')
                 s->batch_open = false;
+            s->reqs.epoch++; /* a batch ends: what sluice prepared in it is no longer fresh */
             /* A function called by OID is code sluice cannot read (set_config of the role,
              * pg_advisory_lock, dynamic SQL): the server is reset before it serves again. */
             if (type == 'F' && track)

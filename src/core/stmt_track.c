@@ -778,8 +778,6 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     enum track_result r = send_due_describe(c, s, fail);
     if (r != TRACK_PASS)
         return r;
-    if (type == 'S' || type == 'Q' || type == 'F')
-        s->reqs.epoch++; /* a batch ends: what sluice prepared in it is no longer fresh */
     switch (type) {
     case 'P':
         return track_parse(c, s, body, len, avail_body, fail);
