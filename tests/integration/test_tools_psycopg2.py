@@ -1,0 +1,166 @@
+"""The tools and the driver most operators and Django/SQLAlchemy users run through a pooler,
+Postgres as the oracle.
+
+pg_dump (plain, custom, directory with -j 2), pg_restore -j 2 and psql -f run once directly
+against Postgres and once through sluice; what a user sees (exit code, output, errors) and what
+lands in the database (compared as pg_dump prints it) must be the same. psql scripts with \\copy,
+\\gexec, ON_ERROR_STOP and ECHO, and pgbench -i, are compared the same way. psycopg2 (Django's
+driver) runs named cursors, COPY, LISTEN/NOTIFY, isolation settings, cancel and execute_values
+both ways. Careless clients (killed inside a transaction holding a lock, or in the middle of a
+COPY) must leave nothing behind on the backend: Postgres's pg_locks and pg_stat_activity say.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from conftest import APP_DB, APP_PASSWORD, APP_USER, run_tool, wait_until
+
+psycopg2 = pytest.importorskip("psycopg2")
+import psycopg2.extensions  # noqa: E402
+import psycopg2.extras  # noqa: E402
+
+SRC_DB = "tools_src"
+
+
+# ---- a database with something of each kind pg_dump handles ------------------------------------
+
+SOURCE_SQL = """
+CREATE SEQUENCE order_ids START 100;
+CREATE TABLE orders (
+    id int PRIMARY KEY DEFAULT nextval('order_ids'),
+    note text NOT NULL,
+    amount numeric(10,2) CHECK (amount >= 0),
+    made timestamptz NOT NULL);
+COMMENT ON TABLE orders IS 'what customers bought';
+INSERT INTO orders (note, amount, made)
+    SELECT 'order ' || g || E'\\twith a tab', g * 1.25,
+           timestamptz '2024-01-01 00:00+00' + g * interval '1 hour'
+    FROM generate_series(1, 3000) g;
+CREATE TABLE items (
+    id serial PRIMARY KEY,
+    order_id int NOT NULL REFERENCES orders,
+    body bytea);
+INSERT INTO items (order_id, body)
+    SELECT 100 + g % 3000, decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;
+CREATE INDEX items_order ON items (order_id);
+CREATE FUNCTION order_total(o int) RETURNS numeric LANGUAGE sql STABLE
+    AS $$ SELECT amount FROM orders WHERE id = o $$;
+CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.amount := NEW.amount + 0; RETURN NEW; END $$;
+CREATE TRIGGER orders_bump BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION bump();
+CREATE VIEW big_orders AS SELECT id, order_total(id) AS total FROM orders WHERE amount > 100;
+CREATE SCHEMA extra;
+CREATE TABLE extra.notes (k text PRIMARY KEY, v jsonb DEFAULT '{}');
+INSERT INTO extra.notes VALUES ('a', '{"x": 1}'), ('b', '[1, 2]');
+SELECT setval('order_ids', 4000);
+SELECT lo_from_bytea(4242, convert_to(repeat('large object ', 5000), 'UTF8'));
+COMMENT ON LARGE OBJECT 4242 IS 'a large object';
+"""
+
+
+def create_db(pg, name):
+    with pg.superuser() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name} OWNER {APP_USER}")
+
+
+def drop_dbs(pg, names):
+    with pg.superuser() as c:
+        for name in names:
+            with contextlib.suppress(Exception):
+                c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def source_db(pg):
+    create_db(pg, SRC_DB)
+    with psycopg2.connect(pg.direct_dsn(dbname=SRC_DB)) as c, c.cursor() as cur:
+        cur.execute(SOURCE_SQL)
+    c.close()
+    yield SRC_DB
+    drop_dbs(pg, [SRC_DB])
+
+
+def tool(name, port, args, timeout=120, input=None):
+    """A client tool (pg_dump, pg_restore, psql, pgbench) as app against 127.0.0.1:port."""
+    return run_tool(name, ["-h", "127.0.0.1", "-p", str(port), "-U", APP_USER] + list(args),
+                    password=APP_PASSWORD, timeout=timeout, input=input)
+
+
+def seen(p):
+    """What a user of a tool sees: its exit code, its output and its messages."""
+    return {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+
+
+# pg_dump 15.14 and later put a random key in plain output (\\restrict) unless given one
+PLAIN = ["--restrict-key=sluicetests"] if "--restrict-key" in run_tool("pg_dump", ["--help"]).stdout \
+    else []
+
+
+def dump_text(pg, db):
+    """The database as pg_dump prints it (directly, as app): two databases with the same text
+    hold the same things."""
+    p = tool("pg_dump", pg.port, PLAIN + ["-d", db])
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def sluice_for(start_sluice, pg, dbs, mode, **main):
+    m = {"pool_mode": mode, "default_pool_size": 4}
+    m.update(main)
+    return start_sluice(m, databases={db: pg.db_entry(dbname=db) for db in dbs})
+
+
+# ---- pg_dump / pg_restore / psql -f in session mode -----------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_pg_dump_and_restore_through_sluice_give_the_database_a_direct_run_gives(
+        pg, start_sluice, source_db, tmp_path):
+    targets = ["tools_r_direct", "tools_r_custom", "tools_r_dir", "tools_r_plain"]
+    for t in targets:
+        create_db(pg, t)
+    try:
+        s = sluice_for(start_sluice, pg, [source_db] + targets, "session")
+        direct_plain = tool("pg_dump", pg.port, PLAIN + ["-d", source_db])
+        pooled_plain = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
+        assert direct_plain.returncode == 0, direct_plain.stderr
+        assert seen(pooled_plain) == seen(direct_plain)
+
+        # custom format, restored with two jobs
+        direct_fc, pooled_fc = tmp_path / "direct.dump", tmp_path / "pooled.dump"
+        p = tool("pg_dump", pg.port, ["-Fc", "-f", str(direct_fc), "-d", source_db])
+        assert p.returncode == 0, p.stderr
+        p = tool("pg_dump", s.port, ["-Fc", "-f", str(pooled_fc), "-d", source_db])
+        assert seen(p) == {"rc": 0, "stdout": "", "stderr": ""}
+        r = tool("pg_restore", pg.port, ["-j", "2", "-d", "tools_r_direct", str(direct_fc)])
+        assert r.returncode == 0, r.stderr
+        want = dump_text(pg, "tools_r_direct")
+        assert want == dump_text(pg, source_db)
+        r = tool("pg_restore", s.port, ["-j", "2", "-d", "tools_r_custom", str(pooled_fc)])
+        assert seen(r) == {"rc": 0, "stdout": "", "stderr": ""}
+        assert dump_text(pg, "tools_r_custom") == want
+
+        # directory format, dumped with two jobs (a snapshot exported to the workers)
+        pooled_fd = tmp_path / "pooled.dir"
+        p = tool("pg_dump", s.port, ["-Fd", "-j", "2", "-f", str(pooled_fd), "-d", source_db])
+        assert seen(p) == {"rc": 0, "stdout": "", "stderr": ""}
+        r = tool("pg_restore", s.port, ["-j", "2", "-d", "tools_r_dir", str(pooled_fd)])
+        assert seen(r) == {"rc": 0, "stdout": "", "stderr": ""}
+        assert dump_text(pg, "tools_r_dir") == want
+
+        # the plain dump replayed by psql
+        plain = tmp_path / "pooled.sql"
+        plain.write_text(pooled_plain.stdout)
+        r = tool("psql", s.port, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "tools_r_plain",
+                                  "-f", str(plain)])
+        assert (r.returncode, r.stderr) == (0, "")
+        assert dump_text(pg, "tools_r_plain") == want
+    finally:
+        drop_dbs(pg, targets)
