@@ -164,3 +164,65 @@ def test_pg_dump_and_restore_through_sluice_give_the_database_a_direct_run_gives
         assert dump_text(pg, "tools_r_plain") == want
     finally:
         drop_dbs(pg, targets)
+
+
+# ---- pg_dump in transaction mode ------------------------------------------------------------------
+# pg_dump sets search_path (and statement_timeout, row_security, ...) for its session before it
+# opens its REPEATABLE READ transaction: in transaction mode those are SETs of parameters
+# Postgres does not report, which session_state_policy governs (docs/pool-modes.md).
+
+@pytest.mark.timeout(180)
+def test_pg_dump_in_transaction_mode_with_policy_pin_gives_the_direct_dump_also_with_jobs(
+        pg, start_sluice, source_db, tmp_path):
+    want = dump_text(pg, source_db)
+    s = sluice_for(start_sluice, pg, [source_db], "transaction", session_state_policy="pin")
+    p = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
+    assert (p.returncode, p.stderr) == (0, "")
+    assert p.stdout == want
+    # -j 2: the workers import the leader's exported snapshot on their own backends
+    p = tool("pg_dump", s.port, ["-Fd", "-j", "2", "-f", str(tmp_path / "d"), "-d", source_db])
+    assert seen(p) == {"rc": 0, "stdout": "", "stderr": ""}
+    r = tool("pg_restore", pg.port, PLAIN + ["-f", "-", str(tmp_path / "d")])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want
+
+
+@pytest.mark.timeout(180)
+def test_pg_dump_in_transaction_mode_with_policy_refuse_fails_with_0A000_saying_what_to_do(
+        pg, start_sluice, source_db, tmp_path):
+    s = sluice_for(start_sluice, pg, [source_db], "transaction", session_state_policy="refuse")
+    for args in (PLAIN, ["-Fd", "-j", "2", "-f", str(tmp_path / "d")]):
+        p = tool("pg_dump", s.port, args + ["-d", source_db])
+        assert p.returncode == 1 and p.stdout == "", p
+        assert "is not supported in transaction pooling mode (session_state_policy = refuse)" \
+            in p.stderr, p.stderr
+        assert "use session mode for this application, or session_state_policy = pin" \
+            in p.stderr, p.stderr
+    # the statement pg_dump starts with, as a driver sees it: SQLSTATE 0A000, and the session
+    # goes on
+    with psycopg2.connect(s.dsn(dbname=source_db)) as c, c.cursor() as cur:
+        c.autocommit = True
+        with pytest.raises(psycopg2.errors.FeatureNotSupported) as e:
+            cur.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+        assert e.value.pgcode == "0A000"
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == [(1,)]
+    c.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "under the default session_state_policy = warn, pg_dump through a transaction-mode pool "
+    "exits 0 with a dump made under the pool's search_path instead of its own '': names in "
+    "defaults, views, triggers and foreign keys lose their schema and the dump records "
+    "search_path 'public' (restoring it elsewhere may resolve them differently); a restore of a "
+    "correct dump fails (pg_restore exit 1, psql exit 3: relation \"orders\" does not exist). "
+    "The policy is deliberate; a fix would pin a client whose SET of an unreported parameter "
+    "runs outside a transaction block (its only purpose is the transactions after it)"))
+@pytest.mark.timeout(120)
+def test_pg_dump_in_transaction_mode_with_the_default_policy_gives_the_direct_dump(
+        pg, start_sluice, source_db):
+    want = dump_text(pg, source_db)
+    s = sluice_for(start_sluice, pg, [source_db], "transaction")
+    p = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == want
