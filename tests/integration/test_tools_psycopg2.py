@@ -65,6 +65,12 @@ COMMENT ON LARGE OBJECT 4242 IS 'a large object';
 """
 
 
+def execute(pg, sql, dbname=APP_DB):
+    """A statement run directly as the superuser, its result not wanted."""
+    with pg.superuser(dbname) as c:
+        c.execute(sql)
+
+
 def create_db(pg, name):
     with pg.superuser() as c:
         c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -226,3 +232,82 @@ def test_pg_dump_in_transaction_mode_with_the_default_policy_gives_the_direct_du
     p = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
     assert p.returncode == 0, p.stderr
     assert p.stdout == want
+
+
+# ---- psql scripts ---------------------------------------------------------------------------------
+
+PSQL_SCRIPT = r"""
+\set ECHO all
+\set VERBOSITY verbose
+CREATE TABLE {t} (id int PRIMARY KEY, name text, at date);
+\copy {t} FROM '{dir}/in.csv' WITH (FORMAT csv, HEADER)
+SELECT count(*), sum(id) FROM {t};
+\copy (SELECT * FROM {t} ORDER BY id) TO '{dir}/out.csv' WITH (FORMAT csv)
+SELECT format('UPDATE {t} SET name = upper(name) WHERE id = %s', id) FROM {t} WHERE id <= 3 \gexec
+SELECT max(id) AS top \gset
+\echo top is :top
+\if :top
+\echo it is set
+\endif
+\d {t}
+\pset format unaligned
+SELECT * FROM {t} WHERE id <= 5 ORDER BY id;
+BEGIN;
+INSERT INTO {t} VALUES (1, 'dup', NULL);
+SELECT 'not reached in the transaction';
+ROLLBACK;
+\set ON_ERROR_STOP 1
+\copy {t} FROM '{dir}/bad.csv' WITH (FORMAT csv)
+SELECT 'never';
+"""
+
+
+def run_psql_script(port, t, workdir):
+    workdir.mkdir()
+    (workdir / "in.csv").write_text("id,name,at\n" + "".join(
+        f"{i},name {i},2024-01-{i % 28 + 1:02d}\n" for i in range(1, 501)))
+    (workdir / "bad.csv").write_text("1000,ok,2024-01-01\nnot a number,x,2024-01-01\n")
+    script = workdir / "script.sql"
+    script.write_text(PSQL_SCRIPT.format(t=t, dir=workdir))
+    p = tool("psql", port, ["-X", "-d", APP_DB, "-f", str(script)], timeout=60)
+    out = seen(p)
+    out["out.csv"] = (workdir / "out.csv").read_text()
+    out["stdout"] = out["stdout"].replace(str(workdir), "DIR")
+    out["stderr"] = out["stderr"].replace(str(workdir), "DIR")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psql_script_with_copy_gexec_and_on_error_stop_sees_what_postgres_shows(
+        pg, start_sluice, table, tmp_path, mode):
+    want = run_psql_script(pg.port, table, tmp_path / "direct")
+    execute(pg, f"DROP TABLE {table}")
+    s = sluice_for(start_sluice, pg, [APP_DB], mode)
+    got = run_psql_script(s.port, table, tmp_path / "pooled")
+    assert want["rc"] == 3 and "22P02" in want["stderr"], want
+    assert "top is 500" in want["stdout"] and "UPDATE 1" in want["stdout"], want
+    for k in want:
+        assert got[k] == want[k], f"{k} differs:\n--- postgres\n{want[k]}\n--- sluice\n{got[k]}"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_pgbench_init_through_sluice_builds_the_tables_a_direct_run_builds(
+        pg, start_sluice, mode):
+    db = "tools_bench"
+    create_db(pg, db)
+    try:
+        s = sluice_for(start_sluice, pg, [db], mode)
+        p = tool("pgbench", s.port, ["-i", "-s", "2", "--foreign-keys", db])
+        assert p.returncode == 0, p.stderr
+        assert "done in" in p.stderr, p.stderr
+        counts = pg.query("SELECT (SELECT count(*) FROM pgbench_accounts),"
+                          " (SELECT count(*) FROM pgbench_branches),"
+                          " (SELECT count(*) FROM pgbench_tellers),"
+                          " (SELECT sum(abalance) FROM pgbench_accounts)", dbname=db)
+        assert counts == [(200000, 2, 20, 0)]
+        p = tool("pgbench", s.port, ["-t", "20", "-c", "2", "-M", "prepared", db])
+        assert p.returncode == 0, p.stderr
+        assert "number of transactions actually processed: 40/40" in p.stdout, p.stdout
+    finally:
+        drop_dbs(pg, [db])
