@@ -491,3 +491,50 @@ def test_psycopg2_isolation_given_at_login_is_kept_in_transaction_mode(pg, start
             assert fetch(conn, "SELECT current_setting('transaction_isolation')") == \
                 [("serializable",)]
     conn.close()
+
+
+def held_cursor_program(port, table):
+    """psycopg2's withhold=True named cursor: fetch some rows, commit, fetch more. Returns what
+    the client saw after the commit, and what the next client of the pool's only backend finds
+    in pg_cursors."""
+    conn = psycopg2.connect(pg2_dsn(port))
+    try:
+        cur = conn.cursor("held", withhold=True)
+        cur.execute(f"SELECT id FROM {table} ORDER BY id")
+        first = cur.fetchmany(5)
+        conn.commit()
+        try:
+            after = cur.fetchmany(5)
+        except psycopg2.Error as e:
+            after = pg2_error(e)
+        conn.rollback()
+    finally:
+        conn.close()
+    other = psycopg2.connect(pg2_dsn(port))
+    try:
+        other.autocommit = True
+        left = fetch(other, "SELECT name FROM pg_cursors")
+    finally:
+        other.close()
+    return first, after, left
+
+
+@pytest.mark.parametrize("policy", ["warn", "pin"])
+def test_psycopg2_withhold_cursor_in_transaction_mode_fails_honestly_or_is_pinned(
+        pg, start_sluice, table, policy):
+    execute(pg, f"CREATE TABLE {table} AS SELECT g AS id FROM generate_series(1, 100) g")
+    execute(pg, f"GRANT ALL ON {table} TO {APP_USER}")
+    want = held_cursor_program(pg.port, table)
+    assert want == ([(i,) for i in range(1, 6)], [(i,) for i in range(6, 11)], [])
+    # one backend: the next client gets the very backend the cursor was declared on
+    s = sluice_for(start_sluice, pg, [APP_DB], "transaction", default_pool_size=1,
+                   session_state_policy=policy)
+    got = held_cursor_program(s.port, table)
+    if policy == "pin":
+        assert got == want
+    else:
+        # the cursor ended with its transaction (the backend was reset): an error Postgres
+        # would give for a cursor that is gone, never another backend's rows
+        assert got == (want[0], ("error", "InvalidCursorName", "34000",
+                                 'ERROR:  cursor "held" does not exist'), [])
+        s.wait_for_log(r"uses a WITH HOLD cursor in transaction mode .*session_state_policy = pin")
