@@ -15,12 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, run_tool, wait_until
+from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, run_tool, wait_until
+from test_driver_modes import Churn
 
 psycopg2 = pytest.importorskip("psycopg2")
 import psycopg2.extensions  # noqa: E402
@@ -384,6 +384,13 @@ def prog_named_cursors(t):
 def prog_copy_and_settings(t):
     def run(conn, step):
         import io
+        # what Django's backend does on a new connection whose TimeZone is not its own
+        step("time zone", lambda: fetch(conn, "SELECT set_config('TimeZone', %s, false)",
+                                        ["Asia/Tokyo"]))
+        conn.commit()
+        step("time zone kept", lambda: fetch(conn, "SELECT current_setting('TimeZone'), "
+                                                   "timestamptz '2024-01-01 00:00+00'::text"))
+        conn.commit()
         step("create", lambda: fetch(conn, f"CREATE TABLE {t} (id int PRIMARY KEY, v text)"))
         conn.commit()
         data = "".join(f"{i}\tline {i}\n" for i in range(1, 20001))
@@ -437,21 +444,25 @@ def prog_autocommit_set_session(t):
     return run
 
 
-def run_pg2(dsn, program):
-    conn = psycopg2.connect(dsn)
-    try:
-        step = Steps(conn)
-        program(conn, step)
-        return step.seen
-    finally:
-        conn.close()
+def run_pg2(dsn, program, churn=False):
+    """Run a program on a psycopg2 connection; with churn, two other clients run short
+    transactions meanwhile (test_driver_modes.Churn), so in transaction mode the program's
+    transactions land on whichever backend is free."""
+    with Churn(dsn) if churn else contextlib.nullcontext():
+        conn = psycopg2.connect(dsn)
+        try:
+            step = Steps(conn)
+            program(conn, step)
+            return step.seen
+        finally:
+            conn.close()
 
 
-def compare_pg2(pg, s, program, table):
+def compare_pg2(pg, s, program, table, churn=False):
     execute(pg, f"DROP TABLE IF EXISTS {table}")
-    want = run_pg2(pg2_dsn(pg.port), program)
+    want = run_pg2(pg2_dsn(pg.port), program, churn)
     execute(pg, f"DROP TABLE IF EXISTS {table}")
-    got = run_pg2(pg2_dsn(s.port), program)
+    got = run_pg2(pg2_dsn(s.port), program, churn)
     for i, (w, g) in enumerate(zip(want, got)):
         assert g == w, (f"step {i} differs\n postgres: {w}\n   sluice: {g}\npostgres saw:\n"
                         + "\n".join(map(str, want)) + "\nsluice saw:\n" + "\n".join(map(str, got)))
@@ -465,8 +476,8 @@ PG2_CASES = [(p, m) for p in (prog_named_cursors, prog_copy_and_settings)
 
 @pytest.mark.parametrize("prog,mode", PG2_CASES)
 def test_psycopg2_program_sees_what_postgres_shows(pg, start_sluice, table, mode, prog):
-    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=2)
-    compare_pg2(pg, s, prog(table), table)
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=3)
+    compare_pg2(pg, s, prog(table), table, churn=(mode == "transaction"))
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -478,8 +489,8 @@ def test_psycopg2_program_sees_what_postgres_shows(pg, start_sluice, table, mode
     "session mode or session_state_policy = pin (docs/pool-modes.md)"))
 def test_psycopg2_autocommit_set_session_isolation_is_kept_in_transaction_mode(
         pg, start_sluice, table):
-    s = sluice_for(start_sluice, pg, [APP_DB], "transaction", default_pool_size=2)
-    compare_pg2(pg, s, prog_autocommit_set_session(table), table)
+    s = sluice_for(start_sluice, pg, [APP_DB], "transaction", default_pool_size=3)
+    compare_pg2(pg, s, prog_autocommit_set_session(table), table, churn=True)
 
 
 def test_psycopg2_isolation_given_at_login_is_kept_in_transaction_mode(pg, start_sluice, table):
@@ -538,3 +549,200 @@ def test_psycopg2_withhold_cursor_in_transaction_mode_fails_honestly_or_is_pinne
         assert got == (want[0], ("error", "InvalidCursorName", "34000",
                                  'ERROR:  cursor "held" does not exist'), [])
         s.wait_for_log(r"uses a WITH HOLD cursor in transaction mode .*session_state_policy = pin")
+
+
+def wait_notifies(conn, n, timeout=30):
+    """conn.poll() on readable, as a psycopg2 LISTEN loop does, until n notifications came."""
+    import select
+    got = []
+
+    def check():
+        if select.select([conn], [], [], 0.2)[0]:
+            conn.poll()
+        while conn.notifies:
+            nt = conn.notifies.pop(0)
+            got.append((nt.channel, nt.payload))
+        return len(got) >= n
+    wait_until(check, timeout, interval=0, what=f"{n} notifications")
+    return got
+
+
+def listen_program(port):
+    listener = psycopg2.connect(pg2_dsn(port))
+    talker = psycopg2.connect(pg2_dsn(port))
+    try:
+        listener.autocommit = True
+        talker.autocommit = True
+        fetch(listener, "LISTEN jobs")
+        fetch(talker, "NOTIFY jobs, 'one'")
+        with talker:  # a transaction: delivered at its commit, in order
+            fetch(talker, "SELECT pg_notify('jobs', 'two'), pg_notify('other', 'x')")
+            fetch(talker, "NOTIFY jobs, 'three'")
+        got = wait_notifies(listener, 3)
+        fetch(listener, "UNLISTEN jobs")
+        fetch(talker, "NOTIFY jobs, 'after unlisten'")
+        fetch(listener, "SELECT 1")  # a round trip in which a late notification would come
+        listener.poll()
+        return got, [(nt.channel, nt.payload) for nt in listener.notifies]
+    finally:
+        listener.close()
+        talker.close()
+
+
+def test_psycopg2_listen_notify_with_poll_in_session_mode(pg, start_sluice):
+    want = listen_program(pg.port)
+    assert want == ([("jobs", "one"), ("jobs", "two"), ("jobs", "three")], [])
+    s = sluice_for(start_sluice, pg, [APP_DB], "session")
+    assert listen_program(s.port) == want
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg2_cancel_mid_query_gives_57014_and_the_connection_goes_on(
+        pg, start_sluice, mode):
+    import threading
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=2)
+    for autocommit in (True, False):
+        conn = psycopg2.connect(pg2_dsn(s.port))
+        conn.autocommit = autocommit
+        err = []
+
+        def run():
+            try:
+                fetch(conn, "SELECT pg_sleep(60) /* cancel me */")
+            except psycopg2.Error as e:
+                err.append(pg2_error(e))
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        pg.wait_for_active(APP_USER, "cancel me", timeout=30)
+        conn.cancel()
+        t.join(30)
+        assert err == [("error", "QueryCanceled", "57014",
+                        "ERROR:  canceling statement due to user request")]
+        assert conn.get_transaction_status() == (
+            psycopg2.extensions.TRANSACTION_STATUS_IDLE if autocommit
+            else psycopg2.extensions.TRANSACTION_STATUS_INERROR)
+        conn.rollback()
+        assert fetch(conn, "SELECT 42") == [(42,)]
+        conn.close()
+
+
+# ---- clients that leave in the middle -------------------------------------------------------------
+
+def app_locks_on(pg, table):
+    """Locks app's backends hold on table, as pg_locks shows them."""
+    return pg.query("SELECT l.pid, l.mode FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                    " WHERE a.usename = %s AND l.relation = %s::regclass",
+                    [APP_USER, table], dbname=APP_DB)
+
+
+def app_sessions(pg):
+    return pg.query("SELECT state, query FROM pg_stat_activity WHERE usename = %s"
+                    " AND backend_type = 'client backend' ORDER BY pid", [APP_USER])
+
+
+def row_lockable(pg, table):
+    """A direct client can lock row 1 at once (NOWAIT): nobody holds it."""
+    try:
+        with pg.superuser(APP_DB) as c, c.transaction():
+            c.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE NOWAIT")
+        return True
+    except Exception:  # noqa: BLE001 - 55P03 while the lock is held
+        return False
+
+
+def make_locked_table(pg, table):
+    execute(pg, f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    execute(pg, f"INSERT INTO {table} SELECT g, 'v' FROM generate_series(1, 10) g")
+    execute(pg, f"GRANT ALL ON {table} TO {APP_USER}")
+
+
+def assert_nothing_left(pg, s, table, pool_size):
+    """After a client left in the middle: no lock of its on the table, no backend idle in a
+    transaction or still in its COPY, its rows are not there, the next client works, and the
+    pool never had more than pool_size backends."""
+    wait_until(lambda: not app_locks_on(pg, table) and row_lockable(pg, table), 30,
+               interval=0.1, what="the row lock to be released")
+    wait_until(lambda: all(st == "idle" for st, _q in app_sessions(pg)), 30, interval=0.1,
+               what="app's backends to be idle (not in a transaction, not in COPY)")
+    assert pg.query(f"SELECT count(*) FROM {table}", dbname=APP_DB) == [(10,)]
+    assert pg.query(f"SELECT v FROM {table} WHERE id = 1", dbname=APP_DB) == [("v",)]
+    with psycopg2.connect(pg2_dsn(s.port)) as c:
+        assert fetch(c, f"SELECT count(*), txid_current_if_assigned() FROM {table}") == \
+            [(10, None)]
+        assert fetch(c, "SELECT name FROM pg_cursors") == []
+        assert fetch(c, f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE NOWAIT") == [(1,)]
+    c.close()
+    assert pg.count_backends(APP_USER, APP_DB) <= pool_size
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg2_close_inside_a_transaction_leaves_nothing_for_the_next_client(
+        pg, start_sluice, table, mode):
+    make_locked_table(pg, table)
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
+    conn = psycopg2.connect(pg2_dsn(s.port))
+    fetch(conn, f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE")
+    fetch(conn, f"UPDATE {table} SET v = 'changed' WHERE id = 1")
+    fetch(conn, f"INSERT INTO {table} VALUES (11, 'new')")
+    fetch(conn, "DECLARE c CURSOR FOR SELECT 1")
+    assert app_locks_on(pg, table)
+    conn.close()  # Terminate inside the transaction
+    assert_nothing_left(pg, s, table, 1)
+
+
+CARELESS_CHILD = textwrap.dedent("""
+    import sys, time, psycopg2
+    conn = psycopg2.connect(sys.argv[1])
+    cur = conn.cursor()
+    table, what = sys.argv[2], sys.argv[3]
+    if what == "lock":
+        cur.execute(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE")
+        cur.execute(f"UPDATE {table} SET v = 'changed' WHERE id = 1")
+        print("locked", flush=True)
+        time.sleep(600)
+
+    class Stalling:
+        "A COPY source that sends some rows, then stalls mid-row."
+        def __init__(self):
+            self.calls = 0
+        def read(self, size=-1):
+            self.calls += 1
+            if self.calls <= 50:
+                return "".join(f"{100 + self.calls * 1000 + i}\\tcopied\\n" for i in range(500))
+            if self.calls == 51:
+                print("copying", flush=True)
+                return "999999\\tcut in the mid"
+            time.sleep(600)
+        readline = read
+    cur.execute(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE")
+    cur.copy_expert(f"COPY {table} FROM STDIN", Stalling(), size=8192)
+""")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("what,marker", [("lock", "locked"), ("copy", "copying")])
+def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
+        pg, start_sluice, table, tmp_path, mode, what, marker):
+    make_locked_table(pg, table)
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
+    child_py = tmp_path / "child.py"
+    child_py.write_text(CARELESS_CHILD)
+    with BackendSampler(pg, APP_USER, datname=APP_DB) as sampler:
+        child = subprocess.Popen([sys.executable, str(child_py), pg2_dsn(s.port), table, what],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = child.stdout.readline()
+            assert line.strip() == marker, (line, child.stderr.read() if child.poll() else "")
+            wait_until(lambda: app_locks_on(pg, table), 30, what="the child's lock")
+            if what == "copy":
+                wait_until(lambda: any(q.startswith("COPY") for _st, q in app_sessions(pg)), 30,
+                           what="the child's COPY on its backend")
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(30)
+        assert_nothing_left(pg, s, table, 1)
+    assert sampler.max <= 1, sampler.history
