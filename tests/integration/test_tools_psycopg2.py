@@ -216,6 +216,46 @@ def test_pg_dump_in_transaction_mode_with_policy_refuse_fails_with_0A000_saying_
     c.close()
 
 
+@pytest.mark.timeout(180)
+def test_restore_in_one_transaction_through_transaction_mode_gives_the_direct_database(
+        pg, start_sluice, source_db, tmp_path):
+    """pg_restore -1 and psql -1 keep the restore's search_path inside its one transaction:
+    what docs/pool-modes.md tells users to do when only a transaction-mode pool is at hand."""
+    targets = ["tools_one_direct", "tools_one_restore", "tools_one_psql"]
+    for t in targets:
+        create_db(pg, t)
+    try:
+        want = dump_text(pg, source_db)
+        archive = tmp_path / "c.dump"
+        p = tool("pg_dump", pg.port, ["-Fc", "-f", str(archive), "-d", source_db])
+        assert p.returncode == 0, p.stderr
+        s = sluice_for(start_sluice, pg, targets, "transaction")
+        r = tool("pg_restore", s.port, ["-1", "-d", "tools_one_restore", str(archive)])
+        assert seen(r) == {"rc": 0, "stdout": "", "stderr": ""}
+        assert dump_text(pg, "tools_one_restore") == want
+        args = ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1"]
+        direct = tool("psql", pg.port, args + ["-d", "tools_one_direct"], input=want)
+        pooled = tool("psql", s.port, args + ["-d", "tools_one_psql"], input=want)
+        assert direct.returncode == 0, direct.stderr
+        assert seen(pooled) == seen(direct)
+        assert dump_text(pg, "tools_one_psql") == want
+    finally:
+        drop_dbs(pg, targets)
+
+
+@pytest.mark.timeout(120)
+def test_pg_dump_with_more_jobs_than_the_pool_has_servers_fails_with_53300_naming_pool_size(
+        pg, start_sluice, source_db, tmp_path):
+    """-j 2 needs three sessions (the leader and two workers): with pool_size = 2 in session
+    mode the second worker waits for a server the leader never gives back."""
+    s = sluice_for(start_sluice, pg, [source_db], "session", default_pool_size=2,
+                   query_wait_timeout=2)
+    p = tool("pg_dump", s.port, ["-Fd", "-j", "2", "-f", str(tmp_path / "d"), "-d", source_db])
+    assert p.returncode == 1
+    assert f'pool "{source_db}/app" is full: 2 of 2 servers busy' in p.stderr, p.stderr
+    assert "pool_size = 2 is reached: raise it" in p.stderr, p.stderr
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "under the default session_state_policy = warn, pg_dump through a transaction-mode pool "
     "exits 0 with a dump made under the pool's search_path instead of its own '': names in "
@@ -427,6 +467,18 @@ def prog_copy_and_settings(t):
         conn.rollback()
         step("count", lambda: fetch(conn, f"SELECT count(*) FROM {t} WHERE id <= 0"))
         conn.commit()
+        # large objects: libpq's lo_* calls are FunctionCall messages
+        oid = 424242
+        lo = conn.lobject(0, "wb", new_oid=oid)
+        step("lo write", lambda: lo.write(b"0123456789" * 20000))
+        lo.close()
+        conn.commit()
+        step("lo read", lambda: (lambda o: (o.seek(199990), o.read(), o.close())[1])(
+            conn.lobject(oid, "rb")))
+        step("lo unlink", lambda: conn.lobject(oid, "rb").unlink())
+        conn.commit()
+        step("lo gone", lambda: conn.lobject(oid, "rb"))
+        conn.rollback()
     return run
 
 
@@ -459,6 +511,7 @@ def run_pg2(dsn, program, churn=False):
 
 
 def compare_pg2(pg, s, program, table, churn=False):
+    execute(pg, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = 424242")
     execute(pg, f"DROP TABLE IF EXISTS {table}")
     want = run_pg2(pg2_dsn(pg.port), program, churn)
     execute(pg, f"DROP TABLE IF EXISTS {table}")
