@@ -753,6 +753,18 @@ CARELESS_CHILD = textwrap.dedent("""
         cur.execute(f"UPDATE {table} SET v = 'changed' WHERE id = 1")
         print("locked", flush=True)
         time.sleep(600)
+    if what in ("sleep", "copy out"):
+        cur.execute(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE")
+        print("running", flush=True)
+        if what == "sleep":
+            cur.execute("SELECT pg_sleep(600)")
+
+        class Stuck:
+            "A COPY TO STDOUT reader that stops reading: the server's writes back up."
+            def write(self, data):
+                time.sleep(600)
+        cur.copy_expert(f"COPY (SELECT g, repeat('x', 1000) FROM generate_series(1, 1000000) g)"
+                        " TO STDOUT", Stuck())
 
     class Stalling:
         "A COPY source that sends some rows, then stalls mid-row."
@@ -774,7 +786,8 @@ CARELESS_CHILD = textwrap.dedent("""
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-@pytest.mark.parametrize("what,marker", [("lock", "locked"), ("copy", "copying")])
+@pytest.mark.parametrize("what,marker", [("lock", "locked"), ("copy", "copying"),
+                                         ("sleep", "running"), ("copy out", "running")])
 def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
         pg, start_sluice, table, tmp_path, mode, what, marker):
     make_locked_table(pg, table)
@@ -788,9 +801,11 @@ def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
             line = child.stdout.readline()
             assert line.strip() == marker, (line, child.stderr.read() if child.poll() else "")
             wait_until(lambda: app_locks_on(pg, table), 30, what="the child's lock")
-            if what == "copy":
-                wait_until(lambda: any(q.startswith("COPY") for _st, q in app_sessions(pg)), 30,
-                           what="the child's COPY on its backend")
+            if what != "lock":
+                busy = "pg_sleep" if what == "sleep" else "COPY"
+                wait_until(lambda: any(st == "active" and busy in q
+                                       for st, q in app_sessions(pg)), 30,
+                           what=f"the child's {what} running on its backend")
             os.kill(child.pid, signal.SIGKILL)
             child.wait(30)
         finally:
