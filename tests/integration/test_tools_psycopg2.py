@@ -523,7 +523,38 @@ def compare_pg2(pg, s, program, table, churn=False):
     return want
 
 
-PG2_CASES = [(p, m) for p in (prog_named_cursors, prog_copy_and_settings)
+def prog_misc(t):
+    """Several statements in one execute, notices, conn.reset(), two-phase commit (refused:
+    max_prepared_transactions = 0), set_client_encoding, reported parameters."""
+    def run(conn, step):
+        step("create", lambda: fetch(conn, f"CREATE TABLE {t} (id int PRIMARY KEY, v text)"))
+        conn.commit()
+        step("multi", lambda: fetch(conn, f"INSERT INTO {t} VALUES (1, 'a'); SELECT count(*) FROM {t}; "
+                                          "SELECT 'last'"))
+        step("notice", lambda: (fetch(conn, "DO $$BEGIN RAISE NOTICE 'hello %', 42; "
+                                            "RAISE WARNING 'careful'; END$$"), list(conn.notices))[1])
+        conn.commit()
+        step("reset", conn.reset)
+        step("after reset", lambda: fetch(conn, "SELECT current_setting('application_name'), "
+                                                "current_user, session_user"))
+        conn.commit()
+        step("tpc", lambda: (conn.tpc_begin(conn.xid(1, "g", "b")),
+                             fetch(conn, f"INSERT INTO {t} VALUES (2, 'tpc')"),
+                             conn.tpc_prepare()))
+        step("tpc rollback", conn.tpc_rollback)
+        step("count", lambda: fetch(conn, f"SELECT count(*) FROM {t}"))
+        conn.commit()
+        step("encoding", lambda: (conn.set_client_encoding("LATIN1"),
+                                  fetch(conn, "SELECT 'é', current_setting('client_encoding')"))[1])
+        conn.commit()
+        step("server_version", lambda: conn.server_version > 0)
+        step("params", lambda: [conn.get_parameter_status(p) for p in
+                                ("client_encoding", "DateStyle", "TimeZone",
+                                 "standard_conforming_strings", "integer_datetimes")])
+    return run
+
+
+PG2_CASES = [(p, m) for p in (prog_named_cursors, prog_copy_and_settings, prog_misc)
              for m in ("session", "transaction")] + [(prog_autocommit_set_session, "session")]
 
 
@@ -814,3 +845,30 @@ def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
                 child.wait(30)
         assert_nothing_left(pg, s, table, 1)
     assert sampler.max <= 1, sampler.history
+
+
+def async_program(port):
+    """psycopg2's asynchronous connections (psycogreen, gevent, aiopg): each step polled."""
+    from psycopg2.extras import wait_select
+    conn = psycopg2.connect(pg2_dsn(port), async_=1)
+    wait_select(conn)
+    out = []
+    cur = conn.cursor()
+    for sql in ("SELECT 1, 'one'", "SELECT 1/0", "SELECT pg_sleep(0.01), 'slept'",
+                "SELECT count(*) FROM generate_series(1, 100000)"):
+        try:
+            cur.execute(sql)
+            wait_select(conn)
+            out.append(cur.fetchall())
+        except psycopg2.Error as e:
+            out.append(pg2_error(e))
+    conn.close()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg2_async_connection_sees_what_postgres_shows(pg, start_sluice, mode):
+    want = async_program(pg.port)
+    assert want[0] == [(1, "one")] and want[1][2] == "22012"
+    s = sluice_for(start_sluice, pg, [APP_DB], mode)
+    assert async_program(s.port) == want
