@@ -206,14 +206,15 @@ def test_pg_dump_in_transaction_mode_with_policy_refuse_fails_with_0A000_saying_
             in p.stderr, p.stderr
     # the statement pg_dump starts with, as a driver sees it: SQLSTATE 0A000, and the session
     # goes on
-    with psycopg2.connect(s.dsn(dbname=source_db)) as c, c.cursor() as cur:
-        c.autocommit = True
+    c = psycopg2.connect(s.dsn(dbname=source_db))
+    try:
+        c.autocommit = True  # as pg_dump runs it: outside a transaction block
         with pytest.raises(psycopg2.errors.FeatureNotSupported) as e:
-            cur.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+            fetch(c, "SELECT pg_catalog.set_config('search_path', '', false)")
         assert e.value.pgcode == "0A000"
-        cur.execute("SELECT 1")
-        assert cur.fetchall() == [(1,)]
-    c.close()
+        assert fetch(c, "SELECT 1") == [(1,)]
+    finally:
+        c.close()
 
 
 @pytest.mark.timeout(180)
@@ -580,12 +581,15 @@ def test_psycopg2_autocommit_set_session_isolation_is_kept_in_transaction_mode(
 def test_psycopg2_isolation_given_at_login_is_kept_in_transaction_mode(pg, start_sluice, table):
     s = sluice_for(start_sluice, pg, [APP_DB], "transaction", default_pool_size=2)
     opts = " options='-c default_transaction_isolation=serializable'"
-    with psycopg2.connect(pg2_dsn(s.port) + opts) as conn:
-        conn.autocommit = True
-        for _ in range(3):
-            assert fetch(conn, "SELECT current_setting('transaction_isolation')") == \
-                [("serializable",)]
-    conn.close()
+    with Churn(pg2_dsn(s.port)):
+        conn = psycopg2.connect(pg2_dsn(s.port) + opts)
+        try:
+            conn.autocommit = True
+            for _ in range(5):
+                assert fetch(conn, "SELECT current_setting('transaction_isolation')") == \
+                    [("serializable",)]
+        finally:
+            conn.close()
 
 
 def held_cursor_program(port, table):
@@ -872,3 +876,48 @@ def test_psycopg2_async_connection_sees_what_postgres_shows(pg, start_sluice, mo
     assert want[0] == [(1, "one")] and want[1][2] == "22012"
     s = sluice_for(start_sluice, pg, [APP_DB], mode)
     assert async_program(s.port) == want
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_notifications_for_a_listener_that_left_never_reach_the_next_client(pg, start_sluice,
+                                                                             mode):
+    """A listener leaves while a direct client keeps notifying its channel; the next client of
+    that one backend must get none of them (in transaction mode the LISTEN already ends with
+    its transaction: the backend is reset)."""
+    import threading
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
+    stop = threading.Event()
+    sent = []
+
+    def talk():
+        t = psycopg2.connect(pg2_dsn(pg.port))
+        t.autocommit = True  # each NOTIFY is delivered at once
+        try:
+            while not stop.is_set():
+                fetch(t, f"NOTIFY jobs, 'n{len(sent)}'")
+                sent.append(1)
+                stop.wait(0.001)
+        finally:
+            t.close()
+    talker = threading.Thread(target=talk, daemon=True)
+    talker.start()
+    try:
+        got = []
+        for _ in range(10):
+            a = psycopg2.connect(pg2_dsn(s.port))
+            a.autocommit = True
+            fetch(a, "LISTEN jobs")
+            if mode == "session":
+                wait_notifies(a, 1)
+            a.close()
+            b = psycopg2.connect(pg2_dsn(s.port))
+            b.autocommit = True
+            for _ in range(3):
+                fetch(b, "SELECT pg_sleep(0.01)")
+                b.poll()
+            got += b.notifies
+            b.close()
+    finally:
+        stop.set()
+        talker.join(30)
+    assert sent and got == []
