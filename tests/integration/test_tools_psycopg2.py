@@ -921,3 +921,54 @@ def test_notifications_for_a_listener_that_left_never_reach_the_next_client(pg, 
         stop.set()
         talker.join(30)
     assert sent and got == []
+
+
+def cancel_copy_program(port, table):
+    """conn.cancel() while copy_expert streams a slow source into COPY FROM STDIN."""
+    import threading
+    conn = psycopg2.connect(pg2_dsn(port))
+    go = threading.Event()
+
+    class Slow:
+        def __init__(self):
+            self.n = 0
+
+        def read(self, size=-1):
+            self.n += 1
+            if self.n == 20:
+                go.set()
+            if self.n > 20:
+                threading.Event().wait(0.02)
+            if self.n > 80:
+                return ""
+            return "".join(f"{self.n * 1000 + i}\tx\n" for i in range(100))
+        readline = read
+    out = []
+
+    def canceller():
+        go.wait(30)
+        conn.cancel()
+    th = threading.Thread(target=canceller, daemon=True)
+    th.start()
+    try:
+        with conn.cursor() as cur:
+            cur.copy_expert(f"COPY {table} FROM STDIN", Slow(), size=4096)
+        out.append("finished")
+    except psycopg2.Error as e:
+        out.append(pg2_error(e))
+    out.append(conn.get_transaction_status())
+    conn.rollback()
+    out.append(fetch(conn, f"SELECT count(*) FROM {table}"))
+    conn.close()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg2_cancel_in_the_middle_of_copy_from_stdin_sees_what_postgres_shows(
+        pg, start_sluice, table, mode):
+    execute(pg, f"CREATE TABLE {table} (id int, v text)")
+    execute(pg, f"GRANT ALL ON {table} TO {APP_USER}")
+    want = cancel_copy_program(pg.port, table)
+    assert want[0][2] == "57014", want
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
+    assert cancel_copy_program(s.port, table) == want
