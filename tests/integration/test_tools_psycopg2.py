@@ -293,6 +293,20 @@ SELECT max(id) AS top \gset
 \d {t}
 \pset format unaligned
 SELECT * FROM {t} WHERE id <= 5 ORDER BY id;
+COPY {t} FROM STDIN;
+2000	inline	2024-02-01
+2001	\N	\N
+\.
+\set FETCH_COUNT 100
+SELECT g FROM generate_series(1, 350) g WHERE g % 100 = 0;
+\unset FETCH_COUNT
+\set ON_ERROR_ROLLBACK on
+BEGIN;
+INSERT INTO {t} VALUES (1000, 'kept', NULL);
+INSERT INTO {t} VALUES (1000, 'dup', NULL);
+COMMIT;
+SELECT name FROM {t} WHERE id IN (1000, 2000, 2001) ORDER BY id;
+\set ON_ERROR_ROLLBACK off
 BEGIN;
 INSERT INTO {t} VALUES (1, 'dup', NULL);
 SELECT 'not reached in the transaction';
@@ -326,7 +340,7 @@ def test_psql_script_with_copy_gexec_and_on_error_stop_sees_what_postgres_shows(
     s = sluice_for(start_sluice, pg, [APP_DB], mode)
     got = run_psql_script(s.port, table, tmp_path / "pooled")
     assert want["rc"] == 3 and "22P02" in want["stderr"], want
-    assert "COPY 500" in want["stdout"] and "UPDATE 1" in want["stdout"], want["stdout"]
+    assert "COPY 500" in want["stdout"] and "kept" in want["stdout"] and "UPDATE 1" in want["stdout"], want["stdout"]
     for k in want:
         assert got[k] == want[k], f"{k} differs:\n--- postgres\n{want[k]}\n--- sluice\n{got[k]}"
 
