@@ -19,7 +19,8 @@ import textwrap
 
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, run_tool, wait_until
+from conftest import (APP_DB, APP_PASSWORD, APP_USER, Background, BackendSampler, run_tool,
+                      wait_until)
 from test_driver_modes import Churn
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -27,6 +28,7 @@ import psycopg2.extensions  # noqa: E402
 import psycopg2.extras  # noqa: E402
 
 SRC_DB = "tools_src"
+ADMIN = "sluiceadmin"
 
 
 # ---- a database with something of each kind pg_dump handles ------------------------------------
@@ -840,7 +842,7 @@ CARELESS_CHILD = textwrap.dedent("""
 def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
         pg, start_sluice, table, tmp_path, mode, what, marker):
     make_locked_table(pg, table)
-    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
+    s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1, admin_users=ADMIN)
     child_py = tmp_path / "child.py"
     child_py.write_text(CARELESS_CHILD)
     with BackendSampler(pg, APP_USER, datname=APP_DB) as sampler:
@@ -855,14 +857,37 @@ def test_psycopg2_client_killed_holding_a_lock_or_in_copy_leaves_nothing_behind(
                 wait_until(lambda: any(st == "active" and busy in q
                                        for st, q in app_sessions(pg)), 30,
                            what=f"the child's {what} running on its backend")
+            # a client queued for the pool's one server meanwhile: it gets a clean one
+            waiter = Background(waiting_client, s.port, table)
+            wait_until(lambda: pool_waiting(s) >= 1, 30, what="the waiter to queue")
             os.kill(child.pid, signal.SIGKILL)
             child.wait(30)
+            assert waiter.result(60) == [(10, "v", None)]
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait(30)
         assert_nothing_left(pg, s, table, 1)
     assert sampler.max <= 1, sampler.history
+
+
+def waiting_client(port, table):
+    conn = psycopg2.connect(pg2_dsn(port))
+    try:
+        return fetch(conn, f"SELECT count(*), min(v), txid_current_if_assigned() FROM {table}")
+    finally:
+        conn.close()
+
+
+def pool_waiting(s):
+    """Clients waiting for a server in appdb/app, from the admin console's SHOW POOLS."""
+    import psycopg
+    with psycopg.connect(s.dsn(dbname="sluice", user=ADMIN, password=None),
+                         autocommit=True) as adm:
+        cur = adm.execute("SHOW POOLS")
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    return sum(r["cl_waiting"] for r in rows if (r["database"], r["user"]) == (APP_DB, APP_USER))
 
 
 def async_program(port):
