@@ -1011,3 +1011,24 @@ def test_psycopg2_cancel_in_the_middle_of_copy_from_stdin_sees_what_postgres_sho
     assert want[0][2] == "57014", want
     s = sluice_for(start_sluice, pg, [APP_DB], mode, default_pool_size=1)
     assert cancel_copy_program(s.port, table) == want
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_maintenance_tools_through_sluice_say_what_they_say_directly(pg, start_sluice, source_db,
+                                                                     mode):
+    s = sluice_for(start_sluice, pg, [source_db], mode)
+
+    def run(name, port, args):
+        out = seen(tool(name, port, args))
+        out["stdout"] = out["stdout"].replace(f":{port} ", ":PORT ")
+        out["stderr"] = sorted(out["stderr"].splitlines())  # -j: in the order jobs finish
+        return out
+    for name, args in (("vacuumdb", ["-j", "2", "-z", "-d", source_db]),
+                       ("vacuumdb", ["--analyze-in-stages", "-d", source_db]),
+                       ("reindexdb", ["-d", source_db]),
+                       ("clusterdb", ["-d", source_db]),
+                       ("pg_isready", ["-d", source_db])):
+        want = run(name, pg.port, args)
+        assert want["rc"] == 0, want
+        assert run(name, s.port, args) == want, (name, args)
