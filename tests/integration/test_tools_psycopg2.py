@@ -1032,3 +1032,19 @@ def test_maintenance_tools_through_sluice_say_what_they_say_directly(pg, start_s
         want = run(name, pg.port, args)
         assert want["rc"] == 0, want
         assert run(name, s.port, args) == want, (name, args)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_pg_isready_through_sluice_answers_for_sluice_not_for_the_database(pg, start_sluice, mode):
+    """libpq's ping (pg_isready) counts any authentication message as 'up', and sluice refuses
+    a login for a database that is down (57P03) only after AuthenticationOk, as it refuses
+    everything once the password is proven (a stranger learns nothing of a database). So
+    pg_isready through sluice says 'accepting connections' while the database is down, where
+    Postgres itself gives 'no response' (down) or 'rejecting connections' (57P03 before
+    authentication, while it starts up). docs/operations.md says to probe /health instead."""
+    from conftest import pick_port
+    s = start_sluice({"pool_mode": mode}, databases={APP_DB: pg.db_entry(port=pick_port())})
+    p = tool("psql", s.port, ["-X", "-d", APP_DB, "-c", "SELECT 1"])
+    assert p.returncode == 2 and "the database is down or refuses connections" in p.stderr, p
+    p = tool("pg_isready", s.port, ["-d", APP_DB])
+    assert (p.returncode, p.stdout) == (0, f"127.0.0.1:{s.port} - accepting connections\n")
