@@ -287,9 +287,9 @@ CREATE TABLE {t} (id int PRIMARY KEY, name text, at date);
 SELECT count(*), sum(id) FROM {t};
 \copy (SELECT * FROM {t} ORDER BY id) TO '{dir}/out.csv' WITH (FORMAT csv)
 SELECT format('UPDATE {t} SET name = upper(name) WHERE id = %s', id) FROM {t} WHERE id <= 3 \gexec
-SELECT max(id) AS top \gset
+SELECT max(id) AS top FROM {t} \gset
 \echo top is :top
-\if :top
+\if :{{?top}}
 \echo it is set
 \endif
 \d {t}
@@ -342,6 +342,7 @@ def test_psql_script_with_copy_gexec_and_on_error_stop_sees_what_postgres_shows(
     s = sluice_for(start_sluice, pg, [APP_DB], mode)
     got = run_psql_script(s.port, table, tmp_path / "pooled")
     assert want["rc"] == 3 and "22P02" in want["stderr"], want
+    assert "top is 500" in want["stdout"] and "\nit is set\n" in want["stdout"]
     assert "COPY 500" in want["stdout"] and "kept" in want["stdout"] and "UPDATE 1" in want["stdout"], want["stdout"]
     for k in want:
         assert got[k] == want[k], f"{k} differs:\n--- postgres\n{want[k]}\n--- sluice\n{got[k]}"
