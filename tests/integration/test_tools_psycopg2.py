@@ -1068,3 +1068,19 @@ def test_pg_isready_through_sluice_answers_for_sluice_not_for_the_database(pg, s
     assert p.returncode == 2 and "the database is down or refuses connections" in p.stderr, p
     p = tool("pg_isready", s.port, ["-d", APP_DB])
     assert (p.returncode, p.stdout) == (0, f"127.0.0.1:{s.port} - accepting connections\n")
+
+
+def test_pg_dump_and_psycopg2_in_statement_mode_get_0A000_for_their_begin(pg, start_sluice,
+                                                                          source_db):
+    s = sluice_for(start_sluice, pg, [source_db], "statement")
+    p = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
+    assert (p.returncode, p.stdout) == (1, "")
+    assert "ERROR:  transaction blocks are not allowed in statement pooling mode" in p.stderr
+    assert "Query was: BEGIN" in p.stderr, p.stderr
+    c = psycopg2.connect(pg2_dsn(s.port, source_db))  # not autocommit: psycopg2 sends BEGIN
+    try:
+        with pytest.raises(psycopg2.errors.FeatureNotSupported) as e:
+            fetch(c, "SELECT 1")
+        assert e.value.pgcode == "0A000"
+    finally:
+        c.close()
