@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import Background, wait_until
+from conftest import wait_until
 from pgwire import ServerError, raw_login
 
 ADMIN = "admin"

@@ -9,8 +9,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_PASSWORD, APP_USER, BackendSampler
-from pgwire import ServerError, raw_login
+from conftest import APP_USER, BackendSampler
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 import pytest
 
 
-from multiworker import SLOW, console, on_distinct_workers, show, worker_at_port
+from multiworker import SLOW, console, on_distinct_workers, worker_at_port
 from pgwire import RawConn, query_msg
 
 ADMIN = "admin"

@@ -350,7 +350,7 @@ def test_a_reload_that_changes_restart_only_keys_says_so_and_keeps_them(start_sl
     assert "workers = 2" in text, text
     text = text.replace("workers = 2", "workers = 3").replace(
         "pool_mode = transaction", "pool_mode = session")
-    text = text.replace("[sluice]\n", f"[sluice]\nlisten_backlog = 7\n", 1)
+    text = text.replace("[sluice]\n", "[sluice]\nlisten_backlog = 7\n", 1)
     s.ini_path.write_text(text)
     mark = len(s.log)
     s.send_signal(signal.SIGHUP)

@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import Background, PgCluster, pg_tool, pick_port, wait_until
+from conftest import Background, PgCluster, pg_tool, pick_port
 from pgwire import ServerError, raw_login
 from test_http import health, metrics, parse_metrics, pool_of, sample
 

@@ -4,10 +4,9 @@ keys PgBouncer knows (issue 22)."""
 import signal
 import time
 
-import psycopg
 import pytest
 
-from conftest import render_ini, wait_until
+from conftest import render_ini
 from pgwire import ServerError, raw_login
 from test_cli import assert_no_sanitizer_report, run
 

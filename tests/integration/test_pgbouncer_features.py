@@ -288,7 +288,6 @@ class CountingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        import socket
         while True:
             try:
                 a, _ = self.lsock.accept()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pgwire import (PROTOCOL_3_0, RawConn, ServerError, gssenc_request, message, query_msg,
+from pgwire import (PROTOCOL_3_0, RawConn, ServerError, gssenc_request, message,
                     raw_login, ssl_request, startup_packet, terminate_msg)
 
 
