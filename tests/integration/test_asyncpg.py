@@ -761,9 +761,9 @@ def test_listen_notify_in_session_mode(pg, start_sluice, table):
 
 def test_listen_in_transaction_mode_is_warned_or_refused_as_documented(pg, start_sluice, table):
     # docs/pool-modes.md: LISTEN does not outlive its transaction in transaction mode; the
-    # default policy (warn) logs it. refuse answers 0A000; asyncpg's add_listener sends LISTEN
-    # by Parse/Bind/Execute, which sluice answers with the ERROR and a ReadyForQuery and then
-    # closes the connection (docs/config.md, session_state_policy).
+    # default policy (warn) logs it. refuse answers 0A000 and the session goes on. asyncpg's
+    # add_listener sends LISTEN by Parse: before the fix sluice answered the ERROR and a
+    # ReadyForQuery and then closed the connection (a refused simple Query went on).
     async def listen(target, s):
         conn = await target.connect()
         try:
@@ -788,7 +788,48 @@ def test_listen_in_transaction_mode_is_warned_or_refused_as_documented(pg, start
     refuse = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
                            "session_state_policy": "refuse"})
     assert asyncio.run(listen(Target(refuse.port, pg.port), table)) == (
-        ("FeatureNotSupportedError", "0A000", "ERROR"), "ConnectionDoesNotExistError")
+        ("FeatureNotSupportedError", "0A000", "ERROR"), ([], 1))
+
+
+def test_session_state_refused_by_parse_leaves_the_session_going_on(pg, start_sluice):
+    # Postgres skips what follows a failed Parse up to the Sync; sluice, refusing the Parse in
+    # its place, does the same, so the client gets ERROR 0A000 and ReadyForQuery and goes on,
+    # outside a transaction and inside one. Before the fix: the connection was closed.
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
+                      "session_state_policy": "refuse"})
+
+    async def program(target):
+        seen = Seen()
+        conn = await target.connect()
+        await seen.step("lock", conn, conn.fetchval("SELECT pg_advisory_lock($1)", 7))
+        await seen.step("after", conn, conn.fetchval("SELECT $1::int + 1", 1))
+        await seen.step("begin", conn, conn.execute("BEGIN"))
+        await seen.step("in-txn", conn, conn.fetchval("SELECT 2"))
+        await seen.step("temp-in-txn", conn, conn.prepare("CREATE TEMP TABLE tt (i int)"))
+        await seen.step("still-in-txn", conn, conn.fetchval("SELECT 3"))
+        await seen.step("commit", conn, conn.execute("COMMIT"))
+        await seen.step("executemany", conn, conn.executemany(
+            "SELECT pg_advisory_lock($1)", [(1,), (2,)]))
+        await seen.step("last", conn, conn.fetchval("SELECT 4"))
+        await conn.close()
+        return seen.log
+
+    refused = ("error", "FeatureNotSupportedError", "0A000",
+               "a session advisory lock is not supported in transaction pooling mode"
+               " (session_state_policy = refuse)")
+    assert asyncio.run(program(Target(s.port, pg.port))) == [
+        ("lock", refused, False),
+        ("after", ("ok", "2"), False),
+        ("begin", ("ok", "'BEGIN'"), True),
+        ("in-txn", ("ok", "2"), True),
+        ("temp-in-txn", ("error", "FeatureNotSupportedError", "0A000",
+                         "a temporary table is not supported in transaction pooling mode"
+                         " (session_state_policy = refuse)"), True),
+        ("still-in-txn", ("ok", "3"), True),
+        ("commit", ("ok", "'COMMIT'"), False),
+        ("executemany", refused, False),
+        ("last", ("ok", "4"), False),
+    ]
 
 
 # ---- caps under a storm of pools -------------------------------------------------------------------
