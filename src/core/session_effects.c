@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "client.h"
+#include "codec.h"
 #include "conn_id.h"
 #include "log.h"
 #include "pool.h"
@@ -15,12 +16,46 @@
 #include "server.h"
 #include "sluice.h"
 
+/* What sluice answers in the server's place when it refuses the message at c->in.scan. */
+struct refused_request {
+    uint32_t len;    /* the bytes answered for; 0: it cannot answer, the session ends */
+    bool with_ready; /* they end with a Sync (or are a Query): a ReadyForQuery follows */
+};
+
+/* A Query alone. A Parse with every message after it through the batch's Sync, which Postgres
+ * skips after a failed Parse (protocol "Extended Query": messages are discarded until a Sync),
+ * or through a Flush that ends what the client sent (asyncpg prepares with Parse, Describe,
+ * Flush, and sends its Sync once it has the error): the client gets the ERROR at once, and the
+ * Sync, whichever server it reaches, its ReadyForQuery. What the client sends between that
+ * Flush and its Sync is not skipped. Nothing when the batch is not all in the buffer. */
+static struct refused_request refused_request(const struct buf *b, uint8_t type, uint32_t body_len)
+{
+    struct refused_request none = {0, false};
+    uint32_t whole = CODEC_HEADER_LEN + body_len;
+    if (buf_unframed(b) < whole || (type != 'Q' && type != 'P'))
+        return none;
+    if (type == 'Q')
+        return (struct refused_request){whole, true};
+    uint32_t pos = b->scan + whole;
+    uint8_t next;
+    uint32_t next_len;
+    while (codec_frame_header(b->data + pos, b->wpos - pos, UINT32_MAX, &next, &next_len) ==
+               FRAME_OK &&
+           b->wpos - pos - CODEC_HEADER_LEN >= next_len && next != 'X') {
+        pos += CODEC_HEADER_LEN + next_len;
+        if (next == 'S')
+            return (struct refused_request){pos - b->scan, true};
+        if (next == 'H' && pos == b->wpos)
+            return (struct refused_request){pos - b->scan, false};
+    }
+    return none;
+}
+
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
 static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
                                               enum session_feature f, uint32_t body_len,
                                               struct client_failure *fail)
 {
-    uint32_t whole = CODEC_HEADER_LEN + body_len;
     enum session_policy policy = c->worker->cfg->session_state_policy;
     if (policy == SESSION_POLICY_PIN) {
         if (!c->pinned)
@@ -33,8 +68,8 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         return TRACK_PASS;
     }
     if (policy == SESSION_POLICY_REFUSE) {
-        if (type != 'Q' || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain ||
-            buf_unframed(&c->in) < CODEC_HEADER_LEN + body_len) {
+        struct refused_request answered = refused_request(&c->in, type, body_len);
+        if (answered.len == 0 || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain) {
             /* Not at a point where sluice can answer in the server's place (and go on): an
              * ERROR alone would leave the client waiting for a ReadyForQuery. */
             fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
@@ -42,13 +77,14 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         }
         if (buf_pending(&c->in) > 0)
             return TRACK_FLUSH;
-        c->in.scan += whole;
-        buf_consume(&c->in, whole);
+        c->in.scan += answered.len;
+        buf_consume(&c->in, answered.len);
         if (c->worker->cfg->log_pooler_errors)
             log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
                        session_feature_name(f));
         error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
-        codec_put_ready(&c->out, s->txn_status);
+        if (answered.with_ready)
+            codec_put_ready(&c->out, s->txn_status);
         return TRACK_CONSUMED;
     }
     if (!(c->warned & (1u << f))) {
