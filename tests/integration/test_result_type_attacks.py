@@ -4,9 +4,11 @@ them, Postgres as the oracle where the behaviour is transparent."""
 
 import struct
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER
+import pytest
+
+from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler
 from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_data_row, parse_fields,
-                    parse_msg, query_msg, raw_login, sync_msg)
+                    parse_msg, query_msg, raw_login, sync_msg, terminate_msg)
 from test_driver_modes import compare_clients, drop, libpq_pipeline, on_another_backend
 
 ALTER_TO_TEXT = "ALTER TABLE {t} ALTER COLUMN v TYPE text USING 'abc' || v"
@@ -180,3 +182,131 @@ def test_wide_statements_a_copy_and_no_rows_prepared_by_name(pg, start_sluice, t
         return out
 
     compare_raw(pg, s, table, TABLE, program)
+
+
+# ---- clients that leave while sluice waits for a result type -------------------------------------
+
+def next_client(conn, t):
+    """What a client sees of the server a client that left hands on: no stray replies."""
+    out = exchange(conn, [parse_msg("n", f"SELECT v, id FROM {t} WHERE id = $1"),
+                          describe_msg("S", "n"), bind_msg("", "n", ["2"]), execute_msg(),
+                          sync_msg()], 1)
+    out += exchange(conn, [query_msg("SELECT 7; SELECT txid_current_if_assigned() IS NULL")], 1)
+    out += exchange(conn, [bind_msg("", "n", ["1"]), execute_msg(), sync_msg()], 1)
+    return out
+
+
+def leave(conn, how):
+    if how == "terminate":
+        conn.send(terminate_msg())
+        conn.close()
+    else:
+        conn.close_abruptly(reset=how == "reset")
+
+
+LEAVINGS = {
+    # its Bind waits for sluice's Describe of q0, prepared again (q1 pushed it out)
+    "bind waits": lambda t: [bind_msg("", "q0", ["1"]), execute_msg(), sync_msg()],
+    "bind waits, no sync": lambda t: [bind_msg("", "q0", ["1"]), execute_msg()],
+    # sluice's Describe of the Parse is due before its next message, which never comes
+    "after a parse": lambda t: [parse_msg("q2", f"SELECT id + 1 FROM {t}")],
+    "parse and bind": lambda t: [parse_msg("q2", f"SELECT id + 1 FROM {t}"),
+                                 bind_msg("", "q2"), execute_msg()],
+    "describe waits": lambda t: [describe_msg("S", "q0"), sync_msg()],
+    "in a transaction": lambda t: [query_msg("BEGIN"), bind_msg("", "q0", ["1"]),
+                                   execute_msg(), sync_msg()],
+}
+
+
+def test_clients_that_leave_while_a_result_type_is_awaited_leave_a_clean_server(
+        pg, start_sluice, table):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    drop(pg, table)
+    with pg.superuser(dbname=APP_DB) as c:
+        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
+    d = direct(pg)
+    try:
+        want = next_client(d, table)
+    finally:
+        d.close()
+    with BackendSampler(pg) as sampler:
+        for round in range(4):
+            for what, msgs in LEAVINGS.items():
+                for how in ("close", "terminate", "reset"):
+                    a = through(s)
+                    exchange(a, [parse_msg("q0", f"SELECT v FROM {table} WHERE id = $1"),
+                                 parse_msg("q1", f"SELECT id FROM {table} WHERE id = $1"),
+                                 sync_msg()], 1)
+                    a.send(b"".join(msgs(table)))
+                    leave(a, how)
+                    b = through(s)
+                    try:
+                        got = next_client(b, table)
+                    finally:
+                        b.close()
+                    assert got == want, (round, what, how, got)
+    assert sampler.max <= 1, sampler.history
+
+
+# ---- few slots on the server, many statements, DDL between, the same texts by two clients --------
+
+def stmt_text(t, i):
+    return f"SELECT v + {i} AS c, id FROM {t} WHERE id = $1"
+
+
+def run_all(conn, names, one_batch):
+    msgs = []
+    for n in names:
+        msgs += [bind_msg("", n, ["1"]), execute_msg()] + ([] if one_batch else [sync_msg()])
+    return exchange(conn, msgs + ([sync_msg()] if one_batch else []),
+                    1 if one_batch else len(names))
+
+
+def reprepare(conn, names, texts):
+    msgs = [close_msg("S", n) for n in names]
+    msgs += [parse_msg(n, x) for n, x in zip(names, texts)]
+    return exchange(conn, msgs + [sync_msg()], 1)
+
+
+def ping_pong(conns, t, pin):
+    a, b, c = conns
+    out = exchange(a, [query_msg("LISTEN sluice_attack")], 1) if pin else []
+    mine = [f"s{i}" for i in range(6)]
+    theirs = [f"r{i}" for i in range(6)]
+    texts = [stmt_text(t, i) for i in range(6)]
+    out += exchange(a, [parse_msg(n, x) for n, x in zip(mine, texts)] + [sync_msg()], 1)
+    out += run_all(a, mine, True)
+    out += exchange(c, [query_msg(f"ALTER TABLE {t} ALTER COLUMN v TYPE bigint")], 1)
+    out += run_all(a, mine, False)          # each: 0A000
+    out += run_all(a, mine[::-1], True)     # the first fails, the rest skipped
+    out += exchange(b, [parse_msg(n, x) for n, x in zip(theirs, texts)] + [sync_msg()], 1)
+    out += run_all(b, theirs, True)
+    out += reprepare(a, mine, texts)
+    out += run_all(a, mine, False)
+    out += exchange(c, [query_msg(f"ALTER TABLE {t} ALTER COLUMN v TYPE int")], 1)
+    for _ in range(2):  # each prepares again, the other's fails
+        out += run_all(b, theirs, False)
+        out += run_all(a, mine, True)
+        out += reprepare(b, theirs, texts)
+        out += run_all(b, theirs, True)
+        out += run_all(a, mine, False)
+        out += reprepare(a, mine, texts)
+        out += exchange(c, [query_msg(f"ALTER TABLE {t} ADD COLUMN w{_} int")], 1)
+    out += exchange(a, [parse_msg("star", f"SELECT * FROM {t}"), bind_msg("", "star"),
+                        execute_msg(), sync_msg()], 1)
+    out += exchange(c, [query_msg(f"ALTER TABLE {t} DROP COLUMN w0")], 1)
+    out += exchange(a, [bind_msg("", "star"), execute_msg(), sync_msg(), query_msg("SELECT 1")],
+                    2)
+    if pin:
+        out += exchange(a, [query_msg("UNLISTEN *")], 1)
+    return out
+
+
+@pytest.mark.parametrize("mode, policy", [("transaction", "warn"), ("statement", "warn"),
+                                          ("transaction", "pin")])
+def test_many_statements_few_server_slots_ddl_and_another_clients_same_texts(
+        pg, start_sluice, table, mode, policy):
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2, "workers": 2,
+                      "max_prepared_statements": 2, "session_state_policy": policy})
+    compare_raw(pg, s, table, TABLE, lambda conns, t: ping_pong(conns, t, policy == "pin"))
