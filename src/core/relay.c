@@ -154,8 +154,18 @@ static void query_done(struct server *s, struct client *c, char status)
 
 /* ---- a server whose client left ---- */
 
+/* sluice's own requests sent before a client's message that waits for their replies (a
+ * statement prepared again and described, its Flush: stmt_track.c), with nothing of the
+ * client's since its last Sync: their replies are due after that Sync's ReadyForQuery, if any,
+ * and no Sync follows them. */
+static bool own_requests_unsynced(const struct server *s)
+{
+    return !s->batch_open && stmt_queue_unsynced(&s->reqs);
+}
+
 /* End what the server would wait for from the client that left: a COPY FROM STDIN gets CopyFail,
- * an open extended-protocol batch its Sync. False when out of memory. */
+ * an open extended-protocol batch its Sync, as do sluice's own requests without one. False when
+ * out of memory. */
 static bool end_orphan_requests(struct server *s)
 {
     stmt_queue_forget_due(&s->reqs, &s->stmts); /* the Describe after its last Parse */
@@ -167,7 +177,7 @@ static bool end_orphan_requests(struct server *s)
         codec_end(&s->out);
         request_track_copy_in_ended(s);
     }
-    if (s->batch_open) {
+    if (s->batch_open || own_requests_unsynced(s)) {
         /* Extended-protocol messages without their Sync: what they ran is in an implicit
          * transaction that only a Sync commits, and Postgres rolls it back when the session ends
          * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
@@ -559,10 +569,12 @@ bool relay_pair_quiet(const struct client *c, const struct server *s)
            c->out_pos >= c->out.len && s->out_pos >= s->out.len && sockio_pending(&c->io) == 0;
 }
 
+/* Replies framed for the client and not yet written (its socket full, or failing: it left) are
+ * not yet over either: a server handed on with them would give them to the next client. */
 bool relay_at_boundary(const struct server *s, const struct client *c)
 {
-    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 && (!c || c->rx.remain == 0) &&
-           s->out_pos >= s->out.len;
+    return s->inflight == 0 && !s->batch_open && !own_requests_unsynced(s) && s->rx.remain == 0 &&
+           buf_pending(&s->in) == 0 && (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
 }
 
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)

@@ -443,6 +443,11 @@ bool stmt_queue_drop_undecided(const struct stmt_queue *q)
     return false;
 }
 
+bool stmt_queue_unsynced(const struct stmt_queue *q)
+{
+    return q->count > 0 && item_at(q, q->count - 1)->kind != REQ_SYNC;
+}
+
 bool stmt_queue_past_failed_batch(const struct stmt_queue *q)
 {
     if (!q->batch_failed)
