@@ -541,11 +541,21 @@ void relay_client_interest(struct client *c)
     sockio_want(&c->io, ev);
 }
 
+/* While the client's next message waits for the result type of a statement sluice prepares again
+ * (stmt_track.c), its socket is not read: a client that sent its requests and closed is seen
+ * leaving once they are framed, and they run, as Postgres runs what it read before the close
+ * (read first, the close dropped them unsent). Postgres does not look at the socket while a
+ * statement waits on a lock either. */
+static bool client_read_held(const struct server *s)
+{
+    return s->reqs.shape_awaited;
+}
+
 static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
     bool to_client_pending = c->out_pos < c->out.len || buf_pending(&s->in) > 0;
-    bool client_room = c->state != CLIENT_TERMINATING &&
+    bool client_room = c->state != CLIENT_TERMINATING && !client_read_held(s) &&
                        (!c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0);
     bool server_room = !s->in.data || s->in.wpos < buf_block_size() || s->in.rpos > 0;
     sockio_want(&c->io, read_interest(!to_server_pending && client_room) |
@@ -764,7 +774,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             more |= n > 0;
         }
         if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 &&
-            c->state != CLIENT_TERMINATING) {
+            c->state != CLIENT_TERMINATING && !client_read_held(s)) {
             enum relay_result gone;
             int n = client_side_read(c, o, &gone);
             if (n < 0)
@@ -782,7 +792,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
 enum relay_result relay_client_readable(struct client *c, struct relay_outcome *o)
 {
     struct server *s = c->server;
-    if (buf_pending(&c->in) > 0) {
+    if (buf_pending(&c->in) > 0 || client_read_held(s)) {
         /* Not reading while the server has not taken the last bytes; a stale event. */
         return relay_pump(s, o);
     }
