@@ -7,7 +7,8 @@ import struct
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, wait_until
-from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_data_row, parse_fields,
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, message, parse_data_row,
+                    parse_fields,
                     parse_msg, query_msg, raw_login, sync_msg, terminate_msg)
 from test_admin import console, pool_row
 from test_driver_modes import compare_clients, drop, libpq_pipeline, on_another_backend
@@ -394,3 +395,65 @@ def test_requests_sent_before_a_terminate_run_while_their_result_type_is_checked
         with pg.superuser(dbname=APP_DB) as c:
             c.execute(f"DELETE FROM {table} WHERE id >= 100")
     assert counts == {"postgres": 20, "sluice": 20}
+
+
+def test_ddl_that_commits_while_the_prepare_again_waits_and_a_failed_transaction(
+        pg, start_sluice, table):
+    """A column's type changes in a transaction that holds the table while q0 is used: Postgres
+    revalidates q0 once the lock is free (0A000), sluice's Parse of q0 again waits for the same
+    lock and sees the new type. Then uses of q0 in a failed transaction (25P02, the Parse
+    sluice sends first refused alike) and after its ROLLBACK."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+
+    def program(conns, t):
+        a = conns[0]
+        out = exchange(a, [parse_msg("q0", f"SELECT v FROM {t} WHERE id = $1"),
+                           parse_msg("q1", f"SELECT id FROM {t} WHERE id = $1"), sync_msg()], 1)
+        with pg.superuser(dbname=APP_DB) as locker:
+            locker.execute("BEGIN")
+            locker.execute(f"ALTER TABLE {t} ALTER COLUMN v TYPE text")
+            a.send(bind_msg("", "q0", ["1"]) + execute_msg() + sync_msg())
+            wait_until(lambda: pg.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+                " AND wait_event_type = 'Lock'", [APP_USER])[0][0] == 1, 60,
+                what="q0 waiting on the lock")
+            locker.execute("COMMIT")
+        out += exchange(a, [], 1)
+        out += exchange(a, [query_msg("BEGIN"), parse_msg("", "SELECT 1/0"), bind_msg("", ""),
+                            execute_msg(), sync_msg(), bind_msg("", "q1", ["1"]), execute_msg(),
+                            sync_msg(), describe_msg("S", "q1"), sync_msg(),
+                            query_msg("ROLLBACK"), bind_msg("", "q1", ["1"]), execute_msg(),
+                            sync_msg()], 6)
+        out += exchange(a, [close_msg("S", "q0"), parse_msg("q0", f"SELECT v FROM {t} WHERE id = $1"),
+                            bind_msg("", "q0", ["1"]), execute_msg(), sync_msg()], 1)
+        return out
+
+    compare_raw(pg, s, table, TABLE, program)
+
+
+def test_flushes_in_place_of_syncs_while_statements_are_prepared_again(pg, start_sluice, table):
+    """A client that reads each reply after a Flush (no Sync until the end), with statements
+    sluice prepares again and describes in between, its own Describe right after a Parse."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    flush = message(b"H")
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        out = exchange(a, [parse_msg("q0", f"SELECT v FROM {t} WHERE id = $1"), flush], 1,
+                       until=("1",))
+        out += exchange(a, [describe_msg("S", "q0"), flush], 1, until=("T",))
+        out += exchange(a, [parse_msg("q1", f"SELECT id, v FROM {t} WHERE id = $1"),
+                            describe_msg("S", "q1"), flush], 1, until=("T",))
+        out += exchange(a, [bind_msg("", "q0", ["1"]), execute_msg(), flush], 1, until=("C",))
+        out += exchange(a, [bind_msg("", "q1", ["2"]), execute_msg(), flush], 1, until=("C",))
+        out += exchange(a, [describe_msg("S", "q0"), bind_msg("", "q0", ["2"]), execute_msg(),
+                            flush], 1, until=("C",))
+        out += exchange(a, [sync_msg()], 1)
+        out += exchange(b, [query_msg(f"ALTER TABLE {t} ALTER COLUMN v TYPE bigint")], 1)
+        out += exchange(a, [bind_msg("", "q1", ["2"]), execute_msg(), flush], 1, until=("E",))
+        out += exchange(a, [bind_msg("", "q0", ["2"]), execute_msg(), sync_msg()], 1)
+        return out
+
+    compare_raw(pg, s, table, TABLE, program)
