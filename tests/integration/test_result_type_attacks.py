@@ -2,8 +2,12 @@
 docs/pool-modes.md "A statement's result type after DDL"), as careless and hostile clients make
 them, Postgres as the oracle where the behaviour is transparent."""
 
+import collections
+import contextlib
 import struct
+import threading
 
+import psycopg
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, wait_until
@@ -457,3 +461,58 @@ def test_flushes_in_place_of_syncs_while_statements_are_prepared_again(pg, start
         return out
 
     compare_raw(pg, s, table, TABLE, program)
+
+
+# ---- many clients, DDL flipping a column's type: no hang, nothing but 0A000, within the caps -----
+
+def test_clients_racing_ddl_that_flips_a_result_type_see_rows_or_0a000_only(
+        pg, start_sluice, table):
+    """Five psycopg clients (statements prepared at once, some in pipelines) run three texts on
+    one table while a sixth flips a column's type 30 times; servers hold two statements and
+    move between clients and workers. Which use fails depends on timing: each must return rows
+    or 0A000, never hang, and the pool stays within its 2 servers."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 2,
+                      "max_prepared_statements": 2})
+    drop(pg, table)
+    with pg.superuser(dbname=APP_DB) as c:
+        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
+    stop = threading.Event()
+    errors, done = [], collections.Counter()
+    texts = [f"SELECT v FROM {table} WHERE id = %s", f"SELECT * FROM {table} WHERE id = %s",
+             f"SELECT v, id FROM {table} WHERE id = %s"]
+
+    def client(k):
+        try:
+            with psycopg.connect(s.dsn(), autocommit=True, prepare_threshold=0) as conn:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        with conn.pipeline() if i % 5 == 0 else contextlib.nullcontext():
+                            conn.execute(texts[i % 3], [1]).fetchall()
+                        done["rows"] += 1
+                    except psycopg.Error as e:
+                        done[e.sqlstate] += 1
+                        if e.sqlstate != "0A000":
+                            errors.append((k, e.sqlstate, str(e)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((k, "lost", repr(e)))
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(5)]
+    with BackendSampler(pg) as sampler:
+        for t in threads:
+            t.start()
+        with psycopg.connect(s.dsn(), autocommit=True) as ddl:
+            for j in range(30):
+                ddl.execute(f"ALTER TABLE {table} ALTER COLUMN v TYPE "
+                            f"{'bigint' if j % 2 == 0 else 'int'}")
+                before = sum(done.values())
+                wait_until(lambda: sum(done.values()) >= before + 20 or errors, 60,
+                           what="the clients going on")
+        stop.set()
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive(), "a client hangs"
+    assert not errors, errors[:5]
+    assert done["rows"] > 0 and done["0A000"] > 0, done
+    assert sampler.max <= 2, sampler.history
