@@ -516,3 +516,28 @@ def test_clients_racing_ddl_that_flips_a_result_type_see_rows_or_0a000_only(
     assert not errors, errors[:5]
     assert done["rows"] > 0 and done["0A000"] > 0, done
     assert sampler.max <= 2, sampler.history
+
+
+def test_a_simple_query_right_after_a_named_parse(pg, start_sluice, table):
+    """Parse (no Sync) then a simple Query: sluice's Describe of the statement goes between
+    them; the Query's results, its error, and the statement's later uses as in Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        out = exchange(a, [parse_msg("q0", f"SELECT v FROM {t} WHERE id = $1"),
+                           query_msg("SELECT 1")], 1)
+        out += exchange(a, [parse_msg("q1", f"SELECT id FROM {t} WHERE id = $1"),
+                            query_msg("SELECT 1/0")], 1)
+        out += exchange(a, [bind_msg("", "q0", ["1"]), execute_msg(), sync_msg(),
+                            bind_msg("", "q1", ["2"]), execute_msg(), sync_msg()], 2)
+        out += exchange(b, [query_msg(f"ALTER TABLE {t} ALTER COLUMN v TYPE text")], 1)
+        out += exchange(a, [parse_msg("q2", f"SELECT v FROM {t} WHERE id = $1"),
+                            query_msg(f"SELECT v FROM {t}")], 1)  # (SQL EXECUTE of q0: not
+        # checked, docs/pool-modes.md)
+        out += exchange(a, [bind_msg("", "q0", ["1"]), execute_msg(), sync_msg(),
+                            bind_msg("", "q2", ["1"]), execute_msg(), sync_msg()], 2)
+        return out
+
+    compare_raw(pg, s, table, TABLE, program)
