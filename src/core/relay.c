@@ -154,8 +154,18 @@ static void query_done(struct server *s, struct client *c, char status)
 
 /* ---- a server whose client left ---- */
 
+/* sluice's own requests sent before a client's message that waits for their replies (a
+ * statement prepared again and described, its Flush: stmt_track.c), with nothing of the
+ * client's since its last Sync: their replies are due after that Sync's ReadyForQuery, if any,
+ * and no Sync follows them. */
+static bool own_requests_unsynced(const struct server *s)
+{
+    return !s->batch_open && stmt_queue_unsynced(&s->reqs);
+}
+
 /* End what the server would wait for from the client that left: a COPY FROM STDIN gets CopyFail,
- * an open extended-protocol batch its Sync. False when out of memory. */
+ * an open extended-protocol batch its Sync, as do sluice's own requests without one. False when
+ * out of memory. */
 static bool end_orphan_requests(struct server *s)
 {
     stmt_queue_forget_due(&s->reqs, &s->stmts); /* the Describe after its last Parse */
@@ -167,7 +177,7 @@ static bool end_orphan_requests(struct server *s)
         codec_end(&s->out);
         request_track_copy_in_ended(s);
     }
-    if (s->batch_open) {
+    if (s->batch_open || own_requests_unsynced(s)) {
         /* Extended-protocol messages without their Sync: what they ran is in an implicit
          * transaction that only a Sync commits, and Postgres rolls it back when the session ends
          * first. A bare Sync would commit it, so an Execute of a portal that does not exist goes
@@ -531,11 +541,21 @@ void relay_client_interest(struct client *c)
     sockio_want(&c->io, ev);
 }
 
+/* While the client's next message waits for the result type of a statement sluice prepares again
+ * (stmt_track.c), its socket is not read: a client that sent its requests and closed is seen
+ * leaving once they are framed, and they run, as Postgres runs what it read before the close
+ * (read first, the close dropped them unsent). Postgres does not look at the socket while a
+ * statement waits on a lock either. */
+static bool client_read_held(const struct server *s)
+{
+    return s->reqs.shape_awaited;
+}
+
 static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
     bool to_client_pending = c->out_pos < c->out.len || buf_pending(&s->in) > 0;
-    bool client_room = c->state != CLIENT_TERMINATING &&
+    bool client_room = c->state != CLIENT_TERMINATING && !client_read_held(s) &&
                        (!c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0);
     bool server_room = !s->in.data || s->in.wpos < buf_block_size() || s->in.rpos > 0;
     sockio_want(&c->io, read_interest(!to_server_pending && client_room) |
@@ -559,10 +579,12 @@ bool relay_pair_quiet(const struct client *c, const struct server *s)
            c->out_pos >= c->out.len && s->out_pos >= s->out.len && sockio_pending(&c->io) == 0;
 }
 
+/* Replies framed for the client and not yet written (its socket full, or failing: it left) are
+ * not yet over either: a server handed on with them would give them to the next client. */
 bool relay_at_boundary(const struct server *s, const struct client *c)
 {
-    return s->inflight == 0 && !s->batch_open && s->rx.remain == 0 && (!c || c->rx.remain == 0) &&
-           s->out_pos >= s->out.len;
+    return s->inflight == 0 && !s->batch_open && !own_requests_unsynced(s) && s->rx.remain == 0 &&
+           buf_pending(&s->in) == 0 && (!c || c->rx.remain == 0) && s->out_pos >= s->out.len;
 }
 
 enum pair_wait relay_pair_wait(const struct client *c, const struct server *s)
@@ -752,7 +774,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
             more |= n > 0;
         }
         if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 &&
-            c->state != CLIENT_TERMINATING) {
+            c->state != CLIENT_TERMINATING && !client_read_held(s)) {
             enum relay_result gone;
             int n = client_side_read(c, o, &gone);
             if (n < 0)
@@ -770,7 +792,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
 enum relay_result relay_client_readable(struct client *c, struct relay_outcome *o)
 {
     struct server *s = c->server;
-    if (buf_pending(&c->in) > 0) {
+    if (buf_pending(&c->in) > 0 || client_read_held(s)) {
         /* Not reading while the server has not taken the last bytes; a stale event. */
         return relay_pump(s, o);
     }

@@ -31,7 +31,8 @@ bool request_track_on(const struct server *s)
 bool request_track_client_waits(const struct server *s)
 {
     return login_reset_client_waits(s) || s->reqs.shape_awaited ||
-           ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs)) &&
+           ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs) ||
+             stmt_queue_past_failed_batch(&s->reqs)) &&
             !s->copy_in);
 }
 

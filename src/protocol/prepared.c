@@ -443,6 +443,21 @@ bool stmt_queue_drop_undecided(const struct stmt_queue *q)
     return false;
 }
 
+bool stmt_queue_unsynced(const struct stmt_queue *q)
+{
+    return q->count > 0 && item_at(q, q->count - 1)->kind != REQ_SYNC;
+}
+
+bool stmt_queue_past_failed_batch(const struct stmt_queue *q)
+{
+    if (!q->batch_failed)
+        return false;
+    for (uint32_t i = 0; i < q->count; i++)
+        if (item_at(q, i)->kind == REQ_SYNC)
+            return true;
+    return false;
+}
+
 /* A named Parse of the client's (client_name NULL: any) queued ahead of a Sync. */
 static bool parse_before_sync(const struct stmt_queue *q, const char *client_name)
 {

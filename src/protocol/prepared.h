@@ -241,6 +241,15 @@ int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
  * of a Sync? Its outcome decides which statements the client has: what the client sends after
  * that Sync waits for it (what it sends before is skipped if it fails). */
 bool stmt_queue_drop_undecided(const struct stmt_queue *q);
+/* Has an error (batch_failed) made the server skip the rest of a batch whose Sync is framed, so
+ * that the client's next message is in a later batch? What that batch prepared (sluice's Parse
+ * of a statement prepared again, its Describe) was skipped, which the map of the server's
+ * statements learns only at that Sync's ReadyForQuery (stmt_on_ready): a use framed before it
+ * would trust a statement the server lacks, so what the client sends next waits for it. */
+bool stmt_queue_past_failed_batch(const struct stmt_queue *q);
+/* Are requests queued after the last Sync (sluice's own, sent ahead of a client's message that
+ * waits for their replies, or the client's open batch)? No ReadyForQuery follows them. */
+bool stmt_queue_unsynced(const struct stmt_queue *q);
 /* Is the client's Parse of client_name (a name it did not have) queued ahead of a Sync, so in a
  * batch before the current one? An error earlier in that batch makes the server skip it, and
  * whether the client then has the name is known only at that Sync's ReadyForQuery: a new Parse
