@@ -224,18 +224,23 @@ LEAVINGS = {
 }
 
 
-def test_clients_that_leave_while_a_result_type_is_awaited_leave_a_clean_server(
-        pg, start_sluice, table):
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
-                      "max_prepared_statements": 1})
+def fresh_table_and_what_postgres_gives(pg, table):
+    """The table made again (owned by the app user), and what next_client sees of it directly."""
     drop(pg, table)
     with pg.superuser(dbname=APP_DB) as c:
         c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
     d = direct(pg)
     try:
-        want = next_client(d, table)
+        return next_client(d, table)
     finally:
         d.close()
+
+
+def test_clients_that_leave_while_a_result_type_is_awaited_leave_a_clean_server(
+        pg, start_sluice, table):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    want = fresh_table_and_what_postgres_gives(pg, table)
     # A reset (RST) lands at many points, the replies sluice framed for the client unwritten
     # among them: the server was handed on with them, to the next client.
     with BackendSampler(pg) as sampler:
@@ -334,14 +339,7 @@ def test_a_client_that_leaves_while_sluices_prepare_again_is_blocked_leaves_a_cl
     failing.)"""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
                       "max_prepared_statements": 1, "admin_users": "admin"})
-    drop(pg, table)
-    with pg.superuser(dbname=APP_DB) as c:
-        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
-    d = direct(pg)
-    try:
-        want = next_client(d, table)
-    finally:
-        d.close()
+    want = fresh_table_and_what_postgres_gives(pg, table)
     with BackendSampler(pg) as sampler, pg.superuser(dbname=APP_DB) as locker:
         a = through(s)
         exchange(a, [parse_msg("q0", f"SELECT v FROM {table} WHERE id = $1"),
