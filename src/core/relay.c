@@ -235,7 +235,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         bool login_synced = false;
         if ((type == '1' || type == '3') && s->swallow == 0 && request_track_on(s)) {
             enum stmt_req next = stmt_queue_next_complete(&s->reqs);
-            if (c && buf_pending(b) > 0 && (next == REQ_PARSE_OURS || next == REQ_CLOSE_OURS))
+            if (c && buf_pending(b) > 0 && stmt_req_is_ours(next))
                 return STOP_NEED_FLUSH;
             enum stmt_reply_action a = stmt_on_complete(&s->reqs, &s->stmts, type);
             if (a == REPLY_UNEXPECTED) {
@@ -300,9 +300,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->reqs.poisoned--;
         }
         if (type == 'E' && s->swallow == 0 && request_track_on(s)) {
-            /* the server skips the rest of the batch: nothing of it waits for a reply */
-            s->reqs.batch_failed = true;
-            s->reqs.shape_awaited = false;
+            /* the server skips the rest of the batch: nothing of it waits for a reply, and a
+             * Query or FunctionCall sent inside it gets none */
+            uint32_t skipped = stmt_on_error(&s->reqs);
+            s->inflight = skipped < (uint32_t)s->inflight ? s->inflight - (int)skipped : 0;
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */

@@ -150,6 +150,9 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         /* Protocol "COPY Operations": during copy-in Postgres ignores Sync and Flush; it
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
+        /* After an error in an extended batch Postgres skips the rest of it up to the Sync, a
+         * simple Query or FunctionCall included: no reply, so neither followed nor counted. */
+        bool skipped = track && s->reqs.skipping_to_sync && (p[0] == 'Q' || p[0] == 'F');
         int resets_before = login_reset_count(s);
         if (!track && (p[0] == 'Q' || p[0] == 'P') && login_reset_follows(s, c) &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
@@ -157,7 +160,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             return CLIENT_FRAME_NEED_DATA;
         bool started =
             false; /* its start went out from s->out, renamed; c->rx.remain is the rest */
-        if (track && !ignored) {
+        if (track && !ignored && !skipped) {
             uint32_t avail_body = b->wpos - b->scan - CODEC_HEADER_LEN;
             switch (
                 stmt_track_message(c, s, p[0], p + CODEC_HEADER_LEN, len - 4, avail_body, fail)) {
@@ -184,7 +187,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         if (!s->copy_in && type != 'S' && type != 'H')
             s->only_syncs_after_execute = type == 'Q' || type == 'F' || type == 'E';
         bool reset_sent = false;
-        switch (ignored ? 0 : type) {
+        switch (ignored || skipped ? 0 : type) {
         case 'Q':
         case 'F':
         case 'S':

@@ -767,6 +767,26 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
     return rename_statement(c, s, at, key_len, &changed);
 }
 
+/* A Query or FunctionCall inside an extended batch (messages since the last Sync, the
+ * client's or sluice's): Postgres skips it after an error earlier in the batch, with no
+ * ReadyForQuery. A mark goes before it, so that the server's replies tell which it was
+ * (stmt_queue_skip_marked). *marked: a mark was queued, to be disarmed if the message does not
+ * follow it after all. */
+static enum track_result mark_inside_batch(struct client *c, struct server *s, bool *marked,
+                                           struct client_failure *fail)
+{
+    if (!s->batch_open && !stmt_queue_unsynced(&s->reqs))
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH; /* the batch's own messages go before the mark */
+    enum track_result r = queued(stmt_queue_push_mark(&s->reqs), fail);
+    if (r != TRACK_PASS)
+        return r;
+    prepared_put_mark(&s->out);
+    *marked = true;
+    return TRACK_PASS;
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t type,
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,
@@ -796,22 +816,28 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         at = 1; /* after 'S' or 'P' */
         break;
     case 'S':
+        stmt_queue_sync_framed(&s->reqs);
+        return queue_request(s, REQ_SYNC, NULL, fail);
     case 'Q':
-    case 'F':
-        if (type == 'Q') {
-            if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
-                return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
-            r = TRACK_PASS;
+    case 'F': {
+        if (type == 'Q' && avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
+            return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
+        bool marked = false;
+        r = mark_inside_batch(c, s, &marked, fail);
+        if (r == TRACK_PASS && type == 'Q') {
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
                 r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
-            if (r != TRACK_PASS && r != TRACK_STARTED)
-                return r;
-            s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
-            return and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
+            if (r == TRACK_PASS || r == TRACK_STARTED)
+                s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
         }
-        return queue_request(s, REQ_SYNC, NULL, fail);
+        if (r == TRACK_PASS || r == TRACK_STARTED)
+            r = and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
+        if (marked && r != TRACK_PASS && r != TRACK_STARTED)
+            stmt_queue_disarm_mark(&s->reqs);
+        return r;
+    }
     default:
         return TRACK_PASS;
     }

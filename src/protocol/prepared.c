@@ -653,14 +653,75 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     struct stmt_queue_item *it = item_at(q, k);
     uint8_t kind = it->kind;
     bool parse = kind == REQ_PARSE_CLIENT || kind == REQ_PARSE_OURS;
-    bool close = kind == REQ_CLOSE_CLIENT || kind == REQ_CLOSE_OURS;
+    bool close = kind == REQ_CLOSE_CLIENT || kind == REQ_CLOSE_OURS || kind == REQ_MARK;
     if ((type == '1' && !parse) || (type == '3' && !close))
         return REPLY_UNEXPECTED;
     if (it->repeat > 1)
         it->repeat--; /* a nameless run */
     else
         take_out(q, k);
-    return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS ? REPLY_SWALLOW : REPLY_FORWARD;
+    return stmt_req_is_ours(kind) ? REPLY_SWALLOW : REPLY_FORWARD;
+}
+
+bool stmt_req_is_ours(enum stmt_req kind)
+{
+    return kind == REQ_PARSE_OURS || kind == REQ_CLOSE_OURS || kind == REQ_MARK;
+}
+
+int stmt_queue_push_mark(struct stmt_queue *q)
+{
+    return push_item(q, REQ_MARK, NULL);
+}
+
+void stmt_queue_disarm_mark(struct stmt_queue *q)
+{
+    for (uint32_t i = q->count; i-- > 0;) {
+        struct stmt_queue_item *it = item_at(q, i);
+        if (it->kind == REQ_MARK) {
+            it->kind = REQ_CLOSE_OURS; /* nameless: no statement of the server's to forget */
+            return;
+        }
+    }
+}
+
+uint32_t stmt_on_error(struct stmt_queue *q)
+{
+    q->batch_failed = true;
+    q->shape_awaited = false;
+    uint32_t skipped = 0;
+    bool marked = false; /* the next entry answered by ReadyForQuery is a Query's */
+    uint32_t i = 0;
+    while (i < q->count) {
+        struct stmt_queue_item *it = item_at(q, i);
+        if (it->kind == REQ_MARK) {
+            marked = true;
+            take_out(q, i);
+            continue;
+        }
+        if (it->kind != REQ_SYNC) {
+            i++; /* skipped too: stmt_on_ready undoes it at the Sync's ReadyForQuery */
+            continue;
+        }
+        if (!marked)
+            break; /* the batch's Sync */
+        marked = false;
+        skipped++;
+        if (it->repeat > 1) {
+            it->repeat--; /* a Sync right after the Query: the batch's */
+            break;
+        }
+        take_out(q, i);
+    }
+    bool synced = false;
+    for (uint32_t k = 0; k < q->count && !synced; k++)
+        synced = item_at(q, k)->kind == REQ_SYNC;
+    q->skipping_to_sync = !synced;
+    return skipped;
+}
+
+void stmt_queue_sync_framed(struct stmt_queue *q)
+{
+    q->skipping_to_sync = false;
 }
 
 enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
@@ -768,6 +829,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
         q->parse_awaited = false; /* decided: the Parse that waited is framed now */
     q->shape_awaited = false;
     q->batch_failed = false;
+    q->skipping_to_sync = false;
     q->poisoned = 0;
 }
 
@@ -790,6 +852,14 @@ void prepared_put_close(struct msg_out *o, const char *name)
     codec_begin(o, 'C');
     codec_put_u8(o, 'S');
     codec_put_cstring(o, name);
+    codec_end(o);
+}
+
+void prepared_put_mark(struct msg_out *o)
+{
+    codec_begin(o, 'C');
+    codec_put_u8(o, 'P');
+    codec_put_cstring(o, STMT_MARK_PORTAL);
     codec_end(o);
 }
 

@@ -164,6 +164,11 @@ enum stmt_req {
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
                        * of it is answered before it runs, if it runs). Queued when it drops a
                        * statement of the client's or of the server's sql_prepared */
+    REQ_MARK,         /* sluice's Close of a portal no one has (STMT_MARK_PORTAL), sent before a
+                       * Query or FunctionCall framed inside an extended batch and answered by a
+                       * CloseComplete, swallowed. Postgres skips both after an error earlier in
+                       * that batch: an error that comes before its reply is the batch's, and the
+                       * Query after it gets no ReadyForQuery (stmt_queue_skip_marked) */
 };
 
 struct stmt_queue_item {
@@ -195,6 +200,10 @@ struct stmt_queue {
     struct stmt_queue_item describe_due; /* its name NULL when none is due */
     bool shape_awaited;
     bool batch_failed;
+    /* An error in an extended batch whose Sync is not framed yet (stmt_on_error): the server
+     * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no
+     * ReadyForQuery. Until the Sync is framed. */
+    bool skipping_to_sync;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };
@@ -204,6 +213,9 @@ struct stmt_queue {
  * gets Postgres's 0A000 in its place (relay.c), the rest of its batch skipped as Postgres
  * skips it. */
 #define STMT_CHANGED_NAME "sluice_changed"
+
+/* The portal a mark closes (REQ_MARK): a name no client uses, as sluice's other own names. */
+#define STMT_MARK_PORTAL "sluice_mark"
 
 /* The shape of a RowDescription body ('T'), or STMT_SHAPE_UNCHECKED when malformed. Columns'
  * names, type OIDs, lengths and type modifiers count; their table and column numbers do not (a
@@ -279,6 +291,22 @@ int stmt_queue_take_due(struct stmt_queue *q) __attribute__((warn_unused_result)
 void stmt_queue_forget_due(struct stmt_queue *q, struct stmt_map *server_map);
 /* Is a Describe of server_name queued or due (its shape is on its way)? */
 bool stmt_queue_describing(const struct stmt_queue *q, const char *server_name);
+/* Queue a mark (REQ_MARK): the Query or FunctionCall the caller frames next goes right after
+ * it. */
+int stmt_queue_push_mark(struct stmt_queue *q) __attribute__((warn_unused_result));
+/* The message after the last mark was not sent after all (sluice answered it, or failed the
+ * client): the mark stays a Close whose reply is swallowed, guarding nothing. */
+void stmt_queue_disarm_mark(struct stmt_queue *q);
+/* An ErrorResponse arrived (not one answering sluice's own simple queries): the server skips
+ * the rest of the batch, so nothing of it waits for a reply (batch_failed). When a mark is
+ * queued ahead of the first Sync, Query or FunctionCall, or none of those is queued, the error
+ * is an extended message's: Postgres skips every message up to the batch's Sync (protocol
+ * "Extended Query"), the Queries and FunctionCalls between included, which then get no
+ * ReadyForQuery. Their entries and their marks leave the queue; returns how many Queries and
+ * FunctionCalls were skipped. skipping_to_sync: the Sync is still to come. */
+uint32_t stmt_on_error(struct stmt_queue *q);
+/* The client framed its Sync: what it sends next is in the next batch. */
+void stmt_queue_sync_framed(struct stmt_queue *q);
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
 
@@ -291,6 +319,8 @@ enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
                                            struct stmt_map *client_map, uint8_t type,
                                            const uint8_t *body, uint32_t len);
+/* Is the reply to a request of this kind sluice's own, swallowed (its Parse, Close, mark)? */
+bool stmt_req_is_ours(enum stmt_req kind);
 /* ParseComplete ('1') or CloseComplete ('3') arrived. */
 enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *server_map,
                                         uint8_t type);
@@ -307,6 +337,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 /* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
+/* Close of the portal STMT_MARK_PORTAL (REQ_MARK). */
+void prepared_put_mark(struct msg_out *o);
 void prepared_put_describe(struct msg_out *o, const char *name);
 
 /* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name / PREPARE

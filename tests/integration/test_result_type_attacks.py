@@ -543,11 +543,6 @@ def test_a_simple_query_right_after_a_named_parse(pg, start_sluice, table):
 
 # ---- xfail: differences found this way that need more than a local fix ----------------------------
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "a simple Query after an error in an extended batch is skipped by Postgres without a "
-    "ReadyForQuery; sluice counts one for it, so the client's server is never quiet again and "
-    "a pool of 1 starves every other client (not from the result-type check: the count of "
-    "replies in request_track.c)"))
 def test_a_query_that_postgres_skips_after_a_failed_parse_does_not_hold_the_server(
         pg, start_sluice, table):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})

@@ -99,6 +99,68 @@ static void queue_swallows_replies_to_sluices_own_parse_and_close(void)
     stmt_map_free(&m);
 }
 
+/* Parse fails; Query; Sync: Postgres answers ErrorResponse, then the Sync's ReadyForQuery. */
+static void an_error_before_a_mark_skips_the_query_after_it(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0); /* the Query */
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0); /* the Sync: one item with the Query's */
+    CHECK_INT(stmt_on_error(&q), 1);
+    CHECK(q.batch_failed && !q.skipping_to_sync); /* the batch's Sync is framed */
+    stmt_on_ready(&q, &m, NULL);
+    CHECK_INT(q.count, 0);
+    /* Parse; mark; Query; mark; Query: the error skips both, and what comes up to the Sync */
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(stmt_queue_push_mark(&q), 0);
+        CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    }
+    CHECK_INT(stmt_on_error(&q), 2);
+    CHECK(q.skipping_to_sync); /* no Sync framed yet */
+    stmt_queue_sync_framed(&q);
+    CHECK(!q.skipping_to_sync);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
+/* The mark's CloseComplete came: an error after it is the Query's own, which gets its
+ * ReadyForQuery; no mark ahead of a Sync: nothing is skipped but the batch. */
+static void an_error_after_the_marks_reply_is_the_querys_own(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_SWALLOW);
+    CHECK_INT(stmt_on_error(&q), 0);
+    CHECK(!q.skipping_to_sync);
+    CHECK_INT(q.count, 1);
+    CHECK_INT(q.items[q.head].repeat, 2); /* both ReadyForQuery still due */
+    /* A mark disarmed (sluice answered the Query itself) guards nothing: its reply is
+     * swallowed, an error before it skips no Sync. */
+    stmt_queue_free(&q);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    stmt_queue_disarm_mark(&q);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_on_error(&q), 0);
+    CHECK_INT(q.count, 3);
+    /* an error with nothing answered by ReadyForQuery queued: an extended message's, with
+     * its Sync still to come */
+    stmt_queue_free(&q);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK_INT(stmt_on_error(&q), 0);
+    CHECK(q.skipping_to_sync);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 static void reply_that_matches_no_request_is_unexpected(void)
 {
     struct stmt_queue q = {0};
@@ -1061,6 +1123,8 @@ int main(void)
     RUN(sluices_describe_gives_both_entries_its_shape_and_is_swallowed);
     RUN(a_describe_never_sent_leaves_the_statement_to_prepare_again);
     RUN(reply_that_matches_no_request_is_unexpected);
+    RUN(an_error_before_a_mark_skips_the_query_after_it);
+    RUN(an_error_after_the_marks_reply_is_the_querys_own);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(a_parse_ahead_of_a_sync_is_undecided_until_its_ready);
     RUN(drops_that_do_not_run_give_the_statements_back);

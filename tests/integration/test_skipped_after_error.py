@@ -1,0 +1,150 @@
+"""A simple Query or FunctionCall sent inside an extended batch (after Parse/Bind/Execute, before
+the Sync) is skipped by Postgres when an earlier message of that batch failed: no reply at all,
+no ReadyForQuery. sluice counted one for it, so the client's server was never quiet again and a
+pool of one starved every other client. Postgres is the oracle for everything the client sees;
+a second client on the same one-server pool must be served after each batch, and the data must
+be what Postgres leaves (docs/architecture.md, request_track.c and REQ_MARK in prepared.h)."""
+
+import struct
+
+import pytest
+
+from conftest import APP_DB
+from pgwire import (bind_msg, close_msg, execute_msg, message, parse_msg, query_msg, sync_msg)
+from test_result_type_attacks import TABLE, compare_raw, exchange, through
+
+
+def flush_msg():
+    return message(b"H")
+
+
+def function_call_msg(oid, *int_args):
+    """FunctionCall of oid with int4 arguments in text, result in text."""
+    payload = struct.pack("!IHH", oid, 1, 0) + struct.pack("!H", len(int_args))
+    for a in int_args:
+        b = str(a).encode()
+        payload += struct.pack("!i", len(b)) + b
+    return message(b"F", payload + struct.pack("!H", 0))
+
+
+def int4abs_oid(pg):
+    with pg.superuser(dbname=APP_DB) as c:
+        return c.execute("SELECT 'int4abs'::regproc::oid").fetchone()[0]
+
+
+def then_served(a, b, k):
+    """a's next query, then b's on the same server (pool of one), then a's again."""
+    out = exchange(a, [query_msg(f"SELECT {k} + 1")], 1)
+    out += exchange(b, [query_msg(f"SELECT {k} + 2")], 1)
+    out += exchange(a, [query_msg(f"SELECT {k} + 3")], 1)
+    return out
+
+
+def run(pg, s, table, program):
+    def each(conns, t):
+        a, b = conns[0], conns[1]
+        b.settimeout(10)  # sluice before the fix: b waited for the server for ever
+        return program(a, t) + then_served(a, b, 10) + exchange(
+            a, [query_msg(f"SELECT id, v FROM {t} ORDER BY id")], 1)
+    compare_raw(pg, s, table, TABLE, each)
+
+
+def batch(msgs, replies_until=2):
+    return lambda a, t: exchange(a, [m(t) if callable(m) else m for m in msgs], replies_until)
+
+
+def bad_parse(name=""):
+    return parse_msg(name, "SELEC 1")
+
+
+def good_execute(sql):
+    return [parse_msg("", sql), bind_msg("", ""), execute_msg()]
+
+
+def insert(v):
+    return lambda t: query_msg(f"INSERT INTO {t} VALUES ({v}, {v})")
+
+
+PROGRAMS = {
+    # the failed Parse's error, then the Sync's ReadyForQuery; the Query never runs
+    "parse-fails-then-query": batch([bad_parse(), query_msg("SELECT 1"), sync_msg()], 1),
+    "named-parse-fails-then-query": batch([bad_parse("q"), query_msg("SELECT 1"), sync_msg()], 1),
+    "execute-fails-then-query":
+        batch(good_execute("SELECT 1/0") + [query_msg("SELECT 1"), sync_msg()], 1),
+    "two-queries-skipped":
+        batch([bad_parse(), query_msg("SELECT 1"), query_msg("SELECT 2"), sync_msg()], 1),
+    # the first Query runs (its own ReadyForQuery), the error after it skips the second
+    "query-runs-then-error-skips-the-next":
+        batch(good_execute("SELECT 5") + [query_msg("SELECT 6"), bad_parse(),
+                                          query_msg("SELECT 7"), sync_msg()], 2),
+    # the Query's own error: not skipped, its ReadyForQuery and the Sync's
+    "the-query-itself-fails":
+        batch(good_execute("SELECT 5") + [query_msg("SELECT 1/0"), sync_msg()], 2),
+    "query-ok-inside-the-batch":
+        batch(good_execute("SELECT 5") + [query_msg("SELECT 6"), sync_msg()], 2),
+    # what ran in the batch is rolled back, the skipped INSERT never runs
+    "inserts-rolled-back-and-skipped":
+        batch([lambda t: parse_msg("", f"INSERT INTO {t} VALUES (3, 3)"), bind_msg("", ""),
+               execute_msg(), bad_parse(), insert(4), sync_msg()], 1),
+    # a Query before the error commits with its ReadyForQuery; the one after is skipped
+    "insert-before-the-error-commits":
+        batch([lambda t: parse_msg("", f"INSERT INTO {t} VALUES (3, 3)"), bind_msg("", ""),
+               execute_msg(), insert(4), bad_parse(), insert(5), sync_msg()], 2),
+    # a Flush alone opens the batch; the Query fails in the transaction block that failed
+    "flush-then-query-in-a-failed-transaction":
+        lambda a, t: (exchange(a, [query_msg("BEGIN"), query_msg("SELECT 1/0")], 2)
+                      + exchange(a, [flush_msg(), query_msg("SELECT 1"), sync_msg()], 2)
+                      + exchange(a, [query_msg("ROLLBACK")], 1)),
+    # the Sync comes later, after the error was read
+    "sync-sent-after-the-error":
+        lambda a, t: (exchange(a, [bad_parse(), query_msg("SELECT 1")], 1, until=("E",))
+                      + exchange(a, [query_msg("SELECT 2")], 0)
+                      + exchange(a, [sync_msg()], 1)),
+    # the client's Close of a portal right before: answered, then the Query skipped
+    "close-then-bad-parse-then-query":
+        batch([close_msg("P", "p"), bad_parse(), query_msg("SELECT 1"), sync_msg()], 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_query_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table, mode, name):
+    if mode == "statement" and "transaction" in name:
+        pytest.skip("statement mode refuses transaction blocks")
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    run(pg, s, table, PROGRAMS[name])
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_function_call_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table,
+                                                                     mode):
+    oid = int4abs_oid(pg)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    run(pg, s, table, batch([bad_parse(), function_call_msg(oid, -5), sync_msg()], 1))
+    run(pg, s, table, batch(good_execute("SELECT 5") + [function_call_msg(oid, -5), sync_msg()], 2))
+
+
+SESSION_MODE_COUNT = (
+    "session mode follows no request (nothing of request_track.c's queue): a Query skipped "
+    "after an error in its extended batch is still counted, so the server is not quiet when "
+    "its client leaves and drains for server_drain_timeout, then closes (caps kept); "
+    "query_timeout and transaction_timeout see a request running on the idle session")
+
+
+@pytest.mark.parametrize("mode", [
+    pytest.param("session", marks=pytest.mark.xfail(strict=True, raises=TimeoutError,
+                                                    reason=SESSION_MODE_COUNT)),
+    "transaction"])
+def test_the_server_goes_back_after_a_skipped_query_when_the_client_leaves(pg, start_sluice,
+                                                                          mode):
+    """The client leaves right after its batch's replies: the server goes to the next client at
+    once, not after server_drain_timeout."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "server_drain_timeout": 60})
+    a, b = through(s), through(s)
+    try:
+        exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)
+        a.close()
+        b.settimeout(10)
+        assert exchange(b, [query_msg("SELECT 3")], 1)[-1] == ("Z", "I")
+    finally:
+        b.close()
