@@ -17,7 +17,8 @@
 #include "server.h"
 #include "sluice.h"
 
-/* What sluice answers in the server's place when it refuses the message at c->in.scan. */
+/* What sluice answers for when it refuses the message at c->in.scan (itself, or through the
+ * failing statement the server runs in its place: refuse_by_server). */
 struct refused_request {
     uint32_t len;    /* the bytes answered for; 0: it cannot answer, the session ends */
     bool with_ready; /* they end with a Sync (or are a Query): a ReadyForQuery follows */
@@ -28,7 +29,8 @@ struct refused_request {
  * or through a Flush that ends what the client sent (asyncpg prepares with Parse, Describe,
  * Flush, and sends its Sync once it has the error): the client gets the ERROR at once, and the
  * Sync, whichever server it reaches, its ReadyForQuery. What the client sends between that
- * Flush and its Sync is not skipped. Nothing when the batch is not all in the buffer. */
+ * Flush and its Sync is not skipped when sluice answers alone (the server skips it after the
+ * failing statement). Nothing when the batch is not all in the buffer. */
 static struct refused_request refused_request(const struct buf *b, uint8_t type, uint32_t body_len)
 {
     struct refused_request none = {0, false};
@@ -129,8 +131,8 @@ static enum track_result refuse_by_server(struct client *c, uint8_t type, enum s
     }
     if (c->worker->cfg->log_pooler_errors)
         log_client(LOG_WARNING, c,
-                   "refused %s (session_state_policy = refuse): the server fails it in its "
-                   "place",
+                   "refused %s (session_state_policy = refuse): a failing statement runs in "
+                   "its place, so that the server's transaction fails as in Postgres",
                    session_feature_name(f));
     return TRACK_REPLACED;
 }
