@@ -268,14 +268,14 @@ enum session_feature session_effects_refused_in_error(const uint8_t *msg, uint32
     if (!codec_parse_error(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &ef) || !ef.sqlstate ||
         strcmp(ef.sqlstate, "22P02") != 0 || !ef.message)
         return SESSION_FEATURE_NONE;
-    const char *mark = strstr(ef.message, "\"" REFUSAL_MARK);
+    /* The literal is quoted as lc_messages quotes it ("...", »...«): no name starts another. */
+    const char *mark = strstr(ef.message, REFUSAL_MARK);
     if (!mark)
         return SESSION_FEATURE_NONE;
-    mark += 1 + strlen(REFUSAL_MARK);
+    mark += strlen(REFUSAL_MARK);
     for (int f = SESSION_FEATURE_NONE + 1; f <= SESSION_FEATURE_LAST; f++) {
         const char *name = session_feature_name((enum session_feature)f);
-        size_t n = strlen(name);
-        if (strncmp(mark, name, n) == 0 && mark[n] == '"')
+        if (strncmp(mark, name, strlen(name)) == 0)
             return (enum session_feature)f;
     }
     return SESSION_FEATURE_NONE;
