@@ -594,10 +594,10 @@ def prog_pipeline(conn, t, refused):
             exchange(conn, query_msg(f"SELECT i FROM {t} ORDER BY i"))]
 
 
-def refusal_oracle(start_sluice, pg, table, program, refused=REFUSED):
+def refusal_oracle(start_sluice, pg, table, program, refused=REFUSED, mode="transaction"):
     """(Postgres's transcript with STAND_IN, sluice's with the refused statement), its refusal
     being the same SQLSTATE in both; sluice's first error is kept to check."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2,
                       "session_state_policy": "refuse"})
     with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
         d.execute(f"CREATE TABLE {table} (i int)")
@@ -629,6 +629,29 @@ def test_refuse_inside_a_transaction_fails_it_as_postgres_does(start_sluice, pg,
     assert got == want
     assert (first.get("S"), first.get("C"), first.get("M")) == ("ERROR", "0A000", REFUSAL_M)
     # what the COMMITs left in the table, read afterwards, is what Postgres left
+    assert [str(r[0]) for r in rows] == [m[1][0] for m in want[-1] if m[0] == "D"]
+
+
+def prog_pipelined_outside_a_transaction(conn, t, refused):
+    """Behind requests not answered yet, sluice cannot answer alone (it closed the session
+    before): the server answers each in turn, the refused one with the error."""
+    queries = b"".join(query_msg(sql) for sql in [
+        f"INSERT INTO {t} VALUES (1)", refused, f"INSERT INTO {t} VALUES (2)",
+        f"INSERT INTO {t} VALUES (3); {refused}; INSERT INTO {t} VALUES (4)"])
+    batch = (extended(f"INSERT INTO {t} VALUES (5)") + sync_msg() + extended(refused)
+             + extended(f"INSERT INTO {t} VALUES (6)") + sync_msg()
+             + extended(f"INSERT INTO {t} VALUES (7)") + sync_msg())
+    return [exchange(conn, queries, readies=4), exchange(conn, batch, readies=3),
+            exchange(conn, query_msg(f"SELECT i FROM {t} ORDER BY i"))]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_refuse_behind_unanswered_requests_answers_as_postgres_does(start_sluice, pg, table,
+                                                                     mode):
+    want, got, first, rows = refusal_oracle(start_sluice, pg, table,
+                                            prog_pipelined_outside_a_transaction, mode=mode)
+    assert got == want
+    assert (first.get("C"), first.get("M")) == ("0A000", REFUSAL_M)
     assert [str(r[0]) for r in rows] == [m[1][0] for m in want[-1] if m[0] == "D"]
 
 
