@@ -28,6 +28,7 @@
 #include "pool_mode.h"
 #include "request_track.h"
 #include "server.h"
+#include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_names.h"
@@ -267,14 +268,18 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             consume = consume || held;
         }
         /* An error naming the client's statement by sluice's name: the client gets its own.
-         * The refusal of a statement whose result type changed: the client gets Postgres's. */
+         * The refusal of a statement whose result type changed: the client gets Postgres's.
+         * The failure of what went in place of SQL session_state_policy refuses: sluice's. */
         bool renamed = false, type_changed = false;
+        enum session_feature refused = SESSION_FEATURE_NONE;
         if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
             type_changed = s->reqs.poisoned > 0 && stmt_names_changed_in_error(p, whole);
             renamed = !type_changed && stmt_names_in_error(c->stmts, p, whole);
-            consume = renamed || type_changed;
+            if (!type_changed && !renamed)
+                refused = session_effects_refused_in_error(p, whole);
+            consume = renamed || type_changed || refused != SESSION_FEATURE_NONE;
         }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
@@ -299,6 +304,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
             s->reqs.poisoned--;
         }
+        if (refused != SESSION_FEATURE_NONE)
+            session_effects_put_refusal(c, refused);
         if (type == 'E' && s->swallow == 0 && request_track_on(s)) {
             /* the server skips the rest of the batch: nothing of it waits for a reply, and a
              * Query or FunctionCall sent inside it gets none */
@@ -339,8 +346,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             else if (type == 'E')
                 s->executes_unanswered = 0;
         }
-        bool inspect =
-            type == 'Z' || type == 'S' || (type == 'E' && consume && !renamed && !type_changed);
+        bool inspect = type == 'Z' || type == 'S' ||
+                       (type == 'E' && consume && !renamed && !type_changed &&
+                        refused == SESSION_FEATURE_NONE);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
                 return STOP_NEED_DATA;

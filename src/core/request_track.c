@@ -179,6 +179,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             case TRACK_FAILED:
                 return CLIENT_FRAME_FAILED;
             case TRACK_CONSUMED:
+            case TRACK_REPLACED:
                 continue;
             }
         }

@@ -6,6 +6,7 @@
 #include "session_effects.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "client.h"
 #include "codec.h"
@@ -16,7 +17,8 @@
 #include "server.h"
 #include "sluice.h"
 
-/* What sluice answers in the server's place when it refuses the message at c->in.scan. */
+/* What sluice answers for when it refuses the message at c->in.scan (itself, or through the
+ * failing statement the server runs in its place: refuse_by_server). */
 struct refused_request {
     uint32_t len;    /* the bytes answered for; 0: it cannot answer, the session ends */
     bool with_ready; /* they end with a Sync (or are a Query): a ReadyForQuery follows */
@@ -27,7 +29,8 @@ struct refused_request {
  * or through a Flush that ends what the client sent (asyncpg prepares with Parse, Describe,
  * Flush, and sends its Sync once it has the error): the client gets the ERROR at once, and the
  * Sync, whichever server it reaches, its ReadyForQuery. What the client sends between that
- * Flush and its Sync is not skipped. Nothing when the batch is not all in the buffer. */
+ * Flush and its Sync is not skipped when sluice answers alone (the server skips it after the
+ * failing statement). Nothing when the batch is not all in the buffer. */
 static struct refused_request refused_request(const struct buf *b, uint8_t type, uint32_t body_len)
 {
     struct refused_request none = {0, false};
@@ -51,10 +54,130 @@ static struct refused_request refused_request(const struct buf *b, uint8_t type,
     return none;
 }
 
+/* The statement the server runs in place of a refused one when the server must give the answer
+ * (refuse_by_server): it fails at its Parse as the refused one would, after Postgres's own check
+ * for a failed transaction (which answers 25P02 then, as it would to the refused statement):
+ * parse analysis casts the literal. The literal names the feature, so that the ERROR (22P02,
+ * quoting it) is known on its way back (session_effects_refused_in_error), and the server's log
+ * says what it was. */
+#define REFUSAL_MARK "sluice refused: "
+
+static void put_failing_statement(struct msg_out *o, uint8_t type, enum session_feature f,
+                                  const char *before, size_t before_len)
+{
+    char sql[160];
+    snprintf(sql, sizeof(sql), "SELECT '" REFUSAL_MARK "%s'::pg_catalog.int4",
+             session_feature_name(f));
+    codec_begin(o, type);
+    if (type == 'P')
+        codec_put_cstring(o, ""); /* unnamed: a failed Parse leaves no statement behind */
+    codec_put_bytes(o, before, before_len);
+    codec_put_cstring(o, sql);
+    if (type == 'P')
+        codec_put_i16(o, 0);
+    codec_end(o);
+}
+
+/* The span bytes at b->scan (nothing framed before them) become the bytes of with, which the
+ * framing then reads as the client's. False when the buffer has no room for longer ones. */
+static bool replace_in_place(struct buf *b, uint32_t span, const struct msg_out *with)
+{
+    uint32_t n = with->len;
+    if (n <= span) { /* right-aligned: what is left in front is consumed */
+        memcpy(b->data + b->scan + span - n, with->data, n);
+        b->scan += span - n;
+        buf_consume(b, span - n);
+        return true;
+    }
+    uint32_t grow = n - span;
+    if (b->rpos >= grow) { /* into the consumed front */
+        b->rpos -= grow;
+        b->scan -= grow;
+    } else if (buf_block_size() - b->wpos >= grow) { /* the unframed rest moves back */
+        memmove(b->data + b->scan + n, b->data + b->scan + span, b->wpos - (b->scan + span));
+        b->wpos += grow;
+    } else {
+        return false;
+    }
+    memcpy(b->data + b->scan, with->data, n);
+    return true;
+}
+
+/* Refused where the server's answer is needed: in a transaction block, Postgres fails the
+ * transaction at the error (ReadyForQuery 'E', a later COMMIT rolls back, what follows answers
+ * 25P02); behind requests still unanswered the ReadyForQuery sluice would give is not known; and
+ * the statements of a Query before the refused one run first (a BEGIN, a COMMIT among them).
+ * The refused bytes become the failing statement (a Query of the statements before the refused
+ * one, `before`, and the failing one; an unnamed Parse and the batch's Sync or Flush for a Parse
+ * and its batch, whose messages Postgres skips after the failed Parse), framed then as the
+ * client's; its ERROR reaches the client as sluice's 0A000 (relay.c), the rest comes from the
+ * server itself, as Postgres answers. */
+static enum track_result refuse_by_server(struct client *c, uint8_t type, enum session_feature f,
+                                          struct refused_request answered, const char *before,
+                                          size_t before_len, struct client_failure *fail)
+{
+    struct msg_out with;
+    codec_out_init(&with);
+    put_failing_statement(&with, type, f, before, before_len);
+    if (type == 'P') {
+        codec_begin(&with, answered.with_ready ? 'S' : 'H');
+        codec_end(&with);
+    }
+    bool ok = !with.oom && replace_in_place(&c->in, answered.len, &with);
+    codec_out_free(&with);
+    if (!ok) {
+        fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
+        return TRACK_FAILED;
+    }
+    if (c->worker->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c,
+                   "refused %s (session_state_policy = refuse): a failing statement runs in "
+                   "its place, so that the server's transaction fails as in Postgres",
+                   session_feature_name(f));
+    return TRACK_REPLACED;
+}
+
+/* Is the server where sluice's answer is Postgres's: idle outside a transaction block, nothing
+ * of the client's unanswered? Then the session goes on after the error as it does there. */
+static bool server_settled(const struct server *s)
+{
+    return s->txn_status == 'I' && s->inflight == 0 && !s->batch_open && buf_is_empty(&s->in) &&
+           !s->rx.remain;
+}
+
+/* session_state_policy = refuse: an ERROR 0A000 in the statement's place, and what Postgres does
+ * after an error (refused_request, refuse_by_server). sql: the statement text (len bytes). */
+static enum track_result refuse(struct client *c, struct server *s, uint8_t type,
+                                enum session_feature f, const char *sql, size_t len,
+                                uint32_t body_len, struct client_failure *fail)
+{
+    struct refused_request answered = refused_request(&c->in, type, body_len);
+    if (answered.len == 0) {
+        /* Not at a point where sluice can answer in the server's place (and go on): an ERROR
+         * alone would leave the client waiting for a ReadyForQuery. */
+        fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
+        return TRACK_FAILED;
+    }
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    size_t before = type == 'Q' ? session_state_feature_start(sql, len) : 0;
+    if (before > 0 || !server_settled(s))
+        return refuse_by_server(c, type, f, answered, sql, before, fail);
+    c->in.scan += answered.len;
+    buf_consume(&c->in, answered.len);
+    if (c->worker->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
+                   session_feature_name(f));
+    session_effects_put_refusal(c, f);
+    if (answered.with_ready)
+        codec_put_ready(&c->out, s->txn_status);
+    return TRACK_CONSUMED;
+}
+
 /* SQL whose effect outlives the transaction: what session_state_policy says. */
 static enum track_result apply_session_policy(struct client *c, struct server *s, uint8_t type,
-                                              enum session_feature f, uint32_t body_len,
-                                              struct client_failure *fail)
+                                              enum session_feature f, const char *sql, size_t len,
+                                              uint32_t body_len, struct client_failure *fail)
 {
     enum session_policy policy = c->worker->cfg->session_state_policy;
     if (policy == SESSION_POLICY_PIN) {
@@ -67,26 +190,8 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         c->pinned = true;
         return TRACK_PASS;
     }
-    if (policy == SESSION_POLICY_REFUSE) {
-        struct refused_request answered = refused_request(&c->in, type, body_len);
-        if (answered.len == 0 || s->inflight > 0 || !buf_is_empty(&s->in) || s->rx.remain) {
-            /* Not at a point where sluice can answer in the server's place (and go on): an
-             * ERROR alone would leave the client waiting for a ReadyForQuery. */
-            fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));
-            return TRACK_FAILED;
-        }
-        if (buf_pending(&c->in) > 0)
-            return TRACK_FLUSH;
-        c->in.scan += answered.len;
-        buf_consume(&c->in, answered.len);
-        if (c->worker->cfg->log_pooler_errors)
-            log_client(LOG_WARNING, c, "refused %s (session_state_policy = refuse)",
-                       session_feature_name(f));
-        error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
-        if (answered.with_ready)
-            codec_put_ready(&c->out, s->txn_status);
-        return TRACK_CONSUMED;
-    }
+    if (policy == SESSION_POLICY_REFUSE)
+        return refuse(c, s, type, f, sql, len, body_len, fail);
     if (!(c->warned & (1u << f))) {
         c->warned |= (uint8_t)(1u << f);
         /* What becomes of it (note_session_objects, session_effects_forget_params): no other client
@@ -138,7 +243,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
     enum session_feature f = session_state_detect(sql, len, touch);
     if (f == SESSION_FEATURE_NONE)
         return TRACK_PASS;
-    enum track_result r = apply_session_policy(c, s, type, f, body_len, fail);
+    enum track_result r = apply_session_policy(c, s, type, f, sql, len, body_len, fail);
     if (r == TRACK_PASS)
         note_session_objects(s, f);
     return r;
@@ -155,4 +260,28 @@ enum stmt_effect session_effects_of_text(const char *sql, size_t len)
 void session_effects_run_unread(struct server *s)
 {
     s->session = SERVER_SESSION_UNKNOWN;
+}
+
+enum session_feature session_effects_refused_in_error(const uint8_t *msg, uint32_t whole)
+{
+    struct error_fields ef;
+    if (!codec_parse_error(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &ef) || !ef.sqlstate ||
+        strcmp(ef.sqlstate, "22P02") != 0 || !ef.message)
+        return SESSION_FEATURE_NONE;
+    /* The literal is quoted as lc_messages quotes it ("...", »...«): no name starts another. */
+    const char *mark = strstr(ef.message, REFUSAL_MARK);
+    if (!mark)
+        return SESSION_FEATURE_NONE;
+    mark += strlen(REFUSAL_MARK);
+    for (int f = SESSION_FEATURE_NONE + 1; f <= SESSION_FEATURE_LAST; f++) {
+        const char *name = session_feature_name((enum session_feature)f);
+        if (strncmp(mark, name, strlen(name)) == 0)
+            return (enum session_feature)f;
+    }
+    return SESSION_FEATURE_NONE;
+}
+
+void session_effects_put_refusal(struct client *c, enum session_feature f)
+{
+    error_build(&c->out, FAIL_SESSION_STATE, session_feature_name(f), NULL);
 }

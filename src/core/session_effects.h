@@ -18,10 +18,20 @@ struct server;
 /* SQL whose effect outlives the transaction (see session_state.h) in the statement text sql
  * (len bytes, of a message of this type whose body is body_len): the policy decides, and a server
  * that got such objects is noted for a reset. TRACK_PASS, TRACK_FLUSH, TRACK_FAILED (*fail is
- * filled) or TRACK_CONSUMED (refused: sluice answered it). *touch: the parameters it changes. */
+ * filled), TRACK_CONSUMED (refused: sluice answered it) or TRACK_REPLACED (refused: the server
+ * answers a failing statement put in its place, session_effects_refused_in_error). *touch: the
+ * parameters it changes. */
 enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
                                          const char *sql, size_t len, uint32_t body_len,
                                          struct param_touch *touch, struct client_failure *fail);
+
+/* The server's ErrorResponse msg (whole bytes here): the failure of the statement sluice sent in
+ * place of a refused one? The feature refused, else SESSION_FEATURE_NONE. (A client that sends
+ * that statement itself gets the refusal too.) */
+enum session_feature session_effects_refused_in_error(const uint8_t *msg, uint32_t whole);
+
+/* The client gets the refusal of f: ERROR 0A000 saying what to do instead. */
+void session_effects_put_refusal(struct client *c, enum session_feature f);
 
 /* The parameters a statement may change (touch) become unknown in the server's record; a change
  * sluice cannot name asks for a full reset. */

@@ -15,6 +15,7 @@ enum track_result {
     TRACK_FLUSH,    /* sluice must send something first: flush the client's earlier bytes */
     TRACK_FAILED,   /* the client is to be failed (fail_session, fail_request_and_session) */
     TRACK_CONSUMED, /* sluice answered the message itself; it is gone from the buffer */
+    TRACK_REPLACED, /* sluice put other bytes in its place in the buffer: frame them instead */
     TRACK_STARTED,  /* its start went to s->out renamed; the rest (c->rx.remain) follows */
 };
 

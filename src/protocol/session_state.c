@@ -496,6 +496,38 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
     return first;
 }
 
+size_t session_state_feature_start(const char *sql, size_t len)
+{
+    len = strnlen(sql, len);
+    /* Dollar quotes, backslash escapes and comments could hide a ';' from the split below. */
+    for (size_t i = 0; i < len; i++)
+        if (sql[i] == '$' || sql[i] == '\\' ||
+            (i + 1 < len &&
+             ((sql[i] == '-' && sql[i + 1] == '-') || (sql[i] == '/' && sql[i + 1] == '*'))))
+            return 0;
+    size_t start = 0;
+    char quote = 0;
+    for (size_t i = 0; i <= len; i++) {
+        char ch = i < len ? sql[i] : ';';
+        if (quote) {
+            if (ch == quote)
+                quote = 0;
+            continue;
+        }
+        if (ch == '\'' || ch == '"') {
+            quote = ch;
+            continue;
+        }
+        if (ch != ';')
+            continue;
+        if (statement_feature(sql, start, i, NULL) != SESSION_FEATURE_NONE ||
+            session_calls(sql + start, i - start, NULL) != SESSION_FEATURE_NONE)
+            return start;
+        start = i + 1;
+    }
+    return 0;
+}
+
 bool session_feature_leaves_objects(enum session_feature f)
 {
     return f != SESSION_FEATURE_NONE && f != SESSION_FEATURE_SET;

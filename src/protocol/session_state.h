@@ -68,6 +68,11 @@ struct param_touch {
 /* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len bytes, need not be NUL-terminated);
  * touch (may be NULL) gets the unreported parameters the whole text may change. */
 enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
+/* Where the first statement that uses a session-level feature starts in the SQL text (len bytes,
+ * statements split on ';' outside quotes), so that what comes before it can run as it would in
+ * Postgres; 0 when it is the first, or when the text has what could hide a ';' from that split
+ * (dollar quotes, backslashes, comments). */
+size_t session_state_feature_start(const char *sql, size_t len);
 const char *session_feature_name(enum session_feature f);
 
 #endif

@@ -1,6 +1,7 @@
 /* fuzz_sql: libFuzzer target for the client SQL and Parse bodies sluice looks into in
  * transaction mode: prepared_classify_query (DEALLOCATE / DISCARD ALL in a simple Query),
- * session_state_detect (LISTEN, advisory locks, WITH HOLD, temp tables, SET), and statement
+ * session_state_detect (LISTEN, advisory locks, WITH HOLD, temp tables, SET) and where the
+ * statement using one starts (session_state_feature_start), and statement
  * definitions kept in a client's and a server's statement maps. Invariants: a DEALLOCATE names
  * a statement that fits the buffer; a feature is one of the enum's and has a name; a definition
  * equals itself and a copy; a map holds what was put until it is removed, and its count says
@@ -42,6 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum session_feature f = session_state_detect((const char *)data, size, &touch);
     FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_LAST);
     FUZZ_ASSERT(session_feature_name(f) != NULL);
+    /* where a refused statement's stand-in goes: right after a ';' of the text, or at its start */
+    size_t start = session_state_feature_start((const char *)data, size);
+    FUZZ_ASSERT(start <= size && (start == 0 || data[start - 1] == ';'));
     FUZZ_ASSERT(touch.n >= 0 && touch.n <= PARAM_TOUCH_NAMES);
     for (int i = 0; i < touch.n; i++)
         FUZZ_ASSERT(memchr(touch.names[i], '\0', sizeof(touch.names[i])) != NULL &&

@@ -797,7 +797,10 @@ def test_listen_in_transaction_mode_is_warned_or_refused_as_documented(pg, start
 def test_session_state_refused_by_parse_leaves_the_session_going_on(pg, start_sluice):
     # Postgres skips what follows a failed Parse up to the Sync; sluice, refusing the Parse in
     # its place, does the same, so the client gets ERROR 0A000 and ReadyForQuery and goes on,
-    # outside a transaction and inside one. Before the fix: the connection was closed.
+    # outside a transaction and inside one. Before the fix: the connection was closed. Inside a
+    # transaction block the error fails the transaction, as any error does in Postgres: what
+    # follows gets 25P02 and the COMMIT rolls back (before that fix the transaction went on and
+    # the COMMIT committed it).
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2,
                       "session_state_policy": "refuse"})
 
@@ -828,8 +831,10 @@ def test_session_state_refused_by_parse_leaves_the_session_going_on(pg, start_sl
         ("temp-in-txn", ("error", "FeatureNotSupportedError", "0A000",
                          "a temporary table is not supported in transaction pooling mode"
                          " (session_state_policy = refuse)"), True),
-        ("still-in-txn", ("ok", "3"), True),
-        ("commit", ("ok", "'COMMIT'"), False),
+        ("still-in-txn", ("error", "InFailedSQLTransactionError", "25P02",
+                          "current transaction is aborted, commands ignored until end of"
+                          " transaction block"), True),
+        ("commit", ("ok", "'ROLLBACK'"), False),
         ("executemany", refused, False),
         ("last", ("ok", "4"), False),
     ]

@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from conftest import APP_PASSWORD
-from pgwire import (RawConn, ServerError, bind_msg, execute_msg, parse_data_row, parse_fields,
-                    parse_msg, query_msg, raw_login, startup_packet, sync_msg)
+from pgwire import (RawConn, ServerError, bind_msg, describe_msg, execute_msg, message,
+                    parse_data_row, parse_fields, parse_msg, query_msg, raw_login, startup_packet,
+                    sync_msg)
 
 EVIL = "-c search_path=evil -c statement_timeout=1234"
 
@@ -491,3 +492,194 @@ def test_a_login_role_is_checked_every_time(start_sluice, pg, mode):
     assert login_error(s.port, options="-c role=app2") == expected
     with s.connect() as plain:
         assert plain.execute("SELECT current_user").fetchone()[0] == "app"
+
+
+# ---- session_state_policy = refuse inside a transaction block: Postgres's failed transaction ----
+#
+# Postgres is the oracle: the same program runs against it with the refused statement replaced by
+# one that fails at its Parse (STAND_IN), and through sluice with the policy on. After the ERROR
+# everything the client sees must be Postgres's: ReadyForQuery 'E', 25P02 for what follows, a
+# COMMIT that answers ROLLBACK, the statements after it in the same Query or batch skipped, and
+# the table as Postgres leaves it. Before the fix sluice answered ReadyForQuery 'T', and a later
+# COMMIT committed the rows written before the error.
+
+REFUSED = "LISTEN refused_channel"
+STAND_IN = "SELECT * FROM no_such_table_stands_in_for_the_refused"  # 42P01, at its Parse
+REFUSAL_M = ("LISTEN is not supported in transaction pooling mode (session_state_policy = "
+             "refuse)")
+
+
+def flush_msg():
+    return message(b"H")
+
+
+def exchange(conn, data, readies=1, errors=0):
+    """Send data; what the client gets until `readies` ReadyForQuery (or, with readies=0, until
+    `errors` ErrorResponse), as (type, tag / SQLSTATE / status / row). The first error's fields
+    are kept in conn.first_error."""
+    conn.send(data)
+    out = []
+    while readies > 0 or errors > 0:
+        mtype, payload = conn.read_message()
+        if mtype == "C":
+            out.append(("C", payload.rstrip(b"\0").decode()))
+        elif mtype == "E":
+            fields = parse_fields(payload)
+            if getattr(conn, "first_error", None) is None:
+                conn.first_error = fields
+            out.append(("E", fields.get("C")))
+            errors -= 1
+        elif mtype == "Z":
+            out.append(("Z", chr(payload[0])))
+            readies -= 1
+        elif mtype == "D":
+            out.append(("D", tuple(parse_data_row(payload))))
+        elif mtype == "N":
+            out.append(("N", parse_fields(payload).get("C")))
+        elif mtype != "S":
+            out.append((mtype, None))
+    return out
+
+
+def extended(sql):
+    return parse_msg("", sql) + bind_msg("", "") + execute_msg()
+
+
+def prog_simple(conn, t, refused):
+    return [exchange(conn, query_msg(sql)) for sql in [
+        "BEGIN", f"INSERT INTO {t} VALUES (1)", refused, f"INSERT INTO {t} VALUES (2)", refused,
+        "COMMIT", f"SELECT i FROM {t} ORDER BY i"]]
+
+
+def prog_multi_statement(conn, t, refused):
+    return [exchange(conn, query_msg(sql)) for sql in [
+        "BEGIN", f"INSERT INTO {t} VALUES (1); {refused}; INSERT INTO {t} VALUES (2)",
+        f"INSERT INTO {t} VALUES (3)", "COMMIT",
+        # a BEGIN before it in the same Query, outside a transaction block
+        f"BEGIN; INSERT INTO {t} VALUES (4); {refused}", f"INSERT INTO {t} VALUES (5)", "COMMIT",
+        # a COMMIT before it in the same Query: what came before is committed
+        "BEGIN", f"INSERT INTO {t} VALUES (6)", f"INSERT INTO {t} VALUES (7); COMMIT; {refused}",
+        f"INSERT INTO {t} VALUES (8)", "COMMIT",
+        f"SELECT i FROM {t} ORDER BY i"]]
+
+
+def prog_extended(conn, t, refused):
+    out = [exchange(conn, extended("BEGIN") + sync_msg()),
+           exchange(conn, extended(f"INSERT INTO {t} VALUES (1)") + sync_msg()),
+           exchange(conn, extended(refused) + sync_msg()),
+           exchange(conn, extended(f"INSERT INTO {t} VALUES (2)") + sync_msg()),
+           exchange(conn, query_msg("ROLLBACK")),
+           # a named statement prepared as asyncpg does: Parse, Describe, Flush; the Sync later
+           exchange(conn, extended("BEGIN") + sync_msg()),
+           exchange(conn, extended(f"INSERT INTO {t} VALUES (3)") + sync_msg()),
+           exchange(conn, parse_msg("s1", refused) + describe_msg("S", "s1") + flush_msg(),
+                    readies=0, errors=1),
+           exchange(conn, sync_msg()),
+           exchange(conn, bind_msg("", "s1") + execute_msg() + sync_msg()),
+           exchange(conn, extended("COMMIT") + sync_msg()),
+           exchange(conn, query_msg(f"SELECT i FROM {t} ORDER BY i"))]
+    return out
+
+
+def prog_pipeline(conn, t, refused):
+    """Everything in one write: the statements after the refused one in its batch are skipped,
+    the next batches answer 25P02, the COMMIT rolls back; then the same with simple Queries."""
+    batch = (extended("BEGIN") + extended(f"INSERT INTO {t} VALUES (1)") + extended(refused)
+             + extended(f"INSERT INTO {t} VALUES (2)") + sync_msg()
+             + extended(f"INSERT INTO {t} VALUES (3)") + sync_msg()
+             + extended("COMMIT") + sync_msg())
+    queries = b"".join(query_msg(sql) for sql in [
+        "BEGIN", f"INSERT INTO {t} VALUES (4)", refused, f"INSERT INTO {t} VALUES (5)", "COMMIT"])
+    return [exchange(conn, batch, readies=3), exchange(conn, queries, readies=5),
+            exchange(conn, query_msg(f"SELECT i FROM {t} ORDER BY i"))]
+
+
+def refusal_oracle(start_sluice, pg, table, program, refused=REFUSED, mode="transaction"):
+    """(Postgres's transcript with STAND_IN, sluice's with the refused statement), its refusal
+    being the same SQLSTATE in both; sluice's first error is kept to check."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 2,
+                      "session_state_policy": "refuse"})
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        d.execute(f"CREATE TABLE {table} (i int)")
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        want = program(direct, table, STAND_IN)
+    finally:
+        direct.close()
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        d.execute(f"TRUNCATE {table}")
+    pooled = raw_login(s.port)
+    try:
+        got = program(pooled, table, refused)
+        first = pooled.first_error
+    finally:
+        pooled.close()
+    # the refusal's SQLSTATE is sluice's own; everything else must be Postgres's
+    want = [[("E", "0A000") if m == ("E", "42P01") else m for m in step] for step in want]
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        rows = d.execute(f"SELECT i FROM {table} ORDER BY i").fetchall()
+    return want, got, first, rows
+
+
+@pytest.mark.parametrize("program", [prog_simple, prog_multi_statement, prog_extended,
+                                     prog_pipeline])
+def test_refuse_inside_a_transaction_fails_it_as_postgres_does(start_sluice, pg, table, program):
+    want, got, first, rows = refusal_oracle(start_sluice, pg, table, program)
+    assert ("Z", "E") in [m for step in want for m in step], want  # the oracle is in a failed tx
+    assert got == want
+    assert (first.get("S"), first.get("C"), first.get("M")) == ("ERROR", "0A000", REFUSAL_M)
+    # what the COMMITs left in the table, read afterwards, is what Postgres left
+    assert [str(r[0]) for r in rows] == [m[1][0] for m in want[-1] if m[0] == "D"]
+
+
+def prog_pipelined_outside_a_transaction(conn, t, refused):
+    """Behind requests not answered yet, sluice cannot answer alone (it closed the session
+    before): the server answers each in turn, the refused one with the error."""
+    queries = b"".join(query_msg(sql) for sql in [
+        f"INSERT INTO {t} VALUES (1)", refused, f"INSERT INTO {t} VALUES (2)",
+        f"INSERT INTO {t} VALUES (3); {refused}; INSERT INTO {t} VALUES (4)"])
+    batch = (extended(f"INSERT INTO {t} VALUES (5)") + sync_msg() + extended(refused)
+             + extended(f"INSERT INTO {t} VALUES (6)") + sync_msg()
+             + extended(f"INSERT INTO {t} VALUES (7)") + sync_msg())
+    return [exchange(conn, queries, readies=4), exchange(conn, batch, readies=3),
+            exchange(conn, query_msg(f"SELECT i FROM {t} ORDER BY i"))]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_refuse_behind_unanswered_requests_answers_as_postgres_does(start_sluice, pg, table,
+                                                                     mode):
+    want, got, first, rows = refusal_oracle(start_sluice, pg, table,
+                                            prog_pipelined_outside_a_transaction, mode=mode)
+    assert got == want
+    assert (first.get("C"), first.get("M")) == ("0A000", REFUSAL_M)
+    assert [str(r[0]) for r in rows] == [m[1][0] for m in want[-1] if m[0] == "D"]
+
+
+REFUSED_FEATURES = ["LISTEN ch", "SELECT pg_advisory_lock(42)",
+                    "DECLARE cur CURSOR WITH HOLD FOR SELECT 1", "CREATE TEMP TABLE tt (i int)",
+                    "SET search_path = public", "PREPARE p AS SELECT 1"]
+
+
+def test_every_refusal_in_a_transaction_is_the_same_error_as_outside_it(start_sluice):
+    """Each feature refused inside a transaction block (the server fails it in the statement's
+    place) gets the very ErrorResponse sluice gives outside one, then ReadyForQuery 'E'; the
+    session goes on after the ROLLBACK."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    c = raw_login(s.port)
+    try:
+        for sql in REFUSED_FEATURES:
+            for how in (query_msg, lambda q: extended(q) + sync_msg()):
+                c.send(how(sql))
+                outside = c.expect_error()
+                assert c.read_message() == ("Z", b"I")
+                c.query("BEGIN")
+                c.send(how(sql))
+                inside = c.expect_error()
+                assert c.read_message() == ("Z", b"E"), sql
+                assert inside == outside, sql
+                assert outside["C"] == "0A000", outside
+                assert c.query("ROLLBACK") == ([], ["ROLLBACK"])
+        assert c.query("SELECT 1") == ([["1"]], ["SELECT 1"])
+    finally:
+        c.close()

@@ -1,6 +1,7 @@
 /* Unit tests for prepared.c (statement maps, the request queue, DEALLOCATE detection),
  * session_state.c (SQL whose effect outlives a transaction) and the server record of params.c
- * that session_state feeds (unknown values and the sync built from them). No sockets. */
+ * that session_state feeds (unknown values and the sync built from them), and how session_effects
+ * knows the server's error for a refused statement's stand-in. No sockets. */
 #include "check.h"
 
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "siphash.h"
 #include "prepared.h"
 #include "stmt_names.h"
+#include "session_effects.h"
 #include "session_state.h"
 
 static struct stmt_def *def_of(const char *query)
@@ -566,6 +568,51 @@ static void session_level_sql_is_detected(void)
     CHECK_INT(detect("select set_config('TimeZone', 'UTC', false)"), SESSION_FEATURE_NONE);
     CHECK_INT(detect("select reset_config_x(1), my_set_config('a', 'b', false)"),
               SESSION_FEATURE_NONE);
+}
+
+static size_t feature_start(const char *sql)
+{
+    return session_state_feature_start(sql, strlen(sql) + 1); /* with its NUL, as in a Query */
+}
+
+/* Where the stand-in of a refused statement goes in a Query: after the statements before it,
+ * which run first as in Postgres; at 0 (the whole text) where a ';' could hide. */
+static void a_refused_statement_is_cut_where_it_starts(void)
+{
+    CHECK_INT(feature_start("LISTEN x"), 0);
+    CHECK_INT(feature_start("INSERT INTO t VALUES (1); LISTEN x; SELECT 2"), 25);
+    CHECK_INT(feature_start("BEGIN;select ';';SET search_path = a"), 17);
+    CHECK_INT(feature_start("select 1; select pg_advisory_lock(1)"), 9);
+    CHECK_INT(feature_start("select \"a;\"; select 'b''; listen' ; listen y"), 35);
+    CHECK_INT(feature_start("select $$;$$; listen y"), 0);
+    CHECK_INT(feature_start("select 1 -- ;\n; listen y"), 0);
+    CHECK_INT(feature_start("select 1 /* ; */; listen y"), 0);
+    CHECK_INT(feature_start("select E'\\'; listen y'"), 0);
+    CHECK_INT(feature_start("select 1; select 2"), 0);
+}
+
+/* The server's ERROR for the stand-in, in any language's quotes, is known again; another is not. */
+static void a_refusal_is_known_in_the_servers_error(void)
+{
+    struct msg_out o;
+    codec_out_init(&o);
+    const char *messages[] = {
+        "invalid input syntax for type integer: \"sluice refused: a temporary table\"",
+        "ung\xc3\xbcltige Eingabesyntax f\xc3\xbcr Typ integer: \xc2\xbbsluice refused: "
+        "LISTEN\xc2\xab",
+        "invalid input syntax for type integer: \"sluice refused: nothing\"",
+    };
+    enum session_feature want[] = {SESSION_FEATURE_TEMP_TABLE, SESSION_FEATURE_LISTEN,
+                                   SESSION_FEATURE_NONE};
+    const char *states[] = {"22P02", "22P02", "22P02", "42P01"};
+    for (size_t i = 0; i < 4; i++) {
+        codec_out_reset(&o);
+        codec_put_error(&o, 'E', "ERROR", states[i], messages[i < 3 ? i : 0], NULL, NULL);
+        CHECK(!o.oom);
+        CHECK_INT(session_effects_refused_in_error(o.data, o.len),
+                  i < 3 ? want[i] : SESSION_FEATURE_NONE);
+    }
+    codec_out_free(&o);
 }
 
 static void parameters_a_statement_may_change_are_named(void)
@@ -1137,6 +1184,8 @@ int main(void)
     RUN(names_are_rewritten_in_place_or_their_start_sent_first);
     RUN(errors_name_the_clients_statements);
     RUN(session_level_sql_is_detected);
+    RUN(a_refused_statement_is_cut_where_it_starts);
+    RUN(a_refusal_is_known_in_the_servers_error);
     RUN(parameters_a_statement_may_change_are_named);
     RUN(fingerprints_of_sets_differing_in_last_bytes_differ);
     RUN(resets_to_login_values_are_named_when_last);
