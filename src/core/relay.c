@@ -782,8 +782,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
                 return RELAY_SERVER_LOST;
             more |= n > 0;
         }
-        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 &&
-            !client_terminating(c) && !client_read_held(s)) {
+        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 && !client_terminating(c) &&
+            !client_read_held(s)) {
             enum relay_result gone;
             int n = client_side_read(c, o, &gone);
             if (n < 0)
