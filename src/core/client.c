@@ -15,6 +15,10 @@
  *      |                                              WAITING_LAST --server------+
  *      |                                    (the relay closes it at the Terminate)
  *      |                       ACTIVE --Terminate, answers due--> TERMINATING --answered--> CLOSED
+ *      |                                                            | socket closed    ^
+ *      |                                                            v                  |
+ *      |                                                         HUNG_UP --answered----+
+ *      |                                   (not answered within server_drain_timeout: closed)
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
  *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
@@ -52,6 +56,7 @@ static const char *const state_names[] = {
     [CLIENT_CANCEL_WAIT] = "cancel_wait",
     [CLIENT_IDLE] = "idle",       [CLIENT_WAITING] = "waiting", [CLIENT_ACTIVE] = "active",
     [CLIENT_WAITING_LAST] = "waiting_last", [CLIENT_TERMINATING] = "terminating",
+    [CLIENT_HUNG_UP] = "hung_up",
     [CLIENT_CLOSING] = "closing", [CLIENT_CLOSED] = "closed",
 };
 
@@ -75,6 +80,7 @@ static struct list *list_for(struct client *c, enum client_state st)
         return &c->pool->idle_clients;
     case CLIENT_ACTIVE:
     case CLIENT_TERMINATING:
+    case CLIENT_HUNG_UP:
     case CLIENT_LOGIN_SYNC:
     case CLIENT_LOGIN_REFUSED:
         return &c->pool->active_clients;
@@ -115,6 +121,8 @@ bool client_transition_ok(enum client_state from, enum client_state to)
         return to == CLIENT_ACTIVE;
     case CLIENT_ACTIVE:
         return to == CLIENT_IDLE || to == CLIENT_TERMINATING;
+    case CLIENT_TERMINATING:
+        return to == CLIENT_HUNG_UP;
     default:
         return false;
     }
@@ -612,11 +620,31 @@ void client_read_and_handle(struct client *c)
     }
 }
 
+/* A client that sent Terminate hung up (closed its socket, or only its sending side, as clients
+ * do right after a Terminate) or its socket failed, with answers still due. Whether it still
+ * reads them cannot be known without writing, and a query that sends nothing until it ends
+ * (pg_sleep, a lock wait) writes nothing: HUNG_UP bounds the wait (client_check_timeouts). */
+static void terminating_client_hung_up(struct client *c)
+{
+    if (c->state == CLIENT_TERMINATING) {
+        client_set_state(c, CLIENT_HUNG_UP);
+        log_client(LOG_DEBUG, c, "hung up after its Terminate, answers still due");
+    }
+    /* Not watched for the hang-up any more (it would be reported on every turn of the loop); a
+     * failed poll libuv has stopped already. The relay re-arms what the answers need, and a
+     * write that fails is the client gone (RELAY_CLIENT_LOST). */
+    sockio_want(&c->io, 0);
+    c->worker->client_events->writable(c);
+}
+
 static void on_client_io(struct sockio *io, int status, int events)
 {
     struct client *c = io->owner;
     if (status < 0) {
-        client_close(c, sockio_poll_error(io, status));
+        if (client_terminating(c))
+            terminating_client_hung_up(c);
+        else
+            client_close(c, sockio_poll_error(io, status));
         return;
     }
     if (c->state == CLIENT_TLS_HANDSHAKE) {
@@ -639,8 +667,13 @@ static void on_client_io(struct sockio *io, int status, int events)
     case CLIENT_LOGIN_REFUSED:
         c->worker->client_events->readable(c);
         return;
+    case CLIENT_TERMINATING: /* not read after a Terminate, as by Postgres: watched for its
+                                hang-up only (relay.c set_pair_interest) */
+        if (events & UV_DISCONNECT)
+            terminating_client_hung_up(c);
+        return;
     case CLIENT_CANCEL_WAIT: /* not read: Postgres reads nothing after a CancelRequest */
-    case CLIENT_TERMINATING: /* nor after a Terminate */
+    case CLIENT_HUNG_UP:
     case CLIENT_CLOSING:
     case CLIENT_CLOSED:
         return;
@@ -779,9 +812,24 @@ void client_check_timeouts(struct client *c, uint64_t now)
         break;
     }
     case CLIENT_ACTIVE:
-    case CLIENT_TERMINATING: {
+    case CLIENT_TERMINATING:
+    case CLIENT_HUNG_UP: {
         struct server *s = c->server;
         const struct entry_timeouts *t = &c->pool->timeouts;
+        /* Gone after its Terminate (or only deaf to its answers, which cannot be told apart):
+         * its query had server_drain_timeout, as one left to finish after a failed write has
+         * in SERVER_DRAINING; now it is a vanished client's, cancelled and drained (link_end).
+         * Holding the server longer would keep the query's locks and transaction for as long
+         * as it runs: the backend, whose socket to sluice stays open, never sees the client
+         * leave, even with client_connection_check_interval. */
+        if (c->state == CLIENT_HUNG_UP &&
+            now - c->state_since_ms >= (uint64_t)cfg->server_drain_timeout) {
+            log_client(LOG_WARNING, c,
+                       "sent Terminate and hung up, its answers still due after "
+                       "server_drain_timeout: closing it, its query cancelled");
+            client_close(c, NULL);
+            break;
+        }
         /* (A restore of login values after the request holds its ReadyForQuery: the request
          * is not over for the client yet, login_reset.h.) */
         bool busy = s && (s->inflight > 0 || login_reset_client_waits(s));

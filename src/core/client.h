@@ -41,7 +41,13 @@ enum client_state {
     CLIENT_ACTIVE,     /* linked to a server */
     CLIENT_TERMINATING, /* linked, and sent Terminate with answers still due: as from Postgres,
                            which answers what it read before a Terminate, it gets them and is
-                           closed after the last; nothing more is read from it */
+                           closed after the last; nothing more is read from it, and only its
+                           hang-up is watched */
+    CLIENT_HUNG_UP,    /* TERMINATING, then its socket closed (at least its sending side: the
+                          close that follows a Terminate) or failed, answers still due: they are
+                          still written (a client that only shut its sending side reads them),
+                          but a query that has not answered within server_drain_timeout is
+                          cancelled as a vanished client's (client_check_timeouts) */
     CLIENT_CLOSING,    /* flushing a last message; then the socket closes */
     CLIENT_CLOSED,     /* closed; freed at the end of the loop iteration */
 };
@@ -124,6 +130,13 @@ struct client {
        it starts closing (client_set_state entering CLOSING or CLOSED) */
     enum login_slot { LOGIN_SLOT_NONE, LOGIN_SLOT_HELD } login_slot;
 };
+
+/* Linked, and sent Terminate with answers still due (TERMINATING or HUNG_UP): nothing more is
+ * read from it, it is never released, and it is closed once they are written. */
+static inline bool client_terminating(const struct client *c)
+{
+    return c->state == CLIENT_TERMINATING || c->state == CLIENT_HUNG_UP;
+}
 
 /* What a linked client tells the layer that pairs it (link.c's link_client_events, installed by
  * sluice.c as worker->client_events): client.c knows it may have a server, not what becomes of

@@ -343,7 +343,7 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
         link_end(c, s, LINK_END_SERVER_LOST, o);
         return;
     case RELAY_CLIENT_LOST:
-        if (c->state == CLIENT_TERMINATING) {
+        if (client_terminating(c)) {
             /* Its answers go nowhere (it closed right after its Terminate), but what it sent
              * before the Terminate still runs to its end, as in Postgres: not cancelled. */
             link_end(c, s, LINK_END_CLIENT_TERMINATED, NULL);

@@ -427,7 +427,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (login_synced)
             return STOP_LOGIN_SYNCED;
-        if (type == 'G' && c && c->state == CLIENT_TERMINATING)
+        if (type == 'G' && c && client_terminating(c))
             return STOP_COPY_BEGAN;
     }
     return STOP_NEED_DATA;
@@ -560,14 +560,23 @@ static bool client_read_held(const struct server *s)
     return s->reqs.shape_awaited;
 }
 
+/* A client that sent Terminate is not read, as Postgres reads nothing after one, but its hang-up
+ * is watched (UV_DISCONNECT: the peer shut its sending side): a query that sends nothing until
+ * it ends makes no write that could fail, and without it sluice would never learn that the client
+ * has gone (client.c, CLIENT_HUNG_UP). */
+static int hang_up_interest(const struct client *c)
+{
+    return c->state == CLIENT_TERMINATING ? UV_DISCONNECT : 0;
+}
+
 static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
     bool to_client_pending = c->out_pos < c->out.len || buf_pending(&s->in) > 0;
-    bool client_room = c->state != CLIENT_TERMINATING && !client_read_held(s) &&
+    bool client_room = !client_terminating(c) && !client_read_held(s) &&
                        (!c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0);
     bool server_room = !s->in.data || s->in.wpos < buf_block_size() || s->in.rpos > 0;
-    sockio_want(&c->io, read_interest(!to_server_pending && client_room) |
+    sockio_want(&c->io, read_interest(!to_server_pending && client_room) | hang_up_interest(c) |
                             (to_client_pending ? UV_WRITABLE : 0));
     sockio_want(&s->io, read_interest(!to_client_pending && server_room) |
                             (to_server_pending ? UV_WRITABLE : 0));
@@ -665,7 +674,7 @@ static bool client_bytes_wait(const struct client *c, const struct server *s)
  * Terminate itself, when a COPY FROM STDIN began before it reached the server (request_track.c). */
 static bool frames_client(const struct client *c, const struct server *s)
 {
-    return (c->state != CLIENT_TERMINATING || s->copy_in) && !client_bytes_wait(c, s);
+    return (!client_terminating(c) || s->copy_in) && !client_bytes_wait(c, s);
 }
 
 /* A client that sent Terminate: is anything still due before it is closed? Postgres answers every
@@ -767,7 +776,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         /* TLS may hold decrypted bytes the socket will not announce again. Requests that
          * waited for a reset's reply (login_reset.h) are already read. */
         bool more = client_waited && !request_track_client_waits(s);
-        if (c->state == CLIENT_TERMINATING) {
+        if (client_terminating(c)) {
             if (!terminate_pending(c, s))
                 return RELAY_TERMINATED;
             more |= sst == STOP_COPY_BEGAN; /* its Terminate is framed now (frames_client) */
@@ -782,8 +791,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
                 return RELAY_SERVER_LOST;
             more |= n > 0;
         }
-        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 &&
-            c->state != CLIENT_TERMINATING && !client_read_held(s)) {
+        if (sockio_pending(&c->io) > 0 && buf_pending(&c->in) == 0 && !client_terminating(c) &&
+            !client_read_held(s)) {
             enum relay_result gone;
             int n = client_side_read(c, o, &gone);
             if (n < 0)

@@ -105,6 +105,34 @@ def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
     assert time.monotonic() - t0 < SERVE_AT_ONCE_S
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("last", ["commit", "left_open"])
+def test_request_and_terminate_inside_a_transaction_block_end_it_like_postgres(
+        start_sluice, pg, table, mode, last):
+    """A transaction block begun by an earlier request, then its statements and Terminate in one
+    write and the socket closed at once, the statement still running (a hang-up with answers
+    due): Postgres runs what it read before the Terminate, so a COMMIT among it commits, and a
+    transaction left open is rolled back when the session ends."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "query_wait_timeout": 20})
+    pid, clean = backend_of_sluice(s)
+    for i, (target, port, password) in enumerate(targets(pg, s)):
+        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
+        with BackendSampler(pg) as smp:
+            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+            c.query("BEGIN")
+            sql = f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.2)"
+            c.send(query_msg(sql + ("; COMMIT" if last == "commit" else "")) + terminate_msg())
+            c.close()
+            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
+        if target == "sluice":
+            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+    assert rows(pg, table) == ([0, 1] if last == "commit" else [])
+    assert backend_of_sluice(s) == [str(pid), clean]
+
+
 def copy_cut_by_terminate(conn, table, copy_kind):
     """Start COPY FROM STDIN, send rows, then Terminate without CopyDone; what comes back."""
     sql = f"COPY {table} FROM STDIN"

@@ -5,6 +5,7 @@ cancel (bounded by server_drain_timeout) and reused. A client that goes away wit
 keeps the documented policy (its query is cancelled: test_drain.py).
 """
 
+import socket
 import time
 
 import psycopg
@@ -124,6 +125,43 @@ def test_long_query_before_terminate_is_answered_past_server_drain_timeout(start
     with s.connect() as conn:  # the one server, back in the pool
         assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
     assert "cancelling it" not in s.log_text()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["close", "half_close", "reset"])
+def test_a_silent_query_of_a_client_that_hung_up_after_terminate_is_cancelled_after_drain_time(
+        start_sluice, pg, ending):
+    """Terminate, then the socket closed (or only its sending side, or reset) while a query that
+    sends nothing runs (asyncpg's terminate(); a lock wait). Postgres without
+    client_connection_check_interval runs it to its end; sluice, which cannot tell a closed socket
+    from a shut sending side without a write, gives it server_drain_timeout, as a query left to
+    finish after a failed write, then cancels it as a vanished client's: the server, its
+    transaction and its locks are not held for as long as the query would run."""
+    s = sluice_for(start_sluice, "transaction", default_pool_size=1, max_db_connections=1,
+                   server_drain_timeout="2s")
+    with s.connect() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.query("BEGIN")
+    c.send(query_msg("SELECT pg_sleep(60) /* hung up */") + terminate_msg())
+    pg.wait_for_active(APP_USER, "hung up")
+    t0 = time.monotonic()
+    if ending == "close":
+        c.close()
+    elif ending == "reset":
+        c.close_abruptly(reset=True)
+    else:
+        c.sock.shutdown(socket.SHUT_WR)
+    wait_until(lambda: not [r for r in pg.backends(APP_USER) if r[1] != "idle"], 30,
+               what="the query cancelled and its transaction rolled back")
+    assert time.monotonic() - t0 >= 1.5, "cancelled before server_drain_timeout"
+    if ending == "half_close":
+        assert c.is_closed(CALL_TIMEOUT)  # closed without its answers, which never came
+        c.close()
+    s.wait_for_log("sent Terminate and hung up", timeout=10)
+    with s.connect() as conn:  # the one server, back in the pool, outside any transaction
+        assert conn.execute("SELECT pg_backend_pid(), pg_current_xact_id_if_assigned() IS NULL"
+                            ).fetchone() == (pid, True)
 
 
 # ---- an extended-protocol batch without its Sync ----

@@ -28,6 +28,7 @@ static const unsigned documented[NSTATES] = {
     [CLIENT_WAITING] = TO(CLIENT_ACTIVE) | TO(CLIENT_IDLE) | TO(CLIENT_WAITING_LAST),
     [CLIENT_WAITING_LAST] = TO(CLIENT_ACTIVE),
     [CLIENT_ACTIVE] = TO(CLIENT_IDLE) | TO(CLIENT_TERMINATING),
+    [CLIENT_TERMINATING] = TO(CLIENT_HUNG_UP),
 };
 
 static void the_table_is_the_documented_one(void)
