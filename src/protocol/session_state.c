@@ -456,15 +456,13 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
     return found;
 }
 
-enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
+/* The statement from `start`: *end is where it ends (a ';' or NUL outside quotes, or len).
+ * False when the text ends inside a quote: no statement is there to look at. */
+static bool next_statement(const char *sql, size_t len, size_t start, size_t *end)
 {
-    if (touch)
-        memset(touch, 0, sizeof(*touch));
-    enum session_feature first = SESSION_FEATURE_NONE;
-    size_t start = 0;
     char quote = 0;
-    for (size_t i = 0; i <= len; i++) {
-        char ch = i < len ? sql[i] : ';';
+    for (size_t i = start; i < len; i++) {
+        char ch = sql[i];
         if (quote) {
             if (ch == quote)
                 quote = 0;
@@ -475,19 +473,33 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
             continue;
         }
         if (ch == ';' || ch == '\0') {
-            int resets = touch ? touch->reset.statements : 0;
-            enum session_feature f = statement_feature(sql, start, i, touch);
-            /* A statement after a reset may read or change what it reset. */
-            if (touch && touch->reset.kind != PARAM_RESET_NONE &&
-                touch->reset.statements == resets && skip_space(sql, start, i) < i)
-                touch->reset.kind = PARAM_RESET_UNSURE;
-            if (first == SESSION_FEATURE_NONE ||
-                (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
-                first = f;
-            start = i + 1;
-            if (ch == '\0')
-                break;
+            *end = i;
+            return true;
         }
+    }
+    *end = len;
+    return quote == 0;
+}
+
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
+{
+    if (touch)
+        memset(touch, 0, sizeof(*touch));
+    enum session_feature first = SESSION_FEATURE_NONE;
+    size_t end;
+    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end);
+         start = end + 1) {
+        int resets = touch ? touch->reset.statements : 0;
+        enum session_feature f = statement_feature(sql, start, end, touch);
+        /* A statement after a reset may read or change what it reset. */
+        if (touch && touch->reset.kind != PARAM_RESET_NONE &&
+            touch->reset.statements == resets && skip_space(sql, start, end) < end)
+            touch->reset.kind = PARAM_RESET_UNSURE;
+        if (first == SESSION_FEATURE_NONE ||
+            (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+            first = f;
+        if (end < len && sql[end] == '\0')
+            break;
     }
     enum session_feature call = session_calls(sql, len, touch);
     if (first == SESSION_FEATURE_NONE ||
@@ -505,25 +517,12 @@ size_t session_state_feature_start(const char *sql, size_t len)
             (i + 1 < len &&
              ((sql[i] == '-' && sql[i + 1] == '-') || (sql[i] == '/' && sql[i + 1] == '*'))))
             return 0;
-    size_t start = 0;
-    char quote = 0;
-    for (size_t i = 0; i <= len; i++) {
-        char ch = i < len ? sql[i] : ';';
-        if (quote) {
-            if (ch == quote)
-                quote = 0;
-            continue;
-        }
-        if (ch == '\'' || ch == '"') {
-            quote = ch;
-            continue;
-        }
-        if (ch != ';')
-            continue;
-        if (statement_feature(sql, start, i, NULL) != SESSION_FEATURE_NONE ||
-            session_calls(sql + start, i - start, NULL) != SESSION_FEATURE_NONE)
+    size_t end;
+    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end);
+         start = end + 1) {
+        if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||
+            session_calls(sql + start, end - start, NULL) != SESSION_FEATURE_NONE)
             return start;
-        start = i + 1;
     }
     return 0;
 }
