@@ -858,8 +858,8 @@ void prepared_put_close(struct msg_out *o, const char *name)
 void prepared_put_mark(struct msg_out *o)
 {
     codec_begin(o, 'C');
-    codec_put_u8(o, 'P');
-    codec_put_cstring(o, STMT_MARK_PORTAL);
+    codec_put_u8(o, 'S');
+    codec_put_cstring(o, STMT_MARK_NAME);
     codec_end(o);
 }
 

@@ -164,7 +164,7 @@ enum stmt_req {
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
                        * of it is answered before it runs, if it runs). Queued when it drops a
                        * statement of the client's or of the server's sql_prepared */
-    REQ_MARK,         /* sluice's Close of a portal no one has (STMT_MARK_PORTAL), sent before a
+    REQ_MARK,         /* sluice's Close of a statement no one has (STMT_MARK_NAME), sent before a
                        * Query or FunctionCall framed inside an extended batch and answered by a
                        * CloseComplete, swallowed. Postgres skips both after an error earlier in
                        * that batch: an error that comes before its reply is the batch's, and the
@@ -214,8 +214,10 @@ struct stmt_queue {
  * skips it. */
 #define STMT_CHANGED_NAME "sluice_changed"
 
-/* The portal a mark closes (REQ_MARK): a name no client uses, as sluice's other own names. */
-#define STMT_MARK_PORTAL "sluice_mark"
+/* The statement a mark closes (REQ_MARK). A statement, not a portal: the client's portals keep
+ * their names on the server (a Bind's, a DECLAREd cursor's), its statements are renamed
+ * (stmt_names.h), so only SQL PREPARE of this very name could make one. */
+#define STMT_MARK_NAME "sluice_mark"
 
 /* The shape of a RowDescription body ('T'), or STMT_SHAPE_UNCHECKED when malformed. Columns'
  * names, type OIDs, lengths and type modifiers count; their table and column numbers do not (a
@@ -337,7 +339,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 /* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
-/* Close of the portal STMT_MARK_PORTAL (REQ_MARK). */
+/* Close of the statement STMT_MARK_NAME (REQ_MARK). */
 void prepared_put_mark(struct msg_out *o);
 void prepared_put_describe(struct msg_out *o, const char *name);
 
