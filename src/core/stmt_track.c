@@ -787,6 +787,17 @@ static enum track_result mark_inside_batch(struct client *c, struct server *s, b
     return TRACK_PASS;
 }
 
+/* sluice's own requests went out after the mark, right before the Query (the Parse of the
+ * statement an EXECUTE names, prepare_before_query): if one fails once the mark is answered,
+ * the server skips the Query all the same, so another mark goes between them and the Query. */
+static enum track_result mark_again(struct server *s, struct client_failure *fail)
+{
+    enum track_result r = queued(stmt_queue_push_mark(&s->reqs), fail);
+    if (r == TRACK_PASS)
+        prepared_put_mark(&s->out);
+    return r;
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t type,
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,
@@ -825,10 +836,13 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         bool marked = false;
         r = mark_inside_batch(c, s, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
+            size_t out_at_mark = s->out.len;
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
                 r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
+            if (r == TRACK_PASS && marked && s->out.len != out_at_mark)
+                r = mark_again(s, fail);
             if (r == TRACK_PASS || r == TRACK_STARTED)
                 s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
         }

@@ -371,3 +371,65 @@ def test_a_queued_insert_and_terminate_of_a_client_gone_runs_as_in_postgres(pg, 
         holder.close()
     wait_until(lambda: pg.query(f"SELECT count(*) FROM {table} WHERE id = 9",
                                 dbname=APP_DB)[0][0] == 1, 15, what="the INSERT committed")
+
+
+# ---- the mark and sluice's own Parse before an EXECUTE ------------------------------------------
+
+def evicted_and_dropped(a, b, t):
+    """a's statement q is pushed off the one server (max_prepared_statements 1) by b's, and b
+    drops the table q reads: sluice's Parse of q again fails."""
+    out = exchange(a, [parse_msg("q", f"SELECT v FROM {t} ORDER BY id"), sync_msg()], 1)
+    out += exchange(b, [parse_msg("o", "SELECT 1"), sync_msg()], 1)
+    out += exchange(b, [query_msg(f"DROP TABLE {t}")], 1)
+    return out
+
+
+EXECUTE_IN_BATCH = extended("SELECT 5") + [query_msg("EXECUTE q"), sync_msg()]
+
+
+def test_the_server_goes_back_after_sluices_own_parse_before_a_marked_query_fails(
+        pg, start_sluice, table):
+    """a's EXECUTE q in a Query inside an extended batch: sluice prepares q again right before
+    it (after the mark), that Parse fails once the mark is answered, and Postgres skips the
+    Query: sluice counted its ReadyForQuery and held the one server for ever."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    with pg.superuser(dbname=APP_DB) as c:
+        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
+    a, b = through(s), through(s)
+    try:
+        evicted_and_dropped(a, b, table)
+        seen = exchange(a, EXECUTE_IN_BATCH, 1)
+        assert ("E", "42P01") == seen[-2][:2], seen
+        b.settimeout(10)
+        assert exchange(b, [query_msg("SELECT 3")], 1)[-1] == ("Z", "I")
+    finally:
+        a.close()
+        b.close()
+
+
+OWN_PARSE_FAILS = (
+    "stmt_track.c prepare_before_query inside an extended batch: sluice's Parse of the statement "
+    "an EXECUTE names goes before the Query with no Sync of its own (one would end the client's "
+    "batch); when it fails Postgres skips the Query up to the batch's Sync, so the client gets "
+    "the error and one ReadyForQuery (the Sync's) where Postgres, running EXECUTE itself, "
+    "answers the error, the Query's ReadyForQuery and the Sync's; the client waits for the "
+    "second. Answering in the Query's place would need its ReadyForQuery made by sluice and the "
+    "rest of the batch, which Postgres runs, sent again")
+
+
+@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=OWN_PARSE_FAILS)
+def test_an_execute_inside_a_batch_whose_statement_sluice_fails_to_prepare_again(
+        pg, start_sluice, table):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        a.settimeout(5)
+        b.settimeout(10)
+        out = evicted_and_dropped(a, b, t)
+        out += exchange(a, EXECUTE_IN_BATCH, 2)
+        return out + then_served(a, b, 10)
+
+    compare_raw(pg, s, table, TABLE, program)
