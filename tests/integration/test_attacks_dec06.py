@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, wait_until
+from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, wait_until
 from pgwire import (PeerClosed, bind_msg, copy_data_msg, copy_done_msg, execute_msg, message,
                     parse_msg,
                     query_msg, raw_login, sync_msg, terminate_msg)
@@ -319,13 +319,16 @@ LEAVING_BATCHES = {
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("setup", [("transaction", 1), ("statement", 1), ("transaction", 2)],
+                         ids=["transaction", "statement", "two-workers"])
 @pytest.mark.parametrize("ending", ["close", "half_close"])
 @pytest.mark.parametrize("name", sorted(LEAVING_BATCHES))
 def test_a_batch_with_queries_then_terminate_leaves_what_postgres_leaves(
-        pg, start_sluice, table, name, ending):
+        pg, start_sluice, table, name, ending, setup):
     """What the batch commits is Postgres's, and the one server serves the next client at once
     (the skipped Queries counted would hold it for server_drain_timeout)."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+    mode, workers = setup
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "workers": workers,
                       "max_db_connections": 1, "server_drain_timeout": 30})
     left = []
     for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
@@ -433,3 +436,47 @@ def test_an_execute_inside_a_batch_whose_statement_sluice_fails_to_prepare_again
         return out + then_served(a, b, 10)
 
     compare_raw(pg, s, table, TABLE, program)
+
+
+# ---- a client that vanishes at each point of a batch with a marked Query ------------------------
+
+def cut_points(data, msgs):
+    """Each message boundary, and the middle of each message."""
+    points, at = [], 0
+    for m in msgs:
+        points += [at + len(m) // 2, at + len(m)]
+        at += len(m)
+    return points
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("first", ["error", "slow"])
+def test_a_client_vanishing_at_each_point_of_a_batch_with_a_query_frees_the_one_server(
+        pg, start_sluice, table, first):
+    """The client closes (no Terminate) after each prefix of [Parse/Bind/Execute, Query, Sync];
+    the next client is served on a pool and a database cap of one, never two backends at once,
+    and the table is left as nothing committed or the whole batch (never the Query alone)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_db_connections": 1, "server_drain_timeout": 5})
+    drop(pg, table)
+    with pg.superuser(dbname=APP_DB) as c:
+        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
+    head = ([bad_parse()] if first == "error" else
+            extended(f"INSERT INTO {table} SELECT 3, 3 FROM pg_sleep(0.2)"))
+    msgs = head + [insert(table, 4), insert(table, 5), sync_msg()]
+    data = b"".join(msgs)
+    with BackendSampler(pg) as smp:
+        for cut in cut_points(data, msgs):
+            c = raw_login(s.port, timeout=CALL_TIMEOUT)
+            c.send(data[:cut])
+            c.close_abruptly()
+            b = raw_login(s.port, timeout=CALL_TIMEOUT)
+            try:
+                assert b.query("SELECT 1") == ([["1"]], ["SELECT 1"]), cut
+            finally:
+                b.close()
+            left = [r[0] for r in pg.query(f"DELETE FROM {table} WHERE id > 2 RETURNING id",
+                                           dbname=APP_DB)]
+            assert sorted(left) in ([], [4, 5], [3, 4, 5]) or (
+                first == "slow" and sorted(left) in ([3, 4], [3])), (cut, left)
+    assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
