@@ -180,7 +180,28 @@ def test_a_copy_query_inside_a_batch_is_answered_as_postgres_does(pg, start_slui
                                                    sync_msg()], 2)
         out += exchange(a, extended("SELECT 1/0") + [query_msg(f"COPY {t} TO STDOUT"),
                                                      sync_msg()], 1)
+        # the COPY inside the batch fails on its data: its own error and ReadyForQuery, then
+        # the rest of the batch runs
+        out += exchange(a, extended("SELECT 5") + [copy, copy_data_msg(b"x\ty\n"),
+                                                   copy_done_msg(), query_msg("SELECT 6")]
+                        + extended("SELECT 7") + [sync_msg()], 3)
         return out
+
+    compare_raw(pg, s, table, TABLE, served_after(program))
+
+
+def test_a_function_call_sent_after_the_batchs_error_was_read_is_skipped_as_in_postgres(
+        pg, start_sluice, table):
+    """The error is read before the FunctionCall is sent (skipping_to_sync), the Sync later."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    oid = int4abs_oid(pg)
+
+    def program(a, t):
+        return (exchange(a, [bad_parse(), flush_msg()], 1, until=("E",))
+                + exchange(a, [function_call_msg(oid, -4), insert(t, 4)], 0)
+                + exchange(a, [sync_msg()], 1)
+                + exchange(a, extended("SELECT 1") + [function_call_msg(oid, -4), sync_msg()],
+                           2))
 
     compare_raw(pg, s, table, TABLE, served_after(program))
 
@@ -191,7 +212,18 @@ REFUSED = "LISTEN refused_channel"
 STAND_IN = "SELECT * FROM no_such_table_stands_in_for_the_refused"  # 42P01, at its Parse
 
 
-def refusal_compare(pg, s, table, program):
+def send_bytewise(conn):
+    """conn.send then writes one byte at a time, each its own segment."""
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    whole = conn.send
+
+    def send(data):
+        for i in range(len(data)):
+            whole(data[i:i + 1])
+    conn.send = send
+
+
+def refusal_compare(pg, s, table, program, bytewise=False):
     """program(a, t, refused) run directly with STAND_IN, through sluice with REFUSED; the
     refusal's SQLSTATE is sluice's own, everything else Postgres's."""
     seen = []
@@ -202,6 +234,8 @@ def refusal_compare(pg, s, table, program):
         conns = [connect() for _ in range(2)]
         try:
             a, b = conns
+            if bytewise:
+                send_bytewise(a)
             b.settimeout(10)
             out = program(a, table, refused) + then_served(a, b, 10) + exchange(
                 a, [query_msg(f"SELECT id, v FROM {table} ORDER BY id")], 1)
@@ -255,6 +289,17 @@ def test_a_refusal_inside_a_batch_with_queries_is_answered_as_postgres_does(
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
                       "session_state_policy": "refuse"})
     refusal_compare(pg, s, table, REFUSAL_PROGRAMS[name])
+
+
+# A refused Parse's batch read in pieces is refused by closing the session (documented): only
+# the refused Queries are sent byte by byte here.
+@pytest.mark.parametrize("name", sorted(n for n in REFUSAL_PROGRAMS if "parse" not in n))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_refusal_inside_a_batch_sent_byte_by_byte_is_answered_as_postgres_does(
+        pg, start_sluice, table, name, workers):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": workers,
+                      "session_state_policy": "refuse"})
+    refusal_compare(pg, s, table, REFUSAL_PROGRAMS[name], bytewise=True)
 
 
 FULL_BUFFER = (
