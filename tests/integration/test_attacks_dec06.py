@@ -139,12 +139,17 @@ def test_a_huge_query_inside_a_failed_batch_is_skipped_as_postgres_does(pg, star
     """A Query longer than the client's buffer: sluice streams it, the mark before it."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "pkt_buf": 4096})
     huge = "SELECT 1 /* " + "x" * 20000 + " */"
+    int4abs = int4abs_oid(pg)
 
     def program(a, t):
         return (exchange(a, [bad_parse(), query_msg(huge), sync_msg()], 1)
                 + exchange(a, extended("SELECT 5") + [query_msg(huge), sync_msg()], 2)
                 + exchange(a, extended("SELECT 1/0") + [query_msg(huge), query_msg(huge),
-                                                        sync_msg()], 1))
+                                                        sync_msg()], 1)
+                # sent once the error is read (skipping_to_sync), then the Sync
+                + exchange(a, [bad_parse(), flush_msg()], 1, until=("E",))
+                + exchange(a, [query_msg(huge), function_call_msg(int4abs, -2)], 0)
+                + exchange(a, [query_msg(huge), sync_msg()], 1))
 
     compare_raw(pg, s, table, TABLE, served_after(program))
 
