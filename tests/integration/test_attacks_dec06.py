@@ -530,3 +530,34 @@ def test_a_client_vanishing_at_each_point_of_a_batch_with_a_query_frees_the_one_
             assert sorted(left) in ([], [4, 5], [3, 4, 5]) or (
                 first == "slow" and sorted(left) in ([3, 4], [3])), (cut, left)
     assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+
+
+# ---- a silent query of a client that hung up after Terminate, in every pool mode ---------------
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["session", "statement", "transaction"])
+@pytest.mark.parametrize("inside", ["query", "batch"])
+def test_a_silent_query_of_a_hung_up_client_frees_the_one_server_in_every_mode(
+        pg, start_sluice, mode, inside):
+    """Terminate and close while pg_sleep runs (a simple Query, or a Query inside an extended
+    batch, marked): after server_drain_timeout the query is cancelled and the next client is
+    served, never two backends at once."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "server_drain_timeout": "1s", "query_wait_timeout": 30})
+    sleep = query_msg("SELECT pg_sleep(60) /* hung up too */")
+    msgs = [sleep] if inside == "query" else extended("SELECT 1") + [sleep, sync_msg()]
+    with BackendSampler(pg) as smp:
+        c = raw_login(s.port, timeout=CALL_TIMEOUT)
+        c.send(b"".join(msgs) + terminate_msg())
+        pg.wait_for_active(APP_USER, "hung up too")
+        c.close()
+        b = raw_login(s.port, timeout=30)
+        try:
+            t0 = time.monotonic()
+            assert b.query("SELECT 2") == ([["2"]], ["SELECT 1"])
+            assert time.monotonic() - t0 < 20
+        finally:
+            b.close()
+        wait_until(lambda: not [r for r in pg.backends(APP_USER) if r[1] != "idle"], 30,
+                   what="the query cancelled")
+    assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
