@@ -154,9 +154,11 @@ def test_a_huge_query_inside_a_failed_batch_is_skipped_as_postgres_does(pg, star
     compare_raw(pg, s, table, TABLE, served_after(program))
 
 
-@pytest.mark.parametrize("workers", [2])
-def test_skipped_queries_on_two_workers(pg, start_sluice, table, workers):
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": workers})
+@pytest.mark.parametrize("setup", [{"workers": 2}, {"max_prepared_statements": 0}],
+                         ids=["two-workers", "statements-untracked"])
+def test_skipped_queries_on_two_workers_and_with_statements_untracked(pg, start_sluice, table,
+                                                                      setup):
+    s = start_sluice(dict({"pool_mode": "transaction", "default_pool_size": 1}, **setup))
 
     def program(a, t):
         out = []
@@ -166,6 +168,27 @@ def test_skipped_queries_on_two_workers(pg, start_sluice, table, workers):
         return out
 
     compare_raw(pg, s, table, TABLE, served_after(program))
+
+
+MANY_MARKS = (
+    "prepared.c push_item: Queries pipelined inside one extended batch each queue a REQ_MARK and "
+    "a REQ_SYNC, which no longer merge into one repeated REQ_SYNC as before the mark: 4500 "
+    "Queries before the batch's Sync pass STMT_QUEUE_MAX (8192) and sluice closes the session "
+    "(too_many_pending) where Postgres answers them all. Consecutive Queries with nothing "
+    "between them need one mark only (an error between them can only be one Query's own); "
+    "counting several Queries on one mark changes how the mark's CloseComplete and "
+    "stmt_on_error match the queue")
+
+
+@pytest.mark.xfail(strict=True, raises=PeerClosed, reason=MANY_MARKS)
+def test_thousands_of_queries_pipelined_inside_one_extended_batch_are_answered(
+        pg, start_sluice, table):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    n = 4500
+    compare_raw(pg, s, table, TABLE, served_after(
+        # the first statement sleeps, so that every Query is framed before any is answered
+        lambda a, t: exchange(a, extended("SELECT 5 FROM pg_sleep(1)")
+                              + [query_msg("SELECT 6")] * n + [sync_msg()], n + 1)))
 
 
 # ---- the mark and COPY ------------------------------------------------------------------------
