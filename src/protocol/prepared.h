@@ -204,6 +204,10 @@ struct stmt_queue {
      * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no
      * ReadyForQuery. Until the Sync is framed. */
     bool skipping_to_sync;
+    /* The client's last message was a Query or FunctionCall right after a mark still unanswered:
+     * one that follows with nothing between shares that mark (stmt_queue_join_mark), since an
+     * error between them could only be the first one's own. Any other message ends it. */
+    bool mark_joinable;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };
@@ -296,8 +300,14 @@ bool stmt_queue_describing(const struct stmt_queue *q, const char *server_name);
 /* Queue a mark (REQ_MARK): the Query or FunctionCall the caller frames next goes right after
  * it. */
 int stmt_queue_push_mark(struct stmt_queue *q) __attribute__((warn_unused_result));
+/* The Query or FunctionCall framed next, right after one the last mark guards (mark_joinable),
+ * is guarded by it too (the mark's repeat counts them): no Close of its own, and Queries
+ * pipelined inside a batch take one queue entry each, as before marks. False: it needs its own
+ * mark. */
+bool stmt_queue_join_mark(struct stmt_queue *q);
 /* The message after the last mark was not sent after all (sluice answered it, or failed the
- * client): the mark stays a Close whose reply is swallowed, guarding nothing. */
+ * client): the mark guards one Query less; guarding none, it stays a Close whose reply is
+ * swallowed. */
 void stmt_queue_disarm_mark(struct stmt_queue *q);
 /* An ErrorResponse arrived (not one answering sluice's own simple queries): the server skips
  * the rest of the batch, so nothing of it waits for a reply (batch_failed). When a mark is

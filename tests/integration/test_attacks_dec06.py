@@ -40,7 +40,7 @@ def served_after(program):
     return each
 
 
-# ---- the mark: a client's own names ---------------------------------------------------------------
+# ---- the mark: a client's own names ----------------------------------------------------------
 
 def test_a_clients_portal_named_sluice_mark_survives_a_query_inside_its_batch(
         pg, start_sluice, table):
@@ -170,25 +170,53 @@ def test_skipped_queries_on_two_workers_and_with_statements_untracked(pg, start_
     compare_raw(pg, s, table, TABLE, served_after(program))
 
 
-MANY_MARKS = (
-    "prepared.c push_item: Queries pipelined inside one extended batch each queue a REQ_MARK and "
-    "a REQ_SYNC, which no longer merge into one repeated REQ_SYNC as before the mark: 4500 "
-    "Queries before the batch's Sync pass STMT_QUEUE_MAX (8192) and sluice closes the session "
-    "(too_many_pending) where Postgres answers them all. Consecutive Queries with nothing "
-    "between them need one mark only (an error between them can only be one Query's own); "
-    "counting several Queries on one mark changes how the mark's CloseComplete and "
-    "stmt_on_error match the queue")
-
-
-@pytest.mark.xfail(strict=True, raises=PeerClosed, reason=MANY_MARKS)
 def test_thousands_of_queries_pipelined_inside_one_extended_batch_are_answered(
         pg, start_sluice, table):
+    """Each Query queued a mark and a ReadyForQuery, which no longer merged into one repeated
+    entry as before marks: 4500 Queries before the batch's Sync passed STMT_QUEUE_MAX (8192)
+    and sluice closed the session (too_many_pending). Queries with nothing between share one
+    mark now."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
     n = 4500
     compare_raw(pg, s, table, TABLE, served_after(
         # the first statement sleeps, so that every Query is framed before any is answered
         lambda a, t: exchange(a, extended("SELECT 5 FROM pg_sleep(1)")
                               + [query_msg("SELECT 6")] * n + [sync_msg()], n + 1)))
+
+
+SLOW_ERROR = "SELECT 1 / (SELECT count(*) - count(*) FROM pg_sleep(0.3))"
+SLOW = "SELECT 5 FROM pg_sleep(0.3)"
+
+# The first statement is slow: the Queries after it are framed before the mark is answered
+# and share it.
+SHARED_MARKS = {
+    "slow-error-then-three-queries": lambda t: (extended(SLOW_ERROR) + [
+        query_msg("SELECT 1"), insert(t, 4), function_call_msg(INT4ABS[0], -1), sync_msg()], 1),
+    "slow-then-queries-the-second-fails": lambda t: (extended(SLOW) + [
+        insert(t, 3), query_msg("SELECT 1/0"), insert(t, 4), sync_msg()], 4),
+    "slow-then-queries-an-execute-fails-between": lambda t: (extended(SLOW) + [
+        insert(t, 3), query_msg("SELECT 2")] + extended("SELECT 1/0") + [
+        insert(t, 4), query_msg("SELECT 3"), sync_msg()], 3),
+    "error-then-queries-an-execute-between": lambda t: ([bad_parse(), insert(t, 3),
+                                                        query_msg("SELECT 2")]
+                                                       + extended("SELECT 3")
+                                                       + [insert(t, 4), sync_msg()], 1),
+}
+INT4ABS = []
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_MARKS))
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_consecutive_queries_sharing_a_mark_are_answered_as_postgres_does(
+        pg, start_sluice, table, mode, name):
+    INT4ABS[:] = [int4abs_oid(pg)]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+
+    def program(a, t):
+        msgs, syncs = SHARED_MARKS[name](t)
+        return exchange(a, msgs, syncs)
+
+    compare_raw(pg, s, table, TABLE, served_after(program))
 
 
 # ---- the mark and COPY ------------------------------------------------------------------------
