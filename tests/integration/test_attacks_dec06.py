@@ -328,6 +328,10 @@ REFUSAL_PROGRAMS = {
                          + exchange(a, extended("SELECT 5") + [query_msg(r), insert(t, 4),
                                                                sync_msg()], 2)
                          + exchange(a, [query_msg("COMMIT")], 1)),
+    # a refused Query right after one that ran (they would share a mark)
+    "query-then-refused-query-inside-a-batch":
+        lambda a, t, r: exchange(a, extended("SELECT 5") + [insert(t, 3), query_msg(r),
+                                                           insert(t, 4), sync_msg()], 4),
     # a refused statement in a several-statement Query inside a batch
     "refused-second-statement-of-a-query-inside-a-batch":
         lambda a, t, r: exchange(a, extended("SELECT 5")
@@ -510,6 +514,29 @@ def test_the_server_goes_back_after_sluices_own_parse_before_a_marked_query_fail
     finally:
         a.close()
         b.close()
+
+
+def test_an_execute_prepared_again_after_a_query_inside_a_batch_runs_as_in_postgres(
+        pg, start_sluice, table):
+    """q pushed off the one server, then EXECUTE q in a Query right after another Query inside
+    an extended batch: sluice's Parse of q goes between them (the mark they would share goes
+    again, after it), and everything runs as in Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        b.settimeout(10)
+        out = exchange(a, [parse_msg("q", f"SELECT v FROM {t} ORDER BY id"), sync_msg()], 1)
+        out += exchange(b, [parse_msg("o", "SELECT 1"), sync_msg()], 1)
+        out += exchange(a, extended(SLOW) + [query_msg("SELECT 1"), query_msg("EXECUTE q"),
+                                             query_msg("EXECUTE q"), sync_msg()], 4)
+        out += exchange(b, [parse_msg("o2", "SELECT 1"), sync_msg()], 1)
+        out += exchange(a, extended(SLOW_ERROR) + [query_msg("SELECT 1"),
+                                                   query_msg("EXECUTE q"), sync_msg()], 1)
+        return out + then_served(a, b, 10)
+
+    compare_raw(pg, s, table, TABLE, program)
 
 
 OWN_PARSE_FAILS = (
