@@ -772,11 +772,15 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
  * ReadyForQuery. A mark goes before it, so that the server's replies tell which it was
  * (stmt_queue_skip_marked). *marked: a mark was queued, to be disarmed if the message does not
  * follow it after all. */
-static enum track_result mark_inside_batch(struct client *c, struct server *s, bool *marked,
-                                           struct client_failure *fail)
+static enum track_result mark_inside_batch(struct client *c, struct server *s, bool joinable,
+                                           bool *marked, struct client_failure *fail)
 {
     if (!s->batch_open && !stmt_queue_unsynced(&s->reqs))
         return TRACK_PASS;
+    s->reqs.mark_joinable = joinable;
+    *marked = stmt_queue_join_mark(&s->reqs);
+    if (*marked)
+        return TRACK_PASS; /* the Query before, with nothing between, has one */
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH; /* the batch's own messages go before the mark */
     enum track_result r = queued(stmt_queue_push_mark(&s->reqs), fail);
@@ -787,6 +791,18 @@ static enum track_result mark_inside_batch(struct client *c, struct server *s, b
     return TRACK_PASS;
 }
 
+/* sluice's own requests went out after the mark, right before the Query (the Parse of the
+ * statement an EXECUTE names, prepare_before_query): if one fails once the mark is answered,
+ * the server skips the Query all the same, so another mark goes between them and the Query. */
+static enum track_result mark_again(struct server *s, struct client_failure *fail)
+{
+    stmt_queue_disarm_mark(&s->reqs); /* the one it shared, or its own before them */
+    enum track_result r = queued(stmt_queue_push_mark(&s->reqs), fail);
+    if (r == TRACK_PASS)
+        prepared_put_mark(&s->out);
+    return r;
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t type,
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,
@@ -795,6 +811,9 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     uint32_t shown = avail_body < len ? avail_body : len;
     uint32_t at = 0; /* where the statement name starts */
     const char *missing = "statement name";
+    /* Whatever the client sends after a marked Query ends what a next one may share. */
+    bool joinable = s->reqs.mark_joinable;
+    s->reqs.mark_joinable = false;
     enum track_result r = send_due_describe(c, s, fail);
     if (r != TRACK_PASS)
         return r;
@@ -823,12 +842,15 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         if (type == 'Q' && avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
         bool marked = false;
-        r = mark_inside_batch(c, s, &marked, fail);
+        r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
+            size_t out_at_mark = s->out.len;
             if (avail_body >= len && len > 0 && body[len - 1] == '\0')
                 r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);
+            if (r == TRACK_PASS && marked && s->out.len != out_at_mark)
+                r = mark_again(s, fail);
             if (r == TRACK_PASS || r == TRACK_STARTED)
                 s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
         }
@@ -836,6 +858,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
             r = and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
         if (marked && r != TRACK_PASS && r != TRACK_STARTED)
             stmt_queue_disarm_mark(&s->reqs);
+        else
+            s->reqs.mark_joinable = marked;
         return r;
     }
     default:

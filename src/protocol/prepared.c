@@ -363,7 +363,9 @@ static int grow_queue(struct stmt_queue *q)
 static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
 {
     struct stmt_queue_item *last = last_item(q);
-    if (!name && last && last->kind == kind && !last->name && last->repeat < UINT32_MAX) {
+    /* (A mark's repeat counts the Queries it guards, not its Closes: stmt_queue_join_mark.) */
+    if (!name && kind != REQ_MARK && last && last->kind == kind && !last->name &&
+        last->repeat < UINT32_MAX) {
         last->repeat++;
         return 0;
     }
@@ -626,6 +628,7 @@ static void give_shape(struct stmt_map *m, const char *name, const struct stmt_d
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
 {
     struct stmt_queue_item *last;
+    q->mark_joinable = false;
     while (n-- > 0 && (last = last_item(q)) && last->kind == REQ_SYNC)
         if (--last->repeat == 0)
             q->count--; /* a Sync entry holds no name */
@@ -656,7 +659,9 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     bool close = kind == REQ_CLOSE_CLIENT || kind == REQ_CLOSE_OURS || kind == REQ_MARK;
     if ((type == '1' && !parse) || (type == '3' && !close))
         return REPLY_UNEXPECTED;
-    if (it->repeat > 1)
+    if (kind == REQ_MARK)
+        q->mark_joinable = false; /* one CloseComplete, however many Queries it guarded */
+    if (it->repeat > 1 && kind != REQ_MARK)
         it->repeat--; /* a nameless run */
     else
         take_out(q, k);
@@ -673,12 +678,29 @@ int stmt_queue_push_mark(struct stmt_queue *q)
     return push_item(q, REQ_MARK, NULL);
 }
 
+bool stmt_queue_join_mark(struct stmt_queue *q)
+{
+    /* Nothing of sluice's own went out since that Query either: the queue ends with its mark
+     * and its ReadyForQuery. */
+    if (!q->mark_joinable || q->count < 2 || last_item(q)->kind != REQ_SYNC)
+        return false;
+    struct stmt_queue_item *mark = item_at(q, q->count - 2);
+    if (mark->kind != REQ_MARK || mark->repeat == UINT32_MAX)
+        return false;
+    mark->repeat++;
+    return true;
+}
+
 void stmt_queue_disarm_mark(struct stmt_queue *q)
 {
+    q->mark_joinable = false;
     for (uint32_t i = q->count; i-- > 0;) {
         struct stmt_queue_item *it = item_at(q, i);
         if (it->kind == REQ_MARK) {
-            it->kind = REQ_CLOSE_OURS; /* nameless: no statement of the server's to forget */
+            if (it->repeat > 1)
+                it->repeat--; /* it still guards the Queries before */
+            else
+                it->kind = REQ_CLOSE_OURS; /* nameless: no statement of the server's to forget */
             return;
         }
     }
@@ -688,13 +710,14 @@ uint32_t stmt_on_error(struct stmt_queue *q)
 {
     q->batch_failed = true;
     q->shape_awaited = false;
+    q->mark_joinable = false;
     uint32_t skipped = 0;
-    bool marked = false; /* the next entry answered by ReadyForQuery is a Query's */
+    uint32_t marked = 0; /* the next entries answered by ReadyForQuery that are Queries' */
     uint32_t i = 0;
     while (i < q->count) {
         struct stmt_queue_item *it = item_at(q, i);
         if (it->kind == REQ_MARK) {
-            marked = true;
+            marked += it->repeat;
             take_out(q, i);
             continue;
         }
@@ -702,12 +725,13 @@ uint32_t stmt_on_error(struct stmt_queue *q)
             i++; /* skipped too: stmt_on_ready undoes it at the Sync's ReadyForQuery */
             continue;
         }
-        if (!marked)
+        if (marked == 0)
             break; /* the batch's Sync */
-        marked = false;
-        skipped++;
-        if (it->repeat > 1) {
-            it->repeat--; /* a Sync right after the Query: the batch's */
+        uint32_t queries = it->repeat < marked ? it->repeat : marked;
+        marked -= queries;
+        skipped += queries;
+        if (it->repeat > queries) {
+            it->repeat -= queries; /* a Sync right after the Queries: the batch's */
             break;
         }
         take_out(q, i);
@@ -830,6 +854,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     q->shape_awaited = false;
     q->batch_failed = false;
     q->skipping_to_sync = false;
+    q->mark_joinable = false;
     q->poisoned = 0;
 }
 
@@ -858,8 +883,8 @@ void prepared_put_close(struct msg_out *o, const char *name)
 void prepared_put_mark(struct msg_out *o)
 {
     codec_begin(o, 'C');
-    codec_put_u8(o, 'P');
-    codec_put_cstring(o, STMT_MARK_PORTAL);
+    codec_put_u8(o, 'S');
+    codec_put_cstring(o, STMT_MARK_NAME);
     codec_end(o);
 }
 

@@ -164,7 +164,7 @@ enum stmt_req {
                        * CommandComplete when it runs; other replies pass it (an unnamed Parse
                        * of it is answered before it runs, if it runs). Queued when it drops a
                        * statement of the client's or of the server's sql_prepared */
-    REQ_MARK,         /* sluice's Close of a portal no one has (STMT_MARK_PORTAL), sent before a
+    REQ_MARK,         /* sluice's Close of a statement no one has (STMT_MARK_NAME), sent before a
                        * Query or FunctionCall framed inside an extended batch and answered by a
                        * CloseComplete, swallowed. Postgres skips both after an error earlier in
                        * that batch: an error that comes before its reply is the batch's, and the
@@ -204,6 +204,10 @@ struct stmt_queue {
      * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no
      * ReadyForQuery. Until the Sync is framed. */
     bool skipping_to_sync;
+    /* The client's last message was a Query or FunctionCall right after a mark still unanswered:
+     * one that follows with nothing between shares that mark (stmt_queue_join_mark), since an
+     * error between them could only be the first one's own. Any other message ends it. */
+    bool mark_joinable;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };
@@ -214,8 +218,10 @@ struct stmt_queue {
  * skips it. */
 #define STMT_CHANGED_NAME "sluice_changed"
 
-/* The portal a mark closes (REQ_MARK): a name no client uses, as sluice's other own names. */
-#define STMT_MARK_PORTAL "sluice_mark"
+/* The statement a mark closes (REQ_MARK). A statement, not a portal: the client's portals keep
+ * their names on the server (a Bind's, a DECLAREd cursor's), its statements are renamed
+ * (stmt_names.h), so only SQL PREPARE of this very name could make one. */
+#define STMT_MARK_NAME "sluice_mark"
 
 /* The shape of a RowDescription body ('T'), or STMT_SHAPE_UNCHECKED when malformed. Columns'
  * names, type OIDs, lengths and type modifiers count; their table and column numbers do not (a
@@ -294,8 +300,14 @@ bool stmt_queue_describing(const struct stmt_queue *q, const char *server_name);
 /* Queue a mark (REQ_MARK): the Query or FunctionCall the caller frames next goes right after
  * it. */
 int stmt_queue_push_mark(struct stmt_queue *q) __attribute__((warn_unused_result));
+/* The Query or FunctionCall framed next, right after one the last mark guards (mark_joinable),
+ * is guarded by it too (the mark's repeat counts them): no Close of its own, and Queries
+ * pipelined inside a batch take one queue entry each, as before marks. False: it needs its own
+ * mark. */
+bool stmt_queue_join_mark(struct stmt_queue *q);
 /* The message after the last mark was not sent after all (sluice answered it, or failed the
- * client): the mark stays a Close whose reply is swallowed, guarding nothing. */
+ * client): the mark guards one Query less; guarding none, it stays a Close whose reply is
+ * swallowed. */
 void stmt_queue_disarm_mark(struct stmt_queue *q);
 /* An ErrorResponse arrived (not one answering sluice's own simple queries): the server skips
  * the rest of the batch, so nothing of it waits for a reply (batch_failed). When a mark is
@@ -337,7 +349,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 /* Messages sluice sends on its own. name is the statement's key. */
 void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
 void prepared_put_close(struct msg_out *o, const char *name);
-/* Close of the portal STMT_MARK_PORTAL (REQ_MARK). */
+/* Close of the statement STMT_MARK_NAME (REQ_MARK). */
 void prepared_put_mark(struct msg_out *o);
 void prepared_put_describe(struct msg_out *o, const char *name);
 

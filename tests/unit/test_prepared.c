@@ -129,6 +129,65 @@ static void an_error_before_a_mark_skips_the_query_after_it(void)
     stmt_map_free(&m);
 }
 
+static int item_kind_at(const struct stmt_queue *q, uint32_t i)
+{
+    return q->items[(q->head + i) % q->cap].kind;
+}
+
+/* Parse; mark; Query; Query; Query; Sync: the Queries after the first, with nothing between,
+ * share its mark (one queue entry for the three ReadyForQuery and the Sync's). */
+static void queries_with_nothing_between_share_one_mark(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL), 0);
+    CHECK(!stmt_queue_join_mark(&q)); /* no marked Query before */
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    q.mark_joinable = true;
+    for (int i = 0; i < 2; i++) {
+        CHECK(stmt_queue_join_mark(&q));
+        CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    }
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0); /* the batch's Sync */
+    CHECK_INT(q.count, 3);
+    /* the error of an extended message before the mark's reply skips the three Queries */
+    CHECK_INT(stmt_on_error(&q), 3);
+    CHECK(!q.skipping_to_sync && !q.mark_joinable);
+    CHECK_INT(q.count, 2);
+    CHECK_INT(item_kind_at(&q, 1), REQ_SYNC);
+    CHECK_INT(q.items[(q.head + 1) % q.cap].repeat, 1); /* the batch's Sync */
+    stmt_on_ready(&q, &m, NULL);
+    CHECK_INT(q.count, 0);
+    /* the mark's one CloseComplete answers it whole: the Queries are due their answers */
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    q.mark_joinable = true;
+    CHECK(stmt_queue_join_mark(&q));
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_SWALLOW);
+    CHECK(!q.mark_joinable);
+    CHECK_INT(q.count, 1);
+    CHECK_INT(q.items[q.head].repeat, 2);
+    CHECK_INT(stmt_on_error(&q), 0); /* the first Query's own error */
+    /* a Query that shared the mark, then was not sent after all: the mark guards one less */
+    stmt_queue_free(&q);
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    q.mark_joinable = true;
+    CHECK(stmt_queue_join_mark(&q));
+    stmt_queue_disarm_mark(&q);
+    CHECK_INT(item_kind_at(&q, 0), REQ_MARK);
+    CHECK_INT(q.items[q.head].repeat, 1);
+    /* something of sluice's own after the Query: no sharing */
+    CHECK_INT(stmt_queue_push(&q, REQ_PARSE_OURS, NULL), 0);
+    q.mark_joinable = true;
+    CHECK(!stmt_queue_join_mark(&q));
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 /* The mark's CloseComplete came: an error after it is the Query's own, which gets its
  * ReadyForQuery; no mark ahead of a Sync: nothing is skipped but the batch. */
 static void an_error_after_the_marks_reply_is_the_querys_own(void)
@@ -1172,6 +1231,7 @@ int main(void)
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(an_error_before_a_mark_skips_the_query_after_it);
     RUN(an_error_after_the_marks_reply_is_the_querys_own);
+    RUN(queries_with_nothing_between_share_one_mark);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(a_parse_ahead_of_a_sync_is_undecided_until_its_ready);
     RUN(drops_that_do_not_run_give_the_statements_back);
