@@ -770,7 +770,7 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
 /* A Query or FunctionCall inside an extended batch (messages since the last Sync, the
  * client's or sluice's): Postgres skips it after an error earlier in the batch, with no
  * ReadyForQuery. A mark goes before it, so that the server's replies tell which it was
- * (stmt_queue_skip_marked). *marked: a mark was queued, to be disarmed if the message does not
+ * (stmt_on_error). *marked: a mark was queued, to be disarmed if the message does not
  * follow it after all. */
 static enum track_result mark_inside_batch(struct client *c, struct server *s, bool joinable,
                                            bool *marked, struct client_failure *fail)

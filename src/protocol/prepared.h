@@ -168,7 +168,7 @@ enum stmt_req {
                        * Query or FunctionCall framed inside an extended batch and answered by a
                        * CloseComplete, swallowed. Postgres skips both after an error earlier in
                        * that batch: an error that comes before its reply is the batch's, and the
-                       * Query after it gets no ReadyForQuery (stmt_queue_skip_marked) */
+                       * Query after it gets no ReadyForQuery (stmt_on_error) */
 };
 
 struct stmt_queue_item {
