@@ -190,7 +190,8 @@ static void tell_client(struct server *s, struct client *c, bool settled)
     struct login_reset *lr = &s->login_reset;
     const char *name;
     for (size_t i = 0; (name = params_reported_name(i)) != NULL; i++) {
-        bool restored = params_get(c->login_params, name) && param_reset_covers(&lr->which, name);
+        bool restored = c->login_params && params_get(c->login_params, name) &&
+                        param_reset_covers(&lr->which, name);
         bool held = lr->held & (1u << i);
         if (!held && !restored)
             continue;
@@ -234,6 +235,169 @@ static bool queue_restore(struct server *s, struct client *c)
     return n > 0;
 }
 
+/* ---- the read back of SETs ---- */
+
+static void readback_forget(struct login_reset *lr)
+{
+    params_free(&lr->names);
+    lr->readback = SET_READBACK_NONE;
+    lr->readback_all = false;
+}
+
+/* A request is answered and the hold is over: the next request is followed again only when
+ * SETs still wait for their transaction's end (it may be the COMMIT). */
+static void hold_over(struct login_reset *lr)
+{
+    if (lr->readback == SET_READBACK_READING)
+        readback_forget(lr);
+    if (lr->readback == SET_READBACK_PENDING) {
+        memset(&lr->which, 0, sizeof(lr->which)); /* what a restore gave back stays given */
+        lr->state = LOGIN_RESET_IN_REQUEST;
+    } else {
+        lr->state = LOGIN_RESET_NONE;
+    }
+}
+
+/* The names a RESET ALL or DISCARD ALL may have changed: every unreported one the client or the
+ * server has. 0 or -ENOMEM. */
+static int add_every_name(struct param_set *names, const struct param_set *set)
+{
+    for (int i = 0; i < set->n; i++)
+        if (!params_is_reported(set->items[i].name) &&
+            params_set(names, set->items[i].name, "") < 0)
+            return -ENOMEM;
+    return 0;
+}
+
+/* Queue the read back of the names the transaction just ended SET. False when there is none. */
+static bool queue_readback(struct server *s, struct client *c)
+{
+    struct login_reset *lr = &s->login_reset;
+    int n = 0;
+    struct msg_out sql;
+    codec_out_init(&sql);
+    if (!lr->readback_all || (add_every_name(&lr->names, &c->params) == 0 &&
+                              add_every_name(&lr->names, &s->params) == 0))
+        n = params_build_readback(&lr->names, &sql);
+    else
+        n = -ENOMEM;
+    if (n > 0) {
+        log_client(LOG_DEBUG, c, "S-%s: %s (values the client SET)", CONN_ID_TEXT(s->id),
+                   (const char *)sql.data);
+        server_queue_internal(s, (const char *)sql.data);
+        lr->readback = SET_READBACK_READING;
+    }
+    codec_out_free(&sql);
+    if (n < 0)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+    if (n <= 0)
+        readback_forget(lr);
+    return n > 0;
+}
+
+/* How many unreported parameters sluice follows for c beyond those it gave at login. */
+static int tracked_count(const struct client *c)
+{
+    int n = 0;
+    for (int i = 0; i < c->params.n; i++) {
+        const char *name = c->params.items[i].name;
+        n += !params_is_reported(name) && !(c->login_params && params_get(c->login_params, name));
+    }
+    return n;
+}
+
+bool login_reset_can_track(const struct server *s, const struct client *c,
+                           const struct param_touch *touch)
+{
+    if (touch->unnamed)
+        return false;
+    const struct param_set *pending = &s->login_reset.names;
+    int more = 0;
+    for (int i = 0; i < pending->n; i++)
+        more += !params_get(&c->params, pending->items[i].name);
+    for (int i = 0; i < touch->n; i++)
+        more += !params_get(&c->params, touch->names[i]) && !params_get(pending, touch->names[i]);
+    return more == 0 || tracked_count(c) + more <= SET_TRACKED_MAX;
+}
+
+void login_reset_note_set(struct server *s, const struct client *c, const struct param_touch *t)
+{
+    struct login_reset *lr = &s->login_reset;
+    (void)c;
+    if (!t->all && t->n == 0)
+        return;
+    if (lr->state == LOGIN_RESET_NONE) {
+        memset(&lr->which, 0, sizeof(lr->which));
+        lr->held = 0;
+        lr->state = LOGIN_RESET_IN_REQUEST;
+    }
+    lr->readback = SET_READBACK_PENDING;
+    lr->readback_all |= t->all;
+    for (int i = 0; i < t->n; i++)
+        if (params_set(&lr->names, t->names[i], "") < 0)
+            s->close_when_free = true; /* out of memory: the server's values are not followed */
+}
+
+bool login_reset_reads_row(const struct server *s)
+{
+    return s->login_reset.state == LOGIN_RESET_RESTORING &&
+           s->login_reset.readback == SET_READBACK_READING && s->swallow == 1;
+}
+
+/* Column `at` of a DataRow body (len bytes): *v and *n, v NULL for SQL NULL. False when the
+ * row ends first. */
+static bool row_column(const uint8_t *body, uint32_t len, uint32_t *pos, const uint8_t **v,
+                       int32_t *n)
+{
+    if (len - *pos < 4)
+        return false;
+    *n = (int32_t)codec_get_u32(body + *pos);
+    *pos += 4;
+    *v = NULL;
+    if (*n < 0)
+        return true;
+    if ((uint32_t)*n > len - *pos)
+        return false;
+    *v = body + *pos;
+    *pos += (uint32_t)*n;
+    return true;
+}
+
+void login_reset_on_row(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
+{
+    const uint8_t *name, *value, *at_reset;
+    int32_t name_len, value_len, at_reset_len;
+    uint32_t pos = 2;
+    if (!body || len < 2 || ((body[0] << 8) | body[1]) != 3 ||
+        !row_column(body, len, &pos, &name, &name_len) ||
+        !row_column(body, len, &pos, &value, &value_len) ||
+        !row_column(body, len, &pos, &at_reset, &at_reset_len) || !name || name_len >= 64 ||
+        !at_reset || memchr(name, '\0', (size_t)name_len) ||
+        (value && memchr(value, '\0', (size_t)value_len))) {
+        /* (a value longer than sluice's buffer) The client keeps what sluice knew; the server's
+         * record of it is unknown, so the next client's sync puts it back. */
+        log_client(LOG_WARNING, c, "S-%s: a value the client SET is too long for sluice to "
+                                   "follow (longer than its buffer): its next server may not "
+                                   "have it", CONN_ID_TEXT(s->id));
+        if (params_forget(&s->params, NULL) < 0)
+            s->close_when_free = true;
+        return;
+    }
+    char key[64];
+    memcpy(key, name, (size_t)name_len);
+    key[name_len] = '\0';
+    char *copy = value ? strndup((const char *)value, (size_t)value_len) : NULL;
+    bool login = c->login_params && params_get(c->login_params, key);
+    /* Back at the backend's reset value (RESET, SET TO DEFAULT, a ROLLBACK of the SET): every
+     * backend of the pool has that one, so the client needs none, and the server holds none of
+     * sluice's. A login value stays the client's. */
+    const char *keep = (value && (at_reset[0] != 't' || login)) ? copy : NULL;
+    if ((value && !copy) || params_set(&c->params, key, keep) < 0 ||
+        params_set(&s->params, key, keep) < 0)
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+    free(copy);
+}
+
 bool login_reset_on_ready(struct server *s, struct client *c, char status)
 {
     struct login_reset *lr = &s->login_reset;
@@ -251,11 +415,17 @@ bool login_reset_on_ready(struct server *s, struct client *c, char status)
         lr->state = LOGIN_RESET_IN_REQUEST;
         return false;
     }
-    if (!c->login_params || !queue_restore(s, c)) {
+    /* The restore first, in the client's transaction: the read back sees the login values. A
+     * SET inside a transaction block is read once the block ends (a ROLLBACK undoes it, and the
+     * read then sees the value before it). */
+    bool restoring = c->login_params && queue_restore(s, c);
+    bool reading = status == 'I' && lr->readback == SET_READBACK_PENDING && queue_readback(s, c);
+    if (!restoring && !reading) {
         tell_client(s, c, true);
-        lr->state = LOGIN_RESET_NONE;
+        hold_over(lr);
         return false;
     }
+    lr->restoring = restoring;
     lr->state = LOGIN_RESET_RESTORING;
     return true;
 }
@@ -266,14 +436,28 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
         return;
     tell_client(s, c, true);
     codec_put_ready(&c->out, status);
-    s->login_reset.state = LOGIN_RESET_NONE;
+    hold_over(&s->login_reset);
     s->timeout_cancel_sent = false; /* the client's request ends here, not at its own reply */
 }
 
 bool login_reset_on_internal_error(struct server *s, struct client *c, const uint8_t *body,
                                    uint32_t len)
 {
-    if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow != 1)
+    struct login_reset *lr = &s->login_reset;
+    if (lr->state != LOGIN_RESET_RESTORING)
+        return false;
+    if (login_reset_reads_row(s)) {
+        /* The read back failed (a cancel landed on it): it ran alone, outside the client's
+         * transaction, which it failed in nothing. The client keeps what sluice knew; the
+         * server's values are unknown to sluice now (relay.c), so the next client's sync puts
+         * them back. */
+        log_client(LOG_WARNING, c, "S-%s: reading the values the client SET failed: its next "
+                                   "server may not have them", CONN_ID_TEXT(s->id));
+        return true;
+    }
+    /* The restore's replies come before the read back's, when both run. */
+    int restore_at = lr->readback == SET_READBACK_READING ? 2 : 1;
+    if (!lr->restoring || s->swallow != restore_at)
         return false;
     /* The restore ran in the client's transaction and failed it (a cancel that landed on it,
      * query_timeout's or the client's own, or a login value Postgres no longer takes): the
@@ -286,6 +470,7 @@ bool login_reset_on_internal_error(struct server *s, struct client *c, const uin
 
 void login_reset_clear(struct server *s)
 {
+    params_free(&s->login_reset.names);
     memset(&s->login_reset, 0, sizeof(s->login_reset));
     s->login_reset.state = LOGIN_RESET_NONE;
 }

@@ -9,6 +9,14 @@
  * that only may reset (a text too long to look at, a set_config whose value may be NULL) costs a
  * round trip and nothing else.
  *
+ * The same hold serves a client's SET of a parameter Postgres does not report (search_path,
+ * statement_timeout, a custom app.x, ...): at the ReadyForQuery 'I' that ends the request (or
+ * the transaction block it ran in), sluice reads the names' values back (current_setting) into
+ * c->params and s->params before the client gets that ReadyForQuery, and the link's sync gives
+ * them to the next server the client gets (docs/pool-modes.md). One hold, one place: a request
+ * that both resets a login parameter and SETs one runs the restore, then the read, then the
+ * client is answered.
+ *
  * Per request: the request that may reset is tracked from its first message to its ReadyForQuery
  * (earlier requests pipelined ahead of it are answered as they are); the client's next requests
  * wait until the restore is done, so they see the login values as they would on Postgres.
@@ -20,6 +28,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "params.h"
 #include "session_state.h"
 
 enum login_reset_state {
@@ -29,9 +38,23 @@ enum login_reset_state {
                                    transaction that failed: the next request settles it */
     LOGIN_RESET_AWAITING_REPLY, /* that request is sent: the client's next requests wait; the
                                    server's reports for it are held back */
-    LOGIN_RESET_RESTORING,      /* its ReadyForQuery came and is held: sluice's query giving back
-                                   the login values runs */
+    LOGIN_RESET_RESTORING,      /* its ReadyForQuery came and is held: sluice's queries run,
+                                   giving back the login values (restore), then reading the
+                                   values of the parameters it SET (readback) */
 };
+
+/* The unreported parameters the client's requests SET, to read back at the ReadyForQuery 'I'
+ * that ends them. */
+enum set_readback_state {
+    SET_READBACK_NONE,
+    SET_READBACK_PENDING, /* names[] (or every name, `all`) wait for the transaction's end */
+    SET_READBACK_READING, /* sluice's SELECT of their values runs: its rows are taken */
+};
+
+/* At most this many parameters Postgres does not report are followed per client (its SETs
+ * beyond them meet session_state_policy, as before sluice followed any): each one a lease
+ * may have to give the next server costs a statement there. */
+#define SET_TRACKED_MAX 64
 
 /* A Query or Parse longer than the buffer streams through: its bytes are looked at as they pass,
  * for a word a reset needs (RESET, DEFAULT, DISCARD, set_config); one such word makes the request
@@ -55,6 +78,11 @@ struct login_reset {
     struct param_reset which; /* what the request may reset */
     struct param_reset last;  /* the reset noted last (a Parse's own, for login_reset_on_parse:
                                  a Bind of its statement resets that again, no more) */
+    bool restoring;           /* RESTORING: the restore of login values runs (the read back
+                                 may run alone) */
+    enum set_readback_state readback;
+    bool readback_all;       /* a RESET ALL, DISCARD ALL: every name the client or server has */
+    struct param_set names;  /* the names to read back (values unused) */
 };
 
 struct client;
@@ -104,6 +132,20 @@ bool login_reset_on_internal_error(struct server *s, struct client *c, const uin
                                    uint32_t len);
 /* A new client got the server, or its client left: nothing of a former one is followed. */
 void login_reset_clear(struct server *s);
+
+/* May sluice follow the SET (touch: its names; whole text, not one that streams) the client c is
+ * sending on s: named, and within SET_TRACKED_MAX for the client? Then session_state_policy has
+ * nothing to say about it: login_reset_note_set notes it. */
+bool login_reset_can_track(const struct server *s, const struct client *c,
+                           const struct param_touch *touch);
+/* Note the unreported parameters touch names (or, touch->all, every one) for the read back at
+ * the end of the request's transaction. */
+void login_reset_note_set(struct server *s, const struct client *c, const struct param_touch *t);
+/* Is the server's DataRow now coming a row of the read back (login_reset_on_row takes it)? */
+bool login_reset_reads_row(const struct server *s);
+/* A row of the read back (body, len: the DataRow's body; NULL when too long to look at): the
+ * name's value, now the client's and the server's. */
+void login_reset_on_row(struct server *s, struct client *c, const uint8_t *body, uint32_t len);
 
 /* Statements a client prepared whose text may reset a login parameter (names; "" the unnamed
  * one): a Bind of one, in any later request, is a reset again. Kept per client, in both modes. */

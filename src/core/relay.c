@@ -296,6 +296,13 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         if (type == 'N' && s->swallow > 0 && avail >= whole)
             login_notice_learn_body(&s->pool->worker->login_notice_src, p + CODEC_HEADER_LEN,
                                     len - 4);
+        /* A row of sluice's read back of the values the client SET (login_reset.h). */
+        if (type == 'D' && c && login_reset_reads_row(s)) {
+            if (whole <= buf_block_size() && avail < whole)
+                return STOP_NEED_DATA;
+            login_reset_on_row(s, c, whole <= buf_block_size() ? p + CODEC_HEADER_LEN : NULL,
+                               len - 4);
+        }
         if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);
             forget_statements_if_missing(s, p, whole);

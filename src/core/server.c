@@ -275,6 +275,7 @@ static void release_connection(struct server *s)
     params_free(&s->params);
     params_free(&s->startup);
     params_free(&s->login_reports);
+    login_reset_clear(s); /* the names of a read back it was waiting for */
     stmt_map_free(&s->stmts);
     stmt_map_free(&s->sql_prepared);
     stmt_queue_free(&s->reqs);

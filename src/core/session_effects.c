@@ -12,6 +12,7 @@
 #include "codec.h"
 #include "conn_id.h"
 #include "log.h"
+#include "login_reset.h"
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
@@ -236,12 +237,51 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
 
 /* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
  * server that got such objects is noted for a reset. touch: the parameters it changes. */
+/* c->warned holds a bit per feature warned about, and this one: its SETs passed SET_TRACKED_MAX. */
+#define WARNED_SET_TRACKED_MAX (1u << (SESSION_FEATURE_LAST + 1))
+_Static_assert(SESSION_FEATURE_LAST + 1 < 8, "c->warned is a uint8_t");
+
+/* The text is a Query's whole, or an unnamed Parse's whole (its body is the name's NUL and the
+ * text: len covers the text and what follows it, body_len one byte more). A named statement's
+ * text runs at each Bind, in later requests, which sluice does not follow; a text that streams
+ * is not all seen. */
+static bool runs_now_whole(uint8_t type, size_t len, uint32_t body_len)
+{
+    return type == 'Q' ? len == body_len : type == 'P' && len + 1 == body_len;
+}
+
+/* The client's SET of parameters Postgres does not report, that sluice follows: read back at
+ * the end of the request's transaction (login_reset.h) and given to each server the client
+ * gets, so session_state_policy has nothing to say about it. Past SET_TRACKED_MAX names the
+ * policy decides, as for a SET sluice cannot follow. */
+static bool follow_set(struct client *c, struct server *s, uint8_t type, size_t len,
+                       uint32_t body_len, const struct param_touch *touch)
+{
+    if (touch->unnamed || (!touch->all && touch->n == 0) || !runs_now_whole(type, len, body_len))
+        return false;
+    if (!login_reset_can_track(s, c, touch)) {
+        if (!(c->warned & WARNED_SET_TRACKED_MAX)) {
+            c->warned |= WARNED_SET_TRACKED_MAX;
+            log_client(LOG_WARNING, c,
+                       "SETs more than %d parameters Postgres does not report (application_name "
+                       "\"%s\"): sluice follows at most %d per client; each SET of another one "
+                       "meets session_state_policy",
+                       SET_TRACKED_MAX, params_get(&c->params, "application_name") ?: "",
+                       SET_TRACKED_MAX);
+        }
+        return false;
+    }
+    login_reset_note_set(s, c, touch);
+    return true;
+}
+
 enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
                                          const char *sql, size_t len, uint32_t body_len,
                                          struct param_touch *touch, struct client_failure *fail)
 {
     enum session_feature f = session_state_detect(sql, len, touch);
-    if (f == SESSION_FEATURE_NONE)
+    bool followed = follow_set(c, s, type, len, body_len, touch);
+    if (f == SESSION_FEATURE_NONE || (f == SESSION_FEATURE_SET && followed))
         return TRACK_PASS;
     enum track_result r = apply_session_policy(c, s, type, f, sql, len, body_len, fail);
     if (r == TRACK_PASS)

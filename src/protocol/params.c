@@ -455,6 +455,27 @@ int params_build_restore(const struct param_set *login, bool local, struct param
     return sql->oom ? -ENOMEM : 1;
 }
 
+int params_build_readback(const struct param_set *names, struct msg_out *sql)
+{
+    if (names->n == 0)
+        return 0;
+    /* One row per name (a DataRow each stays small): the name as sent, its value (NULL for a
+     * name the backend does not know), and whether the backend holds its reset value (a source
+     * other than 'session' in pg_settings; a placeholder such as app.x is not listed there,
+     * and keeps what it holds, '' after a RESET, as it would in Postgres's own session). */
+    put_str(sql, "SELECT l.n, pg_catalog.current_setting(l.n, true), EXISTS (SELECT FROM "
+                 "pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n) AND s.source <> "
+                 "'session') FROM (VALUES ");
+    for (int i = 0; i < names->n; i++) {
+        put_str(sql, i ? ", (" : "(");
+        put_literal(sql, names->items[i].name);
+        put_str(sql, ")");
+    }
+    put_str(sql, ") AS l(n)");
+    codec_put_u8(sql, 0);
+    return sql->oom ? -ENOMEM : 1;
+}
+
 static uint64_t entry_hash(const char *name, const char *value)
 {
     /* SipHash-2-4 under the process's secret key over lower-cased name, '=', value; entries are
