@@ -268,14 +268,6 @@ def test_pg_dump_with_more_jobs_than_the_pool_has_servers_fails_with_53300_namin
     assert "pool_size = 2 is reached: raise it" in p.stderr, p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "under the default session_state_policy = warn, pg_dump through a transaction-mode pool "
-    "exits 0 with a dump made under the pool's search_path instead of its own '': names in "
-    "defaults, views, triggers and foreign keys lose their schema and the dump records "
-    "search_path 'public' (restoring it elsewhere may resolve them differently); a restore of a "
-    "correct dump fails (pg_restore exit 1, psql exit 3: relation \"orders\" does not exist). "
-    "The policy is deliberate; a fix would pin a client whose SET of an unreported parameter "
-    "runs outside a transaction block (its only purpose is the transactions after it)"))
 @pytest.mark.timeout(120)
 def test_pg_dump_in_transaction_mode_with_the_default_policy_gives_the_direct_dump(
         pg, start_sluice, source_db):
@@ -591,13 +583,6 @@ def test_psycopg2_program_sees_what_postgres_shows(pg, start_sluice, table, mode
     compare_pg2(pg, s, prog(table), table, churn=(mode == "transaction"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transaction mode with the default session_state_policy = warn: psycopg2's set_session("
-    "isolation_level=...) in autocommit sends SET default_transaction_isolation, which Postgres "
-    "does not report; the next transaction runs READ COMMITTED where Postgres gives "
-    "SERIALIZABLE, silently (read-only is kept: default_transaction_read_only is reported). "
-    "Give it at login instead (options='-c default_transaction_isolation=serializable'), use "
-    "session mode or session_state_policy = pin (docs/pool-modes.md)"))
 def test_psycopg2_autocommit_set_session_isolation_is_kept_in_transaction_mode(
         pg, start_sluice, table):
     s = sluice_for(start_sluice, pg, [APP_DB], "transaction", default_pool_size=3)
