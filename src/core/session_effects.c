@@ -222,6 +222,11 @@ static void note_session_objects(struct server *s, enum session_feature f)
 /* The unreported parameters a statement may change: the server's record of them is unknown.
  * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
  * server gets a full reset before it serves again. */
+/* Past this many names in a server's record, a name more is not recorded: the server gets a
+ * full reset (one DISCARD ALL) before it serves again instead of one RESET per name, and its
+ * record stays small (a client SETting thousands of custom placeholders in one transaction). */
+#define SERVER_PARAMS_RECORDED_MAX (4 * SET_TRACKED_MAX)
+
 void session_effects_forget_params(struct server *s, const struct param_touch *touch)
 {
     if (touch->unnamed)
@@ -229,8 +234,12 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
     bool ok = true;
     if (touch->all)
         ok = params_forget(&s->params, NULL) == 0;
-    for (int i = 0; i < touch->n && ok; i++)
-        ok = params_forget(&s->params, touch->names[i]) == 0;
+    for (int i = 0; i < touch->n && ok; i++) {
+        if (s->params.n >= SERVER_PARAMS_RECORDED_MAX && !params_get(&s->params, touch->names[i]))
+            s->session = SERVER_SESSION_UNKNOWN;
+        else
+            ok = params_forget(&s->params, touch->names[i]) == 0;
+    }
     if (!ok)
         s->close_when_free = true; /* out of memory: what the server has is not known */
 }

@@ -233,7 +233,10 @@ int params_set(struct param_set *p, const char *name, const char *value)
     }
     if (p->n == p->cap) {
         /* Most clients send one parameter or two at startup (application_name, maybe
-         * client_encoding): start with room for one; a server's dozen grows by doubling. */
+         * client_encoding): start with room for one; a server's dozen grows by doubling. The
+         * counts are 16 bits: a set past 32768 names is refused as out of memory. */
+        if (p->cap >= UINT16_MAX / 2 + 1)
+            return -ENOMEM;
         uint16_t cap = p->cap ? (uint16_t)(p->cap * 2) : 1;
         struct param *items = realloc(p->items, cap * sizeof(*items));
         if (!items)
@@ -432,7 +435,9 @@ int params_build_restore(const struct param_set *login, bool local, struct param
         return 0;
     /* pg_settings.source is 'session' for a value SET in the session (sluice's own syncs
      * included) and the reset source otherwise: only a name the backend holds at its reset value
-     * is given the login value. A name pg_settings does not show (a placeholder) is set. */
+     * is given the login value. A name pg_settings does not show (a placeholder such as app.x)
+     * has no source to read: it is set when it holds its reset value on a pooled backend, '',
+     * so that a value SET after the reset (set_config('app.x', $1, false)) stays. */
     put_str(sql, "SELECT pg_catalog.set_config(l.n, l.v, ");
     put_str(sql, local ? "true" : "false");
     put_str(sql, ") FROM (VALUES ");
@@ -450,7 +455,9 @@ int params_build_restore(const struct param_set *login, bool local, struct param
         put_str(sql, ")");
     }
     put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s"
-                 " WHERE lower(s.name) = lower(l.n) AND s.source = 'session')");
+                 " WHERE lower(s.name) = lower(l.n) AND s.source = 'session') AND (EXISTS"
+                 " (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n)) OR"
+                 " coalesce(pg_catalog.current_setting(l.n, true), '') = '')");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }

@@ -130,18 +130,25 @@ def others_see_defaults(dsn, defaults):
     assert not failures, f"another client saw the program's values: {failures}"
 
 
-@pytest.mark.parametrize("pool_size", [1, 2])
+# Login values of some of the names: RESET, RESET ALL and DISCARD ALL give them back (login_reset),
+# and the read back after them sees them.
+LOGIN_OPTIONS = "-c statement_timeout=1234 -c search_path=evil -c app.x=login"
+
+
+@pytest.mark.parametrize("pool_size,options", [(1, None), (2, None), (2, LOGIN_OPTIONS)],
+                         ids=["one-server", "two-servers-churn", "two-servers-login-values"])
 @pytest.mark.timeout(180)
-def test_unreported_sets_are_kept_as_postgres_keeps_them(pg, start_sluice, pool_size):
+def test_unreported_sets_are_kept_as_postgres_keeps_them(pg, start_sluice, pool_size, options):
     with pg.superuser("appdb") as su:
         su.execute('CREATE SCHEMA IF NOT EXISTS "my schema" AUTHORIZATION app')
+    login = {"options": options} if options else {}
     with psycopg.connect(pg.direct_dsn(), autocommit=True) as fresh:
         defaults = probe(fresh)
-    want = run_program(pg.direct_dsn(), lambda: None)
+    want = run_program(pg.direct_dsn(**login), lambda: None)
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": pool_size})
     with others_see_defaults(s.dsn(), defaults) as check, \
             Churn(s.dsn()) if pool_size > 1 else contextlib.nullcontext():
-        got = run_program(s.dsn(), check)
+        got = run_program(s.dsn(**login), check)
     for w, g in zip(want, got):
         assert g == w, f"after {w[0]!r}"
 
@@ -212,3 +219,53 @@ def test_raw_pipelined_requests_behind_a_set_see_what_postgres_shows(pg, start_s
         pooled.close()
     for i, (w, g) in enumerate(zip(want, got)):
         assert g == w, f"step {i}"
+
+
+# ---- a hostile client: many distinct names ----------------------------------------------------
+
+TRACKED_MAX = 64  # SET_TRACKED_MAX in src/core/login_reset.h
+
+
+def count_set(conn, n):
+    return conn.execute(
+        "SELECT count(*) FROM generate_series(0, %s) g "
+        "WHERE coalesce(current_setting('app.x' || g, true), '') <> ''", [n]).fetchone()[0]
+
+
+@pytest.mark.timeout(180)
+def test_many_distinct_names_stay_within_the_bound(start_sluice):
+    """A client SETting hundreds of custom placeholders, one Query each and thousands in one
+    transaction: sluice follows the first SET_TRACKED_MAX (warn: the rest are lost, as before,
+    with a warning), a lease sends at most that many SETs, and no other client sees any."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "log_level": "debug"})
+    alone, in_block = 300, 3000
+    with s.connect() as a, s.connect() as b:
+        for i in range(alone):
+            a.execute(f"SET app.x{i} = 'v{i}'")
+        with a.transaction():
+            for i in range(alone, alone + in_block):
+                a.execute(f"SET app.x{i} = 'v{i}'")
+        assert count_set(b, alone + in_block) == 0, "another client saw the hostile one's names"
+        mark = s.mark()
+        assert count_set(a, alone + in_block) == TRACKED_MAX
+        syncs = [line for line in s.log_since(mark) if "set_config('app.x" in line]
+        assert len(syncs) == TRACKED_MAX, syncs[:3]
+        # the ones followed are the first ones, with their values
+        assert a.execute("SELECT current_setting('app.x0'), current_setting('app.x63'), "
+                         "current_setting('app.x64', true)").fetchone() == ("v0", "v63", "")
+        assert count_set(b, alone + in_block) == 0
+    s.wait_for_log(r"sluice follows at most 64 per client", timeout=30)
+
+
+def test_past_the_bound_refuse_refuses_the_set(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a, s.connect() as b:
+        for i in range(TRACKED_MAX):
+            a.execute(f"SET app.x{i} = 'v{i}'")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute(f"SET app.x{TRACKED_MAX} = 'over'")
+        a.execute("SET app.x0 = 'again'")  # a name already followed is no new one
+        assert count_set(b, TRACKED_MAX) == 0
+        assert count_set(a, TRACKED_MAX) == TRACKED_MAX
+        assert a.execute("SELECT current_setting('app.x0')").fetchone() == ("again",)
