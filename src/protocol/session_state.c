@@ -356,6 +356,32 @@ static bool plain_literal(const char *s, size_t from, size_t to)
     return false;
 }
 
+/* "set if the server has it", as pg_dump spells it: SELECT set_config(name, '...', false) FROM
+ * pg_settings WHERE name = 'restrict_nonsystem_relation_kind'. From s[i] (the ')' that ends the
+ * call): where the literal naming the parameter starts (its quote) when the rest of the
+ * statement is exactly FROM [pg_catalog.]pg_settings WHERE name = '<name>', else 0. The column
+ * `name` can then only be that name. */
+static size_t settings_row_name(const char *s, size_t i, size_t len, size_t *n)
+{
+    i = skip_space(s, i + 1, len);
+    if (!keyword(s, &i, len, "from"))
+        return 0;
+    if (i + 11 <= len && strncasecmp(s + i, "pg_catalog.", 11) == 0)
+        i += 11;
+    if (!keyword(s, &i, len, "pg_settings") || !keyword(s, &i, len, "where") ||
+        !keyword(s, &i, len, "name") || i >= len || s[i] != '=')
+        return 0;
+    i = skip_space(s, i + 1, len);
+    *n = quoted_param_name(s, i, len, '\'');
+    if (*n == 0)
+        return 0;
+    size_t end = skip_space(s, i + *n + 2, len);
+    if (end >= len || s[end] == ';' || s[end] == '\0')
+        return i;
+    *n = 0; /* more follows (OR ...): the name is not that one alone */
+    return 0;
+}
+
 /* set_config(name, value, is_local) starting at s[i] (the '(' after the function name): session
  * level unless is_local is spelled true. Touches the name when it is a plain literal. */
 static bool session_set_config(const char *s, size_t i, size_t len, struct param_touch *t)
@@ -370,11 +396,14 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     bool local = argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
                  argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'");
     /* Only a plain literal that is the whole argument names the parameter: E'..', U&'..',
-     * $$..$$, 'a'||'b', a column are expressions, and anything may change. */
+     * $$..$$, 'a'||'b', a column are expressions, and anything may change; but for the column
+     * `name` of the one pg_settings row a WHERE names. */
     size_t q = skip_space(s, a1, e1);
     size_t n = quoted_param_name(s, q, e1, '\'');
     if (n > 0 && skip_space(s, q + n + 2, e1) != e1)
         n = 0;
+    if (n == 0 && argument_is(s, a1, e1, "name") && e3 < len && s[e3] == ')')
+        q = settings_row_name(s, e3, len, &n);
     /* A value that is not a plain literal may be NULL, which resets as RESET does. */
     if (!plain_literal(s, e1 + 1, e2)) {
         if (n > 0)

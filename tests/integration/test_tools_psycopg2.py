@@ -14,9 +14,10 @@ behind: Postgres's pg_locks and pg_stat_activity say, a client queued meanwhile 
 server, and the pool never passes its cap.
 
 Transaction mode: pg_dump and restores set search_path for their session before their
-transaction; session_state_policy decides (pin: the direct dump; refuse: 0A000 saying what to
-do; warn, the default: a dump taken under another search_path, kept as an xfail, as is
-psycopg2's set_session(isolation_level=...) in autocommit). docs/pool-modes.md tells users.
+transaction, and psycopg2's set_session(isolation_level=...) in autocommit sends SET
+default_transaction_isolation; Postgres reports neither, sluice follows both (read back at the
+request's end, given to each server the client gets), so every session_state_policy gives the
+direct dump and the isolation level. docs/pool-modes.md tells users.
 """
 
 import contextlib
@@ -186,7 +187,7 @@ def test_pg_dump_and_restore_through_sluice_give_the_database_a_direct_run_gives
 # ---- pg_dump in transaction mode ------------------------------------------------------------------
 # pg_dump sets search_path (and statement_timeout, row_security, ...) for its session before it
 # opens its REPEATABLE READ transaction: in transaction mode those are SETs of parameters
-# Postgres does not report, which session_state_policy governs (docs/pool-modes.md).
+# Postgres does not report, which sluice follows (docs/pool-modes.md).
 
 @pytest.mark.timeout(180)
 def test_pg_dump_in_transaction_mode_with_policy_pin_gives_the_direct_dump_also_with_jobs(
@@ -207,6 +208,8 @@ def test_pg_dump_in_transaction_mode_with_policy_pin_gives_the_direct_dump_also_
 @pytest.mark.timeout(180)
 def test_pg_dump_in_transaction_mode_with_policy_refuse_fails_with_0A000_saying_what_to_do(
         pg, start_sluice, source_db, tmp_path):
+    """pg_dump's SETs (search_path '', statement_timeout, its set_config(name, ...) FROM
+    pg_settings WHERE name = '...') are followed, so not refused; its SQL-level PREPARE is."""
     s = sluice_for(start_sluice, pg, [source_db], "transaction", session_state_policy="refuse")
     for args in (PLAIN, ["-Fd", "-j", "2", "-f", str(tmp_path / "d")]):
         p = tool("pg_dump", s.port, args + ["-d", source_db])
@@ -215,15 +218,17 @@ def test_pg_dump_in_transaction_mode_with_policy_refuse_fails_with_0A000_saying_
             in p.stderr, p.stderr
         assert "use session mode for this application, or session_state_policy = pin" \
             in p.stderr, p.stderr
-    # the statement pg_dump starts with, as a driver sees it: SQLSTATE 0A000, and the session
-    # goes on
+        assert "SET of a parameter" not in p.stderr, p.stderr
+    # the statement pg_dump starts with, as a driver sees it, is followed; a SET sluice cannot
+    # follow (a computed name) gets SQLSTATE 0A000, and the session goes on
     c = psycopg2.connect(s.dsn(dbname=source_db))
     try:
         c.autocommit = True  # as pg_dump runs it: outside a transaction block
+        fetch(c, "SELECT pg_catalog.set_config('search_path', '', false)")
         with pytest.raises(psycopg2.errors.FeatureNotSupported) as e:
-            fetch(c, "SELECT pg_catalog.set_config('search_path', '', false)")
+            fetch(c, "SELECT pg_catalog.set_config('search_' || 'path', 'x', false)")
         assert e.value.pgcode == "0A000"
-        assert fetch(c, "SELECT 1") == [(1,)]
+        assert fetch(c, "SELECT current_setting('search_path')") == [('',)]
     finally:
         c.close()
 
@@ -270,12 +275,19 @@ def test_pg_dump_with_more_jobs_than_the_pool_has_servers_fails_with_53300_namin
 
 @pytest.mark.timeout(120)
 def test_pg_dump_in_transaction_mode_with_the_default_policy_gives_the_direct_dump(
-        pg, start_sluice, source_db):
+        pg, start_sluice, source_db, tmp_path):
+    """Its SET search_path = '' (and the rest) before its transaction is followed: read back
+    at the end of that request and given to the server its transaction gets."""
     want = dump_text(pg, source_db)
     s = sluice_for(start_sluice, pg, [source_db], "transaction")
     p = tool("pg_dump", s.port, PLAIN + ["-d", source_db])
     assert p.returncode == 0, p.stderr
     assert p.stdout == want
+    p = tool("pg_dump", s.port, ["-Fd", "-j", "2", "-f", str(tmp_path / "d"), "-d", source_db])
+    assert seen(p) == {"rc": 0, "stdout": "", "stderr": ""}
+    r = tool("pg_restore", pg.port, PLAIN + ["-f", "-", str(tmp_path / "d")])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want
 
 
 # ---- psql scripts ---------------------------------------------------------------------------------

@@ -775,14 +775,19 @@ static void changes_no_record_can_follow_are_unnamed(void)
                              "select set_config($$search_path$$, 'b', false)",
                              "select set_config('search_'||'path', 'b', false)",
                              "select \"set_config\"(x, 'b', false)",
-                             "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
+                             "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1",
+                             "select set_config(name, 'x', false) from pg_settings where name = "
+                             "'search_path' or true"};
     for (size_t i = 0; i < sizeof(unnamed) / sizeof(unnamed[0]); i++) {
         CHECK_INT(session_state_detect(unnamed[i], strlen(unnamed[i]), &t), SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 1);
     }
     const char *named[] = {"SET SCHEMA 'x'", "SET \"search_path\" TO x",
                            "select pg_catalog.\"set_config\"('search_path', 'x', false)",
-                           "select set_config( 'search_path' , 'x', false)"};
+                           "select set_config( 'search_path' , 'x', false)",
+                           /* pg_dump's "set if the server has it" */
+                           "SELECT set_config(name, 'x', false) FROM pg_catalog.pg_settings "
+                           "WHERE name = 'search_path'"};
     for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
         CHECK_INT(session_state_detect(named[i], strlen(named[i]), &t), SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 0);
