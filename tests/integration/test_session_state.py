@@ -314,8 +314,8 @@ RESET_SCRIPT = [
     "SET application_name = 'y'", "BEGIN", "RESET application_name", PROBE, "ROLLBACK", PROBE,
     "BEGIN", "RESET ALL", "COMMIT", PROBE,
     "SET application_name = 'z'; SET IntervalStyle = 'iso_8601'", "SELECT 1/0; RESET ALL", PROBE,
-    # unreported ones inside a transaction block (transaction mode keeps a session SET of one
-    # only until the backend goes back: a documented limit)
+    # unreported ones inside a transaction block (transaction mode reads a session SET of one
+    # back when the block ends: test_unreported_set.py)
     "BEGIN", "SET search_path = public", "RESET search_path", PROBE, "COMMIT", PROBE,
     "SET DateStyle = 'SQL'", "DISCARD ALL", PROBE,
     "SET application_name = 'w'", "reset   application_name ;", PROBE,
