@@ -376,9 +376,10 @@ void login_reset_on_row(struct server *s, struct client *c, const uint8_t *body,
         (value && memchr(value, '\0', (size_t)value_len))) {
         /* (a value longer than sluice's buffer) The client keeps what sluice knew; the server's
          * record of it is unknown, so the next client's sync puts it back. */
-        log_client(LOG_WARNING, c, "S-%s: a value the client SET is too long for sluice to "
-                                   "follow (longer than its buffer): its next server may not "
-                                   "have it", CONN_ID_TEXT(s->id));
+        log_client(LOG_WARNING, c,
+                   "S-%s: a value the client SET is too long for sluice to follow (longer than "
+                   "its buffer): its next server may not have it",
+                   CONN_ID_TEXT(s->id));
         if (params_forget(&s->params, NULL) < 0)
             s->close_when_free = true;
         return;
@@ -392,7 +393,11 @@ void login_reset_on_row(struct server *s, struct client *c, const uint8_t *body,
      * backend of the pool has that one, so the client needs none, and the server holds none of
      * sluice's. A login value stays the client's. */
     const char *keep = (value && (at_reset[0] != 't' || login)) ? copy : NULL;
-    if ((value && !copy) || params_set(&c->params, key, keep) < 0 ||
+    /* A name new to the client past the bound (a RESET ALL read the server's record too: a
+     * placeholder SET past the bound is '' now) stays the server's alone: a lease RESETs it. */
+    bool room = !keep || login || params_get(&c->params, key) ||
+                tracked_count(c) < SET_TRACKED_MAX;
+    if ((value && !copy) || (room && params_set(&c->params, key, keep) < 0) ||
         params_set(&s->params, key, keep) < 0)
         s->close_when_free = true; /* out of memory: what the server has is not known */
     free(copy);
@@ -451,8 +456,10 @@ bool login_reset_on_internal_error(struct server *s, struct client *c, const uin
          * transaction, which it failed in nothing. The client keeps what sluice knew; the
          * server's values are unknown to sluice now (relay.c), so the next client's sync puts
          * them back. */
-        log_client(LOG_WARNING, c, "S-%s: reading the values the client SET failed: its next "
-                                   "server may not have them", CONN_ID_TEXT(s->id));
+        log_client(LOG_WARNING, c,
+                   "S-%s: reading the values the client SET failed: its next server may not "
+                   "have them",
+                   CONN_ID_TEXT(s->id));
         return true;
     }
     /* The restore's replies come before the read back's, when both run. */

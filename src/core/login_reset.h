@@ -81,8 +81,8 @@ struct login_reset {
     bool restoring;           /* RESTORING: the restore of login values runs (the read back
                                  may run alone) */
     enum set_readback_state readback;
-    bool readback_all;       /* a RESET ALL, DISCARD ALL: every name the client or server has */
-    struct param_set names;  /* the names to read back (values unused) */
+    bool readback_all;      /* a RESET ALL, DISCARD ALL: every name the client or server has */
+    struct param_set names; /* the names to read back (values unused) */
 };
 
 struct client;

@@ -467,12 +467,14 @@ int params_build_readback(const struct param_set *names, struct msg_out *sql)
     if (names->n == 0)
         return 0;
     /* One row per name (a DataRow each stays small): the name as sent, its value (NULL for a
-     * name the backend does not know), and whether the backend holds its reset value (a source
-     * other than 'session' in pg_settings; a placeholder such as app.x is not listed there,
-     * and keeps what it holds, '' after a RESET, as it would in Postgres's own session). */
-    put_str(sql, "SELECT l.n, pg_catalog.current_setting(l.n, true), EXISTS (SELECT FROM "
-                 "pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n) AND s.source <> "
-                 "'session') FROM (VALUES ");
+     * name the backend does not know), and whether the backend holds its reset value: a source
+     * other than 'session' in pg_settings, or for a placeholder such as app.x (not listed
+     * there) '', what it holds after a RESET (its existence is no value: docs/pool-modes.md). */
+    put_str(sql, "SELECT l.n, pg_catalog.current_setting(l.n, true), CASE WHEN EXISTS (SELECT "
+                 "FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n)) THEN EXISTS "
+                 "(SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n) AND "
+                 "s.source <> 'session') ELSE coalesce(pg_catalog.current_setting(l.n, true), "
+                 "'') = '' END FROM (VALUES ");
     for (int i = 0; i < names->n; i++) {
         put_str(sql, i ? ", (" : "(");
         put_literal(sql, names->items[i].name);

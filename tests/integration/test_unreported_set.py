@@ -254,6 +254,14 @@ def test_many_distinct_names_stay_within_the_bound(start_sluice):
         assert a.execute("SELECT current_setting('app.x0'), current_setting('app.x63'), "
                          "current_setting('app.x64', true)").fetchone() == ("v0", "v63", "")
         assert count_set(b, alone + in_block) == 0
+        # RESET ALL: every placeholder is '' (as in Postgres), and the names followed are free
+        a.execute("RESET ALL")
+        assert count_set(a, alone + in_block) == 0
+        for i in range(TRACKED_MAX):
+            a.execute(f"SET app.y{i} = 'w{i}'")
+        assert b.execute("SELECT current_setting('app.y0', true)").fetchone()[0] in ("", None)
+        assert a.execute(f"SELECT current_setting('app.y{TRACKED_MAX - 1}')").fetchone() == \
+            (f"w{TRACKED_MAX - 1}",)
     s.wait_for_log(r"sluice follows at most 64 per client", timeout=30)
 
 
