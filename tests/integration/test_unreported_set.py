@@ -277,3 +277,41 @@ def test_past_the_bound_refuse_refuses_the_set(start_sluice):
         assert count_set(b, TRACKED_MAX) == 0
         assert count_set(a, TRACKED_MAX) == TRACKED_MAX
         assert a.execute("SELECT current_setting('app.x0')").fetchone() == ("again",)
+
+
+# ---- the role is not followed -------------------------------------------------------------------
+
+@pytest.fixture
+def app_may_become_app2(pg):
+    with pg.superuser() as c:
+        c.execute("GRANT app2 TO app")
+    yield
+    with pg.superuser() as c:
+        c.execute("REVOKE app2 FROM app")
+
+
+def who(conn):
+    return conn.execute("SELECT current_user, current_setting('search_path')").fetchone()
+
+
+def test_set_role_stays_under_the_policy_and_never_reaches_another_client(
+        start_sluice, app_may_become_app2):
+    """SET ROLE is not followed (session_state_policy; the backend gets DISCARD ALL before it
+    serves again): no client ever runs as another's role, the followed search_path stays the
+    client's, and SET ROLE NONE / RESET ROLE run as in Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a, s.connect() as b:
+        a.execute("SET search_path = 'mine'")
+        a.execute("SET ROLE app2")
+        assert who(b) == ("app", '"$user", public')
+        assert who(a) == ("app", "mine")
+        with a.transaction():
+            a.execute("SET ROLE app2")
+            assert who(a) == ("app2", "mine")
+            a.execute("SET ROLE NONE")
+            assert who(a) == ("app", "mine")
+            a.execute("SET ROLE app2")
+            a.execute("RESET ROLE")
+            assert who(a) == ("app", "mine")
+        assert who(b) == ("app", '"$user", public')
+        assert who(a) == ("app", "mine")
