@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "client.h"
 #include "codec.h"
 #include "conn_id.h"
@@ -278,7 +279,7 @@ static bool queue_readback(struct server *s, struct client *c)
     codec_out_init(&sql);
     if (!lr->readback_all || (add_every_name(&lr->names, &c->params) == 0 &&
                               add_every_name(&lr->names, &s->params) == 0))
-        n = params_build_readback(&lr->names, &sql);
+        n = params_build_readback(&lr->names, buf_block_size() / 2, &sql);
     else
         n = -ENOMEM;
     if (n > 0) {
@@ -344,8 +345,8 @@ bool login_reset_reads_row(const struct server *s)
            s->login_reset.readback == SET_READBACK_READING && s->swallow == 1;
 }
 
-/* Column `at` of a DataRow body (len bytes): *v and *n, v NULL for SQL NULL. False when the
- * row ends first. */
+/* The DataRow column at *pos of body (len bytes): *v and its length *n (v NULL for SQL NULL),
+ * *pos moved past it. False when the row ends first. */
 static bool row_column(const uint8_t *body, uint32_t len, uint32_t *pos, const uint8_t **v,
                        int32_t *n)
 {
@@ -365,41 +366,61 @@ static bool row_column(const uint8_t *body, uint32_t len, uint32_t *pos, const u
 
 void login_reset_on_row(struct server *s, struct client *c, const uint8_t *body, uint32_t len)
 {
-    const uint8_t *name, *value, *at_reset;
-    int32_t name_len, value_len, at_reset_len;
+    const uint8_t *name, *value, *at_reset, *too_long;
+    int32_t name_len, value_len, at_reset_len, too_long_len;
     uint32_t pos = 2;
-    if (!body || len < 2 || ((body[0] << 8) | body[1]) != 3 ||
+    if (!body || len < 2 || ((body[0] << 8) | body[1]) != 4 ||
         !row_column(body, len, &pos, &name, &name_len) ||
         !row_column(body, len, &pos, &value, &value_len) ||
-        !row_column(body, len, &pos, &at_reset, &at_reset_len) || !name || name_len >= 64 ||
-        !at_reset || memchr(name, '\0', (size_t)name_len) ||
+        !row_column(body, len, &pos, &at_reset, &at_reset_len) ||
+        !row_column(body, len, &pos, &too_long, &too_long_len) || !name || !at_reset ||
+        at_reset_len < 1 || !too_long || too_long_len < 1 || memchr(name, '\0', (size_t)name_len) ||
         (value && memchr(value, '\0', (size_t)value_len))) {
-        /* (a value longer than sluice's buffer) The client keeps what sluice knew; the server's
-         * record of it is unknown, so the next client's sync puts it back. */
+        /* The client keeps what sluice knew; the server's record of it is unknown, so the next
+         * client's sync puts it back. */
         log_client(LOG_WARNING, c,
-                   "S-%s: a value the client SET is too long for sluice to follow (longer than "
-                   "its buffer): its next server may not have it",
-                   CONN_ID_TEXT(s->id));
+                   "S-%s: a value the client SET %s: its next server may not have it",
+                   CONN_ID_TEXT(s->id),
+                   body ? "came back in a row sluice cannot read"
+                        : "is too long for sluice to follow (longer than its buffer, pkt_buf)");
         if (params_forget(&s->params, NULL) < 0)
             s->close_when_free = true;
         return;
     }
-    char key[64];
-    memcpy(key, name, (size_t)name_len);
-    key[name_len] = '\0';
+    char *key = strndup((const char *)name, (size_t)name_len);
     char *copy = value ? strndup((const char *)value, (size_t)value_len) : NULL;
+    if (!key || (value && !copy)) {
+        free(key);
+        free(copy);
+        s->close_when_free = true; /* out of memory: what the server has is not known */
+        return;
+    }
     bool login = c->login_params && params_get(c->login_params, key);
+    if (too_long[0] == 't') {
+        /* Not carried (a row must fit sluice's buffer): the client's next server gives it its
+         * login value or default, as before sluice followed any SET, rather than a value it
+         * replaced. */
+        log_client(LOG_WARNING, c,
+                   "S-%s: the value the client SET for %s is longer than %u bytes (half of "
+                   "pkt_buf): its next server gives it the login value or default",
+                   CONN_ID_TEXT(s->id), key, buf_block_size() / 2);
+        const char *fallback = login ? params_get(c->login_params, key) : NULL;
+        if (params_set(&c->params, key, fallback) < 0 || params_forget(&s->params, key) < 0)
+            s->close_when_free = true;
+        free(key);
+        free(copy);
+        return;
+    }
     /* Back at the backend's reset value (RESET, SET TO DEFAULT, a ROLLBACK of the SET): every
      * backend of the pool has that one, so the client needs none, and the server holds none of
      * sluice's. A login value stays the client's. */
     const char *keep = (value && (at_reset[0] != 't' || login)) ? copy : NULL;
     /* A name new to the client past the bound (a RESET ALL read the server's record too: a
      * placeholder SET past the bound is '' now) stays the server's alone: a lease RESETs it. */
-    bool room = !keep || login || params_get(&c->params, key) ||
-                tracked_count(c) < SET_TRACKED_MAX;
-    if ((value && !copy) || (room && params_set(&c->params, key, keep) < 0) ||
-        params_set(&s->params, key, keep) < 0)
+    bool room = !keep || login || params_get(&c->params, key) || tracked_count(c) < SET_TRACKED_MAX;
+    if ((room && params_set(&c->params, key, keep) < 0) || params_set(&s->params, key, keep) < 0)
         s->close_when_free = true; /* out of memory: what the server has is not known */
+    free(key);
     free(copy);
 }
 

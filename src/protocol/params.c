@@ -462,25 +462,32 @@ int params_build_restore(const struct param_set *login, bool local, struct param
     return sql->oom ? -ENOMEM : 1;
 }
 
-int params_build_readback(const struct param_set *names, struct msg_out *sql)
+int params_build_readback(const struct param_set *names, uint32_t max_value,
+                          struct msg_out *sql)
 {
     if (names->n == 0)
         return 0;
-    /* One row per name (a DataRow each stays small): the name as sent, its value (NULL for a
-     * name the backend does not know), and whether the backend holds its reset value: a source
-     * other than 'session' in pg_settings, or for a placeholder such as app.x (not listed
-     * there) '', what it holds after a RESET (its existence is no value: docs/pool-modes.md). */
-    put_str(sql, "SELECT l.n, pg_catalog.current_setting(l.n, true), CASE WHEN EXISTS (SELECT "
-                 "FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n)) THEN EXISTS "
-                 "(SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n) AND "
-                 "s.source <> 'session') ELSE coalesce(pg_catalog.current_setting(l.n, true), "
-                 "'') = '' END FROM (VALUES ");
+    /* One row per name (a DataRow each stays small): the name as sent; its value (NULL for a
+     * name the backend does not know, or one longer than max_value); whether the backend holds
+     * its reset value: a source other than 'session' in pg_settings, or for a placeholder such
+     * as app.x (not listed there) '', what it holds after a RESET (its existence is no value:
+     * docs/pool-modes.md); and whether the value was too long to send. */
+    char max[16];
+    snprintf(max, sizeof(max), "%u", max_value);
+    put_str(sql, "SELECT l.n, CASE WHEN octet_length(v.v) <= ");
+    put_str(sql, max);
+    put_str(sql, " THEN v.v END, CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
+                 "lower(s.name) = lower(l.n)) THEN EXISTS (SELECT FROM pg_catalog.pg_settings s "
+                 "WHERE lower(s.name) = lower(l.n) AND s.source <> 'session') ELSE "
+                 "coalesce(v.v, '') = '' END, coalesce(octet_length(v.v) > ");
+    put_str(sql, max);
+    put_str(sql, ", false) FROM (VALUES ");
     for (int i = 0; i < names->n; i++) {
         put_str(sql, i ? ", (" : "(");
         put_literal(sql, names->items[i].name);
         put_str(sql, ")");
     }
-    put_str(sql, ") AS l(n)");
+    put_str(sql, ") AS l(n), LATERAL (SELECT pg_catalog.current_setting(l.n, true)) AS v(v)");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }

@@ -73,9 +73,10 @@ int params_build_restore(const struct param_set *login, bool local, struct param
                          struct msg_out *sql) __attribute__((warn_unused_result));
 
 /* Append to sql the statement that reads the backend's values of `names` (values unused): one
- * row (name, value or NULL, at its reset value 't'/'f') per name, one Query. Returns the count
- * (0 or 1), or -ENOMEM. login_reset.c sends it after a client's SET of unreported names. */
-int params_build_readback(const struct param_set *names, struct msg_out *sql)
+ * row per name (name; value, NULL when unknown or longer than max_value bytes; at its reset value
+ * 't'/'f'; too long 't'/'f'), one Query. Returns the count (0 or 1), or -ENOMEM. login_reset.c
+ * sends it after a client's SET of unreported names. */
+int params_build_readback(const struct param_set *names, uint32_t max_value, struct msg_out *sql)
     __attribute__((warn_unused_result));
 
 /* A GUC name safe to put into SQL unquoted: letters, digits, '_', '.', '-' ('-' only as

@@ -315,3 +315,21 @@ def test_set_role_stays_under_the_policy_and_never_reaches_another_client(
             assert who(a) == ("app", "mine")
         assert who(b) == ("app", '"$user", public')
         assert who(a) == ("app", "mine")
+
+
+def test_a_value_too_long_to_carry_gives_the_default_not_an_older_value(start_sluice):
+    """A value longer than half of pkt_buf is not carried (its row would not fit sluice's
+    buffer): the client's next backend gives it the default, never the value it replaced, and
+    the log names the parameter."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a, s.connect() as b:
+        a.execute("SET app.x = 'old'")
+        a.execute("SELECT set_config('app.x', repeat('y', 20000), false)")
+        assert b.execute("SELECT coalesce(current_setting('app.x', true), '')").fetchone() == \
+            ("",)
+        assert a.execute("SELECT coalesce(current_setting('app.x', true), '')").fetchone() == \
+            ("",)
+        a.execute("SET app.x = 'short'")
+        assert b.execute("SELECT 1").fetchone() == (1,)
+        assert a.execute("SELECT current_setting('app.x')").fetchone() == ("short",)
+    s.wait_for_log(r"the value the client SET for app\.x is longer than 8192 bytes", timeout=30)
