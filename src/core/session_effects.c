@@ -1,7 +1,8 @@
 /* session_effects: what a statement does to the server's session beyond its transaction, in
  * transaction mode. SQL whose effect outlives it (session_state.c detects it) meets
- * session_state_policy (warn, pin, refuse); a server left with session objects is marked for a
- * full reset; the parameters a statement may change are forgotten in the server's record.
+ * session_state_policy (warn, pin, refuse), but for a SET sluice follows (login_reset.h reads
+ * it back); a server left with session objects is marked for a full reset; the parameters a
+ * statement may change are forgotten in the server's record.
  * stmt_track.c brings every statement text here; what becomes of prepared statements is its own. */
 #include "session_effects.h"
 
@@ -219,14 +220,14 @@ static void note_session_objects(struct server *s, enum session_feature f)
         s->session = SERVER_SESSION_UNKNOWN;
 }
 
-/* The unreported parameters a statement may change: the server's record of them is unknown.
- * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
- * server gets a full reset before it serves again. */
 /* Past this many names in a server's record, a name more is not recorded: the server gets a
  * full reset (one DISCARD ALL) before it serves again instead of one RESET per name, and its
  * record stays small (a client SETting thousands of custom placeholders in one transaction). */
 #define SERVER_PARAMS_RECORDED_MAX (4 * SET_TRACKED_MAX)
 
+/* The unreported parameters a statement may change: the server's record of them is unknown.
+ * A change sluice cannot name (SET ROLE, a computed set_config name) is in no record: the
+ * server gets a full reset before it serves again. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch)
 {
     if (touch->unnamed)
@@ -244,8 +245,6 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
         s->close_when_free = true; /* out of memory: what the server has is not known */
 }
 
-/* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
- * server that got such objects is noted for a reset. touch: the parameters it changes. */
 /* c->warned holds a bit per feature warned about, and this one: its SETs passed SET_TRACKED_MAX. */
 #define WARNED_SET_TRACKED_MAX (1u << (SESSION_FEATURE_LAST + 1))
 _Static_assert(SESSION_FEATURE_LAST + 1 < 8, "c->warned is a uint8_t");
@@ -284,6 +283,8 @@ static bool follow_set(struct client *c, struct server *s, uint8_t type, size_t 
     return true;
 }
 
+/* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
+ * server that got such objects is noted for a reset. touch: the parameters it changes. */
 enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
                                          const char *sql, size_t len, uint32_t body_len,
                                          struct param_touch *touch, struct client_failure *fail)

@@ -16,7 +16,8 @@ struct client;
 struct server;
 
 /* SQL whose effect outlives the transaction (see session_state.h) in the statement text sql
- * (len bytes, of a message of this type whose body is body_len): the policy decides, and a server
+ * (len bytes, of a message of this type whose body is body_len): the policy decides, but for a
+ * SET of unreported parameters sluice follows (noted for login_reset.h's read back), and a server
  * that got such objects is noted for a reset. TRACK_PASS, TRACK_FLUSH, TRACK_FAILED (*fail is
  * filled), TRACK_CONSUMED (refused: sluice answered it) or TRACK_REPLACED (refused: the server
  * answers a failing statement put in its place, session_effects_refused_in_error). *touch: the

@@ -1,7 +1,8 @@
 /* session_state: SQL that leaves state behind on the backend beyond the transaction (LISTEN,
  * session advisory locks, WITH HOLD cursors, temporary tables, SET of parameters Postgres does not
  * report). In transaction and statement mode the client's next transaction may run on another
- * backend, so such state silently goes missing; session_state_policy says what to do instead:
+ * backend, so such state silently goes missing (but for a SET whose names sluice reads: those it
+ * follows, login_reset.h); session_state_policy says what to do instead:
  * warn (log it, naming the application), pin (keep the client on its backend until it
  * disconnects) or refuse (an error naming the feature). Pure text inspection, no I/O. */
 #ifndef SLUICE_SESSION_STATE_H
