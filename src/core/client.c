@@ -177,6 +177,21 @@ void client_set_state(struct client *c, enum client_state next)
     release_idle_output(c);
 }
 
+/* Does c, whose socket failed, still read what the client sent before: it is in a state that
+ * reads its socket and has room to (a full buffer waits on the server: reading could only spin,
+ * so such a client is closed at once, as before). */
+static bool reads_what_came_before_a_reset(const struct client *c)
+{
+    switch (c->state) {
+    case CLIENT_IDLE:
+    case CLIENT_WAITING:
+    case CLIENT_ACTIVE:
+        return !c->in.data || buf_free_tail(&c->in) > 0 || c->in.rpos > 0;
+    default:
+        return false;
+    }
+}
+
 static void on_client_io(struct sockio *io, int status, int events);
 
 /* Logins in progress have their own cap (max_client_logins): a stranger can open connections
@@ -295,10 +310,10 @@ static int client_read(struct client *c)
         buf_detach_if_empty(&c->in);
         return 0;
     }
-    if (n == 0 && c->state == CLIENT_WAITING && queued_terminate(c)) {
+    if (n <= 0 && c->state == CLIENT_WAITING && queued_terminate(c)) {
         /* libpq's PQfinish after PQsendQuery while the pool is full: Query, Terminate, then the
-         * socket closes. Postgres would run the query, so the client stays queued; its socket
-         * is no longer watched, and the relay closes it at the Terminate. */
+         * socket closes (or is reset). Postgres would run the query, so the client stays queued;
+         * its socket is no longer watched, and the relay closes it at the Terminate. */
         uint64_t queued_since = c->state_since_ms; /* the same wait goes on */
         client_set_state(c, CLIENT_WAITING_LAST);
         c->state_since_ms = queued_since;
@@ -641,11 +656,19 @@ static void on_client_io(struct sockio *io, int status, int events)
 {
     struct client *c = io->owner;
     if (status < 0) {
-        if (client_terminating(c))
+        if (client_terminating(c)) {
             terminating_client_hung_up(c);
-        else
+            return;
+        }
+        if (!reads_what_came_before_a_reset(c)) {
             client_close(c, sockio_poll_error(io, status));
-        return;
+            return;
+        }
+        /* The socket failed (the client reset it: SO_LINGER 0, or it closed with answers
+         * unread), but the kernel still gives the bytes that came before the reset, and Postgres
+         * reads them: a Query and Terminate sent just before are run. They are read as on any
+         * event; the read that reaches the reset ends the client (client_read, the relay). */
+        events = UV_READABLE | UV_DISCONNECT;
     }
     if (c->state == CLIENT_TLS_HANDSHAKE) {
         client_login_tls_step(c);

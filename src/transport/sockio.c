@@ -18,6 +18,10 @@ static void on_poll_closed(uv_handle_t *h)
 static void on_poll_event(uv_poll_t *p, int status, int events)
 {
     struct sockio *io = p->data;
+    /* libuv reports a failed socket (POLLERR: a reset) as a status and stops the handle: nothing
+     * is registered any more, so that the next sockio_want starts it again. */
+    if (status < 0)
+        io->events = 0;
     io->cb(io, status, events);
 }
 

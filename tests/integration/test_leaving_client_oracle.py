@@ -5,12 +5,15 @@ pool needs, never more backends than the cap (BackendSampler over pg_stat_activi
 
 - A request and Terminate in one write (a fire-and-forget client): Postgres answers everything it
   read before the Terminate (protocol 55.2.4, Termination), then closes. The client may read to
-  EOF, shut its write side first, or close at once (the answers go nowhere, the statement runs).
+  EOF, shut its write side first, close at once (the answers go nowhere, the statement runs), or
+  reset the connection (SO_LINGER 0, as a client that closes with answers unread does): the
+  kernel still hands the bytes before the reset to whoever reads, and Postgres runs them.
 - COPY FROM STDIN cut by Terminate: Postgres refuses the Terminate as a message that has no place
   in COPY (ERROR 08P01, then FATAL 08P01), rolls the COPY back and closes.
 """
 
 import socket
+import struct
 import time
 
 import pytest
@@ -18,6 +21,7 @@ import pytest
 from conftest import APP_PASSWORD, APP_USER, BackendSampler, wait_until
 from pgwire import (PeerClosed, bind_msg, copy_data_msg, execute_msg, parse_fields, parse_msg,
                     query_msg, raw_login, sync_msg, terminate_msg)
+from test_admin import ADMIN, console, pool_row
 from test_terminate import make_table
 
 CALL_TIMEOUT = 10.0
@@ -49,6 +53,12 @@ def targets(pg, s):
     return (("postgres", pg.port, APP_PASSWORD), ("sluice", s.port, None))
 
 
+def reset(conn):
+    """Close with a TCP reset (SO_LINGER 0) instead of a FIN."""
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
 def backend_of_sluice(s):
     c = raw_login(s.port, timeout=CALL_TIMEOUT)
     try:
@@ -65,7 +75,7 @@ def idle_backends(pg):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("request_kind", ["query", "extended"])
-@pytest.mark.parametrize("ending", ["read", "half_close", "close"])
+@pytest.mark.parametrize("ending", ["read", "half_close", "close", "reset"])
 def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
         start_sluice, pg, table, mode, request_kind, ending):
     make_table(pg, table)
@@ -88,15 +98,18 @@ def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
             c.send(request(i) + terminate_msg())
             if ending == "half_close":
                 c.sock.shutdown(socket.SHUT_WR)
-            if ending != "close":
+            if ending == "reset":
+                reset(c)
+            elif ending != "close":
                 seen[target] = answers(c)
             c.close()
-            wait_until(lambda: len(rows(pg, table)) == i + 1, 15, what="the INSERT committed")
+            wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
+                       what=f"the INSERT committed ({target})")
             wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
         if target == "sluice":
             assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
     assert rows(pg, table) == [0, 1]
-    if ending != "close":
+    if ending in ("read", "half_close"):
         assert seen["sluice"] == seen["postgres"]
         assert [m if m == "EOF" else m[0] for m in seen["postgres"]][-3:] == ["C", "Z", "EOF"]
     # the one server went back to the pool clean, and serves the next client at once
@@ -108,8 +121,9 @@ def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("last", ["commit", "left_open"])
+@pytest.mark.parametrize("ending", ["close", "reset"])
 def test_request_and_terminate_inside_a_transaction_block_end_it_like_postgres(
-        start_sluice, pg, table, mode, last):
+        start_sluice, pg, table, mode, last, ending):
     """A transaction block begun by an earlier request, then its statements and Terminate in one
     write and the socket closed at once, the statement still running (a hang-up with answers
     due): Postgres runs what it read before the Terminate, so a COMMIT among it commits, and a
@@ -125,12 +139,41 @@ def test_request_and_terminate_inside_a_transaction_block_end_it_like_postgres(
             c.query("BEGIN")
             sql = f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.2)"
             c.send(query_msg(sql + ("; COMMIT" if last == "commit" else "")) + terminate_msg())
-            c.close()
+            reset(c) if ending == "reset" else c.close()
             wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
+            if last == "commit":
+                wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
+                           what=f"the transaction committed ({target})")
         if target == "sluice":
             assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
     assert rows(pg, table) == ([0, 1] if last == "commit" else [])
     assert backend_of_sluice(s) == [str(pid), clean]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("ending", ["close", "reset"])
+def test_request_and_terminate_of_a_queued_client_run_once_a_server_is_free(
+        start_sluice, pg, table, mode, ending):
+    """The pool's one server is busy; a client sends a Query and Terminate and closes or resets
+    its connection while it waits for a server: Postgres would have read and run the Query (the
+    test above), so sluice runs it once the server is free."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "query_wait_timeout": 30, "admin_users": ADMIN})
+    holder = raw_login(s.port, timeout=CALL_TIMEOUT)
+    holder.query("BEGIN")
+    c = raw_login(s.port, timeout=CALL_TIMEOUT)
+    c.send(query_msg(f"INSERT INTO {table} VALUES (7)") + terminate_msg())
+    with console(s) as a:
+        wait_until(lambda: pool_row(a)["cl_waiting"] == 1, 15, what="the client queued")
+    reset(c) if ending == "reset" else c.close()
+    holder.query("COMMIT")
+    holder.close()
+    wait_until(lambda: rows(pg, table) == [7], 15, what="the queued INSERT committed")
+    with console(s) as a:
+        wait_until(lambda: pool_row(a)["cl_waiting"] == 0 and pool_row(a)["cl_active"] == 0, 15,
+                   what="the queued client gone")
 
 
 def copy_cut_by_terminate(conn, table, copy_kind):
