@@ -187,7 +187,7 @@ static bool end_orphan_requests(struct server *s)
          * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
          * name exists only if the client bound one on purpose, which it could as well have
          * synced.) */
-        if (request_track_on(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
+        if (stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
             return false;
         codec_begin(&s->out, 'E');
         codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
@@ -234,7 +234,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
         bool login_synced = false;
-        if ((type == '1' || type == '3') && s->swallow == 0 && request_track_on(s)) {
+        if ((type == '1' || type == '3') && s->swallow == 0) {
             enum stmt_req next = stmt_queue_next_complete(&s->reqs);
             if (c && buf_pending(b) > 0 && stmt_req_is_ours(next))
                 return STOP_NEED_FLUSH;
@@ -306,7 +306,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (refused != SESSION_FEATURE_NONE)
             session_effects_put_refusal(c, refused);
-        if (type == 'E' && s->swallow == 0 && request_track_on(s)) {
+        if (type == 'E' && s->swallow == 0) {
             /* the server skips the rest of the batch: nothing of it waits for a reply, and a
              * Query or FunctionCall sent inside it gets none */
             uint32_t skipped = stmt_on_error(&s->reqs);
@@ -393,8 +393,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                      * unnamed statement, sluice's Close of another's): not known whose */
                     if (s->reqs.count > 0 && s->reqs.items[s->reqs.head].kind != REQ_SYNC)
                         s->unnamed_of = 0;
-                    if (request_track_on(s))
-                        stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
+                    stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
                     if (c && login_reset_on_ready(s, c, (char)body[0]))
                         consume = true; /* held: the login values are given back first */
                 }

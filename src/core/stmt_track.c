@@ -803,6 +803,41 @@ static enum track_result mark_again(struct server *s, struct client_failure *fai
     return r;
 }
 
+/* Session mode: statement names pass through unchanged, and only what tells the server's replies
+ * apart is queued, nameless (runs of one kind share an item): each Parse and Close (answered by
+ * ParseComplete or CloseComplete), each Sync, Query and FunctionCall (ReadyForQuery), and the mark
+ * before a Query or FunctionCall framed inside an extended batch, whose reply says whether an
+ * error skipped it (stmt_on_error). Traffic with no such Query pays a push and a pop a request. */
+enum track_result stmt_track_count(struct client *c, struct server *s, uint8_t type,
+                                   struct client_failure *fail)
+{
+    bool joinable = s->reqs.mark_joinable;
+    s->reqs.mark_joinable = false;
+    switch (type) {
+    case 'P':
+        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
+    case 'C':
+        return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
+    case 'S':
+        stmt_queue_sync_framed(&s->reqs);
+        return queue_request(s, REQ_SYNC, NULL, fail);
+    case 'Q':
+    case 'F': {
+        bool marked = false;
+        enum track_result r = mark_inside_batch(c, s, joinable, &marked, fail);
+        if (r == TRACK_PASS)
+            r = queue_request(s, REQ_SYNC, NULL, fail);
+        if (marked && r != TRACK_PASS)
+            stmt_queue_disarm_mark(&s->reqs);
+        else
+            s->reqs.mark_joinable = marked;
+        return r;
+    }
+    default:
+        return TRACK_PASS;
+    }
+}
+
 /* Bind, Describe and Close name a statement near the start of their body. */
 enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t type,
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,

@@ -6,6 +6,7 @@ a second client on the same one-server pool must be served after each batch, and
 be what Postgres leaves (docs/architecture.md, request_track.c and REQ_MARK in prepared.h)."""
 
 import struct
+import time
 
 import pytest
 
@@ -106,35 +107,57 @@ PROGRAMS = {
 }
 
 
+def backend_pid(conn):
+    return exchange(conn, [query_msg("SELECT pg_backend_pid()")], 1)[1][1][0]
+
+
+def run_session(pg, s, table, program):
+    """Session mode: a keeps its server until it leaves; then b, waiting on the pool of one
+    (server_drain_timeout 60 s), is served at once by the very backend a had, not by a new
+    one after a drain."""
+    pids = []
+
+    def each(conns, t):
+        a, b = conns[0], conns[1]
+        b.settimeout(10)
+        out = program(a, t) + exchange(a, [query_msg("SELECT 11")], 1) + exchange(
+            a, [query_msg(f"SELECT id, v FROM {t} ORDER BY id")], 1)
+        had = backend_pid(a)
+        a.close()
+        out += exchange(b, [query_msg("SELECT 12")], 1)
+        pids.append((had, backend_pid(b)))
+        return out
+    compare_raw(pg, s, table, TABLE, each)
+    had, got = pids[-1]  # through sluice
+    assert got == had, f"b got backend {got}, not {had}: a's server was not reused at once"
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
 def test_a_query_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table, mode, name):
     if mode == "statement" and "transaction" in name:
         pytest.skip("statement mode refuses transaction blocks")
+    if mode == "session":
+        s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
+                          "server_drain_timeout": 60})
+        run_session(pg, s, table, PROGRAMS[name])
+        return
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
     run(pg, s, table, PROGRAMS[name])
 
 
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
 def test_a_function_call_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table,
                                                                      mode):
     oid = int4abs_oid(pg)
-    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
-    run(pg, s, table, batch([bad_parse(), function_call_msg(oid, -5), sync_msg()], 1))
-    run(pg, s, table, batch(good_execute("SELECT 5") + [function_call_msg(oid, -5), sync_msg()], 2))
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "server_drain_timeout": 60})
+    each = run_session if mode == "session" else run
+    each(pg, s, table, batch([bad_parse(), function_call_msg(oid, -5), sync_msg()], 1))
+    each(pg, s, table, batch(good_execute("SELECT 5") + [function_call_msg(oid, -5), sync_msg()],
+                             2))
 
 
-SESSION_MODE_COUNT = (
-    "session mode follows no request (nothing of request_track.c's queue): a Query skipped "
-    "after an error in its extended batch is still counted, so the server is not quiet when "
-    "its client leaves and drains for server_drain_timeout, then closes (caps kept); "
-    "query_timeout and transaction_timeout see a request running on the idle session")
-
-
-@pytest.mark.parametrize("mode", [
-    pytest.param("session", marks=pytest.mark.xfail(strict=True, raises=TimeoutError,
-                                                    reason=SESSION_MODE_COUNT)),
-    "transaction"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_the_server_goes_back_after_a_skipped_query_when_the_client_leaves(pg, start_sluice,
                                                                           mode):
     """The client leaves right after its batch's replies: the server goes to the next client at
@@ -148,3 +171,36 @@ def test_the_server_goes_back_after_a_skipped_query_when_the_client_leaves(pg, s
         assert exchange(b, [query_msg("SELECT 3")], 1)[-1] == ("Z", "I")
     finally:
         b.close()
+
+
+def test_query_timeout_after_a_skipped_query_in_session_mode(pg, start_sluice):
+    """Session mode: nothing runs after the batch whose Query Postgres skipped, however long
+    the session stays idle; the next long query is the one query_timeout cancels (57014),
+    from its own start. Counted as running, the skipped Query had query_timeout cancel the
+    idle backend (nothing) and never the query that ran later."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "query_timeout": 1})
+    a = through(s)
+    try:
+        a.settimeout(20)
+        assert exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)[-1] == ("Z", "I")
+        time.sleep(3)  # idle past query_timeout: nothing of the client's runs
+        out = exchange(a, [query_msg("SELECT pg_sleep(15)")], 1)
+        assert out[-2:] == [("E", "57014", "canceling statement due to user request"),
+                            ("Z", "I")], out
+        assert exchange(a, [query_msg("SELECT 2")], 1)[-1] == ("Z", "I")  # the session goes on
+    finally:
+        a.close()
+
+
+def test_transaction_timeout_leaves_a_session_idle_after_a_skipped_query(pg, start_sluice):
+    """Session mode: the session is idle, out of any transaction, once the batch is answered;
+    transaction_timeout sees nothing running on it (counted as running, the skipped Query had
+    the client failed with transaction_timeout while idle)."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "transaction_timeout": 1})
+    a = through(s)
+    try:
+        assert exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)[-1] == ("Z", "I")
+        time.sleep(3)  # idle past transaction_timeout
+        assert exchange(a, [query_msg("SELECT 2")], 1)[-1] == ("Z", "I")
+    finally:
+        a.close()
