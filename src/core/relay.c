@@ -196,6 +196,7 @@ static bool end_orphan_requests(struct server *s)
         codec_begin(&s->out, 'S');
         codec_end(&s->out);
         s->batch_open = false;
+        s->executes_after_request = 0;
         s->inflight++;
     }
     return !s->out.oom;
@@ -340,11 +341,24 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             stmt_on_command_complete(&s->reqs, &s->sql_prepared,
                                      (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {
-            /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
-            if (type == 'C' || type == 'I' || type == 's')
-                s->executes_unanswered--;
-            else if (type == 'E')
-                s->executes_unanswered = 0;
+            /* Each Execute gets one of these; after an error the rest of its batch is skipped to
+             * the Sync. A Query inside a batch gets a CommandComplete too: while one is due
+             * (inflight), the Executes after the last request keep their count, since their
+             * answers come after its ReadyForQuery (relay_pair_wait trusts the count once no
+             * ReadyForQuery is due). */
+            bool executes_only = s->inflight == 0;
+            if (type == 'C' || type == 'I' || type == 's') {
+                if (executes_only || s->executes_unanswered > s->executes_after_request)
+                    s->executes_unanswered--;
+                if (executes_only && s->executes_after_request > 0)
+                    s->executes_after_request--;
+            } else if (type == 'E') {
+                /* with nothing due the error is the open batch's (skipped to its Sync); else
+                 * one of a batch or Query before the last request */
+                if (executes_only)
+                    s->executes_after_request = 0;
+                s->executes_unanswered = s->executes_after_request;
+            }
         }
         bool inspect = type == 'Z' || type == 'S' ||
                        (type == 'E' && consume && !renamed && !type_changed &&
@@ -381,8 +395,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
-                        if (!s->batch_open)
-                            s->executes_unanswered = 0; /* answered, or skipped after an error */
+                        /* the Executes before the last request are answered, or were skipped
+                         * after an error */
+                        s->executes_unanswered = s->executes_after_request;
                         if (c)
                             query_done(s, c, (char)body[0]);
                     } else if (s->inflight > 0 && body[0] == 'I') {

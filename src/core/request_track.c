@@ -214,6 +214,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             }
             if (type == 'S')
                 s->batch_open = false;
+            s->executes_after_request = 0;
             s->reqs.epoch++; /* a batch ends: what sluice prepared in it is no longer fresh */
             /* A function called by OID is code sluice cannot read (set_config of the role,
              * pg_advisory_lock, dynamic SQL): the server is reset before it serves again. */
@@ -222,7 +223,11 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             break;
         case 'E':
             s->syncs_after_execute = 0;
-            s->executes_unanswered++;
+            /* after an error, the server skips it to the Sync: no answer */
+            if (!s->reqs.skipping_to_sync) {
+                s->executes_unanswered++;
+                s->executes_after_request++;
+            }
             s->batch_open = true;
             break;
         case 'P':

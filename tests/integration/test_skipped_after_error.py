@@ -204,3 +204,30 @@ def test_transaction_timeout_leaves_a_session_idle_after_a_skipped_query(pg, sta
         assert exchange(a, [query_msg("SELECT 2")], 1)[-1] == ("Z", "I")
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_execute_still_running_after_a_query_in_its_batch_is_not_a_stalled_client(
+        pg, start_sluice, table, mode):
+    """In a transaction block (so the portal outlives the Query), Bind of a slow statement, a
+    Query, then the Execute and a Flush: the Query's CommandComplete is not the Execute's
+    answer. The server runs the Execute while the client waits; idle_transaction_timeout (the
+    server waiting for the client) must not fail it, and the client sees what Postgres sends.
+    (Counted as the Execute's, the Query's CommandComplete left no Execute unanswered, and
+    the client was failed as stalled after extended-protocol messages without a Sync.)"""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
+                      "idle_transaction_timeout": 1})
+
+    def program(conns, t):
+        a = conns[0]
+        a.settimeout(20)
+        out = exchange(a, [query_msg("BEGIN")], 1)
+        out += exchange(a, [parse_msg("", "SELECT pg_sleep(3) IS NULL AS slept"),
+                            bind_msg("p", ""), query_msg("SELECT 1"), execute_msg("p"),
+                            flush_msg()], 2, until=("C",))  # the Query's, the Execute's
+        out += exchange(a, [sync_msg()], 1)
+        out += exchange(a, [query_msg("COMMIT")], 1)
+        return out
+    seen = compare_raw(pg, s, table, TABLE, program)
+    assert seen[-5:] == [("D", ["f"]), ("C", "SELECT 1"), ("Z", "T"), ("C", "COMMIT"),
+                         ("Z", "I")], seen
