@@ -418,14 +418,23 @@ LEAVING_BATCHES = {
     + [insert(t, 4)],
     "insert-then-query-then-error-no-sync": lambda t: extended(f"INSERT INTO {t} VALUES (3, 3)")
     + [insert(t, 4), bad_parse(), insert(t, 5)],
+    # the Query's CommandComplete comes before the Execute's answer (it ends the implicit
+    # transaction, and the portal with it: the Execute fails)
+    "query-between-bind-and-execute": lambda t: [
+        parse_msg("", f"INSERT INTO {t} VALUES (3, 3)"), bind_msg("p", ""), insert(t, 4),
+        execute_msg("p"), insert(t, 5)],
+    "query-between-bind-and-execute-in-a-block": lambda t: [
+        query_msg("BEGIN"), parse_msg("", f"INSERT INTO {t} SELECT 3, 3 FROM pg_sleep(0.3)"),
+        bind_msg("p", ""), insert(t, 4), execute_msg("p"), flush_msg()],
     "slow-query-inside-the-batch": lambda t: extended(f"INSERT INTO {t} VALUES (3, 3)")
     + [query_msg(f"INSERT INTO {t} SELECT 4, 4 FROM pg_sleep(0.3)"), sync_msg()],
 }
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("setup", [("transaction", 1), ("statement", 1), ("transaction", 2)],
-                         ids=["transaction", "statement", "two-workers"])
+@pytest.mark.parametrize("setup", [("transaction", 1), ("statement", 1), ("transaction", 2),
+                                   ("session", 1)],
+                         ids=["transaction", "statement", "two-workers", "session"])
 @pytest.mark.parametrize("ending", ["close", "half_close"])
 @pytest.mark.parametrize("name", sorted(LEAVING_BATCHES))
 def test_a_batch_with_queries_then_terminate_leaves_what_postgres_leaves(
@@ -578,13 +587,14 @@ def cut_points(data, msgs):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("first", ["error", "slow"])
 def test_a_client_vanishing_at_each_point_of_a_batch_with_a_query_frees_the_one_server(
-        pg, start_sluice, table, first):
+        pg, start_sluice, table, first, mode):
     """The client closes (no Terminate) after each prefix of [Parse/Bind/Execute, Query, Sync];
     the next client is served on a pool and a database cap of one, never two backends at once,
     and the table is left as nothing committed or the whole batch (never the Query alone)."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
                       "max_db_connections": 1, "server_drain_timeout": 5})
     drop(pg, table)
     with pg.superuser(dbname=APP_DB) as c:
