@@ -187,7 +187,7 @@ static bool end_orphan_requests(struct server *s)
          * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
          * name exists only if the client bound one on purpose, which it could as well have
          * synced.) */
-        if (stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
+        if (!s->reqs.paused && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
             return false;
         codec_begin(&s->out, 'E');
         codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");

@@ -807,35 +807,54 @@ static enum track_result mark_again(struct server *s, struct client_failure *fai
  * apart is queued, nameless (runs of one kind share an item): each Parse and Close (answered by
  * ParseComplete or CloseComplete), each Sync, Query and FunctionCall (ReadyForQuery), and the mark
  * before a Query or FunctionCall framed inside an extended batch, whose reply says whether an
- * error skipped it (stmt_on_error). Traffic with no such Query pays a push and a pop a request. */
+ * error skipped it (stmt_on_error). Traffic with no such Query pays a push and a pop a request.
+ * A full queue (a pipeline of thousands of batches sent ahead of the replies) pauses it rather
+ * than failing the client (prepared.h, paused). */
 enum track_result stmt_track_count(struct client *c, struct server *s, uint8_t type,
                                    struct client_failure *fail)
 {
     bool joinable = s->reqs.mark_joinable;
     s->reqs.mark_joinable = false;
+    if (type == 'S')
+        stmt_queue_sync_framed(&s->reqs);
+    if (s->reqs.paused) {
+        /* Nothing framed before is unanswered: the queue follows again from this message. */
+        if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+            return TRACK_PASS;
+        s->reqs.paused = false;
+    }
+    enum track_result r = TRACK_PASS;
+    bool marked = false;
     switch (type) {
     case 'P':
-        return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
+        r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
+        break;
     case 'C':
-        return queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
+        r = queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
+        break;
     case 'S':
-        stmt_queue_sync_framed(&s->reqs);
-        return queue_request(s, REQ_SYNC, NULL, fail);
+        r = queue_request(s, REQ_SYNC, NULL, fail);
+        break;
     case 'Q':
-    case 'F': {
-        bool marked = false;
-        enum track_result r = mark_inside_batch(c, s, joinable, &marked, fail);
+    case 'F':
+        r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS)
             r = queue_request(s, REQ_SYNC, NULL, fail);
         if (marked && r != TRACK_PASS)
             stmt_queue_disarm_mark(&s->reqs);
         else
             s->reqs.mark_joinable = marked;
-        return r;
-    }
+        break;
     default:
-        return TRACK_PASS;
+        break;
     }
+    if (r != TRACK_FAILED)
+        return r;
+    /* Session mode fails no client for the queue (transaction mode must: its statements
+     * depend on it): the requests from here on go unqueued, as before marks. */
+    s->reqs.paused = true;
+    s->reqs.mark_joinable = false;
+    return TRACK_PASS;
 }
 
 /* Bind, Describe and Close name a statement near the start of their body. */

@@ -652,7 +652,7 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     (void)server_map;
     uint32_t k = next_complete_at(q);
     if (k == q->count)
-        return REPLY_UNEXPECTED;
+        return q->paused ? REPLY_FORWARD : REPLY_UNEXPECTED; /* a request not queued */
     struct stmt_queue_item *it = item_at(q, k);
     uint8_t kind = it->kind;
     bool parse = kind == REQ_PARSE_CLIENT || kind == REQ_PARSE_OURS;
@@ -708,6 +708,8 @@ void stmt_queue_disarm_mark(struct stmt_queue *q)
 
 uint32_t stmt_on_error(struct stmt_queue *q)
 {
+    if (q->paused && q->count == 0)
+        return 0; /* the error of a request not queued: nothing known of its batch */
     q->batch_failed = true;
     q->shape_awaited = false;
     q->mark_joinable = false;

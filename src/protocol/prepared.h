@@ -208,6 +208,12 @@ struct stmt_queue {
      * one that follows with nothing between shares that mark (stmt_queue_join_mark), since an
      * error between them could only be the first one's own. Any other message ends it. */
     bool mark_joinable;
+    /* Session mode only (stmt_track_count): a push failed (the queue full, STMT_QUEUE_MAX, or
+     * out of memory), and the client's requests are no longer queued; what is queued is still
+     * matched, and a reply past it is the client's. Queued again once the server has answered
+     * everything. Meanwhile a Query inside a batch goes unmarked, counted as it was before marks
+     * (a skipped one keeps the session busy). */
+    bool paused;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };

@@ -231,3 +231,23 @@ def test_an_execute_still_running_after_a_query_in_its_batch_is_not_a_stalled_cl
     seen = compare_raw(pg, s, table, TABLE, program)
     assert seen[-5:] == [("D", ["f"]), ("C", "SELECT 1"), ("Z", "T"), ("C", "COMMIT"),
                          ("Z", "I")], seen
+
+
+def test_a_long_pipeline_in_session_mode_then_a_skipped_query(pg, start_sluice, table):
+    """Session mode fails no client for the requests it follows: 20000 batches sent ahead of
+    the replies (a slow Query first) pass the 8192 entries the queue holds, and it stops
+    following them (transaction mode answers 54000 here); once they are answered it follows
+    again, and a Query skipped after an error in a later batch leaves the session idle, its
+    server reused at once when the client leaves."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "server_drain_timeout": 60})
+    n = 20000
+
+    def program(a, t):
+        a.settimeout(60)
+        pipeline = [query_msg("SELECT 1 FROM pg_sleep(0.5)")]
+        for _ in range(n):
+            pipeline += [parse_msg("", "SELECT 1"), bind_msg("", ""), execute_msg(), sync_msg()]
+        out = exchange(a, pipeline, n + 1)
+        assert len(out) == 4 + 5 * n, len(out)
+        return out[-5:] + exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)
+    run_session(pg, s, table, program)
