@@ -187,7 +187,7 @@ static bool end_orphan_requests(struct server *s)
          * ReadyForQuery are dropped with the rest of the orphan's replies. (A portal of this
          * name exists only if the client bound one on purpose, which it could as well have
          * synced.) */
-        if (request_track_on(s) && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
+        if (!s->reqs.paused && stmt_queue_push(&s->reqs, REQ_SYNC, NULL) < 0)
             return false;
         codec_begin(&s->out, 'E');
         codec_put_cstring(&s->out, "sluice: abort the unsynced batch of a client that left");
@@ -196,6 +196,7 @@ static bool end_orphan_requests(struct server *s)
         codec_begin(&s->out, 'S');
         codec_end(&s->out);
         s->batch_open = false;
+        s->executes_after_request = 0;
         s->inflight++;
     }
     return !s->out.oom;
@@ -234,7 +235,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         uint32_t whole = len + 1;
         bool consume = c == NULL || s->swallow > 0;
         bool login_synced = false;
-        if ((type == '1' || type == '3') && s->swallow == 0 && request_track_on(s)) {
+        if ((type == '1' || type == '3') && s->swallow == 0) {
             enum stmt_req next = stmt_queue_next_complete(&s->reqs);
             if (c && buf_pending(b) > 0 && stmt_req_is_ours(next))
                 return STOP_NEED_FLUSH;
@@ -313,7 +314,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (refused != SESSION_FEATURE_NONE)
             session_effects_put_refusal(c, refused);
-        if (type == 'E' && s->swallow == 0 && request_track_on(s)) {
+        if (type == 'E' && s->swallow == 0) {
             /* the server skips the rest of the batch: nothing of it waits for a reply, and a
              * Query or FunctionCall sent inside it gets none */
             uint32_t skipped = stmt_on_error(&s->reqs);
@@ -347,11 +348,24 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             stmt_on_command_complete(&s->reqs, &s->sql_prepared,
                                      (const char *)p + CODEC_HEADER_LEN);
         if (s->swallow == 0 && s->executes_unanswered > 0) {
-            /* Each Execute gets one of these; after an error the rest are skipped to Sync. */
-            if (type == 'C' || type == 'I' || type == 's')
-                s->executes_unanswered--;
-            else if (type == 'E')
-                s->executes_unanswered = 0;
+            /* Each Execute gets one of these; after an error the rest of its batch is skipped to
+             * the Sync. A Query inside a batch gets a CommandComplete too: while one is due
+             * (inflight), the Executes after the last request keep their count, since their
+             * answers come after its ReadyForQuery (relay_pair_wait trusts the count once no
+             * ReadyForQuery is due). */
+            bool executes_only = s->inflight == 0;
+            if (type == 'C' || type == 'I' || type == 's') {
+                if (executes_only || s->executes_unanswered > s->executes_after_request)
+                    s->executes_unanswered--;
+                if (executes_only && s->executes_after_request > 0)
+                    s->executes_after_request--;
+            } else if (type == 'E') {
+                /* with nothing due the error is the open batch's (skipped to its Sync); else
+                 * one of a batch or Query before the last request */
+                if (executes_only)
+                    s->executes_after_request = 0;
+                s->executes_unanswered = s->executes_after_request;
+            }
         }
         bool inspect = type == 'Z' || type == 'S' ||
                        (type == 'E' && consume && !renamed && !type_changed &&
@@ -388,8 +402,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
-                        if (!s->batch_open)
-                            s->executes_unanswered = 0; /* answered, or skipped after an error */
+                        /* the Executes before the last request are answered, or were skipped
+                         * after an error */
+                        s->executes_unanswered = s->executes_after_request;
                         if (c)
                             query_done(s, c, (char)body[0]);
                     } else if (s->inflight > 0 && body[0] == 'I') {
@@ -400,8 +415,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                      * unnamed statement, sluice's Close of another's): not known whose */
                     if (s->reqs.count > 0 && s->reqs.items[s->reqs.head].kind != REQ_SYNC)
                         s->unnamed_of = 0;
-                    if (request_track_on(s))
-                        stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
+                    stmt_on_ready(&s->reqs, &s->stmts, c ? &c->stmts : NULL);
                     if (c && login_reset_on_ready(s, c, (char)body[0]))
                         consume = true; /* held: the login values are given back first */
                 }

@@ -30,9 +30,11 @@ bool request_track_on(const struct server *s)
 
 bool request_track_client_waits(const struct server *s)
 {
+    /* Session mode's queue holds no statement of the client's (stmt_track_count): nothing of
+     * it waits. */
     return login_reset_client_waits(s) || s->reqs.shape_awaited ||
            ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs) ||
-             stmt_queue_past_failed_batch(&s->reqs)) &&
+             (stmt_queue_past_failed_batch(&s->reqs) && request_track_on(s))) &&
             !s->copy_in);
 }
 
@@ -72,8 +74,7 @@ void request_track_copy_in_ended(struct server *s)
     if (s->syncs_after_execute == 0)
         return;
     s->inflight -= s->syncs_after_execute;
-    if (request_track_on(s))
-        stmt_queue_drop_last_syncs(&s->reqs, s->syncs_after_execute);
+    stmt_queue_drop_last_syncs(&s->reqs, s->syncs_after_execute);
     s->syncs_after_execute = 0;
     s->batch_open = true;
 }
@@ -152,7 +153,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
         /* After an error in an extended batch Postgres skips the rest of it up to the Sync, a
          * simple Query or FunctionCall included: no reply, so neither followed nor counted. */
-        bool skipped = track && s->reqs.skipping_to_sync && (p[0] == 'Q' || p[0] == 'F');
+        bool skipped = s->reqs.skipping_to_sync && (p[0] == 'Q' || p[0] == 'F');
         int resets_before = login_reset_count(s);
         if (!track && (p[0] == 'Q' || p[0] == 'P') && login_reset_follows(s, c) &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,
@@ -182,6 +183,15 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             case TRACK_REPLACED:
                 continue;
             }
+        } else if (!ignored && !skipped) {
+            switch (stmt_track_count(c, s, p[0], fail)) {
+            case TRACK_FLUSH:
+                return CLIENT_FRAME_NEED_FLUSH;
+            case TRACK_FAILED:
+                return CLIENT_FRAME_FAILED;
+            default:
+                break;
+            }
         }
         /* Before a CopyInResponse, anything but Sync and Flush after an Execute (pipelined COPY
          * data, its CopyDone) may end the COPY that Execute starts before a later Sync. */
@@ -204,6 +214,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             }
             if (type == 'S')
                 s->batch_open = false;
+            s->executes_after_request = 0;
             s->reqs.epoch++; /* a batch ends: what sluice prepared in it is no longer fresh */
             /* A function called by OID is code sluice cannot read (set_config of the role,
              * pg_advisory_lock, dynamic SQL): the server is reset before it serves again. */
@@ -212,7 +223,11 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             break;
         case 'E':
             s->syncs_after_execute = 0;
-            s->executes_unanswered++;
+            /* after an error, the server skips it to the Sync: no answer */
+            if (!s->reqs.skipping_to_sync) {
+                s->executes_unanswered++;
+                s->executes_after_request++;
+            }
             s->batch_open = true;
             break;
         case 'P':
@@ -247,7 +262,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             c->rx.remain = whole - take;
             stmt_track_keep_parse_tail(&c->rx, b->data + b->scan - take, take);
         }
-        if ((track && s->out.len > s->out_pos) || reset_sent)
+        if (s->out.len > s->out_pos || reset_sent)
             return CLIENT_FRAME_NEED_FLUSH; /* sluice's own messages go out before this one */
     }
     return CLIENT_FRAME_NEED_DATA;

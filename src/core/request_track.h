@@ -9,6 +9,8 @@
  *   - SQL whose effect outlives the transaction (session_state.h): session_state_policy;
  *   - the parameters a statement changes (forgotten in the server's record) and a Query that
  *     resets the client's login parameters (relay.h's struct login_reset; relay.c settles it).
+ * Session mode queues only what tells the replies apart (stmt_track_count: nameless requests,
+ * the mark before a Query inside an extended batch), statement names passing as sent.
  * It advances c->in.scan over what may be forwarded and never writes to a socket: sluice's own
  * messages go to s->out, the client's bytes are written by relay.c. A request sluice answers
  * itself is consumed from c->in; so is the start of a renamed message that had no room in c->in,

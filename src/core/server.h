@@ -130,8 +130,16 @@ struct server {
                               close that follows is told with nothing of sluice's */
     bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
                               the client's CopyDone/CopyFail (or ReadyForQuery) */
-    int executes_unanswered; /* Executes forwarded and not yet answered (CommandComplete,
-                              * EmptyQueryResponse, PortalSuspended; an error answers them all) */
+    int executes_unanswered;    /* Executes forwarded and not yet answered (CommandComplete,
+                                 * EmptyQueryResponse, PortalSuspended; an error answers them all).
+                                 * Exact while inflight is 0; while a Query is answered its own
+                                 * CommandComplete cannot be told from an Execute's, and the count
+                                 * keeps at least executes_after_request (relay.c). Read only by
+                                 * relay_pair_wait (idle_transaction_timeout: is the server waiting
+                                 * for the client?); a client that leaves is judged by its bytes
+                                 * alone (relay_client_mid_message) */
+    int executes_after_request; /* those forwarded after the client's last Query, FunctionCall or
+                                 * Sync: answered only once every ReadyForQuery due has come */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
     bool only_syncs_after_execute;  /* and nothing but Syncs and Flushes came after it: then the

@@ -189,20 +189,100 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     return await_shape(c, s);
 }
 
-/* The same before a simple Query that names the client's statement by SQL (EXECUTE,
- * DEALLOCATE). A Parse that fails (its table dropped since) makes the server skip everything up
- * to the next Sync, and a Query has none: so sluice's Parse comes with its own Sync, in a batch
- * of its own whose replies are swallowed (s->swallow). That needs a server with nothing of the
- * client's in flight, whose next replies are known to be sluice's; otherwise ensure_prepared.
- * What the server then holds under the name is unknown (the Parse may have failed): its next
- * use closes and prepares it again. */
-static enum track_result prepare_before_query(struct client *c, struct server *s,
-                                              struct stmt_def *mine, const char *name,
-                                              struct client_failure *fail)
+/* Is the client's message at c->in.scan in the buffer whole? */
+static bool message_whole(const struct client *c)
+{
+    uint32_t avail = c->in.wpos - c->in.scan;
+    return avail >= CODEC_HEADER_LEN && codec_get_u32(c->in.data + c->in.scan + 1) + 1 <= avail;
+}
+
+/* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED): the server skips
+ * everything up to a Sync, where Postgres, running the Query's EXECUTE itself, answers the
+ * same error (forwarded already) and the Query's ReadyForQuery, then runs what the client sent
+ * after it. sluice's Sync goes in the Query's place, its ReadyForQuery the Query's (in the
+ * state Postgres's would give: the failed implicit transaction rolled back, or a failed block),
+ * and the Query is consumed: what follows starts a batch of its own, as after the Query's error
+ * in Postgres. */
+static enum track_result answer_query_after_failed_parse(struct client *c, struct server *s,
+                                                         struct client_failure *fail)
+{
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    if (queue_request(s, REQ_SYNC, NULL, fail) != TRACK_PASS)
+        return TRACK_FAILED;
+    s->reqs.held_query = HELD_NONE;
+    uint32_t whole = codec_get_u32(c->in.data + c->in.scan + 1) + 1;
+    c->in.scan += whole;
+    buf_consume(&c->in, whole);
+    codec_begin(&s->out, 'S');
+    codec_end(&s->out);
+    stmt_queue_sync_framed(&s->reqs);
+    if (s->inflight++ == 0) {
+        s->query_start_ms = sluice_now(c->worker);
+        if (s->txn_status == 'I')
+            s->xact_start_ms = s->query_start_ms;
+    }
+    s->batch_open = false;
+    s->executes_after_request = 0;
+    s->reqs.epoch++;
+    s->unnamed_of = 0; /* the Query would have dropped the unnamed statement */
+    return TRACK_CONSUMED;
+}
+
+/* sluice's Parse of the statement a Query names, inside an extended batch or behind requests in
+ * flight: it has no Sync of its own (one would end the client's batch, or its ReadyForQuery
+ * would come among the client's). A Query whole in the buffer waits for its outcome (held, as
+ * for a result type: shape_awaited): a Close of STMT_MARK_NAME before it (its reply tells an
+ * earlier error from the Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which
+ * brings the answers at once. When it failed, answer_query_after_failed_parse. */
+static enum track_result prepare_held_query(struct client *c, struct server *s,
+                                            struct stmt_def *mine, const char *name,
+                                            struct client_failure *fail)
 {
     bool changed;
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+    if (s->reqs.held_query == HELD_PARSE_FAILED)
+        return answer_query_after_failed_parse(c, s, fail);
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    if ((theirs && stmt_def_equal(theirs->def, mine)) || !message_whole(c)) {
+        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for), or streams */
         return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    }
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    prepared_put_mark(&s->out);
+    if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
+        return TRACK_FAILED;
+    free_name_on_server(s, name, theirs != NULL);
+    prepared_put_parse(&s->out, name, mine);
+    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
+    if (!stmt_map_put(&s->stmts, name, mine)) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    prepared_put_describe(&s->out, name);
+    if (queued(stmt_queue_push_describe(&s->reqs, name, NULL, mine), fail) != TRACK_PASS)
+        return TRACK_FAILED;
+    s->reqs.held_query = HELD_FOR_PARSE;
+    return await_shape(c, s);
+}
+
+/* The same before a simple Query that names the client's statement by SQL (EXECUTE,
+ * DEALLOCATE). A Parse that fails (its table dropped since) makes the server skip everything up
+ * to the next Sync, and a Query has none. Inside a batch or behind requests in flight, and for
+ * an EXECUTE whole in the buffer, the Query waits for the Parse's outcome (prepare_held_query)
+ * and gets its error as Postgres's EXECUTE would. Otherwise (a DEALLOCATE or PREPARE, or a Query
+ * that streams through, on a server with nothing of the client's in flight) sluice's Parse comes
+ * with its own Sync, in a batch of its own whose replies are swallowed (s->swallow); what the
+ * server then holds under the name is unknown (the Parse may have failed): its next use closes
+ * and prepares it again. */
+static enum track_result prepare_before_query(struct client *c, struct server *s,
+                                              struct stmt_def *mine, const char *name,
+                                              enum sql_dealloc kind, struct client_failure *fail)
+{
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 ||
+        (kind == SQL_EXECUTE && message_whole(c)))
+        return prepare_held_query(c, s, mine, name, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine))
         return TRACK_PASS;
@@ -387,7 +467,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, fail)
+            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
                              : ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
                                                &changed, fail);
         if (r != TRACK_PASS)
@@ -801,6 +881,60 @@ static enum track_result mark_again(struct server *s, struct client_failure *fai
     if (r == TRACK_PASS)
         prepared_put_mark(&s->out);
     return r;
+}
+
+/* Session mode: statement names pass through unchanged, and only what tells the server's replies
+ * apart is queued, nameless (runs of one kind share an item): each Parse and Close (answered by
+ * ParseComplete or CloseComplete), each Sync, Query and FunctionCall (ReadyForQuery), and the mark
+ * before a Query or FunctionCall framed inside an extended batch, whose reply says whether an
+ * error skipped it (stmt_on_error). Traffic with no such Query pays a push and a pop a request.
+ * A full queue (a pipeline of thousands of batches sent ahead of the replies) pauses it rather
+ * than failing the client (prepared.h, paused). */
+enum track_result stmt_track_count(struct client *c, struct server *s, uint8_t type,
+                                   struct client_failure *fail)
+{
+    bool joinable = s->reqs.mark_joinable;
+    s->reqs.mark_joinable = false;
+    if (type == 'S')
+        stmt_queue_sync_framed(&s->reqs);
+    if (s->reqs.paused) {
+        /* Nothing framed before is unanswered: the queue follows again from this message. */
+        if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+            return TRACK_PASS;
+        s->reqs.paused = false;
+    }
+    enum track_result r = TRACK_PASS;
+    bool marked = false;
+    switch (type) {
+    case 'P':
+        r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
+        break;
+    case 'C':
+        r = queue_request(s, REQ_CLOSE_CLIENT, NULL, fail);
+        break;
+    case 'S':
+        r = queue_request(s, REQ_SYNC, NULL, fail);
+        break;
+    case 'Q':
+    case 'F':
+        r = mark_inside_batch(c, s, joinable, &marked, fail);
+        if (r == TRACK_PASS)
+            r = queue_request(s, REQ_SYNC, NULL, fail);
+        if (marked && r != TRACK_PASS)
+            stmt_queue_disarm_mark(&s->reqs);
+        else
+            s->reqs.mark_joinable = marked;
+        break;
+    default:
+        break;
+    }
+    if (r != TRACK_FAILED)
+        return r;
+    /* Session mode fails no client for the queue (transaction mode must: its statements
+     * depend on it): the requests from here on go unqueued, as before marks. */
+    s->reqs.paused = true;
+    s->reqs.mark_joinable = false;
+    return TRACK_PASS;
 }
 
 /* Bind, Describe and Close name a statement near the start of their body. */

@@ -23,6 +23,13 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
                                      const uint8_t *body, uint32_t len, uint32_t avail_body,
                                      struct client_failure *fail);
 
+/* Session mode's share of it: each request whose reply must be matched queued in s->reqs,
+ * nameless, and a mark before a Query or FunctionCall framed inside an extended batch (statement
+ * names untouched). TRACK_PASS, TRACK_FLUSH (the batch's bytes go before the mark) or
+ * TRACK_FAILED (*fail filled: the queue is full). */
+enum track_result stmt_track_count(struct client *c, struct server *s, uint8_t type,
+                                   struct client_failure *fail);
+
 /* A Parse larger than the buffer streams through (rx->keep: the definition it is kept in):
  * copy the n bytes of it just framed from chunk, and seal it once the message is whole. */
 void stmt_track_keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n);

@@ -652,7 +652,7 @@ enum stmt_reply_action stmt_on_complete(struct stmt_queue *q, struct stmt_map *s
     (void)server_map;
     uint32_t k = next_complete_at(q);
     if (k == q->count)
-        return REPLY_UNEXPECTED;
+        return q->paused ? REPLY_FORWARD : REPLY_UNEXPECTED; /* a request not queued */
     struct stmt_queue_item *it = item_at(q, k);
     uint8_t kind = it->kind;
     bool parse = kind == REQ_PARSE_CLIENT || kind == REQ_PARSE_OURS;
@@ -706,10 +706,31 @@ void stmt_queue_disarm_mark(struct stmt_queue *q)
     }
 }
 
+/* The Query held for sluice's Parse (HELD_FOR_PARSE), at an error: the Parse's own when it is
+ * the next request answered (the Close queued before it is answered, so everything of the
+ * client's before it is), and the last of sluice's Parses queued. An error before a Sync or
+ * Query queued ahead of it leaves it to be answered (still held); another error, of the batch it
+ * is in, makes the server skip it (no longer held). */
+static void held_query_on_error(struct stmt_queue *q)
+{
+    uint32_t ours = q->count;
+    for (uint32_t i = q->count; i-- > 0 && ours == q->count;)
+        if (item_at(q, i)->kind == REQ_PARSE_OURS)
+            ours = i;
+    bool sync_before = false;
+    for (uint32_t i = 0; i < ours && ours < q->count && !sync_before; i++)
+        sync_before = item_at(q, i)->kind == REQ_SYNC;
+    if (ours == 0)
+        q->held_query = HELD_PARSE_FAILED;
+    else if (ours == q->count || !sync_before)
+        q->held_query = HELD_NONE;
+}
+
 uint32_t stmt_on_error(struct stmt_queue *q)
 {
+    if (q->paused && q->count == 0)
+        return 0; /* the error of a request not queued: nothing known of its batch */
     q->batch_failed = true;
-    q->shape_awaited = false;
     q->mark_joinable = false;
     uint32_t skipped = 0;
     uint32_t marked = 0; /* the next entries answered by ReadyForQuery that are Queries' */
@@ -736,10 +757,15 @@ uint32_t stmt_on_error(struct stmt_queue *q)
         }
         take_out(q, i);
     }
+    if (q->held_query == HELD_FOR_PARSE)
+        held_query_on_error(q); /* what the error skipped has left the queue */
+    q->shape_awaited = q->held_query == HELD_FOR_PARSE;
     bool synced = false;
     for (uint32_t k = 0; k < q->count && !synced; k++)
         synced = item_at(q, k)->kind == REQ_SYNC;
-    q->skipping_to_sync = !synced;
+    /* The Query held for sluice's failed Parse is framed next, and sluice's Sync goes in its
+     * place (stmt_track.c): nothing of the client's is skipped. */
+    q->skipping_to_sync = !synced && q->held_query != HELD_PARSE_FAILED;
     return skipped;
 }
 
@@ -766,6 +792,8 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
         give_shape(client_map, client_name_of(it), it->def, shape);
     take_out(q, k);
     q->shape_awaited = false; /* what waited looks again */
+    if (q->held_query == HELD_FOR_PARSE)
+        q->held_query = HELD_NONE; /* the Parse before it ran */
     return REPLY_SWALLOW;
 }
 
@@ -851,7 +879,11 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     }
     if (q->parse_awaited && !parse_before_sync(q, NULL))
         q->parse_awaited = false; /* decided: the Parse that waited is framed now */
-    q->shape_awaited = false;
+    /* A Query held for sluice's Parse, queued after this Sync, still waits for its answer; a
+     * failed one's answer was the held Query's (its client left before it was framed). */
+    if (q->held_query == HELD_PARSE_FAILED)
+        q->held_query = HELD_NONE;
+    q->shape_awaited = q->held_query == HELD_FOR_PARSE;
     q->batch_failed = false;
     q->skipping_to_sync = false;
     q->mark_joinable = false;

@@ -171,6 +171,17 @@ enum stmt_req {
                        * Query after it gets no ReadyForQuery (stmt_on_error) */
 };
 
+/* A client's Query that names its statement by SQL (EXECUTE, DEALLOCATE), sent inside an
+ * extended batch or behind requests in flight, waits for sluice's Parse of that statement
+ * (stmt_track.c prepare_held_query): Postgres skips the Query up to the batch's Sync when that
+ * Parse fails, where running EXECUTE itself it answers the error and the Query's
+ * ReadyForQuery. */
+enum held_query {
+    HELD_NONE,
+    HELD_FOR_PARSE,    /* sluice's Parse (its REQ_PARSE_OURS the last queued) is unanswered */
+    HELD_PARSE_FAILED, /* it failed: sluice's Sync answers in the Query's place */
+};
+
 struct stmt_queue_item {
     uint8_t kind;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
@@ -199,6 +210,7 @@ struct stmt_queue {
      * follows up to the Sync: nothing waits then (batch_failed). */
     struct stmt_queue_item describe_due; /* its name NULL when none is due */
     bool shape_awaited;
+    enum held_query held_query; /* shape_awaited holds that Query while HELD_FOR_PARSE */
     bool batch_failed;
     /* An error in an extended batch whose Sync is not framed yet (stmt_on_error): the server
      * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no
@@ -208,6 +220,12 @@ struct stmt_queue {
      * one that follows with nothing between shares that mark (stmt_queue_join_mark), since an
      * error between them could only be the first one's own. Any other message ends it. */
     bool mark_joinable;
+    /* Session mode only (stmt_track_count): a push failed (the queue full, STMT_QUEUE_MAX, or
+     * out of memory), and the client's requests are no longer queued; what is queued is still
+     * matched, and a reply past it is the client's. Queued again once the server has answered
+     * everything. Meanwhile a Query inside a batch goes unmarked, counted as it was before marks
+     * (a skipped one keeps the session busy). */
+    bool paused;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
 };

@@ -5,7 +5,7 @@
  * definitions kept in a client's and a server's statement maps. Invariants: a DEALLOCATE names
  * a statement that fits the buffer; a feature is one of the enum's and has a name; a definition
  * equals itself and a copy; a map holds what was put until it is removed, and its count says
- * so. Built and run by scripts/fuzz. */
+ * so; and the request queue's own (drive_queue). Built and run by scripts/fuzz. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +17,92 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The request queue (s->reqs) driven by the input, one operation a byte: requests pushed as
+ * transaction and session mode push them, replies in any order (a broken server's too), marks
+ * joined and disarmed, a paused queue (session mode), a Query held for sluice's Parse. Invariants:
+ * it never holds more than STMT_QUEUE_MAX entries; a framed Sync ends skipping_to_sync; a paused,
+ * empty queue passes every ParseComplete/CloseComplete on and learns nothing from an error; a
+ * Query held for sluice's Parse stays held (shape_awaited) exactly while HELD_FOR_PARSE after an
+ * error or a ReadyForQuery. */
+static void drive_queue(const uint8_t *data, size_t size)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    for (size_t i = 0; i < size && i < 4096; i++) {
+        switch (data[i] % 16) {
+        case 0:
+            (void)stmt_queue_push(&q, REQ_PARSE_CLIENT, NULL);
+            break;
+        case 1:
+            (void)stmt_queue_push(&q, REQ_CLOSE_CLIENT, NULL);
+            break;
+        case 2:
+            (void)stmt_queue_push(&q, REQ_SYNC, NULL);
+            break;
+        case 3:
+            (void)stmt_queue_push_mark(&q);
+            q.mark_joinable = (data[i] & 0x10) != 0;
+            break;
+        case 4:
+            (void)stmt_queue_join_mark(&q);
+            break;
+        case 5:
+            stmt_queue_disarm_mark(&q);
+            break;
+        case 6:
+        case 7: {
+            bool empty = q.count == 0;
+            enum stmt_reply_action a = stmt_on_complete(&q, &m, data[i] % 16 == 6 ? '1' : '3');
+            FUZZ_ASSERT(!(q.paused && empty) || a == REPLY_FORWARD);
+            break;
+        }
+        case 8: {
+            bool empty = q.count == 0, skipping = q.skipping_to_sync, paused = q.paused;
+            uint32_t skipped = stmt_on_error(&q);
+            if (paused && empty)
+                FUZZ_ASSERT(skipped == 0 && q.skipping_to_sync == skipping);
+            else
+                FUZZ_ASSERT(q.shape_awaited == (q.held_query == HELD_FOR_PARSE));
+            break;
+        }
+        case 9:
+            stmt_on_ready(&q, &m, NULL);
+            FUZZ_ASSERT(q.shape_awaited == (q.held_query == HELD_FOR_PARSE));
+            break;
+        case 10:
+            (void)stmt_queue_push(&q, REQ_PARSE_OURS, "sluice_x");
+            break;
+        case 11:
+            q.held_query = HELD_FOR_PARSE;
+            q.shape_awaited = true;
+            break;
+        case 12:
+            q.paused = !q.paused;
+            break;
+        case 13:
+            stmt_queue_sync_framed(&q);
+            FUZZ_ASSERT(!q.skipping_to_sync);
+            break;
+        case 14:
+            (void)stmt_queue_push(&q, REQ_CLOSE_OURS, NULL);
+            break;
+        default:
+            if (stmt_queue_push_describe(&q, "sluice_x", NULL, NULL) == 0)
+                (void)stmt_on_description(&q, &m, NULL, 'n', NULL, 0);
+            break;
+        }
+        FUZZ_ASSERT(q.count <= STMT_QUEUE_MAX);
+    }
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > 16384)
         return 0;
+    drive_queue(data, size);
     char *sql = malloc(size + 1);
     if (!sql)
         return 0;

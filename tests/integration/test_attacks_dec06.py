@@ -418,14 +418,23 @@ LEAVING_BATCHES = {
     + [insert(t, 4)],
     "insert-then-query-then-error-no-sync": lambda t: extended(f"INSERT INTO {t} VALUES (3, 3)")
     + [insert(t, 4), bad_parse(), insert(t, 5)],
+    # the Query's CommandComplete comes before the Execute's answer (it ends the implicit
+    # transaction, and the portal with it: the Execute fails)
+    "query-between-bind-and-execute": lambda t: [
+        parse_msg("", f"INSERT INTO {t} VALUES (3, 3)"), bind_msg("p", ""), insert(t, 4),
+        execute_msg("p"), insert(t, 5)],
+    "query-between-bind-and-execute-in-a-block": lambda t: [
+        query_msg("BEGIN"), parse_msg("", f"INSERT INTO {t} SELECT 3, 3 FROM pg_sleep(0.3)"),
+        bind_msg("p", ""), insert(t, 4), execute_msg("p"), flush_msg()],
     "slow-query-inside-the-batch": lambda t: extended(f"INSERT INTO {t} VALUES (3, 3)")
     + [query_msg(f"INSERT INTO {t} SELECT 4, 4 FROM pg_sleep(0.3)"), sync_msg()],
 }
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("setup", [("transaction", 1), ("statement", 1), ("transaction", 2)],
-                         ids=["transaction", "statement", "two-workers"])
+@pytest.mark.parametrize("setup", [("transaction", 1), ("statement", 1), ("transaction", 2),
+                                   ("session", 1)],
+                         ids=["transaction", "statement", "two-workers", "session"])
 @pytest.mark.parametrize("ending", ["close", "half_close"])
 @pytest.mark.parametrize("name", sorted(LEAVING_BATCHES))
 def test_a_batch_with_queries_then_terminate_leaves_what_postgres_leaves(
@@ -539,19 +548,11 @@ def test_an_execute_prepared_again_after_a_query_inside_a_batch_runs_as_in_postg
     compare_raw(pg, s, table, TABLE, program)
 
 
-OWN_PARSE_FAILS = (
-    "stmt_track.c prepare_before_query inside an extended batch: sluice's Parse of the statement "
-    "an EXECUTE names goes before the Query with no Sync of its own (one would end the client's "
-    "batch); when it fails Postgres skips the Query up to the batch's Sync, so the client gets "
-    "the error and one ReadyForQuery (the Sync's) where Postgres, running EXECUTE itself, "
-    "answers the error, the Query's ReadyForQuery and the Sync's; the client waits for the "
-    "second. Answering in the Query's place would need its ReadyForQuery made by sluice and the "
-    "rest of the batch, which Postgres runs, sent again")
-
-
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=OWN_PARSE_FAILS)
 def test_an_execute_inside_a_batch_whose_statement_sluice_fails_to_prepare_again(
         pg, start_sluice, table):
+    """sluice's Parse of q before the Query fails inside the batch: Postgres, running EXECUTE
+    itself, answers the error, the Query's ReadyForQuery and the Sync's (the Query waits for
+    that Parse's outcome; sluice's Sync answers in its place)."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
                       "max_prepared_statements": 1})
 
@@ -566,6 +567,96 @@ def test_an_execute_inside_a_batch_whose_statement_sluice_fails_to_prepare_again
     compare_raw(pg, s, table, TABLE, program)
 
 
+AFTER_OWN_PARSE_FAILS = {
+    # Postgres runs what follows the failed Query in the batch, in a transaction of its own
+    "the-rest-of-the-batch-runs": (extended("SELECT 5") + [query_msg("EXECUTE q")]
+                                   + extended("SELECT 7") + [sync_msg()], 2),
+    "two-executes-in-one-batch": (extended("SELECT 5") + [query_msg("EXECUTE q"),
+                                                          query_msg("EXECUTE q"), sync_msg()], 3),
+    "inside-a-transaction-block": ([query_msg("BEGIN")] + extended("SELECT 5")
+                                   + [query_msg("EXECUTE q"), sync_msg(),
+                                      query_msg("ROLLBACK")], 4),
+    # no batch, but a request in flight: sluice's Parse has no Sync of its own either
+    "pipelined-behind-a-slow-query": ([query_msg("SELECT 1 FROM pg_sleep(0.2)"),
+                                       query_msg("EXECUTE q"), query_msg("SELECT 2")], 3),
+    # nothing in flight: Postgres's error, not 26000 for the statement sluice could not prepare
+    "alone": ([query_msg("EXECUTE q"), query_msg("SELECT 2")], 2),
+    "after-an-error-earlier-in-the-batch": ([parse_msg("", "SELEC 1"), query_msg("EXECUTE q"),
+                                             sync_msg()], 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AFTER_OWN_PARSE_FAILS))
+def test_what_follows_an_execute_whose_statement_sluice_fails_to_prepare_again(
+        pg, start_sluice, table, name):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    msgs, zs = AFTER_OWN_PARSE_FAILS[name]
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        a.settimeout(10)
+        b.settimeout(10)
+        out = evicted_and_dropped(a, b, t)
+        out += exchange(a, msgs, zs)
+        return out + then_served(a, b, 10)
+
+    compare_raw(pg, s, table, TABLE, program)
+
+
+@pytest.mark.parametrize("where", ["batch", "pipeline"])
+def test_an_execute_whose_statement_sluice_prepares_again_waits_for_it_and_runs(
+        pg, start_sluice, table, where):
+    """The Parse sluice sends before the Query succeeds: the Query, held for its outcome, runs as
+    on Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    head = (extended("SELECT 5") if where == "batch"
+            else [query_msg("SELECT 1 FROM pg_sleep(0.2)")])
+
+    def program(conns, t):
+        a, b = conns[0], conns[1]
+        b.settimeout(10)
+        out = exchange(a, [parse_msg("q", f"SELECT v FROM {t} ORDER BY id"), sync_msg()], 1)
+        out += exchange(b, [parse_msg("o", "SELECT 1"), sync_msg()], 1)
+        tail = [sync_msg()] if where == "batch" else []
+        out += exchange(a, head + [query_msg("EXECUTE q"), query_msg("EXECUTE q")] + tail, 3)
+        return out + then_served(a, b, 10)
+
+    compare_raw(pg, s, table, TABLE, program)
+
+
+@pytest.mark.parametrize("outcome", ["fails", "runs"])
+def test_a_client_that_leaves_while_its_query_waits_for_sluices_parse_frees_the_server(
+        pg, start_sluice, table, outcome):
+    """The client sends a batch whose Query waits for sluice's Parse of q, then closes: the one
+    server serves the next client at once, and that client's EXECUTE of its own q is its own."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1, "server_drain_timeout": 30})
+    drop(pg, table)
+    with pg.superuser(dbname=APP_DB) as c:
+        c.execute(f"SET ROLE {APP_USER}; " + TABLE.format(t=table))
+    a, b = through(s), through(s)
+    try:
+        b.settimeout(10)
+        exchange(a, [parse_msg("q", f"SELECT v FROM {table} ORDER BY id"), sync_msg()], 1)
+        exchange(b, [parse_msg("o", "SELECT 1"), sync_msg()], 1)
+        if outcome == "fails":
+            exchange(b, [query_msg(f"ALTER TABLE {table} RENAME TO {table}_gone")], 1)
+        a.send(b"".join(extended("SELECT 1 FROM pg_sleep(0.2)") + [query_msg("EXECUTE q")]))
+        a.close()
+        t0 = time.monotonic()
+        assert exchange(b, [query_msg("SELECT 3")], 1)[-1] == ("Z", "I")
+        assert time.monotonic() - t0 < 10, "the server was held after the client left"
+        if outcome == "fails":
+            exchange(b, [query_msg(f"ALTER TABLE {table}_gone RENAME TO {table}")], 1)
+        seen = exchange(b, [parse_msg("q", "SELECT 42"), sync_msg(), query_msg("EXECUTE q")], 2)
+        assert ("D", ["42"]) in seen, seen
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- a client that vanishes at each point of a batch with a marked Query ------------------------
 
 def cut_points(data, msgs):
@@ -578,13 +669,14 @@ def cut_points(data, msgs):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("first", ["error", "slow"])
 def test_a_client_vanishing_at_each_point_of_a_batch_with_a_query_frees_the_one_server(
-        pg, start_sluice, table, first):
+        pg, start_sluice, table, first, mode):
     """The client closes (no Terminate) after each prefix of [Parse/Bind/Execute, Query, Sync];
     the next client is served on a pool and a database cap of one, never two backends at once,
     and the table is left as nothing committed or the whole batch (never the Query alone)."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
                       "max_db_connections": 1, "server_drain_timeout": 5})
     drop(pg, table)
     with pg.superuser(dbname=APP_DB) as c:

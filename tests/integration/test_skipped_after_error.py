@@ -6,6 +6,7 @@ a second client on the same one-server pool must be served after each batch, and
 be what Postgres leaves (docs/architecture.md, request_track.c and REQ_MARK in prepared.h)."""
 
 import struct
+import time
 
 import pytest
 
@@ -106,35 +107,57 @@ PROGRAMS = {
 }
 
 
+def backend_pid(conn):
+    return exchange(conn, [query_msg("SELECT pg_backend_pid()")], 1)[1][1][0]
+
+
+def run_session(pg, s, table, program):
+    """Session mode: a keeps its server until it leaves; then b, waiting on the pool of one
+    (server_drain_timeout 60 s), is served at once by the very backend a had, not by a new
+    one after a drain."""
+    pids = []
+
+    def each(conns, t):
+        a, b = conns[0], conns[1]
+        b.settimeout(10)
+        out = program(a, t) + exchange(a, [query_msg("SELECT 11")], 1) + exchange(
+            a, [query_msg(f"SELECT id, v FROM {t} ORDER BY id")], 1)
+        had = backend_pid(a)
+        a.close()
+        out += exchange(b, [query_msg("SELECT 12")], 1)
+        pids.append((had, backend_pid(b)))
+        return out
+    compare_raw(pg, s, table, TABLE, each)
+    had, got = pids[-1]  # through sluice
+    assert got == had, f"b got backend {got}, not {had}: a's server was not reused at once"
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
 def test_a_query_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table, mode, name):
     if mode == "statement" and "transaction" in name:
         pytest.skip("statement mode refuses transaction blocks")
+    if mode == "session":
+        s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
+                          "server_drain_timeout": 60})
+        run_session(pg, s, table, PROGRAMS[name])
+        return
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
     run(pg, s, table, PROGRAMS[name])
 
 
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
 def test_a_function_call_postgres_skips_after_an_error_in_its_batch(pg, start_sluice, table,
                                                                      mode):
     oid = int4abs_oid(pg)
-    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
-    run(pg, s, table, batch([bad_parse(), function_call_msg(oid, -5), sync_msg()], 1))
-    run(pg, s, table, batch(good_execute("SELECT 5") + [function_call_msg(oid, -5), sync_msg()], 2))
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "server_drain_timeout": 60})
+    each = run_session if mode == "session" else run
+    each(pg, s, table, batch([bad_parse(), function_call_msg(oid, -5), sync_msg()], 1))
+    each(pg, s, table, batch(good_execute("SELECT 5") + [function_call_msg(oid, -5), sync_msg()],
+                             2))
 
 
-SESSION_MODE_COUNT = (
-    "session mode follows no request (nothing of request_track.c's queue): a Query skipped "
-    "after an error in its extended batch is still counted, so the server is not quiet when "
-    "its client leaves and drains for server_drain_timeout, then closes (caps kept); "
-    "query_timeout and transaction_timeout see a request running on the idle session")
-
-
-@pytest.mark.parametrize("mode", [
-    pytest.param("session", marks=pytest.mark.xfail(strict=True, raises=TimeoutError,
-                                                    reason=SESSION_MODE_COUNT)),
-    "transaction"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_the_server_goes_back_after_a_skipped_query_when_the_client_leaves(pg, start_sluice,
                                                                           mode):
     """The client leaves right after its batch's replies: the server goes to the next client at
@@ -148,3 +171,83 @@ def test_the_server_goes_back_after_a_skipped_query_when_the_client_leaves(pg, s
         assert exchange(b, [query_msg("SELECT 3")], 1)[-1] == ("Z", "I")
     finally:
         b.close()
+
+
+def test_query_timeout_after_a_skipped_query_in_session_mode(pg, start_sluice):
+    """Session mode: nothing runs after the batch whose Query Postgres skipped, however long
+    the session stays idle; the next long query is the one query_timeout cancels (57014),
+    from its own start. Counted as running, the skipped Query had query_timeout cancel the
+    idle backend (nothing) and never the query that ran later."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "query_timeout": 1})
+    a = through(s)
+    try:
+        a.settimeout(20)
+        assert exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)[-1] == ("Z", "I")
+        time.sleep(3)  # idle past query_timeout: nothing of the client's runs
+        out = exchange(a, [query_msg("SELECT pg_sleep(15)")], 1)
+        assert out[-2:] == [("E", "57014", "canceling statement due to user request"),
+                            ("Z", "I")], out
+        assert exchange(a, [query_msg("SELECT 2")], 1)[-1] == ("Z", "I")  # the session goes on
+    finally:
+        a.close()
+
+
+def test_transaction_timeout_leaves_a_session_idle_after_a_skipped_query(pg, start_sluice):
+    """Session mode: the session is idle, out of any transaction, once the batch is answered;
+    transaction_timeout sees nothing running on it (counted as running, the skipped Query had
+    the client failed with transaction_timeout while idle)."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "transaction_timeout": 1})
+    a = through(s)
+    try:
+        assert exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)[-1] == ("Z", "I")
+        time.sleep(3)  # idle past transaction_timeout
+        assert exchange(a, [query_msg("SELECT 2")], 1)[-1] == ("Z", "I")
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_execute_still_running_after_a_query_in_its_batch_is_not_a_stalled_client(
+        pg, start_sluice, table, mode):
+    """In a transaction block (so the portal outlives the Query), Bind of a slow statement, a
+    Query, then the Execute and a Flush: the Query's CommandComplete is not the Execute's
+    answer. The server runs the Execute while the client waits; idle_transaction_timeout (the
+    server waiting for the client) must not fail it, and the client sees what Postgres sends.
+    (Counted as the Execute's, the Query's CommandComplete left no Execute unanswered, and
+    the client was failed as stalled after extended-protocol messages without a Sync.)"""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1,
+                      "idle_transaction_timeout": 1})
+
+    def program(conns, t):
+        a = conns[0]
+        a.settimeout(20)
+        out = exchange(a, [query_msg("BEGIN")], 1)
+        out += exchange(a, [parse_msg("", "SELECT pg_sleep(3) IS NULL AS slept"),
+                            bind_msg("p", ""), query_msg("SELECT 1"), execute_msg("p"),
+                            flush_msg()], 2, until=("C",))  # the Query's, the Execute's
+        out += exchange(a, [sync_msg()], 1)
+        out += exchange(a, [query_msg("COMMIT")], 1)
+        return out
+    seen = compare_raw(pg, s, table, TABLE, program)
+    assert seen[-5:] == [("D", ["f"]), ("C", "SELECT 1"), ("Z", "T"), ("C", "COMMIT"),
+                         ("Z", "I")], seen
+
+
+def test_a_long_pipeline_in_session_mode_then_a_skipped_query(pg, start_sluice, table):
+    """Session mode fails no client for the requests it follows: 20000 batches sent ahead of
+    the replies (a slow Query first) pass the 8192 entries the queue holds, and it stops
+    following them (transaction mode answers 54000 here); once they are answered it follows
+    again, and a Query skipped after an error in a later batch leaves the session idle, its
+    server reused at once when the client leaves."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "server_drain_timeout": 60})
+    n = 20000
+
+    def program(a, t):
+        a.settimeout(60)
+        pipeline = [query_msg("SELECT 1 FROM pg_sleep(0.5)")]
+        for _ in range(n):
+            pipeline += [parse_msg("", "SELECT 1"), bind_msg("", ""), execute_msg(), sync_msg()]
+        out = exchange(a, pipeline, n + 1)
+        assert len(out) == 4 + 5 * n, len(out)
+        return out[-5:] + exchange(a, [bad_parse(), query_msg("SELECT 1"), sync_msg()], 1)
+    run_session(pg, s, table, program)

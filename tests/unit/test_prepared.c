@@ -1215,6 +1215,28 @@ static void a_describe_never_sent_leaves_the_statement_to_prepare_again(void)
     stmt_map_free(&server);
 }
 
+/* Session mode's paused queue: what is queued is still matched; past it, a ParseComplete or
+ * CloseComplete is the client's and an error tells nothing of a batch. */
+static void a_paused_queue_matches_what_it_holds_and_passes_the_rest(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map m;
+    stmt_map_init(&m);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_UNEXPECTED); /* following: no such request */
+    CHECK_INT(stmt_queue_push_mark(&q), 0);
+    CHECK_INT(stmt_queue_push(&q, REQ_SYNC, NULL), 0);
+    q.paused = true; /* the next push failed */
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_SWALLOW); /* the mark's */
+    stmt_on_ready(&q, &m, NULL);
+    CHECK_INT(q.count, 0);
+    CHECK_INT(stmt_on_complete(&q, &m, '1'), REPLY_FORWARD);
+    CHECK_INT(stmt_on_complete(&q, &m, '3'), REPLY_FORWARD);
+    CHECK_INT(stmt_on_error(&q), 0);
+    CHECK(!q.skipping_to_sync && !q.batch_failed);
+    stmt_queue_free(&q);
+    stmt_map_free(&m);
+}
+
 int main(void)
 {
     RUN(fingerprints_are_keyed_per_process); /* first: no key drawn yet */
@@ -1236,6 +1258,7 @@ int main(void)
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(an_error_before_a_mark_skips_the_query_after_it);
     RUN(an_error_after_the_marks_reply_is_the_querys_own);
+    RUN(a_paused_queue_matches_what_it_holds_and_passes_the_rest);
     RUN(queries_with_nothing_between_share_one_mark);
     RUN(parse_skipped_after_an_error_leaves_the_name_unknown_at_ready);
     RUN(a_parse_ahead_of_a_sync_is_undecided_until_its_ready);
