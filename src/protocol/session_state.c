@@ -163,14 +163,24 @@ static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
     return n;
 }
 
+/* A word of SET's or RESET's own grammar (LOCAL, SESSION, TIME ZONE, ROLE, ...) at s[*pi], and
+ * not the first part of a parameter's name: `SET local.x = 1` sets the placeholder local.x. */
+static bool set_word(const char *s, size_t *pi, size_t len, const char *kw)
+{
+    size_t n = strlen(kw);
+    if (*pi + n < len && s[*pi + n] == '.')
+        return false;
+    return keyword(s, pi, len, kw);
+}
+
 /* SET [LOCAL | SESSION] name TO DEFAULT, SET TIME ZONE DEFAULT | LOCAL (after SET and its scope
  * word): a reset of that name. */
 static void set_to_default(const char *s, size_t i, size_t len, struct param_touch *t,
                            bool session_level)
 {
-    if (keyword(s, &i, len, "time")) {
+    if (set_word(s, &i, len, "time")) {
         if (keyword(s, &i, len, "zone") &&
-            (keyword(s, &i, len, "default") || keyword(s, &i, len, "local")) && i >= len)
+            (keyword(s, &i, len, "default") || set_word(s, &i, len, "local")) && i >= len)
             reset_to_default(t, "timezone", 8, session_level);
         return;
     }
@@ -193,35 +203,46 @@ static void set_to_default(const char *s, size_t i, size_t len, struct param_tou
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "local")) {
+    if (set_word(s, &i, len, "local")) {
         set_to_default(s, i, len, t, false);
         return false;
     }
-    if (keyword(s, &i, len, "transaction"))
+    if (set_word(s, &i, len, "transaction"))
         return false;
-    (void)keyword(s, &i, len, "session");
+    (void)set_word(s, &i, len, "session");
     set_to_default(s, i, len, t, true);
-    if (keyword(s, &i, len, "characteristics")) {
-        touch_all(t);
+    if (set_word(s, &i, len, "characteristics")) {
+        /* SET SESSION CHARACTERISTICS AS TRANSACTION ...: the session's defaults for the next
+         * transactions, by their own names (default_transaction_read_only is reported). A
+         * touch_all would read back only the names the client or server has already. */
+        touch_name(t, "default_transaction_isolation", strlen("default_transaction_isolation"));
+        touch_name(t, "default_transaction_deferrable",
+                   strlen("default_transaction_deferrable"));
         return true;
     }
-    if (keyword(s, &i, len, "authorization") || keyword(s, &i, len, "role")) {
+    if (set_word(s, &i, len, "xml")) {
+        touch_name(t, "xmloption", strlen("xmloption")); /* SET XML OPTION DOCUMENT */
+        return true;
+    }
+    if (set_word(s, &i, len, "authorization") || set_word(s, &i, len, "role")) {
         touch_unnamed(t); /* who the session runs as, and with it many a default */
         return true;
     }
-    if (keyword(s, &i, len, "time"))
+    if (set_word(s, &i, len, "time"))
         return false; /* SET TIME ZONE: TimeZone is reported */
-    if (keyword(s, &i, len, "names"))
+    if (set_word(s, &i, len, "names"))
         return false; /* client_encoding */
-    if (keyword(s, &i, len, "schema")) {
+    if (set_word(s, &i, len, "schema")) {
         touch_name(t, "search_path", strlen("search_path")); /* SET SCHEMA 'x' */
         return true;
     }
     size_t n = param_name(s, i, len);
+    size_t after = i + n;
     if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
-        i++; /* SET "search_path" ...: the name inside the quotes */
+        after = ++i + n + 1; /* SET "search_path" ...: the name inside the quotes */
     char name[64];
-    if (n == 0 || n >= sizeof(name)) {
+    /* "local".x, app."X": a name of parts quoted apart is not read */
+    if (n == 0 || n >= sizeof(name) || (after < len && (s[after] == '.' || s[after] == '"'))) {
         touch_unnamed(t);
         return true;
     }
@@ -237,16 +258,16 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
  * session started with, which on a pooled backend is not the client's. */
 static void reset_statement(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "all")) {
+    if (set_word(s, &i, len, "all")) {
         touch_all(t);
         reset_to_default(t, NULL, 0, true);
         return;
     }
-    if (keyword(s, &i, len, "role") || keyword(s, &i, len, "session")) {
+    if (set_word(s, &i, len, "role") || set_word(s, &i, len, "session")) {
         touch_all(t);
         return;
     }
-    if (keyword(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
+    if (set_word(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
         reset_to_default(t, "timezone", 8, true);
         return;
     }
