@@ -428,6 +428,12 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
     return n;
 }
 
+/* The restore and the read back run in the client's session, under its search_path: every
+ * function and operator they name is pg_catalog's, so that a client whose own schema comes
+ * first (SET search_path = mine, pg_catalog, with a lower() or an = of its own) cannot make
+ * sluice misread what its server holds and leave its values to the next client. */
+#define SAME_NAME "pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower(l.n)"
+
 int params_build_restore(const struct param_set *login, bool local, struct param_set *server,
                          struct msg_out *sql)
 {
@@ -454,10 +460,10 @@ int params_build_restore(const struct param_set *login, bool local, struct param
             put_literal(sql, login->items[i].value);
         put_str(sql, ")");
     }
-    put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s"
-                 " WHERE lower(s.name) = lower(l.n) AND s.source = 'session') AND (EXISTS"
-                 " (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n)) OR"
-                 " coalesce(pg_catalog.current_setting(l.n, true), '') = '')");
+    put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
+                 SAME_NAME " AND s.source OPERATOR(pg_catalog.=) 'session') AND (EXISTS (SELECT "
+                 "FROM pg_catalog.pg_settings s WHERE " SAME_NAME ") OR coalesce("
+                 "pg_catalog.current_setting(l.n, true), '') OPERATOR(pg_catalog.=) '')");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }
@@ -474,12 +480,13 @@ int params_build_readback(const struct param_set *names, uint32_t max_value,
      * docs/pool-modes.md); and whether the value was too long to send. */
     char max[16];
     snprintf(max, sizeof(max), "%u", max_value);
-    put_str(sql, "SELECT l.n, CASE WHEN octet_length(v.v) <= ");
+    put_str(sql, "SELECT l.n, CASE WHEN pg_catalog.octet_length(v.v) OPERATOR(pg_catalog.<=) ");
     put_str(sql, max);
     put_str(sql, " THEN v.v END, CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
-                 "lower(s.name) = lower(l.n)) THEN EXISTS (SELECT FROM pg_catalog.pg_settings s "
-                 "WHERE lower(s.name) = lower(l.n) AND s.source <> 'session') ELSE "
-                 "coalesce(v.v, '') = '' END, coalesce(octet_length(v.v) > ");
+                 SAME_NAME ") THEN EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE " SAME_NAME
+                 " AND s.source OPERATOR(pg_catalog.<>) 'session') ELSE coalesce(v.v, '') "
+                 "OPERATOR(pg_catalog.=) '' END, coalesce(pg_catalog.octet_length(v.v) "
+                 "OPERATOR(pg_catalog.>) ");
     put_str(sql, max);
     put_str(sql, ", false) FROM (VALUES ");
     for (int i = 0; i < names->n; i++) {
