@@ -70,8 +70,15 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
         touch_unnamed(t);
         return;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)name[i] >= 0x80) {
+            /* The name's bytes are in the client's encoding, which the next client's RESET of
+             * it need not share: only a full reset undoes it for sure. */
+            touch_unnamed(t);
+            return;
+        }
         lower[i] = (char)tolower((unsigned char)name[i]);
+    }
     lower[n] = '\0';
     if (params_is_identity(lower)) {
         touch_unnamed(t);
@@ -140,13 +147,25 @@ bool param_reset_covers(const struct param_reset *r, const char *name)
 }
 
 /* A parameter name as SET and RESET spell it (unquoted; a quoted one is rare enough to count
- * as "all"). Returns its length. */
+ * as "all"): the characters of an identifier (a '$' past the first, a byte of a non-ASCII
+ * character, as Postgres's scanner takes them) and the '.' between its parts. Returns its
+ * length. */
 static size_t param_name(const char *s, size_t i, size_t len)
 {
     size_t n = 0;
-    while (i + n < len && (isalnum((unsigned char)s[i + n]) || s[i + n] == '_' || s[i + n] == '.'))
-        n++;
+    for (; i + n < len; n++) {
+        unsigned char ch = (unsigned char)s[i + n];
+        if (!isalnum(ch) && ch != '_' && ch != '.' && ch < 0x80 && (ch != '$' || n == 0))
+            break;
+    }
     return n;
+}
+
+/* Does a name that ended at s[i] end there, as SET spells it (a space, '=', or the text's end)?
+ * Anything else (app."X", a comment) makes a name sluice does not read. */
+static bool name_ends(const char *s, size_t i, size_t len)
+{
+    return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0';
 }
 
 /* A name quoted as an identifier ("search_path") or as a plain literal ('search_path'), with
@@ -242,7 +261,7 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
         after = ++i + n + 1; /* SET "search_path" ...: the name inside the quotes */
     char name[64];
     /* "local".x, app."X": a name of parts quoted apart is not read */
-    if (n == 0 || n >= sizeof(name) || (after < len && (s[after] == '.' || s[after] == '"'))) {
+    if (n == 0 || n >= sizeof(name) || !name_ends(s, after, len)) {
         touch_unnamed(t);
         return true;
     }
@@ -272,7 +291,8 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
         return;
     }
     size_t n = param_name(s, i, len);
-    if (n == 0) {
+    if (n == 0 || !(i + n >= len || isspace((unsigned char)s[i + n]) || s[i + n] == ';' ||
+                    s[i + n] == '\0')) {
         touch_all(t);
     } else {
         touch_name(t, s + i, n);
