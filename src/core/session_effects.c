@@ -312,6 +312,22 @@ void session_effects_run_unread(struct server *s)
     s->session = SERVER_SESSION_UNKNOWN;
 }
 
+void session_effects_run_statement(struct client *c, struct server *s, const struct stmt_def *def)
+{
+    /* def->data: the name's NUL, then the text and its NUL (a streamed Parse's too, filled by
+     * the time its statement is bound) */
+    const char *text = def->len > 1 ? (const char *)def->data + 1 : "";
+    size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
+    struct param_touch touch;
+    if (session_state_detect(text, len, &touch) == SESSION_FEATURE_SET && !touch.unnamed &&
+        (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {
+        session_effects_forget_params(s, &touch);
+        login_reset_note_set(s, c, &touch);
+        return;
+    }
+    session_effects_run_unread(s);
+}
+
 enum session_feature session_effects_refused_in_error(const uint8_t *msg, uint32_t whole)
 {
     struct error_fields ef;

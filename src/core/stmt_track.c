@@ -399,7 +399,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     }
     session_effects_forget_params(s, touch);
     if (kind == SQL_EXECUTE && mine && mine->effect == STMT_EFFECT_SESSION)
-        session_effects_run_unread(s);
+        session_effects_run_statement(c, s, mine);
     /* Whether it runs is not known here (an error before it skips it, a failed transaction
      * refuses it): the client's statements leave its map now, for what it sends next, and come
      * back unless a CommandComplete says it ran (stmt_on_ready). */
@@ -911,7 +911,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (!mine) /* not known to sluice: the server answers as it would */
         return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
-        session_effects_run_unread(s);
+        session_effects_run_statement(c, s, mine);
     bool changed;
     r = ensure_prepared(c, s, mine, entry->shape, sn.name, &changed, fail);
     if (r != TRACK_PASS)

@@ -1,0 +1,290 @@
+"""Attacks on the following of a client's SET of parameters Postgres does not report in
+transaction mode (docs/pool-modes.md, "SET of parameters Postgres does not report"): no other
+client may ever see the values, and the client itself sees what Postgres would show.
+
+Postgres is the oracle: where a program's result is compared, it runs once directly and once
+through sluice with a pool of one server that another client takes between the steps."""
+
+import psycopg
+import pytest
+
+from pgwire import (bind_msg, execute_msg, message, parse_msg, query_msg, raw_login, sync_msg,
+                    terminate_msg)
+
+DEFAULTS_SQL = ("SELECT current_setting('search_path'), "
+                "current_setting('default_transaction_isolation'), "
+                "current_setting('default_transaction_deferrable'), "
+                "coalesce(current_setting('app.x', true), '')")
+
+
+def b_sees_defaults(b):
+    got = b.execute(DEFAULTS_SQL).fetchone()
+    assert got[:3] == ('"$user", public', "read committed", "off"), got
+    assert got[3] == "", got
+
+
+def one_server(start_sluice, **more):
+    return start_sluice({"pool_mode": "transaction", "default_pool_size": 1, **more})
+
+
+def test_session_characteristics_are_followed_and_never_reach_another_client(pg, start_sluice):
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, "
+                  "DEFERRABLE")
+        b_sees_defaults(b)
+        assert a.execute("SELECT current_setting('default_transaction_isolation'), "
+                         "current_setting('default_transaction_deferrable')").fetchone() == \
+            ("serializable", "on")
+
+
+@pytest.fixture
+def hijack_schema(pg):
+    with pg.superuser("appdb") as su:
+        su.execute("DROP SCHEMA IF EXISTS h48evil CASCADE")
+        su.execute("CREATE SCHEMA h48evil AUTHORIZATION app")
+    yield "h48evil"
+    with pg.superuser("appdb") as su:
+        su.execute("DROP SCHEMA IF EXISTS h48evil CASCADE")
+
+
+def test_functions_of_the_clients_search_path_do_not_steer_the_read_back(
+        pg, start_sluice, hijack_schema):
+    """The read back runs in the client's session, under its search_path: a client whose schema
+    comes before pg_catalog must not make sluice believe its values are the defaults."""
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        a.execute("CREATE FUNCTION h48evil.lower(text) RETURNS text LANGUAGE sql "
+                  "AS $$ SELECT 'x' $$")
+        a.execute("CREATE FUNCTION h48evil.octet_length(text) RETURNS int LANGUAGE sql "
+                  "AS $$ SELECT 1 $$")
+        a.execute("CREATE FUNCTION h48evil.textne(text, text) RETURNS bool LANGUAGE sql "
+                  "AS $$ SELECT true $$")
+        a.execute("CREATE OPERATOR h48evil.<> (LEFTARG = text, RIGHTARG = text, "
+                  "FUNCTION = h48evil.textne)")
+        a.execute("SET search_path = h48evil, pg_catalog")
+        a.execute("SET app.x = 'mine'")
+        b_sees_defaults(b)
+        assert a.execute("SELECT current_setting('search_path'), "
+                         "current_setting('app.x')").fetchone() == ("h48evil, pg_catalog", "mine")
+
+
+def test_a_set_config_prepared_by_the_driver_is_kept(start_sluice):
+    """psycopg prepares a statement run often (prepare_threshold): a set_config with a bound
+    value then runs by Bind of a named statement."""
+    s = one_server(start_sluice)
+    with s.connect(prepare_threshold=1) as a, s.connect() as b:
+        for i in range(4):
+            a.execute("SELECT set_config('app.x', %s, false)", [f"v{i}"])
+            b_sees_defaults(b)
+            assert a.execute("SELECT current_setting('app.x')").fetchone() == (f"v{i}",)
+
+
+def test_a_long_placeholder_name_never_reaches_another_client(pg, start_sluice):
+    """A name of 64 bytes or more is not followed (docs/pool-modes.md): its backend gets a full
+    reset before it serves again, so the client finds it unset on its next backend, and no other
+    client ever sees it."""
+    long = "app.x" + "y" * 70
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        a.execute(f"SET {long} = 'v'")
+        assert b.execute(f"SELECT current_setting('{long[:67]}', true)").fetchone()[0] in \
+            ("", None)
+        assert a.execute(f"SELECT current_setting('{long[:67]}', true)").fetchone()[0] in \
+            ("", None)
+
+
+@pytest.mark.parametrize("leave", ["terminate", "close", "reset"])
+def test_a_client_leaving_right_after_its_set_leaves_nothing(start_sluice, leave):
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        for i in range(5):
+            a = raw_login(s.port)
+            a.send(query_msg("SET app.x = 'leak'; SET search_path = leak") +
+                   parse_msg("", "SELECT set_config('default_transaction_isolation', "
+                             "'serializable', false)") + bind_msg("", "") + execute_msg() +
+                   sync_msg() + (terminate_msg() if leave == "terminate" else b""))
+            if leave == "reset":
+                a.close_abruptly(reset=True)
+            else:
+                a.close()
+            b_sees_defaults(b)
+
+
+def test_session_mode_sends_no_read_back(start_sluice):
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "log_level": "debug"})
+    with s.connect() as a:
+        a.execute("SET app.x = 'v'")
+        a.execute("SET search_path = x")
+        assert a.execute("SELECT current_setting('app.x')").fetchone() == ("v",)
+    assert not [ln for ln in s.log_text().splitlines() if "values the client SET" in ln]
+
+
+# Placeholders whose first part is a word of SET's own grammar (SET LOCAL, SET SESSION, SET TIME
+# ZONE, SET NAMES, SET SCHEMA, SET ROLE, SET TRANSACTION, SET XML OPTION, ...).
+KEYWORD_NAMES = ["local.x", "session.x", "time.x", "names.x", "schema.x", "role.x",
+                 "transaction.x", "xml.x", "characteristics.x", "authorization.x", "zone.x",
+                 "option.x"]
+
+
+@pytest.mark.parametrize("name", KEYWORD_NAMES)
+def test_a_placeholder_named_like_a_set_keyword(pg, start_sluice, name):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        try:
+            d.execute(f"SET {name} = 'v'")
+            want = d.execute(f"SELECT current_setting('{name}', true)").fetchone()
+        except psycopg.Error as e:
+            want = e.sqlstate
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        try:
+            a.execute(f"SET {name} = 'v'")
+        except psycopg.Error as e:
+            assert e.sqlstate == want
+            return
+        assert b.execute(f"SELECT current_setting('{name}', true)").fetchone()[0] in ("", None)
+        assert a.execute(f"SELECT current_setting('{name}', true)").fetchone() == want
+
+
+ODD_NAMES = ["app.x$y", "app.é", "app.x2é", "app._x", "app.x_$"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_a_placeholder_with_odd_characters(pg, start_sluice, name):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        try:
+            d.execute(f"SET {name} = 'v'")
+            want = d.execute(f"SELECT current_setting('{name}', true)").fetchone()
+        except psycopg.Error as e:
+            want = e.sqlstate
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        try:
+            a.execute(f"SET {name} = 'v'")
+        except psycopg.Error as e:
+            assert e.sqlstate == want
+            return
+        assert b.execute(f"SELECT current_setting('{name}', true)").fetchone()[0] in ("", None)
+        got = a.execute(f"SELECT current_setting('{name}', true)").fetchone()
+        if name.isascii():
+            assert got == want
+        else:
+            # a non-ASCII name is not followed (its bytes are in the client's encoding): its
+            # backend gets a full reset, and the client its default
+            assert got[0] in ("", None)
+
+
+def transcript(conn, data, ready):
+    conn.send(data)
+    out = []
+    while ready:
+        mtype, payload = conn.read_message()
+        out.append((mtype, payload))
+        ready -= mtype == "Z"
+    return out
+
+
+def message_flush():
+    return message("H")
+
+
+PROBE = "SELECT coalesce(current_setting('app.x', true), ''), current_setting('search_path')"
+EXT_PROBE = parse_msg("", PROBE) + bind_msg("", "") + execute_msg() + sync_msg()
+
+RAW_ATTACKS = {
+    "100 batches pipelined behind a SET":
+        [(query_msg("SET app.x = 'p'") + EXT_PROBE * 100, 101)],
+    "Sync-only batches after a SET":
+        [(query_msg("SET app.x = 's'") + sync_msg() * 3 + EXT_PROBE, 5)],
+    "a batch ending in Flush, then Sync":
+        [(parse_msg("", "SET search_path = f1, f2") + bind_msg("", "") + execute_msg() +
+          message_flush(), None), (sync_msg() + EXT_PROBE, 2)],
+    "COPY after a SET in one Query":
+        [(query_msg("SET app.x = 'c'; COPY (SELECT current_setting('app.x')) TO STDOUT"), 1),
+         (query_msg(PROBE), 1)],
+    "SET then an error in one batch":
+        [(parse_msg("", "SET app.x = 'b'") + bind_msg("", "") + execute_msg() +
+          parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg() + sync_msg() +
+          EXT_PROBE, 2)],
+    "SET in a failed block then ROLLBACK":
+        [(query_msg("BEGIN") + query_msg("SET app.x = 'f'") + query_msg("SELECT 1/0") +
+          query_msg("SET app.x = 'g'") + query_msg("ROLLBACK") + query_msg(PROBE), 6)],
+    "SET, savepoint, SET, rollback to savepoint, COMMIT":
+        [(query_msg("BEGIN; SET app.x = 'one'; SAVEPOINT s; SET app.x = 'two'; "
+                    "ROLLBACK TO SAVEPOINT s; COMMIT") + query_msg(PROBE), 2)],
+    "set_config with a NULL bound value":
+        [(query_msg("SET search_path = n1") + parse_msg("", "SELECT set_config('search_path', "
+                                                        "$1, false)") +
+          bind_msg("", "", [None]) + execute_msg() + sync_msg() + EXT_PROBE, 3)],
+}
+
+
+@pytest.mark.parametrize("what", list(RAW_ATTACKS))
+def test_raw_requests_around_a_set_see_what_postgres_shows(pg, start_sluice, what):
+    from conftest import APP_PASSWORD
+
+    def program(conn, between):
+        seen = []
+        for data, ready in RAW_ATTACKS[what]:
+            if ready is None:
+                conn.send(data)
+                seen.append(conn.read_message())  # ParseComplete
+                seen.append(conn.read_message())  # BindComplete
+                seen.append(conn.read_message())  # CommandComplete
+                continue
+            seen.append(transcript(conn, data, ready))
+            between()
+        seen.append(transcript(conn, query_msg(PROBE), 1))
+        return seen
+
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        want = program(direct, lambda: None)
+    finally:
+        direct.close()
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        pooled = raw_login(s.port)
+        try:
+            got = program(pooled, lambda: b_sees_defaults(b))
+        finally:
+            pooled.close()
+        b_sees_defaults(b)
+    assert got == want
+
+
+def test_a_named_statement_that_sets_is_followed_at_each_bind_and_execute(pg, start_sluice):
+    """A SET prepared under a name runs at each Bind (or SQL EXECUTE of the name), in later
+    transactions: each run is read back as a Query's SET is, and never reaches another client."""
+    from conftest import APP_PASSWORD
+
+    def program(conn, between):
+        seen = [transcript(conn, parse_msg("s1", "SET search_path = named, public") +
+                           parse_msg("s2", "SELECT set_config('app.x', $1, false)") +
+                           sync_msg(), 1)]
+        between()
+        for i in range(3):
+            seen.append(transcript(conn, bind_msg("", "s2", [f"n{i}"]) + execute_msg() +
+                                   sync_msg(), 1))
+            between()
+            seen.append(transcript(conn, query_msg(PROBE), 1))
+        seen.append(transcript(conn, bind_msg("", "s1") + execute_msg() + sync_msg(), 1))
+        between()
+        seen.append(transcript(conn, query_msg("EXECUTE s2('sql')"), 1))
+        between()
+        seen.append(transcript(conn, query_msg(PROBE), 1))
+        return seen
+
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        want = program(direct, lambda: None)
+    finally:
+        direct.close()
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        pooled = raw_login(s.port)
+        try:
+            got = program(pooled, lambda: b_sees_defaults(b))
+        finally:
+            pooled.close()
+    assert got == want
