@@ -494,7 +494,13 @@ int params_build_readback(const struct param_set *names, uint32_t max_value,
         put_literal(sql, names->items[i].name);
         put_str(sql, ")");
     }
-    put_str(sql, ") AS l(n), LATERAL (SELECT pg_catalog.current_setting(l.n, true)) AS v(v)");
+    /* current_setting raises 42501 for a parameter the client may not read (data_directory,
+     * GUC_SUPERUSER_ONLY), even with missing_ok, which would fail the whole read back (the
+     * client SET it in vain: 55P02). pg_settings hides exactly those rows; a placeholder (a
+     * '.' in its name) is not listed there either, and every session may read it. */
+    put_str(sql, ") AS l(n), LATERAL (SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_settings "
+                 "s WHERE " SAME_NAME ") OR pg_catalog.strpos(l.n, '.') OPERATOR(pg_catalog.>) 0 "
+                 "THEN pg_catalog.current_setting(l.n, true) END) AS v(v)");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }

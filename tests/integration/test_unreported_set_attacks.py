@@ -288,3 +288,36 @@ def test_a_named_statement_that_sets_is_followed_at_each_bind_and_execute(pg, st
         finally:
             pooled.close()
     assert got == want
+
+
+# A parameter the client may not read (GUC_SUPERUSER_ONLY: current_setting raises 42501 for it
+# even with missing_ok) that it tried to SET (55P02): the read back of the transaction's names
+# must not fail on it and lose what the transaction kept.
+UNREADABLE = [
+    ("BEGIN", None), ("SAVEPOINT s", None), ("SET data_directory = '/x'", "fails"),
+    ("ROLLBACK TO SAVEPOINT s", None), ("SET app.x = 'kept'", None),
+    ("SET search_path = kept", None), ("COMMIT", None),
+]
+
+
+def test_a_parameter_the_client_may_not_read_does_not_break_the_read_back(pg, start_sluice):
+    def program(conn, between):
+        seen = []
+        for sql, _ in UNREADABLE:
+            try:
+                conn.execute(sql)
+                seen.append(None)
+            except psycopg.Error as e:
+                seen.append((e.sqlstate, str(e)))
+        between()
+        seen.append(conn.execute(PROBE).fetchone())
+        seen.append(conn.info.transaction_status)
+        return seen
+
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        want = program(d, lambda: None)
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        got = program(a, lambda: b_sees_defaults(b))
+        b_sees_defaults(b)
+    assert got == want
