@@ -249,7 +249,7 @@ static void readback_forget(struct login_reset *lr)
  * SETs still wait for their transaction's end (it may be the COMMIT). */
 static void hold_over(struct login_reset *lr)
 {
-    if (lr->readback == SET_READBACK_READING)
+    if (lr->readback != SET_READBACK_NONE && lr->readback != SET_READBACK_PENDING)
         readback_forget(lr);
     if (lr->readback == SET_READBACK_PENDING) {
         memset(&lr->which, 0, sizeof(lr->which)); /* what a restore gave back stays given */
@@ -286,7 +286,8 @@ static bool queue_readback(struct server *s, struct client *c)
         log_client(LOG_DEBUG, c, "S-%s: %s (values the client SET)", CONN_ID_TEXT(s->id),
                    (const char *)sql.data);
         server_queue_internal(s, (const char *)sql.data);
-        lr->readback = SET_READBACK_READING;
+        lr->readback = lr->readback == SET_READBACK_RETRY_DUE ? SET_READBACK_READING_AGAIN
+                                                              : SET_READBACK_READING;
     }
     codec_out_free(&sql);
     if (n < 0)
@@ -341,8 +342,9 @@ void login_reset_note_set(struct server *s, const struct client *c, const struct
 
 bool login_reset_reads_row(const struct server *s)
 {
+    enum set_readback_state r = s->login_reset.readback;
     return s->login_reset.state == LOGIN_RESET_RESTORING &&
-           s->login_reset.readback == SET_READBACK_READING && s->swallow == 1;
+           (r == SET_READBACK_READING || r == SET_READBACK_READING_AGAIN) && s->swallow == 1;
 }
 
 /* The DataRow column at *pos of body (len bytes): *v and its length *n (v NULL for SQL NULL),
@@ -460,6 +462,11 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
 {
     if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow > 0)
         return;
+    /* The read back failed once: the client's request had completed (it was told SET), so the
+     * values are read again before it is answered; queue_readback forgets them if it cannot. */
+    if (s->login_reset.readback == SET_READBACK_RETRY_DUE && status == 'I' &&
+        queue_readback(s, c))
+        return;
     tell_client(s, c, true);
     codec_put_ready(&c->out, status);
     hold_over(&s->login_reset);
@@ -473,14 +480,24 @@ bool login_reset_on_internal_error(struct server *s, struct client *c, const uin
     if (lr->state != LOGIN_RESET_RESTORING)
         return false;
     if (login_reset_reads_row(s)) {
-        /* The read back failed (a cancel landed on it): it ran alone, outside the client's
-         * transaction, which it failed in nothing. The client keeps what sluice knew; the
-         * server's values are unknown to sluice now (relay.c), so the next client's sync puts
-         * them back. */
+        /* The read back failed (a cancel landed on it: the client's own, sent as its request
+         * completed, or query_timeout's): it ran alone, outside the client's transaction, which
+         * it failed in nothing. The server's values are unknown to sluice now (relay.c), so the
+         * next client's sync puts them back; the first time, it is read again. */
+        struct error_fields ef;
+        bool parsed = codec_parse_error(body, len, &ef);
+        if (lr->readback == SET_READBACK_READING) {
+            log_client(LOG_DEBUG, c, "S-%s: reading the values the client SET failed (%s): again",
+                       CONN_ID_TEXT(s->id), parsed && ef.sqlstate ? ef.sqlstate : "");
+            lr->readback = SET_READBACK_RETRY_DUE;
+            return true;
+        }
+        /* The client keeps what sluice knew. */
         log_client(LOG_WARNING, c,
-                   "S-%s: reading the values the client SET failed: its next server may not "
-                   "have them",
-                   CONN_ID_TEXT(s->id));
+                   "S-%s: reading the values the client SET failed twice (%s %s): its next "
+                   "server may not have them",
+                   CONN_ID_TEXT(s->id), parsed && ef.sqlstate ? ef.sqlstate : "",
+                   parsed && ef.message ? ef.message : "");
         return true;
     }
     /* The restore's replies come before the read back's, when both run. */

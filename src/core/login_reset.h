@@ -49,6 +49,11 @@ enum set_readback_state {
     SET_READBACK_NONE,
     SET_READBACK_PENDING, /* names[] (or every name, `all`) wait for the transaction's end */
     SET_READBACK_READING, /* sluice's SELECT of their values runs: its rows are taken */
+    SET_READBACK_RETRY_DUE,     /* that SELECT failed (a cancel meant for the client's request,
+                                   which had completed, landed on it): at its ReadyForQuery it
+                                   runs once more */
+    SET_READBACK_READING_AGAIN, /* the second SELECT runs; should it fail too, the values that
+                                   request SET are not carried (logged) */
 };
 
 /* At most this many parameters Postgres does not report are followed per client (its SETs

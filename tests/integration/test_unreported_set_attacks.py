@@ -321,3 +321,41 @@ def test_a_parameter_the_client_may_not_read_does_not_break_the_read_back(pg, st
         got = program(a, lambda: b_sees_defaults(b))
         b_sees_defaults(b)
     assert got == want
+
+
+def send_cancel(port, key):
+    from pgwire import RawConn, cancel_request
+    r = RawConn(port)
+    try:
+        r.send(cancel_request(*key))
+        r.is_closed(timeout=10)
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_cancel_racing_the_read_back_loses_no_value_the_client_saw_set(start_sluice):
+    """A CancelRequest sent right after a SET: on Postgres it cancels the SET (57014, the value
+    is not set) or lands on an idle backend and does nothing (the value is set). Through sluice
+    it may land on the read back instead: the client was told SET, so it must keep the value."""
+    import threading
+    s = one_server(start_sluice, log_level="debug")
+    with s.connect() as b:
+        a = raw_login(s.port)
+        try:
+            have = ""
+            for i in range(40):
+                t = threading.Thread(target=send_cancel, args=(s.port, a.backend_key))
+                a.send(query_msg(f"SET app.x = 'c{i}'"))
+                t.start()
+                out = transcript(a, b"", 1)
+                t.join(30)
+                if not any(m == "E" for m, _ in out):
+                    have = f"c{i}"
+                b_sees_defaults(b)
+                got = transcript(a, query_msg("SELECT coalesce(current_setting('app.x', true), '')"),
+                                 1)
+                rows = [p for m, p in got if m == "D"]
+                assert rows and rows[0][6:].decode() == have, (i, got)
+        finally:
+            a.close()
