@@ -8,8 +8,8 @@ through sluice with a pool of one server that another client takes between the s
 import psycopg
 import pytest
 
-from pgwire import (bind_msg, execute_msg, message, parse_msg, query_msg, raw_login, sync_msg,
-                    terminate_msg)
+from pgwire import (PeerClosed, bind_msg, execute_msg, message, parse_msg, query_msg, raw_login,
+                    sync_msg, terminate_msg)
 
 DEFAULTS_SQL = ("SELECT current_setting('search_path'), "
                 "current_setting('default_transaction_isolation'), "
@@ -69,10 +69,11 @@ def test_functions_of_the_clients_search_path_do_not_steer_the_read_back(
                          "current_setting('app.x')").fetchone() == ("h48evil, pg_catalog", "mine")
 
 
-def test_a_set_config_prepared_by_the_driver_is_kept(start_sluice):
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_set_config_prepared_by_the_driver_is_kept(start_sluice, mode):
     """psycopg prepares a statement run often (prepare_threshold): a set_config with a bound
     value then runs by Bind of a named statement."""
-    s = one_server(start_sluice)
+    s = one_server(start_sluice, pool_mode=mode)
     with s.connect(prepare_threshold=1) as a, s.connect() as b:
         for i in range(4):
             a.execute("SELECT set_config('app.x', %s, false)", [f"v{i}"])
@@ -212,6 +213,15 @@ RAW_ATTACKS = {
     "SET, savepoint, SET, rollback to savepoint, COMMIT":
         [(query_msg("BEGIN; SET app.x = 'one'; SAVEPOINT s; SET app.x = 'two'; "
                     "ROLLBACK TO SAVEPOINT s; COMMIT") + query_msg(PROBE), 2)],
+    "SET TIME ZONE and DateStyle beside an unreported SET":
+        [(query_msg("SET TIME ZONE 'Europe/Paris'; SET app.x = 'tz'; SET datestyle = 'German'"),
+          1), (query_msg("SHOW TimeZone") + query_msg("SHOW DateStyle"), 2)],
+    "SET SESSION CHARACTERISTICS, SET XML OPTION":
+        [(query_msg("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ,"
+                    " READ ONLY") + query_msg("SET XML OPTION DOCUMENT"), 2),
+         (query_msg("SELECT current_setting('default_transaction_isolation'), "
+                    "current_setting('default_transaction_read_only'), "
+                    "current_setting('xmloption')"), 1)],
     "set_config with a NULL bound value":
         [(query_msg("SET search_path = n1") + parse_msg("", "SELECT set_config('search_path', "
                                                         "$1, false)") +
@@ -359,3 +369,76 @@ def test_a_cancel_racing_the_read_back_loses_no_value_the_client_saw_set(start_s
                 assert rows and rows[0][6:].decode() == have, (i, got)
         finally:
             a.close()
+
+
+def test_the_unnamed_statement_bound_again_in_a_later_request(pg, start_sluice):
+    """The unnamed statement lives until the next Parse of it: a SET Parsed in one request and
+    bound in the next ones runs in each (libpq's PQprepare with "", then PQexecPrepared)."""
+    from conftest import APP_PASSWORD
+
+    def program(conn, between):
+        seen = [transcript(conn, parse_msg("", "SET app.x = 'unnamed'") + sync_msg(), 1)]
+        between()
+        seen.append(transcript(conn, query_msg(PROBE), 1))
+        seen.append(transcript(conn, bind_msg("", "") + execute_msg() + sync_msg(), 1))
+        between()
+        seen.append(transcript(conn, query_msg(PROBE), 1))
+        return seen
+
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        want = program(direct, lambda: None)
+    finally:
+        direct.close()
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        pooled = raw_login(s.port)
+        try:
+            # no other client between the Parse and its Bind: the backend keeps the statement
+            got = [transcript(pooled, parse_msg("", "SET app.x = 'unnamed'") + sync_msg(), 1),
+                   transcript(pooled, query_msg(PROBE), 1),
+                   transcript(pooled, bind_msg("", "") + execute_msg() + sync_msg(), 1)]
+            b_sees_defaults(b)
+            got.append(transcript(pooled, query_msg(PROBE), 1))
+        finally:
+            pooled.close()
+        b_sees_defaults(b)
+    assert got == want
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("command", ["RECONNECT appdb", "KILL_CLIENT", "RELOAD"])
+def test_admin_commands_racing_the_read_back_leak_nothing(start_sluice, command):
+    """RECONNECT, RELOAD and KILL_CLIENT of the client while its SET is read back: the client
+    either goes on with what it was told, or is gone; no other client sees its values."""
+    import threading
+    from test_admin import CONSOLE_MAIN, console, show
+    s = start_sluice({**CONSOLE_MAIN, "default_pool_size": 1})
+    with s.connect() as b, console(s) as adm:
+        for i in range(15):
+            a = raw_login(s.port)
+            try:
+                cmd = command
+                if command == "KILL_CLIENT":
+                    mine = [r for r in show(adm, "CLIENTS") if r["database"] == "appdb"]
+                    cmd = f"KILL_CLIENT {max(r['id'] for r in mine)}"
+                t = threading.Thread(target=adm.execute, args=(cmd,))
+                a.send(query_msg(f"SET app.x = 'k{i}'; SET search_path = k{i}"))
+                t.start()
+                try:
+                    out = transcript(a, b"", 1)
+                except Exception:  # killed: gone
+                    out = None
+                t.join(30)
+                b_sees_defaults(b)
+                if out is not None and not any(m == "E" for m, _ in out):
+                    try:
+                        got = transcript(a, query_msg(PROBE), 1)
+                    except PeerClosed:
+                        assert command == "KILL_CLIENT"
+                        continue
+                    rows = [p for m, p in got if m == "D"]
+                    assert rows and f"k{i}" in rows[0].decode(), got
+            finally:
+                a.close()
+            b_sees_defaults(b)
