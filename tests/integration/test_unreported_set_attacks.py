@@ -69,16 +69,19 @@ def test_functions_of_the_clients_search_path_do_not_steer_the_read_back(
                          "current_setting('app.x')").fetchone() == ("h48evil, pg_catalog", "mine")
 
 
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
-def test_a_set_config_prepared_by_the_driver_is_kept(start_sluice, mode):
+@pytest.mark.parametrize("mode,policy", [("transaction", "warn"), ("statement", "warn"),
+                                         ("transaction", "refuse")])
+def test_a_set_config_prepared_by_the_driver_is_kept(start_sluice, mode, policy):
     """psycopg prepares a statement run often (prepare_threshold): a set_config with a bound
-    value then runs by Bind of a named statement."""
-    s = one_server(start_sluice, pool_mode=mode)
+    value then runs by Bind of a named statement. Followed, it meets no session_state_policy:
+    refuse lets its Parse run, warn logs nothing."""
+    s = one_server(start_sluice, pool_mode=mode, session_state_policy=policy)
     with s.connect(prepare_threshold=1) as a, s.connect() as b:
         for i in range(4):
             a.execute("SELECT set_config('app.x', %s, false)", [f"v{i}"])
             b_sees_defaults(b)
             assert a.execute("SELECT current_setting('app.x')").fetchone() == (f"v{i}",)
+    assert "cannot track" not in s.log_text()
 
 
 def test_a_long_placeholder_name_never_reaches_another_client(pg, start_sluice):
