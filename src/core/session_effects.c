@@ -339,11 +339,15 @@ void session_effects_run_statement(struct client *c, struct server *s, const str
     const char *text = def->len > 1 ? (const char *)def->data + 1 : "";
     size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
     struct param_touch touch;
-    if (session_state_detect(text, len, &touch) == SESSION_FEATURE_SET && !touch.unnamed &&
+    enum session_feature f = session_state_detect(text, len, &touch);
+    if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
         (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {
         session_effects_forget_params(s, &touch);
         login_reset_note_set(s, c, &touch);
-        return;
+        /* A DISCARD ALL drops the server's statements too, which sluice's record would not
+         * see: the server gets a full reset before it serves again (a RESET ALL as well). */
+        if (!touch.all)
+            return;
     }
     session_effects_run_unread(s);
 }

@@ -445,3 +445,26 @@ def test_admin_commands_racing_the_read_back_leak_nothing(start_sluice, command)
             finally:
                 a.close()
             b_sees_defaults(b)
+
+
+@pytest.mark.parametrize("reset", ["RESET ALL", "RESET app.x", "SET app.x TO DEFAULT"])
+def test_a_reset_prepared_by_the_driver_is_followed(pg, start_sluice, reset):
+    """psycopg prepares any statement it runs often, a RESET too: at each run the client's
+    values are back at their defaults, as on Postgres."""
+    def program(conn, between):
+        seen = []
+        for i in range(3):
+            conn.execute(f"SET app.x = 'r{i}'")
+            between()
+            seen.append(conn.execute(PROBE).fetchone())
+            conn.execute(reset)
+            between()
+            seen.append(conn.execute(PROBE).fetchone())
+        return seen
+
+    with psycopg.connect(pg.direct_dsn(), autocommit=True, prepare_threshold=0) as d:
+        want = program(d, lambda: None)
+    s = one_server(start_sluice)
+    with s.connect(prepare_threshold=0) as a, s.connect() as b:
+        got = program(a, lambda: b_sees_defaults(b))
+    assert got == want
