@@ -1,6 +1,7 @@
 /* login_reset: a client's reset of its login parameters, followed per request (login_reset.h). */
 #include "login_reset.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,6 +12,8 @@
 #include "conn_id.h"
 #include "log.h"
 #include "params.h"
+#include "pool.h"
+#include "pool_mode.h"
 #include "server.h"
 
 bool login_reset_follows(const struct server *s, const struct client *c)
@@ -102,10 +105,53 @@ static void watch_bytes(struct server *s, const struct client *c, const char *by
     lr->carry_len = (uint8_t)keep;
 }
 
+/* The identifier that just passed ends: is it a SET that starts a statement, or set_config? */
+static bool word_sets(const struct login_reset *lr)
+{
+    if (lr->word_len == 10 && memcmp(lr->word, "set_config", 10) == 0)
+        return true;
+    return lr->word_len == 3 && memcmp(lr->word, "set", 3) == 0 &&
+           (lr->before_word == ';' || lr->before_word == '/');
+}
+
+/* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
+ * followed: a false alarm costs a full reset, nothing else. */
+static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
+{
+    struct login_reset *lr = &s->login_reset;
+    for (size_t i = 0; i < n && lr->set_watch == SET_WATCH_ON; i++) {
+        unsigned char ch = (unsigned char)bytes[i];
+        if (isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80) {
+            if (lr->word_len == 0)
+                lr->before_word = lr->last_seen;
+            if (lr->word_len < SET_WATCH_WORD - 1)
+                lr->word[lr->word_len] = (char)tolower(ch);
+            if (lr->word_len < UINT8_MAX)
+                lr->word_len++;
+            lr->last_seen = 'a';
+            continue;
+        }
+        if (lr->word_len > 0 && word_sets(lr)) {
+            s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
+            lr->set_watch = SET_WATCH_NONE;
+            return;
+        }
+        lr->word_len = 0;
+        if (!isspace(ch))
+            lr->last_seen = (char)ch;
+    }
+}
+
 void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
                             const char *shown, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
+    if (pool_mode_ops(s->pool->mode, false)->release_at_idle) {
+        lr->set_watch = SET_WATCH_ON;
+        lr->word_len = 0;
+        lr->last_seen = ';'; /* the text's start: the inspector saw it, a second look costs nothing */
+        watch_set_bytes(s, shown, n);
+    }
     if (!login_reset_follows(s, c))
         return;
     lr->watch = type == 'Q' ? LOGIN_RESET_WATCH_QUERY : LOGIN_RESET_WATCH_PARSE;
@@ -116,11 +162,19 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
 void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
                              uint32_t n, bool ends)
 {
-    if (s->login_reset.watch == LOGIN_RESET_WATCH_NONE)
+    struct login_reset *lr = &s->login_reset;
+    if (lr->set_watch == SET_WATCH_ON) {
+        watch_set_bytes(s, (const char *)chunk, n);
+        if (ends && lr->set_watch == SET_WATCH_ON) {
+            watch_set_bytes(s, " ", 1); /* the last word ends with the text */
+            lr->set_watch = SET_WATCH_NONE;
+        }
+    }
+    if (lr->watch == LOGIN_RESET_WATCH_NONE)
         return;
     watch_bytes(s, c, (const char *)chunk, n, true);
     if (ends)
-        s->login_reset.watch = LOGIN_RESET_WATCH_NONE;
+        lr->watch = LOGIN_RESET_WATCH_NONE;
 }
 
 bool login_reset_request_sent(struct server *s)

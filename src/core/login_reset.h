@@ -72,9 +72,25 @@ enum login_reset_watch {
 };
 #define LOGIN_RESET_CARRY 9 /* the longest word less one: a word split across two reads */
 
+/* Transaction mode: the same streaming text is looked at for a SET that its start (which the
+ * inspector saw) does not show: a statement that begins with the word SET (after a ';' or a
+ * comment) or a set_config anywhere. sluice cannot read its name or follow it, and another
+ * client must never get its value: the server gets a full reset before it serves again. */
+enum set_watch {
+    SET_WATCH_NONE,
+    SET_WATCH_ON, /* watching; word[] holds the identifier now passing */
+};
+#define SET_WATCH_WORD 11 /* "set_config" and its NUL: a longer word is none of them */
+
 struct login_reset {
     enum login_reset_state state;
     enum login_reset_watch watch;
+    enum set_watch set_watch;
+    uint8_t word_len;          /* SET_WATCH_ON: bytes of the identifier passing (up to the max) */
+    char word[SET_WATCH_WORD]; /* its first bytes, lower case */
+    char before_word;          /* the last byte before it that is not a space: ';', '/' (a
+                                  comment's end), 'a' for any identifier, or another */
+    char last_seen;            /* the last byte that passed that is not a space */
     uint8_t carry_len;
     char carry[LOGIN_RESET_CARRY]; /* watching: the last bytes that passed */
     int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */

@@ -933,6 +933,11 @@ void stmt_track_keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_
     if (skip < n)
         memcpy(d->data + (d->len - (from_end - skip)), chunk + skip, n - skip);
     if (rx->remain == 0) {
+        /* Its effect was read from its start (stmt_track_parse): a set_config further on runs at
+         * each Bind too. d->data: the name's NUL, then the text. */
+        if (d->effect == STMT_EFFECT_NONE && d->len > 1)
+            d->effect = session_effects_of_text((const char *)d->data + 1,
+                                                strnlen((const char *)d->data + 1, d->len - 1));
         stmt_def_seal(d);
         rx->keep = NULL;
     }

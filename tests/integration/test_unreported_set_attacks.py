@@ -468,3 +468,36 @@ def test_a_reset_prepared_by_the_driver_is_followed(pg, start_sluice, reset):
     with s.connect(prepare_threshold=0) as a, s.connect() as b:
         got = program(a, lambda: b_sees_defaults(b))
     assert got == want
+
+
+@pytest.mark.parametrize("tail", ["SET app.x = 'leak'", "SELECT set_config('app.x', 'leak', false)",
+                                  "SET search_path = leak"])
+def test_a_set_at_the_end_of_a_text_longer_than_the_buffer_never_reaches_another_client(
+        start_sluice, tail):
+    """A Query longer than pkt_buf streams through: only its start is looked at. A SET at its
+    end must still never reach another client."""
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(f"SELECT length('{'y' * 40000}'); {tail}")
+        b_sees_defaults(b)
+
+
+def test_a_set_config_at_the_end_of_a_long_named_statement_never_reaches_another_client(
+        start_sluice):
+    """A named Parse longer than pkt_buf streams through; its Bind, in later transactions, runs
+    the set_config at the end of its text again."""
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        a = raw_login(s.port)
+        try:
+            text = (f"SELECT length('{'y' * 40000}'), "
+                    "set_config('app.x', 'leak' || $1::text, false)")
+            transcript(a, parse_msg("long", text) + sync_msg(), 1)
+            b_sees_defaults(b)
+            for i in range(3):
+                out = transcript(a, bind_msg("", "long", [str(i)]) + execute_msg() + sync_msg(), 1)
+                assert not any(m == "E" for m, _ in out), out
+                b_sees_defaults(b)
+        finally:
+            a.close()
