@@ -501,3 +501,21 @@ def test_a_set_config_at_the_end_of_a_long_named_statement_never_reaches_another
                 b_sees_defaults(b)
         finally:
             a.close()
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "UTF8"])
+def test_a_non_ascii_value_in_the_clients_encoding(pg, start_sluice, encoding):
+    """The value read back is in the client's client_encoding; its next backend must be given
+    it in that encoding too."""
+    def program(conn, between):
+        conn.execute("SET app.x = 'café'")
+        conn.execute("SET search_path = 'schéma', public")
+        between()
+        return conn.execute(PROBE).fetchone()
+
+    with psycopg.connect(pg.direct_dsn(client_encoding=encoding), autocommit=True) as d:
+        want = program(d, lambda: None)
+    s = one_server(start_sluice)
+    with s.connect(client_encoding=encoding) as a, s.connect() as b:
+        got = program(a, lambda: b_sees_defaults(b))
+    assert got == want
