@@ -519,3 +519,34 @@ def test_a_non_ascii_value_in_the_clients_encoding(pg, start_sluice, encoding):
     with s.connect(client_encoding=encoding) as a, s.connect() as b:
         got = program(a, lambda: b_sees_defaults(b))
     assert got == want
+
+
+@pytest.fixture
+def two_tables(pg):
+    with pg.superuser("appdb") as su:
+        su.execute("DROP SCHEMA IF EXISTS h48s CASCADE")
+        su.execute("CREATE SCHEMA h48s AUTHORIZATION app")
+        su.execute("DROP TABLE IF EXISTS public.h48t")
+        su.execute("CREATE TABLE public.h48t AS SELECT 'public'::text AS v")
+        su.execute("CREATE TABLE h48s.h48t AS SELECT 'schema'::text AS v")
+        su.execute("GRANT SELECT ON public.h48t, h48s.h48t TO app")
+    yield
+    with pg.superuser("appdb") as su:
+        su.execute("DROP SCHEMA IF EXISTS h48s CASCADE")
+        su.execute("DROP TABLE IF EXISTS public.h48t")
+
+
+def test_a_statement_prepared_again_on_a_fresh_backend_sees_the_clients_search_path(
+        start_sluice, two_tables):
+    """sluice prepares a client's statement again on a backend that lacks it: after giving that
+    backend the client's search_path, so its table names resolve as where it was first made."""
+    from test_admin import CONSOLE_MAIN, console
+    s = start_sluice({**CONSOLE_MAIN, "default_pool_size": 1})
+    with s.connect(prepare_threshold=0) as a, console(s) as adm:
+        a.execute("SET search_path = h48s, public")
+        assert a.execute("SELECT v, pg_backend_pid() FROM h48t").fetchone()[0] == "schema"
+        first = a.execute("SELECT v, pg_backend_pid() FROM h48t").fetchone()[1]
+        adm.execute("RECONNECT appdb")
+        v, pid = a.execute("SELECT v, pg_backend_pid() FROM h48t").fetchone()
+        assert pid != first, "RECONNECT closes the idle backend"
+        assert v == "schema"
