@@ -550,3 +550,52 @@ def test_a_statement_prepared_again_on_a_fresh_backend_sees_the_clients_search_p
         v, pid = a.execute("SELECT v, pg_backend_pid() FROM h48t").fetchone()
         assert pid != first, "RECONNECT closes the idle backend"
         assert v == "schema"
+
+
+@pytest.mark.timeout(180)
+def test_another_clients_short_statement_timeout_never_cancels_the_reset(start_sluice):
+    """The RESET of a client's statement_timeout runs on the backend under that very value: a
+    1 ms one must not make the RESET fail and leave it to the next client."""
+    from test_admin import CONSOLE_MAIN, console
+    s = start_sluice({**CONSOLE_MAIN, "default_pool_size": 1})
+    with console(s) as adm, s.connect() as b:
+        for i in range(8):
+            adm.execute("RECONNECT appdb")  # a fresh backend: PL/pgSQL not loaded yet
+            with s.connect() as a:
+                a.execute("SET app.x = 'a'; SET search_path = a")
+                a.execute("SET statement_timeout = '1ms'")
+            b.execute("SELECT pg_sleep(0.01)")
+            assert b.execute("SELECT current_setting('statement_timeout')").fetchone() == ("0",)
+
+
+@pytest.fixture
+def copy_table(pg):
+    with pg.superuser("appdb") as su:
+        su.execute("CREATE TABLE IF NOT EXISTS h48c (v text)")
+        su.execute("GRANT INSERT ON h48c TO app")
+    yield
+    with pg.superuser("appdb") as su:
+        su.execute("DROP TABLE IF EXISTS h48c")
+
+
+def test_copy_from_stdin_after_a_set_in_one_query(pg, start_sluice, copy_table):
+    def program(conn, between):
+        with psycopg.ClientCursor(conn) as cur:
+            with cur.copy("SET app.x = 'copy'; COPY h48c FROM STDIN") as cp:
+                cp.write_row(["r"])
+        between()
+        return conn.execute(PROBE).fetchone()
+
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        try:
+            want = program(d, lambda: None)
+        except psycopg.Error as e:
+            want = e.sqlstate
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        try:
+            got = program(a, lambda: b_sees_defaults(b))
+        except psycopg.Error as e:
+            got = e.sqlstate
+        b_sees_defaults(b)
+    assert got == want
