@@ -66,7 +66,7 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
     if (!t || n == 0)
         return;
     char lower[sizeof(t->names[0])];
-    if (n >= sizeof(lower) || t->n == PARAM_TOUCH_NAMES) {
+    if (n >= sizeof(lower) || t->n == PARAM_TOUCH_SET_NAMES) {
         touch_unnamed(t);
         return;
     }

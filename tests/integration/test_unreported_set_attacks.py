@@ -605,3 +605,30 @@ def test_copy_from_stdin_after_a_set_in_one_query(pg, start_sluice, copy_table):
         finally:
             pooled.close()
     assert got == want
+
+
+def test_a_connection_setup_query_with_many_sets_is_followed(pg, start_sluice):
+    """Applications set up a session with several SETs in one Query."""
+    setup = ("SET search_path = setup, public; SET statement_timeout = '30s'; "
+             "SET lock_timeout = '5s'; SET work_mem = '16MB'; SET app.x = 'setup'; "
+             "SET idle_in_transaction_session_timeout = '1min'; SET app.y = 'y'; "
+             "SET default_transaction_isolation = 'repeatable read'")
+    probe = ("SELECT current_setting('search_path'), current_setting('statement_timeout'), "
+             "current_setting('lock_timeout'), current_setting('work_mem'), "
+             "current_setting('app.x'), current_setting('idle_in_transaction_session_timeout'), "
+             "current_setting('app.y'), current_setting('default_transaction_isolation')")
+
+    def program(conn, between):
+        with psycopg.ClientCursor(conn) as cur:
+            cur.execute(setup)
+        between()
+        return conn.execute(probe).fetchone()
+
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as d:
+        want = program(d, lambda: None)
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        got = program(a, lambda: b_sees_defaults(b))
+        b_sees_defaults(b)
+    assert got == want
+    assert "cannot track" not in s.log_text()
