@@ -268,17 +268,21 @@ static void put_str(struct msg_out *o, const char *s)
     codec_put_bytes(o, s, strlen(s));
 }
 
-/* A string literal: standard_conforming_strings may be off on the server, so use the E'' form
- * with both quote and backslash escaped, which means the same under either setting. */
+/* A string literal, dollar-quoted: its bytes are taken as they are, whatever
+ * standard_conforming_strings says, and nothing is escaped. An escaping backslash would not be
+ * safe: the value is in the client's client_encoding, and in SJIS, BIG5 or GBK the byte of a
+ * backslash ends some characters ('ソ' is 0x83 0x5C), so a doubled one would be half a character
+ * and half an escape, and a value could end the literal and run the rest of itself as SQL. No
+ * byte of a character of those encodings is a '$' (their second bytes are 0x40 and above). The
+ * tag is one the value does not hold. */
 static void put_literal(struct msg_out *o, const char *v)
 {
-    put_str(o, "E'");
-    for (; *v; v++) {
-        if (*v == '\'' || *v == '\\')
-            codec_put_u8(o, (uint8_t)*v);
-        codec_put_u8(o, (uint8_t)*v);
-    }
-    codec_put_u8(o, '\'');
+    char tag[32] = "$sluice$";
+    for (unsigned n = 1; strstr(v, tag) != NULL; n++)
+        snprintf(tag, sizeof(tag), "$sluice%u$", n);
+    put_str(o, tag);
+    put_str(o, v);
+    put_str(o, tag);
 }
 
 /* The length of the UTF-8 character whose first byte is b, as Postgres's pg_utf_mblen reads it

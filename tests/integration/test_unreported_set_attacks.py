@@ -632,3 +632,23 @@ def test_a_connection_setup_query_with_many_sets_is_followed(pg, start_sluice):
         b_sees_defaults(b)
     assert got == want
     assert "cannot track" not in s.log_text()
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "BIG5", "GBK"])
+def test_a_value_in_a_client_encoding_with_backslash_trail_bytes_stays_one_value(
+        pg, start_sluice, encoding):
+    """In SJIS, BIG5 and GBK the byte of a backslash can end a character ('ソ' is 0x83 0x5C in
+    SJIS): sluice must give the value back whole, never let it end the literal and run the rest
+    of it as SQL that sets what sluice does not see."""
+    ch = {"SJIS": "ソ", "BIG5": "許", "GBK": "乗"}[encoding]
+    assert ch.encode({"SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk"}[encoding])[-1:] == b"\\"
+    value = (ch + "', false); SELECT pg_catalog.set_config($a$app.y$a$, $a$evil$a$, false); "
+             "SELECT pg_catalog.set_config($a$search_path$a$, $a$evil$a$, false); --")
+    s = one_server(start_sluice)
+    with s.connect(client_encoding=encoding) as a, s.connect() as b:
+        a.execute("SELECT set_config('app.x', %s, false)", [value])
+        b_sees_defaults(b)
+        assert a.execute("SELECT current_setting('app.x')").fetchone() == (value,)
+        assert b.execute("SELECT coalesce(current_setting('app.y', true), '')").fetchone() == ("",)
+        b_sees_defaults(b)
+        assert a.execute("SELECT current_setting('search_path')").fetchone() == ('"$user", public',)

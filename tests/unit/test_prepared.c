@@ -955,13 +955,26 @@ static void an_unknown_server_value_is_set_again_or_reset(void)
     params_init(&server);
     char text[512];
     CHECK(params_set(&own, "search_path", "evil") == 0);
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('search_path', $sluice$evil$sluice$, false)");
     CHECK(params_note_sync(&server, &own) == 0);
     CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "");
     /* a reset query ran, or the client's own RESET ALL: the same value must be SET again */
     CHECK(params_forget(&server, NULL) == 0);
     CHECK(params_fingerprint(NULL, &server) != params_fingerprint(NULL, &own));
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('search_path', $sluice$evil$sluice$, false)");
+    /* a value holding the tag gets another; nothing in it is escaped (a backslash byte may end
+     * a character of the client's encoding) */
+    struct param_set tagged, none;
+    params_init(&tagged);
+    params_init(&none);
+    CHECK(params_set(&tagged, "app.x", "a$sluice$b$sluice1$\\'") == 0);
+    CHECK_STR(sync_text(&tagged, &none, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('app.x', $sluice2$a$sluice$b$sluice1$\\'$sluice2$, "
+              "false)");
+    params_free(&tagged);
+    params_free(&none);
     /* a name the client's SET touched: reset for a client without it, never with an error */
     CHECK(params_forget(&server, "work_mem") == 0);
     CHECK(params_forget(&server, "TimeZone") == 0); /* reported: the server says itself */
