@@ -402,12 +402,20 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
 /* RESET name, except that a name the server cannot reset is no error: it came from a client's
  * SET that failed, or a login the server refused, and must not fail another client's sync.
  * set_config with a NULL value resets, as RESET does; the block catches what fails. Names here
- * passed params_valid_name or the SET parser (letters, digits, '_', '.'): no quote to escape. */
+ * passed params_valid_name or the SET parser (letters, digits, '_', '$', '.'): no quote to
+ * escape, but a '$': the block's tag is one the name does not hold (app.x$sluice$ would end
+ * it, the RESET would fail, and the value would stay for the next client). */
 static void put_reset(struct msg_out *sql, const char *name)
 {
-    put_str(sql, "DO $sluice$BEGIN PERFORM pg_catalog.set_config('");
+    char tag[32] = "$sluice$";
+    for (unsigned n = 1; strstr(name, tag) != NULL; n++)
+        snprintf(tag, sizeof(tag), "$sluice%u$", n);
+    put_str(sql, "DO ");
+    put_str(sql, tag);
+    put_str(sql, "BEGIN PERFORM pg_catalog.set_config('");
     put_str(sql, name);
-    put_str(sql, "', NULL, false); EXCEPTION WHEN OTHERS THEN NULL; END$sluice$");
+    put_str(sql, "', NULL, false); EXCEPTION WHEN OTHERS THEN NULL; END");
+    put_str(sql, tag);
     codec_put_u8(sql, 0);
 }
 

@@ -150,7 +150,9 @@ def test_a_placeholder_named_like_a_set_keyword(pg, start_sluice, name):
         assert a.execute(f"SELECT current_setting('{name}', true)").fetchone() == want
 
 
-ODD_NAMES = ["app.x$y", "app.é", "app.x2é", "app._x", "app.x_$", "app." + "z" * 59]
+# '$' may follow an identifier's first character; sluice's own blocks are tagged $sluice$
+ODD_NAMES = ["app.x$y", "app.a$sluice$", "app.b$sluice$x$sluice1$", "app.é", "app.x2é", "app._x",
+             "app.x_$", "app." + "z" * 59]
 
 
 @pytest.mark.parametrize("name", ODD_NAMES)
