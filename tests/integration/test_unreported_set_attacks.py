@@ -368,8 +368,8 @@ def test_a_cancel_racing_the_read_back_loses_no_value_the_client_saw_set(start_s
                 if not any(m == "E" for m, _ in out):
                     have = f"c{i}"
                 b_sees_defaults(b)
-                got = transcript(a, query_msg("SELECT coalesce(current_setting('app.x', true), '')"),
-                                 1)
+                got = transcript(
+                    a, query_msg("SELECT coalesce(current_setting('app.x', true), '')"), 1)
                 rows = [p for m, p in got if m == "D"]
                 assert rows and rows[0][6:].decode() == have, (i, got)
         finally:
