@@ -654,3 +654,24 @@ def test_a_value_in_a_client_encoding_with_backslash_trail_bytes_stays_one_value
         assert b.execute("SELECT coalesce(current_setting('app.y', true), '')").fetchone() == ("",)
         b_sees_defaults(b)
         assert a.execute("SELECT current_setting('search_path')").fetchone() == ('"$user", public',)
+
+
+def test_prepared_set_configs_in_a_psycopg_pipeline(pg, start_sluice):
+    def program(conn, between):
+        seen = []
+        for i in range(3):
+            with conn.pipeline():
+                conn.execute("SELECT set_config('app.x', %s, false)", [f"p{i}"])
+                c = conn.execute("SELECT current_setting('app.x')")
+                conn.execute("SELECT set_config('search_path', %s, false)", [f"s{i}, public"])
+            seen.append(c.fetchone())
+            between()
+            seen.append(conn.execute(PROBE).fetchone())
+        return seen
+
+    with psycopg.connect(pg.direct_dsn(), autocommit=True, prepare_threshold=0) as d:
+        want = program(d, lambda: None)
+    s = one_server(start_sluice)
+    with s.connect(prepare_threshold=0) as a, s.connect() as b:
+        got = program(a, lambda: b_sees_defaults(b))
+    assert got == want
