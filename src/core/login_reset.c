@@ -119,8 +119,15 @@ static bool word_sets(const struct login_reset *lr)
 static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
-    for (size_t i = 0; i < n && lr->set_watch == SET_WATCH_ON; i++) {
+    for (size_t i = 0; i < n && lr->set_watch != SET_WATCH_NONE; i++) {
         unsigned char ch = (unsigned char)bytes[i];
+        unsigned char prev = lr->prev_byte;
+        lr->prev_byte = ch;
+        if (lr->set_watch == SET_WATCH_IN_LINE_COMMENT) {
+            if (ch == '\n')
+                lr->set_watch = SET_WATCH_ON; /* what came before the comment still counts */
+            continue;
+        }
         if (isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80) {
             if (lr->word_len == 0)
                 lr->before_word = lr->last_seen;
@@ -137,6 +144,14 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
             return;
         }
         lr->word_len = 0;
+        if (ch == '-' && prev == '-') {
+            /* "-- ...\nSET": the SET follows what came before the comment */
+            lr->set_watch = SET_WATCH_IN_LINE_COMMENT;
+            lr->last_seen = lr->before_dash;
+            continue;
+        }
+        if (ch == '-')
+            lr->before_dash = lr->last_seen;
         if (!isspace(ch))
             lr->last_seen = (char)ch;
     }
@@ -149,6 +164,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
     if (pool_mode_ops(s->pool->mode, false)->release_at_idle) {
         lr->set_watch = SET_WATCH_ON;
         lr->word_len = 0;
+        lr->prev_byte = 0;
         lr->last_seen = ';'; /* the text's start: the inspector saw it, a second look costs nothing */
         watch_set_bytes(s, shown, n);
     }
@@ -163,9 +179,9 @@ void login_reset_watch_chunk(struct server *s, const struct client *c, const uin
                              uint32_t n, bool ends)
 {
     struct login_reset *lr = &s->login_reset;
-    if (lr->set_watch == SET_WATCH_ON) {
+    if (lr->set_watch != SET_WATCH_NONE) {
         watch_set_bytes(s, (const char *)chunk, n);
-        if (ends && lr->set_watch == SET_WATCH_ON) {
+        if (ends && lr->set_watch != SET_WATCH_NONE) {
             watch_set_bytes(s, " ", 1); /* the last word ends with the text */
             lr->set_watch = SET_WATCH_NONE;
         }

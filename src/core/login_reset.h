@@ -78,7 +78,8 @@ enum login_reset_watch {
  * client must never get its value: the server gets a full reset before it serves again. */
 enum set_watch {
     SET_WATCH_NONE,
-    SET_WATCH_ON, /* watching; word[] holds the identifier now passing */
+    SET_WATCH_ON,              /* watching; word[] holds the identifier now passing */
+    SET_WATCH_IN_LINE_COMMENT, /* inside a -- comment: nothing counts up to its newline */
 };
 #define SET_WATCH_WORD 11 /* "set_config" and its NUL: a longer word is none of them */
 
@@ -91,6 +92,8 @@ struct login_reset {
     char before_word;          /* the last byte before it that is not a space: ';', '/' (a
                                   comment's end), 'a' for any identifier, or another */
     char last_seen;            /* the last byte that passed that is not a space */
+    char before_dash;          /* last_seen before a '-' (a "--" comment does not count) */
+    unsigned char prev_byte;   /* the byte that passed last */
     uint8_t carry_len;
     char carry[LOGIN_RESET_CARRY]; /* watching: the last bytes that passed */
     int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */
