@@ -165,7 +165,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
         lr->set_watch = SET_WATCH_ON;
         lr->word_len = 0;
         lr->prev_byte = 0;
-        lr->last_seen = ';'; /* the text's start: the inspector saw it, a second look costs nothing */
+        lr->last_seen = ';'; /* the text's start: the inspector saw it; a second look is free */
         watch_set_bytes(s, shown, n);
     }
     if (!login_reset_follows(s, c))

@@ -511,9 +511,9 @@ int params_build_readback(const struct param_set *names, uint32_t max_value,
      * client SET it in vain: 55P02): pg_settings hides exactly those rows; a placeholder (a
      * '.' in its name) is not listed there either, and every session may read it. */
     put_str(sql, ") AS l(n) LEFT JOIN (SELECT name, source FROM pg_catalog.pg_settings) AS s "
-                 "ON " SAME_NAME ", LATERAL (SELECT CASE WHEN s.name IS NOT NULL OR pg_catalog.strpos(l.n, '.') "
-                 "OPERATOR(pg_catalog.>) 0 THEN pg_catalog.current_setting(l.n, true) END) AS "
-                 "v(v)");
+                 "ON " SAME_NAME ", LATERAL (SELECT CASE WHEN s.name IS NOT NULL OR "
+                 "pg_catalog.strpos(l.n, '.') OPERATOR(pg_catalog.>) 0 THEN "
+                 "pg_catalog.current_setting(l.n, true) END) AS v(v)");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }
