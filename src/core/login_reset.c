@@ -1,6 +1,7 @@
 /* login_reset: a client's reset of its login parameters, followed per request (login_reset.h). */
 #include "login_reset.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,6 +12,8 @@
 #include "conn_id.h"
 #include "log.h"
 #include "params.h"
+#include "pool.h"
+#include "pool_mode.h"
 #include "server.h"
 
 bool login_reset_follows(const struct server *s, const struct client *c)
@@ -102,10 +105,69 @@ static void watch_bytes(struct server *s, const struct client *c, const char *by
     lr->carry_len = (uint8_t)keep;
 }
 
+/* The identifier that just passed ends: is it a SET that starts a statement, or set_config? */
+static bool word_sets(const struct login_reset *lr)
+{
+    if (lr->word_len == 10 && memcmp(lr->word, "set_config", 10) == 0)
+        return true;
+    return lr->word_len == 3 && memcmp(lr->word, "set", 3) == 0 &&
+           (lr->before_word == ';' || lr->before_word == '/');
+}
+
+/* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
+ * followed: a false alarm costs a full reset, nothing else. */
+static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
+{
+    struct login_reset *lr = &s->login_reset;
+    for (size_t i = 0; i < n && lr->set_watch != SET_WATCH_NONE; i++) {
+        unsigned char ch = (unsigned char)bytes[i];
+        unsigned char prev = lr->prev_byte;
+        lr->prev_byte = ch;
+        if (lr->set_watch == SET_WATCH_IN_LINE_COMMENT) {
+            if (ch == '\n')
+                lr->set_watch = SET_WATCH_ON; /* what came before the comment still counts */
+            continue;
+        }
+        if (isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80) {
+            if (lr->word_len == 0)
+                lr->before_word = lr->last_seen;
+            if (lr->word_len < SET_WATCH_WORD - 1)
+                lr->word[lr->word_len] = (char)tolower(ch);
+            if (lr->word_len < UINT8_MAX)
+                lr->word_len++;
+            lr->last_seen = 'a';
+            continue;
+        }
+        if (lr->word_len > 0 && word_sets(lr)) {
+            s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
+            lr->set_watch = SET_WATCH_NONE;
+            return;
+        }
+        lr->word_len = 0;
+        if (ch == '-' && prev == '-') {
+            /* "-- ...\nSET": the SET follows what came before the comment */
+            lr->set_watch = SET_WATCH_IN_LINE_COMMENT;
+            lr->last_seen = lr->before_dash;
+            continue;
+        }
+        if (ch == '-')
+            lr->before_dash = lr->last_seen;
+        if (!isspace(ch))
+            lr->last_seen = (char)ch;
+    }
+}
+
 void login_reset_watch_text(struct server *s, const struct client *c, uint8_t type,
                             const char *shown, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
+    if (pool_mode_ops(s->pool->mode, false)->release_at_idle) {
+        lr->set_watch = SET_WATCH_ON;
+        lr->word_len = 0;
+        lr->prev_byte = 0;
+        lr->last_seen = ';'; /* the text's start: the inspector saw it; a second look is free */
+        watch_set_bytes(s, shown, n);
+    }
     if (!login_reset_follows(s, c))
         return;
     lr->watch = type == 'Q' ? LOGIN_RESET_WATCH_QUERY : LOGIN_RESET_WATCH_PARSE;
@@ -116,11 +178,19 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
 void login_reset_watch_chunk(struct server *s, const struct client *c, const uint8_t *chunk,
                              uint32_t n, bool ends)
 {
-    if (s->login_reset.watch == LOGIN_RESET_WATCH_NONE)
+    struct login_reset *lr = &s->login_reset;
+    if (lr->set_watch != SET_WATCH_NONE) {
+        watch_set_bytes(s, (const char *)chunk, n);
+        if (ends && lr->set_watch != SET_WATCH_NONE) {
+            watch_set_bytes(s, " ", 1); /* the last word ends with the text */
+            lr->set_watch = SET_WATCH_NONE;
+        }
+    }
+    if (lr->watch == LOGIN_RESET_WATCH_NONE)
         return;
     watch_bytes(s, c, (const char *)chunk, n, true);
     if (ends)
-        s->login_reset.watch = LOGIN_RESET_WATCH_NONE;
+        lr->watch = LOGIN_RESET_WATCH_NONE;
 }
 
 bool login_reset_request_sent(struct server *s)
@@ -249,7 +319,7 @@ static void readback_forget(struct login_reset *lr)
  * SETs still wait for their transaction's end (it may be the COMMIT). */
 static void hold_over(struct login_reset *lr)
 {
-    if (lr->readback == SET_READBACK_READING)
+    if (lr->readback != SET_READBACK_NONE && lr->readback != SET_READBACK_PENDING)
         readback_forget(lr);
     if (lr->readback == SET_READBACK_PENDING) {
         memset(&lr->which, 0, sizeof(lr->which)); /* what a restore gave back stays given */
@@ -286,7 +356,8 @@ static bool queue_readback(struct server *s, struct client *c)
         log_client(LOG_DEBUG, c, "S-%s: %s (values the client SET)", CONN_ID_TEXT(s->id),
                    (const char *)sql.data);
         server_queue_internal(s, (const char *)sql.data);
-        lr->readback = SET_READBACK_READING;
+        lr->readback = lr->readback == SET_READBACK_RETRY_DUE ? SET_READBACK_READING_AGAIN
+                                                              : SET_READBACK_READING;
     }
     codec_out_free(&sql);
     if (n < 0)
@@ -341,8 +412,9 @@ void login_reset_note_set(struct server *s, const struct client *c, const struct
 
 bool login_reset_reads_row(const struct server *s)
 {
+    enum set_readback_state r = s->login_reset.readback;
     return s->login_reset.state == LOGIN_RESET_RESTORING &&
-           s->login_reset.readback == SET_READBACK_READING && s->swallow == 1;
+           (r == SET_READBACK_READING || r == SET_READBACK_READING_AGAIN) && s->swallow == 1;
 }
 
 /* The DataRow column at *pos of body (len bytes): *v and its length *n (v NULL for SQL NULL),
@@ -460,6 +532,11 @@ void login_reset_on_internal_ready(struct server *s, struct client *c, char stat
 {
     if (s->login_reset.state != LOGIN_RESET_RESTORING || s->swallow > 0)
         return;
+    /* The read back failed once: the client's request had completed (it was told SET), so the
+     * values are read again before it is answered; queue_readback forgets them if it cannot. */
+    if (s->login_reset.readback == SET_READBACK_RETRY_DUE && status == 'I' &&
+        queue_readback(s, c))
+        return;
     tell_client(s, c, true);
     codec_put_ready(&c->out, status);
     hold_over(&s->login_reset);
@@ -473,14 +550,24 @@ bool login_reset_on_internal_error(struct server *s, struct client *c, const uin
     if (lr->state != LOGIN_RESET_RESTORING)
         return false;
     if (login_reset_reads_row(s)) {
-        /* The read back failed (a cancel landed on it): it ran alone, outside the client's
-         * transaction, which it failed in nothing. The client keeps what sluice knew; the
-         * server's values are unknown to sluice now (relay.c), so the next client's sync puts
-         * them back. */
+        /* The read back failed (a cancel landed on it: the client's own, sent as its request
+         * completed, or query_timeout's): it ran alone, outside the client's transaction, which
+         * it failed in nothing. The server's values are unknown to sluice now (relay.c), so the
+         * next client's sync puts them back; the first time, it is read again. */
+        struct error_fields ef;
+        bool parsed = codec_parse_error(body, len, &ef);
+        if (lr->readback == SET_READBACK_READING) {
+            log_client(LOG_DEBUG, c, "S-%s: reading the values the client SET failed (%s): again",
+                       CONN_ID_TEXT(s->id), parsed && ef.sqlstate ? ef.sqlstate : "");
+            lr->readback = SET_READBACK_RETRY_DUE;
+            return true;
+        }
+        /* The client keeps what sluice knew. */
         log_client(LOG_WARNING, c,
-                   "S-%s: reading the values the client SET failed: its next server may not "
-                   "have them",
-                   CONN_ID_TEXT(s->id));
+                   "S-%s: reading the values the client SET failed twice (%s %s): its next "
+                   "server may not have them",
+                   CONN_ID_TEXT(s->id), parsed && ef.sqlstate ? ef.sqlstate : "",
+                   parsed && ef.message ? ef.message : "");
         return true;
     }
     /* The restore's replies come before the read back's, when both run. */

@@ -49,6 +49,11 @@ enum set_readback_state {
     SET_READBACK_NONE,
     SET_READBACK_PENDING, /* names[] (or every name, `all`) wait for the transaction's end */
     SET_READBACK_READING, /* sluice's SELECT of their values runs: its rows are taken */
+    SET_READBACK_RETRY_DUE,     /* that SELECT failed (a cancel meant for the client's request,
+                                   which had completed, landed on it): at its ReadyForQuery it
+                                   runs once more */
+    SET_READBACK_READING_AGAIN, /* the second SELECT runs; should it fail too, the values that
+                                   request SET are not carried (logged) */
 };
 
 /* At most this many parameters Postgres does not report are followed per client (its SETs
@@ -67,9 +72,28 @@ enum login_reset_watch {
 };
 #define LOGIN_RESET_CARRY 9 /* the longest word less one: a word split across two reads */
 
+/* Transaction mode: the same streaming text is looked at for a SET that its start (which the
+ * inspector saw) does not show: a statement that begins with the word SET (after a ';' or a
+ * comment) or a set_config anywhere. sluice cannot read its name or follow it, and another
+ * client must never get its value: the server gets a full reset before it serves again. */
+enum set_watch {
+    SET_WATCH_NONE,
+    SET_WATCH_ON,              /* watching; word[] holds the identifier now passing */
+    SET_WATCH_IN_LINE_COMMENT, /* inside a -- comment: nothing counts up to its newline */
+};
+#define SET_WATCH_WORD 11 /* "set_config" and its NUL: a longer word is none of them */
+
 struct login_reset {
     enum login_reset_state state;
     enum login_reset_watch watch;
+    enum set_watch set_watch;
+    uint8_t word_len;          /* SET_WATCH_ON: bytes of the identifier passing (up to the max) */
+    char word[SET_WATCH_WORD]; /* its first bytes, lower case */
+    char before_word;          /* the last byte before it that is not a space: ';', '/' (a
+                                  comment's end), 'a' for any identifier, or another */
+    char last_seen;            /* the last byte that passed that is not a space */
+    char before_dash;          /* last_seen before a '-' (a "--" comment does not count) */
+    unsigned char prev_byte;   /* the byte that passed last */
     uint8_t carry_len;
     char carry[LOGIN_RESET_CARRY]; /* watching: the last bytes that passed */
     int ahead;     /* AWAITING_REPLY: ReadyForQuery of requests sent before it, still due */

@@ -258,14 +258,33 @@ static bool runs_now_whole(uint8_t type, size_t len, uint32_t body_len)
     return type == 'Q' ? len == body_len : type == 'P' && len + 1 == body_len;
 }
 
+/* A named Parse's text seen whole (sql: the text, its NUL, the parameter types, len bytes in
+ * all; a text that streams is seen in part). Its SET runs at each Bind and SQL EXECUTE of the
+ * name, where session_effects_run_statement follows it. */
+static bool named_parse_whole(const char *sql, size_t len)
+{
+    const char *nul = memchr(sql, '\0', len);
+    if (!nul)
+        return false;
+    size_t rest = len - (size_t)(nul - sql) - 1;
+    if (rest < 2)
+        return false;
+    size_t types = ((size_t)(uint8_t)nul[1] << 8) | (uint8_t)nul[2];
+    return rest == 2 + 4 * types;
+}
+
 /* The client's SET of parameters Postgres does not report, that sluice follows: read back at
  * the end of the request's transaction (login_reset.h) and given to each server the client
- * gets, so session_state_policy has nothing to say about it. Past SET_TRACKED_MAX names the
- * policy decides, as for a SET sluice cannot follow. */
-static bool follow_set(struct client *c, struct server *s, uint8_t type, size_t len,
-                       uint32_t body_len, const struct param_touch *touch)
+ * gets, so session_state_policy has nothing to say about it (a named statement's is noted at
+ * each of its runs instead). Past SET_TRACKED_MAX names the policy decides, as for a SET sluice
+ * cannot follow. */
+static bool follow_set(struct client *c, struct server *s, uint8_t type, const char *sql,
+                       size_t len, uint32_t body_len, const struct param_touch *touch)
 {
-    if (touch->unnamed || (!touch->all && touch->n == 0) || !runs_now_whole(type, len, body_len))
+    if (touch->unnamed || (!touch->all && touch->n == 0))
+        return false;
+    bool named = !runs_now_whole(type, len, body_len) && type == 'P' && named_parse_whole(sql, len);
+    if (!named && !runs_now_whole(type, len, body_len))
         return false;
     if (!login_reset_can_track(s, c, touch)) {
         if (!(c->warned & WARNED_SET_TRACKED_MAX)) {
@@ -279,7 +298,8 @@ static bool follow_set(struct client *c, struct server *s, uint8_t type, size_t 
         }
         return false;
     }
-    login_reset_note_set(s, c, touch);
+    if (!named)
+        login_reset_note_set(s, c, touch);
     return true;
 }
 
@@ -290,7 +310,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
                                          struct param_touch *touch, struct client_failure *fail)
 {
     enum session_feature f = session_state_detect(sql, len, touch);
-    bool followed = follow_set(c, s, type, len, body_len, touch);
+    bool followed = follow_set(c, s, type, sql, len, body_len, touch);
     if (f == SESSION_FEATURE_NONE || (f == SESSION_FEATURE_SET && followed))
         return TRACK_PASS;
     enum track_result r = apply_session_policy(c, s, type, f, sql, len, body_len, fail);
@@ -310,6 +330,26 @@ enum stmt_effect session_effects_of_text(const char *sql, size_t len)
 void session_effects_run_unread(struct server *s)
 {
     s->session = SERVER_SESSION_UNKNOWN;
+}
+
+void session_effects_run_statement(struct client *c, struct server *s, const struct stmt_def *def)
+{
+    /* def->data: the name's NUL, then the text and its NUL (a streamed Parse's too, filled by
+     * the time its statement is bound) */
+    const char *text = def->len > 1 ? (const char *)def->data + 1 : "";
+    size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
+    struct param_touch touch;
+    enum session_feature f = session_state_detect(text, len, &touch);
+    if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
+        (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {
+        session_effects_forget_params(s, &touch);
+        login_reset_note_set(s, c, &touch);
+        /* A DISCARD ALL drops the server's statements too, which sluice's record would not
+         * see: the server gets a full reset before it serves again (a RESET ALL as well). */
+        if (!touch.all)
+            return;
+    }
+    session_effects_run_unread(s);
 }
 
 enum session_feature session_effects_refused_in_error(const uint8_t *msg, uint32_t whole)

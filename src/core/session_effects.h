@@ -48,4 +48,11 @@ enum stmt_effect session_effects_of_text(const char *sql, size_t len);
  * the server serves again, as Postgres ends it with the session. */
 void session_effects_run_unread(struct server *s);
 
+/* A Bind or SQL EXECUTE of the client's named statement def, whose text (read at its Parse)
+ * outlives the transaction, runs it again on s. A SET or RESET of unreported parameters sluice
+ * can follow (psycopg prepares a set_config(name, %s, false) run often) is read back at the end
+ * of its transaction as a Query's would be; anything else: session_effects_run_unread. */
+void session_effects_run_statement(struct client *c, struct server *s,
+                                   const struct stmt_def *def);
+
 #endif

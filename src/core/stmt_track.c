@@ -479,7 +479,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     }
     session_effects_forget_params(s, touch);
     if (kind == SQL_EXECUTE && mine && mine->effect == STMT_EFFECT_SESSION)
-        session_effects_run_unread(s);
+        session_effects_run_statement(c, s, mine);
     /* Whether it runs is not known here (an error before it skips it, a failed transaction
      * refuses it): the client's statements leave its map now, for what it sends next, and come
      * back unless a CommandComplete says it ran (stmt_on_ready). */
@@ -1045,7 +1045,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (!mine) /* not known to sluice: the server answers as it would */
         return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
-        session_effects_run_unread(s);
+        session_effects_run_statement(c, s, mine);
     bool changed;
     r = ensure_prepared(c, s, mine, entry->shape, sn.name, &changed, fail);
     if (r != TRACK_PASS)
@@ -1067,6 +1067,11 @@ void stmt_track_keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_
     if (skip < n)
         memcpy(d->data + (d->len - (from_end - skip)), chunk + skip, n - skip);
     if (rx->remain == 0) {
+        /* Its effect was read from its start (stmt_track_parse): a set_config further on runs at
+         * each Bind too. d->data: the name's NUL, then the text. */
+        if (d->effect == STMT_EFFECT_NONE && d->len > 1)
+            d->effect = session_effects_of_text((const char *)d->data + 1,
+                                                strnlen((const char *)d->data + 1, d->len - 1));
         stmt_def_seal(d);
         rx->keep = NULL;
     }

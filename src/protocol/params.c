@@ -268,17 +268,21 @@ static void put_str(struct msg_out *o, const char *s)
     codec_put_bytes(o, s, strlen(s));
 }
 
-/* A string literal: standard_conforming_strings may be off on the server, so use the E'' form
- * with both quote and backslash escaped, which means the same under either setting. */
+/* A string literal, dollar-quoted: its bytes are taken as they are, whatever
+ * standard_conforming_strings says, and nothing is escaped. An escaping backslash would not be
+ * safe: the value is in the client's client_encoding, and in SJIS, BIG5 or GBK the byte of a
+ * backslash ends some characters ('ソ' is 0x83 0x5C), so a doubled one would be half a character
+ * and half an escape, and a value could end the literal and run the rest of itself as SQL. No
+ * byte of a character of those encodings is a '$' (their second bytes are 0x40 and above). The
+ * tag is one the value does not hold. */
 static void put_literal(struct msg_out *o, const char *v)
 {
-    put_str(o, "E'");
-    for (; *v; v++) {
-        if (*v == '\'' || *v == '\\')
-            codec_put_u8(o, (uint8_t)*v);
-        codec_put_u8(o, (uint8_t)*v);
-    }
-    codec_put_u8(o, '\'');
+    char tag[32] = "$sluice$";
+    for (unsigned n = 1; strstr(v, tag) != NULL; n++)
+        snprintf(tag, sizeof(tag), "$sluice%u$", n);
+    put_str(o, tag);
+    put_str(o, v);
+    put_str(o, tag);
 }
 
 /* The length of the UTF-8 character whose first byte is b, as Postgres's pg_utf_mblen reads it
@@ -398,12 +402,20 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
 /* RESET name, except that a name the server cannot reset is no error: it came from a client's
  * SET that failed, or a login the server refused, and must not fail another client's sync.
  * set_config with a NULL value resets, as RESET does; the block catches what fails. Names here
- * passed params_valid_name or the SET parser (letters, digits, '_', '.'): no quote to escape. */
+ * passed params_valid_name or the SET parser (letters, digits, '_', '$', '.'): no quote to
+ * escape, but a '$': the block's tag is one the name does not hold (app.x$sluice$ would end
+ * it, the RESET would fail, and the value would stay for the next client). */
 static void put_reset(struct msg_out *sql, const char *name)
 {
-    put_str(sql, "DO $sluice$BEGIN PERFORM pg_catalog.set_config('");
+    char tag[32] = "$sluice$";
+    for (unsigned n = 1; strstr(name, tag) != NULL; n++)
+        snprintf(tag, sizeof(tag), "$sluice%u$", n);
+    put_str(sql, "DO ");
+    put_str(sql, tag);
+    put_str(sql, "BEGIN PERFORM pg_catalog.set_config('");
     put_str(sql, name);
-    put_str(sql, "', NULL, false); EXCEPTION WHEN OTHERS THEN NULL; END$sluice$");
+    put_str(sql, "', NULL, false); EXCEPTION WHEN OTHERS THEN NULL; END");
+    put_str(sql, tag);
     codec_put_u8(sql, 0);
 }
 
@@ -427,6 +439,12 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
     }
     return n;
 }
+
+/* The restore and the read back run in the client's session, under its search_path: every
+ * function and operator they name is pg_catalog's, so that a client whose own schema comes
+ * first (SET search_path = mine, pg_catalog, with a lower() or an = of its own) cannot make
+ * sluice misread what its server holds and leave its values to the next client. */
+#define SAME_NAME "pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower(l.n)"
 
 int params_build_restore(const struct param_set *login, bool local, struct param_set *server,
                          struct msg_out *sql)
@@ -454,10 +472,10 @@ int params_build_restore(const struct param_set *login, bool local, struct param
             put_literal(sql, login->items[i].value);
         put_str(sql, ")");
     }
-    put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s"
-                 " WHERE lower(s.name) = lower(l.n) AND s.source = 'session') AND (EXISTS"
-                 " (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(l.n)) OR"
-                 " coalesce(pg_catalog.current_setting(l.n, true), '') = '')");
+    put_str(sql, ") AS l(n, v) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
+                 SAME_NAME " AND s.source OPERATOR(pg_catalog.=) 'session') AND (EXISTS (SELECT "
+                 "FROM pg_catalog.pg_settings s WHERE " SAME_NAME ") OR coalesce("
+                 "pg_catalog.current_setting(l.n, true), '') OPERATOR(pg_catalog.=) '')");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }
@@ -474,12 +492,11 @@ int params_build_readback(const struct param_set *names, uint32_t max_value,
      * docs/pool-modes.md); and whether the value was too long to send. */
     char max[16];
     snprintf(max, sizeof(max), "%u", max_value);
-    put_str(sql, "SELECT l.n, CASE WHEN octet_length(v.v) <= ");
+    put_str(sql, "SELECT l.n, CASE WHEN pg_catalog.octet_length(v.v) OPERATOR(pg_catalog.<=) ");
     put_str(sql, max);
-    put_str(sql, " THEN v.v END, CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
-                 "lower(s.name) = lower(l.n)) THEN EXISTS (SELECT FROM pg_catalog.pg_settings s "
-                 "WHERE lower(s.name) = lower(l.n) AND s.source <> 'session') ELSE "
-                 "coalesce(v.v, '') = '' END, coalesce(octet_length(v.v) > ");
+    put_str(sql, " THEN v.v END, CASE WHEN s.name IS NOT NULL THEN s.source "
+                 "OPERATOR(pg_catalog.<>) 'session' ELSE coalesce(v.v, '') OPERATOR(pg_catalog.=) "
+                 "'' END, coalesce(pg_catalog.octet_length(v.v) OPERATOR(pg_catalog.>) ");
     put_str(sql, max);
     put_str(sql, ", false) FROM (VALUES ");
     for (int i = 0; i < names->n; i++) {
@@ -487,7 +504,16 @@ int params_build_readback(const struct param_set *names, uint32_t max_value,
         put_literal(sql, names->items[i].name);
         put_str(sql, ")");
     }
-    put_str(sql, ") AS l(n), LATERAL (SELECT pg_catalog.current_setting(l.n, true)) AS v(v)");
+    /* pg_settings is read once (a join, not a subquery per name: it runs under the client's
+     * own statement_timeout, and 64 names took 2.6 ms that way, 0.7 ms so). current_setting
+     * raises 42501 for a parameter the client may not read (data_directory,
+     * GUC_SUPERUSER_ONLY), even with missing_ok, which would fail the whole read back (the
+     * client SET it in vain: 55P02): pg_settings hides exactly those rows; a placeholder (a
+     * '.' in its name) is not listed there either, and every session may read it. */
+    put_str(sql, ") AS l(n) LEFT JOIN (SELECT name, source FROM pg_catalog.pg_settings) AS s "
+                 "ON " SAME_NAME ", LATERAL (SELECT CASE WHEN s.name IS NOT NULL OR "
+                 "pg_catalog.strpos(l.n, '.') OPERATOR(pg_catalog.>) 0 THEN "
+                 "pg_catalog.current_setting(l.n, true) END) AS v(v)");
     codec_put_u8(sql, 0);
     return sql->oom ? -ENOMEM : 1;
 }

@@ -66,12 +66,19 @@ static void touch_name(struct param_touch *t, const char *name, size_t n)
     if (!t || n == 0)
         return;
     char lower[sizeof(t->names[0])];
-    if (n >= sizeof(lower) || t->n == PARAM_TOUCH_NAMES) {
+    if (n >= sizeof(lower) || t->n == PARAM_TOUCH_SET_NAMES) {
         touch_unnamed(t);
         return;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)name[i] >= 0x80) {
+            /* The name's bytes are in the client's encoding, which the next client's RESET of
+             * it need not share: only a full reset undoes it for sure. */
+            touch_unnamed(t);
+            return;
+        }
         lower[i] = (char)tolower((unsigned char)name[i]);
+    }
     lower[n] = '\0';
     if (params_is_identity(lower)) {
         touch_unnamed(t);
@@ -140,13 +147,25 @@ bool param_reset_covers(const struct param_reset *r, const char *name)
 }
 
 /* A parameter name as SET and RESET spell it (unquoted; a quoted one is rare enough to count
- * as "all"). Returns its length. */
+ * as "all"): the characters of an identifier (a '$' past the first, a byte of a non-ASCII
+ * character, as Postgres's scanner takes them) and the '.' between its parts. Returns its
+ * length. */
 static size_t param_name(const char *s, size_t i, size_t len)
 {
     size_t n = 0;
-    while (i + n < len && (isalnum((unsigned char)s[i + n]) || s[i + n] == '_' || s[i + n] == '.'))
-        n++;
+    for (; i + n < len; n++) {
+        unsigned char ch = (unsigned char)s[i + n];
+        if (!isalnum(ch) && ch != '_' && ch != '.' && ch < 0x80 && (ch != '$' || n == 0))
+            break;
+    }
     return n;
+}
+
+/* Does a name that ended at s[i] end there, as SET spells it (a space, '=', or the text's end)?
+ * Anything else (app."X", a comment) makes a name sluice does not read. */
+static bool name_ends(const char *s, size_t i, size_t len)
+{
+    return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0';
 }
 
 /* A name quoted as an identifier ("search_path") or as a plain literal ('search_path'), with
@@ -163,14 +182,24 @@ static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
     return n;
 }
 
+/* A word of SET's or RESET's own grammar (LOCAL, SESSION, TIME ZONE, ROLE, ...) at s[*pi], and
+ * not the first part of a parameter's name: `SET local.x = 1` sets the placeholder local.x. */
+static bool set_word(const char *s, size_t *pi, size_t len, const char *kw)
+{
+    size_t n = strlen(kw);
+    if (*pi + n < len && s[*pi + n] == '.')
+        return false;
+    return keyword(s, pi, len, kw);
+}
+
 /* SET [LOCAL | SESSION] name TO DEFAULT, SET TIME ZONE DEFAULT | LOCAL (after SET and its scope
  * word): a reset of that name. */
 static void set_to_default(const char *s, size_t i, size_t len, struct param_touch *t,
                            bool session_level)
 {
-    if (keyword(s, &i, len, "time")) {
+    if (set_word(s, &i, len, "time")) {
         if (keyword(s, &i, len, "zone") &&
-            (keyword(s, &i, len, "default") || keyword(s, &i, len, "local")) && i >= len)
+            (keyword(s, &i, len, "default") || set_word(s, &i, len, "local")) && i >= len)
             reset_to_default(t, "timezone", 8, session_level);
         return;
     }
@@ -193,35 +222,46 @@ static void set_to_default(const char *s, size_t i, size_t len, struct param_tou
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "local")) {
+    if (set_word(s, &i, len, "local")) {
         set_to_default(s, i, len, t, false);
         return false;
     }
-    if (keyword(s, &i, len, "transaction"))
+    if (set_word(s, &i, len, "transaction"))
         return false;
-    (void)keyword(s, &i, len, "session");
+    (void)set_word(s, &i, len, "session");
     set_to_default(s, i, len, t, true);
-    if (keyword(s, &i, len, "characteristics")) {
-        touch_all(t);
+    if (set_word(s, &i, len, "characteristics")) {
+        /* SET SESSION CHARACTERISTICS AS TRANSACTION ...: the session's defaults for the next
+         * transactions, by their own names (default_transaction_read_only is reported). A
+         * touch_all would read back only the names the client or server has already. */
+        touch_name(t, "default_transaction_isolation", strlen("default_transaction_isolation"));
+        touch_name(t, "default_transaction_deferrable",
+                   strlen("default_transaction_deferrable"));
         return true;
     }
-    if (keyword(s, &i, len, "authorization") || keyword(s, &i, len, "role")) {
+    if (set_word(s, &i, len, "xml")) {
+        touch_name(t, "xmloption", strlen("xmloption")); /* SET XML OPTION DOCUMENT */
+        return true;
+    }
+    if (set_word(s, &i, len, "authorization") || set_word(s, &i, len, "role")) {
         touch_unnamed(t); /* who the session runs as, and with it many a default */
         return true;
     }
-    if (keyword(s, &i, len, "time"))
+    if (set_word(s, &i, len, "time"))
         return false; /* SET TIME ZONE: TimeZone is reported */
-    if (keyword(s, &i, len, "names"))
+    if (set_word(s, &i, len, "names"))
         return false; /* client_encoding */
-    if (keyword(s, &i, len, "schema")) {
+    if (set_word(s, &i, len, "schema")) {
         touch_name(t, "search_path", strlen("search_path")); /* SET SCHEMA 'x' */
         return true;
     }
     size_t n = param_name(s, i, len);
+    size_t after = i + n;
     if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
-        i++; /* SET "search_path" ...: the name inside the quotes */
+        after = ++i + n + 1; /* SET "search_path" ...: the name inside the quotes */
     char name[64];
-    if (n == 0 || n >= sizeof(name)) {
+    /* "local".x, app."X": a name of parts quoted apart is not read */
+    if (n == 0 || n >= sizeof(name) || !name_ends(s, after, len)) {
         touch_unnamed(t);
         return true;
     }
@@ -237,21 +277,22 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
  * session started with, which on a pooled backend is not the client's. */
 static void reset_statement(const char *s, size_t i, size_t len, struct param_touch *t)
 {
-    if (keyword(s, &i, len, "all")) {
+    if (set_word(s, &i, len, "all")) {
         touch_all(t);
         reset_to_default(t, NULL, 0, true);
         return;
     }
-    if (keyword(s, &i, len, "role") || keyword(s, &i, len, "session")) {
+    if (set_word(s, &i, len, "role") || set_word(s, &i, len, "session")) {
         touch_all(t);
         return;
     }
-    if (keyword(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
+    if (set_word(s, &i, len, "time") && keyword(s, &i, len, "zone")) {
         reset_to_default(t, "timezone", 8, true);
         return;
     }
     size_t n = param_name(s, i, len);
-    if (n == 0) {
+    if (n == 0 || !(i + n >= len || isspace((unsigned char)s[i + n]) || s[i + n] == ';' ||
+                    s[i + n] == '\0')) {
         touch_all(t);
     } else {
         touch_name(t, s + i, n);

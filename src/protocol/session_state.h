@@ -29,6 +29,10 @@ bool session_feature_leaves_objects(enum session_feature f);
  * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see
  * their new values, so the server's record of them becomes unknown (params_forget). */
 #define PARAM_TOUCH_NAMES 4
+/* The unreported names one text may SET and sluice still follow by name (a connection's setup
+ * often SETs several at once: search_path, statement_timeout, lock_timeout, work_mem, an app.x or
+ * two); past them the text is "unnamed". */
+#define PARAM_TOUCH_SET_NAMES 16
 
 /* Parameters a text returns to their reset values: RESET name, RESET ALL, DISCARD ALL, SET name
  * TO DEFAULT, SET LOCAL name TO DEFAULT, set_config(name, NULL, ...) (any value that is not a
@@ -62,7 +66,7 @@ struct param_touch {
      * (server.h, SERVER_SESSION_UNKNOWN). */
     bool unnamed;
     int n;
-    char names[PARAM_TOUCH_NAMES][64];
+    char names[PARAM_TOUCH_SET_NAMES][64];
     struct param_reset reset; /* reported parameters too */
 };
 

@@ -684,7 +684,8 @@ static void parameters_a_statement_may_change_are_named(void)
     CHECK_STR(t.names[1], "statement_timeout");
     const char *all[] = {"RESET ALL", "discard all", "SET ROLE r",
                          "select set_config(x, 'b', false)",
-                         "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1"};
+                         "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1; SET f=1; SET g=1; SET h=1; SET i=1; "
+                         "SET j=1; SET k=1; SET l=1; SET m=1; SET n=1; SET o=1; SET p=1; SET q=1"};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         session_state_detect(all[i], strlen(all[i]), &t);
         CHECK_INT(t.all, 1);
@@ -775,7 +776,8 @@ static void changes_no_record_can_follow_are_unnamed(void)
                              "select set_config($$search_path$$, 'b', false)",
                              "select set_config('search_'||'path', 'b', false)",
                              "select \"set_config\"(x, 'b', false)",
-                             "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1",
+                             "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1; SET f=1; SET g=1; SET h=1; SET i=1; "
+                         "SET j=1; SET k=1; SET l=1; SET m=1; SET n=1; SET o=1; SET p=1; SET q=1",
                              "select set_config(name, 'x', false) from pg_settings where name = "
                              "'search_path' or true"};
     for (size_t i = 0; i < sizeof(unnamed) / sizeof(unnamed[0]); i++) {
@@ -793,6 +795,29 @@ static void changes_no_record_can_follow_are_unnamed(void)
         CHECK_INT(t.unnamed, 0);
         CHECK_INT(t.n, 1);
         CHECK_STR(t.names[0], "search_path");
+    }
+    /* a SET keyword as a placeholder's first part is that placeholder; SET SESSION
+     * CHARACTERISTICS and SET XML OPTION name their parameters; '$' is part of a name */
+    const char *keyword_names[][2] = {
+        {"SET local.x = 1", "local.x"},
+        {"SET session.x TO 1", "session.x"},
+        {"SET time.x = 1", "time.x"},
+        {"SET role.x = 1", "role.x"},
+        {"SET xml OPTION document", "xmloption"},
+        {"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+         "default_transaction_isolation"},
+        {"SET app.x$y = 1", "app.x$y"},
+    };
+    for (size_t i = 0; i < sizeof(keyword_names) / sizeof(keyword_names[0]); i++) {
+        CHECK_INT(session_state_detect(keyword_names[i][0], strlen(keyword_names[i][0]), &t),
+                  SESSION_FEATURE_SET);
+        CHECK_INT(t.unnamed, 0);
+        CHECK_STR(t.names[0], keyword_names[i][1]);
+    }
+    const char *odd[] = {"SET app.\xc3\xa9 = 1", "SET app.\"X\" = 1", "SET \"local\".x = 1"};
+    for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+        CHECK_INT(session_state_detect(odd[i], strlen(odd[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(t.unnamed, 1);
     }
     CHECK_INT(detect("select \"pg_advisory_lock\"(1)"), SESSION_FEATURE_ADVISORY_LOCK);
     CHECK_INT(detect("select \"SET_CONFIG\"('search_path', 'x', false)"), SESSION_FEATURE_NONE);
@@ -930,13 +955,26 @@ static void an_unknown_server_value_is_set_again_or_reset(void)
     params_init(&server);
     char text[512];
     CHECK(params_set(&own, "search_path", "evil") == 0);
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('search_path', $sluice$evil$sluice$, false)");
     CHECK(params_note_sync(&server, &own) == 0);
     CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "");
     /* a reset query ran, or the client's own RESET ALL: the same value must be SET again */
     CHECK(params_forget(&server, NULL) == 0);
     CHECK(params_fingerprint(NULL, &server) != params_fingerprint(NULL, &own));
-    CHECK_STR(sync_text(&own, &server, text, sizeof(text)), "SELECT pg_catalog.set_config('search_path', E'evil', false)");
+    CHECK_STR(sync_text(&own, &server, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('search_path', $sluice$evil$sluice$, false)");
+    /* a value holding the tag gets another; nothing in it is escaped (a backslash byte may end
+     * a character of the client's encoding) */
+    struct param_set tagged, none;
+    params_init(&tagged);
+    params_init(&none);
+    CHECK(params_set(&tagged, "app.x", "a$sluice$b$sluice1$\\'") == 0);
+    CHECK_STR(sync_text(&tagged, &none, text, sizeof(text)),
+              "SELECT pg_catalog.set_config('app.x', $sluice2$a$sluice$b$sluice1$\\'$sluice2$, "
+              "false)");
+    params_free(&tagged);
+    params_free(&none);
     /* a name the client's SET touched: reset for a client without it, never with an error */
     CHECK(params_forget(&server, "work_mem") == 0);
     CHECK(params_forget(&server, "TimeZone") == 0); /* reported: the server says itself */
