@@ -504,8 +504,9 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             if (j > 0)
                 continue;
         }
+        /* a lock leaves an object behind: it outranks a SET before it (session_state_detect) */
         if (c0 != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
-            found != SESSION_FEATURE_NONE)
+            session_feature_leaves_objects(found))
             continue;
         for (size_t f = 0; f < 2; f++) {
             size_t n = strlen(locks[f]);

@@ -440,6 +440,16 @@ def table(pg):
         pg.query(f"DROP TABLE IF EXISTS {name}", dbname=APP_DB)
 
 
+
+@pytest.fixture
+def app_may_become_app2(pg):
+    """app is granted membership of app2 (SET ROLE app2) for the test."""
+    with pg.superuser() as c:
+        c.execute("GRANT app2 TO app")
+    yield
+    with pg.superuser() as c:
+        c.execute("REVOKE app2 FROM app")
+
 # ---- running client tools -----------------------------------------------------------------------
 
 

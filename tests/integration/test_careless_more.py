@@ -48,16 +48,6 @@ def next_client_sees(port):
         c.close()
 
 
-@pytest.fixture
-def app_may_become_app2(pg):
-    """app is a member of app2 (so SET ROLE app2 works) for the test's length."""
-    with pg.superuser("appdb") as c:
-        c.execute("GRANT app2 TO app")
-    yield
-    with pg.superuser("appdb") as c:
-        c.execute("REVOKE app2 FROM app")
-
-
 def function_call(oid, *args):
     """FunctionCall ('F', protocol 55.7): text arguments, a text result."""
     payload = struct.pack("!IH", oid, 0) + struct.pack("!H", len(args))
@@ -120,17 +110,22 @@ def test_a_do_block_leaves_nothing_to_the_next_client(start_sluice, pg, mode,
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("run", ["bind", "sql_execute"])
+@pytest.mark.parametrize("run", ["query", "bind", "sql_execute"])
 def test_a_named_statement_run_in_a_later_transaction_leaves_nothing_to_the_next_client(
         start_sluice, pg, mode, run):
     """The statement's text is seen when it is parsed, but it runs at each Bind (or SQL EXECUTE),
-    maybe in another transaction on another backend: what it leaves must be reset there."""
+    maybe in another transaction on another backend: what it leaves must be reset there. The
+    set_config before the lock is one sluice follows: the lock must still be seen (and in a
+    simple Query too)."""
     s = one_backend_sluice(start_sluice, mode)
     a = raw_login(s.port)
-    a.send(parse_msg("leaky", "SELECT set_config('app.leak', 'leaked', false),"
-                              " pg_advisory_lock(45)") + sync_msg())
-    a.read_until({"Z"})
-    if run == "bind":
+    leaky = "SELECT set_config('app.leak', 'leaked', false), pg_advisory_lock(45)"
+    if run != "query":
+        a.send(parse_msg("leaky", leaky) + sync_msg())
+        a.read_until({"Z"})
+    if run == "query":
+        a.query(leaky)
+    elif run == "bind":
         a.send(bind_msg("", "leaky") + execute_msg() + sync_msg())
         a.read_until({"Z"})
     else:

@@ -412,15 +412,6 @@ SESSION_LEAKS = [
 ]
 
 
-@pytest.fixture
-def app_may_become_app2(pg):
-    with pg.superuser() as c:
-        c.execute("GRANT app2 TO app")
-    yield
-    with pg.superuser() as c:
-        c.execute("REVOKE app2 FROM app")
-
-
 @pytest.mark.parametrize("sql", SESSION_LEAKS)
 def test_transaction_mode_session_state_never_reaches_the_next_client(start_sluice,
                                                                      app_may_become_app2, sql):

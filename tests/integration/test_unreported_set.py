@@ -13,6 +13,7 @@ import contextlib
 import psycopg
 import pytest
 
+from conftest import APP_PASSWORD
 from pgwire import (bind_msg, execute_msg, parse_msg, query_msg, raw_login, sync_msg)
 from test_driver_modes import Churn
 
@@ -203,7 +204,6 @@ def raw_program(conn, between):
 
 
 def test_raw_pipelined_requests_behind_a_set_see_what_postgres_shows(pg, start_sluice):
-    from conftest import APP_PASSWORD
     direct = raw_login(pg.port, password=APP_PASSWORD)
     try:
         want = raw_program(direct, lambda: None)
@@ -281,13 +281,6 @@ def test_past_the_bound_refuse_refuses_the_set(start_sluice):
 
 # ---- the role is not followed -------------------------------------------------------------------
 
-@pytest.fixture
-def app_may_become_app2(pg):
-    with pg.superuser() as c:
-        c.execute("GRANT app2 TO app")
-    yield
-    with pg.superuser() as c:
-        c.execute("REVOKE app2 FROM app")
 
 
 def who(conn):

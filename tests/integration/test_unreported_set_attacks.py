@@ -8,8 +8,10 @@ through sluice with a pool of one server that another client takes between the s
 import psycopg
 import pytest
 
+from conftest import APP_PASSWORD
 from pgwire import (PeerClosed, bind_msg, execute_msg, message, parse_msg, query_msg, raw_login,
                     sync_msg, terminate_msg)
+from test_unreported_set import transcript
 
 DEFAULTS_SQL = ("SELECT current_setting('search_path'), "
                 "current_setting('default_transaction_isolation'), "
@@ -25,6 +27,25 @@ def b_sees_defaults(b):
 
 def one_server(start_sluice, **more):
     return start_sluice({"pool_mode": "transaction", "default_pool_size": 1, **more})
+
+
+def runs_as_on_postgres(pg, start_sluice, program):
+    """program(conn, between) run directly, then through one pooled server with another client
+    checking between its steps that it sees the defaults: the client sees the same."""
+    direct = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        want = program(direct, lambda: None)
+    finally:
+        direct.close()
+    s = one_server(start_sluice)
+    with s.connect() as b:
+        pooled = raw_login(s.port)
+        try:
+            got = program(pooled, lambda: b_sees_defaults(b))
+        finally:
+            pooled.close()
+        b_sees_defaults(b)
+    assert got == want
 
 
 def test_session_characteristics_are_followed_and_never_reach_another_client(pg, start_sluice):
@@ -180,16 +201,6 @@ def test_a_placeholder_with_odd_characters(pg, start_sluice, name):
             assert got[0] in ("", None)
 
 
-def transcript(conn, data, ready):
-    conn.send(data)
-    out = []
-    while ready:
-        mtype, payload = conn.read_message()
-        out.append((mtype, payload))
-        ready -= mtype == "Z"
-    return out
-
-
 def message_flush():
     return message("H")
 
@@ -236,7 +247,6 @@ RAW_ATTACKS = {
 
 @pytest.mark.parametrize("what", list(RAW_ATTACKS))
 def test_raw_requests_around_a_set_see_what_postgres_shows(pg, start_sluice, what):
-    from conftest import APP_PASSWORD
 
     def program(conn, between):
         seen = []
@@ -252,26 +262,12 @@ def test_raw_requests_around_a_set_see_what_postgres_shows(pg, start_sluice, wha
         seen.append(transcript(conn, query_msg(PROBE), 1))
         return seen
 
-    direct = raw_login(pg.port, password=APP_PASSWORD)
-    try:
-        want = program(direct, lambda: None)
-    finally:
-        direct.close()
-    s = one_server(start_sluice)
-    with s.connect() as b:
-        pooled = raw_login(s.port)
-        try:
-            got = program(pooled, lambda: b_sees_defaults(b))
-        finally:
-            pooled.close()
-        b_sees_defaults(b)
-    assert got == want
+    runs_as_on_postgres(pg, start_sluice, program)
 
 
 def test_a_named_statement_that_sets_is_followed_at_each_bind_and_execute(pg, start_sluice):
     """A SET prepared under a name runs at each Bind (or SQL EXECUTE of the name), in later
     transactions: each run is read back as a Query's SET is, and never reaches another client."""
-    from conftest import APP_PASSWORD
 
     def program(conn, between):
         seen = [transcript(conn, parse_msg("s1", "SET search_path = named, public") +
@@ -290,19 +286,7 @@ def test_a_named_statement_that_sets_is_followed_at_each_bind_and_execute(pg, st
         seen.append(transcript(conn, query_msg(PROBE), 1))
         return seen
 
-    direct = raw_login(pg.port, password=APP_PASSWORD)
-    try:
-        want = program(direct, lambda: None)
-    finally:
-        direct.close()
-    s = one_server(start_sluice)
-    with s.connect() as b:
-        pooled = raw_login(s.port)
-        try:
-            got = program(pooled, lambda: b_sees_defaults(b))
-        finally:
-            pooled.close()
-    assert got == want
+    runs_as_on_postgres(pg, start_sluice, program)
 
 
 # A parameter the client may not read (GUC_SUPERUSER_ONLY: current_setting raises 42501 for it
@@ -379,7 +363,6 @@ def test_a_cancel_racing_the_read_back_loses_no_value_the_client_saw_set(start_s
 def test_the_unnamed_statement_bound_again_in_a_later_request(pg, start_sluice):
     """The unnamed statement lives until the next Parse of it: a SET Parsed in one request and
     bound in the next ones runs in each (libpq's PQprepare with "", then PQexecPrepared)."""
-    from conftest import APP_PASSWORD
 
     def program(conn, between):
         seen = [transcript(conn, parse_msg("", "SET app.x = 'unnamed'") + sync_msg(), 1)]
@@ -583,7 +566,6 @@ def copy_table(pg):
 
 def test_copy_from_stdin_after_a_set_in_one_query(pg, start_sluice, copy_table):
     """The ReadyForQuery that ends a Query holding a SET and a COPY comes after the copy."""
-    from conftest import APP_PASSWORD
     from pgwire import copy_data_msg, copy_done_msg
 
     def program(conn, between):
@@ -595,19 +577,7 @@ def test_copy_from_stdin_after_a_set_in_one_query(pg, start_sluice, copy_table):
         seen.extend(transcript(conn, query_msg(PROBE), 1))
         return seen
 
-    direct = raw_login(pg.port, password=APP_PASSWORD)
-    try:
-        want = program(direct, lambda: None)
-    finally:
-        direct.close()
-    s = one_server(start_sluice)
-    with s.connect() as b:
-        pooled = raw_login(s.port)
-        try:
-            got = program(pooled, lambda: b_sees_defaults(b))
-        finally:
-            pooled.close()
-    assert got == want
+    runs_as_on_postgres(pg, start_sluice, program)
 
 
 def test_a_connection_setup_query_with_many_sets_is_followed(pg, start_sluice):

@@ -825,6 +825,9 @@ static void changes_no_record_can_follow_are_unnamed(void)
     CHECK_INT(detect("PREPARE foo AS SELECT 1"), SESSION_FEATURE_SQL_PREPARE);
     CHECK_INT(detect("PREPARE TRANSACTION 'x'"), SESSION_FEATURE_NONE);
     CHECK_INT(detect("SET search_path = a; LISTEN c"), SESSION_FEATURE_LISTEN);
+    /* a set_config sluice follows before a lock in the same statement: the lock is seen */
+    CHECK_INT(detect("SELECT set_config('app.x', 'v', false), pg_advisory_lock(45)"),
+              SESSION_FEATURE_ADVISORY_LOCK);
     CHECK_INT(detect("SET search_path = a; select pg_advisory_lock(1)"),
               SESSION_FEATURE_ADVISORY_LOCK);
 }
