@@ -31,26 +31,26 @@ enum server_state {
     SERVER_CONNECT_QUERY,     /* logged in; running the database entry's connect_query */
     SERVER_IDLE,              /* in its pool, free */
     SERVER_ACTIVE,            /* linked to a client */
-    SERVER_CHECKING,    /* idle past server_check_delay, a client waiting: its server_check_query
-                           runs before reuse (pool.c's dispatch). Free again when it is answered;
-                           closed if it fails */
-    SERVER_RESETTING,   /* running sluice's own queries at release: the rollback, reset query,
-                           DISCARD ALL or the rest of a sync. Free again when they are done */
+    SERVER_CHECKING,   /* idle past server_check_delay, a client waiting: its server_check_query
+                          runs before reuse (pool.c's dispatch). Free again when it is answered;
+                          closed if it fails */
+    SERVER_RESETTING,  /* running sluice's own queries at release: the rollback, reset query,
+                          DISCARD ALL or the rest of a sync. Free again when they are done */
     SERVER_CANCEL_WAIT, /* its own queries are done, but a cancel sent for its last client's
                            query has not landed yet: given to another client now, it could
                            cancel that client's query. Free again when the cancel is done */
-    SERVER_DRAINING,    /* its client left mid-query (link.c decided): the query was cancelled,
-                           or after the client's Terminate is left to finish; its replies are
-                           dropped until it is over, then it is cleaned (RESETTING). Listed with
-                           the resetting servers: it is on its way back to the pool */
-    SERVER_LEAVING,     /* Terminate sent to make room under a cap: still counted against the
-                           caps until the backend has exited (its socket closes) */
-    SERVER_MOVING,      /* idle, on its way to another worker's pool of its key (handover.c,
-                           architecture.md 5.4): on no list, in no loop's poll, still counted
-                           against the caps (its slot moves with it); the receiving worker
-                           frees it (pool_server_ready) or closes it */
-    SERVER_CLOSED,      /* closed; freed at the end of the loop iteration (or when the last cancel
-                           sent for it is done) */
+    SERVER_DRAINING,   /* its client left mid-query (link.c decided): the query was cancelled,
+                          or after the client's Terminate is left to finish; its replies are
+                          dropped until it is over, then it is cleaned (RESETTING). Listed with
+                          the resetting servers: it is on its way back to the pool */
+    SERVER_LEAVING,    /* Terminate sent to make room under a cap: still counted against the
+                          caps until the backend has exited (its socket closes) */
+    SERVER_MOVING,     /* idle, on its way to another worker's pool of its key (handover.c,
+                          architecture.md 5.4): on no list, in no loop's poll, still counted
+                          against the caps (its slot moves with it); the receiving worker
+                          frees it (pool_server_ready) or closes it */
+    SERVER_CLOSED,     /* closed; freed at the end of the loop iteration (or when the last cancel
+                          sent for it is done) */
 };
 /* The state's own name, for logs. */
 const char *server_state_name(enum server_state s);
@@ -98,9 +98,9 @@ struct server {
     struct sockio io;
     struct buf in;
     struct framer rx;
-    struct msg_out out; /* sluice's own messages, written before any client bytes */
+    struct msg_out out;    /* sluice's own messages, written before any client bytes */
     uint32_t out_pos;
-    struct client *client;       /* while ACTIVE */
+    struct client *client; /* while ACTIVE */
     struct budget *lease_budget; /* the budget this link is charged to */
 
     struct param_set params; /* the backend's current session parameters */
@@ -116,32 +116,32 @@ struct server {
      * client's sync and welcome start from them where the pool has learnt no welcome (its
      * backends were all opened with reported startup parameters, DateStyle, TimeZone, ...). */
     struct param_set login_reports;
-    struct stmt_map stmts;  /* named statements prepared on the backend (transaction mode) */
-    struct stmt_queue reqs; /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
+    struct stmt_map stmts;   /* named statements prepared on the backend (transaction mode) */
+    struct stmt_queue reqs;  /* Parse/Close/Sync sent, awaiting replies (transaction mode) */
     /* The names its client prepared by SQL PREPARE, which the backend holds under those names
      * until its next full reset (PREPARE leaves the session unknown): a protocol Parse of one
      * reaches the backend unrenamed, so that it refuses it (42P05) as Postgres would
      * (transaction mode). Names only; the definitions are the backend's. */
     struct stmt_map sql_prepared;
-    uint64_t unnamed_of; /* the client (its id) whose Parse made the backend's unnamed
-                          * statement; 0: none a client may Bind unasked (transaction mode) */
-    uint64_t params_fp;  /* params_fingerprint of params, as of params_fp_gen */
+    uint64_t unnamed_of;     /* the client (its id) whose Parse made the backend's unnamed
+                              * statement; 0: none a client may Bind unasked (transaction mode) */
+    uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;
 
-    char txn_status; /* from the last ReadyForQuery: 'I', 'T' or 'E' */
-    int inflight;    /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
-    int swallow;     /* ReadyForQuery still due for sluice's own queries (not forwarded) */
-    bool batch_open; /* client sent extended-protocol messages since its last Sync */
+    char txn_status;       /* from the last ReadyForQuery: 'I', 'T' or 'E' */
+    int inflight;          /* ReadyForQuery still due for the client's Query/Sync/FunctionCall */
+    int swallow;           /* ReadyForQuery still due for sluice's own queries (not forwarded) */
+    bool batch_open;       /* client sent extended-protocol messages since its last Sync */
     enum server_session session; /* does a full reset have to run at release? */
-    int cancels_in_flight;       /* cancel requests sent for this backend and not yet done: the
-                                    client's next bytes wait for them (ACTIVE), the server does
-                                    between clients (CANCEL_WAIT), the struct is freed after them */
-    bool close_when_free;        /* lifetime ended or reload changed its pool: close at release */
-    uint64_t conninfo_fp;       /* conninfo_fingerprint of the settings it was made with (reload) */
-    bool said_fatal;            /* its client was given the server's own FATAL (or PANIC): the
-                                   close that follows is told with nothing of sluice's */
-    bool copy_in;               /* the backend is in COPY FROM STDIN: from its CopyInResponse until
-                                   the client's CopyDone/CopyFail (or ReadyForQuery) */
+    int cancels_in_flight; /* cancel requests sent for this backend and not yet done: the
+                              client's next bytes wait for them (ACTIVE), the server does
+                              between clients (CANCEL_WAIT), the struct is freed after them */
+    bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
+    uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
+    bool said_fatal;       /* its client was given the server's own FATAL (or PANIC): the
+                              close that follows is told with nothing of sluice's */
+    bool copy_in;          /* the backend is in COPY FROM STDIN: from its CopyInResponse until
+                              the client's CopyDone/CopyFail (or ReadyForQuery) */
     int executes_unanswered;    /* Executes forwarded and not yet answered (CommandComplete,
                                  * EmptyQueryResponse, PortalSuspended; an error answers them all).
                                  * Exact while inflight is 0; while a Query is answered its own
@@ -152,8 +152,8 @@ struct server {
                                  * alone (relay_client_mid_message) */
     int executes_after_request; /* those forwarded after the client's last Query, FunctionCall or
                                  * Sync: answered only once every ReadyForQuery due has come */
-    int syncs_after_execute;    /* Syncs forwarded since the client's last Query or Execute: if that
-                                 * started a COPY FROM STDIN, Postgres ignored them */
+    int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
+                              * started a COPY FROM STDIN, Postgres ignored them */
     enum after_execute after_execute; /* what else the client sent after that Query or
                                        * Execute, ahead of any CopyInResponse (request_track.c) */
     int syncs_before_copy_end; /* AFTER_EXECUTE_COPY_END: Syncs sent between the Execute and the
@@ -164,13 +164,13 @@ struct server {
     uint64_t connect_ms;
     uint64_t state_since_ms;
     uint64_t connect_start_ms;
-    uint64_t last_ready_ms;   /* when the last ReadyForQuery came (idle_transaction_timeout) */
-    uint64_t last_bytes_ms;   /* when either side of the pair last sent bytes (a stalled client) */
-    uint64_t query_start_ms;  /* when inflight went from 0 to 1 (query_timeout) */
-    uint64_t xact_start_ms;   /* when the current transaction's first query was sent */
+    uint64_t last_ready_ms; /* when the last ReadyForQuery came (idle_transaction_timeout) */
+    uint64_t last_bytes_ms; /* when either side of the pair last sent bytes (a stalled client) */
+    uint64_t query_start_ms; /* when inflight went from 0 to 1 (query_timeout) */
+    uint64_t xact_start_ms;  /* when the current transaction's first query was sent */
     bool timeout_cancel_sent; /* a cancel was sent for the query in flight (query_timeout,
                                  draining): not twice for one query; cleared by its end */
-    struct pool *room_for;    /* LEAVING: the pool that waits for the slot it frees */
+    struct pool *room_for;  /* LEAVING: the pool that waits for the slot it frees */
     /* LEAVING, closed for another worker's waiters (server_close_for_worker): the key and the
      * worker the freed slot goes to (ledger_give_server_for); room_key NULL: none. */
     struct ledger_key *room_key;
