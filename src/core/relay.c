@@ -329,6 +329,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             int swallowed = s->syncs_before_copy_end;
             s->inflight = swallowed < s->inflight ? s->inflight - swallowed : 0;
             stmt_queue_drop_last_syncs(&s->reqs, swallowed);
+            /* With no Sync after the end, the batch is open again (as after a CopyDone sent in
+             * COPY, request_track_copy_in_ended): an error (a CopyFail) skips to a Sync to come */
+            if (swallowed > 0 && s->syncs_after_execute == swallowed)
+                s->batch_open = true;
+            s->syncs_after_execute -= swallowed;
             s->syncs_before_copy_end = 0;
         } else if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
