@@ -310,7 +310,9 @@ def test_copy_data_and_its_end_sent_ahead_of_the_copy_in_response_commit_and_fre
             else:
                 c.send(request)
                 c.close_abruptly(reset=leave == "rst")
-            if commits and (target == "sluice" or leave != "rst"):
+            # (a client that leaves without Terminate has what still runs cancelled by sluice)
+            if commits and (leave.startswith("terminate") or
+                            (target == "postgres" and leave == "fin")):
                 wait_until(lambda: set(rows(pg, table)) >= {2 * i, 2 * i + 1}, 15,
                            what=f"the COPY committed ({target})")
             if target == "sluice":
@@ -322,12 +324,18 @@ def test_copy_data_and_its_end_sent_ahead_of_the_copy_in_response_commit_and_fre
         if target == "sluice":
             assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
     # A reset reaches Postgres itself only directly: its write of the CopyInResponse may fail
-    # first, and the COPY is rolled back. sluice's server has no client socket to fail: its COPY
-    # commits.
+    # first, and the COPY is rolled back. sluice cancels the query of a client that left without
+    # Terminate if it still runs when the close is seen (docs/operations.md): on a loaded machine
+    # the COPY may be rolled back there. Each COPY commits whole or not at all.
+    got = rows(pg, table)
     if not commits:
-        assert rows(pg, table) == []
+        assert got == []
+    elif leave.startswith("terminate"):
+        assert got == [0, 1, 2, 3]
+    elif leave == "fin":
+        assert got in ([0, 1], [0, 1, 2, 3]), got
     else:
-        assert rows(pg, table) in ([[2, 3], [0, 1, 2, 3]] if leave == "rst" else [[0, 1, 2, 3]])
+        assert got in ([], [0, 1], [2, 3], [0, 1, 2, 3]), got
     if leave == "terminate_read":
         assert seen["sluice"] == seen["postgres"]
     if leave == "terminate_read" and syncs != "before_end_only":
