@@ -102,6 +102,11 @@ struct ledger_breaker {
     int claimer;             /* the worker holding that claim */
     uint64_t down_since_ms;
     char last_error[512]; /* the database's reason for the last failed attempt */
+    /* When that attempt was refused for good (a role that may not log in, a wrong password:
+     * ledger_breaker_refused): the server's SQLSTATE and message, which every worker's waiters
+     * get (its own pool's get them at once, pool_breaker.c); "" otherwise. */
+    char refusal_sqlstate[6];
+    char refusal_message[512];
 };
 
 /* A pool key (database, user): with workers, the pools of that key on every worker share it. */
@@ -612,6 +617,10 @@ struct ledger_breaker_failure {
 struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct ledger_key *key,
                                                     const char *message, uint64_t cap_ms,
                                                     uint32_t jitter, bool may_go_down);
+/* The failure just reported (ledger_breaker_failed) was the server's final refusal: keep its
+ * SQLSTATE and message for the waiters of every worker. */
+void ledger_breaker_refused(struct ledger *l, struct ledger_key *key, const char *sqlstate,
+                            const char *message);
 /* An attempt of key logged in: the breaker closes. true when it was down (log it once); then
  * *failures and *down_ms say for how many failed attempts and how long. */
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,

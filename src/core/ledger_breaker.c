@@ -60,6 +60,7 @@ struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct led
     b->next_try_ms = now + backoff;
     b->claim_until_ms = 0; /* the attempt reported: the next one is anyone's after the backoff */
     snprintf(b->last_error, sizeof(b->last_error), "%s", message);
+    b->refusal_sqlstate[0] = '\0'; /* ledger_breaker_refused says when it was one */
     f.was_probe = atomic_load_explicit(&b->down, memory_order_relaxed);
     if (!f.was_probe && may_go_down) {
         atomic_store_explicit(&b->down, true, memory_order_relaxed);
@@ -68,6 +69,16 @@ struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct led
     }
     pthread_mutex_unlock(&l->mu);
     return f;
+}
+
+void ledger_breaker_refused(struct ledger *l, struct ledger_key *key, const char *sqlstate,
+                            const char *message)
+{
+    struct ledger_breaker *b = &key->breaker;
+    pthread_mutex_lock(&l->mu);
+    snprintf(b->refusal_sqlstate, sizeof(b->refusal_sqlstate), "%s", sqlstate);
+    snprintf(b->refusal_message, sizeof(b->refusal_message), "%s", message ? message : "");
+    pthread_mutex_unlock(&l->mu);
 }
 
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,
@@ -84,6 +95,7 @@ bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *fai
     atomic_store_explicit(&b->down, false, memory_order_relaxed);
     b->next_try_ms = 0;
     b->claim_until_ms = 0;
+    b->refusal_sqlstate[0] = '\0';
     pthread_mutex_unlock(&l->mu);
     return was_down;
 }
@@ -99,5 +111,7 @@ void ledger_breaker_read(struct ledger *l, const struct ledger_key *key, struct 
     out->claimer = b->claimer;
     out->down_since_ms = b->down_since_ms;
     memcpy(out->last_error, b->last_error, sizeof(out->last_error));
+    memcpy(out->refusal_sqlstate, b->refusal_sqlstate, sizeof(out->refusal_sqlstate));
+    memcpy(out->refusal_message, b->refusal_message, sizeof(out->refusal_message));
     pthread_mutex_unlock(&l->mu);
 }

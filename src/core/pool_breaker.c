@@ -118,6 +118,17 @@ void pool_describe_down(const struct pool *p, char *msg, size_t len)
              shared.last_error[0] ? shared.last_error : "unknown error");
 }
 
+bool pool_down_refusal(const struct pool *p, char sqlstate[6], char *message, size_t len)
+{
+    struct ledger_breaker shared;
+    ledger_breaker_read(ledger_of(p), p->ledger_key, &shared);
+    if (!shared.refusal_sqlstate[0])
+        return false;
+    memcpy(sqlstate, shared.refusal_sqlstate, sizeof(shared.refusal_sqlstate));
+    snprintf(message, len, "%s", shared.refusal_message);
+    return true;
+}
+
 /* Has the pool a server that logged in (one that shows the database takes connections)? */
 static bool has_logged_in_server(const struct pool *p)
 {
@@ -216,6 +227,7 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
                 p->db_name, p->user_name, f.failures, (unsigned long long)f.backoff_ms, message);
     }
     if (refusal_sqlstate) {
+        ledger_breaker_refused(ledger_of(p), p->ledger_key, refusal_sqlstate, server_message);
         fail_waiters_refused(p, refusal_sqlstate, server_message);
         return;
     }

@@ -8,6 +8,9 @@
 
 #include "pool.h"
 
+/* The last attempt of p's key (any worker's) was refused for good by the server (28000, 3D000,
+ * 42501): true, with its SQLSTATE and message, which a waiter gets as from Postgres. */
+bool pool_down_refusal(const struct pool *p, char sqlstate[6], char *message, size_t len);
 /* May a connection attempt start now? Not within the backoff, and after a failure only one at a
  * time. A probe that ended without a verdict leaves the breaker open. */
 bool pool_may_try_connect(struct pool *p);

@@ -118,6 +118,13 @@ void pool_fail_waiter(struct pool *p, struct client *c, uint64_t waited_ms)
         describe_wait(p, c, waited_ms, msg, sizeof(msg));
         p->worker->pool_events->waiter_timed_out(c, FAIL_POOL_PAUSED_RETRY, FAIL_POOL_PAUSED, msg);
     } else if (pool_is_down(p)) {
+        /* Refused for good by a probe another worker made: its waiters got the server's FATAL
+         * at once (pool_breaker.c); this one gets it now, as from Postgres. */
+        char sqlstate[6];
+        if (pool_down_refusal(p, sqlstate, msg, sizeof(msg))) {
+            p->worker->pool_events->waiter_failed(c, FAIL_SERVER_LOGIN, msg, sqlstate);
+            return;
+        }
         pool_describe_down(p, msg, sizeof(msg));
         p->worker->pool_events->waiter_timed_out(c, FAIL_DATABASE_DOWN_RETRY, FAIL_DATABASE_DOWN, msg);
     } else {

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import render_ini
-from pgwire import ServerError, raw_login
+from pgwire import ServerError, query_msg, raw_login
 from test_cli import assert_no_sanitizer_report, run
 
 USERS = {"app": "sluice-secret"}
@@ -309,6 +309,37 @@ def test_server_login_refusal_reaches_logged_in_clients_waiting_for_a_server(sta
         assert 'role "h6_flip" is not permitted to log in' in err.fields["M"], err.fields
     finally:
         ensure_role(pg, "h6_flip", login=True)
+
+
+@pytest.mark.timeout(120)
+def test_server_login_refusal_reaches_waiting_clients_of_every_worker(start_sluice, pg):
+    """With two workers one of them probes the refusing database at a time: its waiters got the
+    server's 28000 at once, the other worker's waited out server_down_wait and got 57P03 (CI
+    saw it in the test above). Clients spread over both workers all get Postgres's 28000."""
+    ensure_role(pg, "h6_flip2", login=True)
+    s = start_sluice({"auth_type": "trust", "query_wait_timeout": 60, "workers": 2,
+                      "server_check_delay": 0},
+                     databases={"appdb": pg.db_entry(user="h6_flip2", password="role-pw")})
+    try:
+        c = raw_login(s.port)
+        assert c.query("SELECT current_user")[0] == [["h6_flip2"]]
+        c.close()
+        ensure_role(pg, "h6_flip2", login=False)  # and its servers are gone
+        clients = [raw_login(s.port, timeout=40) for _ in range(8)]
+        started = time.monotonic()
+        for c in clients:
+            c.send(query_msg("SELECT 1"))
+        for c in clients:
+            with pytest.raises(ServerError) as ei:
+                try:
+                    c.read_until({"Z"})
+                finally:
+                    c.close()
+            assert ei.value.sqlstate == "28000", ei.value.fields
+            assert 'role "h6_flip2" is not permitted to log in' in ei.value.fields["M"]
+        assert time.monotonic() - started < 30, "the clients waited for the retries"
+    finally:
+        ensure_role(pg, "h6_flip2", login=True)
 
 
 def test_server_login_refusal_reaches_a_passthrough_client(start_sluice, pg):
