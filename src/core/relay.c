@@ -249,8 +249,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         /* The answer to sluice's Describe of a statement it or the client just prepared: its
          * result type (stmt_track.c), read whole when the buffer holds it. */
-        if ((type == 't' || type == 'T' || type == 'n') && s->swallow == 0 && request_track_on(s) &&
-            stmt_queue_next_complete(&s->reqs) == REQ_DESCRIBE_OURS) {
+        if ((type == 't' || type == 'T' || type == 'n') && s->swallow == 0 &&
+            request_track_on(s) && stmt_queue_next_complete(&s->reqs) == REQ_DESCRIBE_OURS) {
             if (c && buf_pending(b) > 0)
                 return STOP_NEED_FLUSH;
             bool fits = whole <= buf_block_size();
@@ -320,28 +320,13 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             uint32_t skipped = stmt_on_error(&s->reqs);
             s->inflight = skipped < (uint32_t)s->inflight ? s->inflight - (int)skipped : 0;
         }
-        /* A CopyDone or CopyFail the client sent ahead ends the COPY by itself (server.h enum
-         * after_execute): nothing is awaited from the client, and a client that left or sent
-         * Terminate leaves the server as after any statement, its replies counted. */
-        bool copy_ended_ahead = type == 'G' && s->after_execute == AFTER_EXECUTE_COPY_END;
-        if (copy_ended_ahead) {
-            s->after_execute = AFTER_EXECUTE_OTHER; /* that end is spent */
-            int swallowed = s->syncs_before_copy_end;
-            s->inflight = swallowed < s->inflight ? s->inflight - swallowed : 0;
-            stmt_queue_drop_last_syncs(&s->reqs, swallowed);
-            /* With no Sync after the end, the batch is open again (as after a CopyDone sent in
-             * COPY, request_track_copy_in_ended): an error (a CopyFail) skips to a Sync to come */
-            if (swallowed > 0 && s->syncs_after_execute == swallowed)
-                s->batch_open = true;
-            s->syncs_after_execute -= swallowed;
-            s->syncs_before_copy_end = 0;
-        } else if (type == 'G')
+        if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
         /* A COPY FROM STDIN that began after its client left (it sent Terminate or closed right
          * after the query): no data will come, and a cancel does not end that wait. On a server
          * not draining, no request of a client is outstanding: the count of replies is wrong,
          * and the server is closed rather than fed to the next client. */
-        if (type == 'G' && !c && s->state != SERVER_DRAINING && !copy_ended_ahead) {
+        if (type == 'G' && !c && s->state != SERVER_DRAINING) {
             log_server(LOG_ERROR, s, "CopyInResponse with no client's COPY outstanding");
             s->close_when_free = true;
             return STOP_FAILED;
@@ -349,11 +334,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         /* Syncs sent after the COPY's Execute (the client left before this CopyInResponse)
          * reached the backend during copy-in, where it ignores them: CopyFail, then sluice's
          * abort batch and its Sync, are answered by one ReadyForQuery, and the server is drained
-         * at once. A COPY ended ahead needs none of it. Other messages after the Execute (a Sync
-         * before the CopyDone sent ahead): the replies still due cannot be counted, and the
-         * server is left to server_drain_timeout. */
-        bool syncs_swallowed =
-            s->syncs_after_execute == 0 || s->after_execute == AFTER_EXECUTE_NO_COPY_END;
+         * at once. Unless other messages came after the Execute too (a CopyDone sent ahead
+         * ends the COPY, and a Sync after it is answered): the replies still due cannot be
+         * counted, and the server is left to server_drain_timeout. */
+        bool syncs_swallowed = s->syncs_after_execute == 0 || s->only_syncs_after_execute;
         if (type == 'G' && !c && syncs_swallowed && !end_orphan_requests(s)) {
             s->close_when_free = true;
             return STOP_FAILED;
@@ -464,7 +448,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         if (login_synced)
             return STOP_LOGIN_SYNCED;
-        if (type == 'G' && c && client_terminating(c) && s->copy_in)
+        if (type == 'G' && c && client_terminating(c))
             return STOP_COPY_BEGAN;
     }
     return STOP_NEED_DATA;

@@ -63,31 +63,6 @@ static bool inspect_session_text(struct client *c, struct server *s, uint8_t typ
     return true;
 }
 
-/* The next state of s->after_execute for a message of this type, framed while no COPY FROM STDIN
- * is known to be under way (neither Sync nor Flush). A CopyDone or CopyFail sent ahead with
- * only CopyData and Syncs before it ends the COPY the Query or Execute before it starts (Postgres
- * ignores it when none starts). The Syncs it swallowed are told from those answered by their
- * place at the end of the queue: once another request follows such an end, the replies due are
- * counted as after anything else. */
-static enum after_execute after_execute_next(struct server *s, uint8_t type)
-{
-    if (type == 'Q' || type == 'F' || type == 'E')
-        return AFTER_EXECUTE_NO_COPY_END;
-    if (s->after_execute == AFTER_EXECUTE_COPY_END)
-        return s->syncs_before_copy_end == 0 || type == 'd' || type == 'c' || type == 'f'
-                   ? AFTER_EXECUTE_COPY_END /* the COPY has ended: what follows is answered */
-                   : AFTER_EXECUTE_OTHER;
-    if (s->after_execute != AFTER_EXECUTE_NO_COPY_END)
-        return AFTER_EXECUTE_OTHER;
-    if (type == 'd')
-        return AFTER_EXECUTE_NO_COPY_END; /* its data: the end may follow */
-    if (type == 'c' || type == 'f') {
-        s->syncs_before_copy_end = s->syncs_after_execute;
-        return AFTER_EXECUTE_COPY_END;
-    }
-    return AFTER_EXECUTE_OTHER;
-}
-
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
  * left). A COPY started by an Execute had the Syncs sent after that Execute arrive during copy-in,
  * where Postgres ignores them (protocol "COPY Operations"): they are not answered, so they leave
@@ -218,10 +193,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
                 break;
             }
         }
-        /* Before a CopyInResponse: what a COPY that the last Query or Execute starts will do
-         * with what was sent after it (server.h enum after_execute). */
+        /* Before a CopyInResponse, anything but Sync and Flush after an Execute (pipelined COPY
+         * data, its CopyDone) may end the COPY that Execute starts before a later Sync. */
         if (!s->copy_in && type != 'S' && type != 'H')
-            s->after_execute = after_execute_next(s, type);
+            s->only_syncs_after_execute = type == 'Q' || type == 'F' || type == 'E';
         bool reset_sent = false;
         switch (ignored || skipped ? 0 : type) {
         case 'Q':

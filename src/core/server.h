@@ -77,18 +77,6 @@ struct client;
 struct ledger_key;
 struct worker;
 
-/* What the client sent after its last Query, FunctionCall or Execute, before a CopyInResponse
- * said it started COPY FROM STDIN (protocol "COPY Operations": in copy-in Postgres ignores Sync
- * and Flush, takes CopyData, and ends the COPY at CopyDone or CopyFail). */
-enum after_execute {
-    AFTER_EXECUTE_NO_COPY_END, /* nothing but Syncs, Flushes and CopyData: the COPY swallowed
-                                  the Syncs, and waits for the client's end */
-    AFTER_EXECUTE_COPY_END,    /* then a CopyDone or CopyFail: the COPY ends by itself, the
-                                  Syncs before it swallowed (syncs_before_copy_end), what follows
-                                  answered as usual */
-    AFTER_EXECUTE_OTHER,       /* anything else: the replies still due cannot be counted */
-};
-
 struct server {
     struct list_node node; /* on its pool's list for its state, or the dead list */
     struct pool *pool;
@@ -154,10 +142,9 @@ struct server {
                                  * Sync: answered only once every ReadyForQuery due has come */
     int syncs_after_execute; /* Syncs forwarded since the client's last Query or Execute: if that
                               * started a COPY FROM STDIN, Postgres ignored them */
-    enum after_execute after_execute; /* what else the client sent after that Query or
-                                       * Execute, ahead of any CopyInResponse (request_track.c) */
-    int syncs_before_copy_end; /* AFTER_EXECUTE_COPY_END: Syncs sent between the Execute and the
-                                * CopyDone or CopyFail, which the COPY swallows */
+    bool only_syncs_after_execute;  /* and nothing but Syncs and Flushes came after it: then the
+                                     * COPY swallowed every one of them (no CopyDone or CopyFail
+                                     * sent ahead of the CopyInResponse ended it before one) */
     struct login_reset login_reset; /* the client's request that may reset login parameters */
 
     int backend_pid;

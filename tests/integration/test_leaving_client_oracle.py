@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import APP_PASSWORD, APP_USER, BackendSampler, wait_until
-from pgwire import (PeerClosed, bind_msg, copy_data_msg, copy_done_msg, execute_msg, parse_fields, parse_msg,
+from pgwire import (PeerClosed, bind_msg, copy_data_msg, execute_msg, parse_fields, parse_msg,
                     query_msg, raw_login, sync_msg, terminate_msg)
 from test_admin import ADMIN, console, pool_row
 from test_terminate import make_table
@@ -268,76 +268,3 @@ def test_extended_copy_left_before_its_copy_in_response_frees_the_server_at_once
             ("E", "FATAL", "08P01",
              "terminating connection because protocol synchronization was lost"),
             "EOF"]
-
-
-@pytest.mark.timeout(150)
-@pytest.mark.parametrize("mode", ["transaction", "session"])
-@pytest.mark.parametrize("request_kind", ["query", "extended"])
-@pytest.mark.parametrize("syncs", ["after_end", "before_and_after_end", "before_end_only"])
-@pytest.mark.parametrize("leave", ["fin", "rst", "terminate", "terminate_read"])
-def test_copy_data_and_its_end_sent_ahead_of_the_copy_in_response_commit_and_free_the_server(
-        start_sluice, pg, table, mode, request_kind, syncs, leave):
-    """COPY FROM STDIN, its rows, CopyDone and a Sync all sent before the CopyInResponse (with a
-    Sync right after the COPY's Execute too, as libpq sends a pipelined COPY), and the client
-    goes: Postgres ignores a Sync during the COPY, reads the rows, the CopyDone ends the COPY (it
-    commits) and the Sync after it is answered. sluice's server, whose COPY ends by itself, goes
-    back to the pool at once: the same backend serves the next client, clean (it used to be
-    closed after a Terminate, or held for server_drain_timeout). With no Sync after the CopyDone
-    (before_end_only) the extended batch is left unsynced: Postgres rolls it back when the
-    session ends, and sluice ends it rolled back too."""
-    make_table(pg, table)
-    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
-                      "server_drain_timeout": "60s", "query_wait_timeout": 90})
-    pid, clean = backend_of_sluice(s)
-    # a simple Query's COPY commits at its end; an extended one at the Sync after it
-    commits = syncs != "before_end_only" or request_kind == "query"
-    sql = f"COPY {table} FROM STDIN"
-    start = (query_msg(sql) if request_kind == "query"
-             else parse_msg("", sql) + bind_msg("", "") + execute_msg())
-    seen = {}
-    for i, (target, port, password) in enumerate(targets(pg, s)):
-        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
-        request = (start + (sync_msg() if syncs != "after_end" else b"")
-                   + copy_data_msg(f"{2 * i}\n{2 * i + 1}\n".encode()) + copy_done_msg()
-                   + (sync_msg() if syncs != "before_end_only" else b""))
-        with BackendSampler(pg) as smp:
-            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
-            if leave.startswith("terminate"):
-                c.send(request + terminate_msg())
-                if leave == "terminate_read":
-                    seen[target] = [(m[0], "…") if m[0] == "G" else m for m in answers(c)]
-                c.close()
-            else:
-                c.send(request)
-                c.close_abruptly(reset=leave == "rst")
-            # (a client that leaves without Terminate has what still runs cancelled by sluice)
-            if commits and (leave.startswith("terminate") or
-                            (target == "postgres" and leave == "fin")):
-                wait_until(lambda: set(rows(pg, table)) >= {2 * i, 2 * i + 1}, 15,
-                           what=f"the COPY committed ({target})")
-            if target == "sluice":
-                t0 = time.monotonic()
-                assert backend_of_sluice(s) == [str(pid), clean]
-                waited = time.monotonic() - t0
-                assert waited < 20, f"the next client waited {waited:.1f} s for the one server"
-            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
-        if target == "sluice":
-            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
-    # A reset reaches Postgres itself only directly: its write of the CopyInResponse may fail
-    # first, and the COPY is rolled back. sluice cancels the query of a client that left without
-    # Terminate if it still runs when the close is seen (docs/operations.md): on a loaded machine
-    # the COPY may be rolled back there. Each COPY commits whole or not at all.
-    got = rows(pg, table)
-    if not commits:
-        assert got == []
-    elif leave.startswith("terminate"):
-        assert got == [0, 1, 2, 3]
-    elif leave == "fin":
-        assert got in ([0, 1], [0, 1, 2, 3]), got
-    else:
-        assert got in ([], [0, 1], [2, 3], [0, 1, 2, 3]), got
-    if leave == "terminate_read":
-        assert seen["sluice"] == seen["postgres"]
-    if leave == "terminate_read" and syncs != "before_end_only":
-        tail = ["C", "Z", "Z", "EOF"] if request_kind == "query" else ["G", "C", "Z", "EOF"]
-        assert [m if m == "EOF" else m[0] for m in seen["postgres"]][-4:] == tail
