@@ -128,10 +128,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* where a refused statement's stand-in goes: right after a ';' of the text, or at its start */
     size_t start = session_state_feature_start((const char *)data, size);
     FUZZ_ASSERT(start <= size && (start == 0 || data[start - 1] == ';'));
-    FUZZ_ASSERT(touch.n >= 0 && touch.n <= PARAM_TOUCH_NAMES);
+    /* a text SETs up to PARAM_TOUCH_SET_NAMES names sluice follows; it resets up to
+     * PARAM_TOUCH_NAMES by name (past either, it counts as touching or resetting them all) */
+    FUZZ_ASSERT(touch.n >= 0 && touch.n <= PARAM_TOUCH_SET_NAMES);
     for (int i = 0; i < touch.n; i++)
         FUZZ_ASSERT(memchr(touch.names[i], '\0', sizeof(touch.names[i])) != NULL &&
                     touch.names[i][0] != '\0');
+    FUZZ_ASSERT(touch.reset.n >= 0 && touch.reset.n <= PARAM_TOUCH_NAMES);
+    for (int i = 0; i < touch.reset.n; i++)
+        FUZZ_ASSERT(memchr(touch.reset.names[i], '\0', sizeof(touch.reset.names[i])) != NULL);
 
     struct stmt_def *def = stmt_def_new(data, (uint32_t)size);
     struct stmt_def *copy = stmt_def_new(data, (uint32_t)size);
