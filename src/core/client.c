@@ -293,8 +293,6 @@ void client_read_first(struct client *c)
     on_client_io(&c->io, 0, UV_READABLE);
 }
 
-static bool queued_terminate(const struct client *c);
-
 /* Take more bytes from the socket into c->in. >0 read, 0 nothing now, <0 closed or error (the
  * client is already closed then). A linked client's bytes are read by the relay. */
 static int client_read(struct client *c)
@@ -310,7 +308,7 @@ static int client_read(struct client *c)
         buf_detach_if_empty(&c->in);
         return 0;
     }
-    if (n <= 0 && c->state == CLIENT_WAITING && queued_terminate(c)) {
+    if (n <= 0 && c->state == CLIENT_WAITING && client_sent_terminate(c)) {
         /* libpq's PQfinish after PQsendQuery while the pool is full: Query, Terminate, then the
          * socket closes (or is reset). Postgres would run the query, so the client stays queued;
          * its socket is no longer watched, and the relay closes it at the Terminate. */
@@ -720,8 +718,7 @@ static bool next_queued_message(const struct buf *b, uint32_t *pos, uint8_t *typ
     return true;
 }
 
-/* A queued client sent Terminate after its request: nothing more may come (protocol 55.2.4). */
-static bool queued_terminate(const struct client *c)
+bool client_sent_terminate(const struct client *c)
 {
     uint32_t pos = c->in.scan;
     uint8_t type;

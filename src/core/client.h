@@ -138,6 +138,10 @@ static inline bool client_terminating(const struct client *c)
     return c->state == CLIENT_TERMINATING || c->state == CLIENT_HUNG_UP;
 }
 
+/* A client outside the relay (logging in, idle, queued) has a whole Terminate among the bytes
+ * it sent that no server has read yet: nothing after it counts (protocol 55.2.4). */
+bool client_sent_terminate(const struct client *c);
+
 /* What a linked client tells the layer that pairs it (link.c's link_client_events, installed by
  * sluice.c as worker->client_events): client.c knows it may have a server, not what becomes of
  * it. */

@@ -555,11 +555,18 @@ void relay_client_interest(struct client *c)
     if (c->out_pos < c->out.len)
         ev |= UV_WRITABLE;
     switch (c->state) {
+    case CLIENT_LOGIN_WAIT:
+        /* A client that pipelined its startup packet, a request and Terminate (no password
+         * asked) and shut its sending side waits for its welcome like any login: reading on
+         * would find the EOF and close it with the request unsent, where Postgres reads the
+         * request after it logs in and runs it. As after any Terminate, it is not read again. */
+        if (client_sent_terminate(c))
+            break;
+        /* fall through */
     case CLIENT_STARTUP:
     case CLIENT_AUTH:
     case CLIENT_IDLE:
     case CLIENT_WAITING:
-    case CLIENT_LOGIN_WAIT:
         /* Keep reading while there is room: that is how a client that leaves while queued is
          * noticed. A full buffer stops reading (backpressure, not an error). */
         if (!c->in.data || buf_free_tail(&c->in) > 0 || c->in.rpos > 0)
@@ -590,11 +597,19 @@ static int hang_up_interest(const struct client *c)
     return c->state == CLIENT_TERMINATING ? UV_DISCONNECT : 0;
 }
 
+/* A login whose startup parameters are being SET, and whose client already sent a request and
+ * Terminate behind its startup packet: not read either (relay_client_interest, LOGIN_WAIT). */
+static bool login_said_all(const struct client *c)
+{
+    return (c->state == CLIENT_LOGIN_SYNC || c->state == CLIENT_LOGIN_REFUSED) &&
+           client_sent_terminate(c);
+}
+
 static void set_pair_interest(struct client *c, struct server *s)
 {
     bool to_server_pending = s->out_pos < s->out.len || buf_pending(&c->in) > 0;
     bool to_client_pending = c->out_pos < c->out.len || buf_pending(&s->in) > 0;
-    bool client_room = !client_terminating(c) && !client_read_held(s) &&
+    bool client_room = !client_terminating(c) && !client_read_held(s) && !login_said_all(c) &&
                        (!c->in.data || c->in.wpos < buf_block_size() || c->in.rpos > 0);
     bool server_room = !s->in.data || s->in.wpos < buf_block_size() || s->in.rpos > 0;
     sockio_want(&c->io, read_interest(!to_server_pending && client_room) | hang_up_interest(c) |
