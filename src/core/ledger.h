@@ -103,7 +103,7 @@ struct ledger_breaker {
     uint64_t down_since_ms;
     char last_error[512]; /* the database's reason for the last failed attempt */
     /* When that attempt was refused for good (a role that may not log in, a wrong password:
-     * ledger_breaker_refused): the server's SQLSTATE and message, which every worker's waiters
+     * ledger_breaker_report): the server's SQLSTATE and message, which every worker's waiters
      * get (its own pool's get them at once, pool_breaker.c); "" otherwise. */
     char refusal_sqlstate[6];
     char refusal_message[512];
@@ -610,17 +610,23 @@ struct ledger_breaker_failure {
     bool went_down;     /* this failure opened the breaker (log it: once per outage) */
     bool was_probe;     /* the breaker was already open: the probe failed */
 };
-/* An attempt of key failed (message: the database's reason). backoff_ms grows with the failures
- * and is capped by cap_ms; jitter is a random number (the caller's) that spreads it by +-20%.
- * may_go_down: the reporting pool has no server that logged in (else the database takes
- * connections and only this one more failed). */
+/* A failed attempt of key, as its pool reports it. */
+struct ledger_breaker_report {
+    const char *message; /* the database's reason */
+    /* The server's final refusal of the login (its FATAL: a role that may not log in, a wrong
+     * password), which the waiters of every worker get: SQLSTATE and message; NULL when the
+     * attempt failed otherwise (no connection, a timeout). */
+    const char *refusal_sqlstate;
+    const char *refusal_message;
+    /* The reporting pool has no server that logged in (else the database takes connections and
+     * only this one more failed). */
+    bool may_go_down;
+};
+/* An attempt of key failed. backoff_ms grows with the failures and is capped by cap_ms; jitter is
+ * a random number (the caller's) that spreads it by +-20%. */
 struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct ledger_key *key,
-                                                    const char *message, uint64_t cap_ms,
-                                                    uint32_t jitter, bool may_go_down);
-/* The failure just reported (ledger_breaker_failed) was the server's final refusal: keep its
- * SQLSTATE and message for the waiters of every worker. */
-void ledger_breaker_refused(struct ledger *l, struct ledger_key *key, const char *sqlstate,
-                            const char *message);
+                                                    const struct ledger_breaker_report *r,
+                                                    uint64_t cap_ms, uint32_t jitter);
 /* An attempt of key logged in: the breaker closes. true when it was down (log it once); then
  * *failures and *down_ms say for how many failed attempts and how long. */
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,

@@ -38,8 +38,8 @@ void ledger_breaker_unclaim(struct ledger *l, struct ledger_key *key, int worker
 }
 
 struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct ledger_key *key,
-                                                    const char *message, uint64_t cap_ms,
-                                                    uint32_t jitter, bool may_go_down)
+                                                    const struct ledger_breaker_report *r,
+                                                    uint64_t cap_ms, uint32_t jitter)
 {
     struct ledger_breaker *b = &key->breaker;
     struct ledger_breaker_failure f = {0};
@@ -59,26 +59,20 @@ struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct led
     f.backoff_ms = backoff;
     b->next_try_ms = now + backoff;
     b->claim_until_ms = 0; /* the attempt reported: the next one is anyone's after the backoff */
-    snprintf(b->last_error, sizeof(b->last_error), "%s", message);
-    b->refusal_sqlstate[0] = '\0'; /* ledger_breaker_refused says when it was one */
+    snprintf(b->last_error, sizeof(b->last_error), "%s", r->message);
+    /* in the same lock as the failure: no worker reads the failure without its refusal */
+    snprintf(b->refusal_sqlstate, sizeof(b->refusal_sqlstate), "%s",
+             r->refusal_sqlstate ? r->refusal_sqlstate : "");
+    snprintf(b->refusal_message, sizeof(b->refusal_message), "%s",
+             r->refusal_sqlstate && r->refusal_message ? r->refusal_message : "");
     f.was_probe = atomic_load_explicit(&b->down, memory_order_relaxed);
-    if (!f.was_probe && may_go_down) {
+    if (!f.was_probe && r->may_go_down) {
         atomic_store_explicit(&b->down, true, memory_order_relaxed);
         b->down_since_ms = now;
         f.went_down = true;
     }
     pthread_mutex_unlock(&l->mu);
     return f;
-}
-
-void ledger_breaker_refused(struct ledger *l, struct ledger_key *key, const char *sqlstate,
-                            const char *message)
-{
-    struct ledger_breaker *b = &key->breaker;
-    pthread_mutex_lock(&l->mu);
-    snprintf(b->refusal_sqlstate, sizeof(b->refusal_sqlstate), "%s", sqlstate);
-    snprintf(b->refusal_message, sizeof(b->refusal_message), "%s", message ? message : "");
-    pthread_mutex_unlock(&l->mu);
 }
 
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,

@@ -204,8 +204,10 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
     uint32_t r = 0;
     if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
         r = (uint32_t)sluice_now(worker);
-    struct ledger_breaker_failure f = ledger_breaker_failed(ledger_of(p), p->ledger_key, message,
-                                                            cap, r, !has_logged_in_server(p));
+    struct ledger_breaker_report report = {message, refusal_sqlstate, server_message,
+                                           !has_logged_in_server(p)};
+    struct ledger_breaker_failure f = ledger_breaker_failed(ledger_of(p), p->ledger_key, &report,
+                                                            cap, r);
     copy_shared_breaker(p);
     if (pool_is_down(p))
         b->state = BREAKER_OPEN; /* this pool's probe, if it was one, has ended */
@@ -227,7 +229,6 @@ static void connect_failed(struct pool *p, const char *message, const char *refu
                 p->db_name, p->user_name, f.failures, (unsigned long long)f.backoff_ms, message);
     }
     if (refusal_sqlstate) {
-        ledger_breaker_refused(ledger_of(p), p->ledger_key, refusal_sqlstate, server_message);
         fail_waiters_refused(p, refusal_sqlstate, server_message);
         return;
     }

@@ -31,6 +31,15 @@ static void *race_for_the_attempt(void *arg)
     return NULL;
 }
 
+/* An attempt that failed without a login refusal (no connection, a timeout), reported by a pool
+ * with no server logged in. */
+static struct ledger_breaker_failure connect_failed(struct ledger *l, struct ledger_key *key,
+                                                    const char *message, uint64_t cap_ms)
+{
+    struct ledger_breaker_report r = {message, NULL, NULL, true};
+    return ledger_breaker_failed(l, key, &r, cap_ms, 0);
+}
+
 static void one_attempt_for_the_process_while_down(void)
 {
     static struct ledger l; /* zeroed: ready */
@@ -44,7 +53,7 @@ static void one_attempt_for_the_process_while_down(void)
     CHECK(!ledger_breaker_is_down(key));
 
     /* the first failure of a pool with no server opens the breaker, once */
-    struct ledger_breaker_failure f = ledger_breaker_failed(&l, key, "refused", 60000, 0, true);
+    struct ledger_breaker_failure f = connect_failed(&l, key, "refused", 60000);
     CHECK_INT(f.failures, 1);
     CHECK(f.went_down);
     CHECK(!f.was_probe);
@@ -53,7 +62,7 @@ static void one_attempt_for_the_process_while_down(void)
     CHECK(!ledger_breaker_may_try(&l, key, 0, 60000));
     CHECK(!ledger_breaker_may_try(&l, key, 3, 60000));
     /* (no sleeps here: a failure with a cap of 0 ends the backoff at once) */
-    f = ledger_breaker_failed(&l, key, "refused", 0, 0, true);
+    f = connect_failed(&l, key, "refused", 0);
     CHECK(!f.went_down);
 
     /* after it, THREADS workers race: exactly one gets the attempt */
@@ -72,12 +81,25 @@ static void one_attempt_for_the_process_while_down(void)
     CHECK_INT(atomic_load(&granted), 1);
 
     /* its failure is a probe's: no second "down", the breaker stays open */
-    f = ledger_breaker_failed(&l, key, "still refused", 0, 0, true);
+    f = connect_failed(&l, key, "still refused", 0);
     CHECK_INT(f.failures, 3);
     CHECK(!f.went_down);
     CHECK(f.was_probe);
     struct ledger_breaker seen;
     ledger_breaker_read(&l, key, &seen);
+    CHECK_STR(seen.last_error, "still refused");
+    CHECK_STR(seen.refusal_sqlstate, "");
+    /* a login refusal is kept with its failure, for every worker's waiters, and the next failure
+     * that is no refusal forgets it */
+    struct ledger_breaker_report refused = {"refused", "28000", "role \"x\" is not permitted", true};
+    f = ledger_breaker_failed(&l, key, &refused, 0, 0);
+    CHECK_INT(f.failures, 4);
+    ledger_breaker_read(&l, key, &seen);
+    CHECK_STR(seen.refusal_sqlstate, "28000");
+    CHECK_STR(seen.refusal_message, "role \"x\" is not permitted");
+    f = connect_failed(&l, key, "still refused", 0);
+    ledger_breaker_read(&l, key, &seen);
+    CHECK_STR(seen.refusal_sqlstate, "");
     CHECK_STR(seen.last_error, "still refused");
     /* the report ended the claim: after the backoff the next attempt is anyone's */
     CHECK(ledger_breaker_may_try(&l, key, 7, 60000));
@@ -87,7 +109,7 @@ static void one_attempt_for_the_process_while_down(void)
     int failures = 0;
     uint64_t down_ms = 0;
     CHECK(ledger_breaker_succeeded(&l, key, &failures, &down_ms));
-    CHECK_INT(failures, 3);
+    CHECK_INT(failures, 5);
     CHECK(!ledger_breaker_is_down(key));
     CHECK(ledger_breaker_may_try(&l, key, 5, 60000));
     CHECK(!ledger_breaker_succeeded(&l, key, &failures, &down_ms));
@@ -109,7 +131,7 @@ static void a_claim_a_cap_stops_goes_back(void)
     struct ledger_caps caps = {.pool = 1};
     CHECK_INT(ledger_take_server(l, p->ledger_key, 1, &caps), LIMIT_NONE); /* worker 1's */
     /* a failure with a cap of 0: down, and the backoff over at once */
-    CHECK(ledger_breaker_failed(l, p->ledger_key, "refused", 0, 0, true).went_down);
+    CHECK(connect_failed(l, p->ledger_key, "refused", 0).went_down);
     pool_maintain(p, uv_now(&loop)); /* probes: granted, then LIMIT_POOL */
     CHECK_INT(p->connecting.count, 0);
     CHECK(ledger_breaker_may_try(l, p->ledger_key, 1, 60000));
