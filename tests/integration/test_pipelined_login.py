@@ -20,25 +20,12 @@ import time
 import pytest
 
 from conftest import APP_USER, BackendSampler, wait_until
-from pgwire import (PeerClosed, RawConn, bind_msg, execute_msg, parse_msg, query_msg,
+from pgwire import (RawConn, bind_msg, execute_msg, parse_msg, query_msg,
                     startup_packet, sync_msg, terminate_msg)
+from test_leaving_client_oracle import answers, rows
 from test_terminate import make_table
 
 CALL_TIMEOUT = 10.0
-
-
-def rows(pg, table):
-    return [r[0] for r in pg.query(f"SELECT id FROM {table} ORDER BY id", dbname="appdb")]
-
-
-def messages_to_eof(conn):
-    seen = []
-    while True:
-        try:
-            mtype, _ = conn.read_message()
-        except PeerClosed:
-            return seen + ["EOF"]
-        seen.append(mtype)
 
 
 def whole_life(i, table, request_kind, startup_params):
@@ -64,7 +51,7 @@ def end(conn, ending):
     elif ending == "reset":
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     if ending in ("read", "half_close"):
-        return messages_to_eof(conn)
+        return [m if m == "EOF" else m[0] for m in answers(conn)]
     conn.close()
     return None
 
