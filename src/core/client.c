@@ -19,6 +19,7 @@
  *      |                                                            v                  |
  *      |                                                         HUNG_UP --answered----+
  *      |                                   (not answered within server_drain_timeout: closed)
+ *      |                       ACTIVE --socket closed, no Terminate, statements running--> HUNG_UP
  *      +-- any state: FATAL error --> CLOSING (flush) --> CLOSED; EOF/error --> CLOSED
  *
  *   STARTUP --SSLRequest, TLS on: 'S'--> TLS_HANDSHAKE --SSL_accept done--> STARTUP (encrypted)
@@ -120,7 +121,8 @@ bool client_transition_ok(enum client_state from, enum client_state to)
     case CLIENT_WAITING_LAST:
         return to == CLIENT_ACTIVE;
     case CLIENT_ACTIVE:
-        return to == CLIENT_IDLE || to == CLIENT_TERMINATING;
+        /* -> HUNG_UP: its socket closed without a Terminate while its statements ran */
+        return to == CLIENT_IDLE || to == CLIENT_TERMINATING || to == CLIENT_HUNG_UP;
     case CLIENT_TERMINATING:
         return to == CLIENT_HUNG_UP;
     default:

@@ -44,10 +44,13 @@ enum client_state {
                            closed after the last; nothing more is read from it, and only its
                            hang-up is watched */
     CLIENT_HUNG_UP,    /* TERMINATING, then its socket closed (at least its sending side: the
-                          close that follows a Terminate) or failed, answers still due: they are
-                          still written (a client that only shut its sending side reads them),
-                          but a query that has not answered within server_drain_timeout is
-                          cancelled as a vanished client's (client_check_timeouts) */
+                          close that follows a Terminate) or failed, answers still due; or
+                          ACTIVE, and its socket closed or failed without a Terminate while its
+                          statements ran (relay.h, RELAY_CLIENT_HUNG_UP), which Postgres runs to
+                          their end too. The answers are still written (a client that only shut
+                          its sending side reads them), but a query that has not answered within
+                          server_drain_timeout is cancelled as a vanished client's
+                          (client_check_timeouts) */
     CLIENT_CLOSING,    /* flushing a last message; then the socket closes */
     CLIENT_CLOSED,     /* closed; freed at the end of the loop iteration */
 };

@@ -326,13 +326,21 @@ static void settle(struct server *s, struct client *c, enum relay_result r,
     case RELAY_TXN_FORBIDDEN:
         client_fail_request_and_close(c, FAIL_STATEMENT_MODE_TXN, ""); /* ends the link */
         return;
-    case RELAY_TERMINATED:
+    case RELAY_TERMINATED: {
+        bool hung_up = c->state == CLIENT_HUNG_UP;
         link_end(c, s, LINK_END_CLIENT_TERMINATED, NULL);
-        client_close(c, "client sent Terminate");
+        client_close(c, hung_up ? "client closed the connection, its answers written"
+                                : "client sent Terminate");
         return;
+    }
     case RELAY_TERMINATING:
         client_set_state(c, CLIENT_TERMINATING);
         link_kick(s); /* its answers */
+        return;
+    case RELAY_CLIENT_HUNG_UP:
+        log_client(LOG_DEBUG, c, "closed the connection while its statements ran: they go on");
+        client_set_state(c, CLIENT_HUNG_UP);
+        link_kick(s); /* its answers, written while its socket takes them */
         return;
     case RELAY_LOGIN_SYNCED:
         client_login_synced(c, s);

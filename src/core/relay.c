@@ -519,6 +519,17 @@ static int server_read(struct server *s, struct relay_outcome *o)
     return -1;
 }
 
+/* The client's socket closed (or failed) with no Terminate: are its statements left to run to
+ * their end, their answers written as after a Terminate? Where all it sent is whole and with the
+ * server and an answer is still due. A message cut short, a COPY FROM STDIN or an extended batch
+ * without its Sync cannot be finished by anyone: Postgres aborts those when it reads the EOF,
+ * and so does sluice's drain (relay_orphan_server). */
+static bool hang_up_leaves_statements_running(const struct client *c, const struct server *s)
+{
+    return c->state == CLIENT_ACTIVE && s->inflight > 0 && !s->copy_in && !s->batch_open &&
+           c->rx.remain == 0 && buf_pending(&c->in) == 0 && buf_unframed(&c->in) == 0;
+}
+
 /* Read what the linked client has. >0 read (the pair's last bytes, as server_read counts
  * them), 0 nothing now, <0 it is gone (*r: what to report, o->why: why). Unlinked clients read
  * through client.c's own reader. */
@@ -536,6 +547,10 @@ static int client_side_read(struct client *c, struct relay_outcome *o, enum rela
     if (n == SOCKIO_AGAIN) {
         buf_detach_if_empty(&c->in);
         return 0;
+    }
+    if (hang_up_leaves_statements_running(c, c->server)) {
+        *r = RELAY_CLIENT_HUNG_UP;
+        return -1;
     }
     lost(o, RELAY_CLIENT_LOST, n == 0 ? "client closed the connection" : strerror((int)-n), NULL);
     *r = RELAY_CLIENT_LOST;
@@ -815,6 +830,12 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         if (client_terminating(c)) {
             if (!terminate_pending(c, s))
                 return RELAY_TERMINATED;
+            /* A COPY FROM STDIN began for a client that hung up without a Terminate: no data,
+             * CopyDone or Terminate will ever come to end it (Postgres aborts it at the EOF).
+             * The link drains the server, which ends the COPY with CopyFail. */
+            if (s->copy_in && buf_unframed(&c->in) == 0 && c->rx.remain == 0)
+                return lost(o, RELAY_CLIENT_LOST, "client closed the connection before its COPY",
+                            NULL);
             more |= sst == STOP_COPY_BEGAN; /* its Terminate is framed now (frames_client) */
         } else {
             enum relay_result release = release_due(c, s);

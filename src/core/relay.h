@@ -37,6 +37,12 @@ enum relay_result {
     RELAY_LOGIN_SYNCED,  /* the last reply to a login's parameter sync was consumed */
     RELAY_SERVER_LOST,   /* the server's socket failed or it broke the protocol (see outcome) */
     RELAY_CLIENT_LOST,   /* the client's socket closed or failed (see outcome) */
+    RELAY_CLIENT_HUNG_UP, /* the client's socket closed or failed without a Terminate while its
+                             statements ran, all it sent whole and with the server (no message
+                             cut, no COPY or unsynced batch left open): as Postgres, which does
+                             not look at the socket while a statement runs, they run to their
+                             end; the client gets their answers as after a Terminate
+                             (link.c: CLIENT_HUNG_UP) */
     RELAY_CLIENT_OUT_OF_MEMORY, /* no buffer to read the client's bytes into */
     RELAY_CLIENT_FAILED, /* framing the client's bytes found it must be failed (a bad message, a
                             cap, session_state_policy = refuse): outcome.failure says with what */

@@ -120,6 +120,51 @@ def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("request_kind", ["query", "extended", "commit"])
+@pytest.mark.parametrize("ending", ["close", "half_close", "reset"])
+def test_request_then_gone_without_terminate_runs_to_its_end_like_postgres(
+        start_sluice, pg, table, mode, request_kind, ending):
+    """A client sends a statement and goes while it runs, with no Terminate (a process killed,
+    a script that exits without closing, a timeout that drops the socket). Postgres does not
+    look at the socket while it runs a statement that writes nothing until its end: an
+    autocommit INSERT commits, and so does a COMMIT already sent. Through sluice it must too
+    (within server_drain_timeout), where it used to be cancelled and rolled back."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "query_wait_timeout": 20, "server_drain_timeout": "20s"})
+    pid, clean = backend_of_sluice(s)
+
+    for i, (target, port, password) in enumerate(targets(pg, s)):
+        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
+        with BackendSampler(pg) as smp:
+            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+            sql = f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.5)"
+            if request_kind == "commit":
+                c.query("BEGIN")
+                request = query_msg(sql + "; COMMIT")
+            elif request_kind == "query":
+                request = query_msg(sql)
+            else:
+                request = parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg()
+            c.send(request)
+            pg.wait_for_active(APP_USER, "pg_sleep", timeout=15)
+            if ending == "half_close":
+                c.sock.shutdown(socket.SHUT_WR)
+            elif ending == "reset":
+                reset(c)
+            c.close()
+            wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
+                       what=f"the INSERT committed ({target}, {ending})")
+            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
+        if target == "sluice":
+            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+    assert rows(pg, table) == [0, 1]
+    # the one server came back clean once the statement ended, and serves the next client
+    assert backend_of_sluice(s) == [str(pid), clean]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("last", ["commit", "left_open"])
 @pytest.mark.parametrize("ending", ["close", "reset"])
 def test_request_and_terminate_inside_a_transaction_block_end_it_like_postgres(
