@@ -170,6 +170,13 @@ static bool own_requests_unsynced(const struct server *s)
 static bool end_orphan_requests(struct server *s)
 {
     stmt_queue_forget_due(&s->reqs, &s->stmts); /* the Describe after its last Parse */
+    /* COPY data or a CopyDone the client sent ahead of the CopyInResponse, with Syncs after the
+     * COPY's Execute: Postgres ignores the Syncs that reach it inside the COPY and answers those
+     * after a CopyDone, so the replies still due cannot be counted, and a server reused with a
+     * wrong count would hand the next client this one's replies. It is not made whole: the link
+     * closes it (its backend reads what it was sent, then the close). */
+    if (s->copy_in && !s->only_syncs_after_execute && s->syncs_after_execute > 0)
+        return false;
     if (s->copy_in) {
         /* COPY FROM STDIN waits for data that will not come; Postgres ignores a CopyFail
          * outside COPY, so a race with the end of the COPY is harmless. */
@@ -830,10 +837,13 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         if (client_terminating(c)) {
             if (!terminate_pending(c, s))
                 return RELAY_TERMINATED;
-            /* A COPY FROM STDIN began for a client that hung up without a Terminate: no data,
-             * CopyDone or Terminate will ever come to end it (Postgres aborts it at the EOF).
-             * The link drains the server, which ends the COPY with CopyFail. */
-            if (s->copy_in && buf_unframed(&c->in) == 0 && c->rx.remain == 0)
+            /* A COPY FROM STDIN began for a client that hung up without a Terminate and sent
+             * nothing after the request that began it: no data, CopyDone or Terminate will ever
+             * come to end it (Postgres aborts it at the EOF). The link drains the server, which
+             * ends the COPY with CopyFail. (Data and a CopyDone sent ahead of the
+             * CopyInResponse end it on the backend: its answers come as any.) */
+            if (s->copy_in && s->only_syncs_after_execute && buf_unframed(&c->in) == 0 &&
+                c->rx.remain == 0)
                 return lost(o, RELAY_CLIENT_LOST, "client closed the connection before its COPY",
                             NULL);
             more |= sst == STOP_COPY_BEGAN; /* its Terminate is framed now (frames_client) */

@@ -19,8 +19,8 @@ import time
 import pytest
 
 from conftest import APP_PASSWORD, APP_USER, BackendSampler, wait_until
-from pgwire import (PeerClosed, bind_msg, copy_data_msg, execute_msg, parse_fields, parse_msg,
-                    query_msg, raw_login, sync_msg, terminate_msg)
+from pgwire import (PeerClosed, bind_msg, copy_data_msg, copy_done_msg, execute_msg,
+                    parse_fields, parse_msg, query_msg, raw_login, sync_msg, terminate_msg)
 from test_admin import ADMIN, console, pool_row
 from test_terminate import make_table
 
@@ -313,3 +313,42 @@ def test_extended_copy_left_before_its_copy_in_response_frees_the_server_at_once
             ("E", "FATAL", "08P01",
              "terminating connection because protocol synchronization was lost"),
             "EOF"]
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("request_kind", ["query", "extended"])
+@pytest.mark.parametrize("terminate", [False, True], ids=["no_terminate", "terminate"])
+@pytest.mark.parametrize("ending", ["close", "reset"])
+def test_copy_sent_ahead_then_gone_leaves_the_next_client_its_own_answers(
+        start_sluice, pg, table, mode, request_kind, terminate, ending):
+    """COPY FROM STDIN with its data and CopyDone sent ahead of the CopyInResponse (and, for the
+    extended protocol, a Sync after them), then the client goes. Postgres ends the COPY at that
+    CopyDone and answers the Sync after it. sluice used to take the Sync for one swallowed by the
+    COPY, end the COPY again with CopyFail and an abort batch of its own, and reuse the server
+    with one reply too many: the next client got the abort batch's ReadyForQuery for its query
+    and waited for ever for the rest. The next client must get its own answers, at once."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "server_drain_timeout": "30s", "query_wait_timeout": 60})
+    backend_of_sluice(s)
+    ahead = copy_data_msg(b"1\n2\n") + copy_done_msg()
+    if request_kind == "query":
+        request = query_msg(f"COPY {table} FROM STDIN") + ahead
+    else:
+        request = (parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg()
+                   + ahead + sync_msg())
+    with BackendSampler(pg) as smp:
+        c = raw_login(s.port, timeout=CALL_TIMEOUT)
+        c.send(request + (terminate_msg() if terminate else b""))
+        reset(c) if ending == "reset" else c.close()
+        for _ in range(3):  # each gets its own row, from one server at a time
+            t0 = time.monotonic()
+            pid, clean = backend_of_sluice(s)
+            assert clean == "t"
+            waited = time.monotonic() - t0
+            assert waited < 10, f"the next client waited {waited:.1f} s for the one server"
+    assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+    # the rows came before the close, so Postgres ran the COPY; sluice's cancel of a backend it
+    # closes may race with it
+    assert rows(pg, table) in ([], [1, 2])
