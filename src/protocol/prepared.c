@@ -71,6 +71,12 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
     return d;
 }
 
+struct stmt_def *stmt_def_stand_in(void)
+{
+    static const uint8_t empty[] = {0, 0, 0, 0}; /* the name's end, the text "", no types */
+    return stmt_def_new(empty, sizeof(empty));
+}
+
 /* A new holder comes from one that already holds it, so relaxed is enough (as for
  * shared_ptr); the release by the last holder must see every other holder's writes before the
  * free, hence acq_rel there. One locked instruction per name added or dropped, not per Execute. */
