@@ -103,11 +103,31 @@ def parse_of_a_taken_name_and_deallocate_by_protocol(c):
                bind_run(c, "q7")])
 
 
+def long_quoted_and_multibyte_names(c):
+    """The same for names Postgres cuts at 63 bytes, and for an upper-case name (unquoted, SQL
+    folds it to another name). A SQL name is cut at its last whole character within 63 bytes, a
+    protocol name at 63 bytes: the multibyte names are other statements by SQL (a SQL PREPARE
+    of one outside a transaction block is left out, as it ends with the transaction through
+    sluice: docs/pool-modes.md)."""
+    out = make_table(c)
+    for name, same_key in (("x" * 70, True), ("é" * 40, False), ("ab" + "😀" * 20, False),
+                           ("Q", True)):
+        out += ([batch(c, parse_msg(name, "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+                + [q(c, "DROP TABLE t_ev")] + evict(c)
+                + ([q(c, f'PREPARE "{name}" AS SELECT 1')] if same_key else [])
+                + [q(c, f"DEALLOCATE {name}"), q(c, f'DEALLOCATE "{name}"'), bind_run(c, name),
+                   q(c, "BEGIN"), q(c, f'PREPARE "{name}" AS SELECT 1'),
+                   q(c, f'EXECUTE "{name}"'), q(c, f'DEALLOCATE "{name}"'), q(c, "COMMIT"),
+                   batch(c, close_msg("S", name) + sync_msg())] + make_table(c))
+    return out
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
-             parse_of_a_taken_name_and_deallocate_by_protocol]
+             parse_of_a_taken_name_and_deallocate_by_protocol,
+             long_quoted_and_multibyte_names]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
