@@ -21,6 +21,17 @@ def evict(c):
             batch(c, close_msg("S", "ev") + sync_msg())]
 
 
+def described(c, data):
+    """What the client sees, ParameterDescriptions with their types."""
+    c.send(data)
+    seen = []
+    while True:
+        t, p = c.read_message()
+        seen.append((t, p if t == "t" else None))
+        if t == "Z":
+            return seen
+
+
 def make_table(c, table="t_ev"):
     return [q(c, f"DROP TABLE IF EXISTS {table}"), q(c, f"CREATE TABLE {table} (a int)"),
             q(c, f"INSERT INTO {table} VALUES (1)")]
@@ -122,12 +133,30 @@ def long_quoted_and_multibyte_names(c):
     return out
 
 
+def parameter_types_fixed_at_the_parse(c):
+    """Postgres fixes a statement's parameter types at its Parse: after the column's type is
+    altered it still takes an int4 (a value past int4 fails with 22003, its Describe says
+    int4). sluice, preparing the text again, had the server resolve int8."""
+    def run(stmt, value):
+        return batch(c, bind_msg("", stmt, [value]) + execute_msg() + sync_msg())
+    return ([q(c, "DROP TABLE IF EXISTS t_pt"), q(c, "CREATE TABLE t_pt (a int, b text)"),
+             q(c, "INSERT INTO t_pt VALUES (1, 'x')"),
+             batch(c, parse_msg("pt", "SELECT b FROM t_pt WHERE a = $1") + sync_msg()),
+             batch(c, parse_msg("pt2", "SELECT b FROM t_pt WHERE a = $1 AND b = $2", [23])
+                   + sync_msg())]
+            + evict(c) + [q(c, "ALTER TABLE t_pt ALTER a TYPE bigint")] + evict(c)
+            + [run("pt", "3000000000"), run("pt", "1"), q(c, "EXECUTE pt(3000000000)"),
+               batch(c, bind_msg("", "pt2", ["3000000000", "x"]) + execute_msg() + sync_msg())]
+            + evict(c)
+            + [described(c, describe_msg("S", "pt") + describe_msg("S", "pt2") + sync_msg())])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
              parse_of_a_taken_name_and_deallocate_by_protocol,
-             long_quoted_and_multibyte_names]
+             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
@@ -145,3 +174,32 @@ def test_a_statement_the_backend_lacks_answers_as_on_postgres(pg, start_sluice, 
         direct.close()
         pooled.close()
 
+
+
+def two_clients_of_one_text(a, b):
+    """b prepares a's text after the column's type changed: on one server they are one name of
+    sluice's, and each must still run with its own parameter types."""
+    def run(c, value):
+        return batch(c, bind_msg("", "pt", [value]) + execute_msg() + sync_msg())
+    text = "SELECT b FROM t_pt2 WHERE a = $1"
+    return [q(a, "DROP TABLE IF EXISTS t_pt2"), q(a, "CREATE TABLE t_pt2 (a int, b text)"),
+            batch(a, parse_msg("pt", text) + sync_msg()), run(a, "1"),
+            q(a, "ALTER TABLE t_pt2 ALTER a TYPE bigint"),
+            batch(b, parse_msg("pt", text) + sync_msg()), run(b, "3000000000"),
+            run(a, "3000000000"), run(b, "3000000000"), run(a, "3000000000"),
+            described(a, describe_msg("S", "pt") + sync_msg()),
+            described(b, describe_msg("S", "pt") + sync_msg())]
+
+
+def test_two_clients_of_one_text_keep_their_parameter_types(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    conns = [raw_login(pg.port, password="apppass"), raw_login(pg.port, password="apppass"),
+             raw_login(s.port), raw_login(s.port)]
+    try:
+        expected, seen = two_clients_of_one_text(*conns[:2]), two_clients_of_one_text(*conns[2:])
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        for c in conns:
+            c.close()
