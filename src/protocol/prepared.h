@@ -156,8 +156,8 @@ void stmt_map_delete(struct stmt_map *m);
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
 /* A definition of the empty statement text with no parameter types, which prepares on any
  * server, whatever its tables, types or search_path: what sluice prepares under a client's
- * statement's name where the server needs only something there (a SQL DEALLOCATE or PREPARE of
- * the name, stmt_track.c). NULL when out of memory. */
+ * statement's name where the server needs only something there (a DEALLOCATE, a SQL PREPARE or
+ * a Parse of the name: stmt_track.c, ensure_named). NULL when out of memory. */
 struct stmt_def *stmt_def_stand_in(void);
 /* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
  * it): fill d->data, then stmt_def_seal before anything compares it. Its server name is a count,
