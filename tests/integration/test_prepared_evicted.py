@@ -1,9 +1,13 @@
 """Prepared statements in transaction mode whose backend lacks them (max_prepared_statements
-evicted them, or the client got another backend) and whose text no longer prepares (its table
-dropped): Postgres keeps such a statement and fails only when it runs, so a DEALLOCATE, a
-PREPARE of its name, a Close or Describe of it answer as they did before the DROP. Postgres is
-the oracle: each program runs on a direct connection and through sluice with one server that
-keeps one statement, where every other statement the client names evicts the one before."""
+evicted them, or the client got another backend), so that sluice prepares them again from their
+text. Postgres keeps a prepared statement as it was prepared:
+- whose text no longer prepares (its table, function or type dropped): it fails only when it
+  runs, and a DEALLOCATE, a PREPARE or Parse of its name, a Close answer as before the DROP;
+- whose parameter types its text would now resolve otherwise (a column's type altered): it
+  keeps those of its Parse.
+Postgres is the oracle: each program runs on a direct connection and through sluice with one
+server that keeps one statement, where every other statement the client names evicts the one
+before."""
 
 import pytest
 
@@ -86,7 +90,7 @@ def statements_whose_names_or_types_went_away(c):
     """A type or a function dropped: a DEALLOCATE or PREPARE of the name answers as before, the
     statement fails only when it runs. (A Bind of the statement whose type went is left out:
     Postgres answers XX000 naming the type's OID.)"""
-    return ([q(c, "DROP TABLE IF EXISTS t_ty"), q(c, "DROP TYPE IF EXISTS ev_ty"),
+    return ([q(c, "DROP TYPE IF EXISTS ev_ty"),
              q(c, "CREATE TYPE ev_ty AS ENUM ('a')"),
              q(c, "CREATE OR REPLACE FUNCTION ev_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
              batch(c, parse_msg("ty", "SELECT 'a'::ev_ty") + sync_msg()),
