@@ -189,6 +189,30 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     return await_shape(c, s);
 }
 
+/* What a DEALLOCATE or PREPARE of the client's statement, or a Parse of its name, needs on the
+ * server: something under the statement's name (the first drops it, the others meet it and get
+ * 42P05). Postgres answers each of them whether or not the statement's text would still prepare
+ * (its table dropped since, a function or type gone): it keeps the statement it prepared, which
+ * fails only when it runs. So a server that lacks the client's statement gets a stand-in of the
+ * empty text (stmt_def_stand_in), which prepares wherever the client's message itself would
+ * run; the client's text, prepared again, could fail, and the server would skip the message. */
+static enum track_result ensure_named(struct client *c, struct server *s, struct stmt_def *mine,
+                                      const char *name, struct client_failure *fail)
+{
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    bool changed; /* not compared */
+    if (theirs && stmt_def_equal(theirs->def, mine))
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    struct stmt_def *stand_in = stmt_def_stand_in();
+    if (!stand_in) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    enum track_result r = ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    stmt_def_unref(stand_in);
+    return r;
+}
+
 /* Is the client's message at c->in.scan in the buffer whole? */
 static bool message_whole(const struct client *c)
 {
@@ -268,23 +292,23 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
 }
 
 /* The same before a simple Query that names the client's statement by SQL (EXECUTE,
- * DEALLOCATE). A Parse that fails (its table dropped since) makes the server skip everything up
- * to the next Sync, and a Query has none. Inside a batch or behind requests in flight, and for
- * an EXECUTE whole in the buffer, the Query waits for the Parse's outcome (prepare_held_query)
- * and gets its error as Postgres's EXECUTE would. Otherwise (a DEALLOCATE or PREPARE, or a Query
+ * DEALLOCATE, PREPARE). A Parse that fails (its table dropped since) makes the server skip
+ * everything up to the next Sync, and a Query has none. Inside a batch or behind requests in
+ * flight, and for an EXECUTE whole in the buffer, the Query waits for the Parse's outcome
+ * (prepare_held_query) and gets its error as Postgres's EXECUTE would. Otherwise (an EXECUTE
  * that streams through, on a server with nothing of the client's in flight) sluice's Parse comes
  * with its own Sync, in a batch of its own whose replies are swallowed (s->swallow); what the
  * server then holds under the name is unknown (the Parse may have failed): its next use closes
  * and prepares it again. */
-static enum track_result prepare_before_query(struct client *c, struct server *s,
-                                              struct stmt_def *mine, const char *name,
-                                              enum sql_dealloc kind, struct client_failure *fail)
+static enum track_result prepare_for_query(struct client *c, struct server *s, struct stmt_def *def,
+                                           const char *name, enum sql_dealloc kind,
+                                           struct client_failure *fail)
 {
     if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 ||
         (kind == SQL_EXECUTE && message_whole(c)))
-        return prepare_held_query(c, s, mine, name, fail);
+        return prepare_held_query(c, s, def, name, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine))
+    if (theirs && stmt_def_equal(theirs->def, def))
         return TRACK_PASS;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
@@ -296,13 +320,35 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
     }
     if (theirs)
         prepared_put_close(&s->out, name);
-    prepared_put_parse(&s->out, name, mine);
+    prepared_put_parse(&s->out, name, def);
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     s->swallow++;
     if (!stmt_map_put(&s->stmts, name, NULL))
         s->close_when_free = true; /* out of memory: what the server holds is not known */
     return TRACK_PASS;
+}
+
+/* A DEALLOCATE or PREPARE by SQL of the client's statement needs only something under its name
+ * (ensure_named): a server that lacks the statement gets the stand-in. An EXECUTE gets the
+ * client's own text. */
+static enum track_result prepare_before_query(struct client *c, struct server *s,
+                                              struct stmt_def *mine, const char *name,
+                                              enum sql_dealloc kind, struct client_failure *fail)
+{
+    if (kind == SQL_EXECUTE)
+        return prepare_for_query(c, s, mine, name, kind, fail);
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    if (s->reqs.held_query != HELD_PARSE_FAILED && theirs && stmt_def_equal(theirs->def, mine))
+        return TRACK_PASS;
+    struct stmt_def *stand_in = stmt_def_stand_in();
+    if (!stand_in) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    enum track_result r = prepare_for_query(c, s, stand_in, name, kind, fail);
+    stmt_def_unref(stand_in);
+    return r;
 }
 
 /* ---- the server's names in the client's messages (stmt_names.h) ---- */
@@ -468,8 +514,9 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
             r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                             : ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
-                                               &changed, fail);
+                : kind == SQL_EXECUTE
+                    ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, &changed, fail)
+                    : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -638,7 +685,7 @@ static enum track_result and_then(enum track_result first, enum track_result the
 }
 
 /* A Parse of a name the client has: Postgres refuses it (42P05) and keeps the old statement. The
- * server says so itself once it has the client's statement under the name it is given. */
+ * server says so itself once it has something under the name it is given (ensure_named). */
 static enum track_result parse_taken_name(struct client *c, struct server *s, struct stmt_def *mine,
                                           uint32_t key_len, enum stmt_name_extent extent,
                                           struct client_failure *fail)
@@ -646,9 +693,8 @@ static enum track_result parse_taken_name(struct client *c, struct server *s, st
     struct stmt_server_name sn;
     stmt_names_for_server(&sn, mine, extent);
     enum track_result r = room_for_statement(c, &sn, key_len);
-    bool changed; /* not compared: the server refuses the Parse whatever the result type */
-    if (r == TRACK_PASS)
-        r = ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, &changed, fail);
+    if (r == TRACK_PASS) /* the server refuses the Parse whatever it holds under the name */
+        r = ensure_named(c, s, mine, sn.name, fail);
     if (r == TRACK_PASS)
         r = queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
     if (r != TRACK_PASS)

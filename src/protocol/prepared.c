@@ -48,6 +48,7 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     d->len = len;
     d->hash = 0;
     d->effect = STMT_EFFECT_NONE;
+    d->params = NULL;
     uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
     snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu", (unsigned long long)n);
     return d;
@@ -71,6 +72,12 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
     return d;
 }
 
+struct stmt_def *stmt_def_stand_in(void)
+{
+    static const uint8_t empty[] = {0, 0, 0, 0}; /* the name's end, the text "", no types */
+    return stmt_def_new(empty, sizeof(empty));
+}
+
 /* A new holder comes from one that already holds it, so relaxed is enough (as for
  * shared_ptr); the release by the last holder must see every other holder's writes before the
  * free, hence acq_rel there. One locked instruction per name added or dropped, not per Execute. */
@@ -81,8 +88,10 @@ static void def_ref(struct stmt_def *d)
 
 void stmt_def_unref(struct stmt_def *d)
 {
-    if (d && atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) == 1)
+    if (d && atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) == 1) {
+        free(d->params);
         free(d);
+    }
 }
 
 /* What an entry adds to its map's text_bytes. */
@@ -380,6 +389,7 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     it->name = name;
     it->def = NULL;
     it->dropped = NULL;
+    it->params_shape = 0;
     q->count++;
     return 0;
 }
@@ -556,6 +566,24 @@ uint64_t stmt_shape_of(const uint8_t *body, uint32_t len)
     if (r.bad || columns < 0 || codec_reader_left(&r) != 0)
         return STMT_SHAPE_UNCHECKED;
     return h > STMT_SHAPE_NO_DATA ? h : h + STMT_SHAPE_NO_DATA + 1;
+}
+
+/* A ParameterDescription body's types; NULL when malformed or out of memory (then a Parse of
+ * sluice's names only the types the client's did). */
+static struct stmt_param_types *param_types_of(const uint8_t *body, uint32_t len)
+{
+    struct msg_reader r;
+    codec_reader_init(&r, body, len);
+    int16_t n = codec_read_i16(&r);
+    if (r.bad || n < 0 || codec_reader_left(&r) != (uint32_t)n * 4)
+        return NULL;
+    struct stmt_param_types *t = malloc(sizeof(*t) + (size_t)n * sizeof(t->oids[0]));
+    if (!t)
+        return NULL;
+    t->count = (uint16_t)n;
+    for (int16_t i = 0; i < n; i++)
+        t->oids[i] = (uint32_t)codec_read_i32(&r);
+    return t;
 }
 
 static char *describe_names(const char *server_name, const char *client_name)
@@ -781,12 +809,26 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
     uint32_t k = next_complete_at(q);
     if (k == q->count || item_at(q, k)->kind != REQ_DESCRIBE_OURS)
         return REPLY_FORWARD; /* the client's own Describe, or a portal's */
-    if (type == 't')
-        return REPLY_SWALLOW; /* the RowDescription or NoData follows */
     struct stmt_queue_item *it = item_at(q, k);
+    if (type == 't') {
+        if (body) {
+            it->params_shape = shape_mix(14695981039346656037ull, body, len);
+            /* the client's own Parse described (its name after the server's) */
+            if (client_name_of(it)[0] && it->def && !it->def->params)
+                it->def->params = param_types_of(body, len);
+        }
+        return REPLY_SWALLOW; /* the RowDescription or NoData follows */
+    }
     uint64_t shape = type == 'n' ? STMT_SHAPE_NO_DATA
                      : body    ? stmt_shape_of(body, len)
                                : STMT_SHAPE_UNCHECKED;
+    /* Its parameter types are part of what the client's statement is: a server's statement of
+     * the same definition prepared with others (another client's Parse after DDL) differs. */
+    if (shape != STMT_SHAPE_UNCHECKED && it->params_shape) {
+        shape = shape_mix(shape, &it->params_shape, sizeof(it->params_shape));
+        if (shape <= STMT_SHAPE_NO_DATA)
+            shape += STMT_SHAPE_NO_DATA + 1;
+    }
     give_shape(server_map, it->name, it->def, shape);
     if (client_map)
         give_shape(client_map, client_name_of(it), it->def, shape);
@@ -900,7 +942,21 @@ void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_d
     uint32_t partial = n == STMT_KEY_MAX ? stmt_name_rest_partial(def->data, def->len) : 0;
     for (uint32_t i = 0; i < partial; i++)
         codec_put_u8(o, '_');
-    codec_put_bytes(o, def->data + partial, def->len - partial);
+    /* def->data: the name's rest and its NUL, the text and its NUL, then the parameter types
+     * the client named, which the types the server fixed at its Parse replace when known */
+    const uint8_t *rest_end = memchr(def->data, '\0', def->len);
+    const uint8_t *text_end =
+        rest_end ? memchr(rest_end + 1, '\0', def->len - (uint32_t)(rest_end + 1 - def->data))
+                 : NULL;
+    if (!def->params || !text_end) {
+        codec_put_bytes(o, def->data + partial, def->len - partial);
+        codec_end(o);
+        return;
+    }
+    codec_put_bytes(o, def->data + partial, (uint32_t)(text_end + 1 - def->data) - partial);
+    codec_put_i16(o, (int16_t)def->params->count);
+    for (uint16_t i = 0; i < def->params->count; i++)
+        codec_put_i32(o, (int32_t)def->params->oids[i]);
     codec_end(o);
 }
 

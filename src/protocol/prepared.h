@@ -63,6 +63,12 @@ enum stmt_effect {
     STMT_EFFECT_SESSION, /* an object or parameter the transaction's end leaves behind */
 };
 
+/* The parameter types Postgres fixed at a client's Parse (its ParameterDescription). */
+struct stmt_param_types {
+    uint16_t count;
+    uint32_t oids[];
+};
+
 struct stmt_def {
     _Atomic uint32_t refs; /* maps holding it, on any worker (a server moved between workers
                             * keeps its map: 5.4); the last unref frees it */
@@ -72,6 +78,14 @@ struct stmt_def {
     /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
      * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */
     enum stmt_effect effect;
+    /* The types of its parameters as the server resolved them at the client's Parse, from
+     * sluice's Describe right after it (stmt_on_description); NULL until then, or when not
+     * known. Postgres keeps them for the statement's life, whatever DDL or search_path change
+     * later (a column's type altered): a Parse of sluice's that prepares the definition again
+     * names them (prepared_put_parse), where its text alone may resolve others. Written once,
+     * on the client's worker, while only that worker's maps hold the definition; not part of
+     * its hash or equality (stmt_def_equal), which the shape compares instead. */
+    struct stmt_param_types *params;
     uint8_t data[];
 };
 
@@ -140,6 +154,11 @@ struct stmt_map *stmt_map_new(void);
 void stmt_map_delete(struct stmt_map *m);
 
 struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
+/* A definition of the empty statement text with no parameter types, which prepares on any
+ * server, whatever its tables, types or search_path: what sluice prepares under a client's
+ * statement's name where the server needs only something there (a DEALLOCATE, a SQL PREPARE or
+ * a Parse of the name: stmt_track.c, ensure_named). NULL when out of memory. */
+struct stmt_def *stmt_def_stand_in(void);
 /* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
  * it): fill d->data, then stmt_def_seal before anything compares it. Its server name is a count,
  * given now. */
@@ -193,6 +212,8 @@ struct stmt_queue_item {
                                * back to the client if the server skips or refuses it; DESCRIBE:
                                * the definition described (held), whose entries get its shape */
     struct stmt_map *dropped; /* DROP of all: the client's map before it, likewise */
+    uint64_t params_shape;    /* DESCRIBE: its ParameterDescription's hash, once answered (0
+                               * before, or when larger than pkt_buf), mixed into the shape */
 };
 
 struct stmt_queue {

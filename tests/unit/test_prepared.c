@@ -1239,6 +1239,51 @@ static void sluices_describe_gives_both_entries_its_shape_and_is_swallowed(void)
     stmt_map_delete(client);
 }
 
+/* The ParameterDescription after the client's own Parse fixes the definition's parameter types,
+ * which sluice's Parse of it names from then on; one after sluice's own Parse (prepared again)
+ * does not change them. Its hash is part of the shape: the same RowDescription with other
+ * parameter types is another shape. */
+static void the_client_parses_parameter_types_are_kept_and_named(void)
+{
+    struct stmt_queue q = {0};
+    struct stmt_map server, *client = stmt_map_new();
+    stmt_map_init(&server);
+    /* the name's NUL, the text, no types named by the client */
+    static const uint8_t text[] = "\0select 1 where $1 = 1\0\0";
+    struct stmt_def *d = stmt_def_new(text, sizeof(text) - 1);
+    CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
+    CHECK(stmt_map_put(client, "q", d) != NULL);
+    CHECK_INT(stmt_queue_describe_due(&q, "sluice_1", "q", d), 0);
+    CHECK_INT(stmt_queue_take_due(&q), 0);
+    static const uint8_t int4[] = {0, 1, 0, 0, 0, 23}, int8[] = {0, 1, 0, 0, 0, 20};
+    CHECK_INT(stmt_on_description(&q, &server, client, 't', int4, sizeof(int4)), REPLY_SWALLOW);
+    CHECK(d->params && d->params->count == 1 && d->params->oids[0] == 23);
+    CHECK_INT(stmt_on_description(&q, &server, client, 'n', NULL, 0), REPLY_SWALLOW);
+    uint64_t with_int4 = stmt_map_get(client, "q")->shape;
+    CHECK(with_int4 > STMT_SHAPE_NO_DATA);
+    CHECK(stmt_map_get(&server, "sluice_1")->shape == with_int4);
+    /* prepared again: the Parse names int4, and the server's answer does not change it */
+    struct msg_out o;
+    codec_out_init(&o);
+    prepared_put_parse(&o, "s", d);
+    static const uint8_t want[] = {'P', 0, 0, 0, 34, 's', 0, 's', 'e', 'l', 'e', 'c', 't', ' ',
+                                   '1', ' ', 'w', 'h', 'e', 'r', 'e', ' ', '$', '1', ' ', '=', ' ',
+                                   '1', 0, 0, 1, 0, 0, 0, 23};
+    CHECK_INT(o.len, sizeof(want));
+    CHECK(o.len == sizeof(want) && memcmp(o.data, want, sizeof(want)) == 0);
+    CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
+    CHECK_INT(stmt_queue_push_describe(&q, "sluice_1", NULL, d), 0);
+    CHECK_INT(stmt_on_description(&q, &server, client, 't', int8, sizeof(int8)), REPLY_SWALLOW);
+    CHECK(d->params->oids[0] == 23);
+    CHECK_INT(stmt_on_description(&q, &server, client, 'n', NULL, 0), REPLY_SWALLOW);
+    CHECK(stmt_map_get(&server, "sluice_1")->shape != with_int4);
+    codec_out_free(&o);
+    stmt_def_unref(d);
+    stmt_queue_free(&q);
+    stmt_map_free(&server);
+    stmt_map_delete(client);
+}
+
 static void a_describe_never_sent_leaves_the_statement_to_prepare_again(void)
 {
     struct stmt_queue q = {0};
@@ -1296,6 +1341,7 @@ int main(void)
     RUN(result_types_differ_by_name_type_and_modifier_not_by_table);
     RUN(sluices_describe_gives_both_entries_its_shape_and_is_swallowed);
     RUN(a_describe_never_sent_leaves_the_statement_to_prepare_again);
+    RUN(the_client_parses_parameter_types_are_kept_and_named);
     RUN(reply_that_matches_no_request_is_unexpected);
     RUN(an_error_before_a_mark_skips_the_query_after_it);
     RUN(an_error_after_the_marks_reply_is_the_querys_own);

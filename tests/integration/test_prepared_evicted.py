@@ -1,0 +1,209 @@
+"""Prepared statements in transaction mode whose backend lacks them (max_prepared_statements
+evicted them, or the client got another backend), so that sluice prepares them again from their
+text. Postgres keeps a prepared statement as it was prepared:
+- whose text no longer prepares (its table, function or type dropped): it fails only when it
+  runs, and a DEALLOCATE, a PREPARE or Parse of its name, a Close answer as before the DROP;
+- whose parameter types its text would now resolve otherwise (a column's type altered): it
+  keeps those of its Parse.
+Postgres is the oracle: each program runs on a direct connection and through sluice with one
+server that keeps one statement, where every other statement the client names evicts the one
+before."""
+
+import pytest
+
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_msg, query_msg, raw_login,
+                    sync_msg)
+from test_prepared_oracle import batch, bind_run, q
+
+EVICT = "SELECT 'evict'"
+
+
+def evict(c):
+    """Another statement of the client's: through sluice it evicts the others from the server
+    (max_prepared_statements = 1); on Postgres it is one more statement."""
+    return [batch(c, parse_msg("ev", EVICT) + sync_msg()), bind_run(c, "ev"),
+            batch(c, close_msg("S", "ev") + sync_msg())]
+
+
+def described(c, data):
+    """What the client sees, ParameterDescriptions with their types."""
+    c.send(data)
+    seen = []
+    while True:
+        t, p = c.read_message()
+        seen.append((t, p if t == "t" else None))
+        if t == "Z":
+            return seen
+
+
+def make_table(c, table="t_ev"):
+    return [q(c, f"DROP TABLE IF EXISTS {table}"), q(c, f"CREATE TABLE {table} (a int)"),
+            q(c, f"INSERT INTO {table} VALUES (1)")]
+
+
+def deallocate_of_a_statement_whose_table_was_dropped(c):
+    """DEALLOCATE drops it; EXECUTE and Bind fail until the table comes back; Close, Describe
+    and DEALLOCATE ALL answer as on Postgres."""
+    return (make_table(c) + [batch(c, parse_msg("q1", "SELECT * FROM t_ev") + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "EXECUTE q1")] + evict(c) + [q(c, "DEALLOCATE q1"), bind_run(c, "q1"),
+               q(c, "DEALLOCATE q1"),
+               batch(c, parse_msg("q1", "SELECT * FROM t_ev") + sync_msg())] + make_table(c)
+            + [batch(c, parse_msg("q1", "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+            + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [batch(c, close_msg("S", "q1") + sync_msg()),
+               batch(c, describe_msg("S", "q1") + sync_msg())] + make_table(c)
+            + [batch(c, parse_msg("q1", "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+            + [q(c, "DROP TABLE t_ev")] + evict(c) + [q(c, "EXECUTE q1")] + make_table(c)
+            + [q(c, "EXECUTE q1")] + evict(c) + [bind_run(c, "q1")] + evict(c)
+            + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "DEALLOCATE ALL"), bind_run(c, "q1"),
+               batch(c, parse_msg("q1", "SELECT 5") + sync_msg()), bind_run(c, "q1")])
+
+
+def prepare_of_a_name_whose_table_was_dropped(c):
+    return (make_table(c) + [batch(c, parse_msg("q2", "SELECT * FROM t_ev") + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "PREPARE q2 AS SELECT 2"), q(c, "BEGIN"), q(c, "PREPARE q2 AS SELECT 2"),
+               q(c, "ROLLBACK"), q(c, "EXECUTE q2")] + evict(c)
+            + [q(c, "DEALLOCATE q2"), q(c, "BEGIN"), q(c, "PREPARE q2 AS SELECT 3"),
+               q(c, "EXECUTE q2"), q(c, "COMMIT")])
+
+
+def deallocate_and_prepare_behind_requests_in_flight(c):
+    """The Query comes inside an extended batch, or pipelined behind a failing one: sluice's
+    Parse under the name waits for its outcome there."""
+    return (make_table(c) + [batch(c, parse_msg("q6", "SELECT * FROM t_ev") + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [batch(c, parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+                     + query_msg("DEALLOCATE q6") + bind_msg("", "") + execute_msg() + sync_msg(),
+                     2),
+               batch(c, parse_msg("q6", "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+            + [q(c, "BEGIN"),
+               batch(c, query_msg("SELECT 1/0") + query_msg("DEALLOCATE q6")
+                     + query_msg("PREPARE q6 AS SELECT 1"), 3),
+               q(c, "ROLLBACK"), batch(c, query_msg("SELECT 1") + query_msg("DEALLOCATE q6"), 2),
+               q(c, "DEALLOCATE q6")])
+
+
+def statements_whose_names_or_types_went_away(c):
+    """A type or a function dropped: a DEALLOCATE or PREPARE of the name answers as before, the
+    statement fails only when it runs. (A Bind of the statement whose type went is left out:
+    Postgres answers XX000 naming the type's OID.)"""
+    return ([q(c, "DROP TYPE IF EXISTS ev_ty"),
+             q(c, "CREATE TYPE ev_ty AS ENUM ('a')"),
+             q(c, "CREATE OR REPLACE FUNCTION ev_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+             batch(c, parse_msg("ty", "SELECT 'a'::ev_ty") + sync_msg()),
+             batch(c, parse_msg("fn", "SELECT ev_fn()") + sync_msg())] + evict(c)
+            + [q(c, "DROP TYPE ev_ty"), q(c, "DROP FUNCTION ev_fn()")] + evict(c)
+            + [bind_run(c, "fn")] + evict(c)
+            + [q(c, "DEALLOCATE ty"), q(c, "PREPARE fn AS SELECT 1"), q(c, "DEALLOCATE fn"),
+               q(c, "DEALLOCATE fn")])
+
+
+def parse_of_a_taken_name_and_deallocate_by_protocol(c):
+    """A Parse of a name the client holds gets 42P05 whatever the statement's text does now;
+    a DEALLOCATE by Parse/Bind/Execute (as psycopg sends it) drops the statement."""
+    def run_sql(sql):
+        return batch(c, parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg())
+    return (make_table(c) + [batch(c, parse_msg("q7", "SELECT * FROM t_ev") + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [batch(c, parse_msg("q7", "SELECT 7") + sync_msg())] + evict(c)
+            + [batch(c, parse_msg("q7", "SELECT 7") + bind_msg("", "q7") + execute_msg()
+                     + sync_msg()),
+               run_sql("DEALLOCATE q7"), run_sql("DEALLOCATE q7")] + make_table(c)
+            + [batch(c, parse_msg("q7", "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+            + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [run_sql("PREPARE q7 AS SELECT 1"), run_sql("DEALLOCATE PREPARE q7"),
+               bind_run(c, "q7")])
+
+
+def long_quoted_and_multibyte_names(c):
+    """The same for names Postgres cuts at 63 bytes, and for an upper-case name (unquoted, SQL
+    folds it to another name). A SQL name is cut at its last whole character within 63 bytes, a
+    protocol name at 63 bytes: the multibyte names are other statements by SQL (a SQL PREPARE
+    of one outside a transaction block is left out, as it ends with the transaction through
+    sluice: docs/pool-modes.md)."""
+    out = make_table(c)
+    for name, same_key in (("x" * 70, True), ("é" * 40, False), ("ab" + "😀" * 20, False),
+                           ("Q", True)):
+        out += ([batch(c, parse_msg(name, "SELECT * FROM t_ev") + sync_msg())] + evict(c)
+                + [q(c, "DROP TABLE t_ev")] + evict(c)
+                + ([q(c, f'PREPARE "{name}" AS SELECT 1')] if same_key else [])
+                + [q(c, f"DEALLOCATE {name}"), q(c, f'DEALLOCATE "{name}"'), bind_run(c, name),
+                   q(c, "BEGIN"), q(c, f'PREPARE "{name}" AS SELECT 1'),
+                   q(c, f'EXECUTE "{name}"'), q(c, f'DEALLOCATE "{name}"'), q(c, "COMMIT"),
+                   batch(c, close_msg("S", name) + sync_msg())] + make_table(c))
+    return out
+
+
+def parameter_types_fixed_at_the_parse(c):
+    """Postgres fixes a statement's parameter types at its Parse: after the column's type is
+    altered it still takes an int4 (a value past int4 fails with 22003, its Describe says
+    int4). sluice, preparing the text again, had the server resolve int8."""
+    def run(stmt, value):
+        return batch(c, bind_msg("", stmt, [value]) + execute_msg() + sync_msg())
+    return ([q(c, "DROP TABLE IF EXISTS t_pt"), q(c, "CREATE TABLE t_pt (a int, b text)"),
+             q(c, "INSERT INTO t_pt VALUES (1, 'x')"),
+             batch(c, parse_msg("pt", "SELECT b FROM t_pt WHERE a = $1") + sync_msg()),
+             batch(c, parse_msg("pt2", "SELECT b FROM t_pt WHERE a = $1 AND b = $2", [23])
+                   + sync_msg())]
+            + evict(c) + [q(c, "ALTER TABLE t_pt ALTER a TYPE bigint")] + evict(c)
+            + [run("pt", "3000000000"), run("pt", "1"), q(c, "EXECUTE pt(3000000000)"),
+               batch(c, bind_msg("", "pt2", ["3000000000", "x"]) + execute_msg() + sync_msg())]
+            + evict(c)
+            + [described(c, describe_msg("S", "pt") + describe_msg("S", "pt2") + sync_msg())])
+
+
+SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
+             prepare_of_a_name_whose_table_was_dropped,
+             deallocate_and_prepare_behind_requests_in_flight,
+             statements_whose_names_or_types_went_away,
+             parse_of_a_taken_name_and_deallocate_by_protocol,
+             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
+def test_a_statement_the_backend_lacks_answers_as_on_postgres(pg, start_sluice, scenario):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    direct = raw_login(pg.port, password="apppass")
+    pooled = raw_login(s.port)
+    try:
+        expected, seen = scenario(direct), scenario(pooled)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        direct.close()
+        pooled.close()
+
+
+
+def two_clients_of_one_text(a, b):
+    """b prepares a's text after the column's type changed: on one server they are one name of
+    sluice's, and each must still run with its own parameter types."""
+    def run(c, value):
+        return batch(c, bind_msg("", "pt", [value]) + execute_msg() + sync_msg())
+    text = "SELECT b FROM t_pt2 WHERE a = $1"
+    return [q(a, "DROP TABLE IF EXISTS t_pt2"), q(a, "CREATE TABLE t_pt2 (a int, b text)"),
+            batch(a, parse_msg("pt", text) + sync_msg()), run(a, "1"),
+            q(a, "ALTER TABLE t_pt2 ALTER a TYPE bigint"),
+            batch(b, parse_msg("pt", text) + sync_msg()), run(b, "3000000000"),
+            run(a, "3000000000"), run(b, "3000000000"), run(a, "3000000000"),
+            described(a, describe_msg("S", "pt") + sync_msg()),
+            described(b, describe_msg("S", "pt") + sync_msg())]
+
+
+def test_two_clients_of_one_text_keep_their_parameter_types(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    conns = [raw_login(pg.port, password="apppass"), raw_login(pg.port, password="apppass"),
+             raw_login(s.port), raw_login(s.port)]
+    try:
+        expected, seen = two_clients_of_one_text(*conns[:2]), two_clients_of_one_text(*conns[2:])
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+    finally:
+        for c in conns:
+            c.close()
