@@ -83,6 +83,10 @@ struct client {
     uint8_t encryption_answered;
 
     struct pool *pool;     /* set once the login names a database */
+    /* Its pool's mode at its login, kept for the whole connection: a reload's pool_mode is for
+     * later logins, since a session-mode client's state lives on its server and a transaction-
+     * mode client's prepared statements in sluice's records (docs/pool-modes.md). */
+    enum pool_mode mode;
     struct server *server; /* while ACTIVE */
 
     char *user;            /* owns one block with database */

@@ -442,9 +442,10 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
+    c->mode = c->pool->mode;
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (worker->cfg->log_connections)
-        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
+        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->mode));
     if (pool_knows_welcome(c->pool) &&
         params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
         client_welcome_from_pool(c);

@@ -186,6 +186,7 @@ static int take_startup_spelling(struct client *c, const struct server *s)
 void link_pair(struct client *c, struct server *s)
 {
     pair(c, s);
+    s->mode = c->mode;
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->worker) - c->state_since_ms);

@@ -599,7 +599,7 @@ void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlst
 bool pool_queue_cleanup(struct server *s)
 {
     const struct config *cfg = s->pool->worker->cfg;
-    const struct pool_mode_ops *ops = pool_mode_ops(s->pool->mode, cfg->server_reset_query_always);
+    const struct pool_mode_ops *ops = pool_mode_ops(s->mode, cfg->server_reset_query_always);
     bool queued = false;
     if (s->txn_status != 'I') {
         server_queue_internal(s, "ROLLBACK");

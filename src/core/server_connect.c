@@ -419,6 +419,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
         return NULL;
     }
     s->pool = p;
+    s->mode = p->mode;
     s->id = ++worker->next_id;
     s->txn_status = 'I';
     s->connect_start_ms = sluice_now(worker);

@@ -1,0 +1,93 @@
+"""Operators mid-traffic, attacked from the outside: RELOAD, PAUSE, KILL and friends while
+clients are inside sessions, transactions and batches. Postgres is the oracle for what each
+client sees; no client's state may reach another client, and no cap may be passed."""
+
+import pytest
+
+from conftest import render_ini, wait_until
+from pgwire import bind_msg, execute_msg, parse_msg, raw_login, sync_msg
+from test_admin import CONSOLE_MAIN, console, pool_row
+from test_result_type_attacks import exchange
+
+
+def reload_with(s, pg, adm, **main):
+    """Rewrite the config with these [sluice] keys and RELOAD; wait until the pool shows them."""
+    m = dict(CONSOLE_MAIN, listen_addr="127.0.0.1", auth_type="trust", log_level="info",
+             listen_port=0)
+    m.update(main)
+    s.ini_path.write_text(render_ini(m, {"appdb": pg.db_entry()}))
+    assert adm.execute("RELOAD").statusmessage == "RELOAD"
+    if "pool_mode" in main:
+        wait_until(lambda: pool_row(adm)["pool_mode"] == main["pool_mode"], 30,
+                   what="the reloaded pool_mode")
+
+
+def one(conn, sql):
+    rows, _ = conn.query(sql)
+    return rows[0][0] if rows else None
+
+
+@pytest.mark.parametrize("new_mode", ["transaction", "statement"])
+def test_a_session_clients_state_never_reaches_another_client_when_reload_leaves_session_mode(
+        start_sluice, pg, new_mode):
+    """A session-mode client's SET, LISTEN, prepared statement and temporary table live on its
+    server. A reload to transaction (or statement) mode released that server at the client's
+    next transaction end, as it was: the next client got work_mem 7MB, the LISTEN, the
+    statement and the table, and the session client lost them on its next server. A connected
+    client now keeps the mode it logged in with."""
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="session", default_pool_size=2))
+    a = raw_login(s.port)
+    other = None
+    try:
+        for sql in ("SET work_mem = '7MB'", "LISTEN h50_channel", "PREPARE h50_p AS SELECT 7",
+                    "CREATE TEMP TABLE h50_tt (x int)"):
+            a.query(sql)
+        pid = one(a, "SELECT pg_backend_pid()")
+        with console(s) as adm:
+            reload_with(s, pg, adm, pool_mode=new_mode, default_pool_size=2)
+            assert one(a, "SELECT pg_backend_pid()") == pid  # a transaction of a's ends here
+            other = raw_login(s.port)
+            seen = (one(other, "SHOW work_mem"),
+                    one(other, "SELECT count(*) FROM pg_listening_channels()"),
+                    one(other, "SELECT count(*) FROM pg_prepared_statements"),
+                    one(other, "SELECT count(*) FROM pg_class WHERE relname = 'h50_tt' "
+                        "AND pg_table_is_visible(oid)"))
+            assert seen == ("4MB", "0", "0", "0"), seen
+            # the session client keeps its session, as against Postgres directly
+            assert one(a, "SHOW work_mem") == "7MB"
+            assert one(a, "EXECUTE h50_p") == "7"
+            assert one(a, "SELECT count(*) FROM h50_tt") == "0"
+            assert one(a, "SELECT pg_backend_pid()") == pid
+            a.close()
+            a = None
+            # what it left on its server is reset before anyone gets that server
+            for _ in range(2):
+                c = raw_login(s.port)
+                try:
+                    assert one(c, "SHOW work_mem") == "4MB"
+                    assert one(c, "SELECT count(*) FROM pg_prepared_statements") == "0"
+                finally:
+                    c.close()
+    finally:
+        for c in (a, other):
+            if c:
+                c.close()
+
+
+def test_a_transaction_clients_prepared_statement_still_runs_after_reload_to_session_mode(
+        start_sluice, pg):
+    """A statement a transaction-mode client prepared (by the protocol, which sluice keeps and
+    re-prepares under its own name on each server) answered 26000 "does not exist" after a
+    reload to session mode, where names pass through unchanged. Postgres runs it."""
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=2))
+    b = raw_login(s.port)
+    try:
+        assert exchange(b, [parse_msg("s1", "SELECT 41"), sync_msg()], 1) == [
+            ("1", b""), ("Z", "I")]
+        with console(s) as adm:
+            reload_with(s, pg, adm, pool_mode="session", default_pool_size=2)
+            for _ in range(2):
+                got = exchange(b, [bind_msg("", "s1"), execute_msg(), sync_msg()], 1)
+                assert got == [("2", b""), ("D", ["41"]), ("C", "SELECT 1"), ("Z", "I")], got
+    finally:
+        b.close()
