@@ -474,6 +474,17 @@ int client_keep_login_params(struct client *c)
     return params_copy(c->login_params, &c->params);
 }
 
+void client_keep_welcome(struct client *c, const struct param_set *told)
+{
+    for (int i = 0; i < told->n; i++) {
+        const struct param *it = &told->items[i];
+        if (!params_get(&c->params, it->name) && params_set(&c->params, it->name, it->value) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
+}
+
 void client_welcome_from_pool(struct client *c)
 {
     if (client_keep_login_params(c) < 0) {

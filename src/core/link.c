@@ -413,6 +413,7 @@ const struct pool_events link_pool_events = {
     .waiter_timed_out = client_wait_timed_out,
     .waiter_notified = notify_waiter,
     .login_welcomed = client_welcome_from_pool,
+    .welcome_dropped = client_keep_welcome,
     .client_tick = client_check_timeouts,
     .open_server = server_connect,
     .close_server = server_close,

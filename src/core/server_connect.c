@@ -124,6 +124,7 @@ void server_retire_changed(struct pool *p)
     if (!server_conninfo_now(p, &now_fp))
         return;
     const char *why = "connection settings changed by reload";
+    pool_forget_stale_welcome(p, now_fp);
     struct list_node *n, *tmp;
     /* Idle servers, and those still connecting with the old settings (to an address the
      * operator may have just corrected: their failure says nothing of the database now, and

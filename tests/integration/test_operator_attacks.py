@@ -5,7 +5,7 @@ client sees; no client's state may reach another client, and no cap may be passe
 import pytest
 
 from conftest import render_ini, wait_until
-from pgwire import bind_msg, execute_msg, parse_msg, raw_login, sync_msg
+from pgwire import bind_msg, execute_msg, message, parse_msg, raw_login, sync_msg
 from test_admin import CONSOLE_MAIN, console, pool_row
 from test_result_type_attacks import exchange
 
@@ -91,3 +91,45 @@ def test_a_transaction_clients_prepared_statement_still_runs_after_reload_to_ses
                 assert got == [("2", b""), ("D", ["41"]), ("C", "SELECT 1"), ("Z", "I")], got
     finally:
         b.close()
+
+
+def told_and_has(conn):
+    """What the client was told (ParameterStatus) and what its server has, for TimeZone and
+    client_encoding."""
+    told = (conn.params.get("TimeZone"), conn.params.get("client_encoding"))
+    rows, _ = conn.query("SELECT current_setting('TimeZone'), current_setting('client_encoding')")
+    return told, tuple(rows[0])
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_reload_of_a_database_entrys_server_parameters_reaches_new_clients_only(
+        start_sluice, pg, mode):
+    """A database entry's timezone= and client_encoding= are what its servers start with. A
+    reload that changed them kept telling new clients the old values (the pool's welcome, learnt
+    from a server before the reload), and handed them servers with the old ones: the new
+    settings never took effect. Now new clients are told and get the new values, and a client
+    connected before the reload keeps what it was told, on whatever server it gets next."""
+    old = pg.db_entry(timezone="UTC", client_encoding="LATIN1")
+    new = pg.db_entry(timezone="Asia/Tokyo", client_encoding="UTF8")
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode=mode, default_pool_size=3),
+                     databases={"appdb": old})
+    a = raw_login(s.port)
+    clients = [a]
+    try:
+        assert told_and_has(a) == (("UTC", "LATIN1"), ("UTC", "LATIN1"))
+        with console(s) as adm:
+            m = dict(CONSOLE_MAIN, listen_addr="127.0.0.1", auth_type="trust",
+                     log_level="info", listen_port=0, pool_mode=mode, default_pool_size=3)
+            s.ini_path.write_text(render_ini(m, {"appdb": new}))
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            for _ in range(2):
+                b = raw_login(s.port)
+                clients.append(b)
+                assert told_and_has(b) == (("Asia/Tokyo", "UTF8"), ("Asia/Tokyo", "UTF8"))
+            # the client from before keeps what it was told, on its next server too
+            assert told_and_has(a) == (("UTC", "LATIN1"), ("UTC", "LATIN1"))
+            got = exchange(a, [message(b"Q", b"SELECT '\xe9'\0")], 1)  # LATIN1's é
+            assert [m[0] for m in got] == ["T", "D", "C", "Z"], got  # UTF8 would say 22021
+    finally:
+        for c in clients:
+            c.close()
