@@ -631,6 +631,9 @@ void ledger_breaker_refused(struct ledger *l, struct ledger_key *key, const char
  * *failures and *down_ms say for how many failed attempts and how long. */
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,
                               uint64_t *down_ms);
+/* A reload changed key's connection settings: the failures were of the old ones, so the next
+ * attempt (still one at a time while it is down) may start now, not after their backoff. */
+void ledger_breaker_retry_now(struct ledger *l, struct ledger_key *key);
 /* A copy of key's breaker (under the lock): what a worker's pool shows and tells its clients. */
 void ledger_breaker_read(struct ledger *l, const struct ledger_key *key, struct ledger_breaker *out);
 /* Lock-free hint: is key's breaker open? */

@@ -89,6 +89,9 @@ struct pool {
      * changes them (a database entry's client_encoding=, timezone=, host=...) drops the
      * welcome, so new clients are told what the new servers report. 0: not reloaded yet. */
     uint64_t welcome_fp;
+    /* conninfo_fingerprint of its settings when it last opened a server or was reloaded (0:
+     * neither yet): a reload that changes it was a change of host, port, dbname, ... */
+    uint64_t conninfo_fp;
     struct param_set accepted; /* startup values a server accepted at a login (params.c) */
 
     /* Connect failures: backoff instead of a reconnect storm, and fast failure while down. */

@@ -23,6 +23,7 @@
 #include "login_notice.h"
 #include "passthrough.h"
 #include "pool.h"
+#include "pool_breaker.h"
 #include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
@@ -125,6 +126,9 @@ void server_retire_changed(struct pool *p)
         return;
     const char *why = "connection settings changed by reload";
     pool_forget_stale_welcome(p, now_fp);
+    if (p->conninfo_fp != 0 && p->conninfo_fp != now_fp)
+        pool_breaker_settings_changed(p);
+    p->conninfo_fp = now_fp;
     struct list_node *n, *tmp;
     /* Idle servers, and those still connecting with the old settings (to an address the
      * operator may have just corrected: their failure says nothing of the database now, and
@@ -452,6 +456,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
     s->conninfo_fp = conninfo_fingerprint(kw, val);
+    p->conninfo_fp = s->conninfo_fp;
     char why[300];
     int r = resolver_start(worker->loop, kw, val, on_server_resolved, s, &s->resolving, why,
                            sizeof(why));

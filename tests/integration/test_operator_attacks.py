@@ -2,10 +2,12 @@
 clients are inside sessions, transactions and batches. Postgres is the oracle for what each
 client sees; no client's state may reach another client, and no cap may be passed."""
 
+import time
+
 import pytest
 
 from conftest import render_ini, wait_until
-from pgwire import bind_msg, execute_msg, message, parse_msg, raw_login, sync_msg
+from pgwire import bind_msg, execute_msg, message, parse_msg, query_msg, raw_login, sync_msg
 from test_admin import CONSOLE_MAIN, console, pool_row
 from test_result_type_attacks import exchange
 
@@ -133,3 +135,35 @@ def test_a_reload_of_a_database_entrys_server_parameters_reaches_new_clients_onl
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_reload_that_corrects_a_databases_port_serves_waiting_clients_at_once(
+        start_sluice, pg):
+    """An operator's typo (a wrong port) made every attempt fail, and the backoff grew. A
+    reload with the port corrected left that backoff in force: the waiting client sat out up
+    to server_login_retry before the first attempt at the right port, though those failures
+    said nothing of the new settings. Now the next attempt starts at once."""
+    main = dict(CONSOLE_MAIN, listen_addr="127.0.0.1", auth_type="trust", log_level="debug",
+                listen_port=0, pool_mode="transaction", server_login_retry=60,
+                server_down_wait=120, query_wait_timeout=120)
+    s = start_sluice(main)
+    a = raw_login(s.port, timeout=120)
+    try:
+        assert one(a, "SELECT 1") == "1"
+        with console(s) as adm:
+            s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry(port=1)}))
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            mark = s.mark()
+            a.send(query_msg("SELECT 'served'"))  # waits: every attempt is refused
+            # the backoff doubles from 100 ms (+-20%): wait for a retry 10 s or more away
+            s.wait_for_log(r"probe failed \(failure \d+, next try in (\d{6,}|[1-9]\d{4}) ms\)",
+                           timeout=90, since=mark)
+            seen = time.monotonic()
+            s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry()}))
+            assert adm.execute("RELOAD").statusmessage == "RELOAD"
+            rows, _ = a.read_results()
+            assert rows == [["served"]]
+            # before, the answer came at that retry, 10 s or more after its log line
+            assert time.monotonic() - seen < 8, time.monotonic() - seen
+    finally:
+        a.close()
