@@ -4,9 +4,10 @@ client sees; no client's state may reach another client, and no cap may be passe
 
 import time
 
+import psycopg
 import pytest
 
-from conftest import render_ini, wait_until
+from conftest import Background, render_ini, wait_until
 from pgwire import bind_msg, execute_msg, message, parse_msg, query_msg, raw_login, sync_msg
 from test_admin import CONSOLE_MAIN, console, pool_row
 from test_result_type_attacks import exchange
@@ -167,3 +168,31 @@ def test_a_reload_that_corrects_a_databases_port_serves_waiting_clients_at_once(
             assert time.monotonic() - seen < 8, time.monotonic() - seen
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("resume", ["RESUME appdb", "RESUME"])
+def test_a_pause_undone_by_resume_before_it_took_effect_is_not_answered_as_done(
+        start_sluice, resume):
+    """PAUSE waits for the transactions in flight to end. An operator's (or a second script's)
+    RESUME meanwhile undid it, and the waiting PAUSE then answered PAUSE, as if the database
+    were paused: a script's "PAUSE; maintenance; RESUME" ran its maintenance under traffic.
+    Now that PAUSE ends with 57014 saying it was ended and nothing is paused."""
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=1))
+    holder = raw_login(s.port)
+    try:
+        holder.query("BEGIN")
+        holder.query("SELECT 1")
+        with console(s) as pauser, console(s) as resumer:
+            pausing = Background(lambda: pauser.execute("PAUSE appdb").statusmessage)
+            wait_until(lambda: pool_row(resumer)["paused"] == 1, 30, what="the pause")
+            assert not pausing.done()  # it waits for the holder's transaction
+            assert resumer.execute(resume).statusmessage == "RESUME"
+            err = pausing.error(30)
+            assert isinstance(err, psycopg.errors.QueryCanceled), err
+            assert "RESUME" in str(err) and "not paused" in str(err), err
+            assert pool_row(resumer)["paused"] == 0
+            holder.query("COMMIT")
+            assert one(holder, "SELECT 'served'") == "served"
+            assert pauser.execute("SHOW VERSION").fetchone()  # the console goes on
+    finally:
+        holder.close()
