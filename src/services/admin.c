@@ -121,14 +121,14 @@ static struct client *find_console_client(struct worker *worker, uint64_t id)
 static const char *target_db(const struct admin_command *cmd);
 
 enum wait_kind {
-    WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
+    WAIT_PAUSE,         /* paused pools have no server left (connect attempts aside) */
     WAIT_PAUSE_RESUMED, /* a RESUME undid the PAUSE before it was done: answered with 57014 */
-    WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
-    WAIT_OUTPUT,     /* the client has read most of its pending output */
-    WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
-    WAIT_FRAMES,     /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
-    WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
-    WAIT_SET,        /* the same for SET's generation: answered with SET's tag */
+    WAIT_CLOSE_DONE,    /* no server marked close_when_free is left */
+    WAIT_OUTPUT,        /* the client has read most of its pending output */
+    WAIT_ROWS,          /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
+    WAIT_FRAMES,        /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
+    WAIT_RELOAD,        /* every worker applied the new config (control_reload_done) */
+    WAIT_SET,           /* the same for SET's generation: answered with SET's tag */
 };
 
 struct admin_wait {
