@@ -86,6 +86,10 @@ struct client {
     uint8_t encryption_answered;
 
     struct pool *pool;     /* set once the login names a database */
+    /* Its pool's mode at its login, kept for the whole connection: a reload's pool_mode is for
+     * later logins, since a session-mode client's state lives on its server and a transaction-
+     * mode client's prepared statements in sluice's records (docs/pool-modes.md). */
+    enum pool_mode mode;
     struct server *server; /* while ACTIVE */
 
     char *user;            /* owns one block with database */
@@ -208,6 +212,9 @@ static inline bool client_login_syncing(const struct client *c)
 void client_send_welcome(struct client *c, const struct param_set *server_params);
 /* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */
 void client_welcome_from_pool(struct client *c);
+/* A reload dropped the pool's welcome (pool_events.welcome_dropped): the parameters c was
+ * told at its login and has not set become its own, so its next server is given them. */
+void client_keep_welcome(struct client *c, const struct param_set *told);
 /* The wait for a server is over without one (query_wait_timeout, or server_down_wait while the
  * database is down): answer the queued request with ends_request (an ERROR) and keep the
  * session when the whole request is buffered, else end it with ends_session (a FATAL). */

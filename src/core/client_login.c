@@ -442,9 +442,10 @@ void client_login_ok(struct client *c)
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
+    c->mode = c->pool->mode;
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (worker->cfg->log_connections)
-        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->pool->mode));
+        log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->mode));
     if (pool_knows_welcome(c->pool) &&
         params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
         client_welcome_from_pool(c);
@@ -471,6 +472,17 @@ int client_keep_login_params(struct client *c)
         return -ENOMEM;
     params_init(c->login_params);
     return params_copy(c->login_params, &c->params);
+}
+
+void client_keep_welcome(struct client *c, const struct param_set *told)
+{
+    for (int i = 0; i < told->n; i++) {
+        const struct param *it = &told->items[i];
+        if (!params_get(&c->params, it->name) && params_set(&c->params, it->name, it->value) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
+    }
 }
 
 void client_welcome_from_pool(struct client *c)

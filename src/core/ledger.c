@@ -851,24 +851,38 @@ bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enu
 }
 
 void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,
-                              const struct param_set *welcome)
+                              const struct param_set *welcome, uint64_t conninfo_fp)
 {
     lock(l);
     if (!key->have_welcome) {
-        if (params_copy(&key->welcome, welcome) == 0)
+        if (params_copy(&key->welcome, welcome) == 0) {
             key->have_welcome = true;
-        else
+            key->welcome_fp = conninfo_fp;
+        } else {
             params_free(&key->welcome);
+        }
     }
     unlock(l);
 }
 
-bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out)
+bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out,
+                             uint64_t conninfo_fp)
 {
     lock(l);
-    bool copied = key->have_welcome && params_copy(out, &key->welcome) == 0;
+    bool copied = key->have_welcome && (conninfo_fp == 0 || key->welcome_fp == conninfo_fp) &&
+                  params_copy(out, &key->welcome) == 0;
     unlock(l);
     return copied;
+}
+
+void ledger_key_forget_welcome(struct ledger *l, struct ledger_key *key, uint64_t conninfo_fp)
+{
+    lock(l);
+    if (key->have_welcome && key->welcome_fp != conninfo_fp) {
+        params_free(&key->welcome);
+        key->have_welcome = false;
+    }
+    unlock(l);
 }
 
 void ledger_free(struct ledger *l)

@@ -129,6 +129,7 @@ struct ledger_key {
      * instead of waiting for a server of its own worker. */
     struct param_set welcome;
     bool have_welcome;
+    uint64_t welcome_fp; /* conninfo_fingerprint of the server it was learnt from */
     struct ledger_breaker breaker;
     /* Slots a give took for worker i's registered waiter of this key (ledger_wake_for, under
      * mu): counted in every scope, in the LEDGER_IN_TRANSIT share, until that worker's next
@@ -560,10 +561,15 @@ bool ledger_largest_in_scope(struct ledger *l, const struct ledger_key *key, enu
 /* A pool learnt what a server of key reports at login: kept once for every worker (the first
  * one wins; out of memory keeps none, and each worker then learns its own). */
 void ledger_key_share_welcome(struct ledger *l, struct ledger_key *key,
-                              const struct param_set *welcome);
-/* Copies key's shared welcome into out (empty, params_init'd): false when none is known yet or
- * memory ran out (out may then hold part of it: the caller frees or retries). */
-bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out);
+                              const struct param_set *welcome, uint64_t conninfo_fp);
+/* Copies key's shared welcome into out (empty, params_init'd): false when none is known yet, it
+ * came from a server of other connection settings than conninfo_fp (0: any), or memory ran out
+ * (out may then hold part of it: the caller frees or retries). */
+bool ledger_key_copy_welcome(struct ledger *l, struct ledger_key *key, struct param_set *out,
+                             uint64_t conninfo_fp);
+/* A reload changed the key's connection settings to conninfo_fp: a welcome learnt from a
+ * server of other settings is dropped, to be learnt again. */
+void ledger_key_forget_welcome(struct ledger *l, struct ledger_key *key, uint64_t conninfo_fp);
 /* The most usable connections learnt by any key of database db_name (auth_query's caps). */
 static inline int ledger_db_usable(const struct ledger *l, const char *db_name)
 {
@@ -631,6 +637,9 @@ struct ledger_breaker_failure ledger_breaker_failed(struct ledger *l, struct led
  * *failures and *down_ms say for how many failed attempts and how long. */
 bool ledger_breaker_succeeded(struct ledger *l, struct ledger_key *key, int *failures,
                               uint64_t *down_ms);
+/* A reload changed key's connection settings: the failures were of the old ones, so the next
+ * attempt (still one at a time while it is down) may start now, not after their backoff. */
+void ledger_breaker_retry_now(struct ledger *l, struct ledger_key *key);
 /* A copy of key's breaker (under the lock): what a worker's pool shows and tells its clients. */
 void ledger_breaker_read(struct ledger *l, const struct ledger_key *key, struct ledger_breaker *out);
 /* Lock-free hint: is key's breaker open? */

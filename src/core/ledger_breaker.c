@@ -26,6 +26,15 @@ bool ledger_breaker_may_try(struct ledger *l, struct ledger_key *key, int worker
     return may;
 }
 
+void ledger_breaker_retry_now(struct ledger *l, struct ledger_key *key)
+{
+    struct ledger_breaker *b = &key->breaker;
+    pthread_mutex_lock(&l->mu);
+    b->next_try_ms = 0;
+    b->claim_until_ms = 0;
+    pthread_mutex_unlock(&l->mu);
+}
+
 void ledger_breaker_unclaim(struct ledger *l, struct ledger_key *key, int worker)
 {
     struct ledger_breaker *b = &key->breaker;

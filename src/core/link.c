@@ -186,6 +186,7 @@ static int take_startup_spelling(struct client *c, const struct server *s)
 void link_pair(struct client *c, struct server *s)
 {
     pair(c, s);
+    s->mode = c->mode;
     bool login = c->state == CLIENT_LOGIN_WAIT;
     if (c->state == CLIENT_WAITING || c->state == CLIENT_WAITING_LAST)
         pool_record_wait(c->pool, sluice_now(c->worker) - c->state_since_ms);
@@ -420,6 +421,7 @@ const struct pool_events link_pool_events = {
     .waiter_timed_out = client_wait_timed_out,
     .waiter_notified = notify_waiter,
     .login_welcomed = client_welcome_from_pool,
+    .welcome_dropped = client_keep_welcome,
     .client_tick = client_check_timeouts,
     .open_server = server_connect,
     .close_server = server_close,

@@ -477,7 +477,8 @@ bool pool_knows_welcome(struct pool *p)
 {
     if (p->have_welcome || p->worker->proc->nworkers == 1)
         return p->have_welcome;
-    if (ledger_key_copy_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome))
+    if (ledger_key_copy_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome,
+                                p->welcome_fp))
         p->have_welcome = true;
     else
         params_free(&p->welcome); /* a part copied before memory ran out */
@@ -491,6 +492,8 @@ void pool_learn_welcome(struct server *s)
      * reports them, not what another client would be told. */
     if (pool_knows_welcome(p) || !params_startup_keeps_reports(&s->startup))
         return;
+    if (p->welcome_fp != 0 && s->conninfo_fp != p->welcome_fp)
+        return; /* opened before a reload changed the settings: not what new servers report */
     /* A client that sends no application_name has the database entry's (as in PgBouncer, which
      * sends it in the server's startup packet), else '' as from Postgres: not the one a
      * client's startup parameters gave this server. */
@@ -502,9 +505,34 @@ void pool_learn_welcome(struct server *s)
         return;
     }
     p->have_welcome = true;
+    p->welcome_fp = s->conninfo_fp;
     if (p->worker->proc->nworkers > 1)
-        ledger_key_share_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome);
+        ledger_key_share_welcome(&p->worker->proc->ledger, p->ledger_key, &p->welcome,
+                                 s->conninfo_fp);
     welcome_login_waiters(p);
+}
+
+void pool_forget_stale_welcome(struct pool *p, uint64_t conninfo_fp)
+{
+    if (p->welcome_fp == conninfo_fp)
+        return;
+    if (p->have_welcome) {
+        struct list *clients[] = {&p->idle_clients, &p->active_clients, &p->waiting};
+        for (size_t i = 0; i < sizeof clients / sizeof clients[0]; i++) {
+            struct list_node *n, *tmp;
+            list_for_each(clients[i], n, tmp)
+            {
+                struct client *c = container_of(n, struct client, node);
+                if (c->state != CLIENT_LOGIN_WAIT) /* not welcomed yet: told the new one */
+                    p->worker->pool_events->welcome_dropped(c, &p->welcome);
+            }
+        }
+        params_free(&p->welcome);
+        p->have_welcome = false;
+    }
+    p->welcome_fp = conninfo_fp;
+    if (p->worker->proc->nworkers > 1)
+        ledger_key_forget_welcome(&p->worker->proc->ledger, p->ledger_key, conninfo_fp);
 }
 
 void pool_server_ready(struct server *s)
@@ -599,7 +627,7 @@ void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlst
 bool pool_queue_cleanup(struct server *s)
 {
     const struct config *cfg = s->pool->worker->cfg;
-    const struct pool_mode_ops *ops = pool_mode_ops(s->pool->mode, cfg->server_reset_query_always);
+    const struct pool_mode_ops *ops = pool_mode_ops(s->mode, cfg->server_reset_query_always);
     bool queued = false;
     if (s->txn_status != 'I') {
         server_queue_internal(s, "ROLLBACK");

@@ -85,6 +85,13 @@ struct pool {
 
     struct param_set welcome; /* what a server reported at login: sent to new clients */
     bool have_welcome;
+    /* conninfo_fingerprint of the settings the welcome is (to be) learnt from: a reload that
+     * changes them (a database entry's client_encoding=, timezone=, host=...) drops the
+     * welcome, so new clients are told what the new servers report. 0: not reloaded yet. */
+    uint64_t welcome_fp;
+    /* conninfo_fingerprint of its settings when it last opened a server or was reloaded (0:
+     * neither yet): a reload that changes it was a change of host, port, dbname, ... */
+    uint64_t conninfo_fp;
     struct param_set accepted; /* startup values a server accepted at a login (params.c) */
 
     /* Connect failures: backoff instead of a reconnect storm, and fast failure while down. */
@@ -119,6 +126,9 @@ struct pool_events {
     void (*waiter_notified)(struct client *c, const char *message);
     /* The pool knows what to report now: c's login finishes without a server of its own. */
     void (*login_welcomed)(struct client *c);
+    /* A reload dropped the welcome c was told at its login (pool_forget_stale_welcome): what
+     * it was told stays what it has, as a backend's settings stay when the config changes. */
+    void (*welcome_dropped)(struct client *c, const struct param_set *told);
     /* The pool's tick (pool_maintain) reaches a logged-in client, IDLE or ACTIVE. */
     void (*client_tick)(struct client *c, uint64_t now);
 
@@ -187,6 +197,8 @@ bool pool_queue_cleanup(struct server *s);
  * (and shares it with the other workers' pools), never from one a client has used: its
  * parameters are that client's. */
 void pool_learn_welcome(struct server *s);
+/* A reload made p's connection settings conninfo_fp: forget a welcome learnt under others. */
+void pool_forget_stale_welcome(struct pool *p, uint64_t conninfo_fp);
 /* A server became usable (connected, or finished resetting): give it to a waiter or keep it. */
 void pool_server_ready(struct server *s);
 /* A server that was idle on another worker moved here (handover.c, MOVING, s->pool = p,

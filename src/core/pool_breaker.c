@@ -105,6 +105,15 @@ bool pool_may_try_connect(struct pool *p)
     return ledger_breaker_may_try(ledger_of(p), p->ledger_key, (int)p->worker->index, claim_ms);
 }
 
+void pool_breaker_settings_changed(struct pool *p)
+{
+    if (p->breaker.failures == 0 &&
+        atomic_load_explicit(&p->ledger_key->breaker.failures, memory_order_relaxed) == 0)
+        return;
+    p->breaker.next_try_ms = 0;
+    ledger_breaker_retry_now(ledger_of(p), p->ledger_key);
+}
+
 /* Why a client that needs a server of a down pool fails: the database's reason and how long. */
 void pool_describe_down(const struct pool *p, char *msg, size_t len)
 {

@@ -13,7 +13,8 @@
 
 uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
 {
-    return p->mode == POOL_SESSION ? c->startup_fp : 0;
+    (void)p; /* the mode of c's login, not the pool's now: a reload changes the latter */
+    return c->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
 uint64_t pool_waiter_arrival(const struct client *c)

@@ -216,7 +216,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
     struct buf *b = &s->in;
     bool forbid_txn =
         c &&
-        pool_mode_ops(s->pool->mode, c->worker->cfg->server_reset_query_always)->forbid_transaction;
+        pool_mode_ops(s->mode, c->worker->cfg->server_reset_query_always)->forbid_transaction;
     while (b->scan < b->wpos) {
         if (s->rx.remain) {
             uint32_t take = min_u32(s->rx.remain, b->wpos - b->scan);
@@ -690,7 +690,7 @@ static enum relay_result release_due(const struct client *c, const struct server
     if (!relay_pair_quiet(c, s))
         return RELAY_LINKED;
     const struct pool_mode_ops *ops =
-        pool_mode_ops(s->pool->mode, c->worker->cfg->server_reset_query_always);
+        pool_mode_ops(s->mode, c->worker->cfg->server_reset_query_always);
     if (!ops->release_at_idle || c->pinned)
         return RELAY_LINKED;
     if (s->txn_status != 'I')

@@ -25,7 +25,7 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b)
 
 bool request_track_on(const struct server *s)
 {
-    return pool_mode_ops(s->pool->mode, false)->release_at_idle;
+    return pool_mode_ops(s->mode, false)->release_at_idle;
 }
 
 bool request_track_client_waits(const struct server *s)

@@ -347,7 +347,7 @@ static bool fast_close_due(const struct server *s)
     struct client *c = s->client;
     return cfg->server_fast_close && s->close_when_free && c && s->txn_status == 'I' &&
            s->swallow == 0 &&
-           !pool_mode_ops(s->pool->mode, cfg->server_reset_query_always)->release_at_idle &&
+           !pool_mode_ops(s->mode, cfg->server_reset_query_always)->release_at_idle &&
            relay_at_boundary(s, c) && buf_pending(&c->in) == 0;
 }
 

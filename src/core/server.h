@@ -89,6 +89,10 @@ struct server {
     struct msg_out out;    /* sluice's own messages, written before any client bytes */
     uint32_t out_pos;
     struct client *client; /* while ACTIVE */
+    /* The pool mode it serves under: its present or last client's (link_pair), so that a
+     * reload's pool_mode never changes the rules of a link in the middle of it; the pool's
+     * until its first client. */
+    enum pool_mode mode;
     struct budget *lease_budget; /* the budget this link is charged to */
 
     struct param_set params; /* the backend's current session parameters */

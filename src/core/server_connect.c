@@ -23,6 +23,7 @@
 #include "login_notice.h"
 #include "passthrough.h"
 #include "pool.h"
+#include "pool_breaker.h"
 #include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
@@ -124,6 +125,10 @@ void server_retire_changed(struct pool *p)
     if (!server_conninfo_now(p, &now_fp))
         return;
     const char *why = "connection settings changed by reload";
+    pool_forget_stale_welcome(p, now_fp);
+    if (p->conninfo_fp != 0 && p->conninfo_fp != now_fp)
+        pool_breaker_settings_changed(p);
+    p->conninfo_fp = now_fp;
     struct list_node *n, *tmp;
     /* Idle servers, and those still connecting with the old settings (to an address the
      * operator may have just corrected: their failure says nothing of the database now, and
@@ -419,6 +424,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
         return NULL;
     }
     s->pool = p;
+    s->mode = p->mode;
     s->id = ++worker->next_id;
     s->txn_status = 'I';
     s->connect_start_ms = sluice_now(worker);
@@ -450,6 +456,7 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
     bool has_password = false;
     build_conninfo(p, db, kw, val, &user, &has_password);
     s->conninfo_fp = conninfo_fingerprint(kw, val);
+    p->conninfo_fp = s->conninfo_fp;
     char why[300];
     int r = resolver_start(worker->loop, kw, val, on_server_resolved, s, &s->resolving, why,
                            sizeof(why));

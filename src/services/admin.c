@@ -121,13 +121,14 @@ static struct client *find_console_client(struct worker *worker, uint64_t id)
 static const char *target_db(const struct admin_command *cmd);
 
 enum wait_kind {
-    WAIT_PAUSE,      /* paused pools have no server left (connect attempts aside) */
-    WAIT_CLOSE_DONE, /* no server marked close_when_free is left */
-    WAIT_OUTPUT,     /* the client has read most of its pending output */
-    WAIT_ROWS,       /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
-    WAIT_FRAMES,     /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
-    WAIT_RELOAD,     /* every worker applied the new config (control_reload_done) */
-    WAIT_SET,        /* the same for SET's generation: answered with SET's tag */
+    WAIT_PAUSE,         /* paused pools have no server left (connect attempts aside) */
+    WAIT_PAUSE_RESUMED, /* a RESUME undid the PAUSE before it was done: answered with 57014 */
+    WAIT_CLOSE_DONE,    /* no server marked close_when_free is left */
+    WAIT_OUTPUT,        /* the client has read most of its pending output */
+    WAIT_ROWS,          /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
+    WAIT_FRAMES,        /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
+    WAIT_RELOAD,        /* every worker applied the new config (control_reload_done) */
+    WAIT_SET,           /* the same for SET's generation: answered with SET's tag */
 };
 
 struct admin_wait {
@@ -180,6 +181,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     switch (w->kind) {
     case WAIT_PAUSE:
         return control_pause_done(worker, target_db(&w->target));
+    case WAIT_PAUSE_RESUMED:
+        return true;
     case WAIT_CLOSE_DONE:
         return control_close_done(worker, target_db(&w->target));
     case WAIT_OUTPUT:
@@ -196,6 +199,7 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
 }
 
 static void settle_waits(struct process *proc);
+static void end_pauses_resumed(struct client *resumer, const struct admin_command *resume);
 
 /* A worker's rows for a console client's SHOW (admin_show's arrived), on the console's thread:
  * the last worker's answer it now, not at the next tick. */
@@ -466,6 +470,7 @@ static enum outcome run_command(struct client *c, const struct admin_command *cm
             return OUT_ERROR;
         log_client(LOG_INFO, c, "admin: RESUME %s", target_text(cmd));
         control_resume(worker, target_db(cmd));
+        end_pauses_resumed(c, cmd);
         return OUT_DONE;
     case ADMIN_RECONNECT:
         if (!check_target(c, cmd))
@@ -687,12 +692,22 @@ static void settle_waits(struct process *proc)
         list_remove(&worker->proc->admin_waits, n);
         enum wait_kind kind = w->kind;
         enum admin_show show = w->show;
+        struct admin_command paused = w->target;
         free(w);
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind == WAIT_FRAMES)
             admin_show(c, show, NULL);
-        if (kind != WAIT_OUTPUT) {
+        if (kind == WAIT_PAUSE_RESUMED) {
+            log_client(LOG_INFO, c, "admin: PAUSE %s ended by a RESUME before it was done",
+                       target_text(&paused));
+            put_error(c, SQLSTATE_QUERY_CANCELED,
+                      "SHOW DATABASES says what is paused; PAUSE again to pause.",
+                      "PAUSE %s was ended by a RESUME before its servers were released: not "
+                      "paused",
+                      target_text(&paused));
+            codec_put_ready(&c->out, 'I');
+        } else if (kind != WAIT_OUTPUT) {
             put_command_complete(&c->out, kind == WAIT_PAUSE                         ? "PAUSE"
                                           : kind == WAIT_ROWS || kind == WAIT_FRAMES ? "SHOW"
                                           : kind == WAIT_RELOAD                      ? "RELOAD"
@@ -730,6 +745,23 @@ static void cancel_wait(struct client *c)
         on_data(c);
     else
         client_send(c);
+}
+
+/* A RESUME of what a PAUSE still waits for undoes it: that PAUSE's wait would end at once,
+ * its pools no longer paused, and answer PAUSE to an operator whose database is not paused
+ * (a script's "PAUSE; maintenance; RESUME" would run its maintenance under traffic). It ends
+ * with an error instead (settle_waits), as a cancelled one does. */
+static void end_pauses_resumed(struct client *resumer, const struct admin_command *resume)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&resumer->worker->proc->admin_waits, n, tmp)
+    {
+        struct admin_wait *w = container_of(n, struct admin_wait, node);
+        if (w->kind == WAIT_PAUSE &&
+            (!resume->has_name ||
+             (w->target.has_name && strcmp(resume->name, w->target.name) == 0)))
+            w->kind = WAIT_PAUSE_RESUMED;
+    }
 }
 
 static void free_waits(struct process *proc)

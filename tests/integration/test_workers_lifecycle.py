@@ -118,8 +118,9 @@ def test_reload_under_load_on_every_worker_then_pool_mode_session_at_once(start_
     """Eight clients (two per worker) run short transactions while the config is reloaded
     again and again, by the console's RELOAD and by SIGHUP: no client sees an error and the
     backends never exceed the cap in force. Then pool_mode = session: right as RELOAD answers,
-    each client's next transaction keeps its server, on every worker (RELOAD answers once every
-    worker applied it, 5.7)."""
+    each client that logs in keeps its server, on every worker (RELOAD answers once every
+    worker applied it, 5.7; a client connected before keeps the mode of its login,
+    docs/pool-modes.md)."""
     s = start4(start_sluice, pg, default_pool_size=8)
     conns = connect_many(s, "load", 2 * WORKERS)
     try:
@@ -146,7 +147,10 @@ def test_reload_under_load_on_every_worker_then_pool_mode_session_at_once(start_
         with console(s) as adm:
             rewrite(s, pg, pool_mode="session", default_pool_size=2 * WORKERS)
             assert adm.execute("RELOAD").statusmessage == "RELOAD"
-            # no wait: the first transaction after RELOAD runs in session mode on every worker
+            close_all(conns)
+            # no wait: the first login after RELOAD is in session mode on every worker
+            conns = connect_many(s, "fresh", 2 * WORKERS)
+            assert_spread(s, fresh=2 * WORKERS)
             pids = [c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns]
             # the other workers' rows are their last published frame (<= 100 ms old): a
             # worker that had run that transaction in transaction mode would have let its
