@@ -161,7 +161,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
                             const char *shown, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
-    if (pool_mode_ops(s->pool->mode, false)->release_at_idle) {
+    if (pool_mode_ops(s->mode, false)->release_at_idle) {
         lr->set_watch = SET_WATCH_ON;
         lr->word_len = 0;
         lr->prev_byte = 0;

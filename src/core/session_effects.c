@@ -206,7 +206,7 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
         log_client(LOG_WARNING, c,
                    "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
                    "session_state_policy = pin",
-                   session_feature_name(f), pool_mode_name(s->pool->mode),
+                   session_feature_name(f), pool_mode_name(s->mode),
                    params_get(&c->params, "application_name") ?: "", fate);
     }
     return TRACK_PASS;
