@@ -13,7 +13,7 @@ import pytest
 
 from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_msg, query_msg, raw_login,
                     sync_msg)
-from test_prepared_oracle import batch, bind_run, q
+from test_prepared_oracle import assert_sluice_shows_what_postgres_shows, batch, bind_run, q
 
 EVICT = "SELECT 'evict'"
 
@@ -165,18 +165,8 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_a_statement_the_backend_lacks_answers_as_on_postgres(pg, start_sluice, scenario):
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
-                      "max_prepared_statements": 1})
-    direct = raw_login(pg.port, password="apppass")
-    pooled = raw_login(s.port)
-    try:
-        expected, seen = scenario(direct), scenario(pooled)
-        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
-                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
-        assert not diffs, "\n".join(diffs)
-    finally:
-        direct.close()
-        pooled.close()
+    assert_sluice_shows_what_postgres_shows(
+        pg, start_sluice, 1, scenario, main={"default_pool_size": 1, "max_prepared_statements": 1})
 
 
 

@@ -239,10 +239,13 @@ def test_a_client_sees_what_postgres_shows_it(pg, start_sluice, scenario, worker
     assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers, scenario)
 
 
-def assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers, scenario, **login):
-    """Run scenario(conn) on a direct connection and one through sluice (transaction mode):
-    every step's answer the same."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": workers})
+def assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers, scenario, main=None,
+                                            **login):
+    """Run scenario(conn) on a direct connection and one through sluice (transaction mode;
+    main: more [sluice] keys): every step's answer the same."""
+    conf = {"pool_mode": "transaction", "default_pool_size": 2, "workers": workers}
+    conf.update(main or {})
+    s = start_sluice(conf)
     direct = raw_login(pg.port, password="apppass", **login)
     pooled = raw_login(s.port, **login)
     try:
