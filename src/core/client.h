@@ -213,7 +213,8 @@ void client_send_welcome(struct client *c, const struct param_set *server_params
 /* Finish a login with the welcome its pool already knows: the client goes IDLE with no server. */
 void client_welcome_from_pool(struct client *c);
 /* A reload dropped the pool's welcome (pool_events.welcome_dropped): the parameters c was
- * told at its login and has not set become its own, so its next server is given them. */
+ * told at its login that a session may set (client_encoding, TimeZone, DateStyle, ...) and it
+ * has not set become its own, so its next server is given them. */
 void client_keep_welcome(struct client *c, const struct param_set *told);
 /* The wait for a server is over without one (query_wait_timeout, or server_down_wait while the
  * database is down): answer the queued request with ends_request (an ERROR) and keep the

@@ -478,7 +478,11 @@ void client_keep_welcome(struct client *c, const struct param_set *told)
 {
     for (int i = 0; i < told->n; i++) {
         const struct param *it = &told->items[i];
-        if (!params_get(&c->params, it->name) && params_set(&c->params, it->name, it->value) < 0) {
+        /* Only what a session may SET: server_version, is_superuser or session_authorization
+         * of another upstream are the server's, and a SET of them would fail or be refused. */
+        if (!params_is_client_settable(it->name) || params_get(&c->params, it->name))
+            continue;
+        if (params_set(&c->params, it->name, it->value) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
