@@ -533,7 +533,9 @@ static int server_read(struct server *s, struct relay_outcome *o)
  * and so does sluice's drain (relay_orphan_server). */
 static bool hang_up_leaves_statements_running(const struct client *c, const struct server *s)
 {
+    /* server_drain_timeout = 0: the operator wants a gone client's query cancelled at once */
     return c->state == CLIENT_ACTIVE && s->inflight > 0 && !s->copy_in && !s->batch_open &&
+           c->worker->cfg->server_drain_timeout > 0 &&
            c->rx.remain == 0 && buf_pending(&c->in) == 0 && buf_unframed(&c->in) == 0;
 }
 
