@@ -13,8 +13,12 @@
 
 uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
 {
-    (void)p; /* the mode of c's login, not the pool's now: a reload changes the latter */
-    return c->mode == POOL_SESSION ? c->startup_fp : 0;
+    /* A server opened with c's own startup packet: for a session client (the mode of its
+     * login, which a reload of pool_mode does not change), while the pool still opens such
+     * servers (session mode). A session client left waiting in a pool reloaded to transaction
+     * mode takes a pooled server and has its parameters SET, as a transaction client does: no
+     * server with its startup packet would ever be opened for it. */
+    return c->mode == POOL_SESSION && p->mode == POOL_SESSION ? c->startup_fp : 0;
 }
 
 uint64_t pool_waiter_arrival(const struct client *c)

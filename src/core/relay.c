@@ -533,9 +533,12 @@ static int server_read(struct server *s, struct relay_outcome *o)
  * and so does sluice's drain (relay_orphan_server). */
 static bool hang_up_leaves_statements_running(const struct client *c, const struct server *s)
 {
-    /* server_drain_timeout = 0: the operator wants a gone client's query cancelled at once */
+    /* server_drain_timeout = 0: the operator wants a gone client's query cancelled at once.
+     * only_syncs_after_execute: its last message (but Syncs and Flushes) was a Query, Execute or
+     * FunctionCall, so no COPY data or CopyDone went ahead of a CopyInResponse still to come,
+     * which would leave a COPY begun after the close open, or its end uncountable. */
     return c->state == CLIENT_ACTIVE && s->inflight > 0 && !s->copy_in && !s->batch_open &&
-           c->worker->cfg->server_drain_timeout > 0 &&
+           s->only_syncs_after_execute && c->worker->cfg->server_drain_timeout > 0 &&
            c->rx.remain == 0 && buf_pending(&c->in) == 0 && buf_unframed(&c->in) == 0;
 }
 
