@@ -72,6 +72,24 @@ def idle_backends(pg):
     return [r for r in pg.backends(APP_USER) if r[1] != "idle"] == []
 
 
+def each_target_leaves(pg, s, table, leave):
+    """Directly, then through sluice (cap 1): a client logs in, `leave(i, target, c)` sends its
+    request i and goes; its INSERT must commit and every backend end idle, sluice never above
+    its cap."""
+    for i, (target, port, password) in enumerate(targets(pg, s)):
+        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
+        with BackendSampler(pg) as smp:
+            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
+            leave(i, target, c)
+            c.close()
+            wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
+                       what=f"the INSERT committed ({target})")
+            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
+        if target == "sluice":
+            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
+    assert rows(pg, table) == [0, 1]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("request_kind", ["query", "extended"])
@@ -91,24 +109,17 @@ def test_request_and_terminate_in_one_write_is_answered_and_run_like_postgres(
         return parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg()
 
     seen = {}
-    for i, (target, port, password) in enumerate(targets(pg, s)):
-        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
-        with BackendSampler(pg) as smp:
-            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
-            c.send(request(i) + terminate_msg())
-            if ending == "half_close":
-                c.sock.shutdown(socket.SHUT_WR)
-            if ending == "reset":
-                reset(c)
-            elif ending != "close":
-                seen[target] = answers(c)
-            c.close()
-            wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
-                       what=f"the INSERT committed ({target})")
-            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
-        if target == "sluice":
-            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
-    assert rows(pg, table) == [0, 1]
+
+    def leave(i, target, c):
+        c.send(request(i) + terminate_msg())
+        if ending == "half_close":
+            c.sock.shutdown(socket.SHUT_WR)
+        if ending == "reset":
+            reset(c)
+        elif ending != "close":
+            seen[target] = answers(c)
+
+    each_target_leaves(pg, s, table, leave)
     if ending in ("read", "half_close"):
         assert seen["sluice"] == seen["postgres"]
         assert [m if m == "EOF" else m[0] for m in seen["postgres"]][-3:] == ["C", "Z", "EOF"]
@@ -134,31 +145,23 @@ def test_request_then_gone_without_terminate_runs_to_its_end_like_postgres(
                       "query_wait_timeout": 20, "server_drain_timeout": "20s"})
     pid, clean = backend_of_sluice(s)
 
-    for i, (target, port, password) in enumerate(targets(pg, s)):
-        wait_until(lambda: pg.count_backends(APP_USER) <= 1, 15, what="the direct backend gone")
-        with BackendSampler(pg) as smp:
-            c = raw_login(port, password=password, timeout=CALL_TIMEOUT)
-            sql = f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.5)"
-            if request_kind == "commit":
-                c.query("BEGIN")
-                request = query_msg(sql + "; COMMIT")
-            elif request_kind == "query":
-                request = query_msg(sql)
-            else:
-                request = parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg()
-            c.send(request)
-            pg.wait_for_active(APP_USER, "pg_sleep", timeout=15)
-            if ending == "half_close":
-                c.sock.shutdown(socket.SHUT_WR)
-            elif ending == "reset":
-                reset(c)
-            c.close()
-            wait_until(lambda: len(rows(pg, table)) == i + 1, 15,
-                       what=f"the INSERT committed ({target}, {ending})")
-            wait_until(lambda: idle_backends(pg), 15, what="every backend idle")
-        if target == "sluice":
-            assert smp.error is None and smp.max <= 1, f"{smp.max} backends at once, cap 1"
-    assert rows(pg, table) == [0, 1]
+    def leave(i, target, c):
+        sql = f"INSERT INTO {table} SELECT {i} FROM pg_sleep(0.5)"
+        if request_kind == "commit":
+            c.query("BEGIN")
+            request = query_msg(sql + "; COMMIT")
+        elif request_kind == "query":
+            request = query_msg(sql)
+        else:
+            request = parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg()
+        c.send(request)
+        pg.wait_for_active(APP_USER, "pg_sleep", timeout=15)
+        if ending == "half_close":
+            c.sock.shutdown(socket.SHUT_WR)
+        elif ending == "reset":
+            reset(c)
+
+    each_target_leaves(pg, s, table, leave)
     # the one server came back clean once the statement ended, and serves the next client
     assert backend_of_sluice(s) == [str(pid), clean]
 
