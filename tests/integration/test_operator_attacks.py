@@ -196,3 +196,30 @@ def test_a_pause_undone_by_resume_before_it_took_effect_is_not_answered_as_done(
             assert pauser.execute("SHOW VERSION").fetchone()  # the console goes on
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("min_pool_size", [0, 1])
+def test_a_reload_that_changes_the_forced_user_leaves_no_server_of_the_old_one(
+        start_sluice, pg, min_pool_size):
+    """A database entry's user= is changed by reload (a credential rotation: app to app2). Every
+    client then reaches the database as the new user; the old user's pool serves nobody. Its
+    servers must close, not hold the database's caps (max_db_connections) until idle timeouts,
+    nor be opened again to keep min_pool_size warm."""
+    main = dict(CONSOLE_MAIN, listen_addr="127.0.0.1", auth_type="trust", log_level="info",
+                listen_port=0, pool_mode="transaction", default_pool_size=2,
+                min_pool_size=min_pool_size, max_db_connections=2, server_idle_timeout=600)
+    s = start_sluice(main)
+    with psycopg.connect(s.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "app"
+    wait_until(lambda: pg.count_backends("app") >= 1, 15, what="the app server")
+    s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry(user="app2",
+                                                                 password="app2pass")}))
+    with console(s) as adm:
+        assert adm.execute("RELOAD").statusmessage == "RELOAD"
+    with psycopg.connect(s.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "app2"
+    wait_until(lambda: pg.count_backends("app") == 0, 15, what="the old user's servers closed")
+    # and none opens again (min_pool_size was kept warm for the old user's pool too)
+    time.sleep(2)
+    assert pg.count_backends("app") == 0
+    assert pg.count_backends("app2") == max(1, min_pool_size)
