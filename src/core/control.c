@@ -200,6 +200,11 @@ void control_resume(struct worker *worker, const char *db)
     to_every_worker(worker, CONTROL_RESUME, db);
 }
 
+bool control_paused_all(struct worker *worker)
+{
+    return ledger_paused_all(&worker->proc->ledger);
+}
+
 static void reconnect_pool(struct pool *p)
 {
     close_servers_when_free(p, "RECONNECT from the admin console");

@@ -44,6 +44,8 @@ bool control_pause_done(struct worker *worker, const char *db);
 /* RESUME: hand servers to the clients that queued (RESUME db: not while a PAUSE without a
  * name is in force; RESUME without a name ends every PAUSE). */
 void control_resume(struct worker *worker, const char *db);
+/* Is a PAUSE without a name in force (RESUME db cannot end it)? */
+bool control_paused_all(struct worker *worker);
 /* RECONNECT: servers in use close when their client releases them; idle ones close now. */
 void control_reconnect(struct worker *worker, const char *db);
 /* Servers of p marked to close when free (published for WAIT_CLOSE, tally.h). */

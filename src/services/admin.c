@@ -468,6 +468,17 @@ static enum outcome run_command(struct client *c, const struct admin_command *cm
     case ADMIN_RESUME:
         if (!check_target(c, cmd))
             return OUT_ERROR;
+        /* RESUME db ends only that database's PAUSE: under a PAUSE of everything it changes
+         * nothing, and answering RESUME would tell the operator the database serves (PgBouncer
+         * answers "database is not paused" there too). */
+        if (cmd->has_name && control_paused_all(worker)) {
+            put_error(c, SQLSTATE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                      "RESUME without a database name ends every PAUSE; SHOW DATABASES says "
+                      "what is paused.",
+                      "database \"%s\" stays paused: a PAUSE of all databases is in force",
+                      cmd->name);
+            return OUT_ERROR;
+        }
         log_client(LOG_INFO, c, "admin: RESUME %s", target_text(cmd));
         control_resume(worker, target_db(cmd));
         end_pauses_resumed(c, cmd);

@@ -198,6 +198,35 @@ def test_a_pause_undone_by_resume_before_it_took_effect_is_not_answered_as_done(
         holder.close()
 
 
+def test_resume_of_one_database_under_a_pause_of_all_says_it_stays_paused(start_sluice):
+    """PAUSE without a name pauses every database; RESUME db cannot end it (only RESUME
+    without a name does). It answered RESUME all the same, the database still paused: an
+    operator bringing one database back saw success while its clients kept waiting. Now it
+    answers 55000 saying the database stays paused, as PgBouncer refuses it too; the waiting
+    PAUSE goes on waiting and is answered once everything is paused."""
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=1))
+    holder = raw_login(s.port)
+    try:
+        holder.query("BEGIN")
+        holder.query("SELECT 1")
+        with console(s) as pauser, console(s) as resumer:
+            pausing = Background(lambda: pauser.execute("PAUSE").statusmessage)
+            wait_until(lambda: pool_row(resumer)["paused"] == 1, 30, what="the pause")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                               match='"appdb" stays paused'):
+                resumer.execute("RESUME appdb")
+            assert not pausing.done()  # it still waits for the holder's transaction
+            holder.query("COMMIT")
+            assert pausing.result(30) == "PAUSE"
+            assert pool_row(resumer)["paused"] == 1
+            holder.send(query_msg("SELECT 'served'"))  # waits: everything is paused
+            assert resumer.execute("RESUME").statusmessage == "RESUME"
+            rows, _ = holder.read_results()
+            assert rows == [["served"]]
+    finally:
+        holder.close()
+
+
 @pytest.mark.parametrize("min_pool_size", [0, 1])
 def test_a_reload_that_changes_the_forced_user_leaves_no_server_of_the_old_one(
         start_sluice, pg, min_pool_size):
