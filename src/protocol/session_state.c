@@ -1,5 +1,6 @@
 /* session_state: detection of session-level SQL (see session_state.h). It looks at the start of
- * each statement (split on ';' outside quotes) and for the session advisory-lock functions and
+ * each statement (split on ';' outside literals, quoted names and comments, as Postgres's lexer
+ * splits: skip_lexeme) and for the session advisory-lock functions and
  * set_config anywhere; false negatives are possible (a function that runs SET or set_config
  * inside, dynamic SQL, a function's own SET clause), false positives are not expected for
  * ordinary queries. */
@@ -12,6 +13,90 @@
 
 #include "params.h"
 
+/* How a backslash inside a plain '...' literal reads: as itself (standard_conforming_strings
+ * on, Postgres's default) or as an escape (off, and in every E'...' literal). */
+enum plain_backslash { PLAIN_BACKSLASH_LITERAL, PLAIN_BACKSLASH_ESCAPES };
+
+/* Postgres's identifier characters (scan.l ident_cont): a '$' inside a name is part of it. */
+static bool ident_char(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '$' || (unsigned char)ch >= 0x80;
+}
+
+/* The literal, quoted identifier, dollar-quoted string or comment that starts at s[i], as
+ * Postgres's lexer reads it (scan.l): the index past it, or i when none starts there. *ended is
+ * false when the text ends inside it (Postgres refuses that text: nothing of it runs). Only
+ * these hide a ';' or a keyword; an apostrophe in a comment ("-- don't") or a quote in a
+ * function body must not open a literal that swallows the statements after it, or a SET
+ * there would go unseen and stay on the server for the next client. */
+static size_t skip_lexeme(const char *s, size_t i, size_t len, enum plain_backslash bs,
+                          bool *ended)
+{
+    *ended = true;
+    if (i + 1 < len && s[i] == '-' && s[i + 1] == '-') {
+        while (i < len && s[i] != '\n')
+            i++;
+        return i;
+    }
+    if (i + 1 < len && s[i] == '/' && s[i + 1] == '*') {
+        /* comments nest */
+        int depth = 0;
+        while (i + 1 < len) {
+            if (s[i] == '/' && s[i + 1] == '*') {
+                depth++;
+                i += 2;
+            } else if (s[i] == '*' && s[i + 1] == '/') {
+                i += 2;
+                if (--depth == 0)
+                    return i;
+            } else {
+                i++;
+            }
+        }
+        *ended = false;
+        return len;
+    }
+    if (s[i] == '\'' || s[i] == '"') {
+        char quote = s[i];
+        /* E'...' (not the end of a longer name): backslash escapes, whatever the setting */
+        bool escapes = quote == '\'' &&
+                       (bs == PLAIN_BACKSLASH_ESCAPES ||
+                        (i > 0 && (s[i - 1] | 0x20) == 'e' && (i < 2 || !ident_char(s[i - 2]))));
+        for (size_t j = i + 1; j < len; j++) {
+            if (escapes && s[j] == '\\') {
+                j++;
+                continue;
+            }
+            if (s[j] != quote)
+                continue;
+            if (j + 1 < len && s[j + 1] == quote) {
+                j++; /* a doubled quote is one quote inside */
+                continue;
+            }
+            return j + 1;
+        }
+        *ended = false;
+        return len;
+    }
+    if (s[i] == '$' && (i == 0 || !ident_char(s[i - 1]))) {
+        /* $$ or $tag$ (a tag does not start with a digit: $1 is a parameter) */
+        size_t j = i + 1;
+        if (j < len && (isdigit((unsigned char)s[j])))
+            return i;
+        while (j < len && s[j] != '$' && ident_char(s[j]))
+            j++;
+        if (j >= len || s[j] != '$')
+            return i;
+        size_t tag = j + 1 - i;
+        for (size_t k = j + 1; k + tag <= len; k++)
+            if (memcmp(s + k, s + i, tag) == 0)
+                return k + tag;
+        *ended = false;
+        return len;
+    }
+    return i;
+}
+
 static size_t skip_space(const char *s, size_t i, size_t len)
 {
     for (;;) {
@@ -23,10 +108,8 @@ static size_t skip_space(const char *s, size_t i, size_t len)
             continue;
         }
         if (i + 1 < len && s[i] == '/' && s[i + 1] == '*') {
-            i += 2;
-            while (i + 1 < len && !(s[i] == '*' && s[i + 1] == '/'))
-                i++;
-            i = i + 2 < len ? i + 2 : len;
+            bool ended;
+            i = skip_lexeme(s, i, len, PLAIN_BACKSLASH_LITERAL, &ended);
             continue;
         }
         return i;
@@ -527,44 +610,50 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
     return found;
 }
 
-/* The statement from `start`: *end is where it ends (a ';' or NUL outside quotes, or len).
- * False when the text ends inside a quote: no statement is there to look at. */
-static bool next_statement(const char *sql, size_t len, size_t start, size_t *end)
+/* The statement from `start`: *end is where it ends (a ';' or NUL outside literals, quoted
+ * names and comments, or len). False when the text ends inside one of those: no statement is
+ * there to look at. *plain_backslash: a plain '...' literal holds a backslash, so how the
+ * text splits may hang on standard_conforming_strings. */
+static bool next_statement(const char *sql, size_t len, size_t start, size_t *end,
+                           enum plain_backslash bs, bool *plain_backslash)
 {
-    char quote = 0;
-    for (size_t i = start; i < len; i++) {
-        char ch = sql[i];
-        if (quote) {
-            if (ch == quote)
-                quote = 0;
+    size_t i = start;
+    while (i < len) {
+        bool ended;
+        size_t past = skip_lexeme(sql, i, len, bs, &ended);
+        if (past != i) {
+            if (sql[i] == '\'' && memchr(sql + i, '\\', past - i))
+                *plain_backslash = true;
+            if (!ended)
+                break;
+            i = past;
             continue;
         }
-        if (ch == '\'' || ch == '"') {
-            quote = ch;
-            continue;
-        }
-        if (ch == ';' || ch == '\0') {
+        if (sql[i] == ';' || sql[i] == '\0') {
             *end = i;
             return true;
         }
+        i++;
     }
     *end = len;
-    return quote == 0;
+    return i >= len;
 }
 
-enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
+/* session_state_detect with the text split as bs says. */
+static enum session_feature detect_split(const char *sql, size_t len, struct param_touch *touch,
+                                         enum plain_backslash bs, bool *plain_backslash)
 {
-    if (touch)
-        memset(touch, 0, sizeof(*touch));
+    memset(touch, 0, sizeof(*touch));
     enum session_feature first = SESSION_FEATURE_NONE;
     size_t end;
-    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end);
+    for (size_t start = 0;
+         start <= len && next_statement(sql, len, start, &end, bs, plain_backslash);
          start = end + 1) {
-        int resets = touch ? touch->reset.statements : 0;
+        int resets = touch->reset.statements;
         enum session_feature f = statement_feature(sql, start, end, touch);
         /* A statement after a reset may read or change what it reset. */
-        if (touch && touch->reset.kind != PARAM_RESET_NONE &&
-            touch->reset.statements == resets && skip_space(sql, start, end) < end)
+        if (touch->reset.kind != PARAM_RESET_NONE && touch->reset.statements == resets &&
+            skip_space(sql, start, end) < end)
             touch->reset.kind = PARAM_RESET_UNSURE;
         if (first == SESSION_FEATURE_NONE ||
             (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
@@ -579,6 +668,31 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
     return first;
 }
 
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
+{
+    struct param_touch scratch, other;
+    if (!touch)
+        touch = &scratch;
+    bool plain_backslash = false;
+    enum session_feature f =
+        detect_split(sql, len, touch, PLAIN_BACKSLASH_LITERAL, &plain_backslash);
+    if (!plain_backslash)
+        return f;
+    /* A backslash in a plain literal: with standard_conforming_strings off (a client may set
+     * it) it escapes, and the text may split elsewhere. Where the two readings differ, sluice
+     * cannot know what runs: the feature either finds stands, and the parameters are unnamed
+     * (only a full reset undoes them). */
+    bool unused = false;
+    enum session_feature g = detect_split(sql, len, &other, PLAIN_BACKSLASH_ESCAPES, &unused);
+    if (f == g && memcmp(touch, &other, sizeof other) == 0)
+        return f;
+    touch_unnamed(touch);
+    if (f == SESSION_FEATURE_NONE ||
+        (f == SESSION_FEATURE_SET && session_feature_leaves_objects(g)))
+        return g == SESSION_FEATURE_NONE ? SESSION_FEATURE_SET : g;
+    return f;
+}
+
 size_t session_state_feature_start(const char *sql, size_t len)
 {
     len = strnlen(sql, len);
@@ -589,7 +703,10 @@ size_t session_state_feature_start(const char *sql, size_t len)
              ((sql[i] == '-' && sql[i + 1] == '-') || (sql[i] == '/' && sql[i + 1] == '*'))))
             return 0;
     size_t end;
-    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end);
+    bool plain_backslash = false; /* no backslash is in the text (above) */
+    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end,
+                                                          PLAIN_BACKSLASH_LITERAL,
+                                                          &plain_backslash);
          start = end + 1) {
         if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||
             session_calls(sql + start, end - start, NULL) != SESSION_FEATURE_NONE)

@@ -646,3 +646,55 @@ def test_prepared_set_configs_in_a_psycopg_pipeline(pg, start_sluice):
     with s.connect(prepare_threshold=0) as a, s.connect() as b:
         got = program(a, lambda: b_sees_defaults(b))
     assert got == want
+
+
+HIDING_TEXTS = [
+    "-- don't forget the schema\nSET search_path = leak",
+    "SELECT 1; -- it's the tenant's\nSET app.x = 'leak'",
+    "SELECT $$it's$$; SET search_path = leak",
+    "SELECT $body$ it's $body$; SET app.x = 'leak'",
+    "SELECT E'\\''; SET search_path = leak",
+    "SELECT E'\\\\'; SET app.x = 'leak'",
+    "SELECT 1 /* a /* nested ' */ comment */; SET search_path = leak",
+    "SELECT \"it's\" FROM (SELECT 1 AS \"it's\") t; SET app.x = 'leak'",
+    "SELECT 'a''b'; SET search_path = leak",
+]
+
+
+@pytest.mark.parametrize("text", HIDING_TEXTS)
+def test_a_set_after_a_quote_in_a_comment_or_literal_never_reaches_another_client(
+        pg, start_sluice, text):
+    """sluice splits a Query's text into statements to find its SETs. An apostrophe in a
+    comment ("-- don't"), a quote inside a dollar-quoted function body, an escaped quote in an
+    E'' literal or a nested comment made it read a literal running to the end of the text: the
+    SET after it went unseen, stayed on the pooled server, and the next client of that server
+    ran in the first one's search_path. Postgres's lexer is the oracle: the client sees what it
+    set, no other client ever does."""
+
+    def program(conn, between):
+        conn.query(text)
+        between()
+        rows, _ = conn.query("SELECT current_setting('search_path'), "
+                             "coalesce(current_setting('app.x', true), '')")
+        return rows
+
+    runs_as_on_postgres(pg, start_sluice, program)
+
+
+@pytest.mark.parametrize("text", ["SELECT '\\''; SET search_path = leak",
+                                  "SELECT 'a\\'; SET search_path = leak; SELECT ''"])
+def test_a_text_that_splits_by_standard_conforming_strings_never_reaches_another_client(
+        start_sluice, text):
+    """With standard_conforming_strings off (a client may set it) a backslash in a plain
+    literal escapes, and the statements split elsewhere than with it on. Whichever the client
+    chose, what such a text may have set never reaches another client."""
+    s = one_server(start_sluice)
+    for scs in ("off", "on"):
+        with s.connect() as a, s.connect() as b:
+            a.execute(f"SET standard_conforming_strings = {scs}")
+            try:
+                with psycopg.ClientCursor(a) as cur:
+                    cur.execute(text)
+            except psycopg.errors.SyntaxError:
+                pass  # the text is not SQL under this setting: it ran nothing
+            b_sees_defaults(b)
