@@ -110,8 +110,11 @@ static bool word_sets(const struct login_reset *lr)
 {
     if (lr->word_len == 10 && memcmp(lr->word, "set_config", 10) == 0)
         return true;
-    return lr->word_len == 3 && memcmp(lr->word, "set", 3) == 0 &&
-           (lr->before_word == ';' || lr->before_word == '/');
+    /* A statement that starts with SET, or with DO: a block's dynamic SQL may SET anything
+     * (EXECUTE 'SET ...'), as session_state's inspector says of a DO it reads whole. */
+    bool statement_start = lr->before_word == ';' || lr->before_word == '/';
+    return statement_start && ((lr->word_len == 3 && memcmp(lr->word, "set", 3) == 0) ||
+                               (lr->word_len == 2 && memcmp(lr->word, "do", 2) == 0));
 }
 
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not

@@ -457,7 +457,9 @@ def test_a_reset_prepared_by_the_driver_is_followed(pg, start_sluice, reset):
 
 @pytest.mark.parametrize("tail", ["SET app.x = 'leak'", "SELECT set_config('app.x', 'leak', false)",
                                   "SET search_path = leak", "-- a comment\nSET app.x = 'leak'",
-                                  "/* a comment */ SET app.x = 'leak'"])
+                                  "/* a comment */ SET app.x = 'leak'",
+                                  "DO $$BEGIN EXECUTE 'SET search_path = leak'; END$$",
+                                  "do $$BEGIN EXECUTE 'SET search_path = leak'; END$$"])
 def test_a_set_at_the_end_of_a_text_longer_than_the_buffer_never_reaches_another_client(
         start_sluice, tail):
     """A Query longer than pkt_buf streams through: only its start is looked at. A SET at its
