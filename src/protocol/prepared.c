@@ -2,11 +2,13 @@
  * The decisions of when to inject are request_track.c's; this file owns the
  * bookkeeping so that it can be unit-tested without sockets. */
 #include "prepared.h"
+#include "sql_lex.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -986,32 +988,11 @@ void prepared_put_describe(struct msg_out *o, const char *name)
 
 /* ---- SQL that changes prepared statements ---- */
 
-/* Blanks and comments, as Postgres's lexer skips them: "-- ..." to the line's end, and block
- * comments, which nest. A comment an ORM puts before EXECUTE or DEALLOCATE hides nothing. */
+/* Blanks and comments, as Postgres's lexer skips them (block comments nest): a comment an ORM
+ * puts before EXECUTE or DEALLOCATE hides nothing. */
 static const char *skip_space(const char *s)
 {
-    for (;;) {
-        while (isspace((unsigned char)*s))
-            s++;
-        if (s[0] == '-' && s[1] == '-') {
-            s += strcspn(s, "\n");
-            continue;
-        }
-        if (s[0] != '/' || s[1] != '*')
-            return s;
-        int depth = 0;
-        do {
-            if (s[0] == '/' && s[1] == '*') {
-                depth++;
-                s += 2;
-            } else if (s[0] == '*' && s[1] == '/') {
-                depth--;
-                s += 2;
-            } else {
-                s++;
-            }
-        } while (depth > 0 && *s);
-    }
+    return s + sql_skip_space(s, 0, SIZE_MAX);
 }
 
 static bool word(const char **s, const char *w)

@@ -1,6 +1,6 @@
 /* session_state: detection of session-level SQL (see session_state.h). It looks at the start of
  * each statement (split on ';' outside literals, quoted names and comments, as Postgres's lexer
- * splits: skip_lexeme) and for the session advisory-lock functions and
+ * splits: sql_lex.h) and for the session advisory-lock functions and
  * set_config anywhere; false negatives are possible (a function that runs SET or set_config
  * inside, dynamic SQL, a function's own SET clause), false positives are not expected for
  * ordinary queries. */
@@ -12,109 +12,7 @@
 #include <strings.h>
 
 #include "params.h"
-
-/* How a backslash inside a plain '...' literal reads: as itself (standard_conforming_strings
- * on, Postgres's default) or as an escape (off, and in every E'...' literal). */
-enum plain_backslash { PLAIN_BACKSLASH_LITERAL, PLAIN_BACKSLASH_ESCAPES };
-
-/* Postgres's identifier characters (scan.l ident_cont): a '$' inside a name is part of it. */
-static bool ident_char(char ch)
-{
-    return isalnum((unsigned char)ch) || ch == '_' || ch == '$' || (unsigned char)ch >= 0x80;
-}
-
-/* The literal, quoted identifier, dollar-quoted string or comment that starts at s[i], as
- * Postgres's lexer reads it (scan.l): the index past it, or i when none starts there. *ended is
- * false when the text ends inside it (Postgres refuses that text: nothing of it runs). Only
- * these hide a ';' or a keyword; an apostrophe in a comment ("-- don't") or a quote in a
- * function body must not open a literal that swallows the statements after it, or a SET
- * there would go unseen and stay on the server for the next client. */
-static size_t skip_lexeme(const char *s, size_t i, size_t len, enum plain_backslash bs,
-                          bool *ended)
-{
-    *ended = true;
-    if (i + 1 < len && s[i] == '-' && s[i + 1] == '-') {
-        while (i < len && s[i] != '\n')
-            i++;
-        return i;
-    }
-    if (i + 1 < len && s[i] == '/' && s[i + 1] == '*') {
-        /* comments nest */
-        int depth = 0;
-        while (i + 1 < len) {
-            if (s[i] == '/' && s[i + 1] == '*') {
-                depth++;
-                i += 2;
-            } else if (s[i] == '*' && s[i + 1] == '/') {
-                i += 2;
-                if (--depth == 0)
-                    return i;
-            } else {
-                i++;
-            }
-        }
-        *ended = false;
-        return len;
-    }
-    if (s[i] == '\'' || s[i] == '"') {
-        char quote = s[i];
-        /* E'...' (not the end of a longer name): backslash escapes, whatever the setting */
-        bool escapes = quote == '\'' &&
-                       (bs == PLAIN_BACKSLASH_ESCAPES ||
-                        (i > 0 && (s[i - 1] | 0x20) == 'e' && (i < 2 || !ident_char(s[i - 2]))));
-        for (size_t j = i + 1; j < len; j++) {
-            if (escapes && s[j] == '\\') {
-                j++;
-                continue;
-            }
-            if (s[j] != quote)
-                continue;
-            if (j + 1 < len && s[j + 1] == quote) {
-                j++; /* a doubled quote is one quote inside */
-                continue;
-            }
-            return j + 1;
-        }
-        *ended = false;
-        return len;
-    }
-    if (s[i] == '$' && (i == 0 || !ident_char(s[i - 1]))) {
-        /* $$ or $tag$ (a tag does not start with a digit: $1 is a parameter) */
-        size_t j = i + 1;
-        if (j < len && (isdigit((unsigned char)s[j])))
-            return i;
-        while (j < len && s[j] != '$' && ident_char(s[j]))
-            j++;
-        if (j >= len || s[j] != '$')
-            return i;
-        size_t tag = j + 1 - i;
-        for (size_t k = j + 1; k + tag <= len; k++)
-            if (memcmp(s + k, s + i, tag) == 0)
-                return k + tag;
-        *ended = false;
-        return len;
-    }
-    return i;
-}
-
-static size_t skip_space(const char *s, size_t i, size_t len)
-{
-    for (;;) {
-        while (i < len && isspace((unsigned char)s[i]))
-            i++;
-        if (i + 1 < len && s[i] == '-' && s[i + 1] == '-') {
-            while (i < len && s[i] != '\n')
-                i++;
-            continue;
-        }
-        if (i + 1 < len && s[i] == '/' && s[i + 1] == '*') {
-            bool ended;
-            i = skip_lexeme(s, i, len, PLAIN_BACKSLASH_LITERAL, &ended);
-            continue;
-        }
-        return i;
-    }
-}
+#include "sql_lex.h"
 
 /* Does a keyword (case-insensitive, whole word) start at s[i]? Advances *pi past it and spaces. */
 static bool keyword(const char *s, size_t *pi, size_t len, const char *kw)
@@ -124,7 +22,7 @@ static bool keyword(const char *s, size_t *pi, size_t len, const char *kw)
         return false;
     if (i + n < len && (isalnum((unsigned char)s[i + n]) || s[i + n] == '_'))
         return false;
-    *pi = skip_space(s, i + n, len);
+    *pi = sql_skip_space(s, i + n, len);
     return true;
 }
 
@@ -292,10 +190,10 @@ static void set_to_default(const char *s, size_t i, size_t len, struct param_tou
         at = i + 1;
     if (n == 0)
         return;
-    size_t v = skip_space(s, at + n + (at > i ? 1 : 0), len);
+    size_t v = sql_skip_space(s, at + n + (at > i ? 1 : 0), len);
     bool to = keyword(s, &v, len, "to");
     if (!to && v < len && s[v] == '=') {
-        v = skip_space(s, v + 1, len);
+        v = sql_skip_space(s, v + 1, len);
         to = true;
     }
     if (to && keyword(s, &v, len, "default") && v >= len)
@@ -386,7 +284,7 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
 static enum session_feature statement_feature(const char *s, size_t i, size_t len,
                                               struct param_touch *t)
 {
-    i = skip_space(s, i, len);
+    i = sql_skip_space(s, i, len);
     if (keyword(s, &i, len, "do")) {
         /* an anonymous code block: code sluice does not read, whose dynamic SQL may change
          * the role or anything else (EXECUTE 'SET ROLE ...') */
@@ -456,7 +354,7 @@ static size_t argument_end(const char *s, size_t i, size_t len)
 
 static bool argument_is(const char *s, size_t from, size_t to, const char *word)
 {
-    from = skip_space(s, from, to);
+    from = sql_skip_space(s, from, to);
     while (to > from && isspace((unsigned char)s[to - 1]))
         to--;
     return to - from == strlen(word) && strncasecmp(s + from, word, to - from) == 0;
@@ -465,7 +363,7 @@ static bool argument_is(const char *s, size_t from, size_t to, const char *word)
 /* Is s[from, to) one plain string literal ('...' with '' inside), spaces around it allowed? */
 static bool plain_literal(const char *s, size_t from, size_t to)
 {
-    size_t i = skip_space(s, from, to);
+    size_t i = sql_skip_space(s, from, to);
     if (i >= to || s[i] != '\'')
         return false;
     for (i++; i < to; i++) {
@@ -475,7 +373,7 @@ static bool plain_literal(const char *s, size_t from, size_t to)
             i++;
             continue;
         }
-        return skip_space(s, i + 1, to) == to;
+        return sql_skip_space(s, i + 1, to) == to;
     }
     return false;
 }
@@ -487,7 +385,7 @@ static bool plain_literal(const char *s, size_t from, size_t to)
  * `name` can then only be that name. */
 static size_t settings_row_name(const char *s, size_t i, size_t len, size_t *n)
 {
-    i = skip_space(s, i + 1, len);
+    i = sql_skip_space(s, i + 1, len);
     if (!keyword(s, &i, len, "from"))
         return 0;
     if (i + 11 <= len && strncasecmp(s + i, "pg_catalog.", 11) == 0)
@@ -495,11 +393,11 @@ static size_t settings_row_name(const char *s, size_t i, size_t len, size_t *n)
     if (!keyword(s, &i, len, "pg_settings") || !keyword(s, &i, len, "where") ||
         !keyword(s, &i, len, "name") || i >= len || s[i] != '=')
         return 0;
-    i = skip_space(s, i + 1, len);
+    i = sql_skip_space(s, i + 1, len);
     *n = quoted_param_name(s, i, len, '\'');
     if (*n == 0)
         return 0;
-    size_t end = skip_space(s, i + *n + 2, len);
+    size_t end = sql_skip_space(s, i + *n + 2, len);
     if (end >= len || s[end] == ';' || s[end] == '\0')
         return i;
     *n = 0; /* more follows (OR ...): the name is not that one alone */
@@ -522,9 +420,9 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     /* Only a plain literal that is the whole argument names the parameter: E'..', U&'..',
      * $$..$$, 'a'||'b', a column are expressions, and anything may change; but for the column
      * `name` of the one pg_settings row a WHERE names. */
-    size_t q = skip_space(s, a1, e1);
+    size_t q = sql_skip_space(s, a1, e1);
     size_t n = quoted_param_name(s, q, e1, '\'');
-    if (n > 0 && skip_space(s, q + n + 2, e1) != e1)
+    if (n > 0 && sql_skip_space(s, q + n + 2, e1) != e1)
         n = 0;
     if (n == 0 && argument_is(s, a1, e1, "name") && e3 < len && s[e3] == ')')
         q = settings_row_name(s, e3, len, &n);
@@ -567,7 +465,7 @@ static size_t function_call_at(const char *s, size_t i, size_t len, const char *
             return 0;
         j++;
     }
-    j = skip_space(s, j, len);
+    j = sql_skip_space(s, j, len);
     return j < len && s[j] == '(' ? j : 0;
 }
 
@@ -615,12 +513,12 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
  * there to look at. *plain_backslash: a plain '...' literal holds a backslash, so how the
  * text splits may hang on standard_conforming_strings. */
 static bool next_statement(const char *sql, size_t len, size_t start, size_t *end,
-                           enum plain_backslash bs, bool *plain_backslash)
+                           enum sql_backslash bs, bool *plain_backslash)
 {
     size_t i = start;
     while (i < len) {
         bool ended;
-        size_t past = skip_lexeme(sql, i, len, bs, &ended);
+        size_t past = sql_skip_lexeme(sql, i, len, bs, &ended);
         if (past != i) {
             if (sql[i] == '\'' && memchr(sql + i, '\\', past - i))
                 *plain_backslash = true;
@@ -641,7 +539,7 @@ static bool next_statement(const char *sql, size_t len, size_t start, size_t *en
 
 /* session_state_detect with the text split as bs says. */
 static enum session_feature detect_split(const char *sql, size_t len, struct param_touch *touch,
-                                         enum plain_backslash bs, bool *plain_backslash)
+                                         enum sql_backslash bs, bool *plain_backslash)
 {
     memset(touch, 0, sizeof(*touch));
     enum session_feature first = SESSION_FEATURE_NONE;
@@ -653,7 +551,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
         enum session_feature f = statement_feature(sql, start, end, touch);
         /* A statement after a reset may read or change what it reset. */
         if (touch->reset.kind != PARAM_RESET_NONE && touch->reset.statements == resets &&
-            skip_space(sql, start, end) < end)
+            sql_skip_space(sql, start, end) < end)
             touch->reset.kind = PARAM_RESET_UNSURE;
         if (first == SESSION_FEATURE_NONE ||
             (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
@@ -675,7 +573,7 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
         touch = &scratch;
     bool plain_backslash = false;
     enum session_feature f =
-        detect_split(sql, len, touch, PLAIN_BACKSLASH_LITERAL, &plain_backslash);
+        detect_split(sql, len, touch, SQL_BACKSLASH_LITERAL, &plain_backslash);
     if (!plain_backslash)
         return f;
     /* A backslash in a plain literal: with standard_conforming_strings off (a client may set
@@ -683,7 +581,7 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
      * cannot know what runs: the feature either finds stands, and the parameters are unnamed
      * (only a full reset undoes them). */
     bool unused = false;
-    enum session_feature g = detect_split(sql, len, &other, PLAIN_BACKSLASH_ESCAPES, &unused);
+    enum session_feature g = detect_split(sql, len, &other, SQL_BACKSLASH_ESCAPES, &unused);
     if (f == g && memcmp(touch, &other, sizeof other) == 0)
         return f;
     touch_unnamed(touch);
@@ -705,7 +603,7 @@ size_t session_state_feature_start(const char *sql, size_t len)
     size_t end;
     bool plain_backslash = false; /* no backslash is in the text (above) */
     for (size_t start = 0; start <= len && next_statement(sql, len, start, &end,
-                                                          PLAIN_BACKSLASH_LITERAL,
+                                                          SQL_BACKSLASH_LITERAL,
                                                           &plain_backslash);
          start = end + 1) {
         if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||

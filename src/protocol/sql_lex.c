@@ -1,0 +1,120 @@
+/* sql_lex: Postgres's lexical rules for blanks, comments, literals and quoted names (see
+ * sql_lex.h). */
+#include "sql_lex.h"
+
+#include <ctype.h>
+
+/* The text's end: len, or a NUL before it. */
+static bool at_end(const char *s, size_t i, size_t len)
+{
+    return i >= len || s[i] == '\0';
+}
+
+bool sql_ident_char(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '$' || (unsigned char)ch >= 0x80;
+}
+
+static size_t skip_block_comment(const char *s, size_t i, size_t len, bool *ended)
+{
+    int depth = 0; /* block comments nest */
+    while (!at_end(s, i, len) && !at_end(s, i + 1, len)) {
+        if (s[i] == '/' && s[i + 1] == '*') {
+            depth++;
+            i += 2;
+        } else if (s[i] == '*' && s[i + 1] == '/') {
+            i += 2;
+            if (--depth == 0)
+                return i;
+        } else {
+            i++;
+        }
+    }
+    *ended = false;
+    return at_end(s, i, len) ? i : i + 1;
+}
+
+static size_t skip_quoted(const char *s, size_t i, size_t len, bool escapes, bool *ended)
+{
+    char quote = s[i];
+    size_t j = i + 1;
+    for (; !at_end(s, j, len); j++) {
+        if (escapes && s[j] == '\\') {
+            if (at_end(s, j + 1, len))
+                break;
+            j++;
+            continue;
+        }
+        if (s[j] != quote)
+            continue;
+        if (!at_end(s, j + 1, len) && s[j + 1] == quote) {
+            j++; /* a doubled quote is one quote inside */
+            continue;
+        }
+        return j + 1;
+    }
+    *ended = false;
+    return at_end(s, j, len) ? j : j + 1;
+}
+
+/* $$...$$ or $tag$...$tag$ at s[i] (s[i] is '$' and no name goes on before it). */
+static size_t skip_dollar_quoted(const char *s, size_t i, size_t len, bool *ended)
+{
+    size_t j = i + 1;
+    if (!at_end(s, j, len) && isdigit((unsigned char)s[j]))
+        return i; /* $1: a parameter, not a tag */
+    while (!at_end(s, j, len) && s[j] != '$' && sql_ident_char(s[j]))
+        j++;
+    if (at_end(s, j, len) || s[j] != '$')
+        return i;
+    size_t tag = j + 1 - i;
+    size_t k = j + 1;
+    for (; !at_end(s, k, len); k++) {
+        size_t n = 0;
+        while (n < tag && !at_end(s, k + n, len) && s[k + n] == s[i + n])
+            n++;
+        if (n == tag)
+            return k + tag;
+    }
+    *ended = false;
+    return k;
+}
+
+size_t sql_skip_lexeme(const char *s, size_t i, size_t len, enum sql_backslash bs, bool *ended)
+{
+    *ended = true;
+    if (at_end(s, i, len))
+        return i;
+    char next = at_end(s, i + 1, len) ? '\0' : s[i + 1];
+    if (s[i] == '-' && next == '-') {
+        while (!at_end(s, i, len) && s[i] != '\n')
+            i++;
+        return i;
+    }
+    if (s[i] == '/' && next == '*')
+        return skip_block_comment(s, i, len, ended);
+    if (s[i] == '"')
+        return skip_quoted(s, i, len, false, ended);
+    if (s[i] == '\'') {
+        /* E'...' (the E not the end of a longer name): backslash escapes whatever the setting */
+        bool e_prefix =
+            i > 0 && (s[i - 1] | 0x20) == 'e' && (i < 2 || !sql_ident_char(s[i - 2]));
+        return skip_quoted(s, i, len, bs == SQL_BACKSLASH_ESCAPES || e_prefix, ended);
+    }
+    if (s[i] == '$' && (i == 0 || !sql_ident_char(s[i - 1])))
+        return skip_dollar_quoted(s, i, len, ended);
+    return i;
+}
+
+size_t sql_skip_space(const char *s, size_t i, size_t len)
+{
+    for (;;) {
+        while (!at_end(s, i, len) && isspace((unsigned char)s[i]))
+            i++;
+        if (at_end(s, i, len) || at_end(s, i + 1, len) ||
+            !((s[i] == '-' && s[i + 1] == '-') || (s[i] == '/' && s[i + 1] == '*')))
+            return i;
+        bool ended;
+        i = sql_skip_lexeme(s, i, len, SQL_BACKSLASH_LITERAL, &ended);
+    }
+}
