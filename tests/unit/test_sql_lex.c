@@ -1,0 +1,91 @@
+/* test_sql_lex: where Postgres's lexer ends a literal, quoted name or comment, and the texts
+ * that end inside one. Each text is copied into an exact-size heap block, without its NUL where
+ * the length bounds it, so ASan catches a read past what a caller handed over. */
+#include "sql_lex.h"
+
+#include "check.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* sql_skip_lexeme on a copy of text (no NUL) from i: the index past the lexeme, ended. */
+static size_t skip(const char *text, size_t i, enum sql_backslash bs, bool *ended)
+{
+    size_t n = strlen(text);
+    char *copy = malloc(n ? n : 1);
+    if (!copy)
+        exit(2);
+    memcpy(copy, text, n);
+    size_t past = sql_skip_lexeme(copy, i, n, bs, ended);
+    free(copy);
+    return past;
+}
+
+/* The rest of text after the lexeme at i, with the setting's reading, as a string. */
+static const char *rest(const char *text, size_t i, enum sql_backslash bs)
+{
+    bool ended;
+    return text + skip(text, i, bs, &ended);
+}
+
+static void ends_at(const char *text, size_t i, const char *after)
+{
+    bool ended = false;
+    size_t past = skip(text, i, SQL_BACKSLASH_LITERAL, &ended);
+    CHECK(ended);
+    CHECK_STR(text + past, after);
+}
+
+static void never_ends(const char *text, size_t i, enum sql_backslash bs)
+{
+    bool ended = true;
+    size_t past = skip(text, i, bs, &ended);
+    CHECK(!ended);
+    CHECK_INT(past, strlen(text));
+}
+
+int main(void)
+{
+    /* plain literals: a doubled quote is inside; a backslash is itself unless the setting is off */
+    ends_at("'it''s'; SET x = 1", 0, "; SET x = 1");
+    ends_at("'a\\'; SET x = 1", 0, "; SET x = 1");
+    CHECK_STR(rest("'\\''; SET x = 1", 0, SQL_BACKSLASH_ESCAPES), "; SET x = 1");
+    never_ends("'\\''; SET x = 1", 0, SQL_BACKSLASH_LITERAL);
+    /* E'...' escapes whatever the setting; a name ending in e does not make one */
+    ends_at("E'\\''; SET x = 1", 1, "; SET x = 1");
+    ends_at("e'\\\\'; SET x = 1", 1, "; SET x = 1");
+    ends_at("SELECT name'\\'; SET x = 1", 11, "; SET x = 1");
+    never_ends("E'\\", 1, SQL_BACKSLASH_LITERAL);
+    /* quoted names */
+    ends_at("\"it's\" FROM t", 0, " FROM t");
+    ends_at("\"a\"\"b\";", 0, ";");
+    /* comments: to the line's end, and block comments nest */
+    ends_at("-- don't\nSET x = 1", 0, "\nSET x = 1");
+    ends_at("-- to the end", 0, "");
+    ends_at("/* a /* b ' */ c */; SET x", 0, "; SET x");
+    never_ends("/* a /* b */", 0, SQL_BACKSLASH_LITERAL);
+    never_ends("/*", 0, SQL_BACKSLASH_LITERAL);
+    /* dollar quotes: $$ and $tag$, not $1, not a '$' inside a name */
+    ends_at("$$it's$$; SET x", 0, "; SET x");
+    ends_at("$body$ $$ it's $body$; SET x", 0, "; SET x");
+    ends_at("$1; SET x", 0, "$1; SET x");
+    ends_at("a$b$ c", 1, "$b$ c");
+    never_ends("$t$ it's $x$", 0, SQL_BACKSLASH_LITERAL);
+    /* nothing starts at a plain character */
+    ends_at("SET x", 0, "SET x");
+    /* a NUL ends the text before len */
+    {
+        const char text[] = "'abc\0'; SET x";
+        bool ended = true;
+        size_t past = sql_skip_lexeme(text, 0, sizeof text - 1, SQL_BACKSLASH_LITERAL, &ended);
+        CHECK(!ended);
+        CHECK_INT(past, 4);
+        CHECK_INT(sql_skip_space("  /* c */ -- d\n x", 0, (size_t)-1), 16);
+    }
+    /* blanks and comments before a word */
+    {
+        const char *t = " \n/* a /* ' */ */ -- b\n\tSET";
+        CHECK_STR(t + sql_skip_space(t, 0, strlen(t)), "SET");
+    }
+    return CHECK_DONE();
+}
