@@ -509,19 +509,17 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
 }
 
 /* The statement from `start`: *end is where it ends (a ';' or NUL outside literals, quoted
- * names and comments, or len). False when the text ends inside one of those: no statement is
- * there to look at. *plain_backslash: a plain '...' literal holds a backslash, so how the
- * text splits may hang on standard_conforming_strings. */
+ * names and comments, or len), the text read as `reading` says (sql_lex.h). False when the text
+ * ends inside one of those: no statement is there to look at. *doubts gets the readings under
+ * which a literal on the way could end elsewhere. */
 static bool next_statement(const char *sql, size_t len, size_t start, size_t *end,
-                           enum sql_backslash bs, bool *plain_backslash)
+                           unsigned reading, unsigned *doubts)
 {
     size_t i = start;
     while (i < len) {
         bool ended;
-        size_t past = sql_skip_lexeme(sql, i, len, bs, &ended);
+        size_t past = sql_skip_lexeme(sql, i, len, reading, &ended, doubts);
         if (past != i) {
-            if (sql[i] == '\'' && memchr(sql + i, '\\', past - i))
-                *plain_backslash = true;
             if (!ended)
                 break;
             i = past;
@@ -537,15 +535,15 @@ static bool next_statement(const char *sql, size_t len, size_t start, size_t *en
     return i >= len;
 }
 
-/* session_state_detect with the text split as bs says. */
+/* session_state_detect with the text read as `reading` says. */
 static enum session_feature detect_split(const char *sql, size_t len, struct param_touch *touch,
-                                         enum sql_backslash bs, bool *plain_backslash)
+                                         unsigned reading, unsigned *doubts)
 {
     memset(touch, 0, sizeof(*touch));
     enum session_feature first = SESSION_FEATURE_NONE;
     size_t end;
     for (size_t start = 0;
-         start <= len && next_statement(sql, len, start, &end, bs, plain_backslash);
+         start <= len && next_statement(sql, len, start, &end, reading, doubts);
          start = end + 1) {
         int resets = touch->reset.statements;
         enum session_feature f = statement_feature(sql, start, end, touch);
@@ -571,24 +569,30 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
     struct param_touch scratch, other;
     if (!touch)
         touch = &scratch;
-    bool plain_backslash = false;
-    enum session_feature f =
-        detect_split(sql, len, touch, SQL_BACKSLASH_LITERAL, &plain_backslash);
-    if (!plain_backslash)
-        return f;
-    /* A backslash in a plain literal: with standard_conforming_strings off (a client may set
-     * it) it escapes, and the text may split elsewhere. Where the two readings differ, sluice
-     * cannot know what runs: the feature either finds stands, and the parameters are unnamed
-     * (only a full reset undoes them). */
-    bool unused = false;
-    enum session_feature g = detect_split(sql, len, &other, SQL_BACKSLASH_ESCAPES, &unused);
-    if (f == g && memcmp(touch, &other, sizeof other) == 0)
+    unsigned doubts = 0;
+    enum session_feature f = detect_split(sql, len, touch, SQL_READ_STANDARD, &doubts);
+    /* A backslash in a literal that another reading takes otherwise: with
+     * standard_conforming_strings off (a client may set it), or in a client_encoding whose
+     * characters end in 0x5C, the text may split elsewhere. Where a reading differs, sluice
+     * cannot know what runs: the feature any reading finds stands, and the parameters are
+     * unnamed (only a full reset undoes them). */
+    bool differs = false;
+    for (unsigned reading = 1; reading <= (SQL_READ_PLAIN_ESCAPES | SQL_READ_MULTIBYTE);
+         reading++) {
+        if ((reading & ~doubts) != 0)
+            continue;
+        enum session_feature g = detect_split(sql, len, &other, reading, NULL);
+        if (g == f && memcmp(touch, &other, sizeof other) == 0)
+            continue;
+        differs = true;
+        if (f == SESSION_FEATURE_NONE ||
+            (f == SESSION_FEATURE_SET && session_feature_leaves_objects(g)))
+            f = g;
+    }
+    if (!differs)
         return f;
     touch_unnamed(touch);
-    if (f == SESSION_FEATURE_NONE ||
-        (f == SESSION_FEATURE_SET && session_feature_leaves_objects(g)))
-        return g == SESSION_FEATURE_NONE ? SESSION_FEATURE_SET : g;
-    return f;
+    return f == SESSION_FEATURE_NONE ? SESSION_FEATURE_SET : f;
 }
 
 size_t session_state_feature_start(const char *sql, size_t len)
@@ -601,10 +605,9 @@ size_t session_state_feature_start(const char *sql, size_t len)
              ((sql[i] == '-' && sql[i + 1] == '-') || (sql[i] == '/' && sql[i + 1] == '*'))))
             return 0;
     size_t end;
-    bool plain_backslash = false; /* no backslash is in the text (above) */
-    for (size_t start = 0; start <= len && next_statement(sql, len, start, &end,
-                                                          SQL_BACKSLASH_LITERAL,
-                                                          &plain_backslash);
+    unsigned doubts = 0; /* none: no backslash is in the text (above) */
+    for (size_t start = 0;
+         start <= len && next_statement(sql, len, start, &end, SQL_READ_STANDARD, &doubts);
          start = end + 1) {
         if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||
             session_calls(sql + start, end - start, NULL) != SESSION_FEATURE_NONE)

@@ -34,12 +34,15 @@ static size_t skip_block_comment(const char *s, size_t i, size_t len, bool *ende
     return at_end(s, i, len) ? i : i + 1;
 }
 
-static size_t skip_quoted(const char *s, size_t i, size_t len, bool escapes, bool *ended)
+/* A '...' literal (escapes: a backslash escapes) or a "..." name at s[i]. */
+static size_t skip_quoted(const char *s, size_t i, size_t len, bool escapes, unsigned reading,
+                          bool *ended)
 {
     char quote = s[i];
+    bool multibyte = quote == '\'' && (reading & SQL_READ_MULTIBYTE);
     size_t j = i + 1;
     for (; !at_end(s, j, len); j++) {
-        if (escapes && s[j] == '\\') {
+        if ((escapes && s[j] == '\\') || (multibyte && (unsigned char)s[j] >= 0x80)) {
             if (at_end(s, j + 1, len))
                 break;
             j++;
@@ -55,6 +58,21 @@ static size_t skip_quoted(const char *s, size_t i, size_t len, bool escapes, boo
     }
     *ended = false;
     return at_end(s, j, len) ? j : j + 1;
+}
+
+/* The readings under which the '...' literal s[i..past) could end elsewhere. */
+static unsigned literal_doubts(const char *s, size_t i, size_t past, bool e_prefix)
+{
+    unsigned doubts = 0;
+    for (size_t j = i + 1; j < past; j++) {
+        if (s[j] != '\\')
+            continue;
+        if (!e_prefix)
+            doubts |= SQL_READ_PLAIN_ESCAPES;
+        if ((unsigned char)s[j - 1] >= 0x80)
+            doubts |= SQL_READ_MULTIBYTE;
+    }
+    return doubts;
 }
 
 /* $$...$$ or $tag$...$tag$ at s[i] (s[i] is '$' and no name goes on before it). */
@@ -80,7 +98,8 @@ static size_t skip_dollar_quoted(const char *s, size_t i, size_t len, bool *ende
     return k;
 }
 
-size_t sql_skip_lexeme(const char *s, size_t i, size_t len, enum sql_backslash bs, bool *ended)
+size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bool *ended,
+                       unsigned *doubts)
 {
     *ended = true;
     if (at_end(s, i, len))
@@ -94,12 +113,16 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, enum sql_backslash b
     if (s[i] == '/' && next == '*')
         return skip_block_comment(s, i, len, ended);
     if (s[i] == '"')
-        return skip_quoted(s, i, len, false, ended);
+        return skip_quoted(s, i, len, false, reading, ended);
     if (s[i] == '\'') {
         /* E'...' (the E not the end of a longer name): backslash escapes whatever the setting */
         bool e_prefix =
             i > 0 && (s[i - 1] | 0x20) == 'e' && (i < 2 || !sql_ident_char(s[i - 2]));
-        return skip_quoted(s, i, len, bs == SQL_BACKSLASH_ESCAPES || e_prefix, ended);
+        size_t past = skip_quoted(s, i, len, e_prefix || (reading & SQL_READ_PLAIN_ESCAPES),
+                                  reading, ended);
+        if (doubts)
+            *doubts |= literal_doubts(s, i, past, e_prefix);
+        return past;
     }
     if (s[i] == '$' && (i == 0 || !sql_ident_char(s[i - 1])))
         return skip_dollar_quoted(s, i, len, ended);
@@ -115,6 +138,6 @@ size_t sql_skip_space(const char *s, size_t i, size_t len)
             !((s[i] == '-' && s[i + 1] == '-') || (s[i] == '/' && s[i + 1] == '*')))
             return i;
         bool ended;
-        i = sql_skip_lexeme(s, i, len, SQL_BACKSLASH_LITERAL, &ended);
+        i = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
     }
 }

@@ -11,19 +11,29 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* How a backslash inside a plain '...' literal reads: as itself (standard_conforming_strings
- * on, Postgres's default) or as an escape (off). In an E'...' literal it always escapes. */
-enum sql_backslash { SQL_BACKSLASH_LITERAL, SQL_BACKSLASH_ESCAPES };
+/* How a backslash inside a literal reads. sluice reads a text as Postgres reads it by default,
+ * and where the text holds a backslash that another reading takes otherwise, the caller may
+ * read it again that way (the bits combine). */
+enum sql_reading {
+    SQL_READ_STANDARD = 0, /* standard_conforming_strings on: a backslash escapes only in E'' */
+    SQL_READ_PLAIN_ESCAPES = 1, /* off (a client may set it): in a plain '...' literal too */
+    /* A byte of 0x80 or more in a literal takes the next byte with it: in SJIS, BIG5, GBK, UHC
+     * and GB18030 a character's second byte may be 0x5C, a backslash that escapes nothing
+     * (Postgres lexes the text once it is in the server's encoding). */
+    SQL_READ_MULTIBYTE = 2,
+};
 
 /* Is ch one of Postgres's identifier characters (ident_cont: a '$' inside a name is part of
  * it, and so is any byte of a multibyte character)? */
 bool sql_ident_char(char ch);
 
 /* The literal ('...', E'...', $tag$...$tag$), quoted name ("...") or comment (-- to the line's
- * end, nested block comments) that starts at s[i]: the index past it, or i when none starts
- * there. *ended is false when the text ends inside it (Postgres refuses such a text: nothing of
- * it runs). */
-size_t sql_skip_lexeme(const char *s, size_t i, size_t len, enum sql_backslash bs, bool *ended);
+ * end, nested block comments) that starts at s[i], read as `reading` (enum sql_reading bits)
+ * says: the index past it, or i when none starts there. *ended is false when the text ends
+ * inside it (Postgres refuses such a text: nothing of it runs). *doubts (may be NULL) gets the
+ * readings under which this literal could end elsewhere (a backslash in it). */
+size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bool *ended,
+                       unsigned *doubts);
 
 /* Past the blanks and comments at s[i]. */
 size_t sql_skip_space(const char *s, size_t i, size_t len);

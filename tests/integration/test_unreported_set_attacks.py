@@ -700,3 +700,20 @@ def test_a_text_that_splits_by_standard_conforming_strings_never_reaches_another
             except psycopg.errors.SyntaxError:
                 pass  # the text is not SQL under this setting: it ran nothing
             b_sees_defaults(b)
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "BIG5", "GBK"])
+def test_a_set_after_a_character_ending_in_a_backslash_byte_never_reaches_another_client(
+        start_sluice, encoding):
+    """In SJIS, BIG5 and GBK a character's second byte may be 0x5C, a backslash. Postgres lexes
+    the text once it is in the server's encoding, where that byte escapes nothing: E'ソ' ends
+    at its quote and the SET after it runs. Read byte by byte, the 0x5C escaped the quote and
+    the SET seemed inside the literal: it went unseen and stayed on the pooled server."""
+    char = {"SJIS": "ソ", "BIG5": "許", "GBK": "乗"}[encoding]
+    assert char.encode(encoding)[-1:] == b"\\"
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        a.execute(f"SET client_encoding = {encoding}")
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(f"SELECT E'{char}'; SET search_path = leak")
+        b_sees_defaults(b)

@@ -9,20 +9,23 @@
 #include <string.h>
 
 /* sql_skip_lexeme on a copy of text (no NUL) from i: the index past the lexeme, ended. */
-static size_t skip(const char *text, size_t i, enum sql_backslash bs, bool *ended)
+static unsigned last_doubts;
+
+static size_t skip(const char *text, size_t i, unsigned bs, bool *ended)
 {
     size_t n = strlen(text);
     char *copy = malloc(n ? n : 1);
     if (!copy)
         exit(2);
     memcpy(copy, text, n);
-    size_t past = sql_skip_lexeme(copy, i, n, bs, ended);
+    last_doubts = 0;
+    size_t past = sql_skip_lexeme(copy, i, n, bs, ended, &last_doubts);
     free(copy);
     return past;
 }
 
 /* The rest of text after the lexeme at i, with the setting's reading, as a string. */
-static const char *rest(const char *text, size_t i, enum sql_backslash bs)
+static const char *rest(const char *text, size_t i, unsigned bs)
 {
     bool ended;
     return text + skip(text, i, bs, &ended);
@@ -31,12 +34,12 @@ static const char *rest(const char *text, size_t i, enum sql_backslash bs)
 static void ends_at(const char *text, size_t i, const char *after)
 {
     bool ended = false;
-    size_t past = skip(text, i, SQL_BACKSLASH_LITERAL, &ended);
+    size_t past = skip(text, i, SQL_READ_STANDARD, &ended);
     CHECK(ended);
     CHECK_STR(text + past, after);
 }
 
-static void never_ends(const char *text, size_t i, enum sql_backslash bs)
+static void never_ends(const char *text, size_t i, unsigned bs)
 {
     bool ended = true;
     size_t past = skip(text, i, bs, &ended);
@@ -49,13 +52,25 @@ int main(void)
     /* plain literals: a doubled quote is inside; a backslash is itself unless the setting is off */
     ends_at("'it''s'; SET x = 1", 0, "; SET x = 1");
     ends_at("'a\\'; SET x = 1", 0, "; SET x = 1");
-    CHECK_STR(rest("'\\''; SET x = 1", 0, SQL_BACKSLASH_ESCAPES), "; SET x = 1");
-    never_ends("'\\''; SET x = 1", 0, SQL_BACKSLASH_LITERAL);
+    CHECK_STR(rest("'\\''; SET x = 1", 0, SQL_READ_PLAIN_ESCAPES), "; SET x = 1");
+    never_ends("'\\''; SET x = 1", 0, SQL_READ_STANDARD);
     /* E'...' escapes whatever the setting; a name ending in e does not make one */
     ends_at("E'\\''; SET x = 1", 1, "; SET x = 1");
     ends_at("e'\\\\'; SET x = 1", 1, "; SET x = 1");
     ends_at("SELECT name'\\'; SET x = 1", 11, "; SET x = 1");
-    never_ends("E'\\", 1, SQL_BACKSLASH_LITERAL);
+    never_ends("E'\\", 1, SQL_READ_STANDARD);
+    /* the readings a backslash puts in doubt */
+    ends_at("'a\\b'", 0, "");
+    CHECK_INT(last_doubts, SQL_READ_PLAIN_ESCAPES);
+    ends_at("E'a\\b'", 1, "");
+    CHECK_INT(last_doubts, 0);
+    ends_at("'ab'", 0, "");
+    CHECK_INT(last_doubts, 0);
+    /* SJIS: 0x83 0x5C is one character, its second byte no escape (Postgres lexes it in UTF-8) */
+    CHECK_STR(rest("E'\x83\\'; SET x", 1, SQL_READ_MULTIBYTE), "; SET x");
+    never_ends("E'\x83\\'; SET x", 1, SQL_READ_STANDARD);
+    CHECK_INT(last_doubts, SQL_READ_MULTIBYTE);
+    CHECK_STR(rest("'\x83\\'; SET x", 0, SQL_READ_PLAIN_ESCAPES | SQL_READ_MULTIBYTE), "; SET x");
     /* quoted names */
     ends_at("\"it's\" FROM t", 0, " FROM t");
     ends_at("\"a\"\"b\";", 0, ";");
@@ -63,21 +78,21 @@ int main(void)
     ends_at("-- don't\nSET x = 1", 0, "\nSET x = 1");
     ends_at("-- to the end", 0, "");
     ends_at("/* a /* b ' */ c */; SET x", 0, "; SET x");
-    never_ends("/* a /* b */", 0, SQL_BACKSLASH_LITERAL);
-    never_ends("/*", 0, SQL_BACKSLASH_LITERAL);
+    never_ends("/* a /* b */", 0, SQL_READ_STANDARD);
+    never_ends("/*", 0, SQL_READ_STANDARD);
     /* dollar quotes: $$ and $tag$, not $1, not a '$' inside a name */
     ends_at("$$it's$$; SET x", 0, "; SET x");
     ends_at("$body$ $$ it's $body$; SET x", 0, "; SET x");
     ends_at("$1; SET x", 0, "$1; SET x");
     ends_at("a$b$ c", 1, "$b$ c");
-    never_ends("$t$ it's $x$", 0, SQL_BACKSLASH_LITERAL);
+    never_ends("$t$ it's $x$", 0, SQL_READ_STANDARD);
     /* nothing starts at a plain character */
     ends_at("SET x", 0, "SET x");
     /* a NUL ends the text before len */
     {
         const char text[] = "'abc\0'; SET x";
         bool ended = true;
-        size_t past = sql_skip_lexeme(text, 0, sizeof text - 1, SQL_BACKSLASH_LITERAL, &ended);
+        size_t past = sql_skip_lexeme(text, 0, sizeof text - 1, SQL_READ_STANDARD, &ended, NULL);
         CHECK(!ended);
         CHECK_INT(past, 4);
         CHECK_INT(sql_skip_space("  /* c */ -- d\n x", 0, (size_t)-1), 16);
