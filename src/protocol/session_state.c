@@ -281,10 +281,87 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
     }
 }
 
+static enum session_feature statement_keyword_feature(const char *s, size_t i, size_t len,
+                                                      struct param_touch *t);
+
+/* Is the word s[0..n) the temporary schema's name as an unquoted identifier reads it
+ * (pg_temp, or a backend's own pg_temp_<n>; case folded)? */
+static bool temp_schema_word(const char *s, size_t n)
+{
+    if (n < 7 || strncasecmp(s, "pg_temp", 7) != 0)
+        return false;
+    if (n == 7)
+        return true;
+    if (n == 8 || s[7] != '_')
+        return false;
+    for (size_t k = 8; k < n; k++)
+        if (!isdigit((unsigned char)s[k]))
+            return false;
+    return true;
+}
+
+/* Does the statement s[i..len) make temporary objects other than by CREATE TEMP: a
+ * SELECT ... INTO TEMP, or a name in the temporary schema (pg_temp.x, "pg_temp".x, the
+ * backend's pg_temp_3.x)? Such objects live as long as the backend, and the next client of
+ * the server would find them (and read their rows). Literals and comments are skipped; a
+ * statement that only reads pg_temp.x counts too (the object is there already). */
+static bool makes_temp_objects(const char *s, size_t i, size_t len)
+{
+    size_t at = i;
+    /* INSERT INTO temp ...: a table may be named temp */
+    bool select_into = !keyword(s, &at, len, "insert") && !keyword(s, &at, len, "merge");
+    while (i < len) {
+        bool ended;
+        size_t past = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
+        size_t word_end = past;
+        if (past == i && sql_ident_char(s[i]) && (i == 0 || !sql_ident_char(s[i - 1])))
+            while (word_end < len && sql_ident_char(s[word_end]))
+                word_end++;
+        if (word_end == i) {
+            i++;
+            continue;
+        }
+        bool temp_schema = past != i ? past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0
+                                     : temp_schema_word(s + i, word_end - i);
+        size_t next = sql_skip_space(s, word_end, len);
+        if (temp_schema && next < len && s[next] == '.')
+            return true;
+        if (select_into && past == i && word_end - i == 4 && strncasecmp(s + i, "into", 4) == 0) {
+            (void)(keyword(s, &next, len, "local") || keyword(s, &next, len, "global"));
+            if (keyword(s, &next, len, "temp") || keyword(s, &next, len, "temporary"))
+                return true;
+        }
+        if (!ended)
+            return false;
+        i = word_end;
+    }
+    return false;
+}
+
 static enum session_feature statement_feature(const char *s, size_t i, size_t len,
                                               struct param_touch *t)
 {
     i = sql_skip_space(s, i, len);
+    if (keyword(s, &i, len, "explain")) {
+        /* EXPLAIN ANALYZE runs its statement: a CREATE TEMP TABLE ... AS or SELECT INTO too */
+        if (i < len && s[i] == '(') {
+            while (i < len && s[i] != ')')
+                i++;
+            i = sql_skip_space(s, i + (i < len), len);
+        }
+        while (keyword(s, &i, len, "analyze") || keyword(s, &i, len, "analyse") ||
+               keyword(s, &i, len, "verbose"))
+            ;
+    }
+    enum session_feature f = statement_keyword_feature(s, i, len, t);
+    if (f == SESSION_FEATURE_NONE && makes_temp_objects(s, i, len))
+        return SESSION_FEATURE_TEMP_TABLE;
+    return f;
+}
+
+static enum session_feature statement_keyword_feature(const char *s, size_t i, size_t len,
+                                                      struct param_touch *t)
+{
     if (keyword(s, &i, len, "do")) {
         /* an anonymous code block: code sluice does not read, whose dynamic SQL may change
          * the role or anything else (EXECUTE 'SET ROLE ...') */

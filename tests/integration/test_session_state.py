@@ -481,6 +481,52 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
             assert row == (0, 0), f"B inherited A's {sql}"
 
 
+TEMP_OBJECTS = [
+    "SELECT 'A-secret' AS x INTO TEMP tt",
+    "SELECT 'A-secret' AS x INTO TEMPORARY TABLE tt",
+    "WITH v AS (SELECT 'A-secret' AS x) SELECT * INTO LOCAL TEMP tt FROM v",
+    "CREATE TABLE pg_temp.tt AS SELECT 'A-secret' AS x",
+    "CREATE TABLE \"pg_temp\".tt AS SELECT 'A-secret' AS x",
+    "CREATE TABLE PG_TEMP . tt AS SELECT 'A-secret' AS x",
+    "CREATE VIEW pg_temp.tt AS SELECT 'A-secret' AS x",
+    "EXPLAIN ANALYZE CREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
+    "EXPLAIN (ANALYZE, COSTS OFF) SELECT 'A-secret' AS x INTO TEMP tt",
+    "-- it's the cache\nCREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
+]
+
+
+@pytest.mark.parametrize("make", TEMP_OBJECTS)
+def test_temporary_objects_made_without_create_temp_never_reach_the_next_client(
+        start_sluice, make):
+    """A temporary table or view lives as long as its backend. Made by SELECT INTO TEMP, by a
+    name in the pg_temp schema or under EXPLAIN ANALYZE, sluice did not see it: the server went
+    to the next client as it was, and that client read the first one's rows from tt."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a, a.transaction():
+        a.execute(make)
+        assert a.execute("SELECT x FROM tt").fetchone() == ("A-secret",)
+    with s.connect() as b:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            b.execute("SELECT x FROM tt")
+
+
+def test_an_insert_into_a_table_named_temp_is_no_temporary_object(start_sluice, pg):
+    """TEMP is no reserved word: INSERT INTO temp names a table. No warning is logged for it."""
+    with pg.superuser("appdb") as su:
+        su.execute("CREATE TABLE IF NOT EXISTS public.temp (x int)")
+        su.execute("GRANT ALL ON public.temp TO app")
+    try:
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+        with s.connect() as a:
+            mark = s.mark()
+            a.execute("INSERT INTO temp VALUES (1)")
+            a.execute("INSERT INTO temp SELECT x FROM temp")
+        assert "temporary table" not in s.log_since(mark)
+    finally:
+        with pg.superuser("appdb") as su:
+            su.execute("DROP TABLE IF EXISTS public.temp")
+
+
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_a_login_role_is_checked_every_time(start_sluice, pg, mode):
     """options='-c role=app2' is let in while app may become app2, and refused as Postgres
