@@ -105,16 +105,44 @@ static void watch_bytes(struct server *s, const struct client *c, const char *by
     lr->carry_len = (uint8_t)keep;
 }
 
-/* The identifier that just passed ends: is it a SET that starts a statement, or set_config? */
-static bool word_sets(const struct login_reset *lr)
+static bool word_is(const struct login_reset *lr, const char *w)
 {
-    if (lr->word_len == 10 && memcmp(lr->word, "set_config", 10) == 0)
+    size_t n = strlen(w);
+    return lr->word_len == n && memcmp(lr->word, w, n) == 0;
+}
+
+/* The identifier that just passed ends: does it begin or call what outlives the transaction
+ * (enum set_watch)? */
+static bool word_leaves_state(const struct login_reset *lr)
+{
+    static const char *const anywhere[] = {
+        "set_config",           "pg_advisory_lock",           "pg_advisory_lock_shared",
+        "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+    };
+    /* DO: a block's dynamic SQL may SET anything (EXECUTE 'SET ...'), as session_state's
+     * inspector says of a DO it reads whole. */
+    static const char *const starting[] = {"set", "do", "listen", "prepare", "declare"};
+    for (size_t i = 0; i < sizeof anywhere / sizeof anywhere[0]; i++)
+        if (word_is(lr, anywhere[i]))
+            return true;
+    if (lr->before_word == ';' || lr->before_word == '/')
+        for (size_t i = 0; i < sizeof starting / sizeof starting[0]; i++)
+            if (word_is(lr, starting[i]))
+                return true;
+    if (lr->temp_may_follow && (word_is(lr, "temp") || word_is(lr, "temporary")))
         return true;
-    /* A statement that starts with SET, or with DO: a block's dynamic SQL may SET anything
-     * (EXECUTE 'SET ...'), as session_state's inspector says of a DO it reads whole. */
-    bool statement_start = lr->before_word == ';' || lr->before_word == '/';
-    return statement_start && ((lr->word_len == 3 && memcmp(lr->word, "set", 3) == 0) ||
-                               (lr->word_len == 2 && memcmp(lr->word, "do", 2) == 0));
+    /* pg_temp, or a backend's pg_temp_<n> */
+    if (lr->word_len < 7 || memcmp(lr->word, "pg_temp", 7) != 0)
+        return false;
+    size_t n = lr->word_len < SET_WATCH_WORD - 1 ? lr->word_len : SET_WATCH_WORD - 1;
+    if (n == 7)
+        return true;
+    if (n == 8 || lr->word[7] != '_')
+        return false;
+    for (size_t i = 8; i < n; i++)
+        if (!isdigit((unsigned char)lr->word[i]))
+            return false;
+    return true;
 }
 
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
@@ -141,11 +169,15 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
             lr->last_seen = 'a';
             continue;
         }
-        if (lr->word_len > 0 && word_sets(lr)) {
+        if (lr->word_len > 0 && word_leaves_state(lr)) {
             s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
             lr->set_watch = SET_WATCH_NONE;
             return;
         }
+        if (lr->word_len > 0)
+            lr->temp_may_follow = word_is(lr, "create") || word_is(lr, "into") ||
+                                  word_is(lr, "local") || word_is(lr, "global") ||
+                                  word_is(lr, "replace");
         lr->word_len = 0;
         if (ch == '-' && prev == '-') {
             /* "-- ...\nSET": the SET follows what came before the comment */
@@ -168,6 +200,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
         lr->set_watch = SET_WATCH_ON;
         lr->word_len = 0;
         lr->prev_byte = 0;
+        lr->temp_may_follow = false;
         lr->last_seen = ';'; /* the text's start: the inspector saw it; a second look is free */
         watch_set_bytes(s, shown, n);
     }

@@ -72,16 +72,20 @@ enum login_reset_watch {
 };
 #define LOGIN_RESET_CARRY 9 /* the longest word less one: a word split across two reads */
 
-/* Transaction mode: the same streaming text is looked at for a SET that its start (which the
- * inspector saw) does not show: a statement that begins with the word SET (after a ';' or a
- * comment) or a set_config anywhere. sluice cannot read its name or follow it, and another
- * client must never get its value: the server gets a full reset before it serves again. */
+/* Transaction mode: the same streaming text is looked at for what its start (which the
+ * inspector saw) does not show and would outlive the transaction: a statement that begins with
+ * SET, DO, LISTEN, PREPARE or DECLARE (after a ';' or a comment), a set_config or a session
+ * advisory lock function anywhere, TEMP or TEMPORARY after CREATE, INTO, LOCAL, GLOBAL or
+ * REPLACE, and the pg_temp schema. sluice cannot read or follow it, and another client must
+ * never get it: the server gets a full reset before it serves again (a word inside a literal
+ * is a false alarm: it costs that reset, nothing else). */
 enum set_watch {
     SET_WATCH_NONE,
     SET_WATCH_ON,              /* watching; word[] holds the identifier now passing */
     SET_WATCH_IN_LINE_COMMENT, /* inside a -- comment: nothing counts up to its newline */
 };
-#define SET_WATCH_WORD 11 /* "set_config" and its NUL: a longer word is none of them */
+/* "pg_try_advisory_lock_shared" and its NUL: a longer word is none of them */
+#define SET_WATCH_WORD 28
 
 struct login_reset {
     enum login_reset_state state;
@@ -91,6 +95,7 @@ struct login_reset {
     char word[SET_WATCH_WORD]; /* its first bytes, lower case */
     char before_word;          /* the last byte before it that is not a space: ';', '/' (a
                                   comment's end), 'a' for any identifier, or another */
+    bool temp_may_follow;      /* the word before was CREATE, INTO, LOCAL, GLOBAL or REPLACE */
     char last_seen;            /* the last byte that passed that is not a space */
     char before_dash;          /* last_seen before a '-' (a "--" comment does not count) */
     unsigned char prev_byte;   /* the byte that passed last */

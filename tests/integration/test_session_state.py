@@ -510,6 +510,36 @@ def test_temporary_objects_made_without_create_temp_never_reach_the_next_client(
             b.execute("SELECT x FROM tt")
 
 
+LONG_TEXT_TAILS = ["SELECT pg_advisory_lock(4242)", "SELECT pg_try_advisory_lock_shared(4242)",
+                   "LISTEN chan", "CREATE TEMP TABLE tt (a int)",
+                   "CREATE OR REPLACE TEMPORARY VIEW tt AS SELECT 1",
+                   "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1",
+                   "SELECT 1 AS a INTO TEMP tt", "CREATE TABLE pg_temp.tt (a int)",
+                   "SET ROLE app2"]
+
+
+@pytest.mark.parametrize("tail", LONG_TEXT_TAILS)
+def test_session_objects_at_the_end_of_a_text_longer_than_the_buffer_never_reach_the_next_client(
+        start_sluice, app_may_become_app2, tail):
+    """A Query longer than pkt_buf streams through: the inspector reads only its start, and
+    the rest was watched for SET alone. An advisory lock, LISTEN, temporary table, WITH HOLD
+    cursor or SQL PREPARE at its end stayed on the server: the next client inherited it (a
+    lock nobody would release while the server lived)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(f"SELECT length('{'y' * 40000}'); {tail}")
+    with s.connect() as b:
+        row = b.execute(
+            "SELECT (SELECT count(*) FROM pg_listening_channels()),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "  AND pid = pg_backend_pid()),"
+            " (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),"
+            " (SELECT count(*) FROM pg_cursors), (SELECT count(*) FROM pg_prepared_statements),"
+            " current_user").fetchone()
+    assert row == (0, 0, 0, 0, 0, "app")
+
+
 def test_an_insert_into_a_table_named_temp_is_no_temporary_object(start_sluice, pg):
     """TEMP is no reserved word: INSERT INTO temp names a table. No warning is logged for it."""
     with pg.superuser("appdb") as su:
