@@ -576,8 +576,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 j += 7;
             if (j < len && s[j] == '"' && i > 0 && s[i - 1] == '"')
                 j++; /* "pg_advisory_lock"(...), quoted as an identifier */
-            while (j < len && isspace((unsigned char)s[j]))
-                j++;
+            j = sql_skip_space(s, j, len); /* a comment before the '(' hides nothing */
             if (j < len && s[j] == '(')
                 found = SESSION_FEATURE_ADVISORY_LOCK;
         }

@@ -471,7 +471,8 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
         with s.connect() as b:
             with pytest.raises(psycopg.Error):
                 b.execute(use)
-    for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)"]:
+    for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)",
+                "SELECT pg_advisory_lock /* the lock */ (4243)"]:
         with s.connect() as a:
             a.execute(sql)
         with s.connect() as b:
