@@ -3,6 +3,7 @@ clients are inside sessions, transactions and batches. Postgres is the oracle fo
 client sees; no client's state may reach another client, and no cap may be passed."""
 
 import time
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -170,6 +171,25 @@ def test_a_reload_that_corrects_a_databases_port_serves_waiting_clients_at_once(
         a.close()
 
 
+@contextmanager
+def a_pause_waiting_for_a_transaction(start_sluice, pause):
+    """One server, held by a client inside a transaction; a console's PAUSE waits for it to
+    end. Yields (holder, pausing: the PAUSE's tag in the background, pauser, resumer: another
+    console)."""
+    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=1))
+    holder = raw_login(s.port)
+    try:
+        holder.query("BEGIN")
+        holder.query("SELECT 1")
+        with console(s) as pauser, console(s) as resumer:
+            pausing = Background(lambda: pauser.execute(pause).statusmessage)
+            wait_until(lambda: pool_row(resumer)["paused"] == 1, 30, what="the pause")
+            assert not pausing.done()  # it waits for the holder's transaction
+            yield holder, pausing, pauser, resumer
+    finally:
+        holder.close()
+
+
 @pytest.mark.parametrize("resume", ["RESUME appdb", "RESUME"])
 def test_a_pause_undone_by_resume_before_it_took_effect_is_not_answered_as_done(
         start_sluice, resume):
@@ -177,25 +197,16 @@ def test_a_pause_undone_by_resume_before_it_took_effect_is_not_answered_as_done(
     RESUME meanwhile undid it, and the waiting PAUSE then answered PAUSE, as if the database
     were paused: a script's "PAUSE; maintenance; RESUME" ran its maintenance under traffic.
     Now that PAUSE ends with 57014 saying it was ended and nothing is paused."""
-    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=1))
-    holder = raw_login(s.port)
-    try:
-        holder.query("BEGIN")
-        holder.query("SELECT 1")
-        with console(s) as pauser, console(s) as resumer:
-            pausing = Background(lambda: pauser.execute("PAUSE appdb").statusmessage)
-            wait_until(lambda: pool_row(resumer)["paused"] == 1, 30, what="the pause")
-            assert not pausing.done()  # it waits for the holder's transaction
-            assert resumer.execute(resume).statusmessage == "RESUME"
-            err = pausing.error(30)
-            assert isinstance(err, psycopg.errors.QueryCanceled), err
-            assert "RESUME" in str(err) and "not paused" in str(err), err
-            assert pool_row(resumer)["paused"] == 0
-            holder.query("COMMIT")
-            assert one(holder, "SELECT 'served'") == "served"
-            assert pauser.execute("SHOW VERSION").fetchone()  # the console goes on
-    finally:
-        holder.close()
+    with a_pause_waiting_for_a_transaction(start_sluice, "PAUSE appdb") as (
+            holder, pausing, pauser, resumer):
+        assert resumer.execute(resume).statusmessage == "RESUME"
+        err = pausing.error(30)
+        assert isinstance(err, psycopg.errors.QueryCanceled), err
+        assert "RESUME" in str(err) and "not paused" in str(err), err
+        assert pool_row(resumer)["paused"] == 0
+        holder.query("COMMIT")
+        assert one(holder, "SELECT 'served'") == "served"
+        assert pauser.execute("SHOW VERSION").fetchone()  # the console goes on
 
 
 def test_resume_of_one_database_under_a_pause_of_all_says_it_stays_paused(start_sluice):
@@ -204,27 +215,19 @@ def test_resume_of_one_database_under_a_pause_of_all_says_it_stays_paused(start_
     operator bringing one database back saw success while its clients kept waiting. Now it
     answers 55000 saying the database stays paused, as PgBouncer refuses it too; the waiting
     PAUSE goes on waiting and is answered once everything is paused."""
-    s = start_sluice(dict(CONSOLE_MAIN, pool_mode="transaction", default_pool_size=1))
-    holder = raw_login(s.port)
-    try:
-        holder.query("BEGIN")
-        holder.query("SELECT 1")
-        with console(s) as pauser, console(s) as resumer:
-            pausing = Background(lambda: pauser.execute("PAUSE").statusmessage)
-            wait_until(lambda: pool_row(resumer)["paused"] == 1, 30, what="the pause")
-            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
-                               match='"appdb" stays paused'):
-                resumer.execute("RESUME appdb")
-            assert not pausing.done()  # it still waits for the holder's transaction
-            holder.query("COMMIT")
-            assert pausing.result(30) == "PAUSE"
-            assert pool_row(resumer)["paused"] == 1
-            holder.send(query_msg("SELECT 'served'"))  # waits: everything is paused
-            assert resumer.execute("RESUME").statusmessage == "RESUME"
-            rows, _ = holder.read_results()
-            assert rows == [["served"]]
-    finally:
-        holder.close()
+    with a_pause_waiting_for_a_transaction(start_sluice, "PAUSE") as (
+            holder, pausing, _, resumer):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match='"appdb" stays paused'):
+            resumer.execute("RESUME appdb")
+        assert not pausing.done()  # it still waits for the holder's transaction
+        holder.query("COMMIT")
+        assert pausing.result(30) == "PAUSE"
+        assert pool_row(resumer)["paused"] == 1
+        holder.send(query_msg("SELECT 'served'"))  # waits: everything is paused
+        assert resumer.execute("RESUME").statusmessage == "RESUME"
+        rows, _ = holder.read_results()
+        assert rows == [["served"]]
 
 
 @pytest.mark.parametrize("min_pool_size", [0, 1])
