@@ -409,22 +409,27 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     return SESSION_FEATURE_NONE;
 }
 
-/* The end of the argument that starts at s[i]: the ',' or ')' at depth 0 (or len). */
-static size_t argument_end(const char *s, size_t i, size_t len)
+/* The end of the argument that starts at s[i]: the ',' or ')' at depth 0 (or len), past
+ * literals, quoted names and comments read as `reading` says: a "', true)" inside one is not
+ * the call's third argument, which would make a session-wide set_config look local. */
+static size_t argument_end(const char *s, size_t i, size_t len, unsigned reading)
 {
     int depth = 0;
-    for (; i < len; i++) {
-        char ch = s[i];
-        if (ch == '\'' || ch == '"') {
-            for (i++; i < len && s[i] != ch; i++)
-                ;
-        } else if (ch == '(') {
-            depth++;
-        } else if (ch == ')' && depth-- == 0) {
-            return i;
-        } else if (ch == ',' && depth == 0) {
-            return i;
+    while (i < len) {
+        bool ended;
+        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
+        if (past != i) {
+            if (!ended)
+                return len;
+            i = past;
+            continue;
         }
+        char ch = s[i];
+        if (ch == '(')
+            depth++;
+        else if ((ch == ')' && depth-- == 0) || (ch == ',' && depth == 0))
+            return i;
+        i++;
     }
     return len;
 }
@@ -483,15 +488,16 @@ static size_t settings_row_name(const char *s, size_t i, size_t len, size_t *n)
 
 /* set_config(name, value, is_local) starting at s[i] (the '(' after the function name): session
  * level unless is_local is spelled true. Touches the name when it is a plain literal. */
-static bool session_set_config(const char *s, size_t i, size_t len, struct param_touch *t)
+static bool session_set_config(const char *s, size_t i, size_t len, struct param_touch *t,
+                               unsigned reading)
 {
-    size_t a1 = i + 1, e1 = argument_end(s, a1, len);
+    size_t a1 = i + 1, e1 = argument_end(s, a1, len, reading);
     if (e1 >= len || s[e1] != ',')
         return false;
-    size_t e2 = argument_end(s, e1 + 1, len);
+    size_t e2 = argument_end(s, e1 + 1, len, reading);
     if (e2 >= len || s[e2] != ',')
         return false;
-    size_t e3 = argument_end(s, e2 + 1, len);
+    size_t e3 = argument_end(s, e2 + 1, len, reading);
     bool local = argument_is(s, e2 + 1, e3, "true") || argument_is(s, e2 + 1, e3, "'t'") ||
                  argument_is(s, e2 + 1, e3, "'true'") || argument_is(s, e2 + 1, e3, "'on'");
     /* Only a plain literal that is the whole argument names the parameter: E'..', U&'..',
@@ -548,7 +554,8 @@ static size_t function_call_at(const char *s, size_t i, size_t len, const char *
 
 /* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
  * and session-level set_config. */
-static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t)
+static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
+                                          unsigned reading)
 {
     static const char *const locks[] = {"pg_advisory_lock", "pg_try_advisory_lock"};
     enum session_feature found = SESSION_FEATURE_NONE;
@@ -557,7 +564,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
         char c0 = (char)(s[i] | 0x20);
         if (c0 == 's') {
             size_t j = function_call_at(s, i, len, "set_config");
-            if (j > 0 && session_set_config(s, j, len, t) && found == SESSION_FEATURE_NONE)
+            if (j > 0 && session_set_config(s, j, len, t, reading) && found == SESSION_FEATURE_NONE)
                 found = SESSION_FEATURE_SET;
             if (j > 0)
                 continue;
@@ -633,7 +640,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
         if (end < len && sql[end] == '\0')
             break;
     }
-    enum session_feature call = session_calls(sql, len, touch);
+    enum session_feature call = session_calls(sql, len, touch, reading);
     if (first == SESSION_FEATURE_NONE ||
         (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
         return call;
@@ -686,7 +693,8 @@ size_t session_state_feature_start(const char *sql, size_t len)
          start <= len && next_statement(sql, len, start, &end, SQL_READ_STANDARD, &doubts);
          start = end + 1) {
         if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||
-            session_calls(sql + start, end - start, NULL) != SESSION_FEATURE_NONE)
+            session_calls(sql + start, end - start, NULL, SQL_READ_STANDARD) !=
+                SESSION_FEATURE_NONE)
             return start;
     }
     return 0;

@@ -717,3 +717,24 @@ def test_a_set_after_a_character_ending_in_a_backslash_byte_never_reaches_anothe
         with psycopg.ClientCursor(a) as cur:
             cur.execute(f"SELECT E'{char}'; SET search_path = leak")
         b_sees_defaults(b)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('app.x', E'\\'', false)",
+    "SELECT set_config('app.x', E'\\', true) x', false)",
+    "SELECT set_config('app.x', $$', true)$$, false)",
+    "SELECT set_config('app.x', 'a' /* , true) */, false)",
+    "SELECT set_config('app.x', 'a' -- , true)\n, false)",
+    "SELECT set_config('search_path', 'leak', (SELECT false))",
+])
+def test_a_session_set_config_whose_arguments_hide_a_true_never_reaches_another_client(
+        start_sluice, sql):
+    """set_config's third argument says whether the value ends with the transaction. Its
+    arguments were split at ',' and ')' outside '...' and "..." only: a "', true)" inside an
+    E'' literal with an escaped quote, a dollar quote or a comment read as a local set_config,
+    which was not followed, and the session-wide value stayed on the server."""
+    s = one_server(start_sluice)
+    with s.connect() as a, s.connect() as b:
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(sql)
+        b_sees_defaults(b)
