@@ -707,7 +707,8 @@ static enum relay_result release_due(const struct client *c, const struct server
 
 bool relay_client_mid_message(const struct client *c)
 {
-    return c->rx.remain > 0 || buf_pending(&c->in) > 0;
+    /* The rest of a message sluice answered itself (rx.discard) never reaches the server. */
+    return (c->rx.remain > 0 && !c->rx.discard) || buf_pending(&c->in) > 0;
 }
 
 bool relay_orphan_server(struct server *s, struct client *c)

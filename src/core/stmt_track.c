@@ -213,20 +213,14 @@ static enum track_result ensure_named(struct client *c, struct server *s, struct
     return r;
 }
 
-/* Is the client's message at c->in.scan in the buffer whole? */
-static bool message_whole(const struct client *c)
-{
-    uint32_t avail = c->in.wpos - c->in.scan;
-    return avail >= CODEC_HEADER_LEN && codec_get_u32(c->in.data + c->in.scan + 1) + 1 <= avail;
-}
-
 /* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED): the server skips
  * everything up to a Sync, where Postgres, running the Query's EXECUTE itself, answers the
  * same error (forwarded already) and the Query's ReadyForQuery, then runs what the client sent
  * after it. sluice's Sync goes in the Query's place, its ReadyForQuery the Query's (in the
  * state Postgres's would give: the failed implicit transaction rolled back, or a failed block),
  * and the Query is consumed: what follows starts a batch of its own, as after the Query's error
- * in Postgres. */
+ * in Postgres. A Query longer than the buffer (EXECUTE name('<a long literal>')) is consumed as
+ * it comes: its rest is dropped as the client sends it (c->rx.discard, request_track.c). */
 static enum track_result answer_query_after_failed_parse(struct client *c, struct server *s,
                                                          struct client_failure *fail)
 {
@@ -236,8 +230,11 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
         return TRACK_FAILED;
     s->reqs.held_query = HELD_NONE;
     uint32_t whole = codec_get_u32(c->in.data + c->in.scan + 1) + 1;
-    c->in.scan += whole;
-    buf_consume(&c->in, whole);
+    uint32_t here = c->in.wpos - c->in.scan < whole ? c->in.wpos - c->in.scan : whole;
+    c->in.scan += here;
+    buf_consume(&c->in, here);
+    c->rx.remain = whole - here;
+    c->rx.discard = c->rx.remain > 0;
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     stmt_queue_sync_framed(&s->reqs);
@@ -253,12 +250,13 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
     return TRACK_CONSUMED;
 }
 
-/* sluice's Parse of the statement a Query names, inside an extended batch or behind requests in
- * flight: it has no Sync of its own (one would end the client's batch, or its ReadyForQuery
- * would come among the client's). A Query whole in the buffer waits for its outcome (held, as
- * for a result type: shape_awaited): a Close of STMT_MARK_NAME before it (its reply tells an
- * earlier error from the Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which
- * brings the answers at once. When it failed, answer_query_after_failed_parse. */
+/* sluice's Parse of the statement a Query names, with no Sync of its own (inside an extended
+ * batch one would end the client's batch, and behind requests in flight its ReadyForQuery would
+ * come among the client's). The Query waits for its outcome (held, as for a result type:
+ * shape_awaited; one longer than the buffer with its head there, the client not read
+ * meanwhile): a Close of STMT_MARK_NAME before it (its reply tells an earlier error from the
+ * Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which brings the answers at
+ * once. When it failed, answer_query_after_failed_parse. */
 static enum track_result prepare_held_query(struct client *c, struct server *s,
                                             struct stmt_def *mine, const char *name,
                                             struct client_failure *fail)
@@ -267,8 +265,8 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     if (s->reqs.held_query == HELD_PARSE_FAILED)
         return answer_query_after_failed_parse(c, s, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if ((theirs && stmt_def_equal(theirs->def, mine)) || !message_whole(c)) {
-        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for), or streams */
+    if (theirs && stmt_def_equal(theirs->def, mine)) {
+        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
         return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
     }
     if (buf_pending(&c->in) > 0)
@@ -293,19 +291,18 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
 
 /* The same before a simple Query that names the client's statement by SQL (EXECUTE,
  * DEALLOCATE, PREPARE). A Parse that fails (its table dropped since) makes the server skip
- * everything up to the next Sync, and a Query has none. Inside a batch or behind requests in
- * flight, and for an EXECUTE whole in the buffer, the Query waits for the Parse's outcome
- * (prepare_held_query) and gets its error as Postgres's EXECUTE would. Otherwise (an EXECUTE
- * that streams through, on a server with nothing of the client's in flight) sluice's Parse comes
- * with its own Sync, in a batch of its own whose replies are swallowed (s->swallow); what the
- * server then holds under the name is unknown (the Parse may have failed): its next use closes
- * and prepares it again. */
+ * everything up to the next Sync, and a Query has none. So an EXECUTE, whatever its length, and
+ * any such Query inside a batch or behind requests in flight, waits for the Parse's outcome
+ * (prepare_held_query) and gets its error as Postgres's EXECUTE would. Otherwise (the stand-in
+ * of a DEALLOCATE or PREPARE, which prepares anywhere, on a server with nothing of the client's
+ * in flight) sluice's Parse comes with its own Sync, in a batch of its own whose replies are
+ * swallowed (s->swallow), and the Query does not wait; what the server then holds under the
+ * name is unknown to sluice: its next use closes and prepares it again. */
 static enum track_result prepare_for_query(struct client *c, struct server *s, struct stmt_def *def,
                                            const char *name, enum sql_dealloc kind,
                                            struct client_failure *fail)
 {
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 ||
-        (kind == SQL_EXECUTE && message_whole(c)))
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 || kind == SQL_EXECUTE)
         return prepare_held_query(c, s, def, name, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, def))
@@ -917,9 +914,10 @@ static enum track_result mark_inside_batch(struct client *c, struct server *s, b
     return TRACK_PASS;
 }
 
-/* sluice's own requests went out after the mark, right before the Query (the Parse of the
- * statement an EXECUTE names, prepare_before_query): if one fails once the mark is answered,
- * the server skips the Query all the same, so another mark goes between them and the Query. */
+/* sluice's own requests went out after the mark, right before the Query (the Close of another
+ * client's statement the Query names, hide_others_statement): if one fails once the mark is
+ * answered, the server skips the Query all the same, so another mark goes between them and the
+ * Query. (A Parse the Query needs holds it for its outcome instead: prepare_held_query.) */
 static enum track_result mark_again(struct server *s, struct client_failure *fail)
 {
     stmt_queue_disarm_mark(&s->reqs); /* the one it shared, or its own before them */

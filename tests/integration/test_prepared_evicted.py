@@ -155,12 +155,35 @@ def parameter_types_fixed_at_the_parse(c):
             + [described(c, describe_msg("S", "pt") + describe_msg("S", "pt2") + sync_msg())])
 
 
+def long_executes_of_a_statement_the_backend_lacks(c):
+    """An EXECUTE longer than pkt_buf (a big literal argument) of a statement the backend lacks:
+    it runs, and once the statement's table is dropped it fails as Postgres's EXECUTE does
+    (42P01, its ReadyForQuery), with nothing else in flight, pipelined with a Query after it,
+    inside an extended batch and in a transaction block."""
+    big = "x" * 40_000
+    run = query_msg(f"EXECUTE le('{big}')")
+    explain = query_msg(f"EXPLAIN (COSTS OFF) EXECUTE le('{big}')")
+    unnamed = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+    return (make_table(c) + [batch(c, parse_msg("le", "SELECT a, length($1::text) FROM t_ev")
+                                   + sync_msg())]
+            + evict(c) + [batch(c, run)] + evict(c) + [batch(c, explain)] + evict(c)
+            + [q(c, "BEGIN"), batch(c, run), q(c, "COMMIT")] + evict(c)
+            + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [batch(c, run), batch(c, run), batch(c, explain)] + evict(c)
+            + [batch(c, run + query_msg("SELECT 2") + run, 3)] + evict(c)
+            + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
+            + evict(c) + [q(c, "BEGIN"), batch(c, run), q(c, "ROLLBACK")]
+            + make_table(c) + evict(c) + [batch(c, run)])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
              parse_of_a_taken_name_and_deallocate_by_protocol,
-             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse]
+             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
+             long_executes_of_a_statement_the_backend_lacks]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
@@ -197,3 +220,4 @@ def test_two_clients_of_one_text_keep_their_parameter_types(pg, start_sluice):
     finally:
         for c in conns:
             c.close()
+
