@@ -589,13 +589,17 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return r;
 }
 
+/* How much of a Query longer than the buffer is looked at for the statement it names: it is
+ * read this far before it is framed (a read may have brought only its first bytes). */
+#define QUERY_HEAD_MAX 511
+
 /* A streamed Query's EXECUTE or DEALLOCATE of the client's statement names it first (EXECUTE
  * name('<a literal longer than the buffer>')): its head is followed as a whole Query would be,
  * when the name ends within it. */
 static enum track_result follow_query_head(struct client *c, struct server *s, const char *sql,
                                            size_t shown, struct client_failure *fail)
 {
-    char head[512], name[256];
+    char head[QUERY_HEAD_MAX + 1], name[256];
     size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
     memcpy(head, sql, n);
     head[n] = '\0';
@@ -1019,6 +1023,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     case 'F': {
         if (type == 'Q' && avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
+        if (type == 'Q' && avail_body < len && avail_body < QUERY_HEAD_MAX)
+            return TRACK_WAIT; /* a longer one: its head, which names the statement */
         bool marked = false;
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {

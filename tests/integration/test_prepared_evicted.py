@@ -9,11 +9,14 @@ Postgres is the oracle: each program runs on a direct connection and through slu
 server that keeps one statement, where every other statement the client names evicts the one
 before."""
 
+import time
+
 import pytest
 
 from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_msg, query_msg, raw_login,
                     sync_msg)
-from test_prepared_oracle import assert_sluice_shows_what_postgres_shows, batch, bind_run, q
+from test_prepared_oracle import (assert_sluice_shows_what_postgres_shows, batch, bind_run, q,
+                                  replies)
 
 EVICT = "SELECT 'evict'"
 
@@ -164,13 +167,22 @@ def long_executes_of_a_statement_the_backend_lacks(c):
     run = query_msg(f"EXECUTE le('{big}')")
     explain = query_msg(f"EXPLAIN (COSTS OFF) EXECUTE le('{big}')")
     unnamed = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+
+    def in_two_reads(data):
+        """The Query's header and first bytes, then its rest: sluice reads its head whole (the
+        pause makes the split likely; the answer must be the same either way)."""
+        c.send(data[:12])
+        time.sleep(0.2)
+        c.send(data[12:])
+        return replies(c)
     return (make_table(c) + [batch(c, parse_msg("le", "SELECT a, length($1::text) FROM t_ev")
                                    + sync_msg())]
-            + evict(c) + [batch(c, run)] + evict(c) + [batch(c, explain)] + evict(c)
+            + evict(c) + [batch(c, run)] + evict(c) + [in_two_reads(run)] + evict(c)
+            + [batch(c, explain)] + evict(c)
             + [q(c, "BEGIN"), batch(c, run), q(c, "COMMIT")] + evict(c)
             + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
             + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
-            + [batch(c, run), batch(c, run), batch(c, explain)] + evict(c)
+            + [batch(c, run), in_two_reads(run), batch(c, explain)] + evict(c)
             + [batch(c, run + query_msg("SELECT 2") + run, 3)] + evict(c)
             + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
             + evict(c) + [q(c, "BEGIN"), batch(c, run), q(c, "ROLLBACK")]
