@@ -278,8 +278,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         /* An error naming the client's statement by sluice's name: the client gets its own.
          * The refusal of a statement whose result type changed: the client gets Postgres's.
          * The failure of what went in place of SQL session_state_policy refuses: sluice's. */
+        /* The failure of sluice's Parse for a client's Describe: the statement's parameter
+         * types go first, as from Postgres (stmt_queue_types_before_error). */
         bool renamed = false, type_changed = false;
         enum session_feature refused = SESSION_FEATURE_NONE;
+        const struct stmt_param_types *types_first = NULL;
         if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
@@ -287,7 +290,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             renamed = !type_changed && stmt_names_in_error(c->stmts, p, whole);
             if (!type_changed && !renamed)
                 refused = session_effects_refused_in_error(p, whole);
-            consume = renamed || type_changed || refused != SESSION_FEATURE_NONE;
+            if (!type_changed && refused == SESSION_FEATURE_NONE)
+                types_first = stmt_queue_types_before_error(&s->reqs);
+            consume = renamed || type_changed || refused != SESSION_FEATURE_NONE || types_first;
         }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
@@ -310,6 +315,14 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 return STOP_NEED_DATA;
             login_reset_on_row(s, c, whole <= buf_block_size() ? p + CODEC_HEADER_LEN : NULL,
                                len - 4);
+        }
+        if (types_first) {
+            prepared_put_parameter_description(&c->out, types_first);
+            if (!renamed) { /* the error as it came */
+                codec_begin(&c->out, 'E');
+                codec_put_bytes(&c->out, p + CODEC_HEADER_LEN, len - 4);
+                codec_end(&c->out);
+            }
         }
         if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);

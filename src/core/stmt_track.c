@@ -143,12 +143,20 @@ static enum track_result send_due_describe(struct client *c, struct server *s,
     return queued(stmt_queue_take_due(&s->reqs), fail);
 }
 
+/* What the client's message does with the statement sluice prepares again for it. */
+enum stmt_use {
+    STMT_RUN,      /* Bind, EXECUTE, a Parse of its name: a failed Parse's error is the message's */
+    STMT_DESCRIBE, /* Describe: Postgres sends the statement's parameter types before it
+                    * revalidates it, so a failed Parse's error comes after them
+                    * (stmt_queue_push_parse_for_describe) */
+};
+
 /* The client uses its statement `mine`, of result type `want` (STMT_SHAPE_UNKNOWN: not to be
  * compared): make sure the server has it, under `name` (stmt_names.h). *changed: the database's
  * result type is no longer the client's (the caller refuses the use). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         uint64_t want, const char *name, bool *changed,
-                                         struct client_failure *fail)
+                                         uint64_t want, const char *name, enum stmt_use use,
+                                         bool *changed, struct client_failure *fail)
 {
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     /* After an error the server skips what follows up to the Sync: nothing to wait for. */
@@ -172,8 +180,15 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
+    if (use == STMT_DESCRIBE) {
+        prepared_put_mark(&s->out);
+        if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
+            return TRACK_FAILED;
+    }
     prepared_put_parse(&s->out, name, mine);
-    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
+    if ((use == STMT_DESCRIBE
+             ? queued(stmt_queue_push_parse_for_describe(&s->reqs, name, mine), fail)
+             : queue_request(s, REQ_PARSE_OURS, name, fail)) != TRACK_PASS)
         return TRACK_FAILED;
     theirs = stmt_map_put(&s->stmts, name, mine);
     if (!theirs) {
@@ -189,6 +204,39 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     return await_shape(c, s);
 }
 
+/* What a Describe of the client's statement (its entry) needs on the server. Postgres sends the
+ * parameter types fixed at the statement's Parse, then revalidates it for its RowDescription,
+ * or sends NoData for one that returns no rows without looking at its text again: described
+ * even when that text no longer prepares (its table dropped since). So a server that lacks
+ * such a statement gets the typed stand-in (stmt_def_stand_in_typed), whose Describe answers
+ * the same; its next Bind or EXECUTE prepares the client's text. Any other is prepared again,
+ * and when that fails the client gets the types before the error (STMT_DESCRIBE). */
+static enum track_result ensure_described(struct client *c, struct server *s,
+                                          struct stmt_entry *entry, const char *name,
+                                          bool *changed, struct client_failure *fail)
+{
+    struct stmt_def *mine = entry->def;
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    /* In a failed transaction the server refuses any Parse (25P02), and Postgres refuses the
+     * Describe of a statement that returns rows before it sends the types: as before. (One
+     * that returns none it describes there; the server, lacking it, cannot.) */
+    if (s->txn_status == 'E')
+        return ensure_prepared(c, s, mine, entry->shape, name, STMT_RUN, changed, fail);
+    if (mine->result != STMT_RESULT_NONE || !mine->params ||
+        (theirs && stmt_def_equal(theirs->def, mine)))
+        return ensure_prepared(c, s, mine, entry->shape, name, STMT_DESCRIBE, changed, fail);
+    struct stmt_def *typed = stmt_def_stand_in_typed(mine);
+    if (!typed) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    /* Its shape is the client's (NoData, the same types): a stand-in without them differs. */
+    enum track_result r =
+        ensure_prepared(c, s, typed, entry->shape, name, STMT_DESCRIBE, changed, fail);
+    stmt_def_unref(typed);
+    return r;
+}
+
 /* What a DEALLOCATE or PREPARE of the client's statement, or a Parse of its name, needs on the
  * server: something under the statement's name (the first drops it, the others meet it and get
  * 42P05). Postgres answers each of them whether or not the statement's text would still prepare
@@ -202,13 +250,14 @@ static enum track_result ensure_named(struct client *c, struct server *s, struct
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     bool changed; /* not compared */
     if (theirs && stmt_def_equal(theirs->def, mine))
-        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     struct stmt_def *stand_in = stmt_def_stand_in();
     if (!stand_in) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    enum track_result r = ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    enum track_result r = ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed,
+                                            fail);
     stmt_def_unref(stand_in);
     return r;
 }
@@ -267,7 +316,7 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, mine)) {
         s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
-        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     }
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
@@ -512,7 +561,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         if (r == TRACK_PASS && s->txn_status != 'E')
             r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
                 : kind == SQL_EXECUTE
-                    ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, &changed, fail)
+                    ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, STMT_RUN, &changed,
+                                      fail)
                     : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
@@ -1097,7 +1147,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_statement(c, s, mine);
     bool changed;
-    r = ensure_prepared(c, s, mine, entry->shape, sn.name, &changed, fail);
+    r = type == 'D' ? ensure_described(c, s, entry, sn.name, &changed, fail)
+                    : ensure_prepared(c, s, mine, entry->shape, sn.name, STMT_RUN, &changed, fail);
     if (r != TRACK_PASS)
         return r;
     if (changed)

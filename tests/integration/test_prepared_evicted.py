@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_msg, query_msg, raw_login,
-                    sync_msg)
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_fields, parse_msg,
+                    query_msg, raw_login, sync_msg)
 from test_prepared_oracle import (assert_sluice_shows_what_postgres_shows, batch, bind_run, q,
                                   replies)
 
@@ -189,13 +189,45 @@ def long_executes_of_a_statement_the_backend_lacks(c):
             + make_table(c) + evict(c) + [batch(c, run)])
 
 
+def describes_of_statements_whose_table_was_dropped(c):
+    """Postgres's Describe of a statement sends the parameter types fixed at its Parse, then
+    revalidates it: one with a result fails there (42P01), one without (an INSERT) answers
+    NoData. Alone, behind an Execute in its batch, before a Bind of it, and in a failed
+    transaction (25P02 before the types)."""
+    def answers(data):
+        c.send(data)
+        seen = []
+        while True:
+            t, p = c.read_message()
+            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
+            if t == "Z":
+                return seen
+    before = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+    return (make_table(c)
+            + [batch(c, parse_msg("d1", "SELECT a FROM t_ev WHERE a = $1 AND $2::text > ''")
+                     + parse_msg("d2", "SELECT 1 FROM t_ev")
+                     + parse_msg("d3", "INSERT INTO t_ev VALUES ($1)") + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [answers(describe_msg("S", "d1") + sync_msg())] + evict(c)
+            + [answers(describe_msg("S", "d2") + sync_msg())] + evict(c)
+            + [answers(before + describe_msg("S", "d1") + bind_msg("", "d1", ["1", "x"])
+                       + execute_msg() + sync_msg())]
+            + evict(c) + [answers(before + describe_msg("S", "d2") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + bind_msg("", "d3", ["1"])
+                                  + execute_msg() + sync_msg())]
+            + evict(c) + [q(c, "BEGIN"), q(c, "SELECT 1/0"),
+                          answers(describe_msg("S", "d1") + sync_msg()), q(c, "ROLLBACK")])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
              parse_of_a_taken_name_and_deallocate_by_protocol,
              long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
-             long_executes_of_a_statement_the_backend_lacks]
+             long_executes_of_a_statement_the_backend_lacks,
+             describes_of_statements_whose_table_was_dropped]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
