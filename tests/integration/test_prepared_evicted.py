@@ -265,3 +265,28 @@ def test_two_clients_of_one_text_keep_their_parameter_types(pg, start_sluice):
         for c in conns:
             c.close()
 
+
+
+def test_a_client_gone_in_the_middle_of_a_long_execute_whose_prepare_failed(pg, start_sluice):
+    """sluice answers such an EXECUTE once its re-prepare failed and drops the rest of it as the
+    client sends it: a client that leaves before sending it all leaves the server whole (the
+    server has none of it), and the next client gets it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    a = raw_login(s.port)
+    try:
+        make_table(a, "t_gone")
+        batch(a, parse_msg("lg", "SELECT a FROM t_gone WHERE $1::text > ''") + sync_msg())
+        evict(a)
+        q(a, "DROP TABLE t_gone")
+        evict(a)
+        run = query_msg(f"EXECUTE lg('{'x' * 40_000}')")
+        a.send(run[:20_000])
+        assert replies(a) == [("E", "42P01", 'relation "t_gone" does not exist'), "ZI"]
+    finally:
+        a.close()
+    b = raw_login(s.port)
+    try:
+        assert q(b, "SELECT 1") == ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]
+    finally:
+        b.close()
