@@ -207,6 +207,10 @@ def describes_of_statements_whose_table_was_dropped(c):
             + [batch(c, parse_msg("d1", "SELECT a FROM t_ev WHERE a = $1 AND $2::text > ''")
                      + parse_msg("d2", "SELECT 1 FROM t_ev")
                      + parse_msg("d3", "INSERT INTO t_ev VALUES ($1)") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + bind_msg("", "d3", ["2"])
+                                  + execute_msg() + describe_msg("S", "d3") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d1") + describe_msg("S", "d3")
+                                  + sync_msg())]
             + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
             + [answers(describe_msg("S", "d1") + sync_msg())] + evict(c)
             + [answers(describe_msg("S", "d2") + sync_msg())] + evict(c)
