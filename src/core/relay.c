@@ -329,8 +329,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             forget_statements_if_missing(s, p, whole);
         }
         if (type_changed) {
+            const struct stmt_param_types *types = stmt_queue_types_before_refusal(&s->reqs);
+            if (types)
+                prepared_put_parameter_description(&c->out, types);
             error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
-            s->reqs.poisoned--;
+            stmt_queue_refusal_answered(&s->reqs);
         }
         if (refused != SESSION_FEATURE_NONE)
             session_effects_put_refusal(c, refused);

@@ -925,9 +925,11 @@ static enum track_result use_unnamed(struct client *c, struct server *s)
 /* A Bind or Describe of the client's statement whose result type the database no longer gives:
  * it goes to the server under a name the server does not have, and the server's refusal
  * (26000) reaches the client as Postgres's 0A000 (relay.c), the server skipping the rest of the
- * batch as Postgres does after that error. */
+ * batch as Postgres does after that error. A Describe's (described: its statement) gets the
+ * statement's parameter types first, as from Postgres. */
 static enum track_result refuse_changed(struct client *c, struct server *s, uint32_t at,
-                                        uint32_t key_len, enum stmt_name_extent extent)
+                                        uint32_t key_len, enum stmt_name_extent extent,
+                                        struct stmt_def *described)
 {
     struct stmt_server_name changed;
     stmt_names_changed(&changed, extent);
@@ -940,7 +942,7 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
         free_name_on_server(s, changed.name, true);
         stmt_map_remove(&s->sql_prepared, changed.name);
     }
-    s->reqs.poisoned++;
+    stmt_queue_poison(&s->reqs, described);
     return rename_statement(c, s, at, key_len, &changed);
 }
 
@@ -1152,7 +1154,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (r != TRACK_PASS)
         return r;
     if (changed)
-        return refuse_changed(c, s, at, key_len, extent);
+        return refuse_changed(c, s, at, key_len, extent, type == 'D' ? mine : NULL);
     return rename_statement(c, s, at, key_len, &sn);
 }
 

@@ -356,6 +356,7 @@ void stmt_queue_free(struct stmt_queue *q)
     for (uint32_t i = 0; i < q->count; i++)
         release_item(q, item_at(q, i));
     release_item(q, &q->describe_due);
+    stmt_def_unref(q->poisoned_describe);
     free(q->items);
     memset(q, 0, sizeof(*q));
 }
@@ -616,6 +617,26 @@ int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_
                                        struct stmt_def *def)
 {
     return push_holding(q, REQ_PARSE_OURS, strdup(server_name), def, NULL);
+}
+
+void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described)
+{
+    if (q->poisoned++ == 0 && described) {
+        def_ref(described);
+        q->poisoned_describe = described;
+    }
+}
+
+const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt_queue *q)
+{
+    return q->poisoned_describe ? q->poisoned_describe->params : NULL;
+}
+
+void stmt_queue_refusal_answered(struct stmt_queue *q)
+{
+    q->poisoned--;
+    stmt_def_unref(q->poisoned_describe); /* the server skips the rest of the batch */
+    q->poisoned_describe = NULL;
 }
 
 const struct stmt_param_types *stmt_queue_types_before_error(const struct stmt_queue *q)
@@ -961,6 +982,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     q->skipping_to_sync = false;
     q->mark_joinable = false;
     q->poisoned = 0;
+    stmt_def_unref(q->poisoned_describe);
+    q->poisoned_describe = NULL;
 }
 
 /* ---- injected messages ---- */

@@ -263,6 +263,10 @@ struct stmt_queue {
     bool paused;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
+    /* The first of them in this batch (the one the server refuses; it skips the rest), when a
+     * Describe: its statement (held), whose parameter types the client gets before the 0A000,
+     * as Postgres sends them before it revalidates the statement. NULL otherwise. */
+    struct stmt_def *poisoned_describe;
 };
 
 /* The name a client's Bind or Describe of a statement whose result type changed goes to the
@@ -385,6 +389,15 @@ uint32_t stmt_on_error(struct stmt_queue *q);
 void stmt_queue_sync_framed(struct stmt_queue *q);
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
+
+/* A Bind or Describe (described: its statement; NULL for a Bind) of a changed statement goes
+ * to the server under STMT_CHANGED_NAME (poisoned). */
+void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described);
+/* The server refused one of them (26000 for STMT_CHANGED_NAME): the parameter types the client
+ * gets before Postgres's 0A000 (a Describe's, when known; NULL otherwise), valid until
+ * stmt_queue_refusal_answered, which counts the refusal. */
+const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt_queue *q);
+void stmt_queue_refusal_answered(struct stmt_queue *q);
 
 /* Replies, as seen by the server side of the relay. */
 enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };

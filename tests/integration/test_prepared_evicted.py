@@ -193,7 +193,8 @@ def describes_of_statements_whose_table_was_dropped(c):
     """Postgres's Describe of a statement sends the parameter types fixed at its Parse, then
     revalidates it: one with a result fails there (42P01), one without (an INSERT) answers
     NoData. Alone, behind an Execute in its batch, before a Bind of it, and in a failed
-    transaction (25P02 before the types)."""
+    transaction (25P02 before the types). The same for one whose result type changed (0A000
+    after the types)."""
     def answers(data):
         c.send(data)
         seen = []
@@ -221,7 +222,13 @@ def describes_of_statements_whose_table_was_dropped(c):
             + evict(c) + [answers(describe_msg("S", "d3") + bind_msg("", "d3", ["1"])
                                   + execute_msg() + sync_msg())]
             + evict(c) + [q(c, "BEGIN"), q(c, "SELECT 1/0"),
-                          answers(describe_msg("S", "d1") + sync_msg()), q(c, "ROLLBACK")])
+                          answers(describe_msg("S", "d1") + sync_msg()), q(c, "ROLLBACK")]
+            + make_table(c)
+            + [batch(c, parse_msg("d4", "SELECT a FROM t_ev WHERE a = $1") + sync_msg())]
+            + evict(c) + [q(c, "ALTER TABLE t_ev ALTER a TYPE bigint")] + evict(c)
+            + [answers(describe_msg("S", "d4") + sync_msg()),
+               answers(before + describe_msg("S", "d4") + bind_msg("", "d4", ["1"])
+                       + execute_msg() + sync_msg())])
 
 
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
