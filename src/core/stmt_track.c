@@ -212,8 +212,8 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
  * the same; its next Bind or EXECUTE prepares the client's text. Any other is prepared again,
  * and when that fails the client gets the types before the error (STMT_DESCRIBE). */
 static enum track_result ensure_described(struct client *c, struct server *s,
-                                          struct stmt_entry *entry, const char *name,
-                                          bool *changed, struct client_failure *fail)
+                                          struct stmt_entry *entry, const char *name, bool *changed,
+                                          struct client_failure *fail)
 {
     struct stmt_def *mine = entry->def;
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
@@ -256,8 +256,8 @@ static enum track_result ensure_named(struct client *c, struct server *s, struct
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    enum track_result r = ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed,
-                                            fail);
+    enum track_result r =
+        ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     stmt_def_unref(stand_in);
     return r;
 }
@@ -559,11 +559,10 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                : kind == SQL_EXECUTE
-                    ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, STMT_RUN, &changed,
-                                      fail)
-                    : ensure_named(c, s, mine, sn.name, fail);
+            r = text_at == 0          ? prepare_before_query(c, s, mine, sn.name, kind, fail)
+                : kind == SQL_EXECUTE ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
+                                                        STMT_RUN, &changed, fail)
+                                      : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
