@@ -278,8 +278,11 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         /* An error naming the client's statement by sluice's name: the client gets its own.
          * The refusal of a statement whose result type changed: the client gets Postgres's.
          * The failure of what went in place of SQL session_state_policy refuses: sluice's. */
+        /* The failure of sluice's Parse for a client's Describe: the statement's parameter
+         * types go first, as from Postgres (stmt_queue_types_before_error). */
         bool renamed = false, type_changed = false;
         enum session_feature refused = SESSION_FEATURE_NONE;
+        const struct stmt_param_types *types_first = NULL;
         if (type == 'E' && !consume && request_track_on(s) && whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
@@ -287,7 +290,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             renamed = !type_changed && stmt_names_in_error(c->stmts, p, whole);
             if (!type_changed && !renamed)
                 refused = session_effects_refused_in_error(p, whole);
-            consume = renamed || type_changed || refused != SESSION_FEATURE_NONE;
+            if (!type_changed && refused == SESSION_FEATURE_NONE)
+                types_first = stmt_queue_types_before_error(&s->reqs);
+            consume = renamed || type_changed || refused != SESSION_FEATURE_NONE || types_first;
         }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
@@ -311,13 +316,24 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             login_reset_on_row(s, c, whole <= buf_block_size() ? p + CODEC_HEADER_LEN : NULL,
                                len - 4);
         }
+        if (types_first) {
+            prepared_put_parameter_description(&c->out, types_first);
+            if (!renamed) { /* the error as it came */
+                codec_begin(&c->out, 'E');
+                codec_put_bytes(&c->out, p + CODEC_HEADER_LEN, len - 4);
+                codec_end(&c->out);
+            }
+        }
         if (renamed) {
             stmt_names_put_error(c->stmts, p, whole, &c->out);
             forget_statements_if_missing(s, p, whole);
         }
         if (type_changed) {
+            const struct stmt_param_types *types = stmt_queue_types_before_refusal(&s->reqs);
+            if (types)
+                prepared_put_parameter_description(&c->out, types);
             error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
-            s->reqs.poisoned--;
+            stmt_queue_refusal_answered(&s->reqs);
         }
         if (refused != SESSION_FEATURE_NONE)
             session_effects_put_refusal(c, refused);
@@ -707,7 +723,8 @@ static enum relay_result release_due(const struct client *c, const struct server
 
 bool relay_client_mid_message(const struct client *c)
 {
-    return c->rx.remain > 0 || buf_pending(&c->in) > 0;
+    /* The rest of a message sluice answered itself (rx.discard) never reaches the server. */
+    return (c->rx.remain > 0 && !c->rx.discard) || buf_pending(&c->in) > 0;
 }
 
 bool relay_orphan_server(struct server *s, struct client *c)

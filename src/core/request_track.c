@@ -86,6 +86,18 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
     uint32_t max_body = (uint32_t)c->worker->cfg->max_packet_size;
     bool track = request_track_on(s);
     while (b->scan < b->wpos) {
+        if (c->rx.remain && c->rx.discard) {
+            /* The rest of a Query sluice answered itself (stmt_track.c,
+             * answer_query_after_failed_parse): dropped as it comes, nothing framed before it. */
+            if (buf_pending(b) > 0)
+                return CLIENT_FRAME_NEED_FLUSH;
+            uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
+            b->scan += take;
+            buf_consume(b, take);
+            c->rx.remain -= take;
+            c->rx.discard = c->rx.remain > 0;
+            continue;
+        }
         if (c->rx.remain) {
             uint32_t take = min_u32(c->rx.remain, b->wpos - b->scan);
             b->scan += take;

@@ -143,12 +143,20 @@ static enum track_result send_due_describe(struct client *c, struct server *s,
     return queued(stmt_queue_take_due(&s->reqs), fail);
 }
 
+/* What the client's message does with the statement sluice prepares again for it. */
+enum stmt_use {
+    STMT_RUN,      /* Bind, EXECUTE, a Parse of its name: a failed Parse's error is the message's */
+    STMT_DESCRIBE, /* Describe: Postgres sends the statement's parameter types before it
+                    * revalidates it, so a failed Parse's error comes after them
+                    * (stmt_queue_push_parse_for_describe) */
+};
+
 /* The client uses its statement `mine`, of result type `want` (STMT_SHAPE_UNKNOWN: not to be
  * compared): make sure the server has it, under `name` (stmt_names.h). *changed: the database's
  * result type is no longer the client's (the caller refuses the use). */
 static enum track_result ensure_prepared(struct client *c, struct server *s, struct stmt_def *mine,
-                                         uint64_t want, const char *name, bool *changed,
-                                         struct client_failure *fail)
+                                         uint64_t want, const char *name, enum stmt_use use,
+                                         bool *changed, struct client_failure *fail)
 {
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     /* After an error the server skips what follows up to the Sync: nothing to wait for. */
@@ -172,8 +180,15 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
+    if (use == STMT_DESCRIBE) {
+        prepared_put_mark(&s->out);
+        if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
+            return TRACK_FAILED;
+    }
     prepared_put_parse(&s->out, name, mine);
-    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
+    if ((use == STMT_DESCRIBE
+             ? queued(stmt_queue_push_parse_for_describe(&s->reqs, name, mine), fail)
+             : queue_request(s, REQ_PARSE_OURS, name, fail)) != TRACK_PASS)
         return TRACK_FAILED;
     theirs = stmt_map_put(&s->stmts, name, mine);
     if (!theirs) {
@@ -189,6 +204,39 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     return await_shape(c, s);
 }
 
+/* What a Describe of the client's statement (its entry) needs on the server. Postgres sends the
+ * parameter types fixed at the statement's Parse, then revalidates it for its RowDescription,
+ * or sends NoData for one that returns no rows without looking at its text again: described
+ * even when that text no longer prepares (its table dropped since). So a server that lacks
+ * such a statement gets the typed stand-in (stmt_def_stand_in_typed), whose Describe answers
+ * the same; its next Bind or EXECUTE prepares the client's text. Any other is prepared again,
+ * and when that fails the client gets the types before the error (STMT_DESCRIBE). */
+static enum track_result ensure_described(struct client *c, struct server *s,
+                                          struct stmt_entry *entry, const char *name, bool *changed,
+                                          struct client_failure *fail)
+{
+    struct stmt_def *mine = entry->def;
+    struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
+    /* In a failed transaction the server refuses any Parse (25P02), and Postgres refuses the
+     * Describe of a statement that returns rows before it sends the types: as before. (One
+     * that returns none it describes there; the server, lacking it, cannot.) */
+    if (s->txn_status == 'E')
+        return ensure_prepared(c, s, mine, entry->shape, name, STMT_RUN, changed, fail);
+    if (mine->result != STMT_RESULT_NONE || !mine->params ||
+        (theirs && stmt_def_equal(theirs->def, mine)))
+        return ensure_prepared(c, s, mine, entry->shape, name, STMT_DESCRIBE, changed, fail);
+    struct stmt_def *typed = stmt_def_stand_in_typed(mine);
+    if (!typed) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    /* Its shape is the client's (NoData, the same types): a stand-in without them differs. */
+    enum track_result r =
+        ensure_prepared(c, s, typed, entry->shape, name, STMT_DESCRIBE, changed, fail);
+    stmt_def_unref(typed);
+    return r;
+}
+
 /* What a DEALLOCATE or PREPARE of the client's statement, or a Parse of its name, needs on the
  * server: something under the statement's name (the first drops it, the others meet it and get
  * 42P05). Postgres answers each of them whether or not the statement's text would still prepare
@@ -202,22 +250,16 @@ static enum track_result ensure_named(struct client *c, struct server *s, struct
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     bool changed; /* not compared */
     if (theirs && stmt_def_equal(theirs->def, mine))
-        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     struct stmt_def *stand_in = stmt_def_stand_in();
     if (!stand_in) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    enum track_result r = ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    enum track_result r =
+        ensure_prepared(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     stmt_def_unref(stand_in);
     return r;
-}
-
-/* Is the client's message at c->in.scan in the buffer whole? */
-static bool message_whole(const struct client *c)
-{
-    uint32_t avail = c->in.wpos - c->in.scan;
-    return avail >= CODEC_HEADER_LEN && codec_get_u32(c->in.data + c->in.scan + 1) + 1 <= avail;
 }
 
 /* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED): the server skips
@@ -226,7 +268,8 @@ static bool message_whole(const struct client *c)
  * after it. sluice's Sync goes in the Query's place, its ReadyForQuery the Query's (in the
  * state Postgres's would give: the failed implicit transaction rolled back, or a failed block),
  * and the Query is consumed: what follows starts a batch of its own, as after the Query's error
- * in Postgres. */
+ * in Postgres. A Query longer than the buffer (EXECUTE name('<a long literal>')) is consumed as
+ * it comes: its rest is dropped as the client sends it (c->rx.discard, request_track.c). */
 static enum track_result answer_query_after_failed_parse(struct client *c, struct server *s,
                                                          struct client_failure *fail)
 {
@@ -236,8 +279,11 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
         return TRACK_FAILED;
     s->reqs.held_query = HELD_NONE;
     uint32_t whole = codec_get_u32(c->in.data + c->in.scan + 1) + 1;
-    c->in.scan += whole;
-    buf_consume(&c->in, whole);
+    uint32_t here = c->in.wpos - c->in.scan < whole ? c->in.wpos - c->in.scan : whole;
+    c->in.scan += here;
+    buf_consume(&c->in, here);
+    c->rx.remain = whole - here;
+    c->rx.discard = c->rx.remain > 0;
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     stmt_queue_sync_framed(&s->reqs);
@@ -253,12 +299,13 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
     return TRACK_CONSUMED;
 }
 
-/* sluice's Parse of the statement a Query names, inside an extended batch or behind requests in
- * flight: it has no Sync of its own (one would end the client's batch, or its ReadyForQuery
- * would come among the client's). A Query whole in the buffer waits for its outcome (held, as
- * for a result type: shape_awaited): a Close of STMT_MARK_NAME before it (its reply tells an
- * earlier error from the Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which
- * brings the answers at once. When it failed, answer_query_after_failed_parse. */
+/* sluice's Parse of the statement a Query names, with no Sync of its own (inside an extended
+ * batch one would end the client's batch, and behind requests in flight its ReadyForQuery would
+ * come among the client's). The Query waits for its outcome (held, as for a result type:
+ * shape_awaited; one longer than the buffer with its head there, the client not read
+ * meanwhile): a Close of STMT_MARK_NAME before it (its reply tells an earlier error from the
+ * Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which brings the answers at
+ * once. When it failed, answer_query_after_failed_parse. */
 static enum track_result prepare_held_query(struct client *c, struct server *s,
                                             struct stmt_def *mine, const char *name,
                                             struct client_failure *fail)
@@ -267,9 +314,9 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     if (s->reqs.held_query == HELD_PARSE_FAILED)
         return answer_query_after_failed_parse(c, s, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if ((theirs && stmt_def_equal(theirs->def, mine)) || !message_whole(c)) {
-        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for), or streams */
-        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, &changed, fail);
+    if (theirs && stmt_def_equal(theirs->def, mine)) {
+        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
+        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     }
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
@@ -293,19 +340,18 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
 
 /* The same before a simple Query that names the client's statement by SQL (EXECUTE,
  * DEALLOCATE, PREPARE). A Parse that fails (its table dropped since) makes the server skip
- * everything up to the next Sync, and a Query has none. Inside a batch or behind requests in
- * flight, and for an EXECUTE whole in the buffer, the Query waits for the Parse's outcome
- * (prepare_held_query) and gets its error as Postgres's EXECUTE would. Otherwise (an EXECUTE
- * that streams through, on a server with nothing of the client's in flight) sluice's Parse comes
- * with its own Sync, in a batch of its own whose replies are swallowed (s->swallow); what the
- * server then holds under the name is unknown (the Parse may have failed): its next use closes
- * and prepares it again. */
+ * everything up to the next Sync, and a Query has none. So an EXECUTE, whatever its length, and
+ * any such Query inside a batch or behind requests in flight, waits for the Parse's outcome
+ * (prepare_held_query) and gets its error as Postgres's EXECUTE would. Otherwise (the stand-in
+ * of a DEALLOCATE or PREPARE, which prepares anywhere, on a server with nothing of the client's
+ * in flight) sluice's Parse comes with its own Sync, in a batch of its own whose replies are
+ * swallowed (s->swallow), and the Query does not wait; what the server then holds under the
+ * name is unknown to sluice: its next use closes and prepares it again. */
 static enum track_result prepare_for_query(struct client *c, struct server *s, struct stmt_def *def,
                                            const char *name, enum sql_dealloc kind,
                                            struct client_failure *fail)
 {
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 ||
-        (kind == SQL_EXECUTE && message_whole(c)))
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 || kind == SQL_EXECUTE)
         return prepare_held_query(c, s, def, name, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, def))
@@ -513,10 +559,10 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                : kind == SQL_EXECUTE
-                    ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, &changed, fail)
-                    : ensure_named(c, s, mine, sn.name, fail);
+            r = text_at == 0          ? prepare_before_query(c, s, mine, sn.name, kind, fail)
+                : kind == SQL_EXECUTE ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
+                                                        STMT_RUN, &changed, fail)
+                                      : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -592,13 +638,17 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     return r;
 }
 
+/* How much of a Query longer than the buffer is looked at for the statement it names: it is
+ * read this far before it is framed (a read may have brought only its first bytes). */
+#define QUERY_HEAD_MAX 511
+
 /* A streamed Query's EXECUTE or DEALLOCATE of the client's statement names it first (EXECUTE
  * name('<a literal longer than the buffer>')): its head is followed as a whole Query would be,
  * when the name ends within it. */
 static enum track_result follow_query_head(struct client *c, struct server *s, const char *sql,
                                            size_t shown, struct client_failure *fail)
 {
-    char head[512], name[256];
+    char head[QUERY_HEAD_MAX + 1], name[256];
     size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
     memcpy(head, sql, n);
     head[n] = '\0';
@@ -874,9 +924,11 @@ static enum track_result use_unnamed(struct client *c, struct server *s)
 /* A Bind or Describe of the client's statement whose result type the database no longer gives:
  * it goes to the server under a name the server does not have, and the server's refusal
  * (26000) reaches the client as Postgres's 0A000 (relay.c), the server skipping the rest of the
- * batch as Postgres does after that error. */
+ * batch as Postgres does after that error. A Describe's (described: its statement) gets the
+ * statement's parameter types first, as from Postgres. */
 static enum track_result refuse_changed(struct client *c, struct server *s, uint32_t at,
-                                        uint32_t key_len, enum stmt_name_extent extent)
+                                        uint32_t key_len, enum stmt_name_extent extent,
+                                        struct stmt_def *described)
 {
     struct stmt_server_name changed;
     stmt_names_changed(&changed, extent);
@@ -889,7 +941,7 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
         free_name_on_server(s, changed.name, true);
         stmt_map_remove(&s->sql_prepared, changed.name);
     }
-    s->reqs.poisoned++;
+    stmt_queue_poison(&s->reqs, described);
     return rename_statement(c, s, at, key_len, &changed);
 }
 
@@ -917,9 +969,10 @@ static enum track_result mark_inside_batch(struct client *c, struct server *s, b
     return TRACK_PASS;
 }
 
-/* sluice's own requests went out after the mark, right before the Query (the Parse of the
- * statement an EXECUTE names, prepare_before_query): if one fails once the mark is answered,
- * the server skips the Query all the same, so another mark goes between them and the Query. */
+/* sluice's own requests went out after the mark, right before the Query (the Close of another
+ * client's statement the Query names, hide_others_statement): if one fails once the mark is
+ * answered, the server skips the Query all the same, so another mark goes between them and the
+ * Query. (A Parse the Query needs holds it for its outcome instead: prepare_held_query.) */
 static enum track_result mark_again(struct server *s, struct client_failure *fail)
 {
     stmt_queue_disarm_mark(&s->reqs); /* the one it shared, or its own before them */
@@ -1021,6 +1074,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     case 'F': {
         if (type == 'Q' && avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
+        if (type == 'Q' && avail_body < len && avail_body < QUERY_HEAD_MAX)
+            return TRACK_WAIT; /* a longer one: its head, which names the statement */
         bool marked = false;
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
@@ -1093,11 +1148,12 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_statement(c, s, mine);
     bool changed;
-    r = ensure_prepared(c, s, mine, entry->shape, sn.name, &changed, fail);
+    r = type == 'D' ? ensure_described(c, s, entry, sn.name, &changed, fail)
+                    : ensure_prepared(c, s, mine, entry->shape, sn.name, STMT_RUN, &changed, fail);
     if (r != TRACK_PASS)
         return r;
     if (changed)
-        return refuse_changed(c, s, at, key_len, extent);
+        return refuse_changed(c, s, at, key_len, extent, type == 'D' ? mine : NULL);
     return rename_statement(c, s, at, key_len, &sn);
 }
 

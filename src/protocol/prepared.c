@@ -51,6 +51,7 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     d->hash = 0;
     d->effect = STMT_EFFECT_NONE;
     d->params = NULL;
+    d->result = STMT_RESULT_UNKNOWN;
     uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
     snprintf(d->server_name, sizeof(d->server_name), "sluice_s%llu", (unsigned long long)n);
     return d;
@@ -78,6 +79,19 @@ struct stmt_def *stmt_def_stand_in(void)
 {
     static const uint8_t empty[] = {0, 0, 0, 0}; /* the name's end, the text "", no types */
     return stmt_def_new(empty, sizeof(empty));
+}
+
+struct stmt_def *stmt_def_stand_in_typed(const struct stmt_def *d)
+{
+    struct stmt_def *typed = stmt_def_stand_in();
+    size_t size = sizeof(*d->params) + d->params->count * sizeof(d->params->oids[0]);
+    if (typed && (typed->params = malloc(size)))
+        memcpy(typed->params, d->params, size);
+    else if (typed) {
+        stmt_def_unref(typed);
+        typed = NULL;
+    }
+    return typed;
 }
 
 /* A new holder comes from one that already holds it, so relaxed is enough (as for
@@ -344,6 +358,7 @@ void stmt_queue_free(struct stmt_queue *q)
     for (uint32_t i = 0; i < q->count; i++)
         release_item(q, item_at(q, i));
     release_item(q, &q->describe_due);
+    stmt_def_unref(q->poisoned_describe);
     free(q->items);
     memset(q, 0, sizeof(*q));
 }
@@ -600,6 +615,41 @@ int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
                         NULL);
 }
 
+int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_name,
+                                       struct stmt_def *def)
+{
+    return push_holding(q, REQ_PARSE_OURS, strdup(server_name), def, NULL);
+}
+
+void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described)
+{
+    if (q->poisoned++ == 0 && described) {
+        def_ref(described);
+        q->poisoned_describe = described;
+    }
+}
+
+const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt_queue *q)
+{
+    return q->poisoned_describe ? q->poisoned_describe->params : NULL;
+}
+
+void stmt_queue_refusal_answered(struct stmt_queue *q)
+{
+    q->poisoned--;
+    stmt_def_unref(q->poisoned_describe); /* the server skips the rest of the batch */
+    q->poisoned_describe = NULL;
+}
+
+const struct stmt_param_types *stmt_queue_types_before_error(const struct stmt_queue *q)
+{
+    uint32_t k = next_complete_at(q);
+    if (k == q->count)
+        return NULL;
+    const struct stmt_queue_item *it = item_at(q, k);
+    return it->kind == REQ_PARSE_OURS && it->def ? it->def->params : NULL;
+}
+
 int stmt_queue_describe_due(struct stmt_queue *q, const char *server_name,
                             const char *client_name, struct stmt_def *def)
 {
@@ -824,6 +874,8 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
     uint64_t shape = type == 'n' ? STMT_SHAPE_NO_DATA
                      : body    ? stmt_shape_of(body, len)
                                : STMT_SHAPE_UNCHECKED;
+    if (client_name_of(it)[0] && it->def && it->def->result == STMT_RESULT_UNKNOWN)
+        it->def->result = type == 'n' ? STMT_RESULT_NONE : STMT_RESULT_ROWS;
     /* Its parameter types are part of what the client's statement is: a server's statement of
      * the same definition prepared with others (another client's Parse after DDL) differs. */
     if (shape != STMT_SHAPE_UNCHECKED && it->params_shape) {
@@ -932,6 +984,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     q->skipping_to_sync = false;
     q->mark_joinable = false;
     q->poisoned = 0;
+    stmt_def_unref(q->poisoned_describe);
+    q->poisoned_describe = NULL;
 }
 
 /* ---- injected messages ---- */
@@ -983,6 +1037,15 @@ void prepared_put_describe(struct msg_out *o, const char *name)
     codec_begin(o, 'D');
     codec_put_u8(o, 'S');
     codec_put_cstring(o, name);
+    codec_end(o);
+}
+
+void prepared_put_parameter_description(struct msg_out *o, const struct stmt_param_types *t)
+{
+    codec_begin(o, 't');
+    codec_put_i16(o, (int16_t)t->count);
+    for (uint16_t i = 0; i < t->count; i++)
+        codec_put_i32(o, (int32_t)t->oids[i]);
     codec_end(o);
 }
 

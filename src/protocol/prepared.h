@@ -69,6 +69,13 @@ struct stmt_param_types {
     uint32_t oids[];
 };
 
+/* What a statement's Describe says of its result (Postgres fixes it at its Parse). */
+enum stmt_result {
+    STMT_RESULT_UNKNOWN, /* not described yet, or its description was lost */
+    STMT_RESULT_ROWS,    /* RowDescription */
+    STMT_RESULT_NONE,    /* NoData: an INSERT, UPDATE or DELETE without RETURNING, a utility */
+};
+
 struct stmt_def {
     _Atomic uint32_t refs; /* maps holding it, on any worker (a server moved between workers
                             * keeps its map: 5.4); the last unref frees it */
@@ -86,6 +93,9 @@ struct stmt_def {
      * on the client's worker, while only that worker's maps hold the definition; not part of
      * its hash or equality (stmt_def_equal), which the shape compares instead. */
     struct stmt_param_types *params;
+    /* Whether it returns rows, from the same Describe, written once as params is: a Describe of
+     * one that returns none is answered without preparing its text again (stmt_track.c). */
+    enum stmt_result result;
     uint8_t data[];
 };
 
@@ -159,6 +169,10 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
  * statement's name where the server needs only something there (a DEALLOCATE, a SQL PREPARE or
  * a Parse of the name: stmt_track.c, ensure_named). NULL when out of memory. */
 struct stmt_def *stmt_def_stand_in(void);
+/* The stand-in with the parameter types of d (known: d->params): its Describe answers as
+ * Postgres's Describe of d when d returns no rows (STMT_RESULT_NONE), the types and NoData,
+ * which Postgres sends without looking at d's text again. NULL when out of memory. */
+struct stmt_def *stmt_def_stand_in_typed(const struct stmt_def *d);
 /* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
  * it): fill d->data, then stmt_def_seal before anything compares it. Its server name is a count,
  * given now. */
@@ -249,6 +263,10 @@ struct stmt_queue {
     bool paused;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
+    /* The first of them in this batch (the one the server refuses; it skips the rest), when a
+     * Describe: its statement (held), whose parameter types the client gets before the 0A000,
+     * as Postgres sends them before it revalidates the statement. NULL otherwise. */
+    struct stmt_def *poisoned_describe;
 };
 
 /* The name a client's Bind or Describe of a statement whose result type changed goes to the
@@ -326,6 +344,17 @@ enum stmt_req stmt_queue_next_complete(const struct stmt_queue *q);
 int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
                              const char *client_name, struct stmt_def *def)
     __attribute__((warn_unused_result));
+/* sluice's Parse of the client's statement def, prepared again for the client's Describe of it
+ * (REQ_PARSE_OURS, holding def), with a mark right before it (prepared_put_mark, its reply
+ * swallowed), so that it is the request answered next only once all the client sent before
+ * it is answered. */
+int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_name,
+                                       struct stmt_def *def) __attribute__((warn_unused_result));
+/* At an ErrorResponse: when it is the failure of such a Parse (the request answered next), the
+ * statement's parameter types, which the client gets before the error as from Postgres: its
+ * Describe sends the types fixed at the statement's Parse first, then revalidates the statement
+ * (its table dropped since: the error). NULL otherwise, or when the types are not known. */
+const struct stmt_param_types *stmt_queue_types_before_error(const struct stmt_queue *q);
 int stmt_queue_describe_due(struct stmt_queue *q, const char *server_name,
                             const char *client_name, struct stmt_def *def)
     __attribute__((warn_unused_result));
@@ -361,6 +390,15 @@ void stmt_queue_sync_framed(struct stmt_queue *q);
 /* Forget the last n entries, Syncs the server never answers (sent during COPY FROM STDIN). */
 void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n);
 
+/* A Bind or Describe (described: its statement; NULL for a Bind) of a changed statement goes
+ * to the server under STMT_CHANGED_NAME (poisoned). */
+void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described);
+/* The server refused one of them (26000 for STMT_CHANGED_NAME): the parameter types the client
+ * gets before Postgres's 0A000 (a Describe's, when known; NULL otherwise), valid until
+ * stmt_queue_refusal_answered, which counts the refusal. */
+const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt_queue *q);
+void stmt_queue_refusal_answered(struct stmt_queue *q);
+
 /* Replies, as seen by the server side of the relay. */
 enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
 /* A reply to a Describe: ParameterDescription ('t'), RowDescription ('T', body NULL when larger
@@ -391,6 +429,8 @@ void prepared_put_close(struct msg_out *o, const char *name);
 /* Close of the statement STMT_MARK_NAME (REQ_MARK). */
 void prepared_put_mark(struct msg_out *o);
 void prepared_put_describe(struct msg_out *o, const char *name);
+/* A ParameterDescription of these types (to the client). */
+void prepared_put_parameter_description(struct msg_out *o, const struct stmt_param_types *t);
 
 /* A statement text: DEALLOCATE name / DEALLOCATE ALL / DISCARD ALL / EXECUTE name / PREPARE
  * name? name gets the statement name for DEALLOCATE, EXECUTE and PREPARE (empty for ALL). */

@@ -9,11 +9,14 @@ Postgres is the oracle: each program runs on a direct connection and through slu
 server that keeps one statement, where every other statement the client names evicts the one
 before."""
 
+import time
+
 import pytest
 
-from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_msg, query_msg, raw_login,
-                    sync_msg)
-from test_prepared_oracle import assert_sluice_shows_what_postgres_shows, batch, bind_run, q
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_fields, parse_msg,
+                    query_msg, raw_login, sync_msg)
+from test_prepared_oracle import (assert_sluice_shows_what_postgres_shows, batch, bind_run, q,
+                                  replies)
 
 EVICT = "SELECT 'evict'"
 
@@ -155,12 +158,87 @@ def parameter_types_fixed_at_the_parse(c):
             + [described(c, describe_msg("S", "pt") + describe_msg("S", "pt2") + sync_msg())])
 
 
+def long_executes_of_a_statement_the_backend_lacks(c):
+    """An EXECUTE longer than pkt_buf (a big literal argument) of a statement the backend lacks:
+    it runs, and once the statement's table is dropped it fails as Postgres's EXECUTE does
+    (42P01, its ReadyForQuery), with nothing else in flight, pipelined with a Query after it,
+    inside an extended batch and in a transaction block."""
+    big = "x" * 40_000
+    run = query_msg(f"EXECUTE le('{big}')")
+    explain = query_msg(f"EXPLAIN (COSTS OFF) EXECUTE le('{big}')")
+    unnamed = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+
+    def in_two_reads(data):
+        """The Query's header and first bytes, then its rest: sluice reads its head whole (the
+        pause makes the split likely; the answer must be the same either way)."""
+        c.send(data[:12])
+        time.sleep(0.2)
+        c.send(data[12:])
+        return replies(c)
+    return (make_table(c) + [batch(c, parse_msg("le", "SELECT a, length($1::text) FROM t_ev")
+                                   + sync_msg())]
+            + evict(c) + [batch(c, run)] + evict(c) + [in_two_reads(run)] + evict(c)
+            + [batch(c, explain)] + evict(c)
+            + [q(c, "BEGIN"), batch(c, run), q(c, "COMMIT")] + evict(c)
+            + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [batch(c, run), in_two_reads(run), batch(c, explain)] + evict(c)
+            + [batch(c, run + query_msg("SELECT 2") + run, 3)] + evict(c)
+            + [batch(c, unnamed + run + bind_msg("", "") + execute_msg() + sync_msg(), 2)]
+            + evict(c) + [q(c, "BEGIN"), batch(c, run), q(c, "ROLLBACK")]
+            + make_table(c) + evict(c) + [batch(c, run)])
+
+
+def describes_of_statements_whose_table_was_dropped(c):
+    """Postgres's Describe of a statement sends the parameter types fixed at its Parse, then
+    revalidates it: one with a result fails there (42P01), one without (an INSERT) answers
+    NoData. Alone, behind an Execute in its batch, before a Bind of it, and in a failed
+    transaction (25P02 before the types). The same for one whose result type changed (0A000
+    after the types)."""
+    def answers(data):
+        c.send(data)
+        seen = []
+        while True:
+            t, p = c.read_message()
+            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
+            if t == "Z":
+                return seen
+    before = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
+    return (make_table(c)
+            + [batch(c, parse_msg("d1", "SELECT a FROM t_ev WHERE a = $1 AND $2::text > ''")
+                     + parse_msg("d2", "SELECT 1 FROM t_ev")
+                     + parse_msg("d3", "INSERT INTO t_ev VALUES ($1)") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + bind_msg("", "d3", ["2"])
+                                  + execute_msg() + describe_msg("S", "d3") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d1") + describe_msg("S", "d3")
+                                  + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [answers(describe_msg("S", "d1") + sync_msg())] + evict(c)
+            + [answers(describe_msg("S", "d2") + sync_msg())] + evict(c)
+            + [answers(before + describe_msg("S", "d1") + bind_msg("", "d1", ["1", "x"])
+                       + execute_msg() + sync_msg())]
+            + evict(c) + [answers(before + describe_msg("S", "d2") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + sync_msg())]
+            + evict(c) + [answers(describe_msg("S", "d3") + bind_msg("", "d3", ["1"])
+                                  + execute_msg() + sync_msg())]
+            + evict(c) + [q(c, "BEGIN"), q(c, "SELECT 1/0"),
+                          answers(describe_msg("S", "d1") + sync_msg()), q(c, "ROLLBACK")]
+            + make_table(c)
+            + [batch(c, parse_msg("d4", "SELECT a FROM t_ev WHERE a = $1") + sync_msg())]
+            + evict(c) + [q(c, "ALTER TABLE t_ev ALTER a TYPE bigint")] + evict(c)
+            + [answers(describe_msg("S", "d4") + sync_msg()),
+               answers(before + describe_msg("S", "d4") + bind_msg("", "d4", ["1"])
+                       + execute_msg() + sync_msg())])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
              parse_of_a_taken_name_and_deallocate_by_protocol,
-             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse]
+             long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
+             long_executes_of_a_statement_the_backend_lacks,
+             describes_of_statements_whose_table_was_dropped]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
@@ -197,3 +275,29 @@ def test_two_clients_of_one_text_keep_their_parameter_types(pg, start_sluice):
     finally:
         for c in conns:
             c.close()
+
+
+
+def test_a_client_gone_in_the_middle_of_a_long_execute_whose_prepare_failed(pg, start_sluice):
+    """sluice answers such an EXECUTE once its re-prepare failed and drops the rest of it as the
+    client sends it: a client that leaves before sending it all leaves the server whole (the
+    server has none of it), and the next client gets it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    a = raw_login(s.port)
+    try:
+        make_table(a, "t_gone")
+        batch(a, parse_msg("lg", "SELECT a FROM t_gone WHERE $1::text > ''") + sync_msg())
+        evict(a)
+        q(a, "DROP TABLE t_gone")
+        evict(a)
+        run = query_msg(f"EXECUTE lg('{'x' * 40_000}')")
+        a.send(run[:20_000])
+        assert replies(a) == [("E", "42P01", 'relation "t_gone" does not exist'), "ZI"]
+    finally:
+        a.close()
+    b = raw_login(s.port)
+    try:
+        assert q(b, "SELECT 1") == ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]
+    finally:
+        b.close()

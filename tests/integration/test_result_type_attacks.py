@@ -176,12 +176,12 @@ def test_wide_statements_a_copy_and_no_rows_prepared_by_name(pg, start_sluice, t
         out += exchange(b, [query_msg(f"ALTER TABLE {t} ALTER COLUMN v TYPE bigint")], 1)
         out += exchange(b, [parse_msg(f"p{i}", f"SELECT {i}") for i in range(4)]
                         + [sync_msg()], 1)
-        # (not "wide": its result type is not checked; and no Describe of "none", to which
-        # Postgres sends a ParameterDescription before the error: docs/pool-modes.md)
+        # (not "wide": its result type is not checked; a Describe of "none" gets the
+        # ParameterDescription before the error, as from Postgres)
         for stmt in ("copy", "none", "ins", "params"):
             params = ([str(i) for i in range(1200)] if stmt == "params"
                       else ["5"] if stmt == "ins" else [])
-            described = [] if stmt == "none" else [describe_msg("S", stmt)]
+            described = [describe_msg("S", stmt)]
             out += exchange(a, described + [bind_msg("", stmt, params), execute_msg(),
                                              sync_msg()], 1)
         out += exchange(a, [query_msg(f"SELECT count(*) FROM {t}")], 1)
