@@ -58,7 +58,8 @@ static bool inspect_session_text(struct client *c, struct server *s, uint8_t typ
         at = (uint32_t)(nul - body) + 1;
     }
     struct param_touch touch;
-    (void)session_state_detect((const char *)body + at, len - at, &touch);
+    (void)session_state_detect((const char *)body + at, len - at, &touch,
+                               session_effects_reading(c, s));
     login_reset_note(s, c, &touch.reset);
     return true;
 }

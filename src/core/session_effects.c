@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client.h"
 #include "codec.h"
@@ -18,6 +19,7 @@
 #include "pool_mode.h"
 #include "server.h"
 #include "sluice.h"
+#include "sql_lex.h"
 
 /* What sluice answers for when it refuses the message at c->in.scan (itself, or through the
  * failing statement the server runs in its place: refuse_by_server). */
@@ -303,13 +305,34 @@ static bool follow_set(struct client *c, struct server *s, uint8_t type, const c
     return true;
 }
 
+unsigned session_effects_reading(const struct client *c, const struct server *s)
+{
+    /* the client's own value, or the pool's (its welcome), which its server has */
+    const char *scs = params_get(&c->params, "standard_conforming_strings");
+    if (!scs)
+        scs = params_get(&s->params, "standard_conforming_strings");
+    const char *enc = params_get(&c->params, "client_encoding");
+    if (!enc)
+        enc = params_get(&s->params, "client_encoding");
+    /* Postgres's names for the client encodings whose second bytes may be 0x5C */
+    static const char *const trail_5c[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
+                                           "UHC",  "GB18030",        "JOHAB"};
+    unsigned reading = SQL_READ_STANDARD;
+    if (scs && strcasecmp(scs, "off") == 0)
+        reading |= SQL_READ_PLAIN_ESCAPES;
+    for (size_t i = 0; enc && i < sizeof trail_5c / sizeof trail_5c[0]; i++)
+        if (strcasecmp(enc, trail_5c[i]) == 0)
+            reading |= SQL_READ_MULTIBYTE;
+    return reading;
+}
+
 /* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
  * server that got such objects is noted for a reset. touch: the parameters it changes. */
 enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
                                          const char *sql, size_t len, uint32_t body_len,
                                          struct param_touch *touch, struct client_failure *fail)
 {
-    enum session_feature f = session_state_detect(sql, len, touch);
+    enum session_feature f = session_state_detect(sql, len, touch, session_effects_reading(c, s));
     bool followed = follow_set(c, s, type, sql, len, body_len, touch);
     if (f == SESSION_FEATURE_NONE || (f == SESSION_FEATURE_SET && followed))
         return TRACK_PASS;
@@ -322,7 +345,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
 enum stmt_effect session_effects_of_text(const char *sql, size_t len)
 {
     struct param_touch touch;
-    enum session_feature f = session_state_detect(sql, len, &touch);
+    enum session_feature f = session_state_detect(sql, len, &touch, SQL_READ_STANDARD);
     return f != SESSION_FEATURE_NONE || touch.all || touch.n > 0 ? STMT_EFFECT_SESSION
                                                                   : STMT_EFFECT_NONE;
 }
@@ -339,7 +362,7 @@ void session_effects_run_statement(struct client *c, struct server *s, const str
     const char *text = def->len > 1 ? (const char *)def->data + 1 : "";
     size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
     struct param_touch touch;
-    enum session_feature f = session_state_detect(text, len, &touch);
+    enum session_feature f = session_state_detect(text, len, &touch, session_effects_reading(c, s));
     if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
         (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {
         session_effects_forget_params(s, &touch);

@@ -38,6 +38,10 @@ void session_effects_put_refusal(struct client *c, enum session_feature f);
  * sluice cannot name asks for a full reset. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch);
 
+/* How the client's SQL text reads (enum sql_reading, for session_state_detect): its
+ * standard_conforming_strings and client_encoding as the client or else its server has them. */
+unsigned session_effects_reading(const struct client *c, const struct server *s);
+
 /* What running the statement text sql (len bytes) does past its transaction, for a named
  * statement to carry to each of its runs (session_effects_run_unread). */
 enum stmt_effect session_effects_of_text(const char *sql, size_t len);

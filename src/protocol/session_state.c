@@ -647,24 +647,26 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
     return first;
 }
 
-enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch)
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch,
+                                          unsigned reading)
 {
     struct param_touch scratch, other;
     if (!touch)
         touch = &scratch;
     unsigned doubts = 0;
-    enum session_feature f = detect_split(sql, len, touch, SQL_READ_STANDARD, &doubts);
-    /* A backslash in a literal that another reading takes otherwise: with
-     * standard_conforming_strings off (a client may set it), or in a client_encoding whose
-     * characters end in 0x5C, the text may split elsewhere. Where a reading differs, sluice
-     * cannot know what runs: the feature any reading finds stands, and the parameters are
-     * unnamed (only a full reset undoes them). */
+    enum session_feature f = detect_split(sql, len, touch, reading, &doubts);
+    /* A backslash in a literal that the other standard_conforming_strings, or the other kind
+     * of client_encoding (one whose characters may end in 0x5C, or not), takes otherwise: the
+     * client may have changed it in a request still in flight, and the text may split
+     * elsewhere. Where that reading differs, sluice cannot know what runs: the feature either
+     * finds stands, and the parameters are unnamed (only a full reset undoes them). Both
+     * changed at once is not looked for. */
     bool differs = false;
-    for (unsigned reading = 1; reading <= (SQL_READ_PLAIN_ESCAPES | SQL_READ_MULTIBYTE);
-         reading++) {
-        if ((reading & ~doubts) != 0)
+    const unsigned flips[] = {SQL_READ_PLAIN_ESCAPES, SQL_READ_MULTIBYTE};
+    for (size_t k = 0; k < sizeof flips / sizeof flips[0]; k++) {
+        if (!(doubts & flips[k]))
             continue;
-        enum session_feature g = detect_split(sql, len, &other, reading, NULL);
+        enum session_feature g = detect_split(sql, len, &other, reading ^ flips[k], NULL);
         if (g == f && memcmp(touch, &other, sizeof other) == 0)
             continue;
         differs = true;

@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "sql_lex.h"
+
 enum session_feature {
     SESSION_FEATURE_NONE = 0,
     SESSION_FEATURE_LISTEN,
@@ -70,9 +72,14 @@ struct param_touch {
     struct param_reset reset; /* reported parameters too */
 };
 
-/* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len bytes, need not be NUL-terminated);
- * touch (may be NULL) gets the unreported parameters the whole text may change. */
-enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch);
+/* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len
+ * bytes, need not be NUL-terminated); touch (may be NULL) gets the unreported parameters the
+ * whole text may change. reading: how the client's backslashes read (enum sql_reading: its
+ * standard_conforming_strings and client_encoding as sluice knows them). A text with a
+ * backslash another reading of one of the two takes otherwise (a SET of it may be in flight)
+ * is read that way too; where it differs, the parameters are unnamed. */
+enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch,
+                                          unsigned reading);
 /* Where the first statement that uses a session-level feature starts in the SQL text (len bytes,
  * statements split on ';' outside quotes), so that what comes before it can run as it would in
  * Postgres; 0 when it is the first, or when the text has what could hide a ';' from that split

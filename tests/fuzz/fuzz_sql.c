@@ -122,7 +122,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* the text need not be NUL-terminated: give the raw bytes */
     struct param_touch touch;
-    enum session_feature f = session_state_detect((const char *)data, size, &touch);
+    /* each way the client's backslashes may read (its first byte picks one) */
+    unsigned reading = size > 0 ? data[0] & (SQL_READ_PLAIN_ESCAPES | SQL_READ_MULTIBYTE) : 0;
+    enum session_feature f = session_state_detect((const char *)data, size, &touch, reading);
     FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_LAST);
     FUZZ_ASSERT(session_feature_name(f) != NULL);
     /* where a refused statement's stand-in goes: right after a ';' of the text, or at its start */

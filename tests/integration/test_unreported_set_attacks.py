@@ -738,3 +738,31 @@ def test_a_session_set_config_whose_arguments_hide_a_true_never_reaches_another_
         with psycopg.ClientCursor(a) as cur:
             cur.execute(sql)
         b_sees_defaults(b)
+
+
+@pytest.mark.parametrize("encoding,char", [("SJIS", "ソ"), ("BIG5", "許"), ("LATIN1", "é"),
+                                           ("EUC_JP", "ソ")])
+def test_a_value_in_a_client_encoding_whose_characters_end_in_a_backslash_byte_is_followed(
+        start_sluice, encoding, char):
+    """In SJIS 'ソ' is 0x83 0x5C: byte by byte, and with standard_conforming_strings off, its
+    second byte would escape the closing quote. sluice reads the client's text in its own
+    client_encoding and standard_conforming_strings: the SET is followed, on every server the
+    client gets, as in Postgres (not taken for a text it cannot read)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    with s.connect() as a, s.connect() as b:
+        a.execute(f"SET client_encoding = {encoding}")
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(f"SET app.x = '{char}'; SET search_path = '{char}', public")
+        want = (char, f'"{char}", public')
+        seen = []
+        for i in range(4):
+            if i % 2:
+                seen.append(a.execute("SELECT current_setting('app.x'), "
+                                      "current_setting('search_path')").fetchone())
+                continue
+            with b.transaction():  # a's next transaction runs on the other server
+                b.execute("SELECT 1")
+                seen.append(a.execute("SELECT current_setting('app.x'), "
+                                      "current_setting('search_path')").fetchone())
+        assert seen == [want] * 4
+        b_sees_defaults(b)

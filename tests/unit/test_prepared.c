@@ -606,7 +606,7 @@ static void errors_name_the_clients_statements(void)
 
 static enum session_feature detect(const char *sql)
 {
-    return session_state_detect(sql, strlen(sql), NULL);
+    return session_state_detect(sql, strlen(sql), NULL, SQL_READ_STANDARD);
 }
 
 static void session_level_sql_is_detected(void)
@@ -677,7 +677,7 @@ static void a_refusal_is_known_in_the_servers_error(void)
 static void parameters_a_statement_may_change_are_named(void)
 {
     struct param_touch t;
-    session_state_detect("SET search_path = a; reset Statement_Timeout", 44, &t);
+    session_state_detect("SET search_path = a; reset Statement_Timeout", 44, &t, SQL_READ_STANDARD);
     CHECK_INT(t.all, 0);
     CHECK_INT(t.n, 2);
     CHECK_STR(t.names[0], "search_path");
@@ -687,13 +687,13 @@ static void parameters_a_statement_may_change_are_named(void)
                          "SET a=1; SET b=1; SET c=1; SET d=1; SET e=1; SET f=1; SET g=1; SET h=1; SET i=1; "
                          "SET j=1; SET k=1; SET l=1; SET m=1; SET n=1; SET o=1; SET p=1; SET q=1"};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-        session_state_detect(all[i], strlen(all[i]), &t);
+        session_state_detect(all[i], strlen(all[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 1);
     }
     const char *none[] = {"SET LOCAL search_path = a", "SET TimeZone = 'UTC'", "RESET DateStyle",
                           "select set_config('search_path', 'a', true)", "DISCARD PLANS"};
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
-        session_state_detect(none[i], strlen(none[i]), &t);
+        session_state_detect(none[i], strlen(none[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 0);
         CHECK_INT(t.n, 0);
     }
@@ -701,7 +701,7 @@ static void parameters_a_statement_may_change_are_named(void)
 
 static enum param_reset_kind reset_kind(const char *sql, struct param_touch *t)
 {
-    session_state_detect(sql, strlen(sql), t);
+    session_state_detect(sql, strlen(sql), t, SQL_READ_STANDARD);
     return t->reset.kind;
 }
 
@@ -781,7 +781,7 @@ static void changes_no_record_can_follow_are_unnamed(void)
                              "select set_config(name, 'x', false) from pg_settings where name = "
                              "'search_path' or true"};
     for (size_t i = 0; i < sizeof(unnamed) / sizeof(unnamed[0]); i++) {
-        CHECK_INT(session_state_detect(unnamed[i], strlen(unnamed[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(session_state_detect(unnamed[i], strlen(unnamed[i]), &t, SQL_READ_STANDARD), SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 1);
     }
     const char *named[] = {"SET SCHEMA 'x'", "SET \"search_path\" TO x",
@@ -791,7 +791,7 @@ static void changes_no_record_can_follow_are_unnamed(void)
                            "SELECT set_config(name, 'x', false) FROM pg_catalog.pg_settings "
                            "WHERE name = 'search_path'"};
     for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-        CHECK_INT(session_state_detect(named[i], strlen(named[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(session_state_detect(named[i], strlen(named[i]), &t, SQL_READ_STANDARD), SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 0);
         CHECK_INT(t.n, 1);
         CHECK_STR(t.names[0], "search_path");
@@ -809,14 +809,14 @@ static void changes_no_record_can_follow_are_unnamed(void)
         {"SET app.x$y = 1", "app.x$y"},
     };
     for (size_t i = 0; i < sizeof(keyword_names) / sizeof(keyword_names[0]); i++) {
-        CHECK_INT(session_state_detect(keyword_names[i][0], strlen(keyword_names[i][0]), &t),
+        CHECK_INT(session_state_detect(keyword_names[i][0], strlen(keyword_names[i][0]), &t, SQL_READ_STANDARD),
                   SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 0);
         CHECK_STR(t.names[0], keyword_names[i][1]);
     }
     const char *odd[] = {"SET app.\xc3\xa9 = 1", "SET app.\"X\" = 1", "SET \"local\".x = 1"};
     for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
-        CHECK_INT(session_state_detect(odd[i], strlen(odd[i]), &t), SESSION_FEATURE_SET);
+        CHECK_INT(session_state_detect(odd[i], strlen(odd[i]), &t, SQL_READ_STANDARD), SESSION_FEATURE_SET);
         CHECK_INT(t.unnamed, 1);
     }
     CHECK_INT(detect("select \"pg_advisory_lock\"(1)"), SESSION_FEATURE_ADVISORY_LOCK);
