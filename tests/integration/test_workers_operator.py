@@ -67,6 +67,37 @@ def test_kill_client_of_an_id_that_names_no_client_is_refused_on_every_worker(st
         close_all(left + live)
 
 
+@pytest.mark.timeout(120)
+def test_a_console_that_leaves_while_its_kill_client_waits_for_the_owner_leaves_nothing(
+        start_sluice, pg):
+    """KILL_CLIENT of another worker's id waits for its owner's answer: a console that hangs up
+    (with or without a reset, a query pipelined behind) meanwhile takes its wait with it, the
+    answer arriving later finds nobody (ASan's leak check and TSan see it), and a client whose
+    KILL_CLIENT was sent by a console that left is still killed."""
+    s = start4(start_sluice, pg)
+    clients = raw_many(s, "c", 2 * WORKERS)
+    try:
+        with console(s) as adm:
+            ids = {r["application_name"]: r["id"] for r in app_clients(adm)}
+            doomed = [ids[f"c{i}"] for i in range(WORKERS)]
+            assert {i >> 56 for i in doomed} == set(range(WORKERS))
+            for k in range(100):
+                hasty = raw_login(s.port, user="admin", database="sluice", timeout=10 * SLOW)
+                hasty.send(query_msg(f"KILL_CLIENT {(1 + k % (WORKERS - 1) << 56) + 10**9 + k}")
+                           + query_msg("SHOW VERSION"))
+                hasty.close_abruptly(reset=k % 2 == 0)
+            for ident in doomed:
+                hasty = raw_login(s.port, user="admin", database="sluice", timeout=10 * SLOW)
+                hasty.send(query_msg(f"KILL_CLIENT {ident}"))
+                hasty.close_abruptly()
+            wait_until(lambda: sorted(r["id"] for r in app_clients(adm))
+                       == sorted(set(ids.values()) - set(doomed)), 10 * SLOW,
+                       what="the clients killed by consoles that left gone, the others there")
+            assert kill_client(adm, 10**9) == "42704"
+    finally:
+        close_all(clients)
+
+
 # ---- console commands and SIGINT while clients of every worker copy, hold and wait -----------
 
 def begin_copy(c, table, n):
