@@ -352,13 +352,15 @@ void control_kill_client(struct client *victim)
     client_fail(victim, FAIL_ADMIN_KILLED, "");
 }
 
-void control_kill_client_here(struct worker *worker, uint64_t id)
+bool control_kill_client_here(struct worker *worker, uint64_t id)
 {
     struct client *victim = control_find_client(worker, id);
-    if (victim)
-        control_kill_client(victim);
-    else
+    if (!victim) {
         log_msg(LOG_INFO, "KILL_CLIENT %s: that client has left already", CONN_ID_TEXT(id));
+        return false;
+    }
+    control_kill_client(victim);
+    return true;
 }
 
 struct worker *control_client_owner(struct worker *worker, uint64_t id)

@@ -74,9 +74,9 @@ struct worker *control_client_owner(struct worker *worker, uint64_t id);
 /* KILL_CLIENT of a client another worker owns: a message to it, which closes the client on its
  * own thread if it is still there; nothing is known here of whether it was. */
 void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
-/* On the owner's thread, at that message: KILL_CLIENT of its client with this id if it is
- * still there (logged when it has left). */
-void control_kill_client_here(struct worker *worker, uint64_t id);
+/* On the owner's thread (at that message, or the console's question, admin.c): KILL_CLIENT of
+ * its client with this id if it is still there; false (logged) when it has left. */
+bool control_kill_client_here(struct worker *worker, uint64_t id);
 
 /* RELOAD: re-read the configuration. true when the new one is in force, false when it had
  * errors (logged) and the previous one stays. */

@@ -48,7 +48,7 @@ struct worker_handlers {
     /* worker_post_control's op for the worker's pools of db (control_apply). */
     void (*control)(struct worker *worker, enum control_op op, const char *db, unsigned seq);
     /* KILL_CLIENT of its client with this id, if still there (control_kill_client_here). */
-    void (*kill_client)(struct worker *worker, uint64_t client_id);
+    bool (*kill_client)(struct worker *worker, uint64_t client_id);
     /* A CancelRequest for a pid the worker owns (cancel_remote_request). */
     void (*cancel)(struct worker *worker, uint32_t pid, uint32_t key, struct worker *reply_to,
                    struct worker_msg *answer);

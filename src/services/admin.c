@@ -129,6 +129,14 @@ enum wait_kind {
     WAIT_FRAMES,        /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
     WAIT_RELOAD,        /* every worker applied the new config (control_reload_done) */
     WAIT_SET,           /* the same for SET's generation: answered with SET's tag */
+    WAIT_KILL_CLIENT,   /* another worker's KILL_CLIENT: its owner says whether it was there */
+};
+
+/* What the owner of a KILL_CLIENT's id said (WAIT_KILL_CLIENT). */
+enum kill_answer {
+    KILL_ASKED,     /* no answer yet */
+    KILL_DONE,      /* the client was there and is closed */
+    KILL_NO_CLIENT, /* no client has that id (left, or never was): 42704, as on worker 0 */
 };
 
 struct admin_wait {
@@ -137,6 +145,8 @@ struct admin_wait {
     enum wait_kind kind;
     struct admin_command target; /* only has_name and name are used */
     int rows_pending;            /* WAIT_ROWS: workers asked that have not answered */
+    enum kill_answer kill;       /* WAIT_KILL_CLIENT: the owner's answer about kill_id */
+    uint64_t kill_id;
     /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
      * frames there are (a worker that is closing never publishes again). */
     enum admin_show show;
@@ -194,6 +204,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     case WAIT_RELOAD:
     case WAIT_SET:
         return control_reload_done(worker);
+    case WAIT_KILL_CLIENT:
+        return w->kill != KILL_ASKED;
     }
     return true;
 }
@@ -298,21 +310,78 @@ static const char *target_text(const struct admin_command *cmd)
     return cmd->has_name ? cmd->name : "(all databases)";
 }
 
+static void put_no_client(struct client *c, uint64_t id)
+{
+    put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
+              "no client with id %s", CONN_ID_TEXT(id));
+}
+
+/* KILL_CLIENT of another worker's client (5.6), asked of its owner on the console's (control)
+ * thread: the console answers once the owner has said whether the client was still there, so
+ * an id that names no client (it left, or never was) gets 42704 on every worker, as on the
+ * console's own, and a killed client is gone when KILL_CLIENT is answered. */
+struct kill_ask {
+    uint64_t console_id;
+    uint64_t victim_id;
+    enum kill_answer answer;
+};
+
+/* The owner's answer, on the console's thread. */
+static void kill_answered(struct worker *worker, void *arg, bool delivered)
+{
+    struct kill_ask *ask = arg;
+    struct admin_wait *w = delivered ? find_wait(worker, ask->console_id) : NULL;
+    if (w && w->kind == WAIT_KILL_CLIENT) { /* else the console left: nobody waits */
+        w->kill = ask->answer;
+        settle_waits(worker->proc);
+    }
+    free(ask);
+}
+
+/* On the owner's thread: close the client if it is still there, and say so. */
+static void kill_on_owner(struct worker *worker, void *arg, bool delivered)
+{
+    struct kill_ask *ask = arg;
+    ask->answer =
+        delivered && control_kill_client_here(worker, ask->victim_id) ? KILL_DONE : KILL_NO_CLIENT;
+    if (worker_post_call(sluice_control_worker(worker->proc), kill_answered, ask) < 0)
+        free(ask); /* the console's thread is closing: shutdown ends its wait */
+}
+
+static enum outcome kill_client_elsewhere(struct client *c, struct worker *owner, uint64_t id)
+{
+    log_client(LOG_INFO, c, "admin: KILL_CLIENT %s (on worker %u)", CONN_ID_TEXT(id), owner->index);
+    if (c->worker != sluice_control_worker(c->worker->proc)) {
+        /* admin_waits is the control thread's (every console login moves there, 5.6): the
+         * owner closes it if it is still there, unanswered */
+        control_kill_client_elsewhere(owner, id);
+        return OUT_DONE;
+    }
+    struct kill_ask *ask = calloc(1, sizeof(*ask));
+    if (!ask || !add_wait(c, WAIT_KILL_CLIENT, NULL)) {
+        free(ask);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return OUT_CLOSED;
+    }
+    ask->console_id = c->id;
+    ask->victim_id = id;
+    struct admin_wait *w = find_wait(c->worker, c->id);
+    w->kill_id = id;
+    if (worker_post_call(owner, kill_on_owner, ask) < 0) {
+        free(ask); /* its mailbox is closed: its clients are gone */
+        w->kill = KILL_NO_CLIENT;
+    }
+    return OUT_WAITING;
+}
+
 static enum outcome run_kill_client(struct client *c, const struct admin_command *cmd)
 {
     struct worker *owner = control_client_owner(c->worker, cmd->client_id);
-    if (owner && owner != c->worker) {
-        /* another thread's client (5.6): its worker closes it; whether it was still there is
-         * that thread's to know, so the answer is KILL_CLIENT either way */
-        log_client(LOG_INFO, c, "admin: KILL_CLIENT %s (on worker %u)",
-                   CONN_ID_TEXT(cmd->client_id), owner->index);
-        control_kill_client_elsewhere(owner, cmd->client_id);
-        return OUT_DONE;
-    }
+    if (owner && owner != c->worker)
+        return kill_client_elsewhere(c, owner, cmd->client_id);
     struct client *victim = owner ? control_find_client(c->worker, cmd->client_id) : NULL;
     if (!victim) {
-        put_error(c, SQLSTATE_UNDEFINED_OBJECT, "The id column of SHOW CLIENTS names clients.",
-                  "no client with id %s", CONN_ID_TEXT(cmd->client_id));
+        put_no_client(c, cmd->client_id);
         return OUT_ERROR;
     }
     if (victim == c) {
@@ -704,6 +773,8 @@ static void settle_waits(struct process *proc)
         enum wait_kind kind = w->kind;
         enum admin_show show = w->show;
         struct admin_command paused = w->target;
+        enum kill_answer kill = w->kill;
+        uint64_t kill_id = w->kill_id;
         free(w);
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
@@ -718,12 +789,16 @@ static void settle_waits(struct process *proc)
                       "paused",
                       target_text(&paused));
             codec_put_ready(&c->out, 'I');
+        } else if (kind == WAIT_KILL_CLIENT && kill == KILL_NO_CLIENT) {
+            put_no_client(c, kill_id);
+            codec_put_ready(&c->out, 'I');
         } else if (kind != WAIT_OUTPUT) {
             put_command_complete(&c->out, kind == WAIT_PAUSE                         ? "PAUSE"
                                           : kind == WAIT_ROWS || kind == WAIT_FRAMES ? "SHOW"
                                           : kind == WAIT_RELOAD                      ? "RELOAD"
                                           : kind == WAIT_SET                         ? "SET"
-                                                             : "WAIT_CLOSE");
+                                          : kind == WAIT_KILL_CLIENT                 ? "KILL_CLIENT"
+                                                                     : "WAIT_CLOSE");
             codec_put_ready(&c->out, 'I');
         }
         /* Go on with what the client sent meanwhile (this may add a new wait at the tail). */
@@ -744,7 +819,7 @@ static void cancel_wait(struct client *c)
 {
     struct admin_wait *w = find_wait(c->worker, c->id);
     if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || w->kind == WAIT_FRAMES ||
-        c->state != CLIENT_IDLE)
+        w->kind == WAIT_KILL_CLIENT || c->state != CLIENT_IDLE)
         return;
     list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);
