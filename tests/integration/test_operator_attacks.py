@@ -254,4 +254,6 @@ def test_a_reload_that_changes_the_forced_user_leaves_no_server_of_the_old_one(
     # and none opens again (min_pool_size was kept warm for the old user's pool too)
     time.sleep(2)
     assert pg.count_backends("app") == 0
-    assert pg.count_backends("app2") == max(1, min_pool_size)
+    # the new user's: the client's, and min_pool_size's warm one (which may have opened
+    # alongside it), within pool_size
+    assert max(1, min_pool_size) <= pg.count_backends("app2") <= 2
