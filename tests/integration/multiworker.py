@@ -5,6 +5,7 @@ passing for nothing; and clients picked to sit on pairwise distinct workers, for
 
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -177,6 +178,31 @@ def close_all(conns):
             c.close()
         except Exception:  # noqa: BLE001 - a closed or broken connection is fine here
             pass
+
+
+def app_clients(adm):
+    """SHOW CLIENTS' rows of the application's database (not the console's)."""
+    return [r for r in show(adm, "CLIENTS") if r["database"] == APP_DB]
+
+
+@contextmanager
+def two_groups_on_every_worker(s, first, second):
+    """WORKERS raw clients named first0.. and WORKERS named second0.., each group one client
+    per worker, each done with a query; yields (first's, second's, a console, their ids by
+    application_name) and closes them all."""
+    a = raw_many(s, first, WORKERS)
+    b = raw_many(s, second, WORKERS)
+    try:
+        for c in a + b:
+            c.query("SELECT 1")
+        with console(s) as adm:
+            ids = {r["application_name"]: r["id"] for r in app_clients(adm)}
+            for prefix in (first, second):
+                assert {worker_of({"id": ids[f"{prefix}{i}"]}) for i in range(WORKERS)} == \
+                    set(range(WORKERS)), f"{prefix}: not one client per worker"
+            yield a, b, adm, ids
+    finally:
+        close_all(a + b)
 
 
 def active_pids(pg, marker):

@@ -14,9 +14,9 @@ import pytest
 
 from certs import make_pki
 from conftest import APP_DB, APP_USER, pick_port, wait_until
-from multiworker import (ADMIN, LOG_CLIENT_ID, SLOW, WORKERS, app_backend_pids,
-                         assert_on_every_worker, close_all, connect_many, console,
-                         holders_and_idlers, named, pool_row, raw_many, show, start4, wait_pool,
+from multiworker import (ADMIN, LOG_CLIENT_ID, SLOW, WORKERS, app_backend_pids, app_clients,
+                         close_all, connect_many, console, holders_and_idlers, pool_row,
+                         raw_many, show, start4, two_groups_on_every_worker, wait_pool,
                          worker_of, worker_of_id_text)
 from pgwire import RawConn, query_msg, ssl_request, startup_packet
 from test_http import get, parse_metrics, sample
@@ -40,10 +40,6 @@ def metric_samples(s):
     status, _, body = get(s.http_port, "/metrics")
     assert status == 200
     return parse_metrics(body.decode())[0]
-
-
-def app_clients(adm):
-    return [r for r in show(adm, "CLIENTS") if r["database"] == APP_DB]
 
 
 def app_servers(adm):
@@ -142,33 +138,22 @@ def test_show_health_and_metrics_count_every_workers_clients_and_servers_exactly
 @pytest.mark.timeout(120)
 def test_kill_client_closes_one_client_of_each_worker_and_no_other(start_sluice, pg):
     s = start4(start_sluice, pg)
-    doomed = raw_many(s, "doomed", WORKERS)
-    spared = raw_many(s, "spared", WORKERS)
-    try:
-        for c in doomed + spared:
-            c.query("SELECT 1")
-        with console(s) as adm:
-            ids = {c["application_name"]: c["id"] for c in app_clients(adm)}
-            assert {i >> 56 for n, i in ids.items() if n.startswith("doomed")} == \
-                set(range(WORKERS))
-            assert_on_every_worker({n: i >> 56 for n, i in ids.items()}, named("spared", WORKERS))
-            for i in range(WORKERS):
-                tag = adm.execute(f"KILL_CLIENT {ids[f'doomed{i}']}").statusmessage
-                assert tag == "KILL_CLIENT"
-            for c in doomed:
-                err = c.expect_error(timeout=10 * SLOW)
-                assert err["C"] == "57P01" and "administrator" in err["M"], err
-                assert c.is_closed(5 * SLOW)
-            for i, c in enumerate(spared):
-                assert c.query(f"SELECT {i}")[0] == [[str(i)]]
-            wait_until(lambda: sorted(r["application_name"] for r in app_clients(adm))
-                       == sorted(f"spared{i}" for i in range(WORKERS)), 5 * SLOW,
-                       what="SHOW CLIENTS without the killed clients")
-            # an id whose top byte names no worker is no client
-            with pytest.raises(psycopg.errors.UndefinedObject):
-                adm.execute(f"KILL_CLIENT {(WORKERS + 1) << 56}")
-    finally:
-        close_all(doomed + spared)
+    with two_groups_on_every_worker(s, "doomed", "spared") as (doomed, spared, adm, ids):
+        for i in range(WORKERS):
+            tag = adm.execute(f"KILL_CLIENT {ids[f'doomed{i}']}").statusmessage
+            assert tag == "KILL_CLIENT"
+        for c in doomed:
+            err = c.expect_error(timeout=10 * SLOW)
+            assert err["C"] == "57P01" and "administrator" in err["M"], err
+            assert c.is_closed(5 * SLOW)
+        for i, c in enumerate(spared):
+            assert c.query(f"SELECT {i}")[0] == [[str(i)]]
+        wait_until(lambda: sorted(r["application_name"] for r in app_clients(adm))
+                   == sorted(f"spared{i}" for i in range(WORKERS)), 5 * SLOW,
+                   what="SHOW CLIENTS without the killed clients")
+        # an id whose top byte names no worker is no client
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            adm.execute(f"KILL_CLIENT {(WORKERS + 1) << 56}")
 
 
 @pytest.mark.timeout(120)

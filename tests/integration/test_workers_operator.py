@@ -8,13 +8,10 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, Background, wait_until
-from multiworker import (SLOW, WORKERS, app_backend_pids, assert_spread, close_all, console,
-                         create_id_table, pool_row, raw_many, show, start4, wait_pool, worker_of)
+from multiworker import (SLOW, WORKERS, app_backend_pids, app_clients, assert_spread, close_all,
+                         console, create_id_table, pool_row, raw_many, start4,
+                         two_groups_on_every_worker, wait_pool)
 from pgwire import ServerError, copy_data_msg, copy_done_msg, query_msg, raw_login
-
-
-def app_clients(adm):
-    return [r for r in show(adm, "CLIENTS") if r["database"] == APP_DB]
 
 
 def kill_client(adm, ident):
@@ -35,36 +32,24 @@ def test_kill_client_of_an_id_that_names_no_client_is_refused_on_every_worker(st
     worker is killed, and its KILL_CLIENT answers only once it is gone: the same id again is no
     client."""
     s = start4(start_sluice, pg)
-    left = raw_many(s, "left", WORKERS)
-    live = raw_many(s, "live", WORKERS)
-    try:
-        for c in left + live:
-            c.query("SELECT 1")
-        with console(s) as adm:
-            ids = {r["application_name"]: r["id"] for r in app_clients(adm)}
-            assert {worker_of({"id": ids[f"left{i}"]}) for i in range(WORKERS)} == \
-                set(range(WORKERS))
-            assert {worker_of({"id": ids[f"live{i}"]}) for i in range(WORKERS)} == \
-                set(range(WORKERS))
-            close_all(left)
-            wait_until(lambda: not any(r["application_name"].startswith("left")
-                                       for r in app_clients(adm)), 10 * SLOW,
-                       what="the clients that left gone from SHOW CLIENTS")
-            answers = {f"left{i}": kill_client(adm, ids[f"left{i}"]) for i in range(WORKERS)}
-            # numbers never handed out, on each worker (ids count up from index << 56)
-            answers.update({f"never{w}": kill_client(adm, (w << 56) + 10**9)
-                            for w in range(WORKERS)})
-            assert answers == dict.fromkeys(answers, "42704"), answers
+    with two_groups_on_every_worker(s, "left", "live") as (left, live, adm, ids):
+        close_all(left)
+        wait_until(lambda: not any(r["application_name"].startswith("left")
+                                   for r in app_clients(adm)), 10 * SLOW,
+                   what="the clients that left gone from SHOW CLIENTS")
+        answers = {f"left{i}": kill_client(adm, ids[f"left{i}"]) for i in range(WORKERS)}
+        # numbers never handed out, on each worker (ids count up from index << 56)
+        answers.update({f"never{w}": kill_client(adm, (w << 56) + 10**9)
+                        for w in range(WORKERS)})
+        assert answers == dict.fromkeys(answers, "42704"), answers
 
-            for i, c in enumerate(live):
-                assert kill_client(adm, ids[f"live{i}"]) == "KILL_CLIENT"
-                assert kill_client(adm, ids[f"live{i}"]) == "42704", \
-                    f"live{i} was still there after its KILL_CLIENT was answered"
-                err = c.expect_error(timeout=10 * SLOW)
-                assert err["C"] == "57P01", err
-            assert not app_clients(adm)
-    finally:
-        close_all(left + live)
+        for i, c in enumerate(live):
+            assert kill_client(adm, ids[f"live{i}"]) == "KILL_CLIENT"
+            assert kill_client(adm, ids[f"live{i}"]) == "42704", \
+                f"live{i} was still there after its KILL_CLIENT was answered"
+            err = c.expect_error(timeout=10 * SLOW)
+            assert err["C"] == "57P01", err
+        assert not app_clients(adm)
 
 
 @pytest.mark.timeout(120)
