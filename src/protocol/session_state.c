@@ -618,16 +618,21 @@ static bool next_statement(const char *sql, size_t len, size_t start, size_t *en
     return i >= len;
 }
 
-/* session_state_detect with the text read as `reading` says. */
+/* session_state_detect with the text read as `reading` says. *whole (may be NULL): false when
+ * the text, so read, ends inside a literal or comment (Postgres refuses it whole: none of its
+ * statements run). */
 static enum session_feature detect_split(const char *sql, size_t len, struct param_touch *touch,
-                                         unsigned reading, unsigned *doubts)
+                                         unsigned reading, unsigned *doubts, bool *whole)
 {
     memset(touch, 0, sizeof(*touch));
     enum session_feature first = SESSION_FEATURE_NONE;
     size_t end;
-    for (size_t start = 0;
-         start <= len && next_statement(sql, len, start, &end, reading, doubts);
-         start = end + 1) {
+    bool ends_outside = true;
+    for (size_t start = 0; start <= len; start = end + 1) {
+        if (!next_statement(sql, len, start, &end, reading, doubts)) {
+            ends_outside = false;
+            break;
+        }
         int resets = touch->reset.statements;
         enum session_feature f = statement_feature(sql, start, end, touch);
         /* A statement after a reset may read or change what it reset. */
@@ -640,6 +645,8 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
         if (end < len && sql[end] == '\0')
             break;
     }
+    if (whole)
+        *whole = ends_outside;
     enum session_feature call = session_calls(sql, len, touch, reading);
     if (first == SESSION_FEATURE_NONE ||
         (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
@@ -654,20 +661,24 @@ enum session_feature session_state_detect(const char *sql, size_t len, struct pa
     if (!touch)
         touch = &scratch;
     unsigned doubts = 0;
-    enum session_feature f = detect_split(sql, len, touch, reading, &doubts);
+    enum session_feature f = detect_split(sql, len, touch, reading, &doubts, NULL);
     /* A backslash in a literal that the other standard_conforming_strings, or the other kind
      * of client_encoding (one whose characters may end in 0x5C, or not), takes otherwise: the
      * client may have changed it in a request still in flight, and the text may split
      * elsewhere. Where that reading differs, sluice cannot know what runs: the feature either
-     * finds stands, and the parameters are unnamed (only a full reset undoes them). Both
-     * changed at once is not looked for. */
+     * finds stands, and the parameters are unnamed (only a full reset undoes them). A reading
+     * under which the text ends inside a literal runs nothing ('C:\' in a SET under
+     * standard_conforming_strings off): it puts nothing in doubt. Both changed at once is not
+     * looked for. */
     bool differs = false;
     const unsigned flips[] = {SQL_READ_PLAIN_ESCAPES, SQL_READ_MULTIBYTE};
     for (size_t k = 0; k < sizeof flips / sizeof flips[0]; k++) {
         if (!(doubts & flips[k]))
             continue;
-        enum session_feature g = detect_split(sql, len, &other, reading ^ flips[k], NULL);
-        if (g == f && memcmp(touch, &other, sizeof other) == 0)
+        bool whole;
+        enum session_feature g =
+            detect_split(sql, len, &other, reading ^ flips[k], NULL, &whole);
+        if (!whole || (g == f && memcmp(touch, &other, sizeof other) == 0))
             continue;
         differs = true;
         if (f == SESSION_FEATURE_NONE ||

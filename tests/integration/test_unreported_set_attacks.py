@@ -766,3 +766,22 @@ def test_a_value_in_a_client_encoding_whose_characters_end_in_a_backslash_byte_i
                                       "current_setting('search_path')").fetchone())
         assert seen == [want] * 4
         b_sees_defaults(b)
+
+
+@pytest.mark.parametrize("value", ["C:\\", "C:\\temp\\", "\\"])
+def test_a_value_that_ends_in_a_backslash_is_followed(start_sluice, value):
+    """Under standard_conforming_strings on (the client's, and Postgres's default) 'C:\\' is a
+    literal that ends at its quote. Read with the setting off it would run on to the end of the
+    text, where Postgres would refuse the whole text: that reading runs nothing and must not
+    make the SET unreadable (it was: not followed, a warning logged, the value lost on the
+    client's next server)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2})
+    with s.connect() as a, s.connect() as b:
+        mark = s.mark()
+        with psycopg.ClientCursor(a) as cur:
+            cur.execute(f"SET app.x = '{value}'")
+        with b.transaction():  # a's next transaction runs on the other server
+            b.execute("SELECT 1")
+            assert a.execute("SELECT current_setting('app.x')").fetchone() == (value,)
+        assert "cannot track" not in s.log_since(mark)
+        b_sees_defaults(b)
