@@ -148,6 +148,13 @@ def test_operator_commands_while_clients_copy_hold_transactions_and_wait_on_ever
             pause = None
             if action == "SIGINT":
                 s.send_signal(signal.SIGINT)
+                # The signal is handled when sluice's loop gets to it: until every worker has
+                # answered its waiters and idle clients, a COPY ended now could hand its server
+                # to a waiter that has not yet heard of the shutdown (as a COPY ended a moment
+                # before the signal would). So the waiters' answers come first.
+                for c in waiters + idlers:
+                    err = c.expect_error(timeout=10 * SLOW)
+                    assert err["C"] == "57P01" and err["S"] == "FATAL", err
             elif action == "PAUSE":
                 pauser = console(s)
                 everyone.append(pauser)
@@ -161,9 +168,6 @@ def test_operator_commands_while_clients_copy_hold_transactions_and_wait_on_ever
                 assert end_copy(c, 110 + i) == ["COPY 2"]
             assert holder.query("COMMIT")[1] == ["COMMIT"]
             if action == "SIGINT":
-                for c in waiters + idlers:
-                    err = c.expect_error(timeout=10 * SLOW)
-                    assert err["C"] == "57P01" and err["S"] == "FATAL", err
                 for c in everyone:
                     assert c.is_closed(10 * SLOW)
                 assert s.wait_exit(30 * SLOW) == 0
