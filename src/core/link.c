@@ -25,6 +25,7 @@
 #include "pool.h"
 #include "relay.h"
 #include "server.h"
+#include "session_effects.h"
 #include "sluice.h"
 #include "worker.h"
 
@@ -211,6 +212,7 @@ void link_pair(struct client *c, struct server *s)
     int n = queue_sync(c, s);
     if (n < 0)
         return;
+    session_effects_on_lease(c, s);
     if (login && n > 0) {
         client_set_state(c, CLIENT_LOGIN_SYNC); /* the welcome waits for the server's answer */
     } else {

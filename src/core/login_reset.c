@@ -15,6 +15,7 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
+#include "sql_lex.h"
 
 bool login_reset_follows(const struct server *s, const struct client *c)
 {
@@ -131,18 +132,9 @@ static bool word_leaves_state(const struct login_reset *lr)
                 return true;
     if (lr->temp_may_follow && (word_is(lr, "temp") || word_is(lr, "temporary")))
         return true;
-    /* pg_temp, or a backend's pg_temp_<n> */
-    if (lr->word_len < 7 || memcmp(lr->word, "pg_temp", 7) != 0)
-        return false;
-    size_t n = lr->word_len < SET_WATCH_WORD - 1 ? lr->word_len : SET_WATCH_WORD - 1;
-    if (n == 7)
-        return true;
-    if (n == 8 || lr->word[7] != '_')
-        return false;
-    for (size_t i = 8; i < n; i++)
-        if (!isdigit((unsigned char)lr->word[i]))
-            return false;
-    return true;
+    /* pg_temp, or a backend's pg_temp_<n> (a word cut at the most kept counts as it reads) */
+    return sql_temp_schema_word(lr->word, lr->word_len < SET_WATCH_WORD - 1 ? lr->word_len
+                                                                             : SET_WATCH_WORD - 1);
 }
 
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
@@ -159,7 +151,7 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
                 lr->set_watch = SET_WATCH_ON; /* what came before the comment still counts */
             continue;
         }
-        if (isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80) {
+        if (sql_ident_char((char)ch)) {
             if (lr->word_len == 0)
                 lr->before_word = lr->last_seen;
             if (lr->word_len < SET_WATCH_WORD - 1)

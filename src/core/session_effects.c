@@ -232,7 +232,7 @@ static void note_session_objects(struct server *s, enum session_feature f)
  * server gets a full reset before it serves again. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch)
 {
-    if (touch->unnamed)
+    if (touch->unnamed || touch->temp_schema)
         s->session = SERVER_SESSION_UNKNOWN;
     bool ok = true;
     if (touch->all)
@@ -305,6 +305,13 @@ static bool follow_set(struct client *c, struct server *s, uint8_t type, const c
     return true;
 }
 
+void session_effects_on_lease(const struct client *c, struct server *s)
+{
+    const char *path = params_get(&c->params, "search_path");
+    if (path && sql_names_temp_schema(path, strlen(path)))
+        s->session = SERVER_SESSION_UNKNOWN;
+}
+
 unsigned session_effects_reading(const struct client *c, const struct server *s)
 {
     /* the client's own value, or the pool's (its welcome), which its server has */
@@ -346,8 +353,9 @@ enum stmt_effect session_effects_of_text(const char *sql, size_t len)
 {
     struct param_touch touch;
     enum session_feature f = session_state_detect(sql, len, &touch, SQL_READ_STANDARD);
-    return f != SESSION_FEATURE_NONE || touch.all || touch.n > 0 ? STMT_EFFECT_SESSION
-                                                                  : STMT_EFFECT_NONE;
+    return f != SESSION_FEATURE_NONE || touch.all || touch.n > 0 || touch.temp_schema
+               ? STMT_EFFECT_SESSION
+               : STMT_EFFECT_NONE;
 }
 
 void session_effects_run_unread(struct server *s)

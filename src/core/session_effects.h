@@ -38,6 +38,11 @@ void session_effects_put_refusal(struct client *c, enum session_feature f);
  * sluice cannot name asks for a full reset. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch);
 
+/* c got s for a transaction (link_pair): a client whose search_path names pg_temp (set at login,
+ * or a SET sluice follows and gives each server the client gets) makes a temporary object with a
+ * plain CREATE, which only a full reset drops: s gets one before it serves again. */
+void session_effects_on_lease(const struct client *c, struct server *s);
+
 /* How the client's SQL text reads (enum sql_reading, for session_state_detect): its
  * standard_conforming_strings and client_encoding as the client or else its server has them. */
 unsigned session_effects_reading(const struct client *c, const struct server *s);

@@ -200,6 +200,25 @@ static void set_to_default(const char *s, size_t i, size_t len, struct param_tou
         reset_to_default(t, s + at, n, session_level); /* SET name TO DEFAULT is RESET name */
 }
 
+/* Is the name at s[i] (plain, or quoted as an identifier) search_path? */
+static bool search_path_at(const char *s, size_t i, size_t len)
+{
+    size_t at = i, n = param_name(s, i, len);
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+        at = i + 1;
+    return n == strlen("search_path") && strncasecmp(s + at, "search_path", n) == 0;
+}
+
+/* SET [LOCAL | SESSION] search_path ..., SET SCHEMA '...' (s[i]: past SET): does the value name
+ * the temporary schema (session_state.h, temp_schema)? */
+static bool set_names_temp_schema(const char *s, size_t i, size_t len)
+{
+    (void)(set_word(s, &i, len, "local") || set_word(s, &i, len, "session"));
+    if (!set_word(s, &i, len, "schema") && !search_path_at(s, i, len))
+        return false;
+    return sql_names_temp_schema(s + i, len - i);
+}
+
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
@@ -284,35 +303,19 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
 static enum session_feature statement_keyword_feature(const char *s, size_t i, size_t len,
                                                       struct param_touch *t);
 
-/* Is the word s[0..n) the temporary schema's name as an unquoted identifier reads it
- * (pg_temp, or a backend's own pg_temp_<n>; case folded)? */
-static bool temp_schema_word(const char *s, size_t n)
-{
-    if (n < 7 || strncasecmp(s, "pg_temp", 7) != 0)
-        return false;
-    if (n == 7)
-        return true;
-    if (n == 8 || s[7] != '_')
-        return false;
-    for (size_t k = 8; k < n; k++)
-        if (!isdigit((unsigned char)s[k]))
-            return false;
-    return true;
-}
-
 /* Does the statement s[i..len) make temporary objects other than by CREATE TEMP: a
  * SELECT ... INTO TEMP, or a name in the temporary schema (pg_temp.x, "pg_temp".x, the
  * backend's pg_temp_3.x)? Such objects live as long as the backend, and the next client of
  * the server would find them (and read their rows). Literals and comments are skipped; a
  * statement that only reads pg_temp.x counts too (the object is there already). */
-static bool makes_temp_objects(const char *s, size_t i, size_t len)
+static bool makes_temp_objects(const char *s, size_t i, size_t len, unsigned reading)
 {
     size_t at = i;
     /* INSERT INTO temp ...: a table may be named temp */
     bool select_into = !keyword(s, &at, len, "insert") && !keyword(s, &at, len, "merge");
     while (i < len) {
         bool ended;
-        size_t past = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
+        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
         size_t word_end = past;
         if (past == i && sql_ident_char(s[i]) && (i == 0 || !sql_ident_char(s[i - 1])))
             while (word_end < len && sql_ident_char(s[word_end]))
@@ -322,7 +325,7 @@ static bool makes_temp_objects(const char *s, size_t i, size_t len)
             continue;
         }
         bool temp_schema = past != i ? past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0
-                                     : temp_schema_word(s + i, word_end - i);
+                                     : sql_temp_schema_word(s + i, word_end - i);
         size_t next = sql_skip_space(s, word_end, len);
         if (temp_schema && next < len && s[next] == '.')
             return true;
@@ -339,7 +342,7 @@ static bool makes_temp_objects(const char *s, size_t i, size_t len)
 }
 
 static enum session_feature statement_feature(const char *s, size_t i, size_t len,
-                                              struct param_touch *t)
+                                              struct param_touch *t, unsigned reading)
 {
     i = sql_skip_space(s, i, len);
     if (keyword(s, &i, len, "explain")) {
@@ -354,7 +357,7 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
             ;
     }
     enum session_feature f = statement_keyword_feature(s, i, len, t);
-    if (f == SESSION_FEATURE_NONE && makes_temp_objects(s, i, len))
+    if (f == SESSION_FEATURE_NONE && makes_temp_objects(s, i, len, reading))
         return SESSION_FEATURE_TEMP_TABLE;
     return f;
 }
@@ -373,8 +376,11 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     if (keyword(s, &i, len, "prepare"))
         return keyword(s, &i, len, "transaction") ? SESSION_FEATURE_NONE
                                                    : SESSION_FEATURE_SQL_PREPARE;
-    if (keyword(s, &i, len, "set"))
+    if (keyword(s, &i, len, "set")) {
+        if (t && set_names_temp_schema(s, i, len))
+            t->temp_schema = true;
         return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
+    }
     if (keyword(s, &i, len, "reset")) {
         reset_statement(s, i, len, t);
         return SESSION_FEATURE_NONE;
@@ -509,8 +515,12 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
         n = 0;
     if (n == 0 && argument_is(s, a1, e1, "name") && e3 < len && s[e3] == ')')
         q = settings_row_name(s, e3, len, &n);
+    bool value_literal = plain_literal(s, e1 + 1, e2);
+    if (t && n > 0 && search_path_at(s, q + 1, q + 1 + n) &&
+        (!value_literal || sql_names_temp_schema(s + e1 + 1, e2 - e1 - 1)))
+        t->temp_schema = true; /* a value that is not a plain literal may be anything */
     /* A value that is not a plain literal may be NULL, which resets as RESET does. */
-    if (!plain_literal(s, e1 + 1, e2)) {
+    if (!value_literal) {
         if (n > 0)
             reset_to_default(t, s + q + 1, n, !local);
         else
@@ -634,7 +644,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
             break;
         }
         int resets = touch->reset.statements;
-        enum session_feature f = statement_feature(sql, start, end, touch);
+        enum session_feature f = statement_feature(sql, start, end, touch, reading);
         /* A statement after a reset may read or change what it reset. */
         if (touch->reset.kind != PARAM_RESET_NONE && touch->reset.statements == resets &&
             sql_skip_space(sql, start, end) < end)
@@ -705,7 +715,7 @@ size_t session_state_feature_start(const char *sql, size_t len)
     for (size_t start = 0;
          start <= len && next_statement(sql, len, start, &end, SQL_READ_STANDARD, &doubts);
          start = end + 1) {
-        if (statement_feature(sql, start, end, NULL) != SESSION_FEATURE_NONE ||
+        if (statement_feature(sql, start, end, NULL, SQL_READ_STANDARD) != SESSION_FEATURE_NONE ||
             session_calls(sql + start, end - start, NULL, SQL_READ_STANDARD) !=
                 SESSION_FEATURE_NONE)
             return start;

@@ -70,6 +70,10 @@ struct param_touch {
     int n;
     char names[PARAM_TOUCH_SET_NAMES][64];
     struct param_reset reset; /* reported parameters too */
+    /* search_path set (SET, SET LOCAL, SET SCHEMA, set_config) to a value that names pg_temp,
+     * or that cannot be read: a plain CREATE may then make a temporary object, which only a
+     * full reset drops. The value itself is followed as any SET's. */
+    bool temp_schema;
 };
 
 /* The first session-level feature the SQL text uses (one that leaves objects before a SET) (len

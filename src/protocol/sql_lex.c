@@ -3,6 +3,7 @@
 #include "sql_lex.h"
 
 #include <ctype.h>
+#include <strings.h>
 
 /* The text's end: len, or a NUL before it. */
 static bool at_end(const char *s, size_t i, size_t len)
@@ -140,4 +141,32 @@ size_t sql_skip_space(const char *s, size_t i, size_t len)
         bool ended;
         i = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
     }
+}
+
+bool sql_temp_schema_word(const char *s, size_t n)
+{
+    if (n < 7 || strncasecmp(s, "pg_temp", 7) != 0)
+        return false;
+    if (n == 7)
+        return true;
+    if (n == 8 || s[7] != '_')
+        return false;
+    for (size_t k = 8; k < n; k++)
+        if (!isdigit((unsigned char)s[k]))
+            return false;
+    return true;
+}
+
+bool sql_names_temp_schema(const char *s, size_t len)
+{
+    size_t i = 0;
+    while (!at_end(s, i, len)) {
+        size_t end = i;
+        while (!at_end(s, end, len) && sql_ident_char(s[end]))
+            end++;
+        if (end > i && sql_temp_schema_word(s + i, end - i))
+            return true;
+        i = end > i ? end : i + 1;
+    }
+    return false;
 }

@@ -38,4 +38,12 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
 /* Past the blanks and comments at s[i]. */
 size_t sql_skip_space(const char *s, size_t i, size_t len);
 
+/* Is the word s[0..n) the temporary schema's name as an unquoted identifier reads it (pg_temp,
+ * or a backend's own pg_temp_<digits>; any case)? */
+bool sql_temp_schema_word(const char *s, size_t n);
+/* Does the text name the temporary schema as a word anywhere (in a literal, a quoted name, a
+ * list like "public, pg_temp")? What a search_path set to it makes, a plain CREATE included,
+ * is temporary. */
+bool sql_names_temp_schema(const char *s, size_t len);
+
 #endif

@@ -511,6 +511,82 @@ def test_temporary_objects_made_without_create_temp_never_reach_the_next_client(
             b.execute("SELECT x FROM tt")
 
 
+TEMP_SEARCH_PATHS = [
+    "SET search_path = pg_temp, public",
+    "SET LOCAL search_path = pg_temp",
+    "SET SESSION \"search_path\" TO 'pg_temp'",
+    "SET SCHEMA 'pg_temp'",
+    "SET search_path = missing, PG_TEMP",
+    "SELECT set_config('search_path', 'pg_temp', true)",
+    "SELECT set_config('search_path', 'pg_temp,public', false)",
+    "SELECT set_config('search_path', concat('pg_', 'temp'), true)",
+]
+
+
+def count_temp_objects(conn):
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())"
+        " + (SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema()"
+        "    AND typrelid = 0)").fetchone()[0]
+
+
+@pytest.mark.parametrize("set_path", TEMP_SEARCH_PATHS)
+def test_a_plain_create_under_a_search_path_naming_pg_temp_never_reaches_the_next_client(
+        start_sluice, set_path):
+    """With pg_temp first in search_path (or the schemas before it missing), a CREATE without a
+    schema makes a temporary object: the next client of the server found the first one's table
+    (pg_temp is searched first, so it even shadows a real table of that name), and a SET LOCAL
+    or set_config left nothing in sluice's records to reset."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        with a.transaction():
+            a.execute(set_path)
+            a.execute("CREATE TABLE tt AS SELECT 'A-secret' AS x")
+            a.execute("CREATE TYPE mood AS ENUM ('a')")
+            assert a.execute("SELECT x FROM tt").fetchone() == ("A-secret",)
+        a.execute("RESET search_path")
+    with s.connect() as b:
+        assert count_temp_objects(b) == 0
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            b.execute("SELECT x FROM tt")
+
+
+@pytest.mark.parametrize("how", ["followed SET", "login option"])
+def test_a_search_path_naming_pg_temp_that_sluice_gives_each_server_resets_each_one(
+        start_sluice, how):
+    """A search_path the client SET in an earlier transaction (sluice follows it and gives it to
+    each server the client gets) or sent at login names pg_temp: a CREATE in any later
+    transaction, with nothing in its own text, makes a temporary table, and the server must not
+    reach the next client with it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    opts = {"options": "-csearch_path=pg_temp,public"} if how == "login option" else {}
+    with s.connect(**opts) as a:
+        if how == "followed SET":
+            a.execute("SET search_path = pg_temp, public")
+        path = a.execute("SHOW search_path").fetchone()[0]
+        assert path.replace(" ", "") == "pg_temp,public"
+        a.execute("CREATE TABLE tt AS SELECT 'A-secret' AS x")
+        with s.connect() as b:
+            assert count_temp_objects(b) == 0
+        assert a.execute("SHOW search_path").fetchone() == (path,)
+
+
+def test_a_search_path_without_pg_temp_costs_no_reset(start_sluice, table):
+    """The common SET search_path (and one that names a schema like pg_temporary_data) is
+    followed as before, without a full reset of the server at each release: a DISCARD ALL would
+    have dropped the backend's sequence values, which lastval() still reads on the next lease."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(f"CREATE SEQUENCE public.{table}_seq")
+        try:
+            a.execute("SET search_path = pg_temporary_data, public")
+            a.execute("SELECT set_config('search_path', '\"$user\", public', false)")
+            a.execute(f"SELECT nextval('public.{table}_seq')")
+            assert a.execute("SELECT lastval()").fetchone() == (1,)
+        finally:
+            a.execute(f"DROP SEQUENCE public.{table}_seq")
+
+
 LONG_TEXT_TAILS = ["SELECT pg_advisory_lock(4242)", "SELECT pg_try_advisory_lock_shared(4242)",
                    "LISTEN chan", "CREATE TEMP TABLE tt (a int)",
                    "CREATE OR REPLACE TEMPORARY VIEW tt AS SELECT 1",

@@ -102,5 +102,18 @@ int main(void)
         const char *t = " \n/* a /* ' */ */ -- b\n\tSET";
         CHECK_STR(t + sql_skip_space(t, 0, strlen(t)), "SET");
     }
+    /* the temporary schema's name, as a word */
+    CHECK(sql_temp_schema_word("pg_temp", 7));
+    CHECK(sql_temp_schema_word("PG_Temp_12", 10));
+    CHECK(!sql_temp_schema_word("pg_temp_", 8));
+    CHECK(!sql_temp_schema_word("pg_temp_1a", 10));
+    CHECK(!sql_temp_schema_word("pg_temporary", 12));
+    CHECK(!sql_temp_schema_word("pg_tem", 6));
+    CHECK(sql_names_temp_schema("public, pg_temp", 15));
+    CHECK(sql_names_temp_schema("= '\"pg_temp_3\"'", 16));
+    CHECK(sql_names_temp_schema("TO PG_TEMP", 10));
+    CHECK(!sql_names_temp_schema("TO pg_temporary, my_pg_temp, pg_temp$x", 38));
+    CHECK(!sql_names_temp_schema("x pg_temp", 5)); /* past len */
+    CHECK(!sql_names_temp_schema("x\0pg_temp", 9)); /* past a NUL */
     return CHECK_DONE();
 }
