@@ -137,8 +137,15 @@ static bool word_leaves_state(const struct login_reset *lr)
                                                                              : SET_WATCH_WORD - 1);
 }
 
+/* The identifier that just passed begins a LOAD, whose library no reset unloads (enum
+ * set_watch)? */
+static bool word_outlives_reset(const struct login_reset *lr)
+{
+    return (lr->before_word == ';' || lr->before_word == '/') && word_is(lr, "load");
+}
+
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
- * followed: a false alarm costs a full reset, nothing else. */
+ * followed: a false alarm costs a full reset (a LOAD's: a new server), nothing else. */
 static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
@@ -161,7 +168,9 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
             lr->last_seen = 'a';
             continue;
         }
-        if (lr->word_len > 0 && word_leaves_state(lr)) {
+        if (lr->word_len > 0 && word_outlives_reset(lr))
+            s->close_when_free = true; /* closed when released */
+        if (lr->word_len > 0 && (word_leaves_state(lr) || word_outlives_reset(lr))) {
             s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
             lr->set_watch = SET_WATCH_NONE;
             return;

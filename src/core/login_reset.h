@@ -78,7 +78,8 @@ enum login_reset_watch {
  * advisory lock function anywhere, TEMP or TEMPORARY after CREATE, INTO, LOCAL, GLOBAL or
  * REPLACE, and the pg_temp schema. sluice cannot read or follow it, and another client must
  * never get it: the server gets a full reset before it serves again (a word inside a literal
- * is a false alarm: it costs that reset, nothing else). */
+ * is a false alarm: it costs that reset, nothing else). A statement that begins with LOAD leaves
+ * a library no reset unloads: the server is closed when released instead. */
 enum set_watch {
     SET_WATCH_NONE,
     SET_WATCH_ON,              /* watching; word[] holds the identifier now passing */

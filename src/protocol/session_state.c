@@ -373,6 +373,8 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     }
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
+    if (keyword(s, &i, len, "load"))
+        return SESSION_FEATURE_LOAD;
     if (keyword(s, &i, len, "prepare"))
         return keyword(s, &i, len, "transaction") ? SESSION_FEATURE_NONE
                                                    : SESSION_FEATURE_SQL_PREPARE;
@@ -728,6 +730,11 @@ bool session_feature_leaves_objects(enum session_feature f)
     return f != SESSION_FEATURE_NONE && f != SESSION_FEATURE_SET;
 }
 
+bool session_feature_outlives_reset(enum session_feature f)
+{
+    return f == SESSION_FEATURE_LOAD;
+}
+
 const char *session_feature_name(enum session_feature f)
 {
     switch (f) {
@@ -743,6 +750,8 @@ const char *session_feature_name(enum session_feature f)
         return "SET of a parameter sluice cannot track (not reported by Postgres)";
     case SESSION_FEATURE_SQL_PREPARE:
         return "a SQL-level PREPARE";
+    case SESSION_FEATURE_LOAD:
+        return "LOAD of a shared library";
     default:
         return "nothing";
     }

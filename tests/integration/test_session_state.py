@@ -817,7 +817,7 @@ def test_refuse_behind_unanswered_requests_answers_as_postgres_does(start_sluice
 
 REFUSED_FEATURES = ["LISTEN ch", "SELECT pg_advisory_lock(42)",
                     "DECLARE cur CURSOR WITH HOLD FOR SELECT 1", "CREATE TEMP TABLE tt (i int)",
-                    "SET ROLE app", "PREPARE p AS SELECT 1"]
+                    "SET ROLE app", "PREPARE p AS SELECT 1", "LOAD 'auto_explain'"]
 
 
 def test_every_refusal_in_a_transaction_is_the_same_error_as_outside_it(start_sluice):
@@ -843,3 +843,89 @@ def test_every_refusal_in_a_transaction_is_the_same_error_as_outside_it(start_sl
         assert c.query("SELECT 1") == ([["1"]], ["SELECT 1"])
     finally:
         c.close()
+
+
+# ---- LOAD: a shared library stays in its backend for the backend's life ------------------------
+#
+# No reset undoes a LOAD (DISCARD ALL leaves the library, its hooks and its parameters), so the
+# next client of the server ran with it: auto_explain's parameters defined, its plans logged. The
+# oracle: a library's parameter is undefined in a fresh Postgres session.
+
+LIBRARY_PARAM = "SELECT current_setting('auto_explain.log_min_duration', true)"
+
+
+@pytest.fixture
+def app_is_superuser(pg):
+    """LOAD of a library outside $libdir/plugins takes a superuser: app is one for the test."""
+    with pg.superuser() as c:
+        c.execute("ALTER ROLE app SUPERUSER")
+    yield
+    with pg.superuser() as c:
+        c.execute("ALTER ROLE app NOSUPERUSER")
+
+
+def test_postgres_keeps_a_loaded_library_for_the_session_only(pg, app_is_superuser):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as a:
+        assert a.execute(LIBRARY_PARAM).fetchone() == (None,)
+        a.execute("LOAD 'auto_explain'")
+        a.execute("DISCARD ALL")
+        assert a.execute(LIBRARY_PARAM).fetchone() == ("-1",), "DISCARD ALL unloaded it"
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as b:
+        assert b.execute(LIBRARY_PARAM).fetchone() == (None,)
+
+
+def load_by_query(conn, sql):
+    conn.execute(sql)
+
+
+def load_in_a_transaction(conn, sql):
+    with conn.transaction():
+        conn.execute("SELECT 1")
+        conn.execute(sql)
+
+
+def load_after_a_long_text(conn, sql):
+    """A Query longer than pkt_buf: the inspector sees its start, the stream watch the rest."""
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute(f"SELECT length('{'y' * 40000}'); {sql}")
+
+
+def load_by_extended_protocol(conn, sql):
+    conn.execute(sql, prepare=False)
+
+
+def load_by_named_statement(conn, sql):
+    """Parse of a named statement, then Bind/Execute of it (psycopg's prepare)."""
+    conn.execute(sql, prepare=True)
+
+
+LOADS = [load_by_query, load_in_a_transaction, load_after_a_long_text,
+         load_by_extended_protocol, load_by_named_statement]
+
+
+@pytest.mark.parametrize("policy", ["warn", "pin"])
+@pytest.mark.parametrize("load", LOADS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("sql", ["LOAD 'auto_explain'", "/* plans */ load'auto_explain'"])
+def test_a_loaded_library_never_reaches_the_next_client(start_sluice, app_is_superuser, policy,
+                                                        load, sql):
+    """The server a client LOADed a library on is closed when it is released (warn: at the end
+    of the transaction; pin: when the client leaves): DISCARD ALL cannot unload it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": policy})
+    with s.connect() as a:
+        load(a, sql)
+        # (past a long text's start no policy applies: the server is closed all the same)
+        if policy == "pin" and load is not load_after_a_long_text:
+            assert a.execute(LIBRARY_PARAM).fetchone() == ("-1",), "the pinned client lost it"
+    with s.connect() as b:
+        assert b.execute(LIBRARY_PARAM).fetchone() == (None,), f"B runs with A's {sql}"
+
+
+def test_refuse_policy_refuses_load(start_sluice, app_is_superuser):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            a.execute("LOAD 'auto_explain'")
+        assert "LOAD" in str(e.value)
+        assert a.execute(LIBRARY_PARAM).fetchone() == (None,)
