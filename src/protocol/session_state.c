@@ -324,9 +324,14 @@ static bool makes_temp_objects(const char *s, size_t i, size_t len, unsigned rea
             i++;
             continue;
         }
-        bool temp_schema = past != i ? past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0
-                                     : sql_temp_schema_word(s + i, word_end - i);
-        size_t next = sql_skip_space(s, word_end, len);
+        /* "pg_temp", or U&"pg_tem\0070" (Postgres decodes the escapes before it looks the
+         * schema up) */
+        size_t after = word_end;
+        bool temp_schema =
+            past != i ? s[i] == '"' && ((past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0) ||
+                                        sql_unicode_name_may_hide(s, i, past, len, &after))
+                      : sql_temp_schema_word(s + i, word_end - i);
+        size_t next = sql_skip_space(s, after, len);
         if (temp_schema && next < len && s[next] == '.')
             return true;
         if (select_into && past == i && word_end - i == 4 && strncasecmp(s + i, "into", 4) == 0) {
@@ -403,15 +408,20 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
         return SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "declare")) {
-        /* DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR ... */
-        for (; i < len; i++) {
+        /* DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR ..., token by token: a
+         * comment separates words as a space does, with no space around it */
+        while (i < len) {
             size_t j = i;
             if (keyword(s, &j, len, "for"))
                 return SESSION_FEATURE_NONE;
             if (keyword(s, &j, len, "with") && keyword(s, &j, len, "hold"))
                 return SESSION_FEATURE_HOLD_CURSOR;
-            while (i < len && !isspace((unsigned char)s[i]))
-                i++;
+            bool ended;
+            j = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
+            if (j == i)
+                while (j < len && sql_ident_char(s[j]))
+                    j++;
+            i = sql_skip_space(s, j > i ? j : i + 1, len);
         }
     }
     return SESSION_FEATURE_NONE;
@@ -564,8 +574,25 @@ static size_t function_call_at(const char *s, size_t i, size_t len, const char *
     return j < len && s[j] == '(' ? j : 0;
 }
 
+/* UPDATE [ONLY] [pg_catalog.]pg_settings at s[i] (a word starts there)? The view's rule runs
+ * set_config(name, setting, false) for each row: a session-level SET of names sluice cannot
+ * read (a WHERE picks them). */
+static bool updates_settings(const char *s, size_t i, size_t len)
+{
+    if (i > 0 && sql_ident_char(s[i - 1]))
+        return false;
+    if (!keyword(s, &i, len, "update"))
+        return false;
+    (void)keyword(s, &i, len, "only");
+    size_t j = i;
+    if ((keyword(s, &j, len, "pg_catalog") || keyword(s, &j, len, "\"pg_catalog\"")) && j < len &&
+        s[j] == '.')
+        i = sql_skip_space(s, j + 1, len);
+    return keyword(s, &i, len, "pg_settings") || keyword(s, &i, len, "\"pg_settings\"");
+}
+
 /* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
- * and session-level set_config. */
+ * and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
 static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
                                           unsigned reading)
 {
@@ -580,6 +607,12 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 found = SESSION_FEATURE_SET;
             if (j > 0)
                 continue;
+        }
+        if (c0 == 'u' && updates_settings(s, i, len)) {
+            touch_unnamed(t);
+            if (found == SESSION_FEATURE_NONE)
+                found = SESSION_FEATURE_SET;
+            continue;
         }
         /* a lock leaves an object behind: it outranks a SET before it (session_state_detect) */
         if (c0 != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||

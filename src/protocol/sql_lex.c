@@ -3,6 +3,7 @@
 #include "sql_lex.h"
 
 #include <ctype.h>
+#include <string.h>
 #include <strings.h>
 
 /* The text's end: len, or a NUL before it. */
@@ -157,9 +158,34 @@ bool sql_temp_schema_word(const char *s, size_t n)
     return true;
 }
 
+bool sql_unicode_name_may_hide(const char *s, size_t i, size_t past, size_t len, size_t *after)
+{
+    if (after)
+        *after = past;
+    if (i < 2 || s[i - 1] != '&' || (s[i - 2] | 0x20) != 'u' ||
+        (i >= 3 && sql_ident_char(s[i - 3])))
+        return false;
+    size_t j = sql_skip_space(s, past, len);
+    if (!at_end(s, j + 7, len) && strncasecmp(s + j, "uescape", 7) == 0 &&
+        !sql_ident_char(s[j + 7])) {
+        j = sql_skip_space(s, j + 7, len);
+        bool ended;
+        size_t lit = sql_skip_lexeme(s, j, len, SQL_READ_STANDARD, &ended, NULL);
+        if (after)
+            *after = lit;
+        return true; /* any character may escape */
+    }
+    return memchr(s + i, '\\', past - i) != NULL;
+}
+
 bool sql_names_temp_schema(const char *s, size_t len)
 {
     size_t i = 0;
+    /* SET search_path = U&"pg\005ftemp": a name whose escapes Postgres decodes */
+    for (size_t k = 0; !at_end(s, k + 2, len); k++)
+        if ((s[k] | 0x20) == 'u' && s[k + 1] == '&' && s[k + 2] == '"' &&
+            (k == 0 || !sql_ident_char(s[k - 1])))
+            return true;
     while (!at_end(s, i, len)) {
         size_t end = i;
         while (!at_end(s, end, len) && sql_ident_char(s[end]))

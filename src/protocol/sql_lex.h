@@ -43,7 +43,11 @@ size_t sql_skip_space(const char *s, size_t i, size_t len);
 bool sql_temp_schema_word(const char *s, size_t n);
 /* Does the text name the temporary schema as a word anywhere (in a literal, a quoted name, a
  * list like "public, pg_temp")? What a search_path set to it makes, a plain CREATE included,
- * is temporary. */
+ * is temporary. A U&"..." name with an escape in it counts (sql_unicode_name_may_hide). */
 bool sql_names_temp_schema(const char *s, size_t len);
+/* The quoted name s[i..past) (s[i] is its '"'): is it a U&"..." name whose escapes (\0070,
+ * \+000070, or another escape character after UESCAPE) may spell any name, pg_temp included?
+ * *after (may be NULL): past its UESCAPE 'c' clause, if any, else past. */
+bool sql_unicode_name_may_hide(const char *s, size_t i, size_t past, size_t len, size_t *after);
 
 #endif

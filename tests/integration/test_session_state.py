@@ -395,6 +395,10 @@ def test_a_reset_pipelined_with_other_queries_still_answers_them_all(start_sluic
 # ---- a change sluice cannot name: the server is reset before anyone else gets it ----
 
 SESSION_LEAKS = [
+    # the view's rule runs set_config(name, setting, false) for each row
+    "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+    "UPDATE ONLY pg_catalog . \"pg_settings\" SET setting = 'evil' WHERE name = 'search_path'",
+    "EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
     "SET ROLE app2",
     "SET SESSION ROLE app2",
     'SET "role" TO app2',
@@ -471,6 +475,11 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
         with s.connect() as b:
             with pytest.raises(psycopg.Error):
                 b.execute(use)
+    # a comment in place of each space between DECLARE's words
+    with s.connect() as a:
+        a.execute("DECLARE c/**/NO/**/SCROLL/**/CURSOR/**/WITH/**/HOLD/**/FOR SELECT 'A-cursor'")
+    with s.connect() as b:
+        assert b.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
     for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)",
                 "SELECT pg_advisory_lock /* the lock */ (4243)"]:
         with s.connect() as a:
@@ -493,6 +502,10 @@ TEMP_OBJECTS = [
     "EXPLAIN ANALYZE CREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
     "EXPLAIN (ANALYZE, COSTS OFF) SELECT 'A-secret' AS x INTO TEMP tt",
     "-- it's the cache\nCREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
+    # Postgres decodes a U&"..." name's escapes before it looks the schema up
+    "CREATE TABLE U&\"pg_tem\\0070\".tt AS SELECT 'A-secret' AS x",
+    "CREATE TABLE U&\"pg!005ftemp\" UESCAPE '!' . tt AS SELECT 'A-secret' AS x",
+    "SELECT 'A-secret' AS x INTO u&\"pg\\+00005ftemp\".tt",
 ]
 
 
@@ -520,6 +533,7 @@ TEMP_SEARCH_PATHS = [
     "SELECT set_config('search_path', 'pg_temp', true)",
     "SELECT set_config('search_path', 'pg_temp,public', false)",
     "SELECT set_config('search_path', concat('pg_', 'temp'), true)",
+    "SET LOCAL search_path = U&\"pg\\005ftemp\"",
 ]
 
 
@@ -592,7 +606,8 @@ LONG_TEXT_TAILS = ["SELECT pg_advisory_lock(4242)", "SELECT pg_try_advisory_lock
                    "CREATE OR REPLACE TEMPORARY VIEW tt AS SELECT 1",
                    "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1",
                    "SELECT 1 AS a INTO TEMP tt", "CREATE TABLE pg_temp.tt (a int)",
-                   "SET ROLE app2"]
+                   "SET ROLE app2", "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+                   "CREATE TABLE U&\"pg_tem\\0070\".tt (a int)"]
 
 
 @pytest.mark.parametrize("tail", LONG_TEXT_TAILS)
@@ -613,8 +628,8 @@ def test_session_objects_at_the_end_of_a_text_longer_than_the_buffer_never_reach
             "  AND pid = pg_backend_pid()),"
             " (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),"
             " (SELECT count(*) FROM pg_cursors), (SELECT count(*) FROM pg_prepared_statements),"
-            " current_user").fetchone()
-    assert row == (0, 0, 0, 0, 0, "app")
+            " current_user, current_setting('search_path')").fetchone()
+    assert row == (0, 0, 0, 0, 0, "app", "\"$user\", public")
 
 
 def test_an_insert_into_a_table_named_temp_is_no_temporary_object(start_sluice, pg):
