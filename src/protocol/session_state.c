@@ -591,6 +591,22 @@ static bool updates_settings(const char *s, size_t i, size_t len)
     return keyword(s, &i, len, "pg_settings") || keyword(s, &i, len, "\"pg_settings\"");
 }
 
+/* A call of a function a U&"..." name names (name: as Postgres decodes it), its '(' at s[j]:
+ * set_config or a session advisory lock spelled with escapes (U&"set\005fconfig"). */
+static enum session_feature unicode_call(const char *name, const char *s, size_t j, size_t len,
+                                         struct param_touch *t, unsigned reading)
+{
+    static const char *const locks[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
+                                        "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
+    if (strcmp(name, "set_config") == 0)
+        return session_set_config(s, j, len, t, reading) ? SESSION_FEATURE_SET
+                                                         : SESSION_FEATURE_NONE;
+    for (size_t k = 0; k < sizeof locks / sizeof locks[0]; k++)
+        if (strcmp(name, locks[k]) == 0)
+            return SESSION_FEATURE_ADVISORY_LOCK;
+    return SESSION_FEATURE_NONE;
+}
+
 /* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
  * and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
 static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
@@ -607,6 +623,22 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 found = SESSION_FEATURE_SET;
             if (j > 0)
                 continue;
+        }
+        if (i > 0 && s[i] == '"' && s[i - 1] == '&') {
+            bool ended;
+            size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL), after;
+            char name[32];
+            if (ended &&
+                sql_unicode_name(s, i, past, len, name, sizeof name, &after) == SQL_UNICODE_READ) {
+                size_t j = sql_skip_space(s, after, len);
+                enum session_feature f = j < len && s[j] == '('
+                                             ? unicode_call(name, s, j, len, t, reading)
+                                             : SESSION_FEATURE_NONE;
+                if (found == SESSION_FEATURE_NONE ||
+                    (found == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+                    found = f;
+            }
+            continue;
         }
         if (c0 == 'u' && updates_settings(s, i, len)) {
             touch_unnamed(t);

@@ -399,6 +399,9 @@ SESSION_LEAKS = [
     "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
     "UPDATE ONLY pg_catalog . \"pg_settings\" SET setting = 'evil' WHERE name = 'search_path'",
     "EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+    # a function name spelled with Unicode escapes, which Postgres decodes
+    "SELECT U&\"set\\005fconfig\"('search_path', 'evil', false)",
+    "SELECT pg_catalog.U&\"set!005fconfig\" UESCAPE '!' ('role', 'app2', false)",
     "SET ROLE app2",
     "SET SESSION ROLE app2",
     'SET "role" TO app2',
@@ -481,7 +484,9 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
     with s.connect() as b:
         assert b.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
     for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)",
-                "SELECT pg_advisory_lock /* the lock */ (4243)"]:
+                "SELECT pg_advisory_lock /* the lock */ (4243)",
+                "SELECT U&\"pg\\005fadvisory\\005flock\"(4244)",
+                "SELECT U&\"pg_try_advisory_lock_shar\\+000065d\"(4245)"]:
         with s.connect() as a:
             a.execute(sql)
         with s.connect() as b:
@@ -607,7 +612,8 @@ LONG_TEXT_TAILS = ["SELECT pg_advisory_lock(4242)", "SELECT pg_try_advisory_lock
                    "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1",
                    "SELECT 1 AS a INTO TEMP tt", "CREATE TABLE pg_temp.tt (a int)",
                    "SET ROLE app2", "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
-                   "CREATE TABLE U&\"pg_tem\\0070\".tt (a int)"]
+                   "CREATE TABLE U&\"pg_tem\\0070\".tt (a int)",
+                   "SELECT U&\"pg\\005fadvisory\\005flock\"(4242)"]
 
 
 @pytest.mark.parametrize("tail", LONG_TEXT_TAILS)
