@@ -574,6 +574,30 @@ static size_t function_call_at(const char *s, size_t i, size_t len, const char *
     return j < len && s[j] == '(' ? j : 0;
 }
 
+/* The name `word` (lower case) at s[*pi], as Postgres reads it: plain (any case), quoted
+ * ("word"), or a U&"..." name whose escapes spell it. Advances *pi past it and spaces. */
+static bool name_is(const char *s, size_t *pi, size_t len, const char *word)
+{
+    size_t i = *pi, n = strlen(word);
+    if (keyword(s, pi, len, word))
+        return true;
+    if (i + 2 < len && (s[i] | 0x20) == 'u' && s[i + 1] == '&')
+        i += 2;
+    if (i >= len || s[i] != '"')
+        return false;
+    bool ended;
+    size_t past = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL), after = past;
+    char name[64];
+    bool same = i > *pi ? sql_unicode_name(s, i, past, len, name, sizeof name, &after) ==
+                                  SQL_UNICODE_READ &&
+                              strcmp(name, word) == 0
+                        : past - i == n + 2 && strncmp(s + i + 1, word, n) == 0;
+    if (!ended || !same)
+        return false;
+    *pi = sql_skip_space(s, after, len);
+    return true;
+}
+
 /* UPDATE [ONLY] [pg_catalog.]pg_settings at s[i] (a word starts there)? The view's rule runs
  * set_config(name, setting, false) for each row: a session-level SET of names sluice cannot
  * read (a WHERE picks them). */
@@ -585,10 +609,9 @@ static bool updates_settings(const char *s, size_t i, size_t len)
         return false;
     (void)keyword(s, &i, len, "only");
     size_t j = i;
-    if ((keyword(s, &j, len, "pg_catalog") || keyword(s, &j, len, "\"pg_catalog\"")) && j < len &&
-        s[j] == '.')
+    if (name_is(s, &j, len, "pg_catalog") && j < len && s[j] == '.')
         i = sql_skip_space(s, j + 1, len);
-    return keyword(s, &i, len, "pg_settings") || keyword(s, &i, len, "\"pg_settings\"");
+    return name_is(s, &i, len, "pg_settings");
 }
 
 /* A call of a function a U&"..." name names (name: as Postgres decodes it), its '(' at s[j]:

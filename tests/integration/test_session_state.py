@@ -399,6 +399,8 @@ SESSION_LEAKS = [
     "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
     "UPDATE ONLY pg_catalog . \"pg_settings\" SET setting = 'evil' WHERE name = 'search_path'",
     "EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+    "UPDATE U&\"pg_catalo\\0067\".U&\"pg\\005fsettings\" SET setting = 'evil'"
+    " WHERE name = 'search_path'",
     # a function name spelled with Unicode escapes, which Postgres decodes
     "SELECT U&\"set\\005fconfig\"('search_path', 'evil', false)",
     "SELECT pg_catalog.U&\"set!005fconfig\" UESCAPE '!' ('role', 'app2', false)",
