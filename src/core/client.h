@@ -131,7 +131,7 @@ struct client {
     /* WAITING: whether this wait has had query_wait_notify's NOTICE (pool.c tells it once);
        client_set_state starts each wait WAIT_NOT_TOLD */
     enum wait_notice { WAIT_NOT_TOLD, WAIT_TOLD } wait_notice;
-    uint8_t warned;        /* session features already warned about (bit per feature) */
+    uint16_t warned; /* session features already warned about (bit per feature) */
     /* Its place in the ledger's logged-in counts (max_client_conn, max_db_client_connections,
        max_user_client_connections): taken with their check in client_login_ok, given back as
        it starts closing (client_set_state entering CLOSING or CLOSED) */

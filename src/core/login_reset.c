@@ -132,13 +132,22 @@ static bool word_leaves_state(const struct login_reset *lr)
                 return true;
     if (lr->temp_may_follow && (word_is(lr, "temp") || word_is(lr, "temporary")))
         return true;
+    if (lr->settings_may_follow && word_is(lr, "pg_settings"))
+        return true; /* UPDATE pg_settings: its rule runs set_config(name, setting, false) */
     /* pg_temp, or a backend's pg_temp_<n> (a word cut at the most kept counts as it reads) */
     return sql_temp_schema_word(lr->word, lr->word_len < SET_WATCH_WORD - 1 ? lr->word_len
                                                                              : SET_WATCH_WORD - 1);
 }
 
+/* The identifier that just passed begins a LOAD, whose library no reset unloads (enum
+ * set_watch)? */
+static bool word_outlives_reset(const struct login_reset *lr)
+{
+    return (lr->before_word == ';' || lr->before_word == '/') && word_is(lr, "load");
+}
+
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
- * followed: a false alarm costs a full reset, nothing else. */
+ * followed: a false alarm costs a full reset (a LOAD's: a new server), nothing else. */
 static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
 {
     struct login_reset *lr = &s->login_reset;
@@ -161,15 +170,23 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
             lr->last_seen = 'a';
             continue;
         }
-        if (lr->word_len > 0 && word_leaves_state(lr)) {
+        if (lr->word_len > 0 && word_outlives_reset(lr))
+            s->close_when_free = true; /* closed when released */
+        /* U&"pg\005ftemp": a name whose escapes may spell pg_temp */
+        bool unicode_name = word_is(lr, "u") && ch == '&';
+        if (lr->word_len > 0 &&
+            (word_leaves_state(lr) || word_outlives_reset(lr) || unicode_name)) {
             s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
             lr->set_watch = SET_WATCH_NONE;
             return;
         }
-        if (lr->word_len > 0)
+        if (lr->word_len > 0) {
             lr->temp_may_follow = word_is(lr, "create") || word_is(lr, "into") ||
                                   word_is(lr, "local") || word_is(lr, "global") ||
                                   word_is(lr, "replace");
+            lr->settings_may_follow =
+                word_is(lr, "update") || word_is(lr, "only") || word_is(lr, "pg_catalog");
+        }
         lr->word_len = 0;
         if (ch == '-' && prev == '-') {
             /* "-- ...\nSET": the SET follows what came before the comment */
@@ -193,6 +210,7 @@ void login_reset_watch_text(struct server *s, const struct client *c, uint8_t ty
         lr->word_len = 0;
         lr->prev_byte = 0;
         lr->temp_may_follow = false;
+        lr->settings_may_follow = false;
         lr->last_seen = ';'; /* the text's start: the inspector saw it; a second look is free */
         watch_set_bytes(s, shown, n);
     }

@@ -76,9 +76,11 @@ enum login_reset_watch {
  * inspector saw) does not show and would outlive the transaction: a statement that begins with
  * SET, DO, LISTEN, PREPARE or DECLARE (after a ';' or a comment), a set_config or a session
  * advisory lock function anywhere, TEMP or TEMPORARY after CREATE, INTO, LOCAL, GLOBAL or
- * REPLACE, and the pg_temp schema. sluice cannot read or follow it, and another client must
- * never get it: the server gets a full reset before it serves again (a word inside a literal
- * is a false alarm: it costs that reset, nothing else). */
+ * REPLACE, the pg_temp schema (or a U&"..." name, whose escapes may spell it), and pg_settings
+ * after UPDATE, ONLY or PG_CATALOG (its rule runs set_config). sluice cannot read or follow it, and
+ * another client must never get it: the server gets a full reset before it serves again (a word
+ * inside a literal is a false alarm: it costs that reset, nothing else). A statement that begins
+ * with LOAD leaves a library no reset unloads: the server is closed when released instead. */
 enum set_watch {
     SET_WATCH_NONE,
     SET_WATCH_ON,              /* watching; word[] holds the identifier now passing */
@@ -96,6 +98,7 @@ struct login_reset {
     char before_word;          /* the last byte before it that is not a space: ';', '/' (a
                                   comment's end), 'a' for any identifier, or another */
     bool temp_may_follow;      /* the word before was CREATE, INTO, LOCAL, GLOBAL or REPLACE */
+    bool settings_may_follow;  /* the word before was UPDATE, ONLY or PG_CATALOG */
     char last_seen;            /* the last byte that passed that is not a space */
     char before_dash;          /* last_seen before a '-' (a "--" comment does not count) */
     unsigned char prev_byte;   /* the byte that passed last */

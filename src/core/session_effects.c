@@ -197,14 +197,18 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     if (policy == SESSION_POLICY_REFUSE)
         return refuse(c, s, type, f, sql, len, body_len, fail);
     if (!(c->warned & (1u << f))) {
-        c->warned |= (uint8_t)(1u << f);
+        c->warned |= (uint16_t)(1u << f);
         /* What becomes of it (note_session_objects, session_effects_forget_params): no other client
          * gets it. */
-        const char *fate = session_feature_leaves_objects(f)
-                               ? "it is dropped when the transaction ends (the server is reset "
-                                 "before it serves again)"
-                               : "the next transaction may run on another server without it, "
-                                 "and no other client gets it";
+        const char *fate =
+            session_feature_outlives_reset(f)
+                ? "it is lost when the transaction ends (no reset undoes it: the server is "
+                  "closed when released)"
+            : session_feature_leaves_objects(f)
+                ? "it is dropped when the transaction ends (the server is reset before it "
+                  "serves again)"
+                : "the next transaction may run on another server without it, and no other "
+                  "client gets it";
         log_client(LOG_WARNING, c,
                    "uses %s in %s mode (application_name \"%s\"): %s; use session mode or "
                    "session_state_policy = pin",
@@ -215,11 +219,15 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
 }
 
 /* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
- * server: it gets a full reset before it serves again, so no other client finds them. */
+ * server: it gets a full reset before it serves again, so no other client finds them. What no
+ * reset undoes (a LOADed library) ends with the server: it is closed when released (a pinned
+ * client's when the client leaves). */
 static void note_session_objects(struct server *s, enum session_feature f)
 {
     if (session_feature_leaves_objects(f))
         s->session = SERVER_SESSION_UNKNOWN;
+    if (session_feature_outlives_reset(f))
+        s->close_when_free = true;
 }
 
 /* Past this many names in a server's record, a name more is not recorded: the server gets a
@@ -249,7 +257,7 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
 
 /* c->warned holds a bit per feature warned about, and this one: its SETs passed SET_TRACKED_MAX. */
 #define WARNED_SET_TRACKED_MAX (1u << (SESSION_FEATURE_LAST + 1))
-_Static_assert(SESSION_FEATURE_LAST + 1 < 8, "c->warned is a uint8_t");
+_Static_assert(SESSION_FEATURE_LAST + 1 < 16, "c->warned is a uint16_t");
 
 /* The text is a Query's whole, or an unnamed Parse's whole (its body is the name's NUL and the
  * text: len covers the text and what follows it, body_len one byte more). A named statement's
@@ -371,6 +379,7 @@ void session_effects_run_statement(struct client *c, struct server *s, const str
     size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
     struct param_touch touch;
     enum session_feature f = session_state_detect(text, len, &touch, session_effects_reading(c, s));
+    note_session_objects(s, f); /* a LOAD's server too, on whichever server it runs */
     if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
         (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {
         session_effects_forget_params(s, &touch);

@@ -324,9 +324,14 @@ static bool makes_temp_objects(const char *s, size_t i, size_t len, unsigned rea
             i++;
             continue;
         }
-        bool temp_schema = past != i ? past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0
-                                     : sql_temp_schema_word(s + i, word_end - i);
-        size_t next = sql_skip_space(s, word_end, len);
+        /* "pg_temp", or U&"pg_tem\0070" (Postgres decodes the escapes before it looks the
+         * schema up) */
+        size_t after = word_end;
+        bool temp_schema =
+            past != i ? s[i] == '"' && ((past - i == 9 && memcmp(s + i, "\"pg_temp\"", 9) == 0) ||
+                                        sql_unicode_name_may_hide(s, i, past, len, &after))
+                      : sql_temp_schema_word(s + i, word_end - i);
+        size_t next = sql_skip_space(s, after, len);
         if (temp_schema && next < len && s[next] == '.')
             return true;
         if (select_into && past == i && word_end - i == 4 && strncasecmp(s + i, "into", 4) == 0) {
@@ -373,6 +378,8 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     }
     if (keyword(s, &i, len, "listen"))
         return SESSION_FEATURE_LISTEN;
+    if (keyword(s, &i, len, "load"))
+        return SESSION_FEATURE_LOAD;
     if (keyword(s, &i, len, "prepare"))
         return keyword(s, &i, len, "transaction") ? SESSION_FEATURE_NONE
                                                    : SESSION_FEATURE_SQL_PREPARE;
@@ -401,15 +408,20 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
         return SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "declare")) {
-        /* DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR ... */
-        for (; i < len; i++) {
+        /* DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR ..., token by token: a
+         * comment separates words as a space does, with no space around it */
+        while (i < len) {
             size_t j = i;
             if (keyword(s, &j, len, "for"))
                 return SESSION_FEATURE_NONE;
             if (keyword(s, &j, len, "with") && keyword(s, &j, len, "hold"))
                 return SESSION_FEATURE_HOLD_CURSOR;
-            while (i < len && !isspace((unsigned char)s[i]))
-                i++;
+            bool ended;
+            j = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL);
+            if (j == i)
+                while (j < len && sql_ident_char(s[j]))
+                    j++;
+            i = sql_skip_space(s, j > i ? j : i + 1, len);
         }
     }
     return SESSION_FEATURE_NONE;
@@ -562,8 +574,64 @@ static size_t function_call_at(const char *s, size_t i, size_t len, const char *
     return j < len && s[j] == '(' ? j : 0;
 }
 
+/* The name `word` (lower case) at s[*pi], as Postgres reads it: plain (any case), quoted
+ * ("word"), or a U&"..." name whose escapes spell it. Advances *pi past it and spaces. */
+static bool name_is(const char *s, size_t *pi, size_t len, const char *word)
+{
+    size_t i = *pi, n = strlen(word);
+    if (keyword(s, pi, len, word))
+        return true;
+    if (i + 2 < len && (s[i] | 0x20) == 'u' && s[i + 1] == '&')
+        i += 2;
+    if (i >= len || s[i] != '"')
+        return false;
+    bool ended;
+    size_t past = sql_skip_lexeme(s, i, len, SQL_READ_STANDARD, &ended, NULL), after = past;
+    char name[64];
+    bool same = i > *pi ? sql_unicode_name(s, i, past, len, name, sizeof name, &after) ==
+                                  SQL_UNICODE_READ &&
+                              strcmp(name, word) == 0
+                        : past - i == n + 2 && strncmp(s + i + 1, word, n) == 0;
+    if (!ended || !same)
+        return false;
+    *pi = sql_skip_space(s, after, len);
+    return true;
+}
+
+/* UPDATE [ONLY] [pg_catalog.]pg_settings at s[i] (a word starts there)? The view's rule runs
+ * set_config(name, setting, false) for each row: a session-level SET of names sluice cannot
+ * read (a WHERE picks them). */
+static bool updates_settings(const char *s, size_t i, size_t len)
+{
+    if (i > 0 && sql_ident_char(s[i - 1]))
+        return false;
+    if (!keyword(s, &i, len, "update"))
+        return false;
+    (void)keyword(s, &i, len, "only");
+    size_t j = i;
+    if (name_is(s, &j, len, "pg_catalog") && j < len && s[j] == '.')
+        i = sql_skip_space(s, j + 1, len);
+    return name_is(s, &i, len, "pg_settings");
+}
+
+/* A call of a function a U&"..." name names (name: as Postgres decodes it), its '(' at s[j]:
+ * set_config or a session advisory lock spelled with escapes (U&"set\005fconfig"). */
+static enum session_feature unicode_call(const char *name, const char *s, size_t j, size_t len,
+                                         struct param_touch *t, unsigned reading)
+{
+    static const char *const locks[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
+                                        "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
+    if (strcmp(name, "set_config") == 0)
+        return session_set_config(s, j, len, t, reading) ? SESSION_FEATURE_SET
+                                                         : SESSION_FEATURE_NONE;
+    for (size_t k = 0; k < sizeof locks / sizeof locks[0]; k++)
+        if (strcmp(name, locks[k]) == 0)
+            return SESSION_FEATURE_ADVISORY_LOCK;
+    return SESSION_FEATURE_NONE;
+}
+
 /* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
- * and session-level set_config. */
+ * and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
 static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
                                           unsigned reading)
 {
@@ -578,6 +646,28 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 found = SESSION_FEATURE_SET;
             if (j > 0)
                 continue;
+        }
+        if (i > 0 && s[i] == '"' && s[i - 1] == '&') {
+            bool ended;
+            size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL), after;
+            char name[32];
+            if (ended &&
+                sql_unicode_name(s, i, past, len, name, sizeof name, &after) == SQL_UNICODE_READ) {
+                size_t j = sql_skip_space(s, after, len);
+                enum session_feature f = j < len && s[j] == '('
+                                             ? unicode_call(name, s, j, len, t, reading)
+                                             : SESSION_FEATURE_NONE;
+                if (found == SESSION_FEATURE_NONE ||
+                    (found == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+                    found = f;
+            }
+            continue;
+        }
+        if (c0 == 'u' && updates_settings(s, i, len)) {
+            touch_unnamed(t);
+            if (found == SESSION_FEATURE_NONE)
+                found = SESSION_FEATURE_SET;
+            continue;
         }
         /* a lock leaves an object behind: it outranks a SET before it (session_state_detect) */
         if (c0 != 'p' || (s[i + 1] | 0x20) != 'g' || s[i + 2] != '_' ||
@@ -728,6 +818,11 @@ bool session_feature_leaves_objects(enum session_feature f)
     return f != SESSION_FEATURE_NONE && f != SESSION_FEATURE_SET;
 }
 
+bool session_feature_outlives_reset(enum session_feature f)
+{
+    return f == SESSION_FEATURE_LOAD;
+}
+
 const char *session_feature_name(enum session_feature f)
 {
     switch (f) {
@@ -743,6 +838,8 @@ const char *session_feature_name(enum session_feature f)
         return "SET of a parameter sluice cannot track (not reported by Postgres)";
     case SESSION_FEATURE_SQL_PREPARE:
         return "a SQL-level PREPARE";
+    case SESSION_FEATURE_LOAD:
+        return "LOAD of a shared library";
     default:
         return "nothing";
     }

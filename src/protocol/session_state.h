@@ -1,10 +1,10 @@
 /* session_state: SQL that leaves state behind on the backend beyond the transaction (LISTEN,
  * session advisory locks, WITH HOLD cursors, temporary tables, SET of parameters Postgres does not
- * report). In transaction and statement mode the client's next transaction may run on another
- * backend, so such state silently goes missing (but for a SET whose names sluice reads: those it
- * follows, login_reset.h); session_state_policy says what to do instead:
- * warn (log it, naming the application), pin (keep the client on its backend until it
- * disconnects) or refuse (an error naming the feature). Pure text inspection, no I/O. */
+ * report, a LOADed library). In transaction and statement mode the client's next transaction may
+ * run on another backend, so such state silently goes missing (but for a SET whose names sluice
+ * reads: those it follows, login_reset.h); session_state_policy says what to do instead: warn (log
+ * it, naming the application), pin (keep the client on its backend until it disconnects) or refuse
+ * (an error naming the feature). Pure text inspection, no I/O. */
 #ifndef SLUICE_SESSION_STATE_H
 #define SLUICE_SESSION_STATE_H
 
@@ -21,11 +21,15 @@ enum session_feature {
     SESSION_FEATURE_TEMP_TABLE,
     SESSION_FEATURE_SET,
     SESSION_FEATURE_SQL_PREPARE,
-    SESSION_FEATURE_LAST = SESSION_FEATURE_SQL_PREPARE, /* for range checks */
+    SESSION_FEATURE_LOAD,                        /* LOAD 'library': loaded for the backend's life */
+    SESSION_FEATURE_LAST = SESSION_FEATURE_LOAD, /* for range checks */
 };
 /* Features whose objects Postgres drops only when the session ends (all but SET, whose
  * parameters sluice's records follow where it can name them). */
 bool session_feature_leaves_objects(enum session_feature f);
+/* Features no reset undoes, DISCARD ALL included: a LOADed library (its hooks, its parameters)
+ * stays in the backend until it exits. Only closing the server ends it. */
+bool session_feature_outlives_reset(enum session_feature f);
 
 /* Parameters Postgres does not report that a text may change for the whole session: SET or
  * RESET of a name, RESET ALL, DISCARD ALL, set_config(name, value, false). sluice cannot see

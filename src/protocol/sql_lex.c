@@ -3,6 +3,7 @@
 #include "sql_lex.h"
 
 #include <ctype.h>
+#include <string.h>
 #include <strings.h>
 
 /* The text's end: len, or a NUL before it. */
@@ -157,9 +158,88 @@ bool sql_temp_schema_word(const char *s, size_t n)
     return true;
 }
 
+/* The hex digits s[j..j+n) as a code point; -1 when one is not a hex digit. */
+static long hex_code(const char *s, size_t j, size_t end, size_t n)
+{
+    long cp = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (j + k >= end || !isxdigit((unsigned char)s[j + k]))
+            return -1;
+        char ch = (char)tolower((unsigned char)s[j + k]);
+        cp = cp * 16 + (isdigit((unsigned char)ch) ? ch - '0' : ch - 'a' + 10);
+    }
+    return cp;
+}
+
+enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, size_t len, char *out,
+                                       size_t cap, size_t *after)
+{
+    if (after)
+        *after = past;
+    if (i < 2 || s[i] != '"' || s[i - 1] != '&' || (s[i - 2] | 0x20) != 'u' ||
+        (i >= 3 && sql_ident_char(s[i - 3])) || past < i + 2 || s[past - 1] != '"')
+        return SQL_UNICODE_NONE;
+    char esc = '\\';
+    size_t j = sql_skip_space(s, past, len);
+    if (!at_end(s, j + 7, len) && strncasecmp(s + j, "uescape", 7) == 0 &&
+        !sql_ident_char(s[j + 7])) {
+        j = sql_skip_space(s, j + 7, len);
+        bool ended;
+        size_t lit = sql_skip_lexeme(s, j, len, SQL_READ_STANDARD, &ended, NULL);
+        if (after)
+            *after = lit;
+        if (lit != j + 3 || s[j] != '\'' || s[j + 2] != '\'')
+            return SQL_UNICODE_UNREAD; /* a quote as the escape, or what Postgres refuses */
+        esc = s[j + 1];
+    }
+    size_t n = 0, end = past - 1;
+    for (size_t k = i + 1; k < end; n++) {
+        if (n + 1 >= cap)
+            return SQL_UNICODE_UNREAD;
+        long cp = (unsigned char)s[k];
+        size_t step = 1;
+        if (s[k] == '"') {
+            step = 2; /* "" inside is one " */
+        } else if (s[k] == esc && k + 1 < end && s[k + 1] == esc) {
+            step = 2;
+        } else if (s[k] == esc && k + 1 < end && s[k + 1] == '+') {
+            cp = hex_code(s, k + 2, end, 6);
+            step = 8;
+        } else if (s[k] == esc) {
+            cp = hex_code(s, k + 1, end, 4);
+            step = 5;
+        }
+        if (cp < 0)
+            return SQL_UNICODE_UNREAD;
+        /* a character past ASCII is in no name sluice looks for */
+        out[n] = cp < 0x80 ? (char)cp : (char)0x80;
+        k += step;
+    }
+    out[n] = '\0';
+    return SQL_UNICODE_READ;
+}
+
+bool sql_unicode_name_may_hide(const char *s, size_t i, size_t past, size_t len, size_t *after)
+{
+    char name[64];
+    switch (sql_unicode_name(s, i, past, len, name, sizeof name, after)) {
+    case SQL_UNICODE_NONE:
+        return false;
+    case SQL_UNICODE_UNREAD:
+        return true;
+    default:
+        return sql_temp_schema_word(name, strlen(name));
+    }
+}
+
 bool sql_names_temp_schema(const char *s, size_t len)
 {
     size_t i = 0;
+    /* SET search_path = U&"pg\005ftemp": a name whose escapes Postgres decodes */
+    for (size_t k = 0; !at_end(s, k + 2, len); k++)
+        if ((s[k] | 0x20) == 'u' && s[k + 1] == '&' && s[k + 2] == '"' &&
+            (k == 0 || !sql_ident_char(s[k - 1])))
+            return true;
     while (!at_end(s, i, len)) {
         size_t end = i;
         while (!at_end(s, end, len) && sql_ident_char(s[end]))

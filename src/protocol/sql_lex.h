@@ -43,7 +43,20 @@ size_t sql_skip_space(const char *s, size_t i, size_t len);
 bool sql_temp_schema_word(const char *s, size_t n);
 /* Does the text name the temporary schema as a word anywhere (in a literal, a quoted name, a
  * list like "public, pg_temp")? What a search_path set to it makes, a plain CREATE included,
- * is temporary. */
+ * is temporary. A U&"..." name anywhere counts (its escapes may spell it). */
 bool sql_names_temp_schema(const char *s, size_t len);
+/* The quoted name s[i..past) (s[i] is its '"'), when it is a U&"..." name: what Postgres reads
+ * it as, its escapes (\0070, \+000070, or another escape character after UESCAPE) decoded, into
+ * out (cap bytes, NUL-terminated; a character past ASCII becomes the byte 0x80). *after (may be
+ * NULL): past its UESCAPE 'c' clause, if any, else past. */
+enum sql_unicode_name {
+    SQL_UNICODE_NONE,   /* not a U&"..." name */
+    SQL_UNICODE_READ,   /* out holds it */
+    SQL_UNICODE_UNREAD, /* one sluice does not decode (too long, a bad escape): may be any */
+};
+enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, size_t len, char *out,
+                                       size_t cap, size_t *after);
+/* Is that U&"..." name the temporary schema's, or one sluice does not decode? */
+bool sql_unicode_name_may_hide(const char *s, size_t i, size_t past, size_t len, size_t *after);
 
 #endif

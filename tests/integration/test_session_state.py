@@ -395,6 +395,15 @@ def test_a_reset_pipelined_with_other_queries_still_answers_them_all(start_sluic
 # ---- a change sluice cannot name: the server is reset before anyone else gets it ----
 
 SESSION_LEAKS = [
+    # the view's rule runs set_config(name, setting, false) for each row
+    "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+    "UPDATE ONLY pg_catalog . \"pg_settings\" SET setting = 'evil' WHERE name = 'search_path'",
+    "EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+    "UPDATE U&\"pg_catalo\\0067\".U&\"pg\\005fsettings\" SET setting = 'evil'"
+    " WHERE name = 'search_path'",
+    # a function name spelled with Unicode escapes, which Postgres decodes
+    "SELECT U&\"set\\005fconfig\"('search_path', 'evil', false)",
+    "SELECT pg_catalog.U&\"set!005fconfig\" UESCAPE '!' ('role', 'app2', false)",
     "SET ROLE app2",
     "SET SESSION ROLE app2",
     'SET "role" TO app2',
@@ -471,8 +480,15 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
         with s.connect() as b:
             with pytest.raises(psycopg.Error):
                 b.execute(use)
+    # a comment in place of each space between DECLARE's words
+    with s.connect() as a:
+        a.execute("DECLARE c/**/NO/**/SCROLL/**/CURSOR/**/WITH/**/HOLD/**/FOR SELECT 'A-cursor'")
+    with s.connect() as b:
+        assert b.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
     for sql in ["LISTEN a_channel", "SELECT pg_advisory_lock(4242)",
-                "SELECT pg_advisory_lock /* the lock */ (4243)"]:
+                "SELECT pg_advisory_lock /* the lock */ (4243)",
+                "SELECT U&\"pg\\005fadvisory\\005flock\"(4244)",
+                "SELECT U&\"pg_try_advisory_lock_shar\\+000065d\"(4245)"]:
         with s.connect() as a:
             a.execute(sql)
         with s.connect() as b:
@@ -493,6 +509,10 @@ TEMP_OBJECTS = [
     "EXPLAIN ANALYZE CREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
     "EXPLAIN (ANALYZE, COSTS OFF) SELECT 'A-secret' AS x INTO TEMP tt",
     "-- it's the cache\nCREATE TEMP TABLE tt AS SELECT 'A-secret' AS x",
+    # Postgres decodes a U&"..." name's escapes before it looks the schema up
+    "CREATE TABLE U&\"pg_tem\\0070\".tt AS SELECT 'A-secret' AS x",
+    "CREATE TABLE U&\"pg!005ftemp\" UESCAPE '!' . tt AS SELECT 'A-secret' AS x",
+    "SELECT 'A-secret' AS x INTO u&\"pg\\+00005ftemp\".tt",
 ]
 
 
@@ -520,6 +540,7 @@ TEMP_SEARCH_PATHS = [
     "SELECT set_config('search_path', 'pg_temp', true)",
     "SELECT set_config('search_path', 'pg_temp,public', false)",
     "SELECT set_config('search_path', concat('pg_', 'temp'), true)",
+    "SET LOCAL search_path = U&\"pg\\005ftemp\"",
 ]
 
 
@@ -592,7 +613,9 @@ LONG_TEXT_TAILS = ["SELECT pg_advisory_lock(4242)", "SELECT pg_try_advisory_lock
                    "CREATE OR REPLACE TEMPORARY VIEW tt AS SELECT 1",
                    "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1",
                    "SELECT 1 AS a INTO TEMP tt", "CREATE TABLE pg_temp.tt (a int)",
-                   "SET ROLE app2"]
+                   "SET ROLE app2", "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+                   "CREATE TABLE U&\"pg_tem\\0070\".tt (a int)",
+                   "SELECT U&\"pg\\005fadvisory\\005flock\"(4242)"]
 
 
 @pytest.mark.parametrize("tail", LONG_TEXT_TAILS)
@@ -613,8 +636,8 @@ def test_session_objects_at_the_end_of_a_text_longer_than_the_buffer_never_reach
             "  AND pid = pg_backend_pid()),"
             " (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),"
             " (SELECT count(*) FROM pg_cursors), (SELECT count(*) FROM pg_prepared_statements),"
-            " current_user").fetchone()
-    assert row == (0, 0, 0, 0, 0, "app")
+            " current_user, current_setting('search_path')").fetchone()
+    assert row == (0, 0, 0, 0, 0, "app", "\"$user\", public")
 
 
 def test_an_insert_into_a_table_named_temp_is_no_temporary_object(start_sluice, pg):
@@ -817,7 +840,7 @@ def test_refuse_behind_unanswered_requests_answers_as_postgres_does(start_sluice
 
 REFUSED_FEATURES = ["LISTEN ch", "SELECT pg_advisory_lock(42)",
                     "DECLARE cur CURSOR WITH HOLD FOR SELECT 1", "CREATE TEMP TABLE tt (i int)",
-                    "SET ROLE app", "PREPARE p AS SELECT 1"]
+                    "SET ROLE app", "PREPARE p AS SELECT 1", "LOAD 'auto_explain'"]
 
 
 def test_every_refusal_in_a_transaction_is_the_same_error_as_outside_it(start_sluice):
@@ -843,3 +866,89 @@ def test_every_refusal_in_a_transaction_is_the_same_error_as_outside_it(start_sl
         assert c.query("SELECT 1") == ([["1"]], ["SELECT 1"])
     finally:
         c.close()
+
+
+# ---- LOAD: a shared library stays in its backend for the backend's life ------------------------
+#
+# No reset undoes a LOAD (DISCARD ALL leaves the library, its hooks and its parameters), so the
+# next client of the server ran with it: auto_explain's parameters defined, its plans logged. The
+# oracle: a library's parameter is undefined in a fresh Postgres session.
+
+LIBRARY_PARAM = "SELECT current_setting('auto_explain.log_min_duration', true)"
+
+
+@pytest.fixture
+def app_is_superuser(pg):
+    """LOAD of a library outside $libdir/plugins takes a superuser: app is one for the test."""
+    with pg.superuser() as c:
+        c.execute("ALTER ROLE app SUPERUSER")
+    yield
+    with pg.superuser() as c:
+        c.execute("ALTER ROLE app NOSUPERUSER")
+
+
+def test_postgres_keeps_a_loaded_library_for_the_session_only(pg, app_is_superuser):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as a:
+        assert a.execute(LIBRARY_PARAM).fetchone() == (None,)
+        a.execute("LOAD 'auto_explain'")
+        a.execute("DISCARD ALL")
+        assert a.execute(LIBRARY_PARAM).fetchone() == ("-1",), "DISCARD ALL unloaded it"
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as b:
+        assert b.execute(LIBRARY_PARAM).fetchone() == (None,)
+
+
+def load_by_query(conn, sql):
+    conn.execute(sql)
+
+
+def load_in_a_transaction(conn, sql):
+    with conn.transaction():
+        conn.execute("SELECT 1")
+        conn.execute(sql)
+
+
+def load_after_a_long_text(conn, sql):
+    """A Query longer than pkt_buf: the inspector sees its start, the stream watch the rest."""
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute(f"SELECT length('{'y' * 40000}'); {sql}")
+
+
+def load_by_extended_protocol(conn, sql):
+    conn.execute(sql, prepare=False)
+
+
+def load_by_named_statement(conn, sql):
+    """Parse of a named statement, then Bind/Execute of it (psycopg's prepare)."""
+    conn.execute(sql, prepare=True)
+
+
+LOADS = [load_by_query, load_in_a_transaction, load_after_a_long_text,
+         load_by_extended_protocol, load_by_named_statement]
+
+
+@pytest.mark.parametrize("policy", ["warn", "pin"])
+@pytest.mark.parametrize("load", LOADS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("sql", ["LOAD 'auto_explain'", "/* plans */ load'auto_explain'"])
+def test_a_loaded_library_never_reaches_the_next_client(start_sluice, app_is_superuser, policy,
+                                                        load, sql):
+    """The server a client LOADed a library on is closed when it is released (warn: at the end
+    of the transaction; pin: when the client leaves): DISCARD ALL cannot unload it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": policy})
+    with s.connect() as a:
+        load(a, sql)
+        # (past a long text's start no policy applies: the server is closed all the same)
+        if policy == "pin" and load is not load_after_a_long_text:
+            assert a.execute(LIBRARY_PARAM).fetchone() == ("-1",), "the pinned client lost it"
+    with s.connect() as b:
+        assert b.execute(LIBRARY_PARAM).fetchone() == (None,), f"B runs with A's {sql}"
+
+
+def test_refuse_policy_refuses_load(start_sluice, app_is_superuser):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            a.execute("LOAD 'auto_explain'")
+        assert "LOAD" in str(e.value)
+        assert a.execute(LIBRARY_PARAM).fetchone() == (None,)

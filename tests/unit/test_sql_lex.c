@@ -24,6 +24,24 @@ static size_t skip(const char *text, size_t i, unsigned bs, bool *ended)
     return past;
 }
 
+/* sql_unicode_name of the quoted name at text[i] (an exact-size copy, as skip's): the kind, the
+ * decoded name in out, and the text after it (past a UESCAPE clause) in *after_text. */
+static enum sql_unicode_name unicode(const char *text, size_t i, char *out, size_t cap,
+                                     const char **after_text)
+{
+    size_t n = strlen(text);
+    char *copy = malloc(n ? n : 1);
+    if (!copy)
+        exit(2);
+    memcpy(copy, text, n);
+    bool ended;
+    size_t past = sql_skip_lexeme(copy, i, n, SQL_READ_STANDARD, &ended, NULL), after;
+    enum sql_unicode_name k = sql_unicode_name(copy, i, past, n, out, cap, &after);
+    free(copy);
+    *after_text = text + after;
+    return k;
+}
+
 /* The rest of text after the lexeme at i, with the setting's reading, as a string. */
 static const char *rest(const char *text, size_t i, unsigned bs)
 {
@@ -115,5 +133,30 @@ int main(void)
     CHECK(!sql_names_temp_schema("TO pg_temporary, my_pg_temp, pg_temp$x", 38));
     CHECK(!sql_names_temp_schema("x pg_temp", 5)); /* past len */
     CHECK(!sql_names_temp_schema("x\0pg_temp", 9)); /* past a NUL */
+    CHECK(sql_names_temp_schema("TO U&\"x\"", 9));  /* a U& name may spell it */
+    /* U&"..." names as Postgres decodes them */
+    {
+        char name[32];
+        const char *after;
+        CHECK_INT(unicode("U&\"pg\\005ftemp\".t", 2, name, sizeof name, &after), SQL_UNICODE_READ);
+        CHECK_STR(name, "pg_temp");
+        CHECK_STR(after, ".t");
+        CHECK_INT(unicode("u&\"set\\+00005fconfig\"(", 2, name, sizeof name, &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "set_config");
+        CHECK_INT(unicode("U&\"a!0062\\\"\"c!!\" UESCAPE '!' (", 2, name, sizeof name, &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "ab\\\"c!");
+        CHECK_STR(after, " (");
+        CHECK_INT(unicode("U&\"\\00e9\"", 2, name, sizeof name, &after), SQL_UNICODE_READ);
+        CHECK_STR(name, "\x80"); /* past ASCII: in no name looked for */
+        CHECK_INT(unicode("U&\"\\00\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"x\" UESCAPE ''''", 2, name, sizeof name, &after),
+                  SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"abcdef\"", 2, name, 4, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("XU&\"pg_temp\"", 3, name, sizeof name, &after), SQL_UNICODE_NONE);
+        CHECK_INT(unicode("\"pg_temp\"", 0, name, sizeof name, &after), SQL_UNICODE_NONE);
+        CHECK_INT(unicode("U&\"x\" UESCAPE", 2, name, sizeof name, &after), SQL_UNICODE_READ);
+    }
     return CHECK_DONE();
 }
