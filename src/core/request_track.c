@@ -58,8 +58,9 @@ static bool inspect_session_text(struct client *c, struct server *s, uint8_t typ
         at = (uint32_t)(nul - body) + 1;
     }
     struct param_touch touch;
-    (void)session_state_detect((const char *)body + at, len - at, &touch,
-                               session_effects_reading(c, s));
+    const char *text = (const char *)body + at;
+    (void)session_state_detect(text, len - at, &touch,
+                               session_effects_reading(c, s, text, len - at));
     login_reset_note(s, c, &touch.reset);
     return true;
 }

@@ -320,8 +320,15 @@ void session_effects_on_lease(const struct client *c, struct server *s)
         s->session = SERVER_SESSION_UNKNOWN;
 }
 
-unsigned session_effects_reading(const struct client *c, const struct server *s)
+unsigned session_effects_reading(const struct client *c, const struct server *s, const char *sql,
+                                 size_t len)
 {
+    /* Both readings differ from the standard one only at a backslash in a literal: a trail
+     * byte of SJIS, BIG5, GBK, UHC, GB18030 or JOHAB is never a quote (a text with one is not
+     * valid in its encoding, and Postgres refuses it whole). Most texts have none, and need no
+     * lookup of the parameters. */
+    if (!memchr(sql, '\\', len))
+        return SQL_READ_STANDARD;
     /* the client's own value, or the pool's (its welcome), which its server has */
     const char *scs = params_get(&c->params, "standard_conforming_strings");
     if (!scs)
@@ -347,7 +354,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
                                          const char *sql, size_t len, uint32_t body_len,
                                          struct param_touch *touch, struct client_failure *fail)
 {
-    enum session_feature f = session_state_detect(sql, len, touch, session_effects_reading(c, s));
+    enum session_feature f = session_state_detect(sql, len, touch, session_effects_reading(c, s, sql, len));
     bool followed = follow_set(c, s, type, sql, len, body_len, touch);
     if (f == SESSION_FEATURE_NONE || (f == SESSION_FEATURE_SET && followed))
         return TRACK_PASS;
@@ -378,7 +385,7 @@ void session_effects_run_statement(struct client *c, struct server *s, const str
     const char *text = def->len > 1 ? (const char *)def->data + 1 : "";
     size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
     struct param_touch touch;
-    enum session_feature f = session_state_detect(text, len, &touch, session_effects_reading(c, s));
+    enum session_feature f = session_state_detect(text, len, &touch, session_effects_reading(c, s, text, len));
     note_session_objects(s, f); /* a LOAD's server too, on whichever server it runs */
     if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
         (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {

@@ -43,9 +43,11 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
  * plain CREATE, which only a full reset drops: s gets one before it serves again. */
 void session_effects_on_lease(const struct client *c, struct server *s);
 
-/* How the client's SQL text reads (enum sql_reading, for session_state_detect): its
- * standard_conforming_strings and client_encoding as the client or else its server has them. */
-unsigned session_effects_reading(const struct client *c, const struct server *s);
+/* How the client's SQL text sql (len bytes) reads (enum sql_reading, for session_state_detect):
+ * its standard_conforming_strings and client_encoding as the client or else its server has
+ * them; SQL_READ_STANDARD for a text without a backslash, which every reading splits alike. */
+unsigned session_effects_reading(const struct client *c, const struct server *s, const char *sql,
+                                 size_t len);
 
 /* What running the statement text sql (len bytes) does past its transaction, for a named
  * statement to carry to each of its runs (session_effects_run_unread). */
