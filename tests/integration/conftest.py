@@ -441,14 +441,23 @@ def table(pg):
 
 
 
+@contextlib.contextmanager
+def superuser_change(pg, do, undo):
+    """Postgres changed by the superuser statement `do` while the block runs, `undo` after."""
+    with pg.superuser() as c:
+        c.execute(do)
+    try:
+        yield
+    finally:
+        with pg.superuser() as c:
+            c.execute(undo)
+
+
 @pytest.fixture
 def app_may_become_app2(pg):
     """app is granted membership of app2 (SET ROLE app2) for the test."""
-    with pg.superuser() as c:
-        c.execute("GRANT app2 TO app")
-    yield
-    with pg.superuser() as c:
-        c.execute("REVOKE app2 FROM app")
+    with superuser_change(pg, "GRANT app2 TO app", "REVOKE app2 FROM app"):
+        yield
 
 # ---- running client tools -----------------------------------------------------------------------
 

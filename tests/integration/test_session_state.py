@@ -8,7 +8,7 @@ import struct
 import psycopg
 import pytest
 
-from conftest import APP_PASSWORD
+from conftest import APP_PASSWORD, superuser_change
 from pgwire import (RawConn, ServerError, bind_msg, describe_msg, execute_msg, message,
                     parse_data_row, parse_fields, parse_msg, query_msg, raw_login, startup_packet,
                     sync_msg)
@@ -880,11 +880,8 @@ LIBRARY_PARAM = "SELECT current_setting('auto_explain.log_min_duration', true)"
 @pytest.fixture
 def app_is_superuser(pg):
     """LOAD of a library outside $libdir/plugins takes a superuser: app is one for the test."""
-    with pg.superuser() as c:
-        c.execute("ALTER ROLE app SUPERUSER")
-    yield
-    with pg.superuser() as c:
-        c.execute("ALTER ROLE app NOSUPERUSER")
+    with superuser_change(pg, "ALTER ROLE app SUPERUSER", "ALTER ROLE app NOSUPERUSER"):
+        yield
 
 
 def test_postgres_keeps_a_loaded_library_for_the_session_only(pg, app_is_superuser):
