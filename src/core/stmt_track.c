@@ -217,13 +217,16 @@ static enum track_result ensure_described(struct client *c, struct server *s,
 {
     struct stmt_def *mine = entry->def;
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    /* In a failed transaction the server refuses any Parse (25P02), and Postgres refuses the
-     * Describe of a statement that returns rows before it sends the types: as before. (One
-     * that returns none it describes there; the server, lacking it, cannot.) */
-    if (s->txn_status == 'E')
+    bool stand_in_answers = mine->result == STMT_RESULT_NONE && mine->params &&
+                            !(theirs && stmt_def_equal(theirs->def, mine));
+    /* In a failed transaction the server refuses a Parse of any text but the empty one and a
+     * transaction's end (25P02), and Postgres refuses the Describe of a statement that returns
+     * rows before it sends the types: the client's text prepared again gets that refusal, as on
+     * Postgres. One that returns none Postgres describes there (exec_describe_statement_message
+     * refuses only a statement with a result), and so does the server its typed stand-in. */
+    if (s->txn_status == 'E' && !stand_in_answers)
         return ensure_prepared(c, s, mine, entry->shape, name, STMT_RUN, changed, fail);
-    if (mine->result != STMT_RESULT_NONE || !mine->params ||
-        (theirs && stmt_def_equal(theirs->def, mine)))
+    if (!stand_in_answers)
         return ensure_prepared(c, s, mine, entry->shape, name, STMT_DESCRIBE, changed, fail);
     struct stmt_def *typed = stmt_def_stand_in_typed(mine);
     if (!typed) {

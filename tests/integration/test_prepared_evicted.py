@@ -231,6 +231,32 @@ def describes_of_statements_whose_table_was_dropped(c):
                        + execute_msg() + sync_msg())])
 
 
+def describes_in_a_failed_transaction(c):
+    """In a failed transaction Postgres refuses the Describe of a statement with a result
+    (25P02) but describes one without (ParameterDescription with the types of its Parse,
+    NoData), whether or not its table is still there; the statement runs after the ROLLBACK."""
+    def answers(data):
+        c.send(data)
+        seen = []
+        while True:
+            t, p = c.read_message()
+            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
+            if t == "Z":
+                return seen
+    def failed():
+        return [q(c, "BEGIN"), q(c, "SELECT 1/0")]
+    return (make_table(c)
+            + [batch(c, parse_msg("f1", "INSERT INTO t_ev VALUES ($1)")
+                     + parse_msg("f2", "SELECT 1 WHERE false") + sync_msg())]
+            + evict(c) + failed()
+            + [answers(describe_msg("S", "f1") + sync_msg()),
+               answers(describe_msg("S", "f2") + describe_msg("S", "f1") + sync_msg()),
+               q(c, "ROLLBACK"), batch(c, bind_msg("", "f1", ["3"]) + execute_msg() + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c) + failed()
+            + [answers(describe_msg("S", "f1") + sync_msg()), q(c, "ROLLBACK"),
+               answers(describe_msg("S", "f1") + sync_msg())])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -238,7 +264,8 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              parse_of_a_taken_name_and_deallocate_by_protocol,
              long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
              long_executes_of_a_statement_the_backend_lacks,
-             describes_of_statements_whose_table_was_dropped]
+             describes_of_statements_whose_table_was_dropped,
+             describes_in_a_failed_transaction]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
