@@ -533,6 +533,18 @@ static enum track_result hide_others_statement(struct client *c, struct server *
     return TRACK_PASS;
 }
 
+/* An unnamed Parse's EXECUTE of the client's statement: Postgres parses it without looking the
+ * statement up; its Bind looks it up, and its Execute or a Describe revalidates it (and fails
+ * there when its table was dropped since). So sluice prepares the statement at the unnamed
+ * statement's Bind or Describe (use_unnamed), where a failed re-prepare's error takes the
+ * place of that message's answer, and the Parse (alone, a driver's PQprepare) succeeds as on
+ * Postgres, leaving a transaction block as it was. */
+static void note_unnamed_executes(struct server *s, const char *name, const char *server_name)
+{
+    snprintf(s->unnamed_executes, sizeof(s->unnamed_executes), "%s", name);
+    snprintf(s->unnamed_executes_as, sizeof(s->unnamed_executes_as), "%s", server_name);
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
@@ -551,7 +563,6 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
-    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
@@ -561,11 +572,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
-        if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0          ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                : kind == SQL_EXECUTE ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
-                                                        STMT_RUN, &changed, fail)
-                                      : ensure_named(c, s, mine, sn.name, fail);
+        if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 1 && kind == SQL_EXECUTE)
+            note_unnamed_executes(s, name_buf, sn.name);
+        else if (r == TRACK_PASS && s->txn_status != 'E')
+            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
+                             : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -792,6 +803,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (body[0] == '\0') { /* the unnamed statement: passes through */
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
+        s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
@@ -910,13 +922,37 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }
 
+/* A Bind or Describe of the client's unnamed statement that EXECUTEs the client's statement
+ * (note_unnamed_executes): the server gets that statement first, if it lacks it (another of the
+ * client's evicted it since, too). One the client closed or prepared again under its name
+ * since is not prepared: the server refuses the Bind (26000), as Postgres refuses the first. In
+ * a failed transaction the server refuses the Bind or Describe itself (25P02). */
+static enum track_result prepare_unnamed_executes(struct client *c, struct server *s,
+                                                  struct client_failure *fail)
+{
+    if (!s->unnamed_executes[0] || s->txn_status == 'E')
+        return TRACK_PASS;
+    struct stmt_def *mine = client_def(c, s->unnamed_executes);
+    if (!mine)
+        return TRACK_PASS;
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, mine,
+                          strlen(s->unnamed_executes) >= STMT_KEY_MAX ? STMT_NAME_CUT
+                                                                      : STMT_NAME_WHOLE);
+    if (strcmp(sn.name, s->unnamed_executes_as) != 0)
+        return TRACK_PASS;
+    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
+    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, STMT_RUN, &changed, fail);
+}
+
 /* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
  * on, it would run that client's statement. Closed first, the server answers as Postgres
  * answers a client that has none (26000). */
-static enum track_result use_unnamed(struct client *c, struct server *s)
+static enum track_result use_unnamed(struct client *c, struct server *s,
+                                     struct client_failure *fail)
 {
     if (s->unnamed_of == c->id)
-        return TRACK_PASS;
+        return prepare_unnamed_executes(c, s, fail);
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, "", true);
@@ -1119,7 +1155,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     }
     bool statement = type == 'B' || body[0] == 'S';
     if (statement && !name[0] && type != 'C')
-        return use_unnamed(c, s);
+        return use_unnamed(c, s, fail);
     if (statement && !name[0])
         s->unnamed_of = 0;
     if (!statement || !name[0]) {

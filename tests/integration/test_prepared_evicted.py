@@ -257,6 +257,25 @@ def describes_in_a_failed_transaction(c):
                answers(describe_msg("S", "f1") + sync_msg())])
 
 
+def unnamed_parses_of_an_execute(c):
+    """Postgres parses an unnamed EXECUTE (EXPLAIN EXECUTE) of a statement without looking the
+    statement up; a Bind of it finds the statement, which runs (or fails, its table dropped
+    since: sluice's error comes at the Bind, without its BindComplete, docs/pool-modes.md). Its
+    Parse alone succeeds, in a transaction block too, whose next statement runs; its Bind after
+    the statement was evicted runs it."""
+    execute = parse_msg("", "EXECUTE u1(1)")
+    run = bind_msg("", "") + execute_msg() + sync_msg()
+    return (make_table(c)
+            + [batch(c, parse_msg("u1", "SELECT a FROM t_ev WHERE a = $1") + sync_msg())]
+            + evict(c) + [batch(c, execute + sync_msg())] + evict(c) + [batch(c, run)]
+            + [batch(c, parse_msg("", "EXPLAIN (COSTS OFF) EXECUTE u1(1)") + sync_msg())]
+            + evict(c) + [batch(c, run), q(c, "BEGIN"), batch(c, execute + sync_msg())] + evict(c)
+            + [batch(c, run), q(c, "SELECT 1"), q(c, "COMMIT")]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "BEGIN"), batch(c, execute + sync_msg()), q(c, "SELECT 2"), q(c, "ROLLBACK"),
+               batch(c, execute + sync_msg())])
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -265,7 +284,7 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
              long_executes_of_a_statement_the_backend_lacks,
              describes_of_statements_whose_table_was_dropped,
-             describes_in_a_failed_transaction]
+             describes_in_a_failed_transaction, unnamed_parses_of_an_execute]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
