@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "link.h"
 #include "pool.h"
 #include "server.h"
 #include "session_effects.h"
@@ -442,12 +443,23 @@ static void forget_on_server(struct server *s, const char *name)
  * byte from 0x80 up two bytes), or bytes sluice cuts as they are (any other pair). */
 enum name_bytes { NAME_BYTES_AS_SENT, NAME_BYTES_UTF8, NAME_BYTES_LATIN1_TO_UTF8 };
 
+/* The client_encoding the server reads the client's text and names in (NULL: not known): the
+ * client's own, or the one its server is given for a client that set none (which s->params
+ * may not show yet: another client's, until the server answers sluice's sync). */
+static const char *client_encoding_of(const struct client *c, const struct server *s)
+{
+    const char *client = params_get(&c->params, "client_encoding");
+    if (!client)
+        client = params_get(link_sync_base(c, s), "client_encoding");
+    if (!client)
+        client = params_get(&s->params, "client_encoding");
+    return client;
+}
+
 static enum name_bytes name_bytes_of(const struct client *c, const struct server *s)
 {
     const char *server = params_get(&s->params, "server_encoding");
-    const char *client = params_get(&c->params, "client_encoding");
-    if (!client) /* the client never set it: the pool's, which the server has */
-        client = params_get(&s->params, "client_encoding");
+    const char *client = client_encoding_of(c, s);
     if (!server || !client || strcmp(server, "UTF8") != 0)
         return NAME_BYTES_AS_SENT;
     if (strcmp(client, "UTF8") == 0 || strcmp(client, "SQL_ASCII") == 0)
@@ -850,7 +862,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
-        streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);
+        streamed ? stmt_def_alloc(len - key_len, client_encoding_of(c, s))
+                 : stmt_def_new(body + key_len, len - key_len, client_encoding_of(c, s));
     if (!def) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;

@@ -13,17 +13,21 @@
 #include <string.h>
 #include <strings.h>
 
-static uint32_t hash_bytes(const void *p, size_t n)
+static uint32_t hash_more(uint32_t h, const void *p, size_t n)
 {
-    /* FNV-1a: names and definitions are short, and this is not exposed to collisions that
-     * matter (a collision only costs a string compare). */
     const uint8_t *b = p;
-    uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
         h ^= b[i];
         h *= 16777619u;
     }
     return h;
+}
+
+static uint32_t hash_bytes(const void *p, size_t n)
+{
+    /* FNV-1a: names and definitions are short, and this is not exposed to collisions that
+     * matter (a collision only costs a string compare). */
+    return hash_more(2166136261u, p, n);
 }
 
 /* Every worker's clients together: one process-wide bound. A relaxed atomic, touched when a
@@ -41,13 +45,14 @@ uint64_t stmt_client_text_bytes(void)
  * given twice. */
 static atomic_uint_fast64_t streamed_defs;
 
-struct stmt_def *stmt_def_alloc(uint32_t len)
+struct stmt_def *stmt_def_alloc(uint32_t len, const char *encoding)
 {
     struct stmt_def *d = malloc(sizeof(*d) + len);
     if (!d)
         return NULL;
     atomic_init(&d->refs, 1);
     d->len = len;
+    snprintf(d->encoding, sizeof(d->encoding), "%s", encoding ? encoding : "");
     d->hash = 0;
     d->effect = STMT_EFFECT_NONE;
     d->params = NULL;
@@ -57,14 +62,30 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     return d;
 }
 
-void stmt_def_seal(struct stmt_def *d)
+/* Does d's text (after the name's rest and its NUL, up to its own) hold a byte from 0x80 up?
+ * Every client encoding Postgres offers reads the bytes below as ASCII (a multi-byte character
+ * starts from 0x80 up), so a text without such a byte is the same text in any of them. */
+static bool text_beyond_ascii(const struct stmt_def *d)
 {
-    d->hash = hash_bytes(d->data, d->len);
+    const uint8_t *name_end = memchr(d->data, '\0', d->len);
+    if (!name_end)
+        return false;
+    for (const uint8_t *p = name_end + 1; p < d->data + d->len && *p; p++)
+        if (*p >= 0x80)
+            return true;
+    return false;
 }
 
-struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+void stmt_def_seal(struct stmt_def *d)
 {
-    struct stmt_def *d = stmt_def_alloc(len);
+    if (!text_beyond_ascii(d))
+        d->encoding[0] = '\0';
+    d->hash = hash_more(hash_bytes(d->data, d->len), d->encoding, strlen(d->encoding));
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len, const char *encoding)
+{
+    struct stmt_def *d = stmt_def_alloc(len, encoding);
     if (!d)
         return NULL;
     memcpy(d->data, data, len);
@@ -78,7 +99,7 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
 struct stmt_def *stmt_def_stand_in(void)
 {
     static const uint8_t empty[] = {0, 0, 0, 0}; /* the name's end, the text "", no types */
-    return stmt_def_new(empty, sizeof(empty));
+    return stmt_def_new(empty, sizeof(empty), NULL);
 }
 
 struct stmt_def *stmt_def_stand_in_typed(const struct stmt_def *d)
@@ -135,7 +156,8 @@ bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
 {
     if (a == b)
         return a != NULL;
-    return a && b && a->hash == b->hash && a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+    return a && b && a->hash == b->hash && a->len == b->len &&
+           memcmp(a->data, b->data, a->len) == 0 && strcmp(a->encoding, b->encoding) == 0;
 }
 
 void stmt_map_init(struct stmt_map *m)

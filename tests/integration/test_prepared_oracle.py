@@ -340,3 +340,34 @@ def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
         lambda c: (latin1_names(c) + latin1_long_sql_names(c) + latin1_long_protocol_names(c)
                    + latin1_long_protocol_names_in_messages_larger_than_the_buffer(c)),
         client_encoding="LATIN1")
+
+
+def one_text_in_two_encodings(latin1, utf8):
+    """The same bytes (C3 A9) as a LATIN1 client's text ('Ã©') and a UTF8 client's ('é'): two
+    statements on Postgres, each client reading its own back; through sluice too, with both
+    clients on one server, whichever prepared it first there. Each client's name is also
+    prepared in the other's encoding, with a long name (the text after the name's rest)."""
+    text = b"SELECT '\xc3\xa9' AS x"
+    long_name = b"n" * 70
+    return [batch(latin1, raw_parse(b"x", text) + sync_msg()),
+            batch(utf8, raw_parse(b"y", text) + sync_msg()),
+            batch(latin1, raw_bind_run(b"x")), batch(utf8, raw_bind_run(b"y")),
+            batch(utf8, raw_parse(long_name, text) + sync_msg()),
+            batch(latin1, raw_parse(long_name, text) + sync_msg()),
+            batch(utf8, raw_bind_run(long_name)), batch(latin1, raw_bind_run(long_name)),
+            batch(latin1, raw_bind_run(b"x")), batch(utf8, raw_bind_run(b"y"))]
+
+
+def test_one_text_sent_in_two_encodings_is_two_statements(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    seen = {}
+    for where, port, login in (("postgres", pg.port, {"password": "apppass"}),
+                               ("sluice", s.port, {})):
+        latin1 = raw_login(port, client_encoding="LATIN1", **login)
+        utf8 = raw_login(port, **login)
+        try:
+            seen[where] = one_text_in_two_encodings(latin1, utf8)
+        finally:
+            latin1.close()
+            utf8.close()
+    assert seen["sluice"] == seen["postgres"]
