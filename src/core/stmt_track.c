@@ -43,6 +43,54 @@ static enum track_result queue_request(struct server *s, enum stmt_req kind, con
     return queued(stmt_queue_push(&s->reqs, kind, name), fail);
 }
 
+/* The client_encoding the server reads the client's text and names in (NULL: not known): the
+ * client's own, or the one its server is given for a client that set none (which s->params
+ * may not show yet: another client's, until the server answers sluice's sync). */
+static const char *client_encoding_of(const struct client *c, const struct server *s)
+{
+    const char *client = params_get(&c->params, "client_encoding");
+    if (!client)
+        client = params_get(link_sync_base(c, s), "client_encoding");
+    if (!client)
+        client = params_get(&s->params, "client_encoding");
+    return client;
+}
+
+/* Whether sluice can prepare the client's statement `def` again on s: its text goes in the
+ * client_encoding the server reads it in now (prepared_put_parse), converted from the one of
+ * the client's Parse. A text with a character the client's encoding of the moment lacks (it
+ * changed client_encoding since) cannot say what Postgres, which converted it at the Parse,
+ * keeps: the client is failed (22P05) before anything of the preparation is sent, rather than
+ * given a statement that reads otherwise. */
+static enum track_result can_prepare_again(const struct client *c, const struct server *s,
+                                           const struct stmt_def *def, const char *name,
+                                           struct client_failure *fail)
+{
+    const char *now = client_encoding_of(c, s);
+    int rc = prepared_parse_readable(def, now);
+    if (rc == 0)
+        return TRACK_PASS;
+    if (rc == -ENOMEM) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    const char *client_name = stmt_map_name_of(c->stmts, name);
+    char detail[sizeof(fail->detail)];
+    snprintf(detail, sizeof(detail), "\"%.63s\" was sent in %.23s; the session now uses %.23s",
+             client_name ? client_name : name, def->encoding, now ? now : "another");
+    fail_session(fail, FAIL_STATEMENT_UNTRANSLATABLE, detail);
+    return TRACK_FAILED;
+}
+
+/* sluice's Parse of def under name, in the client_encoding the server reads it in
+ * (can_prepare_again said it can be). */
+static void put_parse(const struct client *c, struct server *s, const char *name,
+                      const struct stmt_def *def)
+{
+    if (prepared_put_parse(&s->out, name, def, client_encoding_of(c, s)) < 0)
+        s->close_when_free = true; /* out of memory since the check: what follows is unknown */
+}
+
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
@@ -178,6 +226,8 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
             break;
         }
     }
+    if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
@@ -186,7 +236,7 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
         if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
             return TRACK_FAILED;
     }
-    prepared_put_parse(&s->out, name, mine);
+    put_parse(c, s, name, mine);
     if ((use == STMT_DESCRIBE
              ? queued(stmt_queue_push_parse_for_describe(&s->reqs, name, mine), fail)
              : queue_request(s, REQ_PARSE_OURS, name, fail)) != TRACK_PASS)
@@ -322,13 +372,15 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
         s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
         return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     }
+    if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     prepared_put_mark(&s->out);
     if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
         return TRACK_FAILED;
     free_name_on_server(s, name, theirs != NULL);
-    prepared_put_parse(&s->out, name, mine);
+    put_parse(c, s, name, mine);
     if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (!stmt_map_put(&s->stmts, name, mine)) {
@@ -360,6 +412,8 @@ static enum track_result prepare_for_query(struct client *c, struct server *s, s
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, def))
         return TRACK_PASS;
+    if (can_prepare_again(c, s, def, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     int max = (int)c->worker->cfg->max_prepared_statements;
@@ -370,7 +424,7 @@ static enum track_result prepare_for_query(struct client *c, struct server *s, s
     }
     if (theirs)
         prepared_put_close(&s->out, name);
-    prepared_put_parse(&s->out, name, def);
+    put_parse(c, s, name, def);
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     s->swallow++;
@@ -442,19 +496,6 @@ static void forget_on_server(struct server *s, const char *name)
  * client SQL_ASCII, whose text the server checks as its own), LATIN1 that becomes UTF-8 (each
  * byte from 0x80 up two bytes), or bytes sluice cuts as they are (any other pair). */
 enum name_bytes { NAME_BYTES_AS_SENT, NAME_BYTES_UTF8, NAME_BYTES_LATIN1_TO_UTF8 };
-
-/* The client_encoding the server reads the client's text and names in (NULL: not known): the
- * client's own, or the one its server is given for a client that set none (which s->params
- * may not show yet: another client's, until the server answers sluice's sync). */
-static const char *client_encoding_of(const struct client *c, const struct server *s)
-{
-    const char *client = params_get(&c->params, "client_encoding");
-    if (!client)
-        client = params_get(link_sync_base(c, s), "client_encoding");
-    if (!client)
-        client = params_get(&s->params, "client_encoding");
-    return client;
-}
 
 static enum name_bytes name_bytes_of(const struct client *c, const struct server *s)
 {

@@ -3,6 +3,7 @@
  * bookkeeping so that it can be unit-tested without sockets. */
 #include "prepared.h"
 #include "sql_lex.h"
+#include "text_encoding.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1012,30 +1013,77 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 
 /* ---- injected messages ---- */
 
-void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
+/* def's text as the server reads it in read_in (see prepared_put_parse): 0, and a new buffer
+ * in *converted when it must be converted (else NULL: its bytes as sent), or the failure. */
+static int text_read_in(const struct stmt_def *def, const char *read_in, const uint8_t *text,
+                        size_t n, uint8_t **converted, size_t *converted_len)
 {
+    *converted = NULL;
+    if (!def->encoding[0] || !read_in || strcasecmp(def->encoding, read_in) == 0)
+        return 0;
+    return text_encoding_convert(def->encoding, read_in, text, n, converted, converted_len);
+}
+
+/* def's text: from the name's rest's NUL to its own (NULL when it has no end). */
+static const uint8_t *text_of(const struct stmt_def *def, const uint8_t **text_end)
+{
+    const uint8_t *rest_end = memchr(def->data, '\0', def->len);
+    *text_end = rest_end
+                    ? memchr(rest_end + 1, '\0', def->len - (uint32_t)(rest_end + 1 - def->data))
+                    : NULL;
+    return *text_end ? rest_end + 1 : NULL;
+}
+
+int prepared_parse_readable(const struct stmt_def *def, const char *read_in)
+{
+    const uint8_t *text_end, *text = text_of(def, &text_end);
+    uint8_t *converted = NULL;
+    size_t converted_len;
+    int rc = text ? text_read_in(def, read_in, text, (size_t)(text_end - text), &converted,
+                                 &converted_len)
+                  : 0;
+    free(converted);
+    return rc;
+}
+
+int prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def,
+                       const char *read_in)
+{
+    /* def->data: the name's rest and its NUL, the text and its NUL, then the parameter types
+     * the client named, which the types the server fixed at its Parse replace when known */
+    const uint8_t *text_end, *text = text_of(def, &text_end);
+    const uint8_t *rest_end = text ? text - 1 : NULL;
+    uint8_t *converted = NULL;
+    size_t converted_len = 0;
+    if (text) {
+        int rc =
+            text_read_in(def, read_in, text, (size_t)(text_end - text), &converted, &converted_len);
+        if (rc < 0)
+            return rc;
+    }
     codec_begin(o, 'P');
     size_t n = strlen(name);
     codec_put_bytes(o, name, n); /* the definition holds the rest and the NUL */
     uint32_t partial = n == STMT_KEY_MAX ? stmt_name_rest_partial(def->data, def->len) : 0;
     for (uint32_t i = 0; i < partial; i++)
         codec_put_u8(o, '_');
-    /* def->data: the name's rest and its NUL, the text and its NUL, then the parameter types
-     * the client named, which the types the server fixed at its Parse replace when known */
-    const uint8_t *rest_end = memchr(def->data, '\0', def->len);
-    const uint8_t *text_end =
-        rest_end ? memchr(rest_end + 1, '\0', def->len - (uint32_t)(rest_end + 1 - def->data))
-                 : NULL;
+    if (converted) {
+        codec_put_bytes(o, def->data + partial, (uint32_t)(rest_end + 1 - def->data) - partial);
+        codec_put_bytes(o, converted, (uint32_t)converted_len);
+        free(converted);
+        partial = (uint32_t)(text_end - def->data); /* from the text's NUL on, as it is */
+    }
     if (!def->params || !text_end) {
         codec_put_bytes(o, def->data + partial, def->len - partial);
         codec_end(o);
-        return;
+        return 0;
     }
     codec_put_bytes(o, def->data + partial, (uint32_t)(text_end + 1 - def->data) - partial);
     codec_put_i16(o, (int16_t)def->params->count);
     for (uint16_t i = 0; i < def->params->count; i++)
         codec_put_i32(o, (int32_t)def->params->oids[i]);
     codec_end(o);
+    return 0;
 }
 
 void prepared_put_close(struct msg_out *o, const char *name)

@@ -432,8 +432,15 @@ void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepare
 void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
                    struct stmt_map **client_map);
 
-/* Messages sluice sends on its own. name is the statement's key. */
-void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
+/* Messages sluice sends on its own. name is the statement's key. read_in: the client_encoding
+ * the server will read def's text in (NULL: not known); a text sent in another
+ * (def->encoding) goes converted to it (text_encoding_convert). 0, or nothing written and
+ * -EINVAL: a pair text_encoding does not convert, or a character read_in lacks; -ENOMEM. */
+int prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def,
+                       const char *read_in) __attribute__((warn_unused_result));
+/* What prepared_put_parse would return, writing nothing. */
+int prepared_parse_readable(const struct stmt_def *def, const char *read_in)
+    __attribute__((warn_unused_result));
 void prepared_put_close(struct msg_out *o, const char *name);
 /* Close of the statement STMT_MARK_NAME (REQ_MARK). */
 void prepared_put_mark(struct msg_out *o);

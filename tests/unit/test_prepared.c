@@ -385,7 +385,7 @@ static void injected_messages_have_the_wire_format(void)
     codec_out_init(&o);
     /* A definition starts after the name's key: here the name's NUL, then the query */
     struct stmt_def *d = stmt_def_new((const uint8_t *)"\0select 1", 10, NULL);
-    prepared_put_parse(&o, "s1", d);
+    CHECK(prepared_put_parse(&o, "s1", d, NULL) == 0);
     prepared_put_close(&o, "s1");
     static const uint8_t want[] = {'P', 0, 0, 0, 16, 's', '1', 0, 's', 'e', 'l', 'e', 'c', 't',
                                    ' ', '1', 0, 'C', 0, 0, 0, 8, 'S', 's', '1', 0};
@@ -410,11 +410,11 @@ static void a_long_names_rest_starts_with_no_partial_character(void)
     memset(key, '_', STMT_KEY_MAX);
     memcpy(key, "sluice_1", 8);
     key[STMT_KEY_MAX] = '\0';
-    prepared_put_parse(&o, key, d);
+    CHECK(prepared_put_parse(&o, key, d, NULL) == 0);
     CHECK_INT(o.len, 5 + STMT_KEY_MAX + sizeof(rest));
     CHECK(o.len > 5 + STMT_KEY_MAX + 3 && memcmp(o.data + 5 + STMT_KEY_MAX, "___x", 4) == 0);
     codec_out_reset(&o);
-    prepared_put_parse(&o, "s1", d); /* a short name: its definition as it is */
+    CHECK(prepared_put_parse(&o, "s1", d, NULL) == 0); /* a short name: its definition as it is */
     CHECK(o.len > 7 && o.data[7] == 0xa9);
     stmt_def_unref(d);
     codec_out_free(&o);
@@ -1289,7 +1289,7 @@ static void the_client_parses_parameter_types_are_kept_and_named(void)
     /* prepared again: the Parse names int4, and the server's answer does not change it */
     struct msg_out o;
     codec_out_init(&o);
-    prepared_put_parse(&o, "s", d);
+    CHECK(prepared_put_parse(&o, "s", d, NULL) == 0);
     static const uint8_t want[] = {'P', 0, 0, 0, 34, 's', 0, 's', 'e', 'l', 'e', 'c', 't', ' ',
                                    '1', ' ', 'w', 'h', 'e', 'r', 'e', ' ', '$', '1', ' ', '=', ' ',
                                    '1', 0, 0, 1, 0, 0, 0, 23};
