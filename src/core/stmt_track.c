@@ -977,26 +977,25 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
 }
 
 /* A Bind or Describe of the client's unnamed statement that EXECUTEs the client's statement
- * (note_unnamed_executes): the server gets that statement first, if it lacks it (another of the
- * client's evicted it since, too). One the client closed or prepared again under its name
- * since is not prepared: the server refuses the Bind (26000), as Postgres refuses the first. In
- * a failed transaction the server refuses the Bind or Describe itself (25P02). */
+ * (note_unnamed_executes): Postgres looks the name up now, so the server gets the statement the
+ * client holds under that name now, under the server name the unnamed statement's text says
+ * (the client may have prepared another text under its name since: Postgres runs that one).
+ * One the client closed since is not prepared: the server refuses the Bind (26000), as Postgres
+ * does, and its error says the client's name (a departed one, stmt_map_name_of). In a failed
+ * transaction the server refuses the Bind or Describe itself (25P02). */
 static enum track_result prepare_unnamed_executes(struct client *c, struct server *s,
                                                   struct client_failure *fail)
 {
     if (!s->unnamed_executes[0] || s->txn_status == 'E')
         return TRACK_PASS;
     struct stmt_def *mine = client_def(c, s->unnamed_executes);
-    if (!mine)
+    if (!mine) {
+        stmt_map_note_departed(c->stmts, s->unnamed_executes, s->unnamed_executes_as);
         return TRACK_PASS;
-    struct stmt_server_name sn;
-    stmt_names_for_server(&sn, mine,
-                          strlen(s->unnamed_executes) >= STMT_KEY_MAX ? STMT_NAME_CUT
-                                                                      : STMT_NAME_WHOLE);
-    if (strcmp(sn.name, s->unnamed_executes_as) != 0)
-        return TRACK_PASS;
+    }
     bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
-    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name, STMT_RUN, &changed, fail);
+    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as, STMT_RUN,
+                           &changed, fail);
 }
 
 /* A Bind or Describe of the unnamed statement: on a server another client's Parse left one

@@ -274,13 +274,19 @@ const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name)
     return NULL;
 }
 
-static void note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
+void stmt_map_note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
 {
-    if (!m || !stmt_map_get(m, client_name))
+    if (!m)
         return;
     memmove(&m->departed[1], &m->departed[0], (STMT_DEPARTED - 1) * sizeof(m->departed[0]));
     snprintf(m->departed[0].client_name, sizeof(m->departed[0].client_name), "%s", client_name);
     snprintf(m->departed[0].server_name, sizeof(m->departed[0].server_name), "%s", server_name);
+}
+
+static void note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
+{
+    if (stmt_map_get(m, client_name))
+        stmt_map_note_departed(m, client_name, server_name);
 }
 
 void stmt_map_mark_unknown(struct stmt_map *m)

@@ -165,6 +165,8 @@ static inline int stmt_map_count(const struct stmt_map *m)
  * held one it lost lately (struct stmt_departed); NULL when none does. A walk over the map: for
  * error messages only. */
 const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name);
+/* Keep (client_name, server_name) among m's departed names (NULL m: nothing). */
+void stmt_map_note_departed(struct stmt_map *m, const char *client_name, const char *server_name);
 /* A map of its own (a client's, made at its first named Parse: most clients never need one).
  * get, count, remove and clear accept NULL as the empty map. NULL when out of memory. */
 struct stmt_map *stmt_map_new(void);

@@ -207,6 +207,20 @@ def drops_that_fail_keep_sql_statements(c):
     return out
 
 
+def unnamed_executes_of_a_statement_closed_or_prepared_again(c):
+    """An unnamed Parse of EXECUTE p0 looks p0 up at its Bind, on Postgres: closed since, the
+    Bind gets 26000 naming p0; prepared again since under that name, the Bind runs the new
+    text."""
+    run = bind_msg("", "") + execute_msg()
+    return [batch(c, parse_msg("p0", "SELECT 0") + parse_msg("", "EXECUTE p0") + run
+                  + describe_msg("S", "") + run + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + close_msg("S", "p0") + run + sync_msg()),
+            batch(c, parse_msg("p0", "SELECT 10") + parse_msg("", "EXECUTE p0") + sync_msg()),
+            batch(c, close_msg("S", "p0") + parse_msg("p0", "SELECT 11") + sync_msg()),
+            batch(c, run + sync_msg()), q(c, "EXECUTE p0"),
+            batch(c, parse_msg("", "EXECUTE nosuch") + run + sync_msg())]
+
+
 def long_sql_names_cut_at_a_whole_character(c):
     """Postgres cuts a long SQL identifier at its last whole character within 63 bytes (a
     protocol name at 63 bytes): EXECUTE and DEALLOCATE of a long multibyte name, unquoted and
@@ -230,7 +244,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              names_that_never_end, careless_pipelines,
              sql_statements_by_unnamed_parse_in_a_transaction,
              long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
-             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character]
+             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character,
+             unnamed_executes_of_a_statement_closed_or_prepared_again]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
