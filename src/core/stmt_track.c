@@ -846,6 +846,17 @@ static enum track_result parse_untouched(struct client *c, struct server *s, con
     return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
 }
 
+/* The client_encoding the server will read a named Parse's text in, for its definition
+ * (stmt_def.encoding): the client's as of the replies read so far. A request of the client's
+ * still unanswered before it may change it (a pipelined SET client_encoding, whose
+ * ParameterStatus has not come), so then it is not known. */
+static const char *parse_encoding(const struct client *c, const struct server *s)
+{
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+        return STMT_ENCODING_UNKNOWN;
+    return client_encoding_of(c, s);
+}
+
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
@@ -903,8 +914,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
     struct stmt_def *def =
-        streamed ? stmt_def_alloc(len - key_len, client_encoding_of(c, s))
-                 : stmt_def_new(body + key_len, len - key_len, client_encoding_of(c, s));
+        streamed ? stmt_def_alloc(len - key_len, parse_encoding(c, s))
+                 : stmt_def_new(body + key_len, len - key_len, parse_encoding(c, s));
     if (!def) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;

@@ -93,7 +93,8 @@ struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len, const char *enc
     stmt_def_seal(d);
     /* Equal definitions get equal names (and are one statement on a server); two that differ
      * and share a hash share the name too, and replace each other there (ensure_prepared). */
-    snprintf(d->server_name, sizeof(d->server_name), "sluice_%08x", d->hash);
+    if (strcmp(d->encoding, STMT_ENCODING_UNKNOWN) != 0) /* else its own count, as streamed */
+        snprintf(d->server_name, sizeof(d->server_name), "sluice_%08x", d->hash);
     return d;
 }
 
@@ -158,7 +159,8 @@ bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
     if (a == b)
         return a != NULL;
     return a && b && a->hash == b->hash && a->len == b->len &&
-           memcmp(a->data, b->data, a->len) == 0 && strcmp(a->encoding, b->encoding) == 0;
+           memcmp(a->data, b->data, a->len) == 0 && strcmp(a->encoding, b->encoding) == 0 &&
+           strcmp(a->encoding, STMT_ENCODING_UNKNOWN) != 0;
 }
 
 void stmt_map_init(struct stmt_map *m)
@@ -1025,7 +1027,8 @@ static int text_read_in(const struct stmt_def *def, const char *read_in, const u
                         size_t n, uint8_t **converted, size_t *converted_len)
 {
     *converted = NULL;
-    if (!def->encoding[0] || !read_in || strcasecmp(def->encoding, read_in) == 0)
+    if (!def->encoding[0] || strcmp(def->encoding, STMT_ENCODING_UNKNOWN) == 0 || !read_in ||
+        strcasecmp(def->encoding, read_in) == 0)
         return 0;
     return text_encoding_convert(def->encoding, read_in, text, n, converted, converted_len);
 }

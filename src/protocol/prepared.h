@@ -56,6 +56,9 @@ static inline uint32_t stmt_name_rest_partial(const uint8_t *rest, uint32_t n)
 #define STMT_SERVER_NAME_MAX 24
 /* Postgres's encoding names are at most 14 bytes (SHIFT_JIS_2004). */
 #define STMT_ENCODING_MAX 23
+/* stmt_def.encoding of a text whose client_encoding was not known at its Parse (a SET of it may
+ * have been in flight): equal to no other definition, and prepared again as it was sent. */
+#define STMT_ENCODING_UNKNOWN "?"
 
 /* A statement definition: the Parse body from the NUL that ends the name (then query, parameter
  * count and types): after a name it gives a Parse of that name. */
@@ -86,8 +89,8 @@ struct stmt_def {
     char server_name[STMT_SERVER_NAME_MAX + 1]; /* its name on every server */
     /* The client_encoding the server read its text in at the client's Parse, when the text has
      * a byte from 0x80 up ("" for one without, which reads the same in every client_encoding
-     * Postgres offers). Part of its hash and equality: the same bytes sent in LATIN1 and in
-     * UTF8 are two texts, which must not be one statement on a server. */
+     * Postgres offers; STMT_ENCODING_UNKNOWN). Part of its hash and equality: the same bytes
+     * sent in LATIN1 and in UTF8 are two texts, which must not be one statement on a server. */
     char encoding[STMT_ENCODING_MAX + 1];
     /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
      * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */

@@ -294,7 +294,11 @@ def statements_prepared_again_after_client_encoding_changed(c):
                           parse(b"e3", b"SELECT '\x80' AS z")]
             + evict(c) + [q(c, "SET client_encoding TO UTF8"), bind_run(c, "e3")]
             + evict(c) + [q(c, "SET client_encoding TO LATIN1"), bind_run(c, "e1"),
-                          q(c, "RESET client_encoding")])
+                          q(c, "RESET client_encoding")]
+            # the SET pipelined with the Parse: its encoding is not known when the Parse passes
+            + [batch(c, query_msg("SET client_encoding TO LATIN1")
+                     + message(b"P", b"e4\0SELECT '\xe8' AS w\0\0\0") + sync_msg(), 2)]
+            + evict(c) + [bind_run(c, "e4"), q(c, "RESET client_encoding")])
 
 
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
