@@ -913,9 +913,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return parse_taken_name(c, s, mine, key_len, extent, fail);
     if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
-    struct stmt_def *def =
-        streamed ? stmt_def_alloc(len - key_len, parse_encoding(c, s))
-                 : stmt_def_new(body + key_len, len - key_len, parse_encoding(c, s));
+    struct stmt_def *def = streamed
+                               ? stmt_def_alloc(len - key_len, parse_encoding(c, s))
+                               : stmt_def_new(body + key_len, len - key_len, parse_encoding(c, s));
     if (!def) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
