@@ -91,14 +91,28 @@ static void put_parse(const struct client *c, struct server *s, const char *name
         s->close_when_free = true; /* out of memory since the check: what follows is unknown */
 }
 
+/* The statement an eviction closes to make room on s: the least recently used, but for `keep`
+ * (the one being prepared) and the one the server's unnamed statement EXECUTEs
+ * (note_unnamed_executes), which Postgres looks up again at the Execute of a portal bound from
+ * it: closed between that Bind and Execute, the Execute would fail (26000), so the server may
+ * hold one more than max_prepared_statements meanwhile. NULL: none but those. */
+static struct stmt_entry *eviction_victim(struct server *s, const char *keep)
+{
+    const char *held = s->unnamed_executes[0] ? s->unnamed_executes_as : "";
+    for (struct list_node *n = s->stmts.lru.head.prev; n != &s->stmts.lru.head; n = n->prev) {
+        struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0)
+            return e;
+    }
+    return NULL;
+}
+
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
     int max = (int)s->pool->worker->cfg->max_prepared_statements;
-    while (max > 0 && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
-        if (strcmp(lru->name, keep) == 0)
-            break;
+    struct stmt_entry *lru;
+    while (max > 0 && stmt_map_count(&s->stmts) >= max && (lru = eviction_victim(s, keep))) {
         prepared_put_close(&s->out, lru->name);
         if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, lru->name) < 0)
             s->close_when_free = true;
@@ -417,8 +431,8 @@ static enum track_result prepare_for_query(struct client *c, struct server *s, s
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     int max = (int)c->worker->cfg->max_prepared_statements;
-    while (!theirs && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
+    struct stmt_entry *lru;
+    while (!theirs && stmt_map_count(&s->stmts) >= max && (lru = eviction_victim(s, name))) {
         prepared_put_close(&s->out, lru->name);
         stmt_map_remove(&s->stmts, lru->name);
     }

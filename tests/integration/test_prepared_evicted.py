@@ -301,6 +301,19 @@ def statements_prepared_again_after_client_encoding_changed(c):
             + evict(c) + [bind_run(c, "e4"), q(c, "RESET client_encoding")])
 
 
+def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
+    """Postgres looks the statement an unnamed EXECUTE names up again at the portal's Execute:
+    other statements prepared between its Bind and Execute (each evicting the one before
+    through sluice) must leave it there."""
+    return [batch(c, parse_msg("p0", "SELECT 0") + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + bind_msg("", "") + parse_msg("p1", "SELECT 1")
+                  + parse_msg("p2", "SELECT 2") + execute_msg() + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + bind_msg("", "") + parse_msg("p3", "SELECT 3")
+                  + bind_msg("", "p3") + execute_msg() + parse_msg("", "EXECUTE p0")
+                  + bind_msg("", "") + bind_msg("", "p1") + execute_msg() + sync_msg()),
+            q(c, "EXECUTE p0"), bind_run(c, "p2")]
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -310,7 +323,8 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              long_executes_of_a_statement_the_backend_lacks,
              describes_of_statements_whose_table_was_dropped,
              describes_in_a_failed_transaction, unnamed_parses_of_an_execute,
-             statements_prepared_again_after_client_encoding_changed]
+             statements_prepared_again_after_client_encoding_changed,
+             statements_evicted_between_an_unnamed_executes_bind_and_execute]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
