@@ -117,6 +117,12 @@ struct server {
     struct stmt_map sql_prepared;
     uint64_t unnamed_of;     /* the client (its id) whose Parse made the backend's unnamed
                               * statement; 0: none a client may Bind unasked (transaction mode) */
+    /* While unnamed_of is its client: the client's statement the unnamed statement's text
+     * EXECUTEs (EXECUTE, EXPLAIN EXECUTE), by the client's key and by sluice's name, which the
+     * text names. Postgres first needs the statement at the unnamed statement's Bind or
+     * Describe, not at its Parse: sluice prepares it there (transaction mode; "": none). */
+    char unnamed_executes[STMT_KEY_MAX + 1];
+    char unnamed_executes_as[STMT_KEY_MAX + 1];
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "link.h"
 #include "pool.h"
 #include "server.h"
 #include "session_effects.h"
@@ -42,14 +43,76 @@ static enum track_result queue_request(struct server *s, enum stmt_req kind, con
     return queued(stmt_queue_push(&s->reqs, kind, name), fail);
 }
 
+/* The client_encoding the server reads the client's text and names in (NULL: not known): the
+ * client's own, or the one its server is given for a client that set none (which s->params
+ * may not show yet: another client's, until the server answers sluice's sync). */
+static const char *client_encoding_of(const struct client *c, const struct server *s)
+{
+    const char *client = params_get(&c->params, "client_encoding");
+    if (!client)
+        client = params_get(link_sync_base(c, s), "client_encoding");
+    if (!client)
+        client = params_get(&s->params, "client_encoding");
+    return client;
+}
+
+/* Whether sluice can prepare the client's statement `def` again on s: its text goes in the
+ * client_encoding the server reads it in now (prepared_put_parse), converted from the one of
+ * the client's Parse. A text with a character the client's encoding of the moment lacks (it
+ * changed client_encoding since) cannot say what Postgres, which converted it at the Parse,
+ * keeps: the client is failed (22P05) before anything of the preparation is sent, rather than
+ * given a statement that reads otherwise. */
+static enum track_result can_prepare_again(const struct client *c, const struct server *s,
+                                           const struct stmt_def *def, const char *name,
+                                           struct client_failure *fail)
+{
+    const char *now = client_encoding_of(c, s);
+    int rc = prepared_parse_readable(def, now);
+    if (rc == 0)
+        return TRACK_PASS;
+    if (rc == -ENOMEM) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    const char *client_name = stmt_map_name_of(c->stmts, name);
+    char detail[sizeof(fail->detail)];
+    snprintf(detail, sizeof(detail), "\"%.63s\" was sent in %.23s; the session now uses %.23s",
+             client_name ? client_name : name, def->encoding, now ? now : "another");
+    fail_session(fail, FAIL_STATEMENT_UNTRANSLATABLE, detail);
+    return TRACK_FAILED;
+}
+
+/* sluice's Parse of def under name, in the client_encoding the server reads it in
+ * (can_prepare_again said it can be). */
+static void put_parse(const struct client *c, struct server *s, const char *name,
+                      const struct stmt_def *def)
+{
+    if (prepared_put_parse(&s->out, name, def, client_encoding_of(c, s)) < 0)
+        s->close_when_free = true; /* out of memory since the check: what follows is unknown */
+}
+
+/* The statement an eviction closes to make room on s: the least recently used, but for `keep`
+ * (the one being prepared) and the one the server's unnamed statement EXECUTEs
+ * (note_unnamed_executes), which Postgres looks up again at the Execute of a portal bound from
+ * it: closed between that Bind and Execute, the Execute would fail (26000), so the server may
+ * hold one more than max_prepared_statements meanwhile. NULL: none but those. */
+static struct stmt_entry *eviction_victim(struct server *s, const char *keep)
+{
+    const char *held = s->unnamed_executes[0] ? s->unnamed_executes_as : "";
+    for (struct list_node *n = s->stmts.lru.head.prev; n != &s->stmts.lru.head; n = n->prev) {
+        struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
+        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0)
+            return e;
+    }
+    return NULL;
+}
+
 /* Make room for one more statement on the server, closing the least recently used. */
 static void evict_for_one_more(struct server *s, const char *keep)
 {
     int max = (int)s->pool->worker->cfg->max_prepared_statements;
-    while (max > 0 && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
-        if (strcmp(lru->name, keep) == 0)
-            break;
+    struct stmt_entry *lru;
+    while (max > 0 && stmt_map_count(&s->stmts) >= max && (lru = eviction_victim(s, keep))) {
         prepared_put_close(&s->out, lru->name);
         if (stmt_queue_push(&s->reqs, REQ_CLOSE_OURS, lru->name) < 0)
             s->close_when_free = true;
@@ -177,6 +240,8 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
             break;
         }
     }
+    if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
@@ -185,7 +250,7 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
         if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
             return TRACK_FAILED;
     }
-    prepared_put_parse(&s->out, name, mine);
+    put_parse(c, s, name, mine);
     if ((use == STMT_DESCRIBE
              ? queued(stmt_queue_push_parse_for_describe(&s->reqs, name, mine), fail)
              : queue_request(s, REQ_PARSE_OURS, name, fail)) != TRACK_PASS)
@@ -217,13 +282,16 @@ static enum track_result ensure_described(struct client *c, struct server *s,
 {
     struct stmt_def *mine = entry->def;
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    /* In a failed transaction the server refuses any Parse (25P02), and Postgres refuses the
-     * Describe of a statement that returns rows before it sends the types: as before. (One
-     * that returns none it describes there; the server, lacking it, cannot.) */
-    if (s->txn_status == 'E')
+    bool stand_in_answers = mine->result == STMT_RESULT_NONE && mine->params &&
+                            !(theirs && stmt_def_equal(theirs->def, mine));
+    /* In a failed transaction the server refuses a Parse of any text but the empty one and a
+     * transaction's end (25P02), and Postgres refuses the Describe of a statement that returns
+     * rows before it sends the types: the client's text prepared again gets that refusal, as on
+     * Postgres. One that returns none Postgres describes there (exec_describe_statement_message
+     * refuses only a statement with a result), and so does the server its typed stand-in. */
+    if (s->txn_status == 'E' && !stand_in_answers)
         return ensure_prepared(c, s, mine, entry->shape, name, STMT_RUN, changed, fail);
-    if (mine->result != STMT_RESULT_NONE || !mine->params ||
-        (theirs && stmt_def_equal(theirs->def, mine)))
+    if (!stand_in_answers)
         return ensure_prepared(c, s, mine, entry->shape, name, STMT_DESCRIBE, changed, fail);
     struct stmt_def *typed = stmt_def_stand_in_typed(mine);
     if (!typed) {
@@ -318,13 +386,15 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
         s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
         return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
     }
+    if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     prepared_put_mark(&s->out);
     if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
         return TRACK_FAILED;
     free_name_on_server(s, name, theirs != NULL);
-    prepared_put_parse(&s->out, name, mine);
+    put_parse(c, s, name, mine);
     if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (!stmt_map_put(&s->stmts, name, mine)) {
@@ -356,17 +426,19 @@ static enum track_result prepare_for_query(struct client *c, struct server *s, s
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, def))
         return TRACK_PASS;
+    if (can_prepare_again(c, s, def, name, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     int max = (int)c->worker->cfg->max_prepared_statements;
-    while (!theirs && stmt_map_count(&s->stmts) >= max) {
-        struct stmt_entry *lru = container_of(list_last(&s->stmts.lru), struct stmt_entry, lru);
+    struct stmt_entry *lru;
+    while (!theirs && stmt_map_count(&s->stmts) >= max && (lru = eviction_victim(s, name))) {
         prepared_put_close(&s->out, lru->name);
         stmt_map_remove(&s->stmts, lru->name);
     }
     if (theirs)
         prepared_put_close(&s->out, name);
-    prepared_put_parse(&s->out, name, def);
+    put_parse(c, s, name, def);
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     s->swallow++;
@@ -442,9 +514,7 @@ enum name_bytes { NAME_BYTES_AS_SENT, NAME_BYTES_UTF8, NAME_BYTES_LATIN1_TO_UTF8
 static enum name_bytes name_bytes_of(const struct client *c, const struct server *s)
 {
     const char *server = params_get(&s->params, "server_encoding");
-    const char *client = params_get(&c->params, "client_encoding");
-    if (!client) /* the client never set it: the pool's, which the server has */
-        client = params_get(&s->params, "client_encoding");
+    const char *client = client_encoding_of(c, s);
     if (!server || !client || strcmp(server, "UTF8") != 0)
         return NAME_BYTES_AS_SENT;
     if (strcmp(client, "UTF8") == 0 || strcmp(client, "SQL_ASCII") == 0)
@@ -530,6 +600,18 @@ static enum track_result hide_others_statement(struct client *c, struct server *
     return TRACK_PASS;
 }
 
+/* An unnamed Parse's EXECUTE of the client's statement: Postgres parses it without looking the
+ * statement up; its Bind looks it up, and its Execute or a Describe revalidates it (and fails
+ * there when its table was dropped since). So sluice prepares the statement at the unnamed
+ * statement's Bind or Describe (use_unnamed), where a failed re-prepare's error takes the
+ * place of that message's answer, and the Parse (alone, a driver's PQprepare) succeeds as on
+ * Postgres, leaving a transaction block as it was. */
+static void note_unnamed_executes(struct server *s, const char *name, const char *server_name)
+{
+    snprintf(s->unnamed_executes, sizeof(s->unnamed_executes), "%s", name);
+    snprintf(s->unnamed_executes_as, sizeof(s->unnamed_executes_as), "%s", server_name);
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
@@ -548,7 +630,6 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
-    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
@@ -558,11 +639,11 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
-        if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0          ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                : kind == SQL_EXECUTE ? ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, sn.name,
-                                                        STMT_RUN, &changed, fail)
-                                      : ensure_named(c, s, mine, sn.name, fail);
+        if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 1 && kind == SQL_EXECUTE)
+            note_unnamed_executes(s, name_buf, sn.name);
+        else if (r == TRACK_PASS && s->txn_status != 'E')
+            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
+                             : ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -779,6 +860,17 @@ static enum track_result parse_untouched(struct client *c, struct server *s, con
     return queue_request(s, REQ_PARSE_CLIENT, NULL, fail);
 }
 
+/* The client_encoding the server will read a named Parse's text in, for its definition
+ * (stmt_def.encoding): the client's as of the replies read so far. A request of the client's
+ * still unanswered before it may change it (a pipelined SET client_encoding, whose
+ * ParameterStatus has not come), so then it is not known. */
+static const char *parse_encoding(const struct client *c, const struct server *s)
+{
+    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+        return STMT_ENCODING_UNKNOWN;
+    return client_encoding_of(c, s);
+}
+
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
@@ -789,6 +881,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (body[0] == '\0') { /* the unnamed statement: passes through */
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
+        s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
@@ -834,8 +927,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         return parse_taken_name(c, s, mine, key_len, extent, fail);
     if (stmt_map_get(&s->sql_prepared, name))
         return parse_untouched(c, s, body, len, avail_body, name_len, fail);
-    struct stmt_def *def =
-        streamed ? stmt_def_alloc(len - key_len) : stmt_def_new(body + key_len, len - key_len);
+    struct stmt_def *def = streamed
+                               ? stmt_def_alloc(len - key_len, parse_encoding(c, s))
+                               : stmt_def_new(body + key_len, len - key_len, parse_encoding(c, s));
     if (!def) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -907,13 +1001,36 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }
 
+/* A Bind or Describe of the client's unnamed statement that EXECUTEs the client's statement
+ * (note_unnamed_executes): Postgres looks the name up now, so the server gets the statement the
+ * client holds under that name now, under the server name the unnamed statement's text says
+ * (the client may have prepared another text under its name since: Postgres runs that one).
+ * One the client closed since is not prepared: the server refuses the Bind (26000), as Postgres
+ * does, and its error says the client's name (a departed one, stmt_map_name_of). In a failed
+ * transaction the server refuses the Bind or Describe itself (25P02). */
+static enum track_result prepare_unnamed_executes(struct client *c, struct server *s,
+                                                  struct client_failure *fail)
+{
+    if (!s->unnamed_executes[0] || s->txn_status == 'E')
+        return TRACK_PASS;
+    struct stmt_def *mine = client_def(c, s->unnamed_executes);
+    if (!mine) {
+        stmt_map_note_departed(c->stmts, s->unnamed_executes, s->unnamed_executes_as);
+        return TRACK_PASS;
+    }
+    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
+    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as, STMT_RUN,
+                           &changed, fail);
+}
+
 /* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
  * on, it would run that client's statement. Closed first, the server answers as Postgres
  * answers a client that has none (26000). */
-static enum track_result use_unnamed(struct client *c, struct server *s)
+static enum track_result use_unnamed(struct client *c, struct server *s,
+                                     struct client_failure *fail)
 {
     if (s->unnamed_of == c->id)
-        return TRACK_PASS;
+        return prepare_unnamed_executes(c, s, fail);
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, "", true);
@@ -1116,7 +1233,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     }
     bool statement = type == 'B' || body[0] == 'S';
     if (statement && !name[0] && type != 'C')
-        return use_unnamed(c, s);
+        return use_unnamed(c, s, fail);
     if (statement && !name[0])
         s->unnamed_of = 0;
     if (!statement || !name[0]) {

@@ -171,6 +171,14 @@ static const struct failure_info table[] = {
     [FAIL_RESULT_TYPE_CHANGED] = {SEVERITY_ERROR, SQLSTATE_FEATURE_NOT_SUPPORTED,
                                   "cached plan must not change result type%s", NULL,
                                   "plancache.c", "RevalidateCachedQuery"},
+    [FAIL_STATEMENT_UNTRANSLATABLE] =
+        F(FATAL, UNTRANSLATABLE_CHARACTER,
+          "prepared statement %s, which lacks a character of its text or which sluice does not "
+          "convert to: it cannot be prepared again on this server",
+          "Postgres converted the statement's text when it was prepared; sluice prepares it again "
+          "on each server in the client_encoding of the moment. Keep one client_encoding for "
+          "the session (set it at login), prepare the statement again after changing it, or "
+          "use session mode."),
 };
 #undef F
 
@@ -224,6 +232,7 @@ static const char *const names[] = {
     [FAIL_OPTIONS_UNKNOWN_PARAMETER] = "options_unknown_parameter",
     [FAIL_OPTIONS_BAD_PARAMETER_NAME] = "options_bad_parameter_name",
     [FAIL_RESULT_TYPE_CHANGED] = "result_type_changed",
+    [FAIL_STATEMENT_UNTRANSLATABLE] = "statement_untranslatable",
 };
 
 const struct failure_info *failure_info(enum failure f)

@@ -65,6 +65,9 @@ enum failure {
     FAIL_OPTIONS_BAD_PARAMETER_NAME, /* detail: the name */
     /* Postgres's own error for a prepared statement whose result type DDL changed */
     FAIL_RESULT_TYPE_CHANGED,
+    /* A statement prepared again after its client changed client_encoding to one that lacks
+     * a character of its text (stmt_track.c) */
+    FAIL_STATEMENT_UNTRANSLATABLE, /* detail: the statement and both encodings */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

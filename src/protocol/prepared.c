@@ -3,6 +3,7 @@
  * bookkeeping so that it can be unit-tested without sockets. */
 #include "prepared.h"
 #include "sql_lex.h"
+#include "text_encoding.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -13,17 +14,21 @@
 #include <string.h>
 #include <strings.h>
 
-static uint32_t hash_bytes(const void *p, size_t n)
+static uint32_t hash_more(uint32_t h, const void *p, size_t n)
 {
-    /* FNV-1a: names and definitions are short, and this is not exposed to collisions that
-     * matter (a collision only costs a string compare). */
     const uint8_t *b = p;
-    uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
         h ^= b[i];
         h *= 16777619u;
     }
     return h;
+}
+
+static uint32_t hash_bytes(const void *p, size_t n)
+{
+    /* FNV-1a: names and definitions are short, and this is not exposed to collisions that
+     * matter (a collision only costs a string compare). */
+    return hash_more(2166136261u, p, n);
 }
 
 /* Every worker's clients together: one process-wide bound. A relaxed atomic, touched when a
@@ -41,13 +46,14 @@ uint64_t stmt_client_text_bytes(void)
  * given twice. */
 static atomic_uint_fast64_t streamed_defs;
 
-struct stmt_def *stmt_def_alloc(uint32_t len)
+struct stmt_def *stmt_def_alloc(uint32_t len, const char *encoding)
 {
     struct stmt_def *d = malloc(sizeof(*d) + len);
     if (!d)
         return NULL;
     atomic_init(&d->refs, 1);
     d->len = len;
+    snprintf(d->encoding, sizeof(d->encoding), "%s", encoding ? encoding : "");
     d->hash = 0;
     d->effect = STMT_EFFECT_NONE;
     d->params = NULL;
@@ -57,28 +63,45 @@ struct stmt_def *stmt_def_alloc(uint32_t len)
     return d;
 }
 
-void stmt_def_seal(struct stmt_def *d)
+/* Does d's text (after the name's rest and its NUL, up to its own) hold a byte from 0x80 up?
+ * Every client encoding Postgres offers reads the bytes below as ASCII (a multi-byte character
+ * starts from 0x80 up), so a text without such a byte is the same text in any of them. */
+static bool text_beyond_ascii(const struct stmt_def *d)
 {
-    d->hash = hash_bytes(d->data, d->len);
+    const uint8_t *name_end = memchr(d->data, '\0', d->len);
+    if (!name_end)
+        return false;
+    for (const uint8_t *p = name_end + 1; p < d->data + d->len && *p; p++)
+        if (*p >= 0x80)
+            return true;
+    return false;
 }
 
-struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len)
+void stmt_def_seal(struct stmt_def *d)
 {
-    struct stmt_def *d = stmt_def_alloc(len);
+    if (!text_beyond_ascii(d))
+        d->encoding[0] = '\0';
+    d->hash = hash_more(hash_bytes(d->data, d->len), d->encoding, strlen(d->encoding));
+}
+
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len, const char *encoding)
+{
+    struct stmt_def *d = stmt_def_alloc(len, encoding);
     if (!d)
         return NULL;
     memcpy(d->data, data, len);
     stmt_def_seal(d);
     /* Equal definitions get equal names (and are one statement on a server); two that differ
      * and share a hash share the name too, and replace each other there (ensure_prepared). */
-    snprintf(d->server_name, sizeof(d->server_name), "sluice_%08x", d->hash);
+    if (strcmp(d->encoding, STMT_ENCODING_UNKNOWN) != 0) /* else its own count, as streamed */
+        snprintf(d->server_name, sizeof(d->server_name), "sluice_%08x", d->hash);
     return d;
 }
 
 struct stmt_def *stmt_def_stand_in(void)
 {
     static const uint8_t empty[] = {0, 0, 0, 0}; /* the name's end, the text "", no types */
-    return stmt_def_new(empty, sizeof(empty));
+    return stmt_def_new(empty, sizeof(empty), NULL);
 }
 
 struct stmt_def *stmt_def_stand_in_typed(const struct stmt_def *d)
@@ -135,7 +158,9 @@ bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b)
 {
     if (a == b)
         return a != NULL;
-    return a && b && a->hash == b->hash && a->len == b->len && memcmp(a->data, b->data, a->len) == 0;
+    return a && b && a->hash == b->hash && a->len == b->len &&
+           memcmp(a->data, b->data, a->len) == 0 && strcmp(a->encoding, b->encoding) == 0 &&
+           strcmp(a->encoding, STMT_ENCODING_UNKNOWN) != 0;
 }
 
 void stmt_map_init(struct stmt_map *m)
@@ -251,13 +276,19 @@ const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name)
     return NULL;
 }
 
-static void note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
+void stmt_map_note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
 {
-    if (!m || !stmt_map_get(m, client_name))
+    if (!m)
         return;
     memmove(&m->departed[1], &m->departed[0], (STMT_DEPARTED - 1) * sizeof(m->departed[0]));
     snprintf(m->departed[0].client_name, sizeof(m->departed[0].client_name), "%s", client_name);
     snprintf(m->departed[0].server_name, sizeof(m->departed[0].server_name), "%s", server_name);
+}
+
+static void note_departed(struct stmt_map *m, const char *client_name, const char *server_name)
+{
+    if (stmt_map_get(m, client_name))
+        stmt_map_note_departed(m, client_name, server_name);
 }
 
 void stmt_map_mark_unknown(struct stmt_map *m)
@@ -990,30 +1021,78 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
 
 /* ---- injected messages ---- */
 
-void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def)
+/* def's text as the server reads it in read_in (see prepared_put_parse): 0, and a new buffer
+ * in *converted when it must be converted (else NULL: its bytes as sent), or the failure. */
+static int text_read_in(const struct stmt_def *def, const char *read_in, const uint8_t *text,
+                        size_t n, uint8_t **converted, size_t *converted_len)
 {
+    *converted = NULL;
+    if (!def->encoding[0] || strcmp(def->encoding, STMT_ENCODING_UNKNOWN) == 0 || !read_in ||
+        strcasecmp(def->encoding, read_in) == 0)
+        return 0;
+    return text_encoding_convert(def->encoding, read_in, text, n, converted, converted_len);
+}
+
+/* def's text: from the name's rest's NUL to its own (NULL when it has no end). */
+static const uint8_t *text_of(const struct stmt_def *def, const uint8_t **text_end)
+{
+    const uint8_t *rest_end = memchr(def->data, '\0', def->len);
+    *text_end = rest_end
+                    ? memchr(rest_end + 1, '\0', def->len - (uint32_t)(rest_end + 1 - def->data))
+                    : NULL;
+    return *text_end ? rest_end + 1 : NULL;
+}
+
+int prepared_parse_readable(const struct stmt_def *def, const char *read_in)
+{
+    const uint8_t *text_end, *text = text_of(def, &text_end);
+    uint8_t *converted = NULL;
+    size_t converted_len;
+    int rc = text ? text_read_in(def, read_in, text, (size_t)(text_end - text), &converted,
+                                 &converted_len)
+                  : 0;
+    free(converted);
+    return rc;
+}
+
+int prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def,
+                       const char *read_in)
+{
+    /* def->data: the name's rest and its NUL, the text and its NUL, then the parameter types
+     * the client named, which the types the server fixed at its Parse replace when known */
+    const uint8_t *text_end, *text = text_of(def, &text_end);
+    const uint8_t *rest_end = text ? text - 1 : NULL;
+    uint8_t *converted = NULL;
+    size_t converted_len = 0;
+    if (text) {
+        int rc =
+            text_read_in(def, read_in, text, (size_t)(text_end - text), &converted, &converted_len);
+        if (rc < 0)
+            return rc;
+    }
     codec_begin(o, 'P');
     size_t n = strlen(name);
     codec_put_bytes(o, name, n); /* the definition holds the rest and the NUL */
     uint32_t partial = n == STMT_KEY_MAX ? stmt_name_rest_partial(def->data, def->len) : 0;
     for (uint32_t i = 0; i < partial; i++)
         codec_put_u8(o, '_');
-    /* def->data: the name's rest and its NUL, the text and its NUL, then the parameter types
-     * the client named, which the types the server fixed at its Parse replace when known */
-    const uint8_t *rest_end = memchr(def->data, '\0', def->len);
-    const uint8_t *text_end =
-        rest_end ? memchr(rest_end + 1, '\0', def->len - (uint32_t)(rest_end + 1 - def->data))
-                 : NULL;
+    if (converted) {
+        codec_put_bytes(o, def->data + partial, (uint32_t)(rest_end + 1 - def->data) - partial);
+        codec_put_bytes(o, converted, (uint32_t)converted_len);
+        free(converted);
+        partial = (uint32_t)(text_end - def->data); /* from the text's NUL on, as it is */
+    }
     if (!def->params || !text_end) {
         codec_put_bytes(o, def->data + partial, def->len - partial);
         codec_end(o);
-        return;
+        return 0;
     }
     codec_put_bytes(o, def->data + partial, (uint32_t)(text_end + 1 - def->data) - partial);
     codec_put_i16(o, (int16_t)def->params->count);
     for (uint16_t i = 0; i < def->params->count; i++)
         codec_put_i32(o, (int32_t)def->params->oids[i]);
     codec_end(o);
+    return 0;
 }
 
 void prepared_put_close(struct msg_out *o, const char *name)

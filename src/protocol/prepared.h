@@ -54,6 +54,11 @@ static inline uint32_t stmt_name_rest_partial(const uint8_t *rest, uint32_t n)
  * and a count for a definition that streamed through (not known whole when it is named). Lower
  * case, so that SQL names it unquoted. */
 #define STMT_SERVER_NAME_MAX 24
+/* Postgres's encoding names are at most 14 bytes (SHIFT_JIS_2004). */
+#define STMT_ENCODING_MAX 23
+/* stmt_def.encoding of a text whose client_encoding was not known at its Parse (a SET of it may
+ * have been in flight): equal to no other definition, and prepared again as it was sent. */
+#define STMT_ENCODING_UNKNOWN "?"
 
 /* A statement definition: the Parse body from the NUL that ends the name (then query, parameter
  * count and types): after a name it gives a Parse of that name. */
@@ -82,6 +87,11 @@ struct stmt_def {
     uint32_t hash;
     uint32_t len;
     char server_name[STMT_SERVER_NAME_MAX + 1]; /* its name on every server */
+    /* The client_encoding the server read its text in at the client's Parse, when the text has
+     * a byte from 0x80 up ("" for one without, which reads the same in every client_encoding
+     * Postgres offers; STMT_ENCODING_UNKNOWN). Part of its hash and equality: the same bytes
+     * sent in LATIN1 and in UTF8 are two texts, which must not be one statement on a server. */
+    char encoding[STMT_ENCODING_MAX + 1];
     /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
      * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */
     enum stmt_effect effect;
@@ -158,12 +168,16 @@ static inline int stmt_map_count(const struct stmt_map *m)
  * held one it lost lately (struct stmt_departed); NULL when none does. A walk over the map: for
  * error messages only. */
 const char *stmt_map_name_of(const struct stmt_map *m, const char *server_name);
+/* Keep (client_name, server_name) among m's departed names (NULL m: nothing). */
+void stmt_map_note_departed(struct stmt_map *m, const char *client_name, const char *server_name);
 /* A map of its own (a client's, made at its first named Parse: most clients never need one).
  * get, count, remove and clear accept NULL as the empty map. NULL when out of memory. */
 struct stmt_map *stmt_map_new(void);
 void stmt_map_delete(struct stmt_map *m);
 
-struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len);
+/* A definition of len bytes (the name's NUL, the text, its parameter types) that the server reads
+ * in client_encoding `encoding` (NULL or "": not known, as for sluice's own texts). */
+struct stmt_def *stmt_def_new(const uint8_t *data, uint32_t len, const char *encoding);
 /* A definition of the empty statement text with no parameter types, which prepares on any
  * server, whatever its tables, types or search_path: what sluice prepares under a client's
  * statement's name where the server needs only something there (a DEALLOCATE, a SQL PREPARE or
@@ -176,7 +190,7 @@ struct stmt_def *stmt_def_stand_in_typed(const struct stmt_def *d);
 /* A definition whose len bytes arrive later (a Parse streaming through a buffer smaller than
  * it): fill d->data, then stmt_def_seal before anything compares it. Its server name is a count,
  * given now. */
-struct stmt_def *stmt_def_alloc(uint32_t len);
+struct stmt_def *stmt_def_alloc(uint32_t len, const char *encoding);
 void stmt_def_seal(struct stmt_def *d);
 /* Bytes of names and definitions in all clients' maps, on every thread (max_prepared_statement_bytes
  * bounds it). */
@@ -423,8 +437,15 @@ void stmt_on_command_complete(struct stmt_queue *q, struct stmt_map *sql_prepare
 void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
                    struct stmt_map **client_map);
 
-/* Messages sluice sends on its own. name is the statement's key. */
-void prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def);
+/* Messages sluice sends on its own. name is the statement's key. read_in: the client_encoding
+ * the server will read def's text in (NULL: not known); a text sent in another
+ * (def->encoding) goes converted to it (text_encoding_convert). 0, or nothing written and
+ * -EINVAL: a pair text_encoding does not convert, or a character read_in lacks; -ENOMEM. */
+int prepared_put_parse(struct msg_out *o, const char *name, const struct stmt_def *def,
+                       const char *read_in) __attribute__((warn_unused_result));
+/* What prepared_put_parse would return, writing nothing. */
+int prepared_parse_readable(const struct stmt_def *def, const char *read_in)
+    __attribute__((warn_unused_result));
 void prepared_put_close(struct msg_out *o, const char *name);
 /* Close of the statement STMT_MARK_NAME (REQ_MARK). */
 void prepared_put_mark(struct msg_out *o);

@@ -140,8 +140,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < touch.reset.n; i++)
         FUZZ_ASSERT(memchr(touch.reset.names[i], '\0', sizeof(touch.reset.names[i])) != NULL);
 
-    struct stmt_def *def = stmt_def_new(data, (uint32_t)size);
-    struct stmt_def *copy = stmt_def_new(data, (uint32_t)size);
+    struct stmt_def *def = stmt_def_new(data, (uint32_t)size, NULL);
+    struct stmt_def *copy = stmt_def_new(data, (uint32_t)size, NULL);
     if (def && copy) {
         FUZZ_ASSERT(stmt_def_equal(def, def));
         FUZZ_ASSERT(stmt_def_equal(def, copy));

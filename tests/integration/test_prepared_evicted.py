@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, parse_fields, parse_msg,
-                    query_msg, raw_login, sync_msg)
+from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, message, parse_fields,
+                    parse_msg, query_msg, raw_login, sync_msg)
 from test_prepared_oracle import (assert_sluice_shows_what_postgres_shows, batch, bind_run, q,
                                   replies)
 
@@ -231,6 +231,89 @@ def describes_of_statements_whose_table_was_dropped(c):
                        + execute_msg() + sync_msg())])
 
 
+def describes_in_a_failed_transaction(c):
+    """In a failed transaction Postgres refuses the Describe of a statement with a result
+    (25P02) but describes one without (ParameterDescription with the types of its Parse,
+    NoData), whether or not its table is still there; the statement runs after the ROLLBACK."""
+    def answers(data):
+        c.send(data)
+        seen = []
+        while True:
+            t, p = c.read_message()
+            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
+            if t == "Z":
+                return seen
+    def failed():
+        return [q(c, "BEGIN"), q(c, "SELECT 1/0")]
+    return (make_table(c)
+            + [batch(c, parse_msg("f1", "INSERT INTO t_ev VALUES ($1)")
+                     + parse_msg("f2", "SELECT 1 WHERE false") + sync_msg())]
+            + evict(c) + failed()
+            + [answers(describe_msg("S", "f1") + sync_msg()),
+               answers(describe_msg("S", "f2") + describe_msg("S", "f1") + sync_msg()),
+               q(c, "ROLLBACK"), batch(c, bind_msg("", "f1", ["3"]) + execute_msg() + sync_msg())]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c) + failed()
+            + [answers(describe_msg("S", "f1") + sync_msg()), q(c, "ROLLBACK"),
+               answers(describe_msg("S", "f1") + sync_msg())])
+
+
+def unnamed_parses_of_an_execute(c):
+    """Postgres parses an unnamed EXECUTE (EXPLAIN EXECUTE) of a statement without looking the
+    statement up; a Bind of it finds the statement, which runs (or fails, its table dropped
+    since: sluice's error comes at the Bind, without its BindComplete, docs/pool-modes.md). Its
+    Parse alone succeeds, in a transaction block too, whose next statement runs; its Bind after
+    the statement was evicted runs it."""
+    execute = parse_msg("", "EXECUTE u1(1)")
+    run = bind_msg("", "") + execute_msg() + sync_msg()
+    return (make_table(c)
+            + [batch(c, parse_msg("u1", "SELECT a FROM t_ev WHERE a = $1") + sync_msg())]
+            + evict(c) + [batch(c, execute + sync_msg())] + evict(c) + [batch(c, run)]
+            + [batch(c, parse_msg("", "EXPLAIN (COSTS OFF) EXECUTE u1(1)") + sync_msg())]
+            + evict(c) + [batch(c, run), q(c, "BEGIN"), batch(c, execute + sync_msg())] + evict(c)
+            + [batch(c, run), q(c, "SELECT 1"), q(c, "COMMIT")]
+            + evict(c) + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "BEGIN"), batch(c, execute + sync_msg()), q(c, "SELECT 2"), q(c, "ROLLBACK"),
+               batch(c, execute + sync_msg())])
+
+
+def statements_prepared_again_after_client_encoding_changed(c):
+    """Postgres converts a statement's text at its Parse: after a SET client_encoding its Bind,
+    SQL EXECUTE and Describe run the text it read then. sluice prepares it again in the
+    encoding of the moment, converted."""
+    def parse(name, text):
+        return batch(c, message(b"P", name + b"\0" + text + b"\0\0\0") + sync_msg())
+
+    def execute(name):
+        return batch(c, message(b"Q", b"EXECUTE " + name + b"\0"))
+    return ([q(c, "SET client_encoding TO LATIN1"), parse(b"e1", b"SELECT '\xe9' AS x"),
+             parse(b"e2", b"SELECT $1::text || '\xe0' AS y")]
+            + evict(c) + [q(c, "SET client_encoding TO UTF8"), bind_run(c, "e1")]
+            + evict(c) + [execute(b"e1")] + evict(c)
+            + [batch(c, bind_msg("", "e2", ["\u00e9"]) + execute_msg() + sync_msg())]
+            + evict(c) + [q(c, "SET client_encoding TO WIN1252"), bind_run(c, "e1"),
+                          parse(b"e3", b"SELECT '\x80' AS z")]
+            + evict(c) + [q(c, "SET client_encoding TO UTF8"), bind_run(c, "e3")]
+            + evict(c) + [q(c, "SET client_encoding TO LATIN1"), bind_run(c, "e1"),
+                          q(c, "RESET client_encoding")]
+            # the SET pipelined with the Parse: its encoding is not known when the Parse passes
+            + [batch(c, query_msg("SET client_encoding TO LATIN1")
+                     + message(b"P", b"e4\0SELECT '\xe8' AS w\0\0\0") + sync_msg(), 2)]
+            + evict(c) + [bind_run(c, "e4"), q(c, "RESET client_encoding")])
+
+
+def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
+    """Postgres looks the statement an unnamed EXECUTE names up again at the portal's Execute:
+    other statements prepared between its Bind and Execute (each evicting the one before
+    through sluice) must leave it there."""
+    return [batch(c, parse_msg("p0", "SELECT 0") + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + bind_msg("", "") + parse_msg("p1", "SELECT 1")
+                  + parse_msg("p2", "SELECT 2") + execute_msg() + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + bind_msg("", "") + parse_msg("p3", "SELECT 3")
+                  + bind_msg("", "p3") + execute_msg() + parse_msg("", "EXECUTE p0")
+                  + bind_msg("", "") + bind_msg("", "p1") + execute_msg() + sync_msg()),
+            q(c, "EXECUTE p0"), bind_run(c, "p2")]
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -238,13 +321,50 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              parse_of_a_taken_name_and_deallocate_by_protocol,
              long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,
              long_executes_of_a_statement_the_backend_lacks,
-             describes_of_statements_whose_table_was_dropped]
+             describes_of_statements_whose_table_was_dropped,
+             describes_in_a_failed_transaction, unnamed_parses_of_an_execute,
+             statements_prepared_again_after_client_encoding_changed,
+             statements_evicted_between_an_unnamed_executes_bind_and_execute]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_a_statement_the_backend_lacks_answers_as_on_postgres(pg, start_sluice, scenario):
     assert_sluice_shows_what_postgres_shows(
         pg, start_sluice, 1, scenario, main={"default_pool_size": 1, "max_prepared_statements": 1})
+
+
+def test_a_statement_whose_text_the_new_client_encoding_lacks_fails_the_session(pg,
+                                                                                start_sluice):
+    """A UTF8 client's statement with a character LATIN1 lacks ('\u20ac'), Bound after SET
+    client_encoding LATIN1 on a backend that lacks it: Postgres runs the text it converted at
+    the Parse; sluice cannot send that text in LATIN1, and fails the session with 22P05 naming
+    the statement and both encodings, rather than run a text that reads otherwise."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_prepared_statements": 1})
+    text = "SELECT 1 AS one WHERE '\u20ac' <> ''"
+
+    def program(c):
+        return ([batch(c, parse_msg("euro", text) + sync_msg())] + evict(c)
+                + [q(c, "SET client_encoding TO LATIN1")])
+    direct = raw_login(pg.port, password="apppass")
+    pooled = raw_login(s.port)
+    try:
+        assert program(direct) == program(pooled)
+        assert bind_run(direct, "euro") == ["2", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]
+        pooled.send(bind_msg("", "euro") + execute_msg() + sync_msg())
+        t, p = pooled.read_message()
+        f = parse_fields(p)
+        assert (t, f.get("S"), f.get("C")) == ("E", "FATAL", "22P05"), f
+        assert '"euro" was sent in UTF8; the session now uses LATIN1' in f["M"], f
+        assert pooled.is_closed()
+        after = raw_login(s.port)  # the pool serves on
+        try:
+            assert q(after, "SELECT 2") == ["T", ("D", (b"2",)), ("C", "SELECT 1"), "ZI"]
+        finally:
+            after.close()
+    finally:
+        direct.close()
+        pooled.close()
 
 
 

@@ -207,6 +207,20 @@ def drops_that_fail_keep_sql_statements(c):
     return out
 
 
+def unnamed_executes_of_a_statement_closed_or_prepared_again(c):
+    """An unnamed Parse of EXECUTE p0 looks p0 up at its Bind, on Postgres: closed since, the
+    Bind gets 26000 naming p0; prepared again since under that name, the Bind runs the new
+    text."""
+    run = bind_msg("", "") + execute_msg()
+    return [batch(c, parse_msg("p0", "SELECT 0") + parse_msg("", "EXECUTE p0") + run
+                  + describe_msg("S", "") + run + sync_msg()),
+            batch(c, parse_msg("", "EXECUTE p0") + close_msg("S", "p0") + run + sync_msg()),
+            batch(c, parse_msg("p0", "SELECT 10") + parse_msg("", "EXECUTE p0") + sync_msg()),
+            batch(c, close_msg("S", "p0") + parse_msg("p0", "SELECT 11") + sync_msg()),
+            batch(c, run + sync_msg()), q(c, "EXECUTE p0"),
+            batch(c, parse_msg("", "EXECUTE nosuch") + run + sync_msg())]
+
+
 def long_sql_names_cut_at_a_whole_character(c):
     """Postgres cuts a long SQL identifier at its last whole character within 63 bytes (a
     protocol name at 63 bytes): EXECUTE and DEALLOCATE of a long multibyte name, unquoted and
@@ -230,7 +244,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              names_that_never_end, careless_pipelines,
              sql_statements_by_unnamed_parse_in_a_transaction,
              long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
-             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character]
+             drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character,
+             unnamed_executes_of_a_statement_closed_or_prepared_again]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -340,3 +355,34 @@ def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
         lambda c: (latin1_names(c) + latin1_long_sql_names(c) + latin1_long_protocol_names(c)
                    + latin1_long_protocol_names_in_messages_larger_than_the_buffer(c)),
         client_encoding="LATIN1")
+
+
+def one_text_in_two_encodings(latin1, utf8):
+    """The same bytes (C3 A9) as a LATIN1 client's text ('Ã©') and a UTF8 client's ('é'): two
+    statements on Postgres, each client reading its own back; through sluice too, with both
+    clients on one server, whichever prepared it first there. Each client's name is also
+    prepared in the other's encoding, with a long name (the text after the name's rest)."""
+    text = b"SELECT '\xc3\xa9' AS x"
+    long_name = b"n" * 70
+    return [batch(latin1, raw_parse(b"x", text) + sync_msg()),
+            batch(utf8, raw_parse(b"y", text) + sync_msg()),
+            batch(latin1, raw_bind_run(b"x")), batch(utf8, raw_bind_run(b"y")),
+            batch(utf8, raw_parse(long_name, text) + sync_msg()),
+            batch(latin1, raw_parse(long_name, text) + sync_msg()),
+            batch(utf8, raw_bind_run(long_name)), batch(latin1, raw_bind_run(long_name)),
+            batch(latin1, raw_bind_run(b"x")), batch(utf8, raw_bind_run(b"y"))]
+
+
+def test_one_text_sent_in_two_encodings_is_two_statements(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    seen = {}
+    for where, port, login in (("postgres", pg.port, {"password": "apppass"}),
+                               ("sluice", s.port, {})):
+        latin1 = raw_login(port, client_encoding="LATIN1", **login)
+        utf8 = raw_login(port, **login)
+        try:
+            seen[where] = one_text_in_two_encodings(latin1, utf8)
+        finally:
+            latin1.close()
+            utf8.close()
+    assert seen["sluice"] == seen["postgres"]

@@ -19,7 +19,7 @@
 
 static struct stmt_def *def_of(const char *query)
 {
-    return stmt_def_new((const uint8_t *)query, (uint32_t)strlen(query) + 1);
+    return stmt_def_new((const uint8_t *)query, (uint32_t)strlen(query) + 1, NULL);
 }
 
 static void map_put_get_replace_remove_keep_definitions_and_lru_order(void)
@@ -384,8 +384,8 @@ static void injected_messages_have_the_wire_format(void)
     struct msg_out o;
     codec_out_init(&o);
     /* A definition starts after the name's key: here the name's NUL, then the query */
-    struct stmt_def *d = stmt_def_new((const uint8_t *)"\0select 1", 10);
-    prepared_put_parse(&o, "s1", d);
+    struct stmt_def *d = stmt_def_new((const uint8_t *)"\0select 1", 10, NULL);
+    CHECK(prepared_put_parse(&o, "s1", d, NULL) == 0);
     prepared_put_close(&o, "s1");
     static const uint8_t want[] = {'P', 0, 0, 0, 16, 's', '1', 0, 's', 'e', 'l', 'e', 'c', 't',
                                    ' ', '1', 0, 'C', 0, 0, 0, 8, 'S', 's', '1', 0};
@@ -405,16 +405,16 @@ static void a_long_names_rest_starts_with_no_partial_character(void)
     codec_out_init(&o);
     /* the rest of the client's name: the end of an 'é' (0xa9), then "éx", NUL, the query */
     static const uint8_t rest[] = {0xa9, 0xc3, 0xa9, 'x', 0, 's', 0};
-    struct stmt_def *d = stmt_def_new(rest, sizeof(rest));
+    struct stmt_def *d = stmt_def_new(rest, sizeof(rest), NULL);
     char key[STMT_KEY_MAX + 1];
     memset(key, '_', STMT_KEY_MAX);
     memcpy(key, "sluice_1", 8);
     key[STMT_KEY_MAX] = '\0';
-    prepared_put_parse(&o, key, d);
+    CHECK(prepared_put_parse(&o, key, d, NULL) == 0);
     CHECK_INT(o.len, 5 + STMT_KEY_MAX + sizeof(rest));
     CHECK(o.len > 5 + STMT_KEY_MAX + 3 && memcmp(o.data + 5 + STMT_KEY_MAX, "___x", 4) == 0);
     codec_out_reset(&o);
-    prepared_put_parse(&o, "s1", d); /* a short name: its definition as it is */
+    CHECK(prepared_put_parse(&o, "s1", d, NULL) == 0); /* a short name: its definition as it is */
     CHECK(o.len > 7 && o.data[7] == 0xa9);
     stmt_def_unref(d);
     codec_out_free(&o);
@@ -507,7 +507,8 @@ static void a_definition_has_its_server_name(void)
     CHECK(strncmp(a->server_name, "sluice_", 7) == 0 && strlen(a->server_name) == 15);
     CHECK_STR(a->server_name, b->server_name); /* equal definitions: one statement on a server */
     CHECK(strcmp(a->server_name, c->server_name) != 0);
-    struct stmt_def *s1 = stmt_def_alloc(4), *s2 = stmt_def_alloc(4); /* streamed: counted */
+    /* streamed: counted */
+    struct stmt_def *s1 = stmt_def_alloc(4, NULL), *s2 = stmt_def_alloc(4, NULL);
     CHECK(strncmp(s1->server_name, "sluice_s", 8) == 0);
     CHECK(strcmp(s1->server_name, s2->server_name) != 0);
     CHECK(strlen(s1->server_name) <= STMT_SERVER_NAME_MAX);
@@ -516,6 +517,29 @@ static void a_definition_has_its_server_name(void)
     stmt_def_unref(c);
     stmt_def_unref(s1);
     stmt_def_unref(s2);
+}
+
+/* The same bytes read in two client encodings are two texts; an ASCII text is one in all. The
+ * text starts after the name's rest (a long name's bytes past its key). */
+static void a_text_beyond_ascii_is_named_by_its_encoding(void)
+{
+    static const uint8_t accented[] = "nn\0select '\xc3\xa9'\0\0";
+    static const uint8_t ascii[] = "\xe9\0select 1\0\0"; /* only the name's rest beyond */
+    struct stmt_def *l = stmt_def_new(accented, sizeof(accented) - 1, "LATIN1");
+    struct stmt_def *u = stmt_def_new(accented, sizeof(accented) - 1, "UTF8");
+    struct stmt_def *u2 = stmt_def_new(accented, sizeof(accented) - 1, "UTF8");
+    struct stmt_def *al = stmt_def_new(ascii, sizeof(ascii) - 1, "LATIN1");
+    struct stmt_def *au = stmt_def_new(ascii, sizeof(ascii) - 1, "UTF8");
+    CHECK(!stmt_def_equal(l, u) && strcmp(l->server_name, u->server_name) != 0);
+    CHECK(stmt_def_equal(u, u2));
+    CHECK_STR(u->encoding, "UTF8");
+    CHECK(stmt_def_equal(al, au) && strcmp(al->server_name, au->server_name) == 0);
+    CHECK_STR(al->encoding, "");
+    stmt_def_unref(l);
+    stmt_def_unref(u);
+    stmt_def_unref(u2);
+    stmt_def_unref(al);
+    stmt_def_unref(au);
 }
 
 /* A buffer holding `bytes` from offset `at`, framed up to scan. */
@@ -1250,7 +1274,7 @@ static void the_client_parses_parameter_types_are_kept_and_named(void)
     stmt_map_init(&server);
     /* the name's NUL, the text, no types named by the client */
     static const uint8_t text[] = "\0select 1 where $1 = 1\0\0";
-    struct stmt_def *d = stmt_def_new(text, sizeof(text) - 1);
+    struct stmt_def *d = stmt_def_new(text, sizeof(text) - 1, NULL);
     CHECK(stmt_map_put(&server, "sluice_1", d) != NULL);
     CHECK(stmt_map_put(client, "q", d) != NULL);
     CHECK_INT(stmt_queue_describe_due(&q, "sluice_1", "q", d), 0);
@@ -1265,7 +1289,7 @@ static void the_client_parses_parameter_types_are_kept_and_named(void)
     /* prepared again: the Parse names int4, and the server's answer does not change it */
     struct msg_out o;
     codec_out_init(&o);
-    prepared_put_parse(&o, "s", d);
+    CHECK(prepared_put_parse(&o, "s", d, NULL) == 0);
     static const uint8_t want[] = {'P', 0, 0, 0, 34, 's', 0, 's', 'e', 'l', 'e', 'c', 't', ' ',
                                    '1', ' ', 'w', 'h', 'e', 'r', 'e', ' ', '$', '1', ' ', '=', ' ',
                                    '1', 0, 0, 1, 0, 0, 0, 23};
@@ -1356,6 +1380,7 @@ int main(void)
     RUN(a_long_names_rest_starts_with_no_partial_character);
     RUN(deallocate_and_discard_are_recognised);
     RUN(a_definition_has_its_server_name);
+    RUN(a_text_beyond_ascii_is_named_by_its_encoding);
     RUN(names_are_rewritten_in_place_or_their_start_sent_first);
     RUN(errors_name_the_clients_statements);
     RUN(session_level_sql_is_detected);

@@ -637,7 +637,7 @@ static void *stmt_holder(void *p)
     }
     stmt_map_delete(m); /* drops this map's references */
     for (int i = 0; i < STREAMED_PER_THREAD; i++) {
-        struct stmt_def *d = stmt_def_alloc(0);
+        struct stmt_def *d = stmt_def_alloc(0, NULL);
         if (!d) {
             a->bad++;
             continue;
@@ -660,7 +660,7 @@ static int compare_names(const void *a, const void *b)
 static void statement_definitions_are_counted_across_threads(void)
 {
     static const char query[] = "\0select 1\0\0"; /* after a name: query, no parameters */
-    struct stmt_def *def = stmt_def_new((const uint8_t *)query, sizeof(query) - 1);
+    struct stmt_def *def = stmt_def_new((const uint8_t *)query, sizeof(query) - 1, NULL);
     CHECK(def != NULL);
     struct stmt_arg *args = calloc(NTHREADS, sizeof(*args));
     CHECK(args != NULL);

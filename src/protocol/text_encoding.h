@@ -1,0 +1,14 @@
+/* text_encoding: a statement text sent in one client_encoding, as the same characters in
+ * another (iconv), for a statement prepared again after its client changed client_encoding.
+ * Which encodings are converted is this file's; when to convert is prepared.c's. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The n bytes at `in`, read in Postgres's client encoding `from`, written in `to` into a new
+ * buffer (*out, *out_len; the caller frees it). 0, or -EINVAL: an encoding not converted here
+ * (a multi-byte one whose Postgres tables may differ from iconv's, SQL_ASCII, MULE_INTERNAL) or
+ * a character `to` lacks; -ENOMEM. */
+int text_encoding_convert(const char *from, const char *to, const uint8_t *in, size_t n,
+                          uint8_t **out, size_t *out_len) __attribute__((warn_unused_result));
