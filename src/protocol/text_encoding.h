@@ -1,7 +1,8 @@
 /* text_encoding: a statement text sent in one client_encoding, as the same characters in
  * another (iconv), for a statement prepared again after its client changed client_encoding.
  * Which encodings are converted is this file's; when to convert is prepared.c's. */
-#pragma once
+#ifndef SLUICE_TEXT_ENCODING_H
+#define SLUICE_TEXT_ENCODING_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -12,3 +13,5 @@
  * a character `to` lacks; -ENOMEM. */
 int text_encoding_convert(const char *from, const char *to, const uint8_t *in, size_t n,
                           uint8_t **out, size_t *out_len) __attribute__((warn_unused_result));
+
+#endif
