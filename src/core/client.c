@@ -561,7 +561,7 @@ void client_login_synced(struct client *c, struct server *s)
         return;
     }
     client_set_state(c, CLIENT_ACTIVE);
-    client_send_welcome(c, c->pool->have_welcome ? &c->pool->welcome : &s->login_reports);
+    client_send_welcome(c, pool_session_defaults(c->pool, s));
 }
 
 /* ---- messages by state ---- */

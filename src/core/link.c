@@ -112,15 +112,11 @@ static void unpair(struct client *c, struct server *s, bool backend_goes_on)
 }
 
 /* Fingerprints are recomputed only when the parameters changed (their generation moved). */
-const struct param_set *link_sync_base(const struct client *c, const struct server *s)
-{
-    return c->pool->have_welcome ? &c->pool->welcome : &s->login_reports;
-}
 
 static uint64_t want_fingerprint(struct client *c, const struct server *s)
 {
     if (!c->pool->have_welcome)
-        return params_fingerprint(link_sync_base(c, s), &c->params); /* no cache: the base varies */
+        return params_fingerprint(pool_session_defaults(c->pool, s), &c->params); /* no cache: the base varies */
     uint32_t gen = c->params.generation + 1; /* +1: generation 0 must compute too */
     if (c->params_fp_gen != gen) {
         c->params_fp = params_fingerprint(&c->pool->welcome, &c->params);
@@ -147,7 +143,7 @@ static int queue_sync(struct client *c, struct server *s)
         return 0;
     struct msg_out sql;
     codec_out_init(&sql);
-    int n = params_build_sync(link_sync_base(c, s), &c->params, &s->params, &sql);
+    int n = params_build_sync(pool_session_defaults(c->pool, s), &c->params, &s->params, &sql);
     if (sql.oom || params_note_sync(&s->params, &c->params) < 0) {
         codec_out_free(&sql);
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -220,7 +216,7 @@ void link_pair(struct client *c, struct server *s)
         }
         client_set_state(c, CLIENT_ACTIVE);
         if (login)
-            client_send_welcome(c, link_sync_base(c, s));
+            client_send_welcome(c, pool_session_defaults(c->pool, s));
     }
     link_kick(s);
 }

@@ -52,10 +52,6 @@ enum server_fate link_fate(enum link_end why, const struct link_facts *f);
 
 /* The pool gave server s to client c (the pool's waiter_served event): pair them, sync c's
  * session parameters onto s, and start relaying. */
-/* The values a client that set none of them wants for the client-settable parameters, which
- * its server is given when they differ (before anything of the client's reaches it): the
- * pool's welcome, or where the pool has learnt none, what s reported at its login. */
-const struct param_set *link_sync_base(const struct client *c, const struct server *s);
 void link_pair(struct client *c, struct server *s);
 /* End the pairing of c and s for why: take them apart and give the server its fate. The client
  * side is the caller's, except where the server ends it (SERVER_LOST, SERVER_FAST_CLOSE: the

@@ -512,6 +512,11 @@ void pool_learn_welcome(struct server *s)
     welcome_login_waiters(p);
 }
 
+const struct param_set *pool_session_defaults(const struct pool *p, const struct server *s)
+{
+    return p->have_welcome ? &p->welcome : &s->login_reports;
+}
+
 void pool_forget_stale_welcome(struct pool *p, uint64_t conninfo_fp)
 {
     if (p->welcome_fp == conninfo_fp)

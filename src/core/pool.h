@@ -182,6 +182,10 @@ static inline int pool_server_count(const struct pool *p)
 /* Does p know what to tell a new client at login (its welcome)? Learnt from a server of its
  * own, or taken from the pool key's, which another worker's pool learnt (ledger.h). */
 bool pool_knows_welcome(struct pool *p);
+/* The values a client of p that set none of them wants for the client-settable parameters,
+ * which its server s is given when they differ (link.c, before anything of the client's reaches
+ * it): the pool's welcome, or where the pool has learnt none, what s reported at its login. */
+const struct param_set *pool_session_defaults(const struct pool *p, const struct server *s);
 /* A client was just queued (WAITING or LOGIN_WAIT): link it now if a server and every limit
  * allow, else open a connection for it when the caps allow; otherwise it waits its turn. */
 void pool_lease(struct pool *p, struct client *c);

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "client.h"
-#include "link.h"
 #include "pool.h"
 #include "server.h"
 #include "session_effects.h"
@@ -50,7 +49,7 @@ static const char *client_encoding_of(const struct client *c, const struct serve
 {
     const char *client = params_get(&c->params, "client_encoding");
     if (!client)
-        client = params_get(link_sync_base(c, s), "client_encoding");
+        client = params_get(pool_session_defaults(c->pool, s), "client_encoding");
     if (!client)
         client = params_get(&s->params, "client_encoding");
     return client;
