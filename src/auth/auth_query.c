@@ -27,11 +27,13 @@
  * Only the slots are shared: set once at start-up, read-only after. */
 #include "auth_query.h"
 
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -177,11 +179,18 @@ static void remember_unknown(const char *key, uint64_t now)
  * other). So a flood of made-up user names costs Postgres at most that many backends.
  *
  *   RESOLVING --> CONNECTING --ok--> QUERYING <--> IDLE --SECRET_QUERY_IDLE_MS, reload,
- *                                                           shutdown--> closed
- *   any state --failed or server_connect_timeout--> closed
- * RESOLVING: the entry's host names, off the loop (resolver.c), when it names a host. */
+ *                                                           shutdown--> LEAVING --> closed
+ *   any state --failed or server_connect_timeout--> closed (or LEAVING, when logged in)
+ * RESOLVING: the entry's host names, off the loop (resolver.c), when it names a host.
+ * LEAVING: its backend was told to go (Terminate) and has not yet: its slot under the caps is
+ * given back when the backend closes its end (as a pool's server does, server.c), or after
+ * QCONN_LEAVING_WAIT_MS. A backend still in pg_stat_activity is one Postgres counts: freed at
+ * once, the slot let another worker's connection in beside it (3 auth_query backends at once
+ * from a set of 2, seen under load). */
 
-enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE };
+enum qconn_state { QCONN_RESOLVING, QCONN_CONNECTING, QCONN_QUERYING, QCONN_IDLE, QCONN_LEAVING };
+
+#define QCONN_LEAVING_WAIT_MS 2000
 
 struct qconn {
     struct qconn *next;
@@ -199,12 +208,79 @@ struct qconn {
 };
 static _Thread_local struct qconn *qconns;
 static _Thread_local int nqconns;
+static _Thread_local struct qconn *leaving_qconns; /* LEAVING, apart: no lookup sees them */
 
 static void query_dispatch(struct worker *worker);
 static struct qconn *idle_qconn(const char *target);
 static void on_qconn_io(struct sockio *io, int status, int events);
 
 static const char *const for_another_worker = "making room for another worker's lookup";
+
+/* The end of qc: its socket closed, its slot under the caps free (a pool may be waiting for
+ * it). */
+static void qconn_free(struct qconn *qc)
+{
+    int kept = qc->state == QCONN_LEAVING ? qc->io.fd : -1; /* the second descriptor */
+    sockio_detach(&qc->io);
+    if (kept >= 0)
+        close(kept);
+    resolver_cancel(qc->resolving);
+    if (qc->conn)
+        PQfinish(qc->conn);
+    slots->freed(qc->worker, qc->db_name, qc->auth_user);
+    free(qc->target);
+    free(qc->db_name);
+    free(qc->auth_user);
+    free(qc);
+}
+
+static void on_leaving_io(struct sockio *io, int status, int events)
+{
+    (void)events;
+    struct qconn *qc = io->owner;
+    char scratch[512];
+    for (;;) {
+        ssize_t n = status < 0 ? -1 : sockio_read(&qc->io, scratch, sizeof(scratch));
+        if (n == SOCKIO_AGAIN)
+            return;
+        if (n <= 0)
+            break;
+    }
+    for (struct qconn **pp = &leaving_qconns; *pp; pp = &(*pp)->next) {
+        if (*pp == qc) {
+            *pp = qc->next;
+            break;
+        }
+    }
+    qconn_free(qc);
+}
+
+/* A logged-in connection with nothing under way says goodbye (PQfinish sends Terminate) over a
+ * second descriptor of its socket, which stays open to read the backend's close. False when it
+ * cannot (not logged in: libpq sends no Terminate then, and a backend mid-login would wait on
+ * the open socket; a lookup under way; no descriptor to spare): it closes at once. */
+static bool qconn_leave(struct qconn *qc)
+{
+    if (!qc->conn || PQstatus(qc->conn) != CONNECTION_OK || PQisBusy(qc->conn) ||
+        PQtransactionStatus(qc->conn) != PQTRANS_IDLE)
+        return false;
+    int keep = fcntl(PQsocket(qc->conn), F_DUPFD_CLOEXEC, 0);
+    if (keep < 0)
+        return false;
+    sockio_detach(&qc->io);
+    PQfinish(qc->conn);
+    qc->conn = NULL;
+    if (sockio_open(&qc->io, qc->worker->loop, keep, qc, on_leaving_io) < 0) {
+        close(keep);
+        return false;
+    }
+    qc->state = QCONN_LEAVING;
+    qc->since_ms = sluice_now(qc->worker);
+    qc->next = leaving_qconns;
+    leaving_qconns = qc;
+    sockio_want(&qc->io, UV_READABLE);
+    return true;
+}
 
 static void qconn_close(struct qconn *qc, const char *why)
 {
@@ -217,18 +293,11 @@ static void qconn_close(struct qconn *qc, const char *why)
     nqconns--;
     if (qc->job)
         qc->job->qc = NULL;
+    qc->job = NULL;
     log_msg(LOG_DEBUG, "auth_query: closing the connection to \"%s\" as \"%s\": %s", qc->db_name,
             qc->auth_user, why);
-    sockio_detach(&qc->io);
-    resolver_cancel(qc->resolving);
-    if (qc->conn)
-        PQfinish(qc->conn);
-    /* its slot under the caps is free: a pool may be waiting for it */
-    slots->freed(qc->worker, qc->db_name, qc->auth_user);
-    free(qc->target);
-    free(qc->db_name);
-    free(qc->auth_user);
-    free(qc);
+    if (!qconn_leave(qc))
+        qconn_free(qc);
 }
 
 /* Another worker has a lookup the process's cap on these connections holds back: an idle
@@ -422,6 +491,8 @@ static void on_qconn_io(struct sockio *io, int status, int events)
         /* nothing is due on an idle connection but its end (or a notice) */
         if (!PQconsumeInput(qc->conn) || PQstatus(qc->conn) != CONNECTION_OK)
             qconn_close(qc, "the server closed it");
+        return;
+    case QCONN_LEAVING: /* watched by on_leaving_io */
         return;
     }
 }
@@ -690,16 +761,29 @@ static struct secret_job *query_job(struct worker *worker, const struct query_ta
 int secret_query_servers(const char *db_name, const char *user_name)
 {
     int n = 0;
-    for (const struct qconn *qc = qconns; qc; qc = qc->next) {
-        if ((!db_name || strcmp(qc->db_name, db_name) == 0) &&
-            (!user_name || strcmp(qc->auth_user, user_name) == 0))
-            n++;
+    const struct qconn *lists[] = {qconns, leaving_qconns}; /* a LEAVING one holds its slot */
+    for (size_t k = 0; k < sizeof lists / sizeof lists[0]; k++) {
+        for (const struct qconn *qc = lists[k]; qc; qc = qc->next) {
+            if ((!db_name || strcmp(qc->db_name, db_name) == 0) &&
+                (!user_name || strcmp(qc->auth_user, user_name) == 0))
+                n++;
+        }
     }
     return n;
 }
 
 void secret_tick(struct worker *worker, uint64_t now)
 {
+    /* a backend that has not closed its end by now is let go of: its slot is given back */
+    for (struct qconn **pp = &leaving_qconns; *pp;) {
+        struct qconn *qc = *pp;
+        if (now - qc->since_ms < QCONN_LEAVING_WAIT_MS) {
+            pp = &qc->next;
+            continue;
+        }
+        *pp = qc->next;
+        qconn_free(qc);
+    }
     uint64_t limit = (uint64_t)worker->cfg->server_connect_timeout;
     struct qconn *qc = qconns;
     while (qc) {
@@ -810,6 +894,11 @@ void auth_query_end_all(const char *why)
 {
     while (qconns)
         qconn_close(qconns, why);
+    while (leaving_qconns) {
+        struct qconn *qc = leaving_qconns;
+        leaving_qconns = qc->next;
+        qconn_free(qc);
+    }
     while (query_jobs) {
         /* a waiter's end may change the list: take the head each time */
         struct secret_job *j = query_jobs;

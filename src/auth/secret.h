@@ -89,8 +89,9 @@ void secret_tick(struct worker *worker, uint64_t now);
 /* Another worker gave back one of the process's auth_query connections: start the lookups the
  * cap held back (as the tick does). */
 void secret_retry_lookups(struct worker *worker);
-/* auth_query's connections (connecting or open) to database entry db_name as user_name; NULL
- * matches any. They count against the caps like the pools' servers. */
+/* auth_query's connections (connecting, open, or closed and waiting for the backend to go) to
+ * database entry db_name as user_name; NULL matches any. They count against the caps like the
+ * pools' servers. */
 int secret_query_servers(const char *db_name, const char *user_name);
 /* Shutdown begins: end the lookups and close auth_query's connections. */
 void secret_shutdown(void);

@@ -1,7 +1,9 @@
 """auth_query under a flood of strangers: the lookups run on a small set of connections that count
 against the caps, queue for them, and unknown names are remembered as unknown for a while, so
 300 made-up user names cost Postgres at most that set (issue 18 item 4)."""
+import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -184,3 +186,40 @@ def login_during_a_queue_elsewhere(start_sluice, pg, slow, names):
     assert logged_in < done[-2], \
         f"the login waited for worker 1's queue: in at {logged_in - done[0]:+.2f}s after the " \
         f"first lookup's answer, the last two at {done[-2] - done[0]:+.2f}s and {done[-1] - done[0]:+.2f}s"
+
+
+def test_a_closed_lookup_connection_keeps_its_slot_until_its_backend_has_gone(
+        start_sluice, pg, flood_roles):
+    """sluice closes an auth_query connection (here at a reload) with a Terminate, and the
+    backend stays in pg_stat_activity, counted by Postgres, until it has exited. Its slot was
+    given back at once: the next lookups opened connections beside backends still there (3
+    auth_query backends from a set of 2, seen on a loaded machine). Stopped backends hold that
+    window open: while they are there, no further lookup connection opens; once they go, the
+    lookups run."""
+    s = flood_sluice(start_sluice, pg)
+    answered(send_strangers(s.port, [f"before_{i}" for i in range(20)]), timeout=20)
+    pids = [r[0] for r in pg.query("SELECT pid FROM pg_stat_activity WHERE usename = %s",
+                                   (AUTH_USER,))]
+    assert pids, "no auth_query connection to close"
+    mark = s.mark()
+    stopped = []
+    strangers = []
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        with BackendSampler(pg, AUTH_USER) as auth_only:
+            s.send_signal(signal.SIGHUP)
+            s.wait_for_log(r"auth_query: closing the connection .*reloaded", since=mark,
+                           timeout=10)
+            strangers = send_strangers(s.port, [f"after_{i}" for i in range(20)])
+            time.sleep(0.5)  # well inside the 2 s a closed connection's backend is waited for
+        assert auth_only.samples > 0
+        assert auth_only.max <= AUTH_QUERY_SET, \
+            f"auth_query held {auth_only.max} connections at once (set of {AUTH_QUERY_SET})"
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    answered(strangers, timeout=20)
+    assert sorted(lookups_of(s, [f"after_{i}" for i in range(20)])) == \
+        sorted(f"after_{i}" for i in range(20))
