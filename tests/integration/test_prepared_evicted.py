@@ -29,12 +29,13 @@ def evict(c):
 
 
 def described(c, data):
-    """What the client sees, ParameterDescriptions with their types."""
+    """What the client sees up to the batch's ReadyForQuery: each message's type, an error's
+    SQLSTATE, a ParameterDescription's types."""
     c.send(data)
     seen = []
     while True:
         t, p = c.read_message()
-        seen.append((t, p if t == "t" else None))
+        seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
         if t == "Z":
             return seen
 
@@ -196,13 +197,7 @@ def describes_of_statements_whose_table_was_dropped(c):
     transaction (25P02 before the types). The same for one whose result type changed (0A000
     after the types)."""
     def answers(data):
-        c.send(data)
-        seen = []
-        while True:
-            t, p = c.read_message()
-            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
-            if t == "Z":
-                return seen
+        return described(c, data)
     before = parse_msg("", "SELECT 1") + bind_msg("", "") + execute_msg()
     return (make_table(c)
             + [batch(c, parse_msg("d1", "SELECT a FROM t_ev WHERE a = $1 AND $2::text > ''")
@@ -236,13 +231,7 @@ def describes_in_a_failed_transaction(c):
     (25P02) but describes one without (ParameterDescription with the types of its Parse,
     NoData), whether or not its table is still there; the statement runs after the ROLLBACK."""
     def answers(data):
-        c.send(data)
-        seen = []
-        while True:
-            t, p = c.read_message()
-            seen.append(("E", parse_fields(p).get("C")) if t == "E" else (t, p if t == "t" else None))
-            if t == "Z":
-                return seen
+        return described(c, data)
     def failed():
         return [q(c, "BEGIN"), q(c, "SELECT 1/0")]
     return (make_table(c)
