@@ -264,9 +264,15 @@ static bool qconn_leave(struct qconn *qc)
     if (!qc->conn || PQstatus(qc->conn) != CONNECTION_OK || PQisBusy(qc->conn) ||
         PQtransactionStatus(qc->conn) != PQTRANS_IDLE)
         return false;
-    int keep = fcntl(PQsocket(qc->conn), F_DUPFD_CLOEXEC, 0);
+    /* dup(), not fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows descriptors made by dup but not
+     * by fcntl, and libuv closes its own (a worker's epoll descriptor) with a raw system call it
+     * does not see: a number reused through fcntl kept the old descriptor's history and its
+     * close here read as a race with the ended worker's epoll_wait. sluice never execs, so the
+     * close-on-exec flag set a moment later misses nothing. */
+    int keep = dup(PQsocket(qc->conn));
     if (keep < 0)
         return false;
+    (void)fcntl(keep, F_SETFD, FD_CLOEXEC);
     sockio_detach(&qc->io);
     PQfinish(qc->conn);
     qc->conn = NULL;
