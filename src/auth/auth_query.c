@@ -255,14 +255,21 @@ static void on_leaving_io(struct sockio *io, int status, int events)
     qconn_free(qc);
 }
 
+/* Logged in, no result pending, outside a transaction: fit for the next lookup, and for a
+ * goodbye that the backend reads as a clean end. */
+static bool qconn_at_rest(struct qconn *qc)
+{
+    return qc->conn && PQstatus(qc->conn) == CONNECTION_OK && !PQisBusy(qc->conn) &&
+           PQtransactionStatus(qc->conn) == PQTRANS_IDLE;
+}
+
 /* A logged-in connection with nothing under way says goodbye (PQfinish sends Terminate) over a
  * second descriptor of its socket, which stays open to read the backend's close. False when it
  * cannot (not logged in: libpq sends no Terminate then, and a backend mid-login would wait on
  * the open socket; a lookup under way; no descriptor to spare): it closes at once. */
 static bool qconn_leave(struct qconn *qc)
 {
-    if (!qc->conn || PQstatus(qc->conn) != CONNECTION_OK || PQisBusy(qc->conn) ||
-        PQtransactionStatus(qc->conn) != PQTRANS_IDLE)
+    if (!qconn_at_rest(qc))
         return false;
     /* dup(), not fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows descriptors made by dup but not
      * by fcntl, and libuv closes its own (a worker's epoll descriptor) with a raw system call it
@@ -337,8 +344,7 @@ static void query_finish(struct secret_job *j, const char *error)
     if (qc) {
         qc->job = NULL;
         j->qc = NULL;
-        if (qc->retired || worker->proc->phase != PHASE_RUNNING ||
-            PQstatus(qc->conn) != CONNECTION_OK || PQtransactionStatus(qc->conn) != PQTRANS_IDLE) {
+        if (qc->retired || worker->proc->phase != PHASE_RUNNING || !qconn_at_rest(qc)) {
             qconn_close(qc, qc->retired ? "the configuration was reloaded" : "not reusable");
         } else if (slots->wanted_elsewhere(worker) && turn_over(qc, sluice_now(worker))) {
             qconn_close(qc, for_another_worker);
