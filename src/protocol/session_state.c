@@ -528,9 +528,11 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     if (n == 0 && argument_is(s, a1, e1, "name") && e3 < len && s[e3] == ')')
         q = settings_row_name(s, e3, len, &n);
     bool value_literal = plain_literal(s, e1 + 1, e2);
-    if (t && n > 0 && search_path_at(s, q + 1, q + 1 + n) &&
+    /* A value that is not a plain literal may be anything, and a name sluice cannot read may
+     * be search_path: even for the transaction alone, a temporary table made under it stays. */
+    if (t && (n == 0 || search_path_at(s, q + 1, q + 1 + n)) &&
         (!value_literal || sql_names_temp_schema(s + e1 + 1, e2 - e1 - 1)))
-        t->temp_schema = true; /* a value that is not a plain literal may be anything */
+        t->temp_schema = true;
     /* A value that is not a plain literal may be NULL, which resets as RESET does. */
     if (!value_literal) {
         if (n > 0)

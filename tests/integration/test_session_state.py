@@ -541,6 +541,9 @@ TEMP_SEARCH_PATHS = [
     "SELECT set_config('search_path', 'pg_temp,public', false)",
     "SELECT set_config('search_path', concat('pg_', 'temp'), true)",
     "SET LOCAL search_path = U&\"pg\\005ftemp\"",
+    # a name sluice cannot read may be search_path, even for a transaction
+    "SELECT set_config(n, 'pg_temp', true) FROM (VALUES ('search_path')) v(n)",
+    "SELECT set_config('search' || '_path', 'pg_temp', true)",
 ]
 
 
