@@ -301,7 +301,7 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
 }
 
 static enum session_feature statement_keyword_feature(const char *s, size_t i, size_t len,
-                                                      struct param_touch *t);
+                                                      struct param_touch *t, unsigned reading);
 
 /* Does the statement s[i..len) make temporary objects other than by CREATE TEMP: a
  * SELECT ... INTO TEMP, or a name in the temporary schema (pg_temp.x, "pg_temp".x, the
@@ -361,14 +361,53 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
                keyword(s, &i, len, "verbose"))
             ;
     }
-    enum session_feature f = statement_keyword_feature(s, i, len, t);
+    enum session_feature f = statement_keyword_feature(s, i, len, t, reading);
     if (f == SESSION_FEATURE_NONE && makes_temp_objects(s, i, len, reading))
         return SESSION_FEATURE_TEMP_TABLE;
     return f;
 }
 
+/* CREATE TEMP TABLE ... ON COMMIT DROP, from s[i] just past TEMP: the table (with its indexes,
+ * sequences and row type) is dropped when its transaction ends, committed or not, so it never
+ * reaches the next client: the pattern that suits a transaction pooler costs no reset and
+ * meets no session_state_policy. The clause stands before AS (CREATE TABLE AS); literals,
+ * quoted names, comments and what is inside parentheses (a column's DEFAULT) are skipped. */
+static bool temp_table_dropped_at_commit(const char *s, size_t i, size_t len, unsigned reading)
+{
+    if (!keyword(s, &i, len, "table"))
+        return false;
+    int depth = 0;
+    while (i < len) {
+        bool ended;
+        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
+        if (past != i) {
+            if (!ended)
+                return false;
+            i = past;
+            continue;
+        }
+        if (s[i] == '(' || s[i] == ')') {
+            depth += s[i] == '(' ? 1 : -1;
+            i++;
+            continue;
+        }
+        if (depth != 0 || !sql_ident_char(s[i]) || (i > 0 && sql_ident_char(s[i - 1]))) {
+            i++;
+            continue;
+        }
+        size_t at = i;
+        if (keyword(s, &at, len, "as"))
+            return false;
+        if (keyword(s, &at, len, "on"))
+            return keyword(s, &at, len, "commit") && keyword(s, &at, len, "drop");
+        while (i < len && sql_ident_char(s[i]))
+            i++;
+    }
+    return false;
+}
+
 static enum session_feature statement_keyword_feature(const char *s, size_t i, size_t len,
-                                                      struct param_touch *t)
+                                                      struct param_touch *t, unsigned reading)
 {
     if (keyword(s, &i, len, "do")) {
         /* an anonymous code block: code sluice does not read, whose dynamic SQL may change
@@ -404,7 +443,8 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
             (void)keyword(s, &i, len, "replace");
         (void)(keyword(s, &i, len, "local") || keyword(s, &i, len, "global"));
         if (keyword(s, &i, len, "temp") || keyword(s, &i, len, "temporary"))
-            return SESSION_FEATURE_TEMP_TABLE;
+            return temp_table_dropped_at_commit(s, i, len, reading) ? SESSION_FEATURE_NONE
+                                                                    : SESSION_FEATURE_TEMP_TABLE;
         return SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "declare")) {

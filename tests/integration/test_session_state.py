@@ -513,6 +513,10 @@ TEMP_OBJECTS = [
     "CREATE TABLE U&\"pg_tem\\0070\".tt AS SELECT 'A-secret' AS x",
     "CREATE TABLE U&\"pg!005ftemp\" UESCAPE '!' . tt AS SELECT 'A-secret' AS x",
     "SELECT 'A-secret' AS x INTO u&\"pg\\+00005ftemp\".tt",
+    # a temporary table kept past the commit, whatever a comment or a name says
+    "CREATE TEMP TABLE tt ON COMMIT PRESERVE ROWS AS SELECT 'A-secret' AS x",
+    "CREATE TEMP TABLE tt /* ON COMMIT DROP */ AS SELECT 'A-secret' AS x",
+    "CREATE TEMP TABLE tt AS SELECT 'A-secret' AS x, 1 AS \"on commit drop\"",
 ]
 
 
@@ -529,6 +533,37 @@ def test_temporary_objects_made_without_create_temp_never_reach_the_next_client(
     with s.connect() as b:
         with pytest.raises(psycopg.errors.UndefinedTable):
             b.execute("SELECT x FROM tt")
+
+
+ON_COMMIT_DROP = [
+    "CREATE TEMP TABLE tt (x text DEFAULT 'as') ON COMMIT DROP",
+    "CREATE LOCAL TEMPORARY TABLE IF NOT EXISTS tt (x text CHECK (x <> 'on commit preserve rows'))"
+    " WITH (fillfactor = 90) ON/**/COMMIT/**/DROP",
+    "create temp table tt on commit drop as select 'A-secret'::text as x",
+    "EXPLAIN ANALYZE CREATE TEMP TABLE tt ON COMMIT DROP AS SELECT 'A-secret' AS x",
+]
+
+
+def test_a_temporary_table_dropped_at_commit_is_neither_refused_nor_reset(start_sluice, table):
+    """CREATE TEMP TABLE ... ON COMMIT DROP, the temporary table that suits a transaction
+    pooler, ends with its transaction: under session_state_policy = refuse it was refused (pin
+    pinned the client, warn reset the server with DISCARD ALL after each such transaction).
+    Now it runs as on Postgres, and the server keeps its session (lastval() still reads the
+    sequence value of the transaction before)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        a.execute(f"CREATE SEQUENCE public.{table}_seq")
+        try:
+            for n, make in enumerate(ON_COMMIT_DROP, start=1):
+                with a.transaction():
+                    a.execute(f"SELECT nextval('public.{table}_seq')")
+                    a.execute(make)
+                    a.execute("INSERT INTO tt (x) VALUES ('A')")
+                assert a.execute("SELECT lastval(), to_regclass('pg_temp.tt')").fetchone() == \
+                    (n, None), make
+        finally:
+            a.execute(f"DROP SEQUENCE public.{table}_seq")
 
 
 TEMP_SEARCH_PATHS = [
