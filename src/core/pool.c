@@ -658,6 +658,13 @@ bool pool_queue_cleanup(struct server *s)
         s->session = SERVER_SESSION_FOLLOWED;
         reset = true;
         queued = true;
+    } else if (s->session == SERVER_SESSION_TEMP_OBJECTS) {
+        /* Temporary objects and nothing else the records miss: DISCARD TEMP drops them, and
+         * the backend keeps its prepared statements and parameters for the next client. */
+        if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
+            server_queue_internal(s, "DISCARD TEMP");
+        s->session = SERVER_SESSION_FOLLOWED;
+        queued = true;
     }
     /* The reset query reset the parameters sluice SET, and in session mode the client's own
      * statements were not followed: either way the record of them is no longer true. After

@@ -65,11 +65,15 @@ bool server_transition_ok(enum server_state from, enum server_state to);
 
 /* Whether sluice's records (params, stmts) account for all the session state a client left on
  * the backend. In transaction mode a client may change what sluice cannot name or undo piecemeal
- * (SET ROLE, set_config of a computed name, LISTEN, a temporary table, ...): then only a full
- * reset (DISCARD ALL) at release makes the backend fit for the next client. */
+ * (SET ROLE, set_config of a computed name, LISTEN, ...): then only a full reset (DISCARD ALL) at
+ * release makes the backend fit for the next client. Temporary objects alone need less: DISCARD
+ * TEMP drops them and keeps what sluice follows (the backend's prepared statements, its
+ * parameters), which a full reset would make every later client prepare and set again. In
+ * order: a server needing more never goes back to needing less before its reset. */
 enum server_session {
-    SERVER_SESSION_FOLLOWED, /* the records are enough: the next client's sync fixes the rest */
-    SERVER_SESSION_UNKNOWN,  /* DISCARD ALL before anyone gets it again (pool_queue_cleanup) */
+    SERVER_SESSION_FOLLOWED,     /* the records are enough: the next client's sync fixes the rest */
+    SERVER_SESSION_TEMP_OBJECTS, /* and temporary objects: DISCARD TEMP before it serves again */
+    SERVER_SESSION_UNKNOWN,      /* DISCARD ALL before anyone gets it again (pool_queue_cleanup) */
 };
 
 struct pool;

@@ -218,13 +218,23 @@ static enum track_result apply_session_policy(struct client *c, struct server *s
     return TRACK_PASS;
 }
 
+/* The server may hold temporary objects (server.h): it gets DISCARD TEMP before it serves again,
+ * unless a full reset is due already. */
+static void note_temp_objects(struct server *s)
+{
+    if (s->session == SERVER_SESSION_FOLLOWED)
+        s->session = SERVER_SESSION_TEMP_OBJECTS;
+}
+
 /* Objects only the end of a session drops (a temporary table, LISTEN, ...) were made on the
- * server: it gets a full reset before it serves again, so no other client finds them. What no
- * reset undoes (a LOADed library) ends with the server: it is closed when released (a pinned
- * client's when the client leaves). */
+ * server: it gets a reset before it serves again, so no other client finds them (DISCARD TEMP
+ * for temporary objects, a full reset for the rest). What no reset undoes (a LOADed library)
+ * ends with the server: it is closed when released (a pinned client's when the client leaves). */
 static void note_session_objects(struct server *s, enum session_feature f)
 {
-    if (session_feature_leaves_objects(f))
+    if (f == SESSION_FEATURE_TEMP_TABLE)
+        note_temp_objects(s);
+    else if (session_feature_leaves_objects(f))
         s->session = SERVER_SESSION_UNKNOWN;
     if (session_feature_outlives_reset(f))
         s->close_when_free = true;
@@ -240,8 +250,10 @@ static void note_session_objects(struct server *s, enum session_feature f)
  * server gets a full reset before it serves again. */
 void session_effects_forget_params(struct server *s, const struct param_touch *touch)
 {
-    if (touch->unnamed || touch->temp_schema)
+    if (touch->unnamed)
         s->session = SERVER_SESSION_UNKNOWN;
+    if (touch->temp_schema)
+        note_temp_objects(s); /* the search_path itself is followed as any SET's */
     bool ok = true;
     if (touch->all)
         ok = params_forget(&s->params, NULL) == 0;
@@ -317,7 +329,7 @@ void session_effects_on_lease(const struct client *c, struct server *s)
 {
     const char *path = params_get(&c->params, "search_path");
     if (path && sql_names_temp_schema(path, strlen(path)))
-        s->session = SERVER_SESSION_UNKNOWN;
+        note_temp_objects(s);
 }
 
 unsigned session_effects_reading(const struct client *c, const struct server *s, const char *sql,

@@ -40,7 +40,7 @@ void session_effects_forget_params(struct server *s, const struct param_touch *t
 
 /* c got s for a transaction (link_pair): a client whose search_path names pg_temp (set at login,
  * or a SET sluice follows and gives each server the client gets) makes a temporary object with a
- * plain CREATE, which only a full reset drops: s gets one before it serves again. */
+ * plain CREATE: s gets DISCARD TEMP before it serves again. */
 void session_effects_on_lease(const struct client *c, struct server *s);
 
 /* How the client's SQL text sql (len bytes) reads (enum sql_reading, for session_state_detect):

@@ -566,6 +566,36 @@ def test_a_temporary_table_dropped_at_commit_is_neither_refused_nor_reset(start_
             a.execute(f"DROP SEQUENCE public.{table}_seq")
 
 
+TEMP_ONLY = [
+    ["CREATE TEMP TABLE tt AS SELECT 'A-secret' AS x"],
+    ["SELECT 'A-secret' AS x INTO TEMP tt"],
+    # PostgREST's way: the value a Bind parameter, which may name pg_temp
+    ["SELECT set_config('search_path', %s, true)", "CREATE TABLE tt AS SELECT 'A-secret' AS x"],
+]
+
+
+@pytest.mark.parametrize("steps", TEMP_ONLY)
+def test_temporary_objects_cost_a_discard_temp_not_a_full_reset(start_sluice, table, steps):
+    """A temporary object is all such a transaction leaves that sluice does not follow: the
+    server gets DISCARD TEMP, which drops it for the next client and keeps the rest of the
+    session (its prepared statements, its parameters, lastval()). A DISCARD ALL after each
+    transaction made every later client prepare and set again."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(f"CREATE SEQUENCE public.{table}_seq")
+        try:
+            for n in (1, 2):
+                with a.transaction():
+                    a.execute(f"SELECT nextval('public.{table}_seq')")
+                    for sql in steps:
+                        a.execute(sql, ["pg_temp, public"] if "%s" in sql else None)
+                    assert a.execute("SELECT x FROM tt").fetchone() == ("A-secret",)
+                row = a.execute("SELECT lastval(), to_regclass('pg_temp.tt')").fetchone()
+                assert row == (n, None)
+        finally:
+            a.execute(f"DROP SEQUENCE public.{table}_seq")
+
+
 TEMP_SEARCH_PATHS = [
     "SET search_path = pg_temp, public",
     "SET LOCAL search_path = pg_temp",
