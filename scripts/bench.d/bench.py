@@ -481,6 +481,12 @@ def scenarios(quick):
                                 pgbench=["-S", "-M", mode, "-n"], clients=c, jobs=j))
     out.append(Scenario("prepared-c16", "pgbench", "pgbench -S -M prepared -c 16 -j 16",
                         pgbench=["-S", "-M", "prepared", "-n"], clients=16, jobs=16))
+    temp_path = HERE / "temp_path.sql"
+    out.append(Scenario("temp-path-c16", "pgbench",
+                        "pgbench -M prepared -c 16 -j 2, search_path naming pg_temp in each "
+                        "transaction (temp_path.sql; sluice resets temporary objects after each)",
+                        pgbench=["-f", str(temp_path), "-M", "prepared", "-n"], clients=16,
+                        jobs=2))
     tc = 16 if quick else 32
     out.append(Scenario(f"tpcb-c{tc}", "pgbench", f"pgbench (TPC-B-like) -M simple -c {tc} -j {tc}",
                         pgbench=["-M", "simple"], clients=tc, jobs=tc))
