@@ -367,6 +367,23 @@ static enum session_feature statement_feature(const char *s, size_t i, size_t le
     return f;
 }
 
+/* s[i] when no literal, quoted name or comment starts there, else the first byte past the run
+ * of them (read as `reading` says); len when the text ends inside one, where Postgres runs
+ * nothing of it. */
+static size_t skip_lexemes(const char *s, size_t i, size_t len, unsigned reading)
+{
+    while (i < len) {
+        bool ended;
+        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
+        if (past == i)
+            return i;
+        if (!ended)
+            return len;
+        i = past;
+    }
+    return len;
+}
+
 /* CREATE TEMP TABLE ... ON COMMIT DROP, from s[i] just past TEMP: the table (with its indexes,
  * sequences and row type) is dropped when its transaction ends, committed or not, so it never
  * reaches the next client: the pattern that suits a transaction pooler costs no reset and
@@ -377,15 +394,7 @@ static bool temp_table_dropped_at_commit(const char *s, size_t i, size_t len, un
     if (!keyword(s, &i, len, "table"))
         return false;
     int depth = 0;
-    while (i < len) {
-        bool ended;
-        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
-        if (past != i) {
-            if (!ended)
-                return false;
-            i = past;
-            continue;
-        }
+    for (i = skip_lexemes(s, i, len, reading); i < len; i = skip_lexemes(s, i, len, reading)) {
         if (s[i] == '(' || s[i] == ')') {
             depth += s[i] == '(' ? 1 : -1;
             i++;
@@ -473,21 +482,12 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
 static size_t argument_end(const char *s, size_t i, size_t len, unsigned reading)
 {
     int depth = 0;
-    while (i < len) {
-        bool ended;
-        size_t past = sql_skip_lexeme(s, i, len, reading, &ended, NULL);
-        if (past != i) {
-            if (!ended)
-                return len;
-            i = past;
-            continue;
-        }
+    for (i = skip_lexemes(s, i, len, reading); i < len; i = skip_lexemes(s, i + 1, len, reading)) {
         char ch = s[i];
         if (ch == '(')
             depth++;
         else if ((ch == ')' && depth-- == 0) || (ch == ',' && depth == 0))
             return i;
-        i++;
     }
     return len;
 }
