@@ -629,18 +629,41 @@ void pool_startup_refused(struct pool *p, uint64_t startup_fp, const char *sqlst
     maybe_connect(p);
 }
 
+const char *pool_cleanup_name(enum pool_cleanup k)
+{
+    switch (k) {
+    case POOL_CLEANUP_ROLLBACK:
+        return "rollback";
+    case POOL_CLEANUP_RESET_QUERY:
+        return "server_reset_query";
+    case POOL_CLEANUP_DISCARD_ALL:
+        return "discard_all";
+    case POOL_CLEANUP_DISCARD_TEMP:
+        return "discard_temp";
+    case POOL_CLEANUP_KINDS:
+        break;
+    }
+    return "?";
+}
+
+static void queue_cleanup(struct server *s, enum pool_cleanup kind, const char *sql)
+{
+    server_queue_internal(s, sql);
+    s->pool->cleanups[kind]++;
+}
+
 bool pool_queue_cleanup(struct server *s)
 {
     const struct config *cfg = s->pool->worker->cfg;
     const struct pool_mode_ops *ops = pool_mode_ops(s->mode, cfg->server_reset_query_always);
     bool queued = false;
     if (s->txn_status != 'I') {
-        server_queue_internal(s, "ROLLBACK");
+        queue_cleanup(s, POOL_CLEANUP_ROLLBACK, "ROLLBACK");
         queued = true;
     }
     bool reset = ops->reset_on_release && cfg->server_reset_query.kind != SQL_SETTING_NONE;
     if (reset) {
-        server_queue_internal(s, cfg->server_reset_query.text);
+        queue_cleanup(s, POOL_CLEANUP_RESET_QUERY, cfg->server_reset_query.text);
         /* DISCARD ALL drops prepared statements; should it fail, re-preparing stays safe. */
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
@@ -652,7 +675,7 @@ bool pool_queue_cleanup(struct server *s)
          * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
          * is. Should it fail, the server is closed (on_internal_error). */
         if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
-            server_queue_internal(s, "DISCARD ALL");
+            queue_cleanup(s, POOL_CLEANUP_DISCARD_ALL, "DISCARD ALL");
         stmt_map_mark_unknown(&s->stmts);
         stmt_map_clear(&s->sql_prepared);
         s->session = SERVER_SESSION_FOLLOWED;
@@ -662,7 +685,7 @@ bool pool_queue_cleanup(struct server *s)
         /* Temporary objects and nothing else the records miss: DISCARD TEMP drops them, and
          * the backend keeps its prepared statements and parameters for the next client. */
         if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
-            server_queue_internal(s, "DISCARD TEMP");
+            queue_cleanup(s, POOL_CLEANUP_DISCARD_TEMP, "DISCARD TEMP");
         s->session = SERVER_SESSION_FOLLOWED;
         queued = true;
     }

@@ -18,6 +18,20 @@ struct client;
 struct server;
 struct ledger_key;
 
+/* What sluice ran on a server of the pool before it served again (pool_queue_cleanup), one count
+ * per statement queued: /metrics sluice_server_cleanups_total{kind}. It shows what an
+ * application's session state costs: each is a round trip the server waits for before the next
+ * client gets it. */
+enum pool_cleanup {
+    POOL_CLEANUP_ROLLBACK,     /* the client left with a transaction open */
+    POOL_CLEANUP_RESET_QUERY,  /* server_reset_query, where the pool mode runs it */
+    POOL_CLEANUP_DISCARD_ALL,  /* state no record undoes (server.h, SERVER_SESSION_UNKNOWN) */
+    POOL_CLEANUP_DISCARD_TEMP, /* temporary objects alone (SERVER_SESSION_TEMP_OBJECTS) */
+    POOL_CLEANUP_KINDS,
+};
+/* The kind's label: rollback, server_reset_query, discard_all, discard_temp. */
+const char *pool_cleanup_name(enum pool_cleanup k);
+
 /* Histogram buckets (upper bounds in milliseconds; the last bucket is +Inf). */
 #define POOL_HIST_BUCKETS 13
 extern const uint64_t pool_hist_bounds_ms[POOL_HIST_BUCKETS - 1];
@@ -105,6 +119,7 @@ struct pool {
     uint64_t wait_count;               /* clients that waited and then got a server */
     uint64_t query_ms_total;
     uint64_t xact_us_total;            /* time from a transaction's first query to its end */
+    uint64_t cleanups[POOL_CLEANUP_KINDS];
     uint64_t wait_hist[POOL_HIST_BUCKETS];  /* counts per bucket of pool_hist_bounds_ms */
     uint64_t query_hist[POOL_HIST_BUCKETS];
 };
@@ -194,7 +209,9 @@ void pool_dispatch_all(struct worker *worker);
 /* A linked server is free again (client released it). */
 void pool_release(struct server *s);
 /* Queue what a server needs before another client may have it: ROLLBACK when a transaction is
- * open, server_reset_query where the pool mode asks for it. True when something was queued. */
+ * open, server_reset_query where the pool mode asks for it, DISCARD ALL or DISCARD TEMP for
+ * what a client left that no record follows (counted in p->cleanups). True when something was
+ * queued. */
 bool pool_queue_cleanup(struct server *s);
 /* s just logged in (server_connect.c): its parameters are the backend's own, what a client with
  * no startup parameters would be told. The pool learns its welcome from the first such server

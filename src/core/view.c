@@ -192,6 +192,7 @@ void view_pool_settings(const struct pool *p, struct view_pool *v)
     v->bytes_out = p->bytes_out;
     v->wait_us_total = p->wait_us_total;
     v->query_ms_total = p->query_ms_total;
+    memcpy(v->cleanups, p->cleanups, sizeof(v->cleanups));
     v->wait_hist = p->wait_hist;
     v->query_hist = p->query_hist;
 }
@@ -372,6 +373,8 @@ static void add_pool_counts(struct view_pool *into, const struct view_pool *from
     into->bytes_out += from->bytes_out;
     into->wait_us_total += from->wait_us_total;
     into->query_ms_total += from->query_ms_total;
+    for (int k = 0; k < POOL_CLEANUP_KINDS; k++)
+        into->cleanups[k] += from->cleanups[k];
 }
 
 static bool same_key(const struct view_pool *a, const char *db, const char *user)

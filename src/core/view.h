@@ -92,6 +92,7 @@ struct view_pool {
     struct stats_pool_view now; /* servers and clients by state */
     /* Counters since start (pool.h). */
     uint64_t xact_count, query_count, bytes_in, bytes_out, wait_us_total, query_ms_total;
+    uint64_t cleanups[POOL_CLEANUP_KINDS];
     const uint64_t *wait_hist, *query_hist; /* POOL_HIST_BUCKETS each, pool_hist_bounds_ms */
 };
 

@@ -739,6 +739,22 @@ bool report_metrics(struct worker *worker, char **body, size_t *len)
             text_printf(&t, "} %llu\n", (unsigned long long)counter_of(p, counters[i].k));
         }
     }
+    metric_head(&t, "sluice_server_cleanups_total", "counter",
+                "Statements sluice ran on a server before it served again, by kind: rollback "
+                "(a client left inside a transaction), server_reset_query, discard_all (a "
+                "client left session state sluice cannot undo piecemeal), discard_temp "
+                "(temporary objects alone).");
+    for (int r = 0; r < rows.n; r++) {
+        const struct view_pool *p = &rows.v[r];
+        if (p->console)
+            continue;
+        for (int k = 0; k < POOL_CLEANUP_KINDS; k++) {
+            text_cstr(&t, "sluice_server_cleanups_total{");
+            pool_labels(&t, p);
+            text_printf(&t, ",kind=\"%s\"} %llu\n", pool_cleanup_name((enum pool_cleanup)k),
+                        (unsigned long long)p->cleanups[k]);
+        }
+    }
     metric_head(&t, "sluice_client_wait_seconds_total", "counter",
                 "Time clients spent waiting for a server, in seconds.");
     for (int r = 0; r < rows.n; r++) {

@@ -290,6 +290,34 @@ def test_metrics_match_the_exposition_grammar_and_the_pool_numbers(start_sluice)
             c.close()
 
 
+def test_metrics_count_what_each_kind_of_session_state_costs_the_servers(start_sluice):
+    """sluice_server_cleanups_total{kind} counts the statements sluice runs on a server before
+    it serves again: an operator sees what an application's session state costs (each is a
+    round trip the next client waits behind), summed over every worker."""
+    s = start(start_sluice, default_pool_size=1)
+    lab = {"database": "appdb", "user": "app"}
+
+    def cleanups():
+        samples, types = parse_metrics(metrics(s))
+        assert types["sluice_server_cleanups_total"] == "counter"
+        return {k: sample(samples, "sluice_server_cleanups_total", kind=k, **lab)
+                for k in ("rollback", "server_reset_query", "discard_all", "discard_temp")}
+
+    def after(steps, want):
+        c = s.connect()
+        for sql in steps:
+            c.execute(sql)
+        c.close()  # as it is: a with block would commit an open transaction
+        wait_until(lambda: cleanups() == want, 5, what=f"{want} in /metrics")
+
+    zero = {"rollback": 0, "server_reset_query": 0, "discard_all": 0, "discard_temp": 0}
+    assert cleanups() == zero
+    after(["CREATE TEMP TABLE tt ON COMMIT DROP AS SELECT 1 AS a"], zero)
+    after(["BEGIN", "SELECT 1"], dict(zero, rollback=1))  # left inside its transaction
+    after(["CREATE TEMP TABLE tt (a int)"], dict(zero, rollback=1, discard_temp=1))
+    after(["LISTEN a_channel"], dict(zero, rollback=1, discard_temp=1, discard_all=1))
+
+
 def test_metrics_escape_label_values(start_sluice, pg):
     port = pick_port()
     s = start_sluice({"http_listen_port": port, "pool_mode": "transaction"},
