@@ -44,14 +44,15 @@ static enum track_result queue_request(struct server *s, enum stmt_req kind, con
 
 /* The client_encoding the server reads the client's text and names in (NULL: not known): the
  * client's own, or the one its server is given for a client that set none (which s->params
- * may not show yet: another client's, until the server answers sluice's sync). */
+ * may not show yet: another client's, until the server answers sluice's sync). Each set keeps
+ * its value at hand (param_set.client_encoding, params_set's): no lookup by name. */
 static const char *client_encoding_of(const struct client *c, const struct server *s)
 {
-    const char *client = params_get(&c->params, "client_encoding");
+    const char *client = c->params.client_encoding;
     if (!client)
-        client = params_get(pool_session_defaults(c->pool, s), "client_encoding");
+        client = pool_session_defaults(c->pool, s)->client_encoding;
     if (!client)
-        client = params_get(&s->params, "client_encoding");
+        client = s->params.client_encoding;
     return client;
 }
 

@@ -202,6 +202,13 @@ static int entry_fill(struct param *e, const char *name, const char *value)
     return 0;
 }
 
+/* Item i's value changed, or (i < 0) the name left: the cached client_encoding follows. */
+static void note_client_encoding(struct param_set *p, const char *name, int i)
+{
+    if (strcasecmp(name, "client_encoding") == 0)
+        p->client_encoding = i < 0 ? NULL : p->items[i].value;
+}
+
 int params_set(struct param_set *p, const char *name, const char *value)
 {
     int i = find(p, name);
@@ -217,6 +224,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
             p->items[i] = p->items[last];
             p->n--;
             p->generation++;
+            note_client_encoding(p, name, -1);
         }
         return 0;
     }
@@ -229,6 +237,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
         entry_free(&p->items[i]);
         p->items[i] = fresh;
         p->generation++;
+        note_client_encoding(p, name, i);
         return 0;
     }
     if (p->n == p->cap) {
@@ -250,6 +259,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
         p->index[index_slot(p, name)] = (uint16_t)(p->n + 1);
     p->n++;
     p->generation++;
+    note_client_encoding(p, name, p->n - 1);
     return 0;
 }
 

@@ -1074,6 +1074,31 @@ static void many_parameters_are_found_after_sets_and_removals(void)
     params_free(&p);
 }
 
+/* The client_encoding a set keeps at hand is params_get's, whatever came and went around it. */
+static void the_kept_client_encoding_follows_every_change(void)
+{
+    struct param_set p;
+    params_init(&p);
+    CHECK(p.client_encoding == NULL);
+    CHECK(params_set(&p, "application_name", "a") == 0);
+    CHECK(params_set(&p, "Client_Encoding", "LATIN1") == 0);
+    CHECK(strcmp(p.client_encoding, "LATIN1") == 0);
+    CHECK(params_set(&p, "client_encoding", "UTF8") == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    for (int i = 0; i < 40; i++) { /* past the index, and removals moving it about */
+        char name[16];
+        snprintf(name, sizeof(name), "x.p%d", i);
+        CHECK(params_set(&p, name, "v") == 0);
+    }
+    CHECK(params_set(&p, "application_name", NULL) == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    CHECK(strcmp(p.client_encoding, "UTF8") == 0);
+    CHECK(params_set(&p, "client_encoding", NULL) == 0);
+    CHECK(p.client_encoding == NULL);
+    params_free(&p);
+    CHECK(p.client_encoding == NULL);
+}
+
 static double cpu_now(void)
 {
     struct timespec ts;
@@ -1356,6 +1381,7 @@ int main(void)
     RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
+    RUN(the_kept_client_encoding_follows_every_change);
     RUN(an_unknown_server_value_is_set_again_or_reset);
     RUN(a_login_is_tried_only_with_values_no_server_accepted);
     RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
