@@ -17,6 +17,7 @@
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_names.h"
+#include "text_encoding.h"
 #include "utf8.h"
 
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
@@ -54,6 +55,30 @@ static const char *client_encoding_of(const struct client *c, const struct serve
     if (!client)
         client = s->params.client_encoding;
     return client;
+}
+
+/* Nothing the client sent is unanswered: the ParameterStatus of any change of client_encoding
+ * has come (Postgres sends it before the ReadyForQuery, protocol 55.2.7). */
+static bool all_answered(const struct server *s)
+{
+    return s->inflight == 0 && !s->batch_open && s->reqs.count == 0;
+}
+
+/* The client_encoding of what the client sends next is client_encoding_of again once all is
+ * answered outside a transaction block: inside one, a ROLLBACK (or an error's) may still undo
+ * a SET of it sent earlier in the block. */
+static void settle_encoding(struct server *s)
+{
+    if (s->reqs.encoding_unsettled && all_answered(s) && s->txn_status == 'I')
+        s->reqs.encoding_unsettled = false;
+}
+
+/* The client's message may change client_encoding when the server runs it: until that is
+ * answered, what the server reads after it is of an encoding sluice does not know. */
+static void note_encoding_may_change(struct server *s, bool may)
+{
+    if (may)
+        s->reqs.encoding_unsettled = true;
 }
 
 /* Whether sluice can prepare the client's statement `def` again on s: its text goes in the
@@ -713,6 +738,8 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     enum track_result r = session_effects_police(c, s, type, sql, len, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
+    /* A Parse's text runs at its Bind, which follows: noted now, what follows is as unknown. */
+    note_encoding_may_change(s, text_encoding_may_change(sql, len));
     r = follow_statement(c, s, sql, len, text_at, &touch, fail);
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
@@ -752,6 +779,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     enum track_result r = session_effects_police(c, s, type, sql, shown, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
+    note_encoding_may_change(s, true); /* its rest is not read */
     session_effects_forget_params(s, &touch);
     login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
     return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
@@ -861,12 +889,14 @@ static enum track_result parse_untouched(struct client *c, struct server *s, con
 }
 
 /* The client_encoding the server will read a named Parse's text in, for its definition
- * (stmt_def.encoding): the client's as of the replies read so far. A request of the client's
- * still unanswered before it may change it (a pipelined SET client_encoding, whose
- * ParameterStatus has not come), so then it is not known. */
+ * (stmt_def.encoding): the client's as of the replies read so far, also behind requests still
+ * unanswered (a pipeline) when none of them may change it. One that may (a pipelined SET
+ * client_encoding, whose ParameterStatus comes only with its batch's ReadyForQuery) leaves it
+ * not known: the definition then equals no other (stmt_def_equal), never one of another
+ * encoding. */
 static const char *parse_encoding(const struct client *c, const struct server *s)
 {
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+    if (s->reqs.encoding_unsettled)
         return STMT_ENCODING_UNKNOWN;
     return client_encoding_of(c, s);
 }
@@ -882,6 +912,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
+        /* each Bind runs it (use_unnamed); a text longer than the buffer is not read whole */
+        s->reqs.unnamed_may_change_encoding =
+            avail_body < len || text_encoding_may_change((const char *)body + 1, len - 1);
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
@@ -1164,6 +1197,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     /* Whatever the client sends after a marked Query ends what a next one may share. */
     bool joinable = s->reqs.mark_joinable;
     s->reqs.mark_joinable = false;
+    settle_encoding(s);
     enum track_result r = send_due_describe(c, s, fail);
     if (r != TRACK_PASS)
         return r;
@@ -1193,6 +1227,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
         if (type == 'Q' && avail_body < len && avail_body < QUERY_HEAD_MAX)
             return TRACK_WAIT; /* a longer one: its head, which names the statement */
+        note_encoding_may_change(s, type == 'F'); /* code sluice does not read; a Query's text
+                                                     is read (inspect_statement) */
         bool marked = false;
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
@@ -1232,6 +1268,9 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return TRACK_WAIT;
     }
     bool statement = type == 'B' || body[0] == 'S';
+    if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
+        note_encoding_may_change(s, s->unnamed_of == c->id &&
+                                        s->reqs.unnamed_may_change_encoding);
     if (statement && !name[0] && type != 'C')
         return use_unnamed(c, s, fail);
     if (statement && !name[0])
@@ -1247,6 +1286,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_entry *entry = client_entry(c, name);
     struct stmt_def *mine = entry ? entry->def : NULL;
+    if (type == 'B') /* it runs the statement's text: the client's, or one sluice did not read */
+        note_encoding_may_change(s, !mine || mine->may_change_encoding);
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, extent);

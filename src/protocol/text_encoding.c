@@ -1,6 +1,7 @@
 /* text_encoding: statement texts between client encodings (see text_encoding.h). */
 #include "text_encoding.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <iconv.h>
 #include <stdlib.h>
@@ -79,4 +80,21 @@ int text_encoding_convert(const char *from, const char *to, const uint8_t *in, s
     *out = buf;
     *out_len = room - dst_left;
     return 0;
+}
+
+bool text_encoding_may_change(const char *sql, size_t len)
+{
+    static const char *const words[] = {"encoding", "names",   "reset", "discard",
+                                        "set_config", "execute", "u&"};
+    for (size_t i = 0; i < len; i++) {
+        char first = (char)tolower((unsigned char)sql[i]);
+        if (first == '\0' || !strchr("ednrsu", first))
+            continue; /* no word starts here: one compare for most bytes */
+        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+            size_t n = strlen(words[w]);
+            if (words[w][0] == first && n <= len - i && strncasecmp(sql + i, words[w], n) == 0)
+                return true;
+        }
+    }
+    return false;
 }

@@ -4,6 +4,7 @@
 #ifndef SLUICE_TEXT_ENCODING_H
 #define SLUICE_TEXT_ENCODING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,5 +14,13 @@
  * a character `to` lacks; -ENOMEM. */
 int text_encoding_convert(const char *from, const char *to, const uint8_t *in, size_t n,
                           uint8_t **out, size_t *out_len) __attribute__((warn_unused_result));
+
+/* Could running the SQL text sql (len bytes, need not end in a NUL) change client_encoding? A
+ * word that may (case aside): client_encoding and SET NAMES ("encoding", "names"), RESET,
+ * DISCARD, set_config, EXECUTE (of a prepared SET, or dynamic SQL in a DO block), or a U&
+ * escape that may spell one of them. False for a text without any: the server reads what
+ * follows it in the client_encoding it had before. What no text shows (a function that sets it
+ * when called) is not seen (docs/pool-modes.md). */
+bool text_encoding_may_change(const char *sql, size_t len);
 
 #endif

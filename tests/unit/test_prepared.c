@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "params.h"
+#include "text_encoding.h"
 #include "siphash.h"
 #include "prepared.h"
 #include "stmt_names.h"
@@ -1099,6 +1100,21 @@ static void the_kept_client_encoding_follows_every_change(void)
     CHECK(p.client_encoding == NULL);
 }
 
+/* The words that may change client_encoding, in any case, and texts without them. */
+static void texts_that_may_change_client_encoding_are_told(void)
+{
+    static const char *const may[] = {"SET client_encoding TO 'LATIN1'", "set names 'latin1'",
+                                      "RESET ALL", "Discard All", "SELECT SET_CONFIG('a', 'b', false)",
+                                      "EXECUTE p", "SET U&\"client\\005fencoding\" TO x"};
+    static const char *const not[] = {"SELECT 1", "SET TimeZone TO UTC", "BEGIN", "ROLLBACK",
+                                      "SELECT 'r\xc3\xa9sum\xc3\xa9'", ""};
+    for (size_t i = 0; i < sizeof(may) / sizeof(may[0]); i++)
+        CHECK(text_encoding_may_change(may[i], strlen(may[i])));
+    for (size_t i = 0; i < sizeof(not) / sizeof(not[0]); i++)
+        CHECK(!text_encoding_may_change(not[i], strlen(not[i])));
+    CHECK(!text_encoding_may_change("RESET", 4)); /* only len bytes are read */
+}
+
 static double cpu_now(void)
 {
     struct timespec ts;
@@ -1382,6 +1398,7 @@ int main(void)
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
     RUN(the_kept_client_encoding_follows_every_change);
+    RUN(texts_that_may_change_client_encoding_are_told);
     RUN(an_unknown_server_value_is_set_again_or_reset);
     RUN(a_login_is_tried_only_with_values_no_server_accepted);
     RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
