@@ -1269,8 +1269,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     }
     bool statement = type == 'B' || body[0] == 'S';
     if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
-        note_encoding_may_change(s, s->unnamed_of == c->id &&
-                                        s->reqs.unnamed_may_change_encoding);
+        note_encoding_may_change(s, s->unnamed_of == c->id && s->reqs.unnamed_may_change_encoding);
     if (statement && !name[0] && type != 'C')
         return use_unnamed(c, s, fail);
     if (statement && !name[0])

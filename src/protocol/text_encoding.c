@@ -84,7 +84,7 @@ int text_encoding_convert(const char *from, const char *to, const uint8_t *in, s
 
 bool text_encoding_may_change(const char *sql, size_t len)
 {
-    static const char *const words[] = {"encoding", "names",   "reset", "discard",
+    static const char *const words[] = {"encoding",   "names",   "reset", "discard",
                                         "set_config", "execute", "u&"};
     for (size_t i = 0; i < len; i++) {
         char first = (char)tolower((unsigned char)sql[i]);

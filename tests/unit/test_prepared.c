@@ -1103,15 +1103,19 @@ static void the_kept_client_encoding_follows_every_change(void)
 /* The words that may change client_encoding, in any case, and texts without them. */
 static void texts_that_may_change_client_encoding_are_told(void)
 {
-    static const char *const may[] = {"SET client_encoding TO 'LATIN1'", "set names 'latin1'",
-                                      "RESET ALL", "Discard All", "SELECT SET_CONFIG('a', 'b', false)",
-                                      "EXECUTE p", "SET U&\"client\\005fencoding\" TO x"};
-    static const char *const not[] = {"SELECT 1", "SET TimeZone TO UTC", "BEGIN", "ROLLBACK",
-                                      "SELECT 'r\xc3\xa9sum\xc3\xa9'", ""};
+    static const char *const may[] = {"SET client_encoding TO 'LATIN1'",
+                                      "set names 'latin1'",
+                                      "RESET ALL",
+                                      "Discard All",
+                                      "SELECT SET_CONFIG('a', 'b', false)",
+                                      "EXECUTE p",
+                                      "SET U&\"client\\005fencoding\" TO x"};
+    static const char *const not [] = {"SELECT 1", "SET TimeZone TO UTC",           "BEGIN",
+                                       "ROLLBACK", "SELECT 'r\xc3\xa9sum\xc3\xa9'", ""};
     for (size_t i = 0; i < sizeof(may) / sizeof(may[0]); i++)
         CHECK(text_encoding_may_change(may[i], strlen(may[i])));
-    for (size_t i = 0; i < sizeof(not) / sizeof(not[0]); i++)
-        CHECK(!text_encoding_may_change(not[i], strlen(not[i])));
+    for (size_t i = 0; i < sizeof(not ) / sizeof(not [0]); i++)
+        CHECK(!text_encoding_may_change(not [i], strlen(not [i])));
     CHECK(!text_encoding_may_change("RESET", 4)); /* only len bytes are read */
 }
 
