@@ -64,13 +64,20 @@ static bool all_answered(const struct server *s)
     return s->inflight == 0 && !s->batch_open && s->reqs.count == 0;
 }
 
-/* The client_encoding of what the client sends next is client_encoding_of again once all is
- * answered outside a transaction block: inside one, a ROLLBACK (or an error's) may still undo
- * a SET of it sent earlier in the block. */
-static void settle_encoding(struct server *s)
+/* Once all is answered outside a transaction block: the client_encoding of what the client
+ * sends next is client_encoding_of again (inside a block, a ROLLBACK, or an error's, may still
+ * undo a SET of it sent earlier in the block), and no portal is left (a transaction's end
+ * drops them all) to hold a statement against eviction (stmt_entry.portal_holds). */
+static void settle_after_idle(struct server *s)
 {
-    if (s->reqs.encoding_unsettled && all_answered(s) && s->txn_status == 'I')
-        s->reqs.encoding_unsettled = false;
+    if (!all_answered(s) || s->txn_status != 'I')
+        return;
+    s->reqs.encoding_unsettled = false;
+    if (s->reqs.portals_hold == 0)
+        return;
+    for (struct list_node *n = s->stmts.lru.head.next; n != &s->stmts.lru.head; n = n->next)
+        container_of(n, struct stmt_entry, lru)->portal_holds = false;
+    s->reqs.portals_hold = 0;
 }
 
 /* The client's message may change client_encoding when the server runs it: until that is
@@ -126,7 +133,7 @@ static struct stmt_entry *eviction_victim(struct server *s, const char *keep)
     const char *held = s->unnamed_executes[0] ? s->unnamed_executes_as : "";
     for (struct list_node *n = s->stmts.lru.head.prev; n != &s->stmts.lru.head; n = n->prev) {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
-        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0)
+        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0 && !e->portal_holds)
             return e;
     }
     return NULL;
@@ -1041,7 +1048,7 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
  * One the client closed since is not prepared: the server refuses the Bind (26000), as Postgres
  * does, and its error says the client's name (a departed one, stmt_map_name_of). In a failed
  * transaction the server refuses the Bind or Describe itself (25P02). */
-static enum track_result prepare_unnamed_executes(struct client *c, struct server *s,
+static enum track_result prepare_unnamed_executes(struct client *c, struct server *s, uint8_t type,
                                                   struct client_failure *fail)
 {
     if (!s->unnamed_executes[0] || s->txn_status == 'E')
@@ -1052,18 +1059,26 @@ static enum track_result prepare_unnamed_executes(struct client *c, struct serve
         return TRACK_PASS;
     }
     bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
-    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as, STMT_RUN,
-                           &changed, fail);
+    enum track_result r = ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as,
+                                          STMT_RUN, &changed, fail);
+    /* The portal it binds looks the statement up at its Execute, maybe after another unnamed
+     * Parse has replaced this one (and with it note_unnamed_executes's hold). */
+    struct stmt_entry *held = stmt_map_get(&s->stmts, s->unnamed_executes_as);
+    if (r == TRACK_PASS && type == 'B' && held && !held->portal_holds) {
+        held->portal_holds = true;
+        s->reqs.portals_hold++;
+    }
+    return r;
 }
 
 /* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
  * on, it would run that client's statement. Closed first, the server answers as Postgres
  * answers a client that has none (26000). */
-static enum track_result use_unnamed(struct client *c, struct server *s,
+static enum track_result use_unnamed(struct client *c, struct server *s, uint8_t type,
                                      struct client_failure *fail)
 {
     if (s->unnamed_of == c->id)
-        return prepare_unnamed_executes(c, s, fail);
+        return prepare_unnamed_executes(c, s, type, fail);
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, "", true);
@@ -1197,7 +1212,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     /* Whatever the client sends after a marked Query ends what a next one may share. */
     bool joinable = s->reqs.mark_joinable;
     s->reqs.mark_joinable = false;
-    settle_encoding(s);
+    settle_after_idle(s);
     enum track_result r = send_due_describe(c, s, fail);
     if (r != TRACK_PASS)
         return r;
@@ -1271,7 +1286,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
         note_encoding_may_change(s, s->unnamed_of == c->id && s->reqs.unnamed_may_change_encoding);
     if (statement && !name[0] && type != 'C')
-        return use_unnamed(c, s, fail);
+        return use_unnamed(c, s, type, fail);
     if (statement && !name[0])
         s->unnamed_of = 0;
     if (!statement || !name[0]) {

@@ -237,6 +237,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->def = def;
     e->shape = STMT_SHAPE_UNKNOWN;
     e->fresh_epoch = 0;
+    e->portal_holds = false;
     if (def)
         def_ref(def);
     uint32_t k = bucket(m, name);

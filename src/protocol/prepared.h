@@ -130,6 +130,12 @@ struct stmt_entry {
      * result type and the server's differed, or the server lacked it): stmt_queue.epoch + 1
      * while that batch lasts. Its result type is then the one the database gives now. */
     uint32_t fresh_epoch;
+    /* A server's entry a portal may still run: one bound from the unnamed statement that
+     * EXECUTEs it, which Postgres looks the name up again for at the portal's Execute, however
+     * many Binds and Parses later in its transaction. Not evicted until the server was idle
+     * outside a transaction block, when every portal is gone (stmt_track.c,
+     * settle_after_idle; stmt_queue.portals_hold counts those marked). */
+    bool portal_holds;
     char name[];
 };
 
@@ -271,6 +277,7 @@ struct stmt_queue {
      * statement's text may change it when bound (unnamed_may_change_encoding). */
     bool encoding_unsettled;
     bool unnamed_may_change_encoding;
+    uint32_t portals_hold; /* server entries marked portal_holds */
     bool batch_failed;
     /* An error in an extended batch whose Sync is not framed yet (stmt_on_error): the server
      * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no

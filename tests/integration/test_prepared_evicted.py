@@ -303,6 +303,28 @@ def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
             q(c, "EXECUTE p0"), bind_run(c, "p2")]
 
 
+def portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement(c):
+    """A portal bound from an unnamed EXECUTE p0 runs p0 at its Execute, looked up then, after
+    another unnamed Parse replaced the statement it was bound from and other statements were
+    prepared (each evicting the one before through sluice): in a transaction block, a batch, or
+    behind a simple Query."""
+    return [batch(c, parse_msg("p0", "SELECT 0") + sync_msg()), q(c, "BEGIN"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pp", "") + sync_msg()),
+            described(c, parse_msg("", "SELECT 5") + bind_msg("", "") + execute_msg()
+                      + sync_msg()),
+            batch(c, parse_msg("p1", "SELECT 1") + parse_msg("p2", "SELECT 2") + sync_msg()),
+            described(c, execute_msg("pp") + sync_msg()), q(c, "COMMIT"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pq", "")
+                      + parse_msg("", "SELECT 6") + parse_msg("p3", "SELECT 3")
+                      + execute_msg("pq") + sync_msg()),
+            q(c, "BEGIN"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pr", "") + sync_msg()),
+            q(c, "SELECT 7"), batch(c, parse_msg("p4", "SELECT 4") + sync_msg()),
+            described(c, execute_msg("pr") + sync_msg()), q(c, "COMMIT"),
+            # after the transaction the portals are gone: p0 is evicted as any other
+            batch(c, parse_msg("p5", "SELECT 5") + sync_msg()), q(c, "EXECUTE p0")]
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -313,7 +335,8 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              describes_of_statements_whose_table_was_dropped,
              describes_in_a_failed_transaction, unnamed_parses_of_an_execute,
              statements_prepared_again_after_client_encoding_changed,
-             statements_evicted_between_an_unnamed_executes_bind_and_execute]
+             statements_evicted_between_an_unnamed_executes_bind_and_execute,
+             portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
