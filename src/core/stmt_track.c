@@ -64,15 +64,18 @@ static bool all_answered(const struct server *s)
     return s->inflight == 0 && !s->batch_open && s->reqs.count == 0;
 }
 
-/* Once all is answered outside a transaction block: the client_encoding of what the client
- * sends next is client_encoding_of again (inside a block, a ROLLBACK, or an error's, may still
- * undo a SET of it sent earlier in the block), and no portal is left (a transaction's end
- * drops them all) to hold a statement against eviction (stmt_entry.portal_holds). */
+/* Once all is answered, the client_encoding of what the client sends next is
+ * client_encoding_of again. Outside a transaction block, besides, no SET of it is left to undo,
+ * and no portal is left (a transaction's end drops them all) to hold a statement against
+ * eviction (stmt_entry.portal_holds). */
 static void settle_after_idle(struct server *s)
 {
-    if (!all_answered(s) || s->txn_status != 'I')
+    if (!all_answered(s))
         return;
     s->reqs.encoding_unsettled = false;
+    if (s->txn_status != 'I')
+        return;
+    s->reqs.encoding_set_in_block = false;
     if (s->reqs.portals_hold == 0)
         return;
     for (struct list_node *n = s->stmts.lru.head.next; n != &s->stmts.lru.head; n = n->next)
@@ -80,13 +83,20 @@ static void settle_after_idle(struct server *s)
     s->reqs.portals_hold = 0;
 }
 
-/* The client's message may change client_encoding when the server runs it: until that is
- * answered, what the server reads after it is of an encoding sluice does not know. */
-static void note_encoding_may_change(struct server *s, bool may)
+/* What the client's message may do to client_encoding when the server runs it (enum
+ * text_encoding_effect): until that is answered, what the server reads after one that may
+ * set it, or undo a SET of it made in the transaction block, is of an encoding sluice does not
+ * know. */
+static void note_encoding_effect(struct server *s, unsigned effect)
 {
-    if (may)
+    if (effect & TEXT_ENCODING_MAY_SET)
+        s->reqs.encoding_unsettled = s->reqs.encoding_set_in_block = true;
+    if ((effect & TEXT_ENCODING_MAY_UNDO) && s->reqs.encoding_set_in_block)
         s->reqs.encoding_unsettled = true;
 }
+
+/* Code sluice does not read (a FunctionCall, a text longer than the buffer): anything. */
+#define ENCODING_EFFECT_ANY (TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO)
 
 /* Whether sluice can prepare the client's statement `def` again on s: its text goes in the
  * client_encoding the server reads it in now (prepared_put_parse), converted from the one of
@@ -746,7 +756,7 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     if (r != TRACK_PASS)
         return r;
     /* A Parse's text runs at its Bind, which follows: noted now, what follows is as unknown. */
-    note_encoding_may_change(s, text_encoding_may_change(sql, len));
+    note_encoding_effect(s, text_encoding_effect_of(sql, len));
     r = follow_statement(c, s, sql, len, text_at, &touch, fail);
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
@@ -786,7 +796,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     enum track_result r = session_effects_police(c, s, type, sql, shown, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
-    note_encoding_may_change(s, true); /* its rest is not read */
+    note_encoding_effect(s, ENCODING_EFFECT_ANY); /* its rest is not read */
     session_effects_forget_params(s, &touch);
     login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
     return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
@@ -920,8 +930,9 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
             return TRACK_WAIT; /* short enough to look at whole */
         s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
         /* each Bind runs it (use_unnamed); a text longer than the buffer is not read whole */
-        s->reqs.unnamed_may_change_encoding =
-            avail_body < len || text_encoding_may_change((const char *)body + 1, len - 1);
+        s->reqs.unnamed_encoding_effect =
+            (uint8_t)(avail_body < len ? ENCODING_EFFECT_ANY
+                                       : text_encoding_effect_of((const char *)body + 1, len - 1));
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
@@ -1242,8 +1253,9 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
         if (type == 'Q' && avail_body < len && avail_body < QUERY_HEAD_MAX)
             return TRACK_WAIT; /* a longer one: its head, which names the statement */
-        note_encoding_may_change(s, type == 'F'); /* code sluice does not read; a Query's text
-                                                     is read (inspect_statement) */
+        /* a Query's text is read (inspect_statement); a FunctionCall's code is not */
+        if (type == 'F')
+            note_encoding_effect(s, ENCODING_EFFECT_ANY);
         bool marked = false;
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
@@ -1284,7 +1296,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     }
     bool statement = type == 'B' || body[0] == 'S';
     if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
-        note_encoding_may_change(s, s->unnamed_of == c->id && s->reqs.unnamed_may_change_encoding);
+        note_encoding_effect(s, s->unnamed_of == c->id ? s->reqs.unnamed_encoding_effect : 0);
     if (statement && !name[0] && type != 'C')
         return use_unnamed(c, s, type, fail);
     if (statement && !name[0])
@@ -1301,7 +1313,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     struct stmt_entry *entry = client_entry(c, name);
     struct stmt_def *mine = entry ? entry->def : NULL;
     if (type == 'B') /* it runs the statement's text: the client's, or one sluice did not read */
-        note_encoding_may_change(s, !mine || mine->may_change_encoding);
+        note_encoding_effect(s, mine ? mine->encoding_effect : ENCODING_EFFECT_ANY);
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, extent);

@@ -92,10 +92,10 @@ struct stmt_def {
      * Postgres offers; STMT_ENCODING_UNKNOWN). Part of its hash and equality: the same bytes
      * sent in LATIN1 and in UTF8 are two texts, which must not be one statement on a server. */
     char encoding[STMT_ENCODING_MAX + 1];
-    /* Its text may change client_encoding when it runs (text_encoding_may_change), set at
-     * stmt_def_seal: a Bind of it makes what the server reads after it of an encoding not
-     * known until its batch is answered (stmt_queue.encoding_unsettled). */
-    bool may_change_encoding;
+    /* What running its text may do to client_encoding (enum text_encoding_effect), set at
+     * stmt_def_seal: after a Bind of one that may, what the server reads is of an encoding not
+     * known until that is answered (stmt_queue.encoding_unsettled). */
+    uint8_t encoding_effect;
     /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
      * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */
     enum stmt_effect effect;
@@ -272,11 +272,13 @@ struct stmt_queue {
     enum held_query held_query; /* shape_awaited holds that Query while HELD_FOR_PARSE */
     /* The client_encoding the server reads the client's next message in (stmt_track.c,
      * parse_encoding): the client's as of the replies read so far (client_encoding_of), unless
-     * a request sent since the server was last idle outside a transaction block may have
-     * changed it (encoding_unsettled; a ROLLBACK undoes a SET of it in the block). The unnamed
-     * statement's text may change it when bound (unnamed_may_change_encoding). */
+     * a request not yet answered may have changed it (encoding_unsettled): one that may set it,
+     * or, after one that may have set it in the transaction block (encoding_set_in_block), one
+     * that may end the block or roll back to a savepoint. What binding the unnamed statement
+     * may do to it: unnamed_encoding_effect (enum text_encoding_effect). */
     bool encoding_unsettled;
-    bool unnamed_may_change_encoding;
+    bool encoding_set_in_block;
+    uint8_t unnamed_encoding_effect;
     uint32_t portals_hold; /* server entries marked portal_holds */
     bool batch_failed;
     /* An error in an extended batch whose Sync is not framed yet (stmt_on_error): the server

@@ -290,6 +290,25 @@ def statements_prepared_again_after_client_encoding_changed(c):
             + evict(c) + [bind_run(c, "e4"), q(c, "RESET client_encoding")])
 
 
+def statements_parsed_in_a_block_that_set_client_encoding(c):
+    """A SET (LOCAL) client_encoding in a transaction block holds for the Parses after it, also
+    pipelined ones, until the block ends or rolls back to before it: a Parse pipelined behind
+    that ROLLBACK is read in the encoding it restores, here UTF8, which refuses the LATIN1 byte
+    (node-postgres sends UTF-8 whatever the session's client_encoding)."""
+    def parse(name, text, before=b""):
+        return batch(c, before + message(b"P", name + b"\0" + text + b"\0\0\0") + sync_msg(),
+                     2 if before[:1] == b"Q" else 1)
+    return ([q(c, "BEGIN"), q(c, "SET LOCAL client_encoding TO 'WIN1252'"),
+             parse(b"w1", b"SELECT '\xc3\xa4\xe2\x82\xac' AS x"), q(c, "COMMIT")]
+            + evict(c) + [bind_run(c, "w1")]
+            + [q(c, "BEGIN"), q(c, "SET client_encoding TO 'LATIN1'"),
+               parse(b"w2", b"SELECT '\xe9' AS y", parse_msg("", "SELECT 1")),
+               parse(b"w4", b"SELECT '\xe8' AS w", query_msg("ROLLBACK"))]
+            + evict(c) + [bind_run(c, "w1"), bind_run(c, "w2"), bind_run(c, "w4"),
+                          q(c, "SET client_encoding TO 'LATIN1'")]
+            + evict(c) + [bind_run(c, "w2"), q(c, "RESET client_encoding")])
+
+
 def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
     """Postgres looks the statement an unnamed EXECUTE names up again at the portal's Execute:
     other statements prepared between its Bind and Execute (each evicting the one before
@@ -335,6 +354,7 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              describes_of_statements_whose_table_was_dropped,
              describes_in_a_failed_transaction, unnamed_parses_of_an_execute,
              statements_prepared_again_after_client_encoding_changed,
+             statements_parsed_in_a_block_that_set_client_encoding,
              statements_evicted_between_an_unnamed_executes_bind_and_execute,
              portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement]
 

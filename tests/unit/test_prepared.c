@@ -1100,23 +1100,35 @@ static void the_kept_client_encoding_follows_every_change(void)
     CHECK(p.client_encoding == NULL);
 }
 
-/* The words that may change client_encoding, in any case, and texts without them. */
+/* The words that may set client_encoding or undo a SET of it, in any case, and texts without. */
 static void texts_that_may_change_client_encoding_are_told(void)
 {
-    static const char *const may[] = {"SET client_encoding TO 'LATIN1'",
-                                      "set names 'latin1'",
-                                      "RESET ALL",
-                                      "Discard All",
-                                      "SELECT SET_CONFIG('a', 'b', false)",
-                                      "EXECUTE p",
-                                      "SET U&\"client\\005fencoding\" TO x"};
-    static const char *const not [] = {"SELECT 1", "SET TimeZone TO UTC",           "BEGIN",
-                                       "ROLLBACK", "SELECT 'r\xc3\xa9sum\xc3\xa9'", ""};
-    for (size_t i = 0; i < sizeof(may) / sizeof(may[0]); i++)
-        CHECK(text_encoding_may_change(may[i], strlen(may[i])));
-    for (size_t i = 0; i < sizeof(not ) / sizeof(not [0]); i++)
-        CHECK(!text_encoding_may_change(not [i], strlen(not [i])));
-    CHECK(!text_encoding_may_change("RESET", 4)); /* only len bytes are read */
+    static const struct {
+        const char *sql;
+        unsigned effect;
+    } cases[] = {
+        {"SET client_encoding TO 'LATIN1'", TEXT_ENCODING_MAY_SET},
+        {"set names 'latin1'", TEXT_ENCODING_MAY_SET},
+        {"RESET ALL", TEXT_ENCODING_MAY_SET},
+        {"Discard All", TEXT_ENCODING_MAY_SET},
+        {"SELECT SET_CONFIG('a', 'b', false)", TEXT_ENCODING_MAY_SET},
+        {"EXECUTE p", TEXT_ENCODING_MAY_SET},
+        {"SET U&\"client\\005fencoding\" TO x", TEXT_ENCODING_MAY_SET},
+        {"ROLLBACK TO SAVEPOINT a", TEXT_ENCODING_MAY_UNDO},
+        {"commit", TEXT_ENCODING_MAY_UNDO},
+        {"END", TEXT_ENCODING_MAY_UNDO},
+        {"BEGIN; SET LOCAL client_encoding TO 'WIN1252'; COMMIT",
+         TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO},
+        {"SELECT 1", 0},
+        {"SET TimeZone TO UTC", 0},
+        {"BEGIN", 0},
+        {"SELECT 'r\xc3\xa9sum\xc3\xa9'", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        CHECK_INT((int)text_encoding_effect_of(cases[i].sql, strlen(cases[i].sql)),
+                  (int)cases[i].effect);
+    CHECK_INT((int)text_encoding_effect_of("RESET", 4), 0); /* only len bytes are read */
 }
 
 static double cpu_now(void)
