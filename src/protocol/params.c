@@ -202,11 +202,12 @@ static int entry_fill(struct param *e, const char *name, const char *value)
     return 0;
 }
 
-/* Item i's value changed, or (i < 0) the name left: the cached client_encoding follows. */
-static void note_client_encoding(struct param_set *p, const char *name, int i)
+/* Item i was added: when it is client_encoding, the set keeps its value at hand. (A change or
+ * a removal follows the value the set keeps: `name` may be the freed item's own.) */
+static void note_client_encoding(struct param_set *p, int i)
 {
-    if (strcasecmp(name, "client_encoding") == 0)
-        p->client_encoding = i < 0 ? NULL : p->items[i].value;
+    if (strcasecmp(p->items[i].name, "client_encoding") == 0)
+        p->client_encoding = p->items[i].value;
 }
 
 int params_set(struct param_set *p, const char *name, const char *value)
@@ -220,11 +221,12 @@ int params_set(struct param_set *p, const char *name, const char *value)
                 if (i != last)
                     p->index[index_slot(p, p->items[last].name)] = (uint16_t)(i + 1);
             }
+            if (p->items[i].value == p->client_encoding)
+                p->client_encoding = NULL;
             entry_free(&p->items[i]);
             p->items[i] = p->items[last];
             p->n--;
             p->generation++;
-            note_client_encoding(p, name, -1);
         }
         return 0;
     }
@@ -234,10 +236,11 @@ int params_set(struct param_set *p, const char *name, const char *value)
         struct param fresh;
         if (entry_fill(&fresh, p->items[i].name, value) < 0)
             return -ENOMEM;
+        if (p->items[i].value == p->client_encoding)
+            p->client_encoding = fresh.value;
         entry_free(&p->items[i]);
         p->items[i] = fresh;
         p->generation++;
-        note_client_encoding(p, name, i);
         return 0;
     }
     if (p->n == p->cap) {
@@ -259,7 +262,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
         p->index[index_slot(p, name)] = (uint16_t)(p->n + 1);
     p->n++;
     p->generation++;
-    note_client_encoding(p, name, p->n - 1);
+    note_client_encoding(p, p->n - 1);
     return 0;
 }
 

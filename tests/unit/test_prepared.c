@@ -1093,6 +1093,10 @@ static void the_kept_client_encoding_follows_every_change(void)
     }
     CHECK(params_set(&p, "application_name", NULL) == 0);
     CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    for (int i = p.n - 1; i >= 0; i--) /* removed by their own names, as reset_to_startup does */
+        if (strncmp(p.items[i].name, "x.p", 3) == 0)
+            CHECK(params_set(&p, p.items[i].name, NULL) == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
     CHECK(strcmp(p.client_encoding, "UTF8") == 0);
     CHECK(params_set(&p, "client_encoding", NULL) == 0);
     CHECK(p.client_encoding == NULL);
