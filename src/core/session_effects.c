@@ -345,9 +345,9 @@ unsigned session_effects_reading(const struct client *c, const struct server *s,
     const char *scs = params_get(&c->params, "standard_conforming_strings");
     if (!scs)
         scs = params_get(&s->params, "standard_conforming_strings");
-    const char *enc = params_get(&c->params, "client_encoding");
+    const char *enc = c->params.client_encoding;
     if (!enc)
-        enc = params_get(&s->params, "client_encoding");
+        enc = s->params.client_encoding;
     /* Postgres's names for the client encodings whose second bytes may be 0x5C */
     static const char *const trail_5c[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
                                            "UHC",  "GB18030",        "JOHAB"};

@@ -17,6 +17,7 @@
 #include "session_state.h"
 #include "sluice.h"
 #include "stmt_names.h"
+#include "text_encoding.h"
 #include "utf8.h"
 
 /* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
@@ -44,16 +45,58 @@ static enum track_result queue_request(struct server *s, enum stmt_req kind, con
 
 /* The client_encoding the server reads the client's text and names in (NULL: not known): the
  * client's own, or the one its server is given for a client that set none (which s->params
- * may not show yet: another client's, until the server answers sluice's sync). */
+ * may not show yet: another client's, until the server answers sluice's sync). Each set keeps
+ * its value at hand (param_set.client_encoding, params_set's): no lookup by name. */
 static const char *client_encoding_of(const struct client *c, const struct server *s)
 {
-    const char *client = params_get(&c->params, "client_encoding");
+    const char *client = c->params.client_encoding;
     if (!client)
-        client = params_get(pool_session_defaults(c->pool, s), "client_encoding");
+        client = pool_session_defaults(c->pool, s)->client_encoding;
     if (!client)
-        client = params_get(&s->params, "client_encoding");
+        client = s->params.client_encoding;
     return client;
 }
+
+/* Nothing the client sent is unanswered: the ParameterStatus of any change of client_encoding
+ * has come (Postgres sends it before the ReadyForQuery, protocol 55.2.7). */
+static bool all_answered(const struct server *s)
+{
+    return s->inflight == 0 && !s->batch_open && s->reqs.count == 0;
+}
+
+/* Once all is answered, the client_encoding of what the client sends next is
+ * client_encoding_of again. Outside a transaction block, besides, no SET of it is left to undo,
+ * and no portal is left (a transaction's end drops them all) to hold a statement against
+ * eviction (stmt_entry.portal_holds). */
+static void settle_after_idle(struct server *s)
+{
+    if (!all_answered(s))
+        return;
+    s->reqs.encoding_unsettled = false;
+    if (s->txn_status != 'I')
+        return;
+    s->reqs.encoding_set_in_block = false;
+    if (s->reqs.portals_hold == 0)
+        return;
+    for (struct list_node *n = s->stmts.lru.head.next; n != &s->stmts.lru.head; n = n->next)
+        container_of(n, struct stmt_entry, lru)->portal_holds = false;
+    s->reqs.portals_hold = 0;
+}
+
+/* What the client's message may do to client_encoding when the server runs it (enum
+ * text_encoding_effect): until that is answered, what the server reads after one that may
+ * set it, or undo a SET of it made in the transaction block, is of an encoding sluice does not
+ * know. */
+static void note_encoding_effect(struct server *s, unsigned effect)
+{
+    if (effect & TEXT_ENCODING_MAY_SET)
+        s->reqs.encoding_unsettled = s->reqs.encoding_set_in_block = true;
+    if ((effect & TEXT_ENCODING_MAY_UNDO) && s->reqs.encoding_set_in_block)
+        s->reqs.encoding_unsettled = true;
+}
+
+/* Code sluice does not read (a FunctionCall, a text longer than the buffer): anything. */
+#define ENCODING_EFFECT_ANY (TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO)
 
 /* Whether sluice can prepare the client's statement `def` again on s: its text goes in the
  * client_encoding the server reads it in now (prepared_put_parse), converted from the one of
@@ -100,7 +143,7 @@ static struct stmt_entry *eviction_victim(struct server *s, const char *keep)
     const char *held = s->unnamed_executes[0] ? s->unnamed_executes_as : "";
     for (struct list_node *n = s->stmts.lru.head.prev; n != &s->stmts.lru.head; n = n->prev) {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
-        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0)
+        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0 && !e->portal_holds)
             return e;
     }
     return NULL;
@@ -712,6 +755,8 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     enum track_result r = session_effects_police(c, s, type, sql, len, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
+    /* A Parse's text runs at its Bind, which follows: noted now, what follows is as unknown. */
+    note_encoding_effect(s, text_encoding_effect_of(sql, len));
     r = follow_statement(c, s, sql, len, text_at, &touch, fail);
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
@@ -751,6 +796,7 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     enum track_result r = session_effects_police(c, s, type, sql, shown, body_len, &touch, fail);
     if (r != TRACK_PASS)
         return r;
+    note_encoding_effect(s, ENCODING_EFFECT_ANY); /* its rest is not read */
     session_effects_forget_params(s, &touch);
     login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
     return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
@@ -860,12 +906,14 @@ static enum track_result parse_untouched(struct client *c, struct server *s, con
 }
 
 /* The client_encoding the server will read a named Parse's text in, for its definition
- * (stmt_def.encoding): the client's as of the replies read so far. A request of the client's
- * still unanswered before it may change it (a pipelined SET client_encoding, whose
- * ParameterStatus has not come), so then it is not known. */
+ * (stmt_def.encoding): the client's as of the replies read so far, also behind requests still
+ * unanswered (a pipeline) when none of them may change it. One that may (a pipelined SET
+ * client_encoding, whose ParameterStatus comes only with its batch's ReadyForQuery) leaves it
+ * not known: the definition then equals no other (stmt_def_equal), never one of another
+ * encoding. */
 static const char *parse_encoding(const struct client *c, const struct server *s)
 {
-    if (s->inflight > 0 || s->batch_open || s->reqs.count > 0)
+    if (s->reqs.encoding_unsettled)
         return STMT_ENCODING_UNKNOWN;
     return client_encoding_of(c, s);
 }
@@ -881,6 +929,10 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
+        /* each Bind runs it (use_unnamed); a text longer than the buffer is not read whole */
+        s->reqs.unnamed_encoding_effect =
+            (uint8_t)(avail_body < len ? ENCODING_EFFECT_ANY
+                                       : text_encoding_effect_of((const char *)body + 1, len - 1));
         enum track_result r =
             avail_body >= len
                 ? inspect_statement(c, s, 'P', (const char *)body + 1, len - 1, len, 1, fail)
@@ -1007,7 +1059,7 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
  * One the client closed since is not prepared: the server refuses the Bind (26000), as Postgres
  * does, and its error says the client's name (a departed one, stmt_map_name_of). In a failed
  * transaction the server refuses the Bind or Describe itself (25P02). */
-static enum track_result prepare_unnamed_executes(struct client *c, struct server *s,
+static enum track_result prepare_unnamed_executes(struct client *c, struct server *s, uint8_t type,
                                                   struct client_failure *fail)
 {
     if (!s->unnamed_executes[0] || s->txn_status == 'E')
@@ -1018,18 +1070,26 @@ static enum track_result prepare_unnamed_executes(struct client *c, struct serve
         return TRACK_PASS;
     }
     bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
-    return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as, STMT_RUN,
-                           &changed, fail);
+    enum track_result r = ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as,
+                                          STMT_RUN, &changed, fail);
+    /* The portal it binds looks the statement up at its Execute, maybe after another unnamed
+     * Parse has replaced this one (and with it note_unnamed_executes's hold). */
+    struct stmt_entry *held = stmt_map_get(&s->stmts, s->unnamed_executes_as);
+    if (r == TRACK_PASS && type == 'B' && held && !held->portal_holds) {
+        held->portal_holds = true;
+        s->reqs.portals_hold++;
+    }
+    return r;
 }
 
 /* A Bind or Describe of the unnamed statement: on a server another client's Parse left one
  * on, it would run that client's statement. Closed first, the server answers as Postgres
  * answers a client that has none (26000). */
-static enum track_result use_unnamed(struct client *c, struct server *s,
+static enum track_result use_unnamed(struct client *c, struct server *s, uint8_t type,
                                      struct client_failure *fail)
 {
     if (s->unnamed_of == c->id)
-        return prepare_unnamed_executes(c, s, fail);
+        return prepare_unnamed_executes(c, s, type, fail);
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, "", true);
@@ -1163,6 +1223,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     /* Whatever the client sends after a marked Query ends what a next one may share. */
     bool joinable = s->reqs.mark_joinable;
     s->reqs.mark_joinable = false;
+    settle_after_idle(s);
     enum track_result r = send_due_describe(c, s, fail);
     if (r != TRACK_PASS)
         return r;
@@ -1192,6 +1253,9 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
             return TRACK_WAIT; /* short enough to read whole: look for DEALLOCATE */
         if (type == 'Q' && avail_body < len && avail_body < QUERY_HEAD_MAX)
             return TRACK_WAIT; /* a longer one: its head, which names the statement */
+        /* a Query's text is read (inspect_statement); a FunctionCall's code is not */
+        if (type == 'F')
+            note_encoding_effect(s, ENCODING_EFFECT_ANY);
         bool marked = false;
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
@@ -1231,8 +1295,10 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return TRACK_WAIT;
     }
     bool statement = type == 'B' || body[0] == 'S';
+    if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
+        note_encoding_effect(s, s->unnamed_of == c->id ? s->reqs.unnamed_encoding_effect : 0);
     if (statement && !name[0] && type != 'C')
-        return use_unnamed(c, s, fail);
+        return use_unnamed(c, s, type, fail);
     if (statement && !name[0])
         s->unnamed_of = 0;
     if (!statement || !name[0]) {
@@ -1246,6 +1312,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     uint32_t key_len = (uint32_t)strlen(name);
     struct stmt_entry *entry = client_entry(c, name);
     struct stmt_def *mine = entry ? entry->def : NULL;
+    if (type == 'B') /* it runs the statement's text: the client's, or one sluice did not read */
+        note_encoding_effect(s, mine ? mine->encoding_effect : ENCODING_EFFECT_ANY);
     struct stmt_server_name sn;
     if (mine)
         stmt_names_for_server(&sn, mine, extent);

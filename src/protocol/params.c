@@ -202,6 +202,14 @@ static int entry_fill(struct param *e, const char *name, const char *value)
     return 0;
 }
 
+/* Item i was added: when it is client_encoding, the set keeps its value at hand. (A change or
+ * a removal follows the value the set keeps: `name` may be the freed item's own.) */
+static void note_client_encoding(struct param_set *p, int i)
+{
+    if (strcasecmp(p->items[i].name, "client_encoding") == 0)
+        p->client_encoding = p->items[i].value;
+}
+
 int params_set(struct param_set *p, const char *name, const char *value)
 {
     int i = find(p, name);
@@ -213,6 +221,8 @@ int params_set(struct param_set *p, const char *name, const char *value)
                 if (i != last)
                     p->index[index_slot(p, p->items[last].name)] = (uint16_t)(i + 1);
             }
+            if (p->items[i].value == p->client_encoding)
+                p->client_encoding = NULL;
             entry_free(&p->items[i]);
             p->items[i] = p->items[last];
             p->n--;
@@ -226,6 +236,8 @@ int params_set(struct param_set *p, const char *name, const char *value)
         struct param fresh;
         if (entry_fill(&fresh, p->items[i].name, value) < 0)
             return -ENOMEM;
+        if (p->items[i].value == p->client_encoding)
+            p->client_encoding = fresh.value;
         entry_free(&p->items[i]);
         p->items[i] = fresh;
         p->generation++;
@@ -250,6 +262,7 @@ int params_set(struct param_set *p, const char *name, const char *value)
         p->index[index_slot(p, name)] = (uint16_t)(p->n + 1);
     p->n++;
     p->generation++;
+    note_client_encoding(p, p->n - 1);
     return 0;
 }
 

@@ -24,6 +24,9 @@ struct param_set {
      * lookup O(1): a client with hundreds of "-c" options would make every sync quadratic. */
     uint16_t *index;
     uint32_t index_cap; /* a power of two, at least twice n; 0 while there is no index */
+    /* The value of client_encoding (NULL: none), kept by params_set: stmt_track.c reads it at
+     * each named Parse, Bind and re-prepare, where a lookup by name would cost a scan. */
+    const char *client_encoding;
 };
 
 void params_init(struct param_set *p);

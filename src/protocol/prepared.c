@@ -56,6 +56,7 @@ struct stmt_def *stmt_def_alloc(uint32_t len, const char *encoding)
     snprintf(d->encoding, sizeof(d->encoding), "%s", encoding ? encoding : "");
     d->hash = 0;
     d->effect = STMT_EFFECT_NONE;
+    d->encoding_effect = TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO; /* until sealed */
     d->params = NULL;
     d->result = STMT_RESULT_UNKNOWN;
     uint64_t n = atomic_fetch_add_explicit(&streamed_defs, 1, memory_order_relaxed) + 1;
@@ -81,6 +82,11 @@ void stmt_def_seal(struct stmt_def *d)
 {
     if (!text_beyond_ascii(d))
         d->encoding[0] = '\0';
+    const uint8_t *name_end = memchr(d->data, '\0', d->len);
+    d->encoding_effect =
+        (uint8_t)(name_end ? text_encoding_effect_of((const char *)name_end + 1,
+                                                     d->len - (uint32_t)(name_end + 1 - d->data))
+                           : TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO);
     d->hash = hash_more(hash_bytes(d->data, d->len), d->encoding, strlen(d->encoding));
 }
 
@@ -232,6 +238,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->def = def;
     e->shape = STMT_SHAPE_UNKNOWN;
     e->fresh_epoch = 0;
+    e->portal_holds = false;
     if (def)
         def_ref(def);
     uint32_t k = bucket(m, name);

@@ -92,6 +92,10 @@ struct stmt_def {
      * Postgres offers; STMT_ENCODING_UNKNOWN). Part of its hash and equality: the same bytes
      * sent in LATIN1 and in UTF8 are two texts, which must not be one statement on a server. */
     char encoding[STMT_ENCODING_MAX + 1];
+    /* What running its text may do to client_encoding (enum text_encoding_effect), set at
+     * stmt_def_seal: after a Bind of one that may, what the server reads is of an encoding not
+     * known until that is answered (stmt_queue.encoding_unsettled). */
+    uint8_t encoding_effect;
     /* Set by the client's Parse before the definition is shared (stmt_track.c): each Bind or
      * SQL EXECUTE runs it again, in whichever transaction, on whichever server. */
     enum stmt_effect effect;
@@ -126,6 +130,12 @@ struct stmt_entry {
      * result type and the server's differed, or the server lacked it): stmt_queue.epoch + 1
      * while that batch lasts. Its result type is then the one the database gives now. */
     uint32_t fresh_epoch;
+    /* A server's entry a portal may still run: one bound from the unnamed statement that
+     * EXECUTEs it, which Postgres looks the name up again for at the portal's Execute, however
+     * many Binds and Parses later in its transaction. Not evicted until the server was idle
+     * outside a transaction block, when every portal is gone (stmt_track.c,
+     * settle_after_idle; stmt_queue.portals_hold counts those marked). */
+    bool portal_holds;
     char name[];
 };
 
@@ -260,6 +270,16 @@ struct stmt_queue {
     struct stmt_queue_item describe_due; /* its name NULL when none is due */
     bool shape_awaited;
     enum held_query held_query; /* shape_awaited holds that Query while HELD_FOR_PARSE */
+    /* The client_encoding the server reads the client's next message in (stmt_track.c,
+     * parse_encoding): the client's as of the replies read so far (client_encoding_of), unless
+     * a request not yet answered may have changed it (encoding_unsettled): one that may set it,
+     * or, after one that may have set it in the transaction block (encoding_set_in_block), one
+     * that may end the block or roll back to a savepoint. What binding the unnamed statement
+     * may do to it: unnamed_encoding_effect (enum text_encoding_effect). */
+    bool encoding_unsettled;
+    bool encoding_set_in_block;
+    uint8_t unnamed_encoding_effect;
+    uint32_t portals_hold; /* server entries marked portal_holds */
     bool batch_failed;
     /* An error in an extended batch whose Sync is not framed yet (stmt_on_error): the server
      * skips what the client sends up to that Sync, and a Query or FunctionCall then gets no

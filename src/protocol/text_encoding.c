@@ -1,6 +1,7 @@
 /* text_encoding: statement texts between client encodings (see text_encoding.h). */
 #include "text_encoding.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <iconv.h>
 #include <stdlib.h>
@@ -79,4 +80,32 @@ int text_encoding_convert(const char *from, const char *to, const uint8_t *in, s
     *out = buf;
     *out_len = room - dst_left;
     return 0;
+}
+
+unsigned text_encoding_effect_of(const char *sql, size_t len)
+{
+    static const struct {
+        const char *word;
+        unsigned effect;
+    } words[] = {
+        {"encoding", TEXT_ENCODING_MAY_SET},   {"names", TEXT_ENCODING_MAY_SET},
+        {"reset", TEXT_ENCODING_MAY_SET},      {"discard", TEXT_ENCODING_MAY_SET},
+        {"set_config", TEXT_ENCODING_MAY_SET}, {"execute", TEXT_ENCODING_MAY_SET},
+        {"u&", TEXT_ENCODING_MAY_SET},         {"commit", TEXT_ENCODING_MAY_UNDO},
+        {"rollback", TEXT_ENCODING_MAY_UNDO},  {"abort", TEXT_ENCODING_MAY_UNDO},
+        {"end", TEXT_ENCODING_MAY_UNDO},       {"prepare", TEXT_ENCODING_MAY_UNDO},
+    };
+    unsigned effect = 0;
+    for (size_t i = 0; i < len; i++) {
+        char first = (char)tolower((unsigned char)sql[i]);
+        if (first == '\0' || !strchr("abcdenprsu", first))
+            continue; /* no word starts here: one compare for most bytes */
+        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+            size_t n = strlen(words[w].word);
+            if (words[w].word[0] == first && n <= len - i &&
+                strncasecmp(sql + i, words[w].word, n) == 0)
+                effect |= words[w].effect;
+        }
+    }
+    return effect;
 }

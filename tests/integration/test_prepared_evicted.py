@@ -290,6 +290,25 @@ def statements_prepared_again_after_client_encoding_changed(c):
             + evict(c) + [bind_run(c, "e4"), q(c, "RESET client_encoding")])
 
 
+def statements_parsed_in_a_block_that_set_client_encoding(c):
+    """A SET (LOCAL) client_encoding in a transaction block holds for the Parses after it, also
+    pipelined ones, until the block ends or rolls back to before it: a Parse pipelined behind
+    that ROLLBACK is read in the encoding it restores, here UTF8, which refuses the LATIN1 byte
+    (node-postgres sends UTF-8 whatever the session's client_encoding)."""
+    def parse(name, text, before=b""):
+        return batch(c, before + message(b"P", name + b"\0" + text + b"\0\0\0") + sync_msg(),
+                     2 if before[:1] == b"Q" else 1)
+    return ([q(c, "BEGIN"), q(c, "SET LOCAL client_encoding TO 'WIN1252'"),
+             parse(b"w1", b"SELECT '\xc3\xa4\xe2\x82\xac' AS x"), q(c, "COMMIT")]
+            + evict(c) + [bind_run(c, "w1")]
+            + [q(c, "BEGIN"), q(c, "SET client_encoding TO 'LATIN1'"),
+               parse(b"w2", b"SELECT '\xe9' AS y", parse_msg("", "SELECT 1")),
+               parse(b"w4", b"SELECT '\xe8' AS w", query_msg("ROLLBACK"))]
+            + evict(c) + [bind_run(c, "w1"), bind_run(c, "w2"), bind_run(c, "w4"),
+                          q(c, "SET client_encoding TO 'LATIN1'")]
+            + evict(c) + [bind_run(c, "w2"), q(c, "RESET client_encoding")])
+
+
 def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
     """Postgres looks the statement an unnamed EXECUTE names up again at the portal's Execute:
     other statements prepared between its Bind and Execute (each evicting the one before
@@ -303,6 +322,28 @@ def statements_evicted_between_an_unnamed_executes_bind_and_execute(c):
             q(c, "EXECUTE p0"), bind_run(c, "p2")]
 
 
+def portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement(c):
+    """A portal bound from an unnamed EXECUTE p0 runs p0 at its Execute, looked up then, after
+    another unnamed Parse replaced the statement it was bound from and other statements were
+    prepared (each evicting the one before through sluice): in a transaction block, a batch, or
+    behind a simple Query."""
+    return [batch(c, parse_msg("p0", "SELECT 0") + sync_msg()), q(c, "BEGIN"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pp", "") + sync_msg()),
+            described(c, parse_msg("", "SELECT 5") + bind_msg("", "") + execute_msg()
+                      + sync_msg()),
+            batch(c, parse_msg("p1", "SELECT 1") + parse_msg("p2", "SELECT 2") + sync_msg()),
+            described(c, execute_msg("pp") + sync_msg()), q(c, "COMMIT"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pq", "")
+                      + parse_msg("", "SELECT 6") + parse_msg("p3", "SELECT 3")
+                      + execute_msg("pq") + sync_msg()),
+            q(c, "BEGIN"),
+            described(c, parse_msg("", "EXECUTE p0") + bind_msg("pr", "") + sync_msg()),
+            q(c, "SELECT 7"), batch(c, parse_msg("p4", "SELECT 4") + sync_msg()),
+            described(c, execute_msg("pr") + sync_msg()), q(c, "COMMIT"),
+            # after the transaction the portals are gone: p0 is evicted as any other
+            batch(c, parse_msg("p5", "SELECT 5") + sync_msg()), q(c, "EXECUTE p0")]
+
+
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
@@ -313,7 +354,9 @@ SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              describes_of_statements_whose_table_was_dropped,
              describes_in_a_failed_transaction, unnamed_parses_of_an_execute,
              statements_prepared_again_after_client_encoding_changed,
-             statements_evicted_between_an_unnamed_executes_bind_and_execute]
+             statements_parsed_in_a_block_that_set_client_encoding,
+             statements_evicted_between_an_unnamed_executes_bind_and_execute,
+             portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])

@@ -386,3 +386,47 @@ def test_one_text_sent_in_two_encodings_is_two_statements(pg, start_sluice):
             latin1.close()
             utf8.close()
     assert seen["sluice"] == seen["postgres"]
+
+
+def test_a_pipelined_parse_of_one_text_is_one_statement_per_encoding(pg, start_sluice):
+    """Two UTF8 clients each send a non-ASCII statement second in a batch (behind another Parse
+    the server has not answered yet): nothing before it in the batch can change
+    client_encoding, so both are read in UTF8 and share one statement on their server. A
+    LATIN1 client's Parse of the same bytes, and one behind a pipelined SET client_encoding
+    (which the server runs before it reads the Parse), are other statements: each client reads
+    its own text back, as on Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    text = b"SELECT '\xc3\xa9' AS x"
+
+    def pipelined(c, name):
+        return batch(c, raw_parse(b"a_" + name, b"SELECT 1") + raw_parse(name, text)
+                     + raw_bind_run(name))
+
+    def set_then_parse(c, name, encoding):
+        return batch(c, raw_parse(b"", b"SET client_encoding TO " + encoding)
+                     + raw_bind_run(b"")[:-5] + raw_parse(name, text) + raw_bind_run(name))
+
+    seen = {}
+    for where, port, login in (("postgres", pg.port, {"password": "apppass"}),
+                               ("sluice", s.port, {})):
+        conns = [raw_login(port, **login), raw_login(port, **login),
+                 raw_login(port, client_encoding="LATIN1", **login), raw_login(port, **login)]
+        try:
+            u1, u2, latin1, switching = conns
+            seen[where] = [pipelined(u1, b"u1"), pipelined(u2, b"u2"), pipelined(latin1, b"l1"),
+                           set_then_parse(switching, b"s1", b"LATIN1"),
+                           batch(switching, raw_bind_run(b"s1")),
+                           set_then_parse(switching, b"s2", b"UTF8"),
+                           pipelined(u1, b"u3"), batch(u2, raw_bind_run(b"u1"))]
+            if where == "sluice":  # one backend: count its statements of each text
+                rows = q(u1, "SELECT statement, count(*) FROM pg_prepared_statements "
+                             "WHERE statement LIKE 'SELECT ''%' GROUP BY 1 ORDER BY 1")
+        finally:
+            for c in conns:
+                c.close()
+    assert seen["sluice"] == seen["postgres"]
+    # 'é' of the UTF8 clients (u1, u2, u3, and s2 after its SET back to UTF8) is one statement
+    # but for s2's, whose Parse passed behind the SET; 'Ã©' of the LATIN1 reading, l1's and
+    # s1's, likewise.
+    assert rows[1:-2] == [("D", ("SELECT 'Ã©' AS x".encode(), b"2")),
+                          ("D", ("SELECT 'é' AS x".encode(), b"2"))], rows

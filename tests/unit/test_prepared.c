@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "params.h"
+#include "text_encoding.h"
 #include "siphash.h"
 #include "prepared.h"
 #include "stmt_names.h"
@@ -1074,6 +1075,66 @@ static void many_parameters_are_found_after_sets_and_removals(void)
     params_free(&p);
 }
 
+/* The client_encoding a set keeps at hand is params_get's, whatever came and went around it. */
+static void the_kept_client_encoding_follows_every_change(void)
+{
+    struct param_set p;
+    params_init(&p);
+    CHECK(p.client_encoding == NULL);
+    CHECK(params_set(&p, "application_name", "a") == 0);
+    CHECK(params_set(&p, "Client_Encoding", "LATIN1") == 0);
+    CHECK(strcmp(p.client_encoding, "LATIN1") == 0);
+    CHECK(params_set(&p, "client_encoding", "UTF8") == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    for (int i = 0; i < 40; i++) { /* past the index, and removals moving it about */
+        char name[16];
+        snprintf(name, sizeof(name), "x.p%d", i);
+        CHECK(params_set(&p, name, "v") == 0);
+    }
+    CHECK(params_set(&p, "application_name", NULL) == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    for (int i = p.n - 1; i >= 0; i--) /* removed by their own names, as reset_to_startup does */
+        if (strncmp(p.items[i].name, "x.p", 3) == 0)
+            CHECK(params_set(&p, p.items[i].name, NULL) == 0);
+    CHECK(p.client_encoding == params_get(&p, "client_encoding"));
+    CHECK(strcmp(p.client_encoding, "UTF8") == 0);
+    CHECK(params_set(&p, "client_encoding", NULL) == 0);
+    CHECK(p.client_encoding == NULL);
+    params_free(&p);
+    CHECK(p.client_encoding == NULL);
+}
+
+/* The words that may set client_encoding or undo a SET of it, in any case, and texts without. */
+static void texts_that_may_change_client_encoding_are_told(void)
+{
+    static const struct {
+        const char *sql;
+        unsigned effect;
+    } cases[] = {
+        {"SET client_encoding TO 'LATIN1'", TEXT_ENCODING_MAY_SET},
+        {"set names 'latin1'", TEXT_ENCODING_MAY_SET},
+        {"RESET ALL", TEXT_ENCODING_MAY_SET},
+        {"Discard All", TEXT_ENCODING_MAY_SET},
+        {"SELECT SET_CONFIG('a', 'b', false)", TEXT_ENCODING_MAY_SET},
+        {"EXECUTE p", TEXT_ENCODING_MAY_SET},
+        {"SET U&\"client\\005fencoding\" TO x", TEXT_ENCODING_MAY_SET},
+        {"ROLLBACK TO SAVEPOINT a", TEXT_ENCODING_MAY_UNDO},
+        {"commit", TEXT_ENCODING_MAY_UNDO},
+        {"END", TEXT_ENCODING_MAY_UNDO},
+        {"BEGIN; SET LOCAL client_encoding TO 'WIN1252'; COMMIT",
+         TEXT_ENCODING_MAY_SET | TEXT_ENCODING_MAY_UNDO},
+        {"SELECT 1", 0},
+        {"SET TimeZone TO UTC", 0},
+        {"BEGIN", 0},
+        {"SELECT 'r\xc3\xa9sum\xc3\xa9'", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        CHECK_INT((int)text_encoding_effect_of(cases[i].sql, strlen(cases[i].sql)),
+                  (int)cases[i].effect);
+    CHECK_INT((int)text_encoding_effect_of("RESET", 4), 0); /* only len bytes are read */
+}
+
 static double cpu_now(void)
 {
     struct timespec ts;
@@ -1356,6 +1417,8 @@ int main(void)
     RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
     RUN(many_parameters_are_found_after_sets_and_removals);
+    RUN(the_kept_client_encoding_follows_every_change);
+    RUN(texts_that_may_change_client_encoding_are_told);
     RUN(an_unknown_server_value_is_set_again_or_reset);
     RUN(a_login_is_tried_only_with_values_no_server_accepted);
     RUN(map_put_get_replace_remove_keep_definitions_and_lru_order);
