@@ -18,7 +18,6 @@
 #include "pool.h"
 #include "pool_mode.h"
 #include "server.h"
-#include "siphash.h"
 #include "sluice.h"
 #include "sql_lex.h"
 
@@ -361,44 +360,6 @@ unsigned session_effects_reading(const struct client *c, const struct server *s,
     return reading;
 }
 
-/* ---- texts that change nothing, remembered ----
- * Most texts a client sends it has sent before (a driver's unnamed Parse of the same query, an
- * ORM's statements), and most change nothing beyond their transaction: reading each again took
- * about 5% of sluice's CPU per transaction (perf, pgbench -S -M extended, 16 clients). A text
- * read as changing nothing, in the standard reading (no backslash: the same for every client's
- * standard_conforming_strings and client_encoding), is remembered byte for byte, with what
- * follows it in the message (session_state_detect reads those bytes too), per thread (no
- * lock) in a small direct-mapped table; the same bytes again change nothing again. A text that
- * changes something is read each time. */
-#define CLEAN_TEXT_SLOTS 32
-#define CLEAN_TEXT_MAX 480
-
-struct clean_text {
-    uint16_t len; /* 0: an empty slot */
-    char bytes[CLEAN_TEXT_MAX];
-};
-static _Thread_local struct clean_text clean_texts[CLEAN_TEXT_SLOTS];
-
-static enum session_feature detect_remembering(const char *sql, size_t len,
-                                               struct param_touch *touch, unsigned reading)
-{
-    struct clean_text *slot = NULL;
-    if (reading == SQL_READ_STANDARD && len > 0 && len <= CLEAN_TEXT_MAX) {
-        slot = &clean_texts[siphash24(siphash_process_key(), sql, len) % CLEAN_TEXT_SLOTS];
-        if (slot->len == len && memcmp(slot->bytes, sql, len) == 0) {
-            memset(touch, 0, sizeof(*touch)); /* what session_state_detect left for it */
-            return SESSION_FEATURE_NONE;
-        }
-    }
-    enum session_feature f = session_state_detect(sql, len, touch, reading);
-    static const struct param_touch nothing;
-    if (slot && f == SESSION_FEATURE_NONE && memcmp(touch, &nothing, sizeof(nothing)) == 0) {
-        memcpy(slot->bytes, sql, len);
-        slot->len = (uint16_t)len;
-    }
-    return f;
-}
-
 /* SQL whose effect outlives the transaction (see session_state.h): the policy decides, and a
  * server that got such objects is noted for a reset. touch: the parameters it changes. */
 enum track_result session_effects_police(struct client *c, struct server *s, uint8_t type,
@@ -406,7 +367,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
                                          struct param_touch *touch, struct client_failure *fail)
 {
     enum session_feature f =
-        detect_remembering(sql, len, touch, session_effects_reading(c, s, sql, len));
+        session_state_detect(sql, len, touch, session_effects_reading(c, s, sql, len));
     bool followed = follow_set(c, s, type, sql, len, body_len, touch);
     if (f == SESSION_FEATURE_NONE || (f == SESSION_FEATURE_SET && followed))
         return TRACK_PASS;
@@ -419,7 +380,7 @@ enum track_result session_effects_police(struct client *c, struct server *s, uin
 enum stmt_effect session_effects_of_text(const char *sql, size_t len)
 {
     struct param_touch touch;
-    enum session_feature f = detect_remembering(sql, len, &touch, SQL_READ_STANDARD);
+    enum session_feature f = session_state_detect(sql, len, &touch, SQL_READ_STANDARD);
     return f != SESSION_FEATURE_NONE || touch.all || touch.n > 0 || touch.temp_schema
                ? STMT_EFFECT_SESSION
                : STMT_EFFECT_NONE;
@@ -438,7 +399,7 @@ void session_effects_run_statement(struct client *c, struct server *s, const str
     size_t len = def->len > 1 ? strnlen(text, def->len - 1) : 0;
     struct param_touch touch;
     enum session_feature f =
-        detect_remembering(text, len, &touch, session_effects_reading(c, s, text, len));
+        session_state_detect(text, len, &touch, session_effects_reading(c, s, text, len));
     note_session_objects(s, f); /* a LOAD's server too, on whichever server it runs */
     if ((f == SESSION_FEATURE_SET || f == SESSION_FEATURE_NONE) && !touch.unnamed &&
         (touch.all || touch.n > 0) && login_reset_can_track(s, c, &touch)) {

@@ -88,6 +88,16 @@ struct param_touch {
  * is read that way too; where it differs, the parameters are unnamed. */
 enum session_feature session_state_detect(const char *sql, size_t len, struct param_touch *touch,
                                           unsigned reading);
+/* Can the text change anything session_state_detect looks for? False only when none of the
+ * words every such feature, parameter change and reset needs is in its bytes (SET, RESET,
+ * set_config and pg_settings hold "set"; LISTEN, LOAD, PREPARE, DISCARD, DECLARE, DO, TEMP
+ * and pg_temp, the advisory lock functions, a U&"..." name whose escapes may spell any of
+ * them): then the text changes nothing, whatever its literals, comments and readings, and
+ * session_state_detect reads no further. */
+bool session_state_may_touch(const char *sql, size_t len);
+/* session_state_detect without that first test: what the fuzz target checks it against. */
+enum session_feature session_state_detect_fully(const char *sql, size_t len,
+                                                struct param_touch *touch, unsigned reading);
 /* Where the first statement that uses a session-level feature starts in the SQL text (len bytes,
  * statements split on ';' outside quotes), so that what comes before it can run as it would in
  * Postgres; 0 when it is the first, or when the text has what could hide a ';' from that split

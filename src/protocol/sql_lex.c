@@ -144,6 +144,43 @@ size_t sql_skip_space(const char *s, size_t i, size_t len)
     }
 }
 
+/* Does s start with word (lower case, ASCII), in any case? What strncasecmp answers in the C
+ * locale, without a library call for each candidate. */
+static bool ascii_word_at(const char *s, const char *word, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        char c = s[k];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + ('a' - 'A'));
+        if (c != word[k])
+            return false;
+    }
+    return true;
+}
+
+uint32_t sql_words_in(const char *s, size_t len, const char *const words[], size_t n)
+{
+    /* a bit per letter that starts a word; the second byte is compared before the rest.
+     * (c | 0x20 is the lower case of an ASCII letter and no other byte's.) */
+    uint32_t starts = 0, found = 0;
+    for (size_t w = 0; w < n; w++)
+        starts |= 1u << (words[w][0] - 'a');
+    for (size_t i = 0; i + 1 < len; i++) {
+        unsigned char first = (unsigned char)(s[i] | 0x20);
+        if (first < 'a' || first > 'z' || !(starts & (1u << (first - 'a'))))
+            continue;
+        char second = (char)(s[i + 1] | 0x20);
+        for (size_t w = 0; w < n; w++) {
+            if ((unsigned char)words[w][0] != first || words[w][1] != second)
+                continue;
+            size_t wl = strlen(words[w]);
+            if (wl <= len - i && ascii_word_at(s + i, words[w], wl))
+                found |= 1u << w;
+        }
+    }
+    return found;
+}
+
 bool sql_temp_schema_word(const char *s, size_t n)
 {
     if (n < 7 || strncasecmp(s, "pg_temp", 7) != 0)

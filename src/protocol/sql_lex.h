@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* How a backslash inside a literal reads. sluice reads a text as Postgres reads it by default,
  * and where the text holds a backslash that another reading takes otherwise, the caller may
@@ -37,6 +38,12 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
 
 /* Past the blanks and comments at s[i]. */
 size_t sql_skip_space(const char *s, size_t i, size_t len);
+
+/* Which of the words (lower case ASCII, each of two bytes or more and starting with a letter; at
+ * most 32) are in s[0..len) as bytes, in any case, anywhere: inside literals, quoted names and
+ * comments, and inside longer words, too ("offset" holds "set"). Bit w is words[w]'s. For tests
+ * that run over every statement text: one pass, and for most bytes one test. */
+uint32_t sql_words_in(const char *s, size_t len, const char *const words[], size_t n);
 
 /* Is the word s[0..n) the temporary schema's name as an unquoted identifier reads it (pg_temp,
  * or a backend's own pg_temp_<digits>; any case)? */

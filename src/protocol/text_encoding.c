@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sql_lex.h"
+
 /* Postgres's names (pg_enc2name_tbl) of the encodings whose characters iconv maps as Postgres
  * does: UTF8 and the single-byte ones. The multi-byte Asian encodings are left out: Postgres's
  * own tables (SJIS as Microsoft's, BIG5, UHC) differ from iconv's in places, and a character
@@ -80,52 +82,20 @@ int text_encoding_convert(const char *from, const char *to, const uint8_t *in, s
     return 0;
 }
 
-/* Does s start with word (lower case, ASCII), in any case? What strncasecmp answers in the C
- * locale, without a library call for each candidate. */
-static bool ascii_word_at(const char *s, const char *word, size_t n)
-{
-    for (size_t k = 0; k < n; k++) {
-        char c = s[k];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + ('a' - 'A'));
-        if (c != word[k])
-            return false;
-    }
-    return true;
-}
-
 unsigned text_encoding_effect_of(const char *sql, size_t len)
 {
-#define WORD(w, e) {w, sizeof(w) - 1, e}
-    static const struct {
-        const char *word; /* lower case */
-        size_t len;
-        unsigned effect;
-    } words[] = {
-        WORD("encoding", TEXT_ENCODING_MAY_SET),   WORD("names", TEXT_ENCODING_MAY_SET),
-        WORD("reset", TEXT_ENCODING_MAY_SET),      WORD("discard", TEXT_ENCODING_MAY_SET),
-        WORD("set_config", TEXT_ENCODING_MAY_SET), WORD("execute", TEXT_ENCODING_MAY_SET),
-        WORD("u&", TEXT_ENCODING_MAY_SET),         WORD("commit", TEXT_ENCODING_MAY_UNDO),
-        WORD("rollback", TEXT_ENCODING_MAY_UNDO),  WORD("abort", TEXT_ENCODING_MAY_UNDO),
-        WORD("end", TEXT_ENCODING_MAY_UNDO),       WORD("prepare", TEXT_ENCODING_MAY_UNDO),
+    static const char *const words[] = {
+        /* may set it */
+        "encoding", "names", "reset", "discard", "set_config", "execute", "u&",
+        /* may undo a SET of it */
+        "commit", "rollback", "abort", "end", "prepare",
     };
-#undef WORD
-    /* Every text of every Parse passes here: a bit per letter that starts a word, and the
-     * second letter compared before the rest, so that most bytes cost one test. (c | 0x20 is
-     * the lower case of an ASCII letter and no other byte's.) */
-    uint32_t starts = 0;
-    for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
-        starts |= 1u << (words[w].word[0] - 'a');
+    enum { MAY_SET_WORDS = 7 };
+    uint32_t found = sql_words_in(sql, len, words, sizeof(words) / sizeof(words[0]));
     unsigned effect = 0;
-    for (size_t i = 0; i + 1 < len; i++) {
-        unsigned char first = (unsigned char)(sql[i] | 0x20);
-        if (first < 'a' || first > 'z' || !(starts & (1u << (first - 'a'))))
-            continue;
-        char second = (char)(sql[i + 1] | 0x20);
-        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
-            if ((unsigned char)words[w].word[0] == first && words[w].word[1] == second &&
-                words[w].len <= len - i && ascii_word_at(sql + i, words[w].word, words[w].len))
-                effect |= words[w].effect;
-    }
+    if (found & ((1u << MAY_SET_WORDS) - 1))
+        effect |= TEXT_ENCODING_MAY_SET;
+    if (found >> MAY_SET_WORDS)
+        effect |= TEXT_ENCODING_MAY_UNDO;
     return effect;
 }

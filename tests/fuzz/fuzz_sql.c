@@ -127,6 +127,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum session_feature f = session_state_detect((const char *)data, size, &touch, reading);
     FUZZ_ASSERT(f >= SESSION_FEATURE_NONE && f <= SESSION_FEATURE_LAST);
     FUZZ_ASSERT(session_feature_name(f) != NULL);
+    /* Its first test (no word it needs) and its remembered texts (asked twice, the second
+     * answer may be remembered) answer what the full read does: a miss would let state reach
+     * the next client. */
+    struct param_touch full, again;
+    FUZZ_ASSERT(session_state_detect_fully((const char *)data, size, &full, reading) == f);
+    FUZZ_ASSERT(memcmp(&full, &touch, sizeof(full)) == 0);
+    FUZZ_ASSERT(session_state_detect((const char *)data, size, &again, reading) == f);
+    FUZZ_ASSERT(memcmp(&again, &touch, sizeof(again)) == 0);
+    if (!session_state_may_touch((const char *)data, size))
+        FUZZ_ASSERT(f == SESSION_FEATURE_NONE);
     /* where a refused statement's stand-in goes: right after a ';' of the text, or at its start */
     size_t start = session_state_feature_start((const char *)data, size);
     FUZZ_ASSERT(start <= size && (start == 0 || data[start - 1] == ';'));

@@ -134,6 +134,16 @@ int main(void)
     CHECK(!sql_names_temp_schema("x pg_temp", 5)); /* past len */
     CHECK(!sql_names_temp_schema("x\0pg_temp", 9)); /* past a NUL */
     CHECK(sql_names_temp_schema("TO U&\"x\"", 9));  /* a U& name may spell it */
+    {
+        /* words anywhere, any case, inside others; bit per word; not past len */
+        static const char *const words[] = {"set", "u&", "listen"};
+        CHECK_INT(sql_words_in("SELECT 1 OFFSET 2", 17, words, 3), 1);
+        CHECK_INT(sql_words_in("select U&\"x\" /* UnListen */", 27, words, 3), 2 | 4);
+        CHECK_INT(sql_words_in("SELECT aid FROM t", 17, words, 3), 0);
+        CHECK_INT(sql_words_in("xSe", 3, words, 3), 0);    /* a word cut by len */
+        CHECK_INT(sql_words_in("x\0seT", 5, words, 3), 1); /* past a NUL too */
+        CHECK_INT(sql_words_in("S\xc5" "T \xd3" "ET", 7, words, 3), 0); /* only ASCII letters fold */
+    }
     /* U&"..." names as Postgres decodes them */
     {
         char name[32];
