@@ -160,18 +160,19 @@ static bool ascii_word_at(const char *s, const char *word, size_t n)
 
 uint32_t sql_words_in(const char *s, size_t len, const char *const words[], size_t n)
 {
-    /* a bit per letter that starts a word; the second byte is compared before the rest.
-     * (c | 0x20 is the lower case of an ASCII letter and no other byte's.) */
-    uint32_t starts = 0, found = 0;
+    /* the words by their first letter; at a byte that starts none, one test. (c | 0x20 is the
+     * lower case of an ASCII letter and no other byte's.) */
+    uint32_t by_first[26] = {0}, found = 0;
     for (size_t w = 0; w < n; w++)
-        starts |= 1u << (words[w][0] - 'a');
+        by_first[words[w][0] - 'a'] |= 1u << w;
     for (size_t i = 0; i + 1 < len; i++) {
-        unsigned char first = (unsigned char)(s[i] | 0x20);
-        if (first < 'a' || first > 'z' || !(starts & (1u << (first - 'a'))))
+        unsigned letter = (unsigned)(unsigned char)(s[i] | 0x20) - 'a';
+        if (letter >= 26 || !by_first[letter])
             continue;
         char second = (char)(s[i + 1] | 0x20);
-        for (size_t w = 0; w < n; w++) {
-            if ((unsigned char)words[w][0] != first || words[w][1] != second)
+        for (uint32_t left = by_first[letter] & ~found; left; left &= left - 1) {
+            unsigned w = (unsigned)__builtin_ctz(left);
+            if (words[w][1] != second)
                 continue;
             size_t wl = strlen(words[w]);
             if (wl <= len - i && ascii_word_at(s + i, words[w], wl))
