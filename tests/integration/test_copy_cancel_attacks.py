@@ -2,13 +2,16 @@
 them, with Postgres as the oracle: the same bytes directly and through sluice, and the client
 must read the same messages (types, order, SQLSTATEs)."""
 
+import signal
 import socket
+import threading
+import time
 
 import pytest
 
-from conftest import APP_PASSWORD
-from pgwire import (PeerClosed, copy_data_msg, copy_done_msg, message, parse_fields, query_msg,
-                    raw_login)
+from conftest import APP_PASSWORD, APP_USER, wait_until
+from pgwire import (PeerClosed, RawConn, copy_data_msg, copy_done_msg, message, parse_fields,
+                    query_msg, raw_login)
 from test_terminate import make_table
 
 
@@ -105,3 +108,112 @@ def test_the_rest_of_a_failed_copy_is_dropped_without_waiting_for_a_server(start
         holder.close()
     assert quiet == [True], "the client was answered for messages Postgres ignores"
     assert got == want
+
+
+# ---- the server ends the session while the client streams COPY data ------------------------------
+
+
+class Streamer:
+    """Sends CopyData on c from a thread until the socket fails or stop() is called; `sent`
+    counts the messages that went."""
+
+    def __init__(self, c):
+        self.c = c
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        chunk = copy_data_msg(b"1\n" * 8000)
+        try:
+            while not self.stopping.is_set():
+                self.c.sock.sendall(chunk)
+                self.sent += 1
+        except OSError:
+            pass
+
+    def stalled(self, seconds=0.5):
+        """The sends block: every buffer between the client and the backend is full."""
+        before = self.sent
+        time.sleep(seconds)
+        return self.sent == before
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(15)
+
+
+def errors_until_closed(c, timeout=10):
+    """The ErrorResponses c reads until the connection ends (by EOF or by a reset)."""
+    out = []
+    c.settimeout(timeout)
+    while True:
+        try:
+            mtype, payload = c.read_message()
+        except (PeerClosed, ConnectionResetError):
+            return out
+        if mtype == "E":
+            f = parse_fields(payload)
+            out.append((f.get("V"), f.get("C")))
+
+
+def copy_streamed_into_a_terminated_backend(pg, port, password, table, sluice=None):
+    """COPY FROM STDIN whose data the client streams ahead of the answer while the backend waits
+    for a lock on the table, so that every buffer on the way fills; then the backend is
+    terminated (pg_terminate_backend, as a restart of Postgres does to each backend). It closes
+    with data unread, so its FATAL is followed by a reset: sluice (when given) is stopped
+    meanwhile, to find both at once, as a busy sluice does."""
+    with pg.superuser("appdb") as locker:
+        locker.execute("BEGIN")
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        c = RawConn(port, timeout=20)
+        try:
+            c.startup(password=password)
+            c.send(query_msg(f"COPY {table} FROM STDIN /* streamer */"))
+            streamer = Streamer(c)
+            wait_until(lambda: [r for r in pg.backends(APP_USER) if "streamer" in (r[3] or "")],
+                       15, what="the COPY waiting for its lock")
+            wait_until(streamer.stalled, 15, what="every buffer full")
+            pid = [r[0] for r in pg.backends(APP_USER) if "streamer" in (r[3] or "")][0]
+            if sluice:
+                sluice.send_signal(signal.SIGSTOP)
+            try:
+                pg.query("SELECT pg_terminate_backend(%s)", [pid])
+                wait_until(lambda: pid not in [r[0] for r in pg.backends(APP_USER)], 15,
+                           what="the backend gone")
+            finally:
+                if sluice:
+                    sluice.send_signal(signal.SIGCONT)
+            seen = errors_until_closed(c)
+            streamer.stop()
+            return seen
+        finally:
+            c.close()
+            locker.execute("ROLLBACK")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_backend_terminated_while_copy_data_streams_in_gives_the_client_its_fatal(
+        start_sluice, pg, table, mode):
+    """Postgres sends FATAL 57P01 and closes with the client's data unread; the client's next
+    write fails, and it reads that FATAL (libpq does). sluice's write of the client's pending
+    data to the closed backend failed before it read the FATAL waiting in the socket: the client
+    got sluice's FATAL 08006 "server lost" instead, and retried nothing that checks for 57P01."""
+    make_table(pg, table)
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1})
+    want = copy_streamed_into_a_terminated_backend(pg, pg.port, APP_PASSWORD, table)
+    assert want == [("FATAL", "57P01")]
+    for _ in range(3):
+        assert copy_streamed_into_a_terminated_backend(pg, s.port, None, table, s) == want
+    assert next_client_sees(s.port) == [["1"]]
+    assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
+
+
+def next_client_sees(port):
+    c = raw_login(port, timeout=10)
+    try:
+        return c.query("SELECT 1")[0]
+    finally:
+        c.close()
