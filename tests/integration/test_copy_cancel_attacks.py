@@ -12,6 +12,8 @@ import pytest
 from conftest import APP_PASSWORD, APP_USER, wait_until
 from pgwire import (PeerClosed, RawConn, copy_data_msg, copy_done_msg, message, parse_fields,
                     query_msg, raw_login)
+from test_careless_more import CLEAN, copy_then, one_backend_sluice
+from test_careless_more import next_client_sees as careless_next_client_sees
 from test_terminate import make_table
 
 
@@ -217,3 +219,34 @@ def next_client_sees(port):
         return c.query("SELECT 1")[0]
     finally:
         c.close()
+
+
+# ---- what has no place in COPY FROM STDIN --------------------------------------------------------
+
+REFUSED_IN_COPY = {
+    "unknown_type": message(b"z", b"abc"),
+    "copy_fail_past_10000_bytes": copy_fail_msg(b"x" * 20_000),
+    "sync_past_10000_bytes": message(b"S", b"x" * 20_000),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("what", sorted(REFUSED_IN_COPY))
+def test_a_message_postgres_refuses_inside_copy_gets_its_errors(start_sluice, pg, table, mode,
+                                                                what):
+    """Inside COPY FROM STDIN Postgres refuses a type it does not know on its first byte (ERROR
+    08P01 "unexpected message type"), and a CopyFail or Sync past 10000 bytes on its length
+    (ERROR 08006), each followed by FATAL 08P01 "protocol synchronization was lost". sluice
+    refused both itself with one FATAL 08P01 of its own; the server now refuses them, so the
+    client reads Postgres's two errors, and the pool serves on."""
+    with pg.superuser("appdb") as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+        c.execute(f"GRANT ALL ON {table} TO app")
+    s = one_backend_sluice(start_sluice, mode)
+    want = copy_then(pg.port, APP_PASSWORD, table, REFUSED_IN_COPY[what])
+    assert want == [("E", "ERROR", "08006" if "bytes" in what else "08P01"),
+                    ("E", "FATAL", "08P01")]
+    assert copy_then(s.port, None, table, REFUSED_IN_COPY[what]) == want
+    assert careless_next_client_sees(s.port) == CLEAN
+    assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
