@@ -745,9 +745,10 @@ bool relay_orphan_server(struct server *s, struct client *c)
  * of a protocol error) and closes, and with bytes of the client's still unread its close comes
  * as a reset, which can reach sluice before that FATAL is read. The kernel still hands over what
  * came before the reset, and Postgres's own client reads it after a failed write (libpq does):
- * so what the server said is read to its end and goes to the client (through c->out, written
- * before the client is closed) before the server is reported lost. The client then sees the
- * server's FATAL and the close, as from Postgres, not sluice's 08006. */
+ * so what the server said is read to its end and written to the client before the server is
+ * reported lost. The client then sees the server's FATAL and the close, as from Postgres, not
+ * sluice's 08006. Where the client's socket is full, what is framed waits in c->out (written
+ * before the client is closed) and nothing more is read: one buffer's worth at most. */
 static enum relay_result server_gone(struct server *s, struct client *c, struct relay_outcome *o,
                                      const char *why)
 {
@@ -757,12 +758,17 @@ static enum relay_result server_gone(struct server *s, struct client *c, struct 
         enum frame_stop sst = frame_server(s, c);
         if (sst == STOP_FAILED)
             break;
-        uint32_t framed = buf_pending(&s->in);
-        if (framed > 0) {
+        enum write_result w = write_generated(&c->io, &c->out, &c->out_pos);
+        if (w == WRITE_DONE)
+            w = write_framed(&c->io, &s->in, &s->pool->bytes_out);
+        if (w == WRITE_BLOCKED) {
+            uint32_t framed = buf_pending(&s->in);
             codec_put_bytes(&c->out, s->in.data + s->in.rpos, framed);
             s->pool->bytes_out += framed;
             buf_consume(&s->in, framed);
         }
+        if (w != WRITE_DONE)
+            break;
         if (sst == STOP_NEED_FLUSH)
             continue;
         if (sst != STOP_NEED_DATA || server_read(s, o) <= 0)
