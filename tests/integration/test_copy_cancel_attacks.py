@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import APP_PASSWORD, APP_USER, wait_until
-from pgwire import (PeerClosed, RawConn, copy_data_msg, copy_done_msg, message, parse_fields,
-                    query_msg, raw_login)
+from pgwire import (PeerClosed, RawConn, ServerError, cancel_request, copy_data_msg,
+                    copy_done_msg, message, parse_fields, query_msg, raw_login)
 from test_careless_more import CLEAN, copy_then, one_backend_sluice
 from test_careless_more import next_client_sees as careless_next_client_sees
 from test_terminate import make_table
@@ -250,3 +250,57 @@ def test_a_message_postgres_refuses_inside_copy_gets_its_errors(start_sluice, pg
     assert copy_then(s.port, None, table, REFUSED_IN_COPY[what]) == want
     assert careless_next_client_sees(s.port) == CLEAN
     assert pg.query(f"SELECT count(*) FROM {table}", dbname="appdb")[0][0] == 0
+
+
+# ---- cancels racing with the end of their query -------------------------------------------------
+
+
+def send_cancel(port, key):
+    """A CancelRequest, waited on until sluice closes its connection (as libpq's PQcancel)."""
+    c = RawConn(port, timeout=10)
+    try:
+        c.send(cancel_request(*key))
+        c.is_closed(10)
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(90)
+def test_cancels_racing_with_their_queries_end_never_reach_the_next_client_of_the_server(
+        start_sluice, pg):
+    """Transaction mode, one server: A runs short statements and cancels each at once, so its
+    cancels land before, during and after the end of its statement, when the server may already
+    be B's. For a few seconds of this, B's statements on that same server are never cancelled,
+    and A's only ever fail with 57014."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_db_connections": 1, "query_wait_timeout": 30})
+    a = raw_login(s.port, timeout=30)
+    b = raw_login(s.port, timeout=30)
+    stop_at = time.monotonic() + 6
+    b_errors, b_done, a_errors = [], [0], []
+
+    def run_b():
+        while time.monotonic() < stop_at:
+            try:
+                b.query("SELECT pg_sleep(0.005)")
+                b_done[0] += 1
+            except ServerError as e:
+                b_errors.append(e.fields.get("C"))
+
+    other = threading.Thread(target=run_b, daemon=True)
+    other.start()
+    try:
+        while time.monotonic() < stop_at:
+            a.send(query_msg("SELECT 1"))
+            send_cancel(s.port, a.backend_key)
+            try:
+                a.read_results()
+            except ServerError as e:
+                a_errors.append(e.fields.get("C"))
+    finally:
+        other.join(30)
+        a.close()
+        b.close()
+    assert b_errors == [], "a cancel of A's reached B's statement on the server A had used"
+    assert set(a_errors) <= {"57014"}
+    assert b_done[0] > 0
