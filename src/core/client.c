@@ -566,6 +566,47 @@ void client_login_synced(struct client *c, struct server *s)
 
 /* ---- messages by state ---- */
 
+/* Messages Postgres reads and drops outside COPY FROM STDIN (postgres.c PostgresMain: "Accept
+ * but ignore these messages, per protocol spec"): CopyData, CopyDone and CopyFail, the rest of a
+ * COPY its server already ended (a client streams its data before it reads the error, and in
+ * transaction mode the server went back at that error's ReadyForQuery), and a Flush with nothing
+ * to flush. An idle client gets no answer to them from Postgres, so none from sluice either. */
+static bool ignored_when_idle(uint8_t type)
+{
+    return type == 'd' || type == 'c' || type == 'f' || type == 'H';
+}
+
+/* Drop such messages at the front of an idle client's buffer, as Postgres drops them, instead of
+ * leasing a server for them (and failing the client with a pool error when none comes). A
+ * CopyData longer than the buffer is dropped as it streams in (c->rx.remain). One whose length
+ * Postgres would refuse is left for the relay, which says so (request_track_frame). */
+static void drop_ignored_when_idle(struct client *c)
+{
+    struct buf *b = &c->in;
+    for (;;) {
+        if (c->rx.remain) {
+            uint32_t take = c->rx.remain < buf_unframed(b) ? c->rx.remain : buf_unframed(b);
+            b->scan += take;
+            buf_consume(b, take);
+            c->rx.remain -= take;
+            c->rx.discard = c->rx.remain > 0;
+            if (c->rx.remain)
+                return;
+            continue;
+        }
+        uint8_t type;
+        uint32_t body_len;
+        if (buf_unframed(b) < CODEC_HEADER_LEN || !ignored_when_idle(b->data[b->scan]) ||
+            codec_frame_header(b->data + b->scan, buf_unframed(b), UINT32_MAX, &type,
+                               &body_len) != FRAME_OK ||
+            body_len + 4 > codec_frontend_max_len(type) ||
+            body_len > (uint32_t)c->worker->cfg->max_packet_size)
+            return;
+        c->rx.remain = CODEC_HEADER_LEN + body_len;
+        c->rx.discard = true;
+    }
+}
+
 void client_on_data(struct client *c)
 {
     switch (c->state) {
@@ -576,6 +617,8 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
+        if (!c->admin)
+            drop_ignored_when_idle(c);
         if (buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];

@@ -384,8 +384,10 @@ void link_server_io(struct server *s, int status, int events)
     struct client *c = s->client;
     struct relay_outcome o = {.detail = NULL};
     if (status < 0) {
-        snprintf(o.why, sizeof(o.why), "%s", sockio_poll_error(&s->io, status));
-        settle(s, c, RELAY_SERVER_LOST, &o);
+        /* (the error is read first: reading it clears it, and the bytes before it follow) */
+        char why[sizeof(o.why)];
+        snprintf(why, sizeof(why), "%s", sockio_poll_error(&s->io, status));
+        settle(s, c, relay_server_failed(s, why, &o), &o);
         return;
     }
     if (events & UV_WRITABLE) {

@@ -740,6 +740,48 @@ bool relay_orphan_server(struct server *s, struct client *c)
 
 /* ---- the pump ---- */
 
+/* The server is gone (its socket failed, or a write to it did): a backend that ends a session
+ * sends its last ErrorResponse (FATAL 57P01 of pg_terminate_backend or of a shutdown, the FATAL
+ * of a protocol error) and closes, and with bytes of the client's still unread its close comes
+ * as a reset, which can reach sluice before that FATAL is read. The kernel still hands over what
+ * came before the reset, and Postgres's own client reads it after a failed write (libpq does):
+ * so what the server said is read to its end and written to the client before the server is
+ * reported lost. The client then sees the server's FATAL and the close, as from Postgres, not
+ * sluice's 08006. Where the client's socket is full, what is framed waits in c->out (written
+ * before the client is closed) and nothing more is read: one buffer's worth at most. */
+static enum relay_result server_gone(struct server *s, struct client *c, struct relay_outcome *o,
+                                     const char *why)
+{
+    char reason[sizeof(o->why)];
+    snprintf(reason, sizeof(reason), "%s", why); /* server_read writes o->why */
+    while (c) {
+        enum frame_stop sst = frame_server(s, c);
+        if (sst == STOP_FAILED)
+            break;
+        enum write_result w = write_generated(&c->io, &c->out, &c->out_pos);
+        if (w == WRITE_DONE)
+            w = write_framed(&c->io, &s->in, &s->pool->bytes_out);
+        if (w == WRITE_BLOCKED) {
+            uint32_t framed = buf_pending(&s->in);
+            codec_put_bytes(&c->out, s->in.data + s->in.rpos, framed);
+            s->pool->bytes_out += framed;
+            buf_consume(&s->in, framed);
+        }
+        if (w != WRITE_DONE)
+            break;
+        if (sst == STOP_NEED_FLUSH)
+            continue;
+        if (sst != STOP_NEED_DATA || server_read(s, o) <= 0)
+            break;
+    }
+    return lost(o, RELAY_SERVER_LOST, reason, NULL);
+}
+
+enum relay_result relay_server_failed(struct server *s, const char *why, struct relay_outcome *o)
+{
+    return server_gone(s, s->client, o, why);
+}
+
 /* Does what the client sent next wait before going to its server? During a login's parameter
  * sync it waits for the server's answer. While a cancel is on its way to the backend (PQcancel
  * not returned) it waits for that: Postgres 15 signals a backend twice for one cancel (its pid,
@@ -824,7 +866,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
                 break;
         }
         if (w == WRITE_BROKEN)
-            return lost(o, RELAY_SERVER_LOST, "write to server failed", NULL);
+            return server_gone(s, c, o, "write to server failed");
         if (cst == CLIENT_FRAME_TERMINATE && c->state == CLIENT_ACTIVE)
             return terminate_pending(c, s) ? RELAY_TERMINATING : RELAY_TERMINATED;
 

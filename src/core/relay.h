@@ -68,6 +68,10 @@ enum relay_result relay_client_readable(struct client *c, struct relay_outcome *
 /* A server's bytes arrived (any server state after login, with a client or without). */
 enum relay_result relay_server_readable(struct server *s, struct relay_outcome *o)
     __attribute__((warn_unused_result));
+/* The server's socket failed (a reset: poll status < 0); why says how. What the server sent
+ * before it is passed to its client first (see relay.c server_gone), then RELAY_SERVER_LOST. */
+enum relay_result relay_server_failed(struct server *s, const char *why, struct relay_outcome *o)
+    __attribute__((warn_unused_result));
 /* Push whatever can move now in both directions and set both sides' poll interest; for a server
  * with no client, consume what it says. Called on writability, after linking and after anything
  * that changes what either side may do. */

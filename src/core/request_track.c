@@ -81,6 +81,21 @@ void request_track_copy_in_ended(struct server *s)
     s->batch_open = true;
 }
 
+/* During COPY FROM STDIN Postgres refuses what has no place there in its own words, then ends
+ * the session: a Terminate or a type it does not know, on the type byte (ERROR 08P01 "unexpected
+ * message type 0x.. during COPY from stdin"), a CopyData, CopyDone, CopyFail, Flush or Sync past
+ * its bound on the length (ERROR 08006), each followed by FATAL 08P01 and the close, the COPY
+ * rolled back. The bytes it reads before refusing (`bytes`) go to it and the server says so
+ * itself; nothing after them is framed. No ReadyForQuery follows, but the close is due (counted
+ * as one: the client waits for it as after a Terminate, and link.c ends the link at the close). */
+static enum client_frame refused_by_server_in_copy(struct server *s, struct buf *b, uint32_t bytes)
+{
+    s->copy_in = false;
+    s->inflight++;
+    b->scan += bytes;
+    return CLIENT_FRAME_TERMINATE;
+}
+
 enum client_frame request_track_frame(struct client *c, struct server *s,
                                       struct client_failure *fail)
 {
@@ -116,6 +131,8 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         const uint8_t *p = b->data + b->scan;
         uint8_t type;
         uint32_t body_len;
+        if (s->copy_in && !codec_frontend_type_known(p[0]))
+            return refused_by_server_in_copy(s, b, 1);
         /* An unknown type is refused on its first byte, as Postgres refuses it (client.c). */
         if (!codec_frontend_type_known(p[0])) {
             char detail[64];
@@ -140,19 +157,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             fail_session(fail, FAIL_PACKET_TOO_LARGE, detail);
             return CLIENT_FRAME_FAILED;
         }
-        if (type == 'X' && s->copy_in) {
-            /* Postgres reads a Terminate during COPY FROM STDIN as a protocol violation: ERROR
-             * 08P01 "unexpected message type 0x58 during COPY from stdin", then FATAL, and it
-             * closes, the COPY rolled back. The server says so itself, in its own words: the
-             * Terminate goes to it. No ReadyForQuery follows, but its close is due (counted as
-             * one: the terminating client waits for it, link.c ends the link at the close). */
-            s->copy_in = false;
-            s->inflight++;
-            b->scan += CODEC_HEADER_LEN;
-            return CLIENT_FRAME_TERMINATE;
-        }
+        if (type == 'X' && s->copy_in)
+            return refused_by_server_in_copy(s, b, CODEC_HEADER_LEN);
         if (type == 'X')
             return CLIENT_FRAME_TERMINATE; /* left in c->in: nothing after it is framed */
+        if (len > codec_frontend_max_len(type) && s->copy_in)
+            return refused_by_server_in_copy(s, b, CODEC_HEADER_LEN);
         /* Past Postgres's bound the server would close on it: the client is told so here, and
          * the server stays sound for the next one. */
         if (len > codec_frontend_max_len(type)) {

@@ -44,7 +44,9 @@ enum client_frame {
     CLIENT_FRAME_NEED_DATA,  /* framed everything that is complete */
     CLIENT_FRAME_TERMINATE,  /* client sent Terminate: forward what is before it, answer what
                                 it sent before, then close (during COPY FROM STDIN the Terminate
-                                itself goes to the server, which answers it and closes) */
+                                itself goes to the server, which answers it and closes; so does
+                                what else Postgres refuses there: an unknown type, a length past
+                                its bound) */
     CLIENT_FRAME_NEED_FLUSH, /* sluice must send something first: write what is framed, call
                                 again */
     CLIENT_FRAME_FAILED,     /* the client must be failed: *fail says with what */
