@@ -371,29 +371,31 @@ def query_filling(t, r, whole):
 
 # What starts the client's write, the refused statement in it; that write fills the client's
 # buffer from its start (pkt_buf: 16384 bytes, the least sluice uses whatever it says).
-FULL_BUFFER = 16384
-FULL_BUFFER_STARTS = {
+BUFFER_BYTES = 16384
+BUFFER_FILLED_BY = {
     "short-query": lambda t, r: [query_msg(r)],
+    # the second one's failing statement too, once the first's was written
+    "two-short-queries": lambda t, r: [query_msg(r)] * 2,
     # the failing statement keeps the INSERT before it: longer than the buffer
-    "query-as-long-as-the-buffer": lambda t, r: [query_filling(t, r, FULL_BUFFER)],
+    "query-as-long-as-the-buffer": lambda t, r: [query_filling(t, r, BUFFER_BYTES)],
     "parse": lambda t, r: extended(r) + [sync_msg()],
 }
 
 
-@pytest.mark.parametrize("start", sorted(FULL_BUFFER_STARTS))
+@pytest.mark.parametrize("start", sorted(BUFFER_FILLED_BY))
 def test_a_refusal_at_the_start_of_a_full_buffer_in_a_transaction_fails_it_as_postgres_does(
         pg, start_sluice, table, start):
     """In a transaction block, a refused statement starts a buffer (pkt_buf) the client filled
     in one write: the longer failing statement put in its place still fits (the block's slack
     past pkt_buf), so the client gets 0A000, 25P02 for the rest and ROLLBACK, as on Postgres."""
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
-                      "pkt_buf": FULL_BUFFER, "session_state_policy": "refuse"})
+                      "pkt_buf": BUFFER_BYTES, "session_state_policy": "refuse"})
     n = 500  # INSERTs after it: more than the buffer holds
 
     def program(a, t, r):
         out = exchange(a, [query_msg("BEGIN")], 1)
-        out += exchange(a, FULL_BUFFER_STARTS[start](t, r) + [insert(t, 3)] * n
-                        + [query_msg("ROLLBACK")], n + 2)
+        msgs = BUFFER_FILLED_BY[start](t, r) + [insert(t, 3)] * n + [query_msg("ROLLBACK")]
+        out += exchange(a, msgs, sum(m[:1] in (b"Q", b"S") for m in msgs))
         return out
 
     refusal_compare(pg, s, table, program)
