@@ -49,7 +49,7 @@ bool buf_attach(struct buf *b)
         free_blocks = free_blocks->next;
         nfree--;
     } else {
-        b->data = malloc(block_size);
+        b->data = malloc((size_t)block_size + BUF_GROW_MAX);
         if (!b->data)
             return false;
     }
@@ -85,14 +85,40 @@ uint32_t buf_make_room(struct buf *b)
         return 0;
     if (b->rpos == b->wpos) {
         b->rpos = b->scan = b->wpos = 0;
-    } else if (b->wpos == block_size && b->rpos > 0) {
+    } else if (b->wpos >= block_size && b->rpos > 0) { /* >=: wpos may be in the slack */
         uint32_t held = b->wpos - b->rpos;
         memmove(b->data, b->data + b->rpos, held);
         b->scan -= b->rpos;
         b->wpos = held;
         b->rpos = 0;
     }
-    return block_size - b->wpos;
+    return buf_free_tail(b);
+}
+
+bool buf_replace_at_scan(struct buf *b, uint32_t span, const uint8_t *with, uint32_t n)
+{
+    uint32_t rest = b->wpos - (b->scan + span);
+    if (b->rpos != b->scan)
+        return false;
+    if (n <= span) { /* right-aligned: what is left in front is consumed */
+        b->scan += span - n;
+        buf_consume(b, span - n);
+    } else if (b->rpos >= n - span) { /* into the consumed front */
+        b->rpos -= n - span;
+        b->scan = b->rpos;
+    } else {
+        /* To the block's start, the rest behind: wpos may go past pkt_buf into the slack, which
+         * reads do not fill. Held bytes are at most pkt_buf here (only this function goes past
+         * it, and what it put there is consumed before rpos meets scan again), so a growth of
+         * at most BUF_GROW_MAX always fits. */
+        if (n - span > BUF_GROW_MAX || (uint64_t)n + rest > (uint64_t)block_size + BUF_GROW_MAX)
+            return false;
+        memmove(b->data + n, b->data + b->scan + span, rest);
+        b->rpos = b->scan = 0;
+        b->wpos = n + rest;
+    }
+    memcpy(b->data + b->scan, with, n);
+    return true;
 }
 
 void buf_consume(struct buf *b, uint32_t n)

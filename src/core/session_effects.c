@@ -66,10 +66,19 @@ static struct refused_request refused_request(const struct buf *b, uint8_t type,
  * says what it was. */
 #define REFUSAL_MARK "sluice refused: "
 
+/* The failing statement's text, its NUL included, is at most this long. It takes the place of
+ * at least a NUL-ended statement of one byte and, for a Parse, a name, a parameter count and the
+ * batch's Sync or Flush, all of which it has too: it is longer than what it replaces by less
+ * than its own size. That growth must fit the slack every buffer block keeps past pkt_buf
+ * (buf_replace_at_scan), for the refused bytes can start a buffer the client filled. */
+#define FAILING_SQL_SIZE 160
+_Static_assert(FAILING_SQL_SIZE <= BUF_GROW_MAX,
+               "a failing statement may grow a client's buffer past its slack");
+
 static void put_failing_statement(struct msg_out *o, uint8_t type, enum session_feature f,
                                   const char *before, size_t before_len)
 {
-    char sql[160];
+    char sql[FAILING_SQL_SIZE];
     snprintf(sql, sizeof(sql), "SELECT '" REFUSAL_MARK "%s'::pg_catalog.int4",
              session_feature_name(f));
     codec_begin(o, type);
@@ -80,31 +89,6 @@ static void put_failing_statement(struct msg_out *o, uint8_t type, enum session_
     if (type == 'P')
         codec_put_i16(o, 0);
     codec_end(o);
-}
-
-/* The span bytes at b->scan (nothing framed before them) become the bytes of with, which the
- * framing then reads as the client's. False when the buffer has no room for longer ones. */
-static bool replace_in_place(struct buf *b, uint32_t span, const struct msg_out *with)
-{
-    uint32_t n = with->len;
-    if (n <= span) { /* right-aligned: what is left in front is consumed */
-        memcpy(b->data + b->scan + span - n, with->data, n);
-        b->scan += span - n;
-        buf_consume(b, span - n);
-        return true;
-    }
-    uint32_t grow = n - span;
-    if (b->rpos >= grow) { /* into the consumed front */
-        b->rpos -= grow;
-        b->scan -= grow;
-    } else if (buf_block_size() - b->wpos >= grow) { /* the unframed rest moves back */
-        memmove(b->data + b->scan + n, b->data + b->scan + span, b->wpos - (b->scan + span));
-        b->wpos += grow;
-    } else {
-        return false;
-    }
-    memcpy(b->data + b->scan, with->data, n);
-    return true;
 }
 
 /* Refused where the server's answer is needed: in a transaction block, Postgres fails the
@@ -127,7 +111,8 @@ static enum track_result refuse_by_server(struct client *c, uint8_t type, enum s
         codec_begin(&with, answered.with_ready ? 'S' : 'H');
         codec_end(&with);
     }
-    bool ok = !with.oom && replace_in_place(&c->in, answered.len, &with);
+    /* Nothing of the client's is framed before the refused bytes (refuse flushed it first). */
+    bool ok = !with.oom && buf_replace_at_scan(&c->in, answered.len, with.data, with.len);
     codec_out_free(&with);
     if (!ok) {
         fail_request_and_session(fail, FAIL_SESSION_STATE, session_feature_name(f));

@@ -61,7 +61,7 @@ bool stmt_names_changed_in_error(const uint8_t *msg, uint32_t whole)
 bool stmt_names_can_rewrite(const struct buf *b, uint32_t old_len, uint32_t new_len)
 {
     uint32_t grow = old_len < new_len ? new_len - old_len : 0;
-    return b->rpos >= grow || buf_block_size() - b->wpos >= grow || buf_pending(b) == 0;
+    return b->rpos >= grow || buf_free_tail(b) >= grow || buf_pending(b) == 0;
 }
 
 /* The UTF-8 sequence a key of STMT_KEY_MAX bytes ends inside: how many of its bytes the key
@@ -124,7 +124,7 @@ enum stmt_rewrite stmt_names_rewrite(struct buf *b, struct framer *rx, struct ms
     uint32_t front = cut - b->rpos, back = b->wpos - (cut + old_len);
     bool grows = repl_len > old_len;
     uint32_t d = grows ? repl_len - old_len : old_len - repl_len;
-    bool room_front = b->rpos >= d, room_back = buf_block_size() - b->wpos >= d;
+    bool room_front = b->rpos >= d, room_back = buf_free_tail(b) >= d; /* not the slack */
     if (grows && !room_front && !room_back) {
         /* A message as large as the buffer, read from its start: nothing framed before it
          * (stmt_names_can_rewrite), so its start goes out first, from out. */

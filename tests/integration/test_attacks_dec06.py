@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, BackendSampler, wait_until
-from pgwire import (PeerClosed, bind_msg, copy_data_msg, copy_done_msg, execute_msg, message,
+from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, message,
                     parse_msg,
                     query_msg, raw_login, sync_msg, terminate_msg)
 from test_driver_modes import drop
@@ -362,27 +362,40 @@ def test_a_refusal_inside_a_batch_sent_byte_by_byte_is_answered_as_postgres_does
     refusal_compare(pg, s, table, REFUSAL_PROGRAMS[name], bytewise=True)
 
 
-FULL_BUFFER = (
-    "session_effects.c replace_in_place: the failing statement put in a refused Query's place is "
-    "longer than the Query; when the Query starts a client buffer the client filled (rpos 0, "
-    "wpos at pkt_buf: a write after the BEGIN's answer, the refused Query first), there is no "
-    "room in front or behind, and sluice closes the session (FAIL_SESSION_STATE) where Postgres "
-    "answers the error, 25P02 for the rest and ROLLBACK. Fixing it needs the failing statement "
-    "framed from outside c->in (or a buffer that can grow), beyond a small change")
+def query_filling(t, r, whole):
+    """A Query of whole bytes: an INSERT padded with spaces, then r (the refused statement
+    last). The failing statement keeps the text up to the ';' before r, so the pad is in it."""
+    head, tail = f"INSERT INTO {t} VALUES (3, 3)", "; "
+    return query_msg(head + " " * (whole - 6 - len(head) - len(tail) - len(r)) + tail + r)
 
 
-@pytest.mark.xfail(strict=True, raises=PeerClosed, reason=FULL_BUFFER)
+# What starts the client's write, the refused statement in it; that write fills the client's
+# buffer from its start (pkt_buf: 16384 bytes, the least sluice uses whatever it says).
+BUFFER_BYTES = 16384
+BUFFER_FILLED_BY = {
+    "short-query": lambda t, r: [query_msg(r)],
+    # the second one's failing statement too, once the first's was written
+    "two-short-queries": lambda t, r: [query_msg(r)] * 2,
+    # the failing statement keeps the INSERT before it: longer than the buffer
+    "query-as-long-as-the-buffer": lambda t, r: [query_filling(t, r, BUFFER_BYTES)],
+    "parse": lambda t, r: extended(r) + [sync_msg()],
+}
+
+
+@pytest.mark.parametrize("start", sorted(BUFFER_FILLED_BY))
 def test_a_refusal_at_the_start_of_a_full_buffer_in_a_transaction_fails_it_as_postgres_does(
-        pg, start_sluice, table):
-    """The failing statement is longer than the refused one; the client filled its buffer
-    (pkt_buf) with the refused Query first: sluice closed the session."""
-    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "pkt_buf": 4096,
-                      "session_state_policy": "refuse"})
-    n = 400
+        pg, start_sluice, table, start):
+    """In a transaction block, a refused statement starts a buffer (pkt_buf) the client filled
+    in one write: the longer failing statement put in its place still fits (the block's slack
+    past pkt_buf), so the client gets 0A000, 25P02 for the rest and ROLLBACK, as on Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "pkt_buf": BUFFER_BYTES, "session_state_policy": "refuse"})
+    n = 500  # INSERTs after it: more than the buffer holds
 
     def program(a, t, r):
         out = exchange(a, [query_msg("BEGIN")], 1)
-        out += exchange(a, [query_msg(r)] + [insert(t, 3)] * n + [query_msg("ROLLBACK")], n + 2)
+        msgs = BUFFER_FILLED_BY[start](t, r) + [insert(t, 3)] * n + [query_msg("ROLLBACK")]
+        out += exchange(a, msgs, sum(m[:1] in (b"Q", b"S") for m in msgs))
         return out
 
     refusal_compare(pg, s, table, program)
