@@ -668,23 +668,25 @@ bool pool_queue_cleanup(struct server *s)
         stmt_map_mark_unknown(&s->stmts);
         queued = true;
     }
+    /* server_reset_query is DISCARD ALL: it undoes all a client may leave, temporary objects
+     * included, and brings every parameter back to its reset value */
+    bool reset_discards_all = reset && cfg->server_reset_query.kind == SQL_SETTING_DISCARD_ALL;
     bool was_unknown = s->session == SERVER_SESSION_UNKNOWN;
     if (was_unknown) {
         /* A client left state sluice cannot undo piecemeal (server.h): DISCARD ALL is the one
          * statement that undoes all of it (role, authorization, parameters, temporary tables,
          * cursors, LISTEN, advisory locks, prepared statements), whatever server_reset_query
          * is. Should it fail, the server is closed (on_internal_error). */
-        if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
+        if (!reset_discards_all)
             queue_cleanup(s, POOL_CLEANUP_DISCARD_ALL, "DISCARD ALL");
         stmt_map_mark_unknown(&s->stmts);
         stmt_map_clear(&s->sql_prepared);
         s->session = SERVER_SESSION_FOLLOWED;
-        reset = true;
         queued = true;
     } else if (s->session == SERVER_SESSION_TEMP_OBJECTS) {
         /* Temporary objects and nothing else the records miss: DISCARD TEMP drops them, and
          * the backend keeps its prepared statements and parameters for the next client. */
-        if (!reset || cfg->server_reset_query.kind != SQL_SETTING_DISCARD_ALL)
+        if (!reset_discards_all)
             queue_cleanup(s, POOL_CLEANUP_DISCARD_TEMP, "DISCARD TEMP");
         s->session = SERVER_SESSION_FOLLOWED;
         queued = true;
@@ -693,9 +695,7 @@ bool pool_queue_cleanup(struct server *s)
      * statements were not followed: either way the record of them is no longer true. After
      * DISCARD ALL it is again: every parameter is back at its reset value, the startup value
      * the backend was opened with, or its default. */
-    bool discard_all =
-        was_unknown || (reset && cfg->server_reset_query.kind == SQL_SETTING_DISCARD_ALL);
-    if (discard_all) {
+    if (was_unknown || reset_discards_all) {
         if (params_reset_to_startup(&s->params, &s->startup) < 0)
             s->close_when_free = true;
     } else if (reset || !ops->release_at_idle) {
