@@ -398,6 +398,11 @@ void load_warning(struct loader *L, const char *fmt, ...)
     va_end(ap);
 }
 
+const char *load_origin(const struct loader *L, int file)
+{
+    return file >= 0 && file < L->norigins ? L->origins[file] : "";
+}
+
 char *load_strdup(struct loader *L, const char *s)
 {
     char *d = strdup(s);
@@ -417,7 +422,7 @@ int config_read_text_file(const char *path, char **out)
     int rc = 0;
     while (buf) {
         if (len + 1 >= cap) {
-            if (cap >= 16 * 1024 * 1024) {
+            if (cap >= CONFIG_TEXT_MAX) {
                 rc = -EFBIG;
                 break;
             }
@@ -464,8 +469,8 @@ static void validate(struct loader *L)
         int min = db->min_pool_size >= 0 ? db->min_pool_size : (int)c->min_pool_size;
         char where[320];
         if (db->line > 0)
-            snprintf(where, sizeof where, "%sline %d: database '%s'", L->origin, db->line,
-                     db->name);
+            snprintf(where, sizeof where, "%sline %d: database '%s'", load_origin(L, db->file),
+                     db->line, db->name);
         else
             snprintf(where, sizeof where, "DATABASE_URL: database '%s'", db->name);
         if (min > size)
@@ -514,7 +519,6 @@ static struct config *load(const char *path, const char *text, char *const *env,
     struct config *c = calloc(1, sizeof *c);
     if (c)
         atomic_init(&c->refs, 1); /* the loader's */
-    char origin[PATH_MAX + 4];
     if (!c || !(c->sources = calloc(KEY_COUNT, sizeof *c->sources))) {
         free(c);
         load_error(&L, "out of memory while loading the config");
@@ -532,13 +536,10 @@ static struct config *load(const char *path, const char *text, char *const *env,
     L.pq_defaults = PQconndefaults(); /* NULL only when libpq is out of memory */
     if (!L.pq_defaults)
         L.oom = true;
-    if (path) {
+    if (path)
         c->path = load_strdup(&L, path);
-        snprintf(origin, sizeof origin, "%s: ", path);
-        L.origin = origin;
-    }
     if (text)
-        config_ini_parse(&L, text);
+        config_ini_parse(&L, path, text);
     config_env_apply(&L, env);
     config_auth_file_load(&L);
     config_auth_file_drop_repeated(c);
@@ -555,6 +556,10 @@ static struct config *load(const char *path, const char *text, char *const *env,
     if (L.oom)
         load_error(&L, "out of memory while loading the config");
     PQconninfoFree(L.pq_defaults);
+    for (int i = 0; i < L.norigins; i++)
+        free(L.origins[i]);
+    free(L.origins);
+    free(L.stream_lines);
     free(L.bad_section);
     free(L.url_user);
     config_free_secret(L.url_password);

@@ -131,6 +131,7 @@ struct db_entry {
     enum load_balance_hosts load_balance_hosts; /* with a host list: where a new server starts */
     enum sslmode sslmode; /* its libpq sslmode keyword, parsed at load; UNSET when not given */
     int line;             /* line in the file, 0 for environment */
+    int file;             /* which file: the load's index (0: the main config; %include) */
 };
 
 /* One [users] entry. */
@@ -143,6 +144,7 @@ struct user_entry {
     struct limit max_user_connections; /* value 0: the main section's */
     int max_user_client_connections;   /* 0: the main section's */
     int line;
+    int file; /* as db_entry's */
 };
 
 /* One userlist.txt entry (auth_file), or the user/password of DATABASE_URL. */
@@ -164,6 +166,7 @@ struct budget_entry {
     int max_clients;          /* 0 = no limit of its own */
     int min_servers;          /* guaranteed share; 0 = none */
     int line;
+    int file; /* as db_entry's */
 };
 
 struct config {

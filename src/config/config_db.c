@@ -26,7 +26,8 @@ struct db_entry *config_db_new(struct loader *L, struct db_entry *db, const char
                             .reserve_pool = -1,
                             .timeouts = ENTRY_TIMEOUTS_UNSET,
                             .sslmode = SSLMODE_UNSET,
-                            .line = line};
+                            .line = line,
+                            .file = L->file};
     db->name = load_strdup(L, name);
     db->pq_keywords = calloc(1, sizeof *db->pq_keywords);
     db->pq_values = calloc(1, sizeof *db->pq_values);
@@ -420,7 +421,8 @@ void config_db_on_entry(struct loader *L, const char *name, const char *value)
     snprintf(where, sizeof where, "%sline %d: database '%s'", L->origin, L->line, name);
     const struct db_entry *dup = config_find_db_exact(L->c, name);
     if (dup) {
-        load_error(L, "%s is defined twice (first at line %d)", where, dup->line);
+        load_error(L, "%s is defined twice (first at %sline %d)", where, load_origin(L, dup->file),
+                   dup->line);
         return;
     }
     struct db_entry db;

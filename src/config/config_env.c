@@ -40,9 +40,9 @@ static void env_database_url(struct loader *L, const char *url)
     const struct db_entry *file_db = db.name ? config_find_db_exact(L->c, db.name) : NULL;
     if (file_db) {
         load_warning(L,
-                     "DATABASE_URL: database '%s' is also defined at line %d of the config "
+                     "DATABASE_URL: database '%s' is also defined at %sline %d of the config "
                      "file; the file's entry is used",
-                     db.name, file_db->line);
+                     db.name, load_origin(L, file_db->file), file_db->line);
         config_db_entry_free(&db);
         return;
     }

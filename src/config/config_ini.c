@@ -22,11 +22,15 @@ static void on_user(struct loader *L, const char *name, const char *value)
     snprintf(where, sizeof where, "%sline %d: user '%s'", L->origin, L->line, name);
     const struct user_entry *dup = config_find_user(c, name);
     if (dup) {
-        load_error(L, "%s is defined twice (first at line %d)", where, dup->line);
+        load_error(L, "%s is defined twice (first at %sline %d)", where, load_origin(L, dup->file),
+                   dup->line);
         return;
     }
-    struct user_entry u = {
-        .pool_size = -1, .reserve_pool = -1, .timeouts = ENTRY_TIMEOUTS_UNSET, .line = L->line};
+    struct user_entry u = {.pool_size = -1,
+                           .reserve_pool = -1,
+                           .timeouts = ENTRY_TIMEOUTS_UNSET,
+                           .line = L->line,
+                           .file = L->file};
     if (config_entry_parse(L, ENTRY_USER, &u, where, value) != 0 || L->oom)
         return;
     u.name = load_strdup(L, name);
@@ -49,11 +53,12 @@ static void on_budget(struct loader *L, const char *name, const char *value)
     snprintf(where, sizeof where, "%sline %d: budget '%s'", L->origin, L->line, name);
     for (int i = 0; i < c->nbudgets; i++) {
         if (strcmp(c->budgets[i].name, name) == 0) {
-            load_error(L, "%s is defined twice (first at line %d)", where, c->budgets[i].line);
+            load_error(L, "%s is defined twice (first at %sline %d)", where,
+                       load_origin(L, c->budgets[i].file), c->budgets[i].line);
             return;
         }
     }
-    struct budget_entry b = {.line = L->line};
+    struct budget_entry b = {.line = L->line, .file = L->file};
     int failed = config_entry_parse(L, ENTRY_BUDGET, &b, where, value) != 0;
     if (!failed && b.max_servers > 0 && b.min_servers > b.max_servers) {
         load_error(L, "%s: min_servers %d is above max_servers %d", where, b.min_servers,
@@ -117,11 +122,6 @@ static void on_main_key(struct loader *L, const char *section, const char *name,
 static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
 {
     struct loader *L = user;
-    if (strncmp(name, "%include", 8) == 0) {
-        load_warning(L, "%sline %d: %%include is not supported by sluice; ignored", L->origin,
-                     L->line);
-        return 1;
-    }
     if (!value) {
         load_error(L, "%sline %d: expected 'key = value' or '[section]'", L->origin, L->line);
         return 1;
@@ -154,35 +154,187 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
     return 1;
 }
 
-/* inih's line reader over the text in memory. inih calls the handler for a line before it reads
- * the next, so counting the newlines handed out gives the handler's line number; a line longer
- * than inih's buffer arrives in several calls and still counts once. */
+/* ---- %include ---- */
+
+/* A line's text after "%include" and blanks, when it is an include directive, else NULL. */
+static const char *include_directive(const char *line, size_t len, size_t *name_len)
+{
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+        i++;
+    if (len - i < 8 || memcmp(line + i, "%include", 8) != 0)
+        return NULL;
+    i += 8;
+    if (i < len && line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n')
+        return NULL; /* "%includes": not the directive (inih hands it to the handler) */
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+        i++;
+    size_t end = len;
+    while (end > i && isspace((unsigned char)line[end - 1]))
+        end--;
+    *name_len = end - i;
+    return line + i;
+}
+
+/* The path an %include names, relative to the directory of the file that names it (as
+ * Postgres's include does; PgBouncer takes the working directory, which under systemd is '/'
+ * and in a container whatever the image set, so a relative include there works by accident). */
+static char *include_path(struct loader *L, const char *includer, const char *name, size_t len)
+{
+    const char *slash = includer ? strrchr(includer, '/') : NULL;
+    size_t dir = name[0] == '/' || !slash ? 0 : (size_t)(slash - includer) + 1;
+    char *path = malloc(dir + len + 1);
+    if (!path) {
+        L->oom = true;
+        return NULL;
+    }
+    if (dir > 0)
+        memcpy(path, includer, dir);
+    memcpy(path + dir, name, len);
+    path[dir + len] = '\0';
+    return path;
+}
+
+static int add_origin(struct loader *L, const char *path)
+{
+    char **grown = realloc(L->origins, (size_t)(L->norigins + 1) * sizeof *grown);
+    size_t n = path ? strlen(path) + 3 : 1;
+    char *origin = malloc(n);
+    if (!grown || !origin) {
+        if (grown)
+            L->origins = grown;
+        free(origin);
+        L->oom = true;
+        return -1;
+    }
+    L->origins = grown;
+    snprintf(origin, n, "%s%s", path ? path : "", path ? ": " : "");
+    L->origins[L->norigins] = origin;
+    return L->norigins++;
+}
+
+/* The file an origin names ("path: " less the ": "), or NULL for text. */
+static char *origin_path(struct loader *L, int file)
+{
+    size_t n = strlen(L->origins[file]);
+    if (n < 2)
+        return NULL;
+    char *path = strndup(L->origins[file], n - 2);
+    if (!path)
+        L->oom = true;
+    return path;
+}
+
+/* Reads the file an %include line names; what it holds is read next, as if it stood there. */
+static void include(struct loader *L, const char *name, size_t len)
+{
+    if (len == 0) {
+        load_error(L, "%sline %d: %%include names no file", L->origin, L->line);
+        return;
+    }
+    if (L->depth > CONFIG_INCLUDE_DEPTH) {
+        load_error(L, "%sline %d: %%include nested more than %d deep (does a file include itself?)",
+                   L->origin, L->line, CONFIG_INCLUDE_DEPTH);
+        return;
+    }
+    char *includer = origin_path(L, L->file);
+    char *path = include_path(L, includer, name, len);
+    free(includer);
+    if (!path)
+        return;
+    char *text = NULL;
+    int rc = config_read_text_file(path, &text);
+    if (rc != 0) {
+        load_error(L, "%sline %d: %%include %s: cannot read it: %s", L->origin, L->line, path,
+                   rc == -EINVAL ? "it contains a NUL byte" : strerror(-rc));
+        free(path);
+        return;
+    }
+    int file = add_origin(L, path);
+    free(path);
+    if (file < 0) {
+        free(text);
+        return;
+    }
+    L->reading[L->depth++] = (struct ini_text){.next = text, .owned = text, .file = file};
+}
+
+/* The text read now: the innermost include with lines left (those read to their end are let
+ * go), or NULL at the end of the main text. */
+static struct ini_text *text_with_lines(struct loader *L)
+{
+    while (L->depth > 0) {
+        struct ini_text *t = &L->reading[L->depth - 1];
+        if (*t->next)
+            return t;
+        if (L->depth == 1)
+            return NULL;
+        free(t->owned);
+        L->depth--;
+    }
+    return NULL;
+}
+
+static bool note_stream_line(struct loader *L)
+{
+    struct ini_line_at *grown =
+        realloc(L->stream_lines, (size_t)(L->nstream_lines + 1) * sizeof *grown);
+    if (!grown) {
+        L->oom = true;
+        return false;
+    }
+    L->stream_lines = grown;
+    L->stream_lines[L->nstream_lines++] = (struct ini_line_at){.file = L->file, .line = L->line};
+    return true;
+}
+
+/* inih's line reader over the texts in memory: the main file's, and in place of each %include
+ * line the text of the file it names (handed to inih as an empty line, then that file's lines),
+ * so a section goes on into an included file and out of it, as in PgBouncer. inih calls the
+ * handler for a line before it reads the next, so the file and line set here are the handler's.
+ * A line longer than inih's buffer arrives in several calls (inih grows the buffer) and counts
+ * once, as inih counts it. */
 static char *ini_read_line(char *str, int num, void *stream)
 {
     struct loader *L = stream;
-    if (!*L->text || num < 2)
+    struct ini_text *t = L->mid_line ? &L->reading[L->depth - 1] : text_with_lines(L);
+    if (!t || !*t->next || num < 2)
         return NULL;
-    int n = 0;
-    L->line = L->newlines_read + 1;
-    while (n < num - 1 && L->text[n]) {
-        if (L->text[n++] == '\n')
-            break;
+    size_t whole = strcspn(t->next, "\n");
+    whole += t->next[whole] == '\n';
+    if (!L->mid_line) {
+        L->file = t->file;
+        L->origin = L->origins[t->file];
+        L->line = t->newlines_read + 1;
+        if (!note_stream_line(L))
+            return NULL;
+        size_t name_len;
+        const char *name = include_directive(t->next, whole, &name_len);
+        if (name) {
+            t->newlines_read += t->next[whole - 1] == '\n';
+            t->next += whole;
+            include(L, name, name_len);
+            strcpy(str, "\n");
+            return str;
+        }
     }
-    memcpy(str, L->text, (size_t)n);
+    size_t n = whole < (size_t)num - 1 ? whole : (size_t)num - 1;
+    memcpy(str, t->next, n);
     str[n] = '\0';
+    t->next += n;
+    L->mid_line = str[n - 1] != '\n' && *t->next;
     if (str[n - 1] == '\n')
-        L->newlines_read++;
-    L->text += n;
+        t->newlines_read++;
     return str;
 }
 
-void config_ini_parse(struct loader *L, const char *text)
+void config_ini_parse(struct loader *L, const char *path, const char *text)
 {
     /* Debian's libinih makes its compile-time options run-time variables. PgBouncer's syntax
      * needs: no inline comments (a ';' may be in a password), no continuation lines (indented
      * keys are ordinary keys), lines of any length (a [databases] entry easily passes the
-     * 200-byte default), and value-less lines handed to us (to name them, and to see %include).
-     * These are process-wide, so two configs must not be parsed at once in two threads. */
+     * 200-byte default), and value-less lines handed to us (to name them). These are
+     * process-wide, so two configs must not be parsed at once in two threads. */
     ini_allow_inline_comments = false;
     ini_allow_multiline = false;
     ini_allow_no_value = true;
@@ -190,15 +342,24 @@ void config_ini_parse(struct loader *L, const char *text)
     ini_use_stack = false;
     ini_allow_realloc = true;
     ini_initial_alloc = 512;
-    size_t len = strlen(text); /* no line is longer than the text: none is ever cut */
-    ini_max_line = len < INT_MAX - 3 ? (int)len + 3 : INT_MAX;
-    L->text = text;
-    L->newlines_read = 0;
+    ini_max_line = CONFIG_TEXT_MAX + 3; /* no line of a file read is longer: none is ever cut */
+    if (add_origin(L, path) != 0)
+        return; /* out of memory (the main text is always origin 0) */
+    L->reading[0] = (struct ini_text){.next = text, .file = 0};
+    L->depth = 1;
     int rc = ini_parse_stream(ini_read_line, L, on_ini_entry, L);
-    if (rc == -2)
+    if (rc == -2) {
         L->oom = true;
-    else if (rc > 0) /* only inih's own syntax errors: the handler always returns 1 */
-        load_error(L, "%sline %d: syntax error: expected '[section]' or 'key = value'", L->origin,
-                   rc);
+    } else if (rc > 0 && rc <= L->nstream_lines) {
+        /* only inih's own syntax errors: the handler always returns 1 */
+        const struct ini_line_at *at = &L->stream_lines[rc - 1];
+        load_error(L, "%sline %d: syntax error: expected '[section]' or 'key = value'",
+                   L->origins[at->file], at->line);
+    }
+    while (L->depth > 1)
+        free(L->reading[--L->depth].owned); /* an include left unread: the reader stopped */
+    L->depth = 0;
+    L->origin = L->origins[0];
+    L->file = 0;
     L->line = 0;
 }

@@ -39,14 +39,44 @@ int config_keys_check_main(const struct config *c, char *why, size_t n);
 
 /* ---- one load in progress (config.c) ---- */
 
+/* %include nests at most this deep (PgBouncer's limit too): a file that includes itself is an
+ * error, not a loop. */
+#define CONFIG_INCLUDE_DEPTH 10
+/* The longest config file (main or included) read. */
+#define CONFIG_TEXT_MAX (16 * 1024 * 1024)
+
+/* One INI text being read (config_ini.c): the main file's, or an included file's. */
+struct ini_text {
+    const char *next;  /* what inih has not read yet */
+    char *owned;       /* an included file's text, freed when read to its end */
+    int newlines_read; /* newlines handed to inih so far */
+    int file;          /* its index in origins */
+};
+
+/* Where a line inih counted came from: inih counts one stream across every included file, and
+ * names its own syntax errors by that count. */
+struct ini_line_at {
+    int file;
+    int line;
+};
+
 struct loader {
     struct config *c;
     struct config_diag *diag;
-    int nerrors;                   /* errors from this load (diag may hold older ones) */
-    const char *origin;            /* "path: " or "" before "line N" */
-    const char *text;              /* the INI text, read line by line by config_ini.c */
-    int newlines_read;             /* newlines handed to inih so far */
-    int line;                      /* line of the text inih handed to the handler */
+    int nerrors;        /* errors from this load (diag may hold older ones) */
+    const char *origin; /* "path: " or "" before "line N": the file of the line being read */
+    int file;           /* that file's index in origins (0: the main config) */
+    int line;           /* line of that file inih handed to the handler */
+    /* Every file this load read, each as "path: " ("" for a config given as text): the main one
+     * first, then each %include in the order read. Entries keep the index (their 'file'), so a
+     * message about one names the file it is in. */
+    char **origins;
+    int norigins;
+    struct ini_text reading[CONFIG_INCLUDE_DEPTH + 1]; /* the %include chain, innermost last */
+    int depth;                                         /* entries of reading in use */
+    bool mid_line; /* the last line handed to inih was cut by its buffer: its rest comes next */
+    struct ini_line_at *stream_lines;                  /* by inih's line number - 1 */
+    int nstream_lines;
     char *bad_section;             /* the unknown section last reported, to report it once */
     PQconninfoOption *pq_defaults; /* libpq's keyword list, to check [databases] keywords */
     char *url_user;                /* DATABASE_URL's credentials, added after auth_file's users */
@@ -59,6 +89,8 @@ __attribute__((format(printf, 2, 3))) void load_error(struct loader *L, const ch
 __attribute__((format(printf, 2, 3))) void load_warning(struct loader *L, const char *fmt, ...);
 /* strdup that records running out of memory in L->oom. */
 char *load_strdup(struct loader *L, const char *s);
+/* "path: " of file index 'file' of this load (an entry's 'file'), or "". */
+const char *load_origin(const struct loader *L, int file);
 
 /* A whole file into a string, refusing NUL bytes (-EINVAL) and anything past 16 MiB. 0 or
  * -errno. */
@@ -71,8 +103,10 @@ const struct db_entry *config_find_db_exact(const struct config *c, const char *
 
 /* ---- sections and sources ---- */
 
-/* The INI text, section by section, into L->c (config_ini.c). */
-void config_ini_parse(struct loader *L, const char *text);
+/* The INI text, section by section, into L->c (config_ini.c), with the files it names in
+ * %include lines read where they stand; path is the text's file (NULL: given as text), for
+ * messages and to find an included file named by a relative path. */
+void config_ini_parse(struct loader *L, const char *path, const char *text);
 
 /* ---- entries of [databases], [users] and [budgets] (config_entry.c) ---- */
 

@@ -558,6 +558,31 @@ def test_reload_after_editing_the_config_changes_pool_size(start_sluice, pg):
         assert config["default_pool_size"] == "4"
 
 
+def test_include_is_read_where_it_stands_and_again_at_reload(start_sluice, pg):
+    """PgBouncer's %include: a [databases] section kept in a file of its own (as configuration
+    management writes it) was ignored with a warning, so every database in it was unknown
+    (3D000). Now it is read where the line stands, relative to the including file's directory,
+    and again at each RELOAD."""
+    s = start(start_sluice)
+    (s.ini_path.parent / "conf.d").mkdir()
+    more = s.ini_path.parent / "conf.d" / "more.ini"
+    more.write_text(render_ini({}, {"otherdb": pg.db_entry()}).split("\n\n")[0] + "\n")
+    main = dict(CONSOLE_MAIN, listen_addr="127.0.0.1", auth_type="trust", log_level="info",
+                listen_port=0)
+    s.ini_path.write_text(render_ini(main, {"appdb": pg.db_entry()})
+                          + "%include conf.d/more.ini\n")
+    with console(s) as adm:
+        assert adm.execute("RELOAD").statusmessage == "RELOAD"
+        with s.connect(dbname="otherdb") as c:
+            assert c.execute("SELECT 'served'").fetchone() == ("served",)
+        more.write_text(render_ini({}, {"thirddb": pg.db_entry()}).split("\n\n")[0] + "\n")
+        assert adm.execute("RELOAD").statusmessage == "RELOAD"
+        names = {r["name"] for r in show(adm, "DATABASES")}
+        assert "thirddb" in names and "otherdb" not in names, names
+        with s.connect(dbname="thirddb") as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_reload_that_removes_a_database_closes_its_clients_with_3d000_and_its_servers(
         start_sluice, pg):
     """As PgBouncer drops a database a reload removed (kill_database): every client of it is

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MINIMAL_DBS "[databases]\napp = host=127.0.0.1\n"
@@ -459,7 +460,7 @@ static void a_comment_after_a_value_is_part_of_it_and_the_error_says_so(void)
 static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
-                            "auto\nserver_tls_protocols = secure\n%include /etc/more.ini\n"
+                            "auto\nserver_tls_protocols = secure\ntcp_keepcnt = 3\n"
                             "verbose = 1\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
@@ -470,7 +471,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
                   "ignored");
     CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
                   "ignored (set sslmode");
-    CHECK_WARNING("line 6: %include is not supported by sluice; ignored");
+    CHECK_WARNING("line 6: PgBouncer key 'tcp_keepcnt'");
     CHECK_WARNING("line 7: PgBouncer key 'verbose'");
     config_free(c);
 }
@@ -1091,6 +1092,90 @@ static void config_file_errors_name_the_file(void)
     remove_files(dir, names);
 }
 
+/* ---- %include ---- */
+
+static void include_reads_the_named_file_where_it_stands(void)
+{
+    char dir[] = "/tmp/sluice-test-config-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char sub[300];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    CHECK(mkdir(sub, 0700) == 0);
+    /* relative to the including file's directory; a section goes on into an included file
+     * and out of it; a line without a final newline ends its file */
+    write_file(dir, "main.ini",
+               "[pgbouncer]\n%include sub/keys.ini\npool_mode = transaction\n"
+               "  %include   sub/dbs.ini  \n[users]\nalice = pool_size=3\n");
+    write_file(dir, "sub/keys.ini", "listen_port = 6001\n%include deeper.ini");
+    write_file(dir, "sub/deeper.ini", "default_pool_size = 7\n");
+    write_file(dir, "sub/dbs.ini", "[databases]\napp = host=x\nother = host=y\n");
+    char path[300];
+    snprintf(path, sizeof path, "%s/main.ini", dir);
+    config_diag_free(&diag);
+    struct config *c = config_load(path, NULL, &diag);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->listen_port, 6001);
+        CHECK_INT(c->default_pool_size, 7);
+        CHECK_INT(c->pool_mode, POOL_TRANSACTION);
+        CHECK_INT(c->ndbs, 2);
+        CHECK(config_find_db(c, "other") != NULL);
+        CHECK(config_find_user(c, "alice") != NULL);
+    } else {
+        dump_diag("(none)");
+    }
+    config_free(c);
+
+    /* every message names the file and line a thing stands at, the main file's lines included */
+    write_file(dir, "main.ini",
+               "[databases]\n%include sub/dbs.ini\napp = host=z\n%include sub/broken.ini\n"
+               "[sluice]\nlisten_port = x\n%include sub/none.ini\n%include\n");
+    write_file(dir, "sub/broken.ini", "[sluice]\n\n[unterminated\nlisten_addr = *\n");
+    config_diag_free(&diag);
+    c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    char expected[700];
+    snprintf(expected, sizeof expected,
+             "%s: line 3: database 'app' is defined twice (first at %s/sub/dbs.ini: line 2)",
+             path, dir);
+    CHECK_ERROR(expected);
+    snprintf(expected, sizeof expected, "%s/sub/broken.ini: line 3: syntax error", dir);
+    CHECK_ERROR(expected);
+    snprintf(expected, sizeof expected, "%s: line 6: listen_port = 'x'", path);
+    CHECK_ERROR(expected);
+    snprintf(expected, sizeof expected,
+             "%s: line 7: %%include %s/sub/none.ini: cannot read it: No such file or directory",
+             path, dir);
+    CHECK_ERROR(expected);
+    snprintf(expected, sizeof expected, "%s: line 8: %%include names no file", path);
+    CHECK_ERROR(expected);
+    config_free(c);
+
+    /* a config given as text has no directory: a relative name is the working directory's */
+    c = load(MINIMAL_DBS "%include\tsluice-no-such-include.ini\n", NULL);
+    CHECK(c == NULL);
+    CHECK_ERROR("line 3: %include sluice-no-such-include.ini: cannot read it: No such file");
+    config_free(c);
+
+    /* a file that includes itself: an error, not a loop */
+    write_file(dir, "main.ini", "[databases]\napp = host=x\n%include main.ini\n");
+    config_diag_free(&diag);
+    c = config_load(path, NULL, &diag);
+    CHECK(c == NULL);
+    CHECK_ERROR("%include nested more than 10 deep (does a file include itself?)");
+    config_free(c);
+
+    const char *names[] = {"main.ini", "sub/keys.ini", "sub/deeper.ini", "sub/dbs.ini",
+                           "sub/broken.ini", NULL};
+    for (const char *const *n = names; *n; n++) {
+        char p[300];
+        snprintf(p, sizeof p, "%s/%s", dir, *n);
+        unlink(p);
+    }
+    rmdir(sub);
+    rmdir(dir);
+}
+
 static void password_auth_without_any_user_warns(void)
 {
     struct config *c = load(MINIMAL_DBS, NULL);
@@ -1667,6 +1752,7 @@ int main(void)
     RUN(budgets_parse_matchers_and_limits);
     RUN(budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys);
     RUN(auth_file_is_read_relative_to_the_config_file);
+    RUN(include_reads_the_named_file_where_it_stands);
     RUN(config_file_errors_name_the_file);
     RUN(password_auth_without_any_user_warns);
     RUN(database_url_alone_configures_a_database_and_its_login);
