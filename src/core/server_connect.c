@@ -14,6 +14,7 @@
 #include "server.h"
 
 #include <openssl/crypto.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -30,10 +31,48 @@
 #include "worker.h"
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
- * filled in where the entry leaves them to the client (room is left for resolver_apply). */
-#define MAX_KEYWORDS 51
+ * filled in where the entry leaves them to the client, and the TLS and TCP settings of the main
+ * section it does not set: 24 slots are kept for those (12), resolver_apply (3), add_startup and
+ * the NULL at the end. */
+#define MAX_KEYWORDS 60
+
+/* The config's TCP settings as libpq keywords, the same values tcp_options.c sets on every other
+ * socket (0: the OS's, so no keyword); the numbers' text lives in the caller's 'text'. */
+struct tcp_keywords {
+    char text[5][12];
+};
+
+static bool entry_sets(const struct db_entry *db, const char *keyword)
+{
+    for (int i = 0; i < db->nkeys; i++) {
+        if (strcmp(db->pq_keywords[i], keyword) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int add_tcp_keywords(const struct config *cfg, const struct db_entry *db, const char **kw,
+                            const char **val, int n, struct tcp_keywords *t)
+{
+    const char *names[5] = {"keepalives", "keepalives_idle", "keepalives_interval",
+                            "keepalives_count", "tcp_user_timeout"};
+    int64_t values[5] = {cfg->tcp_keepalive ? 1 : 0, cfg->tcp_keepidle, cfg->tcp_keepintvl,
+                         cfg->tcp_keepcnt, cfg->tcp_user_timeout};
+    for (int i = 0; i < 5; i++) {
+        bool keepalive_detail = i >= 1 && i <= 3;
+        if (entry_sets(db, names[i]) || (keepalive_detail && !cfg->tcp_keepalive) ||
+            (i > 0 && values[i] == 0))
+            continue; /* the entry's own keyword wins; 0 leaves the OS's */
+        snprintf(t->text[i], sizeof t->text[i], "%lld", (long long)values[i]);
+        kw[n] = names[i];
+        val[n++] = t->text[i];
+    }
+    return n;
+}
+
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
-                          const char **val, const char **user_out, bool *password_out)
+                          const char **val, const char **user_out, bool *password_out,
+                          struct tcp_keywords *tcp)
 {
     const struct config *cfg = p->worker->cfg;
     int n = 0;
@@ -43,7 +82,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
     const char *tls_kw[4] = {"sslmode", "sslrootcert", "sslcert", "sslkey"};
     const char *tls_val[4] = {sslmode_name(cfg->server_tls_sslmode), cfg->server_tls_ca_file,
                               cfg->server_tls_cert_file, cfg->server_tls_key_file};
-    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 16; i++) {
+    for (int i = 0; i < db->nkeys && n < MAX_KEYWORDS - 24; i++) {
         kw[n] = db->pq_keywords[i];
         val[n] = db->pq_values[i];
         has_dbname |= strcmp(kw[n], "dbname") == 0;
@@ -62,6 +101,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
             val[n++] = tls_val[t];
         }
     }
+    n = add_tcp_keywords(cfg, db, kw, val, n, tcp);
     if (!has_dbname) {
         kw[n] = "dbname";
         val[n++] = p->target_db;
@@ -114,7 +154,8 @@ bool server_conninfo_now(struct pool *p, uint64_t *fp)
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
     bool has_password = false;
-    build_conninfo(p, db, kw, val, &user, &has_password);
+    struct tcp_keywords tcp;
+    build_conninfo(p, db, kw, val, &user, &has_password, &tcp);
     *fp = conninfo_fingerprint(kw, val);
     return true;
 }
@@ -326,7 +367,8 @@ static void start_login(struct server *s, const struct resolver *r)
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
     bool has_password = false;
-    int n = build_conninfo(p, db, kw, val, &user, &has_password);
+    struct tcp_keywords tcp;
+    int n = build_conninfo(p, db, kw, val, &user, &has_password, &tcp);
     struct msg_out options;
     codec_out_init(&options);
     if (s->startup.n > 0 && log_enabled(LOG_DEBUG)) {
@@ -454,7 +496,8 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
     const char *user = NULL;
     bool has_password = false;
-    build_conninfo(p, db, kw, val, &user, &has_password);
+    struct tcp_keywords tcp;
+    build_conninfo(p, db, kw, val, &user, &has_password, &tcp);
     s->conninfo_fp = conninfo_fingerprint(kw, val);
     p->conninfo_fp = s->conninfo_fp;
     char why[300];

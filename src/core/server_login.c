@@ -40,6 +40,7 @@
 #include "scram.h"
 #include "server.h"
 #include "sluice.h"
+#include "tcp_options.h"
 #include "tls.h"
 
 enum login_step {
@@ -230,11 +231,8 @@ static void begin_connect(struct server *s)
         fail(s, "cannot create a socket: %s", strerror(errno));
         return;
     }
-    if (l->addr.ss_family != AF_UNIX) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    }
+    if (l->addr.ss_family != AF_UNIX)
+        tcp_options_apply(fd, s->pool->worker->cfg);
     if (sockio_open(&s->io, s->pool->worker->loop, fd, s, l->hooks->on_io) < 0) {
         close(fd);
         fail(s, "cannot watch the server socket");

@@ -16,14 +16,15 @@
 
 #include "log.h"
 #include "sluice.h"
+#include "tcp_options.h"
 
 #define MAX_LISTEN_SOCKETS 16
 #define ACCEPT_BATCH 64
 
-/* What an accepted TCP socket still needs from us. TCP_NODELAY and SO_KEEPALIVE are set on the
- * listening socket, and Linux copies them to every socket it accepts; the first accepted socket
- * is checked, and only if it did not inherit them are they set on each (two system calls per
- * connection saved in a connection storm). */
+/* What an accepted TCP socket still needs from us. Its TCP options (tcp_options.c: TCP_NODELAY,
+ * keepalive, user timeout) are set on the listening socket, and Linux copies them to every socket
+ * it accepts; the first accepted socket is checked, and only if it did not inherit them are they
+ * set on each (up to six system calls per connection saved in a connection storm). */
 enum accepted_opts { OPTS_UNCHECKED, OPTS_INHERITED, OPTS_SET_EACH };
 
 struct listen_socket {
@@ -35,39 +36,18 @@ struct listen_socket {
     char path[108]; /* unix socket path, to unlink */
 };
 
-static int set_client_socket_options(const struct process *proc, int fd)
-{
-    int one = 1;
-    int rc = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (proc->cfg->tcp_keepalive && rc == 0)
-        rc = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    return rc;
-}
-
-static bool has_client_socket_options(const struct process *proc, int fd)
-{
-    int nodelay = 0, keepalive = 0;
-    socklen_t len = sizeof(int);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len) < 0 || !nodelay)
-        return false;
-    len = sizeof(int);
-    if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len) < 0)
-        return false;
-    return !proc->cfg->tcp_keepalive || keepalive;
-}
-
 static void prepare_accepted(struct listen_socket *ls, int fd)
 {
     if (ls->path[0])
         return; /* unix socket: no TCP options */
     if (ls->opts == OPTS_UNCHECKED) {
-        ls->opts = has_client_socket_options(ls->proc, fd) ? OPTS_INHERITED : OPTS_SET_EACH;
+        ls->opts = tcp_options_present(fd, ls->proc->cfg) ? OPTS_INHERITED : OPTS_SET_EACH;
         if (ls->opts == OPTS_SET_EACH)
-            log_msg(LOG_DEBUG, "accepted sockets do not inherit TCP_NODELAY/SO_KEEPALIVE: "
+            log_msg(LOG_DEBUG, "accepted sockets do not inherit their TCP options: "
                                "setting them on each");
     }
     if (ls->opts == OPTS_SET_EACH)
-        set_client_socket_options(ls->proc, fd);
+        tcp_options_apply(fd, ls->proc->cfg);
 }
 
 /* Whether the listening sockets are polled. AT_CAP ends when clients leave; BACKING_OFF (accept
@@ -282,7 +262,7 @@ int listener_listen_tcp(struct listener *l, const char *host, int port)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         int defer = (int)proc->cfg->tcp_defer_accept;
         if (l->ops->clients) {
-            set_client_socket_options(proc, fd); /* for the accepted sockets to inherit */
+            tcp_options_apply(fd, proc->cfg); /* for the accepted sockets to inherit */
             if (defer > 0 &&
                 setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
                 log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));

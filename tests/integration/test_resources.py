@@ -1,9 +1,12 @@
 """Resources come back: file descriptors and memory after many short-lived clients, and many
 idle clients served by a few servers."""
 
+import ctypes
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -231,6 +234,73 @@ def test_tcp_defer_accept_holds_a_silent_connection_until_it_speaks(start_sluice
                        what="the silent connection to be accepted at once")
     finally:
         silent.close()
+
+
+def sockets_of(pid):
+    """Copies (pidfd_getfd) of the process's TCP sockets, as Python sockets: the options sluice
+    set on them are read from the outside, on the very sockets it uses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(438, pidfd, int(name), 0)  # pidfd_getfd (Linux 5.6)
+            if fd < 0:
+                err = ctypes.get_errno()
+                if err == errno.EBADF:
+                    continue  # closed meanwhile
+                raise OSError(err, "pidfd_getfd")
+            sock = socket.socket(fileno=fd)
+            if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET,
+                                                                    socket.AF_INET6):
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_tcp_keepalive_timing_and_user_timeout_reach_client_and_server_sockets(start_sluice, pg):
+    """PgBouncer's tcp_keepidle, tcp_keepintvl, tcp_keepcnt and tcp_user_timeout (ms) were
+    ignored with a warning: behind a NAT or load balancer that drops flows idle for minutes
+    (an AWS NLB: 350 s), the OS's two hours of keepalive silence let pooled connections be cut
+    unseen. Now both sides carry them: the socket of a client sluice accepted and the socket of
+    the server it opened (libpq's keepalives_* and tcp_user_timeout)."""
+    s = start_sluice({"tcp_keepidle": 42, "tcp_keepintvl": 7, "tcp_keepcnt": 3,
+                      "tcp_user_timeout": 12345})
+    with s.connect() as c:
+        c.execute("SELECT 1")
+        socks = sockets_of(s.pid)
+        try:
+            by_side = {"client": [], "server": []}
+            for sock in socks:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue  # a listening socket
+                peer_port = sock.getpeername()[1]
+                local_port = sock.getsockname()[1]
+                if local_port == s.port:
+                    by_side["client"].append(sock)
+                elif peer_port == pg.port:
+                    by_side["server"].append(sock)
+            assert by_side["client"] and by_side["server"], by_side
+            for side, found in by_side.items():
+                for sock in found:
+                    got = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+                    assert got == (True, 42, 7, 3, 12345), (side, got)
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def fd_numbers(pid):

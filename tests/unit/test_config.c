@@ -460,7 +460,7 @@ static void a_comment_after_a_value_is_part_of_it_and_the_error_says_so(void)
 static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
-                            "auto\nserver_tls_protocols = secure\ntcp_keepcnt = 3\n"
+                            "auto\nserver_tls_protocols = secure\nsbuf_loopcnt = 5\n"
                             "verbose = 1\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
@@ -471,7 +471,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
                   "ignored");
     CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
                   "ignored (set sslmode");
-    CHECK_WARNING("line 6: PgBouncer key 'tcp_keepcnt'");
+    CHECK_WARNING("line 6: PgBouncer key 'sbuf_loopcnt'");
     CHECK_WARNING("line 7: PgBouncer key 'verbose'");
     config_free(c);
 }
