@@ -1094,6 +1094,13 @@ static void config_file_errors_name_the_file(void)
 
 /* ---- %include ---- */
 
+/* Load the file at path, its diagnostics in diag (as load does for text). */
+static struct config *load_path(const char *path)
+{
+    config_diag_free(&diag);
+    return config_load(path, NULL, &diag);
+}
+
 static void include_reads_the_named_file_where_it_stands(void)
 {
     char dir[] = "/tmp/sluice-test-config-XXXXXX";
@@ -1111,8 +1118,7 @@ static void include_reads_the_named_file_where_it_stands(void)
     write_file(dir, "sub/dbs.ini", "[databases]\napp = host=x\nother = host=y\n");
     char path[300];
     snprintf(path, sizeof path, "%s/main.ini", dir);
-    config_diag_free(&diag);
-    struct config *c = config_load(path, NULL, &diag);
+    struct config *c = load_path(path);
     CHECK(c != NULL);
     if (c) {
         CHECK_INT(c->listen_port, 6001);
@@ -1131,8 +1137,7 @@ static void include_reads_the_named_file_where_it_stands(void)
                "[databases]\n%include sub/dbs.ini\napp = host=z\n%include sub/broken.ini\n"
                "[sluice]\nlisten_port = x\n%include sub/none.ini\n%include\n");
     write_file(dir, "sub/broken.ini", "[sluice]\n\n[unterminated\nlisten_addr = *\n");
-    config_diag_free(&diag);
-    c = config_load(path, NULL, &diag);
+    c = load_path(path);
     CHECK(c == NULL);
     char expected[700];
     snprintf(expected, sizeof expected,
@@ -1159,8 +1164,7 @@ static void include_reads_the_named_file_where_it_stands(void)
 
     /* a file that includes itself: an error, not a loop */
     write_file(dir, "main.ini", "[databases]\napp = host=x\n%include main.ini\n");
-    config_diag_free(&diag);
-    c = config_load(path, NULL, &diag);
+    c = load_path(path);
     CHECK(c == NULL);
     CHECK_ERROR("%include nested more than 10 deep (does a file include itself?)");
     config_free(c);
