@@ -219,6 +219,7 @@ static bool copy_LIST(struct name_list *to)
         return true;                                                                               \
     }
 COPY_NOTHING(INT, int64_t)
+COPY_NOTHING(FILE_MODE, unsigned)
 COPY_NOTHING(BOOL, bool)
 COPY_NOTHING(TIME, int64_t)
 COPY_NOTHING(LIMIT, struct limit)

@@ -173,6 +173,7 @@ struct config {
 #define KEY(name, type, def, reload, doc) KEY_FIELD_##type(name)
 #define KEY_FIELD_STR(name) char *name;
 #define KEY_FIELD_INT(name) int64_t name;
+#define KEY_FIELD_FILE_MODE(name) unsigned name; /* permission bits, 0..07777 */
 #define KEY_FIELD_BOOL(name) bool name;
 #define KEY_FIELD_TIME(name) int64_t name; /* milliseconds */
 #define KEY_FIELD_LIMIT(name) struct limit name;

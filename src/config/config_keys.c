@@ -42,8 +42,6 @@ static const char *const pgbouncer_only_keys[] = {
     "suspend_timeout",
     "tcp_socket_buffer",
     "sbuf_loopcnt",
-    "unix_socket_mode",
-    "unix_socket_group",
     "log_stats",
     "scram_iterations",
     "track_extra_parameters",

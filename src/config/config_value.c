@@ -186,6 +186,21 @@ int config_value_parse_INT(const char *v, int64_t *out, char *why, size_t n)
     return 0;
 }
 
+int config_value_parse_FILE_MODE(const char *v, unsigned *out, char *why, size_t n)
+{
+    unsigned mode = 0;
+    size_t len = strlen(v);
+    bool digits = len > 0 && len <= 5 && strspn(v, "01234567") == len;
+    for (size_t i = 0; digits && i < len; i++)
+        mode = mode * 8 + (unsigned)(v[i] - '0');
+    if (!digits || mode > 07777) {
+        snprintf(why, n, "expected permission bits in octal, such as 0770");
+        return -EINVAL;
+    }
+    *out = mode;
+    return 0;
+}
+
 static int parse_bool_text(const char *v, bool *out)
 {
     static const char *const yes[] = {"1", "yes", "on", "true"};
@@ -483,6 +498,11 @@ void config_value_free_CIDR(struct cidr_setting *v)
 void config_value_format_INT(const int64_t *v, char *out, size_t n)
 {
     snprintf(out, n, "%lld", (long long)*v);
+}
+
+void config_value_format_FILE_MODE(const unsigned *v, char *out, size_t n)
+{
+    snprintf(out, n, "0%03o", *v);
 }
 
 void config_value_format_BOOL(const bool *v, char *out, size_t n)

@@ -19,6 +19,9 @@
 int config_value_parse_STR(const char *v, char **out, char *why, size_t n);
 int config_value_parse_OPTIONAL_STR(const char *v, char **out, char *why, size_t n);
 int config_value_parse_INT(const char *v, int64_t *out, char *why, size_t n);
+/* Permission bits in octal, as chmod takes them ("0770", "770"): always octal, where
+ * PgBouncer's strtol reads "770" without its 0 as decimal. */
+int config_value_parse_FILE_MODE(const char *v, unsigned *out, char *why, size_t n);
 int config_value_parse_COUNT(const char *v, int *out, char *why, size_t n);
 int config_value_parse_BOOL(const char *v, bool *out, char *why, size_t n);
 int config_value_parse_TIME(const char *v, int64_t *out, char *why, size_t n);
@@ -42,6 +45,7 @@ int config_value_parse_LOAD_BALANCE_HOSTS(const char *v, enum load_balance_hosts
 
 void config_value_format_STR(char *const *v, char *out, size_t n);
 void config_value_format_INT(const int64_t *v, char *out, size_t n);
+void config_value_format_FILE_MODE(const unsigned *v, char *out, size_t n);
 void config_value_format_BOOL(const bool *v, char *out, size_t n);
 void config_value_format_TIME(const int64_t *v, char *out, size_t n);
 void config_value_format_LIMIT(const struct limit *v, char *out, size_t n);
@@ -68,6 +72,7 @@ void config_value_free_CIDR(struct cidr_setting *v);
     }
 CONFIG_VALUE_NOTHING_TO_FREE(INT, int64_t)
 CONFIG_VALUE_NOTHING_TO_FREE(COUNT, int)
+CONFIG_VALUE_NOTHING_TO_FREE(FILE_MODE, unsigned)
 CONFIG_VALUE_NOTHING_TO_FREE(BOOL, bool)
 CONFIG_VALUE_NOTHING_TO_FREE(TIME, int64_t)
 CONFIG_VALUE_NOTHING_TO_FREE(LIMIT, struct limit)

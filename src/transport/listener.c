@@ -2,6 +2,7 @@
 #include "listener.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -304,6 +305,35 @@ int listener_listen_tcp(struct listener *l, const char *host, int port)
     return opened > 0 ? 0 : (rc ? rc : UV_EADDRNOTAVAIL);
 }
 
+/* unix_socket_mode and unix_socket_group on the bound socket's file, before listen(): no client
+ * can connect while it still has the mode the umask gave it. 0 or -errno, logged. */
+static int restrict_unix_socket(const char *path, const struct config *cfg)
+{
+    if (chmod(path, (mode_t)cfg->unix_socket_mode) < 0) {
+        int err = errno;
+        log_msg(LOG_ERROR, "unix_socket_mode %04o on %s: %s", cfg->unix_socket_mode, path,
+                strerror(err));
+        return -err;
+    }
+    if (!cfg->unix_socket_group[0])
+        return 0;
+    struct group grp, *found = NULL;
+    char buf[4096];
+    int rc = getgrnam_r(cfg->unix_socket_group, &grp, buf, sizeof(buf), &found);
+    if (!found) {
+        log_msg(LOG_ERROR, "unix_socket_group %s: %s", cfg->unix_socket_group,
+                rc ? strerror(rc) : "no such group");
+        return rc ? -rc : -ENOENT;
+    }
+    if (chown(path, (uid_t)-1, found->gr_gid) < 0) {
+        int err = errno;
+        log_msg(LOG_ERROR, "unix_socket_group %s on %s: %s", cfg->unix_socket_group, path,
+                strerror(err));
+        return -err;
+    }
+    return 0;
+}
+
 static int listen_unix(struct listener *l, const char *dir, int port)
 {
     struct sockaddr_un sa = {0};
@@ -317,14 +347,22 @@ static int listen_unix(struct listener *l, const char *dir, int port)
     if (fd < 0)
         return -errno;
     unlink(sa.sun_path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(fd, l->backlog) < 0) {
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int err = errno;
         log_msg(LOG_ERROR, "cannot listen on %s: %s", sa.sun_path, strerror(err));
         close(fd);
         return -err;
     }
-    chmod(sa.sun_path, 0777);
+    int rc = restrict_unix_socket(sa.sun_path, l->proc->cfg);
+    if (rc == 0 && listen(fd, l->backlog) < 0) {
+        rc = -errno;
+        log_msg(LOG_ERROR, "cannot listen on %s: %s", sa.sun_path, strerror(-rc));
+    }
+    if (rc < 0) {
+        close(fd);
+        unlink(sa.sun_path);
+        return rc;
+    }
     log_msg(LOG_INFO, "listening on unix socket %s", sa.sun_path);
     return add_socket(l, fd, sa.sun_path);
 }

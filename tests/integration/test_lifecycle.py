@@ -1,5 +1,6 @@
 """Process lifecycle and upstream failures: signals, lost servers, unreachable Postgres."""
 
+import errno
 import os
 import shutil
 import signal
@@ -365,3 +366,53 @@ def test_a_reload_that_changes_restart_only_keys_says_so_and_keeps_them(start_sl
     assert after["pool_mode"] == ("session", "file"), after["pool_mode"]  # a RELOAD key changes
     with s.connect() as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def _connect_as_nobody(path):
+    """errno of a unix socket connect by user nobody (0: connected)."""
+    code = ("import socket,sys\n"
+            "s=socket.socket(socket.AF_UNIX)\n"
+            "sys.exit(s.connect_ex(sys.argv[1]))\n")
+    return subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", code, path],
+                          timeout=30).returncode
+
+
+@pytest.mark.timeout(60)
+def test_unix_socket_mode_and_group_keep_the_socket_to_one_group(start_sluice):
+    """PgBouncer's unix_socket_mode and unix_socket_group were ignored with a warning: an operator
+    who kept the socket to one group got one any local user could connect to (0777). Now the
+    socket has the mode and group before it accepts anything; the default stays 0777, as in
+    PgBouncer; a group that does not exist fails the start."""
+    import grp
+    import stat
+    sockdir = tempfile.mkdtemp(prefix="sluice-m")
+    os.chmod(sockdir, 0o755)  # nobody may reach the socket: only its own mode decides
+    try:
+        group = grp.getgrnam("postgres")
+        s = start_sluice({"unix_socket_dir": sockdir, "unix_socket_mode": "0770",
+                          "unix_socket_group": "postgres"})
+        s.wait_for_log(r"listening on unix socket", timeout=10)  # after the TCP port is ready
+        path = os.path.join(sockdir, f".s.PGSQL.{s.port}")
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o770 and st.st_gid == group.gr_gid, oct(st.st_mode)
+        assert _connect_as_nobody(path) == errno.EACCES
+        c = RawConn.over_unix_socket(path)  # root, and so the group's members, still connect
+        c.send(startup_packet())
+        c.close()
+        s.stop()
+
+        s = start_sluice({"unix_socket_dir": sockdir})
+        s.wait_for_log(r"listening on unix socket", timeout=10)
+        path = os.path.join(sockdir, f".s.PGSQL.{s.port}")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o777
+        assert _connect_as_nobody(path) == 0
+        s.stop()
+
+        s = start_sluice({"unix_socket_dir": sockdir, "unix_socket_group": "no-such-group-x"},
+                         wait=False)
+        code = s.wait_exit(20)
+        s.expected_exit_codes = None
+        assert code not in (None, 0)
+        assert "unix_socket_group no-such-group-x: no such group" in s.log_text()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)

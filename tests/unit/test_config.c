@@ -192,6 +192,30 @@ static void int_keys_reject_non_numbers_and_out_of_range_with_line(void)
     check_main_value_rejected("listen_port = 99999999999999999999", "listen_port");
 }
 
+static void file_mode_is_octal_with_or_without_its_zero(void)
+{
+    const char *ok[][2] = {{"0770", "0770"}, {"770", "0770"}, {"0600", "0600"}, {"07777", "07777"}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char text[128];
+        snprintf(text, sizeof text, MINIMAL_DBS "[sluice]\nunix_socket_mode = %s\n", ok[i][0]);
+        struct config *c = load(text, NULL);
+        CHECK(c != NULL);
+        char out[32] = "";
+        if (c)
+            config_format_value(c, key_index("unix_socket_mode"), out, sizeof out);
+        CHECK_STR(out, ok[i][1]);
+        config_free(c);
+    }
+    struct config *c = load(MINIMAL_DBS, NULL);
+    CHECK(c && c->unix_socket_mode == 0777);
+    config_free(c);
+    check_main_value_rejected("unix_socket_mode = 0778",
+                              "line 4: unix_socket_mode = '0778': expected permission bits in octal");
+    check_main_value_rejected("unix_socket_mode = 17777",
+                              "line 4: unix_socket_mode = '17777': expected permission bits");
+    check_main_value_rejected("unix_socket_mode = rwx", "expected permission bits in octal");
+}
+
 static void bool_accepts_pgbouncer_and_common_spellings(void)
 {
     const char *yes[] = {"1", "yes", "on", "true", "TRUE", "Yes"};
@@ -1715,6 +1739,7 @@ int main(void)
     RUN(every_formatted_default_reads_back_unchanged);
     RUN(int_keys_reject_non_numbers_and_out_of_range_with_line);
     RUN(bool_accepts_pgbouncer_and_common_spellings);
+    RUN(file_mode_is_octal_with_or_without_its_zero);
     RUN(time_is_seconds_when_bare_and_accepts_fractions_and_suffixes);
     RUN(time_rejects_negatives_garbage_and_unknown_units);
     RUN(limit_is_a_count_or_a_percentage_from_1_to_100);
