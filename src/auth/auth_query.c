@@ -511,8 +511,10 @@ static void on_qconn_io(struct sockio *io, int status, int events)
 
 /* Where auth_query runs: the database entry named by the client's entry's auth_dbname, else by
  * the main section's, else the client's (PgBouncer's order); as that entry's auth_user, else the
- * main section's. false: auth_query is not configured for it. */
+ * main section's; the query is the client's entry's auth_query, else the main section's. false:
+ * auth_query is not configured for it. */
 struct query_target {
+    const char *query;
     const char *entry; /* the database entry's name as asked for (a "*" entry's: the client's) */
     const struct db_entry *db;
     const char *dbname;
@@ -530,9 +532,10 @@ static const char *db_keyword(const struct db_entry *db, const char *name)
 
 static bool query_target(const struct config *cfg, const char *database, struct query_target *t)
 {
-    if (!cfg->auth_query[0])
-        return false;
     const struct db_entry *client_db = config_find_db(cfg, database);
+    t->query = client_db && client_db->auth_query ? client_db->auth_query : cfg->auth_query;
+    if (!t->query[0])
+        return false;
     if (client_db && client_db->auth_dbname)
         t->entry = client_db->auth_dbname;
     else
@@ -751,7 +754,7 @@ static struct secret_job *query_job(struct worker *worker, const struct query_ta
     j->worker = worker;
     j->key = strdup(key);
     j->user = strdup(user);
-    j->query = strdup(worker->cfg->auth_query);
+    j->query = strdup(t->query);
     j->database = strdup(database);
     j->db_name = strdup(t->entry);
     j->auth_user = strdup(t->auth_user);
@@ -824,16 +827,16 @@ void secret_retry_lookups(struct worker *worker)
     query_dispatch(worker);
 }
 
-/* The key of req's lookup: (database entry, dbname, auth_user, user). NULL when out of
- * memory. */
+/* The key of req's lookup: (database entry, dbname, auth_user, user, query: two client entries
+ * may ask the same target different queries). NULL when out of memory. */
 static char *query_key(const struct query_target *t, const struct secret_request *req)
 {
-    size_t klen =
-        strlen(t->db->name) + strlen(t->dbname) + strlen(t->auth_user) + strlen(req->user) + 4;
+    size_t klen = strlen(t->db->name) + strlen(t->dbname) + strlen(t->auth_user) +
+                  strlen(req->user) + strlen(t->query) + 5;
     char *key = malloc(klen);
     if (key)
-        snprintf(key, klen, "%s\x01%s\x01%s\x01%s", t->db->name, t->dbname, t->auth_user,
-                 req->user);
+        snprintf(key, klen, "%s\x01%s\x01%s\x01%s\x01%s", t->db->name, t->dbname, t->auth_user,
+                 req->user, t->query);
     return key;
 }
 

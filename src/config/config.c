@@ -112,6 +112,7 @@ void config_db_entry_free(struct db_entry *db)
     free(db->pq_values);
     free(db->auth_user);
     free(db->auth_dbname);
+    free(db->auth_query);
     free(db->connect_query);
 }
 
@@ -248,7 +249,7 @@ static void *copy_array(const void *from, int *n, size_t size)
 static bool copy_db(struct db_entry *db)
 {
     bool ok = copy_str(&db->name) & copy_str(&db->auth_user) & copy_str(&db->auth_dbname) &
-              copy_str(&db->connect_query);
+              copy_str(&db->auth_query) & copy_str(&db->connect_query);
     char **kw = db->pq_keywords, **val = db->pq_values;
     int n = db->nkeys;
     db->nkeys = 0;

@@ -126,6 +126,8 @@ struct db_entry {
     char *auth_user;                 /* NULL unless set */
     char *auth_dbname; /* the entry auth_query runs on for this entry's clients, over the
                           main section's auth_dbname; NULL unless set */
+    char *auth_query;  /* the lookup of this entry's clients' secrets, over the main section's
+                          auth_query (PgBouncer >= 1.23); NULL unless set */
     struct entry_timeouts timeouts;
     char *connect_query; /* run once on each new server after login; NULL unless set */
     enum load_balance_hosts load_balance_hosts; /* with a host list: where a new server starts */

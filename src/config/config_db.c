@@ -129,9 +129,6 @@ static int db_from_pairs(struct loader *L, const char *where, struct db_entry *d
                 if (append_server_option(&server_options, key[0] == 'd' ? "DateStyle" : "TimeZone",
                                          val) != 0)
                     L->oom = true;
-            } else if (!is_pq_keyword(L, key) && config_keys_pgbouncer_only_db_key(key)) {
-                load_warning(L, "%s: PgBouncer key '%s' is not supported by sluice; ignored", where,
-                             key);
             } else if (!is_pq_keyword(L, key)) {
                 /* The value is not echoed: the typo may be in "password". */
                 char accepted[512];

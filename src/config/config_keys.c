@@ -52,12 +52,6 @@ static const char *const pgbouncer_only_keys[] = {
     "auth_pam_confdir",
 };
 
-/* PgBouncer's per-entry keys ([databases], [users]) that sluice does not act on: warned about,
- * like the main section's, so a pgbouncer.ini loads (and reloads) unchanged. */
-static const char *const pgbouncer_only_db_keys[] = {
-    "auth_query",
-};
-
 /* ---- setting one main-section key ---- */
 
 int config_keys_find(const char *name)
@@ -87,11 +81,6 @@ bool config_keys_pgbouncer_only(const char *name)
     if (strncasecmp(name, "client_tls", 10) == 0 || strncasecmp(name, "server_tls", 10) == 0)
         return true;
     return IN_LIST(pgbouncer_only_keys, name);
-}
-
-bool config_keys_pgbouncer_only_db_key(const char *name)
-{
-    return IN_LIST(pgbouncer_only_db_keys, name);
 }
 
 static int parse_key(struct config *into, int idx, const char *value, char *why, size_t n)

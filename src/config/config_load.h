@@ -24,10 +24,8 @@ enum key_index {
 
 /* The index of a main-section key (or its alias pool_timeout), -1 when there is none. */
 int config_keys_find(const char *name);
-/* Keys of PgBouncer's that sluice reads and ignores (with a warning), in the main section and in
- * a [databases] entry. */
+/* Keys of PgBouncer's main section that sluice reads and ignores (with a warning). */
 bool config_keys_pgbouncer_only(const char *name);
-bool config_keys_pgbouncer_only_db_key(const char *name);
 
 enum check_scope { CHECK_KEY_ONLY, CHECK_WITH_MAIN };
 /* Parse value into key idx and check it (with scope CHECK_WITH_MAIN, also against the other
@@ -75,7 +73,7 @@ struct loader {
     struct ini_text reading[CONFIG_INCLUDE_DEPTH + 1]; /* the %include chain, innermost last */
     int depth;                                         /* entries of reading in use */
     bool mid_line; /* the last line handed to inih was cut by its buffer: its rest comes next */
-    struct ini_line_at *stream_lines;                  /* by inih's line number - 1 */
+    struct ini_line_at *stream_lines; /* by inih's line number - 1 */
     int nstream_lines;
     char *bad_section;             /* the unknown section last reported, to report it once */
     PQconninfoOption *pq_defaults; /* libpq's keyword list, to check [databases] keywords */

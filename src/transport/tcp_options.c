@@ -52,7 +52,7 @@ bool tcp_options_present(int fd, const struct config *cfg)
             return false;
         /* SO_KEEPALIVE and TCP_NODELAY read back as any non-zero value */
         if (opts[i].name == SO_KEEPALIVE || opts[i].name == TCP_NODELAY ? !got
-                                                                         : got != opts[i].value)
+                                                                        : got != opts[i].value)
             return false;
     }
     return true;

@@ -365,6 +365,28 @@ def test_auth_dbname_names_the_entry_auth_query_runs_on(start_sluice, pg, auth_r
                    r'"postgres"')
 
 
+def test_a_database_entrys_auth_query_is_its_clients_lookup(start_sluice, pg, auth_roles):
+    """PgBouncer >= 1.23's [databases] auth_query was ignored with a warning, so the entry's
+    clients were checked with the main section's query: here a lookup meant to admit only
+    superusers let any role with a password in. Now the entry's query is its clients' lookup,
+    and the other entries keep the main section's; the two never share an answer."""
+    strict = pg.db_entry(auth_query="SELECT usename, passwd FROM pg_shadow "
+                                    "WHERE usename=$1 AND usesuper")
+    s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth",
+                      "log_level": "debug"},
+                     auth_file={"sluice_auth": "authpass"},
+                     databases={APP_DB: pg.db_entry(), "strictdb": strict})
+    with s.connect(user="qscram", password="qpass") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    _, err = auth_codes_and_error(s.port, "qscram", "qpass", database="strictdb")
+    assert err["C"] == "28P01", err
+    with s.connect(user="qscram", password="qpass") as c:  # still admitted where it was
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    with s.connect(dbname="strictdb", user="sluice_auth", password="authpass") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert "not supported" not in s.log_text()
+
+
 def test_a_failing_auth_query_is_reported_and_logged(start_sluice, pg, auth_roles):
     s = start_sluice({"auth_type": "scram-sha-256", "auth_user": "sluice_auth"},
                      auth_file={"sluice_auth": "wrong-authpass"},

@@ -1646,8 +1646,9 @@ static void entry_key_errors_list_the_keys_of_their_section(void)
     CHECK_ERROR("line 2: database 'a': unknown connection keyword 'colour' (libpq connection "
                 "parameters and pool_size, min_pool_size, reserve_pool, pool_mode, "
                 "max_db_connections, max_db_client_connections, auth_user, auth_dbname, "
-                "server_lifetime, query_timeout, idle_transaction_timeout, transaction_timeout, "
-                "client_idle_timeout, connect_query and load_balance_hosts are accepted)");
+                "auth_query, server_lifetime, query_timeout, idle_transaction_timeout, "
+                "transaction_timeout, client_idle_timeout, connect_query and load_balance_hosts are "
+                "accepted)");
     CHECK_ERROR("line 4: user 'ann': unknown key 'colour' (pool_mode, pool_size, "
                 "reserve_pool_size, server_lifetime, query_timeout, idle_transaction_timeout, "
                 "transaction_timeout, client_idle_timeout, max_user_connections and "
