@@ -135,11 +135,12 @@ void config_env_apply(struct loader *L, char *const *env)
         key[len - 7] = '\0';
         int idx = config_keys_find(key);
         if (idx < 0) {
-            if (config_keys_pgbouncer_only(key))
+            const char *instead = config_keys_pgbouncer_only(key);
+            if (instead)
                 load_warning(L,
                              "environment: %.*s: PgBouncer key '%s' is not supported by "
-                             "sluice; ignored",
-                             (int)len, *e, key);
+                             "sluice; ignored%s%s",
+                             (int)len, *e, key, instead[0] ? ": " : "", instead);
             else
                 load_error(L, "environment: unknown variable %.*s (sluice has no key '%s')",
                            (int)len, *e, key);

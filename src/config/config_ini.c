@@ -100,12 +100,10 @@ static void on_main_key(struct loader *L, const char *section, const char *name,
 {
     int idx = config_keys_find(name);
     if (idx < 0) {
-        if (config_keys_pgbouncer_only(name))
-            load_warning(L, "%sline %d: PgBouncer key '%s' is not supported by sluice; ignored%s",
-                         L->origin, L->line, name,
-                         strncasecmp(name, "server_tls", 10) == 0
-                             ? " (set sslmode, sslrootcert, ... in each [databases] entry)"
-                             : "");
+        const char *instead = config_keys_pgbouncer_only(name);
+        if (instead)
+            load_warning(L, "%sline %d: PgBouncer key '%s' is not supported by sluice; ignored%s%s",
+                         L->origin, L->line, name, instead[0] ? ": " : "", instead);
         else
             load_error(L, "%sline %d: unknown key '%s' in [%s]", L->origin, L->line, name, section);
         return;

@@ -21,35 +21,49 @@ const struct config_key_info config_keys[] = {
 const int config_nkeys = KEY_COUNT;
 
 /* PgBouncer keys that sluice reads but does not act on: a pgbouncer.ini that sets them still
- * loads, with a warning per key, instead of failing on the first one. */
-static const char *const pgbouncer_only_keys[] = {
-    "syslog",
-    "syslog_ident",
-    "syslog_facility",
-    "user",
-    "so_reuseport",
-    "peer_id",
-    "dns_max_ttl",
-    "dns_nxdomain_ttl",
-    "dns_zone_check_period",
-    "resolv_conf",
-    "application_name_add_host",
-    "conffile",
-    "service_name",
-    "job_name",
-    "disable_pqexec",
-    "verbose",
-    "suspend_timeout",
-    "tcp_socket_buffer",
-    "sbuf_loopcnt",
-    "log_stats",
-    "scram_iterations",
-    "track_extra_parameters",
-    "cancel_wait_timeout",
-    "pool_idle_timeout",
-    "login_notify_message",
-    "auth_ldap_options",
-    "auth_pam_confdir",
+ * loads, with a warning per key, instead of failing on the first one; the warning says what
+ * sluice does instead where it does something. */
+#define SYSLOG_INSTEAD                                                                             \
+    "sluice logs to stderr or logfile, as JSON with log_format = json, where a container's "       \
+    "or systemd's journal takes it"
+#define DNS_INSTEAD                                                                                \
+    "sluice resolves host names with the system resolver, getaddrinfo, for each new server "       \
+    "connection"
+#define WINDOWS_ONLY "a Windows service's setting"
+static const struct pgbouncer_only_key {
+    const char *name;
+    const char *instead; /* NULL: nothing of sluice's takes its place */
+} pgbouncer_only_keys[] = {
+    {"syslog", SYSLOG_INSTEAD},
+    {"syslog_ident", SYSLOG_INSTEAD},
+    {"syslog_facility", SYSLOG_INSTEAD},
+    {"user", "start sluice as the user it should run as with Docker's USER or systemd's User="},
+    {"so_reuseport", "one sluice process spreads its clients over its threads: see workers"},
+    {"peer_id", "one sluice process serves every core, and a cancel reaches the thread that "
+                "owns its key"},
+    {"dns_max_ttl", DNS_INSTEAD},
+    {"dns_nxdomain_ttl", DNS_INSTEAD},
+    {"dns_zone_check_period", DNS_INSTEAD},
+    {"resolv_conf", DNS_INSTEAD},
+    {"application_name_add_host", "SHOW CLIENTS lists each client's address with its "
+                                  "application_name"},
+    {"conffile", WINDOWS_ONLY},
+    {"service_name", WINDOWS_ONLY},
+    {"job_name", WINDOWS_ONLY},
+    {"disable_pqexec", NULL},
+    {"verbose", "set log_level"},
+    {"suspend_timeout", NULL},
+    {"tcp_socket_buffer", "the kernel sizes socket buffers"},
+    {"sbuf_loopcnt", NULL},
+    {"log_stats", "stats_period sets the stats log line's interval; 0 turns it off"},
+    {"scram_iterations", "secrets sluice derives from a plain auth_file password use 4096"},
+    {"track_extra_parameters", "sluice follows every parameter a client sets, at startup or by "
+                               "SET, on each server it gets"},
+    {"cancel_wait_timeout", NULL},
+    {"pool_idle_timeout", NULL},
+    {"login_notify_message", NULL},
+    {"auth_ldap_options", "auth_type ldap is not supported"},
+    {"auth_pam_confdir", "auth_type pam is not supported"},
 };
 
 /* ---- setting one main-section key ---- */
@@ -65,22 +79,17 @@ int config_keys_find(const char *name)
     return -1;
 }
 
-static bool in_list(const char *const *list, size_t n, const char *name)
+const char *config_keys_pgbouncer_only(const char *name)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (strcasecmp(name, list[i]) == 0)
-            return true;
+    if (strncasecmp(name, "server_tls", 10) == 0)
+        return "set sslmode, sslrootcert, ... in each [databases] entry";
+    if (strncasecmp(name, "client_tls", 10) == 0)
+        return "";
+    for (size_t i = 0; i < sizeof pgbouncer_only_keys / sizeof pgbouncer_only_keys[0]; i++) {
+        if (strcasecmp(name, pgbouncer_only_keys[i].name) == 0)
+            return pgbouncer_only_keys[i].instead ? pgbouncer_only_keys[i].instead : "";
     }
-    return false;
-}
-
-#define IN_LIST(list, name) in_list(list, sizeof list / sizeof list[0], name)
-
-bool config_keys_pgbouncer_only(const char *name)
-{
-    if (strncasecmp(name, "client_tls", 10) == 0 || strncasecmp(name, "server_tls", 10) == 0)
-        return true;
-    return IN_LIST(pgbouncer_only_keys, name);
+    return NULL;
 }
 
 static int parse_key(struct config *into, int idx, const char *value, char *why, size_t n)

@@ -24,8 +24,9 @@ enum key_index {
 
 /* The index of a main-section key (or its alias pool_timeout), -1 when there is none. */
 int config_keys_find(const char *name);
-/* Keys of PgBouncer's main section that sluice reads and ignores (with a warning). */
-bool config_keys_pgbouncer_only(const char *name);
+/* A key of PgBouncer's main section that sluice reads and ignores (with a warning): what sluice
+ * does instead, for the warning ("" when nothing); NULL for any other name. */
+const char *config_keys_pgbouncer_only(const char *name);
 
 enum check_scope { CHECK_KEY_ONLY, CHECK_WITH_MAIN };
 /* Parse value into key idx and check it (with scope CHECK_WITH_MAIN, also against the other

@@ -494,8 +494,11 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
     CHECK_WARNING("line 4: PgBouncer key 'client_tls_dheparams' is not supported by sluice; "
                   "ignored");
     CHECK_WARNING("line 5: PgBouncer key 'server_tls_protocols' is not supported by sluice; "
-                  "ignored (set sslmode");
-    CHECK_WARNING("line 6: PgBouncer key 'sbuf_loopcnt'");
+                  "ignored: set sslmode");
+    CHECK_WARNING("line 6: PgBouncer key 'sbuf_loopcnt' is not supported by sluice; ignored");
+    /* where sluice does something else, the warning says what */
+    CHECK_WARNING("line 3: PgBouncer key 'user' is not supported by sluice; ignored: start "
+                  "sluice as the user it should run as");
     CHECK_WARNING("line 7: PgBouncer key 'verbose'");
     config_free(c);
 }
