@@ -50,7 +50,6 @@ static const struct pgbouncer_only_key {
     {"conffile", WINDOWS_ONLY},
     {"service_name", WINDOWS_ONLY},
     {"job_name", WINDOWS_ONLY},
-    {"disable_pqexec", NULL},
     {"verbose", "set log_level"},
     {"suspend_timeout", NULL},
     {"tcp_socket_buffer", "the kernel sizes socket buffers"},

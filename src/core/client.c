@@ -636,6 +636,10 @@ void client_on_data(struct client *c)
             client_close(c, NULL);
             return;
         }
+        if (type == 'Q' && !c->admin && c->worker->cfg->disable_pqexec) {
+            client_fail(c, FAIL_SIMPLE_QUERY_DISABLED, "");
+            return;
+        }
         if (c->admin) {
             console_on_data(c);
             return;

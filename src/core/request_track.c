@@ -157,6 +157,11 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             fail_session(fail, FAIL_PACKET_TOO_LARGE, detail);
             return CLIENT_FRAME_FAILED;
         }
+        /* disable_pqexec, for a client linked to a server (an idle one is refused in client.c) */
+        if (type == 'Q' && c->worker->cfg->disable_pqexec) {
+            fail_session(fail, FAIL_SIMPLE_QUERY_DISABLED, "");
+            return CLIENT_FRAME_FAILED;
+        }
         if (type == 'X' && s->copy_in)
             return refused_by_server_in_copy(s, b, CODEC_HEADER_LEN);
         if (type == 'X')

@@ -179,6 +179,10 @@ static const struct failure_info table[] = {
           "on each server in the client_encoding of the moment. Keep one client_encoding for "
           "the session (set it at login), prepare the statement again after changing it, or "
           "use session mode."),
+    [FAIL_SIMPLE_QUERY_DISABLED] =
+        F(FATAL, FEATURE_NOT_SUPPORTED, "simple query protocol is disabled (disable_pqexec)%s",
+          "Send statements with the extended query protocol (a prepared or parameterized "
+          "statement), or turn disable_pqexec off."),
 };
 #undef F
 
@@ -233,6 +237,7 @@ static const char *const names[] = {
     [FAIL_OPTIONS_BAD_PARAMETER_NAME] = "options_bad_parameter_name",
     [FAIL_RESULT_TYPE_CHANGED] = "result_type_changed",
     [FAIL_STATEMENT_UNTRANSLATABLE] = "statement_untranslatable",
+    [FAIL_SIMPLE_QUERY_DISABLED] = "simple_query_disabled",
 };
 
 const struct failure_info *failure_info(enum failure f)

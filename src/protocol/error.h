@@ -68,6 +68,7 @@ enum failure {
     /* A statement prepared again after its client changed client_encoding to one that lacks
      * a character of its text (stmt_track.c) */
     FAIL_STATEMENT_UNTRANSLATABLE, /* detail: the statement and both encodings */
+    FAIL_SIMPLE_QUERY_DISABLED,    /* a Query message while disable_pqexec is on */
 };
 
 enum severity { SEVERITY_ERROR, SEVERITY_FATAL };

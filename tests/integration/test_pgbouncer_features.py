@@ -6,7 +6,8 @@ import psycopg
 import pytest
 
 from conftest import Background, forward_both_ways, wait_until
-from pgwire import ServerError, raw_login, sync_msg
+from pgwire import (ServerError, bind_msg, execute_msg, parse_msg, query_msg, raw_login,
+                    sync_msg)
 
 
 # ---- connect_query: run once on each new server, before it serves ----
@@ -366,3 +367,45 @@ def test_load_balance_hosts_disable_keeps_the_first_host_that_works(start_sluice
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(60)
+def test_disable_pqexec_refuses_the_simple_query_protocol(start_sluice, pg):
+    """PgBouncer's disable_pqexec was ignored with a warning: an operator who turned it on
+    against SQL injection (a Query message may carry several statements; the extended protocol
+    one, with its parameters apart) had no such guard. Now a Query message ends the client with
+    FATAL 0A000, idle or inside a transaction (rolled back, as on any disconnect); parameterized
+    statements go on; the admin console is not affected; RELOAD turns it off."""
+    s = start_sluice({"disable_pqexec": 1, "admin_users": "admin", "pool_mode": "transaction"})
+    with s.connect() as c:
+        assert c.execute("SELECT %s::int", [7]).fetchone() == (7,)  # extended: served
+
+    def extended(conn, sql):
+        conn.send(parse_msg("", sql) + bind_msg("", "") + execute_msg() + sync_msg())
+        conn.read_until("Z")
+
+    for in_transaction in (False, True):
+        conn = raw_login(s.port)
+        try:
+            if in_transaction:  # linked to its server, inside BEGIN
+                extended(conn, "BEGIN")
+                extended(conn, "SELECT 1")
+            conn.send(query_msg("SELECT 1; DROP TABLE IF EXISTS nothing_here"))
+            err = conn.expect_error()
+            assert (err["S"], err["C"]) == ("FATAL", "0A000"), err
+            assert "disable_pqexec" in err["M"], err
+            assert conn.is_closed(5)
+        finally:
+            conn.close()
+    wait_until(lambda: not pg.query("SELECT 1 FROM pg_stat_activity WHERE state LIKE 'idle in "
+                                    "transaction%' AND usename = 'app'"),
+               10, what="the refused client's transaction to be rolled back")
+    admin = psycopg.connect(s.dsn(dbname="pgbouncer", user="admin", password=None),
+                            autocommit=True)
+    with admin:
+        assert admin.execute("SHOW VERSION").fetchone()  # a Query message, on the console
+        s.ini_path.write_text(s.ini_path.read_text().replace("disable_pqexec = 1",
+                                                             "disable_pqexec = 0"))
+        assert admin.execute("RELOAD").statusmessage == "RELOAD"
+    with s.connect() as c:
+        assert c.execute("SELECT 'simple again'").fetchone() == ("simple again",)
