@@ -186,7 +186,8 @@ static void log_pool_stats(const struct view_pool *v, void *ctx)
 static void log_stats(struct worker *worker, uint64_t now)
 {
     const struct config *cfg = worker->cfg;
-    if (cfg->stats_period <= 0 || now - worker->last_stats_ms < (uint64_t)cfg->stats_period)
+    if (!cfg->log_stats || cfg->stats_period <= 0 ||
+        now - worker->last_stats_ms < (uint64_t)cfg->stats_period)
         return;
     worker->last_stats_ms = now;
     view_pools_summed(worker, log_pool_stats, NULL);

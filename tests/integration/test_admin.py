@@ -177,6 +177,26 @@ def test_show_stats_averages_are_rates_over_stats_period(start_sluice):
         assert r["bytes_received"] > 0
 
 
+@pytest.mark.timeout(30)
+def test_log_stats_off_keeps_the_stats_line_out_of_the_log_and_the_averages_on(start_sluice):
+    """PgBouncer's log_stats = 0 was ignored with a warning: the stats line went on filling the
+    log every stats_period. Now it stays out, and SHOW STATS_AVERAGES still averages over
+    stats_period."""
+    s = start(start_sluice, stats_period=1, log_stats=0)
+    with s.connect() as c, console(s) as adm:
+        for _ in range(20):
+            c.execute("SELECT 1")
+
+        def averaged():
+            rows = {r["database"]: r for r in show(adm, "STATS_AVERAGES")}
+            r = rows.get("appdb")
+            return r if r and r["query_count"] > 0 else None
+        wait_until(averaged, 5, interval=0.2, what="STATS_AVERAGES with queries")
+        time.sleep(2.5)  # two stats periods and more
+    assert not [line for line in s.log if "stats appdb/app:" in line], s.log
+    assert "log_stats" not in s.log_text()  # no warning about the key either
+
+
 def test_show_databases_users_config_lists_and_version(start_sluice):
     s = start(start_sluice, default_pool_size=3)
     with s.connect() as c:
