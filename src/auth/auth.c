@@ -273,7 +273,7 @@ static void start_scram(struct auth_state *st, struct auth_result *r)
     struct scram_secret secret;
     bool doomed = !st->have_scram;
     if (doomed) {
-        scram_fake_secret(fake_key, l->user, &secret);
+        scram_fake_secret(fake_key, l->user, (int)l->worker->cfg->scram_iterations, &secret);
         if (!st->note)
             st->note = st->kind == SECRET_MD5 ? "the user has an md5 secret, which "
                                                 "scram-sha-256 cannot use; store the password "

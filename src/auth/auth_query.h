@@ -43,6 +43,7 @@ struct secret_job {
     uint8_t fp[SHA256_DIGEST_LENGTH];
     char *password;
     uint8_t salt[SCRAM_SALT_LEN];
+    int iterations; /* scram_iterations when the job began */
     struct scram_secret result;
     int rc;
     /* JOB_QUERY */

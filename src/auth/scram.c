@@ -258,12 +258,13 @@ bool scram_verify_password(const struct scram_secret *s, const char *password)
     return ok;
 }
 
-void scram_fake_secret(const uint8_t key[32], const char *user, struct scram_secret *out)
+void scram_fake_secret(const uint8_t key[32], const char *user, int iterations,
+                       struct scram_secret *out)
 {
     uint8_t mac[SCRAM_KEY_LEN];
     size_t ulen = strlen(user);
     memset(out, 0, sizeof(*out));
-    out->iterations = SCRAM_DEFAULT_ITERATIONS;
+    out->iterations = iterations;
     out->salt_len = SCRAM_SALT_LEN;
     /* Different labels give unrelated values; any failure leaves zeros, which is as fake. */
     uint8_t buf[512];

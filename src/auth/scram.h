@@ -127,8 +127,10 @@ enum scram_result scram_client_verify(struct scram_client *x, const char *msg, s
 void scram_client_free(struct scram_client *x);
 
 /* The fake secret for a user name that has none: deterministic per name under a server key, so
- * repeated probes see the same salt (as for a real user) and learn nothing. */
-void scram_fake_secret(const uint8_t key[32], const char *user, struct scram_secret *out);
+ * repeated probes see the same salt (as for a real user) and learn nothing; with the iterations
+ * a real user's derived secret has (scram_iterations), or the count would tell them apart. */
+void scram_fake_secret(const uint8_t key[32], const char *user, int iterations,
+                       struct scram_secret *out);
 
 /* ---- base64 (RFC 4648, padded), exposed for tests ---- */
 /* Writes NUL-terminated text; returns its length, or -1 when outlen is too small. */

@@ -4,7 +4,8 @@
  * The derived cache is process-wide, shared by every worker under derived_mu:
  * SHA-256(user, 0, password) -> the SCRAM secret derived from that password with a random salt.
  * Keyed by the password's hash, so a reload that changes a password is noticed on the next login
- * and never serves the old secret; never per login: 4096 PBKDF2 rounds cost milliseconds, which
+ * and never serves the old secret; never per login: scram_iterations (4096) PBKDF2 rounds cost
+ * milliseconds, which
  * would cap logins per second. A job is a lookup in progress that logins share: a derivation on
  * libuv's thread pool (here), or an auth_query run (auth_query.c). Jobs are per thread: a job's
  * waiters are logins of one worker and its completion runs on that worker's loop (two workers
@@ -37,12 +38,16 @@ static pthread_mutex_t derived_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct derived *derived_buckets[SECRET_NBUCKETS]; /* under derived_mu */
 static int nderived;
 
-static void fingerprint(const char *user, const char *password, uint8_t out[SHA256_DIGEST_LENGTH])
+/* The cache's key: the user, the password and the iterations (a reload that changes
+ * scram_iterations derives again). */
+static void fingerprint(const char *user, const char *password, int iterations,
+                        uint8_t out[SHA256_DIGEST_LENGTH])
 {
     /* the user with its NUL: "ab" + "c" differs from "a" + "bc" */
     EVP_MD_CTX *h = EVP_MD_CTX_new();
     unsigned int len = 0;
     if (!h || EVP_DigestInit_ex(h, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(h, &iterations, sizeof(iterations)) != 1 ||
         EVP_DigestUpdate(h, user, strlen(user) + 1) != 1 ||
         EVP_DigestUpdate(h, password, strlen(password)) != 1 ||
         EVP_DigestFinal_ex(h, out, &len) != 1) {
@@ -207,8 +212,7 @@ void secret_job_wake(struct secret_job *j, const char *error)
 static void on_derive_work(uv_work_t *req)
 {
     struct secret_job *j = container_of(req, struct secret_job, work);
-    j->rc = scram_make_secret(j->password, j->salt, sizeof(j->salt), SCRAM_DEFAULT_ITERATIONS,
-                              &j->result);
+    j->rc = scram_make_secret(j->password, j->salt, sizeof(j->salt), j->iterations, &j->result);
 }
 
 static void on_derive_done(uv_work_t *req, int status)
@@ -232,6 +236,7 @@ static struct secret_job *derive_job(struct worker *worker, const uint8_t *fp, c
         return NULL;
     j->kind = JOB_DERIVE;
     j->worker = worker;
+    j->iterations = (int)worker->cfg->scram_iterations;
     memcpy(j->fp, fp, SHA256_DIGEST_LENGTH);
     j->password = strdup(password);
     if (!j->password || RAND_bytes(j->salt, sizeof(j->salt)) != 1 ||
@@ -286,7 +291,7 @@ static int classify(struct secret_waiter *w, const char *text, bool from_query,
     if (!w->req.need_scram)
         return 1;
     uint8_t fp[SHA256_DIGEST_LENGTH];
-    fingerprint(w->req.user, text, fp);
+    fingerprint(w->req.user, text, (int)w->req.worker->cfg->scram_iterations, fp);
     if (derived_get(fp, &out->scram)) {
         out->have_scram = true;
         return 1;

@@ -54,7 +54,6 @@ static const struct pgbouncer_only_key {
     {"suspend_timeout", NULL},
     {"tcp_socket_buffer", "the kernel sizes socket buffers"},
     {"sbuf_loopcnt", NULL},
-    {"scram_iterations", "secrets sluice derives from a plain auth_file password use 4096"},
     {"track_extra_parameters", "sluice follows every parameter a client sets, at startup or by "
                                "SET, on each server it gets"},
     {"cancel_wait_timeout", NULL},

@@ -140,6 +140,19 @@ def test_an_unknown_user_gets_a_stable_fake_salt_and_a_real_user_a_cached_one(st
     assert app1["r"] != app2["r"]  # but every exchange has its own nonce
 
 
+def test_scram_iterations_sets_the_rounds_of_derived_and_fake_secrets_alike(start_sluice):
+    """PgBouncer's scram_iterations was ignored with a warning: the derived secret kept 4096
+    rounds. Now both a derived secret and an unknown user's fake one carry the configured count
+    (were they different, the count would tell a real user from an unknown one), and the login
+    works with it."""
+    s = start_sluice({"auth_type": "scram-sha-256", "scram_iterations": 8192}, auth_file=USERS)
+    _, app = scram_server_first(s.port, "app")
+    _, ghost = scram_server_first(s.port, "ghost")
+    assert app["i"] == ghost["i"] == "8192", (app, ghost)
+    codes, err = auth_codes_and_error(s.port, "app", "sluice-secret")
+    assert err is None and codes == [10, 11, 12, 0], (codes, err)
+
+
 def test_many_scram_logins_stay_fast(start_sluice):
     """The cached secret keeps a login at a few HMACs on sluice's side: 100 logins, each also
     paying the client's own PBKDF2 in Python, finish well inside the time limit."""

@@ -341,16 +341,16 @@ static void fake_secrets_are_stable_per_name_and_differ_between_names(void)
 {
     uint8_t key[32] = {1, 2, 3};
     struct scram_secret a1, a2, b;
-    scram_fake_secret(key, "alice", &a1);
-    scram_fake_secret(key, "alice", &a2);
-    scram_fake_secret(key, "bob", &b);
+    scram_fake_secret(key, "alice", SCRAM_DEFAULT_ITERATIONS, &a1);
+    scram_fake_secret(key, "alice", SCRAM_DEFAULT_ITERATIONS, &a2);
+    scram_fake_secret(key, "bob", SCRAM_DEFAULT_ITERATIONS, &b);
     CHECK(memcmp(&a1, &a2, sizeof a1) == 0);
     CHECK(memcmp(a1.salt, b.salt, SCRAM_SALT_LEN) != 0);
     CHECK_INT(a1.iterations, SCRAM_DEFAULT_ITERATIONS);
     CHECK_INT(a1.salt_len, SCRAM_SALT_LEN);
     key[0] = 9;
     struct scram_secret other_key;
-    scram_fake_secret(key, "alice", &other_key);
+    scram_fake_secret(key, "alice", SCRAM_DEFAULT_ITERATIONS, &other_key);
     CHECK(memcmp(a1.salt, other_key.salt, SCRAM_SALT_LEN) != 0);
 }
 
