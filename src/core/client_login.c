@@ -58,6 +58,7 @@ static void on_auth_resumed(void *owner, const struct auth_result *r)
     if (c->state != CLIENT_AUTH)
         return; /* failed meanwhile (a timeout): the exchange ends when the client closes */
     act_on_auth(c, r);
+    client_login_on_auth_bytes(c); /* an answer the client sent before it was asked */
 }
 
 static void on_auth_log(void *owner, enum log_level level, const char *fmt, va_list ap)
@@ -637,32 +638,39 @@ void client_login_on_startup_bytes(struct client *c)
             if (moved_to_console(c, &sp, packet, total))
                 return;
             handle_login(c, &sp);
+            /* A password message sent with the startup packet: no poll event will announce it */
+            client_login_on_auth_bytes(c);
             return;
         }
     }
 }
 
+/* The client's answers to the Authentication requests, each read once it is asked for, as
+ * Postgres reads them: one the client sent ahead (with its startup packet, or while its secret was
+ * looked up) waits in the buffer until then; several in one read are taken in turn. */
 void client_login_on_auth_bytes(struct client *c)
 {
     struct buf *b = &c->in;
-    uint8_t type;
-    uint32_t body_len;
-    enum frame_result fr =
-        codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
-    if (fr == FRAME_NEED_MORE)
-        return;
-    if (fr == FRAME_BAD_LENGTH) {
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
-        return;
+    while (c->state == CLIENT_AUTH && auth_awaits_message(c->auth)) {
+        uint8_t type;
+        uint32_t body_len;
+        enum frame_result fr =
+            codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
+        if (fr == FRAME_NEED_MORE)
+            return;
+        if (fr == FRAME_BAD_LENGTH) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
+            return;
+        }
+        uint32_t whole = CODEC_HEADER_LEN + body_len;
+        if (buf_unframed(b) < whole)
+            return;
+        uint8_t body[8192];
+        memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
+        b->scan += whole;
+        buf_consume(b, whole);
+        struct auth_result r;
+        auth_on_message(c->auth, type, body, body_len, &r);
+        act_on_auth(c, &r);
     }
-    uint32_t whole = CODEC_HEADER_LEN + body_len;
-    if (buf_unframed(b) < whole)
-        return;
-    uint8_t body[8192];
-    memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
-    b->scan += whole;
-    buf_consume(b, whole);
-    struct auth_result r;
-    auth_on_message(c->auth, type, body, body_len, &r);
-    act_on_auth(c, &r);
 }

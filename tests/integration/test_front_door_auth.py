@@ -1,0 +1,91 @@
+"""The authentication exchange as a careless client drives it: messages sent before they are
+asked for. Postgres reads a client's answer to an Authentication request from its buffer when it
+asks, so a password (or anything else) sent along with the startup packet is read then: the login
+goes on, or is refused at once. sluice must do the same, never leave it unread until
+client_login_timeout, and must not read it while the secret is still being looked up
+(auth_query): the client has not been asked yet.
+"""
+
+import socket
+import struct
+
+from conftest import APP_PASSWORD
+from pgwire import RawConn, message, password_msg, query_msg, startup_packet
+from test_auth import auth_query_sluice, auth_roles  # noqa: F401 - a fixture
+
+ANSWER_WITHIN = 10.0  # far below client_login_timeout (60 s): the answer is not a timeout's
+
+
+def login_in_one_write(port, user, password, database="appdb"):
+    """Startup packet and cleartext password in one write, before AuthenticationCleartextPassword
+    arrives; then read what comes back. (auth codes seen, conn) once logged in."""
+    c = RawConn(port, timeout=ANSWER_WITHIN)
+    c.send(startup_packet(user=user, database=database) + password_msg(password))
+    codes = []
+    while True:
+        mtype, payload = c.read_message()
+        if mtype == "R":
+            codes.append(struct.unpack_from("!I", payload)[0])
+        elif mtype == "E":
+            raise AssertionError(f"login refused: {payload!r}")
+        elif mtype == "Z":
+            return codes, c
+
+
+def test_a_password_sent_with_the_startup_packet_is_read_when_asked(start_sluice):
+    """auth_type = plain: the client knows it will be asked for its password in clear and sends
+    it at once. Before the fix sluice sent AuthenticationCleartextPassword and then waited for a
+    read that never came: the password sat in its buffer until client_login_timeout."""
+    s = start_sluice(main={"auth_type": "plain"}, auth_file={"app": APP_PASSWORD})
+    codes, c = login_in_one_write(s.port, "app", APP_PASSWORD)
+    try:
+        assert codes == [3, 0]
+        assert c.query("SELECT 'pipelined password'")[0] == [["pipelined password"]]
+    finally:
+        c.close()
+
+
+def test_a_password_sent_while_auth_query_looks_up_the_secret_is_read_once_asked(
+        start_sluice, pg, auth_roles):  # noqa: F811 - the imported fixture
+    """The secret comes from auth_query: the password arrives while the lookup runs, before the
+    client was asked. It waits for the request (before: refused as a message 'before the
+    authentication request', or left unread), then logs the client in."""
+    s = auth_query_sluice(start_sluice, pg, method="plain")
+    for _ in range(3):  # the first lookup also opens the auth_user's connection
+        codes, c = login_in_one_write(s.port, "qscram", "qpass")
+        c.close()
+        assert codes == [3, 0]
+
+
+def answer_to_startup_and_stray_message(port, stray):
+    """(message types, SQLSTATE of the ErrorResponse, closed) for a startup packet with a stray
+    message in the same write, a SCRAM login (Postgres's hba and sluice's auth_type)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN)
+    c = RawConn.__new__(RawConn)
+    c._adopt(sock, ANSWER_WITHIN)
+    try:
+        c.send(startup_packet(user="app", database="appdb") + stray)
+        seen, sqlstate = [], None
+        while True:
+            mtype, payload = c.read_message()
+            seen.append(mtype)
+            if mtype == "E":
+                sqlstate = dict((f[:1], f[1:]) for f in payload.decode().split("\0") if f)["C"]
+                break
+        return seen, sqlstate, c.is_closed(timeout=ANSWER_WITHIN)
+    finally:
+        c.close()
+
+
+def test_a_stray_message_with_the_startup_packet_is_refused_at_once_as_postgres_does(
+        pg, start_sluice):
+    """A Query (or a password that is not a SASLInitialResponse) sent with the startup packet:
+    Postgres reads it as the answer to AuthenticationSASL and refuses it with 08P01 at once.
+    Before the fix sluice left it unread and the client waited for client_login_timeout."""
+    s = start_sluice(main={"auth_type": "scram-sha-256"}, auth_file={"app": APP_PASSWORD})
+    for stray in (query_msg("SELECT 1"), password_msg(APP_PASSWORD),
+                  message(b"p", b"SCRAM-SHA-1\0" + struct.pack("!i", 5) + b"n,,n=")):
+        direct = answer_to_startup_and_stray_message(pg.port, stray)
+        through = answer_to_startup_and_stray_message(s.port, stray)
+        assert direct == (["R", "E"], "08P01", True), direct
+        assert through == direct, (stray, through)
