@@ -209,6 +209,10 @@ static enum replication_ask replication_asked(const char *value)
     return REPLICATION_VALUE_INVALID;
 }
 
+/* Postgres's NAMEDATALEN - 1: ProcessStartupPacket cuts the user and database names there, byte
+ * by byte (a multibyte character may be split, as there). */
+#define PG_NAME_MAX 63
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
@@ -223,15 +227,21 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     if (!database || !database[0])
         database = user;
-    /* One block holds both names: user owns it (an idle client should be small). */
-    size_t ulen = strlen(user) + 1, dlen = strlen(database) + 1;
-    c->user = malloc(ulen + dlen);
+    /* One block holds both names: user owns it (an idle client should be small). Each is cut
+     * at PG_NAME_MAX bytes, as Postgres cuts them before it looks them up: a longer name
+     * reaches the same role and database there, so here it must find the same auth_file entry,
+     * pool and caps, not a pool of its own beside them. */
+    size_t ulen = strnlen(user, PG_NAME_MAX), dlen = strnlen(database, PG_NAME_MAX);
+    c->user = malloc(ulen + 1 + dlen + 1);
     if (!c->user) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
-    c->database = memcpy(c->user + ulen, database, dlen);
     memcpy(c->user, user, ulen);
+    c->user[ulen] = '\0';
+    c->database = c->user + ulen + 1;
+    memcpy(c->database, database, dlen);
+    c->database[dlen] = '\0';
     /* Either kind of walsender session needs a server of its own for the client's whole
      * life, and its COPY BOTH stream and replication commands are not something a pool can
      * share (README, "Moving from PgBouncer"). A value Postgres cannot read gets its error. */

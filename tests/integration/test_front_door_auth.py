@@ -10,7 +10,7 @@ import socket
 import struct
 
 from conftest import APP_PASSWORD
-from pgwire import RawConn, message, password_msg, query_msg, startup_packet
+from pgwire import RawConn, ServerError, message, password_msg, query_msg, startup_packet
 from test_auth import auth_query_sluice, auth_roles  # noqa: F401 - a fixture
 
 ANSWER_WITHIN = 10.0  # far below client_login_timeout (60 s): the answer is not a timeout's
@@ -89,3 +89,45 @@ def test_a_stray_message_with_the_startup_packet_is_refused_at_once_as_postgres_
         through = answer_to_startup_and_stray_message(s.port, stray)
         assert direct == (["R", "E"], "08P01", True), direct
         assert through == direct, (stray, through)
+
+
+LONG_ROLE = "long_role_" + "r" * 53  # 63 bytes: Postgres's longest name (NAMEDATALEN - 1)
+
+
+def test_a_user_name_past_63_bytes_is_cut_as_postgres_cuts_it(pg, start_sluice):
+    """Postgres cuts the user (and database) name of a startup packet at 63 bytes before it looks
+    the role up: "<63-byte role>zz" logs in as that role (SCRAM: md5 hashes the name the client
+    sent, which fails there as here). Through sluice the same name must find
+    the same auth_file entry, and count against the same per-user cap: before, sluice kept the
+    whole name, refused the login (no such user in auth_file) and, where it let the name in,
+    gave every longer spelling a pool and caps of its own."""
+    assert len(LONG_ROLE) == 63
+    with pg.superuser() as su:
+        su.execute(f"DROP ROLE IF EXISTS {LONG_ROLE}")
+        su.execute(f"CREATE ROLE {LONG_ROLE} LOGIN PASSWORD 'longpass'")
+    try:
+        direct = RawConn(pg.port).startup(user=LONG_ROLE + "zz", password="longpass")
+        assert direct.query("SELECT current_user")[0] == [[LONG_ROLE]]
+        direct.close()
+        s = start_sluice(main={"auth_type": "scram-sha-256", "max_user_client_connections": 1},
+                         auth_file={LONG_ROLE: "longpass"})
+        first = RawConn(s.port).startup(user=LONG_ROLE + "zz", password="longpass")
+        try:
+            assert first.query("SELECT 1")[0] == [["1"]]
+            second = RawConn(s.port)
+            try:
+                second.send(startup_packet(user=LONG_ROLE + "yy", database="appdb"))
+                try:
+                    second.finish_login(user=LONG_ROLE + "yy", password="longpass")
+                    raise AssertionError("a second spelling of the user passed its client cap")
+                except ServerError as e:
+                    assert e.sqlstate == "53300", e.fields
+                    assert "max_user_client_connections" in e.fields["M"] + e.fields.get("D", "")
+            finally:
+                second.close()
+        finally:
+            first.close()
+    finally:
+        pg.clear_backends(LONG_ROLE)
+        with pg.superuser() as su:
+            su.execute(f"DROP ROLE IF EXISTS {LONG_ROLE}")
