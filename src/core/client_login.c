@@ -277,8 +277,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             config_list_contains(&cfg->ignore_startup_parameters, name))
             continue;
         if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {
-            client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
-            return;
+            /* Postgres takes the packet and refuses the name once the password is checked
+             * (42704, or 42602 for a custom name), after what "options" refused, if anything */
+            if (!c->options_refusal && startup_options_refuse_name(&c->options_refusal, name) < 0) {
+                client_fail(c, FAIL_OUT_OF_MEMORY, "");
+                return;
+            }
+            continue;
         }
         if (params_set(&c->params, name, at.value) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
