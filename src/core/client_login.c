@@ -599,7 +599,18 @@ static bool answer_encryption_request(struct client *c, const struct startup_pac
     }
     codec_put_u8(&c->out, 'N');
     client_send(c);
-    return c->state == CLIENT_STARTUP;
+    if (c->state != CLIENT_STARTUP)
+        return false;
+    /* Postgres refuses bytes sent behind the request whatever it answered: the client was to
+     * wait for the answer before it goes on (ProcessStartupPacket, pq_buffer_has_data). */
+    if (!buf_is_empty(&c->in)) {
+        client_fail(c, FAIL_PROTOCOL_VIOLATION,
+                    asked == ASKED_SSL ? "received unencrypted data after SSL request"
+                                       : "received unencrypted data after GSSAPI encryption "
+                                         "request");
+        return false;
+    }
+    return true;
 }
 
 void client_login_on_startup_bytes(struct client *c)
