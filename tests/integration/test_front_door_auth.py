@@ -6,8 +6,10 @@ client_login_timeout, and must not read it while the secret is still being looke
 (auth_query): the client has not been asked yet.
 """
 
+import os
 import socket
 import struct
+import time
 
 from conftest import APP_PASSWORD
 from pgwire import RawConn, ServerError, message, password_msg, query_msg, startup_packet
@@ -131,3 +133,38 @@ def test_a_user_name_past_63_bytes_is_cut_as_postgres_cuts_it(pg, start_sluice):
         pg.clear_backends(LONG_ROLE)
         with pg.superuser() as su:
             su.execute(f"DROP ROLE IF EXISTS {LONG_ROLE}")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_bytes_sent_while_the_secret_is_looked_up_wait_without_spinning(
+        start_sluice, pg, auth_roles):  # noqa: F811 - the imported fixture
+    """A client that sends more than sluice's read buffer holds while auth_query looks its
+    secret up: since such bytes now wait to be read once the client is asked (they were refused
+    at once before), the full buffer must stop the reading (backpressure), not leave a poll that
+    fires again and again, burning a CPU for as long as the lookup takes."""
+    slow_lookup = ("SELECT usename, passwd FROM pg_shadow, pg_sleep(3) "
+                   "WHERE usename = $1")
+    s = auth_query_sluice(start_sluice, pg, method="plain", auth_query=slow_lookup)
+    c = RawConn(s.port, timeout=ANSWER_WITHIN)
+    try:
+        c.send(startup_packet(user="qscram", database="appdb"))
+        s.wait_for_log(r'auth_query: looking up user "qscram"')
+        before = cpu_seconds(s.pid)
+        c.sock.setblocking(False)
+        flood, sent = password_msg("x" * 100) * 2000, 0
+        try:  # far more than the read buffer: what the kernel takes of it
+            while sent < len(flood):
+                sent += c.sock.send(flood[sent:])
+        except BlockingIOError:
+            pass
+        time.sleep(1.5)  # well inside the 3 s lookup
+        used = cpu_seconds(s.pid) - before
+        assert used < 0.5, f"sluice used {used:.2f} s of CPU in 1.5 s while the lookup ran"
+    finally:
+        c.close()
