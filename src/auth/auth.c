@@ -622,6 +622,11 @@ struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
     return NULL;
 }
 
+bool auth_awaits_message(const struct auth_state *st)
+{
+    return st && st->step != STEP_LOOKUP;
+}
+
 void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
                      struct auth_result *r)
 {

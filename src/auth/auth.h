@@ -81,6 +81,10 @@ struct auth_result {
  * send the challenge (possibly after looking the secret up). The exchange's state while it goes
  * on (AUTH_GOES_ON), else NULL; it lives until auth_end. */
 struct auth_state *auth_start(const struct auth_login *login, struct auth_result *r);
+/* Has the client been asked for its answer (an Authentication request is out)? False while the
+ * secret is looked up: a message the client sent ahead waits until then, as Postgres reads it
+ * only once it has asked. */
+bool auth_awaits_message(const struct auth_state *st);
 /* A message from the client during the exchange. */
 void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
                      struct auth_result *r);

@@ -500,7 +500,16 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
         *why = "invalid SCRAM client nonce";
         goto out;
     }
-    /* Extensions after the nonce are allowed by the grammar and ignored. */
+    /* Extensions after the nonce are allowed by the grammar and ignored, but each must be one
+     * (a letter, '=', a value), as Postgres's read_any_attr requires: a comma inside the nonce
+     * is a malformed message, not a shorter nonce. */
+    for (const char *ext = cnonce + cnonce_len; *ext; ext += 1 + strcspn(ext + 1, ",")) {
+        unsigned char attr = (unsigned char)ext[1];
+        if (!((attr >= 'a' && attr <= 'z') || (attr >= 'A' && attr <= 'Z')) || ext[2] != '=') {
+            *why = "malformed SCRAM message (an extension after the nonce is not attr=value)";
+            goto out;
+        }
+    }
 
     char snonce[64];
     enum scram_result nrc = our_nonce(server_nonce, snonce, sizeof(snonce));

@@ -850,21 +850,23 @@ void client_check_timeouts(struct client *c, uint64_t now)
     switch (c->state) {
     case CLIENT_STARTUP:
     case CLIENT_TLS_HANDSHAKE:
-        /* Stalled before its startup packet while logins are over their cap: no newcomer needs
-         * to arrive for it to give way. */
-        if (gives_way(c, CLIENT_STARTUP, now) && give_place_above_cap(c)) {
+    case CLIENT_AUTH:
+        /* Stalled while logins are over their cap, at any step: no newcomer needs to arrive for
+         * it to give way, and at the listener's accept limit none is accepted to make room
+         * (make_room_for_a_login): logins stalled in the TLS handshake or the password exchange
+         * would hold every place until client_login_timeout, and no one else could log in. */
+        if (gives_way(c, c->state == CLIENT_STARTUP ? CLIENT_STARTUP : CLIENT_AUTH, now) &&
+            give_place_above_cap(c)) {
             evict_login(c);
             break;
         }
-        if (cfg->client_startup_timeout > 0 &&
+        if (c->state != CLIENT_AUTH && cfg->client_startup_timeout > 0 &&
             now - c->connect_ms >= (uint64_t)cfg->client_startup_timeout) {
             snprintf(detail, sizeof(detail), "%.1f s (client_startup_timeout)",
                      (double)cfg->client_startup_timeout / 1000);
             client_fail(c, FAIL_LOGIN_TIMEOUT, detail);
             break;
         }
-        /* fall through */
-    case CLIENT_AUTH:
         if (cfg->client_login_timeout > 0 &&
             now - c->connect_ms >= (uint64_t)cfg->client_login_timeout) {
             snprintf(detail, sizeof(detail), "%.1f s", (double)cfg->client_login_timeout / 1000);

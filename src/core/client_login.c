@@ -58,6 +58,7 @@ static void on_auth_resumed(void *owner, const struct auth_result *r)
     if (c->state != CLIENT_AUTH)
         return; /* failed meanwhile (a timeout): the exchange ends when the client closes */
     act_on_auth(c, r);
+    client_login_on_auth_bytes(c); /* an answer the client sent before it was asked */
 }
 
 static void on_auth_log(void *owner, enum log_level level, const char *fmt, va_list ap)
@@ -208,6 +209,10 @@ static enum replication_ask replication_asked(const char *value)
     return REPLICATION_VALUE_INVALID;
 }
 
+/* Postgres's NAMEDATALEN - 1: ProcessStartupPacket cuts the user and database names there, byte
+ * by byte (a multibyte character may be split, as there). */
+#define PG_NAME_MAX 63
+
 static void handle_login(struct client *c, const struct startup_packet *sp)
 {
     struct worker *worker = c->worker;
@@ -222,15 +227,21 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     if (!database || !database[0])
         database = user;
-    /* One block holds both names: user owns it (an idle client should be small). */
-    size_t ulen = strlen(user) + 1, dlen = strlen(database) + 1;
-    c->user = malloc(ulen + dlen);
+    /* One block holds both names: user owns it (an idle client should be small). Each is cut
+     * at PG_NAME_MAX bytes, as Postgres cuts them before it looks them up: a longer name
+     * reaches the same role and database there, so here it must find the same auth_file entry,
+     * pool and caps, not a pool of its own beside them. */
+    size_t ulen = strnlen(user, PG_NAME_MAX), dlen = strnlen(database, PG_NAME_MAX);
+    c->user = malloc(ulen + 1 + dlen + 1);
     if (!c->user) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }
-    c->database = memcpy(c->user + ulen, database, dlen);
     memcpy(c->user, user, ulen);
+    c->user[ulen] = '\0';
+    c->database = c->user + ulen + 1;
+    memcpy(c->database, database, dlen);
+    c->database[dlen] = '\0';
     /* Either kind of walsender session needs a server of its own for the client's whole
      * life, and its COPY BOTH stream and replication commands are not something a pool can
      * share (README, "Moving from PgBouncer"). A value Postgres cannot read gets its error. */
@@ -266,8 +277,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             config_list_contains(&cfg->ignore_startup_parameters, name))
             continue;
         if (!params_valid_name(name, strlen(name)) || strchr(name, '-')) {
-            client_fail(c, FAIL_BAD_STARTUP, "invalid parameter name");
-            return;
+            /* Postgres takes the packet and refuses the name once the password is checked
+             * (42704, or 42602 for a custom name), after what "options" refused, if anything */
+            if (!c->options_refusal && startup_options_refuse_name(&c->options_refusal, name) < 0) {
+                client_fail(c, FAIL_OUT_OF_MEMORY, "");
+                return;
+            }
+            continue;
         }
         if (params_set(&c->params, name, at.value) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
@@ -583,7 +599,18 @@ static bool answer_encryption_request(struct client *c, const struct startup_pac
     }
     codec_put_u8(&c->out, 'N');
     client_send(c);
-    return c->state == CLIENT_STARTUP;
+    if (c->state != CLIENT_STARTUP)
+        return false;
+    /* Postgres refuses bytes sent behind the request whatever it answered: the client was to
+     * wait for the answer before it goes on (ProcessStartupPacket, pq_buffer_has_data). */
+    if (!buf_is_empty(&c->in)) {
+        client_fail(c, FAIL_PROTOCOL_VIOLATION,
+                    asked == ASKED_SSL ? "received unencrypted data after SSL request"
+                                       : "received unencrypted data after GSSAPI encryption "
+                                         "request");
+        return false;
+    }
+    return true;
 }
 
 void client_login_on_startup_bytes(struct client *c)
@@ -637,32 +664,39 @@ void client_login_on_startup_bytes(struct client *c)
             if (moved_to_console(c, &sp, packet, total))
                 return;
             handle_login(c, &sp);
+            /* A password message sent with the startup packet: no poll event will announce it */
+            client_login_on_auth_bytes(c);
             return;
         }
     }
 }
 
+/* The client's answers to the Authentication requests, each read once it is asked for, as
+ * Postgres reads them: one the client sent ahead (with its startup packet, or while its secret was
+ * looked up) waits in the buffer until then; several in one read are taken in turn. */
 void client_login_on_auth_bytes(struct client *c)
 {
     struct buf *b = &c->in;
-    uint8_t type;
-    uint32_t body_len;
-    enum frame_result fr =
-        codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
-    if (fr == FRAME_NEED_MORE)
-        return;
-    if (fr == FRAME_BAD_LENGTH) {
-        client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
-        return;
+    while (c->state == CLIENT_AUTH && auth_awaits_message(c->auth)) {
+        uint8_t type;
+        uint32_t body_len;
+        enum frame_result fr =
+            codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
+        if (fr == FRAME_NEED_MORE)
+            return;
+        if (fr == FRAME_BAD_LENGTH) {
+            client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
+            return;
+        }
+        uint32_t whole = CODEC_HEADER_LEN + body_len;
+        if (buf_unframed(b) < whole)
+            return;
+        uint8_t body[8192];
+        memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
+        b->scan += whole;
+        buf_consume(b, whole);
+        struct auth_result r;
+        auth_on_message(c->auth, type, body, body_len, &r);
+        act_on_auth(c, &r);
     }
-    uint32_t whole = CODEC_HEADER_LEN + body_len;
-    if (buf_unframed(b) < whole)
-        return;
-    uint8_t body[8192];
-    memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
-    b->scan += whole;
-    buf_consume(b, whole);
-    struct auth_result r;
-    auth_on_message(c->auth, type, body, body_len, &r);
-    act_on_auth(c, &r);
 }

@@ -141,6 +141,14 @@ static int refuse(struct options_refusal **refusal, enum options_fault fault, co
     return 0;
 }
 
+int startup_options_refuse_name(struct options_refusal **refusal, const char *name)
+{
+    /* Postgres: a name with a dot is a custom parameter's, checked as one */
+    enum options_fault f =
+        name[0] && strchr(name, '.') ? OPTIONS_BAD_PARAMETER_NAME : OPTIONS_UNKNOWN_PARAMETER;
+    return refuse(refusal, f, name);
+}
+
 /* ParseLongOption and SetConfigOption for "name=value" (left as it is: a later refusal may
  * name this word). 0, 1 when refused (*refusal set), -ENOMEM. */
 static int set_long_option(struct param_set *p, int flag, const char *setting,
@@ -160,10 +168,7 @@ static int set_long_option(struct param_set *p, int flag, const char *setting,
     name[len] = '\0';
     int rc;
     if (!params_valid_name(name, len)) {
-        /* Postgres: a name with a dot is a custom parameter's, checked as one */
-        enum options_fault f =
-            len > 0 && strchr(name, '.') ? OPTIONS_BAD_PARAMETER_NAME : OPTIONS_UNKNOWN_PARAMETER;
-        rc = refuse(refusal, f, name) < 0 ? -ENOMEM : 1;
+        rc = startup_options_refuse_name(refusal, name) < 0 ? -ENOMEM : 1;
     } else {
         rc = params_set(p, name, eq + 1) < 0 ? -ENOMEM : 0;
     }

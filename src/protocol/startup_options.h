@@ -31,4 +31,11 @@ struct options_refusal {
 int startup_options_parse(struct param_set *p, const char *options,
                           struct options_refusal **refusal) __attribute__((warn_unused_result));
 
+/* The refusal Postgres gives a parameter name it cannot take, whether from "-c name=value" or
+ * as a startup parameter of its own: a name with a dot is a custom parameter's, refused as an
+ * invalid name (42602); any other is unrecognized (42704). Sets *refusal (malloc'd): 0, or
+ * -ENOMEM. */
+int startup_options_refuse_name(struct options_refusal **refusal, const char *name)
+    __attribute__((warn_unused_result));
+
 #endif

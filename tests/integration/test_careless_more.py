@@ -24,6 +24,7 @@ from pgwire import (
     query_msg,
     raw_login,
     ssl_request,
+    startup_packet,
     sync_msg,
     terminate_msg,
 )
@@ -320,6 +321,39 @@ def test_each_encryption_request_is_answered_once_as_postgres_answers_it(start_s
         assert negotiate(s.port, None, order) == (["N", "N"], "logged in")
     assert negotiate(s.port, None, [gssenc_request(), ssl_request(), gssenc_request()]) == (
         ["N", "N", "E"], ("FATAL", "0A000"))
+
+
+def pipelined_after_request(port, request):
+    """An encryption request with the startup packet behind it in the same write, not waiting
+    for the answer: (the answer byte, (severity, sqlstate, message) of what followed)."""
+    c = RawConn(port, timeout=10)
+    try:
+        c.send(request + startup_packet())
+        answer = c.recv_exact(1).decode()
+        fields = c.expect_error(timeout=5)
+        return answer, (fields.get("S"), fields.get("C"),
+                        fields.get("M").removeprefix("protocol violation: "))
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(60)
+def test_bytes_sent_behind_an_encryption_request_are_refused_as_postgres_refuses_them(
+        start_sluice, pg):
+    """Postgres refuses anything the client sent behind its SSLRequest before the answer came,
+    whatever the answer (ProcessStartupPacket: 'received unencrypted data after SSL request'),
+    and the same behind a GSSENCRequest. Before, sluice answered 'N' and logged the client in
+    from the pipelined startup packet: a client that works through sluice but not against
+    Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    refused = ("N", ("FATAL", "08P01", "received unencrypted data after SSL request"))
+    assert pipelined_after_request(pg.port, ssl_request()) == refused
+    assert pipelined_after_request(s.port, ssl_request()) == refused
+    # the Postgres of the tests has GSSAPI built in (answers 'G'); sluice answers 'N' and then
+    # refuses as a Postgres without it does
+    assert pipelined_after_request(s.port, gssenc_request()) == (
+        "N", ("FATAL", "08P01", "received unencrypted data after GSSAPI encryption request"))
+    assert negotiate(s.port, None, [ssl_request()]) == (["N"], "logged in")
 
 
 def one_byte_of_an_unknown_type(port, password):

@@ -162,6 +162,39 @@ def test_a_flood_of_half_sent_startups_locks_out_neither_logged_in_users_nor_new
             c.close()
 
 
+@pytest.mark.timeout(90)
+def test_logins_stalled_in_the_password_exchange_at_the_accept_limit_do_not_lock_out_new_ones(
+        start_sluice):
+    """Strangers that send a whole startup packet and never answer the password request, as
+    many as sluice accepts (max_client_conn + max_client_logins + 100): sluice stops accepting,
+    so no newcomer arrives to take a stalled login's place. They must give way on their own
+    once they have stalled for a moment, over max_client_logins, as half-sent startups do;
+    before, they held every place until client_login_timeout (60 s) and no one, not even the
+    admin console, could log in, again and again for as long as the strangers came back."""
+    s = start_sluice({"max_client_conn": 10, "max_client_logins": 5, "client_login_timeout": 60},
+                     auth_file={APP_USER: APP_PASSWORD})
+    accept_limit = 10 + 5 + 100
+    strangers = []
+    try:
+        for _ in range(accept_limit):
+            c = RawConn(s.port, timeout=10)
+            c.send(startup_packet())
+            strangers.append(c)
+        s.wait_for_log(r"client connections: not accepting more until some leave")
+        t0 = time.monotonic()
+        user = raw_login(s.port, password=APP_PASSWORD, timeout=30)
+        try:
+            assert user.query("SELECT 1")[0] == [["1"]]
+        finally:
+            user.close()
+        assert time.monotonic() - t0 < 30, "the login waited for client_login_timeout"
+        err = strangers[0].expect_error(timeout=10)
+        assert err["C"] == "53300" and "max_client_logins (5)" in err["M"], err
+    finally:
+        for c in strangers:
+            c.close()
+
+
 @pytest.mark.timeout(30)
 def test_a_half_sent_startup_packet_is_dropped_after_client_startup_timeout(start_sluice):
     s = start_sluice({"client_startup_timeout": 1, "client_login_timeout": 60})

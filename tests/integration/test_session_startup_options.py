@@ -55,3 +55,32 @@ def test_a_wrong_password_is_told_whatever_the_options(sluice, pg, options):
     assert want[1]["C"] == "28P01", want
     got = login(sluice.port, options, "wrong")
     assert got[0] == want[0] and got[1]["C"] == "28P01", got
+
+
+def login_with_parameter(port, name, password, options=None):
+    """As login(), with a startup parameter of its own named name (and options, if given)."""
+    params = {name: "1"}
+    if options is not None:
+        params["options"] = options
+    c, seen, error = recorded_login(port, password=password, **params)
+    try:
+        steps = [t for t in seen if t in AUTH_STEPS]
+        if error:
+            return steps, {k: error.get(k) for k in ("S", "V", "C", "M", "H")}
+        return steps, c.query("SELECT 1")[0]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("name,options", [
+    ("application-name", None), ("foo bar", None), ("my-app.x", None), ("app.a/b", None),
+    ("app.a/b", "-x 1"), ("foo bar", "-c app.ok=1")])
+def test_a_startup_parameter_name_postgres_refuses_is_refused_as_postgres_does(
+        sluice, pg, name, options):
+    """A parameter of its own with a name Postgres cannot take: Postgres accepts the startup
+    packet, asks for the password, and refuses the name after AuthenticationOk (42704
+    unrecognized, 42602 for a custom name), after anything in "options" it refused first.
+    Before, sluice refused at once with 08P01 "invalid startup packet", before the password."""
+    want = login_with_parameter(pg.port, name, APP_PASSWORD, options)
+    assert want[0] == ["password asked", "auth ok"] and want[1]["C"], want
+    assert login_with_parameter(sluice.port, name, APP_PASSWORD, options) == want

@@ -293,6 +293,9 @@ static void malformed_client_messages_are_refused(void)
         "n,,n=,r=ab\x01"
         "c",          /* control character in the nonce */
         "n,n=,r=abc", /* one comma short */
+        "n,,n=,r=ab,cdef",  /* a comma inside the nonce: what follows is no attr=value */
+        "n,,n=,r=abc,",     /* an empty extension */
+        "n,,n=,r=abc,1=x",  /* an extension's name is a letter */
     };
     for (size_t i = 0; i < sizeof firsts / sizeof firsts[0]; i++) {
         struct scram_server x;
@@ -305,8 +308,16 @@ static void malformed_client_messages_are_refused(void)
         CHECK(why != NULL);
         scram_server_free(&x);
     }
-    /* a NUL inside the message */
+    /* an extension after the nonce, attr=value, is ignored (Postgres's read_any_attr) */
     struct scram_server x;
+    scram_server_init(&x, &s, false, NULL, 0);
+    char *ext_out = NULL;
+    const char *ext_why = NULL;
+    CHECK_INT(scram_server_first(&x, false, "n,,n=,r=abc,x=1,y=", 18, NULL, &ext_out, &ext_why),
+              SCRAM_OK);
+    free(ext_out);
+    scram_server_free(&x);
+    /* a NUL inside the message */
     scram_server_init(&x, &s, false, NULL, 0);
     char *out = NULL;
     const char *why = NULL;

@@ -1,0 +1,170 @@
+"""The authentication exchange as a careless client drives it: messages sent before they are
+asked for. Postgres reads a client's answer to an Authentication request from its buffer when it
+asks, so a password (or anything else) sent along with the startup packet is read then: the login
+goes on, or is refused at once. sluice must do the same, never leave it unread until
+client_login_timeout, and must not read it while the secret is still being looked up
+(auth_query): the client has not been asked yet.
+"""
+
+import os
+import socket
+import struct
+import time
+
+from conftest import APP_PASSWORD
+from pgwire import RawConn, ServerError, message, password_msg, query_msg, startup_packet
+from test_auth import auth_query_sluice, auth_roles  # noqa: F401 - a fixture
+
+ANSWER_WITHIN = 10.0  # far below client_login_timeout (60 s): the answer is not a timeout's
+
+
+def login_in_one_write(port, user, password, database="appdb"):
+    """Startup packet and cleartext password in one write, before AuthenticationCleartextPassword
+    arrives; then read what comes back. (auth codes seen, conn) once logged in."""
+    c = RawConn(port, timeout=ANSWER_WITHIN)
+    c.send(startup_packet(user=user, database=database) + password_msg(password))
+    codes = []
+    while True:
+        mtype, payload = c.read_message()
+        if mtype == "R":
+            codes.append(struct.unpack_from("!I", payload)[0])
+        elif mtype == "E":
+            raise AssertionError(f"login refused: {payload!r}")
+        elif mtype == "Z":
+            return codes, c
+
+
+def test_a_password_sent_with_the_startup_packet_is_read_when_asked(start_sluice):
+    """auth_type = plain: the client knows it will be asked for its password in clear and sends
+    it at once. Before the fix sluice sent AuthenticationCleartextPassword and then waited for a
+    read that never came: the password sat in its buffer until client_login_timeout."""
+    s = start_sluice(main={"auth_type": "plain"}, auth_file={"app": APP_PASSWORD})
+    codes, c = login_in_one_write(s.port, "app", APP_PASSWORD)
+    try:
+        assert codes == [3, 0]
+        assert c.query("SELECT 'pipelined password'")[0] == [["pipelined password"]]
+    finally:
+        c.close()
+
+
+def test_a_password_sent_while_auth_query_looks_up_the_secret_is_read_once_asked(
+        start_sluice, pg, auth_roles):  # noqa: F811 - the imported fixture
+    """The secret comes from auth_query: the password arrives while the lookup runs, before the
+    client was asked. It waits for the request (before: refused as a message 'before the
+    authentication request', or left unread), then logs the client in."""
+    s = auth_query_sluice(start_sluice, pg, method="plain")
+    for _ in range(3):  # the first lookup also opens the auth_user's connection
+        codes, c = login_in_one_write(s.port, "qscram", "qpass")
+        c.close()
+        assert codes == [3, 0]
+
+
+def answer_to_startup_and_stray_message(port, stray):
+    """(message types, SQLSTATE of the ErrorResponse, closed) for a startup packet with a stray
+    message in the same write, a SCRAM login (Postgres's hba and sluice's auth_type)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN)
+    c = RawConn.__new__(RawConn)
+    c._adopt(sock, ANSWER_WITHIN)
+    try:
+        c.send(startup_packet(user="app", database="appdb") + stray)
+        seen, sqlstate = [], None
+        while True:
+            mtype, payload = c.read_message()
+            seen.append(mtype)
+            if mtype == "E":
+                sqlstate = dict((f[:1], f[1:]) for f in payload.decode().split("\0") if f)["C"]
+                break
+        return seen, sqlstate, c.is_closed(timeout=ANSWER_WITHIN)
+    finally:
+        c.close()
+
+
+def test_a_stray_message_with_the_startup_packet_is_refused_at_once_as_postgres_does(
+        pg, start_sluice):
+    """A Query (or a password that is not a SASLInitialResponse) sent with the startup packet:
+    Postgres reads it as the answer to AuthenticationSASL and refuses it with 08P01 at once.
+    Before the fix sluice left it unread and the client waited for client_login_timeout."""
+    s = start_sluice(main={"auth_type": "scram-sha-256"}, auth_file={"app": APP_PASSWORD})
+    for stray in (query_msg("SELECT 1"), password_msg(APP_PASSWORD),
+                  message(b"p", b"SCRAM-SHA-1\0" + struct.pack("!i", 5) + b"n,,n=")):
+        direct = answer_to_startup_and_stray_message(pg.port, stray)
+        through = answer_to_startup_and_stray_message(s.port, stray)
+        assert direct == (["R", "E"], "08P01", True), direct
+        assert through == direct, (stray, through)
+
+
+LONG_ROLE = "long_role_" + "r" * 53  # 63 bytes: Postgres's longest name (NAMEDATALEN - 1)
+
+
+def test_a_user_name_past_63_bytes_is_cut_as_postgres_cuts_it(pg, start_sluice):
+    """Postgres cuts the user (and database) name of a startup packet at 63 bytes before it looks
+    the role up: "<63-byte role>zz" logs in as that role (SCRAM: md5 hashes the name the client
+    sent, which fails there as here). Through sluice the same name must find
+    the same auth_file entry, and count against the same per-user cap: before, sluice kept the
+    whole name, refused the login (no such user in auth_file) and, where it let the name in,
+    gave every longer spelling a pool and caps of its own."""
+    assert len(LONG_ROLE) == 63
+    with pg.superuser() as su:
+        su.execute(f"DROP ROLE IF EXISTS {LONG_ROLE}")
+        su.execute(f"CREATE ROLE {LONG_ROLE} LOGIN PASSWORD 'longpass'")
+    try:
+        direct = RawConn(pg.port).startup(user=LONG_ROLE + "zz", password="longpass")
+        assert direct.query("SELECT current_user")[0] == [[LONG_ROLE]]
+        direct.close()
+        s = start_sluice(main={"auth_type": "scram-sha-256", "max_user_client_connections": 1},
+                         auth_file={LONG_ROLE: "longpass"})
+        first = RawConn(s.port).startup(user=LONG_ROLE + "zz", password="longpass")
+        try:
+            assert first.query("SELECT 1")[0] == [["1"]]
+            second = RawConn(s.port)
+            try:
+                second.send(startup_packet(user=LONG_ROLE + "yy", database="appdb"))
+                try:
+                    second.finish_login(user=LONG_ROLE + "yy", password="longpass")
+                    raise AssertionError("a second spelling of the user passed its client cap")
+                except ServerError as e:
+                    assert e.sqlstate == "53300", e.fields
+                    assert "max_user_client_connections" in e.fields["M"] + e.fields.get("D", "")
+            finally:
+                second.close()
+        finally:
+            first.close()
+    finally:
+        pg.clear_backends(LONG_ROLE)
+        with pg.superuser() as su:
+            su.execute(f"DROP ROLE IF EXISTS {LONG_ROLE}")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_bytes_sent_while_the_secret_is_looked_up_wait_without_spinning(
+        start_sluice, pg, auth_roles):  # noqa: F811 - the imported fixture
+    """A client that sends more than sluice's read buffer holds while auth_query looks its
+    secret up: since such bytes now wait to be read once the client is asked (they were refused
+    at once before), the full buffer must stop the reading (backpressure), not leave a poll that
+    fires again and again, burning a CPU for as long as the lookup takes."""
+    slow_lookup = ("SELECT usename, passwd FROM pg_shadow, pg_sleep(3) "
+                   "WHERE usename = $1")
+    s = auth_query_sluice(start_sluice, pg, method="plain", auth_query=slow_lookup)
+    c = RawConn(s.port, timeout=ANSWER_WITHIN)
+    try:
+        c.send(startup_packet(user="qscram", database="appdb"))
+        s.wait_for_log(r'auth_query: looking up user "qscram"')
+        before = cpu_seconds(s.pid)
+        c.sock.setblocking(False)
+        flood, sent = password_msg("x" * 100) * 2000, 0
+        try:  # far more than the read buffer: what the kernel takes of it
+            while sent < len(flood):
+                sent += c.sock.send(flood[sent:])
+        except BlockingIOError:
+            pass
+        time.sleep(1.5)  # well inside the 3 s lookup
+        used = cpu_seconds(s.pid) - before
+        assert used < 0.5, f"sluice used {used:.2f} s of CPU in 1.5 s while the lookup ran"
+    finally:
+        c.close()
