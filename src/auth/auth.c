@@ -308,6 +308,10 @@ static void scram_outcome(struct auth_state *st, enum scram_result rc, const cha
     case SCRAM_NOMEM:
         refused(r, FAIL_OUT_OF_MEMORY, "");
         return;
+    case SCRAM_UNSUPPORTED:
+        say(&st->login, LOG_WARNING, "SCRAM exchange refused: %s", why);
+        refused(r, FAIL_SCRAM_UNSUPPORTED, why);
+        return;
     case SCRAM_MALFORMED:
     case SCRAM_CBIND_ERROR:
         say(&st->login, LOG_WARNING, "SCRAM exchange refused: %s", why);

@@ -470,8 +470,8 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
         goto out;
     }
     if (*p == 'a') {
-        *why = "client uses an authorization identity, which is not supported";
-        rc = SCRAM_MALFORMED;
+        *why = "client uses authorization identity, but it is not supported"; /* Postgres's */
+        rc = SCRAM_UNSUPPORTED;
         goto out;
     }
     if (*p++ != ',') {
@@ -481,6 +481,7 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
     char *bare = p;
     if (*p == 'm') {
         *why = "client requires an unsupported SCRAM extension";
+        rc = SCRAM_UNSUPPORTED;
         goto out;
     }
     /* n=<user name>: ignored, as by Postgres: the startup packet's user is the one that counts

@@ -58,6 +58,7 @@ enum scram_result {
     SCRAM_MALFORMED,   /* 08P01: the message breaks the grammar; why says how */
     SCRAM_CBIND_ERROR, /* 08P01: channel binding flag, type or data do not fit the connection */
     SCRAM_FAILED,      /* 28P01: wrong proof, or a doomed exchange (unknown user) */
+    SCRAM_UNSUPPORTED, /* 0A000: an authorization identity or a mandatory extension; why: which */
     SCRAM_NOMEM,
 };
 

@@ -37,6 +37,8 @@ static const struct failure_info table[] = {
     [FAIL_AUTH_FAILED] = F(FATAL, INVALID_PASSWORD, "password authentication failed for user \"%s\"",
                            NULL),
     [FAIL_AUTH_METHOD] = F(FATAL, PROTOCOL_VIOLATION, "authentication failed: %s", NULL),
+    /* auth-scram.c read_client_first_message's, word for word */
+    [FAIL_SCRAM_UNSUPPORTED] = F(FATAL, FEATURE_NOT_SUPPORTED, "%s", NULL),
     [FAIL_HBA_REJECT] = F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "%s",
                           "auth_hba_file decides which logins are allowed and how."),
     [FAIL_TLS_REQUIRED] =
@@ -196,6 +198,7 @@ static const char *const names[] = {
     [FAIL_UNKNOWN_DATABASE] = "unknown_database",
     [FAIL_AUTH_FAILED] = "auth_failed",
     [FAIL_AUTH_METHOD] = "auth_method",
+    [FAIL_SCRAM_UNSUPPORTED] = "scram_unsupported",
     [FAIL_HBA_REJECT] = "hba_reject",
     [FAIL_TLS_REQUIRED] = "tls_required",
     [FAIL_CERT_AUTH] = "cert_auth_failed",

@@ -23,6 +23,7 @@ enum failure {
     FAIL_UNKNOWN_DATABASE,     /* detail: the name */
     FAIL_AUTH_FAILED,          /* detail: user name */
     FAIL_AUTH_METHOD,          /* detail: what the client sent */
+    FAIL_SCRAM_UNSUPPORTED,    /* detail: Postgres's message for what the client asked for */
     FAIL_HBA_REJECT,           /* detail: the whole message (rule, host, user, database, TLS) */
     FAIL_TLS_REQUIRED,         /* detail: client_tls_sslmode */
     FAIL_CERT_AUTH,            /* detail: user name */

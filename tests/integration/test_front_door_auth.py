@@ -168,3 +168,29 @@ def test_bytes_sent_while_the_secret_is_looked_up_wait_without_spinning(
         assert used < 0.5, f"sluice used {used:.2f} s of CPU in 1.5 s while the lookup ran"
     finally:
         c.close()
+
+
+def sasl_initial(first):
+    return message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+
+
+def test_an_authorization_identity_or_a_mandatory_extension_is_0a000_as_in_postgres(
+        pg, start_sluice):
+    """A SCRAM client-first-message with an authorization identity (n,a=...) or a mandatory
+    extension (m=...): Postgres refuses it as a feature it does not support, 0A000 with its own
+    words; sluice said 08P01, as if the message were malformed."""
+    s = start_sluice(main={"auth_type": "scram-sha-256"}, auth_file={"app": APP_PASSWORD})
+    for first, words in ((b"n,a=someone,n=,r=abcdefgh", "authorization identity"),
+                         (b"n,,m=ext,n=,r=abcdefgh", "unsupported SCRAM extension")):
+        for port in (pg.port, s.port):
+            c = RawConn(port)
+            try:
+                c.send(startup_packet(user="app", database="appdb"))
+                mtype, _ = c.read_message()
+                assert mtype == "R"
+                c.send(sasl_initial(first))
+                err = c.expect_error()
+                assert (err["S"], err["C"]) == ("FATAL", "0A000"), (port, err)
+                assert words in err["M"], (port, err)
+            finally:
+                c.close()

@@ -317,6 +317,18 @@ static void malformed_client_messages_are_refused(void)
               SCRAM_OK);
     free(ext_out);
     scram_server_free(&x);
+    /* an authorization identity or a mandatory extension: Postgres's 0A000, not malformed */
+    const char *unsupported[] = {"n,a=someone,n=,r=abc", "n,,m=ext,n=,r=abc"};
+    for (size_t i = 0; i < 2; i++) {
+        scram_server_init(&x, &s, false, NULL, 0);
+        char *u_out = NULL;
+        const char *u_why = NULL;
+        CHECK_INT(scram_server_first(&x, false, unsupported[i], strlen(unsupported[i]), NULL,
+                                     &u_out, &u_why),
+                  SCRAM_UNSUPPORTED);
+        CHECK(u_out == NULL && u_why != NULL);
+        scram_server_free(&x);
+    }
     /* a NUL inside the message */
     scram_server_init(&x, &s, false, NULL, 0);
     char *out = NULL;
