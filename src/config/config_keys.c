@@ -45,8 +45,6 @@ static const struct pgbouncer_only_key {
     {"dns_nxdomain_ttl", DNS_INSTEAD},
     {"dns_zone_check_period", DNS_INSTEAD},
     {"resolv_conf", DNS_INSTEAD},
-    {"application_name_add_host", "SHOW CLIENTS lists each client's address with its "
-                                  "application_name"},
     {"conffile", WINDOWS_ONLY},
     {"service_name", WINDOWS_ONLY},
     {"job_name", WINDOWS_ONLY},

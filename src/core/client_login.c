@@ -110,6 +110,20 @@ static int take_options(struct client *c, const char *options)
     return rc;
 }
 
+/* application_name_add_host (PgBouncer's): the client's address after its application_name,
+ * "app - 10.1.2.3:51234", so that pg_stat_activity on the server that runs its transaction
+ * shows who holds it. The client reads it back as its own (as from PgBouncer); a SET later
+ * replaces it. Postgres cuts an application_name at 63 bytes. 0 or -ENOMEM. */
+static int add_host_to_application_name(struct client *c)
+{
+    char where[64];
+    peer_addr_text(&c->addr, where, sizeof(where));
+    const char *app = params_get(&c->params, "application_name");
+    char value[128];
+    snprintf(value, sizeof(value), "%s - %s", app ? app : "", where);
+    return params_set(&c->params, "application_name", value);
+}
+
 /* Every refusal of an authenticated client: Postgres sends AuthenticationOk before what
  * InitPostgres refuses (an unknown database 3D000, a role's or database's CONNECTION LIMIT 53300,
  * options it cannot take), so the client sees the same sequence from sluice. */
@@ -289,6 +303,10 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
+    }
+    if (cfg->application_name_add_host && !c->admin && add_host_to_application_name(c) < 0) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return;
     }
     /* Session mode opens the client's backends with its parameters, when they fit a server's
      * startup packet; else with the pool's, and SETs them after, as in transaction mode. */

@@ -2,6 +2,8 @@
 features its users rely on"): connect_query, server_check_query's default, server_fast_close,
 query_wait_notify, replication connections."""
 
+import socket
+
 import psycopg
 import pytest
 
@@ -409,3 +411,23 @@ def test_disable_pqexec_refuses_the_simple_query_protocol(start_sluice, pg):
         assert admin.execute("RELOAD").statusmessage == "RELOAD"
     with s.connect() as c:
         assert c.execute("SELECT 'simple again'").fetchone() == ("simple again",)
+
+
+def test_application_name_add_host_shows_the_client_in_pg_stat_activity(start_sluice, pg):
+    """PgBouncer's application_name_add_host was ignored with a warning: pg_stat_activity showed
+    only sluice's own address for every pooled backend. Now the backend running a client's
+    transaction carries the client's address after its application_name."""
+    s = start_sluice({"application_name_add_host": 1, "pool_mode": "transaction"})
+    with s.connect(application_name="billing") as c:
+        local = socket.socket(fileno=c.pgconn.socket)  # the client's own end, borrowed
+        try:
+            port = local.getsockname()[1]
+        finally:
+            local.detach()
+        want = f"billing - 127.0.0.1:{port}"
+        assert c.execute("SHOW application_name").fetchone() == (want,)
+        seen = c.execute("SELECT application_name FROM pg_stat_activity "
+                         "WHERE pid = pg_backend_pid()").fetchone()
+        assert seen == (want,), seen
+        c.execute("SET application_name = 'renamed'")  # the client's own SET replaces it
+        assert c.execute("SHOW application_name").fetchone() == ("renamed",)
