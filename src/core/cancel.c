@@ -343,18 +343,23 @@ static int send_cancel(struct worker *worker, struct server *s, struct cancel_jo
 
 /* ---- a cancel behind sluice's own statements ---- */
 
-/* While s->swallow > 0 what the backend runs is sluice's own (a parameter sync, a statement
- * prepared again, a restore of login values): they are pipelined ahead of the client's request,
- * or (a restore, a read back) run after it is answered, and their replies are consumed. A cancel
- * landing there would stop sluice's statement, whose error nobody sees, and the client's request
- * would run without its settings and without being cancelled; Postgres cancels the client's
- * query or nothing. So such a cancel waits on s->deferred_cancels, counted in cancels_in_flight
- * as one on its way (the server is not handed on, the requester waits in CLIENT_CANCEL_WAIT),
- * until sluice's statements are answered: cancel_release_deferred sends it if the client's
- * request runs then, or answers it unsent (an idle backend ignores a cancel too). */
-static bool runs_own_statements(const struct server *s)
+/* While s->swallow > 0 the backend runs sluice's own statements first (a parameter sync, a
+ * statement prepared again: pipelined ahead of the client's request; their replies are
+ * consumed). A cancel landing there would stop sluice's statement, whose error nobody sees, and
+ * the client's request would run after it without its settings and without being cancelled;
+ * Postgres cancels the client's query or nothing. So such a cancel waits on s->deferred_cancels,
+ * counted in cancels_in_flight as one on its way (the server is not handed on, the requester
+ * waits in CLIENT_CANCEL_WAIT), until sluice's statements are answered: then
+ * cancel_release_deferred sends it if the client's request runs, or answers it unsent (an idle
+ * backend ignores a cancel too).
+ * Not so for a restore of login values and a read back (login_reset.h): they run after the
+ * client's request, its ReadyForQuery held and its next requests waiting, so nothing of the
+ * client's runs without them; a cancel landing on the restore reaches the client as 57014 before
+ * its ReadyForQuery 'E' (the request is not over for it yet), and a cancel can still end one that
+ * waits on a lock (query_timeout). */
+static bool own_statements_ahead(const struct server *s)
 {
-    return s->swallow > 0;
+    return s->swallow > 0 && s->login_reset.state != LOGIN_RESET_RESTORING;
 }
 
 static void defer_cancel(struct server *s, struct cancel_job *job)
@@ -422,7 +427,7 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
         return -ENOMEM;
     job->server = s;
     job->events = worker->cancel_events;
-    if (runs_own_statements(s)) {
+    if (own_statements_ahead(s)) {
         defer_cancel(s, job);
     } else {
         int rc = send_cancel(worker, s, job);
