@@ -96,8 +96,10 @@ ROUNDS = 4
 
 
 @pytest.mark.timeout(300)
-def test_client_cancel_during_sluice_sync_cancels_the_clients_query(start_sluice, pg, ts_config):
-    s, other, mine = linked_pair(start_sluice)
+@pytest.mark.parametrize("workers", [1, 4])  # 4: the CancelRequest lands on any worker (5.5)
+def test_client_cancel_during_sluice_sync_cancels_the_clients_query(start_sluice, pg, ts_config,
+                                                                    workers):
+    s, other, mine = linked_pair(start_sluice, {"workers": workers})
     with other, mine:
         for i in range(ROUNDS):
             assert run(other, "SELECT 1") == (1,)  # the server has the default again
