@@ -290,7 +290,9 @@ static void close_now(struct server *s)
         room_for->rooms_awaited--;
     if (s->client)
         worker->server_events->closing(s);
-    cancel_forget_deferred(s); /* never sent: the reaper frees s once the sent ones are done */
+    /* Cancels deferred behind its own statements are never sent now: the reaper frees s once
+     * the sent ones are done. */
+    cancel_forget_deferred(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     server_return_lease(s); /* one kept while its gone client's query ran (link.c) */
     worker->nservers--;
