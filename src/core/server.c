@@ -67,6 +67,18 @@ static void left(struct server *s)
 
 static void leaving_step(struct server *s, int status)
 {
+    /* The cancel of its query waits behind sluice's own statements (cancel.c): their replies
+     * are framed, as for any server with no client, until the relay releases it (it is sent
+     * if the query runs then). Anything amiss ends the wait as the close would. */
+    if (s->deferred_cancels && status >= 0) {
+        struct relay_outcome o;
+        if (relay_server_readable(s, &o) == RELAY_SERVER_LOST) {
+            left(s);
+            return;
+        }
+        if (s->deferred_cancels)
+            return;
+    }
     char scratch[512];
     for (;;) {
         ssize_t n = status < 0 ? -1 : sockio_read(&s->io, scratch, sizeof(scratch));

@@ -134,21 +134,28 @@ def test_query_timeout_during_sluice_sync_cancels_the_clients_query(start_sluice
 
 
 @pytest.mark.timeout(120)
-def test_client_vanishing_during_sluice_sync_leaves_no_cancel_behind(start_sluice, pg, ts_config):
+def test_client_vanishing_during_sluice_sync_has_its_query_cancelled_after_it(start_sluice, pg, ts_config):
     """A client that vanishes while its query waits behind sluice's sync, with
-    server_drain_timeout = 0: the server is given up (SERVER_LEAVING) with the cancel of its
-    query deferred behind the sync; that cancel is answered when the server closes (nothing
-    dangles: the ASan build checks it), and the pool serves again."""
+    server_drain_timeout = 0 (cancel at once): the server is given up (SERVER_LEAVING) with the
+    cancel of its query deferred behind the sync; once the sync is answered the cancel goes to
+    the query (which would otherwise run on under nobody's eyes), nothing dangles (the ASan
+    build checks it), and the pool serves again."""
     s, other, mine = linked_pair(start_sluice, {"server_drain_timeout": 0})
     mine.close()
     with other:
         raw = raw_login(s.port, default_text_search_config=CFG)
+        assert run(other, "SELECT 1") == (1,)  # the server has the default again
         with sync_held_running(pg):
             raw.send(query_msg(SLOW_QUERY))
             wait_for_sync_blocked(pg)
             mark = s.mark()
             raw.close_abruptly(reset=True)
             s.wait_for_log(r"closing: Connection reset", timeout=20, since=mark)
+        s.wait_for_log(r"deferred cancel sent", timeout=20, since=mark)
+        wait_until(lambda: not pg.query(
+            "SELECT 1 FROM pg_stat_activity WHERE usename = %s AND state = 'active'"
+            " AND query LIKE %s", [APP_USER, "%pg_sleep(20)%"]), 15,
+            what="the vanished client's query to end")
         q = Background(run, other, "SELECT 1")
         assert q.result(timeout=30) == (1,)
         assert run(other, "SHOW default_text_search_config") == ("pg_catalog.english",)
