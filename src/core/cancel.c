@@ -175,6 +175,7 @@ struct cancel_job {
     struct worker_msg *answer;
     int ok;
     char err[256];
+    struct cancel_job *next_deferred; /* on its server's deferred_cancels (see defer_cancel) */
 };
 
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
@@ -257,7 +258,7 @@ static bool route_request(struct worker *worker, struct client *requester,
     }
     if (start_cancel(worker, s, requester, remote) < 0)
         return false;
-    log_client(LOG_INFO, c, "cancel request sent to S-%s (backend pid %d)", CONN_ID_TEXT(s->id),
+    log_client(LOG_INFO, c, "cancel request for S-%s (backend pid %d)", CONN_ID_TEXT(s->id),
                s->backend_pid);
     return true;
 }
@@ -324,6 +325,100 @@ int cancel_server(struct worker *worker, struct server *s)
     return start_cancel(worker, s, NULL, NULL);
 }
 
+/* PQcancel's job for s, queued on the worker's thread pool: cancel_done answers it. 0, or a
+ * negative errno (nothing was queued; the job is the caller's still). */
+static int send_cancel(struct worker *worker, struct server *s, struct cancel_job *job)
+{
+    if (s->conn)
+        job->cancel = PQgetCancel(s->conn);
+    if (!job->cancel && !server_login_cancel_target(s, &job->target))
+        return -ENOMEM;
+    int rc = uv_queue_work(worker->loop, &job->req, cancel_work, cancel_done);
+    if (rc < 0 && job->cancel) {
+        PQfreeCancel(job->cancel);
+        job->cancel = NULL;
+    }
+    return rc;
+}
+
+/* ---- a cancel behind sluice's own statements ---- */
+
+/* While s->swallow > 0 the backend runs sluice's own statements first (a parameter sync, a
+ * statement prepared again: pipelined ahead of the client's request; their replies are
+ * consumed). A cancel landing there would stop sluice's statement, whose error nobody sees, and
+ * the client's request would run after it without its settings and without being cancelled;
+ * Postgres cancels the client's query or nothing. So such a cancel waits on s->deferred_cancels,
+ * counted in cancels_in_flight as one on its way (the server is not handed on, the requester
+ * waits in CLIENT_CANCEL_WAIT), until sluice's statements are answered: then
+ * cancel_release_deferred sends it if the client's request runs, or answers it unsent (an idle
+ * backend ignores a cancel too).
+ * Not so for a restore of login values and a read back (login_reset.h): they run after the
+ * client's request, its ReadyForQuery held and its next requests waiting, so nothing of the
+ * client's runs without them; a cancel landing on the restore reaches the client as 57014 before
+ * its ReadyForQuery 'E' (the request is not over for it yet), and a cancel can still end one that
+ * waits on a lock (query_timeout). */
+static bool own_statements_ahead(const struct server *s)
+{
+    return s->swallow > 0 && s->login_reset.state != LOGIN_RESET_RESTORING;
+}
+
+static void defer_cancel(struct server *s, struct cancel_job *job)
+{
+    struct cancel_job **tail = &s->deferred_cancels;
+    while (*tail)
+        tail = &(*tail)->next_deferred;
+    *tail = job;
+    log_server(LOG_INFO, s, "cancel deferred until sluice's own statements ahead of it are done");
+}
+
+/* A deferred cancel that is not sent: its requester (here or on another worker) is answered as
+ * after a cancel, and it is counted out. The server is not kicked: the caller (the relay, or
+ * server_close) goes on with it. */
+static void answer_unsent(struct cancel_job *job)
+{
+    job->server->cancels_in_flight--;
+    struct client *requester = job->requester;
+    const struct cancel_events *events = job->events;
+    if (job->reply_to)
+        worker_post_cancel_done(job->reply_to, job->answer);
+    free(job);
+    if (requester) {
+        requester->cancel_job = NULL;
+        events->request_handled(requester);
+    }
+}
+
+void cancel_release_deferred(struct server *s)
+{
+    struct cancel_job *job = s->deferred_cancels;
+    s->deferred_cancels = NULL;
+    while (job) {
+        struct cancel_job *next = job->next_deferred;
+        job->next_deferred = NULL;
+        if (!server_backend_busy(s)) {
+            log_server(LOG_DEBUG, s, "deferred cancel dropped: no request of the client runs");
+            answer_unsent(job);
+        } else if (send_cancel(s->pool->worker, s, job) < 0) {
+            log_server(LOG_WARNING, s, "could not send a deferred cancel");
+            answer_unsent(job);
+        } else {
+            log_server(LOG_INFO, s, "deferred cancel sent (backend pid %d)", s->backend_pid);
+        }
+        job = next;
+    }
+}
+
+void cancel_forget_deferred(struct server *s)
+{
+    struct cancel_job *job = s->deferred_cancels;
+    s->deferred_cancels = NULL;
+    while (job) {
+        struct cancel_job *next = job->next_deferred;
+        answer_unsent(job);
+        job = next;
+    }
+}
+
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
                         struct cancel_job *remote)
 {
@@ -332,21 +427,16 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
         return -ENOMEM;
     job->server = s;
     job->events = worker->cancel_events;
-    if (s->conn)
-        job->cancel = PQgetCancel(s->conn);
-    if (!job->cancel && !server_login_cancel_target(s, &job->target)) {
-        free(job);
-        return -ENOMEM;
+    if (own_statements_ahead(s)) {
+        defer_cancel(s, job);
+    } else {
+        int rc = send_cancel(worker, s, job);
+        if (rc < 0) {
+            free(job);
+            return rc;
+        }
     }
     s->cancels_in_flight++;
-    int rc = uv_queue_work(worker->loop, &job->req, cancel_work, cancel_done);
-    if (rc < 0) {
-        s->cancels_in_flight--;
-        if (job->cancel)
-            PQfreeCancel(job->cancel);
-        free(job);
-        return rc;
-    }
     if (requester) {
         job->requester = requester;
         requester->cancel_job = job;

@@ -45,6 +45,13 @@ unsigned cancel_pid_owner(uint32_t pid);
 struct client *cancel_map_lookup(const struct cancel_map *m, uint32_t pid, uint32_t key);
 /* Send a cancel to the backend of s (CancelRequest, query_timeout). 0 or a negative errno. */
 int cancel_server(struct worker *worker, struct server *s);
+/* The cancels asked for s while sluice's own statements ran (cancel.c, "a cancel behind sluice's
+ * own statements"): called by the relay once they are answered (s->swallow back to 0), each is
+ * sent if the client's request runs, else answered unsent. Neither kicks s: the caller goes on. */
+void cancel_release_deferred(struct server *s);
+/* s is closing: its deferred cancels are answered unsent (their requesters closed, their counts
+ * in cancels_in_flight taken back), so that none is left pointing at it. */
+void cancel_forget_deferred(struct server *s);
 /* A CancelRequest arrived on requester's connection. The connection is closed once the request
  * is handled: at once, or when a cancel passed on to a backend has reached it (CANCEL_WAIT). */
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key);

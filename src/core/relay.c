@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cancel.h"
 #include "client.h"
 #include "conn_id.h"
 #include "log.h"
@@ -422,6 +423,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     login_synced = s->swallow == 0 && c && client_login_syncing(c);
                     if (c)
                         login_reset_on_internal_ready(s, c, (char)body[0]);
+                    /* (it may have queued more of sluice's own) */
+                    if (s->swallow == 0 && s->deferred_cancels)
+                        cancel_release_deferred(s);
                 } else {
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
@@ -872,6 +876,7 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
 
         /* Server -> client: anything sluice generated for the client first. */
         bool client_waited = request_track_client_waits(s);
+        int cancels_before = s->cancels_in_flight; /* a deferred one answered unsent */
         w = write_generated(&c->io, &c->out, &c->out_pos);
         enum frame_stop sst = STOP_NEED_DATA;
         if (w == WRITE_DONE) {
@@ -898,6 +903,8 @@ enum relay_result relay_pump(struct server *s, struct relay_outcome *o)
         /* TLS may hold decrypted bytes the socket will not announce again. Requests that
          * waited for a reset's reply (login_reset.h) are already read. */
         bool more = client_waited && !request_track_client_waits(s);
+        /* the client's bytes waited for that cancel (client_bytes_wait) */
+        more |= s->cancels_in_flight < cancels_before && s->cancels_in_flight == 0;
         if (client_terminating(c)) {
             if (!terminate_pending(c, s))
                 return RELAY_TERMINATED;

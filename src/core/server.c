@@ -67,6 +67,18 @@ static void left(struct server *s)
 
 static void leaving_step(struct server *s, int status)
 {
+    /* The cancel of its query waits behind sluice's own statements (cancel.c): their replies
+     * are framed, as for any server with no client, until the relay releases it (it is sent
+     * if the query runs then). Anything amiss ends the wait as the close would. */
+    if (s->deferred_cancels && status >= 0) {
+        struct relay_outcome o;
+        if (relay_server_readable(s, &o) == RELAY_SERVER_LOST) {
+            left(s);
+            return;
+        }
+        if (s->deferred_cancels)
+            return;
+    }
     char scratch[512];
     for (;;) {
         ssize_t n = status < 0 ? -1 : sockio_read(&s->io, scratch, sizeof(scratch));
@@ -290,6 +302,9 @@ static void close_now(struct server *s)
         room_for->rooms_awaited--;
     if (s->client)
         worker->server_events->closing(s);
+    /* Cancels deferred behind its own statements are never sent now: the reaper frees s once
+     * the sent ones are done. */
+    cancel_forget_deferred(s);
     server_set_state(s, SERVER_CLOSED); /* onto the dead list */
     server_return_lease(s); /* one kept while its gone client's query ran (link.c) */
     worker->nservers--;

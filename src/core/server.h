@@ -78,6 +78,7 @@ enum server_session {
 
 struct pool;
 struct client;
+struct cancel_job;
 struct ledger_key;
 struct worker;
 
@@ -135,9 +136,14 @@ struct server {
     int swallow;           /* ReadyForQuery still due for sluice's own queries (not forwarded) */
     bool batch_open;       /* client sent extended-protocol messages since its last Sync */
     enum server_session session; /* does a full reset have to run at release? */
-    int cancels_in_flight; /* cancel requests sent for this backend and not yet done: the
-                              client's next bytes wait for them (ACTIVE), the server does
-                              between clients (CANCEL_WAIT), the struct is freed after them */
+    int cancels_in_flight; /* cancel requests sent for this backend and not yet done, or
+                              deferred: the client's next bytes wait for them (ACTIVE), the
+                              server does between clients (CANCEL_WAIT), the struct is freed
+                              after them */
+    /* Cancels asked for while sluice's own statements ran (swallow > 0), not sent yet: they
+     * would stop those instead of the client's request (cancel.c). Released by the relay when
+     * swallow is back to 0, answered unsent by server_close. Empty whenever swallow is 0. */
+    struct cancel_job *deferred_cancels;
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
     bool said_fatal;       /* its client was given the server's own FATAL (or PANIC): the
