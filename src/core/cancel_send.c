@@ -154,6 +154,25 @@ static void finish(struct cancel_send *cs, enum send_end end, const char *fmt, .
 
 static void want(struct cancel_send *cs, int events);
 
+/* What is left of the 16 bytes, without waiting: 0 when all are out (AWAITING_CLOSE now),
+ * UV_EAGAIN when the socket is full, or a negative errno. */
+static int write_request(struct cancel_send *cs)
+{
+    while (cs->written < sizeof(cs->packet)) {
+        ssize_t n =
+            send(cs->fd, cs->packet + cs->written, sizeof(cs->packet) - cs->written, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return UV_EAGAIN;
+        if (n < 0)
+            return -errno;
+        cs->written += (size_t)n;
+    }
+    cs->step = STEP_AWAITING_CLOSE;
+    return 0;
+}
+
 static void on_socket(uv_poll_t *h, int status, int events)
 {
     struct cancel_send *cs = h->data;
@@ -175,23 +194,13 @@ static void on_socket(uv_poll_t *h, int status, int events)
         cs->step = STEP_WRITING;
     }
     if (cs->step == STEP_WRITING) {
-        while (cs->written < sizeof(cs->packet)) {
-            ssize_t n = send(cs->fd, cs->packet + cs->written, sizeof(cs->packet) - cs->written,
-                             MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                want(cs, UV_WRITABLE);
-                return;
-            }
-            if (n < 0) {
-                finish(cs, END_FAILED, "sending the request: %s", strerror(errno));
-                return;
-            }
-            cs->written += (size_t)n;
-        }
-        cs->step = STEP_AWAITING_CLOSE;
-        want(cs, UV_READABLE | UV_DISCONNECT);
+        int rc = write_request(cs);
+        if (rc == UV_EAGAIN)
+            want(cs, UV_WRITABLE);
+        else if (rc < 0)
+            finish(cs, END_FAILED, "sending the request: %s", uv_strerror(rc));
+        else
+            want(cs, UV_READABLE | UV_DISCONNECT);
         return;
     }
     if (!(events & (UV_READABLE | UV_DISCONNECT)))
@@ -289,9 +298,18 @@ int cancel_send_start(uv_loop_t *loop, const struct cancel_target *t, uint64_t t
         fail_soon(cs, "connecting", errno);
         return 0;
     }
-    if (c == 0) /* a unix socket connects at once */
+    int events = UV_WRITABLE;
+    if (c == 0) { /* a unix socket connects at once: write now, not one loop turn later */
         cs->step = STEP_WRITING;
-    rc = uv_poll_start(&cs->poll, UV_WRITABLE, on_socket);
+        int w = write_request(cs);
+        if (w < 0 && w != UV_EAGAIN) {
+            fail_soon(cs, "sending the request", -w);
+            return 0;
+        }
+        if (w == 0)
+            events = UV_READABLE | UV_DISCONNECT;
+    }
+    rc = uv_poll_start(&cs->poll, events, on_socket);
     if (rc < 0)
         fail_soon(cs, "cannot watch the socket", -rc);
     return 0;
