@@ -25,14 +25,15 @@ class CancelHoldingProxy:
     CancelRequest: that one it accepts, reads, and then holds open without a word, as an
     upstream behind a partition would (the SYN answered, nothing after)."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, host="127.0.0.1", hold_cancels=True):
         self.target_port = target_port
+        self.hold_cancels = hold_cancels  # False: a plain forwarder, cancels included
         self.held = []  # the cancel connections, open until close()
         self.lock = threading.Lock()
-        self.lsock = socket.socket()
+        self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         # (its accepted sockets inherit it: stop_answering can then bind the port again)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, 0))
         self.lsock.listen(128)
         self.port = self.lsock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -55,7 +56,7 @@ class CancelHoldingProxy:
                     return
                 head += part
             length, code = struct.unpack("!II", head)
-            if length == 16 and code == CANCEL_CODE:
+            if length == 16 and code == CANCEL_CODE and self.hold_cancels:
                 a.recv(8)
                 with self.lock:
                     self.held.append(a)
@@ -158,6 +159,37 @@ def test_a_cancel_over_a_unix_socket_reaches_the_backend_of_a_passthrough_login(
     c.close()
     s.wait_for_log(r"cancel to \S*\.s\.PGSQL\.%d for backend pid \d+: closed by the postmaster"
                    % pg.port, timeout=10)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("login", ["libpq", "passthrough"])
+def test_a_cancel_over_ipv6_reaches_the_backend(start_sluice, pg, auth_roles, login):  # noqa: F811
+    """An upstream on an IPv6 address (a forwarder on ::1 in front of Postgres): the cancel goes
+    to that address, for both kinds of login."""
+    proxy = CancelHoldingProxy(pg.port, host="::1", hold_cancels=False)
+    try:
+        if login == "libpq":
+            s = start_sluice({"pool_mode": "session", "log_level": "debug"},
+                             databases={APP_DB: pg.db_entry(host="::1", port=proxy.port)})
+            user, password = "app", None
+        else:
+            s = start_sluice({"auth_type": "scram-sha-256", "pool_mode": "session",
+                              "log_level": "debug"},
+                             auth_file={"qscram": pg.stored_secret("qscram")},
+                             databases={APP_DB: passthrough_entry(pg, host="::1",
+                                                                  port=proxy.port)})
+            user, password = "qscram", "qpass"
+        c = start_query(s.port, f"v6 {login}", user=user, password=password)
+        pg.wait_for_active(user, f"v6 {login}", timeout=20)
+        r = send_cancel(s.port, c.backend_key)
+        assert r.is_closed(30), "the requester was never answered"
+        r.close()
+        assert_cancelled(c)
+        c.close()
+        s.wait_for_log(r"cancel to \[::1\]:%d for backend pid \d+: closed by the postmaster"
+                       % proxy.port, timeout=10)
+    finally:
+        proxy.close()
 
 
 @pytest.mark.timeout(120)
