@@ -13,8 +13,10 @@ int cpus_usable(void);
  * cpu.cfs_quota_us and cpu.cfs_period_us (v1). Missing or unreadable files mean no quota. */
 int cpus_usable_under(const char *cgroup_root, int affinity_count);
 
-/* libuv's thread pool is one per process, shared by every worker's loop (PQcancel, SCRAM
- * derivations, getaddrinfo queue there): 4 threads, libuv's default, per worker, so workers = 1
+/* libuv's thread pool is one per process, shared by every worker's loop (SCRAM derivations and
+ * getaddrinfo queue there; cancels do not: cancel_send.c sends them from the loop, with a
+ * deadline, where a PQcancel held a thread for as long as a connect could hang): 4 threads,
+ * libuv's default, per worker, so workers = 1
  * keeps the default. Sets UV_THREADPOOL_SIZE unless the environment already does; call it
  * before any loop queues work (libuv reads it once, at the first). Returns the size in effect,
  * as the environment says it (0: unset, unreadable). */

@@ -3,28 +3,35 @@
  * The race this guards against: a cancel for client A's query must not land on the backend after
  * it has been given to client B. So the target server counts the cancel as in flight, and a
  * server with a cancel in flight goes to RESETTING instead of the idle list when released; it is
- * reused only after PQcancel has returned, by which time the postmaster has signalled the backend
+ * reused only after the cancel is done, by which time the postmaster has signalled the backend
  * and a backend that is idle ignores the signal (postgres.c: cancel while DoingCommandRead).
  *
  * The other half of that ordering is the client's: Postgres closes a CancelRequest's connection
- * only once it has signalled the backend, and libpq's PQcancel waits for that close, so a client
- * that then reads its 57014 and sends its next statement has no cancel still on the way to it.
+ * only once it has signalled the backend, and cancel_send.c waits for that close (as libpq's
+ * PQcancel does), so a client that then reads its 57014 and sends its next statement has no
+ * cancel still on the way to it.
  * Postgres 15 signals twice (the backend's pid, then its process group: postmaster.c
  * signal_child), and on a loaded machine the second can come well after the first has ended the
- * query; closing the requester's connection before PQcancel returned let that second signal
- * cancel the client's next statement. So the requester waits in CLIENT_CANCEL_WAIT until the
- * job is done. */
+ * query; closing the requester's connection before that close let that second signal cancel
+ * the client's next statement. So the requester waits in CLIENT_CANCEL_WAIT until the job is
+ * done. A cancel that never saw the close (server_connect_timeout passed after the request was
+ * written) may still land: its server is closed at release instead of serving another client. */
 #include "cancel.h"
 
 #include <errno.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <uv.h>
 
 #include "conn_id.h"
+#include "cancel_send.h"
 #include "console.h"
 #include "client.h"
 #include "log.h"
@@ -162,9 +169,6 @@ void cancel_unregister(struct cancel_map *m, struct client *c)
 }
 
 struct cancel_job {
-    uv_work_t req;
-    PGcancel *cancel;                  /* a libpq login's */
-    struct login_cancel_target target; /* else a passthrough login's (server_login.c) */
     struct server *server;
     const struct cancel_events *events; /* the worker's, for cancel_done */
     struct client *requester; /* the CancelRequest's connection, closed when done; or NULL */
@@ -173,6 +177,10 @@ struct cancel_job {
      * sent when this cancel is done; NULL for a local requester or none. */
     struct worker *reply_to;
     struct worker_msg *answer;
+    /* Only where this libpq does not say the backend's cancel key (see libpq_cancel_target):
+     * PQcancel, blocking, on libuv's thread pool. */
+    uv_work_t req;
+    PGcancel *cancel;
     int ok;
     char err[256];
     struct cancel_job *next_deferred; /* on its server's deferred_cancels (see defer_cancel) */
@@ -181,24 +189,25 @@ struct cancel_job {
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
                         struct cancel_job *remote);
 
-static void cancel_work(uv_work_t *req)
+/* A cancel is over (delivered, failed, timed out or ended by a shutdown): the server counts it
+ * out, the requester is answered. */
+static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, const char *why)
 {
-    struct cancel_job *job = container_of(req, struct cancel_job, req);
-    if (job->cancel)
-        job->ok = PQcancel(job->cancel, job->err, sizeof(job->err));
-    else
-        job->ok = server_login_send_cancel(&job->target, job->err, sizeof(job->err)) == 0;
-}
-
-static void cancel_done(uv_work_t *req, int status)
-{
-    struct cancel_job *job = container_of(req, struct cancel_job, req);
     struct server *s = job->server;
-    if (job->cancel)
-        PQfreeCancel(job->cancel);
     s->cancels_in_flight--;
-    if (status == 0 && !job->ok)
-        log_msg(LOG_WARNING, "S-%s: cancel request failed: %s", CONN_ID_TEXT(s->id), job->err);
+    if (outcome == CANCEL_CONFIRMED) {
+        log_msg(LOG_DEBUG, "S-%s: %s", CONN_ID_TEXT(s->id), why);
+    } else if (outcome == CANCEL_NOT_SENT || s->state == SERVER_CLOSED) {
+        log_msg(LOG_WARNING, "S-%s: cancel request failed: %s", CONN_ID_TEXT(s->id), why);
+    } else {
+        /* The postmaster has the request but never said it signalled the backend: it may yet,
+         * so the server must not serve another client's query (close_when_free). */
+        s->close_when_free = true;
+        log_msg(LOG_WARNING,
+                "S-%s: cancel request failed: %s; the server will be closed at release (the "
+                "cancel may still reach it)",
+                CONN_ID_TEXT(s->id), why);
+    }
     struct client *requester = job->requester;
     const struct cancel_events *events = job->events;
     struct worker *reply_to = job->reply_to;
@@ -215,6 +224,94 @@ static void cancel_done(uv_work_t *req, int status)
         return;
     }
     events->server_done(s);
+}
+
+static void on_cancel_sent(void *arg, enum cancel_outcome outcome, const char *why)
+{
+    cancel_done(arg, outcome, why);
+}
+
+static void pqcancel_work(uv_work_t *req)
+{
+    struct cancel_job *job = container_of(req, struct cancel_job, req);
+    job->ok = PQcancel(job->cancel, job->err, sizeof(job->err));
+}
+
+static void on_pqcancel_done(uv_work_t *req, int status)
+{
+    struct cancel_job *job = container_of(req, struct cancel_job, req);
+    PQfreeCancel(job->cancel);
+    /* A failed PQcancel does not say whether it failed before or after writing the request. */
+    enum cancel_outcome outcome = status < 0 ? CANCEL_NOT_SENT
+                                  : job->ok  ? CANCEL_CONFIRMED
+                                             : CANCEL_UNCONFIRMED;
+    cancel_done(job, outcome,
+                outcome == CANCEL_CONFIRMED ? "cancel delivered (PQcancel)"
+                : status < 0                ? "PQcancel did not run"
+                                            : job->err);
+}
+
+/* libpq 9.x to 17 lay out a PGcancel (libpq-int.h, struct pg_cancel) as the connection's address
+ * (a sockaddr_storage and its length), then the backend's pid and its cancel key; libpq 18
+ * changed what follows the pid. A PG15 libpq tells the key no other way (PQbackendPID is the
+ * pid alone; PQcancelCreate, which sends without blocking, came in 17), and the login consumed
+ * the BackendKeyData. So the key is read there only from a libpq whose layout is known, and
+ * only when the pid and address beside it are the connection's own (PQbackendPID, and
+ * getpeername on its socket); else PQcancel sends it, on the thread pool. The address sent to
+ * is getpeername's: the exact one libpq connected to (its raddr), for every host in a host list
+ * and for a unix socket too (whose path getpeername reports), where PQhost/PQport would name a
+ * host to resolve again, or a directory. */
+struct libpq_cancel_head {
+    struct {
+        struct sockaddr_storage addr;
+        socklen_t salen;
+    } raddr; /* libpq's SockAddr: padded to sockaddr_storage's alignment, as libpq has it */
+    int be_pid;
+    int be_key;
+};
+
+static bool same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    switch (a->ss_family) {
+    case AF_INET: {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    case AF_UNIX: {
+        const struct sockaddr_un *x = (const void *)a, *y = (const void *)b;
+        return strncmp(x->sun_path, y->sun_path, sizeof(x->sun_path)) == 0;
+    }
+    }
+    return false;
+}
+
+static bool libpq_cancel_target(PGconn *conn, struct cancel_target *out)
+{
+    int version = PQlibVersion();
+    if (version < 90000 || version >= 180000)
+        return false;
+    out->addrlen = sizeof(out->addr);
+    if (getpeername(PQsocket(conn), (struct sockaddr *)&out->addr, &out->addrlen) < 0)
+        return false;
+    PGcancel *c = PQgetCancel(conn);
+    if (!c)
+        return false;
+    struct libpq_cancel_head head;
+    memcpy(&head, c, sizeof(head));
+    PQfreeCancel(c);
+    if (head.be_pid != PQbackendPID(conn) || !same_address(&head.raddr.addr, &out->addr))
+        return false;
+    out->pid = (uint32_t)head.be_pid;
+    out->key = (uint32_t)head.be_key;
+    OPENSSL_cleanse(&head, sizeof(head));
+    return true;
 }
 
 unsigned cancel_pid_owner(uint32_t pid)
@@ -325,18 +422,35 @@ int cancel_server(struct worker *worker, struct server *s)
     return start_cancel(worker, s, NULL, NULL);
 }
 
-/* PQcancel's job for s, queued on the worker's thread pool: cancel_done answers it. 0, or a
- * negative errno (nothing was queued; the job is the caller's still). */
+/* Send the cancel for s: from the worker's loop (cancel_send.c) with the backend's address and
+ * key, or, where libpq does not tell the key, PQcancel on the thread pool; cancel_done answers
+ * it. 0, or a negative errno (nothing is under way; the job is the caller's still). */
 static int send_cancel(struct worker *worker, struct server *s, struct cancel_job *job)
 {
-    if (s->conn)
-        job->cancel = PQgetCancel(s->conn);
-    if (!job->cancel && !server_login_cancel_target(s, &job->target))
-        return -ENOMEM;
-    int rc = uv_queue_work(worker->loop, &job->req, cancel_work, cancel_done);
-    if (rc < 0 && job->cancel) {
-        PQfreeCancel(job->cancel);
-        job->cancel = NULL;
+    struct cancel_target target;
+    bool known =
+        s->conn ? libpq_cancel_target(s->conn, &target) : server_login_cancel_target(s, &target);
+    int rc;
+    if (known) {
+        /* server_connect_timeout bounds a cancel as it bounds a login: an upstream that does
+         * not answer a connect in that time will not answer a cancel either. */
+        rc = cancel_send_start(worker->loop, &target, (uint64_t)worker->cfg->server_connect_timeout,
+                               on_cancel_sent, job);
+        OPENSSL_cleanse(&target, sizeof(target));
+    } else if (s->conn && (job->cancel = PQgetCancel(s->conn)) != NULL) {
+        static atomic_bool warned;
+        if (!atomic_exchange(&warned, true))
+            log_msg(LOG_WARNING,
+                    "libpq %d does not tell the backend's cancel key: cancels of "
+                    "libpq logins use PQcancel, on libuv's thread pool, with no deadline",
+                    PQlibVersion());
+        rc = uv_queue_work(worker->loop, &job->req, pqcancel_work, on_pqcancel_done);
+        if (rc < 0) {
+            PQfreeCancel(job->cancel);
+            job->cancel = NULL;
+        }
+    } else {
+        rc = -ENOMEM; /* no key yet (login not done) or no memory: nothing to send */
     }
     return rc;
 }
@@ -447,4 +561,9 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
         job->answer = remote->answer;
     }
     return 0;
+}
+
+void cancel_abort_all(void)
+{
+    cancel_send_abort_all();
 }

@@ -1,6 +1,7 @@
 /* cancel: the keys sluice hands clients in BackendKeyData, and CancelRequests that use them.
- * A cancel reaches the backend the client is linked to at that moment and no other: PQcancel runs
- * on a worker thread, and the server is kept out of the pool until it has finished. */
+ * A cancel reaches the backend the client is linked to at that moment and no other: it is sent
+ * from the worker's loop (cancel_send.c), and the server is kept out of the pool until it is
+ * done. */
 #ifndef SLUICE_CANCEL_H
 #define SLUICE_CANCEL_H
 
@@ -52,6 +53,9 @@ void cancel_release_deferred(struct server *s);
 /* s is closing: its deferred cancels are answered unsent (their requesters closed, their counts
  * in cancels_in_flight taken back), so that none is left pointing at it. */
 void cancel_forget_deferred(struct server *s);
+/* A worker shutting down now: the cancels it is still sending end (their requesters are
+ * answered, their servers count them out), so its loop can close. */
+void cancel_abort_all(void);
 /* A CancelRequest arrived on requester's connection. The connection is closed once the request
  * is handled: at once, or when a cancel passed on to a backend has reached it (CANCEL_WAIT). */
 void cancel_request(struct client *requester, uint32_t pid, uint32_t key);

@@ -803,7 +803,7 @@ const char *server_login_port(const struct server *s)
     return s->login ? s->login->port : NULL;
 }
 
-bool server_login_cancel_target(const struct server *s, struct login_cancel_target *out)
+bool server_login_cancel_target(const struct server *s, struct cancel_target *out)
 {
     const struct server_login *l = s->login;
     if (!l || !l->got_key)
@@ -813,32 +813,4 @@ bool server_login_cancel_target(const struct server *s, struct login_cancel_targ
     out->pid = (uint32_t)s->backend_pid;
     out->key = l->cancel_key;
     return true;
-}
-
-int server_login_send_cancel(const struct login_cancel_target *t, char *why, size_t whylen)
-{
-    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(why, whylen, "socket: %s", strerror(errno));
-        return -1;
-    }
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    uint8_t msg[16];
-    uint32_t words[4] = {htonl(16), htonl(80877102), htonl(t->pid), htonl(t->key)};
-    memcpy(msg, words, sizeof(msg));
-    int rc = -1;
-    if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0) {
-        snprintf(why, whylen, "connect: %s", strerror(errno));
-    } else if (send(fd, msg, sizeof(msg), MSG_NOSIGNAL) != (ssize_t)sizeof(msg)) {
-        snprintf(why, whylen, "send: %s", strerror(errno));
-    } else {
-        /* The server closes the connection once it has read the request. */
-        uint8_t b;
-        (void)!recv(fd, &b, 1, 0);
-        rc = 0;
-    }
-    close(fd);
-    return rc;
 }

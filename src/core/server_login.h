@@ -6,7 +6,8 @@
  * server's ParameterStatus, BackendKeyData and ReadyForQuery; then it runs the login queries
  * server_connect.c asks for (server_login_query). It tells server_connect.c how each step ended
  * through one callback (server_login_hooks.reported), and never decides the server's fate. It also
- * sends CancelRequests for such servers.
+ * keeps the BackendKeyData and address that a CancelRequest for such a server needs
+ * (cancel_send.c sends it).
  *
  * The connection keywords are libpq's (the database entry's, as server.c fills them in): host,
  * hostaddr, port, dbname, user, options, application_name, fallback_application_name, sslmode,
@@ -19,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cancel_send.h"
 #include "config.h"
 #include "sockio.h"
 
@@ -66,17 +68,11 @@ void server_login_step(struct server *s, int status, int events);
 void server_login_query(struct server *s, const char *sql);
 /* server_close: free the login state (and the TLS session sluice made). */
 void server_login_free(struct server *s);
-/* Send a CancelRequest for s's backend (blocking: called on the thread pool). 0, or -1 with
- * why filled in. addr/pid/key are copies made on the loop thread by server_login_cancel_target. */
-struct login_cancel_target {
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    uint32_t pid, key;
-};
-bool server_login_cancel_target(const struct server *s, struct login_cancel_target *out);
+/* Where s's backend's CancelRequest goes (the address this login connected to) and its
+ * BackendKeyData; false before the login has read it. cancel.c sends it (cancel_send.c). */
+bool server_login_cancel_target(const struct server *s, struct cancel_target *out);
 /* Where a passthrough login connected (SHOW SERVERS), or NULL. */
 const char *server_login_host(const struct server *s);
 const char *server_login_port(const struct server *s);
-int server_login_send_cancel(const struct login_cancel_target *t, char *why, size_t whylen);
 
 #endif

@@ -97,6 +97,7 @@ static void close_all(struct worker *worker, bool only_free_ones)
     if (!only_free_ones) {
         list_for_each(&worker->closing_clients, n, tmp)
             client_close(container_of(n, struct client, node), "shutting down");
+        cancel_abort_all(); /* a cancel to an upstream that does not answer would hold the loop */
     }
 }
 
