@@ -787,8 +787,9 @@ enum relay_result relay_server_failed(struct server *s, const char *why, struct 
 }
 
 /* Does what the client sent next wait before going to its server? During a login's parameter
- * sync it waits for the server's answer. While a cancel is on its way to the backend (PQcancel
- * not returned) it waits for that: Postgres 15 signals a backend twice for one cancel (its pid,
+ * sync it waits for the server's answer. While a cancel is on its way to the backend (not done:
+ * Postgres has not closed the cancel connection yet, or it waits behind sluice's own statements)
+ * it waits for that: Postgres 15 signals a backend twice for one cancel (its pid,
  * then its process group) and, on a loaded machine, the second signal can land after the first
  * has ended the query, cancelling whatever runs next. cancel_done kicks the pair again. */
 static bool client_bytes_wait(const struct client *c, const struct server *s)

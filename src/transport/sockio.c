@@ -74,7 +74,7 @@ static bool spare_keep(uv_poll_t *p, int fd)
  * closing removes the number from this loop's epoll set, so the caller may close the socket
  * next. An inactive one was taken off the epoll set when it stopped, and its socket may be
  * closed by now (a parked spare's, one libpq closed after sockio_lend), its number another
- * thread's (a worker's socket, libpq's cancel connection on the thread pool). Closing would
+ * thread's (a worker's socket, a PQcancel connection on the thread pool). Closing would
  * remove that number from this loop's epoll set again (uv__platform_invalidate_fd): no effect
  * on that socket (not in this set), yet a use of another thread's descriptor, which
  * ThreadSanitizer reports. So it is pointed at the loop's own epoll descriptor first, which only
