@@ -47,7 +47,7 @@ static const struct pgbouncer_only_key {
     {"resolv_conf", DNS_INSTEAD},
     {"application_name_add_host", "SHOW CLIENTS lists each client's address with its "
                                   "application_name"},
-    {"conffile", WINDOWS_ONLY},
+    {"conffile", "RELOAD and SIGHUP read the file sluice was started with"},
     {"service_name", WINDOWS_ONLY},
     {"job_name", WINDOWS_ONLY},
     {"verbose", "set log_level"},

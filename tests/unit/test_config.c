@@ -485,7 +485,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
                             "auto\nserver_tls_protocols = secure\nsbuf_loopcnt = 5\n"
-                            "verbose = 1\n" MINIMAL_DBS,
+                            "verbose = 1\nconffile = /etc/pgbouncer/other.ini\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nerrors, 0);
@@ -500,6 +500,9 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
     CHECK_WARNING("line 3: PgBouncer key 'user' is not supported by sluice; ignored: start "
                   "sluice as the user it should run as");
     CHECK_WARNING("line 7: PgBouncer key 'verbose'");
+    /* PgBouncer's conffile is the file the next RELOAD reads, on every platform */
+    CHECK_WARNING("line 8: PgBouncer key 'conffile' is not supported by sluice; ignored: RELOAD "
+                  "and SIGHUP read the file sluice was started with");
     config_free(c);
 }
 
