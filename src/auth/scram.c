@@ -503,8 +503,10 @@ enum scram_result scram_server_first(struct scram_server *x, bool mechanism_plus
     }
     /* Extensions after the nonce are allowed by the grammar and ignored, but each must be one
      * (a letter, '=', a value), as Postgres's read_any_attr requires: a comma inside the nonce
-     * is a malformed message, not a shorter nonce. */
-    for (const char *ext = cnonce + cnonce_len; *ext; ext += 1 + strcspn(ext + 1, ",")) {
+     * is a malformed message, not a shorter nonce. A comma that ends the message is taken, as
+     * Postgres's read_attr_value takes it with the value before it ("r=abc," logs in there). */
+    for (const char *ext = cnonce + cnonce_len; *ext && ext[1];
+         ext += 1 + strcspn(ext + 1, ",")) {
         unsigned char attr = (unsigned char)ext[1];
         if (!((attr >= 'a' && attr <= 'z') || (attr >= 'A' && attr <= 'Z')) || ext[2] != '=') {
             *why = "malformed SCRAM message (an extension after the nonce is not attr=value)";

@@ -2,11 +2,11 @@
  * secrets derived from plain passwords. What auth_query asks the database is auth_query.c's.
  *
  * The derived cache is process-wide, shared by every worker under derived_mu:
- * SHA-256(user, 0, password) -> the SCRAM secret derived from that password with a random salt.
- * Keyed by the password's hash, so a reload that changes a password is noticed on the next login
- * and never serves the old secret; never per login: scram_iterations (4096) PBKDF2 rounds cost
- * milliseconds, which
- * would cap logins per second. A job is a lookup in progress that logins share: a derivation on
+ * SHA-256(iterations, user, 0, password) -> the SCRAM secret derived from that password with a
+ * random salt. Keyed by the password's hash, so a reload that changes a password (or
+ * scram_iterations) is noticed on the next login and never serves the old secret; never per
+ * login: scram_iterations (4096) PBKDF2 rounds cost milliseconds, which would cap logins per
+ * second. A job is a lookup in progress that logins share: a derivation on
  * libuv's thread pool (here), or an auth_query run (auth_query.c). Jobs are per thread: a job's
  * waiters are logins of one worker and its completion runs on that worker's loop (two workers
  * that need the same derivation at once each run one; the cache then holds one of them). */

@@ -296,6 +296,12 @@ static char *ini_read_line(char *str, int num, void *stream)
 {
     struct loader *L = stream;
     struct ini_text *t = L->mid_line ? &L->reading[L->depth - 1] : text_with_lines(L);
+    if (L->mid_line && !*t->next) {
+        /* the line filled the buffer to its last byte and its file ends there: NULL ends it
+         * for inih (the next text's line is a line of its own) */
+        L->mid_line = false;
+        return NULL;
+    }
     if (!t || !*t->next || num < 2)
         return NULL;
     size_t whole = strcspn(t->next, "\n");
@@ -320,7 +326,8 @@ static char *ini_read_line(char *str, int num, void *stream)
     memcpy(str, t->next, n);
     str[n] = '\0';
     t->next += n;
-    L->mid_line = str[n - 1] != '\n' && *t->next;
+    /* inih asks for more of a line exactly when it filled the buffer without a newline */
+    L->mid_line = n == (size_t)num - 1 && str[n - 1] != '\n';
     if (str[n - 1] == '\n')
         t->newlines_read++;
     return str;

@@ -45,7 +45,7 @@ static const struct pgbouncer_only_key {
     {"dns_nxdomain_ttl", DNS_INSTEAD},
     {"dns_zone_check_period", DNS_INSTEAD},
     {"resolv_conf", DNS_INSTEAD},
-    {"conffile", WINDOWS_ONLY},
+    {"conffile", "RELOAD and SIGHUP read the file sluice was started with"},
     {"service_name", WINDOWS_ONLY},
     {"job_name", WINDOWS_ONLY},
     {"verbose", "set log_level"},

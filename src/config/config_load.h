@@ -73,7 +73,7 @@ struct loader {
     int norigins;
     struct ini_text reading[CONFIG_INCLUDE_DEPTH + 1]; /* the %include chain, innermost last */
     int depth;                                         /* entries of reading in use */
-    bool mid_line; /* the last line handed to inih was cut by its buffer: its rest comes next */
+    bool mid_line; /* the last line handed to inih filled its buffer: inih asks for the rest */
     struct ini_line_at *stream_lines; /* by inih's line number - 1 */
     int nstream_lines;
     char *bad_section;             /* the unknown section last reported, to report it once */

@@ -273,7 +273,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     }
     /* Who may use the admin console is checked only once the password is (client_login_ok):
      * refusing other names here, at once, would tell a stranger which names are admins. */
-    c->admin = console_is_db(worker, database);
+    c->admin = console_is_db(worker, c->database);
     /* An unknown database is told only after authentication (client_login_ok): before it, a
      * client without credentials could probe which database names exist. The settings in
      * "options" come first and a parameter given on its own overrides them, as Postgres

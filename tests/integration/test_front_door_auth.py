@@ -12,7 +12,8 @@ import struct
 import time
 
 from conftest import APP_PASSWORD
-from pgwire import RawConn, ServerError, message, password_msg, query_msg, startup_packet
+from pgwire import RawConn, ServerError, message, password_msg, query_msg, raw_login, \
+    startup_packet
 from test_auth import auth_query_sluice, auth_roles  # noqa: F401 - a fixture
 
 ANSWER_WITHIN = 10.0  # far below client_login_timeout (60 s): the answer is not a timeout's
@@ -194,3 +195,25 @@ def test_an_authorization_identity_or_a_mandatory_extension_is_0a000_as_in_postg
                 assert words in err["M"], (port, err)
             finally:
                 c.close()
+
+
+def test_a_scram_first_message_ending_in_a_comma_logs_in_as_in_postgres(pg, start_sluice,
+                                                                         monkeypatch):
+    """'n,,n=,r=<nonce>,': Postgres's read_attr_value takes the comma with the nonce, and no
+    extension follows, so the login goes on. sluice refused it as malformed (08P01) once it
+    began to check the extensions after the nonce."""
+    import pgwire
+
+    class TrailingCommaScram(pgwire.ScramClient):
+        def __init__(self, password):
+            super().__init__(password)
+            self.first_bare += ","  # part of the AuthMessage both sides sign
+
+    monkeypatch.setattr(pgwire, "ScramClient", TrailingCommaScram)
+    s = start_sluice(main={"auth_type": "scram-sha-256"}, auth_file={"app": APP_PASSWORD})
+    for port in (pg.port, s.port):
+        c = raw_login(port, password=APP_PASSWORD, timeout=ANSWER_WITHIN)
+        try:
+            assert c.query("SELECT 'trailing comma'")[0] == [["trailing comma"]], port
+        finally:
+            c.close()

@@ -209,8 +209,9 @@ static void file_mode_is_octal_with_or_without_its_zero(void)
     struct config *c = load(MINIMAL_DBS, NULL);
     CHECK(c && c->unix_socket_mode == 0777);
     config_free(c);
-    check_main_value_rejected("unix_socket_mode = 0778",
-                              "line 4: unix_socket_mode = '0778': expected permission bits in octal");
+    check_main_value_rejected(
+        "unix_socket_mode = 0778",
+        "line 4: unix_socket_mode = '0778': expected permission bits in octal");
     check_main_value_rejected("unix_socket_mode = 17777",
                               "line 4: unix_socket_mode = '17777': expected permission bits");
     check_main_value_rejected("unix_socket_mode = rwx", "expected permission bits in octal");
@@ -473,8 +474,7 @@ static void unknown_key_is_an_error_naming_its_line_and_section(void)
 
 static void a_comment_after_a_value_is_part_of_it_and_the_error_says_so(void)
 {
-    struct config *c =
-        load("[pgbouncer]\nmax_db_connections = 80%   ; of 22\n" MINIMAL_DBS, NULL);
+    struct config *c = load("[pgbouncer]\nmax_db_connections = 80%   ; of 22\n" MINIMAL_DBS, NULL);
     CHECK(c == NULL);
     CHECK_ERROR("line 2: max_db_connections = '80%   ; of 22'");
     CHECK_ERROR("after a value is not a comment");
@@ -485,7 +485,7 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
 {
     struct config *c = load("[pgbouncer]\nsyslog = 1\nuser = postgres\nclient_tls_dheparams = "
                             "auto\nserver_tls_protocols = secure\nsbuf_loopcnt = 5\n"
-                            "verbose = 1\n" MINIMAL_DBS,
+                            "verbose = 1\nconffile = /etc/pgbouncer/other.ini\n" MINIMAL_DBS,
                             NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nerrors, 0);
@@ -500,6 +500,9 @@ static void pgbouncer_keys_sluice_lacks_are_warnings_naming_the_line(void)
     CHECK_WARNING("line 3: PgBouncer key 'user' is not supported by sluice; ignored: start "
                   "sluice as the user it should run as");
     CHECK_WARNING("line 7: PgBouncer key 'verbose'");
+    /* PgBouncer's conffile is the file the next RELOAD reads, on every platform */
+    CHECK_WARNING("line 8: PgBouncer key 'conffile' is not supported by sluice; ignored: RELOAD "
+                  "and SIGHUP read the file sluice was started with");
     config_free(c);
 }
 
@@ -1168,8 +1171,8 @@ static void include_reads_the_named_file_where_it_stands(void)
     CHECK(c == NULL);
     char expected[700];
     snprintf(expected, sizeof expected,
-             "%s: line 3: database 'app' is defined twice (first at %s/sub/dbs.ini: line 2)",
-             path, dir);
+             "%s: line 3: database 'app' is defined twice (first at %s/sub/dbs.ini: line 2)", path,
+             dir);
     CHECK_ERROR(expected);
     snprintf(expected, sizeof expected, "%s/sub/broken.ini: line 3: syntax error", dir);
     CHECK_ERROR(expected);
@@ -1181,6 +1184,25 @@ static void include_reads_the_named_file_where_it_stands(void)
     CHECK_ERROR(expected);
     snprintf(expected, sizeof expected, "%s: line 8: %%include names no file", path);
     CHECK_ERROR(expected);
+    config_free(c);
+
+    /* an included file's last line, without a final newline, that fills inih's buffer to its
+     * last byte (511: its first size less the NUL): inih asks for more of that line, and gets
+     * none of the including file's next line */
+    char last[600];
+    int pad = 511 - (int)strlen("app = host=x dbname=");
+    snprintf(last, sizeof last, "app = host=x dbname=%0*d", pad, 7);
+    CHECK_INT((int)strlen(last), 511);
+    write_file(dir, "sub/dbs.ini", last);
+    write_file(dir, "main.ini", "[databases]\n%include sub/dbs.ini\nother = host=y\n");
+    c = load_path(path);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->ndbs, 2);
+        CHECK(config_find_db(c, "other") != NULL);
+    } else {
+        dump_diag("(none)");
+    }
     config_free(c);
 
     /* a config given as text has no directory: a relative name is the working directory's */
@@ -1196,8 +1218,8 @@ static void include_reads_the_named_file_where_it_stands(void)
     CHECK_ERROR("%include nested more than 10 deep (does a file include itself?)");
     config_free(c);
 
-    const char *names[] = {"main.ini", "sub/keys.ini", "sub/deeper.ini", "sub/dbs.ini",
-                           "sub/broken.ini", NULL};
+    const char *names[] = {"main.ini",    "sub/keys.ini",   "sub/deeper.ini",
+                           "sub/dbs.ini", "sub/broken.ini", NULL};
     for (const char *const *n = names; *n; n++) {
         char p[300];
         snprintf(p, sizeof p, "%s/%s", dir, *n);
@@ -1646,12 +1668,13 @@ static void entry_key_errors_list_the_keys_of_their_section(void)
                             "[budgets]\nb = colour=red\n",
                             NULL);
     CHECK(c == NULL);
-    CHECK_ERROR("line 2: database 'a': unknown connection keyword 'colour' (libpq connection "
-                "parameters and pool_size, min_pool_size, reserve_pool, pool_mode, "
-                "max_db_connections, max_db_client_connections, auth_user, auth_dbname, "
-                "auth_query, server_lifetime, query_timeout, idle_transaction_timeout, "
-                "transaction_timeout, client_idle_timeout, connect_query and load_balance_hosts are "
-                "accepted)");
+    CHECK_ERROR(
+        "line 2: database 'a': unknown connection keyword 'colour' (libpq connection "
+        "parameters and pool_size, min_pool_size, reserve_pool, pool_mode, "
+        "max_db_connections, max_db_client_connections, auth_user, auth_dbname, "
+        "auth_query, server_lifetime, query_timeout, idle_transaction_timeout, "
+        "transaction_timeout, client_idle_timeout, connect_query and load_balance_hosts are "
+        "accepted)");
     CHECK_ERROR("line 4: user 'ann': unknown key 'colour' (pool_mode, pool_size, "
                 "reserve_pool_size, server_lifetime, query_timeout, idle_transaction_timeout, "
                 "transaction_timeout, client_idle_timeout, max_user_connections and "

@@ -294,7 +294,7 @@ static void malformed_client_messages_are_refused(void)
         "c",          /* control character in the nonce */
         "n,n=,r=abc", /* one comma short */
         "n,,n=,r=ab,cdef",  /* a comma inside the nonce: what follows is no attr=value */
-        "n,,n=,r=abc,",     /* an empty extension */
+        "n,,n=,r=abc,,",    /* an empty extension */
         "n,,n=,r=abc,1=x",  /* an extension's name is a letter */
     };
     for (size_t i = 0; i < sizeof firsts / sizeof firsts[0]; i++) {
@@ -327,6 +327,19 @@ static void malformed_client_messages_are_refused(void)
                                      &u_out, &u_why),
                   SCRAM_UNSUPPORTED);
         CHECK(u_out == NULL && u_why != NULL);
+        scram_server_free(&x);
+    }
+    /* a comma that ends the message goes with the value before it, as in Postgres's
+     * read_attr_value: "r=abc," and "r=abc,x=1," are taken there (SASLContinue) */
+    const char *trailing[] = {"n,,n=,r=abc,", "n,,n=,r=abc,x=1,"};
+    for (size_t i = 0; i < sizeof trailing / sizeof trailing[0]; i++) {
+        scram_server_init(&x, &s, false, NULL, 0);
+        ext_out = NULL;
+        ext_why = NULL;
+        CHECK_INT(scram_server_first(&x, false, trailing[i], strlen(trailing[i]), NULL, &ext_out,
+                                     &ext_why),
+                  SCRAM_OK);
+        free(ext_out);
         scram_server_free(&x);
     }
     /* a NUL inside the message */
