@@ -317,15 +317,28 @@ static int restrict_unix_socket(const char *path, const struct config *cfg)
     }
     if (!cfg->unix_socket_group[0])
         return 0;
+    /* A group's entry holds its member list: an LDAP or sssd group of hundreds of members
+     * needs more room than a fixed buffer gives, so it grows while the lookup says ERANGE. */
     struct group grp, *found = NULL;
-    char buf[4096];
-    int rc = getgrnam_r(cfg->unix_socket_group, &grp, buf, sizeof(buf), &found);
+    char *buf = NULL;
+    int rc = ERANGE;
+    for (size_t size = 4096; rc == ERANGE && size <= (64u << 20); size *= 4) {
+        char *grown = realloc(buf, size);
+        if (!grown) {
+            rc = ENOMEM;
+            break;
+        }
+        buf = grown;
+        rc = getgrnam_r(cfg->unix_socket_group, &grp, buf, size, &found);
+    }
+    gid_t gid = found ? found->gr_gid : (gid_t)-1;
+    free(buf);
     if (!found) {
         log_msg(LOG_ERROR, "unix_socket_group %s: %s", cfg->unix_socket_group,
                 rc ? strerror(rc) : "no such group");
         return rc ? -rc : -ENOENT;
     }
-    if (chown(path, (uid_t)-1, found->gr_gid) < 0) {
+    if (chown(path, (uid_t)-1, gid) < 0) {
         int err = errno;
         log_msg(LOG_ERROR, "unix_socket_group %s on %s: %s", cfg->unix_socket_group, path,
                 strerror(err));

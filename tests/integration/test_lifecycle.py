@@ -416,3 +416,34 @@ def test_unix_socket_mode_and_group_keep_the_socket_to_one_group(start_sluice):
         assert "unix_socket_group no-such-group-x: no such group" in s.log_text()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
+def test_unix_socket_group_with_a_long_member_list(start_sluice):
+    """A group whose /etc/group entry (its member list) passes 4 kB, as LDAP- or sssd-backed
+    groups of a few hundred members do: the lookup needs a larger buffer, and sluice refused to
+    start ("Numerical result out of range") where it must take the group."""
+    import grp
+    import stat
+    name, gid = "sluice_t_big", 45678
+    line = f"{name}:x:{gid}:" + ",".join(f"member{i:04d}" for i in range(900)) + "\n"
+    with open("/etc/group") as f:
+        before = f.read()
+    if f"\n{name}:" in "\n" + before:
+        pytest.skip(f"group {name} exists already")
+    sockdir = tempfile.mkdtemp(prefix="sluice-g")
+    try:
+        with open("/etc/group", "a") as f:
+            f.write(line)
+        assert len(grp.getgrnam(name).gr_mem) == 900
+        s = start_sluice({"unix_socket_dir": sockdir, "unix_socket_mode": "0770",
+                          "unix_socket_group": name})
+        s.wait_for_log(r"listening on unix socket", timeout=10)
+        st = os.stat(os.path.join(sockdir, f".s.PGSQL.{s.port}"))
+        assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o770
+    finally:
+        with open("/etc/group") as f:
+            now = f.read()
+        with open("/etc/group", "w") as f:
+            f.write(now.replace(line, ""))
+        shutil.rmtree(sockdir, ignore_errors=True)
