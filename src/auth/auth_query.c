@@ -40,6 +40,7 @@
 #include "log.h"
 #include "resolver.h"
 #include "sluice.h"
+#include "tcp_options.h"
 #include "sockio.h"
 
 /* The core's caps on backends (secret_init). */
@@ -554,12 +555,14 @@ static bool query_target(const struct config *cfg, const char *database, struct 
 
 #define MAX_KEYWORDS 64
 
-/* The keywords of the target's connection (room is left for resolver_apply); their count. */
+/* The keywords of the target's connection (20 slots are kept for what follows the entry's and
+ * for resolver_apply); their count.
+ * The TCP settings' text is kept in *tcp. */
 static int build_conninfo(const struct config *cfg, const struct query_target *t, const char **kw,
-                          const char **val)
+                          const char **val, struct tcp_keywords *tcp)
 {
     int n = 0;
-    for (int i = 0; i < t->db->nkeys && n < MAX_KEYWORDS - 15; i++) {
+    for (int i = 0; i < t->db->nkeys && n < MAX_KEYWORDS - 20; i++) {
         const char *k = t->db->pq_keywords[i];
         if (strcmp(k, "user") == 0 || strcmp(k, "password") == 0 || strcmp(k, "dbname") == 0)
             continue;
@@ -585,6 +588,7 @@ static int build_conninfo(const struct config *cfg, const struct query_target *t
             val[n++] = tls_vals[i];
         }
     }
+    n = tcp_options_keywords(cfg, t->db, kw, val, n, tcp);
     kw[n] = "fallback_application_name";
     val[n++] = "sluice auth_query";
     kw[n] = NULL;
@@ -602,7 +606,8 @@ static void qconn_connect(struct qconn *qc, const struct resolver *r)
         return;
     }
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
-    int n = build_conninfo(cfg, &t, kw, val);
+    struct tcp_keywords tcp;
+    int n = build_conninfo(cfg, &t, kw, val, &tcp);
     if (r)
         resolver_apply(r, kw, val, &n);
     qc->state = QCONN_CONNECTING;
@@ -663,7 +668,8 @@ static void qconn_open(struct worker *worker, struct secret_job *j)
     qconns = qc;
     nqconns++;
     const char *kw[MAX_KEYWORDS], *val[MAX_KEYWORDS];
-    build_conninfo(cfg, &t, kw, val);
+    struct tcp_keywords tcp;
+    build_conninfo(cfg, &t, kw, val, &tcp);
     char why[300];
     int r = resolver_start(worker->loop, kw, val, on_qconn_resolved, qc, &qc->resolving, why,
                            sizeof(why));

@@ -28,6 +28,7 @@
 #include "resolver.h"
 #include "server_login.h"
 #include "sluice.h"
+#include "tcp_options.h"
 #include "worker.h"
 
 /* Keywords for PQconnectStartParams: the database entry's, with dbname, user and password
@@ -35,40 +36,6 @@
  * section it does not set: 24 slots are kept for those (12), resolver_apply (3), add_startup and
  * the NULL at the end. */
 #define MAX_KEYWORDS 60
-
-/* The config's TCP settings as libpq keywords, the same values tcp_options.c sets on every other
- * socket (0: the OS's, so no keyword); the numbers' text lives in the caller's 'text'. */
-struct tcp_keywords {
-    char text[5][12];
-};
-
-static bool entry_sets(const struct db_entry *db, const char *keyword)
-{
-    for (int i = 0; i < db->nkeys; i++) {
-        if (strcmp(db->pq_keywords[i], keyword) == 0)
-            return true;
-    }
-    return false;
-}
-
-static int add_tcp_keywords(const struct config *cfg, const struct db_entry *db, const char **kw,
-                            const char **val, int n, struct tcp_keywords *t)
-{
-    const char *names[5] = {"keepalives", "keepalives_idle", "keepalives_interval",
-                            "keepalives_count", "tcp_user_timeout"};
-    int64_t values[5] = {cfg->tcp_keepalive ? 1 : 0, cfg->tcp_keepidle, cfg->tcp_keepintvl,
-                         cfg->tcp_keepcnt, cfg->tcp_user_timeout};
-    for (int i = 0; i < 5; i++) {
-        bool keepalive_detail = i >= 1 && i <= 3;
-        if (entry_sets(db, names[i]) || (keepalive_detail && !cfg->tcp_keepalive) ||
-            (i > 0 && values[i] == 0))
-            continue; /* the entry's own keyword wins; 0 leaves the OS's */
-        snprintf(t->text[i], sizeof t->text[i], "%lld", (long long)values[i]);
-        kw[n] = names[i];
-        val[n++] = t->text[i];
-    }
-    return n;
-}
 
 static int build_conninfo(struct pool *p, const struct db_entry *db, const char **kw,
                           const char **val, const char **user_out, bool *password_out,
@@ -101,7 +68,7 @@ static int build_conninfo(struct pool *p, const struct db_entry *db, const char 
             val[n++] = tls_val[t];
         }
     }
-    n = add_tcp_keywords(cfg, db, kw, val, n, tcp);
+    n = tcp_options_keywords(cfg, db, kw, val, n, tcp);
     if (!has_dbname) {
         kw[n] = "dbname";
         val[n++] = p->target_db;

@@ -232,7 +232,8 @@ static void begin_connect(struct server *s)
         return;
     }
     if (l->addr.ss_family != AF_UNIX)
-        tcp_options_apply(fd, s->pool->worker->cfg);
+        tcp_options_apply(fd, s->pool->worker->cfg,
+                          config_find_db(s->pool->worker->cfg, s->pool->db_name));
     if (sockio_open(&s->io, s->pool->worker->loop, fd, s, l->hooks->on_io) < 0) {
         close(fd);
         fail(s, "cannot watch the server socket");

@@ -48,7 +48,7 @@ static void prepare_accepted(struct listen_socket *ls, int fd)
                                "setting them on each");
     }
     if (ls->opts == OPTS_SET_EACH)
-        tcp_options_apply(fd, ls->proc->cfg);
+        tcp_options_apply(fd, ls->proc->cfg, NULL);
 }
 
 /* Whether the listening sockets are polled. AT_CAP ends when clients leave; BACKING_OFF (accept
@@ -263,7 +263,7 @@ int listener_listen_tcp(struct listener *l, const char *host, int port)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         int defer = (int)proc->cfg->tcp_defer_accept;
         if (l->ops->clients) {
-            tcp_options_apply(fd, proc->cfg); /* for the accepted sockets to inherit */
+            tcp_options_apply(fd, proc->cfg, NULL); /* for the accepted sockets to inherit */
             if (defer > 0 &&
                 setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
                 log_msg(LOG_WARNING, "tcp_defer_accept: %s", strerror(errno));

@@ -303,6 +303,35 @@ def test_tcp_keepalive_timing_and_user_timeout_reach_client_and_server_sockets(s
                 sock.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_database_entrys_keepalive_keywords_win_for_its_servers(start_sluice, pg):
+    """A [databases] entry's own libpq keepalive keywords are its servers' (as libpq takes
+    them), over the main section's tcp_* settings; its clients keep the main section's."""
+    s = start_sluice({"tcp_keepidle": 42, "tcp_keepintvl": 7, "tcp_keepcnt": 3},
+                     databases={"appdb": pg.db_entry(keepalives_idle=17, keepalives_count=5)})
+    with s.connect() as c:
+        c.execute("SELECT 1")
+        socks = sockets_of(s.pid)
+        try:
+            seen = set()
+            for sock in socks:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                side = ("client" if sock.getsockname()[1] == s.port else
+                        "server" if sock.getpeername()[1] == pg.port else None)
+                if side is None:
+                    continue
+                got = (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+                assert got == ((42, 7, 3) if side == "client" else (17, 7, 5)), (side, got)
+                seen.add(side)
+            assert seen == {"client", "server"}, seen
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def fd_numbers(pid):
     return [int(n) for n in os.listdir(f"/proc/{pid}/fd")]
 
