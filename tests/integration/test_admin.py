@@ -160,18 +160,23 @@ def test_show_stats_counts_queries_and_bytes_per_database(start_sluice):
         assert stats["appdb"]["total_received"] == t["bytes_received"]
 
 
+def averages_after_20_queries(c, adm):
+    """appdb's SHOW STATS_AVERAGES row once it counts the 20 queries c runs here."""
+    for _ in range(20):
+        c.execute("SELECT 1")
+
+    def averaged():
+        rows = {r["database"]: r for r in show(adm, "STATS_AVERAGES")}
+        r = rows.get("appdb")
+        return r if r and r["query_count"] > 0 else None
+    return wait_until(averaged, 5, interval=0.2, what="STATS_AVERAGES with queries")
+
+
 @pytest.mark.timeout(30)
 def test_show_stats_averages_are_rates_over_stats_period(start_sluice):
     s = start(start_sluice, stats_period=1)
     with s.connect() as c, console(s) as adm:
-        for _ in range(20):
-            c.execute("SELECT 1")
-
-        def averaged():
-            rows = {r["database"]: r for r in show(adm, "STATS_AVERAGES")}
-            r = rows.get("appdb")
-            return r if r and r["query_count"] > 0 else None
-        r = wait_until(averaged, 5, interval=0.2, what="STATS_AVERAGES with queries")
+        r = averages_after_20_queries(c, adm)
         # 20 queries within one period of 1 s: a rate of at most 20 per second
         assert 1 <= r["query_count"] <= 20
         assert r["bytes_received"] > 0
@@ -184,14 +189,7 @@ def test_log_stats_off_keeps_the_stats_line_out_of_the_log_and_the_averages_on(s
     stats_period."""
     s = start(start_sluice, stats_period=1, log_stats=0)
     with s.connect() as c, console(s) as adm:
-        for _ in range(20):
-            c.execute("SELECT 1")
-
-        def averaged():
-            rows = {r["database"]: r for r in show(adm, "STATS_AVERAGES")}
-            r = rows.get("appdb")
-            return r if r and r["query_count"] > 0 else None
-        wait_until(averaged, 5, interval=0.2, what="STATS_AVERAGES with queries")
+        averages_after_20_queries(c, adm)
         time.sleep(2.5)  # two stats periods and more
     assert not [line for line in s.log if "stats appdb/app:" in line], s.log
     assert "log_stats" not in s.log_text()  # no warning about the key either
