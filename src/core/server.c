@@ -124,11 +124,6 @@ void server_on_io(struct sockio *io, int status, int events)
     s->pool->worker->server_events->io(s, status, events); /* logged in: the relay's */
 }
 
-bool server_backend_busy(const struct server *s)
-{
-    return s->inflight > 0 || s->batch_open;
-}
-
 /* The query of a server being drained will not be read by anyone: cancel it (once). */
 static void cancel_drained_query(struct server *s)
 {

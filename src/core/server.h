@@ -240,7 +240,10 @@ enum drain_query { DRAIN_CANCEL_QUERY, DRAIN_LET_QUERY_FINISH };
 void server_drain(struct server *s, enum drain_query how);
 /* May its backend be running a query: a Query, Sync or FunctionCall unanswered, or an extended
  * batch (its Execute runs at once) without its Sync. */
-bool server_backend_busy(const struct server *s);
+static inline bool server_backend_busy(const struct server *s)
+{
+    return s->inflight > 0 || s->batch_open;
+}
 /* Close a linked server whose client left where its stream cannot be made whole (in the middle
  * of a message). A busy backend (server_backend_busy) goes on with its query after sluice closes
  * its socket (Postgres notices a gone client only when it next reads or writes), so closing at
