@@ -689,6 +689,15 @@ void client_login_on_startup_bytes(struct client *c)
     }
 }
 
+/* The longest authentication message read: Postgres takes up to 65535 bytes
+ * (PG_MAX_AUTH_TOKEN_LENGTH: a long cleartext password, a cloud provider's token as one), and a
+ * message must fit in one read buffer (pkt_buf, at least 16384) to be read whole. */
+static uint32_t auth_message_max(void)
+{
+    uint32_t fits = buf_block_size() - CODEC_HEADER_LEN;
+    return fits < 65535 ? fits : 65535;
+}
+
 /* The client's answers to the Authentication requests, each read once it is asked for, as
  * Postgres reads them: one the client sent ahead (with its startup packet, or while its secret was
  * looked up) waits in the buffer until then; several in one read are taken in turn. */
@@ -698,8 +707,8 @@ void client_login_on_auth_bytes(struct client *c)
     while (c->state == CLIENT_AUTH && auth_awaits_message(c->auth)) {
         uint8_t type;
         uint32_t body_len;
-        enum frame_result fr =
-            codec_frame_header(b->data + b->scan, buf_unframed(b), 8192, &type, &body_len);
+        enum frame_result fr = codec_frame_header(b->data + b->scan, buf_unframed(b),
+                                                  auth_message_max(), &type, &body_len);
         if (fr == FRAME_NEED_MORE)
             return;
         if (fr == FRAME_BAD_LENGTH) {
@@ -709,12 +718,21 @@ void client_login_on_auth_bytes(struct client *c)
         uint32_t whole = CODEC_HEADER_LEN + body_len;
         if (buf_unframed(b) < whole)
             return;
-        uint8_t body[8192];
+        /* A copy, taken before the message is consumed: the login it answers may read the
+         * client's next message from the same buffer. */
+        uint8_t small[8192];
+        uint8_t *body = body_len <= sizeof(small) ? small : malloc(body_len);
+        if (!body) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return;
+        }
         memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
         b->scan += whole;
         buf_consume(b, whole);
         struct auth_result r;
         auth_on_message(c->auth, type, body, body_len, &r);
-        act_on_auth(c, &r);
+        act_on_auth(c, &r); /* r may point into body */
+        if (body != small)
+            free(body);
     }
 }

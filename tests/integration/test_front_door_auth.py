@@ -217,3 +217,35 @@ def test_a_scram_first_message_ending_in_a_comma_logs_in_as_in_postgres(pg, star
             assert c.query("SELECT 'trailing comma'")[0] == [["trailing comma"]], port
         finally:
             c.close()
+
+
+def test_a_password_longer_than_8_kb_is_read_as_postgres_reads_it(start_sluice):
+    """Postgres reads a password message of up to 65535 bytes (PG_MAX_AUTH_TOKEN_LENGTH): a long
+    cleartext password, or a cloud provider's access token used as one. sluice refused one past
+    8192 bytes with 08P01 'bad length'; now it reads what fits its read buffer (pkt_buf, 16 kB
+    at least): the right one logs in, a wrong one is 28P01 as on Postgres."""
+    long_password = "t" * 12000
+    s = start_sluice(main={"auth_type": "plain"},
+                     auth_file={"app": APP_PASSWORD, "tokenuser": long_password})
+    c = RawConn(s.port)
+    try:
+        c.send(startup_packet(user="tokenuser", database="appdb"))
+        mtype, payload = c.read_message()
+        assert mtype == "R" and struct.unpack_from("!I", payload)[0] == 3  # cleartext
+        c.send(password_msg(long_password))
+        while True:
+            mtype, payload = c.read_message()
+            assert mtype != "E", payload
+            if mtype == "Z":
+                break
+    finally:
+        c.close()
+    c = RawConn(s.port)
+    try:
+        c.send(startup_packet(user="tokenuser", database="appdb"))
+        c.read_message()
+        c.send(password_msg("x" * 12000))
+        err = c.expect_error()
+        assert err["C"] == "28P01", err
+    finally:
+        c.close()
