@@ -261,6 +261,12 @@ static void make_room_for_a_login(struct worker *worker)
     }
 }
 
+void client_logins_give_way(struct worker *worker)
+{
+    if (logins_over_cap(worker))
+        make_room_for_a_login(worker);
+}
+
 struct client *client_accept(struct worker *worker, int fd, const struct sockaddr_storage *addr)
 {
     struct client *c = calloc(1, sizeof(*c));
@@ -851,15 +857,6 @@ void client_check_timeouts(struct client *c, uint64_t now)
     case CLIENT_STARTUP:
     case CLIENT_TLS_HANDSHAKE:
     case CLIENT_AUTH:
-        /* Stalled while logins are over their cap, at any step: no newcomer needs to arrive for
-         * it to give way, and at the listener's accept limit none is accepted to make room
-         * (make_room_for_a_login): logins stalled in the TLS handshake or the password exchange
-         * would hold every place until client_login_timeout, and no one else could log in. */
-        if (gives_way(c, c->state == CLIENT_STARTUP ? CLIENT_STARTUP : CLIENT_AUTH, now) &&
-            give_place_above_cap(c)) {
-            evict_login(c);
-            break;
-        }
         if (c->state != CLIENT_AUTH && cfg->client_startup_timeout > 0 &&
             now - c->connect_ms >= (uint64_t)cfg->client_startup_timeout) {
             snprintf(detail, sizeof(detail), "%.1f s (client_startup_timeout)",

@@ -198,6 +198,12 @@ void client_send(struct client *c);
 void client_login_ok(struct client *c);
 /* Background checks: login/idle/transaction timeouts. */
 void client_check_timeouts(struct client *c, uint64_t now);
+/* On each maintenance tick, while the process's logins are over max_client_logins: this
+ * worker's stalled logins give their places up, in make_room_for_a_login's order (half-sent
+ * startups first). No newcomer needs to arrive for it, and at the listener's accept limit none
+ * is accepted to make room: logins stalled in the TLS handshake or the password exchange would
+ * hold every place until client_login_timeout, and no one else could log in. */
+void client_logins_give_way(struct worker *worker);
 /* Its login's parameter sync is answered whole (relay.c, at the last ReadyForQuery): the
  * welcome, or the refusal. */
 void client_login_synced(struct client *c, struct server *s);

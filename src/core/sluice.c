@@ -222,6 +222,7 @@ static void on_maint_timer(uv_timer_t *t)
     struct process *proc = worker->proc;
     uint64_t now = sluice_now(worker);
     struct list_node *n, *tmp;
+    client_logins_give_way(worker);
     list_for_each(&worker->login_clients, n, tmp)
         client_check_timeouts(container_of(n, struct client, node), now);
     list_for_each(&worker->closing_clients, n, tmp)

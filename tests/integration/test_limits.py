@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, Background
-from pgwire import RawConn, ServerError, raw_login, startup_packet
+from pgwire import RawConn, ServerError, password_msg, raw_login, startup_packet
 
 
 def test_max_client_conn_reached_sends_53300_and_frees_up_after_a_disconnect(start_sluice):
@@ -192,6 +192,42 @@ def test_logins_stalled_in_the_password_exchange_at_the_accept_limit_do_not_lock
         assert err["C"] == "53300" and "max_client_logins (5)" in err["M"], err
     finally:
         for c in strangers:
+            c.close()
+
+
+@pytest.mark.timeout(60)
+def test_over_the_login_cap_half_sent_startups_give_way_before_password_exchanges(start_sluice):
+    """Over max_client_logins with no newcomer to make room, the maintenance tick lets stalled
+    logins go in make_room_for_a_login's order: those that have not sent a whole startup packet
+    first. The tick went down its list instead, so the older logins waiting for their password
+    prompt to be answered (a human at psql, a slow driver) went before half-sent strangers."""
+    s = start_sluice({"workers": 1, "max_client_logins": 3, "client_login_timeout": 60,
+                      "auth_type": "plain",
+                      "client_startup_timeout": 60}, auth_file={APP_USER: APP_PASSWORD})
+    prompted = []
+    try:
+        for _ in range(3):
+            c = RawConn(s.port, timeout=10)
+            c.send(startup_packet())
+            assert c.read_message()[0] == "R"  # asked for its password: in the exchange
+            prompted.append(c)
+        half = half_sent_startups(s.port, 2)  # over the cap by 2, none a second old yet
+        try:
+            for c in half:
+                err = c.expect_error(timeout=15)
+                assert err["C"] == "53300", err
+            for c in prompted:  # still asked for a password, and still able to answer it
+                c.sock.settimeout(0.5)
+                with pytest.raises(socket.timeout):
+                    c.sock.recv(1)
+            prompted[0].send(password_msg(APP_PASSWORD))
+            while prompted[0].read_message()[0] != "Z":
+                pass
+        finally:
+            for c in half:
+                c.close()
+    finally:
+        for c in prompted:
             c.close()
 
 
