@@ -506,7 +506,10 @@ static void validate(struct loader *L)
     }
     bool needs_secret =
         c->auth_type == AUTH_PLAIN || c->auth_type == AUTH_MD5 || c->auth_type == AUTH_SCRAM;
-    if (needs_secret && c->nauth == 0 && !c->auth_user[0])
+    bool entry_auth_user = false; /* an entry's auth_user runs auth_query for its clients */
+    for (int i = 0; i < c->ndbs; i++)
+        entry_auth_user |= c->dbs[i].auth_user && c->dbs[i].auth_user[0];
+    if (needs_secret && c->nauth == 0 && !c->auth_user[0] && !entry_auth_user)
         load_warning(L,
                      "auth_type is %s but there are no users (auth_file and DATABASE_URL give "
                      "none): every client login will fail",

@@ -1235,6 +1235,11 @@ static void password_auth_without_any_user_warns(void)
     CHECK(c != NULL);
     CHECK_WARNING("auth_type is md5 but there are no users");
     config_free(c);
+    /* an entry's auth_user looks its clients up with auth_query: users there are */
+    c = load("[databases]\napp = host=127.0.0.1 auth_user=lookup\n", NULL);
+    CHECK(c != NULL);
+    CHECK(!list_has(diag.warnings, diag.nwarnings, "there are no users"));
+    config_free(c);
     c = load(MINIMAL_DBS "[sluice]\nauth_type = trust\n", NULL);
     CHECK(c != NULL);
     CHECK_INT(diag.nwarnings, 0);
