@@ -7,8 +7,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, Background
+from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, wait_until
 from pgwire import RawConn, ServerError, password_msg, raw_login, startup_packet
+from test_resources import holds_connection_from
 
 
 def test_max_client_conn_reached_sends_53300_and_frees_up_after_a_disconnect(start_sluice):
@@ -199,35 +200,39 @@ def test_logins_stalled_in_the_password_exchange_at_the_accept_limit_do_not_lock
 def test_over_the_login_cap_half_sent_startups_give_way_before_password_exchanges(start_sluice):
     """Over max_client_logins with no newcomer to make room, the maintenance tick lets stalled
     logins go in make_room_for_a_login's order: those that have not sent a whole startup packet
-    first. The tick went down its list instead, so the older logins waiting for their password
-    prompt to be answered (a human at psql, a slow driver) went before half-sent strangers."""
+    first. The tick went down its list instead, so the older connections waiting for their
+    password prompt to be answered (a human at psql, a slow driver) went before half-sent
+    strangers. The prompted ones connect first (first in the list) but enter the password
+    exchange only once sluice holds the strangers, so whenever one of them has stalled a
+    second, the strangers have too, and must go first."""
     s = start_sluice({"workers": 1, "max_client_logins": 3, "client_login_timeout": 60,
-                      "auth_type": "plain",
-                      "client_startup_timeout": 60}, auth_file={APP_USER: APP_PASSWORD})
-    prompted = []
+                      "auth_type": "plain", "client_startup_timeout": 60,
+                      "tcp_defer_accept": 0}, auth_file={APP_USER: APP_PASSWORD})
+    prompted = [RawConn(s.port, timeout=10) for _ in range(3)]
+    half = []
     try:
-        for _ in range(3):
-            c = RawConn(s.port, timeout=10)
+        for c in prompted:
+            wait_until(lambda: holds_connection_from(s.pid, c.sock.getsockname()[1]), 10,
+                       interval=0.01, what="sluice to accept the connection")
+        half = half_sent_startups(s.port, 2)  # over the cap by 2 once they are accepted
+        for c in half:
+            wait_until(lambda: holds_connection_from(s.pid, c.sock.getsockname()[1]), 10,
+                       interval=0.01, what="sluice to accept the half-sent startup")
+        for c in prompted:
             c.send(startup_packet())
             assert c.read_message()[0] == "R"  # asked for its password: in the exchange
-            prompted.append(c)
-        half = half_sent_startups(s.port, 2)  # over the cap by 2, none a second old yet
-        try:
-            for c in half:
-                err = c.expect_error(timeout=15)
-                assert err["C"] == "53300", err
-            for c in prompted:  # still asked for a password, and still able to answer it
-                c.sock.settimeout(0.5)
-                with pytest.raises(socket.timeout):
-                    c.sock.recv(1)
-            prompted[0].send(password_msg(APP_PASSWORD))
-            while prompted[0].read_message()[0] != "Z":
-                pass
-        finally:
-            for c in half:
-                c.close()
+        for c in half:
+            err = c.expect_error(timeout=15)
+            assert err["C"] == "53300", err
+        for c in prompted:  # still asked for a password, and still able to answer it
+            c.sock.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                c.sock.recv(1)
+        prompted[0].send(password_msg(APP_PASSWORD))
+        while prompted[0].read_message()[0] != "Z":
+            pass
     finally:
-        for c in prompted:
+        for c in prompted + half:
             c.close()
 
 
