@@ -78,11 +78,18 @@ def linked_pair(start_sluice, main=None):
 
 
 def assert_cancelled_not_run_elsewhere(q, what):
-    """The Postgres outcome: the query is cancelled (it sleeps 20 s, the cancel comes at once).
-    It must never complete, and above all not under another client's settings."""
+    """The Postgres outcome: the query is cancelled (it sleeps 20 s, the cancel comes at once),
+    and above all it never runs under another client's settings. One exception is known and
+    left open: the deferred cancel is sent the moment sluice's statements are answered, and a
+    backend that gets it while it reads the client's query (already in its socket) ignores it
+    (postgres.c: a cancel during DoingCommandRead); the query then runs to its end, with the
+    client's own settings. Seen once under ASan on a loaded machine; that outcome is accepted,
+    any other is not."""
     err = q.error(timeout=60)
     if err is None:
         value = q.result(0)[0]
+        if value == CFG:
+            return  # the cancel lost at the query's start: see above
         pytest.fail(f"{what}: the query ran to its end instead of being cancelled, with "
                     f"default_text_search_config = {value!r} (the client's is {CFG!r})")
     assert isinstance(err, errors.QueryCanceled), f"{what}: expected 57014, got {err!r}"
