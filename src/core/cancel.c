@@ -189,6 +189,23 @@ struct cancel_job {
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
                         struct cancel_job *remote);
 
+/* The job's requester is answered (here, or on its worker through the ticket's answer) and the
+ * job freed, for a cancel that is over or one that will not be sent; its worker's events, for
+ * what the caller does next with the server. */
+static const struct cancel_events *answer_and_free(struct cancel_job *job)
+{
+    struct client *requester = job->requester;
+    const struct cancel_events *events = job->events;
+    if (job->reply_to)
+        worker_post_cancel_done(job->reply_to, job->answer);
+    free(job);
+    if (requester) {
+        requester->cancel_job = NULL;
+        events->request_handled(requester);
+    }
+    return events;
+}
+
 /* A cancel is over (delivered, failed, timed out or ended by a shutdown): the server counts it
  * out, the requester is answered. */
 static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, const char *why)
@@ -208,17 +225,7 @@ static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, con
                 "cancel may still reach it)",
                 CONN_ID_TEXT(s->id), why);
     }
-    struct client *requester = job->requester;
-    const struct cancel_events *events = job->events;
-    struct worker *reply_to = job->reply_to;
-    struct worker_msg *answer = job->answer;
-    free(job);
-    if (reply_to)
-        worker_post_cancel_done(reply_to, answer);
-    if (requester) {
-        requester->cancel_job = NULL;
-        events->request_handled(requester);
-    }
+    const struct cancel_events *events = answer_and_free(job);
     if (s->state == SERVER_CLOSED) {
         /* server_close left the struct for us (see on_reaper_check). */
         return;
@@ -491,15 +498,7 @@ static void defer_cancel(struct server *s, struct cancel_job *job)
 static void answer_unsent(struct cancel_job *job)
 {
     job->server->cancels_in_flight--;
-    struct client *requester = job->requester;
-    const struct cancel_events *events = job->events;
-    if (job->reply_to)
-        worker_post_cancel_done(job->reply_to, job->answer);
-    free(job);
-    if (requester) {
-        requester->cancel_job = NULL;
-        events->request_handled(requester);
-    }
+    answer_and_free(job);
 }
 
 void cancel_release_deferred(struct server *s)
