@@ -1,17 +1,15 @@
 """CancelRequest: each client's BackendKeyData cancels only that client's own query."""
 
 import random
-import socket
-import struct
 import time
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import Background, forward_both_ways
+from conftest import Background
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
-from test_pgbouncer_features import CountingProxy
+from tcp_proxy import ForwardingProxy
 
 
 def run(conn, sql):
@@ -136,12 +134,10 @@ def test_cancel_of_a_request_waiting_for_a_server_answers_57014_and_never_runs_i
     holder.close()
 
 
-class CancelDelayingProxy(CountingProxy):
+class CancelDelayingProxy(ForwardingProxy):
     """A loopback TCP forwarder to Postgres that holds each CancelRequest for `delay` s before
     passing it on, notes when Postgres has closed that connection (it does so only once it has
     signalled the backend), and passes that close on `hold_close` s later."""
-
-    CANCEL_CODE = 80877102
 
     def __init__(self, target_port, delay=0.0, hold_close=0.0):
         self.delay = delay
@@ -150,41 +146,21 @@ class CancelDelayingProxy(CountingProxy):
         self.cancels_passed_on = []  # time.time() when that close was passed on
         super().__init__(target_port)
 
-    def _forward(self, a):
-        self.threading.Thread(target=self._serve, args=(a,), daemon=True).start()
-
-    @staticmethod
-    def _recv_exactly(sock, n):
-        data = b""
-        while len(data) < n:
-            part = sock.recv(n - len(data))
-            if not part:
-                break
-            data += part
-        return data
-
-    def _serve(self, a):
+    def serve_cancel(self, a, packet):
         try:
-            head = self._recv_exactly(a, 8)
-            b = socket.create_connection(("127.0.0.1", self.target_port))
+            b = self.connect_upstream()
         except OSError:
             a.close()
             return
-        length, code = struct.unpack("!II", head) if len(head) == 8 else (0, 0)
-        if length == 16 and code == self.CANCEL_CODE:
-            rest = self._recv_exactly(a, 8)
-            time.sleep(self.delay)
-            b.sendall(head + rest)
-            while b.recv(1):  # Postgres closes it once the backend is signalled
-                pass
-            self.cancels_done.append(time.monotonic())
-            b.close()
-            time.sleep(self.hold_close)
-            self.cancels_passed_on.append(time.time())
-            a.close()
-            return
-        b.sendall(head)
-        forward_both_ways(a, b)
+        time.sleep(self.delay)
+        b.sendall(packet)
+        while b.recv(1):  # Postgres closes it once the backend is signalled
+            pass
+        self.cancels_done.append(time.monotonic())
+        b.close()
+        time.sleep(self.hold_close)
+        self.cancels_passed_on.append(time.time())
+        a.close()
 
 
 @pytest.mark.timeout(60)

@@ -6,67 +6,34 @@ SCRAM derivations need, is not where cancels wait)."""
 
 import signal
 import socket
-import struct
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, forward_both_ways, wait_until
+from conftest import APP_DB, wait_until
 from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
+from tcp_proxy import ForwardingProxy
 from test_auth import auth_roles, passthrough_entry  # noqa: F401 (a fixture)
 
-CANCEL_CODE = 80877102
-
-
-class CancelHoldingProxy:
+class CancelHoldingProxy(ForwardingProxy):
     """A loopback TCP forwarder to Postgres that passes every connection on, except a
     CancelRequest: that one it accepts, reads, and then holds open without a word, as an
     upstream behind a partition would (the SYN answered, nothing after)."""
 
     def __init__(self, target_port, host="127.0.0.1", hold_cancels=True):
-        self.target_port = target_port
         self.hold_cancels = hold_cancels  # False: a plain forwarder, cancels included
         self.held = []  # the cancel connections, open until close()
         self.lock = threading.Lock()
-        self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        # (its accepted sockets inherit it: stop_answering can then bind the port again)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
-        self.lsock.listen(128)
-        self.port = self.lsock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port, host)
 
-    def _accept(self):
-        while True:
-            try:
-                a, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(a,), daemon=True).start()
-
-    def _serve(self, a):
-        try:
-            head = b""
-            while len(head) < 8:
-                part = a.recv(8 - len(head))
-                if not part:
-                    a.close()
-                    return
-                head += part
-            length, code = struct.unpack("!II", head)
-            if length == 16 and code == CANCEL_CODE and self.hold_cancels:
-                a.recv(8)
-                with self.lock:
-                    self.held.append(a)
-                return
-            b = socket.create_connection(("127.0.0.1", self.target_port))
-        except OSError:
-            a.close()
+    def serve_cancel(self, a, packet):
+        if not self.hold_cancels:
+            super().serve_cancel(a, packet)
             return
-        b.sendall(head)
-        forward_both_ways(a, b)
+        with self.lock:
+            self.held.append(a)
 
     def stop_answering(self):
         """From now on a connection to this port hangs in connect, as to a host behind a
@@ -100,7 +67,7 @@ class CancelHoldingProxy:
             return len(self.held)
 
     def close(self):
-        self.lsock.close()
+        super().close()
         for f in getattr(self, "fillers", []):
             f.close()
         with self.lock:

@@ -7,9 +7,10 @@ import socket
 import psycopg
 import pytest
 
-from conftest import Background, forward_both_ways, wait_until
+from conftest import Background, wait_until
 from pgwire import (ServerError, bind_msg, execute_msg, parse_msg, query_msg, raw_login,
                     sync_msg)
+from tcp_proxy import ForwardingProxy
 
 
 # ---- connect_query: run once on each new server, before it serves ----
@@ -275,39 +276,6 @@ def test_a_bad_client_tls13_ciphers_value_stops_sluice(start_sluice, pki):
 
 # ---- load_balance_hosts: a host list used round robin, a failing host skipped ----
 
-class CountingProxy:
-    """A loopback TCP forwarder to Postgres that counts the connections it accepted."""
-
-    def __init__(self, target_port):
-        import socket
-        import threading
-        self.accepted = 0
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
-        self.target_port = target_port
-        self.threading = threading
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                a, _ = self.lsock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._forward(a)
-
-    def _forward(self, a):
-        """Pass one accepted connection on to Postgres (a subclass may hold it first)."""
-        import socket
-        forward_both_ways(a, socket.create_connection(("127.0.0.1", self.target_port)))
-
-    def close(self):
-        self.lsock.close()
-
-
 def _open_servers(s, n):
     """n clients each in a transaction at once: n servers."""
     conns = [s.connect() for _ in range(n)]
@@ -325,7 +293,7 @@ def test_load_balance_hosts_round_robin_spreads_new_servers_over_the_host_list(
         start_sluice, pg, key):
     """PgBouncer's default for a host list: each new server connection starts at the next
     host."""
-    a, b = CountingProxy(pg.port), CountingProxy(pg.port)
+    a, b = ForwardingProxy(pg.port), ForwardingProxy(pg.port)
     try:
         entry = pg.db_entry(host="127.0.0.1,127.0.0.1", port=f"{a.port},{b.port}")
         if key:
@@ -346,7 +314,7 @@ def test_load_balance_hosts_skips_a_host_that_fails(start_sluice, pg):
     import socket
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    a = CountingProxy(pg.port)
+    a = ForwardingProxy(pg.port)
     try:
         entry = pg.db_entry(host="127.0.0.1,127.0.0.1",
                             port=f"{dead.getsockname()[1]},{a.port}")
@@ -359,7 +327,7 @@ def test_load_balance_hosts_skips_a_host_that_fails(start_sluice, pg):
 
 
 def test_load_balance_hosts_disable_keeps_the_first_host_that_works(start_sluice, pg):
-    a, b = CountingProxy(pg.port), CountingProxy(pg.port)
+    a, b = ForwardingProxy(pg.port), ForwardingProxy(pg.port)
     try:
         entry = pg.db_entry(host="127.0.0.1,127.0.0.1", port=f"{a.port},{b.port}",
                             load_balance_hosts="disable")
