@@ -424,8 +424,7 @@ static int linked_servers(const struct worker *worker, const char *db_name, cons
     list_for_each(&worker->pools, node, tmp)
     {
         const struct pool *p = container_of(node, struct pool, node);
-        if ((!db_name || strcmp(p->db_name, db_name) == 0) &&
-            (!user_name || strcmp(p->user_name, user_name) == 0))
+        if (pool_in_scope(p, db_name, user_name))
             n += p->active.count;
     }
     return n;

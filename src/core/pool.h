@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "budget.h"
 #include "config.h"
@@ -192,6 +193,14 @@ static inline int pool_server_count(const struct pool *p)
 {
     return p->connecting.count + p->idle.count + p->active.count + p->resetting.count +
            p->leaving.count;
+}
+
+/* Is p a pool of a database and/or a user (NULL: any)? The filter by which budget.c and
+ * ledger_audit.c count a scope's servers. */
+static inline bool pool_in_scope(const struct pool *p, const char *db_name, const char *user_name)
+{
+    return (!db_name || strcmp(p->db_name, db_name) == 0) &&
+           (!user_name || strcmp(p->user_name, user_name) == 0);
 }
 
 /* Does p know what to tell a new client at login (its welcome)? Learnt from a server of its
