@@ -33,6 +33,11 @@
 struct long_auth_message;
 static void free_long_auth(struct long_auth_message *m);
 
+bool client_login_waits_on_sluice(const struct client *c)
+{
+    return c->state == CLIENT_AUTH && c->auth && !auth_awaits_message(c->auth);
+}
+
 void client_auth_end(struct client *c)
 {
     auth_end(c->auth);
@@ -66,6 +71,9 @@ static void on_auth_resumed(void *owner, const struct auth_result *r)
     struct client *c = owner;
     if (c->state != CLIENT_AUTH)
         return; /* failed meanwhile (a timeout): the exchange ends when the client closes */
+    /* Asked only now: the client's time to answer starts here, not when sluice began to look
+     * its secret up (a login gives way only once it has kept sluice waiting, gives_way). */
+    c->state_since_ms = sluice_now(c->worker);
     act_on_auth(c, r);
     client_login_on_auth_bytes(c); /* an answer the client sent before it was asked */
 }
