@@ -643,13 +643,12 @@ static bool awaits_sasl(const struct auth_state *st)
 
 uint32_t auth_message_max(const struct auth_state *st)
 {
-    uint32_t with_length_word = st && awaits_sasl(st) ? PG_MAX_SASL_MESSAGE_LENGTH
-                                                      : PG_MAX_AUTH_TOKEN_LENGTH;
+    uint32_t with_length_word =
+        st && awaits_sasl(st) ? PG_MAX_SASL_MESSAGE_LENGTH : PG_MAX_AUTH_TOKEN_LENGTH;
     return with_length_word - 4;
 }
 
-void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len,
-                       struct auth_result *r)
+void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len, struct auth_result *r)
 {
     if (!st || st->step == STEP_LOOKUP || type != 'p') {
         auth_on_message(st, type, NULL, 0, r); /* refused for its type */

@@ -92,8 +92,7 @@ bool auth_awaits_message(const struct auth_state *st);
 uint32_t auth_message_max(const struct auth_state *st);
 /* The client announced a message of this type with a body of len bytes, past auth_message_max:
  * refused as Postgres refuses it (a wrong type first, as there). */
-void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len,
-                       struct auth_result *r);
+void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len, struct auth_result *r);
 /* A message from the client during the exchange. */
 void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
                      struct auth_result *r);

@@ -6,9 +6,9 @@
 #include "client_login.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <stdatomic.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -814,8 +814,8 @@ void client_login_on_auth_bytes(struct client *c)
         }
         uint8_t type;
         uint32_t body_len;
-        enum frame_result fr =
-            codec_frame_header(b->data + b->scan, buf_unframed(b), UINT32_MAX - 4, &type, &body_len);
+        enum frame_result fr = codec_frame_header(b->data + b->scan, buf_unframed(b),
+                                                  UINT32_MAX - 4, &type, &body_len);
         if (fr == FRAME_NEED_MORE)
             return;
         if (fr == FRAME_BAD_LENGTH) {
@@ -830,6 +830,10 @@ void client_login_on_auth_bytes(struct client *c)
         }
         uint32_t whole = CODEC_HEADER_LEN + body_len;
         if (whole > buf_block_size()) {
+            if (type != 'p') { /* refused for its type, as Postgres does before it reads on */
+                answer_auth(c, type, NULL, 0);
+                return;
+            }
             if (!start_long_auth(c, type, body_len))
                 return;
             continue;
