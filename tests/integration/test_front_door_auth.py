@@ -226,8 +226,9 @@ def test_a_scram_first_message_ending_in_a_comma_logs_in_as_in_postgres(pg, star
 def test_a_password_longer_than_8_kb_is_read_as_postgres_reads_it(start_sluice):
     """Postgres reads a password message of up to 65535 bytes (PG_MAX_AUTH_TOKEN_LENGTH): a long
     cleartext password, or a cloud provider's access token used as one. sluice refused one past
-    8192 bytes with 08P01 'bad length'; now it reads what fits its read buffer (pkt_buf, 16 kB
-    at least): the right one logs in, a wrong one is 28P01 as on Postgres."""
+    8192 bytes with 08P01 'bad length'; now it reads one up to Postgres's limit (one longer than
+    its read buffer too: test_a_30_kb_token_as_a_password_logs_in_as_on_postgres): the right one
+    logs in, a wrong one is 28P01 as on Postgres."""
     long_password = "t" * 12000
     s = start_sluice(main={"auth_type": "plain"},
                      auth_file={"app": APP_PASSWORD, "tokenuser": long_password})
