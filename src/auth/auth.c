@@ -631,6 +631,45 @@ bool auth_awaits_message(const struct auth_state *st)
     return st && st->step != STEP_LOOKUP;
 }
 
+/* Postgres's bounds on an authentication message, its length word included (auth.c
+ * PG_MAX_AUTH_TOKEN_LENGTH, sasl.h PG_MAX_SASL_MESSAGE_LENGTH). */
+#define PG_MAX_AUTH_TOKEN_LENGTH 65535u
+#define PG_MAX_SASL_MESSAGE_LENGTH 1024u
+
+static bool awaits_sasl(const struct auth_state *st)
+{
+    return st->step == STEP_SASL_INITIAL || st->step == STEP_SASL_RESPONSE;
+}
+
+uint32_t auth_message_max(const struct auth_state *st)
+{
+    uint32_t with_length_word =
+        st && awaits_sasl(st) ? PG_MAX_SASL_MESSAGE_LENGTH : PG_MAX_AUTH_TOKEN_LENGTH;
+    return with_length_word - 4;
+}
+
+void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len, struct auth_result *r)
+{
+    if (!st || st->step == STEP_LOOKUP || type != 'p') {
+        auth_on_message(st, type, NULL, 0, r); /* refused for its type */
+        return;
+    }
+    say(&st->login, LOG_WARNING, "%s message of %u bytes refused: invalid message length",
+        awaits_sasl(st) ? "SASL" : "password", len + 4);
+    if (awaits_sasl(st)) {
+        /* Postgres ends the SASL exchange as failed (auth-sasl.c CheckSASLAuth: STATUS_ERROR) */
+        refused(r, FAIL_AUTH_FAILED, st->login.user);
+        return;
+    }
+    /* Postgres logs 08P01 "invalid message length" and closes without a word (a password
+     * packet it cannot read is taken as the client's EOF); the client here is told why. */
+    snprintf(r->text, sizeof(r->text),
+             "invalid message length: a password message may be at most %u bytes, length word "
+             "included; this one is %u",
+             PG_MAX_AUTH_TOKEN_LENGTH, len + 4);
+    refused(r, FAIL_PROTOCOL_VIOLATION, r->text);
+}
+
 void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
                      struct auth_result *r)
 {

@@ -85,6 +85,14 @@ struct auth_state *auth_start(const struct auth_login *login, struct auth_result
  * secret is looked up: a message the client sent ahead waits until then, as Postgres reads it
  * only once it has asked. */
 bool auth_awaits_message(const struct auth_state *st);
+/* The longest message body the exchange takes now, as Postgres bounds the message it awaits:
+ * a password (cleartext or md5) up to PG_MAX_AUTH_TOKEN_LENGTH, 65535 bytes with the length word
+ * (a long password, a cloud provider's token used as one); a SASL message up to
+ * PG_MAX_SASL_MESSAGE_LENGTH, 1024. */
+uint32_t auth_message_max(const struct auth_state *st);
+/* The client announced a message of this type with a body of len bytes, past auth_message_max:
+ * refused as Postgres refuses it (a wrong type first, as there). */
+void auth_on_oversized(struct auth_state *st, uint8_t type, uint32_t len, struct auth_result *r);
 /* A message from the client during the exchange. */
 void auth_on_message(struct auth_state *st, uint8_t type, const uint8_t *body, uint32_t len,
                      struct auth_result *r);

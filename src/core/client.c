@@ -198,18 +198,20 @@ static void on_client_io(struct sockio *io, int status, int events);
 
 /* Logins in progress have their own cap (max_client_logins): a stranger can open connections
  * and never finish logging in, at no cost to himself. Past the cap, the oldest login in progress
- * gives its place up: first among those that have not sent a whole startup packet, then among
- * the rest, and never one younger than LOGIN_GRACE_MS, whose bytes may still be on the way (a
- * real client's SSLRequest round trip; a storm of real logins). A real login finishes in
- * milliseconds, so it is the stalled ones that reach the head of the list and a flood cannot lock
- * out new logins. Until logins are old enough to give way the cap may be passed; the listener's
- * accept limit still bounds the whole. */
+ * that keeps sluice waiting gives its place up: first among those that have not sent a whole
+ * startup packet, then among the rest, and never one younger than LOGIN_GRACE_MS, whose bytes may
+ * still be on the way (a real client's SSLRequest round trip; a storm of real logins). A real
+ * login finishes in milliseconds, so it is the stalled ones that reach the head of the list and a
+ * flood cannot lock out new logins. A login that waits on sluice itself (its secret looked up:
+ * client_login_waits_on_sluice) is stalled by no one but sluice and never gives way; its time to
+ * answer starts once it is asked. Until logins are old enough to give way the cap may be passed;
+ * the listener's accept limit still bounds the whole. */
 #define LOGIN_GRACE_MS 1000
 
 static bool gives_way(const struct client *c, enum client_state tier, uint64_t now)
 {
     bool in_tier = tier == CLIENT_STARTUP ? c->state == CLIENT_STARTUP : c->state != CLIENT_STARTUP;
-    return in_tier && now - c->state_since_ms >= LOGIN_GRACE_MS;
+    return in_tier && now - c->state_since_ms >= LOGIN_GRACE_MS && !client_login_waits_on_sluice(c);
 }
 
 static void evict_login(struct client *c)

@@ -125,6 +125,9 @@ struct client {
     uint64_t state_since_ms;
     struct auth_state *auth; /* the exchange in progress: only while AUTH (auth.h; started and
                                 ended by client_login.c) */
+    /* AUTH: an authentication message longer than the read buffer, gathered as it arrives (a
+     * long password or token, client_login.c); NULL: none, the common case */
+    struct long_auth_message *long_auth;
     struct budget *budget; /* counted in budget->clients from login to close */
     bool admin;            /* logged in to the admin console (a database, not a state) */
     bool pinned;           /* session_state_policy = pin: keeps its server until it leaves */

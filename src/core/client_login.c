@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +30,22 @@
 
 /* ---- the authentication exchange: auth.c decides, the client acts ---- */
 
+struct long_auth_message;
+static void free_long_auth(struct long_auth_message *m);
+
+bool client_login_waits_on_sluice(const struct client *c)
+{
+    return c->state == CLIENT_AUTH && c->auth && !auth_awaits_message(c->auth);
+}
+
 void client_auth_end(struct client *c)
 {
     auth_end(c->auth);
     c->auth = NULL;
+    if (c->long_auth) {
+        free_long_auth(c->long_auth);
+        c->long_auth = NULL;
+    }
 }
 
 static void act_on_auth(struct client *c, const struct auth_result *r)
@@ -57,6 +71,9 @@ static void on_auth_resumed(void *owner, const struct auth_result *r)
     struct client *c = owner;
     if (c->state != CLIENT_AUTH)
         return; /* failed meanwhile (a timeout): the exchange ends when the client closes */
+    /* Asked only now: the client's time to answer starts here, not when sluice began to look
+     * its secret up (a login gives way only once it has kept sluice waiting, gives_way). */
+    c->state_since_ms = sluice_now(c->worker);
     act_on_auth(c, r);
     client_login_on_auth_bytes(c); /* an answer the client sent before it was asked */
 }
@@ -689,33 +706,138 @@ void client_login_on_startup_bytes(struct client *c)
     }
 }
 
-/* The longest authentication message read: Postgres takes up to 65535 bytes
- * (PG_MAX_AUTH_TOKEN_LENGTH: a long cleartext password, a cloud provider's token as one), and a
- * message must fit in one read buffer (pkt_buf, at least 16384) to be read whole. */
-static uint32_t auth_message_max(void)
+/* ---- authentication messages longer than the read buffer ---- */
+
+/* A message longer than the read buffer holds (pkt_buf - 5 bytes: a long cleartext password, a
+ * cloud provider's token used as one, which Postgres takes up to 65535 bytes) is gathered into a
+ * block of its own as it arrives, freed once auth.c has it or the exchange ends (client_auth_end).
+ * What strangers can make sluice hold before they log in stays bounded: at most
+ * max_client_logins such blocks in the whole process (one count for every worker, as
+ * max_client_logins is one cap), each at most 64 kB; a login past that is refused (53300) and
+ * may retry. One that stalls while sending gives way like any stalled login
+ * (make_room_for_a_login), and its block goes with it. */
+struct long_auth_message {
+    uint8_t type;
+    uint32_t len, have; /* the body's length, and how much of it has arrived */
+    uint8_t body[];
+};
+
+static atomic_int long_auth_messages; /* being gathered now, every worker's */
+
+static bool take_long_auth_place(const struct config *cfg)
 {
-    uint32_t fits = buf_block_size() - CODEC_HEADER_LEN;
-    return fits < 65535 ? fits : 65535;
+    int n = atomic_load_explicit(&long_auth_messages, memory_order_relaxed);
+    do {
+        if (n >= cfg->max_client_logins)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&long_auth_messages, &n, n + 1,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+static void free_long_auth(struct long_auth_message *m)
+{
+    OPENSSL_cleanse(m->body, m->have); /* a password */
+    free(m);
+    atomic_fetch_sub_explicit(&long_auth_messages, 1, memory_order_relaxed);
+}
+
+/* The message whose header is at c->in's scan, a body of body_len bytes, is gathered from now
+ * on. False when c was refused. */
+static bool start_long_auth(struct client *c, uint8_t type, uint32_t body_len)
+{
+    const struct config *cfg = c->worker->cfg;
+    if (!take_long_auth_place(cfg)) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "max_client_logins (%lld) logins are sending authentication messages longer "
+                 "than pkt_buf",
+                 (long long)cfg->max_client_logins);
+        client_fail(c, FAIL_TOO_MANY_LONG_AUTH, detail);
+        return false;
+    }
+    struct long_auth_message *m = malloc(sizeof(*m) + body_len);
+    if (!m) {
+        atomic_fetch_sub_explicit(&long_auth_messages, 1, memory_order_relaxed);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return false;
+    }
+    *m = (struct long_auth_message){.type = type, .len = body_len};
+    c->long_auth = m;
+    c->in.scan += CODEC_HEADER_LEN;
+    buf_consume(&c->in, CODEC_HEADER_LEN);
+    return true;
+}
+
+/* Move what has arrived of c's long message out of the read buffer, which has room again for
+ * the rest. True once it is whole. */
+static bool gather_long_auth(struct client *c)
+{
+    struct long_auth_message *m = c->long_auth;
+    struct buf *b = &c->in;
+    uint32_t n = buf_unframed(b);
+    if (n > m->len - m->have)
+        n = m->len - m->have;
+    if (n > 0) {
+        memcpy(m->body + m->have, b->data + b->scan, n);
+        m->have += n;
+        b->scan += n;
+        buf_consume(b, n);
+    }
+    return m->have == m->len;
+}
+
+static void answer_auth(struct client *c, uint8_t type, const uint8_t *body, uint32_t len)
+{
+    struct auth_result r;
+    auth_on_message(c->auth, type, body, len, &r);
+    act_on_auth(c, &r); /* r may point into body */
 }
 
 /* The client's answers to the Authentication requests, each read once it is asked for, as
  * Postgres reads them: one the client sent ahead (with its startup packet, or while its secret was
- * looked up) waits in the buffer until then; several in one read are taken in turn. */
+ * looked up) waits in the buffer until then; several in one read are taken in turn. Each may be
+ * as long as Postgres takes it (auth_message_max): one longer than the read buffer is gathered
+ * (start_long_auth). */
 void client_login_on_auth_bytes(struct client *c)
 {
     struct buf *b = &c->in;
     while (c->state == CLIENT_AUTH && auth_awaits_message(c->auth)) {
+        if (c->long_auth) {
+            if (!gather_long_auth(c))
+                return;
+            struct long_auth_message *m = c->long_auth;
+            c->long_auth = NULL; /* the answer may end the exchange: m is freed here, after */
+            answer_auth(c, m->type, m->body, m->len);
+            free_long_auth(m);
+            continue;
+        }
         uint8_t type;
         uint32_t body_len;
         enum frame_result fr = codec_frame_header(b->data + b->scan, buf_unframed(b),
-                                                  auth_message_max(), &type, &body_len);
+                                                  UINT32_MAX - 4, &type, &body_len);
         if (fr == FRAME_NEED_MORE)
             return;
         if (fr == FRAME_BAD_LENGTH) {
             client_fail(c, FAIL_PROTOCOL_VIOLATION, "bad length in authentication message");
             return;
         }
+        if (body_len > auth_message_max(c->auth)) {
+            struct auth_result r;
+            auth_on_oversized(c->auth, type, body_len, &r);
+            act_on_auth(c, &r);
+            return;
+        }
         uint32_t whole = CODEC_HEADER_LEN + body_len;
+        if (whole > buf_block_size()) {
+            if (type != 'p') { /* refused for its type, as Postgres does before it reads on */
+                answer_auth(c, type, NULL, 0);
+                return;
+            }
+            if (!start_long_auth(c, type, body_len))
+                return;
+            continue;
+        }
         if (buf_unframed(b) < whole)
             return;
         /* A copy, taken before the message is consumed: the login it answers may read the
@@ -729,9 +851,8 @@ void client_login_on_auth_bytes(struct client *c)
         memcpy(body, b->data + b->scan + CODEC_HEADER_LEN, body_len);
         b->scan += whole;
         buf_consume(b, whole);
-        struct auth_result r;
-        auth_on_message(c->auth, type, body, body_len, &r);
-        act_on_auth(c, &r); /* r may point into body */
+        answer_auth(c, type, body, body_len);
+        OPENSSL_cleanse(body, body_len); /* a password */
         if (body != small)
             free(body);
     }

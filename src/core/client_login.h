@@ -4,6 +4,8 @@
 #ifndef SLUICE_CLIENT_LOGIN_H
 #define SLUICE_CLIENT_LOGIN_H
 
+#include <stdbool.h>
+
 struct client;
 
 /* STARTUP: whole startup-phase packets in c->in (SSLRequest, CancelRequest, the startup
@@ -13,6 +15,11 @@ void client_login_on_startup_bytes(struct client *c);
 void client_login_on_auth_bytes(struct client *c);
 /* TLS_HANDSHAKE: the handshake goes on whenever the socket is ready the way OpenSSL asked. */
 void client_login_tls_step(struct client *c);
+/* AUTH, and the client has not been asked for anything: sluice itself is on the way, looking
+ * its secret up (an auth_query lookup in flight or waiting for a connection, a SCRAM secret
+ * derived on the thread pool). Such a login is not stalled by the client and never gives way
+ * above max_client_logins (client.c make_room_for_a_login). */
+bool client_login_waits_on_sluice(const struct client *c);
 /* Drop the authentication exchange in progress, if any (the client is leaving AUTH or closing).
  * Idempotent. */
 void client_auth_end(struct client *c);

@@ -67,6 +67,12 @@ static const struct failure_info table[] = {
         F(FATAL, TOO_MANY_CONNECTIONS, "too many logins in progress: %s",
           "A newer connection took this one's place: a login must finish promptly. Raise "
           "max_client_logins if real clients log in this slowly."),
+    [FAIL_TOO_MANY_LONG_AUTH] =
+        F(FATAL, TOO_MANY_CONNECTIONS, "too many logins in progress: %s",
+          "Each login that sends a password or token longer than pkt_buf holds a buffer of its "
+          "own until it is read; their number is capped to bound what strangers can hold before "
+          "they log in. Retry shortly, or raise max_client_logins if this many clients send "
+          "such passwords at once."),
     [FAIL_WAIT_TIMEOUT] = F(FATAL, TOO_MANY_CONNECTIONS, "%s", NULL),
     [FAIL_WAIT_TIMEOUT_RETRY] = F(ERROR, TOO_MANY_CONNECTIONS, "%s",
                                   "The connection is still usable: retry the query."),
@@ -206,6 +212,7 @@ static const char *const names[] = {
     [FAIL_ANY_WITHOUT_FORCED_USER] = "any_without_forced_user",
     [FAIL_MAX_CLIENT_CONN] = "max_client_conn",
     [FAIL_TOO_MANY_LOGINS] = "max_client_logins",
+    [FAIL_TOO_MANY_LONG_AUTH] = "max_client_logins_long_auth",
     [FAIL_WAIT_TIMEOUT] = "wait_timeout",
     [FAIL_WAIT_TIMEOUT_RETRY] = "wait_timeout",
     [FAIL_DATABASE_DOWN] = "database_down",

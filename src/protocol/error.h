@@ -31,6 +31,7 @@ enum failure {
     FAIL_ANY_WITHOUT_FORCED_USER, /* detail: the database, whose entry has no user= */
     FAIL_MAX_CLIENT_CONN,      /* detail: the limit */
     FAIL_TOO_MANY_LOGINS,      /* detail: the limit */
+    FAIL_TOO_MANY_LONG_AUTH,   /* detail: the limit; logins sending long passwords at once */
     FAIL_WAIT_TIMEOUT,         /* detail: pool, limit that was full */
     FAIL_WAIT_TIMEOUT_RETRY,   /* the same, but the session goes on */
     FAIL_DATABASE_DOWN,        /* detail: pool, how long, the database's reason (breaker open) */

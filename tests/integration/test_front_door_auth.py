@@ -6,14 +6,18 @@ client_login_timeout, and must not read it while the secret is still being looke
 (auth_query): the client has not been asked yet.
 """
 
+import contextlib
 import os
 import socket
 import struct
 import time
 
+import psycopg
+import pytest
+
 from conftest import APP_PASSWORD
-from pgwire import RawConn, ServerError, message, password_msg, query_msg, raw_login, \
-    startup_packet
+from pgwire import PeerClosed, RawConn, ServerError, message, password_msg, query_msg, \
+    raw_login, startup_packet
 from test_auth import auth_query_sluice, auth_roles  # noqa: F401 - a fixture
 
 ANSWER_WITHIN = 10.0  # far below client_login_timeout (60 s): the answer is not a timeout's
@@ -222,8 +226,9 @@ def test_a_scram_first_message_ending_in_a_comma_logs_in_as_in_postgres(pg, star
 def test_a_password_longer_than_8_kb_is_read_as_postgres_reads_it(start_sluice):
     """Postgres reads a password message of up to 65535 bytes (PG_MAX_AUTH_TOKEN_LENGTH): a long
     cleartext password, or a cloud provider's access token used as one. sluice refused one past
-    8192 bytes with 08P01 'bad length'; now it reads what fits its read buffer (pkt_buf, 16 kB
-    at least): the right one logs in, a wrong one is 28P01 as on Postgres."""
+    8192 bytes with 08P01 'bad length'; now it reads one up to Postgres's limit (one longer than
+    its read buffer too: test_a_30_kb_token_as_a_password_logs_in_as_on_postgres): the right one
+    logs in, a wrong one is 28P01 as on Postgres."""
     long_password = "t" * 12000
     s = start_sluice(main={"auth_type": "plain"},
                      auth_file={"app": APP_PASSWORD, "tokenuser": long_password})
@@ -249,3 +254,137 @@ def test_a_password_longer_than_8_kb_is_read_as_postgres_reads_it(start_sluice):
         assert err["C"] == "28P01", err
     finally:
         c.close()
+
+
+TOKEN = "iam-token." + "t" * 29990  # a cloud provider's token used as a password: 30 kB
+AUTH_TOKEN_MAX = 65535  # Postgres's PG_MAX_AUTH_TOKEN_LENGTH, the length word included
+
+
+@contextlib.contextmanager
+def role_asked_for_its_password_in_clear(pg, role, password):
+    """role, with a SCRAM secret, asked by Postgres for its password in clear (pg_hba.conf
+    'password'), as sluice asks with auth_type = plain."""
+    hba = pg.data / "pg_hba.conf"
+    before = hba.read_text()
+    with pg.superuser() as su:
+        su.execute("SET password_encryption = 'scram-sha-256'")
+        su.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    hba.write_text(f"host all {role} 127.0.0.1/32 password\n" + before)
+    pg.query("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        hba.write_text(before)
+        pg.query("SELECT pg_reload_conf()")
+        pg.clear_backends(role)
+        with pg.superuser() as su:
+            su.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def answer_to_password_message(port, user, body):
+    """What a server answers a cleartext login whose PasswordMessage carries body: the
+    ErrorResponse's fields, or None when it closes without one."""
+    c = RawConn(port, timeout=ANSWER_WITHIN)
+    try:
+        c.send(startup_packet(user=user, database="appdb"))
+        mtype, payload = c.read_message()
+        assert (mtype, struct.unpack_from("!I", payload)[0]) == ("R", 3), (mtype, payload)
+        c.send(message(b"p", body))
+        try:
+            return c.expect_error(timeout=ANSWER_WITHIN)
+        except PeerClosed:
+            return None
+    finally:
+        c.close()
+
+
+def test_a_30_kb_token_as_a_password_logs_in_as_on_postgres(pg, start_sluice,
+                                                           auth_roles):  # noqa: F811
+    """A PasswordMessage longer than sluice's read buffer (pkt_buf - 5 bytes, 16379 by default):
+    Postgres reads up to 65535 bytes, so a cloud token used as a password (20-40 kB) logs in
+    there, and sluice refused it with 08P01 'bad length'. It is now gathered in a block of its
+    own: the role logs in through sluice (auth_query, auth_type = plain) as directly; the longest
+    message Postgres reads is read (a wrong password then: 28P01 on both), and one byte more is
+    refused. Postgres closes without a word there (it logs 08P01 "invalid message length");
+    sluice says so with the same SQLSTATE and words."""
+    with role_asked_for_its_password_in_clear(pg, "tokenrole", TOKEN):
+        s = auth_query_sluice(start_sluice, pg, method="plain")
+        with psycopg.connect(pg.direct_dsn(user="tokenrole", password=TOKEN)) as direct:
+            assert direct.execute("SELECT current_user").fetchone() == ("tokenrole",)
+        with s.connect(user="tokenrole", password=TOKEN) as c:
+            assert c.execute("SELECT 'in with a 30 kB token'").fetchone() == (
+                "in with a 30 kB token",)
+        longest = b"w" * (AUTH_TOKEN_MAX - 4 - 1) + b"\0"
+        for port in (pg.port, s.port):
+            err = answer_to_password_message(port, "tokenrole", longest)
+            assert err and (err["C"], err["M"]) == (
+                "28P01", 'password authentication failed for user "tokenrole"'), (port, err)
+        for too_long in (longest + b"\0", b"w" * 70000 + b"\0"):
+            assert answer_to_password_message(pg.port, "tokenrole", too_long) is None
+            err = answer_to_password_message(s.port, "tokenrole", too_long)
+            assert err and (err["S"], err["C"]) == ("FATAL", "08P01"), err
+            assert "invalid message length" in err["M"] and str(AUTH_TOKEN_MAX) in err["M"], err
+
+
+def test_a_sasl_message_past_1024_bytes_fails_the_login_as_on_postgres(pg, start_sluice):
+    """Postgres reads a SASL message of at most 1024 bytes (PG_MAX_SASL_MESSAGE_LENGTH) and
+    fails a longer one as a wrong password (28P01); sluice read it (up to its buffer) and
+    refused it as malformed (08P01)."""
+    s = start_sluice(main={"auth_type": "scram-sha-256"}, auth_file={"app": APP_PASSWORD})
+    first = b"n,,n=,r=" + b"a" * 2000
+    for port in (pg.port, s.port):
+        c = RawConn(port, timeout=ANSWER_WITHIN)
+        try:
+            c.send(startup_packet(user="app", database="appdb"))
+            assert c.read_message()[0] == "R"
+            c.send(sasl_initial(first))
+            err = c.expect_error()
+            assert (err["C"], err["M"]) == (
+                "28P01", 'password authentication failed for user "app"'), (port, err)
+        finally:
+            c.close()
+
+
+@pytest.mark.timeout(60)
+def test_long_passwords_in_progress_are_capped_at_max_client_logins(start_sluice):
+    """Each login sending a password longer than the read buffer holds a block of up to 64 kB
+    until it is read: at most max_client_logins of them in the whole process, so strangers
+    cannot make sluice hold 64 kB per connection it accepts. Logins over max_client_logins
+    give way once stalled a second; those that come faster than that, each with a long
+    password, are refused (53300) past the cap, and the one the cap left in still logs in."""
+    logins = 2
+    s = start_sluice(main={"auth_type": "plain", "max_client_logins": logins,
+                           "client_login_timeout": 60},
+                     auth_file={"app": APP_PASSWORD, "tokenuser": TOKEN})
+    conns = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(6):
+            c = RawConn(s.port, timeout=ANSWER_WITHIN)
+            conns.append(c)
+            c.send(startup_packet(user="tokenuser", database="appdb"))
+        for c in conns:
+            assert c.read_message()[0] == "R"
+        for c in conns:  # the header and a part: a long password on its way
+            c.send(password_msg(TOKEN)[:20000])
+        # no login old enough to give way (1 s) before sluice read the headers
+        quick = time.monotonic() - t0 < 0.5
+        answers = []
+        for c in conns:
+            try:
+                answers.append(c.expect_error(timeout=1.5))
+            except socket.timeout:
+                answers.append(None)  # holding its place: gathering its password
+        holding = [c for c, a in zip(conns, answers) if a is None]
+        refused = [a for a in answers if a is not None]
+        assert all(a["C"] == "53300" for a in refused), refused
+        assert len(holding) <= logins, answers
+        if quick:  # none gave way: the cap on long passwords refused the rest
+            assert len(refused) == len(conns) - logins, answers
+            assert all("longer than pkt_buf" in a["M"] for a in refused), refused
+        holding[0].send(password_msg(TOKEN)[20000:])
+        while holding[0].read_message()[0] != "Z":
+            pass
+    finally:
+        for c in conns:
+            c.close()

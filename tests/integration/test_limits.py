@@ -9,7 +9,11 @@ import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, wait_until
 from pgwire import RawConn, ServerError, password_msg, raw_login, startup_packet
+import test_auth
+from test_auth import auth_query_sluice
 from test_resources import holds_connection_from
+
+auth_roles = test_auth.auth_roles  # a fixture: roles auth_query finds
 
 
 def test_max_client_conn_reached_sends_53300_and_frees_up_after_a_disconnect(start_sluice):
@@ -325,3 +329,53 @@ def test_login_waiter_while_the_server_is_still_logging_in_is_told_so(start_slui
         assert "logging in" in msg and "is full" not in msg, msg
     finally:
         mute.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("auth_roles")
+def test_a_login_waiting_on_sluices_own_auth_query_lookup_does_not_give_way(start_sluice, pg):
+    """Over max_client_logins the logins that keep sluice waiting give way; one whose secret
+    sluice is still looking up (auth_query in flight) keeps no one waiting but sluice, and was
+    evicted as stalled (53300) once older than a second. It must log in, and once its lookup
+    is done and it is asked for its password, it has the same second to answer as any login,
+    however long the lookup took."""
+    slow_lookup = "SELECT usename, passwd FROM pg_shadow, pg_sleep(3) WHERE usename = $1"
+    s = auth_query_sluice(start_sluice, pg, method="plain", auth_query=slow_lookup, workers=1,
+                          max_client_logins=1, client_login_timeout=60,
+                          client_startup_timeout=60, tcp_defer_accept=0)
+
+    def stranger():
+        """A connection that sends nothing: one login more, a newcomer to make room for."""
+        c = RawConn(s.port, timeout=10)
+        strangers.append(c)
+        wait_until(lambda: holds_connection_from(s.pid, c.sock.getsockname()[1]), 10,
+                   interval=0.01, what="sluice to accept the stranger")
+
+    waiting = RawConn(s.port, timeout=15)
+    strangers = []
+    try:
+        waiting.send(startup_packet(user="qscram", database=APP_DB))
+        s.wait_for_log(r'auth_query: looking up user "qscram"')
+        time.sleep(1.2)  # in the password exchange past the grace a stalled login has
+        stranger()  # over the cap: the oldest login that keeps sluice waiting gives way
+        mtype, payload = waiting.read_message()
+        assert mtype == "R", waiting_error(mtype, payload)
+        asked = time.monotonic()
+        stranger()  # over the cap again, just after it was asked
+        waiting.send(password_msg("qpass"))
+        answered_within_its_second = time.monotonic() - asked < 0.8
+        while True:
+            mtype, payload = waiting.read_message()
+            if mtype == "E" and not answered_within_its_second:
+                pytest.skip("the test took a second to answer the password request")
+            assert mtype != "E", waiting_error(mtype, payload)
+            if mtype == "Z":
+                break
+        assert waiting.query("SELECT current_user")[0] == [[APP_USER]]
+    finally:
+        for c in strangers + [waiting]:
+            c.close()
+
+
+def waiting_error(mtype, payload):
+    return payload.decode(errors="replace") if mtype == "E" else mtype
