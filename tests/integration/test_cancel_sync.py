@@ -27,7 +27,7 @@ import pytest
 from psycopg import errors
 
 from conftest import APP_DB, APP_USER, Background, forward_both_ways, pump, wait_until
-from pgwire import query_msg, raw_login
+from pgwire import RawConn, ServerError, cancel_request, query_msg, raw_login
 
 CFG = "public.sync_cancel_cfg"
 SLOW_QUERY = "SELECT pg_catalog.current_setting('default_text_search_config'), pg_sleep(20)"
@@ -294,6 +294,45 @@ def test_a_deferred_cancel_the_backend_ignored_while_reading_the_query_is_sent_a
             assert run(other, "SHOW default_text_search_config") == ("pg_catalog.english",)
     finally:
         proxy.close()
+
+
+# Bigger than what the sockets between the client and the backend, and sluice's buffer, take
+# while the backend runs sluice's sync: part of the query waits in sluice when the cancel comes.
+BIG_QUERY_PAD = 4 * 1024 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_a_query_sluice_holds_part_of_behind_its_sync_is_cancelled(start_sluice, pg, ts_config):
+    """A query too big to be in the backend's socket whole while sluice's sync runs ahead of it,
+    sent in full by the client long before its cancel, which waits for the sync. The backend
+    cannot run it, nor be cancelled in it, before it has read all of it, so the rest of a
+    message already begun goes on while a cancel is on its way (only the client's next request
+    waits). Before, sluice held the rest until the cancel, and each time it was sent again, was
+    done: the backend ignored every one, reading, and the query ran its 20 s."""
+    s, other, _ = linked_pair(start_sluice, {"log_level": "debug"})
+    big = SLOW_QUERY + " /* " + "x" * BIG_QUERY_PAD + " */"
+    with other:
+        raw = raw_login(s.port, timeout=60, default_text_search_config=CFG)
+        assert run(other, "SELECT 1") == (1,)  # the server has the default again
+        sent = {}
+
+        def send_query():
+            sent["q"] = Background(raw.send, query_msg(big))
+
+        def cancel():
+            sent["q"].result(timeout=30)  # all of it is the kernel's: the client sent it
+            sent["r"] = RawConn(s.port, timeout=60)
+            sent["r"].send(cancel_request(*raw.backend_key))
+
+        with cancel_while_sync_held(s, pg, send_query, cancel, r"cancel request"):
+            pass
+        assert sent["r"].is_closed(30), "the requester was never answered"
+        sent["r"].close()
+        with pytest.raises(ServerError) as err:
+            raw.read_results()
+        assert err.value.fields["C"] == "57014", err.value.fields
+        assert raw.query("SHOW default_text_search_config")[0] == [[CFG]]
+        raw.close()
 
 
 @pytest.mark.timeout(300)
