@@ -199,14 +199,15 @@ struct cancel_job {
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
                         struct cancel_job *remote);
 
-/* The job's requester is answered (here, or on its worker through the ticket's answer) and the
- * job freed, for a cancel that is over or one that will not be sent; its worker's events, for
- * what the caller does next with the server. */
+/* A job whose recheck timer was opened is freed once that is closed. */
 static void free_job_after_timer(uv_handle_t *h)
 {
     free(h->data);
 }
 
+/* The job's requester is answered (here, or on its worker through the ticket's answer) and the
+ * job freed, for a cancel that is over or one that will not be sent; its worker's events, for
+ * what the caller does next with the server. */
 static const struct cancel_events *answer_and_free(struct cancel_job *job)
 {
     struct client *requester = job->requester;
