@@ -117,8 +117,10 @@ def assert_cancelled_not_run_elsewhere(q, what):
 
 
 # Postgres 15 signals a cancelled backend twice (its pid, then its process group): when the first
-# stopped sluice's set_config, the second sometimes still stopped the client's query. A few rounds
-# make the wrong outcome show before the fix; with it, each round is the same.
+# stopped sluice's set_config, the second sometimes still stopped the client's query. And a cancel
+# sent as the sync is answered can reach the backend while it reads the query, which then ran on
+# (on a loaded machine: 1 run in 3 of these tests failed so before the resend). A few rounds make
+# a wrong outcome show; with the fixes, each round is the same.
 ROUNDS = 4
 
 
