@@ -184,10 +184,26 @@ struct cancel_job {
     int ok;
     char err[256];
     struct cancel_job *next_deferred; /* on its server's deferred_cancels (see defer_cancel) */
+    /* A deferred cancel once released (see resend_if_ignored): the request it is for (its
+     * server's requests_answered then), how often it was sent again, and the timer, open once
+     * it waited to see whether the backend ignored it, that waits before it is sent again (on
+     * this thread's rechecking list while it runs). */
+    bool deferred;
+    unsigned resends;
+    uint64_t request;
+    bool recheck_open;
+    uv_timer_t recheck;
+    struct cancel_job *prev_rechecking, *next_rechecking;
 };
 
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
                         struct cancel_job *remote);
+
+/* A job whose recheck timer was opened is freed once that is closed. */
+static void free_job_after_timer(uv_handle_t *h)
+{
+    free(h->data);
+}
 
 /* The job's requester is answered (here, or on its worker through the ticket's answer) and the
  * job freed, for a cancel that is over or one that will not be sent; its worker's events, for
@@ -198,7 +214,10 @@ static const struct cancel_events *answer_and_free(struct cancel_job *job)
     const struct cancel_events *events = job->events;
     if (job->reply_to)
         worker_post_cancel_done(job->reply_to, job->answer);
-    free(job);
+    if (job->recheck_open)
+        uv_close((uv_handle_t *)&job->recheck, free_job_after_timer); /* stopped by now */
+    else
+        free(job);
     if (requester) {
         requester->cancel_job = NULL;
         events->request_handled(requester);
@@ -206,9 +225,11 @@ static const struct cancel_events *answer_and_free(struct cancel_job *job)
     return events;
 }
 
+static bool resend_if_ignored(struct cancel_job *job);
+
 /* A cancel is over (delivered, failed, timed out or ended by a shutdown): the server counts it
  * out, the requester is answered. */
-static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, const char *why)
+static void cancel_over(struct cancel_job *job, enum cancel_outcome outcome, const char *why)
 {
     struct server *s = job->server;
     s->cancels_in_flight--;
@@ -231,6 +252,17 @@ static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, con
         return;
     }
     events->server_done(s);
+}
+
+/* A cancel was sent: over, unless it was a deferred one delivered while the request it is for
+ * still runs, which is looked at again a few ms later (resend_if_ignored). */
+static void cancel_done(struct cancel_job *job, enum cancel_outcome outcome, const char *why)
+{
+    if (outcome == CANCEL_CONFIRMED && resend_if_ignored(job)) {
+        log_server(LOG_DEBUG, job->server, "%s; checking that its request ends", why);
+        return;
+    }
+    cancel_over(job, outcome, why);
 }
 
 static void on_cancel_sent(void *arg, enum cancel_outcome outcome, const char *why)
@@ -492,13 +524,103 @@ static void defer_cancel(struct server *s, struct cancel_job *job)
     log_server(LOG_INFO, s, "cancel deferred until sluice's own statements ahead of it are done");
 }
 
-/* A deferred cancel that is not sent: its requester (here or on another worker) is answered as
- * after a cancel, and it is counted out. The server is not kicked: the caller (the relay, or
- * server_close) goes on with it. */
+/* A deferred cancel that is not sent (or not sent again): its requester (here or on another
+ * worker) is answered as after a cancel, and it is counted out. The server is not kicked: the
+ * caller (the relay, server_close, or a recheck that found the request over) goes on with it. */
 static void answer_unsent(struct cancel_job *job)
 {
     job->server->cancels_in_flight--;
     answer_and_free(job);
+}
+
+/* A deferred cancel goes out the moment sluice's statements are answered, while the backend may
+ * still be reading the client's request behind them (in its socket already): Postgres ignores a
+ * cancel that reaches a backend reading a command (postgres.c, DoingCommandRead), and the request
+ * would then run to its end, where on Postgres the same cancel would have found it running. What
+ * the backend did with a cancel cannot be seen; whether the request ends can. So once a deferred
+ * cancel is delivered, if the request it is for still runs DEFERRED_RECHECK_MS later (no
+ * ReadyForQuery of the client's since: s->requests_answered has not moved), it is sent again, at
+ * most DEFERRED_RESENDS times, each wait DEFERRED_RECHECK_GROWTH times the one before (a backend
+ * descheduled on a loaded machine reads its request late). Until then it stays counted in
+ * cancels_in_flight and its requester waits: the server is not handed on and the client's next
+ * request is not forwarded (relay.c, client_bytes_wait), so a cancel sent again can only reach
+ * the request it is for, one the client sent before it in the same pipeline, or an idle backend,
+ * which ignores it. Never sluice's own statements: none is resent while some run. */
+#define DEFERRED_RECHECK_MS 10u
+#define DEFERRED_RECHECK_GROWTH 4u
+#define DEFERRED_RESENDS 3u
+
+/* This thread's deferred cancels waiting to be looked at again (for server_close and the
+ * shutdown: each worker's loop runs on its own thread). */
+static _Thread_local struct cancel_job *rechecking;
+
+static void unlink_rechecking(struct cancel_job *job)
+{
+    uv_timer_stop(&job->recheck);
+    if (job->prev_rechecking)
+        job->prev_rechecking->next_rechecking = job->next_rechecking;
+    else if (rechecking == job)
+        rechecking = job->next_rechecking;
+    if (job->next_rechecking)
+        job->next_rechecking->prev_rechecking = job->prev_rechecking;
+    job->prev_rechecking = job->next_rechecking = NULL;
+}
+
+/* Does the client's request the deferred cancel was released for still run, with nothing of
+ * sluice's ahead of it? (Its server is ACTIVE, or DRAINING once its client left: that query is
+ * to be cancelled too.) */
+static bool request_still_runs(const struct cancel_job *job)
+{
+    const struct server *s = job->server;
+    return (s->state == SERVER_ACTIVE || s->state == SERVER_DRAINING) && s->swallow == 0 &&
+           server_backend_busy(s) && s->requests_answered == job->request;
+}
+
+static void on_recheck(uv_timer_t *t)
+{
+    struct cancel_job *job = t->data;
+    struct server *s = job->server;
+    unlink_rechecking(job);
+    if (!request_still_runs(job)) {
+        cancel_over(job, CANCEL_CONFIRMED, "deferred cancel delivered; its request is over");
+        return;
+    }
+    job->resends++;
+    if (send_cancel(s->pool->worker, s, job) < 0) {
+        cancel_over(job, CANCEL_CONFIRMED,
+                    "deferred cancel delivered, but could not be sent again while its request "
+                    "still runs");
+        return;
+    }
+    log_server(LOG_INFO, s,
+               "deferred cancel sent again (backend pid %d): its request still runs, the backend "
+               "may have got it while reading that request",
+               s->backend_pid);
+}
+
+/* Called for a deferred cancel just delivered: true when it waits to be looked at again (see
+ * above), false when it is over. */
+static bool resend_if_ignored(struct cancel_job *job)
+{
+    struct server *s = job->server;
+    if (!job->deferred || job->resends >= DEFERRED_RESENDS || !request_still_runs(job))
+        return false;
+    if (!job->recheck_open) {
+        if (uv_timer_init(s->pool->worker->loop, &job->recheck) < 0)
+            return false;
+        job->recheck.data = job;
+        job->recheck_open = true;
+    }
+    uint64_t wait = DEFERRED_RECHECK_MS;
+    for (unsigned i = 0; i < job->resends; i++)
+        wait *= DEFERRED_RECHECK_GROWTH;
+    if (uv_timer_start(&job->recheck, on_recheck, wait, 0) < 0)
+        return false;
+    job->next_rechecking = rechecking;
+    if (rechecking)
+        rechecking->prev_rechecking = job;
+    rechecking = job;
+    return true;
 }
 
 void cancel_release_deferred(struct server *s)
@@ -508,6 +630,8 @@ void cancel_release_deferred(struct server *s)
     while (job) {
         struct cancel_job *next = job->next_deferred;
         job->next_deferred = NULL;
+        job->deferred = true;
+        job->request = s->requests_answered;
         if (!server_backend_busy(s)) {
             log_server(LOG_DEBUG, s, "deferred cancel dropped: no request of the client runs");
             answer_unsent(job);
@@ -528,6 +652,14 @@ void cancel_forget_deferred(struct server *s)
     while (job) {
         struct cancel_job *next = job->next_deferred;
         answer_unsent(job);
+        job = next;
+    }
+    for (job = rechecking; job;) {
+        struct cancel_job *next = job->next_rechecking;
+        if (job->server == s) {
+            unlink_rechecking(job);
+            answer_unsent(job);
+        }
         job = next;
     }
 }
@@ -565,4 +697,10 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
 void cancel_abort_all(void)
 {
     cancel_send_abort_all();
+    while (rechecking) {
+        struct cancel_job *job = rechecking;
+        unlink_rechecking(job);
+        cancel_over(job, CANCEL_CONFIRMED,
+                    "deferred cancel delivered; not looked at again: the worker is shutting down");
+    }
 }

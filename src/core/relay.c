@@ -427,6 +427,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     if (s->swallow == 0 && s->deferred_cancels)
                         cancel_release_deferred(s);
                 } else {
+                    s->requests_answered++; /* (a deferred cancel's request is over) */
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
                         /* the Executes before the last request are answered, or were skipped
@@ -788,13 +789,16 @@ enum relay_result relay_server_failed(struct server *s, const char *why, struct 
 
 /* Does what the client sent next wait before going to its server? During a login's parameter
  * sync it waits for the server's answer. While a cancel is on its way to the backend (not done:
- * Postgres has not closed the cancel connection yet, or it waits behind sluice's own statements)
- * it waits for that: Postgres 15 signals a backend twice for one cancel (its pid,
- * then its process group) and, on a loaded machine, the second signal can land after the first
- * has ended the query, cancelling whatever runs next. cancel_done kicks the pair again. */
+ * Postgres has not closed the cancel connection yet, or it waits behind sluice's own statements,
+ * or it is looked at again: cancel.c) its next request waits for that: Postgres 15 signals a
+ * backend twice for one cancel (its pid, then its process group) and, on a loaded machine, the
+ * second signal can land after the first has ended the query, cancelling whatever runs next.
+ * cancel_done kicks the pair again. The rest of a message already partly forwarded is not next:
+ * it goes on (request_track_frame stops at its end), as the backend cannot run that request, and
+ * the cancel cannot reach it, before it has read all of it. */
 static bool client_bytes_wait(const struct client *c, const struct server *s)
 {
-    return client_login_syncing(c) || s->cancels_in_flight > 0;
+    return client_login_syncing(c) || (s->cancels_in_flight > 0 && c->rx.remain == 0);
 }
 
 /* Are the client's bytes framed next? Not while they wait (above), and after a Terminate only the

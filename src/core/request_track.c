@@ -125,8 +125,10 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         }
         /* The client's next request waits for the reply of one that may reset its login
          * parameters, and for the restore after it (login_reset.h), or for the outcome of a
-         * Close or DEALLOCATE of its statements, or of a Parse of the name it Parses again. */
-        if (request_track_client_waits(s))
+         * Close or DEALLOCATE of its statements, or of a Parse of the name it Parses again; and
+         * for a cancel on its way (relay.c, client_bytes_wait: only the rest of a message
+         * already begun is framed then). */
+        if (request_track_client_waits(s) || s->cancels_in_flight > 0)
             return CLIENT_FRAME_NEED_DATA;
         const uint8_t *p = b->data + b->scan;
         uint8_t type;

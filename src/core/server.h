@@ -144,6 +144,9 @@ struct server {
      * would stop those instead of the client's request (cancel.c). Released by the relay when
      * swallow is back to 0, answered unsent by server_close. Empty whenever swallow is 0. */
     struct cancel_job *deferred_cancels;
+    /* ReadyForQuery forwarded for the client's requests (relay.c; never sluice's own): a
+     * deferred cancel is sent again only for the request it was released for (cancel.c). */
+    uint64_t requests_answered;
     bool close_when_free;  /* lifetime ended or reload changed its pool: close at release */
     uint64_t conninfo_fp;  /* conninfo_fingerprint of the settings it was made with (reload) */
     bool said_fatal;       /* its client was given the server's own FATAL (or PANIC): the
