@@ -645,6 +645,24 @@ void cancel_release_deferred(struct server *s)
     }
 }
 
+void cancel_request_answered(struct server *s)
+{
+    if (s->cancels_in_flight == 0)
+        return; /* the common case: nothing to look for */
+    for (struct cancel_job *job = rechecking; job;) {
+        struct cancel_job *next = job->next_rechecking;
+        /* Its last send is done (Postgres closed that connection once it had signalled the
+         * backend): nothing of it is still on its way, as when on_recheck finds the request
+         * over. */
+        if (job->server == s && s->requests_answered != job->request) {
+            unlink_rechecking(job);
+            log_server(LOG_DEBUG, s, "deferred cancel delivered; its request was answered");
+            answer_unsent(job);
+        }
+        job = next;
+    }
+}
+
 void cancel_forget_deferred(struct server *s)
 {
     struct cancel_job *job = s->deferred_cancels;

@@ -50,6 +50,11 @@ int cancel_server(struct worker *worker, struct server *s);
  * own statements"): called by the relay once they are answered (s->swallow back to 0), each is
  * sent if the client's request runs, else answered unsent. Neither kicks s: the caller goes on. */
 void cancel_release_deferred(struct server *s);
+/* The relay forwarded the ReadyForQuery of a client's request on s: a deferred cancel waiting to
+ * see whether that request ends (resend_if_ignored) is over now, answered and counted out, so
+ * that the client's next request does not wait for its timer. Does not kick s: the caller goes
+ * on. */
+void cancel_request_answered(struct server *s);
 /* s is closing: its deferred cancels are answered unsent (their requesters closed, their counts
  * in cancels_in_flight taken back), so that none is left pointing at it. */
 void cancel_forget_deferred(struct server *s);

@@ -427,7 +427,8 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     if (s->swallow == 0 && s->deferred_cancels)
                         cancel_release_deferred(s);
                 } else {
-                    s->requests_answered++; /* (a deferred cancel's request is over) */
+                    s->requests_answered++;
+                    cancel_request_answered(s); /* before query_done: the server may go back */
                     if (s->inflight > 0 && --s->inflight == 0) {
                         s->timeout_cancel_sent = false;
                         /* the Executes before the last request are answered, or were skipped

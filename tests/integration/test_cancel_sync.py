@@ -298,6 +298,37 @@ def test_a_deferred_cancel_the_backend_ignored_while_reading_the_query_is_sent_a
         proxy.close()
 
 
+@pytest.mark.timeout(300)
+def test_a_deferred_cancel_sent_again_ends_with_its_requests_ready_for_query(
+        start_sluice, pg, ts_config):
+    """A deferred cancel sent again (the backend ignored the first while reading the query) is
+    looked at again on a timer, 10 to 160 ms, and until it is over the client's next request
+    waits and its CancelRequest connection stays open. Once the query it was for is answered
+    (57014 and ReadyForQuery) it is over then, as on Postgres, where the cancel was done once
+    the backend was signalled; before, it lasted until its timer fired ("its request is over"),
+    holding the client's next request back that long after every such cancel."""
+    proxy = ReadingStallProxy(pg.port)
+    try:
+        s, other, mine = linked_pair(start_sluice, {"log_level": "debug"}, databases={
+            APP_DB: pg.db_entry(port=proxy.port, sslmode="disable")})
+        with other, mine:
+            for i in range(3):
+                assert run(other, "SELECT 1") == (1,)
+                proxy.stall_after_sync()
+                with client_cancel_while_sync_held(s, pg, mine) as started:
+                    pass
+                assert_cancelled_not_run_elsewhere(started["q"], f"round {i}")
+                s.wait_for_log(r"deferred cancel sent again", timeout=5, since=started["mark"])
+                started["canceller"].result(timeout=30)
+                assert run(mine, "SHOW default_text_search_config") == (CFG,)
+                late = [line for line in s.log_since(started["mark"])
+                        if "its request is over" in line]
+                assert not late, (f"round {i}: the cancel outlived its request's "
+                                  f"ReadyForQuery until its timer: {late}")
+    finally:
+        proxy.close()
+
+
 # Bigger than what the sockets between the client and the backend, and sluice's buffer, take
 # while the backend runs sluice's sync: part of the query waits in sluice when the cancel comes.
 BIG_QUERY_PAD = 4 * 1024 * 1024
