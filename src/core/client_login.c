@@ -76,6 +76,11 @@ static void on_auth_resumed(void *owner, const struct auth_result *r)
     c->state_since_ms = sluice_now(c->worker);
     act_on_auth(c, r);
     client_login_on_auth_bytes(c); /* an answer the client sent before it was asked */
+    /* Such an answer may have filled the read buffer, which stopped the reading; taken now (a
+     * long one is being gathered), its rest is read here: no poll event is due for bytes that
+     * came while the buffer was full. */
+    if (c->state == CLIENT_AUTH)
+        client_read_and_handle(c);
 }
 
 static void on_auth_log(void *owner, enum log_level level, const char *fmt, va_list ap)

@@ -326,6 +326,33 @@ def test_a_30_kb_token_as_a_password_logs_in_as_on_postgres(pg, start_sluice,
             assert "invalid message length" in err["M"] and str(AUTH_TOKEN_MAX) in err["M"], err
 
 
+def test_a_30_kb_token_sent_while_the_secret_is_looked_up_is_read_once_asked(
+        pg, start_sluice, auth_roles):  # noqa: F811 - the imported fixture
+    """A client that sends its startup packet and a 30 kB token as its password in one write,
+    while auth_query looks its secret up: the token fills sluice's read buffer, which stops the
+    reading until it is asked for. Postgres reads it once it asks and logs the role in. sluice
+    began gathering it then, but never read the socket again: the login hung until
+    client_login_timeout."""
+    slow_lookup = "SELECT usename, passwd FROM pg_shadow, pg_sleep(1) WHERE usename = $1"
+    with role_asked_for_its_password_in_clear(pg, "tokenrole", TOKEN):
+        s = auth_query_sluice(start_sluice, pg, method="plain", auth_query=slow_lookup)
+        for port in (pg.port, s.port):
+            c = RawConn(port, timeout=ANSWER_WITHIN)
+            try:
+                c.send(startup_packet(user="tokenrole", database="appdb") + password_msg(TOKEN))
+                codes = []
+                while True:
+                    mtype, payload = c.read_message()
+                    assert mtype != "E", (port, payload)
+                    if mtype == "R":
+                        codes.append(struct.unpack_from("!I", payload)[0])
+                    if mtype == "Z":
+                        break
+                assert codes == [3, 0], (port, codes)
+            finally:
+                c.close()
+
+
 def test_a_sasl_message_past_1024_bytes_fails_the_login_as_on_postgres(pg, start_sluice):
     """Postgres reads a SASL message of at most 1024 bytes (PG_MAX_SASL_MESSAGE_LENGTH) and
     fails a longer one as a wrong password (28P01); sluice read it (up to its buffer) and
