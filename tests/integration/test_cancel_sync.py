@@ -329,6 +329,53 @@ def test_a_deferred_cancel_sent_again_ends_with_its_requests_ready_for_query(
         proxy.close()
 
 
+class NeverReadingProxy(ReadingStallProxy):
+    """ReadingStallProxy that never lets the held query go: each cancel reaches a backend still
+    waiting to read it, which ignores it, so sluice sends it again until it stops; cut() then
+    ends the server connection (Postgres and sluice see it close), and later connections pass."""
+
+    def _deliver_then_release(self, a, b, request):
+        b.sendall(request)
+        while b.recv(64):
+            pass
+        b.close()
+        a.close()
+
+    def cut(self):
+        with self.lock:
+            self.mode, self.held = "pass", b""
+            self.upstream.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.timeout(120)
+def test_a_server_lost_while_a_deferred_cancel_waits_to_be_sent_again(start_sluice, pg,
+                                                                      ts_config):
+    """The server goes away while a deferred cancel waits on its timer (sent twice, ignored
+    twice, the last wait 160 ms): its requester is answered, the client gets its error, nothing
+    dangles (the timer and the job: the ASan build checks it), and the pool serves again."""
+    proxy = NeverReadingProxy(pg.port)
+    try:
+        s, other, mine = linked_pair(start_sluice, {"log_level": "debug"}, databases={
+            APP_DB: pg.db_entry(port=proxy.port, sslmode="disable")})
+        with other:
+            assert run(other, "SELECT 1") == (1,)
+            proxy.stall_after_sync()
+            with client_cancel_while_sync_held(s, pg, mine) as started:
+                pass
+
+            def sent_again_twice():
+                return sum("deferred cancel sent again" in line
+                           for line in s.log_since(started["mark"])) >= 2
+            wait_until(sent_again_twice, 20, what="the deferred cancel sent again twice")
+            proxy.cut()
+            assert isinstance(started["q"].error(timeout=30), psycopg.OperationalError)
+            started["canceller"].result(timeout=30)
+            mine.close()
+            assert run(other, "SELECT 1") == (1,)
+    finally:
+        proxy.close()
+
+
 # Bigger than what the sockets between the client and the backend, and sluice's buffer, take
 # while the backend runs sluice's sync: part of the query waits in sluice when the cancel comes.
 BIG_QUERY_PAD = 4 * 1024 * 1024
