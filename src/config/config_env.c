@@ -13,7 +13,7 @@
 /* The largest URL file read: a URL is a line; anything longer is not one. */
 #define URL_FILE_MAX 8192
 
-static void env_database_url(struct loader *L, const char *url)
+static void database_url_apply(struct loader *L, const char *url)
 {
     if (!config_db_is_url(url)) { /* not echoed: it holds a password */
         load_error(L, "DATABASE_URL: expected postgres://user:password@host:port/dbname or "
@@ -56,8 +56,30 @@ static void env_database_url(struct loader *L, const char *url)
         config_db_entry_free(&db);
 }
 
-/* The first line of the file named by DATABASE_URL_FILE, without a trailing CR or surrounding
- * blanks, as Docker and Kubernetes secrets hold it (a missing final newline is fine), into buf.
+/* DATABASE_URL's value, or the URL file's line, without surrounding blanks: a URL pasted from a
+ * .env file written on Windows ends in a CR, a secret made with `echo` in a newline, and the
+ * app's own URL parser (Python's urllib, Node's WHATWG URL) drops them; kept, they made a
+ * database named "appdb\n" that no client could name. No URL ends in a blank of its own (one in
+ * a dbname or password is percent-encoded). */
+static void env_database_url(struct loader *L, const char *given)
+{
+    while (isspace((unsigned char)*given))
+        given++;
+    size_t len = strlen(given);
+    while (len > 0 && isspace((unsigned char)given[len - 1]))
+        len--;
+    char *url = strndup(given, len);
+    if (!url) {
+        L->oom = true;
+        return;
+    }
+    database_url_apply(L, url);
+    explicit_bzero(url, len); /* it holds a password */
+    free(url);
+}
+
+/* The first line of the file named by DATABASE_URL_FILE, as Docker and Kubernetes secrets hold it
+ * (a missing final newline is fine), into buf; env_database_url drops its blanks and CR.
  * On failure a load error names the file, never its content (it holds a password). */
 static bool read_database_url_file(struct loader *L, const char *path, char *buf, size_t cap)
 {
@@ -83,14 +105,10 @@ static bool read_database_url_file(struct loader *L, const char *path, char *buf
                    path, URL_FILE_MAX - 1);
         return false;
     }
-    size_t len = strlen(buf);
-    while (len > 0 && isspace((unsigned char)buf[len - 1]))
-        buf[--len] = '\0';
-    size_t lead = 0;
-    while (isspace((unsigned char)buf[lead]))
-        lead++;
-    memmove(buf, buf + lead, len - lead + 1);
-    if (!buf[0]) {
+    const char *p = buf;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!*p) {
         load_error(L, "DATABASE_URL_FILE=%s is empty; it should hold "
                       "postgres://user:password@host:port/dbname",
                    path);
