@@ -109,8 +109,9 @@ static bool read_database_url_file(struct loader *L, const char *path, char *buf
     while (isspace((unsigned char)*p))
         p++;
     if (!*p) {
-        load_error(L, "DATABASE_URL_FILE=%s is empty; it should hold "
-                      "postgres://user:password@host:port/dbname",
+        load_error(L,
+                   "DATABASE_URL_FILE=%s is empty; it should hold "
+                   "postgres://user:password@host:port/dbname",
                    path);
         return false;
     }
