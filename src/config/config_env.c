@@ -56,26 +56,40 @@ static void database_url_apply(struct loader *L, const char *url)
         config_db_entry_free(&db);
 }
 
-/* DATABASE_URL's value, or the URL file's line, without surrounding blanks: a URL pasted from a
- * .env file written on Windows ends in a CR, a secret made with `echo` in a newline, and the
- * app's own URL parser (Python's urllib, Node's WHATWG URL) drops them; kept, they made a
- * database named "appdb\n" that no client could name. No URL ends in a blank of its own (one in
- * a dbname or password is percent-encoded). */
-static void env_database_url(struct loader *L, const char *given)
+/* A variable's value without surrounding blanks, as inih reads a value from the file: an env file
+ * written on Windows (CRLF) gives each value a trailing CR, a secret made with `echo` a newline,
+ * and the app's own URL parser (Python's urllib, Node's WHATWG URL) drops them from its
+ * DATABASE_URL; kept, they made a database named "appdb\n" that no client could name, or refused
+ * SLUICE_POOL_MODE=transaction\r with a message the CR garbled. No value ends in a blank of its
+ * own (one in a URL's dbname or password is percent-encoded). NULL when out of memory. */
+static char *env_value(struct loader *L, const char *given)
 {
     while (isspace((unsigned char)*given))
         given++;
     size_t len = strlen(given);
     while (len > 0 && isspace((unsigned char)given[len - 1]))
         len--;
-    char *url = strndup(given, len);
-    if (!url) {
+    char *value = strndup(given, len);
+    if (!value)
         L->oom = true;
-        return;
+    return value;
+}
+
+/* Frees a value that may hold a password. */
+static void env_value_free(char *value)
+{
+    if (value) {
+        explicit_bzero(value, strlen(value));
+        free(value);
     }
-    database_url_apply(L, url);
-    explicit_bzero(url, len); /* it holds a password */
-    free(url);
+}
+
+static void env_database_url(struct loader *L, const char *given)
+{
+    char *url = env_value(L, given);
+    if (url)
+        database_url_apply(L, url);
+    env_value_free(url);
 }
 
 /* The first line of the file named by DATABASE_URL_FILE, as Docker and Kubernetes secrets hold it
@@ -165,10 +179,12 @@ void config_env_apply(struct loader *L, char *const *env)
                            (int)len, *e, key);
             continue;
         }
-        char why[256];
-        if (config_keys_set(L->c, idx, eq + 1, SRC_ENV, CHECK_KEY_ONLY, why, sizeof why) != 0)
+        char why[256], *value = env_value(L, eq + 1);
+        if (value &&
+            config_keys_set(L->c, idx, value, SRC_ENV, CHECK_KEY_ONLY, why, sizeof why) != 0)
             load_error(L, "environment: %.*s: %s = '%s': %s", (int)len, *e, config_keys[idx].name,
-                       eq + 1, why);
+                       value, why);
+        env_value_free(value);
     }
     /* After the SLUICE_ keys, which do not affect it, and after the file, whose entry wins. */
     bool has_url = database_url && database_url[0],
@@ -183,8 +199,10 @@ void config_env_apply(struct loader *L, char *const *env)
             L->oom = true;
             return;
         }
-        if (read_database_url_file(L, database_url_file, url, URL_FILE_MAX))
+        char *path = env_value(L, database_url_file);
+        if (path && read_database_url_file(L, path, url, URL_FILE_MAX))
             env_database_url(L, url);
+        free(path);
         explicit_bzero(url, URL_FILE_MAX); /* it held a password */
         free(url);
     }

@@ -174,6 +174,28 @@ def test_database_url_with_a_trailing_newline_or_blanks_serves_its_database(star
         assert c.execute("SELECT current_database()").fetchone() == ("appdb",)
 
 
+def test_environment_values_ending_in_a_crlf_are_read_as_the_file_reads_them(start_sluice, pg,
+                                                                              tmp_path):
+    """An env file written on Windows gives every value a trailing CR (docker --env-file keeps
+    it); the same values in the ini file are read without it. Before, sluice refused to start:
+    `pool_mode = 'transaction\r': expected session, transaction or statement`, a line the CR
+    garbled in a terminal."""
+    url_file = tmp_path / "url"
+    url_file.write_text(f"postgresql://app:apppass@127.0.0.1:{pg.port}/appdb\n")
+    s = start_sluice(config=False, env={
+        "DATABASE_URL_FILE": f"{url_file}\r",
+        "SLUICE_LISTEN_ADDR": "127.0.0.1\r",
+        "SLUICE_LISTEN_PORT": "0\r",
+        "SLUICE_POOL_MODE": "transaction\r",
+        "SLUICE_DEFAULT_POOL_SIZE": " 1\r",
+    })
+    with s.connect() as a, s.connect() as b:
+        # transaction mode with one server: both clients share the backend
+        pa = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pb = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert pa == pb
+
+
 def test_a_database_url_of_blanks_alone_is_refused_as_no_url():
     p = run(["--check"], env={"DATABASE_URL": " \n"})
     assert p.returncode == 1, p.stderr
