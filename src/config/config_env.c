@@ -13,7 +13,7 @@
 /* The largest URL file read: a URL is a line; anything longer is not one. */
 #define URL_FILE_MAX 8192
 
-static void env_database_url(struct loader *L, const char *url)
+static void database_url_apply(struct loader *L, const char *url)
 {
     if (!config_db_is_url(url)) { /* not echoed: it holds a password */
         load_error(L, "DATABASE_URL: expected postgres://user:password@host:port/dbname or "
@@ -56,8 +56,44 @@ static void env_database_url(struct loader *L, const char *url)
         config_db_entry_free(&db);
 }
 
-/* The first line of the file named by DATABASE_URL_FILE, without a trailing CR or surrounding
- * blanks, as Docker and Kubernetes secrets hold it (a missing final newline is fine), into buf.
+/* A variable's value without surrounding blanks, as inih reads a value from the file: an env file
+ * written on Windows (CRLF) gives each value a trailing CR, a secret made with `echo` a newline,
+ * and the app's own URL parser (Python's urllib, Node's WHATWG URL) drops them from its
+ * DATABASE_URL; kept, they made a database named "appdb\n" that no client could name, or refused
+ * SLUICE_POOL_MODE=transaction\r with a message the CR garbled. No value ends in a blank of its
+ * own (one in a URL's dbname or password is percent-encoded). NULL when out of memory. */
+static char *env_value(struct loader *L, const char *given)
+{
+    while (isspace((unsigned char)*given))
+        given++;
+    size_t len = strlen(given);
+    while (len > 0 && isspace((unsigned char)given[len - 1]))
+        len--;
+    char *value = strndup(given, len);
+    if (!value)
+        L->oom = true;
+    return value;
+}
+
+/* Frees a value that may hold a password. */
+static void env_value_free(char *value)
+{
+    if (value) {
+        explicit_bzero(value, strlen(value));
+        free(value);
+    }
+}
+
+static void env_database_url(struct loader *L, const char *given)
+{
+    char *url = env_value(L, given);
+    if (url)
+        database_url_apply(L, url);
+    env_value_free(url);
+}
+
+/* The first line of the file named by DATABASE_URL_FILE, as Docker and Kubernetes secrets hold it
+ * (a missing final newline is fine), into buf; env_database_url drops its blanks and CR.
  * On failure a load error names the file, never its content (it holds a password). */
 static bool read_database_url_file(struct loader *L, const char *path, char *buf, size_t cap)
 {
@@ -83,16 +119,13 @@ static bool read_database_url_file(struct loader *L, const char *path, char *buf
                    path, URL_FILE_MAX - 1);
         return false;
     }
-    size_t len = strlen(buf);
-    while (len > 0 && isspace((unsigned char)buf[len - 1]))
-        buf[--len] = '\0';
-    size_t lead = 0;
-    while (isspace((unsigned char)buf[lead]))
-        lead++;
-    memmove(buf, buf + lead, len - lead + 1);
-    if (!buf[0]) {
-        load_error(L, "DATABASE_URL_FILE=%s is empty; it should hold "
-                      "postgres://user:password@host:port/dbname",
+    const char *p = buf;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!*p) {
+        load_error(L,
+                   "DATABASE_URL_FILE=%s is empty; it should hold "
+                   "postgres://user:password@host:port/dbname",
                    path);
         return false;
     }
@@ -146,10 +179,12 @@ void config_env_apply(struct loader *L, char *const *env)
                            (int)len, *e, key);
             continue;
         }
-        char why[256];
-        if (config_keys_set(L->c, idx, eq + 1, SRC_ENV, CHECK_KEY_ONLY, why, sizeof why) != 0)
+        char why[256], *value = env_value(L, eq + 1);
+        if (value &&
+            config_keys_set(L->c, idx, value, SRC_ENV, CHECK_KEY_ONLY, why, sizeof why) != 0)
             load_error(L, "environment: %.*s: %s = '%s': %s", (int)len, *e, config_keys[idx].name,
-                       eq + 1, why);
+                       value, why);
+        env_value_free(value);
     }
     /* After the SLUICE_ keys, which do not affect it, and after the file, whose entry wins. */
     bool has_url = database_url && database_url[0],
@@ -164,8 +199,10 @@ void config_env_apply(struct loader *L, char *const *env)
             L->oom = true;
             return;
         }
-        if (read_database_url_file(L, database_url_file, url, URL_FILE_MAX))
+        char *path = env_value(L, database_url_file);
+        if (path && read_database_url_file(L, path, url, URL_FILE_MAX))
             env_database_url(L, url);
+        free(path);
         explicit_bzero(url, URL_FILE_MAX); /* it held a password */
         free(url);
     }

@@ -156,6 +156,53 @@ def test_environment_only_configuration_serves_database_url(start_sluice, pg):
         assert b.execute("SELECT 1").fetchone()[0] == 1
 
 
+@pytest.mark.parametrize("around", [("", "\n"), ("", "\r\n"), ("  ", " \t")],
+                         ids=["newline", "crlf", "blanks"])
+def test_database_url_with_a_trailing_newline_or_blanks_serves_its_database(start_sluice, pg,
+                                                                              around):
+    """A URL pasted from a .env file written on Windows (CRLF) or a secret made with `echo`
+    carries a line end. Python's and Node's URL parsers drop it, so the app reaches "appdb" with
+    that same DATABASE_URL; DATABASE_URL_FILE dropped it too. Before, sluice started "valid" with
+    a database named "appdb\n", and told every client that "appdb" is not configured (3D000)."""
+    url = f"postgresql://app:apppass@127.0.0.1:{pg.port}/appdb"
+    s = start_sluice(config=False, env={
+        "DATABASE_URL": around[0] + url + around[1],
+        "SLUICE_LISTEN_ADDR": "127.0.0.1",
+        "SLUICE_LISTEN_PORT": "0",
+    })
+    with s.connect() as c:
+        assert c.execute("SELECT current_database()").fetchone() == ("appdb",)
+
+
+def test_environment_values_ending_in_a_crlf_are_read_as_the_file_reads_them(start_sluice, pg,
+                                                                              tmp_path):
+    """An env file written on Windows gives every value a trailing CR (docker --env-file keeps
+    it); the same values in the ini file are read without it. Before, sluice refused to start:
+    `pool_mode = 'transaction\r': expected session, transaction or statement`, a line the CR
+    garbled in a terminal."""
+    url_file = tmp_path / "url"
+    url_file.write_text(f"postgresql://app:apppass@127.0.0.1:{pg.port}/appdb\n")
+    s = start_sluice(config=False, env={
+        "DATABASE_URL_FILE": f"{url_file}\r",
+        "SLUICE_LISTEN_ADDR": "127.0.0.1\r",
+        "SLUICE_LISTEN_PORT": "0\r",
+        "SLUICE_POOL_MODE": "transaction\r",
+        "SLUICE_DEFAULT_POOL_SIZE": " 1\r",
+    })
+    with s.connect() as a, s.connect() as b:
+        # transaction mode with one server: both clients share the backend
+        pa = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pb = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert pa == pb
+
+
+def test_a_database_url_of_blanks_alone_is_refused_as_no_url():
+    p = run(["--check"], env={"DATABASE_URL": " \n"})
+    assert p.returncode == 1, p.stderr
+    assert "DATABASE_URL: expected postgres://" in p.stderr, p.stderr
+    assert_no_sanitizer_report(p)
+
+
 def test_environment_overrides_the_file(start_sluice, pg):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 5},
                      env={"SLUICE_POOL_MODE": "transaction", "SLUICE_DEFAULT_POOL_SIZE": "1"})

@@ -1289,6 +1289,22 @@ static void database_url_without_dbname_is_called_postgres(void)
     config_free(c);
 }
 
+/* An env file written on Windows ends every value in a CR, a secret made with `echo` in a
+ * newline: read as the ini file reads its values, without surrounding blanks. */
+static void environment_values_lose_surrounding_blanks_and_a_trailing_crlf(void)
+{
+    char *env[] = {"DATABASE_URL=  postgres://u:p@h/app\r\n", "SLUICE_DEFAULT_POOL_SIZE= 7\r",
+                   NULL};
+    struct config *c = load(NULL, env);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->dbs[0].name, "app");
+        CHECK_STR(keyword(&c->dbs[0], "dbname"), "app");
+        CHECK_INT(c->default_pool_size, 7);
+    }
+    config_free(c);
+}
+
 static void database_url_loses_to_the_file_entry_of_the_same_name_with_a_warning(void)
 {
     char *env[] = {"DATABASE_URL=postgres://u:p@urlhost/app", NULL};
@@ -1818,6 +1834,7 @@ int main(void)
     RUN(password_auth_without_any_user_warns);
     RUN(database_url_alone_configures_a_database_and_its_login);
     RUN(database_url_without_dbname_is_called_postgres);
+    RUN(environment_values_lose_surrounding_blanks_and_a_trailing_crlf);
     RUN(database_url_loses_to_the_file_entry_of_the_same_name_with_a_warning);
     RUN(database_url_with_prisma_parameters_warns_and_ignores_them);
     RUN(database_url_that_is_not_a_postgres_url_is_an_error_without_echo);
