@@ -46,6 +46,12 @@ static void on_user(struct loader *L, const char *name, const char *value)
 
 /* ---- [budgets] ---- */
 
+static bool ends_with_comma(const char *text)
+{
+    size_t n = strlen(text);
+    return n > 0 && text[n - 1] == ',';
+}
+
 static void on_budget(struct loader *L, const char *name, const char *value)
 {
     struct config *c = L->c;
@@ -60,6 +66,19 @@ static void on_budget(struct loader *L, const char *name, const char *value)
     }
     struct budget_entry b = {.line = L->line, .file = L->file};
     int failed = config_entry_parse(L, ENTRY_BUDGET, &b, where, value) != 0;
+    /* A budget's pairs are separated by blanks, as PgBouncer's entries; written with commas
+     * ("app=api*, max_clients=5") the matcher took the comma ("api*,"), never matched, and the
+     * budget's caps silently applied to no one. No application or role name ends in a comma. */
+    const char *comma_ended = !failed && b.app_pattern && ends_with_comma(b.app_pattern) ? "app"
+                              : !failed && b.user && ends_with_comma(b.user)             ? "user"
+                                                                                         : NULL;
+    if (comma_ended) {
+        load_error(L,
+                   "%s: %s = '%s' ends in a comma: separate a budget's pairs with blanks "
+                   "(app=api* max_clients=5)",
+                   where, comma_ended, comma_ended[0] == 'a' ? b.app_pattern : b.user);
+        failed = 1;
+    }
     if (!failed && b.max_servers > 0 && b.min_servers > b.max_servers) {
         load_error(L, "%s: min_servers %d is above max_servers %d", where, b.min_servers,
                    b.max_servers);

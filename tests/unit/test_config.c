@@ -1003,7 +1003,9 @@ static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
                                         "g = max_servers=2 min_servers=5\n"
                                         "h = max_servers=1\n"
                                         "h = max_servers=2\n"
-                                        "i = addr=10.0.0.0/0008\n",
+                                        "i = addr=10.0.0.0/0008\n"
+                                        "j = app=api*, max_clients=5\n"
+                                        "k = user=app, max_servers=2\n",
                             NULL);
     CHECK(c == NULL);
     CHECK_ERROR("line 4: budget 'a': addr = '10.0.0.0/33': expected an IPv4 or IPv6 address");
@@ -1016,6 +1018,10 @@ static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
     CHECK_ERROR("line 12: budget 'h' is defined twice (first at line 11)");
     /* Once accepted here and then dropped by the matcher's parser: the budget matched everyone */
     CHECK_ERROR("line 13: budget 'i': addr = '10.0.0.0/0008'");
+    /* Pairs written with commas: the matcher took the comma and matched no one */
+    CHECK_ERROR("line 14: budget 'j': app = 'api*,' ends in a comma: separate a budget's pairs "
+                "with blanks");
+    CHECK_ERROR("line 15: budget 'k': user = 'app,' ends in a comma");
     config_free(c);
 }
 
