@@ -276,7 +276,7 @@ static int keyword_slot(const char **kw, const char **val, int *n, const char *n
 
 /* A server opened with a client's startup parameters (s->startup) logs in with them:
  * application_name and client_encoding as libpq keywords (the client's value over the database
- * entry's), the rest as -c in options after the entry's own options (a later -c wins in
+ * entry's; not client_encoding=auto, see params_is_startup_keyword), the rest as -c in options after the entry's own options (a later -c wins in
  * Postgres). options owns the text until the login has copied it. 0 or -ENOMEM. */
 static int add_startup(struct server *s, const char **kw, const char **val, int *n,
                        struct msg_out *options)
@@ -284,7 +284,7 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
     const struct param_set *startup = &s->startup;
     for (int i = 0; i < startup->n; i++) {
         const struct param *p = &startup->items[i];
-        if (!params_is_startup_keyword(p->name))
+        if (!params_is_startup_keyword(p))
             continue;
         bool app = strcasecmp(p->name, "application_name") == 0;
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;

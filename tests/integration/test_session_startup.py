@@ -67,6 +67,27 @@ def test_a_refused_startup_option_is_postgres_fatal_for_that_client_alone(start_
         good.close()
 
 
+def test_client_encoding_auto_is_refused_as_postgres_refuses_it(start_sluice, pg):
+    """`auto` is libpq's word for "the encoding of my locale", resolved by the client; Postgres
+    refuses it as a startup value (22023). sluice handed the client's client_encoding to libpq
+    as its keyword, and libpq put the encoding of sluice's own locale in its place: the client
+    was let in with SQL_ASCII, a value it never asked for."""
+    with pytest.raises(ServerError) as direct:
+        raw_login(pg.port, password=APP_PASSWORD, client_encoding="auto").close()
+    want = (direct.value.sqlstate, direct.value.fields.get("M"))
+    assert want[0] == "22023"
+    s = start_sluice({"pool_mode": "session"})
+    with pytest.raises(ServerError) as e:
+        bad = raw_login(s.port, client_encoding="auto")
+        bad.query("SELECT current_setting('client_encoding')")
+    assert (e.value.sqlstate, e.value.fields.get("M")) == want
+    good = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        assert good.query("SELECT current_setting('client_encoding')")[0] == [["LATIN1"]]
+    finally:
+        good.close()
+
+
 def test_a_refused_option_while_another_client_logs_in_fails_only_its_client(start_sluice, pg):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 4, "admin_users": ADMIN})
     results = {}
