@@ -764,14 +764,16 @@ static bool refusal_is_final(const char *sqlstate)
  * set_config error to FATAL): 42704 no such parameter, 22023 and the rest of class 22 a bad
  * value, 42501 not permitted, 55P02 not settable now, 0A000 not supported, class 25 a
  * transaction setting (transaction_isolation: 25001 "SET TRANSACTION ISOLATION LEVEL must be
- * called before any query"). The backend's own reason, not the database's: it says nothing of
+ * called before any query"), 58P01 a library it cannot find (local_preload_libraries, loaded
+ * at the backend's start). The backend's own reason, not the database's: it says nothing of
  * whether the database takes connections. */
 static bool refusal_is_startup_option(const struct server *s, const char *sqlstate)
 {
     return s->startup.n > 0 && sqlstate &&
            (strncmp(sqlstate, "22", 2) == 0 || strcmp(sqlstate, "42704") == 0 ||
             strcmp(sqlstate, "42501") == 0 || strncmp(sqlstate, "55", 2) == 0 ||
-            strcmp(sqlstate, "0A000") == 0 || strncmp(sqlstate, "25", 2) == 0);
+            strcmp(sqlstate, "0A000") == 0 || strncmp(sqlstate, "25", 2) == 0 ||
+            strcmp(sqlstate, "58P01") == 0);
 }
 
 static void login_failed(struct server *s, const char *why, const char *sqlstate,

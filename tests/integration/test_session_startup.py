@@ -39,15 +39,17 @@ def pid(c):
 
 
 # transaction_isolation: 25001 "SET TRANSACTION ISOLATION LEVEL must be called before any query";
-# sluice took that for the database refusing connections: the pool was marked down (57P03 to
-# that client, the breaker open for everyone) at each such login
+# local_preload_libraries: 58P01 "could not access file ...". sluice took those for the database
+# refusing connections: the pool was marked down (57P03 to that client, the breaker open for
+# everyone) at each such login
 @pytest.mark.parametrize("options", ["-c no_such_setting=1", "-c statement_timeout=abc",
-                                     "-c transaction_isolation=serializable"])
+                                     "-c transaction_isolation=serializable",
+                                     "-c local_preload_libraries=sluice_test_no_such_library"])
 def test_a_refused_startup_option_is_postgres_fatal_for_that_client_alone(start_sluice, pg,
                                                                            options):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "admin_users": ADMIN})
     want = postgres_refusal(pg, options)
-    assert want[0] in ("42704", "22023", "25001")
+    assert want[0] in ("42704", "22023", "25001", "58P01")
     good = raw_login(s.port, application_name="good")
     try:
         assert good.query("SELECT 1")[0] == [["1"]]
