@@ -1048,6 +1048,10 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     stmt_map_remove(&s->stmts, on_server);
     if (!mine)
         stmt_map_remove(&s->sql_prepared, name);
+    /* An error still to come may name it by sluice's name (a Parse of the name before this
+     * Close in the batch, refused with 42P05): the client is told its own (stmt_map_name_of). */
+    if (mine)
+        stmt_map_note_departed(c->stmts, name, sn.name);
     stmt_map_remove(c->stmts, name);
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }

@@ -143,9 +143,10 @@ struct stmt_entry {
  * server's are bounded by max_prepared_statements (LRU), and share the clients' definitions. */
 enum stmt_map_owner { STMT_MAP_SERVER, STMT_MAP_CLIENT };
 
-/* A statement a client lost when the server skipped or refused its Parse (stmt_on_ready). The
- * client's requests framed before that was known went out under its server name, and the errors
- * they get must still say the client's (stmt_map_name_of): the last STMT_DEPARTED are kept. */
+/* A statement a client lost when the server skipped or refused its Parse (stmt_on_ready), or
+ * that it closed (track_close). The client's requests framed before that was known went out
+ * under its server name, and the errors they get must still say the client's
+ * (stmt_map_name_of): the last STMT_DEPARTED are kept. */
 #define STMT_DEPARTED 2
 struct stmt_departed {
     char client_name[STMT_KEY_MAX + 1];
