@@ -723,6 +723,9 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                                dropped_one ? dropped_one->def : NULL, NULL),
                    fail) != TRACK_PASS)
             return TRACK_FAILED;
+        /* as a Close (track_close): an error still to come names it as the client does */
+        if (mine)
+            stmt_map_note_departed(c->stmts, name_buf, sn.name);
         stmt_map_remove(c->stmts, name_buf);
         break;
     case SQL_DEALLOCATE_ALL:

@@ -238,15 +238,20 @@ def long_sql_names_cut_at_a_whole_character(c):
 
 
 def parse_of_a_taken_name_then_its_close_in_one_batch(c):
-    """The Parse fails (42P05: the client has the name) and the server skips the Close after it.
-    sluice had dropped the name from the client's records as it framed the Close, so the error,
-    which comes later, named the statement by sluice's name (sluice_<hash>)."""
+    """The Parse fails (42P05: the client has the name) and the server skips the Close (or SQL
+    DEALLOCATE) after it. sluice had dropped the name from the client's records as it framed the
+    Close, so the error, which comes later, named the statement by sluice's name
+    (sluice_<hash>)."""
     return [batch(c, parse_msg("x", "SELECT 1") + sync_msg()),
             batch(c, parse_msg("x", "SELECT 2") + close_msg("S", "x") + sync_msg()),
             bind_run(c, "x"),
             batch(c, parse_msg("x", "SELECT 3") + close_msg("S", "x") + close_msg("S", "x")
                   + parse_msg("x", "SELECT 4") + bind_msg("", "x") + execute_msg() + sync_msg()),
-            bind_run(c, "x")]
+            bind_run(c, "x"),
+            # a DEALLOCATE of it after the failed Parse, as the Close (skipped too)
+            batch(c, parse_msg("y", "SELECT 5") + sync_msg()),
+            batch(c, parse_msg("y", "SELECT 6") + query_msg("DEALLOCATE y") + sync_msg()),
+            bind_run(c, "y")]
 
 
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
