@@ -725,7 +725,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
             return TRACK_FAILED;
         /* as a Close (track_close): an error still to come names it as the client does */
         if (mine)
-            stmt_map_note_departed(c->stmts, name_buf, sn.name);
+            stmt_map_note_departed(c->stmts, name_buf, mine->server_name);
         stmt_map_remove(c->stmts, name_buf);
         break;
     case SQL_DEALLOCATE_ALL:
@@ -1052,9 +1052,10 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     if (!mine)
         stmt_map_remove(&s->sql_prepared, name);
     /* An error still to come may name it by sluice's name (a Parse of the name before this
-     * Close in the batch, refused with 42P05): the client is told its own (stmt_map_name_of). */
+     * Close in the batch, refused with 42P05): the client is told its own (stmt_map_name_of,
+     * which matches the definition's server name, a long name's padding left out). */
     if (mine)
-        stmt_map_note_departed(c->stmts, name, sn.name);
+        stmt_map_note_departed(c->stmts, name, mine->server_name);
     stmt_map_remove(c->stmts, name);
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }

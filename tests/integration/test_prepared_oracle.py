@@ -251,7 +251,11 @@ def parse_of_a_taken_name_then_its_close_in_one_batch(c):
             # a DEALLOCATE of it after the failed Parse, as the Close (skipped too)
             batch(c, parse_msg("y", "SELECT 5") + sync_msg()),
             batch(c, parse_msg("y", "SELECT 6") + query_msg("DEALLOCATE y") + sync_msg()),
-            bind_run(c, "y")]
+            bind_run(c, "y"),
+            # a name longer than the 63 bytes Postgres keys (sluice's name for it padded)
+            batch(c, parse_msg("l" * 70, "SELECT 7") + sync_msg()),
+            batch(c, parse_msg("l" * 70, "SELECT 8") + close_msg("S", "l" * 70) + sync_msg()),
+            bind_run(c, "l" * 70)]
 
 
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
