@@ -239,7 +239,7 @@ def long_sql_names_cut_at_a_whole_character(c):
 
 def parse_of_a_taken_name_then_its_close_in_one_batch(c):
     """The Parse fails (42P05: the client has the name) and the server skips the Close (or SQL
-    DEALLOCATE) after it. sluice had dropped the name from the client's records as it framed the
+    DEALLOCATE, DISCARD ALL, DEALLOCATE ALL) after it. sluice had dropped the name from the client's records as it framed the
     Close, so the error, which comes later, named the statement by sluice's name
     (sluice_<hash>)."""
     return [batch(c, parse_msg("x", "SELECT 1") + sync_msg()),
@@ -255,7 +255,12 @@ def parse_of_a_taken_name_then_its_close_in_one_batch(c):
             # a name longer than the 63 bytes Postgres keys (sluice's name for it padded)
             batch(c, parse_msg("l" * 70, "SELECT 7") + sync_msg()),
             batch(c, parse_msg("l" * 70, "SELECT 8") + close_msg("S", "l" * 70) + sync_msg()),
-            bind_run(c, "l" * 70)]
+            bind_run(c, "l" * 70),
+            # a DISCARD ALL (or DEALLOCATE ALL) after the failed request takes every name away
+            batch(c, parse_msg("z", "SELECT 9") + sync_msg()),
+            batch(c, parse_msg("z", "SELECT 10") + query_msg("DISCARD ALL") + sync_msg()),
+            batch(c, bind_msg("", "z", ["1"]) + query_msg("DEALLOCATE ALL") + sync_msg()),
+            bind_run(c, "z")]
 
 
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
