@@ -578,10 +578,12 @@ void client_login_synced(struct client *c, struct server *s)
  * but ignore these messages, per protocol spec"): CopyData, CopyDone and CopyFail, the rest of a
  * COPY its server already ended (a client streams its data before it reads the error, and in
  * transaction mode the server went back at that error's ReadyForQuery), and a Flush with nothing
- * to flush. An idle client gets no answer to them from Postgres, so none from sluice either. */
-static bool ignored_when_idle(uint8_t type)
+ * to flush. An idle client gets no answer to them from Postgres, so none from sluice either. A
+ * Flush with a body is not one of them: Postgres reads it to its end (pq_getmsgend) and answers
+ * ERROR 08P01 "invalid message format", then skips to the Sync, so it goes to a server. */
+static bool ignored_when_idle(uint8_t type, uint32_t body_len)
 {
-    return type == 'd' || type == 'c' || type == 'f' || type == 'H';
+    return type == 'd' || type == 'c' || type == 'f' || (type == 'H' && body_len == 0);
 }
 
 /* Drop such messages at the front of an idle client's buffer, as Postgres drops them, instead of
@@ -604,10 +606,10 @@ static void drop_ignored_when_idle(struct client *c)
         }
         uint8_t type;
         uint32_t body_len;
-        if (buf_unframed(b) < CODEC_HEADER_LEN || !ignored_when_idle(b->data[b->scan]) ||
+        if (buf_unframed(b) < CODEC_HEADER_LEN ||
             codec_frame_header(b->data + b->scan, buf_unframed(b), UINT32_MAX, &type,
                                &body_len) != FRAME_OK ||
-            body_len + 4 > codec_frontend_max_len(type) ||
+            !ignored_when_idle(type, body_len) || body_len + 4 > codec_frontend_max_len(type) ||
             body_len > (uint32_t)c->worker->cfg->max_packet_size)
             return;
         c->rx.remain = CODEC_HEADER_LEN + body_len;

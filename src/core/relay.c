@@ -288,7 +288,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             if (avail < whole)
                 return STOP_NEED_DATA;
             type_changed = s->reqs.poisoned > 0 && stmt_names_changed_in_error(p, whole);
-            renamed = !type_changed && stmt_names_in_error(c->stmts, p, whole);
+            renamed = !type_changed && stmt_names_in_error(c->stmts, &s->reqs, p, whole);
             if (!type_changed && !renamed)
                 refused = session_effects_refused_in_error(p, whole);
             if (!type_changed && refused == SESSION_FEATURE_NONE)
@@ -326,7 +326,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             }
         }
         if (renamed) {
-            stmt_names_put_error(c->stmts, p, whole, &c->out);
+            stmt_names_put_error(c->stmts, &s->reqs, p, whole, &c->out);
             forget_statements_if_missing(s, p, whole);
         }
         if (type_changed) {

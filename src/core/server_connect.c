@@ -276,7 +276,7 @@ static int keyword_slot(const char **kw, const char **val, int *n, const char *n
 
 /* A server opened with a client's startup parameters (s->startup) logs in with them:
  * application_name and client_encoding as libpq keywords (the client's value over the database
- * entry's), the rest as -c in options after the entry's own options (a later -c wins in
+ * entry's; not client_encoding=auto, see params_is_startup_keyword), the rest as -c in options after the entry's own options (a later -c wins in
  * Postgres). options owns the text until the login has copied it. 0 or -ENOMEM. */
 static int add_startup(struct server *s, const char **kw, const char **val, int *n,
                        struct msg_out *options)
@@ -284,7 +284,7 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
     const struct param_set *startup = &s->startup;
     for (int i = 0; i < startup->n; i++) {
         const struct param *p = &startup->items[i];
-        if (!params_is_startup_keyword(p->name))
+        if (!params_is_startup_keyword(p))
             continue;
         bool app = strcasecmp(p->name, "application_name") == 0;
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
@@ -762,14 +762,18 @@ static bool refusal_is_final(const char *sqlstate)
  * starting up) is a failed connect. why is for the log. */
 /* What Postgres answers a startup parameter it refuses (process_startup_options raises the
  * set_config error to FATAL): 42704 no such parameter, 22023 and the rest of class 22 a bad
- * value, 42501 not permitted, 55P02 not settable now, 0A000 not supported. The backend's own
- * reason, not the database's: it says nothing of whether the database takes connections. */
+ * value, 42501 not permitted, 55P02 not settable now, 0A000 not supported, class 25 a
+ * transaction setting (transaction_isolation: 25001 "SET TRANSACTION ISOLATION LEVEL must be
+ * called before any query"), 58P01 a library it cannot find (local_preload_libraries, loaded
+ * at the backend's start). The backend's own reason, not the database's: it says nothing of
+ * whether the database takes connections. */
 static bool refusal_is_startup_option(const struct server *s, const char *sqlstate)
 {
     return s->startup.n > 0 && sqlstate &&
            (strncmp(sqlstate, "22", 2) == 0 || strcmp(sqlstate, "42704") == 0 ||
             strcmp(sqlstate, "42501") == 0 || strncmp(sqlstate, "55", 2) == 0 ||
-            strcmp(sqlstate, "0A000") == 0);
+            strcmp(sqlstate, "0A000") == 0 || strncmp(sqlstate, "25", 2) == 0 ||
+            strcmp(sqlstate, "58P01") == 0);
 }
 
 static void login_failed(struct server *s, const char *why, const char *sqlstate,

@@ -723,6 +723,9 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                                dropped_one ? dropped_one->def : NULL, NULL),
                    fail) != TRACK_PASS)
             return TRACK_FAILED;
+        /* as a Close (track_close): an error still to come names it as the client does */
+        if (mine)
+            stmt_map_note_departed(c->stmts, name_buf, mine->server_name);
         stmt_map_remove(c->stmts, name_buf);
         break;
     case SQL_DEALLOCATE_ALL:
@@ -1048,6 +1051,11 @@ static enum track_result track_close(struct client *c, struct server *s, struct 
     stmt_map_remove(&s->stmts, on_server);
     if (!mine)
         stmt_map_remove(&s->sql_prepared, name);
+    /* An error still to come may name it by sluice's name (a Parse of the name before this
+     * Close in the batch, refused with 42P05): the client is told its own (stmt_map_name_of,
+     * which matches the definition's server name, a long name's padding left out). */
+    if (mine)
+        stmt_map_note_departed(c->stmts, name, mine->server_name);
     stmt_map_remove(c->stmts, name);
     return mine ? rename_statement(c, s, at, key_len, &sn) : TRACK_PASS;
 }

@@ -680,9 +680,11 @@ uint64_t params_startup_fingerprint(const struct param_set *startup)
     return startup->n > 0 && fp == 0 ? 1 : fp;
 }
 
-bool params_is_startup_keyword(const char *name)
+bool params_is_startup_keyword(const struct param *p)
 {
-    return strcasecmp(name, "application_name") == 0 || strcasecmp(name, "client_encoding") == 0;
+    if (strcasecmp(p->name, "client_encoding") == 0)
+        return strcmp(p->value, "auto") != 0; /* libpq's own test (fe-connect.c) */
+    return strcasecmp(p->name, "application_name") == 0;
 }
 
 /* Settings whose values the log may show: what drivers send to shape the session's output. */
@@ -731,7 +733,7 @@ int params_build_startup_options(const struct param_set *startup, const char *be
         put_str(out, before);
     for (int i = 0; i < startup->n; i++) {
         const struct param *p = &startup->items[i];
-        if (params_is_startup_keyword(p->name))
+        if (params_is_startup_keyword(p))
             continue;
         if (out->len > 0)
             codec_put_u8(out, ' ');
@@ -754,7 +756,7 @@ size_t params_startup_size(const struct param_set *startup)
     codec_out_free(&options);
     for (int i = 0; i < startup->n; i++) {
         const struct param *p = &startup->items[i];
-        if (params_is_startup_keyword(p->name))
+        if (params_is_startup_keyword(p))
             n += strlen(p->name) + strlen(p->value) + 2;
     }
     return n;

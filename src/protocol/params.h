@@ -140,8 +140,10 @@ size_t params_startup_size(const struct param_set *startup);
 /* What of those 10000 a client's parameters may take: the rest is for the user and database
  * names, the database entry's own options and what libpq adds. */
 #define PARAMS_STARTUP_ROOM 8000
-/* A startup parameter passed as a libpq keyword of its own rather than in options. */
-bool params_is_startup_keyword(const char *name);
+/* A startup parameter passed as a libpq keyword of its own rather than in options:
+ * application_name, and client_encoding unless its value is "auto", which libpq replaces with
+ * the encoding of sluice's own locale where Postgres refuses it (22023). */
+bool params_is_startup_keyword(const struct param *p);
 /* set as "name=value, ..." for the log into buf (cut at its size): the values of the settings
  * drivers send that say nothing about anyone (application_name, client_encoding, DateStyle,
  * TimeZone, ...), the others' names only ("name=..."): a startup packet may carry a custom

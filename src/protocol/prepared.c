@@ -401,6 +401,17 @@ void stmt_queue_free(struct stmt_queue *q)
     memset(q, 0, sizeof(*q));
 }
 
+const char *stmt_queue_dropped_name_of(const struct stmt_queue *q, const char *server_name)
+{
+    for (uint32_t i = q ? q->count : 0; i-- > 0;) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        const char *name = it->dropped ? stmt_map_name_of(it->dropped, server_name) : NULL;
+        if (name)
+            return name;
+    }
+    return NULL;
+}
+
 static struct stmt_queue_item *last_item(struct stmt_queue *q)
 {
     return q->count ? &q->items[(q->head + q->count - 1) % q->cap] : NULL;

@@ -143,9 +143,10 @@ struct stmt_entry {
  * server's are bounded by max_prepared_statements (LRU), and share the clients' definitions. */
 enum stmt_map_owner { STMT_MAP_SERVER, STMT_MAP_CLIENT };
 
-/* A statement a client lost when the server skipped or refused its Parse (stmt_on_ready). The
- * client's requests framed before that was known went out under its server name, and the errors
- * they get must still say the client's (stmt_map_name_of): the last STMT_DEPARTED are kept. */
+/* A statement a client lost when the server skipped or refused its Parse (stmt_on_ready), or
+ * that it closed (track_close). The client's requests framed before that was known went out
+ * under its server name, and the errors they get must still say the client's
+ * (stmt_map_name_of): the last STMT_DEPARTED are kept. */
 #define STMT_DEPARTED 2
 struct stmt_departed {
     char client_name[STMT_KEY_MAX + 1];
@@ -346,6 +347,11 @@ int stmt_queue_push_client_close(struct stmt_queue *q, const char *server_name,
 int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
                                 struct stmt_def *def, struct stmt_map *dropped)
     __attribute__((warn_unused_result));
+/* The client's name for server_name in the maps its DEALLOCATE ALL / DISCARD ALL still
+ * unanswered took away (struct stmt_queue_item.dropped), the latest first; NULL when none has
+ * it. An error that comes before such a drop is answered (a request of the batch before it
+ * failed) still names the client's statement as the client does. For error messages only. */
+const char *stmt_queue_dropped_name_of(const struct stmt_queue *q, const char *server_name);
 /* Is a request holding the client's statements (a Close, DEALLOCATE, DISCARD ALL) queued ahead
  * of a Sync? Its outcome decides which statements the client has: what the client sends after
  * that Sync waits for it (what it sends before is skipped if it fails). */

@@ -99,8 +99,9 @@ static int next_switch(struct switch_scan *s, const char **optarg)
     return c;
 }
 
-/* pg_split_opts: words split at white space, a backslash taking the next byte as is. argv[0]
- * is the program name. Returns the count of words, argv and the words in one block. */
+/* pg_split_opts: words split at white space, a backslash taking the next byte as is (one at the
+ * very end takes nothing and is dropped). argv[0] is the program name. Returns the count of
+ * words, argv and the words in one block. */
 static int split_words(const char *options, char ***argv_out)
 {
     size_t len = strlen(options);
@@ -120,8 +121,8 @@ static int split_words(const char *options, char ***argv_out)
             break;
         argv[argc++] = out;
         while (*s && !isspace((unsigned char)*s)) {
-            if (*s == '\\' && s[1])
-                s++;
+            if (*s == '\\' && !*++s)
+                break;
             *out++ = *s++;
         }
         *out++ = '\0';

@@ -179,10 +179,19 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
     return STMT_REWRITTEN_IN_PLACE;
 }
 
-/* The error body's server names of client_map's statements, each replaced by the client's name
- * (into out when not NULL). True when there is one. */
-static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *body,
-                              uint32_t len, struct msg_out *out)
+/* The client's name for server_name: in its map, else in a map a drop of all still unanswered
+ * took away (pending). */
+static const char *client_name_for(const struct stmt_map *client_map,
+                                   const struct stmt_queue *pending, const char *server_name)
+{
+    const char *mine = stmt_map_name_of(client_map, server_name);
+    return mine ? mine : stmt_queue_dropped_name_of(pending, server_name);
+}
+
+/* The error body's server names of client_map's statements (or pending's dropped ones), each
+ * replaced by the client's name (into out when not NULL). True when there is one. */
+static bool name_error_fields(const struct stmt_map *client_map, const struct stmt_queue *pending,
+                              const uint8_t *body, uint32_t len, struct msg_out *out)
 {
     const size_t plen = sizeof(SERVER_NAME_PREFIX) - 1;
     bool renamed = false;
@@ -208,12 +217,12 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
                 was_padded = true;
                 memcpy(sn, at, STMT_KEY_MAX);
                 sn[STMT_KEY_MAX] = '\0';
-                mine = stmt_map_name_of(client_map, sn); /* a departed one is kept so */
+                mine = client_name_for(client_map, pending, sn); /* a departed one too */
             }
             memcpy(sn, at, (size_t)(tail - at));
             sn[tail - at] = '\0';
             if (!mine)
-                mine = stmt_map_name_of(client_map, sn);
+                mine = client_name_for(client_map, pending, sn);
             if (mine && was_padded)
                 tail = padded;
         }
@@ -242,14 +251,16 @@ static bool name_error_fields(const struct stmt_map *client_map, const uint8_t *
     return renamed;
 }
 
-bool stmt_names_in_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole)
+bool stmt_names_in_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
+                         const uint8_t *msg, uint32_t whole)
 {
-    return client_map &&
-           name_error_fields(client_map, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, NULL);
+    return (client_map || pending) && name_error_fields(client_map, pending, msg + CODEC_HEADER_LEN,
+                                                        whole - CODEC_HEADER_LEN, NULL);
 }
 
-void stmt_names_put_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole,
-                          struct msg_out *out)
+void stmt_names_put_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
+                          const uint8_t *msg, uint32_t whole, struct msg_out *out)
 {
-    (void)name_error_fields(client_map, msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, out);
+    (void)name_error_fields(client_map, pending, msg + CODEC_HEADER_LEN,
+                            whole - CODEC_HEADER_LEN, out);
 }

@@ -74,10 +74,12 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
 
 /* Does the server's ErrorResponse msg (`whole` bytes) name one of client_map's statements by its
  * server name ("prepared statement "sluice_1a2b3c4d" already exists", "bind message supplies 1
- * parameters, but prepared statement ... requires 2")? stmt_names_put_error then appends it to
- * out with the client's names in their place, as Postgres would have said it. */
-bool stmt_names_in_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole);
-void stmt_names_put_error(const struct stmt_map *client_map, const uint8_t *msg, uint32_t whole,
-                          struct msg_out *out);
+ * parameters, but prepared statement ... requires 2"), or one that a DEALLOCATE ALL / DISCARD
+ * ALL in pending (the server's queue, not answered yet) took from it? stmt_names_put_error then
+ * appends it to out with the client's names in their place, as Postgres would have said it. */
+bool stmt_names_in_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
+                         const uint8_t *msg, uint32_t whole);
+void stmt_names_put_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
+                          const uint8_t *msg, uint32_t whole, struct msg_out *out);
 
 #endif

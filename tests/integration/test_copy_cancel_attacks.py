@@ -112,6 +112,36 @@ def test_the_rest_of_a_failed_copy_is_dropped_without_waiting_for_a_server(start
     assert got == want
 
 
+def flush_with_a_body_then_sync(port, password):
+    c = raw_login(port, password=password, timeout=10)
+    try:
+        # Postgres: ERROR 08P01 for the Flush, the Query skipped (it looks for the Sync), then the
+        # Sync's ReadyForQuery and the session goes on
+        c.send(message(b"H", b"x") + query_msg("SELECT 1") + message(b"S"))
+        seen = seen_until_ready(c)
+        c.send(query_msg("SELECT 2"))
+        return seen + seen_until_ready(c)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_flush_with_a_body_is_refused_with_08P01_as_postgres_refuses_it(start_sluice, pg, mode):
+    """An idle client's Flush is dropped as Postgres drops it (nothing to flush), but Postgres
+    reads a Flush to its end: one with a body gets ERROR 08P01 "invalid message format" and the
+    rest of the batch is skipped to the Sync. sluice dropped it with its body, so the batch's
+    Query ran and was answered where Postgres skips it."""
+    want = flush_with_a_body_then_sync(pg.port, APP_PASSWORD)
+    assert want == [("E", "ERROR", "08P01"), ("Z", "I"), "T", "D", "C", ("Z", "I")]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    assert flush_with_a_body_then_sync(s.port, None) == want
+    after = raw_login(s.port, timeout=10)
+    try:
+        assert after.query("SELECT 3") == ([["3"]], ["SELECT 1"])
+    finally:
+        after.close()
+
+
 # ---- the server ends the session while the client streams COPY data ------------------------------
 
 

@@ -237,6 +237,32 @@ def long_sql_names_cut_at_a_whole_character(c):
     return out
 
 
+def parse_of_a_taken_name_then_its_close_in_one_batch(c):
+    """The Parse fails (42P05: the client has the name) and the server skips the Close (or SQL
+    DEALLOCATE, DISCARD ALL, DEALLOCATE ALL) after it. sluice had dropped the name from the client's records as it framed the
+    Close, so the error, which comes later, named the statement by sluice's name
+    (sluice_<hash>)."""
+    return [batch(c, parse_msg("x", "SELECT 1") + sync_msg()),
+            batch(c, parse_msg("x", "SELECT 2") + close_msg("S", "x") + sync_msg()),
+            bind_run(c, "x"),
+            batch(c, parse_msg("x", "SELECT 3") + close_msg("S", "x") + close_msg("S", "x")
+                  + parse_msg("x", "SELECT 4") + bind_msg("", "x") + execute_msg() + sync_msg()),
+            bind_run(c, "x"),
+            # a DEALLOCATE of it after the failed Parse, as the Close (skipped too)
+            batch(c, parse_msg("y", "SELECT 5") + sync_msg()),
+            batch(c, parse_msg("y", "SELECT 6") + query_msg("DEALLOCATE y") + sync_msg()),
+            bind_run(c, "y"),
+            # a name longer than the 63 bytes Postgres keys (sluice's name for it padded)
+            batch(c, parse_msg("l" * 70, "SELECT 7") + sync_msg()),
+            batch(c, parse_msg("l" * 70, "SELECT 8") + close_msg("S", "l" * 70) + sync_msg()),
+            bind_run(c, "l" * 70),
+            # a DISCARD ALL (or DEALLOCATE ALL) after the failed request takes every name away
+            batch(c, parse_msg("z", "SELECT 9") + sync_msg()),
+            batch(c, parse_msg("z", "SELECT 10") + query_msg("DISCARD ALL") + sync_msg()),
+            batch(c, bind_msg("", "z", ["1"]) + query_msg("DEALLOCATE ALL") + sync_msg()),
+            bind_run(c, "z")]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
@@ -245,7 +271,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              sql_statements_by_unnamed_parse_in_a_transaction,
              long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
              drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character,
-             unnamed_executes_of_a_statement_closed_or_prepared_again]
+             unnamed_executes_of_a_statement_closed_or_prepared_again,
+             parse_of_a_taken_name_then_its_close_in_one_batch]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -38,12 +38,18 @@ def pid(c):
     return c.query("SELECT pg_backend_pid()")[0][0][0]
 
 
-@pytest.mark.parametrize("options", ["-c no_such_setting=1", "-c statement_timeout=abc"])
+# transaction_isolation: 25001 "SET TRANSACTION ISOLATION LEVEL must be called before any query";
+# local_preload_libraries: 58P01 "could not access file ...". sluice took those for the database
+# refusing connections: the pool was marked down (57P03 to that client, the breaker open for
+# everyone) at each such login
+@pytest.mark.parametrize("options", ["-c no_such_setting=1", "-c statement_timeout=abc",
+                                     "-c transaction_isolation=serializable",
+                                     "-c local_preload_libraries=sluice_test_no_such_library"])
 def test_a_refused_startup_option_is_postgres_fatal_for_that_client_alone(start_sluice, pg,
                                                                            options):
     s = start_sluice({"pool_mode": "session", "default_pool_size": 2, "admin_users": ADMIN})
     want = postgres_refusal(pg, options)
-    assert want[0] in ("42704", "22023")
+    assert want[0] in ("42704", "22023", "25001", "58P01")
     good = raw_login(s.port, application_name="good")
     try:
         assert good.query("SELECT 1")[0] == [["1"]]
@@ -63,6 +69,27 @@ def test_a_refused_startup_option_is_postgres_fatal_for_that_client_alone(start_
             other.close()
         assert time.monotonic() - t0 < 2
         assert show_pool(s)["breaker"] == "closed"
+    finally:
+        good.close()
+
+
+def test_client_encoding_auto_is_refused_as_postgres_refuses_it(start_sluice, pg):
+    """`auto` is libpq's word for "the encoding of my locale", resolved by the client; Postgres
+    refuses it as a startup value (22023). sluice handed the client's client_encoding to libpq
+    as its keyword, and libpq put the encoding of sluice's own locale in its place: the client
+    was let in with SQL_ASCII, a value it never asked for."""
+    with pytest.raises(ServerError) as direct:
+        raw_login(pg.port, password=APP_PASSWORD, client_encoding="auto").close()
+    want = (direct.value.sqlstate, direct.value.fields.get("M"))
+    assert want[0] == "22023"
+    s = start_sluice({"pool_mode": "session"})
+    with pytest.raises(ServerError) as e:
+        bad = raw_login(s.port, client_encoding="auto")
+        bad.query("SELECT current_setting('client_encoding')")
+    assert (e.value.sqlstate, e.value.fields.get("M")) == want
+    good = raw_login(s.port, client_encoding="LATIN1")
+    try:
+        assert good.query("SELECT current_setting('client_encoding')")[0] == [["LATIN1"]]
     finally:
         good.close()
 

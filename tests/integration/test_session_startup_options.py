@@ -12,9 +12,11 @@ from pgwire import recorded_login
 
 REFUSED = ["-x 1", "stray", "-c app.a=1 -c", "-c app.x", "--app.x", "-c =1", "-capp.z=1 stray",
            "-c a b", "-c -x", "-xe", "-e -xe", "stray -x", "-f z", "-tq", "-S", "--app-a.b",
-           "-c a/b=1", "-c app.a/b=1", "-- -c app.a=1", "-", "-B 10", "-c app.x=1 -x"]
+           "-c a/b=1", "-c app.a/b=1", "-- -c app.a=1", "-", "-B 10", "-c app.x=1 -x", "-e \\"]
+# a backslash at the very end escapes nothing: Postgres drops it (sluice kept it, and 2MB\ is
+# not a work_mem)
 ACCEPTED = ["-e", "-S 2048", "-fs -c app.q=1", "--app.dash-name=yes", "--", "-E -T -n",
-            "-capp.z=1 -- ", "-d 0"]
+            "-capp.z=1 -- ", "-d 0", "-c work_mem=2MB\\"]
 SHOWN = ["DateStyle", "work_mem", "enable_seqscan", "log_min_messages"]
 
 

@@ -617,9 +617,9 @@ static void errors_name_the_clients_statements(void)
     codec_begin(&in, 'E');
     codec_put_bytes(&in, body, (size_t)n);
     codec_end(&in);
-    CHECK(stmt_names_in_error(m, in.data, in.len));
-    CHECK(!stmt_names_in_error(NULL, in.data, in.len));
-    stmt_names_put_error(m, in.data, in.len, &out);
+    CHECK(stmt_names_in_error(m, NULL, in.data, in.len));
+    CHECK(!stmt_names_in_error(NULL, NULL, in.data, in.len));
+    stmt_names_put_error(m, NULL, in.data, in.len, &out);
     const char *msg = memmem(out.data, out.len, "Mprepared", 9);
     CHECK(msg && strcmp(msg, "Mprepared statement \"mine\" already exists") == 0);
     CHECK_INT(codec_get_u32(out.data + 1), out.len - 1);
