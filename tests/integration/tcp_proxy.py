@@ -45,35 +45,41 @@ class ForwardingProxy:
             self.accepted += 1
             threading.Thread(target=self._serve, args=(a,), daemon=True).start()
 
-    def connect_upstream(self):
-        return socket.create_connection(("127.0.0.1", self.target_port))
+    def upstream_or_close(self, a):
+        """A new connection to Postgres, or None with a closed (Postgres is not there)."""
+        try:
+            return socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            a.close()
+            return None
 
     def _serve(self, a):
         try:
             head = recv_exactly(a, 8)
-            if len(head) < 8:
-                a.close()
-                return
-            length, code = struct.unpack("!II", head)
-            if length == 16 and code == CANCEL_CODE:
-                self.serve_cancel(a, head + recv_exactly(a, 8))
-                return
-            b = self.connect_upstream()
         except OSError:
+            head = b""
+        if len(head) < 8:
             a.close()
             return
-        b.sendall(head)
+        length, code = struct.unpack("!II", head)
+        if length == 16 and code == CANCEL_CODE:
+            self.serve_cancel(a, head + recv_exactly(a, 8))
+            return
+        b = self.upstream_or_close(a)
+        if b:
+            b.sendall(head)
+            self.serve_session(a, b)
+
+    def serve_session(self, a, b):
+        """Any other connection, its first 8 bytes passed on to b: joined both ways."""
         forward_both_ways(a, b)
 
     def serve_cancel(self, a, packet):
         """A whole CancelRequest read from a: by default passed on as it came."""
-        try:
-            b = self.connect_upstream()
-        except OSError:
-            a.close()
-            return
-        b.sendall(packet)
-        forward_both_ways(a, b)
+        b = self.upstream_or_close(a)
+        if b:
+            b.sendall(packet)
+            forward_both_ways(a, b)
 
     def close(self):
         self.lsock.close()

@@ -147,10 +147,8 @@ class CancelDelayingProxy(ForwardingProxy):
         super().__init__(target_port)
 
     def serve_cancel(self, a, packet):
-        try:
-            b = self.connect_upstream()
-        except OSError:
-            a.close()
+        b = self.upstream_or_close(a)
+        if not b:
             return
         time.sleep(self.delay)
         b.sendall(packet)
