@@ -276,8 +276,9 @@ static int keyword_slot(const char **kw, const char **val, int *n, const char *n
 
 /* A server opened with a client's startup parameters (s->startup) logs in with them:
  * application_name and client_encoding as libpq keywords (the client's value over the database
- * entry's; not client_encoding=auto, see params_is_startup_keyword), the rest as -c in options after the entry's own options (a later -c wins in
- * Postgres). options owns the text until the login has copied it. 0 or -ENOMEM. */
+ * entry's; not client_encoding=auto, see params_is_startup_keyword), the rest as -c in options
+ * after the entry's own options (a later -c wins in Postgres). options owns the text until the
+ * login has copied it. 0 or -ENOMEM. */
 static int add_startup(struct server *s, const char **kw, const char **val, int *n,
                        struct msg_out *options)
 {
