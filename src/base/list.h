@@ -26,6 +26,15 @@ static inline void list_init(struct list *l)
     l->count = 0;
 }
 
+/* A list in zeroed storage (a _Thread_local one: its head's address is no constant an
+ * initialiser may use), set up on first use. */
+static inline struct list *list_ready(struct list *l)
+{
+    if (!l->head.next)
+        list_init(l);
+    return l;
+}
+
 static inline void list_node_init(struct list_node *n)
 {
     n->prev = n->next = n;

@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "conn_id.h"
+#include "list.h"
 #include "cancel_send.h"
 #include "console.h"
 #include "client.h"
@@ -193,7 +194,7 @@ struct cancel_job {
     uint64_t request;
     bool recheck_open;
     uv_timer_t recheck;
-    struct cancel_job *prev_rechecking, *next_rechecking;
+    struct list_node recheck_node; /* on rechecking_jobs() while its timer runs */
 };
 
 static int start_cancel(struct worker *worker, struct server *s, struct client *requester,
@@ -552,18 +553,17 @@ static void answer_unsent(struct cancel_job *job)
 
 /* This thread's deferred cancels waiting to be looked at again (for server_close and the
  * shutdown: each worker's loop runs on its own thread). */
-static _Thread_local struct cancel_job *rechecking;
+static _Thread_local struct list rechecking;
+
+static struct list *rechecking_jobs(void)
+{
+    return list_ready(&rechecking);
+}
 
 static void unlink_rechecking(struct cancel_job *job)
 {
     uv_timer_stop(&job->recheck);
-    if (job->prev_rechecking)
-        job->prev_rechecking->next_rechecking = job->next_rechecking;
-    else if (rechecking == job)
-        rechecking = job->next_rechecking;
-    if (job->next_rechecking)
-        job->next_rechecking->prev_rechecking = job->prev_rechecking;
-    job->prev_rechecking = job->next_rechecking = NULL;
+    list_remove(rechecking_jobs(), &job->recheck_node);
 }
 
 /* Does the client's request the deferred cancel was released for still run, with nothing of
@@ -616,10 +616,7 @@ static bool resend_if_ignored(struct cancel_job *job)
         wait *= DEFERRED_RECHECK_GROWTH;
     if (uv_timer_start(&job->recheck, on_recheck, wait, 0) < 0)
         return false;
-    job->next_rechecking = rechecking;
-    if (rechecking)
-        rechecking->prev_rechecking = job;
-    rechecking = job;
+    list_prepend(rechecking_jobs(), &job->recheck_node);
     return true;
 }
 
@@ -649,8 +646,10 @@ void cancel_request_answered(struct server *s)
 {
     if (s->cancels_in_flight == 0)
         return; /* the common case: nothing to look for */
-    for (struct cancel_job *job = rechecking; job;) {
-        struct cancel_job *next = job->next_rechecking;
+    struct list_node *node, *tmp;
+    list_for_each(rechecking_jobs(), node, tmp)
+    {
+        struct cancel_job *job = container_of(node, struct cancel_job, recheck_node);
         /* Its last send is done (Postgres closed that connection once it had signalled the
          * backend): nothing of it is still on its way, as when on_recheck finds the request
          * over. */
@@ -659,7 +658,6 @@ void cancel_request_answered(struct server *s)
             log_server(LOG_DEBUG, s, "deferred cancel delivered; its request was answered");
             answer_unsent(job);
         }
-        job = next;
     }
 }
 
@@ -672,13 +670,14 @@ void cancel_forget_deferred(struct server *s)
         answer_unsent(job);
         job = next;
     }
-    for (job = rechecking; job;) {
-        struct cancel_job *next = job->next_rechecking;
+    struct list_node *node, *tmp;
+    list_for_each(rechecking_jobs(), node, tmp)
+    {
+        job = container_of(node, struct cancel_job, recheck_node);
         if (job->server == s) {
             unlink_rechecking(job);
             answer_unsent(job);
         }
-        job = next;
     }
 }
 
@@ -715,8 +714,9 @@ static int start_cancel(struct worker *worker, struct server *s, struct client *
 void cancel_abort_all(void)
 {
     cancel_send_abort_all();
-    while (rechecking) {
-        struct cancel_job *job = rechecking;
+    struct list_node *node;
+    while ((node = list_first(rechecking_jobs()))) {
+        struct cancel_job *job = container_of(node, struct cancel_job, recheck_node);
         unlink_rechecking(job);
         cancel_over(job, CANCEL_CONFIRMED,
                     "deferred cancel delivered; not looked at again: the worker is shutting down");

@@ -24,6 +24,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "list.h"
+
 enum send_step { STEP_CONNECTING, STEP_WRITING, STEP_AWAITING_CLOSE, STEP_DONE };
 
 struct cancel_send {
@@ -42,11 +44,11 @@ struct cancel_send {
     /* A failure found inside cancel_send_start, reported from the loop (done is never called
      * from inside the start); "" when none. */
     char why[256];
-    struct cancel_send *prev, *next; /* this thread's sends in flight, for the shutdown */
+    struct list_node node; /* on this thread's in_flight, for the shutdown */
 };
 
 /* Each worker's loop runs on its own thread, so each thread's list is its loop's. */
-static _Thread_local struct cancel_send *in_flight;
+static _Thread_local struct list in_flight;
 
 static const char *step_name(enum send_step step)
 {
@@ -94,17 +96,6 @@ void cancel_target_text(const struct cancel_target *t, char *out, size_t outlen)
     }
 }
 
-static void unlink_send(struct cancel_send *cs)
-{
-    if (cs->prev)
-        cs->prev->next = cs->next;
-    else if (in_flight == cs)
-        in_flight = cs->next;
-    if (cs->next)
-        cs->next->prev = cs->prev;
-    cs->prev = cs->next = NULL;
-}
-
 static void on_handle_closed(uv_handle_t *h)
 {
     struct cancel_send *cs = h->data;
@@ -139,7 +130,7 @@ static void finish(struct cancel_send *cs, enum send_end end, const char *fmt, .
     char why[400];
     snprintf(why, sizeof(why), "cancel to %s for backend pid %u: %s", where, cs->target.pid, what);
     cs->step = STEP_DONE;
-    unlink_send(cs);
+    list_remove(list_ready(&in_flight), &cs->node);
     if (cs->polling) {
         uv_poll_stop(&cs->poll);
         uv_close((uv_handle_t *)&cs->poll, on_handle_closed);
@@ -268,10 +259,7 @@ int cancel_send_start(uv_loop_t *loop, const struct cancel_target *t, uint64_t t
     }
     cs->deadline.data = cs;
     cs->open_handles = 1;
-    cs->next = in_flight;
-    if (in_flight)
-        in_flight->prev = cs;
-    in_flight = cs;
+    list_prepend(list_ready(&in_flight), &cs->node);
     if (timeout_ms > 0)
         uv_timer_start(&cs->deadline, on_deadline, timeout_ms, 0);
 
@@ -317,7 +305,9 @@ int cancel_send_start(uv_loop_t *loop, const struct cancel_target *t, uint64_t t
 
 void cancel_send_abort_all(void)
 {
-    while (in_flight)
-        finish(in_flight, END_FAILED, "ended by the worker shutting down, while %s",
-               step_name(in_flight->step));
+    struct list_node *node;
+    while ((node = list_first(list_ready(&in_flight)))) {
+        struct cancel_send *cs = container_of(node, struct cancel_send, node);
+        finish(cs, END_FAILED, "ended by the worker shutting down, while %s", step_name(cs->step));
+    }
 }
