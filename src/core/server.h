@@ -128,6 +128,17 @@ struct server {
      * Describe, not at its Parse: sluice prepares it there (transaction mode; "": none). */
     char unnamed_executes[STMT_KEY_MAX + 1];
     char unnamed_executes_as[STMT_KEY_MAX + 1];
+    /* While unnamed_of is its client: what the unnamed statement's text drops when it runs
+     * (transaction mode). */
+    struct stmt_drop unnamed_drop;
+    /* The portals bound from a statement that drops statements, and what each drops at its
+     * Execute; forgotten once the server is idle outside a transaction block, when every
+     * portal is gone (transaction mode). A Bind when all are taken applies its drop then. */
+    struct portal_drop {
+        char portal[STMT_KEY_MAX + 1];
+        struct stmt_drop drop;
+    } portal_drops[4];
+    uint8_t portal_drops_count;
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;
 

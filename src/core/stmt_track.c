@@ -76,6 +76,7 @@ static void settle_after_idle(struct server *s)
     if (s->txn_status != 'I')
         return;
     s->reqs.encoding_set_in_block = false;
+    s->portal_drops_count = 0;
     if (s->reqs.portals_hold == 0)
         return;
     for (struct list_node *n = s->stmts.lru.head.next; n != &s->stmts.lru.head; n = n->next)
@@ -654,6 +655,56 @@ static void note_unnamed_executes(struct server *s, const char *name, const char
     snprintf(s->unnamed_executes_as, sizeof(s->unnamed_executes_as), "%s", server_name);
 }
 
+/* The client's DEALLOCATE, DEALLOCATE ALL or DISCARD ALL is sent to run (a Query, or an Execute
+ * of a portal bound from one). Whether it runs is not known here (an error before it skips it,
+ * a failed transaction refuses it): the client's statements leave its map now, for what it
+ * sends next, and come back unless a CommandComplete says it ran (stmt_on_ready). A DEALLOCATE
+ * drops the client's statement only when its text names it by sluice's name (a Query's or
+ * unnamed Parse's, renamed); any other name is the backend's own. */
+static enum track_result apply_drop(struct client *c, struct server *s, const struct stmt_drop *d,
+                                    struct client_failure *fail)
+{
+    struct stmt_entry *dropped_one;
+    struct stmt_map *dropped_all;
+    struct stmt_server_name sn;
+    switch (d->kind) {
+    case SQL_DEALLOCATE:
+        /* The server's own SQL statement of that name leaves sql_prepared when it ran
+         * (stmt_on_command_complete). */
+        forget_on_server(s, d->server_name);
+        dropped_one = stmt_map_get(c->stmts, d->name);
+        if (dropped_one && dropped_one->def)
+            stmt_names_for_server(&sn, dropped_one->def,
+                                  strlen(d->name) >= STMT_KEY_MAX ? STMT_NAME_CUT
+                                                                  : STMT_NAME_WHOLE);
+        if (dropped_one && (!dropped_one->def || strcmp(sn.name, d->server_name) != 0))
+            dropped_one = NULL;
+        if ((dropped_one || stmt_map_get(&s->sql_prepared, d->name)) &&
+            queued(stmt_queue_push_client_drop(&s->reqs, d->name,
+                                               dropped_one ? dropped_one->def : NULL, NULL),
+                   fail) != TRACK_PASS)
+            return TRACK_FAILED;
+        if (!dropped_one)
+            return TRACK_PASS;
+        /* as a Close (track_close): an error still to come names it as the client does */
+        stmt_map_note_departed(c->stmts, d->name, dropped_one->def->server_name);
+        stmt_map_remove(c->stmts, d->name);
+        return TRACK_PASS;
+    case SQL_DEALLOCATE_ALL:
+    case SQL_DISCARD_ALL:
+        dropped_all = c->stmts;
+        c->stmts = NULL;
+        if ((dropped_all || stmt_map_count(&s->sql_prepared) > 0) &&
+            queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all), fail) !=
+                TRACK_PASS)
+            return TRACK_FAILED;
+        stmt_map_mark_unknown(&s->stmts);
+        return TRACK_PASS;
+    default:
+        return TRACK_PASS;
+    }
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
@@ -696,11 +747,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     session_effects_forget_params(s, touch);
     if (kind == SQL_EXECUTE && mine && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_statement(c, s, mine);
-    /* Whether it runs is not known here (an error before it skips it, a failed transaction
-     * refuses it): the client's statements leave its map now, for what it sends next, and come
-     * back unless a CommandComplete says it ran (stmt_on_ready). */
-    struct stmt_entry *dropped_one;
-    struct stmt_map *dropped_all;
+    struct stmt_drop drop = {.kind = kind};
     switch (kind) {
     case SQL_PREPARE:
         /* A name the client holds by Parse went out as sluice's, which the server holds: it
@@ -712,31 +759,16 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         }
         break;
     case SQL_DEALLOCATE:
-        /* The server's own SQL statement of that name leaves sql_prepared when it ran
-         * (stmt_on_command_complete). */
-        forget_on_server(s, mine ? sn.name : name_buf);
-        dropped_one = stmt_map_get(c->stmts, name_buf);
-        if (dropped_one && !dropped_one->def)
-            dropped_one = NULL;
-        if ((dropped_one || stmt_map_get(&s->sql_prepared, name_buf)) &&
-            queued(stmt_queue_push_client_drop(&s->reqs, name_buf,
-                                               dropped_one ? dropped_one->def : NULL, NULL),
-                   fail) != TRACK_PASS)
-            return TRACK_FAILED;
-        /* as a Close (track_close): an error still to come names it as the client does */
-        if (mine)
-            stmt_map_note_departed(c->stmts, name_buf, mine->server_name);
-        stmt_map_remove(c->stmts, name_buf);
-        break;
     case SQL_DEALLOCATE_ALL:
     case SQL_DISCARD_ALL:
-        dropped_all = c->stmts;
-        c->stmts = NULL;
-        if ((dropped_all || stmt_map_count(&s->sql_prepared) > 0) &&
-            queued(stmt_queue_push_client_drop(&s->reqs, NULL, NULL, dropped_all), fail) !=
-                TRACK_PASS)
+        snprintf(drop.name, sizeof(drop.name), "%.63s", name_buf);
+        snprintf(drop.server_name, sizeof(drop.server_name), "%.63s", mine ? sn.name : name_buf);
+        /* A Query runs it now; an unnamed Parse's text runs at each Execute of a portal bound
+         * from it (note_portal_drop); a named Parse's is its definition's (stmt_def.drops). */
+        if (text_at == 0 && apply_drop(c, s, &drop, fail) != TRACK_PASS)
             return TRACK_FAILED;
-        stmt_map_mark_unknown(&s->stmts);
+        if (text_at == 1)
+            s->unnamed_drop = drop;
         break;
     default:
         break;
@@ -921,6 +953,151 @@ static const char *parse_encoding(const struct client *c, const struct server *s
     return client_encoding_of(c, s);
 }
 
+/* A named Parse's text (n bytes, its NUL among them when well formed): the drop it is, when
+ * it is one (stmt_def.drops), else SQL_OTHER. */
+static enum sql_dealloc drops_of_text(const char *text, size_t n)
+{
+    char name[256];
+    if (!memchr(text, '\0', n))
+        return SQL_OTHER;
+    enum sql_dealloc kind = prepared_classify_query(text, name, sizeof(name));
+    return kind == SQL_DEALLOCATE || kind == SQL_DEALLOCATE_ALL || kind == SQL_DISCARD_ALL
+               ? kind
+               : SQL_OTHER;
+}
+
+/* What the client's statement `name` ("": the unnamed) drops when it runs. The unnamed one's
+ * text was followed at its Parse (follow_statement: renamed there). A named one's text is
+ * kept as written: its DEALLOCATE of a statement the client holds by protocol names sluice's
+ * name for it once its Bind is renamed (bind_deallocate_renamed); any other name is the
+ * backend's own. */
+static void drop_of_statement(const struct client *c, const struct server *s, const char *name,
+                              struct stmt_drop *d)
+{
+    d->kind = SQL_OTHER;
+    if (!name[0]) {
+        if (s->unnamed_of == c->id)
+            *d = s->unnamed_drop;
+        return;
+    }
+    const struct stmt_entry *e = stmt_map_get(c->stmts, name);
+    if (!e || !e->def || e->def->drops == SQL_OTHER)
+        return;
+    const uint8_t *name_end = memchr(e->def->data, '\0', e->def->len);
+    if (!name_end)
+        return;
+    const char *text = (const char *)name_end + 1;
+    uint32_t n = e->def->len - (uint32_t)((const uint8_t *)text - e->def->data);
+    char name_buf[256];
+    if (!memchr(text, '\0', n))
+        return;
+    d->kind = prepared_classify_query(text, name_buf, sizeof(name_buf));
+    cut_sql_name(c, s, name_buf);
+    snprintf(d->name, sizeof(d->name), "%.63s", name_buf);
+    snprintf(d->server_name, sizeof(d->server_name), "%.63s", name_buf);
+    const struct stmt_entry *named =
+        d->kind == SQL_DEALLOCATE && name_buf[0] ? stmt_map_get(c->stmts, name_buf) : NULL;
+    if (named && named->def) { /* its Bind runs the text renamed (bind_deallocate_renamed) */
+        struct stmt_server_name sn;
+        stmt_names_for_server(&sn, named->def,
+                              strlen(name_buf) >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE);
+        snprintf(d->server_name, sizeof(d->server_name), "%s", sn.name);
+    }
+}
+
+/* A Bind of the client's named statement whose text is DEALLOCATE of another statement the
+ * client holds by protocol: Postgres drops that one when the portal runs, by the name the text
+ * gives it. On the server the client's statement has sluice's name, and the named Parse's text
+ * went there as written: the Bind goes instead to a statement of the text with sluice's name
+ * in it (a definition of the server's alone), and the server gets something under that name
+ * to drop (ensure_named). A statement the client does not hold (gone since, maybe by this
+ * very DEALLOCATE) leaves the Bind as it was: the server refuses it (26000) as Postgres does.
+ * *bound: the Bind was taken care of here. */
+static enum track_result bind_deallocate_renamed(struct client *c, struct server *s,
+                                                 const struct stmt_drop *d, uint32_t at,
+                                                 uint32_t key_len, bool *bound,
+                                                 struct client_failure *fail)
+{
+    *bound = false;
+    struct stmt_def *target = d->kind == SQL_DEALLOCATE ? client_def(c, d->name) : NULL;
+    if (!target || strcmp(d->name, d->server_name) == 0)
+        return TRACK_PASS;
+    *bound = true;
+    char text[STMT_KEY_MAX + 32];
+    int n = snprintf(text, sizeof(text), "%cDEALLOCATE %s%c%c%c", 0, d->server_name, 0, 0, 0);
+    struct stmt_def *renamed_text = stmt_def_new((const uint8_t *)text, (uint32_t)n, NULL);
+    if (!renamed_text) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    struct stmt_server_name sn;
+    stmt_names_for_server(&sn, renamed_text, STMT_NAME_WHOLE);
+    bool changed; /* not compared */
+    enum track_result r = room_for_statement(c, &sn, key_len);
+    if (r == TRACK_PASS)
+        r = ensure_named(c, s, target, d->server_name, fail);
+    if (r == TRACK_PASS)
+        r = ensure_prepared(c, s, renamed_text, STMT_SHAPE_UNKNOWN, sn.name, STMT_RUN, &changed,
+                            fail);
+    stmt_def_unref(renamed_text);
+    if (r != TRACK_PASS)
+        return r;
+    return rename_statement(c, s, at, key_len, &sn);
+}
+
+static struct portal_drop *portal_drop_of(struct server *s, const char *portal)
+{
+    for (uint8_t i = 0; i < s->portal_drops_count; i++)
+        if (strcmp(s->portal_drops[i].portal, portal) == 0)
+            return &s->portal_drops[i];
+    return NULL;
+}
+
+static void forget_portal_drop(struct server *s, const char *portal)
+{
+    struct portal_drop *p = portal_drop_of(s, portal);
+    if (p)
+        *p = s->portal_drops[--s->portal_drops_count];
+}
+
+/* A Bind of the client's statement `name` to `portal` (both keys): what the statement drops,
+ * the portal drops at each Execute (stmt_track_message, 'E'), maybe never (Postgres runs a
+ * DEALLOCATE there, not at its Parse or Bind). With every slot taken the drop applies now, at
+ * the Bind. */
+static enum track_result note_portal_drop(struct client *c, struct server *s, const char *portal,
+                                          const char *name, struct client_failure *fail)
+{
+    struct stmt_drop d;
+    drop_of_statement(c, s, name, &d);
+    if (d.kind == SQL_OTHER) {
+        forget_portal_drop(s, portal);
+        return TRACK_PASS;
+    }
+    struct portal_drop *p = portal_drop_of(s, portal);
+    size_t slots = sizeof(s->portal_drops) / sizeof(s->portal_drops[0]);
+    if (!p && s->portal_drops_count == slots)
+        return apply_drop(c, s, &d, fail);
+    if (!p) {
+        p = &s->portal_drops[s->portal_drops_count++];
+        snprintf(p->portal, sizeof(p->portal), "%s", portal);
+    }
+    p->drop = d;
+    return TRACK_PASS;
+}
+
+/* A portal name's key (Postgres keys portals by their first NAMEDATALEN - 1 bytes too), when
+ * its NUL is among the n bytes at p. */
+static bool portal_key(const uint8_t *p, uint32_t n, char key[STMT_KEY_MAX + 1])
+{
+    const uint8_t *end = memchr(p, '\0', n);
+    if (!end)
+        return false;
+    size_t k = (size_t)(end - p) < STMT_KEY_MAX ? (size_t)(end - p) : STMT_KEY_MAX;
+    memcpy(key, p, k);
+    key[k] = '\0';
+    return true;
+}
+
 /* Parse: remember the client's definition under the client's name; the server gets it under
  * sluice's (its definition's server_name). */
 static enum track_result track_parse(struct client *c, struct server *s, const uint8_t *body,
@@ -932,6 +1109,7 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
         if (avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
             return TRACK_WAIT; /* short enough to look at whole */
         s->unnamed_executes[0] = '\0'; /* until its text says (note_unnamed_executes) */
+        s->unnamed_drop.kind = SQL_OTHER; /* and follow_statement */
         /* each Bind runs it (use_unnamed); a text longer than the buffer is not read whole */
         s->reqs.unnamed_encoding_effect =
             (uint8_t)(avail_body < len ? ENCODING_EFFECT_ANY
@@ -1006,6 +1184,8 @@ static enum track_result track_parse(struct client *c, struct server *s, const u
     if (name_len > 0) /* the text as far as it is here (a streamed one: its start) */
         def->effect = session_effects_of_text((const char *)body + name_len,
                                               (avail_body < len ? avail_body : len) - name_len);
+    if (name_len > 0 && avail_body >= len)
+        def->drops = (uint8_t)drops_of_text((const char *)body + name_len, len - name_len);
     /* Taken on this server (by this statement another client prepared, or one whose
      * definition shares the hash): closed first, so the client's Parse succeeds as it would. */
     free_name_on_server(s, sn.name, theirs != NULL);
@@ -1255,6 +1435,15 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     case 'S':
         stmt_queue_sync_framed(&s->reqs);
         return queue_request(s, REQ_SYNC, NULL, fail);
+    case 'E': {
+        char portal[STMT_KEY_MAX + 1];
+        if (s->portal_drops_count == 0)
+            return TRACK_PASS;
+        if (!portal_key(body, shown, portal))
+            return avail_body < len ? TRACK_WAIT : TRACK_PASS;
+        struct portal_drop *p = portal_drop_of(s, portal);
+        return p ? apply_drop(c, s, &p->drop, fail) : TRACK_PASS;
+    }
     case 'Q':
     case 'F': {
         if (type == 'Q' && avail_body < len && CODEC_HEADER_LEN + len <= buf_block_size())
@@ -1305,6 +1494,14 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     bool statement = type == 'B' || body[0] == 'S';
     if (type == 'B' && !name[0]) /* it runs the unnamed statement's text */
         note_encoding_effect(s, s->unnamed_of == c->id ? s->reqs.unnamed_encoding_effect : 0);
+    char portal[STMT_KEY_MAX + 1] = "";
+    if ((type == 'B' || (type == 'C' && body[0] == 'P')) &&
+        portal_key(type == 'B' ? body : body + 1, type == 'B' ? shown : shown - 1, portal)) {
+        if (type == 'C') /* a portal's Close */
+            forget_portal_drop(s, portal);
+        else if (!name[0] && (r = note_portal_drop(c, s, portal, "", fail)) != TRACK_PASS)
+            return r;
+    }
     if (statement && !name[0] && type != 'C')
         return use_unnamed(c, s, type, fail);
     if (statement && !name[0])
@@ -1318,6 +1515,8 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
     enum stmt_name_extent extent = protocol_key(c, s, name);
     uint32_t key_len = (uint32_t)strlen(name);
+    if (type == 'B' && (r = note_portal_drop(c, s, portal, name, fail)) != TRACK_PASS)
+        return r;
     struct stmt_entry *entry = client_entry(c, name);
     struct stmt_def *mine = entry ? entry->def : NULL;
     if (type == 'B') /* it runs the statement's text: the client's, or one sluice did not read */
@@ -1339,6 +1538,14 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return hide_others_statement(c, s, name);
     if (type == 'B' && mine->effect == STMT_EFFECT_SESSION)
         session_effects_run_statement(c, s, mine);
+    if (type == 'B' && mine->drops == SQL_DEALLOCATE) {
+        struct stmt_drop d;
+        bool bound;
+        drop_of_statement(c, s, name, &d);
+        r = bind_deallocate_renamed(c, s, &d, at, key_len, &bound, fail);
+        if (bound || r != TRACK_PASS)
+            return r;
+    }
     bool changed;
     r = type == 'D' ? ensure_described(c, s, entry, sn.name, &changed, fail)
                     : ensure_prepared(c, s, mine, entry->shape, sn.name, STMT_RUN, &changed, fail);

@@ -110,6 +110,10 @@ struct stmt_def {
     /* Whether it returns rows, from the same Describe, written once as params is: a Describe of
      * one that returns none is answered without preparing its text again (stmt_track.c). */
     enum stmt_result result;
+    /* Its text is a DEALLOCATE, DEALLOCATE ALL or DISCARD ALL (enum sql_dealloc; SQL_OTHER
+     * else), which drops statements at each Execute of a portal bound from it. Set by the
+     * client's Parse, as effect is. */
+    uint8_t drops;
     uint8_t data[];
 };
 
@@ -490,6 +494,17 @@ enum sql_dealloc {
     SQL_PREPARE, /* PREPARE name [(types)] AS ...; not PREPARE TRANSACTION 'gid' */
 };
 enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen);
+
+/* What a statement sent by Parse drops of the prepared statements when it runs: a DEALLOCATE,
+ * DEALLOCATE ALL or DISCARD ALL runs at each Execute of a portal bound from it (maybe never,
+ * maybe twice, skipped after an error earlier in its batch), not at its Parse (stmt_track.c).
+ * kind SQL_OTHER: nothing. */
+struct stmt_drop {
+    enum sql_dealloc kind;
+    char name[STMT_KEY_MAX + 1];        /* DEALLOCATE's key, the client's name for it */
+    char server_name[STMT_KEY_MAX + 1]; /* the name the text gives the server (sluice's for
+                                         * the client's statement, renamed in an unnamed Parse) */
+};
 /* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
 enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
                                             size_t *at, size_t *span);

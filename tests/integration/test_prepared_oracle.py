@@ -263,6 +263,45 @@ def parse_of_a_taken_name_then_its_close_in_one_batch(c):
             bind_run(c, "z")]
 
 
+
+def drops_sent_by_parse_run_at_their_execute(c):
+    """A DEALLOCATE, DEALLOCATE ALL or DISCARD ALL sent by Parse runs at each Execute of a
+    portal bound from it, not at the Parse: sluice dropped the statement from its records at
+    the Parse (the next Bind of it then failed with 26000, or a later Parse of its name with
+    42P05), and a named Parse's DEALLOCATE of the client's statement reached the backend with
+    the client's name, which it does not have there (26000 where Postgres drops it)."""
+    run = bind_msg("", "") + execute_msg()
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            # parsed, never run: a stays
+            batch(c, parse_msg("d", "DEALLOCATE a") + sync_msg()), bind_run(c, "a"),
+            q(c, "EXECUTE a"), batch(c, parse_msg("", "DEALLOCATE a") + describe_msg("S", "")
+                                     + bind_msg("", "a") + execute_msg() + sync_msg()),
+            # run twice: the second finds a gone (26000), as a Parse of a new a then succeeds
+            bind_run(c, "d"), bind_run(c, "a"), bind_run(c, "d"),
+            batch(c, parse_msg("a", "SELECT 2") + sync_msg()), bind_run(c, "a"),
+            # bound, not executed, then executed by a named portal, twice
+            batch(c, bind_msg("", "d") + bind_msg("", "a") + execute_msg() + sync_msg()),
+            batch(c, bind_msg("p", "d") + describe_msg("P", "p") + bind_msg("", "a")
+                  + execute_msg() + message(b"E", b"p\0" + struct.pack("!i", 0))
+                  + bind_msg("", "a") + execute_msg()
+                  + message(b"E", b"p\0" + struct.pack("!i", 0)) + sync_msg()),
+            batch(c, parse_msg("a", "SELECT 3") + sync_msg()),
+            # an error earlier in the batch skips the Execute; a failed transaction refuses it;
+            # a rolled back one does not undo it
+            batch(c, parse_msg("", "SELECT 1/0") + run + bind_msg("", "d") + execute_msg()
+                  + sync_msg()), bind_run(c, "a"),
+            q(c, "BEGIN"), q(c, "SELECT 1/0"), bind_run(c, "d"), q(c, "ROLLBACK"),
+            bind_run(c, "a"), q(c, "BEGIN"), bind_run(c, "d"), q(c, "ROLLBACK"), bind_run(c, "a"),
+            # Parse, Bind and Execute in one batch, then a use of the name there
+            batch(c, parse_msg("a", "SELECT 4") + sync_msg()),
+            batch(c, parse_msg("", "DEALLOCATE PREPARE a") + run + bind_msg("", "a")
+                  + execute_msg() + sync_msg()), bind_run(c, "a"),
+            # ALL: the statement that drops them all goes too
+            batch(c, parse_msg("a", "SELECT 5") + parse_msg("all", "DEALLOCATE ALL")
+                  + parse_msg("discard", "DISCARD ALL") + sync_msg()),
+            bind_run(c, "a"), bind_run(c, "all"), bind_run(c, "a"), bind_run(c, "discard"),
+            batch(c, parse_msg("a", "SELECT 6") + sync_msg()), bind_run(c, "a")]
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
@@ -272,7 +311,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              long_names_cut_inside_a_character_in_messages_larger_than_the_buffer,
              drops_that_fail_keep_sql_statements, long_sql_names_cut_at_a_whole_character,
              unnamed_executes_of_a_statement_closed_or_prepared_again,
-             parse_of_a_taken_name_then_its_close_in_one_batch]
+             parse_of_a_taken_name_then_its_close_in_one_batch,
+             drops_sent_by_parse_run_at_their_execute]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -457,3 +497,53 @@ def test_a_pipelined_parse_of_one_text_is_one_statement_per_encoding(pg, start_s
     # s1's, likewise.
     assert rows[1:-2] == [("D", ("SELECT 'Ã©' AS x".encode(), b"2")),
                           ("D", ("SELECT 'é' AS x".encode(), b"2"))], rows
+
+
+class HoppingBackends:
+    """A client through sluice that lands on the other backend at each of its requests made
+    while it is idle: before each, the helper that holds no backend takes the idle one the
+    client used last (the pool hands out the one released latest), then the other helper lets
+    its own go. Inside a transaction block the client keeps its backend, as it must."""
+
+    def __init__(self, conn, helpers):
+        self.conn, self.helpers, self.holder, self.idle = conn, helpers, None, True
+
+    def send(self, data):
+        if self.idle:
+            taker = self.helpers[1] if self.holder is self.helpers[0] else self.helpers[0]
+            q(taker, "BEGIN")
+            if self.holder is not None:
+                q(self.holder, "COMMIT")
+            self.holder = taker
+        self.conn.send(data)
+
+    def read_message(self):
+        t, p = self.conn.read_message()
+        if t == "Z":
+            self.idle = p == b"I"
+        return t, p
+
+
+# The unnamed statement is sure only within its transaction (docs/pool-modes.md).
+HOPPING_SCENARIOS = [f for f in SCENARIOS
+                     if f is not unnamed_executes_of_a_statement_closed_or_prepared_again]
+
+
+@pytest.mark.parametrize("scenario", HOPPING_SCENARIOS, ids=[f.__name__ for f in HOPPING_SCENARIOS])
+def test_a_client_on_another_backend_each_time_sees_what_postgres_shows(pg, start_sluice,
+                                                                         scenario):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1})
+    direct = raw_login(pg.port, password="apppass")
+    pooled, helpers = raw_login(s.port), [raw_login(s.port), raw_login(s.port)]
+    try:
+        hopping = HoppingBackends(pooled, helpers)
+        expected, seen = scenario(direct), scenario(hopping)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+        # it did hop
+        pid = q(pooled, "SELECT pg_backend_pid()")
+        assert pid != q(hopping, "SELECT pg_backend_pid()")
+    finally:
+        for conn in [direct, pooled] + helpers:
+            conn.close()
