@@ -295,6 +295,13 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 types_first = stmt_queue_types_before_error(&s->reqs);
             consume = renamed || type_changed || refused != SESSION_FEATURE_NONE || types_first;
         }
+        /* A NOTICE naming it (42622: a SQL name longer than its key, truncated to sluice's) */
+        if (type == 'N' && c && !consume && s->swallow == 0 && request_track_on(s) &&
+            whole <= buf_block_size()) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            consume = renamed = stmt_names_in_error(c->stmts, &s->reqs, p, whole);
+        }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
         bool drop_ran = type == 'C' && s->swallow == 0 && s->reqs.count > 0 &&

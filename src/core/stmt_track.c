@@ -655,6 +655,38 @@ static void note_unnamed_executes(struct server *s, const char *name, const char
     snprintf(s->unnamed_executes_as, sizeof(s->unnamed_executes_as), "%s", server_name);
 }
 
+/* What the text gets in place of the SQL name that names the client's statement (written:
+ * span bytes at src, quotes included; key_len of its written_len name bytes are the key). */
+struct sql_name_written {
+    char name[STMT_KEY_MAX + 256 + 3];
+};
+
+/* sluice's name for it, and, when the name as written is longer than its key, the rest after
+ * the key as written: Postgres truncates the identifier to sluice's name (padded to
+ * STMT_KEY_MAX bytes) and says so in a NOTICE (42622 "identifier ... will be truncated to
+ * ..."), which reaches the client with its own name (stmt_names_put_error), as Postgres gives
+ * it for the client's name. A key shorter than STMT_KEY_MAX (a multibyte name cut at a whole
+ * character) has a short server name, which no longer identifier truncates to: it goes alone,
+ * and the NOTICE is not given (docs/pool-modes.md). */
+static void name_with_rest(struct sql_name_written *w, const struct stmt_server_name *sn,
+                           const char *src, size_t span, size_t key_len, size_t written_len)
+{
+    snprintf(w->name, sizeof(w->name), "%s", sn->name);
+    if (written_len <= key_len || strlen(sn->name) != STMT_KEY_MAX)
+        return;
+    bool quoted = src[0] == '"';
+    size_t from = quoted ? 1 : 0, end = quoted ? span - 1 : span;
+    if (quoted && (span < 2 || src[span - 1] != '"'))
+        return;
+    /* past the key's bytes as written (a quote doubled in a quoted name is one byte of it) */
+    for (size_t n = 0; n < key_len && from < end; n++)
+        from += quoted && src[from] == '"' ? 2 : 1;
+    if (from >= end || end - from > 255)
+        return;
+    snprintf(w->name, sizeof(w->name), "%s%s%.*s%s", quoted ? "\"" : "", sn->name,
+             (int)(end - from), src + from, quoted ? "\"" : "");
+}
+
 /* The client's DEALLOCATE, DEALLOCATE ALL or DISCARD ALL is sent to run (a Query, or an Execute
  * of a portal bound from one). Whether it runs is not known here (an error before it skips it,
  * a failed transaction refuses it): the client's statements leave its map now, for what it
@@ -720,16 +752,19 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     char name_buf[256];
     size_t at, span;
     enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
+    size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
+    struct sql_name_written written;
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
     if (mine) {
         stmt_names_for_server(&sn, mine,
                               strlen(name_buf) >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE);
-        enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(sn.name));
+        name_with_rest(&written, &sn, sql + at, span, strlen(name_buf), written_len);
+        enum track_result r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(written.name));
         /* In a failed transaction the server refuses the statement whatever it names (25P02),
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 1 && kind == SQL_EXECUTE)
@@ -776,7 +811,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     if (!mine)
         return TRACK_PASS;
     return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
-                                      (uint32_t)span, sn.name));
+                                      (uint32_t)span, written.name));
 }
 
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose

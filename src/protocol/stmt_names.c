@@ -191,13 +191,13 @@ static const char *client_name_for(const struct stmt_map *client_map,
 /* The error body's server names of client_map's statements (or pending's dropped ones), each
  * replaced by the client's name (into out when not NULL). True when there is one. */
 static bool name_error_fields(const struct stmt_map *client_map, const struct stmt_queue *pending,
-                              const uint8_t *body, uint32_t len, struct msg_out *out)
+                              uint8_t type, const uint8_t *body, uint32_t len, struct msg_out *out)
 {
     const size_t plen = sizeof(SERVER_NAME_PREFIX) - 1;
     bool renamed = false;
     const uint8_t *end = body + len, *copied = body, *at = body;
     if (out)
-        codec_begin(out, 'E');
+        codec_begin(out, type);
     while ((at = memmem(at, (size_t)(end - at), SERVER_NAME_PREFIX, plen)) != NULL) {
         const uint8_t *tail = at + plen;
         while (tail < end && tail - at <= STMT_SERVER_NAME_MAX &&
@@ -254,13 +254,14 @@ static bool name_error_fields(const struct stmt_map *client_map, const struct st
 bool stmt_names_in_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
                          const uint8_t *msg, uint32_t whole)
 {
-    return (client_map || pending) && name_error_fields(client_map, pending, msg + CODEC_HEADER_LEN,
-                                                        whole - CODEC_HEADER_LEN, NULL);
+    return (client_map || pending) &&
+           name_error_fields(client_map, pending, msg[0], msg + CODEC_HEADER_LEN,
+                             whole - CODEC_HEADER_LEN, NULL);
 }
 
 void stmt_names_put_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
                           const uint8_t *msg, uint32_t whole, struct msg_out *out)
 {
-    (void)name_error_fields(client_map, pending, msg + CODEC_HEADER_LEN,
+    (void)name_error_fields(client_map, pending, msg[0], msg + CODEC_HEADER_LEN,
                             whole - CODEC_HEADER_LEN, out);
 }

@@ -72,9 +72,10 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
                                     uint32_t at, uint32_t key_len,
                                     const struct stmt_server_name *sn);
 
-/* Does the server's ErrorResponse msg (`whole` bytes) name one of client_map's statements by its
- * server name ("prepared statement "sluice_1a2b3c4d" already exists", "bind message supplies 1
- * parameters, but prepared statement ... requires 2"), or one that a DEALLOCATE ALL / DISCARD
+/* Does the server's ErrorResponse or NoticeResponse msg (`whole` bytes) name one of client_map's
+ * statements by its server name ("prepared statement "sluice_1a2b3c4d" already exists", "bind
+ * message supplies 1 parameters, but prepared statement ... requires 2", "identifier ... will be
+ * truncated to ..."), or one that a DEALLOCATE ALL / DISCARD
  * ALL in pending (the server's queue, not answered yet) took from it? stmt_names_put_error then
  * appends it to out with the client's names in their place, as Postgres would have said it. */
 bool stmt_names_in_error(const struct stmt_map *client_map, const struct stmt_queue *pending,
