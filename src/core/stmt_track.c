@@ -1007,7 +1007,7 @@ static enum sql_dealloc drops_of_text(const char *text, size_t n)
  * name for it once its Bind is renamed (bind_deallocate_renamed); any other name is the
  * backend's own. */
 static void drop_of_statement(const struct client *c, const struct server *s, const char *name,
-                              struct stmt_drop *d)
+                              const struct stmt_def *def, struct stmt_drop *d)
 {
     d->kind = SQL_OTHER;
     if (!name[0]) {
@@ -1015,14 +1015,13 @@ static void drop_of_statement(const struct client *c, const struct server *s, co
             *d = s->unnamed_drop;
         return;
     }
-    const struct stmt_entry *e = stmt_map_get(c->stmts, name);
-    if (!e || !e->def || e->def->drops == SQL_OTHER)
+    if (!def || def->drops == SQL_OTHER)
         return;
-    const uint8_t *name_end = memchr(e->def->data, '\0', e->def->len);
+    const uint8_t *name_end = memchr(def->data, '\0', def->len);
     if (!name_end)
         return;
     const char *text = (const char *)name_end + 1;
-    uint32_t n = e->def->len - (uint32_t)((const uint8_t *)text - e->def->data);
+    uint32_t n = def->len - (uint32_t)((const uint8_t *)text - def->data);
     char name_buf[256];
     if (!memchr(text, '\0', n))
         return;
@@ -1095,17 +1094,19 @@ static void forget_portal_drop(struct server *s, const char *portal)
         *p = s->portal_drops[--s->portal_drops_count];
 }
 
-/* A Bind of the client's statement `name` to `portal` (both keys): what the statement drops,
- * the portal drops at each Execute (stmt_track_message, 'E'), maybe never (Postgres runs a
- * DEALLOCATE there, not at its Parse or Bind). With every slot taken the drop applies now, at
- * the Bind. */
+/* A Bind of the client's statement `name` (def: the client's; NULL for the unnamed, or one
+ * the client does not hold) to `portal` (both keys): what the statement drops, the portal drops
+ * at each Execute (stmt_track_message, 'E'), maybe never (Postgres runs a DEALLOCATE there, not
+ * at its Parse or Bind). With every slot taken the drop applies now, at the Bind. */
 static enum track_result note_portal_drop(struct client *c, struct server *s, const char *portal,
-                                          const char *name, struct client_failure *fail)
+                                          const char *name, const struct stmt_def *def,
+                                          struct client_failure *fail)
 {
     struct stmt_drop d;
-    drop_of_statement(c, s, name, &d);
+    drop_of_statement(c, s, name, def, &d);
     if (d.kind == SQL_OTHER) {
-        forget_portal_drop(s, portal);
+        if (s->portal_drops_count > 0)
+            forget_portal_drop(s, portal);
         return TRACK_PASS;
     }
     struct portal_drop *p = portal_drop_of(s, portal);
@@ -1534,7 +1535,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         portal_key(type == 'B' ? body : body + 1, type == 'B' ? shown : shown - 1, portal)) {
         if (type == 'C') /* a portal's Close */
             forget_portal_drop(s, portal);
-        else if (!name[0] && (r = note_portal_drop(c, s, portal, "", fail)) != TRACK_PASS)
+        else if (!name[0] && (r = note_portal_drop(c, s, portal, "", NULL, fail)) != TRACK_PASS)
             return r;
     }
     if (statement && !name[0] && type != 'C')
@@ -1550,10 +1551,10 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         return type == 'C' ? queue_request(s, REQ_CLOSE_CLIENT, NULL, fail) : TRACK_PASS;
     enum stmt_name_extent extent = protocol_key(c, s, name);
     uint32_t key_len = (uint32_t)strlen(name);
-    if (type == 'B' && (r = note_portal_drop(c, s, portal, name, fail)) != TRACK_PASS)
-        return r;
     struct stmt_entry *entry = client_entry(c, name);
     struct stmt_def *mine = entry ? entry->def : NULL;
+    if (type == 'B' && (r = note_portal_drop(c, s, portal, name, mine, fail)) != TRACK_PASS)
+        return r;
     if (type == 'B') /* it runs the statement's text: the client's, or one sluice did not read */
         note_encoding_effect(s, mine ? mine->encoding_effect : ENCODING_EFFECT_ANY);
     struct stmt_server_name sn;
@@ -1576,7 +1577,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
     if (type == 'B' && mine->drops == SQL_DEALLOCATE) {
         struct stmt_drop d;
         bool bound;
-        drop_of_statement(c, s, name, &d);
+        drop_of_statement(c, s, name, mine, &d);
         r = bind_deallocate_renamed(c, s, &d, at, key_len, &bound, fail);
         if (bound || r != TRACK_PASS)
             return r;
