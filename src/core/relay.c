@@ -295,12 +295,16 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 types_first = stmt_queue_types_before_error(&s->reqs);
             consume = renamed || type_changed || refused != SESSION_FEATURE_NONE || types_first;
         }
-        /* A NOTICE naming it (42622: a SQL name longer than its key, truncated to sluice's) */
+        /* A NOTICE naming it (42622: a SQL name longer than its key, truncated to sluice's), or
+         * raised by sluice's own Parse (dropped) */
         if (type == 'N' && c && !consume && s->swallow == 0 && request_track_on(s) &&
             whole <= buf_block_size()) {
             if (avail < whole)
                 return STOP_NEED_DATA;
-            consume = renamed = stmt_names_in_error(c->stmts, &s->reqs, p, whole);
+            /* sluice's Parse of a text prepared again raises what the client's raised */
+            consume = stmt_queue_notice_is_ours(&s->reqs);
+            if (!consume)
+                consume = renamed = stmt_names_in_error(c->stmts, &s->reqs, p, whole);
         }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */

@@ -288,15 +288,15 @@ static enum track_result ensure_prepared(struct client *c, struct server *s, str
     if (buf_pending(&c->in) > 0)
         return TRACK_FLUSH;
     free_name_on_server(s, name, theirs != NULL);
-    if (use == STMT_DESCRIBE) {
-        prepared_put_mark(&s->out);
-        if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
-            return TRACK_FAILED;
-    }
+    /* A mark first: the replies between its answer and the Parse's are the Parse's own (a
+     * Describe's failure, a NOTICE the client had at its own Parse: stmt_queue_notice_is_ours) */
+    prepared_put_mark(&s->out);
+    if (queue_request(s, REQ_CLOSE_OURS, NULL, fail) != TRACK_PASS)
+        return TRACK_FAILED;
     put_parse(c, s, name, mine);
-    if ((use == STMT_DESCRIBE
-             ? queued(stmt_queue_push_parse_for_describe(&s->reqs, name, mine), fail)
-             : queue_request(s, REQ_PARSE_OURS, name, fail)) != TRACK_PASS)
+    if (queued(use == STMT_DESCRIBE ? stmt_queue_push_parse_for_describe(&s->reqs, name, mine)
+                                    : stmt_queue_push_fenced_parse(&s->reqs, name),
+               fail) != TRACK_PASS)
         return TRACK_FAILED;
     theirs = stmt_map_put(&s->stmts, name, mine);
     if (!theirs) {
@@ -438,7 +438,7 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
         return TRACK_FAILED;
     free_name_on_server(s, name, theirs != NULL);
     put_parse(c, s, name, mine);
-    if (queue_request(s, REQ_PARSE_OURS, name, fail) != TRACK_PASS)
+    if (queued(stmt_queue_push_fenced_parse(&s->reqs, name), fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (!stmt_map_put(&s->stmts, name, mine)) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");

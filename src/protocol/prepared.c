@@ -451,6 +451,7 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     }
     struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
     it->kind = (uint8_t)kind;
+    it->fenced = false;
     it->repeat = 1;
     it->name = name;
     it->def = NULL;
@@ -667,7 +668,24 @@ int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
 int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_name,
                                        struct stmt_def *def)
 {
-    return push_holding(q, REQ_PARSE_OURS, strdup(server_name), def, NULL);
+    int rc = push_holding(q, REQ_PARSE_OURS, strdup(server_name), def, NULL);
+    if (rc == 0)
+        item_at(q, q->count - 1)->fenced = true;
+    return rc;
+}
+
+int stmt_queue_push_fenced_parse(struct stmt_queue *q, const char *server_name)
+{
+    int rc = stmt_queue_push(q, REQ_PARSE_OURS, server_name);
+    if (rc == 0)
+        item_at(q, q->count - 1)->fenced = true;
+    return rc;
+}
+
+bool stmt_queue_notice_is_ours(const struct stmt_queue *q)
+{
+    uint32_t k = next_complete_at(q);
+    return k < q->count && item_at(q, k)->kind == REQ_PARSE_OURS && item_at(q, k)->fenced;
 }
 
 void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described)

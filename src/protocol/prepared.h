@@ -246,6 +246,10 @@ enum held_query {
 
 struct stmt_queue_item {
     uint8_t kind;
+    /* PARSE_OURS sent right after a mark (a Close of STMT_MARK_NAME, its reply swallowed): once
+     * it is the request answered next, all the client sent before it is answered, and a
+     * NoticeResponse is the Parse's own (stmt_queue_notice_is_ours) */
+    bool fenced;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
     char *name;      /* PARSE, CLOSE, DESCRIBE: the statement name (the server's; a client's
                       * Parse or Close of its own statement, or sluice's Describe after such a
@@ -394,6 +398,14 @@ int stmt_queue_push_describe(struct stmt_queue *q, const char *server_name,
  * it is answered. */
 int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_name,
                                        struct stmt_def *def) __attribute__((warn_unused_result));
+/* sluice's Parse of a statement prepared again (REQ_PARSE_OURS), sent right after a mark
+ * (prepared_put_mark, its reply swallowed). */
+int stmt_queue_push_fenced_parse(struct stmt_queue *q, const char *server_name)
+    __attribute__((warn_unused_result));
+/* At a NoticeResponse: is it sluice's own Parse's (the fenced Parse is the request answered
+ * next)? Postgres raises some as it parses a text (42622, an identifier of 64 bytes or more):
+ * the client got them at its own Parse, not again when sluice prepares the text once more. */
+bool stmt_queue_notice_is_ours(const struct stmt_queue *q);
 /* At an ErrorResponse: when it is the failure of such a Parse (the request answered next), the
  * statement's parameter types, which the client gets before the error as from Postgres: its
  * Describe sends the types fixed at the statement's Parse first, then revalidates the statement

@@ -322,6 +322,22 @@ def sql_names_longer_than_their_key_get_the_notice(c):
                 q(c, f"DEALLOCATE {spelled}"), q(c, f"DEALLOCATE {spelled}"), bind_run(c, name)]
     return out
 
+
+def texts_whose_parse_raises_a_notice(c):
+    """Postgres raises 42622 as it parses a text with an identifier of 64 bytes or more: at the
+    client's Parse. sluice's own Parse of the text on a backend that lacks it (another one,
+    each time here with HoppingBackends) raised it again, before the Bind's BindComplete."""
+    long = "c" * 70
+    return [batch(c, parse_msg("x", f"SELECT 1 AS {long}") + sync_msg()), bind_run(c, "x"),
+            bind_run(c, "x"), batch(c, describe_msg("S", "x") + sync_msg()),
+            batch(c, parse_msg("", f"SELECT 2 AS {long}") + bind_msg("", "") + execute_msg()
+                  + bind_msg("", "x") + execute_msg() + sync_msg()),
+            q(c, f"SELECT 3 AS {long}"), q(c, "EXECUTE x"),
+            # a NOTICE of the client's Execute right before that Parse of sluice's is the client's
+            batch(c, parse_msg("", "DO $$ BEGIN RAISE NOTICE USING ERRCODE = '42622', MESSAGE = "
+                               "'mine'; END $$") + bind_msg("", "") + execute_msg()
+                  + bind_msg("", "x") + execute_msg() + sync_msg())]
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
@@ -333,7 +349,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              unnamed_executes_of_a_statement_closed_or_prepared_again,
              parse_of_a_taken_name_then_its_close_in_one_batch,
              drops_sent_by_parse_run_at_their_execute,
-             sql_names_longer_than_their_key_get_the_notice]
+             sql_names_longer_than_their_key_get_the_notice,
+             texts_whose_parse_raises_a_notice]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
