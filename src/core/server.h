@@ -131,13 +131,15 @@ struct server {
     /* While unnamed_of is its client: what the unnamed statement's text drops when it runs
      * (transaction mode). */
     struct stmt_drop unnamed_drop;
+#define SERVER_PORTAL_DROPS_MAX 4
     /* The portals bound from a statement that drops statements, and what each drops at its
      * Execute; forgotten once the server is idle outside a transaction block, when every
-     * portal is gone (transaction mode). A Bind when all are taken applies its drop then. */
+     * portal is gone (transaction mode). A Bind when all are taken applies its drop then, which
+     * its batch's Sync undoes unless the portal's Execute came before it. */
     struct portal_drop {
         char portal[STMT_KEY_MAX + 1];
         struct stmt_drop drop;
-    } portal_drops[4];
+    } portal_drops[SERVER_PORTAL_DROPS_MAX];
     uint8_t portal_drops_count;
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;

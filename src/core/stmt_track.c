@@ -1110,8 +1110,7 @@ static enum track_result note_portal_drop(struct client *c, struct server *s, co
         return TRACK_PASS;
     }
     struct portal_drop *p = portal_drop_of(s, portal);
-    size_t slots = sizeof(s->portal_drops) / sizeof(s->portal_drops[0]);
-    if (!p && s->portal_drops_count == slots)
+    if (!p && s->portal_drops_count == SERVER_PORTAL_DROPS_MAX)
         return apply_drop(c, s, &d, fail);
     if (!p) {
         p = &s->portal_drops[s->portal_drops_count++];
