@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,79 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
         n++;
     }
     return n;
+}
+
+static const char *const acts_while_idle[] = {"idle_session_timeout"};
+
+bool params_acts_while_idle(const char *name)
+{
+    return in_list(acts_while_idle, sizeof(acts_while_idle) / sizeof(acts_while_idle[0]), name);
+}
+
+int params_build_release(struct param_set *server, struct msg_out *sql)
+{
+    int n = 0;
+    for (size_t i = 0; i < sizeof(acts_while_idle) / sizeof(acts_while_idle[0]); i++) {
+        const char *name = acts_while_idle[i];
+        if (!params_get(server, name))
+            continue;
+        put_reset(sql, name);
+        n++;
+        if (params_set(server, name, NULL) < 0)
+            return -ENOMEM;
+    }
+    return sql->oom ? -ENOMEM : n;
+}
+
+/* guc.c parse_int and convert_to_base_unit for a GUC_UNIT_MS parameter: the number as strtol
+ * (base 0: 0x10, 010) or, followed by '.', 'e' or 'E', strtod reads it; spaces, then a unit
+ * (case-sensitive) and spaces; rounded to the nearest millisecond. */
+static bool parse_ms(const char *v, int64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        double ms;
+    } units[] = {{"us", 0.001}, {"ms", 1}, {"s", 1000}, {"min", 60000}, {"h", 3600000},
+                 {"d", 86400000}};
+    char *end;
+    errno = 0;
+    double x = (double)strtol(v, &end, 0);
+    if (*end == '.' || *end == 'e' || *end == 'E' || errno == ERANGE) {
+        errno = 0;
+        x = strtod(v, &end);
+    }
+    if (end == v || errno == ERANGE)
+        return false;
+    while (isspace((unsigned char)*end))
+        end++;
+    if (*end) {
+        size_t len = 0;
+        while (end[len] && !isspace((unsigned char)end[len]))
+            len++;
+        size_t u = 0;
+        while (u < sizeof(units) / sizeof(units[0]) &&
+               (strlen(units[u].unit) != len || strncmp(units[u].unit, end, len) != 0))
+            u++;
+        if (u == sizeof(units) / sizeof(units[0]))
+            return false;
+        x *= units[u].ms;
+        for (end += len; isspace((unsigned char)*end); end++)
+            ;
+        if (*end)
+            return false;
+    }
+    x = rint(x);
+    if (!(x >= 0 && x <= 2147483647.0)) /* the parameter's range, 0 to INT_MAX ms */
+        return false;
+    *ms = (int64_t)x;
+    return true;
+}
+
+int64_t params_idle_session_timeout_ms(const struct param_set *own)
+{
+    const char *v = params_get(own, "idle_session_timeout");
+    int64_t ms;
+    return v && v != params_unknown && parse_ms(v, &ms) ? ms : 0;
 }
 
 /* The restore and the read back run in the client's session, under its search_path: every
