@@ -478,14 +478,15 @@ int params_build_release(struct param_set *server, struct msg_out *sql)
 
 /* guc.c parse_int and convert_to_base_unit for a GUC_UNIT_MS parameter: the number as strtol
  * (base 0: 0x10, 010) or, followed by '.', 'e' or 'E', strtod reads it; spaces, then a unit
- * (case-sensitive) and spaces; rounded to the nearest millisecond. */
+ * (case-sensitive) and spaces; a value in a unit rounded first to the next smaller unit, then
+ * (rint, half to even) to the millisecond. */
 static bool parse_ms(const char *v, int64_t *ms)
 {
     static const struct {
         const char *unit;
         double ms;
-    } units[] = {{"us", 0.001}, {"ms", 1}, {"s", 1000}, {"min", 60000}, {"h", 3600000},
-                 {"d", 86400000}};
+    } units[] = {{"d", 86400000}, {"h", 3600000}, {"min", 60000},
+                 {"s", 1000},     {"ms", 1},      {"us", 0.001}};
     char *end;
     errno = 0;
     double x = (double)strtol(v, &end, 0);
@@ -508,6 +509,8 @@ static bool parse_ms(const char *v, int64_t *ms)
         if (u == sizeof(units) / sizeof(units[0]))
             return false;
         x *= units[u].ms;
+        if (u + 1 < sizeof(units) / sizeof(units[0]))
+            x = rint(x / units[u + 1].ms) * units[u + 1].ms;
         for (end += len; isspace((unsigned char)*end); end++)
             ;
         if (*end)

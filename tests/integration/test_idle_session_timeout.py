@@ -146,3 +146,24 @@ def test_session_mode_is_postgres_itself(pg, start_sluice):
         wait_until(lambda: next_client.execute("SELECT 1").fetchone() == (1,), 10,
                    what="the next client served")
         assert next_client.execute("SHOW idle_session_timeout").fetchone() == ("0",)
+
+
+def test_idle_in_transaction_session_timeout_acts_only_in_the_clients_transaction(pg,
+                                                                                   start_sluice):
+    """Its kin needs nothing of sluice: a pooled backend is never idle inside a transaction, so
+    the value it keeps until the next client's sync ends nothing in the pool, and the client
+    idle in its own transaction gets Postgres's own 25P03."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password)
+        try:
+            c.query("SET idle_in_transaction_session_timeout = '1s'")
+            if port == s.port:
+                pids = backend_pids(pg)
+                time.sleep(IDLE_FOR)
+                assert backend_pids(pg) == pids, "the pooled backend ended while idle"
+            c.query("BEGIN")
+            got = ended_with(c, 30)
+            assert got and got[2] == "25P03", f"idle in the transaction: {got}"
+        finally:
+            c.close()
