@@ -887,11 +887,8 @@ void client_check_timeouts(struct client *c, uint64_t now)
          * without it (pool.c give_back_idle_params), so sluice ends the session, as Postgres
          * would have: idle here is outside a transaction, its requests answered. */
         int64_t own_limit = c->admin ? 0 : params_idle_session_timeout_ms(&c->params);
-        if (own_limit > 0 && now - c->state_since_ms >= (uint64_t)own_limit) {
-            log_client(LOG_INFO, c, "idle for longer than its idle_session_timeout (%lld ms)",
-                       (long long)own_limit);
-            client_fail(c, FAIL_IDLE_SESSION_TIMEOUT, "");
-        }
+        if (own_limit > 0 && now - c->state_since_ms >= (uint64_t)own_limit)
+            client_fail(c, FAIL_IDLE_SESSION_TIMEOUT, ""); /* logged as idle_session_timeout */
         break;
     }
     case CLIENT_ACTIVE:

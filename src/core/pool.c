@@ -657,14 +657,15 @@ static void queue_cleanup(struct server *s, enum pool_cleanup kind, const char *
 /* A client's value of a parameter that acts while the backend idles (params_acts_while_idle:
  * idle_session_timeout) must not follow the backend into the pool, where Postgres would end it
  * and the pool would churn, or end it under the next client leased at that moment. The lease's
- * end is the one place that gives the backend its own value back, before it waits for anyone;
- * the next client's sync then sets that client's value, as for any other parameter. True when
- * a reset was queued. */
+ * end is the one place that gives the backend its own value back (or, for a backend opened with
+ * a client's login value, turns it off), after any reset, before it waits for anyone; the next
+ * client's sync then sets that client's value, as for any other parameter. True when a
+ * statement was queued. */
 static bool give_back_idle_params(struct server *s)
 {
     struct msg_out sql;
     codec_out_init(&sql);
-    int n = params_build_release(&s->params, &sql);
+    int n = params_build_release(&s->startup, &s->params, &sql);
     if (n < 0) {
         s->close_when_free = true; /* its record is not true any more: it serves no one */
         n = 0;
@@ -724,12 +725,11 @@ bool pool_queue_cleanup(struct server *s)
     if (was_unknown || reset_discards_all) {
         if (params_reset_to_startup(&s->params, &s->startup) < 0)
             s->close_when_free = true;
-    } else {
-        if ((reset || !ops->release_at_idle) && params_forget(&s->params, NULL) < 0)
-            s->close_when_free = true;
-        if (give_back_idle_params(s))
-            queued = true;
+    } else if ((reset || !ops->release_at_idle) && params_forget(&s->params, NULL) < 0) {
+        s->close_when_free = true;
     }
+    if (give_back_idle_params(s))
+        queued = true;
     return queued;
 }
 

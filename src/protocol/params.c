@@ -461,17 +461,29 @@ bool params_acts_while_idle(const char *name)
     return in_list(acts_while_idle, sizeof(acts_while_idle) / sizeof(acts_while_idle[0]), name);
 }
 
-int params_build_release(struct param_set *server, struct msg_out *sql)
+static bool parse_ms(const char *v, int64_t *ms);
+
+int params_build_release(const struct param_set *startup, struct param_set *server,
+                         struct msg_out *sql)
 {
     int n = 0;
     for (size_t i = 0; i < sizeof(acts_while_idle) / sizeof(acts_while_idle[0]); i++) {
         const char *name = acts_while_idle[i];
-        if (!params_get(server, name))
-            continue;
-        put_reset(sql, name);
-        n++;
-        if (params_set(server, name, NULL) < 0)
-            return -ENOMEM;
+        const char *login = params_get(startup, name);
+        int64_t ms;
+        if (login && parse_ms(login, &ms) && ms > 0) {
+            /* Opened with a client's login value (session mode): a reset gives that value
+             * back, so the parameter is turned off, and the sync gives the next client with
+             * this login its value again (the server's record says 0). */
+            n += put_set_if_differs(server, name, "0", sql);
+            if (params_set(server, name, "0") < 0)
+                return -ENOMEM;
+        } else if (params_get(server, name)) {
+            put_reset(sql, name);
+            n++;
+            if (params_set(server, name, NULL) < 0)
+                return -ENOMEM;
+        }
     }
     return sql->oom ? -ENOMEM : n;
 }

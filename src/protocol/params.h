@@ -78,10 +78,11 @@ bool params_acts_while_idle(const char *name);
 /* Append to sql the resets (each a Query of its own, as params_build_sync's) that give `server`
  * back its own value of each parameter that acts while idle where the record says a client may
  * have set one (any value of it in `server`, unknown included), and drop those names from the
- * record: the server holds its reset value, the one it logged in with. Run when a lease ends.
- * Returns the count, or -ENOMEM. */
-int params_build_release(struct param_set *server, struct msg_out *sql)
-    __attribute__((warn_unused_result));
+ * record: the server holds its reset value, the one it logged in with. Where that value is a
+ * client's (`startup`: the server was opened with its login parameters, session mode), it is
+ * set to 0 instead, and recorded so. Run when a lease ends. Returns the count, or -ENOMEM. */
+int params_build_release(const struct param_set *startup, struct param_set *server,
+                         struct msg_out *sql) __attribute__((warn_unused_result));
 
 /* The client's idle_session_timeout in `own` (its login value or what its SETs left), in
  * milliseconds, read as Postgres reads the value (an integer or a fraction, a unit among us,

@@ -167,3 +167,27 @@ def test_idle_in_transaction_session_timeout_acts_only_in_the_clients_transactio
             assert got and got[2] == "25P03", f"idle in the transaction: {got}"
         finally:
             c.close()
+
+
+def test_session_mode_backend_opened_with_a_login_timeout_waits_in_the_pool(pg, start_sluice):
+    """Session mode opens a backend with its client's login parameters, so its own value is the
+    client's: after that client leaves, the backend is pooled with the parameter off, and the
+    next client with the same login gets its value back, as Postgres gives it (SHOW, RESET),
+    and is ended by Postgres when it idles."""
+    opts = {"options": f"-c idle_session_timeout={TIMEOUT}"}
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    with s.connect(**opts) as first:
+        first.execute("SELECT 1")
+    pids = backend_pids(pg)
+    assert len(pids) == 1
+    time.sleep(IDLE_FOR)
+    assert backend_pids(pg) == pids, "the pooled backend ended under its former client's value"
+    c = raw_login(s.port, **opts)
+    try:
+        assert backend_pids(pg) == pids, "the next client with that login got another backend"
+        assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+        c.query("RESET idle_session_timeout")
+        assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+        assert ended_with(c, 30) == ("FATAL", "FATAL", "57P05", PG_MESSAGE)
+    finally:
+        c.close()

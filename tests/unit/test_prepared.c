@@ -925,19 +925,32 @@ static void a_release_resets_only_what_acts_while_idle(void)
     CHECK(params_set(&server, "statement_timeout", "5s") == 0);
     struct msg_out sql;
     codec_out_init(&sql);
-    CHECK_INT(params_build_release(&server, &sql), 0);
+    struct param_set startup;
+    params_init(&startup);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 0);
     CHECK_INT(sql.len, 0);
     CHECK(params_set(&server, "IDLE_SESSION_TIMEOUT", "1s") == 0);
-    CHECK_INT(params_build_release(&server, &sql), 1);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
     CHECK(strstr((const char *)sql.data, "set_config('idle_session_timeout', NULL, false)"));
     CHECK(params_get(&server, "idle_session_timeout") == NULL);
     CHECK_STR(params_get(&server, "statement_timeout"), "5s");
     codec_out_free(&sql);
     codec_out_init(&sql);
     CHECK(params_forget(&server, "idle_session_timeout") == 0);
-    CHECK_INT(params_build_release(&server, &sql), 1);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
     CHECK(params_get(&server, "idle_session_timeout") == NULL);
     codec_out_free(&sql);
+    /* Opened with a client's login value: a reset would give that back, so it is turned off,
+     * and recorded so (the sync gives it back to the next client with that login). */
+    CHECK(params_set(&startup, "idle_session_timeout", "1s") == 0);
+    CHECK(params_set(&server, "idle_session_timeout", "1s") == 0);
+    codec_out_init(&sql);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
+    CHECK(strstr((const char *)sql.data, "set_config('idle_session_timeout', $sluice$0$sluice$, false)"));
+    CHECK_STR(params_get(&server, "idle_session_timeout"), "0");
+    CHECK_INT(params_build_release(&startup, &server, &sql), 0); /* already off */
+    codec_out_free(&sql);
+    params_free(&startup);
     params_free(&server);
 }
 
