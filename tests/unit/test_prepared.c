@@ -946,7 +946,8 @@ static void a_release_resets_only_what_acts_while_idle(void)
     CHECK(params_set(&server, "idle_session_timeout", "1s") == 0);
     codec_out_init(&sql);
     CHECK_INT(params_build_release(&startup, &server, &sql), 1);
-    CHECK(strstr((const char *)sql.data, "set_config('idle_session_timeout', $sluice$0$sluice$, false)"));
+    CHECK(strstr((const char *)sql.data,
+                 "set_config('idle_session_timeout', $sluice$0$sluice$, false)"));
     CHECK_STR(params_get(&server, "idle_session_timeout"), "0");
     CHECK_INT(params_build_release(&startup, &server, &sql), 0); /* already off */
     codec_out_free(&sql);
