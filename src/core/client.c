@@ -880,7 +880,15 @@ void client_check_timeouts(struct client *c, uint64_t now)
         if (idle_limit > 0 && now - c->state_since_ms >= (uint64_t)idle_limit) {
             snprintf(detail, sizeof(detail), "%.1f s", (double)idle_limit / 1000);
             client_fail(c, FAIL_CLIENT_IDLE_TIMEOUT, detail);
+            break;
         }
+        /* The client's own idle_session_timeout (SET, or its login value): Postgres ends a
+         * session idle that long outside a transaction. Its server went back to the pool
+         * without it (pool.c give_back_idle_params), so sluice ends the session, as Postgres
+         * would have: idle here is outside a transaction, its requests answered. */
+        int64_t own_limit = c->admin ? 0 : params_idle_session_timeout_ms(&c->params);
+        if (own_limit > 0 && now - c->state_since_ms >= (uint64_t)own_limit)
+            client_fail(c, FAIL_IDLE_SESSION_TIMEOUT, ""); /* logged as idle_session_timeout */
         break;
     }
     case CLIENT_ACTIVE:

@@ -640,6 +640,8 @@ const char *pool_cleanup_name(enum pool_cleanup k)
         return "discard_all";
     case POOL_CLEANUP_DISCARD_TEMP:
         return "discard_temp";
+    case POOL_CLEANUP_IDLE_SESSION_TIMEOUT:
+        return "idle_session_timeout";
     case POOL_CLEANUP_KINDS:
         break;
     }
@@ -650,6 +652,31 @@ static void queue_cleanup(struct server *s, enum pool_cleanup kind, const char *
 {
     server_queue_internal(s, sql);
     s->pool->cleanups[kind]++;
+}
+
+/* A client's value of a parameter that acts while the backend idles (params_acts_while_idle:
+ * idle_session_timeout) must not follow the backend into the pool, where Postgres would end it
+ * and the pool would churn, or end it under the next client leased at that moment. The lease's
+ * end is the one place that gives the backend its own value back (or, for a backend opened with
+ * a client's login value, turns it off), after any reset, before it waits for anyone; the next
+ * client's sync then sets that client's value, as for any other parameter. True when a
+ * statement was queued. */
+static bool give_back_idle_params(struct server *s)
+{
+    struct msg_out sql;
+    codec_out_init(&sql);
+    int n = params_build_release(&s->startup, &s->params, &sql);
+    if (n < 0) {
+        s->close_when_free = true; /* its record is not true any more: it serves no one */
+        n = 0;
+    }
+    for (uint32_t at = 0; n > 0 && at < sql.len;) {
+        const char *stmt = (const char *)sql.data + at;
+        queue_cleanup(s, POOL_CLEANUP_IDLE_SESSION_TIMEOUT, stmt);
+        at += (uint32_t)strlen(stmt) + 1;
+    }
+    codec_out_free(&sql);
+    return n > 0;
 }
 
 bool pool_queue_cleanup(struct server *s)
@@ -698,10 +725,11 @@ bool pool_queue_cleanup(struct server *s)
     if (was_unknown || reset_discards_all) {
         if (params_reset_to_startup(&s->params, &s->startup) < 0)
             s->close_when_free = true;
-    } else if (reset || !ops->release_at_idle) {
-        if (params_forget(&s->params, NULL) < 0)
-            s->close_when_free = true;
+    } else if ((reset || !ops->release_at_idle) && params_forget(&s->params, NULL) < 0) {
+        s->close_when_free = true;
     }
+    if (give_back_idle_params(s))
+        queued = true;
     return queued;
 }
 

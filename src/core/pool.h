@@ -28,9 +28,11 @@ enum pool_cleanup {
     POOL_CLEANUP_RESET_QUERY,  /* server_reset_query, where the pool mode runs it */
     POOL_CLEANUP_DISCARD_ALL,  /* state no record undoes (server.h, SERVER_SESSION_UNKNOWN) */
     POOL_CLEANUP_DISCARD_TEMP, /* temporary objects alone (SERVER_SESSION_TEMP_OBJECTS) */
+    POOL_CLEANUP_IDLE_SESSION_TIMEOUT, /* the client's value given back (params_acts_while_idle) */
     POOL_CLEANUP_KINDS,
 };
-/* The kind's label: rollback, server_reset_query, discard_all, discard_temp. */
+/* The kind's label: rollback, server_reset_query, discard_all, discard_temp,
+ * idle_session_timeout. */
 const char *pool_cleanup_name(enum pool_cleanup k);
 
 /* Histogram buckets (upper bounds in milliseconds; the last bucket is +Inf). */

@@ -99,6 +99,10 @@ static const struct failure_info table[] = {
     [FAIL_CLIENT_IDLE_TIMEOUT] =
         F(FATAL, IDLE_SESSION_TIMEOUT, "client idle for longer than client_idle_timeout (%s)",
           "Reconnect; the application should close connections it does not use."),
+    /* ProcessInterrupts's, word for word: the client set idle_session_timeout, and sluice ends
+     * its session as Postgres would have (client.c client_check_timeouts). */
+    [FAIL_IDLE_SESSION_TIMEOUT] = F(FATAL, IDLE_SESSION_TIMEOUT,
+                                    "terminating connection due to idle-session timeout%s", NULL),
     [FAIL_IDLE_TRANSACTION_TIMEOUT] =
         F(FATAL, IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
           "idle in transaction for longer than idle_transaction_timeout (%s); the transaction was "
@@ -222,6 +226,7 @@ static const char *const names[] = {
     [FAIL_BUDGET_CLIENTS] = "budget_max_clients",
     [FAIL_LOGIN_TIMEOUT] = "login_timeout",
     [FAIL_CLIENT_IDLE_TIMEOUT] = "client_idle_timeout",
+    [FAIL_IDLE_SESSION_TIMEOUT] = "idle_session_timeout",
     [FAIL_IDLE_TRANSACTION_TIMEOUT] = "idle_transaction_timeout",
     [FAIL_TRANSACTION_TIMEOUT] = "transaction_timeout",
     [FAIL_SERVER_LOST] = "server_lost",

@@ -41,6 +41,7 @@ enum failure {
     FAIL_BUDGET_CLIENTS,       /* detail: budget and its max_clients */
     FAIL_LOGIN_TIMEOUT,
     FAIL_CLIENT_IDLE_TIMEOUT,
+    FAIL_IDLE_SESSION_TIMEOUT, /* the client's own idle_session_timeout, in Postgres's words */
     FAIL_IDLE_TRANSACTION_TIMEOUT,
     FAIL_TRANSACTION_TIMEOUT,  /* detail: the limit */
     FAIL_SERVER_LOST,          /* detail: why */

@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,94 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
         n++;
     }
     return n;
+}
+
+static const char *const acts_while_idle[] = {"idle_session_timeout"};
+
+bool params_acts_while_idle(const char *name)
+{
+    return in_list(acts_while_idle, sizeof(acts_while_idle) / sizeof(acts_while_idle[0]), name);
+}
+
+static bool parse_ms(const char *v, int64_t *ms);
+
+int params_build_release(const struct param_set *startup, struct param_set *server,
+                         struct msg_out *sql)
+{
+    int n = 0;
+    for (size_t i = 0; i < sizeof(acts_while_idle) / sizeof(acts_while_idle[0]); i++) {
+        const char *name = acts_while_idle[i];
+        const char *login = params_get(startup, name);
+        int64_t ms;
+        if (login && parse_ms(login, &ms) && ms > 0) {
+            /* Opened with a client's login value (session mode): a reset gives that value
+             * back, so the parameter is turned off, and the sync gives the next client with
+             * this login its value again (the server's record says 0). */
+            n += put_set_if_differs(server, name, "0", sql);
+            if (params_set(server, name, "0") < 0)
+                return -ENOMEM;
+        } else if (params_get(server, name)) {
+            put_reset(sql, name);
+            n++;
+            if (params_set(server, name, NULL) < 0)
+                return -ENOMEM;
+        }
+    }
+    return sql->oom ? -ENOMEM : n;
+}
+
+/* guc.c parse_int and convert_to_base_unit for a GUC_UNIT_MS parameter: the number as strtol
+ * (base 0: 0x10, 010) or, followed by '.', 'e' or 'E', strtod reads it; spaces, then a unit
+ * (case-sensitive) and spaces; a value in a unit rounded first to the next smaller unit, then
+ * (rint, half to even) to the millisecond. */
+static bool parse_ms(const char *v, int64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        double ms;
+    } units[] = {{"d", 86400000}, {"h", 3600000}, {"min", 60000},
+                 {"s", 1000},     {"ms", 1},      {"us", 0.001}};
+    char *end;
+    errno = 0;
+    double x = (double)strtol(v, &end, 0);
+    if (*end == '.' || *end == 'e' || *end == 'E' || errno == ERANGE) {
+        errno = 0;
+        x = strtod(v, &end);
+    }
+    if (end == v || errno == ERANGE)
+        return false;
+    while (isspace((unsigned char)*end))
+        end++;
+    if (*end) {
+        size_t len = 0;
+        while (end[len] && !isspace((unsigned char)end[len]))
+            len++;
+        size_t u = 0;
+        while (u < sizeof(units) / sizeof(units[0]) &&
+               (strlen(units[u].unit) != len || strncmp(units[u].unit, end, len) != 0))
+            u++;
+        if (u == sizeof(units) / sizeof(units[0]))
+            return false;
+        x *= units[u].ms;
+        if (u + 1 < sizeof(units) / sizeof(units[0]))
+            x = rint(x / units[u + 1].ms) * units[u + 1].ms;
+        for (end += len; isspace((unsigned char)*end); end++)
+            ;
+        if (*end)
+            return false;
+    }
+    x = rint(x);
+    if (!(x >= 0 && x <= 2147483647.0)) /* the parameter's range, 0 to INT_MAX ms */
+        return false;
+    *ms = (int64_t)x;
+    return true;
+}
+
+int64_t params_idle_session_timeout_ms(const struct param_set *own)
+{
+    const char *v = params_get(own, "idle_session_timeout");
+    int64_t ms;
+    return v && v != params_unknown && parse_ms(v, &ms) ? ms : 0;
 }
 
 /* The restore and the read back run in the client's session, under its search_path: every

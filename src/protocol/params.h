@@ -67,6 +67,28 @@ bool params_is_client_settable(const char *name);
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql);
 
+/* Parameters whose client value acts on a backend while it idles in the pool, outside any
+ * client's lease: Postgres 15's idle_session_timeout (a backend idle that long ends itself). The
+ * next client's sync would set it back, but too late: the backend must not wait in the pool
+ * under it. The others a client SETs act only while a client's statements run (or, as
+ * idle_in_transaction_session_timeout, in a transaction, never open on a pooled backend), so
+ * the next sync is soon enough for them. */
+bool params_acts_while_idle(const char *name);
+
+/* Append to sql the resets (each a Query of its own, as params_build_sync's) that give `server`
+ * back its own value of each parameter that acts while idle where the record says a client may
+ * have set one (any value of it in `server`, unknown included), and drop those names from the
+ * record: the server holds its reset value, the one it logged in with. Where that value is a
+ * client's (`startup`: the server was opened with its login parameters, session mode), it is
+ * set to 0 instead, and recorded so. Run when a lease ends. Returns the count, or -ENOMEM. */
+int params_build_release(const struct param_set *startup, struct param_set *server,
+                         struct msg_out *sql) __attribute__((warn_unused_result));
+
+/* The client's idle_session_timeout in `own` (its login value or what its SETs left), in
+ * milliseconds, read as Postgres reads the value (an integer or a fraction, a unit among us,
+ * ms, s, min, h, d; milliseconds without one): 0 when unset, off or not readable. */
+int64_t params_idle_session_timeout_ms(const struct param_set *own);
+
 /* Append to sql the statement that gives `server` the client's login values (`login`: those of
  * the names a request may have reset) where the backend holds its own reset value (a value SET
  * after the reset stays), session-wide or, `local`, for the transaction: one Query. Unreported

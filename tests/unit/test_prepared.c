@@ -887,6 +887,74 @@ static const char *sync_text(const struct param_set *own, const struct param_set
     return out;
 }
 
+/* idle_session_timeout read as guc.c's parse_int reads a GUC_UNIT_MS value: what SHOW and
+ * current_setting print, what a login option may say; what Postgres refuses means no limit. */
+static void idle_session_timeout_is_read_as_postgres_reads_it(void)
+{
+    /* what Postgres 15 gives each (pg_settings.setting after the SET); 0 where it refuses */
+    const struct {
+        const char *value;
+        int64_t ms;
+    } v[] = {
+        {"0", 0},          {"1s", 1000},    {"1500", 1500},   {"250ms", 250},
+        {"10min", 600000}, {"1h", 3600000}, {"1d", 86400000}, {" 2 s ", 2000},
+        {"1.5s", 1500},    {"0x10", 16},    {"010", 8},       {"1e3", 1000},
+        {"2500us", 2},     {"3500us", 4},   {"0.0005s", 0},   {"1.00001min", 60000},
+        {"1S", 0},         {"1 sec", 0},    {"abc", 0},       {"-1", 0},
+        {"3000000000", 0}, {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        struct param_set own;
+        params_init(&own);
+        CHECK(params_set(&own, "idle_session_timeout", v[i].value) == 0);
+        CHECK_INT(params_idle_session_timeout_ms(&own), v[i].ms);
+        params_free(&own);
+    }
+    struct param_set none;
+    params_init(&none);
+    CHECK_INT(params_idle_session_timeout_ms(&none), 0);
+    params_free(&none);
+}
+
+/* A lease's end gives back idle_session_timeout where the server's record holds a client's
+ * value (or an unknown one), and nothing else: the next sync sets the rest. */
+static void a_release_resets_only_what_acts_while_idle(void)
+{
+    struct param_set server;
+    params_init(&server);
+    CHECK(params_set(&server, "statement_timeout", "5s") == 0);
+    struct msg_out sql;
+    codec_out_init(&sql);
+    struct param_set startup;
+    params_init(&startup);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 0);
+    CHECK_INT(sql.len, 0);
+    CHECK(params_set(&server, "IDLE_SESSION_TIMEOUT", "1s") == 0);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
+    CHECK(strstr((const char *)sql.data, "set_config('idle_session_timeout', NULL, false)"));
+    CHECK(params_get(&server, "idle_session_timeout") == NULL);
+    CHECK_STR(params_get(&server, "statement_timeout"), "5s");
+    codec_out_free(&sql);
+    codec_out_init(&sql);
+    CHECK(params_forget(&server, "idle_session_timeout") == 0);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
+    CHECK(params_get(&server, "idle_session_timeout") == NULL);
+    codec_out_free(&sql);
+    /* Opened with a client's login value: a reset would give that back, so it is turned off,
+     * and recorded so (the sync gives it back to the next client with that login). */
+    CHECK(params_set(&startup, "idle_session_timeout", "1s") == 0);
+    CHECK(params_set(&server, "idle_session_timeout", "1s") == 0);
+    codec_out_init(&sql);
+    CHECK_INT(params_build_release(&startup, &server, &sql), 1);
+    CHECK(strstr((const char *)sql.data,
+                 "set_config('idle_session_timeout', $sluice$0$sluice$, false)"));
+    CHECK_STR(params_get(&server, "idle_session_timeout"), "0");
+    CHECK_INT(params_build_release(&startup, &server, &sql), 0); /* already off */
+    codec_out_free(&sql);
+    params_free(&startup);
+    params_free(&server);
+}
+
 /* Sets that differ only in the last byte of two values: FNV-1a sums once collided here, and the
  * sync of application_name was skipped (so was the startup fingerprint's match). */
 static void fingerprints_of_sets_differing_in_last_bytes_differ(void)
@@ -1416,6 +1484,8 @@ int main(void)
     RUN(changes_no_record_can_follow_are_unnamed);
     RUN(statement_name_keys_are_the_first_63_bytes);
     RUN(syncing_many_parameters_costs_linear_cpu);
+    RUN(idle_session_timeout_is_read_as_postgres_reads_it);
+    RUN(a_release_resets_only_what_acts_while_idle);
     RUN(many_parameters_are_found_after_sets_and_removals);
     RUN(the_kept_client_encoding_follows_every_change);
     RUN(texts_that_may_change_client_encoding_are_told);

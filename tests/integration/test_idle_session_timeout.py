@@ -1,0 +1,193 @@
+"""idle_session_timeout set by a client in transaction mode (docs/pool-modes.md, "Parameters
+that act while a session idles").
+
+On Postgres a client's `SET idle_session_timeout` ends that client's own connection once it has
+idled that long outside a transaction, with FATAL 57P05. Through sluice the backend a client
+used goes back to the pool: it must not carry the client's timeout there (the pool would lose
+it, and a client leased it as it died would get an error it never caused), and sluice ends the
+client's connection itself, as Postgres would. Postgres is the oracle: each check runs once
+directly and once through sluice. Timeouts are 1 s against waits of several seconds, and waits
+are for conditions, so that a loaded machine does not flake."""
+
+import time
+
+import pytest
+
+from conftest import APP_PASSWORD, APP_USER, wait_until
+from pgwire import PeerClosed, parse_fields, raw_login
+
+TIMEOUT = "1s"
+IDLE_FOR = 4.0  # well past TIMEOUT, however loaded the machine
+PG_MESSAGE = "terminating connection due to idle-session timeout"
+
+
+def backend_pids(pg):
+    return {r[0] for r in pg.query(
+        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'",
+        [APP_USER])}
+
+
+def ended_with(conn, timeout):
+    """The FATAL the connection was ended with, within timeout s (None: still open)."""
+    conn.settimeout(timeout)
+    try:
+        mtype, payload = conn.read_message()
+    except PeerClosed:
+        return "closed without an ErrorResponse"
+    except OSError:
+        return None
+    assert mtype == "E", f"unexpected message {mtype!r} while idle"
+    fields = parse_fields(payload)
+    assert conn.is_closed(10), "the connection stayed open after its FATAL"
+    return fields["S"], fields["V"], fields["C"], fields["M"]
+
+
+def idle_session_ending(port, password=None, **login):
+    """SET idle_session_timeout, then idle: what ends the connection, and when."""
+    c = raw_login(port, password=password, **login)
+    try:
+        if not login:
+            c.query(f"SET idle_session_timeout = '{TIMEOUT}'")
+        start = time.monotonic()
+        got = ended_with(c, 30)
+        return got, time.monotonic() - start
+    finally:
+        c.close()
+
+
+def test_a_clients_idle_session_timeout_ends_its_connection_with_57P05(pg, start_sluice):
+    want, _ = idle_session_ending(pg.port, password=APP_PASSWORD)
+    assert want == ("FATAL", "FATAL", "57P05", PG_MESSAGE)
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    got, after = idle_session_ending(s.port)
+    assert got == want
+    assert after >= 0.9, f"ended after {after:.2f} s, before its idle_session_timeout"
+
+
+def test_a_login_idle_session_timeout_ends_the_connection_as_on_postgres(pg, start_sluice):
+    opts = {"options": f"-c idle_session_timeout={TIMEOUT}"}
+    want, _ = idle_session_ending(pg.port, password=APP_PASSWORD, **opts)
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as warm:  # the pool's backend exists before the login to watch
+        warm.execute("SELECT 1")
+    pids = backend_pids(pg)
+    got, _ = idle_session_ending(s.port, **opts)
+    assert got == want
+    assert backend_pids(pg) == pids, "the pooled backend ended under the client's login value"
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_the_pooled_backend_does_not_idle_under_a_clients_timeout(pg, start_sluice, mode):
+    """The backend the client used goes back to the pool with its own value: it outlives the
+    client's timeout many times over, and another client sees its own value there."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with s.connect() as other:
+        other.execute("SELECT 1")
+        pids = backend_pids(pg)
+        assert len(pids) == 1
+        a = raw_login(s.port)
+        try:
+            a.query(f"SET idle_session_timeout = '{TIMEOUT}'")
+            time.sleep(IDLE_FOR)
+            assert backend_pids(pg) == pids, "the pooled backend was killed or replaced"
+            assert other.execute("SHOW idle_session_timeout").fetchone() == ("0",)
+            other.execute("SET idle_session_timeout = '5min'")
+            assert other.execute("SHOW idle_session_timeout").fetchone() == ("5min",)
+            assert backend_pids(pg) == pids
+        finally:
+            a.close()
+
+
+def test_a_client_in_a_transaction_is_not_ended(pg, start_sluice):
+    """idle_session_timeout counts only outside a transaction (idle in one is
+    idle_in_transaction_session_timeout's): on Postgres and through sluice, a transaction left
+    open past it goes on, and the connection ends once idle after its COMMIT."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password)
+        try:
+            c.query(f"SET idle_session_timeout = '{TIMEOUT}'")
+            c.query("BEGIN")
+            time.sleep(IDLE_FOR)
+            assert c.query("SELECT 1")[0] == [["1"]]
+            time.sleep(IDLE_FOR / 2)
+            assert c.query("COMMIT")[1] == ["COMMIT"]
+            got = ended_with(c, 30)
+            assert got and got[2] == "57P05", f"after COMMIT and idle: {got}"
+        finally:
+            c.close()
+
+
+def test_a_clients_queries_keep_it_alive(start_sluice):
+    """Each request restarts the count, as on Postgres: a client that works more often than its
+    timeout is never ended."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    c = raw_login(s.port)
+    try:
+        c.query("SET idle_session_timeout = '3s'")
+        for _ in range(8):
+            time.sleep(0.5)
+            assert c.query("SELECT 1")[0] == [["1"]]
+        c.query("SET idle_session_timeout = 0")
+        time.sleep(IDLE_FOR)
+        assert c.query("SELECT 2")[0] == [["2"]]
+    finally:
+        c.close()
+
+
+def test_session_mode_is_postgres_itself(pg, start_sluice):
+    """The backend is the client's: Postgres ends it and the client sees Postgres's FATAL;
+    the pool opens another for the next client."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    want, _ = idle_session_ending(pg.port, password=APP_PASSWORD)
+    got, _ = idle_session_ending(s.port)
+    assert got == want
+    with s.connect() as next_client:
+        wait_until(lambda: next_client.execute("SELECT 1").fetchone() == (1,), 10,
+                   what="the next client served")
+        assert next_client.execute("SHOW idle_session_timeout").fetchone() == ("0",)
+
+
+def test_idle_in_transaction_session_timeout_acts_only_in_the_clients_transaction(pg,
+                                                                                   start_sluice):
+    """Its kin needs nothing of sluice: a pooled backend is never idle inside a transaction, so
+    the value it keeps until the next client's sync ends nothing in the pool, and the client
+    idle in its own transaction gets Postgres's own 25P03."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password)
+        try:
+            c.query("SET idle_in_transaction_session_timeout = '1s'")
+            if port == s.port:
+                pids = backend_pids(pg)
+                time.sleep(IDLE_FOR)
+                assert backend_pids(pg) == pids, "the pooled backend ended while idle"
+            c.query("BEGIN")
+            got = ended_with(c, 30)
+            assert got and got[2] == "25P03", f"idle in the transaction: {got}"
+        finally:
+            c.close()
+
+
+def test_session_mode_backend_opened_with_a_login_timeout_waits_in_the_pool(pg, start_sluice):
+    """Session mode opens a backend with its client's login parameters, so its own value is the
+    client's: after that client leaves, the backend is pooled with the parameter off, and the
+    next client with the same login gets its value back, as Postgres gives it (SHOW, RESET),
+    and is ended by Postgres when it idles."""
+    opts = {"options": f"-c idle_session_timeout={TIMEOUT}"}
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1})
+    with s.connect(**opts) as first:
+        first.execute("SELECT 1")
+    pids = backend_pids(pg)
+    assert len(pids) == 1
+    time.sleep(IDLE_FOR)
+    assert backend_pids(pg) == pids, "the pooled backend ended under its former client's value"
+    c = raw_login(s.port, **opts)
+    try:
+        assert backend_pids(pg) == pids, "the next client with that login got another backend"
+        assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+        c.query("RESET idle_session_timeout")
+        assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+        assert ended_with(c, 30) == ("FATAL", "FATAL", "57P05", PG_MESSAGE)
+    finally:
+        c.close()
