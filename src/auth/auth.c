@@ -608,7 +608,8 @@ struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
                                              .user = l->user,
                                              .database = l->database,
                                              .admin = l->admin,
-                                             .need_scram = method == AUTH_SCRAM};
+                                             .need_scram = method == AUTH_SCRAM,
+                                             .addr = l->addr};
     st->waiter.done = on_secret_ready;
     struct user_secret s;
     goes_on(r); /* on_secret_ready continues; the client waits for our request meanwhile */
@@ -629,6 +630,11 @@ struct auth_state *auth_start(const struct auth_login *l, struct auth_result *r)
 bool auth_awaits_message(const struct auth_state *st)
 {
     return st && st->step != STEP_LOOKUP;
+}
+
+bool auth_lookup_held_back(const struct auth_state *st)
+{
+    return st && st->step == STEP_LOOKUP && secret_waiter_held_back(&st->waiter);
 }
 
 /* Postgres's bounds on an authentication message, its length word included (auth.c

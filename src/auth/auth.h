@@ -85,6 +85,9 @@ struct auth_state *auth_start(const struct auth_login *login, struct auth_result
  * secret is looked up: a message the client sent ahead waits until then, as Postgres reads it
  * only once it has asked. */
 bool auth_awaits_message(const struct auth_state *st);
+/* Is the secret's lookup held back behind other client addresses' (secret_waiter_held_back)?
+ * Then the login waits on its own address's other logins, not on sluice. */
+bool auth_lookup_held_back(const struct auth_state *st);
 /* The longest message body the exchange takes now, as Postgres bounds the message it awaits:
  * a password (cleartext or md5) up to PG_MAX_AUTH_TOKEN_LENGTH, 65535 bytes with the length word
  * (a long password, a cloud provider's token used as one); a SASL message up to

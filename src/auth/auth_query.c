@@ -24,7 +24,25 @@
  * core's slots, which hold all workers' together to SECRET_QUERY_CONNECTIONS (the ledger counts
  * them); a worker refused waits as for any cap, and another worker's idle connection closes for
  * it. The cost: logins of one user on two workers at once are two lookups.
- * Only the slots are shared: set once at start-up, read-only after. */
+ * Only the slots are shared: set once at start-up, read-only after.
+ *
+ * A share per address: a stranger can open max_client_logins logins, each for a name of its
+ * own, and each starts a lookup that no other login shares. A login waiting on its lookup never
+ * gives its place up (client_login_waits_on_sluice: an honest client is not punished for
+ * sluice's slowness), so while auth_query is slow (a busy server, a lock on the table it reads)
+ * those logins held every place until client_login_timeout, and an honest login's lookup queued
+ * behind all of them. Now a client address has AUTH_QUERY_QUEUED_PER_ADDRESS lookups waiting
+ * for a connection at most before its next ones are held back: they start only when no other
+ * address's lookup waits, and a login waiting on one that has not started waits on its own
+ * address, not on sluice, so it gives its place up like any stalled login
+ * (secret_waiter_held_back). An honest client's lookup then waits for those running and at most
+ * that many more from each address, and its login finds a place. PgBouncer and Odyssey run
+ * auth_query through an ordinary pool and queue every login's lookup in arrival order: the same
+ * weakness, bounded only by their client caps. Not refused outright: one application server
+ * logging in as many users at once is one address too, and with a quick auth_query its queue
+ * drains in milliseconds; held back, its lookups only go last, and give way only to a full
+ * max_client_logins. Per worker like the rest (a stranger spread over N workers gets N shares);
+ * clients on the unix socket are one address. */
 #include "auth_query.h"
 
 #include <fcntl.h>
@@ -36,6 +54,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cidr.h"
 #include "config.h"
 #include "log.h"
 #include "resolver.h"
@@ -710,8 +729,11 @@ static void query_dispatch(struct worker *worker)
         held_back = false;
         if (nqconns >= SECRET_QUERY_CONNECTIONS && !idle_qconn(NULL))
             break; /* every connection is busy: the next finished lookup comes back here */
+        bool others_wait = false; /* a lookup within its address's share waits */
+        for (const struct secret_job *j = query_jobs; j && !others_wait; j = j->next)
+            others_wait = j->kind == JOB_QUERY && !j->qc && !j->held_back;
         for (struct secret_job *j = query_jobs; j; j = j->next) {
-            if (j->kind != JOB_QUERY || j->qc)
+            if (j->kind != JOB_QUERY || j->qc || (j->held_back && others_wait))
                 continue;
             struct qconn *qc = idle_qconn(j->target);
             if (qc) {
@@ -739,13 +761,41 @@ static void query_dispatch(struct worker *worker)
         slots->not_waiting(worker);
 }
 
+/* The address of req's client as a job keeps it ("" for the unix socket or none). */
+static void peer_of(const struct secret_request *req, char out[INET6_ADDRSTRLEN])
+{
+    int port;
+    out[0] = '\0';
+    if (req->addr)
+        (void)peer_addr_ip(req->addr, out, INET6_ADDRSTRLEN, &port);
+}
+
+/* Whether a new lookup for an address is held back: that address has its share waiting. */
+static bool over_share(const char *peer)
+{
+    int waiting = 0;
+    for (const struct secret_job *j = query_jobs; j; j = j->next) {
+        if (j->kind == JOB_QUERY && !j->qc && strcmp(j->opener, peer) == 0)
+            waiting++;
+    }
+    return waiting >= AUTH_QUERY_QUEUED_PER_ADDRESS;
+}
+
 static struct secret_job *query_job(struct worker *worker, const struct query_target *t,
-                                    const char *key, const char *user, const char *database,
+                                    const char *key, const struct secret_request *req,
                                     const char **error)
 {
+    char peer[INET6_ADDRSTRLEN];
+    peer_of(req, peer);
+    const char *user = req->user, *database = req->database;
     for (struct secret_job *j = query_jobs; j; j = j->next) {
-        if (j->kind == JOB_QUERY && strcmp(j->key, key) == 0)
+        if (j->kind == JOB_QUERY && strcmp(j->key, key) == 0) {
+            /* a login from another address needs it too: no longer one address's excess (a
+             * stranger who guessed a real user's name holds that user's login back no more) */
+            if (strcmp(j->opener, peer) != 0)
+                j->held_back = false;
             return j;
+        }
     }
     if (worker->proc->phase != PHASE_RUNNING) {
         *error = "sluice is shutting down";
@@ -773,9 +823,12 @@ static struct secret_job *query_job(struct worker *worker, const struct query_ta
         return NULL;
     }
     snprintf(j->target, tlen, "%s\x01%s\x01%s", t->entry, t->dbname, t->auth_user);
+    memcpy(j->opener, peer, sizeof(j->opener));
+    j->held_back = over_share(peer);
     secret_job_append(&query_jobs, j);
-    log_msg(LOG_DEBUG, "auth_query: looking up user \"%s\" as \"%s\" in database \"%s\"", user,
-            t->auth_user, t->dbname);
+    log_msg(LOG_DEBUG, "auth_query: looking up user \"%s\" as \"%s\" in database \"%s\"%s", user,
+            t->auth_user, t->dbname,
+            j->held_back ? " (held back: its client's address has lookups waiting)" : "");
     return j;
 }
 
@@ -867,7 +920,7 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
         *secret = NULL;
         return AUTH_QUERY_ANSWERED;
     }
-    struct secret_job *j = query_job(w->req.worker, &t, key, w->req.user, w->req.database, error);
+    struct secret_job *j = query_job(w->req.worker, &t, key, &w->req, error);
     free(key);
     if (!j)
         return AUTH_QUERY_FAILED;
@@ -875,6 +928,11 @@ enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **sec
     if (!j->qc)
         query_dispatch(w->req.worker);
     return AUTH_QUERY_WAITING;
+}
+
+bool auth_query_held_back(const struct secret_job *j)
+{
+    return j->kind == JOB_QUERY && j->held_back && !j->qc;
 }
 
 void auth_query_abandon(struct secret_job *j)

@@ -6,6 +6,7 @@
 #ifndef SLUICE_AUTH_QUERY_H
 #define SLUICE_AUTH_QUERY_H
 
+#include <netinet/in.h>
 #include <openssl/sha.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -58,6 +59,8 @@ struct secret_job {
     int tries;        /* connections it was started on (a stale reused one is retried once) */
     bool answered;    /* a row came back */
     char *found;      /* its password column (NULL: NULL) */
+    char opener[INET6_ADDRSTRLEN]; /* the first login's address (peer_addr_ip; "": unix) */
+    bool held_back; /* behind other addresses' lookups (auth_query.c, a share per address) */
 };
 
 /* secret.c: w waits on j from now on. */
@@ -66,8 +69,8 @@ void secret_job_attach(struct secret_job *j, struct secret_waiter *w);
 void secret_job_append(struct secret_job **list, struct secret_job *j);
 void secret_job_unlink(struct secret_job **list, struct secret_job *j);
 void secret_job_free(struct secret_job *j);
-/* secret.c: hand j's answer (auth_query_find gives it while this runs), or error, to everyone waiting. A
- * waiter's callback may end its client, which cancels other things but never this job's
+/* secret.c: hand j's answer (auth_query_find gives it while this runs), or error, to everyone
+ * waiting. A waiter's callback may end its client, which cancels other things but never this job's
  * list. */
 void secret_job_wake(struct secret_job *j, const char *error);
 
@@ -84,9 +87,12 @@ enum auth_query_answer {
 /* The auth_query part of w's lookup (its user is not in auth_file). */
 enum auth_query_answer auth_query_find(struct secret_waiter *w, const char **secret,
                                        const char **error);
+/* j waits behind other addresses' lookups and has not started (secret_waiter_held_back). */
+bool auth_query_held_back(const struct secret_job *j);
 /* Nobody waits for j any more: one that has not started is forgotten. */
 void auth_query_abandon(struct secret_job *j);
-/* Reload: forget the users not found; close idle connections, the others once their lookup is done. */
+/* Reload: forget the users not found; close idle connections, the others once their lookup is done.
+ */
 void auth_query_reload(void);
 /* End every lookup (its waiters hear why) and close every connection. */
 void auth_query_end_all(const char *why);

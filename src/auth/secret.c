@@ -353,6 +353,11 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out)
     return resolve(w, out);
 }
 
+bool secret_waiter_held_back(const struct secret_waiter *w)
+{
+    return w->job && auth_query_held_back(w->job);
+}
+
 void secret_cancel(struct secret_waiter *w)
 {
     struct secret_job *j = w->job;

@@ -14,6 +14,7 @@
 #include "scram.h"
 
 struct worker;
+union peer_addr;
 
 /* What the core (budget.c's caps, pool.c's idle servers) does for auth_query's connections. */
 struct secret_slots {
@@ -52,10 +53,11 @@ struct user_secret {
 
 struct secret_request {
     struct worker *worker;
-    const char *user;     /* must outlive the request (the client's own copy) */
-    const char *database; /* the database the client asked for */
-    bool admin;           /* admin console login: auth_file only */
-    bool need_scram;      /* a PLAIN secret must come with its derived SCRAM secret */
+    const char *user;            /* must outlive the request (the client's own copy) */
+    const char *database;        /* the database the client asked for */
+    bool admin;                  /* admin console login: auth_file only */
+    bool need_scram;             /* a PLAIN secret must come with its derived SCRAM secret */
+    const union peer_addr *addr; /* the client's (auth_query's share per address), or NULL */
 };
 
 struct secret_job;
@@ -73,6 +75,10 @@ int secret_lookup(struct secret_waiter *w, struct user_secret *out);
 /* Stop waiting; a lookup nobody waits for any more is abandoned (auth_query) or finishes in the
  * background and is cached (derivation). Idempotent. */
 void secret_cancel(struct secret_waiter *w);
+/* Whether w waits on an auth_query lookup held back behind other addresses' lookups (its
+ * address had AUTH_QUERY_QUEUED_PER_ADDRESS lookups waiting already) that has not started: a
+ * wait its own address caused, not sluice's slowness (auth_query.c, "a share per address"). */
+bool secret_waiter_held_back(const struct secret_waiter *w);
 /* Wipe a user_secret filled by secret_lookup. */
 void secret_wipe(struct user_secret *s);
 /* Threads: the derived-secret cache is shared by every thread (locked); lookups in progress,
@@ -110,5 +116,8 @@ void secret_free_all(void);
  * holding one gives it back at the end of a lookup once it has had it this long (with several,
  * at once): each worker's logins get a turn, not the end of another worker's queue. */
 #define SECRET_QUERY_TURN_MS 100
+/* Lookups one client address may have waiting for a connection (not started) on a worker before
+ * its next ones are held back behind every other address's (auth_query.c). */
+#define AUTH_QUERY_QUEUED_PER_ADDRESS 2
 
 #endif

@@ -35,7 +35,10 @@ static void free_long_auth(struct long_auth_message *m);
 
 bool client_login_waits_on_sluice(const struct client *c)
 {
-    return c->state == CLIENT_AUTH && c->auth && !auth_awaits_message(c->auth);
+    /* a lookup held back behind other addresses' waits on its own address's flood of lookups,
+     * not on sluice: such a login gives its place up like a stalled one (auth_query.c) */
+    return c->state == CLIENT_AUTH && c->auth && !auth_awaits_message(c->auth) &&
+           !auth_lookup_held_back(c->auth);
 }
 
 void client_auth_end(struct client *c)

@@ -18,7 +18,8 @@ void client_login_tls_step(struct client *c);
 /* AUTH, and the client has not been asked for anything: sluice itself is on the way, looking
  * its secret up (an auth_query lookup in flight or waiting for a connection, a SCRAM secret
  * derived on the thread pool). Such a login is not stalled by the client and never gives way
- * above max_client_logins (client.c make_room_for_a_login). */
+ * above max_client_logins (client.c make_room_for_a_login); except one whose lookup is held
+ * back behind other addresses' and has not started (its own address's flood, auth_query.c). */
 bool client_login_waits_on_sluice(const struct client *c);
 /* Drop the authentication exchange in progress, if any (the client is leaving AUTH or closing).
  * Idempotent. */

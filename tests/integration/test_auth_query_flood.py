@@ -4,6 +4,7 @@ against the caps, queue for them, and unknown names are remembered as unknown fo
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -223,3 +224,43 @@ def test_a_closed_lookup_connection_keeps_its_slot_until_its_backend_has_gone(
     answered(strangers, timeout=20)
     assert sorted(lookups_of(s, [f"after_{i}" for i in range(20)])) == \
         sorted(f"after_{i}" for i in range(20))
+
+
+# 1 s for every name, known or not (pg_sleep in a join with pg_shadow runs only when a row is
+# found)
+SLOW_FOR_EVERY_NAME = ("SELECT u.usename, u.passwd FROM (SELECT pg_sleep(1)) AS s "
+                       "LEFT JOIN pg_shadow AS u ON u.usename = $1")
+
+
+def stranger_from(host, port):
+    """A RawConn to sluice from source address host (another loopback address: another peer)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(host, 0))
+    c = RawConn.__new__(RawConn)
+    c._adopt(sock, 60)
+    return c
+
+
+def test_strangers_from_one_address_do_not_hold_the_lookups_of_others(start_sluice, pg,
+                                                                       flood_roles):
+    """A stranger at 127.0.0.2 opens max_client_logins logins, each for a name of its own, while
+    auth_query is slow (1 s a lookup, 2 connections): 30 lookups queued, 15 s of them. A real
+    user's login from 127.0.0.1 is looked up before that stranger's queue, not after it: in a
+    few seconds, not when the queue has drained (before, its lookup waited behind all 30 and
+    the login ran past its 10 s). The strangers held back give their places up to it."""
+    s = flood_sluice(start_sluice, pg, workers=1, max_client_logins=30,
+                     auth_query=SLOW_FOR_EVERY_NAME)
+    strangers = []
+    for i in range(30):
+        c = stranger_from("127.0.0.2", s.port)
+        c.send(startup_packet(user=f"queued_{i}", database=APP_DB))
+        strangers.append(c)
+    wait_until(lambda: len(lookups_of(s, [f"queued_{i}" for i in range(30)])) == 30, 20,
+               what="the 30 strangers' lookups queued")
+    started = time.monotonic()
+    with s.connect(user=REAL_USER, password=REAL_PASSWORD, connect_timeout=10) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == APP_USER
+    took = time.monotonic() - started
+    assert took < 8, f"the real login took {took:.1f} s behind the strangers' lookups"
+    assert any("max_client_logins (30) reached" in line for line in s.log), s.log_tail(40)
+    for c in strangers:
+        c.close()
