@@ -459,6 +459,16 @@ static void query_step(struct qconn *qc)
         if (PQresultStatus(res) == PGRES_TUPLES_OK) {
             if (PQnfields(res) < 2) {
                 error = "auth_query must return two columns: user name and password";
+            } else if (PQntuples(res) > 1) {
+                /* Which row's password? None: a query that compares the name with LIKE
+                 * answered the made-up name "q%" with every q* role, and the first row's
+                 * password logged "q%" in, a name Postgres refuses (PgBouncer takes the last
+                 * row). Failing closed names the query to fix. */
+                snprintf(why, sizeof(why),
+                         "auth_query returned %d rows; it must return one at most (compare the "
+                         "user name with =, not LIKE)",
+                         PQntuples(res));
+                error = why;
             } else if (PQntuples(res) > 0 && !j->answered) {
                 j->answered = true;
                 if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))

@@ -434,6 +434,22 @@ def test_an_auth_query_that_fails_before_any_io_is_reported(start_sluice, pg, au
     with s.connect(user="sluice_auth", password="authpass") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
 
+def test_an_auth_query_that_returns_several_rows_fails_closed(start_sluice, pg, auth_roles):
+    """An auth_query that compares the name with LIKE answers the made-up name "q%" with every
+    q* role. Postgres refuses "q%" (no such role, 28P01); sluice took the first row's secret,
+    and "q%" logged in with qscram's password. Now more than one row is auth_query's error:
+    the login gets 08006 and the log says what to change."""
+    s = auth_query_sluice(start_sluice, pg, auth_query="SELECT usename, passwd FROM pg_shadow "
+                                                       "WHERE usename LIKE $1 ORDER BY usename DESC")
+    _, direct = auth_codes_and_error(pg.port, "q%", "qpass")
+    assert direct["C"] == "28P01", direct
+    _, err = auth_codes_and_error(s.port, "q%", "qpass")
+    assert err is not None and err["C"] == "08006", err
+    assert "password lookup (auth_query) failed" in err["M"]
+    s.wait_for_log(r'auth_query for user "q%" failed: auth_query returned 3 rows')
+    codes, err = auth_codes_and_error(s.port, "qscram", "qpass")  # one row: as before
+    assert err is None, err
+
 # ---- auth passthrough: logging in upstream without the password ---------------------------------
 
 
