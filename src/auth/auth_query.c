@@ -469,6 +469,17 @@ static void query_step(struct qconn *qc)
                          "user name with =, not LIKE)",
                          PQntuples(res));
                 error = why;
+            } else if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 1) &&
+                       (PQgetisnull(res, 0, 0) || strcmp(PQgetvalue(res, 0, 0), j->user) != 0)) {
+                /* A password for another name: the LIKE query answered "qscra_" with qscram's
+                 * row, and "qscra_", no role at all, logged in with qscram's password. A row
+                 * without a password (a LEFT JOIN's for no such role) says "not found" as
+                 * before. */
+                snprintf(why, sizeof(why),
+                         "auth_query returned the row of user \"%.100s\"; it must return the "
+                         "row of the user asked for, or none",
+                         PQgetisnull(res, 0, 0) ? "(null)" : PQgetvalue(res, 0, 0));
+                error = why;
             } else if (PQntuples(res) > 0 && !j->answered) {
                 j->answered = true;
                 if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))

@@ -450,6 +450,21 @@ def test_an_auth_query_that_returns_several_rows_fails_closed(start_sluice, pg, 
     codes, err = auth_codes_and_error(s.port, "qscram", "qpass")  # one row: as before
     assert err is None, err
 
+def test_an_auth_query_row_for_another_name_fails_closed(start_sluice, pg, auth_roles):
+    """The same LIKE query answers the made-up name "qscra_" with qscram's row alone. Postgres
+    refuses "qscra_" (28P01); sluice took that row's password, and "qscra_" logged in with
+    qscram's. Now a row whose name is not the client's is auth_query's error (08006)."""
+    s = auth_query_sluice(start_sluice, pg, auth_query="SELECT usename, passwd FROM pg_shadow "
+                                                       "WHERE usename LIKE $1")
+    _, direct = auth_codes_and_error(pg.port, "qscra_", "qpass")
+    assert direct["C"] == "28P01", direct
+    _, err = auth_codes_and_error(s.port, "qscra_", "qpass")
+    assert err is not None and err["C"] == "08006", err
+    s.wait_for_log(r'auth_query for user "qscra_" failed: auth_query returned the row of user '
+                   r'"qscram"')
+    _, err = auth_codes_and_error(s.port, "qscram", "qpass")  # its own row: as before
+    assert err is None, err
+
 # ---- auth passthrough: logging in upstream without the password ---------------------------------
 
 
