@@ -36,9 +36,9 @@
  * address's lookup waits, and a login waiting on one that has not started waits on its own
  * address, not on sluice, so it gives its place up like any stalled login
  * (secret_waiter_held_back). An honest client's lookup then waits for those running and at most
- * that many more from each address, and its login finds a place. PgBouncer and Odyssey run
- * auth_query through an ordinary pool and queue every login's lookup in arrival order: the same
- * weakness, bounded only by their client caps. Not refused outright: one application server
+ * that many more from each address, and its login finds a place. PgBouncer runs auth_query on
+ * a server of auth_user's pool, its lookups queued in arrival order like any client's: the same
+ * weakness, bounded only by its client caps. Not refused outright: one application server
  * logging in as many users at once is one address too, and with a quick auth_query its queue
  * drains in milliseconds; held back, its lookups only go last, and give way only to a full
  * max_client_logins. Per worker like the rest (a stranger spread over N workers gets N shares);
@@ -740,14 +740,15 @@ static bool room_for(struct worker *worker, const struct secret_job *j)
  * caps hold back waits; a connection given back on another worker wakes this one to try again
  * (secret_retry_lookups), else the background tick does. A worker holding a connection opens no
  * other while another worker's lookup waits for one: the room is that worker's, and this
- * worker's lookups wait for its own connections. */
+ * worker's lookups wait for its own connections. A lookup held back past its address's share
+ * starts only while none within a share waits (see the top of this file). */
 static void query_dispatch(struct worker *worker)
 {
-    bool held_back = false; /* by the caps: this worker waits for another's connection */
+    bool capped = false; /* held back by the caps: this worker waits for another's connection */
     bool progress = true;
     while (progress) {
         progress = false;
-        held_back = false;
+        capped = false;
         if (nqconns >= SECRET_QUERY_CONNECTIONS && !idle_qconn(NULL))
             break; /* every connection is busy: the next finished lookup comes back here */
         bool others_wait = false; /* a lookup within its address's share waits */
@@ -775,10 +776,10 @@ static void query_dispatch(struct worker *worker)
                 progress = true;
                 break;
             }
-            held_back = true;
+            capped = true;
         }
     }
-    if (!held_back)
+    if (!capped)
         slots->not_waiting(worker);
 }
 
