@@ -1094,8 +1094,11 @@ static enum track_result bind_deallocate_renamed(struct client *c, struct server
     if (r != TRACK_PASS)
         return r;
     /* The Bind's error (08P01: a count of parameters other than the types') names the client's
-     * statement, as Postgres's does, not the server's stand-in */
-    stmt_map_note_departed(c->stmts, name, sn.name);
+     * statement, as Postgres's does, not the server's stand-in (noted once: the departed
+     * names are few, kept for the Closes whose errors are still to come) */
+    const char *known = stmt_map_name_of(c->stmts, sn.name);
+    if (!known || strcmp(known, name) != 0)
+        stmt_map_note_departed(c->stmts, name, sn.name);
     return rename_statement(c, s, at, key_len, &sn);
 }
 
