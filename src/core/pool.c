@@ -725,8 +725,14 @@ bool pool_queue_cleanup(struct server *s)
     if (was_unknown || reset_discards_all) {
         if (params_reset_to_startup(&s->params, &s->startup) < 0)
             s->close_when_free = true;
-    } else if ((reset || !ops->release_at_idle) && params_forget(&s->params, NULL) < 0) {
-        s->close_when_free = true;
+    } else if (reset || !ops->release_at_idle) {
+        /* Session mode under a server_reset_query that is not DISCARD ALL (none, or one that
+         * may leave parameters as they are): the record never held what the client SET, and a
+         * parameter that acts while idle must not follow the backend into the pool. Its reset
+         * costs a round trip at each session's end, under such a setting only. */
+        if (params_forget(&s->params, NULL) < 0 ||
+            (!ops->release_at_idle && params_forget_acts_while_idle(&s->params) < 0))
+            s->close_when_free = true;
     }
     if (give_back_idle_params(s))
         queued = true;

@@ -1043,11 +1043,13 @@ static void drop_of_statement(const struct client *c, const struct server *s, co
  * client holds by protocol: Postgres drops that one when the portal runs, by the name the text
  * gives it. On the server the client's statement has sluice's name, and the named Parse's text
  * went there as written: the Bind goes instead to a statement of the text with sluice's name
- * in it (a definition of the server's alone), and the server gets something under that name
+ * in it and the parameter types the client's Parse declared (a definition of the server's
+ * alone), and the server gets something under that name
  * to drop (ensure_named). A statement the client does not hold (gone since, maybe by this
  * very DEALLOCATE) leaves the Bind as it was: the server refuses it (26000) as Postgres does.
  * *bound: the Bind was taken care of here. */
 static enum track_result bind_deallocate_renamed(struct client *c, struct server *s,
+                                                 const char *name, const struct stmt_def *mine,
                                                  const struct stmt_drop *d, uint32_t at,
                                                  uint32_t key_len, bool *bound,
                                                  struct client_failure *fail)
@@ -1056,10 +1058,25 @@ static enum track_result bind_deallocate_renamed(struct client *c, struct server
     struct stmt_def *target = d->kind == SQL_DEALLOCATE ? client_def(c, d->name) : NULL;
     if (!target || strcmp(d->name, d->server_name) == 0)
         return TRACK_PASS;
+    /* The parameter types the client's Parse declared go with the text: Postgres checks the
+     * Bind's parameter count against them (08P01) before the DEALLOCATE can run. */
+    const uint8_t *name_end = memchr(mine->data, '\0', mine->len);
+    const uint8_t *text_end =
+        name_end ? memchr(name_end + 1, '\0', mine->len - (uint32_t)(name_end + 1 - mine->data))
+                 : NULL;
+    if (!text_end)
+        return TRACK_PASS;
+    uint32_t types_len = mine->len - (uint32_t)(text_end + 1 - mine->data);
     *bound = true;
-    char text[STMT_KEY_MAX + 32];
-    int n = snprintf(text, sizeof(text), "%cDEALLOCATE %s%c%c%c", 0, d->server_name, 0, 0, 0);
-    struct stmt_def *renamed_text = stmt_def_new((const uint8_t *)text, (uint32_t)n, NULL);
+    uint8_t *text = malloc(STMT_KEY_MAX + 16 + types_len);
+    if (!text) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    int n = snprintf((char *)text, STMT_KEY_MAX + 16, "%cDEALLOCATE %s", 0, d->server_name) + 1;
+    memcpy(text + n, text_end + 1, types_len);
+    struct stmt_def *renamed_text = stmt_def_new(text, (uint32_t)n + types_len, NULL);
+    free(text);
     if (!renamed_text) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -1076,6 +1093,12 @@ static enum track_result bind_deallocate_renamed(struct client *c, struct server
     stmt_def_unref(renamed_text);
     if (r != TRACK_PASS)
         return r;
+    /* The Bind's error (08P01: a count of parameters other than the types') names the client's
+     * statement, as Postgres's does, not the server's stand-in (noted once: the departed
+     * names are few, kept for the Closes whose errors are still to come) */
+    const char *known = stmt_map_name_of(c->stmts, sn.name);
+    if (!known || strcmp(known, name) != 0)
+        stmt_map_note_departed(c->stmts, name, sn.name);
     return rename_statement(c, s, at, key_len, &sn);
 }
 
@@ -1577,7 +1600,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         struct stmt_drop d;
         bool bound;
         drop_of_statement(c, s, name, mine, &d);
-        r = bind_deallocate_renamed(c, s, &d, at, key_len, &bound, fail);
+        r = bind_deallocate_renamed(c, s, name, mine, &d, at, key_len, &bound, fail);
         if (bound || r != TRACK_PASS)
             return r;
     }

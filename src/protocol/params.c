@@ -461,6 +461,16 @@ bool params_acts_while_idle(const char *name)
     return in_list(acts_while_idle, sizeof(acts_while_idle) / sizeof(acts_while_idle[0]), name);
 }
 
+int params_forget_acts_while_idle(struct param_set *server)
+{
+    for (size_t i = 0; i < sizeof(acts_while_idle) / sizeof(acts_while_idle[0]); i++) {
+        int rc = params_forget(server, acts_while_idle[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static bool parse_ms(const char *v, int64_t *ms);
 
 int params_build_release(const struct param_set *startup, struct param_set *server,

@@ -75,6 +75,11 @@ int params_build_sync(const struct param_set *base, const struct param_set *own,
  * the next sync is soon enough for them. */
 bool params_acts_while_idle(const char *name);
 
+/* Mark each of them unknown in `server` (added when absent): the client's statements on it
+ * were not followed (session mode), so it may have SET one, and the lease's end then gives it
+ * back (params_build_release). 0 or -ENOMEM. */
+int params_forget_acts_while_idle(struct param_set *server) __attribute__((warn_unused_result));
+
 /* Append to sql the resets (each a Query of its own, as params_build_sync's) that give `server`
  * back its own value of each parameter that acts while idle where the record says a client may
  * have set one (any value of it in `server`, unknown included), and drop those names from the

@@ -191,3 +191,24 @@ def test_session_mode_backend_opened_with_a_login_timeout_waits_in_the_pool(pg, 
         assert ended_with(c, 30) == ("FATAL", "FATAL", "57P05", PG_MESSAGE)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("reset", ["", "SELECT 1"])
+def test_session_mode_backend_leaves_a_clients_set_behind_whatever_the_reset_query(pg, start_sluice,
+                                                                                    reset):
+    """Session mode with a server_reset_query other than DISCARD ALL: sluice does not follow
+    the client's statements, and the backend went back to the pool under the client's SET
+    idle_session_timeout, where Postgres ended it (a new backend and login for the next
+    client). Now the lease's end resets it; the next client sees its reset value."""
+    s = start_sluice({"pool_mode": "session", "default_pool_size": 1, "server_reset_query": reset})
+    a = raw_login(s.port)
+    try:
+        a.query("SELECT 1")
+        pids = backend_pids(pg)
+        a.query(f"SET idle_session_timeout = '{TIMEOUT}'")
+    finally:
+        a.close()
+    time.sleep(IDLE_FOR)
+    assert backend_pids(pg) == pids, "the pooled backend ended under the client's SET"
+    with s.connect() as b:
+        assert b.execute("SHOW idle_session_timeout").fetchone() == ("0",)

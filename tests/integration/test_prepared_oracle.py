@@ -305,6 +305,18 @@ def drops_sent_by_parse_run_at_their_execute(c):
             batch(c, parse_msg("a", "SELECT 6") + sync_msg()), bind_run(c, "a")]
 
 
+def deallocate_sent_by_parse_with_parameter_types(c):
+    """A named Parse of DEALLOCATE a that declares parameter types: Postgres checks the Bind's
+    parameters against them. sluice bound a text of its own without the types: a Bind with
+    the declared count failed (08P01 naming sluice's name) and left a, and one without
+    parameters ran the DEALLOCATE that Postgres refuses."""
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            batch(c, parse_msg("d", "DEALLOCATE a", [23]) + sync_msg()),
+            batch(c, bind_msg("", "d", ["5"]) + execute_msg() + sync_msg()), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 2") + sync_msg()),
+            batch(c, bind_msg("", "d") + execute_msg() + sync_msg()), bind_run(c, "a")]
+
+
 def sql_names_longer_than_their_key_get_the_notice(c):
     """Postgres truncates a SQL name longer than 63 bytes with a NOTICE (42622 identifier ...
     will be truncated to ...). sluice wrote its own name in place of the client's statement's,
@@ -349,6 +361,7 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              unnamed_executes_of_a_statement_closed_or_prepared_again,
              parse_of_a_taken_name_then_its_close_in_one_batch,
              drops_sent_by_parse_run_at_their_execute,
+             deallocate_sent_by_parse_with_parameter_types,
              sql_names_longer_than_their_key_get_the_notice,
              texts_whose_parse_raises_a_notice]
 
