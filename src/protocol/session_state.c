@@ -596,6 +596,18 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     return true;
 }
 
+/* Does feature f say more than `than` of what the server must get before it serves again? A SET
+ * (followed) < objects a reset drops < what only closing the server ends: the first of a text's
+ * features of the highest rank is the one the text is taken for. */
+static bool outranks(enum session_feature f, enum session_feature than)
+{
+    if (than == SESSION_FEATURE_NONE)
+        return true;
+    if (than == SESSION_FEATURE_SET)
+        return session_feature_leaves_objects(f);
+    return session_feature_outlives_reset(f) && !session_feature_outlives_reset(than);
+}
+
 /* Does `word` (lower case) start at s[i] as a function name, plain or quoted as an identifier
  * ("set_config"), followed by '('? Returns where the '(' is, or 0. */
 static size_t function_call_at(const char *s, size_t i, size_t len, const char *word)
@@ -670,11 +682,13 @@ static enum session_feature unicode_call(const char *name, const char *s, size_t
     for (size_t k = 0; k < sizeof locks / sizeof locks[0]; k++)
         if (strcmp(name, locks[k]) == 0)
             return SESSION_FEATURE_ADVISORY_LOCK;
+    if (strcmp(name, "setseed") == 0)
+        return SESSION_FEATURE_RANDOM_SEED;
     return SESSION_FEATURE_NONE;
 }
 
-/* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
- * and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
+/* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks,
+ * setseed and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
 static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
                                           unsigned reading)
 {
@@ -689,6 +703,11 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 found = SESSION_FEATURE_SET;
             if (j > 0)
                 continue;
+            if (outranks(SESSION_FEATURE_RANDOM_SEED, found) &&
+                function_call_at(s, i, len, "setseed") > 0) {
+                found = SESSION_FEATURE_RANDOM_SEED;
+                continue;
+            }
         }
         if (i > 0 && s[i] == '"' && s[i - 1] == '&') {
             bool ended;
@@ -700,8 +719,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
                 enum session_feature f = j < len && s[j] == '('
                                              ? unicode_call(name, s, j, len, t, reading)
                                              : SESSION_FEATURE_NONE;
-                if (found == SESSION_FEATURE_NONE ||
-                    (found == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+                if (outranks(f, found))
                     found = f;
             }
             continue;
@@ -782,8 +800,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
         if (touch->reset.kind != PARAM_RESET_NONE && touch->reset.statements == resets &&
             sql_skip_space(sql, start, end) < end)
             touch->reset.kind = PARAM_RESET_UNSURE;
-        if (first == SESSION_FEATURE_NONE ||
-            (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+        if (outranks(f, first))
             first = f;
         if (end < len && sql[end] == '\0')
             break;
@@ -791,8 +808,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
     if (whole)
         *whole = ends_outside;
     enum session_feature call = session_calls(sql, len, touch, reading);
-    if (first == SESSION_FEATURE_NONE ||
-        (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
+    if (outranks(call, first))
         return call;
     return first;
 }
@@ -917,7 +933,7 @@ bool session_feature_leaves_objects(enum session_feature f)
 
 bool session_feature_outlives_reset(enum session_feature f)
 {
-    return f == SESSION_FEATURE_LOAD;
+    return f == SESSION_FEATURE_LOAD || f == SESSION_FEATURE_RANDOM_SEED;
 }
 
 const char *session_feature_name(enum session_feature f)
@@ -937,6 +953,8 @@ const char *session_feature_name(enum session_feature f)
         return "a SQL-level PREPARE";
     case SESSION_FEATURE_LOAD:
         return "LOAD of a shared library";
+    case SESSION_FEATURE_RANDOM_SEED:
+        return "setseed of the random number generator";
     default:
         return "nothing";
     }
