@@ -608,6 +608,22 @@ static bool outranks(enum session_feature f, enum session_feature than)
     return session_feature_outlives_reset(f) && !session_feature_outlives_reset(than);
 }
 
+/* Is `word` (lower case) at s[i] a whole word, plain (any case) or quoted as an identifier? A
+ * function of one argument is called by it with or without a '(' after it: setseed(0.5), or
+ * as a field, (0.5::float8).setseed. A column so named is a false alarm. */
+static bool function_named_at(const char *s, size_t i, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    bool quoted = i > 0 && s[i - 1] == '"';
+    if (i + n > len || strncasecmp(s + i, word, n) != 0)
+        return false;
+    if (i > 0 && !quoted && sql_ident_char(s[i - 1]))
+        return false;
+    if (quoted) /* a quoted identifier is case-sensitive */
+        return i + n < len && s[i + n] == '"' && strncmp(s + i, word, n) == 0;
+    return i + n >= len || !sql_ident_char(s[i + n]);
+}
+
 /* Does `word` (lower case) start at s[i] as a function name, plain or quoted as an identifier
  * ("set_config"), followed by '('? Returns where the '(' is, or 0. */
 static size_t function_call_at(const char *s, size_t i, size_t len, const char *word)
@@ -669,14 +685,16 @@ static bool updates_settings(const char *s, size_t i, size_t len)
     return name_is(s, &i, len, "pg_settings");
 }
 
-/* A call of a function a U&"..." name names (name: as Postgres decodes it), its '(' at s[j]:
- * set_config or a session advisory lock spelled with escapes (U&"set\005fconfig"). */
+/* A call of a function a U&"..." name names (name: as Postgres decodes it), what follows the
+ * name at s[j]: set_config (its '(' at s[j]), a session advisory lock or setseed spelled with
+ * escapes (U&"set\005fconfig"). The last two take one argument, so they may be called without
+ * a '(' after the name: `(1::bigint).pg_advisory_lock` (see session_calls). */
 static enum session_feature unicode_call(const char *name, const char *s, size_t j, size_t len,
                                          struct param_touch *t, unsigned reading)
 {
     static const char *const locks[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
                                         "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
-    if (strcmp(name, "set_config") == 0)
+    if (strcmp(name, "set_config") == 0 && j < len && s[j] == '(')
         return session_set_config(s, j, len, t, reading) ? SESSION_FEATURE_SET
                                                          : SESSION_FEATURE_NONE;
     for (size_t k = 0; k < sizeof locks / sizeof locks[0]; k++)
@@ -694,7 +712,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
 {
     static const char *const locks[] = {"pg_advisory_lock", "pg_try_advisory_lock"};
     enum session_feature found = SESSION_FEATURE_NONE;
-    for (size_t i = 0; i + 10 <= len; i++) {
+    for (size_t i = 0; i + sizeof "setseed" - 1 <= len; i++) { /* the shortest name looked for */
         /* cheap first test: this runs over every query's text */
         char c0 = (char)(s[i] | 0x20);
         if (c0 == 's') {
@@ -704,7 +722,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             if (j > 0)
                 continue;
             if (outranks(SESSION_FEATURE_RANDOM_SEED, found) &&
-                function_call_at(s, i, len, "setseed") > 0) {
+                function_named_at(s, i, len, "setseed")) {
                 found = SESSION_FEATURE_RANDOM_SEED;
                 continue;
             }
@@ -716,9 +734,7 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             if (ended &&
                 sql_unicode_name(s, i, past, len, name, sizeof name, &after) == SQL_UNICODE_READ) {
                 size_t j = sql_skip_space(s, after, len);
-                enum session_feature f = j < len && s[j] == '('
-                                             ? unicode_call(name, s, j, len, t, reading)
-                                             : SESSION_FEATURE_NONE;
+                enum session_feature f = unicode_call(name, s, j, len, t, reading);
                 if (outranks(f, found))
                     found = f;
             }
@@ -738,14 +754,15 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             size_t n = strlen(locks[f]);
             if (i + n > len || strncasecmp(s + i, locks[f], n) != 0)
                 continue;
-            /* pg_advisory_lock( or pg_advisory_lock_shared( ; not the _xact_ variants */
+            /* pg_advisory_lock or pg_advisory_lock_shared, a whole word; not the _xact_
+             * variants. No '(' needed: a function of one argument is also called as a field,
+             * (1::bigint).pg_advisory_lock. */
             size_t j = i + n;
             if (j + 7 <= len && strncasecmp(s + j, "_shared", 7) == 0)
                 j += 7;
             if (j < len && s[j] == '"' && i > 0 && s[i - 1] == '"')
                 j++; /* "pg_advisory_lock"(...), quoted as an identifier */
-            j = sql_skip_space(s, j, len); /* a comment before the '(' hides nothing */
-            if (j < len && s[j] == '(')
+            if (j >= len || !sql_ident_char(s[j]))
                 found = SESSION_FEATURE_ADVISORY_LOCK;
         }
     }

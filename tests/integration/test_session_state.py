@@ -505,6 +505,9 @@ SEEDS = [
     # a feature a reset undoes first in the text hides nothing that only closing the server ends
     "LISTEN a_channel; SELECT setseed(0.25)",
     "SELECT pg_advisory_lock(4246), setseed(0.25)",
+    # a function of one argument is called as a field too
+    "SELECT (0.25::float8).setseed",
+    "SELECT (0.25::float8) . \"setseed\"",
 ]
 
 
@@ -539,6 +542,31 @@ def test_refuse_policy_refuses_setseed(start_sluice):
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="setseed"):
             a.execute("SELECT setseed(0.25)")
         assert a.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("sql", [
+    "SELECT (4250::bigint).pg_advisory_lock",
+    "SELECT (4251::bigint).pg_try_advisory_lock_shared AS got",
+    "SELECT (x.id).pg_advisory_lock_shared FROM (SELECT 4252::bigint AS id) x",
+    'SELECT (4253::bigint) . "pg_try_advisory_lock"',
+    'SELECT (4254::bigint).U&"pg\\005fadvisory\\005flock"',
+])
+def test_a_session_advisory_lock_called_as_a_field_never_reaches_the_next_client(
+        start_sluice, pg, mode, sql):
+    """Postgres calls a function of one argument written as a field of it, (1::bigint).f, as
+    f(1::bigint). sluice looked for a '(' after the lock function's name, so the lock stayed
+    on the backend and the next client of it found it held (its own pg_advisory_lock of the
+    same key would wait forever)."""
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        assert direct.execute(sql).fetchone()[0] in (True, "")
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(sql)
+    with s.connect() as b:
+        held = b.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                         " AND pid = pg_backend_pid()").fetchone()[0]
+    assert held == 0, f"B's backend holds A's {sql}"
 
 
 TEMP_OBJECTS = [
