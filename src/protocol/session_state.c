@@ -220,6 +220,17 @@ static bool set_names_temp_schema(const char *s, size_t i, size_t len)
     return sql_names_temp_schema(s + i, len - i);
 }
 
+/* SET [LOCAL | SESSION] seed ... (s[i]: past SET)? The parameter seed calls setseed as it is
+ * set (even SET LOCAL: the seed outlives the transaction), and RESET does not call it back. */
+static bool set_seeds_random(const char *s, size_t i, size_t len)
+{
+    (void)(set_word(s, &i, len, "local") || set_word(s, &i, len, "session"));
+    size_t at = i, n = param_name(s, i, len);
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+        at = i + 1;
+    return n == strlen("seed") && strncasecmp(s + at, "seed", n) == 0;
+}
+
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
@@ -435,7 +446,10 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     if (keyword(s, &i, len, "set")) {
         if (t && set_names_temp_schema(s, i, len))
             t->temp_schema = true;
-        return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
+        bool untracked = untracked_set(s, i, len, t);
+        if (set_seeds_random(s, i, len))
+            return SESSION_FEATURE_RANDOM_SEED;
+        return untracked ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "reset")) {
         reset_statement(s, i, len, t);
@@ -596,6 +610,17 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     return true;
 }
 
+/* set_config('seed', ...) (the '(' at s[i]), local or not: it calls setseed (set_seeds_random).
+ * A computed name is a SET sluice cannot name: a full reset, which leaves a seed (docs). */
+static bool set_config_seeds_random(const char *s, size_t i, size_t len, unsigned reading)
+{
+    size_t a1 = i + 1, e1 = argument_end(s, a1, len, reading);
+    size_t q = sql_skip_space(s, a1, e1);
+    size_t n = quoted_param_name(s, q, e1, '\'');
+    return n == strlen("seed") && strncasecmp(s + q + 1, "seed", n) == 0 &&
+           sql_skip_space(s, q + n + 2, e1) == e1;
+}
+
 /* Does feature f say more than `than` of what the server must get before it serves again? A SET
  * (followed) < objects a reset drops < what only closing the server ends: the first of a text's
  * features of the highest rank is the one the text is taken for. */
@@ -719,6 +744,9 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             size_t j = function_call_at(s, i, len, "set_config");
             if (j > 0 && session_set_config(s, j, len, t, reading) && found == SESSION_FEATURE_NONE)
                 found = SESSION_FEATURE_SET;
+            if (j > 0 && set_config_seeds_random(s, j, len, reading) &&
+                outranks(SESSION_FEATURE_RANDOM_SEED, found))
+                found = SESSION_FEATURE_RANDOM_SEED;
             if (j > 0)
                 continue;
             if (outranks(SESSION_FEATURE_RANDOM_SEED, found) &&
