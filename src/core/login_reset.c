@@ -139,11 +139,12 @@ static bool word_leaves_state(const struct login_reset *lr)
                                                                              : SET_WATCH_WORD - 1);
 }
 
-/* The identifier that just passed begins a LOAD, whose library no reset unloads (enum
- * set_watch)? */
+/* The identifier that just passed begins a LOAD, whose library no reset unloads, or is a
+ * setseed call, whose seed no reset undoes either (enum set_watch)? */
 static bool word_outlives_reset(const struct login_reset *lr)
 {
-    return (lr->before_word == ';' || lr->before_word == '/') && word_is(lr, "load");
+    return ((lr->before_word == ';' || lr->before_word == '/') && word_is(lr, "load")) ||
+           word_is(lr, "setseed");
 }
 
 /* Look at the next bytes of a streaming text for a SET (enum set_watch). Quotes are not
@@ -177,8 +178,11 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
         if (lr->word_len > 0 &&
             (word_leaves_state(lr) || word_outlives_reset(lr) || unicode_name)) {
             s->session = SERVER_SESSION_UNKNOWN; /* a full reset before it serves again */
-            lr->set_watch = SET_WATCH_NONE;
-            return;
+            if (s->close_when_free) {
+                lr->set_watch = SET_WATCH_NONE; /* nothing the text holds can do more */
+                return;
+            }
+            /* a LOAD or setseed further on still closes the server: no reset undoes it */
         }
         if (lr->word_len > 0) {
             lr->temp_may_follow = word_is(lr, "create") || word_is(lr, "into") ||

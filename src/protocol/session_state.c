@@ -220,6 +220,17 @@ static bool set_names_temp_schema(const char *s, size_t i, size_t len)
     return sql_names_temp_schema(s + i, len - i);
 }
 
+/* SET [LOCAL | SESSION] seed ... (s[i]: past SET)? The parameter seed calls setseed as it is
+ * set (even SET LOCAL: the seed outlives the transaction), and RESET does not call it back. */
+static bool set_seeds_random(const char *s, size_t i, size_t len)
+{
+    (void)(set_word(s, &i, len, "local") || set_word(s, &i, len, "session"));
+    size_t at = i, n = param_name(s, i, len);
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+        at = i + 1;
+    return n == strlen("seed") && strncasecmp(s + at, "seed", n) == 0;
+}
+
 /* SET [SESSION] name ...: a parameter sluice does not see change (not reported)? */
 static bool untracked_set(const char *s, size_t i, size_t len, struct param_touch *t)
 {
@@ -435,7 +446,10 @@ static enum session_feature statement_keyword_feature(const char *s, size_t i, s
     if (keyword(s, &i, len, "set")) {
         if (t && set_names_temp_schema(s, i, len))
             t->temp_schema = true;
-        return untracked_set(s, i, len, t) ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
+        bool untracked = untracked_set(s, i, len, t);
+        if (set_seeds_random(s, i, len))
+            return SESSION_FEATURE_RANDOM_SEED;
+        return untracked ? SESSION_FEATURE_SET : SESSION_FEATURE_NONE;
     }
     if (keyword(s, &i, len, "reset")) {
         reset_statement(s, i, len, t);
@@ -596,6 +610,45 @@ static bool session_set_config(const char *s, size_t i, size_t len, struct param
     return true;
 }
 
+/* set_config('seed', ...) (the '(' at s[i]), local or not: it calls setseed (set_seeds_random).
+ * A computed name is a SET sluice cannot name: a full reset, which leaves a seed (docs). */
+static bool set_config_seeds_random(const char *s, size_t i, size_t len, unsigned reading)
+{
+    size_t a1 = i + 1, e1 = argument_end(s, a1, len, reading);
+    size_t q = sql_skip_space(s, a1, e1);
+    size_t n = quoted_param_name(s, q, e1, '\'');
+    return n == strlen("seed") && strncasecmp(s + q + 1, "seed", n) == 0 &&
+           sql_skip_space(s, q + n + 2, e1) == e1;
+}
+
+/* Does feature f say more than `than` of what the server must get before it serves again? A SET
+ * (followed) < objects a reset drops < what only closing the server ends: the first of a text's
+ * features of the highest rank is the one the text is taken for. */
+static bool outranks(enum session_feature f, enum session_feature than)
+{
+    if (than == SESSION_FEATURE_NONE)
+        return true;
+    if (than == SESSION_FEATURE_SET)
+        return session_feature_leaves_objects(f);
+    return session_feature_outlives_reset(f) && !session_feature_outlives_reset(than);
+}
+
+/* Is `word` (lower case) at s[i] a whole word, plain (any case) or quoted as an identifier? A
+ * function of one argument is called by it with or without a '(' after it: setseed(0.5), or
+ * as a field, (0.5::float8).setseed. A column so named is a false alarm. */
+static bool function_named_at(const char *s, size_t i, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    bool quoted = i > 0 && s[i - 1] == '"';
+    if (i + n > len || strncasecmp(s + i, word, n) != 0)
+        return false;
+    if (i > 0 && !quoted && sql_ident_char(s[i - 1]))
+        return false;
+    if (quoted) /* a quoted identifier is case-sensitive */
+        return i + n < len && s[i + n] == '"' && strncmp(s + i, word, n) == 0;
+    return i + n >= len || !sql_ident_char(s[i + n]);
+}
+
 /* Does `word` (lower case) start at s[i] as a function name, plain or quoted as an identifier
  * ("set_config"), followed by '('? Returns where the '(' is, or 0. */
 static size_t function_call_at(const char *s, size_t i, size_t len, const char *word)
@@ -657,38 +710,50 @@ static bool updates_settings(const char *s, size_t i, size_t len)
     return name_is(s, &i, len, "pg_settings");
 }
 
-/* A call of a function a U&"..." name names (name: as Postgres decodes it), its '(' at s[j]:
- * set_config or a session advisory lock spelled with escapes (U&"set\005fconfig"). */
+/* A call of a function a U&"..." name names (name: as Postgres decodes it), what follows the
+ * name at s[j]: set_config (its '(' at s[j]), a session advisory lock or setseed spelled with
+ * escapes (U&"set\005fconfig"). The last two take one argument, so they may be called without
+ * a '(' after the name: `(1::bigint).pg_advisory_lock` (see session_calls). */
 static enum session_feature unicode_call(const char *name, const char *s, size_t j, size_t len,
                                          struct param_touch *t, unsigned reading)
 {
     static const char *const locks[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
                                         "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
-    if (strcmp(name, "set_config") == 0)
+    if (strcmp(name, "set_config") == 0 && j < len && s[j] == '(')
         return session_set_config(s, j, len, t, reading) ? SESSION_FEATURE_SET
                                                          : SESSION_FEATURE_NONE;
     for (size_t k = 0; k < sizeof locks / sizeof locks[0]; k++)
         if (strcmp(name, locks[k]) == 0)
             return SESSION_FEATURE_ADVISORY_LOCK;
+    if (strcmp(name, "setseed") == 0)
+        return SESSION_FEATURE_RANDOM_SEED;
     return SESSION_FEATURE_NONE;
 }
 
-/* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks
- * and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
+/* Function calls anywhere in the text (inside a SELECT, a CTE, ...): session advisory locks,
+ * setseed and session-level set_config; an UPDATE of pg_settings, which calls set_config. */
 static enum session_feature session_calls(const char *s, size_t len, struct param_touch *t,
                                           unsigned reading)
 {
     static const char *const locks[] = {"pg_advisory_lock", "pg_try_advisory_lock"};
     enum session_feature found = SESSION_FEATURE_NONE;
-    for (size_t i = 0; i + 10 <= len; i++) {
+    for (size_t i = 0; i + sizeof "setseed" - 1 <= len; i++) { /* the shortest name looked for */
         /* cheap first test: this runs over every query's text */
         char c0 = (char)(s[i] | 0x20);
         if (c0 == 's') {
             size_t j = function_call_at(s, i, len, "set_config");
             if (j > 0 && session_set_config(s, j, len, t, reading) && found == SESSION_FEATURE_NONE)
                 found = SESSION_FEATURE_SET;
+            if (j > 0 && set_config_seeds_random(s, j, len, reading) &&
+                outranks(SESSION_FEATURE_RANDOM_SEED, found))
+                found = SESSION_FEATURE_RANDOM_SEED;
             if (j > 0)
                 continue;
+            if (outranks(SESSION_FEATURE_RANDOM_SEED, found) &&
+                function_named_at(s, i, len, "setseed")) {
+                found = SESSION_FEATURE_RANDOM_SEED;
+                continue;
+            }
         }
         if (i > 0 && s[i] == '"' && s[i - 1] == '&') {
             bool ended;
@@ -697,11 +762,8 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             if (ended &&
                 sql_unicode_name(s, i, past, len, name, sizeof name, &after) == SQL_UNICODE_READ) {
                 size_t j = sql_skip_space(s, after, len);
-                enum session_feature f = j < len && s[j] == '('
-                                             ? unicode_call(name, s, j, len, t, reading)
-                                             : SESSION_FEATURE_NONE;
-                if (found == SESSION_FEATURE_NONE ||
-                    (found == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+                enum session_feature f = unicode_call(name, s, j, len, t, reading);
+                if (outranks(f, found))
                     found = f;
             }
             continue;
@@ -720,14 +782,15 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
             size_t n = strlen(locks[f]);
             if (i + n > len || strncasecmp(s + i, locks[f], n) != 0)
                 continue;
-            /* pg_advisory_lock( or pg_advisory_lock_shared( ; not the _xact_ variants */
+            /* pg_advisory_lock or pg_advisory_lock_shared, a whole word; not the _xact_
+             * variants. No '(' needed: a function of one argument is also called as a field,
+             * (1::bigint).pg_advisory_lock. */
             size_t j = i + n;
             if (j + 7 <= len && strncasecmp(s + j, "_shared", 7) == 0)
                 j += 7;
             if (j < len && s[j] == '"' && i > 0 && s[i - 1] == '"')
                 j++; /* "pg_advisory_lock"(...), quoted as an identifier */
-            j = sql_skip_space(s, j, len); /* a comment before the '(' hides nothing */
-            if (j < len && s[j] == '(')
+            if (j >= len || !sql_ident_char(s[j]))
                 found = SESSION_FEATURE_ADVISORY_LOCK;
         }
     }
@@ -782,8 +845,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
         if (touch->reset.kind != PARAM_RESET_NONE && touch->reset.statements == resets &&
             sql_skip_space(sql, start, end) < end)
             touch->reset.kind = PARAM_RESET_UNSURE;
-        if (first == SESSION_FEATURE_NONE ||
-            (first == SESSION_FEATURE_SET && session_feature_leaves_objects(f)))
+        if (outranks(f, first))
             first = f;
         if (end < len && sql[end] == '\0')
             break;
@@ -791,8 +853,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
     if (whole)
         *whole = ends_outside;
     enum session_feature call = session_calls(sql, len, touch, reading);
-    if (first == SESSION_FEATURE_NONE ||
-        (first == SESSION_FEATURE_SET && session_feature_leaves_objects(call)))
+    if (outranks(call, first))
         return call;
     return first;
 }
@@ -917,7 +978,7 @@ bool session_feature_leaves_objects(enum session_feature f)
 
 bool session_feature_outlives_reset(enum session_feature f)
 {
-    return f == SESSION_FEATURE_LOAD;
+    return f == SESSION_FEATURE_LOAD || f == SESSION_FEATURE_RANDOM_SEED;
 }
 
 const char *session_feature_name(enum session_feature f)
@@ -937,6 +998,8 @@ const char *session_feature_name(enum session_feature f)
         return "a SQL-level PREPARE";
     case SESSION_FEATURE_LOAD:
         return "LOAD of a shared library";
+    case SESSION_FEATURE_RANDOM_SEED:
+        return "setseed of the random number generator";
     default:
         return "nothing";
     }

@@ -21,14 +21,18 @@ enum session_feature {
     SESSION_FEATURE_TEMP_TABLE,
     SESSION_FEATURE_SET,
     SESSION_FEATURE_SQL_PREPARE,
-    SESSION_FEATURE_LOAD,                        /* LOAD 'library': loaded for the backend's life */
-    SESSION_FEATURE_LAST = SESSION_FEATURE_LOAD, /* for range checks */
+    SESSION_FEATURE_LOAD, /* LOAD 'library': loaded for the backend's life */
+    /* setseed(x): random() then gives the sequence x fixes, for the backend's life */
+    SESSION_FEATURE_RANDOM_SEED,
+    SESSION_FEATURE_LAST = SESSION_FEATURE_RANDOM_SEED, /* for range checks */
 };
 /* Features whose objects Postgres drops only when the session ends (all but SET, whose
  * parameters sluice's records follow where it can name them). */
 bool session_feature_leaves_objects(enum session_feature f);
 /* Features no reset undoes, DISCARD ALL included: a LOADed library (its hooks, its parameters)
- * stays in the backend until it exits. Only closing the server ends it. */
+ * stays in the backend until it exits, and so does setseed's seed (a new backend seeds random()
+ * from a strong random source; the next client would otherwise get numbers the first one can
+ * predict). Only closing the server ends them. */
 bool session_feature_outlives_reset(enum session_feature f);
 
 /* Parameters Postgres does not report that a text may change for the whole session: SET or

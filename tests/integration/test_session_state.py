@@ -498,6 +498,81 @@ def test_transaction_mode_session_objects_never_reach_the_next_client(start_slui
             assert row == (0, 0), f"B inherited A's {sql}"
 
 
+SEEDS = [
+    "SELECT setseed(0.25)",
+    "SELECT pg_catalog.SetSeed(0.25), 1 AS one",
+    'SELECT U&"setsee\\0064"(0.25)',
+    # a feature a reset undoes first in the text hides nothing that only closing the server ends
+    "LISTEN a_channel; SELECT setseed(0.25)",
+    "SELECT pg_advisory_lock(4246), setseed(0.25)",
+    # a function of one argument is called as a field too
+    "SELECT (0.25::float8).setseed",
+    "SELECT (0.25::float8) . \"setseed\"",
+    # the parameter seed calls setseed as it is set (SET LOCAL too), and RESET does not undo it
+    "SET seed = 0.25",
+    "SET LOCAL \"seed\" TO 0.25",
+    "SELECT set_config('seed', '0.25', true)",
+]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("sql,long_text", [(sql, False) for sql in SEEDS] + [
+    # past a long text's start the stream watch looks for the word setseed (a U&"..." name or
+    # the parameter seed there costs a full reset only: docs)
+    (sql, True) for sql in SEEDS if "U&" not in sql and "seed'" not in sql and "SET " not in sql])
+def test_a_random_seed_never_reaches_the_next_client(start_sluice, pg, mode, sql, long_text):
+    """setseed fixes what random() gives for the rest of the backend's life, and no reset undoes
+    it (DISCARD ALL included); a new Postgres session seeds itself from a strong random source.
+    The next client on that backend got the very numbers client A could compute (a token, a
+    sample) until sluice closed such a server when released, as it closes a LOAD's."""
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        direct.execute("SELECT setseed(0.25)")
+        seeded = [direct.execute("SELECT random()").fetchone()[0] for _ in range(3)]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with s.connect() as a:
+        if long_text:
+            load_after_a_long_text(a, sql)
+        else:
+            a.execute(sql)
+    with s.connect() as b:
+        got = [b.execute("SELECT random()").fetchone()[0] for _ in range(3)]
+    assert got != seeded, f"B's random() followed A's {sql}"
+
+
+def test_refuse_policy_refuses_setseed(start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "refuse"})
+    with s.connect() as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="setseed"):
+            a.execute("SELECT setseed(0.25)")
+        assert a.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("sql", [
+    "SELECT (4250::bigint).pg_advisory_lock",
+    "SELECT (4251::bigint).pg_try_advisory_lock_shared AS got",
+    "SELECT (x.id).pg_advisory_lock_shared FROM (SELECT 4252::bigint AS id) x",
+    'SELECT (4253::bigint) . "pg_try_advisory_lock"',
+    'SELECT (4254::bigint).U&"pg\\005fadvisory\\005flock"',
+])
+def test_a_session_advisory_lock_called_as_a_field_never_reaches_the_next_client(
+        start_sluice, pg, mode, sql):
+    """Postgres calls a function of one argument written as a field of it, (1::bigint).f, as
+    f(1::bigint). sluice looked for a '(' after the lock function's name, so the lock stayed
+    on the backend and the next client of it found it held (its own pg_advisory_lock of the
+    same key would wait forever)."""
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        assert direct.execute(sql).fetchone()[0] in (True, "")
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with s.connect() as a:
+        a.execute(sql)
+    with s.connect() as b:
+        held = b.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                         " AND pid = pg_backend_pid()").fetchone()[0]
+    assert held == 0, f"B's backend holds A's {sql}"
+
+
 TEMP_OBJECTS = [
     "SELECT 'A-secret' AS x INTO TEMP tt",
     "SELECT 'A-secret' AS x INTO TEMPORARY TABLE tt",
@@ -1005,6 +1080,24 @@ def test_a_loaded_library_never_reaches_the_next_client(start_sluice, app_is_sup
         # (past a long text's start no policy applies: the server is closed all the same)
         if policy == "pin" and load is not load_after_a_long_text:
             assert a.execute(LIBRARY_PARAM).fetchone() == ("-1",), "the pinned client lost it"
+    with s.connect() as b:
+        assert b.execute(LIBRARY_PARAM).fetchone() == (None,), f"B runs with A's {sql}"
+
+
+@pytest.mark.parametrize("sql", ["LISTEN a_channel; LOAD 'auto_explain'",
+                                 "SELECT pg_advisory_lock(4247); LOAD 'auto_explain'",
+                                 "CREATE TEMP TABLE tt (x int); LOAD 'auto_explain'"])
+@pytest.mark.parametrize("load", [load_by_query, load_after_a_long_text],
+                         ids=lambda f: f.__name__)
+def test_a_load_after_a_feature_a_reset_undoes_still_closes_the_server(start_sluice,
+                                                                       app_is_superuser, sql,
+                                                                       load):
+    """A text's first feature used to speak for the whole text: a LOAD after a LISTEN got the
+    LISTEN's reset, and DISCARD ALL left the library in the backend for the next client (past a
+    long text's start the stream watch stopped at the LISTEN)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    with s.connect() as a:
+        load(a, sql)
     with s.connect() as b:
         assert b.execute(LIBRARY_PARAM).fetchone() == (None,), f"B runs with A's {sql}"
 
