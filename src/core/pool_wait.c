@@ -11,6 +11,7 @@
 #include "client.h"
 #include "ledger.h"
 #include "pool_breaker.h"
+#include "pool_mode.h"
 #include "pool_waiters.h"
 #include "sluice.h"
 
@@ -93,12 +94,20 @@ static void describe_wait(const struct pool *p, const struct client *c, uint64_t
          * ones were no more use to this waiter than busy ones. */
         int servers = atomic_load_explicit(&p->ledger_key->servers, memory_order_relaxed);
         int not_busy = p->idle.count + p->connecting.count;
-        snprintf(
+        int used = snprintf(
             msg, len,
             "pool \"%s/%s\" is full: %d of %d servers busy for %.1f s (query_wait_timeout); "
             "pool_size = %d is reached: raise it, or find what holds servers with SHOW CLIENTS",
             p->db_name, p->user_name, servers > not_busy ? servers - not_busy : 0, servers, secs,
             p->size);
+        /* A pinned server (its client used session state) comes back only when its client
+         * leaves: worth saying, as a full pool is then not a matter of load. Which servers are
+         * pinned may be another worker's to know; the log names each client as it is pinned. */
+        if (p->worker->cfg->session_state_policy == SESSION_POLICY_PIN &&
+            pool_mode_ops(p->mode, false)->release_at_idle && used > 0 && (size_t)used < len)
+            snprintf(msg + used, len - (size_t)used,
+                     "; session_state_policy = pin keeps a server with a client that used "
+                     "session state until it disconnects (sluice's log names each such client)");
         return;
     }
     snprintf(msg, len,

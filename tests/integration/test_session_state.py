@@ -1110,3 +1110,20 @@ def test_refuse_policy_refuses_load(start_sluice, app_is_superuser):
             a.execute("LOAD 'auto_explain'")
         assert "LOAD" in str(e.value)
         assert a.execute(LIBRARY_PARAM).fetchone() == (None,)
+
+
+def test_a_full_pool_says_its_servers_are_pinned(start_sluice):
+    """Under session_state_policy = pin a client that used session state keeps its server until
+    it leaves; a client that then waits for that pool past query_wait_timeout is told so, not
+    only that the pool is full (before, only sluice's log said the server was pinned)."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "session_state_policy": "pin", "query_wait_timeout": 1})
+    with s.connect() as a, s.connect() as b:
+        a.execute("LISTEN a_channel")
+        with pytest.raises(psycopg.Error) as failed:
+            b.execute("SELECT 1")
+        assert failed.value.sqlstate == "53300"
+        message = failed.value.diag.message_primary
+        assert "pool_size = 1 is reached" in message
+        assert "session_state_policy = pin keeps a server with a client that used session " \
+            "state until it disconnects" in message, message
