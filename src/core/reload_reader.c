@@ -35,7 +35,7 @@ struct reload_job {
     atomic_int step;    /* enum reload_step: what the thread reads now, for the slow warning */
     char *path;
     char **env;
-    reload_files_check check;
+    const struct reload_files_ops *files;
     struct reload_result result; /* the thread's until finished, then the loop's */
 };
 
@@ -46,6 +46,8 @@ static void job_free(struct reload_job *job)
         free(*e);
     free(job->env);
     config_free(job->result.next);
+    if (job->result.files)
+        job->files->free(job->result.files);
     config_diag_free(&job->result.diag);
     pthread_mutex_destroy(&job->mu);
     free(job);
@@ -88,7 +90,8 @@ static void *read_files(void *arg)
     r->next = config_load(job->path, job->env, &r->diag);
     if (r->next) {
         atomic_store_explicit(&job->step, STEP_FILES, memory_order_relaxed);
-        if (!job->check(r->next, r->files_error, sizeof(r->files_error))) {
+        r->files = job->files->read(r->next, r->files_error, sizeof(r->files_error));
+        if (!r->files) {
             config_free(r->next);
             r->next = NULL;
         }
@@ -151,10 +154,10 @@ static void on_slow_timer(uv_timer_t *t)
             (unsigned long long)secs);
 }
 
-int reload_reader_init(struct reload_reader *reader, uv_loop_t *loop, reload_files_check check,
-                       reload_read_done on_done)
+int reload_reader_init(struct reload_reader *reader, uv_loop_t *loop,
+                       const struct reload_files_ops *files, reload_read_done on_done)
 {
-    *reader = (struct reload_reader){.check = check, .on_done = on_done};
+    *reader = (struct reload_reader){.files = files, .on_done = on_done};
     int rc = uv_async_init(loop, &reader->done, on_read_done);
     if (rc < 0)
         return rc;
@@ -189,7 +192,7 @@ void reload_reader_start(struct reload_reader *reader, const char *path, char *c
         return;
     }
     pthread_mutex_init(&job->mu, NULL);
-    job->check = reader->check;
+    job->files = reader->files;
     job->notify = &reader->done;
     reader->job = job;
     reader->started_ms = uv_now(reader->done.loop);

@@ -287,8 +287,8 @@ static void on_signal(uv_signal_t *h, int signum)
                     signum == SIGUSR1 ? "SIGUSR1 (PAUSE)" : "SIGUSR2 (RESUME)");
             break;
         }
-        log_msg(LOG_INFO, "%s: every database", signum == SIGUSR1 ? "SIGUSR1: PAUSE"
-                                                                  : "SIGUSR2: RESUME");
+        log_msg(LOG_INFO, "%s: every database",
+                signum == SIGUSR1 ? "SIGUSR1: PAUSE" : "SIGUSR2: RESUME");
         if (signum == SIGUSR1)
             control_pause(control, NULL); /* the servers close as their clients finish */
         else
@@ -429,6 +429,7 @@ static void worker_free(struct worker *worker)
 }
 
 static void on_reload_read(struct reload_reader *reader, struct reload_result *r);
+static const struct reload_files_ops named_files_ops;
 
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services)
@@ -453,7 +454,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     for (int i = 0; i < proc->nworkers && rc == 0; i++)
         rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
     if (rc == 0)
-        rc = reload_reader_init(&proc->reload, loop, sluice_files_usable, on_reload_read);
+        rc = reload_reader_init(&proc->reload, loop, &named_files_ops, on_reload_read);
     _Static_assert(sizeof(handled_signals) / sizeof(handled_signals[0]) == SLUICE_SIGNALS,
                    "one handle per signal");
     for (int i = 0; i < SLUICE_SIGNALS; i++) {
@@ -541,24 +542,57 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
-/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
-static bool logfile_usable(const struct config *cfg, char *err, size_t errlen)
+/* A reload's files besides the config's own, read on its reading thread (reload_reader.h)
+ * and put in force on the loop as they were read: never opened twice, so a file that blocks
+ * blocks only the reading thread, and one that changes between the two cannot be half used. */
+struct named_files {
+    struct tls_context *tls;
+    struct auth_files *auth;
+    FILE *logfile; /* NULL: cfg names none */
+};
+
+static void named_files_free(void *arg)
 {
-    if (!cfg->logfile || !cfg->logfile[0])
-        return true;
-    FILE *fp = fopen(cfg->logfile, "a");
-    if (!fp) {
-        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
-        return false;
-    }
-    fclose(fp);
-    return true;
+    struct named_files *f = arg;
+    tls_context_free(f->tls);
+    auth_files_free(f->auth);
+    if (f->logfile)
+        fclose(f->logfile);
+    free(f);
 }
+
+/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
+static void *named_files_read(const struct config *cfg, char *err, size_t errlen)
+{
+    struct named_files *f = calloc(1, sizeof(*f));
+    if (!f) {
+        snprintf(err, errlen, "out of memory reading the files the configuration names");
+        return NULL;
+    }
+    if (!(f->tls = tls_context_build(cfg, err, errlen)) ||
+        !(f->auth = auth_files_read(cfg, err, errlen))) {
+        named_files_free(f);
+        return NULL;
+    }
+    if (cfg->logfile && cfg->logfile[0] && !(f->logfile = fopen(cfg->logfile, "a"))) {
+        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
+        named_files_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static const struct reload_files_ops named_files_ops = {
+    .read = named_files_read,
+    .free = named_files_free,
+};
 
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
 {
-    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0 &&
-           logfile_usable(cfg, err, errlen);
+    void *f = named_files_read(cfg, err, errlen);
+    if (f)
+        named_files_free(f);
+    return f != NULL;
 }
 
 /* Apply what a reload's read found (reload_reader.c), on the loop: the checks and the swap
@@ -580,13 +614,19 @@ static bool apply_reloaded(struct process *proc, struct reload_result *r)
     config_diag_free(&r->diag);
     if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
         config_free(next);
+        named_files_free(r->files);
         log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");
         return false;
     }
+    struct named_files *files = r->files;
     struct config *old = swap_config(proc, next);
-    apply_logging(next);
-    auth_reload(next);
-    tls_reload(next);
+    log_configure_file(next->log_level, next->log_format == LOG_FORMAT_JSON, files->logfile);
+    files->logfile = NULL;
+    auth_reload_read(next, files->auth);
+    files->auth = NULL;
+    tls_reload_built(next, files->tls);
+    files->tls = NULL;
+    named_files_free(files);
     publish_generation(proc, old);
     log_msg(LOG_INFO, "configuration reloaded");
     return true;

@@ -107,7 +107,7 @@ struct worker {
     struct list dead_clients, dead_servers;
     uv_check_t reaper;
 
-    const struct pool_events *pool_events; /* what the pools report, to the link (link.c) */
+    const struct pool_events *pool_events;     /* what the pools report, to the link (link.c) */
     const struct server_events *server_events; /* what servers report, to the link (link.c) */
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
     const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
@@ -155,9 +155,9 @@ struct process {
     struct reload_reader reload;
     unsigned reload_asked;
     unsigned reload_reading;
-    unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
-    struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
-    struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
+    unsigned pause_seq;           /* PAUSEs sent to the workers (each reports its pools idle) */
+    struct budget_set *budgets;   /* the newest generation (budget.h), under the ledger's lock */
+    struct budget *budgets_known; /* every budget identity (budget.c), under the ledger's lock */
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
     /* The console's asks to every worker to publish its frame now (view_publish_now). */

@@ -154,8 +154,8 @@ struct admin_wait {
     int rows_pending;            /* WAIT_ROWS: workers asked that have not answered */
     enum kill_answer kill;       /* WAIT_KILL_CLIENT: the owner's answer about kill_id */
     uint64_t kill_id;
-    unsigned reload_asked;       /* WAIT_RELOAD: its number (control_reload) */
-    enum reload_answer reload;   /* WAIT_RELOAD: how it ended */
+    unsigned reload_asked;     /* WAIT_RELOAD: its number (control_reload) */
+    enum reload_answer reload; /* WAIT_RELOAD: how it ended */
     /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
      * frames there are (a worker that is closing never publishes again). */
     enum admin_show show;

@@ -32,6 +32,14 @@ int tls_check(const struct config *cfg, char *err, size_t errlen);
  * Connections keep the context they started with. Other threads may call tls_client_new and
  * tls_client_mode meanwhile: they see the old pair or the new one, never a mix or a freed one. */
 void tls_reload(const struct config *cfg);
+/* The context cfg asks for, built (its files read) off the loop by a reload (reload_reader.h)
+ * and put in force on it, so the files are read once. */
+struct tls_context;
+/* Build it, with blocking I/O, on any thread: NULL with what is wrong in err (tls_check's). */
+struct tls_context *tls_context_build(const struct config *cfg, char *err, size_t errlen);
+void tls_context_free(struct tls_context *t);
+/* tls_reload with the context already built (t is taken). */
+void tls_reload_built(const struct config *cfg, struct tls_context *t);
 /* Shutdown: drop the context. */
 void tls_free(void);
 

@@ -221,3 +221,36 @@ def test_sigterm_while_database_url_file_is_a_fifo_nobody_writes_exits_at_once(
         s.wait_for_log(r"reload: still reading its files at exit; not waiting for it")
     finally:
         release_reader(secret, url + "\n", fd)
+
+
+def test_an_auth_hba_file_fifo_is_read_once_and_its_rules_put_in_force(start_sluice, pg,
+                                                                        tmp_path):
+    """The hba rules a reload reads are the ones it puts in force: the loop does not open the
+    file a second time (a FIFO, written once, would then hold it for ever)."""
+    hba = tmp_path / "hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 trust\n")
+    s = start_sluice({"auth_type": "hba", "auth_hba_file": str(hba)})
+    assert query_served(s) == "served"
+    hba.unlink()
+    os.mkfifo(hba)
+    fd = None
+    try:
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        fd = fifo_writer_once_read(hba)
+        assert answered(lambda: query_served(s), "a client's query") == "served"
+        write_and_close(fd, "host all all 127.0.0.1/32 reject\n")
+        fd = None
+        s.wait_for_log(r"reload: auth_hba_file .*: 1 rules", timeout=20, since=mark)
+        s.wait_for_log(r"configuration reloaded", timeout=20, since=mark)
+
+        def refused():
+            try:
+                query_served(s)
+            except Exception as e:  # noqa: BLE001 - the refusal is what is checked
+                return str(e)
+            return None
+        why = answered(refused, "a login after the reload")
+        assert why is not None and "hba rule rejects the connection" in why, why
+    finally:
+        release_reader(hba, "host all all 127.0.0.1/32 trust\n", fd)
