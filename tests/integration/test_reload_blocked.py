@@ -254,3 +254,26 @@ def test_an_auth_hba_file_fifo_is_read_once_and_its_rules_put_in_force(start_slu
         assert why is not None and "hba rule rejects the connection" in why, why
     finally:
         release_reader(hba, "host all all 127.0.0.1/32 trust\n", fd)
+
+
+def test_a_cancelled_console_reload_gives_the_session_back_and_the_reload_goes_on(
+        start_sluice, pg, tmp_path):
+    s, fifo = start_with_included_databases(start_sluice, pg, tmp_path, 3)
+    fd = None
+    adm = console(s)
+    try:
+        mark = s.mark()
+        reload = Background(lambda: adm.execute("RELOAD"))
+        fd = fifo_writer_once_read(fifo)
+        adm.cancel()
+        err = reload.error(10 * timeout_scale())
+        assert err is not None and err.sqlstate == "57014", err
+        assert "The reload goes on" in (err.diag.message_hint or ""), err.diag.message_hint
+        assert pool_row(adm)["pool_size"] == 3  # the session answers; the old config is in force
+        write_and_close(fd, databases_text(pg, 5))
+        fd = None
+        s.wait_for_log(r"configuration reloaded", timeout=20, since=mark)
+        assert pool_row(adm)["pool_size"] == 5
+    finally:
+        release_reader(fifo, databases_text(pg, 3), fd)
+        adm.close()
