@@ -383,7 +383,8 @@ static void lookup_failed(const struct auth_login *l, const char *why, struct au
 }
 
 /* trust: the secret itself does not matter, only that the user is listed (PgBouncer). */
-static void trust_outcome(struct auth_state *st, const struct user_secret *s, struct auth_result *r)
+static void trust_outcome(struct auth_state *st, const struct user_secret *s,
+                          struct auth_result *r)
 {
     if (s->found) {
         proven(r);
@@ -810,13 +811,6 @@ struct auth_files *auth_files_read(const struct config *cfg, char *err, size_t e
         return NULL;
     }
     return f;
-}
-
-int auth_check(const struct config *cfg, char *err, size_t errlen)
-{
-    struct auth_files *f = auth_files_read(cfg, err, errlen);
-    auth_files_free(f);
-    return f ? 0 : -1;
 }
 
 int auth_init(const struct config *cfg)

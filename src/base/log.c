@@ -113,9 +113,8 @@ static void emit(enum log_level level, const char *who, const char *fmt, va_list
     if (atomic_load_explicit(&as_json, memory_order_relaxed)) {
         escape_controls(emsg, sizeof(emsg), msg, ESCAPE_FOR_JSON);
         escape_controls(ewho, sizeof(ewho), who ? who : "", ESCAPE_FOR_JSON);
-        snprintf(line, sizeof(line),
-                 "{\"ts\":\"%s\",\"pid\":%d,\"level\":\"%s\",\"conn\":\"%s\",\"msg\":\"%s\"}\n", ts,
-                 (int)getpid(), level_names[level], ewho, emsg);
+        snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"pid\":%d,\"level\":\"%s\",\"conn\":\"%s\",\"msg\":\"%s\"}\n",
+                 ts, (int)getpid(), level_names[level], ewho, emsg);
     } else {
         escape_controls(emsg, sizeof(emsg), msg, ESCAPE_FOR_TEXT);
         escape_controls(ewho, sizeof(ewho), who ? who : "", ESCAPE_FOR_TEXT);

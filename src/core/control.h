@@ -37,8 +37,8 @@ void control_report_pause(struct worker *worker);
  * sessions. It pauses the database (NULL: everything), not the pools of the moment: a pool made
  * later starts paused (ledger_db_set_state). */
 void control_pause(struct worker *worker, const char *db);
-/* Do the paused pools of db have no server in use or logging in any more, on this worker and on
- * every other (each reported the last PAUSE done)? Closes this worker's idle ones (a min_pool_size
+/* Do the paused pools of db have no server in use or logging in any more, on this worker and on every other
+ * (each reported the last PAUSE done)? Closes this worker's idle ones (a min_pool_size
  * connection may bring one). A pool resumed meanwhile counts as done. */
 bool control_pause_done(struct worker *worker, const char *db);
 /* RESUME: hand servers to the clients that queued (RESUME db: not while a PAUSE without a

@@ -287,8 +287,8 @@ static void on_signal(uv_signal_t *h, int signum)
                     signum == SIGUSR1 ? "SIGUSR1 (PAUSE)" : "SIGUSR2 (RESUME)");
             break;
         }
-        log_msg(LOG_INFO, "%s: every database",
-                signum == SIGUSR1 ? "SIGUSR1: PAUSE" : "SIGUSR2: RESUME");
+        log_msg(LOG_INFO, "%s: every database", signum == SIGUSR1 ? "SIGUSR1: PAUSE"
+                                                                  : "SIGUSR2: RESUME");
         if (signum == SIGUSR1)
             control_pause(control, NULL); /* the servers close as their clients finish */
         else
@@ -605,7 +605,7 @@ static bool apply_reloaded(struct process *proc, struct reload_result *r)
     if (!next) {
         for (int i = 0; i < r->diag.nerrors; i++)
             log_msg(LOG_ERROR, "reload: %s", r->diag.errors[i]);
-        if (r->files_error[0]) /* config_load was fine; a file it names is not (files_usable) */
+        if (r->files_error[0]) /* config_load was fine; a file it names is not */
             log_msg(LOG_ERROR, "reload: %s", r->files_error);
         log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
         config_diag_free(&r->diag);

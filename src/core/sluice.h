@@ -107,7 +107,7 @@ struct worker {
     struct list dead_clients, dead_servers;
     uv_check_t reaper;
 
-    const struct pool_events *pool_events;     /* what the pools report, to the link (link.c) */
+    const struct pool_events *pool_events; /* what the pools report, to the link (link.c) */
     const struct server_events *server_events; /* what servers report, to the link (link.c) */
     const struct client_events *client_events; /* what clients report, to the link (link.c) */
     const struct relay_events *relay_events;   /* what the relay reports mid-pump (link.c) */
@@ -149,15 +149,15 @@ struct process {
 
     struct ledger ledger; /* the counts every cap compares against (ledger.h) */
     unsigned reload_seq;  /* reloads applied by the control thread (the workers ack each) */
+    unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
+    struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
+    struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
     /* RELOAD and SIGHUP: their files are read off the loop, one read at a time (sluice_reload):
      * reload_asked counts the reloads asked for, reload_reading is what reload_asked was when
      * the read in flight (or the last one) began; it answers every reload up to that one. */
     struct reload_reader reload;
     unsigned reload_asked;
     unsigned reload_reading;
-    unsigned pause_seq;           /* PAUSEs sent to the workers (each reports its pools idle) */
-    struct budget_set *budgets;   /* the newest generation (budget.h), under the ledger's lock */
-    struct budget *budgets_known; /* every budget identity (budget.c), under the ledger's lock */
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
     /* The console's asks to every worker to publish its frame now (view_publish_now). */

@@ -327,13 +327,6 @@ struct tls_context *tls_context_build(const struct config *cfg, char *err, size_
     return t;
 }
 
-int tls_check(const struct config *cfg, char *err, size_t errlen)
-{
-    struct tls_context *t = tls_context_build(cfg, err, errlen);
-    tls_context_free(t);
-    return t ? 0 : -1;
-}
-
 /* ctx, mode: built from cfg; put in force (ctx is taken). */
 static void reload_built(const struct config *cfg, SSL_CTX *ctx, enum sslmode mode)
 {
