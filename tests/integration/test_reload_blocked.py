@@ -9,10 +9,14 @@ Each test proves the read is blocked without timing: it opens the FIFO's writing
 sluice's reader has opened the reading end (which an O_NONBLOCK open for writing says), and then
 writes nothing, so the reader sits in read() until the test writes."""
 
+import contextlib
 import errno
 import os
 import signal
 import time
+
+import psycopg
+import pytest
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, pick_port, render_ini, \
     timeout_scale, wait_until
@@ -198,12 +202,13 @@ def test_console_reload_of_a_fifo_that_says_nonsense_answers_with_the_config_err
         adm.close()
 
 
-def test_sigterm_while_database_url_file_is_a_fifo_nobody_writes_exits_at_once(
-        start_sluice, pg, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "console SHUTDOWN"])
+def test_shutdown_while_database_url_file_is_a_fifo_nobody_writes_exits_at_once(
+        start_sluice, pg, tmp_path, stop):
     secret = tmp_path / "database_url"
     url = f"postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{pg.port}/{APP_DB}"
     secret.write_text(url + "\n")
-    s = start_from_file(start_sluice, secret)
+    s = start_from_file(start_sluice, secret, admin_users="admin", auth_type="trust")
     assert query_served(s) == "served"
     secret.unlink()
     os.mkfifo(secret)
@@ -213,9 +218,15 @@ def test_sigterm_while_database_url_file_is_a_fifo_nobody_writes_exits_at_once(
         fd = fifo_writer_once_read(secret)
         assert answered(lambda: query_served(s), "a client's query") == "served"
         started = time.monotonic()
-        s.send_signal(signal.SIGTERM)
+        if stop == "SIGTERM":
+            s.send_signal(signal.SIGTERM)
+        else:
+            adm = console(s)
+            with contextlib.suppress(psycopg.OperationalError):  # closed as it answers
+                adm.execute("SHUTDOWN")
+            adm.close()
         code = s.wait_exit(10 * timeout_scale())
-        assert code == 0, (f"sluice did not exit within 10 s of SIGTERM while its reload was "
+        assert code == 0, (f"sluice did not exit within 10 s of {stop} while its reload was "
                            f"blocked (exit code {code})\n{s.log_tail(20)}")
         assert time.monotonic() - started < 10 * timeout_scale()
         s.wait_for_log(r"reload: still reading its files at exit; not waiting for it")
@@ -265,7 +276,7 @@ def test_a_cancelled_console_reload_gives_the_session_back_and_the_reload_goes_o
         mark = s.mark()
         reload = Background(lambda: adm.execute("RELOAD"))
         fd = fifo_writer_once_read(fifo)
-        adm.cancel()
+        answered(adm.cancel, "the console's CancelRequest")  # PQcancel waits for the close
         err = reload.error(10 * timeout_scale())
         assert err is not None and err.sqlstate == "57014", err
         assert "The reload goes on" in (err.diag.message_hint or ""), err.diag.message_hint
