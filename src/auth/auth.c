@@ -730,16 +730,11 @@ static bool slot_has_value(struct snapshot_slot *slot)
     return s != NULL;
 }
 
-static int load_hba(const struct config *cfg, const char *when)
+/* h: cfg's auth_hba_file as read (NULL when it names none) becomes the rules in force. */
+static int publish_hba(const struct config *cfg, struct hba *h, const char *when)
 {
-    if (!cfg->auth_hba_file[0])
+    if (!h)
         return snapshot_publish(&hba_rules, NULL, NULL);
-    char err[700];
-    struct hba *h = hba_load(cfg->auth_hba_file, err, sizeof(err));
-    if (!h) {
-        log_msg(LOG_ERROR, "%s%s", when, err);
-        return -1;
-    }
     int nrules = h->nrules;
     if (snapshot_publish(&hba_rules, h, destroy_hba) < 0) {
         log_msg(LOG_ERROR, "%sauth_hba_file %s: out of memory", when, cfg->auth_hba_file);
@@ -749,16 +744,10 @@ static int load_hba(const struct config *cfg, const char *when)
     return 0;
 }
 
-static int load_ident(const struct config *cfg, const char *when)
+static int publish_ident(const struct config *cfg, struct hba_ident *m, const char *when)
 {
-    if (!cfg->auth_ident_file[0])
+    if (!m)
         return snapshot_publish(&ident_maps, NULL, NULL);
-    char err[700];
-    struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, err, sizeof(err));
-    if (!m) {
-        log_msg(LOG_ERROR, "%s%s", when, err);
-        return -1;
-    }
     int nlines = hba_ident_count(m);
     if (snapshot_publish(&ident_maps, m, destroy_ident) < 0) {
         log_msg(LOG_ERROR, "%sauth_ident_file %s: out of memory", when, cfg->auth_ident_file);
@@ -768,26 +757,66 @@ static int load_ident(const struct config *cfg, const char *when)
     return 0;
 }
 
-int auth_check(const struct config *cfg, char *err, size_t errlen)
+static int load_hba(const struct config *cfg, const char *when)
 {
+    if (!cfg->auth_hba_file[0])
+        return publish_hba(cfg, NULL, when);
+    char err[700];
+    struct hba *h = hba_load(cfg->auth_hba_file, err, sizeof(err));
+    if (!h) {
+        log_msg(LOG_ERROR, "%s%s", when, err);
+        return -1;
+    }
+    return publish_hba(cfg, h, when);
+}
+
+static int load_ident(const struct config *cfg, const char *when)
+{
+    if (!cfg->auth_ident_file[0])
+        return publish_ident(cfg, NULL, when);
+    char err[700];
+    struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, err, sizeof(err));
+    if (!m) {
+        log_msg(LOG_ERROR, "%s%s", when, err);
+        return -1;
+    }
+    return publish_ident(cfg, m, when);
+}
+
+struct auth_files {
+    struct hba *hba;         /* NULL: cfg names no auth_hba_file */
+    struct hba_ident *ident; /* NULL: cfg names no auth_ident_file */
+};
+
+void auth_files_free(struct auth_files *f)
+{
+    if (!f)
+        return;
+    hba_free(f->hba);
+    hba_ident_free(f->ident);
+    free(f);
+}
+
+struct auth_files *auth_files_read(const struct config *cfg, char *err, size_t errlen)
+{
+    struct auth_files *f = calloc(1, sizeof(*f));
+    if (!f) {
+        snprintf(err, errlen, "out of memory reading auth_hba_file and auth_ident_file");
+        return NULL;
+    }
     char why[700];
-    if (cfg->auth_hba_file[0]) {
-        struct hba *h = hba_load(cfg->auth_hba_file, why, sizeof(why));
-        if (!h) {
-            snprintf(err, errlen, "%s; keeping the previous auth_hba_file rules", why);
-            return -1;
-        }
-        hba_free(h);
+    if (cfg->auth_hba_file[0] && !(f->hba = hba_load(cfg->auth_hba_file, why, sizeof(why)))) {
+        snprintf(err, errlen, "%s; keeping the previous auth_hba_file rules", why);
+        auth_files_free(f);
+        return NULL;
     }
-    if (cfg->auth_ident_file[0]) {
-        struct hba_ident *m = hba_ident_load(cfg->auth_ident_file, why, sizeof(why));
-        if (!m) {
-            snprintf(err, errlen, "%s; keeping the previous auth_ident_file maps", why);
-            return -1;
-        }
-        hba_ident_free(m);
+    if (cfg->auth_ident_file[0] &&
+        !(f->ident = hba_ident_load(cfg->auth_ident_file, why, sizeof(why)))) {
+        snprintf(err, errlen, "%s; keeping the previous auth_ident_file maps", why);
+        auth_files_free(f);
+        return NULL;
     }
-    return 0;
+    return f;
 }
 
 int auth_init(const struct config *cfg)
@@ -799,6 +828,21 @@ int auth_init(const struct config *cfg)
     if (load_hba(cfg, "") < 0)
         return -1;
     return load_ident(cfg, "");
+}
+
+void auth_reload_read(const struct config *cfg, struct auth_files *f)
+{
+    if (publish_hba(cfg, f->hba, "reload: ") < 0)
+        log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
+                slot_has_value(&hba_rules) ? "" : " (none: every hba login is rejected)");
+    f->hba = NULL; /* publish_hba owns it, published or freed */
+    if (publish_ident(cfg, f->ident, "reload: ") < 0)
+        log_msg(LOG_ERROR, "reload: keeping the previous auth_ident_file maps%s",
+                slot_has_value(&ident_maps) ? ""
+                                            : " (none: every cert login with map= is rejected)");
+    f->ident = NULL;
+    auth_files_free(f);
+    secret_reload();
 }
 
 void auth_reload(const struct config *cfg)

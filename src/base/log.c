@@ -26,16 +26,21 @@ static const char *level_names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
 
 void log_configure(enum log_level level, bool json, const char *logfile)
 {
-    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
-    atomic_store_explicit(&as_json, json, memory_order_relaxed);
     FILE *fp = NULL;
     if (logfile && logfile[0]) {
         fp = fopen(logfile, "a");
-        if (fp)
-            setvbuf(fp, NULL, _IOLBF, 0);
-        else
+        if (!fp)
             fprintf(stderr, "sluice: cannot open logfile %s\n", logfile);
     }
+    log_configure_file(level, json, fp);
+}
+
+void log_configure_file(enum log_level level, bool json, FILE *fp)
+{
+    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
+    atomic_store_explicit(&as_json, json, memory_order_relaxed);
+    if (fp)
+        setvbuf(fp, NULL, _IOLBF, 0);
     pthread_mutex_lock(&file_mu);
     FILE *old = logfile_fp;
     logfile_fp = fp;

@@ -5,12 +5,16 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "config.h" /* enum log_level: log_level is parsed with the other keys */
 
 /* Any thread may log at any time; log_configure (start, reload) may run while others log: a
  * line goes whole to the old file or the new one, never to a closed one. */
 void log_configure(enum log_level level, bool json, const char *logfile);
+/* The same with the logfile already open (NULL: none), as a reload opens it off the loop
+ * (reload_reader.h); fp is taken. */
+void log_configure_file(enum log_level level, bool json, FILE *fp);
 void log_close(void);
 bool log_enabled(enum log_level level);
 

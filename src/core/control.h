@@ -78,9 +78,10 @@ void control_kill_client_elsewhere(struct worker *owner, uint64_t id);
  * its client with this id if it is still there; false (logged) when it has left. */
 bool control_kill_client_here(struct worker *worker, uint64_t id);
 
-/* RELOAD: re-read the configuration. true when the new one is in force, false when it had
+/* RELOAD: re-read the configuration, off the loop (sluice_reload); returns the reload's number,
+ * which the services' reload_ended names when its read is over: the new config in force, or
  * errors (logged) and the previous one stays. */
-bool control_reload(struct worker *worker);
+unsigned control_reload(struct worker *worker);
 /* Has every worker applied it (sluice_reload_done)? The console answers RELOAD then. */
 bool control_reload_done(const struct worker *worker);
 /* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */

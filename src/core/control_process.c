@@ -13,11 +13,9 @@
 #include "tls.h"
 #include "worker.h"
 
-bool control_reload(struct worker *worker)
+unsigned control_reload(struct worker *worker)
 {
-    const struct config *before = worker->cfg;
-    sluice_reload(worker->proc);
-    return worker->cfg != before; /* sluice_reload swaps in a new config only when it is valid */
+    return sluice_reload(worker->proc);
 }
 
 bool control_reload_done(const struct worker *worker)

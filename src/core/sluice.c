@@ -168,6 +168,7 @@ static void finish_if_done(struct process *proc)
         worker_post_finish(&proc->workers[i]);
     for (int i = 0; i < SLUICE_SIGNALS; i++)
         uv_close((uv_handle_t *)&proc->signals[i], NULL);
+    reload_reader_close(&proc->reload); /* a read stuck in read() is left behind, not waited */
 }
 
 static void log_pool_stats(const struct view_pool *v, void *ctx)
@@ -427,6 +428,9 @@ static void worker_free(struct worker *worker)
         config_release(worker->cfg);
 }
 
+static void on_reload_read(struct reload_reader *reader, struct reload_result *r);
+static const struct reload_files_ops named_files_ops;
+
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services)
 {
@@ -449,6 +453,8 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     int rc = 0;
     for (int i = 0; i < proc->nworkers && rc == 0; i++)
         rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
+    if (rc == 0)
+        rc = reload_reader_init(&proc->reload, loop, &named_files_ops, on_reload_read);
     _Static_assert(sizeof(handled_signals) / sizeof(handled_signals[0]) == SLUICE_SIGNALS,
                    "one handle per signal");
     for (int i = 0; i < SLUICE_SIGNALS; i++) {
@@ -536,59 +542,138 @@ static void report_restart_key(const char *key, const char *running, const char 
             wanted, running);
 }
 
-/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
-static bool logfile_usable(const struct config *cfg, char *err, size_t errlen)
+/* A reload's files besides the config's own, read on its reading thread (reload_reader.h)
+ * and put in force on the loop as they were read: never opened twice, so a file that blocks
+ * blocks only the reading thread, and one that changes between the two cannot be half used. */
+struct named_files {
+    struct tls_context *tls;
+    struct auth_files *auth;
+    FILE *logfile; /* NULL: cfg names none */
+};
+
+static void named_files_free(void *arg)
 {
-    if (!cfg->logfile || !cfg->logfile[0])
-        return true;
-    FILE *fp = fopen(cfg->logfile, "a");
-    if (!fp) {
-        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
-        return false;
-    }
-    fclose(fp);
-    return true;
+    struct named_files *f = arg;
+    tls_context_free(f->tls);
+    auth_files_free(f->auth);
+    if (f->logfile)
+        fclose(f->logfile);
+    free(f);
 }
+
+/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
+static void *named_files_read(const struct config *cfg, char *err, size_t errlen)
+{
+    struct named_files *f = calloc(1, sizeof(*f));
+    if (!f) {
+        snprintf(err, errlen, "out of memory reading the files the configuration names");
+        return NULL;
+    }
+    if (!(f->tls = tls_context_build(cfg, err, errlen)) ||
+        !(f->auth = auth_files_read(cfg, err, errlen))) {
+        named_files_free(f);
+        return NULL;
+    }
+    if (cfg->logfile && cfg->logfile[0] && !(f->logfile = fopen(cfg->logfile, "a"))) {
+        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
+        named_files_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static const struct reload_files_ops named_files_ops = {
+    .read = named_files_read,
+    .free = named_files_free,
+};
 
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
 {
-    return tls_check(cfg, err, errlen) == 0 && auth_check(cfg, err, errlen) == 0 &&
-           logfile_usable(cfg, err, errlen);
+    void *f = named_files_read(cfg, err, errlen);
+    if (f)
+        named_files_free(f);
+    return f != NULL;
 }
 
-void sluice_reload(struct process *proc)
+/* Apply what a reload's read found (reload_reader.c), on the loop: the checks and the swap
+ * that need the running config. true when next is now the process's config. */
+static bool apply_reloaded(struct process *proc, struct reload_result *r)
 {
-    struct config_diag diag = {0};
-    const char *path = proc->cfg->path;
-    struct config *next = config_load(path, environ, &diag);
-    for (int i = 0; i < diag.nwarnings; i++)
-        log_msg(LOG_WARNING, "reload: %s", diag.warnings[i]);
+    struct config *next = r->next;
+    for (int i = 0; i < r->diag.nwarnings; i++)
+        log_msg(LOG_WARNING, "reload: %s", r->diag.warnings[i]);
     if (!next) {
-        for (int i = 0; i < diag.nerrors; i++)
-            log_msg(LOG_ERROR, "reload: %s", diag.errors[i]);
+        for (int i = 0; i < r->diag.nerrors; i++)
+            log_msg(LOG_ERROR, "reload: %s", r->diag.errors[i]);
+        if (r->files_error[0]) /* config_load was fine; a file it names is not */
+            log_msg(LOG_ERROR, "reload: %s", r->files_error);
         log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
-        config_diag_free(&diag);
-        return;
+        config_diag_free(&r->diag);
+        return false;
     }
-    config_diag_free(&diag);
-    char why[1024];
-    if (!sluice_files_usable(next, why, sizeof(why))) {
-        log_msg(LOG_ERROR, "reload: %s", why);
-        log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
-        config_free(next);
-        return;
-    }
+    config_diag_free(&r->diag);
     if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
         config_free(next);
+        named_files_free(r->files);
         log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");
-        return;
+        return false;
     }
+    struct named_files *files = r->files;
     struct config *old = swap_config(proc, next);
-    apply_logging(next);
-    auth_reload(next);
-    tls_reload(next);
+    log_configure_file(next->log_level, next->log_format == LOG_FORMAT_JSON, files->logfile);
+    files->logfile = NULL;
+    auth_reload_read(next, files->auth);
+    files->auth = NULL;
+    tls_reload_built(next, files->tls);
+    files->tls = NULL;
+    named_files_free(files);
     publish_generation(proc, old);
     log_msg(LOG_INFO, "configuration reloaded");
+    return true;
+}
+
+static void start_reading(struct process *proc)
+{
+    proc->reload_reading = proc->reload_asked;
+    const char *path = proc->cfg->path;
+    log_msg(LOG_INFO, "reload: reading %s%s", path ? path : "the environment",
+            path ? " and the files it names" : "");
+    reload_reader_start(&proc->reload, path, environ);
+}
+
+static void on_reload_read(struct reload_reader *reader, struct reload_result *r)
+{
+    struct process *proc = container_of(reader, struct process, reload);
+    unsigned answered = proc->reload_reading;
+    bool applied = apply_reloaded(proc, r);
+    for (int i = 0; i < proc->services_started; i++) {
+        if (proc->services[i]->reload_ended)
+            proc->services[i]->reload_ended(proc, answered, applied);
+    }
+    /* Asked for while this one read: one more read, of the files as they are now. */
+    if (proc->reload_asked != answered)
+        start_reading(proc);
+}
+
+unsigned sluice_reload(struct process *proc)
+{
+    unsigned asked = ++proc->reload_asked;
+    if (!proc->reload.open) {
+        log_msg(LOG_WARNING, "reload ignored: sluice is exiting");
+        return asked;
+    }
+    if (reload_reader_busy(&proc->reload)) {
+        log_msg(LOG_INFO, "reload: the previous reload is still reading its files; one more "
+                          "read follows it");
+        return asked;
+    }
+    start_reading(proc);
+    return asked;
+}
+
+bool sluice_reload_reading(const struct process *proc)
+{
+    return reload_reader_busy(&proc->reload) || proc->reload_asked != proc->reload_reading;
 }
 
 void sluice_apply_generation(struct process *proc, struct config *next)

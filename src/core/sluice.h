@@ -21,6 +21,7 @@
 #include "list.h"
 #include "login_notice.h"
 #include "mailbox.h"
+#include "reload_reader.h"
 
 enum sluice_phase {
     PHASE_RUNNING,
@@ -56,6 +57,10 @@ struct sluice_service {
     void (*stop)(struct process *proc);
     /* The loop has ended: free what is left (every service whose start was called). */
     void (*free)(struct process *proc);
+    /* A reload's read ended: every reload asked for up to asked_upto (sluice_reload's numbers)
+     * is answered by it; applied when its config is now the process's (the workers swap to it
+     * next: sluice_reload_done), false when it had errors (logged) and the old one stays. */
+    void (*reload_ended)(struct process *proc, unsigned asked_upto, bool applied);
 };
 
 /* What one event loop serves. Only its own thread touches it (today: the process's thread). */
@@ -147,6 +152,12 @@ struct process {
     unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
     struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
+    /* RELOAD and SIGHUP: their files are read off the loop, one read at a time (sluice_reload):
+     * reload_asked counts the reloads asked for, reload_reading is what reload_asked was when
+     * the read in flight (or the last one) began; it answers every reload up to that one. */
+    struct reload_reader reload;
+    unsigned reload_asked;
+    unsigned reload_reading;
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
     /* The console's asks to every worker to publish its frame now (view_publish_now). */
@@ -179,9 +190,15 @@ extern const struct worker_handlers sluice_worker_handlers;
  * (a NULL-terminated list, or NULL for none). 0 or negative UV_E*. */
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services) __attribute__((warn_unused_result));
-/* Re-read the config file and environment; keep the old config when the new one is invalid,
- * or names a client certificate or auth_hba_file/auth_ident_file that cannot be used. */
-void sluice_reload(struct process *proc);
+/* Ask for a reload: re-read the config file and environment, and keep the old config when the
+ * new one is invalid, or names a client certificate or auth_hba_file/auth_ident_file that cannot
+ * be used. The files are read on a thread of their own (reload_reader.h), so this returns at
+ * once; the finished config is applied on the loop later, and the services hear of it
+ * (reload_ended). A reload asked for while one reads waits for it, then one more read answers
+ * every reload asked for meanwhile. Returns the reload's number for reload_ended. */
+unsigned sluice_reload(struct process *proc);
+/* Is a reload's read in flight, or one asked for not yet begun? */
+bool sluice_reload_reading(const struct process *proc);
 /* Can cfg's files that a reload puts in force at once (client TLS certificate, key and CA,
  * auth_hba_file, auth_ident_file, logfile) be used? false with what is wrong in err. */
 bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen);

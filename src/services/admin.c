@@ -127,9 +127,16 @@ enum wait_kind {
     WAIT_OUTPUT,        /* the client has read most of its pending output */
     WAIT_ROWS,          /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
     WAIT_FRAMES,        /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
-    WAIT_RELOAD,        /* every worker applied the new config (control_reload_done) */
+    WAIT_RELOAD,        /* its reload's read ended, and every worker applied the new config */
     WAIT_SET,           /* the same for SET's generation: answered with SET's tag */
     WAIT_KILL_CLIENT,   /* another worker's KILL_CLIENT: its owner says whether it was there */
+};
+
+/* How a RELOAD's reload ended (reload_ended), WAIT_RELOAD. */
+enum reload_answer {
+    RELOAD_READING, /* its files are still being read */
+    RELOAD_APPLIED, /* the new config is the process's: answered once every worker has it */
+    RELOAD_INVALID, /* errors (logged); the previous config stays */
 };
 
 /* What the owner of a KILL_CLIENT's id said (WAIT_KILL_CLIENT). */
@@ -147,6 +154,8 @@ struct admin_wait {
     int rows_pending;            /* WAIT_ROWS: workers asked that have not answered */
     enum kill_answer kill;       /* WAIT_KILL_CLIENT: the owner's answer about kill_id */
     uint64_t kill_id;
+    unsigned reload_asked;     /* WAIT_RELOAD: its number (control_reload) */
+    enum reload_answer reload; /* WAIT_RELOAD: how it ended */
     /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
      * frames there are (a worker that is closing never publishes again). */
     enum admin_show show;
@@ -202,6 +211,8 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
     case WAIT_FRAMES:
         return view_frames_answered(worker, w->publish_ask) || sluice_now(worker) >= w->deadline_ms;
     case WAIT_RELOAD:
+        return w->reload == RELOAD_INVALID ||
+               (w->reload == RELOAD_APPLIED && control_reload_done(worker));
     case WAIT_SET:
         return control_reload_done(worker);
     case WAIT_KILL_CLIENT:
@@ -394,16 +405,35 @@ static enum outcome run_kill_client(struct client *c, const struct admin_command
     return OUT_DONE;
 }
 
+/* RELOAD is answered when its reload's read has ended (its files may block: a FIFO nobody
+ * writes; the console's other sessions and every client are served meanwhile, the log warns
+ * every few seconds, and a cancel ends this wait, not the read) and, when the new config is in
+ * force, once every worker applied it. */
 static enum outcome run_reload(struct client *c)
 {
     log_client(LOG_INFO, c, "admin: RELOAD");
-    if (!control_reload(c->worker)) {
-        put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
-                  "the configuration has errors; the previous one stays in force");
-        return OUT_ERROR;
+    unsigned asked = control_reload(c->worker);
+    if (!add_wait(c, WAIT_RELOAD, NULL)) {
+        client_fail(c, FAIL_OUT_OF_MEMORY, ""); /* its answer would find no wait */
+        return OUT_CLOSED;
     }
-    return control_reload_done(c->worker) || !add_wait(c, WAIT_RELOAD, NULL) ? OUT_DONE
-                                                                             : OUT_WAITING;
+    find_wait(c->worker, c->id)->reload_asked = asked;
+    return OUT_WAITING;
+}
+
+/* A reload's read ended (the core's reload_ended): the RELOADs it answers are told how. */
+static void reload_ended(struct process *proc, unsigned asked_upto, bool applied)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&proc->admin_waits, n, tmp)
+    {
+        struct admin_wait *w = container_of(n, struct admin_wait, node);
+        /* unsigned difference: numbers wrap */
+        if (w->kind == WAIT_RELOAD && w->reload == RELOAD_READING &&
+            (int)(asked_upto - w->reload_asked) >= 0)
+            w->reload = applied ? RELOAD_APPLIED : RELOAD_INVALID;
+    }
+    settle_waits(proc);
 }
 
 /* SHUTDOWN: at once; WAIT_FOR_SERVERS: sluice's graceful shutdown (SIGINT), which is PgBouncer's
@@ -775,6 +805,7 @@ static void settle_waits(struct process *proc)
         struct admin_command paused = w->target;
         enum kill_answer kill = w->kill;
         uint64_t kill_id = w->kill_id;
+        enum reload_answer reload = w->reload;
         free(w);
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
@@ -788,6 +819,10 @@ static void settle_waits(struct process *proc)
                       "PAUSE %s was ended by a RESUME before its servers were released: not "
                       "paused",
                       target_text(&paused));
+            codec_put_ready(&c->out, 'I');
+        } else if (kind == WAIT_RELOAD && reload == RELOAD_INVALID) {
+            put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
+                      "the configuration has errors; the previous one stays in force");
             codec_put_ready(&c->out, 'I');
         } else if (kind == WAIT_KILL_CLIENT && kill == KILL_NO_CLIENT) {
             put_no_client(c, kill_id);
@@ -821,10 +856,13 @@ static void cancel_wait(struct client *c)
     if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || w->kind == WAIT_FRAMES ||
         w->kind == WAIT_KILL_CLIENT || c->state != CLIENT_IDLE)
         return;
+    bool reload = w->kind == WAIT_RELOAD;
     list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);
     log_client(LOG_INFO, c, "admin: waiting command cancelled");
-    put_error(c, SQLSTATE_QUERY_CANCELED, "A PAUSE stays in force until RESUME.",
+    put_error(c, SQLSTATE_QUERY_CANCELED,
+              reload ? "The reload goes on: sluice's log says how it ends."
+                     : "A PAUSE stays in force until RESUME.",
               "canceling statement due to user request");
     codec_put_ready(&c->out, 'I');
     if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
@@ -879,4 +917,5 @@ const struct sluice_service admin_service = {
     .start = start,
     .tick = tick,
     .free = free_waits,
+    .reload_ended = reload_ended,
 };

@@ -294,20 +294,49 @@ int tls_init(const struct config *cfg)
     return 0;
 }
 
-int tls_check(const struct config *cfg, char *err, size_t errlen)
+struct tls_context {
+    SSL_CTX *ctx; /* NULL when client TLS is off */
+    enum sslmode mode;
+};
+
+void tls_context_free(struct tls_context *t)
+{
+    if (!t)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t);
+}
+
+struct tls_context *tls_context_build(const struct config *cfg, char *err, size_t errlen)
 {
     char why[1024];
     enum sslmode mode = SSLMODE_DISABLE;
     SSL_CTX *ctx = build(cfg, &mode, why, sizeof(why));
-    if (ctx) {
-        SSL_CTX_free(ctx);
-        return 0;
+    if (!ctx && (mode != SSLMODE_DISABLE || why[0])) {
+        snprintf(err, errlen, "client TLS: %s; keeping the previous TLS settings (%s)", why,
+                 sslmode_name(tls_client_mode()));
+        return NULL;
     }
-    if (mode == SSLMODE_DISABLE && !why[0])
-        return 0;
-    snprintf(err, errlen, "client TLS: %s; keeping the previous TLS settings (%s)", why,
-             sslmode_name(tls_client_mode()));
-    return -1;
+    struct tls_context *t = malloc(sizeof(*t));
+    if (!t) {
+        SSL_CTX_free(ctx);
+        snprintf(err, errlen, "client TLS: out of memory; keeping the previous TLS settings");
+        return NULL;
+    }
+    *t = (struct tls_context){.ctx = ctx, .mode = mode};
+    return t;
+}
+
+/* ctx, mode: built from cfg; put in force (ctx is taken). */
+static void reload_built(const struct config *cfg, SSL_CTX *ctx, enum sslmode mode)
+{
+    if (publish(ctx, mode) < 0) {
+        log_msg(LOG_ERROR, "reload: client TLS: out of memory; keeping the previous TLS settings");
+        return;
+    }
+    if (ctx)
+        log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
+                cfg->client_tls_cert_file);
 }
 
 void tls_reload(const struct config *cfg)
@@ -320,13 +349,14 @@ void tls_reload(const struct config *cfg)
                 sslmode_name(tls_client_mode()));
         return;
     }
-    if (publish(ctx, mode) < 0) {
-        log_msg(LOG_ERROR, "reload: client TLS: out of memory; keeping the previous TLS settings");
-        return;
-    }
-    if (ctx)
-        log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
-                cfg->client_tls_cert_file);
+    reload_built(cfg, ctx, mode);
+}
+
+void tls_reload_built(const struct config *cfg, struct tls_context *t)
+{
+    reload_built(cfg, t->ctx, t->mode);
+    t->ctx = NULL;
+    tls_context_free(t);
 }
 
 void tls_free(void)

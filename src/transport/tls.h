@@ -24,14 +24,21 @@ struct config;
 /* Build the context from cfg. At start: 0, or -1 after logging what is wrong (sluice
  * refuses to start). */
 int tls_init(const struct config *cfg) __attribute__((warn_unused_result));
-/* Could cfg's client TLS settings be put in force (certificate and key readable and a pair, CA
- * file readable)? Builds a context and drops it. 0, or -1 with what is wrong in err: a reload or
- * SET that fails it is refused whole, so that SHOW CONFIG never names settings not in force. */
-int tls_check(const struct config *cfg, char *err, size_t errlen);
 /* After a reload: build a new context; on failure log it and keep the old one (and its mode).
  * Connections keep the context they started with. Other threads may call tls_client_new and
  * tls_client_mode meanwhile: they see the old pair or the new one, never a mix or a freed one. */
 void tls_reload(const struct config *cfg);
+/* The context cfg asks for, built (its files read) off the loop by a reload (reload_reader.h)
+ * and put in force on it, so the files are read once. */
+struct tls_context;
+/* Build it, with blocking I/O, on any thread: could cfg's client TLS settings be put in force
+ * (certificate and key readable and a pair, CA file readable)? NULL with what is wrong in err:
+ * a reload or SET that fails it is refused whole, so that SHOW CONFIG never names settings not
+ * in force. */
+struct tls_context *tls_context_build(const struct config *cfg, char *err, size_t errlen);
+void tls_context_free(struct tls_context *t);
+/* tls_reload with the context already built (t is taken). */
+void tls_reload_built(const struct config *cfg, struct tls_context *t);
 /* Shutdown: drop the context. */
 void tls_free(void);
 

@@ -104,8 +104,9 @@ static void on_tick(uv_timer_t *t)
         sluice_reload(proc);
         r->reloaded = true;
     }
-    /* RELOAD completes once worker 1 applied it on its thread (its acknowledgement) */
-    r->reload_acked = sluice_reload_done(proc);
+    /* RELOAD completes once its files were read (off the loop) and worker 1 applied it on its
+     * thread (its acknowledgement) */
+    r->reload_acked = !sluice_reload_reading(proc) && sluice_reload_done(proc);
     if (r->reload_acked) /* what it applied is the process's newest config and budget set */
         CHECK(proc->workers[1].cfg == proc->cfg && proc->workers[1].budgets == proc->budgets);
     if (!r->reload_acked && ++r->ticks < 1000)
