@@ -754,7 +754,12 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     size_t at, span;
-    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
+    /* A Query's DEALLOCATE after other statements is followed too (an unnamed Parse holds one
+     * statement): as the first would be, at its place in the text. */
+    size_t from = text_at == 0 ? prepared_later_drop_at(sql, len) : 0;
+    enum sql_dealloc kind =
+        prepared_classify_query_at(sql + from, name_buf, sizeof(name_buf), &at, &span);
+    at += from;
     size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;

@@ -363,6 +363,25 @@ def deallocate_by_parse_drops_the_statement_of_that_name_at_its_execute(c):
             batch(c, run_p + sync_msg()), q(c, "ROLLBACK"), bind_run(c, "a")]
 
 
+def deallocate_after_other_statements_in_one_query(c):
+    """A DEALLOCATE after another statement in the same Query: sluice looked at the first
+    statement only, so the backend got the client's name, answered 26000 (the statements before
+    it rolled back with it), and the client kept a; Postgres drops it."""
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 2") + sync_msg()),
+            q(c, "SELECT ';' AS x /* ; */; -- ;\n DEALLOCATE PREPARE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 3") + sync_msg()),
+            # an error before it skips it: a stays
+            q(c, "SELECT 1/0; DEALLOCATE a"), bind_run(c, "a"),
+            q(c, "BEGIN"), q(c, "SELECT 1; DEALLOCATE a; SELECT 2"), q(c, "ROLLBACK"),
+            bind_run(c, "a"), batch(c, parse_msg("a", "SELECT 4") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE ALL"), bind_run(c, "a"),
+            # a name the client does not hold is the backend's own
+            q(c, "SELECT 1; DEALLOCATE b"), q(c, "PREPARE b AS SELECT 5; DEALLOCATE b"),
+            q(c, "EXECUTE b")]
+
+
 def sql_names_longer_than_their_key_get_the_notice(c):
     """Postgres truncates a SQL name longer than 63 bytes with a NOTICE (42622 identifier ...
     will be truncated to ...). sluice wrote its own name in place of the client's statement's,
@@ -409,6 +428,7 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              drops_sent_by_parse_run_at_their_execute,
              deallocate_sent_by_parse_with_parameter_types,
              deallocate_by_parse_drops_the_statement_of_that_name_at_its_execute,
+             deallocate_after_other_statements_in_one_query,
              sql_names_longer_than_their_key_get_the_notice,
              texts_whose_parse_raises_a_notice]
 
