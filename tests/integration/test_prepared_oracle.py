@@ -377,6 +377,11 @@ def deallocate_after_other_statements_in_one_query(c):
             q(c, "BEGIN"), q(c, "SELECT 1; DEALLOCATE a; SELECT 2"), q(c, "ROLLBACK"),
             bind_run(c, "a"), batch(c, parse_msg("a", "SELECT 4") + sync_msg()),
             q(c, "SELECT 1; DEALLOCATE ALL"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 6") + sync_msg()),
+            q(c, "BEGIN; DEALLOCATE a; COMMIT"), bind_run(c, "a"),
+            # the second is not followed: it fails, and the first stays done, as on Postgres
+            batch(c, parse_msg("a", "SELECT 7") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE a; DEALLOCATE a"), bind_run(c, "a"),
             # a name the client does not hold is the backend's own
             q(c, "SELECT 1; DEALLOCATE b"), q(c, "PREPARE b AS SELECT 5; DEALLOCATE b"),
             q(c, "EXECUTE b")]
