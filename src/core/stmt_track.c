@@ -694,7 +694,7 @@ static void name_with_rest(struct sql_name_written *w, const struct stmt_server_
  * drops the client's statement only when its text names it by sluice's name (a Query's or
  * unnamed Parse's, renamed); any other name is the backend's own. */
 static enum track_result apply_drop(struct client *c, struct server *s, const struct stmt_drop *d,
-                                    struct client_failure *fail)
+                                    bool names_current, struct client_failure *fail)
 {
     struct stmt_entry *dropped_one;
     struct stmt_map *dropped_all;
@@ -709,7 +709,10 @@ static enum track_result apply_drop(struct client *c, struct server *s, const st
             stmt_names_for_server(&sn, dropped_one->def,
                                   strlen(d->name) >= STMT_KEY_MAX ? STMT_NAME_CUT
                                                                   : STMT_NAME_WHOLE);
-        if (dropped_one && (!dropped_one->def || strcmp(sn.name, d->server_name) != 0))
+        /* names_current: the server was made to hold the text's name exactly when the client
+         * holds the statement now (target_at_execute), so it is the client's current one */
+        if (dropped_one &&
+            (!dropped_one->def || (!names_current && strcmp(sn.name, d->server_name) != 0)))
             dropped_one = NULL;
         if ((dropped_one || stmt_map_get(&s->sql_prepared, d->name)) &&
             queued(stmt_queue_push_client_drop(&s->reqs, d->name,
@@ -751,7 +754,12 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     size_t at, span;
-    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
+    /* A Query's DEALLOCATE after other statements is followed too (an unnamed Parse holds one
+     * statement): as the first would be, at its place in the text. */
+    size_t from = text_at == 0 ? prepared_later_drop_at(sql, len) : 0;
+    enum sql_dealloc kind =
+        prepared_classify_query_at(sql + from, name_buf, sizeof(name_buf), &at, &span);
+    at += from;
     size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
@@ -800,7 +808,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         snprintf(drop.server_name, sizeof(drop.server_name), "%.63s", mine ? sn.name : name_buf);
         /* A Query runs it now; an unnamed Parse's text runs at each Execute of a portal bound
          * from it (note_portal_drop); a named Parse's is its definition's (stmt_def.drops). */
-        if (text_at == 0 && apply_drop(c, s, &drop, fail) != TRACK_PASS)
+        if (text_at == 0 && apply_drop(c, s, &drop, false, fail) != TRACK_PASS)
             return TRACK_FAILED;
         if (text_at == 1)
             s->unnamed_drop = drop;
@@ -1134,13 +1142,51 @@ static enum track_result note_portal_drop(struct client *c, struct server *s, co
     }
     struct portal_drop *p = portal_drop_of(s, portal);
     if (!p && s->portal_drops_count == SERVER_PORTAL_DROPS_MAX)
-        return apply_drop(c, s, &d, fail);
+        return apply_drop(c, s, &d, false, fail);
     if (!p) {
         p = &s->portal_drops[s->portal_drops_count++];
         snprintf(p->portal, sizeof(p->portal), "%s", portal);
     }
     p->drop = d;
     return TRACK_PASS;
+}
+
+/* The Execute of a portal bound from DEALLOCATE a. Postgres looks a up there, at the Execute:
+ * it drops the a the client holds then, and fails with 26000 when it holds none. The text the
+ * server runs was fixed earlier and names a by d->server_name: sluice's name for the a the client
+ * held at the unnamed Parse (or at the named statement's Bind, bind_deallocate_renamed), or the
+ * client's own name when it held none then. A client may have closed a, or prepared it again
+ * with another text (another server name), since. Rather than change the bound text, sluice
+ * makes the server's answer the one Postgres gives for the client's a of now: when the client
+ * holds a, the server gets something under the text's name (ensure_named: the a of the text's
+ * time, or a stand-in), the DEALLOCATE succeeds, and apply_drop drops the client's current a;
+ * when it holds none, sluice's name of the text is closed on the server first, and the
+ * DEALLOCATE fails with 26000 as on Postgres. A stand-in under the client's own name (a raw
+ * name, the backend's namespace of SQL PREPARE) that a skipped Execute would leave there marks
+ * the session unknown: its full reset clears it before anyone else gets the backend. */
+static enum track_result run_portal_drop(struct client *c, struct server *s,
+                                         const struct stmt_drop *d, struct client_failure *fail)
+{
+    /* In a failed transaction the server refuses the DEALLOCATE (25P02) and sluice's Parse as
+     * well; a name the client prepared by SQL is the backend's own, which it drops as is. */
+    if (d->kind != SQL_DEALLOCATE || !d->name[0] || s->txn_status == 'E' ||
+        stmt_map_get(&s->sql_prepared, d->server_name) ||
+        c->worker->cfg->max_prepared_statements == 0)
+        return apply_drop(c, s, d, false, fail);
+    struct stmt_def *current = client_def(c, d->name);
+    enum track_result r = TRACK_PASS;
+    if (!current) {
+        r = hide_others_statement(c, s, d->server_name);
+        return r == TRACK_PASS ? apply_drop(c, s, d, false, fail) : r;
+    }
+    bool servers_name = stmt_names_is_servers(d->server_name);
+    const struct stmt_entry *held = stmt_map_get(&s->stmts, d->server_name);
+    if (!servers_name || !held || !held->def) {
+        r = ensure_named(c, s, current, d->server_name, fail);
+        if (r == TRACK_PASS && !servers_name)
+            s->session = SERVER_SESSION_UNKNOWN;
+    }
+    return r == TRACK_PASS ? apply_drop(c, s, d, true, fail) : r;
 }
 
 /* A portal name's key (Postgres keys portals by their first NAMEDATALEN - 1 bytes too), when
@@ -1500,7 +1546,7 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         if (!portal_key(body, shown, portal))
             return avail_body < len ? TRACK_WAIT : TRACK_PASS;
         struct portal_drop *p = portal_drop_of(s, portal);
-        return p ? apply_drop(c, s, &p->drop, fail) : TRACK_PASS;
+        return p ? run_portal_drop(c, s, &p->drop, fail) : TRACK_PASS;
     }
     case 'Q':
     case 'F': {

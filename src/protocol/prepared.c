@@ -1258,3 +1258,31 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
     }
     return kind;
 }
+
+size_t prepared_later_drop_at(const char *sql, size_t len)
+{
+    char name[256];
+    if (prepared_classify_query(sql, name, sizeof(name)) != SQL_OTHER)
+        return 0; /* the first statement is the one followed */
+    size_t i = 0;
+    while (i < len && sql[i]) {
+        bool ended;
+        unsigned doubts = 0;
+        size_t past = sql_skip_lexeme(sql, i, len, SQL_READ_STANDARD, &ended, &doubts);
+        if (past != i) {
+            /* a literal another reading ends elsewhere could hide a ';' or show one */
+            if (!ended || doubts)
+                return 0;
+            i = past;
+            continue;
+        }
+        if (sql[i++] != ';')
+            continue;
+        if (!memchr(sql + i, '\0', len - i))
+            return 0;
+        enum sql_dealloc kind = prepared_classify_query(sql + i, name, sizeof(name));
+        if (kind == SQL_DEALLOCATE || kind == SQL_DEALLOCATE_ALL || kind == SQL_DISCARD_ALL)
+            return i;
+    }
+    return 0;
+}

@@ -520,5 +520,11 @@ struct stmt_drop {
 /* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
 enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
                                             size_t *at, size_t *span);
+/* A Query of several statements whose first is none prepared_classify_query follows: where its
+ * first DEALLOCATE, DEALLOCATE ALL or DISCARD ALL starts (SELECT 1; DEALLOCATE a), to be followed
+ * as that statement (sql: len bytes, a NUL among them). 0: none, or the text holds a literal whose
+ * end depends on how its backslashes read (the statement split could be wrong). One statement
+ * per Query is followed: an EXECUTE after another, or a second DEALLOCATE, is not. */
+size_t prepared_later_drop_at(const char *sql, size_t len);
 
 #endif

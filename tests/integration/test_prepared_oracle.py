@@ -317,6 +317,76 @@ def deallocate_sent_by_parse_with_parameter_types(c):
             batch(c, bind_msg("", "d") + execute_msg() + sync_msg()), bind_run(c, "a")]
 
 
+def deallocate_by_parse_drops_the_statement_of_that_name_at_its_execute(c):
+    """Postgres looks up the statement a DEALLOCATE a sent by Parse drops at its Execute.
+    sluice fixed it earlier: at the Bind of a named statement, at the Parse of the unnamed one
+    (whose text got sluice's name for the a of then). A client that closed a and prepared it
+    again with another text before the Execute got 26000 (inside BEGIN its COMMIT became
+    ROLLBACK) and kept the new a, which a later Bind ran; one that closed a and did not prepare
+    it again had its DEALLOCATE succeed; one that sent the DEALLOCATE before it prepared a got
+    26000 and kept a."""
+    run_p = message(b"E", b"p\0" + struct.pack("!i", 0))
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            # unnamed: prepared again with another text between the Parse and the Execute
+            batch(c, parse_msg("", "DEALLOCATE a") + close_msg("S", "a")
+                  + parse_msg("a", "SELECT 2") + bind_msg("", "") + execute_msg() + sync_msg()),
+            bind_run(c, "a"),
+            # the same inside BEGIN, over several batches
+            q(c, "BEGIN"), batch(c, parse_msg("a", "SELECT 3") + sync_msg()),
+            batch(c, parse_msg("", "DEALLOCATE a") + sync_msg()),
+            batch(c, close_msg("S", "a") + parse_msg("a", "SELECT 4") + sync_msg()),
+            batch(c, bind_msg("", "") + execute_msg() + sync_msg()), q(c, "COMMIT"),
+            bind_run(c, "a"),
+            # a named portal bound from a named statement
+            batch(c, parse_msg("a", "SELECT 5") + parse_msg("d", "DEALLOCATE a") + sync_msg()),
+            q(c, "BEGIN"), batch(c, bind_msg("p", "d") + sync_msg()),
+            batch(c, close_msg("S", "a") + parse_msg("a", "SELECT 6") + sync_msg()),
+            batch(c, run_p + sync_msg()), q(c, "COMMIT"), bind_run(c, "a"),
+            # sent before a exists
+            batch(c, parse_msg("", "DEALLOCATE a") + parse_msg("a", "SELECT 7")
+                  + bind_msg("", "") + execute_msg() + sync_msg()), bind_run(c, "a"),
+            q(c, "BEGIN"), batch(c, parse_msg("", "DEALLOCATE a") + sync_msg()),
+            batch(c, parse_msg("a", "SELECT 8") + sync_msg()),
+            batch(c, bind_msg("", "") + execute_msg() + sync_msg()), q(c, "COMMIT"),
+            bind_run(c, "a"),
+            # named, bound before a exists
+            q(c, "BEGIN"), batch(c, bind_msg("p", "d") + sync_msg()),
+            batch(c, parse_msg("a", "SELECT 9") + sync_msg()),
+            batch(c, run_p + sync_msg()), q(c, "COMMIT"), bind_run(c, "a"),
+            # closed and not prepared again: 26000
+            batch(c, parse_msg("a", "SELECT 10") + sync_msg()),
+            batch(c, parse_msg("", "DEALLOCATE a") + close_msg("S", "a") + bind_msg("", "")
+                  + execute_msg() + sync_msg()),
+            q(c, "BEGIN"), batch(c, parse_msg("a", "SELECT 11") + sync_msg()),
+            batch(c, bind_msg("p", "d") + sync_msg()),
+            batch(c, close_msg("S", "a") + sync_msg()),
+            batch(c, run_p + sync_msg()), q(c, "ROLLBACK"), bind_run(c, "a")]
+
+
+def deallocate_after_other_statements_in_one_query(c):
+    """A DEALLOCATE after another statement in the same Query: sluice looked at the first
+    statement only, so the backend got the client's name, answered 26000 (the statements before
+    it rolled back with it), and the client kept a; Postgres drops it."""
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 2") + sync_msg()),
+            q(c, "SELECT ';' AS x /* ; */; -- ;\n DEALLOCATE PREPARE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 3") + sync_msg()),
+            # an error before it skips it: a stays
+            q(c, "SELECT 1/0; DEALLOCATE a"), bind_run(c, "a"),
+            q(c, "BEGIN"), q(c, "SELECT 1; DEALLOCATE a; SELECT 2"), q(c, "ROLLBACK"),
+            bind_run(c, "a"), batch(c, parse_msg("a", "SELECT 4") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE ALL"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 6") + sync_msg()),
+            q(c, "BEGIN; DEALLOCATE a; COMMIT"), bind_run(c, "a"),
+            # the second is not followed: it fails, and the first stays done, as on Postgres
+            batch(c, parse_msg("a", "SELECT 7") + sync_msg()),
+            q(c, "SELECT 1; DEALLOCATE a; DEALLOCATE a"), bind_run(c, "a"),
+            # a name the client does not hold is the backend's own
+            q(c, "SELECT 1; DEALLOCATE b"), q(c, "PREPARE b AS SELECT 5; DEALLOCATE b"),
+            q(c, "EXECUTE b")]
+
+
 def sql_names_longer_than_their_key_get_the_notice(c):
     """Postgres truncates a SQL name longer than 63 bytes with a NOTICE (42622 identifier ...
     will be truncated to ...). sluice wrote its own name in place of the client's statement's,
@@ -362,6 +432,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              parse_of_a_taken_name_then_its_close_in_one_batch,
              drops_sent_by_parse_run_at_their_execute,
              deallocate_sent_by_parse_with_parameter_types,
+             deallocate_by_parse_drops_the_statement_of_that_name_at_its_execute,
+             deallocate_after_other_statements_in_one_query,
              sql_names_longer_than_their_key_get_the_notice,
              texts_whose_parse_raises_a_notice]
 

@@ -434,6 +434,19 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("DISCARD PLANS", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("select 'deallocate all'", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("deallocated", name, sizeof(name)), SQL_OTHER);
+    /* a DEALLOCATE after other statements: where it starts, past ';' in literals, quoted
+     * names and comments; none where the first statement is followed, or a backslash in a
+     * literal could move its end */
+    const char *later = "SELECT ';', \"x;\" /* ; */; -- ;\n DEALLOCATE a";
+    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 25);
+    later = "SELECT 1;SELECT 2; discard all";
+    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 18);
+    later = "DEALLOCATE a; DEALLOCATE b";
+    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
+    later = "SELECT 1; EXECUTE a";
+    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
+    later = "SELECT E'\\'; DEALLOCATE a";
+    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
     size_t at, span;
     const char *sql = "EXECUTE \"My \"\"x\"\"\"(1)";
     CHECK_INT(prepared_classify_query_at(sql, name, sizeof(name), &at, &span), SQL_EXECUTE);
