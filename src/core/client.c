@@ -208,9 +208,16 @@ static void on_client_io(struct sockio *io, int status, int events);
  * the listener's accept limit still bounds the whole. */
 #define LOGIN_GRACE_MS 1000
 
+/* Not a whole startup packet yet: waiting for it, or still in the TLS handshake before it (a
+ * stranger can stop half-way through either at no cost). */
+static bool before_startup_packet(const struct client *c)
+{
+    return c->state == CLIENT_STARTUP || c->state == CLIENT_TLS_HANDSHAKE;
+}
+
 static bool gives_way(const struct client *c, enum client_state tier, uint64_t now)
 {
-    bool in_tier = tier == CLIENT_STARTUP ? c->state == CLIENT_STARTUP : c->state != CLIENT_STARTUP;
+    bool in_tier = tier == CLIENT_STARTUP ? before_startup_packet(c) : !before_startup_packet(c);
     return in_tier && now - c->state_since_ms >= LOGIN_GRACE_MS && !client_login_waits_on_sluice(c);
 }
 

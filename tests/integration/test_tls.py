@@ -605,3 +605,30 @@ def test_a_tls_handshake_in_progress_at_shutdown_is_closed_as_postgres_does(star
         assert s.wait_exit(20) == 0
     finally:
         c.close()
+
+
+def test_stalled_tls_handshakes_give_their_login_places_up_before_a_password_exchange(
+        start_sluice, pki):
+    """Past max_client_logins the stalled logins without a whole startup packet give way first
+    (config.md): a connection that stopped half-way through its TLS handshake has none, so it
+    goes before an older client in its password exchange. Before, a flood of half-open
+    handshakes counted as logins past their startup packet and evicted that client (53300)."""
+    s = start_sluice(tls_keys(pki, "prefer", workers=1, max_client_logins=4), auth_file=USERS)
+    waiting = RawConn(s.port)
+    stalled = []
+    try:
+        waiting.send(startup_packet())  # answered with AuthenticationMD5Password, kept unanswered
+        for _ in range(3):
+            c = RawConn(s.port)
+            stalled.append(c)
+            c.send(ssl_request())
+            assert c.read_byte() == b"S"  # and no ClientHello follows
+        time.sleep(1.5)  # every login older than the 1 s grace a login has to send its bytes
+        stalled.append(RawConn(s.port))  # the fifth login: one of the others must give way
+        wait_until(lambda: any(c.is_closed(0.1) for c in stalled[:3]), 20,
+                   what="a stalled TLS handshake gives its place up")
+        waiting.finish_login(password="sluice-secret")
+        assert waiting.query("SELECT 1")[0] == [["1"]]
+    finally:
+        for c in stalled + [waiting]:
+            c.close()
