@@ -665,7 +665,13 @@ void client_login_on_startup_bytes(struct client *c)
         if (fr == FRAME_NEED_MORE)
             return;
         if (fr == FRAME_BAD_LENGTH) {
-            client_fail(c, FAIL_BAD_STARTUP, "length outside 8..10004 bytes");
+            /* Postgres 15 refuses direct TLS too (its record header as a startup length) */
+            client_fail(c, FAIL_BAD_STARTUP,
+                        codec_starts_tls_handshake(b->data + b->scan, buf_unframed(b))
+                            ? "a TLS handshake without an SSLRequest first (direct TLS, libpq's "
+                              "sslnegotiation=direct) is not supported: connect with "
+                              "sslnegotiation=postgres"
+                            : "length outside 8..10004 bytes");
             return;
         }
         if (buf_unframed(b) < total)

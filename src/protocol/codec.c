@@ -105,6 +105,11 @@ enum frame_result codec_frame_startup(const uint8_t *p, size_t avail, uint32_t *
     return FRAME_OK;
 }
 
+bool codec_starts_tls_handshake(const uint8_t *p, size_t avail)
+{
+    return avail >= 2 && p[0] == 0x16 && p[1] == 0x03;
+}
+
 void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_packet *out)
 {
     memset(out, 0, sizeof(*out));

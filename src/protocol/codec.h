@@ -102,6 +102,10 @@ struct startup_packet {
 
 /* Header of a startup-phase packet: its total length (including the length word). */
 enum frame_result codec_frame_startup(const uint8_t *p, size_t avail, uint32_t *total_len);
+/* Whether the first bytes of a connection are a TLS handshake record (content type 22, version
+ * 3.x) rather than a startup packet: a client that starts TLS without an SSLRequest (libpq 17's
+ * sslnegotiation=direct), whose record header reads as a startup length far too large. */
+bool codec_starts_tls_handshake(const uint8_t *p, size_t avail);
 /* Parse a whole startup-phase packet of total_len bytes (as framed above). */
 void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_packet *out);
 /* The value of a startup parameter (the last, when the packet names it twice), or NULL. */

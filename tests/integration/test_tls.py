@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -632,3 +633,20 @@ def test_stalled_tls_handshakes_give_their_login_places_up_before_a_password_exc
     finally:
         for c in stalled + [waiting]:
             c.close()
+
+
+def test_a_direct_tls_handshake_without_sslrequest_is_refused_naming_the_cause(start_sluice, pki):
+    """A TLS ClientHello as the first bytes (libpq 17's sslnegotiation=direct) is refused, as
+    Postgres 15 refuses it: sluice needs an SSLRequest first. Before, the log said only "length
+    outside 8..10004 bytes", which names neither the client's TLS nor the way out."""
+    s = start_sluice(tls_keys(pki, "prefer"), auth_file=USERS)
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    with pytest.raises((ssl.SSLError, OSError)):
+        ctx.wrap_socket(sock, server_hostname="localhost").close()
+    sock.close()
+    s.wait_for_log(r"bad_startup: closing: a TLS handshake without an SSLRequest first "
+                   r"\(direct TLS, libpq's sslnegotiation=direct\) is not supported: connect "
+                   r"with sslnegotiation=postgres")
+    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret")) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1

@@ -506,6 +506,19 @@ static void startup_v3_params_are_found_by_name(void)
     codec_out_free(&o);
 }
 
+/* A TLS ClientHello where a startup packet was expected: a bad length, told apart by its record
+ * header; a startup packet (length word first, under 10005) never starts 0x16 0x03. */
+static void tls_client_hello_is_told_apart_from_a_startup_packet(void)
+{
+    static const uint8_t hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01};
+    uint32_t total = 0;
+    CHECK_INT(codec_frame_startup(hello, sizeof(hello), &total), FRAME_BAD_LENGTH);
+    CHECK(codec_starts_tls_handshake(hello, sizeof(hello)));
+    CHECK(!codec_starts_tls_handshake(hello, 1));
+    static const uint8_t ssl_request[] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+    CHECK(!codec_starts_tls_handshake(ssl_request, sizeof(ssl_request)));
+}
+
 static void startup_v3_hand_built_bytes_parse(void)
 {
     static const uint8_t pkt[] = "\0\0\0\x1e"
@@ -1306,5 +1319,6 @@ int main(void)
     RUN(untyped_startup_builder_parses_back);
     RUN(frontend_types_are_exactly_the_protocol_3_list);
     RUN(get_u32_is_big_endian);
+    RUN(tls_client_hello_is_told_apart_from_a_startup_packet);
     return CHECK_DONE();
 }
