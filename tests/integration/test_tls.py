@@ -12,16 +12,18 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
+import warnings
 
 import psycopg
 import pytest
 
 from certs import make_pki
 from conftest import APP_DB, APP_PASSWORD, APP_USER, PgCluster, run_tool, wait_until
-from pgwire import (RawConn, ServerError, parse_fields, password_msg, query_msg, ssl_request,
-                    startup_packet)
+from pgwire import (RawConn, ServerError, gssenc_request, parse_fields, password_msg, query_msg,
+                    ssl_request, startup_packet)
 
 USERS = {"app": "sluice-secret", "app2": "other-secret"}
 
@@ -650,3 +652,59 @@ def test_a_direct_tls_handshake_without_sslrequest_is_refused_naming_the_cause(s
                    r"with sslnegotiation=postgres")
     with psycopg.connect(tls_dsn(s, pki, password="sluice-secret")) as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_encryption_requests_are_answered_once_each_as_postgres_answers_them(start_sluice, pki):
+    """Postgres answers an SSLRequest and a GSSENCRequest once each, in either order, and reads
+    a second (or either inside TLS) as a startup packet of protocol 1234.5679 / 1234.5680, which
+    it refuses with 0A000."""
+    s = start_sluice(tls_keys(pki, "prefer"), auth_file=USERS)
+    c = RawConn(s.port)
+    try:
+        c.send(gssenc_request())
+        assert c.read_byte() == b"N"
+        c.send(ssl_request())  # after an N, the client may still ask for TLS
+        assert c.read_byte() == b"S"
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost")
+        c.send(gssenc_request())
+        err = c.expect_error()
+        assert (err["C"], err["M"]) == ("0A000", "unsupported frontend protocol 1234.5680")
+    finally:
+        c.close()
+    c = _tls_raw(s, pki)
+    try:
+        c.send(ssl_request())
+        err = c.expect_error()
+        assert (err["C"], err["M"]) == ("0A000", "unsupported frontend protocol 1234.5679")
+    finally:
+        c.close()
+
+
+def test_tls_renegotiation_and_old_protocols_are_refused(start_sluice, pki):
+    """Postgres 15 refuses TLS renegotiation and, by default, TLS older than 1.2; so does
+    sluice with client_tls_protocols = secure (the default). The refusals leave it serving."""
+    s = start_sluice(tls_keys(pki, "prefer"), auth_file=USERS)
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}", "-starttls",
+                        "postgres", "-tls1_2", "-CAfile", str(pki.ca)], input=b"R\n",
+                       capture_output=True, timeout=30)
+    out = (p.stdout + p.stderr).decode(errors="replace")
+    assert "RENEGOTIATING" in out and "no renegotiation" in out, out
+    c = RawConn(s.port)
+    try:
+        c.send(ssl_request())
+        assert c.read_byte() == b"S"
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname = False
+        old.verify_mode = ssl.CERT_NONE
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises(ssl.SSLError, match="protocol version|UNSUPPORTED_PROTOCOL|NO_PROTOCOLS"):
+            old.wrap_socket(c.sock)
+    finally:
+        c.close()
+    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret")) as cn:
+        assert cn.execute("SELECT 1").fetchone()[0] == 1
