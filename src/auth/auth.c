@@ -525,6 +525,10 @@ static enum auth_type choose_method(const struct auth_login *l, const struct hba
         refused(r, FAIL_TLS_REQUIRED, sslmode_name(tls_client_mode()));
         return AUTH_HBA;
     }
+    if (tls && tls_client_mode() >= SSLMODE_VERIFY_CA && !tls_peer_verified(l->ssl)) {
+        refused(r, FAIL_CLIENT_CERT_REQUIRED, "");
+        return AUTH_HBA;
+    }
     enum auth_type method = l->worker->cfg->auth_type;
     if (method != AUTH_HBA)
         return method;

@@ -44,6 +44,12 @@ static const struct failure_info table[] = {
     [FAIL_TLS_REQUIRED] =
         F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION, "TLS is required (client_tls_sslmode = %s)",
           "Connect with sslmode=require (or verify-full with the CA of sluice's certificate)."),
+    /* Postgres's clientcert refusal (auth.c ClientAuthentication), word for word */
+    [FAIL_CLIENT_CERT_REQUIRED] =
+        F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
+          "connection requires a valid client certificate",
+          "client_tls_sslmode is verify-ca or verify-full: connect with sslcert and sslkey, a "
+          "certificate signed by the CA in sluice's client_tls_ca_file."),
     [FAIL_CERT_AUTH] =
         F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
           "certificate authentication failed for user \"%s\"",
@@ -211,6 +217,7 @@ static const char *const names[] = {
     [FAIL_SCRAM_UNSUPPORTED] = "scram_unsupported",
     [FAIL_HBA_REJECT] = "hba_reject",
     [FAIL_TLS_REQUIRED] = "tls_required",
+    [FAIL_CLIENT_CERT_REQUIRED] = "client_cert_required",
     [FAIL_CERT_AUTH] = "cert_auth_failed",
     [FAIL_TRUST_UNKNOWN_USER] = "trust_unknown_user",
     [FAIL_ANY_WITHOUT_FORCED_USER] = "any_without_forced_user",

@@ -26,6 +26,7 @@ enum failure {
     FAIL_SCRAM_UNSUPPORTED,    /* detail: Postgres's message for what the client asked for */
     FAIL_HBA_REJECT,           /* detail: the whole message (rule, host, user, database, TLS) */
     FAIL_TLS_REQUIRED,         /* detail: client_tls_sslmode */
+    FAIL_CLIENT_CERT_REQUIRED, /* client_tls_sslmode verify-*, TLS without a certificate */
     FAIL_CERT_AUTH,            /* detail: user name */
     FAIL_TRUST_UNKNOWN_USER,   /* trust, but the user is in neither auth_file nor auth_query */
     FAIL_ANY_WITHOUT_FORCED_USER, /* detail: the database, whose entry has no user= */

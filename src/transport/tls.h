@@ -63,6 +63,8 @@ void tls_describe(SSL *ssl, char *out, size_t outlen);
  * (SHA-256 for MD5 and SHA-1). Length, or 0 when there is no certificate or its digest is
  * unknown (then channel binding is not offered). */
 size_t tls_server_end_point(SSL *ssl, uint8_t *out, size_t outlen);
+/* Whether the client sent a certificate and it verified (against client_tls_ca_file). */
+bool tls_peer_verified(SSL *ssl);
 /* The CN of a client certificate that verified, into out. false: no certificate, it did not
  * verify, it has no CN, or the CN contains a NUL. */
 bool tls_peer_cn(SSL *ssl, char *out, size_t outlen);

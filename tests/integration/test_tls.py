@@ -708,3 +708,28 @@ def test_tls_renegotiation_and_old_protocols_are_refused(start_sluice, pki):
         c.close()
     with psycopg.connect(tls_dsn(s, pki, password="sluice-secret")) as cn:
         assert cn.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
+def test_verify_modes_refuse_a_client_without_a_certificate_with_28000(start_sluice, pki, mode):
+    """Postgres's clientcert finishes the TLS handshake of a client that sent no certificate and
+    refuses its login: FATAL 28000 "connection requires a valid client certificate". Before,
+    sluice failed the handshake, and the client saw only a TLS alert (libpq: "SSL error: tlsv13
+    alert certificate required"), no ErrorResponse. A certificate that is sent and does not
+    verify still fails the handshake, on both."""
+    s = start_sluice(tls_keys(pki, mode, client_tls_ca_file=str(pki.ca)), auth_file=USERS)
+    c = _tls_raw(s, pki)
+    try:
+        c.send(startup_packet())
+        err = c.expect_error()
+        assert (err["C"], err["M"]) == ("28000", "connection requires a valid client certificate")
+        assert "sslcert" in err["H"], err
+    finally:
+        c.close()
+    with pytest.raises(psycopg.OperationalError) as ei:
+        psycopg.connect(tls_dsn(s, pki, password="sluice-secret"))
+    assert "connection requires a valid client certificate" in str(ei.value)
+    with psycopg.connect(tls_dsn(s, pki, password="sluice-secret",
+                                 sslcert=str(pki.client_cert("app")),
+                                 sslkey=str(pki.client_key("app")))) as cn:
+        assert cn.execute("SELECT 1").fetchone()[0] == 1
