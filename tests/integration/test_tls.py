@@ -733,3 +733,41 @@ def test_verify_modes_refuse_a_client_without_a_certificate_with_28000(start_slu
                                  sslcert=str(pki.client_cert("app")),
                                  sslkey=str(pki.client_key("app")))) as cn:
         assert cn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_a_tls_handshake_sent_a_byte_at_a_time_is_bounded_by_client_startup_timeout(start_sluice,
+                                                                                    pki):
+    """The clock runs from the connection, not from the last byte: a client dribbling its
+    ClientHello cannot hold its login place past client_startup_timeout."""
+    s = start_sluice(tls_keys(pki, "prefer", client_startup_timeout=1, client_login_timeout=60),
+                     auth_file=USERS)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=str(pki.ca)).wrap_bio(incoming, outgoing,
+                                                                  server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    c = RawConn(s.port)
+    try:
+        c.send(ssl_request())
+        assert c.read_byte() == b"S"
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for b in hello:  # 0.2 s a byte: the whole hello would take minutes
+                c.sock.sendall(bytes([b]))
+                time.sleep(0.2)
+        assert time.monotonic() - started < 30
+    finally:
+        c.close()
+
+
+def test_verify_full_towards_clients_checks_no_name_as_pgbouncers(start_sluice, pki):
+    """security.md: client_tls_sslmode = verify-full is PgBouncer's, the same check as
+    verify-ca; a certificate with CN=app lets its holder log in as app2 with app2's password.
+    auth_type = cert is the way to CN = user (test_cert_auth_logs_in_the_user_named_...)."""
+    s = start_sluice(tls_keys(pki, "verify-full", client_tls_ca_file=str(pki.ca)),
+                     auth_file=USERS)
+    with psycopg.connect(tls_dsn(s, pki, user="app2", password="other-secret",
+                                 sslcert=str(pki.client_cert("app")),
+                                 sslkey=str(pki.client_key("app")))) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
