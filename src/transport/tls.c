@@ -74,8 +74,9 @@ void tls_error_text(char *out, size_t n, const char *what)
 /* client_tls_ciphers (TLSv1.2 and older): PgBouncer's names for cipher lists, as its libusual
  * defines them, so a pgbouncer.ini means the same here; anything else is an OpenSSL cipher list.
  * The default, "secure", is AEAD suites with forward secrecy only (ECDHE, DHE): no CBC, no RSA
- * key exchange. */
-#define CIPHERS_SECURE "HIGH+EECDH:HIGH+EDH:!SSLv3:!SHA384:!SHA256:!DSS:!aNULL"
+ * key exchange. libusual's string relies on !SSLv3 to drop the AES-SHA1 CBC suites, which
+ * OpenSSL 1.1 and later count as TLSv1 suites: !SHA1 drops them. */
+#define CIPHERS_SECURE "HIGH+EECDH:HIGH+EDH:!SSLv3:!SHA1:!SHA384:!SHA256:!DSS:!aNULL"
 #define CIPHERS_COMPAT "HIGH:+3DES:!aNULL"
 #define CIPHERS_ALL "ALL:!aNULL:!eNULL"
 static const struct {

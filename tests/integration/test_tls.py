@@ -771,3 +771,30 @@ def test_verify_full_towards_clients_checks_no_name_as_pgbouncers(start_sluice, 
                                  sslcert=str(pki.client_cert("app")),
                                  sslkey=str(pki.client_key("app")))) as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_default_client_tls_ciphers_are_aead_only_as_documented(start_sluice, pki):
+    """client_tls_ciphers = default (PgBouncer's "secure") is AEAD suites with ECDHE or DHE
+    only, no CBC (security.md). Before, its string, written for OpenSSL 1.0 where the
+    AES-SHA1 CBC suites counted as SSLv3 (!SSLv3), let ECDHE-ECDSA-AES128-SHA through on
+    OpenSSL 1.1 and later."""
+    s = start_sluice(tls_keys(pki, "prefer"), auth_file=USERS)
+
+    def offer(ciphers):
+        c = RawConn(s.port)
+        try:
+            c.send(ssl_request())
+            assert c.read_byte() == b"S"
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(str(pki.ca))
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(ciphers)
+            with ctx.wrap_socket(c.sock, server_hostname="localhost") as t:
+                return t.cipher()[0]
+        finally:
+            c.close()
+
+    for cbc in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"):
+        with pytest.raises(ssl.SSLError, match="handshake failure|NO_SHARED_CIPHER"):
+            offer(cbc)
+    assert offer("ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
