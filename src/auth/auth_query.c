@@ -226,6 +226,9 @@ struct qconn {
     uint64_t opened_ms;     /* its turn began (SECRET_QUERY_TURN_MS) */
     int served;             /* lookups answered on it */
     bool retired;           /* reload: closed once its lookup is done */
+    /* QUERYING: the lookup's first error, kept until its results end: the server flushes an
+     * ErrorResponse at once and its ReadyForQuery after, so the end may come in a later read */
+    char error[512];
 };
 static _Thread_local struct qconn *qconns;
 static _Thread_local int nqconns;
@@ -442,6 +445,7 @@ static void qconn_run(struct qconn *qc, struct secret_job *j)
     const char *values[1] = {j->user};
     share_freed(j);
     qc->job = j;
+    qc->error[0] = '\0';
     j->qc = qc;
     j->tries++;
     j->answered = false;
@@ -459,6 +463,14 @@ static void qconn_run(struct qconn *qc, struct secret_job *j)
     sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
+/* SQLSTATEs of a parameter whose bytes the server cannot take as text: 22021
+ * character_not_in_repertoire ("invalid byte sequence for encoding"), 22P05
+ * untranslatable_character (no such character in the server's encoding). */
+static bool name_not_in_server_encoding(const char *sqlstate)
+{
+    return sqlstate && (strcmp(sqlstate, "22021") == 0 || strcmp(sqlstate, "22P05") == 0);
+}
+
 static void query_step(struct qconn *qc)
 {
     struct secret_job *j = qc->job;
@@ -467,12 +479,14 @@ static void query_step(struct qconn *qc)
         qconn_lost(qc, PQerrorMessage(qc->conn));
         return;
     }
-    const char *error = NULL;
+    const char *error = qc->error[0] ? qc->error : NULL;
     char why[512];
     while (!PQisBusy(qc->conn)) {
         PGresult *res = PQgetResult(qc->conn);
         if (!res) {
-            query_finish(j, error);
+            if (error) /* query_finish may free qc, and with it qc->error */
+                snprintf(why, sizeof(why), "%s", error);
+            query_finish(j, error ? why : NULL);
             return;
         }
         /* read every result up to the end, so the connection is ready for the next lookup;
@@ -510,11 +524,25 @@ static void query_step(struct qconn *qc)
                 if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))
                     error = "out of memory";
             }
+        } else if (PQresultStatus(res) == PGRES_FATAL_ERROR &&
+                   name_not_in_server_encoding(PQresultErrorField(res, PG_DIAG_SQLSTATE))) {
+            /* The name's bytes are no text of the server's (a name longer than 63 bytes cut,
+             * as Postgres cuts it, inside a character; a stray byte): no role has it, and
+             * Postgres answers the login as for any unknown name (28P01), so sluice does too,
+             * remembered as unknown, rather than fail the lookup (08006) and warn at each. */
+            log_msg(LOG_DEBUG,
+                    "auth_query: user \"%s\" is not valid in the server's encoding: "
+                    "no such user",
+                    j->user);
         } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
             error = why;
         }
         PQclear(res);
+        if (error && error != qc->error) {
+            snprintf(qc->error, sizeof(qc->error), "%s", error);
+            error = qc->error;
+        }
     }
     sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
