@@ -35,14 +35,15 @@
  * for a connection at most before its next ones are held back: they start only when no other
  * address's lookup waits, and a login waiting on one that has not started waits on its own
  * address, not on sluice, so it gives its place up like any stalled login
- * (secret_waiter_held_back). An honest client's lookup then waits for those running and at most
- * that many more from each address, and its login finds a place. PgBouncer runs auth_query on
- * a server of auth_user's pool, its lookups queued in arrival order like any client's: the same
- * weakness, bounded only by its client caps. Not refused outright: one application server
- * logging in as many users at once is one address too, and with a quick auth_query its queue
- * drains in milliseconds; held back, its lookups only go last, and give way only to a full
- * max_client_logins. Per worker like the rest (a stranger spread over N workers gets N shares);
- * clients on the unix socket are one address. */
+ * (secret_waiter_held_back). Each of the address's lookups that leaves the queue lets its
+ * first held-back one in again (share_freed). An honest client's lookup then waits for those
+ * running and at most that many more from each address, and its login finds a place. PgBouncer runs
+ * auth_query on a server of auth_user's pool, its lookups queued in arrival order like any
+ * client's: the same weakness, bounded only by its client caps. Not refused outright: one
+ * application server logging in as many users at once is one address too, and with a quick
+ * auth_query its queue drains in milliseconds; held back, its lookups only go last, and give way
+ * only to a full max_client_logins. Per worker like the rest (a stranger spread over N workers gets
+ * N shares); clients on the unix socket are one address. */
 #include "auth_query.h"
 
 #include <fcntl.h>
@@ -225,12 +226,37 @@ struct qconn {
     uint64_t opened_ms;     /* its turn began (SECRET_QUERY_TURN_MS) */
     int served;             /* lookups answered on it */
     bool retired;           /* reload: closed once its lookup is done */
+    /* QUERYING: the lookup's first error, kept until its results end: the server flushes an
+     * ErrorResponse at once and its ReadyForQuery after, so the end may come in a later read */
+    char error[512];
 };
 static _Thread_local struct qconn *qconns;
 static _Thread_local int nqconns;
 static _Thread_local struct qconn *leaving_qconns; /* LEAVING, apart: no lookup sees them */
 
 static void query_dispatch(struct worker *worker);
+
+/* j stops waiting for a connection (it starts, or is dropped unstarted): its address has one
+ * lookup fewer waiting, so the first of its lookups held back is within the share now, and
+ * joins the queue's end as a lookup asked for now would. Without this a lookup held back once
+ * stayed so after its address's earlier ones had started: while other addresses' lookups kept
+ * coming it never started (the address's later lookups, within the share, went first), and its
+ * login gave its place up as a flood's does. Callers never walk query_jobs across this. */
+static void share_freed(const struct secret_job *j)
+{
+    if (j->kind != JOB_QUERY || j->qc)
+        return;
+    for (struct secret_job *o = query_jobs; o; o = o->next) {
+        if (o != j && o->kind == JOB_QUERY && !o->qc && o->held_back &&
+            strcmp(o->opener, j->opener) == 0) {
+            o->held_back = false;
+            secret_job_unlink(&query_jobs, o);
+            secret_job_append(&query_jobs, o);
+            return;
+        }
+    }
+}
+
 static struct qconn *idle_qconn(const char *target);
 static void on_qconn_io(struct sockio *io, int status, int events);
 
@@ -360,6 +386,7 @@ static void query_finish(struct secret_job *j, const char *error)
 {
     struct worker *worker = j->worker;
     struct qconn *qc = j->qc;
+    share_freed(j);
     secret_job_unlink(&query_jobs, j);
     if (qc) {
         qc->job = NULL;
@@ -416,7 +443,9 @@ static void qconn_lost(struct qconn *qc, const char *why)
 static void qconn_run(struct qconn *qc, struct secret_job *j)
 {
     const char *values[1] = {j->user};
+    share_freed(j);
     qc->job = j;
+    qc->error[0] = '\0';
     j->qc = qc;
     j->tries++;
     j->answered = false;
@@ -434,6 +463,14 @@ static void qconn_run(struct qconn *qc, struct secret_job *j)
     sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
+/* SQLSTATEs of a parameter whose bytes the server cannot take as text: 22021
+ * character_not_in_repertoire ("invalid byte sequence for encoding"), 22P05
+ * untranslatable_character (no such character in the server's encoding). */
+static bool name_not_in_server_encoding(const char *sqlstate)
+{
+    return sqlstate && (strcmp(sqlstate, "22021") == 0 || strcmp(sqlstate, "22P05") == 0);
+}
+
 static void query_step(struct qconn *qc)
 {
     struct secret_job *j = qc->job;
@@ -442,12 +479,14 @@ static void query_step(struct qconn *qc)
         qconn_lost(qc, PQerrorMessage(qc->conn));
         return;
     }
-    const char *error = NULL;
+    const char *error = qc->error[0] ? qc->error : NULL;
     char why[512];
     while (!PQisBusy(qc->conn)) {
         PGresult *res = PQgetResult(qc->conn);
         if (!res) {
-            query_finish(j, error);
+            if (error) /* query_finish may free qc, and with it qc->error */
+                snprintf(why, sizeof(why), "%s", error);
+            query_finish(j, error ? why : NULL);
             return;
         }
         /* read every result up to the end, so the connection is ready for the next lookup;
@@ -485,11 +524,25 @@ static void query_step(struct qconn *qc)
                 if (!PQgetisnull(res, 0, 1) && !(j->found = strdup(PQgetvalue(res, 0, 1))))
                     error = "out of memory";
             }
+        } else if (PQresultStatus(res) == PGRES_FATAL_ERROR &&
+                   name_not_in_server_encoding(PQresultErrorField(res, PG_DIAG_SQLSTATE))) {
+            /* The name's bytes are no text of the server's (a name longer than 63 bytes cut,
+             * as Postgres cuts it, inside a character; a stray byte): no role has it, and
+             * Postgres answers the login as for any unknown name (28P01), so sluice does too,
+             * remembered as unknown, rather than fail the lookup (08006) and warn at each. */
+            log_msg(LOG_DEBUG,
+                    "auth_query: user \"%s\" is not valid in the server's encoding: "
+                    "no such user",
+                    j->user);
         } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
             error = why;
         }
         PQclear(res);
+        if (error && error != qc->error) {
+            snprintf(qc->error, sizeof(qc->error), "%s", error);
+            error = qc->error;
+        }
     }
     sockio_want(&qc->io, f == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
@@ -702,6 +755,7 @@ static void qconn_open(struct worker *worker, struct secret_job *j)
     qc->state = QCONN_RESOLVING;
     qc->since_ms = sluice_now(worker);
     qc->opened_ms = qc->since_ms;
+    share_freed(j);
     qc->job = j;
     j->qc = qc;
     qc->next = qconns;
@@ -965,6 +1019,7 @@ void auth_query_abandon(struct secret_job *j)
     if (j->qc)
         return;
     struct worker *worker = j->worker;
+    share_freed(j);
     secret_job_unlink(&query_jobs, j);
     secret_job_free(j);
     for (const struct secret_job *o = query_jobs; o; o = o->next) {

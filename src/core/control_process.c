@@ -28,21 +28,6 @@ void control_shutdown(struct worker *worker, enum sluice_phase phase)
     sluice_shutdown(worker->proc, phase);
 }
 
-/* What a reload does besides the workers' part that only some keys need: logging, the client
- * TLS context and the hba rules are the process's, reloaded only when SET changed one of their
- * keys. */
-static void apply_set(const struct config *cfg, const char *key)
-{
-    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
-        strcmp(key, "logfile") == 0) {
-        log_configure(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, cfg->logfile);
-    }
-    if (strncmp(key, "client_tls_", 11) == 0)
-        tls_reload(cfg);
-    if (strncmp(key, "auth_", 5) == 0)
-        auth_reload(cfg);
-}
-
 int control_set(struct worker *worker, const char *key, const char *value, char *err, size_t errlen)
 {
     /* Never in place: every worker reads its own reference to a generation (5.7). The change
@@ -54,12 +39,11 @@ int control_set(struct worker *worker, const char *key, const char *value, char 
         snprintf(err, errlen, "out of memory copying the configuration");
         return -1;
     }
-    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0 ||
-        !sluice_files_usable(next, err, errlen)) {
+    if (config_set_key(next, key, value, SRC_ADMIN_SET, err, errlen) < 0) {
         config_free(next);
         return -1;
     }
-    sluice_apply_generation(proc, next);
-    apply_set(proc->cfg, key);
-    return 0;
+    /* logging, the client TLS context and the hba rules are the process's: put in force from
+     * the files as read when key is one of theirs */
+    return sluice_set_generation(proc, next, key, err, errlen) ? 0 : -1;
 }

@@ -587,12 +587,31 @@ static const struct reload_files_ops named_files_ops = {
     .free = named_files_free,
 };
 
-bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen)
+bool sluice_set_generation(struct process *proc, struct config *next, const char *key, char *err,
+                           size_t errlen)
 {
-    void *f = named_files_read(cfg, err, errlen);
-    if (f)
-        named_files_free(f);
-    return f != NULL;
+    struct named_files *files = named_files_read(next, err, errlen);
+    if (!files) {
+        config_free(next);
+        return false;
+    }
+    sluice_apply_generation(proc, next);
+    const struct config *cfg = proc->cfg;
+    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
+        strcmp(key, "logfile") == 0) {
+        log_configure_file(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, files->logfile);
+        files->logfile = NULL;
+    }
+    if (strncmp(key, "client_tls_", 11) == 0) {
+        tls_reload_built(cfg, files->tls);
+        files->tls = NULL;
+    }
+    if (strncmp(key, "auth_", 5) == 0) {
+        auth_reload_read(cfg, files->auth);
+        files->auth = NULL;
+    }
+    named_files_free(files);
+    return true;
 }
 
 /* Apply what a reload's read found (reload_reader.c), on the loop: the checks and the swap

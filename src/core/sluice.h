@@ -199,9 +199,14 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
 unsigned sluice_reload(struct process *proc);
 /* Is a reload's read in flight, or one asked for not yet begun? */
 bool sluice_reload_reading(const struct process *proc);
-/* Can cfg's files that a reload puts in force at once (client TLS certificate, key and CA,
- * auth_hba_file, auth_ident_file, logfile) be used? false with what is wrong in err. */
-bool sluice_files_usable(const struct config *cfg, char *err, size_t errlen);
+/* The console's SET of key: read the files next names that a reload puts in force at once
+ * (client TLS certificate, key and CA, auth_hba_file, auth_ident_file, logfile), and when all
+ * can be used make next the process's generation (sluice_apply_generation) and put in force,
+ * as read, those of them key changes: each file is opened once, so one that can be read only
+ * once (a FIFO a sidecar writes) is not opened again to apply it. false, next freed, with what
+ * is wrong in err. */
+bool sluice_set_generation(struct process *proc, struct config *next, const char *key,
+                           char *err, size_t errlen);
 /* Make next (a validated config whose reference the caller gives up) the process's, as a reload
  * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says
  * when all have), the old generation released. The console's SET (control_set). */

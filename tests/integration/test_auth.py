@@ -465,6 +465,55 @@ def test_an_auth_query_row_for_another_name_fails_closed(start_sluice, pg, auth_
     _, err = auth_codes_and_error(s.port, "qscram", "qpass")  # its own row: as before
     assert err is None, err
 
+def test_an_auth_query_error_is_never_taken_for_no_such_user(start_sluice, pg, auth_roles):
+    """An auth_query that fails as it runs (here a division by zero; a statement_timeout or a
+    lock timeout alike): the server sends its ErrorResponse at once and its ReadyForQuery
+    after, often read apart. Before, sluice forgot the error between the two reads and took
+    the lookup for "no such user": the login got 28P01 (a wrong password, said to a real user)
+    and the name was remembered as unknown, with no word of the failure in the log. Now every
+    such login gets 08006 and the log names the error."""
+    s = auth_query_sluice(start_sluice, pg,
+                          auth_query="SELECT usename, passwd FROM pg_shadow "
+                                     "WHERE usename = $1 AND 1 / (length($1) - length($1)) = 1")
+    codes = []
+    # whether the two come in one read is the connection's luck: a reload between rounds
+    # closes the idle lookup connection, so each round has a new one
+    for rnd in range(5):
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"configuration reloaded", since=mark)
+        for i in range(3):
+            _, err = auth_codes_and_error(s.port, f"qerr_{rnd}_{i}", "qpass")
+            codes.append(err and err["C"])
+    _, err = auth_codes_and_error(s.port, "qscram", "qpass")
+    codes.append(err and err["C"])
+    assert codes == ["08006"] * 16, codes
+    assert sum("failed: ERROR:  division by zero" in line for line in s.log) == 16, \
+        s.log_tail(10)
+
+
+def test_a_name_cut_inside_a_character_is_an_unknown_user_as_on_postgres(start_sluice, pg,
+                                                                          auth_roles):
+    """A 64-byte name whose last character is two bytes: Postgres cuts it at 63 bytes, inside
+    that character, finds no such role and answers 28P01. Before, auth_query sent the cut name
+    as its parameter, the server refused its bytes (22021, invalid byte sequence), and the
+    client got 08006 'the password lookup failed' with a WARNING in sluice's log at each try,
+    never remembered as unknown. Now such a name is no such user, as on Postgres."""
+    s = auth_query_sluice(start_sluice, pg)
+    user = "a" * 62 + "\u00e9"  # 62 + 2 bytes in UTF-8: the cut leaves half of the e-acute
+    _, direct = auth_codes_and_error(pg.port, user, "qpass")
+    assert direct["C"] == "28P01", direct
+    mark = s.mark()
+    for _ in range(2):
+        _, err = auth_codes_and_error(s.port, user, "qpass")
+        assert err is not None and err["C"] == "28P01", err
+    assert not any("auth_query for user" in line and "failed" in line
+                   for line in s.log_since(mark)), s.log_tail(10)
+    # remembered as unknown: the second try ran no lookup
+    assert sum("auth_query: looking up user" in line for line in s.log_since(mark)) == 1, \
+        s.log_tail(10)
+
+
 # ---- auth passthrough: logging in upstream without the password ---------------------------------
 
 

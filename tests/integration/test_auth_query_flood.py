@@ -264,3 +264,53 @@ def test_strangers_from_one_address_do_not_hold_the_lookups_of_others(start_slui
     assert any("max_client_logins (30) reached" in line for line in s.log), s.log_tail(40)
     for c in strangers:
         c.close()
+
+
+
+def test_a_lookup_held_back_is_not_starved_once_its_address_is_within_its_share(
+        start_sluice, pg, flood_roles):
+    """127.0.0.2 asks for 5 made-up names at once while auth_query is slow (1 s a lookup, 2
+    connections): 2 start, 2 wait (its share) and the 5th is held back. Meanwhile other
+    addresses keep asking, one new name every 0.4 s (faster than the lookups drain). Once its
+    first waiting 2 have started, 127.0.0.2 has only the 5th waiting, within its share: it
+    joins the queue then and gets its turn. Before, a lookup held back stayed so for ever: it
+    started only once no other address had a lookup waiting, here not until they stopped."""
+    s = flood_sluice(start_sluice, pg, workers=1, max_client_logins=80,
+                     client_login_timeout=120, auth_query=SLOW_FOR_EVERY_NAME)
+    own = [f"burst_{i}" for i in range(5)]
+    conns = []
+    for name in own:
+        c = stranger_from("127.0.0.2", s.port)
+        c.send(startup_packet(user=name, database=APP_DB))
+        conns.append(c)
+        wait_until(lambda: name in lookups_of(s, own), 20, what=f"the lookup of {name}")
+    assert any('"burst_4"' in line and "(held back" in line for line in s.log), s.log_tail(20)
+    held = conns[4]
+    answer = []
+
+    def read_held():
+        held.settimeout(90)
+        answer.append(held.read_message()[0])
+        answer.append(time.monotonic())
+
+    reader = threading.Thread(target=read_held)
+    reader.start()
+    started = time.monotonic()
+    feeding_for = 20
+    n = 0
+    while time.monotonic() - started < feeding_for and not answer:
+        # a fresh address each time: every one of these is within its share
+        c = stranger_from(f"127.0.{1 + n // 200}.{3 + n % 200}", s.port)
+        c.send(startup_packet(user=f"steady_{n}", database=APP_DB))
+        conns.append(c)
+        n += 1
+        time.sleep(0.4)
+    reader.join(100)
+    assert answer and answer[0] in ("R", "E"), answer
+    took = answer[1] - started
+    # its turn comes after the lookups queued before its address's first 4 started (a few
+    # seconds); before, not until the others stopped coming (20 s and their queue after)
+    assert took < feeding_for - 5, \
+        f"the held-back lookup waited {took:.1f} s while other addresses kept asking"
+    for c in conns:
+        c.close()

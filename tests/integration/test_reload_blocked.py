@@ -288,3 +288,28 @@ def test_a_cancelled_console_reload_gives_the_session_back_and_the_reload_goes_o
     finally:
         release_reader(fifo, databases_text(pg, 3), fd)
         adm.close()
+
+
+def test_a_console_set_of_an_auth_hba_file_fifo_reads_it_once(start_sluice, pg, tmp_path):
+    """SET auth_hba_file to a FIFO written once (a sidecar's): the rules SET read to check the
+    file are the ones it puts in force. Before, SET read the file to check it, then opened it
+    again to apply it, and that second open waited for ever on the loop that also serves the
+    console and worker 0's clients: SET never answered and sluice stopped serving."""
+    hba = tmp_path / "hba.conf"
+    os.mkfifo(hba)
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    assert query_served(s) == "served"
+    fd = None
+    adm = console(s)
+    try:
+        b = Background(lambda: adm.execute(f"SET auth_hba_file = '{hba}'").statusmessage)
+        fd = fifo_writer_once_read(hba)
+        write_and_close(fd, "host all all 127.0.0.1/32 trust\n")
+        fd = None
+        assert b.wait(10 * timeout_scale()), \
+            "SET auth_hba_file never answered: it opened the FIFO a second time"
+        assert b.result(0) == "SET"
+        assert answered(lambda: query_served(s), "a client's query after the SET") == "served"
+    finally:
+        release_reader(hba, "host all all 127.0.0.1/32 trust\n", fd)
+        adm.close()
