@@ -837,13 +837,13 @@ static void query_dispatch(struct worker *worker)
         slots->not_waiting(worker);
 }
 
-/* The address of req's client as a job keeps it ("" for the unix socket or none). */
-static void peer_of(const struct secret_request *req, char out[INET6_ADDRSTRLEN])
+/* Whose share req's lookup counts in: its client's address, an IPv6 one's /64
+ * (peer_addr_holder; "" for the unix socket or none). */
+static void peer_of(const struct secret_request *req, char out[AUTH_QUERY_OPENER_LEN])
 {
-    int port;
     out[0] = '\0';
     if (req->addr)
-        (void)peer_addr_ip(req->addr, out, INET6_ADDRSTRLEN, &port);
+        peer_addr_holder(req->addr, out, AUTH_QUERY_OPENER_LEN);
 }
 
 /* Whether a new lookup for an address is held back: that address has its share waiting. */
@@ -861,7 +861,7 @@ static struct secret_job *query_job(struct worker *worker, const struct query_ta
                                     const char *key, const struct secret_request *req,
                                     const char **error)
 {
-    char peer[INET6_ADDRSTRLEN];
+    char peer[AUTH_QUERY_OPENER_LEN];
     peer_of(req, peer);
     const char *user = req->user, *database = req->database;
     for (struct secret_job *j = query_jobs; j; j = j->next) {

@@ -19,6 +19,8 @@
  * changes). */
 #define SECRET_NBUCKETS 1024
 #define SECRET_MAX_CACHED 20000
+/* An address share's name: an IP, or an IPv6 /64 with its "/64" (peer_addr_holder). */
+#define AUTH_QUERY_OPENER_LEN (INET6_ADDRSTRLEN + 3)
 
 static inline unsigned secret_bucket_of(const uint8_t *p, size_t n)
 {
@@ -59,7 +61,8 @@ struct secret_job {
     int tries;        /* connections it was started on (a stale reused one is retried once) */
     bool answered;    /* a row came back */
     char *found;      /* its password column (NULL: NULL) */
-    char opener[INET6_ADDRSTRLEN]; /* the first login's address (peer_addr_ip; "": unix) */
+    char opener[AUTH_QUERY_OPENER_LEN]; /* whose share: the first login's address, an IPv6
+                                           one's /64 (peer_addr_holder; "": unix) */
     bool held_back; /* behind other addresses' lookups (auth_query.c, a share per address) */
 };
 

@@ -83,6 +83,28 @@ bool peer_addr_ip(const union peer_addr *a, char *ip, size_t n, int *port)
     return false;
 }
 
+void peer_addr_holder(const union peer_addr *a, char *out, size_t n)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    out[0] = '\0';
+    if (a->sa.sa_family == AF_INET) {
+        inet_ntop(AF_INET, &a->in.sin_addr, out, (socklen_t)n);
+        return;
+    }
+    if (a->sa.sa_family != AF_INET6)
+        return;
+    const uint8_t *v6 = a->in6.sin6_addr.s6_addr;
+    if (memcmp(v6, mapped, sizeof(mapped)) == 0) {
+        inet_ntop(AF_INET, v6 + 12, out, (socklen_t)n);
+        return;
+    }
+    struct in6_addr net = {0};
+    memcpy(net.s6_addr, v6, 8);
+    char ip[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &net, ip, sizeof(ip));
+    snprintf(out, n, "%s/64", ip);
+}
+
 void peer_addr_text(const union peer_addr *a, char *out, size_t n)
 {
     char ip[INET6_ADDRSTRLEN];

@@ -22,6 +22,12 @@ union peer_addr {
 void peer_addr_from(union peer_addr *out, const struct sockaddr_storage *ss);
 /* The IP as text and the port; false (ip "", port 0) for a Unix socket or an unknown family. */
 bool peer_addr_ip(const union peer_addr *a, char *ip, size_t n, int *port);
+/* The network one party is taken to hold, as text ("" for a Unix socket or an unknown family):
+ * an IPv4 address itself, an IPv6 address's /64 ("2001:db8:1:2::/64": a host or a customer is
+ * given a whole /64, so one party may use 2^64 addresses of it), an IPv4-mapped IPv6 address its
+ * IPv4. For shares per client (auth_query's lookups), where each full address of a /64 would
+ * make its own share. n: at least INET6_ADDRSTRLEN + 3. */
+void peer_addr_holder(const union peer_addr *a, char *out, size_t n);
 /* "10.0.0.1:5432", "[::1]:5432" or "unix", for logs. */
 void peer_addr_text(const union peer_addr *a, char *out, size_t n);
 

@@ -7,7 +7,9 @@
 #include "cpus.h"
 
 #include "check.h"
+#include "cidr.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -991,6 +993,39 @@ static void budgets_parse_matchers_and_limits(void)
     config_free(c);
 }
 
+/* auth_query's share per client address: an IPv6 client holds a /64, so each of its addresses
+ * must count as the same holder, and an IPv4-mapped one as its IPv4 address. */
+static void holder_of_an_address_is_its_ip_or_its_ipv6_64(void)
+{
+    struct {
+        int family;
+        const char *ip, *holder;
+    } cases[] = {
+        {AF_INET, "127.0.0.2", "127.0.0.2"},
+        {AF_INET6, "2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"},
+        {AF_INET6, "2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::/64"},
+        {AF_INET6, "2001:db8:1:3::1", "2001:db8:1:3::/64"},
+        {AF_INET6, "::1", "::/64"},
+        {AF_INET6, "::ffff:10.1.2.3", "10.1.2.3"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        union peer_addr a;
+        memset(&a, 0, sizeof(a));
+        a.sa.sa_family = (sa_family_t)cases[i].family;
+        void *dst = cases[i].family == AF_INET ? (void *)&a.in.sin_addr : (void *)&a.in6.sin6_addr;
+        CHECK(inet_pton(cases[i].family, cases[i].ip, dst) == 1);
+        char out[INET6_ADDRSTRLEN + 3];
+        peer_addr_holder(&a, out, sizeof(out));
+        CHECK_STR(out, cases[i].holder);
+    }
+    union peer_addr unix_peer;
+    memset(&unix_peer, 0, sizeof(unix_peer));
+    unix_peer.sa.sa_family = AF_UNIX;
+    char out[INET6_ADDRSTRLEN + 3];
+    peer_addr_holder(&unix_peer, out, sizeof(out));
+    CHECK_STR(out, "");
+}
+
 static void budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys(void)
 {
     struct config *c = load(MINIMAL_DBS "[budgets]\n"
@@ -1834,6 +1869,7 @@ int main(void)
     RUN(users_section_overrides_pool_settings_per_user);
     RUN(budgets_parse_matchers_and_limits);
     RUN(budgets_reject_bad_cidr_numbers_duplicates_and_unknown_keys);
+    RUN(holder_of_an_address_is_its_ip_or_its_ipv6_64);
     RUN(auth_file_is_read_relative_to_the_config_file);
     RUN(include_reads_the_named_file_where_it_stands);
     RUN(config_file_errors_name_the_file);
