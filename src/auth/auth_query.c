@@ -341,7 +341,8 @@ static bool qconn_leave(struct qconn *qc)
     return true;
 }
 
-static void qconn_close(struct qconn *qc, const char *why)
+/* qc leaves the worker's connections (and its lookup, if any). */
+static void qconn_unlink(struct qconn *qc, const char *why)
 {
     for (struct qconn **pp = &qconns; *pp; pp = &(*pp)->next) {
         if (*pp == qc) {
@@ -355,6 +356,11 @@ static void qconn_close(struct qconn *qc, const char *why)
     qc->job = NULL;
     log_msg(LOG_DEBUG, "auth_query: closing the connection to \"%s\" as \"%s\": %s", qc->db_name,
             qc->auth_user, why);
+}
+
+static void qconn_close(struct qconn *qc, const char *why)
+{
+    qconn_unlink(qc, why);
     if (!qconn_leave(qc))
         qconn_free(qc);
 }
@@ -1048,8 +1054,16 @@ void auth_query_reload(void)
 
 void auth_query_end_all(const char *why)
 {
-    while (qconns)
-        qconn_close(qconns, why);
+    /* At the end nothing waits to read a backend's close (its leaving would be freed below at
+     * once): PQfinish says goodbye and closes. No second descriptor either: dup() at shutdown
+     * could take the number of an ended worker's epoll descriptor, which libuv closed with a
+     * raw system call ThreadSanitizer does not see, and it reported a race with that worker's
+     * epoll_wait (CI, test_workers_auth_query). */
+    while (qconns) {
+        struct qconn *qc = qconns;
+        qconn_unlink(qc, why);
+        qconn_free(qc);
+    }
     while (leaving_qconns) {
         struct qconn *qc = leaving_qconns;
         leaving_qconns = qc->next;
