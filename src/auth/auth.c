@@ -849,18 +849,6 @@ void auth_reload_read(const struct config *cfg, struct auth_files *f)
     secret_reload();
 }
 
-void auth_reload(const struct config *cfg)
-{
-    if (load_hba(cfg, "reload: ") < 0)
-        log_msg(LOG_ERROR, "reload: keeping the previous auth_hba_file rules%s",
-                slot_has_value(&hba_rules) ? "" : " (none: every hba login is rejected)");
-    if (load_ident(cfg, "reload: ") < 0)
-        log_msg(LOG_ERROR, "reload: keeping the previous auth_ident_file maps%s",
-                slot_has_value(&ident_maps) ? ""
-                                            : " (none: every cert login with map= is rejected)");
-    secret_reload();
-}
-
 void auth_free_thread(void)
 {
     secret_free_all();

@@ -26,9 +26,6 @@ struct ssl_st;
 /* Start-up: read auth_hba_file, make the key for unknown users' fake SCRAM secrets.
  * 0, or -1 after logging why (sluice does not start). */
 int auth_init(const struct config *cfg) __attribute__((warn_unused_result));
-/* Reload: re-read auth_hba_file (a broken file keeps the previous rules, logged). Any thread
- * may run logins meanwhile: a login that started keeps the rules it read (snapshot.h). */
-void auth_reload(const struct config *cfg);
 /* cfg's auth_hba_file and auth_ident_file as read, for a reload that reads its files off the
  * loop (reload_reader.h) and puts them in force on it, never reading them twice. */
 struct auth_files;
@@ -36,7 +33,9 @@ struct auth_files;
  * reload or SET that fails it is refused whole: SHOW CONFIG names only files in force). */
 struct auth_files *auth_files_read(const struct config *cfg, char *err, size_t errlen);
 void auth_files_free(struct auth_files *f);
-/* auth_reload with the files already read: put them in force (f is taken). */
+/* Reload: put the files read in force (f is taken; a rule set that cannot be published keeps
+ * the previous one, logged). Any thread may run logins meanwhile: a login that started keeps
+ * the rules it read (snapshot.h). */
 void auth_reload_read(const struct config *cfg, struct auth_files *f);
 /* Shutdown: free the rules and caches (the calling thread's too: auth_free_thread). */
 void auth_free_all(void);

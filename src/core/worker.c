@@ -82,7 +82,7 @@ static void apply_reload(struct worker *worker, struct config *cfg, struct budge
     struct config *old = worker->cfg;
     worker->cfg = cfg;
     budget_set_swap(&worker->budgets, budgets);
-    secret_reload(); /* this thread's auth_query answers and connections (auth_reload's part) */
+    secret_reload(); /* this thread's auth_query answers and connections (auth_reload_read's part) */
     worker->handlers->apply_config(worker);
     worker->handlers->dispatch(worker);
     config_release(old);

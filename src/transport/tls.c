@@ -327,9 +327,12 @@ struct tls_context *tls_context_build(const struct config *cfg, char *err, size_
     return t;
 }
 
-/* ctx, mode: built from cfg; put in force (ctx is taken). */
-static void reload_built(const struct config *cfg, SSL_CTX *ctx, enum sslmode mode)
+void tls_reload_built(const struct config *cfg, struct tls_context *t)
 {
+    SSL_CTX *ctx = t->ctx;
+    enum sslmode mode = t->mode;
+    t->ctx = NULL; /* publish takes it, published or freed */
+    tls_context_free(t);
     if (publish(ctx, mode) < 0) {
         log_msg(LOG_ERROR, "reload: client TLS: out of memory; keeping the previous TLS settings");
         return;
@@ -337,26 +340,6 @@ static void reload_built(const struct config *cfg, SSL_CTX *ctx, enum sslmode mo
     if (ctx)
         log_msg(LOG_INFO, "reload: client TLS: %s, certificate %s reloaded", sslmode_name(mode),
                 cfg->client_tls_cert_file);
-}
-
-void tls_reload(const struct config *cfg)
-{
-    char err[1024];
-    enum sslmode mode = SSLMODE_DISABLE;
-    SSL_CTX *ctx = build(cfg, &mode, err, sizeof(err));
-    if (!ctx && (mode != SSLMODE_DISABLE || err[0])) {
-        log_msg(LOG_ERROR, "reload: client TLS: %s; keeping the previous TLS settings (%s)", err,
-                sslmode_name(tls_client_mode()));
-        return;
-    }
-    reload_built(cfg, ctx, mode);
-}
-
-void tls_reload_built(const struct config *cfg, struct tls_context *t)
-{
-    reload_built(cfg, t->ctx, t->mode);
-    t->ctx = NULL;
-    tls_context_free(t);
 }
 
 void tls_free(void)

@@ -24,10 +24,6 @@ struct config;
 /* Build the context from cfg. At start: 0, or -1 after logging what is wrong (sluice
  * refuses to start). */
 int tls_init(const struct config *cfg) __attribute__((warn_unused_result));
-/* After a reload: build a new context; on failure log it and keep the old one (and its mode).
- * Connections keep the context they started with. Other threads may call tls_client_new and
- * tls_client_mode meanwhile: they see the old pair or the new one, never a mix or a freed one. */
-void tls_reload(const struct config *cfg);
 /* The context cfg asks for, built (its files read) off the loop by a reload (reload_reader.h)
  * and put in force on it, so the files are read once. */
 struct tls_context;
@@ -37,7 +33,9 @@ struct tls_context;
  * in force. */
 struct tls_context *tls_context_build(const struct config *cfg, char *err, size_t errlen);
 void tls_context_free(struct tls_context *t);
-/* tls_reload with the context already built (t is taken). */
+/* After a reload: put the context built in force (t is taken). Connections keep the context
+ * they started with. Other threads may call tls_client_new and tls_client_mode meanwhile: they
+ * see the old pair or the new one, never a mix or a freed one. */
 void tls_reload_built(const struct config *cfg, struct tls_context *t);
 /* Shutdown: drop the context. */
 void tls_free(void);

@@ -542,8 +542,16 @@ static void logins_read_rules_and_tls_context_during_reloads(void)
     }
     for (int round = 0; round < 40; round++) {
         write_file("hba.conf", rules[round % 2]);
-        auth_reload(cfg);
-        tls_reload(cfg);
+        /* the reload's own path: the files read (on its thread), then put in force */
+        char err[1024];
+        struct auth_files *read = auth_files_read(cfg, err, sizeof(err));
+        CHECK(read != NULL);
+        if (read)
+            auth_reload_read(cfg, read);
+        struct tls_context *built = tls_context_build(cfg, err, sizeof(err));
+        CHECK(built != NULL);
+        if (built)
+            tls_reload_built(cfg, built);
     }
     atomic_store(&reloading_done, true);
     for (int i = 0; i < NTHREADS; i++) {
