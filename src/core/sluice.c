@@ -582,6 +582,27 @@ static void *named_files_read(const struct config *cfg, char *err, size_t errlen
     return f;
 }
 
+/* Put in force the files as read, under cfg (now the process's): all of them after a reload
+ * (key NULL), or those a SET of key touches; files is freed. */
+static void named_files_put_in_force(const struct config *cfg, struct named_files *files,
+                                     const char *key)
+{
+    if (!key || strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
+        strcmp(key, "logfile") == 0) {
+        log_configure_file(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, files->logfile);
+        files->logfile = NULL;
+    }
+    if (!key || strncmp(key, "client_tls_", 11) == 0) {
+        tls_reload_built(cfg, files->tls);
+        files->tls = NULL;
+    }
+    if (!key || strncmp(key, "auth_", 5) == 0) {
+        auth_reload_read(cfg, files->auth);
+        files->auth = NULL;
+    }
+    named_files_free(files);
+}
+
 static const struct reload_files_ops named_files_ops = {
     .read = named_files_read,
     .free = named_files_free,
@@ -596,21 +617,7 @@ bool sluice_set_generation(struct process *proc, struct config *next, const char
         return false;
     }
     sluice_apply_generation(proc, next);
-    const struct config *cfg = proc->cfg;
-    if (strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
-        strcmp(key, "logfile") == 0) {
-        log_configure_file(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, files->logfile);
-        files->logfile = NULL;
-    }
-    if (strncmp(key, "client_tls_", 11) == 0) {
-        tls_reload_built(cfg, files->tls);
-        files->tls = NULL;
-    }
-    if (strncmp(key, "auth_", 5) == 0) {
-        auth_reload_read(cfg, files->auth);
-        files->auth = NULL;
-    }
-    named_files_free(files);
+    named_files_put_in_force(proc->cfg, files, key);
     return true;
 }
 
@@ -637,15 +644,8 @@ static bool apply_reloaded(struct process *proc, struct reload_result *r)
         log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");
         return false;
     }
-    struct named_files *files = r->files;
     struct config *old = swap_config(proc, next);
-    log_configure_file(next->log_level, next->log_format == LOG_FORMAT_JSON, files->logfile);
-    files->logfile = NULL;
-    auth_reload_read(next, files->auth);
-    files->auth = NULL;
-    tls_reload_built(next, files->tls);
-    files->tls = NULL;
-    named_files_free(files);
+    named_files_put_in_force(next, r->files, NULL);
     publish_generation(proc, old);
     log_msg(LOG_INFO, "configuration reloaded");
     return true;
