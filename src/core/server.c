@@ -286,6 +286,9 @@ static void release_connection(struct server *s)
     stmt_map_free(&s->stmts);
     stmt_map_free(&s->sql_prepared);
     stmt_queue_free(&s->reqs);
+    free(s->portal_drops);
+    s->portal_drops = NULL;
+    s->portal_drops_count = s->portal_drops_cap = 0;
 }
 
 static void close_now(struct server *s)

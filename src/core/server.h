@@ -82,6 +82,13 @@ struct cancel_job;
 struct ledger_key;
 struct worker;
 
+/* A portal bound from a statement that drops statements, and what it drops at its Execute
+ * (server.portal_drops). */
+struct portal_drop {
+    char portal[STMT_KEY_MAX + 1];
+    struct stmt_drop drop;
+};
+
 struct server {
     struct list_node node; /* on its pool's list for its state, or the dead list */
     struct pool *pool;
@@ -131,16 +138,14 @@ struct server {
     /* While unnamed_of is its client: what the unnamed statement's text drops when it runs
      * (transaction mode). */
     struct stmt_drop unnamed_drop;
-#define SERVER_PORTAL_DROPS_MAX 4
+#define SERVER_PORTAL_DROPS_MAX 1024
     /* The portals bound from a statement that drops statements, and what each drops at its
-     * Execute; forgotten once the server is idle outside a transaction block, when every
-     * portal is gone (transaction mode). A Bind when all are taken applies its drop then, which
-     * its batch's Sync undoes unless the portal's Execute came before it. */
-    struct portal_drop {
-        char portal[STMT_KEY_MAX + 1];
-        struct stmt_drop drop;
-    } portal_drops[SERVER_PORTAL_DROPS_MAX];
-    uint8_t portal_drops_count;
+     * Execute (malloc'd, grown as Binds come, kept for the server's life); forgotten once the
+     * server is idle outside a transaction block, when every portal is gone (transaction
+     * mode). A client that binds more than SERVER_PORTAL_DROPS_MAX such portals at once is
+     * failed (54000) rather than followed less exactly. */
+    struct portal_drop *portal_drops;
+    uint32_t portal_drops_count, portal_drops_cap;
     uint64_t params_fp;      /* params_fingerprint of params, as of params_fp_gen */
     uint32_t params_fp_gen;
 

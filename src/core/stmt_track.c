@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "client.h"
@@ -144,7 +145,8 @@ static struct stmt_entry *eviction_victim(struct server *s, const char *keep)
     const char *held = s->unnamed_executes[0] ? s->unnamed_executes_as : "";
     for (struct list_node *n = s->stmts.lru.head.prev; n != &s->stmts.lru.head; n = n->prev) {
         struct stmt_entry *e = container_of(n, struct stmt_entry, lru);
-        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0 && !e->portal_holds)
+        if (strcmp(e->name, keep) != 0 && strcmp(e->name, held) != 0 && !e->portal_holds &&
+            !e->query_holds)
             return e;
     }
     return NULL;
@@ -744,7 +746,9 @@ static enum track_result apply_drop(struct client *c, struct server *s, const st
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
  * names it as the client does; the server knows it by sluice's name, which the text gets in its
- * place (text_at: see TEXT_KEPT), after sluice prepared it there if this server lacks it. */
+ * place (text_at: see TEXT_KEPT), after sluice prepared it there if this server lacks it. The
+ * text of a Parse (one statement), or the head of a Query longer than the buffer (its first);
+ * a whole Query's statements are follow_query's. */
 static enum track_result follow_statement(struct client *c, struct server *s, const char *sql,
                                           size_t len, uint32_t text_at,
                                           const struct param_touch *touch,
@@ -754,12 +758,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     size_t at, span;
-    /* A Query's DEALLOCATE after other statements is followed too (an unnamed Parse holds one
-     * statement): as the first would be, at its place in the text. */
-    size_t from = text_at == 0 ? prepared_later_drop_at(sql, len) : 0;
-    enum sql_dealloc kind =
-        prepared_classify_query_at(sql + from, name_buf, sizeof(name_buf), &at, &span);
-    at += from;
+    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
     size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
@@ -822,6 +821,202 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                       (uint32_t)span, written.name));
 }
 
+/* A statement of a Query that names prepared statements, as follow_query reads it. */
+struct query_statement {
+    struct sql_followed f;           /* f.name: the key (cut_sql_name) */
+    size_t written_len;              /* the name's bytes as written, before the cut */
+    bool mine;                       /* it names the client's statement, as of its turn */
+    struct stmt_server_name sn;      /* then: the server's name for it */
+    struct sql_name_written written; /* and what the text gets in place of the name */
+};
+
+static bool names_one(const struct sql_followed *f)
+{
+    return (f->kind == SQL_DEALLOCATE || f->kind == SQL_EXECUTE || f->kind == SQL_PREPARE) &&
+           f->span > 0;
+}
+
+/* The Query's statements that name prepared statements, in the order Postgres runs them
+ * (*n of them, malloc'd; NULL and 0: none, or out of memory: *oom). Which name the client's
+ * statement at each one's turn follows from those before it: a DEALLOCATE of the name, a
+ * DEALLOCATE ALL or DISCARD ALL, leaves the name the backend's own after it (26000, or what a
+ * PREPARE after it makes). */
+static struct query_statement *query_statements(struct client *c, const struct server *s,
+                                                const char *sql, size_t len, size_t *n, bool *oom)
+{
+    struct query_statement *st = NULL;
+    size_t cap = 0, pos = 0;
+    unsigned reading = session_effects_reading(c, s, sql, len);
+    struct stmt_map dropped; /* the names a DEALLOCATE before drops */
+    stmt_map_init(&dropped);
+    bool all_dropped = false;
+    struct sql_followed f;
+    *n = 0;
+    *oom = false;
+    while (prepared_next_followed(sql, len, reading, &pos, &f)) {
+        if (*n == cap) {
+            size_t more = cap ? cap * 2 : 4;
+            struct query_statement *grown = realloc(st, more * sizeof(*st));
+            if (!grown) {
+                *oom = true;
+                break;
+            }
+            st = grown;
+            cap = more;
+        }
+        struct query_statement *q = &st[(*n)++];
+        q->f = f;
+        q->written_len = strlen(f.name);
+        cut_sql_name(c, s, q->f.name);
+        const char *name = q->f.name;
+        struct stmt_def *mine = names_one(&f) && !all_dropped && !stmt_map_get(&dropped, name)
+                                    ? client_def(c, name)
+                                    : NULL;
+        q->mine = mine != NULL;
+        if (mine) {
+            stmt_names_for_server(&q->sn, mine,
+                                  strlen(name) >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE);
+            name_with_rest(&q->written, &q->sn, sql + f.at, f.span, strlen(name), q->written_len);
+        }
+        if (f.kind == SQL_DEALLOCATE && name[0] && !stmt_map_put(&dropped, name, NULL))
+            *oom = true;
+        all_dropped |= f.kind == SQL_DEALLOCATE_ALL || f.kind == SQL_DISCARD_ALL;
+        if (*oom)
+            break;
+    }
+    stmt_map_free(&dropped);
+    if (*oom) {
+        free(st);
+        st = NULL;
+        *n = 0;
+    }
+    return st;
+}
+
+/* The Query's text from its first renamed name to the end of its last (*from, *old_len), with
+ * sluice's names in place of the client's (malloc'd; NULL when out of memory). */
+static char *query_renamed(const char *sql, const struct query_statement *st, size_t n,
+                           size_t *from, size_t *old_len)
+{
+    size_t first = n, last = 0, grow = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (!st[k].mine)
+            continue;
+        first = first < n ? first : k;
+        last = k;
+        grow += strlen(st[k].written.name);
+    }
+    *from = st[first].f.at;
+    *old_len = st[last].f.at + st[last].f.span - *from;
+    char *repl = malloc(*old_len + grow + 1), *w = repl;
+    if (!repl)
+        return NULL;
+    size_t copied = *from;
+    for (size_t k = first; k <= last; k++) {
+        if (!st[k].mine)
+            continue;
+        memcpy(w, sql + copied, st[k].f.at - copied);
+        w += st[k].f.at - copied;
+        size_t nl = strlen(st[k].written.name);
+        memcpy(w, st[k].written.name, nl);
+        w += nl;
+        copied = st[k].f.at + st[k].f.span;
+    }
+    *w = '\0';
+    return repl;
+}
+
+/* What the Query's statements the server will run do, in their order (follow_statement's work
+ * for each; a Query holds several). First, while the client's statements are as they were,
+ * each statement the client's statement is needed for gets it on the server (which may wait
+ * for the server's replies: the Query is looked at again then, from its start); then what each
+ * drops or prepares by SQL is recorded, in order; then the names are rewritten, in one piece.
+ * A Query without the words these statements start with is not split (one pass). */
+static enum track_result follow_query(struct client *c, struct server *s, const char *sql,
+                                      size_t len, const struct param_touch *touch,
+                                      struct client_failure *fail)
+{
+    if (!memchr(sql, '\0', len) || !prepared_query_may_name(sql, len)) {
+        session_effects_forget_params(s, touch);
+        return TRACK_PASS;
+    }
+    size_t n;
+    bool oom;
+    struct query_statement *st = query_statements(c, s, sql, len, &n, &oom);
+    enum track_result r = TRACK_PASS;
+    if (oom) {
+        fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+        return TRACK_FAILED;
+    }
+    size_t from = 0, old_len = 0;
+    char *repl = NULL;
+    bool renames = false;
+    for (size_t k = 0; k < n; k++)
+        renames |= st[k].mine;
+    if (renames) {
+        repl = query_renamed(sql, st, n, &from, &old_len);
+        r = repl ? room_to_rename(c, (uint32_t)old_len, (uint32_t)strlen(repl)) : TRACK_FAILED;
+        if (!repl)
+            fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+    }
+    /* In a failed transaction the server refuses the statement whatever it names (25P02), and
+     * would refuse sluice's Parse as well: nothing is prepared for it then. What one statement
+     * needs is not evicted for the next's (query_holds, until the Query is framed or waits:
+     * looked at again, it is needed again). */
+    for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
+        const struct query_statement *q = &st[k];
+        if (q->mine && s->txn_status != 'E')
+            r = prepare_before_query(c, s, client_def(c, q->f.name), q->sn.name, q->f.kind, fail);
+        else if (!q->mine && names_one(&q->f))
+            r = hide_others_statement(c, s, q->f.name);
+        struct stmt_entry *held = q->mine ? stmt_map_get(&s->stmts, q->sn.name) : NULL;
+        if (held)
+            held->query_holds = true;
+    }
+    for (size_t k = 0; k < n; k++) {
+        struct stmt_entry *held = st[k].mine ? stmt_map_get(&s->stmts, st[k].sn.name) : NULL;
+        if (held)
+            held->query_holds = false;
+    }
+    if (r == TRACK_PASS)
+        session_effects_forget_params(s, touch);
+    for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
+        const struct query_statement *q = &st[k];
+        struct stmt_def *mine = q->mine ? client_def(c, q->f.name) : NULL;
+        struct stmt_drop drop = {.kind = q->f.kind};
+        switch (q->f.kind) {
+        case SQL_EXECUTE:
+            if (mine && mine->effect == STMT_EFFECT_SESSION)
+                session_effects_run_statement(c, s, mine);
+            break;
+        case SQL_PREPARE:
+            /* as follow_statement's */
+            if (!q->mine && q->f.name[0]) {
+                if (!stmt_map_put(&s->sql_prepared, q->f.name, NULL))
+                    s->close_when_free = true;
+                s->session = SERVER_SESSION_UNKNOWN;
+            }
+            break;
+        case SQL_DEALLOCATE:
+        case SQL_DEALLOCATE_ALL:
+        case SQL_DISCARD_ALL:
+            snprintf(drop.name, sizeof(drop.name), "%.63s", q->f.name);
+            snprintf(drop.server_name, sizeof(drop.server_name), "%.63s",
+                     q->mine ? q->sn.name : q->f.name);
+            r = apply_drop(c, s, &drop, false, fail);
+            break;
+        default:
+            break;
+        }
+    }
+    if (r == TRACK_PASS && renames)
+        r = renamed(
+            stmt_names_rewrite(&c->in, &c->rx, &s->out, (uint32_t)from, (uint32_t)old_len, repl));
+    free(repl);
+    free(st);
+    return r;
+}
+
 /* Every statement text sent to the server, by Query or by Parse, is looked at here: SQL whose
  * effect outlives the transaction (see session_state.h), then follow_statement. len covers the
  * text and its NUL (and, for Parse, what follows it); text_at: see TEXT_KEPT. */
@@ -835,7 +1030,8 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
         return r;
     /* A Parse's text runs at its Bind, which follows: noted now, what follows is as unknown. */
     note_encoding_effect(s, text_encoding_effect_of(sql, len));
-    r = follow_statement(c, s, sql, len, text_at, &touch, fail);
+    r = text_at == 0 ? follow_query(c, s, sql, len, &touch, fail)
+                     : follow_statement(c, s, sql, len, text_at, &touch, fail);
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
     return r;
@@ -1112,7 +1308,7 @@ static enum track_result bind_deallocate_renamed(struct client *c, struct server
 
 static struct portal_drop *portal_drop_of(struct server *s, const char *portal)
 {
-    for (uint8_t i = 0; i < s->portal_drops_count; i++)
+    for (uint32_t i = 0; i < s->portal_drops_count; i++)
         if (strcmp(s->portal_drops[i].portal, portal) == 0)
             return &s->portal_drops[i];
     return NULL;
@@ -1128,7 +1324,9 @@ static void forget_portal_drop(struct server *s, const char *portal)
 /* A Bind of the client's statement `name` (def: the client's; NULL for the unnamed, or one
  * the client does not hold) to `portal` (both keys): what the statement drops, the portal drops
  * at each Execute (stmt_track_message, 'E'), maybe never (Postgres runs a DEALLOCATE there, not
- * at its Parse or Bind). With every slot taken the drop applies now, at the Bind. */
+ * at its Parse or Bind). Every such portal of the transaction is kept: one past
+ * SERVER_PORTAL_DROPS_MAX fails the client (54000), as a drop applied anywhere but at its
+ * Execute would leave sluice's record of the statements wrong. */
 static enum track_result note_portal_drop(struct client *c, struct server *s, const char *portal,
                                           const char *name, const struct stmt_def *def,
                                           struct client_failure *fail)
@@ -1141,8 +1339,24 @@ static enum track_result note_portal_drop(struct client *c, struct server *s, co
         return TRACK_PASS;
     }
     struct portal_drop *p = portal_drop_of(s, portal);
-    if (!p && s->portal_drops_count == SERVER_PORTAL_DROPS_MAX)
-        return apply_drop(c, s, &d, false, fail);
+    if (!p && s->portal_drops_count == SERVER_PORTAL_DROPS_MAX) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "more than %d portals bound from DEALLOCATE or DISCARD ALL at once",
+                 SERVER_PORTAL_DROPS_MAX);
+        fail_session(fail, FAIL_TOO_MANY_STATEMENTS, detail);
+        return TRACK_FAILED;
+    }
+    if (!p && s->portal_drops_count == s->portal_drops_cap) {
+        uint32_t cap = s->portal_drops_cap ? s->portal_drops_cap * 2 : 4;
+        struct portal_drop *grown = realloc(s->portal_drops, cap * sizeof(*grown));
+        if (!grown) {
+            fail_session(fail, FAIL_OUT_OF_MEMORY, "");
+            return TRACK_FAILED;
+        }
+        s->portal_drops = grown;
+        s->portal_drops_cap = cap;
+    }
     if (!p) {
         p = &s->portal_drops[s->portal_drops_count++];
         snprintf(p->portal, sizeof(p->portal), "%s", portal);
@@ -1176,6 +1390,10 @@ static enum track_result run_portal_drop(struct client *c, struct server *s,
     struct stmt_def *current = client_def(c, d->name);
     enum track_result r = TRACK_PASS;
     if (!current) {
+        /* the 26000 names the client's a, not another of its statements that has the text's
+         * server name now (one of the same text) */
+        if (stmt_names_is_servers(d->server_name))
+            stmt_queue_name_next_error(&s->reqs, d->name, d->server_name);
         r = hide_others_statement(c, s, d->server_name);
         return r == TRACK_PASS ? apply_drop(c, s, d, false, fail) : r;
     }

@@ -239,6 +239,7 @@ struct stmt_entry *stmt_map_put(struct stmt_map *m, const char *name, struct stm
     e->shape = STMT_SHAPE_UNKNOWN;
     e->fresh_epoch = 0;
     e->portal_holds = false;
+    e->query_holds = false;
     if (def)
         def_ref(def);
     uint32_t k = bucket(m, name);
@@ -410,6 +411,25 @@ const char *stmt_queue_dropped_name_of(const struct stmt_queue *q, const char *s
             return name;
     }
     return NULL;
+}
+
+void stmt_queue_name_next_error(struct stmt_queue *q, const char *client_name,
+                                const char *server_name)
+{
+    uint32_t readies = 0; /* the ReadyForQuery due before the batch of the request framed now */
+    for (uint32_t i = 0; i < q->count; i++)
+        if (item_at(q, i)->kind == REQ_SYNC)
+            readies += item_at(q, i)->repeat;
+    snprintf(q->named_as.client_name, sizeof(q->named_as.client_name), "%s", client_name);
+    snprintf(q->named_as.server_name, sizeof(q->named_as.server_name), "%s", server_name);
+    q->named_as_readies = readies;
+}
+
+const char *stmt_queue_named_as(const struct stmt_queue *q, const char *server_name)
+{
+    return q && q->named_as.server_name[0] && strcmp(q->named_as.server_name, server_name) == 0
+               ? q->named_as.client_name
+               : NULL;
 }
 
 static struct stmt_queue_item *last_item(struct stmt_queue *q)
@@ -1040,6 +1060,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
         q->head = (q->head + 1) % q->cap;
         q->count--;
     }
+    if (q->named_as.server_name[0] && q->named_as_readies-- == 0)
+        q->named_as.server_name[0] = '\0'; /* its batch is answered */
     if (q->parse_awaited && !parse_before_sync(q, NULL))
         q->parse_awaited = false; /* decided: the Parse that waited is framed now */
     /* A Query held for sluice's Parse, queued after this Sync, still waits for its answer; a
@@ -1259,30 +1281,44 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
     return kind;
 }
 
-size_t prepared_later_drop_at(const char *sql, size_t len)
+bool prepared_query_may_name(const char *sql, size_t len)
 {
-    char name[256];
-    if (prepared_classify_query(sql, name, sizeof(name)) != SQL_OTHER)
-        return 0; /* the first statement is the one followed */
-    size_t i = 0;
-    while (i < len && sql[i]) {
-        bool ended;
-        unsigned doubts = 0;
-        size_t past = sql_skip_lexeme(sql, i, len, SQL_READ_STANDARD, &ended, &doubts);
-        if (past != i) {
-            /* a literal another reading ends elsewhere could hide a ';' or show one */
-            if (!ended || doubts)
-                return 0;
-            i = past;
-            continue;
-        }
-        if (sql[i++] != ';')
-            continue;
-        if (!memchr(sql + i, '\0', len - i))
-            return 0;
-        enum sql_dealloc kind = prepared_classify_query(sql + i, name, sizeof(name));
-        if (kind == SQL_DEALLOCATE || kind == SQL_DEALLOCATE_ALL || kind == SQL_DISCARD_ALL)
-            return i;
+    static const char *const words[] = {"execute", "deallocate", "discard", "prepare"};
+    return sql_words_in(sql, len, words, sizeof(words) / sizeof(words[0])) != 0;
+}
+
+/* Does the text, read as `reading` says, end outside every literal, quoted name and comment
+ * (else Postgres refuses it whole, and runs none of its statements)? */
+static bool splits_whole(const char *sql, size_t len, unsigned reading)
+{
+    size_t end;
+    for (size_t start = 0; start <= len; start = end + 1) {
+        if (!sql_next_statement(sql, len, start, &end, reading, NULL))
+            return false;
+        if (end >= len || sql[end] == '\0')
+            return true;
     }
-    return 0;
+    return true;
+}
+
+bool prepared_next_followed(const char *sql, size_t len, unsigned reading, size_t *pos,
+                            struct sql_followed *f)
+{
+    if (*pos == 0 && !splits_whole(sql, len, reading))
+        return false;
+    size_t end;
+    for (size_t start = *pos; start < len && sql[start]; start = end + 1) {
+        if (!sql_next_statement(sql, len, start, &end, reading, NULL))
+            return false;
+        *pos = end + 1;
+        size_t at, span;
+        f->kind = prepared_classify_query_at(sql + start, f->name, sizeof(f->name), &at, &span);
+        if (f->kind == SQL_OTHER)
+            continue;
+        f->at = span ? start + at : 0;
+        f->span = span;
+        return true;
+    }
+    *pos = len;
+    return false;
 }

@@ -140,6 +140,10 @@ struct stmt_entry {
      * outside a transaction block, when every portal is gone (stmt_track.c,
      * settle_after_idle; stmt_queue.portals_hold counts those marked). */
     bool portal_holds;
+    /* A server's entry a Query being followed needs, with others of its statements sluice
+     * prepares after it (stmt_track.c, follow_query): not evicted meanwhile, so that the server
+     * may hold more than max_prepared_statements while that Query is framed. */
+    bool query_holds;
     char name[];
 };
 
@@ -310,6 +314,11 @@ struct stmt_queue {
      * Describe: its statement (held), whose parameter types the client gets before the 0A000,
      * as Postgres sends them before it revalidates the statement. NULL otherwise. */
     struct stmt_def *poisoned_describe;
+    /* A request that fails naming a server name the client's statement client_name had when it
+     * was made (stmt_queue_name_next_error): named_as.server_name[0] when none; its error is
+     * answered before named_as_readies more ReadyForQuery have come. */
+    struct stmt_departed named_as;
+    uint32_t named_as_readies;
 };
 
 /* The name a client's Bind or Describe of a statement whose result type changed goes to the
@@ -360,6 +369,14 @@ int stmt_queue_push_client_drop(struct stmt_queue *q, const char *client_name,
  * it. An error that comes before such a drop is answered (a request of the batch before it
  * failed) still names the client's statement as the client does. For error messages only. */
 const char *stmt_queue_dropped_name_of(const struct stmt_queue *q, const char *server_name);
+/* The client's request framed now (the Execute of a portal bound from DEALLOCATE client_name,
+ * whose text names server_name) fails with 26000 naming server_name, which another of the
+ * client's statements may have now (one of the same text): its error names client_name, the
+ * statement the client's request named, as Postgres's does. Until its batch is answered. */
+void stmt_queue_name_next_error(struct stmt_queue *q, const char *client_name,
+                                const char *server_name);
+/* That client name, when server_name is the one noted; NULL otherwise. For error messages. */
+const char *stmt_queue_named_as(const struct stmt_queue *q, const char *server_name);
 /* Is a request holding the client's statements (a Close, DEALLOCATE, DISCARD ALL) queued ahead
  * of a Sync? Its outcome decides which statements the client has: what the client sends after
  * that Sync waits for it (what it sends before is skipped if it fails). */
@@ -520,11 +537,24 @@ struct stmt_drop {
 /* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
 enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
                                             size_t *at, size_t *span);
-/* A Query of several statements whose first is none prepared_classify_query follows: where its
- * first DEALLOCATE, DEALLOCATE ALL or DISCARD ALL starts (SELECT 1; DEALLOCATE a), to be followed
- * as that statement (sql: len bytes, a NUL among them). 0: none, or the text holds a literal whose
- * end depends on how its backslashes read (the statement split could be wrong). One statement
- * per Query is followed: an EXECUTE after another, or a second DEALLOCATE, is not. */
-size_t prepared_later_drop_at(const char *sql, size_t len);
+/* Does the text (len bytes) hold a word of the statements prepared_classify_query follows
+ * (EXECUTE, DEALLOCATE, DISCARD, PREPARE), anywhere? One pass: a Query without one is not
+ * split into its statements. */
+bool prepared_query_may_name(const char *sql, size_t len);
+
+/* One statement of a simple Query that prepared_classify_query follows. */
+struct sql_followed {
+    enum sql_dealloc kind;
+    size_t at, span; /* where its name is written in the Query, quotes included (span 0: none,
+                      * or one that does not end) */
+    char name[256];  /* as prepared_classify_query gives it */
+};
+/* The statements of a simple Query (sql: len bytes, a NUL among them) that
+ * prepared_classify_query follows, each in its turn, as Postgres splits the text read as
+ * `reading` (enum sql_reading) says: the next from *pos (0 for the first; *pos moves past it).
+ * False when none is left, and at once for a text that, so read, ends inside a literal, a
+ * quoted name or a comment (Postgres runs none of its statements). */
+bool prepared_next_followed(const char *sql, size_t len, unsigned reading, size_t *pos,
+                            struct sql_followed *f);
 
 #endif

@@ -797,33 +797,6 @@ static enum session_feature session_calls(const char *s, size_t len, struct para
     return found;
 }
 
-/* The statement from `start`: *end is where it ends (a ';' or NUL outside literals, quoted
- * names and comments, or len), the text read as `reading` says (sql_lex.h). False when the text
- * ends inside one of those: no statement is there to look at. *doubts gets the readings under
- * which a literal on the way could end elsewhere. */
-static bool next_statement(const char *sql, size_t len, size_t start, size_t *end,
-                           unsigned reading, unsigned *doubts)
-{
-    size_t i = start;
-    while (i < len) {
-        bool ended;
-        size_t past = sql_skip_lexeme(sql, i, len, reading, &ended, doubts);
-        if (past != i) {
-            if (!ended)
-                break;
-            i = past;
-            continue;
-        }
-        if (sql[i] == ';' || sql[i] == '\0') {
-            *end = i;
-            return true;
-        }
-        i++;
-    }
-    *end = len;
-    return i >= len;
-}
-
 /* session_state_detect with the text read as `reading` says. *whole (may be NULL): false when
  * the text, so read, ends inside a literal or comment (Postgres refuses it whole: none of its
  * statements run). */
@@ -835,7 +808,7 @@ static enum session_feature detect_split(const char *sql, size_t len, struct par
     size_t end;
     bool ends_outside = true;
     for (size_t start = 0; start <= len; start = end + 1) {
-        if (!next_statement(sql, len, start, &end, reading, doubts)) {
+        if (!sql_next_statement(sql, len, start, &end, reading, doubts)) {
             ends_outside = false;
             break;
         }
@@ -961,7 +934,7 @@ size_t session_state_feature_start(const char *sql, size_t len)
     size_t end;
     unsigned doubts = 0; /* none: no backslash is in the text (above) */
     for (size_t start = 0;
-         start <= len && next_statement(sql, len, start, &end, SQL_READ_STANDARD, &doubts);
+         start <= len && sql_next_statement(sql, len, start, &end, SQL_READ_STANDARD, &doubts);
          start = end + 1) {
         if (statement_feature(sql, start, end, NULL, SQL_READ_STANDARD) != SESSION_FEATURE_NONE ||
             session_calls(sql + start, end - start, NULL, SQL_READ_STANDARD) !=

@@ -131,6 +131,29 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
     return i;
 }
 
+bool sql_next_statement(const char *sql, size_t len, size_t start, size_t *end, unsigned reading,
+                        unsigned *doubts)
+{
+    size_t i = start;
+    while (i < len) {
+        bool ended;
+        size_t past = sql_skip_lexeme(sql, i, len, reading, &ended, doubts);
+        if (past != i) {
+            if (!ended)
+                break;
+            i = past;
+            continue;
+        }
+        if (sql[i] == ';' || sql[i] == '\0') {
+            *end = i;
+            return true;
+        }
+        i++;
+    }
+    *end = len;
+    return i >= len;
+}
+
 size_t sql_skip_space(const char *s, size_t i, size_t len)
 {
     for (;;) {

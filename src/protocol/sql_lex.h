@@ -1,8 +1,8 @@
 /* sql_lex: the few rules of Postgres's lexer (scan.l) that decide where a SQL text's words and
  * statements are: blanks, comments, literals and quoted names. sluice's inspectors of client SQL
- * (session_state.c's statement split, prepared.c's EXECUTE/DEALLOCATE reader) skip through
- * these, so that a ';' or a keyword inside one is not taken for SQL, and a quote inside one (an
- * apostrophe in "-- don't", a quote in a function body) opens nothing.
+ * (session_state.c's reading of SET and the like, prepared.c's EXECUTE/DEALLOCATE reader) skip
+ * through these, so that a ';' or a keyword inside one is not taken for SQL, and a quote inside one
+ * (an apostrophe in "-- don't", a quote in a function body) opens nothing.
  *
  * A text ends at len or at its first NUL, whichever comes first. */
 #ifndef SLUICE_SQL_LEX_H
@@ -35,6 +35,14 @@ bool sql_ident_char(char ch);
  * readings under which this literal could end elsewhere (a backslash in it). */
 size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bool *ended,
                        unsigned *doubts);
+
+/* The statement from `start`: *end is where it ends (a ';' or NUL outside literals, quoted
+ * names and comments, or len), the text read as `reading` says. False when the text ends inside
+ * one of those: no statement is there to look at (Postgres refuses such a text whole). *doubts
+ * (may be NULL) gets the readings under which a literal on the way could end elsewhere. What
+ * splits a simple Query into the statements Postgres runs, for each inspector of client SQL. */
+bool sql_next_statement(const char *sql, size_t len, size_t start, size_t *end, unsigned reading,
+                        unsigned *doubts);
 
 /* Past the blanks and comments at s[i]. */
 size_t sql_skip_space(const char *s, size_t i, size_t len);

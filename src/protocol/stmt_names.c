@@ -179,12 +179,15 @@ enum stmt_rewrite stmt_names_rename(struct buf *b, struct framer *rx, struct msg
     return STMT_REWRITTEN_IN_PLACE;
 }
 
-/* The client's name for server_name: in its map, else in a map a drop of all still unanswered
- * took away (pending). */
+/* The client's name for server_name: the one a request of pending fails naming
+ * (stmt_queue_named_as), else in its map, else in a map a drop of all still unanswered took
+ * away (pending). */
 static const char *client_name_for(const struct stmt_map *client_map,
                                    const struct stmt_queue *pending, const char *server_name)
 {
-    const char *mine = stmt_map_name_of(client_map, server_name);
+    const char *mine = stmt_queue_named_as(pending, server_name);
+    if (!mine)
+        mine = stmt_map_name_of(client_map, server_name);
     return mine ? mine : stmt_queue_dropped_name_of(pending, server_name);
 }
 

@@ -420,6 +420,69 @@ def texts_whose_parse_raises_a_notice(c):
                                "'mine'; END $$") + bind_msg("", "") + execute_msg()
                   + bind_msg("", "x") + execute_msg() + sync_msg())]
 
+
+def every_statement_of_a_query_is_followed(c):
+    """An EXECUTE after another statement in one Query, a second DEALLOCATE, and a DEALLOCATE
+    after a literal holding a backslash: sluice followed only the first EXECUTE or DEALLOCATE of
+    a Query, and none after such a literal. The client's statement then reached the backend
+    under its own name: 26000 where Postgres runs it, or a dropped statement sluice still
+    thought prepared (42P05 at the next Parse of its name)."""
+    return [batch(c, parse_msg("a", "SELECT 1") + parse_msg("b", "SELECT 2") + sync_msg()),
+            q(c, "SELECT 1; EXECUTE a"), q(c, "SELECT 0; EXECUTE a; EXECUTE b; EXECUTE a"),
+            q(c, "DEALLOCATE a; DEALLOCATE b"), bind_run(c, "a"), bind_run(c, "b"),
+            batch(c, parse_msg("a", "SELECT 3") + parse_msg("b", "SELECT 4") + sync_msg()),
+            # after a DEALLOCATE the name is the backend's own, as on Postgres (26000)
+            q(c, "EXECUTE a; DEALLOCATE a; EXECUTE a"), bind_run(c, "a"), bind_run(c, "b"),
+            q(c, "EXECUTE b; DEALLOCATE b; PREPARE b AS SELECT 40; EXECUTE b; DEALLOCATE b"),
+            batch(c, parse_msg("a", "SELECT 5") + parse_msg("b", "SELECT 6") + sync_msg()),
+            # literals with a backslash, read as the session reads them
+            q(c, r"SELECT E'\\'''; DEALLOCATE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 7") + sync_msg()),
+            q(c, r"SELECT '\'; EXECUTE a; DEALLOCATE a"), bind_run(c, "a"),
+            batch(c, parse_msg("a", "SELECT 8") + sync_msg()),
+            q(c, r"SELECT 'x\', E'\';'; EXECUTE b; DEALLOCATE b"), bind_run(c, "b"),
+            batch(c, parse_msg("b", "SELECT 9") + sync_msg()),
+            q(c, "SET standard_conforming_strings = off"),
+            q(c, r"SELECT 'it\'s'; EXECUTE a; DEALLOCATE a"), bind_run(c, "a"),
+            q(c, r"SELECT '\\'; DEALLOCATE b"), bind_run(c, "b"),
+            q(c, "RESET standard_conforming_strings"),
+            batch(c, parse_msg("b", "SELECT 11") + sync_msg()),
+            q(c, r"SELECT 'c:\'; DEALLOCATE b"), bind_run(c, "b"),
+            # a text Postgres refuses whole runs none of its statements
+            batch(c, parse_msg("a", "SELECT 10") + sync_msg()),
+            q(c, "DEALLOCATE a; SELEC 1"), bind_run(c, "a"), q(c, "EXECUTE a; SELECT 'x"),
+            bind_run(c, "a")]
+
+
+def five_portals_bound_from_deallocate_in_one_transaction(c):
+    """Each portal bound from a DEALLOCATE drops its statement at its Execute. sluice kept four
+    such portals per server: a fifth's drop applied at its Bind (undone at the Sync), and its
+    Execute, no longer followed, left a statement sluice still thought prepared."""
+    n = 6
+    out = [batch(c, b"".join(parse_msg(f"a{i}", f"SELECT {i}")
+                             + parse_msg(f"d{i}", f"DEALLOCATE a{i}") for i in range(n))
+                 + sync_msg()),
+           q(c, "BEGIN"),
+           batch(c, b"".join(bind_msg(f"p{i}", f"d{i}") for i in range(n)) + sync_msg()),
+           bind_run(c, f"a{n - 1}"),
+           batch(c, b"".join(execute_msg(f"p{i}") for i in range(n)) + sync_msg()),
+           q(c, "COMMIT")]
+    for i in range(n):
+        out += [bind_run(c, f"a{i}"), batch(c, parse_msg(f"a{i}", "SELECT 99") + sync_msg()),
+                bind_run(c, f"a{i}")]
+    return out
+
+
+def deallocate_by_parse_of_a_statement_closed_and_its_text_prepared_by_another_name(c):
+    """The unnamed Parse of DEALLOCATE a, then a closed and its text prepared as b: Postgres's
+    26000 at the Execute names a, the statement the DEALLOCATE names; sluice's named b (the
+    server's name for the text is b's now)."""
+    return [batch(c, parse_msg("a", "SELECT 1") + sync_msg()),
+            batch(c, parse_msg("", "DEALLOCATE a") + close_msg("S", "a")
+                  + parse_msg("b", "SELECT 1") + bind_msg("", "") + execute_msg() + sync_msg()),
+            bind_run(c, "b"), bind_run(c, "a")]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
@@ -435,7 +498,9 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              deallocate_by_parse_drops_the_statement_of_that_name_at_its_execute,
              deallocate_after_other_statements_in_one_query,
              sql_names_longer_than_their_key_get_the_notice,
-             texts_whose_parse_raises_a_notice]
+             texts_whose_parse_raises_a_notice, every_statement_of_a_query_is_followed,
+             five_portals_bound_from_deallocate_in_one_transaction,
+             deallocate_by_parse_of_a_statement_closed_and_its_text_prepared_by_another_name]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -670,3 +735,46 @@ def test_a_client_on_another_backend_each_time_sees_what_postgres_shows(pg, star
     finally:
         for conn in [direct, pooled] + helpers:
             conn.close()
+
+
+def more_statements_in_one_query_than_a_server_keeps(c):
+    """Each EXECUTE of a Query needs its statement on the server when the Query runs: one
+    prepared for a later EXECUTE must not close one an earlier EXECUTE needs, whatever
+    max_prepared_statements (2 here) says."""
+    names = ["a", "b", "c", "d"]
+    return [batch(c, b"".join(parse_msg(n, f"SELECT '{n}'") for n in names) + sync_msg()),
+            q(c, "; ".join(f"EXECUTE {n}" for n in names)),
+            q(c, "EXECUTE d; EXECUTE c; SELECT 1; EXECUTE b; EXECUTE a; DEALLOCATE c"),
+            q(c, "BEGIN; EXECUTE a; EXECUTE b; EXECUTE c; COMMIT")] + [bind_run(c, n) for n in names]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_query_naming_more_statements_than_a_server_keeps(pg, start_sluice, workers):
+    assert_sluice_shows_what_postgres_shows(pg, start_sluice, workers,
+                                            more_statements_in_one_query_than_a_server_keeps,
+                                            main={"max_prepared_statements": 2})
+
+
+def test_too_many_portals_bound_from_deallocate_fail_the_client(pg, start_sluice):
+    """sluice follows every portal bound from a DEALLOCATE until its Execute, up to 1024 at once
+    (server.h, SERVER_PORTAL_DROPS_MAX): past that the client is failed with 54000 naming the
+    limit, not followed less exactly."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    c = raw_login(s.port)
+    try:
+        assert batch(c, parse_msg("a", "SELECT 1") + parse_msg("d", "DEALLOCATE a")
+                     + sync_msg()) == ["1", "1", "ZI"]
+        assert q(c, "BEGIN")[-1] == "ZT"
+        c.send(b"".join(bind_msg(f"p{i}", "d") for i in range(1025)) + sync_msg())
+        seen = []
+        while True:
+            t, p = c.read_message()
+            if t == "E":
+                f = parse_fields(p)
+                seen.append((f.get("S"), f.get("C"), f.get("M")))
+                break
+            assert t == "2", (t, p)
+        assert seen[0][:2] == ("FATAL", "54000"), seen
+        assert "1024 portals" in seen[0][2], seen
+    finally:
+        c.close()

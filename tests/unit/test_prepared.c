@@ -14,6 +14,7 @@
 #include "text_encoding.h"
 #include "siphash.h"
 #include "prepared.h"
+#include "sql_lex.h"
 #include "stmt_names.h"
 #include "session_effects.h"
 #include "session_state.h"
@@ -434,19 +435,46 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK_INT(prepared_classify_query("DISCARD PLANS", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("select 'deallocate all'", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("deallocated", name, sizeof(name)), SQL_OTHER);
-    /* a DEALLOCATE after other statements: where it starts, past ';' in literals, quoted
-     * names and comments; none where the first statement is followed, or a backslash in a
-     * literal could move its end */
+    /* every statement of a Query that names prepared statements, in order, past ';' in
+     * literals, quoted names and comments, the text read as the session reads it */
+    struct sql_followed f;
+    size_t pos = 0;
     const char *later = "SELECT ';', \"x;\" /* ; */; -- ;\n DEALLOCATE a";
-    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 25);
-    later = "SELECT 1;SELECT 2; discard all";
-    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 18);
-    later = "DEALLOCATE a; DEALLOCATE b";
-    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
-    later = "SELECT 1; EXECUTE a";
-    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
-    later = "SELECT E'\\'; DEALLOCATE a";
-    CHECK_INT((int)prepared_later_drop_at(later, strlen(later) + 1), 0);
+    CHECK(prepared_query_may_name(later, strlen(later) + 1));
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK_INT(f.kind, SQL_DEALLOCATE);
+    CHECK_STR(f.name, "a");
+    CHECK_INT((int)f.at, 43);
+    CHECK_INT((int)f.span, 1);
+    CHECK(!prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    later = "DEALLOCATE a; select 1;EXECUTE \"B\"(1); discard all";
+    pos = 0;
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK_INT(f.kind, SQL_DEALLOCATE);
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK_INT(f.kind, SQL_EXECUTE);
+    CHECK_STR(f.name, "B");
+    CHECK_INT((int)f.at, 31);
+    CHECK_INT((int)f.span, 3);
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK_INT(f.kind, SQL_DISCARD_ALL);
+    CHECK(!prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK(!prepared_query_may_name("SELECT 1; SELECT 2", 19));
+    /* a backslash ends '\' under standard_conforming_strings, not without it */
+    later = "SELECT '\\'; DEALLOCATE a";
+    pos = 0;
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
+    CHECK_INT(f.kind, SQL_DEALLOCATE);
+    pos = 0;
+    CHECK(!prepared_next_followed(later, strlen(later) + 1, SQL_READ_PLAIN_ESCAPES, &pos, &f));
+    later = "SELECT 'it\\'s'; DEALLOCATE a";
+    pos = 0;
+    CHECK(prepared_next_followed(later, strlen(later) + 1, SQL_READ_PLAIN_ESCAPES, &pos, &f));
+    CHECK_INT(f.kind, SQL_DEALLOCATE);
+    /* a text Postgres refuses whole: none */
+    later = "DEALLOCATE a; SELECT 'x";
+    pos = 0;
+    CHECK(!prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
     size_t at, span;
     const char *sql = "EXECUTE \"My \"\"x\"\"\"(1)";
     CHECK_INT(prepared_classify_query_at(sql, name, sizeof(name), &at, &span), SQL_EXECUTE);
