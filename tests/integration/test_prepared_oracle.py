@@ -483,6 +483,20 @@ def deallocate_by_parse_of_a_statement_closed_and_its_text_prepared_by_another_n
             bind_run(c, "b"), bind_run(c, "a")]
 
 
+
+def statements_of_a_query_after_a_drop_in_a_pipeline_and_a_block(c):
+    """The same behind a DEALLOCATE, in a Query pipelined inside an extended batch, and in a
+    transaction block."""
+    return [batch(c, parse_msg("a", "SELECT 1") + parse_msg("b", "SELECT 2") + sync_msg()),
+            q(c, "DEALLOCATE a; EXECUTE b; DEALLOCATE b"), bind_run(c, "a"), bind_run(c, "b"),
+            batch(c, parse_msg("a", "SELECT 1") + parse_msg("b", "SELECT 2") + sync_msg()),
+            batch(c, bind_msg("", "a") + execute_msg()
+                  + query_msg("DEALLOCATE a; EXECUTE b; SELECT 3") + bind_msg("", "b")
+                  + execute_msg() + sync_msg(), 2),
+            q(c, "BEGIN"), q(c, "EXECUTE b; DEALLOCATE b; EXECUTE b"), q(c, "ROLLBACK"),
+            bind_run(c, "b"), bind_run(c, "a")]
+
+
 SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_one_pipeline,
              parse_then_sql_prepare, sql_prepared_statement_used_by_protocol_in_its_transaction,
              sql_deallocate_then_parse, deallocate_all_and_discard_all_drop_protocol_statements,
@@ -500,7 +514,8 @@ SCENARIOS = [sql_prepare_then_parse_in_a_transaction, sql_prepare_then_parse_in_
              sql_names_longer_than_their_key_get_the_notice,
              texts_whose_parse_raises_a_notice, every_statement_of_a_query_is_followed,
              five_portals_bound_from_deallocate_in_one_transaction,
-             deallocate_by_parse_of_a_statement_closed_and_its_text_prepared_by_another_name]
+             deallocate_by_parse_of_a_statement_closed_and_its_text_prepared_by_another_name,
+             statements_of_a_query_after_a_drop_in_a_pipeline_and_a_block]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
