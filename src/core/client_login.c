@@ -533,6 +533,17 @@ int client_keep_login_params(struct client *c)
     return params_copy(c->login_params, &c->params);
 }
 
+int client_take_login_defaults(struct client *c, const struct param_set *defaults)
+{
+    const char *name = "idle_session_timeout";
+    const char *v = params_get(defaults, name);
+    if (c->admin || !v || params_get(&c->params, name))
+        return 0; /* a startup option outranks the role's value, in Postgres too */
+    if (params_set(&c->params, name, v) < 0)
+        return -ENOMEM;
+    return c->login_params && params_set(c->login_params, name, v) < 0 ? -ENOMEM : 0;
+}
+
 void client_keep_welcome(struct client *c, const struct param_set *told)
 {
     for (int i = 0; i < told->n; i++) {
@@ -550,7 +561,7 @@ void client_keep_welcome(struct client *c, const struct param_set *told)
 
 void client_welcome_from_pool(struct client *c)
 {
-    if (client_keep_login_params(c) < 0) {
+    if (client_take_login_defaults(c, &c->pool->welcome) < 0 || client_keep_login_params(c) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }

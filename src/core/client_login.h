@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 struct client;
+struct param_set;
 
 /* STARTUP: whole startup-phase packets in c->in (SSLRequest, CancelRequest, the startup
  * packet). */
@@ -29,5 +30,13 @@ void client_auth_end(struct client *c);
 void client_login_give_slot(struct client *c);
 /* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
 int client_keep_login_params(struct client *c);
+/* What Postgres would give this session at login that sluice's servers do not hold: the role's
+ * or database's idle_session_timeout (`defaults`: the pool's welcome, which carries it; servers
+ * log in with it off, server_connect.c). It becomes the client's login value unless the client
+ * sent its own (a startup option outranks it, in Postgres too): each lease's sync sets it, SHOW
+ * shows it, RESET gives it back (login_reset.c), sluice ends the idle client after it
+ * (client_check_timeouts), and the lease's end takes it off the backend. 0 or -ENOMEM. */
+int client_take_login_defaults(struct client *c, const struct param_set *defaults)
+    __attribute__((warn_unused_result));
 
 #endif

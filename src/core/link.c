@@ -199,7 +199,8 @@ void link_pair(struct client *c, struct server *s)
             return;
         }
     }
-    if (take_startup_spelling(c, s) < 0) {
+    if ((login && client_take_login_defaults(c, pool_session_defaults(c->pool, s)) < 0) ||
+        take_startup_spelling(c, s) < 0) {
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return;
     }

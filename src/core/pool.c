@@ -499,8 +499,12 @@ void pool_learn_welcome(struct server *s)
      * client's startup parameters gave this server. */
     const char *app_name =
         config_db_application_name(config_find_db(p->worker->cfg, p->db_name));
+    /* idle_session_timeout: the role's or database's value, not the backend's (off, as every
+     * server logs in) nor a client's startup value that opened it (client_take_login_defaults) */
+    const char *idle = p->role_idle_session_timeout;
     if (params_copy(&p->welcome, &s->params) < 0 ||
-        params_set(&p->welcome, "application_name", app_name ? app_name : "") < 0) {
+        params_set(&p->welcome, "application_name", app_name ? app_name : "") < 0 ||
+        params_set(&p->welcome, "idle_session_timeout", idle[0] ? idle : NULL) < 0) {
         params_free(&p->welcome);
         return;
     }

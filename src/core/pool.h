@@ -80,6 +80,12 @@ struct pool {
     int server_usable;
     int server_max_connections, server_reserved;
     bool probe_again;     /* reload: read it again from the next server */
+    /* The idle_session_timeout a new session of the pool's role gets (ALTER ROLE/DATABASE ...
+     * SET, postgresql.conf) as SHOW gives it, read by the same probe ("" when 0): the welcome
+     * hands it to each client as a login value (pool_learn_welcome). Once one was not 0, its
+     * servers log in with it off (idle_off: server_connect.c IDLE_OFF_OPTION). */
+    char role_idle_session_timeout[64];
+    bool idle_off;
 
     struct ledger_key *ledger_key; /* its slots in the ledger (every server holds one) */
     /* Servers by state. */

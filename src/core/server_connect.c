@@ -274,11 +274,22 @@ static int keyword_slot(const char **kw, const char **val, int *n, const char *n
     return *n - 1;
 }
 
+/* A role's or database's idle_session_timeout (ALTER ROLE/DATABASE ... SET; postgresql.conf's
+ * too) would end backends idling in the pool. The probe (server_probe_sql) reads it on each new
+ * server until the pool has seen one that is not 0; from then on its servers log in with this
+ * option, after the database entry's options: a startup option (PGC_S_CLIENT) outranks those
+ * values, and RESET or DISCARD ALL give the backend 0. A client still gets the value: the
+ * welcome carries it, and it becomes the client's login value (client_take_login_defaults),
+ * which sluice enforces. Until then no server carries the option, so a session's pg_settings
+ * shows what a direct one does. */
+#define IDLE_OFF_OPTION "-c idle_session_timeout=0"
+
 /* A server opened with a client's startup parameters (s->startup) logs in with them:
  * application_name and client_encoding as libpq keywords (the client's value over the database
  * entry's; not client_encoding=auto, see params_is_startup_keyword), the rest as -c in options
- * after the entry's own options (a later -c wins in Postgres). options owns the text until the
- * login has copied it. 0 or -ENOMEM. */
+ * after the entry's own options and IDLE_OFF_OPTION (a later -c wins in Postgres: a client's
+ * own idle_session_timeout, session mode, params_build_release). options owns the text until
+ * the login has copied it. 0 or -ENOMEM. */
 static int add_startup(struct server *s, const char **kw, const char **val, int *n,
                        struct msg_out *options)
 {
@@ -291,13 +302,27 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
     }
     int at = keyword_slot(kw, val, n, "options");
-    if (params_build_startup_options(startup, val[at], options) == 0 && !val[at]) {
+    struct msg_out before;
+    codec_out_init(&before);
+    if (val[at] && val[at][0]) {
+        codec_put_bytes(&before, val[at], strlen(val[at]));
+        if (s->pool->idle_off)
+            codec_put_u8(&before, ' ');
+    }
+    if (s->pool->idle_off)
+        codec_put_bytes(&before, IDLE_OFF_OPTION, strlen(IDLE_OFF_OPTION));
+    codec_put_u8(&before, 0);
+    if (!before.oom)
+        (void)params_build_startup_options(startup, (const char *)before.data, options);
+    bool oom = before.oom || options->oom;
+    codec_out_free(&before);
+    if (oom)
+        return -ENOMEM;
+    if (options->len <= 1) {
         kw[at] = NULL; /* nothing to pass: the slot appended above goes again */
         --*n;
         return 0;
     }
-    if (options->oom)
-        return -ENOMEM;
     val[at] = (const char *)options->data;
     return 0;
 }
@@ -484,17 +509,29 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
 
 /* Every pool reads its server's max_connections and reserved slots once (and again after a
  * reload) before its first server is handed out: NN% caps resolve against them and /health
- * reports the pool's share of them. One text value, "max_connections reserved", so both login
- * paths read it the same way; reserved_connections exists from Postgres 16 on. */
+ * reports the pool's share of them. One text value, "max_connections reserved idle", so both
+ * login paths read it the same way; reserved_connections exists from Postgres 16 on. idle is
+ * the backend's idle_session_timeout as SHOW gives it (a role's, a database's, the server's
+ * file's), "-" where a startup option set it (IDLE_OFF_OPTION, or a session-mode client's own):
+ * not 0, it is turned off on this backend at once (set_config, after it was read: OFFSET 0
+ * keeps the subquery apart), which Postgres would otherwise end once idle in the pool. */
 static const char server_probe_sql[] =
     "SELECT current_setting('max_connections') || ' ' || "
     "(current_setting('superuser_reserved_connections')::int + "
-    "coalesce(current_setting('reserved_connections', true)::int, 0))";
+    "coalesce(current_setting('reserved_connections', true)::int, 0)) || ' ' || "
+    "CASE WHEN i.source = 'client' THEN '-' ELSE i.v || CASE WHEN i.v <> '0' THEN "
+    "pg_catalog.left(pg_catalog.set_config('idle_session_timeout', '0', false), 0) ELSE '' END "
+    "END FROM (SELECT pg_catalog.current_setting('idle_session_timeout') AS v, source "
+    "FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout' OFFSET 0) i";
 
-/* The pool does not know its server's max_connections yet (or a reload asked again). */
+/* The pool does not know its server's max_connections yet (or a reload asked again), or its
+ * servers log in without IDLE_OFF_OPTION: each may have an idle_session_timeout that is not 0
+ * (set since the last one logged in), and one that may teach the pool its welcome brings the
+ * value the welcome carries (pool_learn_welcome). One round trip per server connect. */
 static bool needs_probe(const struct server *s)
 {
-    return s->pool->server_usable <= 0 || s->pool->probe_again;
+    return s->pool->server_usable <= 0 || s->pool->probe_again || !s->pool->idle_off ||
+           !pool_knows_welcome(s->pool);
 }
 
 /* The database entry's connect_query for a new server of this pool, or NULL. */
@@ -504,12 +541,44 @@ static const char *connect_query(const struct server *s)
     return db && db->connect_query ? db->connect_query : NULL;
 }
 
-static void probe_store(struct pool *p, const char *value)
+/* The probe's idle_session_timeout: 0 is what a client gets anyway (none in the welcome); any
+ * other value the pool's clients get from the welcome, this backend (whose own value it is:
+ * a RESET would give it back) serves its one lease and closes, and the pool's next servers
+ * log in with it off. "-": a startup option's, not the role's. */
+static void probe_store_idle(struct server *s, const char *idle)
 {
-    int max_connections = 0, reserved = 0;
-    if (!value || sscanf(value, "%d %d", &max_connections, &reserved) != 2 ||
+    struct pool *p = s->pool;
+    if (strcmp(idle, "-") == 0)
+        return;
+    bool off = strcmp(idle, "0") == 0;
+    if (strlen(idle) < sizeof(p->role_idle_session_timeout)) /* SHOW's form is short */
+        snprintf(p->role_idle_session_timeout, sizeof(p->role_idle_session_timeout), "%s",
+                 off ? "" : idle);
+    if (!off) {
+        s->close_when_free = true;
+        if (!p->idle_off)
+            log_server(LOG_INFO, s,
+                       "a new session of this role gets idle_session_timeout = %s: servers log "
+                       "in with it off, and sluice ends its clients idle that long",
+                       idle);
+        p->idle_off = true;
+    }
+    /* a value set while the pool runs reaches the clients that log in from now on, as it
+     * reaches new Postgres sessions (the name is no base value a fingerprint counts) */
+    const char *v = p->role_idle_session_timeout;
+    if (p->have_welcome && params_set(&p->welcome, "idle_session_timeout", v[0] ? v : NULL) < 0)
+        s->close_when_free = true;
+}
+
+static void probe_store(struct server *s, const char *value)
+{
+    struct pool *p = s->pool;
+    int max_connections = 0, reserved = 0, end = 0;
+    if (!value || sscanf(value, "%d %d%n", &max_connections, &reserved, &end) != 2 ||
         max_connections <= 0 || reserved < 0 || reserved >= max_connections)
         return;
+    if (value[end] == ' ')
+        probe_store_idle(s, value + end + 1);
     p->server_max_connections = max_connections;
     p->server_reserved = reserved;
     p->server_usable = max_connections - reserved;
@@ -577,7 +646,10 @@ static void login_query_failed(struct server *s, const char *why)
  * reported ones, and the pool knows the values are good for later logins. 0 or -ENOMEM. */
 static int note_startup(struct server *s)
 {
-    if (params_copy(&s->login_reports, &s->params) < 0)
+    const char *idle = s->pool->role_idle_session_timeout;
+    if (params_copy(&s->login_reports, &s->params) < 0 ||
+        (!params_get(&s->startup, "idle_session_timeout") &&
+         params_set(&s->login_reports, "idle_session_timeout", idle[0] ? idle : NULL) < 0))
         return -ENOMEM;
     for (int i = 0; i < s->startup.n; i++) {
         const struct param *p = &s->startup.items[i];
@@ -692,7 +764,7 @@ static void login_next(struct server *s)
 static void login_query_row(struct server *s, const char *value)
 {
     if (s->state == SERVER_PROBING)
-        probe_store(s->pool, value);
+        probe_store(s, value);
 }
 
 /* A login query answered with an error. connect_query's ends the login; so does the probe's when

@@ -433,12 +433,42 @@ static void put_reset(struct msg_out *sql, const char *name)
     codec_put_u8(sql, 0);
 }
 
+static bool parse_ms(const char *v, int64_t *ms);
+
+/* Does a backend hold what a client wants of this unreported name where its record has no
+ * entry, so that no statement is owed? idle_session_timeout 0: every server logs in with 0 (the
+ * option server_connect.c sends), so a client that wants it off pays no SET and no RESET per
+ * transaction. seed, a valid one: Postgres applies it only when SET (check_random_seed arms
+ * setseed for an interactive source), never from a login's options, and SHOW never shows it
+ * ("unavailable"); a set_config of a login's seed would seed the client's random(), which
+ * Postgres does not. An invalid seed is still sent: the client gets Postgres's error for it. */
+static bool held_without_entry(const char *name, const char *value)
+{
+    if (strcasecmp(name, "idle_session_timeout") == 0) {
+        int64_t ms;
+        return value != params_unknown && parse_ms(value, &ms) && ms == 0;
+    }
+    if (strcasecmp(name, "seed") == 0 && value != params_unknown) {
+        char *end;
+        errno = 0;
+        double x = strtod(value, &end);
+        while (end != value && isspace((unsigned char)*end))
+            end++;
+        return end != value && *end == '\0' && errno != ERANGE && x >= -1.0 && x <= 1.0;
+    }
+    return false;
+}
+
 int params_build_sync(const struct param_set *base, const struct param_set *own,
                       const struct param_set *server, struct msg_out *sql)
 {
     int n = 0;
-    for (int i = 0; i < own->n; i++)
-        n += put_set_if_differs(server, own->items[i].name, own->items[i].value, sql);
+    for (int i = 0; i < own->n; i++) {
+        const char *name = own->items[i].name, *value = own->items[i].value;
+        if (!params_get(server, name) && held_without_entry(name, value))
+            continue;
+        n += put_set_if_differs(server, name, value, sql);
+    }
     for (int i = 0; base && i < base->n; i++) {
         const char *name = base->items[i].name;
         if (params_is_client_settable(name) && !params_get(own, name))
@@ -471,8 +501,6 @@ int params_forget_acts_while_idle(struct param_set *server)
     return 0;
 }
 
-static bool parse_ms(const char *v, int64_t *ms);
-
 int params_build_release(const struct param_set *startup, struct param_set *server,
                          struct msg_out *sql)
 {
@@ -489,8 +517,11 @@ int params_build_release(const struct param_set *startup, struct param_set *serv
             if (params_set(server, name, "0") < 0)
                 return -ENOMEM;
         } else if (params_get(server, name)) {
-            put_reset(sql, name);
-            n++;
+            /* the record's 0 is the value the backend logged in with: nothing to give back */
+            if (!held_without_entry(name, params_get(server, name))) {
+                put_reset(sql, name);
+                n++;
+            }
             if (params_set(server, name, NULL) < 0)
                 return -ENOMEM;
         }
@@ -660,8 +691,11 @@ uint64_t params_fingerprint(const struct param_set *base, const struct param_set
         }
         return fp;
     }
-    for (int i = 0; i < own->n; i++)
-        fp += entry_hash(own->items[i].name, own->items[i].value);
+    for (int i = 0; i < own->n; i++) {
+        /* matched by a server that has no entry for it (held_without_entry) */
+        if (!held_without_entry(own->items[i].name, own->items[i].value))
+            fp += entry_hash(own->items[i].name, own->items[i].value);
+    }
     for (int i = 0; i < base->n; i++) {
         const char *name = base->items[i].name;
         if (params_is_client_settable(name) && !params_get(own, name))
@@ -687,9 +721,11 @@ int params_forget(struct param_set *server, const char *name)
 int params_note_sync(struct param_set *server, const struct param_set *want)
 {
     for (int i = 0; i < want->n; i++) {
-        if (params_is_reported(want->items[i].name))
-            continue;
-        int rc = params_set(server, want->items[i].name, want->items[i].value);
+        const char *name = want->items[i].name, *value = want->items[i].value;
+        if (params_is_reported(name) ||
+            (!params_get(server, name) && held_without_entry(name, value)))
+            continue; /* params_build_sync sent nothing for it */
+        int rc = params_set(server, name, value);
         if (rc < 0)
             return rc;
     }

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import APP_PASSWORD, APP_USER, wait_until
+from conftest import APP_DB, APP_PASSWORD, APP_USER, superuser_change, wait_until
 from pgwire import PeerClosed, parse_fields, raw_login
 
 TIMEOUT = "1s"
@@ -212,3 +212,103 @@ def test_session_mode_backend_leaves_a_clients_set_behind_whatever_the_reset_que
     assert backend_pids(pg) == pids, "the pooled backend ended under the client's SET"
     with s.connect() as b:
         assert b.execute("SHOW idle_session_timeout").fetchone() == ("0",)
+
+
+# A role of its own for the tests below that change it (app2: its own password, and no other
+# test's sluice logs in as it): the database entry logs every server in as it.
+ROLE, ROLE_PASSWORD = "app2", "app2pass"
+ROLE_SETTINGS = {
+    "role": f"ALTER ROLE {ROLE} SET idle_session_timeout = '{TIMEOUT}'",
+    "role in database": f"ALTER ROLE {ROLE} IN DATABASE {APP_DB} SET idle_session_timeout = "
+                        f"'{TIMEOUT}'",
+    "database": f"ALTER DATABASE {APP_DB} SET idle_session_timeout = '{TIMEOUT}'",
+}
+ROLE_UNDO = {
+    "role": f"ALTER ROLE {ROLE} RESET idle_session_timeout",
+    "role in database": f"ALTER ROLE {ROLE} IN DATABASE {APP_DB} RESET idle_session_timeout",
+    "database": f"ALTER DATABASE {APP_DB} RESET idle_session_timeout",
+}
+
+
+def role_session(port, password=None, **login):
+    """What a client of ROLE sees of the role's value: SHOW, SHOW after RESET, and what ends
+    the connection once it idles."""
+    c = raw_login(port, user=ROLE, password=password, **login)
+    try:
+        shown = c.query("SHOW idle_session_timeout")[0]
+        c.query("RESET idle_session_timeout")
+        after_reset = c.query("SHOW idle_session_timeout")[0]
+        return shown, after_reset, ended_with(c, 30 if not login else IDLE_FOR)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("setting", sorted(ROLE_SETTINGS))
+def test_a_roles_or_databases_value_ends_clients_not_pooled_backends(pg, start_sluice, setting):
+    """ALTER ROLE/DATABASE ... SET idle_session_timeout: Postgres gives it to every session of
+    the role at login. Through sluice the backends logged in with it ended while they idled in
+    the pool (a reconnect for the next client, or an error for one leased as it died), and the
+    client was never ended. Now the pool's backends outlive it, and a client of the role sees
+    what Postgres shows (SHOW, RESET) and is ended as Postgres ends it."""
+    with superuser_change(pg, ROLE_SETTINGS[setting], ROLE_UNDO[setting]):
+        want = role_session(pg.port, password=ROLE_PASSWORD)
+        assert want == ([[TIMEOUT]], [[TIMEOUT]], ("FATAL", "FATAL", "57P05", PG_MESSAGE))
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1},
+                         databases={APP_DB: pg.db_entry(user=ROLE, password=ROLE_PASSWORD)})
+        with s.connect(user=ROLE) as warm:
+            # the first server reads the value (its own: it serves this lease, then closes)
+            warm.execute("SELECT 1")
+            warm.execute("SELECT 1")
+            wait_until(lambda: len(backend_pids_of(pg, ROLE)) == 1, 10, what="one backend")
+            pids = backend_pids_of(pg, ROLE)
+            time.sleep(IDLE_FOR)
+            assert backend_pids_of(pg, ROLE) == pids, "the pooled backend ended while idle"
+            assert role_session(s.port) == want
+            assert backend_pids_of(pg, ROLE) == pids, "the pooled backend ended while idle"
+            # a client's own startup value outranks the role's, as on Postgres
+            opts = {"options": "-c idle_session_timeout=0"}
+            assert role_session(s.port, **opts) == role_session(pg.port, password=ROLE_PASSWORD,
+                                                                **opts)
+
+
+def backend_pids_of(pg, user):
+    return {r[0] for r in pg.query(
+        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'",
+        [user])}
+
+
+def logged_statements(pg, since):
+    """ROLE's statements in Postgres's log (log_statement = all) past byte offset since."""
+    text = pg.logfile.read_bytes()[since:].decode(errors="replace")
+    return [line.split("statement: ", 1)[1] for line in text.splitlines()
+            if f"{ROLE}@{APP_DB} " in line and "statement: " in line]
+
+
+@pytest.mark.parametrize("how", ["login", "SET"])
+def test_a_client_that_turns_it_off_costs_no_statement(pg, start_sluice, how):
+    """Every server logs in with idle_session_timeout off: a client that wants it off (at login
+    or by SET) has what it wants on any of them. It paid a SET before each transaction and a
+    RESET after it. Postgres's own log of the statements it ran is the witness."""
+    with superuser_change(pg, f"ALTER ROLE {ROLE} SET log_statement = 'all'",
+                          f"ALTER ROLE {ROLE} RESET log_statement"):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1},
+                         databases={APP_DB: pg.db_entry(user=ROLE, password=ROLE_PASSWORD)})
+        login = {"options": "-c idle_session_timeout=0"} if how == "login" else {}
+        since = pg.logfile.stat().st_size
+        c = raw_login(s.port, user=ROLE, **login)
+        try:
+            if how == "SET":
+                c.query("SET idle_session_timeout = 0")
+            for i in range(5):
+                assert c.query(f"SELECT {i} AS marker")[0] == [[str(i)]]
+            assert c.query("SHOW idle_session_timeout")[0] == [["0"]]
+        finally:
+            c.close()
+        wait_until(lambda: any("SHOW idle_session_timeout" in st
+                               for st in logged_statements(pg, since)), 10,
+                   what="Postgres's log of the client's statements")
+        # sluice's SETs and RESETs of it (its probe, once per server, reads the backend's own
+        # value at login, and turns it off only where it is not 0)
+        sent = [st for st in logged_statements(pg, since)
+                if "set_config('idle_session_timeout'" in st and "max_connections" not in st]
+        assert sent == [], f"sluice's own statements for it: {sent}"

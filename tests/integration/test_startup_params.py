@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from pgwire import PROTOCOL_3_0, RawConn, ServerError
+from conftest import APP_PASSWORD
+from pgwire import PROTOCOL_3_0, RawConn, ServerError, raw_login
 
 CUSTOM = [(f"myapp.p{i:03d}", f"v{i:03d}") for i in range(120)]
 GUCS = [("DateStyle", "German"), ("TimeZone", "Asia/Tokyo"), ("IntervalStyle", "postgres_verbose"),
@@ -184,3 +185,33 @@ def test_a_startup_packet_as_long_as_postgres_takes_with_tiny_parameters(pg, sta
         c.send(struct.pack("!I", len(too_long) + 4) + too_long)
         assert c.is_closed(timeout=30)
         c.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement", "session"])
+def test_a_login_seed_does_not_seed_random_as_on_postgres(pg, start_sluice, mode):
+    """seed at login (-c seed=0.5) is taken and ignored by Postgres: only a SET of it calls
+    setseed (check_random_seed arms it for an interactive source). Through sluice in
+    transaction mode each transaction's sync set it, so random() gave setseed(0.5)'s first
+    number in every transaction. Now no sync sends it: random() is as unseeded as on Postgres.
+    A seed out of range is still refused as Postgres refuses it."""
+    seeded = raw_login(pg.port, password=APP_PASSWORD)
+    try:
+        seeded.query("SELECT setseed(0.5)")
+        first = seeded.query("SELECT random()")[0]
+    finally:
+        seeded.close()
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        c = raw_login(port, password=password, options="-c seed=0.5")
+        try:
+            got = [c.query("SELECT random()")[0] for _ in range(3)]
+            assert first not in got, f"random() was seeded by the login's seed ({port})"
+            assert c.query("SHOW seed")[0] == [["unavailable"]]
+        finally:
+            c.close()
+    refusals = []
+    for port, password in ((pg.port, APP_PASSWORD), (s.port, None)):
+        with pytest.raises(ServerError) as e:
+            raw_login(port, password=password, options="-c seed=5").close()
+        refusals.append((e.value.fields["C"], e.value.fields["M"]))
+    assert refusals[0] == refusals[1]
