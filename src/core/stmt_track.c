@@ -17,6 +17,7 @@
 #include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "sql_lex.h"
 #include "stmt_names.h"
 #include "text_encoding.h"
 #include "utf8.h"
@@ -56,6 +57,14 @@ static const char *client_encoding_of(const struct client *c, const struct serve
     if (!client)
         client = s->params.client_encoding;
     return client;
+}
+
+/* How an unquoted SQL name in the client's text reads (prepared_classify_query_at): in SJIS,
+ * BIG5, GBK and the like a character's second byte may be an ASCII letter, which Postgres,
+ * reading the name once converted to the server's encoding, neither folds nor ends the name at. */
+static unsigned names_reading(const struct client *c, const struct server *s)
+{
+    return sql_encoding_reading(client_encoding_of(c, s));
 }
 
 /* Nothing the client sent is unanswered: the ParameterStatus of any change of client_encoding
@@ -758,7 +767,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     size_t at, span;
-    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
+    enum sql_dealloc kind = prepared_classify_query_at(sql, names_reading(c, s), name_buf,
+                                                       sizeof(name_buf), &at, &span);
     size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
@@ -846,7 +856,7 @@ static struct query_statement *query_statements(struct client *c, const struct s
 {
     struct query_statement *st = NULL;
     size_t cap = 0, pos = 0;
-    unsigned reading = session_effects_reading(c, s, sql, len);
+    unsigned reading = session_effects_reading(c, s, sql, len) | names_reading(c, s);
     struct stmt_map dropped; /* the names a DEALLOCATE before drops */
     stmt_map_init(&dropped);
     bool all_dropped = false;
@@ -1051,7 +1061,8 @@ static enum track_result follow_query_head(struct client *c, struct server *s, c
     size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
     memcpy(head, sql, n);
     head[n] = '\0';
-    enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
+    enum sql_dealloc kind =
+        prepared_classify_query_at(head, names_reading(c, s), name, sizeof(name), &at, &span);
     if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE && kind != SQL_PREPARE) || span == 0 ||
         at + span >= n)
         return TRACK_PASS;
@@ -1229,7 +1240,9 @@ static void drop_of_statement(const struct client *c, const struct server *s, co
     char name_buf[256];
     if (!memchr(text, '\0', n))
         return;
-    d->kind = prepared_classify_query(text, name_buf, sizeof(name_buf));
+    size_t at, span;
+    d->kind = prepared_classify_query_at(text, names_reading(c, s), name_buf, sizeof(name_buf), &at,
+                                         &span);
     cut_sql_name(c, s, name_buf);
     snprintf(d->name, sizeof(d->name), "%.63s", name_buf);
     snprintf(d->server_name, sizeof(d->server_name), "%.63s", name_buf);

@@ -131,6 +131,16 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
     return i;
 }
 
+unsigned sql_encoding_reading(const char *client_encoding)
+{
+    static const char *const trail_ascii[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
+                                              "UHC",  "GB18030",        "JOHAB"};
+    for (size_t i = 0; client_encoding && i < sizeof trail_ascii / sizeof trail_ascii[0]; i++)
+        if (strcasecmp(client_encoding, trail_ascii[i]) == 0)
+            return SQL_READ_MULTIBYTE;
+    return SQL_READ_STANDARD;
+}
+
 bool sql_next_statement(const char *sql, size_t len, size_t start, size_t *end, unsigned reading,
                         unsigned *doubts)
 {

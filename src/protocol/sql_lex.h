@@ -24,6 +24,11 @@ enum sql_reading {
     SQL_READ_MULTIBYTE = 2,
 };
 
+/* SQL_READ_MULTIBYTE for a client_encoding (Postgres's name, any case) whose characters' second
+ * bytes may be ASCII bytes (SJIS, SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB), else
+ * SQL_READ_STANDARD (NULL too). */
+unsigned sql_encoding_reading(const char *client_encoding);
+
 /* Is ch one of Postgres's identifier characters (ident_cont: a '$' inside a name is part of
  * it, and so is any byte of a multibyte character)? */
 bool sql_ident_char(char ch);

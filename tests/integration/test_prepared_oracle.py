@@ -627,6 +627,37 @@ def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
         client_encoding="LATIN1")
 
 
+def names_whose_characters_hold_ascii_bytes(encoding):
+    """A client in SJIS, BIG5 or GBK, whose characters' second byte may be an ASCII letter
+    (SJIS 'ア' is 83 41) or another ASCII byte ('ソ' is 83 5C): Postgres reads an unquoted SQL
+    name once converted to the server's encoding, where such a byte is part of its character,
+    neither folded to lower case nor ending the name. sluice read it as ASCII, named another
+    statement, and the client's EXECUTE and DEALLOCATE got 26000 (and the statement stayed)."""
+    def scenario(c):
+        sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+        out = []
+        for char in ("ア", "ソ", "許", "ァ"):
+            try:
+                name = char.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            out += [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + name)),
+                    batch(c, sql(b"SELECT 0; EXECUTE " + name + b"; EXECUTE \"" + name + b"\"")),
+                    batch(c, sql(b"SELECT 1; DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
+        return out
+    return scenario
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "BIG5", "GBK"])
+def test_a_client_in_an_encoding_with_ascii_second_bytes_sees_what_postgres_shows(
+        pg, start_sluice, encoding):
+    codec = {"SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk"}[encoding]
+    assert_sluice_shows_what_postgres_shows(pg, start_sluice, 1,
+                                            names_whose_characters_hold_ascii_bytes(codec),
+                                            client_encoding=encoding)
+
+
 def one_text_in_two_encodings(latin1, utf8):
     """The same bytes (C3 A9) as a LATIN1 client's text ('Ã©') and a UTF8 client's ('é'): two
     statements on Postgres, each client reading its own back; through sluice too, with both
