@@ -7,6 +7,7 @@ statements, which through sluice are sluice's names (sluice_<hash>) and those of
 on the same backend (docs/pool-modes.md)."""
 
 import struct
+import time
 
 import pytest
 
@@ -824,3 +825,34 @@ def test_too_many_portals_bound_from_deallocate_fail_the_client(pg, start_sluice
         assert "1024 portals" in seen[0][2], seen
     finally:
         c.close()
+
+
+def test_a_long_query_that_drops_every_statement_leaves_no_client_without_its_own(pg,
+                                                                                 start_sluice):
+    """A Query larger than pkt_buf streams through sluice, which follows only its first
+    statement: a DEALLOCATE ALL further on dropped every statement of the backend, another
+    client's too, which sluice still thought prepared there (that client's next Bind: 26000).
+    Now a DEALLOCATE or DISCARD anywhere in such a Query, its start or its rest as it streams,
+    makes sluice prepare each statement again at its next use on that backend."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    x, y = raw_login(s.port), raw_login(s.port)
+    try:
+        assert batch(x, parse_msg("a", "SELECT 1") + sync_msg()) == ["1", "ZI"]
+        for text in ("SELECT 1;" * 3000 + "DEALLOCATE ALL",             # in its streamed rest
+                     "SELECT 1; DEALLOCATE ALL;" + "SELECT 1;" * 3000,  # in its start
+                     "SELECT 1;" * 3000 + "DEALLOCATE PREPARE ALL; SELECT '" + "x" * 20000 + "'"):
+            assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+            assert q(y, text)[-1] == "ZI"
+            assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"], text[:40]
+        # the word split between two reads of the streamed rest
+        msg = query_msg("SELECT 1;" * 3000 + "DEALLOCATE ALL")
+        cut = msg.index(b"LOCATE ALL")
+        assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+        y.send(msg[:cut])
+        time.sleep(0.3)
+        y.send(msg[cut:])
+        assert replies(y)[-1] == "ZI"
+        assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+    finally:
+        x.close()
+        y.close()
