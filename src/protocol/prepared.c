@@ -1268,7 +1268,7 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
         /* Postgres's identifier characters: every byte of a multibyte character is one */
         for (; isalnum((unsigned char)*s) || *s == '_' || *s == '$' || (unsigned char)*s >= 0x80;
              s++) {
-            bool trail = (unsigned char)*s >= 0x80 && (reading & SQL_READ_MULTIBYTE) && s[1];
+            bool trail = sql_multibyte_lead((unsigned char)*s, reading) && s[1];
             if (n + 1 < namelen)
                 name[n++] = trail ? *s : (char)tolower((unsigned char)*s);
             if (trail && n + 1 < namelen)

@@ -646,6 +646,14 @@ def names_whose_characters_hold_ascii_bytes(encoding):
                     batch(c, sql(b"EXECUTE " + name)),
                     batch(c, sql(b"SELECT 0; EXECUTE " + name + b"; EXECUTE \"" + name + b"\"")),
                     batch(c, sql(b"SELECT 1; DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
+        if encoding == "shift_jis":
+            # a half-width katakana (B1) is one byte: what follows it is not part of it
+            kana = "ｱ".encode(encoding)
+            out += [batch(c, raw_parse(kana + b"b", b"SELECT 2") + raw_parse(kana, b"SELECT 3")
+                          + raw_parse(b"a", b"SELECT 4") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + kana + b"B; EXECUTE " + kana + b";SELECT 1")),
+                    batch(c, sql(b"SELECT E'" + kana + b"\\\\'; DEALLOCATE a")),
+                    batch(c, raw_bind_run(b"a"))]
         return out
     return scenario
 
