@@ -16,6 +16,13 @@ struct framer {
     /* A named Parse larger than the buffer, in transaction mode: its definition, filled as the
      * message streams through (held by the client's statement map, not by this pointer). */
     struct stmt_def *keep;
+    /* A Query larger than the buffer, in transaction mode, whose start held no DEALLOCATE or
+     * DISCARD: its rest is watched for either word as it streams through (stmt_track.c,
+     * stmt_track_watch_query_tail), with the last bytes of what came before (a word may span
+     * two reads). */
+    bool drops_watch;
+    uint8_t drops_tail_len;
+    char drops_tail[9];
 };
 
 #include "request_track.h"

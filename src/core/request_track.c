@@ -120,6 +120,7 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             b->scan += take;
             c->rx.remain -= take;
             stmt_track_keep_parse_tail(&c->rx, b->data + b->scan - take, take);
+            stmt_track_watch_query_tail(s, &c->rx, b->data + b->scan - take, take);
             login_reset_watch_chunk(s, c, b->data + b->scan - take, take, c->rx.remain == 0);
             continue;
         }

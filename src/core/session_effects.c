@@ -333,15 +333,10 @@ unsigned session_effects_reading(const struct client *c, const struct server *s,
     const char *enc = c->params.client_encoding;
     if (!enc)
         enc = s->params.client_encoding;
-    /* Postgres's names for the client encodings whose second bytes may be 0x5C */
-    static const char *const trail_5c[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
-                                           "UHC",  "GB18030",        "JOHAB"};
-    unsigned reading = SQL_READ_STANDARD;
+    /* the client encodings whose second bytes may be 0x5C */
+    unsigned reading = sql_encoding_reading(enc);
     if (scs && strcasecmp(scs, "off") == 0)
         reading |= SQL_READ_PLAIN_ESCAPES;
-    for (size_t i = 0; enc && i < sizeof trail_5c / sizeof trail_5c[0]; i++)
-        if (strcasecmp(enc, trail_5c[i]) == 0)
-            reading |= SQL_READ_MULTIBYTE;
     return reading;
 }
 

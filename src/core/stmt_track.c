@@ -17,6 +17,7 @@
 #include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "sql_lex.h"
 #include "stmt_names.h"
 #include "text_encoding.h"
 #include "utf8.h"
@@ -56,6 +57,14 @@ static const char *client_encoding_of(const struct client *c, const struct serve
     if (!client)
         client = s->params.client_encoding;
     return client;
+}
+
+/* How an unquoted SQL name in the client's text reads (prepared_classify_query_at): in SJIS,
+ * BIG5, GBK and the like a character's second byte may be an ASCII letter, which Postgres,
+ * reading the name once converted to the server's encoding, neither folds nor ends the name at. */
+static unsigned names_reading(const struct client *c, const struct server *s)
+{
+    return sql_encoding_reading(client_encoding_of(c, s));
 }
 
 /* Nothing the client sent is unanswered: the ParameterStatus of any change of client_encoding
@@ -397,6 +406,7 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
     buf_consume(&c->in, here);
     c->rx.remain = whole - here;
     c->rx.discard = c->rx.remain > 0;
+    c->rx.drops_watch = false; /* the rest does not run */
     codec_begin(&s->out, 'S');
     codec_end(&s->out);
     stmt_queue_sync_framed(&s->reqs);
@@ -758,7 +768,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         return TRACK_PASS; /* not a C string: not a statement the server will run either */
     char name_buf[256];
     size_t at, span;
-    enum sql_dealloc kind = prepared_classify_query_at(sql, name_buf, sizeof(name_buf), &at, &span);
+    enum sql_dealloc kind = prepared_classify_query_at(sql, names_reading(c, s), name_buf,
+                                                       sizeof(name_buf), &at, &span);
     size_t written_len = strlen(name_buf);
     cut_sql_name(c, s, name_buf); /* the statement's key */
     struct stmt_def *mine = NULL;
@@ -846,7 +857,7 @@ static struct query_statement *query_statements(struct client *c, const struct s
 {
     struct query_statement *st = NULL;
     size_t cap = 0, pos = 0;
-    unsigned reading = session_effects_reading(c, s, sql, len);
+    unsigned reading = session_effects_reading(c, s, sql, len) | names_reading(c, s);
     struct stmt_map dropped; /* the names a DEALLOCATE before drops */
     stmt_map_init(&dropped);
     bool all_dropped = false;
@@ -1051,7 +1062,8 @@ static enum track_result follow_query_head(struct client *c, struct server *s, c
     size_t n = shown < sizeof(head) - 1 ? shown : sizeof(head) - 1, at, span;
     memcpy(head, sql, n);
     head[n] = '\0';
-    enum sql_dealloc kind = prepared_classify_query_at(head, name, sizeof(name), &at, &span);
+    enum sql_dealloc kind =
+        prepared_classify_query_at(head, names_reading(c, s), name, sizeof(name), &at, &span);
     if ((kind != SQL_EXECUTE && kind != SQL_DEALLOCATE && kind != SQL_PREPARE) || span == 0 ||
         at + span >= n)
         return TRACK_PASS;
@@ -1059,9 +1071,59 @@ static enum track_result follow_query_head(struct client *c, struct server *s, c
     return follow_statement(c, s, head, n + 1, 0, &none, fail);
 }
 
+/* The words of the statements that drop prepared statements (DEALLOCATE [ALL], DISCARD ALL). */
+static const char *const drop_words[] = {"deallocate", "discard"};
+#define DROP_WORDS_N (sizeof(drop_words) / sizeof(drop_words[0]))
+
+/* A Query larger than the buffer runs statements sluice does not see (all but its head's
+ * first): a DEALLOCATE ALL among them drops every statement of the backend's, other clients'
+ * too, which the server's record would still say prepared (their next Bind: 26000). Where its
+ * text holds DEALLOCATE or DISCARD anywhere, what the server holds becomes unknown: each
+ * statement's next use closes and prepares it again. The start is looked at here, the rest as
+ * it streams (stmt_track_watch_query_tail). */
+static void watch_query_drops(struct client *c, struct server *s, const char *sql, size_t shown)
+{
+    c->rx.drops_watch = false;
+    if (sql_words_in(sql, shown, drop_words, DROP_WORDS_N)) {
+        stmt_map_mark_unknown(&s->stmts);
+        return;
+    }
+    size_t keep = shown < sizeof(c->rx.drops_tail) ? shown : sizeof(c->rx.drops_tail);
+    memcpy(c->rx.drops_tail, sql + shown - keep, keep);
+    c->rx.drops_tail_len = (uint8_t)keep;
+    c->rx.drops_watch = true;
+}
+
+void stmt_track_watch_query_tail(struct server *s, struct framer *rx, const uint8_t *chunk,
+                                 uint32_t n)
+{
+    if (!rx->drops_watch)
+        return;
+    /* a word that began in what came before, then the chunk */
+    char seam[2 * sizeof(rx->drops_tail)];
+    size_t head = n < sizeof(rx->drops_tail) ? n : sizeof(rx->drops_tail);
+    memcpy(seam, rx->drops_tail, rx->drops_tail_len);
+    memcpy(seam + rx->drops_tail_len, chunk, head);
+    if (sql_words_in(seam, rx->drops_tail_len + head, drop_words, DROP_WORDS_N) ||
+        sql_words_in((const char *)chunk, n, drop_words, DROP_WORDS_N)) {
+        stmt_map_mark_unknown(&s->stmts);
+        rx->drops_watch = false;
+        return;
+    }
+    size_t keep = rx->drops_tail_len + head < sizeof(rx->drops_tail) ? rx->drops_tail_len + head
+                                                                     : sizeof(rx->drops_tail);
+    if (n >= sizeof(rx->drops_tail))
+        memcpy(rx->drops_tail, chunk + n - keep, keep);
+    else
+        memmove(rx->drops_tail, seam + rx->drops_tail_len + head - keep, keep);
+    rx->drops_tail_len = (uint8_t)keep;
+    rx->drops_watch = rx->remain > 0;
+}
+
 /* A statement larger than the buffer streams through: only its start, what the buffer holds now,
  * can be looked at. SET, RESET, LISTEN and the like come first and are seen; a set_config further
- * on is not (one more of session_state's false negatives), nor is a DEALLOCATE ALL this long. */
+ * on is not (one more of session_state's false negatives); a DEALLOCATE or DISCARD anywhere in a
+ * Query makes the server's statements unknown (watch_query_drops). */
 static enum track_result inspect_statement_start(struct client *c, struct server *s, uint8_t type,
                                                  const char *sql, size_t shown, uint32_t body_len,
                                                  struct client_failure *fail)
@@ -1073,7 +1135,12 @@ static enum track_result inspect_statement_start(struct client *c, struct server
     note_encoding_effect(s, ENCODING_EFFECT_ANY); /* its rest is not read */
     session_effects_forget_params(s, &touch);
     login_reset_watch_text(s, c, type, sql, shown); /* and the rest as it streams */
-    return type == 'Q' ? follow_query_head(c, s, sql, shown, fail) : TRACK_PASS;
+    if (type != 'Q')
+        return TRACK_PASS;
+    r = follow_query_head(c, s, sql, shown, fail);
+    if (r == TRACK_PASS || r == TRACK_STARTED)
+        watch_query_drops(c, s, sql, shown);
+    return r;
 }
 
 /* Fails the client for passing a limit: the detail names the key, `before` and `after` the value.
@@ -1229,7 +1296,9 @@ static void drop_of_statement(const struct client *c, const struct server *s, co
     char name_buf[256];
     if (!memchr(text, '\0', n))
         return;
-    d->kind = prepared_classify_query(text, name_buf, sizeof(name_buf));
+    size_t at, span;
+    d->kind = prepared_classify_query_at(text, names_reading(c, s), name_buf, sizeof(name_buf), &at,
+                                         &span);
     cut_sql_name(c, s, name_buf);
     snprintf(d->name, sizeof(d->name), "%.63s", name_buf);
     snprintf(d->server_name, sizeof(d->server_name), "%.63s", name_buf);

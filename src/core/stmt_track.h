@@ -33,5 +33,9 @@ enum track_result stmt_track_count(struct client *c, struct server *s, uint8_t t
 /* A Parse larger than the buffer streams through (rx->keep: the definition it is kept in):
  * copy the n bytes of it just framed from chunk, and seal it once the message is whole. */
 void stmt_track_keep_parse_tail(struct framer *rx, const uint8_t *chunk, uint32_t n);
+/* The same for a Query larger than the buffer whose rest is watched (rx->drops_watch): a
+ * DEALLOCATE or DISCARD in it, which sluice cannot follow, makes what s holds unknown. */
+void stmt_track_watch_query_tail(struct server *s, struct framer *rx, const uint8_t *chunk,
+                                 uint32_t n);
 
 #endif

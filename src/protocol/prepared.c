@@ -1207,11 +1207,11 @@ static bool word(const char **s, const char *w)
 enum sql_dealloc prepared_classify_query(const char *sql, char *name, size_t namelen)
 {
     size_t at, span;
-    return prepared_classify_query_at(sql, name, namelen, &at, &span);
+    return prepared_classify_query_at(sql, SQL_READ_STANDARD, name, namelen, &at, &span);
 }
 
-enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
-                                            size_t *at, size_t *span)
+enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, char *name,
+                                            size_t namelen, size_t *at, size_t *span)
 {
     const char *s = skip_space(sql);
     name[0] = '\0';
@@ -1267,9 +1267,15 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t 
     } else {
         /* Postgres's identifier characters: every byte of a multibyte character is one */
         for (; isalnum((unsigned char)*s) || *s == '_' || *s == '$' || (unsigned char)*s >= 0x80;
-             s++)
+             s++) {
+            bool trail = sql_multibyte_lead((unsigned char)*s, reading) && s[1];
             if (n + 1 < namelen)
-                name[n++] = (char)tolower((unsigned char)*s);
+                name[n++] = trail ? *s : (char)tolower((unsigned char)*s);
+            if (trail && n + 1 < namelen)
+                name[n++] = *++s; /* as it is: not folded, and not the name's end */
+            else
+                s += trail;
+        }
     }
     name[n] = '\0';
     if (!n)
@@ -1312,7 +1318,8 @@ bool prepared_next_followed(const char *sql, size_t len, unsigned reading, size_
             return false;
         *pos = end + 1;
         size_t at, span;
-        f->kind = prepared_classify_query_at(sql + start, f->name, sizeof(f->name), &at, &span);
+        f->kind =
+            prepared_classify_query_at(sql + start, reading, f->name, sizeof(f->name), &at, &span);
         if (f->kind == SQL_OTHER)
             continue;
         f->at = span ? start + at : 0;

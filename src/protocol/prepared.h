@@ -534,9 +534,13 @@ struct stmt_drop {
     char server_name[STMT_KEY_MAX + 1]; /* the name the text gives the server (sluice's for
                                          * the client's statement, renamed in an unnamed Parse) */
 };
-/* The same, and where the name is written in sql (quotes included): *at, *span (0 without one). */
-enum sql_dealloc prepared_classify_query_at(const char *sql, char *name, size_t namelen,
-                                            size_t *at, size_t *span);
+/* The same, and where the name is written in sql (quotes included): *at, *span (0 without one).
+ * reading (enum sql_reading bits): with SQL_READ_MULTIBYTE a byte of 0x80 or more in an unquoted
+ * name takes the next byte with it as it is (in SJIS, BIG5, GBK... a character's second byte may
+ * be an ASCII letter, which Postgres, reading the name in the server's encoding, does not fold,
+ * or another ASCII byte, which does not end the name). */
+enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, char *name,
+                                            size_t namelen, size_t *at, size_t *span);
 /* Does the text (len bytes) hold a word of the statements prepared_classify_query follows
  * (EXECUTE, DEALLOCATE, DISCARD, PREPARE), anywhere? One pass: a Query without one is not
  * split into its statements. */

@@ -44,7 +44,8 @@ static size_t skip_quoted(const char *s, size_t i, size_t len, bool escapes, uns
     bool multibyte = quote == '\'' && (reading & SQL_READ_MULTIBYTE);
     size_t j = i + 1;
     for (; !at_end(s, j, len); j++) {
-        if ((escapes && s[j] == '\\') || (multibyte && (unsigned char)s[j] >= 0x80)) {
+        if ((escapes && s[j] == '\\') ||
+            (multibyte && sql_multibyte_lead((unsigned char)s[j], reading))) {
             if (at_end(s, j + 1, len))
                 break;
             j++;
@@ -129,6 +130,17 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
     if (s[i] == '$' && (i == 0 || !sql_ident_char(s[i - 1])))
         return skip_dollar_quoted(s, i, len, ended);
     return i;
+}
+
+unsigned sql_encoding_reading(const char *client_encoding)
+{
+    /* the two SJIS first (SQL_READ_SJIS) */
+    static const char *const trail_ascii[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
+                                              "UHC",  "GB18030",        "JOHAB"};
+    for (size_t i = 0; client_encoding && i < sizeof trail_ascii / sizeof trail_ascii[0]; i++)
+        if (strcasecmp(client_encoding, trail_ascii[i]) == 0)
+            return SQL_READ_MULTIBYTE | (i < 2 ? SQL_READ_SJIS : 0);
+    return SQL_READ_STANDARD;
 }
 
 bool sql_next_statement(const char *sql, size_t len, size_t start, size_t *end, unsigned reading,

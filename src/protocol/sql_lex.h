@@ -22,7 +22,23 @@ enum sql_reading {
      * and GB18030 a character's second byte may be 0x5C, a backslash that escapes nothing
      * (Postgres lexes the text once it is in the server's encoding). */
     SQL_READ_MULTIBYTE = 2,
+    /* With SQL_READ_MULTIBYTE, SJIS: a byte of 0xA1 to 0xDF is a character of its own (a
+     * half-width katakana), and takes nothing with it. */
+    SQL_READ_SJIS = 4,
 };
+
+/* Does ch begin a character of two bytes or more, under `reading`, whose next byte goes with
+ * it whatever it is (SQL_READ_MULTIBYTE)? */
+static inline bool sql_multibyte_lead(unsigned char ch, unsigned reading)
+{
+    return (reading & SQL_READ_MULTIBYTE) && ch >= 0x80 &&
+           !((reading & SQL_READ_SJIS) && ch >= 0xa1 && ch <= 0xdf);
+}
+
+/* SQL_READ_MULTIBYTE for a client_encoding (Postgres's name, any case) whose characters' second
+ * bytes may be ASCII bytes (SJIS, SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB), with
+ * SQL_READ_SJIS for the two SJIS; else SQL_READ_STANDARD (NULL too). */
+unsigned sql_encoding_reading(const char *client_encoding);
 
 /* Is ch one of Postgres's identifier characters (ident_cont: a '$' inside a name is part of
  * it, and so is any byte of a multibyte character)? */

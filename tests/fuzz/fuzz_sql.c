@@ -112,7 +112,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char name[64];
     memset(name, 'x', sizeof(name));
     size_t at, span;
-    enum sql_dealloc d = prepared_classify_query_at(sql, name, sizeof(name), &at, &span);
+    enum sql_dealloc d =
+        prepared_classify_query_at(sql, SQL_READ_STANDARD, name, sizeof(name), &at, &span);
     /* the name as written, which transaction mode rewrites in place, lies within the text */
     bool names_one = d == SQL_DEALLOCATE || d == SQL_EXECUTE || d == SQL_PREPARE;
     FUZZ_ASSERT(at + span <= size && (span == 0 || names_one));

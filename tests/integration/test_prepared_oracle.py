@@ -7,6 +7,7 @@ statements, which through sluice are sluice's names (sluice_<hash>) and those of
 on the same backend (docs/pool-modes.md)."""
 
 import struct
+import time
 
 import pytest
 
@@ -627,6 +628,45 @@ def test_a_latin1_client_sees_what_postgres_shows_it(pg, start_sluice, workers):
         client_encoding="LATIN1")
 
 
+def names_whose_characters_hold_ascii_bytes(encoding):
+    """A client in SJIS, BIG5 or GBK, whose characters' second byte may be an ASCII letter
+    (SJIS 'ア' is 83 41) or another ASCII byte ('ソ' is 83 5C): Postgres reads an unquoted SQL
+    name once converted to the server's encoding, where such a byte is part of its character,
+    neither folded to lower case nor ending the name. sluice read it as ASCII, named another
+    statement, and the client's EXECUTE and DEALLOCATE got 26000 (and the statement stayed)."""
+    def scenario(c):
+        sql = lambda text: message(b"Q", text + b"\0")  # noqa: E731
+        out = []
+        for char in ("ア", "ソ", "許", "ァ"):
+            try:
+                name = char.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            out += [batch(c, raw_parse(name, b"SELECT 1") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + name)),
+                    batch(c, sql(b"SELECT 0; EXECUTE " + name + b"; EXECUTE \"" + name + b"\"")),
+                    batch(c, sql(b"SELECT 1; DEALLOCATE " + name)), batch(c, raw_bind_run(name))]
+        if encoding == "shift_jis":
+            # a half-width katakana (B1) is one byte: what follows it is not part of it
+            kana = "ｱ".encode(encoding)
+            out += [batch(c, raw_parse(kana + b"b", b"SELECT 2") + raw_parse(kana, b"SELECT 3")
+                          + raw_parse(b"a", b"SELECT 4") + sync_msg()),
+                    batch(c, sql(b"EXECUTE " + kana + b"B; EXECUTE " + kana + b";SELECT 1")),
+                    batch(c, sql(b"SELECT E'" + kana + b"\\\\'; DEALLOCATE a")),
+                    batch(c, raw_bind_run(b"a"))]
+        return out
+    return scenario
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "BIG5", "GBK"])
+def test_a_client_in_an_encoding_with_ascii_second_bytes_sees_what_postgres_shows(
+        pg, start_sluice, encoding):
+    codec = {"SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk"}[encoding]
+    assert_sluice_shows_what_postgres_shows(pg, start_sluice, 1,
+                                            names_whose_characters_hold_ascii_bytes(codec),
+                                            client_encoding=encoding)
+
+
 def one_text_in_two_encodings(latin1, utf8):
     """The same bytes (C3 A9) as a LATIN1 client's text ('Ã©') and a UTF8 client's ('é'): two
     statements on Postgres, each client reading its own back; through sluice too, with both
@@ -793,3 +833,34 @@ def test_too_many_portals_bound_from_deallocate_fail_the_client(pg, start_sluice
         assert "1024 portals" in seen[0][2], seen
     finally:
         c.close()
+
+
+def test_a_long_query_that_drops_every_statement_leaves_no_client_without_its_own(pg,
+                                                                                 start_sluice):
+    """A Query larger than pkt_buf streams through sluice, which follows only its first
+    statement: a DEALLOCATE ALL further on dropped every statement of the backend, another
+    client's too, which sluice still thought prepared there (that client's next Bind: 26000).
+    Now a DEALLOCATE or DISCARD anywhere in such a Query, its start or its rest as it streams,
+    makes sluice prepare each statement again at its next use on that backend."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    x, y = raw_login(s.port), raw_login(s.port)
+    try:
+        assert batch(x, parse_msg("a", "SELECT 1") + sync_msg()) == ["1", "ZI"]
+        for text in ("SELECT 1;" * 3000 + "DEALLOCATE ALL",             # in its streamed rest
+                     "SELECT 1; DEALLOCATE ALL;" + "SELECT 1;" * 3000,  # in its start
+                     "SELECT 1;" * 3000 + "DEALLOCATE PREPARE ALL; SELECT '" + "x" * 20000 + "'"):
+            assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+            assert q(y, text)[-1] == "ZI"
+            assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"], text[:40]
+        # the word split between two reads of the streamed rest
+        msg = query_msg("SELECT 1;" * 3000 + "DEALLOCATE ALL")
+        cut = msg.index(b"LOCATE ALL")
+        assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+        y.send(msg[:cut])
+        time.sleep(0.3)
+        y.send(msg[cut:])
+        assert replies(y)[-1] == "ZI"
+        assert bind_run(x, "a")[-2:] == [("C", "SELECT 1"), "ZI"]
+    finally:
+        x.close()
+        y.close()

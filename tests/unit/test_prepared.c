@@ -477,18 +477,20 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK(!prepared_next_followed(later, strlen(later) + 1, SQL_READ_STANDARD, &pos, &f));
     size_t at, span;
     const char *sql = "EXECUTE \"My \"\"x\"\"\"(1)";
-    CHECK_INT(prepared_classify_query_at(sql, name, sizeof(name), &at, &span), SQL_EXECUTE);
+    CHECK_INT(prepared_classify_query_at(sql, SQL_READ_STANDARD, name, sizeof(name), &at, &span),
+              SQL_EXECUTE);
     CHECK_STR(name, "My \"x\"");
     CHECK_INT((int)at, 8);
     CHECK_INT((int)span, 10); /* the name as written, quotes included */
-    CHECK_INT(prepared_classify_query_at(" deallocate Stmt1;", name, sizeof(name), &at, &span),
+    CHECK_INT(prepared_classify_query_at(" deallocate Stmt1;", SQL_READ_STANDARD, name,
+                                         sizeof(name), &at, &span),
               SQL_DEALLOCATE);
     CHECK_STR(name, "stmt1");
     CHECK_INT((int)at, 12);
     CHECK_INT((int)span, 5);
     /* comments before and inside, nested ones too, as Postgres's lexer skips them */
-    CHECK_INT(prepared_classify_query_at("/* a /* b */ c */ EXECUTE -- x\n s1", name,
-                                         sizeof(name), &at, &span),
+    CHECK_INT(prepared_classify_query_at("/* a /* b */ c */ EXECUTE -- x\n s1", SQL_READ_STANDARD,
+                                         name, sizeof(name), &at, &span),
               SQL_EXECUTE);
     CHECK_STR(name, "s1");
     CHECK_INT((int)at, 32);
@@ -498,8 +500,8 @@ static void deallocate_and_discard_are_recognised(void)
               SQL_OTHER);
     CHECK_INT(prepared_classify_query("-", name, sizeof(name)), SQL_OTHER);
     /* EXPLAIN EXECUTE runs the statement as EXECUTE does; non-ASCII bytes are name bytes */
-    CHECK_INT(prepared_classify_query_at("EXPLAIN (costs off) EXECUTE S1(2)", name, sizeof(name),
-                                         &at, &span),
+    CHECK_INT(prepared_classify_query_at("EXPLAIN (costs off) EXECUTE S1(2)", SQL_READ_STANDARD,
+                                         name, sizeof(name), &at, &span),
               SQL_EXECUTE);
     CHECK_STR(name, "s1");
     CHECK_INT((int)at, 28);
@@ -507,11 +509,21 @@ static void deallocate_and_discard_are_recognised(void)
               SQL_EXECUTE);
     CHECK_INT(prepared_classify_query("EXPLAIN SELECT 1", name, sizeof(name)), SQL_OTHER);
     CHECK_INT(prepared_classify_query("EXPLAIN (costs off", name, sizeof(name)), SQL_OTHER);
-    CHECK_INT(prepared_classify_query_at("EXECUTE \xc3\xa9t\xc3\xa9", name, sizeof(name), &at,
-                                         &span),
+    CHECK_INT(prepared_classify_query_at("EXECUTE \xc3\xa9t\xc3\xa9", SQL_READ_STANDARD, name,
+                                         sizeof(name), &at, &span),
               SQL_EXECUTE);
     CHECK_STR(name, "\xc3\xa9t\xc3\xa9");
     CHECK_INT((int)span, 5);
+    /* SJIS 'ア' (83 41) and 'ソ' (83 5C): the second byte belongs to the character, unfolded */
+    CHECK_INT(prepared_classify_query_at("EXECUTE \x83\x41\x83\x5cX; SELECT 1", SQL_READ_MULTIBYTE,
+                                         name, sizeof(name), &at, &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "\x83\x41\x83\x5cx");
+    CHECK_INT((int)span, 5);
+    CHECK_INT(prepared_classify_query_at("EXECUTE \x83\x41", SQL_READ_STANDARD, name, sizeof(name),
+                                         &at, &span),
+              SQL_EXECUTE);
+    CHECK_STR(name, "\x83\x61");
     /* the names sluice gives statements on servers, and names that only look like them */
     CHECK(stmt_names_is_servers("sluice_0123abcd"));
     CHECK(stmt_names_is_servers("sluice_s17"));
@@ -527,12 +539,13 @@ static void deallocate_and_discard_are_recognised(void)
     CHECK(!stmt_names_is_servers("sluice_0123abcd_x"));
     CHECK(!stmt_names_is_servers("s1"));
     /* an unterminated quoted name is not rewritten (span 0): the server says it is wrong */
-    CHECK_INT(prepared_classify_query_at("execute \"abc", name, sizeof(name), &at, &span),
+    CHECK_INT(prepared_classify_query_at("execute \"abc", SQL_READ_STANDARD, name, sizeof(name),
+                                         &at, &span),
               SQL_EXECUTE);
     CHECK_INT((int)span, 0);
     /* SQL PREPARE names a statement; PREPARE TRANSACTION does not */
-    CHECK_INT(prepared_classify_query_at("prepare Q1 (int) AS SELECT $1", name, sizeof(name), &at,
-                                         &span),
+    CHECK_INT(prepared_classify_query_at("prepare Q1 (int) AS SELECT $1", SQL_READ_STANDARD, name,
+                                         sizeof(name), &at, &span),
               SQL_PREPARE);
     CHECK_STR(name, "q1");
     CHECK_INT((int)at, 8);

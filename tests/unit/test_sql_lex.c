@@ -89,6 +89,11 @@ int main(void)
     never_ends("E'\x83\\'; SET x", 1, SQL_READ_STANDARD);
     CHECK_INT(last_doubts, SQL_READ_MULTIBYTE);
     CHECK_STR(rest("'\x83\\'; SET x", 0, SQL_READ_PLAIN_ESCAPES | SQL_READ_MULTIBYTE), "; SET x");
+    /* SJIS half-width katakana (0xB1) is one byte: the backslashes after it are an escape */
+    CHECK_STR(rest("E'\xb1\\\\'; SET x", 1, SQL_READ_MULTIBYTE | SQL_READ_SJIS), "; SET x");
+    CHECK_INT(sql_encoding_reading("sjis"), SQL_READ_MULTIBYTE | SQL_READ_SJIS);
+    CHECK_INT(sql_encoding_reading("BIG5"), SQL_READ_MULTIBYTE);
+    CHECK_INT(sql_encoding_reading("UTF8"), SQL_READ_STANDARD);
     /* quoted names */
     ends_at("\"it's\" FROM t", 0, " FROM t");
     ends_at("\"a\"\"b\";", 0, ";");
