@@ -126,6 +126,7 @@ int main(int argc, char **argv)
         run_to_the_end(loop);
         sluice_free(&proc);
         uv_loop_close(loop);
+        reload_reader_exiting(); /* a stuck read's thread frees nothing from here on */
         return 1;
     }
     char *pidfile = proc.cfg->pidfile[0] ? strdup(proc.cfg->pidfile) : NULL;
@@ -148,5 +149,8 @@ int main(int argc, char **argv)
     rc = uv_loop_close(loop);
     if (rc != 0)
         fprintf(stderr, "sluice: loop not empty at exit: %s\n", uv_strerror(rc));
+    /* Last: from here exit's handlers (OpenSSL's clean-up) run, and a reload or SET read
+     * abandoned on a file that blocked may return at any moment: its thread frees nothing. */
+    reload_reader_exiting();
     return exit_code;
 }
