@@ -32,7 +32,6 @@ static struct config *swap_config(struct process *proc, struct config *next)
     return old;
 }
 
-/* The budgets of proc->cfg, then every worker told to apply it; old released. */
 /* A database the new generation no longer has (no entry of its own, no "*" entry) is forgotten
  * as PgBouncer forgets it: its PAUSE, KILL or DISABLE ends, so adding it back gives one that
  * serves. Posted after the reload messages, which close its clients first (control.h). */
@@ -47,6 +46,7 @@ static void forget_removed_dbs(struct process *proc, const struct config *old)
     }
 }
 
+/* The budgets of proc->cfg, then every worker told to apply it; old released. */
 static void publish_generation(struct process *proc, struct config *old)
 {
     struct config *next = proc->cfg;
