@@ -1,4 +1,5 @@
 /* main: command line, loading the config, running the loop until shutdown. */
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,12 @@ static void run_to_the_end(uv_loop_t *loop)
 
 int main(int argc, char **argv)
 {
+    /* No OpenSSL clean-up at exit (before libpq or tls.c first use it, or its default registers
+     * an atexit handler): a reload's or SET's read abandoned on a certificate that blocks (a
+     * FIFO) sits inside OpenSSL's own read, and if that read returned while the handler freed
+     * the library's state, the thread would go on parsing over freed memory. The process's end
+     * takes the memory back; reload_reader_exiting keeps the thread from freeing its job. */
+    OPENSSL_init_ssl(OPENSSL_INIT_NO_ATEXIT, NULL);
     const char *path = NULL;
     bool check = false;
     for (int i = 1; i < argc; i++) {

@@ -73,9 +73,9 @@ void reload_reader_abandon(struct reload_reader *reader);
 /* Close the handles; a read still in flight is abandoned, never waited for. Idempotent. */
 void reload_reader_close(struct reload_reader *reader);
 /* The process is about to exit (main, after the loop's end): a thread whose abandoned read
- * returns from here on frees nothing, since exit's own clean-up (OpenSSL's atexit handler,
- * which frees the library's global state) may run at that moment; the process's end takes the
- * memory back. Waits for a thread that is freeing now. */
+ * returns from here on frees nothing (a TLS context among it), since exit's handlers may run
+ * at that moment; the process's end takes the memory back. Waits for a thread that is freeing
+ * now. (main.c also keeps OpenSSL from cleaning itself up at exit: OPENSSL_INIT_NO_ATEXIT.) */
 void reload_reader_exiting(void);
 
 #endif
