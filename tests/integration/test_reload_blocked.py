@@ -15,15 +15,16 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 
 import psycopg
 import pytest
 
 from certs import make_pki
-from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, pick_port, render_ini, \
-    timeout_scale, wait_until
-from test_admin import CONSOLE_MAIN, console, pool_row, show
+from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, pg_tool, pick_port, \
+    render_ini, timeout_scale, wait_until
+from test_admin import ADMIN, CONSOLE_MAIN, console, pool_row, show
 from test_database_url_file import start_from_file
 from test_http import get
 
@@ -457,3 +458,32 @@ def test_a_console_set_during_a_blocked_reload_applies_after_it(start_sluice, pg
         release_reader(fifo, databases_text(pg, 3), fd)
         reloading.close()
         setting.close()
+
+
+def test_a_console_set_whose_session_closes_is_dropped_and_frees_the_reader(start_sluice, pg,
+                                                                            tmp_path):
+    """psql killed while its SET auth_ident_file reads a FIFO nobody writes: the SET is dropped
+    as a cancelled one (nothing changes), so a RELOAD after it is not held behind the read."""
+    ident = tmp_path / "ident.conf"
+    os.mkfifo(ident)
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    psql = subprocess.Popen([pg_tool("psql"), "-X", "-h", "127.0.0.1", "-p", str(s.port), "-U",
+                             ADMIN, "-d", "sluice", "-c", f"SET auth_ident_file = '{ident}'"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    fd = None
+    try:
+        mark = s.mark()
+        fd = fifo_writer_once_read(ident)
+        psql.kill()
+        psql.wait(10)
+        s.wait_for_log(r"cancelled while reading its files: the read is abandoned", since=mark,
+                       timeout=10 * timeout_scale())
+        with console(s) as adm:
+            assert answered(lambda: adm.execute("RELOAD").statusmessage,
+                            "a RELOAD after the dropped SET") == "RELOAD"
+            assert config_value(adm, "auth_ident_file") == ""
+    finally:
+        if psql.poll() is None:
+            psql.kill()
+        release_reader(ident, "", fd)
