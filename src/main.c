@@ -1,4 +1,5 @@
 /* main: command line, loading the config, running the loop until shutdown. */
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,12 @@ static void run_to_the_end(uv_loop_t *loop)
 
 int main(int argc, char **argv)
 {
+    /* No OpenSSL clean-up at exit (before libpq or tls.c first use it, or its default registers
+     * an atexit handler): a reload's or SET's read abandoned on a certificate that blocks (a
+     * FIFO) sits inside OpenSSL's own read, and if that read returned while the handler freed
+     * the library's state, the thread would go on parsing over freed memory. The process's end
+     * takes the memory back; reload_reader_exiting keeps the thread from freeing its job. */
+    OPENSSL_init_ssl(OPENSSL_INIT_NO_ATEXIT, NULL);
     const char *path = NULL;
     bool check = false;
     for (int i = 1; i < argc; i++) {
@@ -126,6 +133,7 @@ int main(int argc, char **argv)
         run_to_the_end(loop);
         sluice_free(&proc);
         uv_loop_close(loop);
+        reload_reader_exiting(); /* a stuck read's thread frees nothing from here on */
         return 1;
     }
     char *pidfile = proc.cfg->pidfile[0] ? strdup(proc.cfg->pidfile) : NULL;
@@ -148,5 +156,8 @@ int main(int argc, char **argv)
     rc = uv_loop_close(loop);
     if (rc != 0)
         fprintf(stderr, "sluice: loop not empty at exit: %s\n", uv_strerror(rc));
+    /* Last: from here exit's handlers (OpenSSL's clean-up) run, and a reload or SET read
+     * abandoned on a file that blocked may return at any moment: its thread frees nothing. */
+    reload_reader_exiting();
     return exit_code;
 }

@@ -86,13 +86,18 @@ unsigned control_reload(struct worker *worker);
 bool control_reload_done(const struct worker *worker);
 /* SHUTDOWN: move to this phase (a phase not past the current one changes nothing). */
 void control_shutdown(struct worker *worker, enum sluice_phase phase);
-/* SET key = value (key a reloadable key's name as config_keys spells it): 0 and a new config
- * generation, a copy of the live one with the key changed, applied as a reload applies one
- * (sluice_apply_generation): the calling (control) worker runs under it on return, every other
- * worker swaps to it when its reload message comes (control_reload_done says when all have:
- * the console answers SET then, as it answers RELOAD, so a command after the answer meets the
- * new value on every worker). -1 with err saying why the value was refused, nothing changed. */
-int control_set(struct worker *worker, const char *key, const char *value, char *err,
-                size_t errlen);
+/* SET key = value (key a reloadable key's name as config_keys spells it): a new config
+ * generation, a copy of the live one with the key changed, applied as a reload applies one, in
+ * turn with the reloads, its files read off the loop (sluice_set says how and in what order).
+ * SLUICE_SET_APPLIED: the calling (control) worker runs under it on return, every other worker
+ * swaps to it when its reload message comes (control_reload_done says when all have: the
+ * console answers SET then, as it answers RELOAD, so a command after the answer meets the new
+ * value on every worker). SLUICE_SET_PENDING: the services' set_ended names *id when it ended.
+ * SLUICE_SET_REFUSED: err says why the value was refused, nothing changed. */
+enum sluice_set_result control_set(struct worker *worker, const char *key, const char *value,
+                                   unsigned *id, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* A pending SET's console cancelled it: it never applies (sluice_set_cancel). */
+void control_set_cancel(struct worker *worker, unsigned id);
 
 #endif

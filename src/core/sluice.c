@@ -1,6 +1,6 @@
 /* sluice: the process and its workers: start-up, each worker's background timer and reaper,
- * reload and shutdown (see sluice.h). Signals only set what to do; the work happens on the loop
- * like everything else. */
+ * signals and shutdown (see sluice.h; reloads and console SETs are reload.c's). Signals only set
+ * what to do; the work happens on the loop like everything else. */
 #include "sluice.h"
 
 #include <errno.h>
@@ -23,6 +23,7 @@
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
+#include "reload.h"
 #include "secret.h"
 #include "server.h"
 #include "stats.h"
@@ -30,8 +31,6 @@
 #include "view.h"
 #include "tls.h"
 #include "worker.h"
-
-extern char **environ;
 
 #define MAINT_INTERVAL_MS 100
 
@@ -428,9 +427,6 @@ static void worker_free(struct worker *worker)
         config_release(worker->cfg);
 }
 
-static void on_reload_read(struct reload_reader *reader, struct reload_result *r);
-static const struct reload_files_ops named_files_ops;
-
 int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
                  const struct sluice_service *const *services)
 {
@@ -439,6 +435,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     proc->cfg = cfg;
     proc->services = services;
     disabled_dbs_init(&proc->disabled_dbs);
+    list_init(&proc->sets); /* reload.c's console SETs: first, reload_free walks it */
     apply_logging(cfg);
     /* A buffer must hold a whole startup packet and any message sluice reads in place. */
     uint32_t block = (uint32_t)cfg->pkt_buf;
@@ -454,7 +451,7 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
     for (int i = 0; i < proc->nworkers && rc == 0; i++)
         rc = worker_start(proc, &proc->workers[i], (unsigned)i, loop);
     if (rc == 0)
-        rc = reload_reader_init(&proc->reload, loop, &named_files_ops, on_reload_read);
+        rc = reload_init(proc, loop);
     _Static_assert(sizeof(handled_signals) / sizeof(handled_signals[0]) == SLUICE_SIGNALS,
                    "one handle per signal");
     for (int i = 0; i < SLUICE_SIGNALS; i++) {
@@ -495,218 +492,6 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
             pool_mode_name(cfg->pool_mode), (long long)cfg->default_pool_size,
             (long long)cfg->max_client_conn);
     return 0;
-}
-
-/* next becomes the process's config; the old one, still referenced, is returned. The control
- * worker runs under the new one from here: what a reload's steps close or log read it, as with
- * one loop. The others swap when their message comes (publish_generation). */
-static struct config *swap_config(struct process *proc, struct config *next)
-{
-    struct config *old = proc->cfg;
-    proc->cfg = next;
-    sluice_control_worker(proc)->cfg = next;
-    return old;
-}
-
-/* The budgets of proc->cfg, then every worker told to apply it; old released. */
-/* A database the new generation no longer has (no entry of its own, no "*" entry) is forgotten
- * as PgBouncer forgets it: its PAUSE, KILL or DISABLE ends, so adding it back gives one that
- * serves. Posted after the reload messages, which close its clients first (control.h). */
-static void forget_removed_dbs(struct process *proc, const struct config *old)
-{
-    for (int i = 0; i < old->ndbs; i++) {
-        const char *name = old->dbs[i].name;
-        if (strcmp(name, "*") == 0 || config_find_db(proc->cfg, name))
-            continue;
-        disabled_dbs_remove(proc, name);
-        control_resume(sluice_control_worker(proc), name);
-    }
-}
-
-static void publish_generation(struct process *proc, struct config *old)
-{
-    struct config *next = proc->cfg;
-    if (budget_sync(proc) < 0)
-        log_msg(LOG_ERROR, "reload: out of memory updating budgets; the old ones stay");
-    proc->reload_seq++;
-    for (int i = 0; i < proc->nworkers; i++)
-        worker_post_reload(&proc->workers[i], next);
-    forget_removed_dbs(proc, old);
-    config_free(old);
-    pool_dispatch_all(sluice_control_worker(proc)); /* the others in their reload message */
-}
-
-static void report_restart_key(const char *key, const char *running, const char *wanted)
-{
-    log_msg(LOG_WARNING, "reload: %s = '%s' takes effect only at a restart; '%s' stays in use", key,
-            wanted, running);
-}
-
-/* A reload's files besides the config's own, read on its reading thread (reload_reader.h)
- * and put in force on the loop as they were read: never opened twice, so a file that blocks
- * blocks only the reading thread, and one that changes between the two cannot be half used. */
-struct named_files {
-    struct tls_context *tls;
-    struct auth_files *auth;
-    FILE *logfile; /* NULL: cfg names none */
-};
-
-static void named_files_free(void *arg)
-{
-    struct named_files *f = arg;
-    tls_context_free(f->tls);
-    auth_files_free(f->auth);
-    if (f->logfile)
-        fclose(f->logfile);
-    free(f);
-}
-
-/* A logfile that cannot be opened would leave stderr the only log while SHOW CONFIG names it. */
-static void *named_files_read(const struct config *cfg, char *err, size_t errlen)
-{
-    struct named_files *f = calloc(1, sizeof(*f));
-    if (!f) {
-        snprintf(err, errlen, "out of memory reading the files the configuration names");
-        return NULL;
-    }
-    if (!(f->tls = tls_context_build(cfg, err, errlen)) ||
-        !(f->auth = auth_files_read(cfg, err, errlen))) {
-        named_files_free(f);
-        return NULL;
-    }
-    if (cfg->logfile && cfg->logfile[0] && !(f->logfile = fopen(cfg->logfile, "a"))) {
-        snprintf(err, errlen, "logfile %s: cannot open it: %s", cfg->logfile, strerror(errno));
-        named_files_free(f);
-        return NULL;
-    }
-    return f;
-}
-
-/* Put in force the files as read, under cfg (now the process's): all of them after a reload
- * (key NULL), or those a SET of key touches; files is freed. */
-static void named_files_put_in_force(const struct config *cfg, struct named_files *files,
-                                     const char *key)
-{
-    if (!key || strcmp(key, "log_level") == 0 || strcmp(key, "log_format") == 0 ||
-        strcmp(key, "logfile") == 0) {
-        log_configure_file(cfg->log_level, cfg->log_format == LOG_FORMAT_JSON, files->logfile);
-        files->logfile = NULL;
-    }
-    if (!key || strncmp(key, "client_tls_", 11) == 0) {
-        tls_reload_built(cfg, files->tls);
-        files->tls = NULL;
-    }
-    if (!key || strncmp(key, "auth_", 5) == 0) {
-        auth_reload_read(cfg, files->auth);
-        files->auth = NULL;
-    }
-    named_files_free(files);
-}
-
-static const struct reload_files_ops named_files_ops = {
-    .read = named_files_read,
-    .free = named_files_free,
-};
-
-bool sluice_set_generation(struct process *proc, struct config *next, const char *key, char *err,
-                           size_t errlen)
-{
-    struct named_files *files = named_files_read(next, err, errlen);
-    if (!files) {
-        config_free(next);
-        return false;
-    }
-    sluice_apply_generation(proc, next);
-    named_files_put_in_force(proc->cfg, files, key);
-    return true;
-}
-
-/* Apply what a reload's read found (reload_reader.c), on the loop: the checks and the swap
- * that need the running config. true when next is now the process's config. */
-static bool apply_reloaded(struct process *proc, struct reload_result *r)
-{
-    struct config *next = r->next;
-    for (int i = 0; i < r->diag.nwarnings; i++)
-        log_msg(LOG_WARNING, "reload: %s", r->diag.warnings[i]);
-    if (!next) {
-        for (int i = 0; i < r->diag.nerrors; i++)
-            log_msg(LOG_ERROR, "reload: %s", r->diag.errors[i]);
-        if (r->files_error[0]) /* config_load was fine; a file it names is not */
-            log_msg(LOG_ERROR, "reload: %s", r->files_error);
-        log_msg(LOG_ERROR, "reload: the new configuration is invalid; keeping the old one");
-        config_diag_free(&r->diag);
-        return false;
-    }
-    config_diag_free(&r->diag);
-    if (config_keep_restart_keys(next, proc->cfg, report_restart_key) != 0) {
-        config_free(next);
-        named_files_free(r->files);
-        log_msg(LOG_ERROR, "reload: out of memory; keeping the old configuration");
-        return false;
-    }
-    struct config *old = swap_config(proc, next);
-    named_files_put_in_force(next, r->files, NULL);
-    publish_generation(proc, old);
-    log_msg(LOG_INFO, "configuration reloaded");
-    return true;
-}
-
-static void start_reading(struct process *proc)
-{
-    proc->reload_reading = proc->reload_asked;
-    const char *path = proc->cfg->path;
-    log_msg(LOG_INFO, "reload: reading %s%s", path ? path : "the environment",
-            path ? " and the files it names" : "");
-    reload_reader_start(&proc->reload, path, environ);
-}
-
-static void on_reload_read(struct reload_reader *reader, struct reload_result *r)
-{
-    struct process *proc = container_of(reader, struct process, reload);
-    unsigned answered = proc->reload_reading;
-    bool applied = apply_reloaded(proc, r);
-    for (int i = 0; i < proc->services_started; i++) {
-        if (proc->services[i]->reload_ended)
-            proc->services[i]->reload_ended(proc, answered, applied);
-    }
-    /* Asked for while this one read: one more read, of the files as they are now. */
-    if (proc->reload_asked != answered)
-        start_reading(proc);
-}
-
-unsigned sluice_reload(struct process *proc)
-{
-    unsigned asked = ++proc->reload_asked;
-    if (!proc->reload.open) {
-        log_msg(LOG_WARNING, "reload ignored: sluice is exiting");
-        return asked;
-    }
-    if (reload_reader_busy(&proc->reload)) {
-        log_msg(LOG_INFO, "reload: the previous reload is still reading its files; one more "
-                          "read follows it");
-        return asked;
-    }
-    start_reading(proc);
-    return asked;
-}
-
-bool sluice_reload_reading(const struct process *proc)
-{
-    return reload_reader_busy(&proc->reload) || proc->reload_asked != proc->reload_reading;
-}
-
-void sluice_apply_generation(struct process *proc, struct config *next)
-{
-    publish_generation(proc, swap_config(proc, next));
-}
-
-bool sluice_reload_done(const struct process *proc)
-{
-    for (int i = 0; i < proc->nworkers; i++)
-        if (atomic_load_explicit(&proc->workers[i].reload_applied, memory_order_acquire) !=
-            proc->reload_seq)
-            return false;
-    return true;
 }
 
 void sluice_shutdown(struct process *proc, enum sluice_phase phase)
@@ -765,6 +550,7 @@ void sluice_free(struct process *proc)
             proc->services[i]->free(proc);
     }
     disabled_dbs_free(proc);
+    reload_free(proc);
     budget_free_all(proc);
     free(proc->listener);
     config_free(proc->cfg);

@@ -32,6 +32,20 @@ enum sluice_phase {
     PHASE_SHUTDOWN_NOW, /* SIGTERM, a second SIGINT or shutdown_timeout passed: close everything */
 };
 
+/* Whose files the reader (proc->reload) reads now. */
+enum sluice_read {
+    SLUICE_READ_NONE,
+    SLUICE_READ_RELOAD, /* a reload's: answers the reloads up to proc->reload_reading */
+    SLUICE_READ_SET,    /* the first of proc->sets: a console SET's */
+};
+
+/* What sluice_set did with a SET. */
+enum sluice_set_result {
+    SLUICE_SET_REFUSED = -1, /* the value cannot be (err says why): nothing changed */
+    SLUICE_SET_APPLIED = 0,  /* its generation is the process's now (sluice_reload_done) */
+    SLUICE_SET_PENDING = 1,  /* its turn, or its files' read, comes later: set_ended says */
+};
+
 struct listener;
 struct cancel_map;
 struct console_ops;
@@ -61,6 +75,11 @@ struct sluice_service {
      * is answered by it; applied when its config is now the process's (the workers swap to it
      * next: sluice_reload_done), false when it had errors (logged) and the old one stays. */
     void (*reload_ended)(struct process *proc, unsigned asked_upto, bool applied);
+    /* A console SET that sluice_set answered SLUICE_SET_PENDING ended (never from inside
+     * sluice_set, sluice_reload or sluice_set_cancel): error NULL when its generation is now
+     * the process's (the workers swap to it next: sluice_reload_done), else why nothing
+     * changed (the file it names and what is wrong with it). Not called for a cancelled one. */
+    void (*set_ended)(struct process *proc, unsigned set_id, const char *error);
 };
 
 /* What one event loop serves. Only its own thread touches it (today: the process's thread). */
@@ -152,12 +171,18 @@ struct process {
     unsigned pause_seq;   /* PAUSEs sent to the workers (each reports its pools idle) */
     struct budget_set *budgets;     /* the newest generation (budget.h), under the ledger's lock */
     struct budget *budgets_known;   /* every budget identity (budget.c), under the ledger's lock */
-    /* RELOAD and SIGHUP: their files are read off the loop, one read at a time (sluice_reload):
-     * reload_asked counts the reloads asked for, reload_reading is what reload_asked was when
-     * the read in flight (or the last one) began; it answers every reload up to that one. */
+    /* RELOAD, SIGHUP and the console's SET of a key that names files: their files are read off
+     * the loop, one read at a time, in the order asked (sluice_reload, sluice_set): reading
+     * says whose read is in flight; reload_asked counts the reloads asked for, reload_reading
+     * is the last reload the read in flight (or the last one) answers; sets holds the SETs not
+     * yet answered, in the order asked (struct pending_set, sluice.c: the first is the one
+     * reading when reading is SLUICE_READ_SET), sets_asked numbers them. */
     struct reload_reader reload;
+    enum sluice_read reading;
     unsigned reload_asked;
     unsigned reload_reading;
+    struct list sets;
+    unsigned sets_asked;
     /* PAUSE/RESUME/RECONNECT/KILL sent to every worker (WAIT_CLOSE compares its frames'). */
     unsigned controls_sent;
     /* The console's asks to every worker to publish its frame now (view_publish_now). */
@@ -195,22 +220,34 @@ int sluice_start(struct process *proc, uv_loop_t *loop, struct config *cfg,
  * be used. The files are read on a thread of their own (reload_reader.h), so this returns at
  * once; the finished config is applied on the loop later, and the services hear of it
  * (reload_ended). A reload asked for while one reads waits for it, then one more read answers
- * every reload asked for meanwhile. Returns the reload's number for reload_ended. */
+ * every reload asked for meanwhile; one asked for while a console SET waits or reads comes
+ * after it (sluice_set). Never calls reload_ended itself. Returns the reload's number for
+ * reload_ended. */
 unsigned sluice_reload(struct process *proc);
-/* Is a reload's read in flight, or one asked for not yet begun? */
+/* Is a read in flight (a reload's or a SET's), or a reload asked for not yet begun? */
 bool sluice_reload_reading(const struct process *proc);
-/* The console's SET of key: read the files next names that a reload puts in force at once
- * (client TLS certificate, key and CA, auth_hba_file, auth_ident_file, logfile), and when all
- * can be used make next the process's generation (sluice_apply_generation) and put in force,
- * as read, those of them key changes: each file is opened once, so one that can be read only
- * once (a FIFO a sidecar writes) is not opened again to apply it. false, next freed, with what
- * is wrong in err. */
-bool sluice_set_generation(struct process *proc, struct config *next, const char *key,
-                           char *err, size_t errlen);
-/* Make next (a validated config whose reference the caller gives up) the process's, as a reload
- * does after loading: budgets synced, every worker told to swap to it (sluice_reload_done says
- * when all have), the old generation released. The console's SET (control_set). */
-void sluice_apply_generation(struct process *proc, struct config *next);
+/* The console's SET key = value (key as config_keys spells it, a reloadable one): never in
+ * place, since every worker reads its own generation (5.7): a copy of the running config with
+ * the key changed, checked with the other keys, becomes the next generation as a reload's does
+ * (budgets synced, every worker told to swap to it, sluice_reload_done says when all have).
+ * A key whose change puts files in force (client_tls_*: the TLS context, certificate, key and
+ * CA; auth_*: auth_hba_file, auth_ident_file; logfile, log_level, log_format: the logfile) has
+ * them read off the loop by the reader a reload uses, each once, and put in force as read: a
+ * file that blocks (a FIFO nobody writes, a hung mount) holds only the reading thread, and one
+ * that can be read once (a sidecar's FIFO) is not opened again to apply it.
+ * Order: reads go one at a time, reloads and SETs in the order asked. A SET asked while a
+ * reload reads, or is asked for, waits for it and applies to the config it left; a reload asked
+ * while a SET waits or reads comes after that SET (and may undo it, as a reload re-reads the
+ * file). SLUICE_SET_APPLIED: no file to read and nothing before it; SLUICE_SET_PENDING, *id
+ * set: set_ended tells later; SLUICE_SET_REFUSED: the value cannot be (checked at once against
+ * the running config, and again at its turn), or sluice is exiting; err says why. */
+enum sluice_set_result sluice_set(struct process *proc, const char *key, const char *value,
+                                  unsigned *id, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* The console's SET id was cancelled before it ended: it never applies. Waiting for its turn,
+ * it leaves the queue; reading, its read is abandoned (reload_reader_abandon: the thread may sit
+ * in read() for ever) and the next read starts. No set_ended follows for it. */
+void sluice_set_cancel(struct process *proc, unsigned id);
 /* Has every worker applied the last reload (its own reference to the new config and budget
  * set)? The console's RELOAD answers then; the old config is freed at the last release. */
 bool sluice_reload_done(const struct process *proc);

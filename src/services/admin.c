@@ -128,7 +128,7 @@ enum wait_kind {
     WAIT_ROWS,          /* SHOW CLIENTS/SERVERS/SOCKETS: the other workers' rows (5.6) */
     WAIT_FRAMES,        /* SHOW POOLS, STATS...: every other worker published since asked (5.6) */
     WAIT_RELOAD,        /* its reload's read ended, and every worker applied the new config */
-    WAIT_SET,           /* the same for SET's generation: answered with SET's tag */
+    WAIT_SET,           /* SET's turn and files' read ended, and every worker applied it */
     WAIT_KILL_CLIENT,   /* another worker's KILL_CLIENT: its owner says whether it was there */
 };
 
@@ -137,6 +137,13 @@ enum reload_answer {
     RELOAD_READING, /* its files are still being read */
     RELOAD_APPLIED, /* the new config is the process's: answered once every worker has it */
     RELOAD_INVALID, /* errors (logged); the previous config stays */
+};
+
+/* How a SET stands (WAIT_SET). */
+enum set_answer {
+    SET_PENDING,  /* its turn, or its files' read, has not come yet (sluice_set) */
+    SET_IN_FORCE, /* its generation is the process's: answered once every worker has it */
+    SET_FAILED,   /* refused at its turn or by its files (set_error): nothing changed */
 };
 
 /* What the owner of a KILL_CLIENT's id said (WAIT_KILL_CLIENT). */
@@ -156,6 +163,9 @@ struct admin_wait {
     uint64_t kill_id;
     unsigned reload_asked;     /* WAIT_RELOAD: its number (control_reload) */
     enum reload_answer reload; /* WAIT_RELOAD: how it ended */
+    unsigned set_id;           /* WAIT_SET: its number (control_set), while SET_PENDING */
+    enum set_answer set;
+    char set_error[512]; /* SET_FAILED: the file and what is wrong with it */
     /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
      * frames there are (a worker that is closing never publishes again). */
     enum admin_show show;
@@ -214,7 +224,7 @@ static bool wait_done(struct worker *worker, struct client *c, const struct admi
         return w->reload == RELOAD_INVALID ||
                (w->reload == RELOAD_APPLIED && control_reload_done(worker));
     case WAIT_SET:
-        return control_reload_done(worker);
+        return w->set == SET_FAILED || (w->set == SET_IN_FORCE && control_reload_done(worker));
     case WAIT_KILL_CLIENT:
         return w->kill != KILL_ASKED;
     }
@@ -540,14 +550,50 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
         return OUT_ERROR;
     }
     char err[512];
-    if (control_set(worker, key, cmd->value, err, sizeof(err)) < 0) {
+    unsigned id = 0;
+    log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
+    enum sluice_set_result r = control_set(worker, key, cmd->value, &id, err, sizeof(err));
+    if (r == SLUICE_SET_REFUSED) {
         put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
         return OUT_ERROR;
     }
-    log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
     /* Answered once every worker runs under the new generation, as RELOAD is: a client of any
      * worker that the console's answer sends on meets the new value. */
-    return control_reload_done(worker) || !add_wait(c, WAIT_SET, NULL) ? OUT_DONE : OUT_WAITING;
+    if (r == SLUICE_SET_APPLIED) {
+        if (control_reload_done(worker) || !add_wait(c, WAIT_SET, NULL))
+            return OUT_DONE;
+        find_wait(worker, c->id)->set = SET_IN_FORCE;
+        return OUT_WAITING;
+    }
+    /* Its files are read off the loop, or a reload or SET asked before it goes first: the
+     * session waits (its further queries stay buffered) and the loop serves everyone else;
+     * set_ended says how it ended. */
+    if (!add_wait(c, WAIT_SET, NULL)) {
+        control_set_cancel(worker, id);
+        client_fail(c, FAIL_OUT_OF_MEMORY, ""); /* its answer would find no wait */
+        return OUT_CLOSED;
+    }
+    struct admin_wait *w = find_wait(worker, c->id);
+    w->set = SET_PENDING;
+    w->set_id = id;
+    return OUT_WAITING;
+}
+
+/* A pending SET ended (the core's set_ended): its console is told how. */
+static void set_ended(struct process *proc, unsigned set_id, const char *error)
+{
+    struct list_node *n, *tmp;
+    list_for_each(&proc->admin_waits, n, tmp)
+    {
+        struct admin_wait *w = container_of(n, struct admin_wait, node);
+        if (w->kind != WAIT_SET || w->set != SET_PENDING || w->set_id != set_id)
+            continue;
+        w->set = error ? SET_FAILED : SET_IN_FORCE;
+        if (error)
+            snprintf(w->set_error, sizeof(w->set_error), "%s", error);
+        break;
+    }
+    settle_waits(proc);
 }
 
 static enum outcome run_command(struct client *c, const struct admin_command *cmd)
@@ -788,8 +834,29 @@ static void on_data(struct client *c)
     client_send(c);
 }
 
+/* settle_waits is running: a call from inside it (a command it goes on with ends a SET,
+ * whose set_ended settles again) only asks it to look once more, so that one walk of
+ * admin_waits never meets waits freed by another. The control thread's only. */
+static bool settling, settle_again;
+
+static void settle_waits_once(struct process *proc);
+
 /* Answer each waiting command whose wait is over (or whose client went). */
 static void settle_waits(struct process *proc)
+{
+    if (settling) {
+        settle_again = true;
+        return;
+    }
+    settling = true;
+    do {
+        settle_again = false;
+        settle_waits_once(proc);
+    } while (settle_again);
+    settling = false;
+}
+
+static void settle_waits_once(struct process *proc)
 {
     struct worker *worker = sluice_control_worker(proc);
     struct list_node *n, *tmp;
@@ -806,7 +873,16 @@ static void settle_waits(struct process *proc)
         enum kill_answer kill = w->kill;
         uint64_t kill_id = w->kill_id;
         enum reload_answer reload = w->reload;
+        enum set_answer set = w->set;
+        unsigned set_id = w->set_id;
+        char set_error[sizeof(w->set_error)];
+        memcpy(set_error, w->set_error, sizeof(set_error));
         free(w);
+        /* A SET nobody waits for any more (its console left, or shutdown closes it) is
+         * dropped, as a cancelled one, so that a read of it still blocked does not hold the
+         * reloads and SETs after it. */
+        if (kind == WAIT_SET && set == SET_PENDING)
+            control_set_cancel(worker, set_id);
         if (!c || !sluice_serving(worker))
             continue; /* gone, or shutdown closes it */
         if (kind == WAIT_FRAMES)
@@ -823,6 +899,9 @@ static void settle_waits(struct process *proc)
         } else if (kind == WAIT_RELOAD && reload == RELOAD_INVALID) {
             put_error(c, SQLSTATE_CONFIG_FILE_ERROR, "sluice's log names each problem.",
                       "the configuration has errors; the previous one stays in force");
+            codec_put_ready(&c->out, 'I');
+        } else if (kind == WAIT_SET && set == SET_FAILED) {
+            put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", set_error);
             codec_put_ready(&c->out, 'I');
         } else if (kind == WAIT_KILL_CLIENT && kill == KILL_NO_CLIENT) {
             put_no_client(c, kill_id);
@@ -853,16 +932,23 @@ static void tick(struct process *proc, uint64_t now)
 static void cancel_wait(struct client *c)
 {
     struct admin_wait *w = find_wait(c->worker, c->id);
+    /* A SET in force waits only for the workers' swap, a moment: its answer comes. */
     if (!w || w->kind == WAIT_OUTPUT || w->kind == WAIT_ROWS || w->kind == WAIT_FRAMES ||
-        w->kind == WAIT_KILL_CLIENT || c->state != CLIENT_IDLE)
+        w->kind == WAIT_KILL_CLIENT || (w->kind == WAIT_SET && w->set != SET_PENDING) ||
+        c->state != CLIENT_IDLE)
         return;
-    bool reload = w->kind == WAIT_RELOAD;
+    enum wait_kind kind = w->kind;
+    unsigned set_id = w->set_id;
     list_remove(&c->worker->proc->admin_waits, &w->node);
     free(w);
     log_client(LOG_INFO, c, "admin: waiting command cancelled");
+    if (kind == WAIT_SET)
+        control_set_cancel(c->worker, set_id); /* may end other SETs: settle_waits */
     put_error(c, SQLSTATE_QUERY_CANCELED,
-              reload ? "The reload goes on: sluice's log says how it ends."
-                     : "A PAUSE stays in force until RESUME.",
+              kind == WAIT_RELOAD ? "The reload goes on: sluice's log says how it ends."
+              : kind == WAIT_SET  ? "Nothing was changed: the SET is dropped, and a read of its "
+                                    "files still blocked is abandoned."
+                                  : "A PAUSE stays in force until RESUME.",
               "canceling statement due to user request");
     codec_put_ready(&c->out, 'I');
     if (c->in.data && buf_unframed(&c->in) >= CODEC_HEADER_LEN)
@@ -918,4 +1004,5 @@ const struct sluice_service admin_service = {
     .tick = tick,
     .free = free_waits,
     .reload_ended = reload_ended,
+    .set_ended = set_ended,
 };

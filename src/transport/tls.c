@@ -252,9 +252,18 @@ static SSL_CTX *build(const struct config *cfg, enum sslmode *mode, char *err, s
             tls_error_text(err, n, what);
             goto fail;
         }
-        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->client_tls_ca_file);
-        if (names)
-            SSL_CTX_set_client_CA_list(ctx, names);
+        /* The names asked for in the CertificateRequest, from the certificates just loaded:
+         * the file is read once (SSL_load_client_CA_file would open it again, and a FIFO a
+         * sidecar writes once would hold that second open for ever). */
+        STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+        for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+            X509 *ca = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+            if (ca && SSL_CTX_add_client_CA(ctx, ca) != 1) {
+                snprintf(what, sizeof(what), "client_tls_ca_file %s", cfg->client_tls_ca_file);
+                tls_error_text(err, n, what);
+                goto fail;
+            }
+        }
         /* With a CA, a certificate is asked for (auth_type cert, hba "cert"). A certificate that
          * is sent and does not verify fails the handshake; one that is not sent fails the login
          * under verify-* (auth.c), with the 28000 Postgres's clientcert answers after a whole

@@ -3,7 +3,9 @@ late, an operator's mistake) or a file on a hung NFS mount as a %include'd confi
 DATABASE_URL_FILE or auth_file. The reload reads them on a thread of its own, so while it waits
 sluice goes on serving: queries, /health, /metrics and the admin console answer; the console's
 RELOAD answers once its reload ended; reloads asked for meanwhile become one more read; and a
-SIGTERM still ends sluice at once.
+SIGTERM still ends sluice at once. The console's SET of a key that names a file (client_tls_*,
+auth_hba_file, auth_ident_file, logfile) reads it through the same reader: the session waits,
+everything else is served, a cancel gives 57014 and changes nothing.
 
 Each test proves the read is blocked without timing: it opens the FIFO's writing end only once
 sluice's reader has opened the reading end (which an O_NONBLOCK open for writing says), and then
@@ -13,14 +15,16 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, pick_port, render_ini, \
-    timeout_scale, wait_until
-from test_admin import CONSOLE_MAIN, console, pool_row
+from certs import make_pki
+from conftest import APP_DB, APP_PASSWORD, APP_USER, Background, pg_tool, pick_port, \
+    render_ini, timeout_scale, wait_until
+from test_admin import ADMIN, CONSOLE_MAIN, console, pool_row, show
 from test_database_url_file import start_from_file
 from test_http import get
 
@@ -313,3 +317,173 @@ def test_a_console_set_of_an_auth_hba_file_fifo_reads_it_once(start_sluice, pg, 
     finally:
         release_reader(hba, "host all all 127.0.0.1/32 trust\n", fd)
         adm.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"), "test", clients=("app",))
+
+
+def config_value(adm, key):
+    return {r["key"]: r["value"] for r in show(adm, "CONFIG")}[key]
+
+
+def test_console_set_of_a_client_tls_ca_file_fifo_leaves_clients_health_and_console_served(
+        start_sluice, pg, pki, tmp_path):
+    """SET client_tls_ca_file to a FIFO nobody has written yet: before, SET read it on the loop
+    that serves every client of worker 0, /health, /metrics and the console, and all of them
+    stopped until the FIFO was written. Now the reader's thread waits; the session's SET
+    answers once the file is read, and the CA is put in force as read (opened once)."""
+    port = pick_port()
+    s = start_sluice(dict(CONSOLE_MAIN, http_listen_port=port, http_listen_addr="127.0.0.1",
+                          **{"client_tls_sslmode": "prefer",
+                             "client_tls_cert_file": str(pki.server_cert),
+                             "client_tls_key_file": str(pki.server_key)}))
+    s.wait_for_log(rf"HTTP .* listening on 127\.0\.0\.1:{port}")
+    ca = tmp_path / "ca.pem"
+    os.mkfifo(ca)
+    held = s.connect()
+    held.execute("SELECT 1")
+    adm = console(s)
+    fd = None
+    try:
+        mark = s.mark()
+        b = Background(lambda: adm.execute(f"SET client_tls_ca_file = '{ca}'").statusmessage)
+        fd = fifo_writer_once_read(ca)
+        assert answered(lambda: query_served(s), "a new client's query") == "served"
+        assert answered(lambda: held.execute("SELECT 2").fetchone(), "a held client") == (2,)
+        assert answered(lambda: get(port, "/health")[0], "GET /health") == 200
+        status, _, body = answered(lambda: get(port, "/metrics"), "GET /metrics")
+        assert status == 200 and b"sluice_" in body
+
+        def other_session_config():
+            with console(s) as other:
+                return config_value(other, "client_tls_ca_file")
+        assert answered(other_session_config, "another console session's SHOW CONFIG") == ""
+        s.wait_for_log(r"admin: SET client_tls_ca_file = .*: still reading the files it names",
+                       timeout=30 * timeout_scale(), since=mark)
+        assert not b.done(), "SET answered before its file was read"
+
+        write_and_close(fd, pki.ca.read_text())
+        fd = None
+        assert b.result(20 * timeout_scale()) == "SET"
+        assert config_value(adm, "client_tls_ca_file") == str(ca)
+        s.wait_for_log(r"reload: client TLS: prefer, certificate .* reloaded", since=mark)
+        # the CA as read is the one in force: a certificate it signed is accepted
+        with s.connect(host="localhost", hostaddr="127.0.0.1", sslmode="require",
+                       sslcert=str(pki.client_cert("app")),
+                       sslkey=str(pki.client_key("app"))) as c:
+            assert c.execute("SELECT 3").fetchone() == (3,)
+    finally:
+        release_reader(ca, pki.ca.read_text(), fd)
+        held.close()
+        adm.close()
+
+
+def test_a_cancelled_console_set_of_an_auth_ident_file_fifo_changes_nothing_and_frees_the_reader(
+        start_sluice, pg, tmp_path):
+    """SET auth_ident_file to a FIFO nobody writes, then a cancel: 57014, the key keeps its
+    value, the session goes on, and a RELOAD after it is not held behind the abandoned read."""
+    ident = tmp_path / "ident.conf"
+    os.mkfifo(ident)
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    adm = console(s)
+    fd = None
+    try:
+        mark = s.mark()
+        b = Background(lambda: adm.execute(f"SET auth_ident_file = '{ident}'"))
+        fd = fifo_writer_once_read(ident)
+        assert answered(lambda: query_served(s), "a client's query") == "served"
+        assert not b.done(), "SET answered before its file was read"
+        answered(adm.cancel, "the console's CancelRequest")
+        err = b.error(10 * timeout_scale())
+        assert err is not None and err.sqlstate == "57014", err
+        assert "Nothing was changed" in (err.diag.message_hint or ""), err.diag.message_hint
+        assert config_value(adm, "auth_ident_file") == ""
+        s.wait_for_log(r"cancelled while reading its files: the read is abandoned", since=mark)
+        assert answered(lambda: adm.execute("RELOAD").statusmessage,
+                        "a RELOAD after the cancelled SET") == "RELOAD"
+        assert config_value(adm, "auth_ident_file") == ""
+    finally:
+        release_reader(ident, "", fd)  # the abandoned thread returns and frees what it read
+        adm.close()
+
+
+def test_a_console_set_of_an_unreadable_hba_file_answers_22023_naming_the_file(start_sluice,
+                                                                                pg, tmp_path):
+    hba = tmp_path / "hba.conf"
+    hba.write_text("host all all everywhere trust\n")
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    with console(s) as adm:
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute(f"SET auth_hba_file = '{hba}'")
+        assert ei.value.sqlstate == "22023", ei.value
+        assert str(hba) in str(ei.value) and "everywhere" in str(ei.value), ei.value
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute(f"SET auth_hba_file = '{tmp_path / 'missing.conf'}'")
+        assert ei.value.sqlstate == "22023", ei.value
+        assert "missing.conf" in str(ei.value), ei.value
+        assert config_value(adm, "auth_hba_file") == ""
+        assert adm.execute("SHOW VERSION").fetchone()
+
+
+def test_a_console_set_during_a_blocked_reload_applies_after_it(start_sluice, pg, tmp_path):
+    """A SET meeting a reload in progress waits for it and applies to the configuration the
+    reload left, so a reload asked for first cannot undo the SET afterwards; the reload's
+    RELOAD answers first, then the SET."""
+    s, fifo = start_with_included_databases(start_sluice, pg, tmp_path, 3)
+    fd = None
+    reloading = console(s)
+    setting = console(s)
+    try:
+        mark = s.mark()
+        reload = Background(lambda: reloading.execute("RELOAD").statusmessage)
+        fd = fifo_writer_once_read(fifo)
+        set_ = Background(lambda: setting.execute("SET client_idle_timeout = 123456")
+                          .statusmessage)
+        s.wait_for_log(r"admin: SET client_idle_timeout = '123456' waits for the reload before "
+                       r"it", since=mark)
+        assert answered(lambda: query_served(s), "a client's query") == "served"
+        assert not set_.done() and not reload.done()
+        write_and_close(fd, databases_text(pg, 5))
+        fd = None
+        assert reload.result(20 * timeout_scale()) == "RELOAD"
+        assert set_.result(20 * timeout_scale()) == "SET"
+        with console(s) as adm:
+            assert pool_row(adm)["pool_size"] == 5  # the reload's
+            assert config_value(adm, "client_idle_timeout") in ("123456", "123456ms",
+                                                                  "123456 ms"), \
+                config_value(adm, "client_idle_timeout")
+    finally:
+        release_reader(fifo, databases_text(pg, 3), fd)
+        reloading.close()
+        setting.close()
+
+
+def test_a_console_set_whose_session_closes_is_dropped_and_frees_the_reader(start_sluice, pg,
+                                                                            tmp_path):
+    """psql killed while its SET auth_ident_file reads a FIFO nobody writes: the SET is dropped
+    as a cancelled one (nothing changes), so a RELOAD after it is not held behind the read."""
+    ident = tmp_path / "ident.conf"
+    os.mkfifo(ident)
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    psql = subprocess.Popen([pg_tool("psql"), "-X", "-h", "127.0.0.1", "-p", str(s.port), "-U",
+                             ADMIN, "-d", "sluice", "-c", f"SET auth_ident_file = '{ident}'"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    fd = None
+    try:
+        mark = s.mark()
+        fd = fifo_writer_once_read(ident)
+        psql.kill()
+        psql.wait(10)
+        s.wait_for_log(r"cancelled while reading its files: the read is abandoned", since=mark,
+                       timeout=10 * timeout_scale())
+        with console(s) as adm:
+            assert answered(lambda: adm.execute("RELOAD").statusmessage,
+                            "a RELOAD after the dropped SET") == "RELOAD"
+            assert config_value(adm, "auth_ident_file") == ""
+    finally:
+        if psql.poll() is None:
+            psql.kill()
+        release_reader(ident, "", fd)

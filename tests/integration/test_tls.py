@@ -333,6 +333,26 @@ def test_certificates_are_reloaded_on_sighup(start_sluice, pki, other_pki, tmp_p
             assert c.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_a_console_set_of_client_tls13_ciphers_puts_the_suites_in_force(start_sluice, pki):
+    """Before, the console's SET rebuilt the client TLS context only for keys starting
+    client_tls_: SET client_tls13_ciphers answered SET and SHOW CONFIG showed the new suites,
+    while every new TLS 1.3 client still got OpenSSL's."""
+    from test_admin import CONSOLE_MAIN, console
+    s = start_sluice(dict(CONSOLE_MAIN, **tls_keys(pki, "prefer")))
+    suite = "TLS_CHACHA20_POLY1305_SHA256"  # never OpenSSL's first choice
+
+    def negotiated():
+        c = _tls_raw(s, pki)
+        try:
+            return c.sock.cipher()[0]
+        finally:
+            c.close()
+    assert negotiated() != suite
+    with console(s) as adm:
+        assert adm.execute(f"SET client_tls13_ciphers = '{suite}'").statusmessage == "SET"
+    assert negotiated() == suite
+
+
 def test_a_missing_certificate_stops_sluice_from_starting(start_sluice, pki, tmp_path):
     s = start_sluice({"client_tls_sslmode": "require",
                       "client_tls_cert_file": str(tmp_path / "nope.pem"),

@@ -894,11 +894,14 @@ static void on_set_tick(uv_timer_t *t)
             return; /* each worker has its pool of the forced user, under pool_size 5 */
         r->generation_before = proc->cfg->generation;
         char err[256];
-        CHECK_INT(control_set(control, "default_pool_size", "7", err, sizeof(err)), 0);
+        unsigned id = 0;
+        CHECK_INT(control_set(control, "default_pool_size", "7", &id, err, sizeof(err)),
+                  SLUICE_SET_APPLIED);
         r->set_done = proc->cfg->generation > r->generation_before &&
                       proc->cfg->default_pool_size == 7 && control->cfg == proc->cfg;
         const struct config *now = proc->cfg;
-        r->refused_kept = control_set(control, "min_pool_size", "100", err, sizeof(err)) < 0 &&
+        r->refused_kept = control_set(control, "min_pool_size", "100", &id, err, sizeof(err)) ==
+                              SLUICE_SET_REFUSED &&
                           proc->cfg == now && strstr(err, "min_pool_size") != NULL;
         r->ticks = 0;
         return;
