@@ -642,9 +642,9 @@ void client_on_data(struct client *c)
         /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
          * a client that sent one byte and waits is answered, not left waiting. */
         if (!c->admin && !codec_frontend_type_known(type)) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            char detail[16];
+            snprintf(detail, sizeof(detail), "%u", (unsigned)type);
+            client_fail(c, FAIL_UNKNOWN_MESSAGE_TYPE, detail);
             return;
         }
         if (buf_unframed(&c->in) < CODEC_HEADER_LEN)

@@ -18,6 +18,9 @@ const char *sqlstate_code(enum sqlstate_id id)
 #define F(sev, state, msg, hint) {SEVERITY_##sev, SQLSTATE_##state, msg, hint}
 static const struct failure_info table[] = {
     [FAIL_PROTOCOL_VIOLATION] = F(FATAL, PROTOCOL_VIOLATION, "protocol violation: %s", NULL),
+    /* Postgres's own words (postgres.c SocketBackend), the type byte in decimal as there */
+    [FAIL_UNKNOWN_MESSAGE_TYPE] =
+        F(FATAL, PROTOCOL_VIOLATION, "invalid frontend message type %s", NULL),
     [FAIL_BAD_STARTUP] = F(FATAL, PROTOCOL_VIOLATION, "invalid startup packet: %s", NULL),
     [FAIL_UNSUPPORTED_PROTOCOL] =
         F(FATAL, FEATURE_NOT_SUPPORTED, "unsupported frontend protocol %s",
@@ -206,6 +209,7 @@ static const struct failure_info table[] = {
 
 static const char *const names[] = {
     [FAIL_PROTOCOL_VIOLATION] = "protocol_violation",
+    [FAIL_UNKNOWN_MESSAGE_TYPE] = "unknown_message_type",
     [FAIL_BAD_STARTUP] = "bad_startup",
     [FAIL_UNSUPPORTED_PROTOCOL] = "unsupported_protocol",
     [FAIL_REPLICATION_UNSUPPORTED] = "replication_unsupported",

@@ -15,6 +15,7 @@ const char *sqlstate_code(enum sqlstate_id id);
 
 enum failure {
     FAIL_PROTOCOL_VIOLATION,   /* detail: what was wrong */
+    FAIL_UNKNOWN_MESSAGE_TYPE, /* detail: the type byte, in decimal */
     FAIL_BAD_STARTUP,          /* detail: what was wrong */
     FAIL_UNSUPPORTED_PROTOCOL, /* detail: the version */
     FAIL_REPLICATION_UNSUPPORTED,
