@@ -107,17 +107,12 @@ def test_a_setting_given_twice_whose_first_value_postgres_refuses(pg, start_slui
     assert login_outcome(s.port, TWICE[case]) == want
 
 
-EMPTY_ENCODING_IN_SESSION_MODE = pytest.mark.skip(
-    reason="session mode passes client_encoding as a libpq keyword (params.c "
-    "params_is_startup_keyword, server_connect.c add_startup); libpq drops an empty value, so "
-    "the backend opens in UTF8 and the login succeeds where Postgres refuses it with FATAL "
-    "22023 invalid value for parameter \"client_encoding\": \"\"; owned by another change")
-
-
-@pytest.mark.parametrize("mode", ["transaction",
-                                  pytest.param("session", marks=EMPTY_ENCODING_IN_SESSION_MODE)])
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("given", ["as a parameter", "in options"])
 def test_an_empty_client_encoding_is_refused_as_by_postgres(pg, start_sluice, mode, given):
+    """Session mode opens the backend with the client's client_encoding as a libpq keyword,
+    and libpq drops an empty one: the login went on in UTF8 where Postgres refuses it (FATAL
+    22023), given as a parameter or in options (which sluice reads into the same setting)."""
     s = start_sluice({"pool_mode": mode})
     packet = (startup_packet(client_encoding="") if given == "as a parameter"
               else startup_packet(options="-c client_encoding="))
