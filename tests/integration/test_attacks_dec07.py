@@ -1,14 +1,17 @@
 """Hostile clients of Dec 7, Postgres as the oracle: a message type Postgres does not know (in
-every pool mode, idle, inside a transaction and inside an extended batch), and startup
-settings Postgres refuses that sluice let through (a value given twice, the first one invalid;
-an empty client_encoding in session mode). Each compares what a client sees directly and
-through sluice, and checks the next client on the one server finds nothing of the last."""
+every pool mode, idle, inside a transaction and inside an extended batch), startup settings
+Postgres refuses that sluice let through (a value given twice, the first one invalid; an empty
+client_encoding in session mode), and malformed startup packets, refused in Postgres's words.
+Each compares what a client sees directly and through sluice, and where a server is shared
+checks that the next client on it finds nothing of the last."""
+
+import struct
 
 import pytest
 
 from conftest import BackendSampler
-from pgwire import (PeerClosed, RawConn, ServerError, bind_msg, message, parse_msg, query_msg,
-                    startup_packet)
+from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, message, parse_msg,
+                    query_msg, startup_packet)
 from test_result_type_attacks import TABLE, compare_raw, exchange
 from test_startup_params import startup
 
@@ -119,3 +122,36 @@ def test_an_empty_client_encoding_is_refused_as_by_postgres(pg, start_sluice, mo
     want = login_outcome(pg.port, packet, password="apppass")
     assert want == ("FATAL", "22023", 'invalid value for parameter "client_encoding": ""')
     assert login_outcome(s.port, packet) == want
+
+
+# ---- startup packets Postgres refuses, in its words -------------------------------------------
+
+
+def packet(body):
+    """A 3.0 StartupMessage of exactly these bytes after the protocol version."""
+    body = struct.pack("!I", PROTOCOL_3_0) + body
+    return struct.pack("!I", len(body) + 4) + body
+
+
+BAD_PACKETS = {
+    "no final zero byte": packet(b"user\0app\0database\0appdb\0"),
+    "a name without a value": packet(b"user\0app\0database\0appdb\0lonely\0\0"),
+    "a value without its zero byte": packet(b"user\0app\0database\0appdb"),
+    "an empty name before the end": packet(b"user\0app\0\0x\0\0"),
+    "bytes after the end": packet(b"user\0app\0\0junk"),
+    "no pairs, no end": packet(b""),
+    "no pairs": packet(b"\0"),
+    "an empty user": packet(b"user\0\0\0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PACKETS))
+def test_a_startup_packet_postgres_refuses_is_refused_in_its_words(pg, start_sluice, case):
+    """Postgres refuses a packet whose pairs do not end in one zero byte with FATAL 08P01
+    "invalid startup packet layout: expected terminator as last byte", and one without a user
+    with FATAL 28000 "no PostgreSQL user name specified in startup packet"; sluice said
+    "invalid startup packet: malformed packet" and "no user name given in the startup packet"."""
+    s = start_sluice({"pool_mode": "transaction"})
+    want = login_outcome(pg.port, BAD_PACKETS[case], password="apppass")
+    assert want[0] == "FATAL", want
+    assert login_outcome(s.port, BAD_PACKETS[case]) == want
