@@ -10,8 +10,9 @@ import struct
 import pytest
 
 from conftest import BackendSampler
-from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, message, parse_msg,
-                    query_msg, startup_packet)
+from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, copy_data_msg,
+                    message, parse_fields, parse_msg, query_msg, raw_login, startup_packet,
+                    sync_msg)
 from test_result_type_attacks import TABLE, compare_raw, exchange
 from test_startup_params import startup
 
@@ -190,3 +191,60 @@ def test_a_startup_packet_postgres_refuses_is_refused_in_its_words(pg, start_slu
     want = login_outcome(pg.port, BAD_PACKETS[case], password="apppass")
     assert want[0] == "FATAL", want
     assert login_outcome(s.port, BAD_PACKETS[case]) == want
+
+
+# ---- a bare Sync while every server is busy ---------------------------------------------------
+
+
+def answers_until_ready(c, readies, timeout):
+    """What c sees (no pids, keys or parameters) up to its readies-th ReadyForQuery."""
+    c.settimeout(timeout)
+    out = []
+    while readies:
+        mtype, payload = c.read_message()
+        if mtype == "E":
+            out.append(("E", parse_fields(payload).get("C")))
+        elif mtype not in "SNK":
+            out.append((mtype, payload))
+        readies -= mtype == "Z"
+    return out
+
+
+BARE = {
+    "a sync": ([sync_msg()], 1),
+    "syncs and a flush": ([sync_msg(), message(b"H"), sync_msg(), sync_msg()], 3),
+    "copy data, then a sync": ([copy_data_msg(b"x"), sync_msg()], 1),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BARE))
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_bare_sync_is_answered_while_every_server_is_busy(pg, start_sluice, mode, what):
+    """An idle client's Sync with nothing before it: Postgres answers ReadyForQuery 'I' at
+    once. sluice leased a server for it, and with the one server busy the client waited, then
+    got query_wait_timeout's 53300 ERROR before its ReadyForQuery. A query sent after it still
+    waits for the server and runs."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "query_wait_timeout": 30})
+    msgs, readies = BARE[what]
+    direct = raw_login(pg.port, password="apppass")
+    try:
+        direct.send(b"".join(msgs))
+        want = answers_until_ready(direct, readies, 10)
+    finally:
+        direct.close()
+    assert want == [("Z", b"I")] * readies
+    busy = raw_login(s.port)
+    b = raw_login(s.port)
+    try:
+        busy.send(query_msg("SELECT pg_sleep(3)"))
+        pg.wait_for_active("app", "pg_sleep(3)")
+        b.send(b"".join(msgs))
+        # well before the sleep ends: answered by sluice, no server needed
+        assert answers_until_ready(b, readies, 2) == want
+        b.send(query_msg("SELECT 7"))
+        assert answers_until_ready(b, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
+        busy.read_results()
+    finally:
+        busy.close()
+        b.close()
