@@ -624,6 +624,44 @@ static void drop_ignored_when_idle(struct client *c)
     }
 }
 
+/* A whole Sync without a body at the front of b (one with a body goes to a server, which
+ * answers 08P01 as Postgres does). */
+static bool front_is_bare_sync(const struct buf *b)
+{
+    uint8_t type;
+    uint32_t body_len;
+    if (buf_unframed(b) < CODEC_HEADER_LEN)
+        return false;
+    enum frame_result fr =
+        codec_frame_header(b->data + b->scan, buf_unframed(b), UINT32_MAX, &type, &body_len);
+    return fr == FRAME_OK && type == 'S' && body_len == 0;
+}
+
+/* A Sync at the front of an idle client's buffer (nothing of its unanswered, no server held: no
+ * transaction, no batch) is answered ReadyForQuery 'I' at once, as Postgres answers it, instead
+ * of leasing a server for it: with the pool busy it waited, and then failed with
+ * query_wait_timeout's ERROR, for a message whose answer needs no server. Like any request it
+ * starts the client's idle time again. False when the client is gone (a failed write). */
+static bool answer_bare_syncs(struct client *c)
+{
+    struct buf *b = &c->in;
+    bool answered = false;
+    for (;;) {
+        drop_ignored_when_idle(c);
+        if (c->rx.remain || !front_is_bare_sync(b))
+            break;
+        b->scan += CODEC_HEADER_LEN;
+        buf_consume(b, CODEC_HEADER_LEN);
+        codec_put_ready(&c->out, 'I');
+        answered = true;
+    }
+    if (answered) {
+        c->state_since_ms = sluice_now(c->worker);
+        client_send(c);
+    }
+    return c->state == CLIENT_IDLE;
+}
+
 void client_on_data(struct client *c)
 {
     switch (c->state) {
@@ -634,17 +672,17 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
-        if (!c->admin)
-            drop_ignored_when_idle(c);
+        if (!c->admin && !answer_bare_syncs(c))
+            return;
         if (buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];
         /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
          * a client that sent one byte and waits is answered, not left waiting. */
         if (!c->admin && !codec_frontend_type_known(type)) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", type);
-            client_fail(c, FAIL_PROTOCOL_VIOLATION, detail);
+            char detail[16];
+            snprintf(detail, sizeof(detail), "%u", (unsigned)type);
+            client_fail(c, FAIL_UNKNOWN_MESSAGE_TYPE, detail);
             return;
         }
         if (buf_unframed(&c->in) < CODEC_HEADER_LEN)

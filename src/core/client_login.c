@@ -718,6 +718,11 @@ void client_login_on_startup_bytes(struct client *c)
                 client_close(c, "CancelRequest of the wrong length");
                 return;
             }
+            /* A 3.x packet whose name/value pairs do not end in one zero byte, the last */
+            if (sp.code >> 16 == CODEC_PROTOCOL_3_0 >> 16) {
+                client_fail(c, FAIL_STARTUP_LAYOUT, "");
+                return;
+            }
             client_fail(c, FAIL_BAD_STARTUP, "malformed packet");
             return;
         case STARTUP_V3:

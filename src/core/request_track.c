@@ -138,9 +138,9 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
             return refused_by_server_in_copy(s, b, 1);
         /* An unknown type is refused on its first byte, as Postgres refuses it (client.c). */
         if (!codec_frontend_type_known(p[0])) {
-            char detail[64];
-            snprintf(detail, sizeof(detail), "unexpected message type 0x%02x", p[0]);
-            fail_session(fail, FAIL_PROTOCOL_VIOLATION, detail);
+            char detail[16];
+            snprintf(detail, sizeof(detail), "%u", (unsigned)p[0]);
+            fail_session(fail, FAIL_UNKNOWN_MESSAGE_TYPE, detail);
             return CLIENT_FRAME_FAILED;
         }
         /* No bound here: an oversized body gets its own message naming max_packet_size. */

@@ -294,11 +294,19 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
                        struct msg_out *options)
 {
     const struct param_set *startup = &s->startup;
+    bool empty_encoding = false;
     for (int i = 0; i < startup->n; i++) {
         const struct param *p = &startup->items[i];
         if (!params_is_startup_keyword(p))
             continue;
         bool app = strcasecmp(p->name, "application_name") == 0;
+        /* libpq drops a keyword whose value is empty (conninfo_array_parse): an empty
+         * client_encoding would log in with the server's encoding where Postgres refuses it
+         * (22023), so it goes in options instead, refused there in Postgres's words. */
+        if (!app && p->value[0] == '\0') {
+            empty_encoding = true;
+            continue;
+        }
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
     }
     int at = keyword_slot(kw, val, n, "options");
@@ -318,11 +326,21 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
     codec_out_free(&before);
     if (oom)
         return -ENOMEM;
-    if (options->len <= 1) {
+    if (options->len <= 1 && !empty_encoding) {
         kw[at] = NULL; /* nothing to pass: the slot appended above goes again */
         --*n;
         return 0;
     }
+    if (empty_encoding) {
+        static const char set_empty[] = "-c client_encoding=";
+        options->len--; /* the builder's closing NUL */
+        if (options->len > 0)
+            codec_put_u8(options, ' ');
+        codec_put_bytes(options, set_empty, sizeof(set_empty) - 1);
+        codec_put_u8(options, 0);
+    }
+    if (options->oom)
+        return -ENOMEM;
     val[at] = (const char *)options->data;
     return 0;
 }

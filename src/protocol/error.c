@@ -18,7 +18,15 @@ const char *sqlstate_code(enum sqlstate_id id)
 #define F(sev, state, msg, hint) {SEVERITY_##sev, SQLSTATE_##state, msg, hint}
 static const struct failure_info table[] = {
     [FAIL_PROTOCOL_VIOLATION] = F(FATAL, PROTOCOL_VIOLATION, "protocol violation: %s", NULL),
+    /* Postgres's own words (postgres.c SocketBackend), the type byte in decimal as there */
+    [FAIL_UNKNOWN_MESSAGE_TYPE] =
+        F(FATAL, PROTOCOL_VIOLATION, "invalid frontend message type %s", NULL),
     [FAIL_BAD_STARTUP] = F(FATAL, PROTOCOL_VIOLATION, "invalid startup packet: %s", NULL),
+    /* Postgres's own words (ProcessStartupPacket), as the two below */
+    [FAIL_STARTUP_LAYOUT] = F(FATAL, PROTOCOL_VIOLATION,
+                              "invalid startup packet layout: expected terminator as last "
+                              "byte%s",
+                              NULL),
     [FAIL_UNSUPPORTED_PROTOCOL] =
         F(FATAL, FEATURE_NOT_SUPPORTED, "unsupported frontend protocol %s",
           "sluice speaks protocol 3.0, which every current client library uses."),
@@ -30,7 +38,7 @@ static const struct failure_info table[] = {
         F(FATAL, INVALID_PARAMETER_VALUE, "invalid value for parameter \"replication\": \"%s\"",
           "Valid values are: \"false\", 0, \"true\", 1, \"database\"."),
     [FAIL_NO_USER] = F(FATAL, INVALID_AUTHORIZATION_SPECIFICATION,
-                       "no user name given in the startup packet%s", NULL),
+                       "no PostgreSQL user name specified in startup packet%s", NULL),
     [FAIL_UNKNOWN_DATABASE] =
         F(FATAL, INVALID_CATALOG_NAME, "database \"%s\" is not configured in sluice",
           "Add it to [databases] (or a \"*\" entry), or connect to a database that is listed."),
@@ -206,7 +214,9 @@ static const struct failure_info table[] = {
 
 static const char *const names[] = {
     [FAIL_PROTOCOL_VIOLATION] = "protocol_violation",
+    [FAIL_UNKNOWN_MESSAGE_TYPE] = "unknown_message_type",
     [FAIL_BAD_STARTUP] = "bad_startup",
+    [FAIL_STARTUP_LAYOUT] = "bad_startup_layout",
     [FAIL_UNSUPPORTED_PROTOCOL] = "unsupported_protocol",
     [FAIL_REPLICATION_UNSUPPORTED] = "replication_unsupported",
     [FAIL_BAD_REPLICATION_VALUE] = "bad_replication_value",

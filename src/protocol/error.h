@@ -15,7 +15,9 @@ const char *sqlstate_code(enum sqlstate_id id);
 
 enum failure {
     FAIL_PROTOCOL_VIOLATION,   /* detail: what was wrong */
+    FAIL_UNKNOWN_MESSAGE_TYPE, /* detail: the type byte, in decimal */
     FAIL_BAD_STARTUP,          /* detail: what was wrong */
+    FAIL_STARTUP_LAYOUT,       /* a 3.x StartupMessage whose pairs do not end in one zero byte */
     FAIL_UNSUPPORTED_PROTOCOL, /* detail: the version */
     FAIL_REPLICATION_UNSUPPORTED,
     FAIL_BAD_REPLICATION_VALUE, /* detail: the value */
