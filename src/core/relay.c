@@ -32,6 +32,7 @@
 #include "session_effects.h"
 #include "session_state.h"
 #include "sluice.h"
+#include "query_positions.h"
 #include "stmt_names.h"
 
 /* Servers are trusted more than clients, but a length past this is a broken stream. */
@@ -306,6 +307,18 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             if (!consume)
                 consume = renamed = stmt_names_in_error(c->stmts, &s->reqs, p, whole);
         }
+        /* The position an error or notice of a Query whose text sluice rewrote gives counts in
+         * the text sent: the client gets it in its own text (query_positions.h). */
+        uint32_t position = 0;
+        bool positioned = false;
+        if ((type == 'E' || type == 'N') && c && s->swallow == 0 && s->reqs.positions_held > 0 &&
+            (!consume || renamed || types_first) && whole <= buf_block_size()) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            positioned =
+                query_positions_moves(stmt_queue_query_positions(&s->reqs), p, whole, &position);
+            consume = consume || positioned;
+        }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
         bool drop_ran = type == 'C' && s->swallow == 0 && s->reqs.count > 0 &&
@@ -328,18 +341,33 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             login_reset_on_row(s, c, whole <= buf_block_size() ? p + CODEC_HEADER_LEN : NULL,
                                len - 4);
         }
+        /* (the message the client gets, its position moved) */
+        struct msg_out moved;
+        codec_out_init(&moved);
+        const uint8_t *shown = p;
+        uint32_t shown_whole = whole;
+        if (positioned) {
+            query_positions_put(&moved, p, whole, position);
+            if (!moved.oom) {
+                shown = moved.data;
+                shown_whole = moved.len;
+            }
+        }
         if (types_first) {
             prepared_put_parameter_description(&c->out, types_first);
             if (!renamed) { /* the error as it came */
                 codec_begin(&c->out, 'E');
-                codec_put_bytes(&c->out, p + CODEC_HEADER_LEN, len - 4);
+                codec_put_bytes(&c->out, shown + CODEC_HEADER_LEN, shown_whole - CODEC_HEADER_LEN);
                 codec_end(&c->out);
             }
+        } else if (positioned && !renamed) {
+            codec_put_bytes(&c->out, shown, shown_whole);
         }
         if (renamed) {
-            stmt_names_put_error(c->stmts, &s->reqs, p, whole, &c->out);
+            stmt_names_put_error(c->stmts, &s->reqs, shown, shown_whole, &c->out);
             forget_statements_if_missing(s, p, whole);
         }
+        codec_out_free(&moved);
         if (type_changed) {
             const struct stmt_param_types *types = stmt_queue_types_before_refusal(&s->reqs);
             if (types)
@@ -377,7 +405,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->close_when_free = true;
             return STOP_FAILED;
         }
-        if (type == 'E' && !consume && error_is_fatal(p, avail, whole))
+        if (type == 'E' && (!consume || positioned) && error_is_fatal(p, avail, whole))
             s->said_fatal = true;
         if (drop_ran && p[whole - 1] == '\0')
             stmt_on_command_complete(&s->reqs, &s->sql_prepared,
@@ -403,7 +431,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             }
         }
         bool inspect = type == 'Z' || type == 'S' ||
-                       (type == 'E' && consume && !renamed && !type_changed &&
+                       (type == 'E' && consume && !renamed && !type_changed && !positioned &&
                         refused == SESSION_FEATURE_NONE);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {

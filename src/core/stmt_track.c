@@ -18,6 +18,7 @@
 #include "session_state.h"
 #include "sluice.h"
 #include "sql_lex.h"
+#include "query_positions.h"
 #include "stmt_names.h"
 #include "text_encoding.h"
 #include "utf8.h"
@@ -752,6 +753,42 @@ static enum track_result apply_drop(struct client *c, struct server *s, const st
     }
 }
 
+/* A statement of a Query that names prepared statements, as follow_query reads it. */
+struct query_statement {
+    struct sql_followed f;           /* f.name: the key (cut_sql_name) */
+    size_t written_len;              /* the name's bytes as written, before the cut */
+    bool mine;                       /* it names the client's statement, as of its turn */
+    struct stmt_server_name sn;      /* then: the server's name for it */
+    struct sql_name_written written; /* and what the text gets in place of the name */
+};
+
+/* The Query's renamed names, for the positions its errors and notices give
+ * (s->reqs.positions_due, queued with its SYNC): each name's place in the client's text and the
+ * length of both, in characters of the client's encoding. */
+static enum track_result note_positions(const struct client *c, struct server *s, const char *sql,
+                                        const struct query_statement *st, size_t n)
+{
+    struct query_chars qc;
+    query_chars_init(&qc, client_encoding_of(c, s));
+    size_t counted = 0; /* bytes of sql counted in chars */
+    uint32_t chars = 0;
+    free(s->reqs.positions_due);
+    s->reqs.positions_due = NULL;
+    for (size_t k = 0; k < n; k++) {
+        if (!st[k].mine)
+            continue;
+        chars += query_chars_count(&qc, sql + counted, st[k].f.at - counted);
+        uint32_t client_len = query_chars_count(&qc, sql + st[k].f.at, st[k].f.span);
+        const char *repl = st[k].written.name;
+        if (!query_positions_add(&s->reqs.positions_due, chars, client_len,
+                                 query_chars_count(&qc, repl, strlen(repl))))
+            return TRACK_PASS; /* out of memory: the positions stay the server's, as before */
+        chars += client_len;
+        counted = st[k].f.at + st[k].f.span;
+    }
+    return TRACK_PASS;
+}
+
 /* What a statement the server will run does to state sluice keeps for it: the unreported
  * parameters it may change become unknown in the server's record, and DEALLOCATE / DISCARD ALL
  * change which statements are prepared. A DEALLOCATE or EXECUTE of the client's own statement
@@ -828,18 +865,14 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     }
     if (!mine)
         return TRACK_PASS;
+    if (text_at == 0) {
+        struct query_statement one = {
+            .f = {.kind = kind, .at = at, .span = span}, .mine = true, .written = written};
+        (void)note_positions(c, s, sql, &one, 1);
+    }
     return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
                                       (uint32_t)span, written.name));
 }
-
-/* A statement of a Query that names prepared statements, as follow_query reads it. */
-struct query_statement {
-    struct sql_followed f;           /* f.name: the key (cut_sql_name) */
-    size_t written_len;              /* the name's bytes as written, before the cut */
-    bool mine;                       /* it names the client's statement, as of its turn */
-    struct stmt_server_name sn;      /* then: the server's name for it */
-    struct sql_name_written written; /* and what the text gets in place of the name */
-};
 
 static bool names_one(const struct sql_followed *f)
 {
@@ -1020,6 +1053,8 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
             break;
         }
     }
+    if (r == TRACK_PASS && renames)
+        r = note_positions(c, s, sql, st, n);
     if (r == TRACK_PASS && renames)
         r = renamed(
             stmt_names_rewrite(&c->in, &c->rx, &s->out, (uint32_t)from, (uint32_t)old_len, repl));
@@ -1858,7 +1893,9 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
                 s->unnamed_of = 0; /* a simple Query drops the unnamed statement */
         }
         if (r == TRACK_PASS || r == TRACK_STARTED)
-            r = and_then(r, queue_request(s, REQ_SYNC, NULL, fail));
+            r = and_then(r, queued(stmt_queue_push_query(&s->reqs), fail));
+        free(s->reqs.positions_due); /* a Query not queued: its rewrites with it */
+        s->reqs.positions_due = NULL;
         if (marked && r != TRACK_PASS && r != TRACK_STARTED)
             stmt_queue_disarm_mark(&s->reqs);
         else

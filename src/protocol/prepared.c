@@ -387,6 +387,10 @@ static void release_item(struct stmt_queue *q, struct stmt_queue_item *it)
     free(it->name);
     stmt_def_unref(it->def);
     stmt_map_delete(it->dropped);
+    if (it->positions)
+        q->positions_held--;
+    free(it->positions);
+    it->positions = NULL;
     it->name = NULL;
     it->def = NULL;
     it->dropped = NULL;
@@ -397,6 +401,7 @@ void stmt_queue_free(struct stmt_queue *q)
     for (uint32_t i = 0; i < q->count; i++)
         release_item(q, item_at(q, i));
     release_item(q, &q->describe_due);
+    free(q->positions_due);
     stmt_def_unref(q->poisoned_describe);
     free(q->items);
     memset(q, 0, sizeof(*q));
@@ -460,7 +465,7 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     struct stmt_queue_item *last = last_item(q);
     /* (A mark's repeat counts the Queries it guards, not its Closes: stmt_queue_join_mark.) */
     if (!name && kind != REQ_MARK && last && last->kind == kind && !last->name &&
-        last->repeat < UINT32_MAX) {
+        !last->positions && last->repeat < UINT32_MAX) {
         last->repeat++;
         return 0;
     }
@@ -477,8 +482,49 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     it->def = NULL;
     it->dropped = NULL;
     it->params_shape = 0;
+    it->positions = NULL;
     q->count++;
     return 0;
+}
+
+int stmt_queue_push_query(struct stmt_queue *q)
+{
+    struct query_positions *positions = q->positions_due;
+    q->positions_due = NULL;
+    if (!positions)
+        return push_item(q, REQ_SYNC, NULL);
+    /* an item of its own, not a repeat of the SYNC before it: its replies are its own */
+    struct stmt_queue_item *last = last_item(q);
+    uint32_t count = q->count;
+    int rc = 0;
+    if (last && last->kind == REQ_SYNC && !last->name) {
+        /* (push_item would count it as one more of last's) */
+        rc = q->count == q->cap ? grow_queue(q) : 0;
+        if (rc == 0) {
+            struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
+            memset(it, 0, sizeof(*it));
+            it->kind = REQ_SYNC;
+            it->repeat = 1;
+            q->count++;
+        }
+    } else {
+        rc = push_item(q, REQ_SYNC, NULL);
+    }
+    if (rc < 0 || q->count == count) {
+        free(positions);
+        return rc;
+    }
+    last_item(q)->positions = positions;
+    q->positions_held++;
+    return 0;
+}
+
+const struct query_positions *stmt_queue_query_positions(const struct stmt_queue *q)
+{
+    for (uint32_t i = 0; q->positions_held > 0 && i < q->count; i++)
+        if (item_at(q, i)->kind == REQ_SYNC)
+            return item_at(q, i)->positions;
+    return NULL;
 }
 
 /* server_name, NUL, client_name, NUL (malloc'd); NULL when out of memory. */
@@ -797,8 +843,10 @@ void stmt_queue_drop_last_syncs(struct stmt_queue *q, int n)
     struct stmt_queue_item *last;
     q->mark_joinable = false;
     while (n-- > 0 && (last = last_item(q)) && last->kind == REQ_SYNC)
-        if (--last->repeat == 0)
-            q->count--; /* a Sync entry holds no name */
+        if (--last->repeat == 0) {
+            release_item(q, last); /* a Query's positions; a Sync entry holds no name */
+            q->count--;
+        }
 }
 
 /* Take out the k-th request (named: it stands for itself alone); those before it keep their
@@ -1057,6 +1105,7 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
     q->head = (q->head + n) % (q->cap ? q->cap : 1);
     q->count -= n;
     if (q->count > 0 && --item_at(q, 0)->repeat == 0) { /* the Sync */
+        release_item(q, item_at(q, 0));
         q->head = (q->head + 1) % q->cap;
         q->count--;
     }

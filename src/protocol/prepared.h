@@ -218,6 +218,8 @@ void stmt_def_unref(struct stmt_def *d);
 bool stmt_def_equal(const struct stmt_def *a, const struct stmt_def *b);
 
 /* What was sent to a server, in order, that prepared.c must match replies against. */
+struct query_positions;
+
 enum stmt_req {
     REQ_PARSE_CLIENT, /* reply ParseComplete goes to the client */
     REQ_PARSE_OURS,   /* reply swallowed */
@@ -265,6 +267,9 @@ struct stmt_queue_item {
     struct stmt_map *dropped; /* DROP of all: the client's map before it, likewise */
     uint64_t params_shape;    /* DESCRIBE: its ParameterDescription's hash, once answered (0
                                * before, or when larger than pkt_buf), mixed into the shape */
+    /* SYNC of a Query whose text sluice rewrote: where the client's text and the one sent differ,
+     * for the positions its errors and notices give (owned; NULL for any other request) */
+    struct query_positions *positions;
 };
 
 struct stmt_queue {
@@ -291,6 +296,10 @@ struct stmt_queue {
      * may do to it: unnamed_encoding_effect (enum text_encoding_effect). */
     bool encoding_unsettled;
     bool encoding_set_in_block;
+    /* The rewrites of the Query being framed, until its SYNC is queued (stmt_queue_push_query),
+     * and how many queued SYNCs hold theirs (none: the replies' positions are not looked at). */
+    struct query_positions *positions_due;
+    uint32_t positions_held;
     uint8_t unnamed_encoding_effect;
     uint32_t portals_hold; /* server entries marked portal_holds */
     bool batch_failed;
@@ -350,6 +359,12 @@ void stmt_queue_free(struct stmt_queue *q);
  * server calls the statement (for a REQ_PARSE_CLIENT, the client too). */
 int stmt_queue_push(struct stmt_queue *q, enum stmt_req kind, const char *name)
     __attribute__((warn_unused_result));
+/* A Query (REQ_SYNC), with the rewrites of its text positions_due holds (taken from it). */
+int stmt_queue_push_query(struct stmt_queue *q) __attribute__((warn_unused_result));
+/* The rewrites of the text the next ReadyForQuery answers (the first SYNC queued), for the
+ * position of an error or notice that comes before it; NULL when its text was sent as the
+ * client wrote it. */
+const struct query_positions *stmt_queue_query_positions(const struct stmt_queue *q);
 /* The client's own Parse of a statement it names client_name, sent as server_name
  * (REQ_PARSE_CLIENT; the item's name holds both, the client's after the server's NUL). */
 int stmt_queue_push_client_parse(struct stmt_queue *q, const char *server_name,

@@ -1,0 +1,61 @@
+/* test_query_positions: a position in the text sluice sent (its statement names in place of the
+ * client's) back in the client's text, in characters of the client's encoding. */
+#include "query_positions.h"
+
+#include "check.h"
+
+#include <stdlib.h>
+
+int main(void)
+{
+    struct query_positions *qp = NULL;
+    /* "EXECUTE a; EXECUTE bb; x": a (at 8) became 15 characters, bb (at 19) 15 */
+    CHECK(query_positions_add(&qp, 8, 1, 15));
+    CHECK(query_positions_add(&qp, 19, 2, 15));
+    CHECK_INT(query_positions_map(qp, 1), 1);
+    CHECK_INT(query_positions_map(qp, 8), 8);   /* the blank before a */
+    CHECK_INT(query_positions_map(qp, 9), 9);   /* a's first character */
+    CHECK_INT(query_positions_map(qp, 20), 9);  /* inside sluice's name: the client's start */
+    CHECK_INT(query_positions_map(qp, 24), 10); /* the ';' after it */
+    CHECK_INT(query_positions_map(qp, 34), 20); /* bb */
+    CHECK_INT(query_positions_map(qp, 48), 20);
+    CHECK_INT(query_positions_map(qp, 49), 22); /* the ';' after bb */
+    CHECK_INT(query_positions_map(qp, 51), 24);
+    CHECK_INT(query_positions_map(NULL, 7), 7);
+    free(qp);
+
+    /* a client name longer than sluice's */
+    qp = NULL;
+    CHECK(query_positions_add(&qp, 8, 40, 15));
+    CHECK_INT(query_positions_map(qp, 24), 49);
+    free(qp);
+
+    struct query_chars qc;
+    query_chars_init(&qc, NULL);
+    CHECK_INT(query_chars_count(&qc, "caf\xc3\xa9!", 6), 5);
+    query_chars_init(&qc, "latin1");
+    CHECK_INT(query_chars_count(&qc, "caf\xc3\xa9!", 6), 6);
+    query_chars_init(&qc, "SJIS");
+    CHECK_INT(query_chars_count(&qc, "\x83\x41\xb1x", 4), 3); /* a kanji-row char, a kana, x */
+    query_chars_init(&qc, "GB18030");
+    CHECK_INT(query_chars_count(&qc, "\x81\x30\x81\x30\xb0\xa1", 6), 2);
+
+    /* the P field of an ErrorResponse, moved */
+    static const uint8_t msg[] = "E\0\0\0\x19"
+                                 "SERROR\0C42P01\0P40\0Mx\0";
+    uint32_t mapped = 0;
+    qp = NULL;
+    CHECK(query_positions_add(&qp, 8, 1, 15));
+    CHECK(query_positions_moves(qp, msg, sizeof(msg) - 1, &mapped));
+    CHECK_INT(mapped, 26);
+    struct msg_out out;
+    codec_out_init(&out);
+    query_positions_put(&out, msg, sizeof(msg) - 1, mapped);
+    static const uint8_t want[] = "E\0\0\0\x19"
+                                  "SERROR\0C42P01\0P26\0Mx\0";
+    CHECK_INT(out.len, sizeof(want) - 1);
+    CHECK(out.len == sizeof(want) - 1 && memcmp(out.data, want, out.len) == 0);
+    codec_out_free(&out);
+    free(qp);
+    return CHECK_DONE();
+}
