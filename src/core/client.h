@@ -116,6 +116,11 @@ struct client {
      * client_login_ok tells it, after authentication and the database checks, where Postgres
      * does (a client must not be able to tell sluice read them first). */
     struct options_refusal *options_refusal;
+    /* A startup setting given more than once: the set_config of each value a later one replaced,
+     * in Postgres's order (NULL: none, the common case). Postgres applies every value and
+     * refuses the login at the first bad one; the login sync runs these first (link.c), so the
+     * client is refused as there. Freed once logged in. */
+    struct msg_out *superseded;
 
     uint32_t cancel_pid, cancel_key;
     struct client *cancel_next; /* chain in the cancel map */

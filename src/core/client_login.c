@@ -117,22 +117,49 @@ static bool param_is_protocol_level(const char *name)
            strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
 }
 
+/* Set name to value in c's parameters; a value it had from earlier in the startup packet is
+ * kept in c->superseded, to be tried on the server first, as Postgres tries it. 0 or -ENOMEM. */
+static int take_setting(struct client *c, const char *name, const char *value)
+{
+    const char *had = params_get(&c->params, name);
+    if (had && strcmp(had, value) != 0) {
+        if (!c->superseded) {
+            c->superseded = malloc(sizeof(*c->superseded));
+            if (!c->superseded)
+                return -ENOMEM;
+            codec_out_init(c->superseded);
+        }
+        params_build_set(name, had, c->superseded);
+        if (c->superseded->oom)
+            return -ENOMEM;
+    }
+    return params_set(&c->params, name, value) < 0 ? -ENOMEM : 0;
+}
+
+void client_forget_superseded(struct client *c)
+{
+    if (!c->superseded)
+        return;
+    codec_out_free(c->superseded);
+    free(c->superseded);
+    c->superseded = NULL;
+}
+
+static int take_option(void *arg, const char *name, const char *value)
+{
+    struct client *c = arg;
+    if (config_list_contains(&c->worker->cfg->ignore_startup_parameters, name))
+        return 0;
+    return take_setting(c, name, value);
+}
+
 /* The "options" startup parameter's settings, except those that ignore_startup_parameters
  * names (as a parameter of their own they would be ignored too). Options Postgres would refuse
  * are kept in c->options_refusal, told after authentication (client_login_ok). 0 or -ENOMEM. */
 static int take_options(struct client *c, const char *options)
 {
-    struct param_set parsed;
-    params_init(&parsed);
-    int rc = startup_options_parse(&parsed, options, &c->options_refusal);
-    for (int i = 0; rc == 0 && i < parsed.n; i++) {
-        const struct param *p = &parsed.items[i];
-        if (!config_list_contains(&c->worker->cfg->ignore_startup_parameters, p->name) &&
-            params_set(&c->params, p->name, p->value) < 0)
-            rc = -ENOMEM;
-    }
-    params_free(&parsed);
-    return rc;
+    struct setting_sink sink = {.take = take_option, .arg = c};
+    return startup_options_each(&sink, options, &c->options_refusal);
 }
 
 /* application_name_add_host (PgBouncer's): the client's address after its application_name,
@@ -324,7 +351,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
             }
             continue;
         }
-        if (params_set(&c->params, name, at.value) < 0) {
+        if (take_setting(c, name, at.value) < 0) {
             client_fail(c, FAIL_OUT_OF_MEMORY, "");
             return;
         }
@@ -334,8 +361,9 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
         return;
     }
     /* Session mode opens the client's backends with its parameters, when they fit a server's
-     * startup packet; else with the pool's, and SETs them after, as in transaction mode. */
-    c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM
+     * startup packet; else with the pool's, and SETs them after, as in transaction mode (so too
+     * when a setting was given twice: a startup packet carries one value of a name). */
+    c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM && !c->superseded
                         ? params_startup_fingerprint(&c->params)
                         : 0;
     if (!c->admin)
@@ -505,7 +533,7 @@ void client_login_ok(struct client *c)
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (worker->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->mode));
-    if (pool_knows_welcome(c->pool) &&
+    if (pool_knows_welcome(c->pool) && !c->superseded &&
         params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
         client_welcome_from_pool(c);
         return;

@@ -137,10 +137,44 @@ static uint64_t have_fingerprint(struct server *s)
 
 /* Queue the statements that give s the session c wants: each a Query of its own, so that one
  * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
+static void queue_statements(struct client *c, struct server *s, const struct msg_out *sql)
+{
+    for (uint32_t at = 0; at < sql->len;) {
+        const char *stmt = (const char *)sql->data + at;
+        log_client(LOG_DEBUG, c, "S-%s: %s", CONN_ID_TEXT(s->id), stmt);
+        server_queue_internal(s, stmt);
+        at += (uint32_t)strlen(stmt) + 1;
+    }
+}
+
+/* A login that gave a setting more than once: each value a later one replaced is tried first,
+ * as Postgres tries it (client.h superseded), and the server's record of the client's names is
+ * forgotten, so that the sync after them sets the values that stand. The count, or -1 when c
+ * was failed (out of memory). */
+static int queue_superseded(struct client *c, struct server *s)
+{
+    if (!c->superseded)
+        return 0;
+    int n = 0;
+    for (int i = 0; i < c->params.n; i++)
+        if (params_forget(&s->params, c->params.items[i].name) < 0) {
+            client_fail(c, FAIL_OUT_OF_MEMORY, "");
+            return -1;
+        }
+    for (uint32_t at = 0; at < c->superseded->len; n++)
+        at += (uint32_t)strlen((const char *)c->superseded->data + at) + 1;
+    queue_statements(c, s, c->superseded);
+    client_forget_superseded(c);
+    return n;
+}
+
 static int queue_sync(struct client *c, struct server *s)
 {
+    int before = queue_superseded(c, s);
+    if (before < 0)
+        return -1;
     if (want_fingerprint(c, s) == have_fingerprint(s))
-        return 0;
+        return before;
     struct msg_out sql;
     codec_out_init(&sql);
     int n = params_build_sync(pool_session_defaults(c->pool, s), &c->params, &s->params, &sql);
@@ -149,14 +183,9 @@ static int queue_sync(struct client *c, struct server *s)
         client_fail(c, FAIL_OUT_OF_MEMORY, "");
         return -1;
     }
-    for (uint32_t at = 0; at < sql.len;) {
-        const char *stmt = (const char *)sql.data + at;
-        log_client(LOG_DEBUG, c, "S-%s: %s", CONN_ID_TEXT(s->id), stmt);
-        server_queue_internal(s, stmt);
-        at += (uint32_t)strlen(stmt) + 1;
-    }
+    queue_statements(c, s, &sql);
     codec_out_free(&sql);
-    return n;
+    return before + n;
 }
 
 /* s was opened with c's startup parameters: where c still wants a reported one's login value

@@ -413,6 +413,13 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     return 1;
 }
 
+void params_build_set(const char *name, const char *value, struct msg_out *sql)
+{
+    struct param_set none;
+    params_init(&none);
+    (void)put_set_if_differs(&none, name, value, sql);
+}
+
 /* RESET name, except that a name the server cannot reset is no error: it came from a client's
  * SET that failed, or a login the server refused, and must not fail another client's sync.
  * set_config with a NULL value resets, as RESET does; the block catches what fails. Names here

@@ -152,7 +152,7 @@ int startup_options_refuse_name(struct options_refusal **refusal, const char *na
 
 /* ParseLongOption and SetConfigOption for "name=value" (left as it is: a later refusal may
  * name this word). 0, 1 when refused (*refusal set), -ENOMEM. */
-static int set_long_option(struct param_set *p, int flag, const char *setting,
+static int set_long_option(const struct setting_sink *p, int flag, const char *setting,
                            struct options_refusal **refusal)
 {
     const char *eq = strchr(setting, '=');
@@ -171,7 +171,7 @@ static int set_long_option(struct param_set *p, int flag, const char *setting,
     if (!params_valid_name(name, len)) {
         rc = startup_options_refuse_name(refusal, name) < 0 ? -ENOMEM : 1;
     } else {
-        rc = params_set(p, name, eq + 1) < 0 ? -ENOMEM : 0;
+        rc = p->take(p->arg, name, eq + 1) < 0 ? -ENOMEM : 0;
     }
     free(name);
     return rc;
@@ -200,17 +200,17 @@ static const char *stats_setting(const char *arg)
 }
 
 /* set_debug_options at PGC_BACKEND: log_min_messages, then more logging the higher it goes. */
-static int set_debug(struct param_set *p, const char *arg)
+static int set_debug(const struct setting_sink *p, const char *arg)
 {
     int level = atoi(arg);
     char debug[32];
     snprintf(debug, sizeof(debug), "debug%d", level);
-    if (params_set(p, "log_min_messages", level > 0 ? debug : "notice") < 0)
+    if (p->take(p->arg, "log_min_messages", level > 0 ? debug : "notice") < 0)
         return -ENOMEM;
     static const char *const from_level[] = {"log_statement", "debug_print_parse",
                                              "debug_print_plan", "debug_print_rewritten"};
     for (int i = 0; i < 4 && level >= i + 2; i++)
-        if (params_set(p, from_level[i], i == 0 ? "all" : "true") < 0)
+        if (p->take(p->arg, from_level[i], i == 0 ? "all" : "true") < 0)
             return -ENOMEM;
     return 0;
 }
@@ -239,7 +239,7 @@ static const struct switch_setting {
 /* One switch of process_postgres_switches (not secure: a client's): the setting it stands for,
  * or nothing for those Postgres ignores from a client (b C D E j n r T v). 0, 1 for a bad
  * argument (Postgres's errs), 2 when refused (*refusal set), -ENOMEM. */
-static int apply_switch(struct param_set *p, int flag, const char *arg,
+static int apply_switch(const struct setting_sink *p, int flag, const char *arg,
                         struct options_refusal **refusal)
 {
     const char *name = NULL;
@@ -253,17 +253,17 @@ static int apply_switch(struct param_set *p, int flag, const char *arg,
         name = flag == 'f' ? plan_disabling_setting(arg) : stats_setting(arg);
         if (!name)
             return 1;
-        return params_set(p, name, flag == 'f' ? "false" : "true") < 0 ? -ENOMEM : 0;
+        return p->take(p->arg, name, flag == 'f' ? "false" : "true") < 0 ? -ENOMEM : 0;
     }
     for (size_t i = 0; i < sizeof(switch_settings) / sizeof(switch_settings[0]); i++) {
         const struct switch_setting *w = &switch_settings[i];
         if (w->flag == flag)
-            return params_set(p, w->name, w->value ? w->value : arg) < 0 ? -ENOMEM : 0;
+            return p->take(p->arg, w->name, w->value ? w->value : arg) < 0 ? -ENOMEM : 0;
     }
     return 0;
 }
 
-static int scan_switches(struct param_set *p, struct switch_scan *s,
+static int scan_switches(const struct setting_sink *p, struct switch_scan *s,
                          struct options_refusal **refusal)
 {
     for (;;) {
@@ -284,8 +284,20 @@ static int scan_switches(struct param_set *p, struct switch_scan *s,
     return 0;
 }
 
+static int take_into_set(void *arg, const char *name, const char *value)
+{
+    return params_set(arg, name, value);
+}
+
 int startup_options_parse(struct param_set *p, const char *options,
                           struct options_refusal **refusal)
+{
+    struct setting_sink sink = {.take = take_into_set, .arg = p};
+    return startup_options_each(&sink, options, refusal);
+}
+
+int startup_options_each(const struct setting_sink *p, const char *options,
+                         struct options_refusal **refusal)
 {
     *refusal = NULL;
     char **argv;

@@ -31,6 +31,17 @@ struct options_refusal {
 int startup_options_parse(struct param_set *p, const char *options,
                           struct options_refusal **refusal) __attribute__((warn_unused_result));
 
+/* Each setting of options in the order Postgres applies them, a name given twice passed twice:
+ * Postgres applies every value, and refuses the login at the first it cannot take, even one a
+ * later value would replace. take returns < 0 for out of memory. As startup_options_parse
+ * otherwise. */
+struct setting_sink {
+    int (*take)(void *arg, const char *name, const char *value);
+    void *arg;
+};
+int startup_options_each(const struct setting_sink *sink, const char *options,
+                         struct options_refusal **refusal) __attribute__((warn_unused_result));
+
 /* The refusal Postgres gives a parameter name it cannot take, whether from "-c name=value" or
  * as a startup parameter of its own: a name with a dot is a custom parameter's, refused as an
  * invalid name (42602); any other is unrecognized (42704). Sets *refusal (malloc'd): 0, or

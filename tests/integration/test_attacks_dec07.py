@@ -96,10 +96,6 @@ TWICE = {
 }
 
 
-@pytest.mark.skip(reason="a startup setting given twice keeps only its last value "
-                  "(startup_options.c take_options, params.c params_set): the earlier value "
-                  "never reaches a server, so one Postgres refuses (FATAL 22023 invalid value "
-                  "for parameter) logs in through sluice; owned by another change")
 @pytest.mark.parametrize("case", sorted(TWICE))
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_a_setting_given_twice_whose_first_value_postgres_refuses(pg, start_sluice, mode, case):
@@ -109,6 +105,45 @@ def test_a_setting_given_twice_whose_first_value_postgres_refuses(pg, start_slui
     want = login_outcome(pg.port, TWICE[case], password="apppass")
     assert want[:2] == ("FATAL", "22023"), want
     assert login_outcome(s.port, TWICE[case]) == want
+
+
+TWICE_GOOD = {
+    # the last value is the pool's own: the one server already has it, the first was tried
+    "a pair twice": [("work_mem", "1MB"), ("work_mem", "4MB")],
+    "in options, then a pair": [("options", "-c TimeZone=Asia/Tokyo"), ("TimeZone", "UTC")],
+    "twice in options": [("options", "-c work_mem=1MB -c work_mem=4MB")],
+    "the last one refused": [("work_mem", "1MB"), ("work_mem", "lots")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TWICE_GOOD))
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_setting_given_twice_ends_with_its_last_value(pg, start_sluice, mode, case):
+    """Each value is tried in order: the client sees what Postgres shows (its last value, or the
+    refusal of it), and the one server is left as the next client should find it."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
+                      "server_reset_query": "DISCARD ALL"})
+    seen = []
+    for port, password in ((pg.port, "apppass"), (s.port, None)):
+        out = []
+        c = RawConn(port, timeout=15)
+        try:
+            c.send(startup(TWICE_GOOD[case]))
+            c.finish_login(password=password)
+            rows, _ = c.query("SELECT current_setting('work_mem'), current_setting('TimeZone')")
+            out.append(tuple(rows[0]))
+        except ServerError as e:
+            out.append((e.fields.get("C"), e.fields.get("M")))
+        finally:
+            c.close()
+        c = RawConn(port, timeout=15)
+        c.send(startup_packet())
+        c.finish_login(password=password)
+        rows, _ = c.query("SELECT current_setting('work_mem'), current_setting('TimeZone')")
+        out.append(tuple(rows[0]))
+        c.close()
+        seen.append(out)
+    assert seen[1] == seen[0]
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
