@@ -304,6 +304,16 @@ static void start_set_read(struct process *proc, struct pending_set *set, struct
  * consoles, and the console's caller may be walking its waits. */
 static void read_next(struct process *proc)
 {
+    if (proc->phase == PHASE_SHUTDOWN_NOW) {
+        /* Everything is being closed, the consoles that asked among it (their SETs are dropped
+         * as they close): a read begun now would only be abandoned at the exit, and logged as
+         * one stuck there. */
+        if (proc->reload_asked != proc->reload_reading && !reload_reader_busy(&proc->reload)) {
+            log_msg(LOG_INFO, "reload: the queued reload is not read: sluice is shutting down");
+            proc->reload_reading = proc->reload_asked;
+        }
+        return;
+    }
     while (proc->reload.open && !reload_reader_busy(&proc->reload)) {
         struct pending_set *set = first_set(proc);
         if (set && set->after_reload == proc->reload_reading) {
@@ -370,7 +380,7 @@ static void on_reload_read(struct reload_reader *reader, struct reload_result *r
 unsigned sluice_reload(struct process *proc)
 {
     unsigned asked = ++proc->reload_asked;
-    if (!proc->reload.open) {
+    if (!proc->reload.open || proc->phase == PHASE_SHUTDOWN_NOW) {
         log_msg(LOG_WARNING, "reload ignored: sluice is exiting");
         return asked;
     }

@@ -557,7 +557,7 @@ def test_shutdown_while_a_console_set_reads_a_fifo_and_another_waits_exits_at_on
     """One console's SET auth_ident_file reads a FIFO nobody writes, a RELOAD and another
     console's SET wait behind it, clients run queries: SIGTERM, SIGINT or SHUTDOWN still ends
     sluice at once, with code 0 (the consoles are closed, their SETs dropped, the read
-    abandoned)."""
+    abandoned), and when closing everything it starts no new read for what was queued."""
     ident = tmp_path / "ident.conf"
     os.mkfifo(ident)
     s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
@@ -574,6 +574,7 @@ def test_shutdown_while_a_console_set_reads_a_fifo_and_another_waits_exits_at_on
         assert answered(lambda: query_served(s), "a client's query") == "served"
         assert not set1.done() and not reload.done() and not set2.done()
         started = time.monotonic()
+        stopping = s.mark()
         if stop == "console SHUTDOWN":
             adm = console(s)
             with contextlib.suppress(psycopg.OperationalError):  # closed as it answers
@@ -585,6 +586,13 @@ def test_shutdown_while_a_console_set_reads_a_fifo_and_another_waits_exits_at_on
         assert code == 0, (f"sluice did not exit within 10 s of {stop} while a SET's read was "
                            f"blocked (exit code {code})\n{s.log_tail(20)}")
         assert time.monotonic() - started < 10 * timeout_scale()
+        if stop != "SIGINT":
+            # closing everything, sluice starts no read: the RELOAD asked behind the dropped
+            # SET is not begun as it exits (before, "reload: reading" and then "still reading
+            # its files at exit" told on-call of a reload stuck at exit that never was)
+            after = "\n".join(s.log_since(stopping))
+            assert "reload: reading" not in after, after
+            assert "queued reload is not read: sluice is shutting down" in after, after
         for b in (set1, reload, set2):
             b.wait(10 * timeout_scale())
     finally:
