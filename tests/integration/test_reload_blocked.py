@@ -592,7 +592,6 @@ def test_shutdown_while_a_console_set_reads_a_fifo_and_another_waits_exits_at_on
             # its files at exit" told on-call of a reload stuck at exit that never was)
             after = "\n".join(s.log_since(stopping))
             assert "reload: reading" not in after, after
-            assert "queued reload is not read: sluice is shutting down" in after, after
         for b in (set1, reload, set2):
             b.wait(10 * timeout_scale())
     finally:
