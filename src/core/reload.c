@@ -238,8 +238,33 @@ static struct config *config_with_set(struct process *proc, const char *key, con
     return next;
 }
 
-/* A SET's end: answered through set_ended (error NULL: in force), and forgotten. */
-static void end_set(struct process *proc, struct pending_set *set, const char *error)
+/* At most this many cancelled SETs' reads may still hold their thread (each sits in open() or
+ * read() of a file that blocks, maybe for ever): past it a SET that names files is refused
+ * (54000) until one returns, so that cancelling SETs of a FIFO again and again cannot pile up
+ * threads without end. A reload's read is never abandoned but at exit. */
+#define SET_READS_ABANDONED_MAX 8
+
+/* err says why the files next names for key cannot be read now, when too many abandoned reads
+ * are stuck. log_level and log_format with no logfile read nothing: never refused, so that an
+ * operator can still turn the log up to see what is stuck. */
+static bool too_many_stuck(const struct config *next, const char *key, char *err, size_t errlen)
+{
+    int stuck = reload_reader_abandoned();
+    unsigned kinds = files_of_key(key);
+    if (kinds == FILES_NONE || (kinds == FILES_LOG && !(next->logfile && next->logfile[0])) ||
+        stuck < SET_READS_ABANDONED_MAX)
+        return false;
+    snprintf(err, errlen,
+             "%d cancelled SETs' reads of their files have not returned yet (a FIFO nobody "
+             "writes, a hung mount?), each holding a thread: no more reads until one returns",
+             stuck);
+    return true;
+}
+
+/* A SET's end: answered through set_ended (how SLUICE_SET_APPLIED, error NULL: in force),
+ * and forgotten. */
+static void end_set(struct process *proc, struct pending_set *set, enum sluice_set_result how,
+                    const char *error)
 {
     list_remove(&proc->sets, &set->node);
     unsigned id = set->id;
@@ -248,7 +273,7 @@ static void end_set(struct process *proc, struct pending_set *set, const char *e
     pending_set_free(set);
     for (int i = 0; i < proc->services_started; i++) {
         if (proc->services[i]->set_ended)
-            proc->services[i]->set_ended(proc, id, error);
+            proc->services[i]->set_ended(proc, id, how, error);
     }
 }
 
@@ -279,18 +304,33 @@ static void start_set_read(struct process *proc, struct pending_set *set, struct
  * consoles, and the console's caller may be walking its waits. */
 static void read_next(struct process *proc)
 {
+    if (proc->phase == PHASE_SHUTDOWN_NOW) {
+        /* Everything is being closed, the consoles that asked among it (their SETs are dropped
+         * as they close): a read begun now would only be abandoned at the exit, and logged as
+         * one stuck there. */
+        if (proc->reload_asked != proc->reload_reading && !reload_reader_busy(&proc->reload)) {
+            log_msg(LOG_INFO, "reload: the queued reload is not read: sluice is shutting down");
+            proc->reload_reading = proc->reload_asked;
+        }
+        return;
+    }
     while (proc->reload.open && !reload_reader_busy(&proc->reload)) {
         struct pending_set *set = first_set(proc);
         if (set && set->after_reload == proc->reload_reading) {
             char err[1024];
             struct config *next = config_with_set(proc, set->key, set->value, err, sizeof(err));
             if (!next) {
-                end_set(proc, set, err);
+                end_set(proc, set, SLUICE_SET_REFUSED, err);
                 continue;
             }
             if (files_of_key(set->key) == FILES_NONE) {
                 apply_generation(proc, next);
-                end_set(proc, set, NULL);
+                end_set(proc, set, SLUICE_SET_APPLIED, NULL);
+                continue;
+            }
+            if (too_many_stuck(next, set->key, err, sizeof(err))) {
+                config_free(next);
+                end_set(proc, set, SLUICE_SET_TOO_MANY_STUCK, err);
                 continue;
             }
             start_set_read(proc, set, next);
@@ -309,12 +349,13 @@ static void apply_set_read(struct process *proc, struct reload_result *r)
     struct pending_set *set = first_set(proc);
     config_diag_free(&r->diag); /* a SET's read loads no config: nothing in it */
     if (!r->next) {
-        end_set(proc, set, r->files_error[0] ? r->files_error : "its files cannot be read");
+        end_set(proc, set, SLUICE_SET_REFUSED,
+                r->files_error[0] ? r->files_error : "its files cannot be read");
         return;
     }
     apply_generation(proc, r->next);
     named_files_put_in_force(proc->cfg, r->files, set->key);
-    end_set(proc, set, NULL);
+    end_set(proc, set, SLUICE_SET_APPLIED, NULL);
 }
 
 static void on_reload_read(struct reload_reader *reader, struct reload_result *r)
@@ -339,7 +380,7 @@ static void on_reload_read(struct reload_reader *reader, struct reload_result *r
 unsigned sluice_reload(struct process *proc)
 {
     unsigned asked = ++proc->reload_asked;
-    if (!proc->reload.open) {
+    if (!proc->reload.open || proc->phase == PHASE_SHUTDOWN_NOW) {
         log_msg(LOG_WARNING, "reload ignored: sluice is exiting");
         return asked;
     }
@@ -372,6 +413,11 @@ enum sluice_set_result sluice_set(struct process *proc, const char *key, const c
     struct config *next = config_with_set(proc, key, value, err, errlen);
     if (!next)
         return SLUICE_SET_REFUSED;
+    if (too_many_stuck(next, key, err, errlen)) {
+        config_free(next);
+        log_msg(LOG_ERROR, "admin: SET %s = '%s' refused: %s", key, value, err);
+        return SLUICE_SET_TOO_MANY_STUCK;
+    }
     bool first = !sluice_reload_reading(proc) && list_empty(&proc->sets);
     if (first && files_of_key(key) == FILES_NONE) {
         apply_generation(proc, next);

@@ -56,6 +56,16 @@ static void job_free(struct reload_job *job)
     free(job);
 }
 
+/* Reads abandoned whose thread has not returned yet (it may never: a FIFO nobody writes): each
+ * holds a thread. Changed under the job's mu, on either side, so that abandon and the thread's
+ * end count a job once. */
+static atomic_int abandoned_reading;
+
+int reload_reader_abandoned(void)
+{
+    return atomic_load_explicit(&abandoned_reading, memory_order_relaxed);
+}
+
 /* Set by reload_reader_exiting, under exit_gate: from then on an abandoned read frees nothing.
  * A thread frees under the gate, so that once main holds it no thread is freeing either. */
 static pthread_mutex_t exit_gate = PTHREAD_MUTEX_INITIALIZER;
@@ -129,6 +139,8 @@ static void *read_files(void *arg)
     job->finished = true;
     if (job->notify)
         uv_async_send(job->notify);
+    else
+        atomic_fetch_sub_explicit(&abandoned_reading, 1, memory_order_relaxed);
     bool last = --job->refs == 0;
     pthread_mutex_unlock(&job->mu);
     if (last)
@@ -302,6 +314,8 @@ void reload_reader_abandon(struct reload_reader *reader)
     uv_timer_stop(&reader->slow);
     pthread_mutex_lock(&job->mu);
     job->notify = NULL; /* the thread will not signal the reader, which may read again */
+    if (!job->finished) /* its thread goes on, maybe for ever: counted until it returns */
+        atomic_fetch_add_explicit(&abandoned_reading, 1, memory_order_relaxed);
     pthread_mutex_unlock(&job->mu);
     job_put(job); /* finished already: freed here, its result unused */
 }

@@ -70,6 +70,9 @@ bool reload_reader_busy(const struct reload_reader *reader);
  * in open() or read() for ever), touching nothing of the reader's, and on_done never comes for
  * it. Nothing in flight: nothing happens. */
 void reload_reader_abandon(struct reload_reader *reader);
+/* How many abandoned reads' threads have not returned yet (process-wide, any thread): each
+ * is a thread that may sit in open() or read() for ever. */
+int reload_reader_abandoned(void);
 /* Close the handles; a read still in flight is abandoned, never waited for. Idempotent. */
 void reload_reader_close(struct reload_reader *reader);
 /* The process is about to exit (main, after the loop's end): a thread whose abandoned read

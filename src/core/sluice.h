@@ -41,6 +41,9 @@ enum sluice_read {
 
 /* What sluice_set did with a SET. */
 enum sluice_set_result {
+    /* its files cannot be read now: SET_READS_ABANDONED_MAX cancelled SETs' reads still hold
+     * a thread each (a FIFO nobody writes); err says so, nothing changed (54000) */
+    SLUICE_SET_TOO_MANY_STUCK = -2,
     SLUICE_SET_REFUSED = -1, /* the value cannot be (err says why): nothing changed */
     SLUICE_SET_APPLIED = 0,  /* its generation is the process's now (sluice_reload_done) */
     SLUICE_SET_PENDING = 1,  /* its turn, or its files' read, comes later: set_ended says */
@@ -76,10 +79,13 @@ struct sluice_service {
      * next: sluice_reload_done), false when it had errors (logged) and the old one stays. */
     void (*reload_ended)(struct process *proc, unsigned asked_upto, bool applied);
     /* A console SET that sluice_set answered SLUICE_SET_PENDING ended (never from inside
-     * sluice_set, sluice_reload or sluice_set_cancel): error NULL when its generation is now
-     * the process's (the workers swap to it next: sluice_reload_done), else why nothing
-     * changed (the file it names and what is wrong with it). Not called for a cancelled one. */
-    void (*set_ended)(struct process *proc, unsigned set_id, const char *error);
+     * sluice_set or sluice_reload; from sluice_set_cancel for the SETs after the cancelled one):
+     * how SLUICE_SET_APPLIED, error NULL, when its generation is now the process's (the workers
+     * swap to it next: sluice_reload_done), else SLUICE_SET_REFUSED or
+     * SLUICE_SET_TOO_MANY_STUCK and why nothing changed (the file it names and what is wrong
+     * with it). Not called for a cancelled one. */
+    void (*set_ended)(struct process *proc, unsigned set_id, enum sluice_set_result how,
+                      const char *error);
 };
 
 /* What one event loop serves. Only its own thread touches it (today: the process's thread). */
@@ -240,7 +246,9 @@ bool sluice_reload_reading(const struct process *proc);
  * while a SET waits or reads comes after that SET (and may undo it, as a reload re-reads the
  * file). SLUICE_SET_APPLIED: no file to read and nothing before it; SLUICE_SET_PENDING, *id
  * set: set_ended tells later; SLUICE_SET_REFUSED: the value cannot be (checked at once against
- * the running config, and again at its turn), or sluice is exiting; err says why. */
+ * the running config, and again at its turn), or sluice is exiting; err says why;
+ * SLUICE_SET_TOO_MANY_STUCK: a key that names files while too many abandoned reads still hold
+ * their threads (checked now and again at its turn). */
 enum sluice_set_result sluice_set(struct process *proc, const char *key, const char *value,
                                   unsigned *id, char *err, size_t errlen)
     __attribute__((warn_unused_result));

@@ -165,7 +165,8 @@ struct admin_wait {
     enum reload_answer reload; /* WAIT_RELOAD: how it ended */
     unsigned set_id;           /* WAIT_SET: its number (control_set), while SET_PENDING */
     enum set_answer set;
-    char set_error[512]; /* SET_FAILED: the file and what is wrong with it */
+    char set_error[512];                /* SET_FAILED: the file and what is wrong with it */
+    enum sluice_set_result set_refused; /* SET_FAILED: why (the SQLSTATE put_set_error gives) */
     /* WAIT_FRAMES: the SHOW to answer, the ask its frames answer, and when to answer with the
      * frames there are (a worker that is closing never publishes again). */
     enum admin_show show;
@@ -526,6 +527,20 @@ static int find_key(const char *name)
     return -1;
 }
 
+/* A SET that changed nothing: a value that cannot be (22023, as Postgres's SET answers), or
+ * files that cannot be read now because too many abandoned reads hold their threads (54000,
+ * a limit of sluice's: retried once the stuck files are written or the mount answers). */
+static void put_set_error(struct client *c, enum sluice_set_result why, const char *err)
+{
+    if (why == SLUICE_SET_TOO_MANY_STUCK)
+        put_error(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
+                  "Write the files those SETs named (or end the hung mount's wait), then SET "
+                  "again; sluice's log names them.",
+                  "%s", err);
+    else
+        put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
+}
+
 static enum outcome run_set(struct client *c, const struct admin_command *cmd)
 {
     struct worker *worker = c->worker;
@@ -553,8 +568,8 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
     unsigned id = 0;
     log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
     enum sluice_set_result r = control_set(worker, key, cmd->value, &id, err, sizeof(err));
-    if (r == SLUICE_SET_REFUSED) {
-        put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", err);
+    if (r == SLUICE_SET_REFUSED || r == SLUICE_SET_TOO_MANY_STUCK) {
+        put_set_error(c, r, err);
         return OUT_ERROR;
     }
     /* Answered once every worker runs under the new generation, as RELOAD is: a client of any
@@ -580,7 +595,8 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
 }
 
 /* A pending SET ended (the core's set_ended): its console is told how. */
-static void set_ended(struct process *proc, unsigned set_id, const char *error)
+static void set_ended(struct process *proc, unsigned set_id, enum sluice_set_result how,
+                      const char *error)
 {
     struct list_node *n, *tmp;
     list_for_each(&proc->admin_waits, n, tmp)
@@ -588,7 +604,8 @@ static void set_ended(struct process *proc, unsigned set_id, const char *error)
         struct admin_wait *w = container_of(n, struct admin_wait, node);
         if (w->kind != WAIT_SET || w->set != SET_PENDING || w->set_id != set_id)
             continue;
-        w->set = error ? SET_FAILED : SET_IN_FORCE;
+        w->set = how == SLUICE_SET_APPLIED ? SET_IN_FORCE : SET_FAILED;
+        w->set_refused = how;
         if (error)
             snprintf(w->set_error, sizeof(w->set_error), "%s", error);
         break;
@@ -874,6 +891,7 @@ static void settle_waits_once(struct process *proc)
         uint64_t kill_id = w->kill_id;
         enum reload_answer reload = w->reload;
         enum set_answer set = w->set;
+        enum sluice_set_result set_refused = w->set_refused;
         unsigned set_id = w->set_id;
         char set_error[sizeof(w->set_error)];
         memcpy(set_error, w->set_error, sizeof(set_error));
@@ -901,7 +919,7 @@ static void settle_waits_once(struct process *proc)
                       "the configuration has errors; the previous one stays in force");
             codec_put_ready(&c->out, 'I');
         } else if (kind == WAIT_SET && set == SET_FAILED) {
-            put_error(c, SQLSTATE_INVALID_PARAMETER_VALUE, NULL, "%s", set_error);
+            put_set_error(c, set_refused, set_error);
             codec_put_ready(&c->out, 'I');
         } else if (kind == WAIT_KILL_CLIENT && kill == KILL_NO_CLIENT) {
             put_no_client(c, kill_id);

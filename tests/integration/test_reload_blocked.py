@@ -487,3 +487,115 @@ def test_a_console_set_whose_session_closes_is_dropped_and_frees_the_reader(star
         if psql.poll() is None:
             psql.kill()
         release_reader(ident, "", fd)
+
+
+def test_cancelled_sets_of_fifos_nobody_writes_pile_up_no_more_than_eight_threads(
+        start_sluice, pg, tmp_path):
+    """Each cancelled SET whose FIFO is never written leaves its read's thread in read() for
+    ever: before, an operator (or a script) retrying SET and cancel piled up threads without
+    end. Past eight such reads, a SET that names files is refused with 54000 (no thread
+    started), the other keys (and log_level without a logfile) still SET; once one FIFO is written its thread returns and a SET
+    reads again."""
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    adm = console(s)
+    fds = []
+    fifos = []
+
+    def threads():
+        return len(os.listdir(f"/proc/{s.pid}/task"))
+    try:
+        before = threads()
+        for i in range(8):
+            ident = tmp_path / f"ident{i}.conf"
+            os.mkfifo(ident)
+            fifos.append(ident)
+            b = Background(lambda: adm.execute(f"SET auth_ident_file = '{ident}'"))
+            fds.append(fifo_writer_once_read(ident))
+            answered(adm.cancel, "the console's CancelRequest")
+            err = b.error(10 * timeout_scale())
+            assert err is not None and err.sqlstate == "57014", err
+        assert threads() >= before + 8
+        stuck = threads()
+        ninth = tmp_path / "ident8.conf"
+        os.mkfifo(ninth)
+        fifos.append(ninth)
+        b = Background(lambda: adm.execute(f"SET auth_ident_file = '{ninth}'"))
+        err = b.error(10 * timeout_scale())
+        assert err is not None and err.sqlstate == "54000", err
+        assert "8 cancelled SETs' reads" in str(err), err
+        assert threads() == stuck
+        assert config_value(adm, "auth_ident_file") == ""
+        assert adm.execute("SET client_idle_timeout = 4321").statusmessage == "SET"
+        # with no logfile, log_level reads nothing: the log can still be turned up
+        assert adm.execute("SET log_level = 'debug'").statusmessage == "SET"
+        assert answered(lambda: query_served(s), "a client's query") == "served"
+        # one FIFO written: its thread returns, and a SET of a file reads again
+        write_and_close(fds.pop(0), "")
+        plain = tmp_path / "ident.conf"
+        plain.write_text("")
+        deadline = time.monotonic() + 20 * timeout_scale()
+        while True:
+            try:
+                assert adm.execute(f"SET auth_ident_file = '{plain}'").statusmessage == "SET"
+                break
+            except psycopg.Error as e:
+                assert e.sqlstate == "54000", e
+                assert time.monotonic() < deadline, "the returned read was never counted off"
+                time.sleep(0.1)
+        assert config_value(adm, "auth_ident_file") == str(plain)
+    finally:
+        for fd in fds:
+            write_and_close(fd, "")
+        for f in fifos:
+            release_reader(f, "")
+        adm.close()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "console SHUTDOWN"])
+def test_shutdown_while_a_console_set_reads_a_fifo_and_another_waits_exits_at_once(
+        start_sluice, pg, tmp_path, stop):
+    """One console's SET auth_ident_file reads a FIFO nobody writes, a RELOAD and another
+    console's SET wait behind it, clients run queries: SIGTERM, SIGINT or SHUTDOWN still ends
+    sluice at once, with code 0 (the consoles are closed, their SETs dropped, the read
+    abandoned), and when closing everything it starts no new read for what was queued."""
+    ident = tmp_path / "ident.conf"
+    os.mkfifo(ident)
+    s = start_sluice(dict(CONSOLE_MAIN, auth_type="trust"))
+    reading, reloading, waiting = console(s), console(s), console(s)
+    fd = None
+    try:
+        mark = s.mark()
+        set1 = Background(lambda: reading.execute(f"SET auth_ident_file = '{ident}'"))
+        fd = fifo_writer_once_read(ident)
+        reload = Background(lambda: reloading.execute("RELOAD"))
+        set2 = Background(lambda: waiting.execute("SET client_idle_timeout = 777"))
+        s.wait_for_log(r"admin: SET client_idle_timeout = '777' waits for the console SET",
+                       since=mark)
+        assert answered(lambda: query_served(s), "a client's query") == "served"
+        assert not set1.done() and not reload.done() and not set2.done()
+        started = time.monotonic()
+        stopping = s.mark()
+        if stop == "console SHUTDOWN":
+            adm = console(s)
+            with contextlib.suppress(psycopg.OperationalError):  # closed as it answers
+                adm.execute("SHUTDOWN")
+            adm.close()
+        else:
+            s.send_signal(getattr(signal, stop))
+        code = s.wait_exit(10 * timeout_scale())
+        assert code == 0, (f"sluice did not exit within 10 s of {stop} while a SET's read was "
+                           f"blocked (exit code {code})\n{s.log_tail(20)}")
+        assert time.monotonic() - started < 10 * timeout_scale()
+        if stop != "SIGINT":
+            # closing everything, sluice starts no read: the RELOAD asked behind the dropped
+            # SET is not begun as it exits (before, "reload: reading" and then "still reading
+            # its files at exit" told on-call of a reload stuck at exit that never was)
+            after = "\n".join(s.log_since(stopping))
+            assert "reload: reading" not in after, after
+        for b in (set1, reload, set2):
+            b.wait(10 * timeout_scale())
+    finally:
+        release_reader(ident, "", fd)
+        for c in (reading, reloading, waiting):
+            with contextlib.suppress(Exception):
+                c.close()
