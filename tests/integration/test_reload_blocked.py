@@ -101,6 +101,16 @@ def query_served(s):
         return c.execute("SELECT 'served'").fetchone()[0]
 
 
+def assert_loop_serves(s, held, port):
+    """While a read blocks, the loop serves a new client, a client connected before, /health
+    and /metrics."""
+    assert answered(lambda: query_served(s), "a new client's query") == "served"
+    assert answered(lambda: held.execute("SELECT 2").fetchone(), "a held client") == (2,)
+    assert answered(lambda: get(port, "/health")[0], "GET /health") == 200
+    status, _, body = answered(lambda: get(port, "/metrics"), "GET /metrics")
+    assert status == 200 and b"sluice_" in body
+
+
 def test_sighup_with_an_include_fifo_nobody_writes_leaves_clients_health_and_console_served(
         start_sluice, pg, tmp_path):
     port = pick_port()
@@ -116,11 +126,7 @@ def test_sighup_with_an_include_fifo_nobody_writes_leaves_clients_health_and_con
         s.send_signal(signal.SIGHUP)
         fd = fifo_writer_once_read(fifo)
         # the reload now waits in read(): everything the loop serves goes on
-        assert answered(lambda: query_served(s), "a new client's query") == "served"
-        assert answered(lambda: held.execute("SELECT 2").fetchone(), "a held client") == (2,)
-        assert answered(lambda: get(port, "/health")[0], "GET /health") == 200
-        status, _, body = answered(lambda: get(port, "/metrics"), "GET /metrics")
-        assert status == 200 and b"sluice_" in body
+        assert_loop_serves(s, held, port)
 
         def console_pool_size():
             with console(s) as adm:
@@ -350,11 +356,7 @@ def test_console_set_of_a_client_tls_ca_file_fifo_leaves_clients_health_and_cons
         mark = s.mark()
         b = Background(lambda: adm.execute(f"SET client_tls_ca_file = '{ca}'").statusmessage)
         fd = fifo_writer_once_read(ca)
-        assert answered(lambda: query_served(s), "a new client's query") == "served"
-        assert answered(lambda: held.execute("SELECT 2").fetchone(), "a held client") == (2,)
-        assert answered(lambda: get(port, "/health")[0], "GET /health") == 200
-        status, _, body = answered(lambda: get(port, "/metrics"), "GET /metrics")
-        assert status == 200 and b"sluice_" in body
+        assert_loop_serves(s, held, port)
 
         def other_session_config():
             with console(s) as other:
