@@ -301,6 +301,7 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
         bool app = strcasecmp(p->name, "application_name") == 0;
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
     }
+    int had = *n;
     int at = keyword_slot(kw, val, n, "options");
     struct msg_out before;
     codec_out_init(&before);
@@ -318,8 +319,10 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
     codec_out_free(&before);
     if (oom)
         return -ENOMEM;
-    if (options->len <= 1) {
-        kw[at] = NULL; /* nothing to pass: the slot appended above goes again */
+    if (options->len <= 1 && at == had) {
+        /* nothing to pass: the slot appended above goes again (the entry's own options='',
+         * at any index, stays: dropping it would end the list there) */
+        kw[at] = NULL;
         --*n;
         return 0;
     }
