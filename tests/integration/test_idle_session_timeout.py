@@ -9,6 +9,7 @@ client's connection itself, as Postgres would. Postgres is the oracle: each chec
 directly and once through sluice. Timeouts are 1 s against waits of several seconds, and waits
 are for conditions, so that a loaded machine does not flake."""
 
+import signal
 import time
 
 import pytest
@@ -312,3 +313,41 @@ def test_a_client_that_turns_it_off_costs_no_statement(pg, start_sluice, how):
         sent = [st for st in logged_statements(pg, since)
                 if "set_config('idle_session_timeout'" in st and "max_connections" not in st]
         assert sent == [], f"sluice's own statements for it: {sent}"
+
+
+def test_a_reload_to_another_database_learns_its_value(pg, start_sluice):
+    """The database entry's dbname changes on a reload, from one where the pool's role has an
+    idle_session_timeout (ALTER ROLE ... IN DATABASE) to one where it has none. The pool kept
+    what it had learned: its servers logged in with the option, so their probe could not read
+    the new value, and every client was still given the old one (SHOW, and sluice ending it
+    idle that long) where Postgres gives that role's sessions in that database 0."""
+    with superuser_change(pg, ROLE_SETTINGS["role in database"], ROLE_UNDO["role in database"]):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1},
+                         databases={APP_DB: pg.db_entry(user=ROLE, password=ROLE_PASSWORD)})
+        for _ in range(2):  # the second is served by a server that logged in with it off
+            c = raw_login(s.port, user=ROLE)
+            try:
+                assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+            finally:
+                c.close()
+        text = s.ini_path.read_text()
+        s.ini_path.write_text(text.replace(f"dbname={APP_DB}", "dbname=postgres"))
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"configuration reloaded", since=mark)
+        want = role_session_of(pg.port, ROLE, "postgres", ROLE_PASSWORD)
+        assert want == ([["0"]], [["0"]], None)
+        for _ in range(2):
+            assert role_session_of(s.port, ROLE, APP_DB) == want
+
+
+def role_session_of(port, user, database, password=None):
+    """What a client sees of idle_session_timeout: SHOW, SHOW after RESET, and whether it is
+    ended within IDLE_FOR (None: it is not)."""
+    c = raw_login(port, user=user, database=database, password=password)
+    try:
+        shown = c.query("SHOW idle_session_timeout")[0]
+        c.query("RESET idle_session_timeout")
+        return shown, c.query("SHOW idle_session_timeout")[0], ended_with(c, IDLE_FOR)
+    finally:
+        c.close()
