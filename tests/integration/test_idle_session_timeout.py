@@ -9,12 +9,13 @@ client's connection itself, as Postgres would. Postgres is the oracle: each chec
 directly and once through sluice. Timeouts are 1 s against waits of several seconds, and waits
 are for conditions, so that a loaded machine does not flake."""
 
+import re
 import signal
 import time
 
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, superuser_change, wait_until
+from conftest import APP_DB, APP_PASSWORD, APP_USER, REPO, superuser_change, wait_until
 from pgwire import PeerClosed, parse_fields, raw_login
 
 TIMEOUT = "1s"
@@ -351,3 +352,26 @@ def role_session_of(port, user, database, password=None):
         return shown, c.query("SHOW idle_session_timeout")[0], ended_with(c, IDLE_FOR)
     finally:
         c.close()
+
+
+def probe_sql():
+    """server_connect.c's server_probe_sql, as the C compiler joins its string literals."""
+    src = (REPO / "src" / "core" / "server_connect.c").read_text()
+    body = re.search(r"server_probe_sql\[\] =\n(.*?);\n", src, re.S).group(1)
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+
+
+def test_the_login_probe_reads_max_connections_where_idle_session_timeout_does_not_exist(pg):
+    """Postgres 13 and older have no idle_session_timeout. The probe read it from a subquery of
+    pg_settings, which then had no row: the probe answered no row at all, so the pool never
+    learnt max_connections (NN% caps, /health). Here the name is one no Postgres has, in place
+    of idle_session_timeout: the probe still gives its one row, and "0" for the timeout (so no
+    server is sent an option such a Postgres would refuse)."""
+    sql = probe_sql()
+    assert sql.count("'idle_session_timeout'") >= 2
+    absent = sql.replace("'idle_session_timeout'", "'sluice_test.no_such_parameter'")
+    rows = pg.query(absent, dbname=APP_DB)
+    max_connections = pg.query("SHOW max_connections")[0][0]
+    assert len(rows) == 1 and rows[0][0].split(" ")[0] == max_connections, rows
+    assert rows[0][0].split(" ")[2] == "0", rows
+    assert pg.query(sql, dbname=APP_DB)[0][0].split(" ")[2] == "0"
