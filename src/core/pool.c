@@ -540,6 +540,11 @@ void pool_forget_stale_welcome(struct pool *p, uint64_t conninfo_fp)
         p->have_welcome = false;
     }
     p->welcome_fp = conninfo_fp;
+    /* What the probe learnt of idle_session_timeout was the old settings' role's and database's:
+     * the next server logs in without the option again and reads the new one's (a server that
+     * logged in with it off cannot: its value is the option's). */
+    p->idle_off = false;
+    p->role_idle_session_timeout[0] = '\0';
     if (p->worker->proc->nworkers > 1)
         ledger_key_forget_welcome(&p->worker->proc->ledger, p->ledger_key, conninfo_fp);
 }

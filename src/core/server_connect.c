@@ -309,6 +309,7 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
         }
         val[keyword_slot(kw, val, n, app ? "application_name" : "client_encoding")] = p->value;
     }
+    int had = *n;
     int at = keyword_slot(kw, val, n, "options");
     struct msg_out before;
     codec_out_init(&before);
@@ -326,8 +327,10 @@ static int add_startup(struct server *s, const char **kw, const char **val, int 
     codec_out_free(&before);
     if (oom)
         return -ENOMEM;
-    if (options->len <= 1 && !empty_encoding) {
-        kw[at] = NULL; /* nothing to pass: the slot appended above goes again */
+    if (options->len <= 1 && !empty_encoding && at == had) {
+        /* nothing to pass: the slot appended above goes again (the entry's own options='',
+         * at any index, stays: dropping it would end the list there) */
+        kw[at] = NULL;
         --*n;
         return 0;
     }
@@ -532,15 +535,18 @@ struct server *server_connect(struct pool *p, const struct param_set *startup, u
  * the backend's idle_session_timeout as SHOW gives it (a role's, a database's, the server's
  * file's), "-" where a startup option set it (IDLE_OFF_OPTION, or a session-mode client's own):
  * not 0, it is turned off on this backend at once (set_config, after it was read: OFFSET 0
- * keeps the subquery apart), which Postgres would otherwise end once idle in the pool. */
+ * keeps the subquery apart), which Postgres would otherwise end once idle in the pool. Before
+ * Postgres 14 there is no such parameter: the outer join still gives the one row (idle "0", so
+ * no server is ever sent the option, which such a server would refuse). */
 static const char server_probe_sql[] =
     "SELECT current_setting('max_connections') || ' ' || "
     "(current_setting('superuser_reserved_connections')::int + "
     "coalesce(current_setting('reserved_connections', true)::int, 0)) || ' ' || "
-    "CASE WHEN i.source = 'client' THEN '-' ELSE i.v || CASE WHEN i.v <> '0' THEN "
-    "pg_catalog.left(pg_catalog.set_config('idle_session_timeout', '0', false), 0) ELSE '' END "
-    "END FROM (SELECT pg_catalog.current_setting('idle_session_timeout') AS v, source "
-    "FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout' OFFSET 0) i";
+    "CASE WHEN i.source = 'client' THEN '-' WHEN i.v IS NULL OR i.v = '0' THEN '0' ELSE i.v || "
+    "pg_catalog.left(pg_catalog.set_config('idle_session_timeout', '0', false), 0) END "
+    "FROM (SELECT 1) one LEFT JOIN (SELECT pg_catalog.current_setting('idle_session_timeout') "
+    "AS v, source FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout' OFFSET 0) i "
+    "ON true";
 
 /* The pool does not know its server's max_connections yet (or a reload asked again), or its
  * servers log in without IDLE_OFF_OPTION: each may have an idle_session_timeout that is not 0

@@ -9,11 +9,13 @@ client's connection itself, as Postgres would. Postgres is the oracle: each chec
 directly and once through sluice. Timeouts are 1 s against waits of several seconds, and waits
 are for conditions, so that a loaded machine does not flake."""
 
+import re
+import signal
 import time
 
 import pytest
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER, superuser_change, wait_until
+from conftest import APP_DB, APP_PASSWORD, APP_USER, REPO, superuser_change, wait_until
 from pgwire import PeerClosed, parse_fields, raw_login
 
 TIMEOUT = "1s"
@@ -312,3 +314,64 @@ def test_a_client_that_turns_it_off_costs_no_statement(pg, start_sluice, how):
         sent = [st for st in logged_statements(pg, since)
                 if "set_config('idle_session_timeout'" in st and "max_connections" not in st]
         assert sent == [], f"sluice's own statements for it: {sent}"
+
+
+def test_a_reload_to_another_database_learns_its_value(pg, start_sluice):
+    """The database entry's dbname changes on a reload, from one where the pool's role has an
+    idle_session_timeout (ALTER ROLE ... IN DATABASE) to one where it has none. The pool kept
+    what it had learned: its servers logged in with the option, so their probe could not read
+    the new value, and every client was still given the old one (SHOW, and sluice ending it
+    idle that long) where Postgres gives that role's sessions in that database 0."""
+    with superuser_change(pg, ROLE_SETTINGS["role in database"], ROLE_UNDO["role in database"]):
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1},
+                         databases={APP_DB: pg.db_entry(user=ROLE, password=ROLE_PASSWORD)})
+        for _ in range(2):  # the second is served by a server that logged in with it off
+            c = raw_login(s.port, user=ROLE)
+            try:
+                assert c.query("SHOW idle_session_timeout")[0] == [[TIMEOUT]]
+            finally:
+                c.close()
+        text = s.ini_path.read_text()
+        s.ini_path.write_text(text.replace(f"dbname={APP_DB}", "dbname=postgres"))
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"configuration reloaded", since=mark)
+        want = role_session_of(pg.port, ROLE, "postgres", ROLE_PASSWORD)
+        assert want == ([["0"]], [["0"]], None)
+        for _ in range(2):
+            assert role_session_of(s.port, ROLE, APP_DB) == want
+
+
+def role_session_of(port, user, database, password=None):
+    """What a client sees of idle_session_timeout: SHOW, SHOW after RESET, and whether it is
+    ended within IDLE_FOR (None: it is not)."""
+    c = raw_login(port, user=user, database=database, password=password)
+    try:
+        shown = c.query("SHOW idle_session_timeout")[0]
+        c.query("RESET idle_session_timeout")
+        return shown, c.query("SHOW idle_session_timeout")[0], ended_with(c, IDLE_FOR)
+    finally:
+        c.close()
+
+
+def probe_sql():
+    """server_connect.c's server_probe_sql, as the C compiler joins its string literals."""
+    src = (REPO / "src" / "core" / "server_connect.c").read_text()
+    body = re.search(r"server_probe_sql\[\] =\n(.*?);\n", src, re.S).group(1)
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+
+
+def test_the_login_probe_reads_max_connections_where_idle_session_timeout_does_not_exist(pg):
+    """Postgres 13 and older have no idle_session_timeout. The probe read it from a subquery of
+    pg_settings, which then had no row: the probe answered no row at all, so the pool never
+    learnt max_connections (NN% caps, /health). Here the name is one no Postgres has, in place
+    of idle_session_timeout: the probe still gives its one row, and "0" for the timeout (so no
+    server is sent an option such a Postgres would refuse)."""
+    sql = probe_sql()
+    assert sql.count("'idle_session_timeout'") >= 2
+    absent = sql.replace("'idle_session_timeout'", "'sluice_test.no_such_parameter'")
+    rows = pg.query(absent, dbname=APP_DB)
+    max_connections = pg.query("SHOW max_connections")[0][0]
+    assert len(rows) == 1 and rows[0][0].split(" ")[0] == max_connections, rows
+    assert rows[0][0].split(" ")[2] == "0", rows
+    assert pg.query(sql, dbname=APP_DB)[0][0].split(" ")[2] == "0"

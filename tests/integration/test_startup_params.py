@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from conftest import APP_PASSWORD
+from conftest import APP_DB, APP_PASSWORD
 from pgwire import PROTOCOL_3_0, RawConn, ServerError, raw_login
 
 CUSTOM = [(f"myapp.p{i:03d}", f"v{i:03d}") for i in range(120)]
@@ -215,3 +215,19 @@ def test_a_login_seed_does_not_seed_random_as_on_postgres(pg, start_sluice, mode
             raw_login(port, password=password, options="-c seed=5").close()
         refusals.append((e.value.fields["C"], e.value.fields["M"]))
     assert refusals[0] == refusals[1]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_database_entry_with_empty_options_first_logs_in(pg, start_sluice, mode):
+    """A [databases] entry whose options='' comes before its other keywords (libpq takes an
+    empty options as none). The login that had nothing to add to it dropped the entry's own
+    slot, ending the keyword list there: sluice crashed (SIGSEGV) on its first server."""
+    entry = dict({"options": ""}, **pg.db_entry())
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1}, databases={APP_DB: entry})
+    for login in ({}, {"application_name": "with-a-startup-parameter"}):
+        c = raw_login(s.port, **login)
+        try:
+            assert c.query("SELECT current_user, current_setting('application_name')")[0] == \
+                [["app", login.get("application_name", "")]]
+        finally:
+            c.close()
