@@ -638,19 +638,34 @@ static bool front_is_bare_sync(const struct buf *b)
     return fr == FRAME_OK && type == 'S' && body_len == 0;
 }
 
+/* What answer_bare_syncs did. */
+enum bare_syncs {
+    BARE_SYNCS_DONE,        /* none left at the front of the buffer */
+    BARE_SYNCS_OUTPUT_FULL, /* some left: the client reads its answers first */
+    BARE_SYNCS_CLIENT_GONE, /* a write failed */
+};
+
 /* A Sync at the front of an idle client's buffer (nothing of its unanswered, no server held: no
  * transaction, no batch) is answered ReadyForQuery 'I' at once, as Postgres answers it, instead
  * of leasing a server for it: with the pool busy it waited, and then failed with
  * query_wait_timeout's ERROR, for a message whose answer needs no server. Like any request it
- * starts the client's idle time again. False when the client is gone (a failed write). */
-static bool answer_bare_syncs(struct client *c)
+ * starts the client's idle time again. While a block of answers waits for the client to read
+ * them, the rest wait in c->in (full, it is not read: relay_client_interest), as Postgres stops
+ * reading while its answers do not go out: a client that sends Syncs and never reads must not
+ * grow c->out without bound. The write callback goes on with them (on_client_io). */
+static enum bare_syncs answer_bare_syncs(struct client *c)
 {
     struct buf *b = &c->in;
     bool answered = false;
+    enum bare_syncs r = BARE_SYNCS_DONE;
     for (;;) {
         drop_ignored_when_idle(c);
         if (c->rx.remain || !front_is_bare_sync(b))
             break;
+        if (c->out.len - c->out_pos >= buf_block_size()) {
+            r = BARE_SYNCS_OUTPUT_FULL;
+            break;
+        }
         b->scan += CODEC_HEADER_LEN;
         buf_consume(b, CODEC_HEADER_LEN);
         codec_put_ready(&c->out, 'I');
@@ -660,7 +675,7 @@ static bool answer_bare_syncs(struct client *c)
         c->state_since_ms = sluice_now(c->worker);
         client_send(c);
     }
-    return c->state == CLIENT_IDLE;
+    return c->state != CLIENT_IDLE ? BARE_SYNCS_CLIENT_GONE : r;
 }
 
 void client_on_data(struct client *c)
@@ -673,9 +688,10 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
-        if (!c->admin && !answer_bare_syncs(c))
+        enum bare_syncs syncs = c->admin ? BARE_SYNCS_DONE : answer_bare_syncs(c);
+        if (syncs == BARE_SYNCS_CLIENT_GONE)
             return;
-        if (buf_unframed(&c->in) == 0)
+        if (syncs == BARE_SYNCS_OUTPUT_FULL || buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];
         /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
@@ -782,6 +798,10 @@ static void on_client_io(struct sockio *io, int status, int events)
             c->worker->client_events->writable(c);
         else
             client_send(c); /* its own output: an error, a welcome, a NOTICE */
+        /* Syncs left while the answers before them waited (answer_bare_syncs) */
+        if (c->state == CLIENT_IDLE && c->out_pos >= c->out.len &&
+            buf_unframed(&c->in) >= CODEC_HEADER_LEN)
+            client_on_data(c);
         if (c->state == CLIENT_CLOSED)
             return;
     }

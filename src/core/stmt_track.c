@@ -762,11 +762,16 @@ struct query_statement {
     struct sql_name_written written; /* and what the text gets in place of the name */
 };
 
+/* Whether the text given note_positions is the whole Query's. */
+enum query_text { QUERY_TEXT_WHOLE, QUERY_TEXT_HEAD };
+
 /* The Query's renamed names, for the positions its errors and notices give
  * (s->reqs.positions_due, queued with its SYNC): each name's place in the client's text and the
- * length of both, in characters of the client's encoding. */
+ * length of both, in characters of the client's encoding, and the length of the text sent. */
+
 static enum track_result note_positions(const struct client *c, struct server *s, const char *sql,
-                                        const struct query_statement *st, size_t n)
+                                        const struct query_statement *st, size_t n,
+                                        enum query_text whole)
 {
     struct query_chars qc;
     query_chars_init(&qc, client_encoding_of(c, s));
@@ -785,6 +790,14 @@ static enum track_result note_positions(const struct client *c, struct server *s
             return TRACK_PASS; /* out of memory: the positions stay the server's, as before */
         chars += client_len;
         counted = st[k].f.at + st[k].f.span;
+    }
+    /* (the head of a longer Query: its length unknown here, and past any position it gives) */
+    if (whole == QUERY_TEXT_WHOLE) {
+        const struct query_positions *qp = s->reqs.positions_due;
+        uint32_t sent = chars + query_chars_count(&qc, sql + counted, strlen(sql + counted));
+        for (uint32_t k = 0; qp && k < qp->n; k++)
+            sent += qp->edits[k].server_len - qp->edits[k].client_len;
+        query_positions_bound(s->reqs.positions_due, sent);
     }
     return TRACK_PASS;
 }
@@ -868,7 +881,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     if (text_at == 0) {
         struct query_statement one = {
             .f = {.kind = kind, .at = at, .span = span}, .mine = true, .written = written};
-        (void)note_positions(c, s, sql, &one, 1);
+        (void)note_positions(c, s, sql, &one, 1, QUERY_TEXT_HEAD);
     }
     return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
                                       (uint32_t)span, written.name));
@@ -1054,7 +1067,7 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
         }
     }
     if (r == TRACK_PASS && renames)
-        r = note_positions(c, s, sql, st, n);
+        r = note_positions(c, s, sql, st, n, QUERY_TEXT_WHOLE);
     if (r == TRACK_PASS && renames)
         r = renamed(
             stmt_names_rewrite(&c->in, &c->rx, &s->out, (uint32_t)from, (uint32_t)old_len, repl));

@@ -92,8 +92,10 @@ bool query_positions_add(struct query_positions **qp, uint32_t client_at, uint32
         struct query_positions *grown = realloc(q, sizeof(*q) + cap * sizeof(q->edits[0]));
         if (!grown)
             return false;
-        if (!q)
+        if (!q) {
             grown->n = 0;
+            grown->sent_chars = UINT32_MAX;
+        }
         grown->cap = cap;
         *qp = q = grown;
     }
@@ -108,9 +110,15 @@ bool query_positions_add(struct query_positions **qp, uint32_t client_at, uint32
     return true;
 }
 
+void query_positions_bound(struct query_positions *qp, uint32_t sent_chars)
+{
+    if (qp)
+        qp->sent_chars = sent_chars;
+}
+
 uint32_t query_positions_map(const struct query_positions *qp, uint32_t pos)
 {
-    if (!qp || pos == 0)
+    if (!qp || pos == 0 || pos - 1 > qp->sent_chars)
         return pos;
     uint32_t at = pos - 1; /* characters before it */
     int64_t shift = 0;     /* the client's position minus the server's, before edit k */

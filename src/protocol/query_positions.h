@@ -21,6 +21,10 @@ struct query_edit {
 
 struct query_positions {
     uint32_t n, cap;
+    /* Characters of the text sent (UINT32_MAX: not known, the head of a longer Query). A
+     * position past its end is not in it: an EXECUTE whose prepared statement is planned again
+     * (its table altered) fails with a position in that statement's own text. */
+    uint32_t sent_chars;
     struct query_edit edits[]; /* in text order */
 };
 
@@ -37,8 +41,12 @@ uint32_t query_chars_count(const struct query_chars *qc, const char *s, size_t n
 bool query_positions_add(struct query_positions **qp, uint32_t client_at, uint32_t client_len,
                          uint32_t server_len);
 
+/* The text sent is sent_chars characters long (see struct query_positions). */
+void query_positions_bound(struct query_positions *qp, uint32_t sent_chars);
+
 /* Where position `pos` (from 1) of the text sent is in the client's text: a position inside a
- * renamed name is the client's name's first character. */
+ * renamed name is the client's name's first character; one past the end of the text sent (and
+ * past the character after it, where "at end of input" points) is not in it and stays. */
 uint32_t query_positions_map(const struct query_positions *qp, uint32_t pos);
 
 /* Does ErrorResponse/NoticeResponse msg (`whole` bytes, header included) give a position (P)

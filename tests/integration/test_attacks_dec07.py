@@ -5,6 +5,7 @@ client_encoding in session mode), and malformed startup packets, refused in Post
 Each compares what a client sees directly and through sluice, and where a server is shared
 checks that the next client on it finds nothing of the last."""
 
+import socket
 import struct
 
 import pytest
@@ -294,3 +295,36 @@ def test_a_bare_sync_is_answered_while_every_server_is_busy(pg, start_sluice, mo
     finally:
         busy.close()
         b.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_syncs_from_a_client_that_does_not_read_its_answers_are_read_no_faster(pg, start_sluice,
+                                                                                mode):
+    """A client that sends Syncs and never reads what they answer: Postgres stops reading it
+    once its answers do not go out. sluice read on and kept every ReadyForQuery it answered in
+    memory (64 MB of Syncs: 77 MB kept). Now what the sockets hold is all it takes (a few MB);
+    once the client reads, every Sync is answered and a query runs."""
+    s = start_sluice({"pool_mode": mode})
+    c = raw_login(s.port)
+    total = 64 << 20
+    chunk = sync_msg() * ((64 << 10) // 5)
+    sent = 0
+    c.settimeout(5)
+    try:
+        while sent < total:
+            sent += c.sock.send(chunk[:min(len(chunk), total - sent)])
+    except socket.timeout:
+        pass
+    assert sent < total // 2, "sluice read every Sync while its answers stayed unread"
+    c.settimeout(60)
+    if sent % 5:  # the rest of a Sync cut short
+        c.sock.sendall(sync_msg()[sent % 5:])
+    due, got = -(-sent // 5) * 6, bytearray()
+    while len(got) < due:
+        data = c.sock.recv(1 << 20)
+        assert data, "closed"
+        got += data
+    assert bytes(got) == b"Z\0\0\0\x05I" * (due // 6)
+    c.send(query_msg("SELECT 7"))
+    assert answers_until_ready(c, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
+    c.close()

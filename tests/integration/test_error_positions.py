@@ -62,6 +62,22 @@ def utf8_positions(c):
             q(c, f"EXECUTE {LONG}; DO $$BEGIN RAISE NOTICE 'hi'; END$$; SELECT 1 FROM nosuchtable")]
 
 
+def replanned(c):
+    """An EXECUTE whose statement is planned again (its table altered) fails with a position in
+    the prepared statement's own text, not the Query's: past the end of the text sluice sent, it
+    is not moved (it was: 26 became 12)."""
+    out = [q(c, "CREATE TABLE replanned (c int)")]
+    c.send(parse_msg("a", "SELECT 1, 2, 3, 4, 5, 6, c FROM replanned") + sync_msg())
+    out += [replies(c), q(c, "EXECUTE a"), q(c, "ALTER TABLE replanned RENAME c TO d"),
+            q(c, "EXECUTE a"), q(c, "DEALLOCATE a"), q(c, "DROP TABLE replanned")]
+    return out
+
+
+def test_a_position_in_a_statement_planned_again_is_not_moved(pg, start_sluice):
+    assert_sluice_shows_what_postgres_shows(pg, start_sluice, 1, replanned,
+                                            main={"default_pool_size": 1})
+
+
 def pipelined(c, texts):
     c.send(b"".join(query_msg(t) for t in texts))
     return replies(c, len(texts))

@@ -30,6 +30,17 @@ int main(void)
     CHECK_INT(query_positions_map(qp, 24), 49);
     free(qp);
 
+    /* "EXECUTE a" sent as 22 characters: the end of input (23) is in it, 24 on is not (an
+     * EXECUTE planned again gives a position in the prepared statement's own text) */
+    qp = NULL;
+    CHECK(query_positions_add(&qp, 8, 1, 14));
+    CHECK_INT(query_positions_map(qp, 23), 10);
+    query_positions_bound(qp, 22);
+    CHECK_INT(query_positions_map(qp, 23), 10);
+    CHECK_INT(query_positions_map(qp, 24), 24);
+    CHECK_INT(query_positions_map(qp, 26), 26);
+    free(qp);
+
     struct query_chars qc;
     query_chars_init(&qc, NULL);
     CHECK_INT(query_chars_count(&qc, "caf\xc3\xa9!", 6), 5);
