@@ -9,21 +9,20 @@ direct (sluice counted in its rewritten text)."""
 import pytest
 
 from pgwire import message, parse_fields, parse_msg, query_msg, raw_login, sync_msg
-from test_prepared_oracle import HoppingBackends, assert_sluice_shows_what_postgres_shows
+from test_prepared_oracle import (HoppingBackends, assert_sluice_shows_what_postgres_shows,
+                                  read_until_ready)
+
+
+def position_item(t, p):
+    if t in "EN":
+        f = parse_fields(p)
+        return (t, f.get("C"), f.get("P"))
+    return None
 
 
 def replies(c, n_ready=1):
     """Errors and notices with their position, up to the n_ready-th ReadyForQuery."""
-    seen, zs = [], 0
-    while zs < n_ready:
-        t, p = c.read_message()
-        if t == "Z":
-            zs += 1
-            seen.append("Z" + p.decode())
-        elif t in "EN":
-            f = parse_fields(p)
-            seen.append((t, f.get("C"), f.get("P")))
-    return seen
+    return read_until_ready(c, n_ready, position_item)
 
 
 def q(c, sql):

@@ -15,26 +15,40 @@ from pgwire import (bind_msg, close_msg, describe_msg, execute_msg, message, par
                     parse_fields, parse_msg, query_msg, raw_login, sync_msg)
 
 
-def replies(c, n_ready=1):
-    """What the client sees up to its n_ready-th ReadyForQuery."""
+def read_until_ready(c, n_ready, seen_as):
+    """Each message up to the client's n_ready-th ReadyForQuery, as seen_as(type, payload)
+    names it (None: not looked at); a ReadyForQuery as Z and its status."""
     seen, zs = [], 0
     while zs < n_ready:
         t, p = c.read_message()
         if t == "Z":
             zs += 1
             seen.append("Z" + p.decode())
-        elif t == "E" or (t == "N" and parse_fields(p).get("C") == "42622"):
-            # of the NOTICEs only an identifier's truncation: others (DROP ... IF EXISTS) say
-            # what tests before left in the database
-            f = parse_fields(p)
-            seen.append((t, f.get("C"), f.get("M")))
-        elif t == "D":
-            seen.append(("D", tuple(parse_data_row(p, value=lambda r: r))))
-        elif t == "C":
-            seen.append(("C", p.rstrip(b"\0").decode()))
-        elif t in "123nstT":
-            seen.append(t)
+            continue
+        item = seen_as(t, p)
+        if item is not None:
+            seen.append(item)
     return seen
+
+
+def oracle_item(t, p):
+    if t == "E" or (t == "N" and parse_fields(p).get("C") == "42622"):
+        # of the NOTICEs only an identifier's truncation: others (DROP ... IF EXISTS) say
+        # what tests before left in the database
+        f = parse_fields(p)
+        return (t, f.get("C"), f.get("M"))
+    if t == "D":
+        return ("D", tuple(parse_data_row(p, value=lambda r: r)))
+    if t == "C":
+        return ("C", p.rstrip(b"\0").decode())
+    if t in "123nstT":
+        return t
+    return None
+
+
+def replies(c, n_ready=1):
+    """What the client sees up to its n_ready-th ReadyForQuery."""
+    return read_until_ready(c, n_ready, oracle_item)
 
 
 def q(c, sql):
