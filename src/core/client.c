@@ -473,7 +473,7 @@ void client_close(struct client *c, const char *reason)
     c->login_notices = NULL;
     free(c->options_refusal);
     c->options_refusal = NULL;
-    client_forget_superseded(c);
+    client_forget_settings_in_order(c);
     if (c->login_params) {
         params_free(c->login_params);
         free(c->login_params);

@@ -116,11 +116,15 @@ struct client {
      * client_login_ok tells it, after authentication and the database checks, where Postgres
      * does (a client must not be able to tell sluice read them first). */
     struct options_refusal *options_refusal;
-    /* A startup setting given more than once: the set_config of each value a later one replaced,
-     * in Postgres's order (NULL: none, the common case). Postgres applies every value and
-     * refuses the login at the first bad one; the login sync runs these first (link.c), so the
-     * client is refused as there. Freed once logged in. */
-    struct msg_out *superseded;
+    /* A login that gave a startup setting twice with another value (NULL: none, the common
+     * case): each of its settings as "name\0value\0", those before the repeat too, in the
+     * order Postgres applies them (options, then the other parameters). Postgres applies every
+     * value and refuses the login at the first bad one, and the last of a name stands; the login
+     * sync sets these first (link.c), so the client is refused, or left, as there. A value a
+     * name already had is left out (it was tried where it came first): at most one setting per
+     * setting of the startup packet, held as text, not SQL, while the login waits for
+     * authentication and a server. Freed once queued on a server, or when the client goes. */
+    struct msg_out *settings_in_order;
 
     uint32_t cancel_pid, cancel_key;
     struct client *cancel_next; /* chain in the cancel map */

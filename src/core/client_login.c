@@ -117,32 +117,46 @@ static bool param_is_protocol_level(const char *name)
            strcmp(name, "options") == 0 || strcmp(name, "replication") == 0;
 }
 
-/* Set name to value in c's parameters; a value it had from earlier in the startup packet is
- * kept in c->superseded, to be tried on the server first, as Postgres tries it. 0 or -ENOMEM. */
+/* name=value after the settings before it in c->settings_in_order. 0 or -ENOMEM. */
+static int put_in_order(struct client *c, const char *name, const char *value)
+{
+    codec_put_cstring(c->settings_in_order, name);
+    codec_put_cstring(c->settings_in_order, value);
+    return c->settings_in_order->oom ? -ENOMEM : 0;
+}
+
+/* Set name to value in c's parameters. Once a name comes a second time with another value,
+ * every setting is kept in order in c->settings_in_order (client.h), those before it too, to be
+ * tried on the server as Postgres tries them: the first it refuses names the login's error,
+ * and the last of each name is the one that stands. A value a name already has adds nothing:
+ * it was tried where it came first. 0 or -ENOMEM. */
 static int take_setting(struct client *c, const char *name, const char *value)
 {
     const char *had = params_get(&c->params, name);
-    if (had && strcmp(had, value) != 0) {
-        if (!c->superseded) {
-            c->superseded = malloc(sizeof(*c->superseded));
-            if (!c->superseded)
-                return -ENOMEM;
-            codec_out_init(c->superseded);
-        }
-        params_build_set(name, had, c->superseded);
-        if (c->superseded->oom)
+    if (had && strcmp(had, value) == 0)
+        return 0;
+    if (had && !c->settings_in_order) {
+        c->settings_in_order = malloc(sizeof(*c->settings_in_order));
+        if (!c->settings_in_order)
             return -ENOMEM;
+        codec_out_init(c->settings_in_order);
+        /* no name has come twice yet: each holds the value it came with, in the order taken */
+        for (int i = 0; i < c->params.n; i++)
+            if (put_in_order(c, c->params.items[i].name, c->params.items[i].value) < 0)
+                return -ENOMEM;
     }
+    if (c->settings_in_order && put_in_order(c, name, value) < 0)
+        return -ENOMEM;
     return params_set(&c->params, name, value) < 0 ? -ENOMEM : 0;
 }
 
-void client_forget_superseded(struct client *c)
+void client_forget_settings_in_order(struct client *c)
 {
-    if (!c->superseded)
+    if (!c->settings_in_order)
         return;
-    codec_out_free(c->superseded);
-    free(c->superseded);
-    c->superseded = NULL;
+    codec_out_free(c->settings_in_order);
+    free(c->settings_in_order);
+    c->settings_in_order = NULL;
 }
 
 static int take_option(void *arg, const char *name, const char *value)
@@ -363,7 +377,7 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     /* Session mode opens the client's backends with its parameters, when they fit a server's
      * startup packet; else with the pool's, and SETs them after, as in transaction mode (so too
      * when a setting was given twice: a startup packet carries one value of a name). */
-    c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM && !c->superseded
+    c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM && !c->settings_in_order
                         ? params_startup_fingerprint(&c->params)
                         : 0;
     if (!c->admin)
@@ -533,7 +547,7 @@ void client_login_ok(struct client *c)
     codec_put_auth_request(&c->out, 0, NULL, 0); /* AuthenticationOk */
     if (worker->cfg->log_connections)
         log_client(LOG_INFO, c, "login ok (%s mode)", pool_mode_name(c->mode));
-    if (pool_knows_welcome(c->pool) && !c->superseded &&
+    if (pool_knows_welcome(c->pool) && !c->settings_in_order &&
         params_known_good(&c->params, &c->pool->welcome, &c->pool->accepted)) {
         client_welcome_from_pool(c);
         return;

@@ -31,8 +31,8 @@ void client_login_give_slot(struct client *c);
 /* Logged in: what it has now is what Postgres would reset its parameters to. 0 or -ENOMEM. */
 int client_keep_login_params(struct client *c);
 
-/* Free c->superseded (client.h): the login sync queued it, or the client goes. */
-void client_forget_superseded(struct client *c);
+/* Free c->settings_in_order (client.h): the login sync queued it, or the client goes. */
+void client_forget_settings_in_order(struct client *c);
 /* What Postgres would give this session at login that sluice's servers do not hold: the role's
  * or database's idle_session_timeout (`defaults`: the pool's welcome, which carries it; servers
  * log in with it off, server_connect.c). It becomes the client's login value unless the client

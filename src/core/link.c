@@ -135,8 +135,8 @@ static uint64_t have_fingerprint(struct server *s)
     return s->params_fp;
 }
 
-/* Queue the statements that give s the session c wants: each a Query of its own, so that one
- * that fails undoes no other. The count, or -1 when c was failed (out of memory). */
+/* Each statement of sql (NUL-separated) as a Query of its own, so that one that fails undoes
+ * no other. */
 static void queue_statements(struct client *c, struct server *s, const struct msg_out *sql)
 {
     for (uint32_t at = 0; at < sql->len;) {
@@ -147,30 +147,45 @@ static void queue_statements(struct client *c, struct server *s, const struct ms
     }
 }
 
-/* A login that gave a setting more than once: each value a later one replaced is tried first,
- * as Postgres tries it (client.h superseded), and the server's record of the client's names is
- * forgotten, so that the sync after them sets the values that stand. The count, or -1 when c
- * was failed (out of memory). */
-static int queue_superseded(struct client *c, struct server *s)
+/* A login that gave a setting more than once: each of its settings is set first, in the order
+ * Postgres applies them (client.h settings_in_order). The last of each name is the value that
+ * stands, so the backend has the client's values after them, whatever the sync below, reckoned
+ * from the record before them, sends: where a refusal stops that short, the refusal forgets the
+ * record (relay.c on_internal_error) and a reported value's change comes back as
+ * ParameterStatus. The count, or -1 when c was failed (out of memory). */
+static int queue_settings_in_order(struct client *c, struct server *s)
 {
-    if (!c->superseded)
+    const struct msg_out *in = c->settings_in_order;
+    if (!in)
         return 0;
+    struct msg_out sql;
+    codec_out_init(&sql);
+    for (uint32_t at = 0; at < in->len;) {
+        const char *name = (const char *)in->data + at;
+        at += (uint32_t)strlen(name) + 1;
+        const char *value = (const char *)in->data + at;
+        at += (uint32_t)strlen(value) + 1;
+        params_build_set(name, value, &sql);
+    }
+    client_forget_settings_in_order(c);
+    if (sql.oom) {
+        codec_out_free(&sql);
+        client_fail(c, FAIL_OUT_OF_MEMORY, "");
+        return -1;
+    }
     int n = 0;
-    for (int i = 0; i < c->params.n; i++)
-        if (params_forget(&s->params, c->params.items[i].name) < 0) {
-            client_fail(c, FAIL_OUT_OF_MEMORY, "");
-            return -1;
-        }
-    for (uint32_t at = 0; at < c->superseded->len; n++)
-        at += (uint32_t)strlen((const char *)c->superseded->data + at) + 1;
-    queue_statements(c, s, c->superseded);
-    client_forget_superseded(c);
+    for (uint32_t at = 0; at < sql.len; n++)
+        at += (uint32_t)strlen((const char *)sql.data + at) + 1;
+    queue_statements(c, s, &sql);
+    codec_out_free(&sql);
     return n;
 }
 
+/* Queue the statements that give s the session c wants. The count, or -1 when c was failed
+ * (out of memory). */
 static int queue_sync(struct client *c, struct server *s)
 {
-    int before = queue_superseded(c, s);
+    int before = queue_settings_in_order(c, s);
     if (before < 0)
         return -1;
     if (want_fingerprint(c, s) == have_fingerprint(s))

@@ -461,7 +461,7 @@ static void welcome_login_waiters(struct pool *p)
             struct client *c = container_of(n, struct client, node);
             /* A login with startup parameters no server has accepted yet stays: it needs a
              * server to try them on (client.c, CLIENT_LOGIN_SYNC). */
-            if (c->state == CLIENT_LOGIN_WAIT && !c->superseded &&
+            if (c->state == CLIENT_LOGIN_WAIT && !c->settings_in_order &&
                 params_known_good(&c->params, &p->welcome, &p->accepted)) {
                 login = c;
                 break;

@@ -413,8 +413,12 @@ static int put_set_if_differs(const struct param_set *server, const char *name, 
     return 1;
 }
 
+static bool held_without_entry(const char *name, const char *value);
+
 void params_build_set(const char *name, const char *value, struct msg_out *sql)
 {
+    if (strcasecmp(name, "seed") == 0 && held_without_entry(name, value))
+        return; /* a login's valid seed seeds nothing in Postgres (held_without_entry) */
     struct param_set none;
     params_init(&none);
     (void)put_set_if_differs(&none, name, value, sql);

@@ -102,14 +102,15 @@ int64_t params_idle_session_timeout_ms(const struct param_set *own);
 int params_build_restore(const struct param_set *login, bool local, struct param_set *server,
                          struct msg_out *sql) __attribute__((warn_unused_result));
 
+/* One set_config of name to value, as params_build_sync writes it, whatever a server has: a
+ * login's value Postgres must be seen to take or refuse though a later one replaces it. A valid
+ * seed writes nothing: Postgres seeds nothing from a login's. */
+void params_build_set(const char *name, const char *value, struct msg_out *sql);
+
 /* Append to sql the statement that reads the backend's values of `names` (values unused): one
  * row per name (name; value, NULL when unknown or longer than max_value bytes; at its reset value
  * 't'/'f'; too long 't'/'f'), one Query. Returns the count (0 or 1), or -ENOMEM. login_reset.c
  * sends it after a client's SET of unreported names. */
-/* One set_config of name to value, as params_build_sync writes it, whatever a server has: a
- * login's value Postgres must be seen to take or refuse though a later one replaces it. */
-void params_build_set(const char *name, const char *value, struct msg_out *sql);
-
 int params_build_readback(const struct param_set *names, uint32_t max_value, struct msg_out *sql)
     __attribute__((warn_unused_result));
 

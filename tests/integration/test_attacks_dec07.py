@@ -94,6 +94,9 @@ TWICE = {
     "a pair twice": startup([("work_mem", "lots"), ("work_mem", "4MB")]),
     "in options, then a pair": startup([("options", "-c work_mem=lots"), ("work_mem", "4MB")]),
     "twice in options": startup([("options", "-c TimeZone=Nowhere/Land -c TimeZone=UTC")]),
+    # Postgres names the first value it refuses, here one given once, before the repeat
+    "after another refused value": startup([("statement_timeout", "bogus"),
+                                            ("work_mem", "lots"), ("work_mem", "4MB")]),
 }
 
 
@@ -109,29 +112,41 @@ def test_a_setting_given_twice_whose_first_value_postgres_refuses(pg, start_slui
 
 
 TWICE_GOOD = {
-    # the last value is the pool's own: the one server already has it, the first was tried
+    # the last value is the server's own (SERVER'S: as the server reports it), the first was tried
     "a pair twice": [("work_mem", "1MB"), ("work_mem", "4MB")],
-    "in options, then a pair": [("options", "-c TimeZone=Asia/Tokyo"), ("TimeZone", "UTC")],
+    "in options, then a pair": [("options", "-c TimeZone=Asia/Tokyo"), ("TimeZone", "SERVER'S")],
     "twice in options": [("options", "-c work_mem=1MB -c work_mem=4MB")],
     "the last one refused": [("work_mem", "1MB"), ("work_mem", "lots")],
+    "a reported one twice": [("DateStyle", "German"), ("DateStyle", "SERVER'S")],
 }
+SETTINGS_SQL = ("SELECT current_setting('work_mem'), current_setting('TimeZone'), "
+                "current_setting('DateStyle')")
 
 
 @pytest.mark.parametrize("case", sorted(TWICE_GOOD))
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_a_setting_given_twice_ends_with_its_last_value(pg, start_sluice, mode, case):
     """Each value is tried in order: the client sees what Postgres shows (its last value, or the
-    refusal of it), and the one server is left as the next client should find it."""
+    refusal of it) in ParameterStatus and SHOW, and the one server is left as the next client
+    should find it. A reported setting whose last value the server already had was left at the
+    first one (DateStyle German): the sync, reckoned before the first was tried, sent nothing."""
     s = start_sluice({"pool_mode": mode, "default_pool_size": 1, "max_db_connections": 1,
                       "server_reset_query": "DISCARD ALL"})
+    c = RawConn(pg.port, timeout=15)
+    c.send(startup_packet())
+    c.finish_login(password="apppass")
+    servers = dict(c.params)
+    c.close()
+    pairs = [(n, servers[n] if v == "SERVER'S" else v) for n, v in TWICE_GOOD[case]]
     seen = []
     for port, password in ((pg.port, "apppass"), (s.port, None)):
         out = []
         c = RawConn(port, timeout=15)
         try:
-            c.send(startup(TWICE_GOOD[case]))
+            c.send(startup(pairs))
             c.finish_login(password=password)
-            rows, _ = c.query("SELECT current_setting('work_mem'), current_setting('TimeZone')")
+            out.append(("reported", c.params["TimeZone"], c.params["DateStyle"]))
+            rows, _ = c.query(SETTINGS_SQL)
             out.append(tuple(rows[0]))
         except ServerError as e:
             out.append((e.fields.get("C"), e.fields.get("M")))
@@ -140,11 +155,34 @@ def test_a_setting_given_twice_ends_with_its_last_value(pg, start_sluice, mode, 
         c = RawConn(port, timeout=15)
         c.send(startup_packet())
         c.finish_login(password=password)
-        rows, _ = c.query("SELECT current_setting('work_mem'), current_setting('TimeZone')")
+        rows, _ = c.query(SETTINGS_SQL)
         out.append(tuple(rows[0]))
         c.close()
         seen.append(out)
     assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_seed_given_twice_seeds_nothing(pg, start_sluice, mode):
+    """Postgres seeds random() from no login's seed (check_random_seed arms setseed only when
+    SET), however often it comes; through sluice the repeat had each value set_config'd, and
+    random() followed setseed's sequence."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seeded = set()
+    for seed in ("0.5", "0.25"):
+        c = RawConn(pg.port, timeout=15)
+        c.send(startup_packet())
+        c.finish_login(password="apppass")
+        rows, _ = c.query(f"SELECT setseed({seed}), random()")
+        seeded.add(rows[0][1])
+        c.close()
+    for port, password in ((pg.port, "apppass"), (s.port, None)):
+        c = RawConn(port, timeout=15)
+        c.send(startup([("seed", "0.5"), ("seed", "0.25")]))
+        c.finish_login(password=password)
+        rows, _ = c.query("SELECT random()")
+        c.close()
+        assert rows[0][0] not in seeded, (port, rows, seeded)
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
