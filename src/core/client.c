@@ -656,26 +656,33 @@ enum bare_syncs {
 static enum bare_syncs answer_bare_syncs(struct client *c)
 {
     struct buf *b = &c->in;
-    bool answered = false;
-    enum bare_syncs r = BARE_SYNCS_DONE;
     for (;;) {
-        drop_ignored_when_idle(c);
-        if (c->rx.remain || !front_is_bare_sync(b))
-            break;
-        if (c->out.len - c->out_pos >= buf_block_size()) {
-            r = BARE_SYNCS_OUTPUT_FULL;
-            break;
+        bool answered = false;
+        enum bare_syncs r = BARE_SYNCS_DONE;
+        for (;;) {
+            drop_ignored_when_idle(c);
+            if (c->rx.remain || !front_is_bare_sync(b))
+                break;
+            if (c->out.len - c->out_pos >= buf_block_size()) {
+                r = BARE_SYNCS_OUTPUT_FULL;
+                break;
+            }
+            b->scan += CODEC_HEADER_LEN;
+            buf_consume(b, CODEC_HEADER_LEN);
+            codec_put_ready(&c->out, 'I');
+            answered = true;
         }
-        b->scan += CODEC_HEADER_LEN;
-        buf_consume(b, CODEC_HEADER_LEN);
-        codec_put_ready(&c->out, 'I');
-        answered = true;
+        if (answered) {
+            c->state_since_ms = sluice_now(c->worker);
+            client_send(c);
+        }
+        if (c->state != CLIENT_IDLE)
+            return BARE_SYNCS_CLIENT_GONE;
+        /* A block the socket took whole leaves no write to come back for the Syncs still in
+         * c->in, and no read either once the client has sent them all: answer on now. */
+        if (r != BARE_SYNCS_OUTPUT_FULL || c->out_pos < c->out.len)
+            return r;
     }
-    if (answered) {
-        c->state_since_ms = sluice_now(c->worker);
-        client_send(c);
-    }
-    return c->state != CLIENT_IDLE ? BARE_SYNCS_CLIENT_GONE : r;
 }
 
 void client_on_data(struct client *c)

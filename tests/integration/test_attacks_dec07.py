@@ -366,3 +366,25 @@ def test_syncs_from_a_client_that_does_not_read_its_answers_are_read_no_faster(p
     c.send(query_msg("SELECT 7"))
     assert answers_until_ready(c, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
     c.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_syncs_sent_at_once_are_all_answered_while_the_client_reads(pg, start_sluice, mode):
+    """Syncs sent in one go by a client that reads its answers: each block of answers the
+    socket takes whole left the Syncs still in sluice's buffer with no write to come back for
+    them and, once the client had sent them all, no read either: the client waited for ever
+    (seen once in a plain run of the test above)."""
+    s = start_sluice({"pool_mode": mode})
+    c = raw_login(s.port)
+    n = 3000  # one read (16 kB block) holding more Syncs than one block of answers (2730)
+    c.settimeout(30)
+    c.sock.sendall(sync_msg() * n)
+    due, got = n * 6, bytearray()
+    while len(got) < due:
+        data = c.sock.recv(1 << 20)
+        assert data, "closed"
+        got += data
+    assert bytes(got) == b"Z\0\0\0\x05I" * n
+    c.send(query_msg("SELECT 7"))
+    assert answers_until_ready(c, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
+    c.close()
