@@ -94,6 +94,13 @@ static struct list *list_for(struct client *c, enum client_state st)
     return NULL;
 }
 
+/* Is l one of its pool's client lists (it counts in the pool, pool.h)? */
+static bool in_pool(const struct client *c, const struct list *l)
+{
+    return c->pool &&
+           (l == &c->pool->waiting || l == &c->pool->idle_clients || l == &c->pool->active_clients);
+}
+
 bool client_transition_ok(enum client_state from, enum client_state to)
 {
     if (to == CLIENT_CLOSED)
@@ -169,6 +176,8 @@ void client_set_state(struct client *c, enum client_state next)
             give_login_place(c);
         else if (c->pool && from == &c->pool->waiting)
             pool_waiter_left(c->pool, c);
+        if (c->startup_scope == STARTUP_SCOPE_EVERY_MODE && in_pool(c, from) != in_pool(c, to))
+            c->pool->every_mode_startup_clients += in_pool(c, to) ? 1 : -1;
     }
     if (next == CLIENT_CLOSING || next == CLIENT_CLOSED)
         client_login_give_slot(c); /* leaving: no longer a logged-in client for the caps */

@@ -110,6 +110,10 @@ struct client {
     /* params_startup_fingerprint of its startup parameters as sent: in session mode it is
      * given a server opened with them (server.h startup_fp). */
     uint64_t startup_fp;
+    /* In which pool modes it is given such a server (pool_startup_wanted): EVERY_MODE for a
+     * login holding a setting Postgres takes only at connection start, which no SET can give a
+     * pooled backend (params_hold_start_only; decided once, in client_login.c). */
+    enum startup_scope { STARTUP_SCOPE_SESSION, STARTUP_SCOPE_EVERY_MODE } startup_scope;
     struct stmt_map *stmts;  /* its named prepared statements (transaction mode); NULL: none yet */
     struct startup_extra *startup; /* login-time data, freed once logged in */
     /* Startup options Postgres would refuse (NULL: none): kept from the startup packet until

@@ -380,6 +380,13 @@ static void handle_login(struct client *c, const struct startup_packet *sp)
     c->startup_fp = params_startup_size(&c->params) <= PARAMS_STARTUP_ROOM && !c->settings_in_order
                         ? params_startup_fingerprint(&c->params)
                         : 0;
+    /* A setting Postgres takes only at connection start cannot be SET on a pooled backend
+     * (55P02): such a client's servers are opened with its startup parameters in every mode
+     * and serve only clients that sent the same ones. Where they do not fit a startup packet
+     * (startup_fp 0) it is SET as before, and Postgres refuses it. */
+    c->startup_scope = !c->admin && c->startup_fp != 0 && params_hold_start_only(&c->params)
+                           ? STARTUP_SCOPE_EVERY_MODE
+                           : STARTUP_SCOPE_SESSION;
     if (!c->admin)
         c->login_notices = login_notice_plan(&c->params);
     client_set_state(c, CLIENT_AUTH);

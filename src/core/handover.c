@@ -106,7 +106,7 @@ bool handover_offer(struct server *s)
      * get room by closing it (pool_room.c's pool_close_idle_unwanted); not waiters it cannot
      * serve (held by their budget, or with a server coming): else another worker's waiter
      * that it fits waited for query_wait_timeout beside it */
-    if (p->mode == POOL_SESSION && pool_has_waiter_without_room(p))
+    if (pool_matches_startup(p) && pool_has_waiter_without_room(p))
         return false;
     return act_on(s, ledger_claim_idle(l, p->ledger_key, (int)worker->index));
 }

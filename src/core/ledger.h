@@ -422,7 +422,7 @@ int ledger_wait_slot(struct ledger *l, struct ledger_key *key, int worker, enum 
                      uint64_t since_ms) __attribute__((warn_unused_result));
 /* The same, for the idle-server handover (5.4): want, the servers its waiters need (>= 1);
  * caps, those the take failed under (NULL: unknown; then a close for it is not checked);
- * startup_fp, the startup fingerprint its oldest waiter wants (session mode; else 0).
+ * startup_fp, the startup fingerprint its oldest waiter wants (pool_startup_wanted).
  * Returns 1 when the entry is new (the caller tells the other workers: worker_post_need), 0
  * when an entry was updated (want and caps replaced, coming kept), or -ENOMEM. */
 int ledger_wait_need(struct ledger *l, struct ledger_key *key, int worker, enum limit_kind scope,

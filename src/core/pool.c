@@ -280,12 +280,13 @@ static void note_slot_wait(struct pool *p, enum limit_kind held)
     int self = (int)worker->index;
     bool slot_cap =
         held == LIMIT_POOL || held == LIMIT_DB || held == LIMIT_USER || held == LIMIT_GLOBAL;
-    /* Session mode: the entry is the oldest waiter for whom no server logs in and no room is
-     * being made (a close for it here or elsewhere), so that other workers close a server for
-     * a waiter of other startup parameters once, not once per release while its room comes. */
+    /* Matching by startup parameters (session mode; pool_matches_startup): the entry is the
+     * oldest waiter for whom no server logs in and no room is being made (a close for it here
+     * or elsewhere), so that other workers close a server for a waiter of other startup
+     * parameters once, not once per release while its room comes. */
     const struct client *head = NULL;
     if (slot_cap && !list_empty(&p->waiting))
-        head = p->mode == POOL_SESSION ? pool_first_unprovided_after(p, p->rooms_awaited)
+        head = pool_matches_startup(p) ? pool_first_unprovided_after(p, p->rooms_awaited)
                                        : container_of(list_first(&p->waiting), struct client, node);
     if (!head) {
         if (p->slot_wait == POOL_SLOT_WAIT_NOTED)
@@ -323,8 +324,9 @@ static void maybe_connect(struct pool *p)
         return;
     int enough = p->size + p->reserve_size;
     struct client *first = NULL;
-    /* Session mode: a server is opened with the startup parameters of a waiter that wants it. */
-    bool by_startup = p->mode == POOL_SESSION;
+    /* Session mode, or a client of the pool needs its own startup parameters in every mode: a
+     * server is opened with the startup parameters of a waiter that wants it. */
+    bool by_startup = pool_matches_startup(p);
     int want = by_startup ? pool_count_unprovided(p, enough, &first) - p->rooms_awaited
                           : pool_count_eligible(p, enough) - p->connecting.count - p->rooms_awaited;
     if (p->breaker.failures > 0 && want > 1)
@@ -564,9 +566,12 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    if (s->startup_fp != 0 && p->mode != POOL_SESSION) {
-        /* Its reset values are a session client's login values: no use to this mode. */
-        close_server(s, "opened with a session client's startup parameters; pool_mode changed");
+    if (s->startup_fp != 0 && !pool_matches_startup(p)) {
+        /* Its reset values are a session client's login values (pool_mode changed), or it
+         * was opened for a setting only a login gives (client.h startup_scope) and no client
+         * that sent it is left: no use to anyone here. */
+        close_server(s, "opened with a client's startup parameters that no client of this "
+                        "pool_mode wants");
         maybe_connect(p);
         return;
     }
@@ -593,11 +598,11 @@ void pool_server_ready(struct server *s)
         maybe_connect(p);
         return;
     }
-    /* Session mode, none of its waiters fits s: another worker's waiter older than them all
-     * first too. Else s is closed here for the local one of other parameters (maybe_connect's
-     * pool_close_idle_unwanted), and the server opened for it is closed in turn for the older one
-     * when it connects: two backends for one waiter. */
-    if (!c && !is_paused(p) && p->mode == POOL_SESSION && pool_pass_to_older_elsewhere(s, NULL)) {
+    /* Matching by startup parameters, none of its waiters fits s: another worker's waiter
+     * older than them all first too. Else s is closed here for the local one of other
+     * parameters (maybe_connect's pool_close_idle_unwanted), and the server opened for it is
+     * closed in turn for the older one when it connects: two backends for one waiter. */
+    if (!c && !is_paused(p) && pool_matches_startup(p) && pool_pass_to_older_elsewhere(s, NULL)) {
         maybe_connect(p);
         return;
     }
@@ -620,7 +625,7 @@ void pool_server_ready(struct server *s)
         return;
     watch_server(s);
     /* Waiters that want other startup parameters: room for theirs (maybe_connect). */
-    if (!is_paused(p) && !list_empty(&p->waiting) && p->mode == POOL_SESSION)
+    if (!is_paused(p) && !list_empty(&p->waiting) && pool_matches_startup(p))
         maybe_connect(p);
 }
 
@@ -808,15 +813,18 @@ void pool_maintain(struct pool *p, uint64_t now)
     while (!list_empty(&p->idle) &&
            pool_close_if_over_limit(container_of(list_last(&p->idle), struct server, node)))
         ;
-    /* A reload took the pool out of session mode: servers opened with a session client's
-     * startup parameters serve nobody now (pool_startup_wanted is 0), and hold caps. */
-    if (p->mode != POOL_SESSION) {
+    /* A reload took the pool out of session mode, or the last client that needed its own
+     * startup parameters in every mode left: servers opened with a client's startup
+     * parameters serve nobody now (pool_startup_wanted is 0 for all), and hold caps. While such
+     * a client is in the pool they stay; a waiter of another fingerprint gets room by closing
+     * one (maybe_connect's pool_close_idle_unwanted). */
+    if (!pool_matches_startup(p)) {
         list_for_each(&p->idle, n, tmp)
         {
             struct server *s = container_of(n, struct server, node);
             if (s->startup_fp != 0)
-                close_server(s, "opened with a session client's startup parameters; pool_mode "
-                                "changed");
+                close_server(s, "opened with a client's startup parameters that no client of "
+                                "this pool_mode wants");
         }
     }
     /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool

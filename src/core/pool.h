@@ -97,6 +97,11 @@ struct pool {
     enum pool_slot_wait { POOL_SLOT_WAIT_NONE, POOL_SLOT_WAIT_NOTED } slot_wait;
     /* Clients by state (LOGIN_WAIT and WAITING share the FIFO). */
     struct list waiting, idle_clients, active_clients;
+    /* Of those, the clients whose servers are opened with their startup parameters in every
+     * mode (client.h startup_scope; counted by client_set_state): while there is one, a
+     * transaction or statement pool matches servers to waiters by startup fingerprint as a
+     * session pool does (pool_matches_startup); with none it keeps the plain FIFO. */
+    int every_mode_startup_clients;
 
     /* When its worker last saw it with a client or a server (autodb.c; sluice_now; 0: not
      * looked at yet). A hint: the ledger says whether its database is unused. */
@@ -272,10 +277,16 @@ void pool_login_refused(struct pool *p, const char *sqlstate, const char *why,
 /* The startup fingerprint (server.h startup_fp) of the server client c may be given: in
  * session mode a server opened with c's own startup parameters, whose reset values are c's
  * login values as on Postgres; in the other modes one opened with the pool's own (0), which
- * params.c's sync and login_reset.c make c's. */
+ * params.c's sync and login_reset.c make c's, unless c's login holds a setting no sync can give
+ * (startup_scope EVERY_MODE): then its own in every mode. */
 uint64_t pool_startup_wanted(const struct pool *p, const struct client *c);
-/* Session mode: has p a waiter that room made by closing an idle server would serve (its
- * budget lets it have a server, none is logging in for it, no room is being made for it)?
+/* Do p's waiters want servers of more than one startup fingerprint, so that opening, releasing
+ * and closing servers must look at which waiter a server fits? Session mode, and any mode while
+ * a client of startup_scope EVERY_MODE is in the pool. */
+bool pool_matches_startup(const struct pool *p);
+/* Matching by startup parameters: has p a waiter that room made by closing an idle server
+ * would serve (its budget lets it have a server, none is logging in for it, no room is being
+ * made for it)?
  * Such a waiter keeps p's idle servers from the handover (their close is its room). */
 bool pool_has_waiter_without_room(const struct pool *p);
 /* A server opened with startup parameters of fingerprint startup_fp was refused them at login

@@ -18,7 +18,14 @@ uint64_t pool_startup_wanted(const struct pool *p, const struct client *c)
      * servers (session mode). A session client left waiting in a pool reloaded to transaction
      * mode takes a pooled server and has its parameters SET, as a transaction client does: no
      * server with its startup packet would ever be opened for it. */
+    if (c->startup_scope == STARTUP_SCOPE_EVERY_MODE)
+        return c->startup_fp; /* a setting Postgres takes only at login: no other server has it */
     return c->mode == POOL_SESSION && p->mode == POOL_SESSION ? c->startup_fp : 0;
+}
+
+bool pool_matches_startup(const struct pool *p)
+{
+    return p->mode == POOL_SESSION || p->every_mode_startup_clients > 0;
 }
 
 uint64_t pool_waiter_arrival(const struct client *c)
@@ -264,14 +271,14 @@ struct client *pool_first_fitting(const struct pool *p, const struct server *s)
     return NULL;
 }
 
-/* Session mode, a cap full: is a waiter ahead of c in the queue still without a server (none
- * logging in for it, no room being made for it)? Then a server fitting c is closed instead, so
- * that the older waiter's opens in its place: otherwise clients of a busy application, which
- * take each other's servers at release, would keep a client of other parameters waiting until
- * query_wait_timeout. */
+/* Servers matched by startup parameters (pool_matches_startup), a cap full: is a waiter ahead
+ * of c still without a server (none logging in for it, no room being made for it)? Then a
+ * server fitting c is closed instead, so that the older waiter's opens in its place: otherwise
+ * clients of a busy application, which take each other's servers at release, would keep a
+ * client of other parameters waiting until query_wait_timeout. */
 bool pool_room_owed_to_older(struct pool *p, const struct client *c)
 {
-    if (p->mode != POOL_SESSION || ledger_pool_limit(p, false) == LIMIT_NONE)
+    if (!pool_matches_startup(p) || ledger_pool_limit(p, false) == LIMIT_NONE)
         return false;
     int ahead = 0; /* eligible waiters ahead of c */
     struct list_node *n, *tmp;

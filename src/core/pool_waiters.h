@@ -3,9 +3,10 @@
  * changes nothing (no server is opened, closed or handed out here).
  *
  * Eligible: the waiter's budget has room for one more lease. A budget spans pools, so its room
- * goes to its clients in the order they began to wait, whichever pool they are in. In session
- * mode a server fits a waiter only when it was opened with the startup parameters the waiter
- * wants (pool_startup_wanted, pool.h); in other modes every server fits every waiter. */
+ * goes to its clients in the order they began to wait, whichever pool they are in. A server fits
+ * a waiter only when it was opened with the startup parameters the waiter wants
+ * (pool_startup_wanted, pool.h): in session mode its own; in other modes the pool's (every
+ * server fits every waiter), but for a login holding a setting only a login gives. */
 #ifndef SLUICE_POOL_WAITERS_H
 #define SLUICE_POOL_WAITERS_H
 

@@ -826,6 +826,21 @@ uint64_t params_startup_fingerprint(const struct param_set *startup)
     return startup->n > 0 && fp == 0 ? 1 : fp;
 }
 
+bool params_hold_start_only(const struct param_set *startup)
+{
+    /* guc_tables.c's PGC_BACKEND and PGC_SU_BACKEND entries (Postgres 12 to 17); the -P and -W
+     * switches arrive here as ignore_system_indexes and post_auth_delay (startup_options.c) */
+    static const char *const start_only[] = {
+        "ignore_system_indexes", "post_auth_delay", "jit_debugging_support",
+        "jit_profiling_support", "log_connections", "log_disconnections",
+    };
+    for (int i = 0; i < startup->n; i++)
+        for (size_t k = 0; k < sizeof start_only / sizeof start_only[0]; k++)
+            if (strcasecmp(startup->items[i].name, start_only[k]) == 0)
+                return true;
+    return false;
+}
+
 bool params_is_startup_keyword(const struct param *p)
 {
     if (strcasecmp(p->name, "client_encoding") == 0)

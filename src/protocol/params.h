@@ -159,6 +159,12 @@ int params_take_reported_spelling(struct param_set *own, const struct param_set 
  * Postgres's reset values are that client's login values). Order does not matter, names compare
  * case-insensitively; an empty set (the pool's own parameters) is 0, and no other set is. */
 uint64_t params_startup_fingerprint(const struct param_set *startup);
+/* Does `startup` hold a setting Postgres takes only at connection start (PGC_BACKEND and
+ * PGC_SU_BACKEND: ignore_system_indexes, post_auth_delay, log_connections, ...)? A backend
+ * refuses it by SET or set_config (55P02), so only a backend opened with it has it: the one
+ * answer to "does this client need servers opened with its own startup parameters in every
+ * pool mode" (client_login.c). */
+bool params_hold_start_only(const struct param_set *startup);
 /* Append to out (NUL-terminated) a startup "options" value holding -c name=value for each of
  * `startup`'s names but application_name and client_encoding (libpq keywords of their own),
  * after `before` (the database entry's own options, or NULL): a space or backslash in a value

@@ -212,18 +212,14 @@ BACKEND_ONLY = {
 }
 
 
-@pytest.mark.skip(reason="transaction mode gives a login's settings to a shared backend with "
-                  "set_config, which Postgres refuses for a setting it takes only at connection "
-                  "start (PGC_BACKEND, PGC_SU_BACKEND): FATAL 55P02 where Postgres logs in "
-                  "(ignore_system_indexes, post_auth_delay, -P) or refuses with 42501 "
-                  "(log_connections, plain role). Documented (pool-modes.md). The fix, opening "
-                  "such a client's servers with its startup parameters and leasing them only "
-                  "to clients of the same startup_fp, needs pool.c's session-only matching "
-                  "(pool_startup_wanted, maybe_connect by_startup, release, note_slot_wait, "
-                  "the idle-close on pool_mode) opened to transaction and statement mode")
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
 @pytest.mark.parametrize("case", sorted(BACKEND_ONLY))
-def test_a_setting_postgres_takes_only_at_login_in_transaction_mode(pg, start_sluice, case):
-    s = start_sluice({"pool_mode": "transaction"})
+def test_a_setting_postgres_takes_only_at_login_in_transaction_mode(pg, start_sluice, mode,
+                                                                    case):
+    """Postgres takes such a setting only at connection start: sluice gave it to a shared backend
+    with set_config (FATAL 55P02 where Postgres logs in, or where it refuses with 42501). Such a
+    client's servers are opened with its startup parameters now (test_backend_settings_login)."""
+    s = start_sluice({"pool_mode": mode})
     want = login_outcome(pg.port, BACKEND_ONLY[case], password="apppass")
     assert login_outcome(s.port, BACKEND_ONLY[case]) == want
 
