@@ -697,6 +697,8 @@ static void name_with_rest(struct sql_name_written *w, const struct stmt_server_
     snprintf(w->name, sizeof(w->name), "%s", sn->name);
     if (written_len <= key_len || strlen(sn->name) != STMT_KEY_MAX)
         return;
+    if ((src[0] | 0x20) == 'u' && src[1] == '&')
+        return; /* a U&"..." name's rest is escapes: it goes alone, without the NOTICE */
     bool quoted = src[0] == '"';
     size_t from = quoted ? 1 : 0, end = quoted ? span - 1 : span;
     if (quoted && (span < 2 || src[span - 1] != '"'))

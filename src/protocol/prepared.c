@@ -1314,7 +1314,20 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
     const char *start = s;
     size_t n = 0;
     bool whole = true; /* the name as written ends where the scan stopped */
-    if (*s == '"') {
+    if ((*s | 0x20) == 'u' && s[1] == '&' && s[2] == '"') {
+        /* U&"\0061" [UESCAPE '!']: Postgres decodes its escapes (sql_unicode_name), and the
+         * name written so is the same statement as `a`; one it refuses names nothing */
+        size_t quote = (size_t)(s + 2 - sql), after;
+        bool ended;
+        size_t past = sql_skip_lexeme(sql, quote, SIZE_MAX, reading, &ended, NULL);
+        if (!ended || sql_unicode_name(sql, quote, past, SIZE_MAX, name, namelen, &after) !=
+                          SQL_UNICODE_READ) {
+            name[0] = '\0';
+            return SQL_OTHER;
+        }
+        n = strlen(name);
+        s = sql + after;
+    } else if (*s == '"') {
         for (s++; *s; s++) {
             if (*s == '"') {
                 if (s[1] != '"')
