@@ -428,8 +428,10 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
  * come among the client's). The Query waits for its outcome (held, as for a result type:
  * shape_awaited; one longer than the buffer with its head there, the client not read
  * meanwhile): a Close of STMT_MARK_NAME before it (its reply tells an earlier error from the
- * Parse's own: stmt_on_error), the Parse, a Describe and a Flush, which brings the answers at
- * once. When it failed, answer_query_after_failed_parse. */
+ * Parse's own: stmt_on_error), the Parse and a Describe, both holds_query. The caller sends one
+ * Flush after the Parses of all the statements the Query needs (await_held_query), which brings
+ * their answers at once: one round trip, however many. When one failed, the server skipped
+ * those after it (not prepared: stmt_on_ready), and answer_query_after_failed_parse. */
 static enum track_result prepare_held_query(struct client *c, struct server *s,
                                             struct stmt_def *mine, const char *name,
                                             struct client_failure *fail)
@@ -438,10 +440,8 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     if (s->reqs.held_query == HELD_PARSE_FAILED)
         return answer_query_after_failed_parse(c, s, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine)) {
-        s->reqs.held_query = HELD_NONE; /* prepared (by the Parse it waited for) */
+    if (theirs && stmt_def_equal(theirs->def, mine)) /* prepared, or its Parse is on its way */
         return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
-    }
     if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
@@ -453,6 +453,7 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     put_parse(c, s, name, mine);
     if (queued(stmt_queue_push_fenced_parse(&s->reqs, name), fail) != TRACK_PASS)
         return TRACK_FAILED;
+    stmt_queue_last_holds_query(&s->reqs);
     if (!stmt_map_put(&s->stmts, name, mine)) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
@@ -460,8 +461,17 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     prepared_put_describe(&s->out, name);
     if (queued(stmt_queue_push_describe(&s->reqs, name, NULL, mine), fail) != TRACK_PASS)
         return TRACK_FAILED;
+    stmt_queue_last_holds_query(&s->reqs);
     s->reqs.held_query = HELD_FOR_PARSE;
-    return await_shape(c, s);
+    return TRACK_PASS;
+}
+
+/* The Query waits for the Parses prepare_held_query sent for it, if any: one Flush for all. */
+static enum track_result await_held_query(struct client *c, struct server *s, enum track_result r)
+{
+    if (r == TRACK_PASS && s->reqs.held_query == HELD_FOR_PARSE)
+        return await_shape(c, s);
+    return r;
 }
 
 /* The same before a simple Query that names the client's statement by SQL (EXECUTE,
@@ -687,6 +697,8 @@ static void name_with_rest(struct sql_name_written *w, const struct stmt_server_
     snprintf(w->name, sizeof(w->name), "%s", sn->name);
     if (written_len <= key_len || strlen(sn->name) != STMT_KEY_MAX)
         return;
+    if ((src[0] | 0x20) == 'u' && src[1] == '&')
+        return; /* a U&"..." name's rest is escapes: it goes alone, without the NOTICE */
     bool quoted = src[0] == '"';
     size_t from = quoted ? 1 : 0, end = quoted ? span - 1 : span;
     if (quoted && (span < 2 || src[span - 1] != '"'))
@@ -752,6 +764,11 @@ static enum track_result apply_drop(struct client *c, struct server *s, const st
         return TRACK_PASS;
     }
 }
+
+/* The room in s->reqs that one more of sluice's Parses for a held Query needs: a mark, the
+ * Parse, its Describe and a Close or more of what it evicts (a Query may name more statements
+ * than one round trip's queue holds: about STMT_QUEUE_MAX / 3; the rest go in the next). */
+#define HELD_PARSE_ROOM 8
 
 /* A statement of a Query that names prepared statements, as follow_query reads it. */
 struct query_statement {
@@ -837,9 +854,10 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
          * and would refuse sluice's Parse as well: nothing is prepared for it then. */
         if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 1 && kind == SQL_EXECUTE)
             note_unnamed_executes(s, name_buf, sn.name);
+        else if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 0)
+            r = await_held_query(c, s, prepare_before_query(c, s, mine, sn.name, kind, fail));
         else if (r == TRACK_PASS && s->txn_status != 'E')
-            r = text_at == 0 ? prepare_before_query(c, s, mine, sn.name, kind, fail)
-                             : ensure_named(c, s, mine, sn.name, fail);
+            r = ensure_named(c, s, mine, sn.name, fail);
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -1017,11 +1035,16 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
             fail_session(fail, FAIL_OUT_OF_MEMORY, "");
     }
     /* In a failed transaction the server refuses the statement whatever it names (25P02), and
-     * would refuse sluice's Parse as well: nothing is prepared for it then. What one statement
-     * needs is not evicted for the next's (query_holds, until the Query is framed or waits:
-     * looked at again, it is needed again). */
+     * would refuse sluice's Parse as well: nothing is prepared for it then. Each statement the
+     * server lacks gets sluice's Parse, all in one round trip (prepare_held_query) as far as
+     * the queue holds them; the Query is looked at again once they are answered. What
+     * one statement needs is not evicted for the next's (query_holds, until the Query is framed
+     * or waits: looked at again, it is needed again). */
     for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
         const struct query_statement *q = &st[k];
+        if (s->reqs.held_query == HELD_FOR_PARSE &&
+            STMT_QUEUE_MAX - s->reqs.count < HELD_PARSE_ROOM)
+            break; /* the rest in the next round trip */
         if (q->mine && s->txn_status != 'E')
             r = prepare_before_query(c, s, client_def(c, q->f.name), q->sn.name, q->f.kind, fail);
         else if (!q->mine && names_one(&q->f))
@@ -1034,6 +1057,11 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
         struct stmt_entry *held = st[k].mine ? stmt_map_get(&s->stmts, st[k].sn.name) : NULL;
         if (held)
             held->query_holds = false;
+    }
+    if (r == TRACK_PASS && s->reqs.held_query == HELD_FOR_PARSE) {
+        free(repl);
+        free(st);
+        return await_held_query(c, s, r);
     }
     if (r == TRACK_PASS)
         session_effects_forget_params(s, touch);

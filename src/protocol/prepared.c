@@ -477,6 +477,7 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     struct stmt_queue_item *it = &q->items[(q->head + q->count) % q->cap];
     it->kind = (uint8_t)kind;
     it->fenced = false;
+    it->holds_query = false;
     it->repeat = 1;
     it->name = name;
     it->def = NULL;
@@ -748,6 +749,12 @@ int stmt_queue_push_fenced_parse(struct stmt_queue *q, const char *server_name)
     return rc;
 }
 
+void stmt_queue_last_holds_query(struct stmt_queue *q)
+{
+    if (q->count > 0)
+        last_item(q)->holds_query = true;
+}
+
 bool stmt_queue_notice_is_ours(const struct stmt_queue *q)
 {
     uint32_t k = next_complete_at(q);
@@ -921,23 +928,26 @@ void stmt_queue_disarm_mark(struct stmt_queue *q)
     }
 }
 
-/* The Query held for sluice's Parse (HELD_FOR_PARSE), at an error: the Parse's own when it is
- * the next request answered (the Close queued before it is answered, so everything of the
- * client's before it is), and the last of sluice's Parses queued. An error before a Sync or
- * Query queued ahead of it leaves it to be answered (still held); another error, of the batch it
- * is in, makes the server skip it (no longer held). */
+/* The Query held for sluice's Parses (HELD_FOR_PARSE), at an error: one of them failed when the
+ * first of them still queued is the next request answered (the Close queued before it is
+ * answered, so everything of the client's and of sluice's before it is); the server then skips
+ * the rest of them, which stmt_on_ready undoes (no longer prepared). They are queued after every
+ * Sync (nothing of the client's is framed after the held Query). An error before a Sync or Query
+ * queued ahead of them leaves them to be answered (still held); another error, of the batch they
+ * are in, makes the server skip them (no longer held). */
 static void held_query_on_error(struct stmt_queue *q)
 {
+    uint32_t after_syncs = 0;
+    for (uint32_t i = q->count; i-- > 0 && after_syncs == 0;)
+        if (item_at(q, i)->kind == REQ_SYNC)
+            after_syncs = i + 1;
     uint32_t ours = q->count;
-    for (uint32_t i = q->count; i-- > 0 && ours == q->count;)
-        if (item_at(q, i)->kind == REQ_PARSE_OURS)
+    for (uint32_t i = after_syncs; i < q->count && ours == q->count; i++)
+        if (item_at(q, i)->holds_query && item_at(q, i)->kind == REQ_PARSE_OURS)
             ours = i;
-    bool sync_before = false;
-    for (uint32_t i = 0; i < ours && ours < q->count && !sync_before; i++)
-        sync_before = item_at(q, i)->kind == REQ_SYNC;
     if (ours == 0)
         q->held_query = HELD_PARSE_FAILED;
-    else if (ours == q->count || !sync_before)
+    else if (ours == q->count || after_syncs == 0)
         q->held_query = HELD_NONE;
 }
 
@@ -1022,9 +1032,12 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
     if (client_map)
         give_shape(client_map, client_name_of(it), it->def, shape);
     take_out(q, k);
+    /* A held Query waits for the last of sluice's Parses before it, described last. */
+    if (q->held_query == HELD_FOR_PARSE && q->count > 0 && last_item(q)->holds_query)
+        return REPLY_SWALLOW;
     q->shape_awaited = false; /* what waited looks again */
     if (q->held_query == HELD_FOR_PARSE)
-        q->held_query = HELD_NONE; /* the Parse before it ran */
+        q->held_query = HELD_NONE; /* the Parses before it ran */
     return REPLY_SWALLOW;
 }
 
@@ -1301,7 +1314,20 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
     const char *start = s;
     size_t n = 0;
     bool whole = true; /* the name as written ends where the scan stopped */
-    if (*s == '"') {
+    if ((*s | 0x20) == 'u' && s[1] == '&' && s[2] == '"') {
+        /* U&"\0061" [UESCAPE '!']: Postgres decodes its escapes (sql_unicode_name), and the
+         * name written so is the same statement as `a`; one it refuses names nothing */
+        size_t quote = (size_t)(s + 2 - sql), after;
+        bool ended;
+        size_t past = sql_skip_lexeme(sql, quote, SIZE_MAX, reading, &ended, NULL);
+        if (!ended || sql_unicode_name(sql, quote, past, SIZE_MAX, name, namelen, &after) !=
+                          SQL_UNICODE_READ) {
+            name[0] = '\0';
+            return SQL_OTHER;
+        }
+        n = strlen(name);
+        s = sql + after;
+    } else if (*s == '"') {
         for (s++; *s; s++) {
             if (*s == '"') {
                 if (s[1] != '"')

@@ -246,7 +246,8 @@ enum stmt_req {
  * ReadyForQuery. */
 enum held_query {
     HELD_NONE,
-    HELD_FOR_PARSE,    /* sluice's Parse (its REQ_PARSE_OURS the last queued) is unanswered */
+    HELD_FOR_PARSE,    /* sluice's Parses (their items holds_query, the last queued) are
+                        * not all answered */
     HELD_PARSE_FAILED, /* it failed: sluice's Sync answers in the Query's place */
 };
 
@@ -256,6 +257,9 @@ struct stmt_queue_item {
      * it is the request answered next, all the client sent before it is answered, and a
      * NoticeResponse is the Parse's own (stmt_queue_notice_is_ours) */
     bool fenced;
+    /* PARSE_OURS or DESCRIBE_OURS of the statements a held Query waits for (HELD_FOR_PARSE):
+     * all of them go in one round trip, and the Query waits for the answer to the last */
+    bool holds_query;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
     char *name;      /* PARSE, CLOSE, DESCRIBE: the statement name (the server's; a client's
                       * Parse or Close of its own statement, or sluice's Describe after such a
@@ -434,6 +438,9 @@ int stmt_queue_push_parse_for_describe(struct stmt_queue *q, const char *server_
  * (prepared_put_mark, its reply swallowed). */
 int stmt_queue_push_fenced_parse(struct stmt_queue *q, const char *server_name)
     __attribute__((warn_unused_result));
+/* The request queued last (sluice's Parse or Describe of a statement a Query names) is one the
+ * Query waits for (holds_query; stmt_track.c prepare_held_query). */
+void stmt_queue_last_holds_query(struct stmt_queue *q);
 /* At a NoticeResponse: is it sluice's own Parse's (the fenced Parse is the request answered
  * next)? Postgres raises some as it parses a text (42622, an identifier of 64 bytes or more):
  * the client got them at its own Parse, not again when sluice prepares the text once more. */

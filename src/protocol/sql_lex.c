@@ -266,11 +266,11 @@ enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, siz
         esc = s[j + 1];
     }
     size_t n = 0, end = past - 1;
-    for (size_t k = i + 1; k < end; n++) {
-        if (n + 1 >= cap)
-            return SQL_UNICODE_UNREAD;
+    long high = 0; /* a UTF-16 high surrogate, waiting for its low one */
+    for (size_t k = i + 1; k < end;) {
         long cp = (unsigned char)s[k];
         size_t step = 1;
+        bool escaped = false;
         if (s[k] == '"') {
             step = 2; /* "" inside is one " */
         } else if (s[k] == esc && k + 1 < end && s[k + 1] == esc) {
@@ -278,16 +278,41 @@ enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, siz
         } else if (s[k] == esc && k + 1 < end && s[k + 1] == '+') {
             cp = hex_code(s, k + 2, end, 6);
             step = 8;
+            escaped = true;
         } else if (s[k] == esc) {
             cp = hex_code(s, k + 1, end, 4);
             step = 5;
+            escaped = true;
         }
-        if (cp < 0)
-            return SQL_UNICODE_UNREAD;
-        /* a character past ASCII is in no name sluice looks for */
-        out[n] = cp < 0x80 ? (char)cp : (char)0x80;
         k += step;
+        /* Postgres refuses what is not a code point (0 included) and a surrogate not in a pair
+         * of escapes (str_udeescape): the server answers that, not sluice */
+        bool low = escaped && cp >= 0xdc00 && cp <= 0xdfff;
+        if (cp < 0 || (high && !low) || (!high && low) || (escaped && (cp == 0 || cp > 0x10ffff)))
+            return SQL_UNICODE_UNREAD;
+        if (escaped && cp >= 0xd800 && cp <= 0xdbff) {
+            high = cp;
+            continue;
+        }
+        if (high) {
+            cp = 0x10000 + ((high - 0xd800) << 10) + (cp - 0xdc00);
+            high = 0;
+        }
+        /* a character past ASCII as UTF-8 (a byte as written stays as it is) */
+        size_t bytes = !escaped || cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+        if (n + bytes >= cap)
+            return SQL_UNICODE_UNREAD;
+        if (bytes == 1) {
+            out[n++] = (char)cp;
+            continue;
+        }
+        for (size_t b = bytes; b-- > 1;)
+            out[n + b] = (char)(0x80 | ((cp >> (6 * (bytes - 1 - b))) & 0x3f));
+        out[n] = (char)((bytes == 2 ? 0xc0 : bytes == 3 ? 0xe0 : 0xf0) | (cp >> (6 * (bytes - 1))));
+        n += bytes;
     }
+    if (high)
+        return SQL_UNICODE_UNREAD;
     out[n] = '\0';
     return SQL_UNICODE_READ;
 }

@@ -78,8 +78,10 @@ bool sql_temp_schema_word(const char *s, size_t n);
 bool sql_names_temp_schema(const char *s, size_t len);
 /* The quoted name s[i..past) (s[i] is its '"'), when it is a U&"..." name: what Postgres reads
  * it as, its escapes (\0070, \+000070, or another escape character after UESCAPE) decoded, into
- * out (cap bytes, NUL-terminated; a character past ASCII becomes the byte 0x80). *after (may be
- * NULL): past its UESCAPE 'c' clause, if any, else past. */
+ * out (cap bytes, NUL-terminated; an escaped character past ASCII as UTF-8, a UTF-16 surrogate
+ * pair as one character, what is not an escape byte for byte). *after (may be NULL): past its
+ * UESCAPE 'c' clause, if any, else past. An escape Postgres refuses (not a code point, a lone
+ * surrogate) is SQL_UNICODE_UNREAD. */
 enum sql_unicode_name {
     SQL_UNICODE_NONE,   /* not a U&"..." name */
     SQL_UNICODE_READ,   /* out holds it */

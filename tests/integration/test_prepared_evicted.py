@@ -90,6 +90,24 @@ def deallocate_and_prepare_behind_requests_in_flight(c):
                q(c, "DEALLOCATE q6")])
 
 
+def queries_of_several_executes_behind_requests_in_flight(c):
+    """A Query that EXECUTEs two statements the backend lacks (both prepared in its one round
+    trip, though max_prepared_statements is 1), pipelined behind a failing Query, inside an
+    extended batch whose earlier message fails (the server skips sluice's Parses and the Query
+    both), and with the first of them failing to prepare (the second skipped, prepared again at
+    its next use)."""
+    return (make_table(c)
+            + [batch(c, parse_msg("q7", "SELECT * FROM t_ev") + parse_msg("q8", "SELECT 8")
+                     + sync_msg())] + evict(c)
+            + [batch(c, query_msg("SELECT 1/0") + query_msg("EXECUTE q7; EXECUTE q8"), 2)]
+            + evict(c)
+            + [batch(c, parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg()
+                     + query_msg("EXECUTE q7; EXECUTE q8") + sync_msg()),
+               q(c, "EXECUTE q8; EXECUTE q7")] + evict(c)
+            + [q(c, "DROP TABLE t_ev")] + evict(c)
+            + [q(c, "EXECUTE q7; EXECUTE q8"), q(c, "EXECUTE q8"), q(c, "EXECUTE q7")])
+
+
 def statements_whose_names_or_types_went_away(c):
     """A type or a function dropped: a DEALLOCATE or PREPARE of the name answers as before, the
     statement fails only when it runs. (A Bind of the statement whose type went is left out:
@@ -347,6 +365,7 @@ def portals_bound_from_an_unnamed_execute_outlive_the_unnamed_statement(c):
 SCENARIOS = [deallocate_of_a_statement_whose_table_was_dropped,
              prepare_of_a_name_whose_table_was_dropped,
              deallocate_and_prepare_behind_requests_in_flight,
+             queries_of_several_executes_behind_requests_in_flight,
              statements_whose_names_or_types_went_away,
              parse_of_a_taken_name_and_deallocate_by_protocol,
              long_quoted_and_multibyte_names, parameter_types_fixed_at_the_parse,

@@ -9,6 +9,7 @@ import pytest
 
 from pgwire import (ServerError, bind_msg, close_msg, describe_msg, execute_msg, parse_data_row,
                     parse_fields, parse_msg, raw_login, sync_msg)
+from test_prepared_oracle import batch, q
 
 
 def run_batch(c, data):
@@ -324,3 +325,33 @@ def test_with_tracking_off_a_client_keeps_a_name_of_sluices_form(start_sluice):
         c.query("COMMIT")
     finally:
         c.close()
+
+
+def unicode_names(c):
+    """EXECUTE and DEALLOCATE of the client's statements named by U&"..." identifiers, which
+    Postgres decodes (escapes, another escape character after UESCAPE, a surrogate pair, one it
+    refuses) before it looks the statement up."""
+    parses = b"".join(parse_msg(name, text) for name, text in [
+        ("a", "SELECT 1"), ("ab", "SELECT 2"), ("A", "SELECT 3"), ("\u00e9", "SELECT 4"),
+        ("\U0001f600", "SELECT 5"), ("u", "SELECT 6")])
+    return [batch(c, parses + sync_msg())] + [q(c, sql) for sql in [
+        'EXECUTE U&"\\0061"', 'EXECUTE u&"!0061" UESCAPE \'!\'', 'EXECUTE U&"\\0061b"',
+        'EXECUTE U&"\\0041"', 'EXECUTE U&"\\00e9"', 'EXECUTE U&"\\+01F600"',
+        'EXECUTE U&"\\d83d\\de00"', 'EXECUTE U&"\\d83d"', 'EXECUTE U&"a\\\\"',
+        'SELECT 0; EXECUTE /* x */ U&"\\0061"; EXECUTE U&"\\0041"',
+        'DEALLOCATE U&"\\0061"', 'EXECUTE a', 'EXECUTE u']]
+
+
+def test_unicode_escaped_statement_names_are_the_clients_statements(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    direct = raw_login(pg.port, password="apppass")
+    pooled = raw_login(s.port)
+    try:
+        expected, seen = unicode_names(direct), unicode_names(pooled)
+        diffs = [f"step {i}:\n  postgres {x}\n  sluice   {y}"
+                 for i, (x, y) in enumerate(zip(expected, seen)) if x != y]
+        assert not diffs, "\n".join(diffs)
+        assert expected[1][1] == ("D", (b"1",)) and expected[-2][0][:2] == ("E", "26000")
+    finally:
+        direct.close()
+        pooled.close()

@@ -164,7 +164,18 @@ int main(void)
         CHECK_STR(name, "ab\\\"c!");
         CHECK_STR(after, " (");
         CHECK_INT(unicode("U&\"\\00e9\"", 2, name, sizeof name, &after), SQL_UNICODE_READ);
-        CHECK_STR(name, "\x80"); /* past ASCII: in no name looked for */
+        CHECK_STR(name, "\xc3\xa9"); /* past ASCII: UTF-8 */
+        CHECK_INT(unicode("U&\"\\+01f600\\d83d\\de00!\"", 2, name, sizeof name, &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "\xf0\x9f\x98\x80\xf0\x9f\x98\x80!"); /* a surrogate pair: one */
+        CHECK_INT(unicode("U&\"\\20ac\xc3\xa9\"", 2, name, sizeof name, &after), SQL_UNICODE_READ);
+        CHECK_STR(name, "\xe2\x82\xac\xc3\xa9"); /* bytes as written stay */
+        CHECK_INT(unicode("U&\"\\d83d\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"\\de00\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"\\d83dx\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"\\0000\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"\\+110000\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"\\20ac\"", 2, name, 3, &after), SQL_UNICODE_UNREAD);
         CHECK_INT(unicode("U&\"\\00\"", 2, name, sizeof name, &after), SQL_UNICODE_UNREAD);
         CHECK_INT(unicode("U&\"x\" UESCAPE ''''", 2, name, sizeof name, &after),
                   SQL_UNICODE_UNREAD);
