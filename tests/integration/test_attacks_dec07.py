@@ -525,3 +525,18 @@ def test_a_close_of_a_statement_the_client_prepared_goes_to_a_server(pg, start_s
     finally:
         busy.close()
         b.close()
+
+
+def test_an_empty_query_under_disable_pqexec_is_refused_as_any_query(start_sluice):
+    """disable_pqexec refuses every Query message: an empty one too, though sluice answers an
+    empty Query itself otherwise (FATAL 0A000 naming the key, then the close)."""
+    s = start_sluice({"pool_mode": "transaction", "disable_pqexec": 1})
+    c = raw_login(s.port)
+    try:
+        c.send(query_msg(""))
+        err = c.expect_error()
+        assert (err["S"], err["C"]) == ("FATAL", "0A000"), err
+        assert "disable_pqexec" in err["M"], err
+        assert c.is_closed(5)
+    finally:
+        c.close()
