@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "decimal.h"
+
 #define CONN_ID_WORKER_SHIFT 56
 #define CONN_ID_MAX_WORKER 255u
 #define CONN_ID_COUNTER_MASK ((UINT64_C(1) << CONN_ID_WORKER_SHIFT) - 1)
@@ -47,31 +49,17 @@ static inline const char *conn_id_text(uint64_t id, char buf[CONN_ID_TEXT_LEN])
  * argument list. */
 #define CONN_ID_TEXT(id) conn_id_text((id), (char[CONN_ID_TEXT_LEN]){0})
 
-/* Decimal digits, at most 19 (below 2^63: no overflow); false for anything else. */
-static inline bool conn_id_digits(const char *s, size_t len, uint64_t *out)
-{
-    if (len == 0 || len > 19)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(s[i] - '0');
-    }
-    *out = v;
-    return true;
-}
-
 /* Either way of writing an id: conn_id_text's "<worker>:<n>" or the number (SHOW's id column).
  * false when s is neither. */
 static inline bool conn_id_parse(const char *s, size_t len, uint64_t *id)
 {
     const char *colon = memchr(s, ':', len);
     if (!colon)
-        return conn_id_digits(s, len, id);
+        return decimal_parse(s, len, DECIMAL_MAX_DIGITS, id);
     uint64_t worker, n;
     size_t wlen = (size_t)(colon - s);
-    if (!conn_id_digits(s, wlen, &worker) || !conn_id_digits(colon + 1, len - wlen - 1, &n) ||
+    if (!decimal_parse(s, wlen, DECIMAL_MAX_DIGITS, &worker) ||
+        !decimal_parse(colon + 1, len - wlen - 1, DECIMAL_MAX_DIGITS, &n) ||
         worker > CONN_ID_MAX_WORKER || n > CONN_ID_COUNTER_MASK)
         return false;
     *id = conn_id_base((unsigned)worker) | n;

@@ -45,8 +45,10 @@
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
+#include "pool_mode.h"
 #include "server.h"
 #include "sluice.h"
+#include "sql_lex.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -634,51 +636,159 @@ static void drop_ignored_when_idle(struct client *c)
     }
 }
 
-/* A whole Sync without a body at the front of b (one with a body goes to a server, which
- * answers 08P01 as Postgres does). */
-static bool front_is_bare_sync(const struct buf *b)
+/* One whole message at p (avail bytes there): its type, body and body length. False when it is
+ * not all here, or its length is one Postgres would refuse (a server says so then). */
+static bool whole_message_at(const struct client *c, const uint8_t *p, uint32_t avail,
+                             uint8_t *type, const uint8_t **body, uint32_t *body_len)
 {
-    uint8_t type;
-    uint32_t body_len;
-    if (buf_unframed(b) < CODEC_HEADER_LEN)
+    if (codec_frame_header(p, avail, UINT32_MAX, type, body_len) != FRAME_OK ||
+        *body_len + 4 > codec_frontend_max_len(*type) ||
+        *body_len > (uint32_t)c->worker->cfg->max_packet_size ||
+        avail - CODEC_HEADER_LEN < *body_len)
         return false;
-    enum frame_result fr =
-        codec_frame_header(b->data + b->scan, buf_unframed(b), UINT32_MAX, &type, &body_len);
-    return fr == FRAME_OK && type == 'S' && body_len == 0;
+    *body = p + CODEC_HEADER_LEN;
+    return true;
 }
 
-/* What answer_bare_syncs did. */
-enum bare_syncs {
-    BARE_SYNCS_DONE,        /* none left at the front of the buffer */
-    BARE_SYNCS_OUTPUT_FULL, /* some left: the client reads its answers first */
-    BARE_SYNCS_CLIENT_GONE, /* a write failed */
+/* ASCII text with no NUL: text Postgres takes as it is in any encoding, where a byte of 0x80 or
+ * more may fail its encoding check (22021), which only a server gives in its own words. */
+static bool plain_ascii(const uint8_t *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (s[i] == 0 || s[i] >= 0x80)
+            return false;
+    }
+    return true;
+}
+
+/* Is the Query body (its text and NUL) one with no statement in it: blanks, ';' and whole
+ * comments only? Postgres's parser gives no statement for it, and exec_simple_query answers
+ * EmptyQueryResponse and ReadyForQuery (protocol 55.2.2: "If a completely empty (no contents
+ * other than whitespace) query string is received, the response is EmptyQueryResponse").
+ * Blanks are scan.l's space, less \v, which only newer servers take for one. An unended block
+ * comment is a syntax error (42601): a server's to give. */
+static bool empty_query(const uint8_t *body, uint32_t len)
+{
+    if (len == 0 || body[len - 1] != '\0' || !plain_ascii(body, len - 1))
+        return false;
+    const char *s = (const char *)body;
+    size_t n = len - 1, i = 0;
+    while (i < n) {
+        if (strchr(" \t\n\r\f;", s[i])) {
+            i++;
+            continue;
+        }
+        bool ended = true;
+        size_t past =
+            i + 1 < n && ((s[i] == '-' && s[i + 1] == '-') || (s[i] == '/' && s[i + 1] == '*'))
+                ? sql_skip_lexeme(s, i, n, SQL_READ_STANDARD, &ended, NULL)
+                : i;
+        if (past == i || !ended)
+            return false;
+        i = past;
+    }
+    return true;
+}
+
+/* Does Close body (len bytes) name something the idle client holds nothing under, so that
+ * Postgres closes nothing and answers CloseComplete (a Close of a name that does not exist is
+ * not an error: postgres.c exec_close_message)? In transaction and statement mode an idle
+ * client keeps no WITH HOLD cursor and no SQL PREPARE past its transaction (docs/pool-modes.md;
+ * session_state_policy = pin keeps its server, and it is never idle): a portal, none at all; a
+ * statement, none but those sluice keeps for it (c->stmts, its keys as Postgres keys names). */
+static bool close_of_nothing(const struct client *c, const uint8_t *body, uint32_t len)
+{
+    if (len < 2 || (body[0] != 'S' && body[0] != 'P') || body[len - 1] != '\0' ||
+        !plain_ascii(body + 1, len - 2))
+        return false;
+    char key[STMT_KEY_MAX + 1];
+    return body[0] == 'P' ||
+           (stmt_name_key(body + 1, len - 1, key) && !stmt_map_get(c->stmts, key));
+}
+
+/* A request at the front of an idle client's buffer that Postgres answers from nothing a
+ * server holds: its answer, appended to out (NULL: only asked whether there is one), and its
+ * length; 0 when there is none there (or not whole yet). A bare Sync (one with a body goes to a
+ * server, which answers 08P01 as Postgres does): ReadyForQuery. In transaction and statement mode
+ * also an empty Query: EmptyQueryResponse and ReadyForQuery (not under disable_pqexec, which
+ * refuses any Query); and Closes of names the client holds nothing under, then a Sync: a
+ * CloseComplete each and ReadyForQuery (a Close not followed by its Sync yet goes to a server: what
+ * comes next may need one). */
+static uint32_t answer_at_front(const struct client *c, struct msg_out *out)
+{
+    const struct buf *b = &c->in;
+    const uint8_t *p = b->data + b->scan, *body;
+    uint32_t avail = (uint32_t)buf_unframed(b), at = 0, body_len, closes = 0;
+    uint8_t type;
+    bool releases = pool_mode_ops(c->mode, false)->release_at_idle;
+    for (;;) {
+        if (!whole_message_at(c, p + at, avail - at, &type, &body, &body_len))
+            return 0;
+        at += CODEC_HEADER_LEN + body_len;
+        if (type == 'S' && body_len == 0)
+            break;
+        if (!releases)
+            return 0;
+        if (type == 'Q' && closes == 0 && !c->worker->cfg->disable_pqexec &&
+            empty_query(body, body_len)) {
+            if (!out)
+                return at;
+            codec_begin(out, 'I'); /* EmptyQueryResponse */
+            codec_end(out);
+            codec_put_ready(out, 'I');
+            return at;
+        }
+        if (type != 'C' || !close_of_nothing(c, body, body_len))
+            return 0;
+        closes++;
+    }
+    if (!out)
+        return at;
+    for (uint32_t i = 0; i < closes; i++) {
+        codec_begin(out, '3'); /* CloseComplete */
+        codec_end(out);
+    }
+    codec_put_ready(out, 'I');
+    return at;
+}
+
+/* What answer_without_server did. */
+enum local_answers {
+    LOCAL_ANSWERS_DONE,        /* none left at the front of the buffer */
+    LOCAL_ANSWERS_OUTPUT_FULL, /* some left: the client reads its answers first */
+    LOCAL_ANSWERS_CLIENT_GONE, /* a write failed */
 };
 
-/* A Sync at the front of an idle client's buffer (nothing of its unanswered, no server held: no
- * transaction, no batch) is answered ReadyForQuery 'I' at once, as Postgres answers it, instead
- * of leasing a server for it: with the pool busy it waited, and then failed with
- * query_wait_timeout's ERROR, for a message whose answer needs no server. Like any request it
- * starts the client's idle time again. While a block of answers waits for the client to read
- * them, the rest wait in c->in (full, it is not read: relay_client_interest), as Postgres stops
- * reading while its answers do not go out: a client that sends Syncs and never reads must not
- * grow c->out without bound. The write callback goes on with them (on_client_io). */
-static enum bare_syncs answer_bare_syncs(struct client *c)
+/* The requests at the front of an idle client's buffer (nothing of its unanswered, no server
+ * held: no transaction, no batch) that answer_at_front knows the answer to are answered at
+ * once, as Postgres answers them, instead of leasing a server for them: with the pool busy they
+ * waited, and then failed with query_wait_timeout's ERROR, for messages whose answer needs no
+ * server. Like any request each starts the client's idle time again. While a block of answers
+ * waits for the client to read them, the rest wait in c->in (full, it is not read:
+ * relay_client_interest), as Postgres stops reading while its answers do not go out: a client
+ * that sends Syncs and never reads must not grow c->out without bound (one request's answers
+ * are at most twice as long as the request, which c->in holds whole). The write callback goes on
+ * with them (on_client_io). */
+static enum local_answers answer_without_server(struct client *c)
 {
     struct buf *b = &c->in;
     for (;;) {
         bool answered = false;
-        enum bare_syncs r = BARE_SYNCS_DONE;
+        enum local_answers r = LOCAL_ANSWERS_DONE;
         for (;;) {
             drop_ignored_when_idle(c);
-            if (c->rx.remain || !front_is_bare_sync(b))
+            if (c->rx.remain || buf_unframed(b) < CODEC_HEADER_LEN)
                 break;
-            if (c->out.len - c->out_pos >= buf_block_size()) {
-                r = BARE_SYNCS_OUTPUT_FULL;
+            bool full = c->out.len - c->out_pos >= buf_block_size();
+            uint32_t n = answer_at_front(c, full ? NULL : &c->out);
+            if (n == 0)
+                break;
+            if (full) {
+                r = LOCAL_ANSWERS_OUTPUT_FULL;
                 break;
             }
-            b->scan += CODEC_HEADER_LEN;
-            buf_consume(b, CODEC_HEADER_LEN);
-            codec_put_ready(&c->out, 'I');
+            b->scan += n;
+            buf_consume(b, n);
             answered = true;
         }
         if (answered) {
@@ -686,10 +796,10 @@ static enum bare_syncs answer_bare_syncs(struct client *c)
             client_send(c);
         }
         if (c->state != CLIENT_IDLE)
-            return BARE_SYNCS_CLIENT_GONE;
-        /* A block the socket took whole leaves no write to come back for the Syncs still in
+            return LOCAL_ANSWERS_CLIENT_GONE;
+        /* A block the socket took whole leaves no write to come back for the requests still in
          * c->in, and no read either once the client has sent them all: answer on now. */
-        if (r != BARE_SYNCS_OUTPUT_FULL || c->out_pos < c->out.len)
+        if (r != LOCAL_ANSWERS_OUTPUT_FULL || c->out_pos < c->out.len)
             return r;
     }
 }
@@ -704,10 +814,10 @@ void client_on_data(struct client *c)
         client_login_on_auth_bytes(c);
         break;
     case CLIENT_IDLE: {
-        enum bare_syncs syncs = c->admin ? BARE_SYNCS_DONE : answer_bare_syncs(c);
-        if (syncs == BARE_SYNCS_CLIENT_GONE)
+        enum local_answers local = c->admin ? LOCAL_ANSWERS_DONE : answer_without_server(c);
+        if (local == LOCAL_ANSWERS_CLIENT_GONE)
             return;
-        if (syncs == BARE_SYNCS_OUTPUT_FULL || buf_unframed(&c->in) == 0)
+        if (local == LOCAL_ANSWERS_OUTPUT_FULL || buf_unframed(&c->in) == 0)
             break;
         uint8_t type = c->in.data[c->in.scan];
         /* Postgres refuses an unknown type on its first byte, before any length (SocketBackend):
@@ -814,7 +924,7 @@ static void on_client_io(struct sockio *io, int status, int events)
             c->worker->client_events->writable(c);
         else
             client_send(c); /* its own output: an error, a welcome, a NOTICE */
-        /* Syncs left while the answers before them waited (answer_bare_syncs) */
+        /* requests left while the answers before them waited (answer_without_server) */
         if (c->state == CLIENT_IDLE && c->out_pos >= c->out.len &&
             buf_unframed(&c->in) >= CODEC_HEADER_LEN)
             client_on_data(c);

@@ -404,9 +404,14 @@ bool sluice_reload_reading(const struct process *proc)
 enum sluice_set_result sluice_set(struct process *proc, const char *key, const char *value,
                                   unsigned *id, char *err, size_t errlen)
 {
-    if (!proc->reload.open) {
-        snprintf(err, errlen, "sluice is exiting");
-        return SLUICE_SET_REFUSED;
+    /* As for a reload: a read begun now would only be abandoned at the exit (read_next). */
+    if (!proc->reload.open || proc->phase == PHASE_SHUTDOWN_NOW) {
+        snprintf(err, errlen,
+                 "SET %s refused: sluice is shutting down, and puts no configuration in force "
+                 "any more",
+                 key);
+        log_msg(LOG_WARNING, "admin: SET %s = '%s' refused: sluice is shutting down", key, value);
+        return SLUICE_SET_SHUTTING_DOWN;
     }
     /* Checked now, against the running config, so that a value that cannot be is refused at
      * once; at its turn it is applied to the config then running, and checked again. */

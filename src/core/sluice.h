@@ -41,6 +41,9 @@ enum sluice_read {
 
 /* What sluice_set did with a SET. */
 enum sluice_set_result {
+    /* sluice is shutting down now, or has closed its configuration reader: no configuration is
+     * read or put in force any more; nothing changed (57P01, as Postgres's admin_shutdown) */
+    SLUICE_SET_SHUTTING_DOWN = -3,
     /* its files cannot be read now: SET_READS_ABANDONED_MAX cancelled SETs' reads still hold
      * a thread each (a FIFO nobody writes); err says so, nothing changed (54000) */
     SLUICE_SET_TOO_MANY_STUCK = -2,
@@ -246,7 +249,8 @@ bool sluice_reload_reading(const struct process *proc);
  * while a SET waits or reads comes after that SET (and may undo it, as a reload re-reads the
  * file). SLUICE_SET_APPLIED: no file to read and nothing before it; SLUICE_SET_PENDING, *id
  * set: set_ended tells later; SLUICE_SET_REFUSED: the value cannot be (checked at once against
- * the running config, and again at its turn), or sluice is exiting; err says why;
+ * the running config, and again at its turn); err says why; SLUICE_SET_SHUTTING_DOWN: a
+ * shutdown now is under way (the reader's reads are over, as sluice_reload's), err says so;
  * SLUICE_SET_TOO_MANY_STUCK: a key that names files while too many abandoned reads still hold
  * their threads (checked now and again at its turn). */
 enum sluice_set_result sluice_set(struct process *proc, const char *key, const char *value,

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "decimal.h"
+
 /* How a byte of 0x80 or more starts a character, by encoding family. */
 enum char_width {
     WIDTH_SINGLE,  /* LATIN1, WIN1252, SQL_ASCII and the other single-byte encodings */
@@ -159,17 +161,13 @@ bool query_positions_moves(const struct query_positions *qp, const uint8_t *msg,
 {
     const uint8_t *v;
     size_t n;
+    uint64_t pos;
+    /* (9 digits: any position fits in 32 bits; a longer one is no position of a text sent) */
     if (!qp || whole < CODEC_HEADER_LEN ||
-        !position_field(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &v, &n) || n == 0 ||
-        n > 9)
+        !position_field(msg + CODEC_HEADER_LEN, whole - CODEC_HEADER_LEN, &v, &n) ||
+        !decimal_parse((const char *)v, n, 9, &pos))
         return false;
-    uint32_t pos = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return false;
-        pos = pos * 10 + (uint32_t)(v[i] - '0');
-    }
-    *mapped = query_positions_map(qp, pos);
+    *mapped = query_positions_map(qp, (uint32_t)pos);
     return *mapped != pos;
 }
 

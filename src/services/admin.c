@@ -527,12 +527,15 @@ static int find_key(const char *name)
     return -1;
 }
 
-/* A SET that changed nothing: a value that cannot be (22023, as Postgres's SET answers), or
- * files that cannot be read now because too many abandoned reads hold their threads (54000,
- * a limit of sluice's: retried once the stuck files are written or the mount answers). */
+/* A SET that changed nothing: a value that cannot be (22023, as Postgres's SET answers), files
+ * that cannot be read now because too many abandoned reads hold their threads (54000, a limit
+ * of sluice's: retried once the stuck files are written or the mount answers), or a shutdown
+ * under way (57P01, Postgres's admin_shutdown: nothing about the value is wrong). */
 static void put_set_error(struct client *c, enum sluice_set_result why, const char *err)
 {
-    if (why == SLUICE_SET_TOO_MANY_STUCK)
+    if (why == SLUICE_SET_SHUTTING_DOWN)
+        put_error(c, SQLSTATE_ADMIN_SHUTDOWN, NULL, "%s", err);
+    else if (why == SLUICE_SET_TOO_MANY_STUCK)
         put_error(c, SQLSTATE_PROGRAM_LIMIT_EXCEEDED,
                   "Write the files those SETs named (or end the hung mount's wait), then SET "
                   "again; sluice's log names them.",
@@ -568,7 +571,7 @@ static enum outcome run_set(struct client *c, const struct admin_command *cmd)
     unsigned id = 0;
     log_client(LOG_INFO, c, "admin: SET %s = '%s'", key, cmd->value);
     enum sluice_set_result r = control_set(worker, key, cmd->value, &id, err, sizeof(err));
-    if (r == SLUICE_SET_REFUSED || r == SLUICE_SET_TOO_MANY_STUCK) {
+    if (r < 0) { /* refused (put_set_error says how) */
         put_set_error(c, r, err);
         return OUT_ERROR;
     }

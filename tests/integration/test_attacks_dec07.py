@@ -11,9 +11,9 @@ import struct
 import pytest
 
 from conftest import BackendSampler
-from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, copy_data_msg,
-                    message, parse_fields, parse_msg, query_msg, raw_login, startup_packet,
-                    sync_msg)
+from pgwire import (PROTOCOL_3_0, PeerClosed, RawConn, ServerError, bind_msg, close_msg,
+                    copy_data_msg, execute_msg, message, parse_fields, parse_msg, query_msg,
+                    raw_login, startup_packet, sync_msg)
 from test_result_type_attacks import TABLE, compare_raw, exchange
 from test_startup_params import startup
 
@@ -384,3 +384,155 @@ def test_syncs_sent_at_once_are_all_answered_while_the_client_reads(pg, start_sl
     c.send(query_msg("SELECT 7"))
     assert answers_until_ready(c, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
     c.close()
+
+
+# ---- requests Postgres answers without a server's state, while every server is busy -----------
+
+# (messages, ReadyForQuery count): each answered by Postgres from nothing a session holds
+WITHOUT_SERVER = {
+    "an empty query": ([query_msg("")], 1),
+    "a query of blanks, semicolons and comments": (
+        [query_msg(" \t\n-- a comment; SELECT 1\n/* a /* nested */ block */ ;;\r\f")], 1),
+    "a query of a comment to its end": ([query_msg("-- SELECT 1")], 1),
+    "closes of names never prepared, then a sync": (
+        [close_msg("S", "never"), close_msg("P", ""), close_msg("S", ""), close_msg("P", "p1"),
+         sync_msg()], 1),
+    "a long name's close": ([close_msg("S", "n" * 100), sync_msg()], 1),
+    "syncs, empty queries and closes in one batch": (
+        [sync_msg(), query_msg(""), close_msg("S", "x"), sync_msg(), message(b"H"), query_msg(" "),
+         sync_msg()], 5),
+}
+
+# not answered without a server: Postgres's own error (or answer) as a server gives it
+WITH_SERVER = {
+    "an unended block comment": [query_msg("/* unended")],
+    "a query of a statement after a comment": [query_msg("-- c\nSELECT 1")],
+    "a close with a bad subtype": [message(b"C", b"Xname\0"), sync_msg()],
+    "a close with bytes after its name": [message(b"C", b"Sname\0x"), sync_msg()],
+    "a close, then a parse": [close_msg("S", "x"), parse_msg("", "SELECT 1"), sync_msg()],
+    "a close with a flush before its sync": [close_msg("S", "x"), message(b"H"), sync_msg()],
+}
+
+
+class BusyPool:
+    """sluice with one server, busy until free(): its client waits there for an advisory lock
+    that a direct session holds (in any mode, and nothing ends it by itself), and a
+    query_wait_timeout that a request queued meanwhile meets soon."""
+
+    def __init__(self, pg, start_sluice, mode):
+        self.sluice = start_sluice({"pool_mode": mode, "default_pool_size": 1,
+                                    "max_db_connections": 1, "query_wait_timeout": 2})
+        self.locker = raw_login(pg.port, password="apppass")
+        self.locker.send(query_msg("SELECT pg_advisory_lock(91)"))
+        assert answers_until_ready(self.locker, 1, 20)[-1] == ("Z", b"I")
+        self.busy = raw_login(self.sluice.port)
+        self.busy.send(query_msg("SELECT pg_advisory_lock(91) /* busy */"))
+        pg.wait_for_active("app", "/* busy */")
+
+    def free(self):
+        if self.locker:
+            self.locker.close()
+            self.locker = None
+            self.busy.read_results()
+            self.busy.send(query_msg("SELECT pg_advisory_unlock_all()"))
+            self.busy.read_results()
+
+    def close(self):
+        if self.locker:
+            self.locker.close()
+        self.busy.close()
+
+
+def direct_answer(pg, msgs, readies):
+    direct = raw_login(pg.port, password="apppass")
+    try:
+        direct.send(b"".join(msgs))
+        return answers_until_ready(direct, readies, 10)
+    finally:
+        direct.close()
+
+
+@pytest.mark.parametrize("what", sorted(WITHOUT_SERVER))
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_requests_postgres_answers_from_nothing_are_answered_while_every_server_is_busy(
+        pg, start_sluice, mode, what):
+    """An idle client's empty Query (blanks, ';' and comments only), or its Closes of names it
+    never prepared followed by a Sync: Postgres answers at once (EmptyQueryResponse, or
+    CloseComplete each, then ReadyForQuery 'I'). sluice leased a server for them, and with the
+    one server busy the client got query_wait_timeout's 53300. Now the same bytes as Postgres
+    sends come at once, and a query after them still runs."""
+    msgs, readies = WITHOUT_SERVER[what]
+    want = direct_answer(pg, msgs, readies)
+    assert all(m in "I3Z" for m, _ in want), want
+    pool = BusyPool(pg, start_sluice, mode)
+    b = raw_login(pool.sluice.port)
+    try:
+        b.send(b"".join(msgs))
+        assert answers_until_ready(b, readies, 20) == want
+        pool.free()
+        b.send(query_msg("SELECT 7"))
+        assert answers_until_ready(b, 1, 20)[-2:] == [("C", b"SELECT 1\0"), ("Z", b"I")]
+    finally:
+        pool.close()
+        b.close()
+
+
+@pytest.mark.parametrize("what", sorted(WITH_SERVER))
+def test_requests_that_need_a_server_still_get_its_answer(pg, start_sluice, what):
+    """What only a server answers in Postgres's words (a syntax error, a malformed Close, a Close
+    whose batch goes on) still waits for one: with the one server busy, query_wait_timeout's
+    53300; with it free, Postgres's own answer."""
+    msgs = WITH_SERVER[what]
+    want = direct_answer(pg, msgs, 1)
+    pool = BusyPool(pg, start_sluice, "transaction")
+    b = raw_login(pool.sluice.port)
+    try:
+        b.send(b"".join(msgs))
+        assert answers_until_ready(b, 1, 20) == [("E", "53300"), ("Z", b"I")]
+        pool.free()
+        b.send(b"".join(msgs))
+        assert answers_until_ready(b, 1, 20) == want
+    finally:
+        pool.close()
+        b.close()
+
+
+def test_a_close_of_a_statement_the_client_prepared_goes_to_a_server(pg, start_sluice):
+    """A Close of a name the client prepared is not answered by sluice: it waits for a server
+    (query_wait_timeout's 53300 while the one server is busy), and once one is free the
+    statement is closed there, so a Bind of it then fails with 26000 as on Postgres."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                      "max_db_connections": 1, "query_wait_timeout": 2})
+    b = raw_login(s.port)
+    busy = raw_login(s.port)
+    try:
+        b.send(parse_msg("mine", "SELECT 1") + sync_msg())
+        assert answers_until_ready(b, 1, 20) == [("1", b""), ("Z", b"I")]
+        busy.send(query_msg("BEGIN"))
+        assert answers_until_ready(busy, 1, 20)[-1] == ("Z", b"T")
+        b.send(close_msg("S", "mine") + sync_msg())
+        assert answers_until_ready(b, 1, 20) == [("E", "53300"), ("Z", b"I")]
+        busy.send(query_msg("COMMIT"))
+        busy.read_results()
+        b.send(close_msg("S", "mine") + sync_msg())
+        assert answers_until_ready(b, 1, 20) == [("3", b""), ("Z", b"I")]
+        b.send(bind_msg("", "mine") + execute_msg() + sync_msg())
+        assert answers_until_ready(b, 1, 20) == [("E", "26000"), ("Z", b"I")]
+    finally:
+        busy.close()
+        b.close()
+
+
+def test_an_empty_query_under_disable_pqexec_is_refused_as_any_query(start_sluice):
+    """disable_pqexec refuses every Query message: an empty one too, though sluice answers an
+    empty Query itself otherwise (FATAL 0A000 naming the key, then the close)."""
+    s = start_sluice({"pool_mode": "transaction", "disable_pqexec": 1})
+    c = raw_login(s.port)
+    try:
+        c.send(query_msg(""))
+        err = c.expect_error()
+        assert (err["S"], err["C"]) == ("FATAL", "0A000"), err
+        assert "disable_pqexec" in err["M"], err
+        assert c.is_closed(5)
+    finally:
+        c.close()

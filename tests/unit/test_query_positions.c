@@ -3,11 +3,58 @@
 #include "query_positions.h"
 
 #include "check.h"
+#include "decimal.h"
 
 #include <stdlib.h>
+#include <string.h>
+
+/* An ErrorResponse whose P field is `position`, into buf: its length. */
+static uint32_t error_at(uint8_t *buf, const char *position)
+{
+    struct msg_out out;
+    codec_out_init(&out);
+    codec_begin(&out, 'E');
+    codec_put_cstring(&out, "C42601");
+    codec_put_bytes(&out, "P", 1);
+    codec_put_cstring(&out, position);
+    codec_put_u8(&out, 0);
+    codec_end(&out);
+    uint32_t n = out.len;
+    memcpy(buf, out.data, n);
+    codec_out_free(&out);
+    return n;
+}
+
+/* The one reader of digits, for a server's positions (at most 9) and KILL_CLIENT's ids (19). */
+static void positions_and_ids_read_their_digits_alike(void)
+{
+    uint64_t v = 7;
+    CHECK(decimal_parse("0", 1, 9, &v) && v == 0);
+    CHECK(decimal_parse("999999999", 9, 9, &v) && v == 999999999);
+    CHECK(!decimal_parse("1000000000", 10, 9, &v) && v == 999999999); /* past its bound */
+    CHECK(decimal_parse("9999999999999999999", 19, DECIMAL_MAX_DIGITS, &v) &&
+          v == 9999999999999999999ull);
+    CHECK(!decimal_parse("99999999999999999999", 20, 20, &v)); /* would wrap: never */
+    CHECK(!decimal_parse("", 0, 9, &v));
+    CHECK(!decimal_parse("-1", 2, 9, &v));
+    CHECK(!decimal_parse("+1", 2, 9, &v));
+    CHECK(!decimal_parse(" 1", 2, 9, &v));
+    CHECK(!decimal_parse("1a", 2, 9, &v));
+
+    struct query_positions *qp = NULL;
+    CHECK(query_positions_add(&qp, 0, 1, 15)); /* every later position moves back 14 */
+    uint8_t msg[64];
+    uint32_t mapped = 0;
+    CHECK(query_positions_moves(qp, msg, error_at(msg, "20"), &mapped) && mapped == 6);
+    CHECK(!query_positions_moves(qp, msg, error_at(msg, "1000000000"), &mapped));
+    CHECK(!query_positions_moves(qp, msg, error_at(msg, "2x"), &mapped));
+    CHECK(!query_positions_moves(qp, msg, error_at(msg, ""), &mapped));
+    free(qp);
+}
 
 int main(void)
 {
+    positions_and_ids_read_their_digits_alike();
     struct query_positions *qp = NULL;
     /* "EXECUTE a; EXECUTE bb; x": a (at 8) became 15 characters, bb (at 19) 15 */
     CHECK(query_positions_add(&qp, 8, 1, 15));

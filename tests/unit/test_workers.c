@@ -860,6 +860,9 @@ struct set_run {
     bool set_done;     /* control_set returned and the control worker runs under it */
     bool refused_kept; /* a refused SET left the generation as it was */
     bool all_obey;     /* every worker applied it and its pool's published size is 7 */
+    /* a SET once a shutdown now began: refused as a shutdown (57P01 at the console), not as a
+     * bad value, whether or not the configuration reader is closed yet; nothing changed */
+    bool refused_for_shutdown;
 };
 
 struct forced_size {
@@ -915,6 +918,14 @@ static void on_set_tick(uv_timer_t *t)
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, NULL);
     sluice_shutdown(proc, PHASE_SHUTDOWN_NOW);
+    const struct config *now = proc->cfg;
+    char err[256] = "";
+    unsigned id = 0;
+    r->refused_for_shutdown = control_set(control, "default_pool_size", "9", &id, err,
+                                          sizeof(err)) == SLUICE_SET_SHUTTING_DOWN &&
+                              proc->cfg == now && proc->cfg->default_pool_size == 7 &&
+                              strstr(err, "shutting down") != NULL &&
+                              strstr(err, "default_pool_size") != NULL;
 }
 
 /* The console's SET with three workers: never in place (the workers read their generation
@@ -944,6 +955,7 @@ static void set_makes_a_generation_every_worker_obeys(void)
     CHECK(r.set_done);
     CHECK(r.refused_kept);
     CHECK(r.all_obey);
+    CHECK(r.refused_for_shutdown);
     for (int i = 1; i < THREE; i++)
         worker_thread_join(&r.proc.workers[i]);
     sluice_free(&r.proc);
