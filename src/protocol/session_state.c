@@ -143,10 +143,24 @@ static size_t param_name(const char *s, size_t i, size_t len)
     return n;
 }
 
+/* Do the characters read as a name that ended at s[i] hold only its first parts? Postgres's
+ * grammar joins a name's parts across spaces and comments (`SET app . tenant = 1`, `SET app.
+ * tenant = 1` set app.tenant), where sluice would read `app` or `app.`. */
+static bool name_continues(const char *s, size_t i, size_t len)
+{
+    if (i > 0 && s[i - 1] == '.')
+        return true;
+    size_t next = sql_skip_space(s, i, len);
+    return next < len && s[next] == '.';
+}
+
 /* Does a name that ended at s[i] end there, as SET spells it (a space, '=', or the text's end)?
- * Anything else (app."X", a comment) makes a name sluice does not read. */
+ * Anything else (app."X", a comment, more parts after a space) makes a name sluice does not
+ * read. */
 static bool name_ends(const char *s, size_t i, size_t len)
 {
+    if (name_continues(s, i, len))
+        return false;
     return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0';
 }
 
@@ -165,11 +179,12 @@ static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
 }
 
 /* A word of SET's or RESET's own grammar (LOCAL, SESSION, TIME ZONE, ROLE, ...) at s[*pi], and
- * not the first part of a parameter's name: `SET local.x = 1` sets the placeholder local.x. */
+ * not the first part of a parameter's name: `SET local.x = 1` (or `local . x`, a comment before
+ * the dot) sets the placeholder local.x for the session. */
 static bool set_word(const char *s, size_t *pi, size_t len, const char *kw)
 {
     size_t n = strlen(kw);
-    if (*pi + n < len && s[*pi + n] == '.')
+    if (*pi + n <= len && name_continues(s, *pi + n, len))
         return false;
     return keyword(s, pi, len, kw);
 }
@@ -303,8 +318,9 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
         return;
     }
     size_t n = param_name(s, i, len);
-    if (n == 0 || !(i + n >= len || isspace((unsigned char)s[i + n]) || s[i + n] == ';' ||
-                    s[i + n] == '\0')) {
+    if (n == 0 || name_continues(s, i + n, len) ||
+        !(i + n >= len || isspace((unsigned char)s[i + n]) || s[i + n] == ';' ||
+          s[i + n] == '\0')) {
         touch_all(t);
     } else {
         touch_name(t, s + i, n);

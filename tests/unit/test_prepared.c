@@ -769,6 +769,16 @@ static void parameters_a_statement_may_change_are_named(void)
         session_state_detect(all[i], strlen(all[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 1);
     }
+    /* a name's parts joined across spaces or a comment, as Postgres's grammar joins them: not
+     * `app`, `app.`, nor SET LOCAL or SET SESSION of `tenant` */
+    const char *spaced[] = {"SET app . tenant = 1",       "SET app. tenant = 1",
+                            "SET app /* c */.tenant = 1", "SET local . tenant = 1",
+                            "SET session/**/.tenant = 1", "RESET app . tenant",
+                            "RESET app. tenant"};
+    for (size_t i = 0; i < sizeof(spaced) / sizeof(spaced[0]); i++) {
+        session_state_detect(spaced[i], strlen(spaced[i]), &t, SQL_READ_STANDARD);
+        CHECK_INT(t.all, 1);
+    }
     const char *none[] = {"SET LOCAL search_path = a", "SET TimeZone = 'UTC'", "RESET DateStyle",
                           "select set_config('search_path', 'a', true)", "DISCARD PLANS"};
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
