@@ -44,6 +44,24 @@ def test_a_set_of_a_name_spaced_apart_never_reaches_the_next_client(start_sluice
         # a fresh Postgres session has no such placeholder (None); a backend that saw it and was
         # reset keeps it empty (docs/pool-modes.md): never A's value
         assert setting(b, name) in (None, ""), f"B sees A's {name} after A's {statement!r}"
+        # sluice reads the name as Postgres joins it, and A keeps its value as in Postgres
+        assert setting(a, name) == "42", f"A lost its {name} after {statement!r}"
+
+
+# A part quoted is a name sluice does not read (docs/pool-modes.md): A's value is not followed,
+# and the backend is reset before another client gets it.
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("statement", ["SET myapp . \"tenant_id\" = '42'",
+                                       "SET \"myapp\" . tenant_id = '42'"])
+def test_a_set_of_a_name_with_a_quoted_part_never_reaches_the_next_client(start_sluice, pg, mode,
+                                                                          statement):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        direct.execute(statement)
+        assert setting(direct, TENANT) == "42"
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    with s.connect() as a, s.connect() as b:
+        a.execute(statement)
+        assert setting(b, TENANT) in (None, ""), f"B sees A's tenant after A's {statement!r}"
 
 
 @pytest.mark.parametrize("mode", ["transaction", "statement"])

@@ -771,12 +771,22 @@ static void parameters_a_statement_may_change_are_named(void)
     }
     /* a name's parts joined across spaces or a comment, as Postgres's grammar joins them: not
      * `app`, `app.`, nor SET LOCAL or SET SESSION of `tenant` */
-    const char *spaced[] = {"SET app . tenant = 1",       "SET app. tenant = 1",
-                            "SET app /* c */.tenant = 1", "SET local . tenant = 1",
-                            "SET session/**/.tenant = 1", "RESET app . tenant",
-                            "RESET app. tenant"};
+    const char *spaced[] = {"SET app . tenant = 1",       "SET app. Tenant = 1",
+                            "SET app /* c */.tenant = 1", "SET app\n.tenant TO DEFAULT",
+                            "RESET app . tenant",         "RESET app. tenant",
+                            "SET local . tenant = 1",     "SET session/**/.tenant = 1"};
+    const char *joined[] = {"app.tenant", "app.tenant", "app.tenant",   "app.tenant",
+                            "app.tenant", "app.tenant", "local.tenant", "session.tenant"};
     for (size_t i = 0; i < sizeof(spaced) / sizeof(spaced[0]); i++) {
         session_state_detect(spaced[i], strlen(spaced[i]), &t, SQL_READ_STANDARD);
+        CHECK_INT(t.all, 0);
+        CHECK_INT(t.n, 1);
+        CHECK_STR(t.names[0], joined[i]);
+    }
+    /* a part quoted, or none after the dot: a name sluice does not read */
+    const char *unread[] = {"SET app . \"tenant\" = 1", "SET app . = 1", "RESET app . \"x\""};
+    for (size_t i = 0; i < sizeof(unread) / sizeof(unread[0]); i++) {
+        session_state_detect(unread[i], strlen(unread[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 1);
     }
     const char *none[] = {"SET LOCAL search_path = a", "SET TimeZone = 'UTC'", "RESET DateStyle",
