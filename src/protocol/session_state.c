@@ -192,7 +192,7 @@ static size_t joined_param_name(const char *s, size_t i, size_t len, char *out, 
         while (i + k < len && s[i + k] != '.' && sql_ident_char(s[i + k]) &&
                (s[i + k] != '$' || k > 0))
             k++;
-        if (k == 0 || n + k + 1 >= cap)
+        if (k == 0 || n + k >= cap) /* the NUL needs a byte too */
             return 0;
         memcpy(out + n, s + i, k);
         n += k;
@@ -203,6 +203,8 @@ static size_t joined_param_name(const char *s, size_t i, size_t len, char *out, 
             *after = i;
             return n;
         }
+        if (n + 1 >= cap)
+            return 0;
         out[n++] = '.';
         i = sql_skip_space(s, dot + 1, len);
     }

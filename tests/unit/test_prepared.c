@@ -783,6 +783,18 @@ static void parameters_a_statement_may_change_are_named(void)
         CHECK_INT(t.n, 1);
         CHECK_STR(t.names[0], joined[i]);
     }
+    /* the longest name Postgres keeps whole (63 bytes) is read, spaced apart or not; 64 is not */
+    char longest[128];
+    for (int spaced_out = 0; spaced_out < 2; spaced_out++) {
+        for (int extra = 0; extra < 2; extra++) {
+            int len = snprintf(longest, sizeof(longest), "SET app%s%.*s = 1",
+                               spaced_out ? " . " : ".", 59 + extra,
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            session_state_detect(longest, (size_t)len, &t, SQL_READ_STANDARD);
+            CHECK_INT(t.all, extra);
+            CHECK_INT(t.n, 1 - extra);
+        }
+    }
     /* a part quoted, or none after the dot: a name sluice does not read */
     const char *unread[] = {"SET app . \"tenant\" = 1", "SET app . = 1", "RESET app . \"x\""};
     for (size_t i = 0; i < sizeof(unread) / sizeof(unread[0]); i++) {
