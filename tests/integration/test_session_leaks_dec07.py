@@ -79,3 +79,21 @@ def test_a_reset_of_a_name_spaced_apart_is_followed(start_sluice, pg, mode, rese
         a.execute(reset)
         assert setting(b, TENANT) in (None, "")
         assert setting(a, TENANT) == expected, f"A's {reset!r} was not followed"
+
+
+# What a function sets is not seen (docs/pool-modes.md): the value stays on the backend. The
+# documented remedy, server_reset_query_always, keeps it from the next client.
+def test_a_set_tenant_function_does_not_reach_the_next_client_with_reset_always(start_sluice, pg):
+    with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+        direct.execute("CREATE OR REPLACE FUNCTION set_tenant_dec07(t text) RETURNS void"
+                       " LANGUAGE plpgsql AS $$BEGIN"
+                       " PERFORM set_config('myapp.tenant_id', t, false); END$$")
+    try:
+        s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1,
+                          "server_reset_query_always": 1})
+        with s.connect() as a, s.connect() as b:
+            a.execute("SELECT set_tenant_dec07('42')")
+            assert setting(b, TENANT) in (None, ""), "B sees the tenant A's function set"
+    finally:
+        with psycopg.connect(pg.direct_dsn(), autocommit=True) as direct:
+            direct.execute("DROP FUNCTION IF EXISTS set_tenant_dec07(text)")
