@@ -143,10 +143,24 @@ static size_t param_name(const char *s, size_t i, size_t len)
     return n;
 }
 
+/* Do the characters read as a name that ended at s[i] hold only its first parts? Postgres's
+ * grammar joins a name's parts across spaces and comments (`SET app . tenant = 1`, `SET app.
+ * tenant = 1` set app.tenant), where sluice would read `app` or `app.`. */
+static bool name_continues(const char *s, size_t i, size_t len)
+{
+    if (i > 0 && s[i - 1] == '.')
+        return true;
+    size_t next = sql_skip_space(s, i, len);
+    return next < len && s[next] == '.';
+}
+
 /* Does a name that ended at s[i] end there, as SET spells it (a space, '=', or the text's end)?
- * Anything else (app."X", a comment) makes a name sluice does not read. */
+ * Anything else (app."X", a comment, more parts after a space) makes a name sluice does not
+ * read. */
 static bool name_ends(const char *s, size_t i, size_t len)
 {
+    if (name_continues(s, i, len))
+        return false;
     return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0';
 }
 
@@ -164,12 +178,45 @@ static size_t quoted_param_name(const char *s, size_t i, size_t len, char quote)
     return n;
 }
 
+/* An unquoted parameter name whose parts may be spaced apart, as Postgres's grammar joins them
+ * (var_name: ColId | var_name '.' ColId) across spaces and comments: `app . tenant` and
+ * `app. tenant` are app.tenant. Writes the joined name into out (cap bytes, NUL-ended) and where it
+ * ends into *after. Returns its length; 0 when it is not such a name (a part quoted, or missing
+ * after a '.', or too long for out), which sluice then cannot read. */
+static size_t joined_param_name(const char *s, size_t i, size_t len, char *out, size_t cap,
+                                size_t *after)
+{
+    size_t n = 0;
+    for (;;) {
+        size_t k = 0;
+        while (i + k < len && s[i + k] != '.' && sql_ident_char(s[i + k]) &&
+               (s[i + k] != '$' || k > 0))
+            k++;
+        if (k == 0 || n + k >= cap) /* the NUL needs a byte too */
+            return 0;
+        memcpy(out + n, s + i, k);
+        n += k;
+        i += k;
+        size_t dot = sql_skip_space(s, i, len);
+        if (dot >= len || s[dot] != '.') {
+            out[n] = '\0';
+            *after = i;
+            return n;
+        }
+        if (n + 1 >= cap)
+            return 0;
+        out[n++] = '.';
+        i = sql_skip_space(s, dot + 1, len);
+    }
+}
+
 /* A word of SET's or RESET's own grammar (LOCAL, SESSION, TIME ZONE, ROLE, ...) at s[*pi], and
- * not the first part of a parameter's name: `SET local.x = 1` sets the placeholder local.x. */
+ * not the first part of a parameter's name: `SET local.x = 1` (or `local . x`, a comment before
+ * the dot) sets the placeholder local.x for the session. */
 static bool set_word(const char *s, size_t *pi, size_t len, const char *kw)
 {
     size_t n = strlen(kw);
-    if (*pi + n < len && s[*pi + n] == '.')
+    if (*pi + n <= len && name_continues(s, *pi + n, len))
         return false;
     return keyword(s, pi, len, kw);
 }
@@ -185,20 +232,28 @@ static void set_to_default(const char *s, size_t i, size_t len, struct param_tou
             reset_to_default(t, "timezone", 8, session_level);
         return;
     }
-    size_t n = param_name(s, i, len);
-    size_t at = i;
-    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
-        at = i + 1;
-    if (n == 0)
-        return;
-    size_t v = sql_skip_space(s, at + n + (at > i ? 1 : 0), len);
+    char joined[64];
+    size_t v = i;
+    const char *name = joined;
+    size_t n = joined_param_name(s, i, len, joined, sizeof(joined), &v);
+    if (n == 0) {
+        /* "search_path", or a name too long to be followed (reset_to_default: unsure) */
+        name = s + i;
+        n = param_name(s, i, len);
+        if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
+            name = s + i + 1;
+        if (n == 0)
+            return;
+        v = (size_t)(name - s) + n + (name > s + i ? 1 : 0);
+    }
+    v = sql_skip_space(s, v, len);
     bool to = keyword(s, &v, len, "to");
     if (!to && v < len && s[v] == '=') {
         v = sql_skip_space(s, v + 1, len);
         to = true;
     }
     if (to && keyword(s, &v, len, "default") && v >= len)
-        reset_to_default(t, s + at, n, session_level); /* SET name TO DEFAULT is RESET name */
+        reset_to_default(t, name, n, session_level); /* SET name TO DEFAULT is RESET name */
 }
 
 /* Is the name at s[i] (plain, or quoted as an identifier) search_path? */
@@ -267,18 +322,19 @@ static bool untracked_set(const char *s, size_t i, size_t len, struct param_touc
         touch_name(t, "search_path", strlen("search_path")); /* SET SCHEMA 'x' */
         return true;
     }
-    size_t n = param_name(s, i, len);
-    size_t after = i + n;
-    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0)
-        after = ++i + n + 1; /* SET "search_path" ...: the name inside the quotes */
     char name[64];
+    size_t after = i;
+    size_t n = joined_param_name(s, i, len, name, sizeof(name), &after);
+    if (n == 0 && (n = quoted_param_name(s, i, len, '"')) > 0 && n < sizeof(name)) {
+        after = i + n + 2; /* SET "search_path" ...: the name inside the quotes */
+        memcpy(name, s + i + 1, n);
+        name[n] = '\0';
+    }
     /* "local".x, app."X": a name of parts quoted apart is not read */
     if (n == 0 || n >= sizeof(name) || !name_ends(s, after, len)) {
         touch_unnamed(t);
         return true;
     }
-    memcpy(name, s + i, n);
-    name[n] = '\0';
     if (params_is_reported(name) && !params_is_identity(name))
         return false;
     touch_name(t, name, n);
@@ -302,13 +358,15 @@ static void reset_statement(const char *s, size_t i, size_t len, struct param_to
         reset_to_default(t, "timezone", 8, true);
         return;
     }
-    size_t n = param_name(s, i, len);
-    if (n == 0 || !(i + n >= len || isspace((unsigned char)s[i + n]) || s[i + n] == ';' ||
-                    s[i + n] == '\0')) {
+    char name[64];
+    size_t end = i;
+    size_t n = joined_param_name(s, i, len, name, sizeof(name), &end);
+    if (n == 0 ||
+        !(end >= len || isspace((unsigned char)s[end]) || s[end] == ';' || s[end] == '\0')) {
         touch_all(t);
     } else {
-        touch_name(t, s + i, n);
-        reset_to_default(t, s + i, n, true);
+        touch_name(t, name, n);
+        reset_to_default(t, name, n, true);
     }
 }
 

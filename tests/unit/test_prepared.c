@@ -769,6 +769,38 @@ static void parameters_a_statement_may_change_are_named(void)
         session_state_detect(all[i], strlen(all[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 1);
     }
+    /* a name's parts joined across spaces or a comment, as Postgres's grammar joins them: not
+     * `app`, `app.`, nor SET LOCAL or SET SESSION of `tenant` */
+    const char *spaced[] = {"SET app . tenant = 1",       "SET app. Tenant = 1",
+                            "SET app /* c */.tenant = 1", "SET app\n.tenant TO DEFAULT",
+                            "RESET app . tenant",         "RESET app. tenant",
+                            "SET local . tenant = 1",     "SET session/**/.tenant = 1"};
+    const char *joined[] = {"app.tenant", "app.tenant", "app.tenant",   "app.tenant",
+                            "app.tenant", "app.tenant", "local.tenant", "session.tenant"};
+    for (size_t i = 0; i < sizeof(spaced) / sizeof(spaced[0]); i++) {
+        session_state_detect(spaced[i], strlen(spaced[i]), &t, SQL_READ_STANDARD);
+        CHECK_INT(t.all, 0);
+        CHECK_INT(t.n, 1);
+        CHECK_STR(t.names[0], joined[i]);
+    }
+    /* the longest name Postgres keeps whole (63 bytes) is read, spaced apart or not; 64 is not */
+    char longest[128];
+    for (int spaced_out = 0; spaced_out < 2; spaced_out++) {
+        for (int extra = 0; extra < 2; extra++) {
+            int len = snprintf(longest, sizeof(longest), "SET app%s%.*s = 1",
+                               spaced_out ? " . " : ".", 59 + extra,
+                               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            session_state_detect(longest, (size_t)len, &t, SQL_READ_STANDARD);
+            CHECK_INT(t.all, extra);
+            CHECK_INT(t.n, 1 - extra);
+        }
+    }
+    /* a part quoted, or none after the dot: a name sluice does not read */
+    const char *unread[] = {"SET app . \"tenant\" = 1", "SET app . = 1", "RESET app . \"x\""};
+    for (size_t i = 0; i < sizeof(unread) / sizeof(unread[0]); i++) {
+        session_state_detect(unread[i], strlen(unread[i]), &t, SQL_READ_STANDARD);
+        CHECK_INT(t.all, 1);
+    }
     const char *none[] = {"SET LOCAL search_path = a", "SET TimeZone = 'UTC'", "RESET DateStyle",
                           "select set_config('search_path', 'a', true)", "DISCARD PLANS"};
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
