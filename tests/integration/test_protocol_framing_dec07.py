@@ -1,13 +1,16 @@
 """Startup-packet framing, Postgres as the oracle: the same bytes sent to Postgres and to
 sluice, what the client gets back compared byte for byte. Postgres closes a connection whose
 startup length is out of range without a word (ProcessStartupPacket logs "invalid length of
-startup packet" as COMMERROR, never sent)."""
+startup packet" as COMMERROR, never sent), and goes by an SSLRequest's or GSSENCRequest's code
+alone, whatever bytes follow it in the packet."""
 
 import socket
 import struct
 
 import pytest
 
+from pgwire import (GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, PeerClosed, RawConn, ServerError,
+                    startup_packet)
 
 
 def answer_until_close(port, data):
@@ -48,3 +51,70 @@ def test_a_startup_length_out_of_range_is_closed_without_a_word_as_by_postgres(
     s.wait_for_log(r"bad_startup: closing without an answer, as Postgres does: invalid length "
                    r"of startup packet \(%d, outside 8\.\.10004 bytes\)" % LENGTHS[length])
     assert s.alive()
+
+
+def first_answer(port, request):
+    """The one byte a server answers an encryption request with."""
+    c = RawConn(port, timeout=15)
+    try:
+        c.send(request)
+        return c.read_byte()
+    except PeerClosed:
+        return b"closed"
+    finally:
+        c.close()
+
+
+def request_then_login(port, request, password):
+    """An encryption request, then, after its 'N', a startup packet: how the login ends."""
+    c = RawConn(port, timeout=15)
+    try:
+        c.send(request)
+        try:
+            first = c.read_byte()
+        except PeerClosed:
+            return ("closed",)
+        if first != b"N":
+            c.buf = first + c.buf
+            try:
+                e = c.expect_error()
+                return ("refused", e.get("S"), e.get("C"), e.get("M"))
+            except PeerClosed:
+                return ("closed",)
+        c.send(startup_packet())
+        try:
+            c.finish_login(password=password)
+        except ServerError as e:
+            return ("N", "refused", e.fields.get("C"), e.fields.get("M"))
+        return ("N", "logged in")
+    finally:
+        c.close()
+
+
+def request(code, extra):
+    return struct.pack("!II", 8 + len(extra), code) + extra
+
+
+@pytest.mark.parametrize("extra", [b"\0" * 4, b"\x01" * 8, b"x"])
+def test_an_ssl_request_with_bytes_after_its_code_is_answered_as_by_postgres(
+        pg, start_sluice, extra):
+    """Postgres answers an SSLRequest longer than 8 bytes as an SSLRequest (here 'N', its TLS
+    off) and the login goes on; sluice refused it with FATAL 08P01 "invalid startup packet:
+    malformed packet"."""
+    s = start_sluice({"pool_mode": "transaction"})
+    want = request_then_login(pg.port, request(SSL_REQUEST_CODE, extra), "apppass")
+    assert want == ("N", "logged in")
+    assert request_then_login(s.port, request(SSL_REQUEST_CODE, extra), None) == want
+
+
+def test_a_gssenc_request_with_bytes_after_its_code_is_answered_as_one_of_8_bytes(
+        pg, start_sluice):
+    """Postgres answers a GSSENCRequest by its code alone: a longer one gets the answer an
+    8-byte one gets (its own 'G' where built with GSSAPI, sluice's 'N'), and after sluice's 'N'
+    the login goes on; sluice refused it with FATAL 08P01 "invalid startup packet: malformed
+    packet"."""
+    s = start_sluice({"pool_mode": "transaction"})
+    longer = request(GSSENC_REQUEST_CODE, b"\0" * 4)
+    assert first_answer(pg.port, longer) == first_answer(pg.port, request(GSSENC_REQUEST_CODE, b""))
+    assert first_answer(s.port, longer) == b"N"
+    assert request_then_login(s.port, longer, None) == ("N", "logged in")
