@@ -716,6 +716,19 @@ static bool answer_encryption_request(struct client *c, const struct startup_pac
     return true;
 }
 
+/* Postgres closes a connection whose startup length is out of range without a word: it only
+ * logs "invalid length of startup packet" (ProcessStartupPacket, COMMERROR), since what came is
+ * no Postgres client's and may read nothing. The log line says it here too. */
+static void refuse_startup_length(struct client *c, uint32_t len)
+{
+    if (c->worker->cfg->log_pooler_errors)
+        log_client(LOG_WARNING, c,
+                   "%s: closing without an answer, as Postgres does: invalid length of startup "
+                   "packet (%u, outside 8..%u bytes)",
+                   failure_name(FAIL_BAD_STARTUP), len, (unsigned)CODEC_MAX_STARTUP_LEN);
+    client_close(c, "invalid length of startup packet");
+}
+
 void client_login_on_startup_bytes(struct client *c)
 {
     for (;;) {
@@ -726,12 +739,14 @@ void client_login_on_startup_bytes(struct client *c)
             return;
         if (fr == FRAME_BAD_LENGTH) {
             /* Postgres 15 refuses direct TLS too (its record header as a startup length) */
-            client_fail(c, FAIL_BAD_STARTUP,
-                        codec_starts_tls_handshake(b->data + b->scan, buf_unframed(b))
-                            ? "a TLS handshake without an SSLRequest first (direct TLS, libpq's "
-                              "sslnegotiation=direct) is not supported: connect with "
-                              "sslnegotiation=postgres"
-                            : "length outside 8..10004 bytes");
+            if (codec_starts_tls_handshake(b->data + b->scan, buf_unframed(b))) {
+                client_fail(c, FAIL_BAD_STARTUP,
+                            "a TLS handshake without an SSLRequest first (direct TLS, libpq's "
+                            "sslnegotiation=direct) is not supported: connect with "
+                            "sslnegotiation=postgres");
+                return;
+            }
+            refuse_startup_length(c, codec_get_u32(b->data + b->scan));
             return;
         }
         if (buf_unframed(b) < total)

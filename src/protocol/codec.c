@@ -120,11 +120,14 @@ void codec_parse_startup(const uint8_t *p, uint32_t total_len, struct startup_pa
     codec_reader_init(&r, p + 4, total_len - 4);
     out->code = (uint32_t)codec_read_i32(&r);
     switch (out->code) {
+    /* Postgres reads the whole packet and then goes by its code alone: an SSLRequest or a
+     * GSSENCRequest with bytes after the code is answered as one, the bytes ignored
+     * (ProcessStartupPacket checks the length of a CancelRequest only). */
     case CODEC_SSL_CODE:
-        out->kind = total_len == 8 ? STARTUP_SSL_REQUEST : STARTUP_MALFORMED;
+        out->kind = STARTUP_SSL_REQUEST;
         return;
     case CODEC_GSSENC_CODE:
-        out->kind = total_len == 8 ? STARTUP_GSSENC_REQUEST : STARTUP_MALFORMED;
+        out->kind = STARTUP_GSSENC_REQUEST;
         return;
     case CODEC_CANCEL_CODE:
         if (total_len != 16)

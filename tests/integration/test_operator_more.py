@@ -366,3 +366,32 @@ def test_a_database_removed_by_reload_and_added_back_is_no_longer_paused_or_disa
         adm.execute("DISABLE keep")
         adm.execute("RELOAD")
         assert {r["name"]: r for r in show(adm, "DATABASES")}["keep"]["disabled"] == 1
+
+
+# ---- SET auth_file is refused, not half done --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_set_auth_file_is_refused_and_the_file_in_force_stays(start_sluice, tmp_path):
+    """auth_file is read with the whole configuration, so a console SET of it is refused with
+    55P02 and a hint to RELOAD, never taken as a key changed while its users stay the old
+    file's: SHOW CONFIG keeps naming the file in force, its users log in, and a user only in
+    the file the SET named does not. (A guard: it passed before and after Dec 7's framing
+    fixes; a session's notes had it that the SET changed the key only.)"""
+    s = start_sluice({"admin_users": "admin", "pool_mode": "transaction"},
+                     auth_file={APP_USER: "apppass", "admin": "adminpass"})
+    other = tmp_path / "other_userlist.txt"
+    other.write_text(f'"{APP_USER}" "apppass"\n"admin" "adminpass"\n"newcomer" "newpass"\n')
+    with console(s, password="adminpass") as adm:
+        before = [r for r in show(adm, "CONFIG") if r["key"] == "auth_file"]
+        with pytest.raises(psycopg.Error) as ei:
+            adm.execute(f"SET auth_file = '{other}'")
+        assert ei.value.sqlstate == "55P02", ei.value
+        assert "RELOAD" in (ei.value.diag.message_hint or ""), ei.value.diag.message_hint
+        assert [r for r in show(adm, "CONFIG") if r["key"] == "auth_file"] == before
+    with pytest.raises(psycopg.OperationalError) as ei:
+        psycopg.connect(s.dsn(user="newcomer", password="newpass")).close()
+    assert 'password authentication failed for user "newcomer"' in str(ei.value), ei.value
+    s.wait_for_log(r"newcomer@.* login failed \(md5\): no such user in auth_file")
+    with s.connect(password="apppass") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)

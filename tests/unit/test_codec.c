@@ -605,12 +605,14 @@ static void startup_protocol_2_and_4_are_bad_protocol_3_1_is_3(void)
     CHECK_INT(startup_kind_of(CODEC_CANCEL_CODE - 1, NULL, 0), STARTUP_BAD_PROTOCOL);
 }
 
-static void startup_requests_with_wrong_length_are_malformed(void)
+static void startup_requests_are_known_by_code_and_a_cancel_by_its_length(void)
 {
     static const uint8_t extra[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    CHECK_INT(startup_kind_of(CODEC_SSL_CODE, extra, 4), STARTUP_MALFORMED);
-    CHECK_INT(startup_kind_of(CODEC_SSL_CODE, extra, 1), STARTUP_MALFORMED);
-    CHECK_INT(startup_kind_of(CODEC_GSSENC_CODE, extra, 4), STARTUP_MALFORMED);
+    /* Postgres answers an SSLRequest or GSSENCRequest by its code alone, whatever follows it;
+     * only a CancelRequest must have its length. */
+    CHECK_INT(startup_kind_of(CODEC_SSL_CODE, extra, 4), STARTUP_SSL_REQUEST);
+    CHECK_INT(startup_kind_of(CODEC_SSL_CODE, extra, 1), STARTUP_SSL_REQUEST);
+    CHECK_INT(startup_kind_of(CODEC_GSSENC_CODE, extra, 4), STARTUP_GSSENC_REQUEST);
     CHECK_INT(startup_kind_of(CODEC_CANCEL_CODE, NULL, 0), STARTUP_MALFORMED);
     CHECK_INT(startup_kind_of(CODEC_CANCEL_CODE, extra, 4), STARTUP_MALFORMED);
     CHECK_INT(startup_kind_of(CODEC_CANCEL_CODE, extra, 7), STARTUP_MALFORMED);
@@ -1289,7 +1291,7 @@ int main(void)
     RUN(startup_gssenc_request_is_recognised);
     RUN(startup_cancel_request_carries_pid_and_key);
     RUN(startup_protocol_2_and_4_are_bad_protocol_3_1_is_3);
-    RUN(startup_requests_with_wrong_length_are_malformed);
+    RUN(startup_requests_are_known_by_code_and_a_cancel_by_its_length);
     RUN(startup_unterminated_or_unfinished_lists_are_malformed);
     RUN(startup_trailing_bytes_after_final_nul_are_malformed);
     RUN(startup_truncated_at_any_length_is_malformed);
