@@ -410,3 +410,51 @@ def test_a_plain_client_is_served_at_once_after_the_last_such_client_left(pg, st
         waits.append(time.monotonic() - t0)
     plain.close()
     assert sorted(waits)[2] < 1.0, waits
+
+
+@pytest.mark.timeout(240)
+def test_reloads_of_pool_mode_during_a_storm_keep_caps_and_settings(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 3,
+                      "max_db_connections": 3, "workers": 2, "query_wait_timeout": 90})
+    stop = threading.Event()
+    errors, counts = [], {}
+
+    def loop(i):
+        kind = i % 3
+        extra = {"application_name": f"r{kind}"}
+        if kind:
+            extra["options"] = OPTIONS
+        want = "on" if kind else "off"
+        counts[i] = 0
+        try:
+            with s.connect(**extra) as c:
+                while not stop.is_set():
+                    got = c.execute("SELECT current_setting('ignore_system_indexes'),"
+                                    " pg_sleep(0.005)").fetchone()[0]
+                    assert got == want, (extra, got)
+                    counts[i] += 1
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append((i, e))
+
+    def reload_mode(mode):
+        text = re.sub(r"^pool_mode = .*$", f"pool_mode = {mode}", s.ini_path.read_text(),
+                      flags=re.M)
+        s.ini_path.write_text(text)
+        mark = s.mark()
+        s.send_signal(signal.SIGHUP)
+        s.wait_for_log(r"configuration reloaded", since=mark)
+
+    with BackendSampler(pg, APP_USER) as sampler:
+        threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(9)]
+        for t in threads:
+            t.start()
+        for mode in ["session", "transaction", "statement", "transaction"]:
+            time.sleep(1.5)
+            reload_mode(mode)
+        time.sleep(2)
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    assert sampler.max <= 3, f"saw {sampler.max} backends with a cap of 3: {sampler.history}"
+    assert all(k > 0 for k in counts.values()), counts
