@@ -2,8 +2,10 @@
  * of the counters stands for — its pools' server lists, its auth_query connections, the
  * logged-in clients on its pools' client lists (with one worker also the servers charged to a
  * budget and the clients in it) — and compares; and every counter must be the sum of its
- * shares. Debug builds run it on every worker's maintenance tick, on that worker's thread
- * (sluice.c); tests/unit/test_ledger.c runs it too. Reads only. */
+ * shares. It proves too each pool's count of clients that make it match servers by startup
+ * fingerprint (pool.h every_mode_startup_clients), which decides how its caps make room. Debug
+ * builds run it on every worker's maintenance tick, on that worker's thread (sluice.c);
+ * tests/unit/test_ledger.c runs it too. Reads only. */
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +50,38 @@ static int walked_servers(const struct worker *worker, const char *db_name, cons
             n += pool_server_count(p);
     }
     return n + secret_query_servers(db_name, user_name);
+}
+
+/* A pool's clients of startup_scope EVERY_MODE on its client lists: what
+ * p->every_mode_startup_clients stands for (client_set_state). A count stuck above 0 keeps a
+ * transaction pool matching by fingerprint for ever; one at 0 or below while such a client is
+ * in the pool opens no server with its startup parameters, and it waits for query_wait_timeout. */
+static int walked_every_mode(const struct pool *p)
+{
+    const struct list *lists[] = {&p->waiting, &p->idle_clients, &p->active_clients};
+    int n = 0;
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        struct list_node *node, *tmp;
+        list_for_each(lists[i], node, tmp)
+        {
+            const struct client *c = container_of(node, struct client, node);
+            n += c->startup_scope == STARTUP_SCOPE_EVERY_MODE;
+        }
+    }
+    return n;
+}
+
+static bool every_mode_counts_agree(const struct worker *worker)
+{
+    bool ok = true;
+    struct list_node *node, *tmp;
+    list_for_each(&worker->pools, node, tmp)
+    {
+        const struct pool *p = container_of(node, struct pool, node);
+        ok &= agree("clients needing their startup parameters in every mode, database", p->db_name,
+                    p->every_mode_startup_clients, walked_every_mode(p));
+    }
+    return ok;
 }
 
 /* What a budget is charged for: servers leased to its clients, or its logged-in clients. */
@@ -275,6 +309,7 @@ bool ledger_audit(const struct worker *worker)
     ok &= totals_are_sums_of_shares(l);
     ok &= budget_leases_agree(worker);
     ok &= lease_waits_agree(worker);
+    ok &= every_mode_counts_agree(worker);
     ledger_unlock(l);
     if (worker->proc->nworkers == 1)
         ok &= budget_clients_agree(worker);
