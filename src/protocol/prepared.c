@@ -1320,8 +1320,8 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
         size_t quote = (size_t)(s + 2 - sql), after;
         bool ended;
         size_t past = sql_skip_lexeme(sql, quote, SIZE_MAX, reading, &ended, NULL);
-        if (!ended || sql_unicode_name(sql, quote, past, SIZE_MAX, name, namelen, &after) !=
-                          SQL_UNICODE_READ) {
+        if (!ended || sql_unicode_name_read(sql, quote, past, SIZE_MAX, reading, name, namelen,
+                                            &after) != SQL_UNICODE_READ) {
             name[0] = '\0';
             return SQL_OTHER;
         }
