@@ -999,6 +999,20 @@ void stmt_queue_sync_framed(struct stmt_queue *q)
     q->skipping_to_sync = false;
 }
 
+/* Is one of the Parses and Describes a held Query waits for still queued (they are queued
+ * after every Sync: a backward scan past what follows them, a Close or two)? */
+static bool holds_query_queued(const struct stmt_queue *q)
+{
+    for (uint32_t i = q->count; i-- > 0;) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        if (it->holds_query)
+            return true;
+        if (it->kind == REQ_SYNC)
+            return false;
+    }
+    return false;
+}
+
 enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
                                            struct stmt_map *client_map, uint8_t type,
                                            const uint8_t *body, uint32_t len)
@@ -1032,8 +1046,12 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
     if (client_map)
         give_shape(client_map, client_name_of(it), it->def, shape);
     take_out(q, k);
-    /* A held Query waits for the last of sluice's Parses before it, described last. */
-    if (q->held_query == HELD_FOR_PARSE && q->count > 0 && last_item(q)->holds_query)
+    /* A held Query waits for the last of sluice's Parses before it, described last: while one
+     * of them is queued, a Parse that may fail is. Not only the last item tells: a Close of
+     * another client's statement named in the Query (hide_others_statement) may follow them,
+     * and the Query sent before their outcome would be skipped after a failed Parse, and never
+     * answered (no Sync follows it). */
+    if (q->held_query == HELD_FOR_PARSE && holds_query_queued(q))
         return REPLY_SWALLOW;
     q->shape_awaited = false; /* what waited looks again */
     if (q->held_query == HELD_FOR_PARSE)

@@ -428,3 +428,118 @@ def test_extended_mix_on_a_backend_with_room_for_two(pg, start_sluice):
                          main={"max_prepared_statements": 2},
                          setup=lambda: ddl(pg, f"DROP TABLE {table}"))
     compare(want, got)
+
+
+def test_a_client_gone_while_the_parses_wait_then_one_fails_leaves_a_clean_backend(
+        pg, start_sluice):
+    """As above, but the table is dropped under the lock: sluice's waiting Parse of `k` then
+    fails, after its client left. The server skips to a Sync: the backend must get one (or be
+    closed) before another client's Query, which would otherwise be skipped."""
+    table = "t_attack_gone_fail"
+    fresh_table(pg, table)
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1})
+    c = raw_login(s.port)
+    holder = locker = d = None
+    try:
+        named = locked_named(table)
+        holder = on_another_backend(s, c, named)
+        locker = pg.superuser("appdb")
+        locker.execute("BEGIN")
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        c.send(message(b"Q", b"EXECUTE a; EXECUTE k; EXECUTE b\0"))
+        wait_until(lambda: lock_waiters(pg) == 1, 30, what="a backend waiting on the lock")
+        c.close_abruptly()
+        time.sleep(0.5)
+        locker.execute(f"DROP TABLE {table}")
+        locker.execute("COMMIT")
+        d = raw_login(s.port, timeout=20)
+        mine = [("a", "SELECT 'd-a'"), ("k", "SELECT 'd-k'"), ("b", "SELECT 'd-b'")]
+        for _ in range(3):
+            prepare(d, mine)
+            got = [q(d, sql) for sql in ["EXECUTE a; EXECUTE k; EXECUTE b", "SELECT 1"]]
+            assert got == [["T", ("D", (b"d-a",)), ("C", "SELECT 1"), "T", ("D", (b"d-k",)),
+                            ("C", "SELECT 1"), "T", ("D", (b"d-b",)), ("C", "SELECT 1"), "ZI"],
+                           ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]], got
+    finally:
+        for x in (c, holder, locker, d):
+            if x:
+                x.close()
+
+
+def test_the_backend_terminated_while_the_parses_wait(pg, start_sluice):
+    """The backend whose Parses wait on a lock is terminated: the client gets an error, never a
+    hang, and a new connection runs its statements."""
+    table = "t_attack_term"
+    fresh_table(pg, table)
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1})
+    c = raw_login(s.port, timeout=20)
+    holder = locker = d = None
+    try:
+        named = locked_named(table)
+        holder = on_another_backend(s, c, named)
+        locker = pg.superuser("appdb")
+        locker.execute("BEGIN")
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        c.send(message(b"Q", b"EXECUTE a; EXECUTE k; EXECUTE b\0"))
+        wait_until(lambda: lock_waiters(pg) == 1, 30, what="a backend waiting on the lock")
+        pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                 " WHERE wait_event_type = 'Lock' AND usename = 'app'")
+        errors = []
+        try:
+            while True:
+                t, p = c.read_message()
+                if t == "E":
+                    errors.append(parse_fields(p).get("C"))
+                if t == "Z":
+                    break
+        except Exception as e:  # noqa: BLE001 - closed is fine after the error
+            errors.append(type(e).__name__)
+        assert errors and errors[0] in ("57P01", "08006"), errors
+        locker.execute("ROLLBACK")
+        d = raw_login(s.port)
+        prepare(d, named)
+        assert [x for x in q(d, "EXECUTE a; EXECUTE k; EXECUTE b") if x[0] == "D"] == [
+            ("D", (b"1",)), ("D", (b"7",)), ("D", (b"2",))]
+    finally:
+        for x in (c, holder, locker, d):
+            if x:
+                x.close()
+
+
+def unicode_on_a_lacking_backend(c):
+    return [q(c, sql) for sql in [
+        'EXECUTE U&"\\0073\\0030"; EXECUTE s0; EXECUTE U&"!0053!0031" UESCAPE \'!\'; '
+        'EXECUTE U&"\\0053\\0031"; EXECUTE "S1"; EXECUTE U&"\\0061\\0062"',
+        'DEALLOCATE U&"\\0073\\0030"; EXECUTE s0', 'EXECUTE ab; EXECUTE "S1"; EXECUTE ln',
+        'EXECUTE ln; EXECUTE U&"\\006cn"']]
+
+
+def test_unicode_names_and_notices_among_executes_a_backend_lacks(pg, start_sluice):
+    """U&"..." names of statements the backend lacks, in one Query with their plain names, a
+    name equal to another's once decoded, and a statement whose Parse raises a NOTICE (42622,
+    which the client had at its own Parse and not again at EXECUTE)."""
+    named = [("s0", "SELECT 0"), ("S1", "SELECT 1"), ("s1", "SELECT 11"), ("ab", "SELECT 2"),
+             ("ln", "SELECT 3 AS " + "x" * 70)]
+    want, got = run_both(pg, start_sluice, named, unicode_on_a_lacking_backend)
+    compare(want, got)
+
+
+def test_a_failing_parse_before_a_name_of_sluices_form_in_one_query(pg, start_sluice):
+    """EXECUTE s0; EXECUTE g; EXECUTE sluice_0123abcd (g's table dropped; the last a name of
+    sluice's form the client does not hold, which sluice closes on the server first): the Query
+    waits for g's Parse too, and gets Postgres's error and ReadyForQuery, not silence (the
+    server skips a Query sent after a failed Parse, and answers nothing until a Sync)."""
+    table = "t_attack_form"
+    fresh_table(pg, table)
+    named = [("s0", "SELECT 0 AS v"), ("g", f"SELECT a FROM {table}"), ("s1", "SELECT 1 AS v")]
+
+    def steps(c):
+        c.settimeout(20)
+        return [last_two(q(c, sql)) for sql in [
+            "EXECUTE s0; EXECUTE g; EXECUTE sluice_0123abcd",
+            "EXECUTE s1; EXECUTE g; DEALLOCATE sluice_0123abcd"]] + [
+            q(c, sql) for sql in ["EXECUTE s0", "EXECUTE s1", "SELECT 1"]]
+
+    want, got = run_both(pg, start_sluice, named, steps,
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
