@@ -69,14 +69,17 @@ def latin1_names(c):
     return [seen(c)] + [qb(c, sql) for sql in [
         b'EXECUTE U&"\\00e9"', b'EXECUTE U&"\\00c3\\00a9"', b'EXECUTE U&"x\\00e9y"',
         b'EXECUTE U&"\\00c3\xa9"', b'EXECUTE "\xe9"', b'EXECUTE U&"\\20ac"',
+        b'EXECUTE U&"x\\00e9y"; SELECT \'\xe9\', * FROM nosuch_tbl',
         b'DEALLOCATE U&"\\00e9"', b'EXECUTE "\xe9"', b'EXECUTE "\xc3\xa9"']] + [
         (c.send(raw_bind_run(b"\xe9")), seen(c))[1]]
 
 
-def test_unicode_escaped_names_under_latin1_name_the_statement_postgres_does(pg, start_sluice):
+@pytest.mark.parametrize("spelled", ["LATIN1", "latin1", "iso88591"])
+def test_unicode_escaped_names_under_latin1_name_the_statement_postgres_does(pg, start_sluice,
+                                                                              spelled):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
-    direct = raw_login(pg.port, password="apppass", client_encoding="LATIN1")
-    pooled = raw_login(s.port, client_encoding="LATIN1")
+    direct = raw_login(pg.port, password="apppass", client_encoding=spelled)
+    pooled = raw_login(s.port, client_encoding=spelled)
     try:
         compare(latin1_names(direct), latin1_names(pooled))
     finally:
@@ -92,7 +95,8 @@ def escape_characters(c):
         'EXECUTE U&"a0061" UESCAPE \'a\'', 'EXECUTE U&"+0061" UESCAPE \'+\'',
         'EXECUTE U&" 0061" UESCAPE \' \'', 'EXECUTE U&"!0061" UESCAPE E\'!\'',
         'EXECUTE U&"\\0061" UESCAPE \'\\\'', 'EXECUTE U&"\\zzzz"', 'EXECUTE U&"\\006"',
-        'EXECUTE U&"!0061" /* c */ UESCAPE --x\n \'!\'', 'EXECUTE a']]
+        'EXECUTE U&"!0061" /* c */ UESCAPE --x\n \'!\'', 'EXECUTE a',
+        'EXECUTE U&"!0061" UESCAPE \'!\'; SELECT * FROM nosuch_tbl']]
 
 
 def test_unicode_escape_characters_postgres_refuses_reach_it_unchanged(pg, start_sluice):
@@ -542,4 +546,53 @@ def test_a_failing_parse_before_a_name_of_sluices_form_in_one_query(pg, start_sl
 
     want, got = run_both(pg, start_sluice, named, steps,
                          setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
+
+
+def test_a_client_failed_in_the_middle_of_a_round_trip_leaves_a_clean_backend(pg, start_sluice):
+    """The client changed client_encoding since it prepared s1, whose text LATIN1 lacks: sluice
+    sends s0's Parse, then fails the client at s1 (22P05, FATAL). The next client on that
+    backend runs its own statements of the same names."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1})
+    c = raw_login(s.port)
+    holder = d = None
+    try:
+        named = [("s0", "SELECT 0 AS v"), ("s1", "SELECT '\u20ac' AS v"), ("s2", "SELECT 2")]
+        holder = on_another_backend(s, c, named)
+        q(c, "SET client_encoding TO 'LATIN1'")
+        c.send(message(b"Q", b"EXECUTE s0; EXECUTE s1; EXECUTE s2\0"))
+        got = []
+        try:
+            while True:
+                t, p = c.read_message()
+                got.append(item(t, p) or t)
+                if t == "Z":
+                    break
+        except Exception:  # noqa: BLE001 - a FATAL closes the connection
+            pass
+        assert got and got[-1][:2] == ("E", "22P05"), got
+        d = raw_login(s.port, timeout=20)
+        mine = [("s0", "SELECT 'd0'"), ("s1", "SELECT 'd1'"), ("s2", "SELECT 'd2'")]
+        for _ in range(3):
+            prepare(d, mine)
+            got = q(d, "EXECUTE s0; EXECUTE s1; EXECUTE s2")
+            assert [x for x in got if x[0] == "D"] == [
+                ("D", (b"d0",)), ("D", (b"d1",)), ("D", (b"d2",))] and got[-1] == "ZI", got
+    finally:
+        for x in (c, holder, d):
+            if x:
+                x.close()
+
+
+def prepare_by_sql_among_executes(c):
+    return [q(c, sql) for sql in [
+        "EXECUTE s0; PREPARE s9 AS SELECT 9; EXECUTE s9; DEALLOCATE s9; EXECUTE s1",
+        "EXECUTE s2; PREPARE s3 AS SELECT 33", "EXECUTE s3", "PREPARE s4 AS SELECT 44; EXECUTE s2",
+        "EXECUTE s4", "EXECUTE s5; DEALLOCATE PREPARE s5; PREPARE s5 AS SELECT 55; EXECUTE s5; "
+        "DEALLOCATE s5", "EXECUTE s5", "EXPLAIN (COSTS OFF) EXECUTE s2; EXECUTE s1"]]
+
+
+def test_sql_prepare_among_executes_of_lacking_statements(pg, start_sluice):
+    named = [(f"s{i}", f"SELECT {i} AS v") for i in range(6)]
+    want, got = run_both(pg, start_sluice, named, prepare_by_sql_among_executes)
     compare(want, got)
