@@ -1338,11 +1338,18 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
         size_t quote = (size_t)(s + 2 - sql), after;
         bool ended;
         size_t past = sql_skip_lexeme(sql, quote, SIZE_MAX, reading, &ended, NULL);
-        if (!ended || sql_unicode_name_read(sql, quote, past, SIZE_MAX, reading, name, namelen,
-                                            &after) != SQL_UNICODE_READ) {
+        /* Decoded, it is no longer than as written; Postgres keys it by its first 63 bytes,
+         * however long (cut_sql_name), so it is read whole and kept as far as `name` holds,
+         * as a quoted name is below. */
+        char *decoded = ended ? malloc(past - quote + 1) : NULL;
+        if (!decoded || sql_unicode_name_read(sql, quote, past, SIZE_MAX, reading, decoded,
+                                              past - quote + 1, &after) != SQL_UNICODE_READ) {
+            free(decoded);
             name[0] = '\0';
             return SQL_OTHER;
         }
+        snprintf(name, namelen, "%s", decoded);
+        free(decoded);
         n = strlen(name);
         s = sql + after;
     } else if (*s == '"') {

@@ -596,3 +596,25 @@ def test_sql_prepare_among_executes_of_lacking_statements(pg, start_sluice):
     named = [(f"s{i}", f"SELECT {i} AS v") for i in range(6)]
     want, got = run_both(pg, start_sluice, named, prepare_by_sql_among_executes)
     compare(want, got)
+
+
+def long_unicode_names(c):
+    """U&"..." names Postgres truncates to 63 bytes, whatever their length decoded (past 255
+    bytes too): the statement of that key runs (its NOTICE 42622 aside, docs/pool-modes.md)."""
+    c.send(parse_msg("a" * 63, "SELECT 63") + parse_msg("\u00e9" * 31, "SELECT 31")
+           + sync_msg())
+    return [seen(c)] + [[x for x in q(c, sql) if x[0] != "N"] for sql in [
+        'EXECUTE U&"' + "a" * 300 + '"', 'EXECUTE U&"' + "\\0061" * 70 + '"',
+        'EXECUTE U&"' + "\\00e9" * 200 + '"', 'EXECUTE U&"' + "a" * 62 + "\\+01F600" * 100 + '"',
+        'DEALLOCATE U&"' + "a" * 400 + '"', 'EXECUTE U&"' + "a" * 63 + '"']]
+
+
+def test_long_unicode_escaped_names_are_the_statement_of_their_key(pg, start_sluice):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1})
+    direct = raw_login(pg.port, password="apppass")
+    pooled = raw_login(s.port)
+    try:
+        compare(long_unicode_names(direct), long_unicode_names(pooled))
+    finally:
+        direct.close()
+        pooled.close()
