@@ -618,3 +618,30 @@ def test_long_unicode_escaped_names_are_the_statement_of_their_key(pg, start_slu
     finally:
         direct.close()
         pooled.close()
+
+
+def test_clients_sharing_statement_texts_after_a_failed_round_trip(pg, start_sluice):
+    """Two clients with the same statement texts (one server statement each on the backend,
+    pool_size = 1): A's Query fails at g's Parse, which makes the server skip the Parses after
+    it; B's and A's next Queries of those statements run them, never 26000."""
+    table = "t_attack_shared"
+    fresh_table(pg, table)
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1,
+                      "max_prepared_statements": 3})
+    named = [("s0", "SELECT 0 AS v"), ("s1", "SELECT 1 AS v"), ("g", f"SELECT a FROM {table}"),
+             ("s3", "SELECT 3 AS v"), ("s4", "SELECT 4 AS v")]
+    a, b = raw_login(s.port), raw_login(s.port)
+    try:
+        prepare(a, named)
+        prepare(b, named)
+        q(b, "EXECUTE s4; EXECUTE s3")
+        ddl(pg, f"DROP TABLE {table}")
+        got = q(a, "EXECUTE s0; EXECUTE s1; EXECUTE g; EXECUTE s3; EXECUTE s4")
+        assert got[-2][1] == "42P01" and got[-1] == "ZI", got
+        for c in (b, a, b):
+            got = q(c, "EXECUTE s3; EXECUTE s4; EXECUTE s0; EXECUTE s1")
+            assert [x for x in got if x[0] == "D"] == [
+                ("D", (b"3",)), ("D", (b"4",)), ("D", (b"0",)), ("D", (b"1",))], got
+    finally:
+        a.close()
+        b.close()
