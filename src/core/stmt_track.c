@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client.h"
 #include "pool.h"
@@ -60,12 +61,31 @@ static const char *client_encoding_of(const struct client *c, const struct serve
     return client;
 }
 
+/* How a U&"..." name's escapes read as the client's name (sql_lex.h SQL_READ_ESCAPES_*):
+ * Postgres decodes them to characters of the server's encoding, where the client's names,
+ * keyed by sluice as the client sent them, arrive converted from its client_encoding. UTF-8
+ * for a UTF8 client, and for SQL_ASCII (not converted) on a UTF8 server; LATIN1's bytes for a
+ * LATIN1 client (and SQL_ASCII on a LATIN1 server); another client's bytes for a character
+ * past ASCII are not known here, and such a name is left to the server. */
+static unsigned escapes_reading(const char *client, const struct server *s)
+{
+    const char *server = params_get(&s->params, "server_encoding");
+    if (client && strcasecmp(client, "SQL_ASCII") == 0)
+        client = server;
+    if (client && (strcasecmp(client, "UTF8") == 0 || strcasecmp(client, "UNICODE") == 0))
+        return 0;
+    if (client && strcasecmp(client, "LATIN1") == 0)
+        return SQL_READ_ESCAPES_LATIN1;
+    return SQL_READ_ESCAPES_ASCII;
+}
+
 /* How an unquoted SQL name in the client's text reads (prepared_classify_query_at): in SJIS,
  * BIG5, GBK and the like a character's second byte may be an ASCII letter, which Postgres,
  * reading the name once converted to the server's encoding, neither folds nor ends the name at. */
 static unsigned names_reading(const struct client *c, const struct server *s)
 {
-    return sql_encoding_reading(client_encoding_of(c, s));
+    const char *client = client_encoding_of(c, s);
+    return sql_encoding_reading(client) | escapes_reading(client, s);
 }
 
 /* Nothing the client sent is unanswered: the ParameterStatus of any change of client_encoding

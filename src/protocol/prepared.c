@@ -999,6 +999,20 @@ void stmt_queue_sync_framed(struct stmt_queue *q)
     q->skipping_to_sync = false;
 }
 
+/* Is one of the Parses and Describes a held Query waits for still queued (they are queued
+ * after every Sync: a backward scan past what follows them, a Close or two)? */
+static bool holds_query_queued(const struct stmt_queue *q)
+{
+    for (uint32_t i = q->count; i-- > 0;) {
+        const struct stmt_queue_item *it = item_at(q, i);
+        if (it->holds_query)
+            return true;
+        if (it->kind == REQ_SYNC)
+            return false;
+    }
+    return false;
+}
+
 enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map *server_map,
                                            struct stmt_map *client_map, uint8_t type,
                                            const uint8_t *body, uint32_t len)
@@ -1032,8 +1046,12 @@ enum stmt_reply_action stmt_on_description(struct stmt_queue *q, struct stmt_map
     if (client_map)
         give_shape(client_map, client_name_of(it), it->def, shape);
     take_out(q, k);
-    /* A held Query waits for the last of sluice's Parses before it, described last. */
-    if (q->held_query == HELD_FOR_PARSE && q->count > 0 && last_item(q)->holds_query)
+    /* A held Query waits for the last of sluice's Parses before it, described last: while one
+     * of them is queued, a Parse that may fail is. Not only the last item tells: a Close of
+     * another client's statement named in the Query (hide_others_statement) may follow them,
+     * and the Query sent before their outcome would be skipped after a failed Parse, and never
+     * answered (no Sync follows it). */
+    if (q->held_query == HELD_FOR_PARSE && holds_query_queued(q))
         return REPLY_SWALLOW;
     q->shape_awaited = false; /* what waited looks again */
     if (q->held_query == HELD_FOR_PARSE)
@@ -1320,11 +1338,18 @@ enum sql_dealloc prepared_classify_query_at(const char *sql, unsigned reading, c
         size_t quote = (size_t)(s + 2 - sql), after;
         bool ended;
         size_t past = sql_skip_lexeme(sql, quote, SIZE_MAX, reading, &ended, NULL);
-        if (!ended || sql_unicode_name(sql, quote, past, SIZE_MAX, name, namelen, &after) !=
-                          SQL_UNICODE_READ) {
+        /* Decoded, it is no longer than as written; Postgres keys it by its first 63 bytes,
+         * however long (cut_sql_name), so it is read whole and kept as far as `name` holds,
+         * as a quoted name is below. */
+        char *decoded = ended ? malloc(past - quote + 1) : NULL;
+        if (!decoded || sql_unicode_name_read(sql, quote, past, SIZE_MAX, reading, decoded,
+                                              past - quote + 1, &after) != SQL_UNICODE_READ) {
+            free(decoded);
             name[0] = '\0';
             return SQL_OTHER;
         }
+        snprintf(name, namelen, "%s", decoded);
+        free(decoded);
         n = strlen(name);
         s = sql + after;
     } else if (*s == '"') {

@@ -246,7 +246,7 @@ enum stmt_req {
  * ReadyForQuery. */
 enum held_query {
     HELD_NONE,
-    HELD_FOR_PARSE,    /* sluice's Parses (their items holds_query, the last queued) are
+    HELD_FOR_PARSE,    /* sluice's Parses (their items holds_query, after every Sync) are
                         * not all answered */
     HELD_PARSE_FAILED, /* it failed: sluice's Sync answers in the Query's place */
 };

@@ -244,8 +244,37 @@ static long hex_code(const char *s, size_t j, size_t end, size_t n)
     return cp;
 }
 
+/* Postgres's check_uescapechar: a hex digit, '+', a quote or a blank cannot be the escape. */
+static bool escape_char_allowed(char esc)
+{
+    return !isxdigit((unsigned char)esc) && esc != '+' && esc != '\'' && esc != '"' &&
+           !strchr(" \t\n\r\f", esc);
+}
+
+/* The UESCAPE clause's literal at s[j..lit): '!' or E'!' (Postgres takes any string constant of
+ * one character; another spelling, E'\x21' or $$!$$, is not read here). */
+static bool escape_literal(const char *s, size_t j, size_t lit, char *esc)
+{
+    if (lit == j + 3 && s[j] == '\'' && s[j + 2] == '\'') {
+        *esc = s[j + 1];
+        return true;
+    }
+    if (lit == j + 4 && (s[j] | 0x20) == 'e' && s[j + 1] == '\'' && s[j + 3] == '\'' &&
+        s[j + 2] != '\\') {
+        *esc = s[j + 2];
+        return true;
+    }
+    return false;
+}
+
 enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, size_t len, char *out,
                                        size_t cap, size_t *after)
+{
+    return sql_unicode_name_read(s, i, past, len, SQL_READ_STANDARD, out, cap, after);
+}
+
+enum sql_unicode_name sql_unicode_name_read(const char *s, size_t i, size_t past, size_t len,
+                                            unsigned reading, char *out, size_t cap, size_t *after)
 {
     if (after)
         *after = past;
@@ -258,12 +287,14 @@ enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, siz
         !sql_ident_char(s[j + 7])) {
         j = sql_skip_space(s, j + 7, len);
         bool ended;
-        size_t lit = sql_skip_lexeme(s, j, len, SQL_READ_STANDARD, &ended, NULL);
+        bool e_prefix = !at_end(s, j + 1, len) && (s[j] | 0x20) == 'e' && s[j + 1] == '\'';
+        size_t lit = sql_skip_lexeme(s, j + e_prefix, len, SQL_READ_STANDARD, &ended, NULL);
         if (after)
             *after = lit;
-        if (lit != j + 3 || s[j] != '\'' || s[j + 2] != '\'')
-            return SQL_UNICODE_UNREAD; /* a quote as the escape, or what Postgres refuses */
-        esc = s[j + 1];
+        /* Postgres refuses an escape character it could not tell from the escapes' digits or
+         * the name's end (42601 "invalid Unicode escape character"): the server answers it */
+        if (!escape_literal(s, j, lit, &esc) || !escape_char_allowed(esc))
+            return SQL_UNICODE_UNREAD;
     }
     size_t n = 0, end = past - 1;
     long high = 0; /* a UTF-16 high surrogate, waiting for its low one */
@@ -271,6 +302,14 @@ enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, siz
         long cp = (unsigned char)s[k];
         size_t step = 1;
         bool escaped = false;
+        if (sql_multibyte_lead(s[k], reading) && k + 1 < end) {
+            /* a character's second byte may be the escape character's (0x5C): not one */
+            if (n + 2 >= cap)
+                return SQL_UNICODE_UNREAD;
+            out[n++] = s[k++];
+            out[n++] = s[k++];
+            continue;
+        }
         if (s[k] == '"') {
             step = 2; /* "" inside is one " */
         } else if (s[k] == esc && k + 1 < end && s[k + 1] == esc) {
@@ -298,8 +337,16 @@ enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, siz
             cp = 0x10000 + ((high - 0xd800) << 10) + (cp - 0xdc00);
             high = 0;
         }
-        /* a character past ASCII as UTF-8 (a byte as written stays as it is) */
-        size_t bytes = !escaped || cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+        /* An escaped character past ASCII as the client writes it, which is how sluice keys
+         * the client's names (a byte as written stays as it is): UTF-8, or LATIN1's byte; one
+         * it cannot write (past U+00FF in LATIN1) is none of its names, and under another
+         * encoding its bytes are not known: not read, the server looks the name up. */
+        if (escaped && cp >= 0x80 &&
+            ((reading & SQL_READ_ESCAPES_ASCII) ||
+             ((reading & SQL_READ_ESCAPES_LATIN1) && cp > 0xff)))
+            return SQL_UNICODE_UNREAD;
+        bool one_byte = !escaped || cp < 0x80 || (reading & SQL_READ_ESCAPES_LATIN1);
+        size_t bytes = one_byte ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
         if (n + bytes >= cap)
             return SQL_UNICODE_UNREAD;
         if (bytes == 1) {

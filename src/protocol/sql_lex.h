@@ -25,6 +25,13 @@ enum sql_reading {
     /* With SQL_READ_MULTIBYTE, SJIS: a byte of 0xA1 to 0xDF is a character of its own (a
      * half-width katakana), and takes nothing with it. */
     SQL_READ_SJIS = 4,
+    /* How sql_unicode_name_read writes an escaped character past ASCII, as the client would
+     * write it in its client_encoding (Postgres decodes a U&"..." name's escapes to characters
+     * of the server's encoding, where the client's own names arrive converted): by default as
+     * UTF-8 (a UTF8 client, or SQL_ASCII on a UTF8 server); as its LATIN1 byte, up to U+00FF; or
+     * not at all (another encoding: SQL_UNICODE_UNREAD). Other readers ignore these bits. */
+    SQL_READ_ESCAPES_LATIN1 = 8,
+    SQL_READ_ESCAPES_ASCII = 16,
 };
 
 /* Does ch begin a character of two bytes or more, under `reading`, whose next byte goes with
@@ -89,6 +96,12 @@ enum sql_unicode_name {
 };
 enum sql_unicode_name sql_unicode_name(const char *s, size_t i, size_t past, size_t len, char *out,
                                        size_t cap, size_t *after);
+/* The same, the name read as `reading` says (enum sql_reading: SQL_READ_MULTIBYTE keeps a
+ * character's second byte from being the escape character, SQL_READ_ESCAPES_* write escapes in
+ * the client's encoding); sql_unicode_name reads it as SQL_READ_STANDARD. An escape character
+ * Postgres refuses (a hex digit, '+', a quote, a blank) is SQL_UNICODE_UNREAD. */
+enum sql_unicode_name sql_unicode_name_read(const char *s, size_t i, size_t past, size_t len,
+                                            unsigned reading, char *out, size_t cap, size_t *after);
 /* Is that U&"..." name the temporary schema's, or one sluice does not decode? */
 bool sql_unicode_name_may_hide(const char *s, size_t i, size_t past, size_t len, size_t *after);
 

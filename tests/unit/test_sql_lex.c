@@ -26,8 +26,8 @@ static size_t skip(const char *text, size_t i, unsigned bs, bool *ended)
 
 /* sql_unicode_name of the quoted name at text[i] (an exact-size copy, as skip's): the kind, the
  * decoded name in out, and the text after it (past a UESCAPE clause) in *after_text. */
-static enum sql_unicode_name unicode(const char *text, size_t i, char *out, size_t cap,
-                                     const char **after_text)
+static enum sql_unicode_name unicode_read(const char *text, size_t i, unsigned reading, char *out,
+                                          size_t cap, const char **after_text)
 {
     size_t n = strlen(text);
     char *copy = malloc(n ? n : 1);
@@ -36,10 +36,19 @@ static enum sql_unicode_name unicode(const char *text, size_t i, char *out, size
     memcpy(copy, text, n);
     bool ended;
     size_t past = sql_skip_lexeme(copy, i, n, SQL_READ_STANDARD, &ended, NULL), after;
-    enum sql_unicode_name k = sql_unicode_name(copy, i, past, n, out, cap, &after);
+    enum sql_unicode_name k =
+        reading == SQL_READ_STANDARD
+            ? sql_unicode_name(copy, i, past, n, out, cap, &after)
+            : sql_unicode_name_read(copy, i, past, n, reading, out, cap, &after);
     free(copy);
     *after_text = text + after;
     return k;
+}
+
+static enum sql_unicode_name unicode(const char *text, size_t i, char *out, size_t cap,
+                                     const char **after_text)
+{
+    return unicode_read(text, i, SQL_READ_STANDARD, out, cap, after_text);
 }
 
 /* The rest of text after the lexeme at i, with the setting's reading, as a string. */
@@ -183,6 +192,37 @@ int main(void)
         CHECK_INT(unicode("XU&\"pg_temp\"", 3, name, sizeof name, &after), SQL_UNICODE_NONE);
         CHECK_INT(unicode("\"pg_temp\"", 0, name, sizeof name, &after), SQL_UNICODE_NONE);
         CHECK_INT(unicode("U&\"x\" UESCAPE", 2, name, sizeof name, &after), SQL_UNICODE_READ);
+        /* an escape character Postgres refuses (check_uescapechar): left to the server */
+        CHECK_INT(unicode("U&\"a0061\" UESCAPE 'a'", 2, name, sizeof name, &after),
+                  SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"+0061\" UESCAPE '+'", 2, name, sizeof name, &after),
+                  SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\" 0061\" UESCAPE ' '", 2, name, sizeof name, &after),
+                  SQL_UNICODE_UNREAD);
+        CHECK_INT(unicode("U&\"!0061\" UESCAPE E'!';", 2, name, sizeof name, &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "a");
+        CHECK_STR(after, ";");
+        /* escapes as the client's encoding writes them */
+        CHECK_INT(unicode_read("U&\"x\\00e9\xe9\"", 2, SQL_READ_ESCAPES_LATIN1, name, sizeof name,
+                               &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "x\xe9\xe9");
+        CHECK_INT(
+            unicode_read("U&\"\\20ac\"", 2, SQL_READ_ESCAPES_LATIN1, name, sizeof name, &after),
+            SQL_UNICODE_UNREAD);
+        CHECK_INT(
+            unicode_read("U&\"\\00e9\"", 2, SQL_READ_ESCAPES_ASCII, name, sizeof name, &after),
+            SQL_UNICODE_UNREAD);
+        CHECK_INT(
+            unicode_read("U&\"\\0061\"", 2, SQL_READ_ESCAPES_ASCII, name, sizeof name, &after),
+            SQL_UNICODE_READ);
+        CHECK_STR(name, "a");
+        /* SJIS: a character's second byte 0x5C is not the escape character */
+        CHECK_INT(unicode_read("U&\"\x95\\0061\"", 2, SQL_READ_MULTIBYTE | SQL_READ_SJIS, name,
+                               sizeof name, &after),
+                  SQL_UNICODE_READ);
+        CHECK_STR(name, "\x95\\0061");
     }
     return CHECK_DONE();
 }
