@@ -91,3 +91,37 @@ def test_a_set_of_a_name_a_comment_ends_is_followed_for_its_client(start_sluice,
         a.execute(statement)
         assert setting(b, TENANT) in (None, ""), f"B sees A's tenant after {statement!r}"
         assert setting(a, TENANT) == "42", f"A lost its tenant after {statement!r}"
+
+
+def exchange(conn, msgs):
+    """Send msgs, read to the next ReadyForQuery: the (type, SQLSTATE or payload) seen."""
+    conn.send(b"".join(msgs))
+    got = []
+    while True:
+        mtype, payload = conn.read_message()
+        if mtype in ("E", "N"):
+            got.append((mtype, pgwire.parse_fields(payload).get("C")))
+        else:
+            got.append((mtype, payload))
+        if mtype == "Z":
+            return got
+
+
+# 3ccfd74 answered a Close of the unnamed statement itself (CloseComplete), but the client's
+# Parse of it stays on the backend it gets again: its next Bind of the unnamed statement ran the
+# statement it had closed, where Postgres answers 26000.
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_close_of_the_unnamed_statement_closes_it_as_postgres_does(start_sluice, pg, mode):
+    steps = [[pgwire.parse_msg("", "SELECT 1"), pgwire.sync_msg()],
+             [pgwire.close_msg("S", ""), pgwire.sync_msg()],
+             [pgwire.bind_msg("", ""), pgwire.execute_msg(), pgwire.sync_msg()]]
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    seen = {}
+    for who, port, password in (("direct", pg.port, "apppass"), ("sluice", s.port, None)):
+        c = pgwire.raw_login(port, password=password)
+        try:
+            seen[who] = [exchange(c, msgs) for msgs in steps]
+        finally:
+            c.close()
+    assert seen["direct"][2] == [("E", "26000"), ("Z", b"I")]
+    assert seen["sluice"] == seen["direct"]
