@@ -695,11 +695,14 @@ static bool empty_query(const uint8_t *body, uint32_t len)
  * not an error: postgres.c exec_close_message)? In transaction and statement mode an idle
  * client keeps no WITH HOLD cursor and no SQL PREPARE past its transaction (docs/pool-modes.md;
  * session_state_policy = pin keeps its server, and it is never idle): a portal, none at all; a
- * statement, none but those sluice keeps for it (c->stmts, its keys as Postgres keys names). */
+ * statement, none but those sluice keeps for it (c->stmts, its keys as Postgres keys names).
+ * The unnamed statement is not one of those: a client's Parse of it stays on the backend, which
+ * the client gets again while no other client took it (a later Bind of it runs there), so its
+ * Close goes to a server; answered here, that Bind ran a statement Postgres had closed. */
 static bool close_of_nothing(const struct client *c, const uint8_t *body, uint32_t len)
 {
     if (len < 2 || (body[0] != 'S' && body[0] != 'P') || body[len - 1] != '\0' ||
-        !plain_ascii(body + 1, len - 2))
+        !plain_ascii(body + 1, len - 2) || (body[0] == 'S' && len == 2))
         return false;
     char key[STMT_KEY_MAX + 1];
     return body[0] == 'P' ||

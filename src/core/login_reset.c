@@ -157,7 +157,8 @@ static void watch_set_bytes(struct server *s, const char *bytes, size_t n)
         unsigned char prev = lr->prev_byte;
         lr->prev_byte = ch;
         if (lr->set_watch == SET_WATCH_IN_LINE_COMMENT) {
-            if (ch == '\n')
+            /* a CR alone ends it too, as in scan.l (sql_skip_lexeme) */
+            if (ch == '\n' || ch == '\r')
                 lr->set_watch = SET_WATCH_ON; /* what came before the comment still counts */
             continue;
         }

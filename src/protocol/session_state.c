@@ -154,14 +154,17 @@ static bool name_continues(const char *s, size_t i, size_t len)
     return next < len && s[next] == '.';
 }
 
-/* Does a name that ended at s[i] end there, as SET spells it (a space, '=', or the text's end)?
- * Anything else (app."X", a comment, more parts after a space) makes a name sluice does not
- * read. */
+/* Does a name that ended at s[i] end there, as SET spells it (a space, a comment, '=', or the
+ * text's end)? A comment separates tokens as a space does (`SET app.x-- c` LF `= 1` sets app.x; a
+ * '.' after it, name_continues). Anything else (app."X", more parts after a space) makes a name
+ * sluice does not read. */
 static bool name_ends(const char *s, size_t i, size_t len)
 {
     if (name_continues(s, i, len))
         return false;
-    return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0';
+    bool comment =
+        i + 1 < len && ((s[i] == '-' && s[i + 1] == '-') || (s[i] == '/' && s[i + 1] == '*'));
+    return i >= len || isspace((unsigned char)s[i]) || s[i] == '=' || s[i] == '\0' || comment;
 }
 
 /* A name quoted as an identifier ("search_path") or as a plain literal ('search_path'), with

@@ -109,7 +109,9 @@ size_t sql_skip_lexeme(const char *s, size_t i, size_t len, unsigned reading, bo
         return i;
     char next = at_end(s, i + 1, len) ? '\0' : s[i + 1];
     if (s[i] == '-' && next == '-') {
-        while (!at_end(s, i, len) && s[i] != '\n')
+        /* scan.l's comment is "--" and non_newline, [^\n\r]: a CR alone ends it too, and
+         * what follows runs (`-- c\rSET app.x = 1`) */
+        while (!at_end(s, i, len) && s[i] != '\n' && s[i] != '\r')
             i++;
         return i;
     }

@@ -774,9 +774,14 @@ static void parameters_a_statement_may_change_are_named(void)
     const char *spaced[] = {"SET app . tenant = 1",       "SET app. Tenant = 1",
                             "SET app /* c */.tenant = 1", "SET app\n.tenant TO DEFAULT",
                             "RESET app . tenant",         "RESET app. tenant",
-                            "SET local . tenant = 1",     "SET session/**/.tenant = 1"};
+                            "SET local . tenant = 1",     "SET session/**/.tenant = 1",
+                            /* a CR alone ends a "--" comment, as in scan.l */
+                            "SELECT 1; -- c\rSET app.tenant = 1", "SET app -- c\r.tenant = 1",
+                            /* a comment ends a name as a space does */
+                            "SET app.tenant/**/= 1",      "SET app.tenant--c\nTO 1"};
     const char *joined[] = {"app.tenant", "app.tenant", "app.tenant",   "app.tenant",
-                            "app.tenant", "app.tenant", "local.tenant", "session.tenant"};
+                            "app.tenant", "app.tenant", "local.tenant", "session.tenant",
+                            "app.tenant", "app.tenant", "app.tenant",   "app.tenant"};
     for (size_t i = 0; i < sizeof(spaced) / sizeof(spaced[0]); i++) {
         session_state_detect(spaced[i], strlen(spaced[i]), &t, SQL_READ_STANDARD);
         CHECK_INT(t.all, 0);

@@ -109,6 +109,7 @@ int main(void)
     /* comments: to the line's end, and block comments nest */
     ends_at("-- don't\nSET x = 1", 0, "\nSET x = 1");
     ends_at("-- to the end", 0, "");
+    ends_at("-- a CR alone ends it too (scan.l)\rSET x = 1", 0, "\rSET x = 1");
     ends_at("/* a /* b ' */ c */; SET x", 0, "; SET x");
     never_ends("/* a /* b */", 0, SQL_READ_STANDARD);
     never_ends("/*", 0, SQL_READ_STANDARD);
