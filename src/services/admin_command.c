@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "conn_id.h"
+#include "sql_lex.h"
 
 enum tok_kind { TOK_END, TOK_WORD, TOK_IDENT, TOK_STRING, TOK_EQUALS, TOK_SEMI, TOK_BAD };
 
@@ -45,26 +46,11 @@ static bool is_word_char(unsigned char ch)
            ch != '\'';
 }
 
-/* Blanks, -- comments to the end of the line and C-style comments (not nested). */
+/* Blanks and comments, read as Postgres reads them (sql_lex.c: a -- comment ends at a line feed
+ * or a carriage return, C-style comments nest, an unterminated one runs to the end). */
 static const char *skip_blanks(const char *p)
 {
-    for (;;) {
-        while (is_blank((unsigned char)*p))
-            p++;
-        if (p[0] == '-' && p[1] == '-') {
-            while (*p && *p != '\n')
-                p++;
-            continue;
-        }
-        if (p[0] == '/' && p[1] == '*') {
-            const char *end = strstr(p + 2, "*/");
-            if (!end)
-                return p + strlen(p); /* an unterminated comment runs to the end */
-            p = end + 2;
-            continue;
-        }
-        return p;
-    }
+    return p + sql_skip_space(p, 0, strlen(p));
 }
 
 /* Next token at *pp; advances *pp past it. */

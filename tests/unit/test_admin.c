@@ -185,6 +185,11 @@ static void empty_queries_and_comments(void)
     CHECK_INT(parse("/* c */ SHOW /* inner */ POOLS -- trailing"), ADMIN_SHOW);
     CHECK_INT(cmd.show, ADMIN_SHOW_POOLS);
     CHECK_INT(parse("/* unterminated"), ADMIN_EMPTY);
+    /* as in Postgres: a carriage return ends a -- comment, and comments nest */
+    CHECK_INT(parse("-- c\rSHOW POOLS"), ADMIN_SHOW);
+    CHECK_INT(cmd.show, ADMIN_SHOW_POOLS);
+    CHECK_INT(parse("/* a /* b */ SHOW CLIENTS */ SHOW POOLS"), ADMIN_SHOW);
+    CHECK_INT(cmd.show, ADMIN_SHOW_POOLS);
 }
 
 static void malformed_queries_are_syntax_errors_with_a_message(void)
