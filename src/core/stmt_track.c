@@ -405,6 +405,22 @@ static enum track_result ensure_named(struct client *c, struct server *s, struct
     return r;
 }
 
+/* A use of the client's statement whose result type the database no longer gives goes to the
+ * server under `changed` (STMT_CHANGED_NAME), which the server must refuse (26000, made the
+ * client's 0A000 by relay.c once stmt_queue_poison counted it): a statement the client itself
+ * PREPAREd by SQL under that name is closed first. */
+static enum track_result free_changed_name(struct client *c, struct server *s,
+                                           const struct stmt_server_name *changed)
+{
+    if (!stmt_map_get(&s->sql_prepared, changed->name))
+        return TRACK_PASS;
+    if (buf_pending(&c->in) > 0)
+        return TRACK_FLUSH;
+    free_name_on_server(s, changed->name, true);
+    stmt_map_remove(&s->sql_prepared, changed->name);
+    return TRACK_PASS;
+}
+
 /* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED): the server skips
  * everything up to a Sync, where Postgres, running the Query's EXECUTE itself, answers the
  * same error (forwarded already) and the Query's ReadyForQuery, then runs what the client sent
@@ -451,17 +467,35 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
  * Parse's own: stmt_on_error), the Parse and a Describe, both holds_query. The caller sends one
  * Flush after the Parses of all the statements the Query needs (await_held_query), which brings
  * their answers at once: one round trip, however many. When one failed, the server skipped
- * those after it (not prepared: stmt_on_ready), and answer_query_after_failed_parse. */
+ * those after it (not prepared: stmt_on_ready), and answer_query_after_failed_parse.
+ * An EXECUTE's statement (want: the client's result type, STMT_SHAPE_UNKNOWN: not compared) is
+ * compared as a Bind's is (compare_shape): one the server holds with another result type is
+ * prepared again, and the Query, looked at again, finds it fresh; still not the client's, the
+ * database's result type changed (*changed: the caller names STMT_CHANGED_NAME instead). */
 static enum track_result prepare_held_query(struct client *c, struct server *s,
-                                            struct stmt_def *mine, const char *name,
-                                            struct client_failure *fail)
+                                            struct stmt_def *mine, uint64_t want, const char *name,
+                                            bool *changed, struct client_failure *fail)
 {
-    bool changed;
+    *changed = false;
     if (s->reqs.held_query == HELD_PARSE_FAILED)
         return answer_query_after_failed_parse(c, s, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (theirs && stmt_def_equal(theirs->def, mine)) /* prepared, or its Parse is on its way */
-        return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &changed, fail);
+    /* After an error the server skips what follows up to the Sync: nothing to wait for. */
+    bool compare = want > STMT_SHAPE_UNCHECKED && !s->reqs.batch_failed;
+    if (theirs && stmt_def_equal(theirs->def, mine)) { /* prepared, or its Parse on its way */
+        bool unused;
+        switch (compare ? compare_shape(s, theirs, want) : SHAPE_MATCHES) {
+        case SHAPE_MATCHES:
+            return ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, name, STMT_RUN, &unused, fail);
+        case SHAPE_AWAITED: /* a held Query is looked at again once it is answered */
+            return s->reqs.held_query == HELD_FOR_PARSE ? TRACK_PASS : await_shape(c, s);
+        case SHAPE_CHANGED:
+            *changed = true;
+            return TRACK_PASS;
+        case SHAPE_DIFFERS:
+            break;
+        }
+    }
     if (can_prepare_again(c, s, mine, name, fail) != TRACK_PASS)
         return TRACK_FAILED;
     if (buf_pending(&c->in) > 0)
@@ -474,10 +508,13 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
     if (queued(stmt_queue_push_fenced_parse(&s->reqs, name), fail) != TRACK_PASS)
         return TRACK_FAILED;
     stmt_queue_last_holds_query(&s->reqs);
-    if (!stmt_map_put(&s->stmts, name, mine)) {
+    theirs = stmt_map_put(&s->stmts, name, mine);
+    if (!theirs) {
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
+    if (compare)
+        theirs->fresh_epoch = s->reqs.epoch + 1; /* the Query is framed in this batch */
     prepared_put_describe(&s->out, name);
     if (queued(stmt_queue_push_describe(&s->reqs, name, NULL, mine), fail) != TRACK_PASS)
         return TRACK_FAILED;
@@ -504,11 +541,12 @@ static enum track_result await_held_query(struct client *c, struct server *s, en
  * swallowed (s->swallow), and the Query does not wait; what the server then holds under the
  * name is unknown to sluice: its next use closes and prepares it again. */
 static enum track_result prepare_for_query(struct client *c, struct server *s, struct stmt_def *def,
-                                           const char *name, enum sql_dealloc kind,
-                                           struct client_failure *fail)
+                                           uint64_t want, const char *name, enum sql_dealloc kind,
+                                           bool *changed, struct client_failure *fail)
 {
+    *changed = false;
     if (s->inflight > 0 || s->batch_open || s->reqs.count > 0 || kind == SQL_EXECUTE)
-        return prepare_held_query(c, s, def, name, fail);
+        return prepare_held_query(c, s, def, want, name, changed, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (theirs && stmt_def_equal(theirs->def, def))
         return TRACK_PASS;
@@ -537,11 +575,14 @@ static enum track_result prepare_for_query(struct client *c, struct server *s, s
  * (ensure_named): a server that lacks the statement gets the stand-in. An EXECUTE gets the
  * client's own text. */
 static enum track_result prepare_before_query(struct client *c, struct server *s,
-                                              struct stmt_def *mine, const char *name,
-                                              enum sql_dealloc kind, struct client_failure *fail)
+                                              const struct stmt_entry *entry, const char *name,
+                                              enum sql_dealloc kind, bool *changed,
+                                              struct client_failure *fail)
 {
+    struct stmt_def *mine = entry->def;
+    *changed = false;
     if (kind == SQL_EXECUTE)
-        return prepare_for_query(c, s, mine, name, kind, fail);
+        return prepare_for_query(c, s, mine, entry->shape, name, kind, changed, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     if (s->reqs.held_query != HELD_PARSE_FAILED && theirs && stmt_def_equal(theirs->def, mine))
         return TRACK_PASS;
@@ -550,7 +591,8 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
         fail_session(fail, FAIL_OUT_OF_MEMORY, "");
         return TRACK_FAILED;
     }
-    enum track_result r = prepare_for_query(c, s, stand_in, name, kind, fail);
+    enum track_result r =
+        prepare_for_query(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, kind, changed, fail);
     stmt_def_unref(stand_in);
     return r;
 }
@@ -732,6 +774,17 @@ static void name_with_rest(struct sql_name_written *w, const struct stmt_server_
              (int)(end - from), src + from, quoted ? "\"" : "");
 }
 
+/* An EXECUTE of the client's statement whose result type the database no longer gives (*sn,
+ * *w: as for the Bind refuse_changed renames): the server gets STMT_CHANGED_NAME in the
+ * statement's place, key: the client's name, its written_len bytes as written at src, span. */
+static void name_changed(struct stmt_server_name *sn, struct sql_name_written *w, const char *key,
+                         const char *src, size_t span, size_t written_len)
+{
+    size_t key_len = strlen(key);
+    stmt_names_changed(sn, key_len >= STMT_KEY_MAX ? STMT_NAME_CUT : STMT_NAME_WHOLE);
+    name_with_rest(w, sn, src, span, key_len, written_len);
+}
+
 /* The client's DEALLOCATE, DEALLOCATE ALL or DISCARD ALL is sent to run (a Query, or an Execute
  * of a portal bound from one). Whether it runs is not known here (an error before it skips it,
  * a failed transaction refuses it): the client's statements leave its map now, for what it
@@ -797,6 +850,7 @@ struct query_statement {
     bool mine;                       /* it names the client's statement, as of its turn */
     struct stmt_server_name sn;      /* then: the server's name for it */
     struct sql_name_written written; /* and what the text gets in place of the name */
+    bool changed; /* an EXECUTE of it whose result type changed: sn is STMT_CHANGED_NAME */
 };
 
 /* Whether the text given note_positions is the whole Query's. */
@@ -862,6 +916,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     struct stmt_def *mine = NULL;
     struct stmt_server_name sn;
     struct sql_name_written written;
+    bool changed = false; /* its result type: then named STMT_CHANGED_NAME */
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
@@ -875,9 +930,17 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
         if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 1 && kind == SQL_EXECUTE)
             note_unnamed_executes(s, name_buf, sn.name);
         else if (r == TRACK_PASS && s->txn_status != 'E' && text_at == 0)
-            r = await_held_query(c, s, prepare_before_query(c, s, mine, sn.name, kind, fail));
+            r = await_held_query(c, s,
+                                 prepare_before_query(c, s, client_entry(c, name_buf), sn.name,
+                                                      kind, &changed, fail));
         else if (r == TRACK_PASS && s->txn_status != 'E')
             r = ensure_named(c, s, mine, sn.name, fail);
+        if (r == TRACK_PASS && changed) {
+            name_changed(&sn, &written, name_buf, sql + at, span, written_len);
+            r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(written.name));
+            if (r == TRACK_PASS)
+                r = free_changed_name(c, s, &sn);
+        }
         if (r != TRACK_PASS)
             return r;
     } else if (names_one && span > 0 && text_at != TEXT_KEPT) {
@@ -921,6 +984,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
             .f = {.kind = kind, .at = at, .span = span}, .mine = true, .written = written};
         (void)note_positions(c, s, sql, &one, 1, QUERY_TEXT_HEAD);
     }
+    if (changed)
+        stmt_queue_poison(&s->reqs, NULL);
     return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
                                       (uint32_t)span, written.name));
 }
@@ -961,6 +1026,7 @@ static struct query_statement *query_statements(struct client *c, const struct s
         }
         struct query_statement *q = &st[(*n)++];
         q->f = f;
+        q->changed = false;
         q->written_len = strlen(f.name);
         cut_sql_name(c, s, q->f.name);
         const char *name = q->f.name;
@@ -1061,12 +1127,13 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
      * one statement needs is not evicted for the next's (query_holds, until the Query is framed
      * or waits: looked at again, it is needed again). */
     for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
-        const struct query_statement *q = &st[k];
+        struct query_statement *q = &st[k];
         if (s->reqs.held_query == HELD_FOR_PARSE &&
             STMT_QUEUE_MAX - s->reqs.count < HELD_PARSE_ROOM)
             break; /* the rest in the next round trip */
         if (q->mine && s->txn_status != 'E')
-            r = prepare_before_query(c, s, client_def(c, q->f.name), q->sn.name, q->f.kind, fail);
+            r = prepare_before_query(c, s, client_entry(c, q->f.name), q->sn.name, q->f.kind,
+                                     &q->changed, fail);
         else if (!q->mine && names_one(&q->f))
             r = hide_others_statement(c, s, q->f.name);
         struct stmt_entry *held = q->mine ? stmt_map_get(&s->stmts, q->sn.name) : NULL;
@@ -1082,6 +1149,24 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
         free(repl);
         free(st);
         return await_held_query(c, s, r);
+    }
+    /* The EXECUTEs whose statement's result type changed name STMT_CHANGED_NAME instead (the
+     * server's names kept until here: query_holds above), in a text renamed again. */
+    bool any_changed = false;
+    for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
+        struct query_statement *q = &st[k];
+        if (!q->changed)
+            continue;
+        any_changed = true;
+        name_changed(&q->sn, &q->written, q->f.name, sql + q->f.at, q->f.span, q->written_len);
+        r = free_changed_name(c, s, &q->sn);
+    }
+    if (r == TRACK_PASS && any_changed) {
+        free(repl);
+        repl = query_renamed(sql, st, n, &from, &old_len);
+        r = repl ? room_to_rename(c, (uint32_t)old_len, (uint32_t)strlen(repl)) : TRACK_FAILED;
+        if (!repl)
+            fail_session(fail, FAIL_OUT_OF_MEMORY, "");
     }
     if (r == TRACK_PASS)
         session_effects_forget_params(s, touch);
@@ -1116,6 +1201,9 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
     }
     if (r == TRACK_PASS && renames)
         r = note_positions(c, s, sql, st, n, QUERY_TEXT_WHOLE);
+    for (size_t k = 0; k < n && r == TRACK_PASS; k++)
+        if (st[k].changed)
+            stmt_queue_poison(&s->reqs, NULL);
     if (r == TRACK_PASS && renames)
         r = renamed(
             stmt_names_rewrite(&c->in, &c->rx, &s->out, (uint32_t)from, (uint32_t)old_len, repl));
@@ -1744,7 +1832,7 @@ static enum track_result prepare_unnamed_executes(struct client *c, struct serve
         stmt_map_note_departed(c->stmts, s->unnamed_executes, s->unnamed_executes_as);
         return TRACK_PASS;
     }
-    bool changed; /* an EXECUTE by SQL is not compared (docs/pool-modes.md) */
+    bool changed; /* an unnamed Parse's EXECUTE is not compared (docs/pool-modes.md) */
     enum track_result r = ensure_prepared(c, s, mine, STMT_SHAPE_UNKNOWN, s->unnamed_executes_as,
                                           STMT_RUN, &changed, fail);
     /* The portal it binds looks the statement up at its Execute, maybe after another unnamed
@@ -1784,14 +1872,10 @@ static enum track_result refuse_changed(struct client *c, struct server *s, uint
     struct stmt_server_name changed;
     stmt_names_changed(&changed, extent);
     enum track_result r = room_for_statement(c, &changed, key_len);
+    if (r == TRACK_PASS)
+        r = free_changed_name(c, s, &changed);
     if (r != TRACK_PASS)
         return r;
-    if (stmt_map_get(&s->sql_prepared, changed.name)) { /* the client's PREPARE of that name */
-        if (buf_pending(&c->in) > 0)
-            return TRACK_FLUSH;
-        free_name_on_server(s, changed.name, true);
-        stmt_map_remove(&s->sql_prepared, changed.name);
-    }
     stmt_queue_poison(&s->reqs, described);
     return rename_statement(c, s, at, key_len, &changed);
 }

@@ -647,18 +647,51 @@ def test_clients_sharing_statement_texts_after_a_failed_round_trip(pg, start_slu
         b.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known: a SQL EXECUTE of a statement whose result type "
-                   "changed since its Parse runs with the new type on a backend that lacked it "
-                   "(sluice's Parse there is not compared, prepare_held_query), where Postgres "
-                   "refuses it with 0A000")
 def test_sql_execute_of_a_statement_whose_result_type_changed(pg, start_sluice):
+    """w Parsed, then a column added to its SELECT *: its EXECUTE on a backend that lacked it
+    (sluice prepares it there again) fails with Postgres's 0A000, alone, after another
+    statement, in a block, at the head of a Query longer than pkt_buf; once the client
+    DEALLOCATEs it and PREPAREs it again (by SQL, by Parse), it runs with the new columns."""
     table = "t_attack_shape"
     fresh_table(pg, table)
     named = [("w", f"SELECT * FROM {table}"), ("s1", "SELECT 1 AS v")]
+    long_tail = " /* " + "x" * 40000 + " */"
 
     def steps(c):
-        return [q(c, sql) for sql in ["EXECUTE w", "EXECUTE s1; EXECUTE w"]]
+        return [q(c, sql) for sql in [
+            "EXECUTE w", "EXECUTE s1; EXECUTE w", "EXECUTE w; EXECUTE w", "SELECT 1",
+            "BEGIN", "EXECUTE w", "EXECUTE s1", "ROLLBACK", "EXECUTE w" + long_tail,
+            f"DEALLOCATE w; PREPARE w AS SELECT * FROM {table}; EXECUTE w; DEALLOCATE w",
+            "EXECUTE w"]] + [prepare(c, named[:1]), q(c, "EXECUTE s1; EXECUTE w")]
 
     want, got = run_both(pg, start_sluice, named, steps,
                          setup=lambda: ddl(pg, f"ALTER TABLE {table} ADD COLUMN b int"))
+    assert want[0] == [("E", "0A000", "cached plan must not change result type", None), "ZI"]
+    compare(want, got)
+
+
+def test_sql_execute_of_a_statement_whose_result_type_changed_on_its_own_backend(pg,
+                                                                                start_sluice):
+    """The same on the backend the client's Parse prepared it on: there Postgres's own plan
+    cache refuses the EXECUTE (0A000), and sluice passes its answer on."""
+    table = "t_attack_shape_own"
+    fresh_table(pg, table)
+    named = [("w", f"SELECT * FROM {table}")]
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    direct = raw_login(pg.port, password="apppass")
+    c = raw_login(s.port)
+    try:
+        for x in (direct, c):
+            prepare(x, named)
+        before = [q(x, "EXECUTE w") for x in (direct, c)]
+        ddl(pg, f"ALTER TABLE {table} ADD COLUMN b int")
+        want, got = ([q(x, sql) for sql in [
+            "EXECUTE w", "EXECUTE w",
+            f"DEALLOCATE w; PREPARE w AS SELECT * FROM {table}; EXECUTE w; DEALLOCATE w"]]
+            + [prepare(x, named), q(x, "EXECUTE w")] for x in (direct, c))
+    finally:
+        c.close()
+        direct.close()
+    compare(before[:1], before[1:])
+    assert want[0][0][1] == "0A000"
     compare(want, got)
