@@ -155,7 +155,9 @@ struct client {
 };
 
 /* Linked, and sent Terminate with answers still due (TERMINATING or HUNG_UP): nothing more is
- * read from it, it is never released, and it is closed once they are written. */
+ * read from it, it is never released, and it is closed once they are written. A type byte
+ * Postgres does not know, sent after requests still to answer, ends a client the same way: the
+ * byte went to the server, whose FATAL and close follow the answers (request_track.c). */
 static inline bool client_terminating(const struct client *c)
 {
     return c->state == CLIENT_TERMINATING || c->state == CLIENT_HUNG_UP;

@@ -96,6 +96,29 @@ static enum client_frame refused_by_server_in_copy(struct server *s, struct buf 
     return CLIENT_FRAME_TERMINATE;
 }
 
+/* Is anything the client sent still to be answered by its server: bytes framed and not yet
+ * written, a request in flight, a batch not synced (its ParseComplete, BindComplete, an
+ * Execute's rows wait for a Sync or a Flush)? */
+static bool answers_due(const struct client *c, const struct server *s)
+{
+    return buf_pending(&c->in) > 0 || s->inflight > 0 || s->batch_open;
+}
+
+/* A type byte Postgres does not know, after requests it has still to answer. Postgres reads
+ * message by message: it runs and answers what came before (an INSERT committed; a batch not
+ * synced answered as far as it went, its implicit transaction rolled back by the FATAL), then
+ * sends FATAL 08P01 "invalid frontend message type N" on the type byte itself and ends the
+ * session. Refusing the byte here would lose what came before it (the link ended at once), so
+ * the byte goes to the server after them, which does all that in its own words, as
+ * refused_by_server_in_copy; the server is lost, as the backend exits. Nothing after the byte
+ * is framed. With nothing due the byte is refused here and the server kept. */
+static enum client_frame refused_by_server_after_answers(struct server *s, struct buf *b)
+{
+    s->inflight++;
+    b->scan += 1;
+    return CLIENT_FRAME_TERMINATE;
+}
+
 enum client_frame request_track_frame(struct client *c, struct server *s,
                                       struct client_failure *fail)
 {
@@ -136,6 +159,8 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
         uint32_t body_len;
         if (s->copy_in && !codec_frontend_type_known(p[0]))
             return refused_by_server_in_copy(s, b, 1);
+        if (!codec_frontend_type_known(p[0]) && answers_due(c, s))
+            return refused_by_server_after_answers(s, b);
         /* An unknown type is refused on its first byte, as Postgres refuses it (client.c). */
         if (!codec_frontend_type_known(p[0])) {
             char detail[16];

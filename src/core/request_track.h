@@ -46,7 +46,8 @@ enum client_frame {
                                 it sent before, then close (during COPY FROM STDIN the Terminate
                                 itself goes to the server, which answers it and closes; so does
                                 what else Postgres refuses there: an unknown type, a length past
-                                its bound) */
+                                its bound; and, anywhere, an unknown type after requests still to
+                                answer, which Postgres answers first) */
     CLIENT_FRAME_NEED_FLUSH, /* sluice must send something first: write what is framed, call
                                 again */
     CLIENT_FRAME_FAILED,     /* the client must be failed: *fail says with what */

@@ -2,11 +2,12 @@
 sluice, what the client gets back compared byte for byte. Postgres closes a connection whose
 startup length is out of range without a word (ProcessStartupPacket logs "invalid length of
 startup packet" as COMMERROR, never sent), and goes by an SSLRequest's or GSSENCRequest's code
-alone, whatever bytes follow it in the packet. Last, a known difference not fixed (xfail,
-strict): requests sent in the same write ahead of an unknown message type."""
+alone, whatever bytes follow it in the packet. Last, requests sent ahead of an unknown message
+type: answered before its FATAL, as by Postgres."""
 
 import socket
 import struct
+import time
 
 import pytest
 
@@ -130,26 +131,19 @@ AHEAD = {
                                  bind_msg("", ""), message(b"E", b"\0\0\0\0\0"), sync_msg()],
     "a batch not synced": lambda t: [parse_msg("", f"INSERT INTO {t} VALUES (4, 8)"),
                                      bind_msg("", "")],
+    # its INSERT runs, answered, but its implicit transaction is rolled back by the FATAL
+    "an execute not synced": lambda t: [parse_msg("", f"INSERT INTO {t} VALUES (6, 1)"),
+                                        bind_msg("", ""), message(b"E", b"\0\0\0\0\0")],
 }
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: sluice refuses the unknown byte as soon as it "
-                   "frames it, so what the client sent before it in the same write never runs "
-                   "(see the h95 report: it needs a client state that waits for the server's "
-                   "answers, and a Flush, before the FATAL)")
-@pytest.mark.parametrize("ahead", sorted(AHEAD))
-@pytest.mark.parametrize("mode", ["transaction", "session"])
-def test_requests_sent_ahead_of_an_unknown_type_are_answered_first_as_by_postgres(
-        pg, start_sluice, table, mode, ahead):
-    """Postgres reads message by message: what came before the unknown type byte runs and is
-    answered (an INSERT committed, its CommandComplete and ReadyForQuery; a batch not synced
-    gets its ParseComplete and BindComplete, flushed with the FATAL), then FATAL 08P01 "invalid
-    frontend message type 89". sluice sends only the FATAL, and the INSERT never runs."""
-    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
-
+def answered_before_the_fatal(pg, s, table, send_ahead):
+    """What a client that sent requests, then a message of type 'Y', gets up to the close, and
+    what the next client then finds: compared with Postgres's. send_ahead(a, table) sends what
+    goes in writes of its own and returns what goes in the write of the 'Y', ahead of it."""
     def program(conns, t):
         a, b = conns[0], conns[1]
-        a.send(b"".join(AHEAD[ahead](t)) + message(b"Y", b"abc"))
+        a.send(send_ahead(a, t) + message(b"Y", b"abc"))
         out = []
         try:
             while True:
@@ -157,6 +151,40 @@ def test_requests_sent_ahead_of_an_unknown_type_are_answered_first_as_by_postgre
         except PeerClosed:
             out.append("closed")
         b.settimeout(10)
-        return out + exchange(b, [query_msg(f"SELECT id, v FROM {t} ORDER BY id")], 1)
+        return out + exchange(b, [query_msg(f"SELECT id, v FROM {t} ORDER BY id; "
+                                            "SELECT txid_current_if_assigned() IS NULL")], 1)
 
-    compare_raw(pg, s, table, TABLE, program)
+    seen = compare_raw(pg, s, table, TABLE, program)
+    assert ("E", "08P01", "invalid frontend message type 89") in seen, seen
+    assert "closed" in seen, seen
+
+
+@pytest.mark.parametrize("ahead", sorted(AHEAD))
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_requests_sent_ahead_of_an_unknown_type_are_answered_first_as_by_postgres(
+        pg, start_sluice, table, mode, ahead):
+    """Postgres reads message by message: what came before the unknown type byte runs and is
+    answered (an INSERT committed, its CommandComplete and ReadyForQuery; a batch not synced
+    gets its ParseComplete and BindComplete, flushed with the FATAL), then FATAL 08P01 "invalid
+    frontend message type 89". sluice sent only the FATAL, and the INSERT never ran. The next
+    client (default_pool_size 1: the server the first one held is gone, its backend ended by
+    the FATAL) finds the row exactly where Postgres kept it (a query's INSERT committed, an
+    unsynced Execute's rolled back) and no transaction open."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+    answered_before_the_fatal(pg, s, table, lambda a, t: b"".join(AHEAD[ahead](t)))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_query_still_running_when_an_unknown_type_comes_is_answered_first(
+        pg, start_sluice, table, mode):
+    """The 'Y' comes in a later write, while the query sent before it runs: Postgres reads it
+    only once the query is answered (its INSERT committed). sluice refused it as it came, the
+    query cancelled with the link's end."""
+    s = start_sluice({"pool_mode": mode, "default_pool_size": 1})
+
+    def send_ahead(a, t):
+        a.send(query_msg(f"SELECT pg_sleep(1); INSERT INTO {t} VALUES (7, 3)"))
+        time.sleep(0.3)  # (if the query has ended by then, both see the same: no flake)
+        return b""
+
+    answered_before_the_fatal(pg, s, table, send_ahead)
