@@ -56,6 +56,19 @@ def test_a_startup_length_out_of_range_is_closed_without_a_word_as_by_postgres(
     assert s.alive()
 
 
+def test_an_http_request_instead_of_a_startup_packet_is_closed_without_a_word_as_by_postgres(
+        pg, start_sluice):
+    """A browser or health checker pointed at the Postgres port: "GET " read as a length."""
+    s = start_sluice({"pool_mode": "transaction"})
+    data = b"GET / HTTP/1.1\r\nHost: sluice\r\n\r\n"
+    want = answer_until_close(pg.port, data)
+    assert want == b""
+    assert answer_until_close(s.port, data) == want
+    s.wait_for_log(r"bad_startup: closing without an answer, as Postgres does: invalid length "
+                   r"of startup packet \(%d, outside" % struct.unpack("!I", data[:4])[0])
+    assert s.alive()
+
+
 def first_answer(port, request):
     """The one byte a server answers an encryption request with."""
     c = RawConn(port, timeout=15)
