@@ -319,6 +319,17 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 query_positions_moves(stmt_queue_query_positions(&s->reqs), p, whole, &position);
             consume = consume || positioned;
         }
+        /* An error while a Query waits for sluice's Parses may be one of theirs: held, not
+         * forwarded, when stmt_on_error says it is (HELD_PARSE_FAILED), for the Query to get in
+         * its place (stmt_track.c run_query_after_failed_parse). */
+        bool may_hold = type == 'E' && c && !consume && s->swallow == 0 && request_track_on(s) &&
+                        s->reqs.held_query == HELD_FOR_PARSE && whole <= buf_block_size();
+        if (may_hold) {
+            if (avail < whole)
+                return STOP_NEED_DATA;
+            may_hold = !error_is_fatal(p, avail, whole); /* the session ends: told now */
+            consume = may_hold;
+        }
         /* A CommandComplete may say that the client's DEALLOCATE or DISCARD ALL ran: read whole
          * (it is short) before anything changes. */
         bool drop_ran = type == 'C' && s->swallow == 0 && s->reqs.count > 0 &&
@@ -370,9 +381,15 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         codec_out_free(&moved);
         if (type_changed) {
             const struct stmt_param_types *types = stmt_queue_types_before_refusal(&s->reqs);
-            if (types)
-                prepared_put_parameter_description(&c->out, types);
-            error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
+            const uint8_t *parse_error;
+            uint32_t parse_error_len;
+            if (stmt_queue_refusal_error(&s->reqs, &parse_error, &parse_error_len)) {
+                codec_put_bytes(&c->out, parse_error, parse_error_len);
+            } else {
+                if (types)
+                    prepared_put_parameter_description(&c->out, types);
+                error_build(&c->out, FAIL_RESULT_TYPE_CHANGED, "", NULL);
+            }
             stmt_queue_refusal_answered(&s->reqs);
         }
         if (refused != SESSION_FEATURE_NONE)
@@ -382,6 +399,10 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
              * Query or FunctionCall sent inside it gets none */
             uint32_t skipped = stmt_on_error(&s->reqs);
             s->inflight = skipped < (uint32_t)s->inflight ? s->inflight - (int)skipped : 0;
+            bool held_back = may_hold && s->reqs.held_query == HELD_PARSE_FAILED &&
+                             stmt_queue_hold_parse_error(&s->reqs, p, whole) == 0;
+            if (may_hold && !held_back)
+                codec_put_bytes(&c->out, p, whole); /* not a Parse's of the Query: as it came */
         }
         if (type == 'G')
             s->copy_in = true; /* until the client ends the COPY, or the next ReadyForQuery */
@@ -405,7 +426,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
             s->close_when_free = true;
             return STOP_FAILED;
         }
-        if (type == 'E' && (!consume || positioned) && error_is_fatal(p, avail, whole))
+        if (type == 'E' && (!consume || positioned || may_hold) && error_is_fatal(p, avail, whole))
             s->said_fatal = true;
         if (drop_ran && p[whole - 1] == '\0')
             stmt_on_command_complete(&s->reqs, &s->sql_prepared,
@@ -432,7 +453,7 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
         }
         bool inspect = type == 'Z' || type == 'S' ||
                        (type == 'E' && consume && !renamed && !type_changed && !positioned &&
-                        refused == SESSION_FEATURE_NONE);
+                        !may_hold && refused == SESSION_FEATURE_NONE);
         if (inspect && whole <= buf_block_size()) {
             if (avail < whole) {
                 return STOP_NEED_DATA;
@@ -446,7 +467,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                 }
                 /* Statement mode: the client must not see a transaction go on. Its
                  * ReadyForQuery is replaced by the error, after what came before it. */
-                bool forbidden = forbid_txn && s->swallow == 0 && body[0] != 'I';
+                /* sluice's Sync after its failed Parse, the Query framed after it */
+                bool ours = c && s->swallow == 0 && stmt_queue_ready_is_ours(&s->reqs);
+                bool forbidden = forbid_txn && s->swallow == 0 && !ours && body[0] != 'I';
                 /* So is a reset's: what sluice tells the client comes before it (login_reset.h). */
                 bool settles = c && login_reset_settles(s);
                 if ((forbidden || settles) && buf_pending(b) > 0)
@@ -465,6 +488,9 @@ static enum frame_stop frame_server(struct server *s, struct client *c)
                     /* (it may have queued more of sluice's own) */
                     if (s->swallow == 0 && s->deferred_cancels)
                         cancel_release_deferred(s);
+                } else if (ours) {
+                    consume = true;
+                    stmt_on_ready(&s->reqs, &s->stmts, &c->stmts);
                 } else {
                     s->requests_answered++;
                     cancel_request_answered(s); /* before query_done: the server may go back */

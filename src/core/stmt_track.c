@@ -421,14 +421,16 @@ static enum track_result free_changed_name(struct client *c, struct server *s,
     return TRACK_PASS;
 }
 
-/* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED): the server skips
+/* sluice's Parse before the client's Query failed (HELD_PARSE_FAILED), and the Query is
+ * answered with its error alone (see prepare_held_query for when): the server skips
  * everything up to a Sync, where Postgres, running the Query's EXECUTE itself, answers the
- * same error (forwarded already) and the Query's ReadyForQuery, then runs what the client sent
- * after it. sluice's Sync goes in the Query's place, its ReadyForQuery the Query's (in the
- * state Postgres's would give: the failed implicit transaction rolled back, or a failed block),
- * and the Query is consumed: what follows starts a batch of its own, as after the Query's error
- * in Postgres. A Query longer than the buffer (EXECUTE name('<a long literal>')) is consumed as
- * it comes: its rest is dropped as the client sends it (c->rx.discard, request_track.c). */
+ * same error (held until now, or forwarded already when there was no memory to hold it) and
+ * the Query's ReadyForQuery, then runs what the client sent after it. sluice's Sync goes in the
+ * Query's place, its ReadyForQuery the Query's (in the state Postgres's would give: the failed
+ * implicit transaction rolled back, or a failed block), and the Query is consumed: what follows
+ * starts a batch of its own, as after the Query's error in Postgres. A Query longer than the
+ * buffer (EXECUTE name('<a long literal>')) is consumed as it comes: its rest is dropped as the
+ * client sends it (c->rx.discard, request_track.c). */
 static enum track_result answer_query_after_failed_parse(struct client *c, struct server *s,
                                                          struct client_failure *fail)
 {
@@ -436,6 +438,11 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
         return TRACK_FLUSH;
     if (queue_request(s, REQ_SYNC, NULL, fail) != TRACK_PASS)
         return TRACK_FAILED;
+    const uint8_t *held;
+    uint32_t held_len;
+    if (stmt_queue_held_parse_error(&s->reqs, &held, &held_len))
+        codec_put_bytes(&c->out, held, held_len); /* the Query's answer: that error */
+    stmt_queue_forget_failed_parse(&s->reqs);
     s->reqs.held_query = HELD_NONE;
     uint32_t whole = codec_get_u32(c->in.data + c->in.scan + 1) + 1;
     uint32_t here = c->in.wpos - c->in.scan < whole ? c->in.wpos - c->in.scan : whole;
@@ -459,6 +466,43 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
     return TRACK_CONSUMED;
 }
 
+/* The whole of the client's Query being framed is in its buffer. */
+static bool query_in_buffer(const struct client *c)
+{
+    uint32_t whole = codec_get_u32(c->in.data + c->in.scan + 1) + 1;
+    return c->in.wpos - c->in.scan >= whole;
+}
+
+/* sluice's Parse before the client's Query failed, its error held (HELD_PARSE_FAILED): the
+ * server skips everything up to a Sync, where Postgres, running the Query itself, would run the
+ * statements before that EXECUTE, whose effects may outlive the error (a DEALLOCATE, a BEGIN
+ * that leaves the block failed, rows sent), and fail at it. sluice's Sync ends the skipping
+ * (its ReadyForQuery swallowed: relay.c), and the Query follows with that EXECUTE naming
+ * STMT_CHANGED_NAME (poisoned): the server runs what comes before it and refuses it (26000),
+ * which the client gets as the Parse's error (stmt_queue_refusal_error). Any other statement
+ * of the Query is sent as it is: those before it were prepared by the same round trip, those
+ * after it do not run. */
+static enum track_result run_query_after_failed_parse(struct client *c, struct server *s,
+                                                      const char *name, bool *changed,
+                                                      struct client_failure *fail)
+{
+    if (s->reqs.held_query == HELD_PARSE_FAILED) {
+        if (buf_pending(&c->in) > 0)
+            return TRACK_FLUSH;
+        if (queued(stmt_queue_push_failed_parse_sync(&s->reqs), fail) != TRACK_PASS)
+            return TRACK_FAILED;
+        codec_begin(&s->out, 'S');
+        codec_end(&s->out);
+        stmt_queue_sync_framed(&s->reqs);
+        s->batch_open = false;
+        s->executes_after_request = 0;
+        s->reqs.epoch++;
+        s->unnamed_of = 0; /* the Query would have dropped the unnamed statement */
+    }
+    *changed = stmt_queue_parse_failed_for(&s->reqs, name);
+    return TRACK_PASS;
+}
+
 /* sluice's Parse of the statement a Query names, with no Sync of its own (inside an extended
  * batch one would end the client's batch, and behind requests in flight its ReadyForQuery would
  * come among the client's). The Query waits for its outcome (held, as for a result type:
@@ -467,7 +511,8 @@ static enum track_result answer_query_after_failed_parse(struct client *c, struc
  * Parse's own: stmt_on_error), the Parse and a Describe, both holds_query. The caller sends one
  * Flush after the Parses of all the statements the Query needs (await_held_query), which brings
  * their answers at once: one round trip, however many. When one failed, the server skipped
- * those after it (not prepared: stmt_on_ready), and answer_query_after_failed_parse.
+ * those after it (not prepared: stmt_on_ready), and run_query_after_failed_parse (or
+ * answer_query_after_failed_parse).
  * An EXECUTE's statement (want: the client's result type, STMT_SHAPE_UNKNOWN: not compared) is
  * compared as a Bind's is (compare_shape): one the server holds with another result type is
  * prepared again, and the Query, looked at again, finds it fresh; still not the client's, the
@@ -477,8 +522,17 @@ static enum track_result prepare_held_query(struct client *c, struct server *s,
                                             bool *changed, struct client_failure *fail)
 {
     *changed = false;
-    if (s->reqs.held_query == HELD_PARSE_FAILED)
+    /* Its error forwarded (no memory to hold it), or the Parse failed the transaction block
+     * the Query runs in (or the client's batch it joins), where nothing of the Query runs
+     * after the error: the Query is answered with the error alone. So is a Query longer than
+     * the buffer, whose first statement alone is looked at (follow_statement): the failed
+     * one, before which nothing runs. */
+    if (s->reqs.held_query == HELD_PARSE_FAILED &&
+        (!s->reqs.failed_parse_error || s->txn_status != 'I' || s->batch_open ||
+         !query_in_buffer(c)))
         return answer_query_after_failed_parse(c, s, fail);
+    if (s->reqs.held_query == HELD_PARSE_FAILED || s->reqs.held_query == HELD_PARSE_SYNCED)
+        return run_query_after_failed_parse(c, s, name, changed, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
     /* After an error the server skips what follows up to the Sync: nothing to wait for. */
     bool compare = want > STMT_SHAPE_UNCHECKED && !s->reqs.batch_failed;
@@ -584,7 +638,8 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
     if (kind == SQL_EXECUTE)
         return prepare_for_query(c, s, mine, entry->shape, name, kind, changed, fail);
     struct stmt_entry *theirs = stmt_map_get(&s->stmts, name);
-    if (s->reqs.held_query != HELD_PARSE_FAILED && theirs && stmt_def_equal(theirs->def, mine))
+    if (s->reqs.held_query != HELD_PARSE_FAILED && s->reqs.held_query != HELD_PARSE_SYNCED &&
+        theirs && stmt_def_equal(theirs->def, mine))
         return TRACK_PASS;
     struct stmt_def *stand_in = stmt_def_stand_in();
     if (!stand_in) {
@@ -594,6 +649,9 @@ static enum track_result prepare_before_query(struct client *c, struct server *s
     enum track_result r =
         prepare_for_query(c, s, stand_in, STMT_SHAPE_UNKNOWN, name, kind, changed, fail);
     stmt_def_unref(stand_in);
+    /* Only an EXECUTE of a statement whose held Parse failed is poisoned: a DEALLOCATE of it
+     * runs as on Postgres (the stand-in is not compared: nothing else sets it). */
+    *changed = false;
     return r;
 }
 
@@ -851,6 +909,8 @@ struct query_statement {
     struct stmt_server_name sn;      /* then: the server's name for it */
     struct sql_name_written written; /* and what the text gets in place of the name */
     bool changed; /* an EXECUTE of it whose result type changed: sn is STMT_CHANGED_NAME */
+    /* changed, for sluice's failed Parse of it (HELD_PARSE_SYNCED) */
+    bool failed_parse;
 };
 
 /* Whether the text given note_positions is the whole Query's. */
@@ -917,6 +977,8 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
     struct stmt_server_name sn;
     struct sql_name_written written;
     bool changed = false; /* its result type: then named STMT_CHANGED_NAME */
+    /* so named for sluice's failed Parse of it instead (HELD_PARSE_SYNCED) */
+    bool failed_parse = false;
     bool names_one = kind == SQL_DEALLOCATE || kind == SQL_EXECUTE || kind == SQL_PREPARE;
     if (names_one && span > 0 && text_at != TEXT_KEPT)
         mine = client_def(c, name_buf);
@@ -935,6 +997,7 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
                                                       kind, &changed, fail));
         else if (r == TRACK_PASS && s->txn_status != 'E')
             r = ensure_named(c, s, mine, sn.name, fail);
+        failed_parse = changed && stmt_queue_parse_failed_for(&s->reqs, sn.name);
         if (r == TRACK_PASS && changed) {
             name_changed(&sn, &written, name_buf, sql + at, span, written_len);
             r = room_to_rename(c, (uint32_t)span, (uint32_t)strlen(written.name));
@@ -984,7 +1047,9 @@ static enum track_result follow_statement(struct client *c, struct server *s, co
             .f = {.kind = kind, .at = at, .span = span}, .mine = true, .written = written};
         (void)note_positions(c, s, sql, &one, 1, QUERY_TEXT_HEAD);
     }
-    if (changed)
+    if (failed_parse)
+        stmt_queue_poison_failed_parse(&s->reqs);
+    else if (changed)
         stmt_queue_poison(&s->reqs, NULL);
     return renamed(stmt_names_rewrite(&c->in, &c->rx, &s->out, text_at + (uint32_t)at,
                                       (uint32_t)span, written.name));
@@ -1027,6 +1092,7 @@ static struct query_statement *query_statements(struct client *c, const struct s
         struct query_statement *q = &st[(*n)++];
         q->f = f;
         q->changed = false;
+        q->failed_parse = false;
         q->written_len = strlen(f.name);
         cut_sql_name(c, s, q->f.name);
         const char *name = q->f.name;
@@ -1136,6 +1202,7 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
                                      &q->changed, fail);
         else if (!q->mine && names_one(&q->f))
             r = hide_others_statement(c, s, q->f.name);
+        q->failed_parse = q->changed && stmt_queue_parse_failed_for(&s->reqs, q->sn.name);
         struct stmt_entry *held = q->mine ? stmt_map_get(&s->stmts, q->sn.name) : NULL;
         if (held)
             held->query_holds = true;
@@ -1201,9 +1268,12 @@ static enum track_result follow_query(struct client *c, struct server *s, const 
     }
     if (r == TRACK_PASS && renames)
         r = note_positions(c, s, sql, st, n, QUERY_TEXT_WHOLE);
-    for (size_t k = 0; k < n && r == TRACK_PASS; k++)
-        if (st[k].changed)
+    for (size_t k = 0; k < n && r == TRACK_PASS; k++) {
+        if (st[k].failed_parse)
+            stmt_queue_poison_failed_parse(&s->reqs);
+        else if (st[k].changed)
             stmt_queue_poison(&s->reqs, NULL);
+    }
     if (r == TRACK_PASS && renames)
         r = renamed(
             stmt_names_rewrite(&c->in, &c->rx, &s->out, (uint32_t)from, (uint32_t)old_len, repl));
@@ -1227,6 +1297,8 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     note_encoding_effect(s, text_encoding_effect_of(sql, len));
     r = text_at == 0 ? follow_query(c, s, sql, len, &touch, fail)
                      : follow_statement(c, s, sql, len, text_at, &touch, fail);
+    if (r == TRACK_PASS && s->reqs.held_query == HELD_PARSE_SYNCED)
+        s->reqs.held_query = HELD_NONE; /* the Query is framed, its refusal due */
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
     return r;

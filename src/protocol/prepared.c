@@ -403,6 +403,8 @@ void stmt_queue_free(struct stmt_queue *q)
     release_item(q, &q->describe_due);
     free(q->positions_due);
     stmt_def_unref(q->poisoned_describe);
+    free(q->failed_parse_error);
+    free(q->failed_parse_name);
     free(q->items);
     memset(q, 0, sizeof(*q));
 }
@@ -465,7 +467,7 @@ static int push_item(struct stmt_queue *q, enum stmt_req kind, char *name)
     struct stmt_queue_item *last = last_item(q);
     /* (A mark's repeat counts the Queries it guards, not its Closes: stmt_queue_join_mark.) */
     if (!name && kind != REQ_MARK && last && last->kind == kind && !last->name &&
-        !last->positions && last->repeat < UINT32_MAX) {
+        !last->positions && !last->holds_query && last->repeat < UINT32_MAX) {
         last->repeat++;
         return 0;
     }
@@ -774,11 +776,88 @@ const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt
     return q->poisoned_describe ? q->poisoned_describe->params : NULL;
 }
 
+void stmt_queue_forget_failed_parse(struct stmt_queue *q)
+{
+    free(q->failed_parse_error);
+    free(q->failed_parse_name);
+    q->failed_parse_error = NULL;
+    q->failed_parse_name = NULL;
+    q->failed_parse_len = 0;
+    q->refusal = REFUSAL_RESULT_TYPE_CHANGED;
+}
+
 void stmt_queue_refusal_answered(struct stmt_queue *q)
 {
     q->poisoned--;
     stmt_def_unref(q->poisoned_describe); /* the server skips the rest of the batch */
     q->poisoned_describe = NULL;
+    stmt_queue_forget_failed_parse(q);
+}
+
+bool stmt_queue_parse_failed_for(const struct stmt_queue *q, const char *server_name)
+{
+    return q->held_query == HELD_PARSE_SYNCED && q->failed_parse_name &&
+           strcmp(q->failed_parse_name, server_name) == 0;
+}
+
+void stmt_queue_poison_failed_parse(struct stmt_queue *q)
+{
+    if (q->poisoned++ == 0)
+        q->refusal = REFUSAL_PARSE_FAILED;
+}
+
+bool stmt_queue_refusal_error(const struct stmt_queue *q, const uint8_t **msg, uint32_t *len)
+{
+    if (q->refusal != REFUSAL_PARSE_FAILED || !q->failed_parse_error)
+        return false;
+    *msg = q->failed_parse_error;
+    *len = q->failed_parse_len;
+    return true;
+}
+
+int stmt_queue_hold_parse_error(struct stmt_queue *q, const uint8_t *msg, uint32_t len)
+{
+    /* the failed Parse: the first request still queued (held_query_on_error) */
+    const char *name = q->count > 0 ? item_at(q, 0)->name : NULL;
+    stmt_queue_forget_failed_parse(q);
+    if (!name)
+        return -ENOMEM;
+    q->failed_parse_error = malloc(len);
+    q->failed_parse_name = strdup(name);
+    if (!q->failed_parse_error || !q->failed_parse_name) {
+        stmt_queue_forget_failed_parse(q);
+        return -ENOMEM;
+    }
+    memcpy(q->failed_parse_error, msg, len);
+    q->failed_parse_len = len;
+    return 0;
+}
+
+bool stmt_queue_held_parse_error(const struct stmt_queue *q, const uint8_t **msg, uint32_t *len)
+{
+    if (!q->failed_parse_error)
+        return false;
+    *msg = q->failed_parse_error;
+    *len = q->failed_parse_len;
+    return true;
+}
+
+int stmt_queue_push_failed_parse_sync(struct stmt_queue *q)
+{
+    int rc = push_item(q, REQ_SYNC, NULL);
+    if (rc == 0) {
+        last_item(q)->holds_query = true; /* not joined by the Query's Sync (push_item) */
+        q->held_query = HELD_PARSE_SYNCED;
+    }
+    return rc;
+}
+
+bool stmt_queue_ready_is_ours(const struct stmt_queue *q)
+{
+    for (uint32_t i = 0; i < q->count; i++)
+        if (item_at(q, i)->kind == REQ_SYNC)
+            return item_at(q, i)->holds_query;
+    return false;
 }
 
 const struct stmt_param_types *stmt_queue_types_before_error(const struct stmt_queue *q)
@@ -1135,6 +1214,8 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
         release_item(q, item_at(q, i));
     q->head = (q->head + n) % (q->cap ? q->cap : 1);
     q->count -= n;
+    /* sluice's Sync after its failed Parse (HELD_PARSE_SYNCED) */
+    bool ours = q->count > 0 && item_at(q, 0)->holds_query;
     if (q->count > 0 && --item_at(q, 0)->repeat == 0) { /* the Sync */
         release_item(q, item_at(q, 0));
         q->head = (q->head + 1) % q->cap;
@@ -1146,15 +1227,22 @@ void stmt_on_ready(struct stmt_queue *q, struct stmt_map *server_map,
         q->parse_awaited = false; /* decided: the Parse that waited is framed now */
     /* A Query held for sluice's Parse, queued after this Sync, still waits for its answer; a
      * failed one's answer was the held Query's (its client left before it was framed). */
-    if (q->held_query == HELD_PARSE_FAILED)
+    if (q->held_query == HELD_PARSE_FAILED) {
         q->held_query = HELD_NONE;
+        stmt_queue_forget_failed_parse(q);
+    }
     q->shape_awaited = q->held_query == HELD_FOR_PARSE;
     q->batch_failed = false;
     q->skipping_to_sync = false;
     q->mark_joinable = false;
+    if (ours)
+        return; /* the Query framed after it, poisoned, is not answered yet */
+    if (q->held_query == HELD_PARSE_SYNCED)
+        q->held_query = HELD_NONE; /* its client left before the Query was framed */
     q->poisoned = 0;
     stmt_def_unref(q->poisoned_describe);
     q->poisoned_describe = NULL;
+    stmt_queue_forget_failed_parse(q);
 }
 
 /* ---- injected messages ---- */

@@ -248,7 +248,19 @@ enum held_query {
     HELD_NONE,
     HELD_FOR_PARSE,    /* sluice's Parses (their items holds_query, after every Sync) are
                         * not all answered */
-    HELD_PARSE_FAILED, /* it failed: sluice's Sync answers in the Query's place */
+    HELD_PARSE_FAILED, /* it failed: its error held (stmt_queue_hold_parse_error), the Query
+                        * is framed next */
+    /* sluice's Sync went after the failed Parse (its ReadyForQuery swallowed:
+     * stmt_queue_ready_is_ours), and the Query goes to the server with the failed statement
+     * poisoned: Postgres runs the statements before it, as it would have, and refuses that
+     * EXECUTE (26000), which the client gets as the Parse's error (relay.c) */
+    HELD_PARSE_SYNCED,
+};
+
+/* What the client gets in place of the server's refusal of the first poisoned request. */
+enum stmt_refusal {
+    REFUSAL_RESULT_TYPE_CHANGED, /* Postgres's 0A000 (STMT_CHANGED_NAME) */
+    REFUSAL_PARSE_FAILED,        /* the error of sluice's failed Parse (HELD_PARSE_SYNCED) */
 };
 
 struct stmt_queue_item {
@@ -258,7 +270,8 @@ struct stmt_queue_item {
      * NoticeResponse is the Parse's own (stmt_queue_notice_is_ours) */
     bool fenced;
     /* PARSE_OURS or DESCRIBE_OURS of the statements a held Query waits for (HELD_FOR_PARSE):
-     * all of them go in one round trip, and the Query waits for the answer to the last */
+     * all of them go in one round trip, and the Query waits for the answer to the last;
+     * SYNC: sluice's after one of them failed (HELD_PARSE_SYNCED), its ReadyForQuery swallowed */
     bool holds_query;
     uint32_t repeat; /* requests of this kind in a row that it stands for: 1 when named */
     char *name;      /* PARSE, CLOSE, DESCRIBE: the statement name (the server's; a client's
@@ -292,6 +305,12 @@ struct stmt_queue {
     struct stmt_queue_item describe_due; /* its name NULL when none is due */
     bool shape_awaited;
     enum held_query held_query; /* shape_awaited holds that Query while HELD_FOR_PARSE */
+    /* HELD_PARSE_FAILED and after: the failed Parse's ErrorResponse, whole, and the server's
+     * name it prepared (both malloc'd), until the Query's refusal of that name is answered or
+     * its ReadyForQuery comes */
+    uint8_t *failed_parse_error;
+    uint32_t failed_parse_len;
+    char *failed_parse_name;
     /* The client_encoding the server reads the client's next message in (stmt_track.c,
      * parse_encoding): the client's as of the replies read so far (client_encoding_of), unless
      * a request not yet answered may have changed it (encoding_unsettled): one that may set it,
@@ -323,6 +342,7 @@ struct stmt_queue {
     bool paused;
     uint32_t epoch;   /* Syncs and Queries framed: a batch's number */
     uint32_t poisoned; /* Binds/Describes of a changed statement sent under STMT_CHANGED_NAME */
+    enum stmt_refusal refusal; /* what the first of them gets */
     /* The first of them in this batch (the one the server refuses; it skips the rest), when a
      * Describe: its statement (held), whose parameter types the client gets before the 0A000,
      * as Postgres sends them before it revalidates the statement. NULL otherwise. */
@@ -493,6 +513,26 @@ void stmt_queue_poison(struct stmt_queue *q, struct stmt_def *described);
  * stmt_queue_refusal_answered, which counts the refusal. */
 const struct stmt_param_types *stmt_queue_types_before_refusal(const struct stmt_queue *q);
 void stmt_queue_refusal_answered(struct stmt_queue *q);
+/* An EXECUTE of the statement whose held Parse failed (HELD_PARSE_SYNCED) goes under
+ * STMT_CHANGED_NAME too (poisoned): the refusal is answered with the Parse's error. */
+bool stmt_queue_parse_failed_for(const struct stmt_queue *q, const char *server_name);
+void stmt_queue_poison_failed_parse(struct stmt_queue *q);
+/* The first poisoned request's refusal gets this ErrorResponse (whole) when it is the failed
+ * Parse's: false when Postgres's 0A000 is due. Valid until stmt_queue_refusal_answered. */
+bool stmt_queue_refusal_error(const struct stmt_queue *q, const uint8_t **msg, uint32_t *len);
+/* An error while a Query is HELD_FOR_PARSE, after stmt_on_error made it HELD_PARSE_FAILED:
+ * held (copied), not forwarded. 0, or -ENOMEM (then it is forwarded, and sluice's Sync answers
+ * in the Query's place, the Query consumed, as before this was held). */
+int stmt_queue_hold_parse_error(struct stmt_queue *q, const uint8_t *msg, uint32_t len);
+/* The held error, when the Query is answered with it alone (stmt_track.c
+ * answer_query_after_failed_parse), then forgotten. */
+bool stmt_queue_held_parse_error(const struct stmt_queue *q, const uint8_t **msg, uint32_t *len);
+void stmt_queue_forget_failed_parse(struct stmt_queue *q);
+/* sluice's Sync after the failed Parse was framed (HELD_PARSE_SYNCED): queued as a REQ_SYNC
+ * whose ReadyForQuery is sluice's own. */
+int stmt_queue_push_failed_parse_sync(struct stmt_queue *q);
+/* The ReadyForQuery coming next answers that Sync: swallowed, nothing of the client's done. */
+bool stmt_queue_ready_is_ours(const struct stmt_queue *q);
 
 /* Replies, as seen by the server side of the relay. */
 enum stmt_reply_action { REPLY_FORWARD, REPLY_SWALLOW, REPLY_UNEXPECTED };
