@@ -213,3 +213,25 @@ def test_messages_after_a_seen_error_are_skipped_as_postgres_skips_them(pg, star
     finally:
         direct.close()
         pooled.close()
+
+
+def test_pipeline_sent_with_terminate_and_a_close_is_answered_whole(pg, start_sluice):
+    """The client writes it all, a Terminate, shuts its sending side, and only then reads: held
+    back by the full queue, sluice sees the close only once what came before it is framed, and
+    answers it all, as Postgres does."""
+    n = 12000
+    data = statements(n, "named") + b"X\0\0\0\4"
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1,
+                      "max_prepared_statements_per_client": 20000})
+    for port, login in ((pg.port, {"password": "apppass"}), (s.port, {})):
+        c = raw_login(port, timeout=TIMEOUT, **login)
+        try:
+            t = threading.Thread(target=c.sock.sendall, args=(data,), daemon=True)
+            t.start()
+            t.join(TIMEOUT)
+            assert not t.is_alive(), "the client's writes never finished: nothing was read"
+            c.sock.shutdown(socket.SHUT_WR)
+            assert count_replies(c.sock, 1) == (answers(n, "named"), [])
+            assert c.is_closed(TIMEOUT)
+        finally:
+            c.close()
