@@ -699,7 +699,10 @@ void relay_client_interest(struct client *c)
  * statement waits on a lock either. */
 static bool client_read_held(const struct server *s)
 {
-    return s->reqs.shape_awaited;
+    /* So too while requests sent far ahead of their replies fill the queue that matches them
+     * (request_track_backlogged): not reading is the backpressure, and the client's writes wait,
+     * as they would on Postgres. */
+    return s->reqs.shape_awaited || request_track_backlogged(s);
 }
 
 /* A client that sent Terminate is not read, as Postgres reads nothing after one, but its hang-up

@@ -28,11 +28,17 @@ bool request_track_on(const struct server *s)
     return pool_mode_ops(s->mode, false)->release_at_idle;
 }
 
+bool request_track_backlogged(const struct server *s)
+{
+    /* During COPY FROM STDIN the server answers nothing before the client's CopyDone. */
+    return request_track_on(s) && !s->copy_in && stmt_queue_backlogged(&s->reqs);
+}
+
 bool request_track_client_waits(const struct server *s)
 {
     /* Session mode's queue holds no statement of the client's (stmt_track_count): nothing of
      * it waits. */
-    return login_reset_client_waits(s) || s->reqs.shape_awaited ||
+    return login_reset_client_waits(s) || s->reqs.shape_awaited || request_track_backlogged(s) ||
            ((stmt_queue_drop_undecided(&s->reqs) || stmt_queue_parse_awaited(&s->reqs) ||
              (stmt_queue_past_failed_batch(&s->reqs) && request_track_on(s))) &&
             !s->copy_in);
@@ -209,8 +215,11 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
          * answers neither, so neither is counted. */
         bool ignored = s->copy_in && (p[0] == 'S' || p[0] == 'H');
         /* After an error in an extended batch Postgres skips the rest of it up to the Sync, a
-         * simple Query or FunctionCall included: no reply, so neither followed nor counted. */
-        bool skipped = s->reqs.skipping_to_sync && (p[0] == 'Q' || p[0] == 'F');
+         * simple Query or FunctionCall included (protocol "Extended Query": it "reads and
+         * discards messages until a Sync is reached"): no reply, nothing it does, so neither
+         * followed nor counted, nor queued (a queue full of requests that will never be
+         * answered would wait for ever: request_track_backlogged). */
+        bool skipped = s->reqs.skipping_to_sync && p[0] != 'S';
         int resets_before = login_reset_count(s);
         if (!track && (p[0] == 'Q' || p[0] == 'P') && login_reset_follows(s, c) &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,

@@ -65,8 +65,16 @@ bool request_track_on(const struct server *s);
 /* Does the client's next request wait, framed no further until the server answers? For the
  * reply of one that may reset its login parameters and the restore after it (login_reset.h), or
  * for the outcome of its Close, DEALLOCATE or DISCARD ALL in a batch it ended: whether the
- * statements they name are still the client's (stmt_queue_drop_undecided). */
+ * statements they name are still the client's (stmt_queue_drop_undecided); or for replies to
+ * drain a queue of requests sent far ahead of them (request_track_backlogged). */
 bool request_track_client_waits(const struct server *s);
+
+/* Transaction and statement mode: is the client read no further (relay.c) and framed no further
+ * until the server's replies drain the requests queued for them (stmt_queue_backlogged)? The
+ * client's flow control, as Postgres's own when its output blocks: a client that pipelines
+ * requests and reads the answers late waits in its writes instead of being ended. Session mode
+ * stops matching replies instead (prepared.h, paused). */
+bool request_track_backlogged(const struct server *s);
 
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail; sluice's CopyFail for a client that
  * left): the Syncs that arrived during it are not answered. */

@@ -24,9 +24,9 @@
 #include "text_encoding.h"
 #include "utf8.h"
 
-/* Record a request whose reply must be matched. A full queue is not out of memory: the client sent
- * more than STMT_QUEUE_MAX of them ahead of the replies, which may never come before its Sync
- * (after an error the server skips up to it). */
+/* Record a request whose reply must be matched. A full queue is not out of memory: one message
+ * queued more than the STMT_QUEUE_HEADROOM left when it was framed (a client merely far ahead of
+ * the replies is not read until they drain the queue: request_track_backlogged). */
 static enum track_result queued(int rc, struct client_failure *fail)
 {
     if (rc == 0)

@@ -147,9 +147,9 @@ static const struct failure_info table[] = {
           "the limit named above."),
     [FAIL_TOO_MANY_PENDING] =
         F(FATAL, PROGRAM_LIMIT_EXCEEDED,
-          "more than %s Parse, Close and Sync messages sent ahead of the server's replies",
-          "Send Sync more often (the server skips everything after an error up to the next Sync), "
-          "or read the replies before sending more."),
+          "one message queued more requests than fit in the %s kept ahead of the server's "
+          "replies",
+          "Split the message (a Query of many DEALLOCATE statements) into several."),
     [FAIL_SESSION_STATE] =
         F(ERROR, FEATURE_NOT_SUPPORTED,
           "%s is not supported in transaction pooling mode (session_state_policy = refuse)",

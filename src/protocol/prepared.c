@@ -591,6 +591,11 @@ bool stmt_queue_drop_undecided(const struct stmt_queue *q)
     return false;
 }
 
+bool stmt_queue_backlogged(const struct stmt_queue *q)
+{
+    return !q->skipping_to_sync && q->count + STMT_QUEUE_HEADROOM >= STMT_QUEUE_MAX;
+}
+
 bool stmt_queue_unsynced(const struct stmt_queue *q)
 {
     return q->count > 0 && item_at(q, q->count - 1)->kind != REQ_SYNC;

@@ -373,10 +373,21 @@ uint64_t stmt_shape_of(const uint8_t *body, uint32_t len);
 /* Requests waiting for their replies, per server: 32 bytes an item, plus a name for a named Parse
  * or Close. Nameless requests of one kind in a row share an item, so a pipeline of unnamed
  * statements (a JDBC batch) takes one however long. Replies normally drain it as the server
- * answers; it fills only when a client sends this many named Parse/Close (or alternating kinds)
- * ahead of the replies without reading them, or after an error, when the server skips everything
- * up to the Sync: then waiting for replies would wait for ever, and the client gets 54000. */
+ * answers; a client that sends named Parse/Close (or alternating kinds) far ahead of the replies,
+ * reading them late or slowly, fills it. Then the client is not read (stmt_queue_backlogged,
+ * request_track.c) until replies drain it, as Postgres stops reading a client whose answers it
+ * cannot write: memory stays bounded and the client is answered whole. Only a single message
+ * that queues more than STMT_QUEUE_HEADROOM items at once (a Query of that many DEALLOCATEs)
+ * can still find it full: 54000. */
 #define STMT_QUEUE_MAX 8192
+/* Room kept for the items one message queues (a Parse, sluice's Describe of it, a Sync, marks). */
+#define STMT_QUEUE_HEADROOM 64
+
+/* Is the queue too full to frame the client's next message? Not while the server skips the
+ * client's messages to the Sync after an error (skipping_to_sync): those take no item
+ * (request_track.c), their replies never come, and the Sync that ends the skip must get
+ * through, or the client would wait for ever. */
+bool stmt_queue_backlogged(const struct stmt_queue *q);
 
 void stmt_queue_free(struct stmt_queue *q);
 /* 0, or -ENOMEM / -ENOSPC (full: the caller stops framing until replies drain). name: what the
