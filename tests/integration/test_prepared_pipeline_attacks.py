@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_until
 from pgwire import cancel_request, message, parse_data_row, parse_fields, parse_msg, raw_login, sync_msg
 from test_prepared_many_executes import on_another_backend, prepare
-from test_prepared_oracle import raw_bind_run, raw_parse
+from test_prepared_oracle import raw_bind_run, raw_parse, read_until_ready
 
 
 def item(t, p):
@@ -31,17 +31,7 @@ def item(t, p):
 
 
 def seen(c, n_ready=1):
-    out, zs = [], 0
-    while zs < n_ready:
-        t, p = c.read_message()
-        if t == "Z":
-            zs += 1
-            out.append("Z" + p.decode())
-            continue
-        x = item(t, p)
-        if x is not None:
-            out.append(x)
-    return out
+    return read_until_ready(c, n_ready, item)
 
 
 def qb(c, sql: bytes):

@@ -7,11 +7,7 @@ import pytest
 
 import pgwire
 
-TENANT = "myapp.tenant_id"
-
-
-def setting(conn, name):
-    return conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()[0]
+from test_session_leaks_dec07 import TENANT, setting
 
 
 # scan.l ends a "--" comment at a CR as at a LF (non_newline is [^\n\r]): what follows the CR
