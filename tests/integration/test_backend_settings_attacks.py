@@ -221,24 +221,26 @@ def test_servers_of_a_setting_only_a_login_gives_close_once_its_last_client_left
         assert plain.execute("SHOW ignore_system_indexes").fetchone()[0] == "off"
 
 
+def reload_mode(s, mode):
+    """Set sluice s's pool_mode in its ini file and reload it (SIGHUP), waiting until it has."""
+    text = re.sub(r"^pool_mode = .*$", f"pool_mode = {mode}", s.ini_path.read_text(),
+                  flags=re.M)
+    s.ini_path.write_text(text)
+    mark = s.mark()
+    s.send_signal(signal.SIGHUP)
+    s.wait_for_log(r"configuration reloaded", since=mark)
+
+
 @pytest.mark.timeout(120)
 def test_reload_between_session_and_transaction_with_such_clients_connected(pg, start_sluice):
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 4,
                       "max_db_connections": 4})
     app = "special-reload"
 
-    def reload_mode(mode):
-        text = re.sub(r"^pool_mode = .*$", f"pool_mode = {mode}", s.ini_path.read_text(),
-                      flags=re.M)
-        s.ini_path.write_text(text)
-        mark = s.mark()
-        s.send_signal(signal.SIGHUP)
-        s.wait_for_log(r"configuration reloaded", since=mark)
-
     sp = s.connect(options=OPTIONS, application_name=app)
     plain = s.connect()
     for mode in ["session", "transaction", "session", "transaction"]:
-        reload_mode(mode)
+        reload_mode(s, mode)
         for _ in range(3):
             assert sp.execute("SHOW ignore_system_indexes").fetchone()[0] == "on"
             assert plain.execute("SHOW ignore_system_indexes").fetchone()[0] == "off"
@@ -436,21 +438,13 @@ def test_reloads_of_pool_mode_during_a_storm_keep_caps_and_settings(pg, start_sl
         except Exception as e:  # noqa: BLE001 - asserted below
             errors.append((i, e))
 
-    def reload_mode(mode):
-        text = re.sub(r"^pool_mode = .*$", f"pool_mode = {mode}", s.ini_path.read_text(),
-                      flags=re.M)
-        s.ini_path.write_text(text)
-        mark = s.mark()
-        s.send_signal(signal.SIGHUP)
-        s.wait_for_log(r"configuration reloaded", since=mark)
-
     with BackendSampler(pg, APP_USER) as sampler:
         threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(9)]
         for t in threads:
             t.start()
         for mode in ["session", "transaction", "statement", "transaction"]:
             time.sleep(1.5)
-            reload_mode(mode)
+            reload_mode(s, mode)
         time.sleep(2)
         stop.set()
         for t in threads:
