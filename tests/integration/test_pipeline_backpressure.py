@@ -54,7 +54,9 @@ def count_replies(sock, n_ready):
     """Read up to the n_ready-th ReadyForQuery: {type: count}, and the errors' SQLSTATEs."""
     seen, errors, buf, at, zs = {}, [], bytearray(), 0, 0
     while zs < n_ready:
-        if len(buf) - at < 5:
+        # a whole header first, then the whole message it gives the length of
+        need = 5 if len(buf) - at < 5 else 1 + struct.unpack_from("!I", buf, at + 1)[0]
+        if len(buf) - at < need:
             chunk = sock.recv(1 << 20)
             if not chunk:
                 raise AssertionError(f"connection closed after {seen}, errors {errors}")
@@ -63,15 +65,7 @@ def count_replies(sock, n_ready):
             buf += chunk
             continue
         t = chr(buf[at])
-        (length,) = struct.unpack_from("!I", buf, at + 1)
-        if len(buf) - at < 1 + length:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                raise AssertionError(f"connection closed after {seen}, errors {errors}")
-            del buf[:at]
-            at = 0
-            buf += chunk
-            continue
+        length = need - 1
         body = bytes(buf[at + 5:at + 1 + length])
         at += 1 + length
         seen[t] = seen.get(t, 0) + 1
