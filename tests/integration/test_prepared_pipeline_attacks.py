@@ -278,6 +278,17 @@ def test_cancel_while_the_pipelined_parses_wait_on_a_lock(pg, start_sluice):
                 x.close()
 
 
+def runs_its_own(d):
+    """The next client d, with statements of the names the one gone used and other texts,
+    prepares them and runs its own."""
+    mine = [("a", "SELECT 'd-a'"), ("k", "SELECT 'd-k'"), ("b", "SELECT 'd-b'")]
+    prepare(d, mine)
+    got = [q(d, sql) for sql in ["EXECUTE a; EXECUTE k; EXECUTE b", "SELECT 1"]]
+    assert got == [["T", ("D", (b"d-a",)), ("C", "SELECT 1"), "T", ("D", (b"d-k",)),
+                    ("C", "SELECT 1"), "T", ("D", (b"d-b",)), ("C", "SELECT 1"), "ZI"],
+                   ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]], got
+
+
 def test_a_client_gone_while_the_pipelined_parses_wait_leaves_a_clean_backend(pg, start_sluice):
     """The client leaves while sluice's Parses for its Query wait on a lock: the backend comes
     back clean (or is closed). The next client on it, with statements of the same names and
@@ -299,13 +310,8 @@ def test_a_client_gone_while_the_pipelined_parses_wait_leaves_a_clean_backend(pg
         time.sleep(0.5)
         locker.execute("ROLLBACK")
         d = raw_login(s.port)
-        mine = [("a", "SELECT 'd-a'"), ("k", "SELECT 'd-k'"), ("b", "SELECT 'd-b'")]
         for _ in range(3):
-            prepare(d, mine)
-            got = [q(d, sql) for sql in ["EXECUTE a; EXECUTE k; EXECUTE b", "SELECT 1"]]
-            assert got == [["T", ("D", (b"d-a",)), ("C", "SELECT 1"), "T", ("D", (b"d-k",)),
-                            ("C", "SELECT 1"), "T", ("D", (b"d-b",)), ("C", "SELECT 1"), "ZI"],
-                           ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]], got
+            runs_its_own(d)
             assert q(d, "EXECUTE zz")[0][1] == "26000"
     finally:
         for x in (c, holder, locker, d):
@@ -462,13 +468,8 @@ def test_a_client_gone_while_the_parses_wait_then_one_fails_leaves_a_clean_backe
         locker.execute(f"DROP TABLE {table}")
         locker.execute("COMMIT")
         d = raw_login(s.port, timeout=20)
-        mine = [("a", "SELECT 'd-a'"), ("k", "SELECT 'd-k'"), ("b", "SELECT 'd-b'")]
         for _ in range(3):
-            prepare(d, mine)
-            got = [q(d, sql) for sql in ["EXECUTE a; EXECUTE k; EXECUTE b", "SELECT 1"]]
-            assert got == [["T", ("D", (b"d-a",)), ("C", "SELECT 1"), "T", ("D", (b"d-k",)),
-                            ("C", "SELECT 1"), "T", ("D", (b"d-b",)), ("C", "SELECT 1"), "ZI"],
-                           ["T", ("D", (b"1",)), ("C", "SELECT 1"), "ZI"]], got
+            runs_its_own(d)
     finally:
         for x in (c, holder, locker, d):
             if x:
