@@ -73,16 +73,17 @@ def test_connect_query_failure_closes_the_server_and_is_logged(start_sluice, pg,
 
 def _check_query_seen_by_the_backend(start_sluice, pg, main):
     """server_check_delay = 0: every lease of an idle server checks it first. The client's
-    request is a Close of a statement it never prepared and a Sync, which Postgres answers
-    without touching pg_stat_activity.query: the backend's last statement is then the check.
-    (A lone Sync would not do: sluice answers an idle client's bare Sync without a server.)"""
+    request is a Close of the unnamed statement and a Sync, which Postgres answers without
+    touching pg_stat_activity.query: the backend's last statement is then the check. (A lone
+    Sync, or a Close of a name the client never prepared, would not do: sluice answers those
+    from an idle client without a server; the unnamed statement may live on the backend.)"""
     m = {"pool_mode": "transaction", "server_check_delay": 0, "default_pool_size": 1}
     m.update(main)
     s = start_sluice(m)
     c = raw_login(s.port)
     try:
         pid = c.query("SELECT pg_backend_pid()")[0][0][0]
-        c.send(close_msg("S", "never_prepared") + sync_msg())
+        c.send(close_msg("S", "") + sync_msg())
         c.read_until("Z")
         rows = [r for r in pg.backends() if str(r[0]) == pid]
         assert rows and rows[0][1] == "idle", rows
