@@ -218,8 +218,12 @@ enum client_frame request_track_frame(struct client *c, struct server *s,
          * simple Query or FunctionCall included (protocol "Extended Query": it "reads and
          * discards messages until a Sync is reached"): no reply, nothing it does, so neither
          * followed nor counted, nor queued (a queue full of requests that will never be
-         * answered would wait for ever: request_track_backlogged). */
-        bool skipped = s->reqs.skipping_to_sync && p[0] != 'S';
+         * answered would wait for ever: request_track_backlogged). But a CopyDone or CopyFail
+         * after an extended COPY failed ends sluice's copy_in, skipped by the server or not:
+         * without it the client's Sync would pass for one Postgres ignores inside a COPY, and
+         * its ReadyForQuery match nothing. */
+        bool ends_copy = s->copy_in && (p[0] == 'c' || p[0] == 'f');
+        bool skipped = s->reqs.skipping_to_sync && p[0] != 'S' && !ends_copy;
         int resets_before = login_reset_count(s);
         if (!track && (p[0] == 'Q' || p[0] == 'P') && login_reset_follows(s, c) &&
             !inspect_session_text(c, s, p[0], p + CODEC_HEADER_LEN, len - 4,

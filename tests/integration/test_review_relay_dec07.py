@@ -1,0 +1,177 @@
+"""Review of the relay's transaction-mode changes of Dec 7 (d389e67: a Query whose EXECUTE's
+re-prepare fails runs the statements before it; ab73c28: a full reply queue holds the client
+instead of ending it, and what the client sends while the server skips to the Sync is forwarded
+untracked), with Postgres as the oracle where sluice should be transparent."""
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import pump
+from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, parse_fields,
+                    parse_msg, query_msg, raw_login, sync_msg)
+from tcp_proxy import ForwardingProxy, recv_exactly
+from test_prepared_many_executes import on_another_backend
+from test_prepared_pipeline_attacks import ddl, fresh_table, q
+
+TIMEOUT = 30
+
+
+def until(c, wanted):
+    """Message types read up to wanted (errors as ("E", SQLSTATE))."""
+    seen = []
+    while True:
+        t, p = c.read_message()
+        seen.append((t, parse_fields(p).get("C")) if t == "E" else t)
+        if t == wanted:
+            return seen
+
+
+def copy_error_seen_before_copy_done(c, table, pipelined):
+    """An extended-protocol COPY FROM STDIN with no Sync before its data (a raw client; libpq
+    sends one after the Execute): the server fails on a bad row while the client streams, and
+    the client, having read that error, ends the COPY with CopyDone and Sync. Postgres skips the
+    CopyDone (it skips to the Sync after an error in an extended batch) and answers the Sync."""
+    steps = []
+    c.send(parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg())
+    steps.append(until(c, "G"))
+    c.send(copy_data_msg(b"1\nnot-a-number\n"))
+    steps.append(until(c, "E"))
+    after = parse_msg("", "SELECT 42") + bind_msg("", "") + execute_msg() + sync_msg()
+    if pipelined:
+        c.send(copy_done_msg() + sync_msg() + after)
+        steps.append(until(c, "Z"))
+    else:
+        c.send(copy_done_msg() + sync_msg())
+        steps.append(until(c, "Z"))
+        c.send(after)
+    steps.append(until(c, "Z"))
+    return steps
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_copy_failed_before_its_copy_done_ends_at_the_sync_as_on_postgres(pg, start_sluice,
+                                                                           table, pipelined):
+    """ab73c28 made every message but Sync sent while the server skips to the Sync untracked,
+    the CopyDone included: sluice then still thought the COPY ran (copy_in), took the client's
+    Sync for one Postgres ignores inside a COPY, and never counted the ReadyForQuery that
+    answers it."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1,
+                      "query_wait_timeout": 10})
+    with s.connect() as c:
+        c.execute(f"CREATE TABLE {table} (id int)")
+    direct = raw_login(pg.port, password="apppass", timeout=TIMEOUT)
+    pooled = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        expected = copy_error_seen_before_copy_done(direct, table, pipelined)
+        assert expected == [["1", "2", "G"], [("E", "22P02")], ["Z"],
+                            ["1", "2", "D", "C", "Z"]]
+        assert copy_error_seen_before_copy_done(pooled, table, pipelined) == expected
+        # the one server went back to the pool: another client gets it
+        other = raw_login(s.port, timeout=TIMEOUT)
+        try:
+            rows, _ = other.query("SELECT 7")
+            assert rows == [["7"]]
+        finally:
+            other.close()
+    finally:
+        direct.close()
+        pooled.close()
+
+
+class GateProxy(ForwardingProxy):
+    """Forwards to Postgres; once armed, the server's replies after the first ErrorResponse of
+    the given SQLSTATE are held until release is set, then the next one alone is forwarded and
+    the rest held until rest is set."""
+
+    def __init__(self, target_port, sqlstate):
+        super().__init__(target_port)
+        self.sqlstate = sqlstate
+        self.armed = threading.Event()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.rest = threading.Event()
+        self.one_passed = threading.Event()
+
+    def serve_session(self, a, b):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
+        try:
+            first = recv_exactly(b, 1)
+            if first == b"N":  # an SSLRequest refused: one byte, then typed messages
+                a.sendall(first)
+                first = b""
+            while True:
+                head = first + recv_exactly(b, 5 - len(first))
+                first = b""
+                if len(head) < 5:
+                    break
+                (length,) = struct.unpack("!I", head[1:])
+                body = recv_exactly(b, length - 4)
+                a.sendall(head + body)
+                if self.release.is_set() and not self.one_passed.is_set():
+                    self.one_passed.set()
+                    self.rest.wait(TIMEOUT)
+                if (head[:1] == b"E" and self.armed.is_set() and not self.holding.is_set()
+                        and parse_fields(body).get("C") == self.sqlstate):
+                    self.holding.set()
+                    self.release.wait(TIMEOUT)
+        except OSError:
+            pass
+        finally:
+            for x in (a, b):
+                with contextlib.suppress(OSError):
+                    x.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.timeout(120)
+def test_a_client_gone_before_the_ready_of_sluices_own_sync_leaves_no_stray_replies(
+        pg, start_sluice):
+    """d389e67: after sluice's Parse for a Query's EXECUTE fails, sluice sends a Sync of its own
+    (its ReadyForQuery swallowed) and then the Query. A client that leaves before that
+    ReadyForQuery arrives leaves its server draining the Query's replies: that ReadyForQuery is
+    still sluice's, not the Query's, or the server would be taken as done one reply early and
+    the Query's rows, its error and its ReadyForQuery would reach whoever has it next."""
+    table = "t_review_gone_ready"
+    fresh_table(pg, table)
+    proxy = GateProxy(pg.port, "42P01")
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1,
+                      "server_drain_timeout": 1},
+                     databases={"appdb": pg.db_entry(port=proxy.port)})
+    c = raw_login(s.port, timeout=TIMEOUT)
+    holder = None
+    try:
+        holder = on_another_backend(s, c, [("g", f"SELECT a FROM {table}")])
+        ddl(pg, f"DROP TABLE {table}")
+        proxy.armed.set()
+        c.send(query_msg("SELECT 1; EXECUTE g"))
+        assert proxy.holding.wait(TIMEOUT), "sluice's Parse of g did not fail"
+        mark = s.mark()
+        c.close()
+        s.wait_for_log(r"C-\d+ .*(clos|left|gone|disconnect)", timeout=TIMEOUT, since=mark)
+        proxy.release.set()
+        assert proxy.one_passed.wait(TIMEOUT)
+        time.sleep(1)  # sluice reads that ReadyForQuery alone
+        proxy.rest.set()
+        q(holder, "COMMIT")
+        # both servers serve their next clients their own answers only
+        for i in range(6):
+            other = raw_login(s.port, timeout=TIMEOUT)
+            try:
+                rows, _ = other.query(f"SELECT {i}")
+                assert rows == [[str(i)]]
+            finally:
+                other.close()
+        bad = [x for x in s.log if "matches no request" in x or "malformed" in x]
+        assert not bad, "\n".join(bad)
+    finally:
+        proxy.release.set()
+        proxy.rest.set()
+        for x in (c, holder):
+            if x:
+                x.close()
+        proxy.close()
