@@ -12,11 +12,11 @@ import time
 import pytest
 
 from conftest import pump
-from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, parse_fields,
+from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, message, parse_fields,
                     parse_msg, query_msg, raw_login, sync_msg)
 from tcp_proxy import ForwardingProxy, recv_exactly
-from test_prepared_many_executes import on_another_backend
-from test_prepared_pipeline_attacks import ddl, fresh_table, q
+from test_prepared_many_executes import on_another_backend, pid, prepare
+from test_prepared_pipeline_attacks import compare, ddl, fresh_table, q
 
 TIMEOUT = 30
 
@@ -129,8 +129,9 @@ class GateProxy(ForwardingProxy):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("drain", ["timed_out", "whole"])
 def test_a_client_gone_before_the_ready_of_sluices_own_sync_leaves_no_stray_replies(
-        pg, start_sluice):
+        pg, start_sluice, drain):
     """d389e67: after sluice's Parse for a Query's EXECUTE fails, sluice sends a Sync of its own
     (its ReadyForQuery swallowed) and then the Query. A client that leaves before that
     ReadyForQuery arrives leaves its server draining the Query's replies: that ReadyForQuery is
@@ -140,7 +141,7 @@ def test_a_client_gone_before_the_ready_of_sluices_own_sync_leaves_no_stray_repl
     fresh_table(pg, table)
     proxy = GateProxy(pg.port, "42P01")
     s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1,
-                      "server_drain_timeout": 1},
+                      "server_drain_timeout": 1 if drain == "timed_out" else 30},
                      databases={"appdb": pg.db_entry(port=proxy.port)})
     c = raw_login(s.port, timeout=TIMEOUT)
     holder = None
@@ -152,7 +153,10 @@ def test_a_client_gone_before_the_ready_of_sluices_own_sync_leaves_no_stray_repl
         assert proxy.holding.wait(TIMEOUT), "sluice's Parse of g did not fail"
         mark = s.mark()
         c.close()
-        s.wait_for_log(r"C-\d+ .*(clos|left|gone|disconnect)", timeout=TIMEOUT, since=mark)
+        if drain == "timed_out":  # the link ends: the server drains without its client
+            s.wait_for_log(r"server_drain_timeout", timeout=TIMEOUT, since=mark)
+        else:  # the client, hung up, is kept until its answers are in
+            time.sleep(1)
         proxy.release.set()
         assert proxy.one_passed.wait(TIMEOUT)
         time.sleep(1)  # sluice reads that ReadyForQuery alone
@@ -175,3 +179,96 @@ def test_a_client_gone_before_the_ready_of_sluices_own_sync_leaves_no_stray_repl
             if x:
                 x.close()
         proxy.close()
+
+
+def statement_mode_steps(c):
+    return [q(c, "SELECT 1; EXECUTE g"), q(c, "EXECUTE a; EXECUTE g; EXECUTE a"),
+            q(c, "EXECUTE a"), q(c, "SELECT 2")]
+
+
+@pytest.mark.timeout(120)
+def test_statement_mode_a_failed_parse_after_statements_runs_them_as_on_postgres(
+        pg, start_sluice):
+    """d389e67 in statement mode: sluice's own Sync's ReadyForQuery is swallowed, not taken for
+    the client's (nor for a transaction statement mode forbids), and the Query's rows, error and
+    ReadyForQuery are Postgres's."""
+    table = "t_review_stmt_mode"
+    fresh_table(pg, table)
+    named = [("a", "SELECT 1 AS v"), ("g", f"SELECT a FROM {table}")]
+    s = start_sluice({"pool_mode": "statement", "default_pool_size": 2, "workers": 1})
+    direct = raw_login(pg.port, password="apppass", timeout=TIMEOUT)
+    c = raw_login(s.port, timeout=TIMEOUT)
+    busy = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        prepare(direct, named)
+        first = pid(c)
+        prepare(c, named)
+        # the backend c prepared on runs another client's statement: c's next one gets another
+        busy.send(query_msg("SELECT pg_backend_pid(), pg_sleep(3)"))
+        time.sleep(0.5)
+        assert pid(c) != first
+        ddl(pg, f"DROP TABLE {table}")
+        want = statement_mode_steps(direct)
+        got = statement_mode_steps(c)
+        compare(want, got)
+    finally:
+        for x in (c, direct, busy):
+            x.close()
+
+
+def session_text_while_skipping(c):
+    """A Query that SETs, PREPAREs and DEALLOCATEs, sent after the error of a batch not yet
+    synced: Postgres skips it to the Sync, so none of it happens."""
+    steps = []
+    c.send(parse_msg("keep", "SELECT 1") + sync_msg())
+    steps.append(until(c, "Z"))
+    c.send(parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg() + message(b"H"))
+    steps.append(until(c, "E"))
+    c.send(query_msg("SET application_name = 'skipped'; PREPARE p AS SELECT 2; "
+                     "DEALLOCATE keep") + query_msg("DISCARD ALL") + sync_msg())
+    steps.append(until(c, "Z"))
+    for sql in ("SHOW application_name", "EXECUTE p", "EXECUTE keep"):
+        c.send(query_msg(sql))
+        steps.append(until(c, "Z"))
+    return steps
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["warn", "pin", "refuse"])
+def test_a_query_skipped_after_an_error_changes_no_session_state(pg, start_sluice, policy):
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1,
+                      "session_state_policy": policy})
+    direct = raw_login(pg.port, password="apppass", timeout=TIMEOUT, application_name="rv")
+    pooled = raw_login(s.port, timeout=TIMEOUT, application_name="rv")
+    try:
+        expected = session_text_while_skipping(direct)
+        assert expected[2] == ["Z"], expected
+        assert session_text_while_skipping(pooled) == expected
+    finally:
+        direct.close()
+        pooled.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_terminate_while_the_server_skips_to_the_sync_ends_the_client_only(pg, start_sluice):
+    """Terminate after the error of a batch not synced (the server skips everything to the Sync,
+    a Terminate included): still the client leaving, and the server comes back sound, holding no
+    statement the client Parsed while it was skipped."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1})
+    c = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        c.send(parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg() + message(b"H"))
+        assert until(c, "E") == ["1", ("E", "22012")]
+        c.send(parse_msg("made", "SELECT 2") + message(b"X"))
+        assert c.is_closed(TIMEOUT)
+    finally:
+        c.close()
+    other = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        other.send(parse_msg("made", "SELECT 3") + bind_msg("", "made") + execute_msg()
+                   + sync_msg())
+        assert until(other, "Z") == ["1", "2", "D", "C", "Z"]
+        rows, _ = other.query("SELECT count(*) FROM pg_prepared_statements")
+        assert rows == [["1"]]
+    finally:
+        other.close()
