@@ -2100,7 +2100,14 @@ enum track_result stmt_track_message(struct client *c, struct server *s, uint8_t
         r = mark_inside_batch(c, s, joinable, &marked, fail);
         if (r == TRACK_PASS && type == 'Q') {
             size_t out_at_mark = s->out.len;
-            if (avail_body >= len && len > 0 && body[len - 1] == '\0')
+            /* The Query held for sluice's Parse that failed, in a block failed meanwhile (by a
+             * Query pipelined before it, after the Parse went): nothing is prepared in a failed
+             * block (follow_query), so prepare_held_query would not be reached, and the
+             * server, skipping to a Sync, would never answer the Query. It gets the Parse's
+             * error alone (25P02, as Postgres's EXECUTE there). */
+            if (s->reqs.held_query == HELD_PARSE_FAILED && s->txn_status == 'E')
+                r = answer_query_after_failed_parse(c, s, fail);
+            else if (avail_body >= len && len > 0 && body[len - 1] == '\0')
                 r = inspect_statement(c, s, 'Q', (const char *)body, len, len, 0, fail);
             else if (avail_body < len)
                 r = inspect_statement_start(c, s, 'Q', (const char *)body, avail_body, len, fail);

@@ -16,7 +16,8 @@ from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, message
                     parse_msg, query_msg, raw_login, sync_msg)
 from tcp_proxy import ForwardingProxy, recv_exactly
 from test_prepared_many_executes import on_another_backend, pid, prepare
-from test_prepared_pipeline_attacks import compare, ddl, fresh_table, q
+from test_prepared_pipeline_attacks import (compare, ddl, failing_named, fresh_table, q, run_both,
+                                            seen)
 
 TIMEOUT = 30
 
@@ -272,3 +273,73 @@ def test_a_terminate_while_the_server_skips_to_the_sync_ends_the_client_only(pg,
         assert rows == [["1"]]
     finally:
         other.close()
+
+
+def drop_before_execute_steps(c):
+    return [q(c, "DEALLOCATE g; EXECUTE g"), q(c, "EXECUTE g"), q(c, "EXECUTE a"),
+            q(c, "DEALLOCATE ALL; EXECUTE h"), q(c, "EXECUTE h")]
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_parse_of_a_statement_the_query_deallocates_first(pg, start_sluice):
+    """DEALLOCATE g; EXECUTE g (g's table dropped): Postgres deallocates g, then EXECUTE finds
+    no g (26000), not g's table error."""
+    table = "t_review_dealloc_first"
+    fresh_table(pg, table)
+    want, got = run_both(pg, start_sluice, failing_named(table), drop_before_execute_steps,
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
+
+
+def mixed_failed_parse_steps(c):
+    return [q(c, "EXECUTE g; EXECUTE g"), q(c, "SELECT 1/0; EXECUTE g"),
+            q(c, "EXECUTE h; EXECUTE \"g\"; EXECUTE a"), q(c, "execute G; SELECT 5"),
+            q(c, "SET application_name = 'before'; EXECUTE g"), q(c, "SHOW application_name"),
+            q(c, "EXECUTE b"), q(c, "EXECUTE g")]
+
+
+@pytest.mark.timeout(120)
+def test_failed_parse_in_queries_of_several_shapes(pg, start_sluice):
+    table = "t_review_shapes"
+    fresh_table(pg, table)
+    want, got = run_both(pg, start_sluice, failing_named(table), mixed_failed_parse_steps,
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
+
+
+def pipelined_after_failed_parse_steps(c):
+    """The Query sluice holds for its Parses, with more pipelined behind it in the same write:
+    two Queries, an extended batch, a Sync alone, and a Query that opens a block."""
+    c.send(query_msg("SELECT 1; EXECUTE g") + query_msg("SELECT 3; EXECUTE a")
+           + parse_msg("", "SELECT 4") + bind_msg("", "") + execute_msg() + sync_msg()
+           + sync_msg() + query_msg("BEGIN; EXECUTE b; EXECUTE g") + query_msg("ROLLBACK"))
+    out = [seen(c, 6)]
+    c.send(bind_msg("", "g") + execute_msg() + sync_msg() + query_msg("EXECUTE h; EXECUTE g"))
+    out.append(seen(c, 2))
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_parse_with_requests_pipelined_behind_the_query(pg, start_sluice):
+    table = "t_review_pipelined"
+    fresh_table(pg, table)
+    want, got = run_both(pg, start_sluice, failing_named(table),
+                         pipelined_after_failed_parse_steps,
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
+
+
+def behind_a_failing_block_steps(c):
+    """A Query naming a statement the backend lacks, pipelined behind a Query that fails its
+    block: sluice's Parse for it reaches a failed transaction and is refused (25P02)."""
+    c.send(query_msg("BEGIN; SELECT 1/0") + query_msg("EXECUTE a") + query_msg("ROLLBACK"))
+    out = [seen(c, 3)]
+    out.append(q(c, "EXECUTE a"))
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_a_query_pipelined_behind_one_that_fails_its_block(pg, start_sluice):
+    want, got = run_both(pg, start_sluice, failing_named("t_review_unused"),
+                         behind_a_failing_block_steps)
+    compare(want, got)
