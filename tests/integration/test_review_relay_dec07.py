@@ -32,7 +32,7 @@ def until(c, wanted):
             return seen
 
 
-def copy_error_seen_before_copy_done(c, table, pipelined):
+def copy_error_seen_before_copy_done(c, table, pipelined, end=copy_done_msg()):
     """An extended-protocol COPY FROM STDIN with no Sync before its data (a raw client; libpq
     sends one after the Execute): the server fails on a bad row while the client streams, and
     the client, having read that error, ends the COPY with CopyDone and Sync. Postgres skips the
@@ -44,10 +44,10 @@ def copy_error_seen_before_copy_done(c, table, pipelined):
     steps.append(until(c, "E"))
     after = parse_msg("", "SELECT 42") + bind_msg("", "") + execute_msg() + sync_msg()
     if pipelined:
-        c.send(copy_done_msg() + sync_msg() + after)
+        c.send(end + sync_msg() + after)
         steps.append(until(c, "Z"))
     else:
-        c.send(copy_done_msg() + sync_msg())
+        c.send(end + sync_msg())
         steps.append(until(c, "Z"))
         c.send(after)
     steps.append(until(c, "Z"))
@@ -56,8 +56,10 @@ def copy_error_seen_before_copy_done(c, table, pipelined):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pipelined", [False, True])
+@pytest.mark.parametrize("end", ["CopyDone", "CopyFail"])
 def test_a_copy_failed_before_its_copy_done_ends_at_the_sync_as_on_postgres(pg, start_sluice,
-                                                                           table, pipelined):
+                                                                           table, pipelined,
+                                                                           end):
     """ab73c28 made every message but Sync sent while the server skips to the Sync untracked,
     the CopyDone included: sluice then still thought the COPY ran (copy_in), took the client's
     Sync for one Postgres ignores inside a COPY, and never counted the ReadyForQuery that
@@ -66,13 +68,14 @@ def test_a_copy_failed_before_its_copy_done_ends_at_the_sync_as_on_postgres(pg, 
                       "query_wait_timeout": 10})
     with s.connect() as c:
         c.execute(f"CREATE TABLE {table} (id int)")
+    ends = {"CopyDone": copy_done_msg(), "CopyFail": message(b"f", b"gave up\0")}
     direct = raw_login(pg.port, password="apppass", timeout=TIMEOUT)
     pooled = raw_login(s.port, timeout=TIMEOUT)
     try:
-        expected = copy_error_seen_before_copy_done(direct, table, pipelined)
+        expected = copy_error_seen_before_copy_done(direct, table, pipelined, ends[end])
         assert expected == [["1", "2", "G"], [("E", "22P02")], ["Z"],
                             ["1", "2", "D", "C", "Z"]]
-        assert copy_error_seen_before_copy_done(pooled, table, pipelined) == expected
+        assert copy_error_seen_before_copy_done(pooled, table, pipelined, ends[end]) == expected
         # the one server went back to the pool: another client gets it
         other = raw_login(s.port, timeout=TIMEOUT)
         try:
@@ -342,4 +345,19 @@ def behind_a_failing_block_steps(c):
 def test_a_query_pipelined_behind_one_that_fails_its_block(pg, start_sluice):
     want, got = run_both(pg, start_sluice, failing_named("t_review_unused"),
                          behind_a_failing_block_steps)
+    compare(want, got)
+
+
+def query_inside_a_failed_batch_steps(c):
+    """A Query naming a statement the backend lacks, sent inside an extended batch whose Execute
+    fails before it: Postgres skips the Query to the Sync."""
+    c.send(parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg()
+           + query_msg("EXECUTE a") + sync_msg() + query_msg("EXECUTE a"))
+    return [seen(c, 2), q(c, "EXECUTE b")]
+
+
+@pytest.mark.timeout(120)
+def test_a_query_inside_an_extended_batch_that_fails_first(pg, start_sluice):
+    want, got = run_both(pg, start_sluice, failing_named("t_review_unused"),
+                         query_inside_a_failed_batch_steps)
     compare(want, got)
