@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from conftest import pump
+from conftest import pump, wait_until
 from pgwire import (bind_msg, copy_data_msg, copy_done_msg, execute_msg, message, parse_fields,
-                    parse_msg, query_msg, raw_login, sync_msg)
+                    parse_msg, PeerClosed, query_msg, raw_login, sync_msg)
 from tcp_proxy import ForwardingProxy, recv_exactly
 from test_prepared_many_executes import on_another_backend, pid, prepare
-from test_prepared_pipeline_attacks import (compare, ddl, failing_named, fresh_table, q, run_both,
+from test_prepared_pipeline_attacks import (cancel, compare, ddl, failing_named, fresh_table, q, run_both,
                                             seen)
 
 TIMEOUT = 30
@@ -361,3 +361,66 @@ def test_a_query_inside_an_extended_batch_that_fails_first(pg, start_sluice):
     want, got = run_both(pg, start_sluice, failing_named("t_review_unused"),
                          query_inside_a_failed_batch_steps)
     compare(want, got)
+
+
+def answer_or_close(c):
+    """What the client reads up to its ReadyForQuery, or up to the close."""
+    out = []
+    while True:
+        try:
+            t, p = c.read_message()
+        except PeerClosed:
+            return out + ["closed"]
+        out.append((t, parse_fields(p).get("C")) if t == "E" else t)
+        if t == "Z":
+            return out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("event", ["cancel", "terminate"])
+def test_the_held_parse_error_with_a_cancel_or_a_killed_backend_before_the_query_answers(
+        pg, start_sluice, event):
+    """Between sluice's Sync of its own (after its failed Parse) and the Query's answers, a
+    cancel or a pg_terminate_backend: the client is answered (the held error or the backend's
+    end) and nothing hangs or leaks (the ASan run checks the held error is freed)."""
+    table = "t_review_kill_held"
+    fresh_table(pg, table)
+    proxy = GateProxy(pg.port, "42P01")
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 2, "workers": 1},
+                     databases={"appdb": pg.db_entry(port=proxy.port)})
+    c = raw_login(s.port, timeout=TIMEOUT)
+    holder = None
+    try:
+        holder = on_another_backend(s, c, [("g", f"SELECT a FROM {table}")])
+        ddl(pg, f"DROP TABLE {table}")
+        proxy.armed.set()
+        c.send(query_msg("SELECT 1; EXECUTE g"))
+        assert proxy.holding.wait(TIMEOUT), "sluice's Parse of g did not fail"
+        if event == "cancel":
+            cancel(s.port, c)
+        else:
+            wait_until(lambda: pg.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+                " AND query LIKE 'SELECT 1; EXECUTE %'")[0][0] == 1, TIMEOUT,
+                what="the Query on its backend")
+            pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE usename = 'app' AND query LIKE 'SELECT 1; EXECUTE %'")
+        proxy.release.set()
+        proxy.rest.set()
+        got = answer_or_close(c)
+        # (the backend answered the Query before either reached it)
+        assert got == ["T", "D", "C", ("E", "42P01"), "Z"] or got[-1] == "closed", got
+        q(holder, "COMMIT")
+        other = raw_login(s.port, timeout=TIMEOUT)
+        try:
+            rows, _ = other.query("SELECT 5")
+            assert rows == [["5"]]
+        finally:
+            other.close()
+    finally:
+        proxy.release.set()
+        proxy.rest.set()
+        for x in (c, holder):
+            if x:
+                x.close()
+        proxy.close()
