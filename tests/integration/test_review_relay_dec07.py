@@ -424,3 +424,38 @@ def test_the_held_parse_error_with_a_cancel_or_a_killed_backend_before_the_query
             if x:
                 x.close()
         proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_statement_mode_a_block_begun_before_a_failed_parse_is_refused_as_any_other(
+        pg, start_sluice):
+    """Statement mode forbids a transaction a Query leaves open: BEGIN; EXECUTE g (g's table
+    dropped) is answered the same whether g's backend holds it (Postgres's own error) or lacks
+    it (sluice's failed Parse, its own Sync's ReadyForQuery swallowed): the swallowed one is not
+    taken for the Query's, nor the Query's for sluice's."""
+    table = "t_review_stmt_block"
+    named = [("a", "SELECT 1 AS v"), ("g", f"SELECT a FROM {table}")]
+
+    def run(lacking):
+        fresh_table(pg, table)
+        s = start_sluice({"pool_mode": "statement", "default_pool_size": 2, "workers": 1})
+        c = raw_login(s.port, timeout=TIMEOUT)
+        busy = raw_login(s.port, timeout=TIMEOUT)
+        try:
+            first = pid(c)
+            prepare(c, named)
+            if lacking:
+                busy.send(query_msg("SELECT pg_backend_pid(), pg_sleep(3)"))
+                time.sleep(0.5)
+                assert pid(c) != first
+            ddl(pg, f"DROP TABLE {table}")
+            c.send(query_msg("SELECT 1; EXECUTE g"))
+            out = [answer_or_close(c)]
+            c.send(query_msg("BEGIN; EXECUTE g"))
+            return out + [answer_or_close(c)]
+        finally:
+            c.close()
+            busy.close()
+            s.stop()
+
+    compare(run(False), run(True))
