@@ -1297,8 +1297,10 @@ static enum track_result inspect_statement(struct client *c, struct server *s, u
     note_encoding_effect(s, text_encoding_effect_of(sql, len));
     r = text_at == 0 ? follow_query(c, s, sql, len, &touch, fail)
                      : follow_statement(c, s, sql, len, text_at, &touch, fail);
-    if (r == TRACK_PASS && s->reqs.held_query == HELD_PARSE_SYNCED)
-        s->reqs.held_query = HELD_NONE; /* the Query is framed, its refusal due */
+    /* The Query is framed, its refusal due: also when its start went out renamed from s->out
+     * (a Query as large as the buffer), or the Queries after it would be taken for it. */
+    if ((r == TRACK_PASS || r == TRACK_STARTED) && s->reqs.held_query == HELD_PARSE_SYNCED)
+        s->reqs.held_query = HELD_NONE;
     if (r == TRACK_PASS || r == TRACK_STARTED)
         login_reset_note(s, c, &touch.reset);
     return r;

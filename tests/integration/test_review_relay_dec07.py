@@ -459,3 +459,46 @@ def test_statement_mode_a_block_begun_before_a_failed_parse_is_refused_as_any_ot
             s.stop()
 
     compare(run(False), run(True))
+
+
+def twice_pipelined_steps(c):
+    c.send(query_msg("SELECT 1; EXECUTE g") + query_msg("EXECUTE g") + query_msg("EXECUTE a")
+           + parse_msg("", "SELECT 8") + bind_msg("", "") + execute_msg() + sync_msg()
+           + query_msg("EXECUTE g; SELECT 2"))
+    return [seen(c, 5), q(c, "EXECUTE g")]
+
+
+@pytest.mark.timeout(120)
+def test_the_failed_statement_executed_again_in_pipelined_queries(pg, start_sluice):
+    table = "t_review_twice"
+    fresh_table(pg, table)
+    want, got = run_both(pg, start_sluice, failing_named(table), twice_pipelined_steps,
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare(want, got)
+
+
+def buffer_sized_query(total):
+    """SELECT 1; EXECUTE g; SELECT '<x...>': a Query message `total` bytes long."""
+    head, tail = "SELECT 1; EXECUTE g; SELECT '", "'"
+    return head + "x" * (total - 6 - len(head) - len(tail)) + tail
+
+
+def buffer_sized_steps(c, total):
+    """The Query as large as sluice's buffer, so that renaming g in it sends its start from
+    sluice's own buffer (TRACK_STARTED), with Queries pipelined behind it naming g and h."""
+    c.send(query_msg(buffer_sized_query(total)) + query_msg("EXECUTE h")
+           + query_msg("EXECUTE g") + query_msg("EXECUTE a"))
+    return [seen(c, 4), q(c, "EXECUTE h; EXECUTE b")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("short_of_the_buffer", [0, 4])
+def test_a_failed_parse_in_a_query_as_large_as_the_buffer(pg, start_sluice, short_of_the_buffer):
+    table = "t_review_buffer_sized"
+    fresh_table(pg, table)
+    total = 16384 - short_of_the_buffer  # pkt_buf's default
+    want, got = run_both(pg, start_sluice, failing_named(table),
+                         lambda c: buffer_sized_steps(c, total),
+                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    compare([[x for x in step if x[0] != "D"] for step in want],
+            [[x for x in step if x[0] != "D"] for step in got])
