@@ -502,3 +502,33 @@ def test_a_failed_parse_in_a_query_as_large_as_the_buffer(pg, start_sluice, shor
                          setup=lambda: ddl(pg, f"DROP TABLE {table}"))
     compare([[x for x in step if x[0] != "D"] for step in want],
             [[x for x in step if x[0] != "D"] for step in got])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("then", ["keep_open", "hang_up"])
+def test_a_terminate_after_a_failed_extended_copy(pg, start_sluice, table, then):
+    """The COPY failed (the server skips to the Sync, where a Terminate is skipped too), and the
+    client sends Terminate in place of CopyDone: it is closed, and its server does not stay
+    waiting for a close that Postgres, skipping, never makes."""
+    s = start_sluice({"pool_mode": "transaction", "default_pool_size": 1, "workers": 1,
+                      "query_wait_timeout": 20})
+    with s.connect() as setup:
+        setup.execute(f"CREATE TABLE {table} (id int)")
+    c = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        c.send(parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg())
+        assert until(c, "G") == ["1", "2", "G"]
+        c.send(copy_data_msg(b"1\nnot-a-number\n"))
+        assert until(c, "E") == [("E", "22P02")]
+        c.send(message(b"X"))
+        if then == "hang_up":
+            c.sock.shutdown(socket.SHUT_WR)
+        assert c.is_closed(TIMEOUT)
+    finally:
+        c.close()
+    other = raw_login(s.port, timeout=TIMEOUT)
+    try:
+        rows, _ = other.query(f"SELECT count(*) FROM {table}")
+        assert rows == [["0"]]
+    finally:
+        other.close()
