@@ -562,7 +562,11 @@ void pool_server_ready(struct server *s)
     }
     if (s->close_when_free || (p->timeouts.server_lifetime > 0 &&
                                now - s->connect_ms >= (uint64_t)p->timeouts.server_lifetime)) {
-        close_server(s, s->close_when_free ? "closed at release" : "server_lifetime reached");
+        /* A waiter may be owed its slot: the backend counts until Postgres has let it go
+         * (SERVER_LEAVING), else its replacement logs in beside it, one above the cap in
+         * Postgres (on a database whose max_connections the cap was sized to, refused). */
+        close_server_for(s, s->close_when_free ? "closed at release" : "server_lifetime reached",
+                         NULL);
         maybe_connect(p);
         return;
     }
