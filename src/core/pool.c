@@ -573,9 +573,12 @@ void pool_server_ready(struct server *s)
     if (s->startup_fp != 0 && !pool_matches_startup(p)) {
         /* Its reset values are a session client's login values (pool_mode changed), or it
          * was opened for a setting only a login gives (client.h startup_scope) and no client
-         * that sent it is left: no use to anyone here. */
-        close_server(s, "opened with a client's startup parameters that no client of this "
-                        "pool_mode wants");
+         * that sent it is left: no use to anyone here. Counted until its backend has gone
+         * (server_close_for), as the server maybe_connect opens next may take its place. */
+        close_server_for(s,
+                         "opened with a client's startup parameters that no client of this "
+                         "pool_mode wants",
+                         NULL);
         maybe_connect(p);
         return;
     }
@@ -827,8 +830,10 @@ void pool_maintain(struct pool *p, uint64_t now)
         {
             struct server *s = container_of(n, struct server, node);
             if (s->startup_fp != 0)
-                close_server(s, "opened with a client's startup parameters that no client of "
-                                "this pool_mode wants");
+                close_server_for(s,
+                                 "opened with a client's startup parameters that no client of "
+                                 "this pool_mode wants",
+                                 NULL);
         }
     }
     /* Keep min_pool_size servers warm once the database has been reached; a forced user's pool
