@@ -828,16 +828,20 @@ class BackendSampler:
         self._stop = threading.Event()
         self._thread = None
 
+    def count(self, c):
+        """One sample, read over the superuser connection c."""
+        (n,) = c.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)"
+                         " AND (%s::name IS NULL OR datname = %s)"
+                         " AND backend_type = 'client backend'",
+                         [self.usenames, self.datname, self.datname]).fetchone()
+        return n
+
     def _run(self):
         deadline = time.monotonic() + self.max_seconds
         try:
             with self.pg.superuser() as c:
                 while not self._stop.is_set() and time.monotonic() < deadline:
-                    (n,) = c.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)"
-                        " AND (%s::name IS NULL OR datname = %s)"
-                        " AND backend_type = 'client backend'",
-                        [self.usenames, self.datname, self.datname]).fetchone()
+                    n = self.count(c)
                     self.samples += 1
                     self.history.append(n)
                     self.max = max(self.max, n)

@@ -81,22 +81,13 @@ class BusySampler(BackendSampler):
     """BackendSampler counting only backends a client holds: in its transaction, or running its
     statement (not those sluice itself is resetting or logging in)."""
 
-    def _run(self):
-        deadline = time.monotonic() + self.max_seconds
-        try:
-            with self.pg.superuser() as c:
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    (n,) = c.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
-                        " AND backend_type = 'client backend' AND (state = 'idle in transaction'"
-                        " OR (state = 'active' AND query LIKE '%%pg_sleep%%'))",
-                        [APP_USER]).fetchone()
-                    self.samples += 1
-                    self.history.append(n)
-                    self.max = max(self.max, n)
-                    self._stop.wait(self.interval)
-        except Exception as e:  # noqa: BLE001 - reported by __exit__
-            self.error = e
+    def count(self, c):
+        (n,) = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+            " AND backend_type = 'client backend' AND (state = 'idle in transaction'"
+            " OR (state = 'active' AND query LIKE '%%pg_sleep%%'))",
+            [APP_USER]).fetchone()
+        return n
 
 
 @pytest.mark.timeout(240)

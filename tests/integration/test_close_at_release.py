@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_USER
+from conftest import APP_USER, pump
 from tcp_proxy import ForwardingProxy
 
 # under SERVER_LEAVING_WAIT_MS (2 s), after which sluice stops waiting for a backend to leave
@@ -40,19 +40,8 @@ class SlowToCloseProxy(ForwardingProxy):
             time.sleep(HOLD_CLOSE_S)
             b.close()
 
-        def down():
-            try:
-                while True:
-                    data = b.recv(65536)
-                    if not data:
-                        break
-                    a.sendall(data)
-            except OSError:
-                pass
-            a.close()
-
         threading.Thread(target=up, daemon=True).start()
-        threading.Thread(target=down, daemon=True).start()
+        threading.Thread(target=pump, args=(b, a), daemon=True).start()
 
 
 COUNT_APP_BACKENDS = ("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
