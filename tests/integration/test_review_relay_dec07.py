@@ -283,14 +283,20 @@ def drop_before_execute_steps(c):
             q(c, "DEALLOCATE ALL; EXECUTE h"), q(c, "EXECUTE h")]
 
 
+def run_both_table_dropped(pg, start_sluice, table, steps):
+    """run_both with `table` made afresh, a statement on it prepared (failing_named), and the
+    table dropped before the steps: each EXECUTE of it must be prepared again, and fails."""
+    fresh_table(pg, table)
+    return run_both(pg, start_sluice, failing_named(table), steps,
+                    setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+
+
 @pytest.mark.timeout(120)
 def test_a_failed_parse_of_a_statement_the_query_deallocates_first(pg, start_sluice):
     """DEALLOCATE g; EXECUTE g (g's table dropped): Postgres deallocates g, then EXECUTE finds
     no g (26000), not g's table error."""
     table = "t_review_dealloc_first"
-    fresh_table(pg, table)
-    want, got = run_both(pg, start_sluice, failing_named(table), drop_before_execute_steps,
-                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    want, got = run_both_table_dropped(pg, start_sluice, table, drop_before_execute_steps)
     compare(want, got)
 
 
@@ -304,9 +310,7 @@ def mixed_failed_parse_steps(c):
 @pytest.mark.timeout(120)
 def test_failed_parse_in_queries_of_several_shapes(pg, start_sluice):
     table = "t_review_shapes"
-    fresh_table(pg, table)
-    want, got = run_both(pg, start_sluice, failing_named(table), mixed_failed_parse_steps,
-                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    want, got = run_both_table_dropped(pg, start_sluice, table, mixed_failed_parse_steps)
     compare(want, got)
 
 
@@ -325,10 +329,7 @@ def pipelined_after_failed_parse_steps(c):
 @pytest.mark.timeout(120)
 def test_a_failed_parse_with_requests_pipelined_behind_the_query(pg, start_sluice):
     table = "t_review_pipelined"
-    fresh_table(pg, table)
-    want, got = run_both(pg, start_sluice, failing_named(table),
-                         pipelined_after_failed_parse_steps,
-                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    want, got = run_both_table_dropped(pg, start_sluice, table, pipelined_after_failed_parse_steps)
     compare(want, got)
 
 
@@ -471,9 +472,7 @@ def twice_pipelined_steps(c):
 @pytest.mark.timeout(120)
 def test_the_failed_statement_executed_again_in_pipelined_queries(pg, start_sluice):
     table = "t_review_twice"
-    fresh_table(pg, table)
-    want, got = run_both(pg, start_sluice, failing_named(table), twice_pipelined_steps,
-                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    want, got = run_both_table_dropped(pg, start_sluice, table, twice_pipelined_steps)
     compare(want, got)
 
 
@@ -495,11 +494,9 @@ def buffer_sized_steps(c, total):
 @pytest.mark.parametrize("short_of_the_buffer", [0, 4])
 def test_a_failed_parse_in_a_query_as_large_as_the_buffer(pg, start_sluice, short_of_the_buffer):
     table = "t_review_buffer_sized"
-    fresh_table(pg, table)
     total = 16384 - short_of_the_buffer  # pkt_buf's default
-    want, got = run_both(pg, start_sluice, failing_named(table),
-                         lambda c: buffer_sized_steps(c, total),
-                         setup=lambda: ddl(pg, f"DROP TABLE {table}"))
+    want, got = run_both_table_dropped(pg, start_sluice, table,
+                                       lambda c: buffer_sized_steps(c, total))
     compare([[x for x in step if x[0] != "D"] for step in want],
             [[x for x in step if x[0] != "D"] for step in got])
 
